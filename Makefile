@@ -28,7 +28,7 @@ proto: $(GEN_STAMP)
 
 $(GEN_STAMP): $(STAMP) $(PROTOS)
 	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen \
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen \
 	  --mypy_out=quiet:gen --mypy_grpc_out=quiet:gen $(PROTOS)
 	touch gen/rxchain/__init__.py gen/rxchain/v1/__init__.py gen/rxchain/py.typed
 	touch $@
