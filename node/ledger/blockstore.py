@@ -1,0 +1,418 @@
+"""Append-only block store: segment files of checksummed records plus a block-number index.
+
+The block store is the source of truth of a node (orderer or peer); everything else (world
+state, indexes) is derived from it and can be rebuilt by replay.
+
+Directory layout (under the ``directory`` given to :class:`BlockStore`)::
+
+    seg-000000.blk, seg-000001.blk, ...   append-only segment files of records
+    index.bin                             block number -> (segment, offset), fixed width
+
+Record layout (all integers unsigned big-endian)::
+
+    offset  size  field
+    0       4     magic  b"RXB1"
+    4       8     block number
+    12      4     payload length N
+    16      4     CRC-32 (zlib.crc32) of bytes 4..16 (number, length) followed by payload
+    20      N     payload: the serialized ``rxchain.v1.Block``
+
+A record never spans two segments; a new segment is started when the current one would
+exceed ``segment_max_bytes`` (a single oversized block still gets a segment of its own).
+
+Index entry layout (entry ``i`` describes block ``i``, 12 bytes each)::
+
+    0   4   segment number
+    4   8   offset of the record within the segment
+
+The index is a cache: it is written (not fsynced) after the segment write and is checked
+and completed from the segments on open. Only the segment files are fsynced (when
+``fsync=True``), so after a crash the segments decide what was stored.
+
+Recovery on open: the last indexed record is checked; records after it are scanned and
+indexed. A torn tail (a partial or checksum-failing record at the very end of the last
+segment, i.e. a crash in the middle of an append) is truncated with a warning. A bad record
+in the middle is not detected on open (that would need reading everything): ``get`` checks
+the checksum of every record it reads and :meth:`BlockStore.verify` checks all of them.
+
+Chain checks on :meth:`BlockStore.append`: ``number == height()`` and ``previous_hash`` equals
+the header hash of the previous block (``GENESIS_PREVIOUS_HASH`` for block 0). Header hashes
+are over the canonical header encoding (``node.crypto.canonical.block_header_hash``) and
+metadata is outside the hash, so a peer may store a copy of a block with its own validation
+codes and state hash.
+
+Concurrency: one writer and any number of readers (threads). Readers use ``os.pread`` on
+per-segment descriptors; :meth:`BlockStore.wait_for_height` lets a deliver/event service
+block until a new block is appended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rxchain.v1 import block_pb2
+
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_header_hash
+from node.ledger.errors import LedgerError
+
+_log = logging.getLogger(__name__)
+
+MAGIC = b"RXB1"
+_REC_HEAD = struct.Struct(">4sQII")  # magic, number, length, crc
+REC_HEAD_SIZE = _REC_HEAD.size  # 20
+_NUM_LEN = struct.Struct(">QI")
+_IDX = struct.Struct(">IQ")
+IDX_SIZE = _IDX.size  # 12
+DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+MAX_RECORD_BYTES = 1024 * 1024 * 1024
+_SEG_RE = re.compile(r"^seg-(\d{6})\.blk$")
+
+
+def _seg_name(seg: int) -> str:
+    return f"seg-{seg:06d}.blk"
+
+
+def _record_crc(number: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(_NUM_LEN.pack(number, len(payload))))
+
+
+def encode_record(number: int, payload: bytes) -> bytes:
+    """One record (header + payload) in the layout of the module docstring."""
+    return _REC_HEAD.pack(MAGIC, number, len(payload), _record_crc(number, payload)) + payload
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a block's record lives."""
+
+    segment: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """The first problem found by :meth:`BlockStore.verify`."""
+
+    number: int
+    reason: str
+    message: str
+
+
+class BlockStore:
+    """Append-only, checksummed, indexed block storage (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+    ) -> None:
+        self._dir = os.fspath(directory)
+        self._fsync = fsync
+        self._segment_max = segment_max_bytes
+        os.makedirs(self._dir, exist_ok=True)
+        self._lock = threading.RLock()
+        self._grown = threading.Condition(self._lock)
+        self._read_fds: dict[int, int] = {}
+        self._locs: list[Location] = []
+        self._last_hash = GENESIS_PREVIOUS_HASH
+        self._closed = False
+        self._recover()
+        self._write_seg = self._locs[-1].segment if self._locs else 0
+        path = os.path.join(self._dir, _seg_name(self._write_seg))
+        self._write_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._write_pos = os.fstat(self._write_fd).st_size
+        self._idx_fd = os.open(
+            os.path.join(self._dir, "index.bin"), os.O_RDWR | os.O_CREAT, 0o644
+        )
+        os.ftruncate(self._idx_fd, len(self._locs) * IDX_SIZE)
+        if self._locs:
+            self._last_hash = block_header_hash(self.get(len(self._locs) - 1).header)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _segments(self) -> list[int]:
+        segs = []
+        for name in os.listdir(self._dir):
+            m = _SEG_RE.match(name)
+            if m:
+                segs.append(int(m.group(1)))
+        return sorted(segs)
+
+    def _read_index_file(self) -> list[Location]:
+        path = os.path.join(self._dir, "index.bin")
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            raw = f.read()
+        n = len(raw) // IDX_SIZE
+        return [Location(*_IDX.unpack_from(raw, i * IDX_SIZE)) for i in range(n)]
+
+    def _read_head(self, seg: int, offset: int) -> tuple[int, int, int] | None:
+        """(number, length, crc) of the record at (seg, offset), or None if no valid header."""
+        fd = self._fd(seg)
+        head = os.pread(fd, REC_HEAD_SIZE, offset)
+        if len(head) < REC_HEAD_SIZE:
+            return None
+        magic, number, length, crc = _REC_HEAD.unpack(head)
+        if magic != MAGIC or length > MAX_RECORD_BYTES:
+            return None
+        return number, length, crc
+
+    def _record_ok(self, seg: int, offset: int, expect_number: int) -> int | None:
+        """Length of the whole record if it is complete, numbered right and checksums."""
+        head = self._read_head(seg, offset)
+        if head is None or head[0] != expect_number:
+            return None
+        number, length, crc = head
+        payload = os.pread(self._fd(seg), length, offset + REC_HEAD_SIZE)
+        if len(payload) != length or _record_crc(number, payload) != crc:
+            return None
+        return REC_HEAD_SIZE + length
+
+    def _recover(self) -> None:
+        segs = self._segments()
+        locs = self._read_index_file()
+        # Trust the index only if its last entry points at a sound record.
+        while locs:
+            last = locs[-1]
+            if last.segment in segs and self._record_ok(
+                last.segment, last.offset, len(locs) - 1
+            ):
+                break
+            _log.warning("block index inconsistent at entry %d; rebuilding it", len(locs) - 1)
+            locs = []
+        if locs:
+            last = locs[-1]
+            head = self._read_head(last.segment, last.offset)
+            assert head is not None
+            seg, pos = last.segment, last.offset + REC_HEAD_SIZE + head[1]
+        else:
+            seg, pos = (segs[0] if segs else 0), 0
+        # Scan forward from (seg, pos) through this and later segments.
+        remaining = [s for s in segs if s >= seg]
+        for i, s in enumerate(remaining):
+            start = pos if s == seg else 0
+            size = os.fstat(self._fd(s)).st_size
+            while start < size:
+                rec_len = self._record_ok(s, start, len(locs))
+                if rec_len is None:
+                    break
+                locs.append(Location(s, start))
+                start += rec_len
+            if start < size:
+                later = remaining[i + 1 :]
+                if later and any(os.path.getsize(self._path(x)) for x in later):
+                    raise LedgerError(
+                        "LEDGER_CORRUPT",
+                        f"block store {self._dir}: bad record in {_seg_name(s)} at offset "
+                        f"{start} (block {len(locs)}) followed by more segments",
+                    )
+                _log.warning(
+                    "block store %s: truncating torn tail of %s at offset %d (%d bytes, "
+                    "block %d incomplete)",
+                    self._dir, _seg_name(s), start, size - start, len(locs),
+                )
+                self._truncate(s, start)
+                for x in later:
+                    self._close_fd(x)
+                    os.unlink(self._path(x))
+                break
+        self._locs = locs
+
+    def _truncate(self, seg: int, size: int) -> None:
+        fd = os.open(self._path(seg), os.O_RDWR)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ file handles
+
+    def _path(self, seg: int) -> str:
+        return os.path.join(self._dir, _seg_name(seg))
+
+    def _fd(self, seg: int) -> int:
+        fd = self._read_fds.get(seg)
+        if fd is None:
+            fd = os.open(self._path(seg), os.O_RDONLY)
+            self._read_fds[seg] = fd
+        return fd
+
+    def _close_fd(self, seg: int) -> None:
+        fd = self._read_fds.pop(seg, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def directory(self) -> str:
+        """The directory holding the segments."""
+        return self._dir
+
+    def height(self) -> int:
+        """Number of blocks stored (the number the next block must have)."""
+        return len(self._locs)
+
+    def last_hash(self) -> bytes:
+        """Header hash of the last block (GENESIS_PREVIOUS_HASH when empty)."""
+        return self._last_hash
+
+    def append(self, block: block_pb2.Block) -> None:
+        """Append ``block`` (serialized here) after checking its number and hash chain."""
+        self.append_serialized(block, block.SerializeToString())
+
+    def append_serialized(self, block: block_pb2.Block, payload: bytes) -> None:
+        """Append a block whose serialization the caller already has (no re-serialising)."""
+        with self._lock:
+            self._check_open()
+            number = block.header.number
+            if number != len(self._locs):
+                raise LedgerError(
+                    "BAD_BLOCK_NUMBER",
+                    f"block number {number} does not follow height {len(self._locs)}",
+                )
+            if block.header.previous_hash != self._last_hash:
+                raise LedgerError(
+                    "BAD_PREVIOUS_HASH",
+                    f"block {number}: previous_hash {block.header.previous_hash.hex()[:16]} "
+                    f"!= hash of block {number - 1} {self._last_hash.hex()[:16]}",
+                )
+            record = encode_record(number, payload)
+            if self._write_pos > 0 and self._write_pos + len(record) > self._segment_max:
+                self._roll_segment()
+            offset = self._write_pos
+            written = os.write(self._write_fd, record)
+            if written != len(record):
+                # Leave a torn tail; it is truncated on the next open.
+                raise LedgerError("IO_ERROR", f"short write of block {number}")
+            if self._fsync:
+                os.fsync(self._write_fd)
+            self._write_pos += len(record)
+            loc = Location(self._write_seg, offset)
+            os.pwrite(self._idx_fd, _IDX.pack(loc.segment, loc.offset), number * IDX_SIZE)
+            self._locs.append(loc)
+            self._last_hash = block_header_hash(block.header)
+            self._grown.notify_all()
+
+    def _roll_segment(self) -> None:
+        os.close(self._write_fd)
+        self._write_seg += 1
+        self._write_fd = os.open(
+            self._path(self._write_seg), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        self._write_pos = 0
+        if self._fsync:
+            self._fsync_dir()
+
+    def get_bytes(self, number: int) -> bytes:
+        """The serialized Block ``number`` exactly as stored (checksum verified)."""
+        if not 0 <= number < len(self._locs):
+            raise LedgerError(
+                "BLOCK_NOT_FOUND", f"block {number} not in store (height {len(self._locs)})"
+            )
+        loc = self._locs[number]
+        with self._lock:
+            self._check_open()
+            fd = self._fd(loc.segment)
+        head = os.pread(fd, REC_HEAD_SIZE, loc.offset)
+        if len(head) != REC_HEAD_SIZE:
+            raise LedgerError("LEDGER_CORRUPT", f"block {number}: record header missing")
+        magic, rec_number, length, crc = _REC_HEAD.unpack(head)
+        if magic != MAGIC or rec_number != number or length > MAX_RECORD_BYTES:
+            raise LedgerError(
+                "LEDGER_CORRUPT", f"block {number}: bad record header in {_seg_name(loc.segment)}"
+            )
+        payload = os.pread(fd, length, loc.offset + REC_HEAD_SIZE)
+        if len(payload) != length or _record_crc(number, payload) != crc:
+            raise LedgerError(
+                "LEDGER_CORRUPT",
+                f"block {number}: checksum mismatch in {_seg_name(loc.segment)} "
+                f"at offset {loc.offset}",
+            )
+        return payload
+
+    def get(self, number: int) -> block_pb2.Block:
+        """Block ``number`` (raises LedgerError BLOCK_NOT_FOUND / LEDGER_CORRUPT)."""
+        payload = self.get_bytes(number)
+        block = block_pb2.Block()
+        try:
+            block.ParseFromString(payload)
+        except Exception as exc:  # protobuf DecodeError; checksum passed, so bytes are ours
+            raise LedgerError("LEDGER_CORRUPT", f"block {number} does not parse: {exc}") from exc
+        return block
+
+    def iter_blocks(self, start: int = 0) -> Iterator[block_pb2.Block]:
+        """Blocks ``start``, ``start+1``, ... up to the height at each step."""
+        n = start
+        while n < len(self._locs):
+            yield self.get(n)
+            n += 1
+
+    def wait_for_height(self, height: int, timeout_s: float) -> bool:
+        """Block until ``height() >= height`` or the timeout passes; True if reached."""
+        with self._grown:
+            return self._grown.wait_for(
+                lambda: len(self._locs) >= height or self._closed, timeout=timeout_s
+            ) and len(self._locs) >= height
+
+    def verify(self) -> StoreProblem | None:
+        """Check every record's checksum, numbering and the header hash chain.
+
+        Returns the first problem (lowest block number) or None when the store is sound.
+        """
+        prev = GENESIS_PREVIOUS_HASH
+        for n in range(len(self._locs)):
+            try:
+                block = self.get(n)
+            except LedgerError as err:
+                return StoreProblem(n, err.reason, err.message)
+            if block.header.number != n:
+                return StoreProblem(
+                    n, "BAD_BLOCK_NUMBER", f"record {n} holds block {block.header.number}"
+                )
+            if block.header.previous_hash != prev:
+                return StoreProblem(
+                    n, "BAD_PREVIOUS_HASH", f"block {n}: previous_hash does not match block {n-1}"
+                )
+            prev = block_header_hash(block.header)
+        return None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError("CLOSED", f"block store {self._dir} is closed")
+
+    def close(self) -> None:
+        """Close all files (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.close(self._write_fd)
+            os.close(self._idx_fd)
+            for seg in list(self._read_fds):
+                self._close_fd(seg)
+            self._grown.notify_all()
+
+    def __enter__(self) -> BlockStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,24 @@
+"""Helpers for ledger tests: chained blocks without signatures (the block store does not
+check signatures; the validator tests build signed blocks)."""
+
+from __future__ import annotations
+
+from rxchain.v1 import block_pb2
+
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
+
+
+def make_chain(n: int, start_prev: bytes = GENESIS_PREVIOUS_HASH, first: int = 0,
+               payload_size: int = 50) -> list[block_pb2.Block]:
+    blocks = []
+    prev = start_prev
+    for i in range(first, first + n):
+        envs = [bytes([i % 256, j]) * payload_size for j in range(3)]
+        b = block_pb2.Block()
+        b.header.number = i
+        b.header.previous_hash = prev
+        b.header.data_hash = block_data_hash(envs)
+        b.data.envelopes.extend(envs)
+        prev = block_header_hash(b.header)
+        blocks.append(b)
+    return blocks
