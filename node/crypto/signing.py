@@ -1,0 +1,99 @@
+"""ECDSA P-256 / SHA-256 signing and verification with cached public keys.
+
+Verification dominates validation cost (LIMITS.md: ~12.5k verifies/s with a cached key,
+~6.7k/s when the key is rebuilt from bytes each time), so :class:`Verifier` keeps parsed
+public keys keyed by certificate DER in a bounded LRU cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from rxchain.v1 import identity_pb2
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """DER-encoded ECDSA P-256 signature over SHA-256(data)."""
+    return key.sign(data, _ECDSA_SHA256)
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted (file permissions protect it)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 private key from PEM; rejects other key types."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ValueError("private key is not ECDSA P-256")
+    return key
+
+
+class Signer:
+    """A member's signing key together with the identity that names it."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, identity: identity_pb2.Identity):
+        self.key = key
+        self.identity = identity
+        self.identity_bytes = identity.SerializeToString()
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data``."""
+        return self.key.sign(data, _ECDSA_SHA256)
+
+
+def load_signer(cert_path: str | Path, key_path: str | Path, org: str) -> Signer:
+    """Load a signer from a PEM certificate and PEM key."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    key = load_private_key(Path(key_path).read_bytes())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Signer(key, identity_pb2.Identity(org=org, cert_der=der))
+
+
+class Verifier:
+    """Verifies signatures by certificate DER, caching parsed public keys (bounded LRU)."""
+
+    def __init__(self, max_entries: int = 4096):
+        self._max = max_entries
+        self._keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
+
+    def public_key(self, cert_der: bytes) -> ec.EllipticCurvePublicKey:
+        """The parsed P-256 public key of a DER certificate (cached)."""
+        key = self._keys.get(cert_der)
+        if key is not None:
+            self._keys.move_to_end(cert_der)
+            return key
+        cert = x509.load_der_x509_certificate(cert_der)
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise ValueError("certificate key is not ECDSA P-256")
+        self._keys[cert_der] = pub
+        if len(self._keys) > self._max:
+            self._keys.popitem(last=False)
+        return pub
+
+    def verify(self, cert_der: bytes, signature: bytes, data: bytes) -> bool:
+        """True when ``signature`` is a valid signature over ``data`` by the cert's key."""
+        try:
+            self.public_key(cert_der).verify(signature, data, _ECDSA_SHA256)
+        except (InvalidSignature, ValueError):
+            return False
+        return True

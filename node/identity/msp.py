@@ -1,0 +1,160 @@
+"""Membership service: validates identities against the consortium configuration.
+
+An identity is valid at time ``t`` when its certificate parses, was issued by the CA of
+the organisation it claims (signature chain checked), is within its validity period at
+``t``, is not in the organisation's revocation list, and carries a role the
+organisation's kind may hold. Parsed certificates and chain checks are cached by DER.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from node.crypto.signing import Verifier
+from node.crypto.x509 import CertInfo, cert_info
+from node.errors import RxError
+from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
+from rxchain.v1 import config_pb2, identity_pb2
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A validated member: who signed, in which organisation, with which role."""
+
+    org: str
+    role: str
+    name: str
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    org_kind: str = ""
+    hospital_level: str = ""
+    cert_der: bytes = b""
+
+    @property
+    def principal(self) -> tuple[str, str]:
+        """(org, role) as used by endorsement policies."""
+        return (self.org, self.role)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    info: CertInfo
+    chain_ok: bool
+
+
+class MSP:
+    """Identity validation for one consortium configuration (immutable; rebuild on update)."""
+
+    def __init__(
+        self, config: config_pb2.ConsortiumConfig, verifier: Verifier, cache_size: int = 4096
+    ):
+        self.config = config
+        self.verifier = verifier
+        self._orgs: dict[str, config_pb2.Organization] = {o.id: o for o in config.organizations}
+        self._cas: dict[str, x509.Certificate] = {}
+        for org in config.organizations:
+            try:
+                self._cas[org.id] = x509.load_der_x509_certificate(org.ca_cert_der)
+            except ValueError as exc:
+                raise RxError("BAD_CONFIG", f"organisation {org.id}: CA certificate: {exc}") from exc
+        self._revoked = {o.id: frozenset(o.revoked_serials) for o in config.organizations}
+        self._orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
+        self._cache: OrderedDict[tuple[str, bytes], _Checked] = OrderedDict()
+        self._cache_size = cache_size
+
+    def org(self, org_id: str) -> config_pb2.Organization:
+        """The configuration of ``org_id``; RxError(UNKNOWN_ORG) if none."""
+        org = self._orgs.get(org_id)
+        if org is None:
+            raise RxError("UNKNOWN_ORG", f"organisation {org_id!r} is not in the consortium")
+        return org
+
+    def org_ids(self) -> list[str]:
+        """All organisation ids, in configuration order."""
+        return [o.id for o in self.config.organizations]
+
+    def orderer_ids(self) -> list[int]:
+        """Raft ids of the ordering service members."""
+        return [o.raft_id for o in self.config.orderers]
+
+    def is_orderer(self, identity: identity_pb2.Identity) -> bool:
+        """True if the identity's certificate is an orderer's in the configuration."""
+        return identity.cert_der in self._orderer_certs
+
+    def orderer_raft_id(self, identity: identity_pb2.Identity) -> int | None:
+        """The Raft id of the orderer holding this certificate, if any."""
+        return self._orderer_certs.get(identity.cert_der)
+
+    def _check_chain(self, org_id: str, cert_der: bytes) -> _Checked:
+        key = (org_id, cert_der)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        try:
+            cert = x509.load_der_x509_certificate(cert_der)
+        except ValueError as exc:
+            raise RxError("BAD_CERT", f"certificate does not parse: {exc}") from exc
+        ca = self._cas[org_id]
+        chain_ok = True
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure = not issued by CA
+            chain_ok = False
+        if chain_ok and not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+            chain_ok = False
+        try:
+            info = cert_info(cert)
+        except (ValueError, KeyError) as exc:
+            raise RxError("BAD_CERT", f"certificate subject is not an rxchain member name: {exc}") from exc
+        checked = _Checked(info, chain_ok)
+        self._cache[key] = checked
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return checked
+
+    def validate(self, identity: identity_pb2.Identity, at_ms: int) -> Principal:
+        """Check ``identity`` at time ``at_ms`` (ms since epoch) and return its principal."""
+        org = self.org(identity.org)
+        checked = self._check_chain(identity.org, identity.cert_der)
+        info = checked.info
+        if not checked.chain_ok:
+            raise RxError(
+                "UNKNOWN_CREATOR",
+                f"certificate {info.name!r} was not issued by the CA of {identity.org}",
+            )
+        if info.org != identity.org:
+            raise RxError(
+                "UNKNOWN_CREATOR",
+                f"certificate names organisation {info.org!r}, identity claims {identity.org!r}",
+            )
+        if not info.not_before_ms <= at_ms <= info.not_after_ms:
+            raise RxError("EXPIRED_CERT", f"certificate {info.name!r} is not valid at {at_ms}")
+        if info.serial_hex in self._revoked[identity.org]:
+            raise RxError("REVOKED_CERT", f"certificate {info.name!r} ({info.serial_hex}) is revoked")
+        if info.role not in ROLES_BY_KIND.get(org.kind, frozenset()):
+            raise RxError(
+                "WRONG_ROLE",
+                f"role {info.role!r} is not allowed in a {KIND_NAMES.get(org.kind, '?')} organisation",
+            )
+        return Principal(
+            org=identity.org,
+            role=info.role,
+            name=info.name,
+            attrs=info.attrs,
+            org_kind=KIND_NAMES.get(org.kind, ""),
+            hospital_level=org.hospital_level,
+            cert_der=identity.cert_der,
+        )
+
+    def verify(
+        self, identity: identity_pb2.Identity, signature: bytes, data: bytes, at_ms: int
+    ) -> Principal:
+        """Validate ``identity`` and check its ``signature`` over ``data``."""
+        principal = self.validate(identity, at_ms)
+        if not self.verifier.verify(identity.cert_der, signature, data):
+            raise RxError("BAD_SIGNATURE", f"signature by {principal.name!r} ({identity.org}) does not verify")
+        return principal

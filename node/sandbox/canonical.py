@@ -1,0 +1,79 @@
+"""Canonical JSON at the contract boundary (arguments, state values, results, events).
+
+Encoding: ``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` as
+UTF-8, after a walk that admits only dict (str keys), list, tuple (encoded as list), str,
+int, bool and None, bounded in depth.  Floats, NaN, sets, bytes and objects are refused:
+that keeps every peer's bytes identical.  Decoding refuses floats and NaN/Infinity too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from node.sandbox.errors import BadValue, SizeLimit
+
+MAX_DEPTH = 64
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
+
+
+def _no_float(text: str) -> Any:
+    raise ValueError(f"floating point number {text!r} is not allowed")
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not allowed")
+
+
+_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)
+
+
+def check_value(value: Any, what: str) -> int:
+    """Validate a JSON value; returns the number of nodes (used for gas)."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        tv = type(v)
+        if tv is str or tv is int or tv is bool or v is None:
+            continue
+        if depth >= MAX_DEPTH:
+            raise BadValue(f"{what}: nested deeper than {MAX_DEPTH}")
+        if tv is dict:
+            for k, item in v.items():
+                if type(k) is not str:
+                    raise BadValue(f"{what}: object key {type(k).__name__} is not a string")
+                stack.append((item, depth + 1))
+        elif tv is list or tv is tuple:
+            for item in v:
+                stack.append((item, depth + 1))
+        else:
+            raise BadValue(f"{what}: {tv.__name__} is not a JSON value (no floats, sets, bytes)")
+    return nodes
+
+
+def encode(value: Any, what: str, max_bytes: int) -> tuple[bytes, int]:
+    """Canonical JSON bytes of ``value`` plus its node count; raises BadValue / SizeLimit."""
+    nodes = check_value(value, what)
+    data = _ENCODER.encode(value).encode("utf-8")
+    if len(data) > max_bytes:
+        raise SizeLimit(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")
+    return data, nodes
+
+
+def dumps(value: Any) -> bytes:
+    """Canonical JSON bytes of an already validated value (no size limit)."""
+    check_value(value, "value")
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def decode(data: bytes, what: str) -> Any:
+    """Parse JSON bytes, refusing floats, NaN and Infinity; raises BadValue."""
+    try:
+        return _DECODER.decode(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadValue(f"{what}: not valid JSON without floats: {exc}") from None

@@ -1,0 +1,60 @@
+"""Exceptions of the sandbox.
+
+``Abort`` and its subclasses derive from BaseException so that contract code (which may only
+catch ``Exception`` subclasses, see checker.py) can never swallow them.
+"""
+
+from __future__ import annotations
+
+from node.sandbox import types as t
+
+
+class Abort(BaseException):  # noqa: N818 - it is a control-flow signal, not an "error"
+    """Stops the running contract with a runtime reason code."""
+
+    reason = t.CONTRACT_EXCEPTION
+
+    def __init__(self, message: str = "", reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class OutOfGas(Abort):
+    reason = t.OUT_OF_GAS
+
+
+class RecursionLimit(Abort):
+    reason = t.RECURSION_LIMIT
+
+
+class SizeLimit(Abort):
+    reason = t.SIZE_LIMIT
+
+
+class WriteSetLimit(Abort):
+    reason = t.WRITE_SET_LIMIT
+
+
+class MemoryLimit(Abort):
+    reason = t.MEMORY_LIMIT
+
+
+class BadValue(Abort):
+    reason = t.BAD_VALUE
+
+
+class StateError(Abort):
+    reason = t.STATE_ERROR
+
+
+class ContractRejected(Exception):  # noqa: N818 - name fixed by the interface
+    """Static check failure at deploy time (or first compile): names the offending line."""
+
+    reason = t.CONTRACT_REJECTED
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
