@@ -8,7 +8,8 @@ block are kept, so running twice changes nothing)::
     network.yaml                      every node's endpoint (for the launcher and clients)
     ca-bundle.pem                     all organisations' CA certificates
     orgs/<org>/ca.pem, ca.key         the organisation's CA
-    orgs/<org>/users/<user>/          cert.pem, key.pem (a wallet entry)
+    orgs/<org>/users/<user>/          cert.pem, key.pem, org-records-key.pem (a wallet entry)
+    orgs/<org>/records/               cert.pem, key.pem: the org's record-decryption key
     nodes/<node>/                     node.yaml, cert.pem, key.pem, ca-bundle.pem, data/
 """
 
@@ -105,6 +106,12 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _write_if_changed_private(path: Path, data: bytes) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    _write_private(path, data)
+
+
 def _key(path: Path) -> ec.EllipticCurvePrivateKey:
     if path.exists():
         return signing.load_private_key(path.read_bytes())
@@ -180,6 +187,17 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         cas[org.id] = _ca(home / "orgs" / org.id, org.id, now)
         for user in _users(org):
             _member(home / "orgs" / org.id / "users" / user.name, cas[org.id], org.id, user, now)
+    records: dict[str, bytes] = {}
+    for org in spec.orgs:
+        rdir = home / "orgs" / org.id / "records"
+        rcert = _member(rdir, cas[org.id], org.id, UserSpec(f"records.{org.id}", "client"), now)
+        records[org.id] = rx509.cert_to_der(rcert)
+        for user in _users(org):
+            # Members hold their organisation's records key (in production: the org's KMS).
+            _write_if_changed_private(
+                home / "orgs" / org.id / "users" / user.name / "org-records-key.pem",
+                (rdir / "key.pem").read_bytes(),
+            )
     bundle = b"".join(rx509.cert_to_pem(cas[o.id][0]) for o in spec.orgs)
     _write_if_changed(home / "ca-bundle.pem", bundle)
 
@@ -197,6 +215,7 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         config.organizations.add(
             id=org.id, name=org.name, kind=KINDS[org.kind],
             ca_cert_der=rx509.cert_to_der(cas[org.id][0]), hospital_level=org.level,
+            records_cert_der=records[org.id],
         )
     for n in nodes:
         if n.kind == "orderer":
