@@ -4,9 +4,10 @@ Directory layout (under the ``directory`` given to :class:`WAL`)::
 
     wal-0000000000000000.log, wal-0000000000000001.log, ...   segments, by sequence number
 
-Every segment starts with the records needed to read it on its own (the current hard state
-and the current snapshot marker), so any suffix of the segment sequence is a complete log
-once older segments are dropped by :meth:`WAL.release_to`.
+Every segment starts with the current hard state and snapshot marker. Compaction
+(:meth:`WAL.release`, after a snapshot) starts a new segment that also carries every entry
+above the snapshot, then deletes all older segments, so the log stays one self-contained
+suffix of segments.
 
 Record layout (all integers unsigned big-endian)::
 
@@ -207,7 +208,7 @@ class WAL:
         self._clock = clock
         os.makedirs(self._dir, exist_ok=True)
         self._segments: list[int] = []
-        # Highest entry index written into each segment (0: none), for release_to.
+        # Highest entry index written into each segment (0: none), for operators' tools.
         self._seg_max_index: dict[int, int] = {}
         self.recovered = self._recover()
         self._hard_state = self.recovered.hard_state
@@ -304,35 +305,39 @@ class WAL:
             _fsync_dir(self._dir)
         return fd
 
-    def _write_header_records(self) -> None:
+    def _write_header_records(self, carry: Sequence[Entry] = ()) -> None:
         data = encode_hard_state(self._hard_state)
         if self._snapshot.index:
             data += encode_snapshot_mark(self._snapshot)
+        data += b"".join(encode_entry(e) for e in carry)
         self._write(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, sync: bool = True) -> None:
         view = memoryview(data)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
         self._write_pos += len(data)
-        if self._fsync:
+        if self._fsync and sync:
             start = self._clock()
             os.fsync(self._fd)
             if self._observer is not None:
                 self._observer(self._clock() - start)
 
-    def _roll(self) -> None:
+    def _roll(self, carry: Sequence[Entry] = ()) -> None:
         os.close(self._fd)
         seq = self._segments[-1] + 1
         self._fd = self._open_segment(seq)
         self._segments.append(seq)
-        self._seg_max_index[seq] = 0
+        self._seg_max_index[seq] = carry[-1].index if carry else 0
         self._write_pos = 0
-        self._write_header_records()
+        self._write_header_records(carry)
 
-    def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
-        """Append entries and the hard state durably (one write, one fsync)."""
+    def save(
+        self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True
+    ) -> None:
+        """Append entries and the hard state durably (one write, one fsync). With
+        ``sync=False`` the fsync is skipped (commit-only hard-state changes)."""
         if self._closed:
             raise RaftError("wal_closed", self._dir)
         if hard_state is None and not entries:
@@ -346,7 +351,7 @@ class WAL:
         if entries:
             seq = self._segments[-1]
             self._seg_max_index[seq] = max(self._seg_max_index[seq], entries[-1].index)
-        self._write(b"".join(parts))
+        self._write(b"".join(parts), sync=sync or bool(entries))
 
     def save_snapshot_mark(self, mark: SnapshotMark) -> None:
         """Record (durably) that a snapshot file at ``mark`` has been saved."""
@@ -355,35 +360,25 @@ class WAL:
         self._snapshot = mark
         self._write(encode_snapshot_mark(mark))
 
-    def release_to(self, index: int) -> list[str]:
-        """Delete whole segments whose entries all lie at or below ``index`` (a snapshot
-        index already recorded). The last segment is always kept. Returns removed paths."""
-        if index > self._snapshot.index:
-            raise RaftError("wal_release_beyond_snapshot", f"{index} > {self._snapshot.index}")
+    def release(self, carry: Sequence[Entry]) -> list[str]:
+        """Compact the log down to the recorded snapshot: start a fresh segment holding the
+        hard state, the snapshot marker and ``carry`` (every entry above the snapshot
+        index, which the caller keeps in memory), fsync it, then delete all older
+        segments. Returns the removed paths."""
+        if carry and carry[0].index != self._snapshot.index + 1:
+            raise RaftError(
+                "wal_bad_carry",
+                f"carried entries start at {carry[0].index}, snapshot is {self._snapshot.index}",
+            )
+        old = list(self._segments)
+        self._roll(carry)
         removed: list[str] = []
-        # Segments are dropped only as a prefix; a newer segment may still hold a higher
-        # index that an older one lacks, so take the running maximum.
-        running = 0
-        drop = 0
-        for seq in self._segments[:-1]:
-            running = max(running, self._seg_max_index.get(seq, 0))
-            if running > index:
-                break
-            drop += 1
-        if drop == 0:
-            return removed
-        # The segment after the dropped prefix must be readable alone: it starts with the
-        # hard state and snapshot marker written when it was created, but that marker may
-        # predate the snapshot covering the dropped entries. Roll first so the current
-        # marker is at the head of a kept segment.
-        if self._write_pos > 0 and drop >= len(self._segments) - 1:
-            self._roll()
-        for seq in self._segments[:drop]:
+        for seq in old:
             path = self._path(seq)
             os.unlink(path)
             self._seg_max_index.pop(seq, None)
             removed.append(path)
-        self._segments = self._segments[drop:]
+        self._segments = self._segments[len(old) :]
         if self._fsync:
             _fsync_dir(self._dir)
         return removed
