@@ -34,7 +34,7 @@ $(GEN_STAMP): $(STAMP) $(PROTOS)
 	touch $@
 
 test: install proto
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install proto
 	$(VENV)/bin/ruff check .

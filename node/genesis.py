@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash
 from node.errors import RxError
-from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
 
 GENESIS_TX_ID = "genesis"
 

@@ -26,12 +26,12 @@ from typing import Any
 import yaml
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives.asymmetric import ec
+from rxchain.v1 import config_pb2
 
 from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, parse_spec
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.genesis import make_genesis
-from rxchain.v1 import config_pb2
 
 Clock = Callable[[], dt.datetime]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rxchain.v1 import config_pb2
 
 from node.errors import RxError
 from node.identity.policy import parse_policy
 from node.identity.roles import ROLES_BY_KIND
-from rxchain.v1 import config_pb2
 
 KINDS = {
     "hospital": config_pb2.HOSPITAL,

@@ -14,7 +14,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from rxchain.v1 import identity_pb2
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from rxchain.v1 import identity_pb2
 
 from node.crypto.x509 import cert_info_der, pem_to_der
-from rxchain.v1 import identity_pb2
 
 # Name every certificate carries in its SANs so one override works for all node certs.
 TLS_SERVER_NAME = "localhost"
@@ -69,8 +69,8 @@ def secure_channel(
 def peer_identity(context: grpc.ServicerContext) -> identity_pb2.Identity | None:
     """The caller's TLS client certificate as an Identity (org from the cert subject)."""
     auth = context.auth_context()
-    pems = auth.get("x509_pem_cert") or []
-    if not pems:
+    pems = auth.get("x509_pem_cert")
+    if not pems or not isinstance(pems, list) or not isinstance(pems[0], bytes):
         return None
     der = pem_to_der(pems[0])
     try:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.signing import Verifier
 from node.crypto.x509 import CertInfo, cert_info
 from node.errors import RxError
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
-from rxchain.v1 import config_pb2, identity_pb2
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ from dataclasses import dataclass
 
 from node.errors import RxError
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+)|(?P<word>'[A-Za-z0-9_\-]+\.[A-Za-z_]+'|[A-Za-z0-9_\-]+(?:\.[A-Za-z_]+)?)|(?P<punct>[(),]))")
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+)"
+    r"|(?P<word>'[A-Za-z0-9_\-]+\.[A-Za-z_]+'|[A-Za-z0-9_\-]+(?:\.[A-Za-z_]+)?)"
+    r"|(?P<punct>[(),]))"
+)
 MAX_SIGNERS = 20
 
 
@@ -172,8 +176,8 @@ class _Parser:
                 self.expect(")")
                 if not self.org_ids:
                     raise self.fail("MAJORITY needs the consortium's organisations")
-                n = len(self.org_ids) // 2 + 1
-                return OutOf(n, tuple(Principal(o, role_tok[1]) for o in self.org_ids))
+                majority = len(self.org_ids) // 2 + 1
+                return OutOf(majority, tuple(Principal(o, role_tok[1]) for o in self.org_ids))
             n: int | None = None
             if value == "OutOf":
                 num = self.peek()
@@ -193,7 +197,9 @@ class _Parser:
                 n = 1
             assert n is not None
             if not 1 <= n <= len(rules):
-                raise RxError("BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {self.text!r}")
+                raise RxError(
+                    "BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {self.text!r}"
+                )
             return OutOf(n, tuple(rules))
         word = value.strip("'")
         if "." not in word:

@@ -1,0 +1,77 @@
+"""Signing, verification (with key cache), AES-GCM and key wrapping: round trips and tampering."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from node.crypto import aead, signing
+from node.crypto.x509 import cert_to_der, issue_cert, make_ca
+
+from .conftest import FIXED_NOW
+
+
+def _cert_for(key: ec.EllipticCurvePrivateKey) -> bytes:
+    ca_key = signing.generate_key()
+    ca = make_ca("h01", ca_key, FIXED_NOW)
+    return cert_to_der(issue_cert(ca, ca_key, key.public_key(), org="h01", role="doctor",
+                                  name="dr-x", now=FIXED_NOW))
+
+
+def test_sign_verify_round_trip_and_tamper() -> None:
+    key = signing.generate_key()
+    der = _cert_for(key)
+    v = signing.Verifier()
+    sig = signing.sign(key, b"prescription")
+    assert v.verify(der, sig, b"prescription")
+    assert not v.verify(der, sig, b"prescriptioN")  # signature over other bytes
+    bad = bytearray(sig)
+    bad[-1] ^= 1
+    assert not v.verify(der, bytes(bad), b"prescription")
+    other = _cert_for(signing.generate_key())
+    assert not v.verify(other, sig, b"prescription")
+    assert not v.verify(der, b"not a signature", b"prescription")
+
+
+def test_verifier_cache_is_bounded() -> None:
+    v = signing.Verifier(max_entries=2)
+    keys = [signing.generate_key() for _ in range(3)]
+    ders = [_cert_for(k) for k in keys]
+    for k, d in zip(keys, ders, strict=True):
+        assert v.verify(d, signing.sign(k, b"m"), b"m")
+    assert len(v._keys) == 2
+    assert ders[0] not in v._keys
+
+
+def test_verifier_rejects_garbage_certificate() -> None:
+    with pytest.raises(ValueError):
+        signing.Verifier().public_key(b"\x30\x03garbage")
+
+
+def test_aead_round_trip_and_tamper() -> None:
+    key = aead.new_record_key()
+    blob = aead.encrypt(key, b"amlodipine 5mg x2", aad=b"rx-1")
+    assert aead.decrypt(key, blob, aad=b"rx-1") == b"amlodipine 5mg x2"
+    with pytest.raises(aead.DecryptionError):
+        aead.decrypt(key, blob, aad=b"rx-2")
+    tampered = bytearray(blob)
+    tampered[20] ^= 0x80
+    with pytest.raises(aead.DecryptionError):
+        aead.decrypt(key, bytes(tampered), aad=b"rx-1")
+    with pytest.raises(aead.DecryptionError):
+        aead.decrypt(aead.new_record_key(), blob, aad=b"rx-1")
+    assert aead.encrypt(key, b"x") != aead.encrypt(key, b"x")  # fresh nonce each time
+
+
+def test_key_wrapping_only_recipient_unwraps() -> None:
+    pharmacy = signing.generate_key()
+    stranger = signing.generate_key()
+    record_key = aead.new_record_key()
+    wrapped = aead.wrap_key(pharmacy.public_key(), record_key, b"rx-1|p01")
+    assert aead.unwrap_key(pharmacy, wrapped, b"rx-1|p01") == record_key
+    with pytest.raises(aead.DecryptionError):
+        aead.unwrap_key(stranger, wrapped, b"rx-1|p01")
+    with pytest.raises(aead.DecryptionError):
+        aead.unwrap_key(pharmacy, wrapped, b"rx-1|p02")  # bound to its context
+    with pytest.raises(aead.DecryptionError):
+        aead.unwrap_key(pharmacy, wrapped[:-1], b"rx-1|p01")

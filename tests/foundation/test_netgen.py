@@ -1,0 +1,138 @@
+"""Consortium generator: idempotence, layout, genesis, and bad consortium files."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netgen import generate, load_spec
+from netgen.generate import plan_nodes
+
+from node.config import load_node_config
+from node.errors import RxError
+from node.genesis import config_from_genesis, read_genesis
+
+from .conftest import FIXED_NOW, small_consortium
+
+SAMPLE = Path(__file__).resolve().parents[2] / "network-config" / "consortium.yaml"
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generate_is_idempotent(tmp_path: Path) -> None:
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    first = _digest_tree(tmp_path)
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    assert _digest_tree(tmp_path) == first
+    assert "genesis.block" in first and "orgs/h01/users/dr-jiang/key.pem" in first
+
+
+def test_generate_completes_missing_material(tmp_path: Path) -> None:
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    before = _digest_tree(tmp_path)
+    (tmp_path / "orgs/p01/users/pharm-wang/cert.pem").unlink()
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    after = _digest_tree(tmp_path)
+    assert after["orgs/p01/users/pharm-wang/key.pem"] == before["orgs/p01/users/pharm-wang/key.pem"]
+    assert "orgs/p01/users/pharm-wang/cert.pem" in after
+    assert after["genesis.block"] == before["genesis.block"]
+
+
+def test_genesis_and_node_configs(tmp_path: Path) -> None:
+    net = generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    cfg = config_from_genesis(read_genesis(net.genesis_path))
+    assert [o.id for o in cfg.organizations] == ["h01", "h02", "p01", "ins01", "reg01"]
+    assert [o.name for o in cfg.orderers] == ["orderer.ins01"]
+    assert {p.name for p in cfg.peers} == {"peer.h01", "peer.h02", "peer.p01", "peer.ins01"}
+    assert cfg.batch.max_tx_count == 10 and cfg.limits.gas_limit == 100000
+    assert all(o.records_cert_der for o in cfg.organizations)
+    nc = load_node_config(net.node_config_path("peer.h01"))
+    assert nc.kind == "peer" and nc.port == 21051 and nc.host == "127.0.0.1"
+    assert [e.name for e in nc.orderers] == ["orderer.ins01"]
+    assert "peer.h01" not in [e.name for e in nc.peers]
+    oc = load_node_config(net.node_config_path("orderer.ins01"))
+    assert oc.raft_id == 1
+
+
+def test_sample_consortium_file() -> None:
+    spec = load_spec(SAMPLE)
+    ids = [o.id for o in spec.orgs]
+    assert ids[:12] == [f"h{i:02d}" for i in range(1, 13)]
+    assert {"p01", "p02", "ins01", "ins02", "ins03", "reg01"} <= set(ids)
+    levels = {o.id: o.level for o in spec.orgs if o.kind == "hospital"}
+    assert levels["h01"] == "tertiary" and all(levels[f"h{i:02d}"] == "community" for i in range(2, 13))
+    nodes = plan_nodes(spec)
+    assert [n.name for n in nodes if n.kind == "orderer"] == ["orderer.ins01", "orderer.ins02", "orderer.ins03"]
+    assert len([n for n in nodes if n.kind == "peer"]) == 16
+    users = {(o.id, u.name): u for o in spec.orgs for u in o.users}
+    assert users[("h01", "dr-jiang")].attrs["practice_years"] == "10"
+    assert users[("h01", "dr-new")].attrs["practice_years"] == "2"
+    assert users[("h01", "nurse-liu")].role == "nurse"
+    for key in [("h02", "dr-zhou"), ("h01", "pharm-he"), ("p01", "pharm-wang"), ("p02", "pharm-chen"),
+                ("p01", "courier-1"), ("ins01", "clerk-zhao"), ("reg01", "auditor-1"),
+                ("h01", "patient-zhang"), ("h02", "patient-sun")]:
+        assert key in users
+
+
+def _mutate(fn: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(small_consortium())
+    fn(raw)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("mutation", "fragment"),
+    [
+        (lambda r: r["organizations"].append(dict(r["organizations"][0])), "duplicate organisation id 'h01'"),
+        (lambda r: r["organizations"][0].update(kind="clinic"), "unknown kind 'clinic'"),
+        (lambda r: r["organizations"][0].update(level="county"), "hospital level"),
+        (lambda r: r["organizations"][2].update(orderer=True), "only insurers run orderers"),
+        (lambda r: r["organizations"][2]["users"].append({"name": "dr-x", "role": "doctor"}), "role 'doctor' not allowed"),
+        (lambda r: r["policies"].update(lifecycle="AND(zz01.admin)"), "unknown organisation 'zz01'"),
+        (lambda r: r["policies"].update(lifecycle="AND(h01.admin"), "policy lifecycle"),
+        (lambda r: r["batch"].update(max_tx_count=0), "batch.max_tx_count"),
+        (lambda r: r["limits"].pop("gas_limit"), "missing gas_limit"),
+        (lambda r: r.update(base_port="x"), "base_port"),
+        (lambda r: r["organizations"][3].update(orderer=False), "at least one insurer"),
+    ],
+)
+def test_bad_consortium_files(tmp_path: Path, mutation: Any, fragment: str) -> None:
+    with pytest.raises(RxError) as e:
+        generate(_mutate(mutation), tmp_path, clock=lambda: FIXED_NOW)
+    assert e.value.reason == "BAD_CONFIG"
+    assert fragment in e.value.message
+    assert not (tmp_path / "genesis.block").exists()
+
+
+def test_bad_node_config(tmp_path: Path) -> None:
+    p = tmp_path / "node.yaml"
+    p.write_text("name: x\nkind: peer\n")
+    with pytest.raises(RxError, match="missing keys"):
+        load_node_config(p)
+    p.write_text("[not, a, mapping]")
+    with pytest.raises(RxError, match="must be a mapping"):
+        load_node_config(p)
+
+
+def test_malformed_genesis_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "genesis.block"
+    p.write_bytes(b"\xff\xff\xff not a protobuf")
+    with pytest.raises(RxError) as e:
+        read_genesis(p)
+    assert e.value.reason == "BAD_CONFIG"
+
+
+def test_tampered_genesis_is_refused(tmp_path: Path) -> None:
+    net = generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    block = read_genesis(net.genesis_path)
+    block.data.envelopes[0] = block.data.envelopes[0] + b"\x00"
+    p = tmp_path / "tampered.block"
+    p.write_bytes(block.SerializeToString())
+    with pytest.raises(RxError, match="data hash mismatch"):
+        read_genesis(p)

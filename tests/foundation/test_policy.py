@@ -1,0 +1,69 @@
+"""Endorsement-policy language: parsing, nested OutOf, distinct signers, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.errors import RxError
+from node.identity.policy import parse_policy
+
+ORGS = ["h01", "h02", "p01", "ins01", "reg01"]
+
+
+@pytest.mark.parametrize(
+    ("text", "signers", "expected"),
+    [
+        ("h01.peer", [("h01", "peer")], True),
+        ("h01.peer", [("h02", "peer")], False),
+        ("h01.member", [("h01", "doctor")], True),
+        ("AND(h01.peer, ins01.peer)", [("h01", "peer"), ("ins01", "peer")], True),
+        ("AND(h01.peer, ins01.peer)", [("h01", "peer")], False),
+        ("OR(h01.peer, ins01.peer)", [("ins01", "peer")], True),
+        ("OutOf(2, h01.peer, h02.peer, p01.peer)", [("p01", "peer"), ("h02", "peer")], True),
+        ("OutOf(2, h01.peer, h02.peer, p01.peer)", [("p01", "peer")], False),
+        # nested: insurer must endorse, plus any one of the others
+        ("AND(ins01.peer, OutOf(1, h01.peer, h02.peer, p01.peer))",
+         [("ins01", "peer"), ("h02", "peer")], True),
+        ("AND(ins01.peer, OutOf(1, h01.peer, h02.peer, p01.peer))", [("ins01", "peer")], False),
+        ("OutOf(2, AND(h01.peer, h01.admin), OR(p01.peer, h02.peer), ins01.admin)",
+         [("h01", "peer"), ("h01", "admin"), ("ins01", "admin")], True),
+        ("OutOf(2, AND(h01.peer, h01.admin), OR(p01.peer, h02.peer), ins01.admin)",
+         [("h01", "peer"), ("ins01", "admin")], False),
+        # one signer cannot satisfy two principals
+        ("OutOf(2, h01.member, h01.peer)", [("h01", "peer")], False),
+        ("OutOf(2, h01.member, h01.peer)", [("h01", "peer"), ("h01", "admin")], True),
+        ("MAJORITY(admin)", [("h01", "admin"), ("h02", "admin"), ("p01", "admin")], True),
+        ("MAJORITY(admin)", [("h01", "admin"), ("h02", "admin")], False),
+        ("MAJORITY(admin)", [("h01", "admin"), ("h01", "admin"), ("h02", "admin")], False),
+        ("'h01.peer'", [("h01", "peer")], True),
+    ],
+)
+def test_evaluate(text: str, signers: list[tuple[str, str]], expected: bool) -> None:
+    assert parse_policy(text, ORGS).evaluate(signers) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty"),
+        ("AND(h01.peer,", "expected a policy"),
+        ("AND(h01.peer h02.peer)", "expected ')'"),
+        ("OutOf(4, h01.peer, h02.peer)", "never be satisfied"),
+        ("OutOf(x, h01.peer)", "expects a count"),
+        ("h01", "expected ORG.ROLE"),
+        ("zz01.peer", "unknown organisation"),
+        ("AND(h01.peer) trailing", "trailing"),
+        ("h01.peer & h02.peer", "unexpected character"),
+        ("MAJORITY(h01.admin)", "expects a role"),
+    ],
+)
+def test_bad_policies_name_the_problem(text: str, fragment: str) -> None:
+    with pytest.raises(RxError) as e:
+        parse_policy(text, ORGS)
+    assert e.value.reason == "BAD_POLICY"
+    assert fragment in e.value.message
+
+
+def test_principals_listed() -> None:
+    p = parse_policy("AND(ins01.peer, OR(h01.peer, p01.peer))", ORGS)
+    assert [str(x) for x in p.principals()] == ["ins01.peer", "h01.peer", "p01.peer"]

@@ -1,0 +1,67 @@
+"""Mutual TLS: a server built from node material accepts members and refuses others."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from netgen import GeneratedNetwork
+from rxchain.v1 import services_pb2, services_pb2_grpc
+
+from node.crypto import tls
+
+
+class _Admin(services_pb2_grpc.AdminServicer):
+    def Health(self, request: services_pb2.HealthRequest, context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        ident = tls.peer_identity(context)
+        return services_pb2.HealthResponse(serving=True, node=ident.org if ident else "", detail="")
+
+    def Status(self, request: services_pb2.StatusRequest, context: grpc.ServicerContext) -> services_pb2.StatusResponse:  # noqa: N802
+        return services_pb2.StatusResponse(node="test")
+
+
+@pytest.fixture
+def server(network: GeneratedNetwork) -> Iterator[tuple[int, Path]]:
+    ndir = network.home / "nodes" / "peer.h01"
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AdminServicer_to_server(_Admin(), srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(ndir / "cert.pem", ndir / "key.pem", ndir / "ca-bundle.pem"))
+    srv.start()
+    try:
+        yield port, ndir
+    finally:
+        srv.stop(grace=None)
+
+
+def test_member_client_is_identified(server: tuple[int, Path], network: GeneratedNetwork) -> None:
+    port, ndir = server
+    user = network.user_dir("p01", "pharm-wang")
+    with tls.secure_channel(f"127.0.0.1:{port}", user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem") as ch:
+        resp = services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=10)
+    assert resp.serving and resp.node == "p01"
+
+
+def test_client_without_certificate_is_refused(server: tuple[int, Path]) -> None:
+    port, ndir = server
+    creds = grpc.ssl_channel_credentials(root_certificates=(ndir / "ca-bundle.pem").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=tls.channel_options(1 << 20)) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_client_from_foreign_ca_is_refused(server: tuple[int, Path], tmp_path: Path) -> None:
+    from netgen import generate
+
+    from .conftest import FIXED_NOW, small_consortium
+
+    foreign = generate(small_consortium(), tmp_path / "other", clock=lambda: FIXED_NOW)
+    port, ndir = server
+    user = foreign.user_dir("h01", "dr-jiang")
+    with tls.secure_channel(f"127.0.0.1:{port}", user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem") as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
