@@ -326,7 +326,8 @@ class StateDB:
         delete = wb.delete
         for t in txs:
             tx_id_raw = t.tx_id.encode("utf-8")
-            put(b"t" + tx_id_raw, _TXIDX.pack(block, t.index, t.code))
+            if tx_id_raw:  # "" = not provably this tx's id (see txwrites.UNINDEXED_CODES)
+                put(b"t" + tx_id_raw, _TXIDX.pack(block, t.index, t.code))
             if t.code != VALID_CODE:
                 continue
             ver = _VER.pack(block, t.index)

@@ -1,0 +1,89 @@
+"""Fixtures: one generated consortium per session; a fresh peer ledger per test."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from netgen import generate
+
+from bench.txbuild import SMALL_CONSORTIUM, TxKit, node_signer, user_signer
+from node.crypto.signing import Signer, Verifier
+from node.genesis import read_genesis
+from node.identity.policy import parse_policy
+from node.ledger.ledger import Ledger
+from node.ledger.statedb import StateReader
+from node.peer.committer import Committer
+from node.peer.validator import ContractDefinition
+
+ORGS = ["h01", "p01", "ins01", "ins02"]
+
+
+class StaticPolicies:
+    """Contract definitions fixed by the test (the lifecycle's role)."""
+
+    def __init__(self, defs: dict[str, ContractDefinition]) -> None:
+        self.defs = defs
+
+    def contract(self, name: str, state: StateReader) -> ContractDefinition | None:
+        return self.defs.get(name)
+
+
+def rx_definition(rule: str = "OutOf(2, h01.peer, p01.peer, ins01.peer)") -> ContractDefinition:
+    return ContractDefinition("rx", "1.0", 1, parse_policy(rule, ORGS))
+
+
+@dataclass
+class Net:
+    home: Path
+    doctor: Signer
+    pharmacist: Signer
+    clerk: Signer
+    peer_h01: Signer
+    peer_p01: Signer
+    peer_ins01: Signer
+    orderer1: Signer
+    orderer2: Signer
+    admins: dict[str, Signer]
+
+
+@pytest.fixture(scope="session")
+def net(tmp_path_factory) -> Net:
+    home = tmp_path_factory.mktemp("net")
+    generate(SMALL_CONSORTIUM, home)
+    return Net(
+        home=home,
+        doctor=user_signer(home, "h01", "dr-a"),
+        pharmacist=user_signer(home, "p01", "ph-a"),
+        clerk=user_signer(home, "ins01", "clerk-a"),
+        peer_h01=node_signer(home, "peer.h01", "h01"),
+        peer_p01=node_signer(home, "peer.p01", "p01"),
+        peer_ins01=node_signer(home, "peer.ins01", "ins01"),
+        orderer1=node_signer(home, "orderer.ins01", "ins01"),
+        orderer2=node_signer(home, "orderer.ins02", "ins02"),
+        admins={o: user_signer(home, o, "admin") for o in ORGS},
+    )
+
+
+@dataclass
+class Peer:
+    ledger: Ledger
+    committer: Committer
+    kit: TxKit
+    policies: StaticPolicies
+
+
+@pytest.fixture
+def peer(net, tmp_path):
+    genesis = read_genesis(net.home / "genesis.block")
+    ledger = Ledger(tmp_path / "ledger", fsync=False)
+    ledger.commit_genesis(genesis)
+    policies = StaticPolicies({"rx": rx_definition()})
+    committer = Committer(ledger, Verifier(), policies)
+    kit = TxKit("test-rx", random.Random(7))
+    try:
+        yield Peer(ledger, committer, kit, policies)
+    finally:
+        ledger.close()
