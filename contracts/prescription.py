@@ -1,0 +1,1006 @@
+"""rxchain prescription contract (namespace ``prescription``).
+
+Lifecycle: issue -> review (approve/reject) -> route/re-route -> lock -> dispense -> deliver,
+with release, revoke, expiry and repeat fills; the rules and reason codes of DOMAIN.md
+sections 1-2 (the full table is in contracts/README.md).
+
+Privacy. The client encrypts the prescription content (AES-256-GCM, per-prescription key,
+wrapped per party). The ledger receives the ciphertext, the wrapped keys, the patient's
+pseudonym and a salted commitment
+
+    commitment = sha256_hex(salt + canonical_json(content))
+
+where ``content`` is the plaintext prescription object, ``salt`` a secret string of 32-128
+lower-case hex characters kept inside the ciphertext, and ``canonical_json`` the rxchain
+canonical JSON (keys sorted, separators "," and ":", UTF-8, no escaping of non-ASCII; no
+control characters are allowed in content strings). The plaintext reaches the contract only
+as the transient inputs ``content`` and ``salt`` (never stored); the contract recomputes the
+commitment (HASH_MISMATCH) and checks every rule on the plaintext.
+
+The insurer gets a separate claim subset, encrypted separately and wrapped for the insurer:
+
+    claim = {"diagnosis": ICD-10, "lines": [{"code": c, "qty": q}, ...], "rx_id": rx_id}
+    claim_commitment = sha256_hex(claim_salt + canonical_json(claim))
+
+with the lines in the order of ``content["drugs"]``. The contract checks at issue that the
+claim commitment matches the content (transient ``claim_salt``); the settlement contract
+checks it again when the insurer presents the decrypted claim subset.
+
+Grants ``grant/{rx_id}/{party}``: party ``patient``, the issuing hospital's org id, the
+routed pharmacy's org id, consent orgs (content key), and insurer org ids (claim key).
+Audit ``audit/{rx_id}/{ms13}/{tx_id}/{n}``: every grant, grant revocation, key fetch and
+denied key fetch. ``get_key`` is a submitted transaction; a denial does NOT fail the tx:
+it writes the DENIED audit record and returns {"error": "NO_KEY_GRANT", "message": ...}.
+"""
+
+from rxchain_contract import Context
+
+DAY_MS = 86400000
+TZ_MS = 28800000
+MAX_INV = 9999999999999
+MAX_ITEMS = 5
+ORDINARY_MAX_DAYS = 7
+LONG_MAX_DAYS = 28
+LONG_ASSESSED_MAX_DAYS = 84
+MAX_VALID_DAYS = 3
+MIN_PRACTICE_YEARS = 3
+GUARDIAN_AGE = 6
+MAX_FILLS = 12
+MAX_QTY = 1000
+MAX_BLOB = 262144
+MAX_TRACE_CODE = 64
+HEX = "0123456789abcdef"
+ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+FORBIDDEN_CLASSES = ("NARCOTIC", "PSYCHOTROPIC_I", "PSYCHOTROPIC_II", "TOXIC", "RADIOACTIVE")
+LONGRX_EXCLUDED = (
+    "ANTIMICROBIAL",
+    "TOXIC",
+    "NARCOTIC",
+    "PSYCHOTROPIC_I",
+    "PSYCHOTROPIC_II",
+    "SPECIAL_STORAGE",
+)
+READ_ROLES = {
+    "hospital": ("doctor", "pharmacist"),
+    "pharmacy": ("pharmacist",),
+    "consent": ("doctor", "pharmacist"),
+    "insurer": ("clerk",),
+}
+STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")
+TERMINAL = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")
+
+
+# ---------------------------------------------------------------- small pure helpers
+
+
+def _is_hex(s: str, lo: int, hi: int) -> bool:
+    if not isinstance(s, str) or len(s) < lo or len(s) > hi:
+        return False
+    for ch in s:
+        if ch not in HEX:
+            return False
+    return True
+
+
+def _is_id(s: str, max_len: int) -> bool:
+    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
+        return False
+    for ch in s:
+        if ch not in ID_CHARS:
+            return False
+    return True
+
+
+def _is_int(v: int, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_blob(s: str) -> bool:
+    return isinstance(s, str) and 0 < len(s) <= MAX_BLOB
+
+
+def _canon(v) -> str:
+    """Canonical JSON of a JSON value, or "" if it cannot be encoded canonically here."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        if not v.isprintable():
+            for ch in v:
+                if ch < " ":
+                    return ""
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        parts = []
+        for item in v:
+            s = _canon(item)
+            if s == "":
+                return ""
+            parts.append(s)
+        return "[" + ",".join(parts) + "]"
+    if isinstance(v, dict):
+        parts = []
+        for k in sorted(v.keys()):
+            if not isinstance(k, str):
+                return ""
+            s = _canon(v[k])
+            if s == "":
+                return ""
+            parts.append(_canon(k) + ":" + s)
+        return "{" + ",".join(parts) + "}"
+    return ""
+
+
+def _civil(ms: int) -> list:
+    """[year, month, day] of the China-local (UTC+8) calendar day containing ``ms``."""
+    days = (ms + TZ_MS) // DAY_MS
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3
+    if mp >= 10:
+        m = mp - 9
+        y = y + 1
+    return [y, m, d]
+
+
+def _date_str(ms: int) -> str:
+    ymd = _civil(ms)
+    return str(ymd[0]).zfill(4) + "-" + str(ymd[1]).zfill(2) + "-" + str(ymd[2]).zfill(2)
+
+
+def _iso_utc(ms: int) -> str:
+    ymd = _civil(ms - TZ_MS)
+    rem = ms % DAY_MS
+    hh = rem // 3600000
+    mm = (rem // 60000) % 60
+    ss = (rem // 1000) % 60
+    return (
+        str(ymd[0]).zfill(4) + "-" + str(ymd[1]).zfill(2) + "-" + str(ymd[2]).zfill(2) + "T"
+        + str(hh).zfill(2) + ":" + str(mm).zfill(2) + ":" + str(ss).zfill(2) + "Z"
+    )
+
+
+def _parse_date(s: str) -> list:
+    if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
+        return []
+    for ch in s[0:4] + s[5:7] + s[8:10]:
+        if ch not in "0123456789":
+            return []
+    return [int(s[0:4]), int(s[5:7]), int(s[8:10])]
+
+
+def _age_years(birth: list, today: list) -> int:
+    age = today[0] - birth[0]
+    if today[1] < birth[1] or (today[1] == birth[1] and today[2] < birth[2]):
+        age = age - 1
+    return age
+
+
+# ---------------------------------------------------------------- state helpers
+
+
+def _rx(ctx: Context, rx_id: str) -> dict:
+    if not _is_id(rx_id, 64):
+        ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+    rec = ctx.get("rx/" + rx_id)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+    return rec
+
+
+def _step(ctx: Context, name: str, detail: dict) -> dict:
+    c = ctx.caller
+    return {
+        "step": name,
+        "actor": c.name,
+        "org": c.org,
+        "role": c.role,
+        "time_ms": ctx.timestamp_ms,
+        "tx_id": ctx.tx_id,
+        "detail": detail,
+    }
+
+
+def _save(ctx: Context, rx: dict, name: str, detail: dict) -> None:
+    rx["step"] = _step(ctx, name, detail)
+    ctx.put("rx/" + rx["rx_id"], rx)
+    ctx.emit("rx." + name, {"rx_id": rx["rx_id"], "status": rx["status"], "org": ctx.caller.org})
+
+
+def _audit(ctx: Context, rx_id: str, n: int, event: str, party: str, outcome: str) -> None:
+    c = ctx.caller
+    key = "audit/" + rx_id + "/" + str(ctx.timestamp_ms).zfill(13) + "/" + ctx.tx_id + "/"
+    ctx.put(
+        key + str(n),
+        {
+            "rx_id": rx_id,
+            "event": event,
+            "party": party,
+            "outcome": outcome,
+            "actor": c.name,
+            "org": c.org,
+            "role": c.role,
+            "time_ms": ctx.timestamp_ms,
+            "tx_id": ctx.tx_id,
+        },
+    )
+
+
+def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int) -> None:
+    ctx.put(
+        "grant/" + rx_id + "/" + party,
+        {
+            "party": party,
+            "kind": kind,
+            "wrapped_key": wrapped,
+            "granted_by": ctx.caller.org,
+            "time_ms": ctx.timestamp_ms,
+        },
+    )
+    _audit(ctx, rx_id, n, "GRANT", party, kind)
+
+
+def _drop_grant(ctx: Context, rx_id: str, party: str, n: int) -> None:
+    ctx.delete("grant/" + rx_id + "/" + party)
+    _audit(ctx, rx_id, n, "REVOKE_GRANT", party, "REVOKED")
+
+
+def _drug(ctx: Context, code: str) -> dict:
+    if not isinstance(code, str) or len(code) == 0 or len(code) > 48:
+        return {}
+    rec = ctx.get_from("registry", "drug/" + code)
+    if rec is None:
+        alias = ctx.get_from("registry", "drugname/" + code)
+        if alias is not None:
+            rec = ctx.get_from("registry", "drug/" + alias["code"])
+    if rec is None:
+        return {}
+    return rec
+
+
+def _is_patient(ctx: Context, rx: dict) -> bool:
+    c = ctx.caller
+    if c.role != "patient":
+        return False
+    if c.attrs.get("pseudonym", "") == rx["patient"]:
+        return True
+    enrol = ctx.get_from("registry", "patient/" + rx["patient"])
+    if enrol is None:
+        return False
+    return enrol["user_hash"] == ctx.sha256_hex("patient-user|" + c.org + "|" + c.name)
+
+
+def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
+    content = ctx.transient("content")
+    salt = ctx.transient("salt")
+    if not isinstance(content, dict):
+        ctx.fail("BAD_TRANSIENT", "transient content (the plaintext prescription) is required")
+    if not _is_hex(salt, 32, 128):
+        ctx.fail("BAD_TRANSIENT", "transient salt must be 32-128 lower-case hex chars")
+    text = _canon(content)
+    if text == "":
+        ctx.fail("BAD_CONTENT", "content is not canonical JSON (control characters?)")
+    if ctx.sha256_hex(salt + text) != commitment:
+        ctx.fail("HASH_MISMATCH", "content does not match the ledger commitment")
+    if content.get("rx_id") != rx_id:
+        ctx.fail("BAD_CONTENT", "content rx_id differs from the prescription id")
+    return content
+
+
+def _effective_pharmacy(rx: dict) -> str:
+    if rx["pharmacy"] != "":
+        return rx["pharmacy"]
+    return rx["hospital"]
+
+
+def _check_dispensable(ctx: Context, rx: dict) -> None:
+    """Status rules shared by lock and dispense (everything but who the caller is)."""
+    status = rx["status"]
+    now = ctx.timestamp_ms
+    if status == "REVOKED":
+        ctx.fail("REVOKED", "the prescription was revoked")
+    if status == "REJECTED":
+        ctx.fail("REJECTED", "the pharmacist rejected the prescription")
+    if status == "ISSUED":
+        ctx.fail("NOT_REVIEWED", "a pharmacist must approve the prescription first")
+    if status == "ERASED":
+        ctx.fail("ERASED", "the prescription was erased")
+    if rx["fills"] >= rx["max_fills"]:
+        if rx["max_fills"] == 1:
+            ctx.fail("ALREADY_DISPENSED", "the prescription was already dispensed")
+        ctx.fail("FILLS_EXHAUSTED", "all " + str(rx["max_fills"]) + " fills were dispensed")
+    if status == "EXPIRED" or now > _fill_deadline(rx):
+        ctx.fail("EXPIRED", "the prescription's validity ended")
+    if rx["fills"] > 0:
+        earliest = rx["last_fill_ms"] + rx["fill_interval_days"] * DAY_MS
+        if now < earliest:
+            ctx.fail("TOO_EARLY", "the next fill is allowed from " + _iso_utc(earliest))
+
+
+def _fill_deadline(rx: dict) -> int:
+    """Validity end of the next fill: first fill by valid_end, repeat k by +k*interval."""
+    return rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
+
+
+def _require_pharmacist(ctx: Context) -> dict:
+    c = ctx.caller
+    if c.role != "pharmacist":
+        ctx.fail("WRONG_ROLE", "only a pharmacist may do this")
+    prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
+    if prac is None or prac["role"] != "pharmacist" or not prac["licence_active"]:
+        ctx.fail("UNAUTHORIZED", "no active pharmacist licence registered for " + c.name)
+    return prac
+
+
+def _can_view(ctx: Context, rx: dict) -> bool:
+    c = ctx.caller
+    if c.org_kind == "regulator" and c.role == "auditor":
+        return True
+    if _is_patient(ctx, rx):
+        return True
+    if c.role not in STAFF_ROLES:
+        return False
+    if c.org == rx["hospital"] or c.org == rx["pharmacy"] or c.org == rx["insurer"]:
+        return True
+    return ctx.get("grant/" + rx["rx_id"] + "/" + c.org) is not None
+
+
+# ---------------------------------------------------------------- issue
+
+
+def _check_prescriber(ctx: Context) -> dict:
+    c = ctx.caller
+    if c.role != "doctor" or c.org_kind != "hospital":
+        ctx.fail("UNAUTHORIZED_PRESCRIBER", "only a hospital doctor may prescribe")
+    prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
+    if prac is None or prac["role"] != "doctor":
+        ctx.fail("UNAUTHORIZED_PRESCRIBER", "no doctor " + c.name + " registered at " + c.org)
+    if not prac["licence_active"]:
+        ctx.fail("UNAUTHORIZED_PRESCRIBER", "the doctor's licence is not active")
+    if not prac["internet_practice"]:
+        ctx.fail("UNAUTHORIZED_PRESCRIBER", "the doctor is not authorised for internet practice")
+    if prac["practice_years"] < MIN_PRACTICE_YEARS:
+        ctx.fail("PRESCRIBER_NOT_ELIGIBLE", "at least 3 years of independent practice needed")
+    return prac
+
+
+def _check_follow_up(ctx: Context, content: dict, enrol: dict, pseudonym: str) -> str:
+    icd10 = content.get("diagnosis")
+    if not _is_id(icd10, 16):
+        ctx.fail("BAD_CONTENT", "content diagnosis must be an ICD-10 code")
+    if content.get("first_visit", False) is not False:
+        ctx.fail("NOT_FOLLOW_UP", "first visits are never allowed online")
+    dx_key = ctx.transient("dx_key")
+    if not _is_hex(dx_key, 64, 64):
+        ctx.fail("BAD_TRANSIENT", "transient dx_key (64 lower-case hex) is required")
+    tag = ctx.hmac_sha256_hex(dx_key, pseudonym + "|" + icd10)
+    today = _date_str(ctx.timestamp_ms)
+    for dx in enrol["diagnoses"]:
+        if dx["tag"] == tag and dx["physical"] and dx["date"] <= today:
+            return tag
+    ctx.fail("NOT_FOLLOW_UP", "no earlier physical diagnosis with the same ICD-10 code")
+    return tag
+
+
+def _check_drugs(ctx: Context, content: dict) -> list:
+    drugs = content.get("drugs")
+    if not isinstance(drugs, list) or len(drugs) == 0:
+        ctx.fail("BAD_CONTENT", "content drugs must be a non-empty list")
+    if len(drugs) > MAX_ITEMS:
+        ctx.fail("TOO_MANY_ITEMS", "at most 5 drug lines per prescription")
+    found = []
+    for line in drugs:
+        if not isinstance(line, dict):
+            ctx.fail("BAD_CONTENT", "each drug line is an object")
+        drug = _drug(ctx, line.get("code"))
+        if len(drug) == 0:
+            ctx.fail("UNKNOWN_DRUG", "drug " + str(line.get("code")) + " is not in the formulary")
+        if not _is_int(line.get("qty"), 1, MAX_QTY):
+            ctx.fail("QUANTITY_LIMIT", "each drug line needs a quantity of 1-1000 boxes")
+        found.append(drug)
+    for drug in found:
+        if drug["controlled"] in FORBIDDEN_CLASSES:
+            ctx.fail("FORBIDDEN_DRUG_CLASS", drug["controlled"] + " drugs are never prescribed online")
+    return found
+
+
+def _check_supply(ctx: Context, content: dict, found: list) -> dict:
+    days = content.get("days")
+    long_rx = content.get("long_rx", False)
+    max_fills = content.get("max_fills", 1)
+    interval = content.get("fill_interval_days", 0)
+    if not _is_int(days, 1, 366) or not isinstance(long_rx, bool):
+        ctx.fail("BAD_CONTENT", "content days (1-366) and long_rx (bool) are required")
+    if not _is_int(max_fills, 1, MAX_FILLS) or not _is_int(interval, 0, 366):
+        ctx.fail("BAD_CONTENT", "max_fills must be 1-12 and fill_interval_days 0-366")
+    if max_fills > 1 and interval < 1:
+        ctx.fail("BAD_CONTENT", "repeat fills need fill_interval_days >= 1")
+    for line in content["drugs"]:
+        line_days = line.get("days", days)
+        if not _is_int(line_days, 1, days):
+            ctx.fail("QUANTITY_LIMIT", "a drug line's days exceed the prescription's days")
+    total = days * max_fills
+    if not long_rx:
+        if total > ORDINARY_MAX_DAYS:
+            ctx.fail("QUANTITY_LIMIT", "an ordinary prescription covers at most 7 days")
+    else:
+        reason = content.get("chronic_reason", "")
+        if not isinstance(reason, str) or len(reason) == 0:
+            ctx.fail("QUANTITY_LIMIT", "a long prescription needs the chronic reason")
+        if total > LONG_ASSESSED_MAX_DAYS:
+            ctx.fail("QUANTITY_LIMIT", "a long prescription covers at most 84 days")
+        if total > LONG_MAX_DAYS:
+            assessment = content.get("stability_assessment", "")
+            if not isinstance(assessment, str) or len(assessment) == 0:
+                ctx.fail("QUANTITY_LIMIT", "29-84 days need a recorded stability assessment")
+            if content.get("patient_confirmed", False) is not True:
+                ctx.fail("QUANTITY_LIMIT", "29-84 days need the patient's confirmation")
+    if long_rx or total > ORDINARY_MAX_DAYS:
+        for drug in found:
+            if drug["controlled"] in LONGRX_EXCLUDED:
+                ctx.fail(
+                    "LONGRX_EXCLUDED_CLASS",
+                    drug["controlled"] + " drugs are not allowed on a long prescription",
+                )
+    return {"days": days, "long_rx": long_rx, "max_fills": max_fills, "interval": interval}
+
+
+def _claim_subset(rx_id: str, content: dict) -> dict:
+    lines = []
+    for line in content["drugs"]:
+        lines.append({"code": line["code"], "qty": line["qty"]})
+    return {"diagnosis": content["diagnosis"], "lines": lines, "rx_id": rx_id}
+
+
+def issue(
+    ctx: Context,
+    rx_id: str,
+    patient: str,
+    ciphertext: str,
+    commitment: str,
+    keys: dict,
+    claim_ciphertext: str,
+    claim_commitment: str,
+    claim_keys: dict,
+    pharmacy: str,
+) -> dict:
+    """Issue an internet follow-up prescription (doctor). Transient: content, salt,
+    claim_salt, dx_key. ``keys`` = {"patient": wrapped, <own hospital org>: wrapped
+    [, <pharmacy>: wrapped]}; ``claim_keys`` = {<patient's insurer>: wrapped}; pharmacy ""
+    leaves it with the hospital's own pharmacy until routed."""
+    if not _is_id(rx_id, 64):
+        ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+    if not _is_hex(patient, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "patient must be a 64-hex pseudonym, never a name or id")
+    if not _is_blob(ciphertext) or not _is_blob(claim_ciphertext):
+        ctx.fail("BAD_ARGUMENTS", "ciphertexts are non-empty base64 strings <= 256 KiB")
+    if not _is_hex(commitment, 64, 64) or not _is_hex(claim_commitment, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "commitments are 64 lower-case hex chars")
+    if not isinstance(keys, dict) or not isinstance(claim_keys, dict):
+        ctx.fail("BAD_ARGUMENTS", "keys and claim_keys map party -> wrapped key")
+    if not isinstance(pharmacy, str):
+        ctx.fail("BAD_ARGUMENTS", "pharmacy is an org id or empty")
+    if ctx.get("rx/" + rx_id) is not None:
+        ctx.fail("DUPLICATE_RX", "prescription " + rx_id + " already exists")
+    prac = _check_prescriber(ctx)
+    hospital = ctx.caller.org
+    content = _verify_content(ctx, rx_id, commitment)
+    if content.get("patient") != patient:
+        ctx.fail("BAD_CONTENT", "content patient differs from the patient pseudonym argument")
+    enrol = ctx.get_from("registry", "patient/" + patient)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    dx_tag = _check_follow_up(ctx, content, enrol, patient)
+    found = _check_drugs(ctx, content)
+    supply = _check_supply(ctx, content, found)
+    valid_days = content.get("valid_days", 1)
+    if not _is_int(valid_days, 1, MAX_VALID_DAYS):
+        ctx.fail("VALIDITY_LIMIT", "validity is the day of issue, extendable to at most 3 days")
+    info = content.get("patient_info")
+    if not isinstance(info, dict):
+        ctx.fail("BAD_CONTENT", "content patient_info with birth_date is required")
+    birth = _parse_date(info.get("birth_date"))
+    if len(birth) == 0:
+        ctx.fail("BAD_CONTENT", "patient_info birth_date must be YYYY-MM-DD")
+    if _age_years(birth, _civil(ctx.timestamp_ms)) < GUARDIAN_AGE:
+        guardian = info.get("guardian", "")
+        if not isinstance(guardian, str) or len(guardian) == 0:
+            ctx.fail("GUARDIAN_REQUIRED", "a patient under 6 needs a guardian present")
+    claim_salt = ctx.transient("claim_salt")
+    if not _is_hex(claim_salt, 32, 128):
+        ctx.fail("BAD_TRANSIENT", "transient claim_salt must be 32-128 lower-case hex chars")
+    claim_text = _canon(_claim_subset(rx_id, content))
+    if ctx.sha256_hex(claim_salt + claim_text) != claim_commitment:
+        ctx.fail("HASH_MISMATCH", "claim subset does not match the claim commitment")
+    # grants: exactly the patient, the issuing hospital and the optional routed pharmacy
+    allowed = ["patient", hospital]
+    if pharmacy != "":
+        ph = ctx.get_from("registry", "pharmacy/" + pharmacy)
+        if ph is None or not ph["active"]:
+            ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
+        allowed.append(pharmacy)
+    for party in allowed:
+        if not _is_blob(keys.get(party)):
+            ctx.fail("BAD_ARGUMENTS", "a wrapped key for " + party + " is required")
+    for party in sorted(keys.keys()):
+        if party not in allowed:
+            ctx.fail("BAD_ARGUMENTS", "unexpected key grant for " + party + " at issue")
+    insurer = enrol["insurer"]
+    if len(claim_keys) != 1 or not _is_blob(claim_keys.get(insurer)):
+        ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer)
+    now = ctx.timestamp_ms
+    day_start = ((now + TZ_MS) // DAY_MS) * DAY_MS - TZ_MS
+    valid_end = day_start + valid_days * DAY_MS - 1
+    rx = {
+        "rx_id": rx_id,
+        "patient": patient,
+        "hospital": hospital,
+        "hospital_level": ctx.caller.hospital_level,
+        "doctor": ctx.caller.name,
+        "dr_code": prac["code"],
+        "insurer": insurer,
+        "status": "ISSUED",
+        "issued_ms": now,
+        "valid_days": valid_days,
+        "valid_end_ms": valid_end,
+        "long_rx": supply["long_rx"],
+        "days": supply["days"],
+        "max_fills": supply["max_fills"],
+        "fill_interval_days": supply["interval"],
+        "fills": 0,
+        "last_fill_ms": 0,
+        "delivered_fills": 0,
+        "pharmacy": pharmacy,
+        "lock": None,
+        "review": None,
+        "revocation": None,
+        "ciphertext": ciphertext,
+        "commitment": commitment,
+        "claim_ciphertext": claim_ciphertext,
+        "claim_commitment": claim_commitment,
+        "dx_tag": dx_tag,
+    }
+    n = 0
+    for party in allowed:
+        kind = "hospital"
+        if party == "patient":
+            kind = "patient"
+        elif party == pharmacy:
+            kind = "pharmacy"
+        _grant(ctx, rx_id, party, kind, keys[party], n)
+        n = n + 1
+    _grant(ctx, rx_id, insurer, "insurer", claim_keys[insurer], n)
+    _save(ctx, rx, "issue", {"pharmacy": pharmacy, "valid_end_ms": valid_end})
+    return {"rx_id": rx_id, "status": "ISSUED", "valid_end_ms": valid_end}
+
+
+# ---------------------------------------------------------------- review, routing
+
+
+def review(ctx: Context, rx_id: str, approve: bool, reason: str) -> dict:
+    """Approve or reject (pharmacist of the issuing hospital or of the routed pharmacy)."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    if c.org == rx["hospital"] and c.name == rx["doctor"]:
+        ctx.fail("SOD_VIOLATION", "the prescriber may not review their own prescription")
+    prac = _require_pharmacist(ctx)
+    if prac["code"] == rx["dr_code"]:
+        ctx.fail("SOD_VIOLATION", "the prescriber may not review their own prescription")
+    if c.org != rx["hospital"] and c.org != rx["pharmacy"]:
+        ctx.fail("NOT_ROUTED", "only the issuing hospital or the routed pharmacy reviews")
+    if not isinstance(approve, bool) or not isinstance(reason, str) or len(reason) > 256:
+        ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string <= 256 chars")
+    if rx["status"] == "REVOKED":
+        ctx.fail("REVOKED", "the prescription was revoked")
+    if rx["status"] != "ISSUED":
+        ctx.fail("ALREADY_REVIEWED", "the prescription was already reviewed")
+    if ctx.timestamp_ms > rx["valid_end_ms"]:
+        ctx.fail("EXPIRED", "the prescription's validity ended")
+    if not approve and len(reason) == 0:
+        ctx.fail("REASON_REQUIRED", "a rejection needs a reason")
+    decision = "APPROVED"
+    if not approve:
+        decision = "REJECTED"
+    rx["status"] = decision
+    rx["review"] = {
+        "decision": decision,
+        "by": c.name,
+        "org": c.org,
+        "time_ms": ctx.timestamp_ms,
+        "reason": reason,
+    }
+    _save(ctx, rx, "review", {"decision": decision})
+    return {"rx_id": rx_id, "status": decision}
+
+
+def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
+    """Route or re-route to a pharmacy: grants it, revokes the previous pharmacy's grant.
+
+    Callers: the issuing hospital's doctor/pharmacist/admin, or the patient."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    hospital_staff = c.org == rx["hospital"] and c.role in ("doctor", "pharmacist", "admin")
+    if not hospital_staff and not _is_patient(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "only the issuing hospital or the patient routes")
+    if rx["status"] in TERMINAL:
+        ctx.fail(rx["status"], "the prescription is " + rx["status"])
+    if rx["lock"] is not None:
+        ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"] + "; release it first")
+    if rx["fills"] >= rx["max_fills"]:
+        ctx.fail("ALREADY_DISPENSED", "nothing left to dispense")
+    if not _is_id(pharmacy, 32):
+        ctx.fail("BAD_ARGUMENTS", "pharmacy must be an org id")
+    ph = ctx.get_from("registry", "pharmacy/" + pharmacy)
+    if ph is None or not ph["active"]:
+        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
+    if pharmacy == rx["pharmacy"]:
+        ctx.fail("ALREADY_ROUTED", "already routed to " + pharmacy)
+    if not _is_blob(wrapped_key):
+        ctx.fail("BAD_ARGUMENTS", "a wrapped key for the new pharmacy is required")
+    old = rx["pharmacy"]
+    n = 0
+    if old != "":
+        _drop_grant(ctx, rx_id, old, n)
+        n = n + 1
+    _grant(ctx, rx_id, pharmacy, "pharmacy", wrapped_key, n)
+    rx["pharmacy"] = pharmacy
+    _save(ctx, rx, "route", {"pharmacy": pharmacy, "previous": old})
+    return {"rx_id": rx_id, "pharmacy": pharmacy, "previous": old}
+
+
+# ---------------------------------------------------------------- lock, dispense, deliver
+
+
+def lock(ctx: Context, rx_id: str) -> dict:
+    """Lock for dispensing (pharmacist of the routed pharmacy); exactly one lock holder."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    _require_pharmacist(ctx)
+    _check_dispensable(ctx, rx)
+    if rx["lock"] is not None:
+        ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
+    if c.org != _effective_pharmacy(rx):
+        ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
+    rx["lock"] = {"org": c.org, "by": c.name, "time_ms": ctx.timestamp_ms}
+    rx["status"] = "LOCKED"
+    _save(ctx, rx, "lock", {"fill": rx["fills"] + 1})
+    return {"rx_id": rx_id, "status": "LOCKED", "fill": rx["fills"] + 1}
+
+
+def release(ctx: Context, rx_id: str) -> dict:
+    """Release a lock (a pharmacist of the lock-holding pharmacy)."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    _require_pharmacist(ctx)
+    if rx["lock"] is None:
+        ctx.fail("NOT_LOCKED", "the prescription is not locked")
+    if rx["lock"]["org"] != c.org:
+        ctx.fail("ALREADY_LOCKED", "locked by another pharmacy")
+    rx["lock"] = None
+    rx["status"] = "APPROVED"
+    if rx["fills"] > 0:
+        rx["status"] = "DISPENSED"
+    _save(ctx, rx, "release", {})
+    return {"rx_id": rx_id, "status": rx["status"]}
+
+
+def dispense(ctx: Context, rx_id: str, trace_codes: list) -> dict:
+    """Dispense one fill (pharmacist of the lock-holding pharmacy). Transient: content, salt
+    (the decrypted prescription, re-checked against the commitment). Each box trace code is
+    usable once across the ledger; state keeps only sha256("trace|" + code)."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    _require_pharmacist(ctx)
+    _check_dispensable(ctx, rx)
+    if rx["lock"] is None:
+        if c.org != _effective_pharmacy(rx):
+            ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
+        ctx.fail("NOT_LOCKED", "lock the prescription before dispensing")
+    if rx["lock"]["org"] != c.org:
+        ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
+    if c.org != _effective_pharmacy(rx):
+        ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
+    content = _verify_content(ctx, rx_id, rx["commitment"])
+    boxes = 0
+    for line in content["drugs"]:
+        boxes = boxes + line["qty"]
+    if not isinstance(trace_codes, list) or len(trace_codes) > boxes:
+        ctx.fail("BAD_ARGUMENTS", "at most one trace code per box (" + str(boxes) + " boxes)")
+    fill = rx["fills"] + 1
+    hashes = []
+    for code in trace_codes:
+        if not _is_id(code, MAX_TRACE_CODE):
+            ctx.fail("BAD_ARGUMENTS", "trace codes are 1-64 chars of [A-Za-z0-9-_.]")
+        h = ctx.sha256_hex("trace|" + code)
+        if h in hashes or ctx.get("trace/" + h) is not None:
+            ctx.fail("TRACE_CODE_REUSED", "trace code " + code + " was already used")
+        hashes.append(h)
+    for h in hashes:
+        ctx.put("trace/" + h, {"rx_id": rx_id, "fill": fill, "tx_id": ctx.tx_id})
+    ctx.put(
+        "disp/" + rx_id + "/" + str(fill).zfill(3),
+        {
+            "rx_id": rx_id,
+            "fill": fill,
+            "pharmacy": c.org,
+            "pharmacist": c.name,
+            "time_ms": ctx.timestamp_ms,
+            "tx_id": ctx.tx_id,
+            "boxes": boxes,
+            "trace_codes": len(hashes),
+            "delivered": False,
+        },
+    )
+    rx["fills"] = fill
+    rx["last_fill_ms"] = ctx.timestamp_ms
+    rx["lock"] = None
+    rx["status"] = "DISPENSED"
+    _save(ctx, rx, "dispense", {"fill": fill, "boxes": boxes, "trace_codes": len(hashes)})
+    return {"rx_id": rx_id, "status": "DISPENSED", "fill": fill, "fills_left": rx["max_fills"] - fill}
+
+
+def deliver(ctx: Context, rx_id: str) -> dict:
+    """The courier of the dispensing pharmacy confirms hand-over of the latest fill."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    if c.role != "courier":
+        ctx.fail("WRONG_ROLE", "only a courier confirms delivery")
+    if rx["fills"] == 0:
+        ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
+    key = "disp/" + rx_id + "/" + str(rx["fills"]).zfill(3)
+    disp = ctx.get(key)
+    if disp["pharmacy"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the courier must belong to the dispensing pharmacy")
+    if disp["delivered"]:
+        ctx.fail("ALREADY_DELIVERED", "this fill was already delivered")
+    disp["delivered"] = True
+    disp["delivered_ms"] = ctx.timestamp_ms
+    disp["courier"] = c.name
+    ctx.put(key, disp)
+    rx["delivered_fills"] = rx["fills"]
+    if rx["fills"] >= rx["max_fills"]:
+        rx["status"] = "DELIVERED"
+    _save(ctx, rx, "deliver", {"fill": rx["fills"]})
+    return {"rx_id": rx_id, "status": rx["status"], "fill": rx["fills"]}
+
+
+# ---------------------------------------------------------------- revoke, expire, erase
+
+
+def revoke(ctx: Context, rx_id: str, reason: str) -> dict:
+    """Revoke before any dispensing: the issuing doctor or the hospital's pharmacy dept."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    is_doctor = c.org == rx["hospital"] and c.name == rx["doctor"] and c.role == "doctor"
+    is_dept = c.org == rx["hospital"] and c.role == "pharmacist"
+    if not is_doctor and not is_dept:
+        ctx.fail("ACCESS_DENIED", "only the issuing doctor or the hospital pharmacy revokes")
+    if rx["status"] == "REVOKED":
+        ctx.fail("REVOKED", "already revoked")
+    if rx["fills"] > 0:
+        ctx.fail("REVOKE_NOT_ALLOWED", "the prescription was already dispensed")
+    if not isinstance(reason, str) or len(reason) == 0 or len(reason) > 256:
+        ctx.fail("REASON_REQUIRED", "revocation needs a reason (<= 256 chars)")
+    rx["status"] = "REVOKED"
+    rx["lock"] = None
+    rx["revocation"] = {"by": c.name, "org": c.org, "time_ms": ctx.timestamp_ms, "reason": reason}
+    _save(ctx, rx, "revoke", {})
+    return {"rx_id": rx_id, "status": "REVOKED"}
+
+
+def expire(ctx: Context, rx_id: str) -> dict:
+    """Mark an undispensable prescription EXPIRED once its validity ended (any member)."""
+    rx = _rx(ctx, rx_id)
+    if rx["status"] in TERMINAL or rx["status"] == "DELIVERED":
+        ctx.fail(rx["status"], "the prescription is " + rx["status"])
+    if rx["fills"] >= rx["max_fills"]:
+        ctx.fail("ALREADY_DISPENSED", "all fills were dispensed")
+    if ctx.timestamp_ms <= _fill_deadline(rx):
+        ctx.fail("NOT_EXPIRED", "still valid until " + _iso_utc(_fill_deadline(rx)))
+    rx["status"] = "EXPIRED"
+    rx["lock"] = None
+    _save(ctx, rx, "expire", {})
+    return {"rx_id": rx_id, "status": "EXPIRED"}
+
+
+def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
+    """Crypto-shredding after retention (issuing hospital admin): destroys every wrapped
+    key and the ciphertexts, keeps a tombstone with the commitment and the status."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    if c.org != rx["hospital"] or c.role != "admin":
+        ctx.fail("ACCESS_DENIED", "only the issuing hospital's admin erases")
+    if not _is_int(retention_days, 1, 36500):
+        ctx.fail("BAD_ARGUMENTS", "retention_days must be 1-36500")
+    if rx["status"] == "ERASED":
+        ctx.fail("ERASED", "already erased")
+    if ctx.timestamp_ms < rx["issued_ms"] + retention_days * DAY_MS:
+        ctx.fail("RETENTION_NOT_ELAPSED", "the retention period has not elapsed")
+    n = 0
+    for pair in ctx.range("grant/" + rx_id + "/", "grant/" + rx_id + "/~", 64):
+        _drop_grant(ctx, rx_id, pair[1]["party"], n)
+        n = n + 1
+    rx["ciphertext"] = ""
+    rx["claim_ciphertext"] = ""
+    rx["status"] = "ERASED"
+    rx["lock"] = None
+    _save(ctx, rx, "erase", {"grants_destroyed": n})
+    return {"rx_id": rx_id, "status": "ERASED", "grants_destroyed": n}
+
+
+# ---------------------------------------------------------------- keys, consent
+
+
+def get_key(ctx: Context, rx_id: str) -> dict:
+    """Return the caller's wrapped key (submitted tx: always audited). A denial writes a
+    DENIED audit record and returns {"error": "NO_KEY_GRANT", ...} so the record commits."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    party = c.org
+    if _is_patient(ctx, rx):
+        party = "patient"
+    grant = ctx.get("grant/" + rx_id + "/" + party)
+    ok = grant is not None
+    if ok and party != "patient":
+        ok = c.role in READ_ROLES.get(grant["kind"], ())
+    if not ok:
+        _audit(ctx, rx_id, 0, "KEY_FETCH", party, "DENIED")
+        ctx.emit("rx.key_denied", {"rx_id": rx_id, "org": c.org, "role": c.role})
+        return {"error": "NO_KEY_GRANT", "message": c.org + "/" + c.role + " holds no key grant"}
+    _audit(ctx, rx_id, 0, "KEY_FETCH", party, "GRANTED")
+    ctx.emit("rx.key_fetch", {"rx_id": rx_id, "org": c.org, "role": c.role})
+    ciphertext = rx["ciphertext"]
+    commitment = rx["commitment"]
+    if grant["kind"] == "insurer":
+        ciphertext = rx["claim_ciphertext"]
+        commitment = rx["claim_commitment"]
+    return {
+        "rx_id": rx_id,
+        "party": party,
+        "kind": grant["kind"],
+        "wrapped_key": grant["wrapped_key"],
+        "ciphertext": ciphertext,
+        "commitment": commitment,
+    }
+
+
+def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
+    """The patient grants another organisation read access (its wrapped key)."""
+    rx = _rx(ctx, rx_id)
+    if not _is_patient(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "only the patient grants consent")
+    if rx["status"] == "ERASED":
+        ctx.fail("ERASED", "the prescription was erased")
+    if not _is_id(org, 32) or org == "patient" or not _is_blob(wrapped_key):
+        ctx.fail("BAD_ARGUMENTS", "an org id and its wrapped key are required")
+    old = ctx.get("grant/" + rx_id + "/" + org)
+    if old is not None and old["kind"] != "consent":
+        ctx.fail("ALREADY_GRANTED", org + " already holds a " + old["kind"] + " grant")
+    _grant(ctx, rx_id, org, "consent", wrapped_key, 0)
+    _save(ctx, rx, "consent", {"org": org})
+    return {"rx_id": rx_id, "org": org, "granted": True}
+
+
+def revoke_consent(ctx: Context, rx_id: str, org: str) -> dict:
+    """The patient withdraws a consent grant."""
+    rx = _rx(ctx, rx_id)
+    if not _is_patient(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "only the patient withdraws consent")
+    old = ctx.get("grant/" + rx_id + "/" + org)
+    if old is None or old["kind"] != "consent":
+        ctx.fail("NO_KEY_GRANT", org + " holds no consent grant")
+    _drop_grant(ctx, rx_id, org, 0)
+    _save(ctx, rx, "consent_revoked", {"org": org})
+    return {"rx_id": rx_id, "org": org, "granted": False}
+
+
+# ---------------------------------------------------------------- queries
+
+
+def show(ctx: Context, rx_id: str) -> dict:
+    """Public metadata (and the ciphertext) for parties allowed to see the prescription."""
+    rx = _rx(ctx, rx_id)
+    if not _can_view(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    return rx
+
+
+def verify(ctx: Context, rx_id: str) -> dict:
+    """Check decrypted content (transient content, salt) against the commitment."""
+    rx = _rx(ctx, rx_id)
+    _verify_content(ctx, rx_id, rx["commitment"])
+    return {"rx_id": rx_id, "ok": True}
+
+
+def trace(ctx: Context, rx_id: str) -> dict:
+    """The whole trail from the history index (+ settlement records), oldest first."""
+    rx = _rx(ctx, rx_id)
+    if not _can_view(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    steps = []
+    for h in ctx.history("rx/" + rx_id, 1000):
+        if h["is_delete"] or h["value"] is None:
+            continue
+        s = h["value"]["step"]
+        steps.append(
+            {
+                "step": s["step"],
+                "actor": s["actor"],
+                "org": s["org"],
+                "role": s["role"],
+                "time_ms": h["timestamp_ms"],
+                "time": _iso_utc(h["timestamp_ms"]),
+                "tx_id": h["tx_id"],
+                "block": h["block"],
+                "detail": s["detail"],
+            }
+        )
+    for pair in ctx.range_from("settlement", "rxclaim/" + rx_id + "/", "rxclaim/" + rx_id + "/~", 64):
+        claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
+        for ev in claim["events"]:
+            steps.append(
+                {
+                    "step": ev["step"],
+                    "actor": ev["actor"],
+                    "org": ev["org"],
+                    "role": ev["role"],
+                    "time_ms": ev["time_ms"],
+                    "time": _iso_utc(ev["time_ms"]),
+                    "tx_id": ev["tx_id"],
+                    "block": None,
+                    "detail": {"claim_id": claim["claim_id"], "fill": claim["fill"]},
+                }
+            )
+    ordered = []
+    for s in steps:
+        i = len(ordered)
+        while i > 0 and ordered[i - 1]["time_ms"] > s["time_ms"]:
+            i = i - 1
+        ordered.insert(i, s)
+    return {"rx_id": rx_id, "status": rx["status"], "steps": ordered}
+
+
+def audit_trail(ctx: Context, rx_id: str) -> dict:
+    """Every grant / key fetch / denial of one prescription: the patient, the issuing
+    hospital and the regulator's auditors may read it (metadata only)."""
+    rx = _rx(ctx, rx_id)
+    c = ctx.caller
+    auditor = c.org_kind == "regulator" and c.role == "auditor"
+    hospital_admin = c.org == rx["hospital"] and c.role == "admin"
+    if not auditor and not hospital_admin and not _is_patient(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "audit trails are for the patient, the hospital and auditors")
+    out = []
+    for pair in ctx.range("audit/" + rx_id + "/", "audit/" + rx_id + "/~", 1000):
+        out.append(pair[1])
+    return {"rx_id": rx_id, "events": out}
+
+
+def audit_log(ctx: Context, start_key: str, limit: int) -> dict:
+    """All audit events across prescriptions, paged by key (regulator auditors only)."""
+    c = ctx.caller
+    if c.org_kind != "regulator" or c.role != "auditor":
+        ctx.fail("ACCESS_DENIED", "only the regulator's auditors read the global audit log")
+    if not _is_int(limit, 1, 500) or not isinstance(start_key, str):
+        ctx.fail("BAD_ARGUMENTS", "limit 1-500")
+    start = "audit/" + start_key
+    if start_key == "":
+        start = "audit/"
+    rows = ctx.range(start, "audit/~", limit + 1)
+    out = []
+    for pair in rows[0:limit]:
+        out.append({"key": pair[0][6:], "event": pair[1]})
+    next_key = ""
+    if len(rows) > limit:
+        next_key = rows[limit][0][6:]
+    return {"events": out, "next": next_key}

@@ -1,0 +1,450 @@
+"""rxchain registry contract (namespace ``registry``).
+
+Reference data the prescription and settlement contracts read:
+
+* practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
+* pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin;
+* drug formulary ``drug/{medListCodg}`` plus the alias ``drugname/{short_name}`` -> code:
+  written by insurer admins;
+* insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
+  ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
+  at ``inv13(t)`` with limit 1 returns the version in force at time ``t``; written by the
+  insurer's admin; a version never applies before its effective time;
+* patient enrolment ``patient/{pseudonym}``: written by the admin of the enrolling hospital.
+
+Privacy: a patient is known only by a 64-hex pseudonym (HMAC-SHA256 of the ID number under
+the consortium secret, computed by the client). Diagnoses are never stored in plaintext:
+each earlier diagnosis is stored as ``tag = HMAC-SHA256(dx_key, pseudonym + "|" + ICD-10)``,
+where ``dx_key`` (hex) reaches the contract only as the transient input ``dx_key`` and the
+ICD-10 codes only as the transient input ``diagnoses``. The patient's own certificate is
+stored as ``user_hash = sha256("patient-user|" + org + "|" + name)``, never as a name.
+
+Every refusal is ``ctx.fail(REASON, message)``; see contracts/README.md for the full table.
+"""
+
+from rxchain_contract import Context
+
+HEX = "0123456789abcdef"
+CODE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+DRUG_CLASSES = ("A", "B", "OFF_LIST")
+CONTROLLED_CLASSES = (
+    "NONE",
+    "NARCOTIC",
+    "PSYCHOTROPIC_I",
+    "PSYCHOTROPIC_II",
+    "TOXIC",
+    "RADIOACTIVE",
+    "ANTIMICROBIAL",
+    "SPECIAL_STORAGE",
+)
+PRACTITIONER_ROLES = ("doctor", "pharmacist", "nurse", "courier")
+HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
+MAX_FEN = 100000000000
+MAX_INV = 9999999999999
+MAX_DIAGNOSES = 16
+MAX_TEXT = 128
+LIST_LIMIT = 200
+
+
+def _is_hex(s: str, n: int) -> bool:
+    if not isinstance(s, str) or len(s) != n:
+        return False
+    for ch in s:
+        if ch not in HEX:
+            return False
+    return True
+
+
+def _is_id(s: str, max_len: int) -> bool:
+    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
+        return False
+    for ch in s:
+        if ch not in ID_CHARS:
+            return False
+    return True
+
+
+def _is_text(s: str) -> bool:
+    if not isinstance(s, str) or len(s) > MAX_TEXT:
+        return False
+    if s.isprintable():
+        return True
+    for ch in s:
+        if ch < " ":
+            return False
+    return True
+
+
+def _is_int(v: int, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_date(s: str) -> bool:
+    if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
+        return False
+    digits = s[0:4] + s[5:7] + s[8:10]
+    for ch in digits:
+        if ch not in "0123456789":
+            return False
+    m = int(s[5:7])
+    d = int(s[8:10])
+    return 1 <= m <= 12 and 1 <= d <= 31
+
+
+def _require_admin(ctx: Context, kinds: tuple) -> None:
+    c = ctx.caller
+    if c.role != "admin":
+        ctx.fail("WRONG_ROLE", "only an organisation admin may change the registry")
+    if c.org_kind not in kinds:
+        ctx.fail("ACCESS_DENIED", "an admin of a " + "/".join(kinds) + " may do this")
+
+
+def _inv(ms: int) -> str:
+    return str(MAX_INV - ms).zfill(13)
+
+
+def _stamp(ctx: Context) -> dict:
+    c = ctx.caller
+    return {"by_org": c.org, "by": c.name, "ms": ctx.timestamp_ms, "tx_id": ctx.tx_id}
+
+
+def _dx_tag(ctx: Context, dx_key: str, pseudonym: str, icd10: str) -> str:
+    return ctx.hmac_sha256_hex(dx_key, pseudonym + "|" + icd10)
+
+
+def _dx_key(ctx: Context) -> str:
+    key = ctx.transient("dx_key")
+    if not _is_hex(key, 64):
+        ctx.fail("BAD_TRANSIENT", "transient dx_key (64 lower-case hex) is required")
+    return key
+
+
+# ---------------------------------------------------------------- practitioners, pharmacies
+
+
+def register_practitioner(
+    ctx: Context,
+    name: str,
+    role: str,
+    code: str,
+    licence_active: bool,
+    practice_years: int,
+    internet_practice: bool,
+) -> dict:
+    """Create or update one of the caller's organisation's own practitioners."""
+    _require_admin(ctx, ("hospital", "pharmacy"))
+    if not _is_id(name, 64):
+        ctx.fail("BAD_ARGUMENTS", "name must be 1-64 chars of [A-Za-z0-9-_.]")
+    if role not in PRACTITIONER_ROLES:
+        ctx.fail("BAD_ARGUMENTS", "role must be one of " + ",".join(PRACTITIONER_ROLES))
+    if not _is_id(code, 32):
+        ctx.fail("BAD_ARGUMENTS", "practitioner code (drCode) must be 1-32 id chars")
+    if not isinstance(licence_active, bool) or not isinstance(internet_practice, bool):
+        ctx.fail("BAD_ARGUMENTS", "licence_active and internet_practice are booleans")
+    if not _is_int(practice_years, 0, 80):
+        ctx.fail("BAD_ARGUMENTS", "practice_years must be 0-80")
+    org = ctx.caller.org
+    rec = {
+        "org": org,
+        "name": name,
+        "role": role,
+        "code": code,
+        "licence_active": licence_active,
+        "practice_years": practice_years,
+        "internet_practice": internet_practice,
+        "updated": _stamp(ctx),
+    }
+    ctx.put("prac/" + org + "/" + name, rec)
+    ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
+    return rec
+
+
+def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
+    """Register (or update) the caller's own pharmacy as a dispensing pharmacy."""
+    _require_admin(ctx, ("pharmacy",))
+    if not _is_id(licence_no, 64):
+        ctx.fail("BAD_ARGUMENTS", "licence_no must be 1-64 id chars")
+    if not isinstance(active, bool):
+        ctx.fail("BAD_ARGUMENTS", "active is a boolean")
+    org = ctx.caller.org
+    rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
+    ctx.put("pharmacy/" + org, rec)
+    ctx.emit("registry.pharmacy", {"org": org, "active": active})
+    return rec
+
+
+def get_practitioner(ctx: Context, org: str, name: str) -> dict:
+    rec = ctx.get("prac/" + org + "/" + name)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no practitioner " + org + "/" + name)
+    return rec
+
+
+def get_pharmacy(ctx: Context, org: str) -> dict:
+    rec = ctx.get("pharmacy/" + org)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no pharmacy " + org)
+    return rec
+
+
+# ---------------------------------------------------------------- formulary
+
+
+def set_drug(
+    ctx: Context,
+    code: str,
+    short_name: str,
+    generic_name: str,
+    spec: str,
+    cls: str,
+    standard_fen: int,
+    price_fen: int,
+    controlled: str,
+) -> dict:
+    """Add or update a formulary entry (insurer admins)."""
+    _require_admin(ctx, ("insurer",))
+    if not isinstance(code, str) or len(code) != 23:
+        ctx.fail("BAD_ARGUMENTS", "medListCodg must be 23 characters")
+    for ch in code:
+        if ch not in CODE_CHARS:
+            ctx.fail("BAD_ARGUMENTS", "medListCodg must be upper-case letters and digits")
+    if not _is_id(short_name, 48):
+        ctx.fail("BAD_ARGUMENTS", "short_name must be 1-48 id chars")
+    if not _is_text(generic_name) or not _is_text(spec):
+        ctx.fail("BAD_ARGUMENTS", "generic_name/spec must be printable text of <= 128 chars")
+    if cls not in DRUG_CLASSES:
+        ctx.fail("BAD_ARGUMENTS", "class must be A, B or OFF_LIST")
+    if controlled not in CONTROLLED_CLASSES:
+        ctx.fail("BAD_ARGUMENTS", "controlled class must be one of " + ",".join(CONTROLLED_CLASSES))
+    if not _is_int(standard_fen, 0, MAX_FEN) or not _is_int(price_fen, 1, MAX_FEN):
+        ctx.fail("BAD_ARGUMENTS", "standard_fen >= 0 and price_fen >= 1 (integer fen)")
+    alias = ctx.get("drugname/" + short_name)
+    if alias is not None and alias["code"] != code:
+        ctx.fail("DUPLICATE_NAME", "short name " + short_name + " belongs to " + alias["code"])
+    rec = {
+        "code": code,
+        "short_name": short_name,
+        "generic_name": generic_name,
+        "spec": spec,
+        "cls": cls,
+        "standard_fen": standard_fen,
+        "price_fen": price_fen,
+        "controlled": controlled,
+        "updated": _stamp(ctx),
+    }
+    ctx.put("drug/" + code, rec)
+    ctx.put("drugname/" + short_name, {"code": code})
+    ctx.emit("registry.drug", {"code": code})
+    return rec
+
+
+def get_drug(ctx: Context, code_or_name: str) -> dict:
+    """A formulary entry by national code or by short name."""
+    rec = ctx.get("drug/" + code_or_name)
+    if rec is None:
+        alias = ctx.get("drugname/" + code_or_name)
+        if alias is not None:
+            rec = ctx.get("drug/" + alias["code"])
+    if rec is None:
+        ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code_or_name)
+    return rec
+
+
+def list_drugs(ctx: Context, start: str, limit: int) -> list:
+    """Formulary page: entries with code >= start (at most limit, <= 200)."""
+    if not _is_int(limit, 1, LIST_LIMIT):
+        ctx.fail("BAD_ARGUMENTS", "limit must be 1-200")
+    out = []
+    for pair in ctx.range("drug/" + start, "drug/~", limit):
+        out.append(pair[1])
+    return out
+
+
+# ---------------------------------------------------------------- policy
+
+
+def set_policy(
+    ctx: Context,
+    effective_ms: int,
+    deductible_fen: int,
+    ratio_bp: dict,
+    cap_fen: int,
+    cap_by_disease: dict,
+    b_share_bp: int,
+) -> dict:
+    """Publish a policy version of the caller's insurer, in force from effective_ms.
+
+    effective_ms 0 means "from this transaction"; a version may not take effect in the past
+    (claims already settled are never re-priced).
+    """
+    _require_admin(ctx, ("insurer",))
+    now = ctx.timestamp_ms
+    if effective_ms == 0:
+        effective_ms = now
+    if not _is_int(effective_ms, 0, MAX_INV):
+        ctx.fail("BAD_ARGUMENTS", "effective_ms must be a millisecond timestamp")
+    if effective_ms < now:
+        ctx.fail("POLICY_RETROACTIVE", "a policy version cannot take effect before its tx")
+    if not _is_int(deductible_fen, 0, MAX_FEN) or not _is_int(cap_fen, 0, MAX_FEN):
+        ctx.fail("BAD_ARGUMENTS", "deductible_fen and cap_fen are non-negative integer fen")
+    if not _is_int(b_share_bp, 0, 10000):
+        ctx.fail("BAD_ARGUMENTS", "b_share_bp must be 0-10000")
+    if not isinstance(ratio_bp, dict) or len(ratio_bp) == 0:
+        ctx.fail("BAD_ARGUMENTS", "ratio_bp maps hospital level -> basis points")
+    for level in sorted(ratio_bp.keys()):
+        if level not in HOSPITAL_LEVELS or not _is_int(ratio_bp[level], 0, 10000):
+            ctx.fail("BAD_ARGUMENTS", "ratio_bp: levels " + ",".join(HOSPITAL_LEVELS) + ", 0-10000")
+    if not isinstance(cap_by_disease, dict) or len(cap_by_disease) > 64:
+        ctx.fail("BAD_ARGUMENTS", "cap_by_disease maps ICD-10 -> fen (at most 64)")
+    for dx in sorted(cap_by_disease.keys()):
+        if not _is_id(dx, 16) or not _is_int(cap_by_disease[dx], 0, MAX_FEN):
+            ctx.fail("BAD_ARGUMENTS", "cap_by_disease: ICD-10 code -> non-negative fen")
+    org = ctx.caller.org
+    rec = {
+        "insurer": org,
+        "effective_ms": effective_ms,
+        "deductible_fen": deductible_fen,
+        "ratio_bp": ratio_bp,
+        "cap_fen": cap_fen,
+        "cap_by_disease": cap_by_disease,
+        "b_share_bp": b_share_bp,
+        "updated": _stamp(ctx),
+    }
+    ctx.put("policy/" + org + "/" + _inv(effective_ms), rec)
+    ctx.emit("registry.policy", {"insurer": org, "effective_ms": effective_ms})
+    return rec
+
+
+def get_policy(ctx: Context, insurer: str, at_ms: int) -> dict:
+    """The policy version of ``insurer`` in force at ``at_ms`` (0 = now)."""
+    if at_ms == 0:
+        at_ms = ctx.timestamp_ms
+    if not _is_int(at_ms, 0, MAX_INV) or not _is_id(insurer, 32):
+        ctx.fail("BAD_ARGUMENTS", "insurer id and a millisecond timestamp are required")
+    prefix = "policy/" + insurer + "/"
+    found = ctx.range(prefix + _inv(at_ms), prefix + "~", 1)
+    if len(found) == 0:
+        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force at that time")
+    return found[0][1]
+
+
+# ---------------------------------------------------------------- patients
+
+
+def _china_year(ms: int) -> int:
+    days = (ms + 28800000) // 86400000
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    if mp >= 10:
+        y = y + 1
+    return y
+
+
+def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospital: str) -> list:
+    if not isinstance(items, list) or len(items) > MAX_DIAGNOSES:
+        ctx.fail("BAD_TRANSIENT", "transient diagnoses: a list of at most 16 entries")
+    key = _dx_key(ctx)
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            ctx.fail("BAD_TRANSIENT", "each diagnosis is an object")
+        icd10 = item.get("icd10")
+        date = item.get("date")
+        hospital = item.get("hospital", default_hospital)
+        physical = item.get("physical", True)
+        if not _is_id(icd10, 16) or not _is_date(date) or not _is_id(hospital, 32):
+            ctx.fail("BAD_TRANSIENT", "diagnosis needs icd10, date YYYY-MM-DD, hospital")
+        if not isinstance(physical, bool):
+            ctx.fail("BAD_TRANSIENT", "diagnosis physical flag is a boolean")
+        out.append(
+            {
+                "tag": _dx_tag(ctx, key, pseudonym, icd10),
+                "date": date,
+                "hospital": hospital,
+                "physical": physical,
+            }
+        )
+    return out
+
+
+def enrol_patient(
+    ctx: Context,
+    pseudonym: str,
+    insurer: str,
+    user_org: str,
+    user_name: str,
+    balance_fen: int,
+    deductible_used_fen: int,
+    cap_used_fen: int,
+) -> dict:
+    """Enrol (or update) a patient of the caller's hospital.
+
+    Transient inputs: ``dx_key`` (hex) and ``diagnoses`` (list of {icd10, date, hospital,
+    physical}). ``balance_fen`` is the opening personal-account balance; the two counters
+    seed this (China-local) year's deductible used and the cap used for each chronic
+    disease. The settlement contract owns the live balance and counters from then on.
+    """
+    _require_admin(ctx, ("hospital",))
+    if not _is_hex(pseudonym, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    if not _is_id(insurer, 32) or not _is_id(user_org, 32) or not _is_id(user_name, 64):
+        ctx.fail("BAD_ARGUMENTS", "insurer, user_org and user_name are ids")
+    for v in (balance_fen, deductible_used_fen, cap_used_fen):
+        if not _is_int(v, 0, MAX_FEN):
+            ctx.fail("BAD_ARGUMENTS", "amounts are non-negative integer fen")
+    org = ctx.caller.org
+    old = ctx.get("patient/" + pseudonym)
+    if old is not None and old["hospital"] != org:
+        ctx.fail("ACCESS_DENIED", "patient is enrolled by another hospital")
+    diagnoses = _diagnosis_entries(ctx, pseudonym, ctx.transient("diagnoses"), org)
+    rec = {
+        "pseudonym": pseudonym,
+        "hospital": org,
+        "insurer": insurer,
+        "user_hash": ctx.sha256_hex("patient-user|" + user_org + "|" + user_name),
+        "diagnoses": diagnoses,
+        "opening_balance_fen": balance_fen,
+        "seed_year": _china_year(ctx.timestamp_ms),
+        "seed_deductible_used_fen": deductible_used_fen,
+        "seed_cap_used_fen": cap_used_fen,
+        "updated": _stamp(ctx),
+    }
+    ctx.put("patient/" + pseudonym, rec)
+    ctx.emit("registry.patient", {"hospital": org})
+    return {"pseudonym": pseudonym, "hospital": org, "diagnoses": len(diagnoses)}
+
+
+def add_diagnosis(ctx: Context, pseudonym: str, date: str, physical: bool) -> dict:
+    """Record a diagnosis made at the caller's hospital (admin or doctor of that hospital).
+
+    Transient inputs: ``dx_key`` and ``icd10``.
+    """
+    c = ctx.caller
+    if c.org_kind != "hospital" or c.role not in ("admin", "doctor"):
+        ctx.fail("WRONG_ROLE", "a hospital admin or doctor records diagnoses")
+    rec = ctx.get("patient/" + pseudonym)
+    if rec is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    if len(rec["diagnoses"]) >= MAX_DIAGNOSES:
+        ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient")
+    entry = {"icd10": ctx.transient("icd10"), "date": date, "hospital": c.org, "physical": physical}
+    rec["diagnoses"] = rec["diagnoses"] + _diagnosis_entries(ctx, pseudonym, [entry], c.org)
+    rec["updated"] = _stamp(ctx)
+    ctx.put("patient/" + pseudonym, rec)
+    ctx.emit("registry.diagnosis", {"hospital": c.org})
+    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"])}
+
+
+def get_patient(ctx: Context, pseudonym: str) -> dict:
+    """Enrolment metadata (no diagnoses in plaintext exist anywhere on the ledger)."""
+    rec = ctx.get("patient/" + pseudonym)
+    if rec is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    return rec
+

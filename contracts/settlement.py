@@ -1,0 +1,445 @@
+"""rxchain settlement contract (namespace ``settlement``): outpatient chronic-disease claims.
+
+The formula of DOMAIN.md section 3, in integer fen, rounding half-up per line:
+
+    medfee  = sum price * qty                         (all lines)
+    fulamt  = sum off-list lines
+    overlmt = sum max(0, price - standard) * qty       (A and B lines)
+    preself = sum B lines: rhu(min(price, standard) * qty * b_share_bp / 10000)
+    inscp   = medfee - fulamt - overlmt - preself
+    dedc    = min(inscp, deductible remaining this year)
+    fund    = min(rhu((inscp - dedc) * ratio_bp / 10000), cap remaining this year)
+    patient = medfee - fund
+    account = min(patient - fulamt - overlmt, account balance)
+    cash    = patient - account
+
+with rhu(a * b / 10000) = (2 * a * b + 10000) // 20000 for non-negative a, b.
+
+Ownership of shared state: the registry's enrolment holds the opening balance and this
+year's seed counters; this contract owns the live values, keyed by pseudonym:
+``bal/{pseudonym}`` = {"balance_fen"} and ``ctr/{pseudonym}/{year}`` =
+{"deductible_used_fen", "cap_used": {dx_tag: fen}} (year = China-local calendar year of the
+settling tx). They are created from the enrolment on first use. Claims: ``claim/{claim_id}``,
+the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
+(read by the prescription contract's trace).
+
+Claim subset: the insurer clerk's client decrypts the claim ciphertext (its key comes from
+``prescription.get_key``) and passes it as transient ``claim`` with transient ``claim_salt``;
+the contract checks it against the prescription's claim commitment [HASH_MISMATCH]. An
+optional transient ``lines`` ([{code, qty}]) claims less than was dispensed
+[ITEM_NOT_DISPENSED, QTY_EXCEEDS_DISPENSED]. No drug line is written to state.
+"""
+
+from rxchain_contract import Context
+
+DAY_MS = 86400000
+TZ_MS = 28800000
+MAX_INV = 9999999999999
+HEX = "0123456789abcdef"
+ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+
+def _is_id(s: str, max_len: int) -> bool:
+    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
+        return False
+    for ch in s:
+        if ch not in ID_CHARS:
+            return False
+    return True
+
+
+def _is_hex(s: str, lo: int, hi: int) -> bool:
+    if not isinstance(s, str) or len(s) < lo or len(s) > hi:
+        return False
+    for ch in s:
+        if ch not in HEX:
+            return False
+    return True
+
+
+def _is_int(v: int, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _canon(v) -> str:
+    """Canonical JSON (same definition as the prescription contract), "" if impossible."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        if not v.isprintable():
+            for ch in v:
+                if ch < " ":
+                    return ""
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        parts = []
+        for item in v:
+            s = _canon(item)
+            if s == "":
+                return ""
+            parts.append(s)
+        return "[" + ",".join(parts) + "]"
+    if isinstance(v, dict):
+        parts = []
+        for k in sorted(v.keys()):
+            if not isinstance(k, str):
+                return ""
+            s = _canon(v[k])
+            if s == "":
+                return ""
+            parts.append(_canon(k) + ":" + s)
+        return "{" + ",".join(parts) + "}"
+    return ""
+
+
+def _china_year(ms: int) -> int:
+    days = (ms + TZ_MS) // DAY_MS
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    if mp >= 10:
+        y = y + 1
+    return y
+
+
+def _rhu_bp(amount: int, bp: int) -> int:
+    """round_half_up(amount * bp / 10000) for non-negative integers."""
+    return (2 * amount * bp + 10000) // 20000
+
+
+def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
+    inv = str(MAX_INV - at_ms).zfill(13)
+    prefix = "policy/" + insurer + "/"
+    found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
+    if len(found) == 0:
+        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force")
+    return found[0][1]
+
+
+def _drug(ctx: Context, code: str) -> dict:
+    rec = ctx.get_from("registry", "drug/" + code)
+    if rec is None:
+        alias = ctx.get_from("registry", "drugname/" + code)
+        if alias is not None:
+            rec = ctx.get_from("registry", "drug/" + alias["code"])
+    if rec is None:
+        ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
+    return rec
+
+
+def _counters(ctx: Context, enrol: dict, year: int) -> dict:
+    ctr = ctx.get("ctr/" + enrol["pseudonym"] + "/" + str(year))
+    if ctr is not None:
+        return ctr
+    ded = 0
+    cap_seed = 0
+    if enrol["seed_year"] == year:
+        ded = enrol["seed_deductible_used_fen"]
+        cap_seed = enrol["seed_cap_used_fen"]
+    cap_used = {}
+    for dx in enrol["diagnoses"]:
+        cap_used[dx["tag"]] = cap_seed
+    return {"deductible_used_fen": ded, "cap_used": cap_used}
+
+
+def _balance(ctx: Context, enrol: dict) -> int:
+    bal = ctx.get("bal/" + enrol["pseudonym"])
+    if bal is None:
+        return enrol["opening_balance_fen"]
+    return bal["balance_fen"]
+
+
+def _compute(lines: list, policy: dict, level: str, diagnosis: str, ded_used: int,
+            cap_used: int, balance: int) -> dict:
+    """Pure settlement arithmetic; ``lines`` = [{qty, price_fen, standard_fen, cls}].
+
+    Returns every amount of the formula plus the policy figures used. Raises nothing:
+    an unknown hospital level gets ratio 0 (the caller checks it first)."""
+    ratio = policy["ratio_bp"].get(level, 0)
+    cap = policy["cap_by_disease"].get(diagnosis, policy["cap_fen"])
+    medfee = 0
+    fulamt = 0
+    overlmt = 0
+    preself = 0
+    for ln in lines:
+        price = ln["price_fen"]
+        std = ln["standard_fen"]
+        qty = ln["qty"]
+        medfee = medfee + price * qty
+        if ln["cls"] == "OFF_LIST":
+            fulamt = fulamt + price * qty
+            continue
+        if price > std:
+            overlmt = overlmt + (price - std) * qty
+        if ln["cls"] == "B":
+            preself = preself + _rhu_bp(min(price, std) * qty, policy["b_share_bp"])
+    inscp = medfee - fulamt - overlmt - preself
+    ded_remaining = max(0, policy["deductible_fen"] - ded_used)
+    cap_remaining = max(0, cap - cap_used)
+    dedc = min(inscp, ded_remaining)
+    fund = min(_rhu_bp(inscp - dedc, ratio), cap_remaining)
+    patient = medfee - fund
+    account = min(patient - fulamt - overlmt, balance)
+    cash = patient - account
+    return {
+        "medfee_fen": medfee,
+        "fulamt_fen": fulamt,
+        "overlmt_fen": overlmt,
+        "preself_fen": preself,
+        "inscp_fen": inscp,
+        "deductible_fen": dedc,
+        "fund_fen": fund,
+        "patient_fen": patient,
+        "account_fen": account,
+        "cash_fen": cash,
+        "ratio_bp": ratio,
+        "cap_fen": cap,
+        "deductible_remaining_fen": ded_remaining - dedc,
+        "cap_remaining_fen": cap_remaining - fund,
+        "balance_after_fen": balance - account,
+    }
+
+
+def _claimed_lines(ctx: Context, dispensed: list) -> list:
+    """Aggregate the lines to claim (default: everything dispensed) and check them."""
+    disp_qty = {}
+    for ln in dispensed:
+        disp_qty[ln["code"]] = disp_qty.get(ln["code"], 0) + ln["qty"]
+    wanted = ctx.transient("lines")
+    if wanted is None:
+        wanted = dispensed
+    if not isinstance(wanted, list) or len(wanted) == 0 or len(wanted) > 5:
+        ctx.fail("BAD_TRANSIENT", "transient lines: 1-5 objects {code, qty}")
+    claim_qty = {}
+    order = []
+    for ln in wanted:
+        if not isinstance(ln, dict) or not _is_int(ln.get("qty"), 1, 1000):
+            ctx.fail("BAD_TRANSIENT", "each claimed line needs a quantity of 1-1000")
+        code = ln.get("code")
+        if code not in disp_qty:
+            ctx.fail("ITEM_NOT_DISPENSED", "claimed item " + str(code) + " was not dispensed")
+        if code not in claim_qty:
+            order.append(code)
+            claim_qty[code] = 0
+        claim_qty[code] = claim_qty[code] + ln["qty"]
+        if claim_qty[code] > disp_qty[code]:
+            ctx.fail("QTY_EXCEEDS_DISPENSED", "claimed quantity of " + code + " exceeds the dispense")
+    out = []
+    for code in order:
+        out.append({"code": code, "qty": claim_qty[code]})
+    return out
+
+
+def settle(ctx: Context, rx_id: str, fill: int) -> dict:
+    """Settle one dispense (insurer clerk of the patient's insurer). fill 0 = latest fill.
+    Transient: claim, claim_salt [, lines]."""
+    c = ctx.caller
+    if c.role != "clerk" or c.org_kind != "insurer":
+        ctx.fail("WRONG_ROLE", "only an insurer clerk settles claims")
+    if not _is_id(rx_id, 64) or not _is_int(fill, 0, 99):
+        ctx.fail("BAD_ARGUMENTS", "rx_id and a fill number 0-99 are required")
+    rx = ctx.get_from("prescription", "rx/" + rx_id)
+    if rx is None:
+        ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+    enrol = ctx.get_from("registry", "patient/" + rx["patient"])
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    if enrol["insurer"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the patient is insured by " + enrol["insurer"])
+    if fill == 0:
+        fill = rx["fills"]
+    if fill == 0 or fill > rx["fills"]:
+        ctx.fail("NOT_DISPENSED", "that fill was not dispensed")
+    fill3 = str(fill).zfill(3)
+    guard = ctx.get("claimed/" + rx_id + "/" + fill3)
+    if guard is not None and guard["active"] != "":
+        ctx.fail("DUPLICATE_CLAIM", "fill " + str(fill) + " is already claimed by " + guard["active"])
+    claim = ctx.transient("claim")
+    salt = ctx.transient("claim_salt")
+    if not isinstance(claim, dict) or not _is_hex(salt, 32, 128):
+        ctx.fail("BAD_TRANSIENT", "transient claim (decrypted subset) and claim_salt required")
+    text = _canon(claim)
+    if text == "" or ctx.sha256_hex(salt + text) != rx["claim_commitment"]:
+        ctx.fail("HASH_MISMATCH", "claim subset does not match the prescription's commitment")
+    lines = _claimed_lines(ctx, claim["lines"])
+    priced = []
+    for ln in lines:
+        drug = _drug(ctx, ln["code"])
+        priced.append(
+            {
+                "qty": ln["qty"],
+                "price_fen": drug["price_fen"],
+                "standard_fen": drug["standard_fen"],
+                "cls": drug["cls"],
+            }
+        )
+    now = ctx.timestamp_ms
+    policy = _policy(ctx, c.org, now)
+    level = rx["hospital_level"]
+    if level not in policy["ratio_bp"]:
+        ctx.fail("NO_POLICY", "the policy has no ratio for hospital level " + level)
+    year = _china_year(now)
+    ctr = _counters(ctx, enrol, year)
+    tag = rx["dx_tag"]
+    cap_used = ctr["cap_used"].get(tag, 0)
+    balance = _balance(ctx, enrol)
+    r = _compute(priced, policy, level, claim["diagnosis"], ctr["deductible_used_fen"],
+                cap_used, balance)
+    count = 0
+    if guard is not None:
+        count = guard["count"]
+    claim_id = "CLM-" + rx_id + "-" + str(fill) + "-" + str(count + 1)
+    ctr["deductible_used_fen"] = ctr["deductible_used_fen"] + r["deductible_fen"]
+    ctr["cap_used"][tag] = cap_used + r["fund_fen"]
+    ctx.put("ctr/" + rx["patient"] + "/" + str(year), ctr)
+    ctx.put("bal/" + rx["patient"], {"balance_fen": balance - r["account_fen"]})
+    rec = {
+        "claim_id": claim_id,
+        "rx_id": rx_id,
+        "fill": fill,
+        "patient": rx["patient"],
+        "insurer": c.org,
+        "year": year,
+        "dx_tag": tag,
+        "hospital_level": level,
+        "policy_effective_ms": policy["effective_ms"],
+        "status": "SETTLED",
+        "lines_commitment": ctx.sha256_hex(salt + _canon(lines)),
+        "events": [
+            {
+                "step": "settle",
+                "actor": c.name,
+                "org": c.org,
+                "role": c.role,
+                "time_ms": now,
+                "tx_id": ctx.tx_id,
+            }
+        ],
+    }
+    for k in (
+        "medfee_fen",
+        "fulamt_fen",
+        "overlmt_fen",
+        "preself_fen",
+        "inscp_fen",
+        "deductible_fen",
+        "fund_fen",
+        "patient_fen",
+        "account_fen",
+        "cash_fen",
+        "ratio_bp",
+        "deductible_remaining_fen",
+        "cap_remaining_fen",
+        "balance_after_fen",
+    ):
+        rec[k] = r[k]
+    ctx.put("claim/" + claim_id, rec)
+    ctx.put("claimed/" + rx_id + "/" + fill3, {"active": claim_id, "count": count + 1})
+    ctx.put("rxclaim/" + rx_id + "/" + fill3 + "/" + str(count + 1).zfill(3), {"claim_id": claim_id})
+    ctx.emit("claim.settled", {"claim_id": claim_id, "rx_id": rx_id, "insurer": c.org})
+    return rec
+
+
+def reverse(ctx: Context, claim_id: str, reason: str) -> dict:
+    """Reverse a settled claim (clerk of the same insurer): restores exactly the counters
+    of the claim's year and the account balance; the fill may then be claimed again."""
+    c = ctx.caller
+    if c.role != "clerk" or c.org_kind != "insurer":
+        ctx.fail("WRONG_ROLE", "only an insurer clerk reverses claims")
+    if not isinstance(claim_id, str) or len(claim_id) > 128:
+        ctx.fail("BAD_ARGUMENTS", "claim_id is a string")
+    if not isinstance(reason, str) or len(reason) == 0 or len(reason) > 256:
+        ctx.fail("REASON_REQUIRED", "a reversal needs a reason")
+    rec = ctx.get("claim/" + claim_id)
+    if rec is None:
+        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
+    if rec["insurer"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the claim belongs to " + rec["insurer"])
+    if rec["status"] != "SETTLED":
+        ctx.fail("ALREADY_REVERSED", "the claim was already reversed")
+    key = "ctr/" + rec["patient"] + "/" + str(rec["year"])
+    ctr = ctx.get(key)
+    ctr["deductible_used_fen"] = ctr["deductible_used_fen"] - rec["deductible_fen"]
+    ctr["cap_used"][rec["dx_tag"]] = ctr["cap_used"][rec["dx_tag"]] - rec["fund_fen"]
+    ctx.put(key, ctr)
+    bal = ctx.get("bal/" + rec["patient"])
+    ctx.put("bal/" + rec["patient"], {"balance_fen": bal["balance_fen"] + rec["account_fen"]})
+    fill3 = str(rec["fill"]).zfill(3)
+    guard = ctx.get("claimed/" + rec["rx_id"] + "/" + fill3)
+    ctx.put("claimed/" + rec["rx_id"] + "/" + fill3, {"active": "", "count": guard["count"]})
+    rec["status"] = "REVERSED"
+    rec["reversal_reason"] = reason
+    rec["events"] = rec["events"] + [
+        {
+            "step": "reverse",
+            "actor": c.name,
+            "org": c.org,
+            "role": c.role,
+            "time_ms": ctx.timestamp_ms,
+            "tx_id": ctx.tx_id,
+        }
+    ]
+    ctx.put("claim/" + claim_id, rec)
+    ctx.emit("claim.reversed", {"claim_id": claim_id, "rx_id": rec["rx_id"], "insurer": c.org})
+    return rec
+
+
+def _may_read_patient(ctx: Context, enrol: dict) -> bool:
+    c = ctx.caller
+    if c.org_kind == "regulator" and c.role == "auditor":
+        return True
+    if c.org == enrol["insurer"] and c.role in ("clerk", "admin"):
+        return True
+    if c.org == enrol["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
+        return True
+    if c.role != "patient":
+        return False
+    if c.attrs.get("pseudonym", "") == enrol["pseudonym"]:
+        return True
+    return enrol["user_hash"] == ctx.sha256_hex("patient-user|" + c.org + "|" + c.name)
+
+
+def get_claim(ctx: Context, claim_id: str) -> dict:
+    """A claim record (the insurer, the patient's hospital, the patient, auditors)."""
+    rec = ctx.get("claim/" + claim_id)
+    if rec is None:
+        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
+    enrol = ctx.get_from("registry", "patient/" + rec["patient"])
+    if enrol is None or not _may_read_patient(ctx, enrol):
+        ctx.fail("ACCESS_DENIED", "not allowed to read this claim")
+    return rec
+
+
+def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
+    """Counters of a patient for a year (0 = this year) and the account balance."""
+    enrol = ctx.get_from("registry", "patient/" + pseudonym)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    if not _may_read_patient(ctx, enrol):
+        ctx.fail("ACCESS_DENIED", "not allowed to read this patient's account")
+    if year == 0:
+        year = _china_year(ctx.timestamp_ms)
+    if not _is_int(year, 1970, 9999):
+        ctx.fail("BAD_ARGUMENTS", "year must be 1970-9999 or 0")
+    ctr = _counters(ctx, enrol, year)
+    total = 0
+    for tag in sorted(ctr["cap_used"].keys()):
+        total = total + ctr["cap_used"][tag]
+    return {
+        "pseudonym": pseudonym,
+        "year": year,
+        "deductible_used_fen": ctr["deductible_used_fen"],
+        "cap_used_fen": total,
+        "cap_used_by_disease": ctr["cap_used"],
+        "account_balance_fen": _balance(ctx, enrol),
+    }

@@ -1,0 +1,205 @@
+"""Settlement: the five worked examples of DOMAIN.md section 3 to the fen, counters, balance,
+duplicate and over-claims, reversal, policy versions, authorisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.contracts.chain import DAY_MS, admin
+from tests.contracts.flows import CLERK, CLERK2, JIANG, ZHOU, approved, lock_and_dispense, settle
+from tests.contracts.rxclient import Prepared, World
+
+EXAMPLE = [("amlodipine", 2), ("benidipine", 2), ("calcium-supplement", 1)]
+
+
+def make_patient(world: World, name: str, **overrides: Any) -> str:
+    base = dict(world.patients["patient-zhang"])
+    base.update(name=name, id_number=f"5001031970010{len(world.patients):05d}"[:18],
+                user={"org": "h01", "name": name})
+    base.update(overrides)
+    world.patients[name] = base
+    world.enrol(base).unwrap()
+    return name
+
+
+def dispensed(world: World, doctor=ZHOU, patient: str = "patient-zhang",
+              drugs: list[tuple[str, int]] | None = None, **fields: Any) -> Prepared:
+    prep = approved(world, doctor=doctor, patient=patient, drugs=drugs or EXAMPLE, **fields)
+    lock_and_dispense(world, prep).unwrap()
+    return prep
+
+
+def status(world: World, patient: str) -> dict[str, Any]:
+    return world.chain.query("settlement", "patient_status", CLERK,
+                             pseudonym=world.pid(patient), year=0).unwrap()
+
+
+def amounts(claim: dict[str, Any]) -> tuple[int, ...]:
+    return (claim["medfee_fen"], claim["fund_fen"], claim["patient_fen"],
+            claim["account_fen"], claim["cash_fen"])
+
+
+def test_example_community_hospital(world: World) -> None:
+    prep = dispensed(world, doctor=ZHOU)
+    claim = settle(world, prep).unwrap()
+    assert claim["hospital_level"] == "community"
+    assert claim["fulamt_fen"] == 1000
+    assert claim["overlmt_fen"] == 0
+    assert claim["preself_fen"] == 500
+    assert claim["inscp_fen"] == 8500
+    assert claim["deductible_fen"] == 0
+    assert amounts(claim) == (10000, 7225, 2775, 1775, 1000)
+    st = status(world, "patient-zhang")
+    assert st["account_balance_fen"] == 50000 - 1775
+    assert st["cap_used_fen"] == 7225
+    assert st["deductible_used_fen"] == 20000
+
+
+def test_example_tertiary_hospital(world: World) -> None:
+    prep = dispensed(world, doctor=JIANG)
+    claim = settle(world, prep).unwrap()
+    assert claim["hospital_level"] == "tertiary"
+    assert amounts(claim) == (10000, 5950, 4050, 3050, 1000)
+
+
+def test_example_first_claim_of_the_year(world: World) -> None:
+    make_patient(world, "patient-first", deductible_used_fen=0)
+    prep = dispensed(world, patient="patient-first", drugs=EXAMPLE[:2])
+    claim = settle(world, prep).unwrap()
+    assert claim["inscp_fen"] == 8500
+    assert claim["deductible_fen"] == 8500
+    assert amounts(claim) == (9000, 0, 9000, 9000, 0)
+    assert claim["deductible_remaining_fen"] == 11500
+    st = status(world, "patient-first")
+    assert st["deductible_used_fen"] == 8500
+    assert st["cap_used_fen"] == 0
+    assert st["account_balance_fen"] == 50000 - 9000
+
+
+def test_example_cap_almost_used(world: World) -> None:
+    make_patient(world, "patient-cap", cap_used_fen=198000)
+    prep = dispensed(world, patient="patient-cap")
+    claim = settle(world, prep).unwrap()
+    assert amounts(claim) == (10000, 2000, 8000, 7000, 1000)
+    assert status(world, "patient-cap")["cap_used_fen"] == 200000
+
+
+def test_example_cap_used_up(world: World) -> None:
+    make_patient(world, "patient-capped", cap_used_fen=200000)
+    prep = dispensed(world, patient="patient-capped")
+    claim = settle(world, prep).unwrap()
+    assert amounts(claim) == (10000, 0, 10000, 9000, 1000)
+    assert status(world, "patient-capped")["cap_used_fen"] == 200000
+
+
+def test_small_account_balance_spills_to_cash(world: World) -> None:
+    # patient-sun: deductible 200.00 remaining, balance 12.00, community hospital h02
+    prep = dispensed(world, patient="patient-sun", drugs=[("amlodipine", 1)])
+    claim = settle(world, prep).unwrap()
+    assert claim["deductible_fen"] == 2000
+    assert amounts(claim) == (2000, 0, 2000, 1200, 800)
+    st = status(world, "patient-sun")
+    assert st["account_balance_fen"] == 0
+    assert st["deductible_used_fen"] == 2000
+
+
+def test_price_above_payment_standard_is_cash(world: World) -> None:
+    # metformin: price 18.00, standard 15.00 (class A): 2 boxes -> overlmt 6.00
+    prep = dispensed(world, drugs=[("metformin", 2)])
+    claim = settle(world, prep).unwrap()
+    assert claim["overlmt_fen"] == 600
+    assert claim["inscp_fen"] == 3000
+    assert claim["fund_fen"] == 2550
+    assert claim["account_fen"] == 3600 - 2550 - 600
+    assert claim["cash_fen"] == 600
+
+
+def test_duplicate_claim_and_reversal_restores_exactly(world: World) -> None:
+    make_patient(world, "patient-rev", deductible_used_fen=15000, cap_used_fen=1000)
+    before = status(world, "patient-rev")
+    prep = dispensed(world, patient="patient-rev")
+    claim = settle(world, prep).unwrap()
+    assert claim["deductible_fen"] == 5000
+    assert settle(world, prep).reason == "DUPLICATE_CLAIM"
+    after = status(world, "patient-rev")
+    assert after["deductible_used_fen"] == 20000
+    assert after["cap_used_fen"] == 1000 + claim["fund_fen"]
+    rev = world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                             reason="pharmacy returned the goods").unwrap()
+    assert rev["status"] == "REVERSED"
+    assert status(world, "patient-rev") == before
+    again = world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                               reason="twice")
+    assert again.reason == "ALREADY_REVERSED"
+    # after a reversal the dispense can be claimed again, with the same result
+    second = settle(world, prep).unwrap()
+    assert second["claim_id"] != claim["claim_id"]
+    assert amounts(second) == amounts(claim)
+
+
+def test_claim_only_what_was_dispensed(world: World) -> None:
+    prep = dispensed(world)
+    codes = world.codes
+    out = settle(world, prep, lines=[{"code": codes["metformin"], "qty": 1}])
+    assert out.reason == "ITEM_NOT_DISPENSED"
+    out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": 3}])
+    assert out.reason == "QTY_EXCEEDS_DISPENSED"
+    out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": 1},
+                                     {"code": codes["amlodipine"], "qty": 2}])
+    assert out.reason == "QTY_EXCEEDS_DISPENSED"
+    part = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": 1}]).unwrap()
+    assert amounts(part) == (2000, 1700, 300, 300, 0)
+
+
+def test_claim_needs_a_dispense_and_the_true_claim_subset(world: World) -> None:
+    prep = approved(world, doctor=ZHOU, drugs=EXAMPLE)
+    assert settle(world, prep).reason == "NOT_DISPENSED"
+    lock_and_dispense(world, prep).unwrap()
+    forged = dict(prep.claim)
+    forged["lines"] = [{"code": world.codes["amlodipine"], "qty": 20}]
+    out = world.chain.submit("settlement", "settle", CLERK,
+                             transient={"claim": forged, "claim_salt": prep.claim_salt},
+                             rx_id=prep.args["rx_id"], fill=0)
+    assert out.reason == "HASH_MISMATCH"
+    out = world.chain.submit("settlement", "settle", CLERK, rx_id=prep.args["rx_id"], fill=0)
+    assert out.reason == "BAD_TRANSIENT"
+
+
+def test_only_the_patients_insurer_clerk_settles(world: World) -> None:
+    prep = dispensed(world)
+    assert settle(world, prep, clerk=CLERK2).reason == "ACCESS_DENIED"
+    assert settle(world, prep, clerk=admin("ins01")).reason == "WRONG_ROLE"
+    assert settle(world, prep, clerk=JIANG).reason == "WRONG_ROLE"
+    claim = settle(world, prep).unwrap()
+    out = world.chain.submit("settlement", "reverse", CLERK2, claim_id=claim["claim_id"],
+                             reason="not mine")
+    assert out.reason == "ACCESS_DENIED"
+
+
+def test_policy_change_applies_to_claims_after_it(world: World) -> None:
+    pol = dict(world.sample["policies"][0])
+    pol["ratio_bp"] = {"community": 9000, "tertiary": 8000}
+    effective = world.chain.now + 10 * DAY_MS
+    world.set_policy(pol, effective).unwrap()
+    assert world.set_policy(pol, world.chain.now - 1).reason == "POLICY_RETROACTIVE"
+    before = dispensed(world)
+    assert settle(world, before).unwrap()["fund_fen"] == 7225
+    world.chain.advance(10 * DAY_MS)
+    after = dispensed(world)
+    claim = settle(world, after).unwrap()
+    assert claim["fund_fen"] == 7650  # 8500 * 90%
+    assert claim["policy_effective_ms"] == effective
+
+
+@pytest.mark.parametrize("b_share_bp,expected_preself", [(1000, 500), (333, 167), (0, 0)])
+def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself: int) -> None:
+    pol = dict(world.sample["policies"][0])
+    pol["b_share_bp"] = b_share_bp
+    world.set_policy(pol, world.chain.now + 1).unwrap()
+    world.chain.advance(1)
+    prep = dispensed(world, drugs=[("benidipine", 2)])
+    claim = settle(world, prep).unwrap()
+    assert claim["preself_fen"] == expected_preself
+    assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
