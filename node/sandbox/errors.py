@@ -9,7 +9,7 @@ from __future__ import annotations
 from node.sandbox import types as t
 
 
-class Abort(BaseException):  # noqa: N818 - it is a control-flow signal, not an "error"
+class Abort(BaseException):
     """Stops the running contract with a runtime reason code."""
 
     reason = t.CONTRACT_EXCEPTION
@@ -49,7 +49,7 @@ class StateError(Abort):
     reason = t.STATE_ERROR
 
 
-class ContractRejected(Exception):  # noqa: N818 - name fixed by the interface
+class ContractRejected(Exception):
     """Static check failure at deploy time (or first compile): names the offending line."""
 
     reason = t.CONTRACT_REJECTED

@@ -1,0 +1,377 @@
+"""The contract API: what contract code sees as the virtual module ``rxchain_contract``.
+
+Writing a contract
+==================
+A contract is ONE Python source file in a restricted subset of Python 3.11::
+
+    from rxchain_contract import Context, ContractError   # the only import allowed
+
+    MAX_DAYS = 30                                          # module constants are fine
+
+    def issue(ctx: Context, rx_id: str, days: int, drugs: list) -> dict:
+        if days > MAX_DAYS:
+            raise ContractError("VALIDITY_TOO_LONG", f"{days} > {MAX_DAYS}")
+        if ctx.get("rx/" + rx_id) is not None:
+            ctx.fail("DUPLICATE", rx_id)
+        ctx.put("rx/" + rx_id, {"days": days, "drugs": drugs, "by": ctx.caller.name})
+        ctx.emit("issued", {"rx_id": rx_id})
+        return {"rx_id": rx_id, "expires_ms": ctx.timestamp_ms + days * 86_400_000}
+
+    def _helper(x: int) -> int:                            # leading "_" = private
+        return x * 2
+
+* Public functions are the module-level ``def``s whose name does not start with ``_``.  The
+  first parameter is the ``Context``; every other parameter must be annotated with one of
+  ``str``, ``int``, ``bool``, ``list``, ``dict`` (``list[str]`` etc. check the outer type
+  only; ``X | None`` allows null; ``Any`` allows any JSON value).  Parameters with defaults
+  are optional.  An invocation passes the arguments as one JSON object; unknown, missing or
+  mistyped arguments give BAD_ARGUMENTS, an unknown/private function UNKNOWN_FUNCTION.
+* The return value must be JSON: dict (str keys) / list / tuple / str / int / bool / None.
+  It is returned as canonical JSON bytes
+  (``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
+* There are no floats anywhere: float literals and ``/`` are rejected at deploy time, JSON
+  with a fraction or exponent is refused (money is integer fen; use ``//`` and ``divmod``).
+* ``raise ContractError(reason, message)`` or ``ctx.fail(reason, message)`` ends the call
+  with status error and that reason code (upper-case, e.g. ``NOT_FOLLOW_UP``); the writes
+  and events of a failed call are discarded by the peer.  Any other exception that escapes
+  gives CONTRACT_EXCEPTION with ``"KeyError: 'x'"``-style message.
+* Forbidden (rejected at deploy with the line number, reason CONTRACT_REJECTED): any other
+  import, names or attributes starting with ``_`` on objects (``x._y``, ``__class__``...),
+  ``eval``/``exec``/``open``/``getattr``/``type``/``print``... (allowed builtins are listed
+  in ``checker.ALLOWED_BUILTINS``), classes, lambda, ``global``/``nonlocal``, generators
+  (``yield``), ``async``, ``with``, ``try/finally``, bare ``except:``, ``match``, module-level
+  statements other than imports, constants and ``def``, attribute assignment, slice
+  assignment, ``str.format`` (use f-strings), bytes.
+* Module-level names are re-created for every invocation: nothing persists between calls
+  except what is written with ``ctx.put``.
+* Limits (from the consortium config, reason code in brackets): gas [OUT_OF_GAS], call depth
+  [RECURSION_LIMIT], size of any string / collection / integer built [SIZE_LIMIT], size of a
+  stored value, the result or an event [SIZE_LIMIT], number/bytes of keys written
+  [WRITE_SET_LIMIT], worker memory [MEMORY_LIMIT] and time [TIMEOUT].
+
+Gas schedule (deterministic; the same on every peer)
+-----------------------------------------------------
+call of a contract function 10; each loop iteration / comprehension element / element
+consumed by ``list()``, ``sum()``, ``sorted()``, ... 1; operations whose cost grows with
+size (concatenation, repetition, slicing, ``in``, methods of str/list/dict/set, big-int
+arithmetic) 1 + size/32; sorting n*log2(n); context calls as listed on ``Context``.
+
+Context
+-------
+See the ``Context`` class below: ``tx_id``, ``timestamp_ms`` (the transaction's time, the
+only clock), ``contract`` (own namespace), ``caller`` (``.org``, ``.role``, ``.name``,
+``.attrs``, ``.org_kind``, ``.hospital_level``), ``get``, ``put``, ``delete``, ``range``,
+``history``, ``get_from``, ``range_from``, ``transient``, ``emit``, ``fail``,
+``sha256_hex``, ``hmac_sha256_hex``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from node.sandbox import canonical
+from node.sandbox import types as t
+from node.sandbox.errors import Abort, SizeLimit, WriteSetLimit
+from node.sandbox.meter import Meter
+
+# Gas of context calls: base + bytes // per.
+GAS_GET = 100
+GAS_RANGE = 100
+GAS_RANGE_ITEM = 20
+GAS_HISTORY = 200
+GAS_PUT = 200
+GAS_DELETE = 100
+GAS_EMIT = 100
+GAS_TRANSIENT = 20
+GAS_HASH = 20
+GAS_BYTES_PER_UNIT = 32
+
+_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+class ContractError(Exception):
+    """Raised by a contract to fail the call with a reason code and a message."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}" if self.message else self.reason
+
+
+def valid_reason(reason: Any) -> bool:
+    return type(reason) is str and _REASON.match(reason) is not None
+
+
+class StateHost(Protocol):
+    """How a Context reaches state: the worker's pipe client or, in-process, the backend."""
+
+    def get(self, namespace: str, key: str) -> bytes | None: ...
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]: ...
+
+    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class Caller:
+    """The transaction creator: organisation, role, certificate name and attributes."""
+
+    __slots__ = ("attrs", "hospital_level", "name", "org", "org_kind", "role")
+
+    def __init__(self, info: t.CallerInfo) -> None:
+        self.org = info.org
+        self.role = info.role
+        self.name = info.name
+        self.attrs: dict[str, str] = dict(info.attrs)
+        self.org_kind = info.org_kind
+        self.hospital_level = info.hospital_level
+
+    def __repr__(self) -> str:
+        return "<Caller>"
+
+
+class Context:
+    """What a contract function receives as its first argument.
+
+    ``get(key)`` -> JSON value or None (gas 100 + bytes/32)
+    ``put(key, value)`` stores a JSON value (gas 200 + bytes/32); ``delete(key)`` (gas 100)
+    ``range(start, end, limit=100)`` -> sorted ``[(key, value)]`` with start <= key < end
+    ``history(key, limit=100)`` -> ``[{"tx_id","block","timestamp_ms","is_delete","value"}]``
+    oldest first; ``get_from(ns, key)`` / ``range_from(ns, start, end, limit)`` read another
+    contract's state (read-only); ``transient(name)`` -> private JSON input or None (never
+    stored); ``emit(name, payload)`` records an event; ``fail(reason, message)`` raises
+    ContractError; ``sha256_hex(text)`` / ``hmac_sha256_hex(key_hex, text)`` hash UTF-8 text.
+    Keys are non-empty strings of at most ``max_key_len`` UTF-8 bytes without NUL.
+    """
+
+    __slots__ = (
+        "_events",
+        "_host",
+        "_limits",
+        "_meter",
+        "_transient",
+        "_write_bytes",
+        "_written",
+        "caller",
+        "contract",
+        "timestamp_ms",
+        "tx_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        meter: Meter,
+        host: StateHost,
+        contract: str,
+        tx_id: str,
+        timestamp_ms: int,
+        caller: t.CallerInfo,
+        transient: dict[str, bytes],
+        limits: t.SandboxLimits,
+    ) -> None:
+        self._meter = meter
+        self._host = host
+        self._limits = limits
+        self._transient = transient
+        self._events: list[t.ContractEvent] = []
+        self._written: set[str] = set()
+        self._write_bytes = 0
+        self.contract = contract
+        self.tx_id = tx_id
+        self.timestamp_ms = timestamp_ms
+        self.caller = Caller(caller)
+
+    def __repr__(self) -> str:
+        return "<Context>"
+
+    # -- helpers ----------------------------------------------------------------------
+    def _key(self, key: Any) -> str:
+        if type(key) is not str or not key or "\x00" in key:
+            raise ValueError("state key must be a non-empty string without NUL")
+        if len(key) > self._limits.max_key_len or len(key.encode()) > self._limits.max_key_len:
+            raise self._meter.fail(SizeLimit(f"state key longer than {self._limits.max_key_len}"))
+        return key
+
+    def _bound(self, key: Any) -> str:
+        if type(key) is not str or "\x00" in key or len(key) > self._limits.max_key_len:
+            raise ValueError("range bound must be a string without NUL")
+        return key
+
+    def _ns(self, namespace: Any) -> str:
+        if type(namespace) is not str or not namespace or "\x00" in namespace:
+            raise ValueError("namespace must be a non-empty string")
+        return namespace
+
+    def _limit(self, limit: Any, cap: int) -> int:
+        if type(limit) is not int or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        return min(limit, cap)
+
+    def _decode(self, data: bytes, what: str) -> Any:
+        self._meter.gas(len(data) // GAS_BYTES_PER_UNIT)
+        return canonical.decode(data, what)
+
+    def _encode(self, value: Any, what: str) -> bytes:
+        self._meter.gas(canonical.check_value(value, what))
+        data, _ = canonical.encode(value, what, self._limits.max_value_bytes)
+        self._meter.gas(len(data) // GAS_BYTES_PER_UNIT)
+        return data
+
+    def _record_write(self, key: str, nbytes: int) -> None:
+        if key not in self._written:
+            if len(self._written) >= self._limits.max_write_keys:
+                raise self._meter.fail(
+                    WriteSetLimit(f"more than {self._limits.max_write_keys} keys written")
+                )
+            self._written.add(key)
+        self._write_bytes += len(key) + nbytes
+        if self._write_bytes > self._limits.max_write_bytes:
+            raise self._meter.fail(
+                WriteSetLimit(f"more than {self._limits.max_write_bytes} bytes written")
+            )
+
+    # -- state ------------------------------------------------------------------------
+    def get(self, key: str) -> Any:
+        key = self._key(key)
+        self._meter.gas(GAS_GET)
+        data = self._host.get(self.contract, key)
+        return None if data is None else self._decode(data, f"state {key!r}")
+
+    def get_from(self, namespace: str, key: str) -> Any:
+        namespace, key = self._ns(namespace), self._key(key)
+        self._meter.gas(GAS_GET)
+        data = self._host.get(namespace, key)
+        return None if data is None else self._decode(data, f"state {namespace}/{key!r}")
+
+    def range(self, start: str, end: str, limit: int = 100) -> list[tuple[str, Any]]:
+        return self.range_from(self.contract, start, end, limit)
+
+    def range_from(self, namespace: str, start: str, end: str, limit: int = 100) -> list[
+        tuple[str, Any]
+    ]:
+        namespace = self._ns(namespace)
+        start, end = self._bound(start), self._bound(end)
+        n = self._limit(limit, self._limits.max_range_items)
+        self._meter.gas(GAS_RANGE)
+        rows = self._host.range(namespace, start, end, n)
+        self._meter.gas(GAS_RANGE_ITEM * len(rows))
+        return [(k, self._decode(v, f"state {k!r}")) for k, v in rows[:n]]
+
+    def history(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
+        key = self._key(key)
+        n = self._limit(limit, self._limits.max_history_items)
+        self._meter.gas(GAS_HISTORY)
+        entries = self._host.history(self.contract, key, n)
+        self._meter.gas(GAS_RANGE_ITEM * len(entries))
+        return [
+            {
+                "tx_id": e.tx_id,
+                "block": e.block,
+                "timestamp_ms": e.timestamp_ms,
+                "is_delete": e.is_delete,
+                "value": None if e.value is None else self._decode(e.value, "history value"),
+            }
+            for e in entries[:n]
+        ]
+
+    def put(self, key: str, value: Any) -> None:
+        key = self._key(key)
+        data = self._encode(value, f"value of {key!r}")
+        self._meter.gas(GAS_PUT)
+        self._record_write(key, len(data))
+        self._host.put(key, data)
+
+    def delete(self, key: str) -> None:
+        key = self._key(key)
+        self._meter.gas(GAS_DELETE)
+        self._record_write(key, 0)
+        self._host.delete(key)
+
+    # -- the rest -----------------------------------------------------------------------
+    def transient(self, name: str) -> Any:
+        if type(name) is not str:
+            raise ValueError("transient name must be a string")
+        self._meter.gas(GAS_TRANSIENT)
+        data = self._transient.get(name)
+        return None if data is None else self._decode(data, f"transient {name!r}")
+
+    def emit(self, name: str, payload: dict[str, Any]) -> None:
+        if type(name) is not str or not name or len(name) > 128:
+            raise ValueError("event name must be a non-empty string of at most 128 chars")
+        if type(payload) is not dict:
+            raise ValueError("event payload must be a dict")
+        if len(self._events) >= self._limits.max_events:
+            raise self._meter.fail(SizeLimit(f"more than {self._limits.max_events} events"))
+        self._meter.gas(GAS_EMIT)
+        data = self._encode(payload, f"event {name!r}")
+        self._events.append(t.ContractEvent(name, data))
+
+    def fail(self, reason: str, message: str = "") -> None:
+        raise ContractError(reason, message)
+
+    def sha256_hex(self, data: str) -> str:
+        if type(data) is not str:
+            raise ValueError("sha256_hex takes a string")
+        raw = data.encode("utf-8")
+        self._meter.gas(GAS_HASH + len(raw) // GAS_BYTES_PER_UNIT)
+        return hashlib.sha256(raw).hexdigest()
+
+    def hmac_sha256_hex(self, key_hex: str, data: str) -> str:
+        if type(data) is not str or type(key_hex) is not str:
+            raise ValueError("hmac_sha256_hex takes a hex key and a string")
+        key = bytes.fromhex(key_hex)
+        raw = data.encode("utf-8")
+        self._meter.gas(GAS_HASH + (len(raw) + len(key)) // GAS_BYTES_PER_UNIT)
+        return hmac.new(key, raw, hashlib.sha256).hexdigest()
+
+
+# Names a contract may import from the virtual module ``rxchain_contract``.
+EXPORTS: dict[str, Callable[..., Any] | type] = {
+    "Context": Context,
+    "ContractError": ContractError,
+    "Caller": Caller,
+}
+
+# Attribute names of API objects (allowed in contract code in addition to builtin methods).
+API_ATTRS = frozenset(
+    {
+        "tx_id",
+        "timestamp_ms",
+        "contract",
+        "caller",
+        "get",
+        "put",
+        "delete",
+        "range",
+        "history",
+        "get_from",
+        "range_from",
+        "transient",
+        "emit",
+        "fail",
+        "sha256_hex",
+        "hmac_sha256_hex",
+        "org",
+        "role",
+        "name",
+        "attrs",
+        "org_kind",
+        "hospital_level",
+        "reason",
+        "message",
+        "args",
+    }
+)
+
+__all__ = ["API_ATTRS", "EXPORTS", "Abort", "Caller", "Context", "ContractError", "StateHost"]

@@ -1,0 +1,562 @@
+"""Run-time half of metering: the gas meter and the helpers instrumented code calls.
+
+The instrumenter (instrument.py) rewrites contract code so that every loop iteration,
+function call, comprehension element, allocation-heavy operation and method call on a
+builtin value goes through a ``Meter``.  All charges depend only on the values involved
+(never on time or memory addresses), so every peer runs out of gas at the same point.
+
+Gas schedule (documented in api.py for contract authors):
+
+* contract function call: ``CALL`` (10); loop iteration / element consumed: 1
+* arithmetic on big values, concatenation, repetition, slicing, ``in`` on sequences,
+  method calls on str/list/dict/set: 1 + size/32 (size = elements or characters involved)
+* sorted / list.sort: 1 + n*log2(n)
+* context calls: see ``api.Context``
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import Any
+
+from node.sandbox import types as t
+from node.sandbox.errors import Abort, MemoryLimit, OutOfGas, RecursionLimit, SizeLimit
+
+CALL = 10
+_SIZED = (str, list, tuple, dict, set, frozenset)
+_SEQ = (str, list, tuple)
+_SPEC_DIGITS = re.compile(r"\d{5,}")
+
+# Method names of builtin types that contract code may call (format/encode/translate & co
+# are excluded: attribute traversal, bytes, unbounded expansion).
+BUILTIN_METHODS: frozenset[str] = frozenset(
+    name
+    for typ in (str, list, dict, set, frozenset, tuple, int)
+    for name in dir(typ)
+    if not name.startswith("_")
+) - {
+    "format",
+    "format_map",
+    "encode",
+    "maketrans",
+    "translate",
+    "expandtabs",
+    "from_bytes",
+    "to_bytes",
+}
+
+# Methods whose cost does not depend on the receiver's size.
+_CONSTANT_TIME = frozenset(
+    {
+        "append",
+        "get",
+        "setdefault",
+        "add",
+        "discard",
+        "keys",
+        "values",
+        "items",
+        "popitem",
+        "bit_length",
+        "bit_count",
+        "conjugate",
+        "as_integer_ratio",
+    }
+)
+
+
+def _log2(n: int) -> int:
+    return max(1, n.bit_length())
+
+
+class TypeProxy:
+    """Stands for a builtin type (``list``, ``str`` ...) in contract code.
+
+    Calling it converts with metering; ``isinstance(x, list)`` still works; ``str.lower``
+    is routed through the meter like a method call.
+    """
+
+    __slots__ = ("_meter", "_type")
+
+    def __init__(self, meter: Meter, typ: type) -> None:
+        self._meter = meter
+        self._type = typ
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self._meter.construct(self._type, args, kw)
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, self._type)
+
+    def __repr__(self) -> str:
+        return f"<class '{self._type.__name__}'>"
+
+
+class Meter:
+    """Gas counter and limit checks of one invocation."""
+
+    __slots__ = ("aborted", "depth", "left", "limit", "limits", "max_coll", "max_int_bits",
+                 "max_str")
+
+    def __init__(self, gas_limit: int, limits: t.SandboxLimits) -> None:
+        self.reset(gas_limit, limits)
+
+    def reset(self, gas_limit: int, limits: t.SandboxLimits) -> None:
+        """Start a new invocation (a worker reuses one meter)."""
+        self.limit = gas_limit
+        self.left = gas_limit
+        self.limits = limits
+        self.depth = 0
+        self.max_str = limits.max_str_len
+        self.max_coll = limits.max_collection_len
+        self.max_int_bits = limits.max_int_bits
+        self.aborted: Abort | None = None
+
+    # -- core -------------------------------------------------------------------------
+    def used(self) -> int:
+        return min(self.limit, self.limit - self.left)
+
+    def fail(self, exc: Abort) -> Abort:
+        """Remember the first abort (so it is reported even if something swallowed it)."""
+        if self.aborted is None:
+            self.aborted = exc
+        return exc
+
+    def gas(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+
+    def enter(self) -> None:
+        self.left -= CALL
+        if self.left < 0:
+            raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        self.depth += 1
+        if self.depth > self.limits.max_recursion_depth:
+            raise self.fail(
+                RecursionLimit(f"call depth exceeds {self.limits.max_recursion_depth}")
+            )
+
+    def leave(self) -> None:
+        self.depth -= 1
+
+    def size_error(self, what: str, size: int, limit: int) -> Abort:
+        return self.fail(SizeLimit(f"{what} of size {size} exceeds the limit of {limit}"))
+
+    def check_len(self, n: int, is_str: bool) -> None:
+        limit = self.max_str if is_str else self.max_coll
+        if n > limit:
+            raise self.size_error("string" if is_str else "collection", n, limit)
+
+    def check_int(self, v: int) -> int:
+        if v.bit_length() > self.max_int_bits:
+            raise self.size_error("integer (bits)", v.bit_length(), self.max_int_bits)
+        return v
+
+    def reraise(self, exc: BaseException) -> None:
+        """Called first in every except handler: interpreter limits are not catchable."""
+        if isinstance(exc, MemoryError):
+            raise self.fail(MemoryLimit("memory limit reached"))
+        if isinstance(exc, RecursionError):
+            raise self.fail(RecursionLimit("interpreter recursion limit reached"))
+
+    # -- iteration ----------------------------------------------------------------------
+    def it(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Iterate, charging one gas per element (comprehensions, unpacking, consumers)."""
+        for x in iterable:
+            self.left -= 1
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            yield x
+
+    def materialize(self, iterable: Iterable[Any]) -> list[Any]:
+        """List of an iterable, charging per element and bounded in length."""
+        if type(iterable) in _SIZED:
+            n = len(iterable)  # type: ignore[arg-type]
+            self.check_len(n, False)
+            self.gas(1 + n)
+            return list(iterable)
+        out: list[Any] = []
+        limit = self.max_coll
+        for x in iterable:
+            self.left -= 1
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            out.append(x)
+            if len(out) > limit:
+                raise self.size_error("collection", len(out), limit)
+        return out
+
+    def sized(self, value: Any) -> Any:
+        """Argument of ``*x`` / ``**x`` unpacking: charge its size."""
+        if type(value) in _SIZED:
+            self.gas(1 + len(value))
+            return value
+        return self.materialize(value)
+
+    # -- operators ----------------------------------------------------------------------
+    def add(self, a: Any, b: Any) -> Any:
+        ta = type(a)
+        if ta is int and type(b) is int:
+            return self.check_int(a + b)
+        if ta in _SEQ and type(b) is ta:
+            n = len(a) + len(b)
+            self.check_len(n, ta is str)
+            self.gas(1 + n // 32)
+        return a + b
+
+    def mul(self, a: Any, b: Any) -> Any:
+        ta, tb = type(a), type(b)
+        if ta in (int, bool) and tb in (int, bool):
+            bits = a.bit_length() + b.bit_length()
+            if bits > self.max_int_bits + 1:
+                raise self.size_error("integer (bits)", bits, self.max_int_bits)
+            self.gas(1 + bits // 256)
+            return self.check_int(a * b)
+        if ta in _SEQ and tb in (int, bool):
+            seq, count = a, b
+        elif tb in _SEQ and ta in (int, bool):
+            seq, count = b, a
+        else:
+            return a * b
+        n = len(seq) * max(0, count)
+        self.check_len(n, type(seq) is str)
+        self.gas(1 + n // 32)
+        return a * b
+
+    def pow(self, a: Any, b: Any, mod: Any = None) -> Any:
+        if type(a) in (int, bool) and type(b) in (int, bool):
+            if b < 0:
+                raise ValueError("negative exponent: floats are not allowed in contracts")
+            if mod is not None:
+                if type(mod) not in (int, bool) or mod == 0:
+                    raise ValueError("pow() modulus must be a non-zero integer")
+                self.gas(1 + (b.bit_length() * max(1, mod.bit_length())) // 64)
+                return pow(a, b, mod)
+            bits = (abs(a).bit_length() - 1) * b if abs(a) > 1 else 1
+            if bits > self.max_int_bits:
+                raise self.size_error("integer (bits)", bits, self.max_int_bits)
+            self.gas(1 + bits // 64)
+            return self.check_int(a**b)
+        if mod is not None:
+            return pow(a, b, mod)
+        return a**b
+
+    def lshift(self, a: Any, b: Any) -> Any:
+        if type(a) in (int, bool) and type(b) in (int, bool) and b > 0:
+            bits = a.bit_length() + b
+            if a and bits > self.max_int_bits:
+                raise self.size_error("integer (bits)", bits, self.max_int_bits)
+        return a << b
+
+    def mod(self, a: Any, b: Any) -> Any:
+        if type(a) is str:
+            return self.percent_format(a, b)
+        return a % b
+
+    def other(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+        """Sub, FloorDiv, RShift, BitAnd/Or/Xor: results are bounded by the operands."""
+        r = op(a, b)
+        tr = type(r)
+        if tr in _SIZED:
+            self.gas(1 + len(r) // 32)
+        elif tr is int:
+            self.check_int(r)
+        return r
+
+    _INPLACE: dict[str, Callable[[Any, Any], Any]] = {  # noqa: RUF012 - read-only table
+        "add": operator.iadd,
+        "mul": operator.imul,
+    }
+
+    def iadd(self, a: Any, b: Any) -> Any:
+        """``a += b`` (in place for lists, like Python)."""
+        if type(a) is list:
+            b = self.materialize(b)
+            n = len(a) + len(b)
+            self.check_len(n, False)
+            self.gas(1 + n // 32)
+            a += b
+            return a
+        return self.add(a, b)
+
+    def imul(self, a: Any, b: Any) -> Any:
+        if type(a) is list:
+            self.mul(a, b)  # checks and charges the size
+            a *= b
+            return a
+        return self.mul(a, b)
+
+    def contains(self, item: Any, container: Any) -> bool:
+        """``item in container`` with a cost linear in sequence length."""
+        if type(container) in _SEQ:
+            self.gas(1 + len(container) // 32)
+        elif type(item) is str:
+            self.gas(1 + len(item) // 32)
+        return item in container
+
+    def compare(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+        """Comparison of two non-literal operands: charge the sizes compared."""
+        if type(a) in _SIZED:
+            self.gas(len(a) // 32)
+        return op(a, b)
+
+    def slice(self, obj: Any, lower: Any, upper: Any, step: Any) -> Any:
+        r = obj[lower:upper:step]
+        if type(r) in _SIZED:
+            self.gas(1 + len(r) // 32)
+        return r
+
+    # -- text -------------------------------------------------------------------------------
+    def text(self, v: Any, quote: bool = False, depth: int = 0) -> str:
+        """Deterministic str()/repr() (no memory addresses); bounded in size."""
+        tv = type(v)
+        if tv is str:
+            out = repr(v) if quote else v
+        elif tv is int or tv is bool or v is None:
+            out = str(v)
+        elif depth > 32:
+            raise self.fail(RecursionLimit("value nested too deeply to format"))
+        elif tv is list or tv is tuple or tv in (set, frozenset):
+            self.gas(1 + len(v))
+            items = [self.text(x, True, depth + 1) for x in (sorted(v, key=_order) if tv
+                                                              in (set, frozenset) else v)]
+            inner = ", ".join(items)
+            if tv is list:
+                out = f"[{inner}]"
+            elif tv is tuple:
+                out = f"({inner},)" if len(items) == 1 else f"({inner})"
+            else:
+                out = f"{{{inner}}}" if items else f"{tv.__name__}()"
+        elif tv is dict:
+            self.gas(1 + len(v))
+            inner = ", ".join(
+                f"{self.text(k, True, depth + 1)}: {self.text(x, True, depth + 1)}"
+                for k, x in v.items()
+            )
+            out = f"{{{inner}}}"
+        elif isinstance(v, Exception):
+            args = v.args
+            if len(args) == 1:
+                out = self.text(args[0], quote=tv is KeyError, depth=depth + 1)
+            else:
+                out = self.text(args, quote, depth + 1) if args else ""
+        else:
+            out = f"<{tv.__name__}>"
+        n = len(out)
+        if n > self.max_str:
+            raise self.size_error("string", n, self.max_str)
+        if n > 64:
+            self.gas(n // 32)
+        return out
+
+    def fmt(self, value: Any, conversion: int, spec: str) -> str:
+        """One ``{value!c:spec}`` field of an f-string."""
+        if conversion in (114, 97):  # !r, !a
+            value = self.text(value, quote=True)
+        if spec:
+            if _SPEC_DIGITS.search(spec):
+                raise self.size_error("format width", len(spec), 4)
+            if type(value) not in (str, int, bool):
+                value = self.text(value)
+            out = format(value, spec)
+            self.gas(1 + len(out) // 32)
+            return out
+        return value if type(value) is str else self.text(value)
+
+    def percent_format(self, fmt: str, args: Any) -> str:
+        if "*" in fmt or _SPEC_DIGITS.search(fmt):
+            raise self.size_error("format width", len(fmt), 4)
+        if type(args) is tuple:
+            values: Any = tuple(self._plain(a) for a in args)
+        elif type(args) is dict:
+            values = {k: self._plain(a) for k, a in args.items()}
+        else:
+            values = self._plain(args)
+        out: str = fmt % values
+        self.check_len(len(out), True)
+        self.gas(1 + len(out) // 32)
+        return out
+
+    def _plain(self, v: Any) -> Any:
+        if type(v) in (str, int, bool) or v is None:
+            return v
+        return self.text(v)
+
+    # -- builtins ---------------------------------------------------------------------------
+    def construct(self, typ: type, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        if typ is str:
+            if kw or len(args) > 1:
+                raise TypeError("str() takes one argument in contracts")
+            return self.text(args[0]) if args else ""
+        if typ is int:
+            if args and type(args[0]) is str:
+                self.gas(1 + len(args[0]) // 32)
+            return self.check_int(int(*args, **kw))
+        if typ is bool:
+            return bool(*args)
+        if typ is dict:
+            if args:
+                src = args[0]
+                if type(src) is not dict:
+                    src = self.materialize(src)
+                self.gas(1 + len(src))
+            self.gas(len(kw))
+            return dict(*args, **kw)
+        if kw or len(args) > 1:
+            raise TypeError(f"{typ.__name__}() takes at most one argument")
+        if not args:
+            return typ()
+        return typ(self.materialize(args[0]))
+
+    def sorted(self, iterable: Iterable[Any], /, *, key: Any = None, reverse: bool = False) -> Any:
+        items = self.materialize(iterable)
+        self.gas(1 + len(items) * _log2(len(items)))
+        items.sort(key=key, reverse=reverse)
+        return items
+
+    def consume(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """min/max/any/all/sum over a metered iterable."""
+        if len(args) == 1:
+            return fn(self.it(args[0]), **kw)
+        self.gas(len(args))
+        return fn(*args, **kw)
+
+    def sum(self, iterable: Iterable[Any], start: int = 0) -> int:
+        if type(start) not in (int, bool):
+            raise TypeError("sum() start must be an integer in contracts")
+        total = start
+        for x in self.it(iterable):
+            if type(x) not in (int, bool):
+                raise TypeError("sum() adds integers only in contracts")
+            total += x
+        return self.check_int(total)
+
+    # -- methods ----------------------------------------------------------------------------
+    def meth(self, obj: Any, name: str, /, *args: Any, **kw: Any) -> Any:
+        """``obj.name(*args, **kw)`` where ``name`` is a builtin method name."""
+        tobj = type(obj)
+        if tobj is TypeProxy:
+            return self._type_meth(obj, name, args, kw)
+        if tobj not in _SIZED:
+            if tobj is int or tobj is bool:
+                self.gas(1)
+            return getattr(obj, name)(*args, **kw)
+        special = _SPECIAL.get(name)
+        if special is not None:
+            return special(self, obj, args, kw)
+        if name in _CONSTANT_TIME:
+            self.gas(1)
+        else:
+            self.gas(1 + len(obj) // 32)
+        return getattr(obj, name)(*args, **kw)
+
+    def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],
+                   kw: dict[str, Any]) -> Any:
+        typ = proxy._type
+        if name == "fromkeys" and typ is dict:
+            keys = self.materialize(args[0]) if args else []
+            self.gas(1 + len(keys))
+            return dict.fromkeys(keys, *args[1:])
+        if not args or not isinstance(args[0], typ):
+            raise TypeError(f"{typ.__name__}.{name}() needs a {typ.__name__} as first argument")
+        return self.meth(args[0], name, *args[1:], **kw)
+
+    def attr(self, obj: Any, name: str) -> Any:
+        """``obj.name`` not directly called, where ``name`` is a builtin method name."""
+        if type(obj) is TypeProxy or type(obj) in _SIZED or type(obj) in (int, bool):
+            value = getattr(obj._type if type(obj) is TypeProxy else obj, name)
+            if callable(value):
+                return partial(self.meth, obj, name)
+            return value
+        return getattr(obj, name)
+
+
+def _order(v: Any) -> tuple[str, Any]:
+    """Sort key giving sets a deterministic print order."""
+    return (type(v).__name__, v if type(v) in (int, bool, str) else repr(v))
+
+
+def _m_width(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    width = args[0] if args else kw.get("width", 0)
+    if type(width) is int:
+        m.check_len(width, True)
+        m.gas(1 + max(width, len(obj)) // 32)
+    return getattr(obj, name)(*args, **kw)
+
+
+def _m_replace(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if type(obj) is str and len(args) >= 2 and type(args[0]) is str and type(args[1]) is str:
+        old, new = args[0], args[1]
+        hits = obj.count(old) if old else len(obj) + 1
+        if len(args) > 2 and type(args[2]) is int and args[2] >= 0:
+            hits = min(hits, args[2])
+        n = len(obj) + hits * (len(new) - len(old))
+        m.check_len(n, True)
+        m.gas(1 + (len(obj) + n) // 32)
+    return obj.replace(*args, **kw)
+
+
+def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if type(obj) is not str or len(args) != 1 or kw:
+        return obj.join(*args, **kw)
+    parts = m.materialize(args[0])
+    n = len(obj) * max(0, len(parts) - 1)
+    for p in parts:
+        if type(p) is str:
+            n += len(p)
+    m.check_len(n, True)
+    m.gas(1 + n // 32)
+    return obj.join(parts)
+
+
+def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """extend/update/union & co: materialize the iterables, bound the result."""
+    mats: list[Any] = []
+    total = len(obj)
+    for a in args:
+        if type(a) is dict and type(obj) is dict:
+            mats.append(a)
+            total += len(a)
+            m.gas(1 + len(a))
+        else:
+            ma = m.materialize(a)
+            mats.append(ma)
+            total += len(ma)
+    total += len(kw)
+    m.check_len(total, False)
+    m.gas(1 + total // 32)
+    return getattr(obj, name)(*mats, **kw)
+
+
+def _m_sort(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    n = len(obj)
+    m.gas(1 + n * _log2(n))
+    return obj.sort(*args, **kw)
+
+
+_Special = Callable[[Meter, Any, tuple[Any, ...], dict[str, Any]], Any]
+_SPECIAL: dict[str, _Special] = {
+    "ljust": partial(_m_width, name="ljust"),
+    "rjust": partial(_m_width, name="rjust"),
+    "center": partial(_m_width, name="center"),
+    "zfill": partial(_m_width, name="zfill"),
+    "replace": _m_replace,
+    "join": _m_join,
+    "sort": _m_sort,
+    "extend": partial(_m_grow, name="extend"),
+    "update": partial(_m_grow, name="update"),
+    "union": partial(_m_grow, name="union"),
+    "intersection": partial(_m_grow, name="intersection"),
+    "difference": partial(_m_grow, name="difference"),
+    "symmetric_difference": partial(_m_grow, name="symmetric_difference"),
+    "intersection_update": partial(_m_grow, name="intersection_update"),
+    "difference_update": partial(_m_grow, name="difference_update"),
+    "symmetric_difference_update": partial(_m_grow, name="symmetric_difference_update"),
+    "issubset": partial(_m_grow, name="issubset"),
+    "issuperset": partial(_m_grow, name="issuperset"),
+    "isdisjoint": partial(_m_grow, name="isdisjoint"),
+}
