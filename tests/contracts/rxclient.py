@@ -138,7 +138,7 @@ class World:
         return Who(user["org"], user["name"], "patient")
 
     def salt(self) -> str:
-        return "%032x" % self.rng.getrandbits(128)
+        return f"{self.rng.getrandbits(128):032x}"
 
     def new_rx_id(self) -> str:
         self._n += 1

@@ -65,7 +65,7 @@ class ShimContext:
     def delete(self, key: str) -> None:
         self._b.delete(self.contract, key)
 
-    def range(self, start: str, end: str, limit: int) -> list[tuple[str, Any]]:
+    def range(self, start: str, end: str, limit: int = 100) -> list[tuple[str, Any]]:
         return self.range_from(self.contract, start, end, limit)
 
     def range_from(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, Any]]:
@@ -74,7 +74,7 @@ class ShimContext:
             for k, v in self._b.range(namespace, start, end, limit)
         ]
 
-    def history(self, key: str) -> list[dict[str, Any]]:
+    def history(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
         return [
             {
                 "tx_id": h.tx_id,
@@ -83,7 +83,7 @@ class ShimContext:
                 "is_delete": h.is_delete,
                 "value": None if h.value is None else canonical.decode(h.value, "state"),
             }
-            for h in self._b.history(self.contract, key, 1000)
+            for h in self._b.history(self.contract, key, limit)
         ]
 
     def transient(self, name: str) -> Any:

@@ -32,8 +32,9 @@ def dispensed(world: World, doctor=ZHOU, patient: str = "patient-zhang",
 
 
 def status(world: World, patient: str) -> dict[str, Any]:
-    return world.chain.query("settlement", "patient_status", CLERK,
-                             pseudonym=world.pid(patient), year=0).unwrap()
+    st: dict[str, Any] = world.chain.query("settlement", "patient_status", CLERK,
+                                           pseudonym=world.pid(patient), year=0).unwrap()
+    return st
 
 
 def amounts(claim: dict[str, Any]) -> tuple[int, ...]:

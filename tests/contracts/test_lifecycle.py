@@ -1,0 +1,269 @@
+"""Review, routing, lock race, dispensing, trace codes, delivery, revocation, repeat fills,
+expiry and the trace: DOMAIN.md section 2."""
+
+from __future__ import annotations
+
+from tests.contracts.chain import DAY_MS, Who, admin, who
+from tests.contracts.flows import (
+    AUDITOR,
+    CHEN,
+    CLERK,
+    COURIER,
+    COURIER2,
+    HE,
+    JIANG,
+    NEW,
+    WANG,
+    ZHOU,
+    approved,
+    content_transient,
+    dispense,
+    issue,
+    lock_and_dispense,
+    settle,
+)
+from tests.contracts.rxclient import World
+
+LI = who("p01:pharm-li:pharmacist")
+LONG = {"long_rx": True, "chronic_reason": "stable hypertension", "days": 28}
+
+
+def register_li(world: World) -> None:
+    world.chain.submit("registry", "register_practitioner", admin("p01"), name="pharm-li",
+                       role="pharmacist", code="P500105000009", licence_active=True,
+                       practice_years=4, internet_practice=False).unwrap()
+
+
+def call(world: World, fn: str, caller: Who, rx_id: str, **args: object) -> str:
+    out = world.chain.submit("prescription", fn, caller, rx_id=rx_id, **args)
+    return "OK" if out.ok else out.reason
+
+
+def test_separation_of_duties_and_review_rules(world: World) -> None:
+    prep, out = issue(world)
+    out.unwrap()
+    rx = prep.args["rx_id"]
+    assert call(world, "review", JIANG, rx, approve=True, reason="") == "SOD_VIOLATION"
+    # the prescriber holding a second (pharmacist) certificate is still the prescriber
+    jiang_as_pharmacist = Who("h01", "dr-jiang", "pharmacist")
+    assert call(world, "review", jiang_as_pharmacist, rx, approve=True, reason="") == "SOD_VIOLATION"
+    assert call(world, "review", NEW, rx, approve=True, reason="") == "WRONG_ROLE"
+    assert call(world, "review", who("h01:pharm-x:pharmacist"), rx, approve=True,
+                reason="") == "UNAUTHORIZED"
+    assert call(world, "review", CHEN, rx, approve=True, reason="") == "NOT_ROUTED"
+    assert call(world, "lock", WANG, rx) == "NOT_REVIEWED"
+    assert call(world, "review", WANG, rx, approve=False, reason="") == "REASON_REQUIRED"
+    assert call(world, "review", WANG, rx, approve=True, reason="") == "OK"
+    assert call(world, "review", HE, rx, approve=True, reason="") == "ALREADY_REVIEWED"
+
+
+def test_rejected_prescription_cannot_be_dispensed(world: World) -> None:
+    prep, out = issue(world)
+    out.unwrap()
+    rx = prep.args["rx_id"]
+    assert call(world, "review", HE, rx, approve=False, reason="dose too high") == "OK"
+    assert call(world, "lock", WANG, rx) == "REJECTED"
+    assert dispense(world, prep).reason == "REJECTED"
+
+
+def test_lock_race_exactly_one_winner(world: World) -> None:
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    # two pharmacists of the routed pharmacy simulate lock against the same snapshot:
+    # both endorse, and both read and write the same key, so MVCC lets only one commit
+    chain = world.chain
+    first = chain.query("prescription", "lock", WANG, rx_id=rx)
+    second = chain.query("prescription", "lock", LI, rx_id=rx)
+    assert first.ok and second.ok
+    # sequentially (what the committed winner means for the loser's re-execution)
+    assert call(world, "lock", WANG, rx) == "OK"
+    assert call(world, "lock", LI, rx) == "ALREADY_LOCKED"
+    assert call(world, "lock", CHEN, rx) == "ALREADY_LOCKED"
+    assert call(world, "lock", HE, rx) == "ALREADY_LOCKED"
+    assert dispense(world, prep, pharmacist=CHEN).reason == "ALREADY_LOCKED"
+    # only the lock holder releases; then the other pharmacy is simply not routed
+    assert call(world, "release", CHEN, rx) == "ALREADY_LOCKED"
+    assert call(world, "release", LI, rx) == "OK"
+    assert call(world, "release", WANG, rx) == "NOT_LOCKED"
+    assert call(world, "lock", CHEN, rx) == "NOT_ROUTED"
+    assert dispense(world, prep, pharmacist=CHEN).reason == "NOT_ROUTED"
+    assert dispense(world, prep, pharmacist=WANG).reason == "NOT_LOCKED"
+    assert lock_and_dispense(world, prep, pharmacist=LI).unwrap()["fill"] == 1
+    assert call(world, "lock", WANG, rx) == "ALREADY_DISPENSED"
+    assert dispense(world, prep, pharmacist=WANG).reason == "ALREADY_DISPENSED"
+
+
+def test_unrouted_prescription_stays_with_the_hospital_pharmacy(world: World) -> None:
+    prep = approved(world, pharmacy="")
+    rx = prep.args["rx_id"]
+    assert call(world, "lock", WANG, rx) == "NOT_ROUTED"
+    assert lock_and_dispense(world, prep, pharmacist=HE).ok
+
+
+def test_reroute_grants_new_pharmacy_and_revokes_old(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert world.chain.submit("prescription", "get_key", WANG, rx_id=rx).unwrap()["party"] == "p01"
+    assert call(world, "route", WANG, rx, pharmacy="p02",
+                wrapped_key=world.wrap_for(rx, "p02")) == "ACCESS_DENIED"
+    assert call(world, "route", JIANG, rx, pharmacy="p07",
+                wrapped_key=world.wrap_for(rx, "p07")) == "UNKNOWN_PHARMACY"
+    assert call(world, "lock", WANG, rx) == "OK"
+    assert call(world, "route", JIANG, rx, pharmacy="p02",
+                wrapped_key=world.wrap_for(rx, "p02")) == "ALREADY_LOCKED"
+    assert call(world, "release", WANG, rx) == "OK"
+    # the patient chooses another pharmacy
+    out = world.chain.submit("prescription", "route", world.patient_who("patient-zhang"),
+                             rx_id=rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02"))
+    assert out.unwrap() == {"rx_id": rx, "pharmacy": "p02", "previous": "p01"}
+    denied = world.chain.submit("prescription", "get_key", WANG, rx_id=rx).unwrap()
+    assert denied["error"] == "NO_KEY_GRANT"
+    assert world.chain.submit("prescription", "get_key", CHEN, rx_id=rx).unwrap()["party"] == "p02"
+    assert call(world, "lock", WANG, rx) == "NOT_ROUTED"
+    assert lock_and_dispense(world, prep, pharmacist=CHEN).ok
+    trail = world.chain.query("prescription", "audit_trail", AUDITOR, rx_id=rx).unwrap()["events"]
+    kinds = [(e["event"], e["party"], e["outcome"]) for e in trail]
+    assert ("REVOKE_GRANT", "p01", "REVOKED") in kinds
+    assert ("GRANT", "p02", "pharmacy") in kinds
+    assert ("KEY_FETCH", "p01", "DENIED") in kinds
+
+
+def test_trace_codes_are_single_use_across_the_ledger(world: World) -> None:
+    a = approved(world, drugs=[("amlodipine", 2)])
+    b = approved(world, drugs=[("amlodipine", 2)])
+    world.chain.submit("prescription", "lock", WANG, rx_id=a.args["rx_id"]).unwrap()
+    assert dispense(world, a, trace_codes=["T1", "T2", "T3"]).reason == "BAD_ARGUMENTS"
+    assert dispense(world, a, trace_codes=["T1", "T1"]).reason == "TRACE_CODE_REUSED"
+    assert dispense(world, a, trace_codes=["81234560000000000001", "81234560000000000002"]).ok
+    world.chain.submit("prescription", "lock", WANG, rx_id=b.args["rx_id"]).unwrap()
+    out = dispense(world, b, trace_codes=["81234560000000000002"])
+    assert out.reason == "TRACE_CODE_REUSED"
+    assert dispense(world, b, trace_codes=["81234560000000000003"]).ok
+    # trace codes are stored hashed only
+    assert b"81234560000000000002" not in world.chain.raw_state_bytes()
+
+
+def test_dispense_checks_the_commitment(world: World) -> None:
+    prep = approved(world)
+    world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()
+    tampered = dict(prep.content)
+    tampered["drugs"] = [{"code": world.codes["amlodipine"], "qty": 9}]
+    out = world.chain.submit("prescription", "dispense", WANG,
+                             transient={"content": tampered, "salt": prep.salt},
+                             rx_id=prep.args["rx_id"], trace_codes=[])
+    assert out.reason == "HASH_MISMATCH"
+    out = world.chain.submit("prescription", "dispense", WANG,
+                             transient={"content": prep.content, "salt": "0" * 32},
+                             rx_id=prep.args["rx_id"], trace_codes=[])
+    assert out.reason == "HASH_MISMATCH"
+    assert dispense(world, prep).ok
+
+
+def test_expiry(world: World) -> None:
+    prep = approved(world, valid_days=2)
+    rx = prep.args["rx_id"]
+    assert call(world, "expire", JIANG, rx) == "NOT_EXPIRED"
+    world.chain.advance(2 * DAY_MS)  # 2026-11-27 10:00 China time: past the 2-day validity
+    assert call(world, "lock", WANG, rx) == "EXPIRED"
+    assert call(world, "expire", JIANG, rx) == "OK"
+    assert call(world, "lock", WANG, rx) == "EXPIRED"
+    unreviewed, out = issue(world)
+    out.unwrap()
+    world.chain.advance(DAY_MS)
+    assert call(world, "review", HE, unreviewed.args["rx_id"], approve=True,
+                reason="") == "EXPIRED"
+
+
+def test_revocation(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert call(world, "revoke", ZHOU, rx, reason="wrong patient") == "ACCESS_DENIED"
+    assert call(world, "revoke", WANG, rx, reason="wrong patient") == "ACCESS_DENIED"
+    assert call(world, "revoke", JIANG, rx, reason="") == "REASON_REQUIRED"
+    assert call(world, "lock", WANG, rx) == "OK"
+    assert call(world, "revoke", JIANG, rx, reason="allergy reported") == "OK"
+    assert call(world, "lock", WANG, rx) == "REVOKED"
+    assert dispense(world, prep).reason == "REVOKED"
+    assert call(world, "revoke", JIANG, rx, reason="again") == "REVOKED"
+    # the hospital's pharmacy department may revoke too, but never after dispensing
+    other = approved(world)
+    assert call(world, "revoke", HE, other.args["rx_id"], reason="duplicate") == "OK"
+    done = approved(world)
+    lock_and_dispense(world, done).unwrap()
+    assert call(world, "revoke", JIANG, done.args["rx_id"], reason="late") == "REVOKE_NOT_ALLOWED"
+
+
+def test_repeat_fills(world: World) -> None:
+    prep = approved(world, max_fills=3, fill_interval_days=28,
+                    stability_assessment="stable 6 months", patient_confirmed=True, **LONG)
+    rx = prep.args["rx_id"]
+    assert lock_and_dispense(world, prep).unwrap()["fills_left"] == 2
+    assert call(world, "lock", WANG, rx) == "TOO_EARLY"
+    world.chain.advance(27 * DAY_MS)
+    assert call(world, "lock", WANG, rx) == "TOO_EARLY"
+    world.chain.advance(DAY_MS)
+    assert lock_and_dispense(world, prep).unwrap()["fill"] == 2
+    assert settle(world, prep, fill=2).ok
+    assert settle(world, prep, fill=2).reason == "DUPLICATE_CLAIM"
+    assert settle(world, prep, fill=1).ok
+    world.chain.advance(28 * DAY_MS)
+    assert lock_and_dispense(world, prep).unwrap()["fills_left"] == 0
+    world.chain.advance(28 * DAY_MS)
+    assert call(world, "lock", WANG, rx) == "FILLS_EXHAUSTED"
+    assert call(world, "revoke", JIANG, rx, reason="x") == "REVOKE_NOT_ALLOWED"
+
+
+def test_repeat_fill_window_expires(world: World) -> None:
+    prep = approved(world, max_fills=2, fill_interval_days=28, **LONG,
+                    stability_assessment="stable", patient_confirmed=True)
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(30 * DAY_MS)  # window of fill 2: day 28 .. day 28 + validity
+    assert call(world, "lock", WANG, prep.args["rx_id"]) == "EXPIRED"
+
+
+def test_delivery(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert call(world, "deliver", COURIER, rx) == "NOT_DISPENSED"
+    lock_and_dispense(world, prep).unwrap()
+    assert call(world, "deliver", WANG, rx) == "WRONG_ROLE"
+    assert call(world, "deliver", COURIER2, rx) == "ACCESS_DENIED"
+    assert call(world, "deliver", COURIER, rx) == "OK"
+    assert call(world, "deliver", COURIER, rx) == "ALREADY_DELIVERED"
+
+
+def test_full_trail(world: World) -> None:
+    prep = approved(world, doctor=JIANG)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    chain.advance(60_000)
+    lock_and_dispense(world, prep, trace_codes=["81234560000000000010"]).unwrap()
+    chain.advance(60_000)
+    claim = settle(world, prep).unwrap()
+    chain.advance(60_000)
+    assert call(world, "deliver", COURIER, rx) == "OK"
+    trace = chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()
+    steps = [s["step"] for s in trace["steps"]]
+    assert steps == ["issue", "review", "lock", "dispense", "settle", "deliver"]
+    first = trace["steps"][0]
+    assert (first["actor"], first["org"], first["role"]) == ("dr-jiang", "h01", "doctor")
+    assert first["time"] == "2026-11-25T02:00:00Z"
+    settle_step = trace["steps"][4]
+    assert (settle_step["org"], settle_step["role"]) == ("ins01", "clerk")
+    assert settle_step["detail"]["claim_id"] == claim["claim_id"]
+    blocks = [s["block"] for s in trace["steps"] if s["step"] != "settle"]
+    assert blocks == sorted(blocks) and len(set(blocks)) == 5
+    assert all(len(s["tx_id"]) == 64 for s in trace["steps"])
+    # parties may read the trail; an unrelated pharmacy may not
+    for reader in (JIANG, WANG, CLERK, world.patient_who("patient-zhang")):
+        assert chain.query("prescription", "trace", reader, rx_id=rx).ok
+    assert chain.query("prescription", "trace", CHEN, rx_id=rx).reason == "ACCESS_DENIED"
+    assert chain.query("prescription", "trace", ZHOU, rx_id=rx).reason == "ACCESS_DENIED"
+
+
+def test_verify_query(world: World) -> None:
+    prep = approved(world)
+    ok = world.chain.query("prescription", "verify", WANG, transient=content_transient(prep),
+                           rx_id=prep.args["rx_id"])
+    assert ok.unwrap() == {"rx_id": prep.args["rx_id"], "ok": True}
