@@ -238,6 +238,7 @@ class StateDB:
         self._dir = os.fspath(directory)
         os.makedirs(self._dir, exist_ok=True)
         self._sync = sync
+        self._ns_prefix: dict[str, bytes] = {}
         try:
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True)
         except plyvel.Error as exc:
@@ -245,14 +246,23 @@ class StateDB:
 
     # ------------------------------------------------------------------ reads
 
+    def _skey(self, ns: str, key: str) -> bytes:
+        prefix = self._ns_prefix.get(ns)
+        if prefix is None:
+            prefix = b"s" + _check_name(ns) + b"\0"
+            if len(self._ns_prefix) >= 1024:
+                self._ns_prefix.clear()
+            self._ns_prefix[ns] = prefix
+        return prefix + key.encode("utf-8")
+
     def get(self, ns: str, key: str) -> VersionedValue | None:
         """The committed value and version of ``key`` or None."""
-        raw = self._db.get(state_key(ns, key))
+        raw = self._db.get(self._skey(ns, key))
         return None if raw is None else decode_versioned(raw)
 
     def get_version(self, ns: str, key: str) -> Version | None:
         """Only the version of ``key`` (the validator's MVCC check)."""
-        raw = self._db.get(state_key(ns, key))
+        raw = self._db.get(self._skey(ns, key))
         if raw is None:
             return None
         block, tx = _VER.unpack_from(raw)
@@ -331,15 +341,18 @@ class StateDB:
             if t.code != VALID_CODE:
                 continue
             ver = _VER.pack(block, t.index)
+            hist_put = _HIST.pack(0, t.timestamp_ms) + tx_id_raw
+            hist_del = _HIST.pack(1, t.timestamp_ms) + tx_id_raw
             for w in t.writes:
-                skey = state_key(w.ns, w.key)
+                ns_raw = _check_name(w.ns)
+                key_raw = w.key.encode("utf-8")
                 if w.is_delete:
-                    delete(skey)
+                    delete(b"s" + ns_raw + b"\0" + key_raw)
                 else:
-                    put(skey, ver + w.value)
+                    put(b"s" + ns_raw + b"\0" + key_raw, ver + w.value)
                 put(
-                    _history_prefix(w.ns, w.key) + ver,
-                    _HIST.pack(1 if w.is_delete else 0, t.timestamp_ms) + tx_id_raw,
+                    b"h" + ns_raw + b"\0" + _U32.pack(len(key_raw)) + key_raw + ver,
+                    hist_del if w.is_delete else hist_put,
                 )
         put(_SAVEPOINT_KEY, _U64.pack(block) + state_hash)
         if before_write is not None:
