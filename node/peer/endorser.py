@@ -1,0 +1,328 @@
+"""Endorser: check a signed proposal, simulate it on a state snapshot, sign the result.
+
+Checks, in order (each refusal is an RxError with a reason code, nothing is written):
+
+1. size (``limits.max_envelope_bytes``) and parse -> TOO_LARGE / BAD_PAYLOAD
+2. header: INVOKE, this consortium, nonce, creator -> BAD_HEADER; timestamp within
+   ``limits.max_clock_skew_ms`` of the peer's clock -> CLOCK_SKEW
+3. creator certificate and signature over ``proposal_bytes`` (``MSP.verify``) ->
+   UNKNOWN_CREATOR / EXPIRED_CERT / REVOKED_CERT / BAD_SIGNATURE / ...
+4. tx id = compute_tx_id(nonce, creator) -> BAD_TXID; not already on the ledger ->
+   DUPLICATE_TXID
+5. contract defined and active -> UNKNOWN_CONTRACT; caller allowed by the access rules ->
+   ACCESS_DENIED; the stored source hashes to the committed code hash ->
+   CODE_HASH_MISMATCH; arguments a JSON object -> BAD_ARGUMENTS
+
+Then the contract runs (``_lifecycle`` natively, others in the sandbox) against a
+:class:`TxSimulator` over one LevelDB snapshot. A contract-level refusal (status 400/500
+with the contract's reason) is answered WITHOUT an endorsement. Otherwise the peer signs
+the ProposalResponsePayload (proposal hash over header + invocation: transient data never
+enters it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+from rxchain.v1 import services_pb2_grpc, transaction_pb2
+
+from node.crypto.canonical import compute_tx_id, proposal_hash
+from node.crypto.signing import Signer
+from node.errors import RxError, abort_with
+from node.identity.msp import Principal
+from node.ledger.statedb import StateSnapshot, TxLocation
+from node.peer.config_view import ConfigView
+from node.peer.definitions import LIFECYCLE_NS
+from node.peer.history import HistoryLedger, LedgerHistory
+from node.peer.lifecycle import Lifecycle, load_definition, load_package, package_hash
+from node.peer.simulator import SimulationLimits, TxSimulator
+from node.sandbox.types import (
+    BAD_ARGUMENTS,
+    UNKNOWN_FUNCTION,
+    CallerInfo,
+    Invocation,
+    InvocationResult,
+    SandboxLimits,
+    StateBackend,
+)
+
+MIN_NONCE_BYTES = 16
+# Runtime reasons that are the caller's fault (400); other runtime reasons are 500.
+_CALLER_REASONS = frozenset({BAD_ARGUMENTS, UNKNOWN_FUNCTION})
+_RUNTIME_500 = frozenset(
+    {"OUT_OF_GAS", "RECURSION_LIMIT", "SIZE_LIMIT", "WRITE_SET_LIMIT", "MEMORY_LIMIT",
+     "TIMEOUT", "WORKER_CRASHED", "CONTRACT_EXCEPTION", "BAD_VALUE", "STATE_ERROR"}
+)
+
+Clock = Callable[[], int]
+
+
+class ContractRunner(Protocol):
+    """The sandbox interface (``node.sandbox.Sandbox``)."""
+
+    def invoke(self, invocation: Invocation, backend: StateBackend) -> InvocationResult:
+        """Run one contract call against ``backend``."""
+        ...
+
+
+class Ledgerish(HistoryLedger, Protocol):
+    """What the endorser needs from the ledger."""
+
+    def snapshot(self) -> StateSnapshot:
+        """A consistent state snapshot."""
+        ...
+
+    def tx_location(self, tx_id: str) -> TxLocation | None:
+        """Where a tx id was committed, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class ParsedProposal:
+    """A checked proposal."""
+
+    signed: transaction_pb2.SignedProposal
+    proposal: transaction_pb2.Proposal
+    header: transaction_pb2.TxHeader
+    invocation: transaction_pb2.ContractInvocation
+    args: Mapping[str, Any]
+    creator: Principal
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The outcome of simulating a proposal (unsigned)."""
+
+    parsed: ParsedProposal
+    response: transaction_pb2.Response
+    payload: transaction_pb2.ProposalResponsePayload | None  # None when not endorsable
+
+
+class Endorser:
+    """Checks, simulates and endorses proposals (see the module docstring)."""
+
+    def __init__(
+        self,
+        ledger: Ledgerish,
+        configs: ConfigView,
+        signer: Signer,
+        sandbox: ContractRunner,
+        lifecycle: Lifecycle,
+        clock: Clock,
+        on_endorse: Callable[[], None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._configs = configs
+        self._signer = signer
+        self._sandbox = sandbox
+        self._lifecycle = lifecycle
+        self._clock = clock
+        self._on_endorse = on_endorse
+        self._hash_ok: OrderedDict[str, bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, signed: transaction_pb2.SignedProposal) -> ParsedProposal:
+        """Steps 1-4 of the module docstring; returns the parsed proposal."""
+        cfg = self._configs.current()
+        limits = cfg.config.limits
+        max_bytes = limits.max_envelope_bytes or limits.max_message_bytes
+        if max_bytes and signed.ByteSize() > max_bytes:
+            raise RxError("TOO_LARGE", f"proposal of {signed.ByteSize()} bytes exceeds {max_bytes}")
+        if not signed.proposal_bytes or not signed.signature:
+            raise RxError("BAD_PAYLOAD", "proposal bytes and signature are required")
+        try:
+            proposal = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+            header = transaction_pb2.TxHeader.FromString(proposal.header)
+            invocation = transaction_pb2.ContractInvocation.FromString(proposal.invocation)
+        except DecodeError as exc:
+            raise RxError("BAD_PAYLOAD", f"proposal does not parse: {exc}") from exc
+        if header.type != transaction_pb2.INVOKE:
+            raise RxError("BAD_HEADER", "only INVOKE proposals are endorsed")
+        if header.consortium_id != cfg.config.consortium_id:
+            raise RxError("BAD_HEADER", f"consortium {header.consortium_id!r} is not this one")
+        if len(header.nonce) < MIN_NONCE_BYTES or not header.HasField("creator"):
+            raise RxError("BAD_HEADER", f"nonce of >= {MIN_NONCE_BYTES} bytes and creator required")
+        skew = limits.max_clock_skew_ms
+        now = self._clock()
+        if skew and abs(now - header.timestamp_ms) > skew:
+            raise RxError(
+                "CLOCK_SKEW",
+                f"proposal timestamp {header.timestamp_ms} is more than {skew} ms from {now}",
+            )
+        creator = cfg.msp.verify(
+            header.creator, signed.signature, signed.proposal_bytes, header.timestamp_ms
+        )
+        if header.tx_id != compute_tx_id(header.nonce, header.creator):
+            raise RxError("BAD_TXID", "tx id is not derived from the nonce and the creator")
+        if not invocation.contract or not invocation.function:
+            raise RxError("BAD_PAYLOAD", "invocation needs a contract and a function")
+        try:
+            args = json.loads(invocation.args_json.decode("utf-8") or "{}", parse_float=_no_float)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RxError("BAD_ARGUMENTS", f"arguments are not a JSON object: {exc}") from exc
+        if not isinstance(args, dict):
+            raise RxError("BAD_ARGUMENTS", "arguments must be a JSON object")
+        return ParsedProposal(signed, proposal, header, invocation, args, creator)
+
+    # ------------------------------------------------------------------ simulate
+
+    def simulate(self, signed: transaction_pb2.SignedProposal, *, endorse: bool) -> Simulation:
+        """Check and simulate; ``endorse`` also refuses tx ids already on the ledger."""
+        parsed = self.check(signed)
+        if endorse and self._ledger.tx_location(parsed.header.tx_id) is not None:
+            raise RxError("DUPLICATE_TXID", f"tx {parsed.header.tx_id} is already on the ledger")
+        cfg = self._configs.current().config
+        limits = cfg.limits
+        sim_limits = SimulationLimits(
+            max_write_set_keys=limits.max_write_set_keys or 1000,
+            max_value_bytes=limits.max_value_bytes or 262144,
+        )
+        name = parsed.invocation.contract
+        function = parsed.invocation.function
+        with self._ledger.snapshot() as snap:
+            height_block = -1 if snap.savepoint is None else snap.savepoint.block
+            sim = TxSimulator(snap, name, sim_limits, LedgerHistory(self._ledger, height_block))
+            if name == LIFECYCLE_NS:
+                if not self._lifecycle.allows(function, parsed.creator):
+                    raise RxError("ACCESS_DENIED", f"{parsed.creator.role} may not call {function}")
+                native = self._lifecycle.invoke(sim, function, parsed.args, parsed.creator, cfg)
+                response = transaction_pb2.Response(
+                    status=native.status, reason=native.reason, message=native.message,
+                    payload=native.payload,
+                )
+                version, sequence, gas, events = "", 0, 0, []
+            else:
+                definition = load_definition(snap, name) if name[:1].isalpha() else None
+                if definition is None:
+                    raise RxError("UNKNOWN_CONTRACT", f"contract {name!r} is not defined")
+                if not definition.allows(function, parsed.creator):
+                    raise RxError(
+                        "ACCESS_DENIED",
+                        f"{parsed.creator.org}.{parsed.creator.role} may not call {name}.{function}",
+                    )
+                source = self._verified_source(snap, name, definition.version,
+                                               definition.code_hash)
+                result = self._sandbox.invoke(
+                    Invocation(
+                        contract=name,
+                        code_hash=definition.code_hash,
+                        source=source,
+                        function=function,
+                        args_json=parsed.invocation.args_json or b"{}",
+                        tx_id=parsed.header.tx_id,
+                        timestamp_ms=parsed.header.timestamp_ms,
+                        caller=_caller_info(parsed.creator),
+                        transient=dict(parsed.proposal.transient),
+                        gas_limit=limits.gas_limit or 10_000_000,
+                        limits=SandboxLimits(
+                            max_value_bytes=sim_limits.max_value_bytes,
+                            max_write_keys=sim_limits.max_write_set_keys,
+                        ),
+                    ),
+                    sim,
+                )
+                response = _response(result)
+                version, sequence, gas = definition.version, definition.sequence, result.gas_used
+                events = [
+                    transaction_pb2.ContractEvent(
+                        contract=name, name=e.name, payload=e.payload_json,
+                        tx_id=parsed.header.tx_id,
+                    )
+                    for e in result.events
+                ]
+        if response.status != 200:
+            return Simulation(parsed, response, None)
+        payload = transaction_pb2.ProposalResponsePayload(
+            proposal_hash=proposal_hash(parsed.proposal.header, parsed.proposal.invocation),
+            results=sim.rwset().SerializeToString(),
+            events=events,
+            response=response,
+            contract_version=version,
+            contract_sequence=sequence,
+            gas_used=gas,
+        )
+        return Simulation(parsed, response, payload)
+
+    def _verified_source(self, snap: StateSnapshot, name: str, version: str, code_hash: str) -> str:
+        package = load_package(snap, code_hash)
+        if package is None:
+            raise RxError("UNKNOWN_CONTRACT", f"package {code_hash} of {name!r} is not installed")
+        with self._lock:
+            ok = self._hash_ok.get(code_hash)
+        if ok is None:
+            ok = (
+                package.name == name
+                and package.version == version
+                and package_hash(package.name, package.version, package.source) == code_hash
+            )
+            with self._lock:
+                self._hash_ok[code_hash] = ok
+                if len(self._hash_ok) > 256:
+                    self._hash_ok.popitem(last=False)
+        if not ok:
+            raise RxError(
+                "CODE_HASH_MISMATCH",
+                f"the stored source of {name!r} does not hash to the committed {code_hash}",
+            )
+        return package.source
+
+    # ------------------------------------------------------------------ endorse
+
+    def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        """ProcessProposal: a signed endorsement, or an unsigned contract-level refusal."""
+        sim = self.simulate(signed, endorse=True)
+        if sim.payload is None:
+            return transaction_pb2.ProposalResponse(response=sim.response)
+        payload_bytes = sim.payload.SerializeToString()
+        endorsement = transaction_pb2.Endorsement(
+            endorser=self._signer.identity, signature=self._signer.sign(payload_bytes)
+        )
+        if self._on_endorse is not None:
+            self._on_endorse()
+        return transaction_pb2.ProposalResponse(
+            response=sim.response, payload=payload_bytes, endorsement=endorsement
+        )
+
+
+def _no_float(text: str) -> Any:
+    raise ValueError(f"floating point number {text!r} is not allowed (money is integer fen)")
+
+
+def _caller_info(p: Principal) -> CallerInfo:
+    return CallerInfo(
+        org=p.org, role=p.role, name=p.name, attrs=dict(p.attrs), org_kind=p.org_kind,
+        hospital_level=p.hospital_level,
+    )
+
+
+def _response(result: InvocationResult) -> transaction_pb2.Response:
+    if result.ok:
+        return transaction_pb2.Response(status=200, payload=result.result_json)
+    status = 500 if result.reason in _RUNTIME_500 else 400
+    if result.reason in _CALLER_REASONS:
+        status = 400
+    return transaction_pb2.Response(status=status, reason=result.reason, message=result.message)
+
+
+class EndorserService(services_pb2_grpc.EndorserServicer):
+    """gRPC Endorser.ProcessProposal."""
+
+    def __init__(self, endorser: Endorser) -> None:
+        self._endorser = endorser
+
+    def ProcessProposal(
+        self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext
+    ) -> transaction_pb2.ProposalResponse:
+        try:
+            return self._endorser.endorse(request)
+        except RxError as err:
+            abort_with(context, err)

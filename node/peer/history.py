@@ -1,0 +1,68 @@
+"""Key history for contracts (``ctx.history``): the ledger's history index plus values.
+
+The history index records which (block, tx) wrote a key; the value is read back from that
+block's read/write set. Entries newer than the simulation snapshot are left out, so two
+peers at the same height answer identically.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, transaction_pb2
+
+from node.ledger.statedb import HistoryEntry as LedgerHistoryEntry
+from node.sandbox.types import HistoryEntry
+
+MAX_HISTORY = 1000
+
+
+class HistoryLedger(Protocol):
+    """What history needs from the ledger."""
+
+    def history(self, ns: str, key: str, limit: int = 0) -> list[LedgerHistoryEntry]:
+        """History index entries, oldest first."""
+        ...
+
+    def block(self, number: int) -> block_pb2.Block:
+        """A committed block."""
+        ...
+
+
+def _written_value(block: block_pb2.Block, tx: int, ns: str, key: str) -> bytes | None:
+    try:
+        env = transaction_pb2.Envelope.FromString(block.data.envelopes[tx])
+        t = transaction_pb2.Transaction.FromString(env.payload)
+        prp = transaction_pb2.ProposalResponsePayload.FromString(t.response_payload)
+        rwset = transaction_pb2.TxRwSet.FromString(prp.results)
+    except (DecodeError, IndexError):
+        return None
+    for nsrw in rwset.ns_rwsets:
+        if nsrw.namespace == ns:
+            for w in nsrw.writes:
+                if w.key == key:
+                    return None if w.is_delete else w.value
+    return None
+
+
+class LedgerHistory:
+    """History reader bound to one simulation snapshot height."""
+
+    def __init__(self, ledger: HistoryLedger, max_block: int) -> None:
+        self._ledger = ledger
+        self._max_block = max_block
+
+    def __call__(self, namespace: str, key: str, limit: int) -> list[HistoryEntry]:
+        limit = MAX_HISTORY if limit <= 0 else min(limit, MAX_HISTORY)
+        out: list[HistoryEntry] = []
+        for e in self._ledger.history(namespace, key):
+            if e.block > self._max_block:
+                break
+            value = None if e.is_delete else _written_value(
+                self._ledger.block(e.block), e.tx, namespace, key
+            )
+            out.append(HistoryEntry(e.tx_id, e.block, e.timestamp_ms, e.is_delete, value))
+            if len(out) >= limit:
+                break
+        return out

@@ -1,0 +1,291 @@
+"""Contract lifecycle: the ``_lifecycle`` system namespace, executed natively by the peer.
+
+Functions (called through ordinary proposals with ``contract = "_lifecycle"``):
+
+* ``install(name, version, source)`` -- an organisation admin stores a contract package on
+  the ledger (so every peer has the source): ``package/<code_hash>``. Returns the hash.
+* ``approve(name, version, sequence, endorsement_policy, access, code_hash)`` -- an admin
+  approves a definition for its own organisation: ``approval/<name>/<seq>/<org>``.
+* ``commit(<same arguments>)`` -- makes the definition active (``definition/<name>``) when the
+  approvals for exactly that definition satisfy the consortium's ``lifecycle`` policy
+  (``MAJORITY(admin)`` by default) and ``sequence`` is the current sequence + 1.
+* queries: ``definition(name)``, ``approvals(name, sequence)``, ``package(code_hash)``.
+
+Every state access goes through the :class:`TxSimulator`, so lifecycle writes travel in
+the normal read/write set, are endorsed, ordered and MVCC-validated like any other tx,
+and all peers agree. Native functions are deterministic: no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rxchain.v1 import config_pb2
+
+from node.crypto.canonical import canonical_json, lp
+from node.errors import RxError
+from node.identity.msp import Principal
+from node.identity.policy import Policy, parse_policy
+from node.peer.definitions import LIFECYCLE_NS, ContractDefinition, check_contract_name
+from node.peer.simulator import TxSimulator
+
+DEFAULT_LIFECYCLE_POLICY = "MAJORITY(admin)"
+MAX_SOURCE_BYTES = 256 * 1024
+SourceChecker = Callable[[str], None]
+
+ADMIN_FUNCTIONS = frozenset({"install", "approve", "commit"})
+QUERY_FUNCTIONS = frozenset({"definition", "approvals", "package"})
+
+
+def package_hash(name: str, version: str, source: str) -> str:
+    """Hex SHA-256 of a contract package (name, version, source), length-prefixed."""
+    return hashlib.sha256(
+        lp(b"rxchain.v1.ContractPackage", name.encode(), version.encode(), source.encode())
+    ).hexdigest()
+
+
+def package_key(code_hash: str) -> str:
+    """State key of a stored package."""
+    return f"package/{code_hash}"
+
+
+def definition_key(name: str) -> str:
+    """State key of a committed definition."""
+    return f"definition/{name}"
+
+
+def approval_prefix(name: str, sequence: int) -> str:
+    """State key prefix of the approvals of (name, sequence)."""
+    return f"approval/{name}/{sequence:020d}/"
+
+
+@dataclass(frozen=True)
+class NativeResult:
+    """Outcome of a native call: status 200 with payload, or 400 with a reason."""
+
+    status: int
+    reason: str
+    message: str
+    payload: bytes
+
+
+class ContractFailure(Exception):
+    """A lifecycle call refused for a reason the caller can fix (status 400)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def lifecycle_policy(config: config_pb2.ConsortiumConfig) -> Policy:
+    """The governance policy approving definitions (config policy ``lifecycle``)."""
+    text = next((p.rule for p in config.policies if p.name == "lifecycle"), "")
+    return parse_policy(text or DEFAULT_LIFECYCLE_POLICY, [o.id for o in config.organizations])
+
+
+def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
+    """Who must endorse ``_lifecycle`` txs: a majority of the organisations running peers.
+
+    A consortium may override it with a policy named ``lifecycle_endorsement``.
+    """
+    org_ids = [o.id for o in config.organizations]
+    text = next((p.rule for p in config.policies if p.name == "lifecycle_endorsement"), "")
+    if not text:
+        peer_orgs = sorted({p.org for p in config.peers})
+        if not peer_orgs:
+            raise RxError("BAD_CONFIG", "the consortium has no peers")
+        n = len(peer_orgs) // 2 + 1
+        text = f"OutOf({n}, {', '.join(f'{o}.peer' for o in peer_orgs)})"
+    return parse_policy(text, org_ids)
+
+
+class Lifecycle:
+    """Native implementation of the ``_lifecycle`` functions."""
+
+    def __init__(self, check_source: SourceChecker | None = None) -> None:
+        self._check_source = check_source
+
+    def allows(self, function: str, caller: Principal) -> bool:
+        """Access rule of the system namespace: admins change, every member queries."""
+        if function in ADMIN_FUNCTIONS:
+            return caller.role == "admin"
+        return function in QUERY_FUNCTIONS
+
+    def invoke(
+        self,
+        sim: TxSimulator,
+        function: str,
+        args: Mapping[str, Any],
+        caller: Principal,
+        config: config_pb2.ConsortiumConfig,
+    ) -> NativeResult:
+        """Run one lifecycle function against ``sim``; refusals become status 400."""
+        try:
+            if function == "install":
+                payload = self._install(sim, args)
+            elif function == "approve":
+                payload = self._approve(sim, args, caller, config)
+            elif function == "commit":
+                payload = self._commit(sim, args, config)
+            elif function == "definition":
+                payload = self._definition(sim, args)
+            elif function == "approvals":
+                payload = self._approvals(sim, args)
+            elif function == "package":
+                payload = self._package(sim, args)
+            else:
+                raise ContractFailure("UNKNOWN_FUNCTION", f"_lifecycle has no function {function!r}")
+        except ContractFailure as exc:
+            return NativeResult(400, exc.reason, exc.message, b"")
+        except RxError as exc:
+            return NativeResult(400, exc.reason, exc.message, b"")
+        return NativeResult(200, "", "", canonical_json(payload))
+
+    # ---------------------------------------------------------------- functions
+
+    def _install(self, sim: TxSimulator, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = check_contract_name(args.get("name"))
+        version = args.get("version")
+        source = args.get("source")
+        if not isinstance(version, str) or not version:
+            raise ContractFailure("BAD_ARGUMENTS", "version must be a non-empty string")
+        if not isinstance(source, str) or not source:
+            raise ContractFailure("BAD_ARGUMENTS", "source must be a non-empty string")
+        if len(source.encode("utf-8")) > MAX_SOURCE_BYTES:
+            raise ContractFailure("SIZE_LIMIT", f"source exceeds {MAX_SOURCE_BYTES} bytes")
+        if self._check_source is not None:
+            try:
+                self._check_source(source)
+            except Exception as exc:
+                reason = getattr(exc, "reason", "CONTRACT_REJECTED")
+                raise ContractFailure(str(reason), str(exc)) from exc
+        code_hash = package_hash(name, version, source)
+        sim.put(
+            LIFECYCLE_NS,
+            package_key(code_hash),
+            canonical_json({"name": name, "version": version, "source": source}),
+        )
+        return {"code_hash": code_hash, "name": name, "version": version}
+
+    def _approve(
+        self,
+        sim: TxSimulator,
+        args: Mapping[str, Any],
+        caller: Principal,
+        config: config_pb2.ConsortiumConfig,
+    ) -> dict[str, Any]:
+        definition = ContractDefinition.from_args(args)
+        parse_policy(definition.endorsement_policy, [o.id for o in config.organizations])
+        package = load_package(sim, definition.code_hash)
+        if package is None:
+            raise ContractFailure("UNKNOWN_PACKAGE", f"no package {definition.code_hash} installed")
+        if package.name != definition.name or package.version != definition.version:
+            raise ContractFailure(
+                "PACKAGE_MISMATCH",
+                f"package {definition.code_hash} is {package.name} {package.version}",
+            )
+        current = load_definition(sim, definition.name)
+        current_seq = 0 if current is None else current.sequence
+        if definition.sequence != current_seq + 1:
+            raise ContractFailure(
+                "BAD_SEQUENCE",
+                f"{definition.name}: sequence must be {current_seq + 1}, got {definition.sequence}",
+            )
+        key = approval_prefix(definition.name, definition.sequence) + caller.org
+        sim.put(LIFECYCLE_NS, key, definition.to_json())
+        return {"approved": definition.name, "sequence": definition.sequence, "org": caller.org}
+
+    def _commit(
+        self, sim: TxSimulator, args: Mapping[str, Any], config: config_pb2.ConsortiumConfig
+    ) -> dict[str, Any]:
+        definition = ContractDefinition.from_args(args)
+        current = load_definition(sim, definition.name)
+        current_seq = 0 if current is None else current.sequence
+        if definition.sequence != current_seq + 1:
+            raise ContractFailure(
+                "BAD_SEQUENCE",
+                f"{definition.name}: sequence must be {current_seq + 1}, got {definition.sequence}",
+            )
+        if load_package(sim, definition.code_hash) is None:
+            raise ContractFailure("UNKNOWN_PACKAGE", f"no package {definition.code_hash} installed")
+        wanted = definition.to_json()
+        prefix = approval_prefix(definition.name, definition.sequence)
+        approvers = [
+            key[len(prefix):]
+            for key, value in sim.range(LIFECYCLE_NS, prefix, prefix + "\x7f", 0)
+            if value == wanted
+        ]
+        policy = lifecycle_policy(config)
+        if not policy.evaluate((org, "admin") for org in approvers):
+            raise ContractFailure(
+                "LIFECYCLE_POLICY_FAILURE",
+                f"{definition.name} seq {definition.sequence}: approvals by {approvers} "
+                f"do not satisfy {policy.text}",
+            )
+        sim.put(LIFECYCLE_NS, definition_key(definition.name), wanted)
+        return {"committed": definition.name, "sequence": definition.sequence,
+                "approvals": sorted(approvers)}
+
+    def _definition(self, sim: TxSimulator, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = check_contract_name(args.get("name"))
+        current = load_definition(sim, name)
+        if current is None:
+            raise ContractFailure("UNKNOWN_CONTRACT", f"no contract {name!r} is committed")
+        raw: dict[str, Any] = json.loads(current.to_json())
+        return raw
+
+    def _approvals(self, sim: TxSimulator, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = check_contract_name(args.get("name"))
+        seq = args.get("sequence")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ContractFailure("BAD_ARGUMENTS", "sequence must be a positive integer")
+        prefix = approval_prefix(name, seq)
+        rows = sim.range(LIFECYCLE_NS, prefix, prefix + "\x7f", 0)
+        return {"approvals": {key[len(prefix):]: json.loads(value) for key, value in rows}}
+
+    def _package(self, sim: TxSimulator, args: Mapping[str, Any]) -> dict[str, Any]:
+        code_hash = args.get("code_hash")
+        if not isinstance(code_hash, str):
+            raise ContractFailure("BAD_ARGUMENTS", "code_hash must be a string")
+        pkg = load_package(sim, code_hash)
+        if pkg is None:
+            raise ContractFailure("UNKNOWN_PACKAGE", f"no package {code_hash}")
+        return {"name": pkg.name, "version": pkg.version, "code_hash": code_hash,
+                "source": pkg.source}
+
+
+@dataclass(frozen=True)
+class Package:
+    """A stored contract package."""
+
+    name: str
+    version: str
+    source: str
+
+
+def _raw(reader: Any, key: str) -> bytes | None:
+    value = reader.get(LIFECYCLE_NS, key)
+    if value is None or isinstance(value, bytes):
+        return value
+    raw: bytes = value.value  # a VersionedValue from a StateReader
+    return raw
+
+
+def load_package(reader: Any, code_hash: str) -> Package | None:
+    """The package stored under ``code_hash`` (simulator or state reader)."""
+    raw = _raw(reader, package_key(code_hash))
+    if raw is None:
+        return None
+    doc = json.loads(raw)
+    return Package(str(doc["name"]), str(doc["version"]), str(doc["source"]))
+
+
+def load_definition(reader: Any, name: str) -> ContractDefinition | None:
+    """The committed definition of ``name`` (simulator or state reader)."""
+    raw = _raw(reader, definition_key(name))
+    return None if raw is None else ContractDefinition.from_json(raw)

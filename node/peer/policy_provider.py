@@ -1,0 +1,72 @@
+"""The validator's PolicyProvider: active contract definitions from ``_lifecycle`` state.
+
+User contracts: the committed ``definition/<name>`` record (its endorsement policy parsed
+against the organisations of the config in force). The ``_lifecycle`` namespace itself is
+endorsed by a majority of the organisations running peers (see
+:func:`node.peer.lifecycle.lifecycle_endorsement_policy`), with version "" and sequence 0.
+Parsed policies are cached by the exact stored bytes, so a change is seen immediately.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from rxchain.v1 import config_pb2
+
+from node.identity.policy import parse_policy
+from node.ledger.statedb import StateReader
+from node.ledger.txwrites import CONFIG_KEY, SYSTEM_NS
+from node.peer.definitions import LIFECYCLE_NS
+from node.peer.definitions import ContractDefinition as StoredDefinition
+from node.peer.lifecycle import definition_key, lifecycle_endorsement_policy
+from node.peer.validator import ContractDefinition
+
+_CACHE = 256
+
+
+class LifecyclePolicies:
+    """Implements ``node.peer.validator.PolicyProvider`` over committed state."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[bytes, bytes], ContractDefinition | None] = OrderedDict()
+
+    def contract(self, name: str, state: StateReader) -> ContractDefinition | None:
+        """The active definition of ``name`` in ``state`` or None."""
+        cfg_vv = state.get(SYSTEM_NS, CONFIG_KEY)
+        if cfg_vv is None:
+            return None
+        if name == LIFECYCLE_NS:
+            key = (cfg_vv.value, b"")
+        else:
+            vv = state.get(LIFECYCLE_NS, definition_key(name)) if name[:1].isalpha() else None
+            if vv is None:
+                return None
+            key = (cfg_vv.value, vv.value)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        config = config_pb2.ConsortiumConfig.FromString(cfg_vv.value)
+        result = self._build(name, config, key[1])
+        with self._lock:
+            self._cache[key] = result
+            if len(self._cache) > _CACHE:
+                self._cache.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _build(
+        name: str, config: config_pb2.ConsortiumConfig, stored: bytes
+    ) -> ContractDefinition | None:
+        if name == LIFECYCLE_NS:
+            return ContractDefinition(LIFECYCLE_NS, "", 0, lifecycle_endorsement_policy(config))
+        d = StoredDefinition.from_json(stored)
+        policy = parse_policy(d.endorsement_policy, [o.id for o in config.organizations])
+        return ContractDefinition(d.name, d.version, d.sequence, policy)
+
+    def definition(self, name: str, state: StateReader) -> StoredDefinition | None:
+        """The full committed definition (access rules, code hash) of a user contract."""
+        vv = state.get(LIFECYCLE_NS, definition_key(name))
+        return None if vv is None else StoredDefinition.from_json(vv.value)
