@@ -90,10 +90,11 @@ class Outcome:
 
 
 class Chain:
-    def __init__(self, t0_ms: int = T0_MS) -> None:
+    def __init__(self, t0_ms: int = T0_MS, runner: sandbox_adapter.Runner | None = None) -> None:
         self.state = MemoryState()
         self.now = t0_ms
         self._seq = 0
+        self.events: list[ContractEvent] = []
         self._sources = {
             name: (ROOT / "contracts" / f"{name}.py").read_text(encoding="utf-8")
             for name in CONTRACTS
@@ -101,7 +102,7 @@ class Chain:
         self._hashes = {
             name: hashlib.sha256(src.encode()).hexdigest() for name, src in self._sources.items()
         }
-        self._runner = sandbox_adapter.make_runner()
+        self._runner = runner or sandbox_adapter.make_runner()
 
     def advance(self, ms: int) -> None:
         self.now += ms
@@ -143,6 +144,8 @@ class Chain:
     ) -> Outcome:
         res, sim, tx_id, ts = self._invoke(contract, fn, caller, args, transient, at_ms)
         block = self.state.commit(sim, tx_id, ts) if res.ok else None
+        if res.ok:
+            self.events.extend(res.events)
         return self._outcome(res, tx_id, block)
 
     def query(

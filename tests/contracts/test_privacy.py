@@ -1,0 +1,185 @@
+"""Privacy (DOMAIN.md section 4): key grants, audited key fetches and denials, consent,
+supervision, crypto-shredding, and no identifying plaintext anywhere in state."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from node.crypto import aead
+from node.crypto.canonical import canonical_json
+from tests.contracts.chain import DAY_MS, Who, admin, who
+from tests.contracts.flows import (
+    AUDITOR,
+    CHEN,
+    CLERK,
+    COURIER,
+    HE,
+    JIANG,
+    NURSE,
+    WANG,
+    ZHOU,
+    approved,
+    lock_and_dispense,
+    settle,
+)
+from tests.contracts.rxclient import Prepared, World
+
+
+def fetch(world: World, caller: Who, rx_id: str) -> Any:
+    out = world.chain.submit("prescription", "get_key", caller, rx_id=rx_id)
+    assert out.ok and out.block is not None, "get_key always commits (audited)"
+    return out.value
+
+
+def open_record(world: World, keyring_party: str, grant: dict[str, Any], rx_id: str) -> Any:
+    """What a client does: unwrap its key, decrypt, check the commitment."""
+    key = world.keyring.unwrap(keyring_party, grant["wrapped_key"],
+                               f"rxchain/rx/{rx_id}/{grant['party']}")
+    plain = json.loads(aead.decrypt(key, base64.b64decode(grant["ciphertext"]), rx_id.encode()))
+    body = plain["content"] if "content" in plain else plain["claim"]
+    digest = hashlib.sha256(plain["salt"].encode() + canonical_json(body)).hexdigest()
+    if digest != grant["commitment"]:
+        raise ValueError("HASH_MISMATCH")
+    return body
+
+
+def audit(world: World, rx_id: str) -> list[tuple[str, str, str, str]]:
+    events = world.chain.query("prescription", "audit_trail", AUDITOR, rx_id=rx_id).unwrap()
+    return [(e["event"], e["party"], e["outcome"], e["org"]) for e in events["events"]]
+
+
+def test_each_authorised_party_decrypts_its_grant(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    pid = world.pid("patient-zhang")
+    assert open_record(world, "patient:" + pid, fetch(world, zhang, rx), rx) == prep.content
+    assert open_record(world, "h01", fetch(world, JIANG, rx), rx) == prep.content
+    assert open_record(world, "h01", fetch(world, HE, rx), rx) == prep.content
+    assert open_record(world, "p01", fetch(world, WANG, rx), rx) == prep.content
+    # the insurer only ever gets the claim subset
+    grant = fetch(world, CLERK, rx)
+    assert grant["kind"] == "insurer"
+    assert open_record(world, "ins01", grant, rx) == prep.claim
+    assert "patient_info" not in json.dumps(prep.claim)
+    granted = [a for a in audit(world, rx) if a[0] == "KEY_FETCH"]
+    assert [a[2] for a in granted] == ["GRANTED"] * 5
+
+
+@pytest.mark.parametrize(
+    "caller",
+    [CHEN, ZHOU, AUDITOR, COURIER, NURSE, admin("ins01"), who("ins02:clerk-lu:clerk"),
+     Who("h02", "patient-sun", "patient")],
+)
+def test_anyone_else_gets_no_key_grant_and_is_audited(world: World, caller: Who) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    res = fetch(world, caller, rx)
+    assert res["error"] == "NO_KEY_GRANT"
+    assert "wrapped_key" not in res
+    denied = [a for a in audit(world, rx) if a[0] == "KEY_FETCH"]
+    assert denied == [("KEY_FETCH", caller.org, "DENIED", caller.org)]
+
+
+def test_consent_grant_and_revoke(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
+    out = world.chain.submit("prescription", "grant_consent", JIANG, rx_id=rx, org="h02",
+                             wrapped_key=world.wrap_for(rx, "h02"))
+    assert out.reason == "ACCESS_DENIED"
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02")).unwrap()
+    assert open_record(world, "h02", fetch(world, ZHOU, rx), rx) == prep.content
+    # consent lets h02 see the trail as well
+    assert world.chain.query("prescription", "trace", ZHOU, rx_id=rx).ok
+    world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
+    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
+    out = world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="p01")
+    assert out.reason == "NO_KEY_GRANT"
+    out = world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="p01",
+                             wrapped_key=world.wrap_for(rx, "p01"))
+    assert out.reason == "ALREADY_GRANTED"
+    events = audit(world, rx)
+    assert ("GRANT", "h02", "consent", "h01") in events
+    assert ("REVOKE_GRANT", "h02", "REVOKED", "h01") in events
+    assert ("KEY_FETCH", "h02", "DENIED", "h02") in events
+
+
+def test_regulator_reads_trails_and_audit_log(world: World) -> None:
+    a = approved(world)
+    b = approved(world)
+    fetch(world, CHEN, a.args["rx_id"])
+    log = world.chain.query("prescription", "audit_log", AUDITOR, start_key="", limit=3).unwrap()
+    assert len(log["events"]) == 3 and log["next"] != ""
+    rest = world.chain.query("prescription", "audit_log", AUDITOR, start_key=log["next"],
+                             limit=100).unwrap()
+    everything = log["events"] + rest["events"]
+    assert rest["next"] == ""
+    assert {e["event"]["rx_id"] for e in everything} == {a.args["rx_id"], b.args["rx_id"]}
+    assert any(e["event"]["outcome"] == "DENIED" for e in everything)
+    assert all("wrapped_key" not in e["event"] for e in everything)
+    for other in (JIANG, CHEN, CLERK):
+        out = world.chain.query("prescription", "audit_log", other, start_key="", limit=3)
+        assert out.reason == "ACCESS_DENIED"
+    assert world.chain.query("prescription", "audit_trail", CHEN,
+                             rx_id=a.args["rx_id"]).reason == "ACCESS_DENIED"
+    assert world.chain.query("prescription", "audit_trail", world.patient_who("patient-zhang"),
+                             rx_id=a.args["rx_id"]).ok
+    # auditors see metadata, but hold no key
+    assert fetch(world, AUDITOR, a.args["rx_id"])["error"] == "NO_KEY_GRANT"
+
+
+def test_crypto_shredding_after_retention(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert world.chain.submit("prescription", "erase", JIANG, rx_id=rx,
+                              retention_days=30).reason == "ACCESS_DENIED"
+    assert world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx,
+                              retention_days=30).reason == "RETENTION_NOT_ELAPSED"
+    world.chain.advance(31 * DAY_MS)
+    out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=30)
+    assert out.unwrap()["grants_destroyed"] == 4
+    assert fetch(world, WANG, rx)["error"] == "NO_KEY_GRANT"
+    rx_state = world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap()
+    assert rx_state["status"] == "ERASED" and rx_state["ciphertext"] == ""
+    assert rx_state["commitment"] == prep.args["commitment"]
+
+
+def story(world: World) -> Prepared:
+    prep = approved(world, drugs=[("amlodipine", 2), ("benidipine", 2)], days=28,
+                    long_rx=True, chronic_reason="stable hypertension")
+    lock_and_dispense(world, prep, trace_codes=["81234560000000000100"]).unwrap()
+    settle(world, prep).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=prep.args["rx_id"]).unwrap()
+    fetch(world, CHEN, prep.args["rx_id"])
+    return prep
+
+
+def test_no_identifying_plaintext_in_state(world: World) -> None:
+    story(world)
+    raw = world.chain.raw_state_bytes().decode()
+    raw += "".join(e.payload_json.decode() for e in world.chain.events)
+    for pt in world.sample["patients"]:
+        for secret in (pt["display_name"], pt["id_number"], pt["birth_date"], pt["name"]):
+            assert secret not in raw, secret
+    # prescription and settlement state never names a drug or a diagnosis
+    rx_side = "\n".join(
+        f"{k}={v.value!r}"
+        for (ns, k), versions in world.chain.state.versions.items()
+        if ns in ("prescription", "settlement")
+        for v in versions
+    )
+    for d in world.sample["formulary"]:
+        assert d["code"] not in rx_side and d["short_name"] not in rx_side
+    assert "I10" not in rx_side
+    # the registry's patient records hold tags, not diagnoses
+    enrol = [v for (ns, k), v in world.chain.state.values.items()
+             if ns == "registry" and k.startswith("patient/")]
+    assert enrol and all(b"I10" not in v for v in enrol)
