@@ -18,7 +18,6 @@ and all peers agree. Native functions are deterministic: no clock, no randomness
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,26 +25,30 @@ from typing import Any
 
 from rxchain.v1 import config_pb2
 
-from node.crypto.canonical import canonical_json, lp
+from node.crypto.canonical import canonical_json
 from node.errors import RxError
 from node.identity.msp import Principal
 from node.identity.policy import Policy, parse_policy
 from node.peer.definitions import LIFECYCLE_NS, ContractDefinition, check_contract_name
 from node.peer.simulator import TxSimulator
+from node.sandbox.package import ContractPackage, code_hash
 
 DEFAULT_LIFECYCLE_POLICY = "MAJORITY(admin)"
 MAX_SOURCE_BYTES = 256 * 1024
-SourceChecker = Callable[[str], None]
+SourceChecker = Callable[[str, str, str], None]
 
 ADMIN_FUNCTIONS = frozenset({"install", "approve", "commit"})
 QUERY_FUNCTIONS = frozenset({"definition", "approvals", "package"})
 
 
 def package_hash(name: str, version: str, source: str) -> str:
-    """Hex SHA-256 of a contract package (name, version, source), length-prefixed."""
-    return hashlib.sha256(
-        lp(b"rxchain.v1.ContractPackage", name.encode(), version.encode(), source.encode())
-    ).hexdigest()
+    """The code hash of a package (``node.sandbox.package``'s canonical encoding)."""
+    return code_hash(name, version, source)
+
+
+def default_source_check(name: str, version: str, source: str) -> None:
+    """Package well-formedness and the sandbox's static checks (raise with ``.reason``)."""
+    ContractPackage(name, version, source).check()
 
 
 def package_key(code_hash: str) -> str:
@@ -107,7 +110,7 @@ def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
 class Lifecycle:
     """Native implementation of the ``_lifecycle`` functions."""
 
-    def __init__(self, check_source: SourceChecker | None = None) -> None:
+    def __init__(self, check_source: SourceChecker = default_source_check) -> None:
         self._check_source = check_source
 
     def allows(self, function: str, caller: Principal) -> bool:
@@ -158,19 +161,18 @@ class Lifecycle:
             raise ContractFailure("BAD_ARGUMENTS", "source must be a non-empty string")
         if len(source.encode("utf-8")) > MAX_SOURCE_BYTES:
             raise ContractFailure("SIZE_LIMIT", f"source exceeds {MAX_SOURCE_BYTES} bytes")
-        if self._check_source is not None:
-            try:
-                self._check_source(source)
-            except Exception as exc:
-                reason = getattr(exc, "reason", "CONTRACT_REJECTED")
-                raise ContractFailure(str(reason), str(exc)) from exc
-        code_hash = package_hash(name, version, source)
+        try:
+            self._check_source(name, version, source)
+        except Exception as exc:
+            reason = getattr(exc, "reason", "CONTRACT_REJECTED")
+            raise ContractFailure(str(reason), str(exc)) from exc
+        digest = package_hash(name, version, source)
         sim.put(
             LIFECYCLE_NS,
-            package_key(code_hash),
+            package_key(digest),
             canonical_json({"name": name, "version": version, "source": source}),
         )
-        return {"code_hash": code_hash, "name": name, "version": version}
+        return {"code_hash": digest, "name": name, "version": version}
 
     def _approve(
         self,

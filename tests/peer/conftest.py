@@ -22,7 +22,7 @@ from node.peer.config_view import ConfigView
 from node.peer.endorser import Endorser
 from node.peer.lifecycle import Lifecycle, package_hash
 from node.peer.policy_provider import LifecyclePolicies
-from tests.peer.inproc_sandbox import InProcSandbox
+from node.sandbox.inprocess import InProcessRunner
 from tests.peer.kit import ProposalKit, envelope, make_block, node_signer, user_signer
 
 FIXED_NOW = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)
@@ -51,26 +51,32 @@ def consortium(base_port: int = 23050) -> dict[str, Any]:
     }
 
 
-COUNTER_SOURCE = '''
-def put(ctx, key, value):
+COUNTER_SOURCE = '''from rxchain_contract import Context
+
+
+def put(ctx: Context, key: str, value: int) -> dict:
     ctx.put("k/" + key, value)
     ctx.emit("stored", {"key": key})
     return {"ok": True}
 
-def add(ctx, key, amount):
+
+def add(ctx: Context, key: str, amount: int) -> dict:
     cur = ctx.get("k/" + key) or 0
     if amount <= 0:
         ctx.fail("NOT_POSITIVE", "amount must be positive")
     ctx.put("k/" + key, cur + amount)
     return {"value": cur + amount}
 
-def get(ctx, key):
+
+def get(ctx: Context, key: str) -> dict:
     return {"value": ctx.get("k/" + key)}
 
-def scan(ctx):
-    return {"keys": [k for k, _ in ctx.range("k/", "k0", 0)]}
 
-def secret(ctx):
+def scan(ctx: Context) -> dict:
+    return {"keys": [k for k, _ in ctx.range("k/", "k0", 100)]}
+
+
+def secret(ctx: Context) -> dict:
     s = ctx.transient("secret")
     ctx.put("digest", len(s))
     return {"len": len(s)}
@@ -116,7 +122,7 @@ class Peer:
     ledger: Ledger
     committer: Committer
     endorser: Endorser
-    sandbox: InProcSandbox
+    sandbox: InProcessRunner
     clock: list[int] = field(default_factory=lambda: [NOW_MS])
 
 
@@ -177,7 +183,7 @@ def make_peer(net: Net, org: str, directory: Path) -> Peer:
     verifier = Verifier()
     policies = LifecyclePolicies()
     committer = Committer(ledger, verifier, policies)
-    sandbox = InProcSandbox()
+    sandbox = InProcessRunner()
     clock = [NOW_MS]
     endorser = Endorser(ledger, ConfigView(ledger.state, verifier), net.peers[org], sandbox,
                         Lifecycle(), lambda: clock[0])

@@ -57,7 +57,7 @@ def test_approvals_of_a_different_definition_do_not_count(cluster: Cluster) -> N
 
 def test_non_admin_cannot_approve(cluster: Cluster) -> None:
     signed = cluster.kit.proposal(cluster.net.doctor, "_lifecycle", "install",
-                                  {"name": "x", "version": "1", "source": "def f(ctx): pass"},
+                                  {"name": "x", "version": "1", "source": COUNTER_SOURCE},
                                   timestamp_ms=cluster.now())
     with pytest.raises(RxError) as err:
         cluster.peers[0].endorser.endorse(signed)
@@ -70,7 +70,7 @@ def test_upgrade_raises_sequence_and_needs_approval(cluster: Cluster) -> None:
     assert code == transaction_pb2.VALID
     # Re-committing sequence 1, or jumping to 3, is refused.
     assert _commit(cluster, d1).response.reason == "BAD_SEQUENCE"
-    v2_source = COUNTER_SOURCE + "\ndef version(ctx):\n    return {'v': 2}\n"
+    v2_source = COUNTER_SOURCE + "\n\ndef version(ctx: Context) -> dict:\n    return {'v': 2}\n"
     access2 = dict(COUNTER_ACCESS, version=["*"])
     d2 = cluster.deploy("counter", v2_source, POLICY, access2, version="2.0", sequence=2,
                         approvers=("p01",))
@@ -113,7 +113,7 @@ def test_hash_mismatch_refused(cluster: Cluster) -> None:
     key = package_key(d["code_hash"])
     raw = peer.ledger.state._db  # direct LevelDB access: simulate on-disk tampering
     rec = raw.get(state_key("_lifecycle", key))
-    raw.put(state_key("_lifecycle", key), rec.replace(b"return {", b"return  {"))
+    raw.put(state_key("_lifecycle", key), rec.replace(b"amount <= 0", b"amount <  0"))
     signed = cluster.kit.proposal(cluster.net.doctor, "counter", "get", {"key": "a"},
                                   timestamp_ms=cluster.now())
     with pytest.raises(RxError) as err:
@@ -143,3 +143,13 @@ def test_bad_definition_arguments(cluster: Cluster) -> None:
     signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "approve", d,
                                   timestamp_ms=cluster.now())
     assert cluster.peers[0].endorser.endorse(signed).response.reason == "BAD_POLICY"
+
+
+def test_install_refuses_hostile_source(cluster: Cluster) -> None:
+    signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "install",
+                                  {"name": "evil", "version": "1",
+                                   "source": "import os\n\ndef f(ctx: Context) -> int:\n    return 1\n"},
+                                  timestamp_ms=cluster.now())
+    resp = cluster.peers[0].endorser.endorse(signed)
+    assert (resp.response.status, resp.response.reason) == (400, "CONTRACT_REJECTED")
+    assert "line 1" in resp.response.message
