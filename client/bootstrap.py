@@ -1,0 +1,222 @@
+"""One-time network bootstrap: deploy the contracts through the lifecycle, load sample data.
+
+Both steps are ordinary transactions and are recorded in ``HOME/bootstrap.json`` so a
+second ``network up`` does not repeat them.
+
+Deployment: the first peer organisation's admin installs each contract package
+(``_lifecycle.install``), a majority of organisation admins approve the definition
+(``_lifecycle.approve``, concurrently: each approval writes its own key) and one admin
+commits it (``_lifecycle.commit``). Definitions (:func:`contract_definitions`):
+endorsement by two peers of different organisations, and for settlement one of them an
+insurer's; access ``{"*": ["*"]}`` because every contract function checks the caller's
+role and organisation itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from client.errors import RxClientError
+from client.gateway import SubmitResult
+from client.network import NetworkInfo, load_network
+from client.patients import patient_from_yaml, write_directory
+from client.records import dx_key
+from client.session import Session
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONTRACTS_DIR = PROJECT_ROOT / "contracts"
+DEFAULT_SAMPLE_DATA = PROJECT_ROOT / "network-config" / "sample-data.yaml"
+CONTRACTS = ("registry", "prescription", "settlement")
+STATE_FILE = "bootstrap.json"
+VERSION = "1.0"
+LIFECYCLE = "_lifecycle"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def contract_definitions(net: NetworkInfo) -> dict[str, dict[str, Any]]:
+    """Endorsement policy and access rules of each contract."""
+    peer_orgs = sorted({p.org for p in net.peers})
+    all_peers = ", ".join(f"{o}.peer" for o in peer_orgs)
+    insurer_peers = [o for o in net.insurers() if o in peer_orgs]
+    two = f"OutOf(2, {all_peers})" if len(peer_orgs) >= 2 else f"OutOf(1, {all_peers})"
+    if insurer_peers:
+        ins = ", ".join(f"{o}.peer" for o in insurer_peers)
+        settlement = f"AND(OutOf(1, {ins}), {two})"
+    else:
+        settlement = two
+    return {
+        "registry": {"endorsement_policy": two, "access": {"*": ["*"]}},
+        "prescription": {"endorsement_policy": two, "access": {"*": ["*"]}},
+        "settlement": {"endorsement_policy": settlement, "access": {"*": ["*"]}},
+    }
+
+
+def _state(home: Path) -> dict[str, Any]:
+    path = home / STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RxClientError("BAD_CONFIG", f"{path}: {exc}") from exc
+    return raw if isinstance(raw, dict) else {}
+
+
+def _save_state(home: Path, state: dict[str, Any]) -> None:
+    path = home / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _parallel(jobs: list[Callable[[], SubmitResult]], workers: int = 6) -> list[SubmitResult]:
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        futures = [pool.submit(j) for j in jobs]
+        return [f.result() for f in futures]
+
+
+class Bootstrapper:
+    """Deploys contracts and loads the sample data of one home directory."""
+
+    def __init__(self, home: Path, progress: Progress = _quiet):
+        self.home = Path(home)
+        self.net = load_network(self.home)
+        self.progress = progress
+        self._sessions: dict[str, Session] = {}
+
+    def close(self) -> None:
+        """Close every session."""
+        for s in self._sessions.values():
+            s.close()
+        self._sessions.clear()
+
+    def admin(self, org: str) -> Session:
+        """A session as ``org:admin`` (cached)."""
+        if org not in self._sessions:
+            self._sessions[org] = Session(self.home, f"{org}:admin", network=self.net)
+        return self._sessions[org]
+
+    def _job(self, org: str, contract: str, fn: str, args: dict[str, Any],
+             transient: dict[str, Any] | None = None) -> Callable[[], SubmitResult]:
+        session = self.admin(org)  # created here, not inside the worker threads
+        return lambda: session.gateway.submit(contract, fn, args, transient)
+
+    # ------------------------------------------------------------ contracts
+    def deploy(self, contracts_dir: Path = CONTRACTS_DIR) -> dict[str, Any]:
+        """Install, approve and commit every contract whose definition is not yet active."""
+        defs = contract_definitions(self.net)
+        peer_orgs = [o.id for o in self.net.config.organizations
+                     if any(p.org == o.id for p in self.net.peers)]
+        n_orgs = len(self.net.config.organizations)
+        approvers = peer_orgs[: n_orgs // 2 + 1]
+        if len(approvers) < n_orgs // 2 + 1:
+            raise RxClientError("BAD_CONFIG", "too few organisations with peers to approve")
+        lead = self.admin(peer_orgs[0])
+        out: dict[str, Any] = {}
+        for name in CONTRACTS:
+            source = (contracts_dir / f"{name}.py").read_text()
+            installed = lead.gateway.submit(LIFECYCLE, "install",
+                                            {"name": name, "version": VERSION, "source": source})
+            code_hash = str(installed.result["code_hash"])
+            try:
+                current = lead.gateway.evaluate(LIFECYCLE, "definition", {"name": name})
+            except RxClientError as exc:
+                if exc.reason != "UNKNOWN_CONTRACT":
+                    raise
+                current = None
+            if isinstance(current, dict) and current.get("code_hash") == code_hash:
+                out[name] = {"code_hash": code_hash, "sequence": current["sequence"],
+                             "block": None}
+                continue
+            seq = int(current["sequence"]) + 1 if isinstance(current, dict) else 1
+            definition = {"name": name, "version": VERSION, "sequence": seq,
+                          "code_hash": code_hash, **defs[name]}
+            self.progress(f"  {name}: installed in block {installed.block}; "
+                          f"{len(approvers)} admins approving")
+            _parallel([self._job(org, LIFECYCLE, "approve", definition) for org in approvers])
+            committed = lead.gateway.submit(LIFECYCLE, "commit", definition)
+            self.progress(f"  {name}: committed in block {committed.block} "
+                          f"(policy {defs[name]['endorsement_policy'][:48]}...)")
+            out[name] = {"code_hash": code_hash, "sequence": seq, "block": committed.block}
+        return out
+
+    # ------------------------------------------------------------ sample data
+    def load_sample_data(self, path: Path = DEFAULT_SAMPLE_DATA) -> dict[str, int]:
+        """Register practitioners, pharmacies, formulary, policies and patients."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RxClientError("BAD_CONFIG", f"cannot read {path}: {exc}") from exc
+        counts: dict[str, int] = {}
+
+        def run(kind: str, jobs: list[Callable[[], SubmitResult]]) -> None:
+            if jobs:
+                res = _parallel(jobs)
+                counts[kind] = len(res)
+                self.progress(f"  {kind}: {len(res)} in blocks "
+                              f"{min(r.block for r in res)}-{max(r.block for r in res)}")
+
+        def call(org: str, fn: str, args: dict[str, Any],
+                 transient: dict[str, Any] | None = None) -> Callable[[], SubmitResult]:
+            return self._job(org, "registry", fn, args, transient)
+
+        known = {o.id for o in self.net.config.organizations}
+        run("practitioners", [
+            call(p["org"], "register_practitioner", {k: p[k] for k in (
+                "name", "role", "code", "licence_active", "practice_years", "internet_practice")})
+            for p in data.get("practitioners") or [] if p["org"] in known])
+        run("pharmacies", [
+            call(p["org"], "register_pharmacy", {"licence_no": p["licence_no"], "active": p["active"]})
+            for p in data.get("pharmacies") or [] if p["org"] in known])
+        run("formulary", [
+            call(d["insurer"], "set_drug", {k: d[k] for k in (
+                "code", "short_name", "generic_name", "spec", "cls", "standard_fen", "price_fen",
+                "controlled")})
+            for d in data.get("formulary") or [] if d["insurer"] in known])
+        run("policies", [
+            call(p["insurer"], "set_policy", {
+                "effective_ms": int(p.get("effective_ms", 0)),
+                "deductible_fen": p["deductible_fen"], "ratio_bp": p["ratio_bp"],
+                "cap_fen": p["cap_fen"], "cap_by_disease": p["cap_by_disease"],
+                "b_share_bp": p["b_share_bp"]})
+            for p in data.get("policies") or [] if p["insurer"] in known])
+        patients = [p for p in data.get("patients") or [] if p.get("enrolled_by") in known]
+        key = dx_key(self.net.secret)
+        jobs = []
+        for raw in patients:
+            pat = patient_from_yaml(raw)
+            jobs.append(call(pat.enrolled_by, "enrol_patient", {
+                "pseudonym": pat.pseudonym(self.net.secret), "insurer": pat.insurer,
+                "user_org": pat.user_org, "user_name": pat.user_name,
+                "balance_fen": pat.account_balance_fen,
+                "deductible_used_fen": pat.deductible_used_fen,
+                "cap_used_fen": pat.cap_used_fen,
+            }, {"dx_key": key, "diagnoses": [dict(d) for d in pat.diagnoses]}))
+        run("patients", jobs)
+        write_directory(self.home, patients)
+        return counts
+
+    # ------------------------------------------------------------ once
+    def ensure(self, sample_data: Path | None = DEFAULT_SAMPLE_DATA) -> dict[str, Any]:
+        """Deploy and load once; what was done is recorded in HOME/bootstrap.json."""
+        state = _state(self.home)
+        if "contracts" not in state:
+            self.progress("deploying contracts through the lifecycle")
+            state["contracts"] = self.deploy()
+            _save_state(self.home, state)
+        if sample_data is not None and "sample_data" not in state:
+            self.progress(f"loading sample data from {sample_data.name}")
+            state["sample_data"] = self.load_sample_data(sample_data)
+            _save_state(self.home, state)
+        return state

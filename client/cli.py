@@ -1,0 +1,414 @@
+"""``rxchain``: the command-line client of every organisation.
+
+Every command accepts ``--json`` and then prints exactly one JSON object; a rejected command
+exits with status 1 (2 for a usage error) and, with ``--json``, prints
+``{"error": "<REASON_CODE>", "message": "..."}``. ``--home`` defaults to ``$RXCHAIN_HOME``
+or ``<project>/.rxchain``; ``--as ORG:USER`` picks the wallet. See client/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from client.errors import RxClientError
+from node.errors import RxError
+
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+class UsageError(RxClientError):
+    """Bad command line."""
+
+    def __init__(self, message: str):
+        super().__init__("BAD_ARGUMENTS", message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so --json errors stay JSON."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before and after the sub-command."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON object")
+    p.add_argument("--home", type=Path, default=argparse.SUPPRESS,
+                   help="network home (default $RXCHAIN_HOME or <project>/.rxchain)")
+    p.add_argument("--as", dest="as_", metavar="ORG:USER", default=argparse.SUPPRESS,
+                   help="wallet identity to act as")
+    p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG",
+                   help="peer organisation to connect to (default: your own)")
+    return p
+
+
+# ---------------------------------------------------------------- handlers
+
+def _home(a: argparse.Namespace) -> Path:
+    from client.launcher import default_home
+
+    return Path(getattr(a, "home", None) or default_home())
+
+
+def _require_as(a: argparse.Namespace) -> str:
+    value = getattr(a, "as_", None)
+    if not value:
+        raise UsageError("this command needs --as ORG:USER")
+    return str(value)
+
+
+def _ops(a: argparse.Namespace) -> Any:
+    from client.rxops import RxOperations
+    from client.session import Session
+
+    session = Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None))
+    return RxOperations(session)
+
+
+def _with_ops(fn: Callable[[Any, argparse.Namespace], dict[str, Any]]) -> Handler:
+    def run(a: argparse.Namespace) -> dict[str, Any]:
+        ops = _ops(a)
+        try:
+            return fn(ops, a)
+        finally:
+            ops.s.close()
+    return run
+
+
+def cmd_netgen(a: argparse.Namespace) -> dict[str, Any]:
+    from client.launcher import generate_material
+
+    home = _home(a)
+    generated = generate_material(home, a.consortium, a.base_port)
+    return {"home": str(home), "generated": generated}
+
+
+def cmd_network_up(a: argparse.Namespace) -> dict[str, Any]:
+    from client.bootstrap import DEFAULT_SAMPLE_DATA, Bootstrapper
+    from client.launcher import Launcher, generate_material
+
+    home = _home(a)
+    say = _progress(a)
+    generated = generate_material(home, a.consortium, a.base_port)
+    if generated:
+        say(f"generated network material in {home}")
+    launcher = Launcher(home)
+    procs = launcher.up(timeout_s=a.timeout, progress=say)
+    state: dict[str, Any] = {}
+    if not a.no_bootstrap:
+        boot = Bootstrapper(home, progress=say)
+        try:
+            sample = None if a.no_sample_data else (a.sample_data or DEFAULT_SAMPLE_DATA)
+            state = boot.ensure(sample)
+        finally:
+            boot.close()
+    return {"home": str(home), "generated": generated,
+            "nodes": [{"node": p.name, "kind": p.kind, "pid": p.pid} for p in procs],
+            "contracts": sorted(state.get("contracts", {})),
+            "sample_data": state.get("sample_data", {})}
+
+
+def cmd_network_status(a: argparse.Namespace) -> dict[str, Any]:
+    from client.launcher import Launcher
+
+    rows = Launcher(_home(a)).status()
+    return {"nodes": rows, "serving": sum(1 for r in rows if r["serving"]), "total": len(rows)}
+
+
+def cmd_network_down(a: argparse.Namespace) -> dict[str, Any]:
+    from client.launcher import Launcher
+
+    stopped = Launcher(_home(a)).down(grace_s=a.grace)
+    return {"stopped": stopped}
+
+
+def _issue(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    from client.rxops import IssueRequest, parse_drug
+
+    if not a.drug:
+        raise UsageError("rx issue needs at least one --drug CODE:QTY")
+    req = IssueRequest(
+        patient=a.patient, diagnosis=a.diagnosis, drugs=[parse_drug(d) for d in a.drug],
+        days=a.days, long_rx=a.long, chronic_reason=a.chronic_reason or "",
+        valid_days=a.valid_days, pharmacy=a.pharmacy or "", max_fills=a.max_fills,
+        fill_interval_days=a.fill_interval_days, first_visit=a.first_visit,
+        stability_assessment=a.stability_assessment or "",
+        patient_confirmed=a.patient_confirmed, guardian=a.guardian or "",
+    )
+    res: dict[str, Any] = ops.issue(req)
+    return res
+
+
+def _review(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    if a.approve == (a.reject is not None):
+        raise UsageError("rx review needs exactly one of --approve or --reject REASON")
+    res: dict[str, Any] = ops.review(a.rx_id, a.approve, a.reject or "")
+    return res
+
+
+def _settle(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    rec: dict[str, Any] = ops.settle(a.rx_id, a.fill)
+    keys = ("claim_id", "rx_id", "fill", "medfee_fen", "fund_fen", "account_fen", "cash_fen",
+            "deductible_fen", "fulamt_fen", "overlmt_fen", "preself_fen", "inscp_fen",
+            "patient_fen", "ratio_bp", "balance_after_fen", "deductible_remaining_fen",
+            "cap_remaining_fen", "tx_id", "block")
+    return {k: rec.get(k) for k in keys}
+
+
+def _patient_show(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = ops.patient_status(a.patient, a.year)
+    return res
+
+
+def _simple(method: str, *fields: str) -> Handler:
+    def fn(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+        res: dict[str, Any] = getattr(ops, method)(*(getattr(a, f) for f in fields))
+        return res
+    return _with_ops(fn)
+
+
+def _ledger_identity(a: argparse.Namespace) -> Any:
+    from client.network import load_network
+    from client.wallet import load_identity, parse_as
+
+    home = _home(a)
+    net = load_network(home)
+    if getattr(a, "as_", None):
+        org, user = parse_as(a.as_)
+    else:
+        org, user = (net.orderers[0].org if net.orderers else net.peers[0].org), "admin"
+    return home, net, load_identity(home, org, user)
+
+
+def _peers(net: Any, a: argparse.Namespace) -> list[Any]:
+    org = getattr(a, "peer", None)
+    return [net.peer_of(org)] if org else list(net.peers)
+
+
+def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:
+    from client.admin import AdminClient
+
+    _, net, ident = _ledger_identity(a)
+    rows = []
+    for p in _peers(net, a):
+        with AdminClient(ident, p.target) as c:
+            h = c.status(p.name)
+        rows.append({"peer": p.name, "org": p.org, "height": h.height, "serving": h.serving,
+                     "last_block_hash": h.last_block_hash, "state_hash": h.state_hash})
+    out: dict[str, Any] = {"peers": rows}
+    if len(rows) == 1:
+        out["height"] = rows[0]["height"]
+    else:
+        out["height"] = max((r["height"] for r in rows), default=0)
+    return out
+
+
+def cmd_ledger_verify(a: argparse.Namespace) -> dict[str, Any]:
+    from client.verify import verify_peer
+
+    home, net, ident = _ledger_identity(a)
+    results = [verify_peer(ident, p.name, p.target, home / "genesis.block", net.config)
+               for p in _peers(net, a)]
+    rows = [{"peer": r.peer, "ok": r.ok, "height": r.height, "txs": r.txs,
+             "last_hash": r.last_hash, "state_hash": r.state_hash, "errors": r.errors}
+            for r in results]
+    # Peers at the same height must agree on the last header hash and the state hash.
+    by_height: dict[int, set[tuple[str, str]]] = {}
+    for r in results:
+        by_height.setdefault(r.height, set()).add((r.last_hash, r.state_hash))
+    agree = all(len(v) == 1 for v in by_height.values())
+    ok = all(r.ok for r in results) and agree
+    out = {"ok": ok, "agree": agree, "peers": rows}
+    if not ok:
+        bad = [f"{r.peer}: {'; '.join(r.errors[:3])}" for r in results if not r.ok]
+        if not agree:
+            bad.append("peers at the same height disagree on the block or state hash")
+        raise LedgerInvalid("; ".join(bad), out)
+    return out
+
+
+class LedgerInvalid(RxClientError):
+    """Ledger verification found a problem."""
+
+    def __init__(self, message: str, detail: dict[str, Any]):
+        super().__init__("LEDGER_INVALID", message)
+        self.detail = detail
+
+
+def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
+    from client.fhir.server import serve_forever
+
+    serve_forever(_home(a), a.host, a.port, progress=_progress(a))
+    return {"stopped": True}
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    common = _common()
+    p = _Parser(prog="rxchain", parents=[common],
+                description="rxchain: e-prescription and insurance-settlement ledger client")
+    groups = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
+
+    def sub(parent: Any, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help_)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    ng = sub(groups, "netgen", cmd_netgen, "generate keys, certificates, node configs, genesis")
+    ng.add_argument("--consortium", type=Path)
+    ng.add_argument("--base-port", type=int)
+
+    net = groups.add_parser("network", help="the local network").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    up = sub(net, "up", cmd_network_up, "generate if missing, start all nodes, bootstrap once")
+    up.add_argument("--consortium", type=Path)
+    up.add_argument("--base-port", type=int)
+    up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument("--sample-data", type=Path)
+    up.add_argument("--no-sample-data", action="store_true")
+    up.add_argument("--no-bootstrap", action="store_true")
+    sub(net, "status", cmd_network_status, "pid, health and height of every node")
+    down = sub(net, "down", cmd_network_down, "stop every node (SIGTERM, then SIGKILL)")
+    down.add_argument("--grace", type=float, default=10.0)
+
+    rx = groups.add_parser("rx", help="prescriptions").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    iss = sub(rx, "issue", _with_ops(_issue), "issue a prescription (doctor)")
+    iss.add_argument("--patient", required=True)
+    iss.add_argument("--diagnosis", required=True, metavar="ICD10")
+    iss.add_argument("--drug", action="append", metavar="CODE:QTY")
+    iss.add_argument("--days", type=int, required=True)
+    iss.add_argument("--long", action="store_true")
+    iss.add_argument("--chronic-reason")
+    iss.add_argument("--valid-days", type=int, default=1)
+    iss.add_argument("--pharmacy", metavar="ORG")
+    iss.add_argument("--max-fills", type=int, default=1)
+    iss.add_argument("--fill-interval-days", type=int, default=0)
+    iss.add_argument("--first-visit", action="store_true")
+    iss.add_argument("--stability-assessment")
+    iss.add_argument("--patient-confirmed", action="store_true")
+    iss.add_argument("--guardian")
+    rev = sub(rx, "review", _with_ops(_review), "approve or reject (pharmacist)")
+    rev.add_argument("rx_id")
+    rev.add_argument("--approve", action="store_true")
+    rev.add_argument("--reject", metavar="REASON")
+    rt = sub(rx, "route", _simple("route", "rx_id", "pharmacy"), "route to a pharmacy")
+    rt.add_argument("rx_id")
+    rt.add_argument("--pharmacy", required=True, metavar="ORG")
+    for name, help_ in (("lock", "lock for dispensing"), ("release", "release a lock"),
+                        ("deliver", "confirm delivery (courier)"),
+                        ("show", "metadata and decrypted content if granted"),
+                        ("trace", "the whole trail")):
+        sub(rx, name, _simple(name, "rx_id"), help_).add_argument("rx_id")
+    dis = sub(rx, "dispense", _simple("dispense", "rx_id", "trace_code"),
+              "dispense (pharmacist of the routed pharmacy)")
+    dis.add_argument("rx_id")
+    dis.add_argument("--trace-code", action="append", default=[], metavar="CODE")
+    rvk = sub(rx, "revoke", _simple("revoke", "rx_id", "reason"), "revoke before dispensing")
+    rvk.add_argument("rx_id")
+    rvk.add_argument("--reason", required=True)
+
+    cl = groups.add_parser("claim", help="insurance claims").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    st = sub(cl, "settle", _with_ops(_settle), "settle a dispense (insurer clerk)")
+    st.add_argument("rx_id")
+    st.add_argument("--fill", type=int, default=0)
+    rv = sub(cl, "reverse", _simple("reverse", "claim_id", "reason"), "reverse a claim")
+    rv.add_argument("claim_id")
+    rv.add_argument("--reason", default="reversed by the insurer")
+
+    pa = groups.add_parser("patient", help="patients").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    ps = sub(pa, "show", _with_ops(_patient_show), "deductible, cap used and account balance")
+    ps.add_argument("patient")
+    ps.add_argument("--year", type=int, default=0)
+
+    lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    sub(lg, "verify", cmd_ledger_verify, "verify the hash chain and signatures of peers")
+    sub(lg, "height", cmd_ledger_height, "block height of peers")
+
+    fh = groups.add_parser("fhir", help="FHIR gateway").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    fs = sub(fh, "serve", cmd_fhir_serve, "serve the FHIR R5 HTTP gateway over mutual TLS")
+    fs.add_argument("--host", default="127.0.0.1")
+    fs.add_argument("--port", type=int, default=8443)
+    return p
+
+
+# ---------------------------------------------------------------- output
+
+def _progress(a: argparse.Namespace) -> Callable[[str], None]:
+    if getattr(a, "json", False):
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return lambda msg: print(msg, flush=True)
+
+
+def _human(value: Any, out: TextIO, indent: str = "") -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict | list) and v:
+                print(f"{indent}{k}:", file=out)
+                _human(v, out, indent + "  ")
+            else:
+                print(f"{indent}{k}: {v}", file=out)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                print(f"{indent}- " + ", ".join(f"{k}={v}" for k, v in item.items()), file=out)
+            else:
+                print(f"{indent}- {item}", file=out)
+    else:
+        print(f"{indent}{value}", file=out)
+
+
+def _fail(want_json: bool, reason: str, message: str, out: TextIO, err: TextIO) -> int:
+    if want_json:
+        print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=out)
+    else:
+        print(f"error: {reason}: {message}", file=err)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Run one command; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in args_list
+    try:
+        args = build_parser().parse_args(args_list)
+        result = args.handler(args)
+    except RxClientError as exc:
+        detail = getattr(exc, "detail", None)
+        if want_json:
+            body: dict[str, Any] = {"error": exc.reason, "message": exc.message}
+            if isinstance(detail, dict):
+                body["detail"] = detail
+            print(json.dumps(body, ensure_ascii=False), file=out)
+        else:
+            print(f"error: {exc.reason}: {exc.message}", file=err)
+        return 2 if isinstance(exc, UsageError) else 1
+    except RxError as exc:
+        return _fail(want_json, exc.reason, exc.message, out, err)
+    except KeyboardInterrupt:
+        return 130
+    if want_json:
+        print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
+    else:
+        _human(result, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

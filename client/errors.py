@@ -1,0 +1,44 @@
+"""Typed client-side errors; every one carries a reason code and a message.
+
+* :class:`RxClientError` -- base class; ``reason`` is a machine-readable code
+  (``NOT_FOLLOW_UP``, ``SERVICE_UNAVAILABLE``, ``NO_KEY_GRANT`` ...).
+* :class:`EndorsementError` -- the contract or the endorsers refused the proposal.
+* :class:`CommitError` -- the transaction was ordered but committed as invalid; the reason is
+  the validation code name (``MVCC_READ_CONFLICT``, ``ENDORSEMENT_POLICY_FAILURE`` ...).
+* :class:`WalletError` -- the wallet is missing or inconsistent.
+"""
+
+from __future__ import annotations
+
+
+class RxClientError(Exception):
+    """A refusal or failure seen by a client, with its reason code."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(f"{reason}: {message}" if message else reason)
+        self.reason = reason
+        self.message = message
+
+
+class EndorsementError(RxClientError):
+    """The proposal was rejected at endorsement (contract rule, policy, peer refusal)."""
+
+
+class CommitError(RxClientError):
+    """The transaction was committed but marked invalid by validation."""
+
+    def __init__(self, reason: str, message: str, tx_id: str, block: int):
+        super().__init__(reason, message)
+        self.tx_id = tx_id
+        self.block = block
+
+
+class WalletError(RxClientError):
+    """The wallet directory is missing, unreadable or inconsistent."""
+
+
+class NoKeyGrant(RxClientError):
+    """The caller holds no key grant for a record."""
+
+    def __init__(self, message: str = "no key grant for this record"):
+        super().__init__("NO_KEY_GRANT", message)

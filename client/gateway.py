@@ -1,0 +1,215 @@
+"""The SDK's connection to an organisation's own peer (Gateway service over mutual TLS).
+
+``submit`` runs the whole write path and returns once the transaction is committed:
+Endorse (peer collects endorsements as the contract's policy needs) -> sign the prepared
+Transaction into an Envelope -> Submit (to the ordering service) -> CommitStatus. A
+transaction committed as invalid raises :class:`CommitError` with the validation code
+name. Calls failing with UNAVAILABLE are retried with exponential backoff, a bounded
+number of times (Submit is safe to retry: the tx id is fixed and duplicates are refused).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
+
+from client.errors import CommitError, EndorsementError, RxClientError
+from client.tx import BuiltProposal, Clock, NonceSource, TxBuilder, wall_clock_ms
+from client.wallet import WalletIdentity
+from node.crypto.tls import secure_channel
+from node.errors import reason_from_rpc_error
+
+T = TypeVar("T")
+
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for UNAVAILABLE."""
+
+    attempts: int = 6
+    base_delay_s: float = 0.1
+    max_delay_s: float = 2.0
+    factor: float = 2.0
+
+    def delays(self) -> list[float]:
+        """Delays before attempts 2..N."""
+        out, d = [], self.base_delay_s
+        for _ in range(self.attempts - 1):
+            out.append(min(d, self.max_delay_s))
+            d *= self.factor
+        return out
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """A committed transaction."""
+
+    tx_id: str
+    code: str
+    block: int
+    result: Any
+
+
+def decode_payload(payload: bytes) -> Any:
+    """A contract result (canonical JSON) as Python values; empty -> None."""
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        raise RxClientError("BAD_PAYLOAD", "contract result is not JSON") from exc
+
+
+def check_response(resp: transaction_pb2.Response) -> Any:
+    """The decoded payload of a successful response; raise EndorsementError otherwise."""
+    if resp.status != 200:
+        reason = resp.reason or ("CONTRACT_REJECTED" if resp.status == 400 else "CONTRACT_FAILED")
+        raise EndorsementError(reason, resp.message)
+    return decode_payload(resp.payload)
+
+
+def rpc_error(exc: grpc.RpcError, cls: type[RxClientError] = RxClientError) -> RxClientError:
+    """An RxClientError (of ``cls``) from a failed RPC, keeping the peer's reason code."""
+    reason = reason_from_rpc_error(exc)
+    details = exc.details() if callable(getattr(exc, "details", None)) else ""
+    message = str(details or "")
+    prefix = reason + ": "
+    if message.startswith(prefix):
+        message = message[len(prefix):]
+    return cls(reason, message)
+
+
+class Gateway:
+    """A client of one peer's Gateway service, signing as one wallet identity."""
+
+    def __init__(self, identity: WalletIdentity, target: str, consortium_id: str, *,
+                 clock: Clock = wall_clock_ms, nonce_source: NonceSource | None = None,
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
+                 commit_timeout_ms: int = 30_000, channel: grpc.Channel | None = None):
+        self.identity = identity
+        self.target = target
+        self._channel = channel or secure_channel(
+            target, identity.cert_path, identity.key_path, identity.ca_bundle_path
+        )
+        self._stub = services_pb2_grpc.GatewayStub(self._channel)
+        self._admin = services_pb2_grpc.AdminStub(self._channel)
+        self._deliver = services_pb2_grpc.PeerDeliverStub(self._channel)
+        if nonce_source is None:
+            self.builder = TxBuilder(identity.signer, consortium_id, clock)
+        else:
+            self.builder = TxBuilder(identity.signer, consortium_id, clock, nonce_source)
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._commit_timeout_ms = commit_timeout_ms
+
+    # ------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[[], T], cls: type[RxClientError] = RxClientError) -> T:
+        delays = self._retry.delays()
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if code in _RETRYABLE and attempt < len(delays):
+                    self._sleep(delays[attempt])
+                    attempt += 1
+                    continue
+                raise rpc_error(exc, cls) from exc
+
+    # ------------------------------------------------------------ reads
+    def evaluate(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
+                 transient: Mapping[str, Any] | None = None) -> Any:
+        """Run a query on the peer; returns the decoded contract result."""
+        built = self.builder.proposal(contract, function, args or {}, transient)
+        req = services_pb2.EvaluateRequest(proposal=built.signed)
+        resp = self._call(lambda: self._stub.Evaluate(req, timeout=30), EndorsementError)
+        return check_response(resp.result)
+
+    # ------------------------------------------------------------ writes
+    def endorse(self, built: BuiltProposal,
+                endorsing_orgs: list[str] | None = None) -> services_pb2.EndorseResponse:
+        """Collect endorsements for a built proposal."""
+        req = services_pb2.EndorseRequest(proposal=built.signed, endorsing_orgs=endorsing_orgs or [])
+        resp = self._call(lambda: self._stub.Endorse(req, timeout=60), EndorsementError)
+        check_response(resp.result)
+        if resp.tx_id and resp.tx_id != built.tx_id:
+            raise EndorsementError("BAD_PAYLOAD", "gateway answered for another transaction")
+        return resp
+
+    def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope) -> SubmitResult:
+        """Submit a signed envelope and wait for its commit status."""
+        sreq = services_pb2.SubmitRequest(envelope=envelope)
+        self._call(lambda: self._stub.Submit(sreq, timeout=30))
+        creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=self._commit_timeout_ms)
+        status = self._call(
+            lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5)
+        )
+        name = transaction_pb2.TxValidationCode.Name(status.code)
+        if status.code != transaction_pb2.VALID:
+            raise CommitError(name, f"transaction {tx_id} committed as invalid",
+                              tx_id, status.block_number)
+        return SubmitResult(tx_id, name, status.block_number, None)
+
+    def submit(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
+               transient: Mapping[str, Any] | None = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        """Endorse, sign, order and wait for commit; returns tx id, code, block, result."""
+        built = self.builder.proposal(contract, function, args or {}, transient)
+        endorsed = self.endorse(built, endorsing_orgs)
+        envelope = self.builder.envelope(built, endorsed.prepared_transaction)
+        committed = self.submit_envelope(built.tx_id, envelope)
+        return SubmitResult(committed.tx_id, committed.code, committed.block,
+                            decode_payload(endorsed.result.payload))
+
+    def tx_block(self, tx_id: str, timeout_ms: int = 2_000) -> int | None:
+        """The block a committed transaction landed in (None if unknown)."""
+        req = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=timeout_ms)
+        try:
+            status = self._stub.CommitStatus(req, timeout=timeout_ms / 1000 + 3)
+        except grpc.RpcError:
+            return None
+        return int(status.block_number)
+
+    # ------------------------------------------------------------ events, blocks, admin
+    def events(self, start_block: int = 0, contract: str = "",
+               follow: bool = True, timeout: float | None = None
+               ) -> Iterator[services_pb2.EventsResponse]:
+        """Block events from ``start_block`` on (a raw stream; see client.events for resuming)."""
+        req = services_pb2.EventsRequest(start_block=start_block, contract=contract, follow=follow)
+        try:
+            yield from self._stub.Events(req, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc
+
+    def health(self, timeout: float = 3.0) -> services_pb2.HealthResponse:
+        """The peer's Admin.Health."""
+        try:
+            return self._admin.Health(services_pb2.HealthRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc
+
+    def status(self, timeout: float = 5.0) -> services_pb2.StatusResponse:
+        """The peer's Admin.Status."""
+        try:
+            return self._admin.Status(services_pb2.StatusRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc

@@ -1,0 +1,269 @@
+"""The local network launcher: every node of a consortium as a process on 127.0.0.1.
+
+``up``: generate the material if missing, start orderers first and then peers (logs in
+``HOME/logs/<node>.log``, pid files in ``HOME/run/<node>.pid``), then wait -- bounded --
+until every node's Admin.Health reports serving. ``down``: SIGTERM each node's process
+group, SIGKILL after a bound. ``status``: pid liveness plus Admin.Status of every node.
+The same node binaries run one per host in a real deployment (see client/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from client.admin import AdminClient, NodeHealth
+from client.errors import RxClientError
+from client.network import NetworkInfo, NodeEndpoint, load_network
+from client.wallet import WalletIdentity, load_identity
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONSORTIUM = PROJECT_ROOT / "network-config" / "consortium.yaml"
+DEFAULT_HOME = PROJECT_ROOT / ".rxchain"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def default_home() -> Path:
+    """``$RXCHAIN_HOME`` or ``<project>/.rxchain``."""
+    env = os.environ.get("RXCHAIN_HOME")
+    return Path(env) if env else DEFAULT_HOME
+
+
+def generate_material(home: Path, consortium: Path | None = None,
+                      base_port: int | None = None) -> bool:
+    """Run the generator unless ``home`` already holds a network; True if it generated."""
+    from netgen import generate
+
+    if (home / "network.yaml").exists() and (home / "genesis.block").exists():
+        return False
+    path = consortium or DEFAULT_CONSORTIUM
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise RxClientError("BAD_CONFIG", f"cannot read consortium file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RxClientError("BAD_CONFIG", f"{path}: not a mapping")
+    if base_port is not None:
+        raw["base_port"] = base_port
+    try:
+        generate(raw, home)
+    except Exception as exc:
+        reason = getattr(exc, "reason", "BAD_CONFIG")
+        raise RxClientError(str(reason), str(getattr(exc, "message", exc))) from exc
+    return True
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """A launched node."""
+
+    name: str
+    kind: str
+    pid: int
+
+
+class Launcher:
+    """Starts, checks and stops the nodes of one home directory."""
+
+    def __init__(self, home: Path, python: str = sys.executable,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.home = Path(home)
+        self.python = python
+        self._clock = clock
+        self._sleep = sleep
+
+    # ------------------------------------------------------------ paths
+    def pid_path(self, name: str) -> Path:
+        """Pid file of a node."""
+        return self.home / "run" / f"{name}.pid"
+
+    def log_path(self, name: str) -> Path:
+        """Log file of a node."""
+        return self.home / "logs" / f"{name}.log"
+
+    def _operator(self, net: NetworkInfo) -> WalletIdentity:
+        """The identity the launcher uses for Admin calls: the first orderer org's admin."""
+        org = net.orderers[0].org if net.orderers else net.peers[0].org
+        return load_identity(self.home, org, "admin")
+
+    # ------------------------------------------------------------ processes
+    def running_pid(self, name: str) -> int | None:
+        """The pid of a live node process, or None."""
+        path = self.pid_path(name)
+        try:
+            pid = int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        try:  # a zombie of ours counts as dead
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return None
+        except ChildProcessError:
+            pass
+        return pid
+
+    def start_node(self, node: NodeEndpoint) -> NodeProcess:
+        """Start one node (no-op if its pid file names a live process)."""
+        pid = self.running_pid(node.name)
+        if pid is not None:
+            return NodeProcess(node.name, node.kind, pid)
+        config = self.home / "nodes" / node.name / "node.yaml"
+        if not config.exists():
+            raise RxClientError("BAD_CONFIG", f"missing node config {config}")
+        self.log_path(node.name).parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path(node.name).parent.mkdir(parents=True, exist_ok=True)
+        module = "node.orderer" if node.kind == "orderer" else "node.peer"
+        env = dict(os.environ)
+        extra = [str(PROJECT_ROOT), str(PROJECT_ROOT / "gen"), str(PROJECT_ROOT / "network-config")]
+        env["PYTHONPATH"] = os.pathsep.join([*extra, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        with self.log_path(node.name).open("ab") as log:
+            proc = subprocess.Popen(
+                [self.python, "-m", module, "--config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=str(PROJECT_ROOT), env=env, start_new_session=True,
+            )
+        self.pid_path(node.name).write_text(f"{proc.pid}\n")
+        return NodeProcess(node.name, node.kind, proc.pid)
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        """The last lines of a node's log."""
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_healthy(self, net: NetworkInfo, nodes: tuple[NodeEndpoint, ...],
+                     timeout_s: float, progress: Progress = _quiet) -> dict[str, NodeHealth]:
+        """Poll Admin.Health until every node serves; raise after ``timeout_s``."""
+        ident = self._operator(net)
+        deadline = self._clock() + timeout_s
+        pending = {n.name: n for n in nodes}
+        healthy: dict[str, NodeHealth] = {}
+        clients = {n.name: AdminClient(ident, n.target) for n in nodes}
+        try:
+            while pending:
+                for name in list(pending):
+                    if self.running_pid(name) is None:
+                        raise RxClientError(
+                            "NODE_EXITED",
+                            f"{name} exited during start-up; log tail:\n{self.log_tail(name)}",
+                        )
+                    h = clients[name].health(name, timeout=1.0)
+                    if h.serving:
+                        healthy[name] = h
+                        del pending[name]
+                        progress(f"  {name} serving ({len(healthy)}/{len(nodes)})")
+                if not pending:
+                    break
+                if self._clock() > deadline:
+                    raise RxClientError(
+                        "TIMEOUT", f"nodes not healthy after {timeout_s:.0f}s: {sorted(pending)}"
+                    )
+                self._sleep(0.3)
+        finally:
+            for c in clients.values():
+                c.close()
+        return healthy
+
+    def up(self, timeout_s: float = 120.0, progress: Progress = _quiet) -> list[NodeProcess]:
+        """Start every node (orderers first) and wait until all are healthy."""
+        net = load_network(self.home)
+        started: list[NodeProcess] = []
+        for node in net.orderers:
+            started.append(self.start_node(node))
+        progress(f"started {len(net.orderers)} orderers; waiting for them")
+        self.wait_healthy(net, net.orderers, timeout_s, progress)
+        for node in net.peers:
+            started.append(self.start_node(node))
+        progress(f"started {len(net.peers)} peers; waiting for them")
+        self.wait_healthy(net, net.peers, timeout_s, progress)
+        return started
+
+    def down(self, grace_s: float = 10.0) -> list[dict[str, Any]]:
+        """Stop every node: SIGTERM, then SIGKILL after ``grace_s``. Peers first."""
+        net = load_network(self.home)
+        out: list[dict[str, Any]] = []
+        victims: dict[str, int] = {}
+        for node in (*net.peers, *net.orderers):
+            pid = self.running_pid(node.name)
+            if pid is None:
+                self.pid_path(node.name).unlink(missing_ok=True)
+                continue
+            victims[node.name] = pid
+            _signal_group(pid, signal.SIGTERM)
+        deadline = self._clock() + grace_s
+        while victims and self._clock() < deadline:
+            for name in list(victims):
+                if self.running_pid(name) is None:
+                    out.append({"node": name, "pid": victims.pop(name), "stopped": "SIGTERM"})
+                    self.pid_path(name).unlink(missing_ok=True)
+            if victims:
+                self._sleep(0.1)
+        for name, pid in victims.items():
+            _signal_group(pid, signal.SIGKILL)
+            self._reap(pid)
+            out.append({"node": name, "pid": pid, "stopped": "SIGKILL"})
+            self.pid_path(name).unlink(missing_ok=True)
+        return out
+
+    def _reap(self, pid: int) -> None:
+        for _ in range(50):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if done == pid:
+                return
+            self._sleep(0.02)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every node: pid (if running), serving, height, leader."""
+        net = load_network(self.home)
+        ident = self._operator(net)
+        rows = []
+        for node in net.all_nodes:
+            pid = self.running_pid(node.name)
+            row: dict[str, Any] = {"node": node.name, "org": node.org, "kind": node.kind,
+                                   "port": node.port, "pid": pid}
+            if pid is None:
+                row.update(serving=False, detail="not running")
+            else:
+                with AdminClient(ident, node.target) as c:
+                    h = c.status(node.name)
+                row.update(serving=h.serving, detail=h.detail, height=h.height)
+                if node.kind == "orderer":
+                    row.update(raft_leader=h.raft_leader, raft_term=h.raft_term)
+            rows.append(row)
+        return rows
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group the node leads (it was started in its own session)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

@@ -1,0 +1,112 @@
+"""The client-side patient directory (the HIS's own data: never on the ledger).
+
+A hospital's HIS knows its patients' names, ID numbers and birth dates; the ledger knows
+only pseudonyms. ``rxchain network up`` writes ``HOME/patients.yaml`` from the sample data
+so the CLI can resolve handles such as ``patient-zhang``; an 18-digit resident ID number is
+accepted anywhere a patient is expected (its birth date is read from digits 7-14).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from client.errors import RxClientError
+from client.records import pseudonym
+
+ID_NUMBER = re.compile(r"^\d{17}[\dX]$")
+DIRECTORY_FILE = "patients.yaml"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One patient as the HIS knows her."""
+
+    handle: str
+    id_number: str
+    birth_date: str
+    display_name: str = ""
+    enrolled_by: str = ""
+    insurer: str = ""
+    user_org: str = ""
+    user_name: str = ""
+    diagnoses: tuple[Mapping[str, Any], ...] = ()
+    account_balance_fen: int = 0
+    deductible_used_fen: int = 0
+    cap_used_fen: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def pseudonym(self, secret: bytes) -> str:
+        """The on-ledger identifier."""
+        return pseudonym(secret, self.id_number)
+
+
+def patient_from_yaml(raw: Mapping[str, Any]) -> Patient:
+    """One entry of sample-data.yaml's ``patients`` list."""
+    try:
+        user = raw.get("user") or {}
+        return Patient(
+            handle=str(raw["name"]), id_number=str(raw["id_number"]),
+            birth_date=str(raw["birth_date"]), display_name=str(raw.get("display_name", "")),
+            enrolled_by=str(raw.get("enrolled_by", "")), insurer=str(raw.get("insurer", "")),
+            user_org=str(user.get("org", "")), user_name=str(user.get("name", "")),
+            diagnoses=tuple(dict(d) for d in raw.get("diagnoses") or ()),
+            account_balance_fen=int(raw.get("account_balance_fen", 0)),
+            deductible_used_fen=int(raw.get("deductible_used_fen", 0)),
+            cap_used_fen=int(raw.get("cap_used_fen", 0)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RxClientError("BAD_CONFIG", f"bad patient entry {raw!r}: {exc}") from exc
+
+
+def birth_date_from_id(id_number: str) -> str:
+    """YYYY-MM-DD from an 18-digit resident ID number."""
+    return f"{id_number[6:10]}-{id_number[10:12]}-{id_number[12:14]}"
+
+
+class PatientDirectory:
+    """Resolves patient handles or ID numbers."""
+
+    def __init__(self, patients: list[Patient]):
+        self._by_handle = {p.handle: p for p in patients}
+
+    @staticmethod
+    def load(home: Path) -> PatientDirectory:
+        """Load ``HOME/patients.yaml`` (empty directory if absent)."""
+        path = Path(home) / DIRECTORY_FILE
+        if not path.exists():
+            return PatientDirectory([])
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RxClientError("BAD_CONFIG", f"{path}: {exc}") from exc
+        return PatientDirectory([patient_from_yaml(p) for p in raw.get("patients") or []])
+
+    def all(self) -> list[Patient]:
+        """Every known patient."""
+        return list(self._by_handle.values())
+
+    def resolve(self, ref: str) -> Patient:
+        """A patient by handle, or a bare ID number."""
+        if ref in self._by_handle:
+            return self._by_handle[ref]
+        ref_u = ref.strip().upper()
+        for p in self._by_handle.values():
+            if p.id_number.upper() == ref_u:
+                return p
+        if ID_NUMBER.match(ref_u):
+            return Patient(handle=ref_u, id_number=ref_u, birth_date=birth_date_from_id(ref_u))
+        raise RxClientError("UNKNOWN_PATIENT", f"no patient {ref!r} in the local directory")
+
+
+def write_directory(home: Path, patients: list[Mapping[str, Any]]) -> Path:
+    """Write ``HOME/patients.yaml`` (private to the HIS: mode 0600)."""
+    path = Path(home) / DIRECTORY_FILE
+    path.write_text(yaml.safe_dump({"patients": [dict(p) for p in patients]}, sort_keys=True))
+    path.chmod(0o600)
+    return path

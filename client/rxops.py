@@ -1,0 +1,281 @@
+"""Prescription, claim and patient operations on top of a :class:`Session`.
+
+These are what the CLI, the FHIR gateway and the demo call. Each write returns a dict with
+at least ``tx_id`` and ``block``; refusals raise :class:`RxClientError` subclasses carrying
+the contract's reason code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from client.errors import NoKeyGrant, RxClientError
+from client.gateway import SubmitResult
+from client.patients import Patient
+from client.records import OpenedRecord, open_grant, seal_prescription, wrap_for
+from client.session import Session
+
+RX = "prescription"
+SETTLEMENT = "settlement"
+REGISTRY = "registry"
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
+
+
+@dataclass(frozen=True)
+class DrugLine:
+    """A requested drug line: national code or formulary short name, and boxes."""
+
+    drug: str
+    qty: int
+
+
+def parse_drug(text: str) -> DrugLine:
+    """``CODE:QTY`` or ``NAME:QTY`` (QTY boxes)."""
+    name, sep, qty = text.rpartition(":")
+    if not sep or not name:
+        raise RxClientError("BAD_ARGUMENTS", f"--drug must be CODE:QTY, got {text!r}")
+    try:
+        n = int(qty)
+    except ValueError as exc:
+        raise RxClientError("BAD_ARGUMENTS", f"--drug quantity must be an integer: {text!r}") from exc
+    if n <= 0:
+        raise RxClientError("BAD_ARGUMENTS", f"--drug quantity must be positive: {text!r}")
+    return DrugLine(name, n)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """What a doctor fills in."""
+
+    patient: str
+    diagnosis: str
+    drugs: Sequence[DrugLine]
+    days: int
+    long_rx: bool = False
+    chronic_reason: str = ""
+    valid_days: int = 1
+    pharmacy: str = ""
+    max_fills: int = 1
+    fill_interval_days: int = 0
+    first_visit: bool = False
+    stability_assessment: str = ""
+    patient_confirmed: bool = False
+    guardian: str = ""
+    visit_id: str = ""
+
+
+def _written(res: SubmitResult, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"tx_id": res.tx_id, "block": res.block}
+    if isinstance(res.result, dict):
+        for k, v in res.result.items():
+            out.setdefault(k, v)
+    out.update(extra or {})
+    return out
+
+
+class RxOperations:
+    """High-level operations as the session's identity."""
+
+    def __init__(self, session: Session, rand: Callable[[int], bytes] = os.urandom):
+        self.s = session
+        self._rand = rand
+
+    # ------------------------------------------------------------ helpers
+    def drug(self, code_or_name: str) -> dict[str, Any]:
+        """A formulary entry by national code or short name."""
+        rec = self.s.gateway.evaluate(REGISTRY, "get_drug", {"code_or_name": code_or_name})
+        if not isinstance(rec, dict):
+            raise RxClientError("UNKNOWN_DRUG", f"no formulary entry {code_or_name}")
+        return rec
+
+    def patient(self, ref: str) -> tuple[Patient, str]:
+        """A patient from the local directory and her pseudonym."""
+        p = self.s.directory.resolve(ref)
+        return p, p.pseudonym(self.s.net.secret)
+
+    def new_rx_id(self) -> str:
+        """A fresh prescription number (hiRxno)."""
+        day = dt.datetime.now(CHINA_TZ).strftime("%Y%m%d")
+        return f"RX{day}-{self.s.identity.org}-{self._rand(5).hex()}"
+
+    def _get_key(self, rx_id: str) -> OpenedRecord:
+        res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id})
+        grant = res.result if isinstance(res.result, dict) else {}
+        keys = self.s.decryption_keys()
+        if self.s.identity.role == "patient":
+            keys = keys[:1]  # a patient opens only grants made to her own key
+        return open_grant(grant, keys)
+
+    # ------------------------------------------------------------ prescriptions
+    def issue(self, req: IssueRequest, rx_id: str | None = None) -> dict[str, Any]:
+        """Encrypt and issue a prescription."""
+        patient, pseud = self.patient(req.patient)
+        rx_id = rx_id or self.new_rx_id()
+        lines = []
+        for d in req.drugs:
+            rec = self.drug(d.drug)
+            lines.append({
+                "code": rec["code"], "name": rec.get("generic_name", ""),
+                "short_name": rec.get("short_name", ""), "spec": rec.get("spec", ""),
+                "qty": d.qty, "days": req.days, "price_fen": rec.get("price_fen", 0),
+            })
+        me = self.s.identity
+        content: dict[str, Any] = {
+            "rx_id": rx_id, "patient": pseud, "diagnosis": req.diagnosis,
+            "first_visit": req.first_visit, "drugs": lines, "days": req.days,
+            "long_rx": req.long_rx, "max_fills": req.max_fills,
+            "fill_interval_days": req.fill_interval_days, "valid_days": req.valid_days,
+            "patient_info": {"birth_date": patient.birth_date, "name": patient.display_name,
+                             "id_number": patient.id_number},
+            "prescriber": {"org": me.org, "name": me.user,
+                           "dr_code": me.attrs.get("dr_code", "")},
+            "visit": {"type": "internet-follow-up", "id": req.visit_id or rx_id},
+        }
+        if req.chronic_reason:
+            content["chronic_reason"] = req.chronic_reason
+        if req.stability_assessment:
+            content["stability_assessment"] = req.stability_assessment
+        if req.patient_confirmed:
+            content["patient_confirmed"] = True
+        if req.guardian:
+            content["patient_info"]["guardian"] = req.guardian
+        insurer = patient.insurer
+        if not insurer:
+            enrol = self.s.gateway.evaluate(REGISTRY, "get_patient", {"pseudonym": pseud})
+            insurer = str(enrol.get("insurer", "")) if isinstance(enrol, dict) else ""
+        if not insurer:
+            raise RxClientError("UNKNOWN_PATIENT", "the patient's insurer is unknown")
+        recipients = {me.org: self.s.net.records_public_key(me.org)}
+        if patient.user_org and patient.user_name:
+            recipients["patient"] = self.s.user_public_key(patient.user_org, patient.user_name)
+        else:
+            raise RxClientError("UNKNOWN_PATIENT", "the patient has no wallet certificate")
+        if req.pharmacy:
+            recipients[req.pharmacy] = self.s.net.records_public_key(req.pharmacy)
+        sealed = seal_prescription(
+            rx_id, content, recipients, insurer, self.s.net.records_public_key(insurer),
+            req.pharmacy, self.s.dx_key, self._rand,
+        )
+        res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient)
+        return _written(res, {"rx_id": rx_id})
+
+    def review(self, rx_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
+        """Approve or reject."""
+        return _written(self.s.gateway.submit(
+            RX, "review", {"rx_id": rx_id, "approve": approve, "reason": reason}))
+
+    def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
+        """(Re-)route: re-wrap the content key for the new pharmacy."""
+        opened = self._get_key(rx_id)
+        wrapped = wrap_for(self.s.net.records_public_key(pharmacy), opened.record_key, rx_id)
+        return _written(self.s.gateway.submit(
+            RX, "route", {"rx_id": rx_id, "pharmacy": pharmacy, "wrapped_key": wrapped}))
+
+    def lock(self, rx_id: str) -> dict[str, Any]:
+        """Lock for dispensing."""
+        return _written(self.s.gateway.submit(RX, "lock", {"rx_id": rx_id}))
+
+    def release(self, rx_id: str) -> dict[str, Any]:
+        """Release a lock."""
+        return _written(self.s.gateway.submit(RX, "release", {"rx_id": rx_id}))
+
+    def dispense(self, rx_id: str, trace_codes: Sequence[str] = (),
+                 auto_lock: bool = True) -> dict[str, Any]:
+        """Decrypt, (lock if needed), and dispense with per-box trace codes."""
+        opened = self._get_key(rx_id)
+        transient = {"content": opened.body, "salt": opened.salt}
+        args = {"rx_id": rx_id, "trace_codes": list(trace_codes)}
+        locked: dict[str, Any] | None = None
+        try:
+            res = self.s.gateway.submit(RX, "dispense", args, transient)
+        except RxClientError as exc:
+            if exc.reason != "NOT_LOCKED" or not auto_lock:
+                raise
+            locked = self.lock(rx_id)
+            res = self.s.gateway.submit(RX, "dispense", args, transient)
+        out = _written(res)
+        if locked is not None:
+            out["lock_block"] = locked["block"]
+        return out
+
+    def deliver(self, rx_id: str) -> dict[str, Any]:
+        """Courier confirms hand-over."""
+        return _written(self.s.gateway.submit(RX, "deliver", {"rx_id": rx_id}))
+
+    def revoke(self, rx_id: str, reason: str) -> dict[str, Any]:
+        """Revoke before dispensing."""
+        return _written(self.s.gateway.submit(RX, "revoke", {"rx_id": rx_id, "reason": reason}))
+
+    def show(self, rx_id: str) -> dict[str, Any]:
+        """Metadata, plus the decrypted content when the caller holds a key grant.
+
+        Raises NO_KEY_GRANT when the caller has neither a grant nor a right to the metadata.
+        """
+        denied: NoKeyGrant | None = None
+        opened: OpenedRecord | None = None
+        try:
+            opened = self._get_key(rx_id)
+        except NoKeyGrant as exc:
+            denied = exc
+        try:
+            meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+        except RxClientError as exc:
+            if denied is not None and exc.reason == "ACCESS_DENIED":
+                raise denied from exc
+            raise
+        if not isinstance(meta, dict):
+            meta = {}
+        out = {k: v for k, v in meta.items()
+               if k not in ("ciphertext", "claim_ciphertext")}
+        out["rx_id"] = rx_id
+        if opened is not None:
+            out[opened.kind] = opened.body
+            out["grant"] = opened.party
+        else:
+            out["content"] = None
+            out["grant"] = None
+            out["denied"] = "NO_KEY_GRANT"
+        return out
+
+    def trace(self, rx_id: str) -> dict[str, Any]:
+        """The trail in order: step, actor, org, role, time, tx_id, block."""
+        res = self.s.gateway.evaluate(RX, "trace", {"rx_id": rx_id})
+        if not isinstance(res, dict):
+            raise RxClientError("BAD_PAYLOAD", "trace returned no object")
+        steps = []
+        for st in res.get("steps") or []:
+            block = st.get("block")
+            if block is None and st.get("tx_id"):
+                block = self.s.gateway.tx_block(str(st["tx_id"]))
+            steps.append({"step": st.get("step"), "actor": st.get("actor"),
+                          "org": st.get("org"), "role": st.get("role"),
+                          "time": st.get("time"), "tx_id": st.get("tx_id"), "block": block})
+        return {"rx_id": rx_id, "status": res.get("status"), "steps": steps}
+
+    # ------------------------------------------------------------ claims, patients
+    def settle(self, rx_id: str, fill: int = 0) -> dict[str, Any]:
+        """Decrypt the claim subset and settle (insurer clerk)."""
+        opened = self._get_key(rx_id)
+        if opened.kind != "claim":
+            raise RxClientError("WRONG_ROLE", "the caller holds no insurer claim grant")
+        res = self.s.gateway.submit(SETTLEMENT, "settle", {"rx_id": rx_id, "fill": fill},
+                                    {"claim": opened.body, "claim_salt": opened.salt})
+        return _written(res)
+
+    def reverse(self, claim_id: str, reason: str) -> dict[str, Any]:
+        """Reverse a settled claim."""
+        return _written(self.s.gateway.submit(
+            SETTLEMENT, "reverse", {"claim_id": claim_id, "reason": reason}))
+
+    def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
+        """Deductible and cap used this year, and the account balance."""
+        _, pseud = self.patient(ref)
+        res = self.s.gateway.evaluate(SETTLEMENT, "patient_status",
+                                      {"pseudonym": pseud, "year": year})
+        if not isinstance(res, dict):
+            raise RxClientError("BAD_PAYLOAD", "patient_status returned no object")
+        return {"patient": ref, **res}

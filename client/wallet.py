@@ -1,0 +1,128 @@
+"""Wallets: a member's certificate and keys on disk.
+
+Layout (written by ``rxchain netgen``)::
+
+    HOME/orgs/<org>/users/<user>/cert.pem             member certificate (signing and TLS)
+    HOME/orgs/<org>/users/<user>/key.pem              its P-256 private key
+    HOME/orgs/<org>/users/<user>/org-records-key.pem  the organisation's records key (optional)
+    HOME/ca-bundle.pem                                all organisations' CA certificates
+
+:func:`load_identity` checks that the key matches the certificate and that the certificate
+names the organisation asked for, so a mix-up fails loudly instead of at the peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from rxchain.v1 import identity_pb2
+
+from client.errors import WalletError
+from node.crypto.signing import Signer, load_private_key
+from node.crypto.x509 import cert_info
+
+
+@dataclass(frozen=True)
+class WalletIdentity:
+    """A loaded member identity."""
+
+    org: str
+    user: str
+    role: str
+    attrs: dict[str, str]
+    cert_path: Path
+    key_path: Path
+    ca_bundle_path: Path
+    signer: Signer = field(repr=False)
+    records_key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> identity_pb2.Identity:
+        """The protobuf identity (org + certificate DER)."""
+        return self.signer.identity
+
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The member's own private key (also unwraps keys granted to the member)."""
+        return self.signer.key
+
+    @property
+    def label(self) -> str:
+        """``org:user``."""
+        return f"{self.org}:{self.user}"
+
+
+def wallet_dir(home: Path, org: str, user: str) -> Path:
+    """The wallet directory of ``org:user`` under ``home``."""
+    return Path(home) / "orgs" / org / "users" / user
+
+
+def parse_as(value: str) -> tuple[str, str]:
+    """Parse ``ORG:USER``."""
+    org, sep, user = value.partition(":")
+    if not sep or not org or not user or "/" in value or ".." in value:
+        raise WalletError("BAD_ARGUMENTS", f"--as must be ORG:USER, got {value!r}")
+    return org, user
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise WalletError("NO_WALLET", f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        raise WalletError("BAD_WALLET", f"cannot read {what} {path}: {exc}") from exc
+
+
+def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = None,
+                      user: str | None = None) -> WalletIdentity:
+    """Load an identity from a wallet directory and check its consistency."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise WalletError("NO_WALLET", f"no wallet at {directory}")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cert_path, "certificate"))
+    except ValueError as exc:
+        raise WalletError("BAD_WALLET", f"{cert_path}: not a PEM certificate") from exc
+    try:
+        key = load_private_key(_read(key_path, "private key"))
+    except ValueError as exc:
+        raise WalletError("BAD_WALLET", f"{key_path}: not a P-256 PEM private key") from exc
+    pub = cert.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.public_numbers() != (
+        key.public_key().public_numbers()
+    ):
+        raise WalletError("BAD_WALLET", f"{key_path} does not match {cert_path}")
+    try:
+        info = cert_info(cert)
+    except ValueError as exc:
+        raise WalletError("BAD_WALLET", f"{cert_path}: not a member certificate: {exc}") from exc
+    if org is not None and info.org != org:
+        raise WalletError("BAD_WALLET", f"{cert_path} belongs to {info.org}, not {org}")
+    if not Path(ca_bundle_path).exists():
+        raise WalletError("NO_WALLET", f"CA bundle {ca_bundle_path} does not exist")
+    records_path = directory / "org-records-key.pem"
+    records_key = None
+    if records_path.exists():
+        try:
+            records_key = load_private_key(records_path.read_bytes())
+        except ValueError as exc:
+            raise WalletError("BAD_WALLET", f"{records_path}: not a P-256 key") from exc
+    der = cert.public_bytes(serialization.Encoding.DER)
+    signer = Signer(key, identity_pb2.Identity(org=info.org, cert_der=der))
+    return WalletIdentity(
+        org=info.org, user=user or info.name, role=info.role, attrs=dict(info.attrs),
+        cert_path=cert_path, key_path=key_path, ca_bundle_path=Path(ca_bundle_path),
+        signer=signer, records_key=records_key,
+    )
+
+
+def load_identity(home: Path, org: str, user: str) -> WalletIdentity:
+    """Load ``org:user`` from the wallets under ``home``."""
+    home = Path(home)
+    return load_identity_dir(wallet_dir(home, org, user), home / "ca-bundle.pem", org, user)
