@@ -1,0 +1,252 @@
+"""Broadcast intake: validate envelopes, order them here (leader) or forward to the leader.
+
+Checks, in order, each answered with a reason code and nothing ordered:
+
+* TOO_LARGE: the envelope exceeds ``Limits.max_envelope_bytes``;
+* BAD_PAYLOAD: the envelope, its Transaction or TxHeader does not parse, has no creator,
+  or names another consortium;
+* UNKNOWN_CREATOR: the creator is not a valid member (unknown organisation, certificate not
+  issued by the organisation's CA, expired, revoked, wrong role -- detail in the message);
+* BAD_SIGNATURE: the creator's signature over the payload does not verify;
+* SERVICE_UNAVAILABLE: no leader, no quorum, or the block was not committed in time (the
+  answer always comes within ``commit_timeout_s`` plus ``no_leader_wait_s``).
+
+A follower forwards valid envelopes to the leader over Cluster.Forward; an envelope a
+former leader refused with NOT_LEADER (it was never proposed) is re-dispatched once a
+leader is known again, within the same time bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.streams import immediate, ordered_answers
+from node.orderer.ticket import (
+    BAD_PAYLOAD,
+    BAD_SIGNATURE,
+    NOT_LEADER,
+    SERVICE_UNAVAILABLE,
+    TOO_LARGE,
+    UNKNOWN_CREATOR,
+    Outcome,
+    Ticket,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A validated envelope."""
+
+    raw: bytes
+    tx_id: str
+
+
+class EnvelopeValidator:
+    """Stateless checks of one envelope against the consortium configuration."""
+
+    def __init__(
+        self,
+        msp_source: Callable[[], MSP],
+        consortium_id: str,
+        max_envelope_bytes: int,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self._msp = msp_source
+        self._consortium_id = consortium_id
+        self._max = max_envelope_bytes
+        self._clock_ms = clock_ms
+        self._lock = threading.Lock()  # the MSP and Verifier caches are not thread-safe
+
+    def check(self, raw: bytes) -> Checked | tuple[str, Outcome]:
+        """A Checked envelope, or (tx_id, refusal)."""
+        if len(raw) > self._max:
+            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {self._max}")
+        try:
+            env = transaction_pb2.Envelope.FromString(raw)
+            tx = transaction_pb2.Transaction.FromString(env.payload)
+            header = transaction_pb2.TxHeader.FromString(tx.header)
+        except DecodeError as exc:
+            return "", Outcome(BAD_PAYLOAD, f"envelope does not parse: {exc}")
+        tx_id = header.tx_id
+        if not env.payload or not header.HasField("creator") or not header.creator.cert_der:
+            return tx_id, Outcome(BAD_PAYLOAD, "envelope has no payload or no creator")
+        if header.consortium_id != self._consortium_id:
+            return tx_id, Outcome(
+                BAD_PAYLOAD, f"consortium {header.consortium_id!r} is not {self._consortium_id!r}"
+            )
+        try:
+            with self._lock:
+                self._msp().verify(header.creator, env.signature, env.payload, self._clock_ms())
+        except RxError as err:
+            if err.reason == "BAD_SIGNATURE":
+                return tx_id, Outcome(BAD_SIGNATURE, err.message)
+            return tx_id, Outcome(UNKNOWN_CREATOR, f"{err.reason}: {err.message}")
+        return Checked(raw, tx_id)
+
+
+class Orderer(Protocol):
+    """What broadcast needs from the chain."""
+
+    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
+        """Order a validated envelope on this node (the leader)."""
+        ...
+
+    def leader_id(self) -> int:
+        """Current leader's raft id (0: none known)."""
+        ...
+
+    def own_id(self) -> int:
+        """This node's raft id."""
+        ...
+
+
+class LeaderForwarder(Protocol):
+    """Sends validated envelopes to the leader."""
+
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        """Forward one envelope; the ticket carries the leader's answer."""
+        ...
+
+
+@dataclass(frozen=True)
+class BroadcastOptions:
+    """Time bounds of an answer."""
+
+    commit_timeout_s: float = 5.0
+    no_leader_wait_s: float = 1.0
+    max_in_flight_per_stream: int = 8192
+
+
+class BroadcastHandler:
+    """Validation, dispatch and answers for Broadcast streams."""
+
+    def __init__(
+        self,
+        validator: EnvelopeValidator,
+        orderer: Orderer,
+        forwarder: LeaderForwarder,
+        metrics: OrdererMetrics,
+        options: BroadcastOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._validator = validator
+        self._orderer = orderer
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._opt = options or BroadcastOptions()
+        self._clock = clock
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        """Answer every new envelope SERVICE_UNAVAILABLE (graceful shutdown)."""
+        self._accepting = False
+
+    def _wait_leader(self, deadline: float) -> int:
+        while True:
+            leader = self._orderer.leader_id()
+            if leader or self._clock() >= deadline:
+                return leader
+            time.sleep(0.02)
+
+    def dispatch_checked(self, checked: Checked, deadline: float) -> Ticket:
+        """Send a valid envelope to the leader (here or remote)."""
+        leader = self._wait_leader(min(deadline, self._clock() + self._opt.no_leader_wait_s))
+        if not leader:
+            return immediate(Outcome(SERVICE_UNAVAILABLE, "no Raft leader (no quorum?)"),
+                             checked.tx_id)
+        if leader == self._orderer.own_id():
+            return self._orderer.submit(checked.raw, checked.tx_id)
+        return self._forwarder.submit(leader, checked.raw, checked.tx_id)
+
+    def submit_local(self, checked: Checked) -> Ticket:
+        """Order an envelope validated by another orderer (Cluster.Forward) on this node."""
+        if not self._accepting:
+            return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
+        return self._orderer.submit(checked.raw, checked.tx_id)
+
+    def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:
+        """Validate and dispatch one envelope."""
+        if not self._accepting:
+            return None, immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
+        result = self._validator.check(raw)
+        if not isinstance(result, Checked):
+            tx_id, outcome = result
+            return None, immediate(outcome, tx_id)
+        return result, self.dispatch_checked(result, self._clock() + self._opt.commit_timeout_s)
+
+    def answer(self, checked: Checked | None, ticket: Ticket, deadline: float) -> Outcome:
+        """Wait for the outcome (re-dispatching after NOT_LEADER) within ``deadline``."""
+        while True:
+            outcome = ticket.wait(max(0.0, deadline - self._clock()))
+            if outcome is None:
+                return Outcome(SERVICE_UNAVAILABLE, "not committed in time (outcome unknown)")
+            if outcome.reason != NOT_LEADER or checked is None:
+                return outcome
+            if self._clock() >= deadline:
+                return Outcome(SERVICE_UNAVAILABLE, "leader changed; envelope not ordered")
+            time.sleep(0.02)
+            ticket = self.dispatch_checked(checked, deadline)
+
+    def stream(self, requests: Iterable[bytes]) -> Iterator[services_pb2.BroadcastResponse]:
+        """Answers for a Broadcast stream, in order."""
+
+        def dispatch(raw: bytes) -> _Held:
+            checked, ticket = self.dispatch(raw)
+            return _Held(checked, ticket, self._clock() + self._opt.commit_timeout_s)
+
+        def answer(held: _Held) -> services_pb2.BroadcastResponse:
+            outcome = self.answer(held.checked, held.ticket, held.deadline)
+            if outcome.accepted:
+                self._metrics.accepted.inc()
+            else:
+                self._metrics.rejected.labels(reason=outcome.reason).inc()
+            return services_pb2.BroadcastResponse(
+                tx_id=held.ticket.tx_id,
+                accepted=outcome.accepted,
+                reason=outcome.reason,
+                message=outcome.message,
+            )
+
+        return ordered_answers(
+            requests, dispatch, answer, max_in_flight=self._opt.max_in_flight_per_stream
+        )
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A dispatched envelope travelling from the reader to the answer generator."""
+
+    checked: Checked | None
+    ticket: Ticket
+    deadline: float
+
+
+def broadcast_method_handler(
+    handler: BroadcastHandler,
+) -> grpc.RpcMethodHandler[bytes, services_pb2.BroadcastResponse]:
+    """Stream-stream handler taking raw envelope bytes (never re-serialised)."""
+
+    def behaviour(
+        requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.BroadcastResponse]:
+        return handler.stream(requests)
+
+    return grpc.stream_stream_rpc_method_handler(
+        behaviour,
+        request_deserializer=None,
+        response_serializer=services_pb2.BroadcastResponse.SerializeToString,
+    )

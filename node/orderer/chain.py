@@ -1,0 +1,570 @@
+"""The Raft driver of an orderer: one thread owns the RawNode, storage and block store.
+
+Loop (etcd-raft's contract): wait for an event or the next tick → tick / step / propose →
+for each Ready: persist (WAL fsync) → send messages → install snapshot → apply committed
+entries → advance → maybe snapshot.
+
+Each Raft NORMAL entry is one whole serialized Block cut by the leader. The leader starts
+cutting only after it has applied every entry of earlier terms (its own term's first
+entry is applied), so it chains new blocks onto the last committed one; it pipelines
+further blocks onto the last one it proposed. On apply every orderer checks the number,
+previous hash and data hash, adds its own signature over the canonical header hash to the
+metadata and appends the block to its block store. A broadcast ticket is answered
+"accepted" only when the block holding its envelope is applied with the header the leader
+proposed: an accepted envelope is committed, in exactly one block.
+
+Snapshots are taken every ``snapshot_interval_blocks`` blocks and carry the last block's
+number and hash (OrdererSnapshotData); a node receiving a snapshot (lagging or new) pulls
+the missing blocks from another orderer's Deliver through the injected ``fetcher``.
+
+Thread safety: other threads only call :meth:`Chain.step`, :meth:`Chain.submit`,
+:meth:`Chain.report_unreachable` / :meth:`Chain.report_snapshot` (all enqueue) and read
+:meth:`Chain.status` (a snapshot of plain values).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, raft_pb2
+
+from node.crypto.canonical import block_data_hash, block_header_hash
+from node.crypto.signing import Signer
+from node.ledger.blockstore import BlockStore
+from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.raft.config import Config
+from node.raft.durable import DurableStorage
+from node.raft.errors import ProposalDropped, RaftError
+from node.raft.node import RawNode
+from node.raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    Ready,
+    Snapshot,
+    SoftState,
+    StateRole,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """Sends Raft messages to other orderers (non-blocking, best effort)."""
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for delivery."""
+        ...
+
+
+class BlockFetcher(Protocol):
+    """Pulls committed blocks from other orderers (catch-up after a snapshot)."""
+
+    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
+        """Blocks ``start..stop`` inclusive from some other orderer; raises on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """Timing and sizing of the driver."""
+
+    tick_s: float = 0.05
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    snapshot_interval_blocks: int = 100
+    max_uncommitted_bytes: int = 64 * 1024 * 1024
+    max_size_per_msg: int = 4 * 1024 * 1024
+    inflight_expiry_s: float = 30.0
+    catch_up_retry_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """Plain values describing the chain, readable from any thread."""
+
+    raft_id: int
+    term: int
+    leader: int
+    role: StateRole
+    commit: int
+    applied: int
+    height: int
+    last_hash: bytes
+
+
+@dataclass
+class _Inflight:
+    header_hash: bytes
+    tickets: list[Ticket]
+    proposed_at: float
+
+
+class Chain:
+    """Drives one RawNode for the orderer (see the module docstring)."""
+
+    def __init__(
+        self,
+        raft_id: int,
+        storage: DurableStorage,
+        blocks: BlockStore,
+        signer: Signer,
+        transport: Transport,
+        fetcher: BlockFetcher,
+        batch: BatchParams,
+        metrics: OrdererMetrics,
+        *,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+        options: ChainOptions | None = None,
+    ) -> None:
+        self._id = raft_id
+        self._storage = storage
+        self._blocks = blocks
+        self._signer = signer
+        self._transport = transport
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._clock = clock
+        self._opt = options or ChainOptions()
+        self._cutter: BlockCutter[Ticket] = BlockCutter(batch, clock)
+        snap = storage.snapshot()
+        self._node = RawNode(
+            Config(
+                id=raft_id,
+                election_tick=self._opt.election_tick,
+                heartbeat_tick=self._opt.heartbeat_tick,
+                rng=rng,
+                pre_vote=True,
+                check_quorum=True,
+                max_size_per_msg=self._opt.max_size_per_msg,
+                max_committed_size_per_ready=self._opt.max_size_per_msg,
+                max_uncommitted_size=self._opt.max_uncommitted_bytes,
+            ),
+            storage,
+        )
+        self._inbox: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._applied = snap.meta.index
+        self._conf_state = storage.initial_state()[1]
+        self._last_snap_block = 0
+        self._pending_snapshot_catch_up: raft_pb2.OrdererSnapshotData | None = None
+        if not snap.is_empty:
+            data = raft_pb2.OrdererSnapshotData.FromString(snap.data)
+            self._last_snap_block = data.last_block_number
+            if blocks.height() <= data.last_block_number:
+                self._pending_snapshot_catch_up = data
+        # Leader state (driver thread only).
+        self._role = StateRole.FOLLOWER
+        self._leader = 0
+        self._lead_ready_index: int | None = None
+        self._next_number = 0
+        self._prev_hash = b""
+        self._held: list[list[Pending[Ticket]]] = []
+        self._inflight: dict[int, _Inflight] = {}
+        self._last_expiry_check = 0.0
+        self._status = self._make_status()
+
+    # ------------------------------------------------------------------ thread API
+
+    def start(self) -> None:
+        """Start the driver thread."""
+        self._thread = threading.Thread(target=self._run, name=f"raft-{self._id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the driver thread (pending tickets are answered SERVICE_UNAVAILABLE)."""
+        self._stop.set()
+        self._inbox.put(("wake", None))
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def step(self, msg: Message) -> None:
+        """Hand a Raft message received from a peer to the driver."""
+        self._inbox.put(("step", msg))
+
+    def report_unreachable(self, node_id: int) -> None:
+        """The transport could not reach ``node_id``."""
+        self._inbox.put(("unreachable", node_id))
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        """A snapshot message to ``node_id`` was sent (ok) or failed."""
+        self._inbox.put(("snap_status", (node_id, ok)))
+
+    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
+        """Queue a validated envelope for ordering on this node (which must lead)."""
+        ticket = Ticket(tx_id)
+        if self._status.role != StateRole.LEADER:
+            ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
+            return ticket
+        self._inbox.put(("submit", (envelope, ticket)))
+        return ticket
+
+    def leader_id(self) -> int:
+        """Raft id of the current leader (0: none known)."""
+        return self._status.leader
+
+    def own_id(self) -> int:
+        """This orderer's Raft id."""
+        return self._id
+
+    def status(self) -> ChainStatus:
+        """The latest status (updated by the driver after every Ready)."""
+        return self._status
+
+    def wait_for_height(self, height: int, timeout_s: float) -> bool:
+        """Block until the block store holds ``height`` blocks (or timeout)."""
+        return self._blocks.wait_for_height(height, timeout_s)
+
+    # ------------------------------------------------------------------ driver loop
+
+    def _run(self) -> None:
+        try:
+            if self._pending_snapshot_catch_up is not None:
+                self._catch_up_to_snapshot(self._pending_snapshot_catch_up)
+                self._pending_snapshot_catch_up = None
+            self._loop()
+        except Exception:
+            _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
+            raise
+        finally:
+            self._fail_all("ordering service stopping")
+            self._status = self._make_status()
+
+    def _loop(self) -> None:
+        tick_s = self._opt.tick_s
+        next_tick = self._clock() + tick_s
+        while not self._stop.is_set():
+            now = self._clock()
+            wait = next_tick - now
+            deadline = self._cutter.deadline()
+            if deadline is not None and self._lead_ready():
+                wait = min(wait, deadline - now)
+            try:
+                kind, payload = self._inbox.get(timeout=max(0.0, wait))
+                self._handle(kind, payload)
+                for _ in range(4096):
+                    kind, payload = self._inbox.get_nowait()
+                    self._handle(kind, payload)
+            except queue.Empty:
+                pass
+            now = self._clock()
+            if now >= next_tick:
+                self._node.tick()
+                next_tick += tick_s
+                if next_tick < now:
+                    next_tick = now + tick_s
+            self._maybe_cut()
+            self._process_ready()
+            if self._inflight and now - self._last_expiry_check > 0.5:
+                self._expire_inflight(now)
+
+    def _handle(self, kind: str, payload: object) -> None:
+        if kind == "step":
+            assert isinstance(payload, Message)
+            try:
+                self._node.step(payload)
+            except RaftError as err:
+                self._metrics.consensus_dropped.labels(reason="invalid").inc()
+                _log.warning("dropped invalid raft message from %d: %s", payload.frm, err)
+        elif kind == "submit":
+            envelope, ticket = cast(tuple[bytes, Ticket], payload)
+            self._on_submit(envelope, ticket)
+        elif kind == "unreachable":
+            assert isinstance(payload, int)
+            self._node.report_unreachable(payload)
+        elif kind == "snap_status":
+            node_id, ok = cast(tuple[int, bool], payload)
+            self._node.report_snapshot(node_id, ok)
+
+    # ------------------------------------------------------------------ leader side
+
+    def _lead_ready(self) -> bool:
+        return (
+            self._role == StateRole.LEADER
+            and self._lead_ready_index is not None
+            and self._applied >= self._lead_ready_index
+        )
+
+    def _on_submit(self, envelope: bytes, ticket: Ticket) -> None:
+        if self._role != StateRole.LEADER:
+            ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
+            return
+        batches = self._cutter.add(envelope, ticket)
+        if batches:
+            self._held.extend(batches)
+            self._maybe_cut()
+
+    def _maybe_cut(self) -> None:
+        if not self._lead_ready():
+            return
+        if self._next_number == 0:
+            self._next_number = self._blocks.height()
+            self._prev_hash = self._blocks.last_hash()
+        held, self._held = self._held, []
+        for batch in held:
+            self._propose_block(batch)
+        due = self._cutter.cut_if_due()
+        if due:
+            self._propose_block(due)
+
+    def _propose_block(self, batch: list[Pending[Ticket]]) -> None:
+        envelopes = [p.envelope for p in batch]
+        tickets = [p.tag for p in batch]
+        block = block_pb2.Block()
+        block.header.number = self._next_number
+        block.header.previous_hash = self._prev_hash
+        block.header.data_hash = block_data_hash(envelopes)
+        block.data.envelopes.extend(envelopes)
+        try:
+            self._node.propose(block.SerializeToString())
+        except ProposalDropped as err:
+            for t in tickets:
+                t.resolve(Outcome(SERVICE_UNAVAILABLE, f"proposal dropped: {err.detail}"))
+            return
+        header_hash = block_header_hash(block.header)
+        self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
+        self._next_number += 1
+        self._prev_hash = header_hash
+
+    def _reset_leader_state(self, reason: str) -> None:
+        pending = self._cutter.cut()
+        for batch in [*self._held, pending]:
+            for p in batch:
+                p.tag.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
+        self._held = []
+        self._next_number = 0
+        self._prev_hash = b""
+        self._lead_ready_index = None
+
+    def _expire_inflight(self, now: float) -> None:
+        self._last_expiry_check = now
+        for number in [
+            n for n, f in self._inflight.items()
+            if now - f.proposed_at > self._opt.inflight_expiry_s
+        ]:
+            for t in self._inflight.pop(number).tickets:
+                t.resolve(Outcome(SERVICE_UNAVAILABLE, f"block {number} was not committed"))
+
+    def _fail_all(self, reason: str) -> None:
+        self._reset_leader_state(reason)
+        for f in self._inflight.values():
+            for t in f.tickets:
+                t.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
+        self._inflight.clear()
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                cast(tuple[bytes, Ticket], payload)[1].resolve(Outcome(SERVICE_UNAVAILABLE, reason))
+
+    # ------------------------------------------------------------------ Ready handling
+
+    def _process_ready(self) -> None:
+        while self._node.has_ready():
+            rd: Ready = self._node.ready()
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state)
+            self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
+            if rd.messages:
+                self._transport.send(rd.messages)
+            if rd.snapshot is not None and not rd.snapshot.is_empty:
+                self._install_snapshot(rd.snapshot)
+            if rd.committed_entries:
+                self._apply(rd.committed_entries)
+            self._node.advance(rd)
+            self._maybe_snapshot()
+            self._status = self._make_status()
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        was_leader = self._role == StateRole.LEADER
+        self._role = ss.role
+        self._leader = ss.leader
+        if ss.role == StateRole.LEADER and not was_leader:
+            self._lead_ready_index = self._node.status().last_index
+            self._next_number = 0
+            _log.info("orderer %d is leader (term %d)", self._id, self._node.hard_state.term)
+        elif was_leader and ss.role != StateRole.LEADER:
+            _log.info("orderer %d lost leadership (leader now %d)", self._id, ss.leader)
+            self._reset_leader_state("leadership lost before the envelope was proposed")
+        self._metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            self._applied = e.index
+            if e.type == EntryType.CONF_CHANGE:
+                cc = ConfChange.decode(e.data)
+                self._conf_state = self._node.apply_conf_change(cc)
+                _log.info("orderer %d applied %s -> %s", self._id, cc, self._conf_state)
+                continue
+            if not e.data:
+                continue  # a new leader's empty entry
+            block = block_pb2.Block()
+            try:
+                block.ParseFromString(e.data)
+            except DecodeError:
+                self._metrics.blocks_rejected.inc()
+                _log.error("raft entry %d is not a block; skipped", e.index)
+                continue
+            self._apply_block(block, e)
+
+    def _apply_block(self, block: block_pb2.Block, entry: Entry) -> None:
+        number = block.header.number
+        header_hash = block_header_hash(block.header)
+        height = self._blocks.height()
+        if number < height:
+            stored = block_header_hash(self._blocks.get(number).header)
+            if stored != header_hash:
+                raise RaftError(
+                    "block_mismatch",
+                    f"committed entry {entry.index} holds block {number} with header hash "
+                    f"{header_hash.hex()[:16]} but the store has {stored.hex()[:16]}",
+                )
+            self._resolve(number, header_hash)
+            return
+        if number > height:
+            self._catch_up(number - 1)
+        envelopes = list(block.data.envelopes)
+        if (
+            block.header.previous_hash != self._blocks.last_hash()
+            or block.header.data_hash != block_data_hash(envelopes)
+        ):
+            self._metrics.blocks_rejected.inc()
+            _log.error(
+                "committed entry %d: block %d does not chain onto block %d; skipped",
+                entry.index, number, self._blocks.height() - 1,
+            )
+            self._resolve(number, b"")
+            if self._role == StateRole.LEADER:
+                self._next_number = 0  # re-chain from the store
+            return
+        block.metadata.raft_term = entry.term
+        block.metadata.raft_index = entry.index
+        sig = block.metadata.orderer_signatures.add()
+        sig.signer.CopyFrom(self._signer.identity)
+        sig.signature = self._signer.sign(header_hash)
+        self._blocks.append(block)
+        self._metrics.blocks.inc()
+        self._metrics.envelopes.inc(len(envelopes))
+        self._metrics.height.set(self._blocks.height())
+        self._resolve(number, header_hash)
+
+    def _resolve(self, number: int, header_hash: bytes) -> None:
+        for n in [n for n in self._inflight if n <= number]:
+            f = self._inflight.pop(n)
+            if n == number and f.header_hash == header_hash:
+                outcome = Outcome(block_number=number)
+                self._metrics.accepted.inc(len(f.tickets))
+            else:
+                outcome = Outcome(
+                    SERVICE_UNAVAILABLE, f"block {n} was replaced after a leader change"
+                )
+            for t in f.tickets:
+                t.resolve(outcome)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _maybe_snapshot(self) -> None:
+        last_block = self._blocks.height() - 1
+        if last_block - self._last_snap_block < self._opt.snapshot_interval_blocks:
+            return
+        if self._applied <= self._storage.snapshot().meta.index:
+            return
+        data = raft_pb2.OrdererSnapshotData(
+            last_block_number=last_block, last_block_hash=self._blocks.last_hash()
+        ).SerializeToString()
+        self._storage.create_snapshot(self._applied, self._conf_state, data)
+        self._last_snap_block = last_block
+        _log.info(
+            "orderer %d snapshot at raft index %d (block %d)", self._id, self._applied, last_block
+        )
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        data = raft_pb2.OrdererSnapshotData.FromString(snap.data)
+        _log.info(
+            "orderer %d installs snapshot at raft index %d (block %d)",
+            self._id, snap.meta.index, data.last_block_number,
+        )
+        self._catch_up_to_snapshot(data)
+        self._applied = snap.meta.index
+        self._conf_state = snap.meta.conf_state
+        self._last_snap_block = data.last_block_number
+
+    def _catch_up_to_snapshot(self, data: raft_pb2.OrdererSnapshotData) -> None:
+        if self._blocks.height() <= data.last_block_number:
+            self._catch_up(data.last_block_number)
+        if self._blocks.height() <= data.last_block_number:
+            return  # stopping
+        stored = block_header_hash(self._blocks.get(data.last_block_number).header)
+        if stored != data.last_block_hash:
+            raise RaftError(
+                "snapshot_mismatch",
+                f"block {data.last_block_number} in the store differs from the snapshot's",
+            )
+
+    def _catch_up(self, target: int) -> None:
+        """Pull blocks up to ``target`` (inclusive) from other orderers; retries until done
+        or the chain stops."""
+        while self._blocks.height() <= target and not self._stop.is_set():
+            start = self._blocks.height()
+            try:
+                for block in self._fetcher.fetch(start, target):
+                    self._append_fetched(block)
+            except Exception as exc:  # noqa: BLE001 -- any transport/peer failure: retry
+                _log.warning(
+                    "orderer %d catch-up from block %d failed: %s", self._id, start, exc
+                )
+                self._stop.wait(self._opt.catch_up_retry_s)
+        if self._blocks.height() > target:
+            _log.info("orderer %d caught up to block %d", self._id, target)
+
+    def _append_fetched(self, block: block_pb2.Block) -> None:
+        if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
+            raise RaftError("bad_fetched_block", f"block {block.header.number}: data hash")
+        header_hash = block_header_hash(block.header)
+        sig = block.metadata.orderer_signatures.add()
+        sig.signer.CopyFrom(self._signer.identity)
+        sig.signature = self._signer.sign(header_hash)
+        self._blocks.append(block)  # checks number and previous hash
+        self._metrics.blocks.inc()
+        self._metrics.height.set(self._blocks.height())
+
+    # ------------------------------------------------------------------ status
+
+    def _make_status(self) -> ChainStatus:
+        hs = self._node.hard_state
+        self._metrics.term.set(hs.term)
+        self._metrics.commit_index.set(hs.commit)
+        self._metrics.applied_index.set(self._applied)
+        return ChainStatus(
+            raft_id=self._id,
+            term=hs.term,
+            leader=self._leader,
+            role=self._role,
+            commit=hs.commit,
+            applied=self._applied,
+            height=self._blocks.height(),
+            last_hash=self._blocks.last_hash(),
+        )
+
+
+def bootstrap_conf_state(raft_ids: Sequence[int]) -> ConfState:
+    """The initial membership of a fresh ordering service (all configured orderers vote)."""
+    return ConfState(tuple(sorted(raft_ids)), ())
+
+

@@ -1,0 +1,128 @@
+"""Deliver: stream blocks from any number, then follow new ones; and the catch-up client.
+
+Server (``AtomicBroadcast.Deliver``): callers must present a TLS certificate of a valid
+consortium member. ``start_block`` is inclusive; with ``follow`` the stream waits for new
+blocks (checking cancellation every ``poll_s``), otherwise it stops at ``stop_block`` (0 =
+the current height - 1) and ends with an ErrorDetail status ``OK``. A client resumes after
+a reconnect by asking from the block after the last one it received.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+from rxchain.v1 import block_pb2, identity_pb2, services_pb2, services_pb2_grpc
+
+from node.crypto.tls import peer_identity
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.ledger.blockstore import BlockStore
+
+_log = logging.getLogger(__name__)
+
+
+class DeliverService:
+    """Serves the block store as a stream."""
+
+    def __init__(
+        self,
+        blocks: BlockStore,
+        msp_source: Callable[[], MSP],
+        clock_ms: Callable[[], int],
+        poll_s: float = 0.5,
+    ) -> None:
+        self._blocks = blocks
+        self._msp = msp_source
+        self._clock_ms = clock_ms
+        self._poll_s = poll_s
+        self._closed = False
+
+    def close(self) -> None:
+        """End follow streams."""
+        self._closed = True
+
+    def deliver(
+        self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.DeliverResponse]:
+        """Stream blocks as the request asks."""
+        ident = peer_identity(context)
+        try:
+            if ident is None:
+                raise RxError("UNKNOWN_CREATOR", "no client certificate")
+            self._msp().validate(ident, self._clock_ms())
+        except RxError as err:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{err.reason}: {err.message}")
+        yield from self.blocks_from(request, context.is_active)
+
+    def blocks_from(
+        self, request: services_pb2.DeliverRequest, active: Callable[[], bool]
+    ) -> Iterator[services_pb2.DeliverResponse]:
+        """The responses for ``request`` while ``active()`` holds."""
+        n = request.start_block
+        stop = request.stop_block
+        if not request.follow and stop == 0:
+            stop = self._blocks.height() - 1
+        while active() and not self._closed:
+            if not request.follow and n > stop:
+                break
+            if n < self._blocks.height():
+                raw = self._blocks.get_bytes(n)
+                yield services_pb2.DeliverResponse(block=block_pb2.Block.FromString(raw))
+                n += 1
+                continue
+            if not request.follow:
+                break
+            self._blocks.wait_for_height(n + 1, self._poll_s)
+        yield services_pb2.DeliverResponse(
+            status=identity_pb2.ErrorDetail(reason="OK", message=f"delivered up to {n - 1}")
+        )
+
+
+class DeliverFetcher:
+    """Fetches blocks from other orderers' Deliver (the Chain's BlockFetcher)."""
+
+    def __init__(
+        self,
+        targets: Callable[[], Sequence[str]],
+        channel_factory: Callable[[str], grpc.Channel],
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._targets = targets
+        self._factory = channel_factory
+        self._timeout_s = timeout_s
+        self._turn = 0
+
+    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
+        """Blocks ``start..stop`` from the next orderer in turn; raises on failure."""
+        targets = list(self._targets())
+        if not targets:
+            raise RxError("SERVICE_UNAVAILABLE", "no other orderer to fetch blocks from")
+        target = targets[self._turn % len(targets)]
+        self._turn += 1
+        channel = self._factory(target)
+        try:
+            stub = services_pb2_grpc.AtomicBroadcastStub(channel)
+            req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
+            expected = start
+            deadline = time.monotonic() + self._timeout_s
+            for resp in stub.Deliver(req, timeout=self._timeout_s):
+                if resp.HasField("status"):
+                    break
+                if resp.block.header.number != expected:
+                    raise RxError(
+                        "BAD_BLOCK_NUMBER",
+                        f"{target} sent block {resp.block.header.number}, wanted {expected}",
+                    )
+                yield resp.block
+                expected += 1
+                if expected > stop or time.monotonic() > deadline:
+                    break
+            if expected <= stop:
+                raise RxError(
+                    "SERVICE_UNAVAILABLE", f"{target} has blocks only up to {expected - 1}"
+                )
+        finally:
+            channel.close()

@@ -1,0 +1,229 @@
+"""Composition of an orderer process: :func:`serve` wires storage, Raft, transport and
+services, and returns an :class:`OrdererServer` whose ``stop()`` shuts down gracefully.
+
+Optional tuning in the node YAML's ``extra`` mapping (all integers):
+``snapshot_interval_blocks``, ``tick_ms``, ``election_tick``, ``commit_timeout_ms``,
+``grpc_workers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from rxchain.v1 import services_pb2
+
+from node.config import NodeConfig
+from node.crypto.signing import Verifier, load_signer
+from node.crypto.tls import secure_channel, server_credentials
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.ledger.blockstore import BlockStore
+from node.orderer.blockcutter import BatchParams
+from node.orderer.broadcast import (
+    BroadcastHandler,
+    BroadcastOptions,
+    EnvelopeValidator,
+    broadcast_method_handler,
+)
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.deliver import DeliverFetcher, DeliverService
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
+from node.raft.durable import DurableStorage
+from node.raft.types import StateRole
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class OrdererServer:
+    """A running orderer."""
+
+    config: NodeConfig
+    grpc_server: grpc.Server
+    chain: Chain
+    storage: DurableStorage
+    blocks: BlockStore
+    transport: RaftTransport
+    forwarder: Forwarder
+    broadcast: BroadcastHandler
+    deliver: DeliverService
+    metrics: OrdererMetrics
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
+        storage (everything acknowledged is already durable)."""
+        _log.info("orderer %s shutting down", self.config.name)
+        self.broadcast.stop_accepting()
+        self.deliver.close()
+        self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        self.chain.stop()
+        self.transport.close()
+        self.forwarder.close()
+        self.storage.close()
+        self.blocks.close()
+        self.metrics.close()
+
+    def wait(self) -> None:
+        """Block until the gRPC server terminates."""
+        self.grpc_server.wait_for_termination()
+
+
+def _admin_handler(config: NodeConfig, chain: Chain) -> grpc.GenericRpcHandler[object, object]:
+    def health(
+        request: services_pb2.HealthRequest, context: grpc.ServicerContext
+    ) -> services_pb2.HealthResponse:
+        st = chain.status()
+        serving = st.leader != 0
+        return services_pb2.HealthResponse(
+            serving=serving, node=config.name, role="orderer",
+            detail="" if serving else "no Raft leader known",
+        )
+
+    def status(
+        request: services_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> services_pb2.StatusResponse:
+        st = chain.status()
+        return services_pb2.StatusResponse(
+            node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
+            raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
+        )
+
+    return grpc.method_handlers_generic_handler(
+        "rxchain.v1.Admin",
+        {
+            "Health": grpc.unary_unary_rpc_method_handler(
+                health,
+                request_deserializer=services_pb2.HealthRequest.FromString,
+                response_serializer=services_pb2.HealthResponse.SerializeToString,
+            ),
+            "Status": grpc.unary_unary_rpc_method_handler(
+                status,
+                request_deserializer=services_pb2.StatusRequest.FromString,
+                response_serializer=services_pb2.StatusResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+def _broadcast_handler(
+    broadcast: BroadcastHandler, deliver: DeliverService
+) -> grpc.GenericRpcHandler[object, object]:
+    def deliver_behaviour(
+        request: services_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.DeliverResponse]:
+        return deliver.deliver(request, context)
+
+    return grpc.method_handlers_generic_handler(
+        "rxchain.v1.AtomicBroadcast",
+        {
+            "Broadcast": broadcast_method_handler(broadcast),
+            "Deliver": grpc.unary_stream_rpc_method_handler(
+                deliver_behaviour,
+                request_deserializer=services_pb2.DeliverRequest.FromString,
+                response_serializer=services_pb2.DeliverResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+def serve(config: NodeConfig) -> OrdererServer:
+    """Start an orderer for ``config`` and return it running."""
+    extra = config.extra
+    genesis = read_genesis(config.genesis_path)
+    consortium = config_from_genesis(genesis)
+    msp = MSP(consortium, Verifier())
+    signer = load_signer(config.cert_path, config.key_path, config.org)
+    metrics = OrdererMetrics(config.name)
+    data = Path(config.data_dir)
+    blocks = BlockStore(data / "blocks", fsync=config.fsync)
+    if blocks.height() == 0:
+        blocks.append(genesis)
+    raft_ids = [o.raft_id for o in consortium.orderers]
+    storage = DurableStorage(
+        data / "raft",
+        bootstrap_conf_state=bootstrap_conf_state(raft_ids),
+        fsync=config.fsync,
+        fsync_observer=metrics.fsync_seconds.observe,
+    )
+    membership = Membership(
+        [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in consortium.orderers]
+    )
+    max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+
+    def channel(target: str) -> grpc.Channel:
+        return secure_channel(
+            target, config.cert_path, config.key_path, config.ca_bundle_path, max_msg
+        )
+
+    transport = RaftTransport(config.raft_id, membership, channel)
+    fetcher = DeliverFetcher(
+        lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
+        channel,
+    )
+    tick_s = int(extra.get("tick_ms", 50)) / 1000.0
+    chain = Chain(
+        config.raft_id, storage, blocks, signer, transport, fetcher,
+        BatchParams.from_config(consortium.batch), metrics,
+        rng=random.Random(int.from_bytes(os.urandom(8), "big")),  # noqa: S311 -- election jitter
+        options=ChainOptions(
+            tick_s=tick_s,
+            election_tick=int(extra.get("election_tick", 10)),
+            snapshot_interval_blocks=int(extra.get("snapshot_interval_blocks", 100)),
+        ),
+    )
+    transport.bind(chain)
+    commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
+    validator = EnvelopeValidator(
+        lambda: msp, consortium.consortium_id,
+        consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
+    )
+    forwarder = Forwarder(membership, channel)
+    broadcast = BroadcastHandler(
+        validator, chain, forwarder, metrics,
+        BroadcastOptions(commit_timeout_s=commit_timeout_s),
+    )
+    deliver = DeliverService(blocks, lambda: msp, _wall_ms)
+    cluster = ClusterService(
+        config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
+    )
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 128))),
+        options=[
+            ("grpc.max_send_message_length", max_msg),
+            ("grpc.max_receive_message_length", max_msg),
+        ],
+    )
+    server.add_generic_rpc_handlers(
+        [_broadcast_handler(broadcast, deliver), cluster.handler(), _admin_handler(config, chain)]
+    )
+    creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    server.add_secure_port(config.listen, creds)
+    server.start()
+    chain.start()
+    metrics.serve(config.metrics_port, config.host)
+    _log.info(
+        "orderer %s (raft %d) serving on %s, height %d",
+        config.name, config.raft_id, config.listen, blocks.height(),
+    )
+    return OrdererServer(
+        config, server, chain, storage, blocks, transport, forwarder, broadcast, deliver,
+        metrics,
+    )
+
+
+__all__ = ["OrdererServer", "StateRole", "serve"]

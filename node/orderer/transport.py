@@ -1,0 +1,403 @@
+"""Orderer-to-orderer transport: Raft messages on Cluster.Step streams over mutual TLS, and
+the follower-to-leader Cluster.Forward stream.
+
+Outbound: one :class:`PeerSender` per other orderer holds a client stream and a bounded
+queue; sending never blocks the Raft driver (a full queue or a broken stream drops the
+message and reports the peer unreachable -- Raft retransmits).
+
+Inbound (:class:`ClusterService`): the caller is identified by its TLS client certificate
+(``node.crypto.tls.peer_identity``) and must be an orderer of the current configuration
+(its certificate equals an ``OrdererNode.cert_der``); otherwise the stream is refused with
+PERMISSION_DENIED and counted. Every message must also name that orderer's raft id as its
+sender and this node as recipient. Stale or replayed messages are Raft's business (terms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import grpc
+from rxchain.v1 import identity_pb2, services_pb2
+
+from node.crypto.tls import peer_identity
+from node.orderer.broadcast import BroadcastHandler, Checked
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.raft_codec import decode_message, encode_message
+from node.orderer.streams import ordered_answers
+from node.orderer.ticket import SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.raft.errors import InvalidMessage
+from node.raft.types import Message, MessageType
+
+_log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[str], grpc.Channel]
+
+
+class RaftSink(Protocol):
+    """Where inbound messages and delivery reports go (the Chain)."""
+
+    def step(self, msg: Message) -> None:
+        """Deliver an inbound message."""
+        ...
+
+    def report_unreachable(self, node_id: int) -> None:
+        """A peer could not be reached."""
+        ...
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        """A snapshot message was sent or failed."""
+        ...
+
+
+class Membership:
+    """The current orderer set: raft id <-> certificate and address (replaced on config
+    updates)."""
+
+    def __init__(self, orderers: Sequence[tuple[int, bytes, str]]) -> None:
+        self._lock = threading.Lock()
+        self.update(orderers)
+
+    def update(self, orderers: Sequence[tuple[int, bytes, str]]) -> None:
+        """Adopt a new orderer set: (raft_id, cert_der, "host:port") each."""
+        with self._lock:
+            self._by_cert = {cert: rid for rid, cert, _ in orderers}
+            self._targets = {rid: target for rid, _, target in orderers}
+
+    def raft_id_of(self, identity: identity_pb2.Identity | None) -> int | None:
+        """Raft id of the orderer presenting ``identity``, or None for a non-member."""
+        if identity is None:
+            return None
+        return self._by_cert.get(identity.cert_der)
+
+    def targets(self) -> dict[int, str]:
+        """raft id -> address of every member."""
+        return dict(self._targets)
+
+
+class PeerSender:
+    """A client stream to one peer orderer, fed from a bounded queue."""
+
+    def __init__(
+        self,
+        own_id: int,
+        peer_id: int,
+        target: str,
+        channel_factory: ChannelFactory,
+        sink: RaftSink,
+        max_queue: int = 4096,
+    ) -> None:
+        self._own_id = own_id
+        self._peer_id = peer_id
+        self._target = target
+        self._factory = channel_factory
+        self._sink = sink
+        self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=max_queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"raft-send-{own_id}-{peer_id}", daemon=True
+        )
+        self._thread.start()
+
+    def send(self, msg: Message) -> None:
+        """Queue a message; drop it (and report) when the queue is full."""
+        try:
+            self._queue.put_nowait(msg)
+        except queue.Full:
+            self._report_failure(msg)
+
+    def _report_failure(self, msg: Message) -> None:
+        self._sink.report_unreachable(self._peer_id)
+        if msg.type == MessageType.SNAP:
+            self._sink.report_snapshot(self._peer_id, False)
+
+    def _requests(self) -> Iterator[services_pb2.ConsensusRequest]:
+        while not self._stop.is_set():
+            try:
+                msg = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if msg is None:
+                return
+            yield services_pb2.ConsensusRequest(from_id=self._own_id, payload=encode_message(msg))
+            if msg.type == MessageType.SNAP:
+                self._sink.report_snapshot(self._peer_id, True)
+
+    def _run(self) -> None:
+        from rxchain.v1 import services_pb2_grpc
+
+        while not self._stop.is_set():
+            channel = self._factory(self._target)
+            try:
+                stub = services_pb2_grpc.ClusterStub(channel)
+                stub.Step(self._requests())
+            except grpc.RpcError as exc:
+                _log.debug("raft stream to %d (%s) ended: %s", self._peer_id, self._target, exc)
+                self._sink.report_unreachable(self._peer_id)
+            finally:
+                channel.close()
+            # Drop what queued up while disconnected: Raft resends what still matters.
+            while True:
+                try:
+                    msg = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if msg is not None:
+                    self._report_failure(msg)
+            self._stop.wait(0.1)
+
+    def close(self) -> None:
+        """Stop the sender thread."""
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
+        self._thread.join(2)
+
+
+class RaftTransport:
+    """Routes outbound Raft messages to per-peer senders (the Chain's Transport)."""
+
+    def __init__(
+        self,
+        own_id: int,
+        membership: Membership,
+        channel_factory: ChannelFactory,
+        sink: RaftSink | None = None,
+    ) -> None:
+        self._own_id = own_id
+        self._membership = membership
+        self._factory = channel_factory
+        self._sink = sink
+        self._senders: dict[int, PeerSender] = {}
+        self._lock = threading.Lock()
+
+    def bind(self, sink: RaftSink) -> None:
+        """Set where delivery reports go (the Chain is built after the transport)."""
+        self._sink = sink
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue each message for its recipient."""
+        for msg in messages:
+            sender = self._sender(msg.to)
+            if sender is not None:
+                sender.send(msg)
+
+    def _sender(self, peer_id: int) -> PeerSender | None:
+        with self._lock:
+            sender = self._senders.get(peer_id)
+            if sender is None:
+                target = self._membership.targets().get(peer_id)
+                if target is None or self._sink is None:
+                    return None
+                sender = PeerSender(self._own_id, peer_id, target, self._factory, self._sink)
+                self._senders[peer_id] = sender
+            return sender
+
+    def close(self) -> None:
+        """Stop all senders."""
+        with self._lock:
+            senders, self._senders = list(self._senders.values()), {}
+        for s in senders:
+            s.close()
+
+
+class ClusterService:
+    """Server side of the Cluster service (Step and Forward)."""
+
+    def __init__(
+        self,
+        own_id: int,
+        membership: Membership,
+        sink: RaftSink,
+        broadcast: BroadcastHandler,
+        metrics: OrdererMetrics,
+        commit_timeout_s: float = 5.0,
+    ) -> None:
+        self._own_id = own_id
+        self._membership = membership
+        self._sink = sink
+        self._broadcast = broadcast
+        self._metrics = metrics
+        self._commit_timeout_s = commit_timeout_s
+
+    def _caller(
+        self, context: grpc.ServicerContext, what: str
+    ) -> tuple[int, identity_pb2.Identity]:
+        ident = peer_identity(context)
+        rid = self._membership.raft_id_of(ident)
+        if rid is None or ident is None:
+            self._metrics.consensus_dropped.labels(reason="non_member").inc()
+            who = f"{ident.org}" if ident is not None else "no client certificate"
+            _log.warning("refused %s stream from a non-member (%s)", what, who)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_ORDERER: caller is not an "
+                          "orderer of the current configuration")
+            raise AssertionError("unreachable")  # abort raises
+        return rid, ident
+
+    def step(
+        self, requests: Iterator[services_pb2.ConsensusRequest], context: grpc.ServicerContext
+    ) -> services_pb2.ConsensusResponse:
+        """Cluster.Step: a stream of Raft messages from one orderer."""
+        rid, ident = self._caller(context, "Step")
+        for req in requests:
+            # Re-checked per message: a member removed by a config update is cut off.
+            if self._membership.raft_id_of(ident) != rid or req.from_id != rid:
+                self._metrics.consensus_dropped.labels(reason="bad_sender").inc()
+                continue
+            try:
+                msg = decode_message(req.payload)
+            except InvalidMessage as err:
+                self._metrics.consensus_dropped.labels(reason="invalid").inc()
+                _log.warning("undecodable raft message from %d: %s", rid, err)
+                continue
+            if msg.frm != rid or msg.to != self._own_id:
+                self._metrics.consensus_dropped.labels(reason="bad_sender").inc()
+                continue
+            self._sink.step(msg)
+        return services_pb2.ConsensusResponse()
+
+    def forward(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.BroadcastResponse]:
+        """Cluster.Forward: envelopes a follower validated, ordered here if we lead."""
+        self._caller(context, "Forward")
+        import time
+
+        def dispatch(raw: bytes) -> tuple[Ticket, float]:
+            # The forwarding orderer validated the envelope; we only order it.
+            ticket = self._broadcast.submit_local(Checked(raw, ""))
+            return ticket, time.monotonic() + self._commit_timeout_s
+
+        def answer(item: tuple[Ticket, float]) -> services_pb2.BroadcastResponse:
+            ticket, deadline = item
+            outcome = ticket.wait(max(0.0, deadline - time.monotonic()))
+            if outcome is None:
+                outcome = Outcome(SERVICE_UNAVAILABLE, "not committed in time (outcome unknown)")
+            return services_pb2.BroadcastResponse(
+                accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
+            )
+
+        return ordered_answers(requests, dispatch, answer)
+
+    def handler(self) -> grpc.GenericRpcHandler[object, object]:
+        """The generic handler registering Step (parsed) and Forward (raw bytes)."""
+        return grpc.method_handlers_generic_handler(
+            "rxchain.v1.Cluster",
+            {
+                "Step": grpc.stream_unary_rpc_method_handler(
+                    self.step,
+                    request_deserializer=services_pb2.ConsensusRequest.FromString,
+                    response_serializer=services_pb2.ConsensusResponse.SerializeToString,
+                ),
+                "Forward": grpc.stream_stream_rpc_method_handler(
+                    self.forward,
+                    request_deserializer=None,
+                    response_serializer=services_pb2.BroadcastResponse.SerializeToString,
+                ),
+            },
+        )
+
+
+class _ForwardStream:
+    """One Forward stream to a leader; answers are matched to tickets in order."""
+
+    def __init__(self, target: str, channel_factory: ChannelFactory) -> None:
+        self._channel = channel_factory(target)
+        self._queue: queue.Queue[tuple[bytes, Ticket] | None] = queue.Queue()
+        self._inflight: deque[Ticket] = deque()
+        self._lock = threading.Lock()
+        self.broken = False
+        call = self._channel.stream_stream(
+            "/rxchain.v1.Cluster/Forward",
+            request_serializer=None,
+            response_deserializer=services_pb2.BroadcastResponse.FromString,
+        )
+        self._responses = call(self._requests())
+        self._thread = threading.Thread(target=self._receive, name="forward-recv", daemon=True)
+        self._thread.start()
+
+    def submit(self, envelope: bytes, ticket: Ticket) -> None:
+        self._queue.put((envelope, ticket))
+
+    def _requests(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            envelope, ticket = item
+            with self._lock:
+                if self.broken:
+                    ticket.resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
+                    continue
+                self._inflight.append(ticket)
+            yield envelope
+
+    def _receive(self) -> None:
+        try:
+            for resp in self._responses:
+                with self._lock:
+                    ticket = self._inflight.popleft() if self._inflight else None
+                if ticket is not None:
+                    ticket.resolve(Outcome(resp.reason if not resp.accepted else "", resp.message))
+        except grpc.RpcError as exc:
+            _log.info("forward stream ended: %s", exc.code() if hasattr(exc, "code") else exc)
+        finally:
+            self._break()
+
+    def _break(self) -> None:
+        with self._lock:
+            self.broken = True
+            inflight, self._inflight = list(self._inflight), deque()
+        for t in inflight:
+            t.resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
+        self._queue.put(None)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._channel.close()
+
+
+class Forwarder:
+    """Follower side of Cluster.Forward (the broadcast handler's LeaderForwarder)."""
+
+    def __init__(self, membership: Membership, channel_factory: ChannelFactory) -> None:
+        self._membership = membership
+        self._factory = channel_factory
+        self._streams: dict[int, _ForwardStream] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        """Forward ``envelope`` to ``leader_id``."""
+        ticket = Ticket(tx_id)
+        with self._lock:
+            stream = self._streams.get(leader_id)
+            if stream is None or stream.broken:
+                if stream is not None:
+                    stream.close()
+                target = self._membership.targets().get(leader_id)
+                if target is None:
+                    ticket.resolve(Outcome(SERVICE_UNAVAILABLE, f"leader {leader_id} unknown"))
+                    return ticket
+                stream = _ForwardStream(target, self._factory)
+                self._streams[leader_id] = stream
+        stream.submit(envelope, ticket)
+        return ticket
+
+    def close(self) -> None:
+        """Close every stream."""
+        with self._lock:
+            streams, self._streams = list(self._streams.values()), {}
+        for s in streams:
+            s.close()

@@ -1,0 +1,264 @@
+"""Test helpers: a throwaway 3-orderer consortium, orderer processes and a client."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import yaml
+from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+
+from netgen import generate
+from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Signer, load_signer
+from node.crypto.tls import secure_channel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def consortium(base_port: int, orderer_orgs: int = 3) -> dict:
+    orgs = [
+        {"id": f"ins0{i}", "name": f"Insurer {i}", "kind": "insurer", "orderer": True,
+         "peer": False, "users": [{"name": "clerk", "role": "clerk"}]}
+        for i in range(1, orderer_orgs + 1)
+    ]
+    orgs.append({"id": "h01", "name": "Hospital", "kind": "hospital", "level": "tertiary",
+                 "peer": False, "users": [{"name": "dr", "role": "doctor",
+                                            "attrs": {"dr_code": "D1", "practice_years": "5",
+                                                      "licence_no": "L1"}}]})
+    return {
+        "consortium_id": "test-rx",
+        "base_port": base_port,
+        "batch": {"max_tx_count": 100, "max_bytes": 1048576, "timeout_ms": 30},
+        "limits": {"max_message_bytes": 4194304, "max_envelope_bytes": 65536,
+                   "gas_limit": 1000000, "max_write_set_keys": 100, "max_value_bytes": 65536,
+                   "max_clock_skew_ms": 600000},
+        "policies": {"config_update": "MAJORITY(admin)"},
+        "organizations": orgs,
+    }
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(count: int) -> int:
+    for _ in range(200):
+        base = 20000 + secrets.randbelow(30000)
+        if all(_free(base + i) and _free(base + 200 + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def make_network(home: Path, extra: dict | None = None, orderer_orgs: int = 3):
+    base = free_base_port(orderer_orgs + 1)
+    net = generate(consortium(base, orderer_orgs), home)
+    for n in net.orderers():
+        path = net.node_config_path(n.name)
+        doc = yaml.safe_load(path.read_text())
+        doc["extra"] = {"tick_ms": 50, "election_tick": 10, "commit_timeout_ms": 4000,
+                        **(extra or {})}
+        doc["log_level"] = "INFO"
+        path.write_text(yaml.safe_dump(doc))
+    return net
+
+
+class OrdererProcs:
+    """Orderer processes of a generated network; kills all on close()."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def names(self) -> list[str]:
+        return [n.name for n in self.net.orderers()]
+
+    def start(self, name: str) -> None:
+        log = self.net.home / f"{name}.log"
+        self.logs[name] = log
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen"),
+                                             str(ROOT / "network-config")])
+        with open(log, "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "node.orderer", "--config",
+                 str(self.net.node_config_path(name))],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
+            )
+
+    def start_all(self) -> None:
+        for name in self.names():
+            self.start(name)
+
+    def kill(self, name: str) -> None:
+        p = self.procs.pop(name, None)
+        if p is not None:
+            p.kill()
+            p.wait(10)
+
+    def terminate(self, name: str) -> int:
+        p = self.procs.pop(name)
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+            return -9
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+    def target(self, name: str) -> str:
+        spec = next(n for n in self.net.orderers() if n.name == name)
+        return f"127.0.0.1:{spec.port}"
+
+    def log_text(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace") if name in self.logs else ""
+
+
+class Client:
+    """A consortium member talking to orderers over mTLS."""
+
+    def __init__(self, net, org: str = "h01", user: str = "dr") -> None:
+        d = net.user_dir(org, user)
+        self.cert, self.key, self.ca = d / "cert.pem", d / "key.pem", net.ca_bundle_path
+        self.signer: Signer = load_signer(self.cert, self.key, org)
+
+    def channel(self, target: str) -> grpc.Channel:
+        return secure_channel(target, self.cert, self.key, self.ca)
+
+    def envelope(self, size: int = 200, consortium_id: str = "test-rx") -> tuple[str, bytes]:
+        nonce = secrets.token_bytes(24)
+        tx_id = compute_tx_id(nonce, self.signer.identity)
+        header = transaction_pb2.TxHeader(
+            tx_id=tx_id, type=transaction_pb2.INVOKE, creator=self.signer.identity,
+            nonce=nonce, timestamp_ms=int(time.time() * 1000), consortium_id=consortium_id)
+        tx = transaction_pb2.Transaction(header=header.SerializeToString(),
+                                         invocation=b"x" * size)
+        payload = tx.SerializeToString()
+        env = transaction_pb2.Envelope(payload=payload, signature=self.signer.sign(payload))
+        return tx_id, env.SerializeToString()
+
+    def broadcast(self, target: str, envelopes: list[bytes],
+                  timeout: float = 30.0) -> list[services_pb2.BroadcastResponse]:
+        with self.channel(target) as ch:
+            call = ch.stream_stream(
+                "/rxchain.v1.AtomicBroadcast/Broadcast", request_serializer=None,
+                response_deserializer=services_pb2.BroadcastResponse.FromString)
+            return list(call(iter(envelopes), timeout=timeout))
+
+    def blocks(self, target: str, start: int = 0, stop: int = 0) -> list[block_pb2.Block]:
+        with self.channel(target) as ch:
+            stub = services_pb2_grpc.AtomicBroadcastStub(ch)
+            out = []
+            for r in stub.Deliver(services_pb2.DeliverRequest(start_block=start, stop_block=stop),
+                                  timeout=30):
+                if r.HasField("block"):
+                    out.append(r.block)
+            return out
+
+    def status(self, target: str, timeout: float = 2.0) -> services_pb2.StatusResponse:
+        with self.channel(target) as ch:
+            return services_pb2_grpc.AdminStub(ch).Status(services_pb2.StatusRequest(),
+                                                          timeout=timeout)
+
+
+def wait_until(pred, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except grpc.RpcError as exc:
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} ({last_exc})")
+
+
+def leader_of(procs: OrdererProcs, client: Client, names: list[str] | None = None) -> str | None:
+    ids = {n.raft_id: n.name for n in procs.net.orderers()}
+    seen = set()
+    for name in names or list(procs.procs):
+        try:
+            st = client.status(procs.target(name), timeout=1.0)
+        except grpc.RpcError:
+            continue
+        if st.raft_leader:
+            seen.add(st.raft_leader)
+    if len(seen) == 1:
+        return ids.get(seen.pop())
+    return None
+
+
+class Pump:
+    """Background broadcaster: keeps sending envelopes to a rotation of orderers."""
+
+    def __init__(self, procs: OrdererProcs, client: Client, batch: int = 20) -> None:
+        self.procs, self.client, self.batch = procs, client, batch
+        self.accepted: list[str] = []
+        self.refused: list[tuple[str, str]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            names = list(self.procs.procs)
+            if not names:
+                time.sleep(0.05)
+                continue
+            target = self.procs.target(names[i % len(names)])
+            i += 1
+            envs = [self.client.envelope() for _ in range(self.batch)]
+            try:
+                resps = self.client.broadcast(target, [e for _, e in envs], timeout=15)
+            except grpc.RpcError:
+                self.errors += 1
+                time.sleep(0.05)
+                continue
+            for (tx_id, _), r in zip(envs, resps, strict=False):
+                assert r.tx_id == tx_id
+                if r.accepted:
+                    self.accepted.append(tx_id)
+                else:
+                    self.refused.append((tx_id, r.reason))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def tx_ids_of(block: block_pb2.Block) -> list[str]:
+    out = []
+    for raw in block.data.envelopes:
+        env = transaction_pb2.Envelope.FromString(raw)
+        tx = transaction_pb2.Transaction.FromString(env.payload)
+        out.append(transaction_pb2.TxHeader.FromString(tx.header).tx_id)
+    return out
+
+
+def iter_blocks(client: Client, target: str) -> Iterator[block_pb2.Block]:
+    yield from client.blocks(target)
