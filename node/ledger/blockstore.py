@@ -114,18 +114,37 @@ class BlockStore:
         *,
         fsync: bool = True,
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        readonly: bool = False,
     ) -> None:
         self._dir = os.fspath(directory)
         self._fsync = fsync
         self._segment_max = segment_max_bytes
-        os.makedirs(self._dir, exist_ok=True)
+        self._readonly = readonly
+        self.torn_tail: tuple[str, int] | None = None  # (segment file, offset) if found
+        if readonly:
+            if not os.path.isdir(self._dir):
+                raise LedgerError("NOT_FOUND", f"no block store at {self._dir}")
+        else:
+            os.makedirs(self._dir, exist_ok=True)
         self._lock = threading.RLock()
         self._grown = threading.Condition(self._lock)
         self._read_fds: dict[int, int] = {}
         self._locs: list[Location] = []
         self._last_hash = GENESIS_PREVIOUS_HASH
         self._closed = False
-        self._recover()
+        self._write_fd = self._idx_fd = -1
+        self._write_seg = self._write_pos = 0
+        try:
+            self._recover()
+            if not readonly:
+                self._open_for_append()
+        except BaseException:
+            self.close()
+            raise
+        if self._locs:
+            self._last_hash = block_header_hash(self.get(len(self._locs) - 1).header)
+
+    def _open_for_append(self) -> None:
         self._write_seg = self._locs[-1].segment if self._locs else 0
         path = os.path.join(self._dir, _seg_name(self._write_seg))
         self._write_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -134,10 +153,23 @@ class BlockStore:
             os.path.join(self._dir, "index.bin"), os.O_RDWR | os.O_CREAT, 0o644
         )
         os.ftruncate(self._idx_fd, len(self._locs) * IDX_SIZE)
-        if self._locs:
-            self._last_hash = block_header_hash(self.get(len(self._locs) - 1).header)
 
     # ------------------------------------------------------------------ recovery
+
+    def _is_torn_tail(self, seg: int, start: int, size: int) -> bool:
+        """True if the bad bytes at ``start`` look like an interrupted append.
+
+        That is: an incomplete header, a sound header whose record runs to or past the end
+        of the file, or nothing but zero bytes (a filesystem that extended the file but did
+        not write it). A bad record with more data after it is corruption, not a crash.
+        """
+        if size - start < REC_HEAD_SIZE:
+            return True
+        head = self._read_head(seg, start)
+        if head is not None:
+            return start + REC_HEAD_SIZE + head[1] >= size
+        rest = os.pread(self._fd(seg), size - start, start)
+        return rest.count(0) == len(rest)
 
     def _segments(self) -> list[int]:
         segs = []
@@ -210,12 +242,19 @@ class BlockStore:
                 start += rec_len
             if start < size:
                 later = remaining[i + 1 :]
-                if later and any(os.path.getsize(self._path(x)) for x in later):
+                if (later and any(os.path.getsize(self._path(x)) for x in later)) or (
+                    not self._is_torn_tail(s, start, size)
+                ):
                     raise LedgerError(
                         "LEDGER_CORRUPT",
-                        f"block store {self._dir}: bad record in {_seg_name(s)} at offset "
-                        f"{start} (block {len(locs)}) followed by more segments",
+                        f"block store {self._dir}: block {len(locs)} is corrupted "
+                        f"({_seg_name(s)} offset {start}) and more data follows it; "
+                        "refusing to start (run `ledger verify`, restore or re-sync)",
+                        block=len(locs),
                     )
+                self.torn_tail = (_seg_name(s), start)
+                if self._readonly:
+                    break
                 _log.warning(
                     "block store %s: truncating torn tail of %s at offset %d (%d bytes, "
                     "block %d incomplete)",
@@ -283,6 +322,8 @@ class BlockStore:
         """Append a block whose serialization the caller already has (no re-serialising)."""
         with self._lock:
             self._check_open()
+            if self._readonly:
+                raise LedgerError("READ_ONLY", f"block store {self._dir} is open read-only")
             number = block.header.number
             if number != len(self._locs):
                 raise LedgerError(
@@ -334,11 +375,15 @@ class BlockStore:
             fd = self._fd(loc.segment)
         head = os.pread(fd, REC_HEAD_SIZE, loc.offset)
         if len(head) != REC_HEAD_SIZE:
-            raise LedgerError("LEDGER_CORRUPT", f"block {number}: record header missing")
+            raise LedgerError(
+                "LEDGER_CORRUPT", f"block {number}: record header missing", block=number
+            )
         magic, rec_number, length, crc = _REC_HEAD.unpack(head)
         if magic != MAGIC or rec_number != number or length > MAX_RECORD_BYTES:
             raise LedgerError(
-                "LEDGER_CORRUPT", f"block {number}: bad record header in {_seg_name(loc.segment)}"
+                "LEDGER_CORRUPT",
+                f"block {number}: bad record header in {_seg_name(loc.segment)}",
+                block=number,
             )
         payload = os.pread(fd, length, loc.offset + REC_HEAD_SIZE)
         if len(payload) != length or _record_crc(number, payload) != crc:
@@ -346,6 +391,7 @@ class BlockStore:
                 "LEDGER_CORRUPT",
                 f"block {number}: checksum mismatch in {_seg_name(loc.segment)} "
                 f"at offset {loc.offset}",
+                block=number,
             )
         return payload
 
@@ -356,7 +402,9 @@ class BlockStore:
         try:
             block.ParseFromString(payload)
         except Exception as exc:  # protobuf DecodeError; checksum passed, so bytes are ours
-            raise LedgerError("LEDGER_CORRUPT", f"block {number} does not parse: {exc}") from exc
+            raise LedgerError(
+                "LEDGER_CORRUPT", f"block {number} does not parse: {exc}", block=number
+            ) from exc
         return block
 
     def iter_blocks(self, start: int = 0) -> Iterator[block_pb2.Block]:
@@ -405,8 +453,9 @@ class BlockStore:
             if self._closed:
                 return
             self._closed = True
-            os.close(self._write_fd)
-            os.close(self._idx_fd)
+            for fd in (self._write_fd, self._idx_fd):
+                if fd >= 0:
+                    os.close(fd)
             for seg in list(self._read_fds):
                 self._close_fd(seg)
             self._grown.notify_all()

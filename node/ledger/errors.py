@@ -12,4 +12,8 @@ from node.errors import RxError
 
 
 class LedgerError(RxError):
-    """A ledger-level failure with a reason code."""
+    """A ledger-level failure with a reason code (and the block concerned, if known)."""
+
+    def __init__(self, reason: str, message: str = "", block: int | None = None) -> None:
+        super().__init__(reason, message)
+        self.block = block

@@ -147,3 +147,44 @@ def test_wait_for_height(tmp_path):
             assert bs.wait_for_height(2, 5.0)
         finally:
             t.join()
+
+
+def test_middle_corruption_with_lost_index_is_refused_not_truncated(tmp_path):
+    blocks = make_chain(5)
+    with BlockStore(tmp_path, fsync=False) as bs:
+        for b in blocks:
+            bs.append(b)
+        loc2 = bs._locs[2]
+    seg = tmp_path / "seg-000000.blk"
+    data = bytearray(seg.read_bytes())
+    size = len(data)
+    data[loc2.offset + REC_HEAD_SIZE + 3] ^= 0x01
+    seg.write_bytes(bytes(data))
+    (tmp_path / "index.bin").unlink()
+    with pytest.raises(LedgerError) as e:
+        BlockStore(tmp_path)
+    assert e.value.reason == "LEDGER_CORRUPT"
+    assert e.value.block == 2
+    assert "refusing to start" in e.value.message
+    assert seg.stat().st_size == size  # nothing was thrown away
+
+
+def test_zero_filled_tail_truncated_and_readonly_does_not_touch(tmp_path):
+    blocks = make_chain(2)
+    with BlockStore(tmp_path, fsync=False) as bs:
+        for b in blocks:
+            bs.append(b)
+    seg = tmp_path / "seg-000000.blk"
+    good = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 100)
+    with BlockStore(tmp_path, readonly=True) as ro:
+        assert ro.height() == 2
+        assert ro.torn_tail == ("seg-000000.blk", good)
+        with pytest.raises(LedgerError) as e:
+            ro.append(make_chain(3)[2])
+        assert e.value.reason == "READ_ONLY"
+    assert seg.stat().st_size == good + 100
+    with BlockStore(tmp_path) as bs:
+        assert bs.height() == 2
+    assert seg.stat().st_size == good
