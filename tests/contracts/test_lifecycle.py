@@ -3,6 +3,8 @@ expiry and the trace: DOMAIN.md section 2."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.contracts.chain import DAY_MS, Who, admin, who
 from tests.contracts.flows import (
     AUDITOR,
@@ -34,7 +36,7 @@ def register_li(world: World) -> None:
                        practice_years=4, internet_practice=False).unwrap()
 
 
-def call(world: World, fn: str, caller: Who, rx_id: str, **args: object) -> str:
+def call(world: World, fn: str, caller: Who, rx_id: str, **args: Any) -> str:
     out = world.chain.submit("prescription", fn, caller, rx_id=rx_id, **args)
     return "OK" if out.ok else out.reason
 
