@@ -130,6 +130,9 @@ class Engine:
             self._cache.move_to_end(code_hash)
         return c
 
+    def forget(self, code_hash: str) -> None:
+        self._cache.pop(code_hash, None)
+
     def load(self, code_hash: str, source: str) -> CompiledContract:
         """Compile (check + instrument) and cache; raises ContractRejected."""
         c = compile_raw(source, code_hash) if self._skip_checks else compile_contract(

@@ -1,0 +1,402 @@
+"""Host side of the sandbox: a warm pool of isolated worker processes.
+
+``Sandbox.invoke(inv, backend)`` sends one InvokeRequest to an idle worker, answers its
+state requests from ``backend`` (writes are applied to ``inv.contract`` only), and returns
+the InvocationResult.  A worker that crashes, hangs past ``limits.wall_timeout_s``, exceeds
+its memory or CPU limit, or breaks the protocol is killed and replaced; the call returns
+TIMEOUT / MEMORY_LIMIT / WORKER_CRASHED and the pool keeps serving.
+
+Workers start with an empty environment (except PYTHONHASHSEED=0, so set iteration order
+is the same on every peer), no inherited descriptors but the two pipe ends, rlimits and a
+seccomp filter (see worker.py and seccomp_policy.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rxchain.v1 import sandbox_pb2 as pb
+
+from node.sandbox import protocol
+from node.sandbox import types as t
+from node.sandbox.api import valid_reason
+from node.sandbox.checker import check_source
+from node.sandbox.errors import ContractRejected
+from node.sandbox.inprocess import InProcessRunner
+
+__all__ = [
+    "CallerInfo",
+    "ContractEvent",
+    "ContractRejected",
+    "HistoryEntry",
+    "InProcessRunner",
+    "Invocation",
+    "InvocationResult",
+    "Sandbox",
+    "SandboxError",
+    "SandboxLimits",
+    "StateBackend",
+    "check_source",
+]
+
+CallerInfo = t.CallerInfo
+ContractEvent = t.ContractEvent
+HistoryEntry = t.HistoryEntry
+Invocation = t.Invocation
+InvocationResult = t.InvocationResult
+SandboxLimits = t.SandboxLimits
+StateBackend = t.StateBackend
+
+_ROOT = Path(__file__).resolve().parents[2]
+_BOOT = (
+    "import sys; sys.path[:0] = {paths!r}; "
+    "from node.sandbox.worker import main; main()"
+)
+START_TIMEOUT_S = 60.0
+
+
+class SandboxError(Exception):
+    """The pool cannot serve (closed, or workers fail to start)."""
+
+
+class _WorkerDied(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _Worker:
+    """One worker process and the host's view of its state."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"PYTHONHASHSEED": "0", "PYTHONUTF8": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.wfd = self.proc.stdin.fileno()
+        self.reader = protocol.FrameReader(self.proc.stdout.fileno())
+        self.known: set[str] = set()
+        self.limits: t.SandboxLimits | None = None
+        self.pid = self.proc.pid
+        self.seccomp = False
+
+    def wait_ready(self, deadline: float, clock: Callable[[], float]) -> None:
+        frame = self.reader.read(lambda: deadline - clock())
+        msg = pb.WorkerMessage.FromString(frame)
+        if msg.WhichOneof("kind") != "ready":
+            raise protocol.ProtocolError("worker did not report ready")
+        self.seccomp = msg.ready.seccomp
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class Sandbox:
+    """Warm pool of contract workers; ``invoke`` is thread-safe."""
+
+    def __init__(
+        self,
+        workers: int = 2,
+        limits: t.SandboxLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        python: str = sys.executable,
+        seccomp: bool = True,
+        allow_unchecked_for_tests: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a sandbox needs at least one worker")
+        self._limits = limits or t.SandboxLimits()
+        self._clock = clock
+        paths = [str(_ROOT), str(_ROOT / "gen")]
+        self._argv = [python, "-s", "-B", "-c", _BOOT.format(paths=paths),
+                      f"--memory={self._limits.memory_bytes}"]
+        if not seccomp:
+            self._argv.append("--no-seccomp")
+        if allow_unchecked_for_tests:
+            self._argv.append("--allow-unchecked")
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sources: dict[str, str] = {}
+        self.restarts = 0
+        started = [self._spawn_unready() for _ in range(workers)]
+        deadline = clock() + START_TIMEOUT_S
+        try:
+            for w in started:
+                w.wait_ready(deadline, clock)
+        except (protocol.ProtocolError, TimeoutError, OSError) as exc:
+            for w in started:
+                w.kill()
+            raise SandboxError(f"sandbox workers failed to start: {exc}") from None
+        for w in started:
+            self._idle.put(w)
+
+    # -- pool ----------------------------------------------------------------------------
+    def _spawn_unready(self) -> _Worker:
+        w = _Worker(self._argv)
+        with self._lock:
+            self._all.add(w)
+        return w
+
+    def _spawn(self) -> _Worker:
+        w = self._spawn_unready()
+        try:
+            w.wait_ready(self._clock() + START_TIMEOUT_S, self._clock)
+        except (protocol.ProtocolError, TimeoutError, OSError) as exc:
+            self._discard(w)
+            raise SandboxError(f"replacement worker failed to start: {exc}") from None
+        return w
+
+    def _discard(self, w: _Worker) -> None:
+        w.kill()
+        with self._lock:
+            self._all.discard(w)
+
+    def _replace(self, w: _Worker) -> None:
+        self._discard(w)
+        self.restarts += 1
+        if not self._closed:
+            self._idle.put(self._spawn())
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return sorted(w.pid for w in self._all if w.proc.poll() is None)
+
+    def seccomp_active(self) -> bool:
+        with self._lock:
+            return all(w.seccomp for w in self._all)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            workers = list(self._all)
+            self._all.clear()
+        for w in workers:
+            w.kill()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- invocation ------------------------------------------------------------------------
+    def invoke(
+        self, inv: t.Invocation, backend: t.StateBackend, *, unchecked: bool = False
+    ) -> t.InvocationResult:
+        """Run one invocation (``unchecked`` is for the isolation tests only)."""
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        known = self._sources.get(inv.code_hash)
+        if known is None:
+            self._sources[inv.code_hash] = inv.source
+        elif known is not inv.source and known != inv.source:
+            return t.InvocationResult(
+                False, t.CONTRACT_REJECTED, "source differs from the code cached for this hash",
+                b"", (), 0,
+            )
+        w = self._idle.get()
+        try:
+            result = self._run(w, inv, backend, unchecked)
+        except _WorkerDied as died:
+            self._replace(w)
+            return t.InvocationResult(False, died.reason, died.message, b"", (), 0)
+        except BaseException:
+            self._replace(w)
+            raise
+        if w.proc.poll() is not None or self._closed:
+            self._replace(w)
+        else:
+            self._idle.put(w)
+        return result
+
+    def _request(self, w: _Worker, inv: t.Invocation, with_source: bool,
+                 unchecked: bool) -> bytes:
+        msg = pb.HostMessage()
+        req = msg.invoke
+        req.contract = inv.contract
+        req.code_hash = inv.code_hash
+        if with_source:
+            req.source = inv.source
+        req.function = inv.function
+        req.args_json = inv.args_json
+        req.tx_id = inv.tx_id
+        req.timestamp_ms = inv.timestamp_ms
+        c = inv.caller
+        rc = req.caller
+        rc.org = c.org
+        rc.role = c.role
+        rc.name = c.name
+        if c.attrs:
+            rc.attrs.update(c.attrs)
+        rc.org_kind = c.org_kind
+        rc.hospital_level = c.hospital_level
+        if inv.transient:
+            req.transient.update(inv.transient)
+        req.gas_limit = inv.gas_limit
+        if w.limits != inv.limits:
+            req.limits.CopyFrom(protocol.limits_to_msg(inv.limits))
+        req.unchecked = unchecked
+        return msg.SerializeToString()
+
+    def _send(self, w: _Worker, data: bytes) -> None:
+        try:
+            protocol.write_frame(w.wfd, data)
+        except OSError as exc:
+            raise _WorkerDied(t.WORKER_CRASHED, f"worker pipe closed: {exc}") from None
+
+    def _died(self, w: _Worker, timed_out: bool) -> _WorkerDied:
+        if timed_out:
+            w.kill()
+            return _WorkerDied(t.TIMEOUT, "wall-clock timeout: worker killed")
+        try:
+            code = w.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            code = w.proc.returncode
+        if code == -signal.SIGXCPU:
+            return _WorkerDied(t.TIMEOUT, "CPU time limit: worker killed")
+        if code == -signal.SIGKILL:
+            return _WorkerDied(t.WORKER_CRASHED, "worker was killed")
+        return _WorkerDied(t.WORKER_CRASHED, f"worker exited with status {code}")
+
+    def _run(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
+             unchecked: bool) -> t.InvocationResult:
+        clock = self._clock
+        deadline = clock() + inv.limits.wall_timeout_s
+
+        def left() -> float:
+            return deadline - clock()
+
+        with_source = inv.code_hash not in w.known
+        self._send(w, self._request(w, inv, with_source, unchecked))
+        w.limits = inv.limits
+        if with_source:
+            w.known.add(inv.code_hash)
+        writes = 0
+        while True:
+            try:
+                frame = w.reader.read(left)
+            except TimeoutError:
+                raise self._died(w, True) from None
+            except (protocol.ProtocolError, OSError):
+                raise self._died(w, False) from None
+            try:
+                msg = pb.WorkerMessage.FromString(frame)
+            except Exception:  # noqa: BLE001 - any parse failure is a protocol violation
+                w.kill()
+                raise _WorkerDied(t.WORKER_CRASHED, "worker sent a malformed message") from None
+            if msg.writes:
+                writes += len(msg.writes)
+                self._apply_writes(w, inv, backend, msg, writes)
+            kind = msg.WhichOneof("kind")
+            if kind == "result":
+                return self._result(w, inv, msg.result)
+            if kind == "need_source":
+                if with_source:
+                    w.kill()
+                    raise _WorkerDied(t.WORKER_CRASHED, "worker asked twice for the source")
+                with_source = True
+                self._send(w, self._request(w, inv, True, unchecked))
+                w.known.add(inv.code_hash)
+                continue
+            reply = self._answer(w, inv, backend, msg, kind)
+            self._send(w, reply.SerializeToString())
+
+    def _apply_writes(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
+                      msg: pb.WorkerMessage, count: int) -> None:
+        limits = inv.limits
+        if count > 2 * limits.max_write_keys + 16:
+            w.kill()
+            raise _WorkerDied(t.WORKER_CRASHED, "worker exceeded the write-set limit")
+        for wr in msg.writes:
+            if not wr.key or len(wr.key.encode()) > limits.max_key_len or (
+                len(wr.value) > limits.max_value_bytes
+            ):
+                w.kill()
+                raise _WorkerDied(t.WORKER_CRASHED, "worker sent an invalid write")
+            if wr.is_delete:
+                backend.delete(inv.contract, wr.key)
+            else:
+                backend.put(inv.contract, wr.key, wr.value)
+
+    def _answer(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
+                msg: pb.WorkerMessage, kind: str | None) -> pb.HostMessage:
+        reply = pb.HostMessage()
+        limits = inv.limits
+        try:
+            if kind == "get":
+                value = backend.get(msg.get.namespace, msg.get.key)
+                reply.get_reply.found = value is not None
+                if value is not None:
+                    reply.get_reply.value = value
+            elif kind == "range":
+                r = msg.range
+                n = min(r.limit, limits.max_range_items)
+                rows = backend.range(r.namespace, r.start, r.end, n) if n > 0 else []
+                items = reply.range_reply.items
+                for key, value in rows[:n]:
+                    items.add(key=key, value=value)
+                reply.range_reply.SetInParent()
+            elif kind == "history":
+                h = msg.history
+                n = min(h.limit, limits.max_history_items)
+                entries = backend.history(h.namespace, h.key, n) if n > 0 else []
+                out = reply.history_reply.entries
+                for e in entries[:n]:
+                    out.add(tx_id=e.tx_id, block=e.block, timestamp_ms=e.timestamp_ms,
+                            is_delete=e.is_delete, value=e.value or b"")
+                reply.history_reply.SetInParent()
+            else:
+                w.kill()
+                raise _WorkerDied(t.WORKER_CRASHED, f"unexpected worker message {kind!r}")
+        except _WorkerDied:
+            raise
+        except Exception as exc:  # noqa: BLE001 - backend failures abort the invocation
+            reason = getattr(exc, "reason", None)
+            reply = pb.HostMessage()
+            reply.failure.reason = reason if isinstance(reason, str) and valid_reason(reason) else (
+                t.STATE_ERROR
+            )
+            reply.failure.message = f"{type(exc).__name__}: {exc}"[:1024]
+        return reply
+
+    def _result(self, w: _Worker, inv: t.Invocation, r: pb.InvokeResult) -> t.InvocationResult:
+        if len(r.result_json) > inv.limits.max_value_bytes or len(r.events) > (
+            inv.limits.max_events
+        ):
+            w.kill()
+            raise _WorkerDied(t.WORKER_CRASHED, "worker result exceeds the limits")
+        events = tuple(t.ContractEvent(e.name, e.payload_json) for e in r.events)
+        gas = min(r.gas_used, inv.gas_limit)
+        result = t.InvocationResult(r.ok, r.reason, r.message, r.result_json, events, gas)
+        if r.recycle:
+            w.kill()
+        return result

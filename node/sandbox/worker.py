@@ -1,0 +1,265 @@
+"""Contract worker process: ``python -c <boot> [--allow-unchecked]`` started by runtime.py.
+
+Start-up: die with the parent (PR_SET_PDEATHSIG), warm up every code path, apply rlimits
+(address space, open files, file size 0, no child processes, no core dumps), install the
+seccomp filter, then report WorkerReady.  Afterwards the worker only reads HostMessage
+frames from fd 0 and writes WorkerMessage frames to fd 1.  Module globals of contracts are
+re-created for each invocation; compiled code is cached per code hash.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+
+from rxchain.v1 import sandbox_pb2 as pb
+
+from node.sandbox import protocol, seccomp_policy
+from node.sandbox import types as t
+from node.sandbox.engine import Engine, rejected_result
+from node.sandbox.errors import ContractRejected, StateError
+
+IN_FD = 0
+OUT_FD = 1
+PR_SET_PDEATHSIG = 1
+
+_WARMUP = '''
+from rxchain_contract import Context, ContractError
+def warm(ctx: Context, n: int) -> dict:
+    ctx.put("k", {"a": [1, "x", True, None]})
+    v = ctx.get("k")
+    r = ctx.range("a", "z", 10)
+    h = ctx.history("k")
+    ctx.emit("e", {"n": n})
+    s = sorted({3, 1, 2}) + [x * 2 for x in range(n)]
+    t = f"{n:>3}|{s!r}" + "%d" % n + str({"a": (1, 2)}) + ",".join(["a", "b"]).upper()
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        t += str(exc)
+    return {"v": v, "r": len(r), "h": len(h), "s": s, "t": t, "x": ctx.sha256_hex(t),
+            "y": ctx.hmac_sha256_hex("00ff", t), "z": ctx.transient("p")}
+'''
+
+
+class PipeHost:
+    """StateHost talking to the host over the pipe; writes are buffered until the next read."""
+
+    def __init__(self, reader: protocol.FrameReader) -> None:
+        self._reader = reader
+        self.pending: list[tuple[str, bytes, bool]] = []
+
+    def _message(self) -> pb.WorkerMessage:
+        m = pb.WorkerMessage()
+        if self.pending:
+            for key, value, is_delete in self.pending:
+                m.writes.add(key=key, value=value, is_delete=is_delete)
+            self.pending = []
+        return m
+
+    def _ask(self, m: pb.WorkerMessage, expect: str) -> pb.HostMessage:
+        protocol.write_frame(OUT_FD, m.SerializeToString())
+        reply = pb.HostMessage.FromString(self._reader.read())
+        kind = reply.WhichOneof("kind")
+        if kind == "failure":
+            raise StateError(reply.failure.message, reply.failure.reason or t.STATE_ERROR)
+        if kind != expect:
+            raise StateError(f"protocol: expected {expect}, got {kind}")
+        return reply
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        m = self._message()
+        m.get.namespace = namespace
+        m.get.key = key
+        r = self._ask(m, "get_reply").get_reply
+        return r.value if r.found else None
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
+        m = self._message()
+        m.range.namespace = namespace
+        m.range.start = start
+        m.range.end = end
+        m.range.limit = limit
+        r = self._ask(m, "range_reply").range_reply
+        return [(kv.key, kv.value) for kv in r.items]
+
+    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+        m = self._message()
+        m.history.namespace = namespace
+        m.history.key = key
+        m.history.limit = limit
+        r = self._ask(m, "history_reply").history_reply
+        return [
+            t.HistoryEntry(e.tx_id, e.block, e.timestamp_ms, e.is_delete,
+                           None if e.is_delete else e.value)
+            for e in r.entries
+        ]
+
+    def put(self, key: str, value: bytes) -> None:
+        self.pending.append((key, value, False))
+
+    def delete(self, key: str) -> None:
+        self.pending.append((key, b"", True))
+
+
+class _WarmHost:
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return b'{"a":[1,"x",true,null]}'
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
+        return [("b", b"1")]
+
+    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+        return [t.HistoryEntry("tx", 1, 1, False, b"2")]
+
+    def put(self, key: str, value: bytes) -> None:
+        return None
+
+    def delete(self, key: str) -> None:
+        return None
+
+
+def _warm_up(engine: Engine) -> None:
+    """Exercise every code path once so nothing needs to be loaded after seccomp."""
+    compiled = engine.load("warmup", _WARMUP)
+    result = engine.run(
+        compiled,
+        contract="warmup",
+        function="warm",
+        args_json=b'{"n":3}',
+        tx_id="tx",
+        timestamp_ms=1,
+        caller=t.CallerInfo("org", "role"),
+        transient={"p": b'"x"'},
+        gas_limit=1_000_000,
+        limits=t.SandboxLimits(),
+        host=_WarmHost(),
+    )
+    if not result.ok:
+        raise SystemExit(f"worker warm-up failed: {result.reason} {result.message}")
+    engine.forget("warmup")
+    pb.WorkerMessage(result=pb.InvokeResult(ok=True)).SerializeToString()
+    pb.HostMessage.FromString(pb.HostMessage(invoke=pb.InvokeRequest()).SerializeToString())
+
+
+def _limit_process(memory_bytes: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:
+        raise SystemExit("parent already gone")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, hard))
+    del soft
+
+
+def _set_cpu_budget(seconds: int) -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(used.ru_utime + used.ru_stime) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = spent + max(1, seconds)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _result_message(host: PipeHost, r: t.InvocationResult, recycle: bool) -> bytes:
+    m = host._message()
+    res = m.result
+    res.ok = r.ok
+    res.reason = r.reason
+    res.message = r.message
+    res.result_json = r.result_json
+    res.gas_used = r.gas_used
+    res.recycle = recycle
+    for e in r.events:
+        res.events.add(name=e.name, payload_json=e.payload_json)
+    return m.SerializeToString()
+
+
+def serve(checked: Engine, raw: Engine | None) -> None:
+    """Answer invocations until the host closes the pipe (or a recycle is needed)."""
+    reader = protocol.FrameReader(IN_FD)
+    limits = t.SandboxLimits()
+    while True:
+        try:
+            frame = reader.read()
+        except protocol.ProtocolError:
+            return  # host closed the pipe
+        msg = pb.HostMessage.FromString(frame)
+        if msg.WhichOneof("kind") != "invoke":
+            raise SystemExit("protocol: expected an invoke request")
+        req = msg.invoke
+        if req.HasField("limits"):
+            limits = protocol.limits_from_msg(req.limits)
+        host = PipeHost(reader)
+        if req.unchecked and raw is None:
+            raise SystemExit("protocol: unchecked code refused")
+        engine = raw if req.unchecked and raw is not None else checked
+        compiled = engine.cached(req.code_hash)
+        if compiled is None:
+            if not req.source:
+                out = pb.WorkerMessage()
+                out.need_source.code_hash = req.code_hash
+                protocol.write_frame(OUT_FD, out.SerializeToString())
+                continue
+            try:
+                compiled = engine.load(req.code_hash, req.source)
+            except ContractRejected as exc:
+                protocol.write_frame(OUT_FD, _result_message(host, rejected_result(exc), False))
+                continue
+        _set_cpu_budget(limits.cpu_seconds)
+        recycle = False
+        try:
+            result = engine.run(
+                compiled,
+                contract=req.contract,
+                function=req.function,
+                args_json=req.args_json,
+                tx_id=req.tx_id,
+                timestamp_ms=req.timestamp_ms,
+                caller=protocol.caller_from_msg(req.caller),
+                transient=dict(req.transient),
+                gas_limit=req.gas_limit,
+                limits=limits,
+                host=host,
+            )
+        except MemoryError:
+            host.pending = []
+            result = t.InvocationResult(
+                False, t.MEMORY_LIMIT, "worker memory limit reached", b"", (),
+                engine.meter.used()
+            )
+            recycle = True
+        protocol.write_frame(OUT_FD, _result_message(host, result, recycle))
+        if recycle:
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    allow_unchecked = "--allow-unchecked" in args
+    memory = 0
+    no_seccomp = "--no-seccomp" in args
+    for a in args:
+        if a.startswith("--memory="):
+            memory = int(a.split("=", 1)[1])
+    engine = Engine()
+    _warm_up(engine)
+    raw = Engine(skip_checks=True) if allow_unchecked else None
+    _limit_process(memory)
+    if not no_seccomp:
+        seccomp_policy.install()
+    ready = pb.WorkerMessage()
+    ready.ready.pid = os.getpid()
+    ready.ready.seccomp = not no_seccomp
+    protocol.write_frame(OUT_FD, ready.SerializeToString())
+    serve(engine, raw)
