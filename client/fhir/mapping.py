@@ -1,0 +1,338 @@
+"""FHIR R5 <-> rxchain mapping, with structural validation (fhir.resources) and code checks.
+
+Inbound: a ``MedicationRequest`` (one drug) or a ``Bundle`` of MedicationRequests (one
+prescription, up to 5 lines sharing subject, reason and dispenseRequest) becomes an
+:class:`~client.rxops.IssueRequest`:
+
+* ``subject.identifier.value``: the patient (HIS handle or 18-digit resident ID number);
+* ``reason[0].concept.coding[0].code``: ICD-10 diagnosis (system ``http://hl7.org/fhir/sid/icd-10``);
+* ``medication.concept.coding[0].code``: 23-character NHSA national drug code or a formulary
+  short name; ``dispenseRequest.quantity.value``: boxes (a positive integer);
+* ``dispenseRequest.expectedSupplyDuration.value``: days (unit ``d``);
+  ``dispenseRequest.validityPeriod`` start/end: validity days (1-3);
+  ``dispenseRequest.numberOfRepeatsAllowed``: extra fills; ``dispenseInterval.value``: days;
+  ``dispenseRequest.dispenser.identifier.value``: the pharmacy organisation id;
+* ``courseOfTherapyType.coding[0].code == "continuous"``: long prescription, with the chronic
+  reason in ``note[0].text``.
+
+Outbound: ``MedicationRequest`` (status of a prescription), ``MedicationDispense`` and
+``Claim`` + ``ClaimResponse`` (settlement: ``total`` carries medfee as *submitted*, the fund
+share as *benefit*, personal account and cash as *copay* entries; money in CNY).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from client.errors import RxClientError
+from client.rxops import DrugLine, IssueRequest
+
+ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+NATIONAL_CODE = re.compile(r"^[A-Z0-9]{23}$")
+SHORT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
+DRUG_SYSTEM = "urn:nhsa:medListCodg"
+PATIENT_SYSTEM = "urn:rxchain:patient"
+RX_SYSTEM = "urn:rxchain:hiRxno"
+TRACE_SYSTEM = "urn:rxchain:rxTraceCode"
+ORG_SYSTEM = "urn:rxchain:org"
+CLAIM_SYSTEM = "urn:rxchain:claim"
+MAX_LINES = 5
+
+
+class FhirError(RxClientError):
+    """A FHIR resource failed validation (reason FHIR_INVALID or a code-check reason)."""
+
+
+def _validate(resource_type: str, raw: Mapping[str, Any]) -> Any:
+    """Structural validation with fhir.resources (R5)."""
+    from fhir.resources import get_fhir_model_class
+    from pydantic import ValidationError
+
+    if not isinstance(raw, Mapping) or raw.get("resourceType") != resource_type:
+        got = raw.get("resourceType") if isinstance(raw, Mapping) else type(raw).__name__
+        raise FhirError("FHIR_INVALID", f"expected a {resource_type}, got {got!r}")
+    try:
+        return get_fhir_model_class(resource_type).model_validate(dict(raw))
+    except ValidationError as exc:
+        errors = exc.errors()
+        if not errors:
+            raise FhirError("FHIR_INVALID", f"{resource_type}: {exc}") from exc
+        where = ".".join(str(p) for p in errors[0]["loc"])
+        raise FhirError("FHIR_INVALID", f"{resource_type}.{where}: {errors[0]['msg']}") from exc
+
+
+def validate_resource(raw: Mapping[str, Any]) -> Any:
+    """Validate any resource by its own resourceType."""
+    rtype = raw.get("resourceType") if isinstance(raw, Mapping) else None
+    if not isinstance(rtype, str):
+        raise FhirError("FHIR_INVALID", "resourceType is missing")
+    try:
+        return _validate(rtype, raw)
+    except KeyError as exc:
+        raise FhirError("FHIR_INVALID", f"unknown resourceType {rtype!r}") from exc
+
+
+def check_icd10(code: str) -> str:
+    """An ICD-10 code such as I10 or E11.9."""
+    if not isinstance(code, str) or not ICD10.match(code):
+        raise FhirError("BAD_DIAGNOSIS", f"{code!r} is not an ICD-10 code")
+    return code
+
+
+def check_drug_code(code: str) -> str:
+    """A 23-character national drug code or a formulary short name."""
+    if isinstance(code, str) and (NATIONAL_CODE.match(code) or SHORT_NAME.match(code)):
+        return code
+    raise FhirError("UNKNOWN_DRUG", f"{code!r} is neither a 23-char national code nor a short name")
+
+
+def _first_code(concept: Any, what: str) -> str:
+    codings = getattr(concept, "coding", None) or []
+    if not codings or not codings[0].code:
+        raise FhirError("FHIR_INVALID", f"{what} needs coding[0].code")
+    return str(codings[0].code)
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if value is None:
+        raise FhirError("FHIR_INVALID", f"{what} is required")
+    d = Decimal(str(value))
+    if d != d.to_integral_value() or d <= 0:
+        raise FhirError("FHIR_INVALID", f"{what} must be a positive whole number, got {value}")
+    return int(d)
+
+
+def _days(duration: Any, what: str) -> int:
+    if duration is None:
+        raise FhirError("FHIR_INVALID", f"{what} is required")
+    unit = (duration.code or duration.unit or "d").lower()
+    if unit not in ("d", "day", "days"):
+        raise FhirError("FHIR_INVALID", f"{what} must be in days (unit d)")
+    return _positive_int(duration.value, what)
+
+
+def _requests(raw: Mapping[str, Any]) -> list[Any]:
+    if raw.get("resourceType") == "Bundle":
+        bundle = _validate("Bundle", raw)
+        entries = [e.resource for e in (bundle.entry or []) if e.resource is not None]
+        out = []
+        for res in entries:
+            if res.get_resource_type() != "MedicationRequest":
+                raise FhirError("FHIR_INVALID", "the Bundle may hold only MedicationRequests")
+            out.append(res)
+        if not out:
+            raise FhirError("FHIR_INVALID", "the Bundle holds no MedicationRequest")
+        return out
+    return [_validate("MedicationRequest", raw)]
+
+
+def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
+    """Validate a MedicationRequest (or Bundle of them) and map it to an IssueRequest."""
+    reqs = _requests(raw)
+    if len(reqs) > MAX_LINES:
+        raise FhirError("TOO_MANY_ITEMS", f"at most {MAX_LINES} drug lines per prescription")
+    first = reqs[0]
+    for r in reqs:
+        if r.status != "active" or r.intent != "order":
+            raise FhirError("FHIR_INVALID", "MedicationRequest must have status active, intent order")
+        if r.doNotPerform:
+            raise FhirError("FHIR_INVALID", "doNotPerform requests cannot be issued")
+    ident = first.subject.identifier if first.subject else None
+    patient = ident.value if ident is not None else None
+    if not patient:
+        raise FhirError("FHIR_INVALID", "subject.identifier.value (the patient) is required")
+    if not first.reason or first.reason[0].concept is None:
+        raise FhirError("FHIR_INVALID", "reason[0].concept (ICD-10 diagnosis) is required")
+    diagnosis = check_icd10(_first_code(first.reason[0].concept, "reason[0].concept"))
+    drugs = []
+    for r in reqs:
+        if r.subject.identifier is None or r.subject.identifier.value != patient:
+            raise FhirError("FHIR_INVALID", "all lines must have the same subject")
+        code = check_drug_code(_first_code(r.medication.concept, "medication.concept"))
+        if r.dispenseRequest is None or r.dispenseRequest.quantity is None:
+            raise FhirError("FHIR_INVALID", "dispenseRequest.quantity (boxes) is required")
+        drugs.append(DrugLine(code, _positive_int(r.dispenseRequest.quantity.value,
+                                                   "dispenseRequest.quantity.value")))
+    disp = first.dispenseRequest
+    days = _days(disp.expectedSupplyDuration, "dispenseRequest.expectedSupplyDuration")
+    valid_days = 1
+    vp = disp.validityPeriod
+    if vp is not None and vp.start is not None and vp.end is not None:
+        start = _as_date(vp.start)
+        end = _as_date(vp.end)
+        valid_days = (end - start).days + 1
+        if valid_days < 1:
+            raise FhirError("VALIDITY_LIMIT", "validityPeriod ends before it starts")
+    repeats = int(disp.numberOfRepeatsAllowed or 0)
+    interval = _days(disp.dispenseInterval, "dispenseInterval") if disp.dispenseInterval else 0
+    pharmacy = ""
+    if disp.dispenser is not None and disp.dispenser.identifier is not None:
+        pharmacy = str(disp.dispenser.identifier.value or "")
+    long_rx = False
+    if first.courseOfTherapyType is not None:
+        long_rx = _first_code(first.courseOfTherapyType, "courseOfTherapyType") == "continuous"
+    reason = str(first.note[0].text) if first.note else ""
+    return IssueRequest(
+        patient=str(patient), diagnosis=diagnosis, drugs=drugs, days=days, long_rx=long_rx,
+        chronic_reason=reason if long_rx else "", valid_days=valid_days, pharmacy=pharmacy,
+        max_fills=repeats + 1, fill_interval_days=interval,
+    )
+
+
+def _as_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _money(fen: int) -> dict[str, Any]:
+    """Exact yuan amount (a Decimal; serialised as a JSON number by :func:`dumps`)."""
+    return {"value": Decimal(fen) / 100, "currency": "CNY"}
+
+
+def dumps(resource: Mapping[str, Any]) -> bytes:
+    """Validated FHIR JSON of a resource (decimals exact, empty elements dropped)."""
+    model = validate_resource(resource)
+    text: str = model.model_dump_json(exclude_none=True)
+    return text.encode()
+
+
+def _drug_concept(line: Mapping[str, Any]) -> dict[str, Any]:
+    coding = {"system": DRUG_SYSTEM, "code": line["code"]}
+    if line.get("name"):
+        coding["display"] = line["name"]
+    return {"concept": {"coding": [coding]}}
+
+
+def _subject(meta: Mapping[str, Any], content: Mapping[str, Any] | None) -> dict[str, Any]:
+    pseud = str(meta.get("patient", ""))
+    return {"identifier": {"system": PATIENT_SYSTEM + ":pseudonym", "value": pseud}}
+
+
+_RX_STATUS = {"ISSUED": "active", "APPROVED": "active", "LOCKED": "active",
+              "DISPENSED": "completed", "DELIVERED": "completed", "REJECTED": "cancelled",
+              "REVOKED": "cancelled", "EXPIRED": "ended", "ERASED": "entered-in-error"}
+
+
+def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A Bundle of MedicationRequests describing an issued prescription (from ``rx show``)."""
+    content = meta.get("content") if isinstance(meta.get("content"), Mapping) else None
+    rx_id = str(meta["rx_id"])
+    status = _RX_STATUS.get(str(meta.get("status", "")), "unknown")
+    lines: Iterable[Mapping[str, Any]] = content["drugs"] if content else []
+    entries = []
+    for i, line in enumerate(lines):
+        res = {
+            "resourceType": "MedicationRequest", "id": f"{rx_id}-{i + 1}",
+            "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
+            "groupIdentifier": {"system": RX_SYSTEM, "value": rx_id},
+            "status": status, "intent": "order", "medication": _drug_concept(line),
+            "subject": _subject(meta, content),
+            "reason": [{"concept": {"coding": [{"system": ICD10_SYSTEM,
+                                                "code": content["diagnosis"]}]}}] if content else [],
+            "dispenseRequest": {
+                "quantity": {"value": line["qty"], "unit": "box"},
+                "expectedSupplyDuration": {"value": line.get("days", content["days"] if content else 1),
+                                           "unit": "d", "system": "http://unitsofmeasure.org",
+                                           "code": "d"},
+            },
+        }
+        if meta.get("issued_ms"):
+            res["authoredOn"] = _iso(int(meta["issued_ms"]))
+        _validate("MedicationRequest", res)
+        entries.append({"resource": res})
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "identifier": {"system": RX_SYSTEM, "value": rx_id}, "entry": entries}
+    _validate("Bundle", bundle)
+    return bundle
+
+
+def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
+                        result: Mapping[str, Any], trace_codes: Iterable[str],
+                        pharmacy: str, pharmacist: str) -> dict[str, Any]:
+    """A MedicationDispense (one per drug line, in a Bundle) for a completed dispense."""
+    rx_id = str(meta.get("rx_id") or content["rx_id"])
+    codes = list(trace_codes)
+    entries = []
+    for i, line in enumerate(content["drugs"]):
+        res: dict[str, Any] = {
+            "resourceType": "MedicationDispense", "id": f"{rx_id}-fill{result.get('fill', 1)}-{i + 1}",
+            "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))}],
+            "status": "completed", "medication": _drug_concept(line),
+            "subject": _subject(meta, content),
+            "performer": [{"actor": {"identifier": {"system": ORG_SYSTEM + ":" + pharmacy,
+                                                    "value": pharmacist}}}],
+            "authorizingPrescription": [{"identifier": {"system": RX_SYSTEM, "value": rx_id}}],
+            "quantity": {"value": line["qty"], "unit": "box"},
+            "daysSupply": {"value": line.get("days", content.get("days", 1)), "unit": "d"},
+        }
+        if i == 0 and codes:
+            res["extension"] = [{"url": TRACE_SYSTEM, "valueString": c} for c in codes]
+        _validate("MedicationDispense", res)
+        entries.append({"resource": res})
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    _validate("Bundle", bundle)
+    return bundle
+
+
+def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
+    """A Bundle with the Claim and ClaimResponse of a settled claim record."""
+    claim_id = str(rec["claim_id"])
+    created = _iso(int(rec.get("time_ms", 0))) if rec.get("time_ms") else dt.datetime.now(
+        dt.UTC).isoformat().replace("+00:00", "Z")
+    ctype = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type",
+                         "code": "pharmacy"}]}
+    patient = {"identifier": {"system": PATIENT_SYSTEM + ":pseudonym",
+                              "value": str(rec.get("patient", ""))}}
+    claim = {
+        "resourceType": "Claim", "id": claim_id,
+        "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
+        "status": "active", "type": ctype, "use": "claim", "patient": patient,
+        "created": created, "insurer": {"identifier": {"system": ORG_SYSTEM, "value": insurer}},
+        "prescription": {"identifier": {"system": RX_SYSTEM, "value": str(rec.get("rx_id", ""))}},
+        "total": _money(int(rec["medfee_fen"])),
+    }
+
+    def cat(code: str, fen: int, text: str) -> dict[str, Any]:
+        return {"category": {"coding": [{"system":
+                "http://terminology.hl7.org/CodeSystem/adjudication", "code": code}],
+                "text": text}, "amount": _money(fen)}
+
+    response = {
+        "resourceType": "ClaimResponse", "id": claim_id + "-response",
+        "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
+        "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
+        "type": ctype, "use": "claim", "patient": patient, "created": created,
+        "insurer": {"identifier": {"system": ORG_SYSTEM, "value": insurer}},
+        "request": {"reference": f"Claim/{claim_id}"}, "outcome": "complete",
+        "total": [cat("submitted", int(rec["medfee_fen"]), "medfee"),
+                  cat("benefit", int(rec["fund_fen"]), "fund"),
+                  cat("deductible", int(rec.get("deductible_fen", 0)), "deductible"),
+                  cat("copay", int(rec["account_fen"]), "personal account"),
+                  cat("copay", int(rec["cash_fen"]), "cash")],
+    }
+    _validate("Claim", claim)
+    _validate("ClaimResponse", response)
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": claim}, {"resource": response}]}
+    _validate("Bundle", bundle)
+    return bundle
+
+
+def operation_outcome(reason: str, message: str) -> dict[str, Any]:
+    """An OperationOutcome carrying the rxchain reason code."""
+    return {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "processing",
+        "details": {"coding": [{"system": "urn:rxchain:reason", "code": reason}],
+                    "text": message}}]}
