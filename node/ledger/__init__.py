@@ -1,0 +1,1 @@
+"""The peer's ledger: block store, world state (LevelDB), indexes, recovery, verification."""

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 from rxchain.v1 import block_pb2
 
-from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_header_hash
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
 from node.ledger.errors import LedgerError
 
 _log = logging.getLogger(__name__)
@@ -422,7 +422,7 @@ class BlockStore:
             ) and len(self._locs) >= height
 
     def verify(self) -> StoreProblem | None:
-        """Check every record's checksum, numbering and the header hash chain.
+        """Check every record's checksum, numbering, data hash and the header hash chain.
 
         Returns the first problem (lowest block number) or None when the store is sound.
         """
@@ -439,6 +439,10 @@ class BlockStore:
             if block.header.previous_hash != prev:
                 return StoreProblem(
                     n, "BAD_PREVIOUS_HASH", f"block {n}: previous_hash does not match block {n-1}"
+                )
+            if block.header.data_hash != block_data_hash(block.data.envelopes):
+                return StoreProblem(
+                    n, "BAD_DATA_HASH", f"block {n}: data hash does not match its envelopes"
                 )
             prev = block_header_hash(block.header)
         return None

@@ -22,6 +22,10 @@ LEDGER_CORRUPT). A block is never applied twice because StateDB refuses any bloc
 AHEAD of the block store (the block store lost fsynced data), the start is refused
 (STATE_MISMATCH): the operator must restore or re-sync.
 
+Start-up check (``verify_on_open``, default on): every record's checksum, the data hashes
+and the header hash chain are checked before anything else, so tampered block files are
+refused with a message naming the first bad block.
+
 Crash injection for tests: ``crash_hook(point, block_number)`` is called at
 ``after_blockstore``, ``mid_batch`` (batch built, not written) and ``after_batch``;
 :func:`env_crash_hook` builds one from ``RXCHAIN_CRASH_AT=point:block`` that ends the
@@ -95,6 +99,7 @@ class Ledger:
         *,
         fsync: bool = True,
         crash_hook: CrashHook | None = None,
+        verify_on_open: bool = True,
     ) -> None:
         self._dir = os.fspath(directory)
         self._crash = crash_hook
@@ -107,6 +112,16 @@ class Ledger:
             self.blocks.close()
             raise
         try:
+            if verify_on_open:
+                problem = self.blocks.verify()
+                if problem is not None:
+                    raise LedgerError(
+                        problem.reason,
+                        f"{self._dir}: block {problem.number} is damaged or tampered with "
+                        f"({problem.message}); refusing to start. Run `python -m node.ledger "
+                        "verify` for details, then restore the block files or re-sync",
+                        block=problem.number,
+                    )
             self._recover()
         except BaseException:
             self.close()

@@ -7,13 +7,13 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, TxKit, make_block
 from node.crypto.signing import Verifier
 from node.genesis import read_genesis
 from node.ledger.ledger import Ledger
 from node.peer.committer import Committer
-from rxchain.v1 import transaction_pb2 as tx_pb
 from tests.validation.conftest import StaticPolicies, rx_definition
 
 KEYS = [f"k{i}" for i in range(5)]
