@@ -8,9 +8,9 @@ from tests.contracts.chain import DAY_MS, Who, admin, who
 from tests.contracts.flows import JIANG, WANG, approved
 from tests.contracts.rxclient import World, dx_key
 
-DOCTOR = {"name": "dr-li", "role": "doctor", "code": "D500103000077", "licence_active": True,
+DOCTOR: dict[str, Any] = {"name": "dr-li", "role": "doctor", "code": "D500103000077", "licence_active": True,
           "practice_years": 5, "internet_practice": True}
-DRUG = {"code": "XC09AAE001A001010100042", "short_name": "enalapril", "generic_name": "Enalapril",
+DRUG: dict[str, Any] = {"code": "XC09AAE001A001010100042", "short_name": "enalapril", "generic_name": "Enalapril",
         "spec": "10 mg x 16", "cls": "A", "standard_fen": 900, "price_fen": 900,
         "controlled": "NONE"}
 
