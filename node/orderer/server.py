@@ -22,7 +22,7 @@ from rxchain.v1 import services_pb2
 
 from node.config import NodeConfig
 from node.crypto.signing import Verifier, load_signer
-from node.crypto.tls import secure_channel, server_credentials
+from node.crypto.tls import channel_credentials, channel_options, server_credentials
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
@@ -165,10 +165,19 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
+    creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    options = [
+        *channel_options(max_msg),
+        # Orderers come back after a crash: retry connections quickly, and keep the
+        # backoff state per channel (the global subchannel pool would carry it over).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
     def channel(target: str) -> grpc.Channel:
-        return secure_channel(
-            target, config.cert_path, config.key_path, config.ca_bundle_path, max_msg
-        )
+        return grpc.secure_channel(target, creds, options=options)
 
     transport = RaftTransport(config.raft_id, membership, channel)
     fetcher = DeliverFetcher(
@@ -211,8 +220,8 @@ def serve(config: NodeConfig) -> OrdererServer:
     server.add_generic_rpc_handlers(
         [_broadcast_handler(broadcast, deliver), cluster.handler(), _admin_handler(config, chain)]
     )
-    creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
-    server.add_secure_port(config.listen, creds)
+    server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    server.add_secure_port(config.listen, server_creds)
     server.start()
     chain.start()
     metrics.serve(config.metrics_port, config.host)

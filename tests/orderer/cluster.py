@@ -12,12 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
+from netgen import generate
 from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
-from netgen import generate
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Signer, load_signer
 from node.crypto.tls import secure_channel
@@ -25,7 +26,7 @@ from node.crypto.tls import secure_channel
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def consortium(base_port: int, orderer_orgs: int = 3) -> dict:
+def consortium(base_port: int, orderer_orgs: int = 3) -> dict[str, Any]:
     orgs = [
         {"id": f"ins0{i}", "name": f"Insurer {i}", "kind": "insurer", "orderer": True,
          "peer": False, "users": [{"name": "clerk", "role": "clerk"}]}
@@ -64,7 +65,7 @@ def free_base_port(count: int) -> int:
     raise RuntimeError("no free ports")
 
 
-def make_network(home: Path, extra: dict | None = None, orderer_orgs: int = 3):
+def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: int = 3):
     base = free_base_port(orderer_orgs + 1)
     net = generate(consortium(base, orderer_orgs), home)
     for n in net.orderers():

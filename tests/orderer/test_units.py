@@ -1,0 +1,264 @@
+"""Unit tests: block cutter, Raft codec, broadcast validation, transport membership."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from node.crypto.signing import Signer, Verifier, generate_key
+from node.crypto.tls import secure_channel, server_credentials
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.orderer.blockcutter import BatchParams, BlockCutter
+from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.raft_codec import decode_message, encode_message
+from node.orderer.ticket import Outcome, Ticket
+from node.orderer.transport import ClusterService, Membership
+from node.raft.errors import InvalidMessage
+from node.raft.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
+from tests.orderer.cluster import Client, free_base_port, make_network
+
+# ---------------------------------------------------------------- block cutter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_blockcutter_cuts_by_count_bytes_and_timeout():
+    clock = FakeClock()
+    bc: BlockCutter[int] = BlockCutter(BatchParams(3, 100, 0.05), clock)
+    assert bc.add(b"a" * 10, 1) == []
+    assert bc.add(b"b" * 10, 2) == []
+    batches = bc.add(b"c" * 10, 3)  # count
+    assert [[p.tag for p in b] for b in batches] == [[1, 2, 3]]
+    assert bc.add(b"d" * 60, 4) == []
+    batches = bc.add(b"e" * 50, 5)  # 60 + 50 > 100: cut the pending one first
+    assert [[p.tag for p in b] for b in batches] == [[4]]
+    batches = bc.add(b"f" * 150, 6)  # oversized alone: pending cut, then itself
+    assert [[p.tag for p in b] for b in batches] == [[5], [6]]
+    assert bc.deadline() is None
+    bc.add(b"g", 7)
+    assert bc.deadline() == pytest.approx(100.05)
+    assert bc.cut_if_due() is None
+    clock.now += 0.049
+    assert bc.cut_if_due() is None
+    clock.now += 0.002
+    due = bc.cut_if_due()
+    assert due is not None and [p.tag for p in due] == [7]
+    assert len(bc) == 0
+
+
+# ---------------------------------------------------------------- codec
+
+
+def test_raft_codec_roundtrip_and_rejects_garbage():
+    snap = Snapshot(SnapshotMeta(9, 2, ConfState((1, 2, 3), (4,))), b"data")
+    msgs = [
+        Message(MessageType.APP, to=2, frm=1, term=3, log_term=2, index=7,
+                entries=(Entry(3, 8, EntryType.NORMAL, b"blk"),
+                         Entry(3, 9, EntryType.CONF_CHANGE, b"cc")), commit=6),
+        Message(MessageType.SNAP, to=3, frm=1, term=3, snapshot=snap),
+        Message(MessageType.VOTE_RESP, to=1, frm=2, term=3, reject=True, reject_hint=5,
+                context=b"x"),
+    ]
+    for m in msgs:
+        assert decode_message(encode_message(m)) == m
+    with pytest.raises(InvalidMessage):
+        decode_message(b"\xff\xff\xff")
+    with pytest.raises(InvalidMessage):
+        decode_message(b"\x08\x63")  # type 99
+
+
+# ---------------------------------------------------------------- broadcast validation
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return make_network(tmp_path_factory.mktemp("units") / "net")
+
+
+@pytest.fixture(scope="module")
+def other_net(tmp_path_factory):
+    return make_network(tmp_path_factory.mktemp("other") / "net")
+
+
+def _validator(net, max_bytes: int = 65536) -> EnvelopeValidator:
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    return EnvelopeValidator(lambda: msp, consortium.consortium_id, max_bytes,
+                             lambda: int(time.time() * 1000))
+
+
+def _resign(client: Client, raw: bytes, signer: Signer | None = None,
+            org: str | None = None) -> bytes:
+    env = transaction_pb2.Envelope.FromString(raw)
+    tx = transaction_pb2.Transaction.FromString(env.payload)
+    header = transaction_pb2.TxHeader.FromString(tx.header)
+    if org is not None:
+        header.creator.org = org
+    tx.header = header.SerializeToString()
+    payload = tx.SerializeToString()
+    sig = (signer or client.signer).sign(payload)
+    return transaction_pb2.Envelope(payload=payload, signature=sig).SerializeToString()
+
+
+def test_validator_accepts_a_member_and_refuses_bad_input(net, other_net):
+    v = _validator(net)
+    client = Client(net)
+    tx_id, good = client.envelope()
+    ok = v.check(good)
+    assert not isinstance(ok, tuple) and ok.tx_id == tx_id and ok.raw == good
+
+    def reason(raw: bytes) -> str:
+        result = v.check(raw)
+        assert isinstance(result, tuple), "should have been refused"
+        return result[1].reason
+
+    env = transaction_pb2.Envelope.FromString(good)
+    unsigned = transaction_pb2.Envelope(payload=env.payload).SerializeToString()
+    assert reason(unsigned) == "BAD_SIGNATURE"
+    forged = _resign(client, good, Signer(generate_key(), client.signer.identity))
+    assert reason(forged) == "BAD_SIGNATURE"
+    tampered = transaction_pb2.Envelope(payload=env.payload + b"\x00",
+                                        signature=env.signature).SerializeToString()
+    assert reason(tampered) in ("BAD_SIGNATURE", "BAD_PAYLOAD")
+    assert reason(_resign(client, good, org="zz9")) == "UNKNOWN_CREATOR"  # unknown org
+    outsider = Client(other_net)  # same org name, certificate from another CA
+    assert reason(outsider.envelope()[1]) == "UNKNOWN_CREATOR"
+    assert reason(client.envelope(size=70000)[1]) == "TOO_LARGE"
+    assert reason(b"\x0a\xff\xff") == "BAD_PAYLOAD"
+    assert reason(client.envelope(consortium_id="other")[1]) == "BAD_PAYLOAD"
+
+
+class FakeOrderer:
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self.submitted: list[bytes] = []
+
+    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
+        self.submitted.append(envelope)
+        return Ticket.done(Outcome(block_number=1), tx_id)
+
+    def leader_id(self) -> int:
+        return self.leader
+
+    def own_id(self) -> int:
+        return 1
+
+
+class NoForward:
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        raise AssertionError("must not forward")
+
+
+def test_broadcast_stream_orders_only_valid_envelopes_and_answers_in_order(net):
+    client = Client(net)
+    orderer = FakeOrderer(leader=1)
+    metrics = OrdererMetrics("t")
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), metrics)
+    good = [client.envelope() for _ in range(3)]
+    bad = _resign(client, good[0][1], Signer(generate_key(), client.signer.identity))
+    stream = [good[0][1], bad, good[1][1], b"junk", good[2][1]]
+    answers = list(h.stream(iter(stream)))
+    assert [a.accepted for a in answers] == [True, False, True, False, True]
+    assert [a.reason for a in answers] == ["", "BAD_SIGNATURE", "", "BAD_PAYLOAD", ""]
+    assert orderer.submitted == [good[0][1], good[1][1], good[2][1]]
+    assert metrics.rejected.labels(reason="BAD_SIGNATURE")._value.get() == 1
+
+
+def test_broadcast_without_leader_answers_unavailable_in_bounded_time(net):
+    client = Client(net)
+    orderer = FakeOrderer(leader=0)
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), OrdererMetrics("t"))
+    start = time.monotonic()
+    answers = list(h.stream(iter([client.envelope()[1]])))
+    assert answers[0].reason == "SERVICE_UNAVAILABLE"
+    assert time.monotonic() - start < 5
+    assert orderer.submitted == []
+
+
+# ---------------------------------------------------------------- transport membership
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def step(self, msg: Message) -> None:
+        self.messages.append(msg)
+
+    def report_unreachable(self, node_id: int) -> None:
+        pass
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        pass
+
+
+def test_cluster_step_accepts_members_only(net):
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    membership = Membership([(o.raft_id, o.cert_der, f"{o.host}:{o.port}")
+                             for o in consortium.orderers])
+    sink = Sink()
+    metrics = OrdererMetrics("t")
+    svc = ClusterService(1, membership, sink, None, metrics)  # type: ignore[arg-type]
+    me = net.home / "nodes" / "orderer.ins01"
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers([svc.handler()])
+    port = free_base_port(1)
+    server.add_secure_port(f"127.0.0.1:{port}", server_credentials(
+        me / "cert.pem", me / "key.pem", me / "ca-bundle.pem"))
+    server.start()
+    try:
+        def send(node: str | None, reqs: list[services_pb2.ConsensusRequest]) -> None:
+            if node is None:
+                client = Client(net)
+                ch = secure_channel(f"127.0.0.1:{port}", client.cert, client.key, client.ca)
+            else:
+                d = net.home / "nodes" / node
+                ch = secure_channel(f"127.0.0.1:{port}", d / "cert.pem", d / "key.pem",
+                                    d / "ca-bundle.pem")
+            with ch:
+                ch.stream_unary(
+                    "/rxchain.v1.Cluster/Step",
+                    request_serializer=services_pb2.ConsensusRequest.SerializeToString,
+                    response_deserializer=services_pb2.ConsensusResponse.FromString,
+                )(iter(reqs), timeout=10)
+
+        hb = Message(MessageType.HEARTBEAT, to=1, frm=2, term=5)
+        good = services_pb2.ConsensusRequest(from_id=2, payload=encode_message(hb))
+        send("orderer.ins02", [good])
+        assert sink.messages == [hb]
+        # A member claiming to be another orderer, or garbage: dropped and counted.
+        spoof = services_pb2.ConsensusRequest(from_id=3, payload=encode_message(
+            Message(MessageType.HEARTBEAT, to=1, frm=3, term=5)))
+        garbage = services_pb2.ConsensusRequest(from_id=2, payload=b"\xff\xff")
+        send("orderer.ins02", [spoof, garbage])
+        assert sink.messages == [hb]
+        assert metrics.consensus_dropped.labels(reason="bad_sender")._value.get() == 1
+        assert metrics.consensus_dropped.labels(reason="invalid")._value.get() == 1
+        # A valid consortium member that is not an orderer: refused outright.
+        with pytest.raises(grpc.RpcError) as err:
+            send(None, [good])
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert sink.messages == [hb]
+        assert metrics.consensus_dropped.labels(reason="non_member")._value.get() == 1
+    finally:
+        server.stop(0)
