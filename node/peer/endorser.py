@@ -211,7 +211,7 @@ class Endorser:
                     )
                 source = self._verified_source(snap, name, definition.version,
                                                definition.code_hash)
-                result = self._sandbox.invoke(
+                result = self._run(
                     Invocation(
                         contract=name,
                         code_hash=definition.code_hash,
@@ -251,6 +251,14 @@ class Endorser:
             gas_used=gas,
         )
         return Simulation(parsed, response, payload)
+
+    def _run(self, inv: Invocation, sim: TxSimulator) -> InvocationResult:
+        try:
+            return self._sandbox.invoke(inv, sim)
+        except RxError:
+            raise
+        except Exception as exc:
+            raise RxError("SERVICE_UNAVAILABLE", f"contract runtime failed: {exc}") from exc
 
     def _verified_source(self, snap: StateSnapshot, name: str, version: str, code_hash: str) -> str:
         package = load_package(snap, code_hash)

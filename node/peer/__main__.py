@@ -1,0 +1,73 @@
+"""``python -m node.peer --config PATH``: run one peer until SIGTERM/SIGINT.
+
+Exit codes: 0 after a graceful stop, 2 for a bad configuration (the reason is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from node.config import load_node_config
+from node.errors import RxError
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m node.peer")
+    parser.add_argument("--config", required=True, help="the peer's node.yaml")
+    args = parser.parse_args(argv)
+    try:
+        config = load_node_config(args.config)
+        if config.kind != "peer":
+            raise RxError("BAD_CONFIG", f"{args.config} describes a {config.kind}, not a peer")
+    except RxError as err:
+        print(f"rxchain peer: {err}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    from node.peer.server import serve
+
+    try:
+        node = serve(config)
+    except RxError as err:
+        print(f"rxchain peer: {err}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(1.0):
+        pass
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Admin.Health and Admin.Status of a peer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from rxchain.v1 import services_pb2, services_pb2_grpc
+
+from node.crypto.canonical import block_header_hash
+from node.ledger.ledger import Ledger
+
+
+class PeerAdminService(services_pb2_grpc.AdminServicer):
+    """Health (serving once genesis is committed and not stopping) and Status."""
+
+    def __init__(self, name: str, ledger: Ledger, stopping: Callable[[], bool]) -> None:
+        self._name = name
+        self._ledger = ledger
+        self._stopping = stopping
+
+    def Health(
+        self, request: services_pb2.HealthRequest, context: grpc.ServicerContext
+    ) -> services_pb2.HealthResponse:
+        if self._stopping():
+            return services_pb2.HealthResponse(serving=False, node=self._name, role="peer",
+                                               detail="shutting down")
+        if self._ledger.height() == 0:
+            return services_pb2.HealthResponse(serving=False, node=self._name, role="peer",
+                                               detail="no genesis block")
+        return services_pb2.HealthResponse(serving=True, node=self._name, role="peer")
+
+    def Status(
+        self, request: services_pb2.StatusRequest, context: grpc.ServicerContext
+    ) -> services_pb2.StatusResponse:
+        sp = self._ledger.savepoint()  # block and state hash from one read
+        if sp is None:
+            return services_pb2.StatusResponse(node=self._name, role="peer")
+        last = block_header_hash(self._ledger.block(sp.block).header)
+        return services_pb2.StatusResponse(
+            node=self._name, role="peer", height=sp.block + 1, last_block_hash=last,
+            state_hash=sp.state_hash,
+        )

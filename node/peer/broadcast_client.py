@@ -1,0 +1,173 @@
+"""Submits envelopes to the ordering service over long-lived Broadcast streams.
+
+One bidi stream per orderer, opened lazily and shared by every caller: requests are
+written in order and the orderer answers each one in order, so answers are matched to a
+FIFO of pending futures. When the stream breaks, every pending envelope is failed with
+SERVICE_UNAVAILABLE and :meth:`BroadcastClient.submit` retries on the next orderer (round
+robin, bounded attempts and backoff). Resubmitting is safe: a tx id is fixed by its
+creator and the validator marks a second copy DUPLICATE_TXID.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import grpc
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
+
+from node.config import Endpoint
+from node.errors import RxError
+
+_log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[str], grpc.Channel]
+# Refusals worth retrying on another orderer (or after a pause on the same one).
+RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOUT", "STOPPING"})
+_END = object()
+
+
+class _Stream:
+    """One open Broadcast stream to one orderer."""
+
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+        self.endpoint = endpoint
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._pending: deque[Future[services_pb2.BroadcastResponse]] = deque()
+        self._lock = threading.Lock()
+        self.alive = True
+        stub = services_pb2_grpc.AtomicBroadcastStub(channel)
+        self._call: Any = stub.Broadcast(self._iter())
+        self._reader = threading.Thread(
+            target=self._read, name=f"broadcast-{endpoint.name}", daemon=True
+        )
+        self._reader.start()
+
+    def _iter(self) -> Iterator[transaction_pb2.Envelope]:
+        while True:
+            item = self._requests.get()
+            if item is _END:
+                return
+            yield item
+
+    def send(self, envelope: transaction_pb2.Envelope) -> Future[services_pb2.BroadcastResponse]:
+        fut: Future[services_pb2.BroadcastResponse] = Future()
+        with self._lock:
+            if not self.alive:
+                fut.set_exception(RxError("SERVICE_UNAVAILABLE", "stream closed"))
+                return fut
+            self._pending.append(fut)
+            self._requests.put(envelope)  # under the lock: queue order == pending order
+        return fut
+
+    def _read(self) -> None:
+        try:
+            for resp in self._call:
+                with self._lock:
+                    fut = self._pending.popleft() if self._pending else None
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+            err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name} closed the stream")
+        except grpc.RpcError as exc:
+            err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {exc.code()}")
+        self._fail(err)
+
+    def _fail(self, err: RxError) -> None:
+        with self._lock:
+            self.alive = False
+            pending = list(self._pending)
+            self._pending.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(err)
+
+    def close(self) -> None:
+        with self._lock:
+            self.alive = False
+        self._requests.put(_END)
+        self._call.cancel()
+        self._fail(RxError("SERVICE_UNAVAILABLE", "client closing"))
+
+
+class BroadcastClient:
+    """Shared, failover-capable submitter (see module docstring)."""
+
+    def __init__(
+        self,
+        orderers: Sequence[Endpoint],
+        channels: ChannelFactory,
+        *,
+        attempts: int = 6,
+        answer_timeout_s: float = 10.0,
+        backoff_s: float = 0.1,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if not orderers:
+            raise RxError("BAD_CONFIG", "no orderers configured")
+        self._orderers = list(orderers)
+        self._channels = channels
+        self._attempts = attempts
+        self._timeout = answer_timeout_s
+        self._backoff = backoff_s
+        self._closing = threading.Event()
+        self._sleep = sleep or self._closing.wait
+        self._lock = threading.Lock()
+        self._index = 0
+        self._stream: _Stream | None = None
+
+    def _current(self) -> _Stream:
+        with self._lock:
+            if self._stream is None or not self._stream.alive:
+                ep = self._orderers[self._index % len(self._orderers)]
+                self._stream = _Stream(ep, self._channels(ep.target))
+            return self._stream
+
+    def _rotate(self, failed: _Stream) -> None:
+        with self._lock:
+            if self._stream is failed:
+                failed.close()
+                self._stream = None
+                self._index += 1
+
+    def submit(self, envelope: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
+        """Send one envelope; the orderer's answer (accepted, or refused with a reason).
+
+        Raises RxError(SERVICE_UNAVAILABLE) when no orderer answered after all attempts.
+        """
+        last = "no attempt made"
+        delay = self._backoff
+        for attempt in range(self._attempts):
+            if self._closing.is_set():
+                break
+            stream = self._current()
+            try:
+                resp = stream.send(envelope).result(timeout=self._timeout)
+            except FutureTimeout:
+                last = f"{stream.endpoint.name} did not answer in {self._timeout}s"
+                self._rotate(stream)
+            except RxError as err:
+                last = err.message
+                self._rotate(stream)
+            else:
+                if resp.accepted or resp.reason not in RETRYABLE:
+                    return resp
+                last = f"{stream.endpoint.name}: {resp.reason} {resp.message}"
+                self._rotate(stream)
+            _log.info("event=broadcast_retry attempt=%d detail=%r", attempt + 1, last)
+            self._sleep(delay)
+            delay = min(delay * 2, 2.0)
+        raise RxError("SERVICE_UNAVAILABLE", f"ordering service unavailable: {last}")
+
+    def close(self) -> None:
+        """Close the open stream."""
+        self._closing.set()
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()

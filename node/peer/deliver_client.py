@@ -1,0 +1,136 @@
+"""Pulls blocks from the ordering service and hands them to the committer.
+
+One thread: connect to an orderer, ask ``Deliver(start_block = ledger height, follow)``,
+commit every block received, and on any failure (stream error, orderer down, a block the
+validator refuses) move to the next orderer, round robin, after a bounded exponential
+backoff. The backoff resets once a block is committed. Because every request starts at
+the ledger's height, a restart, a reconnect or a lagging peer resumes exactly where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
+
+from node.config import Endpoint
+from node.errors import RxError
+
+_log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[str], grpc.Channel]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded exponential backoff between attempts."""
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+    factor: float = 2.0
+
+    def next(self, current: float) -> float:
+        """The delay after ``current`` (0 = first failure)."""
+        return self.initial_s if current <= 0 else min(self.max_s, current * self.factor)
+
+
+class DeliverClient:
+    """Block puller with failover across orderers (see module docstring)."""
+
+    def __init__(
+        self,
+        orderers: Sequence[Endpoint],
+        channels: ChannelFactory,
+        height: Callable[[], int],
+        commit: Callable[[block_pb2.Block], object],
+        backoff: Backoff = Backoff(),
+        on_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        if not orderers:
+            raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
+        self._orderers = list(orderers)
+        self._channels = channels
+        self._height = height
+        self._commit = commit
+        self._backoff = backoff
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self.current: str = ""
+
+    def start(self) -> None:
+        """Start the puller thread."""
+        self._thread = threading.Thread(target=self._run, name="deliver-client", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop pulling (cancels the open stream) and join the thread."""
+        self._stop.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        index = 0
+        delay = 0.0
+        while not self._stop.is_set():
+            ep = self._orderers[index % len(self._orderers)]
+            self.current = ep.name
+            progressed = False
+            try:
+                progressed = self._pull(ep)
+                reason = "STREAM_ENDED"
+                detail = "orderer ended the stream"
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if code == grpc.StatusCode.CANCELLED and self._stop.is_set():
+                    return
+                reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
+            except RxError as err:
+                reason, detail = err.reason, err.message
+            if self._stop.is_set():
+                return
+            _log.warning("event=deliver_failover orderer=%s reason=%s detail=%r", ep.name, reason, detail)
+            if self._on_error is not None:
+                self._on_error(ep.name, reason)
+            index += 1
+            delay = 0.0 if progressed else self._backoff.next(delay)
+            self._stop.wait(delay if delay else self._backoff.initial_s)
+
+    def _pull(self, ep: Endpoint) -> bool:
+        stub = services_pb2_grpc.AtomicBroadcastStub(self._channels(ep.target))
+        start = self._height()
+        call: Any = stub.Deliver(services_pb2.DeliverRequest(start_block=start, follow=True))
+        with self._lock:
+            self._call = call
+        if self._stop.is_set():
+            call.cancel()
+        progressed = False
+        try:
+            for resp in call:
+                if self._stop.is_set():
+                    return progressed
+                if resp.HasField("status"):
+                    raise RxError(resp.status.reason or "STREAM_ENDED", resp.status.message)
+                block = resp.block
+                expected = self._height()
+                if block.header.number < expected:
+                    continue  # already committed (e.g. a duplicate after reconnect)
+                self._commit(block)
+                progressed = True
+        finally:
+            call.cancel()
+            with self._lock:
+                self._call = None
+        return progressed

@@ -1,0 +1,120 @@
+"""Gateway.Endorse: endorse locally, then collect what the contract's policy needs.
+
+The local peer endorses first (so a bad proposal is refused before anybody else is
+asked). Then organisations are added, in configuration order, until the endorsement
+policy is satisfied by (org, "peer") signers -- or exactly the ``endorsing_orgs`` the
+client asked for. A remote failure is replaced by the next organisation that can still
+satisfy the policy. All endorsements must carry byte-identical payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from node.errors import RxError
+from node.identity.policy import Policy
+from node.peer.gateway.deps import GatewayDeps
+
+_PEER_ROLE = "peer"
+
+
+def plan(policy: Policy, have: Sequence[str], candidates: Sequence[str]) -> list[str] | None:
+    """A small set of extra orgs (from ``candidates``) that, with ``have``, satisfies ``policy``.
+
+    Greedy: add candidates in order until satisfied, then drop any that is not needed.
+    """
+    chosen: list[str] = []
+    signers = [(o, _PEER_ROLE) for o in have]
+    for org in candidates:
+        if policy.evaluate(signers + [(o, _PEER_ROLE) for o in chosen]):
+            break
+        chosen.append(org)
+    if not policy.evaluate(signers + [(o, _PEER_ROLE) for o in chosen]):
+        return None
+    for org in list(chosen):
+        rest = [o for o in chosen if o != org]
+        if policy.evaluate(signers + [(o, _PEER_ROLE) for o in rest]):
+            chosen = rest
+    return chosen
+
+
+def endorse(
+    deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: ThreadPoolExecutor
+) -> services_pb2.EndorseResponse:
+    """Collect endorsements and return the unsigned Transaction."""
+    if not request.HasField("proposal"):
+        raise RxError("BAD_REQUEST", "proposal is required")
+    signed = request.proposal
+    local = deps.endorser.endorse(signed)
+    if local.response.status != 200 or not local.HasField("endorsement"):
+        raise RxError(local.response.reason or "CONTRACT_REJECTED", local.response.message)
+    proposal = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+    header = transaction_pb2.TxHeader.FromString(proposal.header)
+    invocation = transaction_pb2.ContractInvocation.FromString(proposal.invocation)
+    definition = deps.policies.contract(invocation.contract, deps.ledger.state)
+    if definition is None:
+        raise RxError("UNKNOWN_CONTRACT", f"contract {invocation.contract!r} is not defined")
+    remote_orgs = [o for o in deps.remotes.orgs() if o != deps.org]
+    if request.endorsing_orgs:
+        unknown = [o for o in request.endorsing_orgs if o != deps.org and o not in remote_orgs]
+        if unknown:
+            raise RxError("BAD_REQUEST", f"no peer known for organisations {unknown}")
+        wanted = [o for o in dict.fromkeys(request.endorsing_orgs) if o != deps.org]
+        spare: list[str] = []
+    else:
+        chosen = plan(definition.policy, [deps.org], remote_orgs)
+        if chosen is None:
+            raise RxError(
+                "ENDORSEMENT_POLICY_FAILURE",
+                f"the peers this gateway knows cannot satisfy {definition.policy.text}",
+            )
+        wanted = chosen
+        spare = [o for o in remote_orgs if o not in chosen]
+    responses: dict[str, transaction_pb2.ProposalResponse] = {deps.org: local}
+    errors: list[str] = []
+    batch = wanted
+    while batch:
+        futures = {org: pool.submit(deps.remotes.endorse, org, signed) for org in batch}
+        for org, fut in futures.items():
+            try:
+                resp = fut.result()
+            except RxError as err:
+                errors.append(f"{org}: {err.reason} {err.message}")
+                continue
+            if resp.response.status != 200 or not resp.HasField("endorsement"):
+                errors.append(f"{org}: {resp.response.status} {resp.response.reason}")
+                continue
+            if resp.payload != local.payload:
+                raise RxError(
+                    "ENDORSEMENT_MISMATCH",
+                    f"the peer of {org} simulated a different result (state out of sync?)",
+                )
+            responses[org] = resp
+        if request.endorsing_orgs:
+            break
+        have = list(responses)
+        if definition.policy.evaluate((o, _PEER_ROLE) for o in have):
+            break
+        more = plan(definition.policy, have, spare)
+        if more is None:
+            break
+        spare = [o for o in spare if o not in more]
+        batch = more
+    if not definition.policy.evaluate((o, _PEER_ROLE) for o in responses) and not request.endorsing_orgs:
+        raise RxError(
+            "ENDORSEMENT_POLICY_FAILURE",
+            f"not enough endorsements for {definition.policy.text}: {'; '.join(errors)}",
+        )
+    if request.endorsing_orgs and len(responses) < len(wanted) + 1:
+        raise RxError("ENDORSEMENT_FAILED", "; ".join(errors))
+    tx = transaction_pb2.Transaction(
+        header=proposal.header, invocation=proposal.invocation, response_payload=local.payload
+    )
+    for resp in responses.values():
+        tx.endorsements.append(resp.endorsement)
+    return services_pb2.EndorseResponse(
+        prepared_transaction=tx.SerializeToString(), result=local.response, tx_id=header.tx_id
+    )

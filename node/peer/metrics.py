@@ -1,0 +1,58 @@
+"""Prometheus metrics of one peer (own CollectorRegistry: no module-level state)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from rxchain.v1 import transaction_pb2
+
+from node.peer.committer import CommittedBlock
+
+
+class PeerMetrics:
+    """Height, commit latency, validation codes by reason, endorsements (rate() = per s)."""
+
+    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.height = Gauge("rxchain_peer_block_height", "Committed blocks", registry=r)
+        self.commit_seconds = Histogram(
+            "rxchain_peer_commit_seconds", "Validate+commit latency per block", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.validation = Counter(
+            "rxchain_peer_tx_validation", "Committed txs by validation code", ["code"], registry=r
+        )
+        self.endorsements = Counter(
+            "rxchain_peer_endorsements", "Proposals endorsed (rate() gives endorsements/s)",
+            registry=r,
+        )
+        self.submitted = Counter("rxchain_peer_gateway_submitted",
+                                 "Envelopes accepted by the ordering service", registry=r)
+        self.deliver_failovers = Counter(
+            "rxchain_peer_deliver_failovers", "Deliver stream failures by reason", ["reason"],
+            registry=r,
+        )
+        info = Gauge("rxchain_peer_info", "Constant 1, labelled with the node", ["node"],
+                     registry=r)
+        info.labels(node=node).set(1)
+        self._server: Any = None
+
+    def on_commit(self, committed: CommittedBlock, seconds: float) -> None:
+        """Record one committed block."""
+        self.height.set(committed.result.number + 1)
+        self.commit_seconds.observe(seconds)
+        for code in committed.validated.codes:
+            self.validation.labels(code=transaction_pb2.TxValidationCode.Name(code)).inc()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose /metrics on ``port`` (0: do not serve)."""
+        if port:
+            self._server = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint."""
+        if isinstance(self._server, tuple):
+            server, _thread = self._server
+            server.shutdown()
+            server.server_close()

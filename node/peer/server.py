@@ -1,0 +1,177 @@
+"""Composition of a peer process: ``serve(config) -> PeerNode`` (running).
+
+Wiring, in order: ledger (recovers, commits genesis on first start) -> committer with the
+lifecycle PolicyProvider -> notifier and metrics as commit listeners -> sandbox worker
+pool -> endorser -> gateway (remote endorsers + broadcast client) -> gRPC server with
+mTLS (Endorser, Gateway, PeerDeliver, Admin) -> deliver client pulling from the orderers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
+
+from node.config import NodeConfig
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Verifier, load_signer
+from node.crypto.tls import channel_credentials, channel_options, server_credentials
+from node.errors import RxError
+from node.genesis import read_genesis
+from node.ledger.ledger import Ledger, env_crash_hook
+from node.peer.admin_service import PeerAdminService
+from node.peer.broadcast_client import BroadcastClient
+from node.peer.committer import CommittedBlock, Committer
+from node.peer.config_view import ConfigView
+from node.peer.deliver_client import DeliverClient
+from node.peer.deliver_service import PeerDeliverService
+from node.peer.endorser import Endorser, EndorserService
+from node.peer.gateway.deps import GatewayDeps
+from node.peer.gateway.service import GatewayService
+from node.peer.lifecycle import Lifecycle
+from node.peer.metrics import PeerMetrics
+from node.peer.notifier import CommitNotifier
+from node.peer.peer_clients import RemoteEndorsers
+from node.peer.policy_provider import LifecyclePolicies
+from node.sandbox.runtime import Sandbox
+from node.sandbox.types import SandboxLimits
+
+_log = logging.getLogger(__name__)
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class PeerNode:
+    """A running peer; :meth:`stop` shuts it down gracefully."""
+
+    config: NodeConfig
+    ledger: Ledger
+    committer: Committer
+    notifier: CommitNotifier
+    deliver: DeliverClient
+    broadcast: BroadcastClient
+    gateway: GatewayService
+    server: grpc.Server
+    metrics: PeerMetrics
+    sandbox: Sandbox
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop pulling blocks, drain RPCs for ``grace_s``, then close everything."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.deliver.stop()
+        self.notifier.close()
+        self.server.stop(grace_s).wait(grace_s + 1)
+        self.gateway.close()
+        self.broadcast.close()
+        self.sandbox.close()
+        self.metrics.close()
+        with self.committer_lock():
+            self.ledger.close()
+        _log.info("event=peer_stopped node=%s", self.config.name)
+
+    def committer_lock(self) -> Any:
+        """The committer's lock (no commit runs while the ledger closes)."""
+        return self.committer._lock
+
+
+def _open_ledger(config: NodeConfig, genesis: block_pb2.Block) -> Ledger:
+    ledger = Ledger(Path(config.data_dir) / "ledger", fsync=config.fsync,
+                    crash_hook=env_crash_hook(os.environ))
+    if ledger.height() == 0:
+        ledger.commit_genesis(genesis)
+    elif block_header_hash(ledger.block(0).header) != block_header_hash(genesis.header):
+        ledger.close()
+        raise RxError("BAD_CONFIG", f"{config.data_dir}: the ledger belongs to another network")
+    return ledger
+
+
+def serve(config: NodeConfig) -> PeerNode:
+    """Start a peer for ``config`` and return it running."""
+    if config.kind != "peer":
+        raise RxError("BAD_CONFIG", f"{config.name} is a {config.kind}, not a peer")
+    extra = config.extra
+    genesis = read_genesis(config.genesis_path)
+    signer = load_signer(config.cert_path, config.key_path, config.org)
+    ledger = _open_ledger(config, genesis)
+    verifier = Verifier()
+    policies = LifecyclePolicies()
+    committer = Committer(ledger, verifier, policies,
+                          orderer_quorum=int(extra.get("orderer_quorum", 1)))
+    configs = ConfigView(ledger.state, verifier)
+    consortium = configs.current().config
+    max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+    notifier = CommitNotifier(ledger.height())
+    metrics = PeerMetrics(config.name)
+    metrics.height.set(ledger.height())
+    committer.add_listener(notifier.on_commit)
+
+    sandbox = Sandbox(int(extra.get("sandbox_workers", 2)), SandboxLimits())
+    endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), _wall_ms,
+                        on_endorse=metrics.endorsements.inc)
+    creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    options = [*channel_options(max_msg), ("grpc.initial_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)]
+
+    def channel(target: str) -> grpc.Channel:
+        return grpc.secure_channel(target, creds, options=options)
+
+    broadcast = BroadcastClient(config.orderers, channel)
+    gateway = GatewayService(GatewayDeps(
+        org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
+        notifier=notifier, remotes=RemoteEndorsers(config.peers, channel), broadcast=broadcast,
+        on_submit=metrics.submitted.inc,
+    ))
+
+    def commit(block: block_pb2.Block) -> CommittedBlock:
+        started = time.perf_counter()
+        committed = committer.commit_block(block)
+        metrics.on_commit(committed, time.perf_counter() - started)
+        codes = committed.validated.codes
+        valid = sum(1 for c in codes if c == transaction_pb2.VALID)
+        _log.info("event=block_committed node=%s block=%d txs=%d valid=%d state_hash=%s",
+                  config.name, committed.result.number, len(codes), valid,
+                  committed.result.state_hash.hex()[:16])
+        return committed
+
+    deliver = DeliverClient(config.orderers, channel, ledger.height, commit,
+                            on_error=lambda _o, r: metrics.deliver_failovers.labels(reason=r).inc())
+    node_ref: list[PeerNode] = []
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 64))),
+        options=[("grpc.max_send_message_length", max_msg),
+                 ("grpc.max_receive_message_length", max_msg)],
+    )
+    services_pb2_grpc.add_EndorserServicer_to_server(EndorserService(endorser), server)
+    services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+    services_pb2_grpc.add_PeerDeliverServicer_to_server(PeerDeliverService(ledger, notifier), server)
+    services_pb2_grpc.add_AdminServicer_to_server(
+        PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set()),
+        server,
+    )
+    server.add_secure_port(
+        config.listen, server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    )
+    node = PeerNode(config, ledger, committer, notifier, deliver, broadcast, gateway, server,
+                    metrics, sandbox)
+    node_ref.append(node)
+    server.start()
+    metrics.serve(config.metrics_port, config.host)
+    deliver.start()
+    _log.info("event=peer_started node=%s listen=%s height=%d", config.name, config.listen,
+              ledger.height())
+    return node
