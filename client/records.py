@@ -1,23 +1,25 @@
-"""Encrypted prescription records, client side.
+"""Encrypted prescription records, client side (exactly as contracts/README.md specifies).
 
-What goes on the ledger (see contracts/prescription.py): the ciphertext of the content,
-a salted commitment ``sha256_hex(salt + canonical_json(content))``, the patient's
-pseudonym, and the per-prescription AES-256-GCM key wrapped for each authorised party.
-The insurer gets the *claim subset* ``{"diagnosis", "lines": [{"code", "qty"}], "rx_id"}``
-under its own key and commitment.
+What goes on the ledger: the ciphertext of the content, a salted commitment
+``sha256_hex(salt + canonical_json(content))``, the patient's pseudonym, and the
+per-prescription AES-256-GCM key wrapped for each authorised party. The insurer gets the
+*claim subset* ``{"diagnosis", "lines": [{"code", "qty"}], "rx_id"}`` under its own key and
+commitment.
 
 Layouts (base64 strings on the ledger):
 
 * content ciphertext = ``aead.encrypt(K, canonical_json({"content": C, "salt": S}),
-  aad=b"rxchain.v1.rx|" + rx_id + b"|content")``; the salt travels inside the ciphertext
-  because the dispensing pharmacy must present (content, salt) again as transient input;
-* claim ciphertext = the same with ``{"claim": ..., "claim_salt": ...}`` and ``|claim``;
-* wrapped key = ``aead.wrap_key(recipient, K, context=b"rxchain.v1.rx|" + rx_id + b"|"
-  + kind)`` where kind is ``content`` or ``claim``; recipients are the patient's own
-  certificate key (party ``patient``) and organisations' records certificates.
+  aad=rx_id)``; the salt travels inside the ciphertext because the dispensing pharmacy must
+  present (content, salt) again as transient input;
+* claim ciphertext = ``aead.encrypt(K', canonical_json({"claim": c, "salt": S'}), aad=rx_id)``;
+* wrapped key = ``aead.wrap_key(recipient, K, context="rxchain/rx/{rx_id}/{party}")`` where
+  party is ``patient`` (the patient's own certificate key) or an organisation id (its
+  records certificate: issuing hospital, routed pharmacy, consent holders; the insurer
+  receives K' only).
 
-Patient pseudonym = ``HMAC-SHA256(consortium secret, ID number)`` (hex); diagnosis tags use
-``dx_key = HMAC-SHA256(consortium secret, b"rxchain.v1.dx-key")`` (hex) as transient input.
+Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))``; diagnosis tags use
+``dx_key = hex(HMAC-SHA256(consortium secret, b"rxchain/dx-tag/v1"))`` as transient input.
+The consortium secret is the 32 bytes whose hex is in ``HOME/consortium-secret``.
 """
 
 from __future__ import annotations
@@ -46,12 +48,12 @@ Random = Callable[[int], bytes]
 
 def pseudonym(secret: bytes, id_number: str) -> str:
     """The on-ledger patient identifier: HMAC-SHA256(consortium secret, ID number), hex."""
-    return hmac.new(secret, id_number.strip().upper().encode(), hashlib.sha256).hexdigest()
+    return hmac.new(secret, id_number.encode(), hashlib.sha256).hexdigest()
 
 
 def dx_key(secret: bytes) -> str:
     """The key (hex) under which diagnosis tags are computed (transient input only)."""
-    return hmac.new(secret, b"rxchain.v1.dx-key", hashlib.sha256).hexdigest()
+    return hmac.new(secret, b"rxchain/dx-tag/v1", hashlib.sha256).hexdigest()
 
 
 def commitment(salt: str, value: Any) -> str:
@@ -68,8 +70,13 @@ def claim_subset(rx_id: str, content: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _aad(rx_id: str, kind: str) -> bytes:
-    return b"rxchain.v1.rx|" + rx_id.encode() + b"|" + kind.encode()
+def _aad(rx_id: str) -> bytes:
+    return rx_id.encode()
+
+
+def wrap_context(rx_id: str, party: str) -> bytes:
+    """Key-wrapping context of one party's grant."""
+    return f"rxchain/rx/{rx_id}/{party}".encode()
 
 
 def b64(data: bytes) -> str:
@@ -86,9 +93,9 @@ def unb64(text: str) -> bytes:
 
 
 def wrap_for(public_key: ec.EllipticCurvePublicKey, record_key: bytes, rx_id: str,
-             kind: str = CONTENT) -> str:
-    """A record key wrapped for one recipient (base64)."""
-    return b64(aead.wrap_key(public_key, record_key, _aad(rx_id, kind)))
+             party: str) -> str:
+    """A record key wrapped for one party (``patient`` or an org id), base64."""
+    return b64(aead.wrap_key(public_key, record_key, wrap_context(rx_id, party)))
 
 
 @dataclass(frozen=True)
@@ -119,16 +126,16 @@ def seal_prescription(
     claim = claim_subset(rx_id, content)
     key, ckey = aead.new_record_key(), aead.new_record_key()
     body = canonical_json({"content": content, "salt": salt})
-    claim_body = canonical_json({"claim": claim, "claim_salt": claim_salt})
+    claim_body = canonical_json({"claim": claim, "salt": claim_salt})
     args = {
         "rx_id": rx_id,
         "patient": content["patient"],
-        "ciphertext": b64(aead.encrypt(key, body, _aad(rx_id, CONTENT))),
+        "ciphertext": b64(aead.encrypt(key, body, _aad(rx_id))),
         "commitment": commitment(salt, content),
-        "keys": {party: wrap_for(pub, key, rx_id, CONTENT) for party, pub in recipients.items()},
-        "claim_ciphertext": b64(aead.encrypt(ckey, claim_body, _aad(rx_id, CLAIM))),
+        "keys": {party: wrap_for(pub, key, rx_id, party) for party, pub in recipients.items()},
+        "claim_ciphertext": b64(aead.encrypt(ckey, claim_body, _aad(rx_id))),
         "claim_commitment": commitment(claim_salt, claim),
-        "claim_keys": {insurer: wrap_for(insurer_key, ckey, rx_id, CLAIM)},
+        "claim_keys": {insurer: wrap_for(insurer_key, ckey, rx_id, insurer)},
         "pharmacy": pharmacy,
     }
     transient = {"content": content, "salt": salt, "claim_salt": claim_salt, "dx_key": dx_key_hex}
@@ -157,23 +164,23 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         raise NoKeyGrant(str(grant.get("message", "no key grant")))
     rx_id = str(grant["rx_id"])
     kind = CLAIM if grant.get("kind") == "insurer" else CONTENT
+    party = str(grant.get("party", ""))
     wrapped = unb64(str(grant["wrapped_key"]))
     record_key = None
     for k in keys:
         try:
-            record_key = aead.unwrap_key(k, wrapped, _aad(rx_id, kind))
+            record_key = aead.unwrap_key(k, wrapped, wrap_context(rx_id, party))
             break
         except aead.DecryptionError:
             continue
     if record_key is None:
         raise NoKeyGrant("the wrapped key does not open with any of the caller's keys")
     try:
-        plain = aead.decrypt(record_key, unb64(str(grant["ciphertext"])), _aad(rx_id, kind))
+        plain = aead.decrypt(record_key, unb64(str(grant["ciphertext"])), _aad(rx_id))
     except aead.DecryptionError as exc:
         raise RxClientError("HASH_MISMATCH", "ciphertext does not authenticate") from exc
     doc = json.loads(plain)
-    body_key, salt_key = (CLAIM, "claim_salt") if kind == CLAIM else (CONTENT, "salt")
-    body, salt = doc[body_key], doc[salt_key]
+    body, salt = doc[kind], doc["salt"]
     if commitment(salt, body) != grant.get("commitment"):
         raise RxClientError("HASH_MISMATCH", "decrypted record does not match its commitment")
-    return OpenedRecord(rx_id, kind, str(grant.get("party", "")), body, salt, record_key)
+    return OpenedRecord(rx_id, kind, party, body, salt, record_key)

@@ -171,7 +171,8 @@ class RxOperations:
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
         """(Re-)route: re-wrap the content key for the new pharmacy."""
         opened = self._get_key(rx_id)
-        wrapped = wrap_for(self.s.net.records_public_key(pharmacy), opened.record_key, rx_id)
+        wrapped = wrap_for(self.s.net.records_public_key(pharmacy), opened.record_key, rx_id,
+                           pharmacy)
         return _written(self.s.gateway.submit(
             RX, "route", {"rx_id": rx_id, "pharmacy": pharmacy, "wrapped_key": wrapped}))
 
