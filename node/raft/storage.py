@@ -173,6 +173,16 @@ class MemoryStorage:
             )
         self._ents = self._ents[:offset] + ents
 
+    def bootstrap(self, voters: Sequence[int]) -> None:
+        """Write the founding membership entries (see node.raft.bootstrap); fresh store only."""
+        from node.raft.bootstrap import bootstrap_entries
+
+        if self.last_index() != 0 or self._hard_state != EMPTY_HARD_STATE:
+            raise RaftError("storage_not_empty", "bootstrap needs a fresh storage")
+        ents, hs = bootstrap_entries(voters)
+        self.append(ents)
+        self.set_hard_state(hs)
+
     def clone(self) -> MemoryStorage:
         """Independent copy (used by the simulator to model durable vs. volatile state)."""
         other = MemoryStorage()
