@@ -142,7 +142,7 @@ def run(n_blocks: int, profile: bool) -> dict[str, Any]:
         if profiler is not None:
             import pstats
 
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     commit_tps = TXS_PER_BLOCK / statistics.median(commit_times)
     crypto_tps = TXS_PER_BLOCK / statistics.median(crypto_times)
     return {
