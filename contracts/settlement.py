@@ -443,3 +443,46 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
         "cap_used_by_disease": ctr["cap_used"],
         "account_balance_fen": _balance(ctx, enrol),
     }
+
+
+def _may_view_rx(ctx: Context, rx: dict) -> bool:
+    c = ctx.caller
+    if c.org_kind == "regulator" and c.role == "auditor":
+        return True
+    if c.role == "patient":
+        enrol = ctx.get_from("registry", "patient/" + rx["patient"])
+        return enrol is not None and _may_read_patient(ctx, enrol)
+    if c.org == rx["hospital"] or c.org == rx["pharmacy"] or c.org == rx["insurer"]:
+        return True
+    return ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None
+
+
+def trail(ctx: Context, rx_id: str) -> dict:
+    """Settle/reverse steps of a prescription with their blocks, from this contract's history
+    index (the prescription contract's trace cannot read another namespace's history)."""
+    if not _is_id(rx_id, 64):
+        ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+    rx = ctx.get_from("prescription", "rx/" + rx_id)
+    if rx is None:
+        ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+    if not _may_view_rx(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    steps = []
+    for pair in ctx.range("rxclaim/" + rx_id + "/", "rxclaim/" + rx_id + "/~", 64):
+        for h in ctx.history("claim/" + pair[1]["claim_id"], 16):
+            if h["is_delete"] or h["value"] is None:
+                continue
+            ev = h["value"]["events"][len(h["value"]["events"]) - 1]
+            steps.append(
+                {
+                    "step": ev["step"],
+                    "actor": ev["actor"],
+                    "org": ev["org"],
+                    "role": ev["role"],
+                    "time_ms": h["timestamp_ms"],
+                    "tx_id": h["tx_id"],
+                    "block": h["block"],
+                    "detail": {"claim_id": pair[1]["claim_id"], "fill": h["value"]["fill"]},
+                }
+            )
+    return {"rx_id": rx_id, "steps": steps}

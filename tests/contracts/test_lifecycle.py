@@ -242,7 +242,8 @@ def test_full_trail(world: World) -> None:
     chain.advance(60_000)
     lock_and_dispense(world, prep, trace_codes=["81234560000000000010"]).unwrap()
     chain.advance(60_000)
-    claim = settle(world, prep).unwrap()
+    settled = settle(world, prep)
+    claim = settled.unwrap()
     chain.advance(60_000)
     assert call(world, "deliver", COURIER, rx) == "OK"
     trace = chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()
@@ -262,6 +263,15 @@ def test_full_trail(world: World) -> None:
         assert chain.query("prescription", "trace", reader, rx_id=rx).ok
     assert chain.query("prescription", "trace", CHEN, rx_id=rx).reason == "ACCESS_DENIED"
     assert chain.query("prescription", "trace", ZHOU, rx_id=rx).reason == "ACCESS_DENIED"
+    # the settlement contract's own trail carries the settle block
+    chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="t").unwrap()
+    money = chain.query("settlement", "trail", world.patient_who("patient-zhang"), rx_id=rx)
+    steps2 = money.unwrap()["steps"]
+    assert [(s["step"], s["block"]) for s in steps2][0] == ("settle", settled.block)
+    assert [s["step"] for s in steps2] == ["settle", "reverse"]
+    assert steps2[0]["tx_id"] == settle_step["tx_id"]
+    assert chain.query("settlement", "trail", CHEN, rx_id=rx).reason == "ACCESS_DENIED"
+    assert chain.query("settlement", "trail", AUDITOR, rx_id=rx).ok
 
 
 def test_verify_query(world: World) -> None:

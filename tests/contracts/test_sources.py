@@ -19,7 +19,7 @@ PUBLIC = {
         "expire", "erase", "get_key", "grant_consent", "revoke_consent", "show", "verify",
         "trace", "audit_trail", "audit_log",
     },
-    "settlement": {"settle", "reverse", "get_claim", "patient_status"},
+    "settlement": {"settle", "reverse", "get_claim", "patient_status", "trail"},
 }
 
 
