@@ -150,6 +150,8 @@ def _walk(
             _fail(report, n, err.reason, err.message)
             return
         outcomes: list[TxOutcome]
+        stored_state_hash = block.metadata.state_hash
+        stored = list(block.metadata.validation_codes)
         if n == 0:
             if block_header_hash(block.header) != block_header_hash(
                 genesis.header
@@ -167,8 +169,7 @@ def _walk(
                     validator.check_block(block, n, prev_block_hash)
                     outcomes = outcomes_from_block(block)
                 else:
-                    vb = validator.validate(block, n, prev_block_hash)
-                    stored = list(block.metadata.validation_codes)
+                    vb = validator.validate(block, n, prev_block_hash)  # rewrites metadata
                     if stored != vb.codes:
                         first = next(
                             (i for i, (a, b) in enumerate(zip(stored, vb.codes, strict=False))
@@ -190,11 +191,11 @@ def _walk(
                 _fail(report, n, "LEDGER_CORRUPT", str(exc))
                 return
         state_hash = next_state_hash(prev_state_hash, n, outcomes)
-        if block.metadata.state_hash != state_hash:
+        if stored_state_hash != state_hash:
             _fail(
                 report, n, "STATE_HASH_MISMATCH",
                 f"replayed state hash {state_hash.hex()[:16]}.. differs from the stored "
-                f"{block.metadata.state_hash.hex()[:16] or '(none)'}..",
+                f"{stored_state_hash.hex()[:16] or '(none)'}..",
             )
             return
         scratch.apply_block(n, outcomes, state_hash)
