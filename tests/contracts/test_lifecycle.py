@@ -267,7 +267,7 @@ def test_full_trail(world: World) -> None:
     chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="t").unwrap()
     money = chain.query("settlement", "trail", world.patient_who("patient-zhang"), rx_id=rx)
     steps2 = money.unwrap()["steps"]
-    assert [(s["step"], s["block"]) for s in steps2][0] == ("settle", settled.block)
+    assert (steps2[0]["step"], steps2[0]["block"]) == ("settle", settled.block)
     assert [s["step"] for s in steps2] == ["settle", "reverse"]
     assert steps2[0]["tx_id"] == settle_step["tx_id"]
     assert chain.query("settlement", "trail", CHEN, rx_id=rx).reason == "ACCESS_DENIED"
