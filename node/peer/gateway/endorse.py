@@ -9,6 +9,7 @@ satisfy the policy. All endorsements must carry byte-identical payloads.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,12 +42,34 @@ def plan(policy: Policy, have: Sequence[str], candidates: Sequence[str]) -> list
     return chosen
 
 
+MISMATCH_RETRIES = (0.05, 0.15, 0.4)
+
+
 def endorse(
     deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: ThreadPoolExecutor
 ) -> services_pb2.EndorseResponse:
-    """Collect endorsements and return the unsigned Transaction."""
+    """Collect endorsements and return the unsigned Transaction.
+
+    Peers commit the same block a few milliseconds apart, so under load a remote peer may
+    simulate at another height than the local one (ENDORSEMENT_MISMATCH). The whole round
+    is then repeated after a short pause, a bounded number of times.
+    """
     if not request.HasField("proposal"):
         raise RxError("BAD_REQUEST", "proposal is required")
+    pause = threading.Event()
+    for delay in MISMATCH_RETRIES:
+        try:
+            return _endorse_once(deps, request, pool)
+        except RxError as err:
+            if err.reason != "ENDORSEMENT_MISMATCH":
+                raise
+        pause.wait(delay)
+    return _endorse_once(deps, request, pool)
+
+
+def _endorse_once(
+    deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: ThreadPoolExecutor
+) -> services_pb2.EndorseResponse:
     signed = request.proposal
     local = deps.endorser.endorse(signed)
     if local.response.status != 200 or not local.HasField("endorsement"):
