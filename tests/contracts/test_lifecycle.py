@@ -279,3 +279,17 @@ def test_verify_query(world: World) -> None:
     ok = world.chain.query("prescription", "verify", WANG, transient=content_transient(prep),
                            rx_id=prep.args["rx_id"])
     assert ok.unwrap() == {"rx_id": prep.args["rx_id"], "ok": True}
+
+
+def test_routing_edge_cases_and_unknown_ids(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert call(world, "route", JIANG, rx, pharmacy="p01",
+                wrapped_key=world.wrap_for(rx, "p01")) == "ALREADY_ROUTED"
+    assert call(world, "revoke", JIANG, rx, reason="patient admitted") == "OK"
+    assert call(world, "route", JIANG, rx, pharmacy="p02",
+                wrapped_key=world.wrap_for(rx, "p02")) == "REVOKED"
+    assert call(world, "expire", JIANG, rx) == "REVOKED"
+    assert call(world, "lock", WANG, "RX-NOPE") == "NOT_FOUND"
+    assert call(world, "lock", WANG, "../etc") == "BAD_ARGUMENTS"
+    assert world.chain.submit("prescription", "get_key", WANG, rx_id="RX-NOPE").reason == "NOT_FOUND"

@@ -128,3 +128,14 @@ def test_patient_enrolment_rules(world: World) -> None:
     assert rec["hospital"] == "h01" and rec["insurer"] == "ins01"
     assert len(rec["diagnoses"]) == 1 and len(rec["diagnoses"][0]["tag"]) == 64
     assert rec["seed_year"] == 2026
+
+
+def test_diagnosis_list_is_bounded(world: World) -> None:
+    pid = world.pid("patient-zhang")
+    for i in range(15):
+        assert submit(world, "add_diagnosis", admin("h01"),
+                      transient={"dx_key": dx_key(), "icd10": f"E{i:02d}"},
+                      pseudonym=pid, date="2025-01-01", physical=True) == "OK"
+    assert submit(world, "add_diagnosis", admin("h01"),
+                  transient={"dx_key": dx_key(), "icd10": "E99"},
+                  pseudonym=pid, date="2025-01-01", physical=True) == "LIMIT_EXCEEDED"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.contracts.chain import DAY_MS, admin
+from tests.contracts.chain import DAY_MS, admin, who
 from tests.contracts.flows import CLERK, CLERK2, JIANG, ZHOU, approved, lock_and_dispense, settle
 from tests.contracts.rxclient import Prepared, World
 
@@ -204,3 +204,28 @@ def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself:
     claim = settle(world, prep).unwrap()
     assert claim["preself_fen"] == expected_preself
     assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
+
+
+def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
+    out = world.chain.submit("settlement", "reverse", CLERK, claim_id="CLM-X-1-1", reason="x")
+    assert out.reason == "CLAIM_NOT_FOUND"
+    out = world.chain.submit("settlement", "settle", CLERK, rx_id="RX-NOPE", fill=0)
+    assert out.reason == "NOT_FOUND"
+    prep = dispensed(world)
+    claim = settle(world, prep).unwrap()
+    readers = [CLERK, world.patient_who("patient-zhang"), admin("h01"),
+               who("reg01:auditor-fang:auditor")]
+    for reader in readers:
+        assert world.chain.query("settlement", "get_claim", reader,
+                                 claim_id=claim["claim_id"]).ok
+        assert world.chain.query("settlement", "patient_status", reader,
+                                 pseudonym=world.pid("patient-zhang"), year=0).ok
+    for outsider in (who("p02:pharm-chen:pharmacist"), CLERK2, world.patient_who("patient-sun")):
+        assert world.chain.query("settlement", "get_claim", outsider,
+                                 claim_id=claim["claim_id"]).reason == "ACCESS_DENIED"
+        assert world.chain.query("settlement", "patient_status", outsider,
+                                 pseudonym=world.pid("patient-zhang"),
+                                 year=0).reason == "ACCESS_DENIED"
+    last_year = world.chain.query("settlement", "patient_status", CLERK,
+                                  pseudonym=world.pid("patient-zhang"), year=2025).unwrap()
+    assert last_year["deductible_used_fen"] == 0 and last_year["cap_used_fen"] == 0
