@@ -15,6 +15,7 @@ role and organisation itself.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -145,11 +146,22 @@ class Bootstrapper:
             self.progress(f"  {name}: installed in block {installed.block}; "
                           f"{len(approvers)} admins approving")
             _parallel([self._job(org, LIFECYCLE, "approve", definition) for org in approvers])
-            committed = lead.gateway.submit(LIFECYCLE, "commit", definition)
+            committed = self._commit(lead, definition)
             self.progress(f"  {name}: committed in block {committed.block} "
                           f"(policy {defs[name]['endorsement_policy'][:48]}...)")
             out[name] = {"code_hash": code_hash, "sequence": seq, "block": committed.block}
         return out
+
+    def _commit(self, lead: Session, definition: dict[str, Any]) -> SubmitResult:
+        for attempt in range(5):
+            try:
+                return lead.gateway.submit(LIFECYCLE, "commit", definition)
+            except RxClientError as exc:
+                # An endorser that has not yet committed every approval sees too few.
+                if exc.reason != "LIFECYCLE_POLICY_FAILURE" or attempt == 4:
+                    raise
+                time.sleep(0.3 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ sample data
     def load_sample_data(self, path: Path = DEFAULT_SAMPLE_DATA) -> dict[str, int]:

@@ -93,7 +93,10 @@ class Gateway:
     def __init__(self, identity: WalletIdentity, target: str, consortium_id: str, *,
                  clock: Clock = wall_clock_ms, nonce_source: NonceSource | None = None,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 commit_timeout_ms: int = 30_000, channel: grpc.Channel | None = None):
+                 commit_timeout_ms: int = 30_000, channel: grpc.Channel | None = None,
+                 min_block: Callable[[], int] | None = None,
+                 on_commit: Callable[[int], None] | None = None,
+                 catch_up_timeout_s: float = 15.0):
         self.identity = identity
         self.target = target
         self._channel = channel or secure_channel(
@@ -109,6 +112,13 @@ class Gateway:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._commit_timeout_ms = commit_timeout_ms
+        # Read-your-writes across peers: before a call, wait (bounded) until our peer has
+        # committed the last block this client -- or any client sharing ``min_block`` -- saw.
+        self.last_block = -1
+        self._min_block = min_block
+        self._peer_height = 0
+        self._on_commit = on_commit
+        self._catch_up_timeout_s = catch_up_timeout_s
 
     # ------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -121,7 +131,31 @@ class Gateway:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def wait_for_block(self, block: int, timeout_s: float) -> bool:
+        """Wait (bounded) until the peer has committed ``block``; False on timeout."""
+        waited = 0.0
+        while True:
+            if self._peer_height > block:
+                return True
+            try:
+                height = self._admin.Status(services_pb2.StatusRequest(), timeout=3).height
+            except grpc.RpcError:
+                height = 0
+            self._peer_height = max(self._peer_height, int(height))
+            if height > block:
+                return True
+            if waited >= timeout_s:
+                return False
+            self._sleep(0.05)
+            waited += 0.05
+
+    def _catch_up(self) -> None:
+        target = max(self.last_block, self._min_block() if self._min_block else -1)
+        if target >= 0:
+            self.wait_for_block(target, self._catch_up_timeout_s)
+
     def _call(self, fn: Callable[[], T], cls: type[RxClientError] = RxClientError) -> T:
+        self._catch_up()
         delays = self._retry.delays()
         attempt = 0
         while True:
@@ -149,7 +183,17 @@ class Gateway:
                 endorsing_orgs: list[str] | None = None) -> services_pb2.EndorseResponse:
         """Collect endorsements for a built proposal."""
         req = services_pb2.EndorseRequest(proposal=built.signed, endorsing_orgs=endorsing_orgs or [])
-        resp = self._call(lambda: self._stub.Endorse(req, timeout=60), EndorsementError)
+        attempt = 0
+        while True:
+            try:
+                resp = self._call(lambda: self._stub.Endorse(req, timeout=60), EndorsementError)
+                break
+            except EndorsementError as exc:
+                # Another endorser has not committed the latest block yet: give it a moment.
+                if exc.reason != "ENDORSEMENT_MISMATCH" or attempt >= 4:
+                    raise
+                attempt += 1
+                self._sleep(0.2 * attempt)
         check_response(resp.result)
         if resp.tx_id and resp.tx_id != built.tx_id:
             raise EndorsementError("BAD_PAYLOAD", "gateway answered for another transaction")
@@ -164,6 +208,12 @@ class Gateway:
             lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5)
         )
         name = transaction_pb2.TxValidationCode.Name(status.code)
+        block = int(status.block_number)
+        self._peer_height = max(self._peer_height, block + 1)
+        if block > self.last_block:
+            self.last_block = block
+            if self._on_commit is not None:
+                self._on_commit(block)
         if status.code != transaction_pb2.VALID:
             raise CommitError(name, f"transaction {tx_id} committed as invalid",
                               tx_id, status.block_number)

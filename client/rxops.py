@@ -186,19 +186,26 @@ class RxOperations:
 
     def dispense(self, rx_id: str, trace_codes: Sequence[str] = (),
                  auto_lock: bool = True) -> dict[str, Any]:
-        """Decrypt, (lock if needed), and dispense with per-box trace codes."""
+        """Lock (unless we already hold the lock), decrypt, and dispense with trace codes.
+
+        Locking first lets the contract answer a pharmacy that may not dispense with its own
+        reason (NOT_ROUTED, ALREADY_DISPENSED, ALREADY_LOCKED ...) before any key is fetched.
+        """
+        locked: dict[str, Any] | None = None
+        if auto_lock:
+            try:
+                locked = self.lock(rx_id)
+            except RxClientError as exc:
+                if exc.reason != "ALREADY_LOCKED":
+                    raise
+                meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+                holder = (meta.get("lock") or {}).get("org") if isinstance(meta, dict) else None
+                if holder != self.s.identity.org:
+                    raise
         opened = self._get_key(rx_id)
         transient = {"content": opened.body, "salt": opened.salt}
         args = {"rx_id": rx_id, "trace_codes": list(trace_codes)}
-        locked: dict[str, Any] | None = None
-        try:
-            res = self.s.gateway.submit(RX, "dispense", args, transient)
-        except RxClientError as exc:
-            if exc.reason != "NOT_LOCKED" or not auto_lock:
-                raise
-            locked = self.lock(rx_id)
-            res = self.s.gateway.submit(RX, "dispense", args, transient)
-        out = _written(res)
+        out = _written(self.s.gateway.submit(RX, "dispense", args, transient))
         if locked is not None:
             out["lock_block"] = locked["block"]
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,27 @@ from client.patients import PatientDirectory
 from client.records import dx_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, wallet_dir
+
+LAST_BLOCK_FILE = "run/last-block"
+
+
+def read_last_block(home: Path) -> int:
+    """The last block any client of this home saw committed (-1 if none)."""
+    try:
+        return int((Path(home) / LAST_BLOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def record_last_block(home: Path, block: int) -> None:
+    """Remember a committed block so the next client waits for its own peer to reach it."""
+    path = Path(home) / LAST_BLOCK_FILE
+    if block <= read_last_block(home):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"last-block.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(f"{block}\n")
+    os.replace(tmp, path)
 
 
 class Session:
@@ -31,7 +54,9 @@ class Session:
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         kwargs = {} if sleep is None else {"sleep": sleep}
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
-                               clock=clock, retry=retry, **kwargs)  # type: ignore[arg-type]
+                               clock=clock, retry=retry, min_block=lambda: read_last_block(self.home),
+                               on_commit=lambda b: record_last_block(self.home, b),
+                               **kwargs)  # type: ignore[arg-type]
         self._directory: PatientDirectory | None = None
 
     def _default_peer_org(self, org: str) -> str:
