@@ -411,7 +411,9 @@ def _check_drugs(ctx: Context, content: dict) -> list:
         found.append(drug)
     for drug in found:
         if drug["controlled"] in FORBIDDEN_CLASSES:
-            ctx.fail("FORBIDDEN_DRUG_CLASS", drug["controlled"] + " drugs are never prescribed online")
+            ctx.fail(
+                "FORBIDDEN_DRUG_CLASS", drug["controlled"] + " drugs are never prescribed online"
+            )
     return found
 
 
@@ -747,7 +749,8 @@ def dispense(ctx: Context, rx_id: str, trace_codes: list) -> dict:
     rx["lock"] = None
     rx["status"] = "DISPENSED"
     _save(ctx, rx, "dispense", {"fill": fill, "boxes": boxes, "trace_codes": len(hashes)})
-    return {"rx_id": rx_id, "status": "DISPENSED", "fill": fill, "fills_left": rx["max_fills"] - fill}
+    left = rx["max_fills"] - fill
+    return {"rx_id": rx_id, "status": "DISPENSED", "fill": fill, "fills_left": left}
 
 
 def deliver(ctx: Context, rx_id: str) -> dict:
@@ -946,7 +949,8 @@ def trace(ctx: Context, rx_id: str) -> dict:
                 "detail": s["detail"],
             }
         )
-    for pair in ctx.range_from("settlement", "rxclaim/" + rx_id + "/", "rxclaim/" + rx_id + "/~", 64):
+    prefix = "rxclaim/" + rx_id + "/"
+    for pair in ctx.range_from("settlement", prefix, prefix + "~", 64):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
         for ev in claim["events"]:
             steps.append(

@@ -233,7 +233,7 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
             claim_qty[code] = 0
         claim_qty[code] = claim_qty[code] + ln["qty"]
         if claim_qty[code] > disp_qty[code]:
-            ctx.fail("QTY_EXCEEDS_DISPENSED", "claimed quantity of " + code + " exceeds the dispense")
+            ctx.fail("QTY_EXCEEDS_DISPENSED", "claimed quantity of " + code + " exceeds dispense")
     out = []
     for code in order:
         out.append({"code": code, "qty": claim_qty[code]})
@@ -263,7 +263,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     fill3 = str(fill).zfill(3)
     guard = ctx.get("claimed/" + rx_id + "/" + fill3)
     if guard is not None and guard["active"] != "":
-        ctx.fail("DUPLICATE_CLAIM", "fill " + str(fill) + " is already claimed by " + guard["active"])
+        ctx.fail("DUPLICATE_CLAIM", "fill " + str(fill) + " already claimed: " + guard["active"])
     claim = ctx.transient("claim")
     salt = ctx.transient("claim_salt")
     if not isinstance(claim, dict) or not _is_hex(salt, 32, 128):
@@ -345,7 +345,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         rec[k] = r[k]
     ctx.put("claim/" + claim_id, rec)
     ctx.put("claimed/" + rx_id + "/" + fill3, {"active": claim_id, "count": count + 1})
-    ctx.put("rxclaim/" + rx_id + "/" + fill3 + "/" + str(count + 1).zfill(3), {"claim_id": claim_id})
+    index = "rxclaim/" + rx_id + "/" + fill3 + "/" + str(count + 1).zfill(3)
+    ctx.put(index, {"claim_id": claim_id})
     ctx.emit("claim.settled", {"claim_id": claim_id, "rx_id": rx_id, "insurer": c.org})
     return rec
 
