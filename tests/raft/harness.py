@@ -91,15 +91,18 @@ class Cluster:
         self.queue: list[Message] = []
         self.cut_links: set[tuple[int, int]] = set()
         self.log: list[str] = []
-        cs = ConfState(voters=tuple(voters if voters is not None else ids))
+        founders = voters if voters is not None else ids
         for nid in ids:
-            self.add_member(nid, cs)
+            self.add_member(nid, founders if nid in founders else None)
+        self.stabilize()  # apply the bootstrap conf changes
 
-    def add_member(self, nid: int, cs: ConfState) -> Member:
-        """Create node ``nid`` with fresh storage bootstrapped to ``cs``."""
-        storage = MemoryStorage(cs)
+    def add_member(self, nid: int, founders: list[int] | None = None) -> Member:
+        """Create node ``nid``: a founding member (bootstrap log) or an empty joiner."""
+        storage = MemoryStorage()
+        if founders:
+            storage.bootstrap(founders)
         cfg = Config(id=nid, rng=random.Random(self.seed * 1000 + nid), **self.kw)  # type: ignore[arg-type]
-        m = Member(RawNode(cfg, storage), storage, conf_state=cs)
+        m = Member(RawNode(cfg, storage), storage)
         self.members[nid] = m
         return m
 
@@ -152,18 +155,21 @@ class Cluster:
         mem.node.advance(rd)
         return True
 
-    def deliver(self) -> list[Message]:
-        """Deliver every queued message once (new ones are queued); returns those delivered."""
+    def deliver(self) -> list[str]:
+        """Deliver every queued message once (new ones are queued); returns rendered lines
+        (cut links and unknown recipients drop the message, shown as ``DROPPED``)."""
         batch, self.queue = self.queue, []
         done = []
         for m in batch:
             if (m.frm, m.to) in self.cut_links or m.to not in self.members:
+                done.append(fmt_msg(m) + " DROPPED")
                 continue
             try:
                 self.members[m.to].node.step(m)
-            except InvalidMessage:
+            except InvalidMessage as exc:
+                done.append(fmt_msg(m) + f" INVALID {exc.reason}")
                 continue
-            done.append(m)
+            done.append(fmt_msg(m))
         return done
 
     def stabilize(self, max_rounds: int = 1000) -> list[str]:
@@ -175,7 +181,7 @@ class Cluster:
                 while self.process_ready(nid):
                     progressed = True
             delivered = self.deliver()
-            out.extend(fmt_msg(m) for m in delivered)
+            out.extend(delivered)
             if not progressed and not delivered and not self.queue:
                 return out
         raise AssertionError("cluster did not stabilize")
