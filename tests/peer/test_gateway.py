@@ -1,0 +1,239 @@
+"""Gateway RPC modules, in process: endorse planning, submit checks, commit status, events."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import pytest
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from node.errors import RxError
+from node.identity.policy import parse_policy
+from node.peer.config_view import ConfigView
+from node.peer.gateway.commit_status import commit_status
+from node.peer.gateway.deps import GatewayDeps
+from node.peer.gateway.endorse import endorse, plan
+from node.peer.gateway.evaluate import evaluate
+from node.peer.gateway.events import events
+from node.peer.gateway.submit import submit
+from node.peer.notifier import CommitNotifier
+from node.peer.policy_provider import LifecyclePolicies
+from tests.peer.conftest import Cluster, Peer
+
+ORGS = ["h01", "p01", "ins01", "reg01"]
+
+
+class LocalRemotes:
+    """RemoteEndorsers over other in-process peers (optionally one that lies or is down)."""
+
+    def __init__(self, peers: dict[str, Peer], down: frozenset[str] | set[str] = frozenset(), liar: str = "") -> None:
+        self.peers = peers
+        self.down = down
+        self.liar = liar
+        self.calls: list[str] = []
+
+    def orgs(self) -> list[str]:
+        return list(self.peers)
+
+    def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        self.calls.append(org)
+        if org in self.down:
+            raise RxError("SERVICE_UNAVAILABLE", f"{org} is down")
+        resp = self.peers[org].endorser.endorse(signed)
+        if org == self.liar:
+            payload = transaction_pb2.ProposalResponsePayload.FromString(resp.payload)
+            payload.gas_used += 1
+            resp.payload = payload.SerializeToString()
+        return resp
+
+
+class FakeBroadcast:
+    def __init__(self, accept: bool = True, reason: str = "") -> None:
+        self.accept = accept
+        self.reason = reason
+        self.sent: list[transaction_pb2.Envelope] = []
+
+    def submit(self, envelope: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
+        self.sent.append(envelope)
+        return services_pb2.BroadcastResponse(accepted=self.accept, reason=self.reason)
+
+
+def deps_for(cluster: Cluster, remotes: Any, broadcast: Any = None) -> tuple[GatewayDeps, CommitNotifier]:
+    local = cluster.peers[0]
+    notifier = CommitNotifier(local.ledger.height())
+    local.committer.add_listener(notifier.on_commit)
+    deps = GatewayDeps(
+        org=local.org, endorser=local.endorser, ledger=local.ledger,
+        configs=ConfigView(local.ledger.state, local.committer.validator._verifier),
+        policies=LifecyclePolicies(), notifier=notifier, remotes=cast(Any, remotes),
+        broadcast=cast(Any, broadcast or FakeBroadcast()),
+    )
+    return deps, notifier
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(4) as p:
+        yield p
+
+
+def test_plan_picks_a_small_satisfying_set() -> None:
+    pol = parse_policy("OutOf(2, h01.peer, p01.peer, ins01.peer)", ORGS)
+    assert plan(pol, ["h01"], ["p01", "ins01"]) == ["p01"]
+    assert plan(pol, ["reg01"], ["p01", "ins01"]) == ["p01", "ins01"]
+    assert plan(pol, ["h01"], []) is None
+    pol = parse_policy("AND(h01.peer, ins01.peer)", ORGS)
+    assert plan(pol, ["h01"], ["p01", "ins01", "reg01"]) == ["ins01"]
+
+
+def test_endorse_collects_what_the_policy_needs(deployed: Cluster, pool) -> None:
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "a", "value": 1},
+                                   timestamp_ms=deployed.now())
+    resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    tx = transaction_pb2.Transaction.FromString(resp.prepared_transaction)
+    assert [e.endorser.org for e in tx.endorsements] == ["h01", "p01"]
+    assert remotes.calls == ["p01"]
+    assert resp.result.status == 200 and len(resp.tx_id) == 64
+    # The prepared transaction, signed by the client, commits VALID.
+    payload = resp.prepared_transaction
+    env = transaction_pb2.Envelope(payload=payload, signature=deployed.net.doctor.sign(payload))
+    block = deployed.commit([env.SerializeToString()])[0]
+    assert block.metadata.validation_codes[0] == transaction_pb2.VALID
+
+
+def test_endorse_replaces_a_down_peer(deployed: Cluster, pool) -> None:
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]}, down={"p01"})
+    deps, _ = deps_for(deployed, remotes)
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "a", "value": 1},
+                                   timestamp_ms=deployed.now())
+    resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    tx = transaction_pb2.Transaction.FromString(resp.prepared_transaction)
+    assert [e.endorser.org for e in tx.endorsements] == ["h01", "ins01"]
+
+
+def test_endorse_refuses_mismatch_and_unsatisfiable(deployed: Cluster, pool) -> None:
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "a", "value": 1},
+                                   timestamp_ms=deployed.now())
+    deps, _ = deps_for(deployed, LocalRemotes({"p01": deployed.peers[1]}, liar="p01"))
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    assert err.value.reason == "ENDORSEMENT_MISMATCH"
+    deps, _ = deps_for(deployed, LocalRemotes({"p01": deployed.peers[1]}, down={"p01"}))
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    assert err.value.reason == "ENDORSEMENT_POLICY_FAILURE"
+    # A contract refusal is reported with the contract's reason, nothing is prepared.
+    bad = deployed.kit.proposal(deployed.net.doctor, "counter", "add", {"key": "a", "amount": 0},
+                                timestamp_ms=deployed.now())
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=bad), pool)
+    assert err.value.reason == "NOT_POSITIVE"
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["zz9"]), pool)
+    assert err.value.reason == "BAD_REQUEST"
+
+
+def test_evaluate_returns_contract_status(deployed: Cluster) -> None:
+    deps, _ = deps_for(deployed, LocalRemotes({}))
+    ok = deployed.kit.proposal(deployed.net.doctor, "counter", "get", {"key": "a"},
+                               timestamp_ms=deployed.now())
+    assert evaluate(deps, services_pb2.EvaluateRequest(proposal=ok)).result.payload == b'{"value":null}'
+    bad = deployed.kit.proposal(deployed.net.doctor, "counter", "add", {"key": "a", "amount": -3},
+                                timestamp_ms=deployed.now())
+    result = evaluate(deps, services_pb2.EvaluateRequest(proposal=bad)).result
+    assert (result.status, result.reason) == (400, "NOT_POSITIVE")
+    with pytest.raises(RxError) as err:
+        evaluate(deps, services_pb2.EvaluateRequest())
+    assert err.value.reason == "BAD_REQUEST"
+
+
+def _prepared(deployed: Cluster, key: str) -> tuple[str, transaction_pb2.Envelope]:
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": key, "value": 1},
+                                   timestamp_ms=deployed.now())
+    responses = deployed.endorse_all(signed, deployed.peers[:2])
+    prop = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+    tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation,
+                                     response_payload=responses[0].payload,
+                                     endorsements=[r.endorsement for r in responses])
+    raw = tx.SerializeToString()
+    header = transaction_pb2.TxHeader.FromString(prop.header)
+    return header.tx_id, transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(raw))
+
+
+def test_submit_checks_input_and_maps_refusals(deployed: Cluster) -> None:
+    fake = FakeBroadcast()
+    deps, _ = deps_for(deployed, LocalRemotes({}), fake)
+    tx_id, env = _prepared(deployed, "s1")
+    assert submit(deps, services_pb2.SubmitRequest(envelope=env)).tx_id == tx_id
+    assert fake.sent == [env]
+    for bad, reason in [
+        (transaction_pb2.Envelope(payload=b"\xff\xff", signature=b"x"), "BAD_PAYLOAD"),
+        (transaction_pb2.Envelope(payload=b"", signature=b""), "BAD_PAYLOAD"),
+        (transaction_pb2.Envelope(payload=b"\x0a" + b"\x00" * (300 << 10), signature=b"x"), "TOO_LARGE"),
+    ]:
+        with pytest.raises(RxError) as err:
+            submit(deps, services_pb2.SubmitRequest(envelope=bad))
+        assert err.value.reason == reason
+    assert len(fake.sent) == 1
+    deps, _ = deps_for(deployed, LocalRemotes({}), FakeBroadcast(False, "BAD_SIGNATURE"))
+    with pytest.raises(RxError) as err:
+        submit(deps, services_pb2.SubmitRequest(envelope=env))
+    assert err.value.reason == "BAD_SIGNATURE"
+
+
+def test_commit_status_immediate_waiting_and_timeout(deployed: Cluster) -> None:
+    deps, _ = deps_for(deployed, LocalRemotes({}))
+    tx_id, env = _prepared(deployed, "c1")
+    with pytest.raises(RxError) as err:
+        commit_status(deps, services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=50))
+    assert err.value.reason == "TIMEOUT"
+    with pytest.raises(RxError) as err:
+        commit_status(deps, services_pb2.CommitStatusRequest(tx_id="nope"))
+    assert err.value.reason == "BAD_REQUEST"
+    answer: list[services_pb2.CommitStatusResponse] = []
+    waiter = threading.Thread(target=lambda: answer.append(commit_status(
+        deps, services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=10_000))))
+    waiter.start()
+    block = deployed.commit([env.SerializeToString()])[0]
+    waiter.join(10)
+    assert answer and answer[0].code == transaction_pb2.VALID
+    assert answer[0].block_number == block.header.number
+    again = commit_status(deps, services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=1))
+    assert (again.code, again.block_number) == (transaction_pb2.VALID, block.header.number)
+
+
+def test_events_from_checkpoint_and_follow(deployed: Cluster) -> None:
+    deps, notifier = deps_for(deployed, LocalRemotes({}))
+    start = deployed.peers[0].ledger.height()
+    _, env1 = _prepared(deployed, "e1")
+    deployed.commit([env1.SerializeToString()])
+    # A block with two writes and a replayed copy: the copy is DUPLICATE_TXID and its event
+    # is not reported.
+    s1 = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "e2", "value": 1},
+                               timestamp_ms=deployed.now())
+    s2 = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "e2", "value": 2},
+                               timestamp_ms=deployed.now())
+    from tests.peer.kit import envelope
+    e1 = envelope(deployed.net.doctor, s1, deployed.endorse_all(s1, deployed.peers[:2]))
+    e2 = envelope(deployed.net.doctor, s2, deployed.endorse_all(s2, deployed.peers[:2]))
+    deployed.commit([e1, e2, e1])
+    got = list(events(deps, services_pb2.EventsRequest(start_block=start, contract="counter"), lambda: True))
+    assert [g.block_number for g in got] == [start, start + 1]
+    assert [t.code for t in got[1].txs] == [transaction_pb2.VALID, transaction_pb2.VALID,
+                                            transaction_pb2.DUPLICATE_TXID]
+    assert len(got[1].events) == 2
+    # Follow: a block committed later is delivered on the open stream.
+    stream = events(deps, services_pb2.EventsRequest(start_block=start + 2, follow=True), lambda: True)
+    box: list[services_pb2.EventsResponse] = []
+    reader = threading.Thread(target=lambda: box.append(next(stream)))
+    reader.start()
+    _, env3 = _prepared(deployed, "e3")
+    deployed.commit([env3.SerializeToString()])
+    reader.join(10)
+    assert box and box[0].block_number == start + 2 and box[0].txs[0].function == "put"
+    assert [e.name for e in box[0].events] == ["stored"]
+    notifier.close()
