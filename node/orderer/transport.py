@@ -18,6 +18,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -30,7 +31,7 @@ from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.streams import ordered_answers
-from node.orderer.ticket import SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
 
@@ -266,7 +267,6 @@ class ClusterService:
     ) -> Iterator[services_pb2.BroadcastResponse]:
         """Cluster.Forward: envelopes a follower validated, ordered here if we lead."""
         self._caller(context, "Forward")
-        import time
 
         def dispatch(raw: bytes) -> tuple[Ticket, float]:
             # The forwarding orderer validated the envelope; we only order it.
@@ -322,7 +322,11 @@ class _ForwardStream:
         self._thread.start()
 
     def submit(self, envelope: bytes, ticket: Ticket) -> None:
-        self._queue.put((envelope, ticket))
+        with self._lock:  # never enqueue after _break drained the queue
+            if self.broken:
+                ticket.resolve(Outcome(NOT_LEADER, "leader unreachable; envelope not sent"))
+                return
+            self._queue.put((envelope, ticket))
 
     def _requests(self) -> Iterator[bytes]:
         while True:
@@ -332,7 +336,7 @@ class _ForwardStream:
             envelope, ticket = item
             with self._lock:
                 if self.broken:
-                    ticket.resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
+                    ticket.resolve(Outcome(NOT_LEADER, "leader unreachable; envelope not sent"))
                     continue
                 self._inflight.append(ticket)
             yield envelope
@@ -353,16 +357,19 @@ class _ForwardStream:
         with self._lock:
             self.broken = True
             inflight, self._inflight = list(self._inflight), deque()
-        for t in inflight:
+            queued: list[Ticket] = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    queued.append(item[1])
+            self._queue.put(None)
+        for t in inflight:  # sent: the leader may have ordered them, outcome unknown
             t.resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[1].resolve(Outcome(SERVICE_UNAVAILABLE, "forward stream to leader broke"))
-        self._queue.put(None)
+        for t in queued:  # never sent: safe to re-dispatch (NOT_LEADER is retried)
+            t.resolve(Outcome(NOT_LEADER, "leader unreachable; envelope not sent"))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -372,9 +379,18 @@ class _ForwardStream:
 class Forwarder:
     """Follower side of Cluster.Forward (the broadcast handler's LeaderForwarder)."""
 
-    def __init__(self, membership: Membership, channel_factory: ChannelFactory) -> None:
+    def __init__(
+        self,
+        membership: Membership,
+        channel_factory: ChannelFactory,
+        clock: Callable[[], float] = time.monotonic,
+        redial_s: float = 0.2,
+    ) -> None:
         self._membership = membership
         self._factory = channel_factory
+        self._clock = clock
+        self._redial_s = redial_s
+        self._broke_at: dict[int, float] = {}
         self._streams: dict[int, _ForwardStream] = {}
         self._lock = threading.Lock()
 
@@ -386,6 +402,12 @@ class Forwarder:
             if stream is None or stream.broken:
                 if stream is not None:
                     stream.close()
+                    del self._streams[leader_id]
+                    self._broke_at[leader_id] = self._clock()
+                if self._clock() - self._broke_at.get(leader_id, -1e9) < self._redial_s:
+                    # Do not redial a leader that just failed for every envelope.
+                    ticket.resolve(Outcome(NOT_LEADER, f"leader {leader_id} unreachable"))
+                    return ticket
                 target = self._membership.targets().get(leader_id)
                 if target is None:
                     ticket.resolve(Outcome(SERVICE_UNAVAILABLE, f"leader {leader_id} unknown"))

@@ -217,6 +217,7 @@ class Pump:
         self.procs, self.client, self.batch = procs, client, batch
         self.accepted: list[str] = []
         self.refused: list[tuple[str, str]] = []
+        self.messages: list[str] = []
         self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -246,6 +247,7 @@ class Pump:
                     self.accepted.append(tx_id)
                 else:
                     self.refused.append((tx_id, r.reason))
+                    self.messages.append(r.message)
 
     def stop(self) -> None:
         self._stop.set()
