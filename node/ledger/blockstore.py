@@ -134,6 +134,7 @@ class BlockStore:
         self._closed = False
         self._write_fd = self._idx_fd = -1
         self._write_seg = self._write_pos = 0
+        self._indexed = 0
         try:
             self._recover()
             if not readonly:
@@ -152,7 +153,15 @@ class BlockStore:
         self._idx_fd = os.open(
             os.path.join(self._dir, "index.bin"), os.O_RDWR | os.O_CREAT, 0o644
         )
-        os.ftruncate(self._idx_fd, len(self._locs) * IDX_SIZE)
+        os.ftruncate(self._idx_fd, self._indexed * IDX_SIZE)
+        missing = self._locs[self._indexed :]
+        if missing:  # entries found by scanning the segments
+            os.pwrite(
+                self._idx_fd,
+                b"".join(_IDX.pack(loc.segment, loc.offset) for loc in missing),
+                self._indexed * IDX_SIZE,
+            )
+        self._indexed = len(self._locs)
 
     # ------------------------------------------------------------------ recovery
 
@@ -212,16 +221,30 @@ class BlockStore:
 
     def _recover(self) -> None:
         segs = self._segments()
+        seg_set = set(segs)
         locs = self._read_index_file()
-        # Trust the index only if its last entry points at a sound record.
-        while locs:
-            last = locs[-1]
-            if last.segment in segs and self._record_ok(
-                last.segment, last.offset, len(locs) - 1
+        # Keep the longest prefix of index entries that point at record headers of the
+        # right number, in increasing positions; the last kept one must checksum too.
+        good = 0
+        prev: Location | None = None
+        for i, loc in enumerate(locs):
+            if loc.segment not in seg_set or (
+                prev is not None and (loc.segment, loc.offset) <= (prev.segment, prev.offset)
             ):
                 break
-            _log.warning("block index inconsistent at entry %d; rebuilding it", len(locs) - 1)
-            locs = []
+            head = self._read_head(loc.segment, loc.offset)
+            if head is None or head[0] != i:
+                break
+            good, prev = i + 1, loc
+        while good and not self._record_ok(locs[good - 1].segment, locs[good - 1].offset, good - 1):
+            good -= 1
+        if good < len(locs):
+            _log.warning(
+                "block store %s: index has %d entries, %d usable; completing it from the "
+                "segments", self._dir, len(locs), good,
+            )
+        locs = locs[:good]
+        self._indexed = good
         if locs:
             last = locs[-1]
             head = self._read_head(last.segment, last.offset)

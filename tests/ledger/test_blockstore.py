@@ -188,3 +188,27 @@ def test_zero_filled_tail_truncated_and_readonly_does_not_touch(tmp_path):
     with BlockStore(tmp_path) as bs:
         assert bs.height() == 2
     assert seg.stat().st_size == good
+
+
+def test_index_completed_after_scan_survives_more_appends(tmp_path):
+    """Entries found by scanning are written back; a zeroed middle entry is not trusted."""
+    blocks = make_chain(8)
+    with BlockStore(tmp_path, fsync=False) as bs:
+        for b in blocks[:5]:
+            bs.append(b)
+    idx = tmp_path / "index.bin"
+    os.truncate(idx, 2 * IDX_SIZE)  # crash lost the index entries of blocks 2..4
+    with BlockStore(tmp_path) as bs:
+        assert bs.height() == 5
+        for b in blocks[5:]:
+            bs.append(b)
+    with BlockStore(tmp_path) as bs:
+        assert [b.header.number for b in bs.iter_blocks(0)] == list(range(8))
+        assert bs.verify() is None
+    raw = bytearray(idx.read_bytes())
+    raw[3 * IDX_SIZE : 4 * IDX_SIZE] = b"\0" * IDX_SIZE  # a page of the index never written
+    idx.write_bytes(bytes(raw))
+    with BlockStore(tmp_path) as bs:
+        assert bs.height() == 8
+        assert bs.get(3) == blocks[3]
+        assert bs.verify() is None

@@ -19,13 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOTAL = 5
 
 
-def run_driver(directory, crash_at=None):
+def run_driver(directory, crash_at=None, total=TOTAL):
     env = dict(os.environ)
     env.pop("RXCHAIN_CRASH_AT", None)
     if crash_at:
         env["RXCHAIN_CRASH_AT"] = crash_at
     proc = subprocess.run([sys.executable, "-m", "tests.ledger.crash_driver", str(directory),
-                           str(TOTAL)], cwd=ROOT, env=env, capture_output=True, timeout=60,
+                           str(total)], cwd=ROOT, env=env, capture_output=True, timeout=60,
                           check=False)
     return proc.returncode, proc.stderr.decode()
 
@@ -99,3 +99,46 @@ def test_replay_refuses_tampered_stored_codes(tmp_path):
     with pytest.raises(LedgerError) as e:
         Ledger(tmp_path)
     assert e.value.reason == "LEDGER_CORRUPT"
+
+
+SIGKILL_TOTAL = 40
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory):
+    ref = tmp_path_factory.mktemp("longref")
+    rc, err = run_driver(ref, total=SIGKILL_TOTAL)
+    assert rc == 0, err
+    return ref
+
+
+@pytest.mark.parametrize("delay_ms", [3, 19])
+def test_real_sigkill_during_commits(tmp_path, long_reference, delay_ms):
+    """SIGKILL at an arbitrary moment of a run of commits; a restart converges."""
+    import signal
+    import time
+
+    total = SIGKILL_TOTAL
+    ref = long_reference
+    victim = tmp_path / "victim"
+    env = {k: v for k, v in os.environ.items() if k != "RXCHAIN_CRASH_AT"}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.ledger.crash_driver", str(victim),
+                             str(total)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        seg = victim / "blocks" / "seg-000000.blk"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            if seg.exists() and seg.stat().st_size > 0:
+                break
+            time.sleep(0.001)
+        time.sleep(delay_ms / 1000)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    rc, err = run_driver(victim, total=total)
+    assert rc == 0, err
+    with Ledger(ref) as a, Ledger(victim) as b:
+        assert a.height() == b.height() == total
+        assert a.state_hash() == b.state_hash()
+    assert dump_state(ref) == dump_state(victim)
