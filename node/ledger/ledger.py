@@ -203,6 +203,22 @@ class Ledger:
         block.metadata.validation_codes.extend([transaction_pb2.VALID] * len(block.data.envelopes))
         return self.commit(block, outcomes_from_block(block))
 
+    def ensure_genesis(self, genesis: block_pb2.Block) -> None:
+        """Commit ``genesis`` on an empty ledger; otherwise check block 0 is that genesis.
+
+        Raises LedgerError(GENESIS_MISMATCH) when the ledger belongs to another consortium.
+        """
+        if self.height() == 0:
+            self.commit_genesis(genesis)
+            return
+        if block_header_hash(self.blocks.get(0).header) != block_header_hash(genesis.header):
+            raise LedgerError(
+                "GENESIS_MISMATCH",
+                f"{self._dir}: block 0 is not the configured genesis block "
+                "(a ledger of another network?)",
+                block=0,
+            )
+
     # ------------------------------------------------------------------ reads
 
     def height(self) -> int:

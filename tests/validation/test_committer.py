@@ -44,3 +44,22 @@ def test_ledger_commit_rejects_mismatched_codes(peer, net):
         peer.ledger.commit(block, [])
     assert e.value.reason == "BAD_BLOCK"
     assert peer.ledger.height() == 1
+
+
+def test_ensure_genesis(peer, net, tmp_path):
+    from node.genesis import read_genesis
+    from node.ledger.ledger import Ledger
+
+    genesis = read_genesis(net.home / "genesis.block")
+    peer.ledger.ensure_genesis(genesis)  # already there: a no-op
+    assert peer.ledger.height() == 1
+    with Ledger(tmp_path / "fresh", fsync=False) as fresh:
+        fresh.ensure_genesis(genesis)
+        assert fresh.height() == 1
+        cfg = fresh.current_config()
+        assert cfg is not None and cfg.consortium_id == "test-rx"
+        other = read_genesis(net.home / "genesis.block")
+        other.header.data_hash = b"\x02" * 32
+        with pytest.raises(LedgerError) as e:
+            fresh.ensure_genesis(other)
+        assert e.value.reason == "GENESIS_MISMATCH"
