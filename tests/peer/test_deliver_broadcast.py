@@ -1,0 +1,197 @@
+"""Deliver client failover/resume and the Broadcast client, against in-process fake orderers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+
+from node.config import Endpoint
+from node.crypto.canonical import block_header_hash
+from node.errors import RxError
+from node.peer.broadcast_client import BroadcastClient
+from node.peer.deliver_client import Backoff, DeliverClient
+from tests.harness.ports import free_ports
+from tests.peer.conftest import Net, make_peer
+from tests.peer.kit import make_block
+
+
+class FakeOrderer(services_pb2_grpc.AtomicBroadcastServicer):
+    """Serves a fixed list of blocks; can end streams early or refuse broadcasts."""
+
+    def __init__(self, blocks: list[block_pb2.Block], end_after: int = 0,
+                 refuse: str = "", hold_s: float = 5.0) -> None:
+        self.blocks = blocks
+        self.hold_s = hold_s  # how long a follow stream stays open after the last block
+        self.end_after = end_after  # end the first stream after this many blocks (0: never)
+        self.refuse = refuse
+        self.starts: list[int] = []
+        self.received: list[bytes] = []
+
+    def Deliver(self, request, context) -> Iterator[services_pb2.DeliverResponse]:
+        self.starts.append(request.start_block)
+        sent = 0
+        for b in self.blocks:
+            if b.header.number >= request.start_block:
+                yield services_pb2.DeliverResponse(block=b)
+                sent += 1
+                if self.end_after and sent >= self.end_after and len(self.starts) == 1:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+        deadline = time.monotonic() + self.hold_s
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def Broadcast(self, request_iterator, context) -> Iterator[services_pb2.BroadcastResponse]:
+        for env in request_iterator:
+            self.received.append(env.payload)
+            if self.refuse:
+                yield services_pb2.BroadcastResponse(accepted=False, reason=self.refuse)
+            else:
+                yield services_pb2.BroadcastResponse(accepted=True)
+
+
+def serve(servicer: FakeOrderer, port: int) -> grpc.Server:
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    services_pb2_grpc.add_AtomicBroadcastServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
+def insecure(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(target)
+
+
+def chain(net: Net, genesis: block_pb2.Block, n: int, signer=None) -> list[block_pb2.Block]:
+    out = []
+    prev = block_header_hash(genesis.header)
+    for i in range(1, n + 1):
+        b = make_block(i, prev, [], signer or net.orderer)
+        prev = block_header_hash(b.header)
+        out.append(b)
+    return out
+
+
+@pytest.fixture
+def servers() -> Iterator[list[grpc.Server]]:
+    started: list[grpc.Server] = []
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.stop(0)
+
+
+def wait_for(cond, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_failover_resume_and_bad_blocks(net: Net, tmp_path: Path, servers) -> None:
+    peer = make_peer(net, "h01", tmp_path / "p")
+    try:
+        good = chain(net, peer.ledger.block(0), 4)
+        forged = chain(net, peer.ledger.block(0), 1, signer=net.peers["p01"])  # not an orderer
+        dead_port, bad_port, good_port = free_ports(3)
+        bad = FakeOrderer(forged, hold_s=0.2)
+        ok = FakeOrderer(good, end_after=2)
+        servers.append(serve(bad, bad_port))
+        servers.append(serve(ok, good_port))
+        eps = [Endpoint("dead", "ins01", "127.0.0.1", dead_port),
+               Endpoint("forger", "ins01", "127.0.0.1", bad_port),
+               Endpoint("good", "ins01", "127.0.0.1", good_port)]
+        errors: list[tuple[str, str]] = []
+        client = DeliverClient(eps, insecure, peer.ledger.height, peer.committer.commit_block,
+                               Backoff(0.01, 0.05), on_error=lambda o, r: errors.append((o, r)))
+        client.start()
+        try:
+            wait_for(lambda: peer.ledger.height() == 5)
+        finally:
+            client.stop()
+        assert [block_header_hash(peer.ledger.block(i).header) for i in range(1, 5)] == \
+            [block_header_hash(b.header) for b in good]
+        assert ("dead", "SERVICE_UNAVAILABLE") in errors
+        assert ("forger", "BAD_ORDERER_SIGNATURE") in errors
+        # The good orderer ended the first stream after 2 blocks; the client resumed at 3.
+        assert ok.starts[:2] == [1, 3]
+        assert bad.starts and all(s in (1, 3) for s in bad.starts)
+    finally:
+        peer.ledger.close()
+
+
+def test_stop_is_prompt_with_an_open_stream(net: Net, tmp_path: Path, servers) -> None:
+    peer = make_peer(net, "h01", tmp_path / "p")
+    try:
+        (port,) = free_ports(1)
+        servers.append(serve(FakeOrderer(chain(net, peer.ledger.block(0), 1)), port))
+        client = DeliverClient([Endpoint("o", "ins01", "127.0.0.1", port)], insecure,
+                               peer.ledger.height, peer.committer.commit_block)
+        client.start()
+        wait_for(lambda: peer.ledger.height() == 2)
+        t0 = time.monotonic()
+        client.stop()
+        assert time.monotonic() - t0 < 3
+    finally:
+        peer.ledger.close()
+
+
+def test_broadcast_failover_and_refusals(servers) -> None:
+    dead, refusing, ok_port = free_ports(3)
+    busy = FakeOrderer([], refuse="SERVICE_UNAVAILABLE")
+    ok = FakeOrderer([])
+    servers.append(serve(busy, refusing))
+    servers.append(serve(ok, ok_port))
+    client = BroadcastClient([Endpoint("dead", "ins01", "127.0.0.1", dead),
+                              Endpoint("busy", "ins01", "127.0.0.1", refusing),
+                              Endpoint("ok", "ins01", "127.0.0.1", ok_port)],
+                             insecure, answer_timeout_s=5, backoff_s=0.01)
+    try:
+        env = transaction_pb2.Envelope(payload=b"p1", signature=b"s")
+        assert client.submit(env).accepted
+        assert busy.received == [b"p1"] and ok.received == [b"p1"]
+        # Concurrent submits share the stream; answers are matched in order.
+        envs = [transaction_pb2.Envelope(payload=f"q{i}".encode(), signature=b"s") for i in range(30)]
+        with futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(client.submit, envs))
+        assert all(a.accepted for a in answers)
+        assert sorted(ok.received[1:]) == sorted(e.payload for e in envs)
+    finally:
+        client.close()
+    final = BroadcastClient([Endpoint("x", "ins01", "127.0.0.1", refusing)], insecure,
+                            attempts=2, backoff_s=0.01)
+    try:
+        with pytest.raises(RxError) as err:
+            final.submit(transaction_pb2.Envelope(payload=b"z", signature=b"s"))
+        assert err.value.reason == "SERVICE_UNAVAILABLE"
+    finally:
+        final.close()
+    refuse = FakeOrderer([], refuse="BAD_SIGNATURE")
+    (port,) = free_ports(1)
+    servers.append(serve(refuse, port))
+    one = BroadcastClient([Endpoint("r", "ins01", "127.0.0.1", port)], insecure)
+    try:
+        resp = one.submit(transaction_pb2.Envelope(payload=b"z", signature=b"s"))
+        assert not resp.accepted and resp.reason == "BAD_SIGNATURE"
+        assert refuse.received == [b"z"]  # a definitive refusal is not retried
+    finally:
+        one.close()
+
+
+def test_threads_do_not_leak(net: Net, tmp_path: Path) -> None:
+    before = threading.active_count()
+    peer = make_peer(net, "h01", tmp_path / "p")
+    client = DeliverClient([Endpoint("o", "ins01", "127.0.0.1", free_ports(1)[0])], insecure,
+                           peer.ledger.height, peer.committer.commit_block, Backoff(0.01, 0.02))
+    client.start()
+    time.sleep(0.1)
+    client.stop()
+    peer.ledger.close()
+    wait_for(lambda: threading.active_count() <= before + 2, 5)
