@@ -330,7 +330,12 @@ class Validator:
             raise _Reject(transaction_pb2.BAD_PAYLOAD)
         name = inv.contract
         if name not in contracts:
-            contracts[name] = self._policies.contract(name, self._state)
+            try:
+                contracts[name] = self._policies.contract(name, self._state)
+            except (RxError, ValueError):
+                # A definition that cannot be read (bad stored policy...) is not active; the
+                # outcome must stay deterministic and the block committable.
+                contracts[name] = None
         definition = contracts[name]
         if definition is None:
             raise _Reject(transaction_pb2.UNKNOWN_CONTRACT)

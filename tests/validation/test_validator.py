@@ -219,3 +219,14 @@ def test_config_update(peer, net):
     assert peer.committer.validator.config.config.sequence == 1
     small = endorsed(peer, net, [RwSpec("rx", writes=[("k", b"x" * 10)])])
     assert commit(peer, net, [small]) == [VALID]
+
+
+def test_broken_contract_definition_is_unknown_contract(peer, net):
+    class Broken:
+        def contract(self, name, state):
+            raise RxError("BAD_POLICY", "stored definition does not parse")
+
+    peer.committer.validator._policies = Broken()
+    env = endorsed(peer, net, [RwSpec("rx", writes=[("a", b"1")])])
+    assert commit(peer, net, [env]) == [tx_pb.UNKNOWN_CONTRACT]
+    assert peer.ledger.height() == 2
