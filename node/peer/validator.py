@@ -75,6 +75,8 @@ Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
 CONFIG_UPDATE_POLICY = "config_update"
 MIN_NONCE_BYTES = 16
 POLICY_CACHE_SIZE = 4096
+MAX_ENDORSEMENTS = 32  # more is an attempt to burn validation CPU
+MAX_CONFIG_SIGNATURES = 64
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,8 @@ class Validator:
         payload = tx.response_payload
         verify = self._verifier.verify
         principal = cfg.principal
+        if len(tx.endorsements) > MAX_ENDORSEMENTS:
+            raise _Reject(transaction_pb2.BAD_ENDORSEMENT)
         for e in tx.endorsements:
             try:
                 signer = principal(e.endorser, header_ts)
@@ -450,6 +454,8 @@ class Validator:
         if policy is None:
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
         signers: list[tuple[str, str]] = []
+        if len(update.signatures) > MAX_CONFIG_SIGNATURES:
+            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
         for sig in update.signatures:
             try:
                 ident = identity_pb2.Identity.FromString(sig.signer)
@@ -461,7 +467,7 @@ class Validator:
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
         try:
             adopted = ConfigState(new, self._verifier)
-        except RxError:
+        except (RxError, ValueError):
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE) from None
         if not new.orderers or CONFIG_UPDATE_POLICY not in adopted.policies:
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
