@@ -226,7 +226,7 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
         if not isinstance(ln, dict) or not _is_int(ln.get("qty"), 1, 1000):
             ctx.fail("BAD_TRANSIENT", "each claimed line needs a quantity of 1-1000")
         code = ln.get("code")
-        if code not in disp_qty:
+        if not isinstance(code, str) or code not in disp_qty:
             ctx.fail("ITEM_NOT_DISPENSED", "claimed item " + str(code) + " was not dispensed")
         if code not in claim_qty:
             order.append(code)

@@ -184,9 +184,12 @@ class World:
     ) -> Prepared:
         rx_id = content["rx_id"]
         salt, claim_salt = self.salt(), self.salt()
+        drugs = content.get("drugs")
         claim = {
             "diagnosis": content.get("diagnosis"),
-            "lines": [{"code": ln["code"], "qty": ln["qty"]} for ln in content.get("drugs", [])],
+            "lines": [{"code": ln.get("code"), "qty": ln.get("qty")}
+                      for ln in (drugs if isinstance(drugs, list) else [])
+                      if isinstance(ln, dict)],
             "rx_id": rx_id,
         }
         key, claim_key = aead.new_record_key(), aead.new_record_key()

@@ -1,0 +1,100 @@
+"""Malformed input never crashes a contract: random mutations of a valid prescription's
+content (and of a claim's lines) end in success or a named reason code -- never an
+escaped exception (CONTRACT_EXCEPTION) or another runtime failure -- and a refusal
+changes nothing."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from node.sandbox.types import BAD_ARGUMENTS, RUNTIME_REASONS
+from tests.contracts import sandbox_adapter
+from tests.contracts.chain import Chain
+from tests.contracts.flows import JIANG, WANG, lock_and_dispense, settle
+from tests.contracts.rxclient import World
+
+CRASHES = RUNTIME_REASONS - {BAD_ARGUMENTS}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=6,
+)
+TOP = ["rx_id", "patient", "patient_info", "diagnosis", "first_visit", "days", "long_rx",
+       "valid_days", "max_fills", "fill_interval_days", "drugs", "chronic_reason",
+       "stability_assessment", "patient_confirmed"]
+LINE = ["code", "qty", "days"]
+INFO = ["birth_date", "guardian"]
+
+mutation = st.one_of(
+    st.tuples(st.just("top"), st.sampled_from(TOP), json_values | st.just("<delete>")),
+    st.tuples(st.just("line"), st.sampled_from(LINE), json_values | st.just("<delete>")),
+    st.tuples(st.just("info"), st.sampled_from(INFO), json_values | st.just("<delete>")),
+)
+
+
+def apply(content: dict[str, Any], muts: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(content)
+    for where, key, value in muts:
+        target: Any = out
+        if where == "line":
+            target = out.get("drugs")
+            target = target[0] if isinstance(target, list) and target else None
+        elif where == "info":
+            target = out.get("patient_info")
+        if not isinstance(target, dict):
+            continue
+        if value == "<delete>":
+            target.pop(key, None)
+        else:
+            target[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def fuzz_world(runner: sandbox_adapter.Runner) -> World:
+    """One loaded chain for all examples (each example uses fresh prescription ids)."""
+    world = World(Chain(runner=runner))
+    world.load()
+    return world
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(muts=st.lists(mutation, min_size=1, max_size=3))
+def test_mutated_content_gets_a_reason_code(fuzz_world: World,
+                                            muts: list[tuple[str, str, Any]]) -> None:
+    world = fuzz_world
+    rx_id = world.new_rx_id()
+    content = apply(world.content(rx_id), muts)
+    if not isinstance(content.get("patient"), str):
+        content["patient"] = world.pid("patient-zhang")
+    before = dict(world.chain.state.values)
+    prep = world.prepare({**content, "rx_id": rx_id}, pharmacy="p01")
+    prep.transient["content"] = content
+    out = world.issue(prep, JIANG)
+    assert out.reason not in CRASHES, (out.reason, out.message)
+    if not out.ok:
+        assert world.chain.state.values == before
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=json_values)
+def test_malformed_claim_lines_get_a_reason_code(fuzz_world: World, lines: Any) -> None:
+    world = fuzz_world
+    rx_id = world.new_rx_id()
+    prep = world.prepare(world.content(rx_id), pharmacy="p01")
+    world.issue(prep, JIANG).unwrap()
+    world.chain.submit("prescription", "review", WANG, rx_id=rx_id, approve=True,
+                       reason="").unwrap()
+    lock_and_dispense(world, prep).unwrap()
+    before = dict(world.chain.state.values)
+    out = settle(world, prep, lines=lines if lines is not None else [])
+    assert out.reason not in CRASHES, (out.reason, out.message)
+    if not out.ok:
+        assert world.chain.state.values == before
