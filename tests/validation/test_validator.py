@@ -230,3 +230,10 @@ def test_broken_contract_definition_is_unknown_contract(peer, net):
     env = endorsed(peer, net, [RwSpec("rx", writes=[("a", b"1")])])
     assert commit(peer, net, [env]) == [tx_pb.UNKNOWN_CONTRACT]
     assert peer.ledger.height() == 2
+
+
+def test_too_many_endorsements(peer, net):
+    rw = [RwSpec("rx", writes=[("k", b"v")])]
+    flood = endorsed(peer, net, rw, endorsers=[net.peer_h01, net.peer_p01] * 17)
+    fine = endorsed(peer, net, rw, endorsers=[net.peer_h01, net.peer_p01] * 16)
+    assert commit(peer, net, [flood, fine]) == [tx_pb.BAD_ENDORSEMENT, VALID]
