@@ -9,10 +9,12 @@ peer has the same state hash after every block, kills a peer with SIGKILL and re
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -174,6 +176,8 @@ def deploy(cons: Consortium) -> None:
 def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path) -> None:
     cons = network
     deploy(cons)
+    # Clients of other peers see the definition once their peer has committed its block.
+    wait_height(cons, PEERS, admin_status(cons.target("peer.h01"), cons.node_creds("peer.h01")).height)
     doctor = Client(cons, "h01", "dr-test", "peer.h01", seed=100)
     pharm = Client(cons, "p01", "pharm-test", "peer.p01", seed=200)
     clerk = Client(cons, "ins01", "clerk-test", "peer.ins01", seed=300)
@@ -263,6 +267,17 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
             time.sleep(0.2)
             ref = admin_status(cons.target("peer.h01"), cons.node_creds("peer.h01"))
             new = admin_status(new_target, cons.node_creds("peer.h01"))
+
+        # Operations: Prometheus metrics, one JSON log line per event, graceful SIGTERM.
+        port = cons.node("peer.h01").metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+            text = r.read().decode()
+        for metric in ("rxchain_peer_block_height", 'rxchain_peer_tx_validation_total{code="VALID"}',
+                       "rxchain_peer_endorsements_total", "rxchain_peer_commit_seconds_bucket"):
+            assert metric in text
+        lines = [ln for ln in cons.log_path("peer.h01").read_text().splitlines() if "block_committed" in ln]
+        assert lines and json.loads(lines[-1])["msg"].startswith("event=block_committed")
+        assert procs.terminate("peer.h01b", grace_s=20) == 0
     finally:
         for c in clients:
             c.close()
