@@ -270,7 +270,7 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
 
         # Operations: Prometheus metrics, one JSON log line per event, graceful SIGTERM.
         port = cons.node("peer.h01").metrics_port
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
         for metric in ("rxchain_peer_block_height", 'rxchain_peer_tx_validation_total{code="VALID"}',
                        "rxchain_peer_endorsements_total", "rxchain_peer_commit_seconds_bucket"):
