@@ -103,6 +103,7 @@ class Ledger:
     ) -> None:
         self._dir = os.fspath(directory)
         self._crash = crash_hook
+        self._broken: str | None = None
         self._lock = threading.Lock()
         self._committed = threading.Condition(self._lock)
         self.blocks = BlockStore(os.path.join(self._dir, "blocks"), fsync=fsync)
@@ -176,16 +177,27 @@ class Ledger:
                 )
             state_hash = next_state_hash(self._state_hash, number, outcomes)
             block.metadata.state_hash = state_hash
+            if self._broken is not None:
+                raise LedgerError(
+                    "STATE_MISMATCH",
+                    f"{self._dir}: an earlier commit failed half-way ({self._broken}); "
+                    "restart the node to replay the block store into the state",
+                )
             self.blocks.append(block)
             crash = self._crash
             if crash is not None:
                 crash("after_blockstore", number)
-            self.state.apply_block(
-                number,
-                outcomes,
-                state_hash,
-                before_write=None if crash is None else (lambda: crash("mid_batch", number)),
-            )
+            try:
+                self.state.apply_block(
+                    number,
+                    outcomes,
+                    state_hash,
+                    before_write=None if crash is None else (lambda: crash("mid_batch", number)),
+                )
+            except BaseException as exc:
+                # The block is stored but its state is not: only a restart (replay) heals it.
+                self._broken = f"block {number}: {exc}"
+                raise
             if crash is not None:
                 crash("after_batch", number)
             self._height = number + 1

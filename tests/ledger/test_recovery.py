@@ -142,3 +142,27 @@ def test_real_sigkill_during_commits(tmp_path, long_reference, delay_ms):
         assert a.height() == b.height() == total
         assert a.state_hash() == b.state_hash()
     assert dump_state(ref) == dump_state(victim)
+
+
+def test_failed_state_write_blocks_further_commits_until_restart(tmp_path):
+    from node.ledger.txwrites import outcomes_from_block
+
+    def boom(point, number):
+        if point == "mid_batch" and number == 1:
+            raise OSError("disk full")
+
+    with Ledger(tmp_path, fsync=False, crash_hook=boom) as ledger:
+        b0 = build_block(0, b"\0" * 32)
+        ledger.commit(b0, outcomes_from_block(b0))
+        b1 = build_block(1, ledger.blocks.last_hash())
+        with pytest.raises(OSError):
+            ledger.commit(b1, outcomes_from_block(b1))
+        b2 = build_block(2, ledger.blocks.last_hash())
+        with pytest.raises(LedgerError) as e:
+            ledger.commit(b2, outcomes_from_block(b2))
+        assert e.value.reason == "STATE_MISMATCH"
+    with Ledger(tmp_path) as ledger:  # restart replays block 1
+        assert ledger.height() == 2
+        sp = ledger.savepoint()
+        assert sp is not None and sp.block == 1
+        assert ledger.block(1).metadata.state_hash == ledger.state_hash()
