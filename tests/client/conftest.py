@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from netgen import GeneratedNetwork, generate
 
 FIXED_NOW = dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC)

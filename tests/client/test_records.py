@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,7 +24,7 @@ from client.records import (
 SECRET = bytes(range(32))
 
 
-def _content(rx_id: str = "RX-1") -> dict:
+def _content(rx_id: str = "RX-1") -> dict[str, Any]:
     return {
         "rx_id": rx_id, "patient": pseudonym(SECRET, "500103195803124428"), "diagnosis": "I10",
         "first_visit": False, "days": 28, "long_rx": True, "chronic_reason": "稳定高血压",

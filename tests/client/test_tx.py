@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from rxchain.v1 import transaction_pb2
 
 from client.errors import RxClientError
 from client.tx import TxBuilder
 from client.wallet import load_identity
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Verifier
-from rxchain.v1 import transaction_pb2
 
 
 def _builder(net_home, nonce=b"\x07" * 24):

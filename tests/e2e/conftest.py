@@ -1,0 +1,116 @@
+"""A real local network (9 node processes on 127.0.0.1) shared by the e2e module.
+
+Started through the CLI (``rxchain network up --consortium FILE --base-port N --home TMP``)
+with free ports, and always stopped (``network down``, then SIGKILL of anything left) in the
+finalizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = yaml.safe_load((ROOT / "network-config" / "consortium.yaml").read_text())
+KEEP = ("h01", "h02", "p01", "p02", "ins01", "ins02", "ins03", "reg01")
+
+
+def e2e_consortium(base_port: int) -> dict[str, Any]:
+    """The sample consortium reduced to the organisations the story needs (3 orderers, 6 peers)."""
+    raw = dict(SAMPLE)
+    raw["consortium_id"] = "rx-e2e"
+    raw["base_port"] = base_port
+    raw["organizations"] = [o for o in SAMPLE["organizations"] if o["id"] in KEEP]
+    return raw
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(n_nodes: int = 9) -> int:
+    """A base port whose node ports (base..base+n) and metrics ports (base+200..) are free."""
+    rng = random.Random(os.getpid())
+    for _ in range(200):
+        base = rng.randrange(30000, 45000, 10)
+        ports = [*range(base, base + n_nodes), *range(base + 200, base + 200 + n_nodes)]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def rxchain(home: Path, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    """Run the CLI with --json; returns (exit status, parsed JSON)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.cli", "--json", "--home", str(home), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one JSON line, got {proc.stdout!r} / {proc.stderr[-2000:]}"
+    return proc.returncode, json.loads(lines[0])
+
+
+@dataclass
+class Net:
+    """The running test network."""
+
+    home: Path
+    base_port: int
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        """A CLI command that must succeed."""
+        rc, out = rxchain(self.home, *args)
+        assert rc == 0, out
+        return out
+
+    def cli_error(self, *args: str) -> dict[str, Any]:
+        """A CLI command that must be refused (exit 1, JSON error shape)."""
+        rc, out = rxchain(self.home, *args)
+        assert rc == 1, out
+        assert set(out) >= {"error", "message"}, out
+        return out
+
+
+def _kill_leftovers(home: Path) -> None:
+    for pid_file in (home / "run").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    home = tmp_path_factory.mktemp("rxnet")
+    base = free_base_port()
+    consortium = home.parent / f"{home.name}-consortium.yaml"
+    consortium.write_text(yaml.safe_dump(e2e_consortium(base)))
+    try:
+        rc, out = rxchain(home, "network", "up", "--consortium", str(consortium),
+                          "--base-port", str(base), "--timeout", "90", timeout=240)
+        assert rc == 0, out
+        assert sorted(out["contracts"]) == ["prescription", "registry", "settlement"]
+        yield Net(home, base)
+    finally:
+        try:
+            rxchain(home, "network", "down", "--grace", "5", timeout=60)
+        finally:
+            _kill_leftovers(home)

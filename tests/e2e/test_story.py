@@ -1,0 +1,236 @@
+"""The demo story and the abuse cases against a real local network, via the CLI and the SDK."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.errors import CommitError, EndorsementError, NoKeyGrant
+from client.events import EventListener, MemoryCheckpoint
+from client.rxops import DrugLine, IssueRequest, RxOperations
+from client.session import Session
+from tests.e2e.conftest import Net
+
+pytestmark = pytest.mark.integration
+
+DOCTOR, WANG, CHEN, CLERK = "h01:dr-jiang", "p01:pharm-wang", "p02:pharm-chen", "ins01:clerk-zhao"
+
+
+def _codes(n: int) -> list[str]:
+    tag = os.urandom(4).hex().upper()
+    return [f"TC{tag}{i:03d}" for i in range(n)]
+
+
+def _ops(net: Net, who: str) -> RxOperations:
+    return RxOperations(Session(net.home, who))
+
+
+def _issue_cli(net: Net, *extra: str, who: str = DOCTOR, patient: str = "patient-zhang") -> dict[str, Any]:
+    return net.cli("--as", who, "rx", "issue", "--patient", patient, "--diagnosis", "I10",
+                   *extra)
+
+
+def test_network_status_all_serving(net: Net):
+    out = net.cli("network", "status")
+    assert out["total"] == 9 and out["serving"] == 9
+    kinds = sorted(r["kind"] for r in out["nodes"])
+    assert kinds == ["orderer"] * 3 + ["peer"] * 6
+
+
+def test_demo_story_through_the_cli(net: Net):
+    before = net.cli("--as", CLERK, "patient", "show", "patient-zhang")
+    issued = _issue_cli(net, "--drug", "amlodipine:2", "--drug", "XC08CAB037A001020180517:2",
+                        "--days", "28", "--long", "--chronic-reason", "stable hypertension",
+                        "--pharmacy", "p01")
+    rx = issued["rx_id"]
+    assert isinstance(issued["block"], int) and len(issued["tx_id"]) == 64
+    review = net.cli("--as", WANG, "rx", "review", rx, "--approve")
+    assert review["status"] == "APPROVED" and review["block"] > issued["block"]
+    codes = _codes(4)
+    disp = net.cli("--as", WANG, "rx", "dispense", rx, *[a for c in codes for a in ("--trace-code", c)])
+    assert disp["status"] == "DISPENSED" and disp["fill"] == 1
+    claim = net.cli("--as", CLERK, "claim", "settle", rx)
+    # h01 is the tertiary hospital: 2 x 20.00 (A) + 2 x 25.00 (B), deductible already met:
+    # preself 5.00, inscp 85.00, fund 85.00 x 70% = 59.50, patient 30.50 all from the account.
+    assert (claim["medfee_fen"], claim["fund_fen"], claim["account_fen"], claim["cash_fen"],
+            claim["deductible_fen"]) == (9000, 5950, 3050, 0, 0)
+    assert claim["claim_id"] == f"CLM-{rx}-1-1"
+    after = net.cli("--as", CLERK, "patient", "show", "patient-zhang")
+    assert after["account_balance_fen"] == before["account_balance_fen"] - 3050
+    assert after["cap_used_fen"] == before["cap_used_fen"] + 5950
+    assert after["deductible_used_fen"] == before["deductible_used_fen"] == 20000
+    deliver = net.cli("--as", "p01:courier-1", "rx", "deliver", rx)
+    assert deliver["status"] == "DELIVERED"
+    mine = net.cli("--as", "h01:patient-zhang", "rx", "show", rx)
+    assert [d["short_name"] for d in mine["content"]["drugs"]] == ["amlodipine", "benidipine"]
+    assert mine["content"]["patient_info"]["name"] == "Zhang Guilan"
+    trace = net.cli("--as", DOCTOR, "rx", "trace", rx)
+    steps = trace["steps"]
+    assert [s["step"] for s in steps] == ["issue", "review", "lock", "dispense", "settle", "deliver"]
+    assert [s["org"] for s in steps] == ["h01", "p01", "p01", "p01", "ins01", "p01"]
+    assert [s["role"] for s in steps] == ["doctor", "pharmacist", "pharmacist", "pharmacist",
+                                          "clerk", "courier"]
+    blocks = [s["block"] for s in steps]
+    assert blocks == sorted(blocks) and all(isinstance(b, int) for b in blocks)
+    assert steps[0]["tx_id"] == issued["tx_id"] and steps[-1]["block"] == deliver["block"]
+    # the abuse cases on this prescription
+    assert net.cli_error("--as", CHEN, "rx", "show", rx)["error"] == "NO_KEY_GRANT"
+    assert net.cli_error("--as", CLERK, "claim", "settle", rx)["error"] == "DUPLICATE_CLAIM"
+    assert net.cli_error("--as", DOCTOR, "rx", "revoke", rx, "--reason",
+                         "too late")["error"] == "REVOKE_NOT_ALLOWED"
+    auditor = net.cli("--as", "reg01:auditor-1", "rx", "show", rx)
+    assert auditor["status"] == "DELIVERED" and auditor["content"] is None
+    assert auditor["denied"] == "NO_KEY_GRANT"
+
+
+def test_community_hospital_worked_example_via_sdk(net: Net):
+    """DOMAIN.md §3, community: fund 72.25, account 17.75, cash 10.00."""
+    doctor = _ops(net, "h02:dr-zhou")
+    res = doctor.issue(IssueRequest(
+        patient="patient-zhang", diagnosis="I10", pharmacy="p01", days=7,
+        drugs=[DrugLine("amlodipine", 2), DrugLine("benidipine", 2),
+               DrugLine("calcium-supplement", 1)]))
+    _ops(net, WANG).review(res["rx_id"], True)
+    _ops(net, WANG).dispense(res["rx_id"], _codes(5))
+    claim = _ops(net, CLERK).settle(res["rx_id"])
+    assert (claim["medfee_fen"], claim["fulamt_fen"], claim["preself_fen"], claim["inscp_fen"],
+            claim["fund_fen"], claim["patient_fen"], claim["account_fen"], claim["cash_fen"]) == (
+        10000, 1000, 500, 8500, 7225, 2775, 1775, 1000)
+    assert claim["ratio_bp"] == 8500
+    reversed_ = _ops(net, CLERK).reverse(claim["claim_id"], "entered twice")
+    assert reversed_["status"] == "REVERSED"
+    again = _ops(net, CLERK).settle(res["rx_id"])
+    assert again["claim_id"].endswith("-1-2") and again["fund_fen"] == 7225
+
+
+def test_first_claim_of_the_year_goes_to_the_deductible(net: Net):
+    """patient-sun: 200.00 deductible remaining, account 12.00."""
+    res = _ops(net, "h02:dr-zhou").issue(IssueRequest(
+        patient="patient-sun", diagnosis="I10", pharmacy="p01", days=7,
+        drugs=[DrugLine("amlodipine", 2), DrugLine("benidipine", 2)]))
+    _ops(net, WANG).review(res["rx_id"], True)
+    _ops(net, WANG).dispense(res["rx_id"], _codes(1))
+    claim = _ops(net, CLERK).settle(res["rx_id"])
+    assert (claim["medfee_fen"], claim["deductible_fen"], claim["fund_fen"], claim["account_fen"],
+            claim["cash_fen"]) == (9000, 8500, 0, 1200, 7800)
+    status = net.cli("--as", CLERK, "patient", "show", "patient-sun")
+    assert status["deductible_used_fen"] == 8500
+    assert status["account_balance_fen"] == 0
+
+
+@pytest.mark.parametrize(("who", "args", "reason"), [
+    ("h01:nurse-liu", ("--drug", "amlodipine:1", "--days", "7"), "UNAUTHORIZED_PRESCRIBER"),
+    ("h01:dr-new", ("--drug", "amlodipine:1", "--days", "7"), "PRESCRIBER_NOT_ELIGIBLE"),
+    (DOCTOR, ("--drug", "morphine:1", "--days", "3"), "FORBIDDEN_DRUG_CLASS"),
+    (DOCTOR, ("--drug", "alprazolam:1", "--days", "3"), "FORBIDDEN_DRUG_CLASS"),
+    (DOCTOR, ("--drug", "amoxicillin:1", "--days", "14", "--long", "--chronic-reason", "x"),
+     "LONGRX_EXCLUDED_CLASS"),
+    (DOCTOR, ("--drug", "amlodipine:1", "--days", "8"), "QUANTITY_LIMIT"),
+    (DOCTOR, ("--drug", "amlodipine:1", "--days", "7", "--valid-days", "4"), "VALIDITY_LIMIT"),
+    (DOCTOR, ("--drug", "amlodipine:1", "--days", "7", "--first-visit"), "NOT_FOLLOW_UP"),
+    (DOCTOR, ("--drug", "no-such-drug:1", "--days", "7"), "UNKNOWN_DRUG"),
+])
+def test_issue_refusals(net: Net, who, args, reason):
+    out = net.cli_error("--as", who, "rx", "issue", "--patient", "patient-zhang",
+                        "--diagnosis", "I10", *args)
+    assert out["error"] == reason
+
+
+def test_routing_review_and_trace_code_refusals(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    assert net.cli_error("--as", WANG, "rx", "dispense", rx)["error"] == "NOT_REVIEWED"
+    assert net.cli_error("--as", DOCTOR, "rx", "review", rx, "--approve")["error"] == "SOD_VIOLATION"
+    net.cli("--as", WANG, "rx", "review", rx, "--approve")
+    assert net.cli_error("--as", CHEN, "rx", "dispense", rx)["error"] == "NOT_ROUTED"
+    assert net.cli_error("--as", CHEN, "rx", "lock", rx)["error"] == "NOT_ROUTED"
+    codes = _codes(1)
+    net.cli("--as", WANG, "rx", "dispense", rx, "--trace-code", codes[0])
+    assert net.cli_error("--as", WANG, "rx", "dispense", rx)["error"] == "ALREADY_DISPENSED"
+    rx2 = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    net.cli("--as", WANG, "rx", "review", rx2, "--approve")
+    out = net.cli_error("--as", WANG, "rx", "dispense", rx2, "--trace-code", codes[0])
+    assert out["error"] == "TRACE_CODE_REUSED"
+    released = net.cli("--as", WANG, "rx", "release", rx2)
+    assert released["status"] == "APPROVED"
+    revoked = net.cli("--as", DOCTOR, "rx", "revoke", rx2, "--reason", "changed plan")
+    assert revoked["status"] == "REVOKED"
+    assert net.cli_error("--as", WANG, "rx", "lock", rx2)["error"] == "REVOKED"
+
+
+def test_reroute_grants_the_new_pharmacy_and_revokes_the_old(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    assert net.cli("--as", WANG, "rx", "show", rx)["content"]["rx_id"] == rx
+    routed = net.cli("--as", DOCTOR, "rx", "route", rx, "--pharmacy", "p02")
+    assert routed["pharmacy"] == "p02" and routed["previous"] == "p01"
+    assert net.cli("--as", CHEN, "rx", "show", rx)["content"]["rx_id"] == rx
+    with pytest.raises(NoKeyGrant):
+        _ops(net, WANG).show(rx)
+
+
+def test_concurrent_locks_resolve_to_one_winner_through_mvcc(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    net.cli("--as", WANG, "rx", "review", rx, "--approve")
+    a, b = _ops(net, WANG).s.gateway, _ops(net, WANG).s.gateway
+    built = [g.builder.proposal("prescription", "lock", {"rx_id": rx}) for g in (a, b)]
+    endorsed = [g.endorse(p) for g, p in zip((a, b), built, strict=True)]
+    envelopes = [g.builder.envelope(p, e.prepared_transaction)
+                 for g, p, e in zip((a, b), built, endorsed, strict=True)]
+    outcomes: list[object] = [None, None]
+
+    def submit(i: int) -> None:
+        g = (a, b)[i]
+        try:
+            outcomes[i] = g.submit_envelope(built[i].tx_id, envelopes[i])
+        except CommitError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    errors = [o for o in outcomes if isinstance(o, CommitError)]
+    wins = [o for o in outcomes if o is not None and not isinstance(o, CommitError)]
+    assert len(wins) == 1 and len(errors) == 1, outcomes
+    assert errors[0].reason == "MVCC_READ_CONFLICT"
+    assert errors[0].block >= 1
+
+
+def test_unknown_identity_and_bad_arguments(net: Net):
+    assert net.cli_error("--as", "h01:nobody", "rx", "show", "RX-1")["error"] == "NO_WALLET"
+    with pytest.raises(EndorsementError) as e:
+        _ops(net, DOCTOR).s.gateway.evaluate("prescription", "show", {"rx_id": "RX-NOPE"})
+    assert e.value.reason == "NOT_FOUND"
+
+
+def test_events_resume_from_checkpoint(net: Net):
+    gw = _ops(net, DOCTOR).s.gateway
+    cp = MemoryCheckpoint(0)
+    listener = EventListener(gw.events, cp)
+    first = list(listener.blocks(follow=False))
+    assert [b.block for b in first] == list(range(len(first)))
+    assert cp.load() == len(first)
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7")
+    more = list(listener.blocks(follow=False))
+    assert more and more[0].block == len(first)
+    assert any(tx_id == rx["tx_id"] and code == "VALID" for b in more for tx_id, code in b.txs)
+
+
+def test_ledger_verify_and_height_on_every_peer(net: Net):
+    out = net.cli("ledger", "verify")
+    assert out["ok"] and out["agree"] and len(out["peers"]) == 6
+    assert all(p["ok"] and not p["errors"] for p in out["peers"])
+    one = net.cli("ledger", "height", "--peer", "p01")
+    assert one["height"] >= out["peers"][0]["height"]
+
+
+def test_no_patient_identifiers_in_block_files(net: Net):
+    blocks = sorted(Path(net.home, "nodes", "peer.p01", "data").rglob("*"))
+    raw = b"".join(p.read_bytes() for p in blocks if p.is_file())
+    assert raw, "the peer wrote no files"
+    for needle in ("Zhang Guilan", "500103195803124428", "Sun Jianguo", "stable hypertension"):
+        assert needle.encode() not in raw, needle
