@@ -148,6 +148,20 @@ class Chain:
             self.events.extend(res.events)
         return self._outcome(res, tx_id, block)
 
+    def simulate(self, contract: str, fn: str, caller: Who, **args: Any) -> tuple[
+        Outcome, Simulation, int
+    ]:
+        """Endorse only: the outcome, its read/write set and its timestamp."""
+        res, sim, tx_id, ts = self._invoke(contract, fn, caller, args, None, None)
+        return self._outcome(res, tx_id, None), sim, ts
+
+    def commit_validated(self, outcome: Outcome, sim: Simulation, ts: int) -> str:
+        """Commit an endorsed simulation unless a key it read changed since (MVCC)."""
+        if self.state.stale_reads(sim):
+            return "MVCC_READ_CONFLICT"
+        self.state.commit(sim, outcome.tx_id, ts)
+        return "VALID"
+
     def query(
         self,
         contract: str,

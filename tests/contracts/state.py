@@ -38,6 +38,15 @@ class MemoryState:
             self.versions.setdefault(nk, []).append(entry)
         return self.height
 
+    def version(self, nk: tuple[str, str]) -> int:
+        """Block of the key's last write (0 = never written): the MVCC read version."""
+        versions = self.versions.get(nk)
+        return versions[-1].block if versions else 0
+
+    def stale_reads(self, sim: Simulation) -> list[tuple[str, str]]:
+        """Keys whose committed version changed since ``sim`` read them (MVCC check)."""
+        return sorted(nk for nk, ver in sim.reads.items() if self.version(nk) != ver)
+
     def keys(self, namespace: str) -> list[str]:
         return sorted(k for ns, k in self.values if ns == namespace)
 
@@ -48,13 +57,13 @@ class Simulation:
 
     base: MemoryState
     writes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
-    reads: set[tuple[str, str]] = field(default_factory=set)
+    reads: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def get(self, namespace: str, key: str) -> bytes | None:
         nk = (namespace, key)
-        self.reads.add(nk)
         if nk in self.writes:
             return self.writes[nk]
+        self.reads.setdefault(nk, self.base.version(nk))
         return self.base.values.get(nk)
 
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:

@@ -75,10 +75,17 @@ def test_lock_race_exactly_one_winner(world: World) -> None:
     # two pharmacists of the routed pharmacy simulate lock against the same snapshot:
     # both endorse, and both read and write the same key, so MVCC lets only one commit
     chain = world.chain
-    first = chain.query("prescription", "lock", WANG, rx_id=rx)
-    second = chain.query("prescription", "lock", LI, rx_id=rx)
+    first, sim1, ts1 = chain.simulate("prescription", "lock", WANG, rx_id=rx)
+    second, sim2, ts2 = chain.simulate("prescription", "lock", LI, rx_id=rx)
     assert first.ok and second.ok
-    # sequentially (what the committed winner means for the loser's re-execution)
+    key = ("prescription", "rx/" + rx)
+    assert key in sim1.reads and key in sim2.reads and key in sim1.writes and key in sim2.writes
+    assert chain.commit_validated(first, sim1, ts1) == "VALID"
+    assert chain.commit_validated(second, sim2, ts2) == "MVCC_READ_CONFLICT"
+    locked = chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["lock"]
+    assert locked["by"] == "pharm-wang"
+    # re-executed after the winner committed, the loser is refused by the contract itself
+    assert call(world, "release", WANG, rx) == "OK"
     assert call(world, "lock", WANG, rx) == "OK"
     assert call(world, "lock", LI, rx) == "ALREADY_LOCKED"
     assert call(world, "lock", CHEN, rx) == "ALREADY_LOCKED"
