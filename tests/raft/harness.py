@@ -90,6 +90,7 @@ class Cluster:
         self.members: dict[int, Member] = {}
         self.queue: list[Message] = []
         self.cut_links: set[tuple[int, int]] = set()
+        self.drop_types: set[MessageType] = set()
         self.log: list[str] = []
         founders = voters if voters is not None else ids
         for nid in ids:
@@ -161,7 +162,11 @@ class Cluster:
         batch, self.queue = self.queue, []
         done = []
         for m in batch:
-            if (m.frm, m.to) in self.cut_links or m.to not in self.members:
+            if (
+                (m.frm, m.to) in self.cut_links
+                or m.to not in self.members
+                or m.type in self.drop_types
+            ):
                 done.append(fmt_msg(m) + " DROPPED")
                 continue
             try:
