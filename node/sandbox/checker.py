@@ -133,10 +133,12 @@ def _is_private(name: str) -> bool:
     return name.startswith("__")
 
 
-def _annotation(node: ast.expr | None, fname: str, pname: str) -> tuple[frozenset[str], bool]:
+def _annotation(
+    node: ast.expr | None, fname: str, pname: str, where: ast.AST | None = None
+) -> tuple[frozenset[str], bool]:
     """Accepted JSON kinds of a parameter (empty set = any value) and whether null is ok."""
     if node is None:
-        raise _reject(node, f"parameter {pname!r} of public function {fname!r} needs a type")
+        raise _reject(where, f"parameter {pname!r} of public function {fname!r} needs a type")
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
         lt, ln = _annotation(node.left, fname, pname)
         rt, rn = _annotation(node.right, fname, pname)
@@ -166,10 +168,10 @@ def _signature(fn: ast.FunctionDef) -> FunctionSig:
     n_defaults = len(a.defaults)
     first_default = len(a.args) - n_defaults
     for i, arg in enumerate(positional, start=1):
-        types, nullable = _annotation(arg.annotation, fn.name, arg.arg)
+        types, nullable = _annotation(arg.annotation, fn.name, arg.arg, arg)
         params.append(Param(arg.arg, types, nullable, i < first_default))
     for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
-        types, nullable = _annotation(arg.annotation, fn.name, arg.arg)
+        types, nullable = _annotation(arg.annotation, fn.name, arg.arg, arg)
         params.append(Param(arg.arg, types, nullable, default is None))
     return FunctionSig(fn.name, tuple(params))
 
@@ -199,13 +201,13 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.generic_visit(node)
         if node.attr.startswith("_"):
             raise _reject(node, f"attribute {node.attr!r} is not allowed (underscore)")
         if node.attr not in ALLOWED_ATTRS:
             raise _reject(node, f"attribute {node.attr!r} is not allowed")
         if not isinstance(node.ctx, ast.Load):
             raise _reject(node, f"assigning or deleting attribute {node.attr!r} is not allowed")
-        self.generic_visit(node)
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         if not isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Slice):
@@ -242,7 +244,7 @@ class _Checker(ast.NodeVisitor):
         if _is_private(node.name):
             raise _reject(node, f"function name {node.name!r} is not allowed")
         if node.decorator_list:
-            raise _reject(node, "decorators are not allowed")
+            raise _reject(node.decorator_list[0], "decorators are not allowed")
         a = node.args
         for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
             if arg is not None and (_is_private(arg.arg) or arg.arg in FORBIDDEN_NAMES):
@@ -330,7 +332,11 @@ def check_source(source: str) -> CheckedContract:
             continue  # docstring
         else:
             raise _reject(
-                stmt, "module level may only hold imports, constants and function definitions"
+                stmt,
+                _FORBIDDEN_NODES.get(
+                    type(stmt),
+                    "module level may only hold imports, constants and function definitions",
+                ),
             )
     checker = _Checker(imported)
     for stmt in tree.body:

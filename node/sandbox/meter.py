@@ -365,7 +365,14 @@ class Meter:
             out = format(value, spec)
             self.gas(1 + len(out) // 32)
             return out
-        return value if type(value) is str else self.text(value)
+        if type(value) is str:
+            n = len(value)
+            if n > self.max_str:
+                raise self.size_error("string", n, self.max_str)
+            if n > 64:
+                self.gas(n // 32)
+            return value
+        return self.text(value)
 
     def percent_format(self, fmt: str, args: Any) -> str:
         if "*" in fmt or _SPEC_DIGITS.search(fmt):

@@ -1,0 +1,210 @@
+"""Deterministic gas and size limits (in-process runner: same engine as the workers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.sandbox import types as t
+from node.sandbox.inprocess import InProcessRunner
+from tests.sandbox.helpers import MemBackend, call, value
+
+HEAD = "from rxchain_contract import Context, ContractError\n\n"
+
+
+def fn(*lines: str, params: str = "") -> str:
+    sig = f"def f(ctx: Context{', ' + params if params else ''}) -> int:\n"
+    return HEAD + sig + "".join(f"    {ln}\n" for ln in lines)
+
+
+def run(source: str, args: dict | None = None, gas: int = 1_000_000, **kw) -> t.InvocationResult:
+    return call(InProcessRunner(), source, "f", args, gas=gas, **kw)
+
+
+LOOP = fn("i = 0", "while i < n:", "    i += 1", "return i", params="n: int")
+
+
+def test_gas_is_deterministic_and_grows_with_work() -> None:
+    a = run(LOOP, {"n": 100})
+    b = run(LOOP, {"n": 100})
+    c = run(LOOP, {"n": 200})
+    assert value(a) == 100
+    assert a.gas_used == b.gas_used
+    # each extra iteration costs exactly one gas
+    assert c.gas_used - a.gas_used == 100
+
+
+def test_out_of_gas_at_the_same_point() -> None:
+    src = fn(
+        "i = 0",
+        "while True:",
+        "    i += 1",
+        "    if i % 100 == 0:",
+        "        ctx.put('k' + str(i), i)",
+    )
+    runs = []
+    for _ in range(2):
+        be = MemBackend()
+        r = run(src, gas=20_000, backend=be)
+        runs.append((r, be.writes()))
+    (r1, w1), (r2, w2) = runs
+    assert not r1.ok and r1.reason == "OUT_OF_GAS"
+    assert r1 == r2
+    assert w1 == w2 and len(w1) > 3
+    assert r1.gas_used == 20_000
+
+
+def test_infinite_loop_stops_with_out_of_gas() -> None:
+    r = run(fn("while True:", "    pass"), gas=50_000)
+    assert (r.ok, r.reason, r.gas_used) == (False, "OUT_OF_GAS", 50_000)
+
+
+def test_except_exception_cannot_swallow_out_of_gas() -> None:
+    src = fn(
+        "n = 0",
+        "for _ in range(3):",
+        "    try:",
+        "        while True:",
+        "            n += 1",
+        "    except Exception:",
+        "        n = -1",
+        "return n",
+    )
+    r = run(src, gas=10_000)
+    assert r.reason == "OUT_OF_GAS"
+
+
+def test_contract_error_catch_cannot_hide_size_limit() -> None:
+    src = fn(
+        "try:",
+        "    s = 'x' * 10 ** 10",
+        "except (ValueError, ContractError, Exception):",
+        "    return 1",
+        "return 2",
+    )
+    assert run(src).reason == "SIZE_LIMIT"
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (["return len('x' * 10 ** 10)"], "SIZE_LIMIT"),
+        (["return len(10 ** 10 * 'x')"], "SIZE_LIMIT"),
+        (["x = [1]", "while True:", "    x = x + x"], "SIZE_LIMIT"),
+        (["x = [1]", "while True:", "    x *= 2"], "SIZE_LIMIT"),
+        (["x = [1]", "while True:", "    x += x"], "SIZE_LIMIT"),
+        (["x = [1]", "while True:", "    x.extend(x)"], "SIZE_LIMIT"),
+        (["x = 'ab'", "while True:", "    x = f'{x}{x}'"], "SIZE_LIMIT"),
+        (["x = [1]", "while True:", "    x = [*x, *x]"], "OUT_OF_GAS"),
+        (["return 1 << 10 ** 9"], "SIZE_LIMIT"),
+        (["return 10 ** 10 ** 10"], "SIZE_LIMIT"),
+        (["return pow(7, 10 ** 9)"], "SIZE_LIMIT"),
+        (["x = 3", "while True:", "    x = x * x"], "SIZE_LIMIT"),
+        (["return len('x'.ljust(10 ** 10))"], "SIZE_LIMIT"),
+        (["return len('x'.zfill(10 ** 9))"], "SIZE_LIMIT"),
+        (["s = 'a' * 2000", "return len(s.replace('a', s))"], "SIZE_LIMIT"),
+        (["s = 'a' * 100000", "return len(s.join([s] * 100))"], "SIZE_LIMIT"),
+        (["return len(f'{1:>999999999}')"], "SIZE_LIMIT"),
+        (["return len('%999999999d' % 1)"], "SIZE_LIMIT"),
+        (["return len(list(range(10 ** 12)))"], "SIZE_LIMIT"),
+        (["return len([0 for _ in range(10 ** 12)])"], "OUT_OF_GAS"),
+        (["return len([0 for _ in range(10 ** 12) if False])"], "OUT_OF_GAS"),
+        (["return any(x < 0 for x in range(10 ** 12))"], "OUT_OF_GAS"),
+        (["return int(any(range(1, 10 ** 12)) and all(range(1, 10 ** 12)))"], "OUT_OF_GAS"),
+        (["return sum(range(10 ** 12))"], "OUT_OF_GAS"),
+        (["return max(range(10 ** 12))"], "OUT_OF_GAS"),
+        (["return len(sorted(range(10 ** 12)))"], "SIZE_LIMIT"),
+        (["return len(dict.fromkeys(range(10 ** 12)))"], "SIZE_LIMIT"),
+        (["return len(set(range(10 ** 12)))"], "SIZE_LIMIT"),
+        (["return len(','.join(map(str, range(10 ** 12))))"], "SIZE_LIMIT"),
+        (["s = 'a' * 500000", "n = 0", "while True:", "    n += s.count('b')"], "OUT_OF_GAS"),
+        (["s = list(range(10000))", "n = 0", "while True:", "    n += 1 if -1 in s else 0"],
+         "OUT_OF_GAS"),
+        (["s = list(range(10000))", "while True:", "    s2 = s[:]"], "OUT_OF_GAS"),
+    ],
+)
+def test_runaway_operations_are_stopped(lines: list[str], reason: str) -> None:
+    limits = t.SandboxLimits(max_collection_len=100_000)
+    r = run(fn(*lines), gas=500_000, limits=limits)
+    assert (r.ok, r.reason) == (False, reason), r.message
+
+
+def test_expensive_operations_cost_proportional_gas() -> None:
+    small = run(fn("s = 'a' * 100", "return len(s.upper())"))
+    big = run(fn("s = 'a' * 100000", "return len(s.upper())"))
+    # building the string and upper() each cost about one gas per 32 characters
+    assert big.gas_used - small.gas_used >= 2 * (100000 - 100) // 32
+
+
+def test_recursion_bomb() -> None:
+    src = fn("return _down(0)") + "\ndef _down(n: int) -> int:\n    return _down(n + 1) + 1\n"
+    r = run(src)
+    assert (r.ok, r.reason) == (False, "RECURSION_LIMIT")
+    deep = t.SandboxLimits(max_recursion_depth=10)
+    src2 = fn("return _d(n)", params="n: int") + (
+        "\ndef _d(n: int) -> int:\n    return 0 if n == 0 else _d(n - 1) + 1\n"
+    )
+    assert value(run(src2, {"n": 8}, limits=deep)) == 8
+    assert run(src2, {"n": 10}, limits=deep).reason == "RECURSION_LIMIT"
+
+
+def test_mutual_recursion_via_sort_key_is_bounded() -> None:
+    src = fn("return _k(1)") + (
+        "\ndef _k(x: int) -> int:\n    return sorted([1, 2], key=_k)[0]\n"
+    )
+    assert run(src).reason == "RECURSION_LIMIT"
+
+
+def test_write_set_of_a_million_keys() -> None:
+    src = fn("for i in range(1000000):", "    ctx.put('k' + str(i), i)", "return 0")
+    be = MemBackend()
+    r = run(src, gas=10**9, backend=be)
+    assert (r.ok, r.reason) == (False, "WRITE_SET_LIMIT")
+    assert len(be.writes()) == t.SandboxLimits().max_write_keys
+    small = t.SandboxLimits(max_write_keys=5)
+    assert run(src, gas=10**9, limits=small).reason == "WRITE_SET_LIMIT"
+    # rewriting the same key does not count twice
+    same = fn("for i in range(50):", "    ctx.put('same', i)", "return 0")
+    assert run(same, limits=small).ok
+
+
+def test_write_bytes_limit() -> None:
+    src = fn("s = 'x' * 100000", "for i in range(100):", "    ctx.put('k' + str(i), s)")
+    r = run(src, gas=10**9, limits=t.SandboxLimits(max_write_bytes=1_000_000))
+    assert r.reason == "WRITE_SET_LIMIT"
+
+
+def test_value_size_limit() -> None:
+    src = fn("ctx.put('k', 'x' * 2000)", "return 0")
+    assert run(src, limits=t.SandboxLimits(max_value_bytes=1000)).reason == "SIZE_LIMIT"
+    big_result = fn("return 'x' * 2000")
+    assert run(big_result, limits=t.SandboxLimits(max_value_bytes=1000)).reason == "SIZE_LIMIT"
+
+
+def test_negative_power_would_be_a_float() -> None:
+    r = run(fn("return 2 ** -1"))
+    assert r.reason == "CONTRACT_EXCEPTION" and "floats" in r.message
+
+
+def test_module_level_code_is_metered() -> None:
+    src = HEAD + "X = len([0 for _ in range(10 ** 9)])\n\ndef f(ctx: Context) -> int:\n    return X\n"
+    assert run(src).reason == "OUT_OF_GAS"
+
+
+def test_in_place_ops_keep_python_semantics() -> None:
+    src = fn(
+        "a = [1]",
+        "b = a",
+        "a += [2]",
+        "s = {1}",
+        "s2 = s",
+        "s |= {2}",
+        "d = {'k': [1]}",
+        "d['k'] += [5]",
+        "d['k'] *= 2",
+        "n = 5",
+        "n -= 7",
+        "n <<= 3",
+        "return [b, sorted(s2), d, n]",
+    )
+    r = run(src)
+    assert r.result_json == b'[[1,2],[1,2],{"k":[1,5,1,5]},-16]'
