@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.sandbox.checker import check_source
 from node.sandbox.types import BAD_ARGUMENTS, RUNTIME_REASONS
 from tests.contracts import sandbox_adapter
-from tests.contracts.chain import Chain
+from tests.contracts.chain import ROOT, Chain, who
 from tests.contracts.flows import JIANG, WANG, lock_and_dispense, settle
 from tests.contracts.rxclient import World
 
@@ -98,3 +99,49 @@ def test_malformed_claim_lines_get_a_reason_code(fuzz_world: World, lines: Any) 
     assert out.reason not in CRASHES, (out.reason, out.message)
     if not out.ok:
         assert world.chain.state.values == before
+
+
+CALLERS = ["h01:dr-jiang:doctor", "h01:pharm-he:pharmacist", "p01:pharm-wang:pharmacist",
+           "p02:pharm-chen:pharmacist", "p01:courier-liu:courier", "ins01:clerk-qian:clerk",
+           "reg01:auditor-fang:auditor", "h01:patient-zhang:patient", "h01:admin:admin",
+           "ins01:admin:admin", "p01:admin:admin"]
+
+
+def _signatures() -> list[tuple[str, str, list[tuple[str, str]]]]:
+    out = []
+    for name in ("registry", "prescription", "settlement"):
+        checked = check_source((ROOT / "contracts" / f"{name}.py").read_text(encoding="utf-8"))
+        for fn, sig in sorted(checked.functions.items()):
+            out.append((name, fn, [(p.name, sorted(p.types)[0]) for p in sig.params]))
+    return out
+
+
+SIGNATURES = _signatures()
+BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
+    "str": st.text(max_size=24) | st.sampled_from(["RX-2026-00001", "p01", "h01", "ins01", ""]),
+    "int": st.integers(-5, 2**45),
+    "bool": st.booleans(),
+    "list": st.lists(json_values, max_size=3),
+    "dict": st.dictionaries(st.sampled_from(["patient", "h01", "p01", "ins01", "community"]),
+                            json_values, max_size=3),
+}
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> tuple[str, str, str, dict[str, Any], dict[str, Any]]:
+    contract, fn, params = draw(st.sampled_from(SIGNATURES))
+    args = {name: draw(BY_TYPE[kind]) for name, kind in params}
+    transient = draw(st.dictionaries(
+        st.sampled_from(["content", "salt", "claim", "claim_salt", "lines", "dx_key",
+                         "diagnoses", "icd10"]), json_values, max_size=3))
+    return contract, fn, draw(st.sampled_from(CALLERS)), args, transient
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(call=calls())
+def test_any_function_any_input_gets_a_reason_code(
+    fuzz_world: World, call: tuple[str, str, str, dict[str, Any], dict[str, Any]]
+) -> None:
+    contract, fn, caller, args, transient = call
+    out = fuzz_world.chain.query(contract, fn, who(caller), transient=transient, **args)
+    assert out.reason not in CRASHES, (contract, fn, out.reason, out.message)
