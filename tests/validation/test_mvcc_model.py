@@ -23,7 +23,8 @@ tx_strategy = st.fixed_dictionaries({
                       unique_by=lambda r: r[0]),
     "writes": st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=3,
                        unique_by=lambda w: w[0]),
-    "range": st.booleans(),
+    "range": st.sampled_from([None, "full", 1, 2]),
+    "range_stale": st.booleans(),
 })
 blocks_strategy = st.lists(st.lists(tx_strategy, min_size=1, max_size=6), min_size=1, max_size=5)
 
@@ -33,7 +34,23 @@ class Model:
 
     def __init__(self) -> None:
         self.state: dict[str, tuple[bytes, tuple[int, int]]] = {}
+        self.prev_state: dict[str, tuple[bytes, tuple[int, int]]] = {}
         self.previous: dict[str, tuple[int, int] | None] = {}
+
+    def range_read(self, kind, stale):
+        """What a simulation saw: (exhausted, [(key, version)]) over [k, l)."""
+        base = self.prev_state if stale else self.state
+        items = [(k, base[k][1]) for k in sorted(base)]
+        if kind == "full" or len(items) <= kind:
+            return True, items
+        return False, items[:kind]
+
+    def range_conflict(self, exhausted, seen, written):
+        now = [(k, self.state[k][1]) for k in sorted(self.state)]
+        if exhausted:
+            return now != seen or bool(written)
+        last = seen[-1][0]
+        return now[: len(seen)] != seen or any(k <= last for k in written)
 
     def version(self, key):
         v = self.state.get(key)
@@ -50,7 +67,7 @@ class Model:
         new_state = dict(self.state)
         for i, (reads, writes, rng) in enumerate(txs):
             ok = all(k not in written and v == self.version(k) for k, v in reads)
-            if ok and rng and written:
+            if ok and rng is not None and self.range_conflict(*rng, written):
                 code = tx_pb.PHANTOM_READ_CONFLICT
             elif not ok:
                 code = tx_pb.MVCC_READ_CONFLICT
@@ -66,11 +83,12 @@ class Model:
                         new_state[k] = (value, (number, i))
         for k in written:
             self.previous[k] = self.version(k)
+        self.prev_state = self.state
         self.state = new_state
         return codes
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(blocks=blocks_strategy)
 def test_mvcc_matches_reference_model(net, tmp_path_factory, blocks):
@@ -92,12 +110,13 @@ def test_mvcc_matches_reference_model(net, tmp_path_factory, blocks):
                 writes = [(KEYS[k], None if delete else f"{number}.{i}.{k}".encode())
                           for k, delete in tx["writes"]]
                 ranges = []
-                if tx["range"]:
-                    seen = [(k, model.state[k][1]) for k in sorted(model.state)]
-                    ranges.append(("k", "l", True, seen))
+                rng = None
+                if tx["range"] is not None:
+                    rng = model.range_read(tx["range"], tx["range_stale"])
+                    ranges.append(("k", "l", rng[0], rng[1]))
                 envs.append(kit.invoke(net.doctor, [net.peer_h01, net.peer_p01],
                                        [RwSpec("rx", reads=reads, writes=writes, ranges=ranges)]))
-                model_txs.append((reads, writes, tx["range"]))
+                model_txs.append((reads, writes, rng))
             block = make_block(number, ledger.blocks.last_hash(), envs, [net.orderer1])
             codes = committer.commit_block(block).validated.codes
             assert codes == model.apply_block(number, model_txs)

@@ -237,3 +237,22 @@ def test_too_many_endorsements(peer, net):
     flood = endorsed(peer, net, rw, endorsers=[net.peer_h01, net.peer_p01] * 17)
     fine = endorsed(peer, net, rw, endorsers=[net.peer_h01, net.peer_p01] * 16)
     assert commit(peer, net, [flood, fine]) == [tx_pb.BAD_ENDORSEMENT, VALID]
+
+
+def test_limited_range_sees_only_up_to_its_last_key(peer, net):
+    assert commit(peer, net, [endorsed(peer, net, [
+        RwSpec("rx", writes=[("a", b"1"), ("c", b"3"), ("e", b"5")])])]) == [VALID]
+    v = (1, 0)
+    blind_b = endorsed(peer, net, [RwSpec("rx", writes=[("b", b"2")])])
+    upto_c = endorsed(peer, net, [RwSpec("rx", ranges=[("a", "", False, [("a", v), ("c", v)])],
+                                         writes=[("x", b"")])])
+    upto_a = endorsed(peer, net, [RwSpec("rx", ranges=[("a", "", False, [("a", v)])],
+                                         writes=[("y", b"")])])
+    assert commit(peer, net, [blind_b, upto_c, upto_a]) == [
+        VALID, tx_pb.PHANTOM_READ_CONFLICT, VALID]
+    # committed state now has a, b, c, e: a stale limited view [a, c] misses b
+    stale = endorsed(peer, net, [RwSpec("rx", ranges=[("a", "", False, [("a", v), ("c", v)])],
+                                        writes=[("z", b"")])])
+    still_ok = endorsed(peer, net, [RwSpec("rx", ranges=[("c", "", False, [("c", v)])],
+                                           writes=[("w", b"")])])
+    assert commit(peer, net, [stale, still_ok]) == [tx_pb.PHANTOM_READ_CONFLICT, VALID]
