@@ -19,7 +19,7 @@ class _Admin(services_pb2_grpc.AdminServicer):
         ident = tls.peer_identity(context)
         return services_pb2.HealthResponse(serving=True, node=ident.org if ident else "", detail="")
 
-    def Status(self, request: services_pb2.StatusRequest, context: grpc.ServicerContext) -> services_pb2.StatusResponse:  # noqa: N802
+    def Status(self, request: services_pb2.StatusRequest, context: grpc.ServicerContext) -> services_pb2.StatusResponse:
         return services_pb2.StatusResponse(node="test")
 
 
