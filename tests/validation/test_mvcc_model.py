@@ -67,7 +67,7 @@ class Model:
         new_state = dict(self.state)
         for i, (reads, writes, rng) in enumerate(txs):
             ok = all(k not in written and v == self.version(k) for k, v in reads)
-            if ok and rng is not None and self.range_conflict(*rng, written):
+            if ok and rng is not None and self.range_conflict(rng[0], rng[1], written):
                 code = tx_pb.PHANTOM_READ_CONFLICT
             elif not ok:
                 code = tx_pb.MVCC_READ_CONFLICT
