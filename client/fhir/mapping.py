@@ -289,7 +289,9 @@ def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
 def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
     """A Bundle with the Claim and ClaimResponse of a settled claim record."""
     claim_id = str(rec["claim_id"])
-    created = _iso(int(rec.get("time_ms", 0))) if rec.get("time_ms") else dt.datetime.now(
+    events = rec.get("events") or [{}]
+    created_ms = int(rec.get("time_ms") or events[0].get("time_ms") or 0)
+    created = _iso(created_ms) if created_ms else dt.datetime.now(
         dt.UTC).isoformat().replace("+00:00", "Z")
     ctype = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type",
                          "code": "pharmacy"}]}

@@ -1,0 +1,104 @@
+"""The FHIR gateway against the real network: an HIS issues, an ERP dispenses, the insurer settles."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from client.fhir.server import make_server
+from client.rxops import RxOperations
+from client.session import Session
+from tests.e2e.conftest import Net
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fhir(net: Net) -> Iterator[int]:
+    server, ids = make_server(net.home, "127.0.0.1", 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        ids.close()
+        t.join(5)
+
+
+def _post(net: Net, port: int, who: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    org, user = who.split(":")
+    wallet = net.home / "orgs" / org / "users" / user
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(net.home / "ca-bundle.pem"))
+    ctx.load_cert_chain(str(wallet / "cert.pem"), str(wallet / "key.pem"))
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=60)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(),
+                     headers={"Content-Type": "application/fhir+json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def _line(code: str, qty: int) -> dict[str, Any]:
+    return {"resource": {
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "subject": {"identifier": {"value": "patient-zhang"}},
+        "reason": [{"concept": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10",
+                                            "code": "I10"}]}}],
+        "medication": {"concept": {"coding": [{"code": code}]}},
+        "dispenseRequest": {"quantity": {"value": qty},
+                            "expectedSupplyDuration": {"value": 7, "unit": "d"},
+                            "dispenser": {"identifier": {"value": "p01"}}}}}
+
+
+def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [_line("amlodipine", 2), _line("XC08CAB037A001020180517", 2)]}
+    status, body = _post(net, fhir, "h01:dr-jiang", "/fhir/MedicationRequest", bundle)
+    assert status == 201, body
+    entries = [e["resource"] for e in body["entry"]]
+    assert [e["dispenseRequest"]["quantity"]["value"] for e in entries] == [2, 2]
+    rx_id = entries[0]["identifier"][0]["value"]
+    assert entries[0]["status"] == "active"
+    ops = RxOperations(Session(net.home, "p01:pharm-wang"))
+    try:
+        ops.review(rx_id, True)
+    finally:
+        ops.s.close()
+    dispense = {"resourceType": "MedicationDispense", "status": "completed",
+                "medication": {"concept": {"coding": [{"code": "amlodipine"}]}},
+                "subject": {"identifier": {"value": "patient-zhang"}},
+                "authorizingPrescription": [{"identifier": {"value": rx_id}}],
+                "extension": [{"url": "urn:rxchain:rxTraceCode", "valueString": f"FH{rx_id[-10:]}"}]}
+    status, body = _post(net, fhir, "p01:pharm-wang", "/fhir/MedicationDispense", dispense)
+    assert status == 201, body
+    disp = [e["resource"] for e in body["entry"]]
+    assert {d["status"] for d in disp} == {"completed"} and len(disp) == 2
+    claim = {"resourceType": "Claim", "status": "active", "use": "claim",
+             "created": "2026-11-25T10:00:00Z",
+             "type": {"coding": [{"code": "pharmacy"}]},
+             "patient": {"identifier": {"value": "patient-zhang"}},
+             "prescription": {"identifier": {"value": rx_id}}}
+    status, body = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", claim)
+    assert status == 201, body
+    response = body["entry"][1]["resource"]
+    totals = {t["category"]["text"]: t["amount"]["value"] for t in response["total"]}
+    assert totals["medfee"] == 90.0 and totals["fund"] == 59.5
+    assert totals["personal account"] == 30.5 and totals["cash"] == 0.0
+    # an unauthorised party gets the contract's refusal as an OperationOutcome
+    status, body = _post(net, fhir, "p02:pharm-chen", "/fhir/MedicationDispense", dispense)
+    assert status == 422
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "ALREADY_DISPENSED"
+    status, body = _post(net, fhir, "h01:nurse-liu", "/fhir/MedicationRequest", bundle)
+    assert status == 403
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "UNAUTHORIZED_PRESCRIBER"
