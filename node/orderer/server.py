@@ -218,7 +218,10 @@ def serve(config: NodeConfig) -> OrdererServer:
         ],
     )
     server.add_generic_rpc_handlers(
-        [_broadcast_handler(broadcast, deliver), cluster.handler(), _admin_handler(config, chain)]
+        [
+            _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
+            _admin_handler(config, chain),
+        ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
     server.add_secure_port(config.listen, server_creds)

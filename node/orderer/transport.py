@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
-from rxchain.v1 import identity_pb2, services_pb2
+from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
 from node.orderer.broadcast import BroadcastHandler, Checked
@@ -284,6 +284,43 @@ class ClusterService:
 
         return ordered_answers(requests, dispatch, answer)
 
+    def forward_batch(
+        self, requests: Iterator[raft_pb2.ForwardedEnvelopes], context: grpc.ServicerContext
+    ) -> Iterator[raft_pb2.ForwardAnswers]:
+        """OrdererCluster.ForwardBatch: like Forward, several envelopes per message."""
+        self._caller(context, "ForwardBatch")
+
+        def dispatch(batch: raft_pb2.ForwardedEnvelopes) -> tuple[list[Ticket], float]:
+            tickets = [self._broadcast.submit_local(Checked(raw, "")) for raw in batch.envelopes]
+            return tickets, time.monotonic() + self._commit_timeout_s
+
+        def answer(item: tuple[list[Ticket], float]) -> raft_pb2.ForwardAnswers:
+            tickets, deadline = item
+            out = raft_pb2.ForwardAnswers()
+            for ticket in tickets:
+                outcome = ticket.wait(max(0.0, deadline - time.monotonic()))
+                if outcome is None:
+                    outcome = Outcome(SERVICE_UNAVAILABLE, "not committed in time (outcome unknown)")
+                out.answers.add(
+                    accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
+                )
+            return out
+
+        return ordered_answers(requests, dispatch, answer)
+
+    def batch_handler(self) -> grpc.GenericRpcHandler[object, object]:
+        """The generic handler of OrdererCluster (ForwardBatch)."""
+        return grpc.method_handlers_generic_handler(
+            "rxchain.v1.OrdererCluster",
+            {
+                "ForwardBatch": grpc.stream_stream_rpc_method_handler(
+                    self.forward_batch,
+                    request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
+                    response_serializer=raft_pb2.ForwardAnswers.SerializeToString,
+                ),
+            },
+        )
+
     def handler(self) -> grpc.GenericRpcHandler[object, object]:
         """The generic handler registering Step (parsed) and Forward (raw bytes)."""
         return grpc.method_handlers_generic_handler(
@@ -304,18 +341,22 @@ class ClusterService:
 
 
 class _ForwardStream:
-    """One Forward stream to a leader; answers are matched to tickets in order."""
+    """One ForwardBatch stream to a leader; answers are matched to tickets in order.
 
-    def __init__(self, target: str, channel_factory: ChannelFactory) -> None:
+    Envelopes queued while the previous message was being sent travel together in one
+    ForwardedEnvelopes message (at most ``max_batch``)."""
+
+    def __init__(self, target: str, channel_factory: ChannelFactory, max_batch: int = 512):
         self._channel = channel_factory(target)
+        self._max_batch = max_batch
         self._queue: queue.Queue[tuple[bytes, Ticket] | None] = queue.Queue()
         self._inflight: deque[Ticket] = deque()
         self._lock = threading.Lock()
         self.broken = False
         call = self._channel.stream_stream(
-            "/rxchain.v1.Cluster/Forward",
-            request_serializer=None,
-            response_deserializer=services_pb2.BroadcastResponse.FromString,
+            "/rxchain.v1.OrdererCluster/ForwardBatch",
+            request_serializer=raft_pb2.ForwardedEnvelopes.SerializeToString,
+            response_deserializer=raft_pb2.ForwardAnswers.FromString,
         )
         self._responses = call(self._requests())
         self._thread = threading.Thread(target=self._receive, name="forward-recv", daemon=True)
@@ -328,26 +369,44 @@ class _ForwardStream:
                 return
             self._queue.put((envelope, ticket))
 
-    def _requests(self) -> Iterator[bytes]:
+    def _requests(self) -> Iterator[raft_pb2.ForwardedEnvelopes]:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            envelope, ticket = item
+            items = [self._queue.get()]
+            while len(items) < self._max_batch:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = raft_pb2.ForwardedEnvelopes()
+            end = False
             with self._lock:
-                if self.broken:
-                    ticket.resolve(Outcome(NOT_LEADER, "leader unreachable; envelope not sent"))
-                    continue
-                self._inflight.append(ticket)
-            yield envelope
+                for item in items:
+                    if item is None:
+                        end = True
+                        continue
+                    envelope, ticket = item
+                    if self.broken:
+                        ticket.resolve(
+                            Outcome(NOT_LEADER, "leader unreachable; envelope not sent")
+                        )
+                        continue
+                    self._inflight.append(ticket)
+                    batch.envelopes.append(envelope)
+            if batch.envelopes:
+                yield batch
+            if end:
+                return
 
     def _receive(self) -> None:
         try:
             for resp in self._responses:
                 with self._lock:
-                    ticket = self._inflight.popleft() if self._inflight else None
-                if ticket is not None:
-                    ticket.resolve(Outcome(resp.reason if not resp.accepted else "", resp.message))
+                    tickets = [
+                        self._inflight.popleft()
+                        for _ in range(min(len(resp.answers), len(self._inflight)))
+                    ]
+                for ticket, ans in zip(tickets, resp.answers, strict=False):
+                    ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
         except grpc.RpcError as exc:
             _log.info("forward stream ended: %s", exc.code() if hasattr(exc, "code") else exc)
         finally:
