@@ -583,6 +583,7 @@ def issue(
         _grant(ctx, rx_id, party, kind, keys[party], n)
         n = n + 1
     _grant(ctx, rx_id, insurer, "insurer", claim_keys[insurer], n)
+    ctx.put("pidx/" + patient + "/" + rx_id, {"rx_id": rx_id})
     _save(ctx, rx, "issue", {"pharmacy": pharmacy, "valid_end_ms": valid_end})
     return {"rx_id": rx_id, "status": "ISSUED", "valid_end_ms": valid_end}
 
@@ -1008,3 +1009,61 @@ def audit_log(ctx: Context, start_key: str, limit: int) -> dict:
     if len(rows) > limit:
         next_key = rows[limit][0][6:]
     return {"events": out, "next": next_key}
+
+
+def _summary(rx: dict) -> dict:
+    return {
+        "rx_id": rx["rx_id"],
+        "status": rx["status"],
+        "hospital": rx["hospital"],
+        "pharmacy": rx["pharmacy"],
+        "issued_ms": rx["issued_ms"],
+        "valid_end_ms": rx["valid_end_ms"],
+        "fills": rx["fills"],
+        "max_fills": rx["max_fills"],
+    }
+
+
+def patient_prescriptions(ctx: Context, patient: str, start: str, limit: int) -> dict:
+    """A patient's prescriptions (metadata), paged by rx_id: the patient herself, the
+    enrolling hospital's admin and regulator auditors (e.g. to grant consent on each)."""
+    c = ctx.caller
+    if not _is_hex(patient, 64, 64) or not isinstance(start, str) or not _is_int(limit, 1, 200):
+        ctx.fail("BAD_ARGUMENTS", "a 64-hex pseudonym, a start rx_id and limit 1-200")
+    enrol = ctx.get_from("registry", "patient/" + patient)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    allowed = c.org_kind == "regulator" and c.role == "auditor"
+    allowed = allowed or (c.org == enrol["hospital"] and c.role == "admin")
+    if not allowed and c.role == "patient":
+        allowed = c.attrs.get("pseudonym", "") == patient or enrol["user_hash"] == ctx.sha256_hex(
+            "patient-user|" + c.org + "|" + c.name
+        )
+    if not allowed:
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital's admin and auditors")
+    prefix = "pidx/" + patient + "/"
+    rows = ctx.range(prefix + start, prefix + "~", limit + 1)
+    out = []
+    for pair in rows[0:limit]:
+        out.append(_summary(ctx.get("rx/" + pair[1]["rx_id"])))
+    next_id = ""
+    if len(rows) > limit:
+        next_id = rows[limit][1]["rx_id"]
+    return {"prescriptions": out, "next": next_id}
+
+
+def list_prescriptions(ctx: Context, start: str, limit: int) -> dict:
+    """Every prescription's metadata (no ciphertext), paged by rx_id: regulator auditors."""
+    c = ctx.caller
+    if c.org_kind != "regulator" or c.role != "auditor":
+        ctx.fail("ACCESS_DENIED", "only the regulator's auditors list all prescriptions")
+    if not isinstance(start, str) or not _is_int(limit, 1, 200):
+        ctx.fail("BAD_ARGUMENTS", "a start rx_id and limit 1-200")
+    rows = ctx.range("rx/" + start, "rx/~", limit + 1)
+    out = []
+    for pair in rows[0:limit]:
+        out.append(_summary(pair[1]))
+    next_id = ""
+    if len(rows) > limit:
+        next_id = rows[limit][1]["rx_id"]
+    return {"prescriptions": out, "next": next_id}

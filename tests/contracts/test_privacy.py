@@ -183,3 +183,26 @@ def test_no_identifying_plaintext_in_state(world: World) -> None:
     enrol = [v for (ns, k), v in world.chain.state.values.items()
              if ns == "registry" and k.startswith("patient/")]
     assert enrol and all(b"I10" not in v for v in enrol)
+
+
+def test_prescription_listings(world: World) -> None:
+    ids = [approved(world).args["rx_id"] for _ in range(3)]
+    sun = approved(world, doctor=ZHOU, patient="patient-sun").args["rx_id"]
+    zhang = world.pid("patient-zhang")
+    page = world.chain.query("prescription", "patient_prescriptions",
+                             world.patient_who("patient-zhang"), patient=zhang, start="",
+                             limit=2).unwrap()
+    assert [p["rx_id"] for p in page["prescriptions"]] == ids[:2] and page["next"] == ids[2]
+    rest = world.chain.query("prescription", "patient_prescriptions", admin("h01"),
+                             patient=zhang, start=page["next"], limit=2).unwrap()
+    assert [p["rx_id"] for p in rest["prescriptions"]] == ids[2:] and rest["next"] == ""
+    for outsider in (admin("h02"), WANG, world.patient_who("patient-sun"), CLERK):
+        out = world.chain.query("prescription", "patient_prescriptions", outsider,
+                                patient=zhang, start="", limit=2)
+        assert out.reason == "ACCESS_DENIED"
+    everything = world.chain.query("prescription", "list_prescriptions", AUDITOR, start="",
+                                   limit=200).unwrap()
+    assert {p["rx_id"] for p in everything["prescriptions"]} == {*ids, sun}
+    assert all("ciphertext" not in p for p in everything["prescriptions"])
+    assert world.chain.query("prescription", "list_prescriptions", JIANG, start="",
+                             limit=5).reason == "ACCESS_DENIED"
