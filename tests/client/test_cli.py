@@ -1,0 +1,118 @@
+"""CLI parsing, the JSON error shape and exit codes (no network needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from client.cli import build_parser, main
+from client.errors import RxClientError
+from client.launcher import Launcher, generate_material
+from client.rxops import parse_drug
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(list(argv), out=out, err=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _json_error(rc_expected: int, *argv: str) -> dict[str, Any]:
+    rc, out, _ = run(*argv)
+    assert rc == rc_expected
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    body: dict[str, Any] = json.loads(lines[0])
+    assert set(body) == {"error", "message"} and body["message"]
+    return body
+
+
+def test_usage_errors_are_json_with_bad_arguments(tmp_path: Path):
+    body = _json_error(2, "--json", "rx", "issue", "--patient", "p")
+    assert body["error"] == "BAD_ARGUMENTS" and "--diagnosis" in body["message"]
+    assert _json_error(2, "--json", "nonsense")["error"] == "BAD_ARGUMENTS"
+    body = _json_error(2, "--home", str(tmp_path), "rx", "review", "RX1", "--json")
+    assert body["error"] == "BAD_ARGUMENTS"  # --as missing, --json after the sub-command
+
+
+def test_review_needs_exactly_one_decision(net_home):
+    home = str(net_home.home)
+    for extra in ([], ["--approve", "--reject", "bad"]):
+        body = _json_error(2, "--json", "--home", home, "--as", "p01:pharm-wang", "rx", "review",
+                           "RX1", *extra)
+        assert body["error"] == "BAD_ARGUMENTS"
+
+
+def test_missing_network_and_wallet(tmp_path: Path, net_home):
+    body = _json_error(1, "--json", "--home", str(tmp_path), "--as", "h01:dr-jiang", "rx", "show",
+                       "RX1")
+    assert body["error"] == "NO_NETWORK"
+    body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01:ghost", "rx",
+                       "show", "RX1")
+    assert body["error"] == "NO_WALLET"
+    body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01", "rx", "trace",
+                       "RX1")
+    assert body["error"] == "BAD_ARGUMENTS"
+
+
+def test_bad_drug_argument(net_home):
+    body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01:dr-jiang", "rx",
+                       "issue", "--patient", "patient-zhang", "--diagnosis", "I10", "--days", "7",
+                       "--drug", "amlodipine")
+    assert body["error"] == "BAD_ARGUMENTS"
+
+
+def test_human_error_goes_to_stderr(tmp_path: Path):
+    rc, out, err = run("--home", str(tmp_path), "--as", "h01:x", "rx", "show", "RX1")
+    assert rc == 1 and out == "" and err.startswith("error: NO_NETWORK:")
+
+
+def test_parse_drug():
+    assert (parse_drug("amlodipine:2").drug, parse_drug("amlodipine:2").qty) == ("amlodipine", 2)
+    assert parse_drug("XC08CAA001A001010100001:3").qty == 3
+    for bad in ("amlodipine", ":2", "amlodipine:x", "amlodipine:0"):
+        with pytest.raises(RxClientError):
+            parse_drug(bad)
+
+
+def test_parser_knows_every_public_command():
+    p = build_parser()
+    for argv in (["network", "up", "--consortium", "c.yaml", "--home", "h"],
+                 ["network", "status"], ["network", "down"],
+                 ["--as", "h01:dr-jiang", "rx", "issue", "--patient", "p", "--diagnosis", "I10",
+                  "--drug", "amlodipine:2", "--drug", "benidipine:2", "--days", "28", "--long",
+                  "--chronic-reason", "x", "--valid-days", "2", "--pharmacy", "p01",
+                  "--max-fills", "2", "--fill-interval-days", "28"],
+                 ["rx", "review", "R", "--approve"], ["rx", "review", "R", "--reject", "why"],
+                 ["rx", "route", "R", "--pharmacy", "p02"], ["rx", "lock", "R"],
+                 ["rx", "release", "R"], ["rx", "dispense", "R", "--trace-code", "A"],
+                 ["rx", "deliver", "R"], ["rx", "revoke", "R", "--reason", "x"],
+                 ["rx", "show", "R"], ["rx", "trace", "R"], ["claim", "settle", "R"],
+                 ["claim", "reverse", "C"], ["patient", "show", "patient-zhang"],
+                 ["ledger", "verify", "--peer", "h01"], ["ledger", "height"],
+                 ["netgen"], ["fhir", "serve", "--port", "0"]):
+        args = p.parse_args(argv)
+        assert callable(args.handler)
+
+
+def test_netgen_with_base_port_and_launcher_status_when_stopped(tmp_path: Path):
+    home = tmp_path / "home"
+    consortium = Path(__file__).resolve().parents[2] / "network-config" / "consortium.yaml"
+    raw = yaml.safe_load(consortium.read_text())
+    raw["organizations"] = [o for o in raw["organizations"] if o["id"] in ("h01", "ins01")]
+    small = tmp_path / "c.yaml"
+    small.write_text(yaml.safe_dump(raw))
+    rc, out, _ = run("--json", "--home", str(home), "netgen", "--consortium", str(small),
+                     "--base-port", "31000")
+    assert rc == 0 and json.loads(out)["generated"] is True
+    net = yaml.safe_load((home / "network.yaml").read_text())
+    assert [n["port"] for n in net["orderers"] + net["peers"]] == [31000, 31001, 31002]
+    assert generate_material(home) is False  # idempotent: existing material is kept
+    rows = Launcher(home).status()
+    assert [r["serving"] for r in rows] == [False, False, False]
+    assert Launcher(home).down(grace_s=0.1) == []

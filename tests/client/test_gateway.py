@@ -1,0 +1,140 @@
+"""The SDK gateway against an in-process fake Gateway service: retries, errors, commit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
+
+from client.errors import CommitError, EndorsementError, RxClientError
+from client.gateway import Gateway, RetryPolicy
+from client.wallet import load_identity
+from node.errors import RxError, abort_with
+
+
+@dataclass
+class Script:
+    unavailable: int = 0          # fail this many calls with UNAVAILABLE first
+    endorse_reason: str = ""      # abort Endorse with this reason
+    code: transaction_pb2.TxValidationCode.ValueType = transaction_pb2.VALID
+    block: int = 7
+    calls: list[str] = field(default_factory=list)
+
+
+class FakeGateway(services_pb2_grpc.GatewayServicer):
+    def __init__(self, script: Script):
+        self.s = script
+
+    def _flaky(self, name, context):
+        self.s.calls.append(name)
+        if self.s.unavailable > 0:
+            self.s.unavailable -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "orderer unreachable")
+
+    def Evaluate(self, request, context):
+        self._flaky("Evaluate", context)
+        prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
+        inv = transaction_pb2.ContractInvocation.FromString(prop.invocation)
+        if inv.function == "missing":
+            return services_pb2.EvaluateResponse(result=transaction_pb2.Response(
+                status=400, reason="NOT_FOUND", message="no prescription"))
+        return services_pb2.EvaluateResponse(result=transaction_pb2.Response(
+            status=200, payload=b'{"echo":' + inv.args_json + b"}"))
+
+    def Endorse(self, request, context):
+        self._flaky("Endorse", context)
+        if self.s.endorse_reason:
+            abort_with(context, RxError(self.s.endorse_reason, "contract said no"))
+        prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
+        header = transaction_pb2.TxHeader.FromString(prop.header)
+        tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation,
+                                         response_payload=b"payload")
+        tx.endorsements.add(signature=b"sig")
+        return services_pb2.EndorseResponse(
+            prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id,
+            result=transaction_pb2.Response(status=200, payload=b'{"ok":true}'))
+
+    def Submit(self, request, context):
+        self._flaky("Submit", context)
+        tx = transaction_pb2.Transaction.FromString(request.envelope.payload)
+        return services_pb2.SubmitResponse(tx_id=transaction_pb2.TxHeader.FromString(tx.header).tx_id)
+
+    def Events(self, request, context):
+        raise NotImplementedError
+
+    def Transact(self, request_iterator, context):
+        raise NotImplementedError
+
+    def CommitStatus(self, request, context):
+        self.s.calls.append("CommitStatus")
+        return services_pb2.CommitStatusResponse(tx_id=request.tx_id, code=self.s.code,
+                                                 block_number=self.s.block)
+
+
+@pytest.fixture
+def fake(net_home) -> Iterator[tuple[Script, Gateway, list[float]]]:
+    script = Script()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_GatewayServicer_to_server(FakeGateway(script), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sleeps: list[float] = []
+    ident = load_identity(net_home.home, "h01", "dr-jiang")
+    gw = Gateway(ident, f"127.0.0.1:{port}", "client-test",
+                 channel=grpc.insecure_channel(f"127.0.0.1:{port}"),
+                 retry=RetryPolicy(attempts=4, base_delay_s=0.01), sleep=sleeps.append)
+    try:
+        yield script, gw, sleeps
+    finally:
+        gw.close()
+        server.stop(0)
+
+
+def test_submit_runs_endorse_submit_commit(fake):
+    script, gw, _ = fake
+    res = gw.submit("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    assert res.code == "VALID" and res.block == 7 and res.result == {"ok": True}
+    assert script.calls == ["Endorse", "Submit", "CommitStatus"]
+    assert len(res.tx_id) == 64 and gw.last_block == 7
+
+
+def test_unavailable_is_retried_with_exponential_backoff(fake):
+    script, gw, sleeps = fake
+    script.unavailable = 3
+    assert gw.evaluate("registry", "get_drug", {"x": 1}) == {"echo": {"x": 1}}
+    assert sleeps == [0.01, 0.02, 0.04]
+
+
+def test_retries_are_bounded(fake):
+    script, gw, sleeps = fake
+    script.unavailable = 10
+    with pytest.raises(RxClientError) as e:
+        gw.evaluate("registry", "get_drug", {})
+    assert e.value.reason == "SERVICE_UNAVAILABLE"
+    assert len(sleeps) == 3
+
+
+def test_contract_refusal_carries_reason(fake):
+    script, gw, _ = fake
+    with pytest.raises(EndorsementError) as e:
+        gw.evaluate("prescription", "missing", {})
+    assert (e.value.reason, e.value.message) == ("NOT_FOUND", "no prescription")
+    script.endorse_reason = "NOT_FOLLOW_UP"
+    with pytest.raises(EndorsementError) as e:
+        gw.submit("prescription", "issue", {})
+    assert e.value.reason == "NOT_FOLLOW_UP" and "contract said no" in e.value.message
+    assert "Submit" not in script.calls
+
+
+def test_invalid_commit_raises_with_validation_code(fake):
+    script, gw, _ = fake
+    script.code = transaction_pb2.MVCC_READ_CONFLICT
+    script.block = 12
+    with pytest.raises(CommitError) as e:
+        gw.submit("prescription", "lock", {"rx_id": "RX-1"})
+    assert e.value.reason == "MVCC_READ_CONFLICT" and e.value.block == 12
+    assert len(e.value.tx_id) == 64
