@@ -164,6 +164,49 @@ class BroadcastClient:
             delay = min(delay * 2, 2.0)
         raise RxError("SERVICE_UNAVAILABLE", f"ordering service unavailable: {last}")
 
+    def submit_async(
+        self,
+        envelope: transaction_pb2.Envelope,
+        callback: Callable[[services_pb2.BroadcastResponse | RxError], None],
+        _attempt: int = 0,
+        _delay: float = 0.0,
+    ) -> None:
+        """Send without blocking; ``callback`` gets the orderer's answer or an RxError.
+
+        The same failover rules as :meth:`submit`; retries are scheduled on timers, so a
+        caller with thousands of envelopes in flight needs no thread per envelope (the
+        orderer answers each envelope within its commit timeout).
+        """
+        if self._closing.is_set():
+            callback(RxError("SERVICE_UNAVAILABLE", "client closing"))
+            return
+        delay = _delay or self._backoff
+        stream = self._current()
+
+        def retry(detail: str) -> None:
+            self._rotate(stream)
+            if _attempt + 1 >= self._attempts or self._closing.is_set():
+                callback(RxError("SERVICE_UNAVAILABLE", f"ordering service unavailable: {detail}"))
+                return
+            timer = threading.Timer(
+                delay, self.submit_async, (envelope, callback, _attempt + 1, min(delay * 2, 2.0))
+            )
+            timer.daemon = True
+            timer.start()
+
+        def on_done(fut: Future[services_pb2.BroadcastResponse]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                retry(str(exc))
+                return
+            resp = fut.result()
+            if resp.accepted or resp.reason not in RETRYABLE:
+                callback(resp)
+            else:
+                retry(f"{stream.endpoint.name}: {resp.reason} {resp.message}")
+
+        stream.send(envelope).add_done_callback(on_done)
+
     def close(self) -> None:
         """Close the open stream."""
         self._closing.set()

@@ -195,3 +195,43 @@ def test_threads_do_not_leak(net: Net, tmp_path: Path) -> None:
     client.stop()
     peer.ledger.close()
     wait_for(lambda: threading.active_count() <= before + 2, 5)
+
+
+def test_broadcast_async_fails_over(servers) -> None:
+    dead, ok_port = free_ports(2)
+    ok = FakeOrderer([])
+    servers.append(serve(ok, ok_port))
+    client = BroadcastClient([Endpoint("dead", "ins01", "127.0.0.1", dead),
+                              Endpoint("ok", "ins01", "127.0.0.1", ok_port)],
+                             insecure, backoff_s=0.01)
+    answers: list[object] = []
+    done = threading.Event()
+
+    def cb(resp) -> None:
+        answers.append(resp)
+        if len(answers) == 20:
+            done.set()
+
+    try:
+        for i in range(20):
+            client.submit_async(transaction_pb2.Envelope(payload=f"a{i}".encode(), signature=b"s"), cb)
+        assert done.wait(10)
+        assert all(isinstance(a, services_pb2.BroadcastResponse) and a.accepted for a in answers)
+        assert sorted(ok.received) == sorted(f"a{i}".encode() for i in range(20))
+    finally:
+        client.close()
+    failed: list[object] = []
+    gone = BroadcastClient([Endpoint("dead", "ins01", "127.0.0.1", dead)], insecure,
+                           attempts=2, backoff_s=0.01)
+    try:
+        ev = threading.Event()
+
+        def on_answer(r) -> None:
+            failed.append(r)
+            ev.set()
+
+        gone.submit_async(transaction_pb2.Envelope(payload=b"x", signature=b"s"), on_answer)
+        assert ev.wait(10)
+        assert isinstance(failed[0], RxError) and failed[0].reason == "SERVICE_UNAVAILABLE"
+    finally:
+        gone.close()

@@ -237,3 +237,81 @@ def test_events_from_checkpoint_and_follow(deployed: Cluster) -> None:
     assert box and box[0].block_number == start + 2 and box[0].txs[0].function == "put"
     assert [e.name for e in box[0].events] == ["stored"]
     notifier.close()
+
+
+class OrderingBroadcast:
+    """Orders each submitted envelope into its own block on the cluster (async answer)."""
+
+    def __init__(self, cluster: Cluster, refuse: frozenset[bytes] | set[bytes] = frozenset()) -> None:
+        self.cluster = cluster
+        self.refuse = refuse
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def submit_async(self, envelope, callback) -> None:
+        def work() -> None:
+            if envelope.payload in self.refuse:
+                callback(services_pb2.BroadcastResponse(accepted=False, reason="BAD_SIGNATURE"))
+                return
+            callback(services_pb2.BroadcastResponse(accepted=True))
+            with self.lock:
+                self.cluster.commit([envelope.SerializeToString()])
+        t = threading.Thread(target=work)
+        self.threads.append(t)
+        t.start()
+
+    def join(self) -> None:
+        for t in self.threads:  # the other peers may still be committing
+            t.join(10)
+
+
+def test_transact_pipelines_endorse_and_submit(deployed: Cluster, pool) -> None:
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, notifier = deps_for(deployed, remotes)
+    proposals = [deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": f"t{i}", "value": i},
+                                       timestamp_ms=deployed.now()) for i in range(6)]
+    reqs = [services_pb2.TransactRequest(correlation_id=i, endorse=services_pb2.EndorseRequest(proposal=p))
+            for i, p in enumerate(proposals)]
+    reqs.append(services_pb2.TransactRequest(correlation_id=99))  # neither endorse nor submit
+    from node.peer.gateway.transact import transact
+    with ThreadPoolExecutor(4) as work:
+        out = list(transact(deps, iter(reqs), lambda: True, work, pool))
+    by_id = {r.correlation_id: r for r in out}
+    assert by_id[99].error.reason == "BAD_REQUEST"
+    assert all(by_id[i].WhichOneof("kind") == "endorsed" for i in range(6))
+    envs = {}
+    for i in range(6):
+        raw = by_id[i].endorsed.prepared_transaction
+        envs[i] = transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(raw))
+    refused = envs[5].payload
+    ordering = OrderingBroadcast(deployed, {refused})
+    deps = GatewayDeps(**{**deps.__dict__, "broadcast": cast(Any, ordering)})
+    subs = [services_pb2.TransactRequest(correlation_id=100 + i, submit=e) for i, e in envs.items()]
+    with ThreadPoolExecutor(4) as work:
+        out = list(transact(deps, iter(subs), lambda: True, work, pool))
+    ordering.join()
+    by_id = {r.correlation_id: r for r in out}
+    assert sorted(by_id) == [100 + i for i in range(6)]
+    for i in range(5):
+        assert by_id[100 + i].committed.code == transaction_pb2.VALID
+    assert by_id[105].error.reason == "BAD_SIGNATURE"
+    # Re-submitting a committed envelope answers at once from the tx index.
+    with ThreadPoolExecutor(2) as work:
+        again = list(transact(deps, iter(subs[:1]), lambda: True, work, pool))
+    assert again[0].committed.block_number == by_id[100].committed.block_number
+    notifier.close()
+
+
+def test_transact_commit_timeout(deployed: Cluster, pool) -> None:
+    class Silent:
+        def submit_async(self, envelope, callback) -> None:
+            callback(services_pb2.BroadcastResponse(accepted=True))  # accepted, never ordered
+
+    deps, notifier = deps_for(deployed, LocalRemotes({}), Silent())
+    _, env = _prepared(deployed, "lost")
+    from node.peer.gateway.transact import transact
+    with ThreadPoolExecutor(2) as work:
+        out = list(transact(deps, iter([services_pb2.TransactRequest(correlation_id=7, submit=env)]),
+                            lambda: True, work, pool, commit_timeout_ms=300))
+    assert [(r.correlation_id, r.error.reason) for r in out] == [(7, "TIMEOUT")]
+    notifier.close()

@@ -100,16 +100,18 @@ class _Stream:
             cancel()
             on_commit(TxCommitted(tx_id, loc.block, loc.code))
             return
-        try:
-            resp = self.deps.broadcast.submit(req.submit)
-        except RxError:
-            cancel()
-            raise
-        if not resp.accepted:
-            cancel()
-            raise RxError(resp.reason or "REFUSED", resp.message)
-        if self.deps.on_submit is not None:
-            self.deps.on_submit()
+
+        def on_answer(resp: services_pb2.BroadcastResponse | RxError) -> None:
+            if isinstance(resp, RxError):
+                cancel()
+                self.error(cid, resp)
+            elif not resp.accepted:
+                cancel()
+                self.error(cid, RxError(resp.reason or "REFUSED", resp.message))
+            elif self.deps.on_submit is not None:
+                self.deps.on_submit()
+
+        self.deps.broadcast.submit_async(req.submit, on_answer)
 
     def expire(self) -> None:
         now = self.clock()
