@@ -634,7 +634,26 @@ class Simulation:
             lo = max(node.last_commit + 1, r.log.first_index())
             for e in r.log.slice(lo, c + 1) if lo <= c else []:
                 self.note_committed(node, e.index, e.term, e.type, e.data)
+                if r.state == StateRole.LEADER:
+                    self.check_durable_quorum(node, e)
             node.last_commit = c
+
+    def check_durable_quorum(self, leader: SimNode, e: Entry) -> None:
+        """An entry a leader commits must be fsynced on a majority of its voters."""
+        assert leader.raw is not None
+        voters = leader.raw.raft.tracker.voters
+        holders = 0
+        for nid in voters:
+            d = self.nodes[nid].storage.durable
+            in_snapshot = d.snapshot().meta.index >= e.index
+            in_log = d.first_index() <= e.index <= d.last_index() and d.term(e.index) == e.term
+            holders += in_snapshot or in_log
+        if holders < len(voters) // 2 + 1:
+            raise self.fail(
+                f"leader {leader.id} committed {e.term}/{e.index} durable on only "
+                f"{holders} of voters {sorted(voters)}"
+            )
+        self.stats.c["durable_quorum_checks"] += 1
 
     def check_leader_completeness(self, node: SimNode) -> None:
         assert node.raw is not None
