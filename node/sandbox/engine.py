@@ -68,10 +68,10 @@ def _truncate(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
 
 
-def describe(value: Any, limits: t.SandboxLimits) -> str:
+def describe(value: Any, limits: t.SandboxLimits, quote: bool = False) -> str:
     """Deterministic text of a value for error messages (never raises)."""
     try:
-        return Meter(1 << 40, limits).text(value)
+        return Meter(1 << 40, limits).text(value, quote)
     except (Abort, Exception):  # noqa: BLE001 - formatting must never fail
         return f"<{type(value).__name__}>"
 
@@ -192,7 +192,7 @@ class Engine:
                 return self._fail(meter.aborted.reason, meter.aborted.message)
             if not valid_reason(exc.reason):
                 return self._fail(
-                    t.CONTRACT_EXCEPTION, f"invalid ContractError reason {describe(exc.reason, limits)}"
+                    t.CONTRACT_EXCEPTION, f"invalid ContractError reason {describe(exc.reason, limits, True)}"
                 )
             msg = exc.message if type(exc.message) is str else describe(exc.message, limits)
             return self._fail(exc.reason, msg)

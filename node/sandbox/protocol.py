@@ -20,7 +20,11 @@ _HEADER = struct.Struct(">I")
 
 
 class ProtocolError(Exception):
-    """Malformed frame, oversized frame or end of stream."""
+    """Malformed frame, oversized frame or end of stream (``eof``)."""
+
+    def __init__(self, message: str, eof: bool = False) -> None:
+        super().__init__(message)
+        self.eof = eof
 
 
 class FrameReader:
@@ -59,7 +63,7 @@ class FrameReader:
                         raise TimeoutError("deadline passed")
             chunk = os.read(self._fd, 1 << 16)
             if not chunk:
-                raise ProtocolError("end of stream")
+                raise ProtocolError("end of stream", eof=True)
             self._buf += chunk
 
 

@@ -306,7 +306,12 @@ class Sandbox:
                 frame = w.reader.read(left)
             except TimeoutError:
                 raise self._died(w, True) from None
-            except (protocol.ProtocolError, OSError):
+            except protocol.ProtocolError as exc:
+                if not exc.eof:
+                    w.kill()
+                    raise _WorkerDied(t.WORKER_CRASHED, f"protocol violation: {exc}") from None
+                raise self._died(w, False) from None
+            except OSError:
                 raise self._died(w, False) from None
             try:
                 msg = pb.WorkerMessage.FromString(frame)

@@ -25,6 +25,7 @@ from node.sandbox.errors import ContractRejected, StateError
 IN_FD = 0
 OUT_FD = 1
 PR_SET_PDEATHSIG = 1
+NOBODY = 65534
 
 _WARMUP = '''
 from rxchain_contract import Context, ContractError
@@ -146,8 +147,13 @@ def _warm_up(engine: Engine) -> None:
 
 
 def _limit_process(memory_bytes: int) -> None:
+    if os.getuid() == 0:
+        # never run contracts as root: drop to nobody (clears every capability)
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
     if os.getppid() == 1:
         raise SystemExit("parent already gone")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -156,9 +162,6 @@ def _limit_process(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, hard))
-    del soft
 
 
 def _set_cpu_budget(seconds: int) -> None:

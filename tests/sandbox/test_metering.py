@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from node.sandbox import types as t
@@ -16,7 +18,7 @@ def fn(*lines: str, params: str = "") -> str:
     return HEAD + sig + "".join(f"    {ln}\n" for ln in lines)
 
 
-def run(source: str, args: dict | None = None, gas: int = 1_000_000, **kw) -> t.InvocationResult:
+def run(source: str, args: dict[str, Any] | None = None, gas: int = 1_000_000, **kw) -> t.InvocationResult:
     return call(InProcessRunner(), source, "f", args, gas=gas, **kw)
 
 

@@ -1,0 +1,306 @@
+"""Worker isolation: hostile contracts, crashes, hangs, memory, seccomp, determinism.
+
+Every hostile case is followed by a normal call on the same pool (``assert_serving``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.sandbox import types as t
+from node.sandbox.runtime import Sandbox, SandboxError
+from tests.sandbox.helpers import MemBackend, assert_serving, call, make_inv, value
+
+MEMORY = 256 << 20
+HEAD = "from rxchain_contract import Context\n\n"
+
+
+def fn(*lines: str) -> str:
+    return HEAD + "def f(ctx: Context) -> int:\n" + "".join(f"    {ln}\n" for ln in lines)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Sandbox]:
+    sb = Sandbox(workers=2, limits=t.SandboxLimits(memory_bytes=MEMORY),
+                 allow_unchecked_for_tests=True)
+    try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def raw(pool: Sandbox, source: str, **kw) -> t.InvocationResult:
+    """TEST-ONLY path: the source runs with the real builtins, no checks, no metering."""
+    return pool.invoke(make_inv(source, "f", {}, **kw), MemBackend(), unchecked=True)
+
+
+def test_worker_process_facts(pool: Sandbox) -> None:
+    pids = pool.worker_pids()
+    assert len(pids) == 2 and pool.seccomp_active()
+    for pid in pids:
+        status = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        assert status["Seccomp"].strip() == "2"
+        assert status["NoNewPrivs"].strip() == "1"
+        assert status["CapEff"].strip() == "0000000000000000"
+        fds = sorted(os.listdir(f"/proc/{pid}/fd"))
+        assert fds == ["0", "1", "2"]
+        assert os.readlink(f"/proc/{pid}/fd/2") == "/dev/null"
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert sorted(e.split(b"=")[0] for e in env if e) == [
+            b"PYTHONDONTWRITEBYTECODE", b"PYTHONHASHSEED", b"PYTHONUTF8"]
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert f"Max address space         {MEMORY}" in limits
+        assert "Max file size             0" in limits
+        assert "Max open files            3" in limits
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\n",
+        fn("return __import__('os').getpid()"),
+        fn("return len(().__class__.__bases__[0].__subclasses__())"),
+        HEAD + "def _g() -> int:\n    return 1\n\n"
+        "def f(ctx: Context) -> int:\n    return len(_g.__globals__['__builtins__'])\n",
+        fn("return len(open('/etc/passwd').read())"),
+        fn("import time", "return time.time()"),
+        fn("import random", "return random.random()"),
+        fn("return len(str(ctx.__class__))"),
+    ],
+)
+def test_hostile_sources_are_rejected(pool: Sandbox, source: str) -> None:
+    r = call(pool, source, "f", {})
+    assert (r.ok, r.reason) == (False, "CONTRACT_REJECTED")
+    assert r.message.startswith("line ")
+    assert_serving(pool)
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason", "gas"),
+    [
+        (["while True:", "    pass"], "OUT_OF_GAS", 1_000_000),
+        (["return _bomb(1)", "def _bomb(n: int) -> int:", "    return _bomb(n + 1)"],
+         "RECURSION_LIMIT", 1_000_000),
+        (["return len('x' * 10 ** 10)"], "SIZE_LIMIT", 1_000_000),
+        (["x = [0]", "while True:", "    x = x + x"], "SIZE_LIMIT", 1_000_000),
+        (["for i in range(1000000):", "    ctx.put('k' + str(i), i)"], "WRITE_SET_LIMIT", 10**8),
+    ],
+)
+def test_hostile_runtime_behaviour_is_stopped(
+    pool: Sandbox, lines: list[str], reason: str, gas: int
+) -> None:
+    src = fn(*lines) if not lines[0].startswith("return _bomb") else (
+        fn(lines[0]) + "\n" + "\n".join(lines[1:]) + "\n")
+    be = MemBackend()
+    r = call(pool, src, "f", {}, be, gas=gas)
+    assert (r.ok, r.reason) == (False, reason), r.message
+    assert_serving(pool)
+
+
+def test_memory_exhaustion_kills_and_replaces_the_worker(pool: Sandbox) -> None:
+    before = set(pool.worker_pids())
+    src = fn("keep = []", "while True:", "    keep.append('x' * 1000000 + str(len(keep)))")
+    r = call(pool, src, "f", {}, gas=10**15)
+    assert (r.ok, r.reason) == (False, "MEMORY_LIMIT"), r.message
+    after = set(pool.worker_pids())
+    assert len(after) == 2 and after != before
+    assert_serving(pool)
+    assert_serving(pool)
+
+
+def test_wall_clock_timeout(pool: Sandbox) -> None:
+    limits = t.SandboxLimits(memory_bytes=MEMORY, wall_timeout_s=0.5)
+    r = call(pool, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
+    assert (r.ok, r.reason) == (False, "TIMEOUT")
+    assert len(pool.worker_pids()) == 2
+    assert_serving(pool)
+
+
+def test_cpu_time_limit(pool: Sandbox) -> None:
+    limits = t.SandboxLimits(memory_bytes=MEMORY, cpu_seconds=1, wall_timeout_s=30)
+    r = call(pool, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
+    assert (r.ok, r.reason) == (False, "TIMEOUT")
+    assert "CPU" in r.message
+    assert_serving(pool)
+
+
+def test_module_global_does_not_survive_on_the_same_worker() -> None:
+    src = HEAD + "STATE = {'n': 0}\n\ndef f(ctx: Context) -> int:\n" \
+        "    STATE['n'] += 1\n    return STATE['n']\n"
+    with Sandbox(workers=1) as one:
+        assert [value(call(one, src, "f", {})) for _ in range(5)] == [1] * 5
+
+
+def test_clock_and_randomness_are_unreachable(pool: Sandbox) -> None:
+    for src in (fn("import datetime"), fn("from time import time"),
+                "from rxchain_contract import time\n", fn("return ctx.now()")):
+        r = call(pool, src, "f", {})
+        assert (r.ok, r.reason) == (False, "CONTRACT_REJECTED"), src
+    a = value(call(pool, fn("return ctx.timestamp_ms"), "f", {}, timestamp_ms=42))
+    assert a == 42
+
+
+RAW_PROBE = '''
+import sys
+
+def f(ctx):
+    import os
+    out = {}
+    def attempt(name, fn):
+        try:
+            fn()
+            out[name] = "ALLOWED"
+        except OSError as exc:
+            out[name] = exc.errno
+    attempt("open_read", lambda: open("/etc/passwd").read())
+    attempt("open_write", lambda: open("/tmp/rxchain-sandbox-escape", "w"))
+    attempt("listdir", lambda: os.listdir("/"))
+    attempt("fork", os.fork)
+    attempt("exec", lambda: os.execv("/bin/sh", ["sh", "-c", "true"]))
+    attempt("kill", lambda: os.kill(1, 0))
+    attempt("unlink", lambda: os.unlink("/tmp/anything"))
+    ctypes = sys.modules["ctypes"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.socket(2, 1, 0)
+    out["socket"] = [fd, ctypes.get_errno()]
+    fd6 = libc.socket(10, 2, 0)
+    out["socket6"] = [fd6, ctypes.get_errno()]
+    return out
+'''
+
+
+def test_seccomp_blocks_files_sockets_and_processes_even_without_checks(pool: Sandbox) -> None:
+    r = raw(pool, RAW_PROBE)
+    out = value(r)
+    eperm = 1
+    assert out == {
+        "open_read": eperm, "open_write": eperm, "listdir": eperm, "fork": eperm,
+        "exec": eperm, "kill": eperm, "unlink": eperm,
+        "socket": [-1, eperm], "socket6": [-1, eperm],
+    }
+    assert not os.path.exists("/tmp/rxchain-sandbox-escape")
+    assert_serving(pool)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "import sys\n    sys.modules['ctypes'].string_at(0)",  # segfault
+        "import os\n    os._exit(3)",
+        "import os\n    os.write(1, b'\\xff' * 16)",  # garbage on the protocol pipe
+        "import os\n    os.close(0)\n    return ctx.get('k')",
+    ],
+    ids=["segfault", "exit", "garbage", "closed-pipe"],
+)
+def test_crashing_worker_is_replaced(pool: Sandbox, body: str) -> None:
+    before = set(pool.worker_pids())
+    r = raw(pool, f"def f(ctx):\n    {body}\n", limits=t.SandboxLimits(
+        memory_bytes=MEMORY, wall_timeout_s=5))
+    assert (r.ok, r.reason) == (False, "WORKER_CRASHED"), r.message
+    after = set(pool.worker_pids())
+    assert len(after) == 2 and after != before
+    assert_serving(pool)
+
+
+def test_unchecked_requests_refused_by_production_workers(sandbox: Sandbox) -> None:
+    r = sandbox.invoke(make_inv("def f(ctx):\n    return 1\n", "f", {}), MemBackend(),
+                       unchecked=True)
+    assert (r.ok, r.reason) == (False, "WORKER_CRASHED")
+    assert_serving(sandbox)
+
+
+DETERMINISM = '''
+from rxchain_contract import Context
+
+def mix(ctx: Context, names: list, rounds: int) -> dict:
+    tags = set()
+    for n in names:
+        tags.add(n.upper())
+        tags.add(ctx.sha256_hex(n)[:6])
+    order = list(tags)
+    acc = {}
+    for i in range(rounds):
+        k = order[i % len(order)]
+        acc[k] = acc.get(k, 0) + i * 7
+        ctx.put("acc/" + k, acc[k])
+    ctx.emit("mixed", {"order": order})
+    return {"order": order, "acc": acc, "text": str(tags)}
+'''
+
+
+def test_two_sandboxes_give_byte_identical_results_writes_and_gas(sandbox: Sandbox) -> None:
+    names = [f"patient-{i}" for i in range(40)]
+    with Sandbox(workers=1) as other:
+        for gas in (10_000_000, 30_000):
+            inv = make_inv(DETERMINISM, "mix", {"names": names, "rounds": 300}, gas=gas)
+            a, b = MemBackend(), MemBackend()
+            ra = sandbox.invoke(inv, a)
+            rb = other.invoke(inv, b)
+            assert ra == rb
+            assert a.log == b.log
+            assert ra.gas_used == rb.gas_used > 0
+    assert ra.reason == "OUT_OF_GAS" and len(a.writes()) > 0
+
+
+def test_worker_code_cache_eviction_resends_source() -> None:
+    with Sandbox(workers=1) as one:
+        sources = [fn(f"return {i}") for i in range(70)]
+        for i, src in enumerate(sources):
+            assert value(call(one, src, "f", {})) == i
+        assert value(call(one, sources[0], "f", {})) == 0
+        assert one.restarts == 0
+
+
+def test_backend_failure_aborts_with_reason(pool: Sandbox) -> None:
+    src = fn("try:", "    return ctx.get('bad')", "except Exception:", "    return -1")
+    r = call(pool, src, "f", {}, MemBackend(fail_on="bad"))
+    assert (r.ok, r.reason) == (False, "STATE_ERROR") and "backend refused" in r.message
+
+    class Refusing(MemBackend):
+        def get(self, namespace: str, key: str) -> bytes | None:
+            err = ValueError("no such namespace")
+            err.reason = "UNKNOWN_NAMESPACE"  # type: ignore[attr-defined]
+            raise err
+
+    r2 = call(pool, src, "f", {}, Refusing())
+    assert (r2.ok, r2.reason) == (False, "UNKNOWN_NAMESPACE")
+    assert_serving(pool)
+
+
+def test_concurrent_invocations(pool: Sandbox) -> None:
+    src = fn("total = 0", "for i in range(2000):", "    total += i", "return total")
+    results: list[t.InvocationResult] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            r = call(pool, src, "f", {})
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert len(results) == 40
+    assert {r.result_json for r in results} == {b"1999000"}
+    assert len({r.gas_used for r in results}) == 1
+
+
+def test_closed_sandbox_refuses_and_stops_workers() -> None:
+    sb = Sandbox(workers=1)
+    pids = sb.worker_pids()
+    sb.close()
+    with pytest.raises(SandboxError):
+        call(sb, fn("return 1"), "f", {})
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"
