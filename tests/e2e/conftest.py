@@ -1,4 +1,4 @@
-"""A real local network (9 node processes on 127.0.0.1) shared by the e2e module.
+"""A real local network (9 node processes on 127.0.0.1) shared by every e2e test.
 
 Started through the CLI (``rxchain network up --consortium FILE --base-port N --home TMP``)
 with free ports, and always stopped (``network down``, then SIGKILL of anything left) in the
@@ -97,7 +97,7 @@ def _kill_leftovers(home: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     home = tmp_path_factory.mktemp("rxnet")
     base = free_base_port()
