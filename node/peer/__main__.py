@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except RxError as err:
         print(f"rxchain peer: {err}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure in one line
+        print(f"rxchain peer: start-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -41,7 +41,13 @@ from node.ledger.statedb import StateSnapshot, TxLocation
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS
 from node.peer.history import HistoryLedger, LedgerHistory
-from node.peer.lifecycle import Lifecycle, load_definition, load_package, package_hash
+from node.peer.lifecycle import (
+    Lifecycle,
+    load_definition,
+    load_package,
+    package_hash,
+    package_key,
+)
 from node.peer.simulator import SimulationLimits, TxSimulator
 from node.sandbox.types import (
     BAD_ARGUMENTS,
@@ -125,7 +131,7 @@ class Endorser:
         self._lifecycle = lifecycle
         self._clock = clock
         self._on_endorse = on_endorse
-        self._hash_ok: OrderedDict[str, bool] = OrderedDict()
+        self._sources: OrderedDict[str, tuple[bytes, tuple[str, str], str]] = OrderedDict()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ checks
@@ -261,26 +267,32 @@ class Endorser:
             raise RxError("SERVICE_UNAVAILABLE", f"contract runtime failed: {exc}") from exc
 
     def _verified_source(self, snap: StateSnapshot, name: str, version: str, code_hash: str) -> str:
-        package = load_package(snap, code_hash)
-        if package is None:
+        """The stored source, checked against the committed hash.
+
+        Verified sources are cached by the exact stored record, so the (large) record is
+        parsed and hashed once, and a record changed on disk is verified again.
+        """
+        record = snap.get(LIFECYCLE_NS, package_key(code_hash))
+        if record is None:
             raise RxError("UNKNOWN_CONTRACT", f"package {code_hash} of {name!r} is not installed")
         with self._lock:
-            ok = self._hash_ok.get(code_hash)
-        if ok is None:
-            ok = (
-                package.name == name
-                and package.version == version
-                and package_hash(package.name, package.version, package.source) == code_hash
-            )
-            with self._lock:
-                self._hash_ok[code_hash] = ok
-                if len(self._hash_ok) > 256:
-                    self._hash_ok.popitem(last=False)
-        if not ok:
+            hit = self._sources.get(code_hash)
+        if hit is not None and hit[0] == record.value and hit[1] == (name, version):
+            return hit[2]
+        package = load_package(snap, code_hash)
+        if package is None or not (
+            package.name == name
+            and package.version == version
+            and package_hash(package.name, package.version, package.source) == code_hash
+        ):
             raise RxError(
                 "CODE_HASH_MISMATCH",
                 f"the stored source of {name!r} does not hash to the committed {code_hash}",
             )
+        with self._lock:
+            self._sources[code_hash] = (record.value, (name, version), package.source)
+            if len(self._sources) > 64:
+                self._sources.popitem(last=False)
         return package.source
 
     # ------------------------------------------------------------------ endorse

@@ -22,7 +22,7 @@ from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import NodeConfig
 from node.crypto.canonical import block_header_hash
-from node.crypto.signing import Verifier, load_signer
+from node.crypto.signing import Signer, Verifier, load_signer
 from node.crypto.tls import channel_credentials, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
@@ -101,13 +101,26 @@ def _open_ledger(config: NodeConfig, genesis: block_pb2.Block) -> Ledger:
 
 
 def serve(config: NodeConfig) -> PeerNode:
-    """Start a peer for ``config`` and return it running."""
+    """Start a peer for ``config`` and return it running (RxError BAD_CONFIG if it cannot)."""
     if config.kind != "peer":
         raise RxError("BAD_CONFIG", f"{config.name} is a {config.kind}, not a peer")
-    extra = config.extra
     genesis = read_genesis(config.genesis_path)
-    signer = load_signer(config.cert_path, config.key_path, config.org)
+    try:
+        signer = load_signer(config.cert_path, config.key_path, config.org)
+    except ValueError as exc:
+        raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
     ledger = _open_ledger(config, genesis)
+    closers: list[Any] = [ledger.close]
+    try:
+        return _compose(config, signer, ledger, closers)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+
+
+def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[Any]) -> PeerNode:
+    extra = config.extra
     verifier = Verifier()
     policies = LifecyclePolicies()
     committer = Committer(ledger, verifier, policies,
@@ -121,6 +134,7 @@ def serve(config: NodeConfig) -> PeerNode:
     committer.add_listener(notifier.on_commit)
 
     sandbox = Sandbox(int(extra.get("sandbox_workers", 2)), SandboxLimits())
+    closers.append(sandbox.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), _wall_ms,
                         on_endorse=metrics.endorsements.inc)
     creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
@@ -163,14 +177,23 @@ def serve(config: NodeConfig) -> PeerNode:
         PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set()),
         server,
     )
-    server.add_secure_port(
-        config.listen, server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
-    )
+    try:
+        bound = server.add_secure_port(config.listen, server_credentials(
+            config.cert_path, config.key_path, config.ca_bundle_path))
+    except RuntimeError as exc:
+        bound = 0
+        _log.error("event=bind_failed listen=%s error=%r", config.listen, str(exc))
+    if not bound:
+        raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
+    closers.append(lambda: server.stop(0))
     node = PeerNode(config, ledger, committer, notifier, deliver, broadcast, gateway, server,
                     metrics, sandbox)
     node_ref.append(node)
     server.start()
-    metrics.serve(config.metrics_port, config.host)
+    try:
+        metrics.serve(config.metrics_port, config.host)
+    except OSError as exc:
+        raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     deliver.start()
     _log.info("event=peer_started node=%s listen=%s height=%d", config.name, config.listen,
               ledger.height())

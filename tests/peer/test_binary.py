@@ -32,3 +32,24 @@ def test_orderer_config_or_broken_yaml_exits_2(net: Net, tmp_path: Path) -> None
     missing.write_text(src.replace("genesis:", "genesis_file:"))
     proc = run(missing)
     assert proc.returncode == 2 and "missing keys: genesis" in proc.stderr
+
+
+def test_port_in_use_exits_2(net: Net, tmp_path: Path) -> None:
+    import shutil
+    import socket
+
+    import yaml
+
+    node_dir = tmp_path / "peer"
+    shutil.copytree(net.home / "nodes" / "peer.h01", node_dir,
+                    ignore=shutil.ignore_patterns("data"))
+    doc = yaml.safe_load((node_dir / "node.yaml").read_text())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        doc.update(port=busy.getsockname()[1], metrics_port=0,
+                   genesis=str(net.home / "genesis.block"), extra={"sandbox_workers": 1})
+        (node_dir / "node.yaml").write_text(yaml.safe_dump(doc))
+        proc = run(node_dir / "node.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot listen" in proc.stderr

@@ -113,9 +113,10 @@ def test_hash_mismatch_refused(cluster: Cluster) -> None:
     key = package_key(d["code_hash"])
     raw = peer.ledger.state._db  # direct LevelDB access: simulate on-disk tampering
     rec = raw.get(state_key("_lifecycle", key))
-    raw.put(state_key("_lifecycle", key), rec.replace(b"amount <= 0", b"amount <  0"))
     signed = cluster.kit.proposal(cluster.net.doctor, "counter", "get", {"key": "a"},
                                   timestamp_ms=cluster.now())
+    assert peer.endorser.endorse(signed).response.status == 200  # verified and cached
+    raw.put(state_key("_lifecycle", key), rec.replace(b"amount <= 0", b"amount <  0"))
     with pytest.raises(RxError) as err:
         peer.endorser.endorse(signed)
     assert err.value.reason == "CODE_HASH_MISMATCH"
