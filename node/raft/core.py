@@ -507,6 +507,8 @@ class Raft:
                         pr.become_probe()
                     self.send_append(m.frm)
                 return
+            if m.index > self.log.last_index():
+                return  # acknowledges entries we never sent: a faulty peer, ignore it
             old_paused = pr.is_paused()
             if pr.maybe_update(m.index):
                 if pr.state == ProgressState.PROBE:

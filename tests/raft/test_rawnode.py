@@ -199,3 +199,13 @@ def test_status_reports_progress_only_on_leader() -> None:
     assert set(c.node(1).status().progress) == {1, 2, 3}
     assert c.node(2).status().progress == {}
     assert c.node(2).status().leader == 1
+
+
+def test_ack_beyond_leader_log_is_ignored() -> None:
+    c = Cluster([1, 2, 3])
+    elect(c, 1)
+    st = c.node(1).status()
+    c.node(1).step(Message(MT.APP_RESP, to=1, frm=2, term=st.term, index=st.last_index + 50))
+    after = c.node(1).status()
+    assert after.progress[2].match == st.progress[2].match
+    assert after.commit == st.commit

@@ -693,8 +693,14 @@ class Simulation:
 
 
 def run_seed(seed: int, trace: bool = False) -> Stats:
-    """Run one seed; raises SimFailure on a violation."""
-    return Simulation(seed, trace).run()
+    """Run one seed; raises SimFailure (naming the seed) on a violation or a crash."""
+    sim = Simulation(seed, trace)
+    try:
+        return sim.run()
+    except SimFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- any internal error must name the seed
+        raise sim.fail(f"unexpected {type(exc).__name__}: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
