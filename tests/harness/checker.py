@@ -65,6 +65,8 @@ class FaultEvent:
     at_s: float
     healed_at_s: float | None = None
     recovered_s: float | None = None  # heal -> first acknowledged commit afterwards
+    during_s: float | None = None  # fault -> first acknowledged commit of a tx submitted after it
+    note: str = ""  # e.g. "restarted: stuck after the disk was drained"
 
 
 @dataclass
@@ -150,11 +152,13 @@ class CheckReport:
         lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
         if self.faults:
             lines.append("")
-            lines.append(f"{'t(s)':>7}  {'fault':<16} {'target':<22} {'healed(s)':>9} {'recovered after heal(s)':>24}")
+            lines.append(f"{'t(s)':>7}  {'fault':<16} {'target':<22} {'healed(s)':>9} {'1st commit after fault(s)':>26} {'after heal(s)':>14}"
+                         "  note")
             for f in self.faults:
                 healed = "" if f.healed_at_s is None else f"{f.healed_at_s:.1f}"
                 rec = "n/a" if f.recovered_s is None else f"{f.recovered_s:.2f}"
-                lines.append(f"{f.at_s:7.1f}  {f.kind:<16} {f.target:<22} {healed:>9} {rec:>24}")
+                during = "n/a" if f.during_s is None else f"{f.during_s:.2f}"
+                lines.append(f"{f.at_s:7.1f}  {f.kind:<16} {f.target:<22} {healed:>9} {during:>26} {rec:>14}  {f.note}")
         lines.append("")
         lines.append("VERDICT: " + ("OK" if self.ok else "FAILED"))
         lines.extend("  " + p for p in self.problems())
@@ -229,7 +233,7 @@ def _json(value: bytes) -> Any:
         return None
 
 
-def _check_domain(txs: Iterable[_Tx], report: CheckReport) -> None:
+def _check_domain(txs: Iterable[_Tx], report: CheckReport, rx_ns: str, claim_ns: str) -> None:
     dispensers: dict[tuple[str, str], set[str]] = defaultdict(set)
     fills_by_rx: dict[str, set[str]] = defaultdict(set)
     max_fills: dict[str, int] = {}
@@ -239,11 +243,11 @@ def _check_domain(txs: Iterable[_Tx], report: CheckReport) -> None:
         for ns, key, value, is_delete in t.writes:
             if is_delete:
                 continue
-            if ns == PRESCRIPTION_NS and key.startswith("rx/"):
+            if ns == rx_ns and key.startswith("rx/"):
                 doc = _json(value)
                 if isinstance(doc, dict) and isinstance(doc.get("max_fills"), int):
                     max_fills[key[3:]] = doc["max_fills"]
-            elif ns == PRESCRIPTION_NS and key.startswith("disp/"):
+            elif ns == rx_ns and key.startswith("disp/"):
                 doc = _json(value)
                 # A dispense creates disp/<rx>/<fill> carrying its own tx id; a delivery
                 # rewrites it keeping the dispensing tx id.
@@ -251,7 +255,7 @@ def _check_domain(txs: Iterable[_Tx], report: CheckReport) -> None:
                     rx_id, _, fill = key[5:].rpartition("/")
                     dispensers[(rx_id, fill)].add(t.tx_id)
                     fills_by_rx[rx_id].add(t.tx_id)
-            elif ns == SETTLEMENT_NS and key.startswith("claim/"):
+            elif ns == claim_ns and key.startswith("claim/"):
                 doc = _json(value)
                 problem = settlement_problem(doc)
                 if problem:
@@ -286,8 +290,10 @@ def _block_key(b: block_pb2.Block) -> tuple[bytes, tuple[int, ...], bytes]:
 
 
 def check(peers: Sequence[PeerView], acked: Mapping[str, Ack] | Iterable[Ack], submitted: Iterable[str],
-          *, faults: Sequence[FaultEvent] = (), allowed: Iterable[str] = ()) -> CheckReport:
-    """Apply every rule (see the module docstring)."""
+          *, faults: Sequence[FaultEvent] = (), allowed: Iterable[str] = (),
+          prescription_ns: str = PRESCRIPTION_NS, settlement_ns: str = SETTLEMENT_NS) -> CheckReport:
+    """Apply every rule (see the module docstring); the domain rules read prescriptions
+    (``rx/``, ``disp/``) from ``prescription_ns`` and claims (``claim/``) from ``settlement_ns``."""
     acks = dict(acked) if isinstance(acked, Mapping) else {a.tx_id: a for a in acked}
     submitted_set = set(submitted) | set(acks)
     allowed_set = set(allowed) | {GENESIS_TX_ID}
@@ -354,5 +360,5 @@ def check(peers: Sequence[PeerView], acked: Mapping[str, Ack] | Iterable[Ack], s
         if not p.verify_ok:
             report.verify_failures[p.name] = p.verify_summary
     report.found = len(found_everywhere)
-    _check_domain(all_txs, report)
+    _check_domain(all_txs, report, prescription_ns, settlement_ns)
     return report

@@ -18,7 +18,7 @@ import yaml
 from netgen import GeneratedNetwork, generate
 from netgen.generate import NodeSpec
 
-from tests.harness.ports import free_base_port
+from tests.harness.ports import free_base_port, free_ports
 from tests.harness.procs import ManagedProcess, ProcessManager
 from tests.harness.proxy import FaultProxy, Link
 from tests.harness.rpc import Creds, admin_healthy
@@ -67,6 +67,8 @@ class Consortium:
 
     net: GeneratedNetwork
     links: dict[tuple[str, str], Link] = field(default_factory=dict)
+    fronts: dict[str, Link] = field(default_factory=dict)  # public port -> node, see front_proxies
+    real_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -104,8 +106,16 @@ class Consortium:
         """Where the harness writes the node's output."""
         return self.home / "logs" / f"{name}.log"
 
+    def port(self, name: str) -> int:
+        """The port the node really listens on (differs from the public one behind a front proxy)."""
+        return self.real_ports.get(name, self.node(name).port)
+
     def target(self, name: str) -> str:
         """``127.0.0.1:port`` of the node itself (not through a proxy)."""
+        return f"{self.net.spec.host}:{self.port(name)}"
+
+    def public_target(self, name: str) -> str:
+        """``127.0.0.1:port`` as the consortium config and network.yaml name it."""
         return f"{self.net.spec.host}:{self.node(name).port}"
 
     def node_creds(self, name: str) -> Creds:
@@ -174,6 +184,22 @@ def route_through_proxies(cons: Consortium, proxy: FaultProxy) -> dict[tuple[str
         _rewrite_endpoints(doc.get("peers") or [], src, cons.links)
         path.write_text(yaml.safe_dump(doc, sort_keys=True))
     return cons.links
+
+
+def front_proxies(cons: Consortium, proxy: FaultProxy, names: list[str] | None = None) -> dict[str, Link]:
+    """Put a link in front of each node: the node moves to a fresh port, and its public port
+    (in the genesis config, network.yaml and every node.yaml) is served by the link. Every
+    connection to the node -- Raft between orderers (dialled from the config), deliver,
+    broadcast, endorsement -- then crosses the link. Call before starting the nodes."""
+    for name in names or [n.name for n in cons.net.nodes]:
+        real = free_ports(1)[0]
+        path = cons.config_path(name)
+        doc = yaml.safe_load(path.read_text())
+        doc["port"] = real
+        path.write_text(yaml.safe_dump(doc, sort_keys=True))
+        cons.real_ports[name] = real
+        cons.fronts[name] = proxy.add(f"*->{name}", cons.net.spec.host, real, listen_port=cons.node(name).port)
+    return cons.fronts
 
 
 def links_to(cons: Consortium, name: str) -> list[Link]:
