@@ -699,7 +699,7 @@ def run_seed(seed: int, trace: bool = False) -> Stats:
         return sim.run()
     except SimFailure:
         raise
-    except Exception as exc:  # noqa: BLE001 -- any internal error must name the seed
+    except Exception as exc:  # any internal error must name the seed
         raise sim.fail(f"unexpected {type(exc).__name__}: {exc}") from exc
 
 
