@@ -96,6 +96,7 @@ class _Worker:
         self.limits: t.SandboxLimits | None = None
         self.pid = self.proc.pid
         self.seccomp = False
+        self.dead = False
 
     def wait_ready(self, deadline: float, clock: Callable[[], float]) -> None:
         frame = self.reader.read(lambda: deadline - clock())
@@ -231,7 +232,7 @@ class Sandbox:
         except BaseException:
             self._replace(w)
             raise
-        if w.proc.poll() is not None or self._closed:
+        if w.dead or self._closed:
             self._replace(w)
         else:
             self._idle.put(w)
@@ -404,4 +405,5 @@ class Sandbox:
         result = t.InvocationResult(r.ok, r.reason, r.message, r.result_json, events, gas)
         if r.recycle:
             w.kill()
+            w.dead = True
         return result

@@ -1,0 +1,148 @@
+"""Sandbox benchmark: per-invocation overhead of the isolated worker pool.
+
+``python -m bench.sandbox_bench`` writes ``bench/results/sandbox.json``:
+
+* ``invoke_overhead_us``: median latency of a trivial contract call through ``Sandbox``
+  (host -> worker -> host, one round trip, compiled code cached) minus the median latency
+  of the same function called directly in this process;
+* ``invocations_per_s``: sequential trivial invocations per second through one worker
+  (the host waits while the worker runs, so about one core is busy); the same with host
+  and worker pinned to a single core is ``invocations_per_s_pinned_one_core``;
+* for context: the in-process engine alone (metering, argument checks, canonical JSON),
+  and a call doing one ``get`` and one ``put`` (one extra round trip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.common import write_result
+from node.sandbox import types as t
+from node.sandbox.inprocess import InProcessRunner
+from node.sandbox.runtime import Sandbox
+
+SOURCE = """
+from rxchain_contract import Context
+
+def ping(ctx: Context, n: int) -> int:
+    return n + 1
+
+def touch(ctx: Context, key: str) -> int:
+    v = ctx.get(key) or 0
+    ctx.put(key, v + 1)
+    return v + 1
+"""
+
+WARMUP = 300
+SAMPLES = 3000
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], bytes] = {}
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.data.get((namespace, key))
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
+        return []
+
+    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+        return []
+
+    def put(self, namespace: str, key: str, value: bytes) -> None:
+        self.data[(namespace, key)] = value
+
+    def delete(self, namespace: str, key: str) -> None:
+        self.data.pop((namespace, key), None)
+
+
+def _inv(function: str, args: dict[str, Any]) -> t.Invocation:
+    return t.Invocation(
+        contract="bench",
+        code_hash="bench-" + str(hash(SOURCE) & 0xFFFF),
+        source=SOURCE,
+        function=function,
+        args_json=json.dumps(args).encode(),
+        tx_id="tx-bench",
+        timestamp_ms=1_700_000_000_000,
+        caller=t.CallerInfo("hosp1", "doctor", "dr", {"licence_no": "L1"}, "hospital", "tertiary"),
+        gas_limit=1_000_000,
+    )
+
+
+def _latencies(fn: Callable[[], object], n: int) -> list[float]:
+    for _ in range(WARMUP):
+        fn()
+    out: list[float] = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        out.append((clock() - t0) / 1000.0)
+    return out
+
+
+def _direct_ping(ctx: object, n: int) -> int:
+    return n + 1
+
+
+def _throughput(sandbox: Sandbox, inv: t.Invocation, backend: _Backend, n: int) -> float:
+    for _ in range(WARMUP):
+        sandbox.invoke(inv, backend)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sandbox.invoke(inv, backend)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    cores = os.cpu_count() or 1
+    backend = _Backend()
+    ping = _inv("ping", {"n": 41})
+    touch = _inv("touch", {"key": "k"})
+    direct = _latencies(lambda: _direct_ping(None, 41), SAMPLES)
+    runner = InProcessRunner()
+    inproc = _latencies(lambda: runner.invoke(ping, backend), SAMPLES)
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.invoke(ping, backend).result_json == b"42"
+        through = _latencies(lambda: sandbox.invoke(ping, backend), SAMPLES)
+        state = _latencies(lambda: sandbox.invoke(touch, backend), SAMPLES // 2)
+        per_s = _throughput(sandbox, ping, backend, SAMPLES)
+    pinned_per_s = None
+    if hasattr(os, "sched_setaffinity"):
+        # host and worker (which inherits the affinity) share ONE core
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        with Sandbox(workers=1) as sandbox:
+            pinned_per_s = round(_throughput(sandbox, ping, backend, SAMPLES))
+    med_direct = statistics.median(direct)
+    med_sandbox = statistics.median(through)
+    result = {
+        "invoke_overhead_us": round(med_sandbox - med_direct, 1),
+        "invocations_per_s": round(per_s),
+        "invocations_per_s_pinned_one_core": pinned_per_s,
+        "target_overhead_us": 150,
+        "median_sandbox_call_us": round(med_sandbox, 1),
+        "p90_sandbox_call_us": round(statistics.quantiles(through, n=10)[-1], 1),
+        "median_direct_call_us": round(med_direct, 2),
+        "median_inprocess_engine_us": round(statistics.median(inproc), 1),
+        "median_get_put_call_us": round(statistics.median(state), 1),
+        "samples": SAMPLES,
+        "workers": 1,
+        "python": platform.python_version(),
+        "cores": cores,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    path = write_result("sandbox", result)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
