@@ -210,9 +210,35 @@ def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _verify_local(a: argparse.Namespace) -> dict[str, Any]:
+    """Re-check the block files of this home's peers with node.ledger.verify_ledger."""
+    from client.network import load_network
+    from node.genesis import read_genesis
+    from node.ledger.verify import verify_ledger
+
+    home = _home(a)
+    net = load_network(home)
+    genesis = read_genesis(home / "genesis.block")
+    rows = []
+    for p in _peers(net, a):
+        rep = verify_ledger(home / "nodes" / p.name / "data", genesis)
+        rows.append({"peer": p.name, "ok": rep.ok, "height": rep.height,
+                     "state_hash": rep.state_hash, "first_bad_block": rep.first_bad_block,
+                     "reason": rep.reason, "message": rep.message})
+    ok = all(r["ok"] for r in rows)
+    out = {"ok": ok, "local": True, "peers": rows}
+    if not ok:
+        bad = [f"{r['peer']}: block {r['first_bad_block']} {r['reason']} {r['message']}"
+               for r in rows if not r["ok"]]
+        raise LedgerInvalid("; ".join(bad), out)
+    return out
+
+
 def cmd_ledger_verify(a: argparse.Namespace) -> dict[str, Any]:
     from client.verify import verify_peer
 
+    if a.local:
+        return _verify_local(a)
     home, net, ident = _ledger_identity(a)
     results = [verify_peer(ident, p.name, p.target, home / "genesis.block", net.config)
                for p in _peers(net, a)]
@@ -240,6 +266,24 @@ class LedgerInvalid(RxClientError):
     def __init__(self, message: str, detail: dict[str, Any]):
         super().__init__("LEDGER_INVALID", message)
         self.detail = detail
+
+
+def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
+    from client.events import EventListener, FileCheckpoint, MemoryCheckpoint
+    from client.session import Session
+
+    cp: Any = FileCheckpoint(a.checkpoint) if a.checkpoint else MemoryCheckpoint(a.start)
+    with Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None)) as s:
+        listener = EventListener(s.gateway.events, cp, contract=a.contract or "")
+        blocks = []
+        for b in listener.blocks(follow=False):
+            blocks.append({"block": b.block,
+                           "txs": [{"tx_id": t, "code": c} for t, c in b.txs],
+                           "events": [{"contract": e.contract, "name": e.name, "tx_id": e.tx_id,
+                                       "payload": e.payload} for e in b.events]})
+            if len(blocks) >= a.limit:
+                break
+    return {"blocks": blocks, "next_block": cp.load()}
 
 
 def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
@@ -313,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
               "dispense (pharmacist of the routed pharmacy)")
     dis.add_argument("rx_id")
     dis.add_argument("--trace-code", action="append", default=[], metavar="CODE")
+    au = sub(rx, "audit", _simple("audit", "rx_id"),
+             "grants, key fetches and denials (patient, hospital admin, auditors)")
+    au.add_argument("rx_id")
+    for name, help_ in (("consent", "the patient shares the prescription with ORG"),
+                        ("withdraw", "the patient withdraws ORG's consent grant")):
+        method = "grant_consent" if name == "consent" else "revoke_consent"
+        cs = sub(rx, name, _simple(method, "rx_id", "org"), help_)
+        cs.add_argument("rx_id")
+        cs.add_argument("--org", required=True)
     rvk = sub(rx, "revoke", _simple("revoke", "rx_id", "reason"), "revoke before dispensing")
     rvk.add_argument("rx_id")
     rvk.add_argument("--reason", required=True)
@@ -334,8 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
-    sub(lg, "verify", cmd_ledger_verify, "verify the hash chain and signatures of peers")
+    lv = sub(lg, "verify", cmd_ledger_verify, "verify the hash chain and signatures of peers")
+    lv.add_argument("--local", action="store_true",
+                    help="re-check the local peers' block files and state hash (node.ledger)")
     sub(lg, "height", cmd_ledger_height, "block height of peers")
+
+    ev = sub(groups, "events", cmd_events, "block and contract events from a checkpoint")
+    ev.add_argument("--start", type=int, default=0, help="first block (without --checkpoint)")
+    ev.add_argument("--checkpoint", type=Path, help="file remembering the next block")
+    ev.add_argument("--contract", help="only this contract's events")
+    ev.add_argument("--limit", type=int, default=1000)
 
     fh = groups.add_parser("fhir", help="FHIR gateway").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -193,7 +193,7 @@ def main() -> int:
             boot.close()
         story = Story(home)
         try:
-            story.run()
+            results = story.run()
         finally:
             story.close()
     except RxClientError as exc:
@@ -202,7 +202,8 @@ def main() -> int:
         return 1
     print(f"\nDone in {time.monotonic() - t0:.0f}s. The network is still running "
           f"(logs in {home / 'logs'}).")
-    print("Try: .venv/bin/rxchain --as h01:dr-jiang rx trace <RX_ID>")
+    print(f"Try: .venv/bin/rxchain --as h01:patient-zhang rx show {results['rx_id']}")
+    print(f"     .venv/bin/rxchain --as reg01:auditor-1 rx audit {results['rx_id']}")
     print("Stop it with:  make network-down   (or: .venv/bin/rxchain network down)")
     return 0
 

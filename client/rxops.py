@@ -264,6 +264,25 @@ class RxOperations:
                           "time": st.get("time"), "tx_id": st.get("tx_id"), "block": block})
         return {"rx_id": rx_id, "status": res.get("status"), "steps": steps}
 
+    def audit(self, rx_id: str) -> dict[str, Any]:
+        """Every grant, key fetch and denial of a prescription (metadata only)."""
+        res = self.s.gateway.evaluate(RX, "audit_trail", {"rx_id": rx_id})
+        if not isinstance(res, dict):
+            raise RxClientError("BAD_PAYLOAD", "audit_trail returned no object")
+        return res
+
+    def grant_consent(self, rx_id: str, org: str) -> dict[str, Any]:
+        """The patient shares her prescription with another organisation (re-wrapped key)."""
+        opened = self._get_key(rx_id)
+        wrapped = wrap_for(self.s.net.records_public_key(org), opened.record_key, rx_id, org)
+        return _written(self.s.gateway.submit(
+            RX, "grant_consent", {"rx_id": rx_id, "org": org, "wrapped_key": wrapped}))
+
+    def revoke_consent(self, rx_id: str, org: str) -> dict[str, Any]:
+        """The patient withdraws a consent grant."""
+        return _written(self.s.gateway.submit(
+            RX, "revoke_consent", {"rx_id": rx_id, "org": org}))
+
     # ------------------------------------------------------------ claims, patients
     def settle(self, rx_id: str, fill: int = 0) -> dict[str, Any]:
         """Decrypt the claim subset and settle (insurer clerk)."""

@@ -33,7 +33,12 @@ def fhir(net: Net) -> Iterator[int]:
         t.join(5)
 
 
-def _post(net: Net, port: int, who: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+def _get(net: Net, port: int, who: str, path: str) -> tuple[int, Any]:
+    return _post(net, port, who, path, None)
+
+
+def _post(net: Net, port: int, who: str, path: str,
+          body: dict[str, Any] | None) -> tuple[int, Any]:
     org, user = who.split(":")
     wallet = net.home / "orgs" / org / "users" / user
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -41,8 +46,11 @@ def _post(net: Net, port: int, who: str, path: str, body: dict[str, Any]) -> tup
     ctx.load_cert_chain(str(wallet / "cert.pem"), str(wallet / "key.pem"))
     conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=60)
     try:
-        conn.request("POST", path, body=json.dumps(body).encode(),
-                     headers={"Content-Type": "application/fhir+json"})
+        if body is None:
+            conn.request("GET", path)
+        else:
+            conn.request("POST", path, body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/fhir+json"})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -70,6 +78,9 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
     assert [e["dispenseRequest"]["quantity"]["value"] for e in entries] == [2, 2]
     rx_id = entries[0]["identifier"][0]["value"]
     assert entries[0]["status"] == "active"
+    status, body = _get(net, fhir, "h01:patient-zhang", f"/fhir/MedicationRequest/{rx_id}")
+    assert status == 200 and len(body["entry"]) == 2
+    assert body["entry"][0]["resource"]["reason"][0]["concept"]["coding"][0]["code"] == "I10"
     ops = RxOperations(Session(net.home, "p01:pharm-wang"))
     try:
         ops.review(rx_id, True)

@@ -234,3 +234,37 @@ def test_no_patient_identifiers_in_block_files(net: Net):
     assert raw, "the peer wrote no files"
     for needle in ("Zhang Guilan", "500103195803124428", "Sun Jianguo", "stable hypertension"):
         assert needle.encode() not in raw, needle
+
+
+def test_patient_consent_shares_with_another_hospital_and_is_audited(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
+    granted = net.cli("--as", "h01:patient-zhang", "rx", "consent", rx, "--org", "h02")
+    assert granted["granted"] is True
+    shown = net.cli("--as", "h02:dr-zhou", "rx", "show", rx)
+    assert shown["content"]["rx_id"] == rx and shown["grant"] == "h02"
+    net.cli("--as", "h01:patient-zhang", "rx", "withdraw", rx, "--org", "h02")
+    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
+    trail = net.cli("--as", "reg01:auditor-1", "rx", "audit", rx)["events"]
+    fetches = [(e["org"], e["outcome"]) for e in trail if e["event"] == "KEY_FETCH"]
+    assert ("h02", "DENIED") in fetches and ("h02", "GRANTED") in fetches
+    assert fetches.count(("h02", "DENIED")) == 2
+    assert {e["event"] for e in trail} >= {"GRANT", "REVOKE_GRANT", "KEY_FETCH"}
+    assert net.cli_error("--as", CHEN, "rx", "audit", rx)["error"] == "ACCESS_DENIED"
+
+
+def test_events_command_is_resumable(net: Net, tmp_path: Path):
+    cp = tmp_path / "cp"
+    first = net.cli("--as", "reg01:auditor-1", "events", "--checkpoint", str(cp))
+    assert first["blocks"][0]["block"] == 0 and first["next_block"] == len(first["blocks"])
+    issued = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7")
+    second = net.cli("--as", "reg01:auditor-1", "events", "--checkpoint", str(cp),
+                     "--contract", "prescription")
+    assert second["blocks"][0]["block"] == first["next_block"]
+    events = [e for b in second["blocks"] for e in b["events"]]
+    assert any(e["tx_id"] == issued["tx_id"] and e["contract"] == "prescription" for e in events)
+
+
+def test_local_ledger_verify_recomputes_the_state(net: Net):
+    out = net.cli("ledger", "verify", "--local", "--peer", "p01")
+    assert out["ok"] and out["peers"][0]["height"] > 10 and out["peers"][0]["state_hash"]
