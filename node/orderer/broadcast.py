@@ -8,6 +8,7 @@ Checks, in order, each answered with a reason code and nothing ordered:
 * UNKNOWN_CREATOR: the creator is not a valid member (unknown organisation, certificate not
   issued by the organisation's CA, expired, revoked, wrong role -- detail in the message);
 * BAD_SIGNATURE: the creator's signature over the payload does not verify;
+* BAD_CONFIG_UPDATE: a CONFIG envelope whose update is invalid (see ``configtx``);
 * SERVICE_UNAVAILABLE: no leader, no quorum, or the block was not committed in time (the
   answer always comes within ``commit_timeout_s`` plus ``no_leader_wait_s``).
 
@@ -31,6 +32,7 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.errors import RxError
 from node.identity.msp import MSP
+from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.streams import immediate, ordered_answers
 from node.orderer.ticket import (
@@ -53,6 +55,7 @@ class Checked:
 
     raw: bytes
     tx_id: str
+    is_config: bool = False
 
 
 class EnvelopeValidator:
@@ -64,8 +67,10 @@ class EnvelopeValidator:
         consortium_id: str,
         max_envelope_bytes: int,
         clock_ms: Callable[[], int],
+        config_check: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._msp = msp_source
+        self._config_check = config_check
         self._consortium_id = consortium_id
         self._max = max_envelope_bytes
         self._clock_ms = clock_ms
@@ -95,13 +100,23 @@ class EnvelopeValidator:
             if err.reason == "BAD_SIGNATURE":
                 return tx_id, Outcome(BAD_SIGNATURE, err.message)
             return tx_id, Outcome(UNKNOWN_CREATOR, f"{err.reason}: {err.message}")
+        if header.type == transaction_pb2.CONFIG:
+            if self._config_check is None:
+                return tx_id, Outcome(BAD_CONFIG_UPDATE, "config updates are not accepted here")
+            try:
+                self._config_check(raw, self._clock_ms())
+            except RxError as err:
+                return tx_id, Outcome(BAD_CONFIG_UPDATE, err.message)
+            return Checked(raw, tx_id, is_config=True)
+        if header.type != transaction_pb2.INVOKE:
+            return tx_id, Outcome(BAD_PAYLOAD, f"unknown transaction type {header.type}")
         return Checked(raw, tx_id)
 
 
 class Orderer(Protocol):
     """What broadcast needs from the chain."""
 
-    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
+    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
         """Order a validated envelope on this node (the leader)."""
         ...
 
@@ -169,14 +184,15 @@ class BroadcastHandler:
             return immediate(Outcome(SERVICE_UNAVAILABLE, "no Raft leader (no quorum?)"),
                              checked.tx_id)
         if leader == self._orderer.own_id():
-            return self._orderer.submit(checked.raw, checked.tx_id)
+            return self._orderer.submit(checked.raw, checked.tx_id, checked.is_config)
         return self._forwarder.submit(leader, checked.raw, checked.tx_id)
 
     def submit_local(self, checked: Checked) -> Ticket:
         """Order an envelope validated by another orderer (Cluster.Forward) on this node."""
         if not self._accepting:
             return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
-        return self._orderer.submit(checked.raw, checked.tx_id)
+        is_config = checked.is_config or tx_type(checked.raw) == transaction_pb2.CONFIG
+        return self._orderer.submit(checked.raw, checked.tx_id, is_config)
 
     def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:
         """Validate and dispatch one envelope."""

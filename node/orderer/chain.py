@@ -40,6 +40,7 @@ from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Signer
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
+from node.orderer.configtx import ConfigTracker, OrdererConfig
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.raft.config import Config
@@ -48,6 +49,7 @@ from node.raft.errors import ProposalDropped, RaftError
 from node.raft.node import RawNode
 from node.raft.types import (
     ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -123,7 +125,7 @@ class Chain:
         signer: Signer,
         transport: Transport,
         fetcher: BlockFetcher,
-        batch: BatchParams,
+        tracker: ConfigTracker,
         metrics: OrdererMetrics,
         *,
         rng: random.Random,
@@ -139,7 +141,11 @@ class Chain:
         self._metrics = metrics
         self._clock = clock
         self._opt = options or ChainOptions()
-        self._cutter: BlockCutter[Ticket] = BlockCutter(batch, clock)
+        self._tracker = tracker
+        self._cutter: BlockCutter[Ticket] = BlockCutter(
+            BatchParams.from_config(tracker.current.config.batch), clock
+        )
+        self._last_conf_change_at = -1e9
         snap = storage.snapshot()
         self._node = RawNode(
             Config(
@@ -204,13 +210,14 @@ class Chain:
         """A snapshot message to ``node_id`` was sent (ok) or failed."""
         self._inbox.put(("snap_status", (node_id, ok)))
 
-    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
-        """Queue a validated envelope for ordering on this node (which must lead)."""
+    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
+        """Queue a validated envelope for ordering on this node (which must lead). A
+        config envelope is cut into a block of its own."""
         ticket = Ticket(tx_id)
         if self._status.role != StateRole.LEADER:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return ticket
-        self._inbox.put(("submit", (envelope, ticket)))
+        self._inbox.put(("submit", (envelope, ticket, is_config)))
         return ticket
 
     def leader_id(self) -> int:
@@ -268,6 +275,7 @@ class Chain:
                 if next_tick < now:
                     next_tick = now + tick_s
             self._maybe_cut()
+            self._maybe_reconfigure(now)
             self._process_ready()
             if self._inflight and now - self._last_expiry_check > 0.5:
                 self._expire_inflight(now)
@@ -281,8 +289,8 @@ class Chain:
                 self._metrics.consensus_dropped.labels(reason="invalid").inc()
                 _log.warning("dropped invalid raft message from %d: %s", payload.frm, err)
         elif kind == "submit":
-            envelope, ticket = cast(tuple[bytes, Ticket], payload)
-            self._on_submit(envelope, ticket)
+            envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
+            self._on_submit(envelope, ticket, is_config)
         elif kind == "unreachable":
             assert isinstance(payload, int)
             self._node.report_unreachable(payload)
@@ -299,9 +307,16 @@ class Chain:
             and self._applied >= self._lead_ready_index
         )
 
-    def _on_submit(self, envelope: bytes, ticket: Ticket) -> None:
+    def _on_submit(self, envelope: bytes, ticket: Ticket, is_config: bool) -> None:
         if self._role != StateRole.LEADER:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
+            return
+        if is_config:
+            pending = self._cutter.cut()
+            if pending:
+                self._held.append(pending)
+            self._held.append([Pending(envelope, ticket)])
+            self._maybe_cut()
             return
         batches = self._cutter.add(envelope, ticket)
         if batches:
@@ -371,7 +386,9 @@ class Chain:
             except queue.Empty:
                 break
             if kind == "submit":
-                cast(tuple[bytes, Ticket], payload)[1].resolve(Outcome(SERVICE_UNAVAILABLE, reason))
+                cast(tuple[bytes, Ticket, bool], payload)[1].resolve(
+                    Outcome(SERVICE_UNAVAILABLE, reason)
+                )
 
     # ------------------------------------------------------------------ Ready handling
 
@@ -458,8 +475,7 @@ class Chain:
         sig = block.metadata.orderer_signatures.add()
         sig.signer.CopyFrom(self._signer.identity)
         sig.signature = self._signer.sign(header_hash)
-        self._blocks.append(block)
-        self._metrics.blocks.inc()
+        self._append_with_config(block)
         self._metrics.envelopes.inc(len(envelopes))
         self._metrics.height.set(self._blocks.height())
         self._resolve(number, header_hash)
@@ -540,9 +556,53 @@ class Chain:
         sig = block.metadata.orderer_signatures.add()
         sig.signer.CopyFrom(self._signer.identity)
         sig.signature = self._signer.sign(header_hash)
-        self._blocks.append(block)  # checks number and previous hash
-        self._metrics.blocks.inc()
+        self._append_with_config(block)  # the store checks number and previous hash
         self._metrics.height.set(self._blocks.height())
+
+    def _append_with_config(self, block: block_pb2.Block) -> None:
+        """Append ``block``; adopt the config it carries, if it is a valid config block."""
+        new_config = self._tracker.block_config(block)
+        number = block.header.number
+        block.metadata.last_config_block = (
+            number if new_config is not None else self._tracker.current.block_number
+        )
+        self._blocks.append(block)
+        self._metrics.blocks.inc()
+        if new_config is not None:
+            adopted = self._tracker.adopt(new_config, number)
+            self._on_config(adopted)
+
+    def _on_config(self, cfg: OrdererConfig) -> None:
+        self._cutter.set_params(BatchParams.from_config(cfg.config.batch))
+        _log.info(
+            "orderer %d adopted config sequence %d from block %d (orderers %s)",
+            self._id, cfg.config.sequence, cfg.block_number, cfg.orderer_ids(),
+        )
+
+    def _maybe_reconfigure(self, now: float) -> None:
+        """Leader: propose the ConfChange that makes Raft's voters match the orderer set of
+        the config in force (one member at a time; retried while it does not match)."""
+        if not self._lead_ready() or now - self._last_conf_change_at < 1.0:
+            return
+        want = set(self._tracker.current.orderer_ids())
+        have = set(self._conf_state.voters) | set(self._conf_state.learners)
+        if want == set(self._conf_state.voters):
+            return
+        self._last_conf_change_at = now
+        add = sorted(want - have)
+        promote = sorted(want & set(self._conf_state.learners))
+        remove = sorted(set(self._conf_state.voters) - want)
+        if add or promote:
+            cc = ConfChange(ConfChangeType.ADD_NODE, (add or promote)[0])
+        elif remove:
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, remove[0])
+        else:
+            return
+        try:
+            self._node.propose_conf_change(cc)
+            _log.info("orderer %d proposes %s", self._id, cc)
+        except ProposalDropped as err:
+            _log.info("conf change %s not proposed yet: %s", cc, err.detail)
 
     # ------------------------------------------------------------------ status
 

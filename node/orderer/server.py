@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from rxchain.v1 import services_pb2
+from rxchain.v1 import config_pb2, services_pb2
 
 from node.config import NodeConfig
 from node.crypto.signing import Verifier, load_signer
@@ -26,7 +26,6 @@ from node.crypto.tls import channel_credentials, channel_options, server_credent
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
-from node.orderer.blockcutter import BatchParams
 from node.orderer.broadcast import (
     BroadcastHandler,
     BroadcastOptions,
@@ -34,6 +33,7 @@ from node.orderer.broadcast import (
     broadcast_method_handler,
 )
 from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
@@ -141,18 +141,38 @@ def _broadcast_handler(
     )
 
 
+def _members(cfg: OrdererConfig) -> list[tuple[int, bytes, str]]:
+    return [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in cfg.config.orderers]
+
+
+def _config_in_force(
+    blocks: BlockStore, genesis: config_pb2.ConsortiumConfig, verifier: Verifier
+) -> OrdererConfig:
+    """The config named by the last block's ``last_config_block`` (genesis if none)."""
+    if blocks.height() > 1:
+        number = blocks.get(blocks.height() - 1).metadata.last_config_block
+        if number > 0:
+            cfg = config_of_block(blocks.get(number))
+            if cfg is not None:
+                return OrdererConfig(cfg, MSP(cfg, verifier), number)
+    return OrdererConfig(genesis, MSP(genesis, verifier), 0)
+
+
 def serve(config: NodeConfig) -> OrdererServer:
     """Start an orderer for ``config`` and return it running."""
     extra = config.extra
     genesis = read_genesis(config.genesis_path)
     consortium = config_from_genesis(genesis)
-    msp = MSP(consortium, Verifier())
+    verifier = Verifier()
     signer = load_signer(config.cert_path, config.key_path, config.org)
     metrics = OrdererMetrics(config.name)
     data = Path(config.data_dir)
     blocks = BlockStore(data / "blocks", fsync=config.fsync)
     if blocks.height() == 0:
         blocks.append(genesis)
+    tracker = ConfigTracker(_config_in_force(blocks, consortium, verifier), verifier)
+    # Genesis voters for everyone: a later-added orderer replays the same log (or gets a
+    # snapshot carrying the membership), so it reaches the same ConfState.
     raft_ids = [o.raft_id for o in consortium.orderers]
     storage = DurableStorage(
         data / "raft",
@@ -160,9 +180,8 @@ def serve(config: NodeConfig) -> OrdererServer:
         fsync=config.fsync,
         fsync_observer=metrics.fsync_seconds.observe,
     )
-    membership = Membership(
-        [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in consortium.orderers]
-    )
+    membership = Membership(_members(tracker.current))
+    tracker.subscribe(lambda cfg: membership.update(_members(cfg)))
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
@@ -187,7 +206,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     tick_s = int(extra.get("tick_ms", 50)) / 1000.0
     chain = Chain(
         config.raft_id, storage, blocks, signer, transport, fetcher,
-        BatchParams.from_config(consortium.batch), metrics,
+        tracker, metrics,
         rng=random.Random(int.from_bytes(os.urandom(8), "big")),  # noqa: S311 -- election jitter
         options=ChainOptions(
             tick_s=tick_s,
@@ -198,15 +217,16 @@ def serve(config: NodeConfig) -> OrdererServer:
     transport.bind(chain)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
-        lambda: msp, consortium.consortium_id,
+        tracker.msp, consortium.consortium_id,
         consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
+        config_check=tracker.check_broadcast,
     )
     forwarder = Forwarder(membership, channel)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         BroadcastOptions(commit_timeout_s=commit_timeout_s),
     )
-    deliver = DeliverService(blocks, lambda: msp, _wall_ms)
+    deliver = DeliverService(blocks, tracker.msp, _wall_ms)
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
     )

@@ -153,7 +153,7 @@ class FakeOrderer:
         self.leader = leader
         self.submitted: list[bytes] = []
 
-    def submit(self, envelope: bytes, tx_id: str = "") -> Ticket:
+    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
         self.submitted.append(envelope)
         return Ticket.done(Outcome(block_number=1), tx_id)
 

@@ -1,0 +1,183 @@
+"""Config transactions as the ordering service sees them.
+
+A CONFIG envelope carries a ConfigUpdate: a new serialized ConsortiumConfig plus admin
+signatures over those bytes. The orderer checks it at broadcast (against its current
+config, wall-clock time) and again when the block holding it is applied (against the
+config in force before that block, at the transaction's own timestamp, so every orderer
+decides identically). Rules (reason BAD_CONFIG_UPDATE):
+
+* the update and the new config parse; same consortium id; ``sequence`` = current + 1;
+* the admin signatures satisfy the current ``config_update`` policy;
+* the new config is usable (CA certificates parse, ``config_update`` policy present, at
+  least one orderer, unique raft ids);
+* the orderer set changes by at most ONE member (single-server membership changes), and
+  an orderer kept in the set keeps its raft id and certificate.
+
+A leader cuts a config envelope into a block of its own. Once a config block is applied,
+the orderer adopts it (MSP, transport membership, batch parameters) and the Raft leader
+then proposes the matching ConfChange (add or remove one voter).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, transaction_pb2
+
+from node.crypto.signing import Verifier
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.identity.policy import parse_policy
+
+BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
+CONFIG_UPDATE_POLICY = "config_update"
+MAX_CONFIG_SIGNATURES = 64
+
+
+@dataclass(frozen=True)
+class OrdererConfig:
+    """A consortium configuration in force, with its MSP and the block that carried it."""
+
+    config: config_pb2.ConsortiumConfig
+    msp: MSP
+    block_number: int
+
+    def orderer_ids(self) -> list[int]:
+        """Raft ids of the orderer set."""
+        return sorted(o.raft_id for o in self.config.orderers)
+
+
+def tx_type(raw: bytes) -> int | None:
+    """The TxType of an envelope, or None if it does not parse."""
+    try:
+        env = transaction_pb2.Envelope.FromString(raw)
+        tx = transaction_pb2.Transaction.FromString(env.payload)
+        return int(transaction_pb2.TxHeader.FromString(tx.header).type)
+    except DecodeError:
+        return None
+
+
+def validate_update(
+    current: OrdererConfig, raw: bytes, verifier: Verifier, at_ms: int | None = None
+) -> config_pb2.ConsortiumConfig:
+    """The new config carried by CONFIG envelope ``raw``, or RxError(BAD_CONFIG_UPDATE).
+
+    ``at_ms`` None means "at the transaction's timestamp" (the deterministic apply path).
+    """
+    try:
+        env = transaction_pb2.Envelope.FromString(raw)
+        tx = transaction_pb2.Transaction.FromString(env.payload)
+        header = transaction_pb2.TxHeader.FromString(tx.header)
+        update = config_pb2.ConfigUpdate.FromString(tx.config_update)
+        new = config_pb2.ConsortiumConfig.FromString(update.config)
+    except DecodeError as exc:
+        raise RxError(BAD_CONFIG_UPDATE, f"config update does not parse: {exc}") from exc
+    when = header.timestamp_ms if at_ms is None else at_ms
+    old = current.config
+    if header.type != transaction_pb2.CONFIG:
+        raise RxError(BAD_CONFIG_UPDATE, "not a CONFIG transaction")
+    if new.consortium_id != old.consortium_id:
+        raise RxError(BAD_CONFIG_UPDATE, f"consortium id {new.consortium_id!r} differs")
+    if new.sequence != old.sequence + 1:
+        raise RxError(
+            BAD_CONFIG_UPDATE, f"sequence {new.sequence}, expected {old.sequence + 1}"
+        )
+    rules = {p.name: p.rule for p in old.policies}
+    if CONFIG_UPDATE_POLICY not in rules:
+        raise RxError(BAD_CONFIG_UPDATE, "current config has no config_update policy")
+    policy = parse_policy(rules[CONFIG_UPDATE_POLICY], [o.id for o in old.organizations])
+    if len(update.signatures) > MAX_CONFIG_SIGNATURES:
+        raise RxError(BAD_CONFIG_UPDATE, f"{len(update.signatures)} signatures")
+    signers: list[tuple[str, str]] = []
+    for sig in update.signatures:
+        try:
+            ident = identity_pb2.Identity.FromString(sig.signer)
+            principal = current.msp.verify(ident, sig.signature, update.config, when)
+        except (DecodeError, RxError) as exc:
+            raise RxError(BAD_CONFIG_UPDATE, f"bad admin signature: {exc}") from exc
+        signers.append((principal.org, principal.role))
+    if not policy.evaluate(signers):
+        raise RxError(BAD_CONFIG_UPDATE, "admin signatures do not satisfy config_update")
+    if CONFIG_UPDATE_POLICY not in {p.name for p in new.policies} or not new.orderers:
+        raise RxError(BAD_CONFIG_UPDATE, "new config lacks config_update policy or orderers")
+    ids = [o.raft_id for o in new.orderers]
+    if len(set(ids)) != len(ids) or 0 in ids:
+        raise RxError(BAD_CONFIG_UPDATE, "orderer raft ids must be unique and positive")
+    old_by_id = {o.raft_id: o.cert_der for o in old.orderers}
+    new_by_id = {o.raft_id: o.cert_der for o in new.orderers}
+    if len(set(old_by_id) ^ set(new_by_id)) > 1:
+        raise RxError(BAD_CONFIG_UPDATE, "only one orderer may be added or removed at a time")
+    for rid in set(old_by_id) & set(new_by_id):
+        if old_by_id[rid] != new_by_id[rid]:
+            raise RxError(BAD_CONFIG_UPDATE, f"orderer {rid} changed its certificate")
+    try:
+        MSP(new, verifier)
+    except (RxError, ValueError) as exc:
+        raise RxError(BAD_CONFIG_UPDATE, f"new config unusable: {exc}") from exc
+    return new
+
+
+def config_of_block(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
+    """The config carried by a block's single CONFIG envelope (genesis or update)."""
+    if len(block.data.envelopes) != 1:
+        return None
+    raw = block.data.envelopes[0]
+    if tx_type(raw) != transaction_pb2.CONFIG:
+        return None
+    env = transaction_pb2.Envelope.FromString(raw)
+    tx = transaction_pb2.Transaction.FromString(env.payload)
+    update = config_pb2.ConfigUpdate.FromString(tx.config_update)
+    return config_pb2.ConsortiumConfig.FromString(update.config)
+
+
+class ConfigTracker:
+    """The config in force; listeners are told when a new one is adopted."""
+
+    def __init__(self, initial: OrdererConfig, verifier: Verifier) -> None:
+        self._current = initial
+        self._verifier = verifier
+        self._listeners: list[Callable[[OrdererConfig], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> OrdererConfig:
+        """The config in force."""
+        return self._current
+
+    def msp(self) -> MSP:
+        """The MSP of the config in force."""
+        return self._current.msp
+
+    def subscribe(self, listener: Callable[[OrdererConfig], None]) -> None:
+        """Call ``listener`` on every adoption."""
+        self._listeners.append(listener)
+
+    def check_broadcast(self, raw: bytes, at_ms: int) -> None:
+        """Broadcast-time check of a CONFIG envelope (raises RxError)."""
+        with self._lock:
+            validate_update(self._current, raw, self._verifier, at_ms)
+
+    def block_config(self, block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
+        """The valid new config a block carries (apply path, deterministic), else None."""
+        if len(block.data.envelopes) != 1:
+            return None
+        raw = block.data.envelopes[0]
+        if tx_type(raw) != transaction_pb2.CONFIG:
+            return None
+        try:
+            with self._lock:
+                return validate_update(self._current, raw, self._verifier)
+        except RxError:
+            return None
+
+    def adopt(self, config: config_pb2.ConsortiumConfig, block_number: int) -> OrdererConfig:
+        """Make ``config`` (carried by ``block_number``) the config in force."""
+        new = OrdererConfig(config, MSP(config, self._verifier), block_number)
+        with self._lock:
+            self._current = new
+        for listener in self._listeners:
+            listener(new)
+        return new

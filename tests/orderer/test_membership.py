@@ -1,0 +1,116 @@
+"""Membership change through a config transaction: a 4th orderer joins a running cluster."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+from rxchain.v1 import config_pb2, transaction_pb2
+
+from node.crypto.canonical import block_header_hash, compute_tx_id
+from node.crypto.signing import load_signer
+from node.genesis import make_genesis
+from tests.orderer.cluster import Client, OrdererProcs, leader_of, make_network, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[str]) -> bytes:
+    """A CONFIG envelope carrying ``new_config``, signed by the given orgs' admins and
+    submitted by the first of them."""
+    config_bytes = new_config.SerializeToString()
+    update = config_pb2.ConfigUpdate(config=config_bytes)
+    signers = [load_signer(net.user_dir(org, "admin") / "cert.pem",
+                           net.user_dir(org, "admin") / "key.pem", org) for org in admins]
+    for s in signers:
+        update.signatures.add(signer=s.identity_bytes, signature=s.sign(config_bytes))
+    creator = signers[0]
+    nonce = secrets.token_bytes(24)
+    header = transaction_pb2.TxHeader(
+        tx_id=compute_tx_id(nonce, creator.identity), type=transaction_pb2.CONFIG,
+        creator=creator.identity, nonce=nonce, timestamp_ms=int(time.time() * 1000),
+        consortium_id=new_config.consortium_id)
+    tx = transaction_pb2.Transaction(header=header.SerializeToString(),
+                                     config_update=update.SerializeToString())
+    payload = tx.SerializeToString()
+    return transaction_pb2.Envelope(payload=payload,
+                                    signature=creator.sign(payload)).SerializeToString()
+
+
+@pytest.fixture
+def four(tmp_path):
+    net = make_network(tmp_path / "net", orderer_orgs=4,
+                       extra={"snapshot_interval_blocks": 1000})
+    # Genesis with only the first three orderers; the 4th joins by config update.
+    full = net.config
+    start = config_pb2.ConsortiumConfig()
+    start.CopyFrom(full)
+    del start.orderers[3:]
+    net.genesis_path.write_bytes(
+        make_genesis(start, int(time.time() * 1000)).SerializeToString())
+    procs = OrdererProcs(net)
+    try:
+        yield net, procs, Client(net), start, full
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
+
+
+def test_add_a_fourth_orderer_by_config_transaction(four):
+    net, procs, client, start, full = four
+    names = procs.names()
+    first3, fourth = names[:3], names[3]
+    for n in first3:
+        procs.start(n)
+    wait_until(lambda: leader_of(procs, client, first3), 20, what="first leader")
+    resps = client.broadcast(procs.target(first3[0]), [client.envelope()[1] for _ in range(20)])
+    assert all(r.accepted for r in resps)
+
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(full)
+    new.sequence = start.sequence + 1
+    # Too few admin signatures (MAJORITY of 5 orgs needs 3): refused, nothing ordered.
+    weak = _config_envelope(net, new, ["ins01", "ins02"])
+    [r] = client.broadcast(procs.target(first3[0]), [weak])
+    assert (r.accepted, r.reason) == (False, "BAD_CONFIG_UPDATE")
+    good = _config_envelope(net, new, ["ins01", "ins02", "ins03"])
+    [r] = client.broadcast(procs.target(first3[1]), [good])
+    assert r.accepted, r.message
+    # A replay of the same update is now out of sequence.
+    [r] = client.broadcast(procs.target(first3[1]), [good])
+    assert (r.accepted, r.reason) == (False, "BAD_CONFIG_UPDATE")
+
+    procs.start(fourth)
+    height = max(client.status(procs.target(n)).height for n in first3)
+    wait_until(lambda: client.status(procs.target(fourth), 1.0).height >= height, 30,
+               what="the new orderer to catch up")
+    # The new orderer takes broadcasts (forwarding to the leader) ...
+    resps = client.broadcast(procs.target(fourth), [client.envelope()[1] for _ in range(10)])
+    assert all(r.accepted for r in resps), [r.message for r in resps]
+    # ... and is a voter: with 4 voters a quorum is 3, so with one original orderer down
+    # ordering continues only because the 4th one votes.
+    victim = leader_of(procs, client, first3) or first3[0]
+    procs.kill(victim)
+    rest = [n for n in names if n != victim]
+    wait_until(lambda: leader_of(procs, client, rest), 20, what="a leader among the rest")
+
+    def ordered() -> bool:
+        rs = client.broadcast(procs.target(rest[0]), [client.envelope()[1]], timeout=10)
+        return bool(rs[0].accepted)
+
+    wait_until(ordered, 30, interval=0.2, what="ordering with the 4th orderer voting")
+    final = max(client.status(procs.target(n)).height for n in rest)
+    for n in rest:
+        wait_until(lambda n=n: client.status(procs.target(n), 1.0).height >= final, 20,
+                   what=f"{n} at height {final}")
+    chains = [[block_header_hash(b.header) for b in client.blocks(procs.target(n))]
+              for n in rest]
+    assert chains[0] == chains[1] == chains[2]
+    # Every copy records the config block in its metadata.
+    blocks = client.blocks(procs.target(fourth))
+    config_blocks = [b.header.number for b in blocks
+                     if b.header.number and b.metadata.last_config_block == b.header.number]
+    assert len(config_blocks) == 1
+    assert blocks[-1].metadata.last_config_block == config_blocks[0]
