@@ -1,0 +1,160 @@
+"""Who may talk to the nodes: no client certificate, a CA outside the consortium, an expired
+or revoked certificate, a non-orderer speaking Raft. Each refused with a reason code, nothing
+written, every node still serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from rxchain.v1 import raft_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+
+from client.errors import RxClientError
+from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Signer, load_signer
+from node.raft.types import MessageType
+from tests.adversarial.support import (
+    AdvNet,
+    Case,
+    CaseTable,
+    foreign_channel,
+    no_client_cert_channel,
+    rpc_reason,
+)
+from tests.harness.rpc import channel
+
+pytestmark = pytest.mark.integration
+
+TLS_REFUSED = {"SERVICE_UNAVAILABLE", "grpc:UNAVAILABLE", "UNAUTHENTICATED", "grpc:UNAUTHENTICATED"}
+
+
+def _health(ch: grpc.Channel) -> str:
+    try:
+        services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        return rpc_reason(exc)
+    return ""
+
+
+def _bare_envelope(signer: Signer, consortium_id: str, nonce: bytes = b"n" * 24) -> transaction_pb2.Envelope:
+    """A well-formed INVOKE envelope signed by ``signer`` (no endorsements: the creator check comes first)."""
+    header = transaction_pb2.TxHeader(
+        tx_id=compute_tx_id(nonce, signer.identity), type=transaction_pb2.INVOKE, creator=signer.identity,
+        nonce=nonce, timestamp_ms=1_764_057_600_000, consortium_id=consortium_id).SerializeToString()
+    inv = transaction_pb2.ContractInvocation(contract="rxload", function="issue", args_json=b"{}").SerializeToString()
+    payload = transaction_pb2.Transaction(header=header, invocation=inv).SerializeToString()
+    return transaction_pb2.Envelope(payload=payload, signature=signer.sign(payload))
+
+
+def _broadcast(adv: AdvNet, env: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
+    with channel(adv.cons.target(adv.orderer()), adv.user_creds("h01", "admin")) as ch:
+        stub = services_pb2_grpc.AtomicBroadcastStub(ch)
+        return next(iter(stub.Broadcast(iter([env]), timeout=15)))
+
+
+@pytest.mark.parametrize("who", ["no client certificate", "certificate from a CA outside the consortium",
+                                 "expired certificate (real CA)"])
+@pytest.mark.parametrize("node", ["peer", "orderer"])
+def test_tls_refuses_strangers(adv: AdvNet, case_table: CaseTable, who: str, node: str) -> None:
+    target_name = adv.peer("h01") if node == "peer" else adv.orderer()
+    target = adv.cons.target(target_name)
+    before = adv.snapshot()
+    bundle = adv.cons.net.ca_bundle_path
+    if who.startswith("no client"):
+        ch = no_client_cert_channel(target, bundle)
+    elif who.startswith("certificate from"):
+        ch = foreign_channel(target, adv.rogues.foreign, bundle)
+    else:
+        ch = foreign_channel(target, adv.rogues.expired, bundle)
+    with ch:
+        reason = _health(ch)
+        try:
+            services_pb2_grpc.GatewayStub(ch).Evaluate(services_pb2.EvaluateRequest(), timeout=5) if node == "peer" \
+                else next(iter(services_pb2_grpc.AtomicBroadcastStub(ch).Broadcast(iter([]), timeout=5)), None)
+            second = ""
+        except grpc.RpcError as exc:
+            second = rpc_reason(exc)
+    case = case_table.add(Case(f"TLS connection with {who}", target_name, "handshake refused", reason=reason,
+                               outcome=f"health: {reason or 'ANSWERED'}; service: {second or 'ANSWERED'}"))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = adv.serving()
+    assert reason in TLS_REFUSED and second in TLS_REFUSED, case
+    assert case.passed, case
+
+
+@pytest.mark.parametrize("who", ["revoked", "expired", "foreign"])
+def test_rogue_creator_inside_valid_tls(adv: AdvNet, case_table: CaseTable, who: str) -> None:
+    """The connection is a valid member's; the proposal/envelope is signed by the rogue."""
+    rogue_dir = getattr(adv.rogues, who)
+    expected = {"revoked": {"REVOKED_CERT"}, "expired": {"EXPIRED_CERT"}, "foreign": {"UNKNOWN_CREATOR"}}[who]
+    before = adv.snapshot()
+    builder = adv.builder_from(rogue_dir, "h01")
+    built = builder.proposal("rxload", "issue", {"rx_id": f"RX-{who}", "max_fills": 1, "medfee_fen": 100})
+    with channel(adv.cons.target(adv.peer("h01")), adv.user_creds("h01", "admin")) as ch:
+        stub = services_pb2_grpc.GatewayStub(ch)
+        reasons = []
+        for call in (lambda: stub.Evaluate(services_pb2.EvaluateRequest(proposal=built.signed), timeout=10),
+                     lambda: stub.Endorse(services_pb2.EndorseRequest(proposal=built.signed), timeout=10),
+                     lambda: services_pb2_grpc.EndorserStub(ch).ProcessProposal(built.signed, timeout=10)):
+            try:
+                resp = call()
+                reasons.append(f"ANSWERED:{getattr(resp, 'response', resp)}"[:60])
+            except grpc.RpcError as exc:
+                reasons.append(rpc_reason(exc))
+    env = _bare_envelope(load_signer(rogue_dir / "cert.pem", rogue_dir / "key.pem", "h01"),
+                         adv.cons.net.config.consortium_id)
+    br = _broadcast(adv, env)
+    case = case_table.add(Case(f"{who} certificate signs proposal/envelope", "peer.h01+orderer",
+                               f"{'/'.join(expected)} at gateway, endorser and orderer",
+                               outcome=f"evaluate/endorse/endorser: {reasons}; broadcast: accepted={br.accepted} "
+                                       f"{br.reason}: {br.message[:60]}",
+                               reason=reasons[1] if not br.accepted else ""))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = adv.serving()
+    assert all(r in expected for r in reasons), case
+    assert not br.accepted and br.reason == "UNKNOWN_CREATOR" and any(e in br.message for e in expected), case
+    assert case.passed, case
+
+
+def test_non_orderer_speaking_raft(adv: AdvNet, case_table: CaseTable) -> None:
+    orderer = adv.orderer()
+    before = adv.snapshot()
+    term_before = before[orderer]
+    # a peer's (valid member) certificate, a well-formed vote request claiming raft id 2
+    payload = raft_pb2.RaftMessage(type=int(MessageType.VOTE), to=1, term=999, log_term=999,
+                                   index=10**6).SerializeToString()
+    setattr_from = raft_pb2.RaftMessage.FromString(payload)
+    assert setattr_from.term == 999
+    reasons = []
+    for creds in (adv.cons.node_creds("peer.h01"), adv.user_creds("ins01", "admin")):
+        with channel(adv.cons.target(orderer), creds) as ch:
+            stub = services_pb2_grpc.ClusterStub(ch)
+            try:
+                stub.Step(iter([services_pb2.ConsensusRequest(from_id=2, payload=payload)] * 3), timeout=10)
+                reasons.append("ACCEPTED")
+            except grpc.RpcError as exc:
+                reasons.append(rpc_reason(exc))
+            try:
+                list(stub.Forward(iter([transaction_pb2.Envelope(payload=b"x")]), timeout=10))
+                reasons.append("ACCEPTED")
+            except grpc.RpcError as exc:
+                reasons.append(rpc_reason(exc))
+    after = adv.snapshot()
+    case = case_table.add(Case("non-orderer on Cluster.Step/Forward (peer cert, insurer admin)", orderer,
+                               "NOT_AN_ORDERER", outcome=str(reasons), reason=reasons[0]))
+    case.nothing_written = after == before and after[orderer] == term_before
+    case.still_serving = adv.serving()
+    assert all(r == "NOT_AN_ORDERER" for r in reasons), case
+    assert case.passed, case
+
+
+def test_rogue_identity_at_sdk_level(adv: AdvNet) -> None:
+    """The SDK surfaces the refusal as a typed error with the reason code."""
+    from client.gateway import Gateway
+    from client.wallet import load_identity_dir
+
+    ident = load_identity_dir(adv.cons.net.user_dir("h01", "admin"), adv.cons.net.ca_bundle_path, "h01", "admin")
+    with Gateway(ident, adv.cons.target("peer.h01"), adv.cons.net.config.consortium_id) as gw:
+        gw.builder = adv.builder_from(adv.rogues.revoked, "h01")
+        with pytest.raises(RxClientError) as info:
+            gw.submit("rxload", "issue", {"rx_id": "RX-sdk", "max_fills": 1, "medfee_fen": 1})
+    assert info.value.reason == "REVOKED_CERT"
