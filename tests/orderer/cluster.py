@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import yaml
 from netgen import generate
-from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Signer, load_signer
@@ -265,3 +265,25 @@ def tx_ids_of(block: block_pb2.Block) -> list[str]:
 
 def iter_blocks(client: Client, target: str) -> Iterator[block_pb2.Block]:
     yield from client.blocks(target)
+
+
+def config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[str]) -> bytes:
+    """A CONFIG envelope carrying ``new_config``, signed by the given orgs' admins and
+    submitted by the first of them."""
+    config_bytes = new_config.SerializeToString()
+    update = config_pb2.ConfigUpdate(config=config_bytes)
+    signers = [load_signer(net.user_dir(org, "admin") / "cert.pem",
+                           net.user_dir(org, "admin") / "key.pem", org) for org in admins]
+    for s in signers:
+        update.signatures.add(signer=s.identity_bytes, signature=s.sign(config_bytes))
+    creator = signers[0]
+    nonce = secrets.token_bytes(24)
+    header = transaction_pb2.TxHeader(
+        tx_id=compute_tx_id(nonce, creator.identity), type=transaction_pb2.CONFIG,
+        creator=creator.identity, nonce=nonce, timestamp_ms=int(time.time() * 1000),
+        consortium_id=new_config.consortium_id)
+    tx = transaction_pb2.Transaction(header=header.SerializeToString(),
+                                     config_update=update.SerializeToString())
+    payload = tx.SerializeToString()
+    return transaction_pb2.Envelope(payload=payload,
+                                    signature=creator.sign(payload)).SerializeToString()

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import pytest
-from rxchain.v1 import config_pb2, transaction_pb2
+from rxchain.v1 import config_pb2
 
-from node.crypto.canonical import block_header_hash, compute_tx_id
-from node.crypto.signing import load_signer
+from node.crypto.canonical import block_header_hash
 from node.genesis import make_genesis
-from tests.orderer.cluster import Client, OrdererProcs, leader_of, make_network, wait_until
+from tests.orderer.cluster import (
+    Client,
+    OrdererProcs,
+    config_envelope,
+    leader_of,
+    make_network,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[str]) -> bytes:
-    """A CONFIG envelope carrying ``new_config``, signed by the given orgs' admins and
-    submitted by the first of them."""
-    config_bytes = new_config.SerializeToString()
-    update = config_pb2.ConfigUpdate(config=config_bytes)
-    signers = [load_signer(net.user_dir(org, "admin") / "cert.pem",
-                           net.user_dir(org, "admin") / "key.pem", org) for org in admins]
-    for s in signers:
-        update.signatures.add(signer=s.identity_bytes, signature=s.sign(config_bytes))
-    creator = signers[0]
-    nonce = secrets.token_bytes(24)
-    header = transaction_pb2.TxHeader(
-        tx_id=compute_tx_id(nonce, creator.identity), type=transaction_pb2.CONFIG,
-        creator=creator.identity, nonce=nonce, timestamp_ms=int(time.time() * 1000),
-        consortium_id=new_config.consortium_id)
-    tx = transaction_pb2.Transaction(header=header.SerializeToString(),
-                                     config_update=update.SerializeToString())
-    payload = tx.SerializeToString()
-    return transaction_pb2.Envelope(payload=payload,
-                                    signature=creator.sign(payload)).SerializeToString()
 
 
 @pytest.fixture
@@ -72,10 +55,10 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     new.CopyFrom(full)
     new.sequence = start.sequence + 1
     # Too few admin signatures (MAJORITY of 5 orgs needs 3): refused, nothing ordered.
-    weak = _config_envelope(net, new, ["ins01", "ins02"])
+    weak = config_envelope(net, new, ["ins01", "ins02"])
     [r] = client.broadcast(procs.target(first3[0]), [weak])
     assert (r.accepted, r.reason) == (False, "BAD_CONFIG_UPDATE")
-    good = _config_envelope(net, new, ["ins01", "ins02", "ins03"])
+    good = config_envelope(net, new, ["ins01", "ins02", "ins03"])
     [r] = client.broadcast(procs.target(first3[1]), [good])
     assert r.accepted, r.message
     # A replay of the same update is now out of sequence.
