@@ -87,6 +87,9 @@ class Launcher:
         self.python = python
         self._clock = clock
         self._sleep = sleep
+        # Children started by this Launcher object (reaped by ``down``); nodes started by an
+        # earlier invocation are known through their pid files only.
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # ------------------------------------------------------------ paths
     def pid_path(self, name: str) -> Path:
@@ -105,6 +108,9 @@ class Launcher:
     # ------------------------------------------------------------ processes
     def running_pid(self, name: str) -> int | None:
         """The pid of a live node process, or None."""
+        child = self._children.get(name)
+        if child is not None:
+            return child.pid if child.poll() is None else None
         path = self.pid_path(name)
         try:
             pid = int(path.read_text().strip())
@@ -144,6 +150,7 @@ class Launcher:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=str(PROJECT_ROOT), env=env, start_new_session=True,
             )
+        self._children[node.name] = proc
         self.pid_path(node.name).write_text(f"{proc.pid}\n")
         return NodeProcess(node.name, node.kind, proc.pid)
 
@@ -218,7 +225,9 @@ class Launcher:
         while victims and self._clock() < deadline:
             for name in list(victims):
                 if self.running_pid(name) is None:
-                    out.append({"node": name, "pid": victims.pop(name), "stopped": "SIGTERM"})
+                    pid = victims.pop(name)
+                    self._reap(pid)
+                    out.append({"node": name, "pid": pid, "stopped": "SIGTERM"})
                     self.pid_path(name).unlink(missing_ok=True)
             if victims:
                 self._sleep(0.1)
@@ -230,6 +239,12 @@ class Launcher:
         return out
 
     def _reap(self, pid: int) -> None:
+        for name, child in list(self._children.items()):
+            if child.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=5)
+                del self._children[name]
+                return
         for _ in range(50):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,90 @@
+"""The launcher with stand-in node processes: start order, health wait, exits, stop bounds."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from netgen import generate
+
+from client.errors import RxClientError
+from client.launcher import Launcher
+from tests.client.conftest import FIXED_NOW, client_consortium
+
+FAKE = Path(__file__).with_name("fake_node.py")
+
+
+def _tiny(tmp_path: Path, base_port: int) -> Path:
+    raw = client_consortium(base_port)
+    raw["organizations"] = [o for o in raw["organizations"] if o["id"] in ("h01", "ins01")]
+    home = tmp_path / "home"
+    generate(raw, home, clock=lambda: FIXED_NOW)
+    return home
+
+
+def _python(tmp_path: Path) -> str:
+    """An executable that runs the fake node instead of ``python -m node.X``."""
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+@pytest.fixture
+def base_port() -> int:
+    from tests.e2e.conftest import free_base_port
+
+    return free_base_port(3)
+
+
+def test_up_status_down(tmp_path: Path, base_port: int):
+    home = _tiny(tmp_path, base_port)
+    launcher = Launcher(home, python=_python(tmp_path))
+    progress: list[str] = []
+    try:
+        procs = launcher.up(timeout_s=30, progress=progress.append)
+        assert [p.kind for p in procs] == ["orderer", "peer", "peer"]
+        assert progress[0].startswith("started 1 orderers")
+        assert all((home / "run" / f"{p.name}.pid").exists() for p in procs)
+        again = launcher.up(timeout_s=30)  # idempotent: the same processes
+        assert [p.pid for p in again] == [p.pid for p in procs]
+        rows = launcher.status()
+        assert [r["serving"] for r in rows] == [True, True, True]
+        assert rows[0]["height"] == 1
+    finally:
+        stopped = launcher.down(grace_s=5)
+    assert sorted(s["stopped"] for s in stopped) == ["SIGTERM"] * 3
+    assert not list((home / "run").glob("*.pid"))
+    assert launcher.status()[0]["serving"] is False
+
+
+def test_node_exiting_at_start_is_reported_with_its_log(tmp_path: Path, base_port: int,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    home = _tiny(tmp_path, base_port)
+    monkeypatch.setenv("FAKE_NODE_EXIT", "peer.ins01")
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        with pytest.raises(RxClientError) as e:
+            launcher.up(timeout_s=30)
+        assert e.value.reason == "NODE_EXITED"
+        assert "peer.ins01: refusing to start" in e.value.message
+    finally:
+        launcher.down(grace_s=5)
+
+
+def test_stubborn_node_is_killed_after_the_grace(tmp_path: Path, base_port: int,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    home = _tiny(tmp_path, base_port)
+    monkeypatch.setenv("FAKE_NODE_STUBBORN", "1")
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        launcher.up(timeout_s=30)
+    finally:
+        stopped = launcher.down(grace_s=0.5)
+    assert sorted(s["stopped"] for s in stopped) == ["SIGKILL"] * 3
+    for s in stopped:
+        with pytest.raises(ProcessLookupError):
+            os.kill(s["pid"], 0)
