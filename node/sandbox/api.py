@@ -223,9 +223,11 @@ class Context:
         return canonical.decode(data, what)
 
     def _encode(self, value: Any, what: str) -> bytes:
-        self._meter.gas(canonical.check_value(value, what))
-        data, _ = canonical.encode(value, what, self._limits.max_value_bytes)
-        self._meter.gas(len(data) // GAS_BYTES_PER_UNIT)
+        try:
+            data, nodes = canonical.encode(value, what, self._limits.max_value_bytes)
+        except Abort as exc:
+            raise self._meter.fail(exc) from None
+        self._meter.gas(nodes + len(data) // GAS_BYTES_PER_UNIT)
         return data
 
     def _record_write(self, key: str, nbytes: int) -> None:
@@ -370,7 +372,6 @@ API_ATTRS = frozenset(
         "hospital_level",
         "reason",
         "message",
-        "args",
     }
 )
 

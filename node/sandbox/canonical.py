@@ -31,13 +31,19 @@ def _no_constant(text: str) -> Any:
 _DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)
 
 
-def check_value(value: Any, what: str) -> int:
-    """Validate a JSON value; returns the number of nodes (used for gas)."""
+def check_value(value: Any, what: str, max_nodes: int = 1 << 20) -> int:
+    """Validate a JSON value; returns the number of nodes (used for gas).
+
+    ``max_nodes`` bounds the walk: shared sub-structures (``[[x] * 1000] * 1000``) would
+    otherwise be walked (and encoded) once per reference.
+    """
     nodes = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         nodes += 1
+        if nodes > max_nodes:
+            raise SizeLimit(f"{what}: more than {max_nodes} JSON values")
         tv = type(v)
         if tv is str or tv is int or tv is bool or v is None:
             continue
@@ -58,7 +64,7 @@ def check_value(value: Any, what: str) -> int:
 
 def encode(value: Any, what: str, max_bytes: int) -> tuple[bytes, int]:
     """Canonical JSON bytes of ``value`` plus its node count; raises BadValue / SizeLimit."""
-    nodes = check_value(value, what)
+    nodes = check_value(value, what, max_bytes)  # every JSON value takes at least one byte
     data = _ENCODER.encode(value).encode("utf-8")
     if len(data) > max_bytes:
         raise SizeLimit(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")

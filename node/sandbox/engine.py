@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import builtins
 from collections import OrderedDict
-from functools import partial
 from typing import Any
 
 from node.sandbox import canonical
@@ -33,9 +32,25 @@ def _builtins(meter: Meter) -> dict[str, Any]:
     b["sorted"] = meter.sorted
     b["sum"] = meter.sum
     b["pow"] = meter.pow
-    b["repr"] = partial(meter.text, quote=True)
-    for name in ("min", "max", "any", "all"):
-        b[name] = partial(meter.consume, getattr(builtins, name))
+    b["round"] = meter.round
+
+    # plain closures, not functools.partial (whose .func/.args would expose the originals)
+    def repr_(value: Any) -> str:
+        return meter.text(value, True)
+
+    def min_(*args: Any, **kw: Any) -> Any:
+        return meter.consume(min, *args, **kw)
+
+    def max_(*args: Any, **kw: Any) -> Any:
+        return meter.consume(max, *args, **kw)
+
+    def any_(iterable: Any) -> bool:
+        return any(meter.it(iterable))
+
+    def all_(iterable: Any) -> bool:
+        return all(meter.it(iterable))
+
+    b.update(repr=repr_, min=min_, max=max_, any=any_, all=all_)
     return b
 
 

@@ -36,9 +36,17 @@ _OTHER_IOPS: dict[type[ast.operator], str] = {
     ast.BitXor: "ixor",
     ast.RShift: "irshift",
 }
+_COMPARE_OPS: dict[type[ast.cmpop], str] = {
+    ast.Eq: "eq",
+    ast.NotEq: "ne",
+    ast.Lt: "lt",
+    ast.LtE: "le",
+    ast.Gt: "gt",
+    ast.GtE: "ge",
+}
 OPERATORS: dict[str, Any] = {
     f"__rx_op_{name}__": getattr(operator, name)
-    for name in [*_OTHER_OPS.values(), *_OTHER_IOPS.values(), "eq", "ne"]
+    for name in [*_OTHER_OPS.values(), *_OTHER_IOPS.values(), *_COMPARE_OPS.values()]
 }
 
 
@@ -187,9 +195,12 @@ class _Instrumenter(ast.NodeTransformer):
         if isinstance(op, ast.NotIn):
             inner = _call("__rx_contains__", node.left, right)
             return ast.copy_location(ast.UnaryOp(op=ast.Not(), operand=inner), node)
-        if isinstance(op, ast.Eq | ast.NotEq) and not (_is_const(node.left) or _is_const(right)):
-            fn = "__rx_op_eq__" if isinstance(op, ast.Eq) else "__rx_op_ne__"
-            return ast.copy_location(_call("__rx_compare__", _name(fn), node.left, right), node)
+        fn = _COMPARE_OPS.get(type(op))
+        if fn is not None and not (_is_const(node.left) or _is_const(right)):
+            # comparing two big sequences costs time proportional to their length
+            return ast.copy_location(
+                _call("__rx_compare__", _name(f"__rx_op_{fn}__"), node.left, right), node
+            )
         return node
 
     def visit_Subscript(self, node: ast.Subscript) -> Any:

@@ -68,6 +68,12 @@ _CONSTANT_TIME = frozenset(
 )
 
 
+def alloc_cost(n: int, is_str: bool) -> int:
+    """Gas for building a string of n characters (1 per 32) or a collection of n
+    references (1 per 4): about one gas per 32 bytes allocated."""
+    return 1 + (n >> 5 if is_str else n >> 2)
+
+
 def _log2(n: int) -> int:
     return max(1, n.bit_length())
 
@@ -98,8 +104,8 @@ class TypeProxy:
 class Meter:
     """Gas counter and limit checks of one invocation."""
 
-    __slots__ = ("aborted", "depth", "left", "limit", "limits", "max_coll", "max_int_bits",
-                 "max_str")
+    __slots__ = ("_text_len", "aborted", "depth", "left", "limit", "limits", "max_coll",
+                 "max_int_bits", "max_str")
 
     def __init__(self, gas_limit: int, limits: t.SandboxLimits) -> None:
         self.reset(gas_limit, limits)
@@ -114,6 +120,7 @@ class Meter:
         self.max_coll = limits.max_collection_len
         self.max_int_bits = limits.max_int_bits
         self.aborted: Abort | None = None
+        self._text_len = 0
 
     # -- core -------------------------------------------------------------------------
     def used(self) -> int:
@@ -205,7 +212,7 @@ class Meter:
         if ta in _SEQ and type(b) is ta:
             n = len(a) + len(b)
             self.check_len(n, ta is str)
-            self.gas(1 + n // 32)
+            self.gas(alloc_cost(n, ta is str))
         return a + b
 
     def mul(self, a: Any, b: Any) -> Any:
@@ -224,7 +231,7 @@ class Meter:
             return a * b
         n = len(seq) * max(0, count)
         self.check_len(n, type(seq) is str)
-        self.gas(1 + n // 32)
+        self.gas(alloc_cost(n, type(seq) is str))
         return a * b
 
     def pow(self, a: Any, b: Any, mod: Any = None) -> Any:
@@ -262,7 +269,7 @@ class Meter:
         r = op(a, b)
         tr = type(r)
         if tr in _SIZED:
-            self.gas(1 + len(r) // 32)
+            self.gas(alloc_cost(len(r), tr is str))
         elif tr is int:
             self.check_int(r)
         return r
@@ -278,7 +285,7 @@ class Meter:
             b = self.materialize(b)
             n = len(a) + len(b)
             self.check_len(n, False)
-            self.gas(1 + n // 32)
+            self.gas(alloc_cost(n, False))
             a += b
             return a
         return self.add(a, b)
@@ -307,12 +314,14 @@ class Meter:
     def slice(self, obj: Any, lower: Any, upper: Any, step: Any) -> Any:
         r = obj[lower:upper:step]
         if type(r) in _SIZED:
-            self.gas(1 + len(r) // 32)
+            self.gas(alloc_cost(len(r), type(r) is str))
         return r
 
     # -- text -------------------------------------------------------------------------------
     def text(self, v: Any, quote: bool = False, depth: int = 0) -> str:
         """Deterministic str()/repr() (no memory addresses); bounded in size."""
+        if depth == 0:
+            self._text_len = 0
         tv = type(v)
         if tv is str:
             out = repr(v) if quote else v
@@ -322,20 +331,18 @@ class Meter:
             raise self.fail(RecursionLimit("value nested too deeply to format"))
         elif tv is list or tv is tuple or tv in (set, frozenset):
             self.gas(1 + len(v))
-            items = [self.text(x, True, depth + 1) for x in (sorted(v, key=_order) if tv
-                                                              in (set, frozenset) else v)]
-            inner = ", ".join(items)
+            seq = sorted(v, key=_order) if tv in (set, frozenset) else v
+            inner = self._joined([self._item(x, depth) for x in seq])
             if tv is list:
                 out = f"[{inner}]"
             elif tv is tuple:
-                out = f"({inner},)" if len(items) == 1 else f"({inner})"
+                out = f"({inner},)" if len(v) == 1 else f"({inner})"
             else:
-                out = f"{{{inner}}}" if items else f"{tv.__name__}()"
+                out = f"{{{inner}}}" if v else f"{tv.__name__}()"
         elif tv is dict:
             self.gas(1 + len(v))
-            inner = ", ".join(
-                f"{self.text(k, True, depth + 1)}: {self.text(x, True, depth + 1)}"
-                for k, x in v.items()
+            inner = self._joined(
+                [f"{self._item(k, depth)}: {self._item(x, depth)}" for k, x in v.items()]
             )
             out = f"{{{inner}}}"
         elif isinstance(v, Exception):
@@ -352,6 +359,18 @@ class Meter:
         if n > 64:
             self.gas(n // 32)
         return out
+
+    def _item(self, v: Any, depth: int) -> str:
+        """Text of one element, keeping a running total so shared sub-structures cannot
+        blow up the output before the size check."""
+        out = self.text(v, True, depth + 1)
+        self._text_len += len(out)
+        if self._text_len > self.max_str:
+            raise self.size_error("string", self._text_len, self.max_str)
+        return out
+
+    def _joined(self, items: list[str]) -> str:
+        return ", ".join(items)
 
     def fmt(self, value: Any, conversion: int, spec: str) -> str:
         """One ``{value!c:spec}`` field of an f-string."""
@@ -432,6 +451,11 @@ class Meter:
         self.gas(len(args))
         return fn(*args, **kw)
 
+    def round(self, number: Any, ndigits: Any = None) -> Any:
+        if type(ndigits) is int and abs(ndigits) > 4096:
+            raise self.size_error("round() digits", abs(ndigits), 4096)
+        return round(number, ndigits)
+
     def sum(self, iterable: Iterable[Any], start: int = 0) -> int:
         if type(start) not in (int, bool):
             raise TypeError("sum() start must be an integer in contracts")
@@ -457,6 +481,8 @@ class Meter:
             return special(self, obj, args, kw)
         if name in _CONSTANT_TIME:
             self.gas(1)
+        elif name in _ALLOCATING:
+            self.gas(alloc_cost(len(obj), False))
         else:
             self.gas(1 + len(obj) // 32)
         return getattr(obj, name)(*args, **kw)
@@ -480,6 +506,10 @@ class Meter:
                 return partial(self.meth, obj, name)
             return value
         return getattr(obj, name)
+
+
+# Methods that allocate an object per element of the receiver (charged like a collection).
+_ALLOCATING = frozenset({"copy", "split", "rsplit", "splitlines"})
 
 
 def _order(v: Any) -> tuple[str, Any]:
@@ -535,7 +565,7 @@ def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name:
             total += len(ma)
     total += len(kw)
     m.check_len(total, False)
-    m.gas(1 + total // 32)
+    m.gas(alloc_cost(total, False))
     return getattr(obj, name)(*mats, **kw)
 
 

@@ -47,6 +47,8 @@ REJECTED = [
     (body("breakpoint()"), BODY_LINE, "builtin 'breakpoint'"),
     (body("return memoryview(ctx)"), BODY_LINE, "builtin 'memoryview'"),
     (body("return ctx._host"), BODY_LINE, "attribute '_host'"),
+    (body("return max.args[0]"), BODY_LINE, "attribute 'args'"),
+    (body("return str.__dict__"), BODY_LINE, "attribute '__dict__'"),
     (body("return ctx.caller.mro"), BODY_LINE, "attribute 'mro'"),
     (body("g = (x for x in [1])", "return g.gi_frame"), BODY_LINE + 1, "attribute 'gi_frame'"),
     (body("return '{0.caller}'.format(ctx)"), BODY_LINE, "attribute 'format'"),

@@ -122,6 +122,15 @@ def test_contract_error_catch_cannot_hide_size_limit() -> None:
         (["s = list(range(10000))", "n = 0", "while True:", "    n += 1 if -1 in s else 0"],
          "OUT_OF_GAS"),
         (["s = list(range(10000))", "while True:", "    s2 = s[:]"], "OUT_OF_GAS"),
+        (["a = list(range(50000))", "b = list(range(50000))", "while True:", "    c = a < b"],
+         "OUT_OF_GAS"),
+        (["s = 'a,' * 200000", "while True:", "    p = s.split(',')"], "OUT_OF_GAS"),
+        (["x = [0] * 1000", "y = [x] * 1000", "z = [y] * 1000", "return z"], "SIZE_LIMIT"),
+        (["x = [0] * 1000", "y = [x] * 1000", "z = [y] * 1000", "ctx.put('k', z)"],
+         "SIZE_LIMIT"),
+        (["x = ['abc'] * 1000", "y = [x] * 1000", "z = [y] * 1000", "return len(str(z))"],
+         "SIZE_LIMIT"),
+        (["return round(5, -10 ** 9)"], "SIZE_LIMIT"),
     ],
 )
 def test_runaway_operations_are_stopped(lines: list[str], reason: str) -> None:
@@ -210,3 +219,16 @@ def test_in_place_ops_keep_python_semantics() -> None:
     )
     r = run(src)
     assert r.result_json == b'[[1,2],[1,2],{"k":[1,5,1,5]},-16]'
+
+
+def test_builtin_types_still_work_as_types() -> None:
+    src = fn(
+        "vals = [1, 'a', [2], {'k': 3}, True, None, (4,)]",
+        "kinds = [isinstance(v, (int, str)) for v in vals]",
+        "return [kinds, isinstance({1}, set), str.upper('x'), sorted(['b', 'A'], key=str.lower),"
+        " dict.fromkeys(['a'], 0), list(map(str, [1, 2])), int('42'), bool(0), tuple([1])]",
+    )
+    assert value(run(src)) == [
+        [True, True, False, False, True, False, False], True, "X", ["A", "b"], {"a": 0},
+        ["1", "2"], 42, False, [1],
+    ]
