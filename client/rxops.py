@@ -99,7 +99,7 @@ class RxOperations:
 
     def new_rx_id(self) -> str:
         """A fresh prescription number (hiRxno)."""
-        day = dt.datetime.now(CHINA_TZ).strftime("%Y%m%d")
+        day = dt.datetime.fromtimestamp(self.s.clock() / 1000, CHINA_TZ).strftime("%Y%m%d")
         return f"RX{day}-{self.s.identity.org}-{self._rand(5).hex()}"
 
     def _get_key(self, rx_id: str) -> OpenedRecord:

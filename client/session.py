@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,17 +47,17 @@ class Session:
     def __init__(self, home: Path, as_: str, *, peer_org: str | None = None,
                  clock: Clock = wall_clock_ms, retry: RetryPolicy | None = None,
                  network: NetworkInfo | None = None,
-                 sleep: Callable[[float], None] | None = None):
+                 sleep: Callable[[float], None] = time.sleep):
         self.home = Path(home)
         org, user = parse_as(as_)
         self.net = network or load_network(self.home)
         self.identity: WalletIdentity = load_identity(self.home, org, user)
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
-        kwargs = {} if sleep is None else {"sleep": sleep}
+        self.clock = clock
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
-                               clock=clock, retry=retry, min_block=lambda: read_last_block(self.home),
-                               on_commit=lambda b: record_last_block(self.home, b),
-                               **kwargs)  # type: ignore[arg-type]
+                               clock=clock, retry=retry, sleep=sleep,
+                               min_block=lambda: read_last_block(self.home),
+                               on_commit=lambda b: record_last_block(self.home, b))
         self._directory: PatientDirectory | None = None
 
     def _default_peer_org(self, org: str) -> str:
