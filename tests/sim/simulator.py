@@ -69,6 +69,8 @@ class Params:
     safety_ms: int
     heal_ms: int
     fsync_max_ms: int
+    pre_vote: bool
+    check_quorum: bool
 
 
 def draw_params(rng: random.Random) -> Params:
@@ -94,6 +96,8 @@ def draw_params(rng: random.Random) -> Params:
         safety_ms=3000,
         heal_ms=20000,
         fsync_max_ms=rng.choice((1, 5)),
+        pre_vote=rng.random() < 0.85,
+        check_quorum=rng.random() < 0.85,
     )
 
 
@@ -215,8 +219,8 @@ class Simulation:
             election_tick=self.p.election_tick,
             heartbeat_tick=self.p.heartbeat_tick,
             rng=self.rng,
-            pre_vote=True,
-            check_quorum=True,
+            pre_vote=self.p.pre_vote,
+            check_quorum=self.p.check_quorum,
             max_inflight=self.p.max_inflight,
             max_size_per_msg=self.p.max_size_per_msg,
             applied=applied,
