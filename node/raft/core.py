@@ -121,12 +121,15 @@ class Raft:
         return self.tracker.conf_state()
 
     def _load_state(self, hs: HardState) -> None:
-        if hs.commit < self.log.committed or hs.commit > self.log.last_index():
+        # A commit index below the snapshot is harmless (a lazily written commit-only hard
+        # state was lost; the snapshot itself proves commitment) -- keep the snapshot's.
+        # A commit index beyond the log means committed entries were lost: refuse to start.
+        if hs.commit > self.log.last_index():
             raise RaftError(
                 "hard_state_out_of_range",
-                f"commit {hs.commit} outside [{self.log.committed}, {self.log.last_index()}]",
+                f"commit {hs.commit} beyond last index {self.log.last_index()}",
             )
-        self.log.committed = hs.commit
+        self.log.committed = max(hs.commit, self.log.committed)
         self.term = hs.term
         self.vote = hs.vote
 

@@ -12,6 +12,7 @@ from node.raft.node import RawNode
 from node.raft.storage import MemoryStorage
 from node.raft.types import (
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     HardState,
@@ -209,3 +210,15 @@ def test_ack_beyond_leader_log_is_ignored() -> None:
     after = c.node(1).status()
     assert after.progress[2].match == st.progress[2].match
     assert after.commit == st.commit
+
+
+def test_restart_with_commit_below_snapshot_keeps_snapshot_commit() -> None:
+    s = MemoryStorage()
+    s.bootstrap([1])
+    s.append([Entry(1, 2), Entry(1, 3)])
+    s.create_snapshot(3, ConfState(voters=(1,)), b"")
+    s.compact(3)
+    s.set_hard_state(HardState(term=1, vote=1, commit=1))  # lazily written, older
+    n = RawNode(cfg(), s)
+    assert n.status().commit == 3
+    assert n.status().applied == 3
