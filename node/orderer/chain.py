@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from google.protobuf.message import DecodeError
-from rxchain.v1 import block_pb2, raft_pb2
+from rxchain.v1 import block_pb2, raft_pb2, transaction_pb2
 
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Signer
+from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
-from node.orderer.configtx import ConfigTracker, OrdererConfig
+from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.raft.config import Config
@@ -180,6 +181,8 @@ class Chain:
         self._next_number = 0
         self._prev_hash = b""
         self._held: list[list[Pending[Ticket]]] = []
+        self._config_inflight: int | None = None
+        self._config_waiting: list[tuple[bytes, Ticket]] = []
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
         self._status = self._make_status()
@@ -312,6 +315,15 @@ class Chain:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return
         if is_config:
+            if self._config_inflight is not None:
+                # One config block at a time: the next one is checked against its result.
+                self._config_waiting.append((envelope, ticket))
+                return
+            try:
+                self._tracker.validate_now(envelope)
+            except RxError as err:
+                ticket.resolve(Outcome(err.reason, err.message))
+                return
             pending = self._cutter.cut()
             if pending:
                 self._held.append(pending)
@@ -352,6 +364,8 @@ class Chain:
             return
         header_hash = block_header_hash(block.header)
         self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
+        if len(envelopes) == 1 and tx_type(envelopes[0]) == transaction_pb2.CONFIG:
+            self._config_inflight = self._next_number
         self._next_number += 1
         self._prev_hash = header_hash
 
@@ -364,6 +378,10 @@ class Chain:
         self._next_number = 0
         self._prev_hash = b""
         self._lead_ready_index = None
+        self._config_inflight = None
+        waiting, self._config_waiting = self._config_waiting, []
+        for _, ticket in waiting:
+            ticket.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
 
     def _expire_inflight(self, now: float) -> None:
         self._last_expiry_check = now
@@ -481,6 +499,11 @@ class Chain:
         self._resolve(number, header_hash)
 
     def _resolve(self, number: int, header_hash: bytes) -> None:
+        if self._config_inflight is not None and number >= self._config_inflight:
+            self._config_inflight = None
+            waiting, self._config_waiting = self._config_waiting, []
+            for envelope, ticket in waiting:
+                self._on_submit(envelope, ticket, True)
         for n in [n for n in self._inflight if n <= number]:
             f = self._inflight.pop(n)
             if n == number and f.header_hash == header_hash:

@@ -160,6 +160,12 @@ class ConfigTracker:
         with self._lock:
             validate_update(self._current, raw, self._verifier, at_ms)
 
+    def validate_now(self, raw: bytes) -> config_pb2.ConsortiumConfig:
+        """Check a CONFIG envelope against the config in force, at its own timestamp
+        (the leader's check before cutting; raises RxError)."""
+        with self._lock:
+            return validate_update(self._current, raw, self._verifier)
+
     def block_config(self, block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
         """The valid new config a block carries (apply path, deterministic), else None."""
         if len(block.data.envelopes) != 1:
