@@ -76,6 +76,8 @@ def _helpers(meter: Meter) -> dict[str, Any]:
         "__rx_meth__": meter.meth,
         "__rx_attr__": meter.attr,
         "__rx_fmt__": meter.fmt,
+        "__rx_key__": meter.key,
+        "__rx_keys__": meter.keys,
     }
 
 

@@ -205,6 +205,9 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_Subscript(self, node: ast.Subscript) -> Any:
         self.generic_visit(node)
+        if isinstance(node.ctx, ast.Store) and not isinstance(node.slice, ast.Slice | ast.Constant):
+            node.slice = _call("__rx_key__", node.slice)  # d[k] = v: k must hash stably
+            return node
         if isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Slice):
             s = node.slice
             return ast.copy_location(
@@ -266,11 +269,31 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_Set(self, node: ast.Set) -> Any:
         self.generic_visit(node)
-        node.elts = [self._unpack(e) for e in node.elts]
+        node.elts = [self._key(e) for e in node.elts]
+        return node
+
+    def _key(self, node: ast.expr) -> ast.expr:
+        """A set element / dict key: checked to have a deterministic hash."""
+        if isinstance(node, ast.Starred):
+            node.value = _call("__rx_keys__", node.value)
+            return node
+        if isinstance(node, ast.Constant):
+            return node
+        return _call("__rx_key__", node)
+
+    def visit_SetComp(self, node: ast.SetComp) -> Any:
+        self.generic_visit(node)
+        node.elt = self._key(node.elt)
+        return node
+
+    def visit_DictComp(self, node: ast.DictComp) -> Any:
+        self.generic_visit(node)
+        node.key = self._key(node.key)
         return node
 
     def visit_Dict(self, node: ast.Dict) -> Any:
         self.generic_visit(node)
+        node.keys = [None if k is None else self._key(k) for k in node.keys]
         node.values = [
             _call("__rx_sized__", v) if k is None else v
             for k, v in zip(node.keys, node.values, strict=True)

@@ -29,6 +29,7 @@ CALL = 10
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
 _SPEC_DIGITS = re.compile(r"\d{5,}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{5,}")
 
 # Method names of builtin types that contract code may call (format/encode/translate & co
 # are excluded: attribute traversal, bytes, unbounded expansion).
@@ -170,6 +171,37 @@ class Meter:
         if isinstance(exc, RecursionError):
             raise self.fail(RecursionLimit("interpreter recursion limit reached"))
 
+    # -- hashing ------------------------------------------------------------------------
+    def key(self, k: Any) -> Any:
+        """Admit a set element / dict key only if its hash is deterministic.
+
+        Functions, contexts, exceptions, iterators... hash by memory address, which would
+        make set/dict iteration order differ between peers.
+        """
+        tk = type(k)
+        if tk is str or tk is int or tk is bool or k is None:
+            return k
+        if tk is tuple or tk is frozenset:
+            for x in k:
+                self.key(x)
+            return k
+        raise TypeError(
+            f"{tk.__name__} cannot be a set element or dict key in a contract "
+            "(only str, int, bool, None and tuples of them)"
+        )
+
+    def keys(self, items: Iterable[Any]) -> list[Any]:
+        """Materialize ``*x`` inside a set display, checking every element."""
+        out = self.materialize(items)
+        for x in out:
+            self.key(x)
+        return out
+
+    def _pair_keys(self, pairs: Iterable[Any]) -> None:
+        for p in pairs:
+            if type(p) in (tuple, list) and len(p) == 2:
+                self.key(p[0])
+
     # -- iteration ----------------------------------------------------------------------
     def it(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """Iterate, charging one gas per element (comprehensions, unpacking, consumers)."""
@@ -266,10 +298,17 @@ class Meter:
 
     def other(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         """Sub, FloorDiv, RShift, BitAnd/Or/Xor: results are bounded by the operands."""
+        if op is operator.ior and type(a) is dict and type(b) is not dict:
+            b = self.materialize(b)
+            self._pair_keys(b)
         r = op(a, b)
         tr = type(r)
         if tr in _SIZED:
             self.gas(alloc_cost(len(r), tr is str))
+            if (tr is set or tr is frozenset) and not (
+                type(a) in (set, frozenset) and type(b) in (set, frozenset)
+            ):
+                self.keys(r)  # e.g. dict.keys() | [something]
         elif tr is int:
             self.check_int(r)
         return r
@@ -351,6 +390,8 @@ class Meter:
                 out = self.text(args[0], quote=tv is KeyError, depth=depth + 1)
             else:
                 out = self.text(args, quote, depth + 1) if args else ""
+            # interpreter messages may embed reprs with memory addresses
+            out = _ADDRESS.sub("0x?", out)
         else:
             out = f"<{tv.__name__}>"
         n = len(out)
@@ -425,18 +466,26 @@ class Meter:
         if typ is bool:
             return bool(*args)
         if typ is dict:
-            if args:
-                src = args[0]
-                if type(src) is not dict:
-                    src = self.materialize(src)
-                self.gas(1 + len(src))
+            if len(args) > 1:
+                raise TypeError("dict() takes at most one positional argument")
             self.gas(len(kw))
-            return dict(*args, **kw)
+            if not args:
+                return dict(**kw)
+            src = args[0]
+            if type(src) is not dict:
+                src = self.materialize(src)
+                self._pair_keys(src)
+            self.gas(1 + len(src))
+            return dict(src, **kw)
         if kw or len(args) > 1:
             raise TypeError(f"{typ.__name__}() takes at most one argument")
         if not args:
             return typ()
-        return typ(self.materialize(args[0]))
+        items = self.materialize(args[0])
+        if typ is set or typ is frozenset:
+            for x in items:
+                self.key(x)
+        return typ(items)
 
     def sorted(self, iterable: Iterable[Any], /, *, key: Any = None, reverse: bool = False) -> Any:
         items = self.materialize(iterable)
@@ -491,9 +540,7 @@ class Meter:
                    kw: dict[str, Any]) -> Any:
         typ = proxy._type
         if name == "fromkeys" and typ is dict:
-            keys = self.materialize(args[0]) if args else []
-            self.gas(1 + len(keys))
-            return dict.fromkeys(keys, *args[1:])
+            return _m_fromkeys(self, {}, args, kw)
         if not args or not isinstance(args[0], typ):
             raise TypeError(f"{typ.__name__}.{name}() needs a {typ.__name__} as first argument")
         return self.meth(args[0], name, *args[1:], **kw)
@@ -552,6 +599,7 @@ def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> An
 
 def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
     """extend/update/union & co: materialize the iterables, bound the result."""
+    hashed = type(obj) in (set, frozenset, dict)
     mats: list[Any] = []
     total = len(obj)
     for a in args:
@@ -561,12 +609,42 @@ def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name:
             m.gas(1 + len(a))
         else:
             ma = m.materialize(a)
+            if hashed:
+                if type(obj) is dict:
+                    m._pair_keys(ma)
+                else:
+                    for x in ma:
+                        m.key(x)
             mats.append(ma)
             total += len(ma)
     total += len(kw)
     m.check_len(total, False)
     m.gas(alloc_cost(total, False))
     return getattr(obj, name)(*mats, **kw)
+
+
+def _m_fromkeys(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if not args or kw:
+        raise TypeError("fromkeys(keys[, value])")
+    keys = m.materialize(args[0])
+    for k in keys:
+        m.key(k)
+    m.gas(alloc_cost(len(keys), False))
+    return dict.fromkeys(keys, *args[1:])
+
+
+def _m_add(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if args:
+        m.key(args[0])
+    m.gas(1)
+    return obj.add(*args, **kw)
+
+
+def _m_setdefault(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if args:
+        m.key(args[0])
+    m.gas(1)
+    return obj.setdefault(*args, **kw)
 
 
 def _m_sort(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
@@ -584,6 +662,9 @@ _SPECIAL: dict[str, _Special] = {
     "replace": _m_replace,
     "join": _m_join,
     "sort": _m_sort,
+    "fromkeys": _m_fromkeys,
+    "add": _m_add,
+    "setdefault": _m_setdefault,
     "extend": partial(_m_grow, name="extend"),
     "update": partial(_m_grow, name="update"),
     "union": partial(_m_grow, name="union"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -232,3 +233,64 @@ def test_builtin_types_still_work_as_types() -> None:
         [True, True, False, False, True, False, False], True, "X", ["A", "b"], {"a": 0},
         ["1", "2"], 42, False, [1],
     ]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["return len({_f, _g})"],
+        ["d = {}", "d[ctx] = 1"],
+        ["s = set()", "s.add(_f)"],
+        ["return len({str: 1})"],
+        ["return len(dict.fromkeys([_f]))"],
+        ["return len({}.fromkeys([_f]))"],
+        ["return len(set([_f, _g]))"],
+        ["return len(frozenset([ctx]))"],
+        ["return len(dict([(ctx.caller, 1)]))"],
+        ["return len({}.keys() | [_f])"],
+        ["return len({k: 1 for k in [_f]})"],
+        ["return len({x for x in [_f]})"],
+        ["return len({*[_f]})"],
+        ["d = {}", "d.setdefault(_g, 1)"],
+        ["s = {1}", "s.update([_f])"],
+        ["d = {}", "d |= [(_f, 1)]"],
+        ["d = {}", "d.update([(_f, 1)])"],
+        ["return len({(1, _f)})"],
+    ],
+)
+def test_address_hashed_objects_cannot_enter_sets_or_dicts(lines: list[str]) -> None:
+    src = fn(*lines) + "\ndef _f() -> int:\n    return 1\n\ndef _g() -> int:\n    return 2\n"
+    r = run(src)
+    assert (r.ok, r.reason) == (False, "CONTRACT_EXCEPTION"), r
+    assert "cannot be a set element or dict key" in r.message
+
+
+def test_hashable_values_work_in_sets_and_dicts() -> None:
+    src = fn(
+        "d = {}",
+        "for w in ['a', 'b', 'a']:",
+        "    d[w] = d.get(w, 0) + 1",
+        "c = {}",
+        "c['x'] = 0",
+        "c['x'] += 5",
+        "t = {(1, 'a'): 2, frozenset([1, 2]): 3, None: 4, True: 5}",
+        "s = {1, 'b', (2, 3)} | {4}",
+        "return [d, c, len(t), len(s), sorted(set(['q', 'p']))]",
+    )
+    assert value(run(src)) == [{"a": 2, "b": 1}, {"x": 5}, 4, 4, ["p", "q"]]
+
+
+def test_exception_texts_carry_no_memory_addresses() -> None:
+    src = fn(
+        "try:",
+        "    [1].index(_f)",
+        "except ValueError as e:",
+        "    ctx.put('err', str(e))",
+        "return [1].index(_f)",
+    ) + "\ndef _f() -> int:\n    return 1\n"
+    be = MemBackend()
+    r = run(src, backend=be)
+    assert r.reason == "CONTRACT_EXCEPTION"
+    stored = be.data[("demo", "err")].decode()
+    assert "0x?" in stored and "0x?" in r.message
+    assert not re.search(r"0x[0-9a-f]{5,}", stored + r.message)
