@@ -198,9 +198,13 @@ class AdvNet:
         with channel(self.cons.target(peer), self.cons.node_creds(peer)) as ch:
             stub = services_pb2_grpc.PeerDeliverStub(ch)
             out = []
-            for resp in stub.Deliver(services_pb2.DeliverRequest(start_block=start, follow=False), timeout=10):
-                if resp.WhichOneof("kind") == "block":
-                    out.append(resp.block)
+            try:
+                for resp in stub.Deliver(services_pb2.DeliverRequest(start_block=start, follow=False), timeout=10):
+                    if resp.WhichOneof("kind") == "block":
+                        out.append(resp.block)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # start beyond the height: nothing yet
+                    raise
             return out
 
 
