@@ -18,6 +18,7 @@ from enum import IntEnum
 from node.raft.config import Config
 from node.raft.errors import (
     Compacted,
+    ConfigError,
     InvalidMessage,
     ProposalDropped,
     RaftError,
@@ -103,6 +104,18 @@ class Raft:
 
         if hs != HardState():
             self._load_state(hs)
+        # The snapshot, and anything the application already applied, is committed even if
+        # the (lazily written) commit index in the hard state lags behind.
+        try:
+            snap_index = storage.snapshot().meta.index
+        except SnapshotTemporarilyUnavailable:
+            snap_index = 0
+        floor = max(snap_index, config.applied)
+        if floor > self.log.last_index():
+            raise ConfigError(
+                f"applied/snapshot index {floor} beyond last log index {self.log.last_index()}"
+            )
+        self.log.commit_to(floor)
         if config.applied > 0:
             self.log.applied_to(config.applied)
         self.become_follower(self.term, NONE)

@@ -222,3 +222,17 @@ def test_restart_with_commit_below_snapshot_keeps_snapshot_commit() -> None:
     n = RawNode(cfg(), s)
     assert n.status().commit == 3
     assert n.status().applied == 3
+
+
+def test_restart_with_snapshot_above_compaction_point() -> None:
+    """Compaction may keep entries below the snapshot; commit still covers the snapshot."""
+    s = MemoryStorage()
+    s.bootstrap([1])
+    s.append([Entry(1, 2), Entry(1, 3), Entry(1, 4)])
+    s.create_snapshot(4, ConfState(voters=(1,)), b"")
+    s.compact(2)
+    s.set_hard_state(HardState(term=1, vote=1, commit=2))
+    n = RawNode(cfg(applied=4), s)
+    assert n.status().commit == 4 and n.status().applied == 4
+    with pytest.raises(ConfigError):
+        RawNode(cfg(applied=9), s)

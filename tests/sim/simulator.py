@@ -486,10 +486,16 @@ class Simulation:
         st = node.storage.live
         if node.applied_index <= st.snapshot().meta.index:
             return
-        st.create_snapshot(node.applied_index, node.conf_state, encode_values(node.values))
+        data = encode_values(node.values)
         keep = self.rng.choice((0, 2, 10))
-        st.compact(max(node.applied_index - keep, st.snapshot().meta.index))
-        node.storage.sync()
+        compact_to = max(node.applied_index - keep, st.snapshot().meta.index)
+        # The snapshot file and the compaction are durable at once, but a lazily written
+        # (commit-only) hard state in the live store stays unsynced, as with a real WAL.
+        for store in (st, node.storage.durable):
+            if store.last_index() < node.applied_index:
+                raise self.fail(f"node {node.id} applied {node.applied_index} not durable")
+            store.create_snapshot(node.applied_index, node.conf_state, data)
+            store.compact(compact_to)
         self.stats.c["snapshots_taken"] += 1
         self.trace(f"SNAPSHOT {node.id} at {node.applied_index} keep {keep}")
 
