@@ -117,6 +117,17 @@ class _Worker:
                     stream.close()
 
 
+def _failure(exc: Exception) -> pb.HostMessage:
+    """StateFailure for a backend exception (its ``.reason`` if it has a valid one)."""
+    reason = getattr(exc, "reason", None)
+    reply = pb.HostMessage()
+    reply.failure.reason = reason if isinstance(reason, str) and valid_reason(reason) else (
+        t.STATE_ERROR
+    )
+    reply.failure.message = f"{type(exc).__name__}: {exc}"[:1024]
+    return reply
+
+
 class Sandbox:
     """Warm pool of contract workers; ``invoke`` is thread-safe."""
 
@@ -319,12 +330,20 @@ class Sandbox:
             except Exception:  # noqa: BLE001 - any parse failure is a protocol violation
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent a malformed message") from None
+            failure: pb.HostMessage | None = None
             if msg.writes:
                 writes += len(msg.writes)
-                self._apply_writes(w, inv, backend, msg, writes)
+                failure = self._apply_writes(w, inv, backend, msg, writes)
             kind = msg.WhichOneof("kind")
             if kind == "result":
-                return self._result(w, inv, msg.result)
+                result = self._result(w, inv, msg.result)
+                if failure is not None:
+                    return t.InvocationResult(False, failure.failure.reason,
+                                              failure.failure.message, b"", (), result.gas_used)
+                return result
+            if failure is not None and kind in ("get", "range", "history"):
+                self._send(w, failure.SerializeToString())  # the worker aborts the call
+                continue
             if kind == "need_source":
                 if with_source:
                     w.kill()
@@ -337,7 +356,8 @@ class Sandbox:
             self._send(w, reply.SerializeToString())
 
     def _apply_writes(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
-                      msg: pb.WorkerMessage, count: int) -> None:
+                      msg: pb.WorkerMessage, count: int) -> pb.HostMessage | None:
+        """Apply buffered writes; a backend refusal stops there and is returned."""
         limits = inv.limits
         if count > 2 * limits.max_write_keys + 16:
             w.kill()
@@ -348,10 +368,14 @@ class Sandbox:
             ):
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent an invalid write")
-            if wr.is_delete:
-                backend.delete(inv.contract, wr.key)
-            else:
-                backend.put(inv.contract, wr.key, wr.value)
+            try:
+                if wr.is_delete:
+                    backend.delete(inv.contract, wr.key)
+                else:
+                    backend.put(inv.contract, wr.key, wr.value)
+            except Exception as exc:  # noqa: BLE001 - backend refusals abort the invocation
+                return _failure(exc)
+        return None
 
     def _answer(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
                 msg: pb.WorkerMessage, kind: str | None) -> pb.HostMessage:
@@ -386,12 +410,7 @@ class Sandbox:
         except _WorkerDied:
             raise
         except Exception as exc:  # noqa: BLE001 - backend failures abort the invocation
-            reason = getattr(exc, "reason", None)
-            reply = pb.HostMessage()
-            reply.failure.reason = reason if isinstance(reason, str) and valid_reason(reason) else (
-                t.STATE_ERROR
-            )
-            reply.failure.message = f"{type(exc).__name__}: {exc}"[:1024]
+            return _failure(exc)
         return reply
 
     def _result(self, w: _Worker, inv: t.Invocation, r: pb.InvokeResult) -> t.InvocationResult:

@@ -242,6 +242,8 @@ def serve(checked: Engine, raw: Engine | None) -> None:
                 engine.meter.used()
             )
             recycle = True
+        if result.reason == t.MEMORY_LIMIT:
+            recycle = True  # a MemoryError was seen: start afresh
         protocol.write_frame(OUT_FD, _result_message(host, result, recycle))
         if recycle:
             return

@@ -304,3 +304,23 @@ def test_closed_sandbox_refuses_and_stops_workers() -> None:
     for pid in pids:
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().split()[2] == "Z"
+
+
+class _RefusingWrites(MemBackend):
+    def put(self, namespace: str, key: str, value: bytes) -> None:
+        if key == "bad":
+            err = ValueError("write refused")
+            err.reason = "WRITE_REFUSED"  # type: ignore[attr-defined]
+            raise err
+        super().put(namespace, key, value)
+
+
+@pytest.mark.parametrize("then_read", [True, False])
+def test_backend_refusing_a_write_aborts_with_its_reason(pool: Sandbox, then_read: bool) -> None:
+    src = fn("ctx.put('ok', 1)", "ctx.put('bad', 2)", "ctx.put('after', 3)",
+             "ctx.get('x')" if then_read else "pass", "return 1")
+    be = _RefusingWrites()
+    r = call(pool, src, "f", {}, be)
+    assert (r.ok, r.reason) == (False, "WRITE_REFUSED")
+    assert [e[2] for e in be.writes()] == ["ok"]
+    assert_serving(pool)
