@@ -41,9 +41,21 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   in ``checker.ALLOWED_BUILTINS``), classes, lambda, ``global``/``nonlocal``, generators
   (``yield``), ``async``, ``with``, ``try/finally``, bare ``except:``, ``match``, module-level
   statements other than imports, constants and ``def``, attribute assignment, slice
-  assignment, ``str.format`` (use f-strings), bytes.
+  assignment, ``str.format`` (use f-strings), bytes, ``/`` (use ``//``).  Attributes are
+  limited to the context API, ``ContractError.reason/.message`` and the public methods of
+  str/list/dict/set/tuple/int (except format, format_map, encode, translate, maketrans,
+  expandtabs, to_bytes, from_bytes).  The builtins are listed in
+  ``checker.ALLOWED_BUILTINS`` (len, range, sorted, min, max, sum, any, all, enumerate, zip,
+  map, filter, reversed, isinstance, abs, divmod, pow, round, str, int, bool, list, dict,
+  set, frozenset, tuple, repr, chr, ord, hex, bin, oct and the common exception classes).
 * Module-level names are re-created for every invocation: nothing persists between calls
   except what is written with ``ctx.put``.
+* Determinism: set elements and dict keys must be str / int / bool / None or tuples /
+  frozensets of them (anything else hashes by memory address; TypeError otherwise).
+  ``str()``/``repr()``/f-strings never show memory addresses (functions print as
+  ``<function>``, the context as ``<Context>``) and sets print in sorted order.  Exception
+  texts have addresses replaced by ``0x?``.  ``str.format`` is not available (f-strings
+  and ``%`` are; format widths are limited to 4 digits).
 * Limits (from the consortium config, reason code in brackets): gas [OUT_OF_GAS], call depth
   [RECURSION_LIMIT], size of any string / collection / integer built [SIZE_LIMIT], size of a
   stored value, the result or an event [SIZE_LIMIT], number/bytes of keys written
@@ -52,9 +64,12 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
 Gas schedule (deterministic; the same on every peer)
 -----------------------------------------------------
 call of a contract function 10; each loop iteration / comprehension element / element
-consumed by ``list()``, ``sum()``, ``sorted()``, ... 1; operations whose cost grows with
-size (concatenation, repetition, slicing, ``in``, methods of str/list/dict/set, big-int
-arithmetic) 1 + size/32; sorting n*log2(n); context calls as listed on ``Context``.
+consumed by ``list()``, ``sum()``, ``sorted()``, ... 1; building a string 1 + chars/32,
+building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split, extend)
+1 + elements/4; scanning (``in``, ``==``/``<`` of non-literals, other str/list methods)
+1 + size/32; sorting n*log2(n); big-int arithmetic ~bits/64; context calls as listed on
+``Context``; the returned value 1 per JSON value + bytes/32.  The figures are part of the
+consensus rules: every peer must run the same rxchain and Python (3.11) versions.
 
 Context
 -------
