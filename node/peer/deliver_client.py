@@ -24,6 +24,13 @@ from node.errors import RxError
 
 _log = logging.getLogger(__name__)
 
+# Refusals of a block as received (bad chain, number or signatures): try another orderer.
+# Anything else raised while committing (disk full, I/O error, corrupt ledger) is fatal:
+# the ledger may be half-written, so the peer stops and reopens it (see __main__).
+BLOCK_REFUSALS = frozenset(
+    {"BAD_BLOCK", "BAD_ORDERER_SIGNATURE", "BAD_BLOCK_NUMBER", "BAD_PREVIOUS_HASH"}
+)
+
 ChannelFactory = Callable[[str], grpc.Channel]
 
 
@@ -40,6 +47,12 @@ class Backoff:
         return self.initial_s if current <= 0 else min(self.max_s, current * self.factor)
 
 
+class _Fatal(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class DeliverClient:
     """Block puller with failover across orderers (see module docstring)."""
 
@@ -51,6 +64,7 @@ class DeliverClient:
         commit: Callable[[block_pb2.Block], object],
         backoff: Backoff = Backoff(),
         on_error: Callable[[str, str], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
@@ -60,6 +74,7 @@ class DeliverClient:
         self._commit = commit
         self._backoff = backoff
         self._on_error = on_error
+        self._on_fatal = on_fatal
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
@@ -99,6 +114,11 @@ class DeliverClient:
                 reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
             except RxError as err:
                 reason, detail = err.reason, err.message
+            except _Fatal as fatal:
+                _log.critical("event=commit_failed detail=%r", str(fatal.cause), exc_info=fatal.cause)
+                if self._on_fatal is not None:
+                    self._on_fatal(fatal.cause)
+                return
             if self._stop.is_set():
                 return
             _log.warning("event=deliver_failover orderer=%s reason=%s detail=%r", ep.name, reason, detail)
@@ -127,7 +147,14 @@ class DeliverClient:
                 expected = self._height()
                 if block.header.number < expected:
                     continue  # already committed (e.g. a duplicate after reconnect)
-                self._commit(block)
+                try:
+                    self._commit(block)
+                except RxError as err:
+                    if err.reason not in BLOCK_REFUSALS:
+                        raise _Fatal(err) from err
+                    raise
+                except Exception as exc:
+                    raise _Fatal(exc) from exc
                 progressed = True
         finally:
             call.cancel()

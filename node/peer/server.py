@@ -67,6 +67,13 @@ class PeerNode:
     metrics: PeerMetrics
     sandbox: Sandbox
     stopping: threading.Event = field(default_factory=threading.Event)
+    failed: threading.Event = field(default_factory=threading.Event)
+    failure: BaseException | None = None
+
+    def fail(self, cause: BaseException) -> None:
+        """A commit failed in a way that leaves the ledger in doubt: ask the owner to restart."""
+        self.failure = cause
+        self.failed.set()
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop pulling blocks, drain RPCs for ``grace_s``, then close everything."""
@@ -162,9 +169,10 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                   committed.result.state_hash.hex()[:16])
         return committed
 
-    deliver = DeliverClient(config.orderers, channel, ledger.height, commit,
-                            on_error=lambda _o, r: metrics.deliver_failovers.labels(reason=r).inc())
     node_ref: list[PeerNode] = []
+    deliver = DeliverClient(config.orderers, channel, ledger.height, commit,
+                            on_error=lambda _o, r: metrics.deliver_failovers.labels(reason=r).inc(),
+                            on_fatal=lambda exc: node_ref[0].fail(exc) if node_ref else None)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 64))),
         options=[("grpc.max_send_message_length", max_msg),

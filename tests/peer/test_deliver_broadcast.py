@@ -235,3 +235,30 @@ def test_broadcast_async_fails_over(servers) -> None:
         assert isinstance(failed[0], RxError) and failed[0].reason == "SERVICE_UNAVAILABLE"
     finally:
         gone.close()
+
+
+def test_commit_failure_is_fatal_not_silent(net: Net, tmp_path: Path, servers) -> None:
+    peer = make_peer(net, "h01", tmp_path / "p")
+    try:
+        (port,) = free_ports(1)
+        servers.append(serve(FakeOrderer(chain(net, peer.ledger.block(0), 2)), port))
+        fatal: list[BaseException] = []
+        ev = threading.Event()
+
+        def commit(block: block_pb2.Block) -> object:
+            if block.header.number == 2:
+                raise OSError(28, "No space left on device")
+            return peer.committer.commit_block(block)
+
+        def on_fatal(exc: BaseException) -> None:
+            fatal.append(exc)
+            ev.set()
+
+        client = DeliverClient([Endpoint("o", "ins01", "127.0.0.1", port)], insecure,
+                               peer.ledger.height, commit, Backoff(0.01, 0.02), on_fatal=on_fatal)
+        client.start()
+        assert ev.wait(10)
+        client.stop()
+        assert isinstance(fatal[0], OSError) and peer.ledger.height() == 2
+    finally:
+        peer.ledger.close()
