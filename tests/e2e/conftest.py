@@ -7,6 +7,7 @@ finalizer.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -67,24 +68,48 @@ def rxchain(home: Path, *args: str, timeout: float = 120) -> tuple[int, dict[str
     return proc.returncode, json.loads(lines[0])
 
 
+def rxchain_inproc(home: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """The same CLI entry point, called in this process (no interpreter start-up per call)."""
+    from client.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--json", "--home", str(home), *args], out=out, err=err)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one JSON line, got {out.getvalue()!r} / {err.getvalue()}"
+    return rc, json.loads(lines[0])
+
+
 @dataclass
 class Net:
-    """The running test network."""
+    """The running test network. ``cli`` runs the CLI in-process, ``cli_proc`` as a process."""
 
     home: Path
     base_port: int
 
     def cli(self, *args: str) -> dict[str, Any]:
         """A CLI command that must succeed."""
-        rc, out = rxchain(self.home, *args)
+        rc, out = rxchain_inproc(self.home, *args)
         assert rc == 0, out
         return out
 
     def cli_error(self, *args: str) -> dict[str, Any]:
         """A CLI command that must be refused (exit 1, JSON error shape)."""
+        rc, out = rxchain_inproc(self.home, *args)
+        assert rc == 1, out
+        assert set(out) == {"error", "message"}, out
+        return out
+
+    def cli_proc(self, *args: str) -> dict[str, Any]:
+        """A CLI command run as ``python -m client.cli`` that must succeed."""
+        rc, out = rxchain(self.home, *args)
+        assert rc == 0, out
+        return out
+
+    def cli_proc_error(self, *args: str) -> dict[str, Any]:
+        """A CLI process that must be refused (exit 1, JSON error shape)."""
         rc, out = rxchain(self.home, *args)
         assert rc == 1, out
-        assert set(out) >= {"error", "message"}, out
+        assert set(out) == {"error", "message"}, out
         return out
 
 
