@@ -26,7 +26,8 @@ class Config:
       from a quorum; followers ignore vote requests while they hear from a live leader.
     * ``max_size_per_msg``: byte limit of the entries in one append message.
     * ``max_inflight``: append messages in flight per follower in replicate state.
-    * ``applied``: last index the application applied before a restart.
+    * ``applied``: last index the application applied before a restart (the storage's
+      snapshot index is assumed at least; entries up to it are never handed out again).
     * ``max_committed_size_per_ready``: byte limit of committed entries per Ready.
     * ``max_uncommitted_size``: byte limit of proposed-but-uncommitted entries on a leader
       (proposals beyond it are dropped; 0 = unlimited).

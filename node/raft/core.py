@@ -116,8 +116,10 @@ class Raft:
                 f"applied/snapshot index {floor} beyond last log index {self.log.last_index()}"
             )
         self.log.commit_to(floor)
-        if config.applied > 0:
-            self.log.applied_to(config.applied)
+        # The application restores its state from the snapshot at least, so entries up to
+        # the snapshot are never handed out again even when compaction kept some of them.
+        if floor > 0:
+            self.log.applied_to(floor)
         self.become_follower(self.term, NONE)
 
     # -- state accessors -----------------------------------------------------------------

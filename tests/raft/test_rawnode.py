@@ -234,5 +234,8 @@ def test_restart_with_snapshot_above_compaction_point() -> None:
     s.set_hard_state(HardState(term=1, vote=1, commit=2))
     n = RawNode(cfg(applied=4), s)
     assert n.status().commit == 4 and n.status().applied == 4
+    n = RawNode(cfg(), s)  # applied defaults to the snapshot: nothing is re-applied
+    assert n.status().applied == 4
+    assert not n.has_ready()
     with pytest.raises(ConfigError):
         RawNode(cfg(applied=9), s)
