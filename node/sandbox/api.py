@@ -93,11 +93,12 @@ from node.sandbox import types as t
 from node.sandbox.errors import Abort, SizeLimit, WriteSetLimit
 from node.sandbox.meter import Meter
 
-# Gas of context calls: base + bytes // per.
-GAS_GET = 100
-GAS_RANGE = 100
+# Gas of context calls: base + bytes // per.  Reads cost a round trip to the host
+# (~50-100 us, i.e. several hundred loop iterations); writes are buffered in the worker.
+GAS_GET = 500
+GAS_RANGE = 500
 GAS_RANGE_ITEM = 20
-GAS_HISTORY = 200
+GAS_HISTORY = 1000
 GAS_PUT = 200
 GAS_DELETE = 100
 GAS_EMIT = 100
@@ -158,7 +159,8 @@ class Caller:
 class Context:
     """What a contract function receives as its first argument.
 
-    ``get(key)`` -> JSON value or None (gas 100 + bytes/32)
+    ``get(key)`` -> JSON value or None (gas 500 + bytes/32; range 500 + 20 per row,
+    history 1000 + 20 per entry)
     ``put(key, value)`` stores a JSON value (gas 200 + bytes/32); ``delete(key)`` (gas 100)
     ``range(start, end, limit=100)`` -> sorted ``[(key, value)]`` with start <= key < end
     ``history(key, limit=100)`` -> ``[{"tx_id","block","timestamp_ms","is_delete","value"}]``

@@ -28,6 +28,7 @@ from node.sandbox.errors import Abort, MemoryLimit, OutOfGas, RecursionLimit, Si
 CALL = 10
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
+_VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{5,}")
 
@@ -521,9 +522,9 @@ class Meter:
         tobj = type(obj)
         if tobj is TypeProxy:
             return self._type_meth(obj, name, args, kw)
-        if tobj not in _SIZED:
-            if tobj is int or tobj is bool:
-                self.gas(1)
+        if tobj not in _SIZED and tobj not in _VIEWS:
+            # context / caller (which meter themselves), ints, ranges, iterators
+            self.gas(1)
             return getattr(obj, name)(*args, **kw)
         special = _SPECIAL.get(name)
         if special is not None:

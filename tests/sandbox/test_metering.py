@@ -132,6 +132,7 @@ def test_contract_error_catch_cannot_hide_size_limit() -> None:
         (["x = ['abc'] * 1000", "y = [x] * 1000", "z = [y] * 1000", "return len(str(z))"],
          "SIZE_LIMIT"),
         (["return round(5, -10 ** 9)"], "SIZE_LIMIT"),
+        (["return int({'a': 1}.keys().isdisjoint(range(10 ** 12)))"], "SIZE_LIMIT"),
     ],
 )
 def test_runaway_operations_are_stopped(lines: list[str], reason: str) -> None:
