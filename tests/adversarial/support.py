@@ -237,7 +237,7 @@ def rpc_reason(exc: grpc.RpcError) -> str:
 
 
 def start_adv_network(home: Path, procs: ProcessManager) -> AdvNet:
-    """One orderer, four peers, rogue identities, rxload deployed, the real contracts if they deploy."""
+    """One orderer, four peers, rogue identities, ``rxload`` and the real contracts deployed."""
     raw = consortium_dict(0, orderers=1)
     cons = generate_consortium(home, raw)
     rogues = make_rogues(cons)
@@ -248,6 +248,14 @@ def start_adv_network(home: Path, procs: ProcessManager) -> AdvNet:
     for n in names:
         procs.wait_healthy(n, functools.partial(cons.healthy, n), 60)
     net.lifecycle_tx_ids = deploy_rxload(cons)
+    from client.bootstrap import Bootstrapper  # the project's own deployment of the real contracts
+
+    boot = Bootstrapper(cons.home)
+    try:
+        boot.deploy()
+    finally:
+        boot.close()
+    net.real_contracts = True
     return net
 
 

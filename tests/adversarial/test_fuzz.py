@@ -181,7 +181,7 @@ def _call(ch: grpc.Channel, m: Method, raw: bytes) -> tuple[bool, str, list[byte
             return True, "", [ch.unary_unary(m.path, None, None)(raw, timeout=5)]
         if m.kind == "unary_stream":
             out = []
-            for resp in ch.unary_stream(m.path, None, None)(raw, timeout=1.5):
+            for resp in ch.unary_stream(m.path, None, None)(raw, timeout=0.7):
                 out.append(resp)
                 if len(out) >= 5:
                     break
