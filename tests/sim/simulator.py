@@ -154,10 +154,17 @@ class Stats:
     """Counters of one or many runs."""
 
     c: Counter[str] = field(default_factory=Counter)
+    maxima: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Stats) -> None:
-        """Accumulate another run's counters."""
+        """Accumulate another run's counters (sums) and maxima."""
         self.c.update(other.c)
+        for k, v in other.maxima.items():
+            self.maxima[k] = max(self.maxima.get(k, v), v)
+
+    def note_max(self, key: str, value: int) -> None:
+        """Record a maximum."""
+        self.maxima[key] = max(self.maxima.get(key, value), value)
 
 
 class Simulation:
@@ -267,6 +274,8 @@ class Simulation:
                     self.at(100, "converge_check")
                     continue
                 self.stats.c["heal_ms"] += self.now - self.p.safety_ms
+                self.stats.note_max("heal_ms", self.now - self.p.safety_ms)
+                self.stats.note_max("log_length", self.max_committed)
                 self.stats.c["runs"] += 1
                 return self.stats
             getattr(self, "ev_" + kind)(*args)
@@ -738,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeds={len(seeds)} failures={failures} wall={dt:.1f}s")
     for k, v in sorted(total.c.items()):
         print(f"  {k}: {v}")
+    for k, v in sorted(total.maxima.items()):
+        print(f"  max {k}: {v}")
     return 1 if failures else 0
 
 

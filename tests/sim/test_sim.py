@@ -11,7 +11,8 @@ import os
 import pytest
 
 from node.raft.log import RaftLog
-from tests.sim.simulator import SimFailure, Stats, run_seed
+from node.raft.types import ConfState, Entry, HardState
+from tests.sim.simulator import SimFailure, SimStorage, Stats, run_seed
 
 SEEDS = int(os.environ.get("RXCHAIN_SIM_SEEDS", "300"))
 BASE = int(os.environ.get("RXCHAIN_SIM_SEED_BASE", "0"))
@@ -49,3 +50,20 @@ def test_checkers_catch_a_broken_election_rule(monkeypatch: pytest.MonkeyPatch) 
             failures.append(str(exc))
     assert failures, "checkers did not notice a broken election rule"
     assert "rerun: .venv/bin/python -m tests.sim.simulator --seed" in failures[0]
+
+
+def test_sim_storage_loses_only_unsynced_writes() -> None:
+    st = SimStorage(ConfState(voters=(1,)))
+    st.live.append([Entry(1, 1), Entry(1, 2)])
+    st.live.set_hard_state(HardState(1, 1, 1))
+    st.sync()
+    st.live.append([Entry(2, 3)])
+    st.live.set_hard_state(HardState(2, 1, 2))
+    st.crash()
+    assert st.live.last_index() == 2
+    assert st.live.hard_state == HardState(1, 1, 1)
+
+
+def test_heal_phase_is_bounded_and_reported() -> None:
+    stats = run_seed(3)
+    assert 0 < stats.maxima["heal_ms"] <= 20000
