@@ -122,20 +122,34 @@ def _kill_leftovers(home: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="package")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    home = tmp_path_factory.mktemp("rxnet")
+def _start(home: Path) -> tuple[int, dict[str, Any], int]:
     base = free_base_port()
     consortium = home.parent / f"{home.name}-consortium.yaml"
     consortium.write_text(yaml.safe_dump(e2e_consortium(base)))
+    rc, out = rxchain(home, "network", "up", "--consortium", str(consortium),
+                      "--base-port", str(base), "--timeout", "90", timeout=240)
+    return rc, out, base
+
+
+@pytest.fixture(scope="package")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    homes: list[Path] = []
     try:
-        rc, out = rxchain(home, "network", "up", "--consortium", str(consortium),
-                          "--base-port", str(base), "--timeout", "90", timeout=240)
-        assert rc == 0, out
+        failures = []
+        for _ in range(2):  # a port taken between the free-port check and the bind: retry once
+            home = tmp_path_factory.mktemp("rxnet")
+            homes.append(home)
+            rc, out, base = _start(home)
+            if rc == 0:
+                break
+            failures.append(out)
+            rxchain(home, "network", "down", "--grace", "5", timeout=60)
+        assert rc == 0, failures
         assert sorted(out["contracts"]) == ["prescription", "registry", "settlement"]
         yield Net(home, base)
     finally:
-        try:
-            rxchain(home, "network", "down", "--grace", "5", timeout=60)
-        finally:
-            _kill_leftovers(home)
+        for h in homes:
+            try:
+                rxchain(h, "network", "down", "--grace", "5", timeout=60)
+            finally:
+                _kill_leftovers(h)
