@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rxchain orderer: {args.config} describes a {config.kind}", file=sys.stderr)
         return 2
     from node.orderer.server import serve
+
+    # Operators (and tests) can dump every thread's stack with SIGUSR1.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     server = serve(config)
     done = threading.Event()

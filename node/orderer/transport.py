@@ -117,13 +117,18 @@ class PeerSender:
         if msg.type == MessageType.SNAP:
             self._sink.report_snapshot(self._peer_id, False)
 
-    def _requests(self) -> Iterator[services_pb2.ConsensusRequest]:
-        while not self._stop.is_set():
+    def _requests(self, call_over: threading.Event) -> Iterator[services_pb2.ConsensusRequest]:
+        # One generator per call; it must stop pulling from the shared queue as soon as its
+        # call is over, or gRPC's consumer thread of a dead call would steal messages.
+        while not self._stop.is_set() and not call_over.is_set():
             try:
-                msg = self._queue.get(timeout=0.5)
+                msg = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
             if msg is None:
+                return
+            if call_over.is_set():
+                self._report_failure(msg)
                 return
             yield services_pb2.ConsensusRequest(from_id=self._own_id, payload=encode_message(msg))
             if msg.type == MessageType.SNAP:
@@ -134,13 +139,15 @@ class PeerSender:
 
         while not self._stop.is_set():
             channel = self._factory(self._target)
+            call_over = threading.Event()
             try:
                 stub = services_pb2_grpc.ClusterStub(channel)
-                stub.Step(self._requests())
+                stub.Step(self._requests(call_over))
             except grpc.RpcError as exc:
                 _log.debug("raft stream to %d (%s) ended: %s", self._peer_id, self._target, exc)
                 self._sink.report_unreachable(self._peer_id)
             finally:
+                call_over.set()
                 channel.close()
             # Drop what queued up while disconnected: Raft resends what still matters.
             while True:

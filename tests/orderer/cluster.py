@@ -73,7 +73,7 @@ def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: 
         doc = yaml.safe_load(path.read_text())
         doc["extra"] = {"tick_ms": 50, "election_tick": 10, "commit_timeout_ms": 4000,
                         **(extra or {})}
-        doc["log_level"] = "INFO"
+        doc["log_level"] = os.environ.get("RX_TEST_LOG", "INFO")
         path.write_text(yaml.safe_dump(doc))
     return net
 
