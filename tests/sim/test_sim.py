@@ -48,6 +48,7 @@ def test_checkers_catch_a_broken_election_rule(monkeypatch: pytest.MonkeyPatch) 
             run_seed(seed)
         except SimFailure as exc:
             failures.append(str(exc))
+            break
     assert failures, "checkers did not notice a broken election rule"
     assert "rerun: .venv/bin/python -m tests.sim.simulator --seed" in failures[0]
 
