@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from node.identity.policy import Policy
 from node.ledger.ledger import Ledger
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.config_view import ConfigView
@@ -30,3 +31,7 @@ class GatewayDeps:
     remotes: RemoteEndorsers
     broadcast: BroadcastClient
     on_submit: Callable[[], None] | None = None
+    # Endorsement plans by (parsed policy object, own org, remote orgs); small and bounded.
+    plans: dict[tuple[Policy, str, tuple[str, ...]], list[str] | None] = field(
+        default_factory=dict
+    )

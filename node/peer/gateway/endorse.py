@@ -88,7 +88,12 @@ def _endorse_once(
         wanted = [o for o in dict.fromkeys(request.endorsing_orgs) if o != deps.org]
         spare: list[str] = []
     else:
-        chosen = plan(definition.policy, [deps.org], remote_orgs)
+        plan_key = (definition.policy, deps.org, tuple(remote_orgs))
+        if plan_key not in deps.plans:
+            if len(deps.plans) > 256:
+                deps.plans.clear()
+            deps.plans[plan_key] = plan(definition.policy, [deps.org], remote_orgs)
+        chosen = deps.plans[plan_key]
         if chosen is None:
             raise RxError(
                 "ENDORSEMENT_POLICY_FAILURE",
