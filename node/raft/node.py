@@ -160,16 +160,15 @@ class RawNode:
         if self._outstanding:
             return False
         r = self.raft
-        if r.soft_state() != self._prev_soft:
+        log = r.log
+        if r.msgs or log.unstable.entries or log.unstable.snapshot is not None:
             return True
-        hs = r.hard_state()
-        if hs != HardState() and hs != self._prev_hard:
+        ps, ph = self._prev_soft, self._prev_hard
+        if r.lead != ps.leader or r.state != ps.role:
             return True
-        if r.log.unstable.snapshot is not None:
+        if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
             return True
-        if r.msgs or r.log.unstable.entries:
-            return True
-        return r.log.has_next_committed_ents()
+        return log.committed > log.applied and log.has_next_committed_ents()
 
     def ready(self) -> Ready:
         """Collect work; see the module docstring for the persist/send/apply/advance order."""
