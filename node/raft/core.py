@@ -633,8 +633,8 @@ class Raft:
             self.lead = m.frm
             self._handle_snapshot(m)
         elif t == MT.TRANSFER_LEADER:
-            if self.lead == NONE:
-                return
+            if self.lead in (NONE, m.frm):
+                return  # no leader to forward to, or the transferee already leads
             self.msgs.append(
                 Message(MT.TRANSFER_LEADER, to=self.lead, frm=m.frm, term=self.term)
             )
