@@ -71,6 +71,7 @@ class Params:
     fsync_max_ms: int
     pre_vote: bool
     check_quorum: bool
+    transfers: bool
 
 
 def draw_params(rng: random.Random) -> Params:
@@ -98,6 +99,7 @@ def draw_params(rng: random.Random) -> Params:
         fsync_max_ms=rng.choice((1, 5)),
         pre_vote=rng.random() < 0.85,
         check_quorum=rng.random() < 0.85,
+        transfers=rng.random() < 0.5,
     )
 
 
@@ -257,6 +259,8 @@ class Simulation:
             self.at(self.rng.randint(200, 600), "conf_change")
         if self.p.snapshots:
             self.at(self.rng.randint(100, 300), "snapshot")
+        if self.p.transfers:
+            self.at(self.rng.randint(200, 800), "transfer")
         self.at(self.p.safety_ms, "heal")
         deadline = self.p.safety_ms + self.p.heal_ms
         max_events = 400_000
@@ -316,6 +320,8 @@ class Simulation:
         except InvalidMessage as exc:
             raise self.fail(f"valid message refused: {exc}") from exc
         self.stats.c["delivered"] += 1
+        if m.type == MessageType.TIMEOUT_NOW:
+            self.stats.c["timeout_now_delivered"] += 1
         if m.type == MessageType.SNAP:
             self.stats.c["snapshots_delivered"] += 1
             self.at(1, "snap_report", m.frm, m.to, True)
@@ -484,6 +490,24 @@ class Simulation:
             return
         self.stats.c["conf_changes_proposed"] += 1
         self.trace(f"CONF {cc.type.name} {cc.node_id} at {node.id}")
+        self.after_step(node)
+
+    def ev_transfer(self) -> None:
+        if self.healed:
+            return
+        self.at(self.rng.randint(200, 800), "transfer")
+        up = [n for n in self.nodes.values() if n.raw is not None]
+        if not up:
+            return
+        node = self.rng.choice(up)  # ask any node; followers forward to the leader
+        assert node.raw is not None
+        voters = sorted(node.raw.raft.tracker.voters)
+        if not voters:
+            return
+        to = self.rng.choice(voters)
+        node.raw.transfer_leader(to)
+        self.stats.c["transfers_requested"] += 1
+        self.trace(f"TRANSFER to {to} via {node.id}")
         self.after_step(node)
 
     def ev_snapshot(self) -> None:
