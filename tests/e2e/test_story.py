@@ -269,3 +269,15 @@ def test_events_command_is_resumable(net: Net, tmp_path: Path):
 def test_local_ledger_verify_recomputes_the_state(net: Net):
     out = net.cli("ledger", "verify", "--local", "--peer", "p01")
     assert out["ok"] and out["peers"][0]["height"] > 10 and out["peers"][0]["state_hash"]
+
+
+def test_repeat_fills_respect_the_interval(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "3", "--max-fills", "2",
+                    "--fill-interval-days", "3", "--pharmacy", "p01")["rx_id"]
+    net.cli("--as", WANG, "rx", "review", rx, "--approve")
+    first = net.cli("--as", WANG, "rx", "dispense", rx)
+    assert (first["fill"], first["fills_left"]) == (1, 1)
+    assert net.cli_error("--as", WANG, "rx", "dispense", rx)["error"] == "TOO_EARLY"
+    shown = net.cli("--as", WANG, "rx", "show", rx)
+    assert shown["status"] == "DISPENSED" and shown["fills"] == 1 and shown["lock"] is None
+    assert net.cli_error("--as", "p01:pharm-wang", "claim", "settle", rx)["error"] == "WRONG_ROLE"
