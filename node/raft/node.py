@@ -26,12 +26,24 @@ Driving loop (one thread / one asyncio task per node; RawNode is not thread-safe
         4. ADVANCE  node.advance(rd). Exactly one Ready is outstanding at a time.
 
 Restart: rebuild RawNode from the same storage; ``storage.initial_state()`` must return the
-persisted HardState and the membership (ConfState) as of ``Config.applied`` (for
-MemoryStorage: the snapshot's ConfState, with ``applied`` = snapshot index, so committed
-conf changes after it are re-applied). A fresh cluster bootstraps every member's storage with
-the same initial ConfState (e.g. ``MemoryStorage(ConfState(voters=(1, 2, 3)))``); a node
-joining later starts with an empty ConfState, is added by ``propose_conf_change`` on the
-leader, and catches up from the log or a snapshot.
+persisted HardState and the membership (ConfState) as of the snapshot (or as of
+``Config.applied`` if the application passes a later applied index). Entries up to the
+snapshot index are never handed out again; committed entries after it are (re-)delivered,
+including CONF_CHANGE entries, which the application applies again.
+
+Bootstrap, one of two ways (all members of a cluster must use the same one):
+
+a. Founding members persist ``bootstrap_entries(voters)`` (``MemoryStorage.bootstrap``)
+   and start with an empty ConfState; the first Ready delivers those ADD_NODE entries.
+   A node added later starts with EMPTY storage and learns everything from the log.
+b. EVERY node, founding or joining later, starts with the same founding ConfState as the
+   initial ConfState of its storage (``MemoryStorage(ConfState(voters=founders))``).
+   A joiner must not start with an empty ConfState here: replaying the log from index 1
+   would then build a configuration without the founders.
+
+A joiner is added by ``propose_conf_change(ConfChange(ADD_NODE, id))`` on the leader; it is
+not promotable until it has applied its own ADD_NODE, and it catches up from the log or
+from a snapshot.
 
 Compaction is the application's job: after applying index ``i`` it may call
 ``storage.create_snapshot(i, conf_state, data)`` and later ``storage.compact(j)`` (j <= i);
