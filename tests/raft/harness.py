@@ -107,6 +107,15 @@ class Cluster:
         self.members[nid] = m
         return m
 
+    def add_member_with_conf_state(self, nid: int, cs: ConfState) -> Member:
+        """Create node ``nid`` whose empty storage starts from membership ``cs``
+        (bootstrap mode b: every node starts from the founding ConfState)."""
+        storage = MemoryStorage(cs)
+        cfg = Config(id=nid, rng=random.Random(self.seed * 1000 + nid), **self.kw)  # type: ignore[arg-type]
+        m = Member(RawNode(cfg, storage), storage, conf_state=cs)
+        self.members[nid] = m
+        return m
+
     def restart(self, nid: int) -> None:
         """Rebuild node ``nid`` from its storage (everything in it was synced)."""
         old = self.members[nid]

@@ -227,3 +227,22 @@ def test_leader_sends_snapshot_only_to_recently_active_peers() -> None:
     assert not c.node(1).status().progress[3].recent_active
     c.node(1).raft.maybe_send_append(3, send_if_empty=True)
     assert not any(m.type == MT.SNAP for m in c.node(1).raft.msgs)
+
+
+def test_bootstrap_from_conf_state_and_joiner_with_founding_conf_state() -> None:
+    founders = ConfState(voters=(1, 2, 3))
+    c = Cluster([])
+    for nid in (1, 2, 3):
+        c.add_member_with_conf_state(nid, founders)
+    elect(c, 1)
+    c.node(1).propose(b"a")
+    c.stabilize()
+    c.add_member_with_conf_state(4, founders)
+    assert not c.node(4).raft.promotable()
+    c.node(1).propose_conf_change(ConfChange(ADD, 4))
+    c.stabilize()
+    c.node(1).propose(b"b")
+    c.stabilize()
+    assert c.node(4).status().conf_state.voters == (1, 2, 3, 4)
+    assert c.node(4).raft.promotable()
+    assert c.members[4].applied == [b"a", b"b"]
