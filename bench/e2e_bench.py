@@ -1,0 +1,370 @@
+"""End-to-end benchmark: the prescription story on a real 3-orderer, 4-peer network.
+
+``python -m bench.e2e_bench`` -> ``bench/results/e2e.json``, ``e2e_latency.svg``,
+``summary_e2e.md`` and raw py-spy profiles under ``bench/results/profiles/``.
+
+Topology (127.0.0.1, TLS and fsync on): orderers ins01..ins03 (Raft), peers h01, h02, p01,
+ins01; every contract needs endorsements of two organisations (settlement: one of them the
+insurer's). Workload (:mod:`bench.e2e_load`): stories of 7 dependent transactions (issue,
+review, lock, key fetch, dispense, key fetch, settle) with client-side encrypted records,
+arriving open-loop at rising rates, over pipelined ``Gateway.Transact`` streams (4
+connections per client identity).
+
+Per level: offered tx/s, committed tx/s (commits inside the steady window), p50/p99 latency
+(proposal built -> commit status received), lost transactions (no commit status), MVCC
+conflicts. ``committed_tx_per_s`` is the highest committed rate of a level that kept
+p99 <= 1 s, lost nothing and committed >= 90 % of what was offered; ``p50_ms``/``p99_ms``
+are then measured at half that rate, together with CPU seconds per committed tx of every
+process (from /proc utime+stime, sandbox workers included with their peer).
+
+``crypto_bound_tx_per_s``: signature operations one story transaction needs on all nodes
+(counted from the code path, see SIGNATURE_OPS) times the sign/verify costs measured in
+this run, spread over all cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS, write_result
+from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
+from bench.e2e_net import BenchNetwork, start_network
+from bench.procstat import group_cpu, process_cpu_s
+from bench.profiles.pyspy import digest, pyspy_path, record
+from bench.svgplot import latency_plot
+
+P99_LIMIT_MS = 1000.0
+DELIVERY_SHARE = 0.9
+TXS_PER_STORY = len(STEPS)
+
+# Signature operations per transaction with a 2-organisation endorsement policy, 4 peers,
+# 3 orderers (see node/peer/endorser.py, validator.py, node/orderer/broadcast.py, chain.py):
+#   client: signs the proposal and the envelope                          2 sign
+#   2 endorsing peers: verify the proposal, sign the endorsement          2 verify, 2 sign
+#   receiving orderer: verifies the envelope's creator signature          1 verify
+#   4 committing peers: creator signature + 2 endorsements each          12 verify
+# plus per block: each orderer signs the header (3 sign) and each peer checks a quorum of
+# orderer signatures (4 x 2 verify); divided by the transactions per block.
+SIGNATURE_OPS = {"sign_per_tx": 4, "verify_per_tx": 15, "sign_per_block": 3, "verify_per_block": 8}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
+    return s[k]
+
+
+def level_stats(rec: Recorder, t0: float, t1: float, warm_s: float, drained: bool,
+                offered: float) -> dict[str, Any]:
+    """Figures of one load level from what the clients saw."""
+    lo = t0 + warm_s
+    window = [r for r in rec.txs if lo <= r.start < t1 and r.block >= 0]
+    lat = [1000 * (r.end - r.start) for r in window]
+    committed_in = sum(1 for r in rec.txs if lo <= r.end < t1 and r.block >= 0)
+    valid = sum(1 for r in rec.txs if r.code == "VALID")
+    codes: dict[str, int] = {}
+    for r in rec.txs:
+        codes[r.code] = codes.get(r.code, 0) + 1
+    committed_all = sum(1 for r in rec.txs if r.block >= 0)
+    mvcc = sum(n for c, n in codes.items() if c.endswith("_CONFLICT"))
+    lost = sum(1 for r in rec.txs if r.submitted and r.block < 0)
+    refused = sum(1 for r in rec.txs if not r.submitted)
+    unfinished = rec.stories_started - rec.stories_done - rec.stories_failed
+    return {
+        "offered_tx_per_s": round(offered, 1),
+        "committed_tx_per_s": round(committed_in / (t1 - lo), 1),
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "max_ms": round(max(lat), 1) if lat else None,
+        "txs": len(rec.txs),
+        "valid": valid,
+        "committed": committed_all,
+        "mvcc_conflicts": mvcc,
+        "endorse_refusals": refused,
+        "catch_up_retries": rec.catch_up_retries,
+        "lost": lost + (0 if drained else unfinished),
+        "stories": rec.stories_started,
+        "stories_done": rec.stories_done,
+        "stories_failed": rec.stories_failed,
+        "failures": dict(rec.failures),
+        "codes": codes,
+        "p50_ms_by_step": {s: round(percentile([1000 * (r.end - r.start) for r in window if r.step == s], 50), 1)
+                           for s in STEPS},
+    }
+
+
+def passes(st: dict[str, Any]) -> bool:
+    """p99 within the limit, nothing lost, and the offered load was carried."""
+    return bool(st["p99_ms"] <= P99_LIMIT_MS and st["lost"] == 0 and st["stories_failed"] == 0
+            and st["committed_tx_per_s"] >= DELIVERY_SHARE * st["offered_tx_per_s"])
+
+
+class CpuMeter:
+    """CPU seconds of every node (process group) and of this client process."""
+
+    def __init__(self, bnet: BenchNetwork):
+        self.pids = dict(bnet.pids)
+
+    def sample(self) -> dict[str, float]:
+        """Now."""
+        out = {name: group_cpu(pid).total_s for name, pid in self.pids.items()}
+        out["client"] = process_cpu_s(os.getpid())
+        return out
+
+    @staticmethod
+    def per_tx(before: dict[str, float], after: dict[str, float], txs: int,
+               wall_s: float) -> dict[str, Any]:
+        """CPU seconds per committed tx by process and by kind, and core utilisation."""
+        delta = {k: after[k] - before[k] for k in before}
+        n = max(1, txs)
+        peers = {k: v for k, v in delta.items() if k.startswith("peer.")}
+        orderers = {k: v for k, v in delta.items() if k.startswith("orderer.")}
+        return {
+            "by_process_ms": {k: round(1000 * v / n, 3) for k, v in sorted(delta.items())},
+            "by_kind_ms": {
+                "client": round(1000 * delta["client"] / n, 3),
+                # every peer is the gateway of its own organisation's clients, endorses for the
+                # others and validates/commits every block: the busiest gateway is reported
+                "gateway_peer_max": round(1000 * max(peers.values()) / n, 3),
+                "other_peers_mean": round(1000 * (sum(peers.values()) - max(peers.values()))
+                                          / max(1, len(peers) - 1) / n, 3),
+                "peers_total": round(1000 * sum(peers.values()) / n, 3),
+                "orderers_total": round(1000 * sum(orderers.values()) / n, 3),
+                "orderer_max": round(1000 * max(orderers.values()) / n, 3),
+            },
+            "total_ms": round(1000 * sum(delta.values()) / n, 3),
+            "cores_busy": round(sum(delta.values()) / wall_s, 2),
+        }
+
+
+def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: float,
+              cpu: CpuMeter | None = None) -> dict[str, Any]:
+    """One open-loop level: arrivals for ``duration_s``, then drain."""
+    world.reset()
+    before = cpu.sample() if cpu else None
+    w0 = time.monotonic()
+    t0, t1 = open_loop(world, tx_per_s / TXS_PER_STORY, duration_s)
+    drained = drain(world, timeout_s=30.0)
+    wall = time.monotonic() - w0
+    st = level_stats(world.rec, t0, t1, warm_s, drained, tx_per_s)
+    if cpu is not None and before is not None:
+        st["cpu"] = CpuMeter.per_tx(before, cpu.sample(), st["valid"], wall)
+    return st
+
+
+def measure_crypto(world: StoryWorld, seconds: float = 1.5) -> dict[str, float]:
+    """Single-core ECDSA P-256 sign and verify rates with the nodes' own classes."""
+    from node.crypto.signing import Verifier
+
+    signer = world.clients["clerk"].ident.signer
+    cert = signer.identity.cert_der
+    verifier = Verifier()
+    data = os.urandom(1200)
+    sig = signer.sign(data)
+    verifier.verify(cert, sig, data)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(200):
+            signer.sign(data)
+        n += 200
+    sign_rate = n / (time.perf_counter() - t0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(200):
+            verifier.verify(cert, sig, data)
+        n += 200
+    verify_rate = n / (time.perf_counter() - t0)
+    return {"sign_per_s": round(sign_rate), "verify_per_s": round(verify_rate)}
+
+
+def crypto_bound(rates: dict[str, float], txs_per_block: float, cores: int) -> dict[str, float]:
+    """Txs/s the machine could carry doing only the signature operations."""
+    ops = SIGNATURE_OPS
+    signs = ops["sign_per_tx"] + ops["sign_per_block"] / max(1.0, txs_per_block)
+    verifies = ops["verify_per_tx"] + ops["verify_per_block"] / max(1.0, txs_per_block)
+    per_tx_s = signs / rates["sign_per_s"] + verifies / rates["verify_per_s"]
+    return {"signs_per_tx": round(signs, 3), "verifies_per_tx": round(verifies, 3),
+            "crypto_ms_per_tx": round(1000 * per_tx_s, 4),
+            "crypto_bound_tx_per_s_per_core": round(1 / per_tx_s, 1),
+            "crypto_bound_tx_per_s": round(cores / per_tx_s, 1)}
+
+
+def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds: int,
+                  out_dir: Path) -> dict[str, Any]:
+    """py-spy every process kind while the peak level runs; digests of the top costs."""
+    binary = pyspy_path()
+    if binary is None:
+        return {"error": "py-spy is not installed and could not be installed"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.txt"):
+        old.unlink()
+    leader = leader_orderer(bnet)
+    targets = {"client": (os.getpid(), False), "peer.h01": (bnet.pids["peer.h01"], True),
+               "peer.p01": (bnet.pids["peer.p01"], True), "peer.ins01": (bnet.pids["peer.ins01"], True),
+               f"orderer-leader.{leader}": (bnet.pids[leader], False)}
+    follower = next(n for n in bnet.pids if n.startswith("orderer.") and n != leader)
+    targets[f"orderer-follower.{follower}"] = (bnet.pids[follower], False)
+    procs = {}
+    world.reset()
+    for name, (pid, sub) in targets.items():
+        procs[name] = record(binary, pid, out_dir / f"{name}.txt", seconds + 1, subprocesses=sub)
+    time.sleep(0.5)
+    t0, t1 = open_loop(world, tx_per_s / TXS_PER_STORY, seconds)
+    drained = drain(world, timeout_s=30.0)
+    out: dict[str, Any] = {"tx_per_s": tx_per_s,
+                           "level": level_stats(world.rec, t0, t1, 1.0, drained, tx_per_s)}
+    for name, p in procs.items():
+        try:
+            _, err = p.communicate(timeout=60)
+        except Exception:
+            p.kill()
+            err = b"timeout"
+        d = digest(out_dir / f"{name}.txt")
+        out[name] = {"samples": d.samples, "top_self": d.top_self, "top_inclusive": d.top_inclusive,
+                     "buckets": d.buckets}
+        if d.samples == 0:
+            out[name]["error"] = err.decode(errors="replace")[-300:]
+    return out
+
+
+def leader_orderer(bnet: BenchNetwork) -> str:
+    """The Raft leader's node name (Admin.Status), falling back to the first orderer."""
+    try:
+        for row in bnet.launcher.status():
+            if row.get("kind") == "orderer" and row.get("raft_leader"):
+                lid = int(row["raft_leader"])
+                for n in bnet.net.orderers:
+                    spec = (bnet.home / "nodes" / n.name / "node.yaml").read_text()
+                    if f"raft_id: {lid}\n" in spec:
+                        return n.name
+    except Exception:
+        pass
+    return bnet.net.orderers[0].name
+
+
+def block_fill(bnet: BenchNetwork, rec: Recorder) -> float:
+    """Mean valid txs per block in a run (for amortising per-block signatures)."""
+    blocks = {r.block for r in rec.txs if r.block >= 0}
+    return len([r for r in rec.txs if r.block >= 0]) / max(1, len(blocks))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark."""
+    t_start = time.monotonic()
+    home = Path(tempfile.mkdtemp(prefix="rxbench-e2e-"))
+    print(f"home {home}", flush=True)
+    bnet = start_network(home, patients=args.patients, progress=lambda m: print(m, flush=True),
+                         max_tx_count=args.batch, timeout_ms=args.batch_timeout_ms)
+    world = None
+    try:
+        world = StoryWorld(bnet, streams_per_client=args.streams)
+        cpu = CpuMeter(bnet)
+        # warm-up: contract caches, key caches, TLS sessions
+        run_level(world, 14, 4.0, 1.0)
+        levels: list[dict[str, Any]] = []
+        rate = args.start_rate
+        best: dict[str, Any] | None = None
+        fails = 0
+        while rate <= args.max_rate and time.monotonic() - t_start < args.budget_s:
+            st = run_level(world, rate, args.duration, args.warm, cpu)
+            st["pass"] = passes(st)
+            levels.append(st)
+            print(f"offered {rate:6.1f} tx/s -> committed {st['committed_tx_per_s']:6.1f}, "
+                  f"p50 {st['p50_ms']:7.1f} ms, p99 {st['p99_ms']:7.1f} ms, lost {st['lost']}, "
+                  f"mvcc {st['mvcc_conflicts']}, cores {st.get('cpu', {}).get('cores_busy')}, "
+                  f"pass {st['pass']}", flush=True)
+            if st["pass"]:
+                if best is None or st["committed_tx_per_s"] > best["committed_tx_per_s"]:
+                    best = st
+                fails = 0
+            else:
+                fails += 1
+                if fails >= 2:
+                    break
+            rate = round(rate * args.step, 1)
+        peak = best["committed_tx_per_s"] if best else 0.0
+        half_rate = max(7.0, peak / 2)
+        half = run_level(world, half_rate, args.duration, args.warm, cpu)
+        print(f"half rate {half_rate:.1f} tx/s: p50 {half['p50_ms']} ms, p99 {half['p99_ms']} ms", flush=True)
+        fill = block_fill(bnet, world.rec)
+        rates = measure_crypto(world)
+        cb = crypto_bound(rates, fill, os.cpu_count() or 1)
+        profile: dict[str, Any] = {}
+        if not args.no_profile:
+            prof_rate = best["offered_tx_per_s"] if best else args.start_rate
+            profile = profile_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles")
+        all_txs = sum(lv["committed"] for lv in levels) + half["committed"]
+        all_mvcc = sum(lv["mvcc_conflicts"] for lv in levels) + half["mvcc_conflicts"]
+        result: dict[str, Any] = {
+            "committed_tx_per_s": peak,
+            "peak_offered_tx_per_s": best["offered_tx_per_s"] if best else 0.0,
+            "p50_ms": half["p50_ms"],
+            "p99_ms": half["p99_ms"],
+            "half_rate_tx_per_s": round(half_rate, 1),
+            "half_rate_lost": half["lost"],
+            "mvcc_conflict_share": round(all_mvcc / max(1, all_txs), 5),
+            "cpu_s_per_tx_half_rate": half.get("cpu"),
+            "cpu_s_per_tx_peak": best.get("cpu") if best else None,
+            "crypto_bound_tx_per_s": cb["crypto_bound_tx_per_s"],
+            "crypto": {**rates, **cb, "cores": os.cpu_count(), "ops": SIGNATURE_OPS,
+                       "txs_per_block_half_rate": round(fill, 1)},
+            "ratio_to_crypto_bound": round(peak / cb["crypto_bound_tx_per_s"], 4),
+            "targets": {"committed_tx_per_s": 500, "p99_ms_at_half": 1000},
+            "levels": levels,
+            "half_rate_level": half,
+            "profile": profile,
+            "topology": {"orderers": 3, "peers": ["h01", "h02", "p01", "ins01"], "tls": True,
+                         "fsync": True, "endorsement": "2 organisations (settlement: +insurer)",
+                         "batch_max_tx": args.batch, "batch_timeout_ms": args.batch_timeout_ms,
+                         "streams_per_client_identity": args.streams, "patients": args.patients,
+                         "txs_per_story": TXS_PER_STORY, "steps": list(STEPS)},
+            "duration_s": round(time.monotonic() - t_start, 1),
+        }
+        return result
+    finally:
+        if world is not None:
+            world.close()
+        bnet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--start-rate", type=float, default=28.0, help="first offered tx/s")
+    p.add_argument("--step", type=float, default=1.4, help="rate multiplier between levels")
+    p.add_argument("--max-rate", type=float, default=1400.0)
+    p.add_argument("--duration", type=float, default=14.0, help="arrival window per level (s)")
+    p.add_argument("--warm", type=float, default=3.0, help="seconds of a level not measured")
+    p.add_argument("--streams", type=int, default=4, help="Transact connections per client identity")
+    p.add_argument("--patients", type=int, default=240)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--batch-timeout-ms", type=int, default=50)
+    p.add_argument("--profile-s", type=int, default=15)
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop raising the rate after this")
+    args = p.parse_args(argv)
+    result = run(args)
+    path = write_result("e2e", result)
+    latency_plot(result["levels"], RESULTS / "e2e_latency.svg", P99_LIMIT_MS)
+    from bench.profiles.summary import write_summary
+
+    write_summary(json.loads(path.read_text()), RESULTS / "summary_e2e.md")
+    print(f"wrote {path}")
+    for k in ("committed_tx_per_s", "p50_ms", "p99_ms", "mvcc_conflict_share", "crypto_bound_tx_per_s",
+              "ratio_to_crypto_bound"):
+        print(f"  {k}: {result[k]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

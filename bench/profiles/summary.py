@@ -1,0 +1,62 @@
+"""``bench/results/summary_e2e.md``: the e2e figures, the level table, the profile digests and
+the hand-written analysis (``bench/profiles/analysis.md``: what bounds throughput, what was
+done about the top costs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
+
+
+def _row(lv: dict[str, Any]) -> str:
+    cpu = lv.get("cpu") or {}
+    return (f"| {lv['offered_tx_per_s']} | {lv['committed_tx_per_s']} | {lv['p50_ms']} | {lv['p99_ms']} | "
+            f"{lv['lost']} | {lv['mvcc_conflicts']} | {cpu.get('cores_busy', '')} | {cpu.get('total_ms', '')} | "
+            f"{'yes' if lv.get('pass') else 'no'} |")
+
+
+def write_summary(result: dict[str, Any], path: Path) -> Path:
+    """Write the markdown summary of one e2e run."""
+    lines = ["# rxchain end-to-end benchmark", ""]
+    m = result.get("machine", {})
+    lines.append(f"Machine: {m.get('cores', '?')} cores, Python {m.get('python', '?')}, "
+                 f"commit {str(m.get('git_commit', '?'))[:12]}; run took {result.get('duration_s')} s.")
+    lines += ["", "## Figures", ""]
+    for k in ("committed_tx_per_s", "p50_ms", "p99_ms", "half_rate_tx_per_s", "mvcc_conflict_share",
+              "crypto_bound_tx_per_s", "ratio_to_crypto_bound"):
+        lines.append(f"* `{k}`: {result.get(k)}")
+    c = result.get("crypto", {})
+    lines.append(f"* signatures per tx: {c.get('signs_per_tx')} sign + {c.get('verifies_per_tx')} verify; "
+                 f"measured {c.get('sign_per_s')} sign/s, {c.get('verify_per_s')} verify/s per core")
+    for label, key in (("half rate", "cpu_s_per_tx_half_rate"), ("peak", "cpu_s_per_tx_peak")):
+        cpu = result.get(key) or {}
+        if cpu:
+            kinds = ", ".join(f"{k} {v}" for k, v in cpu.get("by_kind_ms", {}).items())
+            lines.append(f"* CPU ms per committed tx at {label}: {kinds}; total {cpu.get('total_ms')} ms "
+                         f"({cpu.get('cores_busy')} cores busy)")
+            procs = ", ".join(f"{k} {v}" for k, v in cpu.get("by_process_ms", {}).items())
+            lines.append(f"  * by process: {procs}")
+    lines += ["", "## Load levels", "",
+              "| offered tx/s | committed tx/s | p50 ms | p99 ms | lost | MVCC | cores busy | CPU ms/tx | pass |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(lv) for lv in result.get("levels", [])]
+    lines += ["", "Latency against offered load: `e2e_latency.svg`.", "", "## Profiles at peak (py-spy)", ""]
+    prof = result.get("profile") or {}
+    for name, d in prof.items():
+        if not isinstance(d, dict) or "top_self" not in d:
+            continue
+        lines.append(f"### {name} ({d.get('samples')} samples)")
+        lines.append("")
+        if d.get("buckets"):
+            lines.append("buckets: " + "; ".join(f"{b} {100 * s:.0f}%" for b, s in d["buckets"][:8]))
+            lines.append("")
+        lines.append("self: " + "; ".join(f"{f} {100 * s:.1f}%" for f, s in d["top_self"][:8]))
+        lines.append("")
+        lines.append("inclusive: " + "; ".join(f"{f} {100 * s:.1f}%" for f, s in d["top_inclusive"][:10]))
+        lines.append("")
+    if ANALYSIS.exists():
+        lines += ["## Analysis", "", ANALYSIS.read_text().strip(), ""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
