@@ -123,10 +123,10 @@ class ChaosRun:
             if self.disk is None:
                 raise ValueError("disk_full needs a small-disk peer")
             self.disk.attach(self.procs[target].pid)
-            before = self._height(target)
             self.disk.fill()
             time.sleep(pf.hold_s)
             self.disk.drain()
+            before = self._height(target)
             if not self.procs[target].running():
                 ev.note = f"exited ({self.procs[target].returncode()}) on ENOSPC; restarted"
             elif not self._progresses(target, before, self.stuck_timeout_s):
