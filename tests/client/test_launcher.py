@@ -13,6 +13,7 @@ from netgen import generate
 from client.errors import RxClientError
 from client.launcher import Launcher
 from tests.client.conftest import FIXED_NOW, client_consortium
+from tests.client.ports import free_base_port
 
 FAKE = Path(__file__).with_name("fake_node.py")
 
@@ -35,8 +36,6 @@ def _python(tmp_path: Path) -> str:
 
 @pytest.fixture
 def base_port() -> int:
-    from tests.e2e.conftest import free_base_port
-
     return free_base_port(3)
 
 

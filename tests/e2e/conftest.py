@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.client.ports import free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = yaml.safe_load((ROOT / "network-config" / "consortium.yaml").read_text())
@@ -35,26 +35,6 @@ def e2e_consortium(base_port: int) -> dict[str, Any]:
     raw["base_port"] = base_port
     raw["organizations"] = [o for o in SAMPLE["organizations"] if o["id"] in KEEP]
     return raw
-
-
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(n_nodes: int = 9) -> int:
-    """A base port whose node ports (base..base+n) and metrics ports (base+200..) are free."""
-    rng = random.Random(os.getpid())
-    for _ in range(200):
-        base = rng.randrange(30000, 45000, 10)
-        ports = [*range(base, base + n_nodes), *range(base + 200, base + 200 + n_nodes)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
 
 
 def rxchain(home: Path, *args: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
