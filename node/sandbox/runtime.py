@@ -62,6 +62,7 @@ _BOOT = (
     "from node.sandbox.worker import main; main()"
 )
 START_TIMEOUT_S = 60.0
+ACQUIRE_TIMEOUT_S = 60.0  # waiting for an idle worker (plus the call's wall timeout)
 
 
 class SandboxError(Exception):
@@ -146,7 +147,7 @@ class Sandbox:
         self._limits = limits or t.SandboxLimits()
         self._clock = clock
         paths = [str(_ROOT), str(_ROOT / "gen")]
-        self._argv = [python, "-s", "-B", "-c", _BOOT.format(paths=paths),
+        self._argv = [python, "-s", "-B", "-P", "-c", _BOOT.format(paths=paths),
                       f"--memory={self._limits.memory_bytes}"]
         if not seccomp:
             self._argv.append("--no-seccomp")
@@ -156,23 +157,28 @@ class Sandbox:
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._missing = 0
         self._sources: dict[str, str] = {}
         self.restarts = 0
-        started = [self._spawn_unready() for _ in range(workers)]
+        started: list[_Worker] = []
         deadline = clock() + START_TIMEOUT_S
         try:
+            for _ in range(workers):
+                started.append(self._spawn_unready())
             for w in started:
                 w.wait_ready(deadline, clock)
-        except (protocol.ProtocolError, TimeoutError, OSError) as exc:
-            for w in started:
-                w.kill()
+        except (protocol.ProtocolError, TimeoutError, OSError, SandboxError) as exc:
+            self.close()
             raise SandboxError(f"sandbox workers failed to start: {exc}") from None
         for w in started:
             self._idle.put(w)
 
     # -- pool ----------------------------------------------------------------------------
     def _spawn_unready(self) -> _Worker:
-        w = _Worker(self._argv)
+        try:
+            w = _Worker(self._argv)
+        except OSError as exc:
+            raise SandboxError(f"cannot start a sandbox worker: {exc}") from None
         with self._lock:
             self._all.add(w)
         return w
@@ -192,10 +198,34 @@ class Sandbox:
             self._all.discard(w)
 
     def _replace(self, w: _Worker) -> None:
+        """Kill ``w`` and start a replacement; a failed start is retried on next acquire."""
         self._discard(w)
         self.restarts += 1
-        if not self._closed:
+        if self._closed:
+            return
+        try:
             self._idle.put(self._spawn())
+        except SandboxError:
+            with self._lock:
+                self._missing += 1
+
+    def _acquire(self, wait_s: float) -> _Worker:
+        with self._lock:
+            missing, self._missing = self._missing, 0
+        for i in range(missing):
+            try:
+                self._idle.put(self._spawn())
+            except SandboxError:
+                with self._lock:
+                    self._missing += missing - i
+                    alive = len(self._all)
+                if not alive:
+                    raise
+                break
+        try:
+            return self._idle.get(timeout=wait_s)
+        except queue.Empty:
+            raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s") from None
 
     def worker_pids(self) -> list[int]:
         with self._lock:
@@ -234,7 +264,7 @@ class Sandbox:
                 False, t.CONTRACT_REJECTED, "source differs from the code cached for this hash",
                 b"", (), 0,
             )
-        w = self._idle.get()
+        w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         try:
             result = self._run(w, inv, backend, unchecked)
         except _WorkerDied as died:

@@ -324,3 +324,17 @@ def test_backend_refusing_a_write_aborts_with_its_reason(pool: Sandbox, then_rea
     assert (r.ok, r.reason) == (False, "WRITE_REFUSED")
     assert [e[2] for e in be.writes()] == ["ok"]
     assert_serving(pool)
+
+
+def test_failed_worker_start_is_reported_and_retried() -> None:
+    with pytest.raises(SandboxError):
+        Sandbox(workers=1, python="/nonexistent/python")
+    with Sandbox(workers=1, allow_unchecked_for_tests=True) as sb:
+        good_argv = list(sb._argv)
+        sb._argv[0] = "/nonexistent/python"  # replacements cannot start for a while
+        r = raw(sb, "import os\n\ndef f(ctx):\n    os._exit(1)\n")
+        assert r.reason == "WORKER_CRASHED"
+        with pytest.raises(SandboxError):
+            call(sb, fn("return 1"), "f", {})
+        sb._argv[:] = good_argv
+        assert_serving(sb)
