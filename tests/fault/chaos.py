@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from tests.fault.schedule import PlannedFault
-from tests.harness.checker import CheckReport, FaultEvent, check, peer_view
+from tests.harness.checker import CheckReport, FaultEvent, check, orderer_view, peer_view
 from tests.harness.consortium import Consortium
 from tests.harness.diskfull import SmallDisk
 from tests.harness.load import LoadGenerator
@@ -102,6 +102,17 @@ class ChaosRun:
             self.procs.kill9(target)
             time.sleep(pf.hold_s)
             self._restart(target)
+        elif kind == "quorum_loss":
+            # pause a majority of orderers: clients must get answers (SERVICE_UNAVAILABLE /
+            # timeouts), not hang; ordering resumes when they come back
+            others = [o for o in self.cons.orderer_names() if o != target][: len(self.cons.orderer_names()) // 2]
+            victims = [target, *others]
+            ev.target = "+".join(victims)
+            for v in victims:
+                self.procs.pause(v)
+            time.sleep(pf.hold_s)
+            for v in victims:
+                self.procs.resume(v)
         elif kind.startswith("pause"):
             self.procs.pause(target)
             time.sleep(pf.hold_s)
@@ -199,5 +210,6 @@ class ChaosRun:
         for name in self.cons.peer_names():
             self.procs.terminate(name, grace_s=15.0)
         views = [peer_view(n, self.cons.data_dir(n), self.cons.net.genesis_path) for n in self.cons.peer_names()]
+        orderers = [orderer_view(n, self.cons.data_dir(n)) for n in self.cons.orderer_names()]
         return check(views, self.load.rec.acks, self.load.rec.submitted, faults=self.faults,
-                     allowed=self.allowed, prescription_ns="rxload", settlement_ns="rxload")
+                     allowed=self.allowed, orderers=orderers, prescription_ns="rxload", settlement_ns="rxload")

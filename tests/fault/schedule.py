@@ -17,8 +17,9 @@ KINDS = (
     "oneway",            # a node's answers are black-holed (proxy BLACKHOLE_DOWN)
     "delay",             # 150 ms added each way on every connection to a node
     "disk_full",         # the small-disk peer's filesystem is filled, then drained
+    "quorum_loss",       # a majority of orderers paused at once, then continued
 )
-SHORT_KINDS = ("kill9_leader", "kill9_peer", "pause_orderer", "partition", "cut", "disk_full")
+SHORT_KINDS = ("kill9_leader", "kill9_peer", "pause_orderer", "partition", "cut", "disk_full", "quorum_loss")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PlannedFault:
 
 def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: str, *, long: bool) -> list[PlannedFault]:
     """The fault schedule for ``seed``: the short one covers each of :data:`SHORT_KINDS` once
-    in a seeded order; the long one draws 24 faults from every kind."""
+    in a seeded order; the long one adds 18 faults drawn from every kind (25 in all)."""
     rng = random.Random(seed)
     if long:
         kinds = list(SHORT_KINDS) + [rng.choice(KINDS) for _ in range(18)]
@@ -49,7 +50,7 @@ def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: s
     for kind in kinds:
         if kind == "kill9_leader":
             target = "leader"
-        elif kind in ("kill9_orderer", "pause_orderer"):
+        elif kind in ("kill9_orderer", "pause_orderer", "quorum_loss"):
             target = rng.choice(orderers)
         elif kind in ("kill9_peer", "pause_peer"):
             target = rng.choice(peers)

@@ -2,8 +2,9 @@
 no peer forks, no prescription is dispensed twice, settlements stay balanced.
 
 The short run (``make test``) injects each of kill -9 of the Raft leader, kill -9 of a peer,
-SIGSTOP of an orderer, a partition, a connection cut and a full disk once, in a seeded
-order; ``RXCHAIN_CHAOS_LONG=1`` (``make chaos``) runs 24 faults of every kind.
+SIGSTOP of an orderer, a partition, a connection cut, a full disk and the loss of the
+orderer quorum once, in a seeded order; ``RXCHAIN_CHAOS_LONG=1`` (``make chaos``) runs 25
+faults of every kind (tests/fault/schedule.py). The orderers' chains are compared too.
 ``RXCHAIN_CHAOS_SEED`` picks the seed (printed, so a failing run can be replayed).
 """
 

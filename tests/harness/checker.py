@@ -213,6 +213,15 @@ def read_peer_blocks(data_dir: Path) -> list[block_pb2.Block]:
         store.close()
 
 
+def orderer_view(name: str, data_dir: Path) -> PeerView:
+    """An orderer's chain (``<data_dir>/blocks``), read-only."""
+    store = BlockStore(Path(data_dir) / "blocks", readonly=True)
+    try:
+        return PeerView(name, list(store.iter_blocks(0)))
+    finally:
+        store.close()
+
+
 def peer_view(name: str, data_dir: Path, genesis_path: Path | None = None) -> PeerView:
     """A peer's blocks, plus ``verify_ledger`` when the genesis block is given."""
     view = PeerView(name, read_peer_blocks(data_dir))
@@ -291,9 +300,12 @@ def _block_key(b: block_pb2.Block) -> tuple[bytes, tuple[int, ...], bytes]:
 
 def check(peers: Sequence[PeerView], acked: Mapping[str, Ack] | Iterable[Ack], submitted: Iterable[str],
           *, faults: Sequence[FaultEvent] = (), allowed: Iterable[str] = (),
+          orderers: Sequence[PeerView] = (),
           prescription_ns: str = PRESCRIPTION_NS, settlement_ns: str = SETTLEMENT_NS) -> CheckReport:
     """Apply every rule (see the module docstring); the domain rules read prescriptions
-    (``rx/``, ``disp/``) from ``prescription_ns`` and claims (``claim/``) from ``settlement_ns``."""
+    (``rx/``, ``disp/``) from ``prescription_ns`` and claims (``claim/``) from ``settlement_ns``.
+    ``orderers``: the orderers' chains; their header hashes must match the peers' at every
+    height they share (orderer copies carry no validation codes or state hash)."""
     acks = dict(acked) if isinstance(acked, Mapping) else {a.tx_id: a for a in acked}
     submitted_set = set(submitted) | set(acks)
     allowed_set = set(allowed) | {GENESIS_TX_ID}
@@ -324,6 +336,13 @@ def check(peers: Sequence[PeerView], acked: Mapping[str, Ack] | Iterable[Ack], s
                 what = [w for w, a, b in (("block hash", key[0], ref[0]), ("validation codes", key[1], ref[1]),
                                           ("state hash", key[2], ref[2])) if a != b]
                 report.divergence.append(f"height {h}: {','.join(names)} differ in {' and '.join(what)}")
+    ref_chain = max(peers, key=lambda p: len(p.blocks)).blocks
+    for o in orderers:
+        for h, b in enumerate(o.blocks[: len(ref_chain)]):
+            if block_header_hash(b.header) != block_header_hash(ref_chain[h].header):
+                divergent.add(o.name)
+                report.divergence.append(f"height {h}: orderer {o.name} block hash differs from the peers'")
+                break
     report.divergent_peers = sorted(divergent)
 
     # ---- per-peer tx accounting

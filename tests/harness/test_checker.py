@@ -133,6 +133,18 @@ def test_divergent_codes_and_block_hash_fail(net: GeneratedNetwork) -> None:
     assert any(w.startswith("peer1:") for w in rep.wrong_code)
 
 
+def test_orderer_chain_compared_by_header_hash(net: GeneratedNetwork) -> None:
+    run = Run(net)
+    orderer = PeerView("orderer", run.chain.copy_blocks())
+    for b in orderer.blocks:  # an orderer's copy has no codes / state hash: not a divergence
+        del b.metadata.validation_codes[:]
+        b.metadata.state_hash = b""
+    assert check(run.views(), run.acks, run.submitted, orderers=[orderer]).ok
+    orderer.blocks[2].header.previous_hash = b"\x07" * 32
+    rep = check(run.views(), run.acks, run.submitted, orderers=[orderer])
+    assert rep.divergent_peers == ["orderer"] and "orderer orderer" in rep.divergence[0]
+
+
 def test_lagging_peer_fails(net: GeneratedNetwork) -> None:
     run = Run(net)
     views = run.views()
