@@ -173,6 +173,17 @@ class Story:
                      f"{r.txs} txs, last {r.last_hash[:16]}  {'; '.join(r.errors[:2])}")
             verified.append(r)
         self.results["verified"] = [(r.peer, r.ok, r.height) for r in verified]
+
+        self.say("\n== Privacy check ==")
+        patient = self.ops(doctor).s.directory.resolve("patient-zhang")
+        files = [p for p in (self.home / "nodes" / "peer.p01" / "data").rglob("*") if p.is_file()]
+        raw = b"".join(p.read_bytes() for p in files)
+        for label, needle in (("name", patient.display_name), ("ID number", patient.id_number)):
+            found = needle.encode() in raw
+            self.say(f"  patient's {label} in peer.p01's blocks and state "
+                     f"({len(files)} files, {len(raw) // 1024} KiB): "
+                     f"{'FOUND' if found else 'not found'}")
+            self.results[f"privacy_{label}"] = found
         return self.results
 
 

@@ -229,11 +229,14 @@ def test_ledger_verify_and_height_on_every_peer(net: Net):
     assert one["height"] >= out["peers"][0]["height"]
 
 
-def test_no_patient_identifiers_in_block_files(net: Net):
-    blocks = sorted(Path(net.home, "nodes", "peer.p01", "data").rglob("*"))
-    raw = b"".join(p.read_bytes() for p in blocks if p.is_file())
-    assert raw, "the peer wrote no files"
-    for needle in ("Zhang Guilan", "500103195803124428", "Sun Jianguo", "stable hypertension"):
+def test_no_patient_identifiers_in_blocks_state_or_logs(net: Net):
+    files = [p for p in sorted(Path(net.home, "nodes").rglob("*")) if p.is_file()
+             and p.suffix not in (".pem", ".yaml")]
+    files += [p for p in sorted(Path(net.home, "logs").rglob("*")) if p.is_file()]
+    raw = b"".join(p.read_bytes() for p in files)
+    assert len(files) > 20 and raw, "the nodes wrote no files"
+    for needle in ("Zhang Guilan", "500103195803124428", "Sun Jianguo", "500106196211084513",
+                   "stable hypertension"):
         assert needle.encode() not in raw, needle
 
 
