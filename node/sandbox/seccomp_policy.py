@@ -19,12 +19,9 @@ ALLOWED_SYSCALLS = (
     "write",
     "close",
     "fstat",
-    "newfstatat",
-    "lseek",
     "mmap",
     "munmap",
     "mremap",
-    "mprotect",
     "brk",
     "madvise",
     "futex",
@@ -38,14 +35,10 @@ ALLOWED_SYSCALLS = (
     "clock_gettime",
     "clock_getres",
     "gettimeofday",
-    "getrandom",
     "sched_yield",
     "restart_syscall",
     "exit",
     "exit_group",
-    "select",
-    "pselect6",
-    "poll",
 )
 
 
