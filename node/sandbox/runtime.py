@@ -451,7 +451,10 @@ class Sandbox:
             raise _WorkerDied(t.WORKER_CRASHED, "worker result exceeds the limits")
         events = tuple(t.ContractEvent(e.name, e.payload_json) for e in r.events)
         gas = min(r.gas_used, inv.gas_limit)
-        result = t.InvocationResult(r.ok, r.reason, r.message, r.result_json, events, gas)
+        if r.ok != (r.reason == "") or (r.reason and not valid_reason(r.reason)):
+            w.kill()
+            raise _WorkerDied(t.WORKER_CRASHED, "worker sent an inconsistent result")
+        result = t.InvocationResult(r.ok, r.reason, r.message[:1024], r.result_json, events, gas)
         if r.recycle:
             w.kill()
             w.dead = True
