@@ -55,6 +55,7 @@ from node.raft.types import (
     Entry,
     EntryType,
     Message,
+    MessageType,
     Ready,
     Snapshot,
     SoftState,
@@ -62,6 +63,9 @@ from node.raft.types import (
 )
 
 _log = logging.getLogger(__name__)
+
+
+_EARLY_TYPES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 
 
 class Transport(Protocol):
@@ -415,8 +419,11 @@ class Chain:
             rd: Ready = self._node.ready()
             if rd.soft_state is not None:
                 self._on_soft_state(rd.soft_state)
+            early = self._may_send_before_persist(rd)
+            if early:
+                self._transport.send(rd.messages)
             self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
-            if rd.messages:
+            if rd.messages and not early:
                 self._transport.send(rd.messages)
             if rd.snapshot is not None and not rd.snapshot.is_empty:
                 self._install_snapshot(rd.snapshot)
@@ -425,6 +432,19 @@ class Chain:
             self._node.advance(rd)
             self._maybe_snapshot()
             self._status = self._make_status()
+
+    def _may_send_before_persist(self, rd: Ready) -> bool:
+        """etcd-raft's leader optimisation: a leader may send appends and heartbeats while
+        it persists the same Ready's entries (its own copy only counts once this loop has
+        fsynced, because acknowledgements are processed after it). Never with a changed
+        term or vote, a snapshot, or any other message type."""
+        if self._role != StateRole.LEADER or not rd.messages or rd.snapshot is not None:
+            return False
+        if rd.hard_state is not None:
+            persisted = self._storage.hard_state
+            if (rd.hard_state.term, rd.hard_state.vote) != (persisted.term, persisted.vote):
+                return False
+        return all(m.type in _EARLY_TYPES for m in rd.messages)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         was_leader = self._role == StateRole.LEADER

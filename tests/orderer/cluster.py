@@ -195,6 +195,16 @@ def wait_until(pred, timeout: float, interval: float = 0.1, what: str = "conditi
     raise AssertionError(f"timed out waiting for {what} ({last_exc})")
 
 
+def all_serving(procs: OrdererProcs, client: Client, names: list[str],
+                timeout: float = 30) -> None:
+    """Wait until every named orderer answers Status and they agree on a leader."""
+    def ready() -> bool:
+        for name in names:
+            client.status(procs.target(name), timeout=1.0)
+        return leader_of(procs, client, names) is not None
+    wait_until(ready, timeout, what=f"{names} serving with one leader")
+
+
 def leader_of(procs: OrdererProcs, client: Client, names: list[str] | None = None) -> str | None:
     ids = {n.raft_id: n.name for n in procs.net.orderers()}
     seen = set()
@@ -206,7 +216,7 @@ def leader_of(procs: OrdererProcs, client: Client, names: list[str] | None = Non
         if st.raft_leader:
             seen.add(st.raft_leader)
     if len(seen) == 1:
-        return ids.get(seen.pop())
+        return ids.get(seen.pop())  # every node that answered agrees
     return None
 
 

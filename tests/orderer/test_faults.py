@@ -13,6 +13,7 @@ from tests.orderer.cluster import (
     Client,
     OrdererProcs,
     Pump,
+    all_serving,
     leader_of,
     make_network,
     tx_ids_of,
@@ -42,6 +43,7 @@ def _hashes(client: Client, procs: OrdererProcs, name: str) -> list[bytes]:
 def test_leader_kill_failover_catch_up_and_identical_stores(cluster):
     procs, client = cluster
     names = procs.names()
+    all_serving(procs, client, names)
     leader = wait_until(lambda: leader_of(procs, client), 20, what="first leader")
     pump = Pump(procs, client)
     pump.start()
@@ -97,7 +99,7 @@ def test_leader_kill_failover_catch_up_and_identical_stores(cluster):
 def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     procs, client = cluster
     names = procs.names()
-    wait_until(lambda: leader_of(procs, client), 20, what="first leader")
+    all_serving(procs, client, names)
     resps = client.broadcast(procs.target(names[0]), [client.envelope()[1] for _ in range(5)])
     assert all(r.accepted for r in resps)
     procs.kill(names[1])

@@ -12,6 +12,7 @@ from node.genesis import make_genesis
 from tests.orderer.cluster import (
     Client,
     OrdererProcs,
+    all_serving,
     config_envelope,
     leader_of,
     make_network,
@@ -47,7 +48,7 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     first3, fourth = names[:3], names[3]
     for n in first3:
         procs.start(n)
-    wait_until(lambda: leader_of(procs, client, first3), 20, what="first leader")
+    all_serving(procs, client, first3)
     resps = client.broadcast(procs.target(first3[0]), [client.envelope()[1] for _ in range(20)])
     assert all(r.accepted for r in resps)
 
