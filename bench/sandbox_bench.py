@@ -9,7 +9,8 @@
   (the host waits while the worker runs, so about one core is busy); the same with host
   and worker pinned to a single core is ``invocations_per_s_pinned_one_core``;
 * for context: the in-process engine alone (metering, argument checks, canonical JSON),
-  and a call doing one ``get`` and one ``put`` (one extra round trip).
+  a call doing one ``get`` and one ``put`` (one extra round trip), and the gas burnt per
+  second by a metered loop (to choose gas limits against the wall-clock timeout).
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ from rxchain_contract import Context
 
 def ping(ctx: Context, n: int) -> int:
     return n + 1
+
+def spin(ctx: Context, n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
 
 def touch(ctx: Context, key: str) -> int:
     v = ctx.get(key) or 0
@@ -115,6 +122,10 @@ def main() -> None:
         through = _latencies(lambda: sandbox.invoke(ping, backend), SAMPLES)
         state = _latencies(lambda: sandbox.invoke(touch, backend), SAMPLES // 2)
         per_s = _throughput(sandbox, ping, backend, SAMPLES)
+        spin = _inv("spin", {"n": 300_000})
+        t0 = time.perf_counter()
+        spun = sandbox.invoke(spin, backend)
+        gas_per_s = spun.gas_used / (time.perf_counter() - t0)
     pinned_per_s = None
     if hasattr(os, "sched_setaffinity"):
         # host and worker (which inherits the affinity) share ONE core
@@ -133,6 +144,7 @@ def main() -> None:
         "median_direct_call_us": round(med_direct, 2),
         "median_inprocess_engine_us": round(statistics.median(inproc), 1),
         "median_get_put_call_us": round(statistics.median(state), 1),
+        "metered_gas_per_s": round(gas_per_s),
         "samples": SAMPLES,
         "workers": 1,
         "python": platform.python_version(),
