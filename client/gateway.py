@@ -121,6 +121,20 @@ class Gateway:
         self._catch_up_timeout_s = catch_up_timeout_s
 
     # ------------------------------------------------------------ plumbing
+    @property
+    def stub(self) -> services_pb2_grpc.GatewayStub:
+        """The raw Gateway stub (used by client.pipeline)."""
+        self._catch_up()
+        return self._stub
+
+    def note_commit(self, block: int) -> None:
+        """Record a block seen committed (read-your-writes bookkeeping)."""
+        self._peer_height = max(self._peer_height, block + 1)
+        if block > self.last_block:
+            self.last_block = block
+            if self._on_commit is not None:
+                self._on_commit(block)
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
@@ -208,12 +222,7 @@ class Gateway:
             lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5)
         )
         name = transaction_pb2.TxValidationCode.Name(status.code)
-        block = int(status.block_number)
-        self._peer_height = max(self._peer_height, block + 1)
-        if block > self.last_block:
-            self.last_block = block
-            if self._on_commit is not None:
-                self._on_commit(block)
+        self.note_commit(int(status.block_number))
         if status.code != transaction_pb2.VALID:
             raise CommitError(name, f"transaction {tx_id} committed as invalid",
                               tx_id, status.block_number)

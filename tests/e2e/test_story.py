@@ -11,6 +11,7 @@ import pytest
 
 from client.errors import CommitError, EndorsementError, NoKeyGrant
 from client.events import EventListener, MemoryCheckpoint
+from client.gateway import SubmitResult
 from client.rxops import DrugLine, IssueRequest, RxOperations
 from client.session import Session
 from tests.e2e.conftest import Net
@@ -284,3 +285,27 @@ def test_repeat_fills_respect_the_interval(net: Net):
     shown = net.cli("--as", WANG, "rx", "show", rx)
     assert shown["status"] == "DISPENSED" and shown["fills"] == 1 and shown["lock"] is None
     assert net.cli_error("--as", "p01:pharm-wang", "claim", "settle", rx)["error"] == "WRONG_ROLE"
+
+
+def test_pipelined_submissions_on_one_transact_stream(net: Net):
+    from client.pipeline import Call, submit_many
+
+    tag = os.urandom(3).hex()
+    calls = [Call("registry", "register_practitioner", {
+        "name": f"dr-pipe-{tag}-{i}", "role": "doctor", "code": f"D5001{i:08d}",
+        "licence_active": True, "practice_years": 5 + i, "internet_practice": True})
+        for i in range(5)]
+    calls.insert(2, Call("registry", "register_practitioner", {
+        "name": f"bad-{tag}", "role": "wizard", "code": "X1", "licence_active": True,
+        "practice_years": 1, "internet_practice": False}))
+    with Session(net.home, "h01:admin") as s:
+        out = submit_many(s.gateway, calls)
+        assert len(out) == 6
+        bad = out.pop(2)
+        assert isinstance(bad, EndorsementError) and bad.reason == "BAD_ARGUMENTS"
+        assert all(isinstance(r, SubmitResult) and r.code == "VALID" for r in out), out
+        assert all(isinstance(r, SubmitResult) and r.result["name"].startswith("dr-pipe")
+                   for r in out)
+        got = s.gateway.evaluate("registry", "get_practitioner",
+                                 {"org": "h01", "name": f"dr-pipe-{tag}-4"})
+        assert got["practice_years"] == 9

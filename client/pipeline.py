@@ -1,0 +1,108 @@
+"""Pipelined transactions on one Gateway.Transact stream (for busy clients and loaders).
+
+:func:`submit_many` endorses every call, signs each prepared transaction as soon as its
+endorsement arrives, submits it on the same stream and collects commit statuses -- many
+transactions in flight over one connection instead of three round trips each. Results come
+back in the order of the calls: a :class:`~client.gateway.SubmitResult` or the
+:class:`~client.errors.RxClientError` that refused that call (one refusal does not stop
+the others).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from client.errors import CommitError, EndorsementError, RxClientError
+from client.gateway import Gateway, SubmitResult, check_response, decode_payload, rpc_error
+from client.tx import BuiltProposal
+
+
+@dataclass(frozen=True)
+class Call:
+    """One contract invocation to submit."""
+
+    contract: str
+    function: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    transient: Mapping[str, Any] | None = None
+
+
+Outcome = SubmitResult | RxClientError
+
+
+def submit_many(gateway: Gateway, calls: Sequence[Call],
+                timeout_s: float = 120.0) -> list[Outcome]:
+    """Endorse, sign, submit and await every call on one Transact stream."""
+    built: list[BuiltProposal] = [
+        gateway.builder.proposal(c.contract, c.function, c.args, c.transient) for c in calls
+    ]
+    results: list[Outcome | None] = [None] * len(calls)
+    payloads: dict[int, Any] = {}
+    requests: queue.Queue[services_pb2.TransactRequest | None] = queue.Queue()
+    for i, b in enumerate(built):
+        requests.put(services_pb2.TransactRequest(
+            correlation_id=2 * i, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
+    pending = len(calls)
+    if pending == 0:
+        return []
+
+    def feed() -> Iterator[services_pb2.TransactRequest]:
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    def finish(i: int, outcome: Outcome) -> None:
+        nonlocal pending
+        if results[i] is None:
+            results[i] = outcome
+            pending -= 1
+            if pending == 0:
+                requests.put(None)
+
+    try:
+        for resp in gateway.stub.Transact(feed(), timeout=timeout_s):
+            i, stage = divmod(resp.correlation_id, 2)
+            if not 0 <= i < len(calls):
+                continue
+            kind = resp.WhichOneof("kind")
+            if kind == "error":
+                cls = EndorsementError if stage == 0 else RxClientError
+                finish(i, cls(resp.error.reason, resp.error.message))
+            elif kind == "endorsed":
+                try:
+                    payloads[i] = check_response(resp.endorsed.result)
+                    env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction)
+                except RxClientError as exc:
+                    finish(i, exc)
+                    continue
+                requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 1, submit=env))
+            elif kind == "committed":
+                st = resp.committed
+                name = transaction_pb2.TxValidationCode.Name(st.code)
+                gateway.note_commit(int(st.block_number))
+                if st.code != transaction_pb2.VALID:
+                    finish(i, CommitError(name, f"transaction {built[i].tx_id} committed as "
+                                          "invalid", built[i].tx_id, int(st.block_number)))
+                else:
+                    finish(i, SubmitResult(built[i].tx_id, name, int(st.block_number),
+                                           payloads.get(i)))
+            if pending == 0:
+                break
+    except grpc.RpcError as exc:
+        err = rpc_error(exc)
+        for i in range(len(calls)):
+            finish(i, err)
+    finally:
+        requests.put(None)
+    return [r if r is not None else RxClientError("TIMEOUT", "no answer") for r in results]
+
+
+__all__ = ["Call", "Outcome", "decode_payload", "submit_many"]
