@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1.identity_pb2 import ErrorDetail
 
 from client.errors import CommitError, EndorsementError, RxClientError
 from client.gateway import Gateway, RetryPolicy
@@ -67,7 +68,25 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
         raise NotImplementedError
 
     def Transact(self, request_iterator, context):
-        raise NotImplementedError
+        for req in request_iterator:
+            cid = req.correlation_id
+            if req.WhichOneof("kind") == "endorse":
+                prop = transaction_pb2.Proposal.FromString(req.endorse.proposal.proposal_bytes)
+                inv = transaction_pb2.ContractInvocation.FromString(prop.invocation)
+                if inv.function == "refuse":
+                    yield services_pb2.TransactResponse(correlation_id=cid, error=ErrorDetail(
+                        reason="NOT_FOLLOW_UP", message="first visit"))
+                    continue
+                yield services_pb2.TransactResponse(
+                    correlation_id=cid, endorsed=self.Endorse(req.endorse, context))
+            else:
+                tx = transaction_pb2.Transaction.FromString(req.submit.payload)
+                inv = transaction_pb2.ContractInvocation.FromString(tx.invocation)
+                code = (transaction_pb2.MVCC_READ_CONFLICT if inv.function == "conflict"
+                        else transaction_pb2.VALID)
+                yield services_pb2.TransactResponse(
+                    correlation_id=cid, committed=services_pb2.CommitStatusResponse(
+                        tx_id="t", code=code, block_number=20 + cid))
 
     def CommitStatus(self, request, context):
         self.s.calls.append("CommitStatus")
@@ -138,3 +157,19 @@ def test_invalid_commit_raises_with_validation_code(fake):
         gw.submit("prescription", "lock", {"rx_id": "RX-1"})
     assert e.value.reason == "MVCC_READ_CONFLICT" and e.value.block == 12
     assert len(e.value.tx_id) == 64
+
+
+def test_submit_many_pipelines_and_keeps_call_order(fake):
+    from client.gateway import SubmitResult
+    from client.pipeline import Call, submit_many
+
+    _, gw, _ = fake
+    out = submit_many(gw, [Call("c", "ok", {"i": 0}), Call("c", "refuse"), Call("c", "conflict"),
+                           Call("c", "ok", {"i": 3})])
+    assert isinstance(out[0], SubmitResult) and out[0].code == "VALID" and out[0].block == 21
+    assert out[0].result == {"ok": True}
+    assert isinstance(out[1], EndorsementError) and out[1].reason == "NOT_FOLLOW_UP"
+    assert isinstance(out[2], CommitError) and out[2].reason == "MVCC_READ_CONFLICT"
+    assert isinstance(out[3], SubmitResult) and out[3].block == 27
+    assert gw.last_block == 27
+    assert submit_many(gw, []) == []
