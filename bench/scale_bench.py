@@ -14,9 +14,11 @@ payload), plus the grants, trace codes, dispense and claim records of the real c
 
 Measured:
 
-* ``restart_s``: closing and reopening the ledger (block store + state DB + indexes, with
-  the crash-recovery checks) until a state read and a history read answer -- at 10 % of
-  the size and at full size (no replay: the two should be close);
+* ``restart_s``: closing and reopening the ledger as the peer does (block store + state DB
+  + indexes, crash-recovery checks and the start-up tamper check ``verify_on_open``, which
+  re-reads and hashes every block: linear in the ledger size) until a state read and a
+  history read answer -- at 10 % of the size and at full size; ``restart_s_without_chain_verify``
+  is the same without the tamper check (the state is never replayed: near-constant);
 * ``trace_query_ms``: a prescription's trace (the history index of ``rx/<id>`` plus the
   written values read back from their blocks, what ``ctx.history`` does for
   ``prescription.trace``) for prescriptions from the start, middle and end of the ledger;
@@ -175,9 +177,9 @@ def _definitions() -> dict[str, ContractDefinition]:
             SETTLE_NS: ContractDefinition(SETTLE_NS, "1.0", 1, policy)}
 
 
-def _restart(path: Path, probe_rx: str) -> float:
+def _restart(path: Path, probe_rx: str, verify: bool = True) -> float:
     t0 = time.perf_counter()
-    ledger = Ledger(path, fsync=True)
+    ledger = Ledger(path, fsync=True, verify_on_open=verify)
     try:
         if ledger.get(RX_NS, "rx/" + probe_rx) is None:
             raise AssertionError("restarted ledger lost state")
@@ -214,6 +216,7 @@ def run(total_tx: int, catch_up_tx: int) -> dict[str, Any]:
         committer = Committer(ledger, Verifier(), _Policies(_definitions()))
         build_s = commit_s = 0.0
         restart_small: float | None = None
+        restart_small_nv: float | None = None
         prev = block_header_hash(genesis.header)
         blocks = builder.blocks(1, prev, n_blocks)
         for i in range(n_blocks):
@@ -229,6 +232,7 @@ def run(total_tx: int, catch_up_tx: int) -> dict[str, Any]:
             if i + 1 == max(1, n_blocks // 10):
                 ledger.close()
                 restart_small = _restart(src_dir, builder.rx_id(0))
+                restart_small_nv = _restart(src_dir, builder.rx_id(0), False)
                 ledger = Ledger(src_dir, fsync=True)
                 committer = Committer(ledger, Verifier(), _Policies(_definitions()))
             if (i + 1) % 50 == 0:
@@ -243,6 +247,7 @@ def run(total_tx: int, catch_up_tx: int) -> dict[str, Any]:
         ledger.close()
         disk = _dir_bytes(src_dir)
         restart_full = statistics.median(_restart(src_dir, probes["first"]) for _ in range(3))
+        restart_no_verify = statistics.median(_restart(src_dir, probes["first"], False) for _ in range(3))
         # catch-up: a fresh peer ledger validates and commits the stored blocks
         src = Ledger(src_dir, fsync=True)
         new_dir = Path(tmp) / "new-peer"
@@ -269,6 +274,8 @@ def run(total_tx: int, catch_up_tx: int) -> dict[str, Any]:
             "restart_s": round(restart_full, 3),
             "restart_s_at_10pct": round(restart_small or 0.0, 3),
             "restart_ratio_full_to_10pct": round(restart_full / restart_small, 2) if restart_small else None,
+            "restart_s_without_chain_verify": round(restart_no_verify, 3),
+            "restart_s_without_chain_verify_at_10pct": round(restart_small_nv or 0.0, 3),
             "trace_query_ms": round(max(v[0] for v in trace.values()), 3),
             "trace_query_ms_by_position": {k: round(v[0], 3) for k, v in trace.items()},
             "trace_steps": {k: v[1] for k, v in trace.items()},
