@@ -178,7 +178,7 @@ def _call(ch: grpc.Channel, m: Method, raw: bytes) -> tuple[bool, str, list[byte
     """(succeeded, reason, response bytes)."""
     try:
         if m.kind == "unary":
-            return True, "", [ch.unary_unary(m.path, None, None)(raw, timeout=5)]
+            return True, "", [ch.unary_unary(m.path, None, None)(raw, timeout=2)]
         if m.kind == "unary_stream":
             out = []
             for resp in ch.unary_stream(m.path, None, None)(raw, timeout=0.7):

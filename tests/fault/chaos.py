@@ -141,8 +141,8 @@ class ChaosRun:
             if not self.procs[target].running():
                 ev.note = f"exited ({self.procs[target].returncode()}) on ENOSPC; restarted"
             elif not self._progresses(target, before, self.stuck_timeout_s):
-                # Known peer defect (see tests/fault/test_disk_full.py): the peer stays up but
-                # stops committing after ENOSPC. Restart it so the run can check the rest.
+                # The peer stays up but does not commit once space is back: restart it so the
+                # run can still check everything else; the test then fails on the note.
                 ev.note = f"stuck after drain ({self.stuck_timeout_s:.0f}s without a commit); restarted"
                 self.procs.kill9(target)
             if ev.note:

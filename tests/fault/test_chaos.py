@@ -69,5 +69,7 @@ def test_chaos(tmp_path: Path, procs: ProcessManager, fault_proxy: FaultProxy) -
             if name in cons.peer_names():
                 print(f"--- log tail of {name}\n{log_tail(cons.log_path(name), 3000)}")
     assert report.ok, "\n".join(report.problems())
+    stuck = [f"{f.kind} on {f.target}: {f.note}" for f in report.faults if "stuck" in f.note]
+    assert not stuck, f"nodes that needed a restart to recover: {stuck}"
     assert report.acknowledged > 50, "the load made too little progress to prove anything"
     assert len(report.faults) == len(schedule)

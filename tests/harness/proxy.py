@@ -174,6 +174,10 @@ class Link:
         with self._lock:
             return len(self._conns)
 
+    def stop(self) -> None:
+        """Ask the accept loop to end (close() waits for it)."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop listening and reset every connection."""
         self._stop.set()
@@ -261,6 +265,8 @@ class FaultProxy:
             link.heal()
 
     def close(self) -> None:
-        """Close every link."""
+        """Close every link (all accept loops are told to stop first, then joined)."""
+        for link in self.links.values():
+            link.stop()
         for link in self.links.values():
             link.close()
