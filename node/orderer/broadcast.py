@@ -230,6 +230,11 @@ class BroadcastHandler:
                 self._metrics.accepted.inc()
             else:
                 self._metrics.rejected.labels(reason=outcome.reason).inc()
+                if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
+                    _log.info(
+                        "refused envelope %s: %s %s",
+                        held.ticket.tx_id or "(no tx id)", outcome.reason, outcome.message,
+                    )
             return services_pb2.BroadcastResponse(
                 tx_id=held.ticket.tx_id,
                 accepted=outcome.accepted,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -94,6 +95,15 @@ def test_leader_kill_failover_catch_up_and_identical_stores(cluster):
     assert {reason for _, reason in pump.refused} <= {"SERVICE_UNAVAILABLE"}
     # Each orderer signed its copy of every block it ordered.
     assert all(len(b.metadata.orderer_signatures) >= 1 for b in blocks[1:])
+    # Operations: Prometheus metrics on the metrics port.
+    spec = next(n for n in procs.net.orderers() if n.name == new_leader)
+    with urllib.request.urlopen(f"http://127.0.0.1:{spec.metrics_port}/metrics",
+                                timeout=5) as resp:
+        text = resp.read().decode()
+    assert "rxchain_orderer_is_leader 1.0" in text
+    assert f"rxchain_orderer_block_height {float(final)}" in text
+    assert "rxchain_orderer_wal_fsync_seconds_count" in text
+    assert 'rxchain_orderer_broadcast_accepted_total' in text
 
 
 def test_quorum_loss_reports_unavailable_then_resumes(cluster):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,13 +10,16 @@ import grpc
 import pytest
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, transaction_pb2
 
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
 from node.crypto.signing import Signer, Verifier, generate_key
 from node.crypto.tls import secure_channel, server_credentials
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
+from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter
 from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
+from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.ticket import Outcome, Ticket
@@ -329,3 +333,58 @@ def test_config_update_validation_rules(tmp_path):
     tracker.adopt(cfg, 7)
     assert tracker.current.block_number == 7 and seen[0].orderer_ids() == [1, 2, 3, 4]
     assert tracker.block_config(block) is None  # same update again: out of sequence
+
+
+# ---------------------------------------------------------------- deliver
+
+
+def test_deliver_from_any_block_follows_and_resumes(tmp_path, net):
+    store = BlockStore(tmp_path / "blocks", fsync=False)
+    prev = GENESIS_PREVIOUS_HASH
+
+    def add(n: int) -> None:
+        nonlocal prev
+        b = block_pb2.Block()
+        b.header.number = n
+        b.header.previous_hash = prev
+        b.data.envelopes.append(b"env-%d" % n)
+        b.header.data_hash = block_data_hash(list(b.data.envelopes))
+        store.append(b)
+        prev = block_header_hash(b.header)
+
+    for n in range(5):
+        add(n)
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    svc = DeliverService(store, lambda: msp, lambda: int(time.time() * 1000), poll_s=0.05)
+    # A bounded range, then end-of-stream status.
+    got = list(svc.blocks_from(services_pb2.DeliverRequest(start_block=2, stop_block=3),
+                               lambda: True))
+    assert [r.block.header.number for r in got[:-1]] == [2, 3]
+    assert got[-1].status.reason == "OK"
+    # Follow: new blocks arrive as they are appended; the client disconnects after 7.
+    active = threading.Event()
+    active.set()
+    seen: list[int] = []
+
+    def follow(start: int) -> None:
+        req = services_pb2.DeliverRequest(start_block=start, follow=True)
+        for r in svc.blocks_from(req, active.is_set):
+            if r.HasField("block"):
+                seen.append(r.block.header.number)
+                if r.block.header.number == 7:
+                    active.clear()
+
+    t = threading.Thread(target=follow, args=(3,))
+    t.start()
+    for n in range(5, 10):
+        time.sleep(0.02)
+        add(n)
+    t.join(5)
+    assert seen == [3, 4, 5, 6, 7]
+    # Resume after the "reconnect" from the block after the last one received.
+    active.set()
+    rest = [r.block.header.number for r in svc.blocks_from(
+        services_pb2.DeliverRequest(start_block=seen[-1] + 1), active.is_set) if r.HasField("block")]
+    assert rest == [8, 9]
+    store.close()
