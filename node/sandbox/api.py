@@ -90,7 +90,7 @@ from typing import Any, Protocol
 
 from node.sandbox import canonical
 from node.sandbox import types as t
-from node.sandbox.errors import Abort, SizeLimit, WriteSetLimit
+from node.sandbox.errors import Abort, ContractError, SizeLimit, WriteSetLimit
 from node.sandbox.meter import Meter
 
 # Gas of context calls: base + bytes // per.  Reads cost a round trip to the host
@@ -107,18 +107,6 @@ GAS_HASH = 20
 GAS_BYTES_PER_UNIT = 32
 
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-
-
-class ContractError(Exception):
-    """Raised by a contract to fail the call with a reason code and a message."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(reason, message)
-        self.reason = reason
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}" if self.message else self.reason
 
 
 def valid_reason(reason: Any) -> bool:

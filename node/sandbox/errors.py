@@ -58,3 +58,18 @@ class ContractRejected(Exception):
         super().__init__(f"line {line}: {message}")
         self.line = line
         self.message = message
+
+
+class ContractError(Exception):
+    """Raised by a contract to fail the call with a reason code and a message.
+
+    Contract code imports it from the virtual module ``rxchain_contract``.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}" if self.message else str(self.reason)

@@ -23,14 +23,21 @@ from functools import partial
 from typing import Any
 
 from node.sandbox import types as t
-from node.sandbox.errors import Abort, MemoryLimit, OutOfGas, RecursionLimit, SizeLimit
+from node.sandbox.errors import (
+    Abort,
+    ContractError,
+    MemoryLimit,
+    OutOfGas,
+    RecursionLimit,
+    SizeLimit,
+)
 
 CALL = 10
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
 _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _SPEC_DIGITS = re.compile(r"\d{5,}")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{5,}")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
 
 # Method names of builtin types that contract code may call (format/encode/translate & co
 # are excluded: attribute traversal, bytes, unbounded expansion).
@@ -385,6 +392,10 @@ class Meter:
                 [f"{self._item(k, depth)}: {self._item(x, depth)}" for k, x in v.items()]
             )
             out = f"{{{inner}}}"
+        elif tv is ContractError:
+            out = self.text(v.reason, False, depth + 1)
+            if v.message:
+                out += ": " + self.text(v.message, False, depth + 1)
         elif isinstance(v, Exception):
             args = v.args
             if len(args) == 1:

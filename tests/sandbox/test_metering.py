@@ -294,4 +294,18 @@ def test_exception_texts_carry_no_memory_addresses() -> None:
     assert r.reason == "CONTRACT_EXCEPTION"
     stored = be.data[("demo", "err")].decode()
     assert "0x?" in stored and "0x?" in r.message
-    assert not re.search(r"0x[0-9a-f]{5,}", stored + r.message)
+    assert not re.search(r"0x[0-9a-f]{8,}", stored + r.message)
+
+
+def test_contract_error_text() -> None:
+    src = fn(
+        "out = []",
+        "for args in (('A_B', 'why'), ('C', '')):",
+        "    try:",
+        "        raise ContractError(*args)",
+        "    except ContractError as e:",
+        "        out.append(str(e))",
+        "        out.append(f'{e!r}')",
+        "return out",
+    )
+    assert value(run(src)) == ["A_B: why", "A_B: why", "C", "C"]
