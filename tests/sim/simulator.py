@@ -90,7 +90,7 @@ def draw_params(rng: random.Random) -> Params:
         delay_max=rng.choice((2, 10, 40)),
         long_delay=rng.choice((0.0, 0.02)),
         crash_every_ms=rng.choice((0, 300, 1000)),
-        partition_every_ms=rng.choice((0, 200, 600)),
+        partition_every_ms=rng.choice((0, 60, 200, 600)),
         conf_changes=conf,
         snapshots=rng.random() < 0.5,
         propose_every_ms=rng.choice((15, 40)),
@@ -431,8 +431,20 @@ class Simulation:
             return
         ids = sorted(self.nodes)
         self.cut.clear()
-        kind = self.rng.choice(("heal", "isolate", "split", "oneway", "bridge"))
-        if kind == "isolate":
+        kind = self.rng.choice(
+            ("heal", "isolate", "split", "oneway", "bridge", "isolate_leader", "isolate_leader")
+        )
+        if kind == "isolate_leader":
+            # Cut the leader off right away: what it appends now stays local (uncommitted
+            # divergent tails are what the commit rules must survive).
+            leaders = [n.id for n in self.nodes.values()
+                       if n.raw is not None and n.raw.raft.state == StateRole.LEADER]
+            kind = "isolate"
+            victim = self.rng.choice(leaders) if leaders else self.rng.choice(ids)
+            for o in ids:
+                if o != victim:
+                    self.cut.update({(victim, o), (o, victim)})
+        elif kind == "isolate":
             victim = self.rng.choice(ids)
             for o in ids:
                 if o != victim:
