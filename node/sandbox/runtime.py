@@ -222,10 +222,20 @@ class Sandbox:
                 if not alive:
                     raise
                 break
-        try:
-            return self._idle.get(timeout=wait_s)
-        except queue.Empty:
-            raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s") from None
+        deadline = self._clock() + wait_s
+        while not self._closed:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
+            try:
+                w = self._idle.get(timeout=min(0.5, left))
+            except queue.Empty:
+                continue
+            if self._closed:
+                w.kill()
+                break
+            return w
+        raise SandboxError("sandbox is closed")
 
     def worker_pids(self) -> list[int]:
         with self._lock:

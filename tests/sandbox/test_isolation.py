@@ -338,3 +338,35 @@ def test_failed_worker_start_is_reported_and_retried() -> None:
             call(sb, fn("return 1"), "f", {})
         sb._argv[:] = good_argv
         assert_serving(sb)
+
+
+def test_close_releases_running_and_waiting_calls() -> None:
+    sb = Sandbox(workers=1)
+    spin = fn("while True:", "    pass")
+    limits = t.SandboxLimits(wall_timeout_s=60)
+    outcomes: dict[str, object] = {}
+
+    def running() -> None:
+        outcomes["running"] = call(sb, spin, "f", {}, gas=10**15, limits=limits)
+
+    def waiting() -> None:
+        try:
+            outcomes["waiting"] = call(sb, fn("return 1"), "f", {})
+        except SandboxError as exc:
+            outcomes["waiting"] = exc
+
+    a = threading.Thread(target=running)
+    a.start()
+    b = threading.Thread(target=waiting)
+    b.start()
+    b.join(timeout=0.5)
+    assert b.is_alive()  # queued behind the busy worker
+    sb.close()
+    a.join(timeout=10)
+    b.join(timeout=10)
+    assert not a.is_alive() and not b.is_alive()
+    running_result = outcomes["running"]
+    assert isinstance(running_result, t.InvocationResult)
+    assert running_result.reason == "WORKER_CRASHED"
+    assert isinstance(outcomes["waiting"], SandboxError)
+    assert sb.worker_pids() == []
