@@ -217,6 +217,21 @@ class Chain:
         """A snapshot message to ``node_id`` was sent (ok) or failed."""
         self._inbox.put(("snap_status", (node_id, ok)))
 
+    def hand_over_leadership(self, timeout_s: float = 1.0) -> bool:
+        """If this node leads, transfer leadership to the most up-to-date voter and wait
+        (bounded) until it has moved; used on graceful shutdown so the cluster does not
+        wait for an election timeout. Returns True when another node leads."""
+        if self._status.role != StateRole.LEADER:
+            return True
+        self._inbox.put(("transfer", None))
+        deadline = self._clock() + timeout_s
+        while self._clock() < deadline:
+            st = self._status
+            if st.role != StateRole.LEADER and st.leader not in (0, self._id):
+                return True
+            time.sleep(0.02)
+        return False
+
     def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
         """Queue a validated envelope for ordering on this node (which must lead). A
         config envelope is cut into a block of its own."""
@@ -298,6 +313,8 @@ class Chain:
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
+        elif kind == "transfer":
+            self._transfer_leadership()
         elif kind == "unreachable":
             assert isinstance(payload, int)
             self._node.report_unreachable(payload)
@@ -306,6 +323,19 @@ class Chain:
             self._node.report_snapshot(node_id, ok)
 
     # ------------------------------------------------------------------ leader side
+
+    def _transfer_leadership(self) -> None:
+        status = self._node.status()
+        if status.role != StateRole.LEADER:
+            return
+        candidates = [
+            (pr.match, rid) for rid, pr in status.progress.items()
+            if rid != self._id and not pr.is_learner and pr.recent_active
+        ]
+        if candidates:
+            target = max(candidates)[1]
+            _log.info("orderer %d hands leadership to %d", self._id, target)
+            self._node.transfer_leader(target)
 
     def _lead_ready(self) -> bool:
         return (

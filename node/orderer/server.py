@@ -69,6 +69,7 @@ class OrdererServer:
         storage (everything acknowledged is already durable)."""
         _log.info("orderer %s shutting down", self.config.name)
         self.broadcast.stop_accepting()
+        self.chain.hand_over_leadership()
         self.deliver.close()
         self.grpc_server.stop(grace_s).wait(grace_s + 1)
         self.chain.stop()

@@ -112,9 +112,19 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     all_serving(procs, client, names)
     resps = client.broadcast(procs.target(names[0]), [client.envelope()[1] for _ in range(5)])
     assert all(r.accepted for r in resps)
-    procs.kill(names[1])
-    assert procs.terminate(names[2]) == 0  # graceful SIGTERM shutdown exits cleanly
-    survivor = names[0]
+    leader = leader_of(procs, client)
+    assert leader is not None
+    followers = [n for n in names if n != leader]
+    ids = {n.name: n.raft_id for n in procs.net.orderers()}
+    # Graceful SIGTERM of the leader: it hands leadership over before exiting, so the
+    # others name a new leader at once (no election timeout), and it exits cleanly.
+    assert procs.terminate(leader) == 0
+    st = client.status(procs.target(followers[0]))
+    assert st.raft_leader not in (0, ids[leader]), st
+    assert "hands leadership to" in procs.log_text(leader)
+    # Now stop a second one: no quorum.
+    procs.kill(followers[1])
+    survivor = followers[0]
     time.sleep(1.0)
     start = time.monotonic()
     resps = client.broadcast(procs.target(survivor), [client.envelope()[1] for _ in range(3)],
@@ -124,8 +134,8 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     assert {r.reason for r in resps} == {"SERVICE_UNAVAILABLE"}
     # Bounded: commit timeout (4 s in these configs) + leader wait (1 s), with slack.
     assert elapsed < 15, elapsed
-    procs.start(names[1])
-    wait_until(lambda: leader_of(procs, client, [survivor, names[1]]), 20,
+    procs.start(followers[1])
+    wait_until(lambda: leader_of(procs, client, [survivor, followers[1]]), 20,
                what="a leader after restart")
 
     def ordered() -> bool:
@@ -134,5 +144,5 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
 
     wait_until(ordered, 20, interval=0.2, what="ordering to resume")
     h0 = _hashes(client, procs, survivor)
-    wait_until(lambda: _hashes(client, procs, names[1]) == h0, 20,
+    wait_until(lambda: _hashes(client, procs, followers[1]) == h0, 20,
                what="both live orderers identical")
