@@ -6,8 +6,8 @@ the InvocationResult.  A worker that crashes, hangs past ``limits.wall_timeout_s
 its memory or CPU limit, or breaks the protocol is killed and replaced; the call returns
 TIMEOUT / MEMORY_LIMIT / WORKER_CRASHED and the pool keeps serving.
 
-Workers start with an empty environment (except PYTHONHASHSEED=0, so set iteration order
-is the same on every peer), no inherited descriptors but the two pipe ends, rlimits and a
+Workers start with an empty environment (except PYTHONHASHSEED, the same on every peer so
+that set iteration order is too), no inherited descriptors but the two pipe ends, rlimits and a
 seccomp filter (see worker.py and seccomp_policy.py).
 """
 
@@ -79,13 +79,14 @@ class _WorkerDied(Exception):
 class _Worker:
     """One worker process and the host's view of its state."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], hash_seed: int) -> None:
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={"PYTHONHASHSEED": "0", "PYTHONUTF8": "1", "PYTHONDONTWRITEBYTECODE": "1"},
+            env={"PYTHONHASHSEED": str(hash_seed), "PYTHONUTF8": "1",
+                 "PYTHONDONTWRITEBYTECODE": "1"},
             close_fds=True,
             start_new_session=True,
             cwd="/",
@@ -140,11 +141,22 @@ class Sandbox:
         *,
         python: str = sys.executable,
         seccomp: bool = True,
+        hash_seed: int = 0,
         allow_unchecked_for_tests: bool = False,
     ) -> None:
+        """Start ``workers`` warm worker processes (``limits.memory_bytes`` is their RLIMIT_AS).
+
+        ``hash_seed`` is the workers' PYTHONHASHSEED: set iteration order depends on it, so
+        every peer of a consortium must use the same value (a consortium-wide secret makes
+        hash-collision attacks by contract authors harder; 0 is the public default).
+        """
+        if not 0 <= hash_seed <= 4294967295:
+            raise ValueError("hash_seed must be in [0, 2**32)")
         if workers < 1:
             raise ValueError("a sandbox needs at least one worker")
         self._limits = limits or t.SandboxLimits()
+        self._hash_seed = hash_seed
+        self.invocations = 0
         self._clock = clock
         paths = [str(_ROOT), str(_ROOT / "gen")]
         self._argv = [python, "-s", "-B", "-P", "-c", _BOOT.format(paths=paths),
@@ -176,7 +188,7 @@ class Sandbox:
     # -- pool ----------------------------------------------------------------------------
     def _spawn_unready(self) -> _Worker:
         try:
-            w = _Worker(self._argv)
+            w = _Worker(self._argv, self._hash_seed)
         except OSError as exc:
             raise SandboxError(f"cannot start a sandbox worker: {exc}") from None
         with self._lock:
@@ -241,6 +253,11 @@ class Sandbox:
         with self._lock:
             return sorted(w.pid for w in self._all if w.proc.poll() is None)
 
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: live workers, restarts, invocations."""
+        return {"workers": len(self.worker_pids()), "restarts": self.restarts,
+                "invocations": self.invocations}
+
     def seccomp_active(self) -> bool:
         with self._lock:
             return all(w.seccomp for w in self._all)
@@ -275,6 +292,7 @@ class Sandbox:
                 b"", (), 0,
             )
         w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
+        self.invocations += 1
         try:
             result = self._run(w, inv, backend, unchecked)
         except _WorkerDied as died:

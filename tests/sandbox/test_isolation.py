@@ -370,3 +370,13 @@ def test_close_releases_running_and_waiting_calls() -> None:
     assert running_result.reason == "WORKER_CRASHED"
     assert isinstance(outcomes["waiting"], SandboxError)
     assert sb.worker_pids() == []
+
+
+def test_hash_seed_fixes_set_order_and_is_configurable() -> None:
+    src = fn("return list({'item-' + str(i) for i in range(40)})")
+    with Sandbox(workers=1) as a, Sandbox(workers=1, hash_seed=12345) as b:
+        first, again = value(call(a, src, "f", {})), value(call(a, src, "f", {}))
+        other = value(call(b, src, "f", {}))
+        assert first == again
+        assert sorted(first) == sorted(other) and first != other
+        assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2}
