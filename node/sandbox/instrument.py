@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import warnings
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any
@@ -335,7 +336,9 @@ def compile_contract(source: str, code_hash: str = "") -> CompiledContract:
     """check_source + instrument + compile (raises ContractRejected)."""
     checked = check_source(source)
     tree = instrument(checked)
-    code = compile(tree, f"<contract {code_hash[:16]}>", "exec", dont_inherit=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = compile(tree, f"<contract {code_hash[:16]}>", "exec", dont_inherit=True)
     return CompiledContract(code, checked.functions)
 
 
