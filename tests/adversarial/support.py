@@ -87,6 +87,8 @@ class Rogues:
     revoked: Path   # h01 doctor whose serial the genesis config revokes
     expired: Path   # h01 doctor issued by h01's real CA, expired last year
     foreign: Path   # "h01" doctor issued by a CA outside the consortium
+    revoked_peer: Path  # a second h02 peer certificate, revoked in the genesis config
+    expired_peer: Path  # an h02 peer certificate issued by h02's real CA, expired
 
 
 def _write_member(directory: Path, cert: cx509.Certificate, key: Any) -> Path:
@@ -125,15 +127,29 @@ def make_rogues(cons: Consortium) -> Rogues:
     foreign_dir = _write_member(out / "foreign", foreign, k)
     (foreign_dir / "foreign-ca.pem").write_bytes(rx509.cert_to_pem(fca))
 
+    h02_dir = home / "orgs" / "h02"
+    h02_ca = cx509.load_pem_x509_certificate((h02_dir / "ca.pem").read_bytes())
+    h02_key = signing.load_private_key((h02_dir / "ca.key").read_bytes())
+    k = signing.generate_key()
+    rpeer = rx509.issue_cert(h02_ca, h02_key, k.public_key(), org="h02", role="peer", name="peer.h02",
+                             now=now, hosts=("127.0.0.1", "localhost"))
+    revoked_peer_dir = _write_member(out / "revoked-peer", rpeer, k)
+    k = signing.generate_key()
+    epeer = rx509.issue_cert(h02_ca, h02_key, k.public_key(), org="h02", role="peer", name="peer.h02",
+                             now=past, days=30, hosts=("127.0.0.1", "localhost"))
+    expired_peer_dir = _write_member(out / "expired-peer", epeer, k)
+
     genesis = read_genesis(cons.net.genesis_path)
     config = config_from_genesis(genesis)
     org = next(o for o in config.organizations if o.id == "h01")
     org.revoked_serials.append(rx509.cert_info(revoked).serial_hex)
+    org2 = next(o for o in config.organizations if o.id == "h02")
+    org2.revoked_serials.append(rx509.cert_info(rpeer).serial_hex)
     header = transaction_pb2.TxHeader.FromString(
         transaction_pb2.Transaction.FromString(
             transaction_pb2.Envelope.FromString(genesis.data.envelopes[0]).payload).header)
     cons.net.genesis_path.write_bytes(make_genesis(config, header.timestamp_ms).SerializeToString())
-    return Rogues(revoked_dir, expired_dir, foreign_dir)
+    return Rogues(revoked_dir, expired_dir, foreign_dir, revoked_peer_dir, expired_peer_dir)
 
 
 # ---------------------------------------------------------------------- the network

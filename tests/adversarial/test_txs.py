@@ -13,6 +13,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from client.errors import RxClientError
 from client.gateway import Gateway
 from node.crypto.canonical import proposal_hash
+from node.crypto.signing import load_signer
 from tests.adversarial.support import AdvNet, Case, CaseTable, iter_blocks_txs, rpc_reason
 from tests.harness.rpc import channel
 
@@ -157,6 +158,36 @@ def test_too_few_endorsements(adv: AdvNet, case_table: CaseTable) -> None:
     case.nothing_written = _state(adv, "rx/RX-one-endorser") is None
     case.still_serving = adv.serving()
     assert reason == "ENDORSEMENT_POLICY_FAILURE"
+    assert case.passed, case
+
+
+@pytest.mark.parametrize("which", ["revoked_peer", "expired_peer"])
+def test_endorsement_by_revoked_or_expired_node_certificate(adv: AdvNet, case_table: CaseTable, which: str) -> None:
+    """peer.h01 endorses for real; the second endorsement (the policy needs two) is made with a
+    revoked / expired h02 peer certificate over the very same payload."""
+    rogue = getattr(adv.rogues, which)
+    rx_id = f"RX-{which}"
+    with adv.gateway("h01", "dr-test") as gw:
+        built = gw.builder.proposal("rxload", "issue", {"rx_id": rx_id, "max_fills": 1, "medfee_fen": 1})
+    with channel(adv.cons.target("peer.h01"), adv.user_creds("h01", "dr-test")) as ch:
+        pr = services_pb2_grpc.EndorserStub(ch).ProcessProposal(built.signed, timeout=10)
+    peer_signer = load_signer(rogue / "cert.pem", rogue / "key.pem", "h02")
+    forged = transaction_pb2.Endorsement(endorser=peer_signer.identity, signature=peer_signer.sign(pr.payload))
+    tx = transaction_pb2.Transaction(header=built.header_bytes, invocation=built.invocation_bytes,
+                                     response_payload=pr.payload, endorsements=[pr.endorsement, forged])
+    with adv.gateway("h01", "dr-test") as gw:
+        env = gw.builder.envelope(built, tx.SerializeToString())
+        try:
+            gw.submit_envelope(built.tx_id, env)
+            reason = "VALID"
+        except RxClientError as exc:
+            reason = exc.reason
+    case = case_table.add(Case(f"endorsement signed with a {which.replace('_', ' ')} certificate", "peers",
+                               "BAD_ENDORSEMENT / ENDORSEMENT_POLICY_FAILURE", outcome=reason,
+                               reason=reason if reason != "VALID" else ""))
+    case.nothing_written = _state(adv, f"rx/{rx_id}") is None
+    case.still_serving = adv.serving()
+    assert reason in ("BAD_ENDORSEMENT", "ENDORSEMENT_POLICY_FAILURE"), reason
     assert case.passed, case
 
 
