@@ -10,7 +10,7 @@ from rxchain.v1 import config_pb2
 from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.identity.msp import MSP
-from node.ledger.statedb import StateReader
+from node.ledger.statedb import StateReader, Version
 from node.ledger.txwrites import CONFIG_KEY, SYSTEM_NS
 
 
@@ -19,6 +19,7 @@ class ConfigSnapshot:
     """One configuration and the MSP built from it."""
 
     raw: bytes
+    version: Version
     config: config_pb2.ConsortiumConfig
     msp: MSP
 
@@ -39,10 +40,10 @@ class ConfigView:
             raise RxError("SERVICE_UNAVAILABLE", "the peer has not committed the genesis block")
         with self._lock:
             cur = self._current
-            if cur is not None and cur.raw == vv.value:
+            if cur is not None and cur.version == vv.version and cur.raw == vv.value:
                 return cur
         config = config_pb2.ConsortiumConfig.FromString(vv.value)
-        snap = ConfigSnapshot(vv.value, config, MSP(config, self._verifier))
+        snap = ConfigSnapshot(vv.value, vv.version, config, MSP(config, self._verifier))
         with self._lock:
             self._current = snap
         return snap
