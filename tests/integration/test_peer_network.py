@@ -237,7 +237,14 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
         except grpc.RpcError as exc:
             assert reason_from_rpc_error(exc) in {"BAD_SIGNATURE", "BAD_CREATOR_SIGNATURE", "TIMEOUT"}
 
-        assert_same_chain(cons, PEERS)
+        top = assert_same_chain(cons, PEERS)
+        # Events from a checkpoint: every block, tx statuses, contract events of valid txs.
+        evs = list(pharm.gw.Events(services_pb2.EventsRequest(start_block=1, contract="counter"),
+                                   timeout=30))
+        assert [e.block_number for e in evs] == list(range(1, top))
+        statuses = [t for e in evs for t in e.txs]
+        assert sum(1 for t in statuses if t.code == transaction_pb2.VALID and t.function == "put") == 38
+        assert sum(1 for e in evs for ev in e.events if ev.name == "stored") == 38
 
         # kill -9 a peer; the others keep going (endorsement falls back to ins01); restart.
         procs.kill9("peer.p01")
