@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 from collections import OrderedDict
 from typing import Any
 
@@ -124,6 +125,50 @@ def check_args(sig: FunctionSig, args_json: bytes, limits: t.SandboxLimits) -> d
                 t.BAD_ARGUMENTS,
             )
     return args
+
+
+def invalid_invocation(inv: t.Invocation) -> str | None:
+    """Why an Invocation is malformed (wrong types or out-of-range numbers), or None."""
+    for name in ("contract", "code_hash", "function"):
+        v = getattr(inv, name)
+        if type(v) is not str or not v or len(v) > 256:
+            return f"{name} must be a non-empty string of at most 256 characters"
+    if type(inv.source) is not str or type(inv.tx_id) is not str:
+        return "source and tx_id must be strings"
+    if type(inv.args_json) is not bytes:
+        return "args_json must be bytes"
+    if type(inv.timestamp_ms) is not int or not -(1 << 63) <= inv.timestamp_ms < 1 << 63:
+        return "timestamp_ms must be a 64-bit integer"
+    if type(inv.gas_limit) is not int or not 0 <= inv.gas_limit < 1 << 63:
+        return "gas_limit must be a non-negative 64-bit integer"
+    c = inv.caller
+    if not isinstance(c, t.CallerInfo) or not all(
+        type(getattr(c, f)) is str for f in ("org", "role", "name", "org_kind", "hospital_level")
+    ):
+        return "caller must be a CallerInfo of strings"
+    if not all(type(k) is str and type(v) is str for k, v in c.attrs.items()):
+        return "caller attributes must map strings to strings"
+    if not all(type(k) is str and type(v) is bytes for k, v in inv.transient.items()):
+        return "transient must map names to JSON bytes"
+    lim = inv.limits
+    if not isinstance(lim, t.SandboxLimits):
+        return "limits must be SandboxLimits"
+    for f in dataclasses.fields(lim):
+        v = getattr(lim, f.name)
+        if f.name == "wall_timeout_s":
+            if type(v) not in (int, float) or not 0 < v < 86400:
+                return "limits.wall_timeout_s must be positive"
+        elif type(v) is not int or not 0 <= v < (1 << 32 if f.name in _U32_LIMITS else 1 << 63):
+            return f"limits.{f.name} is out of range"
+    return None
+
+
+_U32_LIMITS = frozenset({"max_recursion_depth", "max_int_bits", "max_key_len", "max_events",
+                         "max_range_items", "max_history_items", "cpu_seconds"})
+
+
+def bad_invocation(message: str) -> t.InvocationResult:
+    return t.InvocationResult(False, t.BAD_ARGUMENTS, f"invalid invocation: {message}", b"", (), 0)
 
 
 class Engine:

@@ -10,7 +10,7 @@ import threading
 
 from node.sandbox import types as t
 from node.sandbox.api import valid_reason
-from node.sandbox.engine import Engine, rejected_result
+from node.sandbox.engine import Engine, bad_invocation, invalid_invocation, rejected_result
 from node.sandbox.errors import ContractRejected, StateError
 
 
@@ -67,6 +67,9 @@ class InProcessRunner:
         self._lock = threading.Lock()
 
     def invoke(self, inv: t.Invocation, backend: t.StateBackend) -> t.InvocationResult:
+        problem = invalid_invocation(inv)
+        if problem is not None:
+            return bad_invocation(problem)
         with self._lock:
             compiled = self._engine.cached(inv.code_hash)
             if compiled is None:

@@ -30,6 +30,7 @@ from node.sandbox import protocol
 from node.sandbox import types as t
 from node.sandbox.api import valid_reason
 from node.sandbox.checker import check_source
+from node.sandbox.engine import bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
 from node.sandbox.inprocess import InProcessRunner
 
@@ -283,6 +284,9 @@ class Sandbox:
         """Run one invocation (``unchecked`` is for the isolation tests only)."""
         if self._closed:
             raise SandboxError("sandbox is closed")
+        problem = invalid_invocation(inv)
+        if problem is not None:
+            return bad_invocation(problem)
         known = self._sources.get(inv.code_hash)
         if known is None:
             self._sources[inv.code_hash] = inv.source
@@ -331,7 +335,7 @@ class Sandbox:
         if inv.transient:
             req.transient.update(inv.transient)
         req.gas_limit = inv.gas_limit
-        if w.limits != inv.limits:
+        if w.limits is not inv.limits and w.limits != inv.limits:
             req.limits.CopyFrom(protocol.limits_to_msg(inv.limits))
         req.unchecked = unchecked
         return msg.SerializeToString()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,29 @@ def test_same_invocation_same_bytes_and_gas_on_both_runners(sandbox: Sandbox) ->
     ra = InProcessRunner().invoke(inv, a)
     rb = sandbox.invoke(inv, b)
     assert ra == rb and a.log == b.log
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"gas_limit": -1},
+        {"gas_limit": 1 << 64},
+        {"timestamp_ms": 1.5},
+        {"function": ""},
+        {"args_json": "{}"},
+        {"caller": t.CallerInfo("o", "r", attrs={"years": 5})},  # type: ignore[dict-item]
+        {"transient": {"p": "not bytes"}},
+        {"limits": t.SandboxLimits(max_recursion_depth=-1)},
+        {"limits": t.SandboxLimits(max_events=1 << 40)},
+        {"limits": t.SandboxLimits(wall_timeout_s=0)},
+    ],
+)
+def test_malformed_invocations_change_nothing(runner, sandbox: Sandbox, change: dict[str, Any]) -> None:
+    from dataclasses import replace
+
+    restarts = sandbox.restarts
+    be = MemBackend()
+    r = runner.invoke(replace(make_inv(STATE, "events", {"n": 1}), **change), be)
+    assert (r.ok, r.reason) == (False, "BAD_ARGUMENTS") and r.message.startswith("invalid")
+    assert be.log == [] and sandbox.restarts == restarts
+    assert value(call(runner, STATE, "events", {"n": 1})) == 1
