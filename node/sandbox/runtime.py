@@ -131,6 +131,25 @@ def _failure(exc: Exception) -> pb.HostMessage:
     return reply
 
 
+class _NoState:
+    """Backend of warm-up calls (which never reach the contract's code)."""
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return None
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
+        return []
+
+    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+        return []
+
+    def put(self, namespace: str, key: str, value: bytes) -> None:
+        raise AssertionError("warm-up calls do not write")
+
+    def delete(self, namespace: str, key: str) -> None:
+        raise AssertionError("warm-up calls do not write")
+
+
 class Sandbox:
     """Warm pool of contract workers; ``invoke`` is thread-safe."""
 
@@ -310,6 +329,34 @@ class Sandbox:
         else:
             self._idle.put(w)
         return result
+
+    def warm(self, code_hash: str, source: str, contract: str = "warm") -> int:
+        """Compile ``source`` in every idle worker now (e.g. after deploy or at start-up),
+        so the first endorsements do not pay the check/instrument/compile time.
+        Returns how many workers were warmed; a rejected source raises ContractRejected."""
+        check_source(source)
+        taken: list[_Worker] = []
+        while True:
+            try:
+                taken.append(self._idle.get_nowait())
+            except queue.Empty:
+                break
+        warmed = 0
+        probe = t.Invocation(contract, code_hash, source, "_warm", b"{}", "warm", 0,
+                             t.CallerInfo("", ""), {}, 0, self._limits)
+        try:
+            for w in taken:
+                try:
+                    r = self._run(w, probe, _NoState(), False)
+                except _WorkerDied:
+                    self._replace(w)
+                    continue
+                warmed += r.reason == t.UNKNOWN_FUNCTION
+        finally:
+            for w in taken:
+                if w.proc.poll() is None and not w.dead and w in self._all:
+                    self._idle.put(w)
+        return warmed
 
     def _request(self, w: _Worker, inv: t.Invocation, with_source: bool,
                  unchecked: bool) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from node.sandbox import types as t
-from node.sandbox.runtime import Sandbox, SandboxError
+from node.sandbox.runtime import ContractRejected, Sandbox, SandboxError
 from tests.sandbox.helpers import MemBackend, assert_serving, call, make_inv, value
 
 MEMORY = 256 << 20
@@ -381,3 +381,14 @@ def test_hash_seed_fixes_set_order_and_is_configurable() -> None:
         assert first == again
         assert sorted(first) == sorted(other) and first != other
         assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2}
+
+
+def test_warm_compiles_in_every_idle_worker() -> None:
+    src = fn("return 7")
+    with Sandbox(workers=2) as sb:
+        inv = make_inv(src, "f", {})
+        assert sb.warm(inv.code_hash, src) == 2
+        assert sb.stats()["workers"] == 2
+        assert value(sb.invoke(inv, MemBackend())) == 7
+        with pytest.raises(ContractRejected):
+            sb.warm("bad", "import os\n")
