@@ -11,19 +11,32 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
 from tests.fault.schedule import PlannedFault
-from tests.harness.checker import CheckReport, FaultEvent, check, orderer_view, peer_view
+from tests.harness.checker import CheckReport, FaultEvent, check, orderer_view, peer_view, tx_ids_of
 from tests.harness.consortium import Consortium
 from tests.harness.diskfull import SmallDisk
-from tests.harness.load import LoadGenerator
+from tests.harness.load import LoadRecord
 from tests.harness.procs import ProcessManager
 from tests.harness.proxy import Mode
 from tests.harness.rpc import admin_status
 
 Log = Callable[[str], None]
+
+
+class Load(Protocol):
+    """What a chaos run needs of a load generator."""
+
+    rec: LoadRecord
+
+    def start(self) -> None:
+        """Start the workers."""
+
+    def stop(self, timeout_s: float = ...) -> None:
+        """Stop the workers."""
 
 
 @dataclass
@@ -32,7 +45,7 @@ class ChaosRun:
 
     cons: Consortium
     procs: ProcessManager
-    load: LoadGenerator
+    load: Load
     disk: SmallDisk | None
     disk_peer: str
     schedule: list[PlannedFault]
@@ -42,6 +55,9 @@ class ChaosRun:
     t0: float = field(default_factory=time.monotonic)
     faults: list[FaultEvent] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)
+    allowed_below_height: int = 0  # every tx in blocks below this height is set-up, not load
+    prescription_ns: str = "rxload"
+    settlement_ns: str = "rxload"
 
     # ------------------------------------------------------------------ helpers
 
@@ -211,5 +227,9 @@ class ChaosRun:
             self.procs.terminate(name, grace_s=15.0)
         views = [peer_view(n, self.cons.data_dir(n), self.cons.net.genesis_path) for n in self.cons.peer_names()]
         orderers = [orderer_view(n, self.cons.data_dir(n)) for n in self.cons.orderer_names()]
+        allowed = list(self.allowed)
+        for b in views[0].blocks[: self.allowed_below_height]:
+            allowed.extend(t for t in tx_ids_of(b) if t)
         return check(views, self.load.rec.acks, self.load.rec.submitted, faults=self.faults,
-                     allowed=self.allowed, orderers=orderers, prescription_ns="rxload", settlement_ns="rxload")
+                     allowed=allowed, orderers=orderers, prescription_ns=self.prescription_ns,
+                     settlement_ns=self.settlement_ns)

@@ -36,18 +36,17 @@ class PlannedFault:
         return f"+{self.gap_s:.1f}s {self.kind:<14} {self.target:<16} hold {self.hold_s:.1f}s"
 
 
-def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: str, *, long: bool) -> list[PlannedFault]:
-    """The fault schedule for ``seed``: the short one covers each of :data:`SHORT_KINDS` once
-    in a seeded order; the long one adds 18 faults drawn from every kind (25 in all)."""
+def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: str, *, long: bool,
+                  kinds: tuple[str, ...] = SHORT_KINDS) -> list[PlannedFault]:
+    """The fault schedule for ``seed``: the short one covers each of ``kinds`` (default
+    :data:`SHORT_KINDS`) once in a seeded order; the long one adds 18 faults drawn from every
+    kind (no disk_full without a small-disk peer)."""
     rng = random.Random(seed)
-    if long:
-        kinds = list(SHORT_KINDS) + [rng.choice(KINDS) for _ in range(18)]
-        rng.shuffle(kinds)
-    else:
-        kinds = list(SHORT_KINDS)
-        rng.shuffle(kinds)
+    pool = [k for k in KINDS if k != "disk_full" or disk_peer]
+    chosen = list(kinds) + ([rng.choice(pool) for _ in range(18)] if long else [])
+    rng.shuffle(chosen)
     out: list[PlannedFault] = []
-    for kind in kinds:
+    for kind in chosen:
         if kind == "kill9_leader":
             target = "leader"
         elif kind in ("kill9_orderer", "pause_orderer", "quorum_loss"):
@@ -58,5 +57,6 @@ def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: s
             target = disk_peer
         else:
             target = rng.choice(orderers + peers)
-        out.append(PlannedFault(kind, target, round(rng.uniform(1.5, 3.0), 1), round(rng.uniform(2.0, 4.0), 1)))
+        hold = rng.uniform(2.0, 4.0) if long else rng.uniform(1.5, 3.0)
+        out.append(PlannedFault(kind, target, round(rng.uniform(1.5, 3.0), 1), round(hold, 1)))
     return out

@@ -204,6 +204,11 @@ def _txs(block: block_pb2.Block) -> list[_Tx]:
     return out
 
 
+def tx_ids_of(block: block_pb2.Block) -> list[str]:
+    """The tx id of every envelope of a block ('' for one that does not parse)."""
+    return [t.tx_id or "" for t in _txs(block)]
+
+
 def read_peer_blocks(data_dir: Path) -> list[block_pb2.Block]:
     """Every block of a node data dir, through a read-only block store (safe while it runs)."""
     store = BlockStore(Path(resolve_ledger_dir(data_dir)) / "blocks", readonly=True)

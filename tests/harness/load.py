@@ -279,7 +279,7 @@ class LoadGenerator:
         for t in self._threads:
             t.start()
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = 90.0) -> None:
         """Stop the workers (each finishes its current call, which is bounded) and close channels."""
         self._stop.set()
         deadline = time.monotonic() + timeout_s
