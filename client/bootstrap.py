@@ -24,10 +24,11 @@ from typing import Any
 import yaml
 
 from client.errors import RxClientError
+from client.formulary import write_catalogue
 from client.gateway import SubmitResult
 from client.network import NetworkInfo, load_network
 from client.patients import patient_from_yaml, write_directory
-from client.records import dx_key
+from client.records import dx_key, patient_binding
 from client.session import Session
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +192,12 @@ class Bootstrapper:
         run("pharmacies", [
             call(p["org"], "register_pharmacy", {"licence_no": p["licence_no"], "active": p["active"]})
             for p in data.get("pharmacies") or [] if p["org"] in known])
+        formulary = [d for d in data.get("formulary") or [] if d["insurer"] in known]
         run("formulary", [
             call(d["insurer"], "set_drug", {k: d[k] for k in (
-                "code", "short_name", "generic_name", "spec", "cls", "standard_fen", "price_fen",
-                "controlled")})
-            for d in data.get("formulary") or [] if d["insurer"] in known])
+                "code", "spec", "cls", "standard_fen", "price_fen", "controlled")})
+            for d in formulary])
+        write_catalogue(self.home, formulary)
         run("policies", [
             call(p["insurer"], "set_policy", {
                 "effective_ms": int(p.get("effective_ms", 0)),
@@ -204,18 +206,22 @@ class Bootstrapper:
                 "b_share_bp": p["b_share_bp"]})
             for p in data.get("policies") or [] if p["insurer"] in known])
         patients = [p for p in data.get("patients") or [] if p.get("enrolled_by") in known]
-        key = dx_key(self.net.secret)
-        jobs = []
-        for raw in patients:
-            pat = patient_from_yaml(raw)
-            jobs.append(call(pat.enrolled_by, "enrol_patient", {
-                "pseudonym": pat.pseudonym(self.net.secret), "insurer": pat.insurer,
-                "user_org": pat.user_org, "user_name": pat.user_name,
+        secret = self.net.secret
+        key = dx_key(secret)
+        enrolled = [patient_from_yaml(raw) for raw in patients]
+        run("patients", [
+            call(pat.enrolled_by, "enrol_patient", {"pseudonym": pat.pseudonym(secret)}, {
+                "dx_key": key, "diagnoses": [dict(d) for d in pat.diagnoses],
+                "patient_binding": patient_binding(secret, pat.user_org, pat.user_name),
+                "patient_user": {"org": pat.user_org, "name": pat.user_name}})
+            for pat in enrolled])
+        run("accounts", [
+            self._job(pat.insurer, "settlement", "open_account", {
+                "pseudonym": pat.pseudonym(secret), "year": 0,
                 "balance_fen": pat.account_balance_fen,
                 "deductible_used_fen": pat.deductible_used_fen,
-                "cap_used_fen": pat.cap_used_fen,
-            }, {"dx_key": key, "diagnoses": [dict(d) for d in pat.diagnoses]}))
-        run("patients", jobs)
+            }, {"dx_key": key, "cap_used_by_disease": dict(pat.cap_used_by_disease)})
+            for pat in enrolled if pat.insurer in known])
         write_directory(self.home, patients)
         return counts
 

@@ -119,6 +119,8 @@ class Gateway:
         self._peer_height = 0
         self._on_commit = on_commit
         self._catch_up_timeout_s = catch_up_timeout_s
+        # Transient inputs added to every proposal (e.g. a patient's certificate binding).
+        self.default_transient: dict[str, Any] = {}
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -184,10 +186,20 @@ class Gateway:
                 raise rpc_error(exc, cls) from exc
 
     # ------------------------------------------------------------ reads
+    def _transient(self, transient: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        if not self.default_transient:
+            return dict(transient) if transient else None
+        return {**self.default_transient, **(transient or {})}
+
+    def propose(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
+                transient: Mapping[str, Any] | None = None) -> BuiltProposal:
+        """A signed proposal (default transient inputs included)."""
+        return self.builder.proposal(contract, function, args or {}, self._transient(transient))
+
     def evaluate(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
                  transient: Mapping[str, Any] | None = None) -> Any:
         """Run a query on the peer; returns the decoded contract result."""
-        built = self.builder.proposal(contract, function, args or {}, transient)
+        built = self.propose(contract, function, args, transient)
         req = services_pb2.EvaluateRequest(proposal=built.signed)
         resp = self._call(lambda: self._stub.Evaluate(req, timeout=30), EndorsementError)
         return check_response(resp.result)
@@ -232,7 +244,7 @@ class Gateway:
                transient: Mapping[str, Any] | None = None,
                endorsing_orgs: list[str] | None = None) -> SubmitResult:
         """Endorse, sign, order and wait for commit; returns tx id, code, block, result."""
-        built = self.builder.proposal(contract, function, args or {}, transient)
+        built = self.propose(contract, function, args, transient)
         endorsed = self.endorse(built, endorsing_orgs)
         envelope = self.builder.envelope(built, endorsed.prepared_transaction)
         committed = self.submit_envelope(built.tx_id, envelope)

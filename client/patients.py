@@ -38,8 +38,7 @@ class Patient:
     diagnoses: tuple[Mapping[str, Any], ...] = ()
     account_balance_fen: int = 0
     deductible_used_fen: int = 0
-    cap_used_fen: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    cap_used_by_disease: Mapping[str, int] = field(default_factory=dict)
 
     def pseudonym(self, secret: bytes) -> str:
         """The on-ledger identifier."""
@@ -58,7 +57,8 @@ def patient_from_yaml(raw: Mapping[str, Any]) -> Patient:
             diagnoses=tuple(dict(d) for d in raw.get("diagnoses") or ()),
             account_balance_fen=int(raw.get("account_balance_fen", 0)),
             deductible_used_fen=int(raw.get("deductible_used_fen", 0)),
-            cap_used_fen=int(raw.get("cap_used_fen", 0)),
+            cap_used_by_disease={str(k): int(v) for k, v in
+                                 (raw.get("cap_used_by_disease") or {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RxClientError("BAD_CONFIG", f"bad patient entry {raw!r}: {exc}") from exc

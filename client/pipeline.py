@@ -40,7 +40,7 @@ def submit_many(gateway: Gateway, calls: Sequence[Call],
                 timeout_s: float = 120.0) -> list[Outcome]:
     """Endorse, sign, submit and await every call on one Transact stream."""
     built: list[BuiltProposal] = [
-        gateway.builder.proposal(c.contract, c.function, c.args, c.transient) for c in calls
+        gateway.propose(c.contract, c.function, c.args, c.transient) for c in calls
     ]
     results: list[Outcome | None] = [None] * len(calls)
     payloads: dict[int, Any] = {}

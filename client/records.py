@@ -18,7 +18,10 @@ Layouts (base64 strings on the ledger):
   receives K' only).
 
 Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))``; diagnosis tags use
-``dx_key = hex(HMAC-SHA256(consortium secret, b"rxchain/dx-tag/v1"))`` as transient input.
+``dx_key = hex(HMAC-SHA256(consortium secret, b"rxchain/dx-tag/v1"))`` as transient input;
+a patient proves her certificate with ``patient_binding = hex(HMAC-SHA256(secret,
+"patient-cert|" + org + "|" + name))`` and box trace codes are hashed on the ledger under
+``trace_key = hex(HMAC-SHA256(secret, b"rxchain/trace-code/v1"))`` (both transient only).
 The consortium secret is the 32 bytes whose hex is in ``HOME/consortium-secret``.
 """
 
@@ -40,6 +43,7 @@ from node.crypto import aead
 from node.crypto.canonical import canonical_json
 
 SALT_BYTES = 32
+TRACE_KEY_LABEL = b"rxchain/trace-code/v1"
 CONTENT = "content"
 CLAIM = "claim"
 
@@ -54,6 +58,17 @@ def pseudonym(secret: bytes, id_number: str) -> str:
 def dx_key(secret: bytes) -> str:
     """The key (hex) under which diagnosis tags are computed (transient input only)."""
     return hmac.new(secret, b"rxchain/dx-tag/v1", hashlib.sha256).hexdigest()
+
+
+def patient_binding(secret: bytes, org: str, name: str) -> str:
+    """Proof that a patient certificate (org, name) is the enrolled one (transient input):
+    ``hex(HMAC-SHA256(secret, "patient-cert|" + org + "|" + name))``."""
+    return hmac.new(secret, f"patient-cert|{org}|{name}".encode(), hashlib.sha256).hexdigest()
+
+
+def trace_key(secret: bytes) -> str:
+    """The consortium's key for box trace-code hashes (transient input of dispense)."""
+    return hmac.new(secret, TRACE_KEY_LABEL, hashlib.sha256).hexdigest()
 
 
 def commitment(salt: str, value: Any) -> str:

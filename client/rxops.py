@@ -86,11 +86,13 @@ class RxOperations:
 
     # ------------------------------------------------------------ helpers
     def drug(self, code_or_name: str) -> dict[str, Any]:
-        """A formulary entry by national code or short name."""
-        rec = self.s.gateway.evaluate(REGISTRY, "get_drug", {"code_or_name": code_or_name})
+        """A formulary entry (by national code or short name): ledger data plus local names."""
+        local = self.s.formulary.resolve(code_or_name)
+        rec = self.s.gateway.evaluate(REGISTRY, "get_drug", {"code": local.code})
         if not isinstance(rec, dict):
             raise RxClientError("UNKNOWN_DRUG", f"no formulary entry {code_or_name}")
-        return rec
+        return {"short_name": local.short_name, "generic_name": local.generic_name,
+                "spec": rec.get("spec") or local.spec, **rec}
 
     def patient(self, ref: str) -> tuple[Patient, str]:
         """A patient from the local directory and her pseudonym."""
@@ -129,8 +131,7 @@ class RxOperations:
             "first_visit": req.first_visit, "drugs": lines, "days": req.days,
             "long_rx": req.long_rx, "max_fills": req.max_fills,
             "fill_interval_days": req.fill_interval_days, "valid_days": req.valid_days,
-            "patient_info": {"birth_date": patient.birth_date, "name": patient.display_name,
-                             "id_number": patient.id_number},
+            "patient_info": {"birth_date": patient.birth_date, "name": patient.display_name},
             "prescriber": {"org": me.org, "name": me.user,
                            "dr_code": me.attrs.get("dr_code", "")},
             "visit": {"type": "internet-follow-up", "id": req.visit_id or rx_id},
@@ -145,8 +146,8 @@ class RxOperations:
             content["patient_info"]["guardian"] = req.guardian
         insurer = patient.insurer
         if not insurer:
-            enrol = self.s.gateway.evaluate(REGISTRY, "get_patient", {"pseudonym": pseud})
-            insurer = str(enrol.get("insurer", "")) if isinstance(enrol, dict) else ""
+            acct = self.s.gateway.evaluate(SETTLEMENT, "get_account", {"pseudonym": pseud})
+            insurer = str(acct.get("insurer", "")) if isinstance(acct, dict) else ""
         if not insurer:
             raise RxClientError("UNKNOWN_PATIENT", "the patient's insurer is unknown")
         recipients = {me.org: self.s.net.records_public_key(me.org)}
@@ -203,9 +204,10 @@ class RxOperations:
                 if holder != self.s.identity.org:
                     raise
         opened = self._get_key(rx_id)
-        transient = {"content": opened.body, "salt": opened.salt}
-        args = {"rx_id": rx_id, "trace_codes": list(trace_codes)}
-        out = _written(self.s.gateway.submit(RX, "dispense", args, transient))
+        transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
+        if trace_codes:
+            transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
+        out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient))
         if locked is not None:
             out["lock_block"] = locked["block"]
         return out

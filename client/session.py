@@ -12,10 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.errors import RxClientError, WalletError
+from client.formulary import Formulary
 from client.gateway import Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
 from client.patients import PatientDirectory
-from client.records import dx_key
+from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, wallet_dir
 
@@ -58,7 +59,11 @@ class Session:
                                clock=clock, retry=retry, sleep=sleep,
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b))
+        if self.identity.role == "patient":
+            self.gateway.default_transient["patient_binding"] = patient_binding(
+                self.net.secret, self.identity.org, self.identity.user)
         self._directory: PatientDirectory | None = None
+        self._formulary: Formulary | None = None
 
     def _default_peer_org(self, org: str) -> str:
         if any(p.org == org for p in self.net.peers):
@@ -85,6 +90,18 @@ class Session:
         if self._directory is None:
             self._directory = PatientDirectory.load(self.home)
         return self._directory
+
+    @property
+    def formulary(self) -> Formulary:
+        """The local drug catalogue (names -> national codes)."""
+        if self._formulary is None:
+            self._formulary = Formulary.load(self.home)
+        return self._formulary
+
+    @property
+    def trace_key(self) -> str:
+        """Key of the on-ledger trace-code hashes (transient input)."""
+        return trace_key(self.net.secret)
 
     @property
     def dx_key(self) -> str:

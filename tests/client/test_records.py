@@ -152,3 +152,14 @@ def test_rewrapped_key_opens_for_new_pharmacy():
     grant.update(party="p02", wrapped_key=wrap_for(keys["p02"].public_key(), opened.record_key,
                                                     "RX-1", "p02"))
     assert open_grant(grant, [keys["p02"]]).body == _content()
+
+
+def test_patient_binding_and_trace_key_derivations():
+    from client.records import patient_binding, trace_key
+
+    assert patient_binding(SECRET, "h01", "patient-zhang") == hmac.new(
+        SECRET, b"patient-cert|h01|patient-zhang", hashlib.sha256).hexdigest()
+    assert patient_binding(SECRET, "h01", "patient-zhang") != patient_binding(SECRET, "h02",
+                                                                               "patient-zhang")
+    assert trace_key(SECRET) == hmac.new(SECRET, b"rxchain/trace-code/v1",
+                                         hashlib.sha256).hexdigest()

@@ -66,6 +66,7 @@ def _line(code: str, qty: int) -> dict[str, Any]:
         "medication": {"concept": {"coding": [{"code": code}]}},
         "dispenseRequest": {"quantity": {"value": qty},
                             "expectedSupplyDuration": {"value": 7, "unit": "d"},
+                            "validityPeriod": {"start": "2026-01-01", "end": "2026-01-02"},
                             "dispenser": {"identifier": {"value": "p01"}}}}}
 
 

@@ -30,8 +30,14 @@ def _ops(net: Net, who: str) -> RxOperations:
     return RxOperations(Session(net.home, who))
 
 
-def _issue_cli(net: Net, *extra: str, who: str = DOCTOR, patient: str = "patient-zhang") -> dict[str, Any]:
-    return net.cli("--as", who, "rx", "issue", "--patient", patient, "--diagnosis", "I10",
+# Prescriptions in these tests are valid for 2 days (the doctor may extend the day of issue
+# to 3), so a run that crosses China-local midnight (16:00 UTC) cannot see EXPIRED.
+VALID = ("--valid-days", "2")
+
+
+def _issue_cli(net: Net, *extra: str, who: str = DOCTOR,
+               patient: str = "patient-zhang") -> dict[str, Any]:
+    return net.cli("--as", who, "rx", "issue", "--patient", patient, "--diagnosis", "I10", *VALID,
                    *extra)
 
 
@@ -47,7 +53,8 @@ def test_demo_story_through_the_cli(net: Net):
     issued = net.cli_proc("--as", DOCTOR, "rx", "issue", "--patient", "patient-zhang",
                           "--diagnosis", "I10", "--drug", "amlodipine:2",
                           "--drug", "XC08CAB037A001020180517:2", "--days", "28", "--long",
-                          "--chronic-reason", "stable hypertension", "--pharmacy", "p01")
+                          "--chronic-reason", "stable hypertension", "--pharmacy", "p01",
+                          *VALID)
     rx = issued["rx_id"]
     assert isinstance(issued["block"], int) and len(issued["tx_id"]) == 64
     review = net.cli_proc("--as", WANG, "rx", "review", rx, "--approve")
@@ -93,7 +100,7 @@ def test_community_hospital_worked_example_via_sdk(net: Net):
     """DOMAIN.md §3, community: fund 72.25, account 17.75, cash 10.00."""
     doctor = _ops(net, "h02:dr-zhou")
     res = doctor.issue(IssueRequest(
-        patient="patient-zhang", diagnosis="I10", pharmacy="p01", days=7,
+        patient="patient-zhang", diagnosis="I10", pharmacy="p01", days=7, valid_days=2,
         drugs=[DrugLine("amlodipine", 2), DrugLine("benidipine", 2),
                DrugLine("calcium-supplement", 1)]))
     _ops(net, WANG).review(res["rx_id"], True)
@@ -112,7 +119,7 @@ def test_community_hospital_worked_example_via_sdk(net: Net):
 def test_first_claim_of_the_year_goes_to_the_deductible(net: Net):
     """patient-sun: 200.00 deductible remaining, account 12.00."""
     res = _ops(net, "h02:dr-zhou").issue(IssueRequest(
-        patient="patient-sun", diagnosis="I10", pharmacy="p01", days=7,
+        patient="patient-sun", diagnosis="I10", pharmacy="p01", days=7, valid_days=2,
         drugs=[DrugLine("amlodipine", 2), DrugLine("benidipine", 2)]))
     _ops(net, WANG).review(res["rx_id"], True)
     _ops(net, WANG).dispense(res["rx_id"], _codes(1))
@@ -138,7 +145,7 @@ def test_first_claim_of_the_year_goes_to_the_deductible(net: Net):
 ])
 def test_issue_refusals(net: Net, who, args, reason):
     out = net.cli_error("--as", who, "rx", "issue", "--patient", "patient-zhang",
-                        "--diagnosis", "I10", *args)
+                        "--diagnosis", "I10", *VALID, *args)
     assert out["error"] == reason
 
 
@@ -309,3 +316,18 @@ def test_pipelined_submissions_on_one_transact_stream(net: Net):
         got = s.gateway.evaluate("registry", "get_practitioner",
                                  {"org": "h01", "name": f"dr-pipe-{tag}-4"})
         assert got["practice_years"] == 9
+
+
+def test_altered_content_is_hash_mismatch(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    wang = _ops(net, WANG)
+    wang.review(rx, True)
+    wang.lock(rx)
+    opened = wang._get_key(rx)
+    forged = dict(opened.body, drugs=[dict(opened.body["drugs"][0], qty=9)])
+    with pytest.raises(EndorsementError) as e:
+        wang.s.gateway.submit("prescription", "dispense", {"rx_id": rx},
+                              {"content": forged, "salt": opened.salt})
+    assert e.value.reason == "HASH_MISMATCH"
+    done = wang.dispense(rx, _codes(1))
+    assert done["status"] == "DISPENSED"
