@@ -51,6 +51,15 @@ MAX_BLOB = 262144
 MAX_TRACE_CODE = 64
 HEX = "0123456789abcdef"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+JSON_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 FORBIDDEN_CLASSES = ("NARCOTIC", "PSYCHOTROPIC_I", "PSYCHOTROPIC_II", "TOXIC", "RADIOACTIVE")
 LONGRX_EXCLUDED = (
     "ANTIMICROBIAL",
@@ -99,8 +108,28 @@ def _is_blob(s: str) -> bool:
     return isinstance(s, str) and 0 < len(s) <= MAX_BLOB
 
 
+def _canon_str(v: str) -> str:
+    """JSON string literal exactly as json.dumps(ensure_ascii=False) writes it ("" if the
+    string holds a lone surrogate, which canonical JSON cannot encode as UTF-8)."""
+    if v.isprintable():
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = []
+    for ch in v:
+        if ch in JSON_ESCAPES:
+            out.append(JSON_ESCAPES[ch])
+        elif ch < " ":
+            code = ord(ch)
+            out.append("\\u00" + HEX[code // 16] + HEX[code % 16])
+        elif "\ud800" <= ch <= "\udfff":
+            return ""
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _canon(v) -> str:
-    """Canonical JSON of a JSON value, or "" if it cannot be encoded canonically here."""
+    """Canonical JSON of a JSON value (node.crypto.canonical.canonical_json decoded), or ""
+    if it has none (floats, non-string keys, lone surrogates). Identical in every contract."""
     if v is None:
         return "null"
     if v is True:
@@ -110,11 +139,7 @@ def _canon(v) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        if not v.isprintable():
-            for ch in v:
-                if ch < " ":
-                    return ""
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _canon_str(v)
     if isinstance(v, list):
         parts = []
         for item in v:
@@ -128,10 +153,11 @@ def _canon(v) -> str:
         for k in sorted(v.keys()):
             if not isinstance(k, str):
                 return ""
+            ks = _canon_str(k)
             s = _canon(v[k])
-            if s == "":
+            if s == "" or ks == "":
                 return ""
-            parts.append(_canon(k) + ":" + s)
+            parts.append(ks + ":" + s)
         return "{" + ",".join(parts) + "}"
     return ""
 
@@ -261,10 +287,6 @@ def _drug(ctx: Context, code: str) -> dict:
         return {}
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
-        alias = ctx.get_from("registry", "drugname/" + code)
-        if alias is not None:
-            rec = ctx.get_from("registry", "drug/" + alias["code"])
-    if rec is None:
         return {}
     return rec
 
@@ -273,12 +295,23 @@ def _is_patient(ctx: Context, rx: dict) -> bool:
     c = ctx.caller
     if c.role != "patient":
         return False
-    if c.attrs.get("pseudonym", "") == rx["patient"]:
+    return _is_enrolled_user(ctx, rx["patient"])
+
+
+def _is_enrolled_user(ctx: Context, pseudonym: str) -> bool:
+    """A caller with role patient is the patient ``pseudonym``: her certificate attribute
+    ``pseudonym``, or the transient ``patient_binding`` (HMAC of her certificate's org and
+    name under the consortium secret) matches the enrolment's ``user_tag``."""
+    c = ctx.caller
+    if c.attrs.get("pseudonym", "") == pseudonym:
         return True
-    enrol = ctx.get_from("registry", "patient/" + rx["patient"])
+    binding = ctx.transient("patient_binding")
+    if not _is_hex(binding, 64, 64):
+        return False
+    enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         return False
-    return enrol["user_hash"] == ctx.sha256_hex("patient-user|" + c.org + "|" + c.name)
+    return enrol["user_tag"] == ctx.hmac_sha256_hex(binding, "patient-user|" + c.org + "|" + c.name)
 
 
 def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
@@ -290,7 +323,7 @@ def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
         ctx.fail("BAD_TRANSIENT", "transient salt must be 32-128 lower-case hex chars")
     text = _canon(content)
     if text == "":
-        ctx.fail("BAD_CONTENT", "content is not canonical JSON (control characters?)")
+        ctx.fail("BAD_CONTENT", "content has no canonical JSON (lone surrogate?)")
     if ctx.sha256_hex(salt + text) != commitment:
         ctx.fail("HASH_MISMATCH", "content does not match the ledger commitment")
     if content.get("rx_id") != rx_id:
@@ -386,8 +419,10 @@ def _check_follow_up(ctx: Context, content: dict, enrol: dict, pseudonym: str) -
         ctx.fail("BAD_TRANSIENT", "transient dx_key (64 lower-case hex) is required")
     tag = ctx.hmac_sha256_hex(dx_key, pseudonym + "|" + icd10)
     today = _date_str(ctx.timestamp_ms)
+    now = ctx.timestamp_ms
     for dx in enrol["diagnoses"]:
-        if dx["tag"] == tag and dx["physical"] and dx["date"] <= today:
+        recorded = dx.get("recorded_ms", now)
+        if dx["tag"] == tag and dx["physical"] and dx["date"] <= today and recorded < now:
             return tag
     ctx.fail("NOT_FOLLOW_UP", "no earlier physical diagnosis with the same ICD-10 code")
     return tag
@@ -538,7 +573,10 @@ def issue(
     for party in sorted(keys.keys()):
         if party not in allowed:
             ctx.fail("BAD_ARGUMENTS", "unexpected key grant for " + party + " at issue")
-    insurer = enrol["insurer"]
+    acct = ctx.get_from("settlement", "acct/" + patient)
+    if acct is None:
+        ctx.fail("NO_ACCOUNT", "the patient's insurer has not opened her account")
+    insurer = acct["insurer"]
     if len(claim_keys) != 1 or not _is_blob(claim_keys.get(insurer)):
         ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer)
     now = ctx.timestamp_ms
@@ -698,10 +736,47 @@ def release(ctx: Context, rx_id: str) -> dict:
     return {"rx_id": rx_id, "status": rx["status"]}
 
 
-def dispense(ctx: Context, rx_id: str, trace_codes: list) -> dict:
+def _trace_hashes(ctx: Context, boxes: int) -> list:
+    """Keyed hashes of the transient box trace codes (each usable once on the ledger).
+
+    Transient ``trace_codes`` (list, at most one per box; absent = none) and ``trace_key``
+    (64 hex, derived client-side from the consortium secret). State and blocks hold only
+    ``hmac_sha256_hex(trace_key, code)``. The first dispense with codes records the key's
+    check value ``tracekey``; every later key must match it, so a pharmacy cannot escape
+    the reuse check with a key of its own."""
+    codes = ctx.transient("trace_codes")
+    if codes is None:
+        codes = []
+    if not isinstance(codes, list) or len(codes) > boxes:
+        ctx.fail("BAD_TRANSIENT", "transient trace_codes: at most one per box (" + str(boxes) + " boxes)")
+    if len(codes) == 0:
+        return []
+    key = ctx.transient("trace_key")
+    if not _is_hex(key, 64, 64):
+        ctx.fail("BAD_TRANSIENT", "transient trace_key (64 lower-case hex) is required")
+    check = ctx.sha256_hex("rxchain/trace-key-check|" + key)
+    known = ctx.get("tracekey")
+    if known is None:
+        ctx.put("tracekey", {"check": check, "tx_id": ctx.tx_id})
+    elif known["check"] != check:
+        ctx.fail("BAD_TRANSIENT", "trace_key is not the consortium's trace-code key")
+    hashes = []
+    n = 0
+    for code in codes:
+        n = n + 1
+        if not _is_id(code, MAX_TRACE_CODE):
+            ctx.fail("BAD_TRANSIENT", "trace codes are 1-64 chars of [A-Za-z0-9-_.]")
+        h = ctx.hmac_sha256_hex(key, "trace|" + code)
+        if h in hashes or ctx.get("trace/" + h) is not None:
+            ctx.fail("TRACE_CODE_REUSED", "trace code #" + str(n) + " was already used")
+        hashes.append(h)
+    return hashes
+
+
+def dispense(ctx: Context, rx_id: str) -> dict:
     """Dispense one fill (pharmacist of the lock-holding pharmacy). Transient: content, salt
-    (the decrypted prescription, re-checked against the commitment). Each box trace code is
-    usable once across the ledger; state keeps only sha256("trace|" + code)."""
+    (the decrypted prescription, re-checked against the commitment), trace_codes and
+    trace_key (see ``_trace_hashes``): no raw trace code reaches a block or the state."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     _require_pharmacist(ctx)
@@ -718,17 +793,8 @@ def dispense(ctx: Context, rx_id: str, trace_codes: list) -> dict:
     boxes = 0
     for line in content["drugs"]:
         boxes = boxes + line["qty"]
-    if not isinstance(trace_codes, list) or len(trace_codes) > boxes:
-        ctx.fail("BAD_ARGUMENTS", "at most one trace code per box (" + str(boxes) + " boxes)")
     fill = rx["fills"] + 1
-    hashes = []
-    for code in trace_codes:
-        if not _is_id(code, MAX_TRACE_CODE):
-            ctx.fail("BAD_ARGUMENTS", "trace codes are 1-64 chars of [A-Za-z0-9-_.]")
-        h = ctx.sha256_hex("trace|" + code)
-        if h in hashes or ctx.get("trace/" + h) is not None:
-            ctx.fail("TRACE_CODE_REUSED", "trace code " + code + " was already used")
-        hashes.append(h)
+    hashes = _trace_hashes(ctx, boxes)
     for h in hashes:
         ctx.put("trace/" + h, {"rx_id": rx_id, "fill": fill, "tx_id": ctx.tx_id})
     ctx.put(
@@ -1036,9 +1102,7 @@ def patient_prescriptions(ctx: Context, patient: str, start: str, limit: int) ->
     allowed = c.org_kind == "regulator" and c.role == "auditor"
     allowed = allowed or (c.org == enrol["hospital"] and c.role == "admin")
     if not allowed and c.role == "patient":
-        allowed = c.attrs.get("pseudonym", "") == patient or enrol["user_hash"] == ctx.sha256_hex(
-            "patient-user|" + c.org + "|" + c.name
-        )
+        allowed = _is_enrolled_user(ctx, patient)
     if not allowed:
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital's admin and auditors")
     prefix = "pidx/" + patient + "/"

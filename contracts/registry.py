@@ -4,20 +4,27 @@ Reference data the prescription and settlement contracts read:
 
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin;
-* drug formulary ``drug/{medListCodg}`` plus the alias ``drugname/{short_name}`` -> code:
-  written by insurer admins;
+* drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
+  class; no drug names: clients map names to codes with their own catalogue): written by
+  insurer admins, an entry only by the insurer that created it;
 * insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
   ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
   at ``inv13(t)`` with limit 1 returns the version in force at time ``t``; written by the
   insurer's admin; a version never applies before its effective time;
-* patient enrolment ``patient/{pseudonym}``: written by the admin of the enrolling hospital.
+* patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
+  written by the admin of the enrolling hospital. Money (balance, deductible and cap
+  seeds) and the patient's insurer are NOT here: the insurer opens the account with
+  ``settlement.open_account``.
 
 Privacy: a patient is known only by a 64-hex pseudonym (HMAC-SHA256 of the ID number under
 the consortium secret, computed by the client). Diagnoses are never stored in plaintext:
 each earlier diagnosis is stored as ``tag = HMAC-SHA256(dx_key, pseudonym + "|" + ICD-10)``,
 where ``dx_key`` (hex) reaches the contract only as the transient input ``dx_key`` and the
 ICD-10 codes only as the transient input ``diagnoses``. The patient's own certificate is
-stored as ``user_hash = sha256("patient-user|" + org + "|" + name)``, never as a name.
+stored as ``user_tag = HMAC-SHA256(patient_binding, "patient-user|" + org + "|" + name)``
+where ``patient_binding = HMAC-SHA256(consortium secret, "patient-cert|" + org + "|" +
+name)`` (hex) reaches the contract only as a transient input: without the consortium
+secret nobody can test a guessed certificate name against the tag.
 
 Every refusal is ``ctx.fail(REASON, message)``; see contracts/README.md for the full table.
 """
@@ -194,38 +201,35 @@ def get_pharmacy(ctx: Context, org: str) -> dict:
 def set_drug(
     ctx: Context,
     code: str,
-    short_name: str,
-    generic_name: str,
     spec: str,
     cls: str,
     standard_fen: int,
     price_fen: int,
     controlled: str,
 ) -> dict:
-    """Add or update a formulary entry (insurer admins)."""
+    """Add or update a formulary entry (insurer admins; an existing entry only by the
+    insurer that created it). No drug names are stored on the ledger."""
     _require_admin(ctx, ("insurer",))
     if not isinstance(code, str) or len(code) != 23:
         ctx.fail("BAD_ARGUMENTS", "medListCodg must be 23 characters")
     for ch in code:
         if ch not in CODE_CHARS:
             ctx.fail("BAD_ARGUMENTS", "medListCodg must be upper-case letters and digits")
-    if not _is_id(short_name, 48):
-        ctx.fail("BAD_ARGUMENTS", "short_name must be 1-48 id chars")
-    if not _is_text(generic_name) or not _is_text(spec):
-        ctx.fail("BAD_ARGUMENTS", "generic_name/spec must be printable text of <= 128 chars")
+    if not _is_text(spec):
+        ctx.fail("BAD_ARGUMENTS", "spec must be printable text of <= 128 chars")
     if cls not in DRUG_CLASSES:
         ctx.fail("BAD_ARGUMENTS", "class must be A, B or OFF_LIST")
     if controlled not in CONTROLLED_CLASSES:
         ctx.fail("BAD_ARGUMENTS", "controlled class must be one of " + ",".join(CONTROLLED_CLASSES))
     if not _is_int(standard_fen, 0, MAX_FEN) or not _is_int(price_fen, 1, MAX_FEN):
         ctx.fail("BAD_ARGUMENTS", "standard_fen >= 0 and price_fen >= 1 (integer fen)")
-    alias = ctx.get("drugname/" + short_name)
-    if alias is not None and alias["code"] != code:
-        ctx.fail("DUPLICATE_NAME", "short name " + short_name + " belongs to " + alias["code"])
+    org = ctx.caller.org
+    old = ctx.get("drug/" + code)
+    if old is not None and old["insurer"] != org:
+        ctx.fail("ACCESS_DENIED", "formulary entry " + code + " is maintained by " + old["insurer"])
     rec = {
         "code": code,
-        "short_name": short_name,
-        "generic_name": generic_name,
+        "insurer": org,
         "spec": spec,
         "cls": cls,
         "standard_fen": standard_fen,
@@ -234,20 +238,17 @@ def set_drug(
         "updated": _stamp(ctx),
     }
     ctx.put("drug/" + code, rec)
-    ctx.put("drugname/" + short_name, {"code": code})
     ctx.emit("registry.drug", {"code": code})
     return rec
 
 
-def get_drug(ctx: Context, code_or_name: str) -> dict:
-    """A formulary entry by national code or by short name."""
-    rec = ctx.get("drug/" + code_or_name)
+def get_drug(ctx: Context, code: str) -> dict:
+    """A formulary entry by national code (medListCodg)."""
+    if not isinstance(code, str) or len(code) != 23:
+        ctx.fail("UNKNOWN_DRUG", "a formulary entry is looked up by its 23-char national code")
+    rec = ctx.get("drug/" + code)
     if rec is None:
-        alias = ctx.get("drugname/" + code_or_name)
-        if alias is not None:
-            rec = ctx.get("drug/" + alias["code"])
-    if rec is None:
-        ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code_or_name)
+        ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code)
     return rec
 
 
@@ -332,7 +333,8 @@ def get_policy(ctx: Context, insurer: str, at_ms: int) -> dict:
 # ---------------------------------------------------------------- patients
 
 
-def _china_year(ms: int) -> int:
+def _civil(ms: int) -> list:
+    """[year, month, day] of the China-local (UTC+8) calendar day containing ``ms``."""
     days = (ms + 28800000) // 86400000
     z = days + 719468
     era = z // 146097
@@ -341,15 +343,26 @@ def _china_year(ms: int) -> int:
     y = yoe + era * 400
     doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
     mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3
     if mp >= 10:
+        m = mp - 9
         y = y + 1
-    return y
+    return [y, m, d]
+
+
+def _date_str(ms: int) -> str:
+    ymd = _civil(ms)
+    return str(ymd[0]).zfill(4) + "-" + str(ymd[1]).zfill(2) + "-" + str(ymd[2]).zfill(2)
 
 
 def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospital: str) -> list:
+    """Tagged diagnosis entries; each carries ``recorded_ms`` (this transaction's time): the
+    prescription contract counts a diagnosis only for visits in later transactions."""
     if not isinstance(items, list) or len(items) > MAX_DIAGNOSES:
         ctx.fail("BAD_TRANSIENT", "transient diagnoses: a list of at most 16 entries")
     key = _dx_key(ctx)
+    today = _date_str(ctx.timestamp_ms)
     out = []
     for item in items:
         if not isinstance(item, dict):
@@ -360,6 +373,8 @@ def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospit
         physical = item.get("physical", True)
         if not _is_id(icd10, 16) or not _is_date(date) or not _is_id(hospital, 32):
             ctx.fail("BAD_TRANSIENT", "diagnosis needs icd10, date YYYY-MM-DD, hospital")
+        if date > today:
+            ctx.fail("BAD_TRANSIENT", "a diagnosis cannot be dated after this transaction")
         if not isinstance(physical, bool):
             ctx.fail("BAD_TRANSIENT", "diagnosis physical flag is a boolean")
         out.append(
@@ -368,36 +383,47 @@ def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospit
                 "date": date,
                 "hospital": hospital,
                 "physical": physical,
+                "recorded_ms": ctx.timestamp_ms,
             }
         )
     return out
 
 
-def enrol_patient(
-    ctx: Context,
-    pseudonym: str,
-    insurer: str,
-    user_org: str,
-    user_name: str,
-    balance_fen: int,
-    deductible_used_fen: int,
-    cap_used_fen: int,
-) -> dict:
-    """Enrol (or update) a patient of the caller's hospital.
+def _user_tag(ctx: Context) -> str:
+    """The tag of the patient's certificate from transient patient_binding + patient_user."""
+    binding = ctx.transient("patient_binding")
+    user = ctx.transient("patient_user")
+    if not _is_hex(binding, 64):
+        ctx.fail("BAD_TRANSIENT", "transient patient_binding (64 lower-case hex) is required")
+    if not isinstance(user, dict) or not _is_id(user.get("org"), 32) or not _is_id(user.get("name"), 64):
+        ctx.fail("BAD_TRANSIENT", "transient patient_user {org, name} is required")
+    return ctx.hmac_sha256_hex(binding, "patient-user|" + user["org"] + "|" + user["name"])
 
-    Transient inputs: ``dx_key`` (hex) and ``diagnoses`` (list of {icd10, date, hospital,
-    physical}). ``balance_fen`` is the opening personal-account balance; the two counters
-    seed this (China-local) year's deductible used and the cap used for each chronic
-    disease. The settlement contract owns the live balance and counters from then on.
+
+def _is_patient(ctx: Context, rec: dict) -> bool:
+    """The caller is this patient: her certificate's pseudonym attribute, or the transient
+    patient_binding proves her (org, name) matches the enrolment's user_tag."""
+    c = ctx.caller
+    if c.role != "patient":
+        return False
+    if c.attrs.get("pseudonym", "") == rec["pseudonym"]:
+        return True
+    binding = ctx.transient("patient_binding")
+    if not _is_hex(binding, 64):
+        return False
+    return rec["user_tag"] == ctx.hmac_sha256_hex(binding, "patient-user|" + c.org + "|" + c.name)
+
+
+def enrol_patient(ctx: Context, pseudonym: str) -> dict:
+    """Enrol (or update) a patient of the caller's hospital (hospital admin).
+
+    Transient inputs: ``dx_key`` (hex), ``diagnoses`` (list of {icd10, date, hospital,
+    physical}), ``patient_binding`` (hex) and ``patient_user`` ({org, name} of the patient's
+    certificate). No money and no insurer here: see ``settlement.open_account``.
     """
     _require_admin(ctx, ("hospital",))
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
-    if not _is_id(insurer, 32) or not _is_id(user_org, 32) or not _is_id(user_name, 64):
-        ctx.fail("BAD_ARGUMENTS", "insurer, user_org and user_name are ids")
-    for v in (balance_fen, deductible_used_fen, cap_used_fen):
-        if not _is_int(v, 0, MAX_FEN):
-            ctx.fail("BAD_ARGUMENTS", "amounts are non-negative integer fen")
     org = ctx.caller.org
     old = ctx.get("patient/" + pseudonym)
     if old is not None and old["hospital"] != org:
@@ -406,13 +432,8 @@ def enrol_patient(
     rec = {
         "pseudonym": pseudonym,
         "hospital": org,
-        "insurer": insurer,
-        "user_hash": ctx.sha256_hex("patient-user|" + user_org + "|" + user_name),
+        "user_tag": _user_tag(ctx),
         "diagnoses": diagnoses,
-        "opening_balance_fen": balance_fen,
-        "seed_year": _china_year(ctx.timestamp_ms),
-        "seed_deductible_used_fen": deductible_used_fen,
-        "seed_cap_used_fen": cap_used_fen,
         "updated": _stamp(ctx),
     }
     ctx.put("patient/" + pseudonym, rec)
@@ -420,20 +441,29 @@ def enrol_patient(
     return {"pseudonym": pseudonym, "hospital": org, "diagnoses": len(diagnoses)}
 
 
-def add_diagnosis(ctx: Context, pseudonym: str, date: str, physical: bool) -> dict:
-    """Record a diagnosis made at the caller's hospital (admin or doctor of that hospital).
+def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
+    """Record a diagnosis made now at the caller's hospital (admin or doctor of that
+    hospital). Its date is this transaction's (China-local) date, never caller-supplied,
+    and it counts only for prescriptions issued in later transactions.
 
     Transient inputs: ``dx_key`` and ``icd10``.
     """
     c = ctx.caller
     if c.org_kind != "hospital" or c.role not in ("admin", "doctor"):
         ctx.fail("WRONG_ROLE", "a hospital admin or doctor records diagnoses")
+    if not isinstance(physical, bool):
+        ctx.fail("BAD_ARGUMENTS", "physical is a boolean")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
     if len(rec["diagnoses"]) >= MAX_DIAGNOSES:
         ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient")
-    entry = {"icd10": ctx.transient("icd10"), "date": date, "hospital": c.org, "physical": physical}
+    entry = {
+        "icd10": ctx.transient("icd10"),
+        "date": _date_str(ctx.timestamp_ms),
+        "hospital": c.org,
+        "physical": physical,
+    }
     rec["diagnoses"] = rec["diagnoses"] + _diagnosis_entries(ctx, pseudonym, [entry], c.org)
     rec["updated"] = _stamp(ctx)
     ctx.put("patient/" + pseudonym, rec)
@@ -442,9 +472,19 @@ def add_diagnosis(ctx: Context, pseudonym: str, date: str, physical: bool) -> di
 
 
 def get_patient(ctx: Context, pseudonym: str) -> dict:
-    """Enrolment metadata (no diagnoses in plaintext exist anywhere on the ledger)."""
+    """Enrolment metadata (diagnosis tags only): the patient herself, staff of her
+    enrolling hospital, the insurer holding her account (any insurer's clerk/admin before
+    an account is opened) and the regulator's auditors."""
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    c = ctx.caller
+    allowed = c.org_kind == "regulator" and c.role == "auditor"
+    if c.org == rec["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
+        allowed = True
+    if c.org_kind == "insurer" and c.role in ("admin", "clerk"):
+        acct = ctx.get_from("settlement", "acct/" + pseudonym)
+        allowed = acct is None or acct["insurer"] == c.org
+    if not allowed and not _is_patient(ctx, rec):
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     return rec
-

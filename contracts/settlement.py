@@ -15,11 +15,12 @@ The formula of DOMAIN.md section 3, in integer fen, rounding half-up per line:
 
 with rhu(a * b / 10000) = (2 * a * b + 10000) // 20000 for non-negative a, b.
 
-Ownership of shared state: the registry's enrolment holds the opening balance and this
-year's seed counters; this contract owns the live values, keyed by pseudonym:
-``bal/{pseudonym}`` = {"balance_fen"} and ``ctr/{pseudonym}/{year}`` =
-{"deductible_used_fen", "cap_used": {dx_tag: fen}} (year = China-local calendar year of the
-settling tx). They are created from the enrolment on first use. Claims: ``claim/{claim_id}``,
+Ownership of money: the registry's enrolment holds no money and no insurer. The patient's
+insurer (a clerk or admin) opens her account with ``open_account``: ``acct/{pseudonym}`` =
+{"insurer", ...}, the opening ``bal/{pseudonym}`` = {"balance_fen"} and the seed
+``ctr/{pseudonym}/{year}`` = {"deductible_used_fen", "cap_used": {dx_tag: fen}} (cap usage
+per disease; year = China-local calendar year). Counters of a year without a record are
+zero. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -35,8 +36,18 @@ from rxchain_contract import Context
 DAY_MS = 86400000
 TZ_MS = 28800000
 MAX_INV = 9999999999999
+MAX_FEN = 100000000000
 HEX = "0123456789abcdef"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+JSON_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 
 
 def _is_id(s: str, max_len: int) -> bool:
@@ -61,8 +72,28 @@ def _is_int(v: int, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
+def _canon_str(v: str) -> str:
+    """JSON string literal exactly as json.dumps(ensure_ascii=False) writes it ("" if the
+    string holds a lone surrogate, which canonical JSON cannot encode as UTF-8)."""
+    if v.isprintable():
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = []
+    for ch in v:
+        if ch in JSON_ESCAPES:
+            out.append(JSON_ESCAPES[ch])
+        elif ch < " ":
+            code = ord(ch)
+            out.append("\\u00" + HEX[code // 16] + HEX[code % 16])
+        elif "\ud800" <= ch <= "\udfff":
+            return ""
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _canon(v) -> str:
-    """Canonical JSON (same definition as the prescription contract), "" if impossible."""
+    """Canonical JSON of a JSON value (node.crypto.canonical.canonical_json decoded), or ""
+    if it has none (floats, non-string keys, lone surrogates). Identical in every contract."""
     if v is None:
         return "null"
     if v is True:
@@ -72,11 +103,7 @@ def _canon(v) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        if not v.isprintable():
-            for ch in v:
-                if ch < " ":
-                    return ""
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _canon_str(v)
     if isinstance(v, list):
         parts = []
         for item in v:
@@ -90,10 +117,11 @@ def _canon(v) -> str:
         for k in sorted(v.keys()):
             if not isinstance(k, str):
                 return ""
+            ks = _canon_str(k)
             s = _canon(v[k])
-            if s == "":
+            if s == "" or ks == "":
                 return ""
-            parts.append(_canon(k) + ":" + s)
+            parts.append(ks + ":" + s)
         return "{" + ",".join(parts) + "}"
     return ""
 
@@ -129,34 +157,85 @@ def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
 def _drug(ctx: Context, code: str) -> dict:
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
-        alias = ctx.get_from("registry", "drugname/" + code)
-        if alias is not None:
-            rec = ctx.get_from("registry", "drug/" + alias["code"])
-    if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
     return rec
 
 
-def _counters(ctx: Context, enrol: dict, year: int) -> dict:
-    ctr = ctx.get("ctr/" + enrol["pseudonym"] + "/" + str(year))
+def _counters(ctx: Context, pseudonym: str, year: int) -> dict:
+    ctr = ctx.get("ctr/" + pseudonym + "/" + str(year))
     if ctr is not None:
         return ctr
-    ded = 0
-    cap_seed = 0
-    if enrol["seed_year"] == year:
-        ded = enrol["seed_deductible_used_fen"]
-        cap_seed = enrol["seed_cap_used_fen"]
-    cap_used = {}
-    for dx in enrol["diagnoses"]:
-        cap_used[dx["tag"]] = cap_seed
-    return {"deductible_used_fen": ded, "cap_used": cap_used}
+    return {"deductible_used_fen": 0, "cap_used": {}}
 
 
-def _balance(ctx: Context, enrol: dict) -> int:
-    bal = ctx.get("bal/" + enrol["pseudonym"])
+def _account(ctx: Context, pseudonym: str) -> dict:
+    acct = ctx.get("acct/" + pseudonym)
+    if acct is None:
+        ctx.fail("NO_ACCOUNT", "the patient's insurer has not opened her account")
+    return acct
+
+
+def _balance(ctx: Context, pseudonym: str) -> int:
+    bal = ctx.get("bal/" + pseudonym)
     if bal is None:
-        return enrol["opening_balance_fen"]
+        return 0
     return bal["balance_fen"]
+
+
+def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
+                 deductible_used_fen: int) -> dict:
+    """Open an enrolled patient's insurance account (clerk or admin of the insurer).
+
+    ``balance_fen`` is the opening personal-account balance; ``deductible_used_fen`` and the
+    transient ``cap_used_by_disease`` ({ICD-10: fen}, with transient ``dx_key``: no ICD-10
+    code reaches a block or the state) seed the counters of ``year`` (0 = this year; not in
+    the future). An account is opened once; afterwards only claims and reversals move the
+    money."""
+    c = ctx.caller
+    if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
+        ctx.fail("WRONG_ROLE", "only an insurer clerk or admin opens an account")
+    this_year = _china_year(ctx.timestamp_ms)
+    if year == 0:
+        year = this_year
+    if not _is_hex(pseudonym, 64, 64) or not _is_int(year, 1970, this_year):
+        ctx.fail("BAD_ARGUMENTS", "a 64-hex pseudonym and a year 1970..this year (0 = this year)")
+    if not _is_int(balance_fen, 0, MAX_FEN) or not _is_int(deductible_used_fen, 0, MAX_FEN):
+        ctx.fail("BAD_ARGUMENTS", "amounts are non-negative integer fen")
+    enrol = ctx.get_from("registry", "patient/" + pseudonym)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    old = ctx.get("acct/" + pseudonym)
+    if old is not None:
+        ctx.fail("ACCOUNT_EXISTS", "the account was opened by " + old["insurer"])
+    seeds = ctx.transient("cap_used_by_disease")
+    if seeds is None:
+        seeds = {}
+    if not isinstance(seeds, dict) or len(seeds) > 16:
+        ctx.fail("BAD_TRANSIENT", "transient cap_used_by_disease maps ICD-10 -> fen (<= 16)")
+    cap_used = {}
+    if len(seeds) > 0:
+        key = ctx.transient("dx_key")
+        if not _is_hex(key, 64, 64):
+            ctx.fail("BAD_TRANSIENT", "transient dx_key (64 lower-case hex) is required")
+        for dx in sorted(seeds.keys()):
+            if not _is_id(dx, 16) or not _is_int(seeds[dx], 0, MAX_FEN):
+                ctx.fail("BAD_TRANSIENT", "cap_used_by_disease: ICD-10 code -> non-negative fen")
+            cap_used[ctx.hmac_sha256_hex(key, pseudonym + "|" + dx)] = seeds[dx]
+    acct = {
+        "pseudonym": pseudonym,
+        "insurer": c.org,
+        "opened_by": c.name,
+        "opened_ms": ctx.timestamp_ms,
+        "tx_id": ctx.tx_id,
+        "opening_balance_fen": balance_fen,
+        "seed_year": year,
+    }
+    ctx.put("acct/" + pseudonym, acct)
+    ctx.put("bal/" + pseudonym, {"balance_fen": balance_fen})
+    ctx.put("ctr/" + pseudonym + "/" + str(year),
+            {"deductible_used_fen": deductible_used_fen, "cap_used": cap_used})
+    ctx.emit("account.opened", {"insurer": c.org})
+    return acct
 
 
 def _compute(lines: list, policy: dict, level: str, diagnosis: str, ded_used: int,
@@ -251,11 +330,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
-    enrol = ctx.get_from("registry", "patient/" + rx["patient"])
-    if enrol is None:
-        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    if enrol["insurer"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the patient is insured by " + enrol["insurer"])
+    acct = _account(ctx, rx["patient"])
+    if acct["insurer"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the patient is insured by " + acct["insurer"])
     if fill == 0:
         fill = rx["fills"]
     if fill == 0 or fill > rx["fills"]:
@@ -289,10 +366,10 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     if level not in policy["ratio_bp"]:
         ctx.fail("NO_POLICY", "the policy has no ratio for hospital level " + level)
     year = _china_year(now)
-    ctr = _counters(ctx, enrol, year)
+    ctr = _counters(ctx, rx["patient"], year)
     tag = rx["dx_tag"]
     cap_used = ctr["cap_used"].get(tag, 0)
-    balance = _balance(ctx, enrol)
+    balance = _balance(ctx, rx["patient"])
     r = _compute(priced, policy, level, claim["diagnosis"], ctr["deductible_used_fen"],
                 cap_used, balance)
     count = 0
@@ -395,19 +472,43 @@ def reverse(ctx: Context, claim_id: str, reason: str) -> dict:
     return rec
 
 
-def _may_read_patient(ctx: Context, enrol: dict) -> bool:
+def _is_patient(ctx: Context, enrol: dict) -> bool:
+    """Same rule as the registry: certificate attribute, or transient patient_binding."""
     c = ctx.caller
-    if c.org_kind == "regulator" and c.role == "auditor":
-        return True
-    if c.org == enrol["insurer"] and c.role in ("clerk", "admin"):
-        return True
-    if c.org == enrol["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
-        return True
     if c.role != "patient":
         return False
     if c.attrs.get("pseudonym", "") == enrol["pseudonym"]:
         return True
-    return enrol["user_hash"] == ctx.sha256_hex("patient-user|" + c.org + "|" + c.name)
+    binding = ctx.transient("patient_binding")
+    if not _is_hex(binding, 64, 64):
+        return False
+    return enrol["user_tag"] == ctx.hmac_sha256_hex(binding, "patient-user|" + c.org + "|" + c.name)
+
+
+def _may_read_patient(ctx: Context, enrol: dict) -> bool:
+    c = ctx.caller
+    if c.org_kind == "regulator" and c.role == "auditor":
+        return True
+    if c.org_kind == "insurer" and c.role in ("clerk", "admin"):
+        acct = ctx.get("acct/" + enrol["pseudonym"])
+        return acct is not None and acct["insurer"] == c.org
+    if c.org == enrol["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
+        return True
+    return _is_patient(ctx, enrol)
+
+
+def get_account(ctx: Context, pseudonym: str) -> dict:
+    """Who insures the patient (the account metadata, no balance): those who may read her
+    status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
+    enrol = ctx.get_from("registry", "patient/" + pseudonym)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    c = ctx.caller
+    doctor = c.org_kind == "hospital" and c.role == "doctor"
+    if not doctor and not _may_read_patient(ctx, enrol):
+        ctx.fail("ACCESS_DENIED", "not allowed to read this patient's account")
+    acct = _account(ctx, pseudonym)
+    return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
 
 
 def get_claim(ctx: Context, claim_id: str) -> dict:
@@ -432,7 +533,8 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
         year = _china_year(ctx.timestamp_ms)
     if not _is_int(year, 1970, 9999):
         ctx.fail("BAD_ARGUMENTS", "year must be 1970-9999 or 0")
-    ctr = _counters(ctx, enrol, year)
+    _account(ctx, pseudonym)
+    ctr = _counters(ctx, pseudonym, year)
     total = 0
     for tag in sorted(ctr["cap_used"].keys()):
         total = total + ctr["cap_used"][tag]
@@ -442,7 +544,7 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
         "deductible_used_fen": ctr["deductible_used_fen"],
         "cap_used_fen": total,
         "cap_used_by_disease": ctr["cap_used"],
-        "account_balance_fen": _balance(ctx, enrol),
+        "account_balance_fen": _balance(ctx, pseudonym),
     }
 
 

@@ -51,6 +51,8 @@ class Who:
     name: str
     role: str
     attrs: Mapping[str, str] = field(default_factory=dict)
+    # A patient's client sends her binding (transient ``patient_binding``) with every call.
+    binding: str = ""
 
     def info(self) -> CallerInfo:
         return CallerInfo(
@@ -95,6 +97,7 @@ class Chain:
         self.now = t0_ms
         self._seq = 0
         self.events: list[ContractEvent] = []
+        self.block_args: list[bytes] = []
         self._sources = {
             name: (ROOT / "contracts" / f"{name}.py").read_text(encoding="utf-8")
             for name in CONTRACTS
@@ -119,6 +122,8 @@ class Chain:
         self._seq += 1
         tx_id = hashlib.sha256(f"tx-{self._seq}".encode()).hexdigest()
         ts = self.now if at_ms is None else at_ms
+        if caller.binding:
+            transient = {"patient_binding": caller.binding, **(transient or {})}
         inv = Invocation(
             contract=contract,
             code_hash=self._hashes[contract],
@@ -146,6 +151,8 @@ class Chain:
         block = self.state.commit(sim, tx_id, ts) if res.ok else None
         if res.ok:
             self.events.extend(res.events)
+            # what a block carries in clear: the arguments (never the transient inputs)
+            self.block_args.append(canonical.dumps(dict(args)))
         return self._outcome(res, tx_id, block)
 
     def simulate(self, contract: str, fn: str, caller: Who, **args: Any) -> tuple[

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.contracts.chain import Outcome, Who, who
-from tests.contracts.rxclient import Prepared, World
+from tests.contracts.rxclient import Prepared, World, trace_key
 
 JIANG = who("h01:dr-jiang:doctor")
 ZHOU = who("h02:dr-zhou:doctor")
@@ -50,10 +50,12 @@ def content_transient(prep: Prepared) -> dict[str, Any]:
 
 
 def dispense(world: World, prep: Prepared, pharmacist: Who = WANG,
-             trace_codes: list[str] | None = None) -> Outcome:
-    return world.chain.submit("prescription", "dispense", pharmacist,
-                              transient=content_transient(prep),
-                              rx_id=prep.args["rx_id"], trace_codes=trace_codes or [])
+             trace_codes: list[str] | None = None, key: str | None = None) -> Outcome:
+    transient = content_transient(prep)
+    if trace_codes:
+        transient.update(trace_codes=trace_codes, trace_key=key or trace_key())
+    return world.chain.submit("prescription", "dispense", pharmacist, transient=transient,
+                              rx_id=prep.args["rx_id"])
 
 
 def lock_and_dispense(world: World, prep: Prepared, pharmacist: Who = WANG,

@@ -34,6 +34,14 @@ def dx_key() -> str:
     return hmac.new(CONSORTIUM_SECRET, b"rxchain/dx-tag/v1", hashlib.sha256).hexdigest()
 
 
+def trace_key() -> str:
+    return hmac.new(CONSORTIUM_SECRET, b"rxchain/trace-code/v1", hashlib.sha256).hexdigest()
+
+
+def patient_binding(org: str, name: str) -> str:
+    return hmac.new(CONSORTIUM_SECRET, f"patient-cert|{org}|{name}".encode(), hashlib.sha256).hexdigest()
+
+
 def commit(salt: str, value: Any) -> str:
     return hashlib.sha256(salt.encode() + canonical_json(value)).hexdigest()
 
@@ -101,13 +109,13 @@ class World:
             c.submit("registry", "register_pharmacy", admin(ph["org"]),
                      licence_no=ph["licence_no"], active=ph["active"]).unwrap()
         for d in self.sample["formulary"]:
-            args = {k: d[k] for k in ("code", "short_name", "generic_name", "spec", "cls",
-                                      "standard_fen", "price_fen", "controlled")}
+            args = {k: d[k] for k in ("code", "spec", "cls", "standard_fen", "price_fen",
+                                      "controlled")}
             c.submit("registry", "set_drug", admin(d["insurer"]), **args).unwrap()
         for pol in self.sample["policies"]:
             self.set_policy(pol, 0)
         for pt in self.sample["patients"]:
-            self.enrol(pt)
+            self.admit(pt)
 
     def set_policy(self, pol: dict[str, Any], effective_ms: int) -> Outcome:
         return self.chain.submit(
@@ -118,16 +126,36 @@ class World:
         )
 
     def enrol(self, pt: dict[str, Any], **overrides: Any) -> Outcome:
+        """registry.enrol_patient as the enrolling hospital's admin."""
         merged = {**pt, **overrides}
+        user = merged["user"]
         return self.chain.submit(
             "registry", "enrol_patient", admin(merged["enrolled_by"]),
-            transient={"dx_key": dx_key(), "diagnoses": merged["diagnoses"]},
-            pseudonym=pseudonym(merged["id_number"]), insurer=merged["insurer"],
-            user_org=merged["user"]["org"], user_name=merged["user"]["name"],
+            transient={"dx_key": dx_key(), "diagnoses": merged["diagnoses"],
+                       "patient_binding": patient_binding(user["org"], user["name"]),
+                       "patient_user": {"org": user["org"], "name": user["name"]}},
+            pseudonym=pseudonym(merged["id_number"]),
+        )
+
+    def open_account(self, pt: dict[str, Any], caller: Who | None = None, year: int = 0,
+                     **overrides: Any) -> Outcome:
+        """settlement.open_account as the insurer's admin (money lives with the insurer)."""
+        merged = {**pt, **overrides}
+        return self.chain.submit(
+            "settlement", "open_account", caller or admin(merged["insurer"]),
+            transient={"dx_key": dx_key(),
+                       "cap_used_by_disease": merged.get("cap_used_by_disease", {})},
+            pseudonym=pseudonym(merged["id_number"]), year=year,
             balance_fen=merged["account_balance_fen"],
             deductible_used_fen=merged["deductible_used_fen"],
-            cap_used_fen=merged["cap_used_fen"],
         )
+
+    def admit(self, pt: dict[str, Any]) -> None:
+        """Enrol and open the account; the clock moves on 1 ms (a diagnosis counts only for
+        prescriptions of later transactions)."""
+        self.enrol(pt).unwrap()
+        self.open_account(pt).unwrap()
+        self.chain.advance(1)
 
     # ------------------------------------------------------------- identities
     def pid(self, name: str) -> str:
@@ -135,7 +163,8 @@ class World:
 
     def patient_who(self, name: str) -> Who:
         user = self.patients[name]["user"]
-        return Who(user["org"], user["name"], "patient")
+        return Who(user["org"], user["name"], "patient",
+                   binding=patient_binding(user["org"], user["name"]))
 
     def salt(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
@@ -160,8 +189,7 @@ class World:
         content: dict[str, Any] = {
             "rx_id": rx_id,
             "patient": pseudonym(pt["id_number"]),
-            "patient_info": {"name": pt["display_name"], "id_number": pt["id_number"],
-                             "birth_date": pt["birth_date"]},
+            "patient_info": {"name": pt["display_name"], "birth_date": pt["birth_date"]},
             "diagnosis": "I10",
             "first_visit": False,
             "visit": {"mdtrt_id": "MDT-" + rx_id, "med_type": "internet-follow-up"},

@@ -133,7 +133,8 @@ def calls(draw: st.DrawFn) -> tuple[str, str, str, dict[str, Any], dict[str, Any
     args = {name: draw(BY_TYPE[kind]) for name, kind in params}
     transient = draw(st.dictionaries(
         st.sampled_from(["content", "salt", "claim", "claim_salt", "lines", "dx_key",
-                         "diagnoses", "icd10"]), json_values, max_size=3))
+                         "diagnoses", "icd10", "patient_binding", "patient_user", "trace_codes",
+                         "trace_key", "cap_used_by_disease"]), json_values, max_size=3))
     return contract, fn, draw(st.sampled_from(CALLERS)), args, transient
 
 

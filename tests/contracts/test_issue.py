@@ -18,9 +18,8 @@ def reason(world: World, **kw: Any) -> str:
 
 
 def add_drug(world: World, code: str, short: str, controlled: str) -> None:
-    world.chain.submit("registry", "set_drug", admin("ins01"), code=code, short_name=short,
-                       generic_name=short, spec="1 box", cls="A", standard_fen=1000,
-                       price_fen=1000, controlled=controlled).unwrap()
+    world.chain.submit("registry", "set_drug", admin("ins01"), code=code, spec="1 box", cls="A",
+                       standard_fen=1000, price_fen=1000, controlled=controlled).unwrap()
     world.codes[short] = code
 
 
@@ -66,14 +65,34 @@ def test_first_visit_or_other_diagnosis_is_not_follow_up(world: World) -> None:
     # an online (non-physical) earlier diagnosis does not count
     world.chain.submit("registry", "add_diagnosis", admin("h01"),
                        transient={"dx_key": dx_key(), "icd10": "E11.9"},
-                       pseudonym=world.pid("patient-zhang"), date="2025-01-10",
-                       physical=False).unwrap()
+                       pseudonym=world.pid("patient-zhang"), physical=False).unwrap()
     assert reason(world, diagnosis="E11.9") == "NOT_FOLLOW_UP"
     world.chain.submit("registry", "add_diagnosis", admin("h02"),
                        transient={"dx_key": dx_key(), "icd10": "E11.9"},
-                       pseudonym=world.pid("patient-zhang"), date="2025-02-10",
-                       physical=True).unwrap()
+                       pseudonym=world.pid("patient-zhang"), physical=True).unwrap()
+    world.chain.advance(1)
     issue(world, diagnosis="E11.9", drugs=[("metformin", 2)])[1].unwrap()
+
+
+def test_a_physical_diagnosis_counts_only_for_later_visits(world: World) -> None:
+    """The diagnosis date is the transaction's: a doctor cannot backdate one to turn a
+    first visit into a follow-up; recorded now, it counts from the next transaction on."""
+    pid = world.pid("patient-zhang")
+    t = {"dx_key": dx_key(), "icd10": "J45"}
+    backdated = world.chain.submit("registry", "add_diagnosis", JIANG, transient=t,
+                                   pseudonym=pid, date="2020-01-01", physical=True)
+    assert backdated.reason == "BAD_ARGUMENTS"
+    world.chain.submit("registry", "add_diagnosis", JIANG, transient=t, pseudonym=pid,
+                       physical=True).unwrap()
+    # the same instant (one visit) is not a follow-up of itself
+    assert reason(world, diagnosis="J45", drugs=[("metformin", 1)]) == "NOT_FOLLOW_UP"
+    # an issue timestamped before the diagnosis does not see it either
+    rx_id = world.new_rx_id()
+    prep = world.prepare(world.content(rx_id, diagnosis="J45", drugs=[("metformin", 1)]),
+                         pharmacy="p01")
+    assert world.issue(prep, JIANG, at_ms=world.chain.now - 60_000).reason == "NOT_FOLLOW_UP"
+    world.chain.advance(60_000)
+    issue(world, diagnosis="J45", drugs=[("metformin", 1)])[1].unwrap()
 
 
 def test_wrong_dx_key_cannot_fake_a_follow_up(world: World) -> None:

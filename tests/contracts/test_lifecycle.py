@@ -3,6 +3,8 @@ expiry and the trace: DOMAIN.md section 2."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 from tests.contracts.chain import DAY_MS, Who, admin, who
@@ -24,7 +26,7 @@ from tests.contracts.flows import (
     lock_and_dispense,
     settle,
 )
-from tests.contracts.rxclient import World
+from tests.contracts.rxclient import World, trace_key
 
 LI = who("p01:pharm-li:pharmacist")
 LONG = {"long_rx": True, "chronic_reason": "stable hypertension", "days": 28}
@@ -142,7 +144,7 @@ def test_trace_codes_are_single_use_across_the_ledger(world: World) -> None:
     a = approved(world, drugs=[("amlodipine", 2)])
     b = approved(world, drugs=[("amlodipine", 2)])
     world.chain.submit("prescription", "lock", WANG, rx_id=a.args["rx_id"]).unwrap()
-    assert dispense(world, a, trace_codes=["T1", "T2", "T3"]).reason == "BAD_ARGUMENTS"
+    assert dispense(world, a, trace_codes=["T1", "T2", "T3"]).reason == "BAD_TRANSIENT"
     assert dispense(world, a, trace_codes=["T1", "T1"]).reason == "TRACE_CODE_REUSED"
     assert dispense(world, a, trace_codes=["81234560000000000001", "81234560000000000002"]).ok
     world.chain.submit("prescription", "lock", WANG, rx_id=b.args["rx_id"]).unwrap()
@@ -153,6 +155,29 @@ def test_trace_codes_are_single_use_across_the_ledger(world: World) -> None:
     assert b"81234560000000000002" not in world.chain.raw_state_bytes()
 
 
+def test_trace_codes_are_transient_and_keyed(world: World) -> None:
+    """No raw trace code in the arguments (block) or state; a pharmacy cannot dodge the
+    reuse check with a key of its own, nor pass codes as a plain argument."""
+    a = approved(world, drugs=[("amlodipine", 2)])
+    b = approved(world, drugs=[("amlodipine", 2)])
+    world.chain.submit("prescription", "lock", WANG, rx_id=a.args["rx_id"]).unwrap()
+    out = world.chain.submit("prescription", "dispense", WANG, transient=content_transient(a),
+                             rx_id=a.args["rx_id"], trace_codes=["81234560000000000051"])
+    assert out.reason == "BAD_ARGUMENTS"  # the old plaintext argument no longer exists
+    assert dispense(world, a, trace_codes=["81234560000000000051"]).ok
+    world.chain.submit("prescription", "lock", WANG, rx_id=b.args["rx_id"]).unwrap()
+    assert dispense(world, b, trace_codes=["81234560000000000051"],
+                    key="77" * 32).reason == "BAD_TRANSIENT"
+    assert dispense(world, b, trace_codes=["81234560000000000051"]).reason == "TRACE_CODE_REUSED"
+    raw = world.chain.raw_state_bytes()
+    assert b"81234560000000000051" not in raw
+    plain = hashlib.sha256(b"trace|81234560000000000051").hexdigest()
+    assert plain.encode() not in raw  # keyed, not a guessable bare hash
+    keyed = hmac.new(bytes.fromhex(trace_key()), b"trace|81234560000000000051",
+                     hashlib.sha256).hexdigest()
+    assert keyed.encode() in raw
+
+
 def test_dispense_checks_the_commitment(world: World) -> None:
     prep = approved(world)
     world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()
@@ -160,11 +185,11 @@ def test_dispense_checks_the_commitment(world: World) -> None:
     tampered["drugs"] = [{"code": world.codes["amlodipine"], "qty": 9}]
     out = world.chain.submit("prescription", "dispense", WANG,
                              transient={"content": tampered, "salt": prep.salt},
-                             rx_id=prep.args["rx_id"], trace_codes=[])
+                             rx_id=prep.args["rx_id"])
     assert out.reason == "HASH_MISMATCH"
     out = world.chain.submit("prescription", "dispense", WANG,
                              transient={"content": prep.content, "salt": "0" * 32},
-                             rx_id=prep.args["rx_id"], trace_codes=[])
+                             rx_id=prep.args["rx_id"])
     assert out.reason == "HASH_MISMATCH"
     assert dispense(world, prep).ok
 

@@ -185,6 +185,25 @@ def test_no_identifying_plaintext_in_state(world: World) -> None:
     assert enrol and all(b"I10" not in v for v in enrol)
 
 
+def test_no_drug_names_or_trace_codes_anywhere_on_the_ledger(world: World) -> None:
+    """Issue 6: a raw scan of state and block contents finds no patient name, ID number,
+    drug name or box trace code -- including the registry (the formulary keeps codes,
+    classes, prices and specs; names live in the clients' catalogue)."""
+    story(world)
+    raw = world.chain.raw_state_bytes() + b"\n".join(world.chain.block_args)
+    raw += b"".join(e.payload_json for e in world.chain.events)
+    needles = ["81234560000000000100"]
+    for pt in world.sample["patients"]:
+        needles += [pt["display_name"], pt["id_number"]]
+    for d in world.sample["formulary"]:
+        needles += [d["short_name"], d["generic_name"]]
+    for needle in needles:
+        assert needle.encode() not in raw, needle
+        assert needle.lower().encode() not in raw.lower(), needle
+    formulary = world.chain.query("registry", "list_drugs", WANG, start="", limit=200).unwrap()
+    assert {d["code"] for d in formulary} == set(world.codes.values())
+
+
 def test_prescription_listings(world: World) -> None:
     ids = [approved(world).args["rx_id"] for _ in range(3)]
     sun = approved(world, doctor=ZHOU, patient="patient-sun").args["rx_id"]

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from tests.contracts.chain import DAY_MS, Who, admin, who
-from tests.contracts.flows import JIANG, WANG, approved
-from tests.contracts.rxclient import World, dx_key
+from tests.contracts.flows import JIANG, WANG, approved, issue
+from tests.contracts.rxclient import World, dx_key, pseudonym
 
 DOCTOR: dict[str, Any] = {"name": "dr-li", "role": "doctor", "code": "D500103000077", "licence_active": True,
           "practice_years": 5, "internet_practice": True}
-DRUG: dict[str, Any] = {"code": "XC09AAE001A001010100042", "short_name": "enalapril", "generic_name": "Enalapril",
-        "spec": "10 mg x 16", "cls": "A", "standard_fen": 900, "price_fen": 900,
-        "controlled": "NONE"}
+DRUG: dict[str, Any] = {"code": "XC09AAE001A001010100042", "spec": "10 mg x 16", "cls": "A",
+                        "standard_fen": 900, "price_fen": 900, "controlled": "NONE"}
 
 
 def submit(world: World, fn: str, caller: Who, transient: dict[str, Any] | None = None,
@@ -57,16 +57,28 @@ def test_formulary_is_maintained_by_insurer_admins(world: World) -> None:
     assert submit(world, "set_drug", admin("ins01"),
                   **{**DRUG, "controlled": "OPIOID"}) == "BAD_ARGUMENTS"
     assert submit(world, "set_drug", admin("ins01"), **{**DRUG, "price_fen": 0}) == "BAD_ARGUMENTS"
+    # names are not ledger data any more: the old name arguments are refused
     assert submit(world, "set_drug", admin("ins01"),
-                  **{**DRUG, "short_name": "amlodipine"}) == "DUPLICATE_NAME"
+                  **{**DRUG, "short_name": "enalapril"}) == "BAD_ARGUMENTS"
     assert submit(world, "set_drug", admin("ins02"), **DRUG) == "OK"
-    by_name = world.chain.query("registry", "get_drug", WANG, code_or_name="enalapril").unwrap()
-    by_code = world.chain.query("registry", "get_drug", WANG, code_or_name=DRUG["code"]).unwrap()
-    assert by_name == by_code and by_name["price_fen"] == 900
-    missing = world.chain.query("registry", "get_drug", WANG, code_or_name="aspirin")
-    assert missing.reason == "UNKNOWN_DRUG"
+    by_code = world.chain.query("registry", "get_drug", WANG, code=DRUG["code"]).unwrap()
+    assert by_code["price_fen"] == 900 and by_code["insurer"] == "ins02"
+    assert not {"short_name", "generic_name"} & set(by_code)
+    for missing in ("enalapril", "XC09AAE001A001010100043"):
+        out = world.chain.query("registry", "get_drug", WANG, code=missing)
+        assert out.reason == "UNKNOWN_DRUG"
     page = world.chain.query("registry", "list_drugs", WANG, start="", limit=200).unwrap()
     assert len(page) == len(world.sample["formulary"]) + 1
+
+
+def test_an_insurer_cannot_reprice_another_insurers_formulary_entry(world: World) -> None:
+    amlodipine = world.codes["amlodipine"]
+    cheap = {**DRUG, "code": amlodipine, "price_fen": 1, "standard_fen": 100000}
+    assert submit(world, "set_drug", admin("ins02"), **cheap) == "ACCESS_DENIED"
+    assert submit(world, "set_drug", admin("h01"), **cheap) == "ACCESS_DENIED"
+    rec = world.chain.query("registry", "get_drug", WANG, code=amlodipine).unwrap()
+    assert rec["price_fen"] == 2000 and rec["insurer"] == "ins01"
+    assert submit(world, "set_drug", admin("ins01"), **{**cheap, "price_fen": 2100}) == "OK"
 
 
 def test_policy_versions_by_effective_time(world: World) -> None:
@@ -102,32 +114,117 @@ def test_patient_enrolment_rules(world: World) -> None:
     assert world.enrol(zhang, enrolled_by="h02").reason == "ACCESS_DENIED"
     assert world.enrol(zhang, enrolled_by="p01").reason == "ACCESS_DENIED"
     assert world.enrol(zhang, id_number="x").unwrap()  # a different pseudonym is a new patient
-    out = world.chain.submit(
-        "registry", "enrol_patient", admin("h01"), transient={"diagnoses": []},
-        pseudonym="ab" * 32, insurer="ins01", user_org="h01", user_name="p", balance_fen=0,
-        deductible_used_fen=0, cap_used_fen=0)
-    assert out.reason == "BAD_TRANSIENT"
-    out = world.chain.submit(
-        "registry", "enrol_patient", admin("h01"),
-        transient={"dx_key": dx_key(), "diagnoses": []},
-        pseudonym="Zhang Guilan", insurer="ins01", user_org="h01", user_name="p",
-        balance_fen=0, deductible_used_fen=0, cap_used_fen=0)
-    assert out.reason == "BAD_ARGUMENTS"
-    out = world.chain.submit(
-        "registry", "enrol_patient", admin("h01"),
-        transient={"dx_key": dx_key(), "diagnoses": [{"icd10": "I10", "date": "yesterday"}]},
-        pseudonym="cd" * 32, insurer="ins01", user_org="h01", user_name="p",
-        balance_fen=0, deductible_used_fen=0, cap_used_fen=0)
-    assert out.reason == "BAD_TRANSIENT"
-    args = {"pseudonym": "ef" * 32, "date": "2025-01-01", "physical": True}
+    full = {"dx_key": dx_key(), "diagnoses": [], "patient_binding": "ab" * 32,
+            "patient_user": {"org": "h01", "name": "p"}}
+    for drop in ("dx_key", "patient_binding", "patient_user"):
+        t = {k: v for k, v in full.items() if k != drop}
+        assert submit(world, "enrol_patient", admin("h01"), transient=t,
+                      pseudonym="ab" * 32) == "BAD_TRANSIENT", drop
+    assert submit(world, "enrol_patient", admin("h01"), transient=full,
+                  pseudonym="Zhang Guilan") == "BAD_ARGUMENTS"
+    bad = {**full, "diagnoses": [{"icd10": "I10", "date": "yesterday"}]}
+    assert submit(world, "enrol_patient", admin("h01"), transient=bad,
+                  pseudonym="cd" * 32) == "BAD_TRANSIENT"
+    future = {**full, "diagnoses": [{"icd10": "I10", "date": "2030-01-01"}]}
+    assert submit(world, "enrol_patient", admin("h01"), transient=future,
+                  pseudonym="cd" * 32) == "BAD_TRANSIENT"
+    args = {"pseudonym": "ef" * 32, "physical": True}
     t = {"dx_key": dx_key(), "icd10": "E11"}
     assert submit(world, "add_diagnosis", WANG, transient=t, **args) == "WRONG_ROLE"
     assert submit(world, "add_diagnosis", admin("h03"), transient=t, **args) == "UNKNOWN_PATIENT"
     rec = world.chain.query("registry", "get_patient", JIANG,
                             pseudonym=world.pid("patient-zhang")).unwrap()
-    assert rec["hospital"] == "h01" and rec["insurer"] == "ins01"
+    assert rec["hospital"] == "h01"
     assert len(rec["diagnoses"]) == 1 and len(rec["diagnoses"][0]["tag"]) == 64
-    assert rec["seed_year"] == 2026
+
+
+def test_money_and_insurer_are_not_set_by_the_hospital(world: World) -> None:
+    """Opening balance, deductible/cap seeds and the insurer: only the insurer writes them."""
+    pt = {**world.patients["patient-zhang"], "name": "patient-new",
+          "id_number": "500103198001010011", "user": {"org": "h01", "name": "patient-new"},
+          "account_balance_fen": 10_000_000, "deductible_used_fen": 20000}
+    # the old enrolment arguments (balance, seeds, insurer) no longer exist
+    out = world.chain.submit(
+        "registry", "enrol_patient", admin("h01"),
+        transient={"dx_key": dx_key(), "diagnoses": [], "patient_binding": "ab" * 32,
+                   "patient_user": {"org": "h01", "name": "patient-new"}},
+        pseudonym=pseudonym(pt["id_number"]), insurer="ins01", balance_fen=10_000_000)
+    assert out.reason == "BAD_ARGUMENTS"
+    world.enrol(pt).unwrap()
+    rec = world.chain.query("registry", "get_patient", admin("h01"),
+                            pseudonym=pseudonym(pt["id_number"])).unwrap()
+    assert not {"insurer", "opening_balance_fen", "seed_deductible_used_fen",
+                "seed_cap_used_fen"} & set(rec)
+    # nobody but an insurer clerk/admin opens the account
+    for caller in (admin("h01"), JIANG, WANG, who("reg01:auditor-fang:auditor")):
+        assert world.open_account(pt, caller=caller).reason == "WRONG_ROLE"
+    assert world.open_account({**pt, "id_number": "nobody"}).reason == "UNKNOWN_PATIENT"
+    assert world.open_account(pt, year=2099).reason == "BAD_ARGUMENTS"
+    assert world.open_account(pt, account_balance_fen=-1).reason == "BAD_ARGUMENTS"
+    assert world.open_account(pt, cap_used_by_disease={"I10": "x"}).reason == "BAD_TRANSIENT"
+    opened = world.open_account(pt, caller=who("ins02:clerk-lu:clerk")).unwrap()
+    assert opened["insurer"] == "ins02"
+    assert world.open_account(pt).reason == "ACCOUNT_EXISTS"  # once, by one insurer
+    status = world.chain.query("settlement", "patient_status", who("ins02:clerk-lu:clerk"),
+                               pseudonym=pseudonym(pt["id_number"]), year=0).unwrap()
+    assert status["account_balance_fen"] == 10_000_000
+    assert status["deductible_used_fen"] == 20000
+    # a prescription cannot be issued (no claim key holder) for an enrolled but uninsured patient
+    world.enrol({**pt, "id_number": "500103198001010022"}).unwrap()
+    world.patients["patient-uninsured"] = {**pt, "id_number": "500103198001010022"}
+    world.chain.advance(1)
+    assert issue(world, patient="patient-uninsured")[1].reason == "NO_ACCOUNT"
+
+
+def test_diagnosis_date_is_the_transaction_date(world: World) -> None:
+    pid = world.pid("patient-zhang")
+    t = {"dx_key": dx_key(), "icd10": "E11"}
+    # a caller-supplied date is no longer accepted (it allowed backdating)
+    assert submit(world, "add_diagnosis", JIANG, transient=t, pseudonym=pid, date="2020-01-01",
+                  physical=True) == "BAD_ARGUMENTS"
+    assert submit(world, "add_diagnosis", JIANG, transient=t, pseudonym=pid,
+                  physical=True) == "OK"
+    rec = world.chain.query("registry", "get_patient", JIANG, pseudonym=pid).unwrap()
+    last = rec["diagnoses"][-1]
+    assert last["date"] == "2026-11-25" and last["recorded_ms"] == world.chain.now
+
+
+def test_get_patient_is_restricted(world: World) -> None:
+    pid = world.pid("patient-zhang")
+    zhang = world.patient_who("patient-zhang")
+    readers = [zhang, admin("h01"), JIANG, who("h01:pharm-he:pharmacist"),
+               who("ins01:clerk-qian:clerk"), admin("ins01"), who("reg01:auditor-fang:auditor")]
+    for reader in readers:
+        assert world.chain.query("registry", "get_patient", reader, pseudonym=pid).ok, reader
+    outsiders = [
+        admin("h02"), who("h02:dr-zhou:doctor"), WANG, who("ins02:clerk-lu:clerk"),
+        world.patient_who("patient-sun"),
+        Who("h01", "patient-zhang", "patient"),  # her certificate name, but no binding
+        Who("h02", "patient-sun", "patient", binding=zhang.binding),  # someone else's binding
+        Who("h01", "patient-zhang", "patient", binding="00" * 32),
+    ]
+    for outsider in outsiders:
+        out = world.chain.query("registry", "get_patient", outsider, pseudonym=pid)
+        assert out.reason == "ACCESS_DENIED", outsider
+
+
+def test_patient_certificate_is_keyed_not_a_bare_hash(world: World) -> None:
+    pid = world.pid("patient-zhang")
+    rec = world.chain.query("registry", "get_patient", JIANG, pseudonym=pid).unwrap()
+    assert "user_hash" not in rec
+    guessable = hashlib.sha256(b"patient-user|h01|patient-zhang").hexdigest()
+    assert rec["user_tag"] != guessable
+    assert guessable.encode() not in world.chain.raw_state_bytes()
+    # without her binding the patient is refused everywhere
+    prep = approved(world)
+    bare = Who("h01", "patient-zhang", "patient")
+    assert world.chain.query("prescription", "show", bare, rx_id=prep.args["rx_id"]).reason == "ACCESS_DENIED"
+    assert world.chain.submit("prescription", "get_key", bare,
+                              rx_id=prep.args["rx_id"]).value["error"] == "NO_KEY_GRANT"
+    assert world.chain.query("settlement", "patient_status", bare, pseudonym=pid,
+                             year=0).reason == "ACCESS_DENIED"
+    assert world.chain.query("prescription", "show", world.patient_who("patient-zhang"),
+                             rx_id=prep.args["rx_id"]).ok
 
 
 def test_diagnosis_list_is_bounded(world: World) -> None:
@@ -135,7 +232,7 @@ def test_diagnosis_list_is_bounded(world: World) -> None:
     for i in range(15):
         assert submit(world, "add_diagnosis", admin("h01"),
                       transient={"dx_key": dx_key(), "icd10": f"E{i:02d}"},
-                      pseudonym=pid, date="2025-01-01", physical=True) == "OK"
+                      pseudonym=pid, physical=True) == "OK"
     assert submit(world, "add_diagnosis", admin("h01"),
                   transient={"dx_key": dx_key(), "icd10": "E99"},
-                  pseudonym=pid, date="2025-01-01", physical=True) == "LIMIT_EXCEEDED"
+                  pseudonym=pid, physical=True) == "LIMIT_EXCEEDED"

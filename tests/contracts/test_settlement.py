@@ -20,7 +20,7 @@ def make_patient(world: World, name: str, **overrides: Any) -> str:
                 user={"org": "h01", "name": name})
     base.update(overrides)
     world.patients[name] = base
-    world.enrol(base).unwrap()
+    world.admit(base)
     return name
 
 
@@ -80,7 +80,7 @@ def test_example_first_claim_of_the_year(world: World) -> None:
 
 
 def test_example_cap_almost_used(world: World) -> None:
-    make_patient(world, "patient-cap", cap_used_fen=198000)
+    make_patient(world, "patient-cap", cap_used_by_disease={"I10": 198000})
     prep = dispensed(world, patient="patient-cap")
     claim = settle(world, prep).unwrap()
     assert amounts(claim) == (10000, 2000, 8000, 7000, 1000)
@@ -88,11 +88,30 @@ def test_example_cap_almost_used(world: World) -> None:
 
 
 def test_example_cap_used_up(world: World) -> None:
-    make_patient(world, "patient-capped", cap_used_fen=200000)
+    make_patient(world, "patient-capped", cap_used_by_disease={"I10": 200000})
     prep = dispensed(world, patient="patient-capped")
     claim = settle(world, prep).unwrap()
     assert amounts(claim) == (10000, 0, 10000, 9000, 1000)
     assert status(world, "patient-capped")["cap_used_fen"] == 200000
+
+
+def test_cap_usage_is_per_disease(world: World) -> None:
+    """The insurer seeds cap usage per disease: a cap used up for hypertension does not cap
+    a diabetes claim (the old enrolment seeded the same figure for every disease)."""
+    diagnoses = [{"icd10": "I10", "date": "2023-05-18", "hospital": "h01", "physical": True},
+                 {"icd10": "E11", "date": "2024-01-08", "hospital": "h01", "physical": True}]
+    make_patient(world, "patient-two", diagnoses=diagnoses,
+                 cap_used_by_disease={"I10": 200000, "E11": 5000})
+    st = status(world, "patient-two")
+    assert st["cap_used_fen"] == 205000 and sorted(st["cap_used_by_disease"].values()) == [5000, 200000]
+    i10 = dispensed(world, patient="patient-two", drugs=[("amlodipine", 2)])
+    assert settle(world, i10).unwrap()["fund_fen"] == 0  # hypertension cap used up
+    e11 = dispensed(world, patient="patient-two", diagnosis="E11", drugs=[("amlodipine", 2)])
+    claim = settle(world, e11).unwrap()
+    assert claim["fund_fen"] == 3400  # 40.00 x 85%, the diabetes cap still has room
+    assert claim["cap_remaining_fen"] == 200000 - 5000 - 3400
+    after = status(world, "patient-two")
+    assert sorted(after["cap_used_by_disease"].values()) == [5000 + 3400, 200000]
 
 
 def test_small_account_balance_spills_to_cash(world: World) -> None:
@@ -118,7 +137,8 @@ def test_price_above_payment_standard_is_cash(world: World) -> None:
 
 
 def test_duplicate_claim_and_reversal_restores_exactly(world: World) -> None:
-    make_patient(world, "patient-rev", deductible_used_fen=15000, cap_used_fen=1000)
+    make_patient(world, "patient-rev", deductible_used_fen=15000,
+                 cap_used_by_disease={"I10": 1000})
     before = status(world, "patient-rev")
     prep = dispensed(world, patient="patient-rev")
     claim = settle(world, prep).unwrap()

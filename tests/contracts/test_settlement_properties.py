@@ -77,17 +77,18 @@ def setup(runner: sandbox_adapter.Runner, pol: dict[str, Any], lines: list[dict[
     world.set_policy(pol, 0).unwrap()
     for i, ln in enumerate(lines):
         code = f"XP{i:021d}"
-        chain.submit("registry", "set_drug", admin("ins01"), code=code, short_name=f"prop-{i}",
-                     generic_name="g", spec="s", cls=ln["cls"], standard_fen=ln["std"],
+        chain.submit("registry", "set_drug", admin("ins01"), code=code,
+                     spec="s", cls=ln["cls"], standard_fen=ln["std"],
                      price_fen=ln["price"], controlled="NONE").unwrap()
         world.codes[f"prop-{i}"] = code
     ded_used = pol["deductible_fen"] * ded_frac // 100
     cap_used = pol["cap_fen"] * cap_frac // 100
     pt = dict(world.patients["patient-zhang"])
     pt.update(name="patient-prop", id_number="500103199001010000",
-              deductible_used_fen=ded_used, cap_used_fen=cap_used, account_balance_fen=balance)
+              deductible_used_fen=ded_used, cap_used_by_disease={"I10": cap_used},
+              account_balance_fen=balance)
     world.patients["patient-prop"] = pt
-    world.enrol(pt).unwrap()
+    world.admit(pt)
     return world, "patient-prop", ded_used, cap_used
 
 

@@ -19,7 +19,8 @@ PUBLIC = {
         "expire", "erase", "get_key", "grant_consent", "revoke_consent", "show", "verify",
         "trace", "audit_trail", "audit_log", "patient_prescriptions", "list_prescriptions",
     },
-    "settlement": {"settle", "reverse", "get_claim", "patient_status", "trail"},
+    "settlement": {"settle", "reverse", "get_claim", "patient_status", "trail", "open_account",
+                   "get_account"},
 }
 
 
