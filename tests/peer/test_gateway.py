@@ -315,3 +315,21 @@ def test_transact_commit_timeout(deployed: Cluster, pool) -> None:
                             lambda: True, work, pool, commit_timeout_ms=300))
     assert [(r.correlation_id, r.error.reason) for r in out] == [(7, "TIMEOUT")]
     notifier.close()
+
+
+def test_endorse_retries_a_lagging_remote(deployed: Cluster, pool) -> None:
+    class Lagging(LocalRemotes):
+        def endorse(self, org, signed):
+            self.calls.append(org)
+            if len(self.calls) <= 2:  # first round: both remotes still at an older height
+                return transaction_pb2.ProposalResponse(
+                    response=transaction_pb2.Response(status=400, reason="UNKNOWN_KEY"))
+            return self.peers[org].endorser.endorse(signed)
+
+    remotes = Lagging({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "a", "value": 1},
+                                   timestamp_ms=deployed.now())
+    resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    assert len(transaction_pb2.Transaction.FromString(resp.prepared_transaction).endorsements) == 2
+    assert remotes.calls == ["p01", "ins01", "p01"]

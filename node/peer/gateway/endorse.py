@@ -20,6 +20,7 @@ from node.identity.policy import Policy
 from node.peer.gateway.deps import GatewayDeps
 
 _PEER_ROLE = "peer"
+_HEIGHT_SKEW_REASONS = frozenset({"UNKNOWN_CONTRACT", "CODE_HASH_MISMATCH"})
 
 
 def plan(policy: Policy, have: Sequence[str], candidates: Sequence[str]) -> list[str] | None:
@@ -103,6 +104,9 @@ def _endorse_once(
         spare = [o for o in remote_orgs if o not in chosen]
     responses: dict[str, transaction_pb2.ProposalResponse] = {deps.org: local}
     errors: list[str] = []
+    # A remote that answers differently from the local peer (another result, a contract
+    # refusal, or an unknown contract) is most likely at another height: retryable.
+    divergent = False
     batch = wanted
     while batch:
         futures = {org: pool.submit(deps.remotes.endorse, org, signed) for org in batch}
@@ -111,9 +115,11 @@ def _endorse_once(
                 resp = fut.result()
             except RxError as err:
                 errors.append(f"{org}: {err.reason} {err.message}")
+                divergent = divergent or err.reason in _HEIGHT_SKEW_REASONS
                 continue
             if resp.response.status != 200 or not resp.HasField("endorsement"):
                 errors.append(f"{org}: {resp.response.status} {resp.response.reason}")
+                divergent = True
                 continue
             if resp.payload != local.payload:
                 raise RxError(
@@ -131,9 +137,10 @@ def _endorse_once(
             break
         spare = [o for o in spare if o not in more]
         batch = more
-    if not definition.policy.evaluate((o, _PEER_ROLE) for o in responses) and not request.endorsing_orgs:
+    satisfied = definition.policy.evaluate((o, _PEER_ROLE) for o in responses)
+    if not satisfied and not request.endorsing_orgs:
         raise RxError(
-            "ENDORSEMENT_POLICY_FAILURE",
+            "ENDORSEMENT_MISMATCH" if divergent else "ENDORSEMENT_POLICY_FAILURE",
             f"not enough endorsements for {definition.policy.text}: {'; '.join(errors)}",
         )
     if request.endorsing_orgs and len(responses) < len(wanted) + 1:
