@@ -136,7 +136,8 @@ class Caller:
         self.org = info.org
         self.role = info.role
         self.name = info.name
-        self.attrs: dict[str, str] = dict(info.attrs)
+        # sorted: protobuf maps do not keep order, and iteration order must not vary
+        self.attrs: dict[str, str] = dict(sorted(info.attrs.items()))
         self.org_kind = info.org_kind
         self.hospital_level = info.hospital_level
 

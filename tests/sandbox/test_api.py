@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -265,3 +266,13 @@ def test_malformed_invocations_change_nothing(runner, sandbox: Sandbox, change: 
     assert (r.ok, r.reason) == (False, "BAD_ARGUMENTS") and r.message.startswith("invalid")
     assert be.log == [] and sandbox.restarts == restarts
     assert value(call(runner, STATE, "events", {"n": 1})) == 1
+
+
+def test_caller_attribute_order_is_canonical(runner) -> None:
+    src = (
+        "from rxchain_contract import Context\n\n"
+        "def f(ctx: Context) -> list:\n    return list(ctx.caller.attrs)\n"
+    )
+    attrs = {f"k{i:02d}": str(i) for i in (7, 3, 11, 1, 5)}
+    inv = replace(make_inv(src, "f", {}), caller=t.CallerInfo("o", "r", attrs=attrs))
+    assert value(runner.invoke(inv, MemBackend())) == sorted(attrs)
