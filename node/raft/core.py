@@ -511,6 +511,10 @@ class Raft:
             self._propose(m)
             return
 
+        if t == MT.TRANSFER_LEADER:
+            self._transfer_leadership(m.index)
+            return
+
         pr = self.tracker.progress.get(m.frm)
         if pr is None:
             return  # message from a node outside the configuration
@@ -565,23 +569,22 @@ class Raft:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
             return
-        if t == MT.TRANSFER_LEADER:
-            transferee = m.frm
-            if pr.is_learner or transferee not in self.tracker.voters:
-                return
-            if self.lead_transferee != NONE:
-                if self.lead_transferee == transferee:
-                    return
-                self.lead_transferee = NONE
-            if transferee == self.id:
-                return
-            self.election_elapsed = 0  # the transfer must finish within an election timeout
-            self.lead_transferee = transferee
-            if pr.match == self.log.last_index():
-                self._send(MT.TIMEOUT_NOW, transferee)
-            else:
-                self.send_append(transferee)
+    def _transfer_leadership(self, transferee: int) -> None:
+        pr = self.tracker.progress.get(transferee)
+        if pr is None or pr.is_learner or transferee not in self.tracker.voters:
             return
+        if self.lead_transferee != NONE:
+            if self.lead_transferee == transferee:
+                return
+            self.lead_transferee = NONE
+        if transferee == self.id:
+            return
+        self.election_elapsed = 0  # the transfer must finish within an election timeout
+        self.lead_transferee = transferee
+        if pr.match == self.log.last_index():
+            self._send(MT.TIMEOUT_NOW, transferee)
+        else:
+            self.send_append(transferee)
 
     # -- candidate -------------------------------------------------------------------------
     def _step_candidate(self, m: Message) -> None:
@@ -633,11 +636,9 @@ class Raft:
             self.lead = m.frm
             self._handle_snapshot(m)
         elif t == MT.TRANSFER_LEADER:
-            if self.lead in (NONE, m.frm):
+            if self.lead in (NONE, m.index):
                 return  # no leader to forward to, or the transferee already leads
-            self.msgs.append(
-                Message(MT.TRANSFER_LEADER, to=self.lead, frm=m.frm, term=self.term)
-            )
+            self._send(MT.TRANSFER_LEADER, self.lead, index=m.index)
         elif t == MT.TIMEOUT_NOW:
             # Leadership transfer: campaign at once, skipping pre-vote and the lease check.
             self.hup(CampaignType.TRANSFER)

@@ -142,7 +142,9 @@ class RawNode:
 
     def transfer_leader(self, to: int) -> None:
         """Ask the leader (this node, or forwarded to it) to hand leadership to ``to``."""
-        self.raft.step(Message(MessageType.TRANSFER_LEADER, to=self.raft.id, frm=to))
+        self.raft.step(
+            Message(MessageType.TRANSFER_LEADER, to=self.raft.id, frm=self.raft.id, index=to)
+        )
 
     def report_unreachable(self, node_id: int) -> None:
         """The transport failed to deliver to ``node_id``."""
@@ -289,6 +291,8 @@ def _validate(m: Message, my_id: int) -> None:
             if e.term < prev_term or e.term > m.term:
                 raise InvalidMessage("append entry terms out of order")
             prev_term = e.term
+    if m.type == MessageType.TRANSFER_LEADER and m.index <= 0:
+        raise InvalidMessage("TRANSFER_LEADER without transferee")
     if m.type == MessageType.SNAP:
         if m.snapshot is None or m.snapshot.meta.index == 0:
             raise InvalidMessage("SNAP without snapshot")

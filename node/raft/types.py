@@ -173,7 +173,7 @@ class MessageType(IntEnum):
     SNAP = 11
     SNAP_STATUS = 12  # local: application reports snapshot delivery result
     UNREACHABLE = 13  # local: application reports a peer unreachable
-    TRANSFER_LEADER = 14  # local, or forwarded by a follower to the leader
+    TRANSFER_LEADER = 14  # transferee id in ``index``; local, or forwarded to the leader
     TIMEOUT_NOW = 15
     CHECK_QUORUM = 16  # local: leader checks it still hears from a quorum
 
@@ -202,7 +202,8 @@ RESPONSE_MESSAGES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A Raft message. ``frm`` is the sender, ``to`` the recipient."""
+    """A Raft message. ``frm`` is always the sender (transports may authenticate it),
+    ``to`` the recipient. TRANSFER_LEADER carries the transferee in ``index``."""
 
     type: MessageType
     to: int

@@ -188,8 +188,10 @@ def test_transfer_to_lagging_follower_catches_it_up_first() -> None:
 def test_transfer_via_follower_is_forwarded() -> None:
     c = Cluster([1, 2, 3])
     elect(c, 1)
-    c.node(2).transfer_leader(2)
-    c.stabilize()
+    c.node(3).transfer_leader(2)
+    out = c.stabilize()
+    # the forwarded request names its real sender (transports authenticate frm)
+    assert out[0].startswith("3->1 TRANSFER_LEADER")
     assert leaders(c) == [2]
 
 

@@ -124,6 +124,7 @@ def test_one_ready_at_a_time() -> None:
         Message(MT.SNAP, to=1, frm=2, term=2, snapshot=Snapshot()),
         Message(MT.HEARTBEAT, to=1, frm=2, term=2, entries=(Entry(2, 4),)),
         Message(MT.HEARTBEAT, to=1, frm=2, term=2, snapshot=Snapshot()),
+        Message(MT.TRANSFER_LEADER, to=1, frm=2, term=2),
     ],
 )
 def test_bad_messages_are_refused_and_change_nothing(msg: Message) -> None:
