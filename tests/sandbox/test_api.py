@@ -258,7 +258,6 @@ def test_same_invocation_same_bytes_and_gas_on_both_runners(sandbox: Sandbox) ->
     ],
 )
 def test_malformed_invocations_change_nothing(runner, sandbox: Sandbox, change: dict[str, Any]) -> None:
-    from dataclasses import replace
 
     restarts = sandbox.restarts
     be = MemBackend()
