@@ -181,6 +181,7 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, imported: dict[str, str]) -> None:
         self.imported = imported
         self.nodes = 0
+        self.depth = 0
 
     def generic_visit(self, node: ast.AST) -> None:
         self.nodes += 1
@@ -189,7 +190,11 @@ class _Checker(ast.NodeVisitor):
         msg = _FORBIDDEN_NODES.get(type(node))
         if msg is not None:
             raise _reject(node, msg)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _reject(node, f"nesting deeper than {MAX_DEPTH}")
         super().generic_visit(node)
+        self.depth -= 1
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         raise _reject(node, f"import only at module level, from {API_MODULE}")
@@ -281,15 +286,6 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def _depth_ok(tree: ast.AST) -> None:
-    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise _reject(node, f"nesting deeper than {MAX_DEPTH}")
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-
-
 def check_source(source: str) -> CheckedContract:
     """Parse and check a contract; raises ContractRejected naming the line."""
     if not isinstance(source, str):
@@ -305,7 +301,6 @@ def check_source(source: str) -> CheckedContract:
         raise ContractRejected(exc.lineno or 0, f"syntax error: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise ContractRejected(0, f"unparsable source: {type(exc).__name__}") from None
-    _depth_ok(tree)
     imported: dict[str, str] = {}
     functions: dict[str, FunctionSig] = {}
     seen_def: set[str] = set()

@@ -82,6 +82,7 @@ REJECTED = [
     ("def f(ctx: int) -> None:\n    pass\ndef f(ctx: int) -> None:\n    pass\n", 3, "twice"),
     ("def f(ctx: int) -> None:\n    return (\n", 2, "syntax error"),
     ("x = " + "(" * 300 + "1" + ")" * 300 + "\n", 1, ""),
+    ("x = " + "[" * 100 + "]" * 100 + "\n", 1, "nesting deeper than 80"),
 ]
 
 
