@@ -87,6 +87,14 @@ def test_policy_versions_by_effective_time(world: World) -> None:
         "registry", "set_policy", admin("h01"), effective_ms=0, deductible_fen=1,
         ratio_bp={"community": 1}, cap_fen=1, cap_by_disease={}, b_share_bp=0,
     ).reason == "ACCESS_DENIED"
+    assert world.chain.submit(
+        "registry", "set_policy", who("ins01:clerk-qian:clerk"), effective_ms=0,
+        deductible_fen=1, ratio_bp={"community": 1}, cap_fen=1, cap_by_disease={}, b_share_bp=0,
+    ).reason == "WRONG_ROLE"
+    # another insurer's admin writes its own policy, never ins01's
+    world.set_policy({**pol, "insurer": "ins02", "deductible_fen": 1}, 0).unwrap()
+    assert world.chain.query("registry", "get_policy", JIANG, insurer="ins01",
+                             at_ms=0).unwrap()["deductible_fen"] == 20000
     bad = {**pol, "ratio_bp": {"community": 10001}}
     assert world.set_policy(bad, 0).reason == "BAD_ARGUMENTS"
     bad = {**pol, "ratio_bp": {"planet": 5000}}
@@ -105,7 +113,7 @@ def test_policy_versions_by_effective_time(world: World) -> None:
     assert deductible_at(t0 + 10 * DAY_MS) == 30000
     assert deductible_at(t0 + 19 * DAY_MS) == 30000
     assert deductible_at(t0 + 400 * DAY_MS) == 40000
-    assert world.chain.query("registry", "get_policy", JIANG, insurer="ins02",
+    assert world.chain.query("registry", "get_policy", JIANG, insurer="ins03",
                              at_ms=0).reason == "NO_POLICY"
 
 
