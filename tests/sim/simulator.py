@@ -487,10 +487,17 @@ class Simulation:
         node = max(leaders, key=lambda n: n.raw.raft.term if n.raw else 0)
         assert node.raw is not None
         voters = sorted(node.raw.raft.tracker.voters)
-        others = sorted(set(self.nodes) - set(voters))
-        if others and (len(voters) < self.p.n_voters + 1 or self.rng.random() < 0.3) \
-                and len(voters) < 5:
-            cc = ConfChange(ConfChangeType.ADD_NODE, self.rng.choice(others))
+        learners = sorted(node.raw.raft.tracker.learners)
+        others = sorted(set(self.nodes) - set(voters) - set(learners))
+        if others and self.rng.random() < 0.2:
+            cc = ConfChange(ConfChangeType.ADD_LEARNER_NODE, self.rng.choice(others))
+        elif (others or learners) and len(voters) < 5 and (
+            len(voters) < self.p.n_voters + 1 or self.rng.random() < 0.3
+        ):
+            # add a new voter, or promote a learner
+            cc = ConfChange(ConfChangeType.ADD_NODE, self.rng.choice(others + learners))
+        elif learners and self.rng.random() < 0.5:
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, self.rng.choice(learners))
         elif len(voters) > 3:
             cc = ConfChange(ConfChangeType.REMOVE_NODE, self.rng.choice(voters))
         else:
@@ -501,6 +508,7 @@ class Simulation:
             self.stats.c["conf_changes_refused"] += 1
             return
         self.stats.c["conf_changes_proposed"] += 1
+        self.stats.c["conf_proposed_" + cc.type.name.lower()] += 1
         self.trace(f"CONF {cc.type.name} {cc.node_id} at {node.id}")
         self.after_step(node)
 
