@@ -39,6 +39,7 @@ from node.raft.types import (
     Ready,
     StateRole,
 )
+from tests.raft.harness import fmt_msg
 
 TICK_MS = 10
 
@@ -315,6 +316,8 @@ class Simulation:
             if m.type == MessageType.SNAP:
                 self.at(1, "snap_report", m.frm, m.to, False)
             return
+        if self.trace_on:
+            self.trace("  " + fmt_msg(m))
         try:
             node.raw.step(m)
         except InvalidMessage as exc:
