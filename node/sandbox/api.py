@@ -50,8 +50,9 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   set, frozenset, tuple, repr, chr, ord, hex, bin, oct and the common exception classes).
 * Module-level names are re-created for every invocation: nothing persists between calls
   except what is written with ``ctx.put``.
-* Determinism: set elements and dict keys must be str / int / bool / None or tuples /
-  frozensets of them (anything else hashes by memory address; TypeError otherwise).
+* Determinism: dict keys must be str / int / bool / None or tuples of them; set elements
+  str / int / bool or tuples / frozensets of them -- not None, whose hash is its memory
+  address in Python 3.11 (anything else hashes by address too; TypeError otherwise).
   ``str()``/``repr()``/f-strings never show memory addresses (functions print as
   ``<function>``, the context as ``<Context>``) and sets print in sorted order.  Exception
   texts have addresses replaced by ``0x?``.  ``str.format`` is not available (f-strings

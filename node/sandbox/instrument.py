@@ -270,21 +270,27 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_Set(self, node: ast.Set) -> Any:
         self.generic_visit(node)
-        node.elts = [self._key(e) for e in node.elts]
+        node.elts = [self._elem(e) for e in node.elts]
         return node
 
-    def _key(self, node: ast.expr) -> ast.expr:
-        """A set element / dict key: checked to have a deterministic hash."""
+    def _elem(self, node: ast.expr) -> ast.expr:
+        """A set element: its hash (which orders the set) must be the same on every peer."""
         if isinstance(node, ast.Starred):
-            node.value = _call("__rx_keys__", node.value)
+            node.value = _call("__rx_elems__", node.value)
             return node
-        if isinstance(node, ast.Constant):
+        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool):
+            return node
+        return _call("__rx_elem__", node)
+
+    def _key(self, node: ast.expr) -> ast.expr:
+        """A dict key: checked to be hashable in a deterministic way."""
+        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool, type(None)):
             return node
         return _call("__rx_key__", node)
 
     def visit_SetComp(self, node: ast.SetComp) -> Any:
         self.generic_visit(node)
-        node.elt = self._key(node.elt)
+        node.elt = self._elem(node.elt)
         return node
 
     def visit_DictComp(self, node: ast.DictComp) -> Any:

@@ -181,28 +181,48 @@ class Meter:
 
     # -- hashing ------------------------------------------------------------------------
     def key(self, k: Any) -> Any:
-        """Admit a set element / dict key only if its hash is deterministic.
+        """Admit a dict key only if it is hashable in a deterministic way.
 
-        Functions, contexts, exceptions, iterators... hash by memory address, which would
-        make set/dict iteration order differ between peers.
+        Functions, contexts, exceptions, iterators... hash by memory address; a frozenset
+        key iterates in hash order, so its elements follow the set-element rule.
         """
         tk = type(k)
         if tk is str or tk is int or tk is bool or k is None:
             return k
-        if tk is tuple or tk is frozenset:
+        if tk is tuple:
             for x in k:
                 self.key(x)
+            return k
+        if tk is frozenset:
+            for x in k:
+                self.elem(x)
             return k
         raise TypeError(
             f"{tk.__name__} cannot be a set element or dict key in a contract "
             "(only str, int, bool, None and tuples of them)"
         )
 
+    def elem(self, k: Any) -> Any:
+        """Admit a set element: sets iterate in hash order, so the hash itself must be the
+        same on every peer -- str/int/bool and tuples/frozensets of them (not None, whose
+        hash is its address in Python 3.11)."""
+        tk = type(k)
+        if tk is str or tk is int or tk is bool:
+            return k
+        if tk is tuple or tk is frozenset:
+            for x in k:
+                self.elem(x)
+            return k
+        raise TypeError(
+            f"{tk.__name__} cannot be a set element or dict key in a contract "
+            "(set elements: str, int, bool and tuples of them)"
+        )
+
     def keys(self, items: Iterable[Any]) -> list[Any]:
         """Materialize ``*x`` inside a set display, checking every element."""
         out = self.materialize(items)
         for x in out:
-            self.key(x)
+            self.elem(x)
         return out
 
     def _pair_keys(self, pairs: Iterable[Any]) -> None:
@@ -316,7 +336,8 @@ class Meter:
             if (tr is set or tr is frozenset) and not (
                 type(a) in (set, frozenset) and type(b) in (set, frozenset)
             ):
-                self.keys(r)  # e.g. dict.keys() | [something]
+                for x in r:  # e.g. dict.keys() | [something]
+                    self.elem(x)
         elif tr is int:
             self.check_int(r)
         return r
@@ -496,7 +517,7 @@ class Meter:
         items = self.materialize(args[0])
         if typ is set or typ is frozenset:
             for x in items:
-                self.key(x)
+                self.elem(x)
         return typ(items)
 
     def sorted(self, iterable: Iterable[Any], /, *, key: Any = None, reverse: bool = False) -> Any:
@@ -626,7 +647,7 @@ def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name:
                     m._pair_keys(ma)
                 else:
                     for x in ma:
-                        m.key(x)
+                        m.elem(x)
             mats.append(ma)
             total += len(ma)
     total += len(kw)
@@ -647,7 +668,7 @@ def _m_fromkeys(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -
 
 def _m_add(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     if args:
-        m.key(args[0])
+        m.elem(args[0])
     m.gas(1)
     return obj.add(*args, **kw)
 

@@ -257,6 +257,12 @@ def test_builtin_types_still_work_as_types() -> None:
         ["d = {}", "d |= [(_f, 1)]"],
         ["d = {}", "d.update([(_f, 1)])"],
         ["return len({(1, _f)})"],
+        ["return len({None, 1})"],
+        ["return len({(1, None)})"],
+        ["return len(set([None]))"],
+        ["s = {1}", "s.add(None)"],
+        ["return len({x for x in [None]})"],
+        ["return len({frozenset([None]): 1})"],
     ],
 )
 def test_address_hashed_objects_cannot_enter_sets_or_dicts(lines: list[str]) -> None:
@@ -274,11 +280,11 @@ def test_hashable_values_work_in_sets_and_dicts() -> None:
         "c = {}",
         "c['x'] = 0",
         "c['x'] += 5",
-        "t = {(1, 'a'): 2, frozenset([1, 2]): 3, None: 4, True: 5}",
+        "t = {(1, 'a'): 2, frozenset([1, 2]): 3, None: 4, True: 5, (None, 1): 6}",
         "s = {1, 'b', (2, 3)} | {4}",
         "return [d, c, len(t), len(s), sorted(set(['q', 'p']))]",
     )
-    assert value(run(src)) == [{"a": 2, "b": 1}, {"x": 5}, 4, 4, ["p", "q"]]
+    assert value(run(src)) == [{"a": 2, "b": 1}, {"x": 5}, 5, 4, ["p", "q"]]
 
 
 def test_exception_texts_carry_no_memory_addresses() -> None:
