@@ -207,6 +207,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
         if req.unchecked and raw is None:
             raise SystemExit("protocol: unchecked code refused")
         engine = raw if req.unchecked and raw is not None else checked
+        _set_cpu_budget(limits.cpu_seconds)  # covers compiling too
         compiled = engine.cached(req.code_hash)
         if compiled is None:
             if not req.source:
@@ -219,7 +220,6 @@ def serve(checked: Engine, raw: Engine | None) -> None:
             except ContractRejected as exc:
                 protocol.write_frame(OUT_FD, _result_message(host, rejected_result(exc), False))
                 continue
-        _set_cpu_budget(limits.cpu_seconds)
         recycle = False
         try:
             result = engine.run(
