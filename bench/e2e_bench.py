@@ -81,6 +81,7 @@ def level_stats(rec: Recorder, t0: float, t1: float, warm_s: float, drained: boo
     lost = sum(1 for r in rec.txs if r.submitted and r.block < 0)
     refused = sum(1 for r in rec.txs if not r.submitted)
     unfinished = rec.stories_started - rec.stories_done - rec.stories_failed
+    blocks = {r.block for r in rec.txs if r.block >= 0}
     return {
         "offered_tx_per_s": round(offered, 1),
         "committed_tx_per_s": round(committed_in / (t1 - lo), 1),
@@ -90,6 +91,8 @@ def level_stats(rec: Recorder, t0: float, t1: float, warm_s: float, drained: boo
         "txs": len(rec.txs),
         "valid": valid,
         "committed": committed_all,
+        "txs_per_block": round(committed_all / max(1, len(blocks)), 2),
+        "load_average_1m": round(os.getloadavg()[0], 1),
         "mvcc_conflicts": mvcc,
         "endorse_refusals": refused,
         "catch_up_retries": rec.catch_up_retries,

@@ -29,6 +29,7 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.e2e_net import BenchNetwork, BenchPatient
+from client import records
 from client.records import claim_subset, commitment, dx_key, open_grant, seal_prescription
 from client.tx import BuiltProposal, TxBuilder
 from client.wallet import WalletIdentity, load_identity
@@ -240,8 +241,11 @@ class Story:
             return who, "prescription", "get_key", {"rx_id": rx}, None
         if s == 4:
             codes = [f"TB{self.w.tag}{self.n:06d}{i}" for i in range(2)]
-            return (self.pharm, "prescription", "dispense", {"rx_id": rx, "trace_codes": codes},
-                    {"content": self.opened_body, "salt": self.opened_salt})
+            transient: dict[str, Any] = {"content": self.opened_body, "salt": self.opened_salt}
+            if self.w.trace_key is None:  # trace codes as arguments (contracts before trace keys)
+                return self.pharm, "prescription", "dispense", {"rx_id": rx, "trace_codes": codes}, transient
+            transient.update(trace_codes=codes, trace_key=self.w.trace_key)
+            return self.pharm, "prescription", "dispense", {"rx_id": rx}, transient
         return (self.clerk, "settlement", "settle", {"rx_id": rx, "fill": 0},
                 {"claim": self.opened_body, "claim_salt": self.opened_salt})
 
@@ -253,8 +257,7 @@ class Story:
             "first_visit": False, "drugs": w.drug_lines, "days": 28, "long_rx": True,
             "max_fills": 1, "fill_interval_days": 0, "valid_days": 1,
             "chronic_reason": "stable essential hypertension, video follow-up",
-            "patient_info": {"birth_date": self.patient.birth_date, "name": "bench patient",
-                             "id_number": self.patient.id_number},
+            "patient_info": {"birth_date": self.patient.birth_date, "name": "bench patient"},
             "prescriber": {"org": me.org, "name": me.user, "dr_code": me.attrs.get("dr_code", "")},
             "visit": {"type": "internet-follow-up", "id": self.rx_id},
         }
@@ -317,6 +320,9 @@ class StoryWorld:
         self.bnet = bnet
         self.tag = os.urandom(3).hex().upper()
         self.dx_key = dx_key(net.secret)
+        # keyed trace-code hashes (transient trace codes) where the client library has them
+        make_trace_key = getattr(records, "trace_key", None)
+        self.trace_key: str | None = make_trace_key(net.secret) if make_trace_key else None
         self.rec = Recorder()
         idents = {
             "doctor-h01": load_identity(bnet.home, "h01", "dr-jiang"),

@@ -11,10 +11,8 @@ patients' counters (as in a real insurer's day).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +20,11 @@ from typing import Any
 import yaml
 from netgen import generate
 
-from client.bootstrap import DEFAULT_SAMPLE_DATA, Bootstrapper
+from client.bootstrap import CONTRACTS_DIR, DEFAULT_SAMPLE_DATA, Bootstrapper
 from client.errors import RxClientError
-from client.gateway import SubmitResult
 from client.launcher import DEFAULT_CONSORTIUM, Launcher
 from client.network import NetworkInfo, load_network
-from client.records import dx_key, pseudonym
+from client.records import pseudonym
 from tests.harness.ports import free_base_port
 
 STORY_ORGS = ("h01", "h02", "p01", "ins01", "ins02", "ins03", "reg01")
@@ -82,39 +79,44 @@ def _id_number(i: int, hospital: str) -> str:
     return body + str(i % 10)
 
 
-def enrol_patients(boot: Bootstrapper, net: NetworkInfo, count: int) -> list[BenchPatient]:
-    """Enrol ``count`` patients (half at h01, half at h02) with a physical I10 diagnosis."""
-    key = dx_key(net.secret)
-    patients: list[BenchPatient] = []
-    jobs: list[Callable[[], SubmitResult]] = []
+def enrol_patients(boot: Bootstrapper, net: NetworkInfo, count: int, home: Path,
+                   sample: Path = DEFAULT_SAMPLE_DATA) -> list[BenchPatient]:
+    """Enrol ``count`` patients (half at h01, half at h02, insured by ins01, each with a
+    physical I10 diagnosis and a large account balance) through the client's own sample
+    data loader: the sample file's first patient is the template, so whatever the registry
+    and settlement contracts expect at enrolment the client already sends."""
+    raw = yaml.safe_load(sample.read_text()) or {}
+    template = dict((raw.get("patients") or [{}])[0])
+    entries, patients = [], []
     for i in range(count):
         hosp = "h01" if i % 2 == 0 else "h02"
         idn = _id_number(i, hosp)
-        p = BenchPatient(idn, hosp, pseudonym(net.secret, idn), f"1960-{(i % 12) + 1:02d}-{(i % 28) + 1:02d}")
-        patients.append(p)
-        user = "patient-zhang" if hosp == "h01" else "patient-sun"
-        gw = boot.admin(hosp).gateway
-        args = {"pseudonym": p.pseudonym, "insurer": "ins01", "user_org": hosp, "user_name": user,
-                "balance_fen": 10_000_000, "deductible_used_fen": 20_000, "cap_used_fen": 0}
-        transient = {"dx_key": key, "diagnoses": [
-            {"icd10": "I10", "date": "2023-05-18", "hospital": hosp, "physical": True}]}
-        jobs.append(functools.partial(gw.submit, "registry", "enrol_patient", args, transient))
-    with ThreadPoolExecutor(24) as pool:
-        for fut in [pool.submit(j) for j in jobs]:
-            fut.result()
+        birth = f"1960-{(i % 12) + 1:02d}-{(i % 28) + 1:02d}"
+        entry = {**template, "name": f"bench-patient-{i:04d}", "display_name": f"Bench Patient {i}",
+                 "id_number": idn, "birth_date": birth, "enrolled_by": hosp, "insurer": "ins01",
+                 "user": {"org": hosp, "name": "patient-zhang" if hosp == "h01" else "patient-sun"},
+                 "diagnoses": [{"icd10": "I10", "date": "2023-05-18", "hospital": hosp, "physical": True}],
+                 "account_balance_fen": 10_000_000, "deductible_used_fen": 20_000}
+        entries.append(entry)
+        patients.append(BenchPatient(idn, hosp, pseudonym(net.secret, idn), birth))
+    path = home / "bench-patients.yaml"
+    path.write_text(yaml.safe_dump({"version": raw.get("version", 1), "patients": entries}, sort_keys=True))
+    boot.load_sample_data(path)
     return patients
 
 
-def _ensure(boot: Bootstrapper, progress: Callable[[str], None], attempts: int = 4) -> None:
-    """``Bootstrapper.ensure``, repeated when a peer had not yet committed the install.
+def _ensure(boot: Bootstrapper, progress: Callable[[str], None], contracts: Path, sample: Path,
+            attempts: int = 4) -> None:
+    """Deploy and load the sample data, repeated when a peer had not yet committed the install.
 
-    ``deploy`` does not wait for the other peers to commit the install block before asking
-    them to endorse the approvals (UNKNOWN_PACKAGE); every step is idempotent, so retrying
-    after a pause completes it.
+    ``Bootstrapper.deploy`` does not wait for the other peers to commit the install block
+    before asking them to endorse the approvals (UNKNOWN_PACKAGE); every step is
+    idempotent, so retrying after a pause completes it.
     """
     for attempt in range(attempts):
         try:
-            boot.ensure(DEFAULT_SAMPLE_DATA)
+            boot.deploy(contracts)
+            boot.load_sample_data(sample)
             return
         except RxClientError as exc:
             if attempt == attempts - 1 or "UNKNOWN_PACKAGE" not in exc.message + exc.reason:
@@ -143,8 +145,8 @@ def start_network(home: Path, patients: int = 240, progress: Callable[[str], Non
     try:
         boot = Bootstrapper(home, progress=progress)
         try:
-            _ensure(boot, progress)
-            bench_net.patients = enrol_patients(boot, net, patients)
+            _ensure(boot, progress, CONTRACTS_DIR, DEFAULT_SAMPLE_DATA)
+            bench_net.patients = enrol_patients(boot, net, patients, home)
         finally:
             boot.close()
     except BaseException:

@@ -13,7 +13,9 @@ ANALYSIS = Path(__file__).resolve().parent / "analysis.md"
 def _row(lv: dict[str, Any]) -> str:
     cpu = lv.get("cpu") or {}
     return (f"| {lv['offered_tx_per_s']} | {lv['committed_tx_per_s']} | {lv['p50_ms']} | {lv['p99_ms']} | "
-            f"{lv['lost']} | {lv['mvcc_conflicts']} | {cpu.get('cores_busy', '')} | {cpu.get('total_ms', '')} | "
+            f"{lv['lost']} | {lv['mvcc_conflicts']} | {lv.get('txs_per_block', '')} | "
+            f"{lv.get('load_average_1m', '')} | "
+            f"{cpu.get('cores_busy', '')} | {cpu.get('total_ms', '')} | "
             f"{'yes' if lv.get('pass') else 'no'} |")
 
 
@@ -39,8 +41,9 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
             procs = ", ".join(f"{k} {v}" for k, v in cpu.get("by_process_ms", {}).items())
             lines.append(f"  * by process: {procs}")
     lines += ["", "## Load levels", "",
-              "| offered tx/s | committed tx/s | p50 ms | p99 ms | lost | MVCC | cores busy | CPU ms/tx | pass |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| offered tx/s | committed tx/s | p50 ms | p99 ms | lost | MVCC | tx/block | machine load | "
+              "cores busy | CPU ms/tx | pass |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(lv) for lv in result.get("levels", [])]
     lines += ["", "Latency against offered load: `e2e_latency.svg`.", "", "## Profiles at peak (py-spy)", ""]
     prof = result.get("profile") or {}
