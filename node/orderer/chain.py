@@ -25,6 +25,7 @@ Thread safety: other threads only call :meth:`Chain.step`, :meth:`Chain.submit`,
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -272,6 +273,7 @@ class Chain:
         finally:
             self._fail_all("ordering service stopping")
             self._status = self._make_status()
+            sync_block_files(self._blocks.directory)
 
     def _loop(self) -> None:
         tick_s = self._opt.tick_s
@@ -577,6 +579,9 @@ class Chain:
         data = raft_pb2.OrdererSnapshotData(
             last_block_number=last_block, last_block_hash=self._blocks.last_hash()
         ).SerializeToString()
+        # The snapshot lets the WAL drop the entries holding these blocks: the block files
+        # must be durable first (they are written without fsync; see sync_block_files).
+        sync_block_files(self._blocks.directory)
         self._storage.create_snapshot(self._applied, self._conf_state, data)
         self._last_snap_block = last_block
         _log.info(
@@ -694,6 +699,31 @@ class Chain:
             height=self._blocks.height(),
             last_hash=self._blocks.last_hash(),
         )
+
+
+def sync_block_files(directory: str) -> None:
+    """fsync the block store's files and directory.
+
+    The orderer's block store is written without an fsync per block: every block is in
+    the fsynced Raft WAL until a snapshot covers it, and a block lost from the page cache
+    in a crash is re-applied from the WAL on restart (the block store truncates a torn
+    tail). This is called before each snapshot and on shutdown, so a snapshot never
+    covers a block that is not durable, and it keeps one fsync per Ready (the WAL's) on
+    the ordering path.
+    """
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def bootstrap_conf_state(raft_ids: Sequence[int]) -> ConfState:

@@ -134,6 +134,12 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     assert {r.reason for r in resps} == {"SERVICE_UNAVAILABLE"}
     # Bounded: commit timeout (4 s in these configs) + leader wait (1 s), with slack.
     assert elapsed < 15, elapsed
+    # Its block store is written without fsync (the WAL is synced): simulate losing the
+    # tail of the last block file in the crash. Restart must repair and re-apply it.
+    seg_dir = procs.net.home / "nodes" / followers[1] / "data" / "blocks"
+    last_seg = sorted(seg_dir.glob("seg-*.blk"))[-1]
+    with open(last_seg, "r+b") as f:
+        f.truncate(max(0, last_seg.stat().st_size - 7))
     procs.start(followers[1])
     wait_until(lambda: leader_of(procs, client, [survivor, followers[1]]), 20,
                what="a leader after restart")
@@ -146,3 +152,4 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     h0 = _hashes(client, procs, survivor)
     wait_until(lambda: _hashes(client, procs, followers[1]) == h0, 20,
                what="both live orderers identical")
+    assert "torn tail" in procs.log_text(followers[1])
