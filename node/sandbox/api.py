@@ -36,7 +36,8 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   and events of a failed call are discarded by the peer.  Any other exception that escapes
   gives CONTRACT_EXCEPTION with ``"KeyError: 'x'"``-style message.
 * Forbidden (rejected at deploy with the line number, reason CONTRACT_REJECTED): any other
-  import, names or attributes starting with ``_`` on objects (``x._y``, ``__class__``...),
+  import, names starting with ``__`` and attributes starting with ``_`` (``x._y``,
+  ``().__class__``, ``f.__globals__``...),
   ``eval``/``exec``/``open``/``getattr``/``type``/``print``... (allowed builtins are listed
   in ``checker.ALLOWED_BUILTINS``), classes, lambda, ``global``/``nonlocal``, generators
   (``yield``), ``async``, ``with``, ``try/finally``, bare ``except:``, ``match``, module-level
