@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def four(tmp_path):
     net = make_network(tmp_path / "net", orderer_orgs=4,
-                       extra={"snapshot_interval_blocks": 1000})
+                       extra={"snapshot_interval_blocks": 5})
     # Genesis with only the first three orderers; the 4th joins by config update.
     full = net.config
     start = config_pb2.ConsortiumConfig()
@@ -66,6 +66,12 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     [r] = client.broadcast(procs.target(first3[1]), [good])
     assert (r.accepted, r.reason) == (False, "BAD_CONFIG_UPDATE")
 
+    # Enough blocks that the leader's log is compacted past the join point (snapshots
+    # every 5 blocks, 16 entries kept): the new orderer must install a snapshot and fetch
+    # the blocks below it from another orderer's Deliver.
+    for _ in range(24):
+        [r] = client.broadcast(procs.target(first3[0]), [client.envelope()[1]])
+        assert r.accepted
     procs.start(fourth)
     height = max(client.status(procs.target(n)).height for n in first3)
     wait_until(lambda: client.status(procs.target(fourth), 1.0).height >= height, 30,
@@ -98,3 +104,4 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
                      if b.header.number and b.metadata.last_config_block == b.header.number]
     assert len(config_blocks) == 1
     assert blocks[-1].metadata.last_config_block == config_blocks[0]
+    assert "installs snapshot" in procs.log_text(fourth)
