@@ -49,7 +49,8 @@ def test_network_status_all_serving(net: Net):
 
 
 def test_demo_story_through_the_cli(net: Net):
-    before = net.cli_proc("--as", CLERK, "patient", "show", "patient-zhang")
+    """The story; the issue, the settlement and a refusal run as real `rxchain` processes."""
+    before = net.cli("--as", CLERK, "patient", "show", "patient-zhang")
     issued = net.cli_proc("--as", DOCTOR, "rx", "issue", "--patient", "patient-zhang",
                           "--diagnosis", "I10", "--drug", "amlodipine:2",
                           "--drug", "XC08CAB037A001020180517:2", "--days", "28", "--long",
@@ -57,10 +58,10 @@ def test_demo_story_through_the_cli(net: Net):
                           *VALID)
     rx = issued["rx_id"]
     assert isinstance(issued["block"], int) and len(issued["tx_id"]) == 64
-    review = net.cli_proc("--as", WANG, "rx", "review", rx, "--approve")
+    review = net.cli("--as", WANG, "rx", "review", rx, "--approve")
     assert review["status"] == "APPROVED" and review["block"] > issued["block"]
     codes = _codes(4)
-    disp = net.cli_proc("--as", WANG, "rx", "dispense", rx, *[a for c in codes for a in ("--trace-code", c)])
+    disp = net.cli("--as", WANG, "rx", "dispense", rx, *[a for c in codes for a in ("--trace-code", c)])
     assert disp["status"] == "DISPENSED" and disp["fill"] == 1
     claim = net.cli_proc("--as", CLERK, "claim", "settle", rx)
     # h01 is the tertiary hospital: 2 x 20.00 (A) + 2 x 25.00 (B), deductible already met:
@@ -68,16 +69,16 @@ def test_demo_story_through_the_cli(net: Net):
     assert (claim["medfee_fen"], claim["fund_fen"], claim["account_fen"], claim["cash_fen"],
             claim["deductible_fen"]) == (9000, 5950, 3050, 0, 0)
     assert claim["claim_id"] == f"CLM-{rx}-1-1"
-    after = net.cli_proc("--as", CLERK, "patient", "show", "patient-zhang")
+    after = net.cli("--as", CLERK, "patient", "show", "patient-zhang")
     assert after["account_balance_fen"] == before["account_balance_fen"] - 3050
     assert after["cap_used_fen"] == before["cap_used_fen"] + 5950
     assert after["deductible_used_fen"] == before["deductible_used_fen"] == 20000
-    deliver = net.cli_proc("--as", "p01:courier-1", "rx", "deliver", rx)
+    deliver = net.cli("--as", "p01:courier-1", "rx", "deliver", rx)
     assert deliver["status"] == "DELIVERED"
-    mine = net.cli_proc("--as", "h01:patient-zhang", "rx", "show", rx)
+    mine = net.cli("--as", "h01:patient-zhang", "rx", "show", rx)
     assert [d["short_name"] for d in mine["content"]["drugs"]] == ["amlodipine", "benidipine"]
     assert mine["content"]["patient_info"]["name"] == "Zhang Guilan"
-    trace = net.cli_proc("--as", DOCTOR, "rx", "trace", rx)
+    trace = net.cli("--as", DOCTOR, "rx", "trace", rx)
     steps = trace["steps"]
     assert [s["step"] for s in steps] == ["issue", "review", "lock", "dispense", "settle", "deliver"]
     assert [s["org"] for s in steps] == ["h01", "p01", "p01", "p01", "ins01", "p01"]
@@ -89,9 +90,9 @@ def test_demo_story_through_the_cli(net: Net):
     # the abuse cases on this prescription
     assert net.cli_proc_error("--as", CHEN, "rx", "show", rx)["error"] == "NO_KEY_GRANT"
     assert net.cli_proc_error("--as", CLERK, "claim", "settle", rx)["error"] == "DUPLICATE_CLAIM"
-    assert net.cli_proc_error("--as", DOCTOR, "rx", "revoke", rx, "--reason",
+    assert net.cli_error("--as", DOCTOR, "rx", "revoke", rx, "--reason",
                          "too late")["error"] == "REVOKE_NOT_ALLOWED"
-    auditor = net.cli_proc("--as", "reg01:auditor-1", "rx", "show", rx)
+    auditor = net.cli("--as", "reg01:auditor-1", "rx", "show", rx)
     assert auditor["status"] == "DELIVERED" and auditor["content"] is None
     assert auditor["denied"] == "NO_KEY_GRANT"
 
