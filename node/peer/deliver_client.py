@@ -6,12 +6,18 @@ validator refuses) move to the next orderer, round robin, after a bounded expone
 backoff. The backoff resets once a block is committed. Because every request starts at
 the ledger's height, a restart, a reconnect or a lagging peer resumes exactly where it
 stopped.
+
+Stall detection: an orderer that keeps the stream open but sends nothing (paused, cut
+off from its cluster, or censoring) is noticed by a watchdog. When no block has arrived
+for ``stall_s``, it asks the other orderers for their height (Admin.Status, one per check);
+if one is ahead of this peer's ledger, the stream is dropped and the puller moves to it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +71,9 @@ class DeliverClient:
         backoff: Backoff = Backoff(),
         on_error: Callable[[str, str], None] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        stall_s: float = 2.0,
+        probe_timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
@@ -79,12 +88,25 @@ class DeliverClient:
         self._lock = threading.Lock()
         self._call: Any = None
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        self._stall_s = stall_s
+        self._probe_timeout_s = probe_timeout_s
+        self._clock = clock
+        self._last_progress = clock()
+        self._index = 0
+        self._probe_next = 0
+        self._stalled = ""
         self.current: str = ""
 
     def start(self) -> None:
         """Start the puller thread."""
         self._thread = threading.Thread(target=self._run, name="deliver-client", daemon=True)
         self._thread.start()
+        if len(self._orderers) > 1 and self._stall_s > 0:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="deliver-watchdog", daemon=True
+            )
+            self._watchdog.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop pulling (cancels the open stream) and join the thread."""
@@ -95,11 +117,48 @@ class DeliverClient:
             call.cancel()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout_s)
+
+    def _watch(self) -> None:
+        """Drop a stream that is silent while another orderer is ahead (module docstring)."""
+        while not self._stop.wait(self._stall_s / 2):
+            if self._clock() - self._last_progress < self._stall_s:
+                continue
+            with self._lock:
+                current = self._index % len(self._orderers)
+                call = self._call
+            if call is None:
+                continue
+            others = [i for i in range(len(self._orderers)) if i != current]
+            target = others[self._probe_next % len(others)]
+            self._probe_next += 1
+            ahead = self._probe_height(self._orderers[target])
+            if ahead > self._height():
+                _log.warning(
+                    "event=deliver_stalled orderer=%s silent_s=%.1f ahead=%s height=%d",
+                    self._orderers[current].name, self._clock() - self._last_progress,
+                    self._orderers[target].name, ahead,
+                )
+                with self._lock:
+                    self._stalled = self._orderers[current].name
+                    self._index = target - 1  # _run moves on by one
+                call.cancel()
+
+    def _probe_height(self, ep: Endpoint) -> int:
+        try:
+            status = services_pb2_grpc.AdminStub(self._channels(ep.target)).Status(
+                services_pb2.StatusRequest(), timeout=self._probe_timeout_s
+            )
+        except grpc.RpcError:
+            return -1
+        return int(status.height)
 
     def _run(self) -> None:
-        index = 0
         delay = 0.0
         while not self._stop.is_set():
+            with self._lock:
+                index = self._index
             ep = self._orderers[index % len(self._orderers)]
             self.current = ep.name
             progressed = False
@@ -112,6 +171,9 @@ class DeliverClient:
                 if code == grpc.StatusCode.CANCELLED and self._stop.is_set():
                     return
                 reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
+                with self._lock:
+                    if self._stalled == ep.name:
+                        reason, detail, self._stalled = "STALLED", "no blocks while others advance", ""
             except RxError as err:
                 reason, detail = err.reason, err.message
             except _Fatal as fatal:
@@ -124,7 +186,8 @@ class DeliverClient:
             _log.warning("event=deliver_failover orderer=%s reason=%s detail=%r", ep.name, reason, detail)
             if self._on_error is not None:
                 self._on_error(ep.name, reason)
-            index += 1
+            with self._lock:
+                self._index += 1
             delay = 0.0 if progressed else self._backoff.next(delay)
             self._stop.wait(delay if delay else self._backoff.initial_s)
 
@@ -134,6 +197,7 @@ class DeliverClient:
         call: Any = stub.Deliver(services_pb2.DeliverRequest(start_block=start, follow=True))
         with self._lock:
             self._call = call
+        self._last_progress = self._clock()
         if self._stop.is_set():
             call.cancel()
         progressed = False
@@ -156,6 +220,7 @@ class DeliverClient:
                 except Exception as exc:
                     raise _Fatal(exc) from exc
                 progressed = True
+                self._last_progress = self._clock()
         finally:
             call.cancel()
             with self._lock:

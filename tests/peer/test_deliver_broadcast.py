@@ -262,3 +262,44 @@ def test_commit_failure_is_fatal_not_silent(net: Net, tmp_path: Path, servers) -
         assert isinstance(fatal[0], OSError) and peer.ledger.height() == 2
     finally:
         peer.ledger.close()
+
+
+class FakeAdmin(services_pb2_grpc.AdminServicer):
+    def __init__(self, height: int) -> None:
+        self.height = height
+        self.calls = 0
+
+    def Health(self, request, context) -> services_pb2.HealthResponse:
+        return services_pb2.HealthResponse(serving=True)
+
+    def Status(self, request, context) -> services_pb2.StatusResponse:
+        self.calls += 1
+        return services_pb2.StatusResponse(node="fake", role="orderer", height=self.height)
+
+
+def test_silent_orderer_is_left_when_another_is_ahead(net: Net, tmp_path: Path, servers) -> None:
+    peer = make_peer(net, "h01", tmp_path / "p")
+    try:
+        good = chain(net, peer.ledger.block(0), 4)
+        silent_port, ahead_port = free_ports(2)
+        silent = FakeOrderer(good[:2], hold_s=30)  # stays open, sends nothing more
+        ahead = FakeOrderer(good)
+        admin_silent, admin_ahead = FakeAdmin(3), FakeAdmin(5)
+        for servicer, admin, port in ((silent, admin_silent, silent_port), (ahead, admin_ahead, ahead_port)):
+            server = serve(servicer, port)
+            services_pb2_grpc.add_AdminServicer_to_server(admin, server)
+            servers.append(server)
+        errors: list[tuple[str, str]] = []
+        client = DeliverClient([Endpoint("silent", "ins01", "127.0.0.1", silent_port),
+                                Endpoint("ahead", "ins01", "127.0.0.1", ahead_port)],
+                               insecure, peer.ledger.height, peer.committer.commit_block,
+                               on_error=lambda o, r: errors.append((o, r)), stall_s=0.3)
+        client.start()
+        try:
+            wait_for(lambda: peer.ledger.height() == 5, 10)
+        finally:
+            client.stop()
+        assert errors[0] == ("silent", "STALLED")
+        assert ahead.starts[0] == 3 and admin_ahead.calls >= 1
+    finally:
+        peer.ledger.close()
