@@ -357,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
               "dispense (pharmacist of the routed pharmacy)")
     dis.add_argument("rx_id")
     dis.add_argument("--trace-code", action="append", default=[], metavar="CODE")
+    ls = sub(rx, "list", _simple("list_prescriptions", "patient", "start", "limit"),
+             "prescription metadata of a patient (or all, for auditors)")
+    ls.add_argument("--patient")
+    ls.add_argument("--start", default="")
+    ls.add_argument("--limit", type=int, default=50)
     au = sub(rx, "audit", _simple("audit", "rx_id"),
              "grants, key fetches and denials (patient, hospital admin, auditors)")
     au.add_argument("rx_id")

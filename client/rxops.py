@@ -266,6 +266,21 @@ class RxOperations:
                           "time": st.get("time"), "tx_id": st.get("tx_id"), "block": block})
         return {"rx_id": rx_id, "status": res.get("status"), "steps": steps}
 
+    def list_prescriptions(self, patient: str | None = None, start: str = "",
+                           limit: int = 50) -> dict[str, Any]:
+        """Prescription metadata: one patient's (patient, hospital admin, auditor) or all
+        (auditor), paged by rx id (``next`` is the start of the following page)."""
+        if patient:
+            _, pseud = self.patient(patient)
+            res = self.s.gateway.evaluate(RX, "patient_prescriptions",
+                                          {"patient": pseud, "start": start, "limit": limit})
+        else:
+            res = self.s.gateway.evaluate(RX, "list_prescriptions",
+                                          {"start": start, "limit": limit})
+        if not isinstance(res, dict):
+            raise RxClientError("BAD_PAYLOAD", "listing returned no object")
+        return res
+
     def audit(self, rx_id: str) -> dict[str, Any]:
         """Every grant, key fetch and denial of a prescription (metadata only)."""
         res = self.s.gateway.evaluate(RX, "audit_trail", {"rx_id": rx_id})

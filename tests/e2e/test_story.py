@@ -335,3 +335,14 @@ def test_altered_content_is_hash_mismatch(net: Net):
     assert e.value.reason == "HASH_MISMATCH"
     done = wang.dispense(rx, _codes(1))
     assert done["status"] == "DISPENSED"
+
+
+def test_listing_prescriptions(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7")["rx_id"]
+    mine = net.cli("--as", "h01:patient-zhang", "rx", "list", "--patient", "patient-zhang",
+                   "--limit", "200")
+    assert rx in [p["rx_id"] for p in mine["prescriptions"]]
+    everything = net.cli("--as", "reg01:auditor-1", "rx", "list", "--limit", "200")
+    assert rx in [p["rx_id"] for p in everything["prescriptions"]]
+    assert all("ciphertext" not in p for p in everything["prescriptions"])
+    assert net.cli_error("--as", WANG, "rx", "list")["error"] == "ACCESS_DENIED"
