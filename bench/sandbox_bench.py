@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,25 @@ def _throughput(sandbox: Sandbox, inv: t.Invocation, backend: _Backend, n: int) 
     return n / (time.perf_counter() - t0)
 
 
+def _parallel(sandbox: Sandbox, inv: t.Invocation, n: int) -> float:
+    """Invocations per second from two host threads sharing a two-worker pool."""
+    for _ in range(WARMUP):
+        sandbox.invoke(inv, _Backend())
+
+    def run() -> None:
+        backend = _Backend()
+        for _ in range(n):
+            sandbox.invoke(inv, backend)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return 2 * n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     cores = os.cpu_count() or 1
     backend = _Backend()
@@ -129,6 +149,8 @@ def main() -> None:
         t0 = time.perf_counter()
         spun = sandbox.invoke(spin, backend)
         gas_per_s = spun.gas_used / (time.perf_counter() - t0)
+    with Sandbox(workers=2) as pool:
+        parallel_per_s = _parallel(pool, ping, SAMPLES)
     pinned_per_s = None
     if hasattr(os, "sched_setaffinity"):
         # host and worker (which inherits the affinity) share ONE core
@@ -141,6 +163,7 @@ def main() -> None:
         "invoke_overhead_us": round(med_sandbox - med_direct, 1),
         "invocations_per_s": round(per_s),
         "invocations_per_s_pinned_one_core": pinned_per_s,
+        "invocations_per_s_two_workers_two_threads": round(parallel_per_s),
         "target_overhead_us": 150,
         "median_sandbox_call_us": round(med_sandbox, 1),
         "median_sandbox_call_us_rounds": [round(statistics.median(r), 1) for r in rounds],
