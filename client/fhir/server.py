@@ -35,6 +35,7 @@ from client.network import load_network
 from client.rxops import RxOperations
 from client.session import Session
 from node.crypto.x509 import cert_info
+from node.errors import RxError
 
 MAX_BODY = 1 << 20
 FHIR_JSON = "application/fhir+json"
@@ -195,8 +196,11 @@ class _Handler(BaseHTTPRequestHandler):
                     raise mapping.FhirError("FHIR_INVALID", "body is not JSON") from exc
             status, resource = self.server.app.handle(method, self.path, body, cert)
             self._reply(status, resource)
-        except RxClientError as exc:
+        except (RxClientError, RxError) as exc:
             self._reply(_http_status(exc.reason), mapping.operation_outcome(exc.reason, exc.message))
+        except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
+            self.server.log(f"internal error: {type(exc).__name__}: {exc}")
+            self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
 
     def do_GET(self) -> None:
         self._serve("GET")
