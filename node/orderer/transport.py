@@ -92,8 +92,12 @@ class PeerSender:
         channel_factory: ChannelFactory,
         sink: RaftSink,
         max_queue: int = 4096,
+        max_queued_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._own_id = own_id
+        self._max_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._peer_id = peer_id
         self._target = target
         self._factory = channel_factory
@@ -106,11 +110,27 @@ class PeerSender:
         self._thread.start()
 
     def send(self, msg: Message) -> None:
-        """Queue a message; drop it (and report) when the queue is full."""
+        """Queue a message; drop it (and report) when the queue is full by count or by
+        bytes (a slow peer must not make us buffer without limit)."""
+        size = _payload_bytes(msg)
+        with self._bytes_lock:
+            if self._queued_bytes + size > self._max_bytes and self._queued_bytes > 0:
+                full = True
+            else:
+                full = False
+                self._queued_bytes += size
+        if full:
+            self._report_failure(msg)
+            return
         try:
             self._queue.put_nowait(msg)
         except queue.Full:
+            self._release(size)
             self._report_failure(msg)
+
+    def _release(self, size: int) -> None:
+        with self._bytes_lock:
+            self._queued_bytes -= size
 
     def _report_failure(self, msg: Message) -> None:
         self._sink.report_unreachable(self._peer_id)
@@ -127,6 +147,7 @@ class PeerSender:
                 continue
             if msg is None:
                 return
+            self._release(_payload_bytes(msg))
             if call_over.is_set():
                 self._report_failure(msg)
                 return
@@ -156,6 +177,7 @@ class PeerSender:
                 except queue.Empty:
                     break
                 if msg is not None:
+                    self._release(_payload_bytes(msg))
                     self._report_failure(msg)
             self._stop.wait(0.1)
 
@@ -165,6 +187,13 @@ class PeerSender:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
         self._thread.join(2)
+
+
+def _payload_bytes(msg: Message) -> int:
+    size = sum(len(e.data) for e in msg.entries)
+    if msg.snapshot is not None:
+        size += len(msg.snapshot.data)
+    return size
 
 
 class RaftTransport:

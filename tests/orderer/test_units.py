@@ -23,7 +23,7 @@ from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.ticket import Outcome, Ticket
-from node.orderer.transport import ClusterService, Membership
+from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.errors import InvalidMessage
 from node.raft.types import (
     ConfState,
@@ -388,3 +388,29 @@ def test_deliver_from_any_block_follows_and_resumes(tmp_path, net):
         services_pb2.DeliverRequest(start_block=seen[-1] + 1), active.is_set) if r.HasField("block")]
     assert rest == [8, 9]
     store.close()
+
+
+def test_peer_sender_bounds_queued_bytes():
+    unreachable: list[int] = []
+
+    class CountingSink(Sink):
+        def report_unreachable(self, node_id: int) -> None:
+            unreachable.append(node_id)
+
+    sink = CountingSink()
+    started = threading.Event()
+
+    def factory(target: str) -> grpc.Channel:
+        started.wait(5)  # keep the sender thread from draining during the test
+        return grpc.insecure_channel(target)  # nothing listens there: the call fails
+
+    sender = PeerSender(1, 2, "127.0.0.1:1", factory, sink, max_queue=100,
+                        max_queued_bytes=1000)
+    big = Message(MessageType.APP, to=2, frm=1, term=1, index=0,
+                  entries=(Entry(1, 1, EntryType.NORMAL, b"x" * 600),))
+    sender.send(big)
+    assert unreachable == []
+    sender.send(big)  # 1200 > 1000 bytes queued: dropped and reported
+    assert unreachable == [2]
+    started.set()
+    sender.close()
