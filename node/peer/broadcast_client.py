@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ class _Stream:
         self.endpoint = endpoint
         self._requests: queue.Queue[Any] = queue.Queue()
         self._pending: deque[Future[services_pb2.BroadcastResponse]] = deque()
+        self._sent_at: deque[float] = deque()  # send time of each pending envelope
         self._lock = threading.Lock()
         self.alive = True
         stub = services_pb2_grpc.AtomicBroadcastStub(channel)
@@ -56,13 +58,16 @@ class _Stream:
                 return
             yield item
 
-    def send(self, envelope: transaction_pb2.Envelope) -> Future[services_pb2.BroadcastResponse]:
+    def send(
+        self, envelope: transaction_pb2.Envelope, now: float
+    ) -> Future[services_pb2.BroadcastResponse]:
         fut: Future[services_pb2.BroadcastResponse] = Future()
         with self._lock:
             if not self.alive:
                 fut.set_exception(RxError("SERVICE_UNAVAILABLE", "stream closed"))
                 return fut
             self._pending.append(fut)
+            self._sent_at.append(now)
             self._requests.put(envelope)  # under the lock: queue order == pending order
         return fut
 
@@ -71,6 +76,8 @@ class _Stream:
             for resp in self._call:
                 with self._lock:
                     fut = self._pending.popleft() if self._pending else None
+                    if self._sent_at:
+                        self._sent_at.popleft()
                 if fut is not None and not fut.done():
                     fut.set_result(resp)
             err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name} closed the stream")
@@ -83,9 +90,15 @@ class _Stream:
             self.alive = False
             pending = list(self._pending)
             self._pending.clear()
+            self._sent_at.clear()
         for fut in pending:
             if not fut.done():
                 fut.set_exception(err)
+
+    def oldest_pending(self) -> float | None:
+        """Send time of the oldest unanswered envelope."""
+        with self._lock:
+            return self._sent_at[0] if self._sent_at else None
 
     def close(self) -> None:
         with self._lock:
@@ -107,9 +120,11 @@ class BroadcastClient:
         answer_timeout_s: float = 10.0,
         backoff_s: float = 0.1,
         sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "no orderers configured")
+        self._clock = clock
         self._orderers = list(orderers)
         self._channels = channels
         self._attempts = attempts
@@ -120,6 +135,22 @@ class BroadcastClient:
         self._lock = threading.Lock()
         self._index = 0
         self._stream: _Stream | None = None
+        self._watchdog = threading.Thread(target=self._watch, name="broadcast-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Drop a stream whose oldest envelope has waited longer than the answer timeout
+        (a paused or hung orderer): its pending envelopes fail over to the next orderer."""
+        while not self._closing.wait(min(0.5, self._timeout / 4)):
+            with self._lock:
+                stream = self._stream
+            if stream is None:
+                continue
+            oldest = stream.oldest_pending()
+            if oldest is not None and self._clock() - oldest > self._timeout:
+                _log.warning("event=broadcast_stalled orderer=%s", stream.endpoint.name)
+                self._rotate(stream)
 
     def _current(self) -> _Stream:
         with self._lock:
@@ -130,10 +161,12 @@ class BroadcastClient:
 
     def _rotate(self, failed: _Stream) -> None:
         with self._lock:
-            if self._stream is failed:
-                failed.close()
-                self._stream = None
-                self._index += 1
+            if self._stream is not failed:
+                return
+            self._stream = None
+            self._index += 1
+        # Outside the lock: closing fails the pending futures, whose callbacks may retry.
+        failed.close()
 
     def submit(self, envelope: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
         """Send one envelope; the orderer's answer (accepted, or refused with a reason).
@@ -147,7 +180,7 @@ class BroadcastClient:
                 break
             stream = self._current()
             try:
-                resp = stream.send(envelope).result(timeout=self._timeout)
+                resp = stream.send(envelope, self._clock()).result(timeout=self._timeout)
             except FutureTimeout:
                 last = f"{stream.endpoint.name} did not answer in {self._timeout}s"
                 self._rotate(stream)
@@ -205,7 +238,7 @@ class BroadcastClient:
             else:
                 retry(f"{stream.endpoint.name}: {resp.reason} {resp.message}")
 
-        stream.send(envelope).add_done_callback(on_done)
+        stream.send(envelope, self._clock()).add_done_callback(on_done)
 
     def close(self) -> None:
         """Close the open stream."""

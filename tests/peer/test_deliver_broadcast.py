@@ -303,3 +303,40 @@ def test_silent_orderer_is_left_when_another_is_ahead(net: Net, tmp_path: Path, 
         assert ahead.starts[0] == 3 and admin_ahead.calls >= 1
     finally:
         peer.ledger.close()
+
+
+class SilentOrderer(FakeOrderer):
+    """Accepts the stream but never answers (a paused orderer)."""
+
+    def Broadcast(self, request_iterator, context):
+        for env in request_iterator:
+            self.received.append(env.payload)
+        return iter(())
+
+
+def test_broadcast_leaves_a_silent_orderer(servers) -> None:
+    silent_port, ok_port = free_ports(2)
+    silent, ok = SilentOrderer([]), FakeOrderer([])
+    servers.append(serve(silent, silent_port))
+    servers.append(serve(ok, ok_port))
+    client = BroadcastClient([Endpoint("silent", "ins01", "127.0.0.1", silent_port),
+                              Endpoint("ok", "ins01", "127.0.0.1", ok_port)],
+                             insecure, answer_timeout_s=0.5, backoff_s=0.01)
+    answers: list[object] = []
+    done = threading.Event()
+
+    def cb(resp) -> None:
+        answers.append(resp)
+        if len(answers) == 10:
+            done.set()
+
+    try:
+        for i in range(10):
+            client.submit_async(transaction_pb2.Envelope(payload=f"s{i}".encode(), signature=b"s"), cb)
+        assert client.submit(transaction_pb2.Envelope(payload=b"sync", signature=b"s")).accepted
+        assert done.wait(10)
+        assert all(isinstance(a, services_pb2.BroadcastResponse) and a.accepted for a in answers)
+        assert len(silent.received) >= 1
+        assert sorted(ok.received) == sorted([b"sync"] + [f"s{i}".encode() for i in range(10)])
+    finally:
+        client.close()
