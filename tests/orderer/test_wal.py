@@ -214,3 +214,17 @@ def test_durable_storage_missing_snapshot_file_is_fatal(tmp_path):
         os.unlink(tmp_path / "snap" / name)
     with pytest.raises(RaftError, match="snapshot_missing"):
         DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+
+
+def test_snapshot_file_without_wal_marker_is_ignored(tmp_path):
+    """A crash between writing a snapshot file and its WAL marker: recovery uses the last
+    snapshot the WAL knows about, and the stray file changes nothing."""
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    st.save_ready(HardState(1, 1, 6), ents(1, 6), None)
+    st.create_snapshot(3, CONF, b"at-3")
+    st.close()
+    Snapshotter(tmp_path / "snap").save(Snapshot(SnapshotMeta(6, 1, CONF), b"stray-at-6"))
+    st2 = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    assert st2.snapshot().data == b"at-3"
+    assert (st2.first_index(), st2.last_index()) == (4, 6)
+    st2.close()
