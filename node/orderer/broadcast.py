@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -120,6 +120,10 @@ class Orderer(Protocol):
         """Order a validated envelope on this node (the leader)."""
         ...
 
+    def submit_many(self, items: Sequence[tuple[bytes, bool]]) -> list[Ticket]:
+        """Order several validated (envelope, is_config) on this node at once."""
+        ...
+
     def leader_id(self) -> int:
         """Current leader's raft id (0: none known)."""
         ...
@@ -193,6 +197,17 @@ class BroadcastHandler:
             return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
         is_config = checked.is_config or tx_type(checked.raw) == transaction_pb2.CONFIG
         return self._orderer.submit(checked.raw, checked.tx_id, is_config)
+
+    def submit_local_many(self, raws: Sequence[bytes]) -> list[Ticket]:
+        """:meth:`submit_local` for a forwarded batch (one hand-off to the chain)."""
+        if not self._accepting:
+            return [
+                immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
+                for _ in raws
+            ]
+        return self._orderer.submit_many(
+            [(raw, tx_type(raw) == transaction_pb2.CONFIG) for raw in raws]
+        )
 
     def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:
         """Validate and dispatch one envelope."""

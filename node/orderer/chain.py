@@ -251,6 +251,16 @@ class Chain:
         """This orderer's Raft id."""
         return self._id
 
+    def submit_many(self, items: Sequence[tuple[bytes, bool]]) -> list[Ticket]:
+        """:meth:`submit` for several (envelope, is_config) at once (one queue hand-off)."""
+        tickets = [Ticket() for _ in items]
+        if self._status.role != StateRole.LEADER:
+            for t in tickets:
+                t.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
+            return tickets
+        self._inbox.put(("submit_many", (list(items), tickets)))
+        return tickets
+
     def status(self) -> ChainStatus:
         """The latest status (updated by the driver after every Ready)."""
         return self._status
@@ -315,6 +325,10 @@ class Chain:
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
+        elif kind == "submit_many":
+            items, tickets = cast(tuple[list[tuple[bytes, bool]], list[Ticket]], payload)
+            for (envelope, is_config), ticket in zip(items, tickets, strict=True):
+                self._on_submit(envelope, ticket, is_config)
         elif kind == "transfer":
             self._transfer_leadership()
         elif kind == "unreachable":
@@ -443,6 +457,9 @@ class Chain:
                 cast(tuple[bytes, Ticket, bool], payload)[1].resolve(
                     Outcome(SERVICE_UNAVAILABLE, reason)
                 )
+            elif kind == "submit_many":
+                for t in cast(tuple[object, list[Ticket]], payload)[1]:
+                    t.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
 
     # ------------------------------------------------------------------ Ready handling
 

@@ -327,7 +327,7 @@ class ClusterService:
         self._caller(context, "ForwardBatch")
 
         def dispatch(batch: raft_pb2.ForwardedEnvelopes) -> tuple[list[Ticket], float]:
-            tickets = [self._broadcast.submit_local(Checked(raw, "")) for raw in batch.envelopes]
+            tickets = self._broadcast.submit_local_many(list(batch.envelopes))
             return tickets, time.monotonic() + self._commit_timeout_s
 
         def answer(item: tuple[list[Ticket], float]) -> raft_pb2.ForwardAnswers:

@@ -162,6 +162,9 @@ class FakeOrderer:
         self.submitted.append(envelope)
         return Ticket.done(Outcome(block_number=1), tx_id)
 
+    def submit_many(self, items):
+        return [self.submit(env, "", cfg) for env, cfg in items]
+
     def leader_id(self) -> int:
         return self.leader
 
