@@ -95,6 +95,9 @@ class ChaosRun:
         except grpc.RpcError:
             return -1
 
+    def _orderer_height(self) -> int:
+        return max(self._height(o) for o in self.cons.orderer_names())
+
     def _progresses(self, name: str, before: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -151,15 +154,21 @@ class ChaosRun:
                 raise ValueError("disk_full needs a small-disk peer")
             self.disk.attach(self.procs[target].pid)
             self.disk.fill()
-            time.sleep(pf.hold_s)
+            time.sleep(0.5)  # a commit already past its writes may still land
+            p0, o0 = self._height(target), self._orderer_height()
+            time.sleep(max(0.0, pf.hold_s - 0.5))
+            p1, o1 = self._height(target), self._orderer_height()
+            # tmpfs counts pages, so a block or two may still fit in a segment's last page
+            ev.full_disk_effective = not (o1 > o0 + 3 and p1 > p0 + 3)
+            ev.note = f"peer held at {p1 - p0:+d} blocks while the orderers moved {o1 - o0:+d}; "
             self.disk.drain()
             before = self._height(target)
             if not self.procs[target].running():
-                ev.note = f"exited ({self.procs[target].returncode()}) on ENOSPC; restarted"
+                ev.note += f"exited ({self.procs[target].returncode()}) on ENOSPC; restarted"
             elif not self._progresses(target, before, self.stuck_timeout_s):
                 # The peer stays up but does not commit once space is back: restart it so the
                 # run can still check everything else; the test then fails on the note.
-                ev.note = f"stuck after drain ({self.stuck_timeout_s:.0f}s without a commit); restarted"
+                ev.note += f"stuck after drain ({self.stuck_timeout_s:.0f}s without a commit); restarted"
                 self.procs.kill9(target)
             if ev.note:
                 self.log(f"          {target}: {ev.note}")

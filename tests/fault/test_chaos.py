@@ -3,7 +3,8 @@ no peer forks, no prescription is dispensed twice, settlements stay balanced.
 
 The short run (``make test``) injects each of kill -9 of the Raft leader, kill -9 of a peer,
 SIGSTOP of an orderer, a partition, a connection cut, a full disk and the loss of the
-orderer quorum once, in a seeded order; ``RXCHAIN_CHAOS_LONG=1`` (``make chaos``) runs 25
+orderer quorum once, in a seeded order (the full-disk peer must stop committing while the others go on, and commit again by
+itself once space is back); ``RXCHAIN_CHAOS_LONG=1`` (``make chaos``) runs 25
 faults of every kind (tests/fault/schedule.py). The orderers' chains are compared too.
 ``RXCHAIN_CHAOS_SEED`` picks the seed (printed, so a failing run can be replayed).
 """
@@ -71,5 +72,7 @@ def test_chaos(tmp_path: Path, procs: ProcessManager, fault_proxy: FaultProxy) -
     assert report.ok, "\n".join(report.problems())
     stuck = [f"{f.kind} on {f.target}: {f.note}" for f in report.faults if "stuck" in f.note]
     assert not stuck, f"nodes that needed a restart to recover: {stuck}"
+    # the full disk really stopped the peer (while the rest went on), and it recovered by itself
+    assert all(f.full_disk_effective for f in report.faults if f.kind == "disk_full"), report.faults
     assert report.acknowledged > 50, "the load made too little progress to prove anything"
     assert len(report.faults) == len(schedule)
