@@ -67,6 +67,7 @@ class FaultEvent:
     recovered_s: float | None = None  # heal -> first acknowledged commit afterwards
     during_s: float | None = None  # fault -> first acknowledged commit of a tx submitted after it
     note: str = ""  # e.g. "restarted: stuck after the disk was drained"
+    full_disk_effective: bool | None = None  # disk_full: the peer really stopped committing
 
 
 @dataclass
