@@ -130,6 +130,17 @@ def _reject(node: ast.AST | None, message: str) -> ContractRejected:
     return ContractRejected(getattr(node, "lineno", 0) or 0, message)
 
 
+def _literal(node: ast.expr) -> bool:
+    """A constant, a negated number, or a tuple of those."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return isinstance(node.operand, ast.Constant)
+    if isinstance(node, ast.Tuple):
+        return all(_literal(e) for e in node.elts)
+    return False
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("__")
 
@@ -255,6 +266,10 @@ class _Checker(ast.NodeVisitor):
         for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
             if arg is not None and (_is_private(arg.arg) or arg.arg in FORBIDDEN_NAMES):
                 raise _reject(node, f"parameter name {arg.arg!r} is not allowed")
+        for default in [*a.defaults, *a.kw_defaults]:
+            if default is not None and not _literal(default):
+                # a shared mutable default would carry state from one invocation to the next
+                raise _reject(default, "default values must be literal constants")
         self.generic_visit(node)
 
     def visit_Try(self, node: ast.Try) -> None:

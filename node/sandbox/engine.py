@@ -10,13 +10,15 @@ import ast
 import builtins
 import dataclasses
 from collections import OrderedDict
+from functools import partial
+from types import BuiltinFunctionType, FunctionType, MethodType
 from typing import Any
 
 from node.sandbox import canonical
 from node.sandbox import types as t
 from node.sandbox.api import Context, ContractError, StateHost, valid_reason
 from node.sandbox.checker import ALLOWED_BUILTINS, FunctionSig
-from node.sandbox.errors import Abort, BadValue, ContractRejected
+from node.sandbox.errors import Abort, BadValue, ContractRejected, OutOfGas
 from node.sandbox.instrument import CompiledContract, api_globals, compile_contract
 from node.sandbox.meter import Meter, TypeProxy
 
@@ -172,10 +174,99 @@ def bad_invocation(message: str) -> t.InvocationResult:
     return t.InvocationResult(False, t.BAD_ARGUMENTS, f"invalid invocation: {message}", b"", (), 0)
 
 
+_ATOMIC: frozenset[type] = frozenset(
+    {int, str, bool, type(None), range, FunctionType, BuiltinFunctionType, MethodType, type,
+     TypeProxy, partial}
+)
+_CONTAINERS: frozenset[type] = frozenset({list, dict, set, tuple, frozenset})
+
+
+def shareable(value: Any, budget: int = 100_000) -> bool:
+    """True if ``value`` is built only from JSON-like containers and immutable objects
+    (functions, builtins, type proxies), so a deep copy of its containers is a faithful
+    fresh start.  Iterators, generators, views, exceptions... are not."""
+    stack = [value]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        v = stack.pop()
+        tv = type(v)
+        if tv in _ATOMIC:
+            continue
+        if tv not in _CONTAINERS:
+            return False
+        if tv is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        else:
+            stack.extend(v)
+    return True
+
+
+def needs_copy(value: Any) -> bool:
+    tv = type(value)
+    if tv is list or tv is dict or tv is set:
+        return True
+    if tv is tuple or tv is frozenset:
+        return any(needs_copy(x) for x in value)
+    return False
+
+
+def fresh_copy(values: dict[str, Any]) -> dict[str, Any]:
+    """Copies of the module's mutable values (aliasing between them preserved)."""
+    memo: dict[int, Any] = {}
+
+    def cp(v: Any) -> Any:
+        tv = type(v)
+        if tv not in _CONTAINERS:
+            return v
+        done = memo.get(id(v))
+        if done is not None:
+            return done
+        out: Any
+        if tv is list:
+            out = []
+            memo[id(v)] = out
+            out.extend(cp(x) for x in v)
+        elif tv is dict:
+            out = {}
+            memo[id(v)] = out
+            for k, x in v.items():
+                out[cp(k)] = cp(x)
+        elif tv is set:
+            out = set()
+            memo[id(v)] = out
+            out.update(cp(x) for x in v)
+        elif needs_copy(v):
+            out = tv(cp(x) for x in v)
+            memo[id(v)] = out
+        else:
+            out = v
+        return out
+
+    return {name: cp(v) for name, v in values.items()}
+
+
+@dataclasses.dataclass
+class _Module:
+    """A contract module executed once: its namespace (functions bound to it), the
+    pristine mutable values to copy for each call, and the gas its body costs."""
+
+    ns: dict[str, Any]
+    pristine: dict[str, Any]
+    init_gas: int
+
+
 class Engine:
     """Compile cache plus the invocation loop of one worker (or in-process runner)."""
 
-    def __init__(self, *, cache_size: int = CACHE_SIZE, skip_checks: bool = False) -> None:
+    def __init__(
+        self, *, cache_size: int = CACHE_SIZE, skip_checks: bool = False, module_cache: bool = True
+    ) -> None:
+        """``module_cache=False`` runs the module body afresh for every call (the reference
+        behaviour the cached path must match; used by tests)."""
+        self._module_cache = module_cache and not skip_checks
         self.meter = Meter(0, t.SandboxLimits())
         self._template: dict[str, Any] = {
             "__builtins__": _builtins(self.meter),
@@ -184,6 +275,9 @@ class Engine:
             **_helpers(self.meter),
         }
         self._cache: OrderedDict[str, CompiledContract] = OrderedDict()
+        self._modules: dict[
+            int, tuple[CompiledContract, t.SandboxLimits, _Module | None, int]
+        ] = {}
         self._cache_size = cache_size
         self._skip_checks = skip_checks
 
@@ -194,7 +288,53 @@ class Engine:
         return c
 
     def forget(self, code_hash: str) -> None:
-        self._cache.pop(code_hash, None)
+        c = self._cache.pop(code_hash, None)
+        if c is not None:
+            self._modules.pop(id(c), None)
+
+    def _module(
+        self, compiled: CompiledContract, limits: t.SandboxLimits, gas_limit: int
+    ) -> _Module | None:
+        """The executed module of ``compiled`` for ``limits``, or None when the module body
+        must run afresh for this call (it failed, ran out of ``gas_limit``, or holds values
+        that cannot be copied faithfully)."""
+        entry = self._modules.get(id(compiled))
+        if (
+            entry is not None
+            and entry[0] is compiled
+            and entry[1] == limits
+            and (entry[2] is not None or gas_limit <= entry[3])
+        ):
+            return entry[2]
+        meter = self.meter
+        meter.reset(gas_limit, limits)  # bounded like the call itself
+        ns = dict(self._template)
+        module: _Module | None = None
+        retry_above = 1 << 63  # failures other than running out of gas are final
+        try:
+            exec(compiled.code, ns)  # noqa: S102 - checked and instrumented contract code
+            ran = True
+        except OutOfGas:
+            ran, retry_above = False, gas_limit
+        except (Abort, Exception):  # noqa: BLE001 - such modules take the fresh path
+            ran = False
+        if ran and meter.aborted is None and meter.depth == 0:
+            pristine: dict[str, Any] = {}
+            safe = True
+            for name, v in ns.items():
+                if name in self._template or type(v) is FunctionType:
+                    continue
+                if not shareable(v):
+                    safe = False
+                    break
+                if needs_copy(v):
+                    pristine[name] = v
+            if safe:
+                module = _Module(ns, pristine, meter.used())
+        if len(self._modules) >= self._cache_size:
+            self._modules.pop(next(iter(self._modules)))
+        self._modules[id(compiled)] = (compiled, limits, module, retry_above)
+        return module
 
     def load(self, code_hash: str, source: str) -> CompiledContract:
         """Compile (check + instrument) and cache; raises ContractRejected."""
@@ -222,6 +362,9 @@ class Engine:
         host: StateHost,
     ) -> t.InvocationResult:
         meter = self.meter
+        module = None
+        if self._module_cache and compiled.functions.get(function) is not None:
+            module = self._module(compiled, limits, gas_limit)  # once, before this call's meter
         meter.reset(gas_limit, limits)
         ctx: Context | None = None
         try:
@@ -240,10 +383,18 @@ class Engine:
                 transient=transient,
                 limits=limits,
             )
-            ns = dict(self._template)
-            if self._skip_checks:
-                ns["__builtins__"] = builtins
-            exec(compiled.code, ns)  # noqa: S102 - checked and instrumented contract code
+            if module is not None:
+                # the module body was run once for these limits: charge what it cost and
+                # give this call fresh copies of the module's mutable values
+                meter.gas(module.init_gas)
+                ns = module.ns
+                if module.pristine:
+                    ns.update(fresh_copy(module.pristine))
+            else:
+                ns = dict(self._template)
+                if self._skip_checks:
+                    ns["__builtins__"] = builtins
+                exec(compiled.code, ns)  # noqa: S102 - checked and instrumented contract code
             value = ns[function](ctx, **kwargs)
             result, nodes = canonical.encode(value, "result", limits.max_value_bytes)
             meter.gas(nodes + len(result) // 32)

@@ -62,8 +62,8 @@ class BackendHost:
 class InProcessRunner:
     """Same results, writes and gas as ``Sandbox`` (see module docstring for the caveats)."""
 
-    def __init__(self) -> None:
-        self._engine = Engine()
+    def __init__(self, *, module_cache: bool = True) -> None:
+        self._engine = Engine(module_cache=module_cache)
         self._lock = threading.Lock()
 
     def invoke(self, inv: t.Invocation, backend: t.StateBackend) -> t.InvocationResult:

@@ -79,6 +79,8 @@ REJECTED = [
     ("def f(ctx, *args: int) -> None:\n    pass\n", 1, "no *args"),
     ("def f() -> None:\n    pass\n", 1, "context first"),
     ("@decorator\ndef f(ctx: int) -> None:\n    pass\n", 1, "decorators"),
+    ("X = {}\n\ndef _f(x: dict = X) -> None:\n    pass\n", 3, "default values must be literal"),
+    ("def _f(x: list = []) -> None:\n    pass\n", 1, "default values must be literal"),
     ("def f(ctx: int) -> None:\n    pass\ndef f(ctx: int) -> None:\n    pass\n", 3, "twice"),
     ("def f(ctx: int) -> None:\n    return (\n", 2, "syntax error"),
     ("x = " + "(" * 300 + "1" + ")" * 300 + "\n", 1, ""),
