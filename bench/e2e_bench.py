@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -269,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark."""
     t_start = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="rxbench-e2e-"))
-    print(f"home {home}", flush=True)
+    print(f"home {home} (kept only with RXCHAIN_BENCH_KEEP=1)", flush=True)
     bnet = start_network(home, patients=args.patients, progress=lambda m: print(m, flush=True),
                          max_tx_count=args.batch, timeout_ms=args.batch_timeout_ms)
     world = None
@@ -342,6 +343,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if world is not None:
             world.close()
         bnet.stop()
+        if not os.environ.get("RXCHAIN_BENCH_KEEP"):
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
