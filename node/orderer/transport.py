@@ -380,7 +380,10 @@ class _ForwardStream:
     """One ForwardBatch stream to a leader; answers are matched to tickets in order.
 
     Envelopes queued while the previous message was being sent travel together in one
-    ForwardedEnvelopes message (at most ``max_batch``)."""
+    ForwardedEnvelopes message (at most ``max_batch``). The stream opens with an empty
+    message the leader answers with an empty one; envelopes are only sent after that
+    answer, so a stream that fails to connect returns them as never sent (retryable)
+    instead of "outcome unknown"."""
 
     def __init__(self, target: str, channel_factory: ChannelFactory, max_batch: int = 512):
         self._channel = channel_factory(target)
@@ -388,6 +391,7 @@ class _ForwardStream:
         self._queue: queue.Queue[tuple[bytes, Ticket] | None] = queue.Queue()
         self._inflight: deque[Ticket] = deque()
         self._lock = threading.Lock()
+        self._open = threading.Event()
         self.broken = False
         call = self._channel.stream_stream(
             "/rxchain.v1.OrdererCluster/ForwardBatch",
@@ -406,6 +410,10 @@ class _ForwardStream:
             self._queue.put((envelope, ticket))
 
     def _requests(self) -> Iterator[raft_pb2.ForwardedEnvelopes]:
+        yield raft_pb2.ForwardedEnvelopes()  # handshake
+        while not self._open.wait(0.1):
+            if self.broken:
+                return
         while True:
             items = [self._queue.get()]
             while len(items) < self._max_batch:
@@ -436,6 +444,9 @@ class _ForwardStream:
     def _receive(self) -> None:
         try:
             for resp in self._responses:
+                if not self._open.is_set():
+                    self._open.set()  # the handshake answer
+                    continue
                 with self._lock:
                     tickets = [
                         self._inflight.popleft()

@@ -77,6 +77,11 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     wait_until(lambda: client.status(procs.target(fourth), 1.0).height >= height, 30,
                what="the new orderer to catch up")
     # The new orderer takes broadcasts (forwarding to the leader) ...
+    def via_fourth() -> bool:
+        rs = client.broadcast(procs.target(fourth), [client.envelope()[1]], timeout=10)
+        return bool(rs[0].accepted)
+
+    wait_until(via_fourth, 20, interval=0.2, what="the new orderer to forward")
     resps = client.broadcast(procs.target(fourth), [client.envelope()[1] for _ in range(10)])
     assert all(r.accepted for r in resps), [r.message for r in resps]
     # ... and is a voter: with 4 voters a quorum is 3, so with one original orderer down
