@@ -30,6 +30,7 @@ from client.network import NetworkInfo, load_network
 from client.patients import patient_from_yaml, write_directory
 from client.records import dx_key, patient_binding
 from client.session import Session
+from client.wallet import wallet_cert_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS_DIR = PROJECT_ROOT / "contracts"
@@ -47,20 +48,27 @@ def _quiet(_: str) -> None:
 
 
 def contract_definitions(net: NetworkInfo) -> dict[str, dict[str, Any]]:
-    """Endorsement policy and access rules of each contract."""
+    """Endorsement policy and access rules of each contract.
+
+    Prescriptions need two peers of different organisations. Registry data (formulary, policy,
+    practitioners, enrolment) and settlements need an insurer's peer plus one other peer: money
+    and reference data are never written on the word of hospitals alone. Every contract function
+    checks its caller's role itself, so the access rules admit every role.
+    """
     peer_orgs = sorted({p.org for p in net.peers})
     all_peers = ", ".join(f"{o}.peer" for o in peer_orgs)
     insurer_peers = [o for o in net.insurers() if o in peer_orgs]
     two = f"OutOf(2, {all_peers})" if len(peer_orgs) >= 2 else f"OutOf(1, {all_peers})"
-    if insurer_peers:
+    if insurer_peers and len(peer_orgs) >= 2:
         ins = ", ".join(f"{o}.peer" for o in insurer_peers)
-        settlement = f"AND(OutOf(1, {ins}), {two})"
+        # Each signer satisfies one principal, so this is an insurer peer plus one other peer.
+        with_insurer = f"AND(OutOf(1, {ins}), OutOf(1, {all_peers}))"
     else:
-        settlement = two
+        with_insurer = two
     return {
-        "registry": {"endorsement_policy": two, "access": {"*": ["*"]}},
+        "registry": {"endorsement_policy": with_insurer, "access": {"*": ["*"]}},
         "prescription": {"endorsement_policy": two, "access": {"*": ["*"]}},
-        "settlement": {"endorsement_policy": settlement, "access": {"*": ["*"]}},
+        "settlement": {"endorsement_policy": with_insurer, "access": {"*": ["*"]}},
     }
 
 
@@ -209,11 +217,13 @@ class Bootstrapper:
         secret = self.net.secret
         key = dx_key(secret)
         enrolled = [patient_from_yaml(raw) for raw in patients]
+        # The certificate names patients sign with are pseudonyms (netgen.patient_cert_name).
+        cns = {pat.handle: wallet_cert_name(self.home, pat.user_org, pat.user_name) for pat in enrolled}
         run("patients", [
             call(pat.enrolled_by, "enrol_patient", {"pseudonym": pat.pseudonym(secret)}, {
                 "dx_key": key, "diagnoses": [dict(d) for d in pat.diagnoses],
-                "patient_binding": patient_binding(secret, pat.user_org, pat.user_name),
-                "patient_user": {"org": pat.user_org, "name": pat.user_name}})
+                "patient_binding": patient_binding(secret, pat.user_org, cns[pat.handle]),
+                "patient_user": {"org": pat.user_org, "name": cns[pat.handle]}})
             for pat in enrolled])
         run("accounts", [
             self._job(pat.insurer, "settlement", "open_account", {

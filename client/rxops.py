@@ -104,6 +104,20 @@ class RxOperations:
         day = dt.datetime.fromtimestamp(self.s.clock() / 1000, CHINA_TZ).strftime("%Y%m%d")
         return f"RX{day}-{self.s.identity.org}-{self._rand(5).hex()}"
 
+    def _endorsers(self, *orgs: str) -> list[str]:
+        """The parties of a record that run a peer, for calls that carry plaintext transient data.
+
+        Plaintext (content, claim lines) must reach only the endorsing peers of organisations
+        authorised to read it, so these calls name their endorsers instead of letting the gateway
+        pick any peer that satisfies the policy.
+        """
+        with_peer = {p.org for p in self.s.net.peers}
+        return [o for o in dict.fromkeys(orgs) if o and o in with_peer]
+
+    def _meta(self, rx_id: str) -> dict[str, Any]:
+        meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+        return meta if isinstance(meta, dict) else {}
+
     def _get_key(self, rx_id: str) -> OpenedRecord:
         res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id})
         grant = res.result if isinstance(res.result, dict) else {}
@@ -161,7 +175,8 @@ class RxOperations:
             rx_id, content, recipients, insurer, self.s.net.records_public_key(insurer),
             req.pharmacy, self.s.dx_key, self._rand,
         )
-        res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient)
+        parties = self._endorsers(me.org, req.pharmacy, insurer)[:2]
+        res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
         return _written(res, {"rx_id": rx_id})
 
     def review(self, rx_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
@@ -207,7 +222,9 @@ class RxOperations:
         transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
         if trace_codes:
             transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
-        out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient))
+        parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
+        out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
+                                             endorsing_orgs=parties))
         if locked is not None:
             out["lock_block"] = locked["block"]
         return out
@@ -306,8 +323,12 @@ class RxOperations:
         opened = self._get_key(rx_id)
         if opened.kind != "claim":
             raise RxClientError("WRONG_ROLE", "the caller holds no insurer claim grant")
+        meta = self._meta(rx_id)
+        parties = self._endorsers(self.s.identity.org, str(meta.get("pharmacy", "")),
+                                  str(meta.get("hospital", "")))[:2]
         res = self.s.gateway.submit(SETTLEMENT, "settle", {"rx_id": rx_id, "fill": fill},
-                                    {"claim": opened.body, "claim_salt": opened.salt})
+                                    {"claim": opened.body, "claim_salt": opened.salt},
+                                    endorsing_orgs=parties)
         return _written(res)
 
     def reverse(self, claim_id: str, reason: str) -> dict[str, Any]:

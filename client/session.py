@@ -61,7 +61,7 @@ class Session:
                                on_commit=lambda b: record_last_block(self.home, b))
         if self.identity.role == "patient":
             self.gateway.default_transient["patient_binding"] = patient_binding(
-                self.net.secret, self.identity.org, self.identity.user)
+                self.net.secret, self.identity.org, self.identity.cert_name)
         self._directory: PatientDirectory | None = None
         self._formulary: Formulary | None = None
 

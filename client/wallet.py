@@ -23,7 +23,7 @@ from rxchain.v1 import identity_pb2
 
 from client.errors import WalletError
 from node.crypto.signing import Signer, load_private_key
-from node.crypto.x509 import cert_info
+from node.crypto.x509 import cert_info, cert_info_der
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,24 @@ class WalletIdentity:
         """``org:user``."""
         return f"{self.org}:{self.user}"
 
+    @property
+    def cert_name(self) -> str:
+        """The certificate's common name (a pseudonym for patients, the handle otherwise)."""
+        return cert_info_der(self.signer.identity.cert_der).name
+
 
 def wallet_dir(home: Path, org: str, user: str) -> Path:
     """The wallet directory of ``org:user`` under ``home``."""
     return Path(home) / "orgs" / org / "users" / user
+
+
+def wallet_cert_name(home: Path, org: str, user: str) -> str:
+    """The common name in the certificate of wallet ``org:user``."""
+    path = wallet_dir(home, org, user) / "cert.pem"
+    try:
+        return cert_info(x509.load_pem_x509_certificate(path.read_bytes())).name
+    except (OSError, ValueError) as exc:
+        raise WalletError("BAD_WALLET", f"cannot read certificate {path}: {exc}") from exc
 
 
 def parse_as(value: str) -> tuple[str, str]:

@@ -74,17 +74,29 @@ class Identities:
                 info = cert_info(x509.load_der_x509_certificate(cert_der))
             except ValueError as exc:
                 raise RxClientError("UNAUTHENTICATED", "not a member certificate") from exc
-            wallet = self.home / "orgs" / info.org / "users" / info.name / "cert.pem"
-            try:
-                mine = x509.load_pem_x509_certificate(wallet.read_bytes()).public_bytes(
-                    serialization.Encoding.DER)
-            except (OSError, ValueError) as exc:
-                raise RxClientError("NO_WALLET", f"no wallet for {info.org}:{info.name}") from exc
-            if mine != cert_der:
-                raise RxClientError("NO_WALLET", "the presented certificate is not the wallet's")
-            ops = RxOperations(Session(self.home, f"{info.org}:{info.name}", network=self.net))
+            user = self._wallet_of(info.org, cert_der)
+            if user is None:
+                raise RxClientError("NO_WALLET", f"no wallet here holds the presented {info.org} certificate")
+            ops = RxOperations(Session(self.home, f"{info.org}:{user}", network=self.net))
             self._sessions[cert_der] = ops
             return ops
+
+    def _wallet_of(self, org: str, cert_der: bytes) -> str | None:
+        """The wallet (user directory) of ``org`` whose certificate is exactly ``cert_der``.
+
+        Searched by content, not by the certificate's name: patients' certificates carry a
+        pseudonymous common name that differs from their wallet handle.
+        """
+        users = self.home / "orgs" / org / "users"
+        for cert_path in sorted(users.glob("*/cert.pem")):
+            try:
+                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
+                    serialization.Encoding.DER)
+            except (OSError, ValueError):
+                continue
+            if der == cert_der:
+                return cert_path.parent.name
+        return None
 
     def close(self) -> None:
         """Close every session."""

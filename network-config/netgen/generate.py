@@ -8,7 +8,8 @@ block are kept, so running twice changes nothing)::
     network.yaml                      every node's endpoint (for the launcher and clients)
     ca-bundle.pem                     all organisations' CA certificates
     orgs/<org>/ca.pem, ca.key         the organisation's CA
-    orgs/<org>/users/<user>/          cert.pem, key.pem, org-records-key.pem (a wallet entry)
+    orgs/<org>/users/<user>/          cert.pem, key.pem, org-records-key.pem (staff only): a wallet
+                                      (a patient's certificate CN is a pseudonym, see patient_cert_name)
     orgs/<org>/records/               cert.pem, key.pem: the org's record-decryption key
     nodes/<node>/                     node.yaml, cert.pem, key.pem, ca-bundle.pem, data/
 """
@@ -31,6 +32,7 @@ from rxchain.v1 import config_pb2
 from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, parse_spec
 from node.crypto import signing
 from node.crypto import x509 as rx509
+from node.crypto.hashing import hmac_sha256_hex
 from node.genesis import make_genesis
 
 Clock = Callable[[], dt.datetime]
@@ -130,6 +132,16 @@ def _ca(org_dir: Path, org: str, now: dt.datetime) -> tuple[cx509.Certificate, e
     return cert, key
 
 
+def patient_cert_name(secret: bytes, org: str, user: str) -> str:
+    """The pseudonymous common name of a patient's certificate.
+
+    A patient's certificate becomes the creator of her transactions, so it must not carry her
+    wallet handle (often her name): its CN is ``pt-`` + 24 hex of HMAC-SHA256(consortium
+    secret, "patient-cn|org|user").
+    """
+    return "pt-" + hmac_sha256_hex(secret, f"patient-cn|{org}|{user}".encode())[:24]
+
+
 def _member(
     directory: Path,
     ca: tuple[cx509.Certificate, ec.EllipticCurvePrivateKey],
@@ -137,13 +149,14 @@ def _member(
     user: UserSpec,
     now: dt.datetime,
     hosts: tuple[str, ...] = (),
+    cert_name: str | None = None,
 ) -> cx509.Certificate:
     key = _key(directory / "key.pem")
     cert_path = directory / "cert.pem"
     if cert_path.exists():
         return cx509.load_pem_x509_certificate(cert_path.read_bytes())
     cert = rx509.issue_cert(
-        ca[0], ca[1], key.public_key(), org=org, role=user.role, name=user.name,
+        ca[0], ca[1], key.public_key(), org=org, role=user.role, name=cert_name or user.name,
         attrs=user.attrs, now=now, hosts=hosts,
     )
     _write_if_changed(cert_path, rx509.cert_to_pem(cert))
@@ -181,19 +194,24 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
     secret = home / "consortium-secret"
     if not secret.exists():
         _write_private(secret, secrets.token_hex(32).encode())
+    secret_bytes = bytes.fromhex(secret.read_text().strip())
 
     cas: dict[str, tuple[cx509.Certificate, ec.EllipticCurvePrivateKey]] = {}
     for org in spec.orgs:
         cas[org.id] = _ca(home / "orgs" / org.id, org.id, now)
         for user in _users(org):
-            _member(home / "orgs" / org.id / "users" / user.name, cas[org.id], org.id, user, now)
+            cn = patient_cert_name(secret_bytes, org.id, user.name) if user.role == "patient" else None
+            _member(home / "orgs" / org.id / "users" / user.name, cas[org.id], org.id, user, now,
+                    cert_name=cn)
     records: dict[str, bytes] = {}
     for org in spec.orgs:
         rdir = home / "orgs" / org.id / "records"
         rcert = _member(rdir, cas[org.id], org.id, UserSpec(f"records.{org.id}", "client"), now)
         records[org.id] = rx509.cert_to_der(rcert)
         for user in _users(org):
-            # Members hold their organisation's records key (in production: the org's KMS).
+            if user.role == "patient":
+                continue  # a patient reads only what is wrapped for her own key
+            # Staff hold their organisation's records key (in production: the org's KMS).
             _write_if_changed_private(
                 home / "orgs" / org.id / "users" / user.name / "org-records-key.pem",
                 (rdir / "key.pem").read_bytes(),
