@@ -174,10 +174,7 @@ def bad_invocation(message: str) -> t.InvocationResult:
     return t.InvocationResult(False, t.BAD_ARGUMENTS, f"invalid invocation: {message}", b"", (), 0)
 
 
-_ATOMIC: frozenset[type] = frozenset(
-    {int, str, bool, type(None), range, FunctionType, BuiltinFunctionType, MethodType, type,
-     TypeProxy, partial}
-)
+_ATOMIC: frozenset[type] = frozenset({int, str, bool, type(None), range, type, TypeProxy})
 _CONTAINERS: frozenset[type] = frozenset({list, dict, set, tuple, frozenset})
 
 
@@ -193,6 +190,21 @@ def shareable(value: Any, budget: int = 100_000) -> bool:
         v = stack.pop()
         tv = type(v)
         if tv in _ATOMIC:
+            continue
+        if tv is BuiltinFunctionType or tv is MethodType:
+            # builtins and the meter's wrappers (sorted, sum...); never a container's method
+            if type(v.__self__) in _CONTAINERS or (tv is MethodType and type(v.__self__)
+                                                   is not Meter):
+                return False
+            continue
+        if tv is FunctionType:
+            if v.__closure__ is not None:
+                return False  # a closure cell could hold state from an earlier call
+            continue
+        if tv is partial:
+            # e.g. ``APPEND = ITEMS.append``: bound to the module's own (pristine) list
+            if v.keywords or any(needs_copy(a) or not shareable(a) for a in v.args):
+                return False
             continue
         if tv not in _CONTAINERS:
             return False
@@ -322,7 +334,7 @@ class Engine:
             pristine: dict[str, Any] = {}
             safe = True
             for name, v in ns.items():
-                if name in self._template or type(v) is FunctionType:
+                if name in self._template:
                     continue
                 if not shareable(v):
                     safe = False

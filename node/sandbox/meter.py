@@ -366,12 +366,24 @@ class Meter:
         return self.mul(a, b)
 
     def contains(self, item: Any, container: Any) -> bool:
-        """``item in container`` with a cost linear in sequence length."""
-        if type(container) in _SEQ:
+        """``item in container`` with a cost linear in the work done.
+
+        Sequences are charged by length, hashed containers by the item, a range by nothing more
+        than a call when the item is an int; anything else (iterators, map, enumerate, ...) is
+        walked through :meth:`it`, one gas per element, so an unmetered C loop cannot hide in ``in``.
+        """
+        tc = type(container)
+        if tc in _SEQ:
             self.gas(1 + len(container) // 32)
-        elif type(item) is str:
-            self.gas(1 + len(item) // 32)
-        return item in container
+            return item in container
+        if tc in (dict, set, frozenset):
+            self.gas(1 + (len(item) // 32 if type(item) is str else 0))
+            return item in container
+        if tc is range and type(item) is int:
+            self.gas(1)
+            return item in container
+        self.gas(1)
+        return any(x is item or x == item for x in self.it(container))
 
     def compare(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         """Comparison of two non-literal operands: charge the sizes compared."""

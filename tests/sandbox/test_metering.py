@@ -315,3 +315,30 @@ def test_contract_error_text() -> None:
         "return out",
     )
     assert value(run(src)) == ["A_B: why", "A_B: why", "C", "C"]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "None in range(3 * 10**7)",
+        "(-1, -1) in enumerate(range(10**7))",
+        "-1 in map(abs, range(10**7))",
+        "-1 in zip(range(10**7))",
+    ],
+)
+def test_membership_in_an_iterator_is_metered(expr: str) -> None:
+    # `x in <iterator>` would otherwise run an unmetered C loop until the wall-clock timeout
+    r = run(fn(f"return 1 if {expr} else 0"), gas=20_000)
+    assert (r.ok, r.reason, r.gas_used) == (False, "OUT_OF_GAS", 20_000)
+
+
+def test_membership_results_unchanged() -> None:
+    src = fn(
+        "a = 1 if 3 in range(10) else 0",
+        "b = 1 if 'k' in {'k': 1} else 0",
+        "c = 1 if 4 in map(abs, [-4]) else 0",
+        "d = 1 if 'z' in 'xyz' else 0",
+        "e = 1 if 7 in enumerate([1]) else 0",
+        "return a + 2 * b + 4 * c + 8 * d + 16 * e",
+    )
+    assert value(run(src)) == 15

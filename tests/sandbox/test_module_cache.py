@@ -99,3 +99,20 @@ def test_project_contracts_use_the_module_cache(path: Path) -> None:
     engine = Engine()
     compiled = engine.load("x", path.read_text(encoding="utf-8"))
     assert engine._module(compiled, t.SandboxLimits(), 10_000_000) is not None
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "ITEMS = [0]\nPUSH = ITEMS.append\nCOPY = ITEMS.copy\n",
+        "def _make() -> list:\n    box = []\n    def _push(x: int) -> list:\n"
+        "        box.append(x)\n        return box\n    return [_push]\nPUSHERS = _make()\n"
+        "PUSH = PUSHERS[0]\n\ndef _copy() -> list:\n    return PUSH(0)\n\nCOPY = _copy\n",
+    ],
+    ids=["bound-method", "closure"],
+)
+def test_module_values_bound_to_state_do_not_leak(module: str) -> None:
+    src = HEAD + module + "\n\ndef f(ctx: Context) -> int:\n    PUSH(1)\n    return len(COPY())\n"
+    runner = InProcessRunner()
+    counts = [value(call(runner, src, "f", {})) for _ in range(3)]
+    assert counts == [counts[0]] * 3
