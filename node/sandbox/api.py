@@ -49,8 +49,10 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   ``checker.ALLOWED_BUILTINS`` (len, range, sorted, min, max, sum, any, all, enumerate, zip,
   map, filter, reversed, isinstance, abs, divmod, pow, round, str, int, bool, list, dict,
   set, frozenset, tuple, repr, chr, ord, hex, bin, oct and the common exception classes).
-* Module-level names are re-created for every invocation: nothing persists between calls
-  except what is written with ``ctx.put``.
+* Every invocation starts from the module's initial values: nothing persists between
+  calls except what is written with ``ctx.put`` (the runtime runs the module body once and
+  gives each call fresh copies of module-level lists/dicts/sets; the gas of the module
+  body is charged to every call).  Default parameter values must be literal constants.
 * Determinism: dict keys must be str / int / bool / None or tuples of them; set elements
   str / int / bool or tuples / frozensets of them -- not None, whose hash is its memory
   address in Python 3.11 (anything else hashes by address too; TypeError otherwise).
