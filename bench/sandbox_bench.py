@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.common import write_result
@@ -102,6 +104,23 @@ def _direct_ping(ctx: object, n: int) -> int:
     return n + 1
 
 
+def _real_contract_call(sandbox: Sandbox, backend: _Backend) -> float | None:
+    """Median of ``prescription.trace`` on an unknown id (a 1000-line contract: argument
+    check, one state read, a refusal) -- the fixed cost of a real contract call."""
+    path = Path(__file__).resolve().parents[1] / "contracts" / "prescription.py"
+    if not path.exists():
+        return None
+    source = path.read_text(encoding="utf-8")
+    inv = dataclasses.replace(
+        _inv("trace", {"rx_id": "rx-unknown"}), contract="prescription",
+        code_hash="bench-prescription", source=source,
+    )
+    first = sandbox.invoke(inv, backend)
+    if first.reason in ("CONTRACT_REJECTED", "UNKNOWN_FUNCTION", "BAD_ARGUMENTS"):
+        return None
+    return round(statistics.median(_latencies(lambda: sandbox.invoke(inv, backend), 1000)), 1)
+
+
 def _throughput(sandbox: Sandbox, inv: t.Invocation, backend: _Backend, n: int) -> float:
     for _ in range(WARMUP):
         sandbox.invoke(inv, backend)
@@ -145,6 +164,7 @@ def main() -> None:
         through = min(rounds, key=statistics.median)
         state = _latencies(lambda: sandbox.invoke(touch, backend), SAMPLES // 2)
         per_s = _throughput(sandbox, ping, backend, SAMPLES)
+        real = _real_contract_call(sandbox, backend)
         spin = _inv("spin", {"n": 300_000})
         t0 = time.perf_counter()
         spun = sandbox.invoke(spin, backend)
@@ -171,6 +191,7 @@ def main() -> None:
         "median_direct_call_us": round(med_direct, 2),
         "median_inprocess_engine_us": round(statistics.median(inproc), 1),
         "median_get_put_call_us": round(statistics.median(state), 1),
+        "median_prescription_trace_call_us": real,
         "metered_gas_per_s": round(gas_per_s),
         "samples": SAMPLES,
         "workers": 1,
