@@ -14,11 +14,16 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   Bundle(Claim, ClaimResponse)
 
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
+
+The TLS handshake runs in the connection's worker thread with a timeout, never in the accept
+loop, so an idle or slow client cannot stall the gateway; reads have a timeout too. A POST
+body needs one ``Content-Length`` of decimal digits (at most ``MAX_BODY``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -38,13 +43,16 @@ from node.crypto.x509 import cert_info
 from node.errors import RxError
 
 MAX_BODY = 1 << 20
+HANDSHAKE_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 30.0
+_DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
 
 _STATUS = {
     "FHIR_INVALID": 400, "BAD_ARGUMENTS": 400, "BAD_DIAGNOSIS": 400, "BAD_REQUEST": 400,
     "UNKNOWN_DRUG": 422, "NO_KEY_GRANT": 403, "ACCESS_DENIED": 403, "WRONG_ROLE": 403,
     "UNAUTHENTICATED": 401, "NO_WALLET": 403, "NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503,
-    "TOO_LARGE": 413,
+    "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400,
 }
 
 
@@ -176,6 +184,7 @@ def capability_statement() -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT_S  # applied to the connection by StreamRequestHandler.setup
 
     def log_message(self, format: str, *args: Any) -> None:
         self.server.log(f"{self.address_string()} {format % args}")
@@ -199,9 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise RxClientError("UNAUTHENTICATED", "a client certificate is required")
             body: Any = None
             if method == "POST":
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise RxClientError("TOO_LARGE", f"body exceeds {MAX_BODY} bytes")
+                length = self._content_length()
                 try:
                     body = json.loads(self.rfile.read(length) or b"null")
                 except ValueError as exc:
@@ -209,10 +216,28 @@ class _Handler(BaseHTTPRequestHandler):
             status, resource = self.server.app.handle(method, self.path, body, cert)
             self._reply(status, resource)
         except (RxClientError, RxError) as exc:
+            if exc.reason in ("BAD_CONTENT_LENGTH", "TOO_LARGE"):
+                self.close_connection = True  # the unread body must not be parsed as a request
             self._reply(_http_status(exc.reason), mapping.operation_outcome(exc.reason, exc.message))
         except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
             self.server.log(f"internal error: {type(exc).__name__}: {exc}")
             self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
+
+    def _content_length(self) -> int:
+        """The declared body length: one header of decimal digits, at most MAX_BODY."""
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return 0
+        if len(values) > 1:
+            raise RxClientError("BAD_CONTENT_LENGTH", "more than one Content-Length header")
+        text = values[0].strip()
+        if not _DIGITS.fullmatch(text):
+            raise RxClientError("BAD_CONTENT_LENGTH", f"Content-Length must be a non-negative integer, "
+                                f"got {text[:20]!r}")
+        length = int(text)
+        if length > MAX_BODY:
+            raise RxClientError("TOO_LARGE", f"body exceeds {MAX_BODY} bytes")
+        return length
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -224,10 +249,25 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], app: FhirApp, log: Callable[[str], None]):
+    def __init__(self, addr: tuple[str, int], app: FhirApp, log: Callable[[str], None],
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S):
         super().__init__(addr, _Handler)
         self.app = app
         self.log = log
+        self.handshake_timeout_s = handshake_timeout_s
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the connection's worker thread: the TLS handshake (bounded), then the request."""
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(self.handshake_timeout_s)
+            try:
+                request.do_handshake()
+            except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+                self.log(f"{client_address[0]}:{client_address[1]} TLS handshake failed: "
+                         f"{type(exc).__name__}: {exc}")
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
 
 def tls_context(cert_path: Path, key_path: Path, ca_bundle: Path) -> ssl.SSLContext:
@@ -242,15 +282,17 @@ def tls_context(cert_path: Path, key_path: Path, ca_bundle: Path) -> ssl.SSLCont
 
 def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 server_node: str | None = None,
-                log: Callable[[str], None] = lambda _: None) -> tuple[_Server, Identities]:
+                log: Callable[[str], None] = lambda _: None,
+                handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> tuple[_Server, Identities]:
     """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate."""
     home = Path(home)
     ids = Identities(home)
     node = server_node or ids.net.peers[0].name
     ndir = home / "nodes" / node
-    server = _Server((host, port), FhirApp(ids), log)
+    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s)
     ctx = tls_context(ndir / "cert.pem", ndir / "key.pem", home / "ca-bundle.pem")
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    # No handshake in accept(): finish_request does it in the worker thread, with a timeout.
+    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     return server, ids
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -126,7 +127,7 @@ def test_operation_outcome_carries_reason():
 
 @pytest.fixture
 def gateway(net_home) -> Iterator[tuple[int, Any]]:
-    server, ids = make_server(net_home.home, "127.0.0.1", 0)
+    server, ids = make_server(net_home.home, "127.0.0.1", 0, handshake_timeout_s=1.0)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
@@ -146,8 +147,8 @@ def _client(net_home, cert_dir) -> ssl.SSLContext:
     return ctx
 
 
-def _request(port, ctx, method, path, body=None):
-    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+def _request(port, ctx, method, path, body=None, timeout=10.0):
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=timeout)
     try:
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data, headers={"Content-Type": "application/fhir+json"})
@@ -183,3 +184,53 @@ def test_gateway_refuses_certificate_without_wallet(gateway):
     status, body = _request(port, ctx, "POST", "/fhir/MedicationRequest", _mr())
     assert status == 403
     assert body["issue"][0]["details"]["coding"][0]["code"] == "NO_WALLET"
+
+
+def test_idle_connection_does_not_stall_the_gateway(gateway):
+    """A TCP connection that never starts TLS must not block other clients (handshake off accept)."""
+    port, net_home = gateway
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        for _ in range(3):
+            status, body = _request(port, ctx, "GET", "/fhir/metadata", timeout=5)
+            assert status == 200 and body["resourceType"] == "CapabilityStatement"
+        # the idle connections are dropped once the (1 s) handshake timeout passes
+        for sock in idle:
+            assert sock.recv(1) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "+5", "1_0", "0x10", "99999999999", "1, 1"])
+def test_bad_content_length_is_refused(gateway, value):
+    port, net_home = gateway
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5)
+    try:
+        conn.putrequest("POST", "/fhir/MedicationRequest")
+        conn.putheader("Content-Type", "application/fhir+json")
+        conn.putheader("Content-Length", value)
+        conn.endheaders(b"{}")
+        resp = conn.getresponse()
+        status, body = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    assert status == 400 and body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "BAD_CONTENT_LENGTH"
+
+
+def test_oversized_content_length_is_refused_unread(gateway):
+    port, net_home = gateway
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5)
+    try:
+        conn.putrequest("POST", "/fhir/MedicationRequest")
+        conn.putheader("Content-Length", str((1 << 20) + 1))
+        conn.endheaders(b"{}")
+        resp = conn.getresponse()
+        status, body = resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+    assert status == 413 and body["issue"][0]["details"]["coding"][0]["code"] == "TOO_LARGE"
