@@ -7,6 +7,7 @@ public keys keyed by certificate DER in a bounded LRU cache.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -68,25 +69,32 @@ def load_signer(cert_path: str | Path, key_path: str | Path, org: str) -> Signer
 
 
 class Verifier:
-    """Verifies signatures by certificate DER, caching parsed public keys (bounded LRU)."""
+    """Verifies signatures by certificate DER, caching parsed public keys (bounded LRU).
+
+    Thread-safe: gRPC servicers verify from many threads; the cache is guarded by a lock
+    (the verification itself runs outside it).
+    """
 
     def __init__(self, max_entries: int = 4096):
         self._max = max_entries
         self._keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
+        self._lock = threading.Lock()
 
     def public_key(self, cert_der: bytes) -> ec.EllipticCurvePublicKey:
         """The parsed P-256 public key of a DER certificate (cached)."""
-        key = self._keys.get(cert_der)
-        if key is not None:
-            self._keys.move_to_end(cert_der)
-            return key
+        with self._lock:
+            key = self._keys.get(cert_der)
+            if key is not None:
+                self._keys.move_to_end(cert_der)
+                return key
         cert = x509.load_der_x509_certificate(cert_der)
         pub = cert.public_key()
         if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
             raise ValueError("certificate key is not ECDSA P-256")
-        self._keys[cert_der] = pub
-        if len(self._keys) > self._max:
-            self._keys.popitem(last=False)
+        with self._lock:
+            self._keys[cert_der] = pub
+            if len(self._keys) > self._max:
+                self._keys.popitem(last=False)
         return pub
 
     def verify(self, cert_der: bytes, signature: bytes, data: bytes) -> bool:

@@ -8,6 +8,7 @@ organisation's kind may hold. Parsed certificates and chain checks are cached by
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class MSP:
         self._orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self._cache: OrderedDict[tuple[str, bytes], _Checked] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()  # the chain cache is shared by servicer threads
 
     def org(self, org_id: str) -> config_pb2.Organization:
         """The configuration of ``org_id``; RxError(UNKNOWN_ORG) if none."""
@@ -91,7 +93,8 @@ class MSP:
 
     def _check_chain(self, org_id: str, cert_der: bytes) -> _Checked:
         key = (org_id, cert_der)
-        hit = self._cache.get(key)
+        with self._lock:
+            hit = self._cache.get(key)
         if hit is not None:
             return hit
         try:
@@ -111,9 +114,10 @@ class MSP:
         except (ValueError, KeyError) as exc:
             raise RxError("BAD_CERT", f"certificate subject is not an rxchain member name: {exc}") from exc
         checked = _Checked(info, chain_ok)
-        self._cache[key] = checked
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = checked
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return checked
 
     def validate(self, identity: identity_pb2.Identity, at_ms: int) -> Principal:

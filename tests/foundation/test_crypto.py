@@ -75,3 +75,31 @@ def test_key_wrapping_only_recipient_unwraps() -> None:
         aead.unwrap_key(pharmacy, wrapped, b"rx-1|p02")  # bound to its context
     with pytest.raises(aead.DecryptionError):
         aead.unwrap_key(pharmacy, wrapped[:-1], b"rx-1|p01")
+
+
+def test_verifier_is_safe_under_concurrent_eviction() -> None:
+    import threading
+
+    keys = [signing.generate_key() for _ in range(6)]
+    ders = [_cert_for(k) for k in keys]
+    sigs = [signing.sign(k, b"m") for k in keys]
+    v = signing.Verifier(max_entries=2)  # constant eviction
+    failures: list[BaseException] = []
+    results: list[bool] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(60):
+                j = (i + offset) % len(keys)
+                results.append(v.verify(ders[j], sigs[j], b"m"))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures
+    assert len(results) == 240 and all(results)
+    assert len(v._keys) <= 2
