@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from rxchain.v1 import block_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
+from node.fsutil import fsync_dir
 from node.ledger.errors import LedgerError
 
 _log = logging.getLogger(__name__)
@@ -315,13 +316,6 @@ class BlockStore:
         if fd is not None:
             os.close(fd)
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     # ------------------------------------------------------------------ API
 
     @property
@@ -384,7 +378,7 @@ class BlockStore:
         )
         self._write_pos = 0
         if self._fsync:
-            self._fsync_dir()
+            fsync_dir(self._dir)
 
     def get_bytes(self, number: int) -> bytes:
         """The serialized Block ``number`` exactly as stored (checksum verified)."""

@@ -27,6 +27,7 @@ import re
 import struct
 import zlib
 
+from node.fsutil import fsync_dir
 from node.raft.errors import RaftError
 from node.raft.types import ConfState, Snapshot, SnapshotMeta
 
@@ -79,14 +80,6 @@ def decode_snapshot(raw: bytes) -> Snapshot:
     return Snapshot(SnapshotMeta(index, term, ConfState(groups[0], groups[1])), data)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Snapshotter:
     """Saves and loads snapshot files in one directory, keeping the newest ``keep``."""
 
@@ -120,7 +113,7 @@ class Snapshotter:
             os.close(fd)
         os.replace(tmp, path)
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         self._prune()
         return path
 

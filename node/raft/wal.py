@@ -50,6 +50,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from node.fsutil import fsync_dir
 from node.raft.errors import RaftError
 from node.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState
 
@@ -122,14 +123,6 @@ def encode_hard_state(hs: HardState) -> bytes:
 def encode_snapshot_mark(mark: SnapshotMark) -> bytes:
     """SNAPSHOT record."""
     return encode_record(REC_SNAPSHOT, _SNAP.pack(mark.index, mark.term))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Replay:
@@ -302,7 +295,7 @@ class WAL:
     def _open_segment(self, seq: int) -> int:
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         return fd
 
     def _write_header_records(self, carry: Sequence[Entry] = ()) -> None:
@@ -380,7 +373,7 @@ class WAL:
             removed.append(path)
         self._segments = self._segments[len(old) :]
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         return removed
 
     def segment_paths(self) -> list[str]:
