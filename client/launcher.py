@@ -4,6 +4,8 @@
 ``HOME/logs/<node>.log``, pid files in ``HOME/run/<node>.pid``), then wait -- bounded --
 until every node's Admin.Health reports serving. ``down``: SIGTERM each node's process
 group, SIGKILL after a bound. ``status``: pid liveness plus Admin.Status of every node.
+A pid read from a pid file is trusted only if ``/proc/<pid>/cmdline`` shows our node module
+and that node's config (``is_node_process``): a reused pid is never signalled.
 The same node binaries run one per host in a real deployment (see client/README.md).
 """
 
@@ -68,6 +70,32 @@ def generate_material(home: Path, consortium: Path | None = None,
     return True
 
 
+NODE_MODULES = ("node.peer", "node.orderer")
+
+
+def is_node_process(pid: int, config: Path) -> bool:
+    """True if process ``pid`` is a node started with ``-m node.peer|node.orderer --config config``.
+
+    Reads ``/proc/<pid>/cmdline``; a missing process, an unreadable cmdline or any other
+    command line (e.g. a pid reused after the node died) gives False.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not any(a in NODE_MODULES for a in args):
+        return False
+    want = Path(config).resolve()
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--config":
+            try:
+                return Path(args[i + 1]).resolve() == want
+            except (OSError, RuntimeError):
+                return False
+    return False
+
+
 @dataclass(frozen=True)
 class NodeProcess:
     """A launched node."""
@@ -100,6 +128,10 @@ class Launcher:
         """Log file of a node."""
         return self.home / "logs" / f"{name}.log"
 
+    def config_path(self, name: str) -> Path:
+        """Absolute path of a node's config (as passed on its command line)."""
+        return (self.home / "nodes" / name / "node.yaml").resolve()
+
     def _operator(self, net: NetworkInfo) -> WalletIdentity:
         """The identity the launcher uses for Admin calls: the first orderer org's admin."""
         org = net.orderers[0].org if net.orderers else net.peers[0].org
@@ -107,7 +139,10 @@ class Launcher:
 
     # ------------------------------------------------------------ processes
     def running_pid(self, name: str) -> int | None:
-        """The pid of a live node process, or None."""
+        """The pid of a live node process, or None.
+
+        A pid file naming a live process that is not this node (a reused pid) counts as dead.
+        """
         child = self._children.get(name)
         if child is not None:
             return child.pid if child.poll() is None else None
@@ -121,21 +156,21 @@ class Launcher:
         except ProcessLookupError:
             return None
         except PermissionError:
-            return pid
+            return pid if is_node_process(pid, self.config_path(name)) else None
         try:  # a zombie of ours counts as dead
             done, _ = os.waitpid(pid, os.WNOHANG)
             if done == pid:
                 return None
         except ChildProcessError:
             pass
-        return pid
+        return pid if is_node_process(pid, self.config_path(name)) else None
 
     def start_node(self, node: NodeEndpoint) -> NodeProcess:
         """Start one node (no-op if its pid file names a live process)."""
         pid = self.running_pid(node.name)
         if pid is not None:
             return NodeProcess(node.name, node.kind, pid)
-        config = self.home / "nodes" / node.name / "node.yaml"
+        config = self.config_path(node.name)
         if not config.exists():
             raise RxClientError("BAD_CONFIG", f"missing node config {config}")
         self.log_path(node.name).parent.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from netgen import generate
 
 from client.errors import RxClientError
-from client.launcher import Launcher
+from client.launcher import Launcher, is_node_process
 from tests.client.conftest import FIXED_NOW, client_consortium
 from tests.client.ports import free_base_port
 
@@ -87,3 +89,58 @@ def test_stubborn_node_is_killed_after_the_grace(tmp_path: Path, base_port: int,
     for s in stopped:
         with pytest.raises(ProcessLookupError):
             os.kill(s["pid"], 0)
+
+
+def _sleeper(*argv: str) -> subprocess.Popen[bytes]:
+    """A process in its own session whose command line carries ``argv`` (it sleeps, bounded)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv],
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def _wait_cmdline(proc: subprocess.Popen[bytes], text: str) -> None:
+    """Wait (bounded) until the child has exec'd, so its cmdline is its own."""
+    for _ in range(200):
+        try:
+            if text in Path(f"/proc/{proc.pid}/cmdline").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"{proc.pid} never showed {text!r}")
+
+
+def test_is_node_process_checks_module_and_config(tmp_path: Path):
+    cfg = tmp_path / "nodes" / "peer.h01" / "node.yaml"
+    node = _sleeper("-m", "node.peer", "--config", str(cfg))
+    other = _sleeper("-m", "node.peer", "--config", str(tmp_path / "elsewhere.yaml"))
+    plain = _sleeper()
+    try:
+        _wait_cmdline(node, "node.peer")
+        _wait_cmdline(other, "node.peer")
+        assert is_node_process(node.pid, cfg)
+        assert not is_node_process(other.pid, cfg)
+        assert not is_node_process(plain.pid, cfg)
+        assert not is_node_process(2**22 + 7, cfg)  # beyond pid_max: no such process
+    finally:
+        for p in (node, other, plain):
+            p.kill()
+            p.wait(10)
+
+
+def test_down_never_signals_a_reused_pid(tmp_path: Path, base_port: int):
+    """Pid files naming an unrelated live process (a reused pid): not a node, not signalled."""
+    home = _tiny(tmp_path, base_port)
+    bystander = _sleeper("unrelated")
+    try:
+        _wait_cmdline(bystander, "unrelated")
+        (home / "run").mkdir(exist_ok=True)
+        for name in ("orderer.ins01", "peer.h01", "peer.ins01"):
+            (home / "run" / f"{name}.pid").write_text(f"{bystander.pid}\n")
+        launcher = Launcher(home, python=_python(tmp_path))
+        assert launcher.running_pid("peer.h01") is None
+        assert launcher.down(grace_s=0.5) == []
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not list((home / "run").glob("*.pid"))
+    finally:
+        bystander.kill()
+        bystander.wait(10)

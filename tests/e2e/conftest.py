@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from client.launcher import is_node_process
 from tests.client.ports import free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,7 @@ class Net:
 
     home: Path
     base_port: int
+    trace_codes: list[str] = field(default_factory=list)  # every trace code the tests used
 
     def cli(self, *args: str) -> dict[str, Any]:
         """A CLI command that must succeed."""
@@ -93,13 +95,27 @@ class Net:
         return out
 
 
-def _kill_leftovers(home: Path) -> None:
-    for pid_file in (home / "run").glob("*.pid"):
+def kill_leftovers(home: Path) -> list[int]:
+    """SIGKILL the process group of every node a pid file of ``home`` names; the pids killed.
+
+    A pid is signalled only if its ``/proc/<pid>/cmdline`` is that node (module and config
+    path): a pid reused by an unrelated process after the node died is left alone.
+    """
+    killed = []
+    for pid_file in sorted((home / "run").glob("*.pid")):
+        config = home / "nodes" / pid_file.stem / "node.yaml"
         try:
             pid = int(pid_file.read_text())
-            os.killpg(pid, signal.SIGKILL)
         except (OSError, ValueError):
+            continue
+        if pid <= 1 or not is_node_process(pid, config):
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:
             pass
+    return killed
 
 
 def _start(home: Path) -> tuple[int, dict[str, Any], int]:
@@ -132,4 +148,4 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             try:
                 rxchain(h, "network", "down", "--grace", "5", timeout=60)
             finally:
-                _kill_leftovers(h)
+                kill_leftovers(h)

@@ -87,6 +87,7 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
         ops.review(rx_id, True)
     finally:
         ops.s.close()
+    net.trace_codes.append(f"FH{rx_id[-10:]}")
     dispense = {"resourceType": "MedicationDispense", "status": "completed",
                 "medication": {"concept": {"coding": [{"code": "amlodipine"}]}},
                 "subject": {"identifier": {"value": "patient-zhang"}},
