@@ -19,8 +19,9 @@ from typing import Any
 
 from client.bootstrap import Bootstrapper
 from client.errors import RxClientError
-from client.launcher import Launcher, default_home, generate_material
+from client.launcher import DEFAULT_HOME, Launcher, default_home, generate_material
 from client.network import load_network
+from client.privacy_scan import Hit, peer_state_dir, raw_files, scan_leveldb, scan_raw
 from client.rxops import DrugLine, IssueRequest, RxOperations
 from client.session import Session
 from client.verify import verify_peer
@@ -175,16 +176,61 @@ class Story:
         self.results["verified"] = [(r.peer, r.ok, r.height) for r in verified]
 
         self.say("\n== Privacy check ==")
-        patient = self.ops(doctor).s.directory.resolve("patient-zhang")
-        files = [p for p in (self.home / "nodes" / "peer.p01" / "data").rglob("*") if p.is_file()]
-        raw = b"".join(p.read_bytes() for p in files)
-        for label, needle in (("name", patient.display_name), ("ID number", patient.id_number)):
-            found = needle.encode() in raw
-            self.say(f"  patient's {label} in peer.p01's blocks and state "
-                     f"({len(files)} files, {len(raw) // 1024} KiB): "
-                     f"{'FOUND' if found else 'not found'}")
-            self.results[f"privacy_{label}"] = found
+        self.privacy_check(doctor, ("amlodipine", "benidipine"))
         return self.results
+
+
+    def privacy_check(self, who: str, drugs: tuple[str, ...],
+                      peers: tuple[str, ...] = ("peer.h01", "peer.p01", "peer.ins01")) -> None:
+        """Look for the patient's identifiers and the drug names in what the nodes wrote.
+
+        Every key and value of the peers' world state (read through LevelDB: its tables are
+        compressed, a byte grep could miss a string), and the raw blocks, raft files and logs
+        of every node.
+        """
+        session = self.ops(who).s
+        patient = session.directory.resolve("patient-zhang")
+        names = [n for d in drugs for e in [session.formulary.resolve(d)]
+                 for n in (e.short_name, e.generic_name) if n]
+        checks = {"name": [patient.display_name], "ID number": [patient.id_number],
+                  "birth date": [patient.birth_date], "drug names": names}
+        terms = [t for ts in checks.values() for t in ts if t]
+        hits: list[Hit] = []
+        entries = 0
+        for peer in peers:
+            n, found = scan_leveldb(peer_state_dir(self.home, peer), terms, f"{peer} state")
+            entries += n
+            hits += found
+        files = raw_files(self.home)
+        hits += scan_raw(files, terms)
+        size = sum(_size(f) for f in files)
+        self.say(f"  scanned {entries} state entries of {', '.join(peers)} through LevelDB, and "
+                 f"{len(files)} block, raft and log files of every node ({size // 1024} KiB)")
+        for label, needles in checks.items():
+            where = sorted({h.where for h in hits if h.term in needles})
+            shown = "not found"
+            if where:
+                shown = f"FOUND in {where[0]}" + (f" and {len(where) - 1} more" if len(where) > 1 else "")
+            what = f"drug names ({', '.join(drugs)})" if label == "drug names" else f"patient's {label}"
+            self.say(f"  {what}: {shown}")
+            self.results[f"privacy_{label}"] = bool(where)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a LevelDB file removed by a compaction meanwhile
+        return 0
+
+
+def closing_hints(home: Path, rx_id: str) -> list[str]:
+    """The closing lines: what to try and how to stop this network (naming a non-default home)."""
+    env = "" if Path(home).resolve() == DEFAULT_HOME.resolve() else f"RXCHAIN_HOME={home} "
+    return [
+        f"Try: {env}.venv/bin/rxchain --as h01:patient-zhang rx show {rx_id}",
+        f"     {env}.venv/bin/rxchain --as reg01:auditor-1 rx audit {rx_id}",
+        f"Stop it with:  {env}make network-down   (or: {env}.venv/bin/rxchain network down)",
+    ]
 
 
 def main() -> int:
@@ -213,9 +259,8 @@ def main() -> int:
         return 1
     print(f"\nDone in {time.monotonic() - t0:.0f}s. The network is still running "
           f"(logs in {home / 'logs'}).")
-    print(f"Try: .venv/bin/rxchain --as h01:patient-zhang rx show {results['rx_id']}")
-    print(f"     .venv/bin/rxchain --as reg01:auditor-1 rx audit {results['rx_id']}")
-    print("Stop it with:  make network-down   (or: .venv/bin/rxchain network down)")
+    for line in closing_hints(home, results["rx_id"]):
+        print(line)
     return 0
 
 

@@ -1,26 +1,19 @@
-"""Scanning a local network's files for identifying plaintext (patient data, drug names).
-
-Raw bytes are not enough for LevelDB: plyvel's tables are snappy-compressed, so a string
-can be split by back-references and missed by a grep. ``leveldb_items`` therefore copies
-a (possibly live, locked) LevelDB directory and iterates every key and value of the copy
-through plyvel; ``raw_files`` covers the uncompressed block segments, raft files and logs.
-"""
+"""The privacy scan of the e2e tests: client.privacy_scan plus the sample data's sensitive terms."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import plyvel
 import yaml
+
+from client.privacy_scan import Hit, find_terms, leveldb_items, raw_files, scan_leveldb, scan_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = ROOT / "network-config" / "sample-data.yaml"
+
+__all__ = ["Hit", "find_terms", "leveldb_items", "raw_files", "scan_leveldb", "scan_raw",
+           "sensitive_terms"]
 
 
 def sensitive_terms(sample_data: Path = SAMPLE_DATA) -> list[str]:
@@ -34,74 +27,3 @@ def sensitive_terms(sample_data: Path = SAMPLE_DATA) -> list[str]:
     for d in raw["formulary"]:
         terms += [str(d["short_name"]), str(d["generic_name"])]
     return terms
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A term found in a place."""
-
-    term: str
-    where: str
-
-
-def find_terms(data: bytes, terms: Iterable[str], where: str) -> list[Hit]:
-    """Case-insensitive occurrences of ``terms`` in ``data`` (one hit per term)."""
-    low = data.lower()
-    return [Hit(t, where) for t in terms if t.lower().encode() in low]
-
-
-def copy_leveldb(src: Path, dest: Path, attempts: int = 5) -> Path:
-    """Copy a LevelDB directory (maybe open in a running node) without its LOCK file.
-
-    A compaction can delete a file between listing and copying: retry, bounded.
-    """
-    last: Exception | None = None
-    for _ in range(attempts):
-        shutil.rmtree(dest, ignore_errors=True)
-        try:
-            shutil.copytree(src, dest, ignore=shutil.ignore_patterns("LOCK"))
-            return dest
-        except (OSError, shutil.Error) as exc:
-            last = exc
-            time.sleep(0.2)
-    raise AssertionError(f"could not copy {src}: {last}")
-
-
-def leveldb_items(state_dir: Path) -> Iterator[tuple[bytes, bytes]]:
-    """Every (key, value) of the LevelDB at ``state_dir``, read from a private copy."""
-    with tempfile.TemporaryDirectory(prefix="rx-scan-") as tmp:
-        copy = copy_leveldb(state_dir, Path(tmp) / "db")
-        db = plyvel.DB(str(copy), create_if_missing=False)
-        try:
-            yield from db.iterator()
-        finally:
-            db.close()
-
-
-def scan_leveldb(state_dir: Path, terms: list[str], where: str) -> tuple[int, list[Hit]]:
-    """(number of entries read, hits) over every key and value of a LevelDB."""
-    count, hits = 0, []
-    for key, value in leveldb_items(state_dir):
-        count += 1
-        for h in find_terms(key + b"\0" + value, terms, f"{where} key {key[:80]!r}"):
-            hits.append(h)
-    return count, hits
-
-
-def raw_files(home: Path) -> list[Path]:
-    """Every file the nodes wrote: data (blocks, state, raft) and logs; not keys or configs."""
-    files = [p for p in sorted((home / "nodes").rglob("*")) if p.is_file()
-             and p.suffix not in (".pem", ".yaml")]
-    return files + [p for p in sorted((home / "logs").rglob("*")) if p.is_file()]
-
-
-def scan_raw(files: Iterable[Path], terms: list[str]) -> list[Hit]:
-    """Hits in the raw bytes of ``files``."""
-    hits: list[Hit] = []
-    for f in files:
-        try:
-            data = f.read_bytes()
-        except FileNotFoundError:  # a LevelDB file removed by a compaction meanwhile
-            continue
-        hits += find_terms(data, terms, str(f))
-    return hits

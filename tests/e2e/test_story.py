@@ -338,6 +338,21 @@ def test_listing_prescriptions(net: Net):
     assert net.cli_error("--as", WANG, "rx", "list")["error"] == "ACCESS_DENIED"
 
 
+def test_demo_privacy_check_finds_nothing(net: Net):
+    from client.demo import Story
+
+    lines: list[str] = []
+    story = Story(net.home, say=lines.append)
+    try:
+        story.privacy_check("h01:dr-jiang", ("amlodipine", "benidipine"))
+    finally:
+        story.close()
+    assert story.results == {"privacy_name": False, "privacy_ID number": False,
+                             "privacy_birth date": False, "privacy_drug names": False}, lines
+    assert lines[0].startswith("  scanned ") and "peer.ins01" in lines[0]
+    assert lines[-1] == "  drug names (amlodipine, benidipine): not found"
+
+
 # Keep this test LAST in the file: it scans what every earlier test (and test_fhir_gateway)
 # wrote. NATIONAL_CODE is on the ledger in the formulary: the positive control of the scan.
 NATIONAL_CODE = "XC08CAA001A001010100001"
