@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import plyvel
 
@@ -50,11 +51,24 @@ def copy_leveldb(src: Path, dest: Path, attempts: int = 5, sleep: float = 0.2) -
     raise OSError(f"could not copy {src}: {last}")
 
 
+def _open_copy(state_dir: Path, dest: Path, attempts: int = 5) -> Any:
+    """A plyvel handle on a fresh copy; a copy caught mid-compaction (MANIFEST naming a table
+    that was not copied) fails to open: copy again, bounded."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        copy = copy_leveldb(state_dir, dest)
+        try:
+            return plyvel.DB(str(copy), create_if_missing=False)
+        except plyvel.Error as exc:
+            last = exc
+            time.sleep(0.2)
+    raise OSError(f"could not open a copy of {state_dir}: {last}")
+
+
 def leveldb_items(state_dir: Path) -> Iterator[tuple[bytes, bytes]]:
     """Every (key, value) of the LevelDB at ``state_dir``, read from a private copy."""
     with tempfile.TemporaryDirectory(prefix="rx-scan-") as tmp:
-        copy = copy_leveldb(Path(state_dir), Path(tmp) / "db")
-        db = plyvel.DB(str(copy), create_if_missing=False)
+        db = _open_copy(Path(state_dir), Path(tmp) / "db")
         try:
             yield from db.iterator()
         finally:
