@@ -121,6 +121,16 @@ class ChaosRun:
             self.procs.kill9(target)
             time.sleep(pf.hold_s)
             self._restart(target)
+        elif kind == "compound":
+            peer, orderer = target.split("+")
+            self.procs.kill9(peer)
+            for link in self._front(orderer):
+                link.set_mode(Mode.DROP)
+            time.sleep(pf.hold_s)
+            for link in self._front(orderer):
+                link.heal()
+                link.cut()
+            self._restart(peer)
         elif kind == "quorum_loss":
             # pause a majority of orderers: clients must get answers (SERVICE_UNAVAILABLE /
             # timeouts), not hang; ordering resumes when they come back

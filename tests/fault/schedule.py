@@ -18,6 +18,7 @@ KINDS = (
     "delay",             # 150 ms added each way on every connection to a node
     "disk_full",         # the small-disk peer's filesystem is filled, then drained
     "quorum_loss",       # a majority of orderers paused at once, then continued
+    "compound",          # at once: kill -9 a peer and black-hole an orderer (proxy DROP)
 )
 SHORT_KINDS = ("kill9_leader", "kill9_peer", "pause_orderer", "partition", "cut", "disk_full", "quorum_loss")
 
@@ -39,11 +40,14 @@ class PlannedFault:
 def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: str, *, long: bool,
                   kinds: tuple[str, ...] = SHORT_KINDS) -> list[PlannedFault]:
     """The fault schedule for ``seed``: the short one covers each of ``kinds`` (default
-    :data:`SHORT_KINDS`) once in a seeded order; the long one adds 18 faults drawn from every
-    kind (no disk_full without a small-disk peer)."""
+    :data:`SHORT_KINDS`) once in a seeded order; the long one has every kind of :data:`KINDS`
+    once plus random draws, 25 faults in all (no disk_full without a small-disk peer)."""
     rng = random.Random(seed)
     pool = [k for k in KINDS if k != "disk_full" or disk_peer]
-    chosen = list(kinds) + ([rng.choice(pool) for _ in range(18)] if long else [])
+    if long:  # every kind once (disk_full only with a small-disk peer), then random draws: 25 in all
+        chosen = list(pool) + [rng.choice(pool) for _ in range(25 - len(pool))]
+    else:
+        chosen = list(kinds)
     rng.shuffle(chosen)
     out: list[PlannedFault] = []
     for kind in chosen:
@@ -55,6 +59,8 @@ def make_schedule(seed: int, orderers: list[str], peers: list[str], disk_peer: s
             target = rng.choice(peers)
         elif kind == "disk_full":
             target = disk_peer
+        elif kind == "compound":
+            target = f"{rng.choice(peers)}+{rng.choice(orderers)}"
         else:
             target = rng.choice(orderers + peers)
         hold = rng.uniform(2.0, 4.0) if long else rng.uniform(1.5, 3.0)

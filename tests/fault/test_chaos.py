@@ -5,7 +5,9 @@ The short run (``make test``) injects each of kill -9 of the Raft leader, kill -
 SIGSTOP of an orderer, a partition, a connection cut, a full disk and the loss of the
 orderer quorum once, in a seeded order (the full-disk peer must stop committing while the others go on, and commit again by
 itself once space is back); ``RXCHAIN_CHAOS_LONG=1`` (``make chaos``) runs 25
-faults of every kind (tests/fault/schedule.py). The orderers' chains are compared too.
+faults: every kind of tests/fault/schedule.py once (one-way black holes, delays, follower
+kills, paused peers, a peer killed while an orderer is black-holed ...) plus random draws.
+The orderers' chains are compared too.
 ``RXCHAIN_CHAOS_SEED`` picks the seed (printed, so a failing run can be replayed).
 """
 

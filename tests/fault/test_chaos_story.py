@@ -2,7 +2,7 @@
 codes and a racing second dispenser, settle) on the project's prescription / settlement /
 registry contracts, deployed and loaded with the sample data by the project's own
 bootstrapper, while the Raft leader and a peer are killed and a peer is partitioned (the
-long run, ``make chaos``, adds 18 faults of every kind). The checker then proves no prescription was dispensed twice, every
+long run, ``make chaos``, runs 25 faults covering every kind). The checker then proves no prescription was dispensed twice, every
 settlement balances, nothing acknowledged was lost and no peer forked.
 """
 
