@@ -11,7 +11,7 @@ SITE        = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["p
 RXCHAIN_HOME ?= $(CURDIR)/.rxchain
 PYTEST_ARGS ?=
 
-.PHONY: install proto test lint demo bench sim-sweep chaos network-up network-down clean
+.PHONY: install proto test lint demo bench bench-scale-1m sim-sweep chaos network-up network-down clean
 
 install: $(STAMP)
 
@@ -51,6 +51,9 @@ network-down: install proto
 
 bench: install proto
 	$(PY) -m bench.run_all
+
+bench-scale-1m: install proto
+	RXCHAIN_SCALE_TX=1000000 $(PY) -m bench.scale_bench
 
 sim-sweep: install proto
 	RXCHAIN_SIM_SEEDS=$${RXCHAIN_SIM_SEEDS:-3000} $(PY) -m pytest -q tests/sim -p no:cacheprovider

@@ -72,6 +72,18 @@ def contract_definitions(net: NetworkInfo) -> dict[str, dict[str, Any]]:
     }
 
 
+def _retry_lagging(call: Callable[[], SubmitResult], reason: str, attempts: int = 6) -> SubmitResult:
+    """Run ``call``, retrying (bounded, with backoff) while an endorser lags with ``reason``."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except RxClientError as exc:
+            if exc.reason != reason or attempt == attempts - 1:
+                raise
+            time.sleep(0.3 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _state(home: Path) -> dict[str, Any]:
     path = home / STATE_FILE
     if not path.exists():
@@ -154,7 +166,7 @@ class Bootstrapper:
                           "code_hash": code_hash, **defs[name]}
             self.progress(f"  {name}: installed in block {installed.block}; "
                           f"{len(approvers)} admins approving")
-            _parallel([self._job(org, LIFECYCLE, "approve", definition) for org in approvers])
+            _parallel([self._approve(org, definition) for org in approvers])
             committed = self._commit(lead, definition)
             self.progress(f"  {name}: committed in block {committed.block} "
                           f"(policy {defs[name]['endorsement_policy'][:48]}...)")
@@ -162,15 +174,14 @@ class Bootstrapper:
         return out
 
     def _commit(self, lead: Session, definition: dict[str, Any]) -> SubmitResult:
-        for attempt in range(5):
-            try:
-                return lead.gateway.submit(LIFECYCLE, "commit", definition)
-            except RxClientError as exc:
-                # An endorser that has not yet committed every approval sees too few.
-                if exc.reason != "LIFECYCLE_POLICY_FAILURE" or attempt == 4:
-                    raise
-                time.sleep(0.3 * (attempt + 1))
-        raise AssertionError("unreachable")
+        # An endorser that has not yet committed every approval sees too few.
+        return _retry_lagging(lambda: lead.gateway.submit(LIFECYCLE, "commit", definition),
+                              "LIFECYCLE_POLICY_FAILURE")
+
+    def _approve(self, org: str, definition: dict[str, Any]) -> Callable[[], SubmitResult]:
+        job = self._job(org, LIFECYCLE, "approve", definition)
+        # A remote endorser that has not yet committed the install does not know the package.
+        return lambda: _retry_lagging(job, "UNKNOWN_PACKAGE")
 
     # ------------------------------------------------------------ sample data
     def load_sample_data(self, path: Path = DEFAULT_SAMPLE_DATA) -> dict[str, int]:
