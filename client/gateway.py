@@ -228,7 +228,13 @@ class Gateway:
     def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope) -> SubmitResult:
         """Submit a signed envelope and wait for its commit status."""
         sreq = services_pb2.SubmitRequest(envelope=envelope)
-        self._call(lambda: self._stub.Submit(sreq, timeout=30))
+        try:
+            self._call(lambda: self._stub.Submit(sreq, timeout=30))
+        except RxClientError as exc:
+            # Already on the ledger (e.g. a retried Submit whose first attempt got through):
+            # the commit status below reports the original outcome.
+            if exc.reason != "DUPLICATE_TXID":
+                raise
         creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=self._commit_timeout_ms)
         status = self._call(
             lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5)

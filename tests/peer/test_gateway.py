@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import pytest
-from rxchain.v1 import services_pb2, transaction_pb2
+from rxchain.v1 import config_pb2, services_pb2, transaction_pb2
 
+from node.crypto.canonical import compute_tx_id
 from node.errors import RxError
 from node.identity.policy import parse_policy
 from node.peer.config_view import ConfigView
@@ -333,3 +334,44 @@ def test_endorse_retries_a_lagging_remote(deployed: Cluster, pool) -> None:
     resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
     assert len(transaction_pb2.Transaction.FromString(resp.prepared_transaction).endorsements) == 2
     assert remotes.calls == ["p01", "ins01", "p01"]
+
+
+def test_submit_refuses_a_committed_tx_id_at_intake() -> None:
+    from types import SimpleNamespace
+
+    from rxchain.v1 import identity_pb2
+
+    creator = identity_pb2.Identity(org="h01", cert_der=b"cert")
+    nonce = b"n" * 24
+    tx_id = compute_tx_id(nonce, creator)
+    header = transaction_pb2.TxHeader(tx_id=tx_id, type=transaction_pb2.INVOKE, creator=creator, nonce=nonce)
+    env = transaction_pb2.Envelope(
+        payload=transaction_pb2.Transaction(header=header.SerializeToString()).SerializeToString(),
+        signature=b"sig")
+
+    class _Ledger:
+        def __init__(self, known: set[str]) -> None:
+            self.known = known
+
+        def tx_location(self, tx: str) -> object | None:
+            return object() if tx in self.known else None
+
+    class _Configs:
+        def current(self) -> object:
+            return SimpleNamespace(config=config_pb2.ConsortiumConfig())
+
+    sent: list[transaction_pb2.Envelope] = []
+
+    class _Broadcast:
+        def submit(self, e: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
+            sent.append(e)
+            return services_pb2.BroadcastResponse(tx_id=tx_id, accepted=True)
+
+    request = services_pb2.SubmitRequest(envelope=env)
+    fresh = SimpleNamespace(ledger=_Ledger(set()), configs=_Configs(), broadcast=_Broadcast(), on_submit=None)
+    assert submit(cast(GatewayDeps, fresh), request).tx_id == tx_id
+    seen = SimpleNamespace(ledger=_Ledger({tx_id}), configs=_Configs(), broadcast=_Broadcast(), on_submit=None)
+    with pytest.raises(RxError) as e:
+        submit(cast(GatewayDeps, seen), request)
+    assert e.value.reason == "DUPLICATE_TXID"
+    assert len(sent) == 1  # the replay never reached the ordering service

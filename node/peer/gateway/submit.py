@@ -33,6 +33,10 @@ def submit(deps: GatewayDeps, request: services_pb2.SubmitRequest) -> services_p
     if not request.HasField("envelope"):
         raise RxError("BAD_REQUEST", "envelope is required")
     tx_id = check_envelope(deps, request.envelope)
+    if deps.ledger.tx_location(tx_id) is not None:
+        # A replay of a committed tx would only be ordered to be marked DUPLICATE_TXID.
+        # (Transact instead answers a replay with the original commit status.)
+        raise RxError("DUPLICATE_TXID", f"transaction {tx_id} is already on the ledger")
     resp = deps.broadcast.submit(request.envelope)
     if not resp.accepted:
         raise RxError(resp.reason or "REFUSED", resp.message or "the ordering service refused")
