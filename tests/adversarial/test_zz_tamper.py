@@ -121,8 +121,5 @@ def test_tampered_block_file(adv: AdvNet, case_table: CaseTable, how: str) -> No
     assert rc == 1 and f"first bad block {target}" in report, report
     assert cli_rc == 1 and '"error"' in cli_out and f"block {target}" in cli_out, cli_out
     assert case.still_serving
-    if outcome != "refused":
-        pytest.xfail(f"KNOWN GAP: the peer starts on a ledger whose block {target} was tampered ({how}); "
-                     "node/ledger/blockstore.py checks only the tail record on open and the peer does not "
-                     "re-verify the chain at start-up. `python -m node.ledger verify` does detect it.")
+    assert outcome == "refused", f"the peer started on a ledger whose block {target} was tampered ({how})"
     assert any(w in log for w in ("LEDGER_CORRUPT", "BAD_BLOCK", "corrupt", "checksum", str(target))), log
