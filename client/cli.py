@@ -149,7 +149,7 @@ def _issue(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
 def _review(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     if a.approve == (a.reject is not None):
         raise UsageError("rx review needs exactly one of --approve or --reject REASON")
-    res: dict[str, Any] = ops.review(a.rx_id, a.approve, a.reject or "")
+    res: dict[str, Any] = ops.review(a.rx_id, a.approve, a.reject or "", a.note or "")
     return res
 
 
@@ -344,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     rev = sub(rx, "review", _with_ops(_review), "approve or reject (pharmacist)")
     rev.add_argument("rx_id")
     rev.add_argument("--approve", action="store_true")
-    rev.add_argument("--reject", metavar="REASON")
+    rev.add_argument("--reject", metavar="REASON",
+                     help="INTERACTION, DOSE, CONTRAINDICATION, NOT_INDICATED, INCOMPLETE or OTHER; "
+                          "other text becomes OTHER plus an encrypted note")
+    rev.add_argument("--note", help="free text, encrypted under the record key (grant holders read it)")
     rt = sub(rx, "route", _simple("route", "rx_id", "pharmacy"), "route to a pharmacy")
     rt.add_argument("rx_id")
     rt.add_argument("--pharmacy", required=True, metavar="ORG")
@@ -371,18 +374,24 @@ def build_parser() -> argparse.ArgumentParser:
         cs = sub(rx, name, _simple(method, "rx_id", "org"), help_)
         cs.add_argument("rx_id")
         cs.add_argument("--org", required=True)
-    rvk = sub(rx, "revoke", _simple("revoke", "rx_id", "reason"), "revoke before dispensing")
+    rvk = sub(rx, "revoke", _simple("revoke", "rx_id", "reason", "note"), "revoke before dispensing")
     rvk.add_argument("rx_id")
-    rvk.add_argument("--reason", required=True)
+    rvk.add_argument("--reason", required=True,
+                     help="PRESCRIBING_ERROR, PATIENT_REQUEST, ADVERSE_REACTION, DUPLICATE, CLINICAL_CHANGE "
+                          "or OTHER; other text becomes OTHER plus an encrypted note")
+    rvk.add_argument("--note", default="", help="free text, encrypted under the record key")
 
     cl = groups.add_parser("claim", help="insurance claims").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     st = sub(cl, "settle", _with_ops(_settle), "settle a dispense (insurer clerk)")
     st.add_argument("rx_id")
     st.add_argument("--fill", type=int, default=0)
-    rv = sub(cl, "reverse", _simple("reverse", "claim_id", "reason"), "reverse a claim")
+    rv = sub(cl, "reverse", _simple("reverse", "claim_id", "reason", "note"), "reverse a claim")
     rv.add_argument("claim_id")
-    rv.add_argument("--reason", default="reversed by the insurer")
+    rv.add_argument("--reason", default="OTHER",
+                    help="BILLING_ERROR, RETURNED_GOODS, DUPLICATE or OTHER; other text becomes OTHER "
+                         "plus a note encrypted under the claim key")
+    rv.add_argument("--note", default="", help="free text, encrypted under the claim key")
 
     pa = groups.add_parser("patient", help="patients").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -149,8 +149,10 @@ class Story:
                 clerk, f"settle {rx_id} a second time",
                 lambda: self.ops(clerk).settle(rx_id)),
         }
-        revoked = self.ops(doctor).revoke(other["rx_id"], "patient switched to another plan")
-        self.step(doctor, f"revoked {other['rx_id']} before dispensing", revoked)
+        revoked = self.ops(doctor).revoke(other["rx_id"], "CLINICAL_CHANGE",
+                                          note="patient switched to another plan")
+        self.step(doctor, f"revoked {other['rx_id']} before dispensing (reason CLINICAL_CHANGE, "
+                          "note encrypted under the record key)", revoked)
         audit = self.ops("reg01:auditor-1").show(rx_id)
         self.say(f"  The regulator sees status {audit['status']} and metadata; content: "
                  f"{audit.get('denied') or 'granted'}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from client.errors import NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
+from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
 from client.records import OpenedRecord, open_grant, seal_prescription, wrap_for
 from client.session import Session
@@ -179,10 +180,24 @@ class RxOperations:
         res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
         return _written(res, {"rx_id": rx_id})
 
-    def review(self, rx_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
-        """Approve or reject."""
-        return _written(self.s.gateway.submit(
-            RX, "review", {"rx_id": rx_id, "approve": approve, "reason": reason}))
+    def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, str]:
+        """``{"note_ct": ...}`` with ``note`` encrypted under the key the caller holds for
+        ``rx_id`` (record key, or claim key for an insurer), or ``{}`` without a note."""
+        if not note:
+            return {}
+        opened = self._get_key(rx_id)
+        return {"note_ct": seal_note(opened.record_key, rx_id, action, note)}
+
+    def review(self, rx_id: str, approve: bool, reason: str = "", note: str = "") -> dict[str, Any]:
+        """Approve, or reject with a code (free text becomes OTHER + an encrypted note)."""
+        if approve:
+            code, text = "", (reason + "\n" + note).strip()
+        else:
+            r = split_reason(REVIEW, reason, note)
+            code, text = r.code, r.note
+        args: dict[str, Any] = {"rx_id": rx_id, "approve": approve, "reason": code}
+        args.update(self._sealed(rx_id, REVIEW, text))
+        return _written(self.s.gateway.submit(RX, "review", args))
 
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
         """(Re-)route: re-wrap the content key for the new pharmacy."""
@@ -233,9 +248,25 @@ class RxOperations:
         """Courier confirms hand-over."""
         return _written(self.s.gateway.submit(RX, "deliver", {"rx_id": rx_id}))
 
-    def revoke(self, rx_id: str, reason: str) -> dict[str, Any]:
-        """Revoke before dispensing."""
-        return _written(self.s.gateway.submit(RX, "revoke", {"rx_id": rx_id, "reason": reason}))
+    def revoke(self, rx_id: str, reason: str, note: str = "") -> dict[str, Any]:
+        """Revoke before dispensing: ``reason`` is a code, or free text that becomes OTHER
+        with the text in a note encrypted under the record key (never plaintext on-chain)."""
+        r = split_reason(REVOKE, reason, note)
+        args: dict[str, Any] = {"rx_id": rx_id, "reason": r.code}
+        args.update(self._sealed(rx_id, REVOKE, r.note))
+        return _written(self.s.gateway.submit(RX, "revoke", args))
+
+    def _notes_opened(self, rx_id: str, items: list[tuple[str, dict[str, Any]]],
+                      opened: OpenedRecord | None) -> None:
+        """Replace each item's ``note_ct`` by ``note`` (decrypted text, or None when the
+        caller holds no key for it). ``items`` are (action, record) pairs."""
+        for action, rec in items:
+            ct = str(rec.pop("note_ct", "") or "")
+            if not ct:
+                continue
+            want = "claim" if action == REVERSE else "content"
+            key = opened.record_key if opened is not None and opened.kind == want else None
+            rec["note"] = open_note(key, rx_id, action, ct) if key is not None else None
 
     def show(self, rx_id: str) -> dict[str, Any]:
         """Metadata, plus the decrypted content when the caller holds a key grant.
@@ -259,6 +290,11 @@ class RxOperations:
         out = {k: v for k, v in meta.items()
                if k not in ("ciphertext", "claim_ciphertext")}
         out["rx_id"] = rx_id
+        for action, field in ((REVIEW, "review"), (REVOKE, "revocation")):
+            if isinstance(out.get(field), dict):
+                rec = dict(out[field])
+                self._notes_opened(rx_id, [(action, rec)], opened)
+                out[field] = rec
         if opened is not None:
             out[opened.kind] = opened.body
             out["grant"] = opened.party
@@ -274,13 +310,29 @@ class RxOperations:
         if not isinstance(res, dict):
             raise RxClientError("BAD_PAYLOAD", "trace returned no object")
         steps = []
+        notes: list[tuple[str, dict[str, Any]]] = []
         for st in res.get("steps") or []:
             block = st.get("block")
             if block is None and st.get("tx_id"):
                 block = self.s.gateway.tx_block(str(st["tx_id"]))
-            steps.append({"step": st.get("step"), "actor": st.get("actor"),
-                          "org": st.get("org"), "role": st.get("role"),
-                          "time": st.get("time"), "tx_id": st.get("tx_id"), "block": block})
+            row: dict[str, Any] = {"step": st.get("step"), "actor": st.get("actor"),
+                                   "org": st.get("org"), "role": st.get("role"),
+                                   "time": st.get("time"), "tx_id": st.get("tx_id"),
+                                   "block": block}
+            detail = st.get("detail") if isinstance(st.get("detail"), dict) else {}
+            if detail.get("reason"):
+                row["reason"] = detail["reason"]
+            if detail.get("note_ct") and row["step"] in (REVIEW, REVOKE, REVERSE):
+                row["note_ct"] = detail["note_ct"]
+                notes.append((str(row["step"]), row))
+            steps.append(row)
+        if notes:
+            opened: OpenedRecord | None = None
+            try:
+                opened = self._get_key(rx_id)
+            except NoKeyGrant:
+                opened = None
+            self._notes_opened(rx_id, notes, opened)
         return {"rx_id": rx_id, "status": res.get("status"), "steps": steps}
 
     def list_prescriptions(self, patient: str | None = None, start: str = "",
@@ -331,10 +383,24 @@ class RxOperations:
                                     endorsing_orgs=parties)
         return _written(res)
 
-    def reverse(self, claim_id: str, reason: str) -> dict[str, Any]:
-        """Reverse a settled claim."""
-        return _written(self.s.gateway.submit(
-            SETTLEMENT, "reverse", {"claim_id": claim_id, "reason": reason}))
+    def reverse(self, claim_id: str, reason: str, note: str = "") -> dict[str, Any]:
+        """Reverse a settled claim: ``reason`` is a code, or free text that becomes OTHER with
+        the text in a note encrypted under the prescription's claim key."""
+        r = split_reason(REVERSE, reason, note)
+        args: dict[str, Any] = {"claim_id": claim_id, "reason": r.code}
+        if r.note:
+            claim = self.s.gateway.evaluate(SETTLEMENT, "get_claim", {"claim_id": claim_id})
+            rx_id = str(claim.get("rx_id", "")) if isinstance(claim, dict) else ""
+            if not rx_id:
+                raise RxClientError("CLAIM_NOT_FOUND", f"no claim {claim_id}")
+            opened = self._get_key(rx_id)
+            if opened.kind != "claim":
+                raise RxClientError("WRONG_ROLE", "the caller holds no insurer claim grant")
+            args["note_ct"] = seal_note(opened.record_key, rx_id, REVERSE, r.note)
+        rec = _written(self.s.gateway.submit(SETTLEMENT, "reverse", args))
+        if rec.pop("reversal_note_ct", ""):
+            rec["reversal_note"] = r.note
+        return rec
 
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""

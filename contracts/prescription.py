@@ -77,6 +77,18 @@ READ_ROLES = {
 }
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")
 TERMINAL = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")
+REVOKE_REASONS = (
+    "PRESCRIBING_ERROR",
+    "PATIENT_REQUEST",
+    "ADVERSE_REACTION",
+    "DUPLICATE",
+    "CLINICAL_CHANGE",
+    "OTHER",
+)
+REJECT_REASONS = ("INTERACTION", "DOSE", "CONTRAINDICATION", "NOT_INDICATED", "INCOMPLETE", "OTHER")
+B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+MIN_NOTE_CT = 40
+MAX_NOTE_CT = 4096
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -106,6 +118,30 @@ def _is_int(v: int, lo: int, hi: int) -> bool:
 
 def _is_blob(s: str) -> bool:
     return isinstance(s, str) and 0 < len(s) <= MAX_BLOB
+
+
+def _reason_code(ctx: Context, reason: str, codes: tuple, what: str) -> str:
+    """A reason is a code of a fixed list (free text would reach blocks and state)."""
+    if not isinstance(reason, str) or len(reason) == 0:
+        ctx.fail("REASON_REQUIRED", what + " needs a reason code: " + ", ".join(codes))
+    if reason not in codes:
+        listed = ", ".join(codes)
+        ctx.fail("BAD_ARGUMENTS", "reason must be one of " + listed + " (free text goes in note_ct)")
+    return reason
+
+
+def _note_ct(ctx: Context, note_ct: str) -> str:
+    """An optional note: "" or base64 of AES-GCM ciphertext (nonce + tag at least 28 bytes)."""
+    if not isinstance(note_ct, str):
+        ctx.fail("BAD_ARGUMENTS", "note_ct must be a base64 string")
+    if len(note_ct) == 0:
+        return ""
+    if len(note_ct) < MIN_NOTE_CT or len(note_ct) > MAX_NOTE_CT or len(note_ct) % 4 != 0:
+        ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext of 40-4096 characters")
+    for ch in note_ct:
+        if ch not in B64_CHARS:
+            ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
+    return note_ct
 
 
 def _canon_str(v: str) -> str:
@@ -629,8 +665,11 @@ def issue(
 # ---------------------------------------------------------------- review, routing
 
 
-def review(ctx: Context, rx_id: str, approve: bool, reason: str) -> dict:
-    """Approve or reject (pharmacist of the issuing hospital or of the routed pharmacy)."""
+def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = "") -> dict:
+    """Approve or reject (pharmacist of the issuing hospital or of the routed pharmacy).
+
+    A rejection carries a code of REJECT_REASONS; an approval carries reason "". The
+    optional ``note_ct`` is the client-encrypted note (base64, under the record key)."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     if c.org == rx["hospital"] and c.name == rx["doctor"]:
@@ -640,16 +679,19 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str) -> dict:
         ctx.fail("SOD_VIOLATION", "the prescriber may not review their own prescription")
     if c.org != rx["hospital"] and c.org != rx["pharmacy"]:
         ctx.fail("NOT_ROUTED", "only the issuing hospital or the routed pharmacy reviews")
-    if not isinstance(approve, bool) or not isinstance(reason, str) or len(reason) > 256:
-        ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string <= 256 chars")
+    if not isinstance(approve, bool) or not isinstance(reason, str):
+        ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string")
+    if approve and len(reason) > 0:
+        ctx.fail("BAD_ARGUMENTS", "an approval carries no reason")
+    note = _note_ct(ctx, note_ct)
     if rx["status"] == "REVOKED":
         ctx.fail("REVOKED", "the prescription was revoked")
     if rx["status"] != "ISSUED":
         ctx.fail("ALREADY_REVIEWED", "the prescription was already reviewed")
     if ctx.timestamp_ms > rx["valid_end_ms"]:
         ctx.fail("EXPIRED", "the prescription's validity ended")
-    if not approve and len(reason) == 0:
-        ctx.fail("REASON_REQUIRED", "a rejection needs a reason")
+    if not approve:
+        _reason_code(ctx, reason, REJECT_REASONS, "a rejection")
     decision = "APPROVED"
     if not approve:
         decision = "REJECTED"
@@ -660,8 +702,9 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str) -> dict:
         "org": c.org,
         "time_ms": ctx.timestamp_ms,
         "reason": reason,
+        "note_ct": note,
     }
-    _save(ctx, rx, "review", {"decision": decision})
+    _save(ctx, rx, "review", {"decision": decision, "reason": reason, "note_ct": note})
     return {"rx_id": rx_id, "status": decision}
 
 
@@ -848,8 +891,10 @@ def deliver(ctx: Context, rx_id: str) -> dict:
 # ---------------------------------------------------------------- revoke, expire, erase
 
 
-def revoke(ctx: Context, rx_id: str, reason: str) -> dict:
-    """Revoke before any dispensing: the issuing doctor or the hospital's pharmacy dept."""
+def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "") -> dict:
+    """Revoke before any dispensing: the issuing doctor or the hospital's pharmacy dept.
+
+    ``reason`` is a code of REVOKE_REASONS; ``note_ct`` the optional client-encrypted note."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     is_doctor = c.org == rx["hospital"] and c.name == rx["doctor"] and c.role == "doctor"
@@ -860,12 +905,18 @@ def revoke(ctx: Context, rx_id: str, reason: str) -> dict:
         ctx.fail("REVOKED", "already revoked")
     if rx["fills"] > 0:
         ctx.fail("REVOKE_NOT_ALLOWED", "the prescription was already dispensed")
-    if not isinstance(reason, str) or len(reason) == 0 or len(reason) > 256:
-        ctx.fail("REASON_REQUIRED", "revocation needs a reason (<= 256 chars)")
+    code = _reason_code(ctx, reason, REVOKE_REASONS, "a revocation")
+    note = _note_ct(ctx, note_ct)
     rx["status"] = "REVOKED"
     rx["lock"] = None
-    rx["revocation"] = {"by": c.name, "org": c.org, "time_ms": ctx.timestamp_ms, "reason": reason}
-    _save(ctx, rx, "revoke", {})
+    rx["revocation"] = {
+        "by": c.name,
+        "org": c.org,
+        "time_ms": ctx.timestamp_ms,
+        "reason": code,
+        "note_ct": note,
+    }
+    _save(ctx, rx, "revoke", {"reason": code, "note_ct": note})
     return {"rx_id": rx_id, "status": "REVOKED"}
 
 
@@ -903,6 +954,10 @@ def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
         n = n + 1
     rx["ciphertext"] = ""
     rx["claim_ciphertext"] = ""
+    if rx["review"] is not None and "note_ct" in rx["review"]:
+        rx["review"]["note_ct"] = ""
+    if rx["revocation"] is not None and "note_ct" in rx["revocation"]:
+        rx["revocation"]["note_ct"] = ""
     rx["status"] = "ERASED"
     rx["lock"] = None
     _save(ctx, rx, "erase", {"grants_destroyed": n})
@@ -1020,6 +1075,10 @@ def trace(ctx: Context, rx_id: str) -> dict:
     for pair in ctx.range_from("settlement", prefix, prefix + "~", 64):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
         for ev in claim["events"]:
+            detail = {"claim_id": claim["claim_id"], "fill": claim["fill"]}
+            if ev["step"] == "reverse":
+                detail["reason"] = claim.get("reversal_reason", "")
+                detail["note_ct"] = claim.get("reversal_note_ct", "")
             steps.append(
                 {
                     "step": ev["step"],
@@ -1030,7 +1089,7 @@ def trace(ctx: Context, rx_id: str) -> dict:
                     "time": _iso_utc(ev["time_ms"]),
                     "tx_id": ev["tx_id"],
                     "block": None,
-                    "detail": {"claim_id": claim["claim_id"], "fill": claim["fill"]},
+                    "detail": detail,
                 }
             )
     ordered = []

@@ -39,6 +39,10 @@ MAX_INV = 9999999999999
 MAX_FEN = 100000000000
 HEX = "0123456789abcdef"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+REVERSAL_REASONS = ("BILLING_ERROR", "RETURNED_GOODS", "DUPLICATE", "OTHER")
+B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+MIN_NOTE_CT = 40
+MAX_NOTE_CT = 4096
 JSON_ESCAPES = {
     "\\": "\\\\",
     '"': '\\"',
@@ -428,16 +432,30 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     return rec
 
 
-def reverse(ctx: Context, claim_id: str, reason: str) -> dict:
+def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict:
     """Reverse a settled claim (clerk of the same insurer): restores exactly the counters
-    of the claim's year and the account balance; the fill may then be claimed again."""
+    of the claim's year and the account balance; the fill may then be claimed again.
+
+    ``reason`` is a code of REVERSAL_REASONS; ``note_ct`` an optional client-encrypted note
+    (base64 AES-GCM ciphertext under the prescription's claim key)."""
     c = ctx.caller
     if c.role != "clerk" or c.org_kind != "insurer":
         ctx.fail("WRONG_ROLE", "only an insurer clerk reverses claims")
     if not isinstance(claim_id, str) or len(claim_id) > 128:
         ctx.fail("BAD_ARGUMENTS", "claim_id is a string")
-    if not isinstance(reason, str) or len(reason) == 0 or len(reason) > 256:
-        ctx.fail("REASON_REQUIRED", "a reversal needs a reason")
+    if not isinstance(reason, str) or len(reason) == 0:
+        ctx.fail("REASON_REQUIRED", "a reversal needs a reason code: " + ", ".join(REVERSAL_REASONS))
+    if reason not in REVERSAL_REASONS:
+        codes = ", ".join(REVERSAL_REASONS)
+        ctx.fail("BAD_ARGUMENTS", "reason must be one of " + codes + " (free text goes in note_ct)")
+    if not isinstance(note_ct, str):
+        ctx.fail("BAD_ARGUMENTS", "note_ct must be a base64 string")
+    if len(note_ct) > 0:
+        if len(note_ct) < MIN_NOTE_CT or len(note_ct) > MAX_NOTE_CT or len(note_ct) % 4 != 0:
+            ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext of 40-4096 characters")
+        for ch in note_ct:
+            if ch not in B64_CHARS:
+                ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
     rec = ctx.get("claim/" + claim_id)
     if rec is None:
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
@@ -457,6 +475,7 @@ def reverse(ctx: Context, claim_id: str, reason: str) -> dict:
     ctx.put("claimed/" + rec["rx_id"] + "/" + fill3, {"active": "", "count": guard["count"]})
     rec["status"] = "REVERSED"
     rec["reversal_reason"] = reason
+    rec["reversal_note_ct"] = note_ct
     rec["events"] = rec["events"] + [
         {
             "step": "reverse",

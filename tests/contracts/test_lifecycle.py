@@ -65,7 +65,7 @@ def test_rejected_prescription_cannot_be_dispensed(world: World) -> None:
     prep, out = issue(world)
     out.unwrap()
     rx = prep.args["rx_id"]
-    assert call(world, "review", HE, rx, approve=False, reason="dose too high") == "OK"
+    assert call(world, "review", HE, rx, approve=False, reason="DOSE") == "OK"
     assert call(world, "lock", WANG, rx) == "REJECTED"
     assert dispense(world, prep).reason == "REJECTED"
 
@@ -212,20 +212,20 @@ def test_expiry(world: World) -> None:
 def test_revocation(world: World) -> None:
     prep = approved(world)
     rx = prep.args["rx_id"]
-    assert call(world, "revoke", ZHOU, rx, reason="wrong patient") == "ACCESS_DENIED"
-    assert call(world, "revoke", WANG, rx, reason="wrong patient") == "ACCESS_DENIED"
+    assert call(world, "revoke", ZHOU, rx, reason="PRESCRIBING_ERROR") == "ACCESS_DENIED"
+    assert call(world, "revoke", WANG, rx, reason="PRESCRIBING_ERROR") == "ACCESS_DENIED"
     assert call(world, "revoke", JIANG, rx, reason="") == "REASON_REQUIRED"
     assert call(world, "lock", WANG, rx) == "OK"
-    assert call(world, "revoke", JIANG, rx, reason="allergy reported") == "OK"
+    assert call(world, "revoke", JIANG, rx, reason="ADVERSE_REACTION") == "OK"
     assert call(world, "lock", WANG, rx) == "REVOKED"
     assert dispense(world, prep).reason == "REVOKED"
-    assert call(world, "revoke", JIANG, rx, reason="again") == "REVOKED"
+    assert call(world, "revoke", JIANG, rx, reason="OTHER") == "REVOKED"
     # the hospital's pharmacy department may revoke too, but never after dispensing
     other = approved(world)
-    assert call(world, "revoke", HE, other.args["rx_id"], reason="duplicate") == "OK"
+    assert call(world, "revoke", HE, other.args["rx_id"], reason="DUPLICATE") == "OK"
     done = approved(world)
     lock_and_dispense(world, done).unwrap()
-    assert call(world, "revoke", JIANG, done.args["rx_id"], reason="late") == "REVOKE_NOT_ALLOWED"
+    assert call(world, "revoke", JIANG, done.args["rx_id"], reason="OTHER") == "REVOKE_NOT_ALLOWED"
 
 
 def test_repeat_fills(world: World) -> None:
@@ -245,7 +245,7 @@ def test_repeat_fills(world: World) -> None:
     assert lock_and_dispense(world, prep).unwrap()["fills_left"] == 0
     world.chain.advance(28 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "FILLS_EXHAUSTED"
-    assert call(world, "revoke", JIANG, rx, reason="x") == "REVOKE_NOT_ALLOWED"
+    assert call(world, "revoke", JIANG, rx, reason="OTHER") == "REVOKE_NOT_ALLOWED"
 
 
 def test_repeat_fill_window_expires(world: World) -> None:
@@ -296,7 +296,7 @@ def test_full_trail(world: World) -> None:
     assert chain.query("prescription", "trace", CHEN, rx_id=rx).reason == "ACCESS_DENIED"
     assert chain.query("prescription", "trace", ZHOU, rx_id=rx).reason == "ACCESS_DENIED"
     # the settlement contract's own trail carries the settle block
-    chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="t").unwrap()
+    chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="OTHER").unwrap()
     money = chain.query("settlement", "trail", world.patient_who("patient-zhang"), rx_id=rx)
     steps2 = money.unwrap()["steps"]
     assert (steps2[0]["step"], steps2[0]["block"]) == ("settle", settled.block)
@@ -318,7 +318,7 @@ def test_routing_edge_cases_and_unknown_ids(world: World) -> None:
     rx = prep.args["rx_id"]
     assert call(world, "route", JIANG, rx, pharmacy="p01",
                 wrapped_key=world.wrap_for(rx, "p01")) == "ALREADY_ROUTED"
-    assert call(world, "revoke", JIANG, rx, reason="patient admitted") == "OK"
+    assert call(world, "revoke", JIANG, rx, reason="CLINICAL_CHANGE") == "OK"
     assert call(world, "route", JIANG, rx, pharmacy="p02",
                 wrapped_key=world.wrap_for(rx, "p02")) == "REVOKED"
     assert call(world, "expire", JIANG, rx) == "REVOKED"

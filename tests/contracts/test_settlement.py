@@ -148,11 +148,11 @@ def test_duplicate_claim_and_reversal_restores_exactly(world: World) -> None:
     assert after["deductible_used_fen"] == 20000
     assert after["cap_used_fen"] == 1000 + claim["fund_fen"]
     rev = world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
-                             reason="pharmacy returned the goods").unwrap()
+                             reason="RETURNED_GOODS").unwrap()
     assert rev["status"] == "REVERSED"
     assert status(world, "patient-rev") == before
     again = world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
-                               reason="twice")
+                               reason="DUPLICATE")
     assert again.reason == "ALREADY_REVERSED"
     # after a reversal the dispense can be claimed again, with the same result
     second = settle(world, prep).unwrap()
@@ -195,7 +195,7 @@ def test_only_the_patients_insurer_clerk_settles(world: World) -> None:
     assert settle(world, prep, clerk=JIANG).reason == "WRONG_ROLE"
     claim = settle(world, prep).unwrap()
     out = world.chain.submit("settlement", "reverse", CLERK2, claim_id=claim["claim_id"],
-                             reason="not mine")
+                             reason="OTHER")
     assert out.reason == "ACCESS_DENIED"
 
 
@@ -227,7 +227,7 @@ def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself:
 
 
 def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
-    out = world.chain.submit("settlement", "reverse", CLERK, claim_id="CLM-X-1-1", reason="x")
+    out = world.chain.submit("settlement", "reverse", CLERK, claim_id="CLM-X-1-1", reason="OTHER")
     assert out.reason == "CLAIM_NOT_FOUND"
     out = world.chain.submit("settlement", "settle", CLERK, rx_id="RX-NOPE", fill=0)
     assert out.reason == "NOT_FOUND"

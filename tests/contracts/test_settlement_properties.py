@@ -135,7 +135,7 @@ def test_single_claim_invariants_and_reversal(
     assert after["cap_used_fen"] == cap_used + claim["fund_fen"] <= pol["cap_fen"]
     assert after["account_balance_fen"] == balance - claim["account_fen"] >= 0
     world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
-                       reason="property test").unwrap()
+                       reason="OTHER").unwrap()
     assert status(world) == before
 
 
@@ -169,5 +169,5 @@ def test_many_claims_counters_bounded_and_reversals_restore(
     order.shuffle(claims)
     for claim in claims:
         world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
-                           reason="unwind").unwrap()
+                           reason="BILLING_ERROR").unwrap()
     assert status(world) == before

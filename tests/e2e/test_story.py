@@ -115,8 +115,12 @@ def test_community_hospital_worked_example_via_sdk(net: Net):
             claim["fund_fen"], claim["patient_fen"], claim["account_fen"], claim["cash_fen"]) == (
         10000, 1000, 500, 8500, 7225, 2775, 1775, 1000)
     assert claim["ratio_bp"] == 8500
-    reversed_ = _ops(net, CLERK).reverse(claim["claim_id"], "entered twice")
-    assert reversed_["status"] == "REVERSED"
+    reversed_ = _ops(net, CLERK).reverse(claim["claim_id"], f"entered twice for benidipine, {REVERSAL_NOTE}")
+    assert reversed_["status"] == "REVERSED" and reversed_["reversal_reason"] == "OTHER"
+    assert reversed_["reversal_note"] == f"entered twice for benidipine, {REVERSAL_NOTE}"
+    trail = _ops(net, CLERK).trace(res["rx_id"])["steps"]
+    rev = [s for s in trail if s["step"] == "reverse"]
+    assert rev and rev[0]["reason"] == "OTHER" and rev[0]["note"].endswith(REVERSAL_NOTE)
     again = _ops(net, CLERK).settle(res["rx_id"])
     assert again["claim_id"].endswith("-1-2") and again["fund_fen"] == 7225
 
@@ -353,6 +357,38 @@ def test_demo_privacy_check_finds_nothing(net: Net):
     assert lines[-1] == "  drug names (amlodipine, benidipine): not found"
 
 
+# Free text of reasons (issue 6): only codes reach the ledger; these phrases must appear in
+# no node file (checked by the last test), while grant holders read them back decrypted.
+REVOKE_NOTE = "switch to Amlodipine 10 mg for ankle oedema"
+REJECT_NOTE = "interaction with benidipine and grapefruit juice"
+REVERSAL_NOTE = "pharmacy keyed the wrong batch"
+FREE_TEXT = ("ankle oedema", "grapefruit juice", "keyed the wrong batch")
+
+
+def test_free_text_reasons_become_codes_and_encrypted_notes(net: Net):
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    net.cli("--as", WANG, "rx", "review", rx, "--approve")
+    assert net.cli_error("--as", DOCTOR, "rx", "revoke", rx, "--reason", "")["error"] == "REASON_REQUIRED"
+    revoked = net.cli("--as", DOCTOR, "rx", "revoke", rx, "--reason", REVOKE_NOTE)
+    assert revoked["status"] == "REVOKED"
+    mine = net.cli("--as", DOCTOR, "rx", "show", rx)
+    assert mine["revocation"]["reason"] == "OTHER" and mine["revocation"]["note"] == REVOKE_NOTE
+    assert "note_ct" not in mine["revocation"]
+    pharmacy = net.cli("--as", WANG, "rx", "show", rx)  # the routed pharmacy holds a grant too
+    assert pharmacy["revocation"]["note"] == REVOKE_NOTE
+    auditor = net.cli("--as", "reg01:auditor-1", "rx", "show", rx)
+    assert auditor["revocation"]["reason"] == "OTHER" and auditor["revocation"]["note"] is None
+    steps = net.cli("--as", DOCTOR, "rx", "trace", rx)["steps"]
+    assert steps[-1]["step"] == "revoke" and steps[-1]["reason"] == "OTHER"
+    assert steps[-1]["note"] == REVOKE_NOTE
+    # a listed code is used as is, with an optional note
+    rx2 = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    rejected = net.cli("--as", WANG, "rx", "review", rx2, "--reject", "interaction", "--note", REJECT_NOTE)
+    assert rejected["status"] == "REJECTED"
+    shown = net.cli("--as", DOCTOR, "rx", "show", rx2)
+    assert shown["review"]["reason"] == "INTERACTION" and shown["review"]["note"] == REJECT_NOTE
+
+
 # Keep this test LAST in the file: it scans what every earlier test (and test_fhir_gateway)
 # wrote. NATIONAL_CODE is on the ledger in the formulary: the positive control of the scan.
 NATIONAL_CODE = "XC08CAA001A001010100001"
@@ -363,7 +399,7 @@ def test_no_patient_identifiers_in_blocks_state_or_logs(net: Net):
     """Names, ID numbers, birth dates, drug names, the diagnosis note and raw trace codes
     are nowhere in the nodes' files: every key and value of the peers' state (read through
     plyvel, LevelDB tables are snappy-compressed), and the raw blocks, raft files and logs."""
-    terms = [*sensitive_terms(), "stable hypertension", *net.trace_codes]
+    terms = [*sensitive_terms(), "stable hypertension", *FREE_TEXT, *net.trace_codes]
     hits = []
     for org in SCANNED_PEERS:
         state = net.home / "nodes" / f"peer.{org}" / "data" / "ledger" / "state"
