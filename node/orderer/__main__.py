@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import json
 import logging
 import signal
 import sys
 import threading
-import time
 from types import FrameType
 
 from node.config import load_node_config
 from node.errors import RxError
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (structured logs)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+from node.logs import configure_json_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except RxError as err:
         print(f"rxchain orderer: {err}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    configure_json_logging(config.log_level)
     if config.kind != "orderer":
         print(f"rxchain orderer: {args.config} describes a {config.kind}", file=sys.stderr)
         return 2

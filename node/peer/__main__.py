@@ -7,38 +7,21 @@ another start-up failure, 74 when in-process restarts after commit failures are 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import threading
-import time
 from types import FrameType
 
 from node.config import load_node_config
 from node.errors import RxError
+from node.logs import configure_json_logging
 
 # A commit failure (e.g. disk full) makes the peer close everything and start again in
 # the same process, so it recovers by itself once the cause is gone (bounded attempts).
 MAX_RESTARTS = 60
 RESTART_PAUSE_S = 1.0
 RETRY_ON_RESTART = frozenset({"IO_ERROR", "LEDGER_CORRUPT", "SERVICE_UNAVAILABLE"})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except RxError as err:
         print(f"rxchain peer: {err}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    configure_json_logging(config.log_level)
     from node.peer.server import serve
 
     done = threading.Event()
