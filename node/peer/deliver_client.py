@@ -8,9 +8,19 @@ the ledger's height, a restart, a reconnect or a lagging peer resumes exactly wh
 stopped.
 
 Stall detection: an orderer that keeps the stream open but sends nothing (paused, cut
-off from its cluster, or censoring) is noticed by a watchdog. When no block has arrived
-for ``stall_s``, it asks the other orderers for their height (Admin.Status, one per check);
-if one is ahead of this peer's ledger, the stream is dropped and the puller moves to it.
+off from its cluster, or censoring) is noticed by a progress watchdog. Once no block has
+arrived for ``stall_s``, every check (each ``stall_s / 2``) asks all orderers at once for
+their height (Admin.Status, ``probe_timeout_s`` each, in parallel) and drops the stream when
+
+* another orderer is ahead of this peer's ledger (reason ``STALLED``), or
+* the stream has been silent for ``unresponsive_s`` and the serving orderer itself does not
+  answer the probe in time (a paused or cut-off process, reason ``UNRESPONSIVE``): gRPC
+  keepalive would notice only after ``keepalive_time + keepalive_timeout`` (up to ~15 s).
+
+The puller then moves to the orderer that answered with the greatest height, without the
+failure backoff (the probe just showed it is alive), and resumes at the ledger height as
+always, so no block is applied twice. ``DeliverSettings.from_extra`` reads these bounds from
+a node.yaml's ``extra`` keys.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +63,45 @@ class Backoff:
         return self.initial_s if current <= 0 else min(self.max_s, current * self.factor)
 
 
+@dataclass(frozen=True)
+class DeliverSettings:
+    """Watchdog bounds (seconds); see the module docstring."""
+
+    stall_s: float = 2.0
+    unresponsive_s: float = 3.0
+    probe_timeout_s: float = 1.0
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> DeliverSettings:
+        """Read ``deliver_stall_s``, ``deliver_unresponsive_s`` and ``deliver_probe_timeout_s``
+        from a node.yaml ``extra`` mapping (absent keys keep the defaults)."""
+        keys = {"stall_s": "deliver_stall_s", "unresponsive_s": "deliver_unresponsive_s",
+                "probe_timeout_s": "deliver_probe_timeout_s"}
+        values: dict[str, float] = {}
+        for attr, key in keys.items():
+            if key not in extra:
+                continue
+            try:
+                value = float(extra[key])
+            except (TypeError, ValueError):
+                raise RxError("BAD_CONFIG", f"extra.{key} must be a number of seconds") from None
+            if not value >= 0 or value > 3600:
+                raise RxError("BAD_CONFIG", f"extra.{key} must be between 0 and 3600 seconds")
+            values[attr] = value
+        settings = cls(**values)
+        if settings.stall_s > 0 and settings.probe_timeout_s <= 0:
+            raise RxError("BAD_CONFIG", "extra.deliver_probe_timeout_s must be positive")
+        return settings
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What one Admin.Status probe found: ``answered`` is False on no answer in time."""
+
+    answered: bool
+    height: int
+
+
 class _Fatal(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -74,6 +123,7 @@ class DeliverClient:
         stall_s: float = 2.0,
         probe_timeout_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        unresponsive_s: float = 3.0,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
@@ -90,19 +140,21 @@ class DeliverClient:
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._stall_s = stall_s
+        self._unresponsive_s = unresponsive_s
         self._probe_timeout_s = probe_timeout_s
+        self._probe_channels: dict[str, grpc.Channel] = {}
         self._clock = clock
         self._last_progress = clock()
         self._index = 0
-        self._probe_next = 0
         self._stalled = ""
+        self._stall_reason = ""
         self.current: str = ""
 
     def start(self) -> None:
         """Start the puller thread."""
         self._thread = threading.Thread(target=self._run, name="deliver-client", daemon=True)
         self._thread.start()
-        if len(self._orderers) > 1 and self._stall_s > 0:
+        if self._stall_s > 0:
             self._watchdog = threading.Thread(
                 target=self._watch, name="deliver-watchdog", daemon=True
             )
@@ -119,40 +171,66 @@ class DeliverClient:
             self._thread.join(timeout_s)
         if self._watchdog is not None:
             self._watchdog.join(timeout_s)
+        for channel in self._probe_channels.values():
+            channel.close()
 
     def _watch(self) -> None:
-        """Drop a stream that is silent while another orderer is ahead (module docstring)."""
+        """Drop a silent stream whose orderer is behind or does not answer (module docstring)."""
         while not self._stop.wait(self._stall_s / 2):
-            if self._clock() - self._last_progress < self._stall_s:
+            silent = self._clock() - self._last_progress
+            if silent < self._stall_s:
                 continue
             with self._lock:
                 current = self._index % len(self._orderers)
                 call = self._call
             if call is None:
                 continue
-            others = [i for i in range(len(self._orderers)) if i != current]
-            target = others[self._probe_next % len(others)]
-            self._probe_next += 1
-            ahead = self._probe_height(self._orderers[target])
-            if ahead > self._height():
-                _log.warning(
-                    "event=deliver_stalled orderer=%s silent_s=%.1f ahead=%s height=%d",
-                    self._orderers[current].name, self._clock() - self._last_progress,
-                    self._orderers[target].name, ahead,
-                )
-                with self._lock:
-                    self._stalled = self._orderers[current].name
-                    self._index = target - 1  # _run moves on by one
-                call.cancel()
-
-    def _probe_height(self, ep: Endpoint) -> int:
-        try:
-            status = services_pb2_grpc.AdminStub(self._channels(ep.target)).Status(
-                services_pb2.StatusRequest(), timeout=self._probe_timeout_s
+            probes = self._probe_all()
+            if self._stop.is_set():
+                return
+            height = self._height()
+            others = [i for i in range(len(self._orderers)) if i != current and probes[i].answered]
+            best = max(others, key=lambda i: probes[i].height, default=-1)
+            if best >= 0 and probes[best].height > height:
+                reason = "STALLED"
+            elif silent >= self._unresponsive_s and not probes[current].answered:
+                reason = "UNRESPONSIVE"
+                if best < 0:
+                    best = (current + 1) % len(self._orderers)  # nobody answered: plain round robin
+            else:
+                continue
+            with self._lock:
+                if self._call is not call:
+                    continue  # the stream already ended on its own
+                self._stalled = self._orderers[current].name
+                self._stall_reason = reason
+                self._index = best - 1  # _run moves on by one
+            _log.warning(
+                "event=deliver_stalled reason=%s orderer=%s silent_s=%.1f next=%s next_height=%d height=%d",
+                reason, self._orderers[current].name, silent, self._orderers[best].name,
+                probes[best].height, height,
             )
-        except grpc.RpcError:
-            return -1
-        return int(status.height)
+            call.cancel()
+
+    def _probe_all(self) -> list[_Probe]:
+        """Admin.Status of every orderer in parallel, each bounded by ``probe_timeout_s``.
+        A server that answers with an error (e.g. no Admin service) is alive, height -1."""
+        futures: list[Any] = []
+        for ep in self._orderers:
+            channel = self._probe_channels.get(ep.target)
+            if channel is None:
+                channel = self._probe_channels[ep.target] = self._channels(ep.target)
+            futures.append(services_pb2_grpc.AdminStub(channel).Status.future(
+                services_pb2.StatusRequest(), timeout=self._probe_timeout_s))
+        out: list[_Probe] = []
+        for fut in futures:
+            try:
+                out.append(_Probe(True, int(fut.result().height)))
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                silent = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+                out.append(_Probe(not silent, -1))
+        return out
 
     def _run(self) -> None:
         delay = 0.0
@@ -173,7 +251,9 @@ class DeliverClient:
                 reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
                 with self._lock:
                     if self._stalled == ep.name:
-                        reason, detail, self._stalled = "STALLED", "no blocks while others advance", ""
+                        reason, self._stalled = self._stall_reason, ""
+                        detail = ("no blocks while others advance" if reason == "STALLED"
+                                  else "silent stream and no answer to a probe")
             except RxError as err:
                 reason, detail = err.reason, err.message
             except _Fatal as fatal:
@@ -188,7 +268,10 @@ class DeliverClient:
                 self._on_error(ep.name, reason)
             with self._lock:
                 self._index += 1
-            delay = 0.0 if progressed else self._backoff.next(delay)
+            if progressed or reason in ("STALLED", "UNRESPONSIVE"):
+                delay = 0.0  # the watchdog's probe just showed the next orderer alive
+            else:
+                delay = self._backoff.next(delay)
             self._stop.wait(delay if delay else self._backoff.initial_s)
 
     def _pull(self, ep: Endpoint) -> bool:
