@@ -25,6 +25,7 @@ a node.yaml's ``extra`` keys.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -67,7 +68,7 @@ class Backoff:
 class DeliverSettings:
     """Watchdog bounds (seconds); see the module docstring."""
 
-    stall_s: float = 2.0
+    stall_s: float = 1.0
     unresponsive_s: float = 3.0
     probe_timeout_s: float = 1.0
 
@@ -102,6 +103,18 @@ class _Probe:
     height: int
 
 
+def _probe_result(fut: Any) -> _Probe:
+    try:
+        return _Probe(True, int(fut.result().height))
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        silent = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+                          grpc.StatusCode.CANCELLED)
+        return _Probe(not silent, -1)
+    except grpc.FutureCancelledError:
+        return _Probe(False, -1)
+
+
 class _Fatal(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -120,7 +133,7 @@ class DeliverClient:
         backoff: Backoff = Backoff(),
         on_error: Callable[[str, str], None] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
-        stall_s: float = 2.0,
+        stall_s: float = 1.0,
         probe_timeout_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         unresponsive_s: float = 3.0,
@@ -185,10 +198,10 @@ class DeliverClient:
                 call = self._call
             if call is None:
                 continue
-            probes = self._probe_all()
+            height = self._height()
+            probes = self._probe_all(current, height)
             if self._stop.is_set():
                 return
-            height = self._height()
             others = [i for i in range(len(self._orderers)) if i != current and probes[i].answered]
             best = max(others, key=lambda i: probes[i].height, default=-1)
             if best >= 0 and probes[best].height > height:
@@ -212,9 +225,25 @@ class DeliverClient:
             )
             call.cancel()
 
-    def _probe_all(self) -> list[_Probe]:
+    def _probe_all(self, current: int, height: int) -> list[_Probe]:
         """Admin.Status of every orderer in parallel, each bounded by ``probe_timeout_s``.
-        A server that answers with an error (e.g. no Admin service) is alive, height -1."""
+        Returns as soon as another orderer answers above ``height`` (no need to wait out a
+        paused one) or every probe is done; unfinished probes count as unanswered. A server
+        that answers with an error (e.g. no Admin service) is alive, height -1."""
+        results: list[_Probe | None] = [None] * len(self._orderers)
+        pending = [len(self._orderers)]
+        lock = threading.Lock()
+        decided = threading.Event()
+
+        def done(index: int, fut: Any) -> None:
+            probe = _probe_result(fut)
+            with lock:
+                results[index] = probe
+                pending[0] -= 1
+                last = pending[0] == 0
+            if last or (index != current and probe.height > height):
+                decided.set()
+
         futures: list[Any] = []
         for ep in self._orderers:
             channel = self._probe_channels.get(ep.target)
@@ -222,14 +251,13 @@ class DeliverClient:
                 channel = self._probe_channels[ep.target] = self._channels(ep.target)
             futures.append(services_pb2_grpc.AdminStub(channel).Status.future(
                 services_pb2.StatusRequest(), timeout=self._probe_timeout_s))
-        out: list[_Probe] = []
+        for index, fut in enumerate(futures):
+            fut.add_done_callback(functools.partial(done, index))
+        decided.wait(self._probe_timeout_s + 1.0)
+        with lock:
+            out = [r if r is not None else _Probe(False, -1) for r in results]
         for fut in futures:
-            try:
-                out.append(_Probe(True, int(fut.result().height)))
-            except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                silent = code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-                out.append(_Probe(not silent, -1))
+            fut.cancel()  # a no-op for finished ones
         return out
 
     def _run(self) -> None:

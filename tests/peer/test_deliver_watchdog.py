@@ -136,7 +136,7 @@ def test_quiet_but_answering_orderer_is_kept(net: Net, tmp_path: Path, servers) 
 
 
 def test_settings_from_node_yaml_extra() -> None:
-    assert DeliverSettings.from_extra({}) == DeliverSettings(2.0, 3.0, 1.0)
+    assert DeliverSettings.from_extra({}) == DeliverSettings(1.0, 3.0, 1.0)
     got = DeliverSettings.from_extra({"deliver_stall_s": 1, "deliver_unresponsive_s": "2.5",
                                       "deliver_probe_timeout_s": 0.5, "grpc_workers": 8})
     assert got == DeliverSettings(stall_s=1.0, unresponsive_s=2.5, probe_timeout_s=0.5)
