@@ -6,6 +6,14 @@ FIFO of pending futures. When the stream breaks, every pending envelope is faile
 SERVICE_UNAVAILABLE and :meth:`BroadcastClient.submit` retries on the next orderer (round
 robin, bounded attempts and backoff). Resubmitting is safe: a tx id is fixed by its
 creator and the validator marks a second copy DUPLICATE_TXID.
+
+Leader following (optional, ``raft_targets`` given): a follower orderer re-verifies and
+forwards every envelope to the Raft leader, so a background thread asks an orderer's
+Admin.Status for the current leader every ``leader_poll_s`` (one bounded unary call) and
+moves the stream to the leader's endpoint. The old stream is half-closed, not cancelled:
+the orderer still answers the envelopes it holds, so a move never resubmits anything. An
+orderer whose stream just failed is not moved back to for a cool-down, so failover wins
+over a leader the peer cannot reach.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -29,6 +37,8 @@ from node.errors import RxError
 _log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[str], grpc.Channel]
+# Raft id -> "host:port" of every orderer in the committed configuration ({} when unknown).
+RaftTargets = Callable[[], Mapping[int, str]]
 # Refusals worth retrying on another orderer (or after a pause on the same one).
 RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOUT", "STOPPING"})
 _END = object()
@@ -44,6 +54,8 @@ class _Stream:
         self._sent_at: deque[float] = deque()  # send time of each pending envelope
         self._lock = threading.Lock()
         self.alive = True
+        self.finished = threading.Event()  # set when the reader has seen the stream end
+        self.moved = False  # half-closed because new envelopes go to the leader now
         stub = services_pb2_grpc.AtomicBroadcastStub(channel)
         self._call: Any = stub.Broadcast(self._iter())
         self._reader = threading.Thread(
@@ -84,6 +96,7 @@ class _Stream:
         except grpc.RpcError as exc:
             err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {exc.code()}")
         self._fail(err)
+        self.finished.set()
 
     def _fail(self, err: RxError) -> None:
         with self._lock:
@@ -99,6 +112,13 @@ class _Stream:
         """Send time of the oldest unanswered envelope."""
         with self._lock:
             return self._sent_at[0] if self._sent_at else None
+
+    def drain(self) -> None:
+        """Half-close: no new envelopes; the orderer answers those it holds, then ends."""
+        with self._lock:
+            self.alive = False
+            self.moved = True
+            self._requests.put(_END)
 
     def close(self) -> None:
         with self._lock:
@@ -121,6 +141,9 @@ class BroadcastClient:
         backoff_s: float = 0.1,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        raft_targets: RaftTargets | None = None,
+        leader_poll_s: float = 2.0,
+        status_timeout_s: float = 1.0,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "no orderers configured")
@@ -135,14 +158,27 @@ class BroadcastClient:
         self._lock = threading.Lock()
         self._index = 0
         self._stream: _Stream | None = None
+        self._draining: list[_Stream] = []  # half-closed after a move to the leader
+        self._failed_at: dict[str, float] = {}  # target -> when its stream last failed
+        self._raft_targets = raft_targets
+        self._leader_poll_s = leader_poll_s
+        self._status_timeout = status_timeout_s
+        self._status_channels: dict[str, grpc.Channel] = {}
         self._watchdog = threading.Thread(target=self._watch, name="broadcast-watchdog",
                                           daemon=True)
         self._watchdog.start()
+        self._poke = threading.Event()  # wakes the leader poller early (after a failover)
+        self._poller: threading.Thread | None = None
+        if raft_targets is not None:
+            self._poller = threading.Thread(target=self._poll_leader, name="broadcast-leader",
+                                            daemon=True)
+            self._poller.start()
 
     def _watch(self) -> None:
         """Drop a stream whose oldest envelope has waited longer than the answer timeout
         (a paused or hung orderer): its pending envelopes fail over to the next orderer."""
         while not self._closing.wait(min(0.5, self._timeout / 4)):
+            self._watch_draining()
             with self._lock:
                 stream = self._stream
             if stream is None:
@@ -151,6 +187,20 @@ class BroadcastClient:
             if oldest is not None and self._clock() - oldest > self._timeout:
                 _log.warning("event=broadcast_stalled orderer=%s", stream.endpoint.name)
                 self._rotate(stream)
+
+    def _watch_draining(self) -> None:
+        """Forget drained streams; close one whose answers stall (its envelopes then retry)."""
+        with self._lock:
+            draining = list(self._draining)
+        for stream in draining:
+            oldest = stream.oldest_pending()
+            stalled = oldest is not None and self._clock() - oldest > self._timeout
+            if stream.finished.is_set() or stalled:
+                with self._lock:
+                    if stream in self._draining:
+                        self._draining.remove(stream)
+                if stalled:
+                    stream.close()
 
     def _current(self) -> _Stream:
         with self._lock:
@@ -165,8 +215,88 @@ class BroadcastClient:
                 return
             self._stream = None
             self._index += 1
+            self._failed_at[failed.endpoint.target] = self._clock()
+        self._poke.set()
         # Outside the lock: closing fails the pending futures, whose callbacks may retry.
         failed.close()
+
+    @property
+    def current_orderer(self) -> str:
+        """Name of the orderer new envelopes go to."""
+        with self._lock:
+            if self._stream is not None and self._stream.alive:
+                return self._stream.endpoint.name
+            return self._orderers[self._index % len(self._orderers)].name
+
+    def _poll_leader(self) -> None:
+        """Every ``leader_poll_s``, or at once after a failover (``_poke``)."""
+        while not self._closing.is_set():
+            self._poke.wait(self._leader_poll_s)
+            self._poke.clear()
+            if self._closing.is_set():
+                return
+            try:
+                self.follow_leader()
+            except Exception:  # noqa: BLE001 -- a bad poll must never stop the poller
+                _log.exception("event=broadcast_leader_poll_failed")
+
+    def _ask_leader(self) -> int:
+        """The Raft leader id reported by the first orderer that answers (0: unknown)."""
+        with self._lock:
+            start = self._index
+        n = len(self._orderers)
+        for i in range(n):
+            ep = self._orderers[(start + i) % n]
+            with self._lock:
+                channel = self._status_channels.get(ep.target)
+                if channel is None:
+                    channel = self._channels(ep.target)
+                    self._status_channels[ep.target] = channel
+            try:
+                status = services_pb2_grpc.AdminStub(channel).Status(
+                    services_pb2.StatusRequest(), timeout=self._status_timeout
+                )
+            except grpc.RpcError:
+                continue
+            if status.raft_leader:
+                return int(status.raft_leader)
+        return 0
+
+    def follow_leader(self) -> str | None:
+        """Move new envelopes to the Raft leader's endpoint; the leader's name, if known.
+
+        Called by the poller thread; public so a caller holding a hint can ask at once.
+        """
+        if self._raft_targets is None or self._closing.is_set():
+            return None
+        try:
+            targets = self._raft_targets()
+        except RxError:  # e.g. the configuration is not committed yet
+            return None
+        leader = self._ask_leader()
+        target = targets.get(leader) if leader else None
+        index = next((i for i, ep in enumerate(self._orderers) if ep.target == target), None)
+        if index is None:
+            return None
+        endpoint = self._orderers[index]
+        old: _Stream | None = None
+        with self._lock:
+            if self._closing.is_set():
+                return None
+            failed = self._failed_at.get(endpoint.target)
+            if failed is not None and self._clock() - failed < 5 * self._leader_poll_s:
+                return endpoint.name  # it just failed for us: stay on the failover choice
+            current = self._orderers[self._index % len(self._orderers)]
+            if current.target == endpoint.target:
+                return endpoint.name
+            self._index = index
+            if self._stream is not None:
+                old, self._stream = self._stream, None
+                self._draining.append(old)
+        if old is not None:
+            old.drain()
+        _log.info("event=broadcast_follow_leader orderer=%s", endpoint.name)
+        return endpoint.name
 
     def submit(self, envelope: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:
         """Send one envelope; the orderer's answer (accepted, or refused with a reason).
@@ -186,6 +316,8 @@ class BroadcastClient:
                 self._rotate(stream)
             except RxError as err:
                 last = err.message
+                if stream.moved and not self._closing.is_set():
+                    continue  # raced with a move to the leader: resend there at once
                 self._rotate(stream)
             else:
                 if resp.accepted or resp.reason not in RETRYABLE:
@@ -217,6 +349,9 @@ class BroadcastClient:
         stream = self._current()
 
         def retry(detail: str) -> None:
+            if stream.moved and _attempt + 1 < self._attempts and not self._closing.is_set():
+                self.submit_async(envelope, callback, _attempt + 1, delay)  # moved to the leader
+                return
             self._rotate(stream)
             if _attempt + 1 >= self._attempts or self._closing.is_set():
                 callback(RxError("SERVICE_UNAVAILABLE", f"ordering service unavailable: {detail}"))
@@ -243,7 +378,17 @@ class BroadcastClient:
     def close(self) -> None:
         """Close the open stream."""
         self._closing.set()
+        self._poke.set()
         with self._lock:
             stream, self._stream = self._stream, None
+            draining, self._draining = self._draining, []
         if stream is not None:
             stream.close()
+        for old in draining:
+            old.close()
+        if self._poller is not None:
+            self._poller.join(self._status_timeout * len(self._orderers) + 1.0)
+        with self._lock:
+            channels, self._status_channels = list(self._status_channels.values()), {}
+        for channel in channels:
+            channel.close()

@@ -151,7 +151,11 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     def channel(target: str) -> grpc.Channel:
         return grpc.secure_channel(target, creds, options=options)
 
-    broadcast = BroadcastClient(config.orderers, channel)
+    def raft_targets() -> dict[int, str]:
+        # Raft id -> endpoint of the committed configuration, so broadcasts follow the leader.
+        return {o.raft_id: f"{o.host}:{o.port}" for o in configs.current().config.orderers}
+
+    broadcast = BroadcastClient(config.orderers, channel, raft_targets=raft_targets)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
         notifier=notifier, remotes=RemoteEndorsers(config.peers, channel), broadcast=broadcast,

@@ -15,7 +15,7 @@ from node.identity.policy import parse_policy
 from node.peer.config_view import ConfigView
 from node.peer.gateway.commit_status import commit_status
 from node.peer.gateway.deps import GatewayDeps
-from node.peer.gateway.endorse import endorse, plan
+from node.peer.gateway.endorse import PlanRotation, endorse, plan
 from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
@@ -87,6 +87,45 @@ def test_plan_picks_a_small_satisfying_set() -> None:
     assert plan(pol, ["h01"], []) is None
     pol = parse_policy("AND(h01.peer, ins01.peer)", ORGS)
     assert plan(pol, ["h01"], ["p01", "ins01", "reg01"]) == ["ins01"]
+
+
+def test_plan_rotation_spreads_over_valid_choices() -> None:
+    pol = parse_policy("OutOf(2, h01.peer, p01.peer, ins01.peer, reg01.peer)", ORGS)
+    rot = PlanRotation(pol, ["h01"], ["p01", "ins01", "reg01"])
+    assert rot.options == (("p01",), ("ins01",), ("reg01",))
+    assert [rot.choose() for _ in range(7)] == [["p01"], ["ins01"], ["reg01"]] * 2 + [["p01"]]
+    # Only sets that satisfy the policy are offered; duplicates appear once.
+    pol = parse_policy("AND(h01.peer, ins01.peer)", ORGS)
+    rot = PlanRotation(pol, ["h01"], ["p01", "ins01", "reg01"])
+    assert rot.options == (("ins01",),)
+    assert [rot.choose() for _ in range(3)] == [["ins01"]] * 3
+    pol = parse_policy("OutOf(2, h01.peer, p01.peer, ins01.peer)", ORGS)
+    assert PlanRotation(pol, ["h01"], []).choose() is None
+    assert PlanRotation(pol, ["h01"], ["reg01"]).choose() is None
+    assert PlanRotation(pol, ["h01", "p01"], ["ins01"]).options == ((),)  # local set suffices
+
+
+def test_endorse_rotates_remotes_unless_orgs_are_named(deployed: Cluster, pool) -> None:
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+    used = []
+    for i in range(4):
+        signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": f"r{i}", "value": 1},
+                                       timestamp_ms=deployed.now())
+        tx = transaction_pb2.Transaction.FromString(
+            endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool).prepared_transaction)
+        used.append(sorted(e.endorser.org for e in tx.endorsements))
+    assert used == [["h01", "p01"], ["h01", "ins01"], ["h01", "p01"], ["h01", "ins01"]]
+    assert remotes.calls == ["p01", "ins01", "p01", "ins01"]
+    # Named organisations are exactly the endorsers, whatever the rotation's turn.
+    remotes.calls.clear()
+    for i in range(3):
+        signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": f"n{i}", "value": 1},
+                                       timestamp_ms=deployed.now())
+        req = services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["h01", "p01"])
+        tx = transaction_pb2.Transaction.FromString(endorse(deps, req, pool).prepared_transaction)
+        assert sorted(e.endorser.org for e in tx.endorsements) == ["h01", "p01"]
+    assert remotes.calls == ["p01"] * 3
 
 
 def test_endorse_collects_what_the_policy_needs(deployed: Cluster, pool) -> None:
@@ -333,7 +372,9 @@ def test_endorse_retries_a_lagging_remote(deployed: Cluster, pool) -> None:
                                    timestamp_ms=deployed.now())
     resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
     assert len(transaction_pb2.Transaction.FromString(resp.prepared_transaction).endorsements) == 2
-    assert remotes.calls == ["p01", "ins01", "p01"]
+    # Round one asked p01, then ins01 as its replacement; the repeated round takes the
+    # rotation's next plan (ins01).
+    assert remotes.calls == ["p01", "ins01", "ins01"]
 
 
 def test_submit_refuses_a_committed_tx_id_at_intake() -> None:

@@ -10,6 +10,7 @@ from node.ledger.ledger import Ledger
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.config_view import ConfigView
 from node.peer.endorser import Endorser
+from node.peer.gateway.plans import PlanRotation
 from node.peer.notifier import CommitNotifier
 from node.peer.peer_clients import RemoteEndorsers
 from node.peer.policy_provider import LifecyclePolicies
@@ -31,7 +32,8 @@ class GatewayDeps:
     remotes: RemoteEndorsers
     broadcast: BroadcastClient
     on_submit: Callable[[], None] | None = None
-    # Endorsement plans by (parsed policy object, own org, remote orgs); small and bounded.
-    plans: dict[tuple[Policy, str, tuple[str, ...]], list[str] | None] = field(
+    # Endorsement plan rotations by (parsed policy object, own org, remote orgs); small and
+    # bounded (endorse.PlanRotation).
+    plans: dict[tuple[Policy, str, tuple[str, ...]], PlanRotation] = field(
         default_factory=dict
     )

@@ -1,46 +1,30 @@
 """Gateway.Endorse: endorse locally, then collect what the contract's policy needs.
 
 The local peer endorses first (so a bad proposal is refused before anybody else is
-asked). Then organisations are added, in configuration order, until the endorsement
-policy is satisfied by (org, "peer") signers -- or exactly the ``endorsing_orgs`` the
-client asked for. A remote failure is replaced by the next organisation that can still
-satisfy the policy. All endorsements must carry byte-identical payloads.
+asked). Then organisations are added until the endorsement policy is satisfied by
+(org, "peer") signers -- or exactly the ``endorsing_orgs`` the client asked for (never
+any other). Without ``endorsing_orgs``, every distinct small set found by starting the
+greedy plan at each remote organisation in turn is a valid choice, and the gateway uses
+them round-robin (:class:`PlanRotation`), so remote endorsements spread over the eligible
+organisations instead of all landing on the first in configuration order. A remote
+failure is replaced by the next organisation that can still satisfy the policy. All
+endorsements must carry byte-identical payloads.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.errors import RxError
-from node.identity.policy import Policy
 from node.peer.gateway.deps import GatewayDeps
+from node.peer.gateway.plans import PEER_ROLE as _PEER_ROLE
+from node.peer.gateway.plans import PlanRotation, plan
 
-_PEER_ROLE = "peer"
+__all__ = ["MISMATCH_RETRIES", "PlanRotation", "endorse", "plan"]
 _HEIGHT_SKEW_REASONS = frozenset({"UNKNOWN_CONTRACT", "CODE_HASH_MISMATCH"})
-
-
-def plan(policy: Policy, have: Sequence[str], candidates: Sequence[str]) -> list[str] | None:
-    """A small set of extra orgs (from ``candidates``) that, with ``have``, satisfies ``policy``.
-
-    Greedy: add candidates in order until satisfied, then drop any that is not needed.
-    """
-    chosen: list[str] = []
-    signers = [(o, _PEER_ROLE) for o in have]
-    for org in candidates:
-        if policy.evaluate(signers + [(o, _PEER_ROLE) for o in chosen]):
-            break
-        chosen.append(org)
-    if not policy.evaluate(signers + [(o, _PEER_ROLE) for o in chosen]):
-        return None
-    for org in list(chosen):
-        rest = [o for o in chosen if o != org]
-        if policy.evaluate(signers + [(o, _PEER_ROLE) for o in rest]):
-            chosen = rest
-    return chosen
 
 
 MISMATCH_RETRIES = (0.05, 0.15, 0.4)
@@ -93,8 +77,8 @@ def _endorse_once(
         if plan_key not in deps.plans:
             if len(deps.plans) > 256:
                 deps.plans.clear()
-            deps.plans[plan_key] = plan(definition.policy, [deps.org], remote_orgs)
-        chosen = deps.plans[plan_key]
+            deps.plans[plan_key] = PlanRotation(definition.policy, [deps.org], remote_orgs)
+        chosen = deps.plans[plan_key].choose()
         if chosen is None:
             raise RxError(
                 "ENDORSEMENT_POLICY_FAILURE",
