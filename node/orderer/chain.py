@@ -9,7 +9,10 @@ cutting only after it has applied every entry of earlier terms (its own term's f
 entry is applied), so it chains new blocks onto the last committed one; it pipelines
 further blocks onto the last one it proposed. On apply every orderer checks the number,
 previous hash and data hash, adds its own signature over the canonical header hash to the
-metadata and appends the block to its block store. A broadcast ticket is answered
+metadata and appends the block to its block store. An orderer whose certificate is not the
+one the config in force names for its raft id (a config block rotated it; the operator
+restarts it on the new certificate, possibly before it applied that block) cannot sign a
+valid copy: it stores the copy another orderer signed instead (fetched like a catch-up). A broadcast ticket is answered
 "accepted" only when the block holding its envelope is applied with the header the leader
 proposed: an accepted envelope is committed, in exactly one block.
 
@@ -174,6 +177,7 @@ class Chain:
         self._conf_state = storage.initial_state()[1]
         self._last_snap_block = 0
         self._pending_snapshot_catch_up: raft_pb2.OrdererSnapshotData | None = None
+        self._signer_in_force_logged = -1
         if not snap.is_empty:
             data = raft_pb2.OrdererSnapshotData.FromString(snap.data)
             self._last_snap_block = data.last_block_number
@@ -557,6 +561,10 @@ class Chain:
             if self._role == StateRole.LEADER:
                 self._next_number = 0  # re-chain from the store
             return
+        if not self._signer_in_force():
+            self._append_copy(number, header_hash)
+            self._resolve(number, header_hash)
+            return
         block.metadata.raft_term = entry.term
         block.metadata.raft_index = entry.index
         sig = block.metadata.orderer_signatures.add()
@@ -566,6 +574,35 @@ class Chain:
         self._metrics.envelopes.inc(len(envelopes))
         self._metrics.height.set(self._blocks.height())
         self._resolve(number, header_hash)
+
+    def _signer_in_force(self) -> bool:
+        """Whether our certificate is this orderer's certificate in the config in force
+        (it is not between a config block rotating it and our restart on the new one, or
+        on a restart on the new one before that block is applied). A node that is not in
+        the orderer set (being added or removed) signs as before."""
+        mine = self._signer.identity.cert_der
+        in_force = [o.cert_der for o in self._tracker.current.config.orderers if o.raft_id == self._id]
+        return not in_force or in_force[0] == mine
+
+    def _append_copy(self, number: int, header_hash: bytes) -> None:
+        """Store block ``number`` as signed by another orderer: our own signature would not
+        verify against the config in force for it (our certificate was rotated)."""
+        if self._signer_in_force_logged != self._tracker.current.block_number:
+            self._signer_in_force_logged = self._tracker.current.block_number
+            _log.warning(
+                "orderer %d: its certificate is not the one of config block %d; it stores "
+                "blocks signed by other orderers (restart it on the certificate in force)",
+                self._id, self._tracker.current.block_number,
+            )
+        self._catch_up(number)
+        if self._blocks.height() <= number:
+            return  # stopping
+        stored = block_header_hash(self._blocks.get(number).header)
+        if stored != header_hash:
+            raise RaftError(
+                "block_mismatch",
+                f"block {number} fetched from another orderer differs from the committed one",
+            )
 
     def _resolve(self, number: int, header_hash: bytes) -> None:
         if self._config_inflight is not None and number >= self._config_inflight:
@@ -647,10 +684,10 @@ class Chain:
     def _append_fetched(self, block: block_pb2.Block) -> None:
         if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
             raise RaftError("bad_fetched_block", f"block {block.header.number}: data hash")
-        header_hash = block_header_hash(block.header)
-        sig = block.metadata.orderer_signatures.add()
-        sig.signer.CopyFrom(self._signer.identity)
-        sig.signature = self._signer.sign(header_hash)
+        if self._signer_in_force():
+            sig = block.metadata.orderer_signatures.add()
+            sig.signer.CopyFrom(self._signer.identity)
+            sig.signature = self._signer.sign(block_header_hash(block.header))
         self._append_with_config(block)  # the store checks number and previous hash
         self._metrics.height.set(self._blocks.height())
 

@@ -10,8 +10,16 @@ decides identically). Rules (reason BAD_CONFIG_UPDATE):
 * the admin signatures satisfy the current ``config_update`` policy;
 * the new config is usable (CA certificates parse, ``config_update`` policy present, at
   least one orderer, unique raft ids);
-* the orderer set changes by at most ONE member (single-server membership changes), and
-  an orderer kept in the set keeps its raft id and certificate.
+* the orderer set changes by at most ONE member (single-server membership changes); an
+  orderer kept in the set keeps its raft id, organisation, host and port, and may change
+  only its certificate (in-place rotation), which counts as that update's one change and
+  must validate against the organisation's CA of the NEW config with the orderer role.
+
+From the block carrying a rotation on, the Cluster transport of every orderer accepts
+only the new certificate for that raft id (the transport's Membership follows adopted
+configs); the rotated orderer, still running on its old certificate, stops its chain (it
+could only sign blocks with a certificate no longer in force) until the operator restarts
+it with the new certificate and key.
 
 A leader cuts a config envelope into a block of its own. Once a config block is applied,
 the orderer adopts it (MSP, transport membership, batch parameters) and the Raft leader
@@ -106,18 +114,44 @@ def validate_update(
     ids = [o.raft_id for o in new.orderers]
     if len(set(ids)) != len(ids) or 0 in ids:
         raise RxError(BAD_CONFIG_UPDATE, "orderer raft ids must be unique and positive")
-    old_by_id = {o.raft_id: o.cert_der for o in old.orderers}
-    new_by_id = {o.raft_id: o.cert_der for o in new.orderers}
-    if len(set(old_by_id) ^ set(new_by_id)) > 1:
-        raise RxError(BAD_CONFIG_UPDATE, "only one orderer may be added or removed at a time")
-    for rid in set(old_by_id) & set(new_by_id):
-        if old_by_id[rid] != new_by_id[rid]:
-            raise RxError(BAD_CONFIG_UPDATE, f"orderer {rid} changed its certificate")
+    old_by_id = {o.raft_id: o for o in old.orderers}
+    new_by_id = {o.raft_id: o for o in new.orderers}
+    changed = set(old_by_id) ^ set(new_by_id)
+    rotated = []
+    for rid in sorted(set(old_by_id) & set(new_by_id)):
+        before, after = old_by_id[rid], new_by_id[rid]
+        if (before.org, before.host, before.port) != (after.org, after.host, after.port):
+            raise RxError(BAD_CONFIG_UPDATE, f"orderer {rid} changed its organisation or address")
+        if before.cert_der != after.cert_der:
+            rotated.append(after)
+    if len(changed) + len(rotated) > 1:
+        raise RxError(
+            BAD_CONFIG_UPDATE,
+            "only one orderer may be added, removed or have its certificate rotated at a time",
+        )
     try:
-        MSP(new, verifier)
+        new_msp = MSP(new, verifier)
     except (RxError, ValueError) as exc:
         raise RxError(BAD_CONFIG_UPDATE, f"new config unusable: {exc}") from exc
+    for node in rotated:
+        _check_rotated_cert(new_msp, node, when)
     return new
+
+
+def _check_rotated_cert(msp: MSP, node: config_pb2.OrdererNode, at_ms: int) -> None:
+    """A rotated orderer certificate must validate against its org's CA in the NEW config
+    and carry the orderer role (raises RxError(BAD_CONFIG_UPDATE))."""
+    try:
+        principal = msp.validate(identity_pb2.Identity(org=node.org, cert_der=node.cert_der), at_ms)
+    except (RxError, ValueError) as exc:
+        raise RxError(
+            BAD_CONFIG_UPDATE, f"orderer {node.raft_id}: new certificate invalid: {exc}"
+        ) from exc
+    if principal.role != "orderer":
+        raise RxError(
+            BAD_CONFIG_UPDATE,
+            f"orderer {node.raft_id}: new certificate has role {principal.role!r}, not orderer",
+        )
 
 
 def config_of_block(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:

@@ -8,7 +8,10 @@ message and reports the peer unreachable -- Raft retransmits).
 Inbound (:class:`ClusterService`): the caller is identified by its TLS client certificate
 (``node.crypto.tls.peer_identity``) and must be an orderer of the current configuration
 (its certificate equals an ``OrdererNode.cert_der``); otherwise the stream is refused with
-PERMISSION_DENIED and counted. Every message must also name that orderer's raft id as its
+PERMISSION_DENIED and counted. Membership follows the config in force (the server
+subscribes it to config adoption), and open streams re-check it per message, so after a
+config block rotates an orderer's certificate the new one is accepted for that raft id and
+the old one refused from that block on. Every message must also name that orderer's raft id as its
 sender and this node as recipient. Stale or replayed messages are Raft's business (terms).
 """
 
@@ -302,10 +305,12 @@ class ClusterService:
         self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
         """Cluster.Forward: envelopes a follower validated, ordered here if we lead."""
-        self._caller(context, "Forward")
+        rid, ident = self._caller(context, "Forward")
 
         def dispatch(raw: bytes) -> tuple[Ticket, float]:
             # The forwarding orderer validated the envelope; we only order it.
+            if self._membership.raft_id_of(ident) != rid:
+                return _refused(), time.monotonic()
             ticket = self._broadcast.submit_local(Checked(raw, ""))
             return ticket, time.monotonic() + self._commit_timeout_s
 
@@ -324,9 +329,11 @@ class ClusterService:
         self, requests: Iterator[raft_pb2.ForwardedEnvelopes], context: grpc.ServicerContext
     ) -> Iterator[raft_pb2.ForwardAnswers]:
         """OrdererCluster.ForwardBatch: like Forward, several envelopes per message."""
-        self._caller(context, "ForwardBatch")
+        rid, ident = self._caller(context, "ForwardBatch")
 
         def dispatch(batch: raft_pb2.ForwardedEnvelopes) -> tuple[list[Ticket], float]:
+            if self._membership.raft_id_of(ident) != rid:  # e.g. its certificate was rotated
+                return [_refused() for _ in batch.envelopes], time.monotonic()
             tickets = self._broadcast.submit_local_many(list(batch.envelopes))
             return tickets, time.monotonic() + self._commit_timeout_s
 
@@ -374,6 +381,15 @@ class ClusterService:
                 ),
             },
         )
+
+
+def _refused() -> Ticket:
+    """The answer to an envelope forwarded by a caller that is no longer a member (never
+    ordered, so the client may retry elsewhere)."""
+    ticket = Ticket()
+    ticket.resolve(Outcome(NOT_LEADER, "NOT_AN_ORDERER: forwarding orderer's certificate is not "
+                                       "in the current configuration"))
+    return ticket
 
 
 class _ForwardStream:
