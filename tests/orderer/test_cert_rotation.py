@@ -23,6 +23,7 @@ from typing import Any, cast
 import grpc
 import pytest
 from cryptography import x509 as cx509
+from netgen import generate
 from rxchain.v1 import block_pb2, config_pb2, services_pb2
 
 from node.crypto import signing
@@ -30,19 +31,21 @@ from node.crypto import x509 as rx509
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier
 from node.crypto.tls import secure_channel
-from node.orderer.configtx import config_of_block
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.orderer.configtx import OrdererConfig, config_of_block, validate_update
 from node.peer.validator import ConfigState, Validator
 from tests.orderer.cluster import (
     Client,
     OrdererProcs,
     all_serving,
     config_envelope,
+    consortium,
+    free_base_port,
     make_network,
     tx_ids_of,
     wait_until,
 )
-
-pytestmark = pytest.mark.integration
 
 ROTATED = "orderer.ins02"
 ADMINS = ["ins01", "ins02", "ins03"]  # MAJORITY(admin) of 4 organisations
@@ -88,13 +91,13 @@ class _Load:
         self._thread.join(30)
 
 
-def _issue(net: Any, ca_org: str, org: str, name: str) -> tuple[bytes, bytes, bytes]:
-    """(cert PEM, key PEM, cert DER) of a new orderer certificate issued by ``ca_org``'s CA."""
+def _issue(net: Any, ca_org: str, org: str, name: str, role: str = "orderer") -> tuple[bytes, bytes, bytes]:
+    """(cert PEM, key PEM, cert DER) of a new certificate issued by ``ca_org``'s CA."""
     ca_dir = net.home / "orgs" / ca_org
     ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
     ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
     key = signing.generate_key()
-    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org=org, role="orderer", name=name,
+    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org=org, role=role, name=name,
                             now=dt.datetime.now(dt.UTC), hosts=("127.0.0.1", "localhost", name))
     return rx509.cert_to_pem(cert), signing.key_to_pem(key), rx509.cert_to_der(cert)
 
@@ -139,6 +142,45 @@ def _verify_as_peer(blocks: list[block_pb2.Block], genesis: config_pb2.Consortiu
     return config_blocks
 
 
+def test_config_rules_for_an_in_place_rotation(tmp_path: Path) -> None:
+    net = generate(consortium(free_base_port(4)), tmp_path / "net")
+    verifier = Verifier()
+    current = OrdererConfig(net.config, MSP(net.config, verifier), 0)
+    rid = next(o.raft_id for o in net.config.orderers if o.name == ROTATED)
+    _, _, new_der = _issue(net, "ins02", "ins02", ROTATED)
+
+    def check(cfg: config_pb2.ConsortiumConfig, admins: list[str] = ADMINS) -> str:
+        try:
+            validate_update(current, config_envelope(net, cfg, admins), verifier)
+        except RxError as err:
+            assert err.reason == "BAD_CONFIG_UPDATE"
+            return err.message
+        return ""
+
+    good = _next(net.config, {rid: new_der})
+    assert check(good) == ""
+    assert "do not satisfy" in check(good, ["ins01", "ins02"])  # MAJORITY(admin) of 4 orgs
+    _, _, foreign = _issue(net, "ins01", "ins02", ROTATED)
+    assert "new certificate invalid" in check(_next(net.config, {rid: foreign}))
+    _, _, clerk = _issue(net, "ins02", "ins02", "clerk2", role="clerk")
+    assert "not orderer" in check(_next(net.config, {rid: clerk}))
+    for field_name, value in (("port", 1), ("host", "10.0.0.9"), ("org", "ins01")):
+        moved = _next(net.config, {rid: new_der})
+        node = next(o for o in moved.orderers if o.raft_id == rid)
+        setattr(node, field_name, value)
+        assert "organisation or address" in check(moved), field_name
+    _, _, other = _issue(net, "ins01", "ins01", "orderer.ins01")
+    assert "at a time" in check(_next(net.config, {rid: new_der, 1: other}))
+    grown = _next(net.config, {rid: new_der})
+    grown.orderers.add(raft_id=9, org="ins01", name="orderer9.ins01", host="127.0.0.1", port=1,
+                       cert_der=other)
+    assert "at a time" in check(grown)
+    removed = _next(net.config, {rid: new_der})
+    del removed.orderers[0]
+    assert "at a time" in check(removed)
+
+
+@pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path) -> None:
     net = make_network(tmp_path / "net")
