@@ -590,8 +590,8 @@ class Chain:
         if self._signer_in_force_logged != self._tracker.current.block_number:
             self._signer_in_force_logged = self._tracker.current.block_number
             _log.warning(
-                "orderer %d: its certificate is not the one of config block %d; it stores "
-                "blocks signed by other orderers (restart it on the certificate in force)",
+                "orderer %d: its certificate is not the one config block %d names for it; it "
+                "stores copies other orderers signed until its certificate is in force",
                 self._id, self._tracker.current.block_number,
             )
         self._catch_up(number)

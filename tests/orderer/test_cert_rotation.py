@@ -42,6 +42,7 @@ from tests.orderer.cluster import (
     config_envelope,
     consortium,
     free_base_port,
+    leader_of,
     make_network,
     tx_ids_of,
     wait_until,
@@ -60,6 +61,7 @@ class _Load:
         self.accepted: list[str] = []
         self.refused: Counter[str] = Counter()
         self.errors = 0
+        self.skip: set[str] = set()  # paused orderers (a client would time out and move on)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rotation-load", daemon=True)
 
@@ -69,7 +71,7 @@ class _Load:
     def _run(self) -> None:
         i = 0
         while not self._stop.is_set():
-            names = list(self.procs.procs)
+            names = [n for n in self.procs.procs if n not in self.skip]
             target = self.procs.target(names[i % len(names)])
             i += 1
             envs = [self.client.envelope() for _ in range(5)]
@@ -182,7 +184,11 @@ def test_config_rules_for_an_in_place_rotation(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lagging", [False, True], ids=["running", "lagging"])
+def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path, lagging: bool) -> None:
+    """``lagging``: ins02 is paused before the config tx and killed, so it restarts on the
+    new certificate before it has applied the config block (it must store copies signed by
+    the others up to that block, then sign with the new certificate)."""
     net = make_network(tmp_path / "net")
     procs = OrdererProcs(net)
     client = Client(net)
@@ -218,6 +224,11 @@ def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path) -> No
             assert (r.accepted, r.reason) == (False, "BAD_CONFIG_UPDATE"), r.message
 
         # The rotation itself.
+        if lagging:
+            pump.skip.add(ROTATED)
+            procs.procs[ROTATED].send_signal(signal.SIGSTOP)
+            wait_until(lambda: leader_of(procs, client, others) in others, 20,
+                       what="a leader other than the paused ins02")
         rotated_cfg = _next(genesis, {rid: new_der})
         [r] = client.broadcast(procs.target(others[0]), [config_envelope(net, rotated_cfg, ADMINS)])
         assert r.accepted, r.message
@@ -225,10 +236,14 @@ def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path) -> No
         # From that block on the others refuse ins02's old certificate on Cluster.Step; the
         # operator restarts it on the new material (same data directory, Raft log kept).
         time.sleep(0.5)
-        procs.terminate(ROTATED)
+        if lagging:
+            procs.kill(ROTATED)  # SIGKILL also ends a stopped process; the WAL is fsynced
+        else:
+            procs.terminate(ROTATED)
         (node_dir / "cert.pem").write_bytes(cert_pem)
         (node_dir / "key.pem").write_bytes(key_pem)
         procs.start(ROTATED)
+        pump.skip.clear()
         height = max(client.status(procs.target(n)).height for n in others)
         wait_until(lambda: client.status(procs.target(ROTATED), 1.0).height >= height, 60,
                    what="the rotated orderer to rejoin")
@@ -248,6 +263,8 @@ def test_rotate_an_orderer_certificate_in_place_under_load(tmp_path: Path) -> No
         # ins02 is a working voter: with another orderer paused, only it completes a quorum.
         paused = others[1]
         procs.procs[paused].send_signal(signal.SIGSTOP)
+        wait_until(lambda: leader_of(procs, client, [others[0], ROTATED]) is not None, 20,
+                   what="a leader with ins03 paused")
 
         def ordered() -> bool:
             rs = client.broadcast(procs.target(others[0]), [client.envelope()[1]], timeout=10)
