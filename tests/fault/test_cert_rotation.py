@@ -6,10 +6,10 @@ majority of admins records the new certificate and revokes the old one. Afterwar
 peer's endorsements under the new certificate are VALID, an endorsement forged with the old
 key is refused, and the checker finds nothing lost, duplicated or forked.
 
-An orderer's certificate is replaced the way the orderer's config rules allow today: a new
-orderer (new key, certificate and Raft id) joins by config transaction and the old one is
-removed by a second (node/orderer/configtx.py refuses to change the certificate of an
-orderer kept in the set, so in-place rotation is not possible).
+An orderer's certificate is replaced here by replacing the member: a new orderer (new key,
+certificate and Raft id) joins by config transaction and the old one is removed by a
+second. Rotating an orderer's certificate IN PLACE (same Raft id, one config transaction,
+restart on the new files) is covered by tests/fault/test_orderer_cert_in_place.py.
 """
 
 from __future__ import annotations
