@@ -194,7 +194,7 @@ class BroadcastHandler:
     def submit_local(self, checked: Checked) -> Ticket:
         """Order an envelope validated by another orderer (Cluster.Forward) on this node."""
         if not self._accepting:
-            return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
+            return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), checked.tx_id)
         is_config = checked.is_config or tx_type(checked.raw) == transaction_pb2.CONFIG
         return self._orderer.submit(checked.raw, checked.tx_id, is_config)
 
@@ -210,13 +210,13 @@ class BroadcastHandler:
         )
 
     def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:
-        """Validate and dispatch one envelope."""
-        if not self._accepting:
-            return None, immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
+        """Validate and dispatch one envelope (every answer names the tx id when it parsed)."""
         result = self._validator.check(raw)
         if not isinstance(result, Checked):
             tx_id, outcome = result
             return None, immediate(outcome, tx_id)
+        if not self._accepting:
+            return None, immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), result.tx_id)
         return result, self.dispatch_checked(result, self._clock() + self._opt.commit_timeout_s)
 
     def answer(self, checked: Checked | None, ticket: Ticket, deadline: float) -> Outcome:
