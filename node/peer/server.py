@@ -31,7 +31,7 @@ from node.peer.admin_service import PeerAdminService
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.committer import CommittedBlock, Committer
 from node.peer.config_view import ConfigView
-from node.peer.deliver_client import DeliverClient
+from node.peer.deliver_client import DeliverClient, DeliverSettings
 from node.peer.deliver_service import PeerDeliverService
 from node.peer.endorser import Endorser, EndorserService
 from node.peer.gateway.deps import GatewayDeps
@@ -174,9 +174,12 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         return committed
 
     node_ref: list[PeerNode] = []
+    watchdog = DeliverSettings.from_extra(extra)
     deliver = DeliverClient(config.orderers, channel, ledger.height, commit,
                             on_error=lambda _o, r: metrics.deliver_failovers.labels(reason=r).inc(),
-                            on_fatal=lambda exc: node_ref[0].fail(exc) if node_ref else None)
+                            on_fatal=lambda exc: node_ref[0].fail(exc) if node_ref else None,
+                            stall_s=watchdog.stall_s, probe_timeout_s=watchdog.probe_timeout_s,
+                            unresponsive_s=watchdog.unresponsive_s)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 64))),
         options=[("grpc.max_send_message_length", max_msg),
