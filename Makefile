@@ -7,7 +7,6 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed-stamp
 PROTOS     := $(wildcard proto/rxchain/v1/*.proto)
 GEN_STAMP  := gen/.stamp
-SITE        = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 RXCHAIN_HOME ?= $(CURDIR)/.rxchain
 PYTEST_ARGS ?=
 
@@ -19,7 +18,8 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	printf '%s\n%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" "$(CURDIR)/network-config" > "$(SITE)/rxchain-project.pth"
+	site="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" && \
+	  printf '%s\n%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" "$(CURDIR)/network-config" > "$$site/rxchain-project.pth"
 	printf '#!/bin/sh\nexec "%s" -m client.cli "$$@"\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/rxchain
 	chmod +x $(VENV)/bin/rxchain
 	touch $@
