@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 from netgen import generate
+from netgen.ports import free_base_port
 
 from client.bootstrap import CONTRACTS_DIR, DEFAULT_SAMPLE_DATA, Bootstrapper
 from client.errors import RxClientError
 from client.launcher import DEFAULT_CONSORTIUM, Launcher
 from client.network import NetworkInfo, load_network
 from client.records import pseudonym
-from tests.harness.ports import free_base_port
 
 STORY_ORGS = ("h01", "h02", "p01", "ins01", "ins02", "ins03", "reg01")
 PEER_ORGS = ("h01", "h02", "p01", "ins01")
