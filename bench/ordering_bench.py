@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import grpc
 import yaml
 from netgen import generate
+from netgen.ports import free_base_port
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.common import write_result
@@ -53,23 +53,6 @@ LIGHT_WINDOW = 8
 ENVELOPES = int(os.environ.get("RXCHAIN_BENCH_ENVELOPES", "30000"))
 ETCD_SECONDS = float(os.environ.get("RXCHAIN_BENCH_ETCD_S", "10"))
 ENVELOPE_BYTES = 1024
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _base_port(count: int) -> int:
-    for _ in range(200):
-        base = 20000 + secrets.randbelow(30000)
-        if all(_free(base + i) and _free(base + 200 + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free ports")
 
 
 def _consortium(base: int) -> dict[str, Any]:
@@ -96,7 +79,7 @@ class Orderers:
     """The three orderer processes."""
 
     def __init__(self, home: Path) -> None:
-        self.net = generate(_consortium(_base_port(4)), home)
+        self.net = generate(_consortium(free_base_port(4)), home)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for n in self.net.orderers():
             path = self.net.node_config_path(n.name)
@@ -307,7 +290,7 @@ def bench_etcd(work: Path) -> dict[str, Any]:
         etcd = shutil.which("etcd")
     if etcd is None:
         return {"etcd_puts_per_s": None, "etcd_note": "etcd-server could not be installed"}
-    base = _base_port(6)
+    base = free_base_port(6)
     names = ["e1", "e2", "e3"]
     peer = {n: base + i for i, n in enumerate(names)}
     cli = {n: base + 3 + i for i, n in enumerate(names)}

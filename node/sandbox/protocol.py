@@ -75,40 +75,17 @@ def write_frame(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+# The limits that travel to a worker: exactly the fields of SandboxLimitsMsg (memory and the
+# wall-clock timeout are applied by the host, not sent).
+_LIMIT_FIELDS = tuple(f.name for f in pb.SandboxLimitsMsg.DESCRIPTOR.fields)
+
+
 def limits_to_msg(limits: t.SandboxLimits) -> pb.SandboxLimitsMsg:
-    return pb.SandboxLimitsMsg(
-        max_recursion_depth=limits.max_recursion_depth,
-        max_str_len=limits.max_str_len,
-        max_collection_len=limits.max_collection_len,
-        max_int_bits=limits.max_int_bits,
-        max_value_bytes=limits.max_value_bytes,
-        max_key_len=limits.max_key_len,
-        max_write_keys=limits.max_write_keys,
-        max_write_bytes=limits.max_write_bytes,
-        max_events=limits.max_events,
-        max_range_items=limits.max_range_items,
-        max_history_items=limits.max_history_items,
-        max_args_bytes=limits.max_args_bytes,
-        cpu_seconds=limits.cpu_seconds,
-    )
+    return pb.SandboxLimitsMsg(**{name: getattr(limits, name) for name in _LIMIT_FIELDS})
 
 
 def limits_from_msg(m: pb.SandboxLimitsMsg) -> t.SandboxLimits:
-    return t.SandboxLimits(
-        max_recursion_depth=m.max_recursion_depth,
-        max_str_len=m.max_str_len,
-        max_collection_len=m.max_collection_len,
-        max_int_bits=m.max_int_bits,
-        max_value_bytes=m.max_value_bytes,
-        max_key_len=m.max_key_len,
-        max_write_keys=m.max_write_keys,
-        max_write_bytes=m.max_write_bytes,
-        max_events=m.max_events,
-        max_range_items=m.max_range_items,
-        max_history_items=m.max_history_items,
-        max_args_bytes=m.max_args_bytes,
-        cpu_seconds=m.cpu_seconds,
-    )
+    return t.SandboxLimits(**{name: getattr(m, name) for name in _LIMIT_FIELDS})
 
 
 def caller_to_msg(c: t.CallerInfo) -> pb.SandboxCaller:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 import yaml
 from netgen import generate
+from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
@@ -46,23 +46,6 @@ def consortium(base_port: int, orderer_orgs: int = 3) -> dict[str, Any]:
         "policies": {"config_update": "MAJORITY(admin)"},
         "organizations": orgs,
     }
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(count: int) -> int:
-    for _ in range(200):
-        base = 20000 + secrets.randbelow(30000)
-        if all(_free(base + i) and _free(base + 200 + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free ports")
 
 
 def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: int = 3):

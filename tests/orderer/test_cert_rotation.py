@@ -24,6 +24,7 @@ import grpc
 import pytest
 from cryptography import x509 as cx509
 from netgen import generate
+from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2
 
 from node.crypto import signing
@@ -41,7 +42,6 @@ from tests.orderer.cluster import (
     all_serving,
     config_envelope,
     consortium,
-    free_base_port,
     leader_of,
     make_network,
     tx_ids_of,

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, transaction_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
@@ -34,7 +35,7 @@ from node.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
-from tests.orderer.cluster import Client, config_envelope, free_base_port, make_network
+from tests.orderer.cluster import Client, config_envelope, make_network
 
 # ---------------------------------------------------------------- block cutter
 

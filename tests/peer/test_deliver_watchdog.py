@@ -27,13 +27,17 @@ class PausedAdmin(services_pb2_grpc.AdminServicer):
         self.released = threading.Event()
         self.calls = 0
 
-    def Health(self, request, context) -> services_pb2.HealthResponse:
-        return self.Status(request, context)
-
-    def Status(self, request, context) -> services_pb2.StatusResponse:
+    def _hang(self, context) -> None:
         self.calls += 1
         while context.is_active() and not self.released.wait(0.02):
             pass
+
+    def Health(self, request, context) -> services_pb2.HealthResponse:
+        self._hang(context)
+        return services_pb2.HealthResponse(serving=True, node="paused", role="orderer")
+
+    def Status(self, request, context) -> services_pb2.StatusResponse:
+        self._hang(context)
         return services_pb2.StatusResponse(node="paused", role="orderer", height=3)
 
 
