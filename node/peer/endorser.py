@@ -23,15 +23,17 @@ enters it).
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
-from rxchain.v1 import services_pb2_grpc, transaction_pb2
+from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Signer
@@ -333,11 +335,36 @@ def _response(result: InvocationResult) -> transaction_pb2.Response:
     return transaction_pb2.Response(status=status, reason=result.reason, message=result.message)
 
 
-class EndorserService(services_pb2_grpc.EndorserServicer):
-    """gRPC Endorser.ProcessProposal."""
+# ProcessProposals bounds: items per request batch (more -> every item refused TOO_LARGE),
+# answers coalesced per response message, and proposals in flight per stream (the reader
+# stops pulling batches -- HTTP/2 flow control pushes back -- until answers drain).
+MAX_BATCH_ITEMS = 256
+MAX_ANSWER_ITEMS = 256
+MAX_ANSWER_BYTES = 4 << 20
+MAX_STREAM_IN_FLIGHT = 1024
+STREAM_WORKERS = 16
+_POLL_S = 0.25
 
-    def __init__(self, endorser: Endorser) -> None:
+
+class EndorserService(services_pb2_grpc.EndorserServicer):
+    """gRPC Endorser: ProcessProposal (unary) and ProcessProposals (batched bidi stream).
+
+    Both run the same :meth:`Endorser.endorse` (same checks, same reason codes); the stream
+    answers a refusal as a per-item ``ErrorDetail`` instead of a failed call, and keeps
+    serving. ``pool`` runs the stream's endorsements concurrently (the sandbox has several
+    workers); answers go back in completion order, several per message when ready together.
+    """
+
+    def __init__(self, endorser: Endorser, pool: Executor | None = None,
+                 workers: int = STREAM_WORKERS) -> None:
         self._endorser = endorser
+        self._own_pool = pool is None
+        self._pool: Executor = pool or ThreadPoolExecutor(workers, thread_name_prefix="endorse-stream")
+
+    def close(self) -> None:
+        """Stop the stream workers (when the pool is the service's own)."""
+        if self._own_pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def ProcessProposal(
         self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext
@@ -346,3 +373,130 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
             return self._endorser.endorse(request)
         except RxError as err:
             abort_with(context, err)
+
+    def ProcessProposals(
+        self,
+        request_iterator: Iterator[services_pb2.ProposalBatch],
+        context: grpc.ServicerContext,
+    ) -> Iterator[services_pb2.ProposalResponseBatch]:
+        stream = _ProposalStream(self._endorser, self._pool, context.is_active)
+        threading.Thread(target=stream.read, args=(request_iterator,), name="endorse-stream-reader",
+                         daemon=True).start()
+        yield from stream.answers()
+
+
+class _ProposalStream:
+    """One ProcessProposals call: a reader thread feeds the pool, the handler yields answers."""
+
+    def __init__(self, endorser: Endorser, pool: Executor, is_active: Callable[[], bool]) -> None:
+        self._endorser = endorser
+        self._pool = pool
+        self._is_active = is_active
+        self._out: queue.SimpleQueue[services_pb2.CorrelatedProposalResponse | None] = (
+            queue.SimpleQueue()
+        )
+        self._slots = threading.BoundedSemaphore(MAX_STREAM_IN_FLIGHT)
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._input_done = False
+
+    # -- reader side ------------------------------------------------------------------
+    def read(self, requests: Iterator[services_pb2.ProposalBatch]) -> None:
+        try:
+            for batch in requests:
+                if len(batch.items) > MAX_BATCH_ITEMS:
+                    err = RxError("TOO_LARGE", f"batch of {len(batch.items)} proposals exceeds "
+                                               f"{MAX_BATCH_ITEMS}")
+                    for item in batch.items:
+                        if not self._admit():
+                            return
+                        self._answer(_error_item(item.correlation_id, err))
+                    continue
+                for item in batch.items:
+                    if not self._admit():
+                        return
+                    try:
+                        self._pool.submit(self._endorse_one, item)
+                    except RuntimeError:  # pool shut down: the peer is stopping
+                        self._answer(_error_item(item.correlation_id, RxError(
+                            "SERVICE_UNAVAILABLE", "the peer is shutting down")))
+        except Exception:  # noqa: BLE001, S110 - the caller went away: stop reading
+            pass
+        finally:
+            with self._lock:
+                self._input_done = True
+                end = self._outstanding == 0
+            if end:
+                self._out.put(None)
+
+    def _admit(self) -> bool:
+        while not self._slots.acquire(timeout=_POLL_S):
+            if not self._is_active():
+                return False
+        with self._lock:
+            self._outstanding += 1
+        return True
+
+    def _endorse_one(self, item: services_pb2.CorrelatedProposal) -> None:
+        cid = item.correlation_id
+        if not self._is_active():
+            self._finish()
+            return
+        try:
+            if not item.HasField("proposal"):
+                raise RxError("BAD_REQUEST", "item carries no proposal")
+            resp = self._endorser.endorse(item.proposal)
+            answer = services_pb2.CorrelatedProposalResponse(correlation_id=cid, response=resp)
+        except RxError as err:
+            answer = _error_item(cid, err)
+        except Exception as exc:  # noqa: BLE001 - one proposal's bug must not kill the stream
+            answer = _error_item(cid, RxError("INTERNAL", f"{type(exc).__name__}: {exc}"))
+        self._answer(answer)
+
+    def _answer(self, answer: services_pb2.CorrelatedProposalResponse) -> None:
+        self._out.put(answer)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._slots.release()
+        with self._lock:
+            self._outstanding -= 1
+            end = self._input_done and self._outstanding == 0
+        if end:
+            self._out.put(None)
+
+    # -- handler side -----------------------------------------------------------------
+    def answers(self) -> Iterator[services_pb2.ProposalResponseBatch]:
+        """Answers in completion order; whatever is ready at once goes in one message."""
+        out = self._out
+        while True:
+            try:
+                first = out.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not self._is_active():
+                    return
+                continue
+            if first is None:
+                return
+            items = [first]
+            size = first.ByteSize()
+            last = False
+            while len(items) < MAX_ANSWER_ITEMS and size < MAX_ANSWER_BYTES:
+                try:
+                    nxt = out.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    last = True
+                    break
+                items.append(nxt)
+                size += nxt.ByteSize()
+            yield services_pb2.ProposalResponseBatch(items=items)
+            if last:
+                return
+
+
+def _error_item(cid: int, err: RxError) -> services_pb2.CorrelatedProposalResponse:
+    return services_pb2.CorrelatedProposalResponse(
+        correlation_id=cid, error=identity_pb2.ErrorDetail(reason=err.reason, message=err.message)
+    )

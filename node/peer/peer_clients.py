@@ -1,55 +1,320 @@
-"""Endorser clients for the other organisations' peers (mTLS with this peer's cert)."""
+"""Endorser clients for the other organisations' peers (mTLS with this peer's cert).
+
+Each remote peer gets one long-lived ``Endorser.ProcessProposals`` stream. A proposal
+is queued with a fresh correlation id and a future; the stream's request iterator sends
+whatever is queued when gRPC asks for the next message as ONE ``ProposalBatch`` (it
+never waits to fill a batch), and a reader thread resolves the futures from the answer
+batches. The caller waits on its future directly, with the same per-peer timeout as the
+unary call had.
+
+Failures: when the stream breaks (peer down, connection cut, server stopping) every
+proposal in flight on it fails at once with SERVICE_UNAVAILABLE -- a retryable reason, so
+the next peer of the organisation, or the gateway's replacement organisation, is asked --
+and the next proposal opens a new stream. A peer that answers the stream UNIMPLEMENTED
+(an older release) is asked with unary ``ProcessProposal`` calls for a while
+(:data:`UNARY_RETRY_S`) and the affected proposals are re-sent that way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import grpc
-from rxchain.v1 import services_pb2_grpc, transaction_pb2
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError, reason_from_rpc_error
 
 ChannelFactory = Callable[[str], grpc.Channel]
+Clock = Callable[[], float]
+
+_log = logging.getLogger(__name__)
+
+MAX_SEND_ITEMS = 64  # proposals per request message (the server accepts up to 256)
+MAX_SEND_BYTES = 2 << 20  # and bytes per request message (below every max_message_bytes)
+UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED, use unary calls this long before trying again
+STREAM_UNIMPLEMENTED = "STREAM_UNIMPLEMENTED"  # internal: re-send this proposal by unary call
+
+
+class _PeerStream:
+    """The ProcessProposals stream to one peer, reopened on demand after a failure."""
+
+    def __init__(self, ep: Endpoint, stub: services_pb2_grpc.EndorserStub, ids: Iterator[int],
+                 clock: Clock, *, use_stream: bool = True) -> None:
+        self.ep = ep
+        self._use_stream = use_stream
+        self._stub = stub
+        self._ids = ids
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[transaction_pb2.ProposalResponse]] = {}
+        self._queue: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] | None = None
+        self._cancel: Callable[[], object] | None = None  # cancels the open stream
+        self._generation = 0
+        self._unary_until = float("-inf")
+        self._closed = False
+        self.opened = 0  # streams opened so far (for tests and metrics)
+
+    def unary(self) -> bool:
+        """True while this peer is asked by unary calls (it does not serve the stream)."""
+        return not self._use_stream or self._clock() < self._unary_until
+
+    def send(self, signed: transaction_pb2.SignedProposal
+             ) -> tuple[int, Future[transaction_pb2.ProposalResponse]]:
+        """Queue ``signed`` on the stream (opening it if needed); its answer's future."""
+        fut: Future[transaction_pb2.ProposalResponse] = Future()
+        cid = next(self._ids)
+        with self._lock:
+            if self._closed:
+                raise RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: client closed")
+            if self._queue is None:
+                self._open()
+            assert self._queue is not None
+            self._pending[cid] = fut
+            self._queue.put(services_pb2.CorrelatedProposal(correlation_id=cid, proposal=signed))
+        return cid, fut
+
+    def forget(self, cid: int) -> None:
+        """Drop a proposal whose caller stopped waiting (a late answer is ignored)."""
+        with self._lock:
+            self._pending.pop(cid, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    def _open(self) -> None:  # under self._lock
+        self._generation += 1
+        self.opened += 1
+        q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
+        self._queue = q
+        call = self._stub.ProcessProposals(_batches(q))
+        self._cancel = call.cancel
+        threading.Thread(target=self._read, args=(call, self._generation), daemon=True,
+                         name=f"endorse-stream-{self.ep.name}").start()
+
+    def _read(self, call: Iterator[services_pb2.ProposalResponseBatch], generation: int) -> None:
+        failure = RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: endorsement stream ended")
+        try:
+            for batch in call:
+                with self._lock:
+                    resolved = [(self._pending.pop(item.correlation_id, None), item)
+                                for item in batch.items]
+                for fut, item in resolved:
+                    if fut is None:
+                        continue  # the caller gave up (timeout)
+                    if item.HasField("response"):
+                        fut.set_result(item.response)
+                    elif item.HasField("error"):
+                        fut.set_exception(RxError(item.error.reason or "RPC_FAILED",
+                                                  f"{self.ep.name}: {item.error.message}"))
+                    else:
+                        fut.set_exception(RxError("RPC_FAILED", f"{self.ep.name}: empty answer"))
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            details = exc.details() if callable(getattr(exc, "details", None)) else ""
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self._unary_until = self._clock() + UNARY_RETRY_S
+                failure = RxError(STREAM_UNIMPLEMENTED, f"{self.ep.name}: {details}")
+            else:
+                # Whatever the cause, the proposals in flight were not answered: retryable.
+                failure = RxError("SERVICE_UNAVAILABLE",
+                                  f"{self.ep.name}: stream failed ({reason_from_rpc_error(exc)}: {details})")
+        except Exception as exc:  # noqa: BLE001 - never leave futures hanging
+            failure = RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: stream reader failed: {exc}")
+        self._fail(generation, failure)
+
+    def _fail(self, generation: int, err: RxError) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            pending, self._pending = self._pending, {}
+            q, self._queue, self._cancel = self._queue, None, None
+        if q is not None:
+            q.put(None)  # ends the request iterator
+        if pending:
+            _log.info("event=endorse_stream_failed peer=%s in_flight=%d reason=%s",
+                      self.ep.name, len(pending), err.reason)
+        for fut in pending.values():
+            fut.set_exception(err)
+
+
+def _batches(
+    q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None],
+) -> Iterator[services_pb2.ProposalBatch]:
+    """The request iterator: whatever is queued when gRPC asks, as one message."""
+    carry: services_pb2.CorrelatedProposal | None = None
+    while True:
+        first = carry if carry is not None else q.get()
+        carry = None
+        if first is None:
+            return
+        items = [first]
+        size = first.ByteSize()
+        end = False
+        while len(items) < MAX_SEND_ITEMS:
+            try:
+                nxt = q.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                end = True
+                break
+            nsize = nxt.ByteSize()
+            if size + nsize > MAX_SEND_BYTES:
+                carry = nxt
+                break
+            items.append(nxt)
+            size += nsize
+        yield services_pb2.ProposalBatch(items=items)
+        if end:
+            return
+
+
+class PendingEndorsement:
+    """One remote endorsement in flight: :meth:`result` waits for it (in the caller's thread).
+
+    The peers of the organisation are asked in turn; the next one only after the current
+    one failed or timed out (each with the full per-peer timeout, as the unary calls were).
+    """
+
+    def __init__(self, owner: RemoteEndorsers, org: str, signed: transaction_pb2.SignedProposal) -> None:
+        self._owner = owner
+        self.org = org
+        self._signed = signed
+        self._peers = owner.peer_streams(org)
+        self._index = 0
+        self._last = RxError("SERVICE_UNAVAILABLE", f"no peer of {org} is configured")
+        self._cid = 0
+        self._fut: Future[transaction_pb2.ProposalResponse] | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """Send to the current peer by stream (unary peers are called in :meth:`result`)."""
+        self._fut = None
+        while self._index < len(self._peers):
+            peer = self._peers[self._index]
+            if peer.unary():
+                return
+            try:
+                self._cid, self._fut = peer.send(self._signed)
+                return
+            except RxError as err:
+                self._last = err
+                self._index += 1
+
+    def result(self) -> transaction_pb2.ProposalResponse:
+        """The first peer's answer that is a ProposalResponse; RxError if none answered."""
+        timeout = self._owner.timeout_s
+        while self._index < len(self._peers):
+            peer = self._peers[self._index]
+            fut = self._fut
+            if fut is None:
+                try:
+                    return self._owner.unary(peer.ep, self._signed)
+                except RxError as err:
+                    self._last = err
+            else:
+                try:
+                    return fut.result(timeout=timeout)
+                except FutureTimeout:
+                    peer.forget(self._cid)
+                    self._last = RxError("TIMEOUT", f"{peer.ep.name}: no answer within {timeout:g} s")
+                except RxError as err:
+                    if err.reason == STREAM_UNIMPLEMENTED:
+                        self._fut = None  # same peer again, by unary call
+                        continue
+                    self._last = err
+            self._index += 1
+            self._start()
+        raise self._last
 
 
 class RemoteEndorsers:
-    """One Endorser stub per peer endpoint, grouped by organisation."""
+    """Endorser streams per peer endpoint, grouped by organisation."""
 
     def __init__(
-        self, peers: Sequence[Endpoint], channels: ChannelFactory, timeout_s: float = 30.0
+        self, peers: Sequence[Endpoint], channels: ChannelFactory, timeout_s: float = 30.0,
+        clock: Clock = time.monotonic, *, use_stream: bool = True,
     ) -> None:
+        """``use_stream=False`` asks every peer by unary ProcessProposal calls (benchmarks)."""
         self._by_org: dict[str, list[Endpoint]] = {}
         for ep in peers:
             self._by_org.setdefault(ep.org, []).append(ep)
         self._channels = channels
-        self._timeout = timeout_s
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._use_stream = use_stream
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
         self._stubs: dict[str, services_pb2_grpc.EndorserStub] = {}
+        self._streams: dict[str, _PeerStream] = {}
 
     def orgs(self) -> list[str]:
         """Organisations with at least one remote peer, in configuration order."""
         return list(self._by_org)
 
     def _stub(self, ep: Endpoint) -> services_pb2_grpc.EndorserStub:
-        stub = self._stubs.get(ep.target)
-        if stub is None:
-            stub = self._stubs[ep.target] = services_pb2_grpc.EndorserStub(
-                self._channels(ep.target)
-            )
-        return stub
+        with self._lock:
+            stub = self._stubs.get(ep.target)
+            if stub is None:
+                stub = self._stubs[ep.target] = services_pb2_grpc.EndorserStub(
+                    self._channels(ep.target)
+                )
+            return stub
+
+    def peer_streams(self, org: str) -> list[_PeerStream]:
+        """The streams to ``org``'s peers, in configuration order (created lazily)."""
+        out = []
+        for ep in self._by_org.get(org, []):
+            stub = self._stub(ep)
+            with self._lock:
+                stream = self._streams.get(ep.target)
+                if stream is None:
+                    stream = self._streams[ep.target] = _PeerStream(ep, stub, self._ids, self._clock,
+                                                                     use_stream=self._use_stream)
+            out.append(stream)
+        return out
+
+    def streams_opened(self) -> int:
+        """How many ProcessProposals streams were opened (reconnections included)."""
+        with self._lock:
+            return sum(s.opened for s in self._streams.values())
+
+    def begin(self, org: str, signed: transaction_pb2.SignedProposal) -> PendingEndorsement:
+        """Send ``signed`` to ``org`` now; wait for the answer with ``.result()``."""
+        return PendingEndorsement(self, org, signed)
 
     def endorse(
         self, org: str, signed: transaction_pb2.SignedProposal
     ) -> transaction_pb2.ProposalResponse:
         """Ask the peers of ``org`` in turn; the first answer wins. RxError otherwise."""
-        last = RxError("SERVICE_UNAVAILABLE", f"no peer of {org} is configured")
-        for ep in self._by_org.get(org, []):
-            try:
-                resp: transaction_pb2.ProposalResponse = self._stub(ep).ProcessProposal(
-                    signed, timeout=self._timeout
-                )
-                return resp
-            except grpc.RpcError as exc:
-                details = exc.details() if callable(getattr(exc, "details", None)) else ""
-                last = RxError(reason_from_rpc_error(exc), f"{ep.name}: {details}")
-        raise last
+        return self.begin(org, signed).result()
+
+    def unary(self, ep: Endpoint, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        """One unary ProcessProposal call (peers without the stream)."""
+        try:
+            resp: transaction_pb2.ProposalResponse = self._stub(ep).ProcessProposal(
+                signed, timeout=self.timeout_s
+            )
+            return resp
+        except grpc.RpcError as exc:
+            details = exc.details() if callable(getattr(exc, "details", None)) else ""
+            raise RxError(reason_from_rpc_error(exc), f"{ep.name}: {details}") from None
+
+    def close(self) -> None:
+        """Cancel every stream; later calls fail with SERVICE_UNAVAILABLE."""
+        with self._lock:
+            streams = list(self._streams.values())
+        for s in streams:
+            s.close()

@@ -14,7 +14,9 @@ endorsements must carry byte-identical payloads.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol
 
 from rxchain.v1 import services_pb2, transaction_pb2
 
@@ -30,10 +32,37 @@ _HEIGHT_SKEW_REASONS = frozenset({"UNKNOWN_CONTRACT", "CODE_HASH_MISMATCH"})
 MISMATCH_RETRIES = (0.05, 0.15, 0.4)
 
 
+class _Pending(Protocol):
+    def result(self) -> transaction_pb2.ProposalResponse: ...
+
+
+class _Deferred:
+    """A synchronous remotes object (no ``begin``; test doubles): called when waited on."""
+
+    def __init__(self, call: Callable[[], transaction_pb2.ProposalResponse]) -> None:
+        self._call = call
+
+    def result(self) -> transaction_pb2.ProposalResponse:
+        return self._call()
+
+
+def _begin(remotes: Any, org: str, signed: transaction_pb2.SignedProposal) -> _Pending:
+    """Send ``signed`` to ``org`` now (``RemoteEndorsers.begin``: no thread hand-off)."""
+    begin = getattr(remotes, "begin", None)
+    if begin is not None:
+        pending: _Pending = begin(org, signed)
+        return pending
+    return _Deferred(lambda: remotes.endorse(org, signed))
+
+
 def endorse(
-    deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: ThreadPoolExecutor
+    deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: Executor | None = None
 ) -> services_pb2.EndorseResponse:
     """Collect endorsements and return the unsigned Transaction.
+
+    The remote requests of a round are all sent first (``RemoteEndorsers.begin`` queues
+    them on the peers' streams) and then waited for in this thread; ``pool`` is unused
+    (kept for callers that still pass one).
 
     Peers commit the same block a few milliseconds apart, so under load a remote peer may
     simulate at another height than the local one (ENDORSEMENT_MISMATCH). The whole round
@@ -44,16 +73,16 @@ def endorse(
     pause = threading.Event()
     for delay in MISMATCH_RETRIES:
         try:
-            return _endorse_once(deps, request, pool)
+            return _endorse_once(deps, request)
         except RxError as err:
             if err.reason != "ENDORSEMENT_MISMATCH":
                 raise
         pause.wait(delay)
-    return _endorse_once(deps, request, pool)
+    return _endorse_once(deps, request)
 
 
 def _endorse_once(
-    deps: GatewayDeps, request: services_pb2.EndorseRequest, pool: ThreadPoolExecutor
+    deps: GatewayDeps, request: services_pb2.EndorseRequest
 ) -> services_pb2.EndorseResponse:
     signed = request.proposal
     local = deps.endorser.endorse(signed)
@@ -93,7 +122,7 @@ def _endorse_once(
     divergent = False
     batch = wanted
     while batch:
-        futures = {org: pool.submit(deps.remotes.endorse, org, signed) for org in batch}
+        futures = {org: _begin(deps.remotes, org, signed) for org in batch}
         for org, fut in futures.items():
             try:
                 resp = fut.result()

@@ -1,0 +1,402 @@
+"""Endorser.ProcessProposals (batched bidi stream) and the streaming RemoteEndorsers client.
+
+Real gRPC servers on 127.0.0.1 (insecure channels: TLS is covered by the e2e tests) serve
+in-process peers of the ``deployed`` cluster.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, cast
+
+import grpc
+import pytest
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
+
+from node.config import Endpoint
+from node.errors import RxError, abort_with
+from node.peer.endorser import MAX_BATCH_ITEMS, Endorser, EndorserService, _ProposalStream
+from node.peer.gateway.endorse import endorse
+from node.peer.peer_clients import MAX_SEND_ITEMS, RemoteEndorsers, _batches
+from tests.peer.conftest import Cluster
+from tests.peer.test_gateway import deps_for
+
+WAIT_S = 10.0  # bound on every wait in this module
+
+
+class Blocking:
+    """An Endorser wrapper whose endorse() waits on ``gate`` (set when the test says so)."""
+
+    def __init__(self, inner: Endorser) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        self.entered.release()
+        self.gate.wait(WAIT_S)
+        return self.inner.endorse(signed)
+
+
+class CountingService(EndorserService):
+    """EndorserService that records how many items each request message carried."""
+
+    def __init__(self, endorser: Any, **kw: Any) -> None:
+        super().__init__(cast(Endorser, endorser), **kw)
+        self.request_sizes: list[int] = []
+        self.answer_sizes: list[int] = []
+
+    def ProcessProposals(self, request_iterator, context):
+        def counted() -> Iterator[services_pb2.ProposalBatch]:
+            for batch in request_iterator:
+                self.request_sizes.append(len(batch.items))
+                yield batch
+
+        for out in super().ProcessProposals(counted(), context):
+            self.answer_sizes.append(len(out.items))
+            yield out
+
+
+class UnaryOnly:
+    """An older peer: its Endorser service has ProcessProposal only (gRPC answers UNIMPLEMENTED)."""
+
+    def __init__(self, endorser: Endorser) -> None:
+        self.endorser = endorser
+        self.calls = 0
+
+    def process(self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext
+                ) -> transaction_pb2.ProposalResponse:
+        self.calls += 1
+        try:
+            return self.endorser.endorse(request)
+        except RxError as err:
+            abort_with(context, err)
+
+    def register(self, server: grpc.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            self.process, request_deserializer=transaction_pb2.SignedProposal.FromString,
+            response_serializer=transaction_pb2.ProposalResponse.SerializeToString)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("rxchain.v1.Endorser", {"ProcessProposal": handler}),))
+
+
+class Server:
+    """A gRPC server on a fixed 127.0.0.1 port that can be stopped and started again."""
+
+    def __init__(self, servicer: services_pb2_grpc.EndorserServicer | UnaryOnly, port: int = 0) -> None:
+        self.servicer = servicer
+        self.port = port
+        self.server: grpc.Server | None = None
+        self.start()
+
+    def start(self) -> None:
+        server = grpc.server(ThreadPoolExecutor(8))
+        if isinstance(self.servicer, UnaryOnly):
+            self.servicer.register(server)
+        else:
+            services_pb2_grpc.add_EndorserServicer_to_server(self.servicer, server)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        assert self.port
+        server.start()
+        self.server = server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(0).wait(WAIT_S)
+            self.server = None
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    made: list[Server] = []
+    try:
+        yield made
+    finally:
+        for s in made:
+            s.stop()
+            if isinstance(s.servicer, EndorserService):
+                s.servicer.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., RemoteEndorsers]]:
+    channels: list[grpc.Channel] = []
+    made: list[RemoteEndorsers] = []
+
+    def channel(target: str) -> grpc.Channel:
+        ch = grpc.insecure_channel(target, options=[("grpc.initial_reconnect_backoff_ms", 50),
+                                                    ("grpc.max_reconnect_backoff_ms", 200)])
+        channels.append(ch)
+        return ch
+
+    def make(peers: dict[str, Server], **kw: Any) -> RemoteEndorsers:
+        eps = [Endpoint(f"peer.{org}", org, "127.0.0.1", s.port) for org, s in peers.items()]
+        r = RemoteEndorsers(eps, channel, **kw)
+        made.append(r)
+        return r
+
+    try:
+        yield make
+    finally:
+        for r in made:
+            r.close()
+        for ch in channels:
+            ch.close()
+
+
+def _signed(cluster: Cluster, key: str, function: str = "put", **args: Any) -> transaction_pb2.SignedProposal:
+    return cluster.kit.proposal(cluster.net.doctor, "counter", function, {"key": key, **(args or {"value": 1})},
+                                timestamp_ms=cluster.now())
+
+
+def _collect(responses: Iterable[services_pb2.ProposalResponseBatch], want: int
+             ) -> tuple[dict[int, services_pb2.CorrelatedProposalResponse], int]:
+    got: dict[int, services_pb2.CorrelatedProposalResponse] = {}
+    messages = 0
+    for batch in responses:
+        messages += 1
+        for item in batch.items:
+            assert item.correlation_id not in got, "one answer per correlation id"
+            got[item.correlation_id] = item
+        if len(got) >= want:
+            break
+    return got, messages
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def test_batch_answers_every_item_by_correlation_id(deployed: Cluster, servers: list[Server]) -> None:
+    service = EndorserService(deployed.peers[1].endorser, workers=4)
+    servers.append(Server(service))
+    ok = _signed(deployed, "a")
+    refused = deployed.kit.proposal(deployed.net.doctor, "counter", "add", {"key": "a", "amount": 0},
+                                    timestamp_ms=deployed.now())
+    malformed = transaction_pb2.SignedProposal(proposal_bytes=b"\xff\xff not a proposal", signature=b"sig")
+    forged = transaction_pb2.SignedProposal()
+    forged.CopyFrom(_signed(deployed, "b"))
+    forged.signature = forged.signature[:-4] + b"\0\0\0\0"
+    first = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=7, proposal=ok),
+        services_pb2.CorrelatedProposal(correlation_id=8),  # empty item
+        services_pb2.CorrelatedProposal(correlation_id=9, proposal=malformed),
+        services_pb2.CorrelatedProposal(correlation_id=10, proposal=refused),
+        services_pb2.CorrelatedProposal(correlation_id=11, proposal=forged),
+    ])
+    oversize = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=1000 + i, proposal=ok) for i in range(MAX_BATCH_ITEMS + 1)
+    ])
+    after = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=12, proposal=_signed(deployed, "c"))])
+    requests: queue.SimpleQueue[services_pb2.ProposalBatch | None] = queue.SimpleQueue()
+
+    def feed() -> Iterator[services_pb2.ProposalBatch]:
+        while (b := requests.get(timeout=WAIT_S)) is not None:
+            yield b
+
+    with grpc.insecure_channel(f"127.0.0.1:{servers[0].port}") as ch:
+        call = services_pb2_grpc.EndorserStub(ch).ProcessProposals(feed(), timeout=WAIT_S)
+        requests.put(first)
+        got, _ = _collect(call, 5)
+        assert set(got) == {7, 8, 9, 10, 11}
+        resp = got[7].response
+        assert resp.response.status == 200 and resp.endorsement.endorser.org == "p01"
+        assert resp.payload == deployed.peers[0].endorser.endorse(ok).payload  # same simulation
+        assert got[8].error.reason == "BAD_REQUEST"
+        assert got[9].error.reason == "BAD_PAYLOAD"
+        assert got[10].response.response.status == 400 and got[10].response.response.reason == "NOT_POSITIVE"
+        assert not got[10].response.HasField("endorsement")
+        assert got[11].error.reason == "BAD_SIGNATURE"
+        # An oversize batch is refused item by item; the stream keeps serving.
+        requests.put(oversize)
+        got, _ = _collect(call, MAX_BATCH_ITEMS + 1)
+        assert sorted(got) == [1000 + i for i in range(MAX_BATCH_ITEMS + 1)]
+        assert {item.error.reason for item in got.values()} == {"TOO_LARGE"}
+        requests.put(after)
+        got, _ = _collect(call, 1)
+        assert got[12].response.response.status == 200
+        requests.put(None)  # half-close: the server ends the stream once all is answered
+        assert list(call) == []
+        assert call.code() == grpc.StatusCode.OK
+
+
+class Inline(Executor):
+    """Runs submitted work at once (deterministic tests of the stream's queueing)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut: Future[Any] = Future()
+        fut.set_result(fn(*args, **kwargs))
+        return fut
+
+
+def test_ready_answers_are_coalesced_into_one_message(deployed: Cluster) -> None:
+    stream = _ProposalStream(deployed.peers[1].endorser, Inline(), lambda: True)
+    batch = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=i, proposal=_signed(deployed, f"k{i}")) for i in range(5)
+    ] + [services_pb2.CorrelatedProposal(correlation_id=99)])
+    stream.read(iter([batch]))  # every item answered before the handler looks
+    out = list(stream.answers())
+    assert len(out) == 1
+    assert [i.correlation_id for i in out[0].items] == [0, 1, 2, 3, 4, 99]
+    assert [i.response.response.status for i in out[0].items[:5]] == [200] * 5
+    assert out[0].items[5].error.reason == "BAD_REQUEST"
+
+
+def test_sender_sends_whatever_is_queued_as_one_message() -> None:
+    q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
+    gen = _batches(q)
+    for i in range(MAX_SEND_ITEMS + 3):
+        q.put(services_pb2.CorrelatedProposal(correlation_id=i))
+    assert [i.correlation_id for i in next(gen).items] == list(range(MAX_SEND_ITEMS))
+    assert [i.correlation_id for i in next(gen).items] == [MAX_SEND_ITEMS, MAX_SEND_ITEMS + 1, MAX_SEND_ITEMS + 2]
+    q.put(services_pb2.CorrelatedProposal(correlation_id=500))  # alone: sent alone, no waiting
+    assert [i.correlation_id for i in next(gen).items] == [500]
+    big = transaction_pb2.SignedProposal(proposal_bytes=b"x" * (1536 << 10))
+    q.put(services_pb2.CorrelatedProposal(correlation_id=1, proposal=big))
+    q.put(services_pb2.CorrelatedProposal(correlation_id=2, proposal=big))  # over MAX_SEND_BYTES together
+    q.put(None)
+    assert [i.correlation_id for i in next(gen).items] == [1]
+    assert [i.correlation_id for i in next(gen).items] == [2]
+    assert list(gen) == []
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def test_client_pipelines_many_proposals_in_fewer_messages(deployed: Cluster, servers: list[Server],
+                                                           clients: Callable[..., RemoteEndorsers]) -> None:
+    service = CountingService(deployed.peers[1].endorser, workers=4)
+    servers.append(Server(service))
+    remotes = clients({"p01": servers[0]})
+    n = 120
+    signed = [_signed(deployed, f"m{i}") for i in range(n)]
+    pending = [remotes.begin("p01", s) for s in signed]
+    answers = [p.result() for p in pending]
+    assert all(a.response.status == 200 and a.endorsement.endorser.org == "p01" for a in answers)
+    # each answer belongs to its own proposal (correlation ids matched)
+    for s, a in zip(signed, answers, strict=True):
+        assert a.payload == deployed.peers[0].endorser.endorse(s).payload
+    assert sum(service.request_sizes) == n
+    assert len(service.request_sizes) < n, service.request_sizes
+    assert sum(service.answer_sizes) == n
+    assert remotes.streams_opened() == 1
+    # Per-item refusals arrive as RxError with the server's reason; the stream stays up.
+    bad = transaction_pb2.SignedProposal(proposal_bytes=b"junk", signature=b"sig")
+    with pytest.raises(RxError) as info:
+        remotes.endorse("p01", bad)
+    assert info.value.reason == "BAD_PAYLOAD"
+    assert remotes.endorse("p01", _signed(deployed, "after")).response.status == 200
+    assert remotes.streams_opened() == 1
+
+
+def test_remote_failure_mid_stream_fails_futures_promptly_and_reconnects(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    blocking = Blocking(deployed.peers[1].endorser)
+    service = EndorserService(cast(Endorser, blocking), workers=4)
+    servers.append(Server(service))
+    remotes = clients({"p01": servers[0]})
+    pending = [remotes.begin("p01", _signed(deployed, f"f{i}")) for i in range(3)]
+    for _ in range(3):
+        assert blocking.entered.acquire(timeout=WAIT_S)
+    started = time.monotonic()
+    servers[0].stop()
+    for p in pending:
+        with pytest.raises(RxError) as info:
+            p.result()
+        assert info.value.reason == "SERVICE_UNAVAILABLE"
+    assert time.monotonic() - started < 5.0  # not the 30 s call timeout
+    blocking.gate.set()
+    # The peer comes back on the same port: the next proposal opens a new stream.
+    servers[0].start()
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            resp = remotes.endorse("p01", _signed(deployed, "back"))
+            break
+        except RxError as err:
+            assert err.reason == "SERVICE_UNAVAILABLE" and time.monotonic() < deadline
+            time.sleep(0.05)
+    assert resp.response.status == 200
+    assert remotes.streams_opened() >= 2
+
+
+def test_gateway_replaces_an_org_whose_peer_dies_mid_stream(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    blocking = Blocking(deployed.peers[1].endorser)  # p01 takes the proposal, then dies
+    servers.append(Server(EndorserService(cast(Endorser, blocking), workers=2)))
+    servers.append(Server(EndorserService(deployed.peers[2].endorser, workers=2)))
+    remotes = clients({"p01": servers[0], "ins01": servers[1]})
+    deps, notifier = deps_for(deployed, remotes)
+    signed = _signed(deployed, "g")
+    out: list[services_pb2.EndorseResponse | BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(endorse(deps, services_pb2.EndorseRequest(proposal=signed)))
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert blocking.entered.acquire(timeout=WAIT_S)  # the rotation asked p01 first
+    started = time.monotonic()
+    servers[0].stop()
+    t.join(WAIT_S)
+    blocking.gate.set()
+    assert not t.is_alive()
+    assert time.monotonic() - started < 5.0
+    result = out[0]
+    assert isinstance(result, services_pb2.EndorseResponse), result
+    tx = transaction_pb2.Transaction.FromString(result.prepared_transaction)
+    assert sorted(e.endorser.org for e in tx.endorsements) == ["h01", "ins01"]
+    notifier.close()
+
+
+def test_call_timeout_and_late_answer_ignored(deployed: Cluster, servers: list[Server],
+                                              clients: Callable[..., RemoteEndorsers]) -> None:
+    blocking = Blocking(deployed.peers[1].endorser)
+    servers.append(Server(EndorserService(cast(Endorser, blocking), workers=2)))
+    remotes = clients({"p01": servers[0]}, timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(RxError) as info:
+        remotes.endorse("p01", _signed(deployed, "slow"))
+    assert info.value.reason == "TIMEOUT"
+    assert time.monotonic() - started < 3.0
+    blocking.gate.set()  # the late answer arrives and is dropped; the stream keeps working
+    assert remotes.endorse("p01", _signed(deployed, "fast")).response.status == 200
+    assert remotes.streams_opened() == 1
+
+
+def test_falls_back_to_unary_when_the_stream_is_unimplemented(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    old = UnaryOnly(deployed.peers[1].endorser)
+    servers.append(Server(old))
+    remotes = clients({"p01": servers[0]})
+    first = remotes.endorse("p01", _signed(deployed, "u1"))
+    assert first.response.status == 200 and old.calls == 1
+    second = remotes.endorse("p01", _signed(deployed, "u2"))  # straight to unary now
+    assert second.response.status == 200 and old.calls == 2
+    assert remotes.streams_opened() == 1
+    # A unary refusal keeps its reason code.
+    with pytest.raises(RxError) as info:
+        remotes.endorse("p01", transaction_pb2.SignedProposal(proposal_bytes=b"junk", signature=b"s"))
+    assert info.value.reason == "BAD_PAYLOAD"
+
+
+def test_next_peer_of_the_org_is_asked_when_the_first_is_down(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    down = Server(EndorserService(deployed.peers[1].endorser, workers=2))
+    down.stop()
+    servers.append(Server(EndorserService(deployed.peers[1].endorser, workers=2)))
+    eps = [Endpoint("peer.p01a", "p01", "127.0.0.1", down.port),
+           Endpoint("peer.p01b", "p01", "127.0.0.1", servers[0].port)]
+    with grpc.insecure_channel(eps[0].target) as a, grpc.insecure_channel(eps[1].target) as b:
+        remotes = RemoteEndorsers(eps, {eps[0].target: a, eps[1].target: b}.__getitem__)
+        try:
+            assert remotes.endorse("p01", _signed(deployed, "n")).endorsement.endorser.org == "p01"
+        finally:
+            remotes.close()
