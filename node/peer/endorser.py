@@ -360,9 +360,19 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         self._endorser = endorser
         self._own_pool = pool is None
         self._pool: Executor = pool or ThreadPoolExecutor(workers, thread_name_prefix="endorse-stream")
+        self._lock = threading.Lock()
+        self._streams: set[_ProposalStream] = set()
+        self._closed = False
 
     def close(self) -> None:
-        """Stop the stream workers (when the pool is the service's own)."""
+        """End every open stream now (call before ``server.stop(grace)``: a gateway's stream
+        would otherwise hold the stop for the whole grace period) and stop the workers.
+        Proposals in flight are not answered; the callers see the stream end and retry."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+        for st in streams:
+            st.end()
         if self._own_pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -380,9 +390,17 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.ProposalResponseBatch]:
         stream = _ProposalStream(self._endorser, self._pool, context.is_active)
-        threading.Thread(target=stream.read, args=(request_iterator,), name="endorse-stream-reader",
-                         daemon=True).start()
-        yield from stream.answers()
+        with self._lock:
+            if self._closed:
+                abort_with(context, RxError("SERVICE_UNAVAILABLE", "the peer is shutting down"))
+            self._streams.add(stream)
+        try:
+            threading.Thread(target=stream.read, args=(request_iterator,), name="endorse-stream-reader",
+                             daemon=True).start()
+            yield from stream.answers()
+        finally:
+            with self._lock:
+                self._streams.discard(stream)
 
 
 class _ProposalStream:
@@ -399,6 +417,12 @@ class _ProposalStream:
         self._lock = threading.Lock()
         self._outstanding = 0
         self._input_done = False
+        self._ended = False
+
+    def end(self) -> None:
+        """Stop answering: the handler returns after the message it is building."""
+        self._ended = True
+        self._out.put(None)
 
     # -- reader side ------------------------------------------------------------------
     def read(self, requests: Iterator[services_pb2.ProposalBatch]) -> None:
@@ -431,7 +455,7 @@ class _ProposalStream:
 
     def _admit(self) -> bool:
         while not self._slots.acquire(timeout=_POLL_S):
-            if not self._is_active():
+            if self._ended or not self._is_active():
                 return False
         with self._lock:
             self._outstanding += 1
@@ -439,7 +463,7 @@ class _ProposalStream:
 
     def _endorse_one(self, item: services_pb2.CorrelatedProposal) -> None:
         cid = item.correlation_id
-        if not self._is_active():
+        if self._ended or not self._is_active():
             self._finish()
             return
         try:
@@ -476,7 +500,7 @@ class _ProposalStream:
                 if not self._is_active():
                     return
                 continue
-            if first is None:
+            if first is None or self._ended:
                 return
             items = [first]
             size = first.ByteSize()

@@ -39,6 +39,7 @@ _log = logging.getLogger(__name__)
 
 MAX_SEND_ITEMS = 64  # proposals per request message (the server accepts up to 256)
 MAX_SEND_BYTES = 2 << 20  # and bytes per request message (below every max_message_bytes)
+IDLE_CLOSE_S = 1.0  # a stream with nothing in flight for this long is half-closed (reopened on use)
 UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED, use unary calls this long before trying again
 STREAM_UNIMPLEMENTED = "STREAM_UNIMPLEMENTED"  # internal: re-send this proposal by unary call
 
@@ -98,7 +99,8 @@ class _PeerStream:
         self.opened += 1
         q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
         self._queue = q
-        call = self._stub.ProcessProposals(_batches(q))
+        generation = self._generation
+        call = self._stub.ProcessProposals(_batches(q, IDLE_CLOSE_S, lambda: self._retire(generation)))
         self._cancel = call.cancel
         threading.Thread(target=self._read, args=(call, self._generation), daemon=True,
                          name=f"endorse-stream-{self.ep.name}").start()
@@ -134,6 +136,15 @@ class _PeerStream:
             failure = RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: stream reader failed: {exc}")
         self._fail(generation, failure)
 
+    def _retire(self, generation: int) -> bool:
+        """Idle: end this stream if nothing is in flight (so a stopping peer is not held)."""
+        with self._lock:
+            if generation != self._generation or self._pending:
+                return generation != self._generation
+            self._generation += 1  # the stream's normal end is then no failure
+            self._queue = self._cancel = None
+            return True
+
     def _fail(self, generation: int, err: RxError) -> None:
         with self._lock:
             if generation != self._generation:
@@ -151,14 +162,26 @@ class _PeerStream:
 
 def _batches(
     q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None],
+    idle_s: float = IDLE_CLOSE_S,
+    on_idle: Callable[[], bool] = lambda: False,
 ) -> Iterator[services_pb2.ProposalBatch]:
-    """The request iterator: whatever is queued when gRPC asks, as one message."""
+    """The request iterator: whatever is queued when gRPC asks, as one message.
+
+    After ``idle_s`` with nothing queued it asks ``on_idle`` whether to end (half-close).
+    """
     carry: services_pb2.CorrelatedProposal | None = None
     while True:
-        first = carry if carry is not None else q.get()
+        first = carry
         carry = None
-        if first is None:
-            return
+        while first is None:
+            try:
+                first = q.get(timeout=idle_s)
+            except queue.Empty:
+                if on_idle():
+                    return
+                continue
+            if first is None:
+                return
         items = [first]
         size = first.ByteSize()
         end = False

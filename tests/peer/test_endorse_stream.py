@@ -19,6 +19,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError, abort_with
+from node.peer import peer_clients
 from node.peer.endorser import MAX_BATCH_ITEMS, Endorser, EndorserService, _ProposalStream
 from node.peer.gateway.endorse import endorse
 from node.peer.peer_clients import MAX_SEND_ITEMS, RemoteEndorsers, _batches
@@ -400,3 +401,56 @@ def test_next_peer_of_the_org_is_asked_when_the_first_is_down(
             assert remotes.endorse("p01", _signed(deployed, "n")).endorsement.endorser.org == "p01"
         finally:
             remotes.close()
+
+
+def test_idle_stream_is_half_closed_and_reopened_on_use(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peer_clients, "IDLE_CLOSE_S", 0.1)
+    service = EndorserService(deployed.peers[1].endorser, workers=2)
+    servers.append(Server(service))
+    remotes = clients({"p01": servers[0]})
+    assert remotes.endorse("p01", _signed(deployed, "i1")).response.status == 200
+    deadline = time.monotonic() + WAIT_S
+    while service._streams and time.monotonic() < deadline:  # the client half-closes, the server ends it
+        time.sleep(0.02)
+    assert not service._streams
+    assert remotes.endorse("p01", _signed(deployed, "i2")).response.status == 200
+    assert remotes.streams_opened() == 2
+
+
+def test_idle_check_never_ends_a_stream_with_work_queued() -> None:
+    q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
+    asked: list[int] = []
+
+    def on_idle() -> bool:
+        asked.append(1)
+        if len(asked) == 1:
+            q.put(services_pb2.CorrelatedProposal(correlation_id=5))  # work arrived meanwhile
+            return False
+        return True
+
+    gen = _batches(q, 0.01, on_idle)
+    assert [i.correlation_id for i in next(gen).items] == [5]
+    assert list(gen) == [] and len(asked) == 2
+
+
+def test_service_close_ends_streams_so_stop_is_not_held(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    blocking = Blocking(deployed.peers[1].endorser)
+    service = EndorserService(cast(Endorser, blocking), workers=2)
+    servers.append(Server(service))
+    remotes = clients({"p01": servers[0]})
+    pending = remotes.begin("p01", _signed(deployed, "c1"))
+    assert blocking.entered.acquire(timeout=WAIT_S)
+    service.close()
+    with pytest.raises(RxError) as info:
+        pending.result()
+    assert info.value.reason == "SERVICE_UNAVAILABLE"
+    blocking.gate.set()
+    server = servers[0].server
+    assert server is not None
+    started = time.monotonic()
+    server.stop(30).wait(WAIT_S)  # no stream left to wait for
+    servers[0].server = None
+    assert time.monotonic() - started < WAIT_S / 2
