@@ -15,7 +15,7 @@ from node.peer.gateway.endorse import endorse
 from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
-from node.peer.gateway.transact import transact
+from node.peer.gateway.transact import transact, transact_batch
 
 
 class GatewayService(services_pb2_grpc.GatewayServicer):
@@ -77,5 +77,14 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactResponse]:
         yield from transact(
+            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool
+        )
+
+    def TransactBatch(
+        self,
+        request_iterator: Iterator[services_pb2.TransactBatchRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[services_pb2.TransactBatchResponse]:
+        yield from transact_batch(
             self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool
         )

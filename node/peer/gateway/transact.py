@@ -1,11 +1,28 @@
-"""Gateway.Transact: endorse and submit requests pipelined on one bidi stream.
+"""Gateway.Transact and Gateway.TransactBatch: endorse and submit requests pipelined on a stream.
 
-Requests are handled concurrently by a worker pool, so many proposals and envelopes are
-in flight at once; answers carry the request's correlation id and arrive in completion
-order. For a submitted envelope the stream first registers interest in the tx id, then
-forwards it to the ordering service, and pushes the commit status when the block holding
-it commits (or an error: the orderer's refusal, or TIMEOUT after the commit timeout). The
-stream ends once the client half-closes and every request has been answered.
+Both RPCs share one engine (:class:`_Stream`). Many proposals and envelopes are in flight
+at once; answers carry the request's correlation id and arrive in completion order. For a
+submitted envelope the stream first registers interest in the tx id, then forwards it to
+the ordering service, and pushes the commit status when the block holding it commits (or
+an error: the orderer's refusal, or TIMEOUT after the commit timeout). The stream ends
+once the client half-closes and every request has been answered.
+
+Threads (each hand-off costs a GIL switch, so there are as few as possible): the stream's
+reader thread takes requests off the wire and handles a submit right there (cheap checks,
+then the broadcast client's asynchronous send: its answer comes back by callback, the
+commit status from the commit notifier's callback). Only an endorsement, which runs the
+contract and waits for the remote peers, goes to the work pool. Every answer is put on one
+queue that the gRPC response generator drains: Transact sends each answer as its own
+message; TransactBatch sends everything that is ready at that moment in one message (at
+most :data:`MAX_ANSWERS_PER_MESSAGE` answers and about :data:`MAX_MESSAGE_BYTES`), so
+under load one message carries many answers and at low load nothing waits.
+
+TransactBatch input rules: one message carries 1..:data:`MAX_REQUESTS_PER_BATCH`
+requests. An empty message (BAD_REQUEST) or a larger one (TOO_MANY_ITEMS, none of its
+requests is processed) is answered by one error with correlation id
+:data:`BATCH_ERROR_CORRELATION_ID` (0, reserved for answers about a whole message); a
+request with neither endorse nor submit gets BAD_REQUEST under its own id. Either way
+the stream keeps serving.
 """
 
 from __future__ import annotations
@@ -14,7 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from rxchain.v1 import identity_pb2, services_pb2
 
@@ -25,68 +42,141 @@ from node.peer.gateway.submit import check_envelope
 from node.peer.notifier import TxCommitted
 
 MAX_IN_FLIGHT = 4096
+MAX_REQUESTS_PER_BATCH = 256
+MAX_ANSWERS_PER_MESSAGE = 256
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+BATCH_ERROR_CORRELATION_ID = 0
 _POLL_S = 0.25
+
+Answer = services_pb2.TransactResponse
+
+
+class _Request:
+    """One request in flight: answered at most once."""
+
+    __slots__ = ("cancel", "cid", "deadline", "done")
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+        self.done = False
+        self.deadline = 0.0
+        self.cancel: Callable[[], None] | None = None
 
 
 class _Stream:
-    def __init__(self, deps: GatewayDeps, remote_pool: ThreadPoolExecutor,
+    """The shared engine of one Transact or TransactBatch call (see module docstring)."""
+
+    def __init__(self, deps: GatewayDeps, work_pool: Executor, remote_pool: ThreadPoolExecutor,
                  commit_timeout_ms: int, clock: Callable[[], float]) -> None:
         self.deps = deps
+        self.work_pool = work_pool
         self.remote_pool = remote_pool
-        self.out: queue.Queue[services_pb2.TransactResponse | None] = queue.Queue()
+        self.out: queue.SimpleQueue[Answer | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.room = threading.Condition(self.lock)
         self.outstanding = 0
+        self.reader_waiting = False
         self.input_done = False
-        self.waiting: dict[int, tuple[float, Callable[[], None]]] = {}
-        self.answered: set[int] = set()
+        # Submits waiting for their commit, in registration (= deadline) order.
+        self.waiting: dict[_Request, None] = {}
         self.commit_timeout_s = commit_timeout_ms / 1000
         self.clock = clock
 
-    def answer(self, cid: int, resp: services_pb2.TransactResponse, *, final: bool = True) -> None:
+    # ------------------------------------------------------------------ bookkeeping
+    def admit(self, n: int, is_active: Callable[[], bool]) -> bool:
+        """Reserve ``n`` in-flight slots (waits while the stream is full); False if the call ended."""
         with self.lock:
-            if cid in self.answered:
+            while self.outstanding and self.outstanding + n > MAX_IN_FLIGHT:
+                if not is_active():
+                    return False
+                self.reader_waiting = True
+                self.room.wait(_POLL_S)
+                self.reader_waiting = False
+            self.outstanding += n
+        return True
+
+    def answer(self, req: _Request, resp: Answer) -> None:
+        """Queue ``req``'s final answer (ignored if it was answered already)."""
+        with self.lock:
+            if req.done:
                 return
-            if final:
-                self.answered.add(cid)
-                self.waiting.pop(cid, None)
-        self.out.put(resp)
-        if final:
-            self.finish_one()
-
-    def error(self, cid: int, err: RxError) -> None:
-        self.answer(cid, services_pb2.TransactResponse(
-            correlation_id=cid, error=identity_pb2.ErrorDetail(reason=err.reason, message=err.message)))
-
-    def finish_one(self) -> None:
-        self.slots.release()
-        with self.lock:
+            req.done = True
+            if req.cancel is not None:
+                self.waiting.pop(req, None)
+            self.out.put(resp)  # under the lock: the end marker always comes last
             self.outstanding -= 1
-            end = self.input_done and self.outstanding == 0
-        if end:
-            self.out.put(None)
+            if self.reader_waiting:
+                self.room.notify()
+            if self.input_done and self.outstanding == 0:
+                self.out.put(None)
 
-    def handle(self, req: services_pb2.TransactRequest) -> None:
-        cid = req.correlation_id
+    def error(self, req: _Request, err: RxError) -> None:
+        self.answer(req, Answer(
+            correlation_id=req.cid, error=identity_pb2.ErrorDetail(reason=err.reason, message=err.message)))
+
+    def end_input(self) -> None:
+        """The client half-closed (or went away): end once everything is answered."""
+        with self.lock:
+            self.input_done = True
+            if self.outstanding == 0:
+                self.out.put(None)
+
+    def expire(self, now: float) -> None:
+        """Answer TIMEOUT for every submit whose commit did not come in time."""
+        late: list[_Request] = []
+        with self.lock:
+            for req in self.waiting:
+                if req.deadline > now:
+                    break
+                late.append(req)
+        for req in late:
+            if req.cancel is not None:
+                req.cancel()
+            self.error(req, RxError("TIMEOUT", "not committed within the commit timeout"))
+
+    def close(self) -> None:
+        """The response side ended: stop watching for commits nobody will read."""
+        with self.lock:
+            left = list(self.waiting)
+            self.waiting.clear()
+        for req in left:
+            if req.cancel is not None:
+                req.cancel()
+
+    # ------------------------------------------------------------------ requests
+    def dispatch(self, msg: services_pb2.TransactRequest) -> None:
+        """Handle one admitted request: a submit here, an endorsement on the work pool."""
+        req = _Request(msg.correlation_id)
+        kind = msg.WhichOneof("kind")
+        if kind == "submit":
+            self._guarded(req, self._submit, msg)
+        elif kind == "endorse":
+            try:
+                self.work_pool.submit(self._guarded, req, self._endorse, msg)
+            except RuntimeError:  # the pool is shut down: the node is stopping
+                self.error(req, RxError("SERVICE_UNAVAILABLE", "the gateway is stopping"))
+        else:
+            self.error(req, RxError("BAD_REQUEST", "request must carry endorse or submit"))
+
+    def _guarded(self, req: _Request, fn: Callable[[_Request, services_pb2.TransactRequest], None],
+                 msg: services_pb2.TransactRequest) -> None:
         try:
-            kind = req.WhichOneof("kind")
-            if kind == "endorse":
-                resp = endorse(self.deps, req.endorse, self.remote_pool)
-                self.answer(cid, services_pb2.TransactResponse(correlation_id=cid, endorsed=resp))
-            elif kind == "submit":
-                self.submit(cid, req)
-            else:
-                raise RxError("BAD_REQUEST", "request must carry endorse or submit")
+            fn(req, msg)
         except RxError as err:
-            self.error(cid, err)
+            self.error(req, err)
         except Exception as exc:  # noqa: BLE001 - one request's bug must not kill the stream
-            self.error(cid, RxError("INTERNAL", f"{type(exc).__name__}: {exc}"))
+            self.error(req, RxError("INTERNAL", f"{type(exc).__name__}: {exc}"))
 
-    def submit(self, cid: int, req: services_pb2.TransactRequest) -> None:
-        tx_id = check_envelope(self.deps, req.submit)
+    def _endorse(self, req: _Request, msg: services_pb2.TransactRequest) -> None:
+        resp = endorse(self.deps, msg.endorse, self.remote_pool)
+        self.answer(req, Answer(correlation_id=req.cid, endorsed=resp))
+
+    def _submit(self, req: _Request, msg: services_pb2.TransactRequest) -> None:
+        tx_id = check_envelope(self.deps, msg.submit)
+        cid = req.cid
 
         def on_commit(info: TxCommitted) -> None:
-            self.answer(cid, services_pb2.TransactResponse(
+            self.answer(req, Answer(
                 correlation_id=cid,
                 committed=services_pb2.CommitStatusResponse(
                     tx_id=tx_id, code=info.code, block_number=info.block),  # type: ignore[arg-type]
@@ -94,7 +184,10 @@ class _Stream:
 
         cancel = self.deps.notifier.watch(tx_id, on_commit)
         with self.lock:
-            self.waiting[cid] = (self.clock() + self.commit_timeout_s, cancel)
+            if not req.done:
+                req.cancel = cancel
+                req.deadline = self.clock() + self.commit_timeout_s
+                self.waiting[req] = None
         loc = self.deps.ledger.tx_location(tx_id)
         if loc is not None:
             cancel()
@@ -104,61 +197,134 @@ class _Stream:
         def on_answer(resp: services_pb2.BroadcastResponse | RxError) -> None:
             if isinstance(resp, RxError):
                 cancel()
-                self.error(cid, resp)
+                self.error(req, resp)
             elif not resp.accepted:
                 cancel()
-                self.error(cid, RxError(resp.reason or "REFUSED", resp.message))
+                self.error(req, RxError(resp.reason or "REFUSED", resp.message))
             elif self.deps.on_submit is not None:
                 self.deps.on_submit()
 
-        self.deps.broadcast.submit_async(req.submit, on_answer)
+        self.deps.broadcast.submit_async(msg.submit, on_answer)
 
-    def expire(self) -> None:
-        now = self.clock()
-        with self.lock:
-            late = [(cid, c) for cid, (deadline, c) in self.waiting.items() if deadline <= now]
-        for cid, cancel in late:
-            cancel()
-            self.error(cid, RxError("TIMEOUT", "not committed within the commit timeout"))
+    def refuse_message(self, err: RxError) -> None:
+        """Answer a whole malformed TransactBatch message (one slot already admitted)."""
+        self.error(_Request(BATCH_ERROR_CORRELATION_ID), err)
+
+    # ------------------------------------------------------------------ answers
+    def batches(self, is_active: Callable[[], bool], max_items: int,
+                max_bytes: int) -> Iterator[list[Answer]]:
+        """Lists of ready answers (each at most ``max_items`` / about ``max_bytes``)."""
+        out = self.out
+        carry: Answer | None = None
+        next_expiry = self.clock() + _POLL_S
+        try:
+            while is_active() and not self.deps.notifier.closed:
+                now = self.clock()
+                if now >= next_expiry:
+                    self.expire(now)
+                    next_expiry = now + _POLL_S
+                first: Answer | None
+                if carry is not None:
+                    first, carry = carry, None
+                else:
+                    try:
+                        first = out.get(timeout=_POLL_S)
+                    except queue.Empty:
+                        continue
+                if first is None:
+                    return
+                batch = [first]
+                ended = False
+                if max_items > 1:
+                    size = first.ByteSize()
+                    while len(batch) < max_items:
+                        try:
+                            item = out.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is None:
+                            ended = True
+                            break
+                        n = item.ByteSize()
+                        if size + n > max_bytes:
+                            carry = item
+                            break
+                        batch.append(item)
+                        size += n
+                yield batch
+                if ended:
+                    return
+        finally:
+            self.close()
+
+
+def _start_reader(name: str, target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name=name, daemon=True).start()
 
 
 def transact(
     deps: GatewayDeps,
     requests: Iterator[services_pb2.TransactRequest],
     is_active: Callable[[], bool],
-    work_pool: ThreadPoolExecutor,
+    work_pool: Executor,
     remote_pool: ThreadPoolExecutor,
     commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[services_pb2.TransactResponse]:
-    """The response stream for one Transact call."""
-    st = _Stream(deps, remote_pool, commit_timeout_ms, clock)
+    """The response stream for one Transact call (one answer per message)."""
+    st = _Stream(deps, work_pool, remote_pool, commit_timeout_ms, clock)
 
     def read() -> None:
         try:
-            for req in requests:
-                while not st.slots.acquire(timeout=_POLL_S):
-                    if not is_active():
-                        return
-                with st.lock:
-                    st.outstanding += 1
-                work_pool.submit(st.handle, req)
+            for msg in requests:
+                if not st.admit(1, is_active):
+                    return
+                st.dispatch(msg)
         except Exception:  # noqa: BLE001, S110 - the client went away: stop reading
             pass
         finally:
-            with st.lock:
-                st.input_done = True
-                end = st.outstanding == 0
-            if end:
-                st.out.put(None)
+            st.end_input()
 
-    threading.Thread(target=read, name="transact-reader", daemon=True).start()
-    while is_active() and not deps.notifier.closed:
+    _start_reader("transact-reader", read)
+    for batch in st.batches(is_active, 1, MAX_MESSAGE_BYTES):
+        yield batch[0]
+
+
+def transact_batch(
+    deps: GatewayDeps,
+    requests: Iterator[services_pb2.TransactBatchRequest],
+    is_active: Callable[[], bool],
+    work_pool: Executor,
+    remote_pool: ThreadPoolExecutor,
+    commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS,
+    clock: Callable[[], float] = time.monotonic,
+    max_answers: int = MAX_ANSWERS_PER_MESSAGE,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+) -> Iterator[services_pb2.TransactBatchResponse]:
+    """The response stream for one TransactBatch call (ready answers coalesced per message)."""
+    st = _Stream(deps, work_pool, remote_pool, commit_timeout_ms, clock)
+
+    def read() -> None:
         try:
-            item = st.out.get(timeout=_POLL_S)
-        except queue.Empty:
-            st.expire()
-            continue
-        if item is None:
-            return
-        yield item
+            for msg in requests:
+                n = len(msg.requests)
+                if n == 0 or n > MAX_REQUESTS_PER_BATCH:
+                    if not st.admit(1, is_active):
+                        return
+                    st.refuse_message(
+                        RxError("BAD_REQUEST", "empty TransactBatch message") if n == 0 else
+                        RxError("TOO_MANY_ITEMS", f"{n} requests in one message; at most "
+                                f"{MAX_REQUESTS_PER_BATCH} (none was processed)"))
+                    continue
+                if not st.admit(n, is_active):
+                    return
+                for item in msg.requests:
+                    st.dispatch(item)
+        except Exception:  # noqa: BLE001, S110 - the client went away: stop reading
+            pass
+        finally:
+            st.end_input()
+
+    _start_reader("transact-batch-reader", read)
+    for batch in st.batches(is_active, max(1, max_answers), max_bytes):
+        yield services_pb2.TransactBatchResponse(responses=batch)
