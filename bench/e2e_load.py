@@ -1,4 +1,4 @@
-"""Open-loop prescription-story load over pipelined ``Gateway.Transact`` streams.
+"""Open-loop prescription-story load over pipelined ``Gateway.TransactBatch`` streams.
 
 A story is the prescription's life: the doctor issues it (content encrypted client-side,
 record keys wrapped for the patient, the hospital, the pharmacy and the insurer), the
@@ -30,6 +30,7 @@ from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transactio
 
 from bench.e2e_net import BenchNetwork, BenchPatient
 from client import records
+from client.batching import RequestQueue, batch_requests, is_unimplemented, single_requests
 from client.records import claim_subset, commitment, dx_key, open_grant, seal_prescription
 from client.tx import BuiltProposal, TxBuilder
 from client.wallet import WalletIdentity, load_identity
@@ -48,37 +49,61 @@ Answer = Callable[[services_pb2.TransactResponse], None]
 
 
 class TransactStream:
-    """One client connection: a Transact stream with correlation ids and callbacks."""
+    """One client connection: a TransactBatch stream with correlation ids and callbacks.
 
-    def __init__(self, ident: WalletIdentity, target: str):
+    Requests queued together go out in one message (``client.batching``: never waits to
+    fill one) and the gateway coalesces its answers the same way. ``batched=False`` (or a
+    gateway answering UNIMPLEMENTED before anything else) uses Transact, one request per
+    message; the unanswered requests are then sent again on the new stream.
+    """
+
+    def __init__(self, ident: WalletIdentity, target: str, batched: bool = True):
         self._channel = secure_channel(target, ident.cert_path, ident.key_path, ident.ca_bundle_path)
         self._stub = services_pb2_grpc.GatewayStub(self._channel)
-        self._q: queue.SimpleQueue[services_pb2.TransactRequest | None] = queue.SimpleQueue()
+        self._q: RequestQueue = queue.SimpleQueue()
         self._ids = itertools.count(1)
-        self._pending: dict[int, Answer] = {}
+        self._pending: dict[int, tuple[services_pb2.TransactRequest, Answer]] = {}
         self._lock = threading.Lock()
-        self._calls = self._stub.Transact(self._requests())
+        self.batched = batched
+        self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True, name="transact-read")
         self._reader.start()
 
-    def _requests(self) -> Iterator[services_pb2.TransactRequest]:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            yield item
+    def _answers(self) -> Iterator[services_pb2.TransactResponse]:
+        if self.batched:
+            for msg in self._stub.TransactBatch(batch_requests(self._q)):
+                yield from msg.responses
+        else:
+            yield from self._stub.Transact(single_requests(self._q))
+
+    def _fall_back(self) -> None:
+        """Reopen as Transact and resend what is unanswered (nothing was processed)."""
+        with self._lock:
+            self._q.put(None)
+            self._q = queue.SimpleQueue()
+            self.batched = False
+            for cid in sorted(self._pending):
+                self._q.put(self._pending[cid][0])
+            if self._closed:
+                self._q.put(None)
 
     def _read(self) -> None:
-        try:
-            for resp in self._calls:
-                with self._lock:
-                    cb = self._pending.pop(resp.correlation_id, None)
-                if cb is not None:
-                    cb(resp)
-        except grpc.RpcError:
-            pass
+        answered = False
+        while True:
+            try:
+                for resp in self._answers():
+                    answered = True
+                    with self._lock:
+                        entry = self._pending.pop(resp.correlation_id, None)
+                    if entry is not None:
+                        entry[1](resp)
+            except grpc.RpcError as exc:
+                if self.batched and not answered and is_unimplemented(exc):
+                    self._fall_back()
+                    continue
+            break
         with self._lock:
-            left = list(self._pending.values())
+            left = [cb for _, cb in self._pending.values()]
             self._pending.clear()
         for cb in left:
             cb(services_pb2.TransactResponse(error=identity_pb2.ErrorDetail(reason="STREAM_CLOSED")))
@@ -86,14 +111,16 @@ class TransactStream:
     def send(self, req: services_pb2.TransactRequest, cb: Answer) -> None:
         """Send a request; ``cb`` gets its answer (on the reader thread)."""
         cid = next(self._ids)
-        with self._lock:
-            self._pending[cid] = cb
         req.correlation_id = cid
-        self._q.put(req)
+        with self._lock:
+            self._pending[cid] = (req, cb)
+            self._q.put(req)  # under the lock: a fallback resends exactly the unanswered
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Half-close, wait for the reader, close the channel."""
-        self._q.put(None)
+        with self._lock:
+            self._closed = True
+            self._q.put(None)
         self._reader.join(timeout_s)
         self._channel.close()
 

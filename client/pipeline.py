@@ -1,4 +1,4 @@
-"""Pipelined transactions on one Gateway.Transact stream (for busy clients and loaders).
+"""Pipelined transactions on one Gateway.TransactBatch stream (for busy clients and loaders).
 
 :func:`submit_many` endorses every call, signs each prepared transaction as soon as its
 endorsement arrives, submits it on the same stream and collects commit statuses -- many
@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from rxchain.v1 import services_pb2, transaction_pb2
 
+from client.batching import RequestQueue, batch_requests, is_unimplemented, single_requests
 from client.errors import CommitError, EndorsementError, RxClientError
 from client.gateway import Gateway, SubmitResult, check_response, decode_payload, rpc_error
 from client.tx import BuiltProposal
@@ -38,26 +39,38 @@ Outcome = SubmitResult | RxClientError
 
 def submit_many(gateway: Gateway, calls: Sequence[Call],
                 timeout_s: float = 120.0) -> list[Outcome]:
-    """Endorse, sign, submit and await every call on one Transact stream."""
+    """Endorse, sign, submit and await every call on one TransactBatch stream.
+
+    Requests go out coalesced (:mod:`client.batching`); a gateway without TransactBatch
+    (UNIMPLEMENTED before any answer) is asked again over Transact.
+    """
     built: list[BuiltProposal] = [
         gateway.propose(c.contract, c.function, c.args, c.transient) for c in calls
     ]
-    results: list[Outcome | None] = [None] * len(calls)
+    if not built:
+        return []
+    try:
+        return _exchange(gateway, built, timeout_s, batched=True)
+    except _Unimplemented:
+        return _exchange(gateway, built, timeout_s, batched=False)
+
+
+class _Unimplemented(Exception):
+    """The gateway does not offer TransactBatch."""
+
+
+def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float,
+              batched: bool) -> list[Outcome]:
+    # Correlation ids: 2*i endorses call i, 2*i + 1 submits it. (The coalescer never sends
+    # a malformed message, so the gateway's whole-message answers under id 0 cannot come.)
+    results: list[Outcome | None] = [None] * len(built)
     payloads: dict[int, Any] = {}
-    requests: queue.Queue[services_pb2.TransactRequest | None] = queue.Queue()
+    requests: RequestQueue = queue.SimpleQueue()
     for i, b in enumerate(built):
         requests.put(services_pb2.TransactRequest(
             correlation_id=2 * i, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
-    pending = len(calls)
-    if pending == 0:
-        return []
-
-    def feed() -> Iterator[services_pb2.TransactRequest]:
-        while True:
-            item = requests.get()
-            if item is None:
-                return
-            yield item
+    pending = len(built)
+    answered = False
 
     def finish(i: int, outcome: Outcome) -> None:
         nonlocal pending
@@ -67,10 +80,18 @@ def submit_many(gateway: Gateway, calls: Sequence[Call],
             if pending == 0:
                 requests.put(None)
 
+    def answers() -> Iterator[services_pb2.TransactResponse]:
+        if batched:
+            for msg in gateway.stub.TransactBatch(batch_requests(requests), timeout=timeout_s):
+                yield from msg.responses
+        else:
+            yield from gateway.stub.Transact(single_requests(requests), timeout=timeout_s)
+
     try:
-        for resp in gateway.stub.Transact(feed(), timeout=timeout_s):
+        for resp in answers():
+            answered = True
             i, stage = divmod(resp.correlation_id, 2)
-            if not 0 <= i < len(calls):
+            if not 0 <= i < len(built):
                 continue
             kind = resp.WhichOneof("kind")
             if kind == "error":
@@ -97,8 +118,10 @@ def submit_many(gateway: Gateway, calls: Sequence[Call],
             if pending == 0:
                 break
     except grpc.RpcError as exc:
+        if batched and not answered and is_unimplemented(exc):
+            raise _Unimplemented() from exc
         err = rpc_error(exc)
-        for i in range(len(calls)):
+        for i in range(len(built)):
             finish(i, err)
     finally:
         requests.put(None)
