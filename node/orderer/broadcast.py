@@ -15,6 +15,15 @@ Checks, in order, each answered with a reason code and nothing ordered:
 A follower forwards valid envelopes to the leader over Cluster.Forward; an envelope a
 former leader refused with NOT_LEADER (it was never proposed) is re-dispatched once a
 leader is known again, within the same time bound.
+
+BroadcastBatch carries several envelopes per stream message (an ``EnvelopeBatch``, split
+without re-serialising, see ``envelope_batch``): each envelope gets the same checks and
+its own answer, in order; the valid ones of a message reach the chain (or the forwarder)
+in one hand-off; answers of consecutive messages that are ready together travel in one
+``BroadcastBatchResponse``. A message holding more than ``max_batch_envelopes`` envelopes
+or ``max_batch_bytes`` bytes has every envelope refused TOO_LARGE (nothing ordered); a
+message that is not an EnvelopeBatch ends the stream with INVALID_ARGUMENT / BAD_PAYLOAD
+after the answers to the messages before it.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from rxchain.v1 import services_pb2, transaction_pb2
 
-from node.errors import RxError
+from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
+from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.streams import immediate, ordered_answers
+from node.orderer.streams import coalesced_answers, immediate, ordered_answers
 from node.orderer.ticket import (
     BAD_PAYLOAD,
     BAD_SIGNATURE,
@@ -148,6 +158,9 @@ class BroadcastOptions:
     commit_timeout_s: float = 5.0
     no_leader_wait_s: float = 1.0
     max_in_flight_per_stream: int = 8192
+    max_batch_envelopes: int = 1024
+    max_batch_bytes: int = 8 * 1024 * 1024
+    max_answers_per_message: int = 4096
 
 
 class BroadcastHandler:
@@ -261,6 +274,91 @@ class BroadcastHandler:
             requests, dispatch, answer, max_in_flight=self._opt.max_in_flight_per_stream
         )
 
+    def _count(self, outcome: Outcome, tx_id: str) -> None:
+        if outcome.accepted:
+            self._metrics.accepted.inc()
+            return
+        self._metrics.rejected.labels(reason=outcome.reason).inc()
+        if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
+            _log.info("refused envelope %s: %s %s", tx_id or "(no tx id)", outcome.reason,
+                      outcome.message)
+
+    def dispatch_many(self, raws: Sequence[bytes]) -> list[_Held]:
+        """Validate several envelopes and dispatch the valid ones in one hand-off (to the
+        chain when this node leads, else to the forwarder)."""
+        deadline = self._clock() + self._opt.commit_timeout_s
+        total = sum(len(r) for r in raws)
+        if len(raws) > self._opt.max_batch_envelopes or total > self._opt.max_batch_bytes:
+            refusal = Outcome(
+                TOO_LARGE,
+                f"batch of {len(raws)} envelopes / {total} bytes exceeds "
+                f"{self._opt.max_batch_envelopes} envelopes / {self._opt.max_batch_bytes} bytes",
+            )
+            return [_Held(None, immediate(refusal), deadline) for _ in raws]
+        held: list[_Held | None] = [None] * len(raws)
+        valid: list[tuple[int, Checked]] = []
+        for i, raw in enumerate(raws):
+            result = self._validator.check(raw)
+            if isinstance(result, Checked):
+                valid.append((i, result))
+            else:
+                held[i] = _Held(None, immediate(result[1], result[0]), deadline)
+        if valid:
+            for (i, checked), ticket in zip(valid, self._dispatch_valid(valid, deadline), strict=True):
+                held[i] = _Held(checked, ticket, deadline)
+        return [h for h in held if h is not None]
+
+    def _dispatch_valid(self, valid: Sequence[tuple[int, Checked]], deadline: float) -> list[Ticket]:
+        if not self._accepting:
+            return [immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), c.tx_id)
+                    for _, c in valid]
+        leader = self._wait_leader(min(deadline, self._clock() + self._opt.no_leader_wait_s))
+        if not leader:
+            return [immediate(Outcome(SERVICE_UNAVAILABLE, "no Raft leader (no quorum?)"), c.tx_id)
+                    for _, c in valid]
+        if leader == self._orderer.own_id():
+            tickets = self._orderer.submit_many([(c.raw, c.is_config) for _, c in valid])
+            for (_, c), t in zip(valid, tickets, strict=True):
+                t.tx_id = c.tx_id
+            return tickets
+        many = getattr(self._forwarder, "submit_many", None)
+        if many is not None:
+            return list(many(leader, [(c.raw, c.tx_id) for _, c in valid]))
+        return [self._forwarder.submit(leader, c.raw, c.tx_id) for _, c in valid]
+
+    def _answer_held(self, held: _Held) -> services_pb2.BroadcastResponse:
+        outcome = self.answer(held.checked, held.ticket, held.deadline)
+        tx_id = held.checked.tx_id if held.checked is not None else held.ticket.tx_id
+        self._count(outcome, tx_id)
+        return services_pb2.BroadcastResponse(
+            tx_id=tx_id, accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
+        )
+
+    def batch_stream(
+        self, requests: Iterable[list[bytes] | BatchDecodeError], context: grpc.ServicerContext | None = None
+    ) -> Iterator[services_pb2.BroadcastBatchResponse]:
+        """Answers for a BroadcastBatch stream: one per envelope, in order, coalesced."""
+
+        def dispatch(batch: list[bytes] | BatchDecodeError) -> list[_Held | BatchDecodeError]:
+            if isinstance(batch, BatchDecodeError):
+                return [batch]
+            return list(self.dispatch_many(batch))
+
+        def answer(item: _Held | BatchDecodeError) -> services_pb2.BroadcastResponse:
+            if isinstance(item, BatchDecodeError):
+                err = RxError("BAD_PAYLOAD", f"not an EnvelopeBatch: {item}")
+                if context is None:
+                    raise err
+                abort_with(context, err)
+            return self._answer_held(item)
+
+        return coalesced_answers(
+            requests, dispatch, answer, _ready,
+            lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
+            max_in_flight=max(1, self._opt.max_in_flight_per_stream // 64),
+            max_per_message=self._opt.max_answers_per_message,
+        )
+
 
 @dataclass(frozen=True)
 class _Held:
@@ -269,6 +367,40 @@ class _Held:
     checked: Checked | None
     ticket: Ticket
     deadline: float
+
+
+def _ready(item: _Held | BatchDecodeError) -> bool:
+    """Whether the answer to ``item`` is known without waiting (NOT_LEADER re-dispatches)."""
+    if isinstance(item, BatchDecodeError):
+        return True
+    outcome = item.ticket.peek()
+    return outcome is not None and outcome.reason != NOT_LEADER
+
+
+def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
+    """Request deserializer of the batch RPCs: the envelopes verbatim, or the decode error
+    (answered in order as BAD_PAYLOAD instead of gRPC's opaque INTERNAL)."""
+    try:
+        return split_batch(data)
+    except BatchDecodeError as err:
+        return err
+
+
+def broadcast_batch_method_handler(
+    handler: BroadcastHandler,
+) -> grpc.RpcMethodHandler[list[bytes] | BatchDecodeError, services_pb2.BroadcastBatchResponse]:
+    """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised)."""
+
+    def behaviour(
+        requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.BroadcastBatchResponse]:
+        return handler.batch_stream(requests, context)
+
+    return grpc.stream_stream_rpc_method_handler(
+        behaviour,
+        request_deserializer=decode_batch,
+        response_serializer=services_pb2.BroadcastBatchResponse.SerializeToString,
+    )
 
 
 def broadcast_method_handler(

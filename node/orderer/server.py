@@ -30,13 +30,15 @@ from node.orderer.broadcast import (
     BroadcastHandler,
     BroadcastOptions,
     EnvelopeValidator,
+    broadcast_batch_method_handler,
     broadcast_method_handler,
 )
 from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
 from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
+from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
+from node.orderer.transport import ClusterService, Membership, RaftTransport
 from node.raft.durable import DurableStorage
 from node.raft.types import StateRole
 
@@ -59,7 +61,7 @@ class OrdererServer:
     storage: DurableStorage
     blocks: BlockStore
     transport: RaftTransport
-    forwarder: Forwarder
+    forwarder: LeaderForwarder
     broadcast: BroadcastHandler
     deliver: DeliverService
     metrics: OrdererMetrics
@@ -133,6 +135,7 @@ def _broadcast_handler(
         "rxchain.v1.AtomicBroadcast",
         {
             "Broadcast": broadcast_method_handler(broadcast),
+            "BroadcastBatch": broadcast_batch_method_handler(broadcast),
             "Deliver": grpc.unary_stream_rpc_method_handler(
                 deliver_behaviour,
                 request_deserializer=services_pb2.DeliverRequest.FromString,
@@ -224,7 +227,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
         config_check=tracker.check_broadcast,
     )
-    forwarder = Forwarder(membership, channel)
+    forwarder = LeaderForwarder(membership, channel, chain.leader_id)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         BroadcastOptions(commit_timeout_s=commit_timeout_s),
@@ -233,6 +236,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
     )
+    forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 128))),
         options=[
@@ -243,6 +247,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     server.add_generic_rpc_handlers(
         [
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
+            forward_batch.handler(),
             _admin_handler(config, chain),
         ]
     )

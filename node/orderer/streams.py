@@ -22,6 +22,7 @@ _log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Item = TypeVar("Item")
+Out = TypeVar("Out")
 
 _END = object()
 
@@ -77,3 +78,69 @@ def ordered_answers(
 def immediate(outcome: Outcome, tx_id: str = "") -> Ticket:
     """A ticket that is already answered (validation failures)."""
     return Ticket.done(outcome, tx_id)
+
+
+def coalesced_answers(
+    requests: Iterable[Req],
+    dispatch: Callable[[Req], list[Item]],
+    answer: Callable[[Item], Resp],
+    ready: Callable[[Item], bool],
+    pack: Callable[[list[Resp]], Out],
+    *,
+    max_in_flight: int = 1024,
+    max_per_message: int = 4096,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> Iterator[Out]:
+    """Batched form of :func:`ordered_answers`: each request carries several items.
+
+    ``dispatch`` turns one request into its items (e.g. tickets); the answers keep the
+    order of the items. One answer message holds the answers of the oldest request (waited
+    for) plus those of the following requests whose items are all ``ready`` already, up to
+    ``max_per_message`` answers, so a busy stream needs fewer answer messages than
+    requests. A request with no items still gets its own (empty) answer message unless it
+    is merged into the one before it. ``max_in_flight`` bounds requests read ahead.
+    """
+    pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for req in requests:
+                if stop.is_set():
+                    break
+                pending.put(dispatch(req))
+        except Exception as exc:  # noqa: BLE001 -- a cancelled stream ends the reader
+            if on_error is not None:
+                on_error(exc)
+        finally:
+            pending.put(_END)
+
+    thread = threading.Thread(target=reader, name="batch-stream-reader", daemon=True)
+    thread.start()
+    carry: object = None
+    try:
+        while True:
+            first = carry if carry is not None else pending.get()
+            carry = None
+            if first is _END:
+                return
+            out = [answer(item) for item in first]  # type: ignore[attr-defined]
+            while len(out) < max_per_message:
+                try:
+                    nxt = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _END or not all(ready(i) for i in nxt):  # type: ignore[attr-defined]
+                    carry = nxt
+                    break
+                out.extend(answer(item) for item in nxt)  # type: ignore[attr-defined]
+            yield pack(out)
+    finally:
+        stop.set()
+        for _ in range(40):
+            if not thread.is_alive():
+                break
+            try:
+                pending.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

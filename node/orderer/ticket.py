@@ -51,6 +51,10 @@ class Ticket:
             self._outcome = outcome
             self._event.set()
 
+    def peek(self) -> Outcome | None:
+        """The outcome if already set (never blocks)."""
+        return self._outcome
+
     def wait(self, timeout_s: float) -> Outcome | None:
         """The outcome, or None if not resolved within ``timeout_s``."""
         if self._event.wait(timeout_s):

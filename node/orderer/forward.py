@@ -1,0 +1,360 @@
+"""Follower -> leader forwarding over Cluster.ForwardBatch (both sides).
+
+Client side (:class:`LeaderForwarder`): one stream per leader; every envelope queued while
+the previous message was being written travels in the next ``EnvelopeBatch`` (bounded by
+``max_batch`` envelopes and ``max_batch_bytes``; the sender never waits to fill a batch).
+The leader answers in order, several answers per message; answers are matched to the
+tickets of the sent envelopes in order. The stream opens with an empty message the leader
+answers with an empty one; envelopes are sent only after that answer, so a stream that
+cannot connect hands them back as never sent (NOT_LEADER: the broadcast handler
+re-dispatches them, safe because they were never ordered).
+
+Leader changes: a watcher compares ``leader_id()`` with each stream's leader every
+``watch_s``. When the Raft leader has moved away from a stream's orderer, the envelopes
+still queued (never sent) are handed back at once as NOT_LEADER and are re-dispatched to
+the new leader; the envelopes already sent keep waiting for the old leader's answers (on a
+graceful hand-over it answers them at once) for at most ``moved_grace_s`` without any
+answer, then they are answered SERVICE_UNAVAILABLE, outcome unknown (a paused or
+partitioned old leader), instead of waiting out the whole commit timeout.
+
+Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
+configuration (TLS certificate), re-checked per message; the forwarded envelopes, already
+validated by the forwarding orderer, reach the chain in one hand-off per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import grpc
+from rxchain.v1 import identity_pb2, services_pb2
+
+from node.crypto.tls import peer_identity
+from node.orderer.broadcast import BroadcastHandler, decode_batch
+from node.orderer.envelope_batch import BatchDecodeError, encode_batch
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.streams import coalesced_answers
+from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+
+_log = logging.getLogger(__name__)
+
+ChannelFactory = Callable[[str], grpc.Channel]
+FORWARD_BATCH_METHOD = "/rxchain.v1.Cluster/ForwardBatch"
+
+
+class Members(Protocol):
+    """The orderer set (``transport.Membership``)."""
+
+    def targets(self) -> dict[int, str]:
+        """raft id -> address of every member."""
+        ...
+
+    def raft_id_of(self, identity: identity_pb2.Identity | None) -> int | None:
+        """Raft id of the orderer presenting ``identity``, or None."""
+        ...
+
+
+def _not_sent(why: str) -> Outcome:
+    return Outcome(NOT_LEADER, f"{why}; envelope not sent")
+
+
+class _LeaderStream:
+    """One ForwardBatch stream to one leader (see the module docstring)."""
+
+    def __init__(
+        self,
+        leader_id: int,
+        target: str,
+        channel_factory: ChannelFactory,
+        clock: Callable[[], float],
+        max_batch: int,
+        max_batch_bytes: int,
+    ) -> None:
+        self.leader_id = leader_id
+        self._clock = clock
+        self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._channel = channel_factory(target)
+        self._queue: deque[tuple[bytes, Ticket]] = deque()
+        self._inflight: deque[Ticket] = deque()
+        self._cond = threading.Condition()
+        self._open = threading.Event()
+        self.broken = False
+        self._ending = False
+        self.last_answer_at = clock()
+        call = self._channel.stream_stream(
+            FORWARD_BATCH_METHOD,
+            request_serializer=None,
+            response_deserializer=services_pb2.BroadcastBatchResponse.FromString,
+        )
+        self._responses = call(self._requests())
+        self._thread = threading.Thread(target=self._receive, name="forward-recv", daemon=True)
+        self._thread.start()
+
+    def submit_many(self, items: Sequence[tuple[bytes, Ticket]]) -> None:
+        with self._cond:  # never enqueue after _break emptied the queue
+            if self.broken or self._ending:
+                for _, ticket in items:
+                    ticket.resolve(_not_sent(f"leader {self.leader_id} unreachable"))
+                return
+            was_empty = not self._queue
+            self._queue.extend(items)
+            if was_empty:
+                self._cond.notify()
+
+    def inflight(self) -> int:
+        with self._cond:
+            return len(self._inflight)
+
+    def _requests(self) -> Iterator[bytes]:
+        yield b""  # handshake: an empty EnvelopeBatch
+        while not self._open.wait(0.1):
+            if self.broken:
+                return
+        while True:
+            with self._cond:
+                while not self._queue and not self.broken and not self._ending:
+                    self._cond.wait(0.5)
+                if self.broken or (self._ending and not self._queue):
+                    return
+                batch: list[bytes] = []
+                size = 0
+                while self._queue and len(batch) < self._max_batch:
+                    envelope, ticket = self._queue[0]
+                    if batch and size + len(envelope) > self._max_bytes:
+                        break
+                    self._queue.popleft()
+                    batch.append(envelope)
+                    size += len(envelope)
+                    self._inflight.append(ticket)
+            yield encode_batch(batch)
+
+    def _receive(self) -> None:
+        try:
+            for resp in self._responses:
+                if not self._open.is_set():
+                    self._open.set()  # the handshake answer
+                    continue
+                with self._cond:
+                    n = min(len(resp.responses), len(self._inflight))
+                    tickets = [self._inflight.popleft() for _ in range(n)]
+                    self.last_answer_at = self._clock()
+                for ticket, ans in zip(tickets, resp.responses, strict=False):
+                    ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
+        except grpc.RpcError as exc:
+            _log.info("forward stream to %d ended: %s", self.leader_id,
+                      exc.code() if hasattr(exc, "code") else exc)
+        finally:
+            self.fail("forward stream to the leader broke")
+
+    def hand_back_queued(self) -> int:
+        """Leader moved: stop sending; the never-sent envelopes are handed back NOT_LEADER."""
+        with self._cond:
+            self._ending = True
+            queued = [t for _, t in self._queue]
+            self._queue.clear()
+            self._cond.notify_all()
+        for t in queued:
+            t.resolve(_not_sent(f"orderer {self.leader_id} no longer leads"))
+        return len(queued)
+
+    def fail(self, why: str) -> None:
+        """Break the stream: sent envelopes' outcome unknown, queued ones not sent."""
+        with self._cond:
+            self.broken = True
+            inflight, self._inflight = list(self._inflight), deque()
+            queued = [t for _, t in self._queue]
+            self._queue.clear()
+            self._cond.notify_all()
+        for t in inflight:  # sent: the leader may have ordered them, outcome unknown
+            t.resolve(Outcome(SERVICE_UNAVAILABLE, f"{why} (outcome unknown)"))
+        for t in queued:  # never sent: safe to re-dispatch (NOT_LEADER is retried)
+            t.resolve(_not_sent(f"leader {self.leader_id} unreachable"))
+
+    def close(self) -> None:
+        self.fail("forwarder closing")
+        self._responses.cancel()  # type: ignore[no-untyped-call]
+        self._channel.close()
+
+
+class LeaderForwarder:
+    """Follower side of Cluster.ForwardBatch (the broadcast handler's forwarder)."""
+
+    def __init__(
+        self,
+        membership: Members,
+        channel_factory: ChannelFactory,
+        leader_id: Callable[[], int],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        redial_s: float = 0.2,
+        watch_s: float = 0.05,
+        moved_grace_s: float = 1.0,
+        max_batch: int = 512,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self._membership = membership
+        self._factory = channel_factory
+        self._leader_id = leader_id
+        self._clock = clock
+        self._redial_s = redial_s
+        self._watch_s = watch_s
+        self._grace_s = moved_grace_s
+        self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._broke_at: dict[int, float] = {}
+        self._streams: dict[int, _LeaderStream] = {}
+        self._moved: dict[_LeaderStream, float] = {}  # stream -> when its leader moved away
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="forward-watch", daemon=True)
+        self._watcher.start()
+
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        """Forward one envelope to ``leader_id``."""
+        return self.submit_many(leader_id, [(envelope, tx_id)])[0]
+
+    def submit_many(self, leader_id: int, items: Sequence[tuple[bytes, str]]) -> list[Ticket]:
+        """Forward several (envelope, tx id) to ``leader_id`` in one hand-off."""
+        tickets = [Ticket(tx_id) for _, tx_id in items]
+        with self._lock:
+            stream = self._streams.get(leader_id)
+            if stream is None or stream.broken:
+                if stream is not None:
+                    del self._streams[leader_id]
+                    self._broke_at[leader_id] = self._clock()
+                    stream.close()
+                if self._clock() - self._broke_at.get(leader_id, -1e9) < self._redial_s:
+                    # Do not redial a leader that just failed for every envelope.
+                    for t in tickets:
+                        t.resolve(Outcome(NOT_LEADER, f"leader {leader_id} unreachable"))
+                    return tickets
+                target = self._membership.targets().get(leader_id)
+                if target is None:
+                    for t in tickets:
+                        t.resolve(Outcome(SERVICE_UNAVAILABLE, f"leader {leader_id} unknown"))
+                    return tickets
+                stream = _LeaderStream(leader_id, target, self._factory, self._clock,
+                                       self._max_batch, self._max_bytes)
+                self._streams[leader_id] = stream
+        stream.submit_many([(env, t) for (env, _), t in zip(items, tickets, strict=True)])
+        return tickets
+
+    def check_leader(self) -> None:
+        """One pass of the watcher (public for tests with an injected clock)."""
+        leader = self._leader_id()
+        now = self._clock()
+        handed: list[_LeaderStream] = []
+        expired: list[_LeaderStream] = []
+        with self._lock:
+            for rid, stream in list(self._streams.items()):
+                if leader and rid != leader:
+                    del self._streams[rid]
+                    self._moved[stream] = now
+                    handed.append(stream)
+            for stream, moved_at in list(self._moved.items()):
+                quiet_since = max(moved_at, stream.last_answer_at)
+                if stream.broken or stream.inflight() == 0 or now - quiet_since >= self._grace_s:
+                    del self._moved[stream]
+                    expired.append(stream)
+        for stream in handed:
+            n = stream.hand_back_queued()
+            _log.info("leader moved from %d to %d: %d queued envelopes re-dispatched",
+                      stream.leader_id, leader, n)
+        for stream in expired:
+            if stream.inflight():
+                _log.warning("old leader %d did not answer %d forwarded envelopes within %.1fs "
+                             "of the leader change", stream.leader_id, stream.inflight(), self._grace_s)
+            stream.close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._watch_s):
+            try:
+                self.check_leader()
+            except Exception:  # noqa: BLE001 -- the watcher must keep running
+                _log.exception("forward watcher failed")
+
+    def close(self) -> None:
+        """Close every stream and stop the watcher."""
+        self._stop.set()
+        self._watcher.join(2)
+        with self._lock:
+            streams = [*self._streams.values(), *self._moved]
+            self._streams, self._moved = {}, {}
+        for s in streams:
+            s.close()
+
+
+class ForwardBatchService:
+    """Leader side of Cluster.ForwardBatch."""
+
+    def __init__(
+        self,
+        membership: Members,
+        broadcast: BroadcastHandler,
+        metrics: OrdererMetrics,
+        commit_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._membership = membership
+        self._broadcast = broadcast
+        self._metrics = metrics
+        self._commit_timeout_s = commit_timeout_s
+        self._clock = clock
+
+    def forward_batch(
+        self, requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.BroadcastBatchResponse]:
+        """Cluster.ForwardBatch: envelopes a follower validated, ordered here if we lead."""
+        ident = peer_identity(context)
+        rid = self._membership.raft_id_of(ident)
+        if rid is None:
+            self._metrics.consensus_dropped.labels(reason="non_member").inc()
+            _log.warning("refused ForwardBatch stream from a non-member")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_ORDERER: caller is not an "
+                          "orderer of the current configuration")
+            raise AssertionError("unreachable")  # abort raises
+
+        def dispatch(batch: list[bytes] | BatchDecodeError) -> list[tuple[Ticket, float]]:
+            if isinstance(batch, BatchDecodeError):
+                bad = Ticket.done(Outcome("BAD_PAYLOAD", f"not an EnvelopeBatch: {batch}"))
+                return [(bad, self._clock())]
+            if self._membership.raft_id_of(ident) != rid:  # e.g. its certificate was rotated
+                refused = Outcome(NOT_LEADER, "NOT_AN_ORDERER: forwarding orderer's certificate "
+                                              "is not in the current configuration")
+                return [(Ticket.done(refused), self._clock()) for _ in batch]
+            deadline = self._clock() + self._commit_timeout_s
+            return [(t, deadline) for t in self._broadcast.submit_local_many(batch)]
+
+        def answer(item: tuple[Ticket, float]) -> services_pb2.BroadcastResponse:
+            ticket, deadline = item
+            outcome = ticket.wait(max(0.0, deadline - self._clock()))
+            if outcome is None:
+                outcome = Outcome(SERVICE_UNAVAILABLE, "not committed in time (outcome unknown)")
+            return services_pb2.BroadcastResponse(
+                accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
+            )
+
+        return coalesced_answers(
+            requests, dispatch, answer, lambda item: item[0].peek() is not None,
+            lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
+        )
+
+    def handler(self) -> grpc.GenericRpcHandler[object, object]:
+        """A generic handler for Cluster.ForwardBatch only (Step and Forward are served by
+        ``transport.ClusterService``'s handler of the same service)."""
+        return grpc.method_handlers_generic_handler(
+            "rxchain.v1.Cluster",
+            {
+                "ForwardBatch": grpc.stream_stream_rpc_method_handler(
+                    self.forward_batch,
+                    request_deserializer=decode_batch,
+                    response_serializer=services_pb2.BroadcastBatchResponse.SerializeToString,
+                ),
+            },
+        )
