@@ -147,10 +147,11 @@ class Call:
 class Workload:
     """Runs calls through a sandbox against committed in-memory state."""
 
-    def __init__(self, sandbox: Any) -> None:
+    def __init__(self, sandbox: Any, peek: bool = True) -> None:
         from node.sandbox.package import ContractPackage
 
         self.sandbox = sandbox
+        self.peek = peek
         self.state = MemoryState()
         self.callers = _callers()
         self.sources = {n: (ROOT / "contracts" / f"{n}.py").read_text(encoding="utf-8")
@@ -182,9 +183,17 @@ class Workload:
 
         inv = self.invocation(call)
         sim = TxSimulator(self.state, call.contract, SimulationLimits(), self.state.history)
+        backend: Any = sim
+        if self.peek:
+            try:
+                from node.sandbox.prefetch import PeekingBackend
+            except ImportError:  # a baseline without prefetching
+                pass
+            else:
+                backend = PeekingBackend(sim, self.peek_value)
 
         def once() -> Any:
-            return self.sandbox.invoke(inv, sim)
+            return self.sandbox.invoke(inv, backend)
 
         result = measure(once) if measure is not None else once()
         if result.ok:
@@ -193,6 +202,11 @@ class Workload:
             k = f"{call.step}:{result.reason}"
             self.failures[k] = self.failures.get(k, 0) + 1
         return result
+
+    def peek_value(self, ns: str, key: str) -> bytes | None:
+        """The committed value (what a peer's snapshot gives), recording nothing."""
+        v = self.state.values.get((ns, key))
+        return None if v is None else v.value
 
     # -- sample data ------------------------------------------------------------------
     def load_sample_data(self) -> list[Any]:
@@ -302,38 +316,49 @@ def _sched_ns(pid: int) -> int:
 
 
 class FrameCounter:
-    """Counts host<->worker frames by hooking the protocol module (host side)."""
+    """Counts, on the host side, frames received and ``write`` calls to the worker (each
+    write wakes the worker once: one round trip) by hooking the protocol module."""
 
     def __init__(self) -> None:
         from node.sandbox import protocol
 
         self.protocol = protocol
-        self.sent = 0
+        self.writes = 0
         self.received = 0
         self._write = protocol.write_frame
+        self._writes = getattr(protocol, "write_frames", None)
         self._read = protocol.FrameReader.read
 
     def __enter__(self) -> FrameCounter:
-        write, read = self._write, self._read
+        write, writes, read = self._write, self._writes, self._read
 
         def counted_write(*a: Any, **kw: Any) -> Any:
-            self.sent += 1
+            self.writes += 1
             return write(*a, **kw)
+
+        def counted_writes(*a: Any, **kw: Any) -> Any:
+            self.writes += 1
+            assert writes is not None
+            return writes(*a, **kw)
 
         def counted_read(reader: Any, *a: Any, **kw: Any) -> Any:
             self.received += 1
             return read(reader, *a, **kw)
 
-        self.protocol.write_frame = counted_write  # type: ignore[assignment]
-        self.protocol.FrameReader.read = counted_read  # type: ignore[method-assign]
+        setattr(self.protocol, "write_frame", counted_write)  # noqa: B010 - a test hook
+        if writes is not None:
+            setattr(self.protocol, "write_frames", counted_writes)  # noqa: B010
+        setattr(self.protocol.FrameReader, "read", counted_read)  # noqa: B010
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.protocol.write_frame = self._write  # type: ignore[assignment]
-        self.protocol.FrameReader.read = self._read  # type: ignore[method-assign]
+        setattr(self.protocol, "write_frame", self._write)  # noqa: B010
+        if self._writes is not None:
+            setattr(self.protocol, "write_frames", self._writes)  # noqa: B010
+        setattr(self.protocol.FrameReader, "read", self._read)  # noqa: B010
 
 
-def child(stories: int, warmup: int, frame_stories: int) -> dict[str, Any]:
+def child(stories: int, warmup: int, frame_stories: int, peek: bool = True) -> dict[str, Any]:
     """One measurement round in this process: per-step CPU samples and frame counts."""
     from node.sandbox.runtime import Sandbox
 
@@ -342,7 +367,7 @@ def child(stories: int, warmup: int, frame_stories: int) -> dict[str, Any]:
     frames: dict[str, list[int]] = {s: [] for s in STEPS}
     tag = os.urandom(3).hex().upper()
     with Sandbox(workers=1) as sandbox:
-        work = Workload(sandbox)
+        work = Workload(sandbox, peek)
         maker = StoryMaker(work.load_sample_data())
         (pid,) = sandbox.worker_pids()
         for n in range(warmup):
@@ -354,7 +379,7 @@ def child(stories: int, warmup: int, frame_stories: int) -> dict[str, Any]:
             for call in maker.story(n, tag):
                 box: list[tuple[int, int]] = []
 
-                def measure(fn: Callable[[], Any]) -> Any:
+                def measure(fn: Callable[[], Any], box: list[tuple[int, int]] = box) -> Any:
                     w0 = _sched_ns(pid)
                     h0 = thread_ns()
                     r = fn()
@@ -372,10 +397,10 @@ def child(stories: int, warmup: int, frame_stories: int) -> dict[str, Any]:
         counter = FrameCounter()
         for n in range(warmup + stories, warmup + stories + frame_stories):
             for call in maker.story(n, tag):
-                before = counter.sent + counter.received
+                before = counter.writes
                 with counter:
                     work.run(call)
-                frames[call.step].append(counter.sent + counter.received - before)
+                frames[call.step].append(counter.writes - before)
     return {"samples": samples, "gas": gas, "frames": frames, "failures": failures}
 
 
@@ -396,7 +421,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_us_median": round(statistics.median(total) / 1000, 1),
             "host_us_mean": round(statistics.fmean(host) / 1000, 1),
             "worker_us_mean": round(statistics.fmean(worker) / 1000, 1),
-            "frames_per_invocation": round(statistics.fmean(frames), 2) if frames else None,
+            "round_trips_per_invocation": round(statistics.fmean(frames), 2) if frames else None,
             "gas_median": int(statistics.median(gas)),
             "invocations": len(total),
         }
@@ -405,7 +430,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_us_mean": round((sum(all_host) + sum(all_worker)) / n / 1000, 1),
         "host_us_mean": round(sum(all_host) / n / 1000, 1),
         "worker_us_mean": round(sum(all_worker) / n / 1000, 1),
-        "frames_per_invocation": round(statistics.fmean(
+        "round_trips_per_invocation": round(statistics.fmean(
             [f for r in rounds for s in STEPS for f in r["frames"][s]]), 2),
         "invocations": n,
     }

@@ -1,7 +1,28 @@
 """Framing and message conversion of the host <-> worker pipe protocol (sandbox.proto).
 
 A frame is a 4-byte big-endian length followed by that many bytes of one serialized
-message.  ``FrameReader`` buffers reads so a frame usually costs one ``read`` syscall.
+message.  ``FrameReader`` buffers reads so a frame usually costs one ``read`` syscall;
+``write_frames`` sends several frames with one ``write``.
+
+Compact frames.  The hot state traffic uses a documented binary layout instead of
+protobuf.  A frame whose first byte is 0x00 is compact (a non-empty protobuf message never
+starts with 0x00: field number 0 does not exist); its second byte is the kind.  ``str`` is a
+u16 big-endian byte length plus UTF-8, ``blob`` a u32 big-endian length plus raw bytes::
+
+    host -> worker  00 'P'  prefetch table, sent right after every InvokeRequest frame:
+                            u32 count, then count x (str namespace, str key, u8 found,
+                            blob value if found).  Entry i is "prefetch index i".
+    host -> worker  00 'V'  answer to a compact get: u8 found, then the value (rest of frame)
+    worker -> host  00 'G'  get: str namespace, str key
+    worker -> host  00 'O'  the worker's state operations in program order, sent before any
+                            request and before the result: until the end of the frame,
+                            'P' str key blob value (put) | 'D' str key (delete) |
+                            'R' u32 index (the contract read prefetch entry ``index``)
+
+A state request or result (protobuf, or a compact get) follows the ops frame that precedes
+it in the same ``write``.  The host replays 'R' entries on the backend (``backend.get``) in
+order with the puts and deletes, so the backend sees exactly the calls, in exactly the
+order, that it would without prefetching.
 """
 
 from __future__ import annotations
@@ -73,6 +94,195 @@ def write_frame(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def write_frames(fd: int, *frames: bytes) -> None:
+    """Write several frames with one ``write`` (blocking until all is written)."""
+    parts: list[bytes] = []
+    for data in frames:
+        parts.append(_HEADER.pack(len(data)))
+        parts.append(data)
+    view = memoryview(b"".join(parts))
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# ------------------------------------------------------------------------- compact frames
+
+PREFETCH = b"\x00P"
+VALUE = b"\x00V"
+GET = b"\x00G"
+OPS = b"\x00O"
+OP_PUT = 0x50  # 'P'
+OP_DELETE = 0x44  # 'D'
+OP_READ = 0x52  # 'R'
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+MAX_STR = 0xFFFF
+
+EMPTY_PREFETCH = PREFETCH + _U32.pack(0)
+
+
+def is_compact(frame: bytes) -> bool:
+    return frame[:1] == b"\x00" and len(frame) >= 2
+
+
+def _str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if len(b) > MAX_STR:
+        raise ValueError("string too long for a compact frame")
+    return _U16.pack(len(b)) + b
+
+
+def _blob(b: bytes) -> bytes:
+    return _U32.pack(len(b)) + b
+
+
+class _Cursor:
+    """Bounds-checked reader of a compact frame (raises ProtocolError on any defect)."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 2) -> None:
+        self.data = data
+        self.pos = pos
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise ProtocolError("truncated compact frame")
+        out = self.data[self.pos:end]
+        self.pos = end
+        return out
+
+    def u8(self) -> int:
+        if self.pos >= len(self.data):
+            raise ProtocolError("truncated compact frame")
+        v = self.data[self.pos]
+        self.pos += 1
+        return v
+
+    def u32(self) -> int:
+        (v,) = _U32.unpack(self.take(4))
+        return int(v)
+
+    def str(self) -> str:
+        (n,) = _U16.unpack(self.take(2))
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("compact frame string is not UTF-8") from None
+
+    def blob(self) -> bytes:
+        return self.take(self.u32())
+
+
+def encode_prefetch(entries: list[tuple[str, str, bytes | None]]) -> bytes:
+    """The 00 'P' frame of (namespace, key, value or None) entries."""
+    parts = [PREFETCH, _U32.pack(len(entries))]
+    for ns, key, value in entries:
+        parts.append(_str(ns))
+        parts.append(_str(key))
+        if value is None:
+            parts.append(b"\x00")
+        else:
+            parts.append(b"\x01")
+            parts.append(_blob(value))
+    return b"".join(parts)
+
+
+def decode_prefetch(frame: bytes) -> list[tuple[str, str, bytes | None]]:
+    if frame[:2] != PREFETCH:
+        raise ProtocolError("expected a prefetch frame")
+    c = _Cursor(frame)
+    out: list[tuple[str, str, bytes | None]] = []
+    for _ in range(c.u32()):
+        ns = c.str()
+        key = c.str()
+        found = c.u8()
+        out.append((ns, key, c.blob() if found else None))
+    if not c.done():
+        raise ProtocolError("trailing bytes in a prefetch frame")
+    return out
+
+
+def encode_get(namespace: str, key: str) -> bytes:
+    return GET + _str(namespace) + _str(key)
+
+
+def decode_get(frame: bytes) -> tuple[str, str]:
+    c = _Cursor(frame)
+    ns = c.str()
+    key = c.str()
+    if not c.done():
+        raise ProtocolError("trailing bytes in a get frame")
+    return ns, key
+
+
+def encode_value(value: bytes | None) -> bytes:
+    return VALUE + b"\x00" if value is None else VALUE + b"\x01" + value
+
+
+def decode_value(frame: bytes) -> bytes | None:
+    if len(frame) < 3 or frame[:2] != VALUE or frame[2] > 1:
+        raise ProtocolError("malformed value frame")
+    return frame[3:] if frame[2] else None
+
+
+class OpsBuilder:
+    """The worker's pending 00 'O' frame (puts, deletes and prefetch reads in order)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._parts.append(b"P" + _str(key) + _blob(value))
+
+    def delete(self, key: str) -> None:
+        self._parts.append(b"D" + _str(key))
+
+    def read(self, index: int) -> None:
+        self._parts.append(b"R" + _U32.pack(index))
+
+    def clear(self) -> None:
+        self._parts = []
+
+    def take(self) -> bytes:
+        """The frame; the builder is empty afterwards."""
+        frame = OPS + b"".join(self._parts)
+        self._parts = []
+        return frame
+
+
+Op = tuple[int, str, bytes, int]  # (op, key, value, prefetch index)
+
+
+def decode_ops(frame: bytes) -> list[Op]:
+    """Ops of a 00 'O' frame: (OP_PUT, key, value, 0) | (OP_DELETE, key, b"", 0) |
+    (OP_READ, "", b"", index)."""
+    c = _Cursor(frame)
+    out: list[Op] = []
+    while not c.done():
+        op = c.u8()
+        if op == OP_PUT:
+            key = c.str()
+            out.append((OP_PUT, key, c.blob(), 0))
+        elif op == OP_DELETE:
+            out.append((OP_DELETE, c.str(), b"", 0))
+        elif op == OP_READ:
+            out.append((OP_READ, "", b"", c.u32()))
+        else:
+            raise ProtocolError(f"unknown state operation {op:#x}")
+    return out
 
 
 # The limits that travel to a worker: exactly the fields of SandboxLimitsMsg (memory and the

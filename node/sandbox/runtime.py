@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rxchain.v1 import sandbox_pb2 as pb
 
-from node.sandbox import protocol
+from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
 from node.sandbox.api import valid_reason
 from node.sandbox.checker import check_source
@@ -131,6 +131,26 @@ def _failure(exc: Exception) -> pb.HostMessage:
     return reply
 
 
+class _StateChanged(Exception):
+    """The backend returned another value than it peeked (state changed under the call)."""
+
+    reason = t.STATE_ERROR
+
+
+class _CallState:
+    """Host-side bookkeeping of one invocation."""
+
+    __slots__ = ("failure", "reads", "table", "writes", "written")
+
+    def __init__(self, table: list[tuple[str, str, bytes | None]],
+                 reads: list[tuple[str, str]] | None) -> None:
+        self.table = table
+        self.reads = reads
+        self.writes = 0
+        self.written: set[str] = set()
+        self.failure: pb.HostMessage | None = None
+
+
 class _NoState:
     """Backend of warm-up calls (which never reach the contract's code)."""
 
@@ -163,6 +183,7 @@ class Sandbox:
         seccomp: bool = True,
         hash_seed: int = 0,
         allow_unchecked_for_tests: bool = False,
+        prefetching: bool = True,
     ) -> None:
         """Start ``workers`` warm worker processes (``limits.memory_bytes`` is their RLIMIT_AS).
 
@@ -191,6 +212,8 @@ class Sandbox:
         self._closed = False
         self._missing = 0
         self._sources: dict[str, str] = {}
+        self._prefetching = prefetching
+        self._predictor = prefetch.Predictor()
         self.restarts = 0
         started: list[_Worker] = []
         deadline = clock() + START_TIMEOUT_S
@@ -314,10 +337,18 @@ class Sandbox:
                 False, t.CONTRACT_REJECTED, "source differs from the code cached for this hash",
                 b"", (), 0,
             )
+        peek = getattr(backend, "peek", None)
+        values: dict[str, str] | None = None
+        entries: list[tuple[str, str, bytes | None]] | None = None
+        reads: list[tuple[str, str]] | None = None
+        if callable(peek) and self._prefetching:
+            values = prefetch.sources(inv.args_json, inv.caller)
+            entries = self._prefetch(inv, peek, values)
+            reads = []
         w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
         try:
-            result = self._run(w, inv, backend, unchecked)
+            result = self._run(w, inv, backend, unchecked, entries, reads)
         except _WorkerDied as died:
             self._replace(w)
             return t.InvocationResult(False, died.reason, died.message, b"", (), 0)
@@ -328,6 +359,8 @@ class Sandbox:
             self._replace(w)
         else:
             self._idle.put(w)
+        if reads is not None and values is not None:
+            self._predictor.learn(inv.code_hash, inv.function, values, reads)
         return result
 
     def warm(self, code_hash: str, source: str, contract: str = "warm") -> int:
@@ -387,9 +420,12 @@ class Sandbox:
         req.unchecked = unchecked
         return msg.SerializeToString()
 
-    def _send(self, w: _Worker, data: bytes) -> None:
+    def _send(self, w: _Worker, *frames: bytes) -> None:
         try:
-            protocol.write_frame(w.wfd, data)
+            if len(frames) == 1:
+                protocol.write_frame(w.wfd, frames[0])
+            else:
+                protocol.write_frames(w.wfd, *frames)
         except OSError as exc:
             raise _WorkerDied(t.WORKER_CRASHED, f"worker pipe closed: {exc}") from None
 
@@ -408,20 +444,45 @@ class Sandbox:
             return _WorkerDied(t.WORKER_CRASHED, "worker was killed")
         return _WorkerDied(t.WORKER_CRASHED, f"worker exited with status {code}")
 
+    def _prefetch(self, inv: t.Invocation, peek: t.PeekFn, values: dict[str, str]) -> list[
+        tuple[str, str, bytes | None]
+    ]:
+        """Predicted reads of ``inv`` with their current values (``peek`` never records)."""
+        entries: list[tuple[str, str, bytes | None]] = []
+        size = 0
+        for ns, key in self._predictor.predict(inv.code_hash, inv.function, values):
+            try:
+                value = peek(ns, key)
+            except Exception:  # noqa: BLE001, S112 - a key the backend refuses is not prefetched
+                continue
+            if value is not None:
+                if type(value) is not bytes or len(value) > inv.limits.max_value_bytes:
+                    continue
+                size += len(value)
+                if size > prefetch.MAX_BYTES:
+                    break
+            entries.append((ns, key, value))
+        return entries
+
     def _run(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
-             unchecked: bool) -> t.InvocationResult:
+             unchecked: bool, entries: list[tuple[str, str, bytes | None]] | None = None,
+             reads: list[tuple[str, str]] | None = None) -> t.InvocationResult:
+        """One invocation on ``w``; ``entries`` is the prefetch table sent with the request,
+        ``reads`` (if given) receives every (namespace, key) the contract got, in order."""
         clock = self._clock
         deadline = clock() + inv.limits.wall_timeout_s
 
         def left() -> float:
             return deadline - clock()
 
+        table = entries or []
+        pf = protocol.encode_prefetch(table) if table else protocol.EMPTY_PREFETCH
         with_source = inv.code_hash not in w.known
-        self._send(w, self._request(w, inv, with_source, unchecked))
+        self._send(w, self._request(w, inv, with_source, unchecked), pf)
         w.limits = inv.limits
         if with_source:
             w.known.add(inv.code_hash)
-        writes = 0
+        st = _CallState(table, reads)
         while True:
             try:
                 frame = w.reader.read(left)
@@ -434,57 +495,120 @@ class Sandbox:
                 raise self._died(w, False) from None
             except OSError:
                 raise self._died(w, False) from None
+            if protocol.is_compact(frame):
+                self._compact(w, inv, backend, frame, st)
+                continue
             try:
                 msg = pb.WorkerMessage.FromString(frame)
             except Exception:  # noqa: BLE001 - any parse failure is a protocol violation
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent a malformed message") from None
-            failure: pb.HostMessage | None = None
             if msg.writes:
-                writes += len(msg.writes)
-                failure = self._apply_writes(w, inv, backend, msg, writes)
+                self._apply_ops(w, inv, backend, st, [
+                    (protocol.OP_DELETE if wr.is_delete else protocol.OP_PUT, wr.key, wr.value, 0)
+                    for wr in msg.writes
+                ])
             kind = msg.WhichOneof("kind")
             if kind == "result":
                 result = self._result(w, inv, msg.result)
+                failure = st.failure
                 if failure is not None:
                     return t.InvocationResult(False, failure.failure.reason,
                                               failure.failure.message, b"", (), result.gas_used)
                 return result
-            if failure is not None and kind in ("get", "range", "history"):
-                self._send(w, failure.SerializeToString())  # the worker aborts the call
+            if st.failure is not None and kind in ("get", "range", "history"):
+                self._send(w, st.failure.SerializeToString())  # the worker aborts the call
                 continue
             if kind == "need_source":
                 if with_source:
                     w.kill()
                     raise _WorkerDied(t.WORKER_CRASHED, "worker asked twice for the source")
                 with_source = True
-                self._send(w, self._request(w, inv, True, unchecked))
+                self._send(w, self._request(w, inv, True, unchecked), pf)
                 w.known.add(inv.code_hash)
                 continue
+            if kind == "get" and reads is not None:
+                reads.append((msg.get.namespace, msg.get.key))
             reply = self._answer(w, inv, backend, msg, kind)
             self._send(w, reply.SerializeToString())
 
-    def _apply_writes(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
-                      msg: pb.WorkerMessage, count: int) -> pb.HostMessage | None:
-        """Apply buffered writes; a backend refusal stops there and is returned."""
+    def _violation(self, w: _Worker, what: str) -> _WorkerDied:
+        w.kill()
+        return _WorkerDied(t.WORKER_CRASHED, f"protocol violation: {what}")
+
+    def _compact(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend, frame: bytes,
+                 st: _CallState) -> None:
+        """A compact frame from the worker: ops (applied in order) or a get (answered)."""
+        head = frame[:2]
+        try:
+            if head == protocol.OPS:
+                ops = protocol.decode_ops(frame)
+            elif head == protocol.GET:
+                ns, key = protocol.decode_get(frame)
+            else:
+                raise protocol.ProtocolError(f"unknown compact frame kind {frame[1]:#x}")
+        except protocol.ProtocolError as exc:
+            raise self._violation(w, str(exc)) from None
+        if head == protocol.OPS:
+            self._apply_ops(w, inv, backend, st, ops)
+            return
+        if st.failure is not None:
+            self._send(w, st.failure.SerializeToString())
+            return
+        if st.reads is not None:
+            st.reads.append((ns, key))
+        try:
+            value = backend.get(ns, key)
+        except Exception as exc:  # noqa: BLE001 - backend failures abort the invocation
+            self._send(w, _failure(exc).SerializeToString())
+            return
+        self._send(w, protocol.encode_value(value))
+
+    def _apply_ops(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
+                   st: _CallState, ops: list[protocol.Op]) -> None:
+        """Apply puts/deletes and replay prefetched reads in order; the first backend
+        refusal (or a prefetched value the backend no longer returns) becomes the call's
+        failure and nothing after it is applied."""
         limits = inv.limits
-        if count > 2 * limits.max_write_keys + 16:
-            w.kill()
-            raise _WorkerDied(t.WORKER_CRASHED, "worker exceeded the write-set limit")
-        for wr in msg.writes:
-            if not wr.key or len(wr.key.encode()) > limits.max_key_len or (
-                len(wr.value) > limits.max_value_bytes
+        contract = inv.contract
+        for op, key, value, index in ops:
+            if st.failure is not None:
+                return
+            if op == protocol.OP_READ:
+                if index >= len(st.table):
+                    raise self._violation(w, f"read of prefetch entry {index} that was not sent")
+                ns, key, expected = st.table[index]
+                if ns == contract and key in st.written:
+                    raise self._violation(w, "prefetched read of a key the invocation wrote")
+                if st.reads is not None:
+                    st.reads.append((ns, key))
+                try:
+                    current = backend.get(ns, key)
+                except Exception as exc:  # noqa: BLE001 - backend refusals abort the invocation
+                    st.failure = _failure(exc)
+                    return
+                if current != expected:
+                    st.failure = _failure(_StateChanged(
+                        f"prefetched value of {ns}/{key[:200]!r} differs from the backend's"))
+                    return
+                continue
+            st.writes += 1
+            if st.writes > 2 * limits.max_write_keys + 16:
+                raise self._violation(w, "worker exceeded the write-set limit")
+            if not key or len(key.encode()) > limits.max_key_len or (
+                len(value) > limits.max_value_bytes
             ):
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent an invalid write")
+            st.written.add(key)
             try:
-                if wr.is_delete:
-                    backend.delete(inv.contract, wr.key)
+                if op == protocol.OP_DELETE:
+                    backend.delete(contract, key)
                 else:
-                    backend.put(inv.contract, wr.key, wr.value)
+                    backend.put(contract, key, value)
             except Exception as exc:  # noqa: BLE001 - backend refusals abort the invocation
-                return _failure(exc)
-        return None
+                st.failure = _failure(exc)
+                return
 
     def _answer(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
                 msg: pb.WorkerMessage, kind: str | None) -> pb.HostMessage:

@@ -5,7 +5,7 @@ Everything here is a frozen dataclass or a Protocol; nothing does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -144,3 +144,7 @@ class StateBackend(Protocol):
     def put(self, namespace: str, key: str, value: bytes) -> None: ...
 
     def delete(self, namespace: str, key: str) -> None: ...
+
+
+# A non-recording read: what ``get`` would return for a key not written by this invocation.
+PeekFn = Callable[[str, str], "bytes | None"]

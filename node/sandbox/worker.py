@@ -47,22 +47,40 @@ def warm(ctx: Context, n: int) -> dict:
 
 
 class PipeHost:
-    """StateHost talking to the host over the pipe; writes are buffered until the next read."""
+    """StateHost talking to the host over the pipe.
 
-    def __init__(self, reader: protocol.FrameReader) -> None:
+    Puts, deletes and reads served from the invocation's prefetch table are recorded in an
+    ops frame (program order) that is sent before the next request and before the result.
+    A key this invocation wrote is never served from the prefetch table.
+    """
+
+    def __init__(self, reader: protocol.FrameReader, contract: str = "",
+                 prefetch: list[tuple[str, str, bytes | None]] | None = None) -> None:
         self._reader = reader
-        self.pending: list[tuple[str, bytes, bool]] = []
+        self._contract = contract
+        self.ops = protocol.OpsBuilder()
+        self._prefetched: dict[tuple[str, str], tuple[int, bytes | None]] = {}
+        for i, (ns, key, value) in enumerate(prefetch or ()):
+            self._prefetched.setdefault((ns, key), (i, value))
 
-    def _message(self) -> pb.WorkerMessage:
-        m = pb.WorkerMessage()
-        if self.pending:
-            for key, value, is_delete in self.pending:
-                m.writes.add(key=key, value=value, is_delete=is_delete)
-            self.pending = []
-        return m
+    def flush_frames(self, request: bytes) -> None:
+        """Send pending ops (if any) and ``request`` with one write."""
+        if self.ops:
+            protocol.write_frames(OUT_FD, self.ops.take(), request)
+        else:
+            protocol.write_frame(OUT_FD, request)
+
+    def _reply(self) -> bytes:
+        frame = self._reader.read()
+        if protocol.is_compact(frame):
+            return frame
+        reply = pb.HostMessage.FromString(frame)
+        if reply.WhichOneof("kind") == "failure":
+            raise StateError(reply.failure.message, reply.failure.reason or t.STATE_ERROR)
+        raise StateError(f"protocol: unexpected {reply.WhichOneof('kind')}")
 
     def _ask(self, m: pb.WorkerMessage, expect: str) -> pb.HostMessage:
-        protocol.write_frame(OUT_FD, m.SerializeToString())
+        self.flush_frames(m.SerializeToString())
         reply = pb.HostMessage.FromString(self._reader.read())
         kind = reply.WhichOneof("kind")
         if kind == "failure":
@@ -72,14 +90,19 @@ class PipeHost:
         return reply
 
     def get(self, namespace: str, key: str) -> bytes | None:
-        m = self._message()
-        m.get.namespace = namespace
-        m.get.key = key
-        r = self._ask(m, "get_reply").get_reply
-        return r.value if r.found else None
+        hit = self._prefetched.get((namespace, key))
+        if hit is not None:
+            self.ops.read(hit[0])
+            return hit[1]
+        self.flush_frames(protocol.encode_get(namespace, key))
+        frame = self._reply()
+        try:
+            return protocol.decode_value(frame)
+        except protocol.ProtocolError as exc:
+            raise StateError(f"protocol: {exc}") from None
 
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
-        m = self._message()
+        m = pb.WorkerMessage()
         m.range.namespace = namespace
         m.range.start = start
         m.range.end = end
@@ -88,7 +111,7 @@ class PipeHost:
         return [(kv.key, kv.value) for kv in r.items]
 
     def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
-        m = self._message()
+        m = pb.WorkerMessage()
         m.history.namespace = namespace
         m.history.key = key
         m.history.limit = limit
@@ -100,10 +123,14 @@ class PipeHost:
         ]
 
     def put(self, key: str, value: bytes) -> None:
-        self.pending.append((key, value, False))
+        if self._prefetched:
+            self._prefetched.pop((self._contract, key), None)
+        self.ops.put(key, value)
 
     def delete(self, key: str) -> None:
-        self.pending.append((key, b"", True))
+        if self._prefetched:
+            self._prefetched.pop((self._contract, key), None)
+        self.ops.delete(key)
 
 
 class _WarmHost:
@@ -143,6 +170,14 @@ def _warm_up(engine: Engine) -> None:
         raise SystemExit(f"worker warm-up failed: {result.reason} {result.message}")
     engine.forget("warmup")
     pb.WorkerMessage(result=pb.InvokeResult(ok=True)).SerializeToString()
+    table = protocol.decode_prefetch(protocol.encode_prefetch([("a", "k", b"v"), ("a", "m", None)]))
+    protocol.decode_value(protocol.encode_value(table[0][2]))
+    ops = protocol.OpsBuilder()
+    ops.put("k", b"v")
+    ops.delete("k")
+    ops.read(1)
+    protocol.decode_ops(ops.take())
+    protocol.decode_get(protocol.encode_get("a", "k"))
     pb.HostMessage.FromString(pb.HostMessage(invoke=pb.InvokeRequest()).SerializeToString())
 
 
@@ -174,8 +209,8 @@ def _set_cpu_budget(seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def _result_message(host: PipeHost, r: t.InvocationResult, recycle: bool) -> bytes:
-    m = host._message()
+def _result_message(r: t.InvocationResult, recycle: bool) -> bytes:
+    m = pb.WorkerMessage()
     res = m.result
     res.ok = r.ok
     res.reason = r.reason
@@ -200,10 +235,11 @@ def serve(checked: Engine, raw: Engine | None) -> None:
         msg = pb.HostMessage.FromString(frame)
         if msg.WhichOneof("kind") != "invoke":
             raise SystemExit("protocol: expected an invoke request")
+        prefetch = protocol.decode_prefetch(reader.read())  # always follows the request
         req = msg.invoke
         if req.HasField("limits"):
             limits = protocol.limits_from_msg(req.limits)
-        host = PipeHost(reader)
+        host = PipeHost(reader, req.contract, prefetch)
         if req.unchecked and raw is None:
             raise SystemExit("protocol: unchecked code refused")
         engine = raw if req.unchecked and raw is not None else checked
@@ -218,7 +254,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
             try:
                 compiled = engine.load(req.code_hash, req.source)
             except ContractRejected as exc:
-                protocol.write_frame(OUT_FD, _result_message(host, rejected_result(exc), False))
+                protocol.write_frame(OUT_FD, _result_message(rejected_result(exc), False))
                 continue
         recycle = False
         try:
@@ -236,7 +272,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
                 host=host,
             )
         except MemoryError:
-            host.pending = []
+            host.ops.clear()
             result = t.InvocationResult(
                 False, t.MEMORY_LIMIT, "worker memory limit reached", b"", (),
                 engine.meter.used()
@@ -244,7 +280,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
             recycle = True
         if result.reason == t.MEMORY_LIMIT:
             recycle = True  # a MemoryError was seen: start afresh
-        protocol.write_frame(OUT_FD, _result_message(host, result, recycle))
+        host.flush_frames(_result_message(result, recycle))
         if recycle:
             return
 
