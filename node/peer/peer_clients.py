@@ -217,7 +217,7 @@ class PendingEndorsement:
         self._signed = signed
         self._peers = owner.peer_streams(org)
         self._index = 0
-        self._last = RxError("SERVICE_UNAVAILABLE", f"no peer of {org} is configured")
+        self._last: RxError | None = None
         self._cid = 0
         self._fut: Future[transaction_pb2.ProposalResponse] | None = None
         self._start()
@@ -260,7 +260,7 @@ class PendingEndorsement:
                     self._last = err
             self._index += 1
             self._start()
-        raise self._last
+        raise self._last or RxError("SERVICE_UNAVAILABLE", f"no peer of {self.org} is configured")
 
 
 class RemoteEndorsers:
@@ -282,6 +282,7 @@ class RemoteEndorsers:
         self._lock = threading.Lock()
         self._stubs: dict[str, services_pb2_grpc.EndorserStub] = {}
         self._streams: dict[str, _PeerStream] = {}
+        self._org_streams: dict[str, list[_PeerStream]] = {}
 
     def orgs(self) -> list[str]:
         """Organisations with at least one remote peer, in configuration order."""
@@ -298,6 +299,9 @@ class RemoteEndorsers:
 
     def peer_streams(self, org: str) -> list[_PeerStream]:
         """The streams to ``org``'s peers, in configuration order (created lazily)."""
+        known = self._org_streams.get(org)
+        if known is not None:
+            return known
         out = []
         for ep in self._by_org.get(org, []):
             stub = self._stub(ep)
@@ -307,6 +311,8 @@ class RemoteEndorsers:
                     stream = self._streams[ep.target] = _PeerStream(ep, stub, self._ids, self._clock,
                                                                      use_stream=self._use_stream)
             out.append(stream)
+        with self._lock:
+            self._org_streams[org] = out
         return out
 
     def streams_opened(self) -> int:
