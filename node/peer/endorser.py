@@ -364,17 +364,19 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         self._streams: set[_ProposalStream] = set()
         self._closed = False
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
         """End every open stream now (call before ``server.stop(grace)``: a gateway's stream
-        would otherwise hold the stop for the whole grace period) and stop the workers.
-        Proposals in flight are not answered; the callers see the stream end and retry."""
+        would otherwise hold the stop for the whole grace period) and stop the workers;
+        ``wait`` also waits for endorsements already running (call that before the ledger
+        closes). Proposals in flight are not answered; the callers see the stream end and
+        retry. Idempotent."""
         with self._lock:
             self._closed = True
             streams = list(self._streams)
         for st in streams:
             st.end()
         if self._own_pool:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def ProcessProposal(
         self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext

@@ -106,7 +106,7 @@ class _PeerStream:
                          name=f"endorse-stream-{self.ep.name}").start()
 
     def _read(self, call: Iterator[services_pb2.ProposalResponseBatch], generation: int) -> None:
-        failure = RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: endorsement stream ended")
+        failure: RxError = StreamBroken("SERVICE_UNAVAILABLE", f"{self.ep.name}: endorsement stream ended")
         try:
             for batch in call:
                 with self._lock:
@@ -130,10 +130,10 @@ class _PeerStream:
                 failure = RxError(STREAM_UNIMPLEMENTED, f"{self.ep.name}: {details}")
             else:
                 # Whatever the cause, the proposals in flight were not answered: retryable.
-                failure = RxError("SERVICE_UNAVAILABLE",
-                                  f"{self.ep.name}: stream failed ({reason_from_rpc_error(exc)}: {details})")
+                failure = StreamBroken(
+                    "SERVICE_UNAVAILABLE", f"{self.ep.name}: stream failed ({reason_from_rpc_error(exc)}: {details})")
         except Exception as exc:  # noqa: BLE001 - never leave futures hanging
-            failure = RxError("SERVICE_UNAVAILABLE", f"{self.ep.name}: stream reader failed: {exc}")
+            failure = StreamBroken("SERVICE_UNAVAILABLE", f"{self.ep.name}: stream reader failed: {exc}")
         self._fail(generation, failure)
 
     def _retire(self, generation: int) -> bool:
@@ -157,7 +157,7 @@ class _PeerStream:
             _log.info("event=endorse_stream_failed peer=%s in_flight=%d reason=%s",
                       self.ep.name, len(pending), err.reason)
         for fut in pending.values():
-            fut.set_exception(err)
+            fut.set_exception(type(err)(err.reason, err.message))  # one exception object per waiter
 
 
 def _batches(
@@ -204,11 +204,19 @@ def _batches(
             return
 
 
+class StreamBroken(RxError):
+    """The stream a proposal was sent on failed before it was answered (retryable)."""
+
+
 class PendingEndorsement:
     """One remote endorsement in flight: :meth:`result` waits for it (in the caller's thread).
 
     The peers of the organisation are asked in turn; the next one only after the current
     one failed or timed out (each with the full per-peer timeout, as the unary calls were).
+    A proposal whose stream broke is sent once more to the same peer on a fresh stream
+    within what is left of that peer's timeout (endorsing is read-only, so a repeat is
+    harmless): a peer that restarted while the stream sat idle is not counted as failed,
+    and a peer that is down fails the new stream at once.
     """
 
     def __init__(self, owner: RemoteEndorsers, org: str, signed: transaction_pb2.SignedProposal) -> None:
@@ -220,11 +228,15 @@ class PendingEndorsement:
         self._last: RxError | None = None
         self._cid = 0
         self._fut: Future[transaction_pb2.ProposalResponse] | None = None
+        self._deadline = 0.0
+        self._resent = False
         self._start()
 
     def _start(self) -> None:
         """Send to the current peer by stream (unary peers are called in :meth:`result`)."""
         self._fut = None
+        self._resent = False
+        self._deadline = self._owner.clock() + self._owner.timeout_s
         while self._index < len(self._peers):
             peer = self._peers[self._index]
             if peer.unary():
@@ -238,7 +250,6 @@ class PendingEndorsement:
 
     def result(self) -> transaction_pb2.ProposalResponse:
         """The first peer's answer that is a ProposalResponse; RxError if none answered."""
-        timeout = self._owner.timeout_s
         while self._index < len(self._peers):
             peer = self._peers[self._index]
             fut = self._fut
@@ -248,11 +259,22 @@ class PendingEndorsement:
                 except RxError as err:
                     self._last = err
             else:
+                left = self._deadline - self._owner.clock()
                 try:
-                    return fut.result(timeout=timeout)
+                    return fut.result(timeout=max(left, 0.0))
                 except FutureTimeout:
                     peer.forget(self._cid)
-                    self._last = RxError("TIMEOUT", f"{peer.ep.name}: no answer within {timeout:g} s")
+                    self._last = RxError(
+                        "TIMEOUT", f"{peer.ep.name}: no answer within {self._owner.timeout_s:g} s")
+                except StreamBroken as err:
+                    self._last = err
+                    if not self._resent and left > 0:
+                        self._resent = True
+                        try:
+                            self._cid, self._fut = peer.send(self._signed)
+                            continue
+                        except RxError as again:
+                            self._last = again
                 except RxError as err:
                     if err.reason == STREAM_UNIMPLEMENTED:
                         self._fut = None  # same peer again, by unary call
@@ -276,7 +298,7 @@ class RemoteEndorsers:
             self._by_org.setdefault(ep.org, []).append(ep)
         self._channels = channels
         self.timeout_s = timeout_s
-        self._clock = clock
+        self.clock = clock
         self._use_stream = use_stream
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -308,7 +330,7 @@ class RemoteEndorsers:
             with self._lock:
                 stream = self._streams.get(ep.target)
                 if stream is None:
-                    stream = self._streams[ep.target] = _PeerStream(ep, stub, self._ids, self._clock,
+                    stream = self._streams[ep.target] = _PeerStream(ep, stub, self._ids, self.clock,
                                                                      use_stream=self._use_stream)
             out.append(stream)
         with self._lock:

@@ -120,7 +120,7 @@ def servers() -> Iterator[list[Server]]:
         for s in made:
             s.stop()
             if isinstance(s.servicer, EndorserService):
-                s.servicer.close()
+                s.servicer.close(wait=True)  # no endorsement may outlive the cluster's ledgers
 
 
 @pytest.fixture
@@ -454,3 +454,28 @@ def test_service_close_ends_streams_so_stop_is_not_held(
     server.stop(30).wait(WAIT_S)  # no stream left to wait for
     servers[0].server = None
     assert time.monotonic() - started < WAIT_S / 2
+
+
+class DropsFirstStream(EndorserService):
+    """Ends its first stream after reading one message, without answering (a restart)."""
+
+    def __init__(self, endorser: Endorser) -> None:
+        super().__init__(endorser, workers=2)
+        self.streams = 0
+
+    def ProcessProposals(self, request_iterator, context):
+        self.streams += 1
+        if self.streams == 1:
+            next(request_iterator)
+            return
+        yield from super().ProcessProposals(request_iterator, context)
+
+
+def test_proposal_on_a_broken_stream_is_sent_once_more_to_the_same_peer(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    service = DropsFirstStream(deployed.peers[1].endorser)
+    servers.append(Server(service))
+    remotes = clients({"p01": servers[0]})
+    resp = remotes.endorse("p01", _signed(deployed, "r"))
+    assert resp.response.status == 200 and resp.endorsement.endorser.org == "p01"
+    assert service.streams == 2 and remotes.streams_opened() == 2
