@@ -14,6 +14,16 @@ moves the stream to the leader's endpoint. The old stream is half-closed, not ca
 the orderer still answers the envelopes it holds, so a move never resubmits anything. An
 orderer whose stream just failed is not moved back to for a cool-down, so failover wins
 over a leader the peer cannot reach.
+
+Stalls: a watchdog drops a stream (its pending envelopes then fail over) when its oldest
+envelope waited longer than ``answer_timeout_s``, or sooner when nothing was answered for
+``stall_s`` and the orderer does not answer Admin.Status within ``probe_timeout_s`` (a
+paused, SIGSTOPped or hung process; a live orderer that is only slow keeps its stream).
+Without this, a paused Raft leader held every caller for the whole answer timeout while
+the other orderers had elected a new leader within a second.
+
+Batching: envelopes go out on AtomicBroadcast.BroadcastBatch, whatever is queued when the
+previous message has been written travelling as one EnvelopeBatch (see :class:`_Stream`).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError
+from node.orderer.envelope_batch import encode_batch
 
 _log = logging.getLogger(__name__)
 
@@ -45,65 +56,156 @@ _END = object()
 
 
 class _Stream:
-    """One open Broadcast stream to one orderer."""
+    """One open broadcast stream to one orderer.
 
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel) -> None:
+    Batched (default): envelopes queued while the previous message was being written go
+    out together as one EnvelopeBatch on AtomicBroadcast.BroadcastBatch (at most
+    ``max_batch`` envelopes / ``max_batch_bytes``; never waiting to fill a batch); each
+    answer message carries the answers of one or more envelopes, in order. An orderer
+    without BroadcastBatch (UNIMPLEMENTED before any answer) gets the same envelopes again
+    on the one-envelope-per-message Broadcast (nothing was processed, so nothing repeats).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        channel: grpc.Channel,
+        clock: Callable[[], float],
+        *,
+        batched: bool = True,
+        max_batch: int = 256,
+        max_batch_bytes: int = 1024 * 1024,
+    ) -> None:
         self.endpoint = endpoint
-        self._requests: queue.Queue[Any] = queue.Queue()
-        self._pending: deque[Future[services_pb2.BroadcastResponse]] = deque()
-        self._sent_at: deque[float] = deque()  # send time of each pending envelope
+        self._channel = channel
+        self._clock = clock
+        self._max_batch = max_batch
+        self._max_bytes = max_batch_bytes
+        self._pending: deque[tuple[Future[services_pb2.BroadcastResponse], bytes, float]] = deque()
         self._lock = threading.Lock()
         self.alive = True
         self.finished = threading.Event()  # set when the reader has seen the stream end
         self.moved = False  # half-closed because new envelopes go to the leader now
-        stub = services_pb2_grpc.AtomicBroadcastStub(channel)
-        self._call: Any = stub.Broadcast(self._iter())
+        self.last_answer_at = clock()
+        self.messages_sent = 0  # stream messages written (batching metric)
+        self._answered = 0
+        self.batched = batched
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._call: Any = self._open_call()
         self._reader = threading.Thread(
             target=self._read, name=f"broadcast-{endpoint.name}", daemon=True
         )
         self._reader.start()
 
-    def _iter(self) -> Iterator[transaction_pb2.Envelope]:
+    def _open_call(self) -> Any:
+        if self.batched:
+            call = self._channel.stream_stream(
+                "/rxchain.v1.AtomicBroadcast/BroadcastBatch",
+                request_serializer=None,
+                response_deserializer=services_pb2.BroadcastBatchResponse.FromString,
+            )
+            return call(self._iter_batches(self._requests))
+        call = self._channel.stream_stream(
+            "/rxchain.v1.AtomicBroadcast/Broadcast",
+            request_serializer=None,
+            response_deserializer=services_pb2.BroadcastResponse.FromString,
+        )
+        return call(self._iter_single(self._requests))
+
+    def _iter_single(self, requests: queue.Queue[Any]) -> Iterator[bytes]:
         while True:
-            item = self._requests.get()
+            item = requests.get()
             if item is _END:
                 return
+            self.messages_sent += 1
             yield item
+
+    def _iter_batches(self, requests: queue.Queue[Any]) -> Iterator[bytes]:
+        carry: Any = None
+        while True:
+            item = carry if carry is not None else requests.get()
+            carry = None
+            if item is _END:
+                return
+            batch = [item]
+            size = len(item)
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = requests.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _END or size + len(nxt) > self._max_bytes:
+                    carry = nxt
+                    break
+                batch.append(nxt)
+                size += len(nxt)
+            self.messages_sent += 1
+            yield encode_batch(batch)
 
     def send(
         self, envelope: transaction_pb2.Envelope, now: float
     ) -> Future[services_pb2.BroadcastResponse]:
         fut: Future[services_pb2.BroadcastResponse] = Future()
+        raw = envelope.SerializeToString()
         with self._lock:
             if not self.alive:
                 fut.set_exception(RxError("SERVICE_UNAVAILABLE", "stream closed"))
                 return fut
-            self._pending.append(fut)
-            self._sent_at.append(now)
-            self._requests.put(envelope)  # under the lock: queue order == pending order
+            self._pending.append((fut, raw, now))
+            self._requests.put(raw)  # under the lock: queue order == pending order
         return fut
 
+    def _on_answer(self, resp: services_pb2.BroadcastResponse) -> None:
+        with self._lock:
+            item = self._pending.popleft() if self._pending else None
+            self._answered += 1
+            self.last_answer_at = self._clock()
+        if item is not None and not item[0].done():
+            item[0].set_result(resp)
+
     def _read(self) -> None:
-        try:
-            for resp in self._call:
-                with self._lock:
-                    fut = self._pending.popleft() if self._pending else None
-                    if self._sent_at:
-                        self._sent_at.popleft()
-                if fut is not None and not fut.done():
-                    fut.set_result(resp)
-            err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name} closed the stream")
-        except grpc.RpcError as exc:
-            err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {exc.code()}")
+        while True:
+            try:
+                for resp in self._call:
+                    if self.batched:
+                        for one in resp.responses:
+                            self._on_answer(one)
+                    else:
+                        self._on_answer(resp)
+                err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name} closed the stream")
+            except grpc.RpcError as exc:
+                if self._fall_back(exc):
+                    continue
+                err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {exc.code()}")
+            break
         self._fail(err)
         self.finished.set()
+
+    def _fall_back(self, exc: grpc.RpcError) -> bool:
+        """Reopen on Broadcast when the orderer has no BroadcastBatch (nothing answered)."""
+        code = exc.code() if hasattr(exc, "code") else None
+        with self._lock:
+            if not self.batched or code != grpc.StatusCode.UNIMPLEMENTED or self._answered:
+                return False
+            if not self.alive and not self.moved:
+                return False  # closing
+            old = self._requests
+            self._requests = queue.Queue()
+            self.batched = False
+            for _, raw, _ in self._pending:
+                self._requests.put(raw)
+            if self.moved:
+                self._requests.put(_END)
+            old.put(_END)
+            self._call = self._open_call()
+        _log.info("event=broadcast_batch_unsupported orderer=%s", self.endpoint.name)
+        return True
 
     def _fail(self, err: RxError) -> None:
         with self._lock:
             self.alive = False
-            pending = list(self._pending)
+            pending = [fut for fut, _, _ in self._pending]
             self._pending.clear()
-            self._sent_at.clear()
         for fut in pending:
             if not fut.done():
                 fut.set_exception(err)
@@ -111,7 +213,7 @@ class _Stream:
     def oldest_pending(self) -> float | None:
         """Send time of the oldest unanswered envelope."""
         with self._lock:
-            return self._sent_at[0] if self._sent_at else None
+            return self._pending[0][2] if self._pending else None
 
     def drain(self) -> None:
         """Half-close: no new envelopes; the orderer answers those it holds, then ends."""
@@ -123,8 +225,9 @@ class _Stream:
     def close(self) -> None:
         with self._lock:
             self.alive = False
-        self._requests.put(_END)
-        self._call.cancel()
+            self._requests.put(_END)
+            call = self._call
+        call.cancel()
         self._fail(RxError("SERVICE_UNAVAILABLE", "client closing"))
 
 
@@ -144,6 +247,11 @@ class BroadcastClient:
         raft_targets: RaftTargets | None = None,
         leader_poll_s: float = 2.0,
         status_timeout_s: float = 1.0,
+        stall_s: float = 1.0,
+        probe_timeout_s: float = 0.5,
+        batched: bool = True,
+        max_batch: int = 256,
+        max_batch_bytes: int = 1024 * 1024,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "no orderers configured")
@@ -164,6 +272,12 @@ class BroadcastClient:
         self._leader_poll_s = leader_poll_s
         self._status_timeout = status_timeout_s
         self._status_channels: dict[str, grpc.Channel] = {}
+        self._stall_s = stall_s
+        self._probe_timeout = probe_timeout_s
+        self._batched = batched
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
+        self.resubmitted = 0  # envelopes sent again after their stream failed (outcome unknown)
         self._watchdog = threading.Thread(target=self._watch, name="broadcast-watchdog",
                                           daemon=True)
         self._watchdog.start()
@@ -175,38 +289,77 @@ class BroadcastClient:
             self._poller.start()
 
     def _watch(self) -> None:
-        """Drop a stream whose oldest envelope has waited longer than the answer timeout
-        (a paused or hung orderer): its pending envelopes fail over to the next orderer."""
-        while not self._closing.wait(min(0.5, self._timeout / 4)):
-            self._watch_draining()
-            with self._lock:
-                stream = self._stream
-            if stream is None:
-                continue
-            oldest = stream.oldest_pending()
-            if oldest is not None and self._clock() - oldest > self._timeout:
-                _log.warning("event=broadcast_stalled orderer=%s", stream.endpoint.name)
-                self._rotate(stream)
+        """Drop a stream that stalls (a paused or hung orderer): its pending envelopes fail
+        over to the next orderer. Stalled: the oldest envelope waited longer than the answer
+        timeout, or nothing was answered for ``stall_s`` while envelopes wait and the
+        orderer does not answer Admin.Status within ``probe_timeout_s`` either."""
+        while not self._closing.wait(min(0.25, self._timeout / 4, max(0.01, self._stall_s / 4))):
+            self.check_streams()
+
+    def check_streams(self) -> None:
+        """One pass of the watchdog (public for tests)."""
+        self._watch_draining()
+        with self._lock:
+            stream = self._stream
+        if stream is not None and self._stalled(stream):
+            _log.warning("event=broadcast_stalled orderer=%s", stream.endpoint.name)
+            self._rotate(stream)
+
+    def _stalled(self, stream: _Stream) -> bool:
+        oldest = stream.oldest_pending()
+        if oldest is None:
+            return False
+        now = self._clock()
+        if now - oldest > self._timeout:
+            return True
+        if now - oldest < self._stall_s or now - stream.last_answer_at < self._stall_s:
+            return False
+        return not self._probe(stream.endpoint)
+
+    def _status_channel(self, ep: Endpoint) -> grpc.Channel:
+        with self._lock:
+            channel = self._status_channels.get(ep.target)
+            if channel is None:
+                channel = self._channels(ep.target)
+                self._status_channels[ep.target] = channel
+            return channel
+
+    def _probe(self, ep: Endpoint) -> bool:
+        """Whether ``ep`` answers Admin.Status in time (a paused process does not)."""
+        try:
+            services_pb2_grpc.AdminStub(self._status_channel(ep)).Status(
+                services_pb2.StatusRequest(), timeout=self._probe_timeout
+            )
+        except grpc.RpcError:
+            return False
+        return True
 
     def _watch_draining(self) -> None:
         """Forget drained streams; close one whose answers stall (its envelopes then retry)."""
         with self._lock:
             draining = list(self._draining)
         for stream in draining:
-            oldest = stream.oldest_pending()
-            stalled = oldest is not None and self._clock() - oldest > self._timeout
+            stalled = not stream.finished.is_set() and self._stalled(stream)
             if stream.finished.is_set() or stalled:
                 with self._lock:
                     if stream in self._draining:
                         self._draining.remove(stream)
                 if stalled:
+                    _log.warning("event=broadcast_stalled orderer=%s draining=1", stream.endpoint.name)
                     stream.close()
+
+    def _count_resubmit(self) -> None:
+        with self._lock:
+            self.resubmitted += 1
 
     def _current(self) -> _Stream:
         with self._lock:
             if self._stream is None or not self._stream.alive:
                 ep = self._orderers[self._index % len(self._orderers)]
-                self._stream = _Stream(ep, self._channels(ep.target))
+                self._stream = _Stream(
+                    ep, self._channels(ep.target), self._clock, batched=self._batched,
+                    max_batch=self._max_batch, max_batch_bytes=self._max_batch_bytes,
+                )
             return self._stream
 
     def _rotate(self, failed: _Stream) -> None:
@@ -247,13 +400,8 @@ class BroadcastClient:
         n = len(self._orderers)
         for i in range(n):
             ep = self._orderers[(start + i) % n]
-            with self._lock:
-                channel = self._status_channels.get(ep.target)
-                if channel is None:
-                    channel = self._channels(ep.target)
-                    self._status_channels[ep.target] = channel
             try:
-                status = services_pb2_grpc.AdminStub(channel).Status(
+                status = services_pb2_grpc.AdminStub(self._status_channel(ep)).Status(
                     services_pb2.StatusRequest(), timeout=self._status_timeout
                 )
             except grpc.RpcError:
@@ -316,6 +464,7 @@ class BroadcastClient:
                 self._rotate(stream)
             except RxError as err:
                 last = err.message
+                self._count_resubmit()
                 if stream.moved and not self._closing.is_set():
                     continue  # raced with a move to the leader: resend there at once
                 self._rotate(stream)
@@ -365,6 +514,7 @@ class BroadcastClient:
         def on_done(fut: Future[services_pb2.BroadcastResponse]) -> None:
             exc = fut.exception()
             if exc is not None:
+                self._count_resubmit()
                 retry(str(exc))
                 return
             resp = fut.result()
