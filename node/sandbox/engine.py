@@ -156,18 +156,23 @@ def invalid_invocation(inv: t.Invocation) -> str | None:
     lim = inv.limits
     if not isinstance(lim, t.SandboxLimits):
         return "limits must be SandboxLimits"
-    for f in dataclasses.fields(lim):
-        v = getattr(lim, f.name)
-        if f.name == "wall_timeout_s":
-            if type(v) not in (int, float) or not 0 < v < 86400:
-                return "limits.wall_timeout_s must be positive"
-        elif type(v) is not int or not 0 <= v < (1 << 32 if f.name in _U32_LIMITS else 1 << 63):
-            return f"limits.{f.name} is out of range"
+    v = lim.wall_timeout_s
+    if type(v) not in (int, float) or not 0 < v < 86400:
+        return "limits.wall_timeout_s must be positive"
+    for name, bound in _LIMIT_BOUNDS:
+        v = getattr(lim, name)
+        if type(v) is not int or not 0 <= v < bound:
+            return f"limits.{name} is out of range"
     return None
 
 
 _U32_LIMITS = frozenset({"max_recursion_depth", "max_int_bits", "max_key_len", "max_events",
                          "max_range_items", "max_history_items", "cpu_seconds"})
+# (field, exclusive upper bound) of every integer limit
+_LIMIT_BOUNDS: tuple[tuple[str, int], ...] = tuple(
+    (f.name, 1 << 32 if f.name in _U32_LIMITS else 1 << 63)
+    for f in dataclasses.fields(t.SandboxLimits) if f.name != "wall_timeout_s"
+)
 
 
 def bad_invocation(message: str) -> t.InvocationResult:

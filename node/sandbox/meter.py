@@ -36,6 +36,8 @@ CALL = 10
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
 _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
+_SIZED_OR_VIEW: frozenset[type] = frozenset(_SIZED + _VIEWS)
+_HASHED = (dict, set, frozenset)
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
 
@@ -268,7 +270,18 @@ class Meter:
     def add(self, a: Any, b: Any) -> Any:
         ta = type(a)
         if ta is int and type(b) is int:
-            return self.check_int(a + b)
+            r = a + b
+            if r.bit_length() > self.max_int_bits:
+                raise self.size_error("integer (bits)", r.bit_length(), self.max_int_bits)
+            return r
+        if ta is str and type(b) is str:
+            n = len(a) + len(b)
+            if n > self.max_str:
+                raise self.size_error("string", n, self.max_str)
+            self.left -= 1 + (n >> 5)
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            return a + b
         if ta in _SEQ and type(b) is ta:
             n = len(a) + len(b)
             self.check_len(n, ta is str)
@@ -374,10 +387,14 @@ class Meter:
         """
         tc = type(container)
         if tc in _SEQ:
-            self.gas(1 + len(container) // 32)
+            self.left -= 1 + len(container) // 32
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             return item in container
-        if tc in (dict, set, frozenset):
-            self.gas(1 + (len(item) // 32 if type(item) is str else 0))
+        if tc in _HASHED:
+            self.left -= 1 + (len(item) // 32 if type(item) is str else 0)
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             return item in container
         if tc is range and type(item) is int:
             self.gas(1)
@@ -564,21 +581,24 @@ class Meter:
     def meth(self, obj: Any, name: str, /, *args: Any, **kw: Any) -> Any:
         """``obj.name(*args, **kw)`` where ``name`` is a builtin method name."""
         tobj = type(obj)
-        if tobj is TypeProxy:
+        if tobj in _SIZED_OR_VIEW:
+            special = _SPECIAL.get(name)
+            if special is not None:
+                return special(self, obj, args, kw)
+            if name in _CONSTANT_TIME:
+                cost = 1
+            elif name in _ALLOCATING:
+                cost = alloc_cost(len(obj), False)
+            else:
+                cost = 1 + len(obj) // 32
+        elif tobj is TypeProxy:
             return self._type_meth(obj, name, args, kw)
-        if tobj not in _SIZED and tobj not in _VIEWS:
-            # context / caller (which meter themselves), ints, ranges, iterators
-            self.gas(1)
-            return getattr(obj, name)(*args, **kw)
-        special = _SPECIAL.get(name)
-        if special is not None:
-            return special(self, obj, args, kw)
-        if name in _CONSTANT_TIME:
-            self.gas(1)
-        elif name in _ALLOCATING:
-            self.gas(alloc_cost(len(obj), False))
         else:
-            self.gas(1 + len(obj) // 32)
+            # context / caller (which meter themselves), ints, ranges, iterators
+            cost = 1
+        self.left -= cost
+        if self.left < 0:
+            raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
         return getattr(obj, name)(*args, **kw)
 
     def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],

@@ -106,33 +106,35 @@ class Predictor:
         self._lock = threading.Lock()
         self._max = max_plans
 
-    def predict(self, code_hash: str, function: str, values: Mapping[str, str]) -> list[
-        tuple[str, str]
+    def predict(self, code_hash: str, function: str, values: Mapping[str, str]) -> dict[
+        tuple[str, str], Template
     ]:
-        """Keys to prefetch (at most MAX_KEYS, distinct, in learned order)."""
+        """Keys to prefetch (at most MAX_KEYS, in learned order), each with its template."""
         with self._lock:
             plan = self._plans.get((code_hash, function))
             templates = list(plan.idle) if plan is not None else []
-        out: list[tuple[str, str]] = []
-        seen: set[tuple[str, str]] = set()
+        out: dict[tuple[str, str], Template] = {}
         for tpl in templates:
             nk = render(tpl, values)
-            if nk is not None and nk not in seen:
-                seen.add(nk)
-                out.append(nk)
+            if nk is not None and nk not in out:
+                out[nk] = tpl
                 if len(out) >= MAX_KEYS:
                     break
         return out
 
     def learn(self, code_hash: str, function: str, values: Mapping[str, str],
-              reads: list[tuple[str, str]]) -> None:
-        """Record the keys one invocation read (in order)."""
+              reads: list[tuple[str, str]],
+              predicted: Mapping[tuple[str, str], Template] | None = None) -> None:
+        """Record the keys one invocation read (in order); ``predicted`` is what
+        :meth:`predict` gave for the same values (saves re-deriving their templates)."""
         used: list[Template] = []
         seen: set[Template] = set()
-        for ns, key in reads:
-            if len(key) > MAX_KEY_LEN:
-                continue
-            tpl = template(ns, key, values)
+        for nk in reads:
+            tpl = predicted.get(nk) if predicted else None
+            if tpl is None:
+                if len(nk[1]) > MAX_KEY_LEN:
+                    continue
+                tpl = template(nk[0], nk[1], values)
             if tpl not in seen:
                 seen.add(tpl)
                 used.append(tpl)

@@ -184,14 +184,17 @@ class _Cursor:
 def encode_prefetch(entries: list[tuple[str, str, bytes | None]]) -> bytes:
     """The 00 'P' frame of (namespace, key, value or None) entries."""
     parts = [PREFETCH, _U32.pack(len(entries))]
+    add = parts.append
+    u16, u32 = _U16.pack, _U32.pack
     for ns, key, value in entries:
-        parts.append(_str(ns))
-        parts.append(_str(key))
+        nb, kb = ns.encode(), key.encode()
+        if len(nb) > MAX_STR or len(kb) > MAX_STR:
+            raise ValueError("string too long for a compact frame")
         if value is None:
-            parts.append(b"\x00")
+            add(u16(len(nb)) + nb + u16(len(kb)) + kb + b"\x00")
         else:
-            parts.append(b"\x01")
-            parts.append(_blob(value))
+            add(u16(len(nb)) + nb + u16(len(kb)) + kb + b"\x01" + u32(len(value)))
+            add(value)
     return b"".join(parts)
 
 
@@ -269,19 +272,43 @@ Op = tuple[int, str, bytes, int]  # (op, key, value, prefetch index)
 def decode_ops(frame: bytes) -> list[Op]:
     """Ops of a 00 'O' frame: (OP_PUT, key, value, 0) | (OP_DELETE, key, b"", 0) |
     (OP_READ, "", b"", index)."""
-    c = _Cursor(frame)
     out: list[Op] = []
-    while not c.done():
-        op = c.u8()
-        if op == OP_PUT:
-            key = c.str()
-            out.append((OP_PUT, key, c.blob(), 0))
-        elif op == OP_DELETE:
-            out.append((OP_DELETE, c.str(), b"", 0))
-        elif op == OP_READ:
-            out.append((OP_READ, "", b"", c.u32()))
-        else:
-            raise ProtocolError(f"unknown state operation {op:#x}")
+    add = out.append
+    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    end = len(frame)
+    pos = 2
+    try:
+        while pos < end:
+            op = frame[pos]
+            if op == OP_READ:
+                if pos + 5 > end:
+                    raise ProtocolError("truncated compact frame")
+                add((OP_READ, "", b"", u32(frame, pos + 1)[0]))
+                pos += 5
+                continue
+            if op not in (OP_PUT, OP_DELETE):
+                raise ProtocolError(f"unknown state operation {op:#x}")
+            if pos + 3 > end:
+                raise ProtocolError("truncated compact frame")
+            n = u16(frame, pos + 1)[0]
+            k0 = pos + 3
+            pos = k0 + n
+            if pos > end:
+                raise ProtocolError("truncated compact frame")
+            key = frame[k0:pos].decode("utf-8")
+            if op == OP_DELETE:
+                add((OP_DELETE, key, b"", 0))
+                continue
+            if pos + 4 > end:
+                raise ProtocolError("truncated compact frame")
+            n = u32(frame, pos)[0]
+            v0 = pos + 4
+            pos = v0 + n
+            if pos > end:
+                raise ProtocolError("truncated compact frame")
+            add((OP_PUT, key, frame[v0:pos], 0))
+    except UnicodeDecodeError:
+        raise ProtocolError("compact frame string is not UTF-8") from None
     return out
 
 

@@ -341,9 +341,11 @@ class Sandbox:
         values: dict[str, str] | None = None
         entries: list[tuple[str, str, bytes | None]] | None = None
         reads: list[tuple[str, str]] | None = None
+        predicted: dict[tuple[str, str], prefetch.Template] = {}
         if callable(peek) and self._prefetching:
             values = prefetch.sources(inv.args_json, inv.caller)
-            entries = self._prefetch(inv, peek, values)
+            predicted = self._predictor.predict(inv.code_hash, inv.function, values)
+            entries = self._prefetch(inv, peek, predicted)
             reads = []
         w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
@@ -360,7 +362,7 @@ class Sandbox:
         else:
             self._idle.put(w)
         if reads is not None and values is not None:
-            self._predictor.learn(inv.code_hash, inv.function, values, reads)
+            self._predictor.learn(inv.code_hash, inv.function, values, reads, predicted)
         return result
 
     def warm(self, code_hash: str, source: str, contract: str = "warm") -> int:
@@ -444,13 +446,14 @@ class Sandbox:
             return _WorkerDied(t.WORKER_CRASHED, "worker was killed")
         return _WorkerDied(t.WORKER_CRASHED, f"worker exited with status {code}")
 
-    def _prefetch(self, inv: t.Invocation, peek: t.PeekFn, values: dict[str, str]) -> list[
+    def _prefetch(self, inv: t.Invocation, peek: t.PeekFn,
+                  predicted: dict[tuple[str, str], prefetch.Template]) -> list[
         tuple[str, str, bytes | None]
     ]:
         """Predicted reads of ``inv`` with their current values (``peek`` never records)."""
         entries: list[tuple[str, str, bytes | None]] = []
         size = 0
-        for ns, key in self._predictor.predict(inv.code_hash, inv.function, values):
+        for ns, key in predicted:
             try:
                 value = peek(ns, key)
             except Exception:  # noqa: BLE001, S112 - a key the backend refuses is not prefetched

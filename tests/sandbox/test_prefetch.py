@@ -154,10 +154,10 @@ def test_templates_follow_arguments_and_caller() -> None:
     assert prefetch.render(tpl, {"caller.org": "h"}) is None
     pred = prefetch.Predictor()
     pred.learn("h", "f", values, [("demo", "rx/RX-1"), ("reg", "drug/D1"), ("demo", "rx/RX-1")])
-    assert pred.predict("h", "f", {"arg.rx": "RX-9"}) == [("demo", "rx/RX-9"), ("reg", "drug/D1")]
+    assert list(pred.predict("h", "f", {"arg.rx": "RX-9"})) == [("demo", "rx/RX-9"), ("reg", "drug/D1")]
     for _ in range(prefetch.MAX_IDLE):  # templates not read for MAX_IDLE calls are dropped
         pred.learn("h", "f", values, [("demo", "other")])
-    assert pred.predict("h", "f", {"arg.rx": "RX-9"}) == [("demo", "other")]
+    assert list(pred.predict("h", "f", {"arg.rx": "RX-9"})) == [("demo", "other")]
 
 
 def test_prefetched_reads_reach_the_backend_exactly_as_without_prefetch(
