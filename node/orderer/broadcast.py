@@ -370,9 +370,11 @@ class _Held:
 
 
 def _ready(item: _Held | BatchDecodeError) -> bool:
-    """Whether the answer to ``item`` is known without waiting (NOT_LEADER re-dispatches)."""
+    """Whether the answer to ``item`` is known without waiting (NOT_LEADER re-dispatches).
+    A malformed message never is: it must not be merged into the answers before it (it
+    ends the stream once those are sent)."""
     if isinstance(item, BatchDecodeError):
-        return True
+        return False
     outcome = item.ticket.peek()
     return outcome is not None and outcome.reason != NOT_LEADER
 

@@ -1,0 +1,383 @@
+"""Unit tests: EnvelopeBatch codec, BroadcastBatch semantics, Cluster.ForwardBatch and the
+leader forwarder's behaviour when the Raft leader moves (clock injected)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from node.crypto.signing import Signer, Verifier, generate_key
+from node.errors import RxError
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.orderer.broadcast import BroadcastHandler, BroadcastOptions, EnvelopeValidator, decode_batch
+from node.orderer.envelope_batch import BatchDecodeError, encode_batch, split_batch
+from node.orderer.forward import FORWARD_BATCH_METHOD, ForwardBatchService, LeaderForwarder
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.ticket import Outcome, Ticket
+from tests.harness.ports import free_ports
+from tests.orderer.cluster import Client, make_network
+
+# ---------------------------------------------------------------- codec
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_batch_codec_matches_protobuf_and_keeps_bytes(payloads: list[bytes]) -> None:
+    raws = [transaction_pb2.Envelope(payload=p, signature=p[:7]).SerializeToString() for p in payloads]
+    ours = encode_batch(raws)
+    assert ours == services_pb2.EnvelopeBatch(
+        envelopes=[transaction_pb2.Envelope.FromString(r) for r in raws]).SerializeToString()
+    assert split_batch(ours) == raws
+
+
+def test_batch_codec_refuses_malformed() -> None:
+    good = encode_batch([b"\x0a\x01x", b""])
+    assert split_batch(good) == [b"\x0a\x01x", b""]
+    for bad in (b"\x12\x00", b"\x0a", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\xff\xff\x01"):
+        with pytest.raises(BatchDecodeError):
+            split_batch(bad)
+    assert isinstance(decode_batch(b"\x0a\x09"), BatchDecodeError)
+
+
+# ---------------------------------------------------------------- BroadcastBatch
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_network(tmp_path_factory.mktemp("batch") / "net")
+
+
+def _validator(net: Any) -> EnvelopeValidator:
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    return EnvelopeValidator(lambda: msp, consortium.consortium_id, 65536,
+                             lambda: int(time.time() * 1000))
+
+
+class BatchOrderer:
+    """Leads (raft id 1); records each submit_many call; tickets resolve when released."""
+
+    def __init__(self, leader: int = 1) -> None:
+        self.leader = leader
+        self.calls: list[list[bytes]] = []
+        self.tickets: list[Ticket] = []
+        self.hold = False
+
+    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
+        return self.submit_many([(envelope, is_config)])[0]
+
+    def submit_many(self, items: Any) -> list[Ticket]:
+        self.calls.append([env for env, _ in items])
+        out = []
+        for _ in items:
+            t = Ticket()
+            if not self.hold:
+                t.resolve(Outcome(block_number=len(self.calls)))
+            self.tickets.append(t)
+            out.append(t)
+        return out
+
+    def release(self) -> None:
+        for t in self.tickets:
+            t.resolve(Outcome(block_number=7))
+
+    def leader_id(self) -> int:
+        return self.leader
+
+    def own_id(self) -> int:
+        return 1
+
+
+class NoForward:
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        raise AssertionError("must not forward")
+
+
+def _bad_signature(client: Client, raw: bytes) -> bytes:
+    env = transaction_pb2.Envelope.FromString(raw)
+    other = Signer(generate_key(), client.signer.identity)
+    return transaction_pb2.Envelope(payload=env.payload, signature=other.sign(env.payload)).SerializeToString()
+
+
+def test_batch_answers_in_order_refuses_bad_envelopes_and_orders_the_rest_in_one_hand_off(net: Any) -> None:
+    client = Client(net)
+    orderer = BatchOrderer()
+    metrics = OrdererMetrics("t")
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), metrics)
+    good = [client.envelope() for _ in range(4)]
+    bad_sig = _bad_signature(client, good[0][1])
+    too_big = client.envelope(size=70000)[1]
+    first = [good[0][1], bad_sig, good[1][1], b"junk"]
+    second = [too_big, good[2][1], good[3][1]]
+    answers = [r for msg in h.batch_stream(iter([first, second])) for r in msg.responses]
+    assert [a.reason for a in answers] == ["", "BAD_SIGNATURE", "", "BAD_PAYLOAD", "TOO_LARGE", "", ""]
+    assert [a.tx_id for a in answers if a.accepted] == [good[i][0] for i in range(4)]
+    assert answers[1].tx_id == good[0][0]  # the refused copy still names its tx id
+    # One hand-off to the chain per message, only the valid envelopes.
+    assert orderer.calls == [[good[0][1], good[1][1]], [good[2][1], good[3][1]]]
+    assert metrics.rejected.labels(reason="BAD_SIGNATURE")._value.get() == 1
+
+
+def test_batch_over_the_limits_is_refused_whole(net: Any) -> None:
+    client = Client(net)
+    orderer = BatchOrderer()
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), OrdererMetrics("t"),
+                         BroadcastOptions(max_batch_envelopes=3, max_batch_bytes=4000))
+    envs = [client.envelope()[1] for _ in range(4)]
+    big = [client.envelope(size=1500)[1] for _ in range(3)]
+    msgs = list(h.batch_stream(iter([envs, big, envs[:2]])))
+    answers = [r for m in msgs for r in m.responses]
+    assert [a.reason for a in answers] == ["TOO_LARGE"] * 7 + ["", ""]
+    assert "batch of 4 envelopes" in answers[0].message
+    assert orderer.calls == [envs[:2]]
+
+
+def test_answers_of_ready_messages_are_coalesced(net: Any) -> None:
+    client = Client(net)
+    orderer = BatchOrderer()
+    orderer.hold = True
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), OrdererMetrics("t"))
+    envs = [client.envelope()[1] for _ in range(10)]
+    requests = [[e] for e in envs]
+    sent = threading.Event()
+
+    def feed() -> Iterator[list[bytes]]:
+        yield from requests
+        sent.set()
+
+    out: list[services_pb2.BroadcastBatchResponse] = []
+    stream = h.batch_stream(feed())
+    reader = threading.Thread(target=lambda: out.extend(stream), daemon=True)
+    reader.start()
+    assert sent.wait(5)
+    deadline = time.monotonic() + 5
+    while len(orderer.tickets) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    orderer.release()  # all ten answers become ready together
+    reader.join(5)
+    assert sum(len(m.responses) for m in out) == 10
+    assert all(r.accepted for m in out for r in m.responses)
+    assert len(out) < 10  # several answers per message
+
+
+def test_malformed_batch_message_ends_the_stream_after_earlier_answers(net: Any) -> None:
+    client = Client(net)
+    h = BroadcastHandler(_validator(net), BatchOrderer(), NoForward(), OrdererMetrics("t"))
+    stream = h.batch_stream(iter([[client.envelope()[1]], decode_batch(b"\x12\x00")]))
+    first = next(stream)
+    assert [r.accepted for r in first.responses] == [True]
+    with pytest.raises(RxError) as err:
+        next(stream)
+    assert err.value.reason == "BAD_PAYLOAD"
+
+
+def test_follower_forwards_a_batch_in_one_hand_off(net: Any) -> None:
+    client = Client(net)
+
+    class Fwd:
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+            raise AssertionError("one envelope at a time")
+
+        def submit_many(self, leader_id: int, items: list[tuple[bytes, str]]) -> list[Ticket]:
+            assert leader_id == 2
+            self.calls.append([tx for _, tx in items])
+            return [Ticket.done(Outcome(block_number=3), tx) for _, tx in items]
+
+    fwd = Fwd()
+    h = BroadcastHandler(_validator(net), BatchOrderer(leader=2), fwd, OrdererMetrics("t"))
+    envs = [client.envelope() for _ in range(3)]
+    answers = [r for m in h.batch_stream(iter([[e for _, e in envs]])) for r in m.responses]
+    assert [a.tx_id for a in answers] == [tx for tx, _ in envs]
+    assert all(a.accepted for a in answers)
+    assert fwd.calls == [[tx for tx, _ in envs]]
+
+
+# ---------------------------------------------------------------- leader forwarder
+
+
+class FakeLeader:
+    """A Cluster.ForwardBatch server; ``paused`` holds every answer (the handshake too when
+    ``paused_before_open``)."""
+
+    def __init__(self, paused_before_open: bool = False) -> None:
+        self.gate = threading.Event()
+        self.open_gate = threading.Event()
+        if not paused_before_open:
+            self.open_gate.set()
+        self.received: list[bytes] = []
+        self.messages = 0
+
+    def handle(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for raw in requests:
+            envs = split_batch(raw)
+            self.open_gate.wait(20)
+            if not envs:
+                yield services_pb2.BroadcastBatchResponse().SerializeToString()
+                continue
+            self.messages += 1
+            self.received.extend(envs)
+            self.gate.wait(20)
+            yield services_pb2.BroadcastBatchResponse(
+                responses=[services_pb2.BroadcastResponse(accepted=True) for _ in envs]
+            ).SerializeToString()
+
+
+@pytest.fixture
+def leader_server() -> Iterator[tuple[FakeLeader, FakeLeader, dict[int, str]]]:
+    servers = []
+    leaders = (FakeLeader(), FakeLeader())
+    targets = {}
+    try:
+        for rid, (fake, port) in enumerate(zip(leaders, free_ports(2), strict=True), start=2):
+            server = grpc.server(ThreadPoolExecutor(8))
+            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+                "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+                    fake.handle, request_deserializer=None, response_serializer=None)})])
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            server.start()
+            servers.append(server)
+            targets[rid] = f"127.0.0.1:{port}"
+        yield leaders[0], leaders[1], targets
+    finally:
+        for fake in leaders:
+            fake.gate.set()
+            fake.open_gate.set()
+        for s in servers:
+            s.stop(0)
+
+
+class Members:
+    def __init__(self, targets: dict[int, str]) -> None:
+        self._targets = targets
+
+    def targets(self) -> dict[int, str]:
+        return dict(self._targets)
+
+    def raft_id_of(self, identity: object) -> int | None:
+        return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _wait(cond: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return bool(cond())
+
+
+def test_forwarder_batches_queued_envelopes_and_matches_answers(leader_server: Any) -> None:
+    leader, _, targets = leader_server
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members(targets), grpc.insecure_channel, lambda: current[0],
+                          clock=clock, watch_s=3600)
+    try:
+        tickets = fwd.submit_many(2, [(f"e{i}".encode(), f"t{i}") for i in range(40)])
+        tickets += [fwd.submit(2, b"last", "t40")]
+        leader.gate.set()
+        assert all(t.wait(5) == Outcome() for t in tickets)
+        assert leader.received == [f"e{i}".encode() for i in range(40)] + [b"last"]
+        assert leader.messages < 41
+        assert [t.tx_id for t in tickets] == [f"t{i}" for i in range(41)]
+    finally:
+        fwd.close()
+
+
+def test_leader_move_hands_back_unsent_envelopes_at_once(leader_server: Any) -> None:
+    leader, _, targets = leader_server
+    leader.open_gate.clear()  # paused before answering the handshake: nothing is sent
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members(targets), grpc.insecure_channel, lambda: current[0],
+                          clock=clock, watch_s=3600)
+    try:
+        tickets = fwd.submit_many(2, [(b"a", "ta"), (b"b", "tb")])
+        fwd.check_leader()
+        assert all(t.peek() is None for t in tickets)  # leader unchanged: they wait
+        current[0] = 3
+        fwd.check_leader()
+        outcomes = [t.peek() for t in tickets]
+        assert [o.reason if o else None for o in outcomes] == ["NOT_LEADER", "NOT_LEADER"]
+        assert leader.received == []
+    finally:
+        fwd.close()
+
+
+def test_sent_envelopes_to_a_silent_old_leader_are_answered_after_the_grace(leader_server: Any) -> None:
+    leader, _, targets = leader_server
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members(targets), grpc.insecure_channel, lambda: current[0],
+                          clock=clock, watch_s=3600, moved_grace_s=1.0)
+    try:
+        tickets = fwd.submit_many(2, [(b"a", "ta"), (b"b", "tb")])
+        assert _wait(lambda: len(leader.received) == 2)  # sent; the leader now pauses
+        current[0] = 3
+        fwd.check_leader()
+        clock.now += 0.5
+        fwd.check_leader()
+        assert all(t.peek() is None for t in tickets)  # within the grace: still waiting
+        clock.now += 0.6
+        fwd.check_leader()
+        outcomes = [t.wait(5) for t in tickets]
+        assert all(o is not None and o.reason == "SERVICE_UNAVAILABLE" for o in outcomes)
+        assert all("outcome unknown" in o.message for o in outcomes if o)
+    finally:
+        fwd.close()
+
+
+def test_old_leader_answering_within_the_grace_keeps_its_answers(leader_server: Any) -> None:
+    leader, _, targets = leader_server
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members(targets), grpc.insecure_channel, lambda: current[0],
+                          clock=clock, watch_s=3600, moved_grace_s=1.0)
+    try:
+        tickets = fwd.submit_many(2, [(b"a", "ta")])
+        assert _wait(lambda: len(leader.received) == 1)
+        current[0] = 3
+        fwd.check_leader()
+        leader.gate.set()  # a graceful hand-over: the old leader still answers
+        assert tickets[0].wait(5) == Outcome()
+        clock.now += 5
+        fwd.check_leader()
+        assert tickets[0].peek() == Outcome()
+    finally:
+        fwd.close()
+
+
+def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:
+    svc = ForwardBatchService(Members({}), None, OrdererMetrics("t"))  # type: ignore[arg-type]
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([svc.handler()])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.stream_stream(FORWARD_BATCH_METHOD, request_serializer=None,
+                                    response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as err:
+                list(call(iter([encode_batch([b"x"])]), timeout=5))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "NOT_AN_ORDERER" in (err.value.details() or "")
+    finally:
+        server.stop(0)
