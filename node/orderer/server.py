@@ -3,7 +3,9 @@ services, and returns an :class:`OrdererServer` whose ``stop()`` shuts down grac
 
 Optional tuning in the node YAML's ``extra`` mapping (all integers):
 ``snapshot_interval_blocks``, ``tick_ms``, ``election_tick``, ``commit_timeout_ms``,
-``grpc_workers``.
+``grpc_workers``; and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
+prompt re-dispatch when the leader moves) or ``legacy`` (OrdererCluster.ForwardBatch of
+``transport.Forwarder``, kept for comparison in benchmarks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rxchain.v1 import config_pb2, services_pb2
 from node.config import NodeConfig
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import channel_credentials, channel_options, server_credentials
+from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
@@ -38,7 +41,7 @@ from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.transport import ClusterService, Membership, RaftTransport
+from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.raft.durable import DurableStorage
 from node.raft.types import StateRole
 
@@ -61,7 +64,7 @@ class OrdererServer:
     storage: DurableStorage
     blocks: BlockStore
     transport: RaftTransport
-    forwarder: LeaderForwarder
+    forwarder: LeaderForwarder | Forwarder
     broadcast: BroadcastHandler
     deliver: DeliverService
     metrics: OrdererMetrics
@@ -165,6 +168,9 @@ def _config_in_force(
 def serve(config: NodeConfig) -> OrdererServer:
     """Start an orderer for ``config`` and return it running."""
     extra = config.extra
+    forward_rpc = str(extra.get("forward_rpc", "batch"))
+    if forward_rpc not in ("batch", "legacy"):
+        raise RxError("BAD_CONFIG", f"extra.forward_rpc must be 'batch' or 'legacy', not {forward_rpc!r}")
     genesis = read_genesis(config.genesis_path)
     consortium = config_from_genesis(genesis)
     verifier = Verifier()
@@ -227,7 +233,10 @@ def serve(config: NodeConfig) -> OrdererServer:
         consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
         config_check=tracker.check_broadcast,
     )
-    forwarder = LeaderForwarder(membership, channel, chain.leader_id)
+    forwarder: LeaderForwarder | Forwarder = (
+        LeaderForwarder(membership, channel, chain.leader_id) if forward_rpc == "batch"
+        else Forwarder(membership, channel)
+    )
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         BroadcastOptions(commit_timeout_s=commit_timeout_s),

@@ -75,8 +75,10 @@ class _Stream:
         batched: bool = True,
         max_batch: int = 256,
         max_batch_bytes: int = 1024 * 1024,
+        on_message: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._on_message = on_message
         self._channel = channel
         self._clock = clock
         self._max_batch = max_batch
@@ -117,7 +119,7 @@ class _Stream:
             item = requests.get()
             if item is _END:
                 return
-            self.messages_sent += 1
+            self._sent_one()
             yield item
 
     def _iter_batches(self, requests: queue.Queue[Any]) -> Iterator[bytes]:
@@ -139,8 +141,13 @@ class _Stream:
                     break
                 batch.append(nxt)
                 size += len(nxt)
-            self.messages_sent += 1
+            self._sent_one()
             yield encode_batch(batch)
+
+    def _sent_one(self) -> None:
+        self.messages_sent += 1
+        if self._on_message is not None:
+            self._on_message()
 
     def send(
         self, envelope: transaction_pb2.Envelope, now: float
@@ -277,7 +284,8 @@ class BroadcastClient:
         self._batched = batched
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
-        self.resubmitted = 0  # envelopes sent again after their stream failed (outcome unknown)
+        self.resubmitted = 0  # at most this many envelopes were sent again after a stream failure
+        self.messages_sent = 0  # stream messages written over all streams (batching metric)
         self._watchdog = threading.Thread(target=self._watch, name="broadcast-watchdog",
                                           daemon=True)
         self._watchdog.start()
@@ -348,6 +356,10 @@ class BroadcastClient:
                     _log.warning("event=broadcast_stalled orderer=%s draining=1", stream.endpoint.name)
                     stream.close()
 
+    def _count_message(self) -> None:
+        with self._lock:
+            self.messages_sent += 1
+
     def _count_resubmit(self) -> None:
         with self._lock:
             self.resubmitted += 1
@@ -359,6 +371,7 @@ class BroadcastClient:
                 self._stream = _Stream(
                     ep, self._channels(ep.target), self._clock, batched=self._batched,
                     max_batch=self._max_batch, max_batch_bytes=self._max_batch_bytes,
+                    on_message=self._count_message,
                 )
             return self._stream
 
