@@ -380,3 +380,36 @@ def test_timeouts_coalesce_within_the_message_bounds(deployed: Cluster) -> None:
     assert sum(sizes) == 8 and max(sizes) <= 2 and len(sizes) == 4
     deps.notifier.close()
     deps2.notifier.close()
+
+
+def test_failed_or_abandoned_submits_stop_watching_for_their_commit(deployed: Cluster) -> None:
+    class Broken:
+        def submit_async(self, env: transaction_pb2.Envelope, callback: Any) -> None:
+            raise ConnectionError("orderer client broke")
+
+    deps = _deps(deployed, Broken())
+    env = _envelope(deployed, "w1")
+    with ThreadPoolExecutor(2) as work, ThreadPoolExecutor(2) as remote:
+        msgs = list(transact_mod.transact_batch(deps, iter([BReq(requests=[TReq(correlation_id=3, submit=env)])]),
+                                                lambda: True, work, remote))
+    assert [(r.correlation_id, r.error.reason) for m in msgs for r in m.responses] == [(3, "INTERNAL")]
+    assert deps.notifier._watchers == {}
+    # The client goes away while a submit waits for its block: nothing stays registered.
+    deps2 = _deps(deployed, _Silent())
+    active = [True]
+    gate = threading.Event()
+
+    def feed() -> Iterator[BReq]:
+        yield BReq(requests=[TReq(correlation_id=4, submit=env)])
+        gate.wait(10)
+
+    with ThreadPoolExecutor(2) as work, ThreadPoolExecutor(2) as remote:
+        gen = transact_mod.transact_batch(deps2, feed(), lambda: active[0], work, remote)
+        ender = threading.Timer(0.5, lambda: active.__setitem__(0, False))
+        ender.start()
+        assert list(gen) == []  # no answer came; the response side ended with the call
+        ender.join()
+        gate.set()
+    assert deps2.notifier._watchers == {}
+    deps.notifier.close()
+    deps2.notifier.close()

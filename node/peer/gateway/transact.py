@@ -111,6 +111,8 @@ class _Stream:
                 self.out.put(None)
 
     def error(self, req: _Request, err: RxError) -> None:
+        if req.cancel is not None:
+            req.cancel()  # a failed submit no longer waits for its commit (idempotent)
         self.answer(req, Answer(
             correlation_id=req.cid, error=identity_pb2.ErrorDetail(reason=err.reason, message=err.message)))
 
@@ -130,8 +132,6 @@ class _Stream:
                     break
                 late.append(req)
         for req in late:
-            if req.cancel is not None:
-                req.cancel()
             self.error(req, RxError("TIMEOUT", "not committed within the commit timeout"))
 
     def close(self) -> None:
