@@ -11,14 +11,17 @@ handlers) each endorse their share of pre-built proposals, one after the other:
 * ``unary`` -- as the gateway did before: submit to a remote pool (``ThreadPoolExecutor``),
   which makes one unary ``ProcessProposal`` call; the caller waits on the pool's future;
 * ``stream`` -- ``RemoteEndorsers.begin(...).result()``: queued on the peer's stream, sent
-  coalesced, answered by correlation id; the caller waits on the future directly.
+  coalesced, answered by correlation id; the caller waits on the future directly;
+* ``unary_direct`` -- for reference: the caller itself makes the unary call (no pool).
 
 The proposals are ``_lifecycle.approvals`` queries (every member may call them; answered
 200 and signed), so the peer really checks, simulates and signs each one, without the
 sandbox. Rounds of the two modes alternate in the same run; CPU is /proc utime+stime of
 this process (the "gateway" side) and of the peer's process group (the remote side),
 with the peer's idle CPU over the same wall time subtracted. Reported per endorsement,
-and the ratio stream / unary.
+and the ratio stream / unary. ``endorse_only_cpu_ms`` is the endorsement itself (checks,
+simulation, signature) run in this process on a copy of the ledger; ``transport_cpu_ms``
+is the rest: gRPC, thread hand-offs and batching on both sides.
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ from rxchain.v1 import services_pb2_grpc, transaction_pb2
 
 from bench.common import write_result
 from bench.procstat import group_cpu, process_cpu_s
-from bench.txbuild import SMALL_CONSORTIUM, user_signer
+from bench.txbuild import SMALL_CONSORTIUM, node_signer, user_signer
 from node.config import Endpoint, load_node_config
 from node.crypto.canonical import canonical_json, compute_tx_id
-from node.crypto.signing import Signer
+from node.crypto.signing import Signer, Verifier
 from node.crypto.tls import channel_credentials, channel_options
+from node.genesis import read_genesis
+from node.ledger.ledger import Ledger
+from node.peer.config_view import ConfigView
+from node.peer.endorser import Endorser
+from node.peer.lifecycle import Lifecycle
 from node.peer.peer_clients import RemoteEndorsers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +99,28 @@ class RemotePeer:
         self.log.close()
 
 
+class _NoSandbox:
+    def invoke(self, invocation: Any, backend: Any) -> Any:
+        raise AssertionError("the benchmark's proposals are _lifecycle queries")
+
+
+def endorse_only_cpu_ms(home: Path, proposals: list[transaction_pb2.SignedProposal]) -> float:
+    """CPU of the endorsement itself (checks, simulation, signature) in this process."""
+    ledger = Ledger(home / "inproc-ledger", fsync=False)
+    try:
+        ledger.commit_genesis(read_genesis(home / "genesis.block"))
+        endorser = Endorser(ledger, ConfigView(ledger.state, Verifier()), node_signer(home, "peer.p01", "p01"),
+                            _NoSandbox(), Lifecycle(), lambda: int(time.time() * 1000))
+        for signed in proposals[:50]:
+            endorser.endorse(signed)  # warm caches
+        t0 = time.thread_time()
+        for signed in proposals:
+            endorser.endorse(signed)
+        return 1000 * (time.thread_time() - t0) / len(proposals)
+    finally:
+        ledger.close()
+
+
 def _wait_ready(channel: grpc.Channel, probe: transaction_pb2.SignedProposal, timeout_s: float = 60.0) -> None:
     stub = services_pb2_grpc.EndorserStub(channel)
     deadline = time.monotonic() + timeout_s
@@ -113,6 +143,8 @@ def _round(mode: str, remotes: RemoteEndorsers, pool: ThreadPoolExecutor,
         for signed in share:
             if mode == "unary":
                 resp = pool.submit(remotes.endorse, "p01", signed).result()
+            elif mode == "unary_direct":
+                resp = remotes.endorse("p01", signed)
             else:
                 resp = remotes.begin("p01", signed).result()
             if resp.response.status != 200 or not resp.HasField("endorsement"):
@@ -168,11 +200,14 @@ def run(n: int, rounds: int, callers_list: list[int]) -> dict[str, Any]:
             time.sleep(2.0)
             idle_per_s = (peer.cpu_s() - i0) / (time.monotonic() - w0)
             out["peer_idle_cpu_per_s"] = round(idle_per_s, 5)
+            base = endorse_only_cpu_ms(home, [_proposal(signer, consortium_id, rng, now) for _ in range(1000)])
+            out["endorse_only_cpu_ms"] = round(base, 4)
             for callers in callers_list:
+                modes = (("unary", unary), ("stream", stream), ("unary_direct", unary))
                 totals: dict[str, dict[str, float]] = {
-                    m: {"gateway_cpu_s": 0.0, "peer_cpu_s": 0.0, "wall_s": 0.0} for m in ("unary", "stream")}
+                    m: {"gateway_cpu_s": 0.0, "peer_cpu_s": 0.0, "wall_s": 0.0} for m, _ in modes}
                 for _ in range(rounds):
-                    for mode, remotes in (("unary", unary), ("stream", stream)):
+                    for mode, remotes in modes:
                         now = int(time.time() * 1000)
                         props = [_proposal(signer, consortium_id, rng, now) for _ in range(n)]
                         r = _round(mode, remotes, pool, props, callers, peer)
@@ -188,6 +223,9 @@ def run(n: int, rounds: int, callers_list: list[int]) -> dict[str, Any]:
                         "total_cpu_ms_per_endorsement": round(1000 * (t["gateway_cpu_s"] + peer_cpu) / count, 4),
                         "endorsements_per_s": round(count / t["wall_s"], 1),
                     }
+                for mode in totals:
+                    level[mode]["transport_cpu_ms_per_endorsement"] = round(
+                        level[mode]["total_cpu_ms_per_endorsement"] - base, 4)
                 level["ratio_total_cpu_stream_over_unary"] = round(
                     level["stream"]["total_cpu_ms_per_endorsement"] / level["unary"]["total_cpu_ms_per_endorsement"], 3)
                 level["ratio_gateway_cpu_stream_over_unary"] = round(

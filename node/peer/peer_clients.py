@@ -38,7 +38,7 @@ Clock = Callable[[], float]
 _log = logging.getLogger(__name__)
 
 MAX_SEND_ITEMS = 64  # proposals per request message (the server accepts up to 256)
-MAX_SEND_BYTES = 2 << 20  # and bytes per request message (below every max_message_bytes)
+MAX_SEND_BYTES = 1 << 20  # and bytes per request message (a single proposal may exceed it)
 IDLE_CLOSE_S = 1.0  # a stream with nothing in flight for this long is half-closed (reopened on use)
 UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED, use unary calls this long before trying again
 STREAM_UNIMPLEMENTED = "STREAM_UNIMPLEMENTED"  # internal: re-send this proposal by unary call

@@ -22,7 +22,7 @@ from node.errors import RxError, abort_with
 from node.peer import peer_clients
 from node.peer.endorser import MAX_BATCH_ITEMS, Endorser, EndorserService, _ProposalStream
 from node.peer.gateway.endorse import endorse
-from node.peer.peer_clients import MAX_SEND_ITEMS, RemoteEndorsers, _batches
+from node.peer.peer_clients import MAX_SEND_BYTES, MAX_SEND_ITEMS, RemoteEndorsers, _batches
 from tests.peer.conftest import Cluster
 from tests.peer.test_gateway import deps_for
 
@@ -256,7 +256,7 @@ def test_sender_sends_whatever_is_queued_as_one_message() -> None:
     assert [i.correlation_id for i in next(gen).items] == [MAX_SEND_ITEMS, MAX_SEND_ITEMS + 1, MAX_SEND_ITEMS + 2]
     q.put(services_pb2.CorrelatedProposal(correlation_id=500))  # alone: sent alone, no waiting
     assert [i.correlation_id for i in next(gen).items] == [500]
-    big = transaction_pb2.SignedProposal(proposal_bytes=b"x" * (1536 << 10))
+    big = transaction_pb2.SignedProposal(proposal_bytes=b"x" * (MAX_SEND_BYTES * 3 // 4))
     q.put(services_pb2.CorrelatedProposal(correlation_id=1, proposal=big))
     q.put(services_pb2.CorrelatedProposal(correlation_id=2, proposal=big))  # over MAX_SEND_BYTES together
     q.put(None)
