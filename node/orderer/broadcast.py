@@ -110,6 +110,8 @@ class EnvelopeValidator:
             if err.reason == "BAD_SIGNATURE":
                 return tx_id, Outcome(BAD_SIGNATURE, err.message)
             return tx_id, Outcome(UNKNOWN_CREATOR, f"{err.reason}: {err.message}")
+        except Exception as exc:  # noqa: BLE001 -- e.g. cryptography's InvalidVersion on a mangled cert
+            return tx_id, Outcome(UNKNOWN_CREATOR, f"BAD_CERT: creator certificate does not parse: {exc}")
         if header.type == transaction_pb2.CONFIG:
             if self._config_check is None:
                 return tx_id, Outcome(BAD_CONFIG_UPDATE, "config updates are not accepted here")
@@ -271,7 +273,8 @@ class BroadcastHandler:
             )
 
         return ordered_answers(
-            requests, dispatch, answer, max_in_flight=self._opt.max_in_flight_per_stream
+            requests, dispatch, answer, max_in_flight=self._opt.max_in_flight_per_stream,
+            on_error=_log_stream_error,
         )
 
     def _count(self, outcome: Outcome, tx_id: str) -> None:
@@ -357,6 +360,7 @@ class BroadcastHandler:
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
             max_in_flight=max(1, self._opt.max_in_flight_per_stream // 64),
             max_per_message=self._opt.max_answers_per_message,
+            on_error=_log_stream_error,
         )
 
 
@@ -367,6 +371,14 @@ class _Held:
     checked: Checked | None
     ticket: Ticket
     deadline: float
+
+
+def _log_stream_error(exc: BaseException) -> None:
+    """A request stream ended by an error (a cancelled call, or a bug worth seeing)."""
+    if isinstance(exc, grpc.RpcError):
+        _log.debug("broadcast stream ended: %s", exc)
+    else:
+        _log.error("broadcast stream reader failed", exc_info=exc)
 
 
 def _ready(item: _Held | BatchDecodeError) -> bool:

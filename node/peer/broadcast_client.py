@@ -286,6 +286,7 @@ class BroadcastClient:
         self._max_batch_bytes = max_batch_bytes
         self.resubmitted = 0  # at most this many envelopes were sent again after a stream failure
         self.messages_sent = 0  # stream messages written over all streams (batching metric)
+        self._count_lock = threading.Lock()  # counters only (taken on gRPC's writer threads)
         self._watchdog = threading.Thread(target=self._watch, name="broadcast-watchdog",
                                           daemon=True)
         self._watchdog.start()
@@ -357,11 +358,11 @@ class BroadcastClient:
                     stream.close()
 
     def _count_message(self) -> None:
-        with self._lock:
+        with self._count_lock:
             self.messages_sent += 1
 
     def _count_resubmit(self) -> None:
-        with self._lock:
+        with self._count_lock:
             self.resubmitted += 1
 
     def _current(self) -> _Stream:

@@ -381,3 +381,26 @@ def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:
             assert "NOT_AN_ORDERER" in (err.value.details() or "")
     finally:
         server.stop(0)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_either_split_or_refused(data: bytes) -> None:
+    try:
+        parts = split_batch(data)
+    except BatchDecodeError:
+        return
+    assert encode_batch(parts) == data  # a well-formed batch is reproduced byte for byte
+
+
+def test_fuzzed_batch_messages_get_reason_codes(net: Any) -> None:
+    client = Client(net)
+    orderer = BatchOrderer()
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), OrdererMetrics("t"))
+    raw = client.envelope()[1]
+    mutated = [raw[:i] + bytes([raw[i] ^ 0x55]) + raw[i + 1:] for i in range(0, len(raw), 97)]
+    answers = [r for m in h.batch_stream(iter([mutated, [raw[:40], b"", raw]])) for r in m.responses]
+    assert len(answers) == len(mutated) + 3
+    assert all(a.reason in ("", "BAD_PAYLOAD", "BAD_SIGNATURE", "UNKNOWN_CREATOR") for a in answers)
+    assert answers[-1].accepted and not answers[-2].accepted and not answers[-3].accepted
+    ordered = [env for call in orderer.calls for env in call]
+    assert raw in ordered and all(a.accepted == (m in ordered) for a, m in zip(answers, mutated, strict=False))
