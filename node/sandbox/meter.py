@@ -638,6 +638,17 @@ def _m_width(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name
 
 
 def _m_replace(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    if type(obj) is str and len(args) == 2 and not kw and type(args[0]) is str and (
+        type(args[1]) is str
+    ) and args[0] and args[0] not in obj:
+        # nothing to replace (the common case): same charge as below with hits == 0
+        n = len(obj)
+        if n > m.max_str:
+            raise m.size_error("string", n, m.max_str)
+        m.left -= 1 + (n + n) // 32
+        if m.left < 0:
+            raise m.fail(OutOfGas(f"gas limit {m.limit} exhausted"))
+        return obj
     if type(obj) is str and len(args) >= 2 and type(args[0]) is str and type(args[1]) is str:
         old, new = args[0], args[1]
         hits = obj.count(old) if old else len(obj) + 1

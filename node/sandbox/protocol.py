@@ -201,14 +201,46 @@ def encode_prefetch(entries: list[tuple[str, str, bytes | None]]) -> bytes:
 def decode_prefetch(frame: bytes) -> list[tuple[str, str, bytes | None]]:
     if frame[:2] != PREFETCH:
         raise ProtocolError("expected a prefetch frame")
-    c = _Cursor(frame)
+    end = len(frame)
+    if end < 6:
+        raise ProtocolError("truncated compact frame")
+    u16, u32 = _U16.unpack_from, _U32.unpack_from
+    count = u32(frame, 2)[0]
+    pos = 6
     out: list[tuple[str, str, bytes | None]] = []
-    for _ in range(c.u32()):
-        ns = c.str()
-        key = c.str()
-        found = c.u8()
-        out.append((ns, key, c.blob() if found else None))
-    if not c.done():
+    add = out.append
+    try:
+        for _ in range(count):
+            if pos + 2 > end:
+                raise ProtocolError("truncated compact frame")
+            n = u16(frame, pos)[0]
+            a = pos + 2
+            pos = a + n
+            if pos + 2 > end:
+                raise ProtocolError("truncated compact frame")
+            ns = frame[a:pos].decode("utf-8")
+            n = u16(frame, pos)[0]
+            a = pos + 2
+            pos = a + n
+            if pos + 1 > end:
+                raise ProtocolError("truncated compact frame")
+            key = frame[a:pos].decode("utf-8")
+            found = frame[pos]
+            pos += 1
+            if not found:
+                add((ns, key, None))
+                continue
+            if pos + 4 > end:
+                raise ProtocolError("truncated compact frame")
+            n = u32(frame, pos)[0]
+            a = pos + 4
+            pos = a + n
+            if pos > end:
+                raise ProtocolError("truncated compact frame")
+            add((ns, key, frame[a:pos]))
+    except UnicodeDecodeError:
+        raise ProtocolError("compact frame string is not UTF-8") from None
+    if pos != end:
         raise ProtocolError("trailing bytes in a prefetch frame")
     return out
 
