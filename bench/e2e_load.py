@@ -8,9 +8,12 @@ key, decrypts the claim subset and settles. That is 7 transactions, each dependi
 one before. Stories *arrive* open-loop at a fixed rate; each transaction's latency runs
 from building its proposal to the client receiving its commit status.
 
-Every client identity holds several Transact streams to its own organisation's peer
-(several connections = several client applications); a stream carries many endorse and
-submit requests in flight at once, so no transaction needs its own unary call.
+Every client identity holds one or more TransactBatch streams to its own organisation's
+peer (several connections = several client applications); a stream carries many endorse
+and submit requests in flight at once, so no transaction needs its own unary call, and
+requests (answers) ready at the same moment share one stream message -- e.g. the commit
+statuses of one block. Fewer streams per identity therefore mean fuller messages
+(``bench.transact_bench``: one stream costs less CPU per tx than four at the same load).
 """
 
 from __future__ import annotations
