@@ -479,3 +479,31 @@ def test_proposal_on_a_broken_stream_is_sent_once_more_to_the_same_peer(
     resp = remotes.endorse("p01", _signed(deployed, "r"))
     assert resp.response.status == 200 and resp.endorsement.endorser.org == "p01"
     assert service.streams == 2 and remotes.streams_opened() == 2
+
+
+def test_garbage_items_and_undecodable_messages_leave_the_service_serving(
+        deployed: Cluster, servers: list[Server]) -> None:
+    import random
+
+    servers.append(Server(EndorserService(deployed.peers[1].endorser, workers=2)))
+    rng = random.Random(5)
+    items = [services_pb2.CorrelatedProposal(
+        correlation_id=i, proposal=transaction_pb2.SignedProposal(
+            proposal_bytes=rng.randbytes(rng.randrange(0, 300)), signature=rng.randbytes(rng.randrange(0, 80))))
+        for i in range(40)]
+    with grpc.insecure_channel(f"127.0.0.1:{servers[0].port}") as ch:
+        stub = services_pb2_grpc.EndorserStub(ch)
+        got, _ = _collect(stub.ProcessProposals(iter([services_pb2.ProposalBatch(items=items)]), timeout=WAIT_S), 40)
+        assert sorted(got) == list(range(40))
+        assert all(a.HasField("error") and a.error.reason in {"BAD_PAYLOAD", "BAD_HEADER"} for a in got.values())
+        # A message that is not a ProposalBatch at all ends that stream with a status, nothing else.
+        raw = ch.stream_stream("/rxchain.v1.Endorser/ProcessProposals",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as info:
+            list(raw(iter([b"\xff\xff\xff\xff garbage"]), timeout=WAIT_S))
+        assert info.value.code() in {grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,
+                                     grpc.StatusCode.UNKNOWN}
+        ok = services_pb2.ProposalBatch(items=[
+            services_pb2.CorrelatedProposal(correlation_id=1, proposal=_signed(deployed, "still"))])
+        got, _ = _collect(stub.ProcessProposals(iter([ok]), timeout=WAIT_S), 1)
+        assert got[1].response.response.status == 200
