@@ -273,6 +273,31 @@ class _Module:
     ns: dict[str, Any]
     pristine: dict[str, Any]
     init_gas: int
+    flat: bool = False  # every pristine value is a distinct list/dict/set of immutables
+
+    def fresh(self) -> dict[str, Any]:
+        """Fresh copies of the pristine values (same result as ``fresh_copy``)."""
+        if self.flat:
+            return {name: type(v)(v) for name, v in self.pristine.items()}
+        return fresh_copy(self.pristine)
+
+
+def is_flat(values: dict[str, Any]) -> bool:
+    """True if every value is a list/dict/set whose items need no copy and no two values
+    are the same object (so shallow copies are exactly ``fresh_copy``'s result)."""
+    seen: set[int] = set()
+    for v in values.values():
+        tv = type(v)
+        if tv is dict:
+            items: Any = list(v.values())
+        elif tv is list or tv is set:
+            items = v
+        else:
+            return False
+        if id(v) in seen or any(needs_copy(x) for x in items):
+            return False
+        seen.add(id(v))
+    return True
 
 
 class Engine:
@@ -347,7 +372,7 @@ class Engine:
                 if needs_copy(v):
                     pristine[name] = v
             if safe:
-                module = _Module(ns, pristine, meter.used())
+                module = _Module(ns, pristine, meter.used(), is_flat(pristine))
         if len(self._modules) >= self._cache_size:
             self._modules.pop(next(iter(self._modules)))
         self._modules[id(compiled)] = (compiled, limits, module, retry_above)
@@ -406,7 +431,7 @@ class Engine:
                 meter.gas(module.init_gas)
                 ns = module.ns
                 if module.pristine:
-                    ns.update(fresh_copy(module.pristine))
+                    ns.update(module.fresh())
             else:
                 ns = dict(self._template)
                 if self._skip_checks:
