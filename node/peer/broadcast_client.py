@@ -162,23 +162,21 @@ class _Stream:
             self._requests.put(raw)  # under the lock: queue order == pending order
         return fut
 
-    def _on_answer(self, resp: services_pb2.BroadcastResponse) -> None:
+    def _on_answers(self, answers: Sequence[services_pb2.BroadcastResponse]) -> None:
+        """Match answers to the oldest pending envelopes (one lock round per message)."""
         with self._lock:
-            item = self._pending.popleft() if self._pending else None
-            self._answered += 1
+            futs = [self._pending.popleft()[0] for _ in range(min(len(answers), len(self._pending)))]
+            self._answered += len(answers)
             self.last_answer_at = self._clock()
-        if item is not None and not item[0].done():
-            item[0].set_result(resp)
+        for fut, resp in zip(futs, answers, strict=False):
+            if not fut.done():
+                fut.set_result(resp)
 
     def _read(self) -> None:
         while True:
             try:
                 for resp in self._call:
-                    if self.batched:
-                        for one in resp.responses:
-                            self._on_answer(one)
-                    else:
-                        self._on_answer(resp)
+                    self._on_answers(resp.responses if self.batched else (resp,))
                 err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name} closed the stream")
             except grpc.RpcError as exc:
                 if self._fall_back(exc):
