@@ -12,7 +12,7 @@ every ``block_ms`` through the real :class:`~node.peer.notifier.CommitNotifier`.
 
 This process is the client: the load generator's :class:`bench.e2e_load.TransactStream`
 (``batched=False``: Transact, one request per message; ``batched=True``: TransactBatch
-with the coalescing sender), ``streams`` connections, a closed loop of ``window``
+with the coalescing sender), over 1 or 4 connections, a closed loop of ``window``
 transactions in flight, each one proposal (signed) -> endorse -> envelope (signed) ->
 submit -> commit status. Rounds of both modes alternate in the same run; CPU is /proc
 utime+stime of this process and of the gateway process (its idle CPU over the same wall
@@ -178,7 +178,7 @@ def _round(streams: list[Any], builder: Any, n: int, window: int) -> dict[str, f
     return {"n": float(n)}
 
 
-def run(n: int, rounds: int, windows: list[int], streams_per_mode: int, block_ms: int) -> dict[str, Any]:
+def run(n: int, rounds: int, windows: list[int], stream_counts: list[int], block_ms: int) -> dict[str, Any]:
     from bench.e2e_load import TransactStream
     from client.tx import TxBuilder
     from client.wallet import load_identity
@@ -191,6 +191,7 @@ def run(n: int, rounds: int, windows: list[int], streams_per_mode: int, block_ms
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.transact_bench", "--serve", str(home), "--block-ms", str(block_ms)],
             cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        conns: dict[tuple[int, str], list[Any]] = {}
         try:
             assert proc.stdout is not None
             port = int(proc.stdout.readline())
@@ -198,47 +199,49 @@ def run(n: int, rounds: int, windows: list[int], streams_per_mode: int, block_ms
             ident = load_identity(home, "h01", "dr-a")
             builder = TxBuilder(ident.signer, str(raw["consortium_id"]))
             modes = {"unbatched": False, "batched": True}
-            conns = {m: [TransactStream(ident, target, batched=b) for _ in range(streams_per_mode)]
-                     for m, b in modes.items()}
+            for count in stream_counts:
+                for m, batched in modes.items():
+                    conns[(count, m)] = [TransactStream(ident, target, batched=batched) for _ in range(count)]
             me = os.getpid()
-            for m in modes:  # warm up: connections, caches, pools
-                _round(conns[m], builder, 300, 32)
+            for streams in conns.values():  # warm up: connections, caches, pools
+                _round(streams, builder, 300, 32)
             time.sleep(1.0)
             g0, w0 = process_cpu_s(proc.pid), time.monotonic()
             time.sleep(2.0)
             idle = (process_cpu_s(proc.pid) - g0) / (time.monotonic() - w0)
-            out: dict[str, Any] = {"n_per_round": n, "rounds": rounds, "streams": streams_per_mode,
-                                   "block_ms": block_ms, "gateway_idle_cpu_per_s": round(idle, 5), "levels": []}
-            for window in windows:
-                totals = {m: {"client": 0.0, "gateway": 0.0, "wall": 0.0} for m in modes}
-                for _ in range(rounds):
-                    for m in modes:
-                        c0, g0, w0 = process_cpu_s(me), process_cpu_s(proc.pid), time.monotonic()
-                        _round(conns[m], builder, n, window)
-                        c1, g1, w1 = process_cpu_s(me), process_cpu_s(proc.pid), time.monotonic()
-                        totals[m]["client"] += c1 - c0
-                        totals[m]["gateway"] += max(0.0, g1 - g0 - idle * (w1 - w0))
-                        totals[m]["wall"] += w1 - w0
-                level: dict[str, Any] = {"window": window}
-                count = n * rounds
-                for m, t in totals.items():
-                    level[m] = {
-                        "client_cpu_ms_per_tx": round(1000 * t["client"] / count, 4),
-                        "gateway_cpu_ms_per_tx": round(1000 * t["gateway"] / count, 4),
-                        "total_cpu_ms_per_tx": round(1000 * (t["client"] + t["gateway"]) / count, 4),
-                        "tx_per_s": round(count / t["wall"], 1),
-                    }
-                for part in ("total", "client", "gateway"):
-                    key = f"{part}_cpu_ms_per_tx"
-                    level[f"ratio_{part}_cpu_batched_over_unbatched"] = round(
-                        level["batched"][key] / level["unbatched"][key], 3) if level["unbatched"][key] else None
-                out["levels"].append(level)
-                print(level, flush=True)
-            for conn in conns.values():
-                for s in conn:
-                    s.close()
+            out: dict[str, Any] = {"n_per_round": n, "rounds": rounds, "block_ms": block_ms,
+                                   "gateway_idle_cpu_per_s": round(idle, 5), "levels": []}
+            for count in stream_counts:
+                for window in windows:
+                    totals = {m: {"client": 0.0, "gateway": 0.0, "wall": 0.0} for m in modes}
+                    for _ in range(rounds):
+                        for m in modes:
+                            c0, g0, w0 = process_cpu_s(me), process_cpu_s(proc.pid), time.monotonic()
+                            _round(conns[(count, m)], builder, n, window)
+                            c1, g1, w1 = process_cpu_s(me), process_cpu_s(proc.pid), time.monotonic()
+                            totals[m]["client"] += c1 - c0
+                            totals[m]["gateway"] += max(0.0, g1 - g0 - idle * (w1 - w0))
+                            totals[m]["wall"] += w1 - w0
+                    level: dict[str, Any] = {"streams": count, "window": window}
+                    txs = n * rounds
+                    for m, t in totals.items():
+                        level[m] = {
+                            "client_cpu_ms_per_tx": round(1000 * t["client"] / txs, 4),
+                            "gateway_cpu_ms_per_tx": round(1000 * t["gateway"] / txs, 4),
+                            "total_cpu_ms_per_tx": round(1000 * (t["client"] + t["gateway"]) / txs, 4),
+                            "tx_per_s": round(txs / t["wall"], 1),
+                        }
+                    for part in ("total", "client", "gateway"):
+                        key = f"{part}_cpu_ms_per_tx"
+                        level[f"ratio_{part}_cpu_batched_over_unbatched"] = round(
+                            level["batched"][key] / level["unbatched"][key], 3) if level["unbatched"][key] else None
+                    out["levels"].append(level)
+                    print(level, flush=True)
             return out
         finally:
+            for streams in conns.values():
+                for stream in streams:
+                    stream.close()
             if proc.stdin is not None:
                 proc.stdin.close()
             try:
@@ -255,12 +258,13 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="transactions per round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--windows", default="8,64,256", help="transactions in flight, comma-separated")
-    p.add_argument("--streams", type=int, default=4, help="connections per mode")
+    p.add_argument("--streams", default="1,4", help="connections per mode, comma-separated")
     args = p.parse_args()
     if args.serve is not None:
         serve(args.serve, args.block_ms)
         return
-    result = run(args.n, args.rounds, [int(w) for w in args.windows.split(",")], args.streams, args.block_ms)
+    result = run(args.n, args.rounds, [int(w) for w in args.windows.split(",")],
+                 [int(c) for c in args.streams.split(",")], args.block_ms)
     path = write_result("transact", result)
     print(f"wrote {path}")
 
