@@ -236,6 +236,10 @@ def run(n: int, rounds: int, windows: list[int], stream_counts: list[int], block
                         level[f"ratio_{part}_cpu_batched_over_unbatched"] = round(
                             level["batched"][key] / level["unbatched"][key], 3) if level["unbatched"][key] else None
                     out["levels"].append(level)
+                    # Headline figures (the summary lists top-level scalars).
+                    out[f"ratio_total_cpu_batched_over_unbatched_s{count}_w{window}"] = level[
+                        "ratio_total_cpu_batched_over_unbatched"]
+                    out[f"batched_total_cpu_ms_per_tx_s{count}_w{window}"] = level["batched"]["total_cpu_ms_per_tx"]
                     print(level, flush=True)
             return out
         finally:
