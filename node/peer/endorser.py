@@ -351,8 +351,9 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
 
     Both run the same :meth:`Endorser.endorse` (same checks, same reason codes); the stream
     answers a refusal as a per-item ``ErrorDetail`` instead of a failed call, and keeps
-    serving. ``pool`` runs the stream's endorsements concurrently (the sandbox has several
-    workers); answers go back in completion order, several per message when ready together.
+    serving. The stream's handler thread endorses a proposal itself when it is idle (no
+    hand-off); ``pool`` runs the others concurrently (the sandbox has several workers).
+    Answers go back in completion order, several per message when ready together.
     """
 
     def __init__(self, endorser: Endorser, pool: Executor | None = None,
@@ -368,8 +369,9 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         """End every open stream now (call before ``server.stop(grace)``: a gateway's stream
         would otherwise hold the stop for the whole grace period) and stop the workers;
         ``wait`` also waits for endorsements already running (call that before the ledger
-        closes). Proposals in flight are not answered; the callers see the stream end and
-        retry. Idempotent."""
+        closes). A stream ends after the answer its handler thread is computing itself;
+        proposals still in the pool are not answered (the callers see the stream end and
+        retry). Idempotent."""
         with self._lock:
             self._closed = True
             streams = list(self._streams)
@@ -405,21 +407,29 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
                 self._streams.discard(stream)
 
 
+_Out = services_pb2.CorrelatedProposal | services_pb2.CorrelatedProposalResponse | None
+
+
 class _ProposalStream:
-    """One ProcessProposals call: a reader thread feeds the pool, the handler yields answers."""
+    """One ProcessProposals call: a reader thread takes the requests, the handler sends answers.
+
+    Each proposal goes to the handler thread itself when it is idle (waiting for answers:
+    it endorses the proposal and sends the answer with no hand-off), otherwise to the pool,
+    whose answers the handler sends -- coalesced -- as they complete.
+    """
 
     def __init__(self, endorser: Endorser, pool: Executor, is_active: Callable[[], bool]) -> None:
         self._endorser = endorser
         self._pool = pool
         self._is_active = is_active
-        self._out: queue.SimpleQueue[services_pb2.CorrelatedProposalResponse | None] = (
-            queue.SimpleQueue()
-        )
+        # answers from the pool, proposals handed to the handler, None = no more answers
+        self._out: queue.SimpleQueue[_Out] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(MAX_STREAM_IN_FLIGHT)
         self._lock = threading.Lock()
         self._outstanding = 0
         self._input_done = False
         self._ended = False
+        self._handler_idle = False
 
     def end(self) -> None:
         """Stop answering: the handler returns after the message it is building."""
@@ -441,6 +451,12 @@ class _ProposalStream:
                 for item in batch.items:
                     if not self._admit():
                         return
+                    with self._lock:
+                        to_handler = self._handler_idle
+                        self._handler_idle = False
+                    if to_handler:
+                        self._out.put(item)
+                        continue
                     try:
                         self._pool.submit(self._endorse_one, item)
                     except RuntimeError:  # pool shut down: the peer is stopping
@@ -463,21 +479,23 @@ class _ProposalStream:
             self._outstanding += 1
         return True
 
-    def _endorse_one(self, item: services_pb2.CorrelatedProposal) -> None:
+    def _endorse(self, item: services_pb2.CorrelatedProposal) -> services_pb2.CorrelatedProposalResponse:
         cid = item.correlation_id
-        if self._ended or not self._is_active():
-            self._finish()
-            return
         try:
             if not item.HasField("proposal"):
                 raise RxError("BAD_REQUEST", "item carries no proposal")
             resp = self._endorser.endorse(item.proposal)
-            answer = services_pb2.CorrelatedProposalResponse(correlation_id=cid, response=resp)
+            return services_pb2.CorrelatedProposalResponse(correlation_id=cid, response=resp)
         except RxError as err:
-            answer = _error_item(cid, err)
+            return _error_item(cid, err)
         except Exception as exc:  # noqa: BLE001 - one proposal's bug must not kill the stream
-            answer = _error_item(cid, RxError("INTERNAL", f"{type(exc).__name__}: {exc}"))
-        self._answer(answer)
+            return _error_item(cid, RxError("INTERNAL", f"{type(exc).__name__}: {exc}"))
+
+    def _endorse_one(self, item: services_pb2.CorrelatedProposal) -> None:
+        if self._ended or not self._is_active():
+            self._finish()
+            return
+        self._answer(self._endorse(item))
 
     def _answer(self, answer: services_pb2.CorrelatedProposalResponse) -> None:
         self._out.put(answer)
@@ -492,18 +510,31 @@ class _ProposalStream:
             self._out.put(None)
 
     # -- handler side -----------------------------------------------------------------
+    def _resolve(self, got: services_pb2.CorrelatedProposal | services_pb2.CorrelatedProposalResponse
+                 ) -> services_pb2.CorrelatedProposalResponse:
+        if isinstance(got, services_pb2.CorrelatedProposalResponse):
+            return got
+        answer = self._endorse(got)  # handed to this thread by the reader
+        self._finish()
+        return answer
+
     def answers(self) -> Iterator[services_pb2.ProposalResponseBatch]:
         """Answers in completion order; whatever is ready at once goes in one message."""
         out = self._out
         while True:
+            with self._lock:
+                self._handler_idle = True
             try:
-                first = out.get(timeout=_POLL_S)
+                got = out.get(timeout=_POLL_S)
             except queue.Empty:
                 if not self._is_active():
                     return
                 continue
-            if first is None or self._ended:
+            with self._lock:
+                self._handler_idle = False
+            if got is None or self._ended:
                 return
+            first = self._resolve(got)
             items = [first]
             size = first.ByteSize()
             last = False
@@ -515,8 +546,9 @@ class _ProposalStream:
                 if nxt is None:
                     last = True
                     break
-                items.append(nxt)
-                size += nxt.ByteSize()
+                answer = self._resolve(nxt)
+                items.append(answer)
+                size += answer.ByteSize()
             yield services_pb2.ProposalResponseBatch(items=items)
             if last:
                 return

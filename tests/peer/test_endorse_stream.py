@@ -247,6 +247,26 @@ def test_ready_answers_are_coalesced_into_one_message(deployed: Cluster) -> None
     assert out[0].items[5].error.reason == "BAD_REQUEST"
 
 
+def test_idle_handler_endorses_a_proposal_itself_and_the_pool_takes_the_rest(deployed: Cluster) -> None:
+    submitted: list[int] = []
+
+    class Recording(Inline):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(args[0].correlation_id)
+            return super().submit(fn, *args, **kwargs)
+
+    stream = _ProposalStream(deployed.peers[1].endorser, Recording(), lambda: True)
+    stream._handler_idle = True  # as when the handler waits for answers
+    batch = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=i, proposal=_signed(deployed, f"h{i}")) for i in range(3)])
+    stream.read(iter([batch]))
+    assert submitted == [1, 2]  # item 0 went to the idle handler
+    out = list(stream.answers())
+    assert [[i.correlation_id for i in b.items] for b in out] == [[0, 1, 2]]
+    assert all(i.response.response.status == 200 for i in out[0].items)
+    assert stream._outstanding == 0
+
+
 def test_sender_sends_whatever_is_queued_as_one_message() -> None:
     q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
     gen = _batches(q)
@@ -436,18 +456,30 @@ def test_idle_check_never_ends_a_stream_with_work_queued() -> None:
 
 
 def test_service_close_ends_streams_so_stop_is_not_held(
-        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peer_clients, "IDLE_CLOSE_S", 60.0)  # the client keeps its stream open
     blocking = Blocking(deployed.peers[1].endorser)
+    blocking.gate.set()
     service = EndorserService(cast(Endorser, blocking), workers=2)
     servers.append(Server(service))
     remotes = clients({"p01": servers[0]})
+    assert remotes.endorse("p01", _signed(deployed, "c0")).response.status == 200
+    assert len(service._streams) == 1
+    # A proposal in flight when the service closes is answered or fails retryably.
+    blocking.gate.clear()
     pending = remotes.begin("p01", _signed(deployed, "c1"))
-    assert blocking.entered.acquire(timeout=WAIT_S)
+    assert blocking.entered.acquire(timeout=WAIT_S) and blocking.entered.acquire(timeout=WAIT_S)
     service.close()
-    with pytest.raises(RxError) as info:
-        pending.result()
-    assert info.value.reason == "SERVICE_UNAVAILABLE"
     blocking.gate.set()
+    try:
+        assert pending.result().response.status == 200
+    except RxError as err:
+        assert err.reason == "SERVICE_UNAVAILABLE"
+    deadline = time.monotonic() + WAIT_S
+    while service._streams and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not service._streams
     server = servers[0].server
     assert server is not None
     started = time.monotonic()
