@@ -88,6 +88,10 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
                     correlation_id=cid, committed=services_pb2.CommitStatusResponse(
                         tx_id="t", code=code, block_number=20 + cid))
 
+    def TransactBatch(self, request_iterator, context):
+        # An older gateway without the batched stream: client.pipeline falls back to Transact.
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
     def CommitStatus(self, request, context):
         self.s.calls.append("CommitStatus")
         return services_pb2.CommitStatusResponse(tx_id=request.tx_id, code=self.s.code,
