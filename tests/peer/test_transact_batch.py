@@ -413,3 +413,13 @@ def test_failed_or_abandoned_submits_stop_watching_for_their_commit(deployed: Cl
     assert deps2.notifier._watchers == {}
     deps.notifier.close()
     deps2.notifier.close()
+
+
+def test_malformed_protobuf_ends_only_that_call(served: Served) -> None:
+    raw = served.channel.stream_stream("/rxchain.v1.Gateway/TransactBatch",
+                                       request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        list(raw(iter([b"\x0a\xff\xff\xff\xff\x0f garbage"]), timeout=10))
+    assert e.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED  # refused at once, no hang
+    got = _flat(served.stub.TransactBatch(iter([BReq(requests=[TReq(correlation_id=8)])]), timeout=10))
+    assert got[8].error.reason == "BAD_REQUEST"
