@@ -94,7 +94,10 @@ class ChainOptions:
 
     tick_s: float = 0.05
     election_tick: int = 10
-    heartbeat_tick: int = 1
+    # Heartbeats every 2 ticks (100 ms with the default tick): an idle follower still hears
+    # from the leader five times per election timeout, at half the stream messages of one
+    # heartbeat per tick. Clamped to a quarter of ``election_tick`` (see Chain.__init__).
+    heartbeat_tick: int = 2
     snapshot_interval_blocks: int = 100
     max_uncommitted_bytes: int = 64 * 1024 * 1024
     max_size_per_msg: int = 4 * 1024 * 1024
@@ -160,7 +163,7 @@ class Chain:
             Config(
                 id=raft_id,
                 election_tick=self._opt.election_tick,
-                heartbeat_tick=self._opt.heartbeat_tick,
+                heartbeat_tick=heartbeat_ticks(self._opt),
                 rng=rng,
                 pre_vote=True,
                 check_quorum=True,
@@ -170,7 +173,8 @@ class Chain:
             ),
             storage,
         )
-        self._inbox: queue.Queue[tuple[str, object]] = queue.Queue()
+        # SimpleQueue: put/get in C, no Python-level Condition per hand-off.
+        self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._applied = snap.meta.index
@@ -194,6 +198,10 @@ class Chain:
         self._config_waiting: list[tuple[bytes, Ticket]] = []
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
+        # (config in force, conf state) last found to need no ConfChange (see _maybe_reconfigure).
+        self._members_match: tuple[object, ConfState] | None = None
+        self._status_key: tuple[int, ...] = ()
+        self._leader_listeners: list[Callable[[int], None]] = []
         self._status = self._make_status()
 
     # ------------------------------------------------------------------ thread API
@@ -250,6 +258,13 @@ class Chain:
     def leader_id(self) -> int:
         """Raft id of the current leader (0: none known)."""
         return self._status.leader
+
+    def add_leader_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(leader_id)`` (0: none known) from the driver thread whenever the
+        known leader changes, after :meth:`status` reflects it, so a component that follows
+        the leader (e.g. a forwarder) need not poll. It must not block. Register before
+        :meth:`start`."""
+        self._leader_listeners.append(listener)
 
     def own_id(self) -> int:
         """This orderer's Raft id."""
@@ -484,7 +499,7 @@ class Chain:
                 self._apply(rd.committed_entries)
             self._node.advance(rd)
             self._maybe_snapshot()
-            self._status = self._make_status()
+            self._refresh_status()
 
     def _may_send_before_persist(self, rd: Ready) -> bool:
         """etcd-raft's leader optimisation: a leader may send appends and heartbeats while
@@ -501,6 +516,7 @@ class Chain:
 
     def _on_soft_state(self, ss: SoftState) -> None:
         was_leader = self._role == StateRole.LEADER
+        leader_changed = ss.leader != self._leader
         self._role = ss.role
         self._leader = ss.leader
         if ss.role == StateRole.LEADER and not was_leader:
@@ -511,6 +527,13 @@ class Chain:
             _log.info("orderer %d lost leadership (leader now %d)", self._id, ss.leader)
             self._reset_leader_state("leadership lost before the envelope was proposed")
         self._metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
+        if leader_changed and self._leader_listeners:
+            self._status = self._make_status()
+            for listener in self._leader_listeners:
+                try:
+                    listener(ss.leader)
+                except Exception:  # noqa: BLE001 -- a listener must not stop the driver
+                    _log.exception("leader listener failed")
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         for e in entries:
@@ -716,9 +739,14 @@ class Chain:
         the config in force (one member at a time; retried while it does not match)."""
         if not self._lead_ready() or now - self._last_conf_change_at < 1.0:
             return
-        want = set(self._tracker.current.orderer_ids())
+        current = self._tracker.current
+        match = self._members_match
+        if match is not None and match[0] is current and match[1] == self._conf_state:
+            return  # checked since the last config or membership change (every loop otherwise)
+        want = set(current.orderer_ids())
         have = set(self._conf_state.voters) | set(self._conf_state.learners)
         if want == set(self._conf_state.voters):
+            self._members_match = (current, self._conf_state)
             return
         self._last_conf_change_at = now
         add = sorted(want - have)
@@ -738,8 +766,18 @@ class Chain:
 
     # ------------------------------------------------------------------ status
 
+    def _refresh_status(self) -> None:
+        """Rebuild the status (and its gauges) only when one of its values changed: most
+        Readys (acks, heartbeats) change none of them."""
+        hs = self._node.hard_state
+        key = (hs.term, hs.commit, self._leader, int(self._role), self._applied, self._blocks.height())
+        if key != self._status_key:
+            self._status = self._make_status()
+
     def _make_status(self) -> ChainStatus:
         hs = self._node.hard_state
+        self._status_key = (hs.term, hs.commit, self._leader, int(self._role), self._applied,
+                            self._blocks.height())
         self._metrics.term.set(hs.term)
         self._metrics.commit_index.set(hs.commit)
         self._metrics.applied_index.set(self._applied)
@@ -778,6 +816,12 @@ def sync_block_files(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def heartbeat_ticks(options: ChainOptions) -> int:
+    """The heartbeat interval in ticks: ``options.heartbeat_tick``, at most a quarter of the
+    election timeout (at least 1), so followers always hear several heartbeats per timeout."""
+    return max(1, min(options.heartbeat_tick, options.election_tick // 4))
 
 
 def bootstrap_conf_state(raft_ids: Sequence[int]) -> ConfState:

@@ -3,7 +3,9 @@ the follower-to-leader Cluster.Forward stream.
 
 Outbound: one :class:`PeerSender` per other orderer holds a client stream and a bounded
 queue; sending never blocks the Raft driver (a full queue or a broken stream drops the
-message and reports the peer unreachable -- Raft retransmits).
+message and reports the peer unreachable -- Raft retransmits). The messages of one Ready
+for one peer are queued as one item (one wake-up of the sender thread per Ready, not per
+message) on a ``queue.SimpleQueue`` (no Python-level Condition per hand-off).
 
 Inbound (:class:`ClusterService`): the caller is identified by its TLS client certificate
 (``node.crypto.tls.peer_identity``) and must be an orderer of the current configuration
@@ -17,7 +19,6 @@ sender and this node as recipient. Stale or replayed messages are Raft's busines
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -105,7 +106,9 @@ class PeerSender:
         self._target = target
         self._factory = channel_factory
         self._sink = sink
-        self._queue: queue.Queue[Message | None] = queue.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        self._queued = 0  # messages in the queue (bounded by max_queue), under _bytes_lock
+        self._queue: queue.SimpleQueue[list[Message] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"raft-send-{own_id}-{peer_id}", daemon=True
@@ -113,26 +116,34 @@ class PeerSender:
         self._thread.start()
 
     def send(self, msg: Message) -> None:
-        """Queue a message; drop it (and report) when the queue is full by count or by
-        bytes (a slow peer must not make us buffer without limit)."""
-        size = _payload_bytes(msg)
+        """Queue one message (see :meth:`send_many`)."""
+        self.send_many([msg])
+
+    def send_many(self, messages: Sequence[Message]) -> None:
+        """Queue messages in order as one item; drop each that does not fit (and report)
+        when the queue is full by count or by bytes (a slow peer must not make us buffer
+        without limit)."""
+        kept: list[Message] = []
+        dropped: list[Message] = []
         with self._bytes_lock:
-            if self._queued_bytes + size > self._max_bytes and self._queued_bytes > 0:
-                full = True
-            else:
-                full = False
+            for msg in messages:
+                size = _payload_bytes(msg)
+                if self._queued >= self._max_queue or (
+                    self._queued_bytes + size > self._max_bytes and self._queued_bytes > 0
+                ):
+                    dropped.append(msg)
+                    continue
+                self._queued += 1
                 self._queued_bytes += size
-        if full:
-            self._report_failure(msg)
-            return
-        try:
-            self._queue.put_nowait(msg)
-        except queue.Full:
-            self._release(size)
+                kept.append(msg)
+        if kept:
+            self._queue.put(kept)
+        for msg in dropped:
             self._report_failure(msg)
 
     def _release(self, size: int) -> None:
         with self._bytes_lock:
+            self._queued -= 1
             self._queued_bytes -= size
 
     def _report_failure(self, msg: Message) -> None:
@@ -145,18 +156,22 @@ class PeerSender:
         # call is over, or gRPC's consumer thread of a dead call would steal messages.
         while not self._stop.is_set() and not call_over.is_set():
             try:
-                msg = self._queue.get(timeout=0.1)
+                item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if msg is None:
+            if item is None:
                 return
-            self._release(_payload_bytes(msg))
-            if call_over.is_set():
-                self._report_failure(msg)
-                return
-            yield services_pb2.ConsensusRequest(from_id=self._own_id, payload=encode_message(msg))
-            if msg.type == MessageType.SNAP:
-                self._sink.report_snapshot(self._peer_id, True)
+            for i, msg in enumerate(item):
+                self._release(_payload_bytes(msg))
+                if call_over.is_set():
+                    for lost in item[i + 1:]:
+                        self._release(_payload_bytes(lost))
+                    for lost in item[i:]:
+                        self._report_failure(lost)
+                    return
+                yield services_pb2.ConsensusRequest(from_id=self._own_id, payload=encode_message(msg))
+                if msg.type == MessageType.SNAP:
+                    self._sink.report_snapshot(self._peer_id, True)
 
     def _run(self) -> None:
         from rxchain.v1 import services_pb2_grpc
@@ -176,10 +191,10 @@ class PeerSender:
             # Drop what queued up while disconnected: Raft resends what still matters.
             while True:
                 try:
-                    msg = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if msg is not None:
+                for msg in item or ():
                     self._release(_payload_bytes(msg))
                     self._report_failure(msg)
             self._stop.wait(0.1)
@@ -187,8 +202,7 @@ class PeerSender:
     def close(self) -> None:
         """Stop the sender thread."""
         self._stop.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        self._queue.put(None)
         self._thread.join(2)
 
 
@@ -221,11 +235,17 @@ class RaftTransport:
         self._sink = sink
 
     def send(self, messages: Sequence[Message]) -> None:
-        """Queue each message for its recipient."""
-        for msg in messages:
-            sender = self._sender(msg.to)
+        """Queue each message for its recipient (one queue item per recipient, in order)."""
+        if len(messages) == 1:
+            by_peer: dict[int, list[Message]] = {messages[0].to: [messages[0]]}
+        else:
+            by_peer = {}
+            for msg in messages:
+                by_peer.setdefault(msg.to, []).append(msg)
+        for peer_id, batch in by_peer.items():
+            sender = self._sender(peer_id)
             if sender is not None:
-                sender.send(msg)
+                sender.send_many(batch)
 
     def _sender(self, peer_id: int) -> PeerSender | None:
         with self._lock:

@@ -1,0 +1,200 @@
+"""The orderer's per-block path: Raft message hand-off per Ready, heartbeat interval, leader
+listeners, status refresh, and a single-orderer Chain driven in-process end to end."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from netgen.ports import free_base_port
+from rxchain.v1 import block_pb2
+
+from node.crypto.canonical import block_data_hash, block_header_hash
+from node.crypto.signing import Verifier, load_signer
+from node.crypto.tls import secure_channel, server_credentials
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.ledger.blockstore import BlockStore
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state, heartbeat_ticks
+from node.orderer.configtx import ConfigTracker, OrdererConfig
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.transport import ClusterService, Membership, PeerSender
+from node.raft.durable import DurableStorage
+from node.raft.types import Entry, EntryType, Message, MessageType, StateRole
+from tests.orderer.cluster import Client, make_network
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return make_network(tmp_path_factory.mktemp("blockpath") / "net")
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory):
+    return make_network(tmp_path_factory.mktemp("solo") / "net", orderer_orgs=1)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.unreachable: list[int] = []
+        self.arrived = threading.Event()
+        self.want = 0
+
+    def step(self, msg: Message) -> None:
+        self.messages.append(msg)
+        if len(self.messages) >= self.want:
+            self.arrived.set()
+
+    def report_unreachable(self, node_id: int) -> None:
+        self.unreachable.append(node_id)
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        pass
+
+
+def _app(to: int, frm: int, index: int, size: int = 10) -> Message:
+    return Message(MessageType.APP, to=to, frm=frm, term=3, index=index, log_term=3,
+                   entries=(Entry(3, index + 1, EntryType.NORMAL, b"b" * size),), commit=index)
+
+
+def test_heartbeat_interval_is_two_ticks_but_never_above_a_quarter_of_the_election_timeout():
+    assert heartbeat_ticks(ChainOptions()) == 2
+    assert heartbeat_ticks(ChainOptions(election_tick=10, heartbeat_tick=5)) == 2
+    assert heartbeat_ticks(ChainOptions(election_tick=4, heartbeat_tick=2)) == 1
+    assert heartbeat_ticks(ChainOptions(election_tick=3, heartbeat_tick=1)) == 1
+    assert heartbeat_ticks(ChainOptions(election_tick=40, heartbeat_tick=3)) == 3
+
+
+def test_one_readys_messages_reach_the_peer_in_order_over_the_step_stream(net):
+    """send_many queues a Ready's messages to one peer as one item; the receiving
+    orderer's Cluster.Step hands them to its Raft sink in the order they were sent."""
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    membership = Membership([(o.raft_id, o.cert_der, f"{o.host}:{o.port}")
+                             for o in consortium.orderers])
+    receiver = Sink()
+    svc = ClusterService(1, membership, receiver, None, OrdererMetrics("t"))  # type: ignore[arg-type]
+    me = net.home / "nodes" / "orderer.ins01"
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers([svc.handler()])
+    port = free_base_port(1)
+    server.add_secure_port(f"127.0.0.1:{port}", server_credentials(
+        me / "cert.pem", me / "key.pem", me / "ca-bundle.pem"))
+    server.start()
+    d = net.home / "nodes" / "orderer.ins02"
+    sender_sink = Sink()
+    sender = PeerSender(2, 1, f"127.0.0.1:{port}",
+                        lambda t: secure_channel(t, d / "cert.pem", d / "key.pem", d / "ca-bundle.pem"),
+                        sender_sink)
+    try:
+        first = [_app(1, 2, 5), Message(MessageType.HEARTBEAT_RESP, to=1, frm=2, term=3), _app(1, 2, 6)]
+        second = [_app(1, 2, 7)]
+        receiver.want = 4
+        sender.send_many(first)
+        sender.send_many(second)
+        assert receiver.arrived.wait(10)
+        assert receiver.messages == first + second
+        assert sender_sink.unreachable == []
+    finally:
+        sender.close()
+        server.stop(0)
+
+
+def test_send_many_drops_and_reports_what_exceeds_the_count_or_byte_bound():
+    sink = Sink()
+    hold = threading.Event()
+
+    def factory(target: str) -> grpc.Channel:
+        hold.wait(5)  # keep the sender thread from draining during the test
+        return grpc.insecure_channel(target)  # nothing listens there: the call fails
+
+    sender = PeerSender(1, 2, "127.0.0.1:1", factory, sink, max_queue=3, max_queued_bytes=1000)
+    try:
+        sender.send_many([_app(2, 1, i) for i in range(5)])  # 3 fit by count, 2 dropped
+        assert sink.unreachable == [2, 2]
+        sink.unreachable.clear()
+        big = [_app(2, 1, 10, size=2000)]
+        sender.send_many(big)  # over the byte bound while others are queued
+        assert sink.unreachable == [2]
+    finally:
+        hold.set()
+        sender.close()
+
+
+class Collect:
+    """Transport of a one-orderer chain: nothing to send to, records what it is asked."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send(self, messages: Sequence[Message]) -> None:
+        self.sent.extend(messages)
+
+
+class NoFetch:
+    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
+        raise RuntimeError("a single orderer never catches up from others")
+
+
+def _solo_chain(solo, data: Path) -> tuple[Chain, BlockStore, DurableStorage]:
+    genesis = read_genesis(solo.genesis_path)
+    consortium = config_from_genesis(genesis)
+    verifier = Verifier()
+    blocks = BlockStore(data / "blocks", fsync=False)
+    if blocks.height() == 0:
+        blocks.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    storage = DurableStorage(data / "raft", bootstrap_conf_state=bootstrap_conf_state([1]), fsync=True)
+    d = solo.home / "nodes" / "orderer.ins01"
+    signer = load_signer(d / "cert.pem", d / "key.pem", "ins01")
+    chain = Chain(1, storage, blocks, signer, Collect(), NoFetch(), tracker, OrdererMetrics("solo"),
+                  rng=random.Random(7), options=ChainOptions(tick_s=0.01, election_tick=5))
+    return chain, blocks, storage
+
+
+def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp_path):
+    chain, blocks, storage = _solo_chain(solo, tmp_path / "o1")
+    leaders: list[tuple[int, StateRole]] = []
+    changed = threading.Event()
+
+    def on_leader(leader: int) -> None:
+        # Called from the driver thread after the status already shows the new leader.
+        leaders.append((leader, chain.status().role))
+        changed.set()
+
+    chain.add_leader_listener(on_leader)
+    chain.start()
+    try:
+        assert changed.wait(10)
+        assert leaders == [(1, StateRole.LEADER)]
+        client = Client(solo)
+        envelopes = [client.envelope()[1] for _ in range(3)]
+        tickets = [chain.submit(env) for env in envelopes]
+        outcomes = [t.wait(10) for t in tickets]
+        assert all(o is not None and o.accepted for o in outcomes), outcomes
+        number = outcomes[0].block_number  # type: ignore[union-attr]
+        assert number >= 1
+        block = blocks.get(number)
+        assert list(block.data.envelopes) == envelopes  # one block (30 ms batch)
+        assert block.header.data_hash == block_data_hash(envelopes)
+        assert len(block.metadata.orderer_signatures) == 1
+        assert Verifier().verify(block.metadata.orderer_signatures[0].signer.cert_der,
+                                 block.metadata.orderer_signatures[0].signature,
+                                 block_header_hash(block.header))
+        deadline = time.monotonic() + 5
+        while chain.status().height < number + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        st = chain.status()
+        assert (st.height, st.last_hash, st.role) == (number + 1, blocks.last_hash(), StateRole.LEADER)
+        assert st.applied == st.commit  # the status follows every applied Ready
+        assert leaders == [(1, StateRole.LEADER)]  # no further leader change
+    finally:
+        chain.stop()
+        storage.close()
+        blocks.close()
