@@ -2,8 +2,9 @@
 
 ``python -m bench.broadcast_batch_bench`` writes ``bench/results/broadcast_batch.json``.
 Three orderer processes (fsync on, as ``ordering_bench``) take signed 1 KiB envelopes from
-the peers' real :class:`BroadcastClient`, closed loop with ``WINDOW`` envelopes in flight
-per client, in two scenarios:
+the peers' real :class:`BroadcastClient`, closed loop with a window of envelopes in flight
+per client (``RXCHAIN_BENCH_BATCH_WINDOWS``, default 256 = saturation and 16 = light
+load, where batches are small), in two scenarios:
 
 * ``leader``: one client following the Raft leader (what a peer does);
 * ``spread``: three clients, one per orderer (two thirds of the envelopes are forwarded
@@ -40,7 +41,7 @@ from node.errors import RxError
 from node.peer.broadcast_client import BroadcastClient
 
 ENVELOPES = int(os.environ.get("RXCHAIN_BENCH_BATCH_ENVELOPES", "6000"))
-WINDOW = int(os.environ.get("RXCHAIN_BENCH_BATCH_WINDOW", "256"))
+WINDOWS = [int(x) for x in os.environ.get("RXCHAIN_BENCH_BATCH_WINDOWS", "256,16").split(",")]
 ROUNDS = int(os.environ.get("RXCHAIN_BENCH_BATCH_ROUNDS", "2"))
 
 
@@ -52,13 +53,13 @@ def _configure(orderers: Orderers, forward_rpc: str) -> None:
         path.write_text(yaml.safe_dump(doc))
 
 
-def _drive(clients: list[BroadcastClient], envelopes: list[bytes]) -> dict[str, int]:
-    """Send every envelope through the clients (round robin), ``WINDOW`` in flight each."""
+def _drive(clients: list[BroadcastClient], envelopes: list[bytes], window: int) -> dict[str, int]:
+    """Send every envelope through the clients (round robin), ``window`` in flight each."""
     counts: dict[str, int] = {"accepted": 0}
     lock = threading.Lock()
     done = threading.Event()
     remaining = [len(envelopes)]
-    windows = [threading.Semaphore(WINDOW) for _ in clients]
+    windows = [threading.Semaphore(window) for _ in clients]
 
     def answer(i: int, resp: object) -> None:
         windows[i].release()
@@ -84,7 +85,7 @@ def _drive(clients: list[BroadcastClient], envelopes: list[bytes]) -> dict[str, 
     return counts
 
 
-def _run(work: Path, mode: str, scenario: str) -> dict[str, Any]:
+def _run(work: Path, mode: str, scenario: str, window: int) -> dict[str, Any]:
     orderers = Orderers(work / f"net-{mode}-{scenario}-{time.monotonic_ns()}")
     _configure(orderers, "batch" if mode == "batch" else "legacy")
     client = BenchClient(orderers.net)
@@ -105,18 +106,18 @@ def _run(work: Path, mode: str, scenario: str) -> dict[str, Any]:
         else:
             clients = [BroadcastClient(eps[i:] + eps[:i], client.channel, batched=batched)
                        for i in range(len(eps))]
-        _drive(clients, [client.envelope() for _ in range(300)])  # warm-up
+        _drive(clients, [client.envelope() for _ in range(300)], window)  # warm-up
         envelopes = [client.envelope() for _ in range(ENVELOPES)]
         pids = [p.pid for p in orderers.procs.values()]
         sent_before = _messages(clients)
         cpu0 = sum(process_cpu_s(pid) for pid in pids)
         t0 = time.perf_counter()
-        counts = _drive(clients, envelopes)
+        counts = _drive(clients, envelopes, window)
         elapsed = time.perf_counter() - t0
         cpu = sum(process_cpu_s(pid) for pid in pids) - cpu0
         accepted = counts["accepted"]
         return {
-            "mode": mode, "scenario": scenario, "answers": counts,
+            "mode": mode, "scenario": scenario, "window": window, "answers": counts,
             "envelopes_per_s": round(accepted / elapsed, 1),
             "orderer_cpu_ms_per_envelope": round(cpu * 1000 / max(1, accepted), 4),
             "client_messages": _messages(clients) - sent_before,
@@ -136,31 +137,31 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rx-batch-bench-") as tmp:
         for _ in range(ROUNDS):
-            for scenario in ("leader", "spread"):
-                for mode in ("single", "batch"):
-                    run = _run(Path(tmp), mode, scenario)
-                    print(json.dumps(run), flush=True)
-                    runs.append(run)
-    result: dict[str, Any] = {"envelopes_per_run": ENVELOPES, "window_per_client": WINDOW,
+            for window in WINDOWS:
+                for scenario in ("leader", "spread"):
+                    for mode in ("single", "batch"):
+                        run = _run(Path(tmp), mode, scenario, window)
+                        print(json.dumps(run), flush=True)
+                        runs.append(run)
+    result: dict[str, Any] = {"envelopes_per_run": ENVELOPES, "windows_per_client": WINDOWS,
                               "rounds": ROUNDS, "runs": runs}
-    for scenario in ("leader", "spread"):
-        per = {
-            mode: statistics.median(r["orderer_cpu_ms_per_envelope"] for r in runs
-                                    if r["mode"] == mode and r["scenario"] == scenario)
-            for mode in ("single", "batch")
-        }
-        rate = {
-            mode: statistics.median(r["envelopes_per_s"] for r in runs
-                                    if r["mode"] == mode and r["scenario"] == scenario)
-            for mode in ("single", "batch")
-        }
-        result[scenario] = {
-            "orderer_cpu_ms_per_envelope_single": per["single"],
-            "orderer_cpu_ms_per_envelope_batch": per["batch"],
-            "cpu_ratio_batch_to_single": round(per["batch"] / per["single"], 3),
-            "envelopes_per_s_single": rate["single"],
-            "envelopes_per_s_batch": rate["batch"],
-        }
+    for window in WINDOWS:
+        for scenario in ("leader", "spread"):
+            def med(key: str, mode: str, scenario: str = scenario, window: int = window) -> float:
+                return float(statistics.median(r[key] for r in runs if r["mode"] == mode
+                                               and r["scenario"] == scenario and r["window"] == window))
+
+            single = med("orderer_cpu_ms_per_envelope", "single")
+            batch = med("orderer_cpu_ms_per_envelope", "batch")
+            result[f"{scenario}_window_{window}"] = {
+                "orderer_cpu_ms_per_envelope_single": round(single, 4),
+                "orderer_cpu_ms_per_envelope_batch": round(batch, 4),
+                "cpu_ratio_batch_to_single": round(batch / single, 3),
+                "envelopes_per_s_single": round(med("envelopes_per_s", "single"), 1),
+                "envelopes_per_s_batch": round(med("envelopes_per_s", "batch"), 1),
+                "client_messages_per_envelope_batch": round(
+                    med("client_messages", "batch") / ENVELOPES, 3),
+            }
     path = write_result("broadcast_batch", result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     print(f"wrote {path}")
