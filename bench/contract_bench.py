@@ -18,10 +18,14 @@ counts the host<->worker frames in a separate pass (hooks on ``protocol.write_fr
 ``FrameReader.read``). There is no GIL contention here: a busy peer pays extra hand-offs
 per frame on top of these figures.
 
+The state backend has a non-recording ``peek`` (``node.sandbox.prefetch.PeekingBackend``),
+so the sandbox prefetches the reads it predicts; ``--no-peek`` also measures the current
+tree with a plain simulator (what a peer whose simulator has no ``peek`` gets).
+
 With ``--baseline REF`` the same bench also runs ``node/sandbox`` as of git ``REF`` (the
 rest of the tree is the current one) in alternating child processes (baseline, current,
-baseline, ...) so both see the same machine load, and reports ``current / baseline``
-ratios per function.
+baseline, ...) so all variants see the same machine load, and reports
+``current / baseline`` ratios per function.
 """
 
 from __future__ import annotations
@@ -459,11 +463,12 @@ def _baseline_tree(ref: str, into: Path) -> Path:
     return into
 
 
-def _run_child(tree: Path | None, stories: int, warmup: int, frame_stories: int) -> dict[str, Any]:
+def _run_child(tree: Path | None, stories: int, warmup: int, frame_stories: int,
+               peek: bool = True) -> dict[str, Any]:
     path = "" if tree is None else str(tree)
     code = (f"import sys, json; sys.path.insert(0, {path!r}) if {path!r} else None; "
             "from bench.contract_bench import child; "
-            f"print(json.dumps(child({stories}, {warmup}, {frame_stories})))")
+            f"print(json.dumps(child({stories}, {warmup}, {frame_stories}, {peek})))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           check=False, timeout=1800)
     if proc.returncode != 0:
@@ -479,11 +484,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--frame-stories", type=int, default=5)
     ap.add_argument("--baseline", default="", help="git ref of node/sandbox to compare with")
+    ap.add_argument("--no-peek", action="store_true",
+                    help="also run the current tree with a backend without peek (no prefetch)")
     ap.add_argument("--name", default="contract")
     args = ap.parse_args(argv)
     from bench.common import write_result
 
     current: list[dict[str, Any]] = []
+    no_peek: list[dict[str, Any]] = []
     base: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rx-contract-bench-") as tmp:
         tree = _baseline_tree(args.baseline, Path(tmp)) if args.baseline else None
@@ -491,6 +499,10 @@ def main(argv: list[str] | None = None) -> None:
             if tree is not None:
                 base.append(_run_child(tree, args.stories, args.warmup, args.frame_stories))
                 print(f"round {i + 1}: baseline done", flush=True)
+            if args.no_peek:
+                no_peek.append(_run_child(None, args.stories, args.warmup, args.frame_stories,
+                                          peek=False))
+                print(f"round {i + 1}: current without peek done", flush=True)
             current.append(_run_child(None, args.stories, args.warmup, args.frame_stories))
             print(f"round {i + 1}: current done", flush=True)
     result: dict[str, Any] = {
@@ -498,16 +510,21 @@ def main(argv: list[str] | None = None) -> None:
         "current": _summary(current),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
+    if no_peek:
+        result["current_without_peek"] = _summary(no_peek)
     if base:
         b = _summary(base)
         result["baseline_ref"] = args.baseline
         result["baseline"] = b
-        result["ratio_cpu_current_over_baseline"] = {
-            step: round(result["current"][step]["cpu_us_mean"] / b[step]["cpu_us_mean"], 3)
-            for step in (*STEPS, "overall")
-        }
-        result["gas_identical"] = all(
-            result["current"][s]["gas_median"] == b[s]["gas_median"] for s in STEPS)
+        for label, variant in (("current", result["current"]),
+                               ("current_without_peek", result.get("current_without_peek"))):
+            if variant is not None:
+                result[f"ratio_cpu_{label}_over_baseline"] = {
+                    step: round(variant[step]["cpu_us_mean"] / b[step]["cpu_us_mean"], 3)
+                    for step in (*STEPS, "overall")
+                }
+                result[f"gas_identical_{label}"] = all(
+                    variant[s]["gas_median"] == b[s]["gas_median"] for s in STEPS)
     path = write_result(args.name, result)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
