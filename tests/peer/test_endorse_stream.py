@@ -20,13 +20,28 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from node.config import Endpoint
 from node.errors import RxError, abort_with
 from node.peer import peer_clients
+from node.peer.config_view import ConfigView
 from node.peer.endorser import MAX_BATCH_ITEMS, Endorser, EndorserService, _ProposalStream
+from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.endorse import endorse
+from node.peer.notifier import CommitNotifier
 from node.peer.peer_clients import MAX_SEND_BYTES, MAX_SEND_ITEMS, RemoteEndorsers, _batches
+from node.peer.policy_provider import LifecyclePolicies
 from tests.peer.conftest import Cluster
-from tests.peer.test_gateway import deps_for
 
 WAIT_S = 10.0  # bound on every wait in this module
+
+
+def deps_for(cluster: Cluster, remotes: RemoteEndorsers) -> tuple[GatewayDeps, CommitNotifier]:
+    """Gateway collaborators of the cluster's first peer (h01) with real remote clients."""
+    local = cluster.peers[0]
+    notifier = CommitNotifier(local.ledger.height())
+    deps = GatewayDeps(
+        org=local.org, endorser=local.endorser, ledger=local.ledger,
+        configs=ConfigView(local.ledger.state, local.committer.validator._verifier),
+        policies=LifecyclePolicies(), notifier=notifier, remotes=remotes, broadcast=cast(Any, None),
+    )
+    return deps, notifier
 
 
 class Blocking:
