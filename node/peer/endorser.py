@@ -343,6 +343,7 @@ MAX_ANSWER_ITEMS = 256
 MAX_ANSWER_BYTES = 1 << 20  # a single answer may exceed it (bounded by the message limit)
 MAX_STREAM_IN_FLIGHT = 1024
 STREAM_WORKERS = 16
+CLOSE_WAIT_S = 30.0  # close(wait=True) waits this long at most for running endorsements
 _POLL_S = 0.25
 
 
@@ -362,6 +363,8 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         self._own_pool = pool is None
         self._pool: Executor = pool or ThreadPoolExecutor(workers, thread_name_prefix="endorse-stream")
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # endorsements running now (unary calls, stream handlers, pool)
         self._streams: set[_ProposalStream] = set()
         self._closed = False
 
@@ -369,9 +372,10 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         """End every open stream now (call before ``server.stop(grace)``: a gateway's stream
         would otherwise hold the stop for the whole grace period) and stop the workers;
         ``wait`` also waits for endorsements already running (call that before the ledger
-        closes). A stream ends after the answer its handler thread is computing itself;
-        proposals still in the pool are not answered (the callers see the stream end and
-        retry). Idempotent."""
+        closes; bounded by ``CLOSE_WAIT_S``). Later proposals are refused
+        SERVICE_UNAVAILABLE. A stream ends after the answer its handler thread is computing
+        itself; proposals still in the pool are not answered (the callers see the stream end
+        and retry). Idempotent."""
         with self._lock:
             self._closed = True
             streams = list(self._streams)
@@ -379,12 +383,29 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
             st.end()
         if self._own_pool:
             self._pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            with self._idle:
+                self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT_S)
+
+    def _endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        """:meth:`Endorser.endorse`, counted so that :meth:`close` can wait for it."""
+        with self._lock:
+            if self._closed:
+                raise RxError("SERVICE_UNAVAILABLE", "the peer is shutting down")
+            self._busy += 1
+        try:
+            return self._endorser.endorse(signed)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
 
     def ProcessProposal(
         self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext
     ) -> transaction_pb2.ProposalResponse:
         try:
-            return self._endorser.endorse(request)
+            return self._endorse(request)
         except RxError as err:
             abort_with(context, err)
 
@@ -393,7 +414,7 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         request_iterator: Iterator[services_pb2.ProposalBatch],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.ProposalResponseBatch]:
-        stream = _ProposalStream(self._endorser, self._pool, context.is_active)
+        stream = _ProposalStream(self._endorse, self._pool, context.is_active)
         with self._lock:
             if self._closed:
                 abort_with(context, RxError("SERVICE_UNAVAILABLE", "the peer is shutting down"))
@@ -418,8 +439,9 @@ class _ProposalStream:
     whose answers the handler sends -- coalesced -- as they complete.
     """
 
-    def __init__(self, endorser: Endorser, pool: Executor, is_active: Callable[[], bool]) -> None:
-        self._endorser = endorser
+    def __init__(self, endorse: Callable[[transaction_pb2.SignedProposal], transaction_pb2.ProposalResponse],
+                 pool: Executor, is_active: Callable[[], bool]) -> None:
+        self._endorse_fn = endorse
         self._pool = pool
         self._is_active = is_active
         # answers from the pool, proposals handed to the handler, None = no more answers
@@ -484,7 +506,7 @@ class _ProposalStream:
         try:
             if not item.HasField("proposal"):
                 raise RxError("BAD_REQUEST", "item carries no proposal")
-            resp = self._endorser.endorse(item.proposal)
+            resp = self._endorse_fn(item.proposal)
             return services_pb2.CorrelatedProposalResponse(correlation_id=cid, response=resp)
         except RxError as err:
             return _error_item(cid, err)

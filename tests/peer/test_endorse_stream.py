@@ -51,11 +51,15 @@ class Blocking:
         self.inner = inner
         self.gate = threading.Event()
         self.entered = threading.Semaphore(0)
+        self.done = 0
 
     def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         self.entered.release()
         self.gate.wait(WAIT_S)
-        return self.inner.endorse(signed)
+        try:
+            return self.inner.endorse(signed)
+        finally:
+            self.done += 1
 
 
 class CountingService(EndorserService):
@@ -250,7 +254,7 @@ class Inline(Executor):
 
 
 def test_ready_answers_are_coalesced_into_one_message(deployed: Cluster) -> None:
-    stream = _ProposalStream(deployed.peers[1].endorser, Inline(), lambda: True)
+    stream = _ProposalStream(deployed.peers[1].endorser.endorse, Inline(), lambda: True)
     batch = services_pb2.ProposalBatch(items=[
         services_pb2.CorrelatedProposal(correlation_id=i, proposal=_signed(deployed, f"k{i}")) for i in range(5)
     ] + [services_pb2.CorrelatedProposal(correlation_id=99)])
@@ -270,7 +274,7 @@ def test_idle_handler_endorses_a_proposal_itself_and_the_pool_takes_the_rest(dep
             submitted.append(args[0].correlation_id)
             return super().submit(fn, *args, **kwargs)
 
-    stream = _ProposalStream(deployed.peers[1].endorser, Recording(), lambda: True)
+    stream = _ProposalStream(deployed.peers[1].endorser.endorse, Recording(), lambda: True)
     stream._handler_idle = True  # as when the handler waits for answers
     batch = services_pb2.ProposalBatch(items=[
         services_pb2.CorrelatedProposal(correlation_id=i, proposal=_signed(deployed, f"h{i}")) for i in range(3)])
@@ -485,8 +489,21 @@ def test_service_close_ends_streams_so_stop_is_not_held(
     blocking.gate.clear()
     pending = remotes.begin("p01", _signed(deployed, "c1"))
     assert blocking.entered.acquire(timeout=WAIT_S) and blocking.entered.acquire(timeout=WAIT_S)
-    service.close()
+    done_when_closed: list[int] = []
+
+    def close_and_look() -> None:
+        service.close(wait=True)
+        done_when_closed.append(blocking.done)
+
+    closer = threading.Thread(target=close_and_look)
+    closer.start()
+    time.sleep(0.1)
     blocking.gate.set()
+    closer.join(WAIT_S)
+    assert done_when_closed == [2]  # close(wait=True) returned only after the running endorsement
+    with grpc.insecure_channel(f"127.0.0.1:{servers[0].port}") as ch, pytest.raises(grpc.RpcError) as refused:
+        services_pb2_grpc.EndorserStub(ch).ProcessProposal(_signed(deployed, "late"), timeout=WAIT_S)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     try:
         assert pending.result().response.status == 200
     except RxError as err:
