@@ -206,7 +206,7 @@ class Sandbox:
             self._argv.append("--no-seccomp")
         if allow_unchecked_for_tests:
             self._argv.append("--allow-unchecked")
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._closed = False
