@@ -81,7 +81,7 @@ See the ``Context`` class below: ``tx_id``, ``timestamp_ms`` (the transaction's 
 only clock), ``contract`` (own namespace), ``caller`` (``.org``, ``.role``, ``.name``,
 ``.attrs``, ``.org_kind``, ``.hospital_level``), ``get``, ``put``, ``delete``, ``range``,
 ``history``, ``get_from``, ``range_from``, ``transient``, ``emit``, ``fail``,
-``sha256_hex``, ``hmac_sha256_hex``.
+``sha256_hex``, ``hmac_sha256_hex``, ``canonical_json``.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ class Context:
     oldest first; ``get_from(ns, key)`` / ``range_from(ns, start, end, limit)`` read another
     contract's state (read-only); ``transient(name)`` -> private JSON input or None (never
     stored); ``emit(name, payload)`` records an event; ``fail(reason, message)`` raises
-    ContractError; ``sha256_hex(text)`` / ``hmac_sha256_hex(key_hex, text)`` hash UTF-8 text.
+    ContractError; ``sha256_hex(text)`` / ``hmac_sha256_hex(key_hex, text)`` hash UTF-8 text;
+    ``canonical_json(value)`` -> the canonical JSON text ("" if the value has none).
     Keys are non-empty strings of at most ``max_key_len`` UTF-8 bytes without NUL.
     """
 
@@ -339,6 +340,21 @@ class Context:
         self._meter.gas(GAS_HASH + len(raw) // GAS_BYTES_PER_UNIT)
         return hashlib.sha256(raw).hexdigest()
 
+    def canonical_json(self, value: Any) -> str:
+        """The rxchain canonical JSON text of ``value`` (keys sorted, separators "," and
+        ":", no ASCII escaping; tuples as lists), or "" if it has none (floats, sets,
+        non-string keys, lone surrogates, nesting deeper than 64).  Gas 20 + 1 per JSON
+        value + bytes/32; larger than ``max_value_bytes``: SIZE_LIMIT."""
+        try:
+            data, nodes = canonical.encode(value, "canonical_json", self._limits.max_value_bytes)
+        except SizeLimit as exc:
+            raise self._meter.fail(exc) from None
+        except (Abort, UnicodeEncodeError):
+            self._meter.gas(GAS_HASH)
+            return ""
+        self._meter.gas(GAS_HASH + nodes + len(data) // GAS_BYTES_PER_UNIT)
+        return data.decode("utf-8")
+
     def hmac_sha256_hex(self, key_hex: str, data: str) -> str:
         if type(data) is not str or type(key_hex) is not str:
             raise ValueError("hmac_sha256_hex takes a hex key and a string")
@@ -374,6 +390,7 @@ API_ATTRS = frozenset(
         "fail",
         "sha256_hex",
         "hmac_sha256_hex",
+        "canonical_json",
         "org",
         "role",
         "name",

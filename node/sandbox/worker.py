@@ -42,7 +42,8 @@ def warm(ctx: Context, n: int) -> dict:
     except KeyError as exc:
         t += str(exc)
     return {"v": v, "r": len(r), "h": len(h), "s": s, "t": t, "x": ctx.sha256_hex(t),
-            "y": ctx.hmac_sha256_hex("00ff", t), "z": ctx.transient("p")}
+            "y": ctx.hmac_sha256_hex("00ff", t), "z": ctx.transient("p"),
+            "c": ctx.canonical_json({"b": [1, "\u00e9\\n"], "a": None})}
 '''
 
 
