@@ -44,6 +44,7 @@ from node.identity.msp import MSP
 from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.recent import RecentTxIndex, tx_id_of
 from node.orderer.streams import coalesced_answers, immediate, ordered_answers
 from node.orderer.ticket import (
     BAD_PAYLOAD,
@@ -176,7 +177,9 @@ class BroadcastHandler:
         metrics: OrdererMetrics,
         options: BroadcastOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recent: RecentTxIndex | None = None,
     ) -> None:
+        self._recent = recent
         self._validator = validator
         self._orderer = orderer
         self._forwarder = forwarder
@@ -220,9 +223,20 @@ class BroadcastHandler:
                 immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
                 for _ in raws
             ]
-        return self._orderer.submit_many(
-            [(raw, tx_type(raw) == transaction_pb2.CONFIG) for raw in raws]
+        if self._recent is None or not self._recent.active():
+            return self._orderer.submit_many(
+                [(raw, tx_type(raw) == transaction_pb2.CONFIG) for raw in raws]
+            )
+        # Around a leader change: the forwarding orderer may not have stored the block that
+        # already holds a resubmitted envelope yet; this leader has (see ``recent``).
+        out: list[Ticket | None] = [self._already_ordered(tx_id_of(raw)) for raw in raws]
+        fresh = [i for i, t in enumerate(out) if t is None]
+        tickets = self._orderer.submit_many(
+            [(raws[i], tx_type(raws[i]) == transaction_pb2.CONFIG) for i in fresh]
         )
+        for i, t in zip(fresh, tickets, strict=True):
+            out[i] = t
+        return [t for t in out if t is not None]
 
     def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:
         """Validate and dispatch one envelope (every answer names the tx id when it parsed)."""
@@ -232,7 +246,21 @@ class BroadcastHandler:
             return None, immediate(outcome, tx_id)
         if not self._accepting:
             return None, immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), result.tx_id)
+        done = self._already_ordered(result.tx_id)
+        if done is not None:
+            return None, done
         return result, self.dispatch_checked(result, self._clock() + self._opt.commit_timeout_s)
+
+    def _already_ordered(self, tx_id: str) -> Ticket | None:
+        """An accepted answer for a tx id already in a block stored around the last leader
+        change (a resubmission after an unknown outcome; see ``recent``), else None."""
+        if self._recent is None:
+            return None
+        number = self._recent.lookup(tx_id)
+        if number is None:
+            return None
+        _log.info("envelope %s already ordered in block %d: not ordered again", tx_id, number)
+        return immediate(Outcome(block_number=number, message=f"already ordered in block {number}"), tx_id)
 
     def answer(self, checked: Checked | None, ticket: Ticket, deadline: float) -> Outcome:
         """Wait for the outcome (re-dispatching after NOT_LEADER) within ``deadline``."""
@@ -245,7 +273,8 @@ class BroadcastHandler:
             if self._clock() >= deadline:
                 return Outcome(SERVICE_UNAVAILABLE, "leader changed; envelope not ordered")
             time.sleep(0.02)
-            ticket = self.dispatch_checked(checked, deadline)
+            # A resubmission may have waited here while its first copy's block committed.
+            ticket = self._already_ordered(checked.tx_id) or self.dispatch_checked(checked, deadline)
 
     def stream(self, requests: Iterable[bytes]) -> Iterator[services_pb2.BroadcastResponse]:
         """Answers for a Broadcast stream, in order."""
@@ -300,12 +329,17 @@ class BroadcastHandler:
             return [_Held(None, immediate(refusal), deadline) for _ in raws]
         held: list[_Held | None] = [None] * len(raws)
         valid: list[tuple[int, Checked]] = []
+        dedup = self._recent is not None and self._recent.active()
         for i, raw in enumerate(raws):
             result = self._validator.check(raw)
-            if isinstance(result, Checked):
-                valid.append((i, result))
-            else:
+            if not isinstance(result, Checked):
                 held[i] = _Held(None, immediate(result[1], result[0]), deadline)
+                continue
+            done = self._already_ordered(result.tx_id) if dedup else None
+            if done is not None:
+                held[i] = _Held(None, done, deadline)
+            else:
+                valid.append((i, result))
         if valid:
             for (i, checked), ticket in zip(valid, self._dispatch_valid(valid, deadline), strict=True):
                 held[i] = _Held(checked, ticket, deadline)

@@ -41,6 +41,7 @@ from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.recent import RecentTxIndex
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.raft.durable import DurableStorage
 from node.raft.types import StateRole
@@ -240,6 +241,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         BroadcastOptions(commit_timeout_s=commit_timeout_s),
+        recent=RecentTxIndex(blocks, chain.leader_id),
     )
     deliver = DeliverService(blocks, tracker.msp, _wall_ms)
     cluster = ClusterService(

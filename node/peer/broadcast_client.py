@@ -253,7 +253,7 @@ class BroadcastClient:
         leader_poll_s: float = 2.0,
         status_timeout_s: float = 1.0,
         stall_s: float = 1.0,
-        probe_timeout_s: float = 0.5,
+        probe_timeout_s: float = 1.0,
         batched: bool = True,
         max_batch: int = 256,
         max_batch_bytes: int = 1024 * 1024,

@@ -1,0 +1,106 @@
+"""Recently ordered tx ids around a Raft leader change (idempotent resubmission).
+
+When a leader is paused or dies, the envelopes it held have no known outcome: the block
+holding them may still be committed by the new leader. Clients (the peers' broadcast
+client) then send them again; ordering them a second time would put the same tx in two
+blocks (peers mark the copy DUPLICATE_TXID, but it costs a block slot and breaks "every
+accepted envelope in exactly one block").
+
+:class:`RecentTxIndex` answers "is this tx id already in a committed block?" during a
+window of ``window_s`` seconds after this node observes a new Raft leader (or its first
+one), from the blocks in its own block store: the ``lookback_blocks`` blocks before the
+change and every block stored since. Outside such windows it costs one ``leader_id()``
+read per lookup and holds nothing; inside, each stored block's envelopes are parsed once.
+It never answers wrongly (a hit is a committed block); a miss is not a proof, e.g. a
+resubmission racing the new leader's apply of the old term's blocks is still ordered and
+then marked DUPLICATE_TXID by the peers, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, transaction_pb2
+
+
+class Blocks(Protocol):
+    """Read access to the orderer's block store."""
+
+    def height(self) -> int:
+        """Number of stored blocks."""
+        ...
+
+    def get(self, number: int) -> block_pb2.Block:
+        """Block ``number``."""
+        ...
+
+
+def tx_id_of(raw: bytes) -> str:
+    """The tx id of a serialized envelope ('' if it does not parse)."""
+    try:
+        env = transaction_pb2.Envelope.FromString(raw)
+        tx = transaction_pb2.Transaction.FromString(env.payload)
+        return str(transaction_pb2.TxHeader.FromString(tx.header).tx_id)
+    except DecodeError:
+        return ""
+
+
+class RecentTxIndex:
+    """tx id -> block number of blocks stored around the last leader change."""
+
+    def __init__(
+        self,
+        blocks: Blocks,
+        leader_id: Callable[[], int],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = 30.0,
+        lookback_blocks: int = 32,
+    ) -> None:
+        self._blocks = blocks
+        self._leader_id = leader_id
+        self._clock = clock
+        self._window_s = window_s
+        self._lookback = lookback_blocks
+        self._lock = threading.Lock()
+        self._leader = 0
+        self._until = -1.0
+        self._next = 0  # next block number to index
+        self._index: dict[str, int] = {}
+
+    def active(self) -> bool:
+        """Whether a window is open (after noticing a leader change)."""
+        leader = self._leader_id()
+        now = self._clock()
+        with self._lock:
+            if leader and leader != self._leader:
+                self._leader = leader
+                self._until = now + self._window_s
+                start = max(1, self._blocks.height() - self._lookback)
+                if not self._index:
+                    self._next = start
+                else:
+                    self._next = min(self._next, start)
+            elif self._until >= 0 and now > self._until:
+                self._until = -1.0
+                self._index = {}
+            return self._until >= 0
+
+    def lookup(self, tx_id: str) -> int | None:
+        """Block number holding ``tx_id`` if it is a recently stored one (window open)."""
+        if not tx_id or not self.active():
+            return None
+        with self._lock:
+            height = self._blocks.height()
+            while self._next < height:
+                number = self._next
+                for raw in self._blocks.get(number).data.envelopes:
+                    found = tx_id_of(raw)
+                    if found:
+                        self._index.setdefault(found, number)
+                self._next += 1
+            return self._index.get(tx_id)

@@ -1,0 +1,145 @@
+"""RecentTxIndex: a resubmission of an envelope already in a block stored around a leader
+change is answered accepted (with that block) and not ordered again (clock injected)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from rxchain.v1 import block_pb2
+
+from node.crypto.signing import Verifier
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.recent import RecentTxIndex, tx_id_of
+from node.orderer.ticket import NOT_LEADER, Outcome, Ticket
+from tests.orderer.cluster import Client, make_network
+
+
+class Blocks:
+    def __init__(self) -> None:
+        self.blocks: list[block_pb2.Block] = [block_pb2.Block()]  # genesis
+        self.reads = 0
+
+    def add(self, envelopes: list[bytes]) -> int:
+        b = block_pb2.Block()
+        b.header.number = len(self.blocks)
+        b.data.envelopes.extend(envelopes)
+        self.blocks.append(b)
+        return b.header.number
+
+    def height(self) -> int:
+        return len(self.blocks)
+
+    def get(self, number: int) -> block_pb2.Block:
+        self.reads += 1
+        return self.blocks[number]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_network(tmp_path_factory.mktemp("recent") / "net")
+
+
+def test_index_window_opens_on_leader_change_and_closes(net: Any) -> None:
+    client = Client(net)
+    blocks, clock, leader = Blocks(), Clock(), [0]
+    old = [client.envelope() for _ in range(3)]
+    for tx, raw in old:
+        assert tx_id_of(raw) == tx
+    for i in range(40):  # older blocks, beyond the lookback
+        blocks.add([old[0][1]] if i == 0 else [])
+    last = blocks.add([old[1][1], old[2][1]])
+    index = RecentTxIndex(blocks, lambda: leader[0], clock=clock, window_s=30, lookback_blocks=8)
+    assert index.lookup(old[1][0]) is None  # no leader known yet: no window
+    assert blocks.reads == 0
+    leader[0] = 1
+    assert index.lookup(old[1][0]) == last
+    assert index.lookup(old[0][0]) is None  # block 1 is outside the lookback
+    later = client.envelope()
+    n = blocks.add([later[1]])
+    assert index.lookup(later[0]) == n  # blocks stored during the window are indexed
+    clock.now += 31
+    assert index.lookup(later[0]) is None  # window closed, index dropped
+    assert not index.active()
+    leader[0] = 2  # a new leader: a new window
+    assert index.lookup(later[0]) == n
+    assert index.lookup("") is None
+
+
+class Orderer:
+    def __init__(self) -> None:
+        self.submitted: list[bytes] = []
+
+    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
+        self.submitted.append(envelope)
+        return Ticket.done(Outcome(block_number=99), tx_id)
+
+    def submit_many(self, items: Any) -> list[Ticket]:
+        return [self.submit(env, "", cfg) for env, cfg in items]
+
+    def leader_id(self) -> int:
+        return 1
+
+    def own_id(self) -> int:
+        return 1
+
+
+class NoForward:
+    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+        raise AssertionError("must not forward")
+
+
+def _handler(net: Any, orderer: Orderer, index: RecentTxIndex) -> BroadcastHandler:
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    validator = EnvelopeValidator(lambda: msp, consortium.consortium_id, 65536,
+                                  lambda: int(time.time() * 1000))
+    return BroadcastHandler(validator, orderer, NoForward(), OrdererMetrics("t"), recent=index)
+
+
+def test_resubmitted_envelope_is_answered_from_its_block_not_ordered_again(net: Any) -> None:
+    client = Client(net)
+    blocks = Blocks()
+    first, fresh = client.envelope(), client.envelope()
+    n = blocks.add([first[1]])
+    orderer = Orderer()
+    h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
+    # Broadcast (one per message) and BroadcastBatch, and the leader side of a forward.
+    single = list(h.stream(iter([first[1], fresh[1]])))
+    batch = [r for m in h.batch_stream(iter([[first[1], fresh[1]]])) for r in m.responses]
+    for answers in (single, batch):
+        assert [a.accepted for a in answers] == [True, True]
+        assert [a.tx_id for a in answers] == [first[0], fresh[0]]
+        assert answers[0].message == f"already ordered in block {n}"
+    forwarded = h.submit_local_many([first[1], fresh[1]])
+    assert [t.wait(1) for t in forwarded] == [Outcome(block_number=n, message=f"already ordered in block {n}"),
+                                              Outcome(block_number=99)]
+    assert orderer.submitted == [fresh[1]] * 3  # the first copy was never ordered again
+
+
+def test_redispatch_after_not_leader_checks_the_index_again(net: Any) -> None:
+    client = Client(net)
+    blocks = Blocks()
+    tx, raw = client.envelope()
+    orderer = Orderer()
+    h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
+    checked, _ = h.dispatch(raw)
+    assert checked is not None and orderer.submitted == [raw]
+    # Suppose the envelope had been forwarded to a leader that lost leadership (handed
+    # back NOT_LEADER) while its first copy's block committed meanwhile.
+    n = blocks.add([raw])
+    outcome = h.answer(checked, Ticket.done(Outcome(NOT_LEADER, "moved"), tx), time.monotonic() + 5)
+    assert outcome == Outcome(block_number=n, message=f"already ordered in block {n}")
+    assert orderer.submitted == [raw]
