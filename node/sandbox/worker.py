@@ -200,14 +200,23 @@ def _limit_process(memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
-def _set_cpu_budget(seconds: int) -> None:
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    spent = int(used.ru_utime + used.ru_stime) + 1
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = spent + max(1, seconds)
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+class _CpuBudget:
+    """Per-invocation RLIMIT_CPU: soft = CPU seconds spent so far + 1 + budget (capped by
+    the hard limit).  The soft value only changes when a whole CPU second has passed, so
+    the setrlimit call is skipped while it would set the same value."""
+
+    def __init__(self) -> None:
+        self._hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        self._soft = -1
+
+    def set(self, seconds: int) -> None:
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(used.ru_utime + used.ru_stime) + 1 + max(1, seconds)
+        if self._hard != resource.RLIM_INFINITY:
+            soft = min(soft, self._hard)
+        if soft != self._soft:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, self._hard))
+            self._soft = soft
 
 
 def _result_message(r: t.InvocationResult, recycle: bool) -> bytes:
@@ -228,6 +237,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
     """Answer invocations until the host closes the pipe (or a recycle is needed)."""
     reader = protocol.FrameReader(IN_FD)
     limits = t.SandboxLimits()
+    budget = _CpuBudget()
     while True:
         try:
             frame = reader.read()
@@ -244,7 +254,7 @@ def serve(checked: Engine, raw: Engine | None) -> None:
         if req.unchecked and raw is None:
             raise SystemExit("protocol: unchecked code refused")
         engine = raw if req.unchecked and raw is not None else checked
-        _set_cpu_budget(limits.cpu_seconds)  # covers compiling too
+        budget.set(limits.cpu_seconds)  # covers compiling too
         compiled = engine.cached(req.code_hash)
         if compiled is None:
             if not req.source:
