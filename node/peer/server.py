@@ -66,6 +66,7 @@ class PeerNode:
     server: grpc.Server
     metrics: PeerMetrics
     sandbox: Sandbox
+    endorser_service: EndorserService
     stopping: threading.Event = field(default_factory=threading.Event)
     failed: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
@@ -82,8 +83,10 @@ class PeerNode:
         self.stopping.set()
         self.deliver.stop()
         self.notifier.close()
+        self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
         self.gateway.close()
+        self.endorser_service.close(wait=True)  # no endorsement still reading the ledger
         self.broadcast.close()
         self.sandbox.close()
         self.metrics.close()
@@ -185,7 +188,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         options=[("grpc.max_send_message_length", max_msg),
                  ("grpc.max_receive_message_length", max_msg)],
     )
-    services_pb2_grpc.add_EndorserServicer_to_server(EndorserService(endorser), server)
+    endorser_service = EndorserService(endorser)
+    services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(PeerDeliverService(ledger, notifier), server)
     services_pb2_grpc.add_AdminServicer_to_server(
@@ -202,7 +206,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     closers.append(lambda: server.stop(0))
     node = PeerNode(config, ledger, committer, notifier, deliver, broadcast, gateway, server,
-                    metrics, sandbox)
+                    metrics, sandbox, endorser_service)
     node_ref.append(node)
     server.start()
     try:

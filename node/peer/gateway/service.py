@@ -27,7 +27,10 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self._work_pool = ThreadPoolExecutor(workers, thread_name_prefix="gw-transact")
 
     def close(self) -> None:
-        """Stop the worker pools."""
+        """Stop the worker pools and the remote endorsement streams."""
+        close_remotes = getattr(self._deps.remotes, "close", None)  # test doubles may have none
+        if close_remotes is not None:
+            close_remotes()
         self._work_pool.shutdown(wait=False, cancel_futures=True)
         self._remote_pool.shutdown(wait=False, cancel_futures=True)
 
