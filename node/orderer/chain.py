@@ -16,6 +16,12 @@ valid copy: it stores the copy another orderer signed instead (fetched like a ca
 "accepted" only when the block holding its envelope is applied with the header the leader
 proposed: an accepted envelope is committed, in exactly one block.
 
+Per block the leader sends each follower the block's append and a commit-only append;
+a follower acknowledges the first and leaves out the identical acknowledgement of the
+second (:meth:`Chain._drop_repeated_acks`). Raft messages of one Ready travel to each peer
+as one queue item, heartbeats go every ``heartbeat_tick`` (2) ticks, and the driver's inbox
+is a ``queue.SimpleQueue``: the per-block work is mostly the stream messages themselves.
+
 Snapshots are taken every ``snapshot_interval_blocks`` blocks and carry the last block's
 number and hash (OrdererSnapshotData); a node receiving a snapshot (lagging or new) pulls
 the missing blocks from another orderer's Deliver through the injected ``fetcher``.
@@ -103,6 +109,9 @@ class ChainOptions:
     max_size_per_msg: int = 4 * 1024 * 1024
     inflight_expiry_s: float = 30.0
     catch_up_retry_s: float = 0.2
+    # A follower does not repeat an acknowledgement it sent less than this long ago (see
+    # Chain._drop_repeated_acks); 0 sends every one. None: two heartbeat intervals.
+    repeated_ack_window_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +211,12 @@ class Chain:
         self._members_match: tuple[object, ConfState] | None = None
         self._status_key: tuple[int, ...] = ()
         self._leader_listeners: list[Callable[[int], None]] = []
+        window = self._opt.repeated_ack_window_s
+        self._ack_window_s = (
+            2 * heartbeat_ticks(self._opt) * self._opt.tick_s if window is None else window
+        )
+        self._last_ack: tuple[tuple[int, int, int], float] | None = None
+        self.repeated_acks_dropped = 0
         self._status = self._make_status()
 
     # ------------------------------------------------------------------ thread API
@@ -492,7 +507,9 @@ class Chain:
                 self._transport.send(rd.messages)
             self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
             if rd.messages and not early:
-                self._transport.send(rd.messages)
+                messages = self._drop_repeated_acks(rd.messages)
+                if messages:
+                    self._transport.send(messages)
             if rd.snapshot is not None and not rd.snapshot.is_empty:
                 self._install_snapshot(rd.snapshot)
             if rd.committed_entries:
@@ -500,6 +517,32 @@ class Chain:
             self._node.advance(rd)
             self._maybe_snapshot()
             self._refresh_status()
+
+    def _drop_repeated_acks(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """Leave out a follower's acknowledgement that repeats, within the ack window, the
+        last one it sent (same leader, term and index, not a rejection).
+
+        Such repeats answer the leader's commit-only appends (one after every block): the
+        leader learnt that index from the first one, so the repeat changes nothing there
+        and costs a stream message and a Raft step on both sides per block. Dropping a
+        message is always safe in Raft (the transport is lossy anyway); liveness holds
+        because a repeat is sent again once the window has passed since the last one sent,
+        so if the first was lost the leader's next probe or heartbeat-driven resend (at
+        most a heartbeat later) is answered."""
+        if self._role == StateRole.LEADER or self._ack_window_s <= 0:
+            return messages
+        out: list[Message] = []
+        for m in messages:
+            if m.type == MessageType.APP_RESP and not m.reject:
+                key = (m.to, m.term, m.index)
+                now = self._clock()
+                last = self._last_ack
+                if last is not None and last[0] == key and now - last[1] < self._ack_window_s:
+                    self.repeated_acks_dropped += 1
+                    continue
+                self._last_ack = (key, now)
+            out.append(m)
+        return out
 
     def _may_send_before_persist(self, rd: Ready) -> bool:
         """etcd-raft's leader optimisation: a leader may send appends and heartbeats while

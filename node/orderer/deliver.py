@@ -5,11 +5,18 @@ consortium member. ``start_block`` is inclusive; with ``follow`` the stream wait
 blocks (checking cancellation every ``poll_s``), otherwise it stops at ``stop_block`` (0 =
 the current height - 1) and ends with an ErrorDetail status ``OK``. A client resumes after
 a reconnect by asking from the block after the last one it received.
+
+Every stream sends the same bytes for a block: the stored serialized Block framed as a
+DeliverResponse (field 1, length-delimited) once per block and shared by all streams (a
+small cache of the latest blocks). :meth:`DeliverService.deliver_bytes` yields those bytes
+for a handler registered without a response serializer; :meth:`DeliverService.deliver`
+yields messages parsed from them (one C-level parse, no Block copy).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -23,6 +30,25 @@ from node.ledger.blockstore import BlockStore
 
 _log = logging.getLogger(__name__)
 
+_DELIVER_BLOCK_TAG = b"\x0a"  # DeliverResponse.block: field 1, wire type 2 (length-delimited)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def frame_block(raw_block: bytes) -> bytes:
+    """The serialized DeliverResponse carrying the serialized Block ``raw_block``."""
+    return _DELIVER_BLOCK_TAG + _varint(len(raw_block)) + raw_block
+
 
 class DeliverService:
     """Serves the block store as a stream."""
@@ -33,21 +59,22 @@ class DeliverService:
         msp_source: Callable[[], MSP],
         clock_ms: Callable[[], int],
         poll_s: float = 0.5,
+        cache_blocks: int = 8,
     ) -> None:
         self._blocks = blocks
         self._msp = msp_source
         self._clock_ms = clock_ms
         self._poll_s = poll_s
         self._closed = False
+        self._cache_blocks = cache_blocks
+        self._cache: dict[int, bytes] = {}
+        self._cache_lock = threading.Lock()
 
     def close(self) -> None:
         """End follow streams."""
         self._closed = True
 
-    def deliver(
-        self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
-    ) -> Iterator[services_pb2.DeliverResponse]:
-        """Stream blocks as the request asks."""
+    def _check_caller(self, context: grpc.ServicerContext) -> None:
         ident = peer_identity(context)
         try:
             if ident is None:
@@ -55,12 +82,47 @@ class DeliverService:
             self._msp().validate(ident, self._clock_ms())
         except RxError as err:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{err.reason}: {err.message}")
+
+    def deliver(
+        self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.DeliverResponse]:
+        """Stream blocks as the request asks."""
+        self._check_caller(context)
         yield from self.blocks_from(request, context.is_active)
+
+    def deliver_bytes(
+        self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """:meth:`deliver` as serialized DeliverResponses (for a handler registered with
+        ``response_serializer=None``): a block's bytes are framed once for all streams."""
+        self._check_caller(context)
+        yield from self.frames_from(request, context.is_active)
 
     def blocks_from(
         self, request: services_pb2.DeliverRequest, active: Callable[[], bool]
     ) -> Iterator[services_pb2.DeliverResponse]:
         """The responses for ``request`` while ``active()`` holds."""
+        for frame in self.frames_from(request, active):
+            yield services_pb2.DeliverResponse.FromString(frame)
+
+    def _frame(self, number: int) -> bytes:
+        """The framed block; the latest ``cache_blocks`` blocks (what following streams
+        read) are framed once and shared, older ones (a catch-up) are read each time."""
+        with self._cache_lock:
+            frame = self._cache.get(number)
+        if frame is not None:
+            return frame
+        frame = frame_block(self._blocks.get_bytes(number))
+        low = self._blocks.height() - self._cache_blocks
+        if number >= low:
+            with self._cache_lock:
+                frame = self._cache.setdefault(number, frame)
+                for old in [k for k in self._cache if k < low]:
+                    del self._cache[old]
+        return frame
+
+    def frames_from(self, request: services_pb2.DeliverRequest, active: Callable[[], bool]) -> Iterator[bytes]:
+        """Serialized DeliverResponses for ``request`` while ``active()`` holds."""
         n = request.start_block
         stop = request.stop_block
         if not request.follow and stop == 0:
@@ -69,8 +131,7 @@ class DeliverService:
             if not request.follow and n > stop:
                 break
             if n < self._blocks.height():
-                raw = self._blocks.get_bytes(n)
-                yield services_pb2.DeliverResponse(block=block_pb2.Block.FromString(raw))
+                yield self._frame(n)
                 n += 1
                 continue
             if not request.follow:
@@ -78,7 +139,7 @@ class DeliverService:
             self._blocks.wait_for_height(n + 1, self._poll_s)
         yield services_pb2.DeliverResponse(
             status=identity_pb2.ErrorDetail(reason="OK", message=f"delivered up to {n - 1}")
-        )
+        ).SerializeToString()
 
 
 class DeliverFetcher:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,3 +198,100 @@ def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp
         chain.stop()
         storage.close()
         blocks.close()
+
+
+def test_follower_leaves_out_repeated_acks_of_commit_only_appends_within_the_window(solo, tmp_path):
+    """A follower answers the leader's append with an ack, and does not repeat that ack for
+    the commit-only append that follows within the window; after the window it does (so a
+    lost ack is always answered again)."""
+    genesis = read_genesis(solo.genesis_path)
+    consortium = config_from_genesis(genesis)
+    verifier = Verifier()
+    data = tmp_path / "f"
+    blocks = BlockStore(data / "blocks", fsync=False)
+    blocks.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    storage = DurableStorage(data / "raft", bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]), fsync=True)
+    d = solo.home / "nodes" / "orderer.ins01"
+    transport = Collect()
+    now = [100.0]
+    chain = Chain(1, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins01"), transport,
+                  NoFetch(), tracker, OrdererMetrics("f"), rng=random.Random(3), clock=lambda: now[0],
+                  options=ChainOptions(tick_s=1000.0, election_tick=10, repeated_ack_window_s=0.2))
+    chain.start()
+
+    def acks() -> list[tuple[int, int]]:
+        return [(m.index, m.commit) for m in list(transport.sent) if m.type == MessageType.APP_RESP]
+
+    def wait_for(pred: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 5
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert pred()
+
+    try:
+        entry = Entry(1, 1, EntryType.NORMAL, b"")  # a new leader's empty entry
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=0, log_term=0,
+                           entries=(entry,), commit=0))
+        wait_for(lambda: len(acks()) == 1)
+        assert acks()[0][0] == 1
+        # The commit-only append: applied, but its ack (index 1 again) is not repeated.
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=1, log_term=1, commit=1))
+        wait_for(lambda: chain.status().applied == 1)
+        time.sleep(0.05)
+        assert len(acks()) == 1 and chain.repeated_acks_dropped == 1
+        # A rejection is never left out; after the window the same ack goes out again.
+        now[0] += 0.5
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=1, log_term=1, commit=1))
+        wait_for(lambda: len(acks()) == 2)
+        assert acks()[1][0] == 1
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=5, log_term=1, commit=1))
+        wait_for(lambda: any(m.reject for m in list(transport.sent)))
+        # A new index is acknowledged at once.
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=1, log_term=1,
+                           entries=(Entry(1, 2, EntryType.NORMAL, b""),), commit=1))
+        wait_for(lambda: [a[0] for a in acks()][-1:] == [2])
+        assert chain.status().role == StateRole.FOLLOWER and chain.status().leader == 2
+    finally:
+        chain.stop()
+        storage.close()
+        blocks.close()
+
+
+def test_deliver_frames_each_block_once_for_every_stream(tmp_path, net):
+    from rxchain.v1 import services_pb2
+
+    from node.crypto.canonical import GENESIS_PREVIOUS_HASH
+    from node.orderer.deliver import DeliverService, frame_block
+
+    # The frame is exactly a serialized DeliverResponse, for small and multi-byte lengths.
+    for size in (0, 1, 127, 128, 300, 70000):
+        b = block_pb2.Block()
+        b.data.envelopes.append(b"e" * size)
+        raw = b.SerializeToString()
+        assert frame_block(raw) == services_pb2.DeliverResponse(block=b).SerializeToString()
+    store = BlockStore(tmp_path / "blocks", fsync=False)
+    prev = GENESIS_PREVIOUS_HASH
+    for n in range(4):
+        b = block_pb2.Block()
+        b.header.number = n
+        b.header.previous_hash = prev
+        b.data.envelopes.append(b"env-%d" % n)
+        b.header.data_hash = block_data_hash(list(b.data.envelopes))
+        store.append(b)
+        prev = block_header_hash(b.header)
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    svc = DeliverService(store, lambda: msp, lambda: int(time.time() * 1000), poll_s=0.05, cache_blocks=2)
+    req = services_pb2.DeliverRequest(start_block=1, stop_block=3)
+    first = list(svc.frames_from(req, lambda: True))
+    second = list(svc.frames_from(req, lambda: True))
+    assert [services_pb2.DeliverResponse.FromString(f).block for f in first[:-1]] == [
+        store.get(n) for n in (1, 2, 3)]
+    assert services_pb2.DeliverResponse.FromString(first[-1]).status.reason == "OK"
+    # The latest two blocks are framed once: the very same bytes objects on both streams;
+    # an older block (a catch-up read) is not kept.
+    assert first[1] is second[1] and first[2] is second[2]
+    assert first[0] == second[0] and first[0] is not second[0]
+    assert [r.block.header.number for r in svc.blocks_from(req, lambda: True)][:-1] == [1, 2, 3]
+    store.close()
