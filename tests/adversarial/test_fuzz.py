@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -50,12 +51,16 @@ METHODS = [
     Method("peer", "/rxchain.v1.Gateway/CommitStatus", "unary", False),
     Method("peer", "/rxchain.v1.Gateway/Events", "unary_stream", False),
     Method("peer", "/rxchain.v1.Gateway/Transact", "stream_stream", True),
+    Method("peer", "/rxchain.v1.Gateway/TransactBatch", "stream_stream", True),
+    Method("peer", "/rxchain.v1.Endorser/ProcessProposals", "stream_stream", True),
     Method("peer", "/rxchain.v1.PeerDeliver/Deliver", "unary_stream", False),
     Method("peer", "/rxchain.v1.Admin/Status", "unary", False),
     Method("orderer", "/rxchain.v1.AtomicBroadcast/Broadcast", "stream_stream", True),
+    Method("orderer", "/rxchain.v1.AtomicBroadcast/BroadcastBatch", "stream_stream", True),
     Method("orderer", "/rxchain.v1.AtomicBroadcast/Deliver", "unary_stream", False),
     Method("orderer", "/rxchain.v1.Cluster/Step", "stream_unary", True, as_peer=True),
     Method("orderer", "/rxchain.v1.Cluster/Forward", "stream_stream", True, as_peer=True),
+    Method("orderer", "/rxchain.v1.Cluster/ForwardBatch", "stream_stream", True, as_peer=True),
     Method("orderer", "/rxchain.v1.Admin/Health", "unary", False),
 ]
 
@@ -75,6 +80,12 @@ def _templates(adv: AdvNet) -> dict[str, bytes]:
         "CommitStatus": services_pb2.CommitStatusRequest(tx_id=built.tx_id, timeout_ms=50).SerializeToString(),
         "Events": services_pb2.EventsRequest(start_block=0, follow=False).SerializeToString(),
         "Transact": services_pb2.TransactRequest(correlation_id=7, submit=env).SerializeToString(),
+        "TransactBatch": services_pb2.TransactBatchRequest(
+            requests=[services_pb2.TransactRequest(correlation_id=7, submit=env)]).SerializeToString(),
+        "ProcessProposals": services_pb2.ProposalBatch(
+            items=[services_pb2.CorrelatedProposal(correlation_id=7, proposal=built.signed)]).SerializeToString(),
+        "BroadcastBatch": services_pb2.EnvelopeBatch(envelopes=[env]).SerializeToString(),
+        "ForwardBatch": services_pb2.EnvelopeBatch(envelopes=[env]).SerializeToString(),
         "Deliver": services_pb2.DeliverRequest(start_block=0, stop_block=1).SerializeToString(),
         "Status": services_pb2.StatusRequest().SerializeToString(),
         "Broadcast": env_b,
@@ -103,6 +114,8 @@ _TYPES: dict[str, type[Message]] = {
     "Endorse": services_pb2.EndorseRequest, "Submit": services_pb2.SubmitRequest,
     "CommitStatus": services_pb2.CommitStatusRequest, "Events": services_pb2.EventsRequest,
     "Transact": services_pb2.TransactRequest, "Deliver": services_pb2.DeliverRequest,
+    "TransactBatch": services_pb2.TransactBatchRequest, "ProcessProposals": services_pb2.ProposalBatch,
+    "BroadcastBatch": services_pb2.EnvelopeBatch, "ForwardBatch": services_pb2.EnvelopeBatch,
     "Status": services_pb2.StatusRequest, "Broadcast": transaction_pb2.Envelope,
     "Step": services_pb2.ConsensusRequest, "Forward": transaction_pb2.Envelope, "Health": services_pb2.HealthRequest,
 }
@@ -114,16 +127,27 @@ _FREE_FIELDS = {"correlation_id"}
 
 
 def _leaves(msg: Message, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Paths of the set scalar fields of a message tree (the values a field-aware fuzzer edits)."""
+    """Paths of the set scalar fields of a message tree (the values a field-aware fuzzer edits);
+    inside a repeated message field (a batch) the first element's fields, as ``name[0]``."""
     out = []
     for fd, value in msg.ListFields():
-        if fd.is_repeated or fd.name in _FREE_FIELDS:
+        if fd.name in _FREE_FIELDS:
+            continue
+        if fd.is_repeated:
+            if fd.type == _FD.TYPE_MESSAGE and len(value):
+                out.extend(_leaves(value[0], (*path, f"{fd.name}[0]")))
             continue
         if fd.type == _FD.TYPE_MESSAGE:
             out.extend(_leaves(value, (*path, fd.name)))
         else:
             out.append((*path, fd.name))
     return out
+
+
+def _child(holder: Any, name: str) -> Any:
+    if name.endswith("[0]"):
+        return getattr(holder, name[:-3])[0]
+    return getattr(holder, name)
 
 
 def _field_mutation(template: bytes, cls: type[Message], pick: int, edits: list[tuple[int, int]],
@@ -138,7 +162,7 @@ def _field_mutation(template: bytes, cls: type[Message], pick: int, edits: list[
     path = leaves[pick % len(leaves)]
     holder = msg
     for name in path[:-1]:
-        holder = getattr(holder, name)
+        holder = _child(holder, name)
     name = path[-1]
     fd = holder.DESCRIPTOR.fields_by_name[name]
     value = getattr(holder, name)
@@ -196,24 +220,51 @@ def _call(ch: grpc.Channel, m: Method, raw: bytes) -> tuple[bool, str, list[byte
         return False, rpc_reason(exc), []
 
 
+def _broadcast_reason(br: services_pb2.BroadcastResponse) -> str:
+    return "" if br.accepted else br.reason or "NO_REASON"
+
+
+def _transact_reason(tr: services_pb2.TransactResponse) -> str:
+    kind = tr.WhichOneof("kind")
+    if kind == "error":
+        return tr.error.reason or "NO_REASON"
+    if kind == "committed" and tr.committed.code != transaction_pb2.VALID:
+        return transaction_pb2.TxValidationCode.Name(tr.committed.code)
+    return ""
+
+
+def _proposal_reason(item: services_pb2.CorrelatedProposalResponse) -> str:
+    if item.WhichOneof("kind") == "error":
+        return item.error.reason or "NO_REASON"
+    r = item.response
+    if r.response.status != 200 or not r.HasField("endorsement"):
+        return r.response.reason or f"STATUS_{r.response.status}"
+    return ""
+
+
 def _refused_in_band(m: Method, responses: list[bytes]) -> str:
-    """For streams that answer per message: the reason of an in-band refusal ('' = accepted)."""
+    """For streams that answer per message: the reason of an in-band refusal ('' = accepted).
+    A batch counts as refused only when every one of its answers is a refusal."""
     name = m.path.rsplit("/", 1)[1]
+    reasons: list[str] = []
     for raw in responses:
         if name in ("Broadcast", "Forward"):
-            br = services_pb2.BroadcastResponse.FromString(raw)
-            if br.accepted:
-                return ""
-            return br.reason or "NO_REASON"
-        if name == "Transact":
-            tr = services_pb2.TransactResponse.FromString(raw)
-            kind = tr.WhichOneof("kind")
-            if kind == "error":
-                return tr.error.reason or "NO_REASON"
-            if kind == "committed" and tr.committed.code != transaction_pb2.VALID:
-                return transaction_pb2.TxValidationCode.Name(tr.committed.code)
-            return ""
-    return "EMPTY_STREAM"
+            reasons.append(_broadcast_reason(services_pb2.BroadcastResponse.FromString(raw)))
+        elif name in ("BroadcastBatch", "ForwardBatch"):
+            reasons.extend(_broadcast_reason(r)
+                           for r in services_pb2.BroadcastBatchResponse.FromString(raw).responses)
+        elif name == "Transact":
+            reasons.append(_transact_reason(services_pb2.TransactResponse.FromString(raw)))
+        elif name == "TransactBatch":
+            reasons.extend(_transact_reason(r)
+                           for r in services_pb2.TransactBatchResponse.FromString(raw).responses)
+        elif name == "ProcessProposals":
+            reasons.extend(_proposal_reason(i) for i in services_pb2.ProposalResponseBatch.FromString(raw).items)
+    if not reasons:
+        return "EMPTY_STREAM"
+    if any(r == "" for r in reasons):
+        return ""
+    return reasons[0]
 
 
 @pytest.mark.parametrize("m", METHODS, ids=lambda m: m.path.split("v1.")[1])
