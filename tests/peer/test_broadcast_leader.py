@@ -29,6 +29,10 @@ class Orderer(services_pb2_grpc.AtomicBroadcastServicer, services_pb2_grpc.Admin
         self.received: list[bytes] = []
         self.status_calls = 0
 
+    def BroadcastBatch(self, request_iterator, context):
+        # Not served: the BroadcastClient falls back to Broadcast, which these tests exercise.
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "BroadcastBatch is not served by this fake")
+
     def Broadcast(self, request_iterator, context) -> Iterator[services_pb2.BroadcastResponse]:
         for env in request_iterator:
             self.received.append(env.payload)

@@ -47,6 +47,10 @@ class FakeOrderer(services_pb2_grpc.AtomicBroadcastServicer):
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def BroadcastBatch(self, request_iterator, context):
+        # Not served: the BroadcastClient falls back to Broadcast, which these tests exercise.
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "BroadcastBatch is not served by this fake")
+
     def Broadcast(self, request_iterator, context) -> Iterator[services_pb2.BroadcastResponse]:
         for env in request_iterator:
             self.received.append(env.payload)
