@@ -72,6 +72,11 @@ class RecentTxIndex:
         self._next = 0  # next block number to index
         self._index: dict[str, int] = {}
 
+    def __len__(self) -> int:
+        """Tx ids held now."""
+        with self._lock:
+            return len(self._index)
+
     def active(self) -> bool:
         """Whether a window is open (after noticing a leader change)."""
         leader = self._leader_id()
@@ -80,11 +85,10 @@ class RecentTxIndex:
             if leader and leader != self._leader:
                 self._leader = leader
                 self._until = now + self._window_s
-                start = max(1, self._blocks.height() - self._lookback)
-                if not self._index:
-                    self._next = start
-                else:
-                    self._next = min(self._next, start)
+                # Rebuilt from the lookback on every change: the index never holds more than
+                # the blocks since the last change plus ``lookback_blocks``.
+                self._index = {}
+                self._next = max(1, self._blocks.height() - self._lookback)
             elif self._until >= 0 and now > self._until:
                 self._until = -1.0
                 self._index = {}

@@ -143,3 +143,19 @@ def test_redispatch_after_not_leader_checks_the_index_again(net: Any) -> None:
     outcome = h.answer(checked, Ticket.done(Outcome(NOT_LEADER, "moved"), tx), time.monotonic() + 5)
     assert outcome == Outcome(block_number=n, message=f"already ordered in block {n}")
     assert orderer.submitted == [raw]
+
+
+def test_index_is_rebuilt_from_the_lookback_on_each_leader_change(net: Any) -> None:
+    client = Client(net)
+    blocks, clock, leader = Blocks(), Clock(), [1]
+    early = client.envelope()
+    n = blocks.add([early[1]])
+    index = RecentTxIndex(blocks, lambda: leader[0], clock=clock, window_s=30, lookback_blocks=4)
+    assert index.lookup(early[0]) == n
+    assert len(index) == 1
+    for _ in range(10):
+        blocks.add([])
+    clock.now += 20
+    leader[0] = 2  # the leader flaps within the window: the index restarts from the lookback
+    assert index.lookup(early[0]) is None
+    assert len(index) == 0
