@@ -132,8 +132,8 @@ def check_args(sig: FunctionSig, args_json: bytes, limits: t.SandboxLimits) -> d
 
 def invalid_invocation(inv: t.Invocation) -> str | None:
     """Why an Invocation is malformed (wrong types or out-of-range numbers), or None."""
-    for name in ("contract", "code_hash", "function"):
-        v = getattr(inv, name)
+    for name, v in (("contract", inv.contract), ("code_hash", inv.code_hash),
+                    ("function", inv.function)):
         if type(v) is not str or not v or len(v) > 256:
             return f"{name} must be a non-empty string of at most 256 characters"
     if type(inv.source) is not str or type(inv.tx_id) is not str:
@@ -145,23 +145,26 @@ def invalid_invocation(inv: t.Invocation) -> str | None:
     if type(inv.gas_limit) is not int or not 0 <= inv.gas_limit < 1 << 63:
         return "gas_limit must be a non-negative 64-bit integer"
     c = inv.caller
-    if not isinstance(c, t.CallerInfo) or not all(
-        type(getattr(c, f)) is str for f in ("org", "role", "name", "org_kind", "hospital_level")
+    if not isinstance(c, t.CallerInfo) or not (
+        type(c.org) is str and type(c.role) is str and type(c.name) is str
+        and type(c.org_kind) is str and type(c.hospital_level) is str
     ):
         return "caller must be a CallerInfo of strings"
-    if not all(type(k) is str and type(v) is str for k, v in c.attrs.items()):
-        return "caller attributes must map strings to strings"
-    if not all(type(k) is str and type(v) is bytes for k, v in inv.transient.items()):
-        return "transient must map names to JSON bytes"
+    for k, v in c.attrs.items():
+        if type(k) is not str or type(v) is not str:
+            return "caller attributes must map strings to strings"
+    for name, data in inv.transient.items():
+        if type(name) is not str or type(data) is not bytes:
+            return "transient must map names to JSON bytes"
     lim = inv.limits
     if not isinstance(lim, t.SandboxLimits):
         return "limits must be SandboxLimits"
-    v = lim.wall_timeout_s
-    if type(v) not in (int, float) or not 0 < v < 86400:
+    wall = lim.wall_timeout_s
+    if type(wall) not in (int, float) or not 0 < wall < 86400:
         return "limits.wall_timeout_s must be positive"
     for name, bound in _LIMIT_BOUNDS:
-        v = getattr(lim, name)
-        if type(v) is not int or not 0 <= v < bound:
+        n = getattr(lim, name)
+        if type(n) is not int or not 0 <= n < bound:
             return f"limits.{name} is out of range"
     return None
 

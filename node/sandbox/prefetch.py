@@ -140,6 +140,9 @@ class Predictor:
                 used.append(tpl)
         with self._lock:
             plan = self._plans.get((code_hash, function))
+            if plan is not None and len(used) == len(plan.idle) and all(
+                    plan.idle.get(tpl) == 0 for tpl in used):
+                return  # read exactly what was learned: nothing changes
             if plan is None:
                 if not used:
                     return
