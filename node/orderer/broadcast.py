@@ -283,26 +283,8 @@ class BroadcastHandler:
             checked, ticket = self.dispatch(raw)
             return _Held(checked, ticket, self._clock() + self._opt.commit_timeout_s)
 
-        def answer(held: _Held) -> services_pb2.BroadcastResponse:
-            outcome = self.answer(held.checked, held.ticket, held.deadline)
-            if outcome.accepted:
-                self._metrics.accepted.inc()
-            else:
-                self._metrics.rejected.labels(reason=outcome.reason).inc()
-                if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
-                    _log.info(
-                        "refused envelope %s: %s %s",
-                        held.ticket.tx_id or "(no tx id)", outcome.reason, outcome.message,
-                    )
-            return services_pb2.BroadcastResponse(
-                tx_id=held.ticket.tx_id,
-                accepted=outcome.accepted,
-                reason=outcome.reason,
-                message=outcome.message,
-            )
-
         return ordered_answers(
-            requests, dispatch, answer, max_in_flight=self._opt.max_in_flight_per_stream,
+            requests, dispatch, self._answer_held, max_in_flight=self._opt.max_in_flight_per_stream,
             on_error=_log_stream_error,
         )
 
