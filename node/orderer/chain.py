@@ -18,7 +18,9 @@ proposed: an accepted envelope is committed, in exactly one block.
 
 Per block the leader sends each follower the block's append and a commit-only append;
 a follower acknowledges the first and leaves out the identical acknowledgement of the
-second (:meth:`Chain._drop_repeated_acks`). Raft messages of one Ready travel to each peer
+second (:meth:`Chain._drop_repeated_acks`), and the leader sends no heartbeat to a follower
+it sent an append within the last heartbeat interval (:meth:`Chain._drop_redundant_heartbeats`).
+Raft messages of one Ready travel to each peer
 as one queue item, heartbeats go every ``heartbeat_tick`` (2) ticks, and the driver's inbox
 is a ``queue.SimpleQueue``: the per-block work is mostly the stream messages themselves.
 
@@ -112,6 +114,9 @@ class ChainOptions:
     # A follower does not repeat an acknowledgement it sent less than this long ago (see
     # Chain._drop_repeated_acks); 0 sends every one. None: two heartbeat intervals.
     repeated_ack_window_s: float | None = None
+    # The leader leaves out heartbeats to peers it sent an append within the last
+    # heartbeat interval (see Chain._drop_redundant_heartbeats).
+    thin_heartbeats: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,11 @@ class Chain:
         )
         self._last_ack: tuple[tuple[int, int, int], float] | None = None
         self.repeated_acks_dropped = 0
+        self._hb_interval_s = (
+            heartbeat_ticks(self._opt) * self._opt.tick_s if self._opt.thin_heartbeats else 0.0
+        )
+        self._last_append_to: dict[int, float] = {}
+        self.heartbeats_dropped = 0
         self._status = self._make_status()
 
     # ------------------------------------------------------------------ thread API
@@ -504,12 +514,10 @@ class Chain:
                 self._on_soft_state(rd.soft_state)
             early = self._may_send_before_persist(rd)
             if early:
-                self._transport.send(rd.messages)
+                self._send(rd.messages)
             self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
             if rd.messages and not early:
-                messages = self._drop_repeated_acks(rd.messages)
-                if messages:
-                    self._transport.send(messages)
+                self._send(rd.messages)
             if rd.snapshot is not None and not rd.snapshot.is_empty:
                 self._install_snapshot(rd.snapshot)
             if rd.committed_entries:
@@ -517,6 +525,37 @@ class Chain:
             self._node.advance(rd)
             self._maybe_snapshot()
             self._refresh_status()
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        """Hand a Ready's messages to the transport, less the redundant ones."""
+        if self._role == StateRole.LEADER:
+            messages = self._drop_redundant_heartbeats(messages)
+        else:
+            messages = self._drop_repeated_acks(messages)
+        if messages:
+            self._transport.send(messages)
+
+    def _drop_redundant_heartbeats(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """Leader: leave out a heartbeat to a peer that was sent an append less than a
+        heartbeat interval ago.
+
+        The append did what the heartbeat would (reset the follower's election timer,
+        carry the commit index, draw a response that marks the follower active), so under
+        load heartbeats stop costing stream messages. A peer that gets no appends -- idle,
+        or paused because it lags, is probed or is being sent a snapshot -- still gets
+        every heartbeat, so the recovery their responses drive is unchanged."""
+        if self._hb_interval_s <= 0:
+            return messages
+        now = self._clock()
+        out: list[Message] = []
+        for m in messages:
+            if m.type == MessageType.APP:
+                self._last_append_to[m.to] = now
+            elif m.type == MessageType.HEARTBEAT and now - self._last_append_to.get(m.to, -1e18) < self._hb_interval_s:
+                self.heartbeats_dropped += 1
+                continue
+            out.append(m)
+        return out
 
     def _drop_repeated_acks(self, messages: Sequence[Message]) -> Sequence[Message]:
         """Leave out a follower's acknowledgement that repeats, within the ack window, the

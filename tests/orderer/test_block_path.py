@@ -295,3 +295,48 @@ def test_deliver_frames_each_block_once_for_every_stream(tmp_path, net):
     assert first[0] == second[0] and first[0] is not second[0]
     assert [r.block.header.number for r in svc.blocks_from(req, lambda: True)][:-1] == [1, 2, 3]
     store.close()
+
+
+def test_leader_leaves_out_heartbeats_to_peers_it_just_sent_an_append(solo, tmp_path):
+    """The leader's outgoing filter (driven with a fake clock, no thread): a heartbeat to a
+    peer sent an append within the heartbeat interval is left out; heartbeats to other
+    peers, and to the same peer once the interval has passed, go out."""
+    genesis = read_genesis(solo.genesis_path)
+    consortium = config_from_genesis(genesis)
+    verifier = Verifier()
+    blocks = BlockStore(tmp_path / "blocks", fsync=False)
+    blocks.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    storage = DurableStorage(tmp_path / "raft", bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]), fsync=False)
+    d = solo.home / "nodes" / "orderer.ins01"
+    transport = Collect()
+    now = [50.0]
+    chain = Chain(1, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins01"), transport,
+                  NoFetch(), tracker, OrdererMetrics("l"), rng=random.Random(3), clock=lambda: now[0],
+                  options=ChainOptions(tick_s=0.05, election_tick=10))
+    try:
+        chain._role = StateRole.LEADER  # what _on_soft_state sets when the node wins
+
+        def hb(to: int) -> Message:
+            return Message(MessageType.HEARTBEAT, to=to, frm=1, term=2, commit=1)
+
+        chain._send([_app(2, 1, 1), hb(3)])
+        assert [(m.type, m.to) for m in transport.sent] == [(MessageType.APP, 2), (MessageType.HEARTBEAT, 3)]
+        now[0] += 0.05  # half the 100 ms interval
+        chain._send([hb(2), hb(3)])
+        assert [(m.type, m.to) for m in transport.sent[2:]] == [(MessageType.HEARTBEAT, 3)]
+        assert chain.heartbeats_dropped == 1
+        now[0] += 0.06  # past the interval since the append to 2
+        chain._send([hb(2), hb(3)])
+        assert [(m.type, m.to) for m in transport.sent[3:]] == [(MessageType.HEARTBEAT, 2), (MessageType.HEARTBEAT, 3)]
+        # Without thinning every heartbeat goes out.
+        plain = Chain(1, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins01"), transport,
+                      NoFetch(), tracker, OrdererMetrics("p"), rng=random.Random(3), clock=lambda: now[0],
+                      options=ChainOptions(tick_s=0.05, election_tick=10, thin_heartbeats=False))
+        plain._role = StateRole.LEADER
+        before = len(transport.sent)
+        plain._send([_app(2, 1, 2), hb(2)])
+        assert len(transport.sent) == before + 2 and plain.heartbeats_dropped == 0
+    finally:
+        storage.close()
+        blocks.close()
