@@ -15,7 +15,8 @@ Deliver, peer validation and commit -- not contract execution. CPU (utime+stime 
 heartbeats, watchdogs: reported as ``idle_cpu_s_per_s``) measured in windows of
 ``idle_s`` seconds around each phase, times the phase's duration; per process kind
 (``leader``, ``followers``, ``peers``, summed over the processes of that kind) it reports
-``ms_per_block_one`` and ``ms_per_block_many`` and the fit ``ms = block + txs * tx``.
+``ms_per_block_one`` and ``ms_per_block_many`` and the fit ``ms = block + txs * tx``;
+``raw_ms_per_block_*`` is all processes' CPU in the phase per block, idle included.
 
 Writes ``bench/results/block.json``. ``--profile DIR`` also records py-spy (``--gil``,
 raw) of every process during a third, 1-envelope phase.
@@ -226,6 +227,7 @@ def measure(work: Path, blocks: int, txs: int, profile: Path | None, idle_s: flo
             idle_rate = {k: (idle_rates[-2][k] + idle_rates[-1][k]) / 2 for k in cpu}
             net_cpu = {k: max(0.0, v - idle_rate[k] * elapsed) for k, v in cpu.items()}
             result[f"blocks_made_{label}"] = made
+            result[f"raw_ms_per_block_{label}"] = round(1000 * sum(cpu.values()) / made, 2)
             result[f"elapsed_s_{label}"] = round(elapsed, 2)
             for kind, s in _kinds(run, net_cpu).items():
                 per_kind.setdefault(kind, {})[f"ms_per_block_{label}"] = round(1000 * s / made, 2)
@@ -276,6 +278,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     path = write_result(args.name, result)
     print(yaml.safe_dump({"kinds": result["kinds"], "total": result["total"],
+                          "raw_ms_per_block_one": result["raw_ms_per_block_one"],
                           "idle_cpu_s_per_s_total": result["idle_cpu_s_per_s_total"]}, sort_keys=False))
     print(f"wrote {path}")
     return 0
