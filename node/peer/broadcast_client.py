@@ -252,7 +252,7 @@ class BroadcastClient:
         raft_targets: RaftTargets | None = None,
         leader_poll_s: float = 2.0,
         status_timeout_s: float = 1.0,
-        stall_s: float = 1.0,
+        stall_s: float = 0.5,
         probe_timeout_s: float = 1.0,
         batched: bool = True,
         max_batch: int = 256,
@@ -310,7 +310,15 @@ class BroadcastClient:
             stream = self._stream
         if stream is not None and self._stalled(stream):
             _log.warning("event=broadcast_stalled orderer=%s", stream.endpoint.name)
-            self._rotate(stream)
+            with self._lock:
+                # The leader poller may have moved it to the draining list meanwhile.
+                drained = stream in self._draining
+                if drained:
+                    self._draining.remove(stream)
+            if drained:
+                stream.close()
+            else:
+                self._rotate(stream)
 
     def _stalled(self, stream: _Stream) -> bool:
         oldest = stream.oldest_pending()
