@@ -9,13 +9,14 @@ answers with an empty one; envelopes are sent only after that answer, so a strea
 cannot connect hands them back as never sent (NOT_LEADER: the broadcast handler
 re-dispatches them, safe because they were never ordered).
 
-Leader changes: a watcher compares ``leader_id()`` with each stream's leader every
-``watch_s``. When the Raft leader has moved away from a stream's orderer, the envelopes
-still queued (never sent) are handed back at once as NOT_LEADER and are re-dispatched to
-the new leader; the envelopes already sent keep waiting for the old leader's answers (on a
-graceful hand-over it answers them at once) for at most ``moved_grace_s`` without any
-answer, then they are answered SERVICE_UNAVAILABLE, outcome unknown (a paused or
-partitioned old leader), instead of waiting out the whole commit timeout.
+Leader changes: a watcher compares ``leader_id()`` with each stream's leader at once when
+the chain reports a leader change (:meth:`LeaderForwarder.leader_changed`, a chain leader
+listener) and every ``watch_s``. When the Raft leader has moved away from a stream's
+orderer, the envelopes still queued (never sent) are handed back at once as NOT_LEADER and
+are re-dispatched to the new leader; the envelopes already sent keep waiting for the old
+leader's answers (on a graceful hand-over it answers them at once) for at most
+``moved_grace_s`` without any answer, then they are answered SERVICE_UNAVAILABLE, outcome
+unknown (a paused or partitioned old leader), instead of waiting out the commit timeout.
 
 Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
 configuration (TLS certificate), re-checked per message; the forwarded envelopes, already
@@ -193,7 +194,7 @@ class LeaderForwarder:
         *,
         clock: Callable[[], float] = time.monotonic,
         redial_s: float = 0.2,
-        watch_s: float = 0.05,
+        watch_s: float = 0.25,
         moved_grace_s: float = 1.0,
         max_batch: int = 512,
         max_batch_bytes: int = 4 * 1024 * 1024,
@@ -212,6 +213,7 @@ class LeaderForwarder:
         self._moved: dict[_LeaderStream, float] = {}  # stream -> when its leader moved away
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="forward-watch", daemon=True)
         self._watcher.start()
 
@@ -272,8 +274,16 @@ class LeaderForwarder:
                              "of the leader change", stream.leader_id, stream.inflight(), self._grace_s)
             stream.close()
 
+    def leader_changed(self, leader_id: int) -> None:
+        """Chain leader listener (driver thread, must not block): check streams at once."""
+        self._wake.set()
+
     def _watch(self) -> None:
-        while not self._stop.wait(self._watch_s):
+        while not self._stop.is_set():
+            self._wake.wait(self._watch_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.check_leader()
             except Exception:  # noqa: BLE001 -- the watcher must keep running
@@ -282,6 +292,7 @@ class LeaderForwarder:
     def close(self) -> None:
         """Close every stream and stop the watcher."""
         self._stop.set()
+        self._wake.set()
         self._watcher.join(2)
         with self._lock:
             streams = [*self._streams.values(), *self._moved]

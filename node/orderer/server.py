@@ -234,10 +234,12 @@ def serve(config: NodeConfig) -> OrdererServer:
         consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
         config_check=tracker.check_broadcast,
     )
-    forwarder: LeaderForwarder | Forwarder = (
-        LeaderForwarder(membership, channel, chain.leader_id) if forward_rpc == "batch"
-        else Forwarder(membership, channel)
-    )
+    forwarder: LeaderForwarder | Forwarder
+    if forward_rpc == "batch":
+        forwarder = LeaderForwarder(membership, channel, chain.leader_id)
+        chain.add_leader_listener(forwarder.leader_changed)
+    else:
+        forwarder = Forwarder(membership, channel)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         BroadcastOptions(commit_timeout_s=commit_timeout_s),

@@ -404,3 +404,19 @@ def test_fuzzed_batch_messages_get_reason_codes(net: Any) -> None:
     assert answers[-1].accepted and not answers[-2].accepted and not answers[-3].accepted
     ordered = [env for call in orderer.calls for env in call]
     assert raw in ordered and all(a.accepted == (m in ordered) for a, m in zip(answers, mutated, strict=False))
+
+
+def test_chain_leader_listener_wakes_the_forwarder_at_once(leader_server: Any) -> None:
+    leader, _, targets = leader_server
+    leader.open_gate.clear()  # nothing gets sent
+    current = [2]
+    fwd = LeaderForwarder(Members(targets), grpc.insecure_channel, lambda: current[0],
+                          watch_s=3600)  # no polling: only the listener can wake it
+    try:
+        tickets = fwd.submit_many(2, [(b"a", "ta")])
+        current[0] = 3
+        fwd.leader_changed(3)
+        outcome = tickets[0].wait(5)
+        assert outcome is not None and outcome.reason == "NOT_LEADER"
+    finally:
+        fwd.close()
