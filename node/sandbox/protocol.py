@@ -301,9 +301,10 @@ class OpsBuilder:
 Op = tuple[int, str, bytes, int]  # (op, key, value, prefetch index)
 
 
-def decode_ops(frame: bytes) -> list[Op]:
+def decode_ops(frame: bytes, max_ops: int = 1 << 62) -> list[Op]:
     """Ops of a 00 'O' frame: (OP_PUT, key, value, 0) | (OP_DELETE, key, b"", 0) |
-    (OP_READ, "", b"", index)."""
+    (OP_READ, "", b"", index); more than ``max_ops`` ops is a ProtocolError (checked
+    while decoding, so a flood of tiny ops never becomes a huge list)."""
     out: list[Op] = []
     add = out.append
     u16, u32 = _U16.unpack_from, _U32.unpack_from
@@ -311,6 +312,8 @@ def decode_ops(frame: bytes) -> list[Op]:
     pos = 2
     try:
         while pos < end:
+            if len(out) >= max_ops:
+                raise ProtocolError(f"more than {max_ops} state operations")
             op = frame[pos]
             if op == OP_READ:
                 if pos + 5 > end:

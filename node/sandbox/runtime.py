@@ -28,7 +28,7 @@ from rxchain.v1 import sandbox_pb2 as pb
 
 from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
-from node.sandbox.api import valid_reason
+from node.sandbox.api import GAS_GET, valid_reason
 from node.sandbox.checker import check_source
 from node.sandbox.engine import bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
@@ -140,12 +140,15 @@ class _StateChanged(Exception):
 class _CallState:
     """Host-side bookkeeping of one invocation."""
 
-    __slots__ = ("failure", "reads", "table", "writes", "written")
+    __slots__ = ("failure", "ops_left", "reads", "table", "writes", "written")
 
     def __init__(self, table: list[tuple[str, str, bytes | None]],
-                 reads: list[tuple[str, str]] | None) -> None:
+                 reads: list[tuple[str, str]] | None, inv: t.Invocation) -> None:
         self.table = table
         self.reads = reads
+        # every read costs GAS_GET, every written key counts against max_write_keys (puts
+        # and deletes of the same key may repeat: the host allows twice the keys, + slack)
+        self.ops_left = inv.gas_limit // GAS_GET + 2 * inv.limits.max_write_keys + 32
         self.writes = 0
         self.written: set[str] = set()
         self.failure: pb.HostMessage | None = None
@@ -485,7 +488,7 @@ class Sandbox:
         w.limits = inv.limits
         if with_source:
             w.known.add(inv.code_hash)
-        st = _CallState(table, reads)
+        st = _CallState(table, reads, inv)
         while True:
             try:
                 frame = w.reader.read(left)
@@ -545,7 +548,7 @@ class Sandbox:
         head = frame[:2]
         try:
             if head == protocol.OPS:
-                ops = protocol.decode_ops(frame)
+                ops = protocol.decode_ops(frame, st.ops_left)
             elif head == protocol.GET:
                 ns, key = protocol.decode_get(frame)
             else:
@@ -553,6 +556,7 @@ class Sandbox:
         except protocol.ProtocolError as exc:
             raise self._violation(w, str(exc)) from None
         if head == protocol.OPS:
+            st.ops_left -= len(ops)
             self._apply_ops(w, inv, backend, st, ops)
             return
         if st.failure is not None:

@@ -267,3 +267,22 @@ def test_lying_worker_frames_are_protocol_violations(pool: Sandbox, mode: str, f
     assert why in r.message
     assert set(pool.worker_pids()) != before
     assert_serving(pool)
+
+
+def test_a_flood_of_state_operations_is_a_protocol_violation(pool: Sandbox) -> None:
+    """A worker cannot make the host decode or replay more operations than the call could
+    legitimately make (reads cost GAS_GET each, writes are bounded by max_write_keys)."""
+    flood = protocol.OPS + (b"R" + struct.pack(">I", 0)) * 200
+    source = HOSTILE + f"\nFRAME = {_frame(flood)!r}\n"
+    limits = t.SandboxLimits(max_write_keys=1)
+    b = PeekMem()
+    b.data[("demo", "k")] = b"1"
+    assert pool.invoke(make_inv(source, "f", tx_id="learn", gas=10_000, limits=limits), b,
+                       unchecked=True).ok
+    b.log.clear()
+    r = pool.invoke(make_inv(source, "f", tx_id="flood", gas=10_000, limits=limits), b,
+                    unchecked=True)
+    assert (r.ok, r.reason) == (False, "WORKER_CRASHED")
+    assert "more than 54 state operations" in r.message
+    assert b.log == []  # nothing was replayed
+    assert_serving(pool)
