@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from node.sandbox import types as t
 
 MAX_KEYS = 24  # prefetched keys per invocation
+MAX_LEARNED_READS = 4 * MAX_KEYS  # reads of one invocation the predictor looks at
 MAX_BYTES = 256 << 10  # prefetched value bytes per invocation
 MAX_IDLE = 4  # a template unused in this many invocations in a row is dropped
 MAX_ARGS_BYTES = 64 << 10  # larger arguments are not parsed for prediction

@@ -533,7 +533,7 @@ class Sandbox:
                 self._send(w, self._request(w, inv, True, unchecked), pf)
                 w.known.add(inv.code_hash)
                 continue
-            if kind == "get" and reads is not None:
+            if kind == "get" and reads is not None and len(reads) < prefetch.MAX_LEARNED_READS:
                 reads.append((msg.get.namespace, msg.get.key))
             reply = self._answer(w, inv, backend, msg, kind)
             self._send(w, reply.SerializeToString())
@@ -562,7 +562,7 @@ class Sandbox:
         if st.failure is not None:
             self._send(w, st.failure.SerializeToString())
             return
-        if st.reads is not None:
+        if st.reads is not None and len(st.reads) < prefetch.MAX_LEARNED_READS:
             st.reads.append((ns, key))
         try:
             value = backend.get(ns, key)
@@ -587,7 +587,7 @@ class Sandbox:
                 ns, key, expected = st.table[index]
                 if ns == contract and key in st.written:
                     raise self._violation(w, "prefetched read of a key the invocation wrote")
-                if st.reads is not None:
+                if st.reads is not None and len(st.reads) < prefetch.MAX_LEARNED_READS:
                     st.reads.append((ns, key))
                 try:
                     current = backend.get(ns, key)
