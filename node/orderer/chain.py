@@ -111,8 +111,9 @@ class ChainOptions:
     max_size_per_msg: int = 4 * 1024 * 1024
     inflight_expiry_s: float = 30.0
     catch_up_retry_s: float = 0.2
-    # A follower does not repeat an acknowledgement it sent less than this long ago (see
-    # Chain._drop_repeated_acks); 0 sends every one. None: two heartbeat intervals.
+    # A follower does not repeat, for a commit-only append, an acknowledgement it sent less
+    # than this long ago (see Chain._drop_repeated_acks); 0 sends every one. None: one
+    # heartbeat interval.
     repeated_ack_window_s: float | None = None
     # The leader leaves out heartbeats to peers it sent an append within the last
     # heartbeat interval (see Chain._drop_redundant_heartbeats).
@@ -218,10 +219,11 @@ class Chain:
         self._leader_listeners: list[Callable[[int], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
-            2 * heartbeat_ticks(self._opt) * self._opt.tick_s if window is None else window
+            heartbeat_ticks(self._opt) * self._opt.tick_s if window is None else window
         )
         self._last_ack: tuple[tuple[int, int, int], float] | None = None
         self.repeated_acks_dropped = 0
+        self._stepped_entries = False  # an append with entries was stepped since the last send
         self._hb_interval_s = (
             heartbeat_ticks(self._opt) * self._opt.tick_s if self._opt.thin_heartbeats else 0.0
         )
@@ -361,6 +363,8 @@ class Chain:
     def _handle(self, kind: str, payload: object) -> None:
         if kind == "step":
             assert isinstance(payload, Message)
+            if payload.entries and payload.type == MessageType.APP:
+                self._stepped_entries = True
             try:
                 self._node.step(payload)
             except RaftError as err:
@@ -529,6 +533,7 @@ class Chain:
     def _send(self, messages: Sequence[Message]) -> None:
         """Hand a Ready's messages to the transport, less the redundant ones."""
         if self._role == StateRole.LEADER:
+            self._stepped_entries = False
             messages = self._drop_redundant_heartbeats(messages)
         else:
             messages = self._drop_repeated_acks(messages)
@@ -558,17 +563,19 @@ class Chain:
         return out
 
     def _drop_repeated_acks(self, messages: Sequence[Message]) -> Sequence[Message]:
-        """Leave out a follower's acknowledgement that repeats, within the ack window, the
-        last one it sent (same leader, term and index, not a rejection).
+        """Leave out a follower's acknowledgement of commit-only appends that repeats,
+        within the ack window, the last one it sent (same leader, term and index, not a
+        rejection).
 
         Such repeats answer the leader's commit-only appends (one after every block): the
         leader learnt that index from the first one, so the repeat changes nothing there
         and costs a stream message and a Raft step on both sides per block. Dropping a
-        message is always safe in Raft (the transport is lossy anyway); liveness holds
-        because a repeat is sent again once the window has passed since the last one sent,
-        so if the first was lost the leader's next probe or heartbeat-driven resend (at
-        most a heartbeat later) is answered."""
-        if self._role == StateRole.LEADER or self._ack_window_s <= 0:
+        message is always safe in Raft (the transport is lossy anyway). For liveness, a
+        Ready that answers any append carrying entries (a resend or probe after a lost
+        acknowledgement) sends all its acknowledgements, and a repeat goes out anyway
+        once the window has passed since the last one sent."""
+        entries_answered, self._stepped_entries = self._stepped_entries, False
+        if self._ack_window_s <= 0:
             return messages
         out: list[Message] = []
         for m in messages:
@@ -576,7 +583,10 @@ class Chain:
                 key = (m.to, m.term, m.index)
                 now = self._clock()
                 last = self._last_ack
-                if last is not None and last[0] == key and now - last[1] < self._ack_window_s:
+                if (
+                    not entries_answered and last is not None and last[0] == key
+                    and now - last[1] < self._ack_window_s
+                ):
                     self.repeated_acks_dropped += 1
                     continue
                 self._last_ack = (key, now)

@@ -248,9 +248,20 @@ def test_follower_leaves_out_repeated_acks_of_commit_only_appends_within_the_win
         chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=5, log_term=1, commit=1))
         wait_for(lambda: any(m.reject for m in list(transport.sent)))
         # A new index is acknowledged at once.
+        entry2 = Entry(1, 2, EntryType.NORMAL, b"")
         chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=1, log_term=1,
-                           entries=(Entry(1, 2, EntryType.NORMAL, b""),), commit=1))
+                           entries=(entry2,), commit=1))
         wait_for(lambda: [a[0] for a in acks()][-1:] == [2])
+        sent = len(acks())
+        # A resend of entries it holds (the leader lost the ack) is answered even within
+        # the window; the commit-only append after it is not.
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=1, log_term=1,
+                           entries=(entry2,), commit=1))
+        wait_for(lambda: len(acks()) == sent + 1)
+        chain.step(Message(MessageType.APP, to=1, frm=2, term=1, index=2, log_term=1, commit=2))
+        wait_for(lambda: chain.status().applied == 2)
+        time.sleep(0.05)
+        assert len(acks()) == sent + 1 and chain.repeated_acks_dropped == 2
         assert chain.status().role == StateRole.FOLLOWER and chain.status().leader == 2
     finally:
         chain.stop()
