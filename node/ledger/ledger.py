@@ -203,7 +203,8 @@ class Ledger:
             self._height = number + 1
             self._state_hash = state_hash
             self._committed.notify_all()
-            return CommitResult(number, state_hash, block_header_hash(block.header))
+            # The store hashed the header on append (it is the chain's last hash now).
+            return CommitResult(number, state_hash, self.blocks.last_hash())
 
     def commit_genesis(self, genesis: block_pb2.Block) -> CommitResult:
         """Commit block 0 (no validation: the genesis block is trusted by its hash)."""

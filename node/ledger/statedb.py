@@ -243,6 +243,10 @@ class StateDB:
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True)
         except plyvel.Error as exc:
             raise LedgerError("IO_ERROR", f"cannot open state db {self._dir}: {exc}") from exc
+        # The savepoint's block number, kept in memory for apply_block's order check (this
+        # object is the database's only writer); moved only after a batch is written.
+        sp = self.savepoint()
+        self._applied_block = -1 if sp is None else sp.block
 
     # ------------------------------------------------------------------ reads
 
@@ -325,8 +329,7 @@ class StateDB:
         ``before_write`` (tests only) is called after the batch is built, before it is
         written, to inject a crash.
         """
-        sp = self.savepoint()
-        expected = 0 if sp is None else sp.block + 1
+        expected = self._applied_block + 1
         if block != expected:
             raise LedgerError(
                 "STATE_MISMATCH", f"state is at block {expected - 1}, cannot apply {block}"
@@ -358,6 +361,7 @@ class StateDB:
         if before_write is not None:
             before_write()
         wb.write()
+        self._applied_block = block
 
     def close(self) -> None:
         """Close the database (idempotent)."""

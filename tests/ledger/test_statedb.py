@@ -77,6 +77,29 @@ def test_apply_out_of_order_refused(tmp_path):
         assert e.value.reason == "BAD_NAMESPACE"
 
 
+def test_apply_order_survives_reopen_and_a_failed_write(tmp_path):
+    """The order check follows the stored savepoint across a reopen, and a batch whose
+    write fails does not move it."""
+    with StateDB(tmp_path / "db") as db:
+        db.apply_block(0, [], ZERO_HASH)
+        db.apply_block(1, [], ZERO_HASH)
+
+        def crash() -> None:
+            raise OSError("disk gone")
+
+        with pytest.raises(OSError):
+            db.apply_block(2, [], ZERO_HASH, before_write=crash)
+        assert nn(db.savepoint()).block == 1
+        db.apply_block(2, [], ZERO_HASH)
+    with StateDB(tmp_path / "db") as db:
+        for wrong in (2, 4):
+            with pytest.raises(LedgerError) as e:
+                db.apply_block(wrong, [], ZERO_HASH)
+            assert e.value.reason == "STATE_MISMATCH"
+        db.apply_block(3, [], ZERO_HASH)
+        assert nn(db.savepoint()).block == 3
+
+
 def test_snapshot_isolation(tmp_path):
     with StateDB(tmp_path / "db") as db:
         db.apply_block(0, [TxOutcome(0, "t0", VALID, 1, [w("a", b"1")])], ZERO_HASH)
