@@ -265,7 +265,7 @@ def measure(work: Path, blocks: int, txs: int, profile: Path | None, idle_s: flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.block_bench")
-    parser.add_argument("--blocks", type=int, default=80)
+    parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--txs", type=int, default=10)
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--name", default="block")
