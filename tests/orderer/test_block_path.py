@@ -351,3 +351,48 @@ def test_leader_leaves_out_heartbeats_to_peers_it_just_sent_an_append(solo, tmp_
     finally:
         storage.close()
         blocks.close()
+
+
+def test_deliver_bytes_serves_framed_blocks_over_grpc_without_a_serializer(tmp_path, net):
+    """deliver_bytes behind a handler registered with response_serializer=None: a client
+    with the DeliverResponse deserializer gets the stored blocks, then the OK status."""
+    from rxchain.v1 import services_pb2
+
+    from node.crypto.canonical import GENESIS_PREVIOUS_HASH
+    from node.orderer.deliver import DeliverService
+
+    store = BlockStore(tmp_path / "blocks", fsync=False)
+    prev = GENESIS_PREVIOUS_HASH
+    for n in range(3):
+        b = block_pb2.Block()
+        b.header.number = n
+        b.header.previous_hash = prev
+        b.data.envelopes.append(b"env-%d" % n)
+        b.header.data_hash = block_data_hash(list(b.data.envelopes))
+        store.append(b)
+        prev = block_header_hash(b.header)
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    svc = DeliverService(store, lambda: msp, lambda: int(time.time() * 1000), poll_s=0.05)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.AtomicBroadcast",
+        {"Deliver": grpc.unary_stream_rpc_method_handler(
+            svc.deliver_bytes, request_deserializer=services_pb2.DeliverRequest.FromString,
+            response_serializer=None)})])
+    me = net.home / "nodes" / "orderer.ins01"
+    port = free_base_port(1)
+    server.add_secure_port(f"127.0.0.1:{port}", server_credentials(
+        me / "cert.pem", me / "key.pem", me / "ca-bundle.pem"))
+    server.start()
+    try:
+        with Client(net).channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_stream("/rxchain.v1.AtomicBroadcast/Deliver",
+                                   request_serializer=services_pb2.DeliverRequest.SerializeToString,
+                                   response_deserializer=services_pb2.DeliverResponse.FromString)
+            got = list(call(services_pb2.DeliverRequest(start_block=0, stop_block=2), timeout=10))
+        assert [r.block for r in got[:-1]] == [store.get(n) for n in range(3)]
+        assert got[-1].status.reason == "OK"
+    finally:
+        server.stop(0)
+        store.close()
