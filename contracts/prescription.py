@@ -112,6 +112,16 @@ def _is_id(s: str, max_len: int) -> bool:
     return True
 
 
+def _is_page_key(s: str) -> bool:
+    """A paging cursor: empty (from the start) or a key suffix a page handed back."""
+    if not isinstance(s, str) or len(s) > 256:
+        return False
+    for ch in s:
+        if ch not in ID_CHARS and ch != "/":
+            return False
+    return True
+
+
 def _is_int(v: int, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -1121,8 +1131,8 @@ def audit_log(ctx: Context, start_key: str, limit: int) -> dict:
     c = ctx.caller
     if c.org_kind != "regulator" or c.role != "auditor":
         ctx.fail("ACCESS_DENIED", "only the regulator's auditors read the global audit log")
-    if not _is_int(limit, 1, 500) or not isinstance(start_key, str):
-        ctx.fail("BAD_ARGUMENTS", "limit 1-500")
+    if not _is_int(limit, 1, 500) or not _is_page_key(start_key):
+        ctx.fail("BAD_ARGUMENTS", "a start key (from an earlier page's next, or empty) and limit 1-500")
     start = "audit/" + start_key
     if start_key == "":
         start = "audit/"
@@ -1180,8 +1190,8 @@ def list_prescriptions(ctx: Context, start: str, limit: int) -> dict:
     c = ctx.caller
     if c.org_kind != "regulator" or c.role != "auditor":
         ctx.fail("ACCESS_DENIED", "only the regulator's auditors list all prescriptions")
-    if not isinstance(start, str) or not _is_int(limit, 1, 200):
-        ctx.fail("BAD_ARGUMENTS", "a start rx_id and limit 1-200")
+    if not _is_page_key(start) or not _is_int(limit, 1, 200):
+        ctx.fail("BAD_ARGUMENTS", "a start rx_id (or empty) and limit 1-200")
     rows = ctx.range("rx/" + start, "rx/~", limit + 1)
     out = []
     for pair in rows[0:limit]:

@@ -182,6 +182,8 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:
+    if not _is_id(org, 64) or not _is_id(name, 64):
+        ctx.fail("BAD_ARGUMENTS", "org and name are 1-64 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("prac/" + org + "/" + name)
     if rec is None:
         ctx.fail("NOT_FOUND", "no practitioner " + org + "/" + name)
@@ -189,6 +191,8 @@ def get_practitioner(ctx: Context, org: str, name: str) -> dict:
 
 
 def get_pharmacy(ctx: Context, org: str) -> dict:
+    if not _is_id(org, 64):
+        ctx.fail("BAD_ARGUMENTS", "org is 1-64 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("pharmacy/" + org)
     if rec is None:
         ctx.fail("NOT_FOUND", "no pharmacy " + org)
@@ -256,6 +260,8 @@ def list_drugs(ctx: Context, start: str, limit: int) -> list:
     """Formulary page: entries with code >= start (at most limit, <= 200)."""
     if not _is_int(limit, 1, LIST_LIMIT):
         ctx.fail("BAD_ARGUMENTS", "limit must be 1-200")
+    if start != "" and not _is_id(start, 64):
+        ctx.fail("BAD_ARGUMENTS", "start is a national code (or empty)")
     out = []
     for pair in ctx.range("drug/" + start, "drug/~", limit):
         out.append(pair[1])
@@ -451,6 +457,8 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     c = ctx.caller
     if c.org_kind != "hospital" or c.role not in ("admin", "doctor"):
         ctx.fail("WRONG_ROLE", "a hospital admin or doctor records diagnoses")
+    if not _is_hex(pseudonym, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     if not isinstance(physical, bool):
         ctx.fail("BAD_ARGUMENTS", "physical is a boolean")
     rec = ctx.get("patient/" + pseudonym)
@@ -475,6 +483,8 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
     """Enrolment metadata (diagnosis tags only): the patient herself, staff of her
     enrolling hospital, the insurer holding her account (any insurer's clerk/admin before
     an account is opened) and the regulator's auditors."""
+    if not _is_hex(pseudonym, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")

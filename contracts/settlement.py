@@ -456,6 +456,8 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         for ch in note_ct:
             if ch not in B64_CHARS:
                 ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
+    if not _is_id(claim_id, 128):
+        ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("claim/" + claim_id)
     if rec is None:
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
@@ -519,6 +521,8 @@ def _may_read_patient(ctx: Context, enrol: dict) -> bool:
 def get_account(ctx: Context, pseudonym: str) -> dict:
     """Who insures the patient (the account metadata, no balance): those who may read her
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
+    if not _is_hex(pseudonym, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
@@ -532,6 +536,8 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
 
 def get_claim(ctx: Context, claim_id: str) -> dict:
     """A claim record (the insurer, the patient's hospital, the patient, auditors)."""
+    if not _is_id(claim_id, 128):
+        ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("claim/" + claim_id)
     if rec is None:
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
@@ -543,6 +549,8 @@ def get_claim(ctx: Context, claim_id: str) -> dict:
 
 def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
     """Counters of a patient for a year (0 = this year) and the account balance."""
+    if not _is_hex(pseudonym, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")

@@ -93,6 +93,16 @@ class TxSimulator:
             s.reads[key] = None if vv is None else vv.version
         return None if vv is None else vv.value
 
+    def peek(self, namespace: str, key: str) -> bytes | None:
+        """What :meth:`get` would return, recording no read (the sandbox prefetches with it;
+        a prefetched value the contract uses is read again through ``get``, which records it)."""
+        self._check_key(key)
+        s = self._ns.get(namespace)
+        if s is not None and key in s.writes:
+            return s.writes[key]
+        vv = self._snap.get(namespace, key)
+        return None if vv is None else vv.value
+
     def get_versioned(self, namespace: str, key: str) -> VersionedValue | None:
         """Like :meth:`get` but with the committed version (native system code only)."""
         self._check_key(key)

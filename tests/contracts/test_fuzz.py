@@ -146,3 +146,22 @@ def test_any_function_any_input_gets_a_reason_code(
     contract, fn, caller, args, transient = call
     out = fuzz_world.chain.query(contract, fn, who(caller), transient=transient, **args)
     assert out.reason not in CRASHES, (contract, fn, out.reason, out.message)
+
+
+_PLAIN: dict[str, Any] = {"str": "RX-2026-00001", "int": 1, "bool": True, "list": [], "dict": {}}
+
+
+def test_every_string_argument_rejects_a_nul_key_with_a_reason_code(fuzz_world: World) -> None:
+    """Strings end up in state keys; a NUL (which no state key may hold) is the caller's bad
+    argument, never a contract exception, whichever function and role."""
+    crashed = []
+    for contract, fn, params in SIGNATURES:
+        for name, kind in params:
+            if kind != "str":
+                continue
+            args = {p: ("\x00" if p == name else _PLAIN[k]) for p, k in params}
+            for caller in CALLERS:
+                out = fuzz_world.chain.query(contract, fn, who(caller), transient={}, **args)
+                if out.reason in CRASHES:
+                    crashed.append((contract, fn, name, caller, out.reason, out.message))
+    assert not crashed, sorted({c[:3] for c in crashed})

@@ -51,6 +51,22 @@ def test_reads_writes_recorded_sorted(db: StateDB) -> None:
     assert vv is not None and vv.value == b"2" and db.get("c", "z") is None
 
 
+def test_peek_returns_what_get_would_and_records_nothing(db: StateDB) -> None:
+    with db.snapshot() as snap:
+        sim = TxSimulator(snap, "c")
+        assert sim.peek("c", "a") == b"1" and sim.peek("c", "zz") is None
+        assert sim.peek("other", "a") is None
+        assert not sim.rwset().ns_rwsets  # nothing recorded, not even an empty namespace set
+        sim.put("c", "a", b"own")
+        sim.delete("c", "b")
+        assert sim.peek("c", "a") == sim.get("c", "a") == b"own"
+        assert sim.peek("c", "b") is sim.get("c", "b") is None
+        with pytest.raises(RxError):
+            sim.peek("c", "bad\0key")
+        ns = sim.rwset().ns_rwsets[0]
+    assert [r.key for r in ns.reads] == []
+
+
 def test_range_with_limit_not_exhausted(db: StateDB) -> None:
     with db.snapshot() as snap:
         sim = TxSimulator(snap, "c")

@@ -189,22 +189,29 @@ class _Reader:
         return []
 
 
+class _NoPeek:
+    """The simulator seen through the plain StateBackend protocol (no ``peek``: no prefetch)."""
+
+    def __init__(self, sim: TxSimulator) -> None:
+        self.get, self.range, self.history = sim.get, sim.range, sim.history
+        self.put, self.delete = sim.put, sim.delete
+
+
 def test_simulator_read_write_set_is_byte_identical_with_prefetch(pool: Sandbox) -> None:
     data = {("demo", "rx/RA"): b'{"n":1}', ("demo", "rx/RB"): b'{"n":5}', ("other", "x/hosp1"): b"1",
             ("demo", "gone/RB"): b"2"}
     reader = _Reader(data)
-
-    def peek(ns: str, key: str) -> bytes | None:
-        return data.get((ns, key))
-
     sets = []
-    for use_peek in (False, True, True):
+    hits = []
+    for use_peek in (False, True, True):  # the peer's TxSimulator peeks itself
         sim = TxSimulator(reader, "demo")
-        backend: t.StateBackend = prefetch.PeekingBackend(sim, peek) if use_peek else sim
-        r = pool.invoke(make_inv(READER, "f", {"rx": "RB"}), backend)
+        before = pool.stats()["prefetch_hits"]
+        r = pool.invoke(make_inv(READER, "f", {"rx": "RB"}), sim if use_peek else _NoPeek(sim))
         assert r.ok, r.message
+        hits.append(pool.stats()["prefetch_hits"] - before)
         sets.append((r, sim.rwset().SerializeToString()))
     assert sets[0] == sets[1] == sets[2]
+    assert hits[0] == 0 and hits[2] >= 3  # a, b and d come from the table once learned
 
 
 def test_stale_peek_fails_the_call_and_the_pool_keeps_serving(pool: Sandbox) -> None:
