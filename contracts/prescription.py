@@ -51,15 +51,6 @@ MAX_BLOB = 262144
 MAX_TRACE_CODE = 64
 HEX = "0123456789abcdef"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
-JSON_ESCAPES = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
 FORBIDDEN_CLASSES = ("NARCOTIC", "PSYCHOTROPIC_I", "PSYCHOTROPIC_II", "TOXIC", "RADIOACTIVE")
 LONGRX_EXCLUDED = (
     "ANTIMICROBIAL",
@@ -152,60 +143,6 @@ def _note_ct(ctx: Context, note_ct: str) -> str:
         if ch not in B64_CHARS:
             ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
     return note_ct
-
-
-def _canon_str(v: str) -> str:
-    """JSON string literal exactly as json.dumps(ensure_ascii=False) writes it ("" if the
-    string holds a lone surrogate, which canonical JSON cannot encode as UTF-8)."""
-    if v.isprintable():
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    out = []
-    for ch in v:
-        if ch in JSON_ESCAPES:
-            out.append(JSON_ESCAPES[ch])
-        elif ch < " ":
-            code = ord(ch)
-            out.append("\\u00" + HEX[code // 16] + HEX[code % 16])
-        elif "\ud800" <= ch <= "\udfff":
-            return ""
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _canon(v) -> str:
-    """Canonical JSON of a JSON value (node.crypto.canonical.canonical_json decoded), or ""
-    if it has none (floats, non-string keys, lone surrogates). Identical in every contract."""
-    if v is None:
-        return "null"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return _canon_str(v)
-    if isinstance(v, list):
-        parts = []
-        for item in v:
-            s = _canon(item)
-            if s == "":
-                return ""
-            parts.append(s)
-        return "[" + ",".join(parts) + "]"
-    if isinstance(v, dict):
-        parts = []
-        for k in sorted(v.keys()):
-            if not isinstance(k, str):
-                return ""
-            ks = _canon_str(k)
-            s = _canon(v[k])
-            if s == "" or ks == "":
-                return ""
-            parts.append(ks + ":" + s)
-        return "{" + ",".join(parts) + "}"
-    return ""
 
 
 def _civil(ms: int) -> list:
@@ -367,7 +304,7 @@ def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
         ctx.fail("BAD_TRANSIENT", "transient content (the plaintext prescription) is required")
     if not _is_hex(salt, 32, 128):
         ctx.fail("BAD_TRANSIENT", "transient salt must be 32-128 lower-case hex chars")
-    text = _canon(content)
+    text = ctx.canonical_json(content)
     if text == "":
         ctx.fail("BAD_CONTENT", "content has no canonical JSON (lone surrogate?)")
     if ctx.sha256_hex(salt + text) != commitment:
@@ -603,7 +540,7 @@ def issue(
     claim_salt = ctx.transient("claim_salt")
     if not _is_hex(claim_salt, 32, 128):
         ctx.fail("BAD_TRANSIENT", "transient claim_salt must be 32-128 lower-case hex chars")
-    claim_text = _canon(_claim_subset(rx_id, content))
+    claim_text = ctx.canonical_json(_claim_subset(rx_id, content))
     if ctx.sha256_hex(claim_salt + claim_text) != claim_commitment:
         ctx.fail("HASH_MISMATCH", "claim subset does not match the claim commitment")
     # grants: exactly the patient, the issuing hospital and the optional routed pharmacy

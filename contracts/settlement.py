@@ -43,15 +43,6 @@ REVERSAL_REASONS = ("BILLING_ERROR", "RETURNED_GOODS", "DUPLICATE", "OTHER")
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
-JSON_ESCAPES = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
 
 
 def _is_id(s: str, max_len: int) -> bool:
@@ -74,60 +65,6 @@ def _is_hex(s: str, lo: int, hi: int) -> bool:
 
 def _is_int(v: int, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _canon_str(v: str) -> str:
-    """JSON string literal exactly as json.dumps(ensure_ascii=False) writes it ("" if the
-    string holds a lone surrogate, which canonical JSON cannot encode as UTF-8)."""
-    if v.isprintable():
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    out = []
-    for ch in v:
-        if ch in JSON_ESCAPES:
-            out.append(JSON_ESCAPES[ch])
-        elif ch < " ":
-            code = ord(ch)
-            out.append("\\u00" + HEX[code // 16] + HEX[code % 16])
-        elif "\ud800" <= ch <= "\udfff":
-            return ""
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _canon(v) -> str:
-    """Canonical JSON of a JSON value (node.crypto.canonical.canonical_json decoded), or ""
-    if it has none (floats, non-string keys, lone surrogates). Identical in every contract."""
-    if v is None:
-        return "null"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, str):
-        return _canon_str(v)
-    if isinstance(v, list):
-        parts = []
-        for item in v:
-            s = _canon(item)
-            if s == "":
-                return ""
-            parts.append(s)
-        return "[" + ",".join(parts) + "]"
-    if isinstance(v, dict):
-        parts = []
-        for k in sorted(v.keys()):
-            if not isinstance(k, str):
-                return ""
-            ks = _canon_str(k)
-            s = _canon(v[k])
-            if s == "" or ks == "":
-                return ""
-            parts.append(ks + ":" + s)
-        return "{" + ",".join(parts) + "}"
-    return ""
 
 
 def _china_year(ms: int) -> int:
@@ -349,7 +286,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     salt = ctx.transient("claim_salt")
     if not isinstance(claim, dict) or not _is_hex(salt, 32, 128):
         ctx.fail("BAD_TRANSIENT", "transient claim (decrypted subset) and claim_salt required")
-    text = _canon(claim)
+    text = ctx.canonical_json(claim)
     if text == "" or ctx.sha256_hex(salt + text) != rx["claim_commitment"]:
         ctx.fail("HASH_MISMATCH", "claim subset does not match the prescription's commitment")
     lines = _claimed_lines(ctx, claim["lines"])
@@ -395,7 +332,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         "hospital_level": level,
         "policy_effective_ms": policy["effective_ms"],
         "status": "SETTLED",
-        "lines_commitment": ctx.sha256_hex(salt + _canon(lines)),
+        "lines_commitment": ctx.sha256_hex(salt + ctx.canonical_json(lines)),
         "events": [
             {
                 "step": "settle",
