@@ -132,8 +132,9 @@ def _broadcast_handler(
 ) -> grpc.GenericRpcHandler[object, object]:
     def deliver_behaviour(
         request: services_pb2.DeliverRequest, context: grpc.ServicerContext
-    ) -> Iterator[services_pb2.DeliverResponse]:
-        return deliver.deliver(request, context)
+    ) -> Iterator[bytes]:
+        # the framed block bytes are shared by every following stream: no re-serialization
+        return deliver.deliver_bytes(request, context)
 
     return grpc.method_handlers_generic_handler(
         "rxchain.v1.AtomicBroadcast",
@@ -143,7 +144,7 @@ def _broadcast_handler(
             "Deliver": grpc.unary_stream_rpc_method_handler(
                 deliver_behaviour,
                 request_deserializer=services_pb2.DeliverRequest.FromString,
-                response_serializer=services_pb2.DeliverResponse.SerializeToString,
+                response_serializer=None,
             ),
         },
     )
