@@ -9,12 +9,14 @@ organisation's kind may hold. Parsed certificates and chain checks are cached by
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.signing import Verifier
@@ -98,20 +100,28 @@ class MSP:
         if hit is not None:
             return hit
         try:
-            cert = x509.load_der_x509_certificate(cert_der)
-        except ValueError as exc:
+            with warnings.catch_warnings():
+                # e.g. a non-positive serial number: RFC 5280 forbids it, refused here now
+                warnings.simplefilter("error", CryptographyDeprecationWarning)
+                cert = x509.load_der_x509_certificate(cert_der)
+        except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as exc:
             raise RxError("BAD_CERT", f"certificate does not parse: {exc}") from exc
         ca = self._cas[org_id]
         chain_ok = True
         try:
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure = not issued by CA
-            chain_ok = False
-        if chain_ok and not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+            # the signature is the last field, a BIT STRING with no unused bits: a cert whose
+            # encoding differs only there would otherwise pass as a second DER of one identity
+            if not cert_der.endswith(b"\x00" + cert.signature):
+                chain_ok = False
+            # parsing is lazy: a mangled key, subject or extension raises on first use
+            if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+                chain_ok = False
+        except Exception:  # noqa: BLE001 - any failure = not a usable cert issued by the CA
             chain_ok = False
         try:
             info = cert_info(cert)
-        except (ValueError, KeyError) as exc:
+        except Exception as exc:
             raise RxError("BAD_CERT", f"certificate subject is not an rxchain member name: {exc}") from exc
         checked = _Checked(info, chain_ok)
         with self._lock:

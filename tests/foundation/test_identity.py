@@ -130,3 +130,29 @@ def test_orderer_membership(network: GeneratedNetwork) -> None:
     assert msp.is_orderer(orderer.identity)
     assert msp.orderer_raft_id(orderer.identity) == 1
     assert not msp.is_orderer(peer.identity)
+
+
+def test_every_single_byte_corruption_of_a_cert_is_a_reason_code(network: GeneratedNetwork) -> None:
+    """Flipping any one byte of a member certificate (version field, lengths, OIDs, key,
+    signature) is refused with a reason code; no parser exception escapes."""
+    msp = MSP(network.config, Verifier())
+    der = _signer(network, "h01", "dr-jiang").identity.cert_der
+    reasons = set()
+    for i in range(len(der)):
+        for mask in (0x01, 0xFF):
+            bad = bytearray(der)
+            bad[i] ^= mask
+            with pytest.raises(RxError) as e:
+                msp.validate(identity_pb2.Identity(org="h01", cert_der=bytes(bad)), NOW_MS)
+            reasons.add(e.value.reason)
+    assert reasons <= {"UNKNOWN_CREATOR", "BAD_CERT"} and "BAD_CERT" in reasons, reasons
+    # the version field (v3 = 2 in the first bytes of the TBS) set to an unknown version
+    at = der.index(b"\xa0\x03\x02\x01\x02")
+    bad = der[: at + 4] + b"\x07" + der[at + 5:]
+    with pytest.raises(RxError) as e:
+        msp.validate(identity_pb2.Identity(org="h01", cert_der=bad), NOW_MS)
+    assert e.value.reason == "BAD_CERT"
+    # a signature check against that certificate is simply not verified
+    signer = _signer(network, "h01", "dr-jiang")
+    sig = signer.sign(b"data")
+    assert Verifier().verify(der, sig, b"data") and not Verifier().verify(bad, sig, b"data")
