@@ -85,7 +85,9 @@ class PeerNode:
         self.notifier.close()
         self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
-        self.gateway.close()
+        if not self.gateway.close(wait_s=5.0):
+            _log.warning("event=peer_stopping node=%s gateway work still running after 5 s",
+                         self.config.name)
         self.endorser_service.close(wait=True)  # no endorsement still reading the ledger
         self.broadcast.close()
         self.sandbox.close()

@@ -423,3 +423,79 @@ def test_malformed_protobuf_ends_only_that_call(served: Served) -> None:
     assert e.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED  # refused at once, no hang
     got = _flat(served.stub.TransactBatch(iter([BReq(requests=[TReq(correlation_id=8)])]), timeout=10))
     assert got[8].error.reason == "BAD_REQUEST"
+
+
+def _readers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "transact-batch-reader" and t.is_alive()]
+
+
+def test_close_waits_until_no_reader_or_endorsement_touches_the_ledger(deployed: Cluster) -> None:
+    """The peer closes its ledger right after GatewayService.close: close must not return
+    while a stream's reader (submits read the ledger on it) or a local endorsement runs."""
+    deps = _deps(deployed, Switch(BlockOrdering(deployed, hold=1)))
+    service = GatewayService(deps)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    q: queue.SimpleQueue[BReq | None] = queue.SimpleQueue()
+
+    def feed() -> Iterator[BReq]:
+        while (m := q.get(timeout=30)) is not None:
+            yield m
+
+    try:
+        before = len(_readers())
+        stream = services_pb2_grpc.GatewayStub(channel).TransactBatch(feed(), timeout=30)
+        q.put(BReq(requests=[TReq(correlation_id=i, endorse=services_pb2.EndorseRequest(
+            proposal=_signed(deployed, f"z{i}"))) for i in range(6)]))
+        assert next(iter(stream)).responses  # the stream is live: its reader waits for more
+        assert len(_readers()) == before + 1
+        server.stop(0)  # cancels the stream: the reader ends
+        assert service.close(wait_s=10)
+        assert len(_readers()) == before
+    finally:
+        q.put(None)
+        channel.close()
+        server.stop(0)
+        deps.notifier.close()
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+def test_close_reports_work_still_running_after_its_wait(deployed: Cluster) -> None:
+    deps = _deps(deployed, Switch(BlockOrdering(deployed, hold=1)))
+    service = GatewayService(deps)
+    release = threading.Event()
+
+    def stuck() -> Iterator[BReq]:  # a client that never sends and is never cancelled
+        release.wait(30)
+        return
+        yield
+
+    ctx = _Ctx()
+    answers = service.TransactBatch(stuck(), cast(Any, ctx))
+    t = threading.Thread(target=lambda: list(answers), daemon=True)
+    t.start()
+    try:
+        deadline = 50
+        while not _readers() and deadline:
+            deadline -= 1
+            threading.Event().wait(0.05)
+        assert _readers()
+        assert service.close(wait_s=0.2) is False
+        release.set()
+        assert service.close(wait_s=10) is True
+    finally:
+        release.set()
+        ctx.active = False
+        t.join(10)
+        deps.notifier.close()
+    assert not t.is_alive()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
@@ -15,7 +18,70 @@ from node.peer.gateway.endorse import endorse
 from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
-from node.peer.gateway.transact import transact, transact_batch
+from node.peer.gateway.transact import start_reader, transact, transact_batch
+
+
+class _InFlight:
+    """Counts the gateway's own running work -- Transact reader threads (a submit reads the
+    ledger on them) and work-pool tasks (local endorsements) -- so that :meth:`wait` can
+    hold the peer's shutdown until none is left and the ledger is closed under nobody."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._cv = threading.Condition()
+
+    def _enter(self) -> None:
+        with self._cv:
+            self._n += 1
+
+    def _leave(self, *_: object) -> None:
+        with self._cv:
+            self._n -= 1
+            if self._n == 0:
+                self._cv.notify_all()
+
+    def reader(self, name: str, target: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self._leave()
+
+        self._enter()
+        try:
+            start_reader(name, run)
+        except BaseException:
+            self._leave()
+            raise
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once nothing runs (within ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._n > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+
+class _TrackedPool(ThreadPoolExecutor):
+    """A thread pool whose submitted tasks count as in-flight until done or cancelled."""
+
+    def __init__(self, workers: int, prefix: str, inflight: _InFlight) -> None:
+        super().__init__(workers, thread_name_prefix=prefix)
+        self._inflight = inflight
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._inflight._enter()
+        try:
+            fut = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._inflight._leave()
+            raise
+        fut.add_done_callback(self._inflight._leave)  # also runs when shutdown cancels it
+        return fut
 
 
 class GatewayService(services_pb2_grpc.GatewayServicer):
@@ -23,16 +89,21 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
 
     def __init__(self, deps: GatewayDeps, workers: int = 32) -> None:
         self._deps = deps
+        self._inflight = _InFlight()
         self._remote_pool = ThreadPoolExecutor(workers, thread_name_prefix="gw-remote")
-        self._work_pool = ThreadPoolExecutor(workers, thread_name_prefix="gw-transact")
+        self._work_pool = _TrackedPool(workers, "gw-transact", self._inflight)
 
-    def close(self) -> None:
-        """Stop the worker pools and the remote endorsement streams."""
+    def close(self, wait_s: float = 5.0) -> bool:
+        """Stop the worker pools and the remote endorsement streams, then wait up to
+        ``wait_s`` for the Transact readers and endorsements still running (call it after
+        the gRPC server stopped: its cancelled streams end the readers). True when none
+        is left, so the ledger can be closed."""
         close_remotes = getattr(self._deps.remotes, "close", None)  # test doubles may have none
         if close_remotes is not None:
             close_remotes()
         self._work_pool.shutdown(wait=False, cancel_futures=True)
         self._remote_pool.shutdown(wait=False, cancel_futures=True)
+        return self._inflight.wait(wait_s)
 
     def Evaluate(
         self, request: services_pb2.EvaluateRequest, context: grpc.ServicerContext
@@ -80,7 +151,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactResponse]:
         yield from transact(
-            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool
+            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool,
+            start=self._inflight.reader,
         )
 
     def TransactBatch(
@@ -89,5 +161,6 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactBatchResponse]:
         yield from transact_batch(
-            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool
+            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool,
+            start=self._inflight.reader,
         )

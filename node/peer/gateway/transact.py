@@ -258,7 +258,8 @@ class _Stream:
             self.close()
 
 
-def _start_reader(name: str, target: Callable[[], None]) -> None:
+def start_reader(name: str, target: Callable[[], None]) -> None:
+    """Run a stream's request reader on its own daemon thread."""
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
@@ -270,6 +271,7 @@ def transact(
     remote_pool: ThreadPoolExecutor,
     commit_timeout_ms: int = DEFAULT_COMMIT_TIMEOUT_MS,
     clock: Callable[[], float] = time.monotonic,
+    start: Callable[[str, Callable[[], None]], None] = start_reader,
 ) -> Iterator[services_pb2.TransactResponse]:
     """The response stream for one Transact call (one answer per message)."""
     st = _Stream(deps, work_pool, remote_pool, commit_timeout_ms, clock)
@@ -285,7 +287,7 @@ def transact(
         finally:
             st.end_input()
 
-    _start_reader("transact-reader", read)
+    start("transact-reader", read)
     for batch in st.batches(is_active, 1, MAX_MESSAGE_BYTES):
         yield batch[0]
 
@@ -300,6 +302,7 @@ def transact_batch(
     clock: Callable[[], float] = time.monotonic,
     max_answers: int = MAX_ANSWERS_PER_MESSAGE,
     max_bytes: int = MAX_MESSAGE_BYTES,
+    start: Callable[[str, Callable[[], None]], None] = start_reader,
 ) -> Iterator[services_pb2.TransactBatchResponse]:
     """The response stream for one TransactBatch call (ready answers coalesced per message)."""
     st = _Stream(deps, work_pool, remote_pool, commit_timeout_ms, clock)
@@ -325,6 +328,6 @@ def transact_batch(
         finally:
             st.end_input()
 
-    _start_reader("transact-batch-reader", read)
+    start("transact-batch-reader", read)
     for batch in st.batches(is_active, max(1, max_answers), max_bytes):
         yield services_pb2.TransactBatchResponse(responses=batch)
