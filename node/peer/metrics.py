@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from rxchain.v1 import transaction_pb2
 
 from node.peer.committer import CommittedBlock
+
+
+class _SandboxCollector(Collector):
+    """The contract sandbox's counters, read from ``Sandbox.stats()`` at each scrape."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily("rxchain_peer_sandbox_workers", "Live contract worker processes",
+                                value=s.get("workers", 0))
+        for key, doc in (("restarts", "Contract workers replaced (killed, crashed, timed out)"),
+                         ("invocations", "Sandboxed contract invocations"),
+                         ("prefetch_hits", "Contract reads served from the prefetch table "
+                                           "(host round trips saved)")):
+            yield CounterMetricFamily(f"rxchain_peer_sandbox_{key}", doc, value=s.get(key, 0))
 
 
 class PeerMetrics:
@@ -42,8 +63,12 @@ class PeerMetrics:
         """Record one committed block."""
         self.height.set(committed.result.number + 1)
         self.commit_seconds.observe(seconds)
-        for code in committed.validated.codes:
-            self.validation.labels(code=transaction_pb2.TxValidationCode.Name(code)).inc()
+        for code, n in Tally(committed.validated.codes).items():
+            self.validation.labels(code=transaction_pb2.TxValidationCode.Name(code)).inc(n)
+
+    def watch_sandbox(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Export the sandbox's workers / restarts / invocations / prefetch hits."""
+        self.registry.register(_SandboxCollector(stats))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""

@@ -146,6 +146,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     committer.add_listener(notifier.on_commit)
 
     sandbox = Sandbox(int(extra.get("sandbox_workers", 2)), SandboxLimits())
+    metrics.watch_sandbox(sandbox.stats)
     closers.append(sandbox.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), _wall_ms,
                         on_endorse=metrics.endorsements.inc)

@@ -288,7 +288,8 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
         for metric in ("rxchain_peer_block_height", 'rxchain_peer_tx_validation_total{code="VALID"}',
-                       "rxchain_peer_endorsements_total", "rxchain_peer_commit_seconds_bucket"):
+                       "rxchain_peer_endorsements_total", "rxchain_peer_commit_seconds_bucket",
+                       "rxchain_peer_sandbox_invocations_total", "rxchain_peer_sandbox_prefetch_hits_total"):
             assert metric in text
         lines = [ln for ln in cons.log_path("peer.h01").read_text().splitlines() if "block_committed" in ln]
         assert lines and json.loads(lines[-1])["msg"].startswith("event=block_committed")

@@ -380,7 +380,7 @@ def test_hash_seed_fixes_set_order_and_is_configurable() -> None:
         other = value(call(b, src, "f", {}))
         assert first == again
         assert sorted(first) == sorted(other) and first != other
-        assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2}
+        assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2, "prefetch_hits": 0}
 
 
 def test_warm_compiles_in_every_idle_worker() -> None:
