@@ -140,10 +140,10 @@ def test_every_single_byte_corruption_of_a_cert_is_a_reason_code(network: Genera
     reasons = set()
     for i in range(len(der)):
         for mask in (0x01, 0xFF):
-            bad = bytearray(der)
-            bad[i] ^= mask
+            flipped = bytearray(der)
+            flipped[i] ^= mask
             with pytest.raises(RxError) as e:
-                msp.validate(identity_pb2.Identity(org="h01", cert_der=bytes(bad)), NOW_MS)
+                msp.validate(identity_pb2.Identity(org="h01", cert_der=bytes(flipped)), NOW_MS)
             reasons.add(e.value.reason)
     assert reasons <= {"UNKNOWN_CREATOR", "BAD_CERT"} and "BAD_CERT" in reasons, reasons
     # the version field (v3 = 2 in the first bytes of the TBS) set to an unknown version
