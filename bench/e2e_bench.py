@@ -284,7 +284,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rate = args.start_rate
         best: dict[str, Any] | None = None
         fails = 0
-        while rate <= args.max_rate and time.monotonic() - t_start < args.budget_s:
+        first_fail = 0.0  # lowest failing offered rate above the best passing one
+
+        def level(rate: float) -> dict[str, Any]:
+            nonlocal best, first_fail
             st = run_level(world, rate, args.duration, args.warm, cpu)
             st["pass"] = passes(st)
             levels.append(st)
@@ -295,12 +298,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if st["pass"]:
                 if best is None or st["committed_tx_per_s"] > best["committed_tx_per_s"]:
                     best = st
+            elif (best is None or rate > best["offered_tx_per_s"]) and (
+                    first_fail == 0.0 or rate < first_fail):
+                first_fail = rate
+            return st
+
+        while rate <= args.max_rate and time.monotonic() - t_start < args.budget_s:
+            if level(rate)["pass"]:
                 fails = 0
             else:
                 fails += 1
                 if fails >= 2:
                     break
             rate = round(rate * args.step, 1)
+        # The x1.4 steps are coarse near the knee: bisect (geometrically) between the best
+        # passing offered rate and the lowest failing one above it.
+        for _ in range(args.refine):
+            if best is None or first_fail == 0.0:
+                break
+            lo = float(best["offered_tx_per_s"])
+            if first_fail / lo < 1.08:
+                break
+            level(round((lo * first_fail) ** 0.5, 1))
         peak = best["committed_tx_per_s"] if best else 0.0
         half_rate = max(7.0, peak / 2)
         half = run_level(world, half_rate, args.duration, args.warm, cpu)
@@ -329,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "txs_per_block_half_rate": round(fill, 1)},
             "ratio_to_crypto_bound": round(peak / cb["crypto_bound_tx_per_s"], 4),
             "targets": {"committed_tx_per_s": 500, "p99_ms_at_half": 1000},
-            "levels": levels,
+            "levels": sorted(levels, key=lambda lv: lv["offered_tx_per_s"]),
             "half_rate_level": half,
             "profile": profile,
             "topology": {"orderers": 3, "peers": ["h01", "h02", "p01", "ins01"], "tls": True,
@@ -354,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-rate", type=float, default=28.0, help="first offered tx/s")
     p.add_argument("--step", type=float, default=1.4, help="rate multiplier between levels")
     p.add_argument("--max-rate", type=float, default=1400.0)
+    p.add_argument("--refine", type=int, default=2,
+                   help="levels bisecting between the best passing and the first failing rate")
     p.add_argument("--duration", type=float, default=14.0, help="arrival window per level (s)")
     p.add_argument("--warm", type=float, default=3.0, help="seconds of a level not measured")
     p.add_argument("--streams", type=int, default=1, help="TransactBatch connections per client identity")
