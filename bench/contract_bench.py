@@ -22,8 +22,8 @@ The state backend has a non-recording ``peek`` (``node.sandbox.prefetch.PeekingB
 so the sandbox prefetches the reads it predicts; ``--no-peek`` also measures the current
 tree with a plain simulator (what a peer whose simulator has no ``peek`` gets).
 
-With ``--baseline REF`` the same bench also runs ``node/sandbox`` as of git ``REF`` (the
-rest of the tree is the current one) in alternating child processes (baseline, current,
+With ``--baseline REF`` the same bench also runs ``node/sandbox`` and ``contracts`` as of git
+``REF`` (the rest of the tree is the current one) in alternating child processes (baseline, current,
 baseline, ...) so all variants see the same machine load, and reports
 ``current / baseline`` ratios per function.
 """
@@ -158,7 +158,8 @@ class Workload:
         self.peek = peek
         self.state = MemoryState()
         self.callers = _callers()
-        self.sources = {n: (ROOT / "contracts" / f"{n}.py").read_text(encoding="utf-8")
+        where = Path(os.environ.get("RXCHAIN_BENCH_CONTRACTS", "") or ROOT / "contracts")
+        self.sources = {n: (where / f"{n}.py").read_text(encoding="utf-8")
                         for n in ("registry", "prescription", "settlement")}
         self.hashes = {n: ContractPackage(n, "1.0", s).code_hash for n, s in self.sources.items()}
         self.now = T0_MS
@@ -450,13 +451,14 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _baseline_tree(ref: str, into: Path) -> Path:
-    """A tree whose ``node`` is the current one except ``node/sandbox`` as of ``ref``."""
+    """A tree whose ``node`` is the current one except ``node/sandbox`` as of ``ref``, and
+    ``contracts`` as of ``ref`` (a contract may use a ctx method the old sandbox lacks)."""
     node = into / "node"
     node.mkdir()
     for entry in (ROOT / "node").iterdir():
         if entry.name != "sandbox":
             (node / entry.name).symlink_to(entry)
-    archive = subprocess.run(["git", "archive", ref, "node/sandbox"], cwd=ROOT, check=True,
+    archive = subprocess.run(["git", "archive", ref, "node/sandbox", "contracts"], cwd=ROOT, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     (into / "gen").symlink_to(ROOT / "gen")
@@ -469,8 +471,10 @@ def _run_child(tree: Path | None, stories: int, warmup: int, frame_stories: int,
     code = (f"import sys, json; sys.path.insert(0, {path!r}) if {path!r} else None; "
             "from bench.contract_bench import child; "
             f"print(json.dumps(child({stories}, {warmup}, {frame_stories}, {peek})))")
+    env = dict(os.environ)
+    env["RXCHAIN_BENCH_CONTRACTS"] = "" if tree is None else str(tree / "contracts")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          check=False, timeout=1800)
+                          check=False, timeout=1800, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"bench child failed:\n{proc.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
