@@ -117,6 +117,9 @@ def valid_reason(reason: Any) -> bool:
     return type(reason) is str and _REASON.match(reason) is not None
 
 
+MAX_NAMESPACE_LEN = 255  # ctx.get_from/range_from/history_from namespaces (contract names)
+
+
 class StateHost(Protocol):
     """How a Context reaches state: the worker's pipe client or, in-process, the backend."""
 
@@ -222,6 +225,8 @@ class Context:
     def _ns(self, namespace: Any) -> str:
         if type(namespace) is not str or not namespace or "\x00" in namespace:
             raise ValueError("namespace must be a non-empty string")
+        if len(namespace) > MAX_NAMESPACE_LEN:  # contract names have at most 64 characters
+            raise ValueError(f"namespace longer than {MAX_NAMESPACE_LEN} characters")
         return namespace
 
     def _limit(self, limit: Any, cap: int) -> int:
@@ -345,15 +350,27 @@ class Context:
         ":", no ASCII escaping; tuples as lists), or "" if it has none (floats, sets,
         non-string keys, lone surrogates, nesting deeper than 64).  Gas 20 + 1 per JSON
         value + bytes/32; larger than ``max_value_bytes``: SIZE_LIMIT."""
+        max_bytes = self._limits.max_value_bytes
         try:
-            data, nodes = canonical.encode(value, "canonical_json", self._limits.max_value_bytes)
+            nodes, valid = canonical.measure(value, max_bytes)  # a value takes >= 1 byte
         except SizeLimit as exc:
-            raise self._meter.fail(exc) from None
-        except (Abort, UnicodeEncodeError):
-            self._meter.gas(GAS_HASH)
+            raise self._meter.fail(SizeLimit(f"canonical_json: {exc}")) from None
+        # the walk is charged whatever its outcome, before any encoding work
+        self._meter.gas(GAS_HASH + nodes)
+        if not valid:
             return ""
-        self._meter.gas(GAS_HASH + nodes + len(data) // GAS_BYTES_PER_UNIT)
-        return data.decode("utf-8")
+        text = canonical.encode_text(value)
+        self._meter.gas(len(text) // GAS_BYTES_PER_UNIT)  # encoding work, before the UTF-8 step
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no canonical form
+            return ""
+        if len(data) > max_bytes:
+            raise self._meter.fail(SizeLimit(
+                f"canonical_json: {len(data)} bytes exceeds the limit of {max_bytes}"))
+        # total: GAS_HASH + nodes + len(data) // GAS_BYTES_PER_UNIT, as documented
+        self._meter.gas(len(data) // GAS_BYTES_PER_UNIT - len(text) // GAS_BYTES_PER_UNIT)
+        return text
 
     def hmac_sha256_hex(self, key_hex: str, data: str) -> str:
         if type(data) is not str or type(key_hex) is not str:

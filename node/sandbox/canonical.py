@@ -108,6 +108,45 @@ def check_value(value: Any, what: str, max_nodes: int = 1 << 20) -> int:
     return nodes
 
 
+def measure(value: Any, max_nodes: int) -> tuple[int, bool]:
+    """(work, valid) for ``value``: ``work`` is the number of JSON values walked -- for a
+    valid value its node count; for an invalid one every value visited or queued, in the
+    same depth-first order as the validity check, up to the first value without a canonical
+    form.  Raises SizeLimit beyond ``max_nodes``.  Lets a caller charge for the work
+    whatever the outcome."""
+    fast = _plain_nodes(value, 0, max_nodes)
+    if fast >= 0:
+        return fast, True
+    work = 1
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        tv = type(v)
+        if tv is str or tv is int or tv is bool or v is None:
+            continue
+        if depth >= MAX_DEPTH:
+            return work, False
+        if tv is dict:
+            for k in v:
+                if type(k) is not str:
+                    return work, False
+            items: Any = v.values()
+        elif tv is list or tv is tuple:
+            items = v
+        else:
+            return work, False
+        work += len(items)
+        if work > max_nodes:
+            raise SizeLimit(f"more than {max_nodes} JSON values")
+        stack.extend((item, depth + 1) for item in reversed(items))
+    return work, True
+
+
+def encode_text(value: Any) -> str:
+    """The canonical JSON text of a value :func:`measure` found valid (not yet UTF-8)."""
+    return _ENCODER.encode(value)
+
+
 def encode(value: Any, what: str, max_bytes: int) -> tuple[bytes, int]:
     """Canonical JSON bytes of ``value`` plus its node count; raises BadValue / SizeLimit."""
     nodes = check_value(value, what, max_bytes)  # every JSON value takes at least one byte

@@ -224,6 +224,24 @@ def shareable(value: Any, budget: int = 100_000) -> bool:
     return True
 
 
+def holds_set(value: Any) -> bool:
+    """True if a ``set`` is reachable from ``value`` through lists, dicts, sets, tuples and
+    frozensets (a copied set may iterate in another order than the one the module body
+    built, so modules holding sets are never cached)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        tv = type(v)
+        if tv is set:
+            return True
+        if tv is dict:
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif tv is list or tv is tuple or tv is frozenset:
+            stack.extend(v)
+    return False
+
+
 def needs_copy(value: Any) -> bool:
     tv = type(value)
     if tv is list or tv is dict or tv is set:
@@ -373,6 +391,9 @@ class Engine:
                     safe = False
                     break
                 if needs_copy(v):
+                    if holds_set(v):
+                        safe = False
+                        break
                     pristine[name] = v
             if safe:
                 module = _Module(ns, pristine, meter.used(), is_flat(pristine))

@@ -30,6 +30,8 @@ MAX_ARGS_BYTES = 64 << 10  # larger arguments are not parsed for prediction
 MAX_PLANS = 256
 MIN_VALUE_LEN = 2  # shorter argument values are not substituted into templates
 MAX_KEY_LEN = 1024
+MAX_NS_LEN = 256  # reads of longer namespaces are not learned
+MAX_SOURCES = 16  # string arguments substituted into templates (first by name)
 
 Part = str | tuple[str]  # a literal, or (source name,)
 Template = tuple[str, tuple[Part, ...]]  # namespace, key parts
@@ -48,9 +50,14 @@ def sources(args_json: bytes, caller: t.CallerInfo) -> dict[str, str]:
         except (ValueError, RecursionError):
             args = None
         if type(args) is dict:
-            for k, v in args.items():
+            taken = 0
+            for k in sorted(args):
+                v = args[k]
                 if type(v) is str and MIN_VALUE_LEN <= len(v) <= MAX_KEY_LEN:
                     out["arg." + k] = v
+                    taken += 1
+                    if taken >= MAX_SOURCES:
+                        break
     return out
 
 
@@ -130,12 +137,15 @@ class Predictor:
         :meth:`predict` gave for the same values (saves re-deriving their templates)."""
         used: list[Template] = []
         seen: set[Template] = set()
-        for nk in reads:
+        derived: dict[tuple[str, str], Template] = {}  # each distinct key templated once
+        for nk in reads[:MAX_LEARNED_READS]:
             tpl = predicted.get(nk) if predicted else None
             if tpl is None:
-                if len(nk[1]) > MAX_KEY_LEN:
+                tpl = derived.get(nk)
+            if tpl is None:
+                if len(nk[1]) > MAX_KEY_LEN or len(nk[0]) > MAX_NS_LEN:
                     continue
-                tpl = template(nk[0], nk[1], values)
+                tpl = derived[nk] = template(nk[0], nk[1], values)
             if tpl not in seen:
                 seen.add(tpl)
                 used.append(tpl)

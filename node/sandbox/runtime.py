@@ -484,7 +484,12 @@ class Sandbox:
             return deadline - clock()
 
         table = entries or []
-        pf = protocol.encode_prefetch(table) if table else protocol.EMPTY_PREFETCH
+        pf = protocol.EMPTY_PREFETCH
+        if table:
+            try:
+                pf = protocol.encode_prefetch(table)
+            except ValueError:  # an entry too long for a compact frame: send no table
+                table = []
         with_source = inv.code_hash not in w.known
         self._send(w, self._request(w, inv, with_source, unchecked), pf)
         w.limits = inv.limits

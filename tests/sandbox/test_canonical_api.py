@@ -103,3 +103,34 @@ class _NoBackend:
 
     def delete(self, namespace: str, key: str) -> None:
         raise AssertionError("no writes")
+
+
+BAD_BIG = '''
+from rxchain_contract import Context
+
+
+def bad(ctx: Context, n: int, kind: str, calls: int) -> int:
+    tail = "\\ud800"
+    if kind == "set":
+        tail = [{1}]
+    big = [0] * n + [tail]
+    empty = 0
+    for _ in range(calls):
+        if ctx.canonical_json(big) == "":
+            empty += 1
+    return empty
+'''
+
+
+def test_values_without_canonical_json_pay_for_the_walk() -> None:
+    """The walk (and the encoding up to a lone surrogate) is charged whatever the outcome:
+    repeating canonical_json on a large invalid value costs gas per value, every call."""
+    runner = InProcessRunner()
+    for kind in ("surrogate", "set"):
+        one = call(runner, BAD_BIG, "bad", {"n": 20000, "kind": kind, "calls": 1})
+        five = call(runner, BAD_BIG, "bad", {"n": 20000, "kind": kind, "calls": 5})
+        assert value(one) == 1 and value(five) == 5
+        assert five.gas_used - one.gas_used >= 4 * 20000, (kind, one.gas_used, five.gas_used)
+    capped = call(runner, BAD_BIG, "bad", {"n": 20000, "kind": "set", "calls": 10000},
+                  gas=2_000_000)
+    assert (capped.ok, capped.reason) == (False, "OUT_OF_GAS")

@@ -152,3 +152,25 @@ def test_limits_are_still_validated() -> None:
     assert invalid_invocation(bad) == "limits.max_events is out of range"
     bad2 = make_inv(REPLACE, "rep", {}, limits=t.SandboxLimits(wall_timeout_s=0))
     assert invalid_invocation(bad2) == "limits.wall_timeout_s must be positive"
+
+
+SET_ORDER = '''
+from rxchain_contract import Context
+
+S = {x for x in [0, 1, 2, 4, 16]}
+NESTED = [{"k": {3, 11, 19}}]
+
+
+def f(ctx: Context) -> list:
+    return [[x for x in S], [x for x in NESTED[0]["k"]]]
+'''
+
+
+def test_module_sets_iterate_as_the_module_body_built_them() -> None:
+    """A copied set can iterate in another order than the one built by the module body
+    (its table size differs): modules holding sets run afresh, like the reference path."""
+    cached, fresh = InProcessRunner(), InProcessRunner(module_cache=False)
+    want = value(call(fresh, SET_ORDER, "f", {}))
+    assert want[0] == [x for x in {x for x in [0, 1, 2, 4, 16]}]  # noqa: C416 - built as the contract does
+    for _ in range(3):
+        assert value(call(cached, SET_ORDER, "f", {})) == want

@@ -20,6 +20,7 @@ from node.ledger.statedb import Version, VersionedValue
 from node.peer.simulator import TxSimulator
 from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
+from node.sandbox.inprocess import InProcessRunner
 from node.sandbox.runtime import Sandbox
 from tests.sandbox.helpers import CALLER, MemBackend, assert_serving, make_inv, value
 
@@ -293,3 +294,40 @@ def test_a_flood_of_state_operations_is_a_protocol_violation(pool: Sandbox) -> N
     assert "more than 54 state operations" in r.message
     assert b.log == []  # nothing was replayed
     assert_serving(pool)
+
+
+HOSTILE_LEARN = '''
+from rxchain_contract import Context
+
+
+def f(ctx: Context, a: str, b: str, c: str) -> int:
+    n = 0
+    for i in range(40):
+        key = (a + b + c)[:400] + ctx.tx_id[-4:] + str(i)
+        if ctx.get(key) is None:
+            n += 1
+    return n
+'''
+
+
+def test_learning_is_bounded_and_long_namespaces_are_refused(pool: Sandbox) -> None:
+    """Unpredictable keys built from the arguments are templated once each (bounded host
+    CPU); a namespace longer than any contract name is refused by the API (same in every
+    runner) and never learned."""
+    for i in range(3):
+        inv = make_inv(HOSTILE_LEARN, "f", {"a": "ab" * 100, "b": "cd" * 100, "c": "ef" * 100},
+                       tx_id=f"tx-{i:04d}")
+        r = pool.invoke(inv, seeded(PeekMem))
+        assert r.ok and value(r) == 40, r.message
+    long_ns = make_inv('''
+from rxchain_contract import Context
+
+
+def g(ctx: Context) -> int:
+    return ctx.get_from("n" * 300, "k") is None
+''', "g")
+    for runner in (pool, InProcessRunner()):
+        r = runner.invoke(long_ns, seeded(PeekMem))
+        assert (r.ok, r.reason) == (False, "CONTRACT_EXCEPTION") and "namespace" in r.message, r
+    assert all(len(ns) <= prefetch.MAX_NS_LEN
+               for plan in pool._predictor._plans.values() for ns, _ in plan.idle)
