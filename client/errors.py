@@ -33,6 +33,16 @@ class CommitError(RxClientError):
         self.block = block
 
 
+class CommitUnknown(RxClientError):
+    """The transaction was submitted but its answer was lost (stream broken, peer stopping):
+    it may still commit. Ask ``CommitStatus`` for ``tx_id``; never re-propose the call as a
+    new transaction (it would be a second prescription)."""
+
+    def __init__(self, tx_id: str, message: str):
+        super().__init__("COMMIT_UNKNOWN", message)
+        self.tx_id = tx_id
+
+
 class WalletError(RxClientError):
     """The wallet directory is missing, unreadable or inconsistent."""
 

@@ -19,7 +19,7 @@ import grpc
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.batching import RequestQueue, batch_requests, is_unimplemented, single_requests
-from client.errors import CommitError, EndorsementError, RxClientError
+from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
 from client.gateway import Gateway, SubmitResult, check_response, decode_payload, rpc_error
 from client.tx import BuiltProposal
 
@@ -61,14 +61,15 @@ class _Unimplemented(Exception):
 
 def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float,
               batched: bool) -> list[Outcome]:
-    # Correlation ids: 2*i endorses call i, 2*i + 1 submits it. (The coalescer never sends
-    # a malformed message, so the gateway's whole-message answers under id 0 cannot come.)
+    # Correlation ids: 2*i + 2 endorses call i, 2*i + 3 submits it; id 0 is the gateway's
+    # answer to a whole message it refused (then every call not yet answered fails with it).
     results: list[Outcome | None] = [None] * len(built)
     payloads: dict[int, Any] = {}
+    submitted: set[int] = set()  # calls whose envelope went to the gateway
     requests: RequestQueue = queue.SimpleQueue()
     for i, b in enumerate(built):
         requests.put(services_pb2.TransactRequest(
-            correlation_id=2 * i, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
+            correlation_id=2 * i + 2, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
     pending = len(built)
     answered = False
 
@@ -90,10 +91,15 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
     try:
         for resp in answers():
             answered = True
-            i, stage = divmod(resp.correlation_id, 2)
+            kind = resp.WhichOneof("kind")
+            if resp.correlation_id == BATCH_ERROR_ID and kind == "error":
+                for j in range(len(built)):
+                    finish(j, _unanswered(built, submitted, j, RxClientError(
+                        resp.error.reason, resp.error.message)))
+                break
+            i, stage = divmod(resp.correlation_id - 2, 2)
             if not 0 <= i < len(built):
                 continue
-            kind = resp.WhichOneof("kind")
             if kind == "error":
                 cls = EndorsementError if stage == 0 else RxClientError
                 finish(i, cls(resp.error.reason, resp.error.message))
@@ -104,7 +110,8 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
                 except RxClientError as exc:
                     finish(i, exc)
                     continue
-                requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 1, submit=env))
+                submitted.add(i)
+                requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 3, submit=env))
             elif kind == "committed":
                 st = resp.committed
                 name = transaction_pb2.TxValidationCode.Name(st.code)
@@ -122,10 +129,27 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             raise _Unimplemented() from exc
         err = rpc_error(exc)
         for i in range(len(built)):
-            finish(i, err)
+            finish(i, _unanswered(built, submitted, i, err))
     finally:
         requests.put(None)
-    return [r if r is not None else RxClientError("TIMEOUT", "no answer") for r in results]
+    no_answer = RxClientError("TIMEOUT", "no answer")
+    return [r if r is not None else _unanswered(built, submitted, i, no_answer)
+            for i, r in enumerate(results)]
+
+
+BATCH_ERROR_ID = 0
+
+
+def _unanswered(built: Sequence[BuiltProposal], submitted: set[int], i: int,
+                err: RxClientError) -> RxClientError:
+    """The outcome of call ``i`` when its answer will not come: a submitted transaction may
+    still commit, so it is COMMIT_UNKNOWN with its tx id (ask CommitStatus; never re-propose
+    it as a new transaction), anything else fails with ``err``."""
+    if i not in submitted:
+        return err
+    tx_id = built[i].tx_id
+    return CommitUnknown(tx_id, f"transaction {tx_id} was submitted but its outcome is unknown "
+                         f"({err.reason}: {err.message}); ask CommitStatus for it")
 
 
 __all__ = ["Call", "Outcome", "decode_payload", "submit_many"]

@@ -515,6 +515,7 @@ class _ProposalStream:
 
     def _endorse_one(self, item: services_pb2.CorrelatedProposal) -> None:
         if self._ended or not self._is_active():
+            self._slots.release()  # no answer will be sent for it
             self._finish()
             return
         self._answer(self._endorse(item))
@@ -524,7 +525,8 @@ class _ProposalStream:
         self._finish()
 
     def _finish(self) -> None:
-        self._slots.release()
+        """One admitted proposal is answered (its slot is freed once the answer is sent:
+        a caller that stops reading stops this stream's reader, see :meth:`answers`)."""
         with self._lock:
             self._outstanding -= 1
             end = self._input_done and self._outstanding == 0
@@ -572,6 +574,8 @@ class _ProposalStream:
                 items.append(answer)
                 size += answer.ByteSize()
             yield services_pb2.ProposalResponseBatch(items=items)
+            for _ in items:  # handed to gRPC: their slots are free
+                self._slots.release()
             if last:
                 return
 

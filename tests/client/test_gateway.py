@@ -82,6 +82,8 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
             else:
                 tx = transaction_pb2.Transaction.FromString(req.submit.payload)
                 inv = transaction_pb2.ContractInvocation.FromString(tx.invocation)
+                if inv.function == "vanish":  # the peer stops with this submit unanswered
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE: the peer is stopping")
                 code = (transaction_pb2.MVCC_READ_CONFLICT if inv.function == "conflict"
                         else transaction_pb2.VALID)
                 yield services_pb2.TransactResponse(
@@ -170,10 +172,23 @@ def test_submit_many_pipelines_and_keeps_call_order(fake):
     _, gw, _ = fake
     out = submit_many(gw, [Call("c", "ok", {"i": 0}), Call("c", "refuse"), Call("c", "conflict"),
                            Call("c", "ok", {"i": 3})])
-    assert isinstance(out[0], SubmitResult) and out[0].code == "VALID" and out[0].block == 21
+    assert isinstance(out[0], SubmitResult) and out[0].code == "VALID" and out[0].block == 23
     assert out[0].result == {"ok": True}
     assert isinstance(out[1], EndorsementError) and out[1].reason == "NOT_FOLLOW_UP"
     assert isinstance(out[2], CommitError) and out[2].reason == "MVCC_READ_CONFLICT"
-    assert isinstance(out[3], SubmitResult) and out[3].block == 27
-    assert gw.last_block == 27
+    assert isinstance(out[3], SubmitResult) and out[3].block == 29
+    assert gw.last_block == 29
     assert submit_many(gw, []) == []
+
+
+def test_submit_many_reports_a_lost_answer_to_a_submit_as_commit_unknown(fake):
+    """A stream that breaks after a submit went out: that call may still commit, so it is
+    COMMIT_UNKNOWN with its tx id (never silently 'failed'); calls not yet submitted fail."""
+    from client.errors import CommitUnknown
+    from client.pipeline import Call, submit_many
+
+    _, gw, _ = fake
+    out = submit_many(gw, [Call("c", "refuse"), Call("c", "vanish")])
+    assert isinstance(out[0], EndorsementError) and out[0].reason == "NOT_FOLLOW_UP"
+    assert isinstance(out[1], CommitUnknown) and out[1].reason == "COMMIT_UNKNOWN"
+    assert len(out[1].tx_id) == 64 and out[1].tx_id in out[1].message

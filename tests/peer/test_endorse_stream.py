@@ -571,3 +571,36 @@ def test_garbage_items_and_undecodable_messages_leave_the_service_serving(
             services_pb2.CorrelatedProposal(correlation_id=1, proposal=_signed(deployed, "still"))])
         got, _ = _collect(stub.ProcessProposals(iter([ok]), timeout=WAIT_S), 1)
         assert got[1].response.response.status == 200
+
+
+def test_a_caller_that_stops_reading_answers_stops_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots are freed when answers are handed to gRPC: answers nobody reads hold them, so
+    the reader stops taking proposals (flow control reaches the caller) instead of queueing
+    answers without bound."""
+    from node.peer import endorser as endorser_mod
+
+    monkeypatch.setattr(endorser_mod, "MAX_STREAM_IN_FLIGHT", 4)
+    active = threading.Event()
+    active.set()
+
+    def fake(signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        return transaction_pb2.ProposalResponse()
+
+    stream = _ProposalStream(fake, Inline(), active.is_set)
+    batch = services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=i, proposal=transaction_pb2.SignedProposal())
+        for i in range(10)])
+    reader = threading.Thread(target=stream.read, args=(iter([batch]),), daemon=True)
+    reader.start()
+    reader.join(1.0)
+    assert reader.is_alive()  # blocked: 4 answers queued, none sent
+    answers = stream.answers()
+    got = [i.correlation_id for i in next(answers).items]
+    assert got == [0, 1, 2, 3]
+    deadline = time.monotonic() + 10
+    while len(got) < 10 and time.monotonic() < deadline:
+        got += [i.correlation_id for i in next(answers).items]
+    assert sorted(got) == list(range(10))
+    reader.join(5)
+    assert not reader.is_alive()
+    active.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -499,3 +500,62 @@ def test_close_reports_work_still_running_after_its_wait(deployed: Cluster) -> N
         t.join(10)
         deps.notifier.close()
     assert not t.is_alive()
+
+
+def test_answers_nobody_reads_hold_their_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot is freed when its answer is handed to gRPC, not when it is queued: a client
+    that stops reading stops the gateway's reader (flow control) instead of filling memory."""
+    monkeypatch.setattr(transact_mod, "MAX_IN_FLIGHT", 8)
+    st = transact_mod._Stream(cast(Any, None), ThreadPoolExecutor(1), ThreadPoolExecutor(1), 1000,
+                              lambda: 0.0)
+    reqs = []
+    for i in range(8):
+        assert st.admit(1, lambda: True)
+        reqs.append(transact_mod._Request(i + 1))
+    for r in reqs:  # all answered, none sent
+        st.error(r, RxError("BAD_REQUEST", "x"))
+    polls = iter(range(3))
+    assert not st.admit(1, lambda: next(polls, None) is not None)  # full: waits, then gives up
+    st.sent(8)
+    assert st.admit(1, lambda: True)
+
+
+def test_a_cancelled_streams_queued_endorsements_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def slow_endorse(deps: Any, request: Any, pool: Any) -> services_pb2.EndorseResponse:
+        gate.wait(10)
+        ran.append(1)
+        return services_pb2.EndorseResponse()
+
+    monkeypatch.setattr(transact_mod, "endorse", slow_endorse)
+    pool = ThreadPoolExecutor(1)
+    try:
+        st = transact_mod._Stream(cast(Any, None), pool, ThreadPoolExecutor(1), 1000, lambda: 0.0)
+        n = transact_mod.MAX_POOLED
+        for i in range(n):
+            assert st.admit(1, lambda: True)
+            st.dispatch(TReq(correlation_id=i + 1, endorse=services_pb2.EndorseRequest()))
+        # the stream's share of the pool is used up: a further endorsement waits for a slot
+        late = threading.Thread(target=st.dispatch, args=(TReq(correlation_id=99, endorse=services_pb2.EndorseRequest()),))
+        late.start()
+        late.join(0.5)
+        assert late.is_alive()
+        st.close()  # the client went away
+        late.join(5)
+        assert not late.is_alive()
+        gate.set()
+    finally:
+        pool.shutdown(wait=True)
+    assert len(ran) == 1  # only the one already running when the stream ended
+
+
+def test_peer_stopping_ends_streams_with_unavailable_not_ok(deployed: Cluster) -> None:
+    deps = _deps(deployed, Switch(BlockOrdering(deployed, hold=1)))
+    st = transact_mod._Stream(deps, ThreadPoolExecutor(1), ThreadPoolExecutor(1), 60_000, time.monotonic)
+    assert st.admit(1, lambda: True)  # one request in flight, not answered
+    deps.notifier.close()
+    with pytest.raises(RxError) as err:
+        list(st.batches(lambda: True, 16, 1 << 20))
+    assert err.value.reason == "SERVICE_UNAVAILABLE"

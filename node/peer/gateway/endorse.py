@@ -103,11 +103,13 @@ def _endorse_once(
         spare: list[str] = []
     else:
         plan_key = (definition.policy, deps.org, tuple(remote_orgs))
-        if plan_key not in deps.plans:
+        rotation = deps.plans.get(plan_key)
+        if rotation is None:  # a local reference: another thread may clear the cache meanwhile
             if len(deps.plans) > 256:
                 deps.plans.clear()
-            deps.plans[plan_key] = PlanRotation(definition.policy, [deps.org], remote_orgs)
-        chosen = deps.plans[plan_key].choose()
+            rotation = deps.plans.setdefault(
+                plan_key, PlanRotation(definition.policy, [deps.org], remote_orgs))
+        chosen = rotation.choose()
         if chosen is None:
             raise RxError(
                 "ENDORSEMENT_POLICY_FAILURE",

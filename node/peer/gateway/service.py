@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,15 @@ class _InFlight:
         except BaseException:
             self._leave()
             raise
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Count a unary handler's work (it may read the ledger) while it runs."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
 
     def wait(self, timeout_s: float) -> bool:
         """True once nothing runs (within ``timeout_s``)."""
@@ -109,7 +119,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> services_pb2.EvaluateResponse:
         try:
-            return evaluate(self._deps, request)
+            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+                return evaluate(self._deps, request)
         except RxError as err:
             abort_with(context, err)
 
@@ -117,7 +128,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.EndorseRequest, context: grpc.ServicerContext
     ) -> services_pb2.EndorseResponse:
         try:
-            return endorse(self._deps, request, self._remote_pool)
+            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+                return endorse(self._deps, request, self._remote_pool)
         except RxError as err:
             abort_with(context, err)
 
@@ -125,7 +137,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> services_pb2.SubmitResponse:
         try:
-            return submit(self._deps, request)
+            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+                return submit(self._deps, request)
         except RxError as err:
             abort_with(context, err)
 
@@ -133,7 +146,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.CommitStatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.CommitStatusResponse:
         try:
-            return commit_status(self._deps, request)
+            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+                return commit_status(self._deps, request)
         except RxError as err:
             abort_with(context, err)
 
@@ -141,7 +155,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.EventsRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.EventsResponse]:
         try:
-            yield from events(self._deps, request, context.is_active)
+            with self._inflight.busy():
+                yield from events(self._deps, request, context.is_active)
         except RxError as err:
             abort_with(context, err)
 
@@ -150,17 +165,23 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         request_iterator: Iterator[services_pb2.TransactRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactResponse]:
-        yield from transact(
-            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool,
-            start=self._inflight.reader,
-        )
+        try:
+            yield from transact(
+                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._remote_pool, start=self._inflight.reader,
+            )
+        except RxError as err:  # the peer is stopping with requests unanswered
+            abort_with(context, err)
 
     def TransactBatch(
         self,
         request_iterator: Iterator[services_pb2.TransactBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactBatchResponse]:
-        yield from transact_batch(
-            self._deps, request_iterator, context.is_active, self._work_pool, self._remote_pool,
-            start=self._inflight.reader,
-        )
+        try:
+            yield from transact_batch(
+                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._remote_pool, start=self._inflight.reader,
+            )
+        except RxError as err:  # the peer is stopping with requests unanswered
+            abort_with(context, err)

@@ -41,7 +41,8 @@ from node.peer.gateway.endorse import endorse
 from node.peer.gateway.submit import check_envelope
 from node.peer.notifier import TxCommitted
 
-MAX_IN_FLIGHT = 4096
+MAX_IN_FLIGHT = 4096  # requests admitted and not yet answered-and-sent, per stream
+MAX_POOLED = 16  # endorsements of one stream queued or running on the shared work pool
 MAX_REQUESTS_PER_BATCH = 256
 MAX_ANSWERS_PER_MESSAGE = 256
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -74,9 +75,15 @@ class _Stream:
         self.out: queue.SimpleQueue[Answer | None] = queue.SimpleQueue()
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)
-        self.outstanding = 0
+        # held: admitted and not yet handed to gRPC (answers queued in ``out`` count, so a
+        # client that stops reading stops the reader: HTTP/2 flow control pushes back);
+        # unanswered: admitted and not yet answered (the stream ends when it reaches 0)
+        self.held = 0
+        self.unanswered = 0
         self.reader_waiting = False
         self.input_done = False
+        self.stopped = False  # the response side ended: queued work is skipped
+        self.pooled = threading.BoundedSemaphore(MAX_POOLED)
         # Submits waiting for their commit, in registration (= deadline) order.
         self.waiting: dict[_Request, None] = {}
         self.commit_timeout_s = commit_timeout_ms / 1000
@@ -86,14 +93,22 @@ class _Stream:
     def admit(self, n: int, is_active: Callable[[], bool]) -> bool:
         """Reserve ``n`` in-flight slots (waits while the stream is full); False if the call ended."""
         with self.lock:
-            while self.outstanding and self.outstanding + n > MAX_IN_FLIGHT:
-                if not is_active():
+            while self.held and self.held + n > MAX_IN_FLIGHT:
+                if not is_active() or self.stopped:
                     return False
                 self.reader_waiting = True
                 self.room.wait(_POLL_S)
                 self.reader_waiting = False
-            self.outstanding += n
+            self.held += n
+            self.unanswered += n
         return True
+
+    def sent(self, n: int) -> None:
+        """``n`` answers were handed to gRPC: their slots are free."""
+        with self.lock:
+            self.held -= n
+            if self.reader_waiting:
+                self.room.notify()
 
     def answer(self, req: _Request, resp: Answer) -> None:
         """Queue ``req``'s final answer (ignored if it was answered already)."""
@@ -104,10 +119,8 @@ class _Stream:
             if req.cancel is not None:
                 self.waiting.pop(req, None)
             self.out.put(resp)  # under the lock: the end marker always comes last
-            self.outstanding -= 1
-            if self.reader_waiting:
-                self.room.notify()
-            if self.input_done and self.outstanding == 0:
+            self.unanswered -= 1
+            if self.input_done and self.unanswered == 0:
                 self.out.put(None)
 
     def error(self, req: _Request, err: RxError) -> None:
@@ -120,7 +133,7 @@ class _Stream:
         """The client half-closed (or went away): end once everything is answered."""
         with self.lock:
             self.input_done = True
-            if self.outstanding == 0:
+            if self.unanswered == 0:
                 self.out.put(None)
 
     def expire(self, now: float) -> None:
@@ -135,8 +148,11 @@ class _Stream:
             self.error(req, RxError("TIMEOUT", "not committed within the commit timeout"))
 
     def close(self) -> None:
-        """The response side ended: stop watching for commits nobody will read."""
+        """The response side ended: stop watching for commits nobody will read and skip
+        the endorsements still queued for this stream."""
         with self.lock:
+            self.stopped = True
+            self.room.notify_all()
             left = list(self.waiting)
             self.waiting.clear()
         for req in left:
@@ -145,18 +161,30 @@ class _Stream:
 
     # ------------------------------------------------------------------ requests
     def dispatch(self, msg: services_pb2.TransactRequest) -> None:
-        """Handle one admitted request: a submit here, an endorsement on the work pool."""
+        """Handle one admitted request: a submit here, an endorsement on the work pool (at
+        most MAX_POOLED of this stream at once, so one stream cannot fill the shared pool)."""
         req = _Request(msg.correlation_id)
         kind = msg.WhichOneof("kind")
         if kind == "submit":
             self._guarded(req, self._submit, msg)
         elif kind == "endorse":
+            while not self.pooled.acquire(timeout=_POLL_S):
+                if self.stopped:
+                    return
             try:
-                self.work_pool.submit(self._guarded, req, self._endorse, msg)
+                self.work_pool.submit(self._pooled, req, msg)
             except RuntimeError:  # the pool is shut down: the node is stopping
+                self.pooled.release()
                 self.error(req, RxError("SERVICE_UNAVAILABLE", "the gateway is stopping"))
         else:
             self.error(req, RxError("BAD_REQUEST", "request must carry endorse or submit"))
+
+    def _pooled(self, req: _Request, msg: services_pb2.TransactRequest) -> None:
+        try:
+            if not self.stopped:  # nobody reads a cancelled stream's answers
+                self._guarded(req, self._endorse, msg)
+        finally:
+            self.pooled.release()
 
     def _guarded(self, req: _Request, fn: Callable[[_Request, services_pb2.TransactRequest], None],
                  msg: services_pb2.TransactRequest) -> None:
@@ -218,7 +246,14 @@ class _Stream:
         carry: Answer | None = None
         next_expiry = self.clock() + _POLL_S
         try:
-            while is_active() and not self.deps.notifier.closed:
+            while is_active():
+                if self.deps.notifier.closed:  # the peer is stopping
+                    with self.lock:
+                        left = self.unanswered
+                    if left:
+                        raise RxError("SERVICE_UNAVAILABLE", f"the peer is stopping; {left} "
+                                      "requests unanswered (ask CommitStatus for submitted tx ids)")
+                    return
                 now = self.clock()
                 if now >= next_expiry:
                     self.expire(now)
@@ -252,6 +287,7 @@ class _Stream:
                         batch.append(item)
                         size += n
                 yield batch
+                self.sent(len(batch))
                 if ended:
                     return
         finally:
