@@ -161,11 +161,12 @@ class PeerSender:
                 continue
             if item is None:
                 return
-            for i, msg in enumerate(item):
+            # The whole item leaves the budget now: if the call dies while this generator is
+            # suspended mid-item, gRPC never resumes it and nothing else would release it.
+            for msg in item:
                 self._release(_payload_bytes(msg))
+            for i, msg in enumerate(item):
                 if call_over.is_set():
-                    for lost in item[i + 1:]:
-                        self._release(_payload_bytes(lost))
                     for lost in item[i:]:
                         self._report_failure(lost)
                     return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -418,3 +419,66 @@ def test_peer_sender_bounds_queued_bytes():
     assert unreachable == [2]
     started.set()
     sender.close()
+
+
+def test_sender_budget_is_returned_when_a_call_dies_mid_item() -> None:
+    """A queue item holds several Raft messages; a Step call that dies after taking only
+    the first must not keep the rest counted in the byte budget (that would end, for good,
+    every later large append to the peer)."""
+
+    calls: list[int] = []
+    got: list[int] = []
+    healthy = threading.Event()
+
+    def step(request_iterator: Any, context: grpc.ServicerContext) -> bytes:
+        if healthy.is_set():
+            for r in request_iterator:
+                got.append(len(r))
+            return b""
+        next(request_iterator)  # one message, then the peer goes away
+        calls.append(1)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "peer went away")
+        return b""
+
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
+        "Step": grpc.stream_unary_rpc_method_handler(step, request_deserializer=None,
+                                                     response_serializer=None)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    class Sink:
+        def step(self, m: Message) -> None:
+            pass
+
+        def report_unreachable(self, i: int) -> None:
+            pass
+
+        def report_snapshot(self, i: int, ok: bool) -> None:
+            pass
+
+    def app(i: int, size: int) -> Message:
+        return Message(MessageType.APP, to=2, frm=1, term=1, index=i,
+                       entries=(Entry(1, i + 1, EntryType.NORMAL, b"x" * size),))
+
+    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, Sink(),
+                        max_queued_bytes=50_000)
+    try:
+        for r in range(6):
+            sender.send_many([app(5 * r + k, 10_000) for k in range(5)])
+            deadline = time.monotonic() + 5
+            while len(calls) <= r and time.monotonic() < deadline:
+                time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while sender._queued and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (sender._queued, sender._queued_bytes) == (0, 0)
+        healthy.set()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:  # reconnects, then a full-size append
+            sender.send(app(100, 45_000))
+            time.sleep(0.3)
+        assert got
+    finally:
+        sender.close()
+        server.stop(0)
