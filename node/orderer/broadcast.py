@@ -371,8 +371,18 @@ class BroadcastHandler:
                 abort_with(context, err)
             return self._answer_held(item)
 
+        def until_malformed(
+            reqs: Iterable[list[bytes] | BatchDecodeError],
+        ) -> Iterator[list[bytes] | BatchDecodeError]:
+            # a malformed message ends the stream (BAD_PAYLOAD once the answers before it are
+            # sent): nothing after it is read, so nothing after it is ordered unanswered
+            for r in reqs:
+                yield r
+                if isinstance(r, BatchDecodeError):
+                    return
+
         return coalesced_answers(
-            requests, dispatch, answer, _ready,
+            until_malformed(requests), dispatch, answer, _ready,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
             max_in_flight=max(1, self._opt.max_in_flight_per_stream // 64),
             max_per_message=self._opt.max_answers_per_message,

@@ -420,3 +420,18 @@ def test_chain_leader_listener_wakes_the_forwarder_at_once(leader_server: Any) -
         assert outcome is not None and outcome.reason == "NOT_LEADER"
     finally:
         fwd.close()
+
+
+def test_nothing_after_a_malformed_batch_message_is_ordered(net: Any) -> None:
+    """The stream ends at a malformed message; envelopes the client sent after it are
+    neither answered nor ordered (the client is told BAD_PAYLOAD and resends them)."""
+    client = Client(net)
+    orderer = BatchOrderer()
+    h = BroadcastHandler(_validator(net), orderer, NoForward(), OrdererMetrics("t"))
+    later = [client.envelope()[1] for _ in range(3)]
+    stream = h.batch_stream(iter([decode_batch(b"\x12\x00"), later]))
+    with pytest.raises(RxError) as err:
+        next(stream)
+    assert err.value.reason == "BAD_PAYLOAD"
+    time.sleep(0.3)
+    assert orderer.tickets == []
