@@ -8,6 +8,7 @@ Checks, in order, each answered with a reason code and nothing ordered:
 * UNKNOWN_CREATOR: the creator is not a valid member (unknown organisation, certificate not
   issued by the organisation's CA, expired, revoked, wrong role -- detail in the message);
 * BAD_SIGNATURE: the creator's signature over the payload does not verify;
+* BAD_TXID: the tx id is not ``compute_tx_id(nonce, creator)`` (it cannot be chosen);
 * BAD_CONFIG_UPDATE: a CONFIG envelope whose update is invalid (see ``configtx``);
 * SERVICE_UNAVAILABLE: no leader, no quorum, or the block was not committed in time (the
   answer always comes within ``commit_timeout_s`` plus ``no_leader_wait_s``).
@@ -39,6 +40,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from rxchain.v1 import services_pb2, transaction_pb2
 
+from node.crypto.canonical import compute_tx_id
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
@@ -49,6 +51,7 @@ from node.orderer.streams import coalesced_answers, immediate, ordered_answers
 from node.orderer.ticket import (
     BAD_PAYLOAD,
     BAD_SIGNATURE,
+    BAD_TXID,
     NOT_LEADER,
     SERVICE_UNAVAILABLE,
     TOO_LARGE,
@@ -113,6 +116,10 @@ class EnvelopeValidator:
             return tx_id, Outcome(UNKNOWN_CREATOR, f"{err.reason}: {err.message}")
         except Exception as exc:  # noqa: BLE001 -- e.g. cryptography's InvalidVersion on a mangled cert
             return tx_id, Outcome(UNKNOWN_CREATOR, f"BAD_CERT: creator certificate does not parse: {exc}")
+        if tx_id != compute_tx_id(header.nonce, header.creator):
+            # peers would mark it BAD_TXID; refusing it here also keeps a forged tx id from
+            # being taken for another envelope's (see ``recent``)
+            return tx_id, Outcome(BAD_TXID, "tx id is not sha256(nonce, creator)")
         if header.type == transaction_pb2.CONFIG:
             if self._config_check is None:
                 return tx_id, Outcome(BAD_CONFIG_UPDATE, "config updates are not accepted here")
@@ -180,6 +187,7 @@ class BroadcastHandler:
         recent: RecentTxIndex | None = None,
     ) -> None:
         self._recent = recent
+        self._settled_at = -1.0  # when a NOT_LEADER answer last waited for the leader to settle
         self._validator = validator
         self._orderer = orderer
         self._forwarder = forwarder
@@ -229,7 +237,7 @@ class BroadcastHandler:
             )
         # Around a leader change: the forwarding orderer may not have stored the block that
         # already holds a resubmitted envelope yet; this leader has (see ``recent``).
-        out: list[Ticket | None] = [self._already_ordered(tx_id_of(raw)) for raw in raws]
+        out: list[Ticket | None] = [self._already_ordered(tx_id_of(raw), raw) for raw in raws]
         fresh = [i for i, t in enumerate(out) if t is None]
         tickets = self._orderer.submit_many(
             [(raws[i], tx_type(raws[i]) == transaction_pb2.CONFIG) for i in fresh]
@@ -246,17 +254,17 @@ class BroadcastHandler:
             return None, immediate(outcome, tx_id)
         if not self._accepting:
             return None, immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), result.tx_id)
-        done = self._already_ordered(result.tx_id)
+        done = self._already_ordered(result.tx_id, result.raw)
         if done is not None:
             return None, done
         return result, self.dispatch_checked(result, self._clock() + self._opt.commit_timeout_s)
 
-    def _already_ordered(self, tx_id: str) -> Ticket | None:
-        """An accepted answer for a tx id already in a block stored around the last leader
-        change (a resubmission after an unknown outcome; see ``recent``), else None."""
+    def _already_ordered(self, tx_id: str, raw: bytes) -> Ticket | None:
+        """An accepted answer for an envelope already in a block stored around the last
+        leader change (a resubmission after an unknown outcome; see ``recent``), else None."""
         if self._recent is None:
             return None
-        number = self._recent.lookup(tx_id)
+        number = self._recent.lookup(tx_id, raw)
         if number is None:
             return None
         _log.info("envelope %s already ordered in block %d: not ordered again", tx_id, number)
@@ -270,11 +278,16 @@ class BroadcastHandler:
                 return Outcome(SERVICE_UNAVAILABLE, "not committed in time (outcome unknown)")
             if outcome.reason != NOT_LEADER or checked is None:
                 return outcome
-            if self._clock() >= deadline:
+            now = self._clock()
+            if now >= deadline:
                 return Outcome(SERVICE_UNAVAILABLE, "leader changed; envelope not ordered")
-            time.sleep(0.02)
+            # Let the new leader settle once per leader change, not once per envelope: a
+            # batch of envelopes handed back together is re-dispatched without 20 ms each.
+            if now - self._settled_at > 0.02:
+                time.sleep(0.02)
+                self._settled_at = self._clock()
             # A resubmission may have waited here while its first copy's block committed.
-            ticket = self._already_ordered(checked.tx_id) or self.dispatch_checked(checked, deadline)
+            ticket = self._already_ordered(checked.tx_id, checked.raw) or self.dispatch_checked(checked, deadline)
 
     def stream(self, requests: Iterable[bytes]) -> Iterator[services_pb2.BroadcastResponse]:
         """Answers for a Broadcast stream, in order."""
@@ -317,7 +330,7 @@ class BroadcastHandler:
             if not isinstance(result, Checked):
                 held[i] = _Held(None, immediate(result[1], result[0]), deadline)
                 continue
-            done = self._already_ordered(result.tx_id) if dedup else None
+            done = self._already_ordered(result.tx_id, result.raw) if dedup else None
             if done is not None:
                 held[i] = _Held(None, done, deadline)
             else:

@@ -18,6 +18,7 @@ then marked DUPLICATE_TXID by the peers, as before.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -50,7 +51,10 @@ def tx_id_of(raw: bytes) -> str:
 
 
 class RecentTxIndex:
-    """tx id -> block number of blocks stored around the last leader change."""
+    """tx id -> (block number, envelope digest) of blocks stored around the last leader
+    change. A lookup names the envelope too: only a byte-identical resubmission is answered
+    "already ordered" (another envelope claiming a stored tx id is ordered, and the peers
+    mark it BAD_TXID or DUPLICATE_TXID)."""
 
     def __init__(
         self,
@@ -70,7 +74,7 @@ class RecentTxIndex:
         self._leader = 0
         self._until = -1.0
         self._next = 0  # next block number to index
-        self._index: dict[str, int] = {}
+        self._index: dict[str, tuple[int, bytes]] = {}
 
     def __len__(self) -> int:
         """Tx ids held now."""
@@ -94,8 +98,9 @@ class RecentTxIndex:
                 self._index = {}
             return self._until >= 0
 
-    def lookup(self, tx_id: str) -> int | None:
-        """Block number holding ``tx_id`` if it is a recently stored one (window open)."""
+    def lookup(self, tx_id: str, envelope: bytes) -> int | None:
+        """Block number holding ``envelope`` (whose tx id is ``tx_id``) if it is in a recently
+        stored block (window open); None for any other envelope."""
         if not tx_id or not self.active():
             return None
         with self._lock:
@@ -105,6 +110,9 @@ class RecentTxIndex:
                 for raw in self._blocks.get(number).data.envelopes:
                     found = tx_id_of(raw)
                     if found:
-                        self._index.setdefault(found, number)
+                        self._index.setdefault(found, (number, hashlib.sha256(raw).digest()))
                 self._next += 1
-            return self._index.get(tx_id)
+            hit = self._index.get(tx_id)
+        if hit is None or hit[1] != hashlib.sha256(envelope).digest():
+            return None
+        return hit[0]

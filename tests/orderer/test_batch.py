@@ -435,3 +435,36 @@ def test_nothing_after_a_malformed_batch_message_is_ordered(net: Any) -> None:
     assert err.value.reason == "BAD_PAYLOAD"
     time.sleep(0.3)
     assert orderer.tickets == []
+
+
+def test_a_batch_handed_back_by_a_moved_leader_is_redispatched_at_once(net: Any) -> None:
+    """When the leader moves before a forwarded batch was sent, every envelope comes back
+    NOT_LEADER together: they go to the new leader without a pause per envelope (one pause
+    each would run a large batch past its deadline)."""
+    from node.orderer.ticket import NOT_LEADER
+
+    client = Client(net)
+    leader = [2]
+
+    class Chain:
+        def leader_id(self) -> int:
+            return leader[0]
+
+        def own_id(self) -> int:
+            return 1
+
+    class Fwd:
+        def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+            return self.submit_many(leader_id, [(envelope, tx_id)])[0]
+
+        def submit_many(self, leader_id: int, items: list[tuple[bytes, str]]) -> list[Ticket]:
+            if leader_id == 2:  # moved before the batch was sent: handed back
+                leader[0] = 3
+                return [Ticket.done(Outcome(NOT_LEADER, "no longer leads; not sent"), t) for _, t in items]
+            return [Ticket.done(Outcome(block_number=7), t) for _, t in items]
+
+    h = BroadcastHandler(_validator(net), Chain(), Fwd(), OrdererMetrics("t"),  # type: ignore[arg-type]
+                         options=BroadcastOptions(commit_timeout_s=2.0))
+    envs = [client.envelope()[1] for _ in range(300)]
+    answers = [r for m in h.batch_stream(iter([envs])) for r in m.responses]
+    assert len(answers) == 300 and all(a.accepted for a in answers), {a.message for a in answers}

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from rxchain.v1 import block_pb2
+from rxchain.v1 import block_pb2, transaction_pb2
 
 from node.crypto.signing import Verifier
 from node.genesis import config_from_genesis, read_genesis
@@ -62,20 +62,22 @@ def test_index_window_opens_on_leader_change_and_closes(net: Any) -> None:
         blocks.add([old[0][1]] if i == 0 else [])
     last = blocks.add([old[1][1], old[2][1]])
     index = RecentTxIndex(blocks, lambda: leader[0], clock=clock, window_s=30, lookback_blocks=8)
-    assert index.lookup(old[1][0]) is None  # no leader known yet: no window
+    assert index.lookup(*old[1]) is None  # no leader known yet: no window
     assert blocks.reads == 0
     leader[0] = 1
-    assert index.lookup(old[1][0]) == last
-    assert index.lookup(old[0][0]) is None  # block 1 is outside the lookback
+    assert index.lookup(*old[1]) == last
+    assert index.lookup(*old[0]) is None  # block 1 is outside the lookback
     later = client.envelope()
     n = blocks.add([later[1]])
-    assert index.lookup(later[0]) == n  # blocks stored during the window are indexed
+    assert index.lookup(*later) == n  # blocks stored during the window are indexed
+    # another envelope claiming a stored tx id is not "already ordered": only the same bytes
+    assert index.lookup(later[0], client.envelope()[1]) is None
     clock.now += 31
-    assert index.lookup(later[0]) is None  # window closed, index dropped
+    assert index.lookup(*later) is None  # window closed, index dropped
     assert not index.active()
     leader[0] = 2  # a new leader: a new window
-    assert index.lookup(later[0]) == n
-    assert index.lookup("") is None
+    assert index.lookup(*later) == n
+    assert index.lookup("", later[1]) is None
 
 
 class Orderer:
@@ -151,11 +153,37 @@ def test_index_is_rebuilt_from_the_lookback_on_each_leader_change(net: Any) -> N
     early = client.envelope()
     n = blocks.add([early[1]])
     index = RecentTxIndex(blocks, lambda: leader[0], clock=clock, window_s=30, lookback_blocks=4)
-    assert index.lookup(early[0]) == n
+    assert index.lookup(*early) == n
     assert len(index) == 1
     for _ in range(10):
         blocks.add([])
     clock.now += 20
     leader[0] = 2  # the leader flaps within the window: the index restarts from the lookback
-    assert index.lookup(early[0]) is None
+    assert index.lookup(*early) is None
     assert len(index) == 0
+
+
+def test_an_envelope_claiming_another_tx_id_is_refused_not_taken_for_it(net: Any) -> None:
+    """A member signing its own envelope under a victim's (stored) tx id: the orderer refuses
+    it (BAD_TXID), and the victim's byte-identical resubmission is still recognised."""
+    victim, attacker = Client(net, org="h01", user="dr"), Client(net, user="dr")
+    victim_tx, victim_raw = victim.envelope()
+    blocks = Blocks()
+    n = blocks.add([victim_raw])
+    orderer = Orderer()
+    h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
+    hdr = transaction_pb2.TxHeader(tx_id=victim_tx, type=transaction_pb2.INVOKE,
+                                   creator=attacker.signer.identity, nonce=b"n" * 24,
+                                   timestamp_ms=int(time.time() * 1000),
+                                   consortium_id=transaction_pb2.TxHeader.FromString(
+                                       transaction_pb2.Transaction.FromString(
+                                           transaction_pb2.Envelope.FromString(victim_raw).payload
+                                       ).header).consortium_id)
+    payload = transaction_pb2.Transaction(header=hdr.SerializeToString(),
+                                          invocation=b"other").SerializeToString()
+    forged = transaction_pb2.Envelope(payload=payload,
+                                      signature=attacker.signer.sign(payload)).SerializeToString()
+    forged_answer, genuine = list(h.stream(iter([forged, victim_raw])))
+    assert (forged_answer.accepted, forged_answer.reason) == (False, "BAD_TXID")
+    assert genuine.accepted and genuine.message == f"already ordered in block {n}"
+    assert orderer.submitted == []
