@@ -60,6 +60,10 @@ from node.orderer.ticket import (
     Ticket,
 )
 
+# bytes of an EnvelopeBatch message beyond its envelopes (field tags and lengths: <= 6 per
+# envelope, so 64 KiB covers any batch the envelope-count limit allows)
+BATCH_FRAMING_SLACK = 64 * 1024
+
 _log = logging.getLogger(__name__)
 
 
@@ -169,7 +173,7 @@ class BroadcastOptions:
     no_leader_wait_s: float = 1.0
     max_in_flight_per_stream: int = 8192
     max_batch_envelopes: int = 1024
-    max_batch_bytes: int = 8 * 1024 * 1024
+    max_batch_bytes: int = 4 * 1024 * 1024
     max_answers_per_message: int = 4096
 
 

@@ -354,6 +354,7 @@ class ForwardBatchService:
         return coalesced_answers(
             requests, dispatch, answer, lambda item: item[0].peek() is not None,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
+            on_error=_log_reader_error,
         )
 
     def handler(self) -> grpc.GenericRpcHandler[object, object]:
@@ -369,3 +370,11 @@ class ForwardBatchService:
                 ),
             },
         )
+
+
+def _log_reader_error(exc: BaseException) -> None:
+    """A ForwardBatch request stream ended by an error (a cancelled call, or a bug)."""
+    if isinstance(exc, grpc.RpcError):
+        _log.debug("forward stream ended: %s", exc)
+    else:
+        _log.error("forward stream reader failed", exc_info=exc)

@@ -30,6 +30,7 @@ from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer.broadcast import (
+    BATCH_FRAMING_SLACK,
     BroadcastHandler,
     BroadcastOptions,
     EnvelopeValidator,
@@ -243,7 +244,10 @@ def serve(config: NodeConfig) -> OrdererServer:
         forwarder = Forwarder(membership, channel)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
-        BroadcastOptions(commit_timeout_s=commit_timeout_s),
+        # a batch over the limit gets TOO_LARGE answers only if it still fits a gRPC message
+        BroadcastOptions(commit_timeout_s=commit_timeout_s,
+                         max_batch_bytes=max(1, min(BroadcastOptions.max_batch_bytes,
+                                                    max_msg - BATCH_FRAMING_SLACK))),
         recent=RecentTxIndex(blocks, chain.leader_id),
     )
     deliver = DeliverService(blocks, tracker.msp, _wall_ms)

@@ -85,18 +85,16 @@ class PeerNode:
         self.notifier.close()
         self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
-        quiet = self.gateway.close(wait_s=5.0)
+        if not self.gateway.close(wait_s=5.0):
+            _log.warning("event=peer_stopping node=%s gateway work still running after 5 s",
+                         self.config.name)
         self.endorser_service.close(wait=True)  # no endorsement still reading the ledger
         self.broadcast.close()
         self.sandbox.close()
         self.metrics.close()
-        if quiet:
-            with self.committer_lock():
-                self.ledger.close()
-        else:  # closing LevelDB under a running read could crash the process; every commit
-            # is one synced batch, so leaving it to the process exit loses nothing
-            _log.warning("event=peer_stopping node=%s gateway work still running after 5 s: "
-                         "ledger left to close at exit", self.config.name)
+        # closed even then: an in-process restart (after a failed commit) reopens it
+        with self.committer_lock():
+            self.ledger.close()
         _log.info("event=peer_stopped node=%s", self.config.name)
 
     def committer_lock(self) -> Any:

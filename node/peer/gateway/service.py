@@ -136,27 +136,24 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     def Submit(
         self, request: services_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> services_pb2.SubmitResponse:
-        try:
-            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
-                return submit(self._deps, request)
+        try:  # waits for a commit (woken when the notifier closes): not counted
+            return submit(self._deps, request)
         except RxError as err:
             abort_with(context, err)
 
     def CommitStatus(
         self, request: services_pb2.CommitStatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.CommitStatusResponse:
-        try:
-            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
-                return commit_status(self._deps, request)
+        try:  # waits for a commit (woken when the notifier closes): not counted
+            return commit_status(self._deps, request)
         except RxError as err:
             abort_with(context, err)
 
     def Events(
         self, request: services_pb2.EventsRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.EventsResponse]:
-        try:
-            with self._inflight.busy():
-                yield from events(self._deps, request, context.is_active)
+        try:  # a follower stream: ends when the call is cancelled, not counted
+            yield from events(self._deps, request, context.is_active)
         except RxError as err:
             abort_with(context, err)
 
