@@ -208,6 +208,10 @@ class StreamBroken(RxError):
     """The stream a proposal was sent on failed before it was answered (retryable)."""
 
 
+SUSPECT_S = 15.0  # how long an organisation that did not answer is left out of plans
+UNREACHABLE_REASONS = frozenset({"TIMEOUT", "SERVICE_UNAVAILABLE", "DEADLINE_EXCEEDED", "RPC_FAILED"})
+
+
 class PendingEndorsement:
     """One remote endorsement in flight: :meth:`result` waits for it (in the caller's thread).
 
@@ -250,6 +254,16 @@ class PendingEndorsement:
 
     def result(self) -> transaction_pb2.ProposalResponse:
         """The first peer's answer that is a ProposalResponse; RxError if none answered."""
+        try:
+            answer = self._result()
+        except RxError as err:
+            if err.reason in UNREACHABLE_REASONS:  # not a refusal of this proposal
+                self._owner._note(self.org, answered=False)
+            raise
+        self._owner._note(self.org, answered=True)
+        return answer
+
+    def _result(self) -> transaction_pb2.ProposalResponse:
         while self._index < len(self._peers):
             peer = self._peers[self._index]
             fut = self._fut
@@ -305,10 +319,26 @@ class RemoteEndorsers:
         self._stubs: dict[str, services_pb2_grpc.EndorserStub] = {}
         self._streams: dict[str, _PeerStream] = {}
         self._org_streams: dict[str, list[_PeerStream]] = {}
+        self._suspect_until: dict[str, float] = {}
 
     def orgs(self) -> list[str]:
         """Organisations with at least one remote peer, in configuration order."""
         return list(self._by_org)
+
+    def suspects(self) -> set[str]:
+        """Organisations none of whose peers answered in time recently (for SUSPECT_S):
+        plans leave them out while the policy can be met without them, so a stalled peer
+        does not cost every transaction routed to it the full timeout."""
+        now = self.clock()
+        with self._lock:
+            return {org for org, until in self._suspect_until.items() if until > now}
+
+    def _note(self, org: str, answered: bool) -> None:
+        with self._lock:
+            if answered:
+                self._suspect_until.pop(org, None)
+            else:
+                self._suspect_until[org] = self.clock() + SUSPECT_S
 
     def _stub(self, ep: Endpoint) -> services_pb2_grpc.EndorserStub:
         with self._lock:

@@ -406,9 +406,11 @@ def test_call_timeout_and_late_answer_ignored(deployed: Cluster, servers: list[S
         remotes.endorse("p01", _signed(deployed, "slow"))
     assert info.value.reason == "TIMEOUT"
     assert time.monotonic() - started < 3.0
+    assert remotes.suspects() == {"p01"}  # plans leave p01 out while they can
     blocking.gate.set()  # the late answer arrives and is dropped; the stream keeps working
     assert remotes.endorse("p01", _signed(deployed, "fast")).response.status == 200
     assert remotes.streams_opened() == 1
+    assert remotes.suspects() == set()  # it answered again
 
 
 def test_falls_back_to_unary_when_the_stream_is_unimplemented(
@@ -425,6 +427,7 @@ def test_falls_back_to_unary_when_the_stream_is_unimplemented(
     with pytest.raises(RxError) as info:
         remotes.endorse("p01", transaction_pb2.SignedProposal(proposal_bytes=b"junk", signature=b"s"))
     assert info.value.reason == "BAD_PAYLOAD"
+    assert remotes.suspects() == set()  # a refusal of one proposal says nothing of the peer
 
 
 def test_next_peer_of_the_org_is_asked_when_the_first_is_down(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 from rxchain.v1 import config_pb2, services_pb2, transaction_pb2
@@ -416,3 +416,34 @@ def test_submit_refuses_a_committed_tx_id_at_intake() -> None:
         submit(cast(GatewayDeps, seen), request)
     assert e.value.reason == "DUPLICATE_TXID"
     assert len(sent) == 1  # the replay never reached the ordering service
+
+
+def test_plans_leave_out_an_org_that_did_not_answer_while_the_policy_allows(deployed: Cluster, pool) -> None:
+    class Suspicious(LocalRemotes):
+        suspected: ClassVar[set[str]] = set()
+
+        def suspects(self) -> set[str]:
+            return set(self.suspected)
+
+    remotes = Suspicious({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+
+    def endorse_one(key: str) -> None:
+        signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": key, "value": 1},
+                                       timestamp_ms=deployed.now())
+        resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+        assert len(transaction_pb2.Transaction.FromString(resp.prepared_transaction).endorsements) == 2
+
+    Suspicious.suspected = {"p01"}  # OutOf(2, h01, p01, ins01): ins01 alone will do
+    for i in range(4):
+        endorse_one(f"s{i}")
+    assert remotes.calls == ["ins01"] * 4
+    remotes.calls.clear()
+    Suspicious.suspected = {"p01", "ins01"}  # the policy needs one of them: asked anyway
+    endorse_one("s9")
+    assert len(remotes.calls) == 1
+    remotes.calls.clear()
+    Suspicious.suspected = set()  # both healthy: the rotation spreads the load again
+    for i in range(4):
+        endorse_one(f"t{i}")
+    assert set(remotes.calls) == {"p01", "ins01"}

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.errors import RxError
+from node.identity.policy import Policy
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.plans import PEER_ROLE as _PEER_ROLE
 from node.peer.gateway.plans import PlanRotation, plan
@@ -81,6 +82,17 @@ def endorse(
     return _endorse_once(deps, request)
 
 
+def _rotation(deps: GatewayDeps, policy: Policy, remote_orgs: list[str]) -> PlanRotation:
+    """The cached plan rotation for ``policy`` over these remote organisations."""
+    key = (policy, deps.org, tuple(remote_orgs))
+    rotation = deps.plans.get(key)
+    if rotation is None:  # a local reference: another thread may clear the cache meanwhile
+        if len(deps.plans) > 256:
+            deps.plans.clear()
+        rotation = deps.plans.setdefault(key, PlanRotation(policy, [deps.org], remote_orgs))
+    return rotation
+
+
 def _endorse_once(
     deps: GatewayDeps, request: services_pb2.EndorseRequest
 ) -> services_pb2.EndorseResponse:
@@ -102,14 +114,12 @@ def _endorse_once(
         wanted = [o for o in dict.fromkeys(request.endorsing_orgs) if o != deps.org]
         spare: list[str] = []
     else:
-        plan_key = (definition.policy, deps.org, tuple(remote_orgs))
-        rotation = deps.plans.get(plan_key)
-        if rotation is None:  # a local reference: another thread may clear the cache meanwhile
-            if len(deps.plans) > 256:
-                deps.plans.clear()
-            rotation = deps.plans.setdefault(
-                plan_key, PlanRotation(definition.policy, [deps.org], remote_orgs))
-        chosen = rotation.choose()
+        suspects_of = getattr(deps.remotes, "suspects", None)  # test doubles may have none
+        suspects = suspects_of() if suspects_of is not None else set()
+        healthy = [o for o in remote_orgs if o not in suspects]
+        chosen = _rotation(deps, definition.policy, healthy).choose() if suspects else None
+        if chosen is None:  # no suspects, or the policy needs one of them
+            chosen = _rotation(deps, definition.policy, remote_orgs).choose()
         if chosen is None:
             raise RxError(
                 "ENDORSEMENT_POLICY_FAILURE",
