@@ -173,6 +173,7 @@ class BroadcastOptions:
     no_leader_wait_s: float = 1.0
     max_in_flight_per_stream: int = 8192
     max_batch_envelopes: int = 1024
+    max_stream_bytes: int = 16 * 1024 * 1024  # envelope bytes a batch stream reads ahead of its answers
     max_batch_bytes: int = 4 * 1024 * 1024
     max_answers_per_message: int = 4096
 
@@ -404,6 +405,7 @@ class BroadcastHandler:
             max_in_flight=max(1, self._opt.max_in_flight_per_stream // 64),
             max_per_message=self._opt.max_answers_per_message,
             on_error=_log_stream_error,
+            weigh=batch_bytes, max_bytes=self._opt.max_stream_bytes,
         )
 
 
@@ -432,6 +434,11 @@ def _ready(item: _Held | BatchDecodeError) -> bool:
         return False
     outcome = item.ticket.peek()
     return outcome is not None and outcome.reason != NOT_LEADER
+
+
+def batch_bytes(batch: list[bytes] | BatchDecodeError) -> int:
+    """Envelope bytes of a decoded batch message (its read-ahead weight)."""
+    return 0 if isinstance(batch, BatchDecodeError) else sum(len(r) for r in batch)
 
 
 def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:

@@ -36,11 +36,13 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
-from node.orderer.broadcast import BroadcastHandler, decode_batch
+from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.streams import coalesced_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+
+FORWARD_READ_AHEAD_BYTES = 32 * 1024 * 1024  # envelope bytes a ForwardBatch stream reads ahead
 
 _log = logging.getLogger(__name__)
 
@@ -354,7 +356,7 @@ class ForwardBatchService:
         return coalesced_answers(
             requests, dispatch, answer, lambda item: item[0].peek() is not None,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
-            on_error=_log_reader_error,
+            on_error=_log_reader_error, weigh=batch_bytes, max_bytes=FORWARD_READ_AHEAD_BYTES,
         )
 
     def handler(self) -> grpc.GenericRpcHandler[object, object]:

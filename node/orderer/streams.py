@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from node.orderer.ticket import Outcome, Ticket
 
@@ -90,6 +90,8 @@ def coalesced_answers(
     max_in_flight: int = 1024,
     max_per_message: int = 4096,
     on_error: Callable[[BaseException], None] | None = None,
+    weigh: Callable[[Req], int] | None = None,
+    max_bytes: int = 0,
 ) -> Iterator[Out]:
     """Batched form of :func:`ordered_answers`: each request carries several items.
 
@@ -98,22 +100,50 @@ def coalesced_answers(
     for) plus those of the following requests whose items are all ``ready`` already, up to
     ``max_per_message`` answers, so a busy stream needs fewer answer messages than
     requests. A request with no items still gets its own (empty) answer message unless it
-    is merged into the one before it. ``max_in_flight`` bounds requests read ahead.
+    is merged into the one before it. ``max_in_flight`` bounds requests read ahead; with
+    ``weigh``, ``max_bytes`` also bounds their bytes (a request is read ahead only while the
+    ones not yet answered weigh less; the first is always taken).
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
+    room = threading.Condition()
+    held = [0]  # bytes of requests read and not yet answered
+
+    def take(n: int) -> bool:
+        with room:
+            while held[0] and held[0] + n > max_bytes:
+                if stop.is_set():
+                    return False
+                room.wait(0.1)
+            held[0] += n
+        return True
+
+    def give(n: int) -> None:
+        if n:
+            with room:
+                held[0] -= n
+                room.notify()
 
     def reader() -> None:
         try:
             for req in requests:
                 if stop.is_set():
                     break
-                pending.put(dispatch(req))
+                n = weigh(req) if weigh is not None and max_bytes > 0 else 0
+                if n and not take(n):
+                    break
+                pending.put((n, dispatch(req)))
         except Exception as exc:  # noqa: BLE001 -- a cancelled stream ends the reader
             if on_error is not None:
                 on_error(exc)
         finally:
             pending.put(_END)
+
+    def answers_of(entry: object) -> list[Resp]:
+        n, items = cast("tuple[int, list[Item]]", entry)
+        out = [answer(item) for item in items]
+        give(n)
+        return out
 
     thread = threading.Thread(target=reader, name="batch-stream-reader", daemon=True)
     thread.start()
@@ -124,19 +154,21 @@ def coalesced_answers(
             carry = None
             if first is _END:
                 return
-            out = [answer(item) for item in first]  # type: ignore[attr-defined]
+            out = answers_of(first)
             while len(out) < max_per_message:
                 try:
                     nxt = pending.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _END or not all(ready(i) for i in nxt):  # type: ignore[attr-defined]
+                if nxt is _END or not all(ready(i) for i in nxt[1]):  # type: ignore[index]
                     carry = nxt
                     break
-                out.extend(answer(item) for item in nxt)  # type: ignore[attr-defined]
+                out.extend(answers_of(nxt))
             yield pack(out)
     finally:
         stop.set()
+        with room:
+            room.notify_all()
         for _ in range(40):
             if not thread.is_alive():
                 break

@@ -468,3 +468,40 @@ def test_a_batch_handed_back_by_a_moved_leader_is_redispatched_at_once(net: Any)
     envs = [client.envelope()[1] for _ in range(300)]
     answers = [r for m in h.batch_stream(iter([envs])) for r in m.responses]
     assert len(answers) == 300 and all(a.accepted for a in answers), {a.message for a in answers}
+
+
+def test_read_ahead_is_bounded_by_bytes_for_a_client_that_does_not_read() -> None:
+    """Requests are read ahead of their answers only while those not yet answered weigh
+    less than ``max_bytes`` (the first always): a client that sends large batches and never
+    reads answers cannot make the orderer hold them all."""
+    from node.orderer.streams import coalesced_answers
+
+    read: list[int] = []
+
+    def requests() -> Iterator[list[bytes]]:
+        for i in range(20):
+            read.append(i)
+            yield [b"x" * 1000]
+
+    gate = threading.Event()
+
+    def answer(item: bytes) -> int:
+        gate.wait(5)
+        return len(item)
+
+    def items(r: list[bytes]) -> list[bytes]:
+        return r
+
+    def pack(answers: list[int]) -> list[int]:
+        return answers
+
+    out = coalesced_answers(requests(), items, answer, lambda i: False, pack,
+                            weigh=lambda r: sum(len(x) for x in r), max_bytes=3000)
+    got: list[list[int]] = []
+    t = threading.Thread(target=lambda: got.extend(out), daemon=True)
+    t.start()
+    time.sleep(0.5)
+    assert 1 <= len(read) <= 4  # 3 held (3,000 bytes) plus at most the one waiting for room
+    gate.set()
+    t.join(10)
+    assert sum(len(m) for m in got) == 20 and len(read) == 20
