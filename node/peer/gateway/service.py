@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
@@ -162,23 +162,29 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         request_iterator: Iterator[services_pb2.TransactRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactResponse]:
-        try:
-            yield from transact(
-                self._deps, request_iterator, context.is_active, self._work_pool,
-                self._remote_pool, start=self._inflight.reader,
-            )
-        except RxError as err:  # the peer is stopping with requests unanswered
-            abort_with(context, err)
+        yield from _aborting_on_error(context, transact(
+            self._deps, request_iterator, context.is_active, self._work_pool,
+            self._remote_pool, start=self._inflight.reader,
+        ))
 
     def TransactBatch(
         self,
         request_iterator: Iterator[services_pb2.TransactBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactBatchResponse]:
-        try:
-            yield from transact_batch(
-                self._deps, request_iterator, context.is_active, self._work_pool,
-                self._remote_pool, start=self._inflight.reader,
-            )
-        except RxError as err:  # the peer is stopping with requests unanswered
-            abort_with(context, err)
+        yield from _aborting_on_error(context, transact_batch(
+            self._deps, request_iterator, context.is_active, self._work_pool,
+            self._remote_pool, start=self._inflight.reader,
+        ))
+
+
+_T = TypeVar("_T")
+
+
+def _aborting_on_error(context: grpc.ServicerContext, answers: Iterator[_T]) -> Iterator[_T]:
+    """A response stream that ends with the RxError's status (e.g. the peer is stopping
+    with requests unanswered) instead of an opaque failure."""
+    try:
+        yield from answers
+    except RxError as err:
+        abort_with(context, err)
