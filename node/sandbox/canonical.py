@@ -32,8 +32,9 @@ _DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)
 
 
 def _plain_nodes(v: Any, depth: int, budget: int) -> int:
-    """Node count of a valid JSON value of at most ``budget`` nodes, or -1 when the value
-    is invalid, too deep or too large (then :func:`check_value`'s walk says why)."""
+    """Node count of a valid JSON value of at most ``budget`` nodes; for a value that is
+    invalid, too deep or too large, minus the values walked until that was found (then
+    :func:`check_value`'s walk says why, :func:`measure` charges the walk)."""
     tv = type(v)
     if tv is dict:
         if depth >= MAX_DEPTH:
@@ -41,17 +42,17 @@ def _plain_nodes(v: Any, depth: int, budget: int) -> int:
         n = 1
         for k, x in v.items():
             if type(k) is not str:
-                return -1
+                return -n
             tx = type(x)
             if tx is str or tx is int or tx is bool or x is None:
                 n += 1
             else:
                 c = _plain_nodes(x, depth + 1, budget - n)
                 if c < 0:
-                    return -1
+                    return c - n
                 n += c
             if n > budget:
-                return -1
+                return -n
         return n
     if tv is list or tv is tuple:
         if depth >= MAX_DEPTH:
@@ -64,10 +65,10 @@ def _plain_nodes(v: Any, depth: int, budget: int) -> int:
             else:
                 c = _plain_nodes(x, depth + 1, budget - n)
                 if c < 0:
-                    return -1
+                    return c - n
                 n += c
             if n > budget:
-                return -1
+                return -n
         return n
     if tv is str or tv is int or tv is bool or v is None:
         return 1 if budget >= 1 else -1
@@ -110,36 +111,15 @@ def check_value(value: Any, what: str, max_nodes: int = 1 << 20) -> int:
 
 def measure(value: Any, max_nodes: int) -> tuple[int, bool]:
     """(work, valid) for ``value``: ``work`` is the number of JSON values walked -- for a
-    valid value its node count; for an invalid one every value visited or queued, in the
-    same depth-first order as the validity check, up to the first value without a canonical
-    form.  Raises SizeLimit beyond ``max_nodes``.  Lets a caller charge for the work
-    whatever the outcome."""
-    fast = _plain_nodes(value, 0, max_nodes)
-    if fast >= 0:
-        return fast, True
-    work = 1
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        tv = type(v)
-        if tv is str or tv is int or tv is bool or v is None:
-            continue
-        if depth >= MAX_DEPTH:
-            return work, False
-        if tv is dict:
-            for k in v:
-                if type(k) is not str:
-                    return work, False
-            items: Any = v.values()
-        elif tv is list or tv is tuple:
-            items = v
-        else:
-            return work, False
-        work += len(items)
-        if work > max_nodes:
-            raise SizeLimit(f"more than {max_nodes} JSON values")
-        stack.extend((item, depth + 1) for item in reversed(items))
-    return work, True
+    valid value its node count, for an invalid one the values walked until the first
+    without a canonical form.  Raises SizeLimit beyond ``max_nodes``.  Lets a caller charge
+    for the work whatever the outcome."""
+    n = _plain_nodes(value, 0, max_nodes)
+    if n >= 0:
+        return n, True
+    if -n > max_nodes:
+        raise SizeLimit(f"more than {max_nodes} JSON values")
+    return -n, False
 
 
 def encode_text(value: Any) -> str:
