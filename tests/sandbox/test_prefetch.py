@@ -302,23 +302,37 @@ from rxchain_contract import Context
 
 def f(ctx: Context, a: str, b: str, c: str) -> int:
     n = 0
+    key = (a + b + c)[:400] + ctx.tx_id[-4:]
     for i in range(40):
-        key = (a + b + c)[:400] + ctx.tx_id[-4:] + str(i)
         if ctx.get(key) is None:
             n += 1
     return n
 '''
 
 
-def test_learning_is_bounded_and_long_namespaces_are_refused(pool: Sandbox) -> None:
-    """Unpredictable keys built from the arguments are templated once each (bounded host
-    CPU); a namespace longer than any contract name is refused by the API (same in every
-    runner) and never learned."""
+def test_learning_is_bounded_and_long_namespaces_are_refused(
+        pool: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unpredictable key read over and over is templated once per invocation (host CPU
+    the contract does not pay for stays bounded); at most MAX_SOURCES arguments are
+    substituted; a namespace longer than any contract name is refused by the API (same in
+    every runner) and never learned."""
+    templated: list[str] = []
+    real = prefetch.template
+
+    def counting(namespace: str, key: str, values: Any) -> prefetch.Template:
+        templated.append(key)
+        return real(namespace, key, values)
+
+    monkeypatch.setattr(prefetch, "template", counting)
     for i in range(3):
         inv = make_inv(HOSTILE_LEARN, "f", {"a": "ab" * 100, "b": "cd" * 100, "c": "ef" * 100},
                        tx_id=f"tx-{i:04d}")
         r = pool.invoke(inv, seeded(PeekMem))
         assert r.ok and value(r) == 40, r.message
+    assert len(templated) == 3  # one distinct key per invocation, 40 reads of it
+    many = json.dumps({f"s{i:02d}": f"v{i:02d}" for i in range(40)}).encode()
+    got = prefetch.sources(many, CALLER)
+    assert len([k for k in got if k.startswith("arg.")]) == prefetch.MAX_SOURCES
     long_ns = make_inv('''
 from rxchain_contract import Context
 
