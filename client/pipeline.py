@@ -18,7 +18,13 @@ from typing import Any
 import grpc
 from rxchain.v1 import services_pb2, transaction_pb2
 
-from client.batching import RequestQueue, batch_requests, is_unimplemented, single_requests
+from client.batching import (
+    BATCH_ERROR_CORRELATION_ID,
+    RequestQueue,
+    batch_requests,
+    is_unimplemented,
+    single_requests,
+)
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
 from client.gateway import Gateway, SubmitResult, check_response, decode_payload, rpc_error
 from client.tx import BuiltProposal
@@ -92,7 +98,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
         for resp in answers():
             answered = True
             kind = resp.WhichOneof("kind")
-            if resp.correlation_id == BATCH_ERROR_ID and kind == "error":
+            if resp.correlation_id == BATCH_ERROR_CORRELATION_ID and kind == "error":
                 for j in range(len(built)):
                     finish(j, _unanswered(built, submitted, j, RxClientError(
                         resp.error.reason, resp.error.message)))
@@ -135,9 +141,6 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
     no_answer = RxClientError("TIMEOUT", "no answer")
     return [r if r is not None else _unanswered(built, submitted, i, no_answer)
             for i, r in enumerate(results)]
-
-
-BATCH_ERROR_ID = 0
 
 
 def _unanswered(built: Sequence[BuiltProposal], submitted: set[int], i: int,
