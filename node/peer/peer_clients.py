@@ -334,6 +334,8 @@ class RemoteEndorsers:
             return {org for org, until in self._suspect_until.items() if until > now}
 
     def _note(self, org: str, answered: bool) -> None:
+        if answered and org not in self._suspect_until:  # the usual case: nothing to clear
+            return
         with self._lock:
             if answered:
                 self._suspect_until.pop(org, None)

@@ -38,6 +38,9 @@ class LocalRemotes:
     def orgs(self) -> list[str]:
         return list(self.peers)
 
+    def suspects(self) -> set[str]:
+        return set()
+
     def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         self.calls.append(org)
         if org in self.down:

@@ -45,6 +45,9 @@ class Remotes:
     def orgs(self) -> list[str]:
         return list(self.peers)
 
+    def suspects(self) -> set[str]:
+        return set()
+
     def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         return self.peers[org].endorser.endorse(signed)
 

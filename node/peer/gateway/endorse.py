@@ -114,8 +114,7 @@ def _endorse_once(
         wanted = [o for o in dict.fromkeys(request.endorsing_orgs) if o != deps.org]
         spare: list[str] = []
     else:
-        suspects_of = getattr(deps.remotes, "suspects", None)  # test doubles may have none
-        suspects = suspects_of() if suspects_of is not None else set()
+        suspects = deps.remotes.suspects()
         healthy = [o for o in remote_orgs if o not in suspects]
         chosen = _rotation(deps, definition.policy, healthy).choose() if suspects else None
         if chosen is None:  # no suspects, or the policy needs one of them

@@ -31,11 +31,11 @@ class _InFlight:
         self._n = 0
         self._cv = threading.Condition()
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
         with self._cv:
             self._n += 1
 
-    def _leave(self, *_: object) -> None:
+    def leave(self, *_: object) -> None:
         with self._cv:
             self._n -= 1
             if self._n == 0:
@@ -46,23 +46,23 @@ class _InFlight:
             try:
                 target()
             finally:
-                self._leave()
+                self.leave()
 
-        self._enter()
+        self.enter()
         try:
             start_reader(name, run)
         except BaseException:
-            self._leave()
+            self.leave()
             raise
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Count a unary handler's work (it may read the ledger) while it runs."""
-        self._enter()
+        self.enter()
         try:
             yield
         finally:
-            self._leave()
+            self.leave()
 
     def wait(self, timeout_s: float) -> bool:
         """True once nothing runs (within ``timeout_s``)."""
@@ -84,13 +84,13 @@ class _TrackedPool(ThreadPoolExecutor):
         self._inflight = inflight
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self._inflight._enter()
+        self._inflight.enter()
         try:
             fut = super().submit(fn, *args, **kwargs)
         except BaseException:
-            self._inflight._leave()
+            self._inflight.leave()
             raise
-        fut.add_done_callback(self._inflight._leave)  # also runs when shutdown cancels it
+        fut.add_done_callback(self._inflight.leave)  # also runs when shutdown cancels it
         return fut
 
 
