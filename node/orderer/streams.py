@@ -145,6 +145,9 @@ def coalesced_answers(
         give(n)
         return out
 
+    def all_ready(entry: object) -> bool:
+        return all(ready(i) for i in cast("tuple[int, list[Item]]", entry)[1])
+
     thread = threading.Thread(target=reader, name="batch-stream-reader", daemon=True)
     thread.start()
     carry: object = None
@@ -160,7 +163,7 @@ def coalesced_answers(
                     nxt = pending.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _END or not all(ready(i) for i in nxt[1]):  # type: ignore[index]
+                if nxt is _END or not all_ready(nxt):
                     carry = nxt
                     break
                 out.extend(answers_of(nxt))
