@@ -39,7 +39,8 @@ from typing import Any
 from bench.common import RESULTS, write_result
 from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
 from bench.e2e_net import BenchNetwork, start_network
-from bench.procstat import group_cpu, process_cpu_s
+from bench.procstat import group_cpu, group_switches, process_cpu_s, thread_switches
+from bench.profiles import threads
 from bench.profiles.pyspy import digest, pyspy_path, record
 from bench.svgplot import latency_plot
 
@@ -127,6 +128,26 @@ class CpuMeter:
         out["client"] = process_cpu_s(os.getpid())
         return out
 
+    def sandboxes(self) -> dict[str, float]:
+        """CPU seconds of each peer's live sandbox workers (the other members of its group)."""
+        return {name: group_cpu(pid).members_s for name, pid in self.pids.items() if name.startswith("peer.")}
+
+    def switches(self) -> dict[str, int]:
+        """Context switches of every node's live threads (sandbox workers with their peer)."""
+        out = {name: group_switches(pid) for name, pid in self.pids.items()}
+        out["client"] = thread_switches(os.getpid())
+        return out
+
+    @staticmethod
+    def switches_per_tx(before: dict[str, int], after: dict[str, int], txs: int) -> dict[str, Any]:
+        """Context switches per committed tx by process and in total (thread hand-offs)."""
+        n = max(1, txs)
+        delta = {k: max(0, after.get(k, 0) - v) for k, v in before.items()}
+        return {
+            "by_process": {k: round(v / n, 1) for k, v in sorted(delta.items())},
+            "total": round(sum(delta.values()) / n, 1),
+        }
+
     @staticmethod
     def per_tx(before: dict[str, float], after: dict[str, float], txs: int,
                wall_s: float) -> dict[str, Any]:
@@ -158,6 +179,8 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     """One open-loop level: arrivals for ``duration_s``, then drain."""
     world.reset()
     before = cpu.sample() if cpu else None
+    switches = cpu.switches() if cpu else None
+    sandboxes = cpu.sandboxes() if cpu else None
     w0 = time.monotonic()
     t0, t1 = open_loop(world, tx_per_s / TXS_PER_STORY, duration_s)
     drained = drain(world, timeout_s=30.0)
@@ -165,6 +188,14 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     st = level_stats(world.rec, t0, t1, warm_s, drained, tx_per_s)
     if cpu is not None and before is not None:
         st["cpu"] = CpuMeter.per_tx(before, cpu.sample(), st["valid"], wall)
+        if switches is not None:
+            st["cpu"]["context_switches_per_tx"] = CpuMeter.switches_per_tx(
+                switches, cpu.switches(), st["valid"])
+        if sandboxes is not None:  # already inside each peer's figure: how much of it
+            after = cpu.sandboxes()
+            n = max(1, st["valid"])
+            by = {k: round(1000 * max(0.0, after.get(k, 0.0) - v) / n, 3) for k, v in sorted(sandboxes.items())}
+            st["cpu"]["sandbox_workers_ms"] = {"by_peer": by, "total": round(sum(by.values()), 3)}
     return st
 
 
@@ -228,8 +259,11 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
     for name, (pid, sub) in targets.items():
         procs[name] = record(binary, pid, out_dir / f"{name}.txt", seconds + 1, subprocesses=sub)
     time.sleep(0.5)
+    client = {"client": os.getpid()}
+    before = threads.snapshot(bnet.pids, client)
     t0, t1 = open_loop(world, tx_per_s / TXS_PER_STORY, seconds)
     drained = drain(world, timeout_s=30.0)
+    after = threads.snapshot(bnet.pids, client)
     out: dict[str, Any] = {"tx_per_s": tx_per_s,
                            "level": level_stats(world.rec, t0, t1, 1.0, drained, tx_per_s)}
     for name, p in procs.items():
@@ -243,6 +277,10 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
                      "buckets": d.buckets}
         if d.samples == 0:
             out[name]["error"] = err.decode(errors="replace")[-300:]
+    labels = threads.local_labels()
+    for pid in bnet.pids.values():
+        labels.update(threads.thread_labels(binary, pid))
+    out["thread_switches"] = threads.top_threads(before, after, labels, out["level"]["valid"])
     return out
 
 

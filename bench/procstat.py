@@ -45,28 +45,72 @@ def process_cpu_s(pid: int) -> float:
     return _cpu(f, False) if f else 0.0
 
 
+def _family(leader: int) -> list[int]:
+    """The leader, the other members of its process group and every descendant of any of
+    them (a peer's sandbox workers run in sessions of their own, children of the peer)."""
+    parent: dict[int, int] = {}
+    members: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        f = _stat_fields(pid)
+        if f is None:
+            continue
+        parent[pid] = int(f[1])  # ppid (field 4)
+        if pid != leader and int(f[2]) == leader:  # pgrp (field 5)
+            members.append(pid)
+    family = {leader, *members}
+    grew = True
+    while grew:  # bounded: each round adds at least one pid of a finite table
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in family and pid not in family:
+                family.add(pid)
+                grew = True
+    return [leader, *sorted(family - {leader})]
+
+
 def group_cpu(leader: int) -> CpuSample:
-    """CPU of a process-group leader (with reaped children) and of the other live members."""
+    """CPU of a process-group leader (with reaped children) and of the other live members of
+    its group and their descendants (see :func:`group_pids`)."""
     own = _stat_fields(leader)
     leader_s = _cpu(own, True) if own else 0.0
     members = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == leader:
-            continue
-        f = _stat_fields(int(entry))
-        if f is None:
-            continue
-        if int(f[2]) == leader:  # pgrp (field 5)
+    for pid in _family(leader)[1:]:
+        f = _stat_fields(pid)
+        if f is not None:
             members += _cpu(f, True)
     return CpuSample(leader_s, members)
 
 
 def group_pids(leader: int) -> list[int]:
-    """Live members of a process group (leader first)."""
-    out = [leader]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != leader:
-            f = _stat_fields(int(entry))
-            if f is not None and int(f[2]) == leader:
-                out.append(int(entry))
-    return out
+    """Live members of a process group and their descendants (leader first)."""
+    return _family(leader)
+
+
+def thread_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every live thread of a process (0 if gone).
+
+    Each is a thread going to sleep or being preempted: in these Python nodes almost all are
+    a message or a result handed from one thread to another (a wait on a condition, a queue, a
+    socket), so per transaction they count the hand-offs it costs."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if "ctxt_switches:" in line:  # voluntary_... and nonvoluntary_...
+                        total += int(line.split()[-1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def group_switches(leader: int) -> int:
+    """Context switches of the live threads of a process group (leader and members)."""
+    return sum(thread_switches(pid) for pid in group_pids(leader))

@@ -40,6 +40,14 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
                          f"({cpu.get('cores_busy')} cores busy)")
             procs = ", ".join(f"{k} {v}" for k, v in cpu.get("by_process_ms", {}).items())
             lines.append(f"  * by process: {procs}")
+            sb = cpu.get("sandbox_workers_ms") or {}
+            if sb:
+                by = ", ".join(f"{k} {v}" for k, v in sb.get("by_peer", {}).items())
+                lines.append(f"  * of which sandbox workers (contract execution): {sb.get('total')} ms; {by}")
+            sw = cpu.get("context_switches_per_tx") or {}
+            if sw:
+                by = ", ".join(f"{k} {v}" for k, v in sw.get("by_process", {}).items())
+                lines.append(f"  * context switches per tx (thread hand-offs): {sw.get('total')} in all; {by}")
     lines += ["", "## Load levels", "",
               "| offered tx/s | committed tx/s | p50 ms | p99 ms | lost | MVCC | tx/block | machine load | "
               "cores busy | CPU ms/tx | pass |",
@@ -58,6 +66,14 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
         lines.append("self: " + "; ".join(f"{f} {100 * s:.1f}%" for f, s in d["top_self"][:8]))
         lines.append("")
         lines.append("inclusive: " + "; ".join(f"{f} {100 * s:.1f}%" for f, s in d["top_inclusive"][:10]))
+        lines.append("")
+    sw = prof.get("thread_switches") if isinstance(prof, dict) else None
+    if isinstance(sw, dict) and sw.get("top"):
+        lines += ["### Context switches per committed tx at peak (thread hand-offs)", "",
+                  f"{sw.get('per_tx_total')} in all; by process: "
+                  + ", ".join(f"{k} {v}" for k, v in sw.get("per_tx_by_process", {}).items()), "",
+                  "| process | thread: where it waits or runs | switches per tx |", "|---|---|---|"]
+        lines += [f"| {r['process']} | {r['thread']} | {r['per_tx']} |" for r in sw["top"][:15]]
         lines.append("")
     if ANALYSIS.exists():
         lines += ["## Analysis", "", ANALYSIS.read_text().strip(), ""]

@@ -4,14 +4,19 @@ accounting from /proc, py-spy digests and the SVG plot."""
 from __future__ import annotations
 
 import os
+import queue
+import subprocess
+import sys
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from bench.e2e_bench import crypto_bound, level_stats, passes, percentile
+from bench.e2e_bench import CpuMeter, crypto_bound, level_stats, passes, percentile
 from bench.e2e_load import Recorder, TxResult
-from bench.procstat import group_cpu, group_pids, process_cpu_s
+from bench.procstat import group_cpu, group_pids, group_switches, process_cpu_s, thread_switches
+from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
 from bench.svgplot import latency_plot
 
@@ -79,6 +84,51 @@ def test_procstat_sees_own_cpu() -> None:
     assert group_pids(os.getpgid(me))[0] == os.getpgid(me)
 
 
+def test_group_counts_descendants_in_sessions_of_their_own() -> None:
+    """A peer's sandbox workers start in new sessions: they still count as the peer's."""
+    with subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nt = time.process_time()\n"
+         "while time.process_time() - t < 0.3: pass\nprint('busy', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+    ) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == b"busy"
+            assert os.getpgid(child.pid) != os.getpgid(os.getpid())
+            assert child.pid in group_pids(os.getpid())
+            assert group_cpu(os.getpid()).members_s >= process_cpu_s(child.pid) >= 0.25
+            owners = {(name, pid) for name, pid, _tid in threads.snapshot({"me": os.getpid()})}
+            assert ("me workers", child.pid) in owners and ("me", os.getpid()) in owners
+        finally:
+            child.kill()
+            child.wait(10)
+
+
+def test_thread_switches_count_hand_offs() -> None:
+    """A ping-pong of 200 hand-offs between two threads shows as context switches (this thread
+    sleeps in nearly every get: allow for a few answers that were there already)."""
+    me = os.getpid()
+    ping: queue.SimpleQueue[int] = queue.SimpleQueue()
+    pong: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        for _ in range(200):
+            pong.put(ping.get(timeout=5))
+
+    before = thread_switches(me)
+    t = threading.Thread(target=echo)
+    t.start()
+    for i in range(200):
+        ping.put(i)
+        assert pong.get(timeout=5) == i
+    t.join(5)
+    after = thread_switches(me)  # the echo thread has exited: only this thread's are left
+    assert after - before >= 100
+    assert group_switches(os.getpgid(me)) >= thread_switches(os.getpgid(me))
+    assert thread_switches(2**22 + 12345) == 0  # no such process
+    per = CpuMeter.switches_per_tx({"a": 10, "b": 5}, {"a": 110, "b": 55}, txs=50)
+    assert per == {"by_process": {"a": 2.0, "b": 1.0}, "total": 3.0}
+
+
 def test_digest_self_inclusive_and_buckets(tmp_path: Path) -> None:
     raw = tmp_path / "p.txt"
     raw.write_text(
@@ -106,3 +156,60 @@ def test_latency_plot_is_svg(tmp_path: Path) -> None:
     assert root.tag.endswith("svg")
     polylines = [e for e in root.iter() if e.tag.endswith("polyline")]
     assert len(polylines) == 2
+
+
+DUMP = """Process 11576: python -m node.peer --config x/node.yaml
+Python v3.11.7 (/usr/bin/python3.11)
+
+Thread 11576 (idle): "MainThread"
+    Condition.wait (threading.py:331)
+    Event.wait (threading.py:629)
+    main (node/peer/__main__.py:66)
+Thread 11637 (active): "Thread-1 (_serve)"
+    _serve (grpc/_server.py:1314)
+    Thread.run (threading.py:982)
+Thread 11700 (idle): "deliver-client"
+    _wait_once (grpc/_common.py:114)
+    _Rendezvous.__next__ (grpc/_channel.py:543)
+    DeliverClient._pull (node/peer/deliver_client.py:326)
+"""
+
+
+def test_thread_labels_come_from_the_first_frame_that_is_not_a_wait() -> None:
+    assert threads.parse_dump(DUMP) == {
+        11576: "MainThread: main",
+        11637: "Thread-1 (_serve): _serve",
+        11700: "deliver-client: _wait_once",
+    }
+    assert threads.parse_dump("") == {}
+
+
+def test_top_threads_ranks_switches_per_tx_and_skips_partial_threads() -> None:
+    before = {("peer.p01", 10, 10): (100, "python"), ("peer.p01", 10, 11): (0, "event_engine"),
+              ("peer.p01 workers", 12, 12): (5, "python"), ("client", 1, 1): (0, "python"),
+              ("client", 1, 2): (7, "gone")}
+    after = {("peer.p01", 10, 10): (300, "python"), ("peer.p01", 10, 11): (500, "event_engine"),
+             ("peer.p01 workers", 12, 12): (105, "python"), ("client", 1, 1): (50, "python"),
+             ("client", 1, 3): (999, "born in the window")}
+    out = threads.top_threads(before, after, {10: "MainThread: main"}, txs=100, limit=2)
+    assert out["per_tx_total"] == 8.5  # (200 + 500 + 100 + 50) / 100
+    assert out["per_tx_by_process"] == {"client": 0.5, "peer.p01": 7.0, "peer.p01 workers": 1.0}
+    assert out["top"] == [{"process": "peer.p01", "thread": "event_engine", "per_tx": 5.0},
+                          {"process": "peer.p01", "thread": "MainThread: main", "per_tx": 2.0}]
+
+
+def test_snapshot_and_local_labels_see_this_process_threads() -> None:
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, args=(10,), name="idler")
+    t.start()
+    try:
+        snap = threads.snapshot({}, {"me": os.getpid()})
+        labels = threads.local_labels()
+        assert t.native_id is not None
+        assert ("me", os.getpid(), t.native_id) in snap
+        assert {name for name, _pid, _tid in snap} == {"me"}
+        assert labels[t.native_id].startswith("idler")
+        assert labels[threading.main_thread().native_id or 0].startswith("MainThread: ")
+    finally:
+        stop.set()
+        t.join(5)

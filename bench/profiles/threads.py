@@ -1,0 +1,137 @@
+"""Context switches per transaction, thread by thread: where the hand-offs happen.
+
+A sampling profile shows where the interpreter runs; it does not show what waking threads
+costs. On these machines a hand-off between two threads (or processes) costs ~18 us of CPU
+(``bench.grpc_model_bench`` and the ping-pong in ``analysis.md``), and a story transaction
+causes ~150-220 of them across the eight processes, so they are a large share of the CPU
+per transaction. :func:`snapshot` reads every thread's voluntary + involuntary switches
+from ``/proc``; :func:`thread_labels` names Python threads from one ``py-spy dump`` (thread
+name and the innermost frame that is not a wait); :func:`top_threads` ranks the threads by
+switches per committed transaction over a measured window.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from bench.procstat import group_pids
+
+# Frames that only say "waiting": the label uses the first frame below them.
+_WAIT_FILES = ("threading.py", "queue.py", "concurrent/futures", "<frozen runpy>")
+_THREAD = re.compile(r'^Thread (\d+) \((\w+)\)(?:: "(.*)")?')
+
+Snapshot = dict[tuple[str, int, int], tuple[int, str]]  # (process, pid, tid) -> (switches, comm)
+
+
+def task_switches(pid: int) -> dict[int, tuple[int, str]]:
+    """tid -> (voluntary + involuntary context switches, comm) of a process's live threads."""
+    out: dict[int, tuple[int, str]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
+                n = sum(int(line.split()[-1]) for line in fh if "ctxt_switches:" in line)
+            with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8", errors="replace") as fh:
+                comm = fh.read().strip()
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (n, comm)
+    return out
+
+
+def snapshot(groups: Mapping[str, int], singles: Mapping[str, int] | None = None) -> Snapshot:
+    """Every live thread of every process group (``name -> leader pid``; the other members
+    and descendants of a group -- a peer's sandbox workers -- count as ``"<name> workers"``)
+    and of every single process in ``singles`` (e.g. the benchmark's own, whose children are
+    the nodes)."""
+    snap: Snapshot = {}
+    for name, leader in groups.items():
+        for pid in group_pids(leader):
+            owner = name if pid == leader else f"{name} workers"
+            for tid, value in task_switches(pid).items():
+                snap[(owner, pid, tid)] = value
+    for name, pid in (singles or {}).items():
+        for tid, value in task_switches(pid).items():
+            snap[(name, pid, tid)] = value
+    return snap
+
+
+def parse_dump(text: str) -> dict[int, str]:
+    """tid -> "thread name: innermost frame that is not a wait" from ``py-spy dump`` output."""
+    labels: dict[int, str] = {}
+    tid: int | None = None
+    name = ""
+    for line in text.splitlines():
+        m = _THREAD.match(line)
+        if m:
+            tid, name = int(m.group(1)), m.group(3) or ""
+            labels[tid] = name
+            continue
+        frame = line.strip()
+        if tid is None or not frame or labels[tid] != name:
+            continue  # not in a thread, or this thread is labelled already
+        if any(f in frame for f in _WAIT_FILES):
+            continue
+        labels[tid] = f"{name}: {frame.split(' (')[0]}"
+    return labels
+
+
+def thread_labels(binary: str, pid: int, timeout_s: float = 20.0) -> dict[int, str]:
+    """Labels of a Python process's threads (empty if py-spy cannot read it)."""
+    try:
+        proc = subprocess.run([binary, "dump", "--nonblocking", "--pid", str(pid)],
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return parse_dump(proc.stdout)
+
+
+def local_labels() -> dict[int, str]:
+    """Labels of this process's Python threads, the same way (no py-spy needed)."""
+    frames = sys._current_frames()  # every thread's current frame (documented in sys)
+    labels: dict[int, str] = {}
+    for t in threading.enumerate():
+        if t.native_id is None:
+            continue
+        label = t.name
+        frame = frames.get(t.ident) if t.ident is not None else None
+        if frame is not None:
+            for fs in reversed(traceback.extract_stack(frame)):
+                if not any(f in fs.filename for f in _WAIT_FILES):
+                    label = f"{t.name}: {fs.name}"
+                    break
+        labels[t.native_id] = label
+    return labels
+
+
+def top_threads(before: Snapshot, after: Snapshot, labels: Mapping[int, str], txs: int,
+                limit: int = 20) -> dict[str, Any]:
+    """Switches per tx in total, by process, and the ``limit`` busiest threads (threads that
+    started or ended inside the window are left out: their counts are partial)."""
+    n = max(1, txs)
+    rows: list[tuple[float, str, str]] = []
+    by_process: dict[str, float] = {}
+    for key, (count, comm) in after.items():
+        if key not in before:
+            continue
+        name, _pid, tid = key
+        delta = (count - before[key][0]) / n
+        by_process[name] = by_process.get(name, 0.0) + delta
+        rows.append((delta, name, labels.get(tid) or comm))
+    rows.sort(key=lambda r: -r[0])
+    return {
+        "per_tx_total": round(sum(by_process.values()), 1),
+        "per_tx_by_process": {k: round(v, 1) for k, v in sorted(by_process.items())},
+        "top": [{"process": p, "thread": t, "per_tx": round(d, 2)} for d, p, t in rows[:limit]],
+    }
+
