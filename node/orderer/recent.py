@@ -14,6 +14,11 @@ read per lookup and holds nothing; inside, each stored block's envelopes are par
 It never answers wrongly (a hit is a committed block); a miss is not a proof, e.g. a
 resubmission racing the new leader's apply of the old term's blocks is still ordered and
 then marked DUPLICATE_TXID by the peers, as before.
+
+Blocks are parsed outside the lock by one lookup at a time, at most ``max_blocks_per_call``
+per lookup (a follower that stored a long catch-up during the window spreads the work over
+the lookups that follow); the other lookups wait for it at most ``wait_s`` and then answer
+from what is indexed. No broadcast handler is held up for long by another's indexing.
 """
 
 from __future__ import annotations
@@ -64,13 +69,20 @@ class RecentTxIndex:
         clock: Callable[[], float] = time.monotonic,
         window_s: float = 30.0,
         lookback_blocks: int = 32,
+        max_blocks_per_call: int = 64,
+        wait_s: float = 0.5,
     ) -> None:
         self._blocks = blocks
         self._leader_id = leader_id
         self._clock = clock
         self._window_s = window_s
         self._lookback = lookback_blocks
+        self._max_blocks = max(1, max_blocks_per_call)
+        self._wait_s = wait_s
         self._lock = threading.Lock()
+        self._indexed = threading.Condition(self._lock)  # an indexing pass ended
+        self._indexing = False  # a lookup is parsing blocks (outside the lock)
+        self._epoch = 0  # bumped whenever the index is dropped: late results are discarded
         self._leader = 0
         self._until = -1.0
         self._next = 0  # next block number to index
@@ -92,10 +104,12 @@ class RecentTxIndex:
                 # Rebuilt from the lookback on every change: the index never holds more than
                 # the blocks since the last change plus ``lookback_blocks``.
                 self._index = {}
+                self._epoch += 1
                 self._next = max(1, self._blocks.height() - self._lookback)
             elif self._until >= 0 and now > self._until:
                 self._until = -1.0
                 self._index = {}
+                self._epoch += 1
             return self._until >= 0
 
     def lookup(self, tx_id: str, envelope: bytes) -> int | None:
@@ -103,16 +117,39 @@ class RecentTxIndex:
         stored block (window open); None for any other envelope."""
         if not tx_id or not self.active():
             return None
+        self._index_new_blocks()
         with self._lock:
-            height = self._blocks.height()
-            while self._next < height:
-                number = self._next
-                for raw in self._blocks.get(number).data.envelopes:
-                    found = tx_id_of(raw)
-                    if found:
-                        self._index.setdefault(found, (number, hashlib.sha256(raw).digest()))
-                self._next += 1
             hit = self._index.get(tx_id)
         if hit is None or hit[1] != hashlib.sha256(envelope).digest():
             return None
         return hit[0]
+
+    def _index_new_blocks(self) -> None:
+        """Index up to ``max_blocks_per_call`` blocks stored since the last pass, parsing them
+        outside the lock; if another lookup is doing so, wait for it (at most ``wait_s``)."""
+        with self._lock:
+            if self._indexing:
+                self._indexed.wait_for(lambda: not self._indexing, timeout=self._wait_s)
+                if self._indexing:
+                    return  # answer from what is indexed: a miss is not a proof
+            start = self._next
+            end = min(self._blocks.height(), start + self._max_blocks)
+            if start >= end:
+                return
+            self._indexing = True
+            epoch = self._epoch
+        found: dict[str, tuple[int, bytes]] = {}
+        try:
+            for number in range(start, end):
+                for raw in self._blocks.get(number).data.envelopes:
+                    tx = tx_id_of(raw)
+                    if tx and tx not in found:
+                        found[tx] = (number, hashlib.sha256(raw).digest())
+        finally:
+            with self._lock:
+                self._indexing = False
+                if epoch == self._epoch and self._next == start:  # not dropped meanwhile
+                    for tx, where in found.items():
+                        self._index.setdefault(tx, where)
+                    self._next = end
+                self._indexed.notify_all()

@@ -3,6 +3,7 @@ change is answered accepted (with that block) and not ordered again (clock injec
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -187,3 +188,90 @@ def test_an_envelope_claiming_another_tx_id_is_refused_not_taken_for_it(net: Any
     assert (forged_answer.accepted, forged_answer.reason) == (False, "BAD_TXID")
     assert genuine.accepted and genuine.message == f"already ordered in block {n}"
     assert orderer.submitted == []
+
+
+def test_a_long_backlog_is_indexed_a_bounded_number_of_blocks_per_lookup(net: Any) -> None:
+    """A follower that stored a long catch-up during the window: each lookup parses at most
+    ``max_blocks_per_call`` blocks, later lookups go on from there until the tail is found."""
+    client = Client(net)
+    blocks, leader = Blocks(), [1]
+    index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=4, max_blocks_per_call=10)
+    assert index.active()  # the window opens at height 1
+    for _ in range(45):
+        blocks.add([])
+    tail = client.envelope()
+    n = blocks.add([tail[1]])
+    answers = []
+    for _ in range(6):
+        before = blocks.reads
+        answers.append(index.lookup(*tail))
+        assert blocks.reads - before <= 10
+    assert answers == [None] * 4 + [n, n]  # blocks 1-10, 11-20, 21-30, 31-40, then 41-46
+
+
+def test_lookups_do_not_wait_long_for_another_lookups_indexing(net: Any) -> None:
+    """Parsing runs outside the lock: while one lookup is stuck reading a block, the window
+    check and the size answer at once, another lookup gives up after ``wait_s`` (a miss),
+    and once the reader finishes its envelope is found."""
+    client = Client(net)
+    gate, entered = threading.Event(), threading.Event()
+
+    class SlowBlocks(Blocks):
+        def get(self, number: int) -> block_pb2.Block:
+            entered.set()
+            assert gate.wait(10)
+            return super().get(number)
+
+    blocks, leader = SlowBlocks(), [1]
+    index = RecentTxIndex(blocks, lambda: leader[0], wait_s=0.2)
+    assert index.active()
+    env = client.envelope()
+    n = blocks.add([env[1]])
+    first: list[int | None] = []
+    reader = threading.Thread(target=lambda: first.append(index.lookup(*env)))
+    reader.start()
+    try:
+        assert entered.wait(10)
+        assert index.active() and len(index) == 0  # not blocked by the parse
+        t0 = time.monotonic()
+        assert index.lookup(*env) is None  # waited for the other lookup, then gave up
+        assert 0.15 <= time.monotonic() - t0 < 5
+    finally:
+        gate.set()
+        reader.join(10)
+    assert first == [n]
+    assert index.lookup(*env) == n and len(index) == 1
+
+
+def test_an_index_dropped_during_a_parse_keeps_nothing_from_it(net: Any) -> None:
+    """A leader change while a lookup parses: the new window starts from its own lookback,
+    the stale pass's results are discarded."""
+    client = Client(net)
+    gate, entered = threading.Event(), threading.Event()
+    slow = [True]
+
+    class SlowBlocks(Blocks):
+        def get(self, number: int) -> block_pb2.Block:
+            if slow[0]:
+                entered.set()
+                assert gate.wait(10)
+            return super().get(number)
+
+    blocks, leader = SlowBlocks(), [1]
+    index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=1)
+    assert index.active()
+    old = client.envelope()
+    blocks.add([old[1]])
+    blocks.add([])
+    reader = threading.Thread(target=index.lookup, args=old)
+    reader.start()
+    try:
+        assert entered.wait(10)
+        leader[0] = 2  # drops the index; the new window's lookback starts at block 1 of 2
+        slow[0] = False
+        assert index.active()
+    finally:
+        gate.set()
+        reader.join(10)
+    assert len(index) == 0  # the pass that began before the change kept nothing
+    assert index.lookup(*old) is None  # block 1 is outside the new lookback
