@@ -132,20 +132,26 @@ class CpuMeter:
         """CPU seconds of each peer's live sandbox workers (the other members of its group)."""
         return {name: group_cpu(pid).members_s for name, pid in self.pids.items() if name.startswith("peer.")}
 
-    def switches(self) -> dict[str, int]:
-        """Context switches of every node's live threads (sandbox workers with their peer)."""
+    def switches(self) -> dict[str, tuple[int, int]]:
+        """(voluntary, involuntary) context switches of every node's live threads (sandbox
+        workers with their peer) and of this client process."""
         out = {name: group_switches(pid) for name, pid in self.pids.items()}
         out["client"] = thread_switches(os.getpid())
         return out
 
     @staticmethod
-    def switches_per_tx(before: dict[str, int], after: dict[str, int], txs: int) -> dict[str, Any]:
-        """Context switches per committed tx by process and in total (thread hand-offs)."""
+    def switches_per_tx(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                        txs: int) -> dict[str, Any]:
+        """Context switches per committed tx: in total by process, and all processes' voluntary
+        (hand-offs, waits) and involuntary (preemptions) ones."""
         n = max(1, txs)
-        delta = {k: max(0, after.get(k, 0) - v) for k, v in before.items()}
+        vol = {k: max(0, after.get(k, (0, 0))[0] - v[0]) for k, v in before.items()}
+        invol = {k: max(0, after.get(k, (0, 0))[1] - v[1]) for k, v in before.items()}
         return {
-            "by_process": {k: round(v / n, 1) for k, v in sorted(delta.items())},
-            "total": round(sum(delta.values()) / n, 1),
+            "by_process": {k: round((vol[k] + invol[k]) / n, 1) for k in sorted(before)},
+            "voluntary": round(sum(vol.values()) / n, 1),
+            "involuntary": round(sum(invol.values()) / n, 1),
+            "total": round((sum(vol.values()) + sum(invol.values())) / n, 1),
         }
 
     @staticmethod

@@ -11,6 +11,10 @@ and both processes' CPU (``/proc`` utime+stime, from the first message to the la
 divided by the messages. Every combination of threaded/asyncio server and client runs,
 rounds alternating; reported per message and as the asyncio/threaded ratio per side.
 Loopback without TLS: the nodes add TLS on top, the same for both APIs.
+
+It also measures the cost of one hand-off, the unit the e2e benchmark counts per transaction
+(context switches): two threads passing a token through ``queue.SimpleQueue`` and two
+processes passing a byte through pipes, CPU (all threads/processes) per one-way hand-off.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -124,6 +129,45 @@ async def _client_asyncio(port: int, n: int, window: int, server_pid: int) -> tu
     return c1 - c0, s1 - s0, t1 - t0
 
 
+def handoff_us(n: int = 20000) -> dict[str, float]:
+    """CPU microseconds per one-way hand-off: thread to thread, and process to process."""
+    ping: queue.SimpleQueue[int] = queue.SimpleQueue()
+    pong: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def echo() -> None:
+        for _ in range(n):
+            pong.put(ping.get(timeout=30))
+
+    t = threading.Thread(target=echo)
+    c0 = time.process_time()
+    t.start()
+    for i in range(n):
+        ping.put(i)
+        pong.get(timeout=30)
+    t.join(30)
+    threads_us = 1e6 * (time.process_time() - c0) / (2 * n)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nr, w = sys.stdin.buffer, sys.stdout.buffer\n"
+         f"for _ in range({n + 1}):\n    w.write(r.read(1)); w.flush()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"x")  # one exchange first: the child's start-up is not counted
+    proc.stdin.flush()
+    proc.stdout.read(1)
+    c0, s0 = time.process_time(), process_cpu_s(proc.pid)
+    for _ in range(n):
+        proc.stdin.write(b"x")
+        proc.stdin.flush()
+        proc.stdout.read(1)
+    c1, s1 = time.process_time(), process_cpu_s(proc.pid)
+    proc.wait(timeout=30)
+    proc.stdin.close()
+    proc.stdout.close()
+    processes_us = 1e6 * ((c1 - c0) + (s1 - s0)) / (2 * n)
+    return {"threads_cpu_us_per_handoff": round(threads_us, 1),
+            "processes_cpu_us_per_handoff": round(processes_us, 1)}
+
+
 def one_round(server: str, client: str, n: int, window: int) -> dict[str, float]:
     """One server process, one stream of ``n`` echoes; CPU microseconds per message."""
     port = free_base_port(1, offsets=(0,))
@@ -163,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(_serve_asyncio(args.port))
         return 0
+    handoffs = [handoff_us() for _ in range(args.rounds)]
+    handoff = {k: round(statistics.median(h[k] for h in handoffs), 1) for k in handoffs[0]}
+    print(f"hand-off: {handoff}", flush=True)
     levels: list[dict[str, Any]] = []
     for window in (int(w) for w in args.windows.split(",")):
         runs: dict[str, list[dict[str, float]]] = {}
@@ -188,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{level['ratio_client_cpu_asyncio_over_threaded']})", flush=True)
     top = levels[-1]
     path = write_result("grpc_model", {
+        **handoff,
         "message_bytes": SIZE, "messages_per_round": args.n, "rounds": args.rounds, "levels": levels,
         "ratio_server_cpu_asyncio_over_threaded": top["ratio_server_cpu_asyncio_over_threaded"],
         "ratio_client_cpu_asyncio_over_threaded": top["ratio_client_cpu_asyncio_over_threaded"],

@@ -47,7 +47,8 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
             sw = cpu.get("context_switches_per_tx") or {}
             if sw:
                 by = ", ".join(f"{k} {v}" for k, v in sw.get("by_process", {}).items())
-                lines.append(f"  * context switches per tx (thread hand-offs): {sw.get('total')} in all; {by}")
+                lines.append(f"  * context switches per tx: {sw.get('total')} in all ({sw.get('voluntary')} voluntary: "
+                             f"hand-offs and waits; {sw.get('involuntary')} involuntary: preemptions); {by}")
     lines += ["", "## Load levels", "",
               "| offered tx/s | committed tx/s | p50 ms | p99 ms | lost | MVCC | tx/block | machine load | "
               "cores busy | CPU ms/tx | pass |",
@@ -69,7 +70,7 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
         lines.append("")
     sw = prof.get("thread_switches") if isinstance(prof, dict) else None
     if isinstance(sw, dict) and sw.get("top"):
-        lines += ["### Context switches per committed tx at peak (thread hand-offs)", "",
+        lines += ["### Voluntary context switches per committed tx at peak (thread hand-offs)", "",
                   f"{sw.get('per_tx_total')} in all; by process: "
                   + ", ".join(f"{k} {v}" for k, v in sw.get("per_tx_by_process", {}).items()), "",
                   "| process | thread: where it waits or runs | switches per tx |", "|---|---|---|"]

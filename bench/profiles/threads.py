@@ -3,9 +3,8 @@
 A sampling profile shows where the interpreter runs; it does not show what waking threads
 costs. On these machines a hand-off between two threads (or processes) costs ~18 us of CPU
 (``bench.grpc_model_bench`` and the ping-pong in ``analysis.md``), and a story transaction
-causes ~150-220 of them across the eight processes, so they are a large share of the CPU
-per transaction. :func:`snapshot` reads every thread's voluntary + involuntary switches
-from ``/proc``; :func:`thread_labels` names Python threads from one ``py-spy dump`` (thread
+causes ~100 of them across the eight processes. :func:`snapshot` reads every thread's
+voluntary switches from ``/proc``; :func:`thread_labels` names Python threads from one ``py-spy dump`` (thread
 name and the innermost frame that is not a wait); :func:`top_threads` ranks the threads by
 switches per committed transaction over a measured window.
 """
@@ -31,7 +30,9 @@ Snapshot = dict[tuple[str, int, int], tuple[int, str]]  # (process, pid, tid) ->
 
 
 def task_switches(pid: int) -> dict[int, tuple[int, str]]:
-    """tid -> (voluntary + involuntary context switches, comm) of a process's live threads."""
+    """tid -> (voluntary context switches, comm) of a process's live threads: the times the
+    thread went to sleep (waiting for a message, a result, the interpreter lock, an fsync);
+    preemptions are left out (they count competition for the cores, not hand-offs)."""
     out: dict[int, tuple[int, str]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -40,7 +41,7 @@ def task_switches(pid: int) -> dict[int, tuple[int, str]]:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
-                n = sum(int(line.split()[-1]) for line in fh if "ctxt_switches:" in line)
+                n = sum(int(line.split()[-1]) for line in fh if line.startswith("voluntary_ctxt_switches:"))
             with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8", errors="replace") as fh:
                 comm = fh.read().strip()
         except (OSError, ValueError):

@@ -114,19 +114,19 @@ def test_thread_switches_count_hand_offs() -> None:
         for _ in range(200):
             pong.put(ping.get(timeout=5))
 
-    before = thread_switches(me)
+    before, _ = thread_switches(me)
     t = threading.Thread(target=echo)
     t.start()
     for i in range(200):
         ping.put(i)
         assert pong.get(timeout=5) == i
     t.join(5)
-    after = thread_switches(me)  # the echo thread has exited: only this thread's are left
+    after, _ = thread_switches(me)  # the echo thread has exited: only this thread's are left
     assert after - before >= 100
-    assert group_switches(os.getpgid(me)) >= thread_switches(os.getpgid(me))
-    assert thread_switches(2**22 + 12345) == 0  # no such process
-    per = CpuMeter.switches_per_tx({"a": 10, "b": 5}, {"a": 110, "b": 55}, txs=50)
-    assert per == {"by_process": {"a": 2.0, "b": 1.0}, "total": 3.0}
+    assert group_switches(os.getpgid(me))[0] >= thread_switches(os.getpgid(me))[0]
+    assert thread_switches(2**22 + 12345) == (0, 0)  # no such process
+    per = CpuMeter.switches_per_tx({"a": (10, 0), "b": (5, 5)}, {"a": (110, 0), "b": (35, 30)}, txs=50)
+    assert per == {"by_process": {"a": 2.0, "b": 1.1}, "voluntary": 2.6, "involuntary": 0.5, "total": 3.1}
 
 
 def test_digest_self_inclusive_and_buckets(tmp_path: Path) -> None:
