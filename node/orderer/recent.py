@@ -17,13 +17,18 @@ then marked DUPLICATE_TXID by the peers, as before.
 
 Blocks are parsed outside the lock by one lookup at a time, at most ``max_blocks_per_call``
 per lookup (a follower that stored a long catch-up during the window spreads the work over
-the lookups that follow); the other lookups wait for it at most ``wait_s`` and then answer
-from what is indexed. No broadcast handler is held up for long by another's indexing.
+the lookups that follow); the other lookups wait for that pass and then answer from what is
+indexed. A pass that outlasts ``wait_s`` is waited for once: later lookups (e.g. the rest of
+a batch) do not wait for it again, and a new window (leader change) starts its own pass.
+Only blocks parsed to the end count as indexed: a read error is logged, the lookup answers
+from what is indexed and the next lookup reads on from the failed block. No broadcast
+handler is held up for long by another's indexing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +36,8 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, transaction_pb2
+
+_log = logging.getLogger(__name__)
 
 
 class Blocks(Protocol):
@@ -81,7 +88,11 @@ class RecentTxIndex:
         self._wait_s = wait_s
         self._lock = threading.Lock()
         self._indexed = threading.Condition(self._lock)  # an indexing pass ended
-        self._indexing = False  # a lookup is parsing blocks (outside the lock)
+        # The pass running now (outside the lock), as (epoch, serial), or None; a pass whose
+        # wait timed out once is not waited for again.
+        self._pass: tuple[int, int] | None = None
+        self._serial = 0
+        self._gave_up_on: tuple[int, int] | None = None
         self._epoch = 0  # bumped whenever the index is dropped: late results are discarded
         self._leader = 0
         self._until = -1.0
@@ -126,30 +137,45 @@ class RecentTxIndex:
 
     def _index_new_blocks(self) -> None:
         """Index up to ``max_blocks_per_call`` blocks stored since the last pass, parsing them
-        outside the lock; if another lookup is doing so, wait for it (at most ``wait_s``)."""
+        outside the lock; if another lookup's pass of this window is running, wait for it
+        (at most ``wait_s``, and only once per pass)."""
+        deadline = time.monotonic() + self._wait_s
         with self._lock:
-            if self._indexing:
-                self._indexed.wait_for(lambda: not self._indexing, timeout=self._wait_s)
-                if self._indexing:
-                    return  # answer from what is indexed: a miss is not a proof
+            while self._pass is not None and self._pass[0] == self._epoch:
+                running = self._pass
+                left = deadline - time.monotonic()
+                if running == self._gave_up_on or left <= 0:
+                    # It outlasted one wait: answer from what is indexed (a miss is not a
+                    # proof), and let the lookups that follow not wait for it again.
+                    self._gave_up_on = running
+                    return
+                self._indexed.wait(left)
             start = self._next
             end = min(self._blocks.height(), start + self._max_blocks)
             if start >= end:
                 return
-            self._indexing = True
-            epoch = self._epoch
+            self._serial += 1
+            mine = self._pass = (self._epoch, self._serial)
         found: dict[str, tuple[int, bytes]] = {}
+        done = start  # blocks before this one are parsed to the end
         try:
             for number in range(start, end):
+                block: dict[str, tuple[int, bytes]] = {}
                 for raw in self._blocks.get(number).data.envelopes:
                     tx = tx_id_of(raw)
-                    if tx and tx not in found:
-                        found[tx] = (number, hashlib.sha256(raw).digest())
+                    if tx and tx not in block:
+                        block[tx] = (number, hashlib.sha256(raw).digest())
+                for tx, where in block.items():
+                    found.setdefault(tx, where)
+                done = number + 1
+        except Exception as exc:  # noqa: BLE001 - the index only saves a slot: never fail a broadcast
+            _log.warning("event=recent_index_read_failed block=%d error=%r", done, exc)
         finally:
             with self._lock:
-                self._indexing = False
-                if epoch == self._epoch and self._next == start:  # not dropped meanwhile
+                if self._pass == mine:
+                    self._pass = None
+                if mine[0] == self._epoch and self._next == start:  # not dropped meanwhile
                     for tx, where in found.items():
                         self._index.setdefault(tx, where)
-                    self._next = end
+                    self._next = done
                 self._indexed.notify_all()

@@ -275,3 +275,92 @@ def test_an_index_dropped_during_a_parse_keeps_nothing_from_it(net: Any) -> None
         reader.join(10)
     assert len(index) == 0  # the pass that began before the change kept nothing
     assert index.lookup(*old) is None  # block 1 is outside the new lookback
+
+
+def test_a_block_that_cannot_be_read_is_read_again_by_the_next_lookup(net: Any) -> None:
+    """A read error mid-pass: the blocks parsed before it count, the failed one and those
+    after it are read by the next lookup (nothing is skipped), and the lookup does not raise."""
+    client = Client(net)
+    fail = [2]
+
+    class FlakyBlocks(Blocks):
+        def get(self, number: int) -> block_pb2.Block:
+            if number in fail:
+                fail.remove(number)
+                raise OSError("transient read error")
+            return super().get(number)
+
+    blocks = FlakyBlocks()
+    index = RecentTxIndex(blocks, lambda: 1, lookback_blocks=4)
+    assert index.active()
+    first, second, third = client.envelope(), client.envelope(), client.envelope()
+    n1, n2, n3 = blocks.add([first[1]]), blocks.add([second[1]]), blocks.add([third[1]])
+    assert index.lookup(*third) is None  # block 2 failed: the pass stopped after block 1
+    assert len(index) == 1
+    assert index.lookup(*second) == n2  # read again from block 2 on
+    assert index.lookup(*first) == n1 and index.lookup(*third) == n3
+
+
+def test_a_stuck_pass_is_waited_for_once_and_a_new_window_does_not_wait_for_it(net: Any) -> None:
+    """The rest of a batch does not wait ``wait_s`` per envelope for a pass that outlasted
+    one wait; a leader change starts a pass of its own instead of waiting for the stale one."""
+    client = Client(net)
+    gate, entered = threading.Event(), threading.Event()
+    stuck = [True]
+
+    class SlowBlocks(Blocks):
+        def get(self, number: int) -> block_pb2.Block:
+            if stuck[0]:
+                entered.set()
+                assert gate.wait(10)
+            return super().get(number)
+
+    blocks, leader = SlowBlocks(), [1]
+    index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=4, wait_s=0.3)
+    assert index.active()
+    env = client.envelope()
+    n = blocks.add([env[1]])
+    reader = threading.Thread(target=index.lookup, args=env)
+    reader.start()
+    try:
+        assert entered.wait(10)
+        t0 = time.monotonic()
+        batch = [index.lookup(*client.envelope()) for _ in range(8)]
+        assert batch == [None] * 8
+        assert time.monotonic() - t0 < 0.3 * 3  # one wait in all, not one per envelope
+        stuck[0] = False
+        leader[0] = 2  # a new window: its own pass, no wait for the stuck one
+        t0 = time.monotonic()
+        assert index.lookup(*env) == n
+        assert time.monotonic() - t0 < 0.3
+    finally:
+        gate.set()
+        reader.join(10)
+    assert index.lookup(*env) == n  # the stale pass ended without disturbing the new index
+
+
+def test_a_pass_running_when_the_window_closes_keeps_nothing(net: Any) -> None:
+    client = Client(net)
+    gate, entered = threading.Event(), threading.Event()
+
+    class SlowBlocks(Blocks):
+        def get(self, number: int) -> block_pb2.Block:
+            entered.set()
+            assert gate.wait(10)
+            return super().get(number)
+
+    blocks, clock = SlowBlocks(), Clock()
+    index = RecentTxIndex(blocks, lambda: 1, clock=clock, window_s=30)
+    assert index.active()
+    env = client.envelope()
+    blocks.add([env[1]])
+    reader = threading.Thread(target=index.lookup, args=env)
+    reader.start()
+    try:
+        assert entered.wait(10)
+        clock.now += 31
+        assert not index.active()  # the window closes while the pass runs
+    finally:
+        gate.set()
+        reader.join(10)
+    assert len(index) == 0  # its results belonged to the closed window
