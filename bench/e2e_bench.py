@@ -39,7 +39,7 @@ from typing import Any
 from bench.common import RESULTS, write_result
 from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
 from bench.e2e_net import BenchNetwork, start_network
-from bench.procstat import group_cpu, group_switches, process_cpu_s, thread_switches
+from bench.procstat import group_cpu, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import digest, pyspy_path, record
 from bench.svgplot import latency_plot
@@ -129,30 +129,14 @@ class CpuMeter:
         return out
 
     def sandboxes(self) -> dict[str, float]:
-        """CPU seconds of each peer's live sandbox workers (the other members of its group)."""
+        """CPU seconds of each peer's live sandbox workers (its descendants; a worker replaced
+        during a level still counts in its peer's figure -- reaped children -- but not here)."""
         return {name: group_cpu(pid).members_s for name, pid in self.pids.items() if name.startswith("peer.")}
 
-    def switches(self) -> dict[str, tuple[int, int]]:
-        """(voluntary, involuntary) context switches of every node's live threads (sandbox
-        workers with their peer) and of this client process."""
-        out = {name: group_switches(pid) for name, pid in self.pids.items()}
-        out["client"] = thread_switches(os.getpid())
-        return out
-
-    @staticmethod
-    def switches_per_tx(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-                        txs: int) -> dict[str, Any]:
-        """Context switches per committed tx: in total by process, and all processes' voluntary
-        (hand-offs, waits) and involuntary (preemptions) ones."""
-        n = max(1, txs)
-        vol = {k: max(0, after.get(k, (0, 0))[0] - v[0]) for k, v in before.items()}
-        invol = {k: max(0, after.get(k, (0, 0))[1] - v[1]) for k, v in before.items()}
-        return {
-            "by_process": {k: round((vol[k] + invol[k]) / n, 1) for k in sorted(before)},
-            "voluntary": round(sum(vol.values()) / n, 1),
-            "involuntary": round(sum(invol.values()) / n, 1),
-            "total": round((sum(vol.values()) + sum(invol.values())) / n, 1),
-        }
+    def switches(self) -> threads.Snapshot:
+        """Context switches of every thread of every node (sandbox workers with their peer)
+        and of this client process."""
+        return threads.snapshot(self.pids, {"client": os.getpid()})
 
     @staticmethod
     def per_tx(before: dict[str, float], after: dict[str, float], txs: int,
@@ -195,8 +179,7 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     if cpu is not None and before is not None:
         st["cpu"] = CpuMeter.per_tx(before, cpu.sample(), st["valid"], wall)
         if switches is not None:
-            st["cpu"]["context_switches_per_tx"] = CpuMeter.switches_per_tx(
-                switches, cpu.switches(), st["valid"])
+            st["cpu"]["context_switches_per_tx"] = threads.per_tx(switches, cpu.switches(), st["valid"])
         if sandboxes is not None:  # already inside each peer's figure: how much of it
             after = cpu.sandboxes()
             n = max(1, st["valid"])
@@ -275,8 +258,9 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
     for name, p in procs.items():
         try:
             _, err = p.communicate(timeout=60)
-        except Exception:
+        except Exception:  # a stuck py-spy: stop it, report the profile missing
             p.kill()
+            p.communicate(timeout=10)  # reap it and close its pipe
             err = b"timeout"
         d = digest(out_dir / f"{name}.txt")
         out[name] = {"samples": d.samples, "top_self": d.top_self, "top_inclusive": d.top_inclusive,

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import queue
+import select
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from netgen.ports import free_base_port
@@ -129,6 +130,14 @@ async def _client_asyncio(port: int, n: int, window: int, server_pid: int) -> tu
     return c1 - c0, s1 - s0, t1 - t0
 
 
+def _read_within(stream: IO[bytes], timeout_s: float, line: bool = False) -> bytes:
+    """One byte (or one line) from a child's pipe, or RuntimeError after ``timeout_s``."""
+    ready, _, _ = select.select([stream], [], [], timeout_s)
+    if not ready:
+        raise RuntimeError(f"no answer from the child process in {timeout_s} s")
+    return stream.readline() if line else stream.read(1)
+
+
 def handoff_us(n: int = 20000) -> dict[str, float]:
     """CPU microseconds per one-way hand-off: thread to thread, and process to process."""
     ping: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -146,23 +155,27 @@ def handoff_us(n: int = 20000) -> dict[str, float]:
         pong.get(timeout=30)
     t.join(30)
     threads_us = 1e6 * (time.process_time() - c0) / (2 * n)
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", "import sys\nr, w = sys.stdin.buffer, sys.stdout.buffer\n"
          f"for _ in range({n + 1}):\n    w.write(r.read(1)); w.flush()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(b"x")  # one exchange first: the child's start-up is not counted
-    proc.stdin.flush()
-    proc.stdout.read(1)
-    c0, s0 = time.process_time(), process_cpu_s(proc.pid)
-    for _ in range(n):
-        proc.stdin.write(b"x")
-        proc.stdin.flush()
-        proc.stdout.read(1)
-    c1, s1 = time.process_time(), process_cpu_s(proc.pid)
-    proc.wait(timeout=30)
-    proc.stdin.close()
-    proc.stdout.close()
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    ) as proc:
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(b"x")  # one exchange first: the child's start-up is not counted
+            proc.stdin.flush()
+            _read_within(proc.stdout, 30)
+            c0, s0 = time.process_time(), process_cpu_s(proc.pid)
+            for _ in range(n):
+                proc.stdin.write(b"x")
+                proc.stdin.flush()
+                proc.stdout.read(1)
+            c1, s1 = time.process_time(), process_cpu_s(proc.pid)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
     processes_us = 1e6 * ((c1 - c0) + (s1 - s0)) / (2 * n)
     return {"threads_cpu_us_per_handoff": round(threads_us, 1),
             "processes_cpu_us_per_handoff": round(processes_us, 1)}
@@ -171,24 +184,25 @@ def handoff_us(n: int = 20000) -> dict[str, float]:
 def one_round(server: str, client: str, n: int, window: int) -> dict[str, float]:
     """One server process, one stream of ``n`` echoes; CPU microseconds per message."""
     port = free_base_port(1, offsets=(0,))
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "bench.grpc_model_bench", "--serve", server, "--port", str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("echo server did not start")
-        if client == "threaded":
-            c, s, wall = _client_threaded(port, n, window, proc.pid)
-        else:
-            c, s, wall = asyncio.run(_client_asyncio(port, n, window, proc.pid))
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            if _read_within(proc.stdout, 60, line=True).strip() != b"ready":
+                raise RuntimeError("echo server did not start")
+            if client == "threaded":
+                c, s, wall = _client_threaded(port, n, window, proc.pid)
+            else:
+                c, s, wall = asyncio.run(_client_asyncio(port, n, window, proc.pid))
+            proc.stdin.write(b"\n")
+            proc.stdin.flush()
             proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
     return {"client_cpu_us_per_msg": 1e6 * c / n, "server_cpu_us_per_msg": 1e6 * s / n, "msg_per_s": n / wall}
 
 
@@ -223,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         level = {
             "window": window,
             "by_combination": med,
+            # (a CPU figure of 0 is below one clock tick: too few messages, see --n)
             "ratio_server_cpu_asyncio_over_threaded": round(
-                aa["server_cpu_us_per_msg"] / tt["server_cpu_us_per_msg"], 3),
+                aa["server_cpu_us_per_msg"] / max(tt["server_cpu_us_per_msg"], 1e-9), 3),
             "ratio_client_cpu_asyncio_over_threaded": round(
-                aa["client_cpu_us_per_msg"] / tt["client_cpu_us_per_msg"], 3),
+                aa["client_cpu_us_per_msg"] / max(tt["client_cpu_us_per_msg"], 1e-9), 3),
         }
         levels.append(level)
         print(f"window {window}: threaded server {tt['server_cpu_us_per_msg']} us/msg, client "

@@ -88,38 +88,3 @@ def group_pids(leader: int) -> list[int]:
     """Live members of a process group and their descendants (leader first)."""
     return _family(leader)
 
-
-def thread_switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of every live thread of a process ((0, 0)
-    if gone).
-
-    Voluntary: a thread went to sleep -- in these Python nodes almost always a message or a
-    result handed from one thread to another (a wait on a condition, a queue, a socket, the
-    interpreter lock), or an fsync. Involuntary: the kernel preempted a runnable thread,
-    which on an oversubscribed machine mostly says how many threads compete for the cores."""
-    vol = invol = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0, 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        vol += int(line.split()[-1])
-                    elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        invol += int(line.split()[-1])
-        except (OSError, ValueError):
-            continue
-    return vol, invol
-
-
-def group_switches(leader: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of a group's live threads (see group_pids)."""
-    vol = invol = 0
-    for pid in group_pids(leader):
-        v, i = thread_switches(pid)
-        vol += v
-        invol += i
-    return vol, invol

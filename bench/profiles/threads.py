@@ -24,16 +24,32 @@ from bench.procstat import group_pids
 
 # Frames that only say "waiting": the label uses the first frame below them.
 _WAIT_FILES = ("threading.py", "queue.py", "concurrent/futures", "<frozen runpy>")
-_THREAD = re.compile(r'^Thread (\d+) \((\w+)\)(?:: "(.*)")?')
+# py-spy's thread states: idle, active, active+gil, ...
+_THREAD = re.compile(r'^Thread (\d+) \(([\w+]+)\)(?:: "(.*)")?')
 
-Snapshot = dict[tuple[str, int, int], tuple[int, str]]  # (process, pid, tid) -> (switches, comm)
+# (process, pid, tid) -> (voluntary, involuntary, comm)
+Snapshot = dict[tuple[str, int, int], tuple[int, int, str]]
 
 
-def task_switches(pid: int) -> dict[int, tuple[int, str]]:
-    """tid -> (voluntary context switches, comm) of a process's live threads: the times the
-    thread went to sleep (waiting for a message, a result, the interpreter lock, an fsync);
-    preemptions are left out (they count competition for the cores, not hand-offs)."""
-    out: dict[int, tuple[int, str]] = {}
+def switches_from_status(text: str) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches from a ``/proc/<pid>/task/<tid>/status``.
+
+    Voluntary: the thread went to sleep -- in these Python nodes almost always a message or a
+    result handed from one thread to another (a queue, a condition, a socket, the interpreter
+    lock) or an fsync. Involuntary: the kernel preempted it while runnable, which on an
+    oversubscribed machine mostly counts the competition for the cores."""
+    vol = invol = 0
+    for line in text.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            vol = int(line.split()[-1])
+        elif line.startswith("nonvoluntary_ctxt_switches:"):
+            invol = int(line.split()[-1])
+    return vol, invol
+
+
+def task_switches(pid: int) -> dict[int, tuple[int, int, str]]:
+    """tid -> (voluntary, involuntary, comm) of a process's live threads (empty if gone)."""
+    out: dict[int, tuple[int, int, str]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -41,12 +57,12 @@ def task_switches(pid: int) -> dict[int, tuple[int, str]]:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
-                n = sum(int(line.split()[-1]) for line in fh if line.startswith("voluntary_ctxt_switches:"))
+                vol, invol = switches_from_status(fh.read())
             with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8", errors="replace") as fh:
                 comm = fh.read().strip()
         except (OSError, ValueError):
             continue
-        out[int(tid)] = (n, comm)
+        out[int(tid)] = (vol, invol, comm)
     return out
 
 
@@ -115,14 +131,36 @@ def local_labels() -> dict[int, str]:
     return labels
 
 
+def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
+    """Context switches per tx by process and in all, voluntary and involuntary, over the
+    threads present in both snapshots (a thread that started or ended inside the window has
+    a partial count: left out, so an exiting thread cannot make a delta negative)."""
+    n = max(1, txs)
+    by_process: dict[str, float] = {}
+    vol = invol = 0
+    for key, (v, i, _comm) in after.items():
+        if key not in before:
+            continue
+        dv, di = v - before[key][0], i - before[key][1]
+        vol += dv
+        invol += di
+        by_process[key[0]] = by_process.get(key[0], 0.0) + (dv + di) / n
+    return {
+        "by_process": {k: round(v, 1) for k, v in sorted(by_process.items())},
+        "voluntary": round(vol / n, 1),
+        "involuntary": round(invol / n, 1),
+        "total": round((vol + invol) / n, 1),
+    }
+
+
 def top_threads(before: Snapshot, after: Snapshot, labels: Mapping[int, str], txs: int,
                 limit: int = 20) -> dict[str, Any]:
-    """Switches per tx in total, by process, and the ``limit`` busiest threads (threads that
-    started or ended inside the window are left out: their counts are partial)."""
+    """Voluntary switches (hand-offs) per tx in all, by process, and the ``limit`` busiest
+    threads (threads present in both snapshots only, see :func:`per_tx`)."""
     n = max(1, txs)
     rows: list[tuple[float, str, str]] = []
     by_process: dict[str, float] = {}
-    for key, (count, comm) in after.items():
+    for key, (count, _invol, comm) in after.items():
         if key not in before:
             continue
         name, _pid, tid = key
@@ -135,4 +173,3 @@ def top_threads(before: Snapshot, after: Snapshot, labels: Mapping[int, str], tx
         "per_tx_by_process": {k: round(v, 1) for k, v in sorted(by_process.items())},
         "top": [{"process": p, "thread": t, "per_tx": round(d, 2)} for d, p, t in rows[:limit]],
     }
-

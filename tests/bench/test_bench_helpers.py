@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e_bench import CpuMeter, crypto_bound, level_stats, passes, percentile
+from bench.e2e_bench import crypto_bound, level_stats, passes, percentile
 from bench.e2e_load import Recorder, TxResult
-from bench.procstat import group_cpu, group_pids, group_switches, process_cpu_s, thread_switches
+from bench.procstat import group_cpu, group_pids, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
 from bench.svgplot import latency_plot
@@ -79,9 +79,17 @@ def test_procstat_sees_own_cpu() -> None:
         x += i
     after = process_cpu_s(me)
     assert after > before
-    assert group_cpu(me).leader_s >= after  # sampled later, and includes reaped children
     assert process_cpu_s(2**22 + 12345) == 0.0  # no such process
     assert group_pids(os.getpgid(me))[0] == os.getpgid(me)
+
+
+def test_group_cpu_includes_reaped_children() -> None:
+    me = os.getpid()
+    own_before, group_before = process_cpu_s(me), group_cpu(me).leader_s
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                    "while time.process_time() - t < 0.3: pass"], check=True, timeout=60)
+    grown = group_cpu(me).leader_s - group_before
+    assert grown - (process_cpu_s(me) - own_before) >= 0.25  # the child's 0.3 s, once reaped
 
 
 def test_group_counts_descendants_in_sessions_of_their_own() -> None:
@@ -104,9 +112,10 @@ def test_group_counts_descendants_in_sessions_of_their_own() -> None:
 
 
 def test_thread_switches_count_hand_offs() -> None:
-    """A ping-pong of 200 hand-offs between two threads shows as context switches (this thread
-    sleeps in nearly every get: allow for a few answers that were there already)."""
-    me = os.getpid()
+    """A ping-pong of 200 hand-offs between two threads shows as voluntary switches of this
+    thread (it sleeps in nearly every get: allow for a few answers that were there already);
+    the echo thread, started and ended inside the window, is left out of the totals."""
+    me, tid = os.getpid(), threading.get_native_id()
     ping: queue.SimpleQueue[int] = queue.SimpleQueue()
     pong: queue.SimpleQueue[int] = queue.SimpleQueue()
 
@@ -114,19 +123,30 @@ def test_thread_switches_count_hand_offs() -> None:
         for _ in range(200):
             pong.put(ping.get(timeout=5))
 
-    before, _ = thread_switches(me)
+    before = threads.snapshot({}, {"me": me})
     t = threading.Thread(target=echo)
     t.start()
     for i in range(200):
         ping.put(i)
         assert pong.get(timeout=5) == i
     t.join(5)
-    after, _ = thread_switches(me)  # the echo thread has exited: only this thread's are left
-    assert after - before >= 100
-    assert group_switches(os.getpgid(me))[0] >= thread_switches(os.getpgid(me))[0]
-    assert thread_switches(2**22 + 12345) == (0, 0)  # no such process
-    per = CpuMeter.switches_per_tx({"a": (10, 0), "b": (5, 5)}, {"a": (110, 0), "b": (35, 30)}, txs=50)
-    assert per == {"by_process": {"a": 2.0, "b": 1.1}, "voluntary": 2.6, "involuntary": 0.5, "total": 3.1}
+    after = threads.snapshot({}, {"me": me})
+    assert after[("me", me, tid)][0] - before[("me", me, tid)][0] >= 100
+    per = threads.per_tx(before, after, txs=100)
+    assert per["voluntary"] >= 1.0 and per["total"] == round(per["voluntary"] + per["involuntary"], 1)
+    assert threads.task_switches(2**22 + 12345) == {}  # no such process
+
+
+def test_switch_counts_split_voluntary_and_involuntary_and_skip_partial_threads() -> None:
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n"
+    assert threads.switches_from_status(status) == (1234, 56)
+    before = {("a", 1, 1): (10, 0, "x"), ("b", 2, 2): (5, 5, "y"), ("b", 2, 3): (900, 900, "ended")}
+    after = {("a", 1, 1): (110, 0, "x"), ("b", 2, 2): (35, 30, "y"), ("b", 2, 4): (700, 700, "born")}
+    assert threads.per_tx(before, after, txs=50) == {
+        "by_process": {"a": 2.0, "b": 1.1}, "voluntary": 2.6, "involuntary": 0.5, "total": 3.1}
+    # the per-thread table ranks voluntary switches only
+    top = threads.top_threads(before, after, {}, txs=50)
+    assert top["per_tx_by_process"] == {"a": 2.0, "b": 0.6}
 
 
 def test_digest_self_inclusive_and_buckets(tmp_path: Path) -> None:
@@ -168,6 +188,8 @@ Thread 11576 (idle): "MainThread"
 Thread 11637 (active): "Thread-1 (_serve)"
     _serve (grpc/_server.py:1314)
     Thread.run (threading.py:982)
+Thread 11650 (active+gil): "raft-1"
+    Chain._loop (node/orderer/chain.py:300)
 Thread 11700 (idle): "deliver-client"
     _wait_once (grpc/_common.py:114)
     _Rendezvous.__next__ (grpc/_channel.py:543)
@@ -179,18 +201,19 @@ def test_thread_labels_come_from_the_first_frame_that_is_not_a_wait() -> None:
     assert threads.parse_dump(DUMP) == {
         11576: "MainThread: main",
         11637: "Thread-1 (_serve): _serve",
+        11650: "raft-1: Chain._loop",
         11700: "deliver-client: _wait_once",
     }
     assert threads.parse_dump("") == {}
 
 
 def test_top_threads_ranks_switches_per_tx_and_skips_partial_threads() -> None:
-    before = {("peer.p01", 10, 10): (100, "python"), ("peer.p01", 10, 11): (0, "event_engine"),
-              ("peer.p01 workers", 12, 12): (5, "python"), ("client", 1, 1): (0, "python"),
-              ("client", 1, 2): (7, "gone")}
-    after = {("peer.p01", 10, 10): (300, "python"), ("peer.p01", 10, 11): (500, "event_engine"),
-             ("peer.p01 workers", 12, 12): (105, "python"), ("client", 1, 1): (50, "python"),
-             ("client", 1, 3): (999, "born in the window")}
+    before = {("peer.p01", 10, 10): (100, 9, "python"), ("peer.p01", 10, 11): (0, 9, "event_engine"),
+              ("peer.p01 workers", 12, 12): (5, 9, "python"), ("client", 1, 1): (0, 9, "python"),
+              ("client", 1, 2): (7, 9, "gone")}
+    after = {("peer.p01", 10, 10): (300, 99, "python"), ("peer.p01", 10, 11): (500, 99, "event_engine"),
+             ("peer.p01 workers", 12, 12): (105, 99, "python"), ("client", 1, 1): (50, 99, "python"),
+             ("client", 1, 3): (999, 99, "born in the window")}
     out = threads.top_threads(before, after, {10: "MainThread: main"}, txs=100, limit=2)
     assert out["per_tx_total"] == 8.5  # (200 + 500 + 100 + 50) / 100
     assert out["per_tx_by_process"] == {"client": 0.5, "peer.p01": 7.0, "peer.p01 workers": 1.0}
