@@ -40,6 +40,21 @@ class Blocks:
         return self.blocks[number]
 
 
+class GatedBlocks(Blocks):
+    """Reads wait at ``gate`` while ``gated`` (``entered`` says a read is waiting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gated = True
+
+    def get(self, number: int) -> block_pb2.Block:
+        if self.gated:
+            self.entered.set()
+            assert self.gate.wait(10)
+        return super().get(number)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 10.0
@@ -214,15 +229,7 @@ def test_lookups_do_not_wait_long_for_another_lookups_indexing(net: Any) -> None
     check and the size answer at once, another lookup gives up after ``wait_s`` (a miss),
     and once the reader finishes its envelope is found."""
     client = Client(net)
-    gate, entered = threading.Event(), threading.Event()
-
-    class SlowBlocks(Blocks):
-        def get(self, number: int) -> block_pb2.Block:
-            entered.set()
-            assert gate.wait(10)
-            return super().get(number)
-
-    blocks, leader = SlowBlocks(), [1]
+    blocks, leader = GatedBlocks(), [1]
     index = RecentTxIndex(blocks, lambda: leader[0], wait_s=0.2)
     assert index.active()
     env = client.envelope()
@@ -231,13 +238,13 @@ def test_lookups_do_not_wait_long_for_another_lookups_indexing(net: Any) -> None
     reader = threading.Thread(target=lambda: first.append(index.lookup(*env)))
     reader.start()
     try:
-        assert entered.wait(10)
+        assert blocks.entered.wait(10)
         assert index.active() and len(index) == 0  # not blocked by the parse
         t0 = time.monotonic()
         assert index.lookup(*env) is None  # waited for the other lookup, then gave up
         assert 0.15 <= time.monotonic() - t0 < 5
     finally:
-        gate.set()
+        blocks.gate.set()
         reader.join(10)
     assert first == [n]
     assert index.lookup(*env) == n and len(index) == 1
@@ -247,17 +254,7 @@ def test_an_index_dropped_during_a_parse_keeps_nothing_from_it(net: Any) -> None
     """A leader change while a lookup parses: the new window starts from its own lookback,
     the stale pass's results are discarded."""
     client = Client(net)
-    gate, entered = threading.Event(), threading.Event()
-    slow = [True]
-
-    class SlowBlocks(Blocks):
-        def get(self, number: int) -> block_pb2.Block:
-            if slow[0]:
-                entered.set()
-                assert gate.wait(10)
-            return super().get(number)
-
-    blocks, leader = SlowBlocks(), [1]
+    blocks, leader = GatedBlocks(), [1]
     index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=1)
     assert index.active()
     old = client.envelope()
@@ -266,12 +263,12 @@ def test_an_index_dropped_during_a_parse_keeps_nothing_from_it(net: Any) -> None
     reader = threading.Thread(target=index.lookup, args=old)
     reader.start()
     try:
-        assert entered.wait(10)
+        assert blocks.entered.wait(10)
         leader[0] = 2  # drops the index; the new window's lookback starts at block 1 of 2
-        slow[0] = False
+        blocks.gated = False
         assert index.active()
     finally:
-        gate.set()
+        blocks.gate.set()
         reader.join(10)
     assert len(index) == 0  # the pass that began before the change kept nothing
     assert index.lookup(*old) is None  # block 1 is outside the new lookback
@@ -305,51 +302,31 @@ def test_a_stuck_pass_is_waited_for_once_and_a_new_window_does_not_wait_for_it(n
     """The rest of a batch does not wait ``wait_s`` per envelope for a pass that outlasted
     one wait; a leader change starts a pass of its own instead of waiting for the stale one."""
     client = Client(net)
-    gate, entered = threading.Event(), threading.Event()
-    stuck = [True]
-
-    class SlowBlocks(Blocks):
-        def get(self, number: int) -> block_pb2.Block:
-            if stuck[0]:
-                entered.set()
-                assert gate.wait(10)
-            return super().get(number)
-
-    blocks, leader = SlowBlocks(), [1]
-    index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=4, wait_s=0.3)
+    blocks, leader = GatedBlocks(), [1]
+    index = RecentTxIndex(blocks, lambda: leader[0], lookback_blocks=4, wait_s=1.0)
     assert index.active()
     env = client.envelope()
     n = blocks.add([env[1]])
     reader = threading.Thread(target=index.lookup, args=env)
     reader.start()
     try:
-        assert entered.wait(10)
+        assert blocks.entered.wait(10)
         t0 = time.monotonic()
         batch = [index.lookup(*client.envelope()) for _ in range(8)]
         assert batch == [None] * 8
-        assert time.monotonic() - t0 < 0.3 * 3  # one wait in all, not one per envelope
-        stuck[0] = False
-        leader[0] = 2  # a new window: its own pass, no wait for the stuck one
-        t0 = time.monotonic()
+        assert time.monotonic() - t0 < 3.0  # one wait of 1 s in all, not one per envelope
+        blocks.gated = False
+        leader[0] = 2  # a new window: its own pass (waiting for the stuck one would miss)
         assert index.lookup(*env) == n
-        assert time.monotonic() - t0 < 0.3
     finally:
-        gate.set()
+        blocks.gate.set()
         reader.join(10)
     assert index.lookup(*env) == n  # the stale pass ended without disturbing the new index
 
 
 def test_a_pass_running_when_the_window_closes_keeps_nothing(net: Any) -> None:
     client = Client(net)
-    gate, entered = threading.Event(), threading.Event()
-
-    class SlowBlocks(Blocks):
-        def get(self, number: int) -> block_pb2.Block:
-            entered.set()
-            assert gate.wait(10)
-            return super().get(number)
-
-    blocks, clock = SlowBlocks(), Clock()
+    blocks, clock = GatedBlocks(), Clock()
     index = RecentTxIndex(blocks, lambda: 1, clock=clock, window_s=30)
     assert index.active()
     env = client.envelope()
@@ -357,10 +334,10 @@ def test_a_pass_running_when_the_window_closes_keeps_nothing(net: Any) -> None:
     reader = threading.Thread(target=index.lookup, args=env)
     reader.start()
     try:
-        assert entered.wait(10)
+        assert blocks.entered.wait(10)
         clock.now += 31
         assert not index.active()  # the window closes while the pass runs
     finally:
-        gate.set()
+        blocks.gate.set()
         reader.join(10)
     assert len(index) == 0  # its results belonged to the closed window
