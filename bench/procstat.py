@@ -45,9 +45,10 @@ def process_cpu_s(pid: int) -> float:
     return _cpu(f, False) if f else 0.0
 
 
-def _family(leader: int) -> list[int]:
-    """The leader, the other members of its process group and every descendant of any of
-    them (a peer's sandbox workers run in sessions of their own, children of the peer)."""
+def group_pids(leader: int) -> list[int]:
+    """Live pids of a node, leader first: the leader, the other members of its process group
+    and every descendant of any of them (a peer's sandbox workers run in sessions of their
+    own, children of the peer)."""
     parent: dict[int, int] = {}
     members: list[int] = []
     for entry in os.listdir("/proc"):
@@ -77,14 +78,9 @@ def group_cpu(leader: int) -> CpuSample:
     own = _stat_fields(leader)
     leader_s = _cpu(own, True) if own else 0.0
     members = 0.0
-    for pid in _family(leader)[1:]:
+    for pid in group_pids(leader)[1:]:
         f = _stat_fields(pid)
         if f is not None:
             members += _cpu(f, True)
     return CpuSample(leader_s, members)
-
-
-def group_pids(leader: int) -> list[int]:
-    """Live members of a process group and their descendants (leader first)."""
-    return _family(leader)
 

@@ -1,12 +1,13 @@
 """Context switches per transaction, thread by thread: where the hand-offs happen.
 
 A sampling profile shows where the interpreter runs; it does not show what waking threads
-costs. On these machines a hand-off between two threads (or processes) costs ~18 us of CPU
-(``bench.grpc_model_bench`` and the ping-pong in ``analysis.md``), and a story transaction
-causes ~100 of them across the eight processes. :func:`snapshot` reads every thread's
-voluntary switches from ``/proc``; :func:`thread_labels` names Python threads from one ``py-spy dump`` (thread
-name and the innermost frame that is not a wait); :func:`top_threads` ranks the threads by
-switches per committed transaction over a measured window.
+costs. On these machines one hand-off costs ~13 us of CPU between threads and ~18 us
+between processes (``bench.grpc_model_bench``), and a story transaction causes ~150
+voluntary context switches across the nodes (see ``analysis.md``). :func:`snapshot` reads
+every thread's voluntary and involuntary switches from ``/proc``; :func:`per_tx` turns two
+snapshots into switches per committed transaction by process; :func:`thread_labels` names
+Python threads from one ``py-spy dump`` (thread name and the innermost frame that is not a
+wait); :func:`top_threads` ranks the threads by voluntary switches per transaction.
 """
 
 from __future__ import annotations
