@@ -33,13 +33,14 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, write_result
 from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
 from bench.e2e_net import BenchNetwork, start_network
-from bench.procstat import group_cpu, process_cpu_s
+from bench.procstat import CpuSample, group_cpu, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import digest, pyspy_path, record
 from bench.svgplot import latency_plot
@@ -116,36 +117,40 @@ def passes(st: dict[str, Any]) -> bool:
             and st["committed_tx_per_s"] >= DELIVERY_SHARE * st["offered_tx_per_s"])
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One look at every process: CPU of each node (its group and descendants; the client
+    alone) and the context switches of every thread."""
+
+    cpu: dict[str, CpuSample]
+    switches: threads.Snapshot
+
+
 class CpuMeter:
-    """CPU seconds of every node (process group) and of this client process."""
+    """CPU seconds and context switches of every node (process group with its sandbox
+    workers) and of this client process."""
 
     def __init__(self, bnet: BenchNetwork):
         self.pids = dict(bnet.pids)
 
-    def sample(self) -> dict[str, float]:
+    def sample(self) -> Reading:
         """Now."""
-        out = {name: group_cpu(pid).total_s for name, pid in self.pids.items()}
-        out["client"] = process_cpu_s(os.getpid())
-        return out
-
-    def sandboxes(self) -> dict[str, float]:
-        """CPU seconds of each peer's live sandbox workers (its descendants; a worker replaced
-        during a level still counts in its peer's figure -- reaped children -- but not here)."""
-        return {name: group_cpu(pid).members_s for name, pid in self.pids.items() if name.startswith("peer.")}
-
-    def switches(self) -> threads.Snapshot:
-        """Context switches of every thread of every node (sandbox workers with their peer)
-        and of this client process."""
-        return threads.snapshot(self.pids, {"client": os.getpid()})
+        cpu = {name: group_cpu(pid) for name, pid in self.pids.items()}
+        cpu["client"] = CpuSample(process_cpu_s(os.getpid()), 0.0)
+        return Reading(cpu, threads.snapshot(self.pids, {"client": os.getpid()}))
 
     @staticmethod
-    def per_tx(before: dict[str, float], after: dict[str, float], txs: int,
-               wall_s: float) -> dict[str, Any]:
-        """CPU seconds per committed tx by process and by kind, and core utilisation."""
-        delta = {k: after[k] - before[k] for k in before}
+    def per_tx(before: Reading, after: Reading, txs: int, wall_s: float) -> dict[str, Any]:
+        """CPU seconds per committed tx by process and by kind, core utilisation, how much of
+        each peer's figure its live sandbox workers are (a worker replaced during the level
+        counts in its peer's figure -- reaped children -- but not in that share), and context
+        switches per tx."""
+        delta = {k: after.cpu[k].total_s - v.total_s for k, v in before.cpu.items()}
         n = max(1, txs)
         peers = {k: v for k, v in delta.items() if k.startswith("peer.")}
         orderers = {k: v for k, v in delta.items() if k.startswith("orderer.")}
+        sandbox = {k: round(1000 * max(0.0, after.cpu[k].members_s - before.cpu[k].members_s) / n, 3)
+                   for k in sorted(peers)}
         return {
             "by_process_ms": {k: round(1000 * v / n, 3) for k, v in sorted(delta.items())},
             "by_kind_ms": {
@@ -161,6 +166,8 @@ class CpuMeter:
             },
             "total_ms": round(1000 * sum(delta.values()) / n, 3),
             "cores_busy": round(sum(delta.values()) / wall_s, 2),
+            "sandbox_workers_ms": {"by_peer": sandbox, "total": round(sum(sandbox.values()), 3)},
+            "context_switches_per_tx": threads.per_tx(before.switches, after.switches, txs),
         }
 
 
@@ -169,8 +176,6 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     """One open-loop level: arrivals for ``duration_s``, then drain."""
     world.reset()
     before = cpu.sample() if cpu else None
-    switches = cpu.switches() if cpu else None
-    sandboxes = cpu.sandboxes() if cpu else None
     w0 = time.monotonic()
     t0, t1 = open_loop(world, tx_per_s / TXS_PER_STORY, duration_s)
     drained = drain(world, timeout_s=30.0)
@@ -178,13 +183,6 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     st = level_stats(world.rec, t0, t1, warm_s, drained, tx_per_s)
     if cpu is not None and before is not None:
         st["cpu"] = CpuMeter.per_tx(before, cpu.sample(), st["valid"], wall)
-        if switches is not None:
-            st["cpu"]["context_switches_per_tx"] = threads.per_tx(switches, cpu.switches(), st["valid"])
-        if sandboxes is not None:  # already inside each peer's figure: how much of it
-            after = cpu.sandboxes()
-            n = max(1, st["valid"])
-            by = {k: round(1000 * max(0.0, after.get(k, 0.0) - v) / n, 3) for k, v in sorted(sandboxes.items())}
-            st["cpu"]["sandbox_workers_ms"] = {"by_peer": by, "total": round(sum(by.values()), 3)}
     return st
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bench.procstat import group_pids
@@ -132,20 +132,25 @@ def local_labels() -> dict[int, str]:
     return labels
 
 
+def _deltas(before: Snapshot, after: Snapshot) -> Iterator[tuple[str, int, int, int, str]]:
+    """(process, tid, voluntary, involuntary, comm) switched between the snapshots, for the
+    threads present in both (a thread that started or ended inside the window has a partial
+    count: left out, so an exiting thread cannot make a delta negative)."""
+    for key, (v, i, comm) in after.items():
+        if key in before:
+            name, _pid, tid = key
+            yield name, tid, v - before[key][0], i - before[key][1], comm
+
+
 def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
-    """Context switches per tx by process and in all, voluntary and involuntary, over the
-    threads present in both snapshots (a thread that started or ended inside the window has
-    a partial count: left out, so an exiting thread cannot make a delta negative)."""
+    """Context switches per tx by process and in all, voluntary and involuntary."""
     n = max(1, txs)
     by_process: dict[str, float] = {}
     vol = invol = 0
-    for key, (v, i, _comm) in after.items():
-        if key not in before:
-            continue
-        dv, di = v - before[key][0], i - before[key][1]
+    for name, _tid, dv, di, _comm in _deltas(before, after):
         vol += dv
         invol += di
-        by_process[key[0]] = by_process.get(key[0], 0.0) + (dv + di) / n
+        by_process[name] = by_process.get(name, 0.0) + (dv + di) / n
     return {
         "by_process": {k: round(v, 1) for k, v in sorted(by_process.items())},
         "voluntary": round(vol / n, 1),
@@ -157,17 +162,13 @@ def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
 def top_threads(before: Snapshot, after: Snapshot, labels: Mapping[int, str], txs: int,
                 limit: int = 20) -> dict[str, Any]:
     """Voluntary switches (hand-offs) per tx in all, by process, and the ``limit`` busiest
-    threads (threads present in both snapshots only, see :func:`per_tx`)."""
+    threads."""
     n = max(1, txs)
     rows: list[tuple[float, str, str]] = []
     by_process: dict[str, float] = {}
-    for key, (count, _invol, comm) in after.items():
-        if key not in before:
-            continue
-        name, _pid, tid = key
-        delta = (count - before[key][0]) / n
-        by_process[name] = by_process.get(name, 0.0) + delta
-        rows.append((delta, name, labels.get(tid) or comm))
+    for name, tid, dv, _di, comm in _deltas(before, after):
+        by_process[name] = by_process.get(name, 0.0) + dv / n
+        rows.append((dv / n, name, labels.get(tid) or comm))
     rows.sort(key=lambda r: -r[0])
     return {
         "per_tx_total": round(sum(by_process.values()), 1),

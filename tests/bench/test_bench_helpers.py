@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e_bench import crypto_bound, level_stats, passes, percentile
+from bench.e2e_bench import CpuMeter, Reading, crypto_bound, level_stats, passes, percentile
 from bench.e2e_load import Recorder, TxResult
-from bench.procstat import group_cpu, group_pids, process_cpu_s
+from bench.procstat import CpuSample, group_cpu, group_pids, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
 from bench.svgplot import latency_plot
@@ -109,6 +109,23 @@ def test_group_counts_descendants_in_sessions_of_their_own() -> None:
         finally:
             child.kill()
             child.wait(10)
+
+
+def test_cpu_per_tx_by_kind_with_the_sandbox_share_and_switches() -> None:
+    before = Reading({"client": CpuSample(1.0, 0.0), "peer.a": CpuSample(2.0, 1.0),
+                      "peer.b": CpuSample(2.0, 0.0), "orderer.x": CpuSample(1.0, 0.0)},
+                     {("peer.a", 5, 5): (10, 1, "t")})
+    after = Reading({"client": CpuSample(1.1, 0.0), "peer.a": CpuSample(2.2, 1.1),
+                     "peer.b": CpuSample(2.1, 0.0), "orderer.x": CpuSample(1.05, 0.0)},
+                    {("peer.a", 5, 5): (30, 11, "t")})
+    out = CpuMeter.per_tx(before, after, txs=100, wall_s=1.0)
+    assert out["by_process_ms"] == {"client": 1.0, "orderer.x": 0.5, "peer.a": 3.0, "peer.b": 1.0}
+    assert out["by_kind_ms"]["gateway_peer_max"] == 3.0 and out["by_kind_ms"]["other_peers_mean"] == 1.0
+    assert out["total_ms"] == 5.5 and out["cores_busy"] == 0.55
+    # peer.a's 3 ms include its workers' 1 ms (0.1 s of members' CPU over 100 txs)
+    assert out["sandbox_workers_ms"] == {"by_peer": {"peer.a": 1.0, "peer.b": 0.0}, "total": 1.0}
+    assert out["context_switches_per_tx"]["voluntary"] == 0.2
+    assert out["context_switches_per_tx"]["involuntary"] == 0.1
 
 
 def test_thread_switches_count_hand_offs() -> None:
