@@ -47,7 +47,7 @@ from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex, tx_id_of
-from node.orderer.streams import coalesced_answers, immediate, ordered_answers
+from node.orderer.streams import coalesced_answers, immediate, ordered_answers, stream_error_logger
 from node.orderer.ticket import (
     BAD_PAYLOAD,
     BAD_SIGNATURE,
@@ -303,7 +303,7 @@ class BroadcastHandler:
 
         return ordered_answers(
             requests, dispatch, self._answer_held, max_in_flight=self._opt.max_in_flight_per_stream,
-            on_error=_log_stream_error,
+            on_error=stream_error_logger(_log, "broadcast"),
         )
 
     def _count(self, outcome: Outcome, tx_id: str) -> None:
@@ -404,7 +404,7 @@ class BroadcastHandler:
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
             max_in_flight=max(1, self._opt.max_in_flight_per_stream // 64),
             max_per_message=self._opt.max_answers_per_message,
-            on_error=_log_stream_error,
+            on_error=stream_error_logger(_log, "broadcast"),
             weigh=batch_bytes, max_bytes=self._opt.max_stream_bytes,
         )
 
@@ -416,14 +416,6 @@ class _Held:
     checked: Checked | None
     ticket: Ticket
     deadline: float
-
-
-def _log_stream_error(exc: BaseException) -> None:
-    """A request stream ended by an error (a cancelled call, or a bug worth seeing)."""
-    if isinstance(exc, grpc.RpcError):
-        _log.debug("broadcast stream ended: %s", exc)
-    else:
-        _log.error("broadcast stream reader failed", exc_info=exc)
 
 
 def _ready(item: _Held | BatchDecodeError) -> bool:

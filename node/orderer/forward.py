@@ -39,7 +39,7 @@ from node.crypto.tls import peer_identity
 from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.streams import coalesced_answers
+from node.orderer.streams import coalesced_answers, stream_error_logger
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 
 FORWARD_READ_AHEAD_BYTES = 32 * 1024 * 1024  # envelope bytes a ForwardBatch stream reads ahead
@@ -356,7 +356,7 @@ class ForwardBatchService:
         return coalesced_answers(
             requests, dispatch, answer, lambda item: item[0].peek() is not None,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
-            on_error=_log_reader_error, weigh=batch_bytes, max_bytes=FORWARD_READ_AHEAD_BYTES,
+            on_error=stream_error_logger(_log, "forward"), weigh=batch_bytes, max_bytes=FORWARD_READ_AHEAD_BYTES,
         )
 
     def handler(self) -> grpc.GenericRpcHandler[object, object]:
@@ -372,11 +372,3 @@ class ForwardBatchService:
                 ),
             },
         )
-
-
-def _log_reader_error(exc: BaseException) -> None:
-    """A ForwardBatch request stream ended by an error (a cancelled call, or a bug)."""
-    if isinstance(exc, grpc.RpcError):
-        _log.debug("forward stream ended: %s", exc)
-    else:
-        _log.error("forward stream reader failed", exc_info=exc)

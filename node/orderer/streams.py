@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar, cast
 
+import grpc
+
 from node.orderer.ticket import Outcome, Ticket
 
 _log = logging.getLogger(__name__)
@@ -73,6 +75,19 @@ def ordered_answers(
                 pending.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def stream_error_logger(log: logging.Logger, what: str) -> Callable[[BaseException], None]:
+    """An ``on_error`` for a request stream: a cancelled call at debug level, anything else
+    (a bug worth seeing) as an error with its traceback."""
+
+    def on_error(exc: BaseException) -> None:
+        if isinstance(exc, grpc.RpcError):
+            log.debug("%s stream ended: %s", what, exc)
+        else:
+            log.error("%s stream reader failed", what, exc_info=exc)
+
+    return on_error
 
 
 def immediate(outcome: Outcome, tx_id: str = "") -> Ticket:
