@@ -83,18 +83,12 @@ class DeliverService:
         except RxError as err:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{err.reason}: {err.message}")
 
-    def deliver(
-        self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
-    ) -> Iterator[services_pb2.DeliverResponse]:
-        """Stream blocks as the request asks."""
-        self._check_caller(context)
-        yield from self.blocks_from(request, context.is_active)
-
     def deliver_bytes(
         self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        """:meth:`deliver` as serialized DeliverResponses (for a handler registered with
-        ``response_serializer=None``): a block's bytes are framed once for all streams."""
+        """Deliver: stream blocks as the request asks, as serialized DeliverResponses (for a
+        handler registered with ``response_serializer=None``): a block's bytes are framed once
+        for all streams."""
         self._check_caller(context)
         yield from self.frames_from(request, context.is_active)
 

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,19 +130,14 @@ def _admin_handler(config: NodeConfig, chain: Chain) -> grpc.GenericRpcHandler[o
 def _broadcast_handler(
     broadcast: BroadcastHandler, deliver: DeliverService
 ) -> grpc.GenericRpcHandler[object, object]:
-    def deliver_behaviour(
-        request: services_pb2.DeliverRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        # the framed block bytes are shared by every following stream: no re-serialization
-        return deliver.deliver_bytes(request, context)
-
     return grpc.method_handlers_generic_handler(
         "rxchain.v1.AtomicBroadcast",
         {
             "Broadcast": broadcast_method_handler(broadcast),
             "BroadcastBatch": broadcast_batch_method_handler(broadcast),
+            # the framed block bytes are shared by every following stream: no re-serialization
             "Deliver": grpc.unary_stream_rpc_method_handler(
-                deliver_behaviour,
+                deliver.deliver_bytes,
                 request_deserializer=services_pb2.DeliverRequest.FromString,
                 response_serializer=None,
             ),
