@@ -157,16 +157,13 @@ class RecentTxIndex:
             self._serial += 1
             mine = self._pass = (self._epoch, self._serial)
         found: dict[str, tuple[int, bytes]] = {}
-        done = start  # blocks before this one are parsed to the end
+        done = start  # blocks before this one are parsed to the end (only get() can fail)
         try:
             for number in range(start, end):
-                block: dict[str, tuple[int, bytes]] = {}
                 for raw in self._blocks.get(number).data.envelopes:
                     tx = tx_id_of(raw)
-                    if tx and tx not in block:
-                        block[tx] = (number, hashlib.sha256(raw).digest())
-                for tx, where in block.items():
-                    found.setdefault(tx, where)
+                    if tx and tx not in found:
+                        found[tx] = (number, hashlib.sha256(raw).digest())
                 done = number + 1
         except Exception as exc:  # noqa: BLE001 - the index only saves a slot: never fail a broadcast
             _log.warning("event=recent_index_read_failed block=%d error=%r", done, exc)
@@ -174,7 +171,7 @@ class RecentTxIndex:
             with self._lock:
                 if self._pass == mine:
                     self._pass = None
-                if mine[0] == self._epoch and self._next == start:  # not dropped meanwhile
+                if mine[0] == self._epoch:  # not dropped meanwhile (one pass per epoch at a time)
                     for tx, where in found.items():
                         self._index.setdefault(tx, where)
                     self._next = done
