@@ -116,7 +116,7 @@ def serve(home: Path, block_ms: int) -> None:
         org="h01", endorser=cast(Any, None),
         ledger=cast(Any, SimpleNamespace(tx_location=lambda tx_id: None)),
         configs=cast(Any, SimpleNamespace(current=lambda: view)), policies=cast(Any, None),
-        notifier=notifier, remotes=cast(Any, None),
+        notifier=notifier, remotes=cast(Any, SimpleNamespace(close=lambda: None)),
         broadcast=cast(Any, _Ordering(notifier, block_ms)),
     )
     server = grpc.server(ThreadPoolExecutor(max_workers=64))

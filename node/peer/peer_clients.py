@@ -329,6 +329,8 @@ class RemoteEndorsers:
         """Organisations none of whose peers answered in time recently (for SUSPECT_S):
         plans leave them out while the policy can be met without them, so a stalled peer
         does not cost every transaction routed to it the full timeout."""
+        if not self._suspect_until:  # the usual case (read without the lock, as in _note)
+            return set()
         now = self.clock()
         with self._lock:
             return {org for org, until in self._suspect_until.items() if until > now}

@@ -35,6 +35,7 @@ from node.peer.deliver_client import DeliverClient, DeliverSettings
 from node.peer.deliver_service import PeerDeliverService
 from node.peer.endorser import Endorser, EndorserService
 from node.peer.gateway.deps import GatewayDeps
+from node.peer.gateway.service import CLOSE_WAIT_S as GATEWAY_CLOSE_WAIT_S
 from node.peer.gateway.service import GatewayService
 from node.peer.lifecycle import Lifecycle
 from node.peer.metrics import PeerMetrics
@@ -85,9 +86,9 @@ class PeerNode:
         self.notifier.close()
         self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
-        if not self.gateway.close(wait_s=5.0):
-            _log.warning("event=peer_stopping node=%s gateway work still running after 5 s",
-                         self.config.name)
+        if not self.gateway.close():
+            _log.warning("event=peer_stopping node=%s gateway work still running after %s s",
+                         self.config.name, GATEWAY_CLOSE_WAIT_S)
         self.endorser_service.close(wait=True)  # no endorsement still reading the ledger
         self.broadcast.close()
         self.sandbox.close()

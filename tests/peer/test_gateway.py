@@ -41,6 +41,9 @@ class LocalRemotes:
     def suspects(self) -> set[str]:
         return set()
 
+    def close(self) -> None:
+        """Nothing to close: the peers are in-process."""
+
     def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         self.calls.append(org)
         if org in self.down:

@@ -48,6 +48,9 @@ class Remotes:
     def suspects(self) -> set[str]:
         return set()
 
+    def close(self) -> None:
+        """Nothing to close: the peers are in-process."""
+
     def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         return self.peers[org].endorser.endorse(signed)
 
@@ -502,6 +505,49 @@ def test_close_reports_work_still_running_after_its_wait(deployed: Cluster) -> N
         ctx.active = False
         t.join(10)
         deps.notifier.close()
+    assert not t.is_alive()
+
+
+class _GatedEndorser:
+    """The local endorser, whose endorse() waits at ``gate`` (``entered`` says one waits)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return cast(transaction_pb2.ProposalResponse, self.inner.endorse(signed))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_close_waits_for_a_local_endorsement_on_the_work_pool(deployed: Cluster) -> None:
+    """A local endorsement runs on the gateway's work pool and reads the ledger: close must
+    report it until it is done, even once the stream that asked for it has gone."""
+    base = _deps(deployed, Switch(BlockOrdering(deployed, hold=1)))
+    gated = _GatedEndorser(base.endorser)
+    deps = GatewayDeps(**{**base.__dict__, "endorser": cast(Any, gated)})
+    service = GatewayService(deps)
+    ctx = _Ctx()
+    request = BReq(requests=[TReq(correlation_id=1, endorse=services_pb2.EndorseRequest(
+        proposal=_signed(deployed, "pooled")))])
+    answers = service.TransactBatch(iter([request]), cast(Any, ctx))
+    t = threading.Thread(target=lambda: list(answers), daemon=True)
+    t.start()
+    try:
+        assert gated.entered.wait(10)
+        ctx.active = False  # the stream goes away; its reader ends, the endorsement runs on
+        assert service.close(wait_s=0.3) is False
+        gated.gate.set()
+        assert service.close(wait_s=10) is True
+    finally:
+        gated.gate.set()
+        ctx.active = False
+        t.join(10)
+        base.notifier.close()
     assert not t.is_alive()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -20,6 +19,8 @@ from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
 from node.peer.gateway.transact import start_reader, transact, transact_batch
+
+CLOSE_WAIT_S = 5.0  # how long close() waits for the gateway's running work
 
 
 class _InFlight:
@@ -66,14 +67,8 @@ class _InFlight:
 
     def wait(self, timeout_s: float) -> bool:
         """True once nothing runs (within ``timeout_s``)."""
-        deadline = time.monotonic() + timeout_s
         with self._cv:
-            while self._n > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-        return True
+            return self._cv.wait_for(lambda: self._n == 0, timeout=timeout_s)
 
 
 class _TrackedPool(ThreadPoolExecutor):
@@ -103,14 +98,12 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self._remote_pool = ThreadPoolExecutor(workers, thread_name_prefix="gw-remote")
         self._work_pool = _TrackedPool(workers, "gw-transact", self._inflight)
 
-    def close(self, wait_s: float = 5.0) -> bool:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
         """Stop the worker pools and the remote endorsement streams, then wait up to
         ``wait_s`` for the Transact readers and endorsements still running (call it after
         the gRPC server stopped: its cancelled streams end the readers). True when none
         is left, so the ledger can be closed."""
-        close_remotes = getattr(self._deps.remotes, "close", None)  # test doubles may have none
-        if close_remotes is not None:
-            close_remotes()
+        self._deps.remotes.close()
         self._work_pool.shutdown(wait=False, cancel_futures=True)
         self._remote_pool.shutdown(wait=False, cancel_futures=True)
         return self._inflight.wait(wait_s)
