@@ -189,7 +189,9 @@ _CONTAINERS: frozenset[type] = frozenset({list, dict, set, tuple, frozenset})
 def shareable(value: Any, budget: int = 100_000) -> bool:
     """True if ``value`` is built only from JSON-like containers and immutable objects
     (functions, builtins, type proxies), so a deep copy of its containers is a faithful
-    fresh start.  Iterators, generators, views, exceptions... are not."""
+    fresh start.  Iterators, generators, views, exceptions... are not, and neither is a
+    ``set``: a copied set may iterate in another order than the one the module body built,
+    so modules holding sets are never cached."""
     stack = [value]
     while stack:
         budget -= 1
@@ -214,7 +216,7 @@ def shareable(value: Any, budget: int = 100_000) -> bool:
             if v.keywords or any(needs_copy(a) or not shareable(a) for a in v.args):
                 return False
             continue
-        if tv not in _CONTAINERS:
+        if tv not in _CONTAINERS or tv is set:
             return False
         if tv is dict:
             stack.extend(v.keys())
@@ -222,24 +224,6 @@ def shareable(value: Any, budget: int = 100_000) -> bool:
         else:
             stack.extend(v)
     return True
-
-
-def holds_set(value: Any) -> bool:
-    """True if a ``set`` is reachable from ``value`` through lists, dicts, sets, tuples and
-    frozensets (a copied set may iterate in another order than the one the module body
-    built, so modules holding sets are never cached)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        tv = type(v)
-        if tv is set:
-            return True
-        if tv is dict:
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif tv is list or tv is tuple or tv is frozenset:
-            stack.extend(v)
-    return False
 
 
 def needs_copy(value: Any) -> bool:
@@ -391,9 +375,6 @@ class Engine:
                     safe = False
                     break
                 if needs_copy(v):
-                    if holds_set(v):
-                        safe = False
-                        break
                     pristine[name] = v
             if safe:
                 module = _Module(ns, pristine, meter.used(), is_flat(pristine))
