@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from node.sandbox import types as t
+from node.sandbox.api import MAX_NAMESPACE_LEN
 
 MAX_KEYS = 24  # prefetched keys per invocation
 MAX_LEARNED_READS = 4 * MAX_KEYS  # reads of one invocation the predictor looks at
@@ -30,7 +31,7 @@ MAX_ARGS_BYTES = 64 << 10  # larger arguments are not parsed for prediction
 MAX_PLANS = 256
 MIN_VALUE_LEN = 2  # shorter argument values are not substituted into templates
 MAX_KEY_LEN = 1024
-MAX_NS_LEN = 256  # reads of longer namespaces are not learned
+MAX_NS_LEN = MAX_NAMESPACE_LEN  # longer ones never pass the API; refused here too (host side)
 MAX_SOURCES = 16  # string arguments substituted into templates (first by name)
 
 Part = str | tuple[str]  # a literal, or (source name,)
@@ -137,11 +138,10 @@ class Predictor:
         :meth:`predict` gave for the same values (saves re-deriving their templates)."""
         used: list[Template] = []
         seen: set[Template] = set()
-        derived: dict[tuple[str, str], Template] = {}  # each distinct key templated once
+        # each distinct key templated once (the predicted ones are known already)
+        derived: dict[tuple[str, str], Template] = dict(predicted) if predicted else {}
         for nk in reads[:MAX_LEARNED_READS]:
-            tpl = predicted.get(nk) if predicted else None
-            if tpl is None:
-                tpl = derived.get(nk)
+            tpl = derived.get(nk)
             if tpl is None:
                 if len(nk[1]) > MAX_KEY_LEN or len(nk[0]) > MAX_NS_LEN:
                     continue

@@ -343,5 +343,7 @@ def g(ctx: Context) -> int:
     for runner in (pool, InProcessRunner()):
         r = runner.invoke(long_ns, seeded(PeekMem))
         assert (r.ok, r.reason) == (False, "CONTRACT_EXCEPTION") and "namespace" in r.message, r
-    assert all(len(ns) <= prefetch.MAX_NS_LEN
-               for plan in pool._predictor._plans.values() for ns, _ in plan.idle)
+    # and the host's predictor does not learn one either (a worker could send anything)
+    predictor = prefetch.Predictor()
+    predictor.learn("h" * 64, "g", {}, [("n" * (prefetch.MAX_NS_LEN + 1), "k"), ("ok", "k")])
+    assert [ns for ns, _ in predictor.predict("h" * 64, "g", {})] == ["ok"]
