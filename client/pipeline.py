@@ -78,6 +78,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             correlation_id=2 * i + 2, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
     pending = len(built)
     answered = False
+    lost = RxClientError("TIMEOUT", "no answer")  # why unanswered calls are (the default: none came)
 
     def finish(i: int, outcome: Outcome) -> None:
         nonlocal pending
@@ -99,9 +100,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             answered = True
             kind = resp.WhichOneof("kind")
             if resp.correlation_id == BATCH_ERROR_CORRELATION_ID and kind == "error":
-                for j in range(len(built)):
-                    finish(j, _unanswered(built, submitted, j, RxClientError(
-                        resp.error.reason, resp.error.message)))
+                lost = RxClientError(resp.error.reason, resp.error.message)
                 break
             i, stage = divmod(resp.correlation_id - 2, 2)
             if not 0 <= i < len(built):
@@ -133,13 +132,11 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
     except grpc.RpcError as exc:
         if batched and not answered and is_unimplemented(exc):
             raise _Unimplemented() from exc
-        err = rpc_error(exc)
-        for i in range(len(built)):
-            finish(i, _unanswered(built, submitted, i, err))
+        lost = rpc_error(exc)
     finally:
         requests.put(None)
-    no_answer = RxClientError("TIMEOUT", "no answer")
-    return [r if r is not None else _unanswered(built, submitted, i, no_answer)
+    # every call without an answer: lost with the stream's reason
+    return [r if r is not None else _unanswered(built, submitted, i, lost)
             for i, r in enumerate(results)]
 
 
