@@ -9,31 +9,12 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
 
-from node.crypto.canonical import canonical_json
 from tests.contracts import sandbox_adapter
 from tests.contracts.chain import Chain
 from tests.contracts.flows import JIANG
 from tests.contracts.rxclient import World
-
-# every code point, surrogates and control characters included
-chars = st.characters(blacklist_categories=())
-texts = st.text(chars, max_size=12) | st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\u2028",
-                                                       "\ud800", "\U0001f48a", "\\u0000"])
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | texts,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=25,
-)
-
-
-def expected(value: Any) -> str:
-    """canonical_json as text, "" when it has none (a lone surrogate cannot be UTF-8)."""
-    try:
-        return canonical_json(value).decode("utf-8")
-    except UnicodeEncodeError:
-        return ""
+from tests.sandbox.canonical_values import expected, json_values
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +30,8 @@ def canon_world(runner: sandbox_adapter.Runner) -> World:
 def test_any_committable_content_is_accepted_through_the_sandbox(canon_world: World,
                                                                  note: Any) -> None:
     """End to end: the client commits with canonical_json, the contract recomputes with
-    _canon inside the sandbox; a free-form field with arbitrary JSON never mismatches."""
+    ctx.canonical_json inside the sandbox; a free-form field with arbitrary JSON never
+    mismatches."""
     world = canon_world
     rx_id = world.new_rx_id()
     content = world.content(rx_id, visit={"note": note})

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from node.crypto.canonical import canonical_json
 from node.sandbox import types as t
 from node.sandbox.inprocess import InProcessRunner
 from node.sandbox.runtime import Sandbox
+from tests.sandbox.canonical_values import expected, json_values
 from tests.sandbox.helpers import call, value
 
 SOURCE = '''
@@ -33,24 +33,6 @@ def odd(ctx: Context, kind: str) -> str:
         return ctx.canonical_json((1, "a"))
     return ctx.canonical_json("x" * 5000)
 '''
-
-# every code point (control characters, quotes, backslashes, lone surrogates) included
-texts = st.text(st.characters(blacklist_categories=()), max_size=8) | st.sampled_from(
-    ['"', "\\", "\x00", "\x1f", "\x7f", "\u2028", "\ud800", "\U0001f48a", "\\u0000"])
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | texts,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
-    max_leaves=25,
-)
-
-
-def expected(v: Any) -> str:
-    """canonical_json as text, "" when it has none (a lone surrogate cannot be UTF-8)."""
-    try:
-        return canonical_json(v).decode("utf-8")
-    except UnicodeEncodeError:
-        return ""
-
 
 @settings(max_examples=200, deadline=None)
 @given(json_values)
