@@ -1,7 +1,8 @@
 """End-to-end benchmark: the prescription story on a real 3-orderer, 4-peer network.
 
 ``python -m bench.e2e_bench`` -> ``bench/results/e2e.json``, ``e2e_latency.svg``,
-``summary_e2e.md`` and raw py-spy profiles under ``bench/results/profiles/``.
+``summary_e2e.md`` and raw py-spy profiles (and, where ``perf`` is installed, a system-wide
+``perf.data`` of the peak: the CPU by layer) under ``bench/results/profiles/``.
 
 Topology (127.0.0.1, TLS and fsync on): orderers ins01..ins03 (Raft), peers h01, h02, p01,
 ins01; every contract needs endorsements of two organisations (settlement: one of them the
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +43,7 @@ from bench.common import RESULTS, write_result
 from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
 from bench.e2e_net import BenchNetwork, start_network
 from bench.procstat import CpuSample, group_cpu, process_cpu_s
-from bench.profiles import threads
+from bench.profiles import layers, threads
 from bench.profiles.pyspy import digest, pyspy_path, record
 from bench.svgplot import latency_plot
 
@@ -272,6 +274,48 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
     return out
 
 
+PERF_FREQUENCY = 499  # samples per second of each CPU (a prime: no lock-step with timers)
+
+
+def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds: int,
+                 out_dir: Path) -> dict[str, Any]:
+    """A system-wide ``perf`` sample while the peak level runs again (after py-spy, which
+    would be sampled too): the machine's CPU by layer and by kernel activity, in shares of
+    the busy samples and in CPU ms per tx committed inside the sampled window."""
+    binary = layers.perf_path()
+    if binary is None:
+        return {"error": "perf is not installed (Debian: apt-get install linux-perf); no layer breakdown"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / "perf.data"
+    for old in (data, out_dir / "perf.data.old"):  # perf keeps the previous file as .old
+        old.unlink(missing_ok=True)
+    world.reset()
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc = layers.record(binary, data, seconds, PERF_FREQUENCY)
+    open_loop(world, tx_per_s / TXS_PER_STORY, seconds + 1)  # outlasts perf's window
+    try:
+        _, err = proc.communicate(timeout=60)
+    except Exception:  # a stuck perf: stop and reap it, report the breakdown missing
+        proc.kill()
+        proc.communicate(timeout=10)
+        return {"error": "perf record did not finish"}
+    ended = time.monotonic()
+    drain(world, timeout_s=30.0)
+    if proc.returncode != 0 or not data.exists():
+        return {"error": f"perf record failed: {err.decode(errors='replace').strip()[-300:]}"}
+    # commits inside perf's window (it starts sampling a moment after launch: a slight
+    # overestimate of the window, so CPU per tx errs low by that much)
+    txs = sum(1 for r in world.rec.txs if r.block >= 0 and started <= r.end < ended)
+    names = layers.process_names(bnet.pids, {"client": os.getpid()})
+    try:
+        prof = layers.profile(layers.parse_script(layers.script(binary, data)), names)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": str(exc)}
+    return {"tx_per_s": tx_per_s, "window_s": round(ended - started, 2), "committed_in_window": txs,
+            "frequency_hz": PERF_FREQUENCY, **layers.per_tx(prof, PERF_FREQUENCY, txs)}
+
+
 def leader_orderer(bnet: BenchNetwork) -> str:
     """The Raft leader's node name (Admin.Status), falling back to the first orderer."""
     try:
@@ -357,6 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_profile:
             prof_rate = best["offered_tx_per_s"] if best else args.start_rate
             profile = profile_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles")
+            profile["layers"] = layers_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles")
         all_txs = sum(lv["committed"] for lv in levels) + half["committed"]
         all_mvcc = sum(lv["mvcc_conflicts"] for lv in levels) + half["mvcc_conflicts"]
         result: dict[str, Any] = {

@@ -19,6 +19,37 @@ def _row(lv: dict[str, Any]) -> str:
             f"{'yes' if lv.get('pass') else 'no'} |")
 
 
+def _by_value(shares: Any) -> list[tuple[str, float]]:
+    """A ``name -> share`` mapping largest first (the JSON file stores keys sorted by name)."""
+    return sorted((shares or {}).items(), key=lambda kv: -kv[1])
+
+
+def _layer_lines(lay: Any) -> list[str]:
+    """The perf breakdown (``bench.profiles.layers``) as a table, or why it is missing."""
+    if not isinstance(lay, dict):
+        return []
+    head = ["### The machine's CPU by layer at peak (perf, system-wide)", ""]
+    if lay.get("error"):
+        return [*head, f"not measured: {lay['error']}", ""]
+    ms = lay.get("layers_ms_per_tx") or {}
+    kms = lay.get("kernel_ms_per_tx") or {}
+    out = [*head,
+           f"{lay.get('samples')} samples in {lay.get('window_s')} s at {lay.get('tx_per_s')} tx/s offered, "
+           f"{lay.get('committed_in_window')} txs committed in the window; busy CPU "
+           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle share {lay.get('idle_share')}).", "",
+           "| layer (where the sample landed) | share of busy CPU | ms per tx |", "|---|---|---|"]
+    out += [f"| {k} | {100 * v:.1f} % | {ms.get(k, '')} |" for k, v in _by_value(lay.get("layers"))]
+    out += ["", "| kernel: what the process was doing | share of busy CPU | ms per tx |", "|---|---|---|"]
+    out += [f"| {k} | {100 * v:.1f} % | {kms.get(k, '')} |" for k, v in _by_value(lay.get("kernel"))]
+    procs = lay.get("by_process") or {}
+    if procs:
+        out += ["", "By process (share of busy CPU; its top layers): " + "; ".join(
+            f"{name} {100 * d['share']:.1f} % ("
+            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in _by_value(d["layers"])) + ")"
+            for name, d in sorted(procs.items(), key=lambda kv: -float(kv[1]["share"])))]
+    return [*out, ""]
+
+
 def write_summary(result: dict[str, Any], path: Path) -> Path:
     """Write the markdown summary of one e2e run."""
     lines = ["# rxchain end-to-end benchmark", ""]
@@ -76,6 +107,7 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
                   "| process | thread: where it waits or runs | switches per tx |", "|---|---|---|"]
         lines += [f"| {r['process']} | {r['thread']} | {r['per_tx']} |" for r in sw["top"][:15]]
         lines.append("")
+    lines += _layer_lines(prof.get("layers") if isinstance(prof, dict) else None)
     if ANALYSIS.exists():
         lines += ["## Analysis", "", ANALYSIS.read_text().strip(), ""]
     path.write_text("\n".join(lines) + "\n")

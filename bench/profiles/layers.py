@@ -1,0 +1,243 @@
+"""Where the machine's CPU goes by layer: a system-wide ``perf`` sample under load.
+
+py-spy sees Python frames only, and only while a thread holds the interpreter lock. This
+looks underneath: ``perf record -a -g`` samples every CPU at a fixed rate, and each sample
+is charged to the shared object it landed in -- the interpreter, the kernel, the
+``cryptography`` package (ECDSA, AES-GCM, ECDH), gRPC core (HTTP/2 and TLS), protobuf,
+LevelDB, the C library (malloc, memcpy) -- and to the process it ran for. Kernel samples
+are further split by what the process was doing there, from the call chain: futex waits
+and wake-ups (thread hand-offs and the interpreter lock), scheduling and interrupts, TCP
+(gRPC messages over loopback), fsync, polling, pipes and files (the sandbox workers),
+memory. Idle samples (the ``swapper`` task) are counted apart; every share below is of the
+busy samples.
+
+``perf`` is an optional system tool (Debian ``linux-perf``); it is not installed on
+demand. Without it, or without the right to sample the whole machine, the e2e benchmark
+records why the breakdown is missing and goes on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procstat import group_pids
+
+KERNEL = "kernel"
+INTERPRETER = "Python interpreter"
+CRYPTO = "cryptography (ECDSA, AES-GCM, ECDH)"
+HASHING = "hashing (hashlib / OpenSSL)"
+GRPC = "gRPC core (HTTP/2, TLS)"
+PROTOBUF = "protobuf (upb)"
+LEVELDB = "LevelDB"
+LIBC = "C library (malloc, memcpy, locks)"
+OTHER = "other"
+
+# Ordered: the first rule whose prefix matches the object's file name wins.
+_DSO_RULES: tuple[tuple[str, str], ...] = (
+    ("[kernel", KERNEL),
+    ("libpython", INTERPRETER),
+    ("python3", INTERPRETER),
+    ("_rust.abi3", CRYPTO),
+    ("_openssl.abi3", CRYPTO),
+    ("_hashlib", HASHING),
+    ("libcrypto", HASHING),
+    ("cygrpc", GRPC),
+    ("_message.abi3", PROTOBUF),
+    ("_upb", PROTOBUF),
+    ("libleveldb", LEVELDB),
+    ("libsnappy", LEVELDB),
+    ("_plyvel", LEVELDB),
+    ("libc.so", LIBC),
+    ("libc-", LIBC),
+    ("ld-linux", LIBC),
+    ("libstdc++", LIBC),
+    ("libm.so", LIBC),
+    ("libgcc", LIBC),
+)
+
+FUTEX = "futex: thread waits and wake-ups"
+TCP = "TCP over loopback (gRPC messages)"
+SYNC = "fsync / fdatasync"
+POLL = "epoll / select"
+PIPES = "pipes and files (read, write)"
+SCHED = "scheduling and interrupts"
+MEMORY = "memory (page faults, mmap)"
+KERNEL_OTHER = "other kernel work"
+
+# Checked in this order over the whole call chain: a futex wait that ends in the scheduler
+# is a futex sample, a TCP send that runs the receiver's softirq is a TCP sample.
+_KERNEL_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (FUTEX, ("__x64_sys_futex", "do_futex")),
+    (TCP, ("tcp_", "net_rx_action", "__dev_queue_xmit", "__sys_sendmsg", "__sys_recvmsg",
+           "__sys_sendto", "__sys_recvfrom", "sock_")),
+    (SYNC, ("__x64_sys_fsync", "__x64_sys_fdatasync", "jbd2", "ext4_sync_file")),
+    (POLL, ("do_epoll_wait", "__x64_sys_epoll", "__x64_sys_pselect6", "__x64_sys_select",
+            "__x64_sys_poll", "__x64_sys_ppoll")),
+    (PIPES, ("ksys_read", "ksys_write", "__x64_sys_read", "__x64_sys_write", "pipe_")),
+    (MEMORY, ("asm_exc_page_fault", "__x64_sys_mmap", "__x64_sys_munmap", "__x64_sys_madvise",
+              "__x64_sys_brk", "__x64_sys_mprotect")),
+    (SCHED, ("schedule", "__schedule", "finish_task_switch", "try_to_wake_up", "asm_sysvec_",
+             "irqentry_exit", "asm_common_interrupt", "handle_softirqs")),
+)
+
+IDLE_COMMS = ("swapper",)
+
+
+def perf_path() -> str | None:
+    """The ``perf`` binary, or None (never installed on demand)."""
+    return shutil.which("perf")
+
+
+def record(binary: str, out: Path, duration_s: int, frequency: int = 499) -> subprocess.Popen[bytes]:
+    """Start sampling every CPU (with call chains) for ``duration_s`` seconds into ``out``."""
+    argv = [binary, "record", "-F", str(frequency), "-a", "-g", "-o", str(out), "--",
+            "sleep", str(duration_s)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def script(binary: str, data: Path, timeout_s: float = 300.0) -> str:
+    """The samples of ``data`` as text (``perf script``: a header line, then one frame per line)."""
+    proc = subprocess.run([binary, "script", "-i", str(data), "-F", "comm,pid,tid,ip,sym,dso"],
+                          capture_output=True, text=True, errors="replace", check=False, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf script failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One perf sample: who ran, and its call chain (leaf first) as (symbol, object) pairs."""
+
+    comm: str
+    pid: int
+    frames: tuple[tuple[str, str], ...]
+
+
+def parse_script(text: str) -> Iterator[Sample]:
+    """Samples of ``perf script -F comm,pid,tid,ip,sym,dso`` output (blank-line separated)."""
+    header: tuple[str, int] | None = None
+    frames: list[tuple[str, str]] = []
+    for line in [*text.splitlines(), ""]:
+        if not line.strip():
+            if header is not None:
+                yield Sample(header[0], header[1], tuple(frames))
+            header, frames = None, []
+            continue
+        if not line[0].isspace():
+            parts = line.split()
+            pid_tid = next((p for p in reversed(parts) if "/" in p and p.split("/")[0].isdigit()), None)
+            if pid_tid is None:
+                header = None
+                continue
+            comm = line[: line.find(pid_tid)].strip()
+            header = (comm, int(pid_tid.split("/")[0]))
+            continue
+        body = line.strip()
+        open_paren = body.rfind(" (")
+        if open_paren < 0 or not body.endswith(")"):
+            continue
+        dso = body[open_paren + 2 : -1]
+        addr_sym = body[:open_paren].split(None, 1)
+        sym = addr_sym[1] if len(addr_sym) > 1 else ""
+        frames.append((sym.split("+0x")[0], dso))
+
+
+def layer_of(dso: str) -> str:
+    """The layer a shared object belongs to (by its file name)."""
+    name = dso.rsplit("/", 1)[-1]
+    for prefix, layer in _DSO_RULES:
+        if name.startswith(prefix):
+            return layer
+    return OTHER
+
+
+def kernel_category(symbols: Iterable[str]) -> str:
+    """What a kernel sample was doing, from the symbols of its whole call chain."""
+    syms = tuple(symbols)
+    for category, prefixes in _KERNEL_RULES:
+        if any(s.startswith(prefixes) for s in syms):
+            return category
+    return KERNEL_OTHER
+
+
+@dataclass
+class LayerProfile:
+    """Busy samples by layer, by kernel activity and by process (all shares of busy samples)."""
+
+    samples: int = 0
+    idle: int = 0
+    layers: Counter[str] = field(default_factory=Counter)
+    kernel: Counter[str] = field(default_factory=Counter)
+    processes: dict[str, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> int:
+        return self.samples - self.idle
+
+    def add(self, s: Sample, process: str) -> None:
+        self.samples += 1
+        if s.pid == 0 or s.comm.startswith(IDLE_COMMS):
+            self.idle += 1
+            return
+        leaf_dso = s.frames[0][1] if s.frames else "[unknown]"
+        layer = layer_of(leaf_dso)
+        self.layers[layer] += 1
+        if layer == KERNEL:
+            self.kernel[kernel_category(sym for sym, _ in s.frames)] += 1
+        self.processes.setdefault(process, Counter())[layer] += 1
+
+    def as_dict(self, top_layers_per_process: int = 4) -> dict[str, object]:
+        busy = self.busy or 1
+
+        def shares(c: Counter[str]) -> dict[str, float]:
+            return {k: round(v / busy, 4) for k, v in c.most_common()}
+
+        by_process: dict[str, object] = {}
+        for name, c in sorted(self.processes.items(), key=lambda kv: -sum(kv[1].values())):
+            total = sum(c.values())
+            by_process[name] = {
+                "share": round(total / busy, 4),
+                "layers": {k: round(v / total, 4) for k, v in c.most_common(top_layers_per_process)},
+            }
+        return {"samples": self.samples, "idle_share": round(self.idle / (self.samples or 1), 4),
+                "layers": shares(self.layers), "kernel": shares(self.kernel), "by_process": by_process}
+
+
+def profile(samples: Iterable[Sample], names: Mapping[int, str]) -> LayerProfile:
+    """Group samples; ``names`` maps pids to a process name (others: ``other processes``)."""
+    prof = LayerProfile()
+    for s in samples:
+        prof.add(s, names.get(s.pid, "other processes"))
+    return prof
+
+
+def process_names(groups: Mapping[str, int], singles: Mapping[str, int]) -> dict[int, str]:
+    """pid -> name for every process of the nodes (``name -> leader pid``; the descendants of
+    a node, a peer's sandbox workers, are ``"<name> workers"``) and every single process."""
+    names: dict[int, str] = {}
+    for name, leader in groups.items():
+        for pid in group_pids(leader):
+            names[pid] = name if pid == leader else f"{name} workers"
+    for name, pid in singles.items():
+        names[pid] = name
+    return names
+
+
+def per_tx(prof: LayerProfile, frequency: int, txs: int) -> dict[str, object]:
+    """:meth:`LayerProfile.as_dict` plus CPU ms per committed tx, in all and by layer.
+
+    perf's CPU clock takes ``frequency`` samples per second of each CPU's time, so the busy
+    samples divided by the frequency are the busy CPU seconds of the window."""
+    out = prof.as_dict()
+    if txs <= 0:
+        return out
+    ms = 1000 / frequency / txs
+    out["busy_cpu_ms_per_tx"] = round(prof.busy * ms, 3)
+    out["layers_ms_per_tx"] = {k: round(v * ms, 3) for k, v in prof.layers.most_common()}
+    out["kernel_ms_per_tx"] = {k: round(v * ms, 3) for k, v in prof.kernel.most_common()}
+    return out
