@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import identity_pb2
 
 from client.errors import WalletError
-from node.crypto.signing import Signer, load_private_key
+from node.crypto.signing import Signer, key_matches, load_private_key
 from node.crypto.x509 import cert_info, cert_info_der
 
 
@@ -107,10 +107,7 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
         key = load_private_key(_read(key_path, "private key"))
     except ValueError as exc:
         raise WalletError("BAD_WALLET", f"{key_path}: not a P-256 PEM private key") from exc
-    pub = cert.public_key()
-    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.public_numbers() != (
-        key.public_key().public_numbers()
-    ):
+    if not key_matches(key, cert):
         raise WalletError("BAD_WALLET", f"{key_path} does not match {cert_path}")
     try:
         info = cert_info(cert)

@@ -136,6 +136,7 @@ def serve(config: NodeConfig) -> PeerNode:
 def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[Any]) -> PeerNode:
     extra = config.extra
     verifier = Verifier()
+    signer.on_sign = verifier.remember_own  # validating its own endorsements: no ECDSA verify
     policies = LifecyclePolicies()
     committer = Committer(ledger, verifier, policies,
                           orderer_quorum=int(extra.get("orderer_quorum", 1)))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from rxchain.v1 import identity_pb2
 
 from node.crypto import aead, signing
 from node.crypto.x509 import cert_to_der, issue_cert, make_ca
@@ -103,3 +105,56 @@ def test_verifier_is_safe_under_concurrent_eviction() -> None:
     assert not failures
     assert len(results) == 240 and all(results)
     assert len(v._keys) <= 2
+
+
+class _CountingVerifier(signing.Verifier):
+    """Counts the ECDSA verifications actually run (each needs the public key)."""
+
+    def __init__(self, max_own: int = 8192) -> None:
+        super().__init__(max_own=max_own)
+        self.ecdsa = 0
+
+    def public_key(self, cert_der: bytes) -> ec.EllipticCurvePublicKey:
+        self.ecdsa += 1
+        return super().public_key(cert_der)
+
+
+def test_own_signatures_verify_without_ecdsa_and_nothing_else_does() -> None:
+    key = signing.generate_key()
+    der = _cert_for(key)
+    v = _CountingVerifier()
+    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der), on_sign=v.remember_own)
+    sig = signer.sign(b"endorsed payload")
+    assert v.verify(der, sig, b"endorsed payload") and v.ecdsa == 0
+    # the same signature over other data, or named by another certificate: a real check
+    assert not v.verify(der, sig, b"endorsed payloaD") and v.ecdsa == 1
+    other = _cert_for(signing.generate_key())
+    assert not v.verify(other, sig, b"endorsed payload") and v.ecdsa == 2
+    # a signature made elsewhere by the same key is verified the usual way
+    assert v.verify(der, signing.sign(key, b"endorsed payload"), b"endorsed payload") and v.ecdsa == 3
+
+
+def test_own_signature_memory_is_bounded_oldest_first() -> None:
+    key = signing.generate_key()
+    der = _cert_for(key)
+    v = _CountingVerifier(max_own=2)
+    sigs = [signing.sign(key, bytes([i])) for i in range(3)]
+    for i, s in enumerate(sigs):
+        v.remember_own(der, s, bytes([i]))
+    assert len(v._own) == 2
+    assert v.verify(der, sigs[2], b"\x02") and v.verify(der, sigs[1], b"\x01") and v.ecdsa == 0
+    assert v.verify(der, sigs[0], b"\x00") and v.ecdsa == 1  # forgotten: verified again
+
+
+def test_load_signer_refuses_a_key_that_is_not_the_certificates(tmp_path) -> None:
+    key, stranger = signing.generate_key(), signing.generate_key()
+    ca_key = signing.generate_key()
+    cert = issue_cert(make_ca("h01", ca_key, FIXED_NOW), ca_key, key.public_key(), org="h01", role="peer",
+                 name="peer.h01", now=FIXED_NOW)
+    cert_path = tmp_path / "cert.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(signing.key_to_pem(key))
+    (tmp_path / "stranger.pem").write_bytes(signing.key_to_pem(stranger))
+    assert signing.load_signer(cert_path, tmp_path / "key.pem", "h01").identity.org == "h01"
+    with pytest.raises(ValueError, match="does not belong to the certificate"):
+        signing.load_signer(cert_path, tmp_path / "stranger.pem", "h01")
