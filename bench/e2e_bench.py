@@ -285,7 +285,7 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     the busy samples and in CPU ms per tx committed inside the sampled window."""
     binary = layers.perf_path()
     if binary is None:
-        return {"error": "perf is not installed (Debian: apt-get install linux-perf); no layer breakdown"}
+        return {"error": "perf is not installed and could not be (Debian: linux-perf); no layer breakdown"}
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / "perf.data"
     for old in (data, out_dir / "perf.data.old"):  # perf keeps the previous file as .old

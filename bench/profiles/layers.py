@@ -11,9 +11,9 @@ and wake-ups (thread hand-offs and the interpreter lock), scheduling and interru
 memory. Idle samples (the ``swapper`` task) are counted apart; every share below is of the
 busy samples.
 
-``perf`` is an optional system tool (Debian ``linux-perf``); it is not installed on
-demand. Without it, or without the right to sample the whole machine, the e2e benchmark
-records why the breakdown is missing and goes on.
+``perf`` is a system tool (Debian ``linux-perf``), installed on demand with ``apt-get`` like
+the ordering benchmark's ``etcd-server``. Where that is not possible, or sampling the whole
+machine is not allowed, the e2e benchmark records why the breakdown is missing and goes on.
 """
 
 from __future__ import annotations
@@ -89,8 +89,17 @@ IDLE_COMMS = ("swapper",)
 
 
 def perf_path() -> str | None:
-    """The ``perf`` binary, or None (never installed on demand)."""
-    return shutil.which("perf")
+    """The ``perf`` binary, installed on demand from Debian's ``linux-perf`` (as the ordering
+    benchmark installs ``etcd-server``); None if that is not possible here."""
+    found = shutil.which("perf")
+    if found is None and shutil.which("apt-get") is not None:
+        try:
+            subprocess.run(["apt-get", "install", "-y", "-q", "linux-perf"], capture_output=True,
+                           check=False, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        found = shutil.which("perf")
+    return found
 
 
 def record(binary: str, out: Path, duration_s: int, frequency: int = 499) -> subprocess.Popen[bytes]:
