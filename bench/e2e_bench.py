@@ -282,7 +282,7 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
                  out_dir: Path) -> dict[str, Any]:
     """A system-wide ``perf`` sample while the peak level runs again (after py-spy, which
     would be sampled too): the machine's CPU by layer and by kernel activity, in shares of
-    the busy samples and in CPU ms per tx committed inside the sampled window."""
+    the busy samples and in CPU ms per tx committed between the first and the last sample."""
     binary = layers.perf_path()
     if binary is None:
         return {"error": "perf is not installed and could not be (Debian: linux-perf); no layer breakdown"}
@@ -290,30 +290,32 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     data = out_dir / "perf.data"
     for old in (data, out_dir / "perf.data.old"):  # perf keeps the previous file as .old
         old.unlink(missing_ok=True)
+    client = {"client": os.getpid()}
+    names = layers.process_names(bnet.pids, client)
     world.reset()
     time.sleep(0.5)
-    started = time.monotonic()
     proc = layers.record(binary, data, seconds, PERF_FREQUENCY)
-    open_loop(world, tx_per_s / TXS_PER_STORY, seconds + 1)  # outlasts perf's window
     try:
+        open_loop(world, tx_per_s / TXS_PER_STORY, seconds + 1)  # outlasts perf's window
         _, err = proc.communicate(timeout=60)
-    except Exception:  # a stuck perf: stop and reap it, report the breakdown missing
+    except Exception as exc:  # a stuck perf or a failed load: stop and reap perf, report why
         proc.kill()
         proc.communicate(timeout=10)
-        return {"error": "perf record did not finish"}
-    ended = time.monotonic()
-    drain(world, timeout_s=30.0)
+        return {"error": f"perf window failed: {type(exc).__name__}: {exc}"}
+    finally:
+        drain(world, timeout_s=30.0)
     if proc.returncode != 0 or not data.exists():
         return {"error": f"perf record failed: {err.decode(errors='replace').strip()[-300:]}"}
-    # commits inside perf's window (it starts sampling a moment after launch: a slight
-    # overestimate of the window, so CPU per tx errs low by that much)
-    txs = sum(1 for r in world.rec.txs if r.block >= 0 and started <= r.end < ended)
-    names = layers.process_names(bnet.pids, {"client": os.getpid()})
+    names = layers.process_names(bnet.pids, client, names)  # workers started meanwhile too
     try:
         prof = layers.profile(layers.parse_script(layers.script(binary, data)), names)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         return {"error": str(exc)}
-    return {"tx_per_s": tx_per_s, "window_s": round(ended - started, 2), "committed_in_window": txs,
+    if prof.first_t is None or prof.last_t is None:
+        return {"error": "perf script printed no sample times"}
+    lo, hi = prof.first_t, prof.last_t
+    txs = sum(1 for r in world.rec.txs if r.block >= 0 and lo <= r.end <= hi)
+    return {"tx_per_s": tx_per_s, "window_s": round(hi - lo, 2), "committed_in_window": txs,
             "frequency_hz": PERF_FREQUENCY, **layers.per_tx(prof, PERF_FREQUENCY, txs)}
 
 

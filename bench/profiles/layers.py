@@ -39,7 +39,6 @@ OTHER = "other"
 
 # Ordered: the first rule whose prefix matches the object's file name wins.
 _DSO_RULES: tuple[tuple[str, str], ...] = (
-    ("[kernel", KERNEL),
     ("libpython", INTERPRETER),
     ("python3", INTERPRETER),
     ("_rust.abi3", CRYPTO),
@@ -86,6 +85,7 @@ _KERNEL_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 IDLE_COMMS = ("swapper",)
+SAMPLER_COMMS = ("perf",)  # perf itself (``perf`` and ``perf-exec``): not the system's work
 
 
 def perf_path() -> str | None:
@@ -103,61 +103,111 @@ def perf_path() -> str | None:
 
 
 def record(binary: str, out: Path, duration_s: int, frequency: int = 499) -> subprocess.Popen[bytes]:
-    """Start sampling every CPU (with call chains) for ``duration_s`` seconds into ``out``."""
-    argv = [binary, "record", "-F", str(frequency), "-a", "-g", "-o", str(out), "--",
-            "sleep", str(duration_s)]
+    """Start sampling every CPU (with call chains) for ``duration_s`` seconds into ``out``.
+
+    ``cpu-clock`` (not the hardware ``cycles`` perf prefers where a PMU exists): a sample per
+    1/``frequency`` s of each CPU's time, so busy samples / frequency are CPU seconds.
+    ``-k mono``: sample times on the clock of ``time.monotonic``, so the benchmark can count
+    the commits of exactly the sampled window."""
+    argv = [binary, "record", "-e", "cpu-clock", "-k", "mono", "-F", str(frequency), "-a", "-g",
+            "-o", str(out), "--", "sleep", str(duration_s)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def script(binary: str, data: Path, timeout_s: float = 300.0) -> str:
     """The samples of ``data`` as text (``perf script``: a header line, then one frame per line)."""
-    proc = subprocess.run([binary, "script", "-i", str(data), "-F", "comm,pid,tid,ip,sym,dso"],
+    proc = subprocess.run([binary, "script", "-i", str(data), "-F", "comm,pid,tid,time,ip,sym,dso"],
                           capture_output=True, text=True, errors="replace", check=False, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"perf script failed: {proc.stderr.strip()[-300:]}")
     return proc.stdout
 
 
+KERNEL_ADDRESS = 0xFFFF800000000000  # x86-64: the upper half is the kernel's
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One perf sample: who ran, and its call chain (leaf first) as (symbol, object) pairs."""
+    """One perf sample: who ran, when (monotonic s, if printed), and its call chain (leaf
+    first) as (symbol, object) pairs."""
 
     comm: str
     pid: int
+    time: float | None
     frames: tuple[tuple[str, str], ...]
 
 
+def _header(line: str) -> tuple[str, int, float | None] | None:
+    """(comm, pid, time) of a sample's first line ``comm pid/tid [time:]``; comm may hold blanks."""
+    parts = line.split()
+    for i in range(len(parts) - 1, -1, -1):
+        pid, slash, tid = parts[i].partition("/")
+        if slash and pid.isdigit() and tid.isdigit():
+            comm = line[: line.rfind(parts[i])].strip()
+            when: float | None = None
+            if i + 1 < len(parts) and parts[i + 1].endswith(":"):
+                try:
+                    when = float(parts[i + 1][:-1])
+                except ValueError:
+                    when = None
+            return comm, int(pid), when
+    return None
+
+
+def _frame(body: str) -> tuple[str, str] | None:
+    """(symbol, object) of a frame line ``addr sym+off (object)``; the object is the last
+    parenthesised group, which may itself hold parentheses (``/memfd:x (deleted)``). A kernel
+    address perf could not name (``[unknown]``) counts as the kernel's."""
+    if not body.endswith(")"):
+        return None
+    depth = 0
+    for i in range(len(body) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(body[i], 0)
+        if depth == 0:
+            break
+    else:
+        return None
+    dso = body[i + 1 : -1]
+    addr, _, sym = body[:i].strip().partition(" ")
+    if dso == "[unknown]":
+        try:
+            if int(addr, 16) >= KERNEL_ADDRESS:
+                dso = "[kernel.unknown]"
+        except ValueError:
+            pass
+    return sym.strip().split("+0x")[0], dso
+
+
 def parse_script(text: str) -> Iterator[Sample]:
-    """Samples of ``perf script -F comm,pid,tid,ip,sym,dso`` output (blank-line separated)."""
-    header: tuple[str, int] | None = None
+    """Samples of ``perf script -F comm,pid,tid,time,ip,sym,dso`` output: a header line, the
+    frames on tab-indented lines, a blank line between samples."""
+    header: tuple[str, int, float | None] | None = None
     frames: list[tuple[str, str]] = []
     for line in [*text.splitlines(), ""]:
         if not line.strip():
             if header is not None:
-                yield Sample(header[0], header[1], tuple(frames))
+                yield Sample(header[0], header[1], header[2], tuple(frames))
             header, frames = None, []
-            continue
-        if not line[0].isspace():
-            parts = line.split()
-            pid_tid = next((p for p in reversed(parts) if "/" in p and p.split("/")[0].isdigit()), None)
-            if pid_tid is None:
-                header = None
-                continue
-            comm = line[: line.find(pid_tid)].strip()
-            header = (comm, int(pid_tid.split("/")[0]))
-            continue
-        body = line.strip()
-        open_paren = body.rfind(" (")
-        if open_paren < 0 or not body.endswith(")"):
-            continue
-        dso = body[open_paren + 2 : -1]
-        addr_sym = body[:open_paren].split(None, 1)
-        sym = addr_sym[1] if len(addr_sym) > 1 else ""
-        frames.append((sym.split("+0x")[0], dso))
+        elif line.startswith("\t"):
+            frame = _frame(line.strip())
+            if frame is not None and header is not None:
+                frames.append(frame)
+        else:
+            if header is not None:  # a sample without a blank line after it
+                yield Sample(header[0], header[1], header[2], tuple(frames))
+                frames = []
+            header = _header(line)
+
+
+def is_kernel(dso: str) -> bool:
+    """The kernel image, a kernel module (``[ext4]``) or an unnamed kernel address."""
+    return dso.startswith("[") and dso not in ("[unknown]", "[vdso]", "[vsyscall]")
 
 
 def layer_of(dso: str) -> str:
     """The layer a shared object belongs to (by its file name)."""
+    if is_kernel(dso):
+        return KERNEL
     name = dso.rsplit("/", 1)[-1]
     for prefix, layer in _DSO_RULES:
         if name.startswith(prefix):
@@ -176,28 +226,40 @@ def kernel_category(symbols: Iterable[str]) -> str:
 
 @dataclass
 class LayerProfile:
-    """Busy samples by layer, by kernel activity and by process (all shares of busy samples)."""
+    """Busy samples by layer, by kernel activity and by process (all shares of busy samples).
+
+    Idle samples and the sampler's own (``perf``) are counted apart and are not busy; the
+    first and last sample times bound the window the samples cover."""
 
     samples: int = 0
     idle: int = 0
+    sampler: int = 0
+    first_t: float | None = None
+    last_t: float | None = None
     layers: Counter[str] = field(default_factory=Counter)
     kernel: Counter[str] = field(default_factory=Counter)
     processes: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def busy(self) -> int:
-        return self.samples - self.idle
+        return self.samples - self.idle - self.sampler
 
     def add(self, s: Sample, process: str) -> None:
         self.samples += 1
+        if s.time is not None:
+            self.first_t = s.time if self.first_t is None else min(self.first_t, s.time)
+            self.last_t = s.time if self.last_t is None else max(self.last_t, s.time)
         if s.pid == 0 or s.comm.startswith(IDLE_COMMS):
             self.idle += 1
+            return
+        if s.comm.startswith(SAMPLER_COMMS):
+            self.sampler += 1
             return
         leaf_dso = s.frames[0][1] if s.frames else "[unknown]"
         layer = layer_of(leaf_dso)
         self.layers[layer] += 1
         if layer == KERNEL:
-            self.kernel[kernel_category(sym for sym, _ in s.frames)] += 1
+            self.kernel[kernel_category(sym for sym, dso in s.frames if is_kernel(dso))] += 1
         self.processes.setdefault(process, Counter())[layer] += 1
 
     def as_dict(self, top_layers_per_process: int = 4) -> dict[str, object]:
@@ -214,6 +276,7 @@ class LayerProfile:
                 "layers": {k: round(v / total, 4) for k, v in c.most_common(top_layers_per_process)},
             }
         return {"samples": self.samples, "idle_share": round(self.idle / (self.samples or 1), 4),
+                "sampler_share": round(self.sampler / (self.samples or 1), 4),
                 "layers": shares(self.layers), "kernel": shares(self.kernel), "by_process": by_process}
 
 
@@ -225,10 +288,13 @@ def profile(samples: Iterable[Sample], names: Mapping[int, str]) -> LayerProfile
     return prof
 
 
-def process_names(groups: Mapping[str, int], singles: Mapping[str, int]) -> dict[int, str]:
+def process_names(groups: Mapping[str, int], singles: Mapping[str, int],
+                  known: Mapping[int, str] | None = None) -> dict[int, str]:
     """pid -> name for every process of the nodes (``name -> leader pid``; the descendants of
-    a node, a peer's sandbox workers, are ``"<name> workers"``) and every single process."""
-    names: dict[int, str] = {}
+    a node, a peer's sandbox workers, are ``"<name> workers"``) and every single process;
+    ``known`` (an earlier call's answer) keeps processes that have exited since, e.g. a
+    recycled sandbox worker."""
+    names: dict[int, str] = dict(known or {})
     for name, leader in groups.items():
         for pid in group_pids(leader):
             names[pid] = name if pid == leader else f"{name} workers"

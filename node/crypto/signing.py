@@ -5,11 +5,11 @@ Verification dominates validation cost (LIMITS.md: ~12.5k verifies/s with a cach
 public keys keyed by certificate DER in a bounded LRU cache.
 
 A node also verifies signatures it made itself: a peer validating a block checks its own
-endorsement of a transaction like everybody else's. ``Signer.on_sign`` lets the node's
-:class:`Verifier` remember what its own key just signed (:meth:`Verifier.remember_own`),
-and verifying exactly that certificate, signature and data again then costs a SHA-256
-instead of an ECDSA verification (~80 us). The answer is the one the verification would
-give -- the signer's key is checked against its certificate when it is loaded -- so
+endorsement of a transaction like everybody else's. :meth:`Verifier.trust_own` hooks the
+node's :class:`Verifier` to its :class:`Signer` (``on_sign``), so it remembers what its own
+key just signed, and verifying exactly that certificate, signature and data again then
+costs a SHA-256 instead of an ECDSA verification (~80 us). The answer is the one the
+verification would give -- ``trust_own`` refuses a key that is not its certificate's -- so
 validation stays deterministic across peers.
 """
 
@@ -69,13 +69,14 @@ class Signer:
         self.key = key
         self.identity = identity
         self.identity_bytes = identity.SerializeToString()
+        self.cert_der = identity.cert_der  # one bytes object (protobuf returns a copy per access)
         self.on_sign = on_sign
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``."""
         signature = self.key.sign(data, _ECDSA_SHA256)
         if self.on_sign is not None:
-            self.on_sign(self.identity.cert_der, signature, data)
+            self.on_sign(self.cert_der, signature, data)
         return signature
 
 
@@ -109,8 +110,18 @@ class Verifier:
         self._lock = threading.Lock()
         # signature -> (cert DER, SHA-256 of the data) of this node's own recent signatures,
         # oldest first; ~8k endorsements cover far more than a block's way through ordering
-        self._own: dict[bytes, tuple[bytes, bytes]] = {}
+        self._own: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
         self._max_own = max_own
+
+    def trust_own(self, signer: Signer) -> None:
+        """Remember every signature ``signer`` makes from now on (see the module docstring).
+
+        Raises ValueError unless the signer's key belongs to its certificate: only then is
+        a remembered signature one that verification would accept too."""
+        cert = x509.load_der_x509_certificate(signer.cert_der)
+        if not key_matches(signer.key, cert):
+            raise ValueError("the signer's key does not belong to its certificate")
+        signer.on_sign = self.remember_own
 
     def remember_own(self, cert_der: bytes, signature: bytes, data: bytes) -> None:
         """Record a signature this node's own key just made (``Signer.on_sign``)."""
@@ -118,7 +129,7 @@ class Verifier:
         with self._lock:
             self._own[signature] = entry
             while len(self._own) > self._max_own:
-                del self._own[next(iter(self._own))]
+                self._own.popitem(last=False)
 
     def public_key(self, cert_der: bytes) -> ec.EllipticCurvePublicKey:
         """The parsed P-256 public key of a DER certificate (cached)."""
@@ -139,10 +150,10 @@ class Verifier:
 
     def verify(self, cert_der: bytes, signature: bytes, data: bytes) -> bool:
         """True when ``signature`` is a valid signature over ``data`` by the cert's key."""
-        own = self._own.get(signature)  # one dict read: atomic, no lock needed
-        if own is not None and own[0] == cert_der and own[1] == hashlib.sha256(data).digest():
-            return True  # made by this node's key over exactly this data (module docstring)
         try:
+            own = self._own.get(signature)  # one read: atomic under the GIL, no lock needed
+            if own is not None and own[0] == cert_der and own[1] == hashlib.sha256(data).digest():
+                return True  # made by this node's key over exactly this data (module docstring)
             self.public_key(cert_der).verify(signature, data, _ECDSA_SHA256)
         except Exception:  # noqa: BLE001 - bad signature, mangled cert (InvalidVersion, ...): not verified
             return False

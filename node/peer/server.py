@@ -133,10 +133,17 @@ def serve(config: NodeConfig) -> PeerNode:
         raise
 
 
+def node_verifier(signer: Signer) -> Verifier:
+    """The peer's one Verifier (committer, configuration, MSP), remembering what ``signer``
+    signs: the peer then validates its own endorsements without an ECDSA verification."""
+    verifier = Verifier()
+    verifier.trust_own(signer)
+    return verifier
+
+
 def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[Any]) -> PeerNode:
     extra = config.extra
-    verifier = Verifier()
-    signer.on_sign = verifier.remember_own  # validating its own endorsements: no ECDSA verify
+    verifier = node_verifier(signer)
     policies = LifecyclePolicies()
     committer = Committer(ledger, verifier, policies,
                           orderer_quorum=int(extra.get("orderer_quorum", 1)))

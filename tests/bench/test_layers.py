@@ -1,7 +1,8 @@
 """Unit tests of the perf layer breakdown (bench/profiles/layers.py): parsing ``perf script``
 text, charging samples to layers, kernel activities and processes, CPU ms per tx, and the
-summary table. The text below has the shape ``perf script -F comm,pid,tid,ip,sym,dso``
-prints (captured on this machine, trimmed)."""
+summary table. The text below has the shape ``perf script -F comm,pid,tid,time,ip,sym,dso``
+prints on this machine (symbols and objects as perf names them; chains trimmed, addresses
+illustrative)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from bench.profiles import layers
 from bench.profiles.summary import _layer_lines
 
 SCRIPT = """\
-swapper     0/0
+swapper     0/0     100.000000:
 \tffffffff81f7a2b5 pv_native_safe_halt+0x5 ([kernel.kallsyms])
 \tffffffff81f7a6c9 default_idle+0x9 ([kernel.kallsyms])
 
-python  2130/2135
+python  2130/2135   100.002000:
 \t          1d2a3b _PyEval_EvalFrameDefault+0x1b3 (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)
 \t          1d0000 PyEval_EvalCode+0x10 (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)
 
-python  2130/2140
+python  2130/2140   100.004000:
 \tffffffff81e65f85 process_backlog+0x35 ([kernel.kallsyms])
 \tffffffff81e66c3b net_rx_action+0x14b ([kernel.kallsyms])
 \tffffffff813600ed handle_softirqs+0xdd ([kernel.kallsyms])
@@ -28,27 +29,45 @@ python  2130/2140
 \tffffffff821ecc51 do_syscall_64+0x61 ([kernel.kallsyms])
 \t          10ac4d __libc_sendmsg+0x1d (/usr/lib/x86_64-linux-gnu/libc.so.6)
 
-python  2131/2150
+python  2131/2150   100.006000:
 \tffffffff81200000 _raw_spin_unlock_irqrestore+0x1d ([kernel.kallsyms])
 \tffffffff81200100 try_to_wake_up+0x2a1 ([kernel.kallsyms])
 \tffffffff81200200 futex_wake+0x161 ([kernel.kallsyms])
 \tffffffff81200300 __x64_sys_futex+0x7b ([kernel.kallsyms])
 \t           905f1 sem_post@GLIBC_2.2.5+0x21 (/usr/lib/x86_64-linux-gnu/libc.so.6)
 
-python  2132/2132
+python  2132/2132   100.008000:
 \tffffffff81300000 finish_task_switch.isra.0+0x9c ([kernel.kallsyms])
 \tffffffff81300100 __schedule+0x3e1 ([kernel.kallsyms])
 \tffffffff81300200 irqentry_exit_to_user_mode+0x1a ([kernel.kallsyms])
 
-python  2132/2133
+python  2132/2133   100.010000:
 \t           4a1b2 ecdsa_verify+0x22 (/work/main/.venv/lib/python3.11/site-packages/cryptography/hazmat/bindings/_rust.abi3.so)
 
-memfd:sealed-91  2199/2199
+grpc worker 7  2199/2201   100.012000:
 \t           7e1b2 grpc_chttp2_transport+0x22 (/work/main/.venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so)
 
-python  2132/2134
+python  2132/2134   100.014000:
 \t           11111 [unknown] ([unknown])
 
+perf-exec  2300/2300   100.016000:
+\tffffffff8162fc1a kmem_cache_free+0x2a ([kernel.kallsyms])
+"""
+
+# odd samples: a kernel module, an unnamed kernel address, a deleted memfd mapping, no chain
+ODD = """\
+kworker/u8:1-ev  77/77   101.000000:
+\tffffffffc0a1b2c3 ext4_writepages+0x33 ([ext4])
+\tffffffff81300100 __x64_sys_fdatasync+0x11 ([kernel.kallsyms])
+
+python  2130/2136   101.002000:
+\tffffffff81aabbcc [unknown] ([unknown])
+\t          10ac4d __libc_write+0x1d (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+python  2130/2137   101.004000:
+\t    7f1795ff8180 [unknown] (/memfd:sealed-91173221a7ea (deleted))
+
+python  2130/2138   101.006000:
 """
 
 
@@ -57,18 +76,35 @@ def _profile() -> layers.LayerProfile:
     return layers.profile(layers.parse_script(SCRIPT), names)
 
 
-def test_parse_script_reads_every_sample_with_its_chain_leaf_first() -> None:
+def test_parse_script_reads_every_sample_with_its_time_and_chain_leaf_first() -> None:
     samples = list(layers.parse_script(SCRIPT))
     assert [(s.comm, s.pid) for s in samples] == [
         ("swapper", 0), ("python", 2130), ("python", 2130), ("python", 2131), ("python", 2132),
-        ("python", 2132), ("memfd:sealed-91", 2199), ("python", 2132)]
+        ("python", 2132), ("grpc worker 7", 2199), ("python", 2132), ("perf-exec", 2300)]
+    assert [s.time for s in samples][:2] == [100.0, 100.002]
     tcp = samples[2]
     assert tcp.frames[0] == ("process_backlog", "[kernel.kallsyms]")
     assert tcp.frames[-1] == ("__libc_sendmsg", "/usr/lib/x86_64-linux-gnu/libc.so.6")
     assert len(tcp.frames) == 7
-    # perf pads the header line with blanks: the same samples
-    padded = "\n".join(ln + "    " if ln and not ln[0].isspace() else ln for ln in SCRIPT.splitlines())
+    # perf pads header lines with blanks, and a file may lack the last blank line
+    padded = "\n".join(ln + "    " if ln and not ln.startswith("\t") else ln for ln in SCRIPT.splitlines())
     assert list(layers.parse_script(padded)) == samples
+    assert list(layers.parse_script(SCRIPT.rstrip("\n"))) == samples
+
+
+def test_odd_objects_modules_unnamed_kernel_addresses_and_empty_chains() -> None:
+    module, unnamed, memfd, empty = layers.parse_script(ODD)
+    assert module.comm == "kworker/u8:1-ev" and module.frames[0] == ("ext4_writepages", "[ext4]")
+    assert unnamed.frames[0] == ("[unknown]", "[kernel.unknown]")
+    assert memfd.frames == (("[unknown]", "/memfd:sealed-91173221a7ea (deleted)"),)
+    assert empty.frames == () and empty.time == 101.006
+    prof = layers.profile([module, unnamed, memfd, empty], {2130: "peer.p01"})
+    assert prof.layers == {layers.KERNEL: 2, layers.OTHER: 2}
+    assert prof.kernel == {layers.SYNC: 1, layers.KERNEL_OTHER: 1}
+    # kernel rules look at kernel frames only: a user-space symbol named like one is no TCP
+    fake = layers.Sample("python", 2130, None, (("[unknown]", "[kernel.unknown]"),
+                                                  ("tcp_helper", "/usr/lib/libfoo.so")))
+    assert layers.profile([fake], {}).kernel == {layers.KERNEL_OTHER: 1}
 
 
 def test_layers_by_leaf_object() -> None:
@@ -99,9 +135,10 @@ def test_kernel_samples_are_classified_by_their_whole_chain() -> None:
 
 def test_profile_counts_idle_apart_and_shares_are_of_busy_samples() -> None:
     prof = _profile()
-    assert (prof.samples, prof.idle, prof.busy) == (8, 1, 7)
+    assert (prof.samples, prof.idle, prof.sampler, prof.busy) == (9, 1, 1, 7)  # perf's own apart
+    assert (prof.first_t, prof.last_t) == (100.0, 100.016)
     d = prof.as_dict()
-    assert d["idle_share"] == round(1 / 8, 4)
+    assert d["idle_share"] == round(1 / 9, 4) and d["sampler_share"] == round(1 / 9, 4)
     assert d["layers"] == {layers.KERNEL: round(3 / 7, 4), layers.INTERPRETER: round(1 / 7, 4),
                            layers.CRYPTO: round(1 / 7, 4), layers.GRPC: round(1 / 7, 4),
                            layers.OTHER: round(1 / 7, 4)}
@@ -132,6 +169,9 @@ def test_process_names_cover_a_node_and_its_descendants() -> None:
     assert names[os.getpid()] == "me"
     assert names[1] == "client"
     assert all(v == "me workers" for k, v in names.items() if k not in (os.getpid(), 1))
+    # a process named earlier and gone since (a recycled sandbox worker) keeps its name
+    again = layers.process_names({"me": os.getpid()}, {}, {4_000_000: "me workers"})
+    assert again[4_000_000] == "me workers" and again[os.getpid()] == "me"
 
 
 def test_summary_table_and_missing_breakdown() -> None:

@@ -9,6 +9,7 @@ from rxchain.v1 import identity_pb2
 
 from node.crypto import aead, signing
 from node.crypto.x509 import cert_to_der, issue_cert, make_ca
+from node.peer.server import node_verifier
 
 from .conftest import FIXED_NOW
 
@@ -123,7 +124,8 @@ def test_own_signatures_verify_without_ecdsa_and_nothing_else_does() -> None:
     key = signing.generate_key()
     der = _cert_for(key)
     v = _CountingVerifier()
-    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der), on_sign=v.remember_own)
+    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der))
+    v.trust_own(signer)
     sig = signer.sign(b"endorsed payload")
     assert v.verify(der, sig, b"endorsed payload") and v.ecdsa == 0
     # the same signature over other data, or named by another certificate: a real check
@@ -132,6 +134,28 @@ def test_own_signatures_verify_without_ecdsa_and_nothing_else_does() -> None:
     assert not v.verify(other, sig, b"endorsed payload") and v.ecdsa == 2
     # a signature made elsewhere by the same key is verified the usual way
     assert v.verify(der, signing.sign(key, b"endorsed payload"), b"endorsed payload") and v.ecdsa == 3
+    # a signature of the wrong type is refused, not raised
+    assert not v.verify(der, bytearray(sig), b"endorsed payload")  # type: ignore[arg-type]
+
+
+def test_trust_own_refuses_a_signer_whose_key_is_not_its_certificates() -> None:
+    key, stranger = signing.generate_key(), signing.generate_key()
+    signer = signing.Signer(stranger, identity_pb2.Identity(org="h01", cert_der=_cert_for(key)))
+    v = _CountingVerifier()
+    with pytest.raises(ValueError, match="does not belong"):
+        v.trust_own(signer)
+    assert signer.on_sign is None
+    sig = signer.sign(b"m")  # nothing remembered: verified, and refused, the usual way
+    assert not v.verify(signer.cert_der, sig, b"m") and v.ecdsa == 1
+
+
+def test_the_peer_verifier_trusts_the_peers_own_signer() -> None:
+    key = signing.generate_key()
+    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=_cert_for(key)))
+    v = node_verifier(signer)
+    sig = signer.sign(b"endorsement")
+    assert v._own[sig][0] is signer.cert_der  # one shared copy of the certificate per entry
+    assert v.verify(signer.cert_der, sig, b"endorsement")
 
 
 def test_own_signature_memory_is_bounded_oldest_first() -> None:
