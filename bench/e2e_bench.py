@@ -276,6 +276,7 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
 
 
 PERF_FREQUENCY = 499  # samples per second of each CPU (a prime: no lock-step with timers)
+LAYERS_WARM_S = 3.0
 
 
 def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds: int,
@@ -294,9 +295,10 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     names = layers.process_names(bnet.pids, client)
     world.reset()
     time.sleep(0.5)
-    proc = layers.record(binary, data, seconds, PERF_FREQUENCY)
+    # sampling starts once the stories' later steps are arriving too (as the levels' warm-up)
+    proc = layers.record(binary, data, seconds, PERF_FREQUENCY, delay_s=LAYERS_WARM_S)
     try:
-        open_loop(world, tx_per_s / TXS_PER_STORY, seconds + 1)  # outlasts perf's window
+        open_loop(world, tx_per_s / TXS_PER_STORY, LAYERS_WARM_S + seconds + 1)  # outlasts perf
         _, err = proc.communicate(timeout=60)
     except Exception as exc:  # a stuck perf or a failed load: stop and reap perf, report why
         proc.kill()

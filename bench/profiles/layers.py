@@ -102,15 +102,17 @@ def perf_path() -> str | None:
     return found
 
 
-def record(binary: str, out: Path, duration_s: int, frequency: int = 499) -> subprocess.Popen[bytes]:
-    """Start sampling every CPU (with call chains) for ``duration_s`` seconds into ``out``.
+def record(binary: str, out: Path, duration_s: int, frequency: int = 499,
+           delay_s: float = 0.0) -> subprocess.Popen[bytes]:
+    """Sample every CPU (with call chains) for ``duration_s`` seconds into ``out``, starting
+    ``delay_s`` seconds from now (``-D``: e.g. once a load has reached its steady state).
 
     ``cpu-clock`` (not the hardware ``cycles`` perf prefers where a PMU exists): a sample per
     1/``frequency`` s of each CPU's time, so busy samples / frequency are CPU seconds.
     ``-k mono``: sample times on the clock of ``time.monotonic``, so the benchmark can count
     the commits of exactly the sampled window."""
     argv = [binary, "record", "-e", "cpu-clock", "-k", "mono", "-F", str(frequency), "-a", "-g",
-            "-o", str(out), "--", "sleep", str(duration_s)]
+            "-D", str(round(delay_s * 1000)), "-o", str(out), "--", "sleep", str(delay_s + duration_s)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
