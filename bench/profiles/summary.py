@@ -33,10 +33,14 @@ def _layer_lines(lay: Any) -> list[str]:
         return [*head, f"not measured: {lay['error']}", ""]
     ms = lay.get("layers_ms_per_tx") or {}
     kms = lay.get("kernel_ms_per_tx") or {}
+    window, committed = lay.get("window_s") or 0, lay.get("committed_in_window") or 0
+    rate = f" ({committed / window:.1f} tx/s)" if window else ""
     out = [*head,
-           f"{lay.get('samples')} samples in {lay.get('window_s')} s at {lay.get('tx_per_s')} tx/s offered, "
-           f"{lay.get('committed_in_window')} txs committed in the window; busy CPU "
-           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle share {lay.get('idle_share')}).", "",
+           f"{lay.get('samples')} samples in {window} s at {lay.get('tx_per_s')} tx/s offered, "
+           f"{committed} txs committed in the window{rate}; busy CPU "
+           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle share {lay.get('idle_share')}). "
+           "At the saturation edge commits lag the offered load, so the ms per tx there are an upper "
+           "bound; the shares are the steady figure.", "",
            "| layer (where the sample landed) | share of busy CPU | ms per tx |", "|---|---|---|"]
     out += [f"| {k} | {100 * v:.1f} % | {ms.get(k, '')} |" for k, v in _by_value(lay.get("layers"))]
     out += ["", "| kernel: what the process was doing | share of busy CPU | ms per tx |", "|---|---|---|"]
