@@ -276,14 +276,15 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
 
 
 PERF_FREQUENCY = 499  # samples per second of each CPU (a prime: no lock-step with timers)
-LAYERS_WARM_S = 3.0
 
 
 def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds: int,
-                 out_dir: Path) -> dict[str, Any]:
+                 out_dir: Path, warm_s: float) -> dict[str, Any]:
     """A system-wide ``perf`` sample while the peak level runs again (after py-spy, which
     would be sampled too): the machine's CPU by layer and by kernel activity, in shares of
-    the busy samples and in CPU ms per tx committed between the first and the last sample."""
+    the busy samples and in CPU ms per tx committed between the first and the last sample.
+    Sampling starts ``warm_s`` into the load (the later story steps arriving too), as the
+    levels' warm-up."""
     binary = layers.perf_path()
     if binary is None:
         return {"error": "perf is not installed and could not be (Debian: linux-perf); no layer breakdown"}
@@ -295,16 +296,17 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     names = layers.process_names(bnet.pids, client)
     world.reset()
     time.sleep(0.5)
-    # sampling starts once the stories' later steps are arriving too (as the levels' warm-up)
-    proc = layers.record(binary, data, seconds, PERF_FREQUENCY, delay_s=LAYERS_WARM_S)
+    proc = layers.record(binary, data, seconds, PERF_FREQUENCY, delay_s=warm_s)
+    load_end = 0.0
     try:
-        open_loop(world, tx_per_s / TXS_PER_STORY, LAYERS_WARM_S + seconds + 1)  # outlasts perf
+        _, load_end = open_loop(world, tx_per_s / TXS_PER_STORY, warm_s + seconds + 1)  # outlasts perf
         _, err = proc.communicate(timeout=60)
-    except Exception as exc:  # a stuck perf or a failed load: stop and reap perf, report why
-        proc.kill()
-        proc.communicate(timeout=10)
+    except Exception as exc:  # a stuck perf or a failed load: report why (perf is reaped below)
         return {"error": f"perf window failed: {type(exc).__name__}: {exc}"}
     finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate(timeout=10)
         drain(world, timeout_s=30.0)
     if proc.returncode != 0 or not data.exists():
         return {"error": f"perf record failed: {err.decode(errors='replace').strip()[-300:]}"}
@@ -318,7 +320,8 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     lo, hi = prof.first_t, prof.last_t
     txs = sum(1 for r in world.rec.txs if r.block >= 0 and lo <= r.end <= hi)
     return {"tx_per_s": tx_per_s, "window_s": round(hi - lo, 2), "committed_in_window": txs,
-            "frequency_hz": PERF_FREQUENCY, **layers.per_tx(prof, PERF_FREQUENCY, txs)}
+            "load_covered_window": load_end >= hi, "frequency_hz": PERF_FREQUENCY,
+            **layers.per_tx(prof, PERF_FREQUENCY, txs)}
 
 
 def leader_orderer(bnet: BenchNetwork) -> str:
@@ -406,7 +409,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_profile:
             prof_rate = best["offered_tx_per_s"] if best else args.start_rate
             profile = profile_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles")
-            profile["layers"] = layers_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles")
+            profile["layers"] = layers_level(world, bnet, prof_rate, args.profile_s, RESULTS / "profiles",
+                                             args.warm)
         all_txs = sum(lv["committed"] for lv in levels) + half["committed"]
         all_mvcc = sum(lv["mvcc_conflicts"] for lv in levels) + half["mvcc_conflicts"]
         result: dict[str, Any] = {

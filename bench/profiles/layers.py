@@ -182,7 +182,7 @@ def _frame(body: str) -> tuple[str, str] | None:
 
 def parse_script(text: str) -> Iterator[Sample]:
     """Samples of ``perf script -F comm,pid,tid,time,ip,sym,dso`` output: a header line, the
-    frames on tab-indented lines, a blank line between samples."""
+    frames on indented lines, a blank line between samples."""
     header: tuple[str, int, float | None] | None = None
     frames: list[tuple[str, str]] = []
     for line in [*text.splitlines(), ""]:
@@ -190,7 +190,7 @@ def parse_script(text: str) -> Iterator[Sample]:
             if header is not None:
                 yield Sample(header[0], header[1], header[2], tuple(frames))
             header, frames = None, []
-        elif line.startswith("\t"):
+        elif line[0].isspace():  # frames are indented; perf never pads a header's start
             frame = _frame(line.strip())
             if frame is not None and header is not None:
                 frames.append(frame)

@@ -34,13 +34,14 @@ def _layer_lines(lay: Any) -> list[str]:
     ms = lay.get("layers_ms_per_tx") or {}
     kms = lay.get("kernel_ms_per_tx") or {}
     window, committed = lay.get("window_s") or 0, lay.get("committed_in_window") or 0
-    rate = f" ({committed / window:.1f} tx/s)" if window else ""
+    rate = committed / window if window else 0.0
+    lagging = rate < 0.95 * float(lay.get("tx_per_s") or 0)
     out = [*head,
            f"{lay.get('samples')} samples in {window} s at {lay.get('tx_per_s')} tx/s offered, "
-           f"{committed} txs committed in the window{rate}; busy CPU "
-           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle share {lay.get('idle_share')}). "
-           "At the saturation edge commits lag the offered load, so the ms per tx there are an upper "
-           "bound; the shares are the steady figure.", "",
+           f"{committed} txs committed in the window ({rate:.1f} tx/s); busy CPU "
+           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle samples {lay.get('idle_share')})."
+           + (" Commits lagged the offered load in this window (the saturation edge), so its ms per "
+              "tx are an upper bound; the shares are the steady figure." if lagging else ""), "",
            "| layer (where the sample landed) | share of busy CPU | ms per tx |", "|---|---|---|"]
     out += [f"| {k} | {100 * v:.1f} % | {ms.get(k, '')} |" for k, v in _by_value(lay.get("layers"))]
     out += ["", "| kernel: what the process was doing | share of busy CPU | ms per tx |", "|---|---|---|"]

@@ -118,8 +118,8 @@ class Verifier:
 
         Raises ValueError unless the signer's key belongs to its certificate: only then is
         a remembered signature one that verification would accept too."""
-        cert = x509.load_der_x509_certificate(signer.cert_der)
-        if not key_matches(signer.key, cert):
+        pub = self.public_key(signer.cert_der)  # a P-256 key, as verify() requires
+        if pub.public_numbers() != signer.key.public_key().public_numbers():
             raise ValueError("the signer's key does not belong to its certificate")
         signer.on_sign = self.remember_own
 

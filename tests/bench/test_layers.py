@@ -194,3 +194,14 @@ def test_summary_orders_by_share_whatever_the_stored_key_order() -> None:
     assert rows == ["b large", "c middle", "a small"]
     by_process = next(ln for ln in lines if ln.startswith("By process"))
     assert by_process.index("y 80.0 % (a 70 %, b 30 %)") < by_process.index("x 20.0 % (b 90 %, a 10 %)")
+
+
+def test_frames_indented_with_blanks_and_the_lagging_window_note() -> None:
+    spaced = SCRIPT.replace("\t", "        ")
+    assert [len(s.frames) for s in layers.parse_script(spaced)] == [
+        len(s.frames) for s in layers.parse_script(SCRIPT)]
+    base = {**layers.per_tx(_profile(), frequency=100, txs=2), "tx_per_s": 110.0, "window_s": 12.0}
+    lagging = "\n".join(_layer_lines({**base, "committed_in_window": 2}))
+    steady = "\n".join(_layer_lines({**base, "committed_in_window": 1320}))
+    assert "(0.2 tx/s)" in lagging and "upper bound" in lagging
+    assert "(110.0 tx/s)" in steady and "upper bound" not in steady

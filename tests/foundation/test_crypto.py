@@ -126,6 +126,7 @@ def test_own_signatures_verify_without_ecdsa_and_nothing_else_does() -> None:
     v = _CountingVerifier()
     signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der))
     v.trust_own(signer)
+    v.ecdsa = 0  # trust_own read the certificate's key
     sig = signer.sign(b"endorsed payload")
     assert v.verify(der, sig, b"endorsed payload") and v.ecdsa == 0
     # the same signature over other data, or named by another certificate: a real check
@@ -145,8 +146,22 @@ def test_trust_own_refuses_a_signer_whose_key_is_not_its_certificates() -> None:
     with pytest.raises(ValueError, match="does not belong"):
         v.trust_own(signer)
     assert signer.on_sign is None
+    v.ecdsa = 0
     sig = signer.sign(b"m")  # nothing remembered: verified, and refused, the usual way
     assert not v.verify(signer.cert_der, sig, b"m") and v.ecdsa == 1
+
+
+def test_trust_own_refuses_a_matching_key_of_another_curve() -> None:
+    """A P-384 key and its certificate match, but every other peer refuses P-384 signatures:
+    remembering them would make this peer alone accept its own."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    ca_key = signing.generate_key()
+    cert = cert_to_der(issue_cert(make_ca("h01", ca_key, FIXED_NOW), ca_key, key.public_key(),
+                                  org="h01", role="peer", name="peer.h01", now=FIXED_NOW))
+    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=cert))
+    with pytest.raises(ValueError):
+        _CountingVerifier().trust_own(signer)
+    assert signer.on_sign is None
 
 
 def test_the_peer_verifier_trusts_the_peers_own_signer() -> None:
