@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,17 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     world.reset()
     time.sleep(0.5)
     proc = layers.record(binary, data, seconds, PERF_FREQUENCY, delay_s=warm_s)
+    # the /proc meter over (about) the same window, for comparison: (time, CPU s of the nodes
+    # with their workers and this client)
+    meter = CpuMeter(bnet)
+    readings: list[tuple[float, float]] = []
+
+    def read_meter() -> None:
+        readings.append((time.monotonic(), sum(c.total_s for c in meter.sample().cpu.values())))
+
+    timers = [threading.Timer(warm_s, read_meter), threading.Timer(warm_s + seconds, read_meter)]
+    for t in timers:
+        t.start()
     load_end = 0.0
     try:
         _, load_end = open_loop(world, tx_per_s / TXS_PER_STORY, warm_s + seconds + 1)  # outlasts perf
@@ -307,6 +319,9 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
         if proc.returncode is None:
             proc.kill()
             proc.communicate(timeout=10)
+        for t in timers:
+            t.cancel()
+            t.join(10)
         drain(world, timeout_s=30.0)
     if proc.returncode != 0 or not data.exists():
         return {"error": f"perf record failed: {err.decode(errors='replace').strip()[-300:]}"}
@@ -319,9 +334,15 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
         return {"error": "perf script printed no sample times"}
     lo, hi = prof.first_t, prof.last_t
     txs = sum(1 for r in world.rec.txs if r.block >= 0 and lo <= r.end <= hi)
-    return {"tx_per_s": tx_per_s, "window_s": round(hi - lo, 2), "committed_in_window": txs,
-            "load_covered_window": load_end >= hi, "frequency_hz": PERF_FREQUENCY,
-            **layers.per_tx(prof, PERF_FREQUENCY, txs)}
+    out: dict[str, Any] = {"tx_per_s": tx_per_s, "window_s": round(hi - lo, 2), "committed_in_window": txs,
+                           "load_covered_window": load_end >= hi, "frequency_hz": PERF_FREQUENCY,
+                           **layers.per_tx(prof, PERF_FREQUENCY, txs)}
+    if len(readings) == 2:
+        (ta, ca), (tb, cb) = readings
+        n = sum(1 for r in world.rec.txs if r.block >= 0 and ta <= r.end <= tb)
+        if n:
+            out["proc_cpu_ms_per_tx"] = round(1000 * (cb - ca) / n, 3)
+    return out
 
 
 def leader_orderer(bnet: BenchNetwork) -> str:

@@ -39,7 +39,8 @@ def _layer_lines(lay: Any) -> list[str]:
     out = [*head,
            f"{lay.get('samples')} samples in {window} s at {lay.get('tx_per_s')} tx/s offered, "
            f"{committed} txs committed in the window ({rate:.1f} tx/s); busy CPU "
-           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (idle samples {lay.get('idle_share')})."
+           f"{lay.get('busy_cpu_ms_per_tx')} ms per tx (the /proc meter over the same window: "
+           f"{lay.get('proc_cpu_ms_per_tx', '?')} ms; idle samples {lay.get('idle_share')})."
            + (" Commits lagged the offered load in this window (the saturation edge), so its ms per "
               "tx are an upper bound; the shares are the steady figure." if lagging else ""), "",
            "| layer (where the sample landed) | share of busy CPU | ms per tx |", "|---|---|---|"]
