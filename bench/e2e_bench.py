@@ -43,7 +43,7 @@ from typing import Any
 from bench.common import RESULTS, write_result
 from bench.e2e_load import STEPS, Recorder, StoryWorld, drain, open_loop
 from bench.e2e_net import BenchNetwork, start_network
-from bench.procstat import CpuSample, group_cpu, process_cpu_s
+from bench.procstat import CpuSample, cpu_by_node, process_cpu_s
 from bench.profiles import layers, threads
 from bench.profiles.pyspy import digest, pyspy_path, record
 from bench.svgplot import latency_plot
@@ -139,9 +139,11 @@ class CpuMeter:
 
     def sample(self) -> Reading:
         """Now."""
-        cpu = {name: group_cpu(pid) for name, pid in self.pids.items()}
-        cpu["client"] = CpuSample(process_cpu_s(os.getpid()), 0.0)
-        return Reading(cpu, threads.snapshot(self.pids, {"client": os.getpid()}))
+        return Reading(self.cpu(), threads.snapshot(self.pids, {"client": os.getpid()}))
+
+    def cpu(self) -> dict[str, CpuSample]:
+        """CPU of every node and of this client, now (without the threads' switches)."""
+        return {**cpu_by_node(self.pids), "client": CpuSample(process_cpu_s(os.getpid()), 0.0)}
 
     @staticmethod
     def per_tx(before: Reading, after: Reading, txs: int, wall_s: float) -> dict[str, Any]:
@@ -276,6 +278,11 @@ def profile_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, second
     return out
 
 
+def commits_between(rec: Recorder, lo: float, hi: float) -> int:
+    """Transactions whose commit status arrived in [lo, hi] (monotonic seconds)."""
+    return sum(1 for r in rec.txs if r.block >= 0 and lo <= r.end <= hi)
+
+
 PERF_FREQUENCY = 499  # samples per second of each CPU (a prime: no lock-step with timers)
 
 
@@ -304,7 +311,7 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     readings: list[tuple[float, float]] = []
 
     def read_meter() -> None:
-        readings.append((time.monotonic(), sum(c.total_s for c in meter.sample().cpu.values())))
+        readings.append((time.monotonic(), sum(c.total_s for c in meter.cpu().values())))
 
     timers = [threading.Timer(warm_s, read_meter), threading.Timer(warm_s + seconds, read_meter)]
     for t in timers:
@@ -333,13 +340,13 @@ def layers_level(world: StoryWorld, bnet: BenchNetwork, tx_per_s: float, seconds
     if prof.first_t is None or prof.last_t is None:
         return {"error": "perf script printed no sample times"}
     lo, hi = prof.first_t, prof.last_t
-    txs = sum(1 for r in world.rec.txs if r.block >= 0 and lo <= r.end <= hi)
+    txs = commits_between(world.rec, lo, hi)
     out: dict[str, Any] = {"tx_per_s": tx_per_s, "window_s": round(hi - lo, 2), "committed_in_window": txs,
                            "load_covered_window": load_end >= hi, "frequency_hz": PERF_FREQUENCY,
                            **layers.per_tx(prof, PERF_FREQUENCY, txs)}
     if len(readings) == 2:
         (ta, ca), (tb, cb) = readings
-        n = sum(1 for r in world.rec.txs if r.block >= 0 and ta <= r.end <= tb)
+        n = commits_between(world.rec, ta, tb)
         if n:
             out["proc_cpu_ms_per_tx"] = round(1000 * (cb - ca) / n, 3)
     return out

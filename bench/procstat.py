@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,42 +46,52 @@ def process_cpu_s(pid: int) -> float:
     return _cpu(f, False) if f else 0.0
 
 
-def group_pids(leader: int) -> list[int]:
-    """Live pids of a node, leader first: the leader, the other members of its process group
-    and every descendant of any of them (a peer's sandbox workers run in sessions of their
-    own, children of the peer)."""
-    parent: dict[int, int] = {}
-    members: list[int] = []
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgrp) of every live process (one pass over /proc)."""
+    table: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        f = _stat_fields(pid)
-        if f is None:
-            continue
-        parent[pid] = int(f[1])  # ppid (field 4)
-        if pid != leader and int(f[2]) == leader:  # pgrp (field 5)
-            members.append(pid)
-    family = {leader, *members}
-    grew = True
-    while grew:  # bounded: each round adds at least one pid of a finite table
-        grew = False
-        for pid, ppid in parent.items():
-            if ppid in family and pid not in family:
-                family.add(pid)
-                grew = True
-    return [leader, *sorted(family - {leader})]
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None:
+                table[int(entry)] = (int(f[1]), int(f[2]))  # ppid (field 4), pgrp (field 5)
+    return table
+
+
+def node_families(groups: Mapping[str, int]) -> dict[str, list[int]]:
+    """name -> pids of each node (``name -> leader pid``), leader first, from one pass over
+    /proc: the leader, the other members of its process group and every descendant of any
+    of them (a peer's sandbox workers run in sessions of their own, children of the peer)."""
+    table = _process_table()
+    out: dict[str, list[int]] = {}
+    for name, leader in groups.items():
+        family = {leader, *(pid for pid, (_, pgrp) in table.items() if pgrp == leader)}
+        grew = True
+        while grew:  # bounded: each round adds at least one pid of a finite table
+            grew = False
+            for pid, (ppid, _) in table.items():
+                if ppid in family and pid not in family:
+                    family.add(pid)
+                    grew = True
+        out[name] = [leader, *sorted(family - {leader})]
+    return out
+
+
+def node_processes(groups: Mapping[str, int]) -> dict[int, str]:
+    """pid -> owner: a node's leader is ``name``, its other processes ``"<name> workers"``."""
+    return {pid: name if i == 0 else f"{name} workers"
+            for name, pids in node_families(groups).items() for i, pid in enumerate(pids)}
+
+
+def cpu_by_node(groups: Mapping[str, int]) -> dict[str, CpuSample]:
+    """CPU of every node: its leader (with reaped children) and its other processes (with
+    theirs), from one pass over /proc (see :func:`node_families`)."""
+    out: dict[str, CpuSample] = {}
+    for name, pids in node_families(groups).items():
+        cpu = [_cpu(f, True) if (f := _stat_fields(pid)) else 0.0 for pid in pids]
+        out[name] = CpuSample(cpu[0], sum(cpu[1:]))
+    return out
 
 
 def group_cpu(leader: int) -> CpuSample:
-    """CPU of a process-group leader (with reaped children) and of the other live members of
-    its group and their descendants (see :func:`group_pids`)."""
-    own = _stat_fields(leader)
-    leader_s = _cpu(own, True) if own else 0.0
-    members = 0.0
-    for pid in group_pids(leader)[1:]:
-        f = _stat_fields(pid)
-        if f is not None:
-            members += _cpu(f, True)
-    return CpuSample(leader_s, members)
-
+    """CPU of one node (see :func:`cpu_by_node`)."""
+    return cpu_by_node({"": leader})[""]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procstat import group_pids
+from bench.procstat import node_processes
 
 KERNEL = "kernel"
 INTERPRETER = "Python interpreter"
@@ -126,6 +126,7 @@ def script(binary: str, data: Path, timeout_s: float = 300.0) -> str:
 
 
 KERNEL_ADDRESS = 0xFFFF800000000000  # x86-64: the upper half is the kernel's
+_PAREN_DEPTH = {")": 1, "(": -1}
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _frame(body: str) -> tuple[str, str] | None:
         return None
     depth = 0
     for i in range(len(body) - 1, -1, -1):
-        depth += {")": 1, "(": -1}.get(body[i], 0)
+        depth += _PAREN_DEPTH.get(body[i], 0)
         if depth == 0:
             break
     else:
@@ -296,10 +297,7 @@ def process_names(groups: Mapping[str, int], singles: Mapping[str, int],
     a node, a peer's sandbox workers, are ``"<name> workers"``) and every single process;
     ``known`` (an earlier call's answer) keeps processes that have exited since, e.g. a
     recycled sandbox worker."""
-    names: dict[int, str] = dict(known or {})
-    for name, leader in groups.items():
-        for pid in group_pids(leader):
-            names[pid] = name if pid == leader else f"{name} workers"
+    names: dict[int, str] = {**(known or {}), **node_processes(groups)}
     for name, pid in singles.items():
         names[pid] = name
     return names

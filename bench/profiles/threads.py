@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from bench.procstat import group_pids
+from bench.procstat import node_processes
 
 # Frames that only say "waiting": the label uses the first frame below them.
 _WAIT_FILES = ("threading.py", "queue.py", "concurrent/futures", "<frozen runpy>")
@@ -73,11 +73,9 @@ def snapshot(groups: Mapping[str, int], singles: Mapping[str, int] | None = None
     and of every single process in ``singles`` (e.g. the benchmark's own, whose children are
     the nodes)."""
     snap: Snapshot = {}
-    for name, leader in groups.items():
-        for pid in group_pids(leader):
-            owner = name if pid == leader else f"{name} workers"
-            for tid, value in task_switches(pid).items():
-                snap[(owner, pid, tid)] = value
+    for pid, owner in node_processes(groups).items():
+        for tid, value in task_switches(pid).items():
+            snap[(owner, pid, tid)] = value
     for name, pid in (singles or {}).items():
         for tid, value in task_switches(pid).items():
             snap[(name, pid, tid)] = value

@@ -15,7 +15,7 @@ import pytest
 
 from bench.e2e_bench import CpuMeter, Reading, crypto_bound, level_stats, passes, percentile
 from bench.e2e_load import Recorder, TxResult
-from bench.procstat import CpuSample, group_cpu, group_pids, process_cpu_s
+from bench.procstat import CpuSample, cpu_by_node, group_cpu, node_families, node_processes, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
 from bench.svgplot import latency_plot
@@ -80,7 +80,7 @@ def test_procstat_sees_own_cpu() -> None:
     after = process_cpu_s(me)
     assert after > before
     assert process_cpu_s(2**22 + 12345) == 0.0  # no such process
-    assert group_pids(os.getpgid(me))[0] == os.getpgid(me)
+    assert node_families({"g": os.getpgid(me)})["g"][0] == os.getpgid(me)
 
 
 def test_group_cpu_includes_reaped_children() -> None:
@@ -102,8 +102,10 @@ def test_group_counts_descendants_in_sessions_of_their_own() -> None:
         try:
             assert child.stdout is not None and child.stdout.readline().strip() == b"busy"
             assert os.getpgid(child.pid) != os.getpgid(os.getpid())
-            assert child.pid in group_pids(os.getpid())
+            assert node_processes({"me": os.getpid()})[child.pid] == "me workers"
             assert group_cpu(os.getpid()).members_s >= process_cpu_s(child.pid) >= 0.25
+            both = cpu_by_node({"me": os.getpid(), "it": child.pid})  # one /proc pass, two nodes
+            assert both["it"].leader_s == pytest.approx(process_cpu_s(child.pid), abs=0.05)
             owners = {(name, pid) for name, pid, _tid in threads.snapshot({"me": os.getpid()})}
             assert ("me workers", child.pid) in owners and ("me", os.getpid()) in owners
         finally:
