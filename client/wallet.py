@@ -107,7 +107,7 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
         key = load_private_key(_read(key_path, "private key"))
     except ValueError as exc:
         raise WalletError("BAD_WALLET", f"{key_path}: not a P-256 PEM private key") from exc
-    if not key_matches(key, cert):
+    if not key_matches(key, cert.public_key()):
         raise WalletError("BAD_WALLET", f"{key_path} does not match {cert_path}")
     try:
         info = cert_info(cert)

@@ -62,15 +62,14 @@ OnSign = Callable[[bytes, bytes, bytes], None]  # (cert DER, signature, data)
 class Signer:
     """A member's signing key together with the identity that names it.
 
-    ``on_sign`` (optional) is told of every signature made (see the module docstring)."""
+    ``on_sign``, when set, is told of every signature made (see the module docstring)."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, identity: identity_pb2.Identity,
-                 on_sign: OnSign | None = None):
+    def __init__(self, key: ec.EllipticCurvePrivateKey, identity: identity_pb2.Identity):
         self.key = key
         self.identity = identity
         self.identity_bytes = identity.SerializeToString()
         self.cert_der = identity.cert_der  # one bytes object (protobuf returns a copy per access)
-        self.on_sign = on_sign
+        self.on_sign: OnSign | None = None  # set by Verifier.trust_own
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data``."""
@@ -80,18 +79,17 @@ class Signer:
         return signature
 
 
-def key_matches(key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bool:
-    """True when ``cert`` certifies the public half of ``key`` (a P-256 certificate)."""
-    pub = cert.public_key()
-    return isinstance(pub, ec.EllipticCurvePublicKey) and (
-        pub.public_numbers() == key.public_key().public_numbers())
+def key_matches(key: ec.EllipticCurvePrivateKey, public: object) -> bool:
+    """True when ``public`` (e.g. a certificate's ``public_key()``) is the public half of ``key``."""
+    return isinstance(public, ec.EllipticCurvePublicKey) and (
+        public.public_numbers() == key.public_key().public_numbers())
 
 
 def load_signer(cert_path: str | Path, key_path: str | Path, org: str) -> Signer:
     """Load a signer from a PEM certificate and PEM key (ValueError if they do not match)."""
     cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     key = load_private_key(Path(key_path).read_bytes())
-    if not key_matches(key, cert):
+    if not key_matches(key, cert.public_key()):
         raise ValueError(f"the private key {key_path} does not belong to the certificate {cert_path}")
     der = cert.public_bytes(serialization.Encoding.DER)
     return Signer(key, identity_pb2.Identity(org=org, cert_der=der))
@@ -118,8 +116,7 @@ class Verifier:
 
         Raises ValueError unless the signer's key belongs to its certificate: only then is
         a remembered signature one that verification would accept too."""
-        pub = self.public_key(signer.cert_der)  # a P-256 key, as verify() requires
-        if pub.public_numbers() != signer.key.public_key().public_numbers():
+        if not key_matches(signer.key, self.public_key(signer.cert_der)):  # P-256, as verify() reads it
             raise ValueError("the signer's key does not belong to its certificate")
         signer.on_sign = self.remember_own
 
