@@ -113,6 +113,14 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
                   "| process | thread: where it waits or runs | switches per tx |", "|---|---|---|"]
         lines += [f"| {r['process']} | {r['thread']} | {r['per_tx']} |" for r in sw["top"][:15]]
         lines.append("")
+    if isinstance(sw, dict) and sw.get("cpu_top"):
+        lines += ["### CPU per committed tx at peak, thread by thread", "",
+                  f"{sw.get('cpu_ms_per_tx_total')} ms in all (threads alive through the whole "
+                  "window, while py-spy samples them); by process: "
+                  + ", ".join(f"{k} {v}" for k, v in sw.get("cpu_ms_per_tx_by_process", {}).items()), "",
+                  "| process | thread: where it waits or runs | CPU ms per tx |", "|---|---|---|"]
+        lines += [f"| {r['process']} | {r['thread']} | {r['cpu_ms_per_tx']} |" for r in sw["cpu_top"][:15]]
+        lines.append("")
     lines += _layer_lines(prof.get("layers") if isinstance(prof, dict) else None)
     if ANALYSIS.exists():
         lines += ["## Analysis", "", ANALYSIS.read_text().strip(), ""]

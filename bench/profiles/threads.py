@@ -4,10 +4,13 @@ A sampling profile shows where the interpreter runs; it does not show what wakin
 costs. On these machines one hand-off costs ~13 us of CPU between threads and ~18 us
 between processes (``bench.grpc_model_bench``), and a story transaction causes ~150
 voluntary context switches across the nodes (see ``analysis.md``). :func:`snapshot` reads
-every thread's voluntary and involuntary switches from ``/proc``; :func:`per_tx` turns two
-snapshots into switches per committed transaction by process; :func:`thread_labels` names
-Python threads from one ``py-spy dump`` (thread name and the innermost frame that is not a
-wait); :func:`top_threads` ranks the threads by voluntary switches per transaction.
+every thread's voluntary and involuntary switches and its CPU time from ``/proc``;
+:func:`per_tx` turns two snapshots into switches per committed transaction by process;
+:func:`thread_labels` names Python threads from one ``py-spy dump`` (thread name and the
+innermost frame that is not a wait); :func:`top_threads` ranks the threads by voluntary
+switches per transaction and, separately, by CPU per transaction -- which threads burn the
+interpreter's share (py-spy shows functions, not which thread of gRPC's runs them; perf
+shows layers, not threads).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ _WAIT_FILES = ("threading.py", "queue.py", "concurrent/futures", "<frozen runpy>
 # py-spy's thread states: idle, active, active+gil, ...
 _THREAD = re.compile(r'^Thread (\d+) \(([\w+]+)\)(?:: "(.*)")?')
 
-# (process, pid, tid) -> (voluntary, involuntary, comm)
-Snapshot = dict[tuple[str, int, int], tuple[int, int, str]]
+# (process, pid, tid) -> (voluntary, involuntary, CPU nanoseconds, comm)
+Snapshot = dict[tuple[str, int, int], tuple[int, int, int, str]]
 
 
 def switches_from_status(text: str) -> tuple[int, int]:
@@ -48,22 +51,33 @@ def switches_from_status(text: str) -> tuple[int, int]:
     return vol, invol
 
 
-def task_switches(pid: int) -> dict[int, tuple[int, int, str]]:
-    """tid -> (voluntary, involuntary, comm) of a process's live threads (empty if gone)."""
-    out: dict[int, tuple[int, int, str]] = {}
+def cpu_ns_from_schedstat(text: str) -> int:
+    """Nanoseconds a thread has run on a CPU, from ``/proc/<pid>/task/<tid>/schedstat``
+    (first field; 0 if unreadable)."""
+    parts = text.split()
+    return int(parts[0]) if parts and parts[0].isdigit() else 0
+
+
+def task_switches(pid: int) -> dict[int, tuple[int, int, int, str]]:
+    """tid -> (voluntary, involuntary, CPU ns, comm) of a process's live threads (empty if
+    gone)."""
+    out: dict[int, tuple[int, int, int, str]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
+        base = f"/proc/{pid}/task/{tid}/"
         try:
-            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as fh:
+            with open(base + "status", encoding="ascii", errors="replace") as fh:
                 vol, invol = switches_from_status(fh.read())
-            with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8", errors="replace") as fh:
+            with open(base + "schedstat", encoding="ascii", errors="replace") as fh:
+                cpu_ns = cpu_ns_from_schedstat(fh.read())
+            with open(base + "comm", encoding="utf-8", errors="replace") as fh:
                 comm = fh.read().strip()
         except (OSError, ValueError):
             continue
-        out[int(tid)] = (vol, invol, comm)
+        out[int(tid)] = (vol, invol, cpu_ns, comm)
     return out
 
 
@@ -130,14 +144,15 @@ def local_labels() -> dict[int, str]:
     return labels
 
 
-def _deltas(before: Snapshot, after: Snapshot) -> Iterator[tuple[str, int, int, int, str]]:
-    """(process, tid, voluntary, involuntary, comm) switched between the snapshots, for the
+def _deltas(before: Snapshot, after: Snapshot) -> Iterator[tuple[str, int, int, int, int, str]]:
+    """(process, tid, voluntary, involuntary, CPU ns, comm) between the snapshots, for the
     threads present in both (a thread that started or ended inside the window has a partial
     count: left out, so an exiting thread cannot make a delta negative)."""
-    for key, (v, i, comm) in after.items():
+    for key, (v, i, ns, comm) in after.items():
         if key in before:
             name, _pid, tid = key
-            yield name, tid, v - before[key][0], i - before[key][1], comm
+            b = before[key]
+            yield name, tid, v - b[0], i - b[1], ns - b[2], comm
 
 
 def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
@@ -145,7 +160,7 @@ def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
     n = max(1, txs)
     by_process: dict[str, float] = {}
     vol = invol = 0
-    for name, _tid, dv, di, _comm in _deltas(before, after):
+    for name, _tid, dv, di, _ns, _comm in _deltas(before, after):
         vol += dv
         invol += di
         by_process[name] = by_process.get(name, 0.0) + (dv + di) / n
@@ -160,16 +175,27 @@ def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
 def top_threads(before: Snapshot, after: Snapshot, labels: Mapping[int, str], txs: int,
                 limit: int = 20) -> dict[str, Any]:
     """Voluntary switches (hand-offs) per tx in all, by process, and the ``limit`` busiest
-    threads."""
+    threads; and the same for CPU milliseconds per tx (``cpu_*``), busiest first."""
     n = max(1, txs)
     rows: list[tuple[float, str, str]] = []
+    cpu_rows: list[tuple[float, str, str]] = []
     by_process: dict[str, float] = {}
-    for name, tid, dv, _di, comm in _deltas(before, after):
+    cpu_by_process: dict[str, float] = {}
+    for name, tid, dv, _di, dns, comm in _deltas(before, after):
+        label = labels.get(tid) or comm
         by_process[name] = by_process.get(name, 0.0) + dv / n
-        rows.append((dv / n, name, labels.get(tid) or comm))
+        rows.append((dv / n, name, label))
+        ms = dns / 1e6 / n
+        cpu_by_process[name] = cpu_by_process.get(name, 0.0) + ms
+        cpu_rows.append((ms, name, label))
     rows.sort(key=lambda r: -r[0])
+    cpu_rows.sort(key=lambda r: -r[0])
     return {
         "per_tx_total": round(sum(by_process.values()), 1),
         "per_tx_by_process": {k: round(v, 1) for k, v in sorted(by_process.items())},
         "top": [{"process": p, "thread": t, "per_tx": round(d, 2)} for d, p, t in rows[:limit]],
+        "cpu_ms_per_tx_total": round(sum(cpu_by_process.values()), 3),
+        "cpu_ms_per_tx_by_process": {k: round(v, 3) for k, v in sorted(cpu_by_process.items())},
+        "cpu_top": [{"process": p, "thread": t, "cpu_ms_per_tx": round(d, 3)}
+                    for d, p, t in cpu_rows[:limit]],
     }

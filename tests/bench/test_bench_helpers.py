@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -116,10 +117,10 @@ def test_group_counts_descendants_in_sessions_of_their_own() -> None:
 def test_cpu_per_tx_by_kind_with_the_sandbox_share_and_switches() -> None:
     before = Reading({"client": CpuSample(1.0, 0.0), "peer.a": CpuSample(2.0, 1.0),
                       "peer.b": CpuSample(2.0, 0.0), "orderer.x": CpuSample(1.0, 0.0)},
-                     {("peer.a", 5, 5): (10, 1, "t")})
+                     {("peer.a", 5, 5): (10, 1, 0, "t")})
     after = Reading({"client": CpuSample(1.1, 0.0), "peer.a": CpuSample(2.2, 1.1),
                      "peer.b": CpuSample(2.1, 0.0), "orderer.x": CpuSample(1.05, 0.0)},
-                    {("peer.a", 5, 5): (30, 11, "t")})
+                    {("peer.a", 5, 5): (30, 11, 0, "t")})
     out = CpuMeter.per_tx(before, after, txs=100, wall_s=1.0)
     assert out["by_process_ms"] == {"client": 1.0, "orderer.x": 0.5, "peer.a": 3.0, "peer.b": 1.0}
     assert out["by_kind_ms"]["gateway_peer_max"] == 3.0 and out["by_kind_ms"]["other_peers_mean"] == 1.0
@@ -158,11 +159,36 @@ def test_thread_switches_count_hand_offs() -> None:
     assert threads.task_switches(2**22 + 12345) == {}  # no such process
 
 
+def test_thread_cpu_is_read_per_thread() -> None:
+    """A thread that computes for ~50 ms of CPU shows it; an idle thread beside it does not."""
+    me = os.getpid()
+    stop = threading.Event()
+    idler = threading.Thread(target=stop.wait, args=(10,), name="idler")
+    idler.start()
+    try:
+        assert idler.native_id is not None
+        tid = threading.get_native_id()
+        before = threads.snapshot({}, {"me": me})
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.05:
+            pass
+        after = threads.snapshot({}, {"me": me})
+        busy_ns = after[("me", me, tid)][2] - before[("me", me, tid)][2]
+        idle_ns = after[("me", me, idler.native_id)][2] - before[("me", me, idler.native_id)][2]
+        assert busy_ns >= 40_000_000
+        assert idle_ns < 10_000_000
+    finally:
+        stop.set()
+        idler.join(5)
+    assert threads.cpu_ns_from_schedstat("123456 789 10\n") == 123456
+    assert threads.cpu_ns_from_schedstat("") == 0
+
+
 def test_switch_counts_split_voluntary_and_involuntary_and_skip_partial_threads() -> None:
     status = "Name:\tpython\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n"
     assert threads.switches_from_status(status) == (1234, 56)
-    before = {("a", 1, 1): (10, 0, "x"), ("b", 2, 2): (5, 5, "y"), ("b", 2, 3): (900, 900, "ended")}
-    after = {("a", 1, 1): (110, 0, "x"), ("b", 2, 2): (35, 30, "y"), ("b", 2, 4): (700, 700, "born")}
+    before = {("a", 1, 1): (10, 0, 0, "x"), ("b", 2, 2): (5, 5, 0, "y"), ("b", 2, 3): (900, 900, 0, "ended")}
+    after = {("a", 1, 1): (110, 0, 0, "x"), ("b", 2, 2): (35, 30, 0, "y"), ("b", 2, 4): (700, 700, 0, "born")}
     assert threads.per_tx(before, after, txs=50) == {
         "by_process": {"a": 2.0, "b": 1.1}, "voluntary": 2.6, "involuntary": 0.5, "total": 3.1}
     # the per-thread table ranks voluntary switches only
@@ -229,17 +255,25 @@ def test_thread_labels_come_from_the_first_frame_that_is_not_a_wait() -> None:
 
 
 def test_top_threads_ranks_switches_per_tx_and_skips_partial_threads() -> None:
-    before = {("peer.p01", 10, 10): (100, 9, "python"), ("peer.p01", 10, 11): (0, 9, "event_engine"),
-              ("peer.p01 workers", 12, 12): (5, 9, "python"), ("client", 1, 1): (0, 9, "python"),
-              ("client", 1, 2): (7, 9, "gone")}
-    after = {("peer.p01", 10, 10): (300, 99, "python"), ("peer.p01", 10, 11): (500, 99, "event_engine"),
-             ("peer.p01 workers", 12, 12): (105, 99, "python"), ("client", 1, 1): (50, 99, "python"),
-             ("client", 1, 3): (999, 99, "born in the window")}
+    ms = 1_000_000  # ns
+    before = {("peer.p01", 10, 10): (100, 9, 0, "python"), ("peer.p01", 10, 11): (0, 9, 0, "event_engine"),
+              ("peer.p01 workers", 12, 12): (5, 9, 0, "python"), ("client", 1, 1): (0, 9, 0, "python"),
+              ("client", 1, 2): (7, 9, 0, "gone")}
+    after = {("peer.p01", 10, 10): (300, 99, 250 * ms, "python"),
+             ("peer.p01", 10, 11): (500, 99, 20 * ms, "event_engine"),
+             ("peer.p01 workers", 12, 12): (105, 99, 100 * ms, "python"),
+             ("client", 1, 1): (50, 99, 30 * ms, "python"),
+             ("client", 1, 3): (999, 99, 999 * ms, "born in the window")}
     out = threads.top_threads(before, after, {10: "MainThread: main"}, txs=100, limit=2)
     assert out["per_tx_total"] == 8.5  # (200 + 500 + 100 + 50) / 100
     assert out["per_tx_by_process"] == {"client": 0.5, "peer.p01": 7.0, "peer.p01 workers": 1.0}
     assert out["top"] == [{"process": "peer.p01", "thread": "event_engine", "per_tx": 5.0},
                           {"process": "peer.p01", "thread": "MainThread: main", "per_tx": 2.0}]
+    # CPU ranks differently: the thread that switches most is not the one that computes most
+    assert out["cpu_ms_per_tx_total"] == 4.0  # (250 + 20 + 100 + 30) ms / 100
+    assert out["cpu_ms_per_tx_by_process"] == {"client": 0.3, "peer.p01": 2.7, "peer.p01 workers": 1.0}
+    assert out["cpu_top"] == [{"process": "peer.p01", "thread": "MainThread: main", "cpu_ms_per_tx": 2.5},
+                              {"process": "peer.p01 workers", "thread": "python", "cpu_ms_per_tx": 1.0}]
 
 
 def test_snapshot_and_local_labels_see_this_process_threads() -> None:
@@ -257,3 +291,20 @@ def test_snapshot_and_local_labels_see_this_process_threads() -> None:
     finally:
         stop.set()
         t.join(5)
+
+
+def test_summary_shows_switches_and_cpu_by_thread(tmp_path: Path) -> None:
+    from bench.profiles.summary import write_summary
+
+    sw = {"per_tx_total": 8.5, "per_tx_by_process": {"peer.p01": 8.5},
+          "top": [{"process": "peer.p01", "thread": "event_engine", "per_tx": 5.0}],
+          "cpu_ms_per_tx_total": 2.7, "cpu_ms_per_tx_by_process": {"peer.p01": 2.7},
+          "cpu_top": [{"process": "peer.p01", "thread": "MainThread: main", "cpu_ms_per_tx": 2.5}]}
+    text = write_summary({"profile": {"thread_switches": sw}}, tmp_path / "s.md").read_text()
+    assert "| peer.p01 | event_engine | 5.0 |" in text
+    assert "### CPU per committed tx at peak, thread by thread" in text
+    assert "2.7 ms in all" in text and "| peer.p01 | MainThread: main | 2.5 |" in text
+    # an older result without the CPU figures still renders, without the CPU table
+    del sw["cpu_top"]
+    text = write_summary({"profile": {"thread_switches": sw}}, tmp_path / "s.md").read_text()
+    assert "| peer.p01 | event_engine | 5.0 |" in text and "thread by thread" not in text
