@@ -1,4 +1,4 @@
-"""Context switches per transaction, thread by thread: where the hand-offs happen.
+"""Context switches and CPU per transaction, thread by thread: where the hand-offs happen.
 
 A sampling profile shows where the interpreter runs; it does not show what waking threads
 costs. On these machines one hand-off costs ~13 us of CPU between threads and ~18 us
@@ -58,7 +58,7 @@ def cpu_ns_from_schedstat(text: str) -> int:
     return int(parts[0]) if parts and parts[0].isdigit() else 0
 
 
-def task_switches(pid: int) -> dict[int, tuple[int, int, int, str]]:
+def task_stats(pid: int) -> dict[int, tuple[int, int, int, str]]:
     """tid -> (voluntary, involuntary, CPU ns, comm) of a process's live threads (empty if
     gone)."""
     out: dict[int, tuple[int, int, int, str]] = {}
@@ -88,10 +88,10 @@ def snapshot(groups: Mapping[str, int], singles: Mapping[str, int] | None = None
     the nodes)."""
     snap: Snapshot = {}
     for pid, owner in node_processes(groups).items():
-        for tid, value in task_switches(pid).items():
+        for tid, value in task_stats(pid).items():
             snap[(owner, pid, tid)] = value
     for name, pid in (singles or {}).items():
-        for tid, value in task_switches(pid).items():
+        for tid, value in task_stats(pid).items():
             snap[(name, pid, tid)] = value
     return snap
 

@@ -156,7 +156,7 @@ def test_thread_switches_count_hand_offs() -> None:
     assert per["voluntary"] >= 1.0
     # three figures rounded to 0.1 each: their sum may be 0.1 off (plus float error)
     assert per["total"] == pytest.approx(per["voluntary"] + per["involuntary"], abs=0.1 + 1e-9)
-    assert threads.task_switches(2**22 + 12345) == {}  # no such process
+    assert threads.task_stats(2**22 + 12345) == {}  # no such process
 
 
 def test_thread_cpu_is_read_per_thread() -> None:
