@@ -116,7 +116,7 @@ def write_summary(result: dict[str, Any], path: Path) -> Path:
     if isinstance(sw, dict) and sw.get("cpu_top"):
         lines += ["### CPU per committed tx at peak, thread by thread", "",
                   f"{sw.get('cpu_ms_per_tx_total')} ms in all (threads alive through the whole "
-                  "window, while py-spy samples them); by process: "
+                  "profiled level and its drain); by process: "
                   + ", ".join(f"{k} {v}" for k, v in sw.get("cpu_ms_per_tx_by_process", {}).items()), "",
                   "| process | thread: where it waits or runs | CPU ms per tx |", "|---|---|---|"]
         lines += [f"| {r['process']} | {r['thread']} | {r['cpu_ms_per_tx']} |" for r in sw["cpu_top"][:15]]

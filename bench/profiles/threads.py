@@ -52,15 +52,15 @@ def switches_from_status(text: str) -> tuple[int, int]:
 
 
 def cpu_ns_from_schedstat(text: str) -> int:
-    """Nanoseconds a thread has run on a CPU, from ``/proc/<pid>/task/<tid>/schedstat``
-    (first field; 0 if unreadable)."""
+    """Nanoseconds a thread (or process) has run on a CPU, from its ``schedstat`` (first
+    field; 0 if the text holds none)."""
     parts = text.split()
     return int(parts[0]) if parts and parts[0].isdigit() else 0
 
 
 def task_stats(pid: int) -> dict[int, tuple[int, int, int, str]]:
     """tid -> (voluntary, involuntary, CPU ns, comm) of a process's live threads (empty if
-    gone)."""
+    gone). CPU is 0 where the kernel has no ``schedstat`` (the switch counts still count)."""
     out: dict[int, tuple[int, int, int, str]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -71,12 +71,15 @@ def task_stats(pid: int) -> dict[int, tuple[int, int, int, str]]:
         try:
             with open(base + "status", encoding="ascii", errors="replace") as fh:
                 vol, invol = switches_from_status(fh.read())
-            with open(base + "schedstat", encoding="ascii", errors="replace") as fh:
-                cpu_ns = cpu_ns_from_schedstat(fh.read())
             with open(base + "comm", encoding="utf-8", errors="replace") as fh:
                 comm = fh.read().strip()
         except (OSError, ValueError):
             continue
+        try:
+            with open(base + "schedstat", encoding="ascii", errors="replace") as fh:
+                cpu_ns = cpu_ns_from_schedstat(fh.read())
+        except OSError:
+            cpu_ns = 0
         out[int(tid)] = (vol, invol, cpu_ns, comm)
     return out
 
@@ -127,7 +130,8 @@ def thread_labels(binary: str, pid: int, timeout_s: float = 20.0) -> dict[int, s
 
 
 def local_labels() -> dict[int, str]:
-    """Labels of this process's Python threads, the same way (no py-spy needed)."""
+    """Labels of this process's Python threads, the same way (no py-spy needed; this
+    module's own frames are skipped, so the calling thread is named by its caller)."""
     frames = sys._current_frames()  # every thread's current frame (documented in sys)
     labels: dict[int, str] = {}
     for t in threading.enumerate():
@@ -137,7 +141,7 @@ def local_labels() -> dict[int, str]:
         frame = frames.get(t.ident) if t.ident is not None else None
         if frame is not None:
             for fs in reversed(traceback.extract_stack(frame)):
-                if not any(f in fs.filename for f in _WAIT_FILES):
+                if fs.filename != __file__ and not any(f in fs.filename for f in _WAIT_FILES):
                     label = f"{t.name}: {fs.name}"
                     break
         labels[t.native_id] = label

@@ -288,6 +288,8 @@ def test_snapshot_and_local_labels_see_this_process_threads() -> None:
         assert {name for name, _pid, _tid in snap} == {"me"}
         assert labels[t.native_id].startswith("idler")
         assert labels[threading.main_thread().native_id or 0].startswith("MainThread: ")
+        # the labelling thread is named by its caller, not by local_labels itself
+        assert labels[threading.get_native_id()] == "MainThread: test_snapshot_and_local_labels_see_this_process_threads"
     finally:
         stop.set()
         t.join(5)
