@@ -19,6 +19,21 @@ BENCH_DIR = Path(__file__).resolve().parent
 TIMEOUT_S = 1800
 
 
+def summary_lines(doc: dict[str, object]) -> list[str]:
+    """A result's scalar figures as bullets; a group of scalars (e.g. ``small_blocks``) as
+    ``group.key`` bullets; deeper structures are left to the benchmark's own summary."""
+    out: list[str] = []
+    for key, value in sorted(doc.items()):
+        if key in ("machine", "benchmark") or isinstance(value, list):
+            continue
+        if isinstance(value, dict):
+            if all(not isinstance(v, dict | list) for v in value.values()):
+                out += [f"* `{key}.{k}`: {v}" for k, v in sorted(value.items())]
+            continue
+        out.append(f"* `{key}`: {value}")
+    return out
+
+
 def main() -> int:
     """Run all benchmarks; exit non-zero if any failed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -45,10 +60,7 @@ def main() -> int:
         doc = json.loads(path.read_text())
         lines.append(f"## {path.stem}")
         lines.append("")
-        for key, value in sorted(doc.items()):
-            if key in ("machine", "benchmark") or isinstance(value, dict | list):
-                continue
-            lines.append(f"* `{key}`: {value}")
+        lines += summary_lines(doc)
         lines.append("")
     if failures:
         lines.append(f"Failed: {', '.join(failures)}")

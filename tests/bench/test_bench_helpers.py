@@ -310,3 +310,13 @@ def test_summary_shows_switches_and_cpu_by_thread(tmp_path: Path) -> None:
     del sw["cpu_top"]
     text = write_summary({"profile": {"thread_switches": sw}}, tmp_path / "s.md").read_text()
     assert "| peer.p01 | event_engine | 5.0 |" in text and "thread by thread" not in text
+
+
+def test_make_bench_summary_shows_scalar_groups_and_skips_deeper_ones() -> None:
+    from bench.run_all import summary_lines
+
+    doc = {"benchmark": "commit", "machine": {"cores": 2}, "ratio": 0.7,
+           "small_blocks": {"cpu_ms_per_tx": 0.4, "txs_per_block": 13},
+           "levels": [{"a": 1}], "profile": {"client": {"samples": 3}}}
+    assert summary_lines(doc) == ["* `ratio`: 0.7", "* `small_blocks.cpu_ms_per_tx`: 0.4",
+                                  "* `small_blocks.txs_per_block`: 13"]

@@ -23,3 +23,4 @@ def test_small_blocks_split_cpu_into_signature_checks_and_the_rest(tmp_path: Pat
     assert out["cpu_ms_per_tx"] > out["signature_checks_ms_per_tx"]
     # the parts add up (each rounded to 0.001)
     assert abs(out["signature_checks_ms_per_tx"] + out["rest_ms_per_tx"] - out["cpu_ms_per_tx"]) <= 0.002
+
