@@ -27,6 +27,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,36 @@ def _signature_jobs(blocks: list[block_pb2.Block]) -> list[list[tuple[bytes, byt
     return out
 
 
-def _crypto_round(verifier: Verifier, jobs: list[tuple[bytes, bytes, bytes]]) -> float:
-    t0 = time.perf_counter()
+def _crypto_round(verifier: Verifier, jobs: list[tuple[bytes, bytes, bytes]]) -> None:
     for cert, sig, data in jobs:
         if not verifier.verify(cert, sig, data):
             raise AssertionError("benchmark signature does not verify")
-    return time.perf_counter() - t0
+
+
+def _rounds(committer: Committer, blocks: list[block_pb2.Block],
+            jobs: list[list[tuple[bytes, bytes, bytes]]], clock: Callable[[], float],
+            profiler: Any = None) -> tuple[list[float], list[float]]:
+    """Per block, by ``clock``: (signature checks alone, validate + commit); the signature-only
+    rounds are interleaved with the commits (same Verifier setup, warm key cache)."""
+    verifier = Verifier()
+    _crypto_round(verifier, jobs[0][:30])  # warm the key cache
+    crypto: list[float] = []
+    commit: list[float] = []
+    for block, block_jobs in zip(blocks, jobs, strict=True):
+        t0 = clock()
+        _crypto_round(verifier, block_jobs)
+        t1 = clock()
+        if profiler is not None:
+            profiler.enable()
+        done = committer.commit_block(block)
+        if profiler is not None:
+            profiler.disable()
+        t2 = clock()
+        if done.validated.codes.count(tx_pb.VALID) != len(block.data.envelopes):
+            raise AssertionError(f"block {block.header.number}: not all txs valid")
+        crypto.append(t1 - t0)
+        commit.append(t2 - t1)
+    return crypto, commit
 
 
 def _committer(root: Path, genesis: block_pb2.Block) -> tuple[Ledger, Committer]:
@@ -120,25 +145,12 @@ def small_blocks(home: Path, genesis: block_pb2.Block, root: Path, txs_per_block
     """Thread CPU per tx of validate + commit with small blocks, and of their signature
     checks alone (the first ``warm`` blocks are not counted)."""
     blocks = _build_blocks(home, n_blocks, genesis, txs_per_block)
-    jobs = _signature_jobs(blocks)
     ledger, committer = _committer(root, genesis)
-    crypto_verifier = Verifier()
-    _crypto_round(crypto_verifier, jobs[0][:3])  # warm the key cache
-    commit_s = crypto_s = 0.0
     try:
-        for i, (block, block_jobs) in enumerate(zip(blocks, jobs, strict=True)):
-            t0 = time.thread_time()
-            _crypto_round(crypto_verifier, block_jobs)
-            t1 = time.thread_time()
-            done = committer.commit_block(block)
-            t2 = time.thread_time()
-            if done.validated.codes.count(tx_pb.VALID) != txs_per_block:
-                raise AssertionError(f"block {block.header.number}: not all txs valid")
-            if i >= warm:
-                crypto_s += t1 - t0
-                commit_s += t2 - t1
+        crypto, commit = _rounds(committer, blocks, _signature_jobs(blocks), time.thread_time)
     finally:
         ledger.close()
+    crypto_s, commit_s = sum(crypto[warm:]), sum(commit[warm:])
     n = max(1, (n_blocks - warm) * txs_per_block)
     return {
         "txs_per_block": txs_per_block,
@@ -161,28 +173,14 @@ def run(n_blocks: int, profile: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         blocks = _build_blocks(home, n_blocks, genesis)
         build_s = time.perf_counter() - t0
-        jobs = _signature_jobs(blocks)
         ledger, committer = _committer(Path(tmp) / "ledger", genesis)
-        crypto_verifier = Verifier()
-        _crypto_round(crypto_verifier, jobs[0][:30])  # warm the key cache
-        commit_times: list[float] = []
-        crypto_times: list[float] = []
         profiler = None
         if profile:
             import cProfile
 
             profiler = cProfile.Profile()
-        for block, block_jobs in zip(blocks, jobs, strict=True):
-            crypto_times.append(_crypto_round(crypto_verifier, block_jobs))
-            t0 = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            done = committer.commit_block(block)
-            if profiler is not None:
-                profiler.disable()
-            commit_times.append(time.perf_counter() - t0)
-            if done.validated.codes.count(tx_pb.VALID) != TXS_PER_BLOCK:
-                raise AssertionError(f"block {block.header.number}: not all txs valid")
+        crypto_times, commit_times = _rounds(committer, blocks, _signature_jobs(blocks), time.perf_counter,
+                                             profiler)
         state_hash = ledger.state_hash().hex()
         ledger.close()
         small = small_blocks(home, genesis, Path(tmp) / "ledger-small")
