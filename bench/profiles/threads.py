@@ -155,8 +155,8 @@ def _deltas(before: Snapshot, after: Snapshot) -> Iterator[tuple[str, int, int, 
     for key, (v, i, ns, comm) in after.items():
         if key in before:
             name, _pid, tid = key
-            b = before[key]
-            yield name, tid, v - b[0], i - b[1], ns - b[2], comm
+            v0, i0, ns0, _ = before[key]
+            yield name, tid, v - v0, i - i0, ns - ns0, comm
 
 
 def per_tx(before: Snapshot, after: Snapshot, txs: int) -> dict[str, Any]:
