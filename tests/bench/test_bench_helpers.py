@@ -19,6 +19,8 @@ from bench.e2e_load import Recorder, TxResult
 from bench.procstat import CpuSample, cpu_by_node, group_cpu, node_families, node_processes, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
+from bench.profiles.summary import write_summary
+from bench.run_all import summary_lines
 from bench.svgplot import latency_plot
 
 
@@ -296,8 +298,6 @@ def test_snapshot_and_local_labels_see_this_process_threads() -> None:
 
 
 def test_summary_shows_switches_and_cpu_by_thread(tmp_path: Path) -> None:
-    from bench.profiles.summary import write_summary
-
     sw = {"per_tx_total": 8.5, "per_tx_by_process": {"peer.p01": 8.5},
           "top": [{"process": "peer.p01", "thread": "event_engine", "per_tx": 5.0}],
           "cpu_ms_per_tx_total": 2.7, "cpu_ms_per_tx_by_process": {"peer.p01": 2.7},
@@ -313,8 +313,6 @@ def test_summary_shows_switches_and_cpu_by_thread(tmp_path: Path) -> None:
 
 
 def test_make_bench_summary_shows_scalar_groups_and_skips_deeper_ones() -> None:
-    from bench.run_all import summary_lines
-
     doc = {"benchmark": "commit", "machine": {"cores": 2}, "ratio": 0.7,
            "small_blocks": {"cpu_ms_per_tx": 0.4, "txs_per_block": 13},
            "levels": [{"a": 1}], "profile": {"client": {"samples": 3}}}
