@@ -3,7 +3,8 @@
 Encoding: ``json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` as
 UTF-8, after a walk that admits only dict (str keys), list, tuple (encoded as list), str,
 int, bool and None, bounded in depth.  Floats, NaN, sets, bytes and objects are refused:
-that keeps every peer's bytes identical.  Decoding refuses floats and NaN/Infinity too.
+that keeps every peer's bytes identical.  Decoding refuses floats and NaN/Infinity too,
+and integers of more than :data:`MAX_INT_DIGITS` digits.
 """
 
 from __future__ import annotations
@@ -28,7 +29,20 @@ def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not allowed")
 
 
-_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)
+# Integers read from JSON (arguments, state values) are bounded like the ones contracts
+# compute (``SandboxLimits.max_int_bits`` = 4096 bits, at most 1,234 decimal digits): a
+# 14,000-bit argument would make every operator on it costlier than its gas.
+MAX_INT_DIGITS = 1234
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) - (text[0] == "-") > MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant,
+                            parse_int=_bounded_int)
 
 
 def _plain_nodes(v: Any, depth: int, budget: int) -> int:

@@ -64,6 +64,8 @@ def _helpers(meter: Meter) -> dict[str, Any]:
         "__rx_leave__": meter.leave,
         "__rx_it__": meter.it,
         "__rx_sized__": meter.sized,
+        "__rx_unpack__": meter.unpack,
+        "__rx_unpacks__": meter.unpacks,
         "__rx_reraise__": meter.reraise,
         "__rx_add__": meter.add,
         "__rx_iadd__": meter.iadd,
@@ -186,18 +188,23 @@ _ATOMIC: frozenset[type] = frozenset({int, str, bool, type(None), range, type, T
 _CONTAINERS: frozenset[type] = frozenset({list, dict, set, tuple, frozenset})
 
 
+SHARE_DEPTH = 32  # deepest container nesting a cached module value may have
+
+
 def shareable(value: Any, budget: int = 100_000) -> bool:
     """True if ``value`` is built only from JSON-like containers and immutable objects
     (functions, builtins, type proxies), so a deep copy of its containers is a faithful
     fresh start.  Iterators, generators, views, exceptions... are not, and neither is a
     ``set``: a copied set may iterate in another order than the one the module body built,
-    so modules holding sets are never cached."""
-    stack = [value]
+    so modules holding sets are never cached.  Nor is a value nested deeper than
+    :data:`SHARE_DEPTH`: :func:`needs_copy` and :func:`fresh_copy` recurse, and such a
+    module simply takes the fresh path (the reference behaviour)."""
+    stack = [(value, 0)]
     while stack:
         budget -= 1
         if budget < 0:
             return False
-        v = stack.pop()
+        v, depth = stack.pop()
         tv = type(v)
         if tv in _ATOMIC:
             continue
@@ -213,16 +220,17 @@ def shareable(value: Any, budget: int = 100_000) -> bool:
             continue
         if tv is partial:
             # e.g. ``APPEND = ITEMS.append``: bound to the module's own (pristine) list
-            if v.keywords or any(needs_copy(a) or not shareable(a) for a in v.args):
+            if v.keywords or any(not shareable(a) or needs_copy(a) for a in v.args):
                 return False
             continue
-        if tv not in _CONTAINERS or tv is set:
+        if tv not in _CONTAINERS or tv is set or depth >= SHARE_DEPTH:
             return False
+        depth += 1
         if tv is dict:
-            stack.extend(v.keys())
-            stack.extend(v.values())
+            stack.extend((k, depth) for k in v)
+            stack.extend((x, depth) for x in v.values())
         else:
-            stack.extend(v)
+            stack.extend((x, depth) for x in v)
     return True
 
 
@@ -410,11 +418,11 @@ class Engine:
     ) -> t.InvocationResult:
         meter = self.meter
         module = None
-        if self._module_cache and compiled.functions.get(function) is not None:
-            module = self._module(compiled, limits, gas_limit)  # once, before this call's meter
-        meter.reset(gas_limit, limits)
         ctx: Context | None = None
         try:
+            if self._module_cache and compiled.functions.get(function) is not None:
+                module = self._module(compiled, limits, gas_limit)  # once, before this call's meter
+            meter.reset(gas_limit, limits)
             sig = compiled.functions.get(function)
             if sig is None:
                 raise Abort(f"no public function {function!r}", t.UNKNOWN_FUNCTION)
@@ -442,7 +450,12 @@ class Engine:
                 if self._skip_checks:
                     ns["__builtins__"] = builtins
                 exec(compiled.code, ns)  # noqa: S102 - checked and instrumented contract code
-            value = ns[function](ctx, **kwargs)
+            try:
+                value = ns[function](ctx, **kwargs)
+            finally:
+                if module is not None and module.pristine:
+                    # drop this call's copies: nothing it built outlives it in the cache
+                    ns.update(module.pristine)
             result, nodes = canonical.encode(value, "result", limits.max_value_bytes)
             meter.gas(nodes + len(result) // 32)
             if meter.aborted is not None:

@@ -75,6 +75,23 @@ def _is_const(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant)
 
 
+Shape = tuple[Any, ...] | str | None
+
+
+def _shape(target: ast.expr) -> Shape:
+    """The unpacking shape of an assignment target, or None when it unpacks nothing with a
+    star: a tuple per list/tuple target (children's shapes), ``"*"`` for ``*name``, and a
+    ``("*", inner)`` pair for a starred list/tuple (``a, *(b, c) = ...``)."""
+    if isinstance(target, ast.Starred):
+        inner = _shape(target.value)
+        return "*" if inner is None else ("*", inner)
+    if isinstance(target, ast.Tuple | ast.List):
+        parts = tuple(_shape(e) for e in target.elts)
+        if any(p is not None for p in parts) and any(isinstance(e, ast.Starred) for e in ast.walk(target)):
+            return parts
+    return None
+
+
 class _Instrumenter(ast.NodeTransformer):
     def __init__(self) -> None:
         self.tmp = 0
@@ -119,8 +136,30 @@ class _Instrumenter(ast.NodeTransformer):
         ]
         return node
 
+    def visit_Assign(self, node: ast.Assign) -> Any:
+        self.generic_visit(node)
+        shapes = [_shape(t) for t in node.targets]
+        if all(s is None for s in shapes):
+            return node
+        # ``a, *rest = value``: CPython builds ``rest`` in C; unpack through the meter so the
+        # elements are charged and the list is bounded like any other
+        if len(node.targets) == 1:
+            node.value = _call("__rx_unpack__", node.value, _const(shapes[0]))
+            return node
+        tmp = self._temp()
+        first = ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=node.value)
+        rest = [
+            ast.Assign(targets=[t], value=_name(tmp) if s is None else _call(
+                "__rx_unpack__", _name(tmp), _const(s)))
+            for t, s in zip(node.targets, shapes, strict=True)
+        ]
+        return [ast.copy_location(a, node) for a in (first, *rest)]
+
     def visit_For(self, node: ast.For) -> Any:
         self.generic_visit(node)
+        shape = _shape(node.target)
+        if shape is not None:
+            node.iter = _call("__rx_unpacks__", node.iter, _const(shape))
         node.body.insert(0, ast.Expr(_call("__rx_gas__")))
         return node
 
@@ -132,6 +171,9 @@ class _Instrumenter(ast.NodeTransformer):
     def visit_comprehension(self, node: ast.comprehension) -> Any:
         self.generic_visit(node)
         node.iter = _call("__rx_it__", node.iter)
+        shape = _shape(node.target)
+        if shape is not None:
+            node.iter = _call("__rx_unpacks__", node.iter, _const(shape))
         return node
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:

@@ -24,6 +24,11 @@ from node.sandbox.errors import ContractRejected, StateError
 
 IN_FD = 0
 OUT_FD = 1
+# Every worker runs with the same C stack, whatever ``ulimit -s`` the peer inherited: C code
+# that recurses without CPython's guard (hashing a tuple nested 300,000 deep, a chain of
+# 300,000 nested ``zip`` objects) then crashes the worker at the same depth on every peer
+# (WORKER_CRASHED) instead of succeeding on some and crashing on others.
+STACK_BYTES = 8 << 20
 PR_SET_PDEATHSIG = 1
 NOBODY = 65534
 
@@ -196,6 +201,11 @@ def _limit_process(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    if stack_hard != resource.RLIM_INFINITY and stack_hard < STACK_BYTES:
+        raise SystemExit(f"stack hard limit {stack_hard} is below the {STACK_BYTES} bytes "
+                         "every contract worker runs with (raise `ulimit -Hs`)")
+    resource.setrlimit(resource.RLIMIT_STACK, (STACK_BYTES, stack_hard))
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 

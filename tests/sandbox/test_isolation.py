@@ -59,6 +59,7 @@ def test_worker_process_facts(pool: Sandbox) -> None:
         assert f"Max address space         {MEMORY}" in limits
         assert "Max file size             0" in limits
         assert "Max open files            3" in limits
+        assert "Max stack size            8388608" in limits
 
 
 @pytest.mark.parametrize(

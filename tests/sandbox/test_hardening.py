@@ -1,0 +1,217 @@
+"""Hostile contracts found by a red-team review: each case once ran unmetered, crashed a
+worker at will, depended on the peer's settings, or left memory behind for the next call.
+
+Expected results are computed, not written down: starred unpacking is compared with plain
+Python running the same statements, and settings-dependent cases with the same call under
+other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.sandbox import types as t
+from node.sandbox.engine import SHARE_DEPTH, Engine
+from node.sandbox.inprocess import BackendHost, InProcessRunner
+from node.sandbox.instrument import compile_contract
+from node.sandbox.runtime import Sandbox
+from node.sandbox.worker import STACK_BYTES
+from tests.sandbox.helpers import CALLER, MemBackend, assert_serving, call, value
+
+HEAD = "from rxchain_contract import Context\n\n"
+MEMORY = 256 << 20
+
+
+def fn(*lines: str, params: str = "") -> str:
+    return HEAD + f"def f(ctx: Context{params}) -> Any:\n" + "".join(f"    {ln}\n" for ln in lines)
+
+
+# --------------------------------------------------------------------- starred unpacking
+STARRED = {
+    "tail": ["a, *rest = [1, 2, 3, 4]", "return [a, rest]"],
+    "middle": ["a, *m, z = (1, 2, 3, 4)", "return [a, m, z]"],
+    "nested": ["(a, (b, *c)), d = [[1, [2, 3, 4]], 5]", "return [a, b, c, d]"],
+    "starred tuple": ["a, *(b, c) = [1, 2, 3]", "return [a, b, c]"],
+    "chained targets": ["x = a, *b = [1, 2, 3]", "return [x, a, b]"],
+    "for loop": ["out = []", "for a, *b in [[1, 2, 3], [4]]:", "    out.append([a, b])",
+                 "return out"],
+    "comprehension": ["return [[a, b] for a, *b in [[1, 2], [3, 4, 5]]]"],
+    "generator": ["a, *b = (i * 2 for i in range(5))", "return [a, b]"],
+    "string": ["a, *b = 'xyz'", "return [a, b]"],
+}
+
+
+def plain_python(lines: list[str]) -> object:
+    ns: dict[str, object] = {}
+    exec("def f():\n" + "".join(f"    {ln}\n" for ln in lines), ns)
+    return json.loads(json.dumps(ns["f"]()))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", sorted(STARRED))
+def test_starred_unpacking_keeps_python_semantics(name: str) -> None:
+    lines = STARRED[name]
+    assert value(call(InProcessRunner(), fn(*lines), "f", {})) == plain_python(lines)
+
+
+def test_starred_unpacking_too_short_is_the_python_error() -> None:
+    r = call(InProcessRunner(), fn("a, b, *c = [1]", "return 0"), "f", {})
+    assert (r.ok, r.reason) == (False, "CONTRACT_EXCEPTION")
+    assert "not enough values to unpack" in r.message
+
+
+@pytest.mark.parametrize("target", ["a, *rest", "*rest, a", "(a, *rest), b"])
+def test_starred_unpacking_is_charged_per_element(target: str) -> None:
+    def gas(n: int) -> int:
+        src = fn(f"{target} = {'[list(range(n)), 0]' if target.startswith('(') else 'range(n)'}",
+                 "return len(rest)", params=", n: int")
+        r = call(InProcessRunner(), src, "f", {"n": n})
+        assert r.ok, r.message
+        return r.gas_used
+
+    assert gas(20_010) - gas(10) >= 20_000
+
+
+@pytest.mark.parametrize("body", [
+    ["a, *rest = range(10 ** 8)", "return len(rest)"],
+    ["for a, *rest in [range(10 ** 8)]:", "    return len(rest)", "return 0"],
+])
+def test_starred_unpacking_is_bounded(body: list[str]) -> None:
+    r = call(InProcessRunner(), fn(*body), "f", {}, gas=10**9)
+    assert (r.ok, r.reason) == (False, "SIZE_LIMIT"), r.message
+
+
+# --------------------------------------------------------------------- big integers
+DIGITS = 1234  # 4096 bits, the default max_int_bits
+
+
+@pytest.mark.parametrize(("digits", "ok"), [(DIGITS, True), (DIGITS + 1, False)])
+def test_integer_arguments_are_bounded(digits: int, ok: bool) -> None:
+    src = fn("return n % 7", params=", n: int")
+    args = b'{"n": -' + b"9" * digits + b"}"
+    r = call(InProcessRunner(), src, "f", args)
+    if ok:
+        assert value(r) == -int("9" * digits) % 7
+    else:
+        assert (r.ok, r.reason) == (False, "BAD_ARGUMENTS")
+        assert "digits" in r.message
+
+
+def test_integer_state_values_are_bounded() -> None:
+    be = MemBackend()
+    be.data[("demo", "big")] = b"1" * (DIGITS + 1)
+    be.data[("demo", "ok")] = b"1" * DIGITS
+    src = fn("ctx.get('ok')", "return ctx.get('big')")
+    r = call(InProcessRunner(), src, "f", {}, be)
+    assert (r.ok, r.reason) == (False, "BAD_VALUE"), r.message
+
+
+def test_modular_pow_is_charged_by_operand_size_cubed() -> None:
+    src = fn("return pow(b + 1, b + 3, b + 7) % 2", params=", b: int")
+
+    def gas(bits: int) -> int:
+        r = call(InProcessRunner(), src, "f", {"b": 1 << (bits - 1)}, gas=10**9)
+        assert r.ok, r.message
+        return r.gas_used
+
+    small, big = gas(1024), gas(4096)
+    assert big > 500_000  # ~0.13 s of CPU on these machines: ~3-4 M gas per second
+    assert 40 < big / small < 80  # 4x the bits: 64x the work
+
+
+# --------------------------------------------------------------------- deep module values
+def deep_module(depth: int) -> str:
+    return HEAD + (
+        "def _deep() -> tuple:\n    v = ()\n"
+        f"    for i in range({depth}):\n        v = (v,)\n    return v\n\n"
+        "DEEP = _deep()\nLIST = [DEEP]\n\n"
+        "def f(ctx: Context) -> int:\n    LIST.append(1)\n    return len(LIST)\n"
+    )
+
+
+@pytest.mark.parametrize("depth", [SHARE_DEPTH - 2, 600, 2000])
+def test_deep_module_values_match_the_reference_path(depth: int) -> None:
+    src = deep_module(depth)
+    reference = call(InProcessRunner(module_cache=False), src, "f", {})
+    cached = InProcessRunner()
+    for _ in range(2):  # the second call uses the cached module when it is shareable
+        r = call(cached, src, "f", {})
+        assert (r.ok, r.reason, r.result_json, r.gas_used) == (
+            reference.ok, reference.reason, reference.result_json, reference.gas_used)
+    assert value(reference) == 2
+
+
+def test_call_copies_do_not_stay_in_the_module_cache() -> None:
+    src = HEAD + "KEEP = []\n\ndef f(ctx: Context) -> int:\n" \
+        "    KEEP.append('x' * 100000)\n    return len(KEEP)\n"
+    engine = Engine()
+    compiled = compile_contract(src, "keep")
+    for _ in range(3):
+        r = engine.run(compiled, contract="demo", function="f", args_json=b"{}", tx_id="tx",
+                       timestamp_ms=1, caller=CALLER, transient={}, gas_limit=10**6,
+                       limits=t.SandboxLimits(), host=BackendHost(MemBackend(), "demo"))
+        assert r.result_json == b"1"  # each call starts from the module's empty list
+    keep = [c for c in _module_namespaces(engine) if "KEEP" in c]
+    assert keep and all(ns["KEEP"] == [] for ns in keep)
+
+
+def _module_namespaces(engine: Engine) -> Iterator[dict[str, object]]:
+    for _compiled, _limits, module, _retry in engine._modules.values():
+        if module is not None:
+            yield module.ns
+
+
+# --------------------------------------------------------------------- worker processes
+ZIP_CHAIN = fn("z = zip([1])", "for i in range(300000):", "    z = zip(z)",
+               "n = 0", "for x in z:", "    n += 1", "return n")
+
+
+@pytest.fixture()
+def stack_limit() -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+
+
+def _outcome(inherited_stack: int) -> tuple[str, tuple[str, bool, str]]:
+    resource.setrlimit(resource.RLIMIT_STACK,
+                       (inherited_stack, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+    limits = t.SandboxLimits(memory_bytes=MEMORY, wall_timeout_s=30)
+    with Sandbox(workers=1, limits=limits) as sb:
+        [pid] = sb.worker_pids()
+        line = next(ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                    if ln.startswith("Max stack size"))
+        r = call(sb, ZIP_CHAIN, "f", {}, gas=10**7, limits=limits)
+        assert_serving(sb)
+    return line.split()[3], (r.reason, r.ok, r.result_json.decode())
+
+
+def test_worker_stack_does_not_depend_on_the_peer_ulimit(stack_limit: None) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 512 << 20, "needs `ulimit -Hs` >= 512 MiB"
+    default_stack, default = _outcome(8 << 20)
+    large_stack, large = _outcome(512 << 20)
+    assert default_stack == large_stack == str(STACK_BYTES)
+    assert default == large  # a 512 MiB stack would let the 300,000-deep chain finish
+
+
+def test_worker_holding_much_memory_is_replaced_before_the_next_call() -> None:
+    limits = t.SandboxLimits(memory_bytes=MEMORY)
+    hog = HEAD + "KEEP = []\n\ndef f(ctx: Context) -> int:\n" \
+        "    a = []\n    b = [a]\n    a.append(b)\n" \
+        "    for i in range(100):\n        a.append('x' * 1000000 + str(i))\n    return len(a)\n"
+    with Sandbox(workers=1, limits=limits) as sb:
+        [first] = sb.worker_pids()
+        assert_serving(sb)
+        assert sb.worker_pids() == [first]  # a small call keeps its worker
+        r = call(sb, hog, "f", {}, gas=10**8, limits=limits)
+        assert value(r) == 101
+        assert_serving(sb)
+        [second] = sb.worker_pids()
+        assert second != first  # ~100 MB (a cycle not yet collected) > a quarter of 256 MiB
