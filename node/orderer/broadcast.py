@@ -5,6 +5,10 @@ Checks, in order, each answered with a reason code and nothing ordered:
 * TOO_LARGE: the envelope exceeds ``Limits.max_envelope_bytes``;
 * BAD_PAYLOAD: the envelope, its Transaction or TxHeader does not parse, has no creator,
   or names another consortium;
+* CLOCK_SKEW: the header's timestamp is more than ``Limits.max_clock_skew_ms`` from this
+  orderer's clock.  Peers check the creator's and the endorsers' certificates at that
+  timestamp, so without this bound a client could backdate a transaction into the validity
+  window of certificates that have since expired;
 * UNKNOWN_CREATOR: the creator is not a valid member (unknown organisation, certificate not
   issued by the organisation's CA, expired, revoked, wrong role -- detail in the message);
 * BAD_SIGNATURE: the creator's signature over the payload does not verify;
@@ -52,6 +56,7 @@ from node.orderer.ticket import (
     BAD_PAYLOAD,
     BAD_SIGNATURE,
     BAD_TXID,
+    CLOCK_SKEW,
     NOT_LEADER,
     SERVICE_UNAVAILABLE,
     TOO_LARGE,
@@ -86,8 +91,11 @@ class EnvelopeValidator:
         max_envelope_bytes: int,
         clock_ms: Callable[[], int],
         config_check: Callable[[bytes, int], None] | None = None,
+        max_skew_ms: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``max_skew_ms``: the consortium's ``max_clock_skew_ms`` in force (0: no bound)."""
         self._msp = msp_source
+        self._max_skew_ms = max_skew_ms
         self._config_check = config_check
         self._consortium_id = consortium_id
         self._max = max_envelope_bytes
@@ -111,9 +119,14 @@ class EnvelopeValidator:
             return tx_id, Outcome(
                 BAD_PAYLOAD, f"consortium {header.consortium_id!r} is not {self._consortium_id!r}"
             )
+        now = self._clock_ms()
+        skew = self._max_skew_ms()
+        if skew and abs(now - header.timestamp_ms) > skew:
+            return tx_id, Outcome(
+                CLOCK_SKEW, f"timestamp {header.timestamp_ms} is more than {skew} ms from {now}")
         try:
             with self._lock:
-                self._msp().verify(header.creator, env.signature, env.payload, self._clock_ms())
+                self._msp().verify(header.creator, env.signature, env.payload, now)
         except RxError as err:
             if err.reason == "BAD_SIGNATURE":
                 return tx_id, Outcome(BAD_SIGNATURE, err.message)

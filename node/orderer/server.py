@@ -229,6 +229,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         tracker.msp, consortium.consortium_id,
         consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
         config_check=tracker.check_broadcast,
+        max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )
     forwarder: LeaderForwarder | Forwarder
     if forward_rpc == "batch":

@@ -4,6 +4,8 @@ written, every node still serving."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from rxchain.v1 import raft_pb2, services_pb2, services_pb2_grpc, transaction_pb2
@@ -35,11 +37,14 @@ def _health(ch: grpc.Channel) -> str:
     return ""
 
 
-def _bare_envelope(signer: Signer, consortium_id: str, nonce: bytes = b"n" * 24) -> transaction_pb2.Envelope:
-    """A well-formed INVOKE envelope signed by ``signer`` (no endorsements: the creator check comes first)."""
+def _bare_envelope(signer: Signer, consortium_id: str, nonce: bytes = b"n" * 24,
+                   timestamp_ms: int | None = None) -> transaction_pb2.Envelope:
+    """A well-formed INVOKE envelope signed by ``signer`` (no endorsements: the creator check comes first),
+    stamped now unless ``timestamp_ms`` is given (the orderer bounds the skew from its clock)."""
     header = transaction_pb2.TxHeader(
         tx_id=compute_tx_id(nonce, signer.identity), type=transaction_pb2.INVOKE, creator=signer.identity,
-        nonce=nonce, timestamp_ms=1_764_057_600_000, consortium_id=consortium_id).SerializeToString()
+        nonce=nonce, timestamp_ms=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+        consortium_id=consortium_id).SerializeToString()
     inv = transaction_pb2.ContractInvocation(contract="rxload", function="issue", args_json=b"{}").SerializeToString()
     payload = transaction_pb2.Transaction(header=header, invocation=inv).SerializeToString()
     return transaction_pb2.Envelope(payload=payload, signature=signer.sign(payload))
@@ -112,6 +117,26 @@ def test_rogue_creator_inside_valid_tls(adv: AdvNet, case_table: CaseTable, who:
     case.still_serving = adv.serving()
     assert all(r in expected for r in reasons), case
     assert not br.accepted and br.reason == "UNKNOWN_CREATOR" and any(e in br.message for e in expected), case
+    assert case.passed, case
+
+
+@pytest.mark.parametrize("shift_days", [-390, 390])
+def test_backdated_or_future_envelope_is_refused_by_the_orderer(
+        adv: AdvNet, case_table: CaseTable, shift_days: int) -> None:
+    """Peers check the creator's and endorsers' certificates at the header's timestamp, so a
+    backdated envelope could reach back into the validity of certificates that have since
+    expired: the orderer refuses a timestamp beyond the consortium's clock skew."""
+    before = adv.snapshot()
+    member = adv.cons.net.user_dir("h01", "admin")
+    signer = load_signer(member / "cert.pem", member / "key.pem", "h01")
+    stamp = int(time.time() * 1000) + shift_days * 86_400_000
+    br = _broadcast(adv, _bare_envelope(signer, adv.cons.net.config.consortium_id,
+                                        nonce=f"skew{shift_days}".encode().ljust(24, b"."), timestamp_ms=stamp))
+    case = case_table.add(Case(f"envelope stamped {shift_days} days from now", adv.orderer(), "CLOCK_SKEW",
+                               reason=br.reason, outcome=f"accepted={br.accepted} {br.reason}: {br.message[:60]}"))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = adv.serving()
+    assert not br.accepted and br.reason == "CLOCK_SKEW", case
     assert case.passed, case
 
 

@@ -155,6 +155,37 @@ def test_validator_accepts_a_member_and_refuses_bad_input(net, other_net):
     assert reason(client.envelope(consortium_id="other")[1]) == "BAD_PAYLOAD"
 
 
+def _stamped(client: Client, raw: bytes, timestamp_ms: int) -> bytes:
+    env = transaction_pb2.Envelope.FromString(raw)
+    tx = transaction_pb2.Transaction.FromString(env.payload)
+    header = transaction_pb2.TxHeader.FromString(tx.header)
+    header.timestamp_ms = timestamp_ms
+    tx.header = header.SerializeToString()
+    payload = tx.SerializeToString()
+    return transaction_pb2.Envelope(payload=payload, signature=client.signer.sign(payload)).SerializeToString()
+
+
+@pytest.mark.parametrize(("offset_ms", "skew_ms", "refused"), [
+    (0, 600_000, False), (-600_000, 600_000, False), (600_000, 600_000, False),
+    (-600_001, 600_000, True), (600_001, 600_000, True), (-400 * 86_400_000, 600_000, True),
+    (-400 * 86_400_000, 0, False),  # 0: the consortium sets no bound
+])
+def test_validator_bounds_the_timestamp_by_its_own_clock(net, offset_ms: int, skew_ms: int,
+                                                         refused: bool) -> None:
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    msp = MSP(consortium, Verifier())
+    now = int(time.time() * 1000)
+    v = EnvelopeValidator(lambda: msp, consortium.consortium_id, 65536, lambda: now,
+                          max_skew_ms=lambda: skew_ms)
+    client = Client(net)
+    result = v.check(_stamped(client, client.envelope()[1], now + offset_ms))
+    if refused:
+        assert isinstance(result, tuple) and result[1].reason == "CLOCK_SKEW"
+        assert f"more than {skew_ms} ms" in result[1].message
+    else:
+        assert not isinstance(result, tuple), result
+
+
 class FakeOrderer:
     def __init__(self, leader: int) -> None:
         self.leader = leader
