@@ -87,7 +87,7 @@ def _shape(target: ast.expr) -> Shape:
         return "*" if inner is None else ("*", inner)
     if isinstance(target, ast.Tuple | ast.List):
         parts = tuple(_shape(e) for e in target.elts)
-        if any(p is not None for p in parts) and any(isinstance(e, ast.Starred) for e in ast.walk(target)):
+        if any(p is not None for p in parts):  # a star somewhere below
             return parts
     return None
 
