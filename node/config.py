@@ -1,7 +1,19 @@
-"""Per-node configuration (one YAML file per node, written by the generator)."""
+"""Per-node configuration (one YAML file per node, written by the generator).
+
+Every value is checked here, so that a bad file ends in ``BAD_CONFIG: <file>: <key> ...``
+(exit code 2) rather than a traceback: ports are integers in 1..65535 (``metrics_port`` 0
+= no metrics endpoint), ``extra`` is a mapping, and its integer tuning keys
+(:data:`INT_EXTRAS`) are integers within their ranges. What the ``extra`` keys do is
+documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
+``node.peer.deliver_client`` (``deliver_*`` watchdog), ``node.stream_caps``
+(``max_streams``, ``max_streams_per_caller``); ``grpc_workers`` is the gRPC thread pool
+(peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes and
+``orderer_quorum`` the orderer signatures a peer requires on a block.
+"""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +21,7 @@ from typing import Any
 import yaml
 
 from node.errors import RxError
+from node.stream_caps import StreamCaps
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,58 @@ class NodeConfig:
         """``host:port`` to bind."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def grpc_workers(self) -> int:
+        """Threads of the gRPC server (``extra.grpc_workers``, default by kind)."""
+        return int(self.extra.get("grpc_workers", DEFAULT_GRPC_WORKERS.get(self.kind, 64)))
+
+    def stream_caps(self) -> StreamCaps:
+        """The caps on long-lived calls (:mod:`node.stream_caps`)."""
+        return StreamCaps.from_extra(self.extra, self.grpc_workers)
+
+
+# gRPC worker threads when ``extra.grpc_workers`` is absent, by node kind.
+DEFAULT_GRPC_WORKERS = {"peer": 64, "orderer": 128}
+
+# Integer ``extra`` keys and their allowed ranges (inclusive).
+INT_EXTRAS: dict[str, tuple[int, int]] = {
+    "grpc_workers": (2, 4096),
+    "max_streams": (1, 4095),
+    "max_streams_per_caller": (1, 4095),
+    "sandbox_workers": (1, 256),
+    "orderer_quorum": (1, 1000),
+    "tick_ms": (1, 60_000),
+    "election_tick": (2, 10_000),
+    "snapshot_interval_blocks": (1, 1 << 40),
+    "commit_timeout_ms": (1, 3_600_000),
+}
+
+
+def _int_value(value: Any, where: str, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high`` (an int, or a string of decimal digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {value!r}") from None
+    if not low <= number <= high:
+        raise RxError("BAD_CONFIG", f"{where} must be between {low} and {high}, not {number}")
+    return number
+
+
+def _extra(raw: Any, path: Path) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RxError("BAD_CONFIG", f"{path}: extra must be a mapping of tuning keys, not a "
+                                    f"{type(raw).__name__}")
+    out = {str(k): v for k, v in raw.items()}
+    for key, (low, high) in INT_EXTRAS.items():
+        if key in out:
+            out[key] = _int_value(out[key], f"{path}: extra.{key}", low, high)
+    return out
+
 
 _REQUIRED = ("name", "org", "kind", "host", "port", "data_dir", "cert", "key", "ca_bundle", "genesis")
 
@@ -66,7 +131,8 @@ def _endpoints(raw: Any, what: str, path: Path) -> tuple[Endpoint, ...]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or not {"name", "org", "host", "port"} <= item.keys():
             raise RxError("BAD_CONFIG", f"{path}: {what}[{i}] needs name, org, host, port")
-        out.append(Endpoint(str(item["name"]), str(item["org"]), str(item["host"]), int(item["port"])))
+        port = _int_value(item["port"], f"{path}: {what}[{i}].port", 1, 65535)
+        out.append(Endpoint(str(item["name"]), str(item["org"]), str(item["host"]), port))
     return tuple(out)
 
 
@@ -91,14 +157,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         p = Path(str(raw[key]))
         return p if p.is_absolute() else (base / p)
 
-    try:
-        port = int(raw["port"])
-        metrics_port = int(raw.get("metrics_port", 0))
-        raft_id = int(raw.get("raft_id", 0))
-    except (TypeError, ValueError) as exc:
-        raise RxError("BAD_CONFIG", f"{path}: port/metrics_port/raft_id must be integers") from exc
-    if not 0 < port < 65536:
-        raise RxError("BAD_CONFIG", f"{path}: port {port} out of range")
+    port = _int_value(raw["port"], f"{path}: port", 1, 65535)
+    metrics_port = _int_value(raw.get("metrics_port", 0), f"{path}: metrics_port", 0, 65535)
+    raft_id = _int_value(raw.get("raft_id", 0), f"{path}: raft_id", 0, 1 << 62)
     if kind == "orderer" and raft_id <= 0:
         raise RxError("BAD_CONFIG", f"{path}: an orderer needs a positive raft_id")
     cfg = NodeConfig(
@@ -118,9 +179,35 @@ def load_node_config(path: str | Path) -> NodeConfig:
         peers=_endpoints(raw.get("peers"), "peers", path),
         log_level=str(raw.get("log_level", "INFO")),
         fsync=bool(raw.get("fsync", True)),
-        extra=dict(raw.get("extra") or {}),
+        extra=_extra(raw.get("extra"), path),
     )
+    try:
+        cfg.stream_caps()  # max_streams / max_streams_per_caller against grpc_workers
+    except RxError as err:
+        raise RxError("BAD_CONFIG", f"{path}: {err.message}") from None
     for p in (cfg.cert_path, cfg.key_path, cfg.ca_bundle_path, cfg.genesis_path):
         if not p.exists():
             raise RxError("BAD_CONFIG", f"{path}: file {p} does not exist")
     return cfg
+
+
+def check_can_listen(config: NodeConfig) -> None:
+    """RxError BAD_CONFIG unless ``config``'s gRPC port (and metrics port, if any) can be
+    bound now: a node checks this before it writes anything into its data directory. (A
+    race with another process remains possible: the real bind is checked as well.)"""
+    ports = [("port", config.port)] + ([("metrics_port", config.metrics_port)] if config.metrics_port else [])
+    for key, port in ports:
+        try:
+            infos = socket.getaddrinfo(config.host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise RxError("BAD_CONFIG", f"{config.name}: host {config.host!r}: {exc}") from None
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            if key == "port" and hasattr(socket, "SO_REUSEPORT"):  # gRPC sets it too
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(addr)
+            except OSError as exc:
+                raise RxError("BAD_CONFIG", f"{config.name}: {key}: cannot listen on "
+                                            f"{config.host}:{port}: {exc.strerror or exc}") from None

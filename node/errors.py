@@ -3,14 +3,21 @@
 Every refusal in rxchain carries a machine-readable reason code (``BAD_SIGNATURE``,
 ``UNKNOWN_CREATOR``, ``NOT_FOLLOW_UP`` ...) and a human-readable message. Servicers abort
 with :func:`abort_with`; the reason travels in trailing metadata ``rxchain-reason`` and,
-structured, in ``rxchain-error-bin`` (a serialized ``rxchain.v1.ErrorDetail``).
+structured, in ``rxchain-error-bin`` (a serialized ``rxchain.v1.ErrorDetail``). Servicer
+methods decorated with :func:`guarded_unary` / :func:`guarded_stream` abort with an RxError's
+reason, and turn any other exception into a logged ``INTERNAL`` (never gRPC's ``UNKNOWN``).
 """
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
 
 import grpc
+
+_log = logging.getLogger(__name__)
 
 REASON_METADATA_KEY = "rxchain-reason"
 DETAIL_METADATA_KEY = "rxchain-error-bin"
@@ -25,6 +32,7 @@ _GRPC_CODES: dict[str, grpc.StatusCode] = {
     "BAD_CONFIG": grpc.StatusCode.INVALID_ARGUMENT,
     "BAD_CERT": grpc.StatusCode.UNAUTHENTICATED,
     "TOO_LARGE": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "TOO_MANY_STREAMS": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "BAD_SIGNATURE": grpc.StatusCode.UNAUTHENTICATED,
     "UNKNOWN_ORG": grpc.StatusCode.PERMISSION_DENIED,
     "UNKNOWN_CREATOR": grpc.StatusCode.PERMISSION_DENIED,
@@ -32,6 +40,7 @@ _GRPC_CODES: dict[str, grpc.StatusCode] = {
     "REVOKED_CERT": grpc.StatusCode.PERMISSION_DENIED,
     "ACCESS_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "WRONG_ROLE": grpc.StatusCode.PERMISSION_DENIED,
+    "NOT_AN_ORDERER": grpc.StatusCode.PERMISSION_DENIED,
     "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
     "SERVICE_UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "TIMEOUT": grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -64,8 +73,71 @@ def abort_with(context: grpc.ServicerContext, err: RxError) -> NoReturn:
             (DETAIL_METADATA_KEY, error_detail_bytes(err)),
         )
     )
-    context.abort(err.grpc_code, str(err))
+    try:
+        context.abort(err.grpc_code, str(err))
+    except Exception as exc:
+        exc.rx_aborted = True  # type: ignore[attr-defined]  # see _is_abort
+        raise
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _is_abort(exc: BaseException) -> bool:
+    """True for the exception ``context.abort`` raises (the RPC's status is already set):
+    marked by :func:`abort_with`, or grpc's bare ``Exception()`` of a direct abort."""
+    return bool(getattr(exc, "rx_aborted", False)) or (type(exc) is Exception and not exc.args)
+
+
+_Self = TypeVar("_Self")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_MAX_INTERNAL_DETAIL = 200
+
+
+def _internal(method: str, exc: Exception) -> RxError:
+    _log.exception("event=rpc_internal_error method=%s error=%s", method, type(exc).__name__)
+    return RxError("INTERNAL", f"{method} failed: {type(exc).__name__}: {exc}"[:_MAX_INTERNAL_DETAIL])
+
+
+def guarded_unary(
+    method: Callable[[_Self, _Req, grpc.ServicerContext], _Resp],
+) -> Callable[[_Self, _Req, grpc.ServicerContext], _Resp]:
+    """Decorate a unary servicer method: an RxError aborts with its reason; any other
+    exception (a bug, ``RecursionError`` on hostile input ...) is logged and aborts with
+    ``INTERNAL`` instead of gRPC's reasonless ``UNKNOWN``."""
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def wrapper(self: _Self, request: _Req, context: grpc.ServicerContext) -> _Resp:
+        try:
+            return method(self, request, context)
+        except RxError as err:
+            abort_with(context, err)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            abort_with(context, _internal(name, exc))
+
+    return wrapper
+
+
+def guarded_stream(
+    method: Callable[[_Self, _Req, grpc.ServicerContext], Iterator[_Resp]],
+) -> Callable[[_Self, _Req, grpc.ServicerContext], Iterator[_Resp]]:
+    """:func:`guarded_unary` for a method returning a response stream."""
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def wrapper(self: _Self, request: _Req, context: grpc.ServicerContext) -> Iterator[_Resp]:
+        try:
+            yield from method(self, request, context)
+        except RxError as err:
+            abort_with(context, err)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            abort_with(context, _internal(name, exc))
+
+    return wrapper
 
 
 def reason_from_rpc_error(exc: grpc.RpcError) -> str:

@@ -29,6 +29,9 @@ _TOKEN = re.compile(
     r"|(?P<punct>[(),]))"
 )
 MAX_SIGNERS = 20
+# Nesting of AND/OR/OutOf/MAJORITY; deeper text is refused BAD_POLICY, so that parsing,
+# evaluation and printing (all recursive) stay far below Python's recursion limit.
+MAX_POLICY_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class _Parser:
             self.tokens.append((kind, value, start))
             pos = m.end()
         self.i = 0
+        self.depth = 0
 
     def fail(self, what: str) -> RxError:
         pos = self.tokens[self.i][2] if self.i < len(self.tokens) else len(self.text)
@@ -167,40 +171,13 @@ class _Parser:
             raise self.fail(f"expected a policy, got {value!r}")
         self.i += 1
         if value in ("AND", "OR", "OutOf", "MAJORITY"):
-            self.expect("(")
-            if value == "MAJORITY":
-                role_tok = self.peek()
-                if role_tok is None or role_tok[0] != "word" or "." in role_tok[1]:
-                    raise self.fail("MAJORITY expects a role name")
-                self.i += 1
-                self.expect(")")
-                if not self.org_ids:
-                    raise self.fail("MAJORITY needs the consortium's organisations")
-                majority = len(self.org_ids) // 2 + 1
-                return OutOf(majority, tuple(Principal(o, role_tok[1]) for o in self.org_ids))
-            n: int | None = None
-            if value == "OutOf":
-                num = self.peek()
-                if num is None or num[0] != "num":
-                    raise self.fail("OutOf expects a count")
-                n = int(num[1])
-                self.i += 1
-                self.expect(",")
-            rules = [self.rule()]
-            while self.peek() is not None and self.peek()[1] == ",":  # type: ignore[index]
-                self.i += 1
-                rules.append(self.rule())
-            self.expect(")")
-            if value == "AND":
-                n = len(rules)
-            elif value == "OR":
-                n = 1
-            assert n is not None
-            if not 1 <= n <= len(rules):
-                raise RxError(
-                    "BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {self.text!r}"
-                )
-            return OutOf(n, tuple(rules))
+            if self.depth >= MAX_POLICY_DEPTH:
+                raise self.fail(f"policy nested deeper than {MAX_POLICY_DEPTH} levels")
+            self.depth += 1
+            try:
+                return self.combination(value)
+            finally:
+                self.depth -= 1
         word = value.strip("'")
         if "." not in word:
             raise self.fail(f"expected ORG.ROLE, got {word!r}")
@@ -208,6 +185,43 @@ class _Parser:
         if self.org_ids and org not in self.org_ids:
             raise self.fail(f"unknown organisation {org!r}")
         return Principal(org, role)
+
+    def combination(self, value: str) -> Rule:
+        """The rest of ``AND(`` / ``OR(`` / ``OutOf(`` / ``MAJORITY(`` after its keyword."""
+        self.expect("(")
+        if value == "MAJORITY":
+            role_tok = self.peek()
+            if role_tok is None or role_tok[0] != "word" or "." in role_tok[1]:
+                raise self.fail("MAJORITY expects a role name")
+            self.i += 1
+            self.expect(")")
+            if not self.org_ids:
+                raise self.fail("MAJORITY needs the consortium's organisations")
+            majority = len(self.org_ids) // 2 + 1
+            return OutOf(majority, tuple(Principal(o, role_tok[1]) for o in self.org_ids))
+        n: int | None = None
+        if value == "OutOf":
+            num = self.peek()
+            if num is None or num[0] != "num":
+                raise self.fail("OutOf expects a count")
+            n = int(num[1])
+            self.i += 1
+            self.expect(",")
+        rules = [self.rule()]
+        while self.peek() is not None and self.peek()[1] == ",":  # type: ignore[index]
+            self.i += 1
+            rules.append(self.rule())
+        self.expect(")")
+        if value == "AND":
+            n = len(rules)
+        elif value == "OR":
+            n = 1
+        assert n is not None
+        if not 1 <= n <= len(rules):
+            raise RxError(
+                "BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {self.text!r}"
+            )
+        return OutOf(n, tuple(rules))
 
 
 def parse_policy(text: str, org_ids: Sequence[str] = ()) -> Policy:

@@ -1,4 +1,8 @@
-"""``python -m node.orderer --config PATH``: run one orderer until SIGTERM/SIGINT."""
+"""``python -m node.orderer --config PATH``: run one orderer until SIGTERM/SIGINT.
+
+Exit codes: 0 after a graceful stop, 2 for a bad configuration (the reason is printed in
+one line), 1 for another start-up failure.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     # Operators (and tests) can dump every thread's stack with SIGUSR1.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
-    server = serve(config)
+    try:
+        server = serve(config)
+    except RxError as err:  # a start-up refusal (bad config, RAFT_STATE_LOST ...): one clear line
+        print(f"rxchain orderer: {err}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure in one line
+        print(f"rxchain orderer: start-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

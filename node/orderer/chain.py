@@ -439,6 +439,10 @@ class Chain:
         if self._next_number == 0:
             self._next_number = self._blocks.height()
             self._prev_hash = self._blocks.last_hash()
+            # Blocks still in flight from an earlier leadership at or above the store's
+            # height were not in the log this leader applied before cutting: they were
+            # replaced and can never commit. Answer them now (their numbers are reused).
+            self._fail_replaced([n for n in self._inflight if n >= self._next_number])
         held, self._held = self._held, []
         for batch in held:
             self._propose_block(batch)
@@ -461,11 +465,22 @@ class Chain:
                 t.resolve(Outcome(SERVICE_UNAVAILABLE, f"proposal dropped: {err.detail}"))
             return
         header_hash = block_header_hash(block.header)
+        self._fail_replaced([self._next_number])
         self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
         if len(envelopes) == 1 and tx_type(envelopes[0]) == transaction_pb2.CONFIG:
             self._config_inflight = self._next_number
         self._next_number += 1
         self._prev_hash = header_hash
+
+    def _fail_replaced(self, numbers: Sequence[int]) -> None:
+        """Answer SERVICE_UNAVAILABLE to the tickets of the in-flight blocks ``numbers``
+        (those present): a new proposal takes their number, and once out of ``_inflight``
+        neither _resolve nor _expire_inflight would ever answer them."""
+        for n in numbers:
+            f = self._inflight.pop(n, None)
+            if f is not None:
+                for t in f.tickets:
+                    t.resolve(Outcome(SERVICE_UNAVAILABLE, f"block {n} was replaced after a leader change"))
 
     def _reset_leader_state(self, reason: str) -> None:
         pending = self._cutter.cut()

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 from rxchain.v1 import block_pb2, identity_pb2, services_pb2, services_pb2_grpc
 
-from node.crypto.tls import peer_identity
-from node.errors import RxError
-from node.identity.msp import MSP
+from node.errors import RxError, abort_with, guarded_stream
+from node.identity.caller import CallerCheck
+from node.identity.msp import MSP, Principal
 from node.ledger.blockstore import BlockStore
+from node.stream_caps import StreamCaps
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +61,13 @@ class DeliverService:
         clock_ms: Callable[[], int],
         poll_s: float = 0.5,
         cache_blocks: int = 8,
+        streams: StreamCaps | None = None,
     ) -> None:
         self._blocks = blocks
-        self._msp = msp_source
-        self._clock_ms = clock_ms
+        self._check = CallerCheck(msp_source, clock_ms)
+        # Deliver streams hold a gRPC worker each: capped per caller and in total
+        # (TOO_MANY_STREAMS), uncapped when none are given (unit tests).
+        self._streams = streams or StreamCaps(1 << 30, 1 << 30)
         self._poll_s = poll_s
         self._closed = False
         self._cache_blocks = cache_blocks
@@ -74,23 +78,23 @@ class DeliverService:
         """End follow streams."""
         self._closed = True
 
-    def _check_caller(self, context: grpc.ServicerContext) -> None:
-        ident = peer_identity(context)
+    def _check_caller(self, context: grpc.ServicerContext) -> Principal:
+        """The caller's principal; aborts PERMISSION_DENIED with the MSP's reason code."""
         try:
-            if ident is None:
-                raise RxError("UNKNOWN_CREATOR", "no client certificate")
-            self._msp().validate(ident, self._clock_ms())
+            return self._check(context)
         except RxError as err:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{err.reason}: {err.message}")
+            abort_with(context, err)
 
+    @guarded_stream
     def deliver_bytes(
         self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         """Deliver: stream blocks as the request asks, as serialized DeliverResponses (for a
         handler registered with ``response_serializer=None``): a block's bytes are framed once
         for all streams."""
-        self._check_caller(context)
-        yield from self.frames_from(request, context.is_active)
+        caller = self._check_caller(context)
+        with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
+            yield from self.frames_from(request, context.is_active)
 
     def blocks_from(
         self, request: services_pb2.DeliverRequest, active: Callable[[], bool]

@@ -36,6 +36,7 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
+from node.errors import RxError, abort_with
 from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
@@ -329,9 +330,8 @@ class ForwardBatchService:
         if rid is None:
             self._metrics.consensus_dropped.labels(reason="non_member").inc()
             _log.warning("refused ForwardBatch stream from a non-member")
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_ORDERER: caller is not an "
-                          "orderer of the current configuration")
-            raise AssertionError("unreachable")  # abort raises
+            abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
+                                        "current configuration", grpc.StatusCode.PERMISSION_DENIED))
 
         def dispatch(batch: list[bytes] | BatchDecodeError) -> list[tuple[Ticket, float]]:
             if isinstance(batch, BatchDecodeError):

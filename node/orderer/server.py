@@ -3,7 +3,8 @@ services, and returns an :class:`OrdererServer` whose ``stop()`` shuts down grac
 
 Optional tuning in the node YAML's ``extra`` mapping (all integers):
 ``snapshot_interval_blocks``, ``tick_ms``, ``election_tick``, ``commit_timeout_ms``,
-``grpc_workers``; and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
+``grpc_workers``, ``max_streams``, ``max_streams_per_caller`` (caps on Deliver streams, see
+:mod:`node.stream_caps`); and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
 prompt re-dispatch when the leader moves) or ``legacy`` (OrdererCluster.ForwardBatch of
 ``transport.Forwarder``, kept for comparison in benchmarks).
 """
@@ -14,6 +15,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import grpc
 from rxchain.v1 import config_pb2, services_pb2
 
-from node.config import NodeConfig
+from node.config import NodeConfig, check_can_listen
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import channel_credentials, channel_options, server_credentials
 from node.errors import RxError
@@ -44,6 +46,7 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.raft.durable import DurableStorage
+from node.raft.errors import RaftStateLost
 from node.raft.types import StateRole
 
 _log = logging.getLogger(__name__)
@@ -162,6 +165,43 @@ def _config_in_force(
     return OrdererConfig(genesis, MSP(genesis, verifier), 0)
 
 
+def open_raft_storage(
+    directory: Path,
+    blocks: BlockStore,
+    raft_ids: Sequence[int],
+    raft_id: int,
+    *,
+    fsync: bool = True,
+    fsync_observer: Callable[[float], None] | None = None,
+) -> DurableStorage:
+    """The orderer's Raft storage. A node whose WAL is gone while its snapshot files or its
+    block store (past the genesis block) show that it took part in the log would restart
+    as a blank voter (term 0, no vote, empty log) and could help lose a committed block:
+    refused with RxError RAFT_STATE_LOST naming the recovery procedure. A brand-new orderer
+    (nothing but the genesis block) starts."""
+    height = blocks.height()
+    history = (
+        f"the block store {blocks.directory} holds blocks up to {height - 1}"
+        if height > 1 else None
+    )
+    try:
+        return DurableStorage(
+            directory,
+            bootstrap_conf_state=bootstrap_conf_state(raft_ids),
+            fsync=fsync,
+            fsync_observer=fsync_observer,
+            prior_history=history,
+        )
+    except RaftStateLost as err:
+        raise RxError(
+            "RAFT_STATE_LOST",
+            f"orderer raft id {raft_id}: {err.detail}. For an orderer: remove it from the "
+            "consortium's orderer set with a config update, empty its data directory "
+            "(blocks/ and raft/), and add it back with a config update as a new orderer; it "
+            "then catches up from the others",
+        ) from err
+
+
 def serve(config: NodeConfig) -> OrdererServer:
     """Start an orderer for ``config`` and return it running."""
     extra = config.extra
@@ -171,7 +211,11 @@ def serve(config: NodeConfig) -> OrdererServer:
     genesis = read_genesis(config.genesis_path)
     consortium = config_from_genesis(genesis)
     verifier = Verifier()
-    signer = load_signer(config.cert_path, config.key_path, config.org)
+    try:
+        signer = load_signer(config.cert_path, config.key_path, config.org)
+    except ValueError as exc:
+        raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
+    check_can_listen(config)  # before anything is written into data_dir
     metrics = OrdererMetrics(config.name)
     data = Path(config.data_dir)
     # No fsync per block: the fsynced Raft WAL holds every block until a snapshot, and the
@@ -183,12 +227,14 @@ def serve(config: NodeConfig) -> OrdererServer:
     # Genesis voters for everyone: a later-added orderer replays the same log (or gets a
     # snapshot carrying the membership), so it reaches the same ConfState.
     raft_ids = [o.raft_id for o in consortium.orderers]
-    storage = DurableStorage(
-        data / "raft",
-        bootstrap_conf_state=bootstrap_conf_state(raft_ids),
-        fsync=config.fsync,
-        fsync_observer=metrics.fsync_seconds.observe,
-    )
+    try:
+        storage = open_raft_storage(
+            data / "raft", blocks, raft_ids, config.raft_id,
+            fsync=config.fsync, fsync_observer=metrics.fsync_seconds.observe,
+        )
+    except BaseException:
+        blocks.close()
+        raise
     membership = Membership(_members(tracker.current))
     tracker.subscribe(lambda cfg: membership.update(_members(cfg)))
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
@@ -245,13 +291,15 @@ def serve(config: NodeConfig) -> OrdererServer:
                                                     max_msg - BATCH_FRAMING_SLACK))),
         recent=RecentTxIndex(blocks, chain.leader_id),
     )
-    deliver = DeliverService(blocks, tracker.msp, _wall_ms)
+    grpc_workers = config.grpc_workers
+    streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
+    deliver = DeliverService(blocks, tracker.msp, _wall_ms, streams=streams)
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
     )
     forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 128))),
+        ThreadPoolExecutor(max_workers=grpc_workers),
         options=[
             ("grpc.max_send_message_length", max_msg),
             ("grpc.max_receive_message_length", max_msg),
@@ -265,10 +313,23 @@ def serve(config: NodeConfig) -> OrdererServer:
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
-    server.add_secure_port(config.listen, server_creds)
+    try:
+        bound = server.add_secure_port(config.listen, server_creds)
+    except RuntimeError as exc:
+        bound = 0
+        _log.error("event=bind_failed listen=%s error=%r", config.listen, str(exc))
+    if not bound:
+        for close in (transport.close, forwarder.close, storage.close, blocks.close):
+            close()
+        raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     server.start()
     chain.start()
-    metrics.serve(config.metrics_port, config.host)
+    try:
+        metrics.serve(config.metrics_port, config.host)
+    except OSError as exc:
+        OrdererServer(config, server, chain, storage, blocks, transport, forwarder, broadcast,
+                      deliver, metrics).stop(0)
+        raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
         "orderer %s (raft %d) serving on %s, height %d",
         config.name, config.raft_id, config.listen, blocks.height(),
@@ -279,4 +340,4 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
 
 
-__all__ = ["OrdererServer", "StateRole", "serve"]
+__all__ = ["OrdererServer", "StateRole", "open_raft_storage", "serve"]

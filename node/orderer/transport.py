@@ -31,6 +31,7 @@ import grpc
 from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
+from node.errors import RxError, abort_with
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
@@ -295,9 +296,8 @@ class ClusterService:
             self._metrics.consensus_dropped.labels(reason="non_member").inc()
             who = f"{ident.org}" if ident is not None else "no client certificate"
             _log.warning("refused %s stream from a non-member (%s)", what, who)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "NOT_AN_ORDERER: caller is not an "
-                          "orderer of the current configuration")
-            raise AssertionError("unreachable")  # abort raises
+            abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
+                                        "current configuration", grpc.StatusCode.PERMISSION_DENIED))
         return rid, ident
 
     def step(

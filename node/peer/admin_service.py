@@ -8,17 +8,24 @@ import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
 
 from node.crypto.canonical import block_header_hash
+from node.errors import guarded_unary
+from node.identity.msp import Principal
 from node.ledger.ledger import Ledger
 
 
 class PeerAdminService(services_pb2_grpc.AdminServicer):
-    """Health (serving once genesis is committed and not stopping) and Status."""
+    """Health (serving once genesis is committed and not stopping; open to any caller the
+    mTLS layer admits, e.g. probes) and Status (ledger height and hashes: ``check_caller``
+    checks the caller's certificate with the MSP first)."""
 
-    def __init__(self, name: str, ledger: Ledger, stopping: Callable[[], bool]) -> None:
+    def __init__(self, name: str, ledger: Ledger, stopping: Callable[[], bool],
+                 check_caller: Callable[[grpc.ServicerContext], Principal]) -> None:
         self._name = name
         self._ledger = ledger
         self._stopping = stopping
+        self._check_caller = check_caller
 
+    @guarded_unary
     def Health(
         self, request: services_pb2.HealthRequest, context: grpc.ServicerContext
     ) -> services_pb2.HealthResponse:
@@ -30,9 +37,11 @@ class PeerAdminService(services_pb2_grpc.AdminServicer):
                                                detail="no genesis block")
         return services_pb2.HealthResponse(serving=True, node=self._name, role="peer")
 
+    @guarded_unary
     def Status(
         self, request: services_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.StatusResponse:
+        self._check_caller(context)
         sp = self._ledger.savepoint()  # block and state hash from one read
         if sp is None:
             return services_pb2.StatusResponse(node=self._name, role="peer")

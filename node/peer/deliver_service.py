@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 import grpc
 from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc
 
-from node.errors import RxError, abort_with
+from node.errors import RxError, guarded_stream
+from node.identity.msp import Principal
 from node.ledger.ledger import Ledger
 from node.peer.notifier import CommitNotifier
+from node.stream_caps import StreamCaps
 
 POLL_S = 0.5
 
@@ -41,16 +43,26 @@ def committed_blocks(
 
 
 class PeerDeliverService(services_pb2_grpc.PeerDeliverServicer):
-    """gRPC PeerDeliver (callers are consortium members: the mTLS layer checked the CA)."""
+    """gRPC PeerDeliver. The mTLS layer checked the caller's CA; ``check_caller`` checks its
+    certificate with the MSP (revoked, expired, wrong role -> refused with the reason), and
+    ``streams`` caps the streams held at once (TOO_MANY_STREAMS)."""
 
-    def __init__(self, ledger: Ledger, notifier: CommitNotifier) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        notifier: CommitNotifier,
+        check_caller: Callable[[grpc.ServicerContext], Principal],
+        streams: StreamCaps,
+    ) -> None:
         self._ledger = ledger
         self._notifier = notifier
+        self._check_caller = check_caller
+        self._streams = streams
 
+    @guarded_stream
     def Deliver(
         self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.DeliverResponse]:
-        try:
+        caller = self._check_caller(context)
+        with self._streams.admit(context, caller.cert_der, "PeerDeliver.Deliver"):
             yield from committed_blocks(self._ledger, self._notifier, request, context.is_active)
-        except RxError as err:
-            abort_with(context, err)

@@ -37,7 +37,7 @@ from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transactio
 
 from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Signer
-from node.errors import RxError, abort_with
+from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
 from node.peer.config_view import ConfigView
@@ -177,6 +177,8 @@ class Endorser:
             args = json.loads(invocation.args_json.decode("utf-8") or "{}", parse_float=_no_float)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RxError("BAD_ARGUMENTS", f"arguments are not a JSON object: {exc}") from exc
+        except RecursionError:  # e.g. "[" * 200000: the decoder recurses per nesting level
+            raise RxError("BAD_ARGUMENTS", "arguments are nested too deeply") from None
         if not isinstance(args, dict):
             raise RxError("BAD_ARGUMENTS", "arguments must be a JSON object")
         return ParsedProposal(signed, proposal, header, invocation, args, creator)
@@ -401,13 +403,11 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
                 if not self._busy:
                     self._idle.notify_all()
 
+    @guarded_unary
     def ProcessProposal(
         self, request: transaction_pb2.SignedProposal, context: grpc.ServicerContext
     ) -> transaction_pb2.ProposalResponse:
-        try:
-            return self._endorse(request)
-        except RxError as err:
-            abort_with(context, err)
+        return self._endorse(request)
 
     def ProcessProposals(
         self,

@@ -20,12 +20,13 @@ from typing import Any
 import grpc
 from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
 
-from node.config import NodeConfig
+from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
 from node.crypto.tls import channel_credentials, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
+from node.identity.caller import CallerCheck
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
 from node.peer.broadcast_client import BroadcastClient
@@ -123,6 +124,7 @@ def serve(config: NodeConfig) -> PeerNode:
         signer = load_signer(config.cert_path, config.key_path, config.org)
     except ValueError as exc:
         raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
+    check_can_listen(config)  # before the ledger is created in data_dir
     ledger = _open_ledger(config, genesis)
     closers: list[Any] = [ledger.close]
     try:
@@ -172,11 +174,16 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         return {o.raft_id: f"{o.host}:{o.port}" for o in configs.current().config.orderers}
 
     broadcast = BroadcastClient(config.orderers, channel, raft_targets=raft_targets)
+    grpc_workers = config.grpc_workers
+    # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps;
+    # the rest of the pool stays free for unary and endorsement calls (node.stream_caps).
+    streams = config.stream_caps()
+    check_caller = CallerCheck(lambda: configs.current().msp, _wall_ms)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
         notifier=notifier, remotes=RemoteEndorsers(config.peers, channel), broadcast=broadcast,
         on_submit=metrics.submitted.inc,
-    ))
+    ), streams=streams)
 
     def commit(block: block_pb2.Block) -> CommittedBlock:
         started = time.perf_counter()
@@ -197,16 +204,18 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                             stall_s=watchdog.stall_s, probe_timeout_s=watchdog.probe_timeout_s,
                             unresponsive_s=watchdog.unresponsive_s)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=int(extra.get("grpc_workers", 64))),
+        ThreadPoolExecutor(max_workers=grpc_workers),
         options=[("grpc.max_send_message_length", max_msg),
                  ("grpc.max_receive_message_length", max_msg)],
     )
     endorser_service = EndorserService(endorser)
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
-    services_pb2_grpc.add_PeerDeliverServicer_to_server(PeerDeliverService(ledger, notifier), server)
+    services_pb2_grpc.add_PeerDeliverServicer_to_server(
+        PeerDeliverService(ledger, notifier, check_caller, streams), server)
     services_pb2_grpc.add_AdminServicer_to_server(
-        PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set()),
+        PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set(),
+                         check_caller),
         server,
     )
     try:

@@ -9,6 +9,13 @@ Recovery: the WAL replay yields the hard state, the position of the last recorde
 snapshot and the entries after it; the snapshot file at that position is loaded (it was
 written before its WAL marker, so it exists unless the disk lost it, which is fatal).
 Snapshot files newer than the last marker (a crash between the two writes) are ignored.
+
+A WAL without any segment is a brand-new node only if nothing else shows history: when
+``snap/`` holds snapshot files (or the caller names other evidence, ``prior_history``, such
+as an orderer's block store past its genesis block) the WAL was lost, and the start is
+refused with :class:`~node.raft.errors.RaftStateLost` before anything is written (so the
+refusal repeats on every start). Such a node must not vote again under its old id: remove
+it from the Raft membership and re-add it as a new member with an empty data directory.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from node.raft.errors import RaftError
+from node.raft.errors import RaftError, RaftStateLost
 from node.raft.snapshotter import Snapshotter
 from node.raft.storage import MemoryStorage
 from node.raft.types import ConfState, Entry, HardState, Snapshot
-from node.raft.wal import WAL, SnapshotMark
+from node.raft.wal import WAL, SnapshotMark, has_segments
 
 _log = logging.getLogger(__name__)
 
@@ -33,7 +40,9 @@ class DurableStorage:
     ``bootstrap_conf_state`` is the membership used when there is no snapshot yet (the
     orderer set of the genesis configuration). ``keep_entries`` entries below a new
     snapshot stay in memory and in the WAL so slightly lagging followers get entries
-    rather than a snapshot.
+    rather than a snapshot. ``prior_history`` (if given) describes other evidence that this
+    node has already taken part in the log; with it, a missing WAL is refused (see the
+    module docstring) just as when snapshot files are found without one.
     """
 
     def __init__(
@@ -46,12 +55,32 @@ class DurableStorage:
         keep_entries: int = 16,
         fsync_observer: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prior_history: str | None = None,
     ) -> None:
         base = os.fspath(directory)
         self._keep_entries = keep_entries
         self._snapper = Snapshotter(os.path.join(base, "snap"), fsync=fsync)
+        wal_dir = os.path.join(base, "wal")
+        if not has_segments(wal_dir):
+            evidence = []
+            snaps = self._snapper.positions()
+            if snaps:
+                evidence.append(
+                    f"{base}/snap holds {len(snaps)} snapshot file(s) (the newest at Raft "
+                    f"index {snaps[0][0]}, term {snaps[0][1]})"
+                )
+            if prior_history:
+                evidence.append(prior_history)
+            if evidence:
+                raise RaftStateLost(
+                    f"{wal_dir} has no WAL segment but {' and '.join(evidence)}: this node "
+                    "lost its Raft hard state (term, vote) and log, and starting it as a "
+                    "blank voter could lose committed entries. Refusing to start. Recovery: "
+                    "remove this node from the Raft membership, then re-add it as a new "
+                    "member with an empty data directory"
+                )
         self._wal = WAL(
-            os.path.join(base, "wal"),
+            wal_dir,
             segment_bytes=segment_bytes,
             fsync=fsync,
             fsync_observer=fsync_observer,

@@ -12,6 +12,15 @@ class RaftError(Exception):
         self.detail = detail
 
 
+class RaftStateLost(RaftError):
+    """The WAL is missing but other files show this node has already taken part in the Raft
+    log: it lost its hard state (term, vote) and entries. Restarting it as a blank voter
+    could let it vote twice in a term or acknowledge away a committed entry."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("raft_state_lost", detail)
+
+
 class ProposalDropped(RaftError):
     """The proposal was not appended (not leader, no leader, transfer in progress, ...)."""
 

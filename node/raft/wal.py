@@ -3,11 +3,21 @@
 Directory layout (under the ``directory`` given to :class:`WAL`)::
 
     wal-0000000000000000.log, wal-0000000000000001.log, ...   segments, by sequence number
+    wal-<seq>.log.tmp                                          a segment being created
 
-Every segment starts with the current hard state and snapshot marker. Compaction
-(:meth:`WAL.release`, after a snapshot) starts a new segment that also carries every entry
-above the snapshot, then deletes all older segments, so the log stays one self-contained
-suffix of segments.
+Every segment starts with the current hard state and snapshot marker. A new segment (the
+first one, a roll when the open segment is full, and compaction) is written complete under
+its ``.tmp`` name, fsynced, renamed to its ``.log`` name and the directory fsynced, so a
+segment file exists whole or not at all; before that, the segment it replaces is fsynced
+(it may end in an unsynced commit-only hard state), so only the last segment can ever end
+in a torn write. Recovery deletes leftover ``.tmp`` files (never acknowledged).
+
+Compaction (:meth:`WAL.release`, after a snapshot) starts a new segment that also carries
+every entry above the snapshot, then deletes all older segments, newest first, fsyncing the
+directory after each deletion: a crash part-way leaves the oldest older segments (a
+contiguous run from the start of the log, which replays cleanly) followed by the complete
+new segment, whose snapshot marker and carried entries supersede them. (An earlier version
+deleted oldest first; replay also accepts what a crash then left, see below.)
 
 Record layout (all integers unsigned big-endian)::
 
@@ -22,21 +32,32 @@ Record types and payloads::
     2 HARD_STATE  u64 term | u64 vote | u64 commit
     3 SNAPSHOT    u64 index | u64 term     (a snapshot file with this position was saved)
 
-Replay semantics: an ENTRY at an index already present truncates the log from that index
+Replay semantics: an ENTRY whose (index, term) is already in the log is skipped (by Raft's
+log matching property it is the same entry, and the entries after it stay: this is what
+makes replaying a compacted segment's carried entries over older segments harmless); an
+ENTRY at an index already present with another term truncates the log from that index
 (conflicting tail replaced by the leader); entries at or below the snapshot index are
 ignored; a SNAPSHOT record keeps the entries after it only when the log holds an entry with
 the snapshot's (index, term), otherwise it discards them (Raft's install-snapshot rule); the
-last HARD_STATE wins.
+last HARD_STATE wins. Any other ENTRY above the next index is a gap (WALCorrupt), with one
+exception: the very first entry replayed may start in the middle of the log (the oldest
+segments of a compaction interrupted while deleting them oldest first) provided a later
+SNAPSHOT record moves the snapshot past it (re-bases the log) and every entry above the
+snapshot that this discards is replayed again later (the compacted segment carries them);
+otherwise replay raises WALCorrupt.
 
 Durability: :meth:`WAL.save` writes all records of one Raft ``Ready`` with one ``write`` and
 one ``fsync`` before returning; the driver sends messages only afterwards.
 
-Recovery: a damaged record at the very end of the last segment (torn write from a crash in
-the middle of a save: a header or body running past end of file, zero fill, or a checksum
-failure on the last record) is truncated away with a WARNING; those bytes were never
-acknowledged. Any other damage (a bad record followed by more data, or in an older segment)
-raises :class:`WALCorrupt` naming the file and offset: that is lost acknowledged data and
-needs an operator, not a silent repair.
+Recovery: damage at the end of the last segment that a crash in the middle of a save can
+leave -- a record header or record running past end of file (a partial write), or nothing
+but zero bytes from the damaged record to end of file (zero fill) -- is truncated away with
+a WARNING; those bytes were never acknowledged. Any other damage raises
+:class:`WALCorrupt` naming the file, offset and reason: a complete record with a checksum
+mismatch (even the last one: it was fsynced, e.g. a hard state holding a vote), an invalid
+length (0 or above MAX_RECORD_BYTES) followed by non-zero data, any damage followed by more
+data, or damage in a segment that is not the last. That is lost acknowledged data and needs
+an operator, not a silent repair.
 """
 
 from __future__ import annotations
@@ -68,6 +89,7 @@ _SNAP = struct.Struct(">QQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 _SEG_RE = re.compile(r"^wal-([0-9a-f]{16})\.log$")
+_TMP_RE = re.compile(r"^wal-([0-9a-f]{16})\.log\.tmp$")
 
 
 class WALCorrupt(RaftError):
@@ -102,6 +124,15 @@ def _seg_name(seq: int) -> str:
     return f"wal-{seq:016x}.log"
 
 
+def has_segments(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds at least one WAL segment (``.tmp`` files do not count)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return False
+    return any(_SEG_RE.match(n) for n in names)
+
+
 def encode_record(rec_type: int, payload: bytes) -> bytes:
     """One record in the layout of the module docstring."""
     body = bytes((rec_type,)) + payload
@@ -130,6 +161,42 @@ class _Replay:
 
     def __init__(self) -> None:
         self.state = WALState()
+        self._seen_entry = False
+        # (path, offset, index) of a first entry above the snapshot: the oldest segments
+        # of a compaction whose deletions a crash interrupted (oldest first, as an earlier
+        # version did). Allowed only if a later SNAPSHOT record re-bases the log.
+        self._start_gap: tuple[str, int, int] | None = None
+        self._rebased_from: tuple[str, int] | None = None
+        # index -> term of entries the re-basing discarded; each must be replayed again
+        # (by the compacted segment's carried entries) unless the snapshot covers it.
+        self._superseded: dict[int, int] = {}
+
+    def finish(self) -> WALState:
+        """The replayed state, once every segment is applied; WALCorrupt if the log does
+        not start right after the snapshot (older segments missing)."""
+        st = self.state
+        if self._start_gap is not None:
+            path, offset, index = self._start_gap
+            raise WALCorrupt(
+                path, offset,
+                f"entry {index} leaves a gap (expected at most {st.snapshot.index + 1}): the "
+                "log starts in the middle and no later snapshot marker supersedes it",
+            )
+        if self._rebased_from is not None:
+            for index, term in sorted(self._superseded.items()):
+                if index > st.snapshot.index:
+                    path, offset = self._rebased_from
+                    raise WALCorrupt(
+                        path, offset,
+                        f"the oldest segments start in the middle of the log and hold entry "
+                        f"{index} (term {term}) that no later segment carries",
+                    )
+            _log.warning(
+                "WAL %s: the oldest segments start in the middle of the log (a compaction "
+                "interrupted while deleting them); superseded by the snapshot marker at "
+                "index %d", self._rebased_from[0], st.snapshot.index,
+            )
+        return st
 
     def apply(self, path: str, offset: int, body: bytes) -> None:
         rec_type = body[0]
@@ -144,15 +211,27 @@ class _Replay:
             except ValueError:
                 raise WALCorrupt(path, offset, f"unknown entry type {etype}") from None
             entry = Entry(term, index, kind, bytes(payload[_ENTRY_HEAD.size :]))
+            if self._superseded.get(index) == term:
+                del self._superseded[index]
             if index <= st.snapshot.index:
                 return
             first = st.entries[0].index if st.entries else st.snapshot.index + 1
             expected = first + len(st.entries)
+            seen, self._seen_entry = self._seen_entry, True
+            if index > expected and not seen:
+                self._start_gap = (path, offset, index)
+                st.entries.append(entry)
+                return
             if index > expected:
                 raise WALCorrupt(
                     path, offset, f"entry {index} leaves a gap (expected at most {expected})"
                 )
-            del st.entries[index - first :]
+            pos = index - first
+            if pos < len(st.entries):
+                if st.entries[pos].term == term:
+                    # Same (index, term): the same entry (log matching); keep what follows.
+                    return
+                del st.entries[pos:]
             st.entries.append(entry)
         elif rec_type == REC_HARD_STATE:
             if len(payload) != _HS.size:
@@ -172,6 +251,15 @@ class _Replay:
                 pos = mark.index - first
                 if 0 <= pos < len(st.entries) and st.entries[pos].term == mark.term:
                     keep = st.entries[pos + 1 :]
+            if self._start_gap is not None:
+                # Re-based: what the mid-log start held above the snapshot must reappear
+                # (checked in finish()); the log now starts right after the snapshot.
+                if not keep:
+                    self._superseded = {
+                        e.index: e.term for e in st.entries if e.index > mark.index
+                    }
+                self._rebased_from = self._start_gap[:2]
+                self._start_gap = None
             st.entries = keep
             st.snapshot = mark
         else:
@@ -206,12 +294,9 @@ class WAL:
         self.recovered = self._recover()
         self._hard_state = self.recovered.hard_state
         self._snapshot = self.recovered.snapshot
+        self._dirty = False  # the open segment holds written but not fsynced data
         if not self._segments:
-            self._segments = [0]
-            self._seg_max_index[0] = 0
-            self._fd = self._open_segment(0)
-            self._write_pos = 0
-            self._write_header_records()
+            self._fd = self._create_segment(0)
         else:
             seq = self._segments[-1]
             self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND)
@@ -224,9 +309,14 @@ class WAL:
         return os.path.join(self._dir, _seg_name(seq))
 
     def _recover(self) -> WALState:
-        seqs = sorted(
-            int(m.group(1), 16) for m in map(_SEG_RE.match, os.listdir(self._dir)) if m
-        )
+        names = os.listdir(self._dir)
+        for name in names:
+            if _TMP_RE.match(name):
+                # A segment whose creation a crash interrupted: never renamed into place,
+                # so nothing in it was acknowledged.
+                _log.warning("WAL %s: removing unfinished segment %s", self._dir, name)
+                os.unlink(os.path.join(self._dir, name))
+        seqs = sorted(int(m.group(1), 16) for m in map(_SEG_RE.match, names) if m)
         replay = _Replay()
         for i, seq in enumerate(seqs):
             last = i == len(seqs) - 1
@@ -244,44 +334,53 @@ class WAL:
                     os.close(fd)
             self._seg_max_index[seq] = max_index
         self._segments = seqs
-        return replay.state
+        return replay.finish()
 
     @staticmethod
     def _scan(path: str, data: bytes, replay: _Replay, last: bool) -> tuple[int, int]:
-        """Replay the records of one segment; returns (end of good data, max entry index)."""
+        """Replay the records of one segment; returns (end of good data, max entry index).
+
+        Damage is a torn tail (truncated with a WARNING) only where a crash in the middle
+        of a write can have left it; anything else raises WALCorrupt (module docstring).
+        """
         pos = 0
         size = len(data)
         max_index = 0
         while pos < size:
-            problem = ""
             if size - pos < HEAD_SIZE:
-                problem = "record header runs past end of file"
+                problem, torn = "record header runs past end of file", True
             else:
                 length, crc = _HEAD.unpack_from(data, pos)
                 end = pos + HEAD_SIZE + length
                 if length == 0 or length > MAX_RECORD_BYTES:
+                    # Never written by us: only zero fill (space allocated for a write
+                    # that never reached the disk) is explained by a crash.
                     problem = f"bad record length {length}"
+                    torn = _all_zero(data, pos)
+                    if not torn:
+                        problem += " followed by non-zero data"
                 elif end > size:
-                    problem = f"record of {length} bytes runs past end of file"
+                    problem, torn = f"record of {length} bytes runs past end of file", True
                 elif zlib.crc32(data[pos + HEAD_SIZE : end]) != crc:
-                    problem = "checksum mismatch"
-                    if end < size and not _all_zero(data, end):
-                        raise WALCorrupt(path, pos, "checksum mismatch before more records")
-                if not problem:
+                    # A complete record (its length is not 0, so it is not zero fill):
+                    # it was written whole and fsynced; damage, not a torn write.
+                    problem, torn = "checksum mismatch in a complete record", False
+                else:
                     body = data[pos + HEAD_SIZE : end]
                     replay.apply(path, pos, body)
                     if body[0] == REC_ENTRY:
                         max_index = max(max_index, _ENTRY_HEAD.unpack_from(body, 1)[1])
                     pos = end
                     continue
-            zero_fill = _all_zero(data, pos)
             if not last:
                 raise WALCorrupt(path, pos, f"{problem} in a segment that is not the last")
-            if problem.startswith("bad record length") and not zero_fill:
-                # A length that fits in the file but is invalid is not a torn write.
-                length = _HEAD.unpack_from(data, pos)[0]
-                if length != 0 and pos + HEAD_SIZE + length <= size:
-                    raise WALCorrupt(path, pos, problem)
+            if not torn:
+                raise WALCorrupt(
+                    path, pos,
+                    f"{problem} ({size - pos} bytes to end of file): not a torn write (a "
+                    "crash leaves a short or zero-filled tail), acknowledged data is damaged",
+                )
+            zero_fill = _all_zero(data, pos)
             _log.warning(
                 "WAL %s: torn tail at offset %d (%s); truncating %d bytes that were never "
                 "acknowledged",
@@ -292,18 +391,43 @@ class WAL:
 
     # ------------------------------------------------------------------ writing
 
-    def _open_segment(self, seq: int) -> int:
-        fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        if self._fsync:
-            fsync_dir(self._dir)
-        return fd
-
-    def _write_header_records(self, carry: Sequence[Entry] = ()) -> None:
+    def _header_records(self, carry: Sequence[Entry] = ()) -> bytes:
         data = encode_hard_state(self._hard_state)
         if self._snapshot.index:
             data += encode_snapshot_mark(self._snapshot)
-        data += b"".join(encode_entry(e) for e in carry)
-        self._write(data)
+        return data + b"".join(encode_entry(e) for e in carry)
+
+    def _timed_fsync(self, fd: int) -> None:
+        start = self._clock()
+        os.fsync(fd)
+        if self._observer is not None:
+            self._observer(self._clock() - start)
+
+    def _create_segment(self, seq: int, carry: Sequence[Entry] = ()) -> int:
+        """Create segment ``seq`` holding the header records and ``carry``, atomically
+        (tmp file, fsync, rename, directory fsync); returns it open for appending and makes
+        it the current segment."""
+        path = self._path(seq)
+        tmp = path + ".tmp"
+        data = self._header_records(carry)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._fsync:
+                self._timed_fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if self._fsync:
+            fsync_dir(self._dir)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._segments.append(seq)
+        self._seg_max_index[seq] = carry[-1].index if carry else 0
+        self._write_pos = len(data)
+        self._dirty = False
+        return fd
 
     def _write(self, data: bytes, sync: bool = True) -> None:
         view = memoryview(data)
@@ -312,19 +436,19 @@ class WAL:
             view = view[n:]
         self._write_pos += len(data)
         if self._fsync and sync:
-            start = self._clock()
-            os.fsync(self._fd)
-            if self._observer is not None:
-                self._observer(self._clock() - start)
+            self._timed_fsync(self._fd)
+            self._dirty = False
+        elif self._fsync:
+            self._dirty = True
 
     def _roll(self, carry: Sequence[Entry] = ()) -> None:
+        # The segment being left must be durable before a newer one exists: recovery
+        # accepts a torn tail only in the last segment.
+        if self._dirty:
+            self._timed_fsync(self._fd)
+            self._dirty = False
         os.close(self._fd)
-        seq = self._segments[-1] + 1
-        self._fd = self._open_segment(seq)
-        self._segments.append(seq)
-        self._seg_max_index[seq] = carry[-1].index if carry else 0
-        self._write_pos = 0
-        self._write_header_records(carry)
+        self._fd = self._create_segment(self._segments[-1] + 1, carry)
 
     def save(
         self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True
@@ -354,10 +478,12 @@ class WAL:
         self._write(encode_snapshot_mark(mark))
 
     def release(self, carry: Sequence[Entry]) -> list[str]:
-        """Compact the log down to the recorded snapshot: start a fresh segment holding the
-        hard state, the snapshot marker and ``carry`` (every entry above the snapshot
-        index, which the caller keeps in memory), fsync it, then delete all older
-        segments. Returns the removed paths."""
+        """Compact the log down to the recorded snapshot: create a fresh segment holding
+        the hard state, the snapshot marker and ``carry`` (every entry above the snapshot
+        index, which the caller keeps in memory) atomically, then delete all older
+        segments, newest first, each deletion made durable before the next (so a crash
+        leaves a contiguous run from the oldest segment, see the module docstring).
+        Returns the removed paths."""
         if carry and carry[0].index != self._snapshot.index + 1:
             raise RaftError(
                 "wal_bad_carry",
@@ -366,14 +492,15 @@ class WAL:
         old = list(self._segments)
         self._roll(carry)
         removed: list[str] = []
-        for seq in old:
+        for seq in reversed(old):
             path = self._path(seq)
             os.unlink(path)
+            if self._fsync:
+                fsync_dir(self._dir)
+            self._segments.remove(seq)
             self._seg_max_index.pop(seq, None)
             removed.append(path)
-        self._segments = self._segments[len(old) :]
-        if self._fsync:
-            fsync_dir(self._dir)
+        removed.reverse()
         return removed
 
     def segment_paths(self) -> list[str]:

@@ -5,6 +5,7 @@ written, every node still serving."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from rxchain.v1 import raft_pb2, services_pb2, services_pb2_grpc, transaction_pb
 from client.errors import RxClientError
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Signer, load_signer
+from node.errors import reason_from_rpc_error
 from node.raft.types import MessageType
 from tests.adversarial.support import (
     AdvNet,
@@ -183,3 +185,73 @@ def test_rogue_identity_at_sdk_level(adv: AdvNet) -> None:
         with pytest.raises(RxClientError) as info:
             gw.submit("rxload", "issue", {"rx_id": "RX-sdk", "max_fills": 1, "medfee_fen": 1})
     assert info.value.reason == "REVOKED_CERT"
+
+
+def _read_calls(ch: grpc.Channel, tx_id: str) -> dict[str, Callable[[], object]]:
+    """The peer's reads that carry no signed request: each checks the TLS certificate."""
+    gw = services_pb2_grpc.GatewayStub(ch)
+    return {
+        "PeerDeliver.Deliver": lambda: list(services_pb2_grpc.PeerDeliverStub(ch).Deliver(
+            services_pb2.DeliverRequest(start_block=0, follow=False), timeout=10)),
+        "Gateway.Events": lambda: list(gw.Events(services_pb2.EventsRequest(start_block=0, follow=False),
+                                                 timeout=10)),
+        "Gateway.CommitStatus": lambda: gw.CommitStatus(services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=100),
+                                                        timeout=10),
+        "Admin.Status": lambda: services_pb2_grpc.AdminStub(ch).Status(services_pb2.StatusRequest(), timeout=10),
+    }
+
+
+@pytest.mark.parametrize("who", ["revoked", "revoked_peer"])
+def test_revoked_member_cannot_read_the_chain(adv: AdvNet, case_table: CaseTable, who: str) -> None:
+    """A certificate its CA issued but the configuration revokes passes the mTLS handshake;
+    PeerDeliver, Events, CommitStatus and Status refuse it with REVOKED_CERT (in the
+    ``rxchain-reason`` metadata), as the orderer's Deliver does. A valid member still reads."""
+    rogue = getattr(adv.rogues, who)
+    peer = adv.peer("h01")
+    tx_id = adv.lifecycle_tx_ids[0]
+    before = adv.snapshot()
+    outcomes: dict[str, str] = {}
+    with foreign_channel(adv.cons.target(peer), rogue, adv.cons.net.ca_bundle_path) as ch:
+        for name, call in _read_calls(ch, tx_id).items():
+            try:
+                call()
+                outcomes[name] = "SERVED"
+            except grpc.RpcError as exc:
+                outcomes[name] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+    with foreign_channel(adv.cons.target(adv.orderer()), rogue, adv.cons.net.ca_bundle_path) as ch:
+        try:
+            list(services_pb2_grpc.AtomicBroadcastStub(ch).Deliver(
+                services_pb2.DeliverRequest(start_block=0, stop_block=1), timeout=10))
+            outcomes["AtomicBroadcast.Deliver"] = "SERVED"
+        except grpc.RpcError as exc:
+            outcomes["AtomicBroadcast.Deliver"] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+    with channel(adv.cons.target(peer), adv.user_creds("h01", "dr-test")) as ch:
+        for call in _read_calls(ch, tx_id).values():
+            call()  # a valid member: served
+    case = case_table.add(Case(f"{who} certificate reads blocks/events/status", f"{peer}+orderer",
+                               "REVOKED_CERT", outcome=str(outcomes), reason=next(iter(outcomes.values()))))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = adv.serving()
+    assert set(outcomes.values()) == {"PERMISSION_DENIED/REVOKED_CERT"}, outcomes
+    assert case.passed, case
+
+
+def test_cluster_refusals_carry_the_reason_metadata(adv: AdvNet) -> None:
+    """NOT_AN_ORDERER travels as ``rxchain-reason`` metadata (not only in the details text)
+    on Cluster.Step, Cluster.Forward and Cluster.ForwardBatch."""
+    reasons: dict[str, str] = {}
+    with channel(adv.cons.target(adv.orderer()), adv.cons.node_creds("peer.h01")) as ch:
+        stub = services_pb2_grpc.ClusterStub(ch)
+        calls: dict[str, Callable[[], object]] = {
+            "Step": lambda: stub.Step(iter([services_pb2.ConsensusRequest(from_id=2, payload=b"")]), timeout=10),
+            "Forward": lambda: list(stub.Forward(iter([transaction_pb2.Envelope(payload=b"x")]), timeout=10)),
+            "ForwardBatch": lambda: list(ch.stream_stream("/rxchain.v1.Cluster/ForwardBatch", None, None)(
+                iter([services_pb2.EnvelopeBatch().SerializeToString()]), timeout=10)),
+        }
+        for name, call in calls.items():
+            try:
+                call()
+                reasons[name] = "ACCEPTED"
+            except grpc.RpcError as exc:
+                reasons[name] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+    assert set(reasons.values()) == {"PERMISSION_DENIED/NOT_AN_ORDERER"}, reasons

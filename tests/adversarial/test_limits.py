@@ -6,15 +6,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
+from node.config import DEFAULT_GRPC_WORKERS
+from node.errors import reason_from_rpc_error
+from node.stream_caps import StreamCaps
 from tests.adversarial.support import AdvNet, Case, CaseTable
-from tests.harness.rpc import channel
+from tests.harness.rpc import Creds, channel
 
 pytestmark = pytest.mark.integration
 
@@ -115,4 +118,145 @@ def test_connection_flood(adv: AdvNet, case_table: CaseTable) -> None:
     case.nothing_written = adv.snapshot() == before
     case.still_serving = serving and adv.serving()
     assert ok == FLOOD_CHANNELS
+    assert case.passed, case
+
+
+class _Flood:
+    """Long-lived calls opened by one client; counts those refused TOO_MANY_STREAMS."""
+
+    def __init__(self, target: str, creds: Creds, open_call: Callable[[grpc.Channel], Any], n: int) -> None:
+        self._cv = threading.Condition()
+        self.refused: list[str] = []
+        self.other: list[str] = []
+        self.channels = [channel(target, creds) for _ in range((n + 19) // 20)]
+        self.calls = []
+        for i in range(n):
+            call = open_call(self.channels[i % len(self.channels)])
+            call.add_done_callback(self._done)
+            self.calls.append(call)
+
+    def _done(self, call: Any) -> None:
+        code = call.code()
+        with self._cv:
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_from_rpc_error(call) == "TOO_MANY_STREAMS":
+                self.refused.append(call.details() or "")
+            elif code != grpc.StatusCode.CANCELLED:
+                self.other.append(f"{code}: {call.details()}")
+            self._cv.notify_all()
+
+    def wait_refused(self, count: int, timeout_s: float = 20.0) -> int:
+        with self._cv:
+            self._cv.wait_for(lambda: len(self.refused) >= count, timeout=timeout_s)
+            return len(self.refused)
+
+    def close(self) -> None:
+        for c in self.calls:
+            c.cancel()
+        for ch in self.channels:
+            ch.close()
+
+
+def _events(ch: grpc.Channel) -> Any:
+    return services_pb2_grpc.GatewayStub(ch).Events(services_pb2.EventsRequest(start_block=10**12, follow=True),
+                                                    timeout=60)
+
+
+def _deliver_follow(ch: grpc.Channel) -> Any:
+    return services_pb2_grpc.AtomicBroadcastStub(ch).Deliver(
+        services_pb2.DeliverRequest(start_block=10**12, follow=True), timeout=60)
+
+
+def _admitted_again(target: str, creds: Creds, read: Callable[[grpc.Channel], Any], deadline_s: float = 15.0) -> bool:
+    """True once a bounded (non-follow) long-lived call of this client is admitted again
+    (the slots of cancelled calls are given back when the server sees them end)."""
+    end = time.monotonic() + deadline_s
+    with channel(target, creds) as ch:
+        while time.monotonic() < end:
+            try:
+                read(ch)
+                return True
+            except grpc.RpcError as exc:
+                if reason_from_rpc_error(exc) != "TOO_MANY_STREAMS":
+                    raise
+            time.sleep(0.2)
+    return False
+
+
+def test_stream_caps_refuse_a_flood_of_idle_streams(adv: AdvNet, case_table: CaseTable) -> None:
+    """One client opening more idle Events streams than its share is refused TOO_MANY_STREAMS
+    at once (per client), several clients together are capped in total, and Health, Evaluate
+    and a submit keep being served (the pool's other half is free)."""
+    peer = adv.peer("h01")
+    target = adv.cons.target(peer)
+    caps = StreamCaps.from_extra({}, DEFAULT_GRPC_WORKERS["peer"])
+    extra = 6
+    before = adv.snapshot()
+    floods = []
+    try:
+        nurse = _Flood(target, adv.user_creds("h01", "nurse-test"), _events, caps.per_caller + extra)
+        floods.append(nurse)
+        assert nurse.wait_refused(extra) == extra, nurse.other
+        time.sleep(1.0)  # an admitted stream would only end at its 60 s deadline or on cancel
+        assert (len(nurse.refused), nurse.other) == (extra, [])
+        assert all("per client" in d for d in nurse.refused), nurse.refused
+        health = _timed_health(adv, peer)
+        serving = adv.serving()
+        with adv.gateway("h01", "dr-test") as gw:  # its CommitStatus wait is admitted
+            res = gw.submit("rxload", "issue", {"rx_id": "RX-during-flood", "max_fills": 1, "medfee_fen": 1})
+        # the rest of the total goes to two more clients: 2 of their streams are over the total
+        rest = caps.total - caps.per_caller
+        others = [_Flood(target, adv.user_creds("h01", "patient-test"), _events, rest),
+                  _Flood(target, adv.user_creds("h02", "dr-test"), _events, 2)]
+        floods.extend(others)
+        end = time.monotonic() + 20
+        while sum(len(f.refused) for f in others) < 2 and time.monotonic() < end:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        over_total = [d for f in others for d in f.refused]
+        assert len(over_total) == 2 and not any(f.other for f in others), (over_total, [f.other for f in others])
+        assert all(f"limit {caps.total})" in d for d in over_total), over_total
+        health = max(health, _timed_health(adv, peer))
+        serving = serving and adv.serving()  # unary Evaluate on every peer, h01 included
+    finally:
+        for f in floods:
+            f.close()
+    again = _admitted_again(target, adv.user_creds("h01", "nurse-test"), lambda ch: list(
+        services_pb2_grpc.GatewayStub(ch).Events(services_pb2.EventsRequest(start_block=0, follow=False), timeout=10)))
+    after = adv.snapshot()
+    case = case_table.add(Case(f"{caps.per_caller + extra} idle Events streams from one client + total flood",
+                               peer, "TOO_MANY_STREAMS over the caps; others served",
+                               outcome=f"{len(nurse.refused)} refused per client, {len(over_total)} over the "
+                                       f"total; health {health * 1000:.0f} ms; tx in block {res.block}",
+                               reason="TOO_MANY_STREAMS"))
+    case.nothing_written = all(after[n][0] == before[n][0] + 1 for n in after)  # only the normal tx
+    case.still_serving = serving and adv.serving()
+    assert health < 2.0 and res.code == "VALID" and again
+    assert case.passed, case
+
+
+def test_orderer_deliver_streams_are_capped_per_client(adv: AdvNet, case_table: CaseTable) -> None:
+    orderer = adv.orderer()
+    target = adv.cons.target(orderer)
+    caps = StreamCaps.from_extra({}, DEFAULT_GRPC_WORKERS["orderer"])
+    extra = 5
+    before = adv.snapshot()
+    flood = _Flood(target, adv.user_creds("ins01", "clerk-test"), _deliver_follow, caps.per_caller + extra)
+    try:
+        refused = flood.wait_refused(extra)
+        time.sleep(1.0)
+        health = _timed_health(adv, orderer)
+        serving = adv.serving()
+        assert (refused, len(flood.refused), flood.other) == (extra, extra, [])
+    finally:
+        flood.close()
+    again = _admitted_again(target, adv.user_creds("ins01", "clerk-test"), lambda ch: list(
+        services_pb2_grpc.AtomicBroadcastStub(ch).Deliver(services_pb2.DeliverRequest(start_block=0, stop_block=1),
+                                                          timeout=10)))
+    case = case_table.add(Case(f"{caps.per_caller + extra} idle Deliver streams from one client", orderer,
+                               "TOO_MANY_STREAMS over the per-client cap; others served",
+                               outcome=f"{len(flood.refused)} refused; health {health * 1000:.0f} ms",
+                               reason="TOO_MANY_STREAMS"))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = serving and adv.serving()
+    assert health < 2.0 and again
     assert case.passed, case

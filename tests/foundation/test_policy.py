@@ -67,3 +67,23 @@ def test_bad_policies_name_the_problem(text: str, fragment: str) -> None:
 def test_principals_listed() -> None:
     p = parse_policy("AND(ins01.peer, OR(h01.peer, p01.peer))", ORGS)
     assert [str(x) for x in p.principals()] == ["ins01.peer", "h01.peer", "p01.peer"]
+
+
+def test_nesting_depth_is_bounded() -> None:
+    """A policy nested past MAX_POLICY_DEPTH is BAD_POLICY (not a RecursionError), however
+    deep: parsing, evaluation and printing are recursive."""
+    from node.identity.policy import MAX_POLICY_DEPTH
+
+    def nested(depth: int, keyword: str = "AND(") -> str:
+        return keyword * depth + "h01.peer" + ")" * depth
+
+    ok = parse_policy(nested(MAX_POLICY_DEPTH), ORGS)
+    assert ok.evaluate([("h01", "peer")]) and str(ok.rule).count("OutOf") == MAX_POLICY_DEPTH
+    for depth, keyword in ((MAX_POLICY_DEPTH + 1, "AND("), (1000, "OR("), (200_000, "AND(")):
+        with pytest.raises(RxError) as e:
+            parse_policy(nested(depth, keyword), ORGS)
+        assert e.value.reason == "BAD_POLICY"
+        assert f"deeper than {MAX_POLICY_DEPTH}" in e.value.message
+    # siblings do not add depth: a wide policy at the limit still parses
+    wide = "OR(" + ", ".join([nested(MAX_POLICY_DEPTH - 1)] * 50) + ")"
+    assert parse_policy(wide, ORGS).evaluate([("h01", "peer")])

@@ -396,3 +396,71 @@ def test_deliver_bytes_serves_framed_blocks_over_grpc_without_a_serializer(tmp_p
     finally:
         server.stop(0)
         store.close()
+
+
+def _lead_in_process(chain: Chain) -> None:
+    """Make a one-voter chain (driver thread not started) leader, ready to cut, by driving
+    its driver-thread methods from the test thread."""
+    chain._node.campaign()
+    for _ in range(10):
+        chain._process_ready()
+        if chain._lead_ready():
+            return
+    raise AssertionError("the single orderer did not become a ready leader")
+
+
+def test_block_numbers_reused_by_a_new_leadership_answer_the_old_tickets(solo, tmp_path):
+    """Blocks still in flight from an earlier leadership (replaced by the next leader) whose
+    numbers this leader reuses: their tickets are answered SERVICE_UNAVAILABLE when the
+    leader starts cutting at the store's height, instead of being dropped unanswered."""
+    from node.orderer.blockcutter import Pending
+    from node.orderer.chain import _Inflight
+    from node.orderer.ticket import Ticket
+
+    chain, blocks, storage = _solo_chain(solo, tmp_path / "o1")
+    try:
+        _lead_in_process(chain)
+        height = blocks.height()
+        old8, old9 = Ticket("old-8"), Ticket("old-9")
+        chain._inflight[height] = _Inflight(b"h-old", [old8], 0.0)
+        chain._inflight[height + 1] = _Inflight(b"h-old-2", [old9], 0.0)
+        new = Ticket("new")
+        chain._held.append([Pending(Client(solo).envelope()[1], new)])
+        chain._maybe_cut()
+        for t, n in ((old8, height), (old9, height + 1)):
+            outcome = t.peek()
+            assert outcome is not None and outcome.reason == "SERVICE_UNAVAILABLE"
+            assert outcome.message == f"block {n} was replaced after a leader change"
+        assert [t.tx_id for t in chain._inflight[height].tickets] == ["new"]
+        assert height + 1 not in chain._inflight
+        chain._process_ready()  # one voter: commits and applies at once
+        outcome = new.peek()
+        assert outcome is not None and outcome.accepted and outcome.block_number == height
+    finally:
+        storage.close()
+        blocks.close()
+
+
+def test_proposing_over_an_in_flight_block_number_answers_its_tickets(solo, tmp_path):
+    """_propose_block never overwrites _inflight[n] silently (the tickets stored there would
+    be reachable by neither _resolve nor _expire_inflight)."""
+    from node.orderer.blockcutter import Pending
+    from node.orderer.chain import _Inflight
+    from node.orderer.ticket import Ticket
+
+    chain, blocks, storage = _solo_chain(solo, tmp_path / "o1")
+    try:
+        _lead_in_process(chain)
+        height = blocks.height()
+        chain._next_number, chain._prev_hash = height, blocks.last_hash()  # already cutting
+        old = Ticket("old")
+        chain._inflight[height] = _Inflight(b"h-old", [old], 0.0)
+        new = Ticket("new")
+        chain._propose_block([Pending(Client(solo).envelope()[1], new)])
+        outcome = old.peek()
+        assert outcome is not None and outcome.reason == "SERVICE_UNAVAILABLE"
+        assert [t.tx_id for t in chain._inflight[height].tickets] == ["new"]
+        assert new.peek() is None
+    finally:
+        storage.close()
+        blocks.close()

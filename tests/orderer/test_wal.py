@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import struct
+from pathlib import Path
 
 import pytest
+from rxchain.v1 import block_pb2
 
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
+from node.errors import RxError
+from node.ledger.blockstore import BlockStore
+from node.orderer.server import open_raft_storage
 from node.raft.durable import DurableStorage
-from node.raft.errors import RaftError
+from node.raft.errors import RaftError, RaftStateLost
 from node.raft.snapshotter import Snapshotter, decode_snapshot, encode_snapshot
 from node.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
-from node.raft.wal import WAL, SnapshotMark, WALCorrupt
+from node.raft.wal import (
+    WAL,
+    SnapshotMark,
+    WALCorrupt,
+    encode_entry,
+    encode_hard_state,
+    encode_snapshot_mark,
+)
 
 CONF = ConfState((1, 2, 3), ())
 
@@ -44,43 +59,56 @@ def test_wal_segments_roll_and_replay_across_them(tmp_path):
     assert rec.hard_state == HardState(1, 1, 28)
 
 
-@pytest.mark.parametrize(
-    "damage",
-    ["truncate_mid_record", "append_garbage", "flip_last_byte", "zero_fill"],
-)
-def test_torn_tail_is_truncated_with_warning(tmp_path, caplog, damage):
+def _two_saves(tmp_path) -> str:
+    """A WAL of two saves (entries 1..3 + hard state, entry 4 + hard state); returns the
+    segment path. The last record is the second save's HARD_STATE (33 bytes)."""
     wal = WAL(tmp_path)
     wal.save(HardState(1, 1, 0), ents(1, 3))
     wal.save(HardState(1, 1, 2), ents(4, 4))
+    path = wal.segment_paths()[-1]
     wal.close()
-    path = WAL(tmp_path).segment_paths()[-1]
+    return path
+
+
+HS_RECORD = 8 + 1 + 24  # header, type byte, term | vote | commit
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate_mid_record", "truncate_mid_header", "partial_record_appended", "zero_fill",
+     "last_record_zeroed"],
+)
+def test_torn_tail_is_truncated_with_warning(tmp_path, caplog, damage):
+    """Only what a crash in the middle of a write can leave is a torn tail: the file ends
+    inside a record or a record header (a partial write), or everything from the damaged
+    record to end of file is zero (allocated space the write never reached)."""
+    path = _two_saves(tmp_path)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         if damage == "truncate_mid_record":
             f.truncate(size - 7)
-        elif damage == "append_garbage":
+        elif damage == "truncate_mid_header":
+            f.truncate(size - HS_RECORD + 5)
+        elif damage == "partial_record_appended":
+            # the first 20 bytes of a 1 KiB entry record that never reached the disk whole
             f.seek(size)
-            f.write(b"\xde\xad\xbe\xef\x01\x02\x03garbage-garbage")
-        elif damage == "flip_last_byte":
-            f.seek(size - 1)
-            last = f.read(1)
-            f.seek(size - 1)
-            f.write(bytes([last[0] ^ 0xFF]))
-        else:
+            f.write(encode_entry(Entry(1, 5, EntryType.NORMAL, b"q" * 1024))[:20])
+        elif damage == "zero_fill":
             f.seek(size)
             f.write(b"\0" * 4096)
+        else:
+            f.seek(size - HS_RECORD)
+            f.write(b"\0" * HS_RECORD)
     with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
         wal2 = WAL(tmp_path)
     assert any("torn tail" in r.getMessage() for r in caplog.records)
     rec = wal2.recovered
     assert rec.truncated_tail_bytes > 0
-    indexes = [e.index for e in rec.entries]
-    if damage in ("append_garbage", "zero_fill"):
-        assert indexes == [1, 2, 3, 4]
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4]
+    if damage in ("partial_record_appended", "zero_fill"):
         assert rec.hard_state == HardState(1, 1, 2)
     else:
         # The last record (hard state of the second save) is gone, its entry survives.
-        assert indexes == [1, 2, 3, 4]
         assert rec.hard_state == HardState(1, 1, 0)
     # The file was repaired: writing continues and a further restart is clean.
     wal2.save(HardState(1, 1, 4), ents(5, 5))
@@ -88,6 +116,58 @@ def test_torn_tail_is_truncated_with_warning(tmp_path, caplog, damage):
     rec3 = WAL(tmp_path).recovered
     assert [e.index for e in rec3.entries] == [1, 2, 3, 4, 5]
     assert rec3.truncated_tail_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        # One flipped bit in the complete, fsynced last record (the old rule repaired this
+        # away as a torn tail, silently dropping e.g. a vote).
+        ("flip_last_byte", "checksum mismatch in a complete record"),
+        ("flip_vote_bit", "checksum mismatch in a complete record"),
+        # Non-zero data that no writer of ours produces after the last record.
+        ("append_garbage", "bad record length 3735928559 followed by non-zero data"),
+        # The header of entry 4 damaged, every later (fsynced) record intact.
+        ("length_zeroed_mid_file", "bad record length 0 followed by non-zero data"),
+        ("length_huge_mid_file", "bad record length 4294967295 followed by non-zero data"),
+        ("zero_run_mid_file", "bad record length 0 followed by non-zero data"),
+    ],
+)
+def test_damage_a_crash_cannot_leave_is_fatal_not_truncated(tmp_path, caplog, damage, reason):
+    path = _two_saves(tmp_path)
+    size = os.path.getsize(path)
+    entry4 = size - HS_RECORD - len(encode_entry(ents(4, 4)[0]))
+    with open(path, "r+b") as f:
+        if damage in ("flip_last_byte", "flip_vote_bit"):
+            at = size - 1 if damage == "flip_last_byte" else size - 9  # low byte of the vote
+            f.seek(at)
+            b = f.read(1)
+            f.seek(at)
+            f.write(bytes([b[0] ^ (0xFF if damage == "flip_last_byte" else 0x01)]))
+        elif damage == "append_garbage":
+            f.seek(size)
+            f.write(b"\xde\xad\xbe\xef\x01\x02\x03garbage-garbage")
+        elif damage == "length_zeroed_mid_file":
+            f.seek(entry4)
+            f.write(struct.pack(">I", 0))
+        elif damage == "length_huge_mid_file":
+            f.seek(entry4)
+            f.write(struct.pack(">I", 0xFFFFFFFF))
+        else:
+            f.seek(entry4)
+            f.write(b"\0" * 16)
+    damaged = Path(path).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"), pytest.raises(WALCorrupt) as err:
+        WAL(tmp_path)
+    assert reason in str(err.value)
+    assert os.path.basename(path) in str(err.value)
+    expected_at = entry4 if damage.endswith("mid_file") else (
+        size if damage == "append_garbage" else size - HS_RECORD)
+    assert err.value.offset == expected_at
+    assert not any("torn tail" in r.getMessage() for r in caplog.records)
+    assert Path(path).read_bytes() == damaged  # nothing was "repaired"
+    with pytest.raises(WALCorrupt):  # and it stays refused
+        WAL(tmp_path)
 
 
 def test_corruption_in_the_middle_is_fatal_and_named(tmp_path):
@@ -228,3 +308,339 @@ def test_snapshot_file_without_wal_marker_is_ignored(tmp_path):
     assert st2.snapshot().data == b"at-3"
     assert (st2.first_index(), st2.last_index()) == (4, 6)
     st2.close()
+
+
+# ---------------------------------------------------------------- crash safety of release
+
+
+class Crash(Exception):
+    """The simulated power cut."""
+
+
+class CrashingOs:
+    """Stands in for ``os`` inside node.raft.wal: every file operation that changes the
+    directory or a file's bytes (write, replace, unlink) uses up one step of ``budget``;
+    the operation that finds the budget at zero crashes -- a write first lets half of its
+    bytes reach the file (a torn write). Everything done before the crash stays, in order
+    (what the WAL's fsyncs guarantee). It records (operation, file name) in ``log`` and
+    closes the descriptors the WAL left open on close_leftovers()."""
+
+    def __init__(self, budget: int | None) -> None:
+        self.budget = budget
+        self.log: list[tuple[str, str]] = []
+        self._paths: dict[int, str] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def _step(self) -> None:
+        if self.budget is not None:
+            if self.budget == 0:
+                raise Crash
+            self.budget -= 1
+
+    def open(self, path, flags, mode=0o777):
+        fd = os.open(path, flags, mode)
+        self._paths[fd] = os.path.basename(path)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._paths.pop(fd, None)
+        os.close(fd)
+
+    def fsync(self, fd: int) -> None:
+        self.log.append(("fsync", self._paths.get(fd, "?")))
+        os.fsync(fd)
+
+    def write(self, fd: int, data) -> int:
+        if self.budget == 0:
+            os.write(fd, bytes(data[: len(data) // 2]))
+            raise Crash
+        self._step()
+        self.log.append(("write", self._paths.get(fd, "?")))
+        return os.write(fd, data)
+
+    def replace(self, src, dst) -> None:
+        self._step()
+        self.log.append(("replace", os.path.basename(dst)))
+        os.replace(src, dst)
+
+    def unlink(self, path) -> None:
+        self._step()
+        self.log.append(("unlink", os.path.basename(path)))
+        os.unlink(path)
+
+    def close_leftovers(self) -> None:
+        for fd in list(self._paths):
+            self.close(fd)
+
+
+def _wal_before_release(directory) -> list[Entry]:
+    """Entries 1..30 over several segments, a snapshot marker at 20; returns the carry."""
+    wal = WAL(directory, segment_bytes=400)
+    for i in range(1, 31):
+        wal.save(HardState(2, 1, i - 1), ents(i, i, term=2, size=60))
+    wal.save_snapshot_mark(SnapshotMark(20, 2))
+    assert len(wal.segment_paths()) >= 4
+    wal.close()
+    return ents(21, 30, term=2, size=60)
+
+
+def test_release_survives_a_crash_at_every_step(tmp_path, monkeypatch):
+    """A crash anywhere in release() -- in the middle of writing the compacted segment,
+    before its rename, between the deletions of the older segments -- leaves a WAL that
+    recovers every entry and the hard state (no entry lost, no WALCorrupt)."""
+    import node.raft.wal as wal_mod
+
+    base = tmp_path / "base"
+    carry = _wal_before_release(base)
+    crashed_at: list[str] = []
+    budget = 0
+    while True:
+        d = tmp_path / f"crash{budget}"
+        shutil.copytree(base, d)
+        wal = WAL(d, segment_bytes=400)
+        fake = CrashingOs(budget)
+        monkeypatch.setattr(wal_mod, "os", fake)
+        try:
+            wal.release(carry)
+            wal.close()
+            done = True
+        except Crash:
+            done = False
+            crashed_at.append(f"after {fake.log[-1]}" if fake.log else "in the first write")
+        finally:
+            monkeypatch.setattr(wal_mod, "os", os)
+            fake.close_leftovers()  # what the crash left open
+        rec = WAL(d, segment_bytes=400).recovered
+        assert rec.snapshot == SnapshotMark(20, 2), (budget, crashed_at)
+        assert [e.index for e in rec.entries] == list(range(21, 31)), (budget, crashed_at)
+        assert rec.entries == carry
+        assert rec.hard_state == HardState(2, 1, 29)
+        assert not [n for n in os.listdir(d) if n.endswith(".tmp")]
+        if done:
+            break
+        budget += 1
+    # torn write, crash before rename, then one crash per deletion of an older segment
+    old = len(os.listdir(base))
+    assert budget == 2 + old
+    assert len(crashed_at) == budget
+
+
+def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path, monkeypatch):
+    import node.raft.wal as wal_mod
+
+    carry = _wal_before_release(tmp_path)
+    wal = WAL(tmp_path, segment_bytes=400)
+    old = [os.path.basename(p) for p in wal.segment_paths()]
+    fake = CrashingOs(None)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    monkeypatch.setattr(wal_mod, "fsync_dir", lambda d: fake.log.append(("fsync_dir", "")))
+    try:
+        wal.release(carry)
+        new = os.path.basename(wal.segment_paths()[-1])
+        wal.close()
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    unlinks = [op for name in reversed(old) for op in (("unlink", name), ("fsync_dir", ""))]
+    assert fake.log == [
+        ("write", new + ".tmp"), ("fsync", new + ".tmp"), ("replace", new), ("fsync_dir", ""),
+        *unlinks,
+    ]
+
+
+def test_replay_of_a_torn_compacted_segment_over_older_segments_keeps_every_entry(tmp_path):
+    """The on-disk state a crash in the middle of the old release() could leave (older
+    segments complete, the compacted segment torn inside its carried entries): its surviving
+    carried entries are the same (index, term) as the older segments' and must not truncate
+    the entries after them."""
+    carry = _wal_before_release(tmp_path)
+    wal = WAL(tmp_path, segment_bytes=400)
+    seq = len(wal.segment_paths())
+    wal.close()
+    compacted = (encode_hard_state(HardState(2, 1, 29)) + encode_snapshot_mark(SnapshotMark(20, 2))
+                 + b"".join(encode_entry(e) for e in carry))
+    cut = len(compacted) - 7 * len(encode_entry(carry[0])) - 30  # inside carried entry 24
+    (tmp_path / f"wal-{seq:016x}.log").write_bytes(compacted[:cut])
+    rec = WAL(tmp_path, segment_bytes=400).recovered
+    assert rec.truncated_tail_bytes > 0
+    assert [e.index for e in rec.entries] == list(range(21, 31))
+    assert rec.hard_state == HardState(2, 1, 29)
+
+
+def test_replay_skips_a_matching_entry_and_truncates_only_on_a_term_conflict(tmp_path):
+    wal = WAL(tmp_path)
+    wal.save(HardState(1, 1, 0), ents(1, 5))
+    wal.save(None, ents(3, 3))  # same (index, term) as the log's entry 3: nothing changes
+    wal.close()
+    rec = WAL(tmp_path).recovered
+    assert [(e.index, e.term) for e in rec.entries] == [(i, 1) for i in range(1, 6)]
+    wal = WAL(tmp_path)
+    wal.save(HardState(2, 2, 0), ents(3, 4, term=2))  # conflict at 3: 3.. replaced
+    wal.close()
+    rec = WAL(tmp_path).recovered
+    assert [(e.index, e.term) for e in rec.entries] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+
+
+def test_roll_fsyncs_the_segment_it_leaves_before_creating_the_next(tmp_path, monkeypatch):
+    """A commit-only hard state is written without fsync; the segment holding it must be
+    synced before a newer segment exists (a torn tail is only accepted in the last one)."""
+    import node.raft.wal as wal_mod
+
+    fake = CrashingOs(None)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    try:
+        # 33 bytes of header, then 3 entries of 86 bytes and a hard state: 324 < 340
+        wal = WAL(tmp_path, segment_bytes=340)
+        wal.save(HardState(1, 1, 0), ents(1, 3, size=60))
+        first = os.path.basename(wal.segment_paths()[-1])
+        del fake.log[:]
+        wal.save(HardState(1, 1, 2), [], sync=False)
+        assert fake.log == [("write", first)]
+        wal.save(HardState(1, 1, 3), ents(4, 4))  # 357 >= 340: rolls first
+        second = os.path.basename(wal.segment_paths()[-1])
+        assert second != first
+        assert fake.log[1:5] == [("fsync", first), ("write", second + ".tmp"),
+                                 ("fsync", second + ".tmp"), ("replace", second)]
+        wal.close()
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    rec = WAL(tmp_path, segment_bytes=340).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4]
+    assert rec.hard_state == HardState(1, 1, 3)
+
+
+def _segment_bytes(directory) -> dict[str, bytes]:
+    wal = WAL(directory, segment_bytes=400)
+    saved = {p: Path(p).read_bytes() for p in wal.segment_paths()}
+    wal.close()
+    return saved
+
+
+@pytest.mark.parametrize("deleted", [1, 2, 3])
+def test_older_segments_left_by_an_oldest_first_deletion_are_superseded(tmp_path, caplog, deleted):
+    """What a crash between the deletions of an earlier version's release() (oldest first)
+    left: the oldest segments gone, later older ones still there, starting in the middle of
+    the log, then the complete compacted segment. Its snapshot marker re-bases the log."""
+    carry = _wal_before_release(tmp_path)
+    saved = _segment_bytes(tmp_path)
+    assert len(saved) > 3
+    wal = WAL(tmp_path, segment_bytes=400)
+    wal.release(carry)
+    wal.close()
+    for p, data in list(saved.items())[deleted:]:
+        Path(p).write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
+        rec = WAL(tmp_path, segment_bytes=400).recovered
+    assert rec.snapshot == SnapshotMark(20, 2)
+    assert rec.entries == carry
+    assert rec.hard_state == HardState(2, 1, 29)
+    assert any("superseded by the snapshot marker" in r.getMessage() for r in caplog.records)
+
+
+def test_a_log_starting_in_the_middle_without_a_superseding_segment_is_fatal(tmp_path):
+    wal = WAL(tmp_path, segment_bytes=300)
+    for i in range(1, 20):
+        wal.save(HardState(1, 1, i - 1), ents(i, i, size=60))
+    paths = wal.segment_paths()
+    wal.close()
+    os.unlink(paths[0])
+    with pytest.raises(WALCorrupt, match="leaves a gap"):
+        WAL(tmp_path, segment_bytes=300)
+
+
+def test_a_re_basing_segment_must_carry_what_it_supersedes(tmp_path):
+    """Older segments starting mid-log are only superseded if every entry above the new
+    snapshot that they hold is replayed again; a compacted segment missing one is fatal."""
+    carry = _wal_before_release(tmp_path)
+    saved = _segment_bytes(tmp_path)
+    last_old, data = list(saved.items())[-1]  # entries above 21 only, then the marker at 20
+    wal = WAL(tmp_path, segment_bytes=400)
+    wal.release(carry[:-3])  # as if the compaction had not carried entries 28..30
+    wal.close()
+    Path(last_old).write_bytes(data)
+    with pytest.raises(WALCorrupt, match="that no later segment carries") as err:
+        WAL(tmp_path, segment_bytes=400)
+    assert os.path.basename(last_old) in str(err.value)
+
+
+# ---------------------------------------------------------------- a lost WAL
+
+
+def _storage_with_history(base) -> None:
+    st = DurableStorage(base, bootstrap_conf_state=CONF, keep_entries=0)
+    st.save_ready(HardState(7, 1, 5), ents(1, 5, term=7), None)
+    st.create_snapshot(5, CONF, b"state@5")
+    st.close()
+
+
+def test_a_wal_lost_beside_snapshot_files_is_refused_every_time(tmp_path):
+    """wal/ gone, snap/ still there: starting as a blank voter (term 0, no vote) could
+    lose a committed entry; refused, naming the recovery, and nothing is written (so the
+    next start is refused again rather than finding a fresh WAL)."""
+    _storage_with_history(tmp_path)
+    shutil.rmtree(tmp_path / "wal")
+    for _ in range(2):
+        with pytest.raises(RaftStateLost) as err:
+            DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+        assert err.value.reason == "raft_state_lost"
+        assert "snapshot file(s) (the newest at Raft index 5, term 7)" in err.value.detail
+        assert "remove this node from the Raft membership" in err.value.detail
+        assert "re-add it as a new member" in err.value.detail
+        assert not os.path.exists(tmp_path / "wal") or os.listdir(tmp_path / "wal") == []
+
+
+def test_a_wal_lost_beside_other_history_is_refused_and_a_new_node_starts(tmp_path):
+    with pytest.raises(RaftStateLost, match="the block store holds blocks up to 4"):
+        DurableStorage(tmp_path / "a", bootstrap_conf_state=CONF,
+                       prior_history="the block store holds blocks up to 4")
+    # A brand-new node: nothing anywhere.
+    st = DurableStorage(tmp_path / "b", bootstrap_conf_state=CONF)
+    assert st.initial_state() == (HardState(), CONF)
+    st.save_ready(HardState(1, 1, 0), ents(1, 2), None)
+    st.close()
+    # With its WAL in place, other history is no reason to refuse.
+    st = DurableStorage(tmp_path / "b", bootstrap_conf_state=CONF,
+                        prior_history="the block store holds blocks up to 4")
+    assert st.last_index() == 2
+    st.close()
+    # A crash while creating the very first segment leaves only a .tmp: still a new node.
+    (tmp_path / "c" / "wal").mkdir(parents=True)
+    (tmp_path / "c" / "wal" / "wal-0000000000000000.log.tmp").write_bytes(b"\x00\x00")
+    st = DurableStorage(tmp_path / "c", bootstrap_conf_state=CONF)
+    assert os.listdir(tmp_path / "c" / "wal") == ["wal-0000000000000000.log"]
+    st.close()
+
+
+def _block_store(directory, count: int) -> BlockStore:
+    store = BlockStore(directory, fsync=False)
+    prev = GENESIS_PREVIOUS_HASH
+    for n in range(count):
+        b = block_pb2.Block()
+        b.header.number = n
+        b.header.previous_hash = prev
+        b.data.envelopes.append(b"env-%d" % n)
+        b.header.data_hash = block_data_hash(list(b.data.envelopes))
+        store.append(b)
+        prev = block_header_hash(b.header)
+    return store
+
+
+def test_orderer_refuses_to_start_with_blocks_past_genesis_and_no_wal(tmp_path):
+    blocks = _block_store(tmp_path / "blocks", 3)
+    try:
+        with pytest.raises(RxError) as err:
+            open_raft_storage(tmp_path / "raft", blocks, [1, 2, 3], 2, fsync=False)
+        assert err.value.reason == "RAFT_STATE_LOST"
+        assert "holds blocks up to 2" in err.value.message
+        assert "remove it from the consortium's orderer set" in err.value.message
+        assert not os.path.exists(tmp_path / "raft" / "wal") or not os.listdir(tmp_path / "raft" / "wal")
+    finally:
+        blocks.close()
+    genesis_only = _block_store(tmp_path / "new" / "blocks", 1)
+    try:
+        st = open_raft_storage(tmp_path / "new" / "raft", genesis_only, [1, 2, 3], 2, fsync=False)
+        assert st.initial_state() == (HardState(), ConfState((1, 2, 3), ()))
+        st.close()
+    finally:
+        genesis_only.close()

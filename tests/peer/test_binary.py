@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from node.config import load_node_config
+from node.errors import RxError
 from tests.peer.conftest import Net
 
 
@@ -53,3 +58,63 @@ def test_port_in_use_exits_2(net: Net, tmp_path: Path) -> None:
         proc = run(node_dir / "node.yaml")
     assert proc.returncode == 2, proc.stderr
     assert "cannot listen" in proc.stderr
+    data = node_dir / doc["data_dir"] if not Path(doc["data_dir"]).is_absolute() else Path(doc["data_dir"])
+    assert not data.exists() or not any(data.iterdir()), "the peer wrote into data_dir before the bind check"
+
+
+def _edited(net: Net, tmp_path: Path, node: str, change: Any) -> Path:
+    """A copy of ``node``'s generated node.yaml with absolute paths, ``change(doc)`` applied."""
+    import yaml
+
+    src = net.home / "nodes" / node
+    doc = yaml.safe_load((src / "node.yaml").read_text())
+    for key in ("cert", "key", "ca_bundle", "genesis"):
+        doc[key] = str((src / doc[key]).resolve())
+    doc.update(data_dir=str(tmp_path / "data"), metrics_port=0)
+    change(doc)
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+BAD_VALUES = [
+    ("orderers[0].port", lambda d: d["orderers"][0].__setitem__("port", "31883x")),
+    ("orderers[0].port", lambda d: d["orderers"][0].__setitem__("port", 0)),
+    ("extra must be a mapping", lambda d: d.__setitem__("extra", ["grpc_workers", 8])),
+    ("extra.grpc_workers", lambda d: d.__setitem__("extra", {"grpc_workers": 0})),
+    ("extra.orderer_quorum", lambda d: d.__setitem__("extra", {"orderer_quorum": "two"})),
+    ("extra.sandbox_workers", lambda d: d.__setitem__("extra", {"sandbox_workers": True})),
+    ("extra.max_streams", lambda d: d.__setitem__("extra", {"max_streams": -1})),
+    ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
+    ("port", lambda d: d.__setitem__("port", "http")),
+    ("raft_id", lambda d: d.__setitem__("raft_id", [1])),
+]
+
+
+@pytest.mark.parametrize(("fragment", "change"), BAD_VALUES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_VALUES)])
+def test_bad_values_are_bad_config_naming_the_key(net: Net, tmp_path: Path, fragment: str, change: Any) -> None:
+    path = _edited(net, tmp_path, "peer.h01", change)
+    with pytest.raises(RxError) as info:
+        load_node_config(path)
+    assert info.value.reason == "BAD_CONFIG"
+    assert fragment in info.value.message and str(path) in info.value.message
+
+
+def test_integer_extras_are_normalised(net: Net, tmp_path: Path) -> None:
+    path = _edited(net, tmp_path, "peer.h01", lambda d: d.__setitem__(
+        "extra", {"grpc_workers": "16", "orderer_quorum": 1, "deliver_stall_s": 2.5, "other": "kept"}))
+    cfg = load_node_config(path)
+    assert cfg.extra == {"grpc_workers": 16, "orderer_quorum": 1, "deliver_stall_s": 2.5, "other": "kept"}
+
+
+@pytest.mark.parametrize(("fragment", "change"), [
+    ("extra must be a mapping", lambda d: d.__setitem__("extra", ["grpc_workers", 8])),
+    ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
+    ("extra.max_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_streams": 8})),
+])
+def test_binary_bad_values_exit_2_in_one_line(net: Net, tmp_path: Path, fragment: str, change: Any) -> None:
+    proc = run(_edited(net, tmp_path, "peer.h01", change))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rxchain peer: BAD_CONFIG") and fragment in last, last

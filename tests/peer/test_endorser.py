@@ -167,3 +167,23 @@ def test_endorser_keeps_serving_after_errors(deployed: Cluster) -> None:
             e.endorse(bad)
     assert e.endorse(_prop(deployed)).response.status == 200
 
+
+
+def _with_raw_args(cluster: Cluster, args_json: bytes) -> transaction_pb2.SignedProposal:
+    """A validly signed proposal whose arguments are ``args_json`` verbatim."""
+    prop = transaction_pb2.Proposal.FromString(_prop(cluster).proposal_bytes)
+    inv = transaction_pb2.ContractInvocation.FromString(prop.invocation)
+    inv.args_json = args_json
+    prop.invocation = inv.SerializeToString()
+    raw = prop.SerializeToString()
+    return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=cluster.net.doctor.sign(raw))
+
+
+@pytest.mark.parametrize("args_json", [b"[" * 200_000, b'{"key": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                       b'{"a":' * 30_000 + b"1" + b"}" * 30_000])
+def test_deeply_nested_arguments_are_bad_arguments(deployed: Cluster, args_json: bytes) -> None:
+    """JSON nested deep enough to exhaust the decoder's recursion is BAD_ARGUMENTS (not a
+    RecursionError that gRPC would answer as UNKNOWN), and the endorser keeps serving."""
+    err = _endorse_err(deployed, _with_raw_args(deployed, args_json))
+    assert err == "BAD_ARGUMENTS"
+    assert deployed.peers[0].endorser.endorse(_prop(deployed)).response.status == 200

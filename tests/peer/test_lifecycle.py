@@ -154,3 +154,18 @@ def test_install_refuses_hostile_source(cluster: Cluster) -> None:
     resp = cluster.peers[0].endorser.endorse(signed)
     assert (resp.response.status, resp.response.reason) == (400, "CONTRACT_REJECTED")
     assert "line 1" in resp.response.message
+
+
+def test_deeply_nested_policy_is_bad_policy_not_a_crash(cluster: Cluster) -> None:
+    """A 1000-deep endorsement policy (4008 characters) is a contract-level BAD_POLICY refusal
+    (status 400, no endorsement), not a RecursionError escaping the endorser."""
+    deep = "OR(" * 1000 + "h01.peer" + ")" * 1000
+    assert len(deep) == 4008
+    d = {"name": "deep", "version": "1", "sequence": 1, "endorsement_policy": deep,
+         "access": {}, "code_hash": "0" * 64}
+    signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "approve", d,
+                                  timestamp_ms=cluster.now())
+    resp = cluster.peers[0].endorser.endorse(signed)
+    assert (resp.response.status, resp.response.reason) == (400, "BAD_POLICY")
+    assert "nested deeper" in resp.response.message
+    assert not resp.HasField("endorsement")

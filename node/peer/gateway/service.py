@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
 
-from node.errors import RxError, abort_with
+from node.errors import RxError, abort_with, guarded_stream, guarded_unary
+from node.identity.caller import CallerCheck
 from node.peer.gateway.commit_status import commit_status
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.endorse import endorse
@@ -19,8 +20,10 @@ from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
 from node.peer.gateway.transact import start_reader, transact, transact_batch
+from node.stream_caps import StreamCaps
 
 CLOSE_WAIT_S = 5.0  # how long close() waits for the gateway's running work
+UNCAPPED = 1 << 30  # stream caps when none are given (unit tests)
 
 
 class _InFlight:
@@ -92,8 +95,12 @@ class _TrackedPool(ThreadPoolExecutor):
 class GatewayService(services_pb2_grpc.GatewayServicer):
     """gRPC Gateway."""
 
-    def __init__(self, deps: GatewayDeps, workers: int = 32) -> None:
+    def __init__(self, deps: GatewayDeps, workers: int = 32, streams: StreamCaps | None = None) -> None:
         self._deps = deps
+        # CommitStatus and Events serve committed data without a signed request: the TLS
+        # certificate is checked with the MSP, and their waits are capped (TOO_MANY_STREAMS).
+        self._check_caller = CallerCheck(lambda: deps.configs.current().msp)
+        self._streams = streams or StreamCaps(UNCAPPED, UNCAPPED)
         self._inflight = _InFlight()
         self._remote_pool = ThreadPoolExecutor(workers, thread_name_prefix="gw-remote")
         self._work_pool = _TrackedPool(workers, "gw-transact", self._inflight)
@@ -108,6 +115,7 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self._remote_pool.shutdown(wait=False, cancel_futures=True)
         return self._inflight.wait(wait_s)
 
+    @guarded_unary
     def Evaluate(
         self, request: services_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> services_pb2.EvaluateResponse:
@@ -117,6 +125,7 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         except RxError as err:
             abort_with(context, err)
 
+    @guarded_unary
     def Endorse(
         self, request: services_pb2.EndorseRequest, context: grpc.ServicerContext
     ) -> services_pb2.EndorseResponse:
@@ -126,6 +135,7 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         except RxError as err:
             abort_with(context, err)
 
+    @guarded_unary
     def Submit(
         self, request: services_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> services_pb2.SubmitResponse:
@@ -134,21 +144,25 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         except RxError as err:
             abort_with(context, err)
 
+    @guarded_unary
     def CommitStatus(
         self, request: services_pb2.CommitStatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.CommitStatusResponse:
-        try:  # waits for a commit (woken when the notifier closes): not counted
-            return commit_status(self._deps, request)
-        except RxError as err:
-            abort_with(context, err)
+        caller = self._check_caller(context)
+        # waits for a commit (woken when the notifier closes): not counted in _inflight
+        return commit_status(
+            self._deps, request, context.is_active,
+            lambda: self._streams.admit(context, caller.cert_der, "Gateway.CommitStatus"),
+        )
 
+    @guarded_stream
     def Events(
         self, request: services_pb2.EventsRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.EventsResponse]:
-        try:  # a follower stream: ends when the call is cancelled, not counted
+        caller = self._check_caller(context)
+        with self._streams.admit(context, caller.cert_der, "Gateway.Events"):
+            # a follower stream: ends when the call is cancelled, not counted in _inflight
             yield from events(self._deps, request, context.is_active)
-        except RxError as err:
-            abort_with(context, err)
 
     def Transact(
         self,

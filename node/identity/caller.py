@@ -1,0 +1,54 @@
+"""The caller of an RPC, checked with the MSP.
+
+The mTLS layer only checks that a client certificate chains to one of the consortium's CAs
+(the CA bundle); it does not know about revocation lists, validity periods or roles. A
+servicer that serves consortium data without a signed request (block streams, commit
+statuses, node status) checks the TLS certificate with :class:`CallerCheck` first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from rxchain.v1 import identity_pb2
+
+from node.crypto.tls import peer_identity
+from node.errors import RxError
+from node.identity.msp import MSP, Principal
+
+
+def wall_ms() -> int:
+    """Milliseconds since the epoch (what certificate validity is checked against)."""
+    return time.time_ns() // 1_000_000
+
+
+def caller_of(context: grpc.ServicerContext) -> identity_pb2.Identity:
+    """The caller's TLS client certificate as an Identity; RxError UNKNOWN_CREATOR without one."""
+    ident = peer_identity(context)
+    if ident is None:
+        raise RxError("UNKNOWN_CREATOR", "no client certificate",
+                      grpc_code=grpc.StatusCode.PERMISSION_DENIED)
+    return ident
+
+
+class CallerCheck:
+    """``check(context)``: the caller's principal, or an RxError with the MSP's reason
+    (UNKNOWN_CREATOR, EXPIRED_CERT, REVOKED_CERT, WRONG_ROLE, UNKNOWN_ORG ...) and status
+    PERMISSION_DENIED. ``msp_source`` gives the MSP of the configuration in force."""
+
+    def __init__(self, msp_source: Callable[[], MSP], clock_ms: Callable[[], int] = wall_ms) -> None:
+        self._msp = msp_source
+        self._clock_ms = clock_ms
+
+    def __call__(self, context: grpc.ServicerContext) -> Principal:
+        ident = caller_of(context)
+        msp = self._msp()  # may raise its own RxError (e.g. no genesis block yet)
+        try:
+            return msp.validate(ident, self._clock_ms())
+        except RxError as err:
+            raise RxError(err.reason, err.message, grpc.StatusCode.PERMISSION_DENIED) from None
+        except ValueError as exc:  # a certificate the MSP cannot parse
+            raise RxError("BAD_CERT", f"client certificate: {exc}",
+                          grpc.StatusCode.PERMISSION_DENIED) from None

@@ -1,0 +1,76 @@
+"""``python -m node.orderer``: a bad configuration is one clear BAD_CONFIG line and exit code 2,
+and a node refused at start-up has written nothing into its data directory."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.orderer.cluster import ROOT, make_network
+
+START_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    net = make_network(tmp_path_factory.mktemp("obin"))
+    return Path(net.node_config_path(net.orderers()[0].name)).parent
+
+
+def _run(node_dir: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> subprocess.CompletedProcess[str]:
+    doc = yaml.safe_load((node_dir / "node.yaml").read_text())
+    for key in ("cert", "key", "ca_bundle", "genesis"):
+        doc[key] = str((node_dir / doc[key]).resolve())
+    doc.update(data_dir=str(tmp_path / "data"), metrics_port=0)
+    change(doc)
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return subprocess.run([sys.executable, "-m", "node.orderer", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False)
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def _assert_bad_config(proc: subprocess.CompletedProcess[str], fragment: str, tmp_path: Path) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rxchain orderer: BAD_CONFIG") and fragment in last, last
+    data = tmp_path / "data"
+    assert not data.exists() or not any(data.iterdir()), sorted(data.rglob("*"))
+
+
+@pytest.mark.parametrize(("fragment", "change"), [
+    ("extra.tick_ms", lambda d: d.__setitem__("extra", {"tick_ms": "fast"})),
+    ("extra.grpc_workers", lambda d: d.__setitem__("extra", {"grpc_workers": 0})),
+    ("extra must be a mapping", lambda d: d.__setitem__("extra", "tick_ms=5")),
+    ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
+    ("cannot load certificate/key", lambda d: d.__setitem__("key", d["ca_bundle"])),
+])
+def test_bad_values_exit_2(node_dir: Path, tmp_path: Path, fragment: str,
+                           change: Callable[[dict[str, Any]], None]) -> None:
+    _assert_bad_config(_run(node_dir, tmp_path, change), fragment, tmp_path)
+
+
+def test_port_in_use_exits_2_before_writing_anything(node_dir: Path, tmp_path: Path) -> None:
+    with _busy_port() as busy:
+        proc = _run(node_dir, tmp_path, lambda d: d.__setitem__("port", busy.getsockname()[1]))
+    _assert_bad_config(proc, "cannot listen", tmp_path)
+
+
+def test_metrics_port_in_use_exits_2_before_writing_anything(node_dir: Path, tmp_path: Path) -> None:
+    with _busy_port() as busy:
+        proc = _run(node_dir, tmp_path, lambda d: d.__setitem__("metrics_port", busy.getsockname()[1]))
+    _assert_bad_config(proc, "metrics_port", tmp_path)
