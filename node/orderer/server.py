@@ -26,8 +26,9 @@ from rxchain.v1 import config_pb2, services_pb2
 from node.config import NodeConfig, check_can_listen
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import channel_credentials, channel_options, server_credentials
-from node.errors import RxError
+from node.errors import RxError, abort_with
 from node.genesis import config_from_genesis, read_genesis
+from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer.broadcast import (
@@ -93,7 +94,12 @@ class OrdererServer:
         self.grpc_server.wait_for_termination()
 
 
-def _admin_handler(config: NodeConfig, chain: Chain) -> grpc.GenericRpcHandler[object, object]:
+def _admin_handler(
+    config: NodeConfig, chain: Chain, check_caller: Callable[[grpc.ServicerContext], object]
+) -> grpc.GenericRpcHandler[object, object]:
+    """Health (open to any caller the mTLS layer admits, e.g. probes) and Status (chain
+    height, hashes and Raft state: the caller's certificate is checked with the MSP first)."""
+
     def health(
         request: services_pb2.HealthRequest, context: grpc.ServicerContext
     ) -> services_pb2.HealthResponse:
@@ -107,6 +113,10 @@ def _admin_handler(config: NodeConfig, chain: Chain) -> grpc.GenericRpcHandler[o
     def status(
         request: services_pb2.StatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.StatusResponse:
+        try:
+            check_caller(context)
+        except RxError as err:
+            abort_with(context, err)
         st = chain.status()
         return services_pb2.StatusResponse(
             node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
@@ -309,7 +319,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         [
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
-            _admin_handler(config, chain),
+            _admin_handler(config, chain, CallerCheck(tracker.msp, _wall_ms)),
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)

@@ -205,7 +205,7 @@ def _read_calls(ch: grpc.Channel, tx_id: str) -> dict[str, Callable[[], object]]
 def test_revoked_member_cannot_read_the_chain(adv: AdvNet, case_table: CaseTable, who: str) -> None:
     """A certificate its CA issued but the configuration revokes passes the mTLS handshake;
     PeerDeliver, Events, CommitStatus and Status refuse it with REVOKED_CERT (in the
-    ``rxchain-reason`` metadata), as the orderer's Deliver does. A valid member still reads."""
+    ``rxchain-reason`` metadata), as the orderer's Deliver and Status do. A valid member still reads."""
     rogue = getattr(adv.rogues, who)
     peer = adv.peer("h01")
     tx_id = adv.lifecycle_tx_ids[0]
@@ -225,6 +225,11 @@ def test_revoked_member_cannot_read_the_chain(adv: AdvNet, case_table: CaseTable
             outcomes["AtomicBroadcast.Deliver"] = "SERVED"
         except grpc.RpcError as exc:
             outcomes["AtomicBroadcast.Deliver"] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+        try:
+            services_pb2_grpc.AdminStub(ch).Status(services_pb2.StatusRequest(), timeout=10)
+            outcomes["orderer Admin.Status"] = "SERVED"
+        except grpc.RpcError as exc:
+            outcomes["orderer Admin.Status"] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
     with channel(adv.cons.target(peer), adv.user_creds("h01", "dr-test")) as ch:
         for call in _read_calls(ch, tx_id).values():
             call()  # a valid member: served
