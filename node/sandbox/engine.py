@@ -82,6 +82,7 @@ def _helpers(meter: Meter) -> dict[str, Any]:
         "__rx_attr__": meter.attr,
         "__rx_fmt__": meter.fmt,
         "__rx_key__": meter.key,
+        "__rx_hashed__": meter.hashed,
         "__rx_elem__": meter.elem,
         "__rx_elems__": meter.keys,
     }

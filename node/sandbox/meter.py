@@ -33,6 +33,7 @@ from node.sandbox.errors import (
 )
 
 CALL = 10
+MAX_KEY_DEPTH = 64  # tuples nested deeper cannot be dict keys, set elements or looked up
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
 _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
@@ -191,13 +192,8 @@ class Meter:
         tk = type(k)
         if tk is str or tk is int or tk is bool or k is None:
             return k
-        if tk is tuple:
-            for x in k:
-                self.key(x)
-            return k
-        if tk is frozenset:
-            for x in k:
-                self.elem(x)
+        if tk is tuple or tk is frozenset:
+            self._admit_nested(k, True)
             return k
         raise TypeError(
             f"{tk.__name__} cannot be a set element or dict key in a contract "
@@ -212,13 +208,57 @@ class Meter:
         if tk is str or tk is int or tk is bool:
             return k
         if tk is tuple or tk is frozenset:
-            for x in k:
-                self.elem(x)
+            self._admit_nested(k, False)
             return k
         raise TypeError(
             f"{tk.__name__} cannot be a set element or dict key in a contract "
             "(set elements: str, int, bool and tuples of them)"
         )
+
+    def _admit_nested(self, k: tuple[Any, ...] | frozenset[Any], none_ok: bool) -> None:
+        """The key/element rules inside a tuple (``none_ok``: a dict key's tuple may hold
+        None) or frozenset (never None), charging one gas per element walked -- hashing
+        walks the same elements, once per reference, so tuples sharing sub-tuples cost what
+        they are -- and refusing nesting deeper than :data:`MAX_KEY_DEPTH` (CPython hashes
+        a tuple recursively in C, without a recursion guard)."""
+        self.hash_cost(k)
+        stack: list[tuple[Any, bool]] = [(k, none_ok)]
+        while stack:
+            v, none = stack.pop()
+            tv = type(v)
+            if tv is str or tv is int or tv is bool or (none and v is None):
+                continue
+            if tv is tuple:
+                stack.extend((x, none) for x in v)
+            elif tv is frozenset:
+                stack.extend((x, False) for x in v)
+            else:
+                raise TypeError(
+                    f"{tv.__name__} cannot be a set element or dict key in a contract "
+                    "(only str, int, bool, None (dict keys) and tuples of them)"
+                )
+
+    def hashed(self, v: Any) -> Any:
+        """A tuple subscript (``d[a, b]``): charged like hashing it, returned unchanged."""
+        self.hash_cost(v)
+        return v
+
+    def hash_cost(self, v: Any) -> None:
+        """Charge the work of hashing ``v`` (tuples and frozensets walked: one gas per
+        element) and refuse tuples nested deeper than :data:`MAX_KEY_DEPTH`."""
+        stack = [(v, 0)]
+        while stack:
+            x, depth = stack.pop()
+            tx = type(x)
+            if tx is not tuple and tx is not frozenset:
+                continue
+            if depth >= MAX_KEY_DEPTH:
+                raise self.fail(RecursionLimit(f"tuple nested deeper than {MAX_KEY_DEPTH} hashed"))
+            self.left -= 1 + len(x)
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            if tx is tuple:
+                stack.extend((y, depth + 1) for y in x if type(y) is tuple or type(y) is frozenset)
 
     def keys(self, items: Iterable[Any]) -> list[Any]:
         """Materialize ``*x`` inside a set display, checking every element."""
@@ -426,6 +466,8 @@ class Meter:
             self.left -= 1 + (len(item) // 32 if type(item) is str else 0)
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            if type(item) is tuple:
+                self.hash_cost(item)
             return item in container
         if tc is range and type(item) is int:
             self.gas(1)
@@ -630,6 +672,8 @@ class Meter:
         self.left -= cost
         if self.left < 0:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        if args and type(args[0]) is tuple and tobj in _HASHED:
+            self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
         return getattr(obj, name)(*args, **kw)
 
     def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],

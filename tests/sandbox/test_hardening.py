@@ -85,6 +85,42 @@ def test_starred_unpacking_is_bounded(body: list[str]) -> None:
     assert (r.ok, r.reason) == (False, "SIZE_LIMIT"), r.message
 
 
+# --------------------------------------------------------------------- hashing tuples
+SHARED = ["t = (1,)", "for i in range(5):", "    t = tuple([t] * 50)"]  # 50**5 leaves
+
+
+@pytest.mark.parametrize("use", [
+    ["return int(t in {1})"], ["return len({t})"], ["return len({t: 1})"],
+    ["return {1: 2}.get(t, 0)"], ["d = {1: 2}", "return d.get((t, 1), 0)"],
+    ["d = {(1, 2): 3}", "return d[t, 1]"],
+])
+def test_hashing_tuples_that_share_sub_tuples_is_charged(use: list[str]) -> None:
+    r = call(InProcessRunner(), fn(*SHARED, *use), "f", {}, gas=10**7)
+    assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
+
+
+def test_hashing_deeply_nested_tuples_is_refused_not_a_crash() -> None:
+    src = fn("t = ()", "for i in range(300000):", "    t = (t,)", "return int(t in {1})")
+    limits = t.SandboxLimits(memory_bytes=MEMORY)
+    with Sandbox(workers=1, limits=limits) as sb:
+        [pid] = sb.worker_pids()
+        r = call(sb, src, "f", {}, gas=10**7, limits=limits)
+        assert (r.ok, r.reason) == (False, "RECURSION_LIMIT"), r.message
+        assert sb.worker_pids() == [pid]
+
+
+def test_tuple_keys_still_work_and_cost_by_length() -> None:
+    def run(n: int) -> tuple[object, int]:
+        src = fn("k = tuple(range(n))", "d = {k: 'v'}", "return [d[k], d.get(k), k in d, len({k})]",
+                 params=", n: int")
+        r = call(InProcessRunner(), src, "f", {"n": n})
+        return value(r), r.gas_used
+
+    (small, g_small), (big, g_big) = run(2), run(2002)
+    assert small == big == ["v", "v", True, 1]
+    assert g_big - g_small >= 4 * 2000  # the tuple is walked for each of four hashes
+
+
 # --------------------------------------------------------------------- big integers
 DIGITS = 1234  # 4096 bits, the default max_int_bits
 
