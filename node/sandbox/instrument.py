@@ -81,10 +81,12 @@ Shape = tuple[Any, ...] | str | None
 def _shape(target: ast.expr) -> Shape:
     """The unpacking shape of an assignment target, or None when it unpacks nothing with a
     star: a tuple per list/tuple target (children's shapes), ``"*"`` for ``*name``, and a
-    ``("*", inner)`` pair for a starred list/tuple (``a, *(b, c) = ...``)."""
+    ``("**", inner)`` pair for a starred list/tuple (``a, *(b, c) = ...``; no child shape is
+    the string ``"**"``, so a target whose first child is ``*name`` -- shape ``("*", ...)`` --
+    is never mistaken for it)."""
     if isinstance(target, ast.Starred):
         inner = _shape(target.value)
-        return "*" if inner is None else ("*", inner)
+        return "*" if inner is None else ("**", inner)
     if isinstance(target, ast.Tuple | ast.List):
         parts = tuple(_shape(e) for e in target.elts)
         if any(p is not None for p in parts):  # a star somewhere below

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import resource
 import signal
 import subprocess
 import sys
@@ -104,6 +105,7 @@ class _Worker:
         self.pid = self.proc.pid
         self.seccomp = False
         self.dead = False
+        self._statm_lock = threading.Lock()  # kill() may run in two threads at once
         try:  # the worker's resident memory, read after each call (see Sandbox._result)
             self.statm: int | None = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -111,12 +113,13 @@ class _Worker:
 
     def rss_bytes(self) -> int:
         """The worker's resident memory now (0 if it cannot be read)."""
-        if self.statm is None:
-            return 0
-        try:
-            return int(os.pread(self.statm, 128, 0).split()[1]) * _PAGE
-        except (OSError, IndexError, ValueError):
-            return 0
+        with self._statm_lock:
+            if self.statm is None:
+                return 0
+            try:
+                return int(os.pread(self.statm, 128, 0).split()[1]) * _PAGE
+            except (OSError, IndexError, ValueError):
+                return 0
 
     def wait_ready(self, deadline: float, clock: Callable[[], float]) -> None:
         frame = self.reader.read(lambda: deadline - clock())
@@ -135,10 +138,11 @@ class _Worker:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        if self.statm is not None:
+        with self._statm_lock:
+            fd, self.statm = self.statm, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self.statm)
-            self.statm = None
+                os.close(fd)
 
 
 def _failure(exc: Exception) -> pb.HostMessage:
@@ -219,6 +223,12 @@ class Sandbox:
             raise ValueError("hash_seed must be in [0, 2**32)")
         if workers < 1:
             raise ValueError("a sandbox needs at least one worker")
+        stack_hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+        if stack_hard != resource.RLIM_INFINITY and stack_hard < t.WORKER_STACK_BYTES:
+            # the workers would exit at start-up (their stderr is /dev/null): say why here
+            raise SandboxError(f"stack hard limit {stack_hard} bytes is below the "
+                               f"{t.WORKER_STACK_BYTES} every contract worker runs with "
+                               "(raise `ulimit -Hs`)")
         self._limits = limits or t.SandboxLimits()
         self._recycle_rss = self._limits.memory_bytes // RECYCLE_RSS_SHARE
         self._hash_seed = hash_seed
@@ -418,6 +428,8 @@ class Sandbox:
             for w in taken:
                 if w.proc.poll() is None and not w.dead and w in self._all:
                     self._idle.put(w)
+                elif w in self._all:  # recycled by the probe (e.g. its memory): replace it
+                    self._replace(w)
         return warmed
 
     def _request(self, w: _Worker, inv: t.Invocation, with_source: bool,

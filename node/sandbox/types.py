@@ -148,3 +148,8 @@ class StateBackend(Protocol):
 
 # A non-recording read: what ``get`` would return for a key not written by this invocation.
 PeekFn = Callable[[str, str], "bytes | None"]
+
+
+# The C stack of every contract worker (RLIMIT_STACK, set by the worker whatever the peer
+# inherited; see worker.py): the same on every peer, so C-level recursion fails alike.
+WORKER_STACK_BYTES = 8 << 20

@@ -28,7 +28,7 @@ OUT_FD = 1
 # that recurses without CPython's guard (hashing a tuple nested 300,000 deep, a chain of
 # 300,000 nested ``zip`` objects) then crashes the worker at the same depth on every peer
 # (WORKER_CRASHED) instead of succeeding on some and crashing on others.
-STACK_BYTES = 8 << 20
+STACK_BYTES = t.WORKER_STACK_BYTES
 PR_SET_PDEATHSIG = 1
 NOBODY = 65534
 

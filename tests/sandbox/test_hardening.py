@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +45,9 @@ STARRED = {
     "comprehension": ["return [[a, b] for a, *b in [[1, 2], [3, 4, 5]]]"],
     "generator": ["a, *b = (i * 2 for i in range(5))", "return [a, b]"],
     "string": ["a, *b = 'xyz'", "return [a, b]"],
+    "nested, first child starred": ["(*a, b), c = [[1, 2, 3], 4]", "return [a, b, c]"],
+    "nested starred name beside a starred tuple": [
+        '(*a, (((p, *q), r),)), z = [["hi", [[["P", "Q"], "R"]]], 0]', "return [a, p, q, r, z]"],
 }
 
 
@@ -78,6 +83,8 @@ def test_starred_unpacking_is_charged_per_element(target: str) -> None:
 
 @pytest.mark.parametrize("body", [
     ["a, *rest = range(10 ** 8)", "return len(rest)"],
+    ["(*rest, a), b = [range(10 ** 8), 0]", "return len(rest)"],
+    ["for (*rest, a), b in [[range(10 ** 8), 0]]:", "    return len(rest)", "return 0"],
     ["for a, *rest in [range(10 ** 8)]:", "    return len(rest)", "return 0"],
 ])
 def test_starred_unpacking_is_bounded(body: list[str]) -> None:
@@ -146,17 +153,20 @@ def test_integer_state_values_are_bounded() -> None:
     assert (r.ok, r.reason) == (False, "BAD_VALUE"), r.message
 
 
-def test_modular_pow_is_charged_by_operand_size_cubed() -> None:
-    src = fn("return pow(b + 1, b + 3, b + 7) % 2", params=", b: int")
+def test_modular_pow_is_charged_per_step_and_by_operand_size() -> None:
+    src = fn("return pow(b + 1, b + 3, m) % 2", params=", b: int, m: int")
 
-    def gas(bits: int) -> int:
-        r = call(InProcessRunner(), src, "f", {"b": 1 << (bits - 1)}, gas=10**9)
+    def gas(bits: int, mod_bits: int) -> int:
+        r = call(InProcessRunner(), src, "f", {"b": 1 << (bits - 1), "m": (1 << (mod_bits - 1)) + 7},
+                 gas=10**9)
         assert r.ok, r.message
         return r.gas_used
 
-    small, big = gas(1024), gas(4096)
-    assert big > 500_000  # ~0.13 s of CPU on these machines: ~3-4 M gas per second
-    assert 40 < big / small < 80  # 4x the bits: 64x the work
+    small, big = gas(1024, 1024), gas(4096, 4096)
+    assert big > 500_000  # ~0.13-0.16 s of CPU on these machines: ~3-5 M gas per second
+    assert 25 < big / small < 64  # 4x the bits: 16x the steps' cost, 64x the products'
+    # a small modulus: 4096 squarings of 16-bit numbers still take ~0.1 ms
+    assert gas(4096, 16) > 1000
 
 
 # --------------------------------------------------------------------- deep module values
@@ -235,6 +245,16 @@ def test_worker_stack_does_not_depend_on_the_peer_ulimit(stack_limit: None) -> N
     large_stack, large = _outcome(512 << 20)
     assert default_stack == large_stack == str(STACK_BYTES)
     assert default == large  # a 512 MiB stack would let the 300,000-deep chain finish
+
+
+def test_a_stack_hard_limit_below_the_workers_is_refused_with_the_reason() -> None:
+    code = ("import resource\n"
+            "resource.setrlimit(resource.RLIMIT_STACK, (4 << 20, 4 << 20))\n"
+            "from node.sandbox.runtime import Sandbox, SandboxError\n"
+            "try:\n    Sandbox(workers=1)\nexcept SandboxError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert "stack hard limit 4194304 bytes is below the 8388608" in out
 
 
 def test_worker_holding_much_memory_is_replaced_before_the_next_call() -> None:
