@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from client.errors import CommitError, EndorsementError, RxClientError
+from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
 from client.tx import BuiltProposal, Clock, NonceSource, TxBuilder, wall_clock_ms
 from client.wallet import WalletIdentity
 from node.crypto.tls import secure_channel
@@ -235,16 +235,35 @@ class Gateway:
             # the commit status below reports the original outcome.
             if exc.reason != "DUPLICATE_TXID":
                 raise
-        creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=self._commit_timeout_ms)
-        status = self._call(
-            lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5)
-        )
+        status = self._commit_status(tx_id)
         name = transaction_pb2.TxValidationCode.Name(status.code)
         self.note_commit(int(status.block_number))
         if status.code != transaction_pb2.VALID:
             raise CommitError(name, f"transaction {tx_id} committed as invalid",
                               tx_id, status.block_number)
         return SubmitResult(tx_id, name, status.block_number, None)
+
+    def _commit_status(self, tx_id: str) -> services_pb2.CommitStatusResponse:
+        """Wait for a submitted transaction's commit status. A peer that holds as many
+        waits as it allows (TOO_MANY_STREAMS) is asked again after a backoff -- a committed
+        tx is answered at once, without a wait; if it still refuses, the outcome is
+        unknown (CommitUnknown): the tx was accepted and may commit, so it must not be
+        proposed again."""
+        creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=self._commit_timeout_ms)
+        delays = self._retry.delays()
+        attempt = 0
+        while True:
+            try:
+                return self._call(
+                    lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5))
+            except RxClientError as exc:
+                if exc.reason != "TOO_MANY_STREAMS":
+                    raise
+                if attempt >= len(delays):
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} was submitted; the peer refused "
+                                        f"to wait for its commit: {exc}") from exc
+                self._sleep(delays[attempt])
+                attempt += 1
 
     def submit(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
                transient: Mapping[str, Any] | None = None,

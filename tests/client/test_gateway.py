@@ -23,6 +23,7 @@ class Script:
     endorse_reason: str = ""      # abort Endorse with this reason
     code: transaction_pb2.TxValidationCode.ValueType = transaction_pb2.VALID
     block: int = 7
+    busy: int = 0                 # refuse this many CommitStatus calls with TOO_MANY_STREAMS
     calls: list[str] = field(default_factory=list)
 
 
@@ -96,6 +97,9 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def CommitStatus(self, request, context):
         self.s.calls.append("CommitStatus")
+        if self.s.busy > 0:
+            self.s.busy -= 1
+            abort_with(context, RxError("TOO_MANY_STREAMS", "this client already holds 16 long-lived calls"))
         return services_pb2.CommitStatusResponse(tx_id=request.tx_id, code=self.s.code,
                                                  block_number=self.s.block)
 
@@ -125,6 +129,27 @@ def test_submit_runs_endorse_submit_commit(fake):
     assert res.code == "VALID" and res.block == 7 and res.result == {"ok": True}
     assert script.calls == ["Endorse", "Submit", "CommitStatus"]
     assert len(res.tx_id) == 64 and gw.last_block == 7
+
+
+def test_a_busy_commit_status_is_asked_again_and_never_re_proposed(fake):
+    script, gw, sleeps = fake
+    script.busy = 2
+    res = gw.submit("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    assert res.code == "VALID"
+    assert script.calls == ["Endorse", "Submit", "CommitStatus", "CommitStatus", "CommitStatus"]
+    assert sleeps == [0.01, 0.02]
+
+
+def test_a_commit_status_refused_to_the_end_is_commit_unknown(fake):
+    from client.errors import CommitUnknown
+
+    script, gw, sleeps = fake
+    script.busy = 100
+    with pytest.raises(CommitUnknown) as e:
+        gw.submit("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    assert e.value.reason == "COMMIT_UNKNOWN" and len(e.value.tx_id) == 64
+    assert script.calls.count("Endorse") == 1 and script.calls.count("Submit") == 1
+    assert len(sleeps) == 3
 
 
 def test_unavailable_is_retried_with_exponential_backoff(fake):
