@@ -44,20 +44,41 @@ exception: the very first entry replayed may start in the middle of the log (the
 segments of a compaction interrupted while deleting them oldest first) provided a later
 SNAPSHOT record moves the snapshot past it (re-bases the log) and every entry above the
 snapshot that this discards is replayed again later (the compacted segment carries them);
-otherwise replay raises WALCorrupt.
+otherwise replay raises WALCorrupt. While such a start is pending, a term conflict
+rewriting the log from below its first entry restarts the log at the rewrite (it discards
+what the mid-log start held; if the rewrite starts right after the snapshot no gap is left);
+an entry below the first one held in any other case is WALCorrupt.
 
 Durability: :meth:`WAL.save` writes all records of one Raft ``Ready`` with one ``write`` and
-one ``fsync`` before returning; the driver sends messages only afterwards.
+one ``fsync`` before returning; the driver sends messages only afterwards. A failed write or
+fsync of the open segment, or a failure once a new segment may have been renamed into place, makes the WAL refuse
+further writes (``wal_failed``) until it is reopened (recovered from disk): appending after
+part of a record, or into a segment that is no longer the last, would damage the log. A new
+segment's creation failing before its rename (e.g. ENOSPC) leaves the open segment in use.
 
 Recovery: damage at the end of the last segment that a crash in the middle of a save can
-leave -- a record header or record running past end of file (a partial write), or nothing
-but zero bytes from the damaged record to end of file (zero fill) -- is truncated away with
-a WARNING; those bytes were never acknowledged. Any other damage raises
-:class:`WALCorrupt` naming the file, offset and reason: a complete record with a checksum
-mismatch (even the last one: it was fsynced, e.g. a hard state holding a vote), an invalid
-length (0 or above MAX_RECORD_BYTES) followed by non-zero data, any damage followed by more
-data, or damage in a segment that is not the last. That is lost acknowledged data and needs
-an operator, not a silent repair.
+leave is truncated away with a WARNING; those bytes were never acknowledged. That is: a
+record header or record running past end of file (a partial write); nothing but zero bytes
+from the damaged record to end of file (zero fill); or a record failing its checksum whose
+body is zero from a SECTOR_BYTES-aligned file offset to end of file (the sectors of the
+write from there on never reached the disk though the file size covers them; etcd's torn
+entry check, made stricter: the zero sectors must run to end of file). Even then, if a
+valid record (known type and payload size, sane length, matching checksum) starts anywhere
+after the damaged offset, the damage is WALCorrupt: a crash leaves nothing valid after a
+torn write, while e.g. one flipped bit in a length field makes a record "run past end of
+file" ahead of acknowledged records. (The search runs only on this path and its work is
+bounded: _RESYNC_CRC_BUDGET bytes checksummed, short candidates first; if it is cut short
+a WARNING says so and the tail counts as torn.)
+
+Any other damage raises :class:`WALCorrupt` naming the file, offset and reason: a complete
+record with a checksum mismatch (even the last one: it was fsynced, e.g. a hard state holding
+a vote) unless zero from a sector boundary to end of file as above, an invalid length (0 or
+above MAX_RECORD_BYTES) followed by non-zero data, any damage followed by more data, or
+damage in a segment that is not the last. That is lost acknowledged data and needs an
+operator, not a silent repair. Limits: a flipped bit making the very last record's length
+run past end of file (nothing valid after it), or damage to a last record whose body really
+ends in zero bytes from a sector boundary on, reads as a torn write and is truncated; and a
+torn record whose payload happens to hold the bytes of a valid record reads as damage.
 """
 
 from __future__ import annotations
@@ -88,8 +109,25 @@ _HS = struct.Struct(">QQQ")
 _SNAP = struct.Struct(">QQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+SECTOR_BYTES = 512  # the smallest unit a disk writes whole (or not at all)
 _SEG_RE = re.compile(r"^wal-([0-9a-f]{16})\.log$")
 _TMP_RE = re.compile(r"^wal-([0-9a-f]{16})\.log\.tmp$")
+
+
+# Where a record may start (a prefilter; _find_valid_record checks the rest): the length
+# and type of a HARD_STATE (1 + 24 bytes) or SNAPSHOT (1 + 16) record, or an ENTRY record:
+# a length whose first byte allows at most MAX_RECORD_BYTES, the CRC, the type, u64 term,
+# u64 index and a known entry type.
+_RECORD_START = re.compile(
+    rb"(?=\x00\x00\x00\x19.{4}\x02"
+    rb"|\x00\x00\x00\x11.{4}\x03"
+    rb"|[\x00-\x10].{7}\x01.{16}[\x00\x01])",
+    re.DOTALL,
+)
+# Bounds of _find_valid_record (damaged-tail path only).
+_RESYNC_CRC_BUDGET = MAX_RECORD_BYTES
+_RESYNC_SHORT = 64 * 1024
+_RESYNC_MAX_DEFERRED = 1 << 16
 
 
 class WALCorrupt(RaftError):
@@ -227,6 +265,22 @@ class _Replay:
                     path, offset, f"entry {index} leaves a gap (expected at most {expected})"
                 )
             pos = index - first
+            if pos < 0:
+                # Below the first entry held, yet above the snapshot: only a log starting in
+                # the middle has such a hole below it. A term conflict there rewrote the log
+                # from this index: what the mid-log start held is discarded and the log now
+                # starts here (no gap left if this is right after the snapshot).
+                if self._start_gap is None:
+                    raise WALCorrupt(
+                        path, offset,
+                        f"entry {index} is below the first entry {first} of the log",
+                    )
+                st.entries = [entry]
+                if index == st.snapshot.index + 1:
+                    self._start_gap = None
+                else:
+                    self._start_gap = (path, offset, index)
+                return
             if pos < len(st.entries):
                 if st.entries[pos].term == term:
                     # Same (index, term): the same entry (log matching); keep what follows.
@@ -295,6 +349,7 @@ class WAL:
         self._hard_state = self.recovered.hard_state
         self._snapshot = self.recovered.snapshot
         self._dirty = False  # the open segment holds written but not fsynced data
+        self._failed: str | None = None  # why writes are refused (a write or roll failed)
         if not self._segments:
             self._fd = self._create_segment(0)
         else:
@@ -362,9 +417,19 @@ class WAL:
                 elif end > size:
                     problem, torn = f"record of {length} bytes runs past end of file", True
                 elif zlib.crc32(data[pos + HEAD_SIZE : end]) != crc:
-                    # A complete record (its length is not 0, so it is not zero fill):
-                    # it was written whole and fsynced; damage, not a torn write.
-                    problem, torn = "checksum mismatch in a complete record", False
+                    zero_at = _zero_sectors_to_eof(data, pos + HEAD_SIZE, end)
+                    if zero_at is None:
+                        # A complete record: it was written whole and fsynced; damage,
+                        # not a torn write.
+                        problem, torn = "checksum mismatch in a complete record", False
+                    else:
+                        # Its body is zero from a sector boundary to end of file: the
+                        # sectors of a write that never reached the disk (the file size
+                        # already covered them).
+                        problem, torn = (
+                            f"checksum mismatch in a record zero from offset {zero_at} to "
+                            "end of file", True,
+                        )
                 else:
                     body = data[pos + HEAD_SIZE : end]
                     replay.apply(path, pos, body)
@@ -379,6 +444,20 @@ class WAL:
                     path, pos,
                     f"{problem} ({size - pos} bytes to end of file): not a torn write (a "
                     "crash leaves a short or zero-filled tail), acknowledged data is damaged",
+                )
+            # A torn write is the end of the log: a valid record after the damage means
+            # damaged acknowledged data (e.g. a flipped bit in a length), not a crash.
+            found, complete = _find_valid_record(data, pos + 1)
+            if found is not None:
+                raise WALCorrupt(
+                    path, pos,
+                    f"{problem}, but a valid record follows at offset {found}: not a torn "
+                    "write, acknowledged data is damaged",
+                )
+            if not complete:
+                _log.warning(
+                    "WAL %s: search for a valid record after the damage at offset %d was "
+                    "cut short (bounded work); treating the damage as a torn write", path, pos,
                 )
             zero_fill = _all_zero(data, pos)
             _log.warning(
@@ -419,44 +498,70 @@ class WAL:
                 self._timed_fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        if self._fsync:
-            fsync_dir(self._dir)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.replace(tmp, path)
+            if self._fsync:
+                fsync_dir(self._dir)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except BaseException as exc:
+            # The new segment may be in place: writing on into the segment before it
+            # (no longer the last one) would put records before the new segment's header
+            # records, which replay applies after them (e.g. an older hard state).
+            self._failed = f"creating segment {path} failed: {exc!r}"
+            raise
         self._segments.append(seq)
         self._seg_max_index[seq] = carry[-1].index if carry else 0
         self._write_pos = len(data)
         self._dirty = False
         return fd
 
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise RaftError("wal_closed", self._dir)
+        if self._failed is not None:
+            raise RaftError("wal_failed", f"{self._dir}: {self._failed}; reopen the WAL")
+
     def _write(self, data: bytes, sync: bool = True) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._write_pos += len(data)
-        if self._fsync and sync:
-            self._timed_fsync(self._fd)
-            self._dirty = False
-        elif self._fsync:
-            self._dirty = True
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            self._write_pos += len(data)
+            if self._fsync and sync:
+                self._timed_fsync(self._fd)
+                self._dirty = False
+            elif self._fsync:
+                self._dirty = True
+        except BaseException as exc:
+            # Part of the data may be in the file (and a failed fsync may have dropped
+            # dirty pages): appending more would put records after a damaged one.
+            self._failed = f"writing {self._path(self._segments[-1])} failed: {exc!r}"
+            raise
 
     def _roll(self, carry: Sequence[Entry] = ()) -> None:
         # The segment being left must be durable before a newer one exists: recovery
         # accepts a torn tail only in the last segment.
         if self._dirty:
-            self._timed_fsync(self._fd)
+            try:
+                self._timed_fsync(self._fd)
+            except BaseException as exc:
+                self._failed = f"fsync of {self._path(self._segments[-1])} failed: {exc!r}"
+                raise
             self._dirty = False
-        os.close(self._fd)
-        self._fd = self._create_segment(self._segments[-1] + 1, carry)
+        # The old descriptor is closed only once the new segment is open: if creating it
+        # fails (e.g. ENOSPC writing the carried entries), self._fd stays a descriptor of
+        # ours for close().
+        fd = self._create_segment(self._segments[-1] + 1, carry)
+        old, self._fd = self._fd, fd
+        os.close(old)
 
     def save(
         self, hard_state: HardState | None, entries: Sequence[Entry], *, sync: bool = True
     ) -> None:
         """Append entries and the hard state durably (one write, one fsync). With
         ``sync=False`` the fsync is skipped (commit-only hard-state changes)."""
-        if self._closed:
-            raise RaftError("wal_closed", self._dir)
+        self._check_writable()
         if hard_state is None and not entries:
             return
         if self._write_pos >= self._segment_bytes:
@@ -472,6 +577,7 @@ class WAL:
 
     def save_snapshot_mark(self, mark: SnapshotMark) -> None:
         """Record (durably) that a snapshot file at ``mark`` has been saved."""
+        self._check_writable()
         if mark.index <= self._snapshot.index:
             return
         self._snapshot = mark
@@ -484,6 +590,7 @@ class WAL:
         segments, newest first, each deletion made durable before the next (so a crash
         leaves a contiguous run from the oldest segment, see the module docstring).
         Returns the removed paths."""
+        self._check_writable()
         if carry and carry[0].index != self._snapshot.index + 1:
             raise RaftError(
                 "wal_bad_carry",
@@ -516,3 +623,57 @@ class WAL:
 
 def _all_zero(data: bytes, start: int) -> bool:
     return data.count(0, start) == len(data) - start
+
+
+def _zero_sectors_to_eof(data: bytes, body: int, end: int) -> int | None:
+    """The first SECTOR_BYTES-aligned file offset in ``[body, end)`` (a record's body)
+    from which ``data`` is all zero to end of file, or None."""
+    zero_from = max(len(data.rstrip(b"\0")), body)
+    aligned = -(-zero_from // SECTOR_BYTES) * SECTOR_BYTES
+    return aligned if aligned < end else None
+
+
+def _find_valid_record(data: bytes, start: int) -> tuple[int | None, bool]:
+    """Offset of a valid record (known type and payload size, length at most
+    MAX_RECORD_BYTES and within the file, matching checksum) at or after ``start``, if one
+    is found; and whether the search was complete.
+
+    Bounded: it checksums at most _RESYNC_CRC_BUDGET bytes. Candidates of up to
+    _RESYNC_SHORT bytes are checked as they are found; longer ones (at most
+    _RESYNC_MAX_DEFERRED) afterwards, shortest first, so that junk claiming huge lengths
+    does not use up the budget before the real records."""
+    view = memoryview(data)
+    budget = _RESYNC_CRC_BUDGET
+    complete = True
+    deferred: list[tuple[int, int]] = []
+    for m in _RECORD_START.finditer(data, start):
+        at = m.start()
+        length = _HEAD.unpack_from(data, at)[0]
+        if length > MAX_RECORD_BYTES or at + HEAD_SIZE + length > len(data):
+            continue
+        if data[at + HEAD_SIZE] == REC_ENTRY and length < 1 + _ENTRY_HEAD.size:
+            continue
+        if length > _RESYNC_SHORT:
+            if len(deferred) < _RESYNC_MAX_DEFERRED:
+                deferred.append((length, at))
+            else:
+                complete = False
+            continue
+        if budget < length:
+            return None, False
+        budget -= length
+        if _crc_matches(view, at, length):
+            return at, True
+    for length, at in sorted(deferred):
+        if budget < length:
+            return None, False
+        budget -= length
+        if _crc_matches(view, at, length):
+            return at, True
+    return None, complete
+
+
+def _crc_matches(view: memoryview, at: int, length: int) -> bool:
+    body = at + HEAD_SIZE
+    crc: int = _HEAD.unpack_from(view, at)[1]
+    return zlib.crc32(view[body : body + length]) == crc

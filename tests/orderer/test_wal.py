@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,9 +21,13 @@ from node.raft.errors import RaftError, RaftStateLost
 from node.raft.snapshotter import Snapshotter, decode_snapshot, encode_snapshot
 from node.raft.types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from node.raft.wal import (
+    MAX_RECORD_BYTES,
+    SECTOR_BYTES,
     WAL,
     SnapshotMark,
     WALCorrupt,
+    _find_valid_record,
+    _Replay,
     encode_entry,
     encode_hard_state,
     encode_snapshot_mark,
@@ -168,6 +173,183 @@ def test_damage_a_crash_cannot_leave_is_fatal_not_truncated(tmp_path, caplog, da
     assert Path(path).read_bytes() == damaged  # nothing was "repaired"
     with pytest.raises(WALCorrupt):  # and it stays refused
         WAL(tmp_path)
+
+
+def _torn_big_save(tmp_path, entries: int) -> tuple[str, int, list[int]]:
+    """Save entries 1..5 (acknowledged), then one save of ``entries`` 10 KB entries and a
+    hard state; returns the segment path, where that save starts, and where its records
+    start."""
+    wal = WAL(tmp_path)
+    wal.save(HardState(1, 1, 0), ents(1, 5))
+    path = wal.segment_paths()[-1]
+    acked = os.path.getsize(path)
+    big = ents(6, 5 + entries, term=2, size=10_000)
+    wal.save(HardState(2, 2, 5), big)
+    wal.close()
+    starts = [acked]
+    for e in big:
+        starts.append(starts[-1] + len(encode_entry(e)))
+    return path, acked, starts
+
+
+def _zero_from(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(offset)
+        f.write(bytes(size - offset))
+
+
+@pytest.mark.parametrize(
+    ("entries", "where", "kept"),
+    [
+        # only the sector holding the record header reached the disk
+        (1, "sector_after_header", 5),
+        (1, "page_after_header", 5),
+        # the first entry of the save complete, the second torn inside its body
+        (3, "inside_second_entry", 6),
+    ],
+)
+def test_a_save_torn_after_its_first_sectors_is_truncated(tmp_path, caplog, entries, where, kept):
+    """A crash part-way through a save can leave its first sectors on disk and the rest of
+    the file (its size already covering the save) zero: a checksum mismatch in the record
+    straddling the boundary is a torn write when its body is zero from a sector boundary
+    to end of file."""
+    path, acked, starts = _torn_big_save(tmp_path, entries)
+    if where == "sector_after_header":
+        boundary = (acked + 8) // SECTOR_BYTES * SECTOR_BYTES + SECTOR_BYTES
+    elif where == "page_after_header":
+        boundary = (acked // 4096 + 1) * 4096
+    else:
+        boundary = (starts[1] + 5_000) // SECTOR_BYTES * SECTOR_BYTES
+        assert starts[1] + 8 < boundary < starts[2]
+    _zero_from(path, boundary)
+    size = os.path.getsize(path)
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
+        wal = WAL(tmp_path)
+    assert any("torn tail" in r.getMessage() and "checksum mismatch in a record zero from offset "
+               f"{boundary}" in r.getMessage() for r in caplog.records)
+    rec = wal.recovered
+    assert [e.index for e in rec.entries] == list(range(1, kept + 1))
+    assert rec.hard_state == HardState(1, 1, 0)  # the torn save's hard state is gone
+    assert rec.truncated_tail_bytes == size - starts[kept - 5]
+    assert os.path.getsize(path) == starts[kept - 5]
+    wal.save(HardState(2, 2, 5), ents(kept + 1, kept + 1, term=2))
+    wal.close()
+    rec2 = WAL(tmp_path).recovered
+    assert [e.index for e in rec2.entries] == list(range(1, kept + 2))
+    assert rec2.truncated_tail_bytes == 0
+
+
+@pytest.mark.parametrize("damage", ["zero_sector_inside", "zero_to_record_end", "zero_tail_in_a_sector"])
+def test_zero_damage_a_torn_write_cannot_explain_is_fatal(tmp_path, damage):
+    """Zero bytes are a torn write only if they run from a sector boundary inside the
+    damaged record to end of file: a zeroed sector with data after it, or a complete last
+    record zeroed from inside a sector, is damage to fsynced data."""
+    if damage == "zero_tail_in_a_sector":
+        path = _two_saves(tmp_path)
+        size = os.path.getsize(path)
+        # the commit of the last hard state, a record lying inside one sector
+        assert (size - HS_RECORD) // SECTOR_BYTES == (size - 1) // SECTOR_BYTES
+        start, stop, expected_at = size - 8, size, size - HS_RECORD
+    else:
+        path, _acked, starts = _torn_big_save(tmp_path, 2)
+        # a sector inside entry 6; entry 7 and the hard state after it intact
+        start = (starts[0] + 2_000) // SECTOR_BYTES * SECTOR_BYTES
+        stop = start + SECTOR_BYTES if damage == "zero_sector_inside" else starts[1]
+        expected_at = starts[0]
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(stop - start))
+    damaged = Path(path).read_bytes()
+    with pytest.raises(WALCorrupt, match="checksum mismatch in a complete record") as err:
+        WAL(tmp_path)
+    assert err.value.offset == expected_at
+    assert Path(path).read_bytes() == damaged
+
+
+def _flip_length(path: str, at: int, bit: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        (length,) = struct.unpack(">I", f.read(4))
+        f.seek(at)
+        f.write(struct.pack(">I", length ^ (1 << bit)))
+
+
+@pytest.mark.parametrize(("record", "bit"), [("entry", 24), ("entry", 12), ("hard_state", 20)])
+def test_a_flipped_length_bit_before_valid_records_is_fatal_not_truncated(tmp_path, caplog,
+                                                                         record, bit):
+    """One flipped bit makes the length of a fsynced record in the last segment run past
+    end of file, which alone looks like a partial write; but valid records follow it, so
+    it is damage (truncating would silently drop them, a vote among them)."""
+    wal = WAL(tmp_path)
+    wal.save(HardState(1, 1, 0), ents(1, 5))
+    path = wal.segment_paths()[-1]
+    entry6 = os.path.getsize(path)
+    wal.save(HardState(1, 1, 3), ents(6, 10))
+    hs = os.path.getsize(path) - HS_RECORD
+    wal.save(HardState(3, 2, 10), [])  # a fsynced vote for node 2 in term 3
+    wal.close()
+    at = entry6 if record == "entry" else hs
+    _flip_length(path, at, bit)
+    damaged = Path(path).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"), pytest.raises(WALCorrupt) as err:
+        WAL(tmp_path)
+    assert "runs past end of file, but a valid record follows at offset" in str(err.value)
+    assert err.value.offset == at
+    assert not any("torn tail" in r.getMessage() for r in caplog.records)
+    assert Path(path).read_bytes() == damaged
+
+
+def test_a_flipped_length_bit_in_the_last_record_is_a_torn_tail(tmp_path):
+    """Nothing follows the last record: a length running past end of file is what a
+    partial write leaves, and is truncated (the limit of what recovery can tell)."""
+    path = _two_saves(tmp_path)
+    _flip_length(path, os.path.getsize(path) - HS_RECORD, 16)
+    rec = WAL(tmp_path).recovered
+    assert rec.truncated_tail_bytes == HS_RECORD
+    assert rec.hard_state == HardState(1, 1, 0)
+
+
+def test_the_search_for_a_valid_record_after_damage_is_bounded(tmp_path, caplog, monkeypatch):
+    import node.raft.wal as wal_mod
+
+    path = _two_saves(tmp_path)
+    entry4 = os.path.getsize(path) - HS_RECORD - len(encode_entry(ents(4, 4)[0]))
+    _flip_length(path, entry4, 20)
+    monkeypatch.setattr(wal_mod, "_RESYNC_CRC_BUDGET", 10)  # less than any record
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
+        rec = WAL(tmp_path).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3]
+    assert any("was cut short" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [encode_hard_state(HardState(2**64 - 1, 2**64 - 1, 2**64 - 1)), encode_snapshot_mark(SnapshotMark(7, 3)),
+     encode_entry(Entry(1, 1, EntryType.NORMAL, b"")), encode_entry(Entry(9, 9, EntryType.CONF_CHANGE, b"c" * 300)),
+     encode_entry(Entry(2**64 - 1, 5, EntryType.NORMAL, b"\xff" * 70_000))],
+    ids=["hard_state", "snapshot", "empty_entry", "conf_change", "big_entry"],
+)
+def test_every_kind_of_record_is_found_after_damage(record):
+    assert MAX_RECORD_BYTES >> 24 == 0x10  # the first length byte the prefilter allows
+    assert {int(t) for t in EntryType} == {0, 1}  # the entry types it allows
+    junk = b"\x00\x00\x10\x00" + b"\x02" * 40
+    assert _find_valid_record(junk + record + b"\x00" * 9, 1) == (len(junk), True)
+    assert _find_valid_record(junk + record[:-1], 1) == (None, True)
+
+
+def test_the_search_checks_short_candidates_first(monkeypatch):
+    """Junk claiming a long record does not use up the checksum budget before a shorter
+    real record further on."""
+    import node.raft.wal as wal_mod
+
+    real = encode_entry(Entry(3, 7, EntryType.NORMAL, b"r" * 70_000))  # beyond _RESYNC_SHORT
+    junk = struct.pack(">II", 200_000, 0) + bytes((1,)) + bytes(17)
+    data = b"\x00" + junk + bytes(30) + real + bytes(200_000)
+    monkeypatch.setattr(wal_mod, "_RESYNC_CRC_BUDGET", 100_000)
+    assert _find_valid_record(data, 1) == (1 + len(junk) + 30, True)
+    monkeypatch.setattr(wal_mod, "_RESYNC_CRC_BUDGET", 60_000)
+    assert _find_valid_record(data, 1) == (None, False)
 
 
 def test_corruption_in_the_middle_is_fatal_and_named(tmp_path):
@@ -510,6 +692,115 @@ def test_roll_fsyncs_the_segment_it_leaves_before_creating_the_next(tmp_path, mo
     assert rec.hard_state == HardState(1, 1, 3)
 
 
+class FailingOs:
+    """``os`` for node.raft.wal whose ``write`` to a file it opened with a name ending in
+    ``suffix``, or to descriptor ``fd``, fails with ENOSPC while ``failing`` is set."""
+
+    def __init__(self, suffix: str, fd: int = -1) -> None:
+        self.suffix = suffix
+        self.fd = fd
+        self.failing = True
+        self._names: dict[int, str] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def open(self, path, flags, mode=0o777):
+        fd = os.open(path, flags, mode)
+        self._names[fd] = os.path.basename(path)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._names.pop(fd, None)
+        os.close(fd)
+
+    def write(self, fd: int, data) -> int:
+        if self.failing and (fd == self.fd or self._names.get(fd, "").endswith(self.suffix)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+
+def test_a_roll_failing_to_create_the_new_segment_keeps_the_old_one_open(tmp_path, monkeypatch):
+    """ENOSPC while writing the new segment: the WAL still holds its own, open descriptor
+    of the old segment (close() must not close a number the process has reused), and the
+    next save rolls once there is space again."""
+    import node.raft.wal as wal_mod
+
+    wal = WAL(tmp_path, segment_bytes=200)
+    wal.save(HardState(1, 1, 0), ents(1, 5))  # 33 + 5 * 36 + 33 >= 200: the next save rolls
+    (old,) = wal.segment_paths()
+    fake = FailingOs(".log.tmp")
+    monkeypatch.setattr(wal_mod, "os", fake)
+    with pytest.raises(OSError, match="No space left"):
+        wal.save(HardState(1, 1, 5), ents(6, 6))
+    assert wal.segment_paths() == [old]
+    assert os.fstat(wal._fd).st_ino == os.stat(old).st_ino  # still ours, still open
+    other = os.open(old, os.O_RDONLY)  # takes the lowest free descriptor number
+    try:
+        fake.failing = False
+        wal.save(HardState(1, 1, 5), ents(6, 6))
+        assert len(wal.segment_paths()) == 2
+        wal.close()
+        os.fstat(other)  # not closed behind our back
+    finally:
+        os.close(other)
+        monkeypatch.setattr(wal_mod, "os", os)
+    rec = WAL(tmp_path, segment_bytes=200).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4, 5, 6]
+    assert rec.hard_state == HardState(1, 1, 5)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_a_failed_write_closes_the_wal_to_further_writes(tmp_path, monkeypatch):
+    """A write that failed part-way may have left part of a record: appending more would
+    put records after a damaged one. The WAL refuses writes until reopened."""
+    import node.raft.wal as wal_mod
+
+    wal = WAL(tmp_path)
+    wal.save(HardState(1, 1, 0), ents(1, 2))
+    fake = FailingOs(".log.tmp", fd=wal._fd)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    with pytest.raises(OSError, match="No space left"):
+        wal.save(HardState(1, 1, 1), ents(3, 3))
+    fake.failing = False
+    for write in (lambda: wal.save(HardState(1, 1, 1), ents(3, 3)),
+                  lambda: wal.save_snapshot_mark(SnapshotMark(1, 1)),
+                  lambda: wal.release(ents(2, 2))):
+        with pytest.raises(RaftError, match="wal_failed"):
+            write()
+    wal.close()
+    monkeypatch.setattr(wal_mod, "os", os)
+    rec = WAL(tmp_path).recovered
+    assert [e.index for e in rec.entries] == [1, 2]
+
+
+def test_a_roll_failing_after_the_rename_closes_the_wal_to_further_writes(tmp_path, monkeypatch):
+    """The new segment is in place but the directory fsync failed: writing on into the
+    old segment (no longer the last) would put records before the new segment's header,
+    which replay applies after them; the WAL refuses writes until reopened."""
+    import node.raft.wal as wal_mod
+
+    wal = WAL(tmp_path, segment_bytes=200)
+    wal.save(HardState(1, 1, 0), ents(1, 5))
+    old = Path(wal.segment_paths()[0])
+    saved = old.read_bytes()
+
+    def broken_fsync_dir(directory) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(wal_mod, "fsync_dir", broken_fsync_dir)
+    with pytest.raises(OSError, match="Input/output error"):
+        wal.save(HardState(2, 2, 5), ents(6, 6, term=2))
+    monkeypatch.setattr(wal_mod, "fsync_dir", lambda directory: None)
+    with pytest.raises(RaftError, match="wal_failed"):
+        wal.save(HardState(2, 2, 5), ents(6, 6, term=2))
+    wal.close()
+    assert old.read_bytes() == saved
+    rec = WAL(tmp_path, segment_bytes=200).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4, 5]
+    assert rec.hard_state == HardState(1, 1, 0)
+
+
 def _segment_bytes(directory) -> dict[str, bytes]:
     wal = WAL(directory, segment_bytes=400)
     saved = {p: Path(p).read_bytes() for p in wal.segment_paths()}
@@ -562,6 +853,109 @@ def test_a_re_basing_segment_must_carry_what_it_supersedes(tmp_path):
     with pytest.raises(WALCorrupt, match="that no later segment carries") as err:
         WAL(tmp_path, segment_bytes=400)
     assert os.path.basename(last_old) in str(err.value)
+
+
+def _write_segments(directory, first_seq: int, *segments: list[bytes]) -> list[Path]:
+    paths = []
+    for seq, records in enumerate(segments, first_seq):
+        path = Path(directory) / f"wal-{seq:016x}.log"
+        path.write_bytes(b"".join(records))
+        paths.append(path)
+    return paths
+
+
+def _entries(entries: list[Entry]) -> list[bytes]:
+    return [encode_entry(e) for e in entries]
+
+
+@pytest.mark.parametrize("conflict_at", [6, 9, 10])
+def test_a_term_conflict_below_a_mid_log_start_restarts_the_log_there(tmp_path, caplog, conflict_at):
+    """The oldest segment left by an oldest-first deletion starts mid-log (entry 10) and
+    holds a leader's rewrite starting below it: replay restarts the log at the rewrite
+    (no IndexError, no negative list index wrapping onto a wrong entry), and the compacted
+    segment's snapshot marker re-bases it."""
+    _write_segments(
+        tmp_path, 5,
+        [encode_hard_state(HardState(1, 1, 3)), *_entries(ents(10, 12)),
+         *_entries(ents(conflict_at, 14, term=2)), encode_hard_state(HardState(2, 2, 12))],
+        [encode_hard_state(HardState(2, 2, 12)), encode_snapshot_mark(SnapshotMark(12, 2)),
+         *_entries(ents(13, 14, term=2))],
+    )
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
+        rec = WAL(tmp_path).recovered
+    assert rec.snapshot == SnapshotMark(12, 2)
+    assert rec.entries == ents(13, 14, term=2)
+    assert rec.hard_state == HardState(2, 2, 12)
+    assert any("superseded by the snapshot marker" in r.getMessage() for r in caplog.records)
+
+
+def test_a_term_conflict_below_a_mid_log_start_still_needs_a_superseding_marker(tmp_path):
+    (path,) = _write_segments(
+        tmp_path, 5,
+        [encode_hard_state(HardState(1, 1, 3)), *_entries(ents(10, 12)),
+         *_entries(ents(7, 14, term=2)), encode_hard_state(HardState(2, 2, 12))],
+    )
+    with pytest.raises(WALCorrupt, match=r"entry 7 leaves a gap \(expected at most 1\)") as err:
+        WAL(tmp_path)
+    assert err.value.offset == len(encode_hard_state(HardState(1, 1, 3))) + 3 * len(encode_entry(ents(10, 10)[0]))
+    assert err.value.path == str(path)
+
+
+def test_a_term_conflict_rewriting_right_after_the_snapshot_closes_the_start_gap(tmp_path):
+    """The rewrite starts right after the snapshot: the log no longer starts mid-log."""
+    _write_segments(
+        tmp_path, 5,
+        [encode_hard_state(HardState(1, 1, 3)), encode_snapshot_mark(SnapshotMark(8, 1)),
+         *_entries(ents(10, 12)), *_entries(ents(9, 14, term=2)), encode_hard_state(HardState(2, 2, 12))],
+    )
+    rec = WAL(tmp_path).recovered
+    assert rec.snapshot == SnapshotMark(8, 1)
+    assert rec.entries == ents(9, 14, term=2)
+    assert rec.hard_state == HardState(2, 2, 12)
+
+
+def test_an_entry_below_the_log_without_a_start_gap_is_corrupt_not_an_index_error():
+    replay = _Replay()
+    replay.apply("seg", 0, encode_entry(ents(1, 3)[0])[8:])  # seen an entry: no start gap
+    replay.state.entries = ents(5, 6)  # a state no valid log leads to
+    with pytest.raises(WALCorrupt, match="entry 2 is below the first entry 5"):
+        replay.apply("seg", 99, encode_entry(ents(2, 2, term=2)[0])[8:])
+
+
+def _legacy_scenario(directory) -> tuple[WAL, list[Entry]]:
+    """Entries over ten segments, a leader change rewriting 25.. with term 2 (the
+    conflict crossing segments), a snapshot marker at 30; returns the WAL and the carry."""
+    wal = WAL(directory, segment_bytes=300, fsync=False)
+    wal.save(HardState(1, 1, 0), ents(1, 12, size=30))
+    for i in range(13, 30):
+        wal.save(HardState(1, 1, i - 3), ents(i, i, size=30))
+    wal.save(HardState(2, 3, 24), ents(25, 32, term=2, size=30))
+    for i in range(33, 40):
+        wal.save(HardState(2, 3, i - 2), ents(i, i, term=2, size=30))
+    wal.save(HardState(2, 3, 37), [], sync=False)
+    wal.save_snapshot_mark(SnapshotMark(30, 2))
+    return wal, ents(31, 39, term=2, size=30)
+
+
+def test_every_crash_of_an_oldest_first_deletion_replays_after_a_term_conflict(tmp_path):
+    """Every state an earlier version's release() (oldest segments deleted first) could
+    leave, over a log whose term conflict crosses segments."""
+    wal, _ = _legacy_scenario(tmp_path / "probe")
+    count = len(wal.segment_paths())
+    wal.close()
+    assert count >= 8
+    for deleted in range(count + 1):
+        d = tmp_path / f"deleted{deleted}"
+        wal, carry = _legacy_scenario(d)
+        old = wal.segment_paths()
+        wal._roll(carry)  # the compacted segment, then the oldest ``deleted`` removed
+        for p in old[:deleted]:
+            os.unlink(p)
+        wal.close()
+        rec = WAL(d, segment_bytes=300, fsync=False).recovered
+        assert rec.snapshot == SnapshotMark(30, 2), deleted
+        assert rec.entries == carry, deleted
+        assert rec.hard_state == HardState(2, 3, 37), deleted
 
 
 # ---------------------------------------------------------------- a lost WAL
