@@ -580,6 +580,9 @@ class Meter:
             values = {k: self._plain(a) for k, a in args.items()}
         else:
             values = self._plain(args)
+        bound = _percent_bound(fmt, values)
+        if bound > self.max_str:  # refused before the string is built
+            raise self.size_error("formatted string (upper bound)", bound, self.max_str)
         out: str = fmt % values
         self.check_len(len(out), True)
         self.gas(1 + len(out) // 32)
@@ -699,6 +702,60 @@ class Meter:
 
 # Methods that allocate an object per element of the receiver (charged like a collection).
 _ALLOCATING = frozenset({"copy", "split", "rsplit", "splitlines"})
+
+
+# One %-conversion: optional (key) without nested parentheses, flags, width, precision,
+# length modifier, conversion character.
+_PCT_SPEC = re.compile(r"%(?:\(([^()]*)\))?[#0\- +]*(\d*)(?:\.(\d*))?[hlL]?(.)", re.DOTALL)
+
+
+_PCT_CONVERSIONS = frozenset("diouxXeEfFgGcrsa%")
+
+
+def _conv_len(v: Any, conv: str) -> int:
+    """At most how many characters converting ``v`` (str/int/bool/None) with ``conv`` gives."""
+    if conv == "c":
+        return 1
+    if type(v) is str:
+        return 10 * len(v) + 2 if conv in "ra" else len(v)  # repr: up to \U0010ffff each
+    if type(v) is int:
+        return v.bit_length() // 3 + 3  # decimal, octal or hex digits and a sign
+    return 5  # True / False / None
+
+
+def _percent_bound(fmt: str, values: Any) -> int:
+    """An upper bound of ``len(fmt % values)`` computed without building it: the literal
+    text plus, per conversion, its width or precision plus the converted value's length
+    (checked :meth:`Meter.percent_format` values: str, int, bool, None; widths have at most
+    4 digits).  A format this parse does not account for (a key holding parentheses) is
+    bounded by the widest conversion for every ``%``."""
+    total, n = len(fmt), 0
+    specs = list(_PCT_SPEC.finditer(fmt))
+    if len(specs) != fmt.count("%") - 2 * fmt.count("%%") + sum(m.group(4) == "%" for m in specs) or any(
+            m.group(4) not in _PCT_CONVERSIONS for m in specs):
+        every = values.values() if type(values) is dict else (
+            values if type(values) is tuple else (values,))
+        widest = max((_conv_len(v, "r") for v in every), default=0)
+        if type(values) is dict:  # an unkeyed conversion takes the whole mapping
+            widest = max(widest, len(ascii(values)))
+        return total + fmt.count("%") * (9999 + widest)
+    for m in specs:
+        key, width, prec, conv = m.groups()
+        if conv == "%":
+            continue
+        if type(values) is dict:
+            if key is None:  # the whole mapping is converted
+                total += max(int(width or 0), int(prec or 0)) + len(
+                    ascii(values) if conv == "a" else repr(values))
+                continue
+            v = values.get(key, "")
+        elif type(values) is tuple:
+            v = values[n] if n < len(values) else ""
+            n += 1
+        else:
+            v = values
+        total += max(int(width or 0), int(prec or 0)) + _conv_len(v, conv)
+    return total
 
 
 def _order(v: Any) -> tuple[str, Any]:

@@ -9,6 +9,7 @@ other settings.
 from __future__ import annotations
 
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from node.sandbox import types as t
 from node.sandbox.engine import SHARE_DEPTH, Engine
 from node.sandbox.inprocess import BackendHost, InProcessRunner
 from node.sandbox.instrument import compile_contract
+from node.sandbox.meter import _percent_bound
 from node.sandbox.runtime import Sandbox
 from node.sandbox.worker import STACK_BYTES
 from tests.sandbox.helpers import CALLER, MemBackend, assert_serving, call, value
@@ -126,6 +128,41 @@ def test_tuple_keys_still_work_and_cost_by_length() -> None:
     (small, g_small), (big, g_big) = run(2), run(2002)
     assert small == big == ["v", "v", True, 1]
     assert g_big - g_small >= 4 * 2000  # the tuple is walked for each of four hashes
+
+
+# --------------------------------------------------------------------- %-formatting
+def test_percent_format_bound_is_never_below_the_output() -> None:
+    rng = random.Random(7)
+    texts = ["", "abc", "é\x00\n", "\U0001f600" * 3, "x" * 50, "(k)", "%"]
+    specs = ["%s", "%r", "%a", "%d", "%5d", "%-7.2s", "%05x", "%o", "%c", "%%", "%.9s", "%9999s",
+             "%(k)s", "%(k)r", "%((k))s", "%(a%b)4s"]
+    for _ in range(3000):
+        parts = [rng.choice(specs + texts) for _ in range(rng.randint(0, 6))]
+        fmt = "".join(parts)
+        keyed = "%(" in fmt
+        if keyed:
+            values: object = {"k": rng.choice(texts), "(k)": rng.choice(texts), "a%b": rng.choice(texts)}
+        else:
+            values = tuple(rng.choice([rng.choice(texts), rng.randint(-10**30, 10**30), 65])
+                           for _ in range(sum(p in specs and p != "%%" for p in parts)))
+        try:
+            out = fmt % values
+        except (TypeError, ValueError, KeyError, OverflowError):
+            continue
+        assert _percent_bound(fmt, values) >= len(out), (fmt, values)
+
+
+@pytest.mark.parametrize(("expr", "ok"), [
+    ("'%(a)9999s' * 110000 % {'a': 'x'}", False),
+    ("'%(a)s' * 200000 % {'a': 'x' * 1000}", False),
+    ("'%s|%5d|%(x)s' % {'x': 1} if False else '%s|%5d|%r' % ('ab', 42, 'c')", True),
+])
+def test_percent_format_is_refused_before_it_is_built(expr: str, ok: bool) -> None:
+    r = call(InProcessRunner(), fn(f"return {expr}"), "f", {}, gas=10**8)
+    if ok:
+        assert value(r) == eval(expr)
+    else:
+        assert (r.ok, r.reason) == (False, "SIZE_LIMIT") and "upper bound" in r.message
 
 
 # --------------------------------------------------------------------- big integers
