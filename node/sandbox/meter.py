@@ -39,6 +39,7 @@ _SEQ = (str, list, tuple)
 _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
 _SIZED_OR_VIEW: frozenset[type] = frozenset(_SIZED + _VIEWS)
 _HASHED = (dict, set, frozenset)
+_NESTING = frozenset({list, tuple, dict})  # containers compared element by element
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
 
@@ -463,6 +464,8 @@ class Meter:
             self.left -= 1 + len(container) // 32
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            if type(item) in _NESTING and tc is not str:
+                self.nested_cost(container)  # each element is compared with the container
             return item in container
         if tc in _HASHED:
             self.left -= 1 + (len(item) // 32 if type(item) is str else 0)
@@ -478,10 +481,33 @@ class Meter:
         return any(x is item or x == item for x in self.it(container))
 
     def compare(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-        """Comparison of two non-literal operands: charge the sizes compared."""
+        """Comparison of two non-literal operands: charge the sizes compared (nested
+        containers element by element, see :meth:`nested_cost`)."""
         if type(a) in _SIZED:
             self.gas(len(a) // 32)
+            if type(b) in _NESTING:
+                self.nested_cost(a)
         return op(a, b)
+
+    def nested_cost(self, v: Any) -> None:
+        """Charge one gas per element of every container nested in ``v`` (each reference
+        walked again, as a comparison walks it: lists sharing sub-lists cost what they are).
+        A container holding no container costs nothing here (its length is charged by the
+        caller); the check for that runs in C."""
+        tv = type(v)
+        if tv not in _NESTING:
+            return
+        items = v.values() if tv is dict else v
+        if _NESTING.isdisjoint(map(type, items)):
+            return
+        stack = [v]
+        while stack:
+            x = stack.pop()
+            inner = x.values() if type(x) is dict else x
+            self.left -= len(x)
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            stack.extend(y for y in inner if type(y) in _NESTING)
 
     def slice(self, obj: Any, lower: Any, upper: Any, step: Any) -> Any:
         r = obj[lower:upper:step]

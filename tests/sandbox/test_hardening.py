@@ -130,6 +130,29 @@ def test_tuple_keys_still_work_and_cost_by_length() -> None:
     assert g_big - g_small >= 4 * 2000  # the tuple is walked for each of four hashes
 
 
+# --------------------------------------------------------------------- nested comparisons
+NESTED = ["a = [1]", "b = [1]", "for i in range(5):", "    a = [a] * 40", "    b = [b] * 40"]  # 40**5
+
+
+@pytest.mark.parametrize("use", ["return int(a == b)", "return int(a < b)", "return int(a in [b])",
+                                 "return int(b in [0, a])"])
+def test_comparing_lists_that_share_sub_lists_is_charged(use: str) -> None:
+    r = call(InProcessRunner(), fn(*NESTED, use), "f", {}, gas=10**7)
+    assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
+
+
+def test_nested_comparisons_still_work_and_cost_by_size() -> None:
+    def run(n: int) -> tuple[object, int]:
+        src = fn("a = [{'k': [i, 'x']} for i in range(n)]", "b = [{'k': [i, 'x']} for i in range(n)]",
+                 "return [a == b, a < b, a[0] in b]", params=", n: int")
+        r = call(InProcessRunner(), src, "f", {"n": n})
+        return value(r), r.gas_used
+
+    (small, g_small), (big, g_big) = run(2), run(1002)
+    assert small == big == [True, False, True]
+    assert g_big - g_small >= 3 * 2 * 1000  # each of a's 1000 dicts and their lists, per comparison
+
+
 # --------------------------------------------------------------------- %-formatting
 def test_percent_format_bound_is_never_below_the_output() -> None:
     rng = random.Random(7)
