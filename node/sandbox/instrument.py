@@ -253,8 +253,8 @@ class _Instrumenter(ast.NodeTransformer):
         if isinstance(node.ctx, ast.Store) and not isinstance(node.slice, ast.Slice | ast.Constant):
             node.slice = _call("__rx_key__", node.slice)  # d[k] = v: k must hash stably
             return node
-        if isinstance(node.slice, ast.Tuple):
-            # d[a, b] (load or delete): the tuple is hashed, charge it like a key
+        if not isinstance(node.slice, ast.Slice | ast.Constant):
+            # d[k] / d[a, b] (load or delete): a tuple key is hashed, charge it like a key
             node.slice = _call("__rx_hashed__", node.slice)
             return node
         if isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Slice):

@@ -20,6 +20,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from itertools import chain
 from typing import Any
 
 from node.sandbox import types as t
@@ -40,6 +41,9 @@ _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items())
 _SIZED_OR_VIEW: frozenset[type] = frozenset(_SIZED + _VIEWS)
 _HASHED = (dict, set, frozenset)
 _NESTING = frozenset({list, tuple, dict})  # containers compared element by element
+_DEEP = _NESTING | {set, frozenset}  # elements whose comparison is more than O(1)
+_SET_LIKE: frozenset[type] = frozenset({set, frozenset, *_VIEWS})  # operations hash elements
+MAX_COMPARE_DEPTH = 100
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
 
@@ -218,31 +222,52 @@ class Meter:
 
     def _admit_nested(self, k: tuple[Any, ...] | frozenset[Any], none_ok: bool) -> None:
         """The key/element rules inside a tuple (``none_ok``: a dict key's tuple may hold
-        None) or frozenset (never None), charging one gas per element walked -- hashing
-        walks the same elements, once per reference, so tuples sharing sub-tuples cost what
-        they are -- and refusing nesting deeper than :data:`MAX_KEY_DEPTH` (CPython hashes
-        a tuple recursively in C, without a recursion guard)."""
+        None), charging one gas per element walked (:meth:`hash_cost`: hashing walks the same
+        elements, once per reference, so tuples sharing sub-tuples cost what they are) and
+        refusing nesting deeper than :data:`MAX_KEY_DEPTH` (CPython hashes a tuple
+        recursively in C, without a recursion guard).  A frozenset is not walked again:
+        every way of building one checked its elements.  The first offending element (in
+        order) names the error, with the rule's own message."""
         self.hash_cost(k)
-        stack: list[tuple[Any, bool]] = [(k, none_ok)]
+        if type(k) is frozenset:
+            return
+        stack: list[Any] = [k]
         while stack:
-            v, none = stack.pop()
+            v = stack.pop()
             tv = type(v)
-            if tv is str or tv is int or tv is bool or (none and v is None):
+            if tv is str or tv is int or tv is bool or tv is frozenset or (none_ok and v is None):
                 continue
             if tv is tuple:
-                stack.extend((x, none) for x in v)
-            elif tv is frozenset:
-                stack.extend((x, False) for x in v)
+                stack.extend(reversed(v))
+            elif none_ok:
+                raise TypeError(
+                    f"{tv.__name__} cannot be a set element or dict key in a contract "
+                    "(only str, int, bool, None and tuples of them)"
+                )
             else:
                 raise TypeError(
                     f"{tv.__name__} cannot be a set element or dict key in a contract "
-                    "(only str, int, bool, None (dict keys) and tuples of them)"
+                    "(set elements: str, int, bool and tuples of them)"
                 )
 
     def hashed(self, v: Any) -> Any:
-        """A tuple subscript (``d[a, b]``): charged like hashing it, returned unchanged."""
-        self.hash_cost(v)
+        """A subscript (``d[k]``, ``d[a, b]``, load or delete): a tuple is charged like
+        hashing it (and refused beyond :data:`MAX_KEY_DEPTH`); returned unchanged."""
+        if type(v) is tuple:
+            self.hash_cost(v)
         return v
+
+    def hash_elements(self, *operands: Any) -> None:
+        """Before a set operation or comparison with a set or dict view: every element of
+        the sized operands that will be hashed -- tuples, e.g. a dict's items -- charged
+        like :meth:`hash_cost` (one gas per element besides)."""
+        for v in operands:
+            tv = type(v)
+            if tv in _SIZED_OR_VIEW and tv is not str and tv is not dict:
+                self.gas(1 + len(v))
+                for x in v:
+                    if type(x) is tuple:
+                        self.hash_cost(x)
 
     def hash_cost(self, v: Any) -> None:
         """Charge the work of hashing ``v`` (tuples and frozensets walked: one gas per
@@ -416,6 +441,10 @@ class Meter:
         if op is operator.ior and type(a) is dict and type(b) is not dict:
             b = self.materialize(b)
             self._pair_keys(b)
+        if type(a) in _SET_LIKE or type(b) in _SET_LIKE:  # elements get hashed
+            if type(b) not in _SIZED_OR_VIEW:
+                b = self.materialize(b)
+            self.hash_elements(a, b)
         r = op(a, b)
         tr = type(r)
         if tr in _SIZED:
@@ -464,7 +493,7 @@ class Meter:
             self.left -= 1 + len(container) // 32
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
-            if type(item) in _NESTING and tc is not str:
+            if type(item) in _DEEP and tc is not str:
                 self.nested_cost(container)  # each element is compared with the container
             return item in container
         if tc in _HASHED:
@@ -487,27 +516,43 @@ class Meter:
             self.gas(len(a) // 32)
             if type(b) in _NESTING:
                 self.nested_cost(a)
+        if type(a) in _SET_LIKE or type(b) in _SET_LIKE:
+            self.hash_elements(a, b)
         return op(a, b)
 
     def nested_cost(self, v: Any) -> None:
-        """Charge one gas per element of every container nested in ``v`` (each reference
-        walked again, as a comparison walks it: lists sharing sub-lists cost what they are).
-        A container holding no container costs nothing here (its length is charged by the
-        caller); the check for that runs in C."""
+        """Charge one gas per element of every container nested in ``v`` -- lists, tuples,
+        dicts (keys and values), and the length of nested sets and strings (1 per 32
+        characters) -- each reference walked again, as a comparison walks it (lists sharing
+        sub-lists cost what they are); nesting deeper than :data:`MAX_COMPARE_DEPTH` is
+        RECURSION_LIMIT (where CPython's own comparison would stop).  A container holding
+        no container costs nothing here (its length is charged by the caller); that check
+        runs in C."""
         tv = type(v)
         if tv not in _NESTING:
             return
-        items = v.values() if tv is dict else v
-        if _NESTING.isdisjoint(map(type, items)):
+        if tv is dict:
+            if _DEEP.isdisjoint(map(type, v.values())) and _DEEP.isdisjoint(map(type, v)):
+                return
+        elif _DEEP.isdisjoint(map(type, v)):
             return
-        stack = [v]
+        stack: list[tuple[Any, int]] = [(v, 0)]
         while stack:
-            x = stack.pop()
-            inner = x.values() if type(x) is dict else x
-            self.left -= len(x)
+            x, depth = stack.pop()
+            if depth >= MAX_COMPARE_DEPTH:
+                raise self.fail(RecursionLimit(f"values nested deeper than {MAX_COMPARE_DEPTH} compared"))
+            cost = len(x)
+            for y in (chain(x, x.values()) if type(x) is dict else x):
+                ty = type(y)
+                if ty in _NESTING:
+                    stack.append((y, depth + 1))
+                elif ty is str:
+                    cost += len(y) >> 5
+                elif ty is set or ty is frozenset:
+                    cost += len(y)
+            self.left -= cost
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
-            stack.extend(y for y in inner if type(y) in _NESTING)
 
     def slice(self, obj: Any, lower: Any, upper: Any, step: Any) -> Any:
         r = obj[lower:upper:step]
@@ -606,6 +651,7 @@ class Meter:
             values = {k: self._plain(a) for k, a in args.items()}
         else:
             values = self._plain(args)
+        self.gas(1 + 4 * fmt.count("%"))  # the bound's parse and the conversions (~1 us each)
         bound = _percent_bound(fmt, values)
         if bound > self.max_str:  # refused before the string is built
             raise self.size_error("formatted string (upper bound)", bound, self.max_str)
@@ -742,6 +788,8 @@ def _conv_len(v: Any, conv: str) -> int:
     """At most how many characters converting ``v`` (str/int/bool/None) with ``conv`` gives."""
     if conv == "c":
         return 1
+    if conv in "eEfFgG":  # digits, point, 6 decimals, exponent
+        return (v.bit_length() // 3 if type(v) is int else 1) + 16
     if type(v) is str:
         return 10 * len(v) + 2 if conv in "ra" else len(v)  # repr: up to \U0010ffff each
     if type(v) is int:
@@ -757,11 +805,13 @@ def _percent_bound(fmt: str, values: Any) -> int:
     bounded by the widest conversion for every ``%``."""
     total, n = len(fmt), 0
     specs = list(_PCT_SPEC.finditer(fmt))
+    whole: dict[str, int] = {}  # len(repr/ascii(values)) of a mapping, computed once
     if len(specs) != fmt.count("%") - 2 * fmt.count("%%") + sum(m.group(4) == "%" for m in specs) or any(
             m.group(4) not in _PCT_CONVERSIONS for m in specs):
         every = values.values() if type(values) is dict else (
             values if type(values) is tuple else (values,))
-        widest = max((_conv_len(v, "r") for v in every), default=0)
+        widest = max((max(_conv_len(v, "r"), _conv_len(v, "f") if type(v) is not str else 0)
+                      for v in every), default=0)
         if type(values) is dict:  # an unkeyed conversion takes the whole mapping
             widest = max(widest, len(ascii(values)))
         return total + fmt.count("%") * (9999 + widest)
@@ -771,8 +821,10 @@ def _percent_bound(fmt: str, values: Any) -> int:
             continue
         if type(values) is dict:
             if key is None:  # the whole mapping is converted
-                total += max(int(width or 0), int(prec or 0)) + len(
-                    ascii(values) if conv == "a" else repr(values))
+                kind = "a" if conv == "a" else "r"
+                if kind not in whole:
+                    whole[kind] = len(ascii(values) if kind == "a" else repr(values))
+                total += max(int(width or 0), int(prec or 0)) + whole[kind]
                 continue
             v = values.get(key, "")
         elif type(values) is tuple:

@@ -108,14 +108,32 @@ def test_hashing_tuples_that_share_sub_tuples_is_charged(use: list[str]) -> None
     assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
 
 
+DEEP_USES = ["return int(t in {1})", "d = {1: 2}\n    return d.get(t, 0)", "d = {1: 2}\n    return d[t]",
+             "d = {1: 2}\n    del d[t]\n    return 0", "return len({1: 2}.keys() | [t])",
+             "return int({1: t}.items() <= {(1, 2)})"]
+
+
 def test_hashing_deeply_nested_tuples_is_refused_not_a_crash() -> None:
-    src = fn("t = ()", "for i in range(300000):", "    t = (t,)", "return int(t in {1})")
     limits = t.SandboxLimits(memory_bytes=MEMORY)
     with Sandbox(workers=1, limits=limits) as sb:
         [pid] = sb.worker_pids()
-        r = call(sb, src, "f", {}, gas=10**7, limits=limits)
-        assert (r.ok, r.reason) == (False, "RECURSION_LIMIT"), r.message
-        assert sb.worker_pids() == [pid]
+        for use in DEEP_USES:
+            src = fn("t = ()", "for i in range(300000):", "    t = (t,)", use)
+            r = call(sb, src, "f", {}, gas=10**7, limits=limits)
+            assert (r.ok, r.reason) == (False, "RECURSION_LIMIT"), (use, r.message)
+        assert sb.worker_pids() == [pid]  # no crash, no replacement
+
+
+def test_a_frozenset_key_is_not_walked_again() -> None:
+    def gas(times: int) -> int:
+        src = fn("t = (1,)", "for i in range(12):", "    t = (t, t)", "fs = frozenset([t])", "d = {}",
+                 f"for i in range({times}):", "    d[fs] = i", "return len(d)")
+        r = call(InProcessRunner(), src, "f", {}, gas=10**8)
+        assert value(r) == 1
+        return r.gas_used
+
+    once, many = gas(1), gas(41)
+    assert many - once < 40 * 100  # each further d[fs] = i costs a few gas, not 2**12 leaves
 
 
 def test_tuple_keys_still_work_and_cost_by_length() -> None:
@@ -135,7 +153,7 @@ NESTED = ["a = [1]", "b = [1]", "for i in range(5):", "    a = [a] * 40", "    b
 
 
 @pytest.mark.parametrize("use", ["return int(a == b)", "return int(a < b)", "return int(a in [b])",
-                                 "return int(b in [0, a])"])
+                                 "return int(b in [0, a])", "return int({1} in [{1}] + [a])"])
 def test_comparing_lists_that_share_sub_lists_is_charged(use: str) -> None:
     r = call(InProcessRunner(), fn(*NESTED, use), "f", {}, gas=10**7)
     assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
@@ -158,7 +176,7 @@ def test_percent_format_bound_is_never_below_the_output() -> None:
     rng = random.Random(7)
     texts = ["", "abc", "é\x00\n", "\U0001f600" * 3, "x" * 50, "(k)", "%"]
     specs = ["%s", "%r", "%a", "%d", "%5d", "%-7.2s", "%05x", "%o", "%c", "%%", "%.9s", "%9999s",
-             "%(k)s", "%(k)r", "%((k))s", "%(a%b)4s"]
+             "%(k)s", "%(k)r", "%((k))s", "%(a%b)4s", "%e", "%#g", "%-12.3f", "%(k)E"]
     for _ in range(3000):
         parts = [rng.choice(specs + texts) for _ in range(rng.randint(0, 6))]
         fmt = "".join(parts)
@@ -175,8 +193,18 @@ def test_percent_format_bound_is_never_below_the_output() -> None:
         assert _percent_bound(fmt, values) >= len(out), (fmt, values)
 
 
+def test_percent_format_charges_each_conversion() -> None:
+    def gas(n: int) -> int:
+        r = call(InProcessRunner(), fn(f"return len('%()s' * {n} % {{'': ''}})"), "f", {}, gas=10**8)
+        assert value(r) == 0
+        return r.gas_used
+
+    assert gas(10_010) - gas(10) >= 4 * 10_000
+
+
 @pytest.mark.parametrize(("expr", "ok"), [
     ("'%(a)9999s' * 110000 % {'a': 'x'}", False),
+    ("'%e' * 200000 % ((-1,) * 200000)", False),
     ("'%(a)s' * 200000 % {'a': 'x' * 1000}", False),
     ("'%s|%5d|%(x)s' % {'x': 1} if False else '%s|%5d|%r' % ('ab', 42, 'c')", True),
 ])
