@@ -28,6 +28,7 @@ from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.durable import DurableStorage
 from node.raft.types import Entry, EntryType, Message, MessageType, StateRole
 from tests.orderer.cluster import Client, make_network
+from tests.orderer.toyblocks import toy_block_store
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,6 @@ def test_follower_leaves_out_repeated_acks_of_commit_only_appends_within_the_win
 def test_deliver_frames_each_block_once_for_every_stream(tmp_path, net):
     from rxchain.v1 import services_pb2
 
-    from node.crypto.canonical import GENESIS_PREVIOUS_HASH
     from node.orderer.deliver import DeliverService, frame_block
 
     # The frame is exactly a serialized DeliverResponse, for small and multi-byte lengths.
@@ -281,16 +281,7 @@ def test_deliver_frames_each_block_once_for_every_stream(tmp_path, net):
         b.data.envelopes.append(b"e" * size)
         raw = b.SerializeToString()
         assert frame_block(raw) == services_pb2.DeliverResponse(block=b).SerializeToString()
-    store = BlockStore(tmp_path / "blocks", fsync=False)
-    prev = GENESIS_PREVIOUS_HASH
-    for n in range(4):
-        b = block_pb2.Block()
-        b.header.number = n
-        b.header.previous_hash = prev
-        b.data.envelopes.append(b"env-%d" % n)
-        b.header.data_hash = block_data_hash(list(b.data.envelopes))
-        store.append(b)
-        prev = block_header_hash(b.header)
+    store = toy_block_store(tmp_path / "blocks", 4)
     consortium = config_from_genesis(read_genesis(net.genesis_path))
     msp = MSP(consortium, Verifier())
     svc = DeliverService(store, lambda: msp, lambda: int(time.time() * 1000), poll_s=0.05, cache_blocks=2)

@@ -12,13 +12,11 @@ import pytest
 from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, transaction_pb2
 
-from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
 from node.crypto.signing import Signer, Verifier, generate_key
 from node.crypto.tls import secure_channel, server_credentials
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
-from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter
 from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
 from node.orderer.deliver import DeliverService
@@ -37,6 +35,7 @@ from node.raft.types import (
     SnapshotMeta,
 )
 from tests.orderer.cluster import Client, config_envelope, make_network
+from tests.orderer.toyblocks import append_toy_blocks, toy_block_store
 
 # ---------------------------------------------------------------- block cutter
 
@@ -375,21 +374,8 @@ def test_config_update_validation_rules(tmp_path):
 
 
 def test_deliver_from_any_block_follows_and_resumes(tmp_path, net):
-    store = BlockStore(tmp_path / "blocks", fsync=False)
-    prev = GENESIS_PREVIOUS_HASH
-
-    def add(n: int) -> None:
-        nonlocal prev
-        b = block_pb2.Block()
-        b.header.number = n
-        b.header.previous_hash = prev
-        b.data.envelopes.append(b"env-%d" % n)
-        b.header.data_hash = block_data_hash(list(b.data.envelopes))
-        store.append(b)
-        prev = block_header_hash(b.header)
-
-    for n in range(5):
-        add(n)
+    store = toy_block_store(tmp_path / "blocks", 5)
+    prev = store.last_hash()
     consortium = config_from_genesis(read_genesis(net.genesis_path))
     msp = MSP(consortium, Verifier())
     svc = DeliverService(store, lambda: msp, lambda: int(time.time() * 1000), poll_s=0.05)
@@ -415,7 +401,7 @@ def test_deliver_from_any_block_follows_and_resumes(tmp_path, net):
     t.start()
     for n in range(5, 10):
         time.sleep(0.02)
-        add(n)
+        prev = append_toy_blocks(store, 1, n, prev)
     t.join(5)
     assert seen == [3, 4, 5, 6, 7]
     # Resume after the "reconnect" from the block after the last one received.

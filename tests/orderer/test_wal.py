@@ -10,11 +10,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from rxchain.v1 import block_pb2
 
-from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
 from node.errors import RxError
-from node.ledger.blockstore import BlockStore
 from node.orderer.server import open_raft_storage
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftError, RaftStateLost
@@ -32,6 +29,7 @@ from node.raft.wal import (
     encode_hard_state,
     encode_snapshot_mark,
 )
+from tests.orderer.toyblocks import toy_block_store
 
 CONF = ConfState((1, 2, 3), ())
 
@@ -1006,22 +1004,8 @@ def test_a_wal_lost_beside_other_history_is_refused_and_a_new_node_starts(tmp_pa
     st.close()
 
 
-def _block_store(directory, count: int) -> BlockStore:
-    store = BlockStore(directory, fsync=False)
-    prev = GENESIS_PREVIOUS_HASH
-    for n in range(count):
-        b = block_pb2.Block()
-        b.header.number = n
-        b.header.previous_hash = prev
-        b.data.envelopes.append(b"env-%d" % n)
-        b.header.data_hash = block_data_hash(list(b.data.envelopes))
-        store.append(b)
-        prev = block_header_hash(b.header)
-    return store
-
-
 def test_orderer_refuses_to_start_with_blocks_past_genesis_and_no_wal(tmp_path):
-    blocks = _block_store(tmp_path / "blocks", 3)
+    blocks = toy_block_store(tmp_path / "blocks", 3)
     try:
         with pytest.raises(RxError) as err:
             open_raft_storage(tmp_path / "raft", blocks, [1, 2, 3], 2, fsync=False)
@@ -1031,7 +1015,7 @@ def test_orderer_refuses_to_start_with_blocks_past_genesis_and_no_wal(tmp_path):
         assert not os.path.exists(tmp_path / "raft" / "wal") or not os.listdir(tmp_path / "raft" / "wal")
     finally:
         blocks.close()
-    genesis_only = _block_store(tmp_path / "new" / "blocks", 1)
+    genesis_only = toy_block_store(tmp_path / "new" / "blocks", 1)
     try:
         st = open_raft_storage(tmp_path / "new" / "raft", genesis_only, [1, 2, 3], 2, fsync=False)
         assert st.initial_state() == (HardState(), ConfState((1, 2, 3), ()))
