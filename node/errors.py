@@ -98,6 +98,16 @@ def _internal(method: str, exc: Exception) -> RxError:
     return RxError("INTERNAL", f"{method} failed: {type(exc).__name__}: {exc}"[:_MAX_INTERNAL_DETAIL])
 
 
+def _abort_for(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    """What a guarded servicer does with an exception: an RxError aborts with its reason, an
+    abort already made passes through, anything else is a logged INTERNAL."""
+    if isinstance(exc, RxError):
+        abort_with(context, exc)
+    if _is_abort(exc):
+        raise exc
+    abort_with(context, _internal(method, exc))
+
+
 def guarded_unary(
     method: Callable[[_Self, _Req, grpc.ServicerContext], _Resp],
 ) -> Callable[[_Self, _Req, grpc.ServicerContext], _Resp]:
@@ -110,12 +120,8 @@ def guarded_unary(
     def wrapper(self: _Self, request: _Req, context: grpc.ServicerContext) -> _Resp:
         try:
             return method(self, request, context)
-        except RxError as err:
-            abort_with(context, err)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            abort_with(context, _internal(name, exc))
+        except Exception as exc:  # noqa: BLE001 - every exception gets a reason code
+            _abort_for(context, name, exc)
 
     return wrapper
 
@@ -130,12 +136,8 @@ def guarded_stream(
     def wrapper(self: _Self, request: _Req, context: grpc.ServicerContext) -> Iterator[_Resp]:
         try:
             yield from method(self, request, context)
-        except RxError as err:
-            abort_with(context, err)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            abort_with(context, _internal(name, exc))
+        except Exception as exc:  # noqa: BLE001 - every exception gets a reason code
+            _abort_for(context, name, exc)
 
     return wrapper
 
