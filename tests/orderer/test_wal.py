@@ -497,27 +497,18 @@ class Crash(Exception):
     """The simulated power cut."""
 
 
-class CrashingOs:
-    """Stands in for ``os`` inside node.raft.wal: every file operation that changes the
-    directory or a file's bytes (write, replace, unlink) uses up one step of ``budget``;
-    the operation that finds the budget at zero crashes -- a write first lets half of its
-    bytes reach the file (a torn write). Everything done before the crash stays, in order
-    (what the WAL's fsyncs guarantee). It records (operation, file name) in ``log`` and
-    closes the descriptors the WAL left open on close_leftovers()."""
+class NamingOs:
+    """``os`` that remembers the file name of each descriptor it opened (``name_of``);
+    everything else is the real ``os``."""
 
-    def __init__(self, budget: int | None) -> None:
-        self.budget = budget
-        self.log: list[tuple[str, str]] = []
+    def __init__(self) -> None:
         self._paths: dict[int, str] = {}
 
     def __getattr__(self, name: str):
         return getattr(os, name)
 
-    def _step(self) -> None:
-        if self.budget is not None:
-            if self.budget == 0:
-                raise Crash
-            self.budget -= 1
+    def name_of(self, fd: int) -> str:
+        return self._paths.get(fd, "?")
 
     def open(self, path, flags, mode=0o777):
         fd = os.open(path, flags, mode)
@@ -528,8 +519,28 @@ class CrashingOs:
         self._paths.pop(fd, None)
         os.close(fd)
 
+
+class CrashingOs(NamingOs):
+    """Stands in for ``os`` inside node.raft.wal: every file operation that changes the
+    directory or a file's bytes (write, replace, unlink) uses up one step of ``budget``;
+    the operation that finds the budget at zero crashes -- a write first lets half of its
+    bytes reach the file (a torn write). Everything done before the crash stays, in order
+    (what the WAL's fsyncs guarantee). It records (operation, file name) in ``log`` and
+    closes the descriptors the WAL left open on close_leftovers()."""
+
+    def __init__(self, budget: int | None) -> None:
+        super().__init__()
+        self.budget = budget
+        self.log: list[tuple[str, str]] = []
+
+    def _step(self) -> None:
+        if self.budget is not None:
+            if self.budget == 0:
+                raise Crash
+            self.budget -= 1
+
     def fsync(self, fd: int) -> None:
-        self.log.append(("fsync", self._paths.get(fd, "?")))
+        self.log.append(("fsync", self.name_of(fd)))
         os.fsync(fd)
 
     def write(self, fd: int, data) -> int:
@@ -537,7 +548,7 @@ class CrashingOs:
             os.write(fd, bytes(data[: len(data) // 2]))
             raise Crash
         self._step()
-        self.log.append(("write", self._paths.get(fd, "?")))
+        self.log.append(("write", self.name_of(fd)))
         return os.write(fd, data)
 
     def replace(self, src, dst) -> None:
@@ -690,30 +701,18 @@ def test_roll_fsyncs_the_segment_it_leaves_before_creating_the_next(tmp_path, mo
     assert rec.hard_state == HardState(1, 1, 3)
 
 
-class FailingOs:
+class FailingOs(NamingOs):
     """``os`` for node.raft.wal whose ``write`` to a file it opened with a name ending in
     ``suffix``, or to descriptor ``fd``, fails with ENOSPC while ``failing`` is set."""
 
     def __init__(self, suffix: str, fd: int = -1) -> None:
+        super().__init__()
         self.suffix = suffix
         self.fd = fd
         self.failing = True
-        self._names: dict[int, str] = {}
-
-    def __getattr__(self, name: str):
-        return getattr(os, name)
-
-    def open(self, path, flags, mode=0o777):
-        fd = os.open(path, flags, mode)
-        self._names[fd] = os.path.basename(path)
-        return fd
-
-    def close(self, fd: int) -> None:
-        self._names.pop(fd, None)
-        os.close(fd)
 
     def write(self, fd: int, data) -> int:
-        if self.failing and (fd == self.fd or self._names.get(fd, "").endswith(self.suffix)):
+        if self.failing and (fd == self.fd or self.name_of(fd).endswith(self.suffix)):
             raise OSError(errno.ENOSPC, "No space left on device")
         return os.write(fd, data)
 
