@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from tests.harness.nodeyaml import edited_node_yaml
 from tests.orderer.cluster import ROOT, make_network
 
 START_TIMEOUT_S = 60
@@ -25,13 +25,7 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(node_dir: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> subprocess.CompletedProcess[str]:
-    doc = yaml.safe_load((node_dir / "node.yaml").read_text())
-    for key in ("cert", "key", "ca_bundle", "genesis"):
-        doc[key] = str((node_dir / doc[key]).resolve())
-    doc.update(data_dir=str(tmp_path / "data"), metrics_port=0)
-    change(doc)
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = edited_node_yaml(node_dir, tmp_path, change)
     return subprocess.run([sys.executable, "-m", "node.orderer", "--config", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False)
 

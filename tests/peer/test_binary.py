@@ -11,6 +11,7 @@ import pytest
 
 from node.config import load_node_config
 from node.errors import RxError
+from tests.harness.nodeyaml import edited_node_yaml
 from tests.peer.conftest import Net
 
 
@@ -64,17 +65,7 @@ def test_port_in_use_exits_2(net: Net, tmp_path: Path) -> None:
 
 def _edited(net: Net, tmp_path: Path, node: str, change: Any) -> Path:
     """A copy of ``node``'s generated node.yaml with absolute paths, ``change(doc)`` applied."""
-    import yaml
-
-    src = net.home / "nodes" / node
-    doc = yaml.safe_load((src / "node.yaml").read_text())
-    for key in ("cert", "key", "ca_bundle", "genesis"):
-        doc[key] = str((src / doc[key]).resolve())
-    doc.update(data_dir=str(tmp_path / "data"), metrics_port=0)
-    change(doc)
-    path = tmp_path / "node.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return edited_node_yaml(net.home / "nodes" / node, tmp_path, change)
 
 
 BAD_VALUES = [
