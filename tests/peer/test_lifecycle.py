@@ -14,10 +14,20 @@ from tests.peer.kit import envelope, payload_json
 POLICY = "OutOf(2, h01.peer, p01.peer, ins01.peer)"
 
 
-def _commit(cluster: Cluster, definition: dict[str, object], admin: str = "ins01") -> transaction_pb2.ProposalResponse:
-    signed = cluster.kit.proposal(cluster.net.admins[admin], "_lifecycle", "commit", definition,
+def _lifecycle(cluster: Cluster, function: str, definition: dict[str, object],
+               admin: str) -> transaction_pb2.ProposalResponse:
+    """``admin`` asks the first peer to endorse ``_lifecycle.<function>(definition)``."""
+    signed = cluster.kit.proposal(cluster.net.admins[admin], "_lifecycle", function, definition,
                                   timestamp_ms=cluster.now())
     return cluster.peers[0].endorser.endorse(signed)
+
+
+def _commit(cluster: Cluster, definition: dict[str, object], admin: str = "ins01") -> transaction_pb2.ProposalResponse:
+    return _lifecycle(cluster, "commit", definition, admin)
+
+
+def _endorse_approve(cluster: Cluster, definition: dict[str, object]) -> transaction_pb2.ProposalResponse:
+    return _lifecycle(cluster, "approve", definition, "h01")
 
 
 def test_commit_with_majority_activates_contract(cluster: Cluster) -> None:
@@ -136,14 +146,10 @@ def test_lifecycle_tx_needs_majority_of_peer_orgs(cluster: Cluster) -> None:
 def test_bad_definition_arguments(cluster: Cluster) -> None:
     d = {"name": "Bad Name", "version": "1", "sequence": 1, "endorsement_policy": POLICY,
          "access": {}, "code_hash": "0" * 64}
-    signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "approve", d,
-                                  timestamp_ms=cluster.now())
-    resp = cluster.peers[0].endorser.endorse(signed)
+    resp = _endorse_approve(cluster, d)
     assert (resp.response.status, resp.response.reason) == (400, "BAD_ARGUMENTS")
     d = dict(d, name="ok", endorsement_policy="AND(h01.peer,")
-    signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "approve", d,
-                                  timestamp_ms=cluster.now())
-    assert cluster.peers[0].endorser.endorse(signed).response.reason == "BAD_POLICY"
+    assert _endorse_approve(cluster, d).response.reason == "BAD_POLICY"
 
 
 def test_install_refuses_hostile_source(cluster: Cluster) -> None:
@@ -161,11 +167,8 @@ def test_deeply_nested_policy_is_bad_policy_not_a_crash(cluster: Cluster) -> Non
     (status 400, no endorsement), not a RecursionError escaping the endorser."""
     deep = "OR(" * 1000 + "h01.peer" + ")" * 1000
     assert len(deep) == 4008
-    d = {"name": "deep", "version": "1", "sequence": 1, "endorsement_policy": deep,
-         "access": {}, "code_hash": "0" * 64}
-    signed = cluster.kit.proposal(cluster.net.admins["h01"], "_lifecycle", "approve", d,
-                                  timestamp_ms=cluster.now())
-    resp = cluster.peers[0].endorser.endorse(signed)
+    resp = _endorse_approve(cluster, {"name": "deep", "version": "1", "sequence": 1,
+                                      "endorsement_policy": deep, "access": {}, "code_hash": "0" * 64})
     assert (resp.response.status, resp.response.reason) == (400, "BAD_POLICY")
     assert "nested deeper" in resp.response.message
     assert not resp.HasField("endorsement")
