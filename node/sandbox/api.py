@@ -71,7 +71,10 @@ call of a contract function 10; each loop iteration / comprehension element / el
 consumed by ``list()``, ``sum()``, ``sorted()``, ... 1; building a string 1 + chars/32,
 building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split, extend)
 1 + elements/4; scanning (``in``, ``==``/``<`` of non-literals, other str/list methods)
-1 + size/32; sorting n*log2(n); big-int arithmetic ~bits/64; context calls as listed on
+1 + size/32; sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
+(or keys) compared when they are containers, unless they are tuples with distinct str/int
+first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
+of containers their nested size once; big-int arithmetic ~bits/64; context calls as listed on
 ``Context``; the returned value 1 per JSON value + bytes/32.  The figures are part of the
 consensus rules: every peer must run the same rxchain and Python (3.11) versions.
 

@@ -10,7 +10,8 @@ Gas schedule (documented in api.py for contract authors):
 * contract function call: ``CALL`` (10); loop iteration / element consumed: 1
 * arithmetic on big values, concatenation, repetition, slicing, ``in`` on sequences,
   method calls on str/list/dict/set: 1 + size/32 (size = elements or characters involved)
-* sorted / list.sort: 1 + n*log2(n)
+* sorted / list.sort: 1 + n*log2(n), plus (1 + log2(n)) times the nested size of the
+  values compared when they are containers (min/max: the nested size once)
 * context calls: see ``api.Context``
 """
 
@@ -42,6 +43,7 @@ _SIZED_OR_VIEW: frozenset[type] = frozenset(_SIZED + _VIEWS)
 _HASHED = (dict, set, frozenset)
 _NESTING = frozenset({list, tuple, dict})  # containers compared element by element
 _DEEP = _NESTING | {set, frozenset}  # elements whose comparison is more than O(1)
+_COMPARED = _DEEP | {str}  # values whose comparison walks them (strings: memcmp)
 _SET_LIKE: frozenset[type] = frozenset({set, frozenset, *_VIEWS})  # operations hash elements
 MAX_COMPARE_DEPTH = 100
 _SPEC_DIGITS = re.compile(r"\d{5,}")
@@ -493,7 +495,7 @@ class Meter:
             self.left -= 1 + len(container) // 32
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
-            if type(item) in _DEEP and tc is not str:
+            if type(item) in _COMPARED and tc is not str:
                 self.nested_cost(container)  # each element is compared with the container
             return item in container
         if tc in _HASHED:
@@ -507,6 +509,15 @@ class Meter:
             self.gas(1)
             return item in container
         self.gas(1)
+        if type(item) in _COMPARED:
+            for x in self.it(container):
+                if x is item:
+                    return True
+                if type(x) in _COMPARED:
+                    self.nested_cost((x,))
+                if x == item:
+                    return True
+            return False
         return any(x is item or x == item for x in self.it(container))
 
     def compare(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
@@ -520,21 +531,23 @@ class Meter:
             self.hash_elements(a, b)
         return op(a, b)
 
-    def nested_cost(self, v: Any) -> None:
+    def nested_cost(self, v: Any, factor: int = 1) -> None:
         """Charge one gas per element of every container nested in ``v`` -- lists, tuples,
         dicts (keys and values), and the length of nested sets and strings (1 per 32
         characters) -- each reference walked again, as a comparison walks it (lists sharing
-        sub-lists cost what they are); nesting deeper than :data:`MAX_COMPARE_DEPTH` is
+        sub-lists cost what they are), times ``factor`` (how often each may be compared);
+        nesting deeper than :data:`MAX_COMPARE_DEPTH` is
         RECURSION_LIMIT (where CPython's own comparison would stop).  A container holding
-        no container costs nothing here (its length is charged by the caller); that check
-        runs in C."""
+        no container costs only its strings (its length is charged by the caller)."""
         tv = type(v)
         if tv not in _NESTING:
             return
         if tv is dict:
             if _DEEP.isdisjoint(map(type, v.values())) and _DEEP.isdisjoint(map(type, v)):
+                self._chars(chain(v, v.values()), factor)
                 return
         elif _DEEP.isdisjoint(map(type, v)):
+            self._chars(v, factor)
             return
         stack: list[tuple[Any, int]] = [(v, 0)]
         while stack:
@@ -550,7 +563,16 @@ class Meter:
                     cost += len(y) >> 5
                 elif ty is set or ty is frozenset:
                     cost += len(y)
-            self.left -= cost
+            self.left -= cost * factor
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+
+    def _chars(self, values: Iterable[Any], factor: int) -> None:
+        """Charge the strings among ``values`` (1 per 32 characters, a comparison's memcmp)
+        times ``factor``."""
+        cost = sum(len(x) >> 5 for x in values if type(x) is str)
+        if cost:
+            self.left -= cost * factor
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
 
@@ -701,15 +723,63 @@ class Meter:
 
     def sorted(self, iterable: Iterable[Any], /, *, key: Any = None, reverse: bool = False) -> Any:
         items = self.materialize(iterable)
-        self.gas(1 + len(items) * _log2(len(items)))
-        items.sort(key=key, reverse=reverse)
+        self.sort_list(items, key, reverse)
         return items
 
+    def sort_list(self, items: list[Any], key: Any, reverse: Any) -> None:
+        """Sort ``items`` in place like ``list.sort``, charged before any comparison runs:
+        ``1 + n*log2(n)`` comparisons, and when the values compared (the keys, if ``key``
+        is given) are containers, their nested size times ``1 + log2(n)`` -- a merge
+        compares a value with others at most until it is placed, and a comparison of two
+        values walks at most the smaller, so each value's size is paid once per merge level.
+        Strings pay 1 per 32 characters the same way.  Tuples whose first items are
+        distinct strings or integers (``sorted(d.items())``) are decided by their first
+        items and pay nothing more.  With ``key`` the keys are
+        computed first, one call per item in order, as ``list.sort`` does."""
+        n = len(items)
+        self.gas(1 + n * _log2(n))
+        if key is None:
+            self._sort_cost(items, n)
+            items.sort(reverse=reverse)
+            return
+        keys = [key(x) for x in items]
+        self._sort_cost(keys, n)
+        order = sorted(range(n), key=keys.__getitem__, reverse=reverse)
+        items[:] = [items[i] for i in order]
+
+    def _sort_cost(self, values: list[Any], n: int) -> None:
+        heads = _distinct_heads(values)
+        if heads is None:
+            self.nested_cost(values, 1 + _log2(n))
+        else:
+            self._chars(heads, 1 + _log2(n))
+
+    def _compared(self, v: Any) -> Any:
+        """``v``, after charging what comparing it with another value may walk."""
+        if type(v) in _COMPARED:
+            self.nested_cost((v,))
+        return v
+
     def consume(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """min/max/any/all/sum over a metered iterable."""
+        """min/max over a metered iterable or over several arguments: one gas per value, and
+        the nested size of every value (or key) that is a container -- compared once with the
+        best so far, a value walks at most its own size."""
+        key = kw.get("key")
+        if key is not None:
+            compared = self._compared
+
+            def charged(v: Any) -> Any:
+                return compared(key(v))
+
+            kw["key"] = charged
         if len(args) == 1:
-            return fn(self.it(args[0]), **kw)
+            values: Iterable[Any] = self.it(args[0])
+            if key is None:
+                values = map(self._compared, values)
+            return fn(values, **kw)
         self.gas(len(args))
+        if key is None:
+            self.nested_cost(args)
         return fn(*args, **kw)
 
     def round(self, number: Any, ndigits: Any = None) -> Any:
@@ -751,6 +821,8 @@ class Meter:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
         if args and type(args[0]) is tuple and tobj in _HASHED:
             self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
+        elif name in _SEARCHING and args and type(args[0]) in _COMPARED and (tobj is list or tobj is tuple):
+            self.nested_cost(obj)  # x is compared with each element
         return getattr(obj, name)(*args, **kw)
 
     def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],
@@ -770,6 +842,22 @@ class Meter:
                 return partial(self.meth, obj, name)
             return value
         return getattr(obj, name)
+
+
+# List and tuple methods that compare their argument with each element.
+_SEARCHING = frozenset({"index", "count", "remove"})
+_HEADS = frozenset({str, int})
+
+
+def _distinct_heads(values: list[Any]) -> list[Any] | None:
+    """The first items of ``values`` if these are non-empty tuples whose first items are
+    distinct strings or integers (comparing two of them then never looks further), else None."""
+    if not all(type(v) is tuple and v for v in values):
+        return None
+    heads = [v[0] for v in values]
+    if _HEADS.issuperset(map(type, heads)) and len(set(heads)) == len(heads):
+        return heads
+    return None
 
 
 # Methods that allocate an object per element of the receiver (charged like a collection).
@@ -936,9 +1024,10 @@ def _m_setdefault(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any])
 
 
 def _m_sort(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-    n = len(obj)
-    m.gas(1 + n * _log2(n))
-    return obj.sort(*args, **kw)
+    if type(obj) is not list or args or not set(kw) <= {"key", "reverse"}:
+        return obj.sort(*args, **kw)  # the TypeError list.sort gives
+    m.sort_list(obj, kw.get("key"), kw.get("reverse", False))
+    return None
 
 
 _Special = Callable[[Meter, Any, tuple[Any, ...], dict[str, Any]], Any]

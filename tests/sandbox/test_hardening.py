@@ -171,6 +171,108 @@ def test_nested_comparisons_still_work_and_cost_by_size() -> None:
     assert g_big - g_small >= 3 * 2 * 1000  # each of a's 1000 dicts and their lists, per comparison
 
 
+# --------------------------------------------------------------------- sorting and searching
+# Each of these compares a with b (or with each other) and walks 40**5 shared sub-lists.
+SEARCHES = {
+    "sorted": ["return len(sorted([a, b]))"],
+    "sorted, nested one deeper": ["return len(sorted([[a], [b]]))"],
+    "list.sort": ["x = [b, a]", "x.sort()", "return 0"],
+    "sorted by key": ["def k(i: int) -> list:", "    return [a, b][i]", "return sorted([0, 1], key=k)"],
+    "list.sort by key": ["def k(i: int) -> list:", "    return [a, b][i]", "x = [0, 1]",
+                         "x.sort(key=k, reverse=True)", "return x"],
+    "max of arguments": ["return int(max(a, b) is a)"],
+    "min of an iterable": ["return int(min([a, b]) is a)"],
+    "min by key": ["def k(i: int) -> list:", "    return [a, b][i]", "return min(range(2), key=k)"],
+    "list.index": ["return [a, 1].index(b)"],
+    "list.count": ["return [a].count(b)"],
+    "list.remove": ["x = [a]", "x.remove(b)", "return 0"],
+    "tuple.index": ["return (a,).index(b)"],
+    "in dict values": ["return int(b in {'k': a}.values())"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEARCHES))
+def test_sorting_and_searching_nested_values_is_charged(name: str) -> None:
+    r = call(InProcessRunner(), fn(*NESTED, *SEARCHES[name]), "f", {}, gas=10**7)
+    assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
+
+
+# Equal but distinct 100,000-character strings: each comparison of two is a full memcmp.
+LONG = ["s = 'x' * 100000", "u = 'x' * 99999 + 'x'", "a = [s] * 1000", "b = [u] * 1000"]
+STRING_SEARCHES = {
+    "==": ["for i in range(100):", "    r = a == b", "return 0"],
+    "in": ["for i in range(100):", "    r = u in a", "return 0"],
+    "list.count": ["for i in range(100):", "    r = a.count(u)", "return 0"],
+    "sorted": ["for i in range(100):", "    r = sorted(a + b)", "return 0"],
+    "sorted tuples": ["for i in range(100):", "    r = sorted([(s, 1), (u, 2)] * 100)", "return 0"],
+    "max": ["for i in range(100):", "    r = max(a + b)", "return 0"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRING_SEARCHES))
+def test_comparing_long_strings_is_charged_by_length(name: str) -> None:
+    r = call(InProcessRunner(), fn(*LONG, *STRING_SEARCHES[name]), "f", {}, gas=10**7)
+    assert (r.ok, r.reason) == (False, "OUT_OF_GAS"), r.message
+
+
+ORDERING = {
+    "sorted rows": ["rows = [[3, 'b'], [1, 'z'], [3, 'a'], [1, 'y', [0]], [2]]",
+                    "return [sorted(rows), sorted(rows, reverse=True)]"],
+    "stable by key": ["def k(r: list) -> int:", "    return r[0]",
+                      "rows = [[2, 'x'], [1, 'p'], [2, 'a'], [1, 'q'], [0, [1, 2]]]",
+                      "return [sorted(rows, key=k), sorted(rows, key=k, reverse=True)]"],
+    "list.sort in place": ["def k(r: list) -> list:", "    return [-r[0], r[1:]]",
+                           "rows = [[2, 'x'], [1, 'p'], [2, 'a'], [1, 'q']]",
+                           "rows.sort(key=k)", "other = [[1], [0, [5]], [0, [4]]]", "other.sort(reverse=True)",
+                           "return [rows, other]"],
+    "items": ["d = {'b': {'x': [1]}, 'a': {'y': [2]}, 'c': {}}", "return sorted(d.items())"],
+    "tuples with equal heads": ["return sorted([(1, [3]), (1, [2]), (0, [9, 9])])"],
+    "min and max": ["rows = [[3, [1]], [3, [0]], [1, [7]], [2]]",
+                    "def k(r: list) -> list:", "    return r[1:]",
+                    "return [min(rows), max(rows), min(rows[0], rows[1]), max(*rows),",
+                    "        min(rows, key=k), max(rows, key=k), min([], default=[0])]"],
+    "searching": ["rows = [[1, [2]], [3], [1, [2]]]",
+                  "rows.remove([1, [2]])",
+                  "return [rows.index([1, [2]]), rows.count([1, [2]]), (['x'], [3]).index([3]),",
+                  "        int([3] in {'k': [3]}.values()), int([4] in {'k': [3]}.values())]"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDERING))
+def test_sorting_and_searching_keep_python_semantics(name: str) -> None:
+    lines = ORDERING[name]
+    assert value(call(InProcessRunner(), fn(*lines), "f", {})) == plain_python(lines)
+
+
+def test_sorting_a_dicts_items_pays_no_more_for_big_values() -> None:
+    def gas(size: int) -> int:
+        src = fn("d = {}", "for i in range(200):", "    d[str(i)] = {'v': list(range(size))}",
+                 "return len(sorted(d.items()))", params=", size: int")
+        r = call(InProcessRunner(), src, "f", {"size": size})
+        assert value(r) == 200
+        return r.gas_used
+
+    def sort_gas(size: int) -> int:  # the sort's own share, without building the values
+        src = fn("d = {}", "for i in range(200):", "    d[str(i)] = {'v': list(range(size))}", "return 0",
+                 params=", size: int")
+        r = call(InProcessRunner(), src, "f", {"size": size})
+        return gas(size) - r.gas_used
+
+    assert sort_gas(1000) == sort_gas(1)  # distinct string keys decide every comparison
+
+
+def test_sorting_nested_values_costs_their_size() -> None:
+    def gas(size: int) -> int:
+        src = fn("rows = [[0, list(range(size))] for i in range(64)]", "x = sorted(rows)", "return 0",
+                 params=", size: int")
+        r = call(InProcessRunner(), src, "f", {"size": size})
+        assert r.ok, r.message
+        return r.gas_used
+
+    build = 64 * (1000 // 4)  # allocation charges of the 64 inner lists, roughly
+    assert gas(1001) - gas(1) >= 64 * 1000 * 7 - build  # each row's size, once per merge level (1 + 7)
+
+
 # --------------------------------------------------------------------- %-formatting
 def test_percent_format_bound_is_never_below_the_output() -> None:
     rng = random.Random(7)
