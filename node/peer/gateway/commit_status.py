@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Callable
 
 from rxchain.v1 import services_pb2
@@ -46,9 +45,10 @@ def commit_status(
                 tx_id=tx_id, code=loc.code, block_number=loc.block  # type: ignore[arg-type]
             )
         with wait_slot():
-            deadline = time.monotonic() + timeout_ms / 1000
-            while not done.wait(max(0.0, min(POLL_S, deadline - time.monotonic()))):
-                if time.monotonic() >= deadline:
+            clock = deps.clock
+            deadline = clock() + timeout_ms / 1000
+            while not done.wait(max(0.0, min(POLL_S, deadline - clock()))):
+                if clock() >= deadline:
                     raise RxError("TIMEOUT", f"tx {tx_id} not committed within {timeout_ms} ms")
                 if not is_active():
                     raise RxError("TIMEOUT", f"tx {tx_id}: the caller went away")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ class GatewayDeps:
     remotes: RemoteEndorsers
     broadcast: BroadcastClient
     on_submit: Callable[[], None] | None = None
+    # Monotonic seconds for the bounded waits (CommitStatus); injected for tests.
+    clock: Callable[[], float] = time.monotonic
     # Endorsement plan rotations by (parsed policy object, own org, remote orgs); small and
     # bounded (endorse.PlanRotation).
     plans: dict[tuple[Policy, str, tuple[str, ...]], PlanRotation] = field(
