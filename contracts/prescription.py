@@ -49,6 +49,7 @@ MAX_FILLS = 12
 MAX_QTY = 1000
 MAX_BLOB = 262144
 MAX_TRACE_CODE = 64
+MIN_RETENTION_DAYS = 365  # MoH order 53 (prescription rules) Art. 50: kept at least 1 year
 HEX = "0123456789abcdef"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 FORBIDDEN_CLASSES = ("NARCOTIC", "PSYCHOTROPIC_I", "PSYCHOTROPIC_II", "TOXIC", "RADIOACTIVE")
@@ -440,8 +441,8 @@ def _check_supply(ctx: Context, content: dict, found: list) -> dict:
     long_rx = content.get("long_rx", False)
     max_fills = content.get("max_fills", 1)
     interval = content.get("fill_interval_days", 0)
-    if not _is_int(days, 1, 366) or not isinstance(long_rx, bool):
-        ctx.fail("BAD_CONTENT", "content days (1-366) and long_rx (bool) are required")
+    if not _is_int(days, 1, MAX_INV) or not isinstance(long_rx, bool):
+        ctx.fail("BAD_CONTENT", "content days (a positive integer) and long_rx (bool) are required")
     if not _is_int(max_fills, 1, MAX_FILLS) or not _is_int(interval, 0, 366):
         ctx.fail("BAD_CONTENT", "max_fills must be 1-12 and fill_interval_days 0-366")
     if max_fills > 1 and interval < 1:
@@ -633,6 +634,8 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
     note = _note_ct(ctx, note_ct)
     if rx["status"] == "REVOKED":
         ctx.fail("REVOKED", "the prescription was revoked")
+    if rx["status"] == "EXPIRED" or rx["status"] == "ERASED":
+        ctx.fail(rx["status"], "the prescription is " + rx["status"])
     if rx["status"] != "ISSUED":
         ctx.fail("ALREADY_REVIEWED", "the prescription was already reviewed")
     if ctx.timestamp_ms > rx["valid_end_ms"]:
@@ -818,6 +821,8 @@ def deliver(ctx: Context, rx_id: str) -> dict:
         ctx.fail("WRONG_ROLE", "only a courier confirms delivery")
     if rx["fills"] == 0:
         ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
+    if rx["status"] == "ERASED":
+        ctx.fail("ERASED", "the prescription was erased")
     key = "disp/" + rx_id + "/" + str(rx["fills"]).zfill(3)
     disp = ctx.get(key)
     if disp["pharmacy"] != c.org:
@@ -846,10 +851,15 @@ def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "") -> dict:
     c = ctx.caller
     is_doctor = c.org == rx["hospital"] and c.name == rx["doctor"] and c.role == "doctor"
     is_dept = c.org == rx["hospital"] and c.role == "pharmacist"
+    if is_dept:
+        prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
+        is_dept = prac is not None and prac["role"] == "pharmacist" and prac["licence_active"]
     if not is_doctor and not is_dept:
         ctx.fail("ACCESS_DENIED", "only the issuing doctor or the hospital pharmacy revokes")
     if rx["status"] == "REVOKED":
         ctx.fail("REVOKED", "already revoked")
+    if rx["status"] in TERMINAL:
+        ctx.fail(rx["status"], "the prescription is " + rx["status"] + " (a final state)")
     if rx["fills"] > 0:
         ctx.fail("REVOKE_NOT_ALLOWED", "the prescription was already dispensed")
     code = _reason_code(ctx, reason, REVOKE_REASONS, "a revocation")
@@ -889,16 +899,22 @@ def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
     c = ctx.caller
     if c.org != rx["hospital"] or c.role != "admin":
         ctx.fail("ACCESS_DENIED", "only the issuing hospital's admin erases")
-    if not _is_int(retention_days, 1, 36500):
-        ctx.fail("BAD_ARGUMENTS", "retention_days must be 1-36500")
+    if not _is_int(retention_days, MIN_RETENTION_DAYS, 36500):
+        ctx.fail("BAD_ARGUMENTS", "retention_days must be 365-36500 (prescriptions are kept >= 1 year)")
     if rx["status"] == "ERASED":
         ctx.fail("ERASED", "already erased")
     if ctx.timestamp_ms < rx["issued_ms"] + retention_days * DAY_MS:
         ctx.fail("RETENTION_NOT_ELAPSED", "the retention period has not elapsed")
     n = 0
-    for pair in ctx.range("grant/" + rx_id + "/", "grant/" + rx_id + "/~", 64):
-        _drop_grant(ctx, rx_id, pair[1]["party"], n)
-        n = n + 1
+    start = "grant/" + rx_id + "/"
+    page = ctx.range(start, "grant/" + rx_id + "/~", 64)
+    while len(page) > 0:
+        for pair in page:
+            _drop_grant(ctx, rx_id, pair[1]["party"], n)
+            n = n + 1
+        # next page after the last key ("!" sorts below every party id character)
+        start = page[len(page) - 1][0] + "!"
+        page = ctx.range(start, "grant/" + rx_id + "/~", 64)
     rx["ciphertext"] = ""
     rx["claim_ciphertext"] = ""
     if rx["review"] is not None and "note_ct" in rx["review"]:

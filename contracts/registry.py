@@ -6,7 +6,8 @@ Reference data the prescription and settlement contracts read:
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin;
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
   class; no drug names: clients map names to codes with their own catalogue): written by
-  insurer admins, an entry only by the insurer that created it;
+  insurer admins, an entry only by the insurer that created it; every write also keeps the
+  version ``drugver/{medListCodg}/{inv13}`` (settlement prices a claim as of its dispense);
 * insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
   ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
   at ``inv13(t)`` with limit 1 returns the version in force at time ``t``; written by the
@@ -242,6 +243,8 @@ def set_drug(
         "updated": _stamp(ctx),
     }
     ctx.put("drug/" + code, rec)
+    # the version in force from now on: a claim is priced as of its dispense
+    ctx.put("drugver/" + code + "/" + _inv(ctx.timestamp_ms), rec)
     ctx.emit("registry.drug", {"code": code})
     return rec
 
@@ -376,13 +379,13 @@ def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospit
         icd10 = item.get("icd10")
         date = item.get("date")
         hospital = item.get("hospital", default_hospital)
-        physical = item.get("physical", True)
+        physical = item.get("physical")
         if not _is_id(icd10, 16) or not _is_date(date) or not _is_id(hospital, 32):
             ctx.fail("BAD_TRANSIENT", "diagnosis needs icd10, date YYYY-MM-DD, hospital")
         if date > today:
             ctx.fail("BAD_TRANSIENT", "a diagnosis cannot be dated after this transaction")
         if not isinstance(physical, bool):
-            ctx.fail("BAD_TRANSIENT", "diagnosis physical flag is a boolean")
+            ctx.fail("BAD_TRANSIENT", "diagnosis physical flag (visit in person or not) is a required boolean")
         out.append(
             {
                 "tag": _dx_tag(ctx, key, pseudonym, icd10),
@@ -457,6 +460,10 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     c = ctx.caller
     if c.org_kind != "hospital" or c.role not in ("admin", "doctor"):
         ctx.fail("WRONG_ROLE", "a hospital admin or doctor records diagnoses")
+    if c.role == "doctor":
+        prac = ctx.get("prac/" + c.org + "/" + c.name)
+        if prac is None or prac["role"] != "doctor" or not prac["licence_active"]:
+            ctx.fail("UNAUTHORIZED", "no active doctor licence registered for " + c.name)
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     if not isinstance(physical, bool):

@@ -13,7 +13,9 @@ The formula of DOMAIN.md section 3, in integer fen, rounding half-up per line:
     account = min(patient - fulamt - overlmt, account balance)
     cash    = patient - account
 
-with rhu(a * b / 10000) = (2 * a * b + 10000) // 20000 for non-negative a, b.
+with rhu(a * b / 10000) = (2 * a * b + 10000) // 20000 for non-negative a, b. Prices, classes,
+the policy version and the benefit year are those of the date of service (the fill's dispense
+time), never of the settling transaction.
 
 Ownership of money: the registry's enrolment holds no money and no insurer. The patient's
 insurer (a clerk or admin) opens her account with ``open_account``: ``acct/{pseudonym}`` =
@@ -95,7 +97,13 @@ def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
     return found[0][1]
 
 
-def _drug(ctx: Context, code: str) -> dict:
+def _drug(ctx: Context, code: str, at_ms: int) -> dict:
+    """The formulary entry (class, price, standard) in force at ``at_ms``: the registry keeps
+    every version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    prefix = "drugver/" + code + "/"
+    found = ctx.range_from("registry", prefix + str(MAX_INV - at_ms).zfill(13), prefix + "~", 1)
+    if len(found) > 0:
+        return found[0][1]
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
@@ -282,6 +290,11 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     guard = ctx.get("claimed/" + rx_id + "/" + fill3)
     if guard is not None and guard["active"] != "":
         ctx.fail("DUPLICATE_CLAIM", "fill " + str(fill) + " already claimed: " + guard["active"])
+    disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
+    if disp is None:
+        ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
+    # the date of service: its prices, policy version and benefit year (never the settling tx's)
+    served = disp["time_ms"]
     claim = ctx.transient("claim")
     salt = ctx.transient("claim_salt")
     if not isinstance(claim, dict) or not _is_hex(salt, 32, 128):
@@ -292,7 +305,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     lines = _claimed_lines(ctx, claim["lines"])
     priced = []
     for ln in lines:
-        drug = _drug(ctx, ln["code"])
+        drug = _drug(ctx, ln["code"], served)
         priced.append(
             {
                 "qty": ln["qty"],
@@ -302,11 +315,11 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
             }
         )
     now = ctx.timestamp_ms
-    policy = _policy(ctx, c.org, now)
+    policy = _policy(ctx, c.org, served)
     level = rx["hospital_level"]
     if level not in policy["ratio_bp"]:
         ctx.fail("NO_POLICY", "the policy has no ratio for hospital level " + level)
-    year = _china_year(now)
+    year = _china_year(served)
     ctr = _counters(ctx, rx["patient"], year)
     tag = rx["dx_tag"]
     cap_used = ctr["cap_used"].get(tag, 0)
@@ -328,6 +341,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         "patient": rx["patient"],
         "insurer": c.org,
         "year": year,
+        "dispensed_ms": served,
         "dx_tag": tag,
         "hospital_level": level,
         "policy_effective_ms": policy["effective_ms"],

@@ -147,6 +147,10 @@ ASSESSED = {"stability_assessment": "BP < 140/90 for 6 months", "patient_confirm
         ({"days": 28, "max_fills": 4, "fill_interval_days": 28, **LONG_OK, **ASSESSED},
          "QUANTITY_LIMIT"),
         ({"days": 4, "max_fills": 2, "fill_interval_days": 4}, "QUANTITY_LIMIT"),
+        # any supply over 84 days is QUANTITY_LIMIT (DOMAIN.md 1.5), not BAD_CONTENT above 366
+        ({"days": 367}, "QUANTITY_LIMIT"),
+        ({"days": 400, **LONG_OK, **ASSESSED}, "QUANTITY_LIMIT"),
+        ({"days": 0}, "BAD_CONTENT"),
     ],
 )
 def test_days_of_supply(world: World, fields: dict[str, Any], expected: str | None) -> None:

@@ -228,6 +228,53 @@ def test_revocation(world: World) -> None:
     assert call(world, "revoke", JIANG, done.args["rx_id"], reason="OTHER") == "REVOKE_NOT_ALLOWED"
 
 
+def test_final_states_are_never_rewritten(world: World) -> None:
+    """REJECTED, EXPIRED and ERASED are final: a later revoke, delivery or review answers
+    with that status and changes nothing (revoke used to turn them into REVOKED, delivery an
+    erased tombstone into DELIVERED, and review answered ALREADY_REVIEWED)."""
+    rejected, out = issue(world)
+    out.unwrap()
+    assert call(world, "review", HE, rejected.args["rx_id"], approve=False, reason="DOSE") == "OK"
+    expired, out = issue(world)
+    out.unwrap()
+    erased = approved(world)
+    lock_and_dispense(world, erased).unwrap()
+    unreviewed, out = issue(world)
+    out.unwrap()
+    world.chain.advance(2 * DAY_MS)
+    assert call(world, "expire", JIANG, expired.args["rx_id"]) == "OK"
+    assert call(world, "review", HE, expired.args["rx_id"], approve=True, reason="") == "EXPIRED"
+    world.chain.advance(365 * DAY_MS)
+    for prep in (erased, unreviewed):
+        assert call(world, "erase", admin("h01"), prep.args["rx_id"], retention_days=365) == "OK"
+    before = dict(world.chain.state.values)
+    for prep, status in ((rejected, "REJECTED"), (expired, "EXPIRED"), (unreviewed, "ERASED")):
+        assert call(world, "revoke", JIANG, prep.args["rx_id"], reason="OTHER") == status
+        assert call(world, "revoke", HE, prep.args["rx_id"], reason="OTHER") == status
+    assert call(world, "deliver", COURIER, erased.args["rx_id"]) == "ERASED"
+    assert call(world, "review", HE, unreviewed.args["rx_id"], approve=True, reason="") == "ERASED"
+    assert world.chain.state.values == before
+    for prep, status in ((rejected, "REJECTED"), (expired, "EXPIRED"), (erased, "ERASED")):
+        shown = world.chain.query("prescription", "show", AUDITOR, rx_id=prep.args["rx_id"])
+        assert shown.unwrap()["status"] == status
+
+
+def test_pharmacy_department_revocation_needs_an_active_licence(world: World) -> None:
+    """Like review and lock, a revocation by the hospital's pharmacy department needs a
+    pharmacist registered with an active licence (any pharmacist certificate used to do)."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    assert call(world, "revoke", who("h01:pharm-x:pharmacist"), rx, reason="OTHER") == "ACCESS_DENIED"
+    world.chain.submit("registry", "register_practitioner", admin("h01"), name="pharm-he",
+                       role="pharmacist", code="P500103000001", licence_active=False,
+                       practice_years=12, internet_practice=False).unwrap()
+    assert call(world, "revoke", HE, rx, reason="OTHER") == "ACCESS_DENIED"
+    world.chain.submit("registry", "register_practitioner", admin("h01"), name="pharm-he",
+                       role="pharmacist", code="P500103000001", licence_active=True,
+                       practice_years=12, internet_practice=False).unwrap()
+    assert call(world, "revoke", HE, rx, reason="OTHER") == "OK"
+
+
 def test_repeat_fills(world: World) -> None:
     prep = approved(world, max_fills=3, fill_interval_days=28,
                     stability_assessment="stable 6 months", patient_confirmed=True, **LONG)

@@ -141,16 +141,40 @@ def test_crypto_shredding_after_retention(world: World) -> None:
     prep = approved(world)
     rx = prep.args["rx_id"]
     assert world.chain.submit("prescription", "erase", JIANG, rx_id=rx,
-                              retention_days=30).reason == "ACCESS_DENIED"
+                              retention_days=365).reason == "ACCESS_DENIED"
     assert world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx,
-                              retention_days=30).reason == "RETENTION_NOT_ELAPSED"
-    world.chain.advance(31 * DAY_MS)
-    out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=30)
+                              retention_days=365).reason == "RETENTION_NOT_ELAPSED"
+    world.chain.advance(366 * DAY_MS)
+    # prescriptions are kept at least a year (MoH order 53 Art. 50): the admin cannot
+    # shorten that by passing a smaller retention period
+    for short in (1, 30, 364):
+        assert world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx,
+                                  retention_days=short).reason == "BAD_ARGUMENTS"
+    out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365)
     assert out.unwrap()["grants_destroyed"] == 4
     assert fetch(world, WANG, rx)["error"] == "NO_KEY_GRANT"
     rx_state = world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap()
     assert rx_state["status"] == "ERASED" and rx_state["ciphertext"] == ""
     assert rx_state["commitment"] == prep.args["commitment"]
+
+
+def test_erase_destroys_every_grant_beyond_one_page(world: World) -> None:
+    """Erasure pages through all grants: with 70 consent grants (more than one range page
+    of 64) the old loop left some wrapped keys in state after the tombstone."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    patient = world.patient_who("patient-zhang")
+    for i in range(70):
+        world.chain.submit("prescription", "grant_consent", patient, rx_id=rx, org=f"org{i:02d}",
+                           wrapped_key=world.wrap_for(rx, f"org{i:02d}")).unwrap()
+    world.chain.advance(366 * DAY_MS)
+    out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365)
+    assert out.unwrap()["grants_destroyed"] == 4 + 70
+    left = [k for ns, k in world.chain.state.values if ns == "prescription"
+            and k.startswith(f"grant/{rx}/")]
+    assert left == []
+    revoked = [e for e in audit(world, rx) if e[0] == "REVOKE_GRANT"]
+    assert len(revoked) == 74
 
 
 def story(world: World) -> Prepared:

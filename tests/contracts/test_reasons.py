@@ -69,8 +69,8 @@ def test_revoke_with_encrypted_note_keeps_drug_name_off_the_ledger(world: World)
     assert steps[-1]["step"] == "revoke" and steps[-1]["detail"]["reason"] == "CLINICAL_CHANGE"
     _assert_no_plaintext(world)
     # crypto-shredding also clears the note from the current state
-    world.chain.advance(31 * DAY_MS)
-    world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=30).unwrap()
+    world.chain.advance(366 * DAY_MS)
+    world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365).unwrap()
     erased = world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap()
     assert erased["revocation"]["note_ct"] == "" and erased["revocation"]["reason"] == "CLINICAL_CHANGE"
 

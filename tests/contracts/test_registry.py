@@ -146,6 +146,36 @@ def test_patient_enrolment_rules(world: World) -> None:
     assert len(rec["diagnoses"]) == 1 and len(rec["diagnoses"][0]["tag"]) == 64
 
 
+def test_imported_diagnosis_must_say_whether_the_visit_was_physical(world: World) -> None:
+    """Only a physical visit makes an internet visit a follow-up (DOMAIN.md 1.2): an imported
+    diagnosis without the flag is refused, where it used to count as physical."""
+    pt = world.patients["patient-zhang"]
+    vague = [{"icd10": "I10", "date": "2023-05-18", "hospital": "h01"}]
+    assert world.enrol(pt, diagnoses=vague).reason == "BAD_TRANSIENT"
+    for flag in (1, "true", None):
+        odd = [{**vague[0], "physical": flag}]
+        assert world.enrol(pt, diagnoses=odd).reason == "BAD_TRANSIENT"
+    assert world.enrol(pt, diagnoses=[{**vague[0], "physical": True}]).ok
+
+
+def test_only_a_licensed_doctor_records_a_diagnosis(world: World) -> None:
+    """A recorded physical diagnosis is what lets a later internet visit be a follow-up:
+    a doctor certificate without an active registered licence cannot record one (it could
+    before, e.g. with a suspended licence)."""
+    pid = world.pid("patient-zhang")
+    t = {"dx_key": dx_key(), "icd10": "E11"}
+    unregistered = who("h01:dr-ghost:doctor")
+    assert submit(world, "add_diagnosis", unregistered, transient=t, pseudonym=pid,
+                  physical=True) == "UNAUTHORIZED"
+    world.chain.submit("registry", "register_practitioner", admin("h01"), name="dr-jiang",
+                       role="doctor", code="D500103000001", licence_active=False,
+                       practice_years=10, internet_practice=True).unwrap()
+    assert submit(world, "add_diagnosis", JIANG, transient=t, pseudonym=pid,
+                  physical=True) == "UNAUTHORIZED"
+    assert submit(world, "add_diagnosis", admin("h01"), transient=t, pseudonym=pid,
+                  physical=True) == "OK"
+
+
 def test_money_and_insurer_are_not_set_by_the_hospital(world: World) -> None:
     """Opening balance, deductible/cap seeds and the insurer: only the insurer writes them."""
     pt = {**world.patients["patient-zhang"], "name": "patient-new",

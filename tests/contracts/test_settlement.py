@@ -249,3 +249,48 @@ def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
     last_year = world.chain.query("settlement", "patient_status", CLERK,
                                   pseudonym=world.pid("patient-zhang"), year=2025).unwrap()
     assert last_year["deductible_used_fen"] == 0 and last_year["cap_used_fen"] == 0
+
+
+def test_claim_counts_in_the_year_of_the_dispense(world: World) -> None:
+    """The benefit year is the date of service: a dispense on 31 December settled on
+    1 January uses the old year's (met) deductible, not the new year's. It used to be the
+    settling transaction's year, so a late settlement reset the patient's deductible."""
+    hour = 3_600_000
+    world.chain.advance(36 * DAY_MS + 12 * hour)  # 2026-12-31 22:00 China time
+    prep = dispensed(world, doctor=ZHOU)
+    world.chain.advance(3 * hour)  # 2027-01-01 01:00 China time
+    claim = settle(world, prep).unwrap()
+    assert claim["year"] == 2026 and claim["deductible_fen"] == 0
+    assert amounts(claim) == (10000, 7225, 2775, 1775, 1000)
+    st = world.chain.query("settlement", "patient_status", CLERK, pseudonym=world.pid("patient-zhang"),
+                           year=2026).unwrap()
+    assert st["cap_used_fen"] == 7225
+    assert status(world, "patient-zhang")["cap_used_fen"] == 0  # 2027 untouched
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                       reason="BILLING_ERROR").unwrap()
+    st = world.chain.query("settlement", "patient_status", CLERK, pseudonym=world.pid("patient-zhang"),
+                           year=2026).unwrap()
+    assert st["cap_used_fen"] == 0 and st["account_balance_fen"] == 50000
+
+
+def test_policy_and_prices_are_those_in_force_at_the_dispense(world: World) -> None:
+    """A policy version or formulary price published after the dispense does not re-price
+    it: otherwise the insurer (who publishes both and settles) could lower its share of
+    goods already handed out by changing them before settling."""
+    prep = dispensed(world, doctor=ZHOU)
+    world.chain.advance(DAY_MS)
+    pol = dict(world.sample["policies"][0])
+    pol["ratio_bp"] = {"community": 1000, "tertiary": 1000}
+    new_policy_ms = world.set_policy(pol, 0).unwrap()["effective_ms"]
+    world.chain.submit("registry", "set_drug", admin("ins01"), code=world.codes["amlodipine"],
+                       spec="5 mg x 28 tablets", cls="B", standard_fen=100, price_fen=100,
+                       controlled="NONE").unwrap()
+    world.chain.advance(DAY_MS)
+    claim = settle(world, prep).unwrap()
+    assert amounts(claim) == (10000, 7225, 2775, 1775, 1000)
+    assert claim["policy_effective_ms"] <= claim["dispensed_ms"] < new_policy_ms
+    # a dispense after the changes is priced and reimbursed by the new figures
+    later = dispensed(world, doctor=ZHOU)
+    claim2 = settle(world, later).unwrap()
+    assert claim2["medfee_fen"] == 2 * 100 + 2 * 2500 + 1000
+    assert claim2["ratio_bp"] == 1000 and claim2["policy_effective_ms"] == new_policy_ms
