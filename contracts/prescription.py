@@ -81,6 +81,9 @@ REJECT_REASONS = ("INTERACTION", "DOSE", "CONTRAINDICATION", "NOT_INDICATED", "I
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
+HISTORY_WINDOW = 1000  # ctx.history answers at most the oldest 1000 versions of a key
+PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
+CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -122,9 +125,25 @@ def _is_blob(s: str) -> bool:
     return isinstance(s, str) and 0 < len(s) <= MAX_BLOB
 
 
+def _is_blank(s: str) -> bool:
+    """A required free-text field that says nothing: missing, not a string, empty or
+    whitespace only (str.strip: Unicode whitespace, e.g. U+3000 ideographic space)."""
+    return not isinstance(s, str) or len(s.strip()) == 0
+
+
+def _is_offset(s: str) -> bool:
+    """A trace cursor: empty (from the start) or the decimal position a page handed back."""
+    if not isinstance(s, str) or len(s) > 7:
+        return False
+    for ch in s:
+        if ch not in "0123456789":
+            return False
+    return True
+
+
 def _reason_code(ctx: Context, reason: str, codes: tuple, what: str) -> str:
     """A reason is a code of a fixed list (free text would reach blocks and state)."""
-    if not isinstance(reason, str) or len(reason) == 0:
+    if _is_blank(reason):
         ctx.fail("REASON_REQUIRED", what + " needs a reason code: " + ", ".join(codes))
     if reason not in codes:
         listed = ", ".join(codes)
@@ -181,13 +200,31 @@ def _iso_utc(ms: int) -> str:
     )
 
 
+def _days_in_month(y: int, m: int) -> int:
+    """Days of month ``m`` (1-12) of Gregorian year ``y`` (leap: /4, not /100 unless /400).
+    The registry contract holds the same rule (contracts cannot import each other)."""
+    if m == 2:
+        if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0:
+            return 29
+        return 28
+    if m == 4 or m == 6 or m == 9 or m == 11:
+        return 30
+    return 31
+
+
 def _parse_date(s: str) -> list:
+    """[year, month, day] of a real calendar date "YYYY-MM-DD" (year 0001-9999), else []."""
     if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
         return []
     for ch in s[0:4] + s[5:7] + s[8:10]:
         if ch not in "0123456789":
             return []
-    return [int(s[0:4]), int(s[5:7]), int(s[8:10])]
+    y = int(s[0:4])
+    m = int(s[5:7])
+    d = int(s[8:10])
+    if y < 1 or m < 1 or m > 12 or d < 1 or d > _days_in_month(y, m):
+        return []
+    return [y, m, d]
 
 
 def _age_years(birth: list, today: list) -> int:
@@ -223,7 +260,10 @@ def _step(ctx: Context, name: str, detail: dict) -> dict:
 
 
 def _save(ctx: Context, rx: dict, name: str, detail: dict) -> None:
+    """Write ``rx/{rx_id}`` once per transaction: one version = one trace step."""
     rx["step"] = _step(ctx, name, detail)
+    if "step_count" in rx:  # versions written so far (absent on records from before it)
+        rx["step_count"] = rx["step_count"] + 1
     ctx.put("rx/" + rx["rx_id"], rx)
     ctx.emit("rx." + name, {"rx_id": rx["rx_id"], "status": rx["status"], "org": ctx.caller.org})
 
@@ -313,6 +353,19 @@ def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
     if content.get("rx_id") != rx_id:
         ctx.fail("BAD_CONTENT", "content rx_id differs from the prescription id")
     return content
+
+
+def _pharmacy_active(ctx: Context, org: str) -> bool:
+    """``org`` is registered as a dispensing pharmacy and its registration is active."""
+    ph = ctx.get_from("registry", "pharmacy/" + org)
+    return ph is not None and ph["active"] is True
+
+
+def _require_active_pharmacy(ctx: Context, rx: dict) -> None:
+    """Lock and dispense: a routed pharmacy only while its registration is active (the
+    issuing hospital's own pharmacy, unrouted, is no registered pharmacy and needs none)."""
+    if rx["pharmacy"] != "" and not _pharmacy_active(ctx, rx["pharmacy"]):
+        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + rx["pharmacy"] + " is not registered/active")
 
 
 def _effective_pharmacy(rx: dict) -> str:
@@ -456,14 +509,12 @@ def _check_supply(ctx: Context, content: dict, found: list) -> dict:
         if total > ORDINARY_MAX_DAYS:
             ctx.fail("QUANTITY_LIMIT", "an ordinary prescription covers at most 7 days")
     else:
-        reason = content.get("chronic_reason", "")
-        if not isinstance(reason, str) or len(reason) == 0:
+        if _is_blank(content.get("chronic_reason", "")):
             ctx.fail("QUANTITY_LIMIT", "a long prescription needs the chronic reason")
         if total > LONG_ASSESSED_MAX_DAYS:
             ctx.fail("QUANTITY_LIMIT", "a long prescription covers at most 84 days")
         if total > LONG_MAX_DAYS:
-            assessment = content.get("stability_assessment", "")
-            if not isinstance(assessment, str) or len(assessment) == 0:
+            if _is_blank(content.get("stability_assessment", "")):
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need a recorded stability assessment")
             if content.get("patient_confirmed", False) is not True:
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need the patient's confirmation")
@@ -533,10 +584,12 @@ def issue(
         ctx.fail("BAD_CONTENT", "content patient_info with birth_date is required")
     birth = _parse_date(info.get("birth_date"))
     if len(birth) == 0:
-        ctx.fail("BAD_CONTENT", "patient_info birth_date must be YYYY-MM-DD")
-    if _age_years(birth, _civil(ctx.timestamp_ms)) < GUARDIAN_AGE:
-        guardian = info.get("guardian", "")
-        if not isinstance(guardian, str) or len(guardian) == 0:
+        ctx.fail("BAD_CONTENT", "patient_info birth_date must be a real date YYYY-MM-DD")
+    today = _civil(ctx.timestamp_ms)
+    if birth > today:
+        ctx.fail("BAD_CONTENT", "patient_info birth_date is after the day of issue")
+    if _age_years(birth, today) < GUARDIAN_AGE:
+        if _is_blank(info.get("guardian", "")):
             ctx.fail("GUARDIAN_REQUIRED", "a patient under 6 needs a guardian present")
     claim_salt = ctx.transient("claim_salt")
     if not _is_hex(claim_salt, 32, 128):
@@ -547,8 +600,7 @@ def issue(
     # grants: exactly the patient, the issuing hospital and the optional routed pharmacy
     allowed = ["patient", hospital]
     if pharmacy != "":
-        ph = ctx.get_from("registry", "pharmacy/" + pharmacy)
-        if ph is None or not ph["active"]:
+        if not _pharmacy_active(ctx, pharmacy):
             ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
         allowed.append(pharmacy)
     for party in allowed:
@@ -594,6 +646,7 @@ def issue(
         "claim_ciphertext": claim_ciphertext,
         "claim_commitment": claim_commitment,
         "dx_tag": dx_tag,
+        "step_count": 0,
     }
     n = 0
     for party in allowed:
@@ -669,14 +722,23 @@ def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
         ctx.fail("ACCESS_DENIED", "only the issuing hospital or the patient routes")
     if rx["status"] in TERMINAL:
         ctx.fail(rx["status"], "the prescription is " + rx["status"])
+    dropped = ""
     if rx["lock"] is not None:
-        ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"] + "; release it first")
+        holder = rx["lock"]["org"]
+        if holder != rx["pharmacy"] or _pharmacy_active(ctx, holder):
+            ctx.fail("ALREADY_LOCKED", "locked by " + holder + "; release it first")
+        # the routed pharmacy's registration went inactive while it held the lock: it can no
+        # longer dispense, so its lock does not hold the prescription hostage
+        dropped = holder
+        rx["lock"] = None
+        rx["status"] = "APPROVED"
+        if rx["fills"] > 0:
+            rx["status"] = "DISPENSED"
     if rx["fills"] >= rx["max_fills"]:
         ctx.fail("ALREADY_DISPENSED", "nothing left to dispense")
     if not _is_id(pharmacy, 32):
         ctx.fail("BAD_ARGUMENTS", "pharmacy must be an org id")
-    ph = ctx.get_from("registry", "pharmacy/" + pharmacy)
-    if ph is None or not ph["active"]:
+    if not _pharmacy_active(ctx, pharmacy):
         ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
     if pharmacy == rx["pharmacy"]:
         ctx.fail("ALREADY_ROUTED", "already routed to " + pharmacy)
@@ -689,7 +751,10 @@ def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
         n = n + 1
     _grant(ctx, rx_id, pharmacy, "pharmacy", wrapped_key, n)
     rx["pharmacy"] = pharmacy
-    _save(ctx, rx, "route", {"pharmacy": pharmacy, "previous": old})
+    detail = {"pharmacy": pharmacy, "previous": old}
+    if dropped != "":
+        detail["dropped_lock"] = dropped
+    _save(ctx, rx, "route", detail)
     return {"rx_id": rx_id, "pharmacy": pharmacy, "previous": old}
 
 
@@ -706,6 +771,7 @@ def lock(ctx: Context, rx_id: str) -> dict:
         ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
     if c.org != _effective_pharmacy(rx):
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
+    _require_active_pharmacy(ctx, rx)
     rx["lock"] = {"org": c.org, "by": c.name, "time_ms": ctx.timestamp_ms}
     rx["status"] = "LOCKED"
     _save(ctx, rx, "lock", {"fill": rx["fills"] + 1})
@@ -782,7 +848,11 @@ def dispense(ctx: Context, rx_id: str) -> dict:
         ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
     if c.org != _effective_pharmacy(rx):
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
+    _require_active_pharmacy(ctx, rx)
     content = _verify_content(ctx, rx_id, rx["commitment"])
+    # the issue's drug rules again, on the formulary as of this dispense: a drug reclassified
+    # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now
+    _check_drugs(ctx, content)
     boxes = 0
     for line in content["drugs"]:
         boxes = boxes + line["qty"]
@@ -1011,13 +1081,37 @@ def verify(ctx: Context, rx_id: str) -> dict:
     return {"rx_id": rx_id, "ok": True}
 
 
-def trace(ctx: Context, rx_id: str) -> dict:
-    """The whole trail from the history index (+ settlement records), oldest first."""
+def _claim_rows(ctx: Context, rx_id: str) -> list:
+    """Every settlement index row ``rxclaim/{rx_id}/...`` (paged reads; gas bounds them)."""
+    prefix = "rxclaim/" + rx_id + "/"
+    rows = []
+    page = ctx.range_from("settlement", prefix, prefix + "~", CLAIM_ROWS)
+    while len(page) > 0:
+        rows.extend(page)
+        if len(page) < CLAIM_ROWS:
+            break
+        # next page after the last key ("!" sorts below every character of the index keys)
+        page = ctx.range_from("settlement", page[len(page) - 1][0] + "!", prefix + "~", CLAIM_ROWS)
+    return rows
+
+
+def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
+    """The whole trail from the history index (+ settlement records), oldest first, paged:
+    ``start`` is "" or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000).
+
+    ``left`` counts the steps on later pages; ``unreadable`` the versions of ``rx/{rx_id}``
+    past the oldest 1000 that ``ctx.history`` can return (-1: unknown, a record from before
+    ``step_count``); ``truncated`` is true when this page does not reach the end."""
     rx = _rx(ctx, rx_id)
     if not _can_view(ctx, rx):
         ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    if not _is_offset(start) or not _is_int(limit, 0, PAGE_MAX):
+        ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")
+    if limit == 0:
+        limit = PAGE_MAX
     steps = []
-    for h in ctx.history("rx/" + rx_id, 1000):
+    history = ctx.history("rx/" + rx_id, HISTORY_WINDOW)
+    for h in history:
         if h["is_delete"] or h["value"] is None:
             continue
         s = h["value"]["step"]
@@ -1034,8 +1128,7 @@ def trace(ctx: Context, rx_id: str) -> dict:
                 "detail": s["detail"],
             }
         )
-    prefix = "rxclaim/" + rx_id + "/"
-    for pair in ctx.range_from("settlement", prefix, prefix + "~", 64):
+    for pair in _claim_rows(ctx, rx_id):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
         for ev in claim["events"]:
             detail = {"claim_id": claim["claim_id"], "fill": claim["fill"]}
@@ -1061,22 +1154,59 @@ def trace(ctx: Context, rx_id: str) -> dict:
         while i > 0 and ordered[i - 1]["time_ms"] > s["time_ms"]:
             i = i - 1
         ordered.insert(i, s)
-    return {"rx_id": rx_id, "status": rx["status"], "steps": ordered}
+    first = 0
+    if start != "":
+        first = int(start)
+    if first > len(ordered):
+        ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
+    page = ordered[first:first + limit]
+    after = first + len(page)
+    next_cursor = ""
+    if after < len(ordered):
+        next_cursor = str(after)
+    unreadable = 0
+    if "step_count" in rx:
+        unreadable = max(0, rx["step_count"] - len(history))
+    elif len(history) >= HISTORY_WINDOW:
+        unreadable = -1
+    return {
+        "rx_id": rx_id,
+        "status": rx["status"],
+        "steps": page,
+        "next": next_cursor,
+        "left": len(ordered) - after,
+        "unreadable": unreadable,
+        "truncated": next_cursor != "" or unreadable != 0,
+    }
 
 
-def audit_trail(ctx: Context, rx_id: str) -> dict:
+def audit_trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     """Every grant / key fetch / denial of one prescription: the patient, the issuing
-    hospital and the regulator's auditors may read it (metadata only)."""
+    hospital and the regulator's auditors may read it (metadata only). Paged by key:
+    ``start`` is "" or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000);
+    ``truncated`` is true when more events follow (``next`` non-empty)."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     auditor = c.org_kind == "regulator" and c.role == "auditor"
     hospital_admin = c.org == rx["hospital"] and c.role == "admin"
     if not auditor and not hospital_admin and not _is_patient(ctx, rx):
         ctx.fail("ACCESS_DENIED", "audit trails are for the patient, the hospital and auditors")
+    if not _is_page_key(start) or not _is_int(limit, 0, PAGE_MAX):
+        ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")
+    if limit == 0:
+        limit = PAGE_MAX
+    prefix = "audit/" + rx_id + "/"
+    rows = ctx.range(prefix + start, prefix + "~", limit)
     out = []
-    for pair in ctx.range("audit/" + rx_id + "/", "audit/" + rx_id + "/~", 1000):
+    for pair in rows:
         out.append(pair[1])
-    return {"rx_id": rx_id, "events": out}
+    next_key = ""
+    if len(rows) == limit:
+        # is there more? ("!" sorts below every character of the audit keys)
+        more = ctx.range(rows[len(rows) - 1][0] + "!", prefix + "~", 1)
+        if len(more) > 0:
+            next_key = more[0][0][len(prefix):]
+    return {"rx_id": rx_id, "events": out, "next": next_key, "truncated": next_key != ""}
 
 
 def audit_log(ctx: Context, start_key: str, limit: int) -> dict:

@@ -88,16 +88,30 @@ def _is_int(v: int, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
+def _days_in_month(y: int, m: int) -> int:
+    """Days of month ``m`` (1-12) of Gregorian year ``y`` (leap: /4, not /100 unless /400).
+    The prescription contract holds the same rule (contracts cannot import each other)."""
+    if m == 2:
+        if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0:
+            return 29
+        return 28
+    if m == 4 or m == 6 or m == 9 or m == 11:
+        return 30
+    return 31
+
+
 def _is_date(s: str) -> bool:
+    """A real calendar date "YYYY-MM-DD" (year 0001-9999)."""
     if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
         return False
     digits = s[0:4] + s[5:7] + s[8:10]
     for ch in digits:
         if ch not in "0123456789":
             return False
+    y = int(s[0:4])
     m = int(s[5:7])
     d = int(s[8:10])
-    return 1 <= m <= 12 and 1 <= d <= 31
+    return y >= 1 and 1 <= m <= 12 and 1 <= d <= _days_in_month(y, m)
 
 
 def _require_admin(ctx: Context, kinds: tuple) -> None:

@@ -45,6 +45,7 @@ REVERSAL_REASONS = ("BILLING_ERROR", "RETURNED_GOODS", "DUPLICATE", "OTHER")
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
+TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 
 
 def _is_id(s: str, max_len: int) -> bool:
@@ -394,7 +395,7 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         ctx.fail("WRONG_ROLE", "only an insurer clerk reverses claims")
     if not isinstance(claim_id, str) or len(claim_id) > 128:
         ctx.fail("BAD_ARGUMENTS", "claim_id is a string")
-    if not isinstance(reason, str) or len(reason) == 0:
+    if not isinstance(reason, str) or len(reason.strip()) == 0:
         ctx.fail("REASON_REQUIRED", "a reversal needs a reason code: " + ", ".join(REVERSAL_REASONS))
     if reason not in REVERSAL_REASONS:
         codes = ", ".join(REVERSAL_REASONS)
@@ -538,18 +539,37 @@ def _may_view_rx(ctx: Context, rx: dict) -> bool:
     return ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None
 
 
-def trail(ctx: Context, rx_id: str) -> dict:
+def _is_claim_cursor(s: str) -> bool:
+    """A trail cursor: empty (from the start) or ``{fill3}/{n3}`` a page handed back."""
+    if not isinstance(s, str) or len(s) > 16:
+        return False
+    for ch in s:
+        if ch not in "0123456789/":
+            return False
+    return True
+
+
+def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     """Settle/reverse steps of a prescription with their blocks, from this contract's history
-    index (the prescription contract's trace cannot read another namespace's history)."""
+    index (the prescription contract's trace cannot read another namespace's history).
+
+    Paged by claim: ``start`` is "" or the ``next`` of the previous page, ``limit`` claims
+    per page 1-64 (0 = 64); ``truncated`` is true when more claims follow."""
     if not _is_id(rx_id, 64):
         ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+    if not _is_claim_cursor(start) or not _is_int(limit, 0, TRAIL_PAGE):
+        ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-64")
+    if limit == 0:
+        limit = TRAIL_PAGE
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
     if not _may_view_rx(ctx, rx):
         ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    prefix = "rxclaim/" + rx_id + "/"
+    rows = ctx.range(prefix + start, prefix + "~", limit + 1)
     steps = []
-    for pair in ctx.range("rxclaim/" + rx_id + "/", "rxclaim/" + rx_id + "/~", 64):
+    for pair in rows[0:limit]:
         for h in ctx.history("claim/" + pair[1]["claim_id"], 16):
             if h["is_delete"] or h["value"] is None:
                 continue
@@ -566,4 +586,7 @@ def trail(ctx: Context, rx_id: str) -> dict:
                     "detail": {"claim_id": pair[1]["claim_id"], "fill": h["value"]["fill"]},
                 }
             )
-    return {"rx_id": rx_id, "steps": steps}
+    next_key = ""
+    if len(rows) > limit:
+        next_key = rows[limit][0][len(prefix):]
+    return {"rx_id": rx_id, "steps": steps, "next": next_key, "truncated": next_key != ""}
