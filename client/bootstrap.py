@@ -130,9 +130,19 @@ class Bootstrapper:
         return self._sessions[org]
 
     def _job(self, org: str, contract: str, fn: str, args: dict[str, Any],
-             transient: dict[str, Any] | None = None) -> Callable[[], SubmitResult]:
+             transient: dict[str, Any] | None = None,
+             endorsers: list[str] | None = None) -> Callable[[], SubmitResult]:
         session = self.admin(org)  # created here, not inside the worker threads
-        return lambda: session.gateway.submit(contract, fn, args, transient)
+        return lambda: session.gateway.submit(contract, fn, args, transient, endorsing_orgs=endorsers)
+
+    def _parties(self, *orgs: str) -> list[str] | None:
+        """Endorsers for a call whose transient input is a patient's medical data (diagnosis
+        history, per-disease usage): only the organisations concerned -- the enrolling hospital
+        and the patient's insurer -- never a peer the gateway would pick by rotation. None
+        (the gateway chooses) only when fewer than two of them run a peer."""
+        with_peer = {p.org for p in self.net.peers}
+        chosen = [o for o in dict.fromkeys(orgs) if o and o in with_peer]
+        return chosen if len(chosen) >= 2 else None
 
     # ------------------------------------------------------------ contracts
     def deploy(self, contracts_dir: Path = CONTRACTS_DIR) -> dict[str, Any]:
@@ -199,9 +209,9 @@ class Bootstrapper:
                 self.progress(f"  {kind}: {len(res)} in blocks "
                               f"{min(r.block for r in res)}-{max(r.block for r in res)}")
 
-        def call(org: str, fn: str, args: dict[str, Any],
-                 transient: dict[str, Any] | None = None) -> Callable[[], SubmitResult]:
-            return self._job(org, "registry", fn, args, transient)
+        def call(org: str, fn: str, args: dict[str, Any], transient: dict[str, Any] | None = None,
+                 endorsers: list[str] | None = None) -> Callable[[], SubmitResult]:
+            return self._job(org, "registry", fn, args, transient, endorsers)
 
         known = {o.id for o in self.net.config.organizations}
         run("practitioners", [
@@ -234,14 +244,16 @@ class Bootstrapper:
             call(pat.enrolled_by, "enrol_patient", {"pseudonym": pat.pseudonym(secret)}, {
                 "dx_key": key, "diagnoses": [dict(d) for d in pat.diagnoses],
                 "patient_binding": patient_binding(secret, pat.user_org, cns[pat.handle]),
-                "patient_user": {"org": pat.user_org, "name": cns[pat.handle]}})
+                "patient_user": {"org": pat.user_org, "name": cns[pat.handle]}},
+                endorsers=self._parties(pat.enrolled_by, pat.insurer if pat.insurer in known else ""))
             for pat in enrolled])
         run("accounts", [
             self._job(pat.insurer, "settlement", "open_account", {
                 "pseudonym": pat.pseudonym(secret), "year": 0,
                 "balance_fen": pat.account_balance_fen,
                 "deductible_used_fen": pat.deductible_used_fen,
-            }, {"dx_key": key, "cap_used_by_disease": dict(pat.cap_used_by_disease)})
+            }, {"dx_key": key, "cap_used_by_disease": dict(pat.cap_used_by_disease)},
+                endorsers=self._parties(pat.insurer, pat.enrolled_by))
             for pat in enrolled if pat.insurer in known])
         write_directory(self.home, patients)
         return counts

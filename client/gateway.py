@@ -22,7 +22,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
 from client.tx import BuiltProposal, Clock, NonceSource, TxBuilder, wall_clock_ms
 from client.wallet import WalletIdentity
-from node.crypto.tls import secure_channel
+from node.crypto.tls import TLS_SERVER_NAME, secure_channel
 from node.errors import reason_from_rpc_error
 
 T = TypeVar("T")
@@ -96,11 +96,15 @@ class Gateway:
                  commit_timeout_ms: int = 30_000, channel: grpc.Channel | None = None,
                  min_block: Callable[[], int] | None = None,
                  on_commit: Callable[[int], None] | None = None,
-                 catch_up_timeout_s: float = 15.0):
+                 catch_up_timeout_s: float = 15.0,
+                 server_name: str = TLS_SERVER_NAME, server_ca_pem: bytes | None = None):
         self.identity = identity
         self.target = target
+        # server_name / server_ca_pem pin the peer (node name, its organisation's CA): see
+        # node.crypto.tls. Without them any consortium node certificate is accepted.
         self._channel = channel or secure_channel(
-            target, identity.cert_path, identity.key_path, identity.ca_bundle_path
+            target, identity.cert_path, identity.key_path, identity.ca_bundle_path,
+            server_name=server_name, root_certificates=server_ca_pem,
         )
         self._stub = services_pb2_grpc.GatewayStub(self._channel)
         self._admin = services_pb2_grpc.AdminStub(self._channel)

@@ -6,18 +6,29 @@ Read from a home directory written by the generator: ``network.yaml`` (endpoints
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, identity_pb2
 
 from client.errors import RxClientError
+from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
 from node.identity.roles import KIND_NAMES
+
+SECRET_BYTES = 32
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class NetworkInfo:
     config: config_pb2.ConsortiumConfig
     orderers: tuple[NodeEndpoint, ...]
     peers: tuple[NodeEndpoint, ...]
-    secret: bytes
+    secret: bytes  # b"" when this client holds no consortium secret (client.records refuses it)
 
     def peer_of(self, org: str) -> NodeEndpoint:
         """The peer run by ``org``."""
@@ -65,15 +76,53 @@ class NetworkInfo:
         """``hospital`` | ``pharmacy`` | ``insurer`` | ``regulator``."""
         return KIND_NAMES.get(self.org(org_id).kind, "")
 
-    def records_public_key(self, org_id: str) -> ec.EllipticCurvePublicKey:
-        """The public key of ``org_id``'s records certificate (record keys are wrapped to it)."""
+    @cached_property
+    def msp(self) -> MSP:
+        """Certificate validation against this consortium configuration."""
+        try:
+            return MSP(self.config, Verifier(max_entries=64, max_own=1))
+        except RxError as exc:
+            raise RxClientError(exc.reason, exc.message) from exc
+
+    def ca_pem(self, org_id: str) -> bytes:
+        """The PEM CA certificate of ``org_id`` (what its nodes' TLS certificates chain to)."""
+        der = self.org(org_id).ca_cert_der
+        try:
+            return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        except ValueError as exc:
+            raise RxClientError("BAD_CONFIG", f"CA certificate of {org_id}: {exc}") from exc
+
+    def recipient_key(self, org_id: str, cert_der: bytes, what: str, role: str | None = None,
+                      at_ms: int | None = None) -> ec.EllipticCurvePublicKey:
+        """The P-256 public key of a certificate a record key is about to be wrapped for.
+
+        The certificate must be valid for ``org_id`` at ``at_ms`` (default: now) exactly as
+        the peers' MSP checks a member: issued by that organisation's CA, within its validity
+        period, not revoked, with a role the organisation may hold -- and ``role`` when given.
+        Otherwise RxClientError with the MSP's reason (UNKNOWN_CREATOR, EXPIRED_CERT,
+        REVOKED_CERT, WRONG_ROLE, BAD_CERT, UNKNOWN_ORG): a key is never wrapped for it.
+        """
+        when = _now_ms() if at_ms is None else at_ms
+        try:
+            principal = self.msp.validate(identity_pb2.Identity(org=org_id, cert_der=cert_der), when)
+            pub = x509.load_der_x509_certificate(cert_der).public_key()
+        except RxError as exc:
+            raise RxClientError(exc.reason, f"{what}: {exc.message}") from exc
+        except ValueError as exc:
+            raise RxClientError("BAD_CERT", f"{what}: {exc}") from exc
+        if role is not None and principal.role != role:
+            raise RxClientError("WRONG_ROLE", f"{what}: role {principal.role!r}, expected {role!r}")
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise RxClientError("BAD_CERT", f"{what}: not a P-256 key")
+        return pub
+
+    def records_public_key(self, org_id: str, at_ms: int | None = None) -> ec.EllipticCurvePublicKey:
+        """The public key of ``org_id``'s records certificate (record keys are wrapped to it),
+        checked like a member certificate at ``at_ms`` (default: now), see :meth:`recipient_key`."""
         der = self.org(org_id).records_cert_der
         if not der:
             raise RxClientError("NO_RECORDS_CERT", f"organisation {org_id} has no records cert")
-        pub = x509.load_der_x509_certificate(der).public_key()
-        if not isinstance(pub, ec.EllipticCurvePublicKey):
-            raise RxClientError("BAD_CONFIG", f"records cert of {org_id} is not an EC key")
-        return pub
+        return self.recipient_key(org_id, der, f"records certificate of {org_id}", at_ms=at_ms)
 
     def insurers(self) -> list[str]:
         """Insurer organisation ids, in configuration order."""
@@ -117,8 +166,16 @@ def load_network(home: Path) -> NetworkInfo:
     secret_path = home / str(raw.get("consortium_secret", "consortium-secret"))
     try:
         secret = bytes.fromhex(secret_path.read_text().strip())
+    except FileNotFoundError:
+        # A client that derives nothing from it (a patient's device with her binding file,
+        # an auditor) does not hold the secret: b"", and every derivation refuses (NO_SECRET).
+        secret = b""
     except (OSError, ValueError) as exc:
         raise RxClientError("BAD_CONFIG", f"cannot read consortium secret {secret_path}") from exc
+    if secret_path.exists() and len(secret) != SECRET_BYTES:
+        # a short or empty key would make every pseudonym (HMAC of an ID number) brute-forceable
+        raise RxClientError("BAD_CONFIG", f"consortium secret {secret_path} must be {SECRET_BYTES} bytes "
+                            f"(64 hex characters), not {len(secret)}")
     return NetworkInfo(
         home=home, consortium_id=str(raw.get("consortium_id", config.consortium_id)),
         config=config, orderers=_endpoints(raw.get("orderers"), "orderer"),

@@ -8,6 +8,7 @@ accepted anywhere a patient is expected (its birth date is read from digits 7-14
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 import yaml
 
 from client.errors import RxClientError
-from client.records import pseudonym
+from client.records import normalise_id_number, pseudonym
 
 ID_NUMBER = re.compile(r"^\d{17}[\dX]$")
+_DIGIT_RUN = re.compile(r"\d{6}")  # what may be (part of) an ID number: never echoed in errors
 DIRECTORY_FILE = "patients.yaml"
 
 
@@ -61,7 +63,19 @@ def patient_from_yaml(raw: Mapping[str, Any]) -> Patient:
                                  (raw.get("cap_used_by_disease") or {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RxClientError("BAD_CONFIG", f"bad patient entry {raw!r}: {exc}") from exc
+        # name the entry by its handle only: never echo ID numbers, names or birth dates
+        # into an error message (it reaches terminals, logs and FHIR OperationOutcomes)
+        handle = raw.get("name") if isinstance(raw, Mapping) else None
+        raise RxClientError(
+            "BAD_CONFIG", f"bad patient entry {str(handle)[:64]!r}: {type(exc).__name__} {_field(exc)}"
+        ) from exc
+
+
+def _field(exc: Exception) -> str:
+    """The missing field of a KeyError (a field name, not a value), else nothing."""
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0][:64]
+    return ""
 
 
 def birth_date_from_id(id_number: str) -> str:
@@ -95,18 +109,33 @@ class PatientDirectory:
         """A patient by handle, or a bare ID number."""
         if ref in self._by_handle:
             return self._by_handle[ref]
-        ref_u = ref.strip().upper()
+        ref_u = normalise_id_number(ref)
         for p in self._by_handle.values():
-            if p.id_number.upper() == ref_u:
+            if normalise_id_number(p.id_number) == ref_u:
                 return p
         if ID_NUMBER.match(ref_u):
             return Patient(handle=ref_u, id_number=ref_u, birth_date=birth_date_from_id(ref_u))
-        raise RxClientError("UNKNOWN_PATIENT", f"no patient {ref!r} in the local directory")
+        shown = "(a number)" if _DIGIT_RUN.search(ref) else repr(ref[:64])
+        raise RxClientError("UNKNOWN_PATIENT", f"no patient {shown} in the local directory")
 
 
 def write_directory(home: Path, patients: list[Mapping[str, Any]]) -> Path:
-    """Write ``HOME/patients.yaml`` (private to the HIS: mode 0600)."""
+    """Write ``HOME/patients.yaml`` (private to the HIS: mode 0600).
+
+    The data goes to a temporary file created with mode 0600 (never readable by others, not
+    even for a moment or after a crash) and is renamed over the old file."""
     path = Path(home) / DIRECTORY_FILE
-    path.write_text(yaml.safe_dump({"patients": [dict(p) for p in patients]}, sort_keys=True))
-    path.chmod(0o600)
+    data = yaml.safe_dump({"patients": [dict(p) for p in patients]}, sort_keys=True).encode()
+    tmp = path.with_name(f".{DIRECTORY_FILE}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed writer (O_EXCL below refuses to reuse it)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -17,7 +17,8 @@ Layouts (base64 strings on the ledger):
   records certificate: issuing hospital, routed pharmacy, consent holders; the insurer
   receives K' only).
 
-Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))``; diagnosis tags use
+Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))`` (ID number stripped and
+upper-cased first); diagnosis tags use
 ``dx_key = hex(HMAC-SHA256(consortium secret, b"rxchain/dx-tag/v1"))`` as transient input;
 a patient proves her certificate with ``patient_binding = hex(HMAC-SHA256(secret,
 "patient-cert|" + org + "|" + name))`` and box trace codes are hashed on the ledger under
@@ -50,25 +51,45 @@ CLAIM = "claim"
 Random = Callable[[int], bytes]
 
 
+SECRET_BYTES = 32
+
+
+def _secret(secret: bytes) -> bytes:
+    """The consortium secret, refused unless it is the 32-byte key (an empty or short key
+    would make every value below computable -- and ID numbers brute-forceable -- by anyone)."""
+    if len(secret) != SECRET_BYTES:
+        raise RxClientError("NO_SECRET", "this needs the consortium secret (HOME/consortium-secret, "
+                            "32 bytes), which this client does not hold")
+    return secret
+
+
+def normalise_id_number(id_number: str) -> str:
+    """The canonical form of an ID number: no surrounding whitespace, upper case (the check
+    character of a resident ID is ``X``, never ``x``). One person, one pseudonym: without
+    this, ``...001x`` and ``...001X`` would be two patients with two deductibles and caps."""
+    return id_number.strip().upper()
+
+
 def pseudonym(secret: bytes, id_number: str) -> str:
-    """The on-ledger patient identifier: HMAC-SHA256(consortium secret, ID number), hex."""
-    return hmac.new(secret, id_number.encode(), hashlib.sha256).hexdigest()
+    """The on-ledger patient identifier: HMAC-SHA256(consortium secret, normalised ID number),
+    hex (:func:`normalise_id_number`; canonical inputs give the same value as before)."""
+    return hmac.new(_secret(secret), normalise_id_number(id_number).encode(), hashlib.sha256).hexdigest()
 
 
 def dx_key(secret: bytes) -> str:
     """The key (hex) under which diagnosis tags are computed (transient input only)."""
-    return hmac.new(secret, b"rxchain/dx-tag/v1", hashlib.sha256).hexdigest()
+    return hmac.new(_secret(secret), b"rxchain/dx-tag/v1", hashlib.sha256).hexdigest()
 
 
 def patient_binding(secret: bytes, org: str, name: str) -> str:
     """Proof that a patient certificate (org, name) is the enrolled one (transient input):
     ``hex(HMAC-SHA256(secret, "patient-cert|" + org + "|" + name))``."""
-    return hmac.new(secret, f"patient-cert|{org}|{name}".encode(), hashlib.sha256).hexdigest()
+    return hmac.new(_secret(secret), f"patient-cert|{org}|{name}".encode(), hashlib.sha256).hexdigest()
 
 
 def trace_key(secret: bytes) -> str:
     """The consortium's key for box trace-code hashes (transient input of dispense)."""
-    return hmac.new(secret, TRACE_KEY_LABEL, hashlib.sha256).hexdigest()
+    return hmac.new(_secret(secret), TRACE_KEY_LABEL, hashlib.sha256).hexdigest()
 
 
 def commitment(salt: str, value: Any) -> str:
@@ -177,6 +198,9 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
     """
     if "error" in grant:
         raise NoKeyGrant(str(grant.get("message", "no key grant")))
+    missing = [f for f in ("rx_id", "wrapped_key", "ciphertext") if not isinstance(grant.get(f), str)]
+    if missing:
+        raise RxClientError("BAD_PAYLOAD", f"key grant without {', '.join(missing)}")
     rx_id = str(grant["rx_id"])
     kind = CLAIM if grant.get("kind") == "insurer" else CONTENT
     party = str(grant.get("party", ""))
@@ -194,8 +218,18 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         plain = aead.decrypt(record_key, unb64(str(grant["ciphertext"])), _aad(rx_id))
     except aead.DecryptionError as exc:
         raise RxClientError("HASH_MISMATCH", "ciphertext does not authenticate") from exc
-    doc = json.loads(plain)
-    body, salt = doc[kind], doc["salt"]
-    if commitment(salt, body) != grant.get("commitment"):
+    try:
+        doc = json.loads(plain)
+    except ValueError as exc:  # the author encrypted something else than the documented layout
+        raise RxClientError("HASH_MISMATCH", "decrypted record is not JSON") from exc
+    body = doc.get(kind) if isinstance(doc, dict) else None
+    salt = doc.get("salt") if isinstance(doc, dict) else None
+    if not isinstance(body, dict) or not isinstance(salt, str):
+        raise RxClientError("HASH_MISMATCH", f"decrypted record is not {{{kind!r}: object, 'salt': text}}")
+    try:
+        ok = commitment(salt, body) == grant.get("commitment")
+    except (TypeError, ValueError):  # no canonical form (e.g. a float): cannot match
+        ok = False
+    if not ok:
         raise RxClientError("HASH_MISMATCH", "decrypted record does not match its commitment")
     return OpenedRecord(rx_id, kind, party, body, salt, record_key)

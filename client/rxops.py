@@ -165,15 +165,15 @@ class RxOperations:
             insurer = str(acct.get("insurer", "")) if isinstance(acct, dict) else ""
         if not insurer:
             raise RxClientError("UNKNOWN_PATIENT", "the patient's insurer is unknown")
-        recipients = {me.org: self.s.net.records_public_key(me.org)}
+        recipients = {me.org: self.s.records_public_key(me.org)}
         if patient.user_org and patient.user_name:
             recipients["patient"] = self.s.user_public_key(patient.user_org, patient.user_name)
         else:
             raise RxClientError("UNKNOWN_PATIENT", "the patient has no wallet certificate")
         if req.pharmacy:
-            recipients[req.pharmacy] = self.s.net.records_public_key(req.pharmacy)
+            recipients[req.pharmacy] = self.s.records_public_key(req.pharmacy)
         sealed = seal_prescription(
-            rx_id, content, recipients, insurer, self.s.net.records_public_key(insurer),
+            rx_id, content, recipients, insurer, self.s.records_public_key(insurer),
             req.pharmacy, self.s.dx_key, self._rand,
         )
         parties = self._endorsers(me.org, req.pharmacy, insurer)[:2]
@@ -202,7 +202,7 @@ class RxOperations:
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
         """(Re-)route: re-wrap the content key for the new pharmacy."""
         opened = self._get_key(rx_id)
-        wrapped = wrap_for(self.s.net.records_public_key(pharmacy), opened.record_key, rx_id,
+        wrapped = wrap_for(self.s.records_public_key(pharmacy), opened.record_key, rx_id,
                            pharmacy)
         return _written(self.s.gateway.submit(
             RX, "route", {"rx_id": rx_id, "pharmacy": pharmacy, "wrapped_key": wrapped}))
@@ -360,7 +360,7 @@ class RxOperations:
     def grant_consent(self, rx_id: str, org: str) -> dict[str, Any]:
         """The patient shares her prescription with another organisation (re-wrapped key)."""
         opened = self._get_key(rx_id)
-        wrapped = wrap_for(self.s.net.records_public_key(org), opened.record_key, rx_id, org)
+        wrapped = wrap_for(self.s.records_public_key(org), opened.record_key, rx_id, org)
         return _written(self.s.gateway.submit(
             RX, "grant_consent", {"rx_id": rx_id, "org": org, "wrapped_key": wrapped}))
 

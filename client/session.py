@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.errors import RxClientError, WalletError
@@ -18,9 +19,11 @@ from client.network import NetworkInfo, load_network
 from client.patients import PatientDirectory
 from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
-from client.wallet import WalletIdentity, load_identity, parse_as, wallet_dir
+from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_file, wallet_dir
+from node.crypto.signing import key_matches
 
 LAST_BLOCK_FILE = "run/last-block"
+PATIENT_BINDING_FILE = "patient-binding"  # in a patient's wallet: her binding, not the secret
 
 
 def read_last_block(home: Path) -> int:
@@ -53,17 +56,46 @@ class Session:
         org, user = parse_as(as_)
         self.net = network or load_network(self.home)
         self.identity: WalletIdentity = load_identity(self.home, org, user)
+        self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.clock = clock
+        # Mutual TLS pinned to that peer: its node name and its organisation's CA only, so no
+        # other member's node certificate can stand in for it (and receive transient plaintext).
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
+                               server_name=endpoint.name, server_ca_pem=self.net.ca_pem(endpoint.org),
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b))
         if self.identity.role == "patient":
-            self.gateway.default_transient["patient_binding"] = patient_binding(
-                self.net.secret, self.identity.org, self.identity.cert_name)
+            self.gateway.default_transient["patient_binding"] = self._patient_binding()
         self._directory: PatientDirectory | None = None
         self._formulary: Formulary | None = None
+
+    def _patient_binding(self) -> str:
+        """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,
+        all her device needs), else derived from the consortium secret (an HIS-side home)."""
+        path = wallet_dir(self.home, self.identity.org, self.identity.user) / PATIENT_BINDING_FILE
+        if not (path.exists() or path.is_symlink()):
+            return patient_binding(self.net.secret, self.identity.org, self.identity.cert_name)
+        text = read_wallet_file(path, "patient binding", private=True).decode("ascii", "replace").strip()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise WalletError("BAD_WALLET", f"{path}: not 64 lower-case hex characters")
+        return text
+
+    def _check_records_key(self) -> None:
+        """The wallet's ``org-records-key.pem`` must be the key of its organisation's records
+        certificate: a stale or foreign key would make every grant to the org fail to open."""
+        key = self.identity.records_key
+        if key is None:
+            return
+        der = self.net.org(self.identity.org).records_cert_der
+        try:
+            pub = x509.load_der_x509_certificate(der).public_key() if der else None
+        except ValueError:
+            pub = None
+        if not key_matches(key, pub):
+            raise WalletError("BAD_WALLET", f"org-records-key.pem of {self.identity.label} is not the key "
+                              f"of {self.identity.org}'s records certificate")
 
     def _default_peer_org(self, org: str) -> str:
         if any(p.org == org for p in self.net.peers):
@@ -108,16 +140,23 @@ class Session:
         """Diagnosis-tag key (transient input)."""
         return dx_key(self.net.secret)
 
-    def user_public_key(self, org: str, user: str) -> ec.EllipticCurvePublicKey:
-        """The public key of a member's certificate (patients receive their key this way)."""
+    def user_public_key(self, org: str, user: str, role: str | None = "patient") -> ec.EllipticCurvePublicKey:
+        """The public key of a member's certificate (patients receive their key this way).
+
+        The certificate must be a valid ``role`` certificate of ``org`` now (issued by its CA,
+        not expired, not revoked: :meth:`NetworkInfo.recipient_key`); otherwise RxClientError
+        with the MSP's reason and no key is wrapped for it."""
         path = wallet_dir(self.home, org, user) / "cert.pem"
+        pem = read_wallet_file(path, f"certificate of {org}:{user}")
         try:
-            pub = x509.load_pem_x509_certificate(path.read_bytes()).public_key()
-        except (OSError, ValueError) as exc:
-            raise WalletError("NO_WALLET", f"no certificate for {org}:{user} at {path}") from exc
-        if not isinstance(pub, ec.EllipticCurvePublicKey):
-            raise WalletError("BAD_WALLET", f"{path}: not an EC key")
-        return pub
+            der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        except ValueError as exc:
+            raise WalletError("BAD_WALLET", f"{path}: not a PEM certificate") from exc
+        return self.net.recipient_key(org, der, f"certificate of {org}:{user}", role=role, at_ms=self.clock())
+
+    def records_public_key(self, org: str) -> ec.EllipticCurvePublicKey:
+        """``org``'s records certificate key, checked at the session's clock."""
+        return self.net.records_public_key(org, at_ms=self.clock())
 
     def decryption_keys(self) -> list[ec.EllipticCurvePrivateKey]:
         """Keys the caller may unwrap record keys with: its own, then its org's records key."""

@@ -8,11 +8,16 @@ Layout (written by ``rxchain netgen``)::
     HOME/ca-bundle.pem                                all organisations' CA certificates
 
 :func:`load_identity` checks that the key matches the certificate and that the certificate
-names the organisation asked for, so a mix-up fails loudly instead of at the peer.
+names the organisation asked for, so a mix-up fails loudly instead of at the peer. Every file
+must be a regular file of at most :data:`MAX_FILE_BYTES`; the keys (``key.pem``,
+``org-records-key.pem``) must be private to their owner (mode 0600) and unencrypted P-256:
+anything else is BAD_WALLET.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,8 @@ from rxchain.v1 import identity_pb2
 from client.errors import WalletError
 from node.crypto.signing import Signer, key_matches, load_private_key
 from node.crypto.x509 import cert_info, cert_info_der
+
+MAX_FILE_BYTES = 64 * 1024  # a PEM certificate or key is a few hundred bytes
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,29 @@ def parse_as(value: str) -> tuple[str, str]:
     return org, user
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_wallet_file(path: Path, what: str, private: bool = False) -> bytes:
+    """A wallet file: a regular file of at most MAX_FILE_BYTES; a ``private`` one (a key)
+    accessible by its owner only, as ssh insists (mode 0600 or stricter)."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block us
     except FileNotFoundError as exc:
         raise WalletError("NO_WALLET", f"{what} {path} does not exist") from exc
     except OSError as exc:
         raise WalletError("BAD_WALLET", f"cannot read {what} {path}: {exc}") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise WalletError("BAD_WALLET", f"{what} {path} is not a regular file")
+        if private and st.st_mode & 0o077:
+            raise WalletError("BAD_WALLET", f"{what} {path} is accessible by other users "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+        try:
+            data = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise WalletError("BAD_WALLET", f"cannot read {what} {path}: {exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise WalletError("BAD_WALLET", f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
+    return data
 
 
 def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = None,
@@ -100,13 +123,13 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
         raise WalletError("NO_WALLET", f"no wallet at {directory}")
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     try:
-        cert = x509.load_pem_x509_certificate(_read(cert_path, "certificate"))
+        cert = x509.load_pem_x509_certificate(read_wallet_file(cert_path, "certificate"))
     except ValueError as exc:
         raise WalletError("BAD_WALLET", f"{cert_path}: not a PEM certificate") from exc
     try:
-        key = load_private_key(_read(key_path, "private key"))
+        key = load_private_key(read_wallet_file(key_path, "private key", private=True))
     except ValueError as exc:
-        raise WalletError("BAD_WALLET", f"{key_path}: not a P-256 PEM private key") from exc
+        raise WalletError("BAD_WALLET", f"{key_path}: not an unencrypted P-256 PEM private key") from exc
     if not key_matches(key, cert.public_key()):
         raise WalletError("BAD_WALLET", f"{key_path} does not match {cert_path}")
     try:
@@ -119,11 +142,11 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
         raise WalletError("NO_WALLET", f"CA bundle {ca_bundle_path} does not exist")
     records_path = directory / "org-records-key.pem"
     records_key = None
-    if records_path.exists():
+    if records_path.exists() or records_path.is_symlink():
         try:
-            records_key = load_private_key(records_path.read_bytes())
+            records_key = load_private_key(read_wallet_file(records_path, "records key", private=True))
         except ValueError as exc:
-            raise WalletError("BAD_WALLET", f"{records_path}: not a P-256 key") from exc
+            raise WalletError("BAD_WALLET", f"{records_path}: not an unencrypted P-256 key") from exc
     der = cert.public_bytes(serialization.Encoding.DER)
     signer = Signer(key, identity_pb2.Identity(org=info.org, cert_der=der))
     return WalletIdentity(

@@ -37,11 +37,15 @@ def new_record_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
-def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", nonce: bytes | None = None) -> bytes:
-    """AES-256-GCM encrypt; returns nonce || ciphertext-and-tag."""
+def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """AES-256-GCM encrypt; returns nonce || ciphertext-and-tag.
+
+    The 96-bit nonce is always fresh from the OS CSPRNG: callers cannot supply one (a nonce
+    used twice under one key reveals the XOR of the plaintexts and the GHASH key). A record
+    key encrypts a handful of messages (content, notes), far below the random-nonce bound."""
     if len(key) != KEY_BYTES:
         raise ValueError("record key must be 32 bytes")
-    nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+    nonce = os.urandom(NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
@@ -62,7 +66,14 @@ def _wrapping_key(shared: bytes, eph_point: bytes, context: bytes) -> bytes:
 
 
 def wrap_key(recipient: ec.EllipticCurvePublicKey, record_key: bytes, context: bytes) -> bytes:
-    """Wrap ``record_key`` so only the holder of ``recipient``'s private key can unwrap it."""
+    """Wrap ``record_key`` so only the holder of ``recipient``'s private key can unwrap it.
+
+    ValueError unless ``record_key`` is a 32-byte key and ``recipient`` a P-256 key (the
+    layout above has room for nothing else: :func:`unwrap_key` would refuse the result)."""
+    if len(record_key) != KEY_BYTES:
+        raise ValueError("record key must be 32 bytes")
+    if not isinstance(recipient, ec.EllipticCurvePublicKey) or recipient.curve.name != "secp256r1":
+        raise ValueError("recipient key must be a P-256 public key")
     eph = ec.generate_private_key(ec.SECP256R1())
     eph_point = eph.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint

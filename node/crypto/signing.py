@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import identity_pb2
@@ -49,8 +50,14 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
-    """Load a P-256 private key from PEM; rejects other key types."""
-    key = serialization.load_pem_private_key(pem, password=None)
+    """Load a P-256 private key from PEM; ValueError for anything else (garbage, another key
+    type or curve, a password-protected or unsupported key)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError as exc:  # cryptography's answer to an encrypted key without a password
+        raise ValueError(f"private key cannot be loaded: {exc}") from None
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"private key of an unsupported type: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise ValueError("private key is not ECDSA P-256")
     return key

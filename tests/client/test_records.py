@@ -57,6 +57,16 @@ def _grant(sealed, party, kind):
             "commitment": sealed.args["commitment"]}
 
 
+def test_one_id_number_gives_one_pseudonym_whatever_its_case_or_spacing():
+    """A lower-case check character or stray whitespace must not make a second patient (a
+    second deductible and cap): the ID number is normalised; canonical input is unchanged."""
+    canonical = hmac.new(SECRET, b"11010119900307001X", hashlib.sha256).hexdigest()
+    for variant in ("11010119900307001X", "11010119900307001x", " 11010119900307001x\n",
+                    "\t11010119900307001X "):
+        assert pseudonym(SECRET, variant) == canonical
+    assert pseudonym(SECRET, "110101199003070011") != canonical
+
+
 def test_pseudonym_and_dx_key_follow_the_contract_conventions():
     assert pseudonym(SECRET, "500103195803124428") == hmac.new(
         SECRET, b"500103195803124428", hashlib.sha256).hexdigest()
@@ -164,3 +174,54 @@ def test_patient_binding_and_trace_key_derivations():
                                                                                "patient-zhang")
     assert trace_key(SECRET) == hmac.new(SECRET, b"rxchain/trace-code/v1",
                                          hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("plain", [b"[]", b'"x"', b"7", b'{"content":{}}', b'{"salt":"ab"}',
+                                   b'{"content":{},"salt":5}', b'{"content":[],"salt":"ab"}',
+                                   b'{"content":{"f":1.5},"salt":"ab"}', b"\xff\xfe not json"])
+def test_a_record_encrypted_in_another_layout_is_hash_mismatch_not_a_crash(plain):
+    """The issuer chooses the plaintext: whatever it encrypted, a reader gets HASH_MISMATCH."""
+    from node.crypto import aead
+
+    keys = _keys()
+    grant = _grant(_seal(keys), "h01", "hospital")
+    rk = aead.new_record_key()
+    grant.update(wrapped_key=wrap_for(keys["h01"].public_key(), rk, "RX-1", "h01"),
+                 ciphertext=base64.b64encode(aead.encrypt(rk, plain, b"RX-1")).decode())
+    with pytest.raises(RxClientError) as e:
+        open_grant(grant, [keys["h01"]])
+    assert e.value.reason == "HASH_MISMATCH"
+
+
+@pytest.mark.parametrize("field", ["rx_id", "wrapped_key", "ciphertext"])
+def test_a_grant_without_its_fields_is_bad_payload(field):
+    keys = _keys()
+    grant = _grant(_seal(keys), "h01", "hospital")
+    for broken in ({k: v for k, v in grant.items() if k != field}, dict(grant, **{field: 5})):
+        with pytest.raises(RxClientError) as e:
+            open_grant(broken, [keys["h01"]])
+        assert e.value.reason == "BAD_PAYLOAD"
+
+
+def test_grants_and_ciphertexts_cannot_be_moved_between_parties_kinds_or_records():
+    """Context binding: a wrapped key opens only for the party and record it names, and a
+    ciphertext only under its own key and record (AAD rx_id)."""
+    keys = _keys()
+    a, b = _seal(keys, "RX-A"), _seal(keys, "RX-B")
+    ga = _grant(a, "p01", "pharmacy")
+    # p01's wrapped key presented as h01's (same holder of both private keys): refused
+    with pytest.raises(NoKeyGrant):
+        open_grant(dict(ga, party="h01"), [keys["p01"], keys["h01"]])
+    # RX-A's wrapped key and ciphertext presented as RX-B's
+    with pytest.raises(NoKeyGrant):
+        open_grant(dict(ga, rx_id="RX-B"), [keys["p01"]])
+    # RX-B's ciphertext under RX-A's key, and the claim ciphertext in the content slot
+    for ct in (b.args["ciphertext"], a.args["claim_ciphertext"]):
+        with pytest.raises(RxClientError) as e:
+            open_grant(dict(ga, ciphertext=ct), [keys["p01"]])
+        assert e.value.reason == "HASH_MISMATCH"
+    # the insurer's claim key in a content grant opens nothing but the claim
+    gi = _grant(a, "ins01", "insurer")
+    with pytest.raises(RxClientError) as e:
+        open_grant(dict(gi, kind="hospital"), [keys["ins01"]])
+    assert e.value.reason == "HASH_MISMATCH"

@@ -35,3 +35,29 @@ def test_terms_come_from_the_sample_data_and_match_case_insensitively():
         assert t in terms
     assert [h.term for h in find_terms(b"..AMLODIPINE..", terms, "x")] == ["amlodipine"]
     assert find_terms(b"XC08CAA001A001010100001", terms, "x") == []
+
+
+def test_encoded_plaintext_is_found_too(tmp_path: Path):
+    """A leak rarely stays plain UTF-8: json.dumps escapes non-ASCII, logs print bytes reprs
+    or protobuf octal escapes, a careless client base64-encodes clear text instead of
+    encrypting it. Each is found at every byte alignment; random base64/hex is not a hit."""
+    import base64
+    import json
+    import os
+
+    name = "张桂兰"
+    assert [h.term for h in find_terms(json.dumps({"n": name}).encode(), [name], "x")] == [name]
+    assert find_terms(repr(name.encode()).encode(), [name], "x")
+    assert find_terms("".join(f"\\{b:03o}" for b in name.encode()).encode(), [name], "x")
+    for prefix in (b"", b"{", b'{"'):
+        blob = base64.b64encode(prefix + b'"patient_info":{"name":"Zhang Guilan"}')
+        hits = find_terms(b"note_ct=" + blob, sensitive_terms(), "log")
+        assert [(h.term, h.where) for h in hits] == [("Zhang Guilan", "log (base64)")]
+        assert find_terms(base64.urlsafe_b64encode(prefix + b"amlodipine>>?"), ["amlodipine"], "x")
+    assert find_terms("patient-sun".encode("utf-16-le"), ["patient-sun"], "x")
+    assert find_terms(b"id=" + b"500103195803124428".hex().encode(), ["500103195803124428"], "x")
+    noise = base64.b64encode(os.urandom(1 << 16)) + os.urandom(1 << 16).hex().encode()
+    assert find_terms(noise, sensitive_terms(), "x") == []
+    f = tmp_path / "node.log"
+    f.write_bytes(b"args=" + base64.b64encode(b"...benidipine..."))
+    assert [h.term for h in scan_raw([f], ["benidipine", "amlodipine"])] == ["benidipine"]

@@ -66,6 +66,35 @@ def test_aead_round_trip_and_tamper() -> None:
     assert aead.encrypt(key, b"x") != aead.encrypt(key, b"x")  # fresh nonce each time
 
 
+def test_aead_nonce_cannot_be_chosen_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller-supplied nonce invites reuse (two messages under one key and nonce leak
+    their XOR and the GHASH key): encrypt takes none, and always asks the OS for 12 bytes."""
+    key = aead.new_record_key()
+    with pytest.raises(TypeError):
+        aead.encrypt(key, b"x", b"", b"\0" * 12)  # type: ignore[call-arg]
+    asked: list[int] = []
+
+    def urandom(n: int) -> bytes:
+        asked.append(n)
+        return bytes(n)
+
+    monkeypatch.setattr("node.crypto.aead.os.urandom", urandom)
+    assert aead.encrypt(key, b"x")[:12] == bytes(12) and asked == [12]
+
+
+def test_key_wrapping_refuses_what_it_cannot_unwrap() -> None:
+    """A 16-byte key or a P-384 recipient used to give a blob no one could ever unwrap
+    (unwrap_key checks the fixed layout): a silent loss of the record for that party."""
+    recipient = signing.generate_key()
+    for bad_key in (b"k" * 16, b"k" * 33, b""):
+        with pytest.raises(ValueError):
+            aead.wrap_key(recipient.public_key(), bad_key, b"ctx")
+    with pytest.raises(ValueError):
+        aead.wrap_key(ec.generate_private_key(ec.SECP384R1()).public_key(), aead.new_record_key(), b"ctx")
+    key = aead.new_record_key()
+    assert aead.unwrap_key(recipient, aead.wrap_key(recipient.public_key(), key, b"ctx"), b"ctx") == key
+
+
 def test_key_wrapping_only_recipient_unwraps() -> None:
     pharmacy = signing.generate_key()
     stranger = signing.generate_key()

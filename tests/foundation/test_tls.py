@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -65,3 +66,27 @@ def test_client_from_foreign_ca_is_refused(server: tuple[int, Path], tmp_path: P
         with pytest.raises(grpc.RpcError) as e:
             services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_pinned_channel_refuses_another_orgs_node(server: tuple[int, Path], network: GeneratedNetwork) -> None:
+    """Pinned to peer.p01 (name) and p01's CA, a client refuses peer.h01's certificate, which
+    the unpinned channel accepts; pinned to peer.h01 and h01's CA it connects."""
+    port, ndir = server
+    user = network.user_dir("p01", "pharm-wang")
+    target = f"127.0.0.1:{port}"
+
+    def health(**pin: Any) -> services_pb2.HealthResponse:
+        with tls.secure_channel(target, user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem",
+                                **pin) as ch:
+            return services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+
+    assert health().serving  # unpinned: any consortium node certificate would do
+    p01_ca = (network.home / "orgs" / "p01" / "ca.pem").read_bytes()
+    h01_ca = (network.home / "orgs" / "h01" / "ca.pem").read_bytes()
+    for pin in ({"server_name": "peer.p01", "root_certificates": p01_ca},
+                {"server_name": "peer.p01"},                           # right CA bundle, wrong name
+                {"server_name": "peer.h01", "root_certificates": p01_ca}):  # right name, wrong CA
+        with pytest.raises(grpc.RpcError) as e:
+            health(**pin)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert health(server_name="peer.h01", root_certificates=h01_ca).serving

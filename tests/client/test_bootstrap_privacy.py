@@ -1,0 +1,44 @@
+"""Sample-data loading sends a patient's medical data only to the organisations concerned."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.bootstrap import Bootstrapper
+from client.gateway import Gateway, SubmitResult
+
+
+def test_enrolment_and_accounts_name_their_endorsers(net_home, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """Diagnosis history (enrol_patient) and per-disease usage (open_account) go to the
+    enrolling hospital's and the patient's insurer's peers only, never to a peer the gateway
+    would pick by rotation; calls without medical data leave the choice to the gateway."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    calls: list[tuple[str, str, dict[str, Any], list[str] | None]] = []
+
+    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        calls.append((self.identity.org, function, dict(transient or {}), endorsing_orgs))
+        return SubmitResult("tx", "VALID", len(calls), {})
+
+    monkeypatch.setattr(Gateway, "submit", submit)
+    boot = Bootstrapper(home)
+    try:
+        counts = boot.load_sample_data()
+    finally:
+        boot.close()
+    assert counts["patients"] == 2 and counts["accounts"] == 2
+    medical = [c for c in calls if c[1] in ("enrol_patient", "open_account")]
+    assert all(t.get("diagnoses") or "cap_used_by_disease" in t for _, _, t, _ in medical)
+    assert sorted((org, fn, tuple(e or ())) for org, fn, _, e in medical) == [
+        ("h01", "enrol_patient", ("h01", "ins01")),
+        ("h02", "enrol_patient", ("h02", "ins01")),
+        ("ins01", "open_account", ("ins01", "h01")),
+        ("ins01", "open_account", ("ins01", "h02")),
+    ]
+    assert all(e is None for _, fn, _, e in calls if fn not in ("enrol_patient", "open_account"))

@@ -1,0 +1,63 @@
+"""The HIS patient directory: private file, no identifying data in error messages."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from client.errors import RxClientError
+from client.patients import PatientDirectory, patient_from_yaml, write_directory
+
+ZHANG = {"name": "patient-zhang", "display_name": "Zhang Guilan", "id_number": "500103195803124428",
+         "birth_date": "1958-03-12", "insurer": "ins01"}
+
+
+def test_directory_is_never_readable_by_others_even_if_the_writer_dies(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    old_umask = os.umask(0o022)
+    try:
+        path = write_directory(tmp_path, [ZHANG])
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert PatientDirectory.load(tmp_path).resolve("patient-zhang").display_name == "Zhang Guilan"
+        path.chmod(0o644)  # an old, too open file is replaced by a private one
+        write_directory(tmp_path, [ZHANG])
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        path.unlink()
+
+        def dies(*_: object, **__: object) -> None:  # the process dies after writing the data
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Path, "chmod", dies)
+        monkeypatch.setattr(os, "replace", dies)
+        with pytest.raises(KeyboardInterrupt):
+            write_directory(tmp_path, [ZHANG])
+    finally:
+        os.umask(old_umask)
+    for f in tmp_path.iterdir():  # whatever was left holds ID numbers: owner-only
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+
+
+def test_errors_never_echo_id_numbers_names_or_birth_dates():
+    broken = {k: v for k, v in ZHANG.items() if k != "birth_date"}
+    with pytest.raises(RxClientError) as e:
+        patient_from_yaml(broken)
+    assert e.value.reason == "BAD_CONFIG" and "patient-zhang" in e.value.message
+    assert "birth_date" in e.value.message
+    for secret in ("500103195803124428", "Zhang Guilan", "1958-03-12"):
+        assert secret not in str(e.value)
+    directory = PatientDirectory([patient_from_yaml(ZHANG)])
+    with pytest.raises(RxClientError) as e:
+        directory.resolve("50010319580312442")  # a mistyped (17-digit) ID number
+    assert e.value.reason == "UNKNOWN_PATIENT" and "5001031958" not in str(e.value)
+    with pytest.raises(RxClientError) as e:
+        directory.resolve("patient-nobody")
+    assert "patient-nobody" in str(e.value)
+
+
+def test_an_id_number_resolves_whatever_its_case_or_spacing():
+    x = dict(ZHANG, name="patient-x", id_number="11010119900307001x")
+    directory = PatientDirectory([patient_from_yaml(x)])
+    assert directory.resolve(" 11010119900307001X ").handle == "patient-x"

@@ -1,0 +1,253 @@
+"""Who a record key may be wrapped for, and which peer a session may talk to.
+
+A record key is wrapped only for a certificate the peers' MSP would accept for that
+organisation now (issued by its CA, within validity, not revoked) and, for the patient, with
+the ``patient`` role. A session talks to its own organisation's peer only: TLS pinned to the
+peer's node name and its organisation's CA, so another member's node key cannot stand in
+for it and receive transient plaintext.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from netgen import GeneratedNetwork
+from rxchain.v1 import config_pb2, services_pb2, services_pb2_grpc
+
+from client.errors import RxClientError
+from client.network import NetworkInfo, NodeEndpoint, load_network
+from client.session import Session
+from node.crypto import signing, tls
+from node.crypto import x509 as rx509
+
+from .conftest import FIXED_NOW
+
+NOW_MS = int(FIXED_NOW.timestamp() * 1000) + 3_600_000
+
+
+def _home(net_home: GeneratedNetwork, tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    return home
+
+
+def _session(home: Path, net: NetworkInfo | None = None, as_: str = "h01:dr-jiang",
+             now_ms: int = NOW_MS) -> Session:
+    return Session(home, as_, network=net, clock=lambda: now_ms)
+
+
+def _revoking(net: NetworkInfo, org: str, cert_der: bytes) -> NetworkInfo:
+    config = config_pb2.ConsortiumConfig()
+    config.CopyFrom(net.config)
+    serial = format(x509.load_der_x509_certificate(cert_der).serial_number, "x")
+    next(o for o in config.organizations if o.id == org).revoked_serials.append(serial)
+    return dataclasses.replace(net, config=config)
+
+
+def _pem_to_der(path: Path) -> bytes:
+    return rx509.cert_to_der(x509.load_pem_x509_certificate(path.read_bytes()))
+
+
+def test_the_enrolled_patients_certificate_is_a_recipient(net_home, tmp_path):
+    s = _session(_home(net_home, tmp_path))
+    try:
+        pub = s.user_public_key("h01", "patient-zhang")
+        key = signing.load_private_key((net_home.user_dir("h01", "patient-zhang") / "key.pem").read_bytes())
+        assert signing.key_matches(key, pub)
+        assert s.records_public_key("p01") is not None
+    finally:
+        s.close()
+
+
+def test_a_doctor_certificate_in_a_patient_wallet_gets_no_patient_key(net_home, tmp_path):
+    home = _home(net_home, tmp_path)
+    shutil.copy(home / "orgs/h01/users/dr-jiang/cert.pem", home / "orgs/h01/users/patient-zhang/cert.pem")
+    s = _session(home)
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.user_public_key("h01", "patient-zhang")
+        assert e.value.reason == "WRONG_ROLE"
+    finally:
+        s.close()
+
+
+def test_a_patient_certificate_from_a_foreign_ca_gets_no_key(net_home, tmp_path):
+    home = _home(net_home, tmp_path)
+    ca_key = signing.generate_key()
+    ca = rx509.make_ca("h01", ca_key, FIXED_NOW)
+    cert = rx509.issue_cert(ca, ca_key, signing.generate_key().public_key(), org="h01",
+                            role="patient", name="pt-forged", now=FIXED_NOW)
+    (home / "orgs/h01/users/patient-zhang/cert.pem").write_bytes(rx509.cert_to_pem(cert))
+    s = _session(home)
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.user_public_key("h01", "patient-zhang")
+        assert e.value.reason == "UNKNOWN_CREATOR"
+    finally:
+        s.close()
+
+
+def test_a_patient_certificate_of_another_org_gets_no_key(net_home, tmp_path):
+    home = _home(net_home, tmp_path)
+    # h02's patient put in an h01 wallet directory: its certificate names h02 / h02's CA
+    shutil.copy(home / "orgs/h02/users/patient-sun/cert.pem", home / "orgs/h01/users/patient-zhang/cert.pem")
+    s = _session(home)
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.user_public_key("h01", "patient-zhang")
+        assert e.value.reason == "UNKNOWN_CREATOR"
+    finally:
+        s.close()
+
+
+def test_expired_or_revoked_recipients_get_no_key(net_home, tmp_path):
+    home = _home(net_home, tmp_path)
+    later = int((FIXED_NOW + dt.timedelta(days=900)).timestamp() * 1000)  # certs last 825 days
+    s = _session(home, now_ms=later)
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.user_public_key("h01", "patient-zhang")
+        assert e.value.reason == "EXPIRED_CERT"
+        with pytest.raises(RxClientError) as e:
+            s.records_public_key("p01")
+        assert e.value.reason == "EXPIRED_CERT"
+    finally:
+        s.close()
+    net = load_network(home)
+    net = _revoking(net, "h01", _pem_to_der(home / "orgs/h01/users/patient-zhang/cert.pem"))
+    net = _revoking(net, "p01", net.org("p01").records_cert_der)
+    s = _session(home, net)
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.user_public_key("h01", "patient-zhang")
+        assert e.value.reason == "REVOKED_CERT"
+        with pytest.raises(RxClientError) as e:
+            s.records_public_key("p01")
+        assert e.value.reason == "REVOKED_CERT"
+        assert s.records_public_key("p02") is not None  # others are unaffected
+    finally:
+        s.close()
+
+
+def test_a_records_certificate_not_issued_by_its_org_gets_no_key(net_home, tmp_path):
+    home = _home(net_home, tmp_path)
+    net = load_network(home)
+    config = config_pb2.ConsortiumConfig()
+    config.CopyFrom(net.config)
+    # p02's records certificate (p02's CA) configured as p01's: refused
+    p01 = next(o for o in config.organizations if o.id == "p01")
+    p01.records_cert_der = net.org("p02").records_cert_der
+    with pytest.raises(RxClientError) as e:
+        dataclasses.replace(net, config=config).records_public_key("p01", at_ms=NOW_MS)
+    assert e.value.reason == "UNKNOWN_CREATOR"
+
+
+@pytest.mark.parametrize("text", ["", "00", "ab" * 16])
+def test_a_short_consortium_secret_is_refused(net_home, tmp_path, text):
+    home = _home(net_home, tmp_path)
+    (home / "consortium-secret").write_text(text + "\n")
+    with pytest.raises(RxClientError) as e:
+        load_network(home)
+    assert e.value.reason == "BAD_CONFIG"
+
+
+class _Admin(services_pb2_grpc.AdminServicer):
+    def Health(self, request: services_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        return services_pb2.HealthResponse(serving=True, node="fake", detail="")
+
+    def Status(self, request: services_pb2.StatusRequest,
+               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        return services_pb2.StatusResponse(node="fake")
+
+
+@pytest.fixture
+def node_server(net_home) -> Iterator[dict[str, int]]:
+    """Admin servers presenting the node certificates of peer.h01 and peer.p02."""
+    ports, servers = {}, []
+    try:
+        for node in ("peer.h01", "peer.p02"):
+            ndir = net_home.home / "nodes" / node
+            srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            services_pb2_grpc.add_AdminServicer_to_server(_Admin(), srv)
+            ports[node] = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(
+                ndir / "cert.pem", ndir / "key.pem", ndir / "ca-bundle.pem"))
+            srv.start()
+            servers.append(srv)
+        yield ports
+    finally:
+        for srv in servers:
+            srv.stop(None)
+
+
+def _session_to(net_home, tmp_path: Path, port: int) -> Session:
+    net = load_network(net_home.home)
+    peers = tuple(NodeEndpoint(p.name, p.org, p.kind, "127.0.0.1", port) if p.org == "h01" else p
+                  for p in net.peers)
+    return _session(net_home.home, dataclasses.replace(net, peers=peers))
+
+
+def test_a_session_talks_to_its_own_peer(net_home, tmp_path, node_server):
+    s = _session_to(net_home, tmp_path, node_server["peer.h01"])
+    try:
+        assert s.gateway.health(timeout=10).serving
+    finally:
+        s.close()
+
+
+def test_another_orgs_node_cannot_stand_in_for_the_sessions_peer(net_home, tmp_path, node_server):
+    """p02's peer at h01's peer address: the handshake fails, nothing is sent to it."""
+    s = _session_to(net_home, tmp_path, node_server["peer.p02"])
+    try:
+        with pytest.raises(RxClientError) as e:
+            s.gateway.health(timeout=5)
+        assert e.value.reason == "SERVICE_UNAVAILABLE"
+    finally:
+        s.close()
+
+
+def test_a_patient_device_needs_her_binding_not_the_consortium_secret(net_home, tmp_path):
+    """With the secret every pseudonym on the ledger is an offline search over ID numbers, so
+    a patient's device holds only her binding (``patient-binding`` in her wallet); a client
+    without the secret refuses every derivation from it (NO_SECRET), never uses an empty key."""
+    from client.records import dx_key, patient_binding, pseudonym
+    from client.wallet import wallet_cert_name
+
+    home = _home(net_home, tmp_path)
+    secret = load_network(home).secret
+    expected = patient_binding(secret, "h01", wallet_cert_name(home, "h01", "patient-zhang"))
+    (home / "consortium-secret").unlink()
+    wallet = home / "orgs" / "h01" / "users" / "patient-zhang"
+    with pytest.raises(RxClientError) as e:  # neither the secret nor her binding
+        _session(home, as_="h01:patient-zhang")
+    assert e.value.reason == "NO_SECRET"
+    (wallet / "patient-binding").write_text(expected + "\n")
+    (wallet / "patient-binding").chmod(0o600)
+    s = _session(home, as_="h01:patient-zhang")
+    try:
+        assert s.gateway.default_transient["patient_binding"] == expected
+        with pytest.raises(RxClientError) as e:
+            _ = s.dx_key
+        assert e.value.reason == "NO_SECRET"
+    finally:
+        s.close()
+    for bad in (b"", b"\x00" * 31, b"x" * 16):
+        with pytest.raises(RxClientError) as e:
+            pseudonym(bad, "500103195803124428")
+        assert e.value.reason == "NO_SECRET"
+        with pytest.raises(RxClientError):
+            dx_key(bad)
+    for text, mode in (("zz" * 32, 0o600), (expected[:-2], 0o600), (expected, 0o644)):
+        (wallet / "patient-binding").write_text(text)
+        (wallet / "patient-binding").chmod(mode)
+        with pytest.raises(RxClientError) as e:
+            _session(home, as_="h01:patient-zhang")
+        assert e.value.reason == "BAD_WALLET"
