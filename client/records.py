@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.errors import NoKeyGrant, RxClientError
 from node.crypto import aead
 from node.crypto.canonical import canonical_json
+from node.crypto.hashing import patient_binding_hex
 
 SALT_BYTES = 32
 TRACE_KEY_LABEL = b"rxchain/trace-code/v1"
@@ -84,7 +85,7 @@ def dx_key(secret: bytes) -> str:
 def patient_binding(secret: bytes, org: str, name: str) -> str:
     """Proof that a patient certificate (org, name) is the enrolled one (transient input):
     ``hex(HMAC-SHA256(secret, "patient-cert|" + org + "|" + name))``."""
-    return hmac.new(_secret(secret), f"patient-cert|{org}|{name}".encode(), hashlib.sha256).hexdigest()
+    return patient_binding_hex(_secret(secret), org, name)
 
 
 def trace_key(secret: bytes) -> str:

@@ -8,8 +8,10 @@ block are kept, so running twice changes nothing)::
     network.yaml                      every node's endpoint (for the launcher and clients)
     ca-bundle.pem                     all organisations' CA certificates
     orgs/<org>/ca.pem, ca.key         the organisation's CA
-    orgs/<org>/users/<user>/          cert.pem, key.pem, org-records-key.pem (staff only): a wallet
-                                      (a patient's certificate CN is a pseudonym, see patient_cert_name)
+    orgs/<org>/users/<user>/          cert.pem, key.pem: a wallet; org-records-key.pem for the
+                                      roles that read the org's records (RECORDS_READER_ROLES);
+                                      patient-binding for a patient (her certificate CN is a
+                                      pseudonym, see patient_cert_name)
     orgs/<org>/records/               cert.pem, key.pem: the org's record-decryption key
     nodes/<node>/                     node.yaml, cert.pem, key.pem, ca-bundle.pem, data/
 """
@@ -32,7 +34,7 @@ from rxchain.v1 import config_pb2
 from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, parse_spec
 from node.crypto import signing
 from node.crypto import x509 as rx509
-from node.crypto.hashing import hmac_sha256_hex
+from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
 from node.genesis import make_genesis
 
 Clock = Callable[[], dt.datetime]
@@ -93,7 +95,8 @@ class GeneratedNetwork:
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # a stale temp file (another mode, a symlink) is never reused
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
@@ -130,6 +133,15 @@ def _ca(org_dir: Path, org: str, now: dt.datetime) -> tuple[cx509.Certificate, e
     cert = rx509.make_ca(org, key, now)
     _write_if_changed(cert_path, rx509.cert_to_pem(cert))
     return cert, key
+
+
+RECORDS_KEY_FILE = "org-records-key.pem"
+PATIENT_BINDING_FILE = "patient-binding"
+# Staff roles that open their organisation's grants (contracts/prescription.py READ_ROLES):
+# only their wallets get the organisation's records key. Anyone else holding it could decrypt
+# every record wrapped for the organisation straight from the blocks' arguments, with no
+# role check and no audit event.
+RECORDS_READER_ROLES = frozenset({"doctor", "pharmacist", "clerk"})
 
 
 def patient_cert_name(secret: bytes, org: str, user: str) -> str:
@@ -209,13 +221,20 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         rcert = _member(rdir, cas[org.id], org.id, UserSpec(f"records.{org.id}", "client"), now)
         records[org.id] = rx509.cert_to_der(rcert)
         for user in _users(org):
+            wallet = home / "orgs" / org.id / "users" / user.name
             if user.role == "patient":
-                continue  # a patient reads only what is wrapped for her own key
-            # Staff hold their organisation's records key (in production: the org's KMS).
-            _write_if_changed_private(
-                home / "orgs" / org.id / "users" / user.name / "org-records-key.pem",
-                (rdir / "key.pem").read_bytes(),
-            )
+                # a patient reads only what is wrapped for her own key; her device proves her
+                # certificate with its binding, never holding the consortium secret
+                cn = patient_cert_name(secret_bytes, org.id, user.name)
+                _write_if_changed_private(wallet / PATIENT_BINDING_FILE,
+                                          patient_binding_hex(secret_bytes, org.id, cn).encode())
+                continue
+            records_key = wallet / RECORDS_KEY_FILE
+            if user.role in RECORDS_READER_ROLES:
+                # in production: the org's KMS, released to these roles only
+                _write_if_changed_private(records_key, (rdir / "key.pem").read_bytes())
+            else:
+                records_key.unlink(missing_ok=True)  # a courier, nurse or admin never holds it
     bundle = b"".join(rx509.cert_to_pem(cas[o.id][0]) for o in spec.orgs)
     _write_if_changed(home / "ca-bundle.pem", bundle)
 

@@ -226,6 +226,8 @@ def test_a_patient_device_needs_her_binding_not_the_consortium_secret(net_home, 
     expected = patient_binding(secret, "h01", wallet_cert_name(home, "h01", "patient-zhang"))
     (home / "consortium-secret").unlink()
     wallet = home / "orgs" / "h01" / "users" / "patient-zhang"
+    assert (wallet / "patient-binding").read_text() == expected  # netgen puts it in her wallet
+    (wallet / "patient-binding").unlink()
     with pytest.raises(RxClientError) as e:  # neither the secret nor her binding
         _session(home, as_="h01:patient-zhang")
     assert e.value.reason == "NO_SECRET"

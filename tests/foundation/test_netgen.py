@@ -136,3 +136,59 @@ def test_tampered_genesis_is_refused(tmp_path: Path) -> None:
     p.write_bytes(block.SerializeToString())
     with pytest.raises(RxError, match="data hash mismatch"):
         read_genesis(p)
+
+
+def _read_roles_of_the_contract() -> set[str]:
+    """The union of contracts/prescription.py READ_ROLES, read from its source."""
+    import ast
+    src = (Path(__file__).resolve().parents[2] / "contracts" / "prescription.py").read_text()
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "READ_ROLES"
+                                                for t in node.targets):
+            value = ast.literal_eval(node.value)
+            return {role for roles in value.values() for role in roles}
+    raise AssertionError("READ_ROLES not found")
+
+
+def test_only_the_roles_that_read_records_hold_the_records_key(tmp_path: Path) -> None:
+    from netgen.generate import RECORDS_KEY_FILE, RECORDS_READER_ROLES
+    assert set(RECORDS_READER_ROLES) == _read_roles_of_the_contract()
+    spec = load_spec(SAMPLE)
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    holders: list[str] = []
+    others: list[str] = []
+    for org in spec.orgs:
+        for user in org.users:
+            wallet = tmp_path / "orgs" / org.id / "users" / user.name
+            (holders if (wallet / RECORDS_KEY_FILE).exists() else others).append(user.role)
+            if (wallet / RECORDS_KEY_FILE).exists():
+                assert (wallet / RECORDS_KEY_FILE).stat().st_mode & 0o077 == 0
+    assert holders and set(holders) <= RECORDS_READER_ROLES
+    assert {"courier", "nurse", "admin", "patient"} & set(others)
+    assert not RECORDS_READER_ROLES & set(others)
+
+
+def test_a_records_key_left_in_another_wallet_is_removed(tmp_path: Path) -> None:
+    from netgen.generate import RECORDS_KEY_FILE
+    spec = load_spec(SAMPLE)
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    courier = next((o.id, u.name) for o in spec.orgs for u in o.users if u.role == "courier")
+    stale = tmp_path / "orgs" / courier[0] / "users" / courier[1] / RECORDS_KEY_FILE
+    stale.write_bytes((tmp_path / "orgs" / courier[0] / "records" / "key.pem").read_bytes())
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    assert not stale.exists()
+
+
+def test_patient_wallets_hold_their_binding(tmp_path: Path) -> None:
+    from netgen.generate import PATIENT_BINDING_FILE, patient_cert_name
+
+    from client.records import patient_binding
+    spec = load_spec(SAMPLE)
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    secret = bytes.fromhex((tmp_path / "consortium-secret").read_text().strip())
+    patients = [(o.id, u.name) for o in spec.orgs for u in o.users if u.role == "patient"]
+    assert patients
+    for org, name in patients:
+        path = tmp_path / "orgs" / org / "users" / name / PATIENT_BINDING_FILE
+        assert path.stat().st_mode & 0o077 == 0
+        assert path.read_text() == patient_binding(secret, org, patient_cert_name(secret, org, name))
