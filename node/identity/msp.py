@@ -1,15 +1,25 @@
 """Membership service: validates identities against the consortium configuration.
 
 An identity is valid at time ``t`` when its certificate parses, was issued by the CA of
-the organisation it claims (signature chain checked), is within its validity period at
-``t``, is not in the organisation's revocation list, and carries a role the
-organisation's kind may hold. Parsed certificates and chain checks are cached by DER.
+the organisation it claims (signature chain checked), is an end-entity certificate for
+signing (not a CA: BasicConstraints ``ca`` false; KeyUsage, when present, includes
+``digitalSignature``; a positive serial number), is within its validity period at ``t``, is
+not in the organisation's revocation list, and carries a role the organisation's kind may
+hold. Parsed certificates and chain checks are cached by DER.
+
+Revocation lists hold serial numbers in hex; they are compared in one canonical form (lower
+case, no ``0x``, colons, spaces or leading zeros), so a serial copied from ``openssl x509
+-serial`` (``3A0F...``) or written with colons revokes the certificate it names.
+
+Every check reads the certificate itself, never the process-wide ``warnings`` filters
+(``warnings.catch_warnings`` is not thread-safe: a servicer thread leaving it can restore
+filters under another thread's feet, so a refusal that depends on a warning becoming an
+error would differ from one validation to the next).
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +57,37 @@ class Principal:
 class _Checked:
     info: CertInfo
     chain_ok: bool
+    unusable: str = ""  # why the certificate cannot be a member's signing identity ("" = it can)
+
+
+def canonical_serial(text: str) -> str:
+    """A hex serial number in the form ``CertInfo.serial_hex`` uses (lower case, no prefix,
+    separators or leading zeros); "" for text that is not a hex number."""
+    t = text.strip().lower().replace(":", "").replace(" ", "")
+    if t.startswith("0x"):
+        t = t[2:]
+    if not t or any(c not in "0123456789abcdef" for c in t):
+        return ""
+    return t.lstrip("0") or "0"
+
+
+def _end_entity_problem(cert: x509.Certificate) -> str:
+    """Why ``cert`` is not an end-entity signing certificate, or "" (see the module docstring)."""
+    if cert.serial_number <= 0:
+        return "its serial number is not positive (RFC 5280)"
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is not None and bc.ca:
+        return "it is a CA certificate"
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if ku is not None and not ku.digital_signature:
+        return "its key usage does not include digitalSignature"
+    return ""
 
 
 class MSP:
@@ -64,7 +105,10 @@ class MSP:
                 self._cas[org.id] = x509.load_der_x509_certificate(org.ca_cert_der)
             except ValueError as exc:
                 raise RxError("BAD_CONFIG", f"organisation {org.id}: CA certificate: {exc}") from exc
-        self._revoked = {o.id: frozenset(o.revoked_serials) for o in config.organizations}
+        self._revoked = {
+            o.id: frozenset(c for c in map(canonical_serial, o.revoked_serials) if c)
+            for o in config.organizations
+        }
         self._orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self._cache: OrderedDict[tuple[str, bytes], _Checked] = OrderedDict()
         self._cache_size = cache_size
@@ -100,11 +144,14 @@ class MSP:
         if hit is not None:
             return hit
         try:
-            with warnings.catch_warnings():
-                # e.g. a non-positive serial number: RFC 5280 forbids it, refused here now
-                warnings.simplefilter("error", CryptographyDeprecationWarning)
-                cert = x509.load_der_x509_certificate(cert_der)
+            # A CryptographyDeprecationWarning (e.g. a non-positive serial) is raised only where
+            # the process turns warnings into errors; the serial is checked explicitly below.
+            cert = x509.load_der_x509_certificate(cert_der)
         except (ValueError, x509.InvalidVersion, CryptographyDeprecationWarning) as exc:
+            raise RxError("BAD_CERT", f"certificate does not parse: {exc}") from exc
+        try:
+            unusable = _end_entity_problem(cert)
+        except Exception as exc:  # lazy parsing: ValueError, DuplicateExtension...
             raise RxError("BAD_CERT", f"certificate does not parse: {exc}") from exc
         ca = self._cas[org_id]
         chain_ok = True
@@ -123,7 +170,7 @@ class MSP:
             info = cert_info(cert)
         except Exception as exc:
             raise RxError("BAD_CERT", f"certificate subject is not an rxchain member name: {exc}") from exc
-        checked = _Checked(info, chain_ok)
+        checked = _Checked(info, chain_ok, unusable)
         with self._lock:
             self._cache[key] = checked
             if len(self._cache) > self._cache_size:
@@ -139,6 +186,10 @@ class MSP:
             raise RxError(
                 "UNKNOWN_CREATOR",
                 f"certificate {info.name!r} was not issued by the CA of {identity.org}",
+            )
+        if checked.unusable:
+            raise RxError(
+                "BAD_CERT", f"certificate {info.name!r} is not a member certificate: {checked.unusable}"
             )
         if info.org != identity.org:
             raise RxError(

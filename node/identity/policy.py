@@ -32,6 +32,7 @@ MAX_SIGNERS = 20
 # Nesting of AND/OR/OutOf/MAJORITY; deeper text is refused BAD_POLICY, so that parsing,
 # evaluation and printing (all recursive) stay far below Python's recursion limit.
 MAX_POLICY_DEPTH = 32
+MAX_COUNT_DIGITS = 6  # an OutOf count beyond any policy's number of rules
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ class _Parser:
             num = self.peek()
             if num is None or num[0] != "num":
                 raise self.fail("OutOf expects a count")
+            if len(num[1]) > MAX_COUNT_DIGITS:  # int() refuses > 4300 digits with a ValueError
+                raise self.fail(f"OutOf count longer than {MAX_COUNT_DIGITS} digits")
             n = int(num[1])
             self.i += 1
             self.expect(",")

@@ -6,7 +6,8 @@ Checks, in order (each refusal is an RxError with a reason code, nothing is writ
 2. header: INVOKE, this consortium, nonce, creator -> BAD_HEADER; timestamp within
    ``limits.max_clock_skew_ms`` of the peer's clock -> CLOCK_SKEW
 3. creator certificate and signature over ``proposal_bytes`` (``MSP.verify``) ->
-   UNKNOWN_CREATOR / EXPIRED_CERT / REVOKED_CERT / BAD_SIGNATURE / ...
+   UNKNOWN_CREATOR / EXPIRED_CERT / REVOKED_CERT / BAD_SIGNATURE / ...; the certificate
+   must be valid both at the header's timestamp and at the peer's clock
 4. tx id = compute_tx_id(nonce, creator) -> BAD_TXID; not already on the ledger ->
    DUPLICATE_TXID
 5. contract defined and active -> UNKNOWN_CONTRACT; caller allowed by the access rules ->
@@ -169,6 +170,11 @@ class Endorser:
         creator = cfg.msp.verify(
             header.creator, signed.signature, signed.proposal_bytes, header.timestamp_ms
         )
+        if now != header.timestamp_ms:
+            # Validation can only check the certificate at the tx's own timestamp, which the
+            # client picks within the skew: checked at this peer's clock too, a certificate
+            # that expired (or is not valid yet) gets no endorsement by backdating its tx.
+            cfg.msp.validate(header.creator, now)
         if header.tx_id != compute_tx_id(header.nonce, header.creator):
             raise RxError("BAD_TXID", "tx id is not derived from the nonce and the creator")
         if not invocation.contract or not invocation.function:

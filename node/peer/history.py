@@ -38,12 +38,15 @@ def _written_value(block: block_pb2.Block, tx: int, ns: str, key: str) -> bytes 
         rwset = transaction_pb2.TxRwSet.FromString(prp.results)
     except (DecodeError, IndexError):
         return None
+    # The LAST write of the key, as the state applied it (txwrites.rwset_writes applies writes
+    # in order; validation now refuses a set writing a key twice, older blocks may hold one).
+    value: bytes | None = None
     for nsrw in rwset.ns_rwsets:
         if nsrw.namespace == ns:
             for w in nsrw.writes:
                 if w.key == key:
-                    return None if w.is_delete else w.value
-    return None
+                    value = None if w.is_delete else w.value
+    return value
 
 
 class LedgerHistory:
@@ -56,7 +59,9 @@ class LedgerHistory:
     def __call__(self, namespace: str, key: str, limit: int) -> list[HistoryEntry]:
         limit = MAX_HISTORY if limit <= 0 else min(limit, MAX_HISTORY)
         out: list[HistoryEntry] = []
-        for e in self._ledger.history(namespace, key):
+        # Oldest first: the first ``limit`` index entries are all this answer can use, so the
+        # ledger is asked for no more (a hot key may have a very long history).
+        for e in self._ledger.history(namespace, key, limit):
             if e.block > self._max_block:
                 break
             value = None if e.is_delete else _written_value(

@@ -13,27 +13,36 @@ TxHeader parse and fields  BAD_HEADER (type, creator, nonce, tx id, timestamp, c
 creator certificate        UNKNOWN_CREATOR / EXPIRED_CREATOR_CERT / REVOKED_CREATOR_CERT
 creator signature          BAD_CREATOR_SIGNATURE (over ``Envelope.payload``)
 tx id                      BAD_TXID (must equal compute_tx_id(nonce, creator))
-duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block)
+duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block; "earlier in
+                           the block" counts only txs whose id is indexed, as on the ledger)
 -- INVOKE --
 invocation / response      BAD_PAYLOAD (parse; proposal_hash must bind header+invocation;
-                           response status 200)
+                           response status 200; every event names this contract and tx)
 contract definition        UNKNOWN_CONTRACT / CONTRACT_VERSION_MISMATCH
 endorsements               BAD_ENDORSEMENT (cert or signature over response_payload)
 policy                     ENDORSEMENT_POLICY_FAILURE (distinct (org, role) signers)
-read/write set             BAD_RWSET (parse, namespaces, limits, writes only to own ns)
+read/write set             BAD_RWSET (parse, namespaces, limits, writes only to own ns; each
+                           namespace once and each key written once, as simulated)
 MVCC                       MVCC_READ_CONFLICT (read version changed, or key written by an
                            earlier valid tx of this block)
 phantoms                   PHANTOM_READ_CONFLICT (range re-executed differs, or an earlier
                            valid tx of this block wrote into the range)
 -- CONFIG --
-config update              BAD_CONFIG_UPDATE (parse, sequence = current + 1, same
-                           consortium, new config well-formed, admin signatures satisfy
-                           the current ``config_update`` policy)
+config update              BAD_CONFIG_UPDATE unless the tx is the only one of its block and
+                           ``node.orderer.configtx.validate_update`` accepts it (parse,
+                           sequence = current + 1, same consortium, admin signatures satisfy
+                           the current ``config_update`` policy, usable new config, orderer
+                           set changes by at most one member)
 =========================  ===============================================================
 
-A valid config tx replaces the config (MSP, policies, limits) for the following txs of
-the same block and for later blocks; the block's own orderer signatures are checked
-against the config in force before the block.
+A config update is valid on a peer exactly when the orderers adopt it -- the same rules
+(one function) and the same shape (a block holding that tx alone; the orderers cut config
+updates into blocks of their own and adopt nothing else) -- otherwise peers and orderers
+could end up with different configs in force (e.g. a compromised leader putting an update
+in a mixed block, or an update with a policy the peers cannot parse) and every later
+update would be refused on one side. A valid config tx replaces the config (MSP, policies,
+limits) for later blocks; the block's own orderer signatures are checked against the
+config in force before the block.
 
 Contract definitions come from a pluggable :class:`PolicyProvider` (the lifecycle), which
 reads the COMMITTED state as of the previous block, so a definition change takes effect
@@ -49,6 +58,7 @@ reports the ratio, ~0.73-0.76 of the crypto bound).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
@@ -69,14 +79,13 @@ from node.identity.msp import MSP
 from node.identity.policy import Policy, parse_policy
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
 from node.ledger.txwrites import SYSTEM_NS, config_writes, indexed_tx_id, rwset_writes
+from node.orderer.configtx import OrdererConfig, validate_update
 
 Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
 
-CONFIG_UPDATE_POLICY = "config_update"
 MIN_NONCE_BYTES = 16
 POLICY_CACHE_SIZE = 4096
 MAX_ENDORSEMENTS = 32  # more is an attempt to burn validation CPU
-MAX_CONFIG_SIGNATURES = 64
 
 
 @dataclass(frozen=True)
@@ -128,9 +137,15 @@ class ConfigState:
         self.config = config
         self.msp = MSP(config, verifier)
         org_ids = [o.id for o in config.organizations]
-        self.policies: dict[str, Policy] = {
-            p.name: parse_policy(p.rule, org_ids) for p in config.policies
-        }
+        # The orderers adopt a config whatever its other policies say (they parse only the
+        # config_update policy, when the next update comes), so a policy that does not parse
+        # is left out here rather than making this config unusable on peers alone.
+        self.policies: dict[str, Policy] = {}
+        for p in config.policies:
+            try:
+                self.policies[p.name] = parse_policy(p.rule, org_ids)
+            except RxError:
+                continue
         self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self._principals: dict[tuple[str, bytes], tuple[tuple[str, str], int, int]] = {}
         self._cache_size = cache_size
@@ -147,6 +162,54 @@ class ConfigState:
             self._principals.clear()
         self._principals[key] = ((p.org, p.role), info.not_before_ms, info.not_after_ms)
         return (p.org, p.role)
+
+
+class WrittenKeys:
+    """The keys of one namespace written by the earlier valid txs of a block.
+
+    ``key in w`` is a set lookup; :meth:`any_in` (is a written key inside a range?) bisects a
+    sorted run and scans a short unsorted tail, which it first merges into the run when the
+    tail has outgrown the square root of the run, so a block whose txs carry many range
+    queries costs about (queries x sqrt(keys written)), not (queries x keys written),
+    comparisons, and a block without range queries only fills a set and a list. The answers
+    do not depend on this layout: validation stays deterministic.
+    """
+
+    __slots__ = ("_all", "_run", "_tail")
+
+    def __init__(self) -> None:
+        self._all: set[str] = set()
+        self._run: list[str] = []  # sorted
+        self._tail: list[str] = []  # unsorted, added since the last merge
+
+    def add(self, key: str) -> None:
+        """Record a written key."""
+        if key not in self._all:
+            self._all.add(key)
+            self._tail.append(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._all
+
+    def any_in(self, start: str, end: str | None, *, inclusive_end: bool) -> bool:
+        """True if a written key k has start <= k < end (k <= end if ``inclusive_end``;
+        no upper bound if ``end`` is None). Keys compare as code points, like the state."""
+
+        def below_end(k: str) -> bool:
+            return end is None or k < end or (inclusive_end and k == end)
+
+        tail = self._tail
+        if len(tail) > _TAIL_MIN and len(tail) ** 2 > len(self._run):
+            tail.sort()
+            self._run = sorted(self._run + tail)  # two sorted runs: a linear merge
+            self._tail = tail = []
+        i = bisect_left(self._run, start)
+        if i < len(self._run) and below_end(self._run[i]):
+            return True
+        return any(k >= start and below_end(k) for k in tail)
+
+
+_TAIL_MIN = 32
 
 
 @dataclass
@@ -216,6 +279,8 @@ class Validator:
         signed_by: set[int] = set()
         certs = self.config.orderer_certs
         for entry in block.metadata.orderer_signatures:
+            if len(signed_by) >= self._quorum:
+                break  # the answer is known: no more ECDSA verifications for padding entries
             raft_id = certs.get(entry.signer.cert_der)
             if raft_id is None or raft_id in signed_by:
                 continue
@@ -242,11 +307,12 @@ class Validator:
         cfg = self.config
         new_config: ConfigState | None = None
         seen_ids: set[str] = set()
-        written: dict[str, set[str]] = {}
+        written: dict[str, WrittenKeys] = {}
         contracts: dict[str, ContractDefinition | None] = {}
         outcomes: list[TxOutcome] = []
         codes: list[Code] = []
         events: list[list[transaction_pb2.ContractEvent]] = []
+        alone = len(block.data.envelopes) == 1
         for i, env_bytes in enumerate(block.data.envelopes):
             tx_id, ts = "", 0
             writes: Sequence[KeyWrite] = ()
@@ -258,13 +324,12 @@ class Validator:
                 self._check_creator(cfg, header, env)
                 if tx_id in seen_ids or self._state.has_tx(tx_id):
                     raise _Reject(transaction_pb2.DUPLICATE_TXID)
-                seen_ids.add(tx_id)
                 if header.type == transaction_pb2.CONFIG:
-                    adopted, config_bytes = self._check_config(cfg, tx, ts)
+                    adopted, config_bytes = self._check_config(cfg, tx, env_bytes, alone)
                     writes = config_writes(config_bytes)
                     cfg = new_config = adopted
                 else:
-                    writes, tx_events = self._check_invoke(cfg, tx, ts, written, contracts)
+                    writes, tx_events = self._check_invoke(cfg, tx, header, written, contracts)
                 code: Code = transaction_pb2.VALID
             except _Reject as rej:
                 code = rej.code
@@ -272,10 +337,19 @@ class Validator:
                 tx_events = []
             if code == transaction_pb2.VALID:
                 for w in writes:
-                    written.setdefault(w.ns, set()).add(w.key)
+                    written.setdefault(w.ns, WrittenKeys()).add(w.key)
+            # An id blocks later txs of this block exactly when it enters the tx-id index
+            # (txwrites.UNINDEXED_CODES), as it blocks later blocks. A creator signature alone
+            # does not prove the envelope is the creator's transaction: the client's signature
+            # over its SignedProposal verifies over the same bytes taken as an Envelope payload
+            # (Proposal and Transaction share field numbers), and that envelope, which any
+            # endorser of the proposal can build, must not turn the real tx into a duplicate.
+            indexed = indexed_tx_id(code, tx_id)
+            if indexed:
+                seen_ids.add(indexed)
             codes.append(code)
             events.append(tx_events)
-            outcomes.append(TxOutcome(i, indexed_tx_id(code, tx_id), code, ts, writes))
+            outcomes.append(TxOutcome(i, indexed, code, ts, writes))
         # The block is reused (copying 500 envelopes costs more than validating the
         # metadata): incoming codes and state hash are discarded and replaced.
         meta = block.metadata
@@ -315,10 +389,11 @@ class Validator:
         self,
         cfg: ConfigState,
         tx: transaction_pb2.Transaction,
-        header_ts: int,
-        written: dict[str, set[str]],
+        header: transaction_pb2.TxHeader,
+        written: dict[str, WrittenKeys],
         contracts: dict[str, ContractDefinition | None],
     ) -> tuple[list[KeyWrite], list[transaction_pb2.ContractEvent]]:
+        header_ts = header.timestamp_ms
         try:
             inv = transaction_pb2.ContractInvocation.FromString(tx.invocation)
             prp = transaction_pb2.ProposalResponsePayload.FromString(tx.response_payload)
@@ -331,12 +406,18 @@ class Validator:
         ):
             raise _Reject(transaction_pb2.BAD_PAYLOAD)
         name = inv.contract
+        # Events travel to listeners with the contract and tx id they carry: one naming another
+        # contract (or tx) would let the endorsers of this contract speak for that one.
+        for ev in prp.events:
+            if ev.contract != name or ev.tx_id != header.tx_id:
+                raise _Reject(transaction_pb2.BAD_PAYLOAD)
         if name not in contracts:
             try:
                 contracts[name] = self._policies.contract(name, self._state)
-            except (RxError, ValueError):
-                # A definition that cannot be read (bad stored policy...) is not active; the
-                # outcome must stay deterministic and the block committable.
+            except (RxError, ValueError, RecursionError):
+                # A definition that cannot be read (bad stored policy, JSON nested too deep
+                # for the decoder...) is not active; the outcome must stay deterministic and
+                # the block committable (an escaping exception stops every peer on it).
                 contracts[name] = None
         definition = contracts[name]
         if definition is None:
@@ -385,11 +466,18 @@ class Validator:
     def _check_rwset(self, cfg: ConfigState, contract: str, rwset: transaction_pb2.TxRwSet) -> None:
         limits = cfg.config.limits
         n_writes = 0
+        names: set[str] = set()
         for ns in rwset.ns_rwsets:
             name = ns.namespace
-            if not name or "\0" in name or name == SYSTEM_NS:
+            if not name or "\0" in name or name == SYSTEM_NS or name in names:
                 raise _Reject(transaction_pb2.BAD_RWSET)
+            names.add(name)
             if ns.writes and name != contract:
+                raise _Reject(transaction_pb2.BAD_RWSET)
+            # The simulator writes each key once (last write wins); a set writing a key twice
+            # would leave the state (last write) and the key's history (read back from the
+            # rwset) disagreeing about the value.
+            if len({w.key for w in ns.writes}) != len(ns.writes):
                 raise _Reject(transaction_pb2.BAD_RWSET)
             n_writes += len(ns.writes)
             if limits.max_value_bytes:
@@ -399,13 +487,13 @@ class Validator:
         if limits.max_write_set_keys and n_writes > limits.max_write_set_keys:
             raise _Reject(transaction_pb2.BAD_RWSET)
 
-    def _check_mvcc(self, rwset: transaction_pb2.TxRwSet, written: dict[str, set[str]]) -> None:
+    def _check_mvcc(self, rwset: transaction_pb2.TxRwSet, written: dict[str, WrittenKeys]) -> None:
         get_version = self._state.get_version
         for ns in rwset.ns_rwsets:
             name = ns.namespace
-            in_block = written.get(name, ())
+            in_block = written.get(name)  # None: no earlier tx of the block wrote here
             for r in ns.reads:
-                if r.key in in_block:
+                if in_block is not None and r.key in in_block:
                     raise _Reject(transaction_pb2.MVCC_READ_CONFLICT)
                 seen = Version(r.version.block, r.version.tx) if r.HasField("version") else None
                 if get_version(name, r.key) != seen:
@@ -414,22 +502,20 @@ class Validator:
                 self._check_range(name, rq, in_block)
 
     def _check_range(
-        self, ns: str, rq: transaction_pb2.RangeQueryInfo, in_block: set[str] | tuple[()]
+        self, ns: str, rq: transaction_pb2.RangeQueryInfo, in_block: WrittenKeys | None
     ) -> None:
         start, end = rq.start_key, rq.end_key
         if rq.exhausted:
-            for k in in_block:
-                if k >= start and (not end or k < end):
-                    raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
-            now = self._state.range(ns, start, end)
+            if in_block is not None and in_block.any_in(start, end or None, inclusive_end=False):
+                raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
+            # one key more than was read is enough to see a phantom: never scan the rest
+            now = self._state.range(ns, start, end, limit=len(rq.reads) + 1)
         else:
             # Stopped at a limit: only [start, last key returned] was observed.
             if not rq.reads:
                 raise _Reject(transaction_pb2.BAD_RWSET)
-            last = rq.reads[-1].key
-            for k in in_block:
-                if start <= k <= last:
-                    raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
+            if in_block is not None and in_block.any_in(start, rq.reads[-1].key, inclusive_end=True):
+                raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
             now = self._state.range(ns, start, end, limit=len(rq.reads))
         if len(now) != len(rq.reads):
             raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
@@ -440,38 +526,22 @@ class Validator:
                 raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
 
     def _check_config(
-        self, cfg: ConfigState, tx: transaction_pb2.Transaction, at_ms: int
+        self,
+        cfg: ConfigState,
+        tx: transaction_pb2.Transaction,
+        env_bytes: bytes,
+        alone: bool,
     ) -> tuple[ConfigState, bytes]:
-        try:
-            update = config_pb2.ConfigUpdate.FromString(tx.config_update)
-            new = config_pb2.ConsortiumConfig.FromString(update.config)
-        except DecodeError:
-            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE) from None
-        old = cfg.config
-        if new.sequence != old.sequence + 1 or new.consortium_id != old.consortium_id:
-            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
-        policy = cfg.policies.get(CONFIG_UPDATE_POLICY)
-        if policy is None:
-            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
-        signers: list[tuple[str, str]] = []
-        if len(update.signatures) > MAX_CONFIG_SIGNATURES:
-            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
-        for sig in update.signatures:
-            try:
-                ident = identity_pb2.Identity.FromString(sig.signer)
-                principal = cfg.msp.verify(ident, sig.signature, update.config, at_ms)
-            except (DecodeError, RxError):
-                raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE) from None
-            signers.append((principal.org, principal.role))
-        if not policy.evaluate(signers):
+        """A config update is valid exactly when the orderers adopt it (module docstring)."""
+        if not alone:
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
         try:
+            new = validate_update(OrdererConfig(cfg.config, cfg.msp, 0), env_bytes, self._verifier)
             adopted = ConfigState(new, self._verifier)
         except (RxError, ValueError):
             raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE) from None
-        if not new.orderers or CONFIG_UPDATE_POLICY not in adopted.policies:
-            raise _Reject(transaction_pb2.BAD_CONFIG_UPDATE)
-        return adopted, update.config
+        # validate_update parsed it: the bytes the admins signed are what the state stores
+        return adopted, config_pb2.ConfigUpdate.FromString(tx.config_update).config
 
 
 def _parse_envelope(

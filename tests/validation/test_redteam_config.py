@@ -1,0 +1,95 @@
+"""Red-team regressions: peers adopt a config update exactly when the orderers do.
+
+Before the fix the peer validator had its own, different rules: it refused an update with a
+policy it could not parse (the orderers adopt it: a permanent split, every later update
+refused by peers as out of sequence), adopted one from a block holding other txs (the
+orderers adopt only a config block of its own: a compromised leader could split them) and
+ignored the orderer-set rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rxchain.v1 import block_pb2, config_pb2
+from rxchain.v1 import transaction_pb2 as tx_pb
+
+from bench.txbuild import RwSpec, make_block
+from node.crypto.signing import Verifier
+from node.identity.msp import MSP
+from node.orderer.configtx import ConfigTracker, OrdererConfig
+from tests.validation.conftest import Net, Peer
+
+VALID = tx_pb.VALID
+
+
+def _next_config(peer: Peer) -> config_pb2.ConsortiumConfig:
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(cur)
+    new.sequence = cur.sequence + 1
+    return new
+
+
+def _config_tx(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> bytes:
+    a = net.admins
+    return peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
+
+
+def _block(peer: Peer, net: Net, envs: Sequence[bytes]) -> block_pb2.Block:
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), envs, [net.orderer1])
+
+
+def _orderers_adopt(peer: Peer, block: block_pb2.Block) -> bool:
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    tracker = ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
+    return tracker.block_config(block) is not None
+
+
+def _commit(peer: Peer, block: block_pb2.Block) -> list[int]:
+    return list(peer.committer.commit_block(block).validated.codes)
+
+
+def test_update_with_a_policy_peers_cannot_parse_is_adopted_as_the_orderers_do(
+    peer: Peer, net: Net
+) -> None:
+    new = _next_config(peer)
+    next(p for p in new.policies if p.name == "lifecycle").rule = "MAJORITY("
+    block = _block(peer, net, [_config_tx(peer, net, new)])
+    assert _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [VALID]
+    assert peer.committer.validator.config.config.sequence == 1
+    fixed = _next_config(peer)  # the admins repair it: both sides move on together
+    next(p for p in fixed.policies if p.name == "lifecycle").rule = "MAJORITY(admin)"
+    block = _block(peer, net, [_config_tx(peer, net, fixed)])
+    assert _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [VALID]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 2
+
+
+def test_update_in_a_block_with_other_txs_is_refused_as_the_orderers_do(peer: Peer, net: Net) -> None:
+    invoke = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("a", b"1")])])
+    block = _block(peer, net, [invoke, _config_tx(peer, net, _next_config(peer))])
+    assert not _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [VALID, tx_pb.BAD_CONFIG_UPDATE]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 0
+    assert peer.committer.validator.config.config.sequence == 0
+
+
+def test_update_breaking_the_orderer_set_rules_is_refused_as_the_orderers_do(
+    peer: Peer, net: Net
+) -> None:
+    moved = _next_config(peer)
+    moved.orderers[0].port += 1  # a kept orderer may not change its address
+    dup = _next_config(peer)
+    dup.orderers[1].raft_id = dup.orderers[0].raft_id
+    for new in (moved, dup):
+        block = _block(peer, net, [_config_tx(peer, net, new)])
+        assert not _orderers_adopt(peer, block)
+        assert _commit(peer, block) == [tx_pb.BAD_CONFIG_UPDATE]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 0
