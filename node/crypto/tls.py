@@ -9,15 +9,20 @@ consortium CA and names ``localhost`` (:data:`TLS_SERVER_NAME`) -- i.e. every no
 organisation. A client that knows which node it means (a member talking to its own
 organisation's peer, carrying plaintext transient inputs) passes ``server_name`` (the node's
 name, a SAN of every node certificate) and ``root_certificates`` (that organisation's CA
-only), so no other organisation's node key can stand in for it.
+only), so no other organisation's node key can stand in for it. Nodes dial each other
+through :class:`NodeChannels`, which pins every target that is a node of the configuration.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from rxchain.v1 import identity_pb2
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.x509 import cert_info_der, pem_to_der
 
@@ -96,3 +101,57 @@ def peer_identity(context: grpc.ServicerContext) -> identity_pb2.Identity | None
     except ValueError:
         return None
     return identity_pb2.Identity(org=org, cert_der=der)
+
+
+class NodeChannels:
+    """Channels from one node to the other nodes of the consortium, each pinned to the node
+    its target belongs to in the configuration in force: the server must present a
+    certificate of that node's organisation CA naming that node (``server_name``), not just
+    any consortium certificate. Endorsement requests carry plaintext transient inputs
+    (prescription content, claim lines), so another organisation's node key at the right
+    address must not be able to answer them.
+
+    ``options`` are the channel options without a server name (it is per target);
+    ``config`` returns the consortium configuration in force (orderers, peers,
+    organisations' CA certificates). A target that is no node of that configuration (a
+    node.yaml endpoint not yet in the genesis or a config update) gets the unpinned
+    behaviour: any consortium CA and :data:`TLS_SERVER_NAME`.
+    """
+
+    def __init__(self, cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
+                 options: list[tuple[str, int | str]],
+                 config: Callable[[], config_pb2.ConsortiumConfig]) -> None:
+        self._cert = Path(cert_path).read_bytes()
+        self._key = Path(key_path).read_bytes()
+        self._bundle = Path(ca_bundle_path).read_bytes()
+        self._options = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
+        self._config = config
+        self._creds: dict[bytes, grpc.ChannelCredentials] = {}  # by root PEM (one per org)
+        self._lock = threading.Lock()
+
+    def pin(self, target: str) -> tuple[str, bytes] | None:
+        """(node name, its organisation's CA as PEM) of the node at ``target`` (host:port),
+        or None if no node of the configuration in force listens there."""
+        host, _, port = target.rpartition(":")
+        cfg = self._config()
+        nodes = [(n.host, n.port, n.name, n.org) for n in cfg.orderers]
+        nodes += [(n.host, n.port, n.name, n.org) for n in cfg.peers]
+        for n_host, n_port, name, org_id in nodes:
+            if n_host == host and str(n_port) == port:
+                for org in cfg.organizations:
+                    if org.id == org_id and org.ca_cert_der:
+                        return name, x509.load_der_x509_certificate(org.ca_cert_der).public_bytes(
+                            serialization.Encoding.PEM)
+                return None
+        return None
+
+    def __call__(self, target: str) -> grpc.Channel:
+        pin = self.pin(target)
+        name, roots = pin if pin is not None else (TLS_SERVER_NAME, self._bundle)
+        with self._lock:
+            creds = self._creds.get(roots)
+            if creds is None:
+                creds = self._creds[roots] = grpc.ssl_channel_credentials(
+                    root_certificates=roots, private_key=self._key, certificate_chain=self._cert)
+        return grpc.secure_channel(target, creds,
+                                   options=[*self._options, ("grpc.ssl_target_name_override", name)])

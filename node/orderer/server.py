@@ -25,7 +25,7 @@ from rxchain.v1 import config_pb2, services_pb2
 
 from node.config import NodeConfig, check_can_listen
 from node.crypto.signing import Verifier, load_signer
-from node.crypto.tls import channel_credentials, channel_options, server_credentials
+from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError, abort_with
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.caller import CallerCheck
@@ -249,7 +249,6 @@ def serve(config: NodeConfig) -> OrdererServer:
     tracker.subscribe(lambda cfg: membership.update(_members(cfg)))
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
-    creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
     options = [
         *channel_options(max_msg),
         # Orderers come back after a crash: retry connections quickly, and keep the
@@ -260,8 +259,9 @@ def serve(config: NodeConfig) -> OrdererServer:
         ("grpc.use_local_subchannel_pool", 1),
     ]
 
-    def channel(target: str) -> grpc.Channel:
-        return grpc.secure_channel(target, creds, options=options)
+    # the other orderers are dialled pinned to their names and their organisations' CAs
+    channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
+                           lambda: tracker.current.config)
 
     transport = RaftTransport(config.raft_id, membership, channel)
     fetcher = DeliverFetcher(

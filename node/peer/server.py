@@ -23,7 +23,7 @@ from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
-from node.crypto.tls import channel_credentials, channel_options, server_credentials
+from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.identity.caller import CallerCheck
@@ -162,12 +162,11 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     closers.append(sandbox.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), _wall_ms,
                         on_endorse=metrics.endorsements.inc)
-    creds = channel_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
     options = [*channel_options(max_msg), ("grpc.initial_reconnect_backoff_ms", 100),
                ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)]
-
-    def channel(target: str) -> grpc.Channel:
-        return grpc.secure_channel(target, creds, options=options)
+    # every other node is dialled pinned to its name and its organisation's CA
+    channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
+                           lambda: configs.current().config)
 
     def raft_targets() -> dict[int, str]:
         # Raft id -> endpoint of the committed configuration, so broadcasts follow the leader.

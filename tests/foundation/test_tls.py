@@ -90,3 +90,39 @@ def test_pinned_channel_refuses_another_orgs_node(server: tuple[int, Path], netw
             health(**pin)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert health(server_name="peer.h01", root_certificates=h01_ca).serving
+
+
+def test_node_channels_pin_each_target_to_its_node(server: tuple[int, Path], network: GeneratedNetwork) -> None:
+    """A node dials another through NodeChannels: the target's node in the configuration in
+    force decides the name and the CA the server must show. The server here is peer.h01; listed
+    at its address it connects, while p01's peer listed at that address (an h01 key answering
+    for p01) is refused; an address of no configured node gets the unpinned channel."""
+    from node.genesis import config_from_genesis, read_genesis
+
+    port, ndir = server
+    target = f"127.0.0.1:{port}"
+    base = config_from_genesis(read_genesis(network.genesis_path))
+
+    def config_with(name: str) -> Any:
+        cfg = type(base)()
+        cfg.CopyFrom(base)
+        for p in cfg.peers:
+            if p.name == name:
+                p.host, p.port = "127.0.0.1", port
+        return cfg
+
+    def health(cfg: Any) -> services_pb2.HealthResponse:
+        user = network.user_dir("h02", "admin")
+        channels = tls.NodeChannels(user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem",
+                                    tls.channel_options(1 << 20), lambda: cfg)
+        with channels(target) as ch:
+            return services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+
+    h01 = config_with("peer.h01")
+    assert tls.NodeChannels(ndir / "cert.pem", ndir / "key.pem", ndir / "ca-bundle.pem", [],
+                            lambda: h01).pin(target) == ("peer.h01", (network.home / "orgs/h01/ca.pem").read_bytes())
+    assert health(h01).serving
+    with pytest.raises(grpc.RpcError) as e:
+        health(config_with("peer.p01"))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert health(base).serving  # no configured node at this address: unpinned
