@@ -18,6 +18,11 @@ from node.crypto.tls import peer_identity
 from node.errors import RxError
 from node.identity.msp import MSP, Principal
 
+# Roles that may not stream whole blocks (peer or orderer Deliver): blocks carry every
+# patient's pseudonym, ciphertexts and wrapped keys; a patient's device reads her own records
+# through the contracts' queries and follows her transactions with CommitStatus and Events.
+NO_BLOCK_ROLES = frozenset({"patient"})
+
 
 def wall_ms() -> int:
     """Milliseconds since the epoch (what certificate validity is checked against)."""
@@ -36,19 +41,26 @@ def caller_of(context: grpc.ServicerContext) -> identity_pb2.Identity:
 class CallerCheck:
     """``check(context)``: the caller's principal, or an RxError with the MSP's reason
     (UNKNOWN_CREATOR, EXPIRED_CERT, REVOKED_CERT, WRONG_ROLE, UNKNOWN_ORG ...) and status
-    PERMISSION_DENIED. ``msp_source`` gives the MSP of the configuration in force."""
+    PERMISSION_DENIED. ``msp_source`` gives the MSP of the configuration in force; a
+    certificate of one of ``refused_roles`` is WRONG_ROLE."""
 
-    def __init__(self, msp_source: Callable[[], MSP], clock_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(self, msp_source: Callable[[], MSP], clock_ms: Callable[[], int] = wall_ms,
+                 refused_roles: frozenset[str] = frozenset()) -> None:
         self._msp = msp_source
         self._clock_ms = clock_ms
+        self._refused = refused_roles
 
     def __call__(self, context: grpc.ServicerContext) -> Principal:
         ident = caller_of(context)
         msp = self._msp()  # may raise its own RxError (e.g. no genesis block yet)
         try:
-            return msp.validate(ident, self._clock_ms())
+            principal = msp.validate(ident, self._clock_ms())
         except RxError as err:
             raise RxError(err.reason, err.message, grpc.StatusCode.PERMISSION_DENIED) from None
         except ValueError as exc:  # a certificate the MSP cannot parse
             raise RxError("BAD_CERT", f"client certificate: {exc}",
                           grpc.StatusCode.PERMISSION_DENIED) from None
+        if principal.role in self._refused:
+            raise RxError("WRONG_ROLE", f"a {principal.role} certificate may not call this",
+                          grpc.StatusCode.PERMISSION_DENIED)
+        return principal

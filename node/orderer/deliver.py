@@ -24,7 +24,7 @@ import grpc
 from rxchain.v1 import block_pb2, identity_pb2, services_pb2, services_pb2_grpc
 
 from node.errors import RxError, abort_with, guarded_stream
-from node.identity.caller import CallerCheck
+from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
 from node.identity.msp import MSP, Principal
 from node.ledger.blockstore import BlockStore
 from node.stream_caps import StreamCaps
@@ -64,7 +64,7 @@ class DeliverService:
         streams: StreamCaps | None = None,
     ) -> None:
         self._blocks = blocks
-        self._check = CallerCheck(msp_source, clock_ms)
+        self._check = CallerCheck(msp_source, clock_ms, NO_BLOCK_ROLES)
         # Deliver streams hold a gRPC worker each: capped per caller and in total
         # (TOO_MANY_STREAMS), uncapped when none are given (unit tests).
         self._streams = streams or StreamCaps(1 << 30, 1 << 30)

@@ -26,7 +26,7 @@ from node.crypto.signing import Signer, Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
-from node.identity.caller import CallerCheck
+from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
 from node.peer.broadcast_client import BroadcastClient
@@ -211,7 +211,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(
-        PeerDeliverService(ledger, notifier, check_caller, streams), server)
+        PeerDeliverService(ledger, notifier, CallerCheck(lambda: configs.current().msp, _wall_ms, NO_BLOCK_ROLES),
+                           streams), server)
     services_pb2_grpc.add_AdminServicer_to_server(
         PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set(),
                          check_caller),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -260,3 +261,49 @@ def test_cluster_refusals_carry_the_reason_metadata(adv: AdvNet) -> None:
             except grpc.RpcError as exc:
                 reasons[name] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
     assert set(reasons.values()) == {"PERMISSION_DENIED/NOT_AN_ORDERER"}, reasons
+
+
+def test_a_patient_certificate_cannot_stream_blocks(adv: AdvNet, case_table: CaseTable, tmp_path: Path) -> None:
+    """Blocks carry every patient's pseudonym, ciphertexts and wrapped keys: a patient's
+    certificate (valid, of her hospital's CA) is refused WRONG_ROLE by the peer's and the
+    orderer's Deliver, while CommitStatus, Events and Status -- what her device follows her
+    own transactions with -- still serve it."""
+    import datetime as dt
+
+    from cryptography import x509 as cx509
+
+    from node.crypto import signing
+    from node.crypto import x509 as rx509
+    from tests.adversarial.support import _write_member
+
+    ca_dir = adv.cons.home / "orgs" / "h01"
+    ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    key = signing.generate_key()
+    cert = rx509.issue_cert(ca_cert, signing.load_private_key((ca_dir / "ca.key").read_bytes()), key.public_key(),
+                            org="h01", role="patient", name="pt-reader", now=dt.datetime.now(dt.UTC),
+                            hosts=("127.0.0.1", "localhost"))
+    patient = _write_member(tmp_path / "patient", cert, key)
+    before = adv.snapshot()
+    outcomes: dict[str, str] = {}
+    with foreign_channel(adv.cons.target(adv.peer("h01")), patient, adv.cons.net.ca_bundle_path) as ch:
+        for name, call in _read_calls(ch, adv.lifecycle_tx_ids[0]).items():
+            try:
+                call()
+                outcomes[name] = "SERVED"
+            except grpc.RpcError as exc:
+                outcomes[name] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+    with foreign_channel(adv.cons.target(adv.orderer()), patient, adv.cons.net.ca_bundle_path) as ch:
+        try:
+            list(services_pb2_grpc.AtomicBroadcastStub(ch).Deliver(
+                services_pb2.DeliverRequest(start_block=0, stop_block=1), timeout=10))
+            outcomes["AtomicBroadcast.Deliver"] = "SERVED"
+        except grpc.RpcError as exc:
+            outcomes["AtomicBroadcast.Deliver"] = f"{exc.code().name}/{reason_from_rpc_error(exc)}"
+    case = case_table.add(Case("patient certificate streams blocks", "peer+orderer Deliver", "WRONG_ROLE",
+                               outcome=str(outcomes), reason=outcomes["PeerDeliver.Deliver"]))
+    case.nothing_written = adv.snapshot() == before
+    case.still_serving = adv.serving()
+    assert outcomes == {"PeerDeliver.Deliver": "PERMISSION_DENIED/WRONG_ROLE",
+                        "AtomicBroadcast.Deliver": "PERMISSION_DENIED/WRONG_ROLE",
+                        "Gateway.Events": "SERVED", "Gateway.CommitStatus": "SERVED", "Admin.Status": "SERVED"}, outcomes
+    assert case.passed, case
