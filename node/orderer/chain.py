@@ -1,8 +1,8 @@
 """The Raft driver of an orderer: one thread owns the RawNode, storage and block store.
 
 Loop (etcd-raft's contract): wait for an event or the next tick → tick / step / propose →
-for each Ready: persist (WAL fsync) → send messages → install snapshot → apply committed
-entries → advance → maybe snapshot.
+for each Ready: persist (WAL fsync) → install snapshot (fetch the blocks it covers) → send
+messages → apply committed entries → advance → maybe snapshot.
 
 Each Raft NORMAL entry is one whole serialized Block cut by the leader. The leader starts
 cutting only after it has applied every entry of earlier terms (its own term's first
@@ -59,7 +59,8 @@ from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
 from node.raft.errors import ProposalDropped, RaftError
-from node.raft.node import RawNode
+from node.raft.node import RawNode, may_send_before_persist
+from node.raft.tracker import ProgressState
 from node.raft.types import (
     ConfChange,
     ConfChangeType,
@@ -77,7 +78,8 @@ from node.raft.types import (
 _log = logging.getLogger(__name__)
 
 
-_EARLY_TYPES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+PROMOTE_MAX_LAG = 8
+"""A learner within this many Raft entries of the leader's last index is promoted to voter."""
 
 
 class Transport(Protocol):
@@ -535,10 +537,13 @@ class Chain:
             if early:
                 self._send(rd.messages)
             self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
+            if rd.snapshot is not None and not rd.snapshot.is_empty:
+                # Before the messages: they acknowledge the snapshot, and the leader must not
+                # count this node as holding it (e.g. promote it from learner to voter) while
+                # it is still fetching the blocks the snapshot covers.
+                self._install_snapshot(rd.snapshot)
             if rd.messages and not early:
                 self._send(rd.messages)
-            if rd.snapshot is not None and not rd.snapshot.is_empty:
-                self._install_snapshot(rd.snapshot)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             self._node.advance(rd)
@@ -609,17 +614,10 @@ class Chain:
         return out
 
     def _may_send_before_persist(self, rd: Ready) -> bool:
-        """etcd-raft's leader optimisation: a leader may send appends and heartbeats while
-        it persists the same Ready's entries (its own copy only counts once this loop has
-        fsynced, because acknowledgements are processed after it). Never with a changed
-        term or vote, a snapshot, or any other message type."""
-        if self._role != StateRole.LEADER or not rd.messages or rd.snapshot is not None:
-            return False
-        if rd.hard_state is not None:
-            persisted = self._storage.hard_state
-            if (rd.hard_state.term, rd.hard_state.vote) != (persisted.term, persisted.vote):
-                return False
-        return all(m.type in _EARLY_TYPES for m in rd.messages)
+        """Whether this leader sends ``rd``'s appends and heartbeats while it persists the
+        Ready (see :func:`node.raft.node.may_send_before_persist`; this driver persists
+        synchronously: acknowledgements are stepped only after ``save_ready`` returns)."""
+        return may_send_before_persist(rd, self._role, self._storage.hard_state)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         was_leader = self._role == StateRole.LEADER
@@ -843,7 +841,15 @@ class Chain:
 
     def _maybe_reconfigure(self, now: float) -> None:
         """Leader: propose the ConfChange that makes Raft's voters match the orderer set of
-        the config in force (one member at a time; retried while it does not match)."""
+        the config in force (one member at a time; retried while it does not match).
+
+        A new orderer joins as a LEARNER and is promoted to voter only once it has caught
+        up (:meth:`_caught_up`): adding it as a voter at once would raise the quorum before
+        it can vote, so a cluster with one orderer down (or an orderer being replaced: the
+        config already cuts the old one off the transport) would stop ordering until the
+        new one is running and has fetched the whole chain. Order of the steps: add missing
+        orderers as learners, promote caught-up learners, remove voters, remove learners
+        the config no longer names."""
         if not self._lead_ready() or now - self._last_conf_change_at < 1.0:
             return
         current = self._tracker.current
@@ -851,25 +857,43 @@ class Chain:
         if match is not None and match[0] is current and match[1] == self._conf_state:
             return  # checked since the last config or membership change (every loop otherwise)
         want = set(current.orderer_ids())
-        have = set(self._conf_state.voters) | set(self._conf_state.learners)
-        if want == set(self._conf_state.voters):
+        voters, learners = set(self._conf_state.voters), set(self._conf_state.learners)
+        if want == voters and not learners:
             self._members_match = (current, self._conf_state)
             return
         self._last_conf_change_at = now
-        add = sorted(want - have)
-        promote = sorted(want & set(self._conf_state.learners))
-        remove = sorted(set(self._conf_state.voters) - want)
-        if add or promote:
-            cc = ConfChange(ConfChangeType.ADD_NODE, (add or promote)[0])
-        elif remove:
+        add = sorted(want - voters - learners)
+        promote = [rid for rid in sorted(want & learners) if self._caught_up(rid)]
+        remove = sorted(voters - want)
+        drop = sorted(learners - want)
+        if add:
+            cc = ConfChange(ConfChangeType.ADD_LEARNER_NODE, add[0])
+        elif promote:
+            cc = ConfChange(ConfChangeType.ADD_NODE, promote[0])
+        elif remove and voters - {remove[0]}:
             cc = ConfChange(ConfChangeType.REMOVE_NODE, remove[0])
+        elif drop:
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, drop[0])
         else:
-            return
+            return  # a learner is still catching up (checked again in a second)
         try:
             self._node.propose_conf_change(cc)
             _log.info("orderer %d proposes %s", self._id, cc)
         except ProposalDropped as err:
             _log.info("conf change %s not proposed yet: %s", cc, err.detail)
+
+    def _caught_up(self, learner: int) -> bool:
+        """Leader: has ``learner`` caught up enough to be promoted to voter? It must be
+        replicating (not probed, not being sent a snapshot), recently active, and hold the
+        log to within ``PROMOTE_MAX_LAG`` entries of the leader's last index."""
+        status = self._node.status()
+        pr = status.progress.get(learner)
+        return (
+            pr is not None
+            and pr.state == ProgressState.REPLICATE
+            and pr.recent_active
+            and status.last_index - pr.match <= PROMOTE_MAX_LAG
+        )
 
     # ------------------------------------------------------------------ status
 

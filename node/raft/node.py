@@ -16,7 +16,9 @@ Driving loop (one thread / one asyncio task per node; RawNode is not thread-safe
                     be written lazily: losing it on a crash is safe.)
         2. SEND     rd.messages, only now: a vote or an append acknowledgement must never
                     leave the node before the state it promises is durable. Sending is
-                    best-effort; lost messages are recovered by the protocol.
+                    best-effort; lost messages are recovered by the protocol. (One
+                    exception, for a leader whose driver persists synchronously: see
+                    may_send_before_persist.)
                     Report failures with report_unreachable(id); after sending a SNAP
                     message report_snapshot(id, ok) once the transfer finished or failed.
         3. APPLY    rd.snapshot (restore the application state from its data), then
@@ -261,6 +263,36 @@ class RawNode:
     def hard_state(self) -> HardState:
         """Current term, vote and commit (as the core sees them, maybe not yet persisted)."""
         return self.raft.hard_state()
+
+
+EARLY_MESSAGE_TYPES = frozenset({MessageType.APP, MessageType.HEARTBEAT})
+"""Message types a leader may send before persisting the Ready that carries them."""
+
+
+def may_send_before_persist(rd: Ready, role: StateRole, persisted: HardState) -> bool:
+    """etcd-raft's leader optimisation, an exception to step 2 of the Ready contract: may a
+    leader send ``rd.messages`` while (not after) it persists ``rd``?
+
+    Only for a driver that persists SYNCHRONOUSLY, i.e. steps no acknowledgement before the
+    persist returns: the core counts the leader's own entries in its match index at once,
+    and an acknowledgement stepped earlier could commit entries the leader has not stored.
+    Then it is safe when ``role`` is LEADER, the term and vote are unchanged from
+    ``persisted`` (the durable hard state), there is no snapshot, every message is an
+    append or a heartbeat, and no message carries a commit index reaching ``rd.entries``:
+    a single voter commits its entries as it appends them, so its appends to learners would
+    tell them to apply entries the leader could still lose in a crash (and replace after
+    restarting).
+    """
+    if role != StateRole.LEADER or not rd.messages or rd.snapshot is not None:
+        return False
+    hs = rd.hard_state
+    if hs is not None and (hs.term, hs.vote) != (persisted.term, persisted.vote):
+        return False
+    first_new = rd.entries[0].index if rd.entries else None
+    return all(
+        m.type in EARLY_MESSAGE_TYPES and (first_new is None or m.commit < first_new)
+        for m in rd.messages
+    )
 
 
 MAX_ENTRIES_PER_MSG = 1 << 16

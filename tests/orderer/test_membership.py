@@ -84,8 +84,12 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     wait_until(via_fourth, 20, interval=0.2, what="the new orderer to forward")
     resps = client.broadcast(procs.target(fourth), [client.envelope()[1] for _ in range(10)])
     assert all(r.accepted for r in resps), [r.message for r in resps]
-    # ... and is a voter: with 4 voters a quorum is 3, so with one original orderer down
-    # ordering continues only because the 4th one votes.
+    # ... it joined as a learner (the quorum stayed 2 of 3 while it caught up) and was
+    # promoted once caught up: with 4 voters a quorum is 3, so with one original orderer
+    # down ordering continues only because the 4th one votes.
+    wait_until(lambda: all("voters=(1, 2, 3, 4)" in procs.log_text(n) for n in first3), 20,
+               what="the new orderer to be promoted to voter")
+    assert all("ADD_LEARNER_NODE: 2>, node_id=4" in procs.log_text(n) for n in first3)
     victim = leader_of(procs, client, first3) or first3[0]
     procs.kill(victim)
     rest = [n for n in names if n != victim]
@@ -110,3 +114,37 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     assert len(config_blocks) == 1
     assert blocks[-1].metadata.last_config_block == config_blocks[0]
     assert "installs snapshot" in procs.log_text(fourth)
+
+
+def test_adding_an_orderer_while_another_is_down_keeps_ordering(four):
+    """An insurer adds a 4th orderer by config update while one of the three is down for
+    maintenance, and starts the new one only later. The new orderer joins as a learner, so
+    the two running orderers keep ordering (as a voter it would have made the quorum 3 of 4
+    with only 2 of them up: ordering stopped until the new one ran and caught up)."""
+    net, procs, client, start, full = four
+    names = procs.names()
+    first3, fourth = names[:3], names[3]
+    for n in first3:
+        procs.start(n)
+    all_serving(procs, client, first3)
+    down = next(n for n in first3 if n != leader_of(procs, client, first3))
+    procs.kill(down)
+    up = [n for n in first3 if n != down]
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(full)
+    new.sequence = start.sequence + 1
+    [r] = client.broadcast(procs.target(up[0]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
+    assert r.accepted, r.message
+    wait_until(lambda: all("learners=(4,)" in procs.log_text(n) for n in up), 10,
+               what="the new orderer to join as a learner")
+    for _ in range(3):  # the 4th is not running: the two live orderers still form the quorum
+        rs = client.broadcast(procs.target(up[0]), [client.envelope()[1] for _ in range(5)], timeout=15)
+        assert all(x.accepted for x in rs), [x.message for x in rs]
+    procs.start(fourth)
+    wait_until(lambda: all("voters=(1, 2, 3, 4)" in procs.log_text(n) for n in up), 30,
+               what="the new orderer to catch up and be promoted")
+    rs = client.broadcast(procs.target(up[1]), [client.envelope()[1] for _ in range(5)], timeout=15)
+    assert all(x.accepted for x in rs), [x.message for x in rs]
+    height = max(client.status(procs.target(n)).height for n in up)
+    wait_until(lambda: client.status(procs.target(fourth), 1.0).height >= height, 20,
+               what="the new orderer at the others' height")
