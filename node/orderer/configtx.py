@@ -37,6 +37,7 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, transaction_pb2
 
 from node.crypto.signing import Verifier
 from node.errors import RxError
+from node.identity.envelope import EnvelopeReject, check_creator, check_header, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import parse_policy
 
@@ -201,7 +202,12 @@ class ConfigTracker:
             return validate_update(self._current, raw, self._verifier)
 
     def block_config(self, block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
-        """The valid new config a block carries (apply path, deterministic), else None."""
+        """The valid new config a block carries (apply path, deterministic), else None.
+
+        Valid exactly when peers record the tx VALID: the envelope checks every peer runs
+        (header, creator certificate at the tx timestamp, creator signature, tx id), then
+        :func:`validate_update` -- a leader cannot make the orderers adopt an update the
+        peers refuse (e.g. admin-signed content in a forged envelope)."""
         if len(block.data.envelopes) != 1:
             return None
         raw = block.data.envelopes[0]
@@ -209,8 +215,12 @@ class ConfigTracker:
             return None
         try:
             with self._lock:
-                return validate_update(self._current, raw, self._verifier)
-        except RxError:
+                current = self._current
+                env, _, header = parse_envelope(raw)
+                check_header(header, current.config.consortium_id)
+                check_creator(header, env, current.msp.validate, self._verifier.verify)
+                return validate_update(current, raw, self._verifier)
+        except (RxError, EnvelopeReject):
             return None
 
     def adopt(self, config: config_pb2.ConsortiumConfig, block_number: int) -> OrdererConfig:

@@ -69,12 +69,12 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, transaction_pb2
 from node.crypto.canonical import (
     block_data_hash,
     block_header_hash,
-    compute_tx_id,
     proposal_hash,
 )
 from node.crypto.signing import Verifier
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
+from node.identity.envelope import EnvelopeReject, check_creator, check_header, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import Policy, parse_policy
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
@@ -83,7 +83,6 @@ from node.orderer.configtx import OrdererConfig, validate_update
 
 Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
 
-MIN_NONCE_BYTES = 16
 POLICY_CACHE_SIZE = 4096
 MAX_ENDORSEMENTS = 32  # more is an attempt to burn validation CPU
 
@@ -223,16 +222,7 @@ class ValidatedBlock:
     events: list[list[transaction_pb2.ContractEvent]] = field(default_factory=list)
 
 
-_CERT_CODES: dict[str, Code] = {
-    "EXPIRED_CERT": transaction_pb2.EXPIRED_CREATOR_CERT,
-    "REVOKED_CERT": transaction_pb2.REVOKED_CREATOR_CERT,
-}
-
-
-class _Reject(Exception):
-    def __init__(self, code: Code) -> None:
-        super().__init__(code)
-        self.code = code
+_Reject = EnvelopeReject  # a tx refused with its validation code
 
 
 class Validator:
@@ -318,7 +308,7 @@ class Validator:
             writes: Sequence[KeyWrite] = ()
             tx_events: list[transaction_pb2.ContractEvent] = []
             try:
-                env, tx, header = _parse_envelope(env_bytes)
+                env, tx, header = parse_envelope(env_bytes)
                 tx_id, ts = header.tx_id, header.timestamp_ms
                 self._check_header(cfg, header)
                 self._check_creator(cfg, header, env)
@@ -359,16 +349,7 @@ class Validator:
         return ValidatedBlock(block, outcomes, codes, new_config, events)
 
     def _check_header(self, cfg: ConfigState, header: transaction_pb2.TxHeader) -> None:
-        if (
-            header.type not in (transaction_pb2.INVOKE, transaction_pb2.CONFIG)
-            or not header.HasField("creator")
-            or not header.creator.cert_der
-            or len(header.nonce) < MIN_NONCE_BYTES
-            or not header.tx_id
-            or header.timestamp_ms <= 0
-            or header.consortium_id != cfg.config.consortium_id
-        ):
-            raise _Reject(transaction_pb2.BAD_HEADER)
+        check_header(header, cfg.config.consortium_id)
 
     def _check_creator(
         self,
@@ -376,14 +357,7 @@ class Validator:
         header: transaction_pb2.TxHeader,
         env: transaction_pb2.Envelope,
     ) -> None:
-        try:
-            cfg.principal(header.creator, header.timestamp_ms)
-        except RxError as err:
-            raise _Reject(_CERT_CODES.get(err.reason, transaction_pb2.UNKNOWN_CREATOR)) from None
-        if not self._verifier.verify(header.creator.cert_der, env.signature, env.payload):
-            raise _Reject(transaction_pb2.BAD_CREATOR_SIGNATURE)
-        if header.tx_id != compute_tx_id(header.nonce, header.creator):
-            raise _Reject(transaction_pb2.BAD_TXID)
+        check_creator(header, env, cfg.principal, self._verifier.verify)
 
     def _check_invoke(
         self,
@@ -543,19 +517,3 @@ class Validator:
         # validate_update parsed it: the bytes the admins signed are what the state stores
         return adopted, config_pb2.ConfigUpdate.FromString(tx.config_update).config
 
-
-def _parse_envelope(
-    env_bytes: bytes,
-) -> tuple[transaction_pb2.Envelope, transaction_pb2.Transaction, transaction_pb2.TxHeader]:
-    try:
-        env = transaction_pb2.Envelope.FromString(env_bytes)
-        tx = transaction_pb2.Transaction.FromString(env.payload)
-    except DecodeError:
-        raise _Reject(transaction_pb2.BAD_PAYLOAD) from None
-    if not env.payload or not env.signature or not tx.header:
-        raise _Reject(transaction_pb2.BAD_PAYLOAD)
-    try:
-        header = transaction_pb2.TxHeader.FromString(tx.header)
-    except DecodeError:
-        raise _Reject(transaction_pb2.BAD_HEADER) from None
-    return env, tx, header

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from rxchain.v1 import block_pb2, config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
@@ -91,5 +92,45 @@ def test_update_breaking_the_orderer_set_rules_is_refused_as_the_orderers_do(
         block = _block(peer, net, [_config_tx(peer, net, new)])
         assert not _orderers_adopt(peer, block)
         assert _commit(peer, block) == [tx_pb.BAD_CONFIG_UPDATE]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 0
+
+
+def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
+    """The same admin-signed update in an envelope a leader could forge around it."""
+    env = tx_pb.Envelope.FromString(env_bytes)
+    tx = tx_pb.Transaction.FromString(env.payload)
+    header = tx_pb.TxHeader.FromString(tx.header)
+    if edit == "forged creator signature":
+        env.signature = net.doctor.sign(b"something else")
+    elif edit == "other consortium":
+        header.consortium_id = "another"
+        tx.header = header.SerializeToString()
+        env.payload = tx.SerializeToString()
+    elif edit == "tx id not derived from the creator":
+        header.tx_id = "ab" * 32
+        tx.header = header.SerializeToString()
+        env.payload = tx.SerializeToString()
+    elif edit == "creator not a member then":
+        header.timestamp_ms = 1  # 1970: before the creator's certificate
+        tx.header = header.SerializeToString()
+        env.payload = tx.SerializeToString()
+    else:
+        raise AssertionError(edit)
+    return env.SerializeToString()
+
+
+@pytest.mark.parametrize(("edit", "code"), [
+    ("forged creator signature", tx_pb.BAD_CREATOR_SIGNATURE),
+    ("other consortium", tx_pb.BAD_HEADER),
+    ("tx id not derived from the creator", tx_pb.BAD_CREATOR_SIGNATURE),
+    ("creator not a member then", tx_pb.EXPIRED_CREATOR_CERT),
+])
+def test_admin_signed_update_in_a_forged_envelope_is_refused_by_orderers_as_by_peers(
+    peer: Peer, net: Net, edit: str, code: int
+) -> None:
+    block = _block(peer, net, [_rewrapped(_config_tx(peer, net, _next_config(peer)), edit, net)])
+    assert not _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [code]
     cur = peer.ledger.current_config()
     assert cur is not None and cur.sequence == 0
