@@ -23,6 +23,7 @@ from client.session import Session
 RX = "prescription"
 SETTLEMENT = "settlement"
 REGISTRY = "registry"
+MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (1000 entries each)
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 
 
@@ -304,11 +305,37 @@ class RxOperations:
             out["denied"] = "NO_KEY_GRANT"
         return out
 
+    def _all_pages(self, fn: str, rx_id: str, items: str) -> dict[str, Any]:
+        """Every page of a paged view (``start``/``next``) of one prescription, its ``items``
+        concatenated; at most MAX_PAGES pages, and a cursor that does not move is an error."""
+        start, merged = "", None
+        for _ in range(MAX_PAGES):
+            res = self.s.gateway.evaluate(RX, fn, {"rx_id": rx_id, "start": start})
+            if not isinstance(res, dict) or not isinstance(res.get(items, []), list):
+                raise RxClientError("BAD_PAYLOAD", f"{fn} returned no object")
+            if merged is None:
+                merged = res
+            else:
+                merged[items].extend(res.get(items) or [])
+                for k in ("unreadable", "status"):
+                    if k in res:
+                        merged[k] = res[k]
+            nxt = res.get("next", "")
+            if not nxt:
+                merged["next"], merged["truncated"] = "", bool(merged.get("unreadable"))
+                return merged
+            if nxt == start:
+                raise RxClientError("BAD_PAYLOAD", f"{fn}: the page cursor did not move")
+            start = str(nxt)
+        assert merged is not None
+        merged["truncated"] = True  # more pages than MAX_PAGES: say so, never drop silently
+        return merged
+
     def trace(self, rx_id: str) -> dict[str, Any]:
-        """The trail in order: step, actor, org, role, time, tx_id, block."""
-        res = self.s.gateway.evaluate(RX, "trace", {"rx_id": rx_id})
-        if not isinstance(res, dict):
-            raise RxClientError("BAD_PAYLOAD", "trace returned no object")
+        """The trail in order: step, actor, org, role, time, tx_id, block (every page);
+        ``truncated`` when steps are missing (beyond ``MAX_PAGES`` pages, or versions past
+        the history window: ``unreadable``)."""
+        res = self._all_pages("trace", rx_id, "steps")
         steps = []
         notes: list[tuple[str, dict[str, Any]]] = []
         for st in res.get("steps") or []:
@@ -333,7 +360,10 @@ class RxOperations:
             except NoKeyGrant:
                 opened = None
             self._notes_opened(rx_id, notes, opened)
-        return {"rx_id": rx_id, "status": res.get("status"), "steps": steps}
+        out = {"rx_id": rx_id, "status": res.get("status"), "steps": steps, "truncated": res.get("truncated", False)}
+        if res.get("unreadable"):
+            out["unreadable"] = res["unreadable"]
+        return out
 
     def list_prescriptions(self, patient: str | None = None, start: str = "",
                            limit: int = 50) -> dict[str, Any]:
@@ -351,11 +381,8 @@ class RxOperations:
         return res
 
     def audit(self, rx_id: str) -> dict[str, Any]:
-        """Every grant, key fetch and denial of a prescription (metadata only)."""
-        res = self.s.gateway.evaluate(RX, "audit_trail", {"rx_id": rx_id})
-        if not isinstance(res, dict):
-            raise RxClientError("BAD_PAYLOAD", "audit_trail returned no object")
-        return res
+        """Every grant, key fetch and denial of a prescription (metadata only, every page)."""
+        return self._all_pages("audit_trail", rx_id, "events")
 
     def grant_consent(self, rx_id: str, org: str) -> dict[str, Any]:
         """The patient shares her prescription with another organisation (re-wrapped key)."""
