@@ -20,7 +20,9 @@ import yaml
 from client.errors import RxClientError
 from client.records import normalise_id_number, pseudonym
 
-ID_NUMBER = re.compile(r"^\d{17}[\dX]$")
+# ASCII digits only (re.ASCII): other scripts' digits are no ID number (normalise_id_number
+# folds full-width ones first)
+ID_NUMBER = re.compile(r"^\d{17}[\dX]$", re.ASCII)
 _DIGIT_RUN = re.compile(r"\d{6}")  # what may be (part of) an ID number: never echoed in errors
 DIRECTORY_FILE = "patients.yaml"
 

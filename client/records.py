@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import os
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +66,12 @@ def _secret(secret: bytes) -> bytes:
 
 
 def normalise_id_number(id_number: str) -> str:
-    """The canonical form of an ID number: no surrounding whitespace, upper case (the check
-    character of a resident ID is ``X``, never ``x``). One person, one pseudonym: without
-    this, ``...001x`` and ``...001X`` would be two patients with two deductibles and caps."""
-    return id_number.strip().upper()
+    """The canonical form of an ID number: Unicode compatibility forms folded (NFKC: the
+    full-width digits and ``Ｘ`` a Chinese input method types become ASCII), no surrounding
+    whitespace, upper case (the check character of a resident ID is ``X``, never ``x``).
+    One person, one pseudonym: without this, ``...001x``, ``...001X`` and ``５００...`` would be
+    several patients with several deductibles and caps."""
+    return unicodedata.normalize("NFKC", id_number).strip().upper()
 
 
 def pseudonym(secret: bytes, id_number: str) -> str:

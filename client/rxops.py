@@ -311,12 +311,12 @@ class RxOperations:
         start, merged = "", None
         for _ in range(MAX_PAGES):
             res = self.s.gateway.evaluate(RX, fn, {"rx_id": rx_id, "start": start})
-            if not isinstance(res, dict) or not isinstance(res.get(items, []), list):
-                raise RxClientError("BAD_PAYLOAD", f"{fn} returned no object")
+            if not isinstance(res, dict) or not isinstance(res.get(items), list):
+                raise RxClientError("BAD_PAYLOAD", f"{fn} returned no object with a list of {items}")
             if merged is None:
                 merged = res
             else:
-                merged[items].extend(res.get(items) or [])
+                merged[items].extend(res[items])
                 for k in ("unreadable", "status"):
                     if k in res:
                         merged[k] = res[k]
@@ -338,7 +338,16 @@ class RxOperations:
         res = self._all_pages("trace", rx_id, "steps")
         steps = []
         notes: list[tuple[str, dict[str, Any]]] = []
+        seen: set[tuple[str, str]] = set()
         for st in res.get("steps") or []:
+            # the trace pages by position in a time-ordered trail: a step committed between two
+            # pages with an earlier timestamp (client clocks differ) shifts the later ones, so
+            # the next page repeats one; a step is one transaction's (tx_id, step): never lost
+            ident = (str(st.get("tx_id") or ""), str(st.get("step")))
+            if ident[0]:
+                if ident in seen:
+                    continue
+                seen.add(ident)
             block = st.get("block")
             if block is None and st.get("tx_id"):
                 block = self.s.gateway.tx_block(str(st["tx_id"]))

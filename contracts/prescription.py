@@ -126,9 +126,15 @@ def _is_blob(s: str) -> bool:
 
 
 def _is_blank(s: str) -> bool:
-    """A required free-text field that says nothing: missing, not a string, empty or
-    whitespace only (str.strip: Unicode whitespace, e.g. U+3000 ideographic space)."""
-    return not isinstance(s, str) or len(s.strip()) == 0
+    """A required free-text field that says nothing: missing, not a string, or without one
+    visible character -- only Unicode whitespace (e.g. U+3000 ideographic space) and
+    invisible format/control characters (e.g. U+200B zero-width space, U+FEFF)."""
+    if not isinstance(s, str):
+        return True
+    for ch in s:
+        if ch.isprintable() and not ch.isspace():
+            return False
+    return True
 
 
 def _is_offset(s: str) -> bool:
@@ -680,6 +686,10 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
         ctx.fail("SOD_VIOLATION", "the prescriber may not review their own prescription")
     if c.org != rx["hospital"] and c.org != rx["pharmacy"]:
         ctx.fail("NOT_ROUTED", "only the issuing hospital or the routed pharmacy reviews")
+    if c.org != rx["hospital"] and not _pharmacy_active(ctx, c.org):
+        # as for lock and dispense: a pharmacy whose registration is inactive does not approve
+        # (an approval of its pharmacist would let any pharmacy dispense after a re-route)
+        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + c.org + " is not registered/active")
     if not isinstance(approve, bool) or not isinstance(reason, str):
         ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string")
     if approve and len(reason) > 0:
@@ -1088,9 +1098,8 @@ def _claim_rows(ctx: Context, rx_id: str) -> list:
     page = ctx.range_from("settlement", prefix, prefix + "~", CLAIM_ROWS)
     while len(page) > 0:
         rows.extend(page)
-        if len(page) < CLAIM_ROWS:
-            break
-        # next page after the last key ("!" sorts below every character of the index keys)
+        # next page after the last key ("!" sorts below every character of the index keys);
+        # until a page comes back empty: the sandbox may cap a range below CLAIM_ROWS
         page = ctx.range_from("settlement", page[len(page) - 1][0] + "!", prefix + "~", CLAIM_ROWS)
     return rows
 
@@ -1201,8 +1210,9 @@ def audit_trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> di
     for pair in rows:
         out.append(pair[1])
     next_key = ""
-    if len(rows) == limit:
-        # is there more? ("!" sorts below every character of the audit keys)
+    if len(rows) > 0:
+        # is there more? ("!" sorts below every character of the audit keys). Asked even for a
+        # short page: the sandbox may cap a range below the limit asked for
         more = ctx.range(rows[len(rows) - 1][0] + "!", prefix + "~", 1)
         if len(more) > 0:
             next_key = more[0][0][len(prefix):]

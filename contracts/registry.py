@@ -246,6 +246,17 @@ def set_drug(
     old = ctx.get("drug/" + code)
     if old is not None and old["insurer"] != org:
         ctx.fail("ACCESS_DENIED", "formulary entry " + code + " is maintained by " + old["insurer"])
+    prefix = "drugver/" + code + "/"
+    if old is not None and ctx.timestamp_ms < old["updated"]["ms"]:
+        # versions are keyed by time: one timestamped before the entry's latest version (a
+        # skewed client clock) would sort below it, and settlement would price dispenses after
+        # this update by the older version
+        ctx.fail("POLICY_RETROACTIVE", "formulary entry " + code + " has a version from after this "
+                 "transaction's time; retry with the current time")
+    if old is not None and len(ctx.range(prefix, prefix + "~", 1)) == 0:
+        # an entry from before versions were kept: it stands for every dispense before this
+        # update (ms 0), so a claim for one is never priced by this update
+        ctx.put(prefix + _inv(0), old)
     rec = {
         "code": code,
         "insurer": org,
@@ -258,7 +269,7 @@ def set_drug(
     }
     ctx.put("drug/" + code, rec)
     # the version in force from now on: a claim is priced as of its dispense
-    ctx.put("drugver/" + code + "/" + _inv(ctx.timestamp_ms), rec)
+    ctx.put(prefix + _inv(ctx.timestamp_ms), rec)
     ctx.emit("registry.drug", {"code": code})
     return rec
 

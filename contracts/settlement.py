@@ -66,6 +66,17 @@ def _is_hex(s: str, lo: int, hi: int) -> bool:
     return True
 
 
+def _is_blank(s: str) -> bool:
+    """No visible character: not a string, empty, whitespace or invisible format characters
+    only (the prescription contract holds the same rule)."""
+    if not isinstance(s, str):
+        return True
+    for ch in s:
+        if ch.isprintable() and not ch.isspace():
+            return False
+    return True
+
+
 def _is_int(v: int, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
@@ -395,7 +406,7 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         ctx.fail("WRONG_ROLE", "only an insurer clerk reverses claims")
     if not isinstance(claim_id, str) or len(claim_id) > 128:
         ctx.fail("BAD_ARGUMENTS", "claim_id is a string")
-    if not isinstance(reason, str) or len(reason.strip()) == 0:
+    if _is_blank(reason):
         ctx.fail("REASON_REQUIRED", "a reversal needs a reason code: " + ", ".join(REVERSAL_REASONS))
     if reason not in REVERSAL_REASONS:
         codes = ", ".join(REVERSAL_REASONS)

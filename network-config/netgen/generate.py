@@ -222,19 +222,20 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         records[org.id] = rx509.cert_to_der(rcert)
         for user in _users(org):
             wallet = home / "orgs" / org.id / "users" / user.name
+            records_key = wallet / RECORDS_KEY_FILE
+            if user.role in RECORDS_READER_ROLES:
+                # in production: the org's KMS, released to these roles only
+                _write_if_changed_private(records_key, (rdir / "key.pem").read_bytes())
+            else:
+                # a courier, nurse, admin or patient never holds it (a copy left by an earlier
+                # run, e.g. under another role, is removed)
+                records_key.unlink(missing_ok=True)
             if user.role == "patient":
                 # a patient reads only what is wrapped for her own key; her device proves her
                 # certificate with its binding, never holding the consortium secret
                 cn = patient_cert_name(secret_bytes, org.id, user.name)
                 _write_if_changed_private(wallet / PATIENT_BINDING_FILE,
                                           patient_binding_hex(secret_bytes, org.id, cn).encode())
-                continue
-            records_key = wallet / RECORDS_KEY_FILE
-            if user.role in RECORDS_READER_ROLES:
-                # in production: the org's KMS, released to these roles only
-                _write_if_changed_private(records_key, (rdir / "key.pem").read_bytes())
-            else:
-                records_key.unlink(missing_ok=True)  # a courier, nurse or admin never holds it
     bundle = b"".join(rx509.cert_to_pem(cas[o.id][0]) for o in spec.orgs)
     _write_if_changed(home / "ca-bundle.pem", bundle)
 

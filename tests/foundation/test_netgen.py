@@ -192,3 +192,16 @@ def test_patient_wallets_hold_their_binding(tmp_path: Path) -> None:
         path = tmp_path / "orgs" / org / "users" / name / PATIENT_BINDING_FILE
         assert path.stat().st_mode & 0o077 == 0
         assert path.read_text() == patient_binding(secret, org, patient_cert_name(secret, org, name))
+
+
+def test_a_records_key_left_in_a_patient_wallet_is_removed(tmp_path: Path) -> None:
+    """Second review: the stale-copy clean-up skipped patient wallets (e.g. a user whose
+    role became patient kept the organisation's records key)."""
+    from netgen.generate import RECORDS_KEY_FILE
+    spec = load_spec(SAMPLE)
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    org, name = next((o.id, u.name) for o in spec.orgs for u in o.users if u.role == "patient")
+    stale = tmp_path / "orgs" / org / "users" / name / RECORDS_KEY_FILE
+    stale.write_bytes((tmp_path / "orgs" / org / "records" / "key.pem").read_bytes())
+    generate(spec, tmp_path, clock=lambda: FIXED_NOW)
+    assert not stale.exists()
