@@ -11,7 +11,7 @@ decides identically). Rules (reason BAD_CONFIG_UPDATE):
 * the new config is usable (CA certificates parse, ``config_update`` policy present, at
   least one orderer, unique raft ids);
 * the orderer set changes by at most ONE member (single-server membership changes); an
-  orderer kept in the set keeps its raft id, organisation, host and port, and may change
+  orderer kept in the set keeps its raft id, name, organisation, host and port, and may change
   only its certificate (in-place rotation), which counts as that update's one change and
   must validate against the organisation's CA of the NEW config with the orderer role.
 
@@ -123,6 +123,12 @@ def validate_update(
         before, after = old_by_id[rid], new_by_id[rid]
         if (before.org, before.host, before.port) != (after.org, after.host, after.port):
             raise RxError(BAD_CONFIG_UPDATE, f"orderer {rid} changed its organisation or address")
+        if before.name != after.name:
+            # Nodes dial an orderer pinned to the name the config gives it (tls.NodeChannels),
+            # which its TLS certificate carries: a renamed orderer would be unreachable from
+            # every node that (re)connects, and renaming them all in one update would leave
+            # no quorum to order the update that undoes it.
+            raise RxError(BAD_CONFIG_UPDATE, f"orderer {rid} changed its name")
         if before.cert_der != after.cert_der:
             rotated.append(after)
     if len(changed) + len(rotated) > 1:
@@ -207,7 +213,8 @@ class ConfigTracker:
         Valid exactly when peers record the tx VALID: the envelope checks every peer runs
         (header, creator certificate at the tx timestamp, creator signature, tx id), then
         :func:`validate_update` -- a leader cannot make the orderers adopt an update the
-        peers refuse (e.g. admin-signed content in a forged envelope)."""
+        peers refuse (e.g. admin-signed content in a forged envelope). Orderers keep no tx-id
+        index: peers adopt a valid update whatever its id (``node.peer.validator``)."""
         if len(block.data.envelopes) != 1:
             return None
         raw = block.data.envelopes[0]

@@ -14,7 +14,9 @@ creator certificate        UNKNOWN_CREATOR / EXPIRED_CREATOR_CERT / REVOKED_CREA
 creator signature          BAD_CREATOR_SIGNATURE (over ``Envelope.payload``)
 tx id                      BAD_TXID (must equal compute_tx_id(nonce, creator))
 duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block; "earlier in
-                           the block" counts only txs whose id is indexed, as on the ledger)
+                           the block" counts only txs whose id is indexed, as on the ledger;
+                           a CONFIG tx only if its update is refused too: orderers adopt
+                           updates without a tx-id index)
 -- INVOKE --
 invocation / response      BAD_PAYLOAD (parse; proposal_hash must bind header+invocation;
                            response status 200; every event names this contract and tx)
@@ -312,13 +314,18 @@ class Validator:
                 tx_id, ts = header.tx_id, header.timestamp_ms
                 self._check_header(cfg, header)
                 self._check_creator(cfg, header, env)
-                if tx_id in seen_ids or self._state.has_tx(tx_id):
-                    raise _Reject(transaction_pb2.DUPLICATE_TXID)
+                duplicate = tx_id in seen_ids or self._state.has_tx(tx_id)
                 if header.type == transaction_pb2.CONFIG:
-                    adopted, config_bytes = self._check_config(cfg, tx, env_bytes, alone)
+                    # The orderers adopt a config update without a tx-id index: a valid one is
+                    # adopted here too whatever its id (see _check_config_or_duplicate).
+                    adopted, config_bytes = self._check_config_or_duplicate(
+                        cfg, tx, env_bytes, alone, duplicate
+                    )
                     writes = config_writes(config_bytes)
                     cfg = new_config = adopted
                 else:
+                    if duplicate:
+                        raise _Reject(transaction_pb2.DUPLICATE_TXID)
                     writes, tx_events = self._check_invoke(cfg, tx, header, written, contracts)
                 code: Code = transaction_pb2.VALID
             except _Reject as rej:
@@ -498,6 +505,31 @@ class Validator:
                 vv.version.block != r.version.block or vv.version.tx != r.version.tx
             ):
                 raise _Reject(transaction_pb2.PHANTOM_READ_CONFLICT)
+
+    def _check_config_or_duplicate(
+        self,
+        cfg: ConfigState,
+        tx: transaction_pb2.Transaction,
+        env_bytes: bytes,
+        alone: bool,
+        duplicate: bool,
+    ) -> tuple[ConfigState, bytes]:
+        """:meth:`_check_config`, with DUPLICATE_TXID for a refused update whose id is taken.
+
+        The orderers decide on a config update without a tx-id index (they have none), so a
+        peer must not let a taken id refuse an update they adopt: a member holding an
+        admin-signed update could otherwise wrap it in an envelope reusing the nonce of one
+        of its own earlier (indexed) txs and split the peers from the orderers. An update the
+        orderers adopt is VALID here whatever its id; its index entry then replaces the
+        earlier tx's (same creator and nonce, so only that creator's own tx), as on replay. A
+        resubmitted copy of an adopted update is out of sequence, so it stays DUPLICATE_TXID
+        (unindexed) and never replaces the entry of the copy that was adopted."""
+        try:
+            return self._check_config(cfg, tx, env_bytes, alone)
+        except _Reject:
+            if duplicate:
+                raise _Reject(transaction_pb2.DUPLICATE_TXID) from None
+            raise
 
     def _check_config(
         self,

@@ -735,17 +735,32 @@ class Meter:
         Strings pay 1 per 32 characters the same way.  Tuples whose first items are
         distinct strings or integers (``sorted(d.items())``) are decided by their first
         items and pay nothing more.  With ``key`` the keys are
-        computed first, one call per item in order, as ``list.sort`` does."""
+        computed first, one call per item in order, as ``list.sort`` does -- and, as there,
+        the list is empty while they are (a key function sees ``[]``; one that adds to the
+        list gets ``ValueError: list modified during sort``, the list keeps its own items,
+        sorted, rather than looping over the items it appends)."""
         n = len(items)
         self.gas(1 + n * _log2(n))
         if key is None:
             self._sort_cost(items, n)
             items.sort(reverse=reverse)
             return
-        keys = [key(x) for x in items]
-        self._sort_cost(keys, n)
-        order = sorted(range(n), key=keys.__getitem__, reverse=reverse)
-        items[:] = [items[i] for i in order]
+        [].sort(reverse=reverse)  # list.sort's TypeError for a bad ``reverse``, before any key call
+        saved = items[:]
+        items.clear()
+        try:
+            keys = [key(x) for x in saved]
+            self._sort_cost(keys, n)
+            # list.sort itself, fed the keys already computed (it asks for them once per item,
+            # in order): the same comparisons, order, stability and, when a comparison raises,
+            # the same partly sorted list as an unmetered ``items.sort(key=key)``
+            next_key = iter(keys).__next__
+            saved.sort(key=lambda _item: next_key(), reverse=reverse)
+        finally:
+            modified = bool(items)
+            items[:] = saved
+        if modified:
+            raise ValueError("list modified during sort")
 
     def _sort_cost(self, values: list[Any], n: int) -> None:
         heads = _distinct_heads(values)

@@ -461,3 +461,40 @@ def test_worker_holding_much_memory_is_replaced_before_the_next_call() -> None:
         assert_serving(sb)
         [second] = sb.worker_pids()
         assert second != first  # ~100 MB (a cycle not yet collected) > a quarter of 256 MiB
+
+
+# list.sort(key=...) empties the list while the keys are computed: a key sees [], and one
+# that adds to the list gets ValueError (before the fix, the metered sort let the key see the
+# whole list and loop over what it appended until the gas ran out); a comparison that raises
+# leaves the list as partly sorted as list.sort leaves it (it was left untouched).
+KEYS_SEE_THE_SORT = {
+    "key sees an empty list": ["x = [3, 1, 2]", "seen = []",
+                               "def k(v: int) -> int:", "    seen.append(len(x))", "    return v",
+                               "x.sort(key=k)", "return [x, seen]"],
+    "key adding to the list": ["x = [3, 1, 2]",
+                               "def k(v: int) -> int:", "    x.append(v)", "    return -v",
+                               "try:", "    x.sort(key=k, reverse=True)", "    r = 'sorted'",
+                               "except ValueError as e:", "    r = str(e)",
+                               "return [x, r]"],
+    "comparison raising": ["x = [0, [], [], [0]]",  # int < list: TypeError part way through
+                           "def k(v: Any) -> Any:", "    return v",
+                           "try:", "    x.sort(key=k, reverse=True)", "    r = 'sorted'",
+                           "except TypeError:", "    r = 'raised'",
+                           "return [x, r]"],
+    "reverse not an integer": ["calls = []",  # refused before any key call, as list.sort does
+                               "def k(v: int) -> int:", "    calls.append(v)", "    return v",
+                               "try:", "    r = sorted([2, 1], key=k, reverse='x')",
+                               "except TypeError:", "    r = 'raised'",
+                               "return [calls, r]"],
+    "key raising": ["x = [3, 1, 2]",
+                    "def k(v: int) -> int:", "    x.append(v)", "    return v // (v - 1)",
+                    "try:", "    x.sort(key=k)", "    r = 'sorted'",
+                    "except ZeroDivisionError:", "    r = 'raised'",
+                    "return [x, r]"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEYS_SEE_THE_SORT))
+def test_sort_key_sees_the_list_as_python_does(name: str) -> None:
+    lines = KEYS_SEE_THE_SORT[name]
+    assert value(call(InProcessRunner(), fn(*lines), "f", {}, gas=10**6)) == plain_python(lines)

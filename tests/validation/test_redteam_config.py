@@ -16,7 +16,8 @@ from rxchain.v1 import block_pb2, config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
-from node.crypto.signing import Verifier
+from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Signer, Verifier
 from node.identity.msp import MSP
 from node.orderer.configtx import ConfigTracker, OrdererConfig
 from tests.validation.conftest import Net, Peer
@@ -132,5 +133,67 @@ def test_admin_signed_update_in_a_forged_envelope_is_refused_by_orderers_as_by_p
     block = _block(peer, net, [_rewrapped(_config_tx(peer, net, _next_config(peer)), edit, net)])
     assert not _orderers_adopt(peer, block)
     assert _commit(peer, block) == [code]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 0
+
+
+def _header(peer: Peer, creator: Signer, tx_type: int, nonce: bytes) -> bytes:
+    return tx_pb.TxHeader(
+        tx_id=compute_tx_id(nonce, creator.identity),
+        type=tx_type,  # type: ignore[arg-type]
+        creator=creator.identity,
+        nonce=nonce,
+        timestamp_ms=peer.kit.clock_ms + 5,
+        consortium_id=peer.kit.consortium_id,
+    ).SerializeToString()
+
+
+def test_update_reusing_the_tx_id_of_an_earlier_tx_is_adopted_as_the_orderers_do(
+    peer: Peer, net: Net
+) -> None:
+    # The orderers keep no tx-id index: a member holding an admin-signed update wraps it in
+    # an envelope reusing the nonce of one of its own indexed txs. Peers used to refuse it as
+    # DUPLICATE_TXID while the orderers adopted it (a permanent split).
+    creator, nonce = net.admins["h01"], b"n" * 24
+    earlier = peer.kit.invoke(
+        creator, [], [RwSpec("rx", writes=[("a", b"1")])],
+        header=_header(peer, creator, tx_pb.INVOKE, nonce),
+    )
+    assert _commit(peer, _block(peer, net, [earlier])) == [tx_pb.ENDORSEMENT_POLICY_FAILURE]
+    new = _next_config(peer)
+    update = config_pb2.ConfigUpdate(config=new.SerializeToString())
+    for a in (net.admins["h01"], net.admins["p01"], net.admins["ins01"]):
+        update.signatures.add(signer=a.identity_bytes, signature=a.sign(update.config))
+    tx = tx_pb.Transaction(
+        header=_header(peer, creator, tx_pb.CONFIG, nonce), config_update=update.SerializeToString()
+    )
+    env = peer.kit.seal(creator, tx)
+    block = _block(peer, net, [env])
+    assert _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [VALID]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 1
+    # a resubmitted copy is out of sequence on both sides and keeps its DUPLICATE_TXID code
+    # (unindexed: the adopted copy's index entry stays)
+    again = _block(peer, net, [env])
+    assert not _orderers_adopt(peer, again)
+    assert _commit(peer, again) == [tx_pb.DUPLICATE_TXID]
+    loc = peer.ledger.tx_location(compute_tx_id(nonce, creator.identity))
+    assert loc is not None and loc.block == block.header.number
+
+
+def test_update_renaming_orderers_is_refused_by_orderers_and_peers(peer: Peer, net: Net) -> None:
+    # Nodes dial orderers pinned to their configured names (tls.NodeChannels), which their
+    # TLS certificates carry: renaming every orderer in one update was adopted and left no
+    # orderer able to reach another once they reconnected (no quorum to order the fix).
+    every = _next_config(peer)
+    for o in every.orderers:
+        o.name += ".renamed"
+    one = _next_config(peer)
+    one.orderers[0].name = "orderer.elsewhere"
+    for new in (every, one):
+        block = _block(peer, net, [_config_tx(peer, net, new)])
+        assert not _orderers_adopt(peer, block)
+        assert _commit(peer, block) == [tx_pb.BAD_CONFIG_UPDATE]
     cur = peer.ledger.current_config()
     assert cur is not None and cur.sequence == 0
