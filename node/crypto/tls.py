@@ -15,6 +15,7 @@ through :class:`NodeChannels`, which pins every target that is a node of the con
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,12 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.x509 import cert_info_der, pem_to_der
+
+_log = logging.getLogger(__name__)
 
 # Name every certificate carries in its SANs so one override works for all node certs.
 TLS_SERVER_NAME = "localhost"
@@ -113,9 +117,13 @@ class NodeChannels:
 
     ``options`` are the channel options without a server name (it is per target);
     ``config`` returns the consortium configuration in force (orderers, peers,
-    organisations' CA certificates). A target that is no node of that configuration (a
-    node.yaml endpoint not yet in the genesis or a config update) gets the unpinned
-    behaviour: any consortium CA and :data:`TLS_SERVER_NAME`.
+    organisations' CA certificates). Besides the organisation's CA in that configuration,
+    the pin trusts the CAs of the node's own CA bundle whose subject names that organisation
+    (and that the configuration does not give to another one): a node still catching up from
+    an older configuration reaches an organisation that has since rotated its CA once its
+    operator has added the new CA to the bundle. A target that is no node of that
+    configuration (a node.yaml endpoint not yet in the genesis or a config update) gets the
+    unpinned behaviour, logged once: any consortium CA and :data:`TLS_SERVER_NAME`.
     """
 
     def __init__(self, cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
@@ -124,13 +132,15 @@ class NodeChannels:
         self._cert = Path(cert_path).read_bytes()
         self._key = Path(key_path).read_bytes()
         self._bundle = Path(ca_bundle_path).read_bytes()
+        self._bundle_cas = _labelled_cas(self._bundle)
+        self._unpinned: set[str] = set()
         self._options = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
         self._config = config
         self._creds: dict[bytes, grpc.ChannelCredentials] = {}  # by root PEM (one per org)
         self._lock = threading.Lock()
 
     def pin(self, target: str) -> tuple[str, bytes] | None:
-        """(node name, its organisation's CA as PEM) of the node at ``target`` (host:port),
+        """(node name, its organisation's CAs as PEM) of the node at ``target`` (host:port),
         or None if no node of the configuration in force listens there."""
         host, _, port = target.rpartition(":")
         cfg = self._config()
@@ -138,15 +148,21 @@ class NodeChannels:
         nodes += [(n.host, n.port, n.name, n.org) for n in cfg.peers]
         for n_host, n_port, name, org_id in nodes:
             if n_host == host and str(n_port) == port:
-                for org in cfg.organizations:
-                    if org.id == org_id and org.ca_cert_der:
-                        return name, x509.load_der_x509_certificate(org.ca_cert_der).public_bytes(
-                            serialization.Encoding.PEM)
-                return None
+                own = [o.ca_cert_der for o in cfg.organizations if o.id == org_id and o.ca_cert_der]
+                if not own:
+                    return None
+                others = {o.ca_cert_der for o in cfg.organizations if o.id != org_id}
+                roots = own + [der for label, der in self._bundle_cas
+                               if label == org_id and der not in others and der not in own]
+                return name, b"".join(_pem(der) for der in roots)
         return None
 
     def __call__(self, target: str) -> grpc.Channel:
         pin = self.pin(target)
+        if pin is None and target not in self._unpinned:
+            self._unpinned.add(target)
+            _log.warning("event=unpinned_channel target=%s reason=no node of the configuration in force "
+                         "listens there: any consortium CA is trusted", target)
         name, roots = pin if pin is not None else (TLS_SERVER_NAME, self._bundle)
         with self._lock:
             creds = self._creds.get(roots)
@@ -155,3 +171,17 @@ class NodeChannels:
                     root_certificates=roots, private_key=self._key, certificate_chain=self._cert)
         return grpc.secure_channel(target, creds,
                                    options=[*self._options, ("grpc.ssl_target_name_override", name)])
+
+
+def _pem(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def _labelled_cas(bundle: bytes) -> list[tuple[str, bytes]]:
+    """(organisation named in the subject, DER) of every CA certificate in a PEM bundle."""
+    out: list[tuple[str, bytes]] = []
+    for cert in x509.load_pem_x509_certificates(bundle):
+        orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        if len(orgs) == 1 and isinstance(orgs[0].value, str):
+            out.append((orgs[0].value, cert.public_bytes(serialization.Encoding.DER)))
+    return out

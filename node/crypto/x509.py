@@ -107,6 +107,10 @@ def issue_cert(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
             critical=False,
         )
+        # names the issuing CA's key (RFC 5280 4.2.1.1): TLS picks the right one of two CAs with
+        # the same subject (an organisation's previous and rotated CA trusted side by side)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
     )
     sans: list[x509.GeneralName] = []
     for host in hosts:

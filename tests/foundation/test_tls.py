@@ -126,3 +126,46 @@ def test_node_channels_pin_each_target_to_its_node(server: tuple[int, Path], net
         health(config_with("peer.p01"))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     assert health(base).serving  # no configured node at this address: unpinned
+
+
+def test_node_channels_trust_a_rotated_ca_from_the_operators_bundle(
+    server: tuple[int, Path], network: GeneratedNetwork
+) -> None:
+    """A node catching up from an older configuration knows an organisation's previous CA;
+    the organisation's nodes already show certificates of its new CA, which the operator put
+    into the node's bundle: the pin trusts bundle CAs naming the organisation -- unless the
+    configuration gives that CA to another organisation."""
+    import datetime as dt
+
+    from node.crypto import signing
+    from node.crypto import x509 as rx509
+    from node.genesis import config_from_genesis, read_genesis
+
+    port, ndir = server
+    target = f"127.0.0.1:{port}"
+    base = config_from_genesis(read_genesis(network.genesis_path))
+    previous_ca = rx509.cert_to_der(rx509.make_ca("h01", signing.generate_key(), dt.datetime.now(dt.UTC)))
+    current_ca = next(o.ca_cert_der for o in base.organizations if o.id == "h01")
+
+    def config(h01_ca: bytes, p01_ca: bytes | None = None) -> Any:
+        cfg = type(base)()
+        cfg.CopyFrom(base)
+        next(p for p in cfg.peers if p.name == "peer.h01").port = port
+        next(o for o in cfg.organizations if o.id == "h01").ca_cert_der = h01_ca
+        if p01_ca is not None:
+            next(o for o in cfg.organizations if o.id == "p01").ca_cert_der = p01_ca
+        return cfg
+
+    def health(cfg: Any) -> bool:
+        user = network.user_dir("h02", "admin")
+        channels = tls.NodeChannels(user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem",
+                                    tls.channel_options(1 << 20), lambda: cfg)
+        with channels(target) as ch:
+            try:
+                return services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5).serving
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+
+    assert health(config(previous_ca))  # the bundle's h01 CA signs the server's certificate
+    assert not health(config(previous_ca, p01_ca=current_ca))  # ... but the config says it is p01's
