@@ -524,14 +524,19 @@ def _check_supply(ctx: Context, content: dict, found: list) -> dict:
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need a recorded stability assessment")
             if content.get("patient_confirmed", False) is not True:
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need the patient's confirmation")
-    if long_rx or total > ORDINARY_MAX_DAYS:
+    _check_long_rx_classes(ctx, long_rx or total > ORDINARY_MAX_DAYS, found)
+    return {"days": days, "long_rx": long_rx, "max_fills": max_fills, "interval": interval}
+
+
+def _check_long_rx_classes(ctx: Context, long_supply: bool, found: list) -> None:
+    """A supply longer than an ordinary prescription's carries no drug of the excluded classes."""
+    if long_supply:
         for drug in found:
             if drug["controlled"] in LONGRX_EXCLUDED:
                 ctx.fail(
                     "LONGRX_EXCLUDED_CLASS",
                     drug["controlled"] + " drugs are not allowed on a long prescription",
                 )
-    return {"days": days, "long_rx": long_rx, "max_fills": max_fills, "interval": interval}
 
 
 def _claim_subset(rx_id: str, content: dict) -> dict:
@@ -861,8 +866,12 @@ def dispense(ctx: Context, rx_id: str) -> dict:
     _require_active_pharmacy(ctx, rx)
     content = _verify_content(ctx, rx_id, rx["commitment"])
     # the issue's drug rules again, on the formulary as of this dispense: a drug reclassified
-    # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now
-    _check_drugs(ctx, content)
+    # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now, and one reclassified into
+    # a class excluded from long prescriptions is LONGRX_EXCLUDED_CLASS on a long one (the
+    # supply itself was checked at issue and cannot have changed)
+    found = _check_drugs(ctx, content)
+    total = content["days"] * content.get("max_fills", 1)
+    _check_long_rx_classes(ctx, content.get("long_rx", False) or total > ORDINARY_MAX_DAYS, found)
     boxes = 0
     for line in content["drugs"]:
         boxes = boxes + line["qty"]
