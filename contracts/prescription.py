@@ -702,7 +702,7 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
     note = _note_ct(ctx, note_ct)
     if rx["status"] == "REVOKED":
         ctx.fail("REVOKED", "the prescription was revoked")
-    if rx["status"] == "EXPIRED" or rx["status"] == "ERASED":
+    if rx["status"] in TERMINAL:
         ctx.fail(rx["status"], "the prescription is " + rx["status"])
     if rx["status"] != "ISSUED":
         ctx.fail("ALREADY_REVIEWED", "the prescription was already reviewed")

@@ -253,6 +253,7 @@ def test_final_states_are_never_rewritten(world: World) -> None:
         assert call(world, "revoke", HE, prep.args["rx_id"], reason="OTHER") == status
     assert call(world, "deliver", COURIER, erased.args["rx_id"]) == "ERASED"
     assert call(world, "review", HE, unreviewed.args["rx_id"], approve=True, reason="") == "ERASED"
+    assert call(world, "review", HE, rejected.args["rx_id"], approve=True, reason="") == "REJECTED"
     assert world.chain.state.values == before
     for prep, status in ((rejected, "REJECTED"), (expired, "EXPIRED"), (erased, "ERASED")):
         shown = world.chain.query("prescription", "show", AUDITOR, rx_id=prep.args["rx_id"])
