@@ -307,9 +307,9 @@ class Gateway:
         except grpc.RpcError as exc:
             raise rpc_error(exc) from exc
 
-    def status(self, timeout: float = 5.0) -> services_pb2.StatusResponse:
-        """The peer's Admin.Status."""
+    def status(self, timeout: float = 5.0, include_config: bool = False) -> services_pb2.StatusResponse:
+        """The peer's Admin.Status (with the configuration in force if ``include_config``)."""
         try:
-            return self._admin.Status(services_pb2.StatusRequest(), timeout=timeout)
+            return self._admin.Status(services_pb2.StatusRequest(include_config=include_config), timeout=timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc) from exc

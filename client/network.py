@@ -7,7 +7,7 @@ Read from a home directory written by the generator: ``network.yaml`` (endpoints
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -123,6 +123,18 @@ class NetworkInfo:
         if not der:
             raise RxClientError("NO_RECORDS_CERT", f"organisation {org_id} has no records cert")
         return self.recipient_key(org_id, der, f"records certificate of {org_id}", at_ms=at_ms)
+
+    def with_config(self, config: config_pb2.ConsortiumConfig) -> NetworkInfo:
+        """This description with a later configuration of the same consortium (a config update
+        committed since the genesis: revocations, rotated records certificates ...).
+        RxClientError BAD_CONFIG if it is another consortium's or older than this one's."""
+        if config.consortium_id != self.config.consortium_id:
+            raise RxClientError("BAD_CONFIG", f"configuration of consortium {config.consortium_id!r}, "
+                                f"not {self.config.consortium_id!r}")
+        if config.sequence < self.config.sequence:
+            raise RxClientError("BAD_CONFIG", f"configuration sequence {config.sequence} is older than "
+                                f"{self.config.sequence}")
+        return replace(self, config=config)
 
     def insurers(self) -> list[str]:
         """Insurer organisation ids, in configuration order."""

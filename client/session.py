@@ -11,6 +11,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
+from rxchain.v1 import config_pb2
 
 from client.errors import RxClientError, WalletError
 from client.formulary import Formulary
@@ -69,6 +71,7 @@ class Session:
         if self.identity.role == "patient":
             self.gateway.default_transient["patient_binding"] = self._patient_binding()
         self._directory: PatientDirectory | None = None
+        self._current_net: NetworkInfo | None = None
         self._formulary: Formulary | None = None
 
     def _patient_binding(self) -> str:
@@ -152,11 +155,29 @@ class Session:
             der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         except ValueError as exc:
             raise WalletError("BAD_WALLET", f"{path}: not a PEM certificate") from exc
-        return self.net.recipient_key(org, der, f"certificate of {org}:{user}", role=role, at_ms=self.clock())
+        return self.current_network().recipient_key(org, der, f"certificate of {org}:{user}", role=role,
+                                                    at_ms=self.clock())
 
     def records_public_key(self, org: str) -> ec.EllipticCurvePublicKey:
         """``org``'s records certificate key, checked at the session's clock."""
-        return self.net.records_public_key(org, at_ms=self.clock())
+        return self.current_network().records_public_key(org, at_ms=self.clock())
+
+    def current_network(self) -> NetworkInfo:
+        """The network description with the configuration in force at this session's own
+        (pinned) peer, asked once: record keys are wrapped only for certificates that
+        configuration accepts (a revocation or a rotated records certificate committed since
+        the genesis counts). A peer that does not answer it leaves the genesis configuration."""
+        if self._current_net is None:
+            current = self.net
+            try:
+                raw = self.gateway.status(timeout=3.0, include_config=True).config
+                if raw:
+                    current = self.net.with_config(config_pb2.ConsortiumConfig.FromString(raw))
+            except (RxClientError, DecodeError) as exc:
+                if isinstance(exc, RxClientError) and exc.reason == "BAD_CONFIG":
+                    raise
+            self._current_net = current
+        return self._current_net
 
     def decryption_keys(self) -> list[ec.EllipticCurvePrivateKey]:
         """Keys the caller may unwrap record keys with: its own, then its org's records key."""

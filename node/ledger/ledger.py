@@ -273,8 +273,13 @@ class Ledger:
 
     def current_config(self) -> config_pb2.ConsortiumConfig | None:
         """The consortium configuration in force (from state), None before genesis."""
+        raw = self.current_config_bytes()
+        return None if raw is None else config_pb2.ConsortiumConfig.FromString(raw)
+
+    def current_config_bytes(self) -> bytes | None:
+        """The serialized consortium configuration in force, None before genesis."""
         vv = self.state.get(SYSTEM_NS, CONFIG_KEY)
-        return None if vv is None else config_pb2.ConsortiumConfig.FromString(vv.value)
+        return None if vv is None else vv.value
 
     def close(self) -> None:
         """Close the block store and the state (idempotent)."""

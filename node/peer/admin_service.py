@@ -49,4 +49,5 @@ class PeerAdminService(services_pb2_grpc.AdminServicer):
         return services_pb2.StatusResponse(
             node=self._name, role="peer", height=sp.block + 1, last_block_hash=last,
             state_hash=sp.state_hash,
+            config=(self._ledger.current_config_bytes() or b"") if request.include_config else b"",
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -56,85 +56,62 @@ def _pem_to_der(path: Path) -> bytes:
     return rx509.cert_to_der(x509.load_pem_x509_certificate(path.read_bytes()))
 
 
+def _refused(call: Callable[[], object]) -> str:
+    """The reason of the RxClientError ``call`` raises (the test fails if it raises none)."""
+    with pytest.raises(RxClientError) as e:
+        call()
+    return e.value.reason
+
+
+def _refused_with_patient_cert(net_home: GeneratedNetwork, tmp_path: Path, cert_pem: bytes) -> str:
+    """Why a session on a copy of the network refuses h01's patient-zhang as a recipient once
+    her wallet holds ``cert_pem`` as its certificate."""
+    home = _home(net_home, tmp_path)
+    (home / "orgs/h01/users/patient-zhang/cert.pem").write_bytes(cert_pem)
+    with _session(home) as s:
+        return _refused(lambda: s.user_public_key("h01", "patient-zhang"))
+
+
 def test_the_enrolled_patients_certificate_is_a_recipient(net_home, tmp_path):
-    s = _session(_home(net_home, tmp_path))
-    try:
+    with _session(_home(net_home, tmp_path)) as s:
         pub = s.user_public_key("h01", "patient-zhang")
         key = signing.load_private_key((net_home.user_dir("h01", "patient-zhang") / "key.pem").read_bytes())
         assert signing.key_matches(key, pub)
         assert s.records_public_key("p01") is not None
-    finally:
-        s.close()
 
 
 def test_a_doctor_certificate_in_a_patient_wallet_gets_no_patient_key(net_home, tmp_path):
-    home = _home(net_home, tmp_path)
-    shutil.copy(home / "orgs/h01/users/dr-jiang/cert.pem", home / "orgs/h01/users/patient-zhang/cert.pem")
-    s = _session(home)
-    try:
-        with pytest.raises(RxClientError) as e:
-            s.user_public_key("h01", "patient-zhang")
-        assert e.value.reason == "WRONG_ROLE"
-    finally:
-        s.close()
+    doctor_cert = (net_home.user_dir("h01", "dr-jiang") / "cert.pem").read_bytes()
+    assert _refused_with_patient_cert(net_home, tmp_path, doctor_cert) == "WRONG_ROLE"
 
 
 def test_a_patient_certificate_from_a_foreign_ca_gets_no_key(net_home, tmp_path):
-    home = _home(net_home, tmp_path)
     ca_key = signing.generate_key()
     ca = rx509.make_ca("h01", ca_key, FIXED_NOW)
     cert = rx509.issue_cert(ca, ca_key, signing.generate_key().public_key(), org="h01",
                             role="patient", name="pt-forged", now=FIXED_NOW)
-    (home / "orgs/h01/users/patient-zhang/cert.pem").write_bytes(rx509.cert_to_pem(cert))
-    s = _session(home)
-    try:
-        with pytest.raises(RxClientError) as e:
-            s.user_public_key("h01", "patient-zhang")
-        assert e.value.reason == "UNKNOWN_CREATOR"
-    finally:
-        s.close()
+    assert _refused_with_patient_cert(net_home, tmp_path, rx509.cert_to_pem(cert)) == "UNKNOWN_CREATOR"
 
 
 def test_a_patient_certificate_of_another_org_gets_no_key(net_home, tmp_path):
-    home = _home(net_home, tmp_path)
     # h02's patient put in an h01 wallet directory: its certificate names h02 / h02's CA
-    shutil.copy(home / "orgs/h02/users/patient-sun/cert.pem", home / "orgs/h01/users/patient-zhang/cert.pem")
-    s = _session(home)
-    try:
-        with pytest.raises(RxClientError) as e:
-            s.user_public_key("h01", "patient-zhang")
-        assert e.value.reason == "UNKNOWN_CREATOR"
-    finally:
-        s.close()
+    h02_patient_cert = (net_home.user_dir("h02", "patient-sun") / "cert.pem").read_bytes()
+    assert _refused_with_patient_cert(net_home, tmp_path, h02_patient_cert) == "UNKNOWN_CREATOR"
 
 
 def test_expired_or_revoked_recipients_get_no_key(net_home, tmp_path):
     home = _home(net_home, tmp_path)
     later = int((FIXED_NOW + dt.timedelta(days=900)).timestamp() * 1000)  # certs last 825 days
-    s = _session(home, now_ms=later)
-    try:
-        with pytest.raises(RxClientError) as e:
-            s.user_public_key("h01", "patient-zhang")
-        assert e.value.reason == "EXPIRED_CERT"
-        with pytest.raises(RxClientError) as e:
-            s.records_public_key("p01")
-        assert e.value.reason == "EXPIRED_CERT"
-    finally:
-        s.close()
+    with _session(home, now_ms=later) as s:
+        assert _refused(lambda: s.user_public_key("h01", "patient-zhang")) == "EXPIRED_CERT"
+        assert _refused(lambda: s.records_public_key("p01")) == "EXPIRED_CERT"
     net = load_network(home)
     net = _revoking(net, "h01", _pem_to_der(home / "orgs/h01/users/patient-zhang/cert.pem"))
     net = _revoking(net, "p01", net.org("p01").records_cert_der)
-    s = _session(home, net)
-    try:
-        with pytest.raises(RxClientError) as e:
-            s.user_public_key("h01", "patient-zhang")
-        assert e.value.reason == "REVOKED_CERT"
-        with pytest.raises(RxClientError) as e:
-            s.records_public_key("p01")
-        assert e.value.reason == "REVOKED_CERT"
+    with _session(home, net) as s:
+        assert _refused(lambda: s.user_public_key("h01", "patient-zhang")) == "REVOKED_CERT"
+        assert _refused(lambda: s.records_public_key("p01")) == "REVOKED_CERT"
         assert s.records_public_key("p02") is not None  # others are unaffected
-    finally:
-        s.close()
 
 
 def test_a_records_certificate_not_issued_by_its_org_gets_no_key(net_home, tmp_path):
@@ -253,3 +230,58 @@ def test_a_patient_device_needs_her_binding_not_the_consortium_secret(net_home, 
         with pytest.raises(RxClientError) as e:
             _session(home, as_="h01:patient-zhang")
         assert e.value.reason == "BAD_WALLET"
+
+
+class _ConfigAdmin(_Admin):
+    """A peer answering Admin.Status with ``config`` (what a config update committed)."""
+
+    def __init__(self, config: bytes) -> None:
+        self.config = config
+        self.asked: list[bool] = []
+
+    def Status(self, request: services_pb2.StatusRequest,
+               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        self.asked.append(request.include_config)
+        return services_pb2.StatusResponse(node="peer.h01", config=self.config if request.include_config else b"")
+
+
+@pytest.fixture
+def config_peer(net_home) -> Iterator[tuple[int, _ConfigAdmin]]:
+    ndir = net_home.home / "nodes" / "peer.h01"
+    admin = _ConfigAdmin(b"")
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AdminServicer_to_server(admin, srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(
+        ndir / "cert.pem", ndir / "key.pem", ndir / "ca-bundle.pem"))
+    srv.start()
+    try:
+        yield port, admin
+    finally:
+        srv.stop(None)
+
+
+def test_keys_are_wrapped_under_the_configuration_in_force_at_the_peer(net_home, tmp_path, config_peer):
+    """A revocation committed after the genesis reaches the client through its own peer's
+    Admin.Status: no record key is wrapped for the revoked patient certificate; a peer that
+    answers no configuration leaves the genesis one; another consortium's is BAD_CONFIG."""
+    port, admin = config_peer
+    genesis = load_network(net_home.home)
+    patient_der = _pem_to_der(net_home.home / "orgs/h01/users/patient-zhang/cert.pem")
+    later = config_pb2.ConsortiumConfig()
+    later.CopyFrom(_revoking(genesis, "h01", patient_der).config)
+    later.sequence = genesis.config.sequence + 1
+    foreign = config_pb2.ConsortiumConfig()
+    foreign.CopyFrom(later)
+    foreign.consortium_id = "another"
+    for served, outcome in ((b"", "OK"), (later.SerializeToString(), "REVOKED_CERT"),
+                            (foreign.SerializeToString(), "BAD_CONFIG")):
+        admin.config = served
+        s = _session_to(net_home, tmp_path, port)
+        try:
+            if outcome == "OK":
+                assert s.user_public_key("h01", "patient-zhang") is not None
+            else:
+                assert _refused(lambda s=s: s.user_public_key("h01", "patient-zhang")) == outcome  # type: ignore[misc]
+        finally:
+            s.close()
+    assert admin.asked and all(admin.asked)

@@ -52,6 +52,19 @@ def test_network_status_all_serving(net: Net):
     assert kinds == ["orderer"] * 3 + ["peer"] * 6
 
 
+def test_a_peer_answers_its_configuration_in_force(net: Net):
+    """Admin.Status with include_config answers the consortium configuration in force (what
+    a session wraps record keys under); without it the status stays small."""
+    with Session(net.home, DOCTOR) as s:
+        plain = s.gateway.status()
+        full = s.gateway.status(include_config=True)
+        current = s.current_network().config
+    assert plain.config == b"" and plain.height > 0
+    assert full.config and current.consortium_id == s.net.config.consortium_id
+    assert current.sequence >= s.net.config.sequence
+    assert {o.id for o in current.organizations} == {o.id for o in s.net.config.organizations}
+
+
 def test_demo_story_through_the_cli(net: Net):
     """The story; the issue, the settlement and a refusal run as real `rxchain` processes."""
     before = net.cli("--as", CLERK, "patient", "show", "patient-zhang")
