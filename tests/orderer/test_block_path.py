@@ -143,6 +143,18 @@ class NoFetch:
         raise RuntimeError("a single orderer never catches up from others")
 
 
+def genesis_parts(genesis_path: Path, blocks_dir: Path) -> tuple[block_pb2.Block, BlockStore, ConfigTracker]:
+    """What an in-process Chain starts from: the genesis block, a new block store (no fsync)
+    holding it, and a config tracker of the genesis consortium."""
+    genesis = read_genesis(genesis_path)
+    consortium = config_from_genesis(genesis)
+    verifier = Verifier()
+    blocks = BlockStore(blocks_dir, fsync=False)
+    blocks.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    return genesis, blocks, tracker
+
+
 def _solo_chain(solo, data: Path) -> tuple[Chain, BlockStore, DurableStorage]:
     genesis = read_genesis(solo.genesis_path)
     consortium = config_from_genesis(genesis)
@@ -205,13 +217,8 @@ def test_follower_leaves_out_repeated_acks_of_commit_only_appends_within_the_win
     """A follower answers the leader's append with an ack, and does not repeat that ack for
     the commit-only append that follows within the window; after the window it does (so a
     lost ack is always answered again)."""
-    genesis = read_genesis(solo.genesis_path)
-    consortium = config_from_genesis(genesis)
-    verifier = Verifier()
     data = tmp_path / "f"
-    blocks = BlockStore(data / "blocks", fsync=False)
-    blocks.append(genesis)
-    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    _, blocks, tracker = genesis_parts(solo.genesis_path, data / "blocks")
     storage = DurableStorage(data / "raft", bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]), fsync=True)
     d = solo.home / "nodes" / "orderer.ins01"
     transport = Collect()
@@ -303,12 +310,7 @@ def test_leader_leaves_out_heartbeats_to_peers_it_just_sent_an_append(solo, tmp_
     """The leader's outgoing filter (driven with a fake clock, no thread): a heartbeat to a
     peer sent an append within the heartbeat interval is left out; heartbeats to other
     peers, and to the same peer once the interval has passed, go out."""
-    genesis = read_genesis(solo.genesis_path)
-    consortium = config_from_genesis(genesis)
-    verifier = Verifier()
-    blocks = BlockStore(tmp_path / "blocks", fsync=False)
-    blocks.append(genesis)
-    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    _, blocks, tracker = genesis_parts(solo.genesis_path, tmp_path / "blocks")
     storage = DurableStorage(tmp_path / "raft", bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]), fsync=False)
     d = solo.home / "nodes" / "orderer.ins01"
     transport = Collect()

@@ -42,13 +42,20 @@ def four(tmp_path):
             print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
 
 
-def test_add_a_fourth_orderer_by_config_transaction(four):
-    net, procs, client, start, full = four
+def _start_first_three(procs: OrdererProcs, client: Client) -> tuple[list[str], str]:
+    """Start the genesis' three orderers and wait until they serve; returns their names and
+    the 4th orderer's (not started)."""
     names = procs.names()
     first3, fourth = names[:3], names[3]
     for n in first3:
         procs.start(n)
     all_serving(procs, client, first3)
+    return first3, fourth
+
+
+def test_add_a_fourth_orderer_by_config_transaction(four):
+    net, procs, client, start, full = four
+    first3, fourth = _start_first_three(procs, client)
     resps = client.broadcast(procs.target(first3[0]), [client.envelope()[1] for _ in range(20)])
     assert all(r.accepted for r in resps)
 
@@ -92,7 +99,7 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     assert all("ADD_LEARNER_NODE: 2>, node_id=4" in procs.log_text(n) for n in first3)
     victim = leader_of(procs, client, first3) or first3[0]
     procs.kill(victim)
-    rest = [n for n in names if n != victim]
+    rest = [n for n in (*first3, fourth) if n != victim]
     wait_until(lambda: leader_of(procs, client, rest), 20, what="a leader among the rest")
 
     def ordered() -> bool:
@@ -122,11 +129,7 @@ def test_adding_an_orderer_while_another_is_down_keeps_ordering(four):
     the two running orderers keep ordering (as a voter it would have made the quorum 3 of 4
     with only 2 of them up: ordering stopped until the new one ran and caught up)."""
     net, procs, client, start, full = four
-    names = procs.names()
-    first3, fourth = names[:3], names[3]
-    for n in first3:
-        procs.start(n)
-    all_serving(procs, client, first3)
+    first3, fourth = _start_first_three(procs, client)
     down = next(n for n in first3 if n != leader_of(procs, client, first3))
     procs.kill(down)
     up = [n for n in first3 if n != down]

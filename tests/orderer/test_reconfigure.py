@@ -24,7 +24,7 @@ from node.orderer.ticket import Ticket
 from node.raft.durable import DurableStorage
 from node.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta, StateRole
 from tests.orderer.cluster import Client, make_network
-from tests.orderer.test_block_path import Collect, NoFetch
+from tests.orderer.test_block_path import Collect, NoFetch, genesis_parts
 from tests.orderer.toyblocks import toy_block
 
 
@@ -214,12 +214,7 @@ def test_a_snapshot_is_acknowledged_only_after_its_blocks_are_fetched(net, tmp_p
     """The acknowledgement of a snapshot tells the leader this node holds everything up to
     it: it used to leave before the blocks were fetched, so a learner could be promoted to
     voter (and counted in the quorum) while its driver was still busy fetching the chain."""
-    genesis = read_genesis(net.genesis_path)
-    consortium = config_from_genesis(genesis)
-    verifier = Verifier()
-    blocks = BlockStore(tmp_path / "blocks", fsync=False)
-    blocks.append(genesis)
-    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    genesis, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
     storage = DurableStorage(tmp_path / "raft", fsync=False, bootstrap_conf_state=ConfState((1, 2, 3), (4,)))
     d = net.home / "nodes" / "orderer.ins02"
     transport = Collect()

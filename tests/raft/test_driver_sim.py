@@ -70,25 +70,15 @@ class DriverSim(sim.Simulation):
         while waiting and (node.raw is None or node.busy is None):
             super().ev_deliver(waiting.pop(0))
 
-    def pump(self, node: sim.SimNode) -> None:
-        while node.raw is not None and node.busy is None and node.raw.has_ready():
-            rd = node.raw.ready()
-            st = node.storage.live
-            if self.policy(rd, node.raw.raft.state, st.hard_state):
-                for m in rd.messages:
-                    self.send(m)
-                self.stats.c["early_sends"] += 1
-                rd = dataclasses.replace(rd, messages=())
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-            st.append(rd.entries)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-            if rd.must_sync:
-                node.busy = rd
-                self.at(self.rng.randint(1, self.p.fsync_max_ms), "fsync", node.id, node.gen)
-                return
-            self.finish_ready(node, rd)
+    def before_persist(self, node: sim.SimNode, rd: Ready) -> Ready:
+        """A leader's Ready the policy allows goes out before the fsync (the base persists it)."""
+        assert node.raw is not None
+        if self.policy(rd, node.raw.raft.state, node.storage.live.hard_state):
+            for m in rd.messages:
+                self.send(m)
+            self.stats.c["early_sends"] += 1
+            rd = dataclasses.replace(rd, messages=())
+        return rd
 
     def send(self, m: Message) -> None:
         node = self.nodes[m.frm]
@@ -158,17 +148,22 @@ def test_same_seed_same_run() -> None:
     assert run(5).c == run(5).c
 
 
+def _persist_all(node: RawNode, st: MemoryStorage) -> None:
+    """Persist and advance every pending Ready (its messages go nowhere)."""
+    while node.has_ready():
+        rd = node.ready()
+        st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+        node.advance(rd)
+
+
 def _leader(voters: tuple[int, ...], learners: tuple[int, ...]) -> tuple[RawNode, MemoryStorage]:
     st = MemoryStorage(ConfState(voters=voters, learners=learners))
     node = RawNode(Config(id=1, election_tick=10, heartbeat_tick=1, rng=random.Random(1)), st)
     node.campaign()
     for _ in range(5):  # a single voter wins at once; elsewhere the votes are granted here
-        while node.has_ready():
-            rd = node.ready()
-            st.append(rd.entries)
-            if rd.hard_state is not None:
-                st.set_hard_state(rd.hard_state)
-            node.advance(rd)
+        _persist_all(node, st)
         if node.status().role == StateRole.LEADER:
             break
         for v in voters[1:]:
@@ -178,12 +173,7 @@ def _leader(voters: tuple[int, ...], learners: tuple[int, ...]) -> tuple[RawNode
     for nid in voters[1:] + learners:  # everyone holds the leader's log
         node.step(Message(MessageType.APP_RESP, to=1, frm=nid, term=node.status().term,
                           index=node.status().last_index))
-    while node.has_ready():
-        rd = node.ready()
-        st.append(rd.entries)
-        if rd.hard_state is not None:
-            st.set_hard_state(rd.hard_state)
-        node.advance(rd)
+    _persist_all(node, st)
     return node, st
 
 

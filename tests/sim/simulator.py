@@ -594,7 +594,7 @@ class Simulation:
     def pump(self, node: SimNode) -> None:
         """Persist readies; sync-needing ones complete at a later fsync event."""
         while node.raw is not None and node.busy is None and node.raw.has_ready():
-            rd = node.raw.ready()
+            rd = self.before_persist(node, node.raw.ready())
             st = node.storage.live
             if rd.snapshot is not None:
                 st.apply_snapshot(rd.snapshot)
@@ -606,6 +606,11 @@ class Simulation:
                 self.at(self.rng.randint(1, self.p.fsync_max_ms), "fsync", node.id, node.gen)
                 return
             self.finish_ready(node, rd)
+
+    def before_persist(self, node: SimNode, rd: Ready) -> Ready:
+        """What a node does with a Ready before persisting it; returns what is left to persist
+        and send after the fsync (here: all of it; a subclass may send messages early)."""
+        return rd
 
     def finish_ready(self, node: SimNode, rd: Ready) -> None:
         """After persisting: send, apply, advance."""
