@@ -168,12 +168,14 @@ def make_block(
     previous_hash: bytes,
     envelopes: Sequence[bytes],
     orderers: Sequence[Signer],
+    timestamp_ms: int = 0,
 ) -> block_pb2.Block:
-    """A block signed by ``orderers`` over its header hash."""
+    """A block signed by ``orderers`` over its header hash (``timestamp_ms`` 0: none)."""
     b = block_pb2.Block()
     b.header.number = number
     b.header.previous_hash = previous_hash
     b.header.data_hash = block_data_hash(envelopes)
+    b.header.timestamp_ms = timestamp_ms
     b.data.envelopes.extend(envelopes)
     h = block_header_hash(b.header)
     for o in orderers:

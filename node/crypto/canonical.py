@@ -59,15 +59,18 @@ def u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
-def block_header_bytes(number: int, previous_hash: bytes, data_hash: bytes) -> bytes:
-    """The canonical encoding of a block header (what is hashed)."""
-    return lp(_TAG_HEADER) + u64(number) + lp(previous_hash, data_hash)
+def block_header_bytes(number: int, previous_hash: bytes, data_hash: bytes, timestamp_ms: int = 0) -> bytes:
+    """The canonical encoding of a block header (what is hashed and what orderers sign): tag,
+    u64 number, length-prefixed previous and data hashes, then u64 timestamp_ms when it is
+    not 0 (a header without a timestamp -- the genesis -- encodes as before it existed)."""
+    head = lp(_TAG_HEADER) + u64(number) + lp(previous_hash, data_hash)
+    return head + u64(timestamp_ms) if timestamp_ms else head
 
 
 def block_header_hash(header: block_pb2.BlockHeader) -> bytes:
     """SHA-256 over the canonical header encoding."""
     return hashlib.sha256(
-        block_header_bytes(header.number, header.previous_hash, header.data_hash)
+        block_header_bytes(header.number, header.previous_hash, header.data_hash, header.timestamp_ms)
     ).digest()
 
 

@@ -68,6 +68,16 @@ def check_header(header: transaction_pb2.TxHeader, consortium_id: str) -> None:
         raise EnvelopeReject(transaction_pb2.BAD_HEADER)
 
 
+def check_timestamp(header: transaction_pb2.TxHeader, block_timestamp_ms: int, max_skew_ms: int) -> None:
+    """The tx's timestamp (the contracts' "now", the time its creator's certificate is
+    checked at) lies within ``max_skew_ms`` of the orderer-signed time of its block
+    (TX_TIMESTAMP_SKEW); no check for a block without a timestamp or a consortium without a
+    bound. The orderers refuse such an envelope at broadcast already (CLOCK_SKEW); this is the
+    same bound, decided from the block alone, so every node applies it identically."""
+    if block_timestamp_ms and max_skew_ms and abs(header.timestamp_ms - block_timestamp_ms) > max_skew_ms:
+        raise EnvelopeReject(transaction_pb2.TX_TIMESTAMP_SKEW)
+
+
 def check_creator(
     header: transaction_pb2.TxHeader,
     env: transaction_pb2.Envelope,

@@ -159,6 +159,7 @@ class Chain:
         *,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         options: ChainOptions | None = None,
     ) -> None:
         self._id = raft_id
@@ -169,6 +170,7 @@ class Chain:
         self._fetcher = fetcher
         self._metrics = metrics
         self._clock = clock
+        self._wall_ms = wall_ms  # the time stamped into cut blocks
         self._opt = options or ChainOptions()
         self._tracker = tracker
         self._cutter: BlockCutter[Ticket] = BlockCutter(
@@ -210,6 +212,7 @@ class Chain:
         self._lead_ready_index: int | None = None
         self._next_number = 0
         self._prev_hash = b""
+        self._prev_ts = 0
         self._held: list[list[Pending[Ticket]]] = []
         self._config_inflight: int | None = None
         self._config_waiting: list[tuple[bytes, Ticket]] = []
@@ -441,6 +444,7 @@ class Chain:
         if self._next_number == 0:
             self._next_number = self._blocks.height()
             self._prev_hash = self._blocks.last_hash()
+            self._prev_ts = self._blocks.get(self._next_number - 1).header.timestamp_ms if self._next_number else 0
             # Blocks still in flight from an earlier leadership at or above the store's
             # height were not in the log this leader applied before cutting: they were
             # replaced and can never commit. Answer them now (their numbers are reused).
@@ -459,6 +463,8 @@ class Chain:
         block.header.number = self._next_number
         block.header.previous_hash = self._prev_hash
         block.header.data_hash = block_data_hash(envelopes)
+        # the leader's clock, never below the previous block's (clocks step back)
+        block.header.timestamp_ms = max(self._wall_ms(), self._prev_ts)
         block.data.envelopes.extend(envelopes)
         try:
             self._node.propose(block.SerializeToString())
@@ -473,6 +479,7 @@ class Chain:
             self._config_inflight = self._next_number
         self._next_number += 1
         self._prev_hash = header_hash
+        self._prev_ts = block.header.timestamp_ms
 
     def _fail_replaced(self, numbers: Sequence[int]) -> None:
         """Answer SERVICE_UNAVAILABLE to the tickets of the in-flight blocks ``numbers``
@@ -492,6 +499,7 @@ class Chain:
         self._held = []
         self._next_number = 0
         self._prev_hash = b""
+        self._prev_ts = 0
         self._lead_ready_index = None
         self._config_inflight = None
         waiting, self._config_waiting = self._config_waiting, []

@@ -37,7 +37,7 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, transaction_pb2
 
 from node.crypto.signing import Verifier
 from node.errors import RxError
-from node.identity.envelope import EnvelopeReject, check_creator, check_header, parse_envelope
+from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import parse_policy
 
@@ -226,6 +226,7 @@ class ConfigTracker:
                 env, _, header = parse_envelope(raw)
                 check_header(header, current.config.consortium_id)
                 check_creator(header, env, current.msp.validate, self._verifier.verify)
+                check_timestamp(header, block.header.timestamp_ms, current.config.limits.max_clock_skew_ms)
                 return validate_update(current, raw, self._verifier)
         except (RxError, EnvelopeReject):
             return None

@@ -13,6 +13,8 @@ TxHeader parse and fields  BAD_HEADER (type, creator, nonce, tx id, timestamp, c
 creator certificate        UNKNOWN_CREATOR / EXPIRED_CREATOR_CERT / REVOKED_CREATOR_CERT
 creator signature          BAD_CREATOR_SIGNATURE (over ``Envelope.payload``)
 tx id                      BAD_TXID (must equal compute_tx_id(nonce, creator))
+tx timestamp               TX_TIMESTAMP_SKEW (further than ``max_clock_skew_ms`` from the
+                           block's orderer-signed ``timestamp_ms``; none if 0)
 duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block; "earlier in
                            the block" counts only txs whose id is indexed, as on the ledger;
                            a CONFIG tx only if its update is refused too: orderers adopt
@@ -76,7 +78,7 @@ from node.crypto.canonical import (
 from node.crypto.signing import Verifier
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
-from node.identity.envelope import EnvelopeReject, check_creator, check_header, parse_envelope
+from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import Policy, parse_policy
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
@@ -305,6 +307,7 @@ class Validator:
         codes: list[Code] = []
         events: list[list[transaction_pb2.ContractEvent]] = []
         alone = len(block.data.envelopes) == 1
+        block_ts, max_skew = block.header.timestamp_ms, cfg.config.limits.max_clock_skew_ms
         for i, env_bytes in enumerate(block.data.envelopes):
             tx_id, ts = "", 0
             writes: Sequence[KeyWrite] = ()
@@ -314,6 +317,7 @@ class Validator:
                 tx_id, ts = header.tx_id, header.timestamp_ms
                 self._check_header(cfg, header)
                 self._check_creator(cfg, header, env)
+                check_timestamp(header, block_ts, max_skew)
                 duplicate = tx_id in seen_ids or self._state.has_tx(tx_id)
                 if header.type == transaction_pb2.CONFIG:
                     # The orderers adopt a config update without a tx-id index: a valid one is

@@ -21,6 +21,21 @@ def test_header_hash_golden_vector() -> None:
     assert canonical.block_header_hash(header) == hashlib.sha256(expected_input).digest()
 
 
+def test_header_hash_golden_vector_with_a_timestamp() -> None:
+    """A stamped header appends u64 timestamp_ms; without one (genesis, older blocks) the
+    encoding is the one above, so their hashes did not change."""
+    header = block_pb2.BlockHeader(number=7, previous_hash=b"\x01" * 32, data_hash=b"\x02" * 32,
+                                   timestamp_ms=1_800_000_000_123)
+    expected_input = (
+        len(b"rxchain.v1.BlockHeader").to_bytes(4, "big") + b"rxchain.v1.BlockHeader"
+        + (7).to_bytes(8, "big")
+        + (32).to_bytes(4, "big") + b"\x01" * 32
+        + (32).to_bytes(4, "big") + b"\x02" * 32
+        + (1_800_000_000_123).to_bytes(8, "big")
+    )
+    assert canonical.block_header_hash(header) == hashlib.sha256(expected_input).digest()
+
+
 def test_header_hash_independent_of_serialisation() -> None:
     a = block_pb2.BlockHeader(number=3, previous_hash=b"p" * 32, data_hash=b"d" * 32)
     b = block_pb2.BlockHeader()
@@ -31,13 +46,15 @@ def test_header_hash_independent_of_serialisation() -> None:
     assert canonical.block_header_hash(a) == canonical.block_header_hash(b)
 
 
-@pytest.mark.parametrize("field", ["number", "previous_hash", "data_hash"])
+@pytest.mark.parametrize("field", ["number", "previous_hash", "data_hash", "timestamp_ms"])
 def test_header_hash_changes_with_every_field(field: str) -> None:
-    base = block_pb2.BlockHeader(number=1, previous_hash=b"a" * 32, data_hash=b"b" * 32)
+    base = block_pb2.BlockHeader(number=1, previous_hash=b"a" * 32, data_hash=b"b" * 32, timestamp_ms=5)
     changed = block_pb2.BlockHeader()
     changed.CopyFrom(base)
     if field == "number":
         changed.number = 2
+    elif field == "timestamp_ms":
+        changed.timestamp_ms = 6
     else:
         setattr(changed, field, b"c" * 32)
     assert canonical.block_header_hash(base) != canonical.block_header_hash(changed)

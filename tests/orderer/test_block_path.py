@@ -155,7 +155,7 @@ def genesis_parts(genesis_path: Path, blocks_dir: Path) -> tuple[block_pb2.Block
     return genesis, blocks, tracker
 
 
-def _solo_chain(solo, data: Path) -> tuple[Chain, BlockStore, DurableStorage]:
+def _solo_chain(solo, data: Path, wall_ms: Callable[[], int] | None = None) -> tuple[Chain, BlockStore, DurableStorage]:
     genesis = read_genesis(solo.genesis_path)
     consortium = config_from_genesis(genesis)
     verifier = Verifier()
@@ -166,9 +166,43 @@ def _solo_chain(solo, data: Path) -> tuple[Chain, BlockStore, DurableStorage]:
     storage = DurableStorage(data / "raft", bootstrap_conf_state=bootstrap_conf_state([1]), fsync=True)
     d = solo.home / "nodes" / "orderer.ins01"
     signer = load_signer(d / "cert.pem", d / "key.pem", "ins01")
+    extra = {} if wall_ms is None else {"wall_ms": wall_ms}
     chain = Chain(1, storage, blocks, signer, Collect(), NoFetch(), tracker, OrdererMetrics("solo"),
-                  rng=random.Random(7), options=ChainOptions(tick_s=0.01, election_tick=5))
+                  rng=random.Random(7), options=ChainOptions(tick_s=0.01, election_tick=5), **extra)
     return chain, blocks, storage
+
+
+def test_blocks_carry_the_leaders_clock_never_going_back(solo, tmp_path):
+    """Each cut block is stamped with the leader's wall clock, signed with the header; a clock
+    stepping back never makes a block older than the one before it."""
+    readings = iter([1_800_000_000_000, 1_799_999_000_000, 1_800_000_005_000])
+    now = [1_800_000_000_000]
+
+    def wall_ms() -> int:
+        now[0] = next(readings, now[0])
+        return now[0]
+
+    chain, blocks, storage = _solo_chain(solo, tmp_path / "o1", wall_ms)
+    chain.start()
+    try:
+        deadline = time.monotonic() + 10
+        while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client = Client(solo)
+        numbers = []
+        for _ in range(3):
+            outcome = chain.submit(client.envelope()[1]).wait(10)
+            assert outcome is not None and outcome.accepted, outcome
+            numbers.append(outcome.block_number)
+        stamps = [blocks.get(n).header.timestamp_ms for n in numbers]
+        assert stamps == [1_800_000_000_000, 1_800_000_000_000, 1_800_000_005_000]
+        block = blocks.get(numbers[-1])
+        assert Verifier().verify(block.metadata.orderer_signatures[0].signer.cert_der,
+                                 block.metadata.orderer_signatures[0].signature, block_header_hash(block.header))
+    finally:
+        chain.stop()
+        storage.close()
+        blocks.close()
 
 
 def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp_path):
