@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
@@ -121,14 +121,20 @@ class NodeChannels:
     the pin trusts the CAs of the node's own CA bundle whose subject names that organisation
     (and that the configuration does not give to another one): a node still catching up from
     an older configuration reaches an organisation that has since rotated its CA once its
-    operator has added the new CA to the bundle. A target that is no node of that
-    configuration (a node.yaml endpoint not yet in the genesis or a config update) gets the
-    unpinned behaviour, logged once: any consortium CA and :data:`TLS_SERVER_NAME`.
+    operator has added the new CA to the bundle. ``names`` (the node.yaml endpoints,
+    ``host:port`` -> node name) pin a target the configuration lists under another address
+    (a DNS name in node.yaml, an IP in the configuration, or the reverse) to that node by its
+    name, so an address spelt differently does not silently lose the pin. A target that is
+    no node of that configuration by address or by name (a node.yaml endpoint not yet in the
+    genesis or a config update) gets the unpinned behaviour, logged once: any consortium CA
+    and :data:`TLS_SERVER_NAME`.
     """
 
     def __init__(self, cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
                  options: list[tuple[str, int | str]],
-                 config: Callable[[], config_pb2.ConsortiumConfig]) -> None:
+                 config: Callable[[], config_pb2.ConsortiumConfig],
+                 names: Mapping[str, str] | None = None) -> None:
+        self._names = dict(names or {})
         self._cert = Path(cert_path).read_bytes()
         self._key = Path(key_path).read_bytes()
         self._bundle = Path(ca_bundle_path).read_bytes()
@@ -140,22 +146,30 @@ class NodeChannels:
         self._lock = threading.Lock()
 
     def pin(self, target: str) -> tuple[str, bytes] | None:
-        """(node name, its organisation's CAs as PEM) of the node at ``target`` (host:port),
-        or None if no node of the configuration in force listens there."""
+        """(node name, its organisation's CAs as PEM) of the node at ``target`` (host:port)
+        -- by its address in the configuration in force, else by the name ``names`` gives
+        the target -- or None if neither finds a node of that configuration."""
         host, _, port = target.rpartition(":")
         cfg = self._config()
         nodes = [(n.host, n.port, n.name, n.org) for n in cfg.orderers]
         nodes += [(n.host, n.port, n.name, n.org) for n in cfg.peers]
+        named = self._names.get(target)
+        by_name = None
         for n_host, n_port, name, org_id in nodes:
             if n_host == host and str(n_port) == port:
-                own = [o.ca_cert_der for o in cfg.organizations if o.id == org_id and o.ca_cert_der]
-                if not own:
-                    return None
-                others = {o.ca_cert_der for o in cfg.organizations if o.id != org_id}
-                roots = own + [der for label, der in self._bundle_cas
-                               if label == org_id and der not in others and der not in own]
-                return name, b"".join(_pem(der) for der in roots)
-        return None
+                return self._roots(cfg, name, org_id)
+            if name == named and by_name is None:
+                by_name = (name, org_id)
+        return None if by_name is None else self._roots(cfg, *by_name)
+
+    def _roots(self, cfg: config_pb2.ConsortiumConfig, name: str, org_id: str) -> tuple[str, bytes] | None:
+        own = [o.ca_cert_der for o in cfg.organizations if o.id == org_id and o.ca_cert_der]
+        if not own:
+            return None
+        others = {o.ca_cert_der for o in cfg.organizations if o.id != org_id}
+        roots = own + [der for label, der in self._bundle_cas
+                       if label == org_id and der not in others and der not in own]
+        return name, b"".join(_pem(der) for der in roots)
 
     def __call__(self, target: str) -> grpc.Channel:
         pin = self.pin(target)

@@ -71,6 +71,17 @@ def make_ca(
     )
 
 
+def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKID naming ``ca_cert``: its own subject key identifier when it has one (a CA of an
+    existing PKI may derive it otherwise than SHA-1 of the key, and TLS refuses a chain whose
+    AKID differs from the issuer's SKI), else the SHA-1 method of RFC 5280 4.2.1.2."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
 def issue_cert(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
@@ -109,8 +120,7 @@ def issue_cert(
         )
         # names the issuing CA's key (RFC 5280 4.2.1.1): TLS picks the right one of two CAs with
         # the same subject (an organisation's previous and rotated CA trusted side by side)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(_authority_key_id(ca_cert), critical=False)
     )
     sans: list[x509.GeneralName] = []
     for host in hosts:

@@ -72,8 +72,16 @@ def check_timestamp(header: transaction_pb2.TxHeader, block_timestamp_ms: int, m
     """The tx's timestamp (the contracts' "now", the time its creator's certificate is
     checked at) lies within ``max_skew_ms`` of the orderer-signed time of its block
     (TX_TIMESTAMP_SKEW); no check for a block without a timestamp or a consortium without a
-    bound. The orderers refuse such an envelope at broadcast already (CLOCK_SKEW); this is the
-    same bound, decided from the block alone, so every node applies it identically."""
+    bound. Decided from the block alone (the bound of the configuration in force before the
+    block, on peers and on the orderers' apply path alike), so every node decides identically.
+
+    The orderers' broadcast check (CLOCK_SKEW) uses the same bound but another clock: the
+    receiving orderer's, when the envelope arrives (a follower forwards what it accepted and
+    the leader does not check again), while the stamp is the leader's when it cuts the block.
+    An envelope accepted at broadcast can therefore still be TX_TIMESTAMP_SKEW here: one whose
+    timestamp was near the bound's edge (it ages while it waits for its block), or one a
+    follower accepted whose clock differs from the leader's. Both are refusals of a tx with
+    an implausible time, never a split: every node judges the same signed block time."""
     if block_timestamp_ms and max_skew_ms and abs(header.timestamp_ms - block_timestamp_ms) > max_skew_ms:
         raise EnvelopeReject(transaction_pb2.TX_TIMESTAMP_SKEW)
 

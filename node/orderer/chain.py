@@ -120,6 +120,13 @@ class ChainOptions:
     # The leader leaves out heartbeats to peers it sent an append within the last
     # heartbeat interval (see Chain._drop_redundant_heartbeats).
     thin_heartbeats: bool = True
+    # A cut block is stamped with the leader's wall clock, raised to the previous block's
+    # stamp when that is at most this far ahead (a clock stepping back a little, or a new
+    # leader's clock a little behind the old one's). A previous stamp further ahead comes from
+    # a clock that had jumped forward: the stamp follows the clock again, or every later block
+    # (of every later leader) would carry the wrong time and make every tx TX_TIMESTAMP_SKEW
+    # until real time caught up.
+    max_stamp_hold_ms: int = 5_000
 
 
 @dataclass(frozen=True)
@@ -463,8 +470,11 @@ class Chain:
         block.header.number = self._next_number
         block.header.previous_hash = self._prev_hash
         block.header.data_hash = block_data_hash(envelopes)
-        # the leader's clock, never below the previous block's (clocks step back)
-        block.header.timestamp_ms = max(self._wall_ms(), self._prev_ts)
+        # the leader's clock, not below the previous block's unless that is implausibly far
+        # ahead of it (see ChainOptions.max_stamp_hold_ms)
+        now_ms = self._wall_ms()
+        ahead = self._prev_ts - now_ms
+        block.header.timestamp_ms = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
         block.data.envelopes.extend(envelopes)
         try:
             self._node.propose(block.SerializeToString())

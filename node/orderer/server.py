@@ -261,7 +261,8 @@ def serve(config: NodeConfig) -> OrdererServer:
 
     # the other orderers are dialled pinned to their names and their organisations' CAs
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
-                           lambda: tracker.current.config)
+                           lambda: tracker.current.config,
+                           names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
     transport = RaftTransport(config.raft_id, membership, channel)
     fetcher = DeliverFetcher(

@@ -166,7 +166,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)]
     # every other node is dialled pinned to its name and its organisation's CA
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
-                           lambda: configs.current().config)
+                           lambda: configs.current().config,
+                           names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
     def raft_targets() -> dict[int, str]:
         # Raft id -> endpoint of the committed configuration, so broadcasts follow the leader.

@@ -169,3 +169,104 @@ def test_node_channels_trust_a_rotated_ca_from_the_operators_bundle(
 
     assert health(config(previous_ca))  # the bundle's h01 CA signs the server's certificate
     assert not health(config(previous_ca, p01_ca=current_ca))  # ... but the config says it is p01's
+
+
+def test_node_channels_pin_a_target_listed_under_another_address_by_its_node_yaml_name(
+    server: tuple[int, Path], network: GeneratedNetwork
+) -> None:
+    """The configuration lists peer.h01 as localhost:PORT, node.yaml as 127.0.0.1:PORT: the
+    address alone finds no node and would leave the channel unpinned (any consortium node key
+    could answer forwarded proposals). The node.yaml name pins it: the h01 server connects
+    under its own name, and a node.yaml naming another organisation's peer there is refused."""
+    from node.genesis import config_from_genesis, read_genesis
+
+    port, ndir = server
+    target = f"127.0.0.1:{port}"
+    cfg = config_from_genesis(read_genesis(network.genesis_path))
+    for p in cfg.peers:
+        if p.name in ("peer.h01", "peer.p01"):
+            p.host = "localhost"
+    next(p for p in cfg.peers if p.name == "peer.h01").port = port
+
+    def channels(names: dict[str, str]) -> tls.NodeChannels:
+        user = network.user_dir("h02", "admin")
+        return tls.NodeChannels(user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem",
+                                tls.channel_options(1 << 20), lambda: cfg, names=names)
+
+    assert channels({}).pin(target) is None
+    h01 = channels({target: "peer.h01"})
+    assert h01.pin(target) == ("peer.h01", (network.home / "orgs/h01/ca.pem").read_bytes())
+    with h01(target) as ch:
+        assert services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5).serving
+    with channels({target: "peer.p01"})(target) as ch, pytest.raises(grpc.RpcError) as e:
+        services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _handshake(ca_pem: bytes, cert_pem: bytes, key_pem: bytes, tmp: Path, server_name: str) -> None:
+    """A TLS handshake in memory (no socket): the client trusts ``ca_pem`` only; raises
+    ssl.SSLCertVerificationError if the server's chain does not build."""
+    import ssl
+
+    (tmp / "cert.pem").write_bytes(cert_pem)
+    (tmp / "key.pem").write_bytes(key_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cadata=ca_pem.decode())
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_name)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):  # a TLS 1.3 handshake needs two round trips
+        for side, obj in (("client", client), ("server", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError(f"handshake did not finish: {done}")
+
+
+def test_issued_certificates_chain_to_a_ca_whose_key_identifier_is_not_sha1_of_its_key(tmp_path: Path) -> None:
+    """issue_cert names the CA's key in an AKID; an organisation bringing its existing CA (the
+    generator keeps an orgs/<org>/ca.pem + ca.key it finds) may have an SKI derived otherwise
+    (RFC 7093: truncated SHA-256). The AKID must repeat that SKI, or TLS finds no issuer."""
+    import datetime as dt
+    import hashlib
+    import ssl
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from node.crypto import signing
+    from node.crypto import x509 as rx509
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = signing.generate_key()
+    spki = ca_key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ski = hashlib.sha256(spki).digest()[:20]  # not SHA-1 of the key
+    plain = rx509.make_ca("h01", ca_key, now)
+    builder = (cx509.CertificateBuilder().subject_name(plain.subject).issuer_name(plain.subject)
+               .public_key(ca_key.public_key()).serial_number(cx509.random_serial_number())
+               .not_valid_before(plain.not_valid_before_utc).not_valid_after(plain.not_valid_after_utc))
+    for ext in plain.extensions:
+        if not isinstance(ext.value, cx509.SubjectKeyIdentifier):
+            builder = builder.add_extension(ext.value, ext.critical)
+    ca = builder.add_extension(cx509.SubjectKeyIdentifier(ski), critical=False).sign(ca_key, hashes.SHA256())
+    key = signing.generate_key()
+    cert = rx509.issue_cert(ca, ca_key, key.public_key(), org="h01", role="peer", name="peer.h01", now=now,
+                            hosts=("127.0.0.1", "peer.h01"))
+    akid = cert.extensions.get_extension_for_class(cx509.AuthorityKeyIdentifier).value
+    assert akid.key_identifier == ski
+    _handshake(rx509.cert_to_pem(ca), rx509.cert_to_pem(cert), signing.key_to_pem(key), tmp_path, "peer.h01")
+    # the same check refuses a chain to a CA it was not given (the handshake helper can fail)
+    other_key = signing.generate_key()
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(rx509.cert_to_pem(rx509.make_ca("h01", other_key, now)), rx509.cert_to_pem(cert),
+                   signing.key_to_pem(key), tmp_path, "peer.h01")

@@ -174,8 +174,9 @@ def _solo_chain(solo, data: Path, wall_ms: Callable[[], int] | None = None) -> t
 
 def test_blocks_carry_the_leaders_clock_never_going_back(solo, tmp_path):
     """Each cut block is stamped with the leader's wall clock, signed with the header; a clock
-    stepping back never makes a block older than the one before it."""
-    readings = iter([1_800_000_000_000, 1_799_999_000_000, 1_800_000_005_000])
+    stepping back a little (within ChainOptions.max_stamp_hold_ms) does not make a block older
+    than the one before it."""
+    readings = iter([1_800_000_000_000, 1_799_999_999_000, 1_800_000_005_000])  # a 1 s step back
     now = [1_800_000_000_000]
 
     def wall_ms() -> int:
@@ -203,6 +204,42 @@ def test_blocks_carry_the_leaders_clock_never_going_back(solo, tmp_path):
         chain.stop()
         storage.close()
         blocks.close()
+
+
+def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int]) -> list[int]:
+    chain, blocks, storage = _solo_chain(solo, data, wall_ms)
+    chain.start()
+    try:
+        deadline = time.monotonic() + 10
+        while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client = Client(solo)
+        stamps = []
+        for _ in range(3):
+            outcome = chain.submit(client.envelope()[1]).wait(10)
+            assert outcome is not None and outcome.accepted, outcome
+            stamps.append(blocks.get(outcome.block_number).header.timestamp_ms)
+        return stamps
+    finally:
+        chain.stop()
+        storage.close()
+        blocks.close()
+
+
+def test_a_clock_that_jumped_forward_does_not_stamp_every_later_block(solo, tmp_path):
+    """One reading a day ahead stamps its own block a day ahead; the next blocks follow the
+    corrected clock again -- also those of a leader elected later, which starts from the
+    stored chain (held at the previous stamp, every tx would be TX_TIMESTAMP_SKEW for a day)."""
+    base, day = 1_800_000_000_000, 86_400_000
+    readings = iter([base, base + day])
+
+    def wall_ms() -> int:
+        return next(readings, base + 1_000)
+
+    assert _stamps_of_three_blocks(solo, tmp_path / "o1", wall_ms) == [base, base + day, base + 1_000]
+    # a restarted leader, after a glitch whose block was the last one stored
+    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + day) == [base + day] * 3
+    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + 2_000) == [base + 2_000] * 3
 
 
 def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp_path):

@@ -45,3 +45,34 @@ def test_a_config_update_far_from_its_blocks_time_is_adopted_by_nobody(peer: Pee
     on_time = _block(peer, net, [_config_tx(peer, net, _next_config(peer))], peer.kit.clock_ms)
     assert _orderers_adopt(peer, on_time)
     assert _commit(peer, on_time) == [tx_pb.VALID]
+
+
+def test_the_bound_is_the_one_in_force_before_the_block_on_peers_and_orderers_alike(peer: Peer, net: Net) -> None:
+    """A config update lowering max_clock_skew_ms is itself judged under the old bound, the
+    blocks after it under the new one -- by the peer and by one orderer tracker walking the same
+    blocks (a node using the update's own bound for its block would split from the others)."""
+    from node.crypto.signing import Verifier
+    from node.identity.msp import MSP
+    from node.orderer.configtx import ConfigTracker, OrdererConfig
+
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    tracker = ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
+
+    def both(block: block_pb2.Block) -> tuple[bool, list[int]]:
+        new = tracker.block_config(block)
+        if new is not None:
+            tracker.adopt(new, block.header.number)
+        return new is not None, _commit(peer, block)
+
+    tight = _next_config(peer)
+    tight.limits.max_clock_skew_ms = 1_000
+    offset = 5_000  # within the old bound, outside the new one
+    assert both(_block(peer, net, [_config_tx(peer, net, tight)], peer.kit.clock_ms + offset)) == (True, [tx_pb.VALID])
+    assert tracker.current.config.limits.max_clock_skew_ms == 1_000
+    again = _next_config(peer)
+    assert both(_block(peer, net, [_config_tx(peer, net, again)], peer.kit.clock_ms + offset)) == (
+        False, [tx_pb.TX_TIMESTAMP_SKEW])
+    assert _commit(peer, _block(peer, net, [_invoke(peer, net, "k")], peer.kit.clock_ms + offset)) == [
+        tx_pb.TX_TIMESTAMP_SKEW]
+    assert _commit(peer, _block(peer, net, [_invoke(peer, net, "k2")], peer.kit.clock_ms)) == [tx_pb.VALID]

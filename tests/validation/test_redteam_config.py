@@ -112,6 +112,7 @@ def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
         header.tx_id = "ab" * 32
         tx.header = header.SerializeToString()
         env.payload = tx.SerializeToString()
+        env.signature = net.admins["h01"].sign(env.payload)  # the creator's own signature: only the tx id is wrong
     elif edit == "creator not a member then":
         header.timestamp_ms = 1  # 1970: before the creator's certificate
         tx.header = header.SerializeToString()
@@ -124,7 +125,7 @@ def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
 @pytest.mark.parametrize(("edit", "code"), [
     ("forged creator signature", tx_pb.BAD_CREATOR_SIGNATURE),
     ("other consortium", tx_pb.BAD_HEADER),
-    ("tx id not derived from the creator", tx_pb.BAD_CREATOR_SIGNATURE),
+    ("tx id not derived from the creator", tx_pb.BAD_TXID),
     ("creator not a member then", tx_pb.EXPIRED_CREATOR_CERT),
 ])
 def test_admin_signed_update_in_a_forged_envelope_is_refused_by_orderers_as_by_peers(
