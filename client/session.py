@@ -25,6 +25,7 @@ from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_f
 from node.crypto.signing import key_matches
 
 LAST_BLOCK_FILE = "run/last-block"
+CONFIG_TTL_MS = 60_000  # how long a session keeps its peer's configuration in force
 PATIENT_BINDING_FILE = "patient-binding"  # in a patient's wallet: her binding, not the secret
 
 
@@ -71,7 +72,7 @@ class Session:
         if self.identity.role == "patient":
             self.gateway.default_transient["patient_binding"] = self._patient_binding()
         self._directory: PatientDirectory | None = None
-        self._current_net: NetworkInfo | None = None
+        self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
 
     def _patient_binding(self) -> str:
@@ -164,20 +165,26 @@ class Session:
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own
-        (pinned) peer, asked once: record keys are wrapped only for certificates that
-        configuration accepts (a revocation or a rotated records certificate committed since
-        the genesis counts). A peer that does not answer it leaves the genesis configuration."""
-        if self._current_net is None:
-            current = self.net
-            try:
-                raw = self.gateway.status(timeout=3.0, include_config=True).config
-                if raw:
-                    current = self.net.with_config(config_pb2.ConsortiumConfig.FromString(raw))
-            except (RxClientError, DecodeError) as exc:
-                if isinstance(exc, RxClientError) and exc.reason == "BAD_CONFIG":
-                    raise
-            self._current_net = current
-        return self._current_net
+        (pinned) peer: record keys are wrapped only for certificates that configuration
+        accepts (a revocation or a rotated records certificate committed since the genesis
+        counts). The peer's answer is kept CONFIG_TTL_MS (a long-lived session, e.g. the FHIR
+        gateway, asks again after that); a peer that does not answer leaves the genesis
+        configuration for this call only, and is asked again on the next one."""
+        now = self.clock()
+        if self._current_net is not None and now - self._current_net[1] < CONFIG_TTL_MS:
+            return self._current_net[0]
+        try:
+            raw = self.gateway.status(timeout=3.0, include_config=True).config
+        except RxClientError:
+            raw = b""
+        if not raw:
+            return self._current_net[0] if self._current_net is not None else self.net
+        try:
+            current = self.net.with_config(config_pb2.ConsortiumConfig.FromString(raw))
+        except DecodeError as exc:
+            raise RxClientError("BAD_PAYLOAD", f"the peer's configuration does not parse: {exc}") from exc
+        self._current_net = (current, now)
+        return current
 
     def decryption_keys(self) -> list[ec.EllipticCurvePrivateKey]:
         """Keys the caller may unwrap record keys with: its own, then its org's records key."""

@@ -165,10 +165,12 @@ def node_server(net_home) -> Iterator[dict[str, int]]:
             srv.stop(None)
 
 
-def _session_to(net_home, tmp_path: Path, port: int) -> Session:
+def _session_to(net_home, tmp_path: Path, port: int, clock: Callable[[], int] | None = None) -> Session:
     net = load_network(net_home.home)
     peers = tuple(NodeEndpoint(p.name, p.org, p.kind, "127.0.0.1", port) if p.org == "h01" else p
                   for p in net.peers)
+    if clock is not None:
+        return Session(net_home.home, "h01:dr-jiang", network=dataclasses.replace(net, peers=peers), clock=clock)
     return _session(net_home.home, dataclasses.replace(net, peers=peers))
 
 
@@ -238,10 +240,13 @@ class _ConfigAdmin(_Admin):
     def __init__(self, config: bytes) -> None:
         self.config = config
         self.asked: list[bool] = []
+        self.down = False
 
     def Status(self, request: services_pb2.StatusRequest,
                context: grpc.ServicerContext) -> services_pb2.StatusResponse:
         self.asked.append(request.include_config)
+        if self.down:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
         return services_pb2.StatusResponse(node="peer.h01", config=self.config if request.include_config else b"")
 
 
@@ -285,3 +290,32 @@ def test_keys_are_wrapped_under_the_configuration_in_force_at_the_peer(net_home,
         finally:
             s.close()
     assert admin.asked and all(admin.asked)
+
+
+def test_a_session_asks_again_after_a_failure_and_after_its_ttl(net_home, tmp_path, config_peer):
+    """A peer that did not answer is asked again on the next wrap (the genesis configuration is
+    never kept in its place); an answer is kept CONFIG_TTL_MS, then asked for again."""
+    from client.session import CONFIG_TTL_MS
+
+    port, admin = config_peer
+    genesis = load_network(net_home.home)
+    configs = []
+    for seq in (1, 2):
+        c = config_pb2.ConsortiumConfig()
+        c.CopyFrom(genesis.config)
+        c.sequence = seq
+        configs.append(c.SerializeToString())
+    now = [NOW_MS]
+    with _session_to(net_home, tmp_path, port, clock=lambda: now[0]) as s:
+        admin.down = True
+        assert s.current_network().config.sequence == 0  # genesis, for this call only
+        admin.down, admin.config = False, configs[0]
+        assert s.current_network().config.sequence == 1  # asked again at once
+        admin.config = configs[1]
+        now[0] += CONFIG_TTL_MS - 1
+        assert s.current_network().config.sequence == 1  # kept
+        admin.down = True
+        now[0] += 2
+        assert s.current_network().config.sequence == 1  # expired, peer down: the last answer
+        admin.down = False
+        assert s.current_network().config.sequence == 2  # asked again

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rxchain.v1 import config_pb2
 
 from client.errors import CommitError, EndorsementError, NoKeyGrant
 from client.events import EventListener, MemoryCheckpoint
@@ -60,8 +61,8 @@ def test_a_peer_answers_its_configuration_in_force(net: Net):
         full = s.gateway.status(include_config=True)
         current = s.current_network().config
     assert plain.config == b"" and plain.height > 0
-    assert full.config and current.consortium_id == s.net.config.consortium_id
-    assert current.sequence >= s.net.config.sequence
+    assert full.config and current == config_pb2.ConsortiumConfig.FromString(full.config)
+    assert current.consortium_id == s.net.config.consortium_id and current.sequence >= s.net.config.sequence
     assert {o.id for o in current.organizations} == {o.id for o in s.net.config.organizations}
 
 
