@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,36 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a decimal integer in ``low..high`` (else a usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds (``nan``/``inf`` refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or value > 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in 0..86400 seconds")
+    return value
+
+
+_seconds.__name__ = "seconds"
+_PORT = _int_in(1, 65535)
+_COUNT = _int_in(0, 2**63 - 1)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -289,7 +320,7 @@ def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
     from client.fhir.server import serve_forever
 
-    serve_forever(_home(a), a.host, a.port, progress=_progress(a))
+    serve_forever(_home(a), a.host, a.port, progress=_progress(a), server_node=a.node)
     return {"stopped": True}
 
 
@@ -309,20 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ng = sub(groups, "netgen", cmd_netgen, "generate keys, certificates, node configs, genesis")
     ng.add_argument("--consortium", type=Path)
-    ng.add_argument("--base-port", type=int)
+    ng.add_argument("--base-port", type=_PORT)
 
     net = groups.add_parser("network", help="the local network").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     up = sub(net, "up", cmd_network_up, "generate if missing, start all nodes, bootstrap once")
     up.add_argument("--consortium", type=Path)
-    up.add_argument("--base-port", type=int)
-    up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument("--base-port", type=_PORT)
+    up.add_argument("--timeout", type=_seconds, default=120.0)
     up.add_argument("--sample-data", type=Path)
     up.add_argument("--no-sample-data", action="store_true")
     up.add_argument("--no-bootstrap", action="store_true")
     sub(net, "status", cmd_network_status, "pid, health and height of every node")
     down = sub(net, "down", cmd_network_down, "stop every node (SIGTERM, then SIGKILL)")
-    down.add_argument("--grace", type=float, default=10.0)
+    down.add_argument("--grace", type=_seconds, default=10.0)
 
     rx = groups.add_parser("rx", help="prescriptions").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
@@ -364,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
              "prescription metadata of a patient (or all, for auditors)")
     ls.add_argument("--patient")
     ls.add_argument("--start", default="")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_int_in(1, 100_000), default=50)
     au = sub(rx, "audit", _simple("audit", "rx_id"),
              "grants, key fetches and denials (patient, hospital admin, auditors)")
     au.add_argument("rx_id")
@@ -385,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cmd", required=True, parser_class=_Parser)
     st = sub(cl, "settle", _with_ops(_settle), "settle a dispense (insurer clerk)")
     st.add_argument("rx_id")
-    st.add_argument("--fill", type=int, default=0)
+    st.add_argument("--fill", type=_int_in(0, 2**31 - 1), default=0)
     rv = sub(cl, "reverse", _simple("reverse", "claim_id", "reason", "note"), "reverse a claim")
     rv.add_argument("claim_id")
     rv.add_argument("--reason", default="OTHER",
@@ -397,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cmd", required=True, parser_class=_Parser)
     ps = sub(pa, "show", _with_ops(_patient_show), "deductible, cap used and account balance")
     ps.add_argument("patient")
-    ps.add_argument("--year", type=int, default=0)
+    ps.add_argument("--year", type=_int_in(0, 9999), default=0)
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
@@ -407,16 +438,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub(lg, "height", cmd_ledger_height, "block height of peers")
 
     ev = sub(groups, "events", cmd_events, "block and contract events from a checkpoint")
-    ev.add_argument("--start", type=int, default=0, help="first block (without --checkpoint)")
+    ev.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
     ev.add_argument("--checkpoint", type=Path, help="file remembering the next block")
     ev.add_argument("--contract", help="only this contract's events")
-    ev.add_argument("--limit", type=int, default=1000)
+    ev.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
 
     fh = groups.add_parser("fhir", help="FHIR gateway").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     fs = sub(fh, "serve", cmd_fhir_serve, "serve the FHIR R5 HTTP gateway over mutual TLS")
     fs.add_argument("--host", default="127.0.0.1")
-    fs.add_argument("--port", type=int, default=8443)
+    fs.add_argument("--port", type=_int_in(0, 65535), default=8443)
+    fs.add_argument("--node", metavar="PEER",
+                    help="the peer whose TLS certificate the gateway presents (default: the first "
+                         "peer; an organisation uses its own, e.g. peer.p01)")
     return p
 
 
@@ -428,29 +462,40 @@ def _progress(a: argparse.Namespace) -> Callable[[str], None]:
     return lambda msg: print(msg, flush=True)
 
 
+def _clean(value: Any, keep_newlines: bool = False) -> str:
+    """Text for a terminal: control and format characters (ESC sequences, bidi overrides, and in
+    values newlines that could fake more output lines) that another party could have put in a
+    note or event are shown escaped, never interpreted."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (keep_newlines and c == "\n") else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
 def _human(value: Any, out: TextIO, indent: str = "") -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if isinstance(v, dict | list) and v:
-                print(f"{indent}{k}:", file=out)
+                print(f"{indent}{_clean(k)}:", file=out)
                 _human(v, out, indent + "  ")
             else:
-                print(f"{indent}{k}: {v}", file=out)
+                print(f"{indent}{_clean(k)}: {_clean(v)}", file=out)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict):
-                print(f"{indent}- " + ", ".join(f"{k}={v}" for k, v in item.items()), file=out)
+                print(f"{indent}- " + ", ".join(f"{_clean(k)}={_clean(v)}" for k, v in item.items()), file=out)
             else:
-                print(f"{indent}- {item}", file=out)
+                print(f"{indent}- {_clean(item)}", file=out)
     else:
-        print(f"{indent}{value}", file=out)
+        print(f"{indent}{_clean(value)}", file=out)
 
 
 def _fail(want_json: bool, reason: str, message: str, out: TextIO, err: TextIO) -> int:
     if want_json:
         print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=out)
     else:
-        print(f"error: {reason}: {message}", file=err)
+        print(f"error: {_clean(reason)}: {_clean(message, keep_newlines=True)}", file=err)
     return 1
 
 
@@ -472,12 +517,17 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
                 body["detail"] = detail
             print(json.dumps(body, ensure_ascii=False), file=out)
         else:
-            print(f"error: {exc.reason}: {exc.message}", file=err)
+            print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
         return 2 if isinstance(exc, UsageError) else 1
     except RxError as exc:
         return _fail(want_json, exc.reason, exc.message, out, err)
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a file or socket the command needed: a reason, never a traceback
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _fail(want_json, "IO_ERROR", f"{exc.strerror or type(exc).__name__}{where}", out, err)
+    except Exception as exc:  # noqa: BLE001 - a bug must still answer in the documented shape
+        return _fail(want_json, "INTERNAL", f"{type(exc).__name__}: {exc}", out, err)
     if want_json:
         print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
     else:

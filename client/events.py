@@ -1,15 +1,21 @@
 """Resumable event listening.
 
 :class:`EventListener` follows a peer's block events from a checkpoint: after each block is
-handled the next block number is saved (atomically, to a small text file or any
-:class:`Checkpoint`), so a restarted listener resumes exactly after the last handled block.
-Lost connections are re-opened from the checkpoint, with bounded exponential backoff.
+handled the next block number is saved (atomically and durably -- a fresh temporary file,
+fsync, rename, fsync of the directory -- to a small text file or any :class:`Checkpoint`), so
+a restarted listener, even after a power loss, resumes exactly after the last handled block.
+Lost connections are re-opened from the checkpoint, with bounded exponential backoff. The
+peer sends every block in order (a contract filter only thins the events), so a block number
+past the expected one is refused (``EVENTS_GAP``) rather than silently skipping blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +25,9 @@ from typing import Any, Protocol
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.errors import RxClientError
+
+MAX_BLOCK = 2**63 - 1
+_CHECKPOINT_MAX_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -58,19 +67,48 @@ class FileCheckpoint:
         self.path = Path(path)
 
     def load(self) -> int:
-        """Next block to read."""
+        """Next block to read (0 without a file); BAD_CHECKPOINT for anything but a small
+        regular file holding one block number in 0..2**63-1."""
         try:
-            return int(self.path.read_text().strip() or 0)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block us
         except FileNotFoundError:
             return 0
-        except ValueError as exc:
-            raise RxClientError("BAD_CHECKPOINT", f"{self.path} is not a block number") from exc
+        except OSError as exc:
+            raise RxClientError("BAD_CHECKPOINT", f"{self.path}: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RxClientError("BAD_CHECKPOINT", f"{self.path} is not a regular file")
+            raw = os.read(fd, _CHECKPOINT_MAX_BYTES + 1)
+        except OSError as exc:
+            raise RxClientError("BAD_CHECKPOINT", f"{self.path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        text = raw.decode("ascii", errors="replace").strip()
+        if len(raw) > _CHECKPOINT_MAX_BYTES or not (text == "" or text.isdigit()) or int(text or 0) > MAX_BLOCK:
+            raise RxClientError("BAD_CHECKPOINT", f"{self.path} is not a block number")
+        return int(text or 0)
 
     def save(self, next_block: int) -> None:
-        """Atomically write the next block number."""
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(f"{next_block}\n")
-        os.replace(tmp, self.path)
+        """Atomically and durably write the next block number."""
+        if not 0 <= next_block <= MAX_BLOCK:
+            raise RxClientError("BAD_CHECKPOINT", f"block number {next_block} out of range")
+        directory = self.path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{next_block}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 class MemoryCheckpoint:
@@ -95,7 +133,7 @@ def to_block_events(msg: services_pb2.EventsResponse) -> BlockEvents:
     for e in msg.events:
         try:
             payload: Any = json.loads(e.payload) if e.payload else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             payload = e.payload.hex()
         events.append(ContractEventView(msg.block_number, e.tx_id, e.contract, e.name, payload))
     return BlockEvents(msg.block_number, txs, events)
@@ -126,6 +164,9 @@ class EventListener:
                 for msg in self._source(start, self._contract, follow):
                     if msg.block_number < start:
                         continue  # already handled
+                    if msg.block_number > start:
+                        raise RxClientError("EVENTS_GAP", f"the peer sent block {msg.block_number} "
+                                            f"while block {start} was expected")
                     yield to_block_events(msg)
                     self._checkpoint.save(msg.block_number + 1)
                     start = msg.block_number + 1

@@ -5,19 +5,28 @@
 until every node's Admin.Health reports serving. ``down``: SIGTERM each node's process
 group, SIGKILL after a bound. ``status``: pid liveness plus Admin.Status of every node.
 A pid read from a pid file is trusted only if ``/proc/<pid>/cmdline`` shows our node module
-and that node's config (``is_node_process``): a reused pid is never signalled.
+and that node's config (``is_node_process``): a reused pid is never signalled (nor is a pid
+file's 0 or negative number, which would name process groups).
+Before starting anything ``up`` checks that every port of the nodes it is about to start is
+free (``PORT_IN_USE``): gRPC servers bind with SO_REUSEPORT, so a node of another network
+already on the port would otherwise silently share it with ours. If a node exits or does not
+become healthy, ``up`` stops the nodes *it* started (not ones already running) before raising.
+``up`` and ``down`` hold an exclusive lock on ``HOME/run/launcher.lock`` (``flock``): a second
+one on the same home at the same time is refused with ``LAUNCHER_BUSY`` instead of racing.
 The same node binaries run one per host in a real deployment (see client/README.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,8 @@ from client.admin import AdminClient, NodeHealth
 from client.errors import RxClientError
 from client.network import NetworkInfo, NodeEndpoint, load_network
 from client.wallet import WalletIdentity, load_identity
+from node.config import load_node_config
+from node.errors import RxError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONSORTIUM = PROJECT_ROOT / "network-config" / "consortium.yaml"
@@ -137,6 +148,22 @@ class Launcher:
         org = net.orderers[0].org if net.orderers else net.peers[0].org
         return load_identity(self.home, org, "admin")
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold HOME/run/launcher.lock (released by the kernel if this process dies)."""
+        path = self.home / "run" / "launcher.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise RxClientError("LAUNCHER_BUSY", f"another `rxchain network up/down` is running "
+                                    f"on {self.home}; wait for it") from exc
+            yield
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------ processes
     def running_pid(self, name: str) -> int | None:
         """The pid of a live node process, or None.
@@ -150,6 +177,8 @@ class Launcher:
         try:
             pid = int(path.read_text().strip())
         except (OSError, ValueError):
+            return None
+        if pid <= 1:  # 0 and negatives name process groups (kill/waitpid), 1 is init: never a node
             return None
         try:
             os.kill(pid, 0)
@@ -165,6 +194,33 @@ class Launcher:
             pass
         return pid if is_node_process(pid, self.config_path(name)) else None
 
+    def node_ports(self, node: NodeEndpoint) -> list[int]:
+        """The ports a node listens on: gRPC, and metrics when its node.yaml sets one."""
+        ports = [node.port]
+        try:
+            metrics = load_node_config(self.config_path(node.name)).metrics_port
+        except RxError:
+            metrics = 0  # the node itself reports its bad config when started
+        return ports + ([metrics] if metrics else [])
+
+    def check_ports_free(self, nodes: tuple[NodeEndpoint, ...] | list[NodeEndpoint]) -> None:
+        """RxClientError PORT_IN_USE if a port of these nodes is taken (bound by any process)."""
+        for node in nodes:
+            for port in self.node_ports(node):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    # SO_REUSEADDR: our own node's connections in TIME_WAIT do not count, a
+                    # listener (even one with SO_REUSEPORT, as every gRPC server) does
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((node.host, port))
+                except OSError as exc:
+                    raise RxClientError(
+                        "PORT_IN_USE", f"{node.name}: port {port} on {node.host} is already in use "
+                        f"({exc.strerror}); stop what holds it or generate with another --base-port",
+                    ) from exc
+                finally:
+                    probe.close()
+
     def start_node(self, node: NodeEndpoint) -> NodeProcess:
         """Start one node (no-op if its pid file names a live process)."""
         pid = self.running_pid(node.name)
@@ -175,6 +231,7 @@ class Launcher:
             raise RxClientError("BAD_CONFIG", f"missing node config {config}")
         self.log_path(node.name).parent.mkdir(parents=True, exist_ok=True)
         self.pid_path(node.name).parent.mkdir(parents=True, exist_ok=True)
+        self.check_ports_free([node])
         module = "node.orderer" if node.kind == "orderer" else "node.peer"
         env = dict(os.environ)
         extra = [str(PROJECT_ROOT), str(PROJECT_ROOT / "gen"), str(PROJECT_ROOT / "network-config")]
@@ -233,23 +290,42 @@ class Launcher:
     def up(self, timeout_s: float = 120.0, progress: Progress = _quiet) -> list[NodeProcess]:
         """Start every node (orderers first) and wait until all are healthy."""
         net = load_network(self.home)
+        with self._exclusive():
+            return self._up(net, timeout_s, progress)
+
+    def _up(self, net: NetworkInfo, timeout_s: float, progress: Progress) -> list[NodeProcess]:
+        self.check_ports_free([n for n in net.all_nodes if self.running_pid(n.name) is None])
         started: list[NodeProcess] = []
-        for node in net.orderers:
-            started.append(self.start_node(node))
-        progress(f"started {len(net.orderers)} orderers; waiting for them")
-        self.wait_healthy(net, net.orderers, timeout_s, progress)
-        for node in net.peers:
-            started.append(self.start_node(node))
-        progress(f"started {len(net.peers)} peers; waiting for them")
-        self.wait_healthy(net, net.peers, timeout_s, progress)
+        fresh: set[str] = set()  # nodes this call started (stopped again if start-up fails)
+        try:
+            for group, label in ((net.orderers, "orderers"), (net.peers, "peers")):
+                for node in group:
+                    running = self.running_pid(node.name) is not None
+                    started.append(self.start_node(node))
+                    if not running:
+                        fresh.add(node.name)
+                progress(f"started {len(group)} {label}; waiting for them")
+                self.wait_healthy(net, group, timeout_s, progress)
+        except BaseException:
+            if fresh:
+                progress(f"start-up failed: stopping the {len(fresh)} nodes started now")
+                self._down(net, 5.0, fresh)
+            raise
         return started
 
-    def down(self, grace_s: float = 10.0) -> list[dict[str, Any]]:
-        """Stop every node: SIGTERM, then SIGKILL after ``grace_s``. Peers first."""
+    def down(self, grace_s: float = 10.0, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """Stop every node (or the nodes named in ``only``): SIGTERM, then SIGKILL after
+        ``grace_s``. Peers first."""
         net = load_network(self.home)
+        with self._exclusive():
+            return self._down(net, grace_s, only)
+
+    def _down(self, net: NetworkInfo, grace_s: float, only: set[str] | None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         victims: dict[str, int] = {}
         for node in (*net.peers, *net.orderers):
+            if only is not None and node.name not in only:
+                continue
             pid = self.running_pid(node.name)
             if pid is None:
                 self.pid_path(node.name).unlink(missing_ok=True)

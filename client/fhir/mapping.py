@@ -42,6 +42,7 @@ TRACE_SYSTEM = "urn:rxchain:rxTraceCode"
 ORG_SYSTEM = "urn:rxchain:org"
 CLAIM_SYSTEM = "urn:rxchain:claim"
 MAX_LINES = 5
+MAX_COUNT = 2_147_483_647  # FHIR ``integer``: box counts and day counts never exceed it
 
 
 class FhirError(RxClientError):
@@ -58,6 +59,8 @@ def _validate(resource_type: str, raw: Mapping[str, Any]) -> Any:
         raise FhirError("FHIR_INVALID", f"expected a {resource_type}, got {got!r}")
     try:
         return get_fhir_model_class(resource_type).model_validate(dict(raw))
+    except RecursionError as exc:
+        raise FhirError("FHIR_INVALID", f"{resource_type}: nested too deeply") from exc
     except ValidationError as exc:
         errors = exc.errors()
         if not errors:
@@ -101,9 +104,14 @@ def _first_code(concept: Any, what: str) -> str:
 def _positive_int(value: Any, what: str) -> int:
     if value is None:
         raise FhirError("FHIR_INVALID", f"{what} is required")
-    d = Decimal(str(value))
-    if d != d.to_integral_value() or d <= 0:
-        raise FhirError("FHIR_INVALID", f"{what} must be a positive whole number, got {value}")
+    try:
+        d = Decimal(str(value))
+        whole = d.is_finite() and d == d.to_integral_value() and 0 < d <= MAX_COUNT
+    except ArithmeticError:
+        whole = False
+    if not whole:
+        raise FhirError("FHIR_INVALID", f"{what} must be a whole number in 1..{MAX_COUNT}, "
+                        f"got {str(value)[:20]}")
     return int(d)
 
 
@@ -117,7 +125,12 @@ def _days(duration: Any, what: str) -> int:
 
 
 def _requests(raw: Mapping[str, Any]) -> list[Any]:
+    if not isinstance(raw, Mapping):
+        raise FhirError("FHIR_INVALID", f"expected a MedicationRequest or Bundle, got {type(raw).__name__}")
     if raw.get("resourceType") == "Bundle":
+        entries_raw = raw.get("entry")
+        if isinstance(entries_raw, list) and len(entries_raw) > MAX_LINES:  # before validating them all
+            raise FhirError("TOO_MANY_ITEMS", f"at most {MAX_LINES} drug lines per prescription")
         bundle = _validate("Bundle", raw)
         entries = [e.resource for e in (bundle.entry or []) if e.resource is not None]
         out = []
@@ -153,6 +166,11 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
     for r in reqs:
         if r.subject.identifier is None or r.subject.identifier.value != patient:
             raise FhirError("FHIR_INVALID", "all lines must have the same subject")
+        if not _agrees(_shared(r), _shared(first)):
+            # one prescription: a line with another diagnosis, duration, validity, pharmacy,
+            # repeats, course or note would otherwise be silently issued with the first's
+            raise FhirError("FHIR_INVALID", "all lines must have the same reason, courseOfTherapyType, "
+                            "note and dispenseRequest (except quantity)")
         code = check_drug_code(_first_code(r.medication.concept, "medication.concept"))
         if r.dispenseRequest is None or r.dispenseRequest.quantity is None:
             raise FhirError("FHIR_INVALID", "dispenseRequest.quantity (boxes) is required")
@@ -184,12 +202,30 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
     )
 
 
+def _shared(r: Any) -> dict[str, Any]:
+    """What every line of one prescription states once for all lines."""
+    whole = r.model_dump(exclude_none=True)  # (fhir.resources ignores include/exclude here)
+    out = {k: whole[k] for k in ("reason", "courseOfTherapyType", "note") if k in whole}
+    disp = whole.get("dispenseRequest") or {}
+    out.update({f"dispenseRequest.{k}": v for k, v in disp.items() if k != "quantity"})
+    return out
+
+
+def _agrees(line: Mapping[str, Any], first: Mapping[str, Any]) -> bool:
+    """A later line may leave out what the first states (it inherits it), never contradict it."""
+    return all(key in first and first[key] == value for key, value in line.items())
+
+
 def _as_date(value: Any) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
-    return dt.date.fromisoformat(str(value)[:10])
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:  # a partial FHIR date ("2026", "2026-11")
+        raise FhirError("FHIR_INVALID",
+                        f"validityPeriod needs full dates (YYYY-MM-DD), got {str(value)[:20]!r}") from exc
 
 
 def _iso(ms: int) -> str:

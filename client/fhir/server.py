@@ -16,14 +16,23 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
 
 The TLS handshake runs in the connection's worker thread with a timeout, never in the accept
-loop, so an idle or slow client cannot stall the gateway; reads have a timeout too. A POST
-body needs one ``Content-Length`` of decimal digits (at most ``MAX_BODY``).
+loop, so an idle or slow client cannot stall the gateway; every read has a timeout, and the
+whole request (line, headers, body) must arrive within ``REQUEST_DEADLINE_S`` (a client that
+drips one byte at a time is cut off). At most ``MAX_CONNECTIONS`` connections are served at
+once; more are closed at accept. A POST needs ``Content-Type: application/fhir+json`` (or
+``application/json``: a browser's cross-site form cannot send it without a CORS preflight) and
+one ``Content-Length`` of decimal digits (at most ``MAX_BODY``; ``Transfer-Encoding`` is
+refused). The body must be one JSON object, nested at most ``MAX_JSON_DEPTH`` deep, without
+duplicate keys or NaN/Infinity. Every error, including malformed HTTP, is an OperationOutcome
+with a reason code; messages never carry the gateway's file paths or internal addresses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -45,15 +54,22 @@ from node.errors import RxError
 MAX_BODY = 1 << 20
 HANDSHAKE_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
+REQUEST_DEADLINE_S = 60.0
+MAX_CONNECTIONS = 32
+MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
+JSON_TYPES = ("application/fhir+json", "application/json")
+RX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 _STATUS = {
     "FHIR_INVALID": 400, "BAD_ARGUMENTS": 400, "BAD_DIAGNOSIS": 400, "BAD_REQUEST": 400,
     "UNKNOWN_DRUG": 422, "NO_KEY_GRANT": 403, "ACCESS_DENIED": 403, "WRONG_ROLE": 403,
     "UNAUTHENTICATED": 401, "NO_WALLET": 403, "NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503,
-    "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400,
+    "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400, "LENGTH_REQUIRED": 411,
+    "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405,
 }
+_CLOSE_REASONS = ("BAD_CONTENT_LENGTH", "TOO_LARGE", "LENGTH_REQUIRED", "UNSUPPORTED_MEDIA_TYPE")
 
 
 def _http_status(reason: str) -> int:
@@ -135,7 +151,7 @@ class FhirApp:
             meta = ops.show(res["rx_id"])
             return 201, mapping.medication_requests(meta)
         if method == "GET" and len(parts) == 2 and parts[0] == "MedicationRequest":
-            return 200, mapping.medication_requests(ops.show(parts[1]))
+            return 200, mapping.medication_requests(ops.show(_rx_id(parts[1])))
         if method == "POST" and parts == ["MedicationDispense"]:
             model = mapping.validate_resource(body)
             if model.get_resource_type() != "MedicationDispense":
@@ -158,13 +174,64 @@ class FhirApp:
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
 
 
+def _rx_id(value: str) -> str:
+    """A prescription id as the ledger issues them (letters, digits, ``-``, ``_``), else 400."""
+    if not RX_ID.fullmatch(value):
+        raise mapping.FhirError("FHIR_INVALID", "not a prescription id (hiRxno)")
+    return value
+
+
 def _rx_ref(refs: Any, what: str) -> str:
     for ref in refs or []:
         if ref.identifier is not None and ref.identifier.value:
-            return str(ref.identifier.value)
+            return _rx_id(str(ref.identifier.value))
         if ref.reference and "/" in ref.reference:
-            return str(ref.reference.split("/", 1)[1])
+            return _rx_id(str(ref.reference.split("/", 1)[1]))
     raise mapping.FhirError("FHIR_INVALID", f"{what} must name the prescription (hiRxno)")
+
+
+def public_message(reason: str, message: str, home: Path) -> str:
+    """An error message as the caller may see it: no file paths of this host (HOME stands for
+    the gateway's home directory) and no internal addresses (an unreachable peer's)."""
+    if reason == "SERVICE_UNAVAILABLE":
+        return "the ledger peer is unavailable; retry later"
+    for prefix in sorted({str(Path(home).resolve()), str(home)}, key=len, reverse=True):
+        message = message.replace(prefix, "HOME")
+    return message
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise mapping.FhirError("FHIR_INVALID", f"duplicate JSON key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise mapping.FhirError("FHIR_INVALID", f"{name} is not a JSON number")
+
+
+def parse_body(data: bytes) -> dict[str, Any]:
+    """The request body as one JSON object (FHIR_INVALID otherwise): UTF-8, no duplicate keys,
+    no NaN/Infinity, nested at most MAX_JSON_DEPTH deep."""
+    try:
+        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise mapping.FhirError("FHIR_INVALID", f"JSON nested deeper than {MAX_JSON_DEPTH}") from exc
+    except ValueError as exc:  # includes UnicodeDecodeError; FhirError is not a ValueError
+        raise mapping.FhirError("FHIR_INVALID", "body is not JSON") from exc
+    if not isinstance(value, dict):
+        raise mapping.FhirError("FHIR_INVALID", "body must be one FHIR resource (a JSON object)")
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise mapping.FhirError("FHIR_INVALID", f"JSON nested deeper than {MAX_JSON_DEPTH}")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return value
 
 
 def capability_statement() -> dict[str, Any]:
@@ -185,9 +252,25 @@ def capability_statement() -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = READ_TIMEOUT_S  # applied to the connection by StreamRequestHandler.setup
+    default_request_version = "HTTP/1.0"  # even a garbled request line gets a status line
+    server_version = "rxchain-fhir"
+
+    def version_string(self) -> str:
+        """No Python version in the Server header."""
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:
         self.server.log(f"{self.address_string()} {format % args}")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors of the HTTP layer itself (bad request line, headers, method) as OperationOutcomes."""
+        reason = {400: "BAD_REQUEST", 408: "TIMEOUT", 414: "TOO_LARGE", 431: "TOO_LARGE",
+                  501: "METHOD_NOT_ALLOWED", 505: "BAD_REQUEST"}.get(code, "BAD_REQUEST")
+        self.close_connection = True
+        self.log_error("code %d, message %s", code, message)
+        with contextlib.suppress(OSError):
+            self._reply(405 if code == 501 else code,
+                        mapping.operation_outcome(reason, message or "bad request"))
 
     def _reply(self, status: int, resource: Any) -> None:
         if isinstance(resource, dict) and resource.get("resourceType") not in (
@@ -203,31 +286,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         try:
-            cert = self.connection.getpeercert(binary_form=True)
-            if not cert:
-                raise RxClientError("UNAUTHENTICATED", "a client certificate is required")
-            body: Any = None
-            if method == "POST":
-                length = self._content_length()
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError as exc:
-                    raise mapping.FhirError("FHIR_INVALID", "body is not JSON") from exc
-            status, resource = self.server.app.handle(method, self.path, body, cert)
-            self._reply(status, resource)
-        except (RxClientError, RxError) as exc:
-            if exc.reason in ("BAD_CONTENT_LENGTH", "TOO_LARGE"):
-                self.close_connection = True  # the unread body must not be parsed as a request
-            self._reply(_http_status(exc.reason), mapping.operation_outcome(exc.reason, exc.message))
-        except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
-            self.server.log(f"internal error: {type(exc).__name__}: {exc}")
-            self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
+            try:
+                cert = self.connection.getpeercert(binary_form=True)
+                if not cert:
+                    raise RxClientError("UNAUTHENTICATED", "a client certificate is required")
+                body: Any = None
+                if method == "POST":
+                    length = self._content_length()
+                    data = self.rfile.read(length)
+                    if len(data) < length:
+                        raise RxClientError("BAD_CONTENT_LENGTH", "the body is shorter than Content-Length")
+                    body = parse_body(data)
+                self.server.request_read(self.connection)
+                status, resource = self.server.app.handle(method, self.path, body, cert)
+                self._reply(status, resource)
+            except (RxClientError, RxError) as exc:
+                if exc.reason in _CLOSE_REASONS:
+                    self.close_connection = True  # the unread body must not be parsed as a request
+                self._reply(_http_status(exc.reason),
+                            mapping.operation_outcome(exc.reason, self._public(exc.reason, exc.message)))
+            except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
+                self.server.log(f"internal error: {type(exc).__name__}")
+                self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
+        except OSError as exc:  # the client went away or timed out: nothing left to answer
+            self.close_connection = True
+            self.server.log(f"{self.address_string()} connection lost: {type(exc).__name__}")
+
+    def _public(self, reason: str, message: str) -> str:
+        return public_message(reason, message, self.server.app.ids.home)
 
     def _content_length(self) -> int:
-        """The declared body length: one header of decimal digits, at most MAX_BODY."""
+        """The declared body length: one header of decimal digits, at most MAX_BODY, of a JSON
+        content type; no Transfer-Encoding."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise RxClientError("LENGTH_REQUIRED", "Transfer-Encoding is not supported; send Content-Length")
         values = self.headers.get_all("Content-Length") or []
         if not values:
-            return 0
+            raise RxClientError("LENGTH_REQUIRED", "a POST needs a Content-Length")
         if len(values) > 1:
             raise RxClientError("BAD_CONTENT_LENGTH", "more than one Content-Length header")
         text = values[0].strip()
@@ -237,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(text)
         if length > MAX_BODY:
             raise RxClientError("TOO_LARGE", f"body exceeds {MAX_BODY} bytes")
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype not in JSON_TYPES:
+            raise RxClientError("UNSUPPORTED_MEDIA_TYPE", f"Content-Type must be {FHIR_JSON}")
         return length
 
     def do_GET(self) -> None:
@@ -250,14 +348,50 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, addr: tuple[str, int], app: FhirApp, log: Callable[[str], None],
-                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S):
+                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS,
+                 request_deadline_s: float = REQUEST_DEADLINE_S):
         super().__init__(addr, _Handler)
         self.app = app
         self.log = log
         self.handshake_timeout_s = handshake_timeout_s
+        self.request_deadline_s = request_deadline_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._deadlines_lock = threading.Lock()
+        self._deadlines: dict[int, threading.Timer] = {}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """In the accept loop: a worker thread per connection, at most ``max_connections``."""
+        if not self._slots.acquire(blocking=False):
+            self.log(f"{client_address[0]}:{client_address[1]} refused: too many connections")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, never a traceback on stderr."""
+        self.log(f"{client_address[0]}:{client_address[1]} connection error")
+
+    def request_read(self, request: Any) -> None:
+        """The request is read: its deadline no longer applies (the ledger call may take longer)."""
+        with self._deadlines_lock:
+            timer = self._deadlines.pop(id(request), None)
+        if timer is not None:
+            timer.cancel()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        """In the connection's worker thread: the TLS handshake (bounded), then the request."""
+        """In the connection's worker thread: the TLS handshake (bounded), then the request,
+        which must be read within ``request_deadline_s`` or the connection is shut down."""
         if isinstance(request, ssl.SSLSocket):
             request.settimeout(self.handshake_timeout_s)
             try:
@@ -267,7 +401,23 @@ class _Server(ThreadingHTTPServer):
                          f"{type(exc).__name__}: {exc}")
                 return
             request.settimeout(None)
-        super().finish_request(request, client_address)
+        timer = threading.Timer(self.request_deadline_s, _cut, (request, self.log, client_address))
+        timer.daemon = True
+        with self._deadlines_lock:
+            self._deadlines[id(request)] = timer
+        timer.start()
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            self.request_read(request)
+
+
+def _cut(request: Any, log: Callable[[str], None], client_address: Any) -> None:
+    """Deadline passed while the request was still being read: shut the socket down (the blocked
+    read in the worker returns), without touching the TLS object another thread is using."""
+    log(f"{client_address[0]}:{client_address[1]} request not read within the deadline: closed")
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(request, socket.SHUT_RDWR)
 
 
 def tls_context(cert_path: Path, key_path: Path, ca_bundle: Path) -> ssl.SSLContext:
@@ -283,13 +433,18 @@ def tls_context(cert_path: Path, key_path: Path, ca_bundle: Path) -> ssl.SSLCont
 def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 server_node: str | None = None,
                 log: Callable[[str], None] = lambda _: None,
-                handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S) -> tuple[_Server, Identities]:
+                handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+                max_connections: int = MAX_CONNECTIONS,
+                request_deadline_s: float = REQUEST_DEADLINE_S) -> tuple[_Server, Identities]:
     """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate."""
     home = Path(home)
     ids = Identities(home)
     node = server_node or ids.net.peers[0].name
+    if node not in {n.name for n in ids.net.peers}:
+        raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")
     ndir = home / "nodes" / node
-    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s)
+    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, max_connections,
+                     request_deadline_s)
     ctx = tls_context(ndir / "cert.pem", ndir / "key.pem", home / "ca-bundle.pem")
     # No handshake in accept(): finish_request does it in the worker thread, with a timeout.
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
@@ -297,9 +452,9 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
 
 
 def serve_forever(home: Path, host: str, port: int,
-                  progress: Callable[[str], None] = print) -> None:
-    """Run the gateway until interrupted."""
-    server, ids = make_server(home, host, port, log=progress)
+                  progress: Callable[[str], None] = print, server_node: str | None = None) -> None:
+    """Run the gateway until interrupted (TLS certificate: ``server_node``'s, default the first peer)."""
+    server, ids = make_server(home, host, port, server_node=server_node, log=progress)
     progress(f"FHIR gateway on https://{host}:{server.server_address[1]}/fhir (mutual TLS)")
     try:
         server.serve_forever()

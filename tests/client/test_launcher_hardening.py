@@ -1,0 +1,129 @@
+"""The launcher against careless operators: ports already taken, a node failing at start-up,
+pid files naming process groups."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.errors import RxClientError
+from client.launcher import Launcher
+from client.network import NodeEndpoint, load_network
+from tests.client.ports import free_base_port
+from tests.client.test_launcher import _python, _tiny
+
+NODES = ("orderer.ins01", "peer.h01", "peer.ins01")
+
+
+@pytest.fixture
+def base_port() -> int:
+    return free_base_port(3)
+
+
+def test_port_in_use_is_refused_before_any_node_starts(tmp_path: Path, base_port: int) -> None:
+    """gRPC binds with SO_REUSEPORT: a second server on a taken port would share it silently."""
+    home = _tiny(tmp_path, base_port)
+    launcher = Launcher(home, python=_python(tmp_path))
+    port = next(n.port for n in launcher_nodes(launcher) if n.name == "peer.h01")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a gRPC server binds
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        with pytest.raises(RxClientError) as e:
+            launcher.up(timeout_s=10)
+        assert e.value.reason == "PORT_IN_USE"
+        assert "peer.h01" in e.value.message and str(port) in e.value.message
+        assert all(Launcher(home).running_pid(n) is None for n in NODES), "a node was started"
+    finally:
+        holder.close()
+        launcher.down(grace_s=5)
+
+
+def launcher_nodes(launcher: Launcher) -> list[NodeEndpoint]:
+    return list(load_network(launcher.home).all_nodes)
+
+
+def test_failed_start_up_stops_the_nodes_it_started(tmp_path: Path, base_port: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _tiny(tmp_path, base_port)
+    monkeypatch.setenv("FAKE_NODE_EXIT", "peer.ins01")
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        with pytest.raises(RxClientError) as e:
+            launcher.up(timeout_s=30)
+        assert e.value.reason == "NODE_EXITED"
+        fresh = Launcher(home)  # another invocation, knowing the nodes by pid files only
+        assert {n: fresh.running_pid(n) for n in NODES} == dict.fromkeys(NODES)
+        assert not list((home / "run").glob("*.pid"))
+    finally:
+        launcher.down(grace_s=5)
+
+
+def test_failed_start_up_leaves_nodes_running_before_it_alone(tmp_path: Path, base_port: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _tiny(tmp_path, base_port)
+    first = Launcher(home, python=_python(tmp_path))
+    try:
+        first.up(timeout_s=30)
+        orderer = first.running_pid("orderer.ins01")
+        first.down(grace_s=5, only={"peer.ins01"})
+        monkeypatch.setenv("FAKE_NODE_EXIT", "peer.ins01")
+        again = Launcher(home, python=_python(tmp_path))
+        with pytest.raises(RxClientError):
+            again.up(timeout_s=30)
+        assert again.running_pid("orderer.ins01") == orderer  # it was running before: kept
+    finally:
+        first.down(grace_s=5)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1"])
+def test_pid_files_naming_groups_or_init_are_dead_and_reap_nothing(tmp_path: Path, base_port: int,
+                                                                    text: str) -> None:
+    """``waitpid(0 or -1)`` would reap any exited child of ours (here: one exiting with 7)."""
+    home = _tiny(tmp_path, base_port)
+    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"], stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(500):  # bounded: until it is a zombie
+            if Path(f"/proc/{child.pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                break
+            time.sleep(0.01)
+        (home / "run").mkdir(exist_ok=True)
+        (home / "run" / "peer.h01.pid").write_text(f"{text}\n")
+        launcher = Launcher(home)
+        assert launcher.running_pid("peer.h01") is None
+        assert launcher.down(grace_s=0.5) == []
+    finally:
+        assert child.wait(10) == 7, "the launcher reaped an unrelated child of this process"
+    os.kill(os.getpid(), 0)  # and this process was not signalled
+
+
+def test_a_second_up_or_down_at_the_same_time_is_refused(tmp_path: Path, base_port: int) -> None:
+    """Two concurrent `network up` on one home would both start every node."""
+    home = _tiny(tmp_path, base_port)
+    (home / "run").mkdir(exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)",
+         str(home / "run" / "launcher.lock")], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        for call in (lambda: launcher.up(timeout_s=10), lambda: launcher.down(grace_s=1)):
+            with pytest.raises(RxClientError) as e:
+                call()
+            assert e.value.reason == "LAUNCHER_BUSY"
+        assert all(launcher.running_pid(n) is None for n in NODES)
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+        launcher.down(grace_s=5)
