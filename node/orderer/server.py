@@ -314,6 +314,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         options=[
             ("grpc.max_send_message_length", max_msg),
             ("grpc.max_receive_message_length", max_msg),
+            ("grpc.so_reuseport", 0),  # a taken port is an error, never shared
         ],
     )
     server.add_generic_rpc_handlers(

@@ -206,7 +206,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[("grpc.max_send_message_length", max_msg),
-                 ("grpc.max_receive_message_length", max_msg)],
+                 ("grpc.max_receive_message_length", max_msg),
+                 ("grpc.so_reuseport", 0)],  # a taken port is an error, never shared
     )
     endorser_service = EndorserService(endorser)
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
