@@ -8,7 +8,6 @@ import copy
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,20 +19,11 @@ from client.errors import RxClientError
 from client.fhir import mapping
 from client.fhir.server import make_server, public_message
 from tests.client.test_fhir import _bundle, _client, _mr
+from tests.harness.fhir import serving_fhir
 
 
-@contextlib.contextmanager
-def _serving(net_home: Any, **options: Any) -> Iterator[int]:
-    server, ids = make_server(net_home.home, "127.0.0.1", 0, handshake_timeout_s=3.0, **options)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        ids.close()
-        t.join(5)
+def _serving(net_home: Any, **options: Any) -> contextlib.AbstractContextManager[int]:
+    return serving_fhir(net_home.home, handshake_timeout_s=3.0, **options)
 
 
 @pytest.fixture
@@ -276,18 +266,10 @@ def test_server_certificate_is_the_chosen_peer_and_only_a_peer(net_home: Any) ->
         with pytest.raises(RxClientError) as e:
             make_server(net_home.home, "127.0.0.1", 0, server_node=bad)
         assert e.value.reason == "BAD_ARGUMENTS"
-    server, ids = make_server(net_home.home, "127.0.0.1", 0, server_node="peer.p01")
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving_fhir(net_home.home, server_node="peer.p01") as port:
         ctx = _client(net_home, net_home.user_dir("p01", "pharm-wang"))
-        with _tls(server.server_address[1], ctx) as s:
+        with _tls(port, ctx) as s:
             cert = s.getpeercert()
-        assert cert is not None
-        names = {str(attr[1]) for rdn in cert["subject"] for attr in rdn if attr[0] == "commonName"}
-        assert names == {"peer.p01"}
-    finally:
-        server.shutdown()
-        server.server_close()
-        ids.close()
-        t.join(5)
+    assert cert is not None
+    names = {str(attr[1]) for rdn in cert["subject"] for attr in rdn if attr[0] == "commonName"}
+    assert names == {"peer.p01"}

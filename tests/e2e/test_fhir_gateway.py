@@ -5,32 +5,23 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from client.fhir.server import make_server
 from client.rxops import RxOperations
 from client.session import Session
 from tests.e2e.conftest import Net
+from tests.harness.fhir import serving_fhir
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def fhir(net: Net) -> Iterator[int]:
-    server, ids = make_server(net.home, "127.0.0.1", 0)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        ids.close()
-        t.join(5)
+    with serving_fhir(net.home) as port:
+        yield port
 
 
 def _get(net: Net, port: int, who: str, path: str) -> tuple[int, Any]:
