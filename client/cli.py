@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -469,8 +470,14 @@ def _clean(value: Any, keep_newlines: bool = False) -> str:
     text = str(value)
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or (keep_newlines and c == "\n") else f"\\u{ord(c):04x}"
+    return "".join(c if _shown(c) or (keep_newlines and c == "\n") else f"\\u{ord(c):04x}"
                    for c in text)
+
+
+def _shown(c: str) -> bool:
+    """Printable, or a space separator (U+3000 ideographic, U+00A0 no-break: common in Chinese
+    records and harmless; ``isprintable`` counts only the ASCII space)."""
+    return c.isprintable() or unicodedata.category(c) == "Zs"
 
 
 def _human(value: Any, out: TextIO, indent: str = "") -> None:

@@ -93,8 +93,14 @@ class FileCheckpoint:
         if not 0 <= next_block <= MAX_BLOCK:
             raise RxClientError("BAD_CHECKPOINT", f"block number {next_block} out of range")
         directory = self.path.parent
+        try:  # keep the mode of the file it replaces (mkstemp's is 0600: another reader, e.g. a
+            mode: int | None = stat.S_IMODE(os.stat(self.path).st_mode)  # monitor, keeps access)
+        except OSError:
+            mode = None
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             with os.fdopen(fd, "w") as f:
                 f.write(f"{next_block}\n")
                 f.flush()

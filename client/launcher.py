@@ -8,8 +8,8 @@ A pid read from a pid file is trusted only if ``/proc/<pid>/cmdline`` shows our 
 and that node's config (``is_node_process``): a reused pid is never signalled (nor is a pid
 file's 0 or negative number, which would name process groups).
 Before starting anything ``up`` checks that every port of the nodes it is about to start is
-free (``PORT_IN_USE``): gRPC servers bind with SO_REUSEPORT, so a node of another network
-already on the port would otherwise silently share it with ours. If a node exits or does not
+free (``PORT_IN_USE``), before any node of this call writes anything (nodes also refuse a taken
+port themselves). If a node exits or does not
 become healthy, ``up`` stops the nodes *it* started (not ones already running) before raising.
 ``up`` and ``down`` hold an exclusive lock on ``HOME/run/launcher.lock`` (``flock``): a second
 one on the same home at the same time is refused with ``LAUNCHER_BUSY`` instead of racing.
@@ -207,12 +207,16 @@ class Launcher:
         """RxClientError PORT_IN_USE if a port of these nodes is taken (bound by any process)."""
         for node in nodes:
             for port in self.node_ports(node):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:  # the node's own family: an IPv6 host (``::1``) is probed as IPv6
+                    family, kind, proto, _, addr = socket.getaddrinfo(node.host, port, type=socket.SOCK_STREAM)[0]
+                except OSError as exc:
+                    raise RxClientError("BAD_CONFIG", f"{node.name}: host {node.host!r}: {exc}") from None
+                probe = socket.socket(family, kind, proto)
                 try:
                     # SO_REUSEADDR: our own node's connections in TIME_WAIT do not count, a
                     # listener (even one with SO_REUSEPORT, as every gRPC server) does
                     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind((node.host, port))
+                    probe.bind(addr)
                 except OSError as exc:
                     raise RxClientError(
                         "PORT_IN_USE", f"{node.name}: port {port} on {node.host} is already in use "

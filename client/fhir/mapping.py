@@ -162,15 +162,19 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
     if not first.reason or first.reason[0].concept is None:
         raise FhirError("FHIR_INVALID", "reason[0].concept (ICD-10 diagnosis) is required")
     diagnosis = check_icd10(_first_code(first.reason[0].concept, "reason[0].concept"))
+    long_rx = False
+    if first.courseOfTherapyType is not None:
+        long_rx = _first_code(first.courseOfTherapyType, "courseOfTherapyType") == "continuous"
     drugs = []
     for r in reqs:
         if r.subject.identifier is None or r.subject.identifier.value != patient:
             raise FhirError("FHIR_INVALID", "all lines must have the same subject")
-        if not _agrees(_shared(r), _shared(first)):
+        if not _agrees(_shared(r, long_rx), _shared(first, long_rx)):
             # one prescription: a line with another diagnosis, duration, validity, pharmacy,
-            # repeats, course or note would otherwise be silently issued with the first's
+            # repeats, course or (long-term: the chronic reason) note would otherwise be
+            # silently issued with the first's
             raise FhirError("FHIR_INVALID", "all lines must have the same reason, courseOfTherapyType, "
-                            "note and dispenseRequest (except quantity)")
+                            "dispenseRequest (except quantity) and, for a continuous course, note")
         code = check_drug_code(_first_code(r.medication.concept, "medication.concept"))
         if r.dispenseRequest is None or r.dispenseRequest.quantity is None:
             raise FhirError("FHIR_INVALID", "dispenseRequest.quantity (boxes) is required")
@@ -191,9 +195,6 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
     pharmacy = ""
     if disp.dispenser is not None and disp.dispenser.identifier is not None:
         pharmacy = str(disp.dispenser.identifier.value or "")
-    long_rx = False
-    if first.courseOfTherapyType is not None:
-        long_rx = _first_code(first.courseOfTherapyType, "courseOfTherapyType") == "continuous"
     reason = str(first.note[0].text) if first.note else ""
     return IssueRequest(
         patient=str(patient), diagnosis=diagnosis, drugs=drugs, days=days, long_rx=long_rx,
@@ -202,10 +203,13 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
     )
 
 
-def _shared(r: Any) -> dict[str, Any]:
-    """What every line of one prescription states once for all lines."""
+def _shared(r: Any, long_rx: bool) -> dict[str, Any]:
+    """What every line of one prescription states once for all lines. A note is the chronic
+    reason of a long-term prescription only; otherwise each line may carry its own (per-drug
+    instructions, which the ledger does not record)."""
     whole = r.model_dump(exclude_none=True)  # (fhir.resources ignores include/exclude here)
-    out = {k: whole[k] for k in ("reason", "courseOfTherapyType", "note") if k in whole}
+    keys = ("reason", "courseOfTherapyType", "note") if long_rx else ("reason", "courseOfTherapyType")
+    out = {k: whole[k] for k in keys if k in whole}
     disp = whole.get("dispenseRequest") or {}
     out.update({f"dispenseRequest.{k}": v for k, v in disp.items() if k != "quantity"})
     return out

@@ -61,6 +61,7 @@ _DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json")
 RX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_REFERENCE = re.compile(r"(?:[^?#]*/)?[A-Z][A-Za-z]{1,63}/([^/?#]+)(?:/_history/[^/?#]+)?")
 
 _STATUS = {
     "FHIR_INVALID": 400, "BAD_ARGUMENTS": 400, "BAD_DIAGNOSIS": 400, "BAD_REQUEST": 400,
@@ -186,7 +187,12 @@ def _rx_ref(refs: Any, what: str) -> str:
         if ref.identifier is not None and ref.identifier.value:
             return _rx_id(str(ref.identifier.value))
         if ref.reference and "/" in ref.reference:
-            return _rx_id(str(ref.reference.split("/", 1)[1]))
+            # relative ("MedicationRequest/ID"), absolute ("https://host/fhir/MedicationRequest/ID")
+            # or versioned (".../ID/_history/2"): the id is the segment after the resource type
+            m = _REFERENCE.fullmatch(str(ref.reference))
+            if m is None:
+                raise mapping.FhirError("FHIR_INVALID", f"{what}: not a reference to a prescription")
+            return _rx_id(m.group(1))
     raise mapping.FhirError("FHIR_INVALID", f"{what} must name the prescription (hiRxno)")
 
 
@@ -270,9 +276,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.log_error("code %d, message %s", code, message)
         with contextlib.suppress(OSError):
             self._reply(405 if code == 501 else code,
-                        mapping.operation_outcome(reason, message or "bad request"))
+                        mapping.operation_outcome(reason, message or "bad request"),
+                        {"Allow": "GET, POST"} if code == 501 else None)  # a 405 must name them
 
-    def _reply(self, status: int, resource: Any) -> None:
+    def _reply(self, status: int, resource: Any, headers: dict[str, str] | None = None) -> None:
         if isinstance(resource, dict) and resource.get("resourceType") not in (
                 None, "CapabilityStatement", "OperationOutcome"):
             data = mapping.dumps(resource)
@@ -281,6 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", FHIR_JSON)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 

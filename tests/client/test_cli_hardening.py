@@ -60,3 +60,12 @@ def test_human_output_never_interprets_control_characters_from_the_ledger() -> N
     text = out.getvalue()
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert text.count("\n") == 5 and "status: DISPENSED" not in text.splitlines()
+
+
+def test_human_output_shows_chinese_spacing_as_is() -> None:
+    """U+3000 (ideographic space) and U+00A0 are common in Chinese notes: not control text."""
+    from client.cli import _human
+
+    out = io.StringIO()
+    _human({"note": "高血压\u3000稳定\u00a0", "list": ["甲\u3000乙"]}, out)
+    assert out.getvalue() == "note: 高血压\u3000稳定\u00a0\nlist:\n  - 甲\u3000乙\n"

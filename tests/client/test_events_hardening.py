@@ -82,3 +82,15 @@ def test_deeply_nested_event_payload_is_kept_as_hex() -> None:
     msg.events.add(contract="c", name="n", payload=b"[" * 100_000, tx_id="t")
     ev = to_block_events(msg).events[0]
     assert ev.payload == ("5b" * 100_000)
+
+
+def test_checkpoint_save_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    """A checkpoint the previous version wrote (0644: a monitor running as another user reads
+    it) must not turn 0600 at the next save."""
+    path = tmp_path / "cp"
+    path.write_text("5\n")
+    path.chmod(0o644)
+    cp = FileCheckpoint(path)
+    assert cp.load() == 5
+    cp.save(6)
+    assert (path.read_text(), path.stat().st_mode & 0o777) == ("6\n", 0o644)

@@ -117,6 +117,22 @@ def test_http_layer_errors_are_operation_outcomes(gw: Any) -> None:
     assert (status, _code(answer)) == (414, "TOO_LARGE")
 
 
+def test_method_not_allowed_names_the_allowed_methods(gw: Any) -> None:
+    """RFC 9110: a 405 answer carries Allow (a generic HTTP client reads it)."""
+    port, net_home = gw
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    for method in (b"PUT", b"HEAD", b"OPTIONS"):
+        with _tls(port, ctx) as s:
+            s.sendall(method + b" /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            for _ in range(100):  # bounded: the server closes after one answer
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+        assert head.startswith(b"HTTP/1.0 405 ") and b"\r\nAllow: GET, POST\r\n" in head, head[:300]
+
+
 @pytest.mark.parametrize("rx_id", ["..%2F..%2Fetc%2Fpasswd", "..", "RX%00", "%E2%80%AE", "a" * 129])
 def test_malformed_prescription_ids_are_refused_before_the_ledger(gw: Any, rx_id: str) -> None:
     port, net_home = gw
@@ -132,6 +148,21 @@ def test_malformed_prescription_ids_are_refused_before_the_ledger(gw: Any, rx_id
                                   b"application/fhir+json\r\nContent-Length: " + str(len(data)).encode()
                                   + b"\r\n\r\n" + data)
     assert (status, _code(answer)) == (400, "FHIR_INVALID")
+
+
+def test_absolute_and_versioned_prescription_references_name_the_prescription() -> None:
+    """FHIR allows absolute and versioned references: the id is the segment after the type
+    (the old split at the first '/' made ``//host/fhir/...`` the id)."""
+    from fhir.resources.reference import Reference
+
+    from client.fhir.server import _rx_ref
+
+    for text in ("MedicationRequest/RX20261126-h01-0a1b2", "https://gw.h01.example/fhir/MedicationRequest/"
+                 "RX20261126-h01-0a1b2", "MedicationRequest/RX20261126-h01-0a1b2/_history/3"):
+        assert _rx_ref([Reference(reference=text)], "prescription") == "RX20261126-h01-0a1b2"
+    for text in ("MedicationRequest/../../x", "https://h/fhir/MedicationRequest/", "a/b/c"):
+        with pytest.raises(mapping.FhirError):
+            _rx_ref([Reference(reference=text)], "prescription")
 
 
 def test_unavailable_ledger_answer_names_no_internal_address(gw: Any) -> None:
@@ -234,6 +265,19 @@ def test_bundle_lines_must_not_contradict_the_first() -> None:
     del terse["reason"], terse["note"], terse["dispenseRequest"]["dispenser"]
     req = mapping.issue_request_from_fhir(_bundle(_mr(), terse))
     assert (req.diagnosis, req.pharmacy, [d.qty for d in req.drugs]) == ("I10", "p01", [2, 1])
+
+
+def test_acute_bundle_lines_may_carry_their_own_notes() -> None:
+    """Outside a continuous course a note is a per-drug instruction the ledger does not record:
+    lines that differ in it (or where only a later line has one) are one valid prescription."""
+    acute: dict[str, Any] = {"courseOfTherapyType": {"coding": [{"code": "acute"}]}}
+    first = _mr(**acute, note=[{"text": "after meals"}])
+    req = mapping.issue_request_from_fhir(_bundle(first, _mr("benidipine", 1, **acute, note=[{"text": "at bedtime"}])))
+    assert ([d.qty for d in req.drugs], req.long_rx, req.chronic_reason) == ([2, 1], False, "")
+    bare = _mr(**acute)
+    del bare["note"]
+    req = mapping.issue_request_from_fhir(_bundle(bare, _mr("benidipine", 1, **acute, note=[{"text": "x"}])))
+    assert [d.qty for d in req.drugs] == [2, 1]
 
 
 def test_counts_must_be_whole_and_in_range() -> None:

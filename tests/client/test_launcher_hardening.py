@@ -127,3 +127,23 @@ def test_a_second_up_or_down_at_the_same_time_is_refused(tmp_path: Path, base_po
         if holder.stdout is not None:
             holder.stdout.close()
         launcher.down(grace_s=5)
+
+
+def test_port_check_probes_an_ipv6_host_as_ipv6(tmp_path: Path) -> None:
+    """A node on ``::1`` was probed with an IPv4 socket: every such port was PORT_IN_USE."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        listener.bind(("::1", 0))
+        taken = listener.getsockname()[1]
+        free = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        free.bind(("::1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        launcher = Launcher(tmp_path)
+        launcher.check_ports_free([NodeEndpoint("peer.v6", "h01", "peer", "::1", free_port)])
+        listener.listen()
+        with pytest.raises(RxClientError) as e:
+            launcher.check_ports_free([NodeEndpoint("peer.v6", "h01", "peer", "::1", taken)])
+        assert e.value.reason == "PORT_IN_USE"
+    finally:
+        listener.close()
