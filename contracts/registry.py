@@ -34,6 +34,7 @@ from rxchain_contract import Context
 
 HEX = "0123456789abcdef"
 CODE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+DIGITS = "0123456789"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 DRUG_CLASSES = ("A", "B", "OFF_LIST")
 CONTROLLED_CLASSES = (
@@ -55,22 +56,22 @@ MAX_TEXT = 128
 LIST_LIMIT = 200
 
 
-def _is_hex(s: str, n: int) -> bool:
-    if not isinstance(s, str) or len(s) != n:
+def _only(s: str, chars: str, lo: int, hi: int) -> bool:
+    """``s`` is a string of ``lo``-``hi`` characters, each one of ``chars``."""
+    if not isinstance(s, str) or len(s) < lo or len(s) > hi:
         return False
     for ch in s:
-        if ch not in HEX:
+        if ch not in chars:
             return False
     return True
+
+
+def _is_hex(s: str, n: int) -> bool:
+    return _only(s, HEX, n, n)
 
 
 def _is_id(s: str, max_len: int) -> bool:
-    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
-        return False
-    for ch in s:
-        if ch not in ID_CHARS:
-            return False
-    return True
+    return _only(s, ID_CHARS, 1, max_len)
 
 
 def _is_text(s: str) -> bool:
@@ -104,10 +105,8 @@ def _is_date(s: str) -> bool:
     """A real calendar date "YYYY-MM-DD" (year 0001-9999)."""
     if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
         return False
-    digits = s[0:4] + s[5:7] + s[8:10]
-    for ch in digits:
-        if ch not in "0123456789":
-            return False
+    if not _only(s[0:4] + s[5:7] + s[8:10], DIGITS, 8, 8):
+        return False
     y = int(s[0:4])
     m = int(s[5:7])
     d = int(s[8:10])
@@ -231,9 +230,8 @@ def set_drug(
     _require_admin(ctx, ("insurer",))
     if not isinstance(code, str) or len(code) != 23:
         ctx.fail("BAD_ARGUMENTS", "medListCodg must be 23 characters")
-    for ch in code:
-        if ch not in CODE_CHARS:
-            ctx.fail("BAD_ARGUMENTS", "medListCodg must be upper-case letters and digits")
+    if not _only(code, CODE_CHARS, 23, 23):
+        ctx.fail("BAD_ARGUMENTS", "medListCodg must be upper-case letters and digits")
     if not _is_text(spec):
         ctx.fail("BAD_ARGUMENTS", "spec must be printable text of <= 128 chars")
     if cls not in DRUG_CLASSES:

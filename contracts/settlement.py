@@ -48,22 +48,22 @@ MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 
 
-def _is_id(s: str, max_len: int) -> bool:
-    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
-        return False
-    for ch in s:
-        if ch not in ID_CHARS:
-            return False
-    return True
-
-
-def _is_hex(s: str, lo: int, hi: int) -> bool:
+def _only(s: str, chars: str, lo: int, hi: int) -> bool:
+    """``s`` is a string of ``lo``-``hi`` characters, each one of ``chars``."""
     if not isinstance(s, str) or len(s) < lo or len(s) > hi:
         return False
     for ch in s:
-        if ch not in HEX:
+        if ch not in chars:
             return False
     return True
+
+
+def _is_id(s: str, max_len: int) -> bool:
+    return _only(s, ID_CHARS, 1, max_len)
+
+
+def _is_hex(s: str, lo: int, hi: int) -> bool:
+    return _only(s, HEX, lo, hi)
 
 
 def _is_blank(s: str) -> bool:
@@ -416,9 +416,8 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
     if len(note_ct) > 0:
         if len(note_ct) < MIN_NOTE_CT or len(note_ct) > MAX_NOTE_CT or len(note_ct) % 4 != 0:
             ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext of 40-4096 characters")
-        for ch in note_ct:
-            if ch not in B64_CHARS:
-                ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
+        if not _only(note_ct, B64_CHARS, 0, MAX_NOTE_CT):
+            ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("claim/" + claim_id)
@@ -552,12 +551,7 @@ def _may_view_rx(ctx: Context, rx: dict) -> bool:
 
 def _is_claim_cursor(s: str) -> bool:
     """A trail cursor: empty (from the start) or ``{fill3}/{n3}`` a page handed back."""
-    if not isinstance(s, str) or len(s) > 16:
-        return False
-    for ch in s:
-        if ch not in "0123456789/":
-            return False
-    return True
+    return _only(s, "0123456789/", 0, 16)
 
 
 def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
