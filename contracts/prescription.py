@@ -51,6 +51,7 @@ MAX_BLOB = 262144
 MAX_TRACE_CODE = 64
 MIN_RETENTION_DAYS = 365  # MoH order 53 (prescription rules) Art. 50: kept at least 1 year
 HEX = "0123456789abcdef"
+DIGITS = "0123456789"
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
 FORBIDDEN_CLASSES = ("NARCOTIC", "PSYCHOTROPIC_I", "PSYCHOTROPIC_II", "TOXIC", "RADIOACTIVE")
 LONGRX_EXCLUDED = (
@@ -89,32 +90,27 @@ CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
 # ---------------------------------------------------------------- small pure helpers
 
 
-def _is_hex(s: str, lo: int, hi: int) -> bool:
+def _only(s: str, chars: str, lo: int, hi: int) -> bool:
+    """``s`` is a string of ``lo``-``hi`` characters, each one of ``chars``."""
     if not isinstance(s, str) or len(s) < lo or len(s) > hi:
         return False
     for ch in s:
-        if ch not in HEX:
+        if ch not in chars:
             return False
     return True
+
+
+def _is_hex(s: str, lo: int, hi: int) -> bool:
+    return _only(s, HEX, lo, hi)
 
 
 def _is_id(s: str, max_len: int) -> bool:
-    if not isinstance(s, str) or len(s) == 0 or len(s) > max_len:
-        return False
-    for ch in s:
-        if ch not in ID_CHARS:
-            return False
-    return True
+    return _only(s, ID_CHARS, 1, max_len)
 
 
 def _is_page_key(s: str) -> bool:
     """A paging cursor: empty (from the start) or a key suffix a page handed back."""
-    if not isinstance(s, str) or len(s) > 256:
-        return False
-    for ch in s:
-        if ch not in ID_CHARS and ch != "/":
-            return False
-    return True
+    return _only(s, ID_CHARS + "/", 0, 256)
 
 
 def _is_int(v: int, lo: int, hi: int) -> bool:
@@ -139,12 +135,7 @@ def _is_blank(s: str) -> bool:
 
 def _is_offset(s: str) -> bool:
     """A trace cursor: empty (from the start) or the decimal position a page handed back."""
-    if not isinstance(s, str) or len(s) > 7:
-        return False
-    for ch in s:
-        if ch not in "0123456789":
-            return False
-    return True
+    return _only(s, DIGITS, 0, 7)
 
 
 def _reason_code(ctx: Context, reason: str, codes: tuple, what: str) -> str:
@@ -165,9 +156,8 @@ def _note_ct(ctx: Context, note_ct: str) -> str:
         return ""
     if len(note_ct) < MIN_NOTE_CT or len(note_ct) > MAX_NOTE_CT or len(note_ct) % 4 != 0:
         ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext of 40-4096 characters")
-    for ch in note_ct:
-        if ch not in B64_CHARS:
-            ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
+    if not _only(note_ct, B64_CHARS, 0, MAX_NOTE_CT):
+        ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
     return note_ct
 
 
@@ -222,9 +212,8 @@ def _parse_date(s: str) -> list:
     """[year, month, day] of a real calendar date "YYYY-MM-DD" (year 0001-9999), else []."""
     if not isinstance(s, str) or len(s) != 10 or s[4] != "-" or s[7] != "-":
         return []
-    for ch in s[0:4] + s[5:7] + s[8:10]:
-        if ch not in "0123456789":
-            return []
+    if not _only(s[0:4] + s[5:7] + s[8:10], DIGITS, 8, 8):
+        return []
     y = int(s[0:4])
     m = int(s[5:7])
     d = int(s[8:10])
@@ -367,11 +356,20 @@ def _pharmacy_active(ctx: Context, org: str) -> bool:
     return ph is not None and ph["active"] is True
 
 
-def _require_active_pharmacy(ctx: Context, rx: dict) -> None:
-    """Lock and dispense: a routed pharmacy only while its registration is active (the
-    issuing hospital's own pharmacy, unrouted, is no registered pharmacy and needs none)."""
-    if rx["pharmacy"] != "" and not _pharmacy_active(ctx, rx["pharmacy"]):
-        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + rx["pharmacy"] + " is not registered/active")
+def _require_active_pharmacy(ctx: Context, org: str) -> None:
+    """``org`` is a pharmacy whose registration is active (issue, route, review, lock and
+    dispense by a pharmacy; the issuing hospital's own pharmacy is no registered pharmacy and
+    never asked), else UNKNOWN_PHARMACY."""
+    if not _pharmacy_active(ctx, org):
+        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + org + " is not registered/active")
+
+
+def _unlock(rx: dict) -> None:
+    """Drop the lock: back to APPROVED, or DISPENSED once a fill was dispensed."""
+    rx["lock"] = None
+    rx["status"] = "APPROVED"
+    if rx["fills"] > 0:
+        rx["status"] = "DISPENSED"
 
 
 def _effective_pharmacy(rx: dict) -> str:
@@ -409,12 +407,21 @@ def _fill_deadline(rx: dict) -> int:
     return rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
 
 
+def _pharmacist_licence(ctx: Context) -> dict | None:
+    """The caller's registered pharmacist record if its licence is active, else None."""
+    c = ctx.caller
+    prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
+    if prac is None or prac["role"] != "pharmacist" or not prac["licence_active"]:
+        return None
+    return prac
+
+
 def _require_pharmacist(ctx: Context) -> dict:
     c = ctx.caller
     if c.role != "pharmacist":
         ctx.fail("WRONG_ROLE", "only a pharmacist may do this")
-    prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
-    if prac is None or prac["role"] != "pharmacist" or not prac["licence_active"]:
+    prac = _pharmacist_licence(ctx)
+    if prac is None:
         ctx.fail("UNAUTHORIZED", "no active pharmacist licence registered for " + c.name)
     return prac
 
@@ -524,8 +531,13 @@ def _check_supply(ctx: Context, content: dict, found: list) -> dict:
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need a recorded stability assessment")
             if content.get("patient_confirmed", False) is not True:
                 ctx.fail("QUANTITY_LIMIT", "29-84 days need the patient's confirmation")
-    _check_long_rx_classes(ctx, long_rx or total > ORDINARY_MAX_DAYS, found)
+    _check_long_rx_classes(ctx, _long_supply(long_rx, days, max_fills), found)
     return {"days": days, "long_rx": long_rx, "max_fills": max_fills, "interval": interval}
+
+
+def _long_supply(long_rx: bool, days: int, max_fills: int) -> bool:
+    """A long prescription, or a supply beyond an ordinary prescription's 7 days."""
+    return long_rx or days * max_fills > ORDINARY_MAX_DAYS
 
 
 def _check_long_rx_classes(ctx: Context, long_supply: bool, found: list) -> None:
@@ -611,8 +623,7 @@ def issue(
     # grants: exactly the patient, the issuing hospital and the optional routed pharmacy
     allowed = ["patient", hospital]
     if pharmacy != "":
-        if not _pharmacy_active(ctx, pharmacy):
-            ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
+        _require_active_pharmacy(ctx, pharmacy)
         allowed.append(pharmacy)
     for party in allowed:
         if not _is_blob(keys.get(party)):
@@ -691,10 +702,10 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
         ctx.fail("SOD_VIOLATION", "the prescriber may not review their own prescription")
     if c.org != rx["hospital"] and c.org != rx["pharmacy"]:
         ctx.fail("NOT_ROUTED", "only the issuing hospital or the routed pharmacy reviews")
-    if c.org != rx["hospital"] and not _pharmacy_active(ctx, c.org):
+    if c.org != rx["hospital"]:
         # as for lock and dispense: a pharmacy whose registration is inactive does not approve
         # (an approval of its pharmacist would let any pharmacy dispense after a re-route)
-        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + c.org + " is not registered/active")
+        _require_active_pharmacy(ctx, c.org)
     if not isinstance(approve, bool) or not isinstance(reason, str):
         ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string")
     if approve and len(reason) > 0:
@@ -745,16 +756,12 @@ def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
         # the routed pharmacy's registration went inactive while it held the lock: it can no
         # longer dispense, so its lock does not hold the prescription hostage
         dropped = holder
-        rx["lock"] = None
-        rx["status"] = "APPROVED"
-        if rx["fills"] > 0:
-            rx["status"] = "DISPENSED"
+        _unlock(rx)
     if rx["fills"] >= rx["max_fills"]:
         ctx.fail("ALREADY_DISPENSED", "nothing left to dispense")
     if not _is_id(pharmacy, 32):
         ctx.fail("BAD_ARGUMENTS", "pharmacy must be an org id")
-    if not _pharmacy_active(ctx, pharmacy):
-        ctx.fail("UNKNOWN_PHARMACY", "pharmacy " + pharmacy + " is not registered/active")
+    _require_active_pharmacy(ctx, pharmacy)
     if pharmacy == rx["pharmacy"]:
         ctx.fail("ALREADY_ROUTED", "already routed to " + pharmacy)
     if not _is_blob(wrapped_key):
@@ -786,7 +793,8 @@ def lock(ctx: Context, rx_id: str) -> dict:
         ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
     if c.org != _effective_pharmacy(rx):
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
-    _require_active_pharmacy(ctx, rx)
+    if rx["pharmacy"] != "":
+        _require_active_pharmacy(ctx, rx["pharmacy"])
     rx["lock"] = {"org": c.org, "by": c.name, "time_ms": ctx.timestamp_ms}
     rx["status"] = "LOCKED"
     _save(ctx, rx, "lock", {"fill": rx["fills"] + 1})
@@ -802,10 +810,7 @@ def release(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_LOCKED", "the prescription is not locked")
     if rx["lock"]["org"] != c.org:
         ctx.fail("ALREADY_LOCKED", "locked by another pharmacy")
-    rx["lock"] = None
-    rx["status"] = "APPROVED"
-    if rx["fills"] > 0:
-        rx["status"] = "DISPENSED"
+    _unlock(rx)
     _save(ctx, rx, "release", {})
     return {"rx_id": rx_id, "status": rx["status"]}
 
@@ -863,15 +868,15 @@ def dispense(ctx: Context, rx_id: str) -> dict:
         ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
     if c.org != _effective_pharmacy(rx):
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
-    _require_active_pharmacy(ctx, rx)
+    if rx["pharmacy"] != "":
+        _require_active_pharmacy(ctx, rx["pharmacy"])
     content = _verify_content(ctx, rx_id, rx["commitment"])
     # the issue's drug rules again, on the formulary as of this dispense: a drug reclassified
     # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now, and one reclassified into
     # a class excluded from long prescriptions is LONGRX_EXCLUDED_CLASS on a long one (the
     # supply itself was checked at issue and cannot have changed)
     found = _check_drugs(ctx, content)
-    total = content["days"] * content.get("max_fills", 1)
-    _check_long_rx_classes(ctx, content.get("long_rx", False) or total > ORDINARY_MAX_DAYS, found)
+    _check_long_rx_classes(ctx, _long_supply(rx["long_rx"], rx["days"], rx["max_fills"]), found)
     boxes = 0
     for line in content["drugs"]:
         boxes = boxes + line["qty"]
@@ -939,10 +944,7 @@ def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "") -> dict:
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     is_doctor = c.org == rx["hospital"] and c.name == rx["doctor"] and c.role == "doctor"
-    is_dept = c.org == rx["hospital"] and c.role == "pharmacist"
-    if is_dept:
-        prac = ctx.get_from("registry", "prac/" + c.org + "/" + c.name)
-        is_dept = prac is not None and prac["role"] == "pharmacist" and prac["licence_active"]
+    is_dept = c.org == rx["hospital"] and c.role == "pharmacist" and _pharmacist_licence(ctx) is not None
     if not is_doctor and not is_dept:
         ctx.fail("ACCESS_DENIED", "only the issuing doctor or the hospital pharmacy revokes")
     if rx["status"] == "REVOKED":
