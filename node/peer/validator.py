@@ -338,7 +338,10 @@ class Validator:
                 tx_events = []
             if code == transaction_pb2.VALID:
                 for w in writes:
-                    written.setdefault(w.ns, WrittenKeys()).add(w.key)
+                    keys = written.get(w.ns)
+                    if keys is None:
+                        keys = written[w.ns] = WrittenKeys()
+                    keys.add(w.key)
             # An id blocks later txs of this block exactly when it enters the tx-id index
             # (txwrites.UNINDEXED_CODES), as it blocks later blocks. A creator signature alone
             # does not prove the envelope is the creator's transaction: the client's signature
