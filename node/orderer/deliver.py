@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 from rxchain.v1 import block_pb2, identity_pb2, services_pb2, services_pb2_grpc
 
-from node.errors import RxError, abort_with, guarded_stream
+from node.errors import RxError, guarded_stream
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
-from node.identity.msp import MSP, Principal
+from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.stream_caps import StreamCaps
 
@@ -78,13 +78,6 @@ class DeliverService:
         """End follow streams."""
         self._closed = True
 
-    def _check_caller(self, context: grpc.ServicerContext) -> Principal:
-        """The caller's principal; aborts PERMISSION_DENIED with the MSP's reason code."""
-        try:
-            return self._check(context)
-        except RxError as err:
-            abort_with(context, err)
-
     @guarded_stream
     def deliver_bytes(
         self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
@@ -92,7 +85,7 @@ class DeliverService:
         """Deliver: stream blocks as the request asks, as serialized DeliverResponses (for a
         handler registered with ``response_serializer=None``): a block's bytes are framed once
         for all streams."""
-        caller = self._check_caller(context)
+        caller = self._check(context)  # an RxError aborts PERMISSION_DENIED with its reason
         with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
             yield from self.frames_from(request, context.is_active)
 

@@ -6,12 +6,12 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
 
-from node.errors import RxError, abort_with, guarded_stream, guarded_unary
+from node.errors import guarded_stream, guarded_unary
 from node.identity.caller import CallerCheck
 from node.peer.gateway.commit_status import commit_status
 from node.peer.gateway.deps import GatewayDeps
@@ -119,30 +119,21 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     def Evaluate(
         self, request: services_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> services_pb2.EvaluateResponse:
-        try:
-            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
-                return evaluate(self._deps, request)
-        except RxError as err:
-            abort_with(context, err)
+        with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+            return evaluate(self._deps, request)
 
     @guarded_unary
     def Endorse(
         self, request: services_pb2.EndorseRequest, context: grpc.ServicerContext
     ) -> services_pb2.EndorseResponse:
-        try:
-            with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
-                return endorse(self._deps, request, self._remote_pool)
-        except RxError as err:
-            abort_with(context, err)
+        with self._inflight.busy():  # it may read the ledger: the peer's stop waits for it
+            return endorse(self._deps, request, self._remote_pool)
 
     @guarded_unary
     def Submit(
         self, request: services_pb2.SubmitRequest, context: grpc.ServicerContext
     ) -> services_pb2.SubmitResponse:
-        try:  # waits for a commit (woken when the notifier closes): not counted
-            return submit(self._deps, request)
-        except RxError as err:
-            abort_with(context, err)
+        return submit(self._deps, request)  # waits for a commit (woken when the notifier closes): not counted
 
     @guarded_unary
     def CommitStatus(
@@ -164,34 +155,29 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
             # a follower stream: ends when the call is cancelled, not counted in _inflight
             yield from events(self._deps, request, context.is_active)
 
+    @guarded_stream
     def Transact(
         self,
         request_iterator: Iterator[services_pb2.TransactRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactResponse]:
-        yield from _aborting_on_error(context, transact(
+        # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
+        # with its status
+        yield from transact(
             self._deps, request_iterator, context.is_active, self._work_pool,
             self._remote_pool, start=self._inflight.reader,
-        ))
+        )
 
+    @guarded_stream
     def TransactBatch(
         self,
         request_iterator: Iterator[services_pb2.TransactBatchRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.TransactBatchResponse]:
-        yield from _aborting_on_error(context, transact_batch(
+        # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
+        # with its status
+        yield from transact_batch(
             self._deps, request_iterator, context.is_active, self._work_pool,
             self._remote_pool, start=self._inflight.reader,
-        ))
+        )
 
-
-_T = TypeVar("_T")
-
-
-def _aborting_on_error(context: grpc.ServicerContext, answers: Iterator[_T]) -> Iterator[_T]:
-    """A response stream that ends with the RxError's status (e.g. the peer is stopping
-    with requests unanswered) instead of an opaque failure."""
-    try:
-        yield from answers
-    except RxError as err:
-        abort_with(context, err)
