@@ -8,12 +8,12 @@ statuses, node status) checks the TLS certificate with :class:`CallerCheck` firs
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import grpc
 from rxchain.v1 import identity_pb2
 
+from node.clock import wall_ms
 from node.crypto.tls import peer_identity
 from node.errors import RxError
 from node.identity.msp import MSP, Principal
@@ -24,9 +24,6 @@ from node.identity.msp import MSP, Principal
 NO_BLOCK_ROLES = frozenset({"patient"})
 
 
-def wall_ms() -> int:
-    """Milliseconds since the epoch (what certificate validity is checked against)."""
-    return time.time_ns() // 1_000_000
 
 
 def caller_of(context: grpc.ServicerContext) -> identity_pb2.Identity:

@@ -48,6 +48,7 @@ from typing import Protocol, cast
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, raft_pb2, transaction_pb2
 
+from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Signer
 from node.errors import RxError
@@ -166,7 +167,7 @@ class Chain:
         *,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_ms: Callable[[], int] = wall_ms,
         options: ChainOptions | None = None,
     ) -> None:
         self._id = raft_id

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import grpc
 from rxchain.v1 import config_pb2, services_pb2
 
+from node.clock import wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
@@ -53,10 +53,6 @@ from node.raft.types import StateRole
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -284,7 +280,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,
-        consortium.limits.max_envelope_bytes or max_msg, _wall_ms,
+        consortium.limits.max_envelope_bytes or max_msg, wall_ms,
         config_check=tracker.check_broadcast,
         max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )
@@ -304,7 +300,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
     grpc_workers = config.grpc_workers
     streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
-    deliver = DeliverService(blocks, tracker.msp, _wall_ms, streams=streams)
+    deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams)
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
     )
@@ -321,7 +317,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         [
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
-            _admin_handler(config, chain, CallerCheck(tracker.msp, _wall_ms)),
+            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms)),
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)

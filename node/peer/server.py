@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
 
+from node.clock import wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
@@ -48,10 +49,6 @@ from node.sandbox.types import SandboxLimits
 
 _log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -160,7 +157,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     sandbox = Sandbox(int(extra.get("sandbox_workers", 2)), SandboxLimits())
     metrics.watch_sandbox(sandbox.stats)
     closers.append(sandbox.close)
-    endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), _wall_ms,
+    endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), wall_ms,
                         on_endorse=metrics.endorsements.inc)
     options = [*channel_options(max_msg), ("grpc.initial_reconnect_backoff_ms", 100),
                ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)]
@@ -178,7 +175,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps;
     # the rest of the pool stays free for unary and endorsement calls (node.stream_caps).
     streams = config.stream_caps()
-    check_caller = CallerCheck(lambda: configs.current().msp, _wall_ms)
+    check_caller = CallerCheck(lambda: configs.current().msp, wall_ms)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
         notifier=notifier, remotes=RemoteEndorsers(config.peers, channel), broadcast=broadcast,
@@ -213,7 +210,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(
-        PeerDeliverService(ledger, notifier, CallerCheck(lambda: configs.current().msp, _wall_ms, NO_BLOCK_ROLES),
+        PeerDeliverService(ledger, notifier, CallerCheck(lambda: configs.current().msp, wall_ms, NO_BLOCK_ROLES),
                            streams), server)
     services_pb2_grpc.add_AdminServicer_to_server(
         PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set(),
