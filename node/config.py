@@ -204,8 +204,7 @@ def check_can_listen(config: NodeConfig) -> None:
         family, kind, proto, _, addr = infos[0]
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
-            if key == "port" and hasattr(socket, "SO_REUSEPORT"):  # gRPC sets it too
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # no SO_REUSEPORT: the nodes' gRPC servers bind without it (grpc.so_reuseport 0)
             try:
                 probe.bind(addr)
             except OSError as exc:
