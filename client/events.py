@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.errors import RxClientError
+from node.fsutil import fsync_dir
 
 MAX_BLOCK = 2**63 - 1
 _CHECKPOINT_MAX_BYTES = 64
@@ -110,11 +111,7 @@ class FileCheckpoint:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory)
 
 
 class MemoryCheckpoint:

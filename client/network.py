@@ -18,13 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import config_pb2, identity_pb2
 
 from client.errors import RxClientError
+from client.records import SECRET_BYTES
 from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.identity.roles import KIND_NAMES
-
-SECRET_BYTES = 32
 
 
 def _now_ms() -> int:
