@@ -19,7 +19,7 @@ from client.errors import RxClientError
 from client.fhir import mapping
 from client.fhir.server import make_server, public_message
 from tests.client.test_fhir import _bundle, _client, _mr
-from tests.harness.fhir import serving_fhir
+from tests.harness.servers import serving_fhir
 
 
 def _serving(net_home: Any, **options: Any) -> contextlib.AbstractContextManager[int]:
@@ -122,15 +122,8 @@ def test_method_not_allowed_names_the_allowed_methods(gw: Any) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     for method in (b"PUT", b"HEAD", b"OPTIONS"):
-        with _tls(port, ctx) as s:
-            s.sendall(method + b" /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = b""
-            for _ in range(100):  # bounded: the server closes after one answer
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                head += chunk
-        assert head.startswith(b"HTTP/1.0 405 ") and b"\r\nAllow: GET, POST\r\n" in head, head[:300]
+        status, _, head = _exchange(port, ctx, method + b" /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 405 and b"\r\nAllow: GET, POST\r\n" in head + b"\r\n", head[:300]
 
 
 @pytest.mark.parametrize("rx_id", ["..%2F..%2Fetc%2Fpasswd", "..", "RX%00", "%E2%80%AE", "a" * 129])

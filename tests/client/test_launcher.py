@@ -64,6 +64,7 @@ def test_up_status_down(tmp_path: Path, base_port: int):
 
 def test_node_exiting_at_start_is_reported_with_its_log(tmp_path: Path, base_port: int,
                                                         monkeypatch: pytest.MonkeyPatch):
+    """The node's log line names why; the nodes this start-up started are stopped again."""
     home = _tiny(tmp_path, base_port)
     monkeypatch.setenv("FAKE_NODE_EXIT", "peer.ins01")
     launcher = Launcher(home, python=_python(tmp_path))
@@ -72,6 +73,10 @@ def test_node_exiting_at_start_is_reported_with_its_log(tmp_path: Path, base_por
             launcher.up(timeout_s=30)
         assert e.value.reason == "NODE_EXITED"
         assert "peer.ins01: refusing to start" in e.value.message
+        fresh = Launcher(home)  # another invocation, knowing the nodes by pid files only
+        nodes = ("orderer.ins01", "peer.h01", "peer.ins01")
+        assert {n: fresh.running_pid(n) for n in nodes} == dict.fromkeys(nodes)
+        assert not list((home / "run").glob("*.pid"))
     finally:
         launcher.down(grace_s=5)
 

@@ -51,22 +51,6 @@ def launcher_nodes(launcher: Launcher) -> list[NodeEndpoint]:
     return list(load_network(launcher.home).all_nodes)
 
 
-def test_failed_start_up_stops_the_nodes_it_started(tmp_path: Path, base_port: int,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    home = _tiny(tmp_path, base_port)
-    monkeypatch.setenv("FAKE_NODE_EXIT", "peer.ins01")
-    launcher = Launcher(home, python=_python(tmp_path))
-    try:
-        with pytest.raises(RxClientError) as e:
-            launcher.up(timeout_s=30)
-        assert e.value.reason == "NODE_EXITED"
-        fresh = Launcher(home)  # another invocation, knowing the nodes by pid files only
-        assert {n: fresh.running_pid(n) for n in NODES} == dict.fromkeys(NODES)
-        assert not list((home / "run").glob("*.pid"))
-    finally:
-        launcher.down(grace_s=5)
-
-
 def test_failed_start_up_leaves_nodes_running_before_it_alone(tmp_path: Path, base_port: int,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     home = _tiny(tmp_path, base_port)

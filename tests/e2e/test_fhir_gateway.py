@@ -13,7 +13,7 @@ import pytest
 from client.rxops import RxOperations
 from client.session import Session
 from tests.e2e.conftest import Net
-from tests.harness.fhir import serving_fhir
+from tests.harness.servers import serving_fhir
 
 pytestmark = pytest.mark.integration
 

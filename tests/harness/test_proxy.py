@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.proxy import FaultProxy, Mode
+from tests.harness.servers import serving
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -26,13 +27,8 @@ class _Echo(socketserver.BaseRequestHandler):
 def echo() -> Iterator[int]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield port
 
 
 def _connect(port: int) -> socket.socket:
