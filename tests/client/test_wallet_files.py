@@ -37,7 +37,7 @@ def test_password_protected_key_is_bad_wallet(net_home, tmp_path, name):
     (d / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.BestAvailableEncryption(b"pw")))
     os.chmod(d / name, 0o600)
-    _bad(d, net_home.ca_bundle_path)
+    assert "unencrypted P-256" in _bad(d, net_home.ca_bundle_path).message
 
 
 @pytest.mark.parametrize("name", ["key.pem", "org-records-key.pem"])
@@ -51,12 +51,14 @@ def test_key_readable_by_others_is_bad_wallet(net_home, tmp_path, name, mode):
     assert load_identity_dir(d, net_home.ca_bundle_path).records_key is not None
 
 
-def test_other_curve_key_is_bad_wallet(net_home, tmp_path):
+@pytest.mark.parametrize("name", ["key.pem", "org-records-key.pem"])
+def test_other_curve_key_is_bad_wallet(net_home, tmp_path, name):
+    """Refused for its curve (the records key has no certificate match to catch it)."""
     d = _wallet(net_home, tmp_path)
-    (d / "key.pem").write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+    (d / name).write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    os.chmod(d / "key.pem", 0o600)
-    _bad(d, net_home.ca_bundle_path)
+    os.chmod(d / name, 0o600)
+    assert "unencrypted P-256" in _bad(d, net_home.ca_bundle_path).message
 
 
 @pytest.mark.parametrize("name", ["cert.pem", "key.pem", "org-records-key.pem"])
