@@ -144,6 +144,11 @@ class _Flood:
                 self.other.append(f"{code}: {call.details()}")
             self._cv.notify_all()
 
+    @property
+    def reason(self) -> str:
+        """The reason the refused calls carried ("" if none was refused)."""
+        return "TOO_MANY_STREAMS" if self.refused else ""
+
     def wait_refused(self, count: int, timeout_s: float = 20.0) -> int:
         with self._cv:
             self._cv.wait_for(lambda: len(self.refused) >= count, timeout=timeout_s)
@@ -227,7 +232,7 @@ def test_stream_caps_refuse_a_flood_of_idle_streams(adv: AdvNet, case_table: Cas
                                peer, "TOO_MANY_STREAMS over the caps; others served",
                                outcome=f"{len(nurse.refused)} refused per client, {len(over_total)} over the "
                                        f"total; health {health * 1000:.0f} ms; tx in block {res.block}",
-                               reason="TOO_MANY_STREAMS"))
+                               reason=nurse.reason))
     case.nothing_written = all(after[n][0] == before[n][0] + 1 for n in after)  # only the normal tx
     case.still_serving = serving and adv.serving()
     assert health < 2.0 and res.code == "VALID" and again
@@ -255,7 +260,7 @@ def test_orderer_deliver_streams_are_capped_per_client(adv: AdvNet, case_table: 
     case = case_table.add(Case(f"{caps.per_caller + extra} idle Deliver streams from one client", orderer,
                                "TOO_MANY_STREAMS over the per-client cap; others served",
                                outcome=f"{len(flood.refused)} refused; health {health * 1000:.0f} ms",
-                               reason="TOO_MANY_STREAMS"))
+                               reason=flood.reason))
     case.nothing_written = adv.snapshot() == before
     case.still_serving = serving and adv.serving()
     assert health < 2.0 and again

@@ -195,6 +195,7 @@ def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int]) -> lis
         deadline = time.monotonic() + 10
         while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert chain.status().role == StateRole.LEADER
         client = Client(solo)
         stamps = []
         for _ in range(3):
