@@ -123,7 +123,8 @@ def test_reclassification_to_a_non_forbidden_class_does_not_block(world: World) 
 # ---------------------------------------------------------------- 3. whitespace-only text
 
 
-BLANKS = [" ", "   ", "\t\n", "\u3000", " \u00a0 "]
+# whitespace, and invisible format characters str.strip keeps (zero-width space, BOM, joiners)
+BLANKS = [" ", "   ", "\t\n", "\u3000", " \u00a0 ", "\u200b", "\ufeff", " \u200b\u3000", "\u200d\u2060"]
 
 
 @pytest.mark.parametrize("blank", BLANKS)
@@ -134,7 +135,7 @@ def test_whitespace_only_free_text_is_refused_like_empty(world: World, blank: st
     assert issue_reason(world, patient_info={**CHILD, "guardian": blank}) == "GUARDIAN_REQUIRED"
 
 
-@pytest.mark.parametrize("blank", ["", " ", "\t", "\u3000"])
+@pytest.mark.parametrize("blank", ["", *BLANKS])
 def test_blank_reason_codes_are_reason_required(world: World, blank: str) -> None:
     prep = approved(world)
     rx = prep.args["rx_id"]

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import pytest
-
 from node.sandbox import canonical
 from node.sandbox.types import SandboxLimits
 from tests.contracts.chain import DAY_MS, Chain, admin
@@ -78,43 +76,9 @@ def test_a_drug_update_timestamped_before_the_latest_version_is_refused(world: W
     assert settle(world, prep).unwrap()["medfee_fen"] == current["price_fen"]
 
 
-@pytest.mark.parametrize("blank", ["\u200b", "\ufeff", " \u200b\u3000", "\u200d\u2060"])
-def test_invisible_free_text_counts_as_missing(world: World, blank: str) -> None:
-    """Zero-width and other invisible format characters are no text (str.strip keeps them)."""
-    long: dict[str, Any] = {"long_rx": True, "days": 28}
-    _prep, out = issue(world, **{**long, "chronic_reason": blank})
-    assert out.reason == "QUANTITY_LIMIT"
-    _prep, out = issue(world, **{**long, "chronic_reason": "stable", "days": 56,
-                                 "stability_assessment": blank, "patient_confirmed": True})
-    assert out.reason == "QUANTITY_LIMIT"
-    _prep, out = issue(world, patient_info={"name": "child", "birth_date": "2021-11-26",
-                                            "guardian": blank})
-    assert out.reason == "GUARDIAN_REQUIRED"
-    prep = approved(world)
-    assert call(world, "revoke", JIANG, prep.args["rx_id"], reason=blank) == "REASON_REQUIRED"
-    lock_and_dispense(world, prep).unwrap()
-    claim = settle(world, prep).unwrap()
-    out = world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason=blank)
-    assert out.reason == "REASON_REQUIRED"
-
-
 def test_visible_text_with_invisible_characters_passes(world: World) -> None:
     _prep, out = issue(world, long_rx=True, days=28, chronic_reason="\u200bstable\u200b")
     assert out.ok
-
-
-def test_erase_destroys_more_grants_than_one_page(world: World) -> None:
-    """Erase reads the grants in pages of 64 (cursor = last key + "!"): 74 grants, all gone."""
-    prep = approved(world)
-    rx = prep.args["rx_id"]
-    patient = world.patient_who("patient-zhang")
-    for i in range(70):
-        world.chain.submit("prescription", "grant_consent", patient, rx_id=rx, org=f"org{i:02d}",
-                           wrapped_key=world.wrap_for(rx, "h02")).unwrap()
-    world.chain.advance(366 * DAY_MS)
-    out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365).unwrap()
-    assert out["grants_destroyed"] == 74  # patient, h01, p01, ins01 + 70 consents
-    assert [k for ns, k in world.chain.state.values if ns == "prescription" and k.startswith(f"grant/{rx}/")] == []
 
 
 def test_stale_lock_dropped_on_a_repeat_fill(world: World) -> None:
@@ -134,8 +98,8 @@ def test_stale_lock_dropped_on_a_repeat_fill(world: World) -> None:
 
 
 def test_a_deactivated_pharmacy_does_not_approve(world: World) -> None:
-    """Lock and dispense refuse a pharmacy whose registration went inactive; its pharmacist
-    could still approve, and after a re-route another pharmacy dispensed on that approval."""
+    """Like lock and dispense, review refuses a pharmacy whose registration went inactive (its
+    pharmacist's approval used to stand, and after a re-route another pharmacy dispensed on it)."""
     prep, out = issue(world)  # routed to p01
     out.unwrap()
     rx = prep.args["rx_id"]
