@@ -90,6 +90,7 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "election_tick": (2, 10_000),
     "snapshot_interval_blocks": (1, 1 << 40),
     "commit_timeout_ms": (1, 3_600_000),
+    "clock_offset_ms": (-(10**12), 10**12),  # fault injection (node.orderer.server)
 }
 
 

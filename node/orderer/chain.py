@@ -54,9 +54,10 @@ from node.crypto.signing import Signer
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
-from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
+from node.orderer.clockwatch import ClockWatch, odd_clock_out
+from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_timestamp_ms, tx_type
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
 from node.raft.errors import ProposalDropped, RaftError
@@ -128,6 +129,9 @@ class ChainOptions:
     # (of every later leader) would carry the wrong time and make every tx TX_TIMESTAMP_SKEW
     # until real time caught up.
     max_stamp_hold_ms: int = 5_000
+    # How often the clocks of the other orderers are compared with this one's (a leader
+    # whose clock a quorum disagrees with hands leadership over; see node.orderer.clockwatch).
+    clock_check_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,10 @@ class Chain:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_ms,
         options: ChainOptions | None = None,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
+        """``clock_watch``: the other orderers' clocks as their messages tell them (None: not
+        compared)."""
         self._id = raft_id
         self._storage = storage
         self._blocks = blocks
@@ -179,6 +186,8 @@ class Chain:
         self._metrics = metrics
         self._clock = clock
         self._wall_ms = wall_ms  # the time stamped into cut blocks
+        self._clock_watch = clock_watch
+        self._last_clock_check = -1e18
         self._opt = options or ChainOptions()
         self._tracker = tracker
         self._cutter: BlockCutter[Ticket] = BlockCutter(
@@ -369,6 +378,8 @@ class Chain:
                     next_tick = now + tick_s
             self._maybe_cut()
             self._maybe_reconfigure(now)
+            if self._clock_watch is not None and now - self._last_clock_check >= self._opt.clock_check_s:
+                self._check_clocks(now, self._clock_watch)
             self._process_ready()
             if self._inflight and now - self._last_expiry_check > 0.5:
                 self._expire_inflight(now)
@@ -413,6 +424,26 @@ class Chain:
             target = max(candidates)[1]
             _log.info("orderer %d hands leadership to %d", self._id, target)
             self._node.transfer_leader(target)
+
+    def _check_clocks(self, now: float, watch: ClockWatch) -> None:
+        """Export the other orderers' clock offsets; a leader whose clock a quorum of the
+        voters disagrees with hands leadership to one they agree with (see clockwatch)."""
+        self._last_clock_check = now
+        offsets = watch.offsets()
+        for node_id, offset in offsets.items():
+            self._metrics.clock_offset_ms.labels(orderer=str(node_id)).set(offset)
+        if self._role != StateRole.LEADER:
+            return
+        tolerance = self._tracker.current.config.limits.max_clock_skew_ms // 2
+        target = odd_clock_out(self._id, self._conf_state.voters, offsets, tolerance)
+        if target is None:
+            return
+        _log.warning(
+            "event=clock_disagrees orderer=%d offsets_ms=%s tolerance_ms=%d: a quorum of the "
+            "orderers disagrees with this clock; leadership goes to %d", self._id,
+            dict(sorted(offsets.items())), tolerance, target)
+        self._metrics.clock_handovers.inc()
+        self._node.transfer_leader(target)
 
     def _lead_ready(self) -> bool:
         return (
@@ -465,17 +496,21 @@ class Chain:
             self._propose_block(due)
 
     def _propose_block(self, batch: list[Pending[Ticket]]) -> None:
+        # the leader's clock, not below the previous block's unless that is implausibly far
+        # ahead of it (see ChainOptions.max_stamp_hold_ms)
+        now_ms = self._wall_ms()
+        ahead = self._prev_ts - now_ms
+        stamp = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
+        batch = self._within_skew(batch, stamp)
+        if not batch:
+            return
         envelopes = [p.envelope for p in batch]
         tickets = [p.tag for p in batch]
         block = block_pb2.Block()
         block.header.number = self._next_number
         block.header.previous_hash = self._prev_hash
         block.header.data_hash = block_data_hash(envelopes)
-        # the leader's clock, not below the previous block's unless that is implausibly far
-        # ahead of it (see ChainOptions.max_stamp_hold_ms)
-        now_ms = self._wall_ms()
-        ahead = self._prev_ts - now_ms
-        block.header.timestamp_ms = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
+        block.header.timestamp_ms = stamp
         block.data.envelopes.extend(envelopes)
         try:
             self._node.propose(block.SerializeToString())
@@ -491,6 +526,28 @@ class Chain:
         self._next_number += 1
         self._prev_hash = header_hash
         self._prev_ts = block.header.timestamp_ms
+
+    def _within_skew(self, batch: list[Pending[Ticket]], stamp: int) -> list[Pending[Ticket]]:
+        """``batch`` less the envelopes whose timestamp is further than the skew bound from
+        ``stamp``, answered ORDERER_CLOCK_SKEW (retryable).
+
+        Every peer would mark them TX_TIMESTAMP_SKEW against the block's stamp. The orderer
+        that took them checked them against its own clock, so one of the two orderers'
+        clocks is off: the client is not at fault, and a retry succeeds once the orderer
+        with the wrong clock no longer leads (see clockwatch) or is no longer asked."""
+        skew = self._tracker.current.config.limits.max_clock_skew_ms
+        if not skew:
+            return batch
+        kept: list[Pending[Ticket]] = []
+        for p in batch:
+            ts = tx_timestamp_ms(p.envelope)
+            if ts is not None and abs(ts - stamp) > skew:
+                p.tag.resolve(Outcome(
+                    ORDERER_CLOCK_SKEW, f"timestamp {ts} is more than {skew} ms from the "
+                    f"leader's clock ({stamp}); the orderers' clocks disagree, retry"))
+                continue
+            kept.append(p)
+        return kept
 
     def _fail_replaced(self, numbers: Sequence[int]) -> None:
         """Answer SERVICE_UNAVAILABLE to the tickets of the in-flight blocks ``numbers``

@@ -59,14 +59,25 @@ class OrdererConfig:
         return sorted(o.raft_id for o in self.config.orderers)
 
 
-def tx_type(raw: bytes) -> int | None:
-    """The TxType of an envelope, or None if it does not parse."""
+def _tx_header(raw: bytes) -> transaction_pb2.TxHeader | None:
     try:
         env = transaction_pb2.Envelope.FromString(raw)
         tx = transaction_pb2.Transaction.FromString(env.payload)
-        return int(transaction_pb2.TxHeader.FromString(tx.header).type)
+        return transaction_pb2.TxHeader.FromString(tx.header)
     except DecodeError:
         return None
+
+
+def tx_type(raw: bytes) -> int | None:
+    """The TxType of an envelope, or None if it does not parse."""
+    header = _tx_header(raw)
+    return None if header is None else int(header.type)
+
+
+def tx_timestamp_ms(raw: bytes) -> int | None:
+    """The header timestamp of an envelope, or None if it does not parse."""
+    header = _tx_header(raw)
+    return None if header is None else int(header.timestamp_ms)
 
 
 def validate_update(

@@ -42,6 +42,14 @@ class OrdererMetrics:
         self.blocks_rejected = Counter("rxchain_orderer_blocks_rejected",
                                        "Committed entries that were not a valid next block",
                                        registry=r)
+        self.clock_offset_ms = Gauge(
+            "rxchain_orderer_clock_offset_ms",
+            "Another orderer's wall clock minus this one's, from its latest Raft message",
+            ["orderer"], registry=r)
+        self.clock_handovers = Counter(
+            "rxchain_orderer_clock_handovers",
+            "Leaderships handed over because a quorum of the orderers disagreed with this clock",
+            registry=r)
         self.node_info = Gauge("rxchain_orderer_info", "Constant 1, labelled with the node",
                                list(labels), registry=r)
         self.node_info.labels(**labels).set(1)

@@ -6,7 +6,10 @@ Optional tuning in the node YAML's ``extra`` mapping (all integers):
 ``grpc_workers``, ``max_streams``, ``max_streams_per_caller`` (caps on Deliver streams, see
 :mod:`node.stream_caps`); and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
 prompt re-dispatch when the leader moves) or ``legacy`` (OrdererCluster.ForwardBatch of
-``transport.Forwarder``, kept for comparison in benchmarks).
+``transport.Forwarder``, kept for comparison in benchmarks). ``clock_offset_ms`` shifts every
+wall-clock reading of the node (block stamps, certificate validity, the broadcast skew check,
+the clock told to the other orderers) by that many ms: fault injection for tests of a machine
+whose clock is wrong, never set in production.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import grpc
 from rxchain.v1 import config_pb2, services_pb2
 
-from node.clock import wall_ms
+from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
@@ -40,6 +43,7 @@ from node.orderer.broadcast import (
     broadcast_method_handler,
 )
 from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.clockwatch import ClockWatch
 from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
@@ -208,9 +212,19 @@ def open_raft_storage(
         ) from err
 
 
+def _node_clock(offset_ms: int) -> Callable[[], int]:
+    """The node's wall clock: the system's, shifted by ``extra.clock_offset_ms`` (tests)."""
+    if not offset_ms:
+        return system_wall_ms
+    _log.warning("event=clock_offset offset_ms=%d: this orderer's clock is shifted (fault "
+                 "injection)", offset_ms)
+    return lambda: system_wall_ms() + offset_ms
+
+
 def serve(config: NodeConfig) -> OrdererServer:
     """Start an orderer for ``config`` and return it running."""
     extra = config.extra
+    wall_ms = _node_clock(int(extra.get("clock_offset_ms", 0)))
     forward_rpc = str(extra.get("forward_rpc", "batch"))
     if forward_rpc not in ("batch", "legacy"):
         raise RxError("BAD_CONFIG", f"extra.forward_rpc must be 'batch' or 'legacy', not {forward_rpc!r}")
@@ -260,7 +274,8 @@ def serve(config: NodeConfig) -> OrdererServer:
                            lambda: tracker.current.config,
                            names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
-    transport = RaftTransport(config.raft_id, membership, channel)
+    transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms)
+    clock_watch = ClockWatch(wall_ms)
     fetcher = DeliverFetcher(
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
         channel,
@@ -270,11 +285,13 @@ def serve(config: NodeConfig) -> OrdererServer:
         config.raft_id, storage, blocks, signer, transport, fetcher,
         tracker, metrics,
         rng=random.Random(int.from_bytes(os.urandom(8), "big")),  # noqa: S311 -- election jitter
+        wall_ms=wall_ms,
         options=ChainOptions(
             tick_s=tick_s,
             election_tick=int(extra.get("election_tick", 10)),
             snapshot_interval_blocks=int(extra.get("snapshot_interval_blocks", 100)),
         ),
+        clock_watch=clock_watch,
     )
     transport.bind(chain)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
@@ -302,7 +319,8 @@ def serve(config: NodeConfig) -> OrdererServer:
     streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams)
     cluster = ClusterService(
-        config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s
+        config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
+        clock_watch=clock_watch,
     )
     forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s)
     server = grpc.server(

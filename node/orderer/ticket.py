@@ -14,6 +14,9 @@ CLOCK_SKEW = "CLOCK_SKEW"
 TOO_LARGE = "TOO_LARGE"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 NOT_LEADER = "NOT_LEADER"
+# the envelope's timestamp is too far from the leader's block stamp, though the orderer that
+# took it found it within the bound of its own clock: the orderers' clocks disagree (retryable)
+ORDERER_CLOCK_SKEW = "ORDERER_CLOCK_SKEW"
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,11 @@ from typing import Protocol
 import grpc
 from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
+from node.clock import wall_ms
 from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with
 from node.orderer.broadcast import BroadcastHandler, Checked
+from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.streams import ordered_answers
@@ -98,8 +100,11 @@ class PeerSender:
         sink: RaftSink,
         max_queue: int = 4096,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        wall_ms: Callable[[], int] = wall_ms,
     ) -> None:
+        """``wall_ms``: this node's clock, told in every message (see clockwatch)."""
         self._own_id = own_id
+        self._wall_ms = wall_ms
         self._max_bytes = max_queued_bytes
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
@@ -171,7 +176,8 @@ class PeerSender:
                     for lost in item[i:]:
                         self._report_failure(lost)
                     return
-                yield services_pb2.ConsensusRequest(from_id=self._own_id, payload=encode_message(msg))
+                yield services_pb2.ConsensusRequest(
+                    from_id=self._own_id, payload=encode_message(msg), sent_wall_ms=self._wall_ms())
                 if msg.type == MessageType.SNAP:
                     self._sink.report_snapshot(self._peer_id, True)
 
@@ -224,8 +230,10 @@ class RaftTransport:
         membership: Membership,
         channel_factory: ChannelFactory,
         sink: RaftSink | None = None,
+        wall_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self._own_id = own_id
+        self._wall_ms = wall_ms
         self._membership = membership
         self._factory = channel_factory
         self._sink = sink
@@ -256,7 +264,8 @@ class RaftTransport:
                 target = self._membership.targets().get(peer_id)
                 if target is None or self._sink is None:
                     return None
-                sender = PeerSender(self._own_id, peer_id, target, self._factory, self._sink)
+                sender = PeerSender(self._own_id, peer_id, target, self._factory, self._sink,
+                                    wall_ms=self._wall_ms)
                 self._senders[peer_id] = sender
             return sender
 
@@ -279,8 +288,11 @@ class ClusterService:
         broadcast: BroadcastHandler,
         metrics: OrdererMetrics,
         commit_timeout_s: float = 5.0,
+        clock_watch: ClockWatch | None = None,
     ) -> None:
+        """``clock_watch`` is told each member's clock from its messages."""
         self._own_id = own_id
+        self._clock_watch = clock_watch
         self._membership = membership
         self._sink = sink
         self._broadcast = broadcast
@@ -319,6 +331,8 @@ class ClusterService:
             if msg.frm != rid or msg.to != self._own_id:
                 self._metrics.consensus_dropped.labels(reason="bad_sender").inc()
                 continue
+            if self._clock_watch is not None:
+                self._clock_watch.observe(rid, req.sent_wall_ms)
             self._sink.step(msg)
         return services_pb2.ConsensusResponse()
 

@@ -51,7 +51,10 @@ ChannelFactory = Callable[[str], grpc.Channel]
 # Raft id -> "host:port" of every orderer in the committed configuration ({} when unknown).
 RaftTargets = Callable[[], Mapping[int, str]]
 # Refusals worth retrying on another orderer (or after a pause on the same one).
-RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOUT", "STOPPING"})
+# ORDERER_CLOCK_SKEW: the orderers' clocks disagree (the leader hands over, or another
+# orderer takes the envelope), not the client's fault
+RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOUT", "STOPPING",
+                       "ORDERER_CLOCK_SKEW"})
 _END = object()
 
 

@@ -128,12 +128,14 @@ class Client:
     def channel(self, target: str) -> grpc.Channel:
         return secure_channel(target, self.cert, self.key, self.ca)
 
-    def envelope(self, size: int = 200, consortium_id: str = "test-rx") -> tuple[str, bytes]:
+    def envelope(self, size: int = 200, consortium_id: str = "test-rx",
+                 timestamp_ms: int | None = None) -> tuple[str, bytes]:
         nonce = secrets.token_bytes(24)
         tx_id = compute_tx_id(nonce, self.signer.identity)
         header = transaction_pb2.TxHeader(
-            tx_id=tx_id, type=transaction_pb2.INVOKE, creator=self.signer.identity,
-            nonce=nonce, timestamp_ms=int(time.time() * 1000), consortium_id=consortium_id)
+            tx_id=tx_id, type=transaction_pb2.INVOKE, creator=self.signer.identity, nonce=nonce,
+            timestamp_ms=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+            consortium_id=consortium_id)
         tx = transaction_pb2.Transaction(header=header.SerializeToString(),
                                          invocation=b"x" * size)
         payload = tx.SerializeToString()

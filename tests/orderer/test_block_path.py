@@ -6,9 +6,10 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,6 +29,7 @@ from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.durable import DurableStorage
 from node.raft.types import Entry, EntryType, Message, MessageType, StateRole
 from tests.orderer.cluster import Client, make_network
+from tests.orderer.inproc import Collect, NoFetch, genesis_parts
 from tests.orderer.toyblocks import toy_block_store
 
 
@@ -128,33 +130,6 @@ def test_send_many_drops_and_reports_what_exceeds_the_count_or_byte_bound():
         sender.close()
 
 
-class Collect:
-    """Transport of a one-orderer chain: nothing to send to, records what it is asked."""
-
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-
-    def send(self, messages: Sequence[Message]) -> None:
-        self.sent.extend(messages)
-
-
-class NoFetch:
-    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
-        raise RuntimeError("a single orderer never catches up from others")
-
-
-def genesis_parts(genesis_path: Path, blocks_dir: Path) -> tuple[block_pb2.Block, BlockStore, ConfigTracker]:
-    """What an in-process Chain starts from: the genesis block, a new block store (no fsync)
-    holding it, and a config tracker of the genesis consortium."""
-    genesis = read_genesis(genesis_path)
-    consortium = config_from_genesis(genesis)
-    verifier = Verifier()
-    blocks = BlockStore(blocks_dir, fsync=False)
-    blocks.append(genesis)
-    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
-    return genesis, blocks, tracker
-
-
 def _solo_chain(solo, data: Path, wall_ms: Callable[[], int] | None = None) -> tuple[Chain, BlockStore, DurableStorage]:
     genesis = read_genesis(solo.genesis_path)
     consortium = config_from_genesis(genesis)
@@ -166,7 +141,7 @@ def _solo_chain(solo, data: Path, wall_ms: Callable[[], int] | None = None) -> t
     storage = DurableStorage(data / "raft", bootstrap_conf_state=bootstrap_conf_state([1]), fsync=True)
     d = solo.home / "nodes" / "orderer.ins01"
     signer = load_signer(d / "cert.pem", d / "key.pem", "ins01")
-    extra = {} if wall_ms is None else {"wall_ms": wall_ms}
+    extra: dict[str, Any] = {} if wall_ms is None else {"wall_ms": wall_ms}
     chain = Chain(1, storage, blocks, signer, Collect(), NoFetch(), tracker, OrdererMetrics("solo"),
                   rng=random.Random(7), options=ChainOptions(tick_s=0.01, election_tick=5), **extra)
     return chain, blocks, storage
@@ -184,11 +159,14 @@ def test_blocks_carry_the_leaders_clock_never_going_back(solo, tmp_path):
         return now[0]
 
     # (the orderer's signature over the stamped header: test_single_orderer_chain_...)
-    assert _stamps_of_three_blocks(solo, tmp_path / "o1", wall_ms) == [
-        1_800_000_000_000, 1_800_000_000_000, 1_800_000_005_000]
+    expected = [1_800_000_000_000, 1_800_000_000_000, 1_800_000_005_000]
+    assert _stamps_of_three_blocks(solo, tmp_path / "o1", wall_ms, expected) == expected
 
 
-def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int]) -> list[int]:
+def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int],
+                            tx_times: list[int]) -> list[int]:
+    """The stamps of three blocks of one tx each, the txs timestamped ``tx_times`` (the
+    leader refuses a tx further than the skew bound from its block's stamp)."""
     chain, blocks, storage = _solo_chain(solo, data, wall_ms)
     chain.start()
     try:
@@ -198,8 +176,8 @@ def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int]) -> lis
         assert chain.status().role == StateRole.LEADER
         client = Client(solo)
         stamps = []
-        for _ in range(3):
-            outcome = chain.submit(client.envelope()[1]).wait(10)
+        for tx_time in tx_times:
+            outcome = chain.submit(client.envelope(timestamp_ms=tx_time)[1]).wait(10)
             assert outcome is not None and outcome.accepted, outcome
             stamps.append(blocks.get(outcome.block_number).header.timestamp_ms)
         return stamps
@@ -219,10 +197,13 @@ def test_a_clock_that_jumped_forward_does_not_stamp_every_later_block(solo, tmp_
     def wall_ms() -> int:
         return next(readings, base + 1_000)
 
-    assert _stamps_of_three_blocks(solo, tmp_path / "o1", wall_ms) == [base, base + day, base + 1_000]
+    expected = [base, base + day, base + 1_000]
+    assert _stamps_of_three_blocks(solo, tmp_path / "o1", wall_ms, expected) == expected
     # a restarted leader, after a glitch whose block was the last one stored
-    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + day) == [base + day] * 3
-    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + 2_000) == [base + 2_000] * 3
+    expected = [base + day] * 3
+    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + day, expected) == expected
+    expected = [base + 2_000] * 3
+    assert _stamps_of_three_blocks(solo, tmp_path / "o2", lambda: base + 2_000, expected) == expected
 
 
 def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp_path):

@@ -19,6 +19,7 @@ from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.orderer.blockcutter import BatchParams, BlockCutter
 from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
+from node.orderer.clockwatch import ClockWatch
 from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
@@ -258,7 +259,8 @@ def test_cluster_step_accepts_members_only(net):
                              for o in consortium.orderers])
     sink = Sink()
     metrics = OrdererMetrics("t")
-    svc = ClusterService(1, membership, sink, None, metrics)  # type: ignore[arg-type]
+    watch = ClockWatch(lambda: 1_800_000_000_000)
+    svc = ClusterService(1, membership, sink, None, metrics, clock_watch=watch)  # type: ignore[arg-type]
     me = net.home / "nodes" / "orderer.ins01"
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers([svc.handler()])
@@ -283,17 +285,21 @@ def test_cluster_step_accepts_members_only(net):
                 )(iter(reqs), timeout=10)
 
         hb = Message(MessageType.HEARTBEAT, to=1, frm=2, term=5)
-        good = services_pb2.ConsensusRequest(from_id=2, payload=encode_message(hb))
+        good = services_pb2.ConsensusRequest(from_id=2, payload=encode_message(hb),
+                                             sent_wall_ms=1_800_000_000_000 - 7_000)
         send("orderer.ins02", [good])
         assert sink.messages == [hb]
-        # A member claiming to be another orderer, or garbage: dropped and counted.
+        assert watch.offsets() == {2: -7_000}  # the sender's clock, as it told it
+        # A member claiming to be another orderer, or garbage: dropped and counted (and
+        # what they claim about their clock is not believed).
         spoof = services_pb2.ConsensusRequest(from_id=3, payload=encode_message(
-            Message(MessageType.HEARTBEAT, to=1, frm=3, term=5)))
+            Message(MessageType.HEARTBEAT, to=1, frm=3, term=5)), sent_wall_ms=1)
         garbage = services_pb2.ConsensusRequest(from_id=2, payload=b"\xff\xff")
         send("orderer.ins02", [spoof, garbage])
         assert sink.messages == [hb]
         assert metrics.consensus_dropped.labels(reason="bad_sender")._value.get() == 1
         assert metrics.consensus_dropped.labels(reason="invalid")._value.get() == 1
+        assert watch.offsets() == {2: -7_000}
         # A valid consortium member that is not an orderer: refused outright.
         with pytest.raises(grpc.RpcError) as err:
             send(None, [good])

@@ -1,0 +1,118 @@
+"""In-process orderer chains for tests: a transport that records what it is asked to send,
+a fetcher that is never needed, the genesis parts a Chain starts from, and :class:`Leader`,
+a Chain leading a Raft group whose other voters the test plays (fake clock, no driver
+thread)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rxchain.v1 import block_pb2
+
+from node.crypto.signing import Verifier, load_signer
+from node.genesis import config_from_genesis, read_genesis
+from node.identity.msp import MSP
+from node.ledger.blockstore import BlockStore
+from node.orderer.blockcutter import Pending
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.configtx import ConfigTracker, OrdererConfig
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.ticket import Ticket
+from node.raft.durable import DurableStorage
+from node.raft.types import ConfState, Message, MessageType, StateRole
+from tests.orderer.cluster import Client
+
+
+class Collect:
+    """Transport of a one-orderer chain: nothing to send to, records what it is asked."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send(self, messages: Sequence[Message]) -> None:
+        self.sent.extend(messages)
+
+
+class NoFetch:
+    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
+        raise RuntimeError("a single orderer never catches up from others")
+
+
+def genesis_parts(genesis_path: Path, blocks_dir: Path) -> tuple[block_pb2.Block, BlockStore, ConfigTracker]:
+    """What an in-process Chain starts from: the genesis block, a new block store (no fsync)
+    holding it, and a config tracker of the genesis consortium."""
+    genesis = read_genesis(genesis_path)
+    consortium = config_from_genesis(genesis)
+    verifier = Verifier()
+    blocks = BlockStore(blocks_dir, fsync=False)
+    blocks.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+    return genesis, blocks, tracker
+
+
+class Leader:
+    """Orderer 1 of the 3-orderer network, leading the voters of ``conf_state`` (by default
+    the only one), driven from the test thread with a fake clock (no driver thread); the
+    other voters are simulated by stepping their answers into it."""
+
+    def __init__(self, net, data: Path, conf_state: ConfState | None = None,
+                 transport: Collect | None = None, **chain_kwargs: Any) -> None:
+        self.net = net
+        genesis = read_genesis(net.genesis_path)
+        self.consortium = config_from_genesis(genesis)
+        self.verifier = Verifier()
+        self.blocks = BlockStore(data / "blocks", fsync=False)
+        self.blocks.append(genesis)
+        self.tracker = ConfigTracker(
+            OrdererConfig(self.consortium, MSP(self.consortium, self.verifier), 0), self.verifier)
+        self.storage = DurableStorage(data / "raft", fsync=False,
+                                      bootstrap_conf_state=conf_state or bootstrap_conf_state([1]))
+        d = net.home / "nodes" / "orderer.ins01"
+        self.now = 100.0
+        self.chain = Chain(1, self.storage, self.blocks, load_signer(d / "cert.pem", d / "key.pem", "ins01"),
+                           transport or Collect(), NoFetch(), self.tracker, OrdererMetrics("reconf"),
+                           rng=random.Random(5), clock=lambda: self.now,
+                           options=ChainOptions(tick_s=1000.0, election_tick=10), **chain_kwargs)
+        self.chain._node.campaign()
+        others = [v for v in (conf_state.voters if conf_state else ()) if v != 1]
+        for _ in range(10):
+            self.chain._process_ready()
+            if self.chain._lead_ready():
+                break
+            node = self.chain._node
+            for other in others:  # the other voters grant their votes and follow
+                if node.status().role == StateRole.LEADER:
+                    self.ack(other)
+                else:
+                    node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=other, term=node.status().term + 1))
+                    node.step(Message(MessageType.VOTE_RESP, to=1, frm=other, term=node.status().term))
+        assert self.chain._lead_ready()
+
+    def reconfigure(self, rounds: int = 1) -> ConfState:
+        for _ in range(rounds):
+            self.now += 2.0
+            self.chain._maybe_reconfigure(self.now)
+            self.chain._process_ready()
+        return self.chain._conf_state
+
+    def order_one(self) -> bool:
+        ticket = Ticket("t")
+        self.chain._held.append([Pending(Client(self.net).envelope()[1], ticket)])
+        self.chain._maybe_cut()
+        self.chain._process_ready()
+        out = ticket.peek()
+        return out is not None and out.accepted
+
+    def ack(self, frm: int) -> None:
+        """``frm`` acknowledges the leader's whole log (it caught up)."""
+        st = self.chain._node.status()
+        self.chain._node.step(Message(MessageType.APP_RESP, to=1, frm=frm, term=st.term,
+                                      index=st.last_index))
+        self.chain._process_ready()
+
+    def close(self) -> None:
+        self.storage.close()
+        self.blocks.close()

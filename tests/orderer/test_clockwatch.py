@@ -1,0 +1,236 @@
+"""An orderer whose wall clock is wrong: the leader stamps every block with its clock and
+peers refuse transactions too far from their block's stamp, so a leader with a wrong clock
+would make every transaction invalid. The leader refuses such envelopes at cut time
+(ORDERER_CLOCK_SKEW, retryable) and hands leadership over when a quorum of the orderers
+disagrees with its clock (``node.orderer.clockwatch``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from rxchain.v1 import services_pb2
+
+from node.orderer.blockcutter import Pending
+from node.orderer.clockwatch import ClockWatch, odd_clock_out
+from node.orderer.metrics import OrdererMetrics
+from node.orderer.ticket import ORDERER_CLOCK_SKEW, Ticket
+from node.orderer.transport import PeerSender
+from node.peer.broadcast_client import RETRYABLE
+from node.raft.types import ConfState, Message, MessageType
+from tests.orderer.cluster import Client, OrdererProcs, leader_of, make_network, tx_ids_of, wait_until
+from tests.orderer.inproc import Collect, Leader
+
+HOUR_MS = 3_600_000
+BASE_MS = 1_800_000_000_000
+SKEW_MS = 600_000  # the test consortium's max_clock_skew_ms (tests/orderer/cluster.py)
+
+
+@pytest.mark.parametrize(("voters", "offsets", "expected"), [
+    ((1, 2, 3), {2: 10, 3: -20}, None),  # everybody agrees
+    ((1, 2, 3), {2: -HOUR_MS, 3: -HOUR_MS + 5}, 2),  # leader an hour ahead: to the lowest id
+    ((1, 2, 3), {2: -HOUR_MS, 3: 1}, None),  # a follower is off: the leader agrees with 3
+    ((1, 2, 3), {2: -HOUR_MS, 3: HOUR_MS}, None),  # nobody agrees with anybody: stay
+    ((1, 2, 3), {2: -HOUR_MS}, None),  # one against one (3 not heard from): stay
+    ((1, 2, 3), {2: -HOUR_MS, 3: -HOUR_MS, 4: 0}, 2),  # 4 is not a voter (a learner)
+    ((1, 2, 3, 4, 5), {2: 0, 3: -HOUR_MS, 4: -HOUR_MS, 5: -HOUR_MS}, 3),
+    ((1, 2, 3, 4, 5), {2: -HOUR_MS, 3: -HOUR_MS, 4: 0, 5: 0}, None),  # 1, 4, 5 agree
+    # the quorum agrees with 3 most (within the bound of 2 and 4 both), so it gets it
+    ((1, 2, 3, 4, 5), {2: -HOUR_MS - 250_000, 3: -HOUR_MS, 4: -HOUR_MS + 250_000}, 3),
+    ((1, 2, 3), {2: -300_000, 3: -300_000}, None),  # exactly at the bound: agrees
+    ((1, 2, 3), {2: -300_001, 3: -300_001}, 2),
+])
+def test_the_leader_steps_aside_only_for_a_quorum_that_disagrees_with_it(
+        voters: tuple[int, ...], offsets: dict[int, int], expected: int | None) -> None:
+    assert odd_clock_out(1, voters, offsets, tolerance_ms=300_000) == expected
+
+
+def test_no_bound_or_not_a_voter_means_no_verdict() -> None:
+    assert odd_clock_out(1, (1, 2, 3), {2: -HOUR_MS, 3: -HOUR_MS}, tolerance_ms=0) is None
+    assert odd_clock_out(9, (1, 2, 3), {2: -HOUR_MS, 3: -HOUR_MS}, tolerance_ms=1) is None
+
+
+def test_clock_watch_keeps_fresh_offsets_only() -> None:
+    now = [100.0]
+    watch = ClockWatch(lambda: BASE_MS, clock=lambda: now[0], max_age_s=10.0)
+    watch.observe(2, BASE_MS - 1_500)
+    watch.observe(3, 0)  # a sender that does not tell its clock
+    assert watch.offsets() == {2: -1_500}
+    now[0] += 6.0
+    watch.observe(4, BASE_MS + 20)
+    watch.observe(2, BASE_MS - 1_000)  # the latest one counts
+    assert watch.offsets() == {2: -1_000, 4: 20}
+    now[0] += 10.5
+    assert watch.offsets() == {}
+
+
+def test_every_raft_message_tells_the_senders_clock() -> None:
+    got: list[services_pb2.ConsensusRequest] = []
+
+    def step(requests: Iterator[services_pb2.ConsensusRequest], context: Any) -> services_pb2.ConsensusResponse:
+        got.extend(requests)
+        return services_pb2.ConsensusResponse()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
+        "Step": grpc.stream_unary_rpc_method_handler(
+            step, request_deserializer=services_pb2.ConsensusRequest.FromString,
+            response_serializer=services_pb2.ConsensusResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    class Sink:
+        def step(self, m: Message) -> None:
+            pass
+
+        def report_unreachable(self, i: int) -> None:
+            pass
+
+        def report_snapshot(self, i: int, ok: bool) -> None:
+            pass
+
+    readings = iter(range(BASE_MS, BASE_MS + 1000))
+    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, Sink(),
+                        wall_ms=lambda: next(readings))
+    try:
+        sender.send_many([Message(MessageType.HEARTBEAT, to=2, frm=1, term=1) for _ in range(3)])
+        wait_until(lambda: len(got) == 3, 10, what="three messages")
+        sender.close()
+        assert [r.sent_wall_ms for r in got] == [BASE_MS, BASE_MS + 1, BASE_MS + 2]
+    finally:
+        sender.close()
+        server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return make_network(tmp_path_factory.mktemp("clocks") / "net")
+
+
+def _three_voters(net, data: Path, leader_clock_ms: int,
+                  watch: ClockWatch | None) -> tuple[Leader, Collect]:
+    transport = Collect()
+    lead = Leader(net, data, ConfState(voters=(1, 2, 3)), transport,
+                  wall_ms=lambda: leader_clock_ms, clock_watch=watch)
+    lead.ack(2)
+    lead.ack(3)
+    transport.sent.clear()
+    return lead, transport
+
+
+@pytest.mark.parametrize(("follower_offsets", "hands_to"), [
+    ({2: -HOUR_MS, 3: -HOUR_MS}, 2),  # the leader is an hour ahead of both
+    ({2: 3_000, 3: -HOUR_MS}, None),  # 3 is the odd one out: the leader stays
+])
+def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
+        net, tmp_path: Path, follower_offsets: dict[int, int], hands_to: int | None) -> None:
+    leader_clock = BASE_MS + HOUR_MS
+    watch = ClockWatch(lambda: leader_clock)
+    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    try:
+        for node, offset in follower_offsets.items():
+            watch.observe(node, leader_clock + offset)
+        metrics: OrdererMetrics = lead.chain._metrics
+        lead.chain._check_clocks(lead.now, watch)
+        lead.chain._process_ready()
+        timeouts = [m.to for m in transport.sent if m.type == MessageType.TIMEOUT_NOW]
+        assert timeouts == ([] if hands_to is None else [hands_to])
+        assert metrics.clock_handovers._value.get() == (0 if hands_to is None else 1)
+        assert metrics.clock_offset_ms.labels(orderer="3")._value.get() == follower_offsets[3]
+    finally:
+        lead.close()
+
+
+def _cut(lead: Leader, envelopes: list[bytes]) -> list[Ticket]:
+    tickets = [Ticket(f"t{i}") for i in range(len(envelopes))]
+    lead.chain._held.append([Pending(e, t) for e, t in zip(envelopes, tickets, strict=True)])
+    lead.chain._maybe_cut()
+    lead.chain._process_ready()
+    return tickets
+
+
+def test_the_leader_refuses_at_cut_time_what_every_peer_would_refuse(net, tmp_path: Path) -> None:
+    """Envelopes reach the leader checked against the clock of the orderer that took them;
+    one further than the skew bound from the leader's stamp would be TX_TIMESTAMP_SKEW on
+    every peer. It is answered ORDERER_CLOCK_SKEW (retryable) and left out of the block."""
+    lead = Leader(net, tmp_path, wall_ms=lambda: BASE_MS)
+    try:
+        client = Client(net)
+        height = lead.blocks.height()
+        good = client.envelope(timestamp_ms=BASE_MS - SKEW_MS)  # exactly at the bound
+        late = client.envelope(timestamp_ms=BASE_MS - SKEW_MS - 1)
+        early = client.envelope(timestamp_ms=BASE_MS + SKEW_MS + 1)
+        t_good, t_late, t_early = _cut(lead, [good[1], late[1], early[1]])
+        for t in (t_late, t_early):
+            out = t.peek()
+            assert out is not None and out.reason == ORDERER_CLOCK_SKEW, out
+        assert ORDERER_CLOCK_SKEW in RETRYABLE  # the peers' broadcast client tries again
+        out = t_good.peek()
+        assert out is not None and out.accepted, out
+        assert lead.blocks.height() == height + 1
+        block = lead.blocks.get(height)
+        assert len(block.data.envelopes) == 1 and block.data.envelopes[0] == good[1]
+        assert block.header.timestamp_ms == BASE_MS
+        # a batch with nothing left makes no block
+        (t_only,) = _cut(lead, [client.envelope(timestamp_ms=BASE_MS - HOUR_MS)[1]])
+        out = t_only.peek()
+        assert out is not None and out.reason == ORDERER_CLOCK_SKEW
+        assert lead.blocks.height() == height + 1
+    finally:
+        lead.close()
+
+
+# ---------------------------------------------------------------- three orderer processes
+
+
+def _set_extra(net, name: str, **extra: int) -> None:
+    path = net.node_config_path(name)
+    doc = yaml.safe_load(path.read_text())
+    doc["extra"] = {**doc.get("extra", {}), **extra}
+    path.write_text(yaml.safe_dump(doc))
+
+
+@pytest.mark.integration
+def test_an_orderer_an_hour_ahead_leads_only_until_the_others_can_outvote_its_clock(
+        tmp_path: Path) -> None:
+    """Orderer 1's clock is an hour ahead and it is elected first (short election timeout).
+    With only orderer 2 beside it, one clock stands against one: it keeps leading, and what
+    orderer 2 takes is refused ORDERER_CLOCK_SKEW at cut time (not ordered into blocks every
+    peer would invalidate). Once orderer 3 runs, two clocks outvote its clock: it hands
+    leadership to 2, and envelopes are ordered into blocks stamped with the right time."""
+    net = make_network(tmp_path / "net")
+    names = {n.raft_id: n.name for n in net.orderers()}
+    _set_extra(net, names[1], clock_offset_ms=HOUR_MS, election_tick=6)
+    for rid in (2, 3):
+        _set_extra(net, names[rid], election_tick=200)  # 10-20 s: orderer 1 campaigns first
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        procs.start(names[1])
+        procs.start(names[2])
+        assert wait_until(lambda: leader_of(procs, client, [names[1], names[2]]), 30,
+                          what="a leader") == names[1]
+        target2 = procs.target(names[2])
+        (refused,) = client.broadcast(target2, [client.envelope()[1]])
+        assert (refused.accepted, refused.reason) == (False, ORDERER_CLOCK_SKEW), refused
+        assert leader_of(procs, client, [names[1], names[2]]) == names[1]
+
+        procs.start(names[3])
+        assert wait_until(lambda: leader_of(procs, client) == names[2] or None, 30,
+                          what="leadership moved to orderer 2") is True
+        tx_id, raw = client.envelope()
+        (ok,) = client.broadcast(target2, [raw])
+        assert ok.accepted, ok
+        (block,) = [b for b in client.blocks(target2) if tx_id in tx_ids_of(b)]
+        assert abs(block.header.timestamp_ms - int(time.time() * 1000)) < 60_000
+        assert "event=clock_disagrees" in procs.log_text(names[1])
+    finally:
+        procs.close()
+        for name in names.values():
+            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
