@@ -38,7 +38,7 @@ from rxchain.v1 import transaction_pb2 as tx_pb
 from bench.common import write_result
 from bench.txbuild import SMALL_CONSORTIUM, RwSpec, TxKit, make_block, node_signer, user_signer
 from node.crypto.canonical import block_header_hash
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.genesis import read_genesis
 from node.identity.policy import parse_policy
 from node.ledger.ledger import Ledger
@@ -83,7 +83,7 @@ def _build_blocks(home: Path, n_blocks: int, genesis: block_pb2.Block,
     return blocks
 
 
-def _signature_jobs(blocks: list[block_pb2.Block]) -> list[list[tuple[bytes, bytes, bytes]]]:
+def _signature_jobs(blocks: list[block_pb2.Block]) -> list[list[tuple[bytes, bytes, Purpose, bytes]]]:
     """(cert, signature, data) triples per block: what the crypto-bound loop verifies."""
     out = []
     for block in blocks:
@@ -92,21 +92,21 @@ def _signature_jobs(blocks: list[block_pb2.Block]) -> list[list[tuple[bytes, byt
             env = tx_pb.Envelope.FromString(env_bytes)
             tx = tx_pb.Transaction.FromString(env.payload)
             hdr = tx_pb.TxHeader.FromString(tx.header)
-            jobs.append((hdr.creator.cert_der, env.signature, env.payload))
+            jobs.append((hdr.creator.cert_der, env.signature, Purpose.ENVELOPE, env.payload))
             for e in tx.endorsements:
-                jobs.append((e.endorser.cert_der, e.signature, tx.response_payload))
+                jobs.append((e.endorser.cert_der, e.signature, Purpose.ENDORSEMENT, tx.response_payload))
         out.append(jobs)
     return out
 
 
-def _crypto_round(verifier: Verifier, jobs: list[tuple[bytes, bytes, bytes]]) -> None:
-    for cert, sig, data in jobs:
-        if not verifier.verify(cert, sig, data):
+def _crypto_round(verifier: Verifier, jobs: list[tuple[bytes, bytes, Purpose, bytes]]) -> None:
+    for cert, sig, purpose, data in jobs:
+        if not verifier.verify(cert, sig, purpose, data):
             raise AssertionError("benchmark signature does not verify")
 
 
 def _rounds(committer: Committer, blocks: list[block_pb2.Block],
-            jobs: list[list[tuple[bytes, bytes, bytes]]], clock: Callable[[], float],
+            jobs: list[list[tuple[bytes, bytes, Purpose, bytes]]], clock: Callable[[], float],
             profiler: Any = None) -> tuple[list[float], list[float]]:
     """Per block, by ``clock``: (signature checks alone, validate + commit); the signature-only
     rounds are interleaved with the commits (same Verifier setup, warm key cache)."""

@@ -197,24 +197,24 @@ def measure_crypto(world: StoryWorld, seconds: float = 1.5) -> dict[str, float]:
 
     Timed with the thread's CPU clock, like the per-process CPU figures, so other tenants
     of a shared machine do not deflate the rates."""
-    from node.crypto.signing import Verifier
+    from node.crypto.signing import Purpose, Verifier
 
     signer = world.clients["clerk"].ident.signer
     cert = signer.identity.cert_der
     verifier = Verifier()
     data = os.urandom(1200)
-    sig = signer.sign(data)
-    verifier.verify(cert, sig, data)
+    sig = signer.sign(Purpose.ENVELOPE, data)
+    verifier.verify(cert, sig, Purpose.ENVELOPE, data)
     n, t0 = 0, time.thread_time()
     while time.thread_time() - t0 < seconds:
         for _ in range(200):
-            signer.sign(data)
+            signer.sign(Purpose.ENVELOPE, data)
         n += 200
     sign_rate = n / (time.thread_time() - t0)
     n, t0 = 0, time.thread_time()
     while time.thread_time() - t0 < seconds:
         for _ in range(200):
-            verifier.verify(cert, sig, data)
+            verifier.verify(cert, sig, Purpose.ENVELOPE, data)
         n += 200
     verify_rate = n / (time.thread_time() - t0)
     return {"sign_per_s": round(sign_rate), "verify_per_s": round(verify_rate)}

@@ -48,7 +48,7 @@ from bench.procstat import group_cpu, process_cpu_s
 from bench.txbuild import SMALL_CONSORTIUM, node_signer, user_signer
 from node.config import Endpoint, load_node_config
 from node.crypto.canonical import canonical_json, compute_tx_id
-from node.crypto.signing import Signer, Verifier
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.crypto.tls import channel_credentials, channel_options
 from node.genesis import read_genesis
 from node.ledger.ledger import Ledger
@@ -70,7 +70,7 @@ def _proposal(signer: Signer, consortium_id: str, rng: random.Random, now_ms: in
         contract="_lifecycle", function="approvals", args_json=canonical_json({"name": "bench", "sequence": 1}))
     raw = transaction_pb2.Proposal(header=header.SerializeToString(), invocation=inv.SerializeToString())
     data = raw.SerializeToString()
-    return transaction_pb2.SignedProposal(proposal_bytes=data, signature=signer.sign(data))
+    return transaction_pb2.SignedProposal(proposal_bytes=data, signature=signer.sign(Purpose.PROPOSAL, data))
 
 
 class RemotePeer:

@@ -41,7 +41,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.common import write_result
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.crypto.tls import secure_channel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ class BenchClient:
         pad = max(0, ENVELOPE_BYTES - len(head) - 90 - 20)
         payload = transaction_pb2.Transaction(header=head, invocation=b"x" * pad)
         raw = payload.SerializeToString()
-        return transaction_pb2.Envelope(payload=raw, signature=self.signer.sign(raw)
+        return transaction_pb2.Envelope(payload=raw, signature=self.signer.sign(Purpose.ENVELOPE, raw)
                                         ).SerializeToString()
 
     def status(self, target: str) -> services_pb2.StatusResponse:

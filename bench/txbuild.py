@@ -19,7 +19,7 @@ from node.crypto.canonical import (
     compute_tx_id,
     proposal_hash,
 )
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 
 SMALL_CONSORTIUM = {
     "consortium_id": "test-rx",
@@ -135,14 +135,14 @@ class TxKit:
         ).SerializeToString()
         tx = transaction_pb2.Transaction(header=hdr, invocation=inv, response_payload=prp)
         for e in endorsers:
-            tx.endorsements.add(endorser=e.identity, signature=e.sign(prp))
+            tx.endorsements.add(endorser=e.identity, signature=e.sign(Purpose.ENDORSEMENT, prp))
         return self.seal(creator, tx)
 
     def seal(self, creator: Signer, tx: transaction_pb2.Transaction) -> bytes:
         """Envelope with the creator's signature over the serialized tx."""
         payload = tx.SerializeToString()
         return transaction_pb2.Envelope(
-            payload=payload, signature=creator.sign(payload)
+            payload=payload, signature=creator.sign(Purpose.ENVELOPE, payload)
         ).SerializeToString()
 
     def config_tx(
@@ -155,7 +155,7 @@ class TxKit:
         cfg = new_config.SerializeToString()
         update = config_pb2.ConfigUpdate(config=cfg)
         for a in admins:
-            update.signatures.add(signer=a.identity_bytes, signature=a.sign(cfg))
+            update.signatures.add(signer=a.identity_bytes, signature=a.sign(Purpose.CONFIG, cfg))
         tx = transaction_pb2.Transaction(
             header=self.header(creator, transaction_pb2.CONFIG),
             config_update=update.SerializeToString(),
@@ -181,6 +181,6 @@ def make_block(
     for o in orderers:
         b.metadata.orderer_signatures.add(
             signer=identity_pb2.Identity(org=o.identity.org, cert_der=o.identity.cert_der),
-            signature=o.sign(h),
+            signature=o.sign(Purpose.BLOCK, h),
         )
     return b

@@ -20,7 +20,7 @@ from rxchain.v1 import transaction_pb2
 
 from client.errors import RxClientError
 from node.crypto.canonical import canonical_json, compute_tx_id
-from node.crypto.signing import Signer
+from node.crypto.signing import Purpose, Signer
 
 NONCE_BYTES = 24
 
@@ -94,7 +94,7 @@ class TxBuilder:
             proposal.transient[key] = value
         proposal_bytes = proposal.SerializeToString()
         signed = transaction_pb2.SignedProposal(
-            proposal_bytes=proposal_bytes, signature=self._signer.sign(proposal_bytes)
+            proposal_bytes=proposal_bytes, signature=self._signer.sign(Purpose.PROPOSAL, proposal_bytes)
         )
         return BuiltProposal(tx_id, header, invocation, signed, now)
 
@@ -111,5 +111,5 @@ class TxBuilder:
         if not tx.endorsements:
             raise RxClientError("BAD_PAYLOAD", "prepared transaction carries no endorsement")
         return transaction_pb2.Envelope(
-            payload=prepared_transaction, signature=self._signer.sign(prepared_transaction)
+            payload=prepared_transaction, signature=self._signer.sign(Purpose.ENVELOPE, prepared_transaction)
         )

@@ -19,7 +19,7 @@ from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc
 from client.gateway import rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.crypto.tls import secure_channel
 
 
@@ -58,7 +58,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         if i > 0:
             good = [s for s in b.metadata.orderer_signatures
                     if s.signer.cert_der in orderer_certs
-                    and verifier.verify(s.signer.cert_der, s.signature, h)]
+                    and verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, h)]
             if not good:
                 res.errors.append(f"block {n}: no valid orderer signature")
         if len(b.metadata.validation_codes) != len(b.data.envelopes):

@@ -11,10 +11,20 @@ key just signed, and verifying exactly that certificate, signature and data agai
 costs a SHA-256 instead of an ECDSA verification (~80 us). The answer is the one the
 verification would give -- ``trust_own`` refuses a key that is not its certificate's -- so
 validation stays deterministic across peers.
+
+Every signature says what it is for (domain separation): it is an ECDSA P-256 signature over
+``SHA-256(purpose tag || data)``, the tag naming the kind of message (:class:`Purpose`:
+``b"rxchain.v1.Envelope\0"`` and so on; NUL-terminated, so no tag is a prefix of another).
+A signature made for one kind of message never verifies as another's, whatever bytes the
+two happen to share -- a signed proposal cannot be replayed as an envelope payload, an
+endorsement as a config approval, a block signature as anything a client signed.
+Integrators signing in another language hash the tag and the bytes together and sign the
+digest (e.g. ``ECDSA(Prehashed(SHA256))``, or any API taking ``tag + data``).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import threading
 from collections import OrderedDict
@@ -24,10 +34,27 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 from rxchain.v1 import identity_pb2
 
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_ECDSA_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+class Purpose(enum.Enum):
+    """What a signature is for; the value is the tag hashed before the signed bytes."""
+
+    PROPOSAL = b"rxchain.v1.SignedProposal\0"  # client, over SignedProposal.proposal_bytes
+    ENVELOPE = b"rxchain.v1.Envelope\0"  # client, over Envelope.payload
+    ENDORSEMENT = b"rxchain.v1.Endorsement\0"  # endorsing peer, over the response payload
+    BLOCK = b"rxchain.v1.BlockHeader\0"  # orderer, over the block header hash
+    CONFIG = b"rxchain.v1.ConfigUpdate\0"  # admin, over ConfigUpdate.config
+
+
+def signed_digest(purpose: Purpose, data: bytes) -> bytes:
+    """SHA-256(tag || data): what is signed for ``data`` as ``purpose``."""
+    h = hashlib.sha256(purpose.value)
+    h.update(data)
+    return h.digest()
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -35,9 +62,9 @@ def generate_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """DER-encoded ECDSA P-256 signature over SHA-256(data)."""
-    return key.sign(data, _ECDSA_SHA256)
+def sign(key: ec.EllipticCurvePrivateKey, purpose: Purpose, data: bytes) -> bytes:
+    """DER-encoded ECDSA P-256 signature of ``data`` as ``purpose`` (over signed_digest)."""
+    return key.sign(signed_digest(purpose, data), _ECDSA_PREHASHED)
 
 
 def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -63,7 +90,7 @@ def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-OnSign = Callable[[bytes, bytes, bytes], None]  # (cert DER, signature, data)
+OnSign = Callable[[bytes, bytes, bytes], None]  # (cert DER, signature, signed digest)
 
 
 class Signer:
@@ -78,11 +105,12 @@ class Signer:
         self.cert_der = identity.cert_der  # one bytes object (protobuf returns a copy per access)
         self.on_sign: OnSign | None = None  # set by Verifier.trust_own
 
-    def sign(self, data: bytes) -> bytes:
-        """Sign ``data``."""
-        signature = self.key.sign(data, _ECDSA_SHA256)
+    def sign(self, purpose: Purpose, data: bytes) -> bytes:
+        """Sign ``data`` as ``purpose``."""
+        digest = signed_digest(purpose, data)
+        signature = self.key.sign(digest, _ECDSA_PREHASHED)
         if self.on_sign is not None:
-            self.on_sign(self.cert_der, signature, data)
+            self.on_sign(self.cert_der, signature, digest)
         return signature
 
 
@@ -113,7 +141,7 @@ class Verifier:
         self._max = max_entries
         self._keys: OrderedDict[bytes, ec.EllipticCurvePublicKey] = OrderedDict()
         self._lock = threading.Lock()
-        # signature -> (cert DER, SHA-256 of the data) of this node's own recent signatures,
+        # signature -> (cert DER, signed digest) of this node's own recent signatures,
         # oldest first; ~8k endorsements cover far more than a block's way through ordering
         self._own: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
         self._max_own = max_own
@@ -127,9 +155,10 @@ class Verifier:
             raise ValueError("the signer's key does not belong to its certificate")
         signer.on_sign = self.remember_own
 
-    def remember_own(self, cert_der: bytes, signature: bytes, data: bytes) -> None:
-        """Record a signature this node's own key just made (``Signer.on_sign``)."""
-        entry = (cert_der, hashlib.sha256(data).digest())
+    def remember_own(self, cert_der: bytes, signature: bytes, digest: bytes) -> None:
+        """Record a signature this node's own key just made over ``digest``
+        (``Signer.on_sign``)."""
+        entry = (cert_der, digest)
         with self._lock:
             self._own[signature] = entry
             while len(self._own) > self._max_own:
@@ -152,13 +181,14 @@ class Verifier:
                 self._keys.popitem(last=False)
         return pub
 
-    def verify(self, cert_der: bytes, signature: bytes, data: bytes) -> bool:
-        """True when ``signature`` is a valid signature over ``data`` by the cert's key."""
+    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
+        """True when ``signature`` is the cert's key's signature of ``data`` as ``purpose``."""
         try:
+            digest = signed_digest(purpose, data)
             own = self._own.get(signature)  # one read: atomic under the GIL, no lock needed
-            if own is not None and own[0] == cert_der and own[1] == hashlib.sha256(data).digest():
+            if own is not None and own[0] == cert_der and own[1] == digest:
                 return True  # made by this node's key over exactly this data (module docstring)
-            self.public_key(cert_der).verify(signature, data, _ECDSA_SHA256)
+            self.public_key(cert_der).verify(signature, digest, _ECDSA_PREHASHED)
         except Exception:  # noqa: BLE001 - bad signature, mangled cert (InvalidVersion, ...): not verified
             return False
         return True

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from rxchain.v1 import identity_pb2, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Purpose
 from node.errors import RxError
 
 Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
@@ -90,7 +91,7 @@ def check_creator(
     header: transaction_pb2.TxHeader,
     env: transaction_pb2.Envelope,
     validate: Callable[[identity_pb2.Identity, int], object],
-    verify: Callable[[bytes, bytes, bytes], bool],
+    verify: Callable[[bytes, bytes, Purpose, bytes], bool],
 ) -> None:
     """The creator is a valid member at the header's timestamp (``validate`` raises the MSP's
     RxError), signed the payload, and the tx id is derived from nonce and creator."""
@@ -98,7 +99,7 @@ def check_creator(
         validate(header.creator, header.timestamp_ms)
     except RxError as err:
         raise EnvelopeReject(_CERT_CODES.get(err.reason, transaction_pb2.UNKNOWN_CREATOR)) from None
-    if not verify(header.creator.cert_der, env.signature, env.payload):
+    if not verify(header.creator.cert_der, env.signature, Purpose.ENVELOPE, env.payload):
         raise EnvelopeReject(transaction_pb2.BAD_CREATOR_SIGNATURE)
     if header.tx_id != compute_tx_id(header.nonce, header.creator):
         raise EnvelopeReject(transaction_pb2.BAD_TXID)

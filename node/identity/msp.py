@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
 from rxchain.v1 import config_pb2, identity_pb2
 
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.crypto.x509 import CertInfo, cert_info
 from node.errors import RxError
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
@@ -216,10 +216,11 @@ class MSP:
         )
 
     def verify(
-        self, identity: identity_pb2.Identity, signature: bytes, data: bytes, at_ms: int
+        self, identity: identity_pb2.Identity, signature: bytes, purpose: Purpose, data: bytes,
+        at_ms: int,
     ) -> Principal:
-        """Validate ``identity`` and check its ``signature`` over ``data``."""
+        """Validate ``identity`` and check its ``signature`` of ``data`` as ``purpose``."""
         principal = self.validate(identity, at_ms)
-        if not self.verifier.verify(identity.cert_der, signature, data):
+        if not self.verifier.verify(identity.cert_der, signature, purpose, data):
             raise RxError("BAD_SIGNATURE", f"signature by {principal.name!r} ({identity.org}) does not verify")
         return principal

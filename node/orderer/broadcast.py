@@ -45,6 +45,7 @@ from google.protobuf.message import DecodeError
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Purpose
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
@@ -126,7 +127,7 @@ class EnvelopeValidator:
                 CLOCK_SKEW, f"timestamp {header.timestamp_ms} is more than {skew} ms from {now}")
         try:
             with self._lock:
-                self._msp().verify(header.creator, env.signature, env.payload, now)
+                self._msp().verify(header.creator, env.signature, Purpose.ENVELOPE, env.payload, now)
         except RxError as err:
             if err.reason == "BAD_SIGNATURE":
                 return tx_id, Outcome(BAD_SIGNATURE, err.message)

@@ -50,7 +50,7 @@ from rxchain.v1 import block_pb2, raft_pb2, transaction_pb2
 
 from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Signer
+from node.crypto.signing import Purpose, Signer
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
@@ -773,7 +773,7 @@ class Chain:
         block.metadata.raft_index = entry.index
         sig = block.metadata.orderer_signatures.add()
         sig.signer.CopyFrom(self._signer.identity)
-        sig.signature = self._signer.sign(header_hash)
+        sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)
         self._append_with_config(block)
         self._metrics.envelopes.inc(len(envelopes))
         self._metrics.height.set(self._blocks.height())
@@ -891,7 +891,7 @@ class Chain:
         if self._signer_in_force():
             sig = block.metadata.orderer_signatures.add()
             sig.signer.CopyFrom(self._signer.identity)
-            sig.signature = self._signer.sign(block_header_hash(block.header))
+            sig.signature = self._signer.sign(Purpose.BLOCK, block_header_hash(block.header))
         self._append_with_config(block)  # the store checks number and previous hash
         self._metrics.height.set(self._blocks.height())
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, transaction_pb2
 
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
@@ -115,7 +115,7 @@ def validate_update(
     for sig in update.signatures:
         try:
             ident = identity_pb2.Identity.FromString(sig.signer)
-            principal = current.msp.verify(ident, sig.signature, update.config, when)
+            principal = current.msp.verify(ident, sig.signature, Purpose.CONFIG, update.config, when)
         except (DecodeError, RxError) as exc:
             raise RxError(BAD_CONFIG_UPDATE, f"bad admin signature: {exc}") from exc
         signers.append((principal.org, principal.role))

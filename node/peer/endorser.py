@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError
 from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id, proposal_hash
-from node.crypto.signing import Signer
+from node.crypto.signing import Purpose, Signer
 from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
@@ -168,7 +168,7 @@ class Endorser:
                 f"proposal timestamp {header.timestamp_ms} is more than {skew} ms from {now}",
             )
         creator = cfg.msp.verify(
-            header.creator, signed.signature, signed.proposal_bytes, header.timestamp_ms
+            header.creator, signed.signature, Purpose.PROPOSAL, signed.proposal_bytes, header.timestamp_ms
         )
         if now != header.timestamp_ms:
             # Validation can only check the certificate at the tx's own timestamp, which the
@@ -314,7 +314,7 @@ class Endorser:
             return transaction_pb2.ProposalResponse(response=sim.response)
         payload_bytes = sim.payload.SerializeToString()
         endorsement = transaction_pb2.Endorsement(
-            endorser=self._signer.identity, signature=self._signer.sign(payload_bytes)
+            endorser=self._signer.identity, signature=self._signer.sign(Purpose.ENDORSEMENT, payload_bytes)
         )
         if self._on_endorse is not None:
             self._on_endorse()

@@ -75,7 +75,7 @@ from node.crypto.canonical import (
     block_header_hash,
     proposal_hash,
 )
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
@@ -278,7 +278,7 @@ class Validator:
             raft_id = certs.get(entry.signer.cert_der)
             if raft_id is None or raft_id in signed_by:
                 continue
-            if self._verifier.verify(entry.signer.cert_der, entry.signature, header_hash):
+            if self._verifier.verify(entry.signer.cert_der, entry.signature, Purpose.BLOCK, header_hash):
                 signed_by.add(raft_id)
         if len(signed_by) < self._quorum:
             raise RxError(
@@ -344,10 +344,12 @@ class Validator:
                     keys.add(w.key)
             # An id blocks later txs of this block exactly when it enters the tx-id index
             # (txwrites.UNINDEXED_CODES), as it blocks later blocks. A creator signature alone
-            # does not prove the envelope is the creator's transaction: the client's signature
-            # over its SignedProposal verifies over the same bytes taken as an Envelope payload
-            # (Proposal and Transaction share field numbers), and that envelope, which any
-            # endorser of the proposal can build, must not turn the real tx into a duplicate.
+            # does not prove the envelope is the creator's transaction: an envelope built from
+            # bytes the creator signed for something else must not turn the real tx into a
+            # duplicate. Signatures are tagged with their purpose (node.crypto.signing), so a
+            # SignedProposal's signature no longer verifies over the same bytes taken as an
+            # Envelope payload (Proposal and Transaction share field numbers); the rule stays
+            # for any envelope that passes the signature check and fails a later one.
             indexed = indexed_tx_id(code, tx_id)
             if indexed:
                 seen_ids.add(indexed)
@@ -427,7 +429,7 @@ class Validator:
                 signer = principal(e.endorser, header_ts)
             except RxError:
                 raise _Reject(transaction_pb2.BAD_ENDORSEMENT) from None
-            if not verify(e.endorser.cert_der, e.signature, payload):
+            if not verify(e.endorser.cert_der, e.signature, Purpose.ENDORSEMENT, payload):
                 raise _Reject(transaction_pb2.BAD_ENDORSEMENT)
             signers.append(signer)
         if not signers or not self._satisfies(definition.policy, signers):

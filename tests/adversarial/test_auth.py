@@ -14,7 +14,7 @@ from rxchain.v1 import raft_pb2, services_pb2, services_pb2_grpc, transaction_pb
 
 from client.errors import RxClientError
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.errors import reason_from_rpc_error
 from node.raft.types import MessageType
 from tests.adversarial.support import (
@@ -50,7 +50,7 @@ def _bare_envelope(signer: Signer, consortium_id: str, nonce: bytes = b"n" * 24,
         consortium_id=consortium_id).SerializeToString()
     inv = transaction_pb2.ContractInvocation(contract="rxload", function="issue", args_json=b"{}").SerializeToString()
     payload = transaction_pb2.Transaction(header=header, invocation=inv).SerializeToString()
-    return transaction_pb2.Envelope(payload=payload, signature=signer.sign(payload))
+    return transaction_pb2.Envelope(payload=payload, signature=signer.sign(Purpose.ENVELOPE, payload))
 
 
 def _broadcast(adv: AdvNet, env: transaction_pb2.Envelope) -> services_pb2.BroadcastResponse:

@@ -13,7 +13,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from client.errors import RxClientError
 from client.gateway import Gateway
 from node.crypto.canonical import proposal_hash
-from node.crypto.signing import load_signer
+from node.crypto.signing import Purpose, load_signer
 from tests.adversarial.support import AdvNet, Case, CaseTable, iter_blocks_txs, rpc_reason
 from tests.harness.rpc import channel
 
@@ -117,7 +117,7 @@ def _forged_envelope(adv: AdvNet, rx_id: str, donor: transaction_pb2.Envelope, o
         tx = transaction_pb2.Transaction(header=built.header_bytes, invocation=built.invocation_bytes,
                                          response_payload=response_payload, endorsements=donor_tx.endorsements)
         payload = tx.SerializeToString()
-        return built.tx_id, transaction_pb2.Envelope(payload=payload, signature=gw.builder.signer.sign(payload))
+        return built.tx_id, transaction_pb2.Envelope(payload=payload, signature=gw.builder.signer.sign(Purpose.ENVELOPE, payload))
 
 
 @pytest.mark.parametrize("variant", ["donor payload and endorsements", "own writes, donor endorsements"])
@@ -176,7 +176,7 @@ def test_endorsement_by_revoked_or_expired_node_certificate(adv: AdvNet, case_ta
     with channel(adv.cons.target("peer.h01"), adv.user_creds("h01", "dr-test")) as ch:
         pr = services_pb2_grpc.EndorserStub(ch).ProcessProposal(built.signed, timeout=10)
     peer_signer = load_signer(rogue / "cert.pem", rogue / "key.pem", "h02")
-    forged = transaction_pb2.Endorsement(endorser=peer_signer.identity, signature=peer_signer.sign(pr.payload))
+    forged = transaction_pb2.Endorsement(endorser=peer_signer.identity, signature=peer_signer.sign(Purpose.ENDORSEMENT, pr.payload))
     tx = transaction_pb2.Transaction(header=built.header_bytes, invocation=built.invocation_bytes,
                                      response_payload=pr.payload, endorsements=[pr.endorsement, forged])
     with adv.gateway("h01", "dr-test") as gw:

@@ -11,7 +11,7 @@ from client.errors import RxClientError
 from client.tx import TxBuilder
 from client.wallet import load_identity
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 
 
 def _builder(net_home, nonce=b"\x07" * 24):
@@ -36,7 +36,7 @@ def test_proposal_header_and_signature(net_home):
     assert inv.args_json == b'{"a":[1,"x"],"b":2}'
     assert json.loads(prop.transient["content"]) == {"k": "v"}
     assert prop.transient["raw"] == b"\x00\x01"
-    assert Verifier().verify(ident.identity.cert_der, built.signed.signature,
+    assert Verifier().verify(ident.identity.cert_der, built.signed.signature, Purpose.PROPOSAL,
                              built.signed.proposal_bytes)
 
 
@@ -67,7 +67,7 @@ def test_envelope_signs_prepared_transaction(net_home):
     prepared = _prepared(built)
     env = b.envelope(built, prepared)
     assert env.payload == prepared
-    assert Verifier().verify(ident.identity.cert_der, env.signature, prepared)
+    assert Verifier().verify(ident.identity.cert_der, env.signature, Purpose.ENVELOPE, prepared)
 
 
 def test_envelope_refuses_foreign_or_unendorsed_transaction(net_home):

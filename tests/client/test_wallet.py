@@ -9,7 +9,7 @@ import pytest
 
 from client.errors import WalletError
 from client.wallet import load_identity, load_identity_dir, parse_as
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 
 
 def test_load_identity_reads_role_and_keys(net_home):
@@ -17,8 +17,8 @@ def test_load_identity_reads_role_and_keys(net_home):
     assert (ident.org, ident.user, ident.role) == ("h01", "dr-jiang", "doctor")
     assert ident.attrs["dr_code"] == "D500103000001"
     assert ident.records_key is not None
-    sig = ident.signer.sign(b"data")
-    assert Verifier().verify(ident.identity.cert_der, sig, b"data")
+    sig = ident.signer.sign(Purpose.ENVELOPE, b"data")
+    assert Verifier().verify(ident.identity.cert_der, sig, Purpose.ENVELOPE, b"data")
 
 
 def test_missing_wallet_is_no_wallet(net_home):

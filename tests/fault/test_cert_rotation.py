@@ -33,6 +33,7 @@ from client.wallet import load_identity_dir
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Purpose
 from node.genesis import config_from_genesis, read_genesis
 from tests.fault.test_chaos import prescription_load
 from tests.harness.checker import check, orderer_view, peer_view
@@ -65,7 +66,7 @@ def _config_envelope(cons: Consortium, new: config_pb2.ConsortiumConfig) -> tupl
     for org in orgs[: len(orgs) // 2 + 1]:
         d = cons.net.user_dir(org, "admin")
         s = signing.load_signer(d / "cert.pem", d / "key.pem", org)
-        update.signatures.add(signer=s.identity_bytes, signature=s.sign(config_bytes))
+        update.signatures.add(signer=s.identity_bytes, signature=s.sign(Purpose.CONFIG, config_bytes))
     d = cons.net.user_dir(orgs[0], "admin")
     creator = signing.load_signer(d / "cert.pem", d / "key.pem", orgs[0])
     nonce = time.time_ns().to_bytes(24, "big")
@@ -74,7 +75,7 @@ def _config_envelope(cons: Consortium, new: config_pb2.ConsortiumConfig) -> tupl
                                       nonce=nonce, timestamp_ms=time.time_ns() // 1_000_000,
                                       consortium_id=new.consortium_id).SerializeToString()
     payload = transaction_pb2.Transaction(header=header, config_update=update.SerializeToString()).SerializeToString()
-    return tx_id, transaction_pb2.Envelope(payload=payload, signature=creator.sign(payload))
+    return tx_id, transaction_pb2.Envelope(payload=payload, signature=creator.sign(Purpose.ENVELOPE, payload))
 
 
 def _wait_code(cons: Consortium, tx_id: str, timeout_s: float = 30.0) -> int | None:
@@ -232,7 +233,7 @@ def test_certificate_rotation_under_load(tmp_path: Path, procs: ProcessManager) 
                 pr = services_pb2_grpc.EndorserStub(ch).ProcessProposal(built.signed, timeout=10)
             old_ident = signing.Signer(old_key, identity_pb2.Identity(org=cons.node(PEER).org,
                                                                       cert_der=rx509.cert_to_der(old_cert)))
-            forged = transaction_pb2.Endorsement(endorser=old_ident.identity, signature=old_ident.sign(pr.payload))
+            forged = transaction_pb2.Endorsement(endorser=old_ident.identity, signature=old_ident.sign(Purpose.ENDORSEMENT, pr.payload))
             tx = transaction_pb2.Transaction(header=built.header_bytes, invocation=built.invocation_bytes,
                                              response_payload=pr.payload, endorsements=[pr.endorsement, forged])
             envelope = gw.builder.envelope(built, tx.SerializeToString())

@@ -13,6 +13,8 @@ from node.peer.server import node_verifier
 
 from .conftest import FIXED_NOW
 
+P = signing.Purpose.ENDORSEMENT
+
 
 def _cert_for(key: ec.EllipticCurvePrivateKey) -> bytes:
     ca_key = signing.generate_key()
@@ -25,15 +27,45 @@ def test_sign_verify_round_trip_and_tamper() -> None:
     key = signing.generate_key()
     der = _cert_for(key)
     v = signing.Verifier()
-    sig = signing.sign(key, b"prescription")
-    assert v.verify(der, sig, b"prescription")
-    assert not v.verify(der, sig, b"prescriptioN")  # signature over other bytes
+    sig = signing.sign(key, P, b"prescription")
+    assert v.verify(der, sig, P, b"prescription")
+    assert not v.verify(der, sig, P, b"prescriptioN")  # signature over other bytes
     bad = bytearray(sig)
     bad[-1] ^= 1
-    assert not v.verify(der, bytes(bad), b"prescription")
+    assert not v.verify(der, bytes(bad), P, b"prescription")
     other = _cert_for(signing.generate_key())
-    assert not v.verify(other, sig, b"prescription")
-    assert not v.verify(der, b"not a signature", b"prescription")
+    assert not v.verify(other, sig, P, b"prescription")
+    assert not v.verify(der, b"not a signature", P, b"prescription")
+
+
+def test_a_signature_for_one_purpose_verifies_for_no_other() -> None:
+    """Domain separation: the same key signing the same bytes as one kind of message does not
+    give a signature valid as another kind (an own, remembered signature included)."""
+    key = signing.generate_key()
+    der = _cert_for(key)
+    signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der))
+    plain, own = signing.Verifier(), signing.Verifier()
+    own.trust_own(signer)
+    data = b"\x0a\x20" + bytes(32)  # e.g. bytes a header hash and a payload could share
+    for made_for in signing.Purpose:
+        sig = signer.sign(made_for, data)
+        for checked_as in signing.Purpose:
+            expected = checked_as is made_for
+            assert plain.verify(der, sig, checked_as, data) is expected, (made_for, checked_as)
+            assert own.verify(der, sig, checked_as, data) is expected, (made_for, checked_as)
+
+
+def test_signatures_are_over_the_tag_and_the_bytes_as_documented() -> None:
+    """The wire format integrators reproduce: ECDSA P-256 / SHA-256 over ``tag || data``,
+    tags NUL-terminated and distinct (none a prefix of another)."""
+    from cryptography.hazmat.primitives import hashes
+
+    key = signing.generate_key()
+    sig = signing.sign(key, signing.Purpose.ENVELOPE, b"payload")
+    key.public_key().verify(sig, b"rxchain.v1.Envelope\0payload", ec.ECDSA(hashes.SHA256()))
+    tags = [p.value for p in signing.Purpose]
+    assert all(t.endswith(b"\0") and t.count(b"\0") == 1 for t in tags)
+    assert not any(a != b and b.startswith(a) for a in tags for b in tags)
 
 
 def test_verifier_cache_is_bounded() -> None:
@@ -41,7 +73,7 @@ def test_verifier_cache_is_bounded() -> None:
     keys = [signing.generate_key() for _ in range(3)]
     ders = [_cert_for(k) for k in keys]
     for k, d in zip(keys, ders, strict=True):
-        assert v.verify(d, signing.sign(k, b"m"), b"m")
+        assert v.verify(d, signing.sign(k, P, b"m"), P, b"m")
     assert len(v._keys) == 2
     assert ders[0] not in v._keys
 
@@ -114,7 +146,7 @@ def test_verifier_is_safe_under_concurrent_eviction() -> None:
 
     keys = [signing.generate_key() for _ in range(6)]
     ders = [_cert_for(k) for k in keys]
-    sigs = [signing.sign(k, b"m") for k in keys]
+    sigs = [signing.sign(k, P, b"m") for k in keys]
     v = signing.Verifier(max_entries=2)  # constant eviction
     failures: list[BaseException] = []
     results: list[bool] = []
@@ -123,7 +155,7 @@ def test_verifier_is_safe_under_concurrent_eviction() -> None:
         try:
             for i in range(60):
                 j = (i + offset) % len(keys)
-                results.append(v.verify(ders[j], sigs[j], b"m"))
+                results.append(v.verify(ders[j], sigs[j], P, b"m"))
         except BaseException as exc:
             failures.append(exc)
 
@@ -156,16 +188,16 @@ def test_own_signatures_verify_without_ecdsa_and_nothing_else_does() -> None:
     signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=der))
     v.trust_own(signer)
     v.ecdsa = 0  # trust_own read the certificate's key
-    sig = signer.sign(b"endorsed payload")
-    assert v.verify(der, sig, b"endorsed payload") and v.ecdsa == 0
+    sig = signer.sign(P, b"endorsed payload")
+    assert v.verify(der, sig, P, b"endorsed payload") and v.ecdsa == 0
     # the same signature over other data, or named by another certificate: a real check
-    assert not v.verify(der, sig, b"endorsed payloaD") and v.ecdsa == 1
+    assert not v.verify(der, sig, P, b"endorsed payloaD") and v.ecdsa == 1
     other = _cert_for(signing.generate_key())
-    assert not v.verify(other, sig, b"endorsed payload") and v.ecdsa == 2
+    assert not v.verify(other, sig, P, b"endorsed payload") and v.ecdsa == 2
     # a signature made elsewhere by the same key is verified the usual way
-    assert v.verify(der, signing.sign(key, b"endorsed payload"), b"endorsed payload") and v.ecdsa == 3
+    assert v.verify(der, signing.sign(key, P, b"endorsed payload"), P, b"endorsed payload") and v.ecdsa == 3
     # a signature of the wrong type is refused, not raised
-    assert not v.verify(der, bytearray(sig), b"endorsed payload")  # type: ignore[arg-type]
+    assert not v.verify(der, bytearray(sig), P, b"endorsed payload")  # type: ignore[arg-type]
 
 
 def test_trust_own_refuses_a_signer_whose_key_is_not_its_certificates() -> None:
@@ -176,8 +208,8 @@ def test_trust_own_refuses_a_signer_whose_key_is_not_its_certificates() -> None:
         v.trust_own(signer)
     assert signer.on_sign is None
     v.ecdsa = 0
-    sig = signer.sign(b"m")  # nothing remembered: verified, and refused, the usual way
-    assert not v.verify(signer.cert_der, sig, b"m") and v.ecdsa == 1
+    sig = signer.sign(P, b"m")  # nothing remembered: verified, and refused, the usual way
+    assert not v.verify(signer.cert_der, sig, P, b"m") and v.ecdsa == 1
 
 
 def test_trust_own_refuses_a_matching_key_of_another_curve() -> None:
@@ -197,21 +229,21 @@ def test_the_peer_verifier_trusts_the_peers_own_signer() -> None:
     key = signing.generate_key()
     signer = signing.Signer(key, identity_pb2.Identity(org="h01", cert_der=_cert_for(key)))
     v = node_verifier(signer)
-    sig = signer.sign(b"endorsement")
+    sig = signer.sign(P, b"endorsement")
     assert v._own[sig][0] is signer.cert_der  # one shared copy of the certificate per entry
-    assert v.verify(signer.cert_der, sig, b"endorsement")
+    assert v.verify(signer.cert_der, sig, P, b"endorsement")
 
 
 def test_own_signature_memory_is_bounded_oldest_first() -> None:
     key = signing.generate_key()
     der = _cert_for(key)
     v = _CountingVerifier(max_own=2)
-    sigs = [signing.sign(key, bytes([i])) for i in range(3)]
+    sigs = [signing.sign(key, P, bytes([i])) for i in range(3)]
     for i, s in enumerate(sigs):
-        v.remember_own(der, s, bytes([i]))
+        v.remember_own(der, s, signing.signed_digest(P, bytes([i])))
     assert len(v._own) == 2
-    assert v.verify(der, sigs[2], b"\x02") and v.verify(der, sigs[1], b"\x01") and v.ecdsa == 0
-    assert v.verify(der, sigs[0], b"\x00") and v.ecdsa == 1  # forgotten: verified again
+    assert v.verify(der, sigs[2], P, b"\x02") and v.verify(der, sigs[1], P, b"\x01") and v.ecdsa == 0
+    assert v.verify(der, sigs[0], P, b"\x00") and v.ecdsa == 1  # forgotten: verified again
 
 
 def test_load_signer_refuses_a_key_that_is_not_the_certificates(tmp_path) -> None:

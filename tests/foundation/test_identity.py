@@ -9,7 +9,7 @@ from netgen import GeneratedNetwork
 from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto import signing
-from node.crypto.signing import Verifier, load_signer
+from node.crypto.signing import Purpose, Verifier, load_signer
 from node.crypto.x509 import cert_to_der, issue_cert, make_ca
 from node.errors import RxError
 from node.identity.msp import MSP
@@ -27,7 +27,7 @@ def _signer(net: GeneratedNetwork, org: str, user: str) -> signing.Signer:
 def test_valid_member_has_role_and_attributes(network: GeneratedNetwork) -> None:
     msp = MSP(network.config, Verifier())
     s = _signer(network, "h01", "dr-jiang")
-    p = msp.verify(s.identity, s.sign(b"data"), b"data", NOW_MS)
+    p = msp.verify(s.identity, s.sign(Purpose.ENVELOPE, b"data"), Purpose.ENVELOPE, b"data", NOW_MS)
     assert (p.org, p.role, p.name) == ("h01", "doctor", "dr-jiang")
     assert p.attrs["practice_years"] == "10"
     assert p.org_kind == "hospital" and p.hospital_level == "tertiary"
@@ -37,7 +37,7 @@ def test_signature_over_other_bytes_is_refused(network: GeneratedNetwork) -> Non
     msp = MSP(network.config, Verifier())
     s = _signer(network, "h01", "dr-jiang")
     with pytest.raises(RxError) as e:
-        msp.verify(s.identity, s.sign(b"data"), b"other", NOW_MS)
+        msp.verify(s.identity, s.sign(Purpose.ENVELOPE, b"data"), Purpose.ENVELOPE, b"other", NOW_MS)
     assert e.value.reason == "BAD_SIGNATURE"
 
 
@@ -154,5 +154,6 @@ def test_every_single_byte_corruption_of_a_cert_is_a_reason_code(network: Genera
     assert e.value.reason == "BAD_CERT"
     # a signature check against that certificate is simply not verified
     signer = _signer(network, "h01", "dr-jiang")
-    sig = signer.sign(b"data")
-    assert Verifier().verify(der, sig, b"data") and not Verifier().verify(bad, sig, b"data")
+    sig = signer.sign(Purpose.ENVELOPE, b"data")
+    assert Verifier().verify(der, sig, Purpose.ENVELOPE, b"data") and not Verifier().verify(
+        bad, sig, Purpose.ENVELOPE, b"data")

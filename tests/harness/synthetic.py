@@ -17,7 +17,7 @@ from netgen import GeneratedNetwork
 from rxchain.v1 import block_pb2, identity_pb2, transaction_pb2
 
 from node.crypto.canonical import block_data_hash, block_header_hash, compute_tx_id, proposal_hash
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.genesis import read_genesis
 from node.ledger.blockstore import BlockStore
 from node.ledger.statedb import ZERO_HASH, next_state_hash
@@ -74,9 +74,9 @@ class SyntheticChain:
         tx = transaction_pb2.Transaction(
             header=header, invocation=invocation, response_payload=prp,
             endorsements=[transaction_pb2.Endorsement(endorser=self.endorser.identity,
-                                                      signature=self.endorser.sign(prp))],
+                                                      signature=self.endorser.sign(Purpose.ENDORSEMENT, prp))],
         ).SerializeToString()
-        env = transaction_pb2.Envelope(payload=tx, signature=creator.sign(tx)).SerializeToString()
+        env = transaction_pb2.Envelope(payload=tx, signature=creator.sign(Purpose.ENVELOPE, tx)).SerializeToString()
         return tx_id, env
 
     def _stamped(self, block: block_pb2.Block, codes: Sequence[int]) -> block_pb2.Block:
@@ -100,7 +100,7 @@ class SyntheticChain:
         block.header.data_hash = block_data_hash(list(envelopes))
         block.data.envelopes.extend(envelopes)
         block.metadata.orderer_signatures.append(identity_pb2.SignatureEntry(
-            signer=self.orderer.identity, signature=self.orderer.sign(block_header_hash(block.header))))
+            signer=self.orderer.identity, signature=self.orderer.sign(Purpose.BLOCK, block_header_hash(block.header))))
         stamped = self._stamped(block, list(codes) if codes is not None else [VALID] * len(envelopes))
         self._append(stamped)
         return stamped

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.errors import reason_from_rpc_error
 from node.peer.lifecycle import package_hash
 from tests.harness.consortium import Consortium, consortium_dict, generate_consortium
@@ -60,7 +60,7 @@ class Client:
         return self.kit.proposal(self.signer, contract, fn, args, timestamp_ms=wall_ms())
 
     def envelope(self, prepared: bytes) -> transaction_pb2.Envelope:
-        return transaction_pb2.Envelope(payload=prepared, signature=self.signer.sign(prepared))
+        return transaction_pb2.Envelope(payload=prepared, signature=self.signer.sign(Purpose.ENVELOPE, prepared))
 
     def submit(self, contract: str, fn: str, args: dict[str, Any]) -> services_pb2.CommitStatusResponse:
         endorsed = self.gw.Endorse(services_pb2.EndorseRequest(proposal=self.proposal(contract, fn, args)),
@@ -229,7 +229,7 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
             doctor.gw.Submit(services_pb2.SubmitRequest(envelope=transaction_pb2.Envelope(
                 payload=b"\x0a\x03abc", signature=b"x")), timeout=30)
         assert reason_from_rpc_error(err.value) == "BAD_PAYLOAD"
-        forged = transaction_pb2.Envelope(payload=e.prepared_transaction, signature=pharm.signer.sign(e.prepared_transaction))
+        forged = transaction_pb2.Envelope(payload=e.prepared_transaction, signature=pharm.signer.sign(Purpose.ENVELOPE, e.prepared_transaction))
         try:
             doctor.gw.Submit(services_pb2.SubmitRequest(envelope=forged), timeout=30)
             st = doctor.gw.CommitStatus(services_pb2.CommitStatusRequest(tx_id=e.tx_id, timeout_ms=3000), timeout=10)

@@ -20,7 +20,7 @@ from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.crypto.tls import secure_channel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ class Client:
         tx = transaction_pb2.Transaction(header=header.SerializeToString(),
                                          invocation=b"x" * size)
         payload = tx.SerializeToString()
-        env = transaction_pb2.Envelope(payload=payload, signature=self.signer.sign(payload))
+        env = transaction_pb2.Envelope(payload=payload, signature=self.signer.sign(Purpose.ENVELOPE, payload))
         return tx_id, env.SerializeToString()
 
     def broadcast(self, target: str, envelopes: list[bytes],
@@ -270,7 +270,7 @@ def config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[s
     signers = [load_signer(net.user_dir(org, "admin") / "cert.pem",
                            net.user_dir(org, "admin") / "key.pem", org) for org in admins]
     for s in signers:
-        update.signatures.add(signer=s.identity_bytes, signature=s.sign(config_bytes))
+        update.signatures.add(signer=s.identity_bytes, signature=s.sign(Purpose.CONFIG, config_bytes))
     creator = signers[0]
     nonce = secrets.token_bytes(24)
     header = transaction_pb2.TxHeader(
@@ -281,4 +281,4 @@ def config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[s
                                      config_update=update.SerializeToString())
     payload = tx.SerializeToString()
     return transaction_pb2.Envelope(payload=payload,
-                                    signature=creator.sign(payload)).SerializeToString()
+                                    signature=creator.sign(Purpose.ENVELOPE, payload)).SerializeToString()

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rxchain.v1 import services_pb2, transaction_pb2
 
-from node.crypto.signing import Signer, Verifier, generate_key
+from node.crypto.signing import Purpose, Signer, Verifier, generate_key
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
@@ -106,7 +106,7 @@ class NoForward:
 def _bad_signature(client: Client, raw: bytes) -> bytes:
     env = transaction_pb2.Envelope.FromString(raw)
     other = Signer(generate_key(), client.signer.identity)
-    return transaction_pb2.Envelope(payload=env.payload, signature=other.sign(env.payload)).SerializeToString()
+    return transaction_pb2.Envelope(payload=env.payload, signature=other.sign(Purpose.ENVELOPE, env.payload)).SerializeToString()
 
 
 def test_batch_answers_in_order_refuses_bad_envelopes_and_orders_the_rest_in_one_hand_off(net: Any) -> None:

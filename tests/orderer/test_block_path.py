@@ -17,7 +17,7 @@ from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2
 
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Verifier, load_signer
+from node.crypto.signing import Purpose, Verifier, load_signer
 from node.crypto.tls import secure_channel, server_credentials
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
@@ -233,7 +233,7 @@ def test_single_orderer_chain_tells_leader_listeners_and_orders_blocks(solo, tmp
         assert block.header.data_hash == block_data_hash(envelopes)
         assert len(block.metadata.orderer_signatures) == 1
         assert Verifier().verify(block.metadata.orderer_signatures[0].signer.cert_der,
-                                 block.metadata.orderer_signatures[0].signature,
+                                 block.metadata.orderer_signatures[0].signature, Purpose.BLOCK,
                                  block_header_hash(block.header))
         deadline = time.monotonic() + 5
         while chain.status().height < number + 1 and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rxchain.v1 import block_pb2, transaction_pb2
 
-from node.crypto.signing import Verifier
+from node.crypto.signing import Purpose, Verifier
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
 from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
@@ -198,7 +198,7 @@ def test_an_envelope_claiming_another_tx_id_is_refused_not_taken_for_it(net: Any
     payload = transaction_pb2.Transaction(header=hdr.SerializeToString(),
                                           invocation=b"other").SerializeToString()
     forged = transaction_pb2.Envelope(payload=payload,
-                                      signature=attacker.signer.sign(payload)).SerializeToString()
+                                      signature=attacker.signer.sign(Purpose.ENVELOPE, payload)).SerializeToString()
     forged_answer, genuine = list(h.stream(iter([forged, victim_raw])))
     assert (forged_answer.accepted, forged_answer.reason) == (False, "BAD_TXID")
     assert genuine.accepted and genuine.message == f"already ordered in block {n}"

@@ -12,7 +12,7 @@ import pytest
 from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, transaction_pb2
 
-from node.crypto.signing import Signer, Verifier, generate_key
+from node.crypto.signing import Purpose, Signer, Verifier, generate_key
 from node.crypto.tls import secure_channel, server_credentials
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
@@ -123,7 +123,7 @@ def _resign(client: Client, raw: bytes, signer: Signer | None = None,
         header.creator.org = org
     tx.header = header.SerializeToString()
     payload = tx.SerializeToString()
-    sig = (signer or client.signer).sign(payload)
+    sig = (signer or client.signer).sign(Purpose.ENVELOPE, payload)
     return transaction_pb2.Envelope(payload=payload, signature=sig).SerializeToString()
 
 
@@ -162,7 +162,7 @@ def _stamped(client: Client, raw: bytes, timestamp_ms: int) -> bytes:
     header.timestamp_ms = timestamp_ms
     tx.header = header.SerializeToString()
     payload = tx.SerializeToString()
-    return transaction_pb2.Envelope(payload=payload, signature=client.signer.sign(payload)).SerializeToString()
+    return transaction_pb2.Envelope(payload=payload, signature=client.signer.sign(Purpose.ENVELOPE, payload)).SerializeToString()
 
 
 @pytest.mark.parametrize(("offset_ms", "skew_ms", "refused"), [

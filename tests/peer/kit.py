@@ -11,7 +11,7 @@ from typing import Any
 from rxchain.v1 import block_pb2, transaction_pb2
 
 from node.crypto.canonical import block_data_hash, block_header_hash, canonical_json, compute_tx_id
-from node.crypto.signing import Signer, load_signer
+from node.crypto.signing import Purpose, Signer, load_signer
 
 
 def user_signer(home: Path, org: str, user: str) -> Signer:
@@ -60,7 +60,7 @@ class ProposalKit:
         for k, v in (transient or {}).items():
             prop.transient[k] = v
         raw = prop.SerializeToString()
-        return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=creator.sign(raw))
+        return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=creator.sign(Purpose.PROPOSAL, raw))
 
 
 def envelope(
@@ -76,7 +76,7 @@ def envelope(
     for r in responses:
         tx.endorsements.append(r.endorsement)
     payload = tx.SerializeToString()
-    return transaction_pb2.Envelope(payload=payload, signature=creator.sign(payload)).SerializeToString()
+    return transaction_pb2.Envelope(payload=payload, signature=creator.sign(Purpose.ENVELOPE, payload)).SerializeToString()
 
 
 def make_block(
@@ -90,7 +90,7 @@ def make_block(
     b.data.envelopes.extend(envelopes)
     sig = b.metadata.orderer_signatures.add()
     sig.signer.CopyFrom(orderer.identity)
-    sig.signature = orderer.sign(block_header_hash(b.header))
+    sig.signature = orderer.sign(Purpose.BLOCK, block_header_hash(b.header))
     return b
 
 

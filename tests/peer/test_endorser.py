@@ -10,6 +10,7 @@ from netgen import generate
 from rxchain.v1 import transaction_pb2
 
 from node.crypto.canonical import proposal_hash
+from node.crypto.signing import Purpose
 from node.errors import RxError
 from node.peer.endorser import Endorser
 from tests.peer.conftest import FIXED_NOW, Cluster, consortium
@@ -43,7 +44,8 @@ def test_valid_proposal_is_endorsed_and_verifiable(deployed: Cluster) -> None:
     signer = deployed.net.peers["h01"]
     assert resp.endorsement.endorser == signer.identity
     from node.crypto.signing import Verifier
-    assert Verifier().verify(signer.identity.cert_der, resp.endorsement.signature, resp.payload)
+    assert Verifier().verify(signer.identity.cert_der, resp.endorsement.signature, Purpose.ENDORSEMENT,
+                             resp.payload)
     # Nothing was written by endorsement.
     assert deployed.peers[0].ledger.get("counter", "k/a") is None
 
@@ -52,7 +54,7 @@ def test_bad_signature(deployed: Cluster) -> None:
     signed = _prop(deployed)
     bad = transaction_pb2.SignedProposal(
         proposal_bytes=signed.proposal_bytes,
-        signature=deployed.net.nurse.sign(signed.proposal_bytes),
+        signature=deployed.net.nurse.sign(Purpose.PROPOSAL, signed.proposal_bytes),
     )
     assert _endorse_err(deployed, bad) == "BAD_SIGNATURE"
 
@@ -84,7 +86,7 @@ def test_malformed_payload(deployed: Cluster) -> None:
     inv.args_json = b'{"key": "a", "value": 1.5}'
     prop.invocation = inv.SerializeToString()
     raw = prop.SerializeToString()
-    resigned = transaction_pb2.SignedProposal(proposal_bytes=raw, signature=deployed.net.doctor.sign(raw))
+    resigned = transaction_pb2.SignedProposal(proposal_bytes=raw, signature=deployed.net.doctor.sign(Purpose.PROPOSAL, raw))
     assert _endorse_err(deployed, resigned) == "BAD_ARGUMENTS"
 
 
@@ -102,7 +104,7 @@ def test_clock_skew_and_bad_tx_id(deployed: Cluster) -> None:
     header.tx_id = "0" * 64
     prop.header = header.SerializeToString()
     raw = prop.SerializeToString()
-    forged = transaction_pb2.SignedProposal(proposal_bytes=raw, signature=deployed.net.doctor.sign(raw))
+    forged = transaction_pb2.SignedProposal(proposal_bytes=raw, signature=deployed.net.doctor.sign(Purpose.PROPOSAL, raw))
     assert _endorse_err(deployed, forged) == "BAD_TXID"
 
 
@@ -176,7 +178,7 @@ def _with_raw_args(cluster: Cluster, args_json: bytes) -> transaction_pb2.Signed
     inv.args_json = args_json
     prop.invocation = inv.SerializeToString()
     raw = prop.SerializeToString()
-    return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=cluster.net.doctor.sign(raw))
+    return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=cluster.net.doctor.sign(Purpose.PROPOSAL, raw))
 
 
 @pytest.mark.parametrize("args_json", [b"[" * 200_000, b'{"key": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",

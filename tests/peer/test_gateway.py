@@ -10,6 +10,7 @@ import pytest
 from rxchain.v1 import config_pb2, services_pb2, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Purpose
 from node.errors import RxError
 from node.identity.policy import parse_policy
 from node.peer.config_view import ConfigView
@@ -146,7 +147,7 @@ def test_endorse_collects_what_the_policy_needs(deployed: Cluster, pool) -> None
     assert resp.result.status == 200 and len(resp.tx_id) == 64
     # The prepared transaction, signed by the client, commits VALID.
     payload = resp.prepared_transaction
-    env = transaction_pb2.Envelope(payload=payload, signature=deployed.net.doctor.sign(payload))
+    env = transaction_pb2.Envelope(payload=payload, signature=deployed.net.doctor.sign(Purpose.ENVELOPE, payload))
     block = deployed.commit([env.SerializeToString()])[0]
     assert block.metadata.validation_codes[0] == transaction_pb2.VALID
 
@@ -207,7 +208,7 @@ def _prepared(deployed: Cluster, key: str) -> tuple[str, transaction_pb2.Envelop
                                      endorsements=[r.endorsement for r in responses])
     raw = tx.SerializeToString()
     header = transaction_pb2.TxHeader.FromString(prop.header)
-    return header.tx_id, transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(raw))
+    return header.tx_id, transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(Purpose.ENVELOPE, raw))
 
 
 def test_submit_checks_input_and_maps_refusals(deployed: Cluster) -> None:
@@ -328,7 +329,7 @@ def test_transact_pipelines_endorse_and_submit(deployed: Cluster, pool) -> None:
     envs = {}
     for i in range(6):
         raw = by_id[i].endorsed.prepared_transaction
-        envs[i] = transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(raw))
+        envs[i] = transaction_pb2.Envelope(payload=raw, signature=deployed.net.doctor.sign(Purpose.ENVELOPE, raw))
     refused = envs[5].payload
     ordering = OrderingBroadcast(deployed, {refused})
     deps = GatewayDeps(**{**deps.__dict__, "broadcast": cast(Any, ordering)})

@@ -17,7 +17,7 @@ from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Signer, Verifier
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.identity.msp import MSP
 from node.orderer.configtx import ConfigTracker, OrdererConfig
 from tests.validation.conftest import Net, Peer
@@ -103,7 +103,7 @@ def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
     tx = tx_pb.Transaction.FromString(env.payload)
     header = tx_pb.TxHeader.FromString(tx.header)
     if edit == "forged creator signature":
-        env.signature = net.doctor.sign(b"something else")
+        env.signature = net.doctor.sign(Purpose.ENVELOPE, b"something else")
     elif edit == "other consortium":
         header.consortium_id = "another"
         tx.header = header.SerializeToString()
@@ -112,7 +112,7 @@ def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
         header.tx_id = "ab" * 32
         tx.header = header.SerializeToString()
         env.payload = tx.SerializeToString()
-        env.signature = net.admins["h01"].sign(env.payload)  # the creator's own signature: only the tx id is wrong
+        env.signature = net.admins["h01"].sign(Purpose.ENVELOPE, env.payload)  # the creator's own signature: only the tx id is wrong
     elif edit == "creator not a member then":
         header.timestamp_ms = 1  # 1970: before the creator's certificate
         tx.header = header.SerializeToString()
@@ -164,7 +164,7 @@ def test_update_reusing_the_tx_id_of_an_earlier_tx_is_adopted_as_the_orderers_do
     new = _next_config(peer)
     update = config_pb2.ConfigUpdate(config=new.SerializeToString())
     for a in (net.admins["h01"], net.admins["p01"], net.admins["ins01"]):
-        update.signatures.add(signer=a.identity_bytes, signature=a.sign(update.config))
+        update.signatures.add(signer=a.identity_bytes, signature=a.sign(Purpose.CONFIG, update.config))
     tx = tx_pb.Transaction(
         header=_header(peer, creator, tx_pb.CONFIG, nonce), config_update=update.SerializeToString()
     )

@@ -15,7 +15,7 @@ from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
 from node.crypto.canonical import proposal_hash
-from node.crypto.signing import Signer, Verifier
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.ledger.statedb import HistoryEntry as LedgerHistoryEntry
 from node.ledger.statedb import StateDB, Version, VersionedValue
@@ -54,7 +54,7 @@ def _tx(
     ).SerializeToString()
     tx = tx_pb.Transaction(header=header, invocation=inv, response_payload=prp)
     for e in endorsers if endorsers is not None else (net.peer_h01, net.peer_p01):
-        tx.endorsements.add(endorser=e.identity, signature=e.sign(prp))
+        tx.endorsements.add(endorser=e.identity, signature=e.sign(Purpose.ENDORSEMENT, prp))
     return peer.kit.seal(net.doctor, tx)
 
 
@@ -62,22 +62,29 @@ def _tx_id(header: bytes) -> str:
     return tx_pb.TxHeader.FromString(header).tx_id
 
 
+@pytest.mark.parametrize(("signed_as", "code"), [
+    (Purpose.PROPOSAL, tx_pb.BAD_CREATOR_SIGNATURE),  # the proposal's own signature
+    (Purpose.ENVELOPE, tx_pb.BAD_PAYLOAD),  # were it signed as an envelope: the shape check
+])
 def test_signed_proposal_turned_into_an_envelope_does_not_make_the_real_tx_a_duplicate(
-    peer: Peer, net: Net
+    peer: Peer, net: Net, signed_as: Purpose, code: int
 ) -> None:
     # Proposal(header=1, invocation=2, transient=3) parses as Transaction(header=1,
-    # invocation=2, response_payload=3): the client's signature over its proposal verifies as
-    # an envelope signature. An endorser that saw the proposal submits it first.
+    # invocation=2, response_payload=3). An endorser that saw the proposal submits it first.
+    # Signatures are tagged with what they are for, so the client's signature over its
+    # proposal does not verify as an envelope signature (it did before the tags); behind
+    # that, a proposal-shaped payload is BAD_PAYLOAD, and neither makes the real tx a
+    # DUPLICATE_TXID.
     header = peer.kit.header(net.doctor)
     inv = tx_pb.ContractInvocation(contract="rx", function="f", args_json=b"{}").SerializeToString()
     proposal = tx_pb.Proposal(header=header, invocation=inv)
     proposal.transient["diagnosis"] = b"private"
     proposal_bytes = proposal.SerializeToString()
     stolen = tx_pb.Envelope(
-        payload=proposal_bytes, signature=net.doctor.sign(proposal_bytes)
+        payload=proposal_bytes, signature=net.doctor.sign(signed_as, proposal_bytes)
     ).SerializeToString()
     real = _tx(peer, net, header)
-    assert _commit(peer, net, [stolen, real]) == [tx_pb.BAD_PAYLOAD, VALID]
+    assert _commit(peer, net, [stolen, real]) == [code, VALID]
     loc = peer.ledger.tx_location(_tx_id(header))
     assert loc is not None and (loc.block, loc.tx, loc.code) == (1, 1, VALID)
     assert peer.ledger.get("rx", "a") is not None
@@ -248,9 +255,9 @@ class _CountingVerifier(Verifier):
         super().__init__()
         self.calls = 0
 
-    def verify(self, cert_der: bytes, signature: bytes, data: bytes) -> bool:
+    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
         self.calls += 1
-        return super().verify(cert_der, signature, data)
+        return super().verify(cert_der, signature, purpose, data)
 
 
 def test_orderer_signature_check_stops_at_the_quorum(peer: Peer, net: Net) -> None:

@@ -6,6 +6,7 @@ import pytest
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
+from node.crypto.signing import Purpose
 from node.errors import RxError
 from node.ledger.statedb import Version
 
@@ -49,7 +50,7 @@ def test_block_level_refusals_change_nothing(peer, net):
         "broken chain": make_block(h, b"\x01" * 32, [env], [net.orderer1]),
     }
     forged = make_block(h, last, [env], [net.orderer1])
-    forged.metadata.orderer_signatures[0].signature = net.orderer1.sign(b"other")
+    forged.metadata.orderer_signatures[0].signature = net.orderer1.sign(Purpose.BLOCK, b"other")
     cases["forged signature"] = forged
     tampered = make_block(h, last, [env], [net.orderer1])
     tampered.data.envelopes.append(env)
@@ -82,7 +83,7 @@ def test_creator_checks(peer, net):
     good = endorsed(peer, net, rw)
     # bad creator signature: re-sign with someone else's key
     env = tx_pb.Envelope.FromString(endorsed(peer, net, rw))
-    env.signature = net.pharmacist.sign(env.payload)
+    env.signature = net.pharmacist.sign(Purpose.ENVELOPE, env.payload)
     bad_sig = env.SerializeToString()
     # tx id not derived from nonce+creator
     hdr = tx_pb.TxHeader.FromString(kit.header(net.doctor))
@@ -125,7 +126,7 @@ def test_endorsement_policy(peer, net):
     # forged endorsement: signature over another payload
     t = tx_pb.Transaction.FromString(
         tx_pb.Envelope.FromString(endorsed(peer, net, rw)).payload)
-    t.endorsements[1].signature = net.peer_p01.sign(b"something else")
+    t.endorsements[1].signature = net.peer_p01.sign(Purpose.ENDORSEMENT, b"something else")
     forged = peer.kit.seal(net.doctor, t)
     # endorsements copied from another tx onto this tx's own response payload
     other = tx_pb.Transaction.FromString(
