@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from client.errors import RxClientError
+from client.fhir.admission import MAX_CONNECTIONS, MAX_PER_SOURCE
 from node.errors import RxError
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
@@ -321,7 +322,8 @@ def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
     from client.fhir.server import serve_forever
 
-    serve_forever(_home(a), a.host, a.port, progress=_progress(a), server_node=a.node)
+    serve_forever(_home(a), a.host, a.port, progress=_progress(a), server_node=a.node,
+                  max_per_source=a.max_per_source)
     return {"stopped": True}
 
 
@@ -452,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--node", metavar="PEER",
                     help="the peer whose TLS certificate the gateway presents (default: the first "
                          "peer; an organisation uses its own, e.g. peer.p01)")
+    fs.add_argument("--max-per-source", type=_int_in(1, MAX_CONNECTIONS), default=MAX_PER_SOURCE, metavar="N",
+                    help=f"connections one source address may hold of the gateway's {MAX_CONNECTIONS} "
+                         f"(default {MAX_PER_SOURCE})")
     return p
 
 

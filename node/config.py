@@ -3,7 +3,8 @@
 Every value is checked here, so that a bad file ends in ``BAD_CONFIG: <file>: <key> ...``
 (exit code 2) rather than a traceback: ports are integers in 1..65535 (``metrics_port`` 0
 = no metrics endpoint), ``extra`` is a mapping, and its integer tuning keys
-(:data:`INT_EXTRAS`) are integers within their ranges. What the ``extra`` keys do is
+(:data:`INT_EXTRAS`) are integers within their ranges; the node's certificate must carry the
+node's name as a subject alternative name (:func:`check_tls_name`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
 ``node.peer.deliver_client`` (``deliver_*`` watchdog), ``node.stream_caps``
 (``max_streams``, ``max_streams_per_caller``); ``grpc_workers`` is the gRPC thread pool
@@ -13,13 +14,16 @@ documented where they are used: ``node.orderer.server`` (Raft and ordering tunin
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
 
+from node.crypto.tls import certificate_names, certificate_names_host
 from node.errors import RxError
 from node.stream_caps import StreamCaps
 
@@ -189,7 +193,34 @@ def load_node_config(path: str | Path) -> NodeConfig:
     for p in (cfg.cert_path, cfg.key_path, cfg.ca_bundle_path, cfg.genesis_path):
         if not p.exists():
             raise RxError("BAD_CONFIG", f"{path}: file {p} does not exist")
+    check_tls_name(cfg, path)
     return cfg
+
+
+def check_tls_name(config: NodeConfig, source: str | Path = "") -> None:
+    """RxError BAD_CONFIG unless the node's certificate carries the node's name as a subject
+    alternative name. Other nodes dial a node pinned to its name (``NodeChannels`` in
+    :mod:`node.crypto.tls`), and members' clients too, so a node whose certificate lacks it
+    would start and then fail every incoming TLS connection with an opaque handshake error.
+    The listen ``host`` is not required: every rxchain dial sets the TLS name explicitly (the
+    node's name, or ``TLS_SERVER_NAME`` for a node not yet in the configuration) and ``host``
+    may be a wildcard bind address. ``source`` (the node.yaml) prefixes the message."""
+    where = f"{source}: " if source else ""
+    try:
+        cert = x509.load_pem_x509_certificate(config.cert_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RxError("BAD_CONFIG", f"{where}node {config.name}: cannot read its certificate "
+                                    f"{config.cert_path}: {exc}") from None
+    if not certificate_names_host(cert, config.name):
+        found = ", ".join(certificate_names(cert)) or "none"
+        try:
+            expected = f"IP:{ipaddress.ip_address(config.name)}"
+        except ValueError:
+            expected = f"DNS:{config.name}"
+        raise RxError("BAD_CONFIG", f"{where}node {config.name}: its TLS certificate {config.cert_path} "
+                                    f"does not name it: subject alternative names found: {found}; "
+                                    f"expected {expected} (other nodes and clients dial this node "
+                                    f"pinned to its name)")
 
 
 def check_can_listen(config: NodeConfig) -> None:

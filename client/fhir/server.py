@@ -15,16 +15,24 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
 
-The TLS handshake runs in the connection's worker thread with a timeout, never in the accept
-loop, so an idle or slow client cannot stall the gateway; every read has a timeout, and the
-whole request (line, headers, body) must arrive within ``REQUEST_DEADLINE_S`` (a client that
-drips one byte at a time is cut off). At most ``MAX_CONNECTIONS`` connections are served at
-once; more are closed at accept. A POST needs ``Content-Type: application/fhir+json`` (or
-``application/json``: a browser's cross-site form cannot send it without a CORS preflight) and
-one ``Content-Length`` of decimal digits (at most ``MAX_BODY``; ``Transfer-Encoding`` is
-refused). The body must be one JSON object, nested at most ``MAX_JSON_DEPTH`` deep, without
-duplicate keys or NaN/Infinity. Every error, including malformed HTTP, is an OperationOutcome
-with a reason code; messages never carry the gateway's file paths or internal addresses.
+The TLS handshake runs in the connection's worker thread, never in the accept loop, and must
+complete within ``HANDSHAKE_TIMEOUT_S`` (a deadline for the whole handshake, not per read: a
+client dripping its ClientHello is cut off too); every read has a timeout, and the whole
+request (line, headers, body) must arrive within ``REQUEST_DEADLINE_S`` (a client that drips
+one byte at a time is cut off). At most ``MAX_CONNECTIONS`` connections are served at once, at
+most ``MAX_PER_SOURCE`` of them from one source address (:mod:`client.fhir.admission`), so
+connections that never finish their handshake cannot lock everybody out. A connection over
+either bound is answered, if a refusal slot is free, with ``503`` + ``Retry-After`` and an
+OperationOutcome ``TOO_MANY_CONNECTIONS`` once its TLS handshake is done (within
+``REFUSAL_DEADLINE_S``); with no refusal slot free, or if its handshake does not complete in
+time, it is closed without an answer: before a TLS handshake no HTTP can be sent.
+
+A POST needs ``Content-Type: application/fhir+json`` (or ``application/json``: a browser's
+cross-site form cannot send it without a CORS preflight) and one ``Content-Length`` of
+decimal digits (at most ``MAX_BODY``; ``Transfer-Encoding`` is refused). The body must be
+one JSON object, nested at most ``MAX_JSON_DEPTH`` deep, without duplicate keys or
+NaN/Infinity. Every error, including malformed HTTP, is an OperationOutcome with a reason
+code; messages never carry the gateway's file paths or internal addresses.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from cryptography.hazmat.primitives import serialization
 
 from client.errors import RxClientError
 from client.fhir import mapping
+from client.fhir.admission import MAX_CONNECTIONS, MAX_PER_SOURCE, Admission, AdmissionLimits, Ticket, Verdict
 from client.network import load_network
 from client.rxops import RxOperations
 from client.session import Session
@@ -52,10 +61,12 @@ from node.crypto.x509 import cert_info
 from node.errors import RxError
 
 MAX_BODY = 1 << 20
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 REQUEST_DEADLINE_S = 60.0
-MAX_CONNECTIONS = 32
+# An over-the-bound connection: its handshake and request within this, then the 503.
+REFUSAL_DEADLINE_S = 2.0
+RETRY_AFTER_S = 2
 MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
@@ -68,7 +79,7 @@ _STATUS = {
     "UNKNOWN_DRUG": 422, "NO_KEY_GRANT": 403, "ACCESS_DENIED": 403, "WRONG_ROLE": 403,
     "UNAUTHENTICATED": 401, "NO_WALLET": 403, "NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503,
     "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400, "LENGTH_REQUIRED": 411,
-    "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405,
+    "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
 }
 _CLOSE_REASONS = ("BAD_CONTENT_LENGTH", "TOO_LARGE", "LENGTH_REQUIRED", "UNSUPPORTED_MEDIA_TYPE")
 
@@ -353,39 +364,108 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST")
 
 
+class _Refusal(_Handler):
+    """An over-the-bound connection (TLS done): its one request is answered ``503`` with
+    ``Retry-After`` and an OperationOutcome ``TOO_MANY_CONNECTIONS``, then it is closed."""
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()  # one request, never keep-alive
+
+    def handle_expect_100(self) -> bool:
+        """No ``100 Continue``: the 503 is the final answer (the client need not send the body)."""
+        return True
+
+    def parse_request(self) -> bool:
+        """Parsed (else ``send_error`` has answered): drain a declared body, answer 503, and
+        tell ``handle_one_request`` there is nothing to dispatch."""
+        if not super().parse_request():
+            return False
+        with contextlib.suppress(OSError):
+            self._drain_body()
+            ticket = self.server.ticket(self.connection)
+            what = (f"at most {self.server.admission.limits.max_per_source} connections from one address"
+                    if ticket is not None and ticket.per_source else
+                    f"at most {self.server.admission.limits.max_connections} connections at once")
+            self._reply(503, mapping.operation_outcome(
+                "TOO_MANY_CONNECTIONS", f"the gateway serves {what}; retry after {self.server.retry_after_s} s"),
+                {"Retry-After": str(self.server.retry_after_s), "Connection": "close"})
+        return False
+
+    def _drain_body(self) -> None:
+        """Read (and drop) a body of a valid ``Content-Length`` up to MAX_BODY, unless the
+        client waits for ``100 Continue``: closing with unread data would reset the connection
+        and could destroy the 503 before the client reads it. The refusal deadline bounds it."""
+        if (self.headers.get("Expect") or "").lower() == "100-continue":
+            return
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) != 1 or not _DIGITS.fullmatch(values[0].strip()):
+            return
+        left = min(int(values[0].strip()), MAX_BODY)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects is accepted (and admitted or refused)
 
     def __init__(self, addr: tuple[str, int], app: FhirApp, log: Callable[[str], None],
                  handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS,
-                 request_deadline_s: float = REQUEST_DEADLINE_S):
+                 limits: AdmissionLimits | None = None,
+                 request_deadline_s: float = REQUEST_DEADLINE_S,
+                 refusal_deadline_s: float = REFUSAL_DEADLINE_S,
+                 retry_after_s: int = RETRY_AFTER_S):
         super().__init__(addr, _Handler)
         self.app = app
         self.log = log
         self.handshake_timeout_s = handshake_timeout_s
         self.request_deadline_s = request_deadline_s
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refusal_deadline_s = refusal_deadline_s
+        self.retry_after_s = retry_after_s
+        self.admission = Admission(limits or AdmissionLimits())
+        self._tickets_lock = threading.Lock()
+        self._tickets: dict[int, Ticket] = {}  # by id(request), while its worker runs
         self._deadlines_lock = threading.Lock()
         self._deadlines: dict[int, threading.Timer] = {}
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """In the accept loop: a worker thread per connection, at most ``max_connections``."""
-        if not self._slots.acquire(blocking=False):
-            self.log(f"{client_address[0]}:{client_address[1]} refused: too many connections")
+        """In the accept loop: a worker thread per admitted connection (:mod:`client.fhir.admission`);
+        a connection with neither a slot nor a refusal slot is closed at once (no TLS yet, so
+        no HTTP answer is possible)."""
+        ticket = self.admission.admit(str(client_address[0]))
+        if ticket.verdict is Verdict.CLOSE:
+            self.log(f"{client_address[0]}:{client_address[1]} closed at accept: too many connections "
+                     f"{'from this address' if ticket.per_source else 'at once'}, and too many being refused")
             self.shutdown_request(request)
             return
+        with self._tickets_lock:
+            self._tickets[id(request)] = ticket
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._tickets_lock:
+            ticket = self._tickets.pop(id(request), None)
+        if ticket is not None:
+            self.admission.release(ticket)
+
+    def ticket(self, request: Any) -> Ticket | None:
+        """The admission ticket of ``request`` while its worker runs."""
+        with self._tickets_lock:
+            return self._tickets.get(id(request))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line, never a traceback on stderr."""
@@ -400,23 +480,33 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """In the connection's worker thread: the TLS handshake (bounded), then the request,
-        which must be read within ``request_deadline_s`` or the connection is shut down."""
+        which must be read within ``request_deadline_s`` or the connection is shut down. A
+        connection over the bound gets ``refusal_deadline_s`` for both, and the 503."""
+        ticket = self.ticket(request)
+        serve = ticket is None or ticket.verdict is Verdict.SERVE
         if isinstance(request, ssl.SSLSocket):
-            request.settimeout(self.handshake_timeout_s)
+            # settimeout bounds the whole handshake (CPython runs it against one deadline)
+            request.settimeout(self.handshake_timeout_s if serve
+                               else min(self.handshake_timeout_s, self.refusal_deadline_s))
             try:
                 request.do_handshake()
             except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
-                self.log(f"{client_address[0]}:{client_address[1]} TLS handshake failed: "
+                self.log(f"{client_address[0]}:{client_address[1]} TLS handshake failed"
+                         f"{'' if serve else ' (over the bound: closed unanswered)'}: "
                          f"{type(exc).__name__}: {exc}")
                 return
             request.settimeout(None)
-        timer = threading.Timer(self.request_deadline_s, _cut, (request, self.log, client_address))
+        deadline = self.request_deadline_s if serve else self.refusal_deadline_s
+        timer = threading.Timer(deadline, _cut, (request, self.log, client_address))
         timer.daemon = True
         with self._deadlines_lock:
             self._deadlines[id(request)] = timer
         timer.start()
         try:
-            super().finish_request(request, client_address)
+            if serve:
+                super().finish_request(request, client_address)
+            else:
+                _Refusal(request, client_address, self)
         finally:
             self.request_read(request)
 
@@ -444,16 +534,24 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 log: Callable[[str], None] = lambda _: None,
                 handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
                 max_connections: int = MAX_CONNECTIONS,
-                request_deadline_s: float = REQUEST_DEADLINE_S) -> tuple[_Server, Identities]:
-    """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate."""
+                request_deadline_s: float = REQUEST_DEADLINE_S,
+                max_per_source: int = MAX_PER_SOURCE,
+                refusal_deadline_s: float = REFUSAL_DEADLINE_S) -> tuple[_Server, Identities]:
+    """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate.
+    At most ``max_connections`` connections, ``max_per_source`` (capped at ``max_connections``)
+    from one source address (BAD_ARGUMENTS unless both are at least 1)."""
     home = Path(home)
+    try:
+        limits = AdmissionLimits.for_gateway(max_connections, max_per_source)
+    except ValueError as exc:
+        raise RxClientError("BAD_ARGUMENTS", f"connection bounds: {exc}") from None
     ids = Identities(home)
     node = server_node or ids.net.peers[0].name
     if node not in {n.name for n in ids.net.peers}:
         raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")
     ndir = home / "nodes" / node
-    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, max_connections,
-                     request_deadline_s)
+    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, limits,
+                     request_deadline_s, refusal_deadline_s)
     ctx = tls_context(ndir / "cert.pem", ndir / "key.pem", home / "ca-bundle.pem")
     # No handshake in accept(): finish_request does it in the worker thread, with a timeout.
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
@@ -461,9 +559,12 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
 
 
 def serve_forever(home: Path, host: str, port: int,
-                  progress: Callable[[str], None] = print, server_node: str | None = None) -> None:
-    """Run the gateway until interrupted (TLS certificate: ``server_node``'s, default the first peer)."""
-    server, ids = make_server(home, host, port, server_node=server_node, log=progress)
+                  progress: Callable[[str], None] = print, server_node: str | None = None,
+                  max_per_source: int = MAX_PER_SOURCE) -> None:
+    """Run the gateway until interrupted (TLS certificate: ``server_node``'s, default the first peer;
+    at most ``max_per_source`` connections from one address)."""
+    server, ids = make_server(home, host, port, server_node=server_node, log=progress,
+                              max_per_source=max_per_source)
     progress(f"FHIR gateway on https://{host}:{server.server_address[1]}/fhir (mutual TLS)")
     try:
         server.serve_forever()

@@ -15,6 +15,7 @@ through :class:`NodeChannels`, which pins every target that is a node of the con
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -32,6 +33,47 @@ _log = logging.getLogger(__name__)
 
 # Name every certificate carries in its SANs so one override works for all node certs.
 TLS_SERVER_NAME = "localhost"
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The subject alternative names of ``cert`` as ``DNS:name`` / ``IP:address`` (in the
+    certificate's order; empty without the extension)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return ([f"DNS:{n}" for n in sans.get_values_for_type(x509.DNSName)]
+            + [f"IP:{a}" for a in sans.get_values_for_type(x509.IPAddress)])
+
+
+def certificate_names_host(cert: x509.Certificate, name: str) -> bool:
+    """Whether a TLS client checking ``cert`` for ``name`` (what gRPC's
+    ``ssl_target_name_override`` makes it check) finds it among the subject alternative names:
+    an IP literal against the IP SANs, a DNS name against the DNS SANs, case-insensitively, a
+    ``*`` standing for exactly the whole left-most label above at least two more (as gRPC:
+    ``*.h01.example`` names ``peer.h01.example``, ``*.h01`` names nothing). The subject's
+    common name is not consulted (gRPC falls back to it only for a certificate without any SAN,
+    which RFC 6125 deprecates)."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if address is not None:
+        return address in sans.get_values_for_type(x509.IPAddress)
+    wanted = name.lower().rstrip(".")
+    for dns in sans.get_values_for_type(x509.DNSName):
+        pattern = dns.lower().rstrip(".")
+        if pattern == wanted:
+            return True
+        head, _, rest = pattern.partition(".")
+        label, _, parent = wanted.partition(".")
+        if head == "*" and "." in rest and label and parent == rest:
+            return True
+    return False
 
 
 def server_credentials(

@@ -9,6 +9,7 @@ peer has the same state hash after every block, kills a peer with SIGKILL and re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import shutil
@@ -23,8 +24,11 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from cryptography import x509 as cx509
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
+from node.crypto import signing
+from node.crypto import x509 as rx509
 from node.crypto.signing import Purpose, Signer, load_signer
 from node.errors import reason_from_rpc_error
 from node.peer.lifecycle import package_hash
@@ -44,6 +48,19 @@ PEERS = ["peer.h01", "peer.p01", "peer.ins01"]
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _issue_node_cert(cons: Consortium, org: str, name: str, directory: Path) -> None:
+    """``directory``/cert.pem and key.pem: a new peer certificate of ``org``'s CA naming ``name``."""
+    ca_dir = cons.home / "orgs" / org
+    ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
+    key = signing.generate_key()
+    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org=org, role="peer", name=name,
+                            now=dt.datetime.now(dt.UTC), hosts=(cons.net.spec.host, "localhost", name))
+    (directory / "cert.pem").write_bytes(rx509.cert_to_pem(cert))
+    (directory / "key.pem").write_bytes(signing.key_to_pem(key))
+    (directory / "key.pem").chmod(0o600)
 
 
 class Client:
@@ -257,12 +274,13 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
         pharm = Client(cons, "p01", "pharm-test", "peer.p01", seed=201)
         assert pharm.submit("counter", "add", {"key": "hot", "amount": 5}).code == transaction_pb2.VALID
 
-        # A new peer of h01 joins from genesis and reaches the same state hashes.
+        # A new peer of h01 joins from genesis and reaches the same state hashes. It has its
+        # own certificate naming it (a node refuses to start on one that does not).
         src = cons.node_dir("peer.h01")
         new_dir = cons.home / "nodes" / "peer.h01b"
         new_dir.mkdir()
-        for f in ("cert.pem", "key.pem", "ca-bundle.pem"):
-            shutil.copy(src / f, new_dir / f)
+        shutil.copy(src / "ca-bundle.pem", new_dir / "ca-bundle.pem")
+        _issue_node_cert(cons, "h01", "peer.h01b", new_dir)
         doc = yaml.safe_load((src / "node.yaml").read_text())
         doc.update(name="peer.h01b", port=free_ports(1)[0], metrics_port=0)
         (new_dir / "node.yaml").write_text(yaml.safe_dump(doc))
