@@ -26,14 +26,34 @@ Index entry layout (entry ``i`` describes block ``i``, 12 bytes each)::
     4   8   offset of the record within the segment
 
 The index is a cache: it is written (not fsynced) after the segment write and is checked
-and completed from the segments on open. Only the segment files are fsynced (when
-``fsync=True``), so after a crash the segments decide what was stored.
+and completed from the segments on open (no more entries are read than the segments could
+hold records, so a damaged or sparse index file is never read whole; a failed index write
+is logged and the index is left to the next open to complete). Only the segment files are
+fsynced (when ``fsync=True``), so after a crash the segments decide what was stored. The
+directory is fsynced after it is created, after a segment file is created and after
+recovery deletes files, so a synced record's file cannot vanish with its directory entry.
+
+A failed append (ENOSPC, EFBIG, EIO on write or fsync) is rolled back: the segment is
+truncated to where the record started, so the store stays exactly as it was and the same
+block can be appended again. If even the rollback fails the store refuses every further
+append (IO_ERROR) until it is reopened, which truncates the partial record as a torn tail.
 
 Recovery on open: the last indexed record is checked; records after it are scanned and
 indexed. A torn tail (a partial or checksum-failing record at the very end of the last
-segment, i.e. a crash in the middle of an append) is truncated with a warning. A bad record
-in the middle is not detected on open (that would need reading everything): ``get`` checks
-the checksum of every record it reads and :meth:`BlockStore.verify` checks all of them.
+segment, i.e. a crash in the middle of an append) is truncated with a warning. Bad bytes
+count as a torn tail only if they could be the next block's interrupted append: a header
+numbered ``height`` (or none at all) and no intact record anywhere after them in the segment
+(an interrupted append is always the last thing written); a bit flip in a length field of
+an earlier record therefore stops the start (LEDGER_CORRUPT) instead of cutting off every
+later block. ``keep_height`` (the ledger passes the state's savepoint + 1) makes the open
+refuse (STATE_MISMATCH) rather than truncate blocks the state has already applied. A bad
+record in the middle is not detected on open (that would need reading everything): ``get``
+checks the checksum of every record it reads and :meth:`BlockStore.verify` checks all of
+them. A record's length must fit where the record lies (before the next record), so a forged
+length never makes a read allocate more than the record's real size.
+
+File-system errors while opening (a data directory that is not writable or not a
+directory, a full disk during recovery) are LedgerError IO_ERROR naming the path.
 
 Chain checks on :meth:`BlockStore.append`: ``number == height()`` and ``previous_hash`` equals
 the header hash of the previous block (``GENESIS_PREVIOUS_HASH`` for block 0). Header hashes
@@ -48,6 +68,7 @@ block until a new block is appended.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -74,6 +95,7 @@ IDX_SIZE = _IDX.size  # 12
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 _SEG_RE = re.compile(r"^seg-(\d{6})\.blk$")
+_SCAN_CHUNK = 1 << 20  # bytes read at a time when looking for intact records after bad bytes
 
 
 def _seg_name(seg: int) -> str:
@@ -87,6 +109,28 @@ def _record_crc(number: int, payload: bytes) -> int:
 def encode_record(number: int, payload: bytes) -> bytes:
     """One record (header + payload) in the layout of the module docstring."""
     return _REC_HEAD.pack(MAGIC, number, len(payload), _record_crc(number, payload)) + payload
+
+
+def make_dirs_durable(path: str, *, sync: bool = True) -> None:
+    """``os.makedirs(path, exist_ok=True)``; with ``sync``, the parent of every directory it
+    created is fsynced, so the new entries survive a power loss (OSError on failure)."""
+    created: list[str] = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        created.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    os.makedirs(path, exist_ok=True)
+    if sync:
+        for d in reversed(created):
+            fsync_dir(os.path.dirname(d))
+
+
+def _io_error(what: str, exc: OSError, block: int | None = None) -> LedgerError:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return LedgerError("IO_ERROR", f"{what}: {name}: {exc.strerror or exc}", block=block)
 
 
 @dataclass(frozen=True)
@@ -116,17 +160,24 @@ class BlockStore:
         fsync: bool = True,
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         readonly: bool = False,
+        keep_height: int = 0,
     ) -> None:
         self._dir = os.fspath(directory)
         self._fsync = fsync
         self._segment_max = segment_max_bytes
         self._readonly = readonly
+        self._keep_height = keep_height
         self.torn_tail: tuple[str, int] | None = None  # (segment file, offset) if found
         if readonly:
             if not os.path.isdir(self._dir):
                 raise LedgerError("NOT_FOUND", f"no block store at {self._dir}")
         else:
-            os.makedirs(self._dir, exist_ok=True)
+            try:
+                make_dirs_durable(self._dir, sync=fsync)
+            except OSError as exc:
+                raise _io_error(f"cannot create block store directory {self._dir}", exc) from exc
+        self._failed: str | None = None  # why appends are refused until a reopen
+        self._index_ok = True  # False after a failed index write (completed on the next open)
         self._lock = threading.RLock()
         self._grown = threading.Condition(self._lock)
         self._read_fds: dict[int, int] = {}
@@ -140,6 +191,9 @@ class BlockStore:
             self._recover()
             if not readonly:
                 self._open_for_append()
+        except OSError as exc:
+            self.close()
+            raise _io_error(f"cannot open block store {self._dir}", exc) from exc
         except BaseException:
             self.close()
             raise
@@ -149,11 +203,13 @@ class BlockStore:
     def _open_for_append(self) -> None:
         self._write_seg = self._locs[-1].segment if self._locs else 0
         path = os.path.join(self._dir, _seg_name(self._write_seg))
+        idx_path = os.path.join(self._dir, "index.bin")
+        created = not (os.path.exists(path) and os.path.exists(idx_path))
         self._write_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._write_pos = os.fstat(self._write_fd).st_size
-        self._idx_fd = os.open(
-            os.path.join(self._dir, "index.bin"), os.O_RDWR | os.O_CREAT, 0o644
-        )
+        self._idx_fd = os.open(idx_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if created and self._fsync:
+            fsync_dir(self._dir)  # the first segment's entry must outlive a power loss
         os.ftruncate(self._idx_fd, self._indexed * IDX_SIZE)
         missing = self._locs[self._indexed :]
         if missing:  # entries found by scanning the segments
@@ -166,20 +222,51 @@ class BlockStore:
 
     # ------------------------------------------------------------------ recovery
 
-    def _is_torn_tail(self, seg: int, start: int, size: int) -> bool:
-        """True if the bad bytes at ``start`` look like an interrupted append.
+    def _is_torn_tail(self, seg: int, start: int, size: int, expect: int) -> bool:
+        """True if the bad bytes at ``start`` look like an interrupted append of block ``expect``.
 
-        That is: an incomplete header, a sound header whose record runs to or past the end
-        of the file, or nothing but zero bytes (a filesystem that extended the file but did
-        not write it). A bad record with more data after it is corruption, not a crash.
+        That is: an incomplete header, or a sound header numbered ``expect`` whose record runs
+        past the end of the file, or nothing but zero bytes (a filesystem that extended the
+        file but did not write it) -- and in every case no intact record after ``start`` (an
+        interrupted append is the last thing ever written to a segment). A bad record with
+        more data after it (e.g. a flipped bit in a length field) is corruption, not a crash.
         """
         if size - start < REC_HEAD_SIZE:
             return True
         head = self._read_head(seg, start)
         if head is not None:
-            return start + REC_HEAD_SIZE + head[1] >= size
-        rest = os.pread(self._fd(seg), size - start, start)
-        return rest.count(0) == len(rest)
+            if head[0] != expect or start + REC_HEAD_SIZE + head[1] < size:
+                return False
+            return not self._intact_record_after(seg, start + 1, size, expect)
+        pos = start
+        while pos < size:
+            chunk = os.pread(self._fd(seg), min(_SCAN_CHUNK, size - pos), pos)
+            if not chunk or chunk.count(0) != len(chunk):
+                return False
+            pos += len(chunk)
+        return True
+
+    def _intact_record_after(self, seg: int, start: int, size: int, expect: int) -> bool:
+        """True if a checksummed record numbered above ``expect`` starts at or after ``start``."""
+        fd = self._fd(seg)
+        pos = start
+        while pos < size:
+            # Overlap by len(MAGIC) - 1 so a magic split between two chunks is still found.
+            chunk = os.pread(fd, min(_SCAN_CHUNK, size - pos), pos)
+            if not chunk:
+                return False
+            i = chunk.find(MAGIC)
+            while i >= 0:
+                head = self._read_head(seg, pos + i)
+                if head is not None and head[0] > expect and (
+                    self._record_ok(seg, pos + i, head[0], size) is not None
+                ):
+                    return True
+                i = chunk.find(MAGIC, i + 1)
+            if pos + len(chunk) >= size:
+                return False
+            pos += len(chunk) - (len(MAGIC) - 1)
+        return False
 
     def _segments(self) -> list[int]:
         segs = []
@@ -189,12 +276,16 @@ class BlockStore:
                 segs.append(int(m.group(1)))
         return sorted(segs)
 
-    def _read_index_file(self) -> list[Location]:
+    def _read_index_file(self, segs: list[int]) -> list[Location]:
+        """The index entries, at most as many as the segments can hold records (every record
+        takes at least REC_HEAD_SIZE bytes): a damaged or sparse index file of any size is
+        never read into memory whole."""
         path = os.path.join(self._dir, "index.bin")
         if not os.path.exists(path):
             return []
+        room = sum(os.path.getsize(self._path(s)) for s in segs) // REC_HEAD_SIZE
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(room * IDX_SIZE)
         n = len(raw) // IDX_SIZE
         return [Location(*_IDX.unpack_from(raw, i * IDX_SIZE)) for i in range(n)]
 
@@ -209,12 +300,22 @@ class BlockStore:
             return None
         return number, length, crc
 
-    def _record_ok(self, seg: int, offset: int, expect_number: int) -> int | None:
-        """Length of the whole record if it is complete, numbered right and checksums."""
+    def _record_ok(
+        self, seg: int, offset: int, expect_number: int, size: int | None = None
+    ) -> int | None:
+        """Length of the whole record if it is complete, numbered right and checksums.
+
+        ``size`` is the segment's size (looked up when None): a length running past it is
+        refused before anything is read, so a forged length allocates nothing.
+        """
         head = self._read_head(seg, offset)
         if head is None or head[0] != expect_number:
             return None
         number, length, crc = head
+        if size is None:
+            size = os.fstat(self._fd(seg)).st_size
+        if offset + REC_HEAD_SIZE + length > size:
+            return None
         payload = os.pread(self._fd(seg), length, offset + REC_HEAD_SIZE)
         if len(payload) != length or _record_crc(number, payload) != crc:
             return None
@@ -223,7 +324,7 @@ class BlockStore:
     def _recover(self) -> None:
         segs = self._segments()
         seg_set = set(segs)
-        locs = self._read_index_file()
+        locs = self._read_index_file(segs)
         # Keep the longest prefix of index entries that point at record headers of the
         # right number, in increasing positions; the last kept one must checksum too.
         good = 0
@@ -259,7 +360,7 @@ class BlockStore:
             start = pos if s == seg else 0
             size = os.fstat(self._fd(s)).st_size
             while start < size:
-                rec_len = self._record_ok(s, start, len(locs))
+                rec_len = self._record_ok(s, start, len(locs), size)
                 if rec_len is None:
                     break
                 locs.append(Location(s, start))
@@ -267,7 +368,7 @@ class BlockStore:
             if start < size:
                 later = remaining[i + 1 :]
                 if (later and any(os.path.getsize(self._path(x)) for x in later)) or (
-                    not self._is_torn_tail(s, start, size)
+                    not self._is_torn_tail(s, start, size, len(locs))
                 ):
                     raise LedgerError(
                         "LEDGER_CORRUPT",
@@ -279,6 +380,15 @@ class BlockStore:
                 self.torn_tail = (_seg_name(s), start)
                 if self._readonly:
                     break
+                if len(locs) < self._keep_height:
+                    raise LedgerError(
+                        "STATE_MISMATCH",
+                        f"block store {self._dir}: block {len(locs)} is damaged "
+                        f"({_seg_name(s)} offset {start}) but the state has applied blocks up "
+                        f"to {self._keep_height - 1}; refusing to cut them off (restore the "
+                        "block files, or delete the state and re-sync)",
+                        block=len(locs),
+                    )
                 _log.warning(
                     "block store %s: truncating torn tail of %s at offset %d (%d bytes, "
                     "block %d incomplete)",
@@ -288,6 +398,8 @@ class BlockStore:
                 for x in later:
                     self._close_fd(x)
                     os.unlink(self._path(x))
+                if later and self._fsync:
+                    fsync_dir(self._dir)
                 break
         self._locs = locs
 
@@ -353,25 +465,68 @@ class BlockStore:
                     f"block {number}: previous_hash {block.header.previous_hash.hex()[:16]} "
                     f"!= hash of block {number - 1} {self._last_hash.hex()[:16]}",
                 )
+            if self._failed is not None:
+                raise LedgerError(
+                    "IO_ERROR",
+                    f"block store {self._dir}: an earlier append failed and could not be rolled "
+                    f"back ({self._failed}); reopen the store",
+                    block=number,
+                )
             record = encode_record(number, payload)
-            if self._write_pos > 0 and self._write_pos + len(record) > self._segment_max:
-                self._roll_segment()
+            try:
+                if self._write_pos > 0 and self._write_pos + len(record) > self._segment_max:
+                    self._roll_segment()
+            except OSError as exc:
+                self._failed = f"segment roll: {exc}"
+                raise _io_error(f"block {number}: cannot start a new segment", exc, number) from exc
             offset = self._write_pos
-            written = os.write(self._write_fd, record)
-            if written != len(record):
-                # Leave a torn tail; it is truncated on the next open.
-                raise LedgerError("IO_ERROR", f"short write of block {number}")
-            if self._fsync:
-                os.fsync(self._write_fd)
+            try:
+                self._write_all(record)
+                if self._fsync:
+                    os.fsync(self._write_fd)
+            except OSError as exc:
+                self._roll_back(offset, exc)
+                raise _io_error(
+                    f"block {number}: cannot store it in {_seg_name(self._write_seg)}", exc, number
+                ) from exc
             self._write_pos += len(record)
             loc = Location(self._write_seg, offset)
-            os.pwrite(self._idx_fd, _IDX.pack(loc.segment, loc.offset), number * IDX_SIZE)
+            if self._index_ok:
+                try:
+                    os.pwrite(self._idx_fd, _IDX.pack(loc.segment, loc.offset), number * IDX_SIZE)
+                except OSError as exc:  # the record is stored: the next open completes the index
+                    self._index_ok = False
+                    _log.warning(
+                        "block store %s: index write failed at block %d (%s); it is completed "
+                        "from the segments on the next open", self._dir, number, exc,
+                    )
             self._locs.append(loc)
             self._last_hash = block_header_hash(block.header)
             self._grown.notify_all()
 
+    def _write_all(self, record: bytes) -> None:
+        """Write ``record`` at the end of the segment (a short write is retried; the call that
+        can write nothing more raises, e.g. ENOSPC)."""
+        done = os.write(self._write_fd, record)
+        while done < len(record):
+            n = os.write(self._write_fd, memoryview(record)[done:])
+            if n <= 0:
+                raise OSError(errno.EIO, f"write returned {n}")
+            done += n
+
+    def _roll_back(self, offset: int, cause: OSError) -> None:
+        """Cut a failed append off the segment, so the store is as before (else: fail closed)."""
+        try:
+            os.ftruncate(self._write_fd, offset)
+            if self._fsync:
+                os.fsync(self._write_fd)
+        except OSError as exc:
+            self._failed = f"{cause}; rollback: {exc}"
+            _log.error("block store %s: rollback of a failed append failed: %s", self._dir, exc)
+
     def _roll_segment(self) -> None:
         os.close(self._write_fd)
+        self._write_fd = -1
         self._write_seg += 1
         self._write_fd = os.open(
             self._path(self._write_seg), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644
@@ -387,16 +542,17 @@ class BlockStore:
                 "BLOCK_NOT_FOUND", f"block {number} not in store (height {len(self._locs)})"
             )
         loc = self._locs[number]
-        with self._lock:
+        with self._lock:  # the writer holds it: the room is computed from a consistent view
             self._check_open()
             fd = self._fd(loc.segment)
+            room = self._room(number, loc, fd)
         head = os.pread(fd, REC_HEAD_SIZE, loc.offset)
         if len(head) != REC_HEAD_SIZE:
             raise LedgerError(
                 "LEDGER_CORRUPT", f"block {number}: record header missing", block=number
             )
         magic, rec_number, length, crc = _REC_HEAD.unpack(head)
-        if magic != MAGIC or rec_number != number or length > MAX_RECORD_BYTES:
+        if magic != MAGIC or rec_number != number or length > room:
             raise LedgerError(
                 "LEDGER_CORRUPT",
                 f"block {number}: bad record header in {_seg_name(loc.segment)}",
@@ -411,6 +567,18 @@ class BlockStore:
                 block=number,
             )
         return payload
+
+    def _room(self, number: int, loc: Location, fd: int) -> int:
+        """The most payload bytes record ``number`` can hold where it lies (the next record
+        or the end of the data written starts after it), so a damaged length field never
+        makes a read allocate more than that."""
+        locs = self._locs
+        if number + 1 < len(locs) and locs[number + 1].segment == loc.segment:
+            return locs[number + 1].offset - loc.offset - REC_HEAD_SIZE
+        if self._write_fd >= 0 and loc.segment == self._write_seg:
+            return self._write_pos - loc.offset - REC_HEAD_SIZE
+        # the last record of a closed segment (or a read-only store): the file ends it
+        return os.fstat(fd).st_size - loc.offset - REC_HEAD_SIZE
 
     def get(self, number: int) -> block_pb2.Block:
         """Block ``number`` (raises LedgerError BLOCK_NOT_FOUND / LEDGER_CORRUPT)."""

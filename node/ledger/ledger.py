@@ -20,7 +20,13 @@ must equal the stored ``metadata.state_hash`` (else the start is refused as
 LEDGER_CORRUPT). A block is never applied twice because StateDB refuses any block but
 ``savepoint + 1`` and the savepoint moves in the same batch as the writes. If the state is
 AHEAD of the block store (the block store lost fsynced data), the start is refused
-(STATE_MISMATCH): the operator must restore or re-sync.
+(STATE_MISMATCH): the operator must restore or re-sync. The block store is opened with
+``keep_height = savepoint + 1``, so damage inside an applied block is never truncated away
+as a torn tail (STATE_MISMATCH, nothing touched). The savepoint's state hash must equal the
+``metadata.state_hash`` stored with that block (one block read), so a state database of
+another network or peer, or a stale copy, is refused (STATE_MISMATCH) even when it is at
+the block store's height and nothing would be replayed. A missing state database is rebuilt
+by replaying the whole block store.
 
 Start-up check (``verify_on_open``, default on): every record's checksum, the data hashes
 and the header hash chain are checked before anything else, so tampered block files are
@@ -106,11 +112,17 @@ class Ledger:
         self._broken: str | None = None
         self._lock = threading.Lock()
         self._committed = threading.Condition(self._lock)
-        self.blocks = BlockStore(os.path.join(self._dir, "blocks"), fsync=fsync)
+        # The state first: its savepoint tells the block store which blocks it may never
+        # cut off as a torn tail (they are applied already).
+        self.state = StateDB(os.path.join(self._dir, "state"), sync=fsync)
         try:
-            self.state = StateDB(os.path.join(self._dir, "state"), sync=fsync)
+            sp = self.state.savepoint()
+            self.blocks = BlockStore(
+                os.path.join(self._dir, "blocks"), fsync=fsync,
+                keep_height=0 if sp is None else sp.block + 1,
+            )
         except BaseException:
-            self.blocks.close()
+            self.state.close()
             raise
         try:
             if verify_on_open:
@@ -140,6 +152,20 @@ class Ledger:
                 f"{self._dir}: state is at block {applied} but the block store holds only "
                 f"{height} blocks; restore the block store or delete the state to rebuild it",
             )
+        if sp is not None:
+            # The state must be the one this block store produced: a state database of another
+            # network or peer, or a stale copy, would otherwise be used as is when it happens
+            # to be at the block store's height (nothing to replay, nothing compared).
+            stored = self.blocks.get(sp.block).metadata.state_hash
+            if stored and stored != sp.state_hash:
+                raise LedgerError(
+                    "STATE_MISMATCH",
+                    f"{self._dir}: the state's savepoint hash after block {sp.block} "
+                    f"({sp.state_hash.hex()[:16]}) is not the one stored with that block "
+                    f"({stored.hex()[:16]}): the state database does not belong to this block "
+                    "store; delete it to rebuild it by replay",
+                    block=sp.block,
+                )
         prev_hash = ZERO_HASH if sp is None else sp.state_hash
         for n in range(applied + 1, height):
             block = self.blocks.get(n)

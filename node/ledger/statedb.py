@@ -28,6 +28,13 @@ State hash (lets peers compare themselves after every block)::
 (``lp`` is the u32-length-prefixed encoding of ``node.crypto.canonical``.) Only valid
 transactions contribute, so two peers that agree on the validation codes and writes agree
 on the hash.
+
+Damage: every read asks LevelDB to verify the checksum of each block it loads from disk
+(``verify_checksums``; blocks already in LevelDB's cache were checked when loaded), and a
+mismatch is LedgerError LEDGER_CORRUPT. Without it a flipped bit in an SSTable is returned
+as a silently different value or version, and the peer would validate and endorse against
+it (the state hash covers the writes applied, not what is read back). Cost: a CRC32C per
+4 KiB block read from the file, none on cache hits.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Any, Protocol
 import plyvel
 
 from node.crypto.canonical import lp
+from node.ledger.blockstore import make_dirs_durable
 from node.ledger.errors import LedgerError
 
 _U32 = struct.Struct(">I")
@@ -194,12 +202,24 @@ def _range(
     hi = prefix + end.encode("utf-8") if end else prefix[:-1] + b"\x01"
     out: list[tuple[str, VersionedValue]] = []
     plen = len(prefix)
-    with reader.iterator(start=lo, stop=hi) as it:
-        for k, v in it:
-            out.append((k[plen:].decode("utf-8"), decode_versioned(v)))
-            if limit and len(out) >= limit:
-                break
+    try:
+        with reader.iterator(start=lo, stop=hi, verify_checksums=True) as it:
+            for k, v in it:
+                out.append((k[plen:].decode("utf-8"), decode_versioned(v)))
+                if limit and len(out) >= limit:
+                    break
+    except plyvel.CorruptionError as exc:
+        raise corrupt_state(exc) from exc
     return out
+
+
+def corrupt_state(exc: Exception) -> LedgerError:
+    """The error for a LevelDB block whose checksum fails: never a silently wrong value."""
+    return LedgerError(
+        "LEDGER_CORRUPT",
+        f"state database damaged ({exc}); stop the node and delete its ledger/state "
+        "directory: it is rebuilt from the block store by replay",
+    )
 
 
 class StateSnapshot:
@@ -211,7 +231,10 @@ class StateSnapshot:
 
     def get(self, ns: str, key: str) -> VersionedValue | None:
         """The value and version of ``key`` as of the snapshot."""
-        raw = self._snap.get(state_key(ns, key))
+        try:
+            raw = self._snap.get(state_key(ns, key), verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         return None if raw is None else decode_versioned(raw)
 
     def range(
@@ -247,7 +270,12 @@ class StateDB:
 
     def __init__(self, directory: str | os.PathLike[str], *, sync: bool = True) -> None:
         self._dir = os.fspath(directory)
-        os.makedirs(self._dir, exist_ok=True)
+        try:
+            make_dirs_durable(self._dir, sync=sync)
+        except OSError as exc:
+            raise LedgerError(
+                "IO_ERROR", f"cannot create state db directory {self._dir}: {exc}"
+            ) from exc
         self._sync = sync
         self._ns_prefix: dict[str, bytes] = {}
         try:
@@ -256,7 +284,11 @@ class StateDB:
             raise LedgerError("IO_ERROR", f"cannot open state db {self._dir}: {exc}") from exc
         # The savepoint's block number, kept in memory for apply_block's order check (this
         # object is the database's only writer); moved only after a batch is written.
-        sp = self.savepoint()
+        try:
+            sp = self.savepoint()
+        except BaseException:
+            self._db.close()
+            raise
         self._applied_block = -1 if sp is None else sp.block
 
     # ------------------------------------------------------------------ reads
@@ -272,12 +304,18 @@ class StateDB:
 
     def get(self, ns: str, key: str) -> VersionedValue | None:
         """The committed value and version of ``key`` or None."""
-        raw = self._db.get(self._skey(ns, key))
+        try:
+            raw = self._db.get(self._skey(ns, key), verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         return None if raw is None else decode_versioned(raw)
 
     def get_version(self, ns: str, key: str) -> Version | None:
         """Only the version of ``key`` (the validator's MVCC check)."""
-        raw = self._db.get(self._skey(ns, key))
+        try:
+            raw = self._db.get(self._skey(ns, key), verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         if raw is None:
             return None
         block, tx = _VER.unpack_from(raw)
@@ -292,7 +330,11 @@ class StateDB:
     def snapshot(self) -> StateSnapshot:
         """A consistent snapshot (state and savepoint from the same instant)."""
         snap = self._db.snapshot()
-        raw = snap.get(_SAVEPOINT_KEY)
+        try:
+            raw = snap.get(_SAVEPOINT_KEY, verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            snap.close()
+            raise corrupt_state(exc) from exc
         return StateSnapshot(snap, None if raw is None else _decode_savepoint(raw))
 
     def history(self, ns: str, key: str, limit: int = 0) -> list[HistoryEntry]:
@@ -300,29 +342,43 @@ class StateDB:
         prefix = _history_prefix(ns, key)
         plen = len(prefix)
         out: list[HistoryEntry] = []
-        with self._db.iterator(prefix=prefix) as it:
-            for k, v in it:
-                block, tx = _VER.unpack_from(k, plen)
-                is_delete, ts = _HIST.unpack_from(v)
-                out.append(HistoryEntry(block, tx, v[_HIST.size :].decode(), ts, bool(is_delete)))
-                if limit and len(out) >= limit:
-                    break
+        try:
+            with self._db.iterator(prefix=prefix, verify_checksums=True) as it:
+                for k, v in it:
+                    block, tx = _VER.unpack_from(k, plen)
+                    is_delete, ts = _HIST.unpack_from(v)
+                    out.append(
+                        HistoryEntry(block, tx, v[_HIST.size :].decode(), ts, bool(is_delete))
+                    )
+                    if limit and len(out) >= limit:
+                        break
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         return out
 
     def tx_location(self, tx_id: str) -> TxLocation | None:
         """Where ``tx_id`` was committed (any validation code), or None."""
-        raw = self._db.get(b"t" + tx_id.encode("utf-8"))
+        try:
+            raw = self._db.get(b"t" + tx_id.encode("utf-8"), verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         if raw is None:
             return None
         return TxLocation(*_TXIDX.unpack(raw))
 
     def has_tx(self, tx_id: str) -> bool:
         """True if ``tx_id`` is on the ledger (valid or not)."""
-        return self._db.get(b"t" + tx_id.encode("utf-8")) is not None
+        try:
+            return self._db.get(b"t" + tx_id.encode("utf-8"), verify_checksums=True) is not None
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
 
     def savepoint(self) -> Savepoint | None:
         """The last applied block and state hash, or None before genesis."""
-        raw = self._db.get(_SAVEPOINT_KEY)
+        try:
+            raw = self._db.get(_SAVEPOINT_KEY, verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise corrupt_state(exc) from exc
         return None if raw is None else _decode_savepoint(raw)
 
     # ------------------------------------------------------------------ writes
@@ -371,7 +427,12 @@ class StateDB:
         put(_SAVEPOINT_KEY, _U64.pack(block) + state_hash)
         if before_write is not None:
             before_write()
-        wb.write()
+        try:
+            wb.write()
+        except plyvel.Error as exc:  # e.g. ENOSPC: nothing of the batch is applied
+            raise LedgerError(
+                "IO_ERROR", f"state db {self._dir}: block {block} not written: {exc}", block=block
+            ) from exc
         self._applied_block = block
 
     def close(self) -> None:

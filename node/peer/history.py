@@ -3,6 +3,13 @@
 The history index records which (block, tx) wrote a key; the value is read back from that
 block's read/write set. Entries newer than the simulation snapshot are left out, so two
 peers at the same height answer identically.
+
+Bounds: at most ``MAX_HISTORY`` entries, and at most ``MAX_HISTORY_BYTES`` of values in one
+answer -- a key rewritten many times with large values would otherwise make one call build
+(and ship to the sandbox worker) up to MAX_HISTORY x 1 MiB. Going past the byte bound fails
+the call with SIZE_LIMIT (deterministic: it depends only on the committed ledger up to the
+snapshot), and the contract can ask for fewer entries. Consecutive entries of one block
+read that block once.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ from typing import Protocol
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, transaction_pb2
 
+from node.errors import RxError
 from node.ledger.statedb import HistoryEntry as LedgerHistoryEntry
-from node.sandbox.types import HistoryEntry
+from node.sandbox.types import SIZE_LIMIT, HistoryEntry
 
 MAX_HISTORY = 1000
+MAX_HISTORY_BYTES = 16 * 1024 * 1024
 
 
 class HistoryLedger(Protocol):
@@ -61,12 +70,23 @@ class LedgerHistory:
         out: list[HistoryEntry] = []
         # Oldest first: the first ``limit`` index entries are all this answer can use, so the
         # ledger is asked for no more (a hot key may have a very long history).
+        total = 0
+        block_no, block = -1, None
         for e in self._ledger.history(namespace, key, limit):
             if e.block > self._max_block:
                 break
-            value = None if e.is_delete else _written_value(
-                self._ledger.block(e.block), e.tx, namespace, key
-            )
+            value = None
+            if not e.is_delete:
+                if block is None or e.block != block_no:
+                    block_no, block = e.block, self._ledger.block(e.block)
+                value = _written_value(block, e.tx, namespace, key)
+                total += len(value or b"")
+                if total > MAX_HISTORY_BYTES:
+                    raise RxError(
+                        SIZE_LIMIT,
+                        f"history of {key!r}: the values of its first {len(out) + 1} entries "
+                        f"exceed {MAX_HISTORY_BYTES} bytes; ask for fewer entries",
+                    )
             out.append(HistoryEntry(e.tx_id, e.block, e.timestamp_ms, e.is_delete, value))
             if len(out) >= limit:
                 break
