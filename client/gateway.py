@@ -28,6 +28,10 @@ from node.errors import reason_from_rpc_error
 T = TypeVar("T")
 
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+# Submit failures after which the envelope may still have been ordered: the gateway could not
+# reach the ordering service in time, or the call itself broke after the envelope was sent.
+OUTCOME_UNKNOWN_REASONS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT", "RPC_FAILED", "INTERNAL",
+                                     "COMMIT_UNKNOWN"})
 
 
 @dataclass(frozen=True)
@@ -230,16 +234,32 @@ class Gateway:
         return resp
 
     def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope) -> SubmitResult:
-        """Submit a signed envelope and wait for its commit status."""
+        """Submit a signed envelope and wait for its commit status.
+
+        Raises CommitError when it committed invalid, CommitUnknown when it may have been
+        ordered but no answer says how it ended (the gateway, the ordering service or the
+        wait for its commit failed after the envelope left this client: ask CommitStatus
+        for ``tx_id``, or submit the same envelope again -- its tx id makes a second copy
+        a DUPLICATE_TXID -- but never propose the call again as a new transaction), and
+        RxClientError when it was refused before ordering (a definite no)."""
         sreq = services_pb2.SubmitRequest(envelope=envelope)
         try:
             self._call(lambda: self._stub.Submit(sreq, timeout=30))
         except RxClientError as exc:
             # Already on the ledger (e.g. a retried Submit whose first attempt got through):
             # the commit status below reports the original outcome.
+            if exc.reason in OUTCOME_UNKNOWN_REASONS:
+                raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: submit "
+                                    f"failed with {exc.reason}: {exc.message}") from exc
             if exc.reason != "DUPLICATE_TXID":
                 raise
-        status = self._commit_status(tx_id)
+        try:
+            status = self._commit_status(tx_id)
+        except CommitUnknown:
+            raise
+        except RxClientError as exc:
+            raise CommitUnknown(tx_id, f"transaction {tx_id} was submitted; its commit status "
+                                f"is unknown ({exc.reason}: {exc.message})") from exc
         name = transaction_pb2.TxValidationCode.Name(status.code)
         self.note_commit(int(status.block_number))
         if status.code != transaction_pb2.VALID:

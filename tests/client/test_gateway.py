@@ -24,6 +24,8 @@ class Script:
     code: transaction_pb2.TxValidationCode.ValueType = transaction_pb2.VALID
     block: int = 7
     busy: int = 0                 # refuse this many CommitStatus calls with TOO_MANY_STREAMS
+    submit_reason: str = ""       # abort Submit with this reason
+    status_reason: str = ""       # abort CommitStatus with this reason
     calls: list[str] = field(default_factory=list)
 
 
@@ -62,6 +64,8 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def Submit(self, request, context):
         self._flaky("Submit", context)
+        if self.s.submit_reason:
+            abort_with(context, RxError(self.s.submit_reason, "as scripted"))
         tx = transaction_pb2.Transaction.FromString(request.envelope.payload)
         return services_pb2.SubmitResponse(tx_id=transaction_pb2.TxHeader.FromString(tx.header).tx_id)
 
@@ -97,6 +101,8 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def CommitStatus(self, request, context):
         self.s.calls.append("CommitStatus")
+        if self.s.status_reason:
+            abort_with(context, RxError(self.s.status_reason, "as scripted"))
         if self.s.busy > 0:
             self.s.busy -= 1
             abort_with(context, RxError("TOO_MANY_STREAMS", "this client already holds 16 long-lived calls"))
@@ -150,6 +156,40 @@ def test_a_commit_status_refused_to_the_end_is_commit_unknown(fake):
     assert e.value.reason == "COMMIT_UNKNOWN" and len(e.value.tx_id) == 64
     assert script.calls.count("Endorse") == 1 and script.calls.count("Submit") == 1
     assert len(sleeps) == 3
+
+
+@pytest.mark.parametrize(("submit_reason", "status_reason", "unavailable"), [
+    ("SERVICE_UNAVAILABLE", "", 0),  # the gateway could not get the orderer's answer
+    ("TIMEOUT", "", 0),
+    ("", "TIMEOUT", 0),  # submitted, then not committed within the wait
+    ("", "SERVICE_UNAVAILABLE", 0),  # submitted, then the peer cannot answer
+    ("", "", 4),  # every Submit attempt broke in transport (UNAVAILABLE, retried, given up)
+])
+def test_a_submitted_tx_without_an_answer_is_commit_unknown_never_a_plain_failure(
+        fake, submit_reason: str, status_reason: str, unavailable: int):
+    """The caller must learn that the tx may still commit (it must not propose it again as a
+    new prescription): COMMIT_UNKNOWN with its tx id."""
+    from client.errors import CommitUnknown
+
+    script, gw, _ = fake
+    built = gw.propose("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    endorsed = gw.endorse(built)
+    envelope = gw.builder.envelope(built, endorsed.prepared_transaction)
+    script.submit_reason, script.status_reason = submit_reason, status_reason
+    script.unavailable = unavailable
+    with pytest.raises(CommitUnknown) as e:
+        gw.submit_envelope(built.tx_id, envelope)
+    assert e.value.reason == "COMMIT_UNKNOWN" and e.value.tx_id == built.tx_id
+
+
+@pytest.mark.parametrize("reason", ["BAD_SIGNATURE", "CLOCK_SKEW", "TOO_LARGE", "BAD_TXID"])
+def test_a_refusal_before_ordering_is_a_definite_failure(fake, reason: str):
+    script, gw, _ = fake
+    script.submit_reason = reason
+    with pytest.raises(RxClientError) as e:
+        gw.submit("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    assert e.value.reason == reason
+    assert "CommitStatus" not in script.calls
 
 
 def test_unavailable_is_retried_with_exponential_backoff(fake):
