@@ -76,12 +76,20 @@ class MemoryState:
         v = self.values.get((ns, key))
         return None if v is None else VersionedValue(v.value, Version(v.block, v.tx))
 
-    def range(self, ns: str, start: str, end: str, limit: int = 0) -> list[tuple[str, Any]]:
+    def range(self, ns: str, start: str, end: str, limit: int = 0,
+              max_bytes: int = 0) -> list[tuple[str, Any]]:
         keys = self.sorted_keys.get(ns, [])
         i = bisect.bisect_left(keys, start)
         out: list[tuple[str, Any]] = []
+        total = 0
         while i < len(keys) and (not end or keys[i] < end):
-            out.append((keys[i], self.get(ns, keys[i])))
+            vv = self.get(ns, keys[i])
+            total += len(vv.value) if vv is not None else 0
+            if max_bytes and total > max_bytes:
+                from node.ledger.statedb import RangeTooLarge
+
+                raise RangeTooLarge(f"range of {ns} exceeds {max_bytes} bytes")
+            out.append((keys[i], vv))
             if limit and len(out) >= limit:
                 break
             i += 1

@@ -188,23 +188,38 @@ class StateReader(Protocol):
         ...
 
     def range(
-        self, ns: str, start: str, end: str, limit: int = 0
+        self, ns: str, start: str, end: str, limit: int = 0, max_bytes: int = 0
     ) -> list[tuple[str, VersionedValue]]:
-        """Keys in [start, end) of ``ns`` in key order (``end == ""``: to the end)."""
+        """Keys in [start, end) of ``ns`` in key order (``end == ""``: to the end); over
+        ``max_bytes`` of stored values (0: no bound) RangeTooLarge."""
         ...
 
 
+class RangeTooLarge(LedgerError):
+    """A range read's values exceed the bytes its caller allows (SIZE_LIMIT): deterministic,
+    it depends only on the state read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("SIZE_LIMIT", message)
+
+
 def _range(
-    reader: Any, ns: str, start: str, end: str, limit: int
+    reader: Any, ns: str, start: str, end: str, limit: int, max_bytes: int = 0
 ) -> list[tuple[str, VersionedValue]]:
     prefix = b"s" + _check_name(ns) + b"\0"
     lo = prefix + start.encode("utf-8")
     hi = prefix + end.encode("utf-8") if end else prefix[:-1] + b"\x01"
     out: list[tuple[str, VersionedValue]] = []
     plen = len(prefix)
+    total = 0
     try:
         with reader.iterator(start=lo, stop=hi, verify_checksums=True) as it:
             for k, v in it:
+                total += len(v)
+                if max_bytes and total > max_bytes:
+                    raise RangeTooLarge(
+                        f"range of {ns}: the values of its first {len(out) + 1} keys exceed "
+                        f"{max_bytes} bytes; ask for fewer keys")
                 out.append((k[plen:].decode("utf-8"), decode_versioned(v)))
                 if limit and len(out) >= limit:
                     break
@@ -238,10 +253,10 @@ class StateSnapshot:
         return None if raw is None else decode_versioned(raw)
 
     def range(
-        self, ns: str, start: str, end: str, limit: int = 0
+        self, ns: str, start: str, end: str, limit: int = 0, max_bytes: int = 0
     ) -> list[tuple[str, VersionedValue]]:
-        """Keys in [start, end) as of the snapshot."""
-        return _range(self._snap, ns, start, end, limit)
+        """Keys in [start, end) as of the snapshot (``max_bytes``: see StateReader)."""
+        return _range(self._snap, ns, start, end, limit, max_bytes)
 
     def close(self) -> None:
         """Release the snapshot."""
@@ -322,10 +337,11 @@ class StateDB:
         return Version(block, tx)
 
     def range(
-        self, ns: str, start: str, end: str, limit: int = 0
+        self, ns: str, start: str, end: str, limit: int = 0, max_bytes: int = 0
     ) -> list[tuple[str, VersionedValue]]:
-        """Committed keys in [start, end) of ``ns`` in key order, at most ``limit`` (0: all)."""
-        return _range(self._db, ns, start, end, limit)
+        """Committed keys in [start, end) of ``ns`` in key order, at most ``limit`` (0: all;
+        ``max_bytes``: see StateReader)."""
+        return _range(self._db, ns, start, end, limit, max_bytes)
 
     def snapshot(self) -> StateSnapshot:
         """A consistent snapshot (state and savepoint from the same instant)."""

@@ -11,7 +11,10 @@ byte-identical results.
 Semantics worth knowing: a read of a key this transaction already wrote returns the
 buffered value and records no read (the result does not depend on committed state);
 range reads see committed state only. Writes are allowed only to the invoked contract's
-own namespace; namespaces starting with ``_`` are system namespaces.
+own namespace; namespaces starting with ``_`` are system namespaces. One range read returns
+at most ``MAX_RANGE_BYTES`` of values (beyond: SIZE_LIMIT, the same on every peer at the
+same height; the contract asks for fewer keys), so a contract cannot make the peer hold
+``max_range_items`` x ``max_value_bytes`` (256 MiB on the sample consortium) at once.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from dataclasses import dataclass
 from rxchain.v1 import transaction_pb2
 
 from node.errors import RxError
-from node.ledger.statedb import StateReader, Version, VersionedValue
-from node.sandbox.types import HistoryEntry
+from node.ledger.statedb import RangeTooLarge, StateReader, Version, VersionedValue
+from node.sandbox.types import SIZE_LIMIT, HistoryEntry
+
+MAX_RANGE_BYTES = 16 * 1024 * 1024  # the values one range read may return (see above)
 
 HistorySource = Callable[[str, str, int], list[HistoryEntry]]
 
@@ -119,7 +124,10 @@ class TxSimulator:
         if limit < 0:
             raise RxError("BAD_KEY", "range limit must be >= 0")
         s = self._set(namespace)
-        rows = self._snap.range(namespace, start, end, limit)
+        try:
+            rows = self._snap.range(namespace, start, end, limit, max_bytes=MAX_RANGE_BYTES)
+        except RangeTooLarge as err:
+            raise RxError(SIZE_LIMIT, err.message) from None
         info = transaction_pb2.RangeQueryInfo(
             start_key=start, end_key=end, exhausted=(limit == 0 or len(rows) < limit)
         )

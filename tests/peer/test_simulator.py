@@ -75,6 +75,31 @@ def test_range_with_limit_not_exhausted(db: StateDB) -> None:
     assert not rq.exhausted
 
 
+def test_a_range_read_is_bounded_in_bytes_not_only_in_keys(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A contract asking for many large values gets SIZE_LIMIT (deterministic: it depends on
+    the state only) instead of the peer holding them all; fewer keys are answered."""
+    import node.peer.simulator as simulator
+
+    monkeypatch.setattr(simulator, "MAX_RANGE_BYTES", 10_000)
+    d = StateDB(tmp_path / "big", sync=False)
+    try:
+        writes = [KeyWrite("c", f"k{i:02d}", bytes([i]) * 3000, False) for i in range(8)]
+        outcomes = [TxOutcome(0, "t0", 1, 1, writes)]
+        d.apply_block(0, outcomes, next_state_hash(b"\0" * 32, 0, outcomes))
+        with d.snapshot() as snap:
+            sim = TxSimulator(snap, "c")
+            assert [k for k, _ in sim.range("c", "", "", 3)] == ["k00", "k01", "k02"]
+            with pytest.raises(RxError) as err:
+                sim.range("c", "", "", 0)
+            assert err.value.reason == "SIZE_LIMIT" and "fewer keys" in err.value.message
+            with pytest.raises(RxError):
+                sim.range("c", "", "", 4)  # 12,000 bytes of values
+            assert len(sim.rwset().ns_rwsets[0].range_queries) == 1  # only the answered one
+    finally:
+        d.close()
+
+
 def test_writes_only_own_namespace_and_limits(db: StateDB) -> None:
     with db.snapshot() as snap:
         sim = TxSimulator(snap, "c", SimulationLimits(max_write_set_keys=2, max_value_bytes=4))

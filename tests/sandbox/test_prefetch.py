@@ -186,7 +186,8 @@ class _Reader:
         v = self.data.get((ns, key))
         return None if v is None else VersionedValue(v, Version(3, len(key)))
 
-    def range(self, ns: str, start: str, end: str, limit: int = 0) -> list[tuple[str, VersionedValue]]:
+    def range(self, ns: str, start: str, end: str, limit: int = 0,
+              max_bytes: int = 0) -> list[tuple[str, VersionedValue]]:
         return []
 
 

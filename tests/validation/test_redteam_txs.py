@@ -200,9 +200,10 @@ class _RecordingState:
     def has_tx(self, tx_id: str) -> bool:
         return self.db.has_tx(tx_id)
 
-    def range(self, ns: str, start: str, end: str, limit: int = 0) -> list[tuple[str, VersionedValue]]:
+    def range(self, ns: str, start: str, end: str, limit: int = 0,
+              max_bytes: int = 0) -> list[tuple[str, VersionedValue]]:
         self.limits.append(limit)
-        return self.db.range(ns, start, end, limit)
+        return self.db.range(ns, start, end, limit, max_bytes)
 
 
 def test_exhausted_range_check_reads_at_most_one_key_more_than_the_tx_saw(peer: Peer, net: Net) -> None:
