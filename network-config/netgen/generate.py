@@ -248,7 +248,8 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         node_certs[n.name] = rx509.cert_to_der(cert)
         _write_if_changed(ndir / "ca-bundle.pem", bundle)
 
-    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id, sequence=0)
+    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id, sequence=0,
+                                         protocol_version=spec.protocol_version)
     for org in spec.orgs:
         config.organizations.add(
             id=org.id, name=org.name, kind=KINDS[org.kind],

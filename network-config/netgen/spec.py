@@ -57,6 +57,7 @@ class ConsortiumSpec:
     policies: Mapping[str, str]
     orgs: tuple[OrgSpec, ...]
     host: str = "127.0.0.1"
+    protocol_version: int = 0  # 0: the genesis leaves it unset (version 1, node.protocol)
 
 
 def _bad(msg: str) -> RxError:
@@ -157,9 +158,12 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
             parse_policy(str(text), org_ids)
         except RxError as exc:
             raise _bad(f"policy {name}: {exc.message}") from exc
+    protocol = raw.get("protocol_version", 0)
+    if not isinstance(protocol, int) or isinstance(protocol, bool) or not 0 <= protocol < 1 << 32:
+        raise _bad(f"protocol_version {protocol!r} must be a positive integer")
     return ConsortiumSpec(cid, base_port, batch, limits,
                           {str(k): str(v) for k, v in policies.items()}, tuple(orgs),
-                          str(raw.get("host", "127.0.0.1")))
+                          str(raw.get("host", "127.0.0.1")), protocol)
 
 
 def load_spec(path: str | Path) -> ConsortiumSpec:

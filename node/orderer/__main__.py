@@ -1,7 +1,9 @@
 """``python -m node.orderer --config PATH``: run one orderer until SIGTERM/SIGINT.
 
 Exit codes: 0 after a graceful stop, 2 for a bad configuration (the reason is printed in
-one line), 1 for another start-up failure.
+one line) or a consortium protocol version this release does not implement
+(PROTOCOL_UNSUPPORTED, at start-up or once a config block raised it), 1 for another start-up
+failure, 70 when the ordering chain failed while running (a supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Protocol
 
 from node.config import load_node_config
 from node.errors import RxError
 from node.logs import configure_json_logging
+from node.protocol import PROTOCOL_UNSUPPORTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,11 +57,32 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not done.wait(1.0):
-        pass
-    server.stop()
+    code = run_until_stopped(server, done)
     logging.getLogger(__name__).info("orderer %s stopped", config.name)
-    return 0
+    return code
+
+
+class Running(Protocol):
+    """What the wait loop needs of a running orderer (node.orderer.server.OrdererServer)."""
+
+    def failure(self) -> BaseException | None: ...
+
+    def stop(self, grace_s: float = 2.0) -> None: ...
+
+
+def run_until_stopped(server: Running, done: threading.Event, poll_s: float = 1.0) -> int:
+    """Serve until ``done`` (a signal: exit code 0) or until the ordering chain stops on its
+    own (the reason printed; 2 for PROTOCOL_UNSUPPORTED, else 70), then stop the server."""
+    failure: BaseException | None = None
+    while not done.wait(poll_s):
+        failure = server.failure()
+        if failure is not None:
+            break
+    server.stop()
+    if failure is None:
+        return 0
+    print(f"rxchain orderer: {failure}", file=sys.stderr)
+    return 2 if isinstance(failure, RxError) and failure.reason == PROTOCOL_UNSUPPORTED else 70
 
 
 if __name__ == "__main__":

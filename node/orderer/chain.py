@@ -58,6 +58,7 @@ from node.orderer.clockwatch import ClockWatch, odd_clock_out
 from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_timestamp_ms, tx_type
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.protocol import PROTOCOL_UNSUPPORTED, require_supported
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
 from node.raft.errors import ProposalDropped, RaftError
@@ -213,6 +214,9 @@ class Chain:
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # set when the driver stops on its own (the process should exit: see __main__)
+        self.failed = threading.Event()
+        self.failure: BaseException | None = None
         self._applied = snap.meta.index
         self._conf_state = storage.initial_state()[1]
         self._last_snap_block = 0
@@ -345,13 +349,24 @@ class Chain:
                 self._catch_up_to_snapshot(self._pending_snapshot_catch_up)
                 self._pending_snapshot_catch_up = None
             self._loop()
-        except Exception:
+        except RxError as err:
+            self.failure = err
+            if err.reason != PROTOCOL_UNSUPPORTED:
+                _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
+                raise
+            # a config block raised the protocol version beyond this release: a refusal
+            _log.critical("event=chain_stopped orderer=%d reason=%s detail=%r", self._id,
+                          err.reason, err.message)
+        except Exception as exc:
             _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
+            self.failure = exc
             raise
         finally:
             self._fail_all("ordering service stopping")
             self._status = self._make_status()
             sync_block_files(self._blocks.directory)
+            if self.failure is not None:
+                self.failed.set()
 
     def _loop(self) -> None:
         tick_s = self._opt.tick_s
@@ -914,6 +929,8 @@ class Chain:
             "orderer %d adopted config sequence %d from block %d (orderers %s)",
             self._id, cfg.config.sequence, cfg.block_number, cfg.orderer_ids(),
         )
+        # the block is stored; what follows it is judged by rules this release may lack
+        require_supported(cfg.config, f"orderer {self._id}")
 
     def _maybe_reconfigure(self, now: float) -> None:
         """Leader: propose the ConfChange that makes Raft's voters match the orderer set of

@@ -40,6 +40,7 @@ from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import parse_policy
+from node.protocol import protocol_version, unsupported
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
 CONFIG_UPDATE_POLICY = "config_update"
@@ -105,6 +106,9 @@ def validate_update(
         raise RxError(
             BAD_CONFIG_UPDATE, f"sequence {new.sequence}, expected {old.sequence + 1}"
         )
+    if protocol_version(new) < protocol_version(old):
+        raise RxError(BAD_CONFIG_UPDATE, f"protocol version {protocol_version(new)} is below "
+                                         f"{protocol_version(old)} (it is never lowered)")
     rules = {p.name: p.rule for p in old.policies}
     if CONFIG_UPDATE_POLICY not in rules:
         raise RxError(BAD_CONFIG_UPDATE, "current config has no config_update policy")
@@ -172,6 +176,16 @@ def _check_rotated_cert(msp: MSP, node: config_pb2.OrdererNode, at_ms: int) -> N
         )
 
 
+def _admissible(new: config_pb2.ConsortiumConfig) -> config_pb2.ConsortiumConfig:
+    """``new``, unless it puts in force a protocol version this orderer does not implement
+    (BAD_CONFIG_UPDATE at admission only: on the apply path every release must agree, so
+    there a node that cannot run the version stops instead; see node.protocol)."""
+    why = unsupported(new)
+    if why is not None:
+        raise RxError(BAD_CONFIG_UPDATE, why)
+    return new
+
+
 def config_of_block(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
     """The config carried by a block's single CONFIG envelope (genesis or update)."""
     if len(block.data.envelopes) != 1:
@@ -210,13 +224,13 @@ class ConfigTracker:
     def check_broadcast(self, raw: bytes, at_ms: int) -> None:
         """Broadcast-time check of a CONFIG envelope (raises RxError)."""
         with self._lock:
-            validate_update(self._current, raw, self._verifier, at_ms)
+            _admissible(validate_update(self._current, raw, self._verifier, at_ms))
 
     def validate_now(self, raw: bytes) -> config_pb2.ConsortiumConfig:
         """Check a CONFIG envelope against the config in force, at its own timestamp
         (the leader's check before cutting; raises RxError)."""
         with self._lock:
-            return validate_update(self._current, raw, self._verifier)
+            return _admissible(validate_update(self._current, raw, self._verifier))
 
     def block_config(self, block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
         """The valid new config a block carries (apply path, deterministic), else None.

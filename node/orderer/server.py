@@ -50,6 +50,7 @@ from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
+from node.protocol import require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
 from node.raft.types import StateRole
@@ -92,6 +93,11 @@ class OrdererServer:
     def wait(self) -> None:
         """Block until the gRPC server terminates."""
         self.grpc_server.wait_for_termination()
+
+    def failure(self) -> BaseException | None:
+        """Why the ordering chain stopped on its own (None while it runs): the process
+        must then exit, or it would keep answering while ordering nothing."""
+        return self.chain.failure if self.chain.failed.is_set() else None
 
 
 def _admin_handler(
@@ -244,6 +250,11 @@ def serve(config: NodeConfig) -> OrdererServer:
     if blocks.height() == 0:
         blocks.append(genesis)
     tracker = ConfigTracker(_config_in_force(blocks, consortium, verifier), verifier)
+    try:
+        require_supported(tracker.current.config, config.name)
+    except RxError:
+        blocks.close()
+        raise
     # Genesis voters for everyone: a later-added orderer replays the same log (or gets a
     # snapshot carrying the membership), so it reaches the same ConfState.
     raft_ids = [o.raft_id for o in consortium.orderers]

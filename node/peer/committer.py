@@ -19,6 +19,7 @@ from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.ledger.ledger import CommitResult, Ledger
 from node.peer.validator import PolicyProvider, ValidatedBlock, Validator
+from node.protocol import require_supported
 
 _log = logging.getLogger(__name__)
 
@@ -74,4 +75,8 @@ class Committer:
                 listener(committed)
             except Exception:  # noqa: BLE001 - a listener must never undo a commit
                 _log.exception("commit listener failed for block %d", result.number)
+        if validated.new_config is not None:
+            # committed; the blocks after it are judged by rules this release may lack: the
+            # peer stops (PROTOCOL_UNSUPPORTED, fatal to the commit loop) rather than guess
+            require_supported(validated.new_config.config, f"block {result.number}")
         return committed

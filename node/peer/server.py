@@ -44,6 +44,7 @@ from node.peer.metrics import PeerMetrics
 from node.peer.notifier import CommitNotifier
 from node.peer.peer_clients import RemoteEndorsers
 from node.peer.policy_provider import LifecyclePolicies
+from node.protocol import require_supported
 from node.sandbox.runtime import Sandbox
 from node.sandbox.types import SandboxLimits
 
@@ -148,6 +149,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                           orderer_quorum=int(extra.get("orderer_quorum", 1)))
     configs = ConfigView(ledger.state, verifier)
     consortium = configs.current().config
+    require_supported(consortium, config.name)
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
     notifier = CommitNotifier(ledger.height())
     metrics = PeerMetrics(config.name)

@@ -1,0 +1,51 @@
+"""The consortium's protocol version: which validation and wire rules every node applies.
+
+A change to what makes a block or a transaction valid (or how it is signed or hashed) must
+reach every node at once, or nodes would disagree about the ledger. So such rules are tied
+to ``ConsortiumConfig.protocol_version``, and an upgrade goes in two steps: operators
+install, node by node and in any order, a release that implements the new version (and still
+the old one); then the admins raise the version with a config update, and from that block on
+every node applies the new rules together. A node whose release does not implement the
+version in force does not guess: it stops with PROTOCOL_UNSUPPORTED (at start-up, or right
+after committing the config block that raised it) and is upgraded and started again with its
+data directory kept. Orderers refuse, at broadcast, a config update raising the version
+beyond what they implement; no config update may lower it (BAD_CONFIG_UPDATE, on every node).
+
+Version 1 is the protocol of this release: purpose-tagged signatures, the ordering leader's
+clock in the block header hash, TX_TIMESTAMP_SKEW against it.
+"""
+
+from __future__ import annotations
+
+from rxchain.v1 import config_pb2
+
+from node.errors import RxError
+
+PROTOCOL_UNSUPPORTED = "PROTOCOL_UNSUPPORTED"
+SUPPORTED_VERSIONS = frozenset({1})
+
+
+def protocol_version(config: config_pb2.ConsortiumConfig) -> int:
+    """The protocol version a configuration puts in force (unset: 1)."""
+    return config.protocol_version or 1
+
+
+def unsupported(config: config_pb2.ConsortiumConfig) -> str | None:
+    """Why this release cannot run ``config``'s protocol version, or None when it can."""
+    version = protocol_version(config)
+    if version in SUPPORTED_VERSIONS:
+        return None
+    return (f"the consortium runs protocol version {version}; this release implements "
+            f"{sorted(SUPPORTED_VERSIONS)}: install a release implementing it and start the "
+            "node again (keep its data directory)")
+
+
+def require_supported(config: config_pb2.ConsortiumConfig, node: str) -> None:
+    """RxError PROTOCOL_UNSUPPORTED unless this release implements ``config``'s version."""
+    why = unsupported(config)
+    if why is not None:
+        raise RxError(PROTOCOL_UNSUPPORTED, f"{node}: {why}")
+
+
+__all__ = ["PROTOCOL_UNSUPPORTED", "SUPPORTED_VERSIONS", "protocol_version", "require_supported",
+           "unsupported"]
