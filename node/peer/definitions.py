@@ -42,6 +42,21 @@ def check_contract_name(name: Any) -> str:
     return name
 
 
+def check_version(version: Any) -> str:
+    """A contract version as definitions carry it (install refuses any other: such a
+    package could never be approved)."""
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise RxError("BAD_ARGUMENTS", f"version {version!r} must match {_VERSION.pattern}")
+    return version
+
+
+def check_code_hash(code_hash: Any) -> str:
+    """A package's code hash: 64 lower-case hex digits."""
+    if not isinstance(code_hash, str) or not _HASH.match(code_hash):
+        raise RxError("BAD_ARGUMENTS", "code_hash must be 64 lower-case hex digits")
+    return code_hash
+
+
 @dataclass(frozen=True)
 class ContractDefinition:
     """An approved or committed contract definition."""
@@ -70,18 +85,14 @@ class ContractDefinition:
     def from_args(args: Mapping[str, Any]) -> ContractDefinition:
         """Build and check a definition from call arguments (raises BAD_ARGUMENTS)."""
         name = check_contract_name(args.get("name"))
-        version = args.get("version")
-        if not isinstance(version, str) or not _VERSION.match(version):
-            raise RxError("BAD_ARGUMENTS", f"version {version!r} must match {_VERSION.pattern}")
+        version = check_version(args.get("version"))
         seq = args.get("sequence")
         if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
             raise RxError("BAD_ARGUMENTS", f"sequence {seq!r} must be a positive integer")
         policy = args.get("endorsement_policy")
         if not isinstance(policy, str) or not policy.strip() or len(policy) > 4096:
             raise RxError("BAD_ARGUMENTS", "endorsement_policy must be a non-empty policy text")
-        code_hash = args.get("code_hash")
-        if not isinstance(code_hash, str) or not _HASH.match(code_hash):
-            raise RxError("BAD_ARGUMENTS", "code_hash must be 64 lower-case hex digits")
+        code_hash = check_code_hash(args.get("code_hash"))
         raw_access = args.get("access")
         if not isinstance(raw_access, dict) or len(raw_access) > MAX_RULES:
             raise RxError("BAD_ARGUMENTS", "access must be an object {function: [rules]}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from node.sandbox.api import EXPORTS
 from node.sandbox.checker import CheckedContract, FunctionSig, check_source
+from node.sandbox.errors import ContractRejected
 from node.sandbox.meter import BUILTIN_METHODS
 
 # Binary ops whose result is bounded by the operands when one side is a small int literal.
@@ -387,12 +388,24 @@ def instrument(checked: CheckedContract) -> ast.Module:
 
 
 def compile_contract(source: str, code_hash: str = "") -> CompiledContract:
-    """check_source + instrument + compile (raises ContractRejected)."""
+    """check_source + instrument + compile (raises ContractRejected).
+
+    Some errors only the compiler sees (its symbol table and code generator run after the
+    parser the checker uses): ``break`` outside a loop, a duplicate parameter name, a
+    starred assignment target, a repeated keyword argument... They are CONTRACT_REJECTED
+    too, naming the line (an escaping SyntaxError used to kill the worker: WORKER_CRASHED
+    on every call). The outcome is the same on every peer running the same Python.
+    """
     checked = check_source(source)
     tree = instrument(checked)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = compile(tree, f"<contract {code_hash[:16]}>", "exec", dont_inherit=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(tree, f"<contract {code_hash[:16]}>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise ContractRejected(exc.lineno or 0, f"syntax error: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ContractRejected(0, f"uncompilable source: {type(exc).__name__}") from None
     return CompiledContract(code, checked.functions)
 
 
