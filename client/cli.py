@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "peer; an organisation uses its own, e.g. peer.p01)")
     fs.add_argument("--max-per-source", type=_int_in(1, MAX_CONNECTIONS), default=MAX_PER_SOURCE, metavar="N",
                     help=f"connections one source address may hold of the gateway's {MAX_CONNECTIONS} "
-                         f"(default {MAX_PER_SOURCE})")
+                         f"(default {MAX_PER_SOURCE}; all local clients count as one address)")
     return p
 
 

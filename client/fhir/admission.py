@@ -8,13 +8,18 @@ A connection over either bound gets a *refusal* slot if one is free (at most
 TLS handshake and answers ``503`` with ``Retry-After``. With no refusal slot free either, the
 connection is closed at accept without an answer (nothing can be said before a handshake).
 
-Sources are addresses as ``accept()`` reports them (one IPv4 address each; clients behind one
-NAT share a source). Thread-safe; pure bookkeeping, no I/O.
+A *source* is what :func:`source_of` makes of the address ``accept()`` reports: one per IPv4
+address (clients behind one NAT share a source), one for the whole loopback (a local process
+can connect from any of 127.0.0.0/8 -- Linux routes all of it to ``lo`` -- so counting
+127.0.0.2 apart from 127.0.0.1 would let one local process hold every slot), an IPv4-mapped
+IPv6 address as its IPv4 address, and one per /64 for other IPv6 addresses (one host is
+routinely given a whole /64). Thread-safe; pure bookkeeping, no I/O.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import threading
 from dataclasses import dataclass
 
@@ -22,6 +27,24 @@ MAX_CONNECTIONS = 32
 MAX_PER_SOURCE = 8
 MAX_REFUSALS = 8
 MAX_REFUSALS_PER_SOURCE = 2
+LOOPBACK = "loopback"
+IPV6_SOURCE_PREFIX = 64
+
+
+def source_of(address: str) -> str:
+    """The source a connection from ``address`` (as ``accept()`` reports it) counts against
+    (see the module docstring); a string that is no IP address is its own source."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone names no other host
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return LOOPBACK
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, IPV6_SOURCE_PREFIX), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)

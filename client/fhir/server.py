@@ -20,12 +20,13 @@ complete within ``HANDSHAKE_TIMEOUT_S`` (a deadline for the whole handshake, not
 client dripping its ClientHello is cut off too); every read has a timeout, and the whole
 request (line, headers, body) must arrive within ``REQUEST_DEADLINE_S`` (a client that drips
 one byte at a time is cut off). At most ``MAX_CONNECTIONS`` connections are served at once, at
-most ``MAX_PER_SOURCE`` of them from one source address (:mod:`client.fhir.admission`), so
-connections that never finish their handshake cannot lock everybody out. A connection over
-either bound is answered, if a refusal slot is free, with ``503`` + ``Retry-After`` and an
-OperationOutcome ``TOO_MANY_CONNECTIONS`` once its TLS handshake is done (within
-``REFUSAL_DEADLINE_S``); with no refusal slot free, or if its handshake does not complete in
-time, it is closed without an answer: before a TLS handshake no HTTP can be sent.
+most ``MAX_PER_SOURCE`` of them from one source address (all of the loopback counts as one, see
+:mod:`client.fhir.admission`), so connections that never finish their handshake cannot lock
+everybody out. A connection over either bound is answered, if a refusal slot is free, with
+``503`` + ``Retry-After`` and an OperationOutcome ``TOO_MANY_CONNECTIONS`` once its TLS
+handshake is done (within ``REFUSAL_DEADLINE_S``); with no refusal slot free, or if its
+handshake does not complete in time, it is closed without an answer: before a TLS handshake
+no HTTP can be sent.
 
 A POST needs ``Content-Type: application/fhir+json`` (or ``application/json``: a browser's
 cross-site form cannot send it without a CORS preflight) and one ``Content-Length`` of
@@ -53,7 +54,15 @@ from cryptography.hazmat.primitives import serialization
 
 from client.errors import RxClientError
 from client.fhir import mapping
-from client.fhir.admission import MAX_CONNECTIONS, MAX_PER_SOURCE, Admission, AdmissionLimits, Ticket, Verdict
+from client.fhir.admission import (
+    MAX_CONNECTIONS,
+    MAX_PER_SOURCE,
+    Admission,
+    AdmissionLimits,
+    Ticket,
+    Verdict,
+    source_of,
+)
 from client.network import load_network
 from client.rxops import RxOperations
 from client.session import Session
@@ -418,7 +427,10 @@ class _Server(ThreadingHTTPServer):
                  limits: AdmissionLimits | None = None,
                  request_deadline_s: float = REQUEST_DEADLINE_S,
                  refusal_deadline_s: float = REFUSAL_DEADLINE_S,
-                 retry_after_s: int = RETRY_AFTER_S):
+                 retry_after_s: int = RETRY_AFTER_S,
+                 source_key: Callable[[str], str] = source_of):
+        """``source_key``: the source a peer address counts against (default
+        :func:`client.fhir.admission.source_of`: all of the loopback is one source)."""
         super().__init__(addr, _Handler)
         self.app = app
         self.log = log
@@ -427,6 +439,7 @@ class _Server(ThreadingHTTPServer):
         self.refusal_deadline_s = refusal_deadline_s
         self.retry_after_s = retry_after_s
         self.admission = Admission(limits or AdmissionLimits())
+        self.source_key = source_key
         self._tickets_lock = threading.Lock()
         self._tickets: dict[int, Ticket] = {}  # by id(request), while its worker runs
         self._deadlines_lock = threading.Lock()
@@ -436,7 +449,7 @@ class _Server(ThreadingHTTPServer):
         """In the accept loop: a worker thread per admitted connection (:mod:`client.fhir.admission`);
         a connection with neither a slot nor a refusal slot is closed at once (no TLS yet, so
         no HTTP answer is possible)."""
-        ticket = self.admission.admit(str(client_address[0]))
+        ticket = self.admission.admit(self.source_key(str(client_address[0])))
         if ticket.verdict is Verdict.CLOSE:
             self.log(f"{client_address[0]}:{client_address[1]} closed at accept: too many connections "
                      f"{'from this address' if ticket.per_source else 'at once'}, and too many being refused")
@@ -536,10 +549,12 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 max_connections: int = MAX_CONNECTIONS,
                 request_deadline_s: float = REQUEST_DEADLINE_S,
                 max_per_source: int = MAX_PER_SOURCE,
-                refusal_deadline_s: float = REFUSAL_DEADLINE_S) -> tuple[_Server, Identities]:
+                refusal_deadline_s: float = REFUSAL_DEADLINE_S,
+                source_key: Callable[[str], str] = source_of) -> tuple[_Server, Identities]:
     """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate.
     At most ``max_connections`` connections, ``max_per_source`` (capped at ``max_connections``)
-    from one source address (BAD_ARGUMENTS unless both are at least 1)."""
+    from one source (BAD_ARGUMENTS unless both are at least 1); ``source_key`` maps a peer
+    address to its source (default :func:`client.fhir.admission.source_of`)."""
     home = Path(home)
     try:
         limits = AdmissionLimits.for_gateway(max_connections, max_per_source)
@@ -551,7 +566,7 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
         raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")
     ndir = home / "nodes" / node
     server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, limits,
-                     request_deadline_s, refusal_deadline_s)
+                     request_deadline_s, refusal_deadline_s, source_key=source_key)
     ctx = tls_context(ndir / "cert.pem", ndir / "key.pem", home / "ca-bundle.pem")
     # No handshake in accept(): finish_request does it in the worker thread, with a timeout.
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)

@@ -55,7 +55,7 @@ from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
-from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_timestamp_ms, tx_type
+from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block, tx_timestamp_ms, tx_type
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, require_supported
@@ -236,6 +236,8 @@ class Chain:
         self._prev_ts = 0
         self._held: list[list[Pending[Ticket]]] = []
         self._config_inflight: int | None = None
+        # the max_clock_skew_ms of the config the in-flight config block carries (see _within_skew)
+        self._config_inflight_skew = 0
         self._config_waiting: list[tuple[bytes, Ticket]] = []
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
@@ -447,7 +449,11 @@ class Chain:
         offsets = watch.offsets()
         for node_id, offset in offsets.items():
             self._metrics.clock_offset_ms.labels(orderer=str(node_id)).set(offset)
-        if self._role != StateRole.LEADER:
+        # The Raft core's role, not ``_role``: a message stepped in this loop (a new leader's
+        # append) may have made this node a follower before the Ready that tells ``_role``, and
+        # a follower forwards transfer_leader to the new leader, which would hand leadership
+        # on on this node's stale verdict.
+        if self._role != StateRole.LEADER or self._node.soft_state.role != StateRole.LEADER:
             return
         tolerance = self._tracker.current.config.limits.max_clock_skew_ms // 2
         target = odd_clock_out(self._id, self._conf_state.voters, offsets, tolerance)
@@ -538,6 +544,7 @@ class Chain:
         self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
         if len(envelopes) == 1 and tx_type(envelopes[0]) == transaction_pb2.CONFIG:
             self._config_inflight = self._next_number
+            self._config_inflight_skew = _skew_of_config_block(block)
         self._next_number += 1
         self._prev_hash = header_hash
         self._prev_ts = block.header.timestamp_ms
@@ -549,8 +556,16 @@ class Chain:
         Every peer would mark them TX_TIMESTAMP_SKEW against the block's stamp. The orderer
         that took them checked them against its own clock, so one of the two orderers'
         clocks is off: the client is not at fault, and a retry succeeds once the orderer
-        with the wrong clock no longer leads (see clockwatch) or is no longer asked."""
-        skew = self._tracker.current.config.limits.max_clock_skew_ms
+        with the wrong clock no longer leads (see clockwatch) or is no longer asked.
+
+        Peers judge a block by the bound of the config in force before it. Behind a config
+        block still in flight that is the bound the config block carries (or, should it not be
+        adopted, the current one): both bounds apply until it is applied, so a block cut
+        meanwhile never holds a transaction the peers would refuse."""
+        bounds = [self._tracker.current.config.limits.max_clock_skew_ms]
+        if self._config_inflight is not None:
+            bounds.append(self._config_inflight_skew)
+        skew = min((b for b in bounds if b), default=0)
         if not skew:
             return batch
         kept: list[Pending[Ticket]] = []
@@ -1040,6 +1055,15 @@ def sync_block_files(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _skew_of_config_block(block: block_pb2.Block) -> int:
+    """The max_clock_skew_ms of the config a config block carries (0: none, or unreadable)."""
+    try:
+        config = config_of_block(block)
+    except DecodeError:
+        return 0
+    return 0 if config is None else int(config.limits.max_clock_skew_ms)
 
 
 def heartbeat_ticks(options: ChainOptions) -> int:

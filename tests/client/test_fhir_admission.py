@@ -1,6 +1,8 @@
 """FHIR gateway connection admission: per-source bounds, 503 + Retry-After over the bound, and
 prompt closes when not even a refusal can be afforded. Linux routes all of 127.0.0.0/8 to the
-loopback interface, so a test client binds to 127.0.0.2 (or .3) to be another source address."""
+loopback interface, so a test client binds to 127.0.0.2 (or .3) to stand for another host; the
+gateway counts the whole loopback as one source (any local process can pick its loopback
+address), so those tests serve with ``source_key=str`` (each address its own source)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from client.errors import RxClientError
-from client.fhir.admission import Admission, AdmissionLimits, Ticket, Verdict
+from client.fhir.admission import LOOPBACK, Admission, AdmissionLimits, Ticket, Verdict, source_of
 from client.fhir.server import make_server
 from tests.client.test_fhir import _client
 from tests.harness.servers import serving_fhir
@@ -84,7 +86,7 @@ def test_half_handshakes_from_one_address_do_not_lock_out_another(net_home: Any)
     8, a client from 127.0.0.2 is served meanwhile, and the rest are closed at once (two after
     the refusal deadline: their handshake never completes, so no 503 can be sent)."""
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    with serving_fhir(net_home.home, handshake_timeout_s=60.0, refusal_deadline_s=1.0) as port:
+    with serving_fhir(net_home.home, handshake_timeout_s=60.0, refusal_deadline_s=1.0, source_key=str) as port:
         stuck: list[socket.socket] = []
         try:
             for _ in range(32):
@@ -107,7 +109,7 @@ def test_half_handshakes_from_one_address_do_not_lock_out_another(net_home: Any)
 
 def test_a_source_over_its_share_gets_503_while_others_are_served(net_home: Any) -> None:
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    with serving_fhir(net_home.home, max_per_source=2, handshake_timeout_s=5.0) as port:
+    with serving_fhir(net_home.home, max_per_source=2, handshake_timeout_s=5.0, source_key=str) as port:
         held = [_held_request(port, ctx, "127.0.0.1") for _ in range(2)]
         try:
             time.sleep(0.2)
@@ -139,7 +141,7 @@ def test_without_a_refusal_slot_the_connection_is_closed_promptly(net_home: Any)
     deadline; another address still gets its 503."""
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     with serving_fhir(net_home.home, max_connections=1, handshake_timeout_s=30.0,
-                      refusal_deadline_s=30.0) as port:
+                      refusal_deadline_s=30.0, source_key=str) as port:
         held = [_held_request(port, ctx, "127.0.0.3")]
         stuck: list[socket.socket] = []
         try:
@@ -195,3 +197,45 @@ def test_bad_connection_bounds_are_bad_arguments(net_home: Any) -> None:
             make_server(net_home.home, "127.0.0.1", 0, max_connections=max_connections,
                         max_per_source=max_per_source)
         assert e.value.reason == "BAD_ARGUMENTS"
+
+
+@pytest.mark.parametrize(("address", "source"), [
+    ("127.0.0.1", LOOPBACK),
+    ("127.0.0.2", LOOPBACK),  # any local process can connect from any of 127.0.0.0/8
+    ("127.255.255.254", LOOPBACK),
+    ("::1", LOOPBACK),
+    ("::ffff:127.0.0.9", LOOPBACK),
+    ("::ffff:10.1.2.3", "10.1.2.3"),  # an IPv4-mapped address is that IPv4 address
+    ("10.1.2.3", "10.1.2.3"),
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),  # one host is routinely given a whole /64
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+    ("not-an-address", "not-an-address"),
+])
+def test_sources_are_hosts_not_address_spellings(address: str, source: str) -> None:
+    assert source_of(address) == source
+
+
+def test_another_loopback_address_is_not_another_source(net_home: Any) -> None:
+    """A local process holding its share from 127.0.0.1 could take every other slot from
+    127.0.0.2, .3, ... (Linux routes all of 127.0.0.0/8 to the loopback); by default the whole
+    loopback is one source, so its next connection from 127.0.0.2 is refused like the others."""
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    with serving_fhir(net_home.home, max_per_source=2, handshake_timeout_s=5.0) as port:
+        held = [_held_request(port, ctx, "127.0.0.1") for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            for source in ("127.0.0.2", "127.0.0.3"):
+                status, answer, _ = _exchange(port, ctx, METADATA, source)
+                assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS"), (source, status, answer)
+                assert "at most 2 connections from one address" in answer["issue"][0]["details"]["text"]
+        finally:
+            for s in held:
+                s.close()
+        for _ in range(50):  # the share is free again once the workers saw the closes (bounded)
+            status, answer, _ = _exchange(port, ctx, METADATA, "127.0.0.2")
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200 and answer["resourceType"] == "CapabilityStatement"

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from rxchain.v1 import services_pb2
+from rxchain.v1 import config_pb2, services_pb2
 
 from node.orderer.blockcutter import Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
@@ -23,8 +23,16 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import ORDERER_CLOCK_SKEW, Ticket
 from node.orderer.transport import PeerSender
 from node.peer.broadcast_client import RETRYABLE
-from node.raft.types import ConfState, Message, MessageType
-from tests.orderer.cluster import Client, OrdererProcs, leader_of, make_network, tx_ids_of, wait_until
+from node.raft.types import ConfState, Message, MessageType, StateRole
+from tests.orderer.cluster import (
+    Client,
+    OrdererProcs,
+    config_envelope,
+    leader_of,
+    make_network,
+    tx_ids_of,
+    wait_until,
+)
 from tests.orderer.inproc import Collect, Leader
 
 HOUR_MS = 3_600_000
@@ -147,6 +155,34 @@ def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
         lead.close()
 
 
+def test_a_leader_deposed_in_the_same_loop_does_not_move_the_new_leaders_leadership(
+        net, tmp_path: Path) -> None:
+    """The clock check runs after the loop stepped its messages but before the Ready that
+    tells the chain it lost leadership: the Raft core already follows orderer 3 (a higher-term
+    heartbeat), while the chain still believes it leads. Its verdict (its clock disagrees,
+    leadership to 2) must not reach 3: a follower forwards transfer_leader to its leader,
+    which would hand a leadership nobody measured over to 2."""
+    leader_clock = BASE_MS + HOUR_MS
+    watch = ClockWatch(lambda: leader_clock)
+    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    try:
+        for node in (2, 3):
+            watch.observe(node, leader_clock - HOUR_MS)
+        term = lead.chain._node.status().term
+        lead.chain._node.step(Message(MessageType.HEARTBEAT, to=1, frm=3, term=term + 1))
+        role_seen_by_chain = lead.chain._role
+        assert role_seen_by_chain == StateRole.LEADER  # the Ready telling it is not processed yet
+        lead.chain._check_clocks(lead.now, watch)
+        lead.chain._process_ready()
+        assert lead.chain._role == StateRole.FOLLOWER and lead.chain.leader_id() == 3
+        sent = [(m.type, m.to, m.index) for m in transport.sent
+                if m.type in (MessageType.TRANSFER_LEADER, MessageType.TIMEOUT_NOW)]
+        assert sent == []
+        assert lead.chain._metrics.clock_handovers._value.get() == 0
+    finally:
+        lead.close()
+
+
 def _cut(lead: Leader, envelopes: list[bytes]) -> list[Ticket]:
     tickets = [Ticket(f"t{i}") for i in range(len(envelopes))]
     lead.chain._held.append([Pending(e, t) for e, t in zip(envelopes, tickets, strict=True)])
@@ -182,6 +218,46 @@ def test_the_leader_refuses_at_cut_time_what_every_peer_would_refuse(net, tmp_pa
         out = t_only.peek()
         assert out is not None and out.reason == ORDERER_CLOCK_SKEW
         assert lead.blocks.height() == height + 1
+    finally:
+        lead.close()
+
+
+def test_behind_a_config_block_in_flight_both_skew_bounds_apply(net, tmp_path: Path) -> None:
+    """A config block narrowing max_clock_skew_ms is proposed but not yet committed; the leader
+    pipelines the next block behind it. Peers judge that block by the NEW bound (the config in
+    force before it), so an envelope within the old bound but not the new one is refused
+    ORDERER_CLOCK_SKEW at cut time, not ordered into a block every peer would mark it
+    TX_TIMESTAMP_SKEW in."""
+    now_ms = int(time.time() * 1000)  # the config envelope carries the real time
+    lead, _ = _three_voters(net, tmp_path, now_ms, None)
+    try:
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(lead.consortium)
+        new.sequence += 1
+        new.limits.max_clock_skew_ms = 60_000
+        assert lead.consortium.limits.max_clock_skew_ms == SKEW_MS
+        cfg_ticket = Ticket("cfg")
+        lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
+        lead.chain._process_ready()
+        assert lead.chain._config_inflight is not None and cfg_ticket.peek() is None  # not committed
+        client = Client(net)
+        far = client.envelope(timestamp_ms=now_ms - 120_000)  # within the old bound only
+        near = client.envelope(timestamp_ms=now_ms - 1_000)
+        t_far, t_near = _cut(lead, [far[1], near[1]])
+        out = t_far.peek()
+        assert out is not None and out.reason == ORDERER_CLOCK_SKEW, out
+        lead.ack(2)  # the config block and the block behind it commit
+        cfg_out, near_out = cfg_ticket.peek(), t_near.peek()
+        assert cfg_out is not None and cfg_out.accepted, cfg_out
+        assert near_out is not None and near_out.accepted, near_out
+        assert lead.tracker.current.config.limits.max_clock_skew_ms == 60_000
+        block = lead.blocks.get(near_out.block_number)
+        assert list(block.data.envelopes) == [near[1]]
+        assert lead.chain._config_inflight is None
+        # with the config adopted, its bound alone applies
+        (t_again,) = _cut(lead, [client.envelope(timestamp_ms=now_ms - 61_000)[1]])
+        out = t_again.peek()
+        assert out is not None and out.reason == ORDERER_CLOCK_SKEW, out
     finally:
         lead.close()
 
