@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from client.bootstrap import Bootstrapper
-from client.errors import RxClientError
+from client.errors import CommitUnknown, RxClientError
 from client.launcher import DEFAULT_HOME, Launcher, default_home, generate_material
 from client.network import load_network
 from client.privacy_scan import Hit, peer_state_dir, raw_files, scan_leveldb, scan_raw
@@ -74,6 +74,8 @@ class Story:
         """Run something the chain must refuse; print and return the reason code."""
         try:
             fn()
+        except CommitUnknown:
+            raise  # not a refusal: it may have committed (the demo stops and says so)
         except RxClientError as exc:
             self.say(f"  refused  {WHO.get(who, who)}: {what} -> {exc.reason}")
             return exc.reason

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RxClientError(Exception):
     """A refusal or failure seen by a client, with its reason code."""
@@ -36,11 +38,18 @@ class CommitError(RxClientError):
 class CommitUnknown(RxClientError):
     """The transaction was submitted but its answer was lost (stream broken, peer stopping):
     it may still commit. Ask ``CommitStatus`` for ``tx_id``; never re-propose the call as a
-    new transaction (it would be a second prescription)."""
+    new transaction (it would be a second prescription).
 
-    def __init__(self, tx_id: str, message: str):
+    ``detail`` (printed by the CLI's ``--json``) names the tx id and, when the caller made
+    them up, the ids to look the outcome up by (e.g. ``rx_id`` of an issued prescription).
+    ``envelope``, when the SDK built it, is the signed ``Envelope`` to submit again
+    (``Gateway.submit_envelope``): the same tx id, so it can never commit twice."""
+
+    def __init__(self, tx_id: str, message: str, envelope: Any = None, **ids: str):
         super().__init__("COMMIT_UNKNOWN", message)
         self.tx_id = tx_id
+        self.envelope = envelope
+        self.detail: dict[str, str] = {"outcome": "unknown", "tx_id": tx_id, **ids}
 
 
 class WalletError(RxClientError):

@@ -32,6 +32,9 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 # reach the ordering service in time, or the call itself broke after the envelope was sent.
 OUTCOME_UNKNOWN_REASONS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT", "RPC_FAILED", "INTERNAL",
                                      "COMMIT_UNKNOWN"})
+# Refusals decided by the envelope's bytes alone: an earlier attempt that may have reached the
+# ordering service was refused the same way, so they stay definite after a lost attempt.
+DETERMINISTIC_REFUSALS = frozenset({"BAD_PAYLOAD", "BAD_TXID", "BAD_SIGNATURE", "BAD_REQUEST"})
 
 
 @dataclass(frozen=True)
@@ -242,19 +245,22 @@ class Gateway:
         for ``tx_id``, or submit the same envelope again -- its tx id makes a second copy
         a DUPLICATE_TXID -- but never propose the call again as a new transaction), and
         RxClientError when it was refused before ordering (a definite no)."""
-        sreq = services_pb2.SubmitRequest(envelope=envelope)
         try:
-            self._call(lambda: self._stub.Submit(sreq, timeout=30))
-        except RxClientError as exc:
-            # Already on the ledger (e.g. a retried Submit whose first attempt got through):
-            # the commit status below reports the original outcome.
-            if exc.reason in OUTCOME_UNKNOWN_REASONS:
-                raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: submit "
-                                    f"failed with {exc.reason}: {exc.message}") from exc
-            if exc.reason != "DUPLICATE_TXID":
-                raise
+            self._submit(tx_id, services_pb2.SubmitRequest(envelope=envelope))
+            return self.outcome(tx_id)
+        except CommitUnknown as exc:
+            exc.envelope = envelope  # the caller may submit this same envelope again
+            raise
+
+    def outcome(self, tx_id: str, timeout_ms: int | None = None) -> SubmitResult:
+        """How a submitted transaction ended -- what to ask after CommitUnknown instead of
+        proposing the call again: a SubmitResult (``result`` None) when it committed VALID,
+        CommitError with the validation code when it committed invalid, CommitUnknown when
+        the peer cannot tell within ``timeout_ms`` (default: the commit timeout; the tx is not
+        on its ledger yet, or was never ordered: ask again later, or submit the same envelope
+        again)."""
         try:
-            status = self._commit_status(tx_id)
+            status = self._commit_status(tx_id, timeout_ms)
         except CommitUnknown:
             raise
         except RxClientError as exc:
@@ -267,19 +273,53 @@ class Gateway:
                               tx_id, status.block_number)
         return SubmitResult(tx_id, name, status.block_number, None)
 
-    def _commit_status(self, tx_id: str) -> services_pb2.CommitStatusResponse:
+    def _submit(self, tx_id: str, sreq: services_pb2.SubmitRequest) -> None:
+        """Gateway.Submit, retrying UNAVAILABLE (bounded); returns once the envelope was
+        accepted for ordering or found on the ledger (DUPLICATE_TXID: its commit status reports
+        the original outcome). An attempt that failed in transit may have been ordered, so a
+        later refusal that could have gone the other way for it (CLOCK_SKEW as the tx ages,
+        UNKNOWN_CREATOR as a certificate expires, BAD_CONFIG_UPDATE once the update is in
+        force ...) is CommitUnknown, not a definite no."""
+        self._catch_up()
+        delays = self._retry.delays()
+        lost = ""  # why an earlier attempt may have reached the ordering service
+        attempt = 0
+        while True:
+            try:
+                self._stub.Submit(sreq, timeout=30)
+                return
+            except grpc.RpcError as exc:
+                err = rpc_error(exc)
+                if err.reason == "DUPLICATE_TXID":
+                    return
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if code in _RETRYABLE and attempt < len(delays):
+                    lost = f"{err.reason}: {err.message}"
+                    self._sleep(delays[attempt])
+                    attempt += 1
+                    continue
+                if err.reason in OUTCOME_UNKNOWN_REASONS:
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: submit "
+                                        f"failed with {err.reason}: {err.message}") from exc
+                if lost and err.reason not in DETERMINISTIC_REFUSALS:
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: an attempt "
+                                        f"failed with {lost}, then a retry was refused with "
+                                        f"{err.reason}: {err.message}") from exc
+                raise err from exc
+
+    def _commit_status(self, tx_id: str, timeout_ms: int | None = None) -> services_pb2.CommitStatusResponse:
         """Wait for a submitted transaction's commit status. A peer that holds as many
         waits as it allows (TOO_MANY_STREAMS) is asked again after a backoff -- a committed
         tx is answered at once, without a wait; if it still refuses, the outcome is
         unknown (CommitUnknown): the tx was accepted and may commit, so it must not be
         proposed again."""
-        creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=self._commit_timeout_ms)
+        wait_ms = self._commit_timeout_ms if timeout_ms is None else timeout_ms
+        creq = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=wait_ms)
         delays = self._retry.delays()
         attempt = 0
         while True:
             try:
-                return self._call(
-                    lambda: self._stub.CommitStatus(creq, timeout=self._commit_timeout_ms / 1000 + 5))
+                return self._call(lambda: self._stub.CommitStatus(creq, timeout=wait_ms / 1000 + 5))
             except RxClientError as exc:
                 if exc.reason != "TOO_MANY_STREAMS":
                     raise

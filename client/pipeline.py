@@ -5,7 +5,10 @@ endorsement arrives, submits it on the same stream and collects commit statuses 
 transactions in flight over one connection instead of three round trips each. Results come
 back in the order of the calls: a :class:`~client.gateway.SubmitResult` or the
 :class:`~client.errors.RxClientError` that refused that call (one refusal does not stop
-the others).
+the others). A submitted call whose outcome is unknown -- the stream broke, the gateway's
+commit wait ran out, the ordering service did not answer -- is a
+:class:`~client.errors.CommitUnknown` carrying its tx id and signed envelope (look it up
+with ``Gateway.outcome`` or submit that envelope again; never propose the call again).
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from client.batching import (
     single_requests,
 )
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
-from client.gateway import Gateway, SubmitResult, check_response, decode_payload, rpc_error
+from client.gateway import (
+    OUTCOME_UNKNOWN_REASONS,
+    Gateway,
+    SubmitResult,
+    check_response,
+    decode_payload,
+    rpc_error,
+)
 from client.tx import BuiltProposal
 
 
@@ -71,7 +81,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
     # answer to a whole message it refused (then every call not yet answered fails with it).
     results: list[Outcome | None] = [None] * len(built)
     payloads: dict[int, Any] = {}
-    submitted: set[int] = set()  # calls whose envelope went to the gateway
+    submitted: dict[int, transaction_pb2.Envelope] = {}  # calls whose envelope went to the gateway
     requests: RequestQueue = queue.SimpleQueue()
     for i, b in enumerate(built):
         requests.put(services_pb2.TransactRequest(
@@ -106,8 +116,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             if not 0 <= i < len(built):
                 continue
             if kind == "error":
-                cls = EndorsementError if stage == 0 else RxClientError
-                finish(i, cls(resp.error.reason, resp.error.message))
+                finish(i, _refused(built, submitted, i, stage, resp.error.reason, resp.error.message))
             elif kind == "endorsed":
                 try:
                     payloads[i] = check_response(resp.endorsed.result)
@@ -115,7 +124,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
                 except RxClientError as exc:
                     finish(i, exc)
                     continue
-                submitted.add(i)
+                submitted[i] = env
                 requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 3, submit=env))
             elif kind == "committed":
                 st = resp.committed
@@ -140,7 +149,23 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             for i, r in enumerate(results)]
 
 
-def _unanswered(built: Sequence[BuiltProposal], submitted: set[int], i: int,
+def _refused(built: Sequence[BuiltProposal], submitted: Mapping[int, transaction_pb2.Envelope], i: int,
+             stage: int, reason: str, message: str) -> RxClientError:
+    """The outcome of call ``i`` answered by an error: at endorsement a definite refusal; for
+    its submit a definite refusal only when nothing may have been ordered -- the gateway's
+    commit wait ran out (TIMEOUT), the ordering service did not answer (SERVICE_UNAVAILABLE)
+    ... leave a transaction that may still commit: COMMIT_UNKNOWN with its tx id, as the
+    unary Gateway.submit_envelope reports it, so that nobody proposes it again."""
+    if stage == 0:
+        return EndorsementError(reason, message)
+    if reason in OUTCOME_UNKNOWN_REASONS:
+        tx_id = built[i].tx_id
+        return CommitUnknown(tx_id, f"transaction {tx_id} was submitted but its outcome is unknown "
+                             f"({reason}: {message}); ask CommitStatus for it", submitted.get(i))
+    return RxClientError(reason, message)
+
+
+def _unanswered(built: Sequence[BuiltProposal], submitted: Mapping[int, transaction_pb2.Envelope], i: int,
                 err: RxClientError) -> RxClientError:
     """The outcome of call ``i`` when its answer will not come: a submitted transaction may
     still commit, so it is COMMIT_UNKNOWN with its tx id (ask CommitStatus; never re-propose
@@ -149,7 +174,7 @@ def _unanswered(built: Sequence[BuiltProposal], submitted: set[int], i: int,
         return err
     tx_id = built[i].tx_id
     return CommitUnknown(tx_id, f"transaction {tx_id} was submitted but its outcome is unknown "
-                         f"({err.reason}: {err.message}); ask CommitStatus for it")
+                         f"({err.reason}: {err.message}); ask CommitStatus for it", submitted[i])
 
 
 __all__ = ["Call", "Outcome", "decode_payload", "submit_many"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client.errors import NoKeyGrant, RxClientError
+from client.errors import CommitUnknown, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
@@ -178,7 +178,14 @@ class RxOperations:
             req.pharmacy, self.s.dx_key, self._rand,
         )
         parties = self._endorsers(me.org, req.pharmacy, insurer)[:2]
-        res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
+        try:
+            res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
+        except CommitUnknown as exc:
+            # The rx id was made up here: without it the caller could not look the outcome up
+            # and would issue again under a new one -- a second prescription.
+            raise CommitUnknown(exc.tx_id, f"prescription {rx_id} may have been issued: {exc.message}; "
+                                f"look it up (rx show {rx_id}) before issuing it again",
+                                envelope=exc.envelope, rx_id=rx_id) from exc
         return _written(res, {"rx_id": rx_id})
 
     def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, str]:

@@ -7,6 +7,14 @@ SERVICE_UNAVAILABLE and :meth:`BroadcastClient.submit` retries on the next order
 robin, bounded attempts and backoff). Resubmitting is safe: a tx id is fixed by its
 creator and the validator marks a second copy DUPLICATE_TXID.
 
+Outcomes after a retry: an attempt whose answer was lost (timeout, broken stream, the
+orderer's SERVICE_UNAVAILABLE/TIMEOUT) may still have been ordered. A later attempt refused
+for a reason that could have gone the other way for that first copy (CLOCK_SKEW as the tx
+ages, UNKNOWN_CREATOR as a certificate expires, BAD_CONFIG_UPDATE once the update is in
+force ...) is therefore answered COMMIT_UNKNOWN, never as a definite refusal: the caller
+must not propose the transaction again. Refusals decided by the envelope's bytes alone
+(:data:`DETERMINISTIC_REFUSALS`) stay definite.
+
 Leader following (optional, ``raft_targets`` given): a follower orderer re-verifies and
 forwards every envelope to the Raft leader, so a background thread asks an orderer's
 Admin.Status for the current leader every ``leader_poll_s`` (one bounded unary call) and
@@ -55,7 +63,29 @@ RaftTargets = Callable[[], Mapping[int, str]]
 # orderer takes the envelope), not the client's fault
 RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOUT", "STOPPING",
                        "ORDERER_CLOCK_SKEW"})
+# Refusals every orderer gives an envelope at any time (its bytes decide): definite even
+# after an attempt whose answer was lost.
+DETERMINISTIC_REFUSALS = frozenset({"BAD_PAYLOAD", "BAD_TXID", "BAD_SIGNATURE"})
+# Retryable answers after which the envelope may have been ordered all the same.
+_AMBIGUOUS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT"})
+COMMIT_UNKNOWN = "COMMIT_UNKNOWN"
 _END = object()
+
+
+class _NotSent(RxError):
+    """The stream was closed before the envelope was queued on it: it never left."""
+
+
+def _settle(resp: services_pb2.BroadcastResponse, lost: str) -> services_pb2.BroadcastResponse:
+    """The final answer: ``resp``, unless it refuses an envelope that an earlier attempt
+    (lost: why its answer was lost, "" if none) may have had ordered (module docstring)."""
+    if resp.accepted or not lost or resp.reason in DETERMINISTIC_REFUSALS:
+        return resp
+    return services_pb2.BroadcastResponse(
+        tx_id=resp.tx_id, accepted=False, reason=COMMIT_UNKNOWN,
+        message=f"an earlier attempt may have been ordered ({lost}); a retry was refused: "
+                f"{resp.reason} {resp.message}",
+    )
 
 
 class _Stream:
@@ -159,7 +189,7 @@ class _Stream:
         raw = envelope.SerializeToString()
         with self._lock:
             if not self.alive:
-                fut.set_exception(RxError("SERVICE_UNAVAILABLE", "stream closed"))
+                fut.set_exception(_NotSent("SERVICE_UNAVAILABLE", "stream closed"))
                 return fut
             self._pending.append((fut, raw, now))
             self._requests.put(raw)  # under the lock: queue order == pending order
@@ -473,8 +503,10 @@ class BroadcastClient:
         """Send one envelope; the orderer's answer (accepted, or refused with a reason).
 
         Raises RxError(SERVICE_UNAVAILABLE) when no orderer answered after all attempts.
+        A refusal after an attempt whose answer was lost is COMMIT_UNKNOWN (module docstring).
         """
         last = "no attempt made"
+        lost = ""  # why an earlier attempt's answer was lost (it may have been ordered)
         delay = self._backoff
         for attempt in range(self._attempts):
             if self._closing.is_set():
@@ -483,18 +515,22 @@ class BroadcastClient:
             try:
                 resp = stream.send(envelope, self._clock()).result(timeout=self._timeout)
             except FutureTimeout:
-                last = f"{stream.endpoint.name} did not answer in {self._timeout}s"
+                last = lost = f"{stream.endpoint.name} did not answer in {self._timeout}s"
                 self._rotate(stream)
             except RxError as err:
                 last = err.message
+                if not isinstance(err, _NotSent):
+                    lost = f"{stream.endpoint.name}: {last}"
                 self._count_resubmit()
                 if stream.moved and not self._closing.is_set():
                     continue  # raced with a move to the leader: resend there at once
                 self._rotate(stream)
             else:
                 if resp.accepted or resp.reason not in RETRYABLE:
-                    return resp
+                    return _settle(resp, lost)
                 last = f"{stream.endpoint.name}: {resp.reason} {resp.message}"
+                if resp.reason in _AMBIGUOUS:
+                    lost = last
                 self._rotate(stream)
             _log.info("event=broadcast_retry attempt=%d detail=%r", attempt + 1, last)
             self._sleep(delay)
@@ -507,6 +543,7 @@ class BroadcastClient:
         callback: Callable[[services_pb2.BroadcastResponse | RxError], None],
         _attempt: int = 0,
         _delay: float = 0.0,
+        _lost: str = "",
     ) -> None:
         """Send without blocking; ``callback`` gets the orderer's answer or an RxError.
 
@@ -520,16 +557,18 @@ class BroadcastClient:
         delay = _delay or self._backoff
         stream = self._current()
 
-        def retry(detail: str) -> None:
+        def retry(detail: str, maybe_ordered: bool) -> None:
+            lost = detail if maybe_ordered else _lost
             if stream.moved and _attempt + 1 < self._attempts and not self._closing.is_set():
-                self.submit_async(envelope, callback, _attempt + 1, delay)  # moved to the leader
+                self.submit_async(envelope, callback, _attempt + 1, delay, lost)  # moved to the leader
                 return
             self._rotate(stream)
             if _attempt + 1 >= self._attempts or self._closing.is_set():
                 callback(RxError("SERVICE_UNAVAILABLE", f"ordering service unavailable: {detail}"))
                 return
             timer = threading.Timer(
-                delay, self.submit_async, (envelope, callback, _attempt + 1, min(delay * 2, 2.0))
+                delay, self.submit_async,
+                (envelope, callback, _attempt + 1, min(delay * 2, 2.0), lost),
             )
             timer.daemon = True
             timer.start()
@@ -538,13 +577,13 @@ class BroadcastClient:
             exc = fut.exception()
             if exc is not None:
                 self._count_resubmit()
-                retry(str(exc))
+                retry(f"{stream.endpoint.name}: {exc}", not isinstance(exc, _NotSent))
                 return
             resp = fut.result()
             if resp.accepted or resp.reason not in RETRYABLE:
-                callback(resp)
+                callback(_settle(resp, _lost))
             else:
-                retry(f"{stream.endpoint.name}: {resp.reason} {resp.message}")
+                retry(f"{stream.endpoint.name}: {resp.reason} {resp.message}", resp.reason in _AMBIGUOUS)
 
         stream.send(envelope, self._clock()).add_done_callback(on_done)
 

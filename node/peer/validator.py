@@ -14,7 +14,8 @@ creator certificate        UNKNOWN_CREATOR / EXPIRED_CREATOR_CERT / REVOKED_CREA
 creator signature          BAD_CREATOR_SIGNATURE (over ``Envelope.payload``)
 tx id                      BAD_TXID (must equal compute_tx_id(nonce, creator))
 tx timestamp               TX_TIMESTAMP_SKEW (further than ``max_clock_skew_ms`` from the
-                           block's orderer-signed ``timestamp_ms``; none if 0)
+                           block's orderer-signed ``timestamp_ms``; none if 0), but
+                           DUPLICATE_TXID when the id is taken (a late copy is never indexed)
 duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block; "earlier in
                            the block" counts only txs whose id is indexed, as on the ledger;
                            a CONFIG tx only if its update is refused too: orderers adopt
@@ -317,8 +318,17 @@ class Validator:
                 tx_id, ts = header.tx_id, header.timestamp_ms
                 self._check_header(cfg, header)
                 self._check_creator(cfg, header, env)
-                check_timestamp(header, block_ts, max_skew)
                 duplicate = tx_id in seen_ids or self._state.has_tx(tx_id)
+                try:
+                    check_timestamp(header, block_ts, max_skew)
+                except _Reject:
+                    # A late copy of a tx already on the ledger (a resubmission ordered again,
+                    # a replay) must not be indexed: as TX_TIMESTAMP_SKEW it would replace the
+                    # first copy's tx-id entry and wake its waiters, so CommitStatus would
+                    # report a VALID tx as refused. Nobody adopts or applies it either way.
+                    if duplicate:
+                        raise _Reject(transaction_pb2.DUPLICATE_TXID) from None
+                    raise
                 if header.type == transaction_pb2.CONFIG:
                     # The orderers adopt a config update without a tx-id index: a valid one is
                     # adopted here too whatever its id (see _check_config_or_duplicate).

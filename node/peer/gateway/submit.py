@@ -29,7 +29,10 @@ def check_envelope(deps: GatewayDeps, envelope: transaction_pb2.Envelope) -> str
 
 
 def submit(deps: GatewayDeps, request: services_pb2.SubmitRequest) -> services_pb2.SubmitResponse:
-    """Accepted by the ordering service, or RxError with the orderer's reason."""
+    """Accepted by the ordering service, or RxError with the orderer's reason: a definite
+    refusal, except SERVICE_UNAVAILABLE (no orderer answered) and COMMIT_UNKNOWN (an attempt
+    whose answer was lost, then a refused retry: see node.peer.broadcast_client), after
+    which the envelope may still commit."""
     if not request.HasField("envelope"):
         raise RxError("BAD_REQUEST", "envelope is required")
     tx_id = check_envelope(deps, request.envelope)
