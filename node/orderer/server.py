@@ -54,6 +54,7 @@ from node.protocol import require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
 from node.raft.types import StateRole
+from node.rpc_parse import ParseGuard
 
 _log = logging.getLogger(__name__)
 
@@ -341,6 +342,7 @@ def serve(config: NodeConfig) -> OrdererServer:
             ("grpc.max_receive_message_length", max_msg),
             ("grpc.so_reuseport", 0),  # a taken port is an error, never shared
         ],
+        interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
     server.add_generic_rpc_handlers(
         [

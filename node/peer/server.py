@@ -45,6 +45,7 @@ from node.peer.notifier import CommitNotifier
 from node.peer.peer_clients import RemoteEndorsers
 from node.peer.policy_provider import LifecyclePolicies
 from node.protocol import require_supported
+from node.rpc_parse import ParseGuard
 from node.sandbox.runtime import Sandbox
 from node.sandbox.types import SandboxLimits
 
@@ -207,6 +208,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         options=[("grpc.max_send_message_length", max_msg),
                  ("grpc.max_receive_message_length", max_msg),
                  ("grpc.so_reuseport", 0)],  # a taken port is an error, never shared
+        interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
     endorser_service = EndorserService(endorser)
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)

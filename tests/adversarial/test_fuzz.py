@@ -2,9 +2,9 @@
 
 Each method gets a valid template request (a really signed proposal, envelope ...); hypothesis
 sends random bytes and mutations of the template (byte overwrites, truncation, insertion).
-A mutation never equal to the template is never accepted, every refusal carries a reason
-(our ``rxchain-reason``, or gRPC's own INTERNAL/INVALID_ARGUMENT when the bytes do not even
-parse), nothing is ordered, and the node keeps serving.
+A mutation never equal to the template is never accepted, every refusal carries an
+``rxchain-reason`` (BAD_REQUEST from node.rpc_parse when the bytes do not even parse as the
+method's message: never gRPC's bare INTERNAL), nothing is ordered, and the node keeps serving.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.integration
 
 EXAMPLES = 50
 STREAM_EXAMPLES = 30
-# Refusals that come from gRPC itself when the bytes are not a message of the method's type.
-# (UNKNOWN is not one: it means a handler raised something unexpected -- never acceptable.)
-PARSE_REFUSALS = {"grpc:INTERNAL", "grpc:INVALID_ARGUMENT"}
+# The refusal of bytes that are not a message of the method's type (node.rpc_parse), before
+# any servicer code runs. gRPC's own INTERNAL / UNKNOWN (no reason) are never acceptable.
+PARSE_REFUSALS = {"BAD_REQUEST"}
 
 
 @dataclass(frozen=True)
@@ -305,6 +305,7 @@ def test_fuzz_method(adv: AdvNet, case_table: CaseTable, m: Method) -> None:
     case.still_serving = adv.serving()
     assert not accepted, f"{len(accepted)} mutated requests were accepted by {m.path}"
     assert "grpc:UNKNOWN" not in reasons, f"{m.path} failed with gRPC UNKNOWN (no reason): {reasons}"
+    assert "grpc:INTERNAL" not in reasons, f"{m.path} failed with gRPC INTERNAL (no reason): {reasons}"
     if m.must_refuse:
         assert "OK" not in reasons and "RPC_FAILED" not in reasons, reasons
         ours = sum(c for r, c in reasons.items() if r not in PARSE_REFUSALS)
