@@ -12,7 +12,9 @@ data directory kept. Orderers refuse, at broadcast, a config update raising the 
 beyond what they implement; no config update may lower it (BAD_CONFIG_UPDATE, on every node).
 
 Version 1 is the protocol of this release: purpose-tagged signatures, the ordering leader's
-clock in the block header hash, TX_TIMESTAMP_SKEW against it.
+clock in the block header hash, TX_TIMESTAMP_SKEW against it, and the rules on what a config
+update may put in force (node/orderer/configrules.py: named policies, organisations, nodes,
+limits), which decide whether an update is valid and so must not change within a version.
 """
 
 from __future__ import annotations

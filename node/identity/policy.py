@@ -35,6 +35,9 @@ MAX_SIGNERS = 20
 # evaluation and printing (all recursive) stay far below Python's recursion limit.
 MAX_POLICY_DEPTH = 32
 MAX_COUNT_DIGITS = 6  # an OutOf count beyond any policy's number of rules
+# Possible signers over which :meth:`Policy.min_signers` searches a nested policy exactly
+# (C(12, 6) = 924 subsets at most at one level).
+MAX_NESTED_CHECK = 12
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,30 @@ class Policy:
         if self._flat is not None:
             return _matches_at_least(self._flat, unique)
         return bool(_masks(self.rule, unique))
+
+    def min_signers(self, eligible: Iterable[tuple[str, str]]) -> int | None:
+        """The fewest distinct signers among ``eligible`` that satisfy the policy, or None
+        when no set of them does.
+
+        Unlike :meth:`evaluate` it is not capped at ``MAX_SIGNERS``: a config update asks
+        whether a policy can ever be satisfied by the consortium's members, and how many
+        signers that takes (more than ``MAX_SIGNERS`` can never be presented). A flat policy
+        is decided by the matching; a nested one by the exact search, over the eligible
+        signers of the organisations it names, which must be at most ``MAX_NESTED_CHECK``
+        (BAD_POLICY otherwise: the search grows with C(signers, n)).
+        """
+        named = {p.org for p in self.principals()}
+        unique = sorted({s for s in eligible if s[0] in named})
+        if self._flat is not None:
+            return self._flat.n if _matches_at_least(self._flat, unique) else None
+        if len(unique) > MAX_NESTED_CHECK:
+            raise RxError(
+                "BAD_POLICY",
+                f"{self.text!r} nests rules over {len(unique)} possible signers; write it as one "
+                f"OutOf/AND/OR/MAJORITY of principals or name at most {MAX_NESTED_CHECK}",
+            )
+        masks = _masks(self.rule, unique)
+        return min(bin(m).count("1") for m in masks) if masks else None
 
     def principals(self) -> list[Principal]:
         """Every principal named, in order of appearance."""

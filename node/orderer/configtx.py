@@ -9,11 +9,15 @@ decides identically). Rules (reason BAD_CONFIG_UPDATE):
 * the update and the new config parse; same consortium id; ``sequence`` = current + 1;
 * the admin signatures satisfy the current ``config_update`` policy;
 * the new config is usable (CA certificates parse, ``config_update`` policy present, at
-  least one orderer, unique raft ids);
+  least one orderer, unique raft ids) and may govern the consortium: organisations, nodes,
+  named policies (which roles each may name, satisfiable by the members of the new config,
+  never by one organisation alone) and limits, see :mod:`node.orderer.configrules`;
 * the orderer set changes by at most ONE member (single-server membership changes); an
   orderer kept in the set keeps its raft id, name, organisation, host and port, and may change
   only its certificate (in-place rotation), which counts as that update's one change and
-  must validate against the organisation's CA of the NEW config with the orderer role.
+  must validate against the organisation's CA of the NEW config with the orderer role, as
+  must the certificate of an orderer added (a member that could not sign a block nor be
+  reached over TLS would count towards the quorum it weakens).
 
 From the block carrying a rotation on, the Cluster transport of every orderer accepts
 only the new certificate for that raft id (the transport's Membership follows adopted
@@ -40,6 +44,7 @@ from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import parse_policy
+from node.orderer.configrules import check_new_config, check_organizations
 from node.protocol import protocol_version, unsupported
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
@@ -151,18 +156,21 @@ def validate_update(
             BAD_CONFIG_UPDATE,
             "only one orderer may be added, removed or have its certificate rotated at a time",
         )
+    check_organizations(new)
     try:
         new_msp = MSP(new, verifier)
     except (RxError, ValueError) as exc:
         raise RxError(BAD_CONFIG_UPDATE, f"new config unusable: {exc}") from exc
-    for node in rotated:
+    check_new_config(old, new, len(raw), new_msp, when)
+    added = [new_by_id[rid] for rid in sorted(set(new_by_id) - set(old_by_id))]
+    for node in rotated + added:
         _check_rotated_cert(new_msp, node, when)
     return new
 
 
 def _check_rotated_cert(msp: MSP, node: config_pb2.OrdererNode, at_ms: int) -> None:
-    """A rotated orderer certificate must validate against its org's CA in the NEW config
-    and carry the orderer role (raises RxError(BAD_CONFIG_UPDATE))."""
+    """A rotated (or added) orderer certificate must validate against its org's CA in the NEW
+    config and carry the orderer role (raises RxError(BAD_CONFIG_UPDATE))."""
     try:
         principal = msp.validate(identity_pb2.Identity(org=node.org, cert_der=node.cert_der), at_ms)
     except (RxError, ValueError) as exc:

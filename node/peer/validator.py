@@ -37,7 +37,8 @@ config update              BAD_CONFIG_UPDATE unless the tx is the only one of it
                            ``node.orderer.configtx.validate_update`` accepts it (parse,
                            sequence = current + 1, same consortium, admin signatures satisfy
                            the current ``config_update`` policy, usable new config, orderer
-                           set changes by at most one member)
+                           set changes by at most one member, content rules of
+                           ``node.orderer.configrules``: orgs, nodes, policies, limits)
 =========================  ===============================================================
 
 A config update is valid on a peer exactly when the orderers adopt it -- the same rules
@@ -141,9 +142,10 @@ class ConfigState:
         self.config = config
         self.msp = MSP(config, verifier)
         org_ids = [o.id for o in config.organizations]
-        # The orderers adopt a config whatever its other policies say (they parse only the
-        # config_update policy, when the next update comes), so a policy that does not parse
-        # is left out here rather than making this config unusable on peers alone.
+        # A config update whose named policies do not parse is refused on orderers and peers
+        # alike (node.orderer.configrules); a genesis block is not checked by those rules, so
+        # a policy that does not parse is left out here rather than making this config
+        # unusable on peers alone.
         self.policies: dict[str, Policy] = {}
         for p in config.policies:
             try:

@@ -1,8 +1,8 @@
 """Red-team regressions: peers adopt a config update exactly when the orderers do.
 
 Before the fix the peer validator had its own, different rules: it refused an update with a
-policy it could not parse (the orderers adopt it: a permanent split, every later update
-refused by peers as out of sequence), adopted one from a block holding other txs (the
+policy it could not parse (the orderers adopted it: a permanent split, every later update
+refused by peers as out of sequence; both now refuse it), adopted one from a block holding other txs (the
 orderers adopt only a config block of its own: a compromised leader could split them) and
 ignored the orderer-set rules.
 """
@@ -54,22 +54,25 @@ def _commit(peer: Peer, block: block_pb2.Block) -> list[int]:
     return list(peer.committer.commit_block(block).validated.codes)
 
 
-def test_update_with_a_policy_peers_cannot_parse_is_adopted_as_the_orderers_do(
+def test_update_with_a_policy_that_does_not_parse_is_refused_as_the_orderers_do(
     peer: Peer, net: Net
 ) -> None:
+    # Peers used to refuse it while the orderers adopted it (a split). Since the config rules
+    # (node.orderer.configrules) check every named policy, both refuse it; a correct
+    # update then goes through on both sides.
     new = _next_config(peer)
     next(p for p in new.policies if p.name == "lifecycle").rule = "MAJORITY("
     block = _block(peer, net, [_config_tx(peer, net, new)])
-    assert _orderers_adopt(peer, block)
-    assert _commit(peer, block) == [VALID]
-    assert peer.committer.validator.config.config.sequence == 1
-    fixed = _next_config(peer)  # the admins repair it: both sides move on together
+    assert not _orderers_adopt(peer, block)
+    assert _commit(peer, block) == [tx_pb.BAD_CONFIG_UPDATE]
+    assert peer.committer.validator.config.config.sequence == 0
+    fixed = _next_config(peer)
     next(p for p in fixed.policies if p.name == "lifecycle").rule = "MAJORITY(admin)"
     block = _block(peer, net, [_config_tx(peer, net, fixed)])
     assert _orderers_adopt(peer, block)
     assert _commit(peer, block) == [VALID]
     cur = peer.ledger.current_config()
-    assert cur is not None and cur.sequence == 2
+    assert cur is not None and cur.sequence == 1
 
 
 def test_update_in_a_block_with_other_txs_is_refused_as_the_orderers_do(peer: Peer, net: Net) -> None:

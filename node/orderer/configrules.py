@@ -1,0 +1,241 @@
+"""What a config update may put in force: the rules on the content of the NEW configuration.
+
+:func:`node.orderer.configtx.validate_update` checks who signed an update and how the orderer
+set changes; :func:`check_new_config` checks that the configuration it carries can govern the
+consortium afterwards. Both run on every orderer (broadcast, cut and apply) and every peer
+(validator), so a refusal is BAD_CONFIG_UPDATE everywhere, with the same message.
+
+Protocol version: these rules decide which updates are valid, so they are part of the
+protocol (node/protocol.py): they are the rules of version 1, this release, which has no
+deployed ledger yet. A later change that makes an update valid that these refuse, or the
+reverse, must apply only from the protocol version that introduces it (branch on
+``protocol_version(old)``), or a node of a newer release replaying an old ledger would judge
+its updates differently from the nodes that committed them.
+
+Rules (each refusal names the rule and the offending item):
+
+* **Organisations**: ids non-empty and unique (a duplicate id silently replaced the first
+  organisation's CA in the MSP); a known kind (an unspecified kind may hold no role, so its
+  members could sign nothing); a CA certificate that parses (public key included) and is a
+  CA (BasicConstraints ca=true).
+* **Nodes**: every orderer and peer belongs to an organisation of the new config, whose kind
+  may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
+  CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
+  its organisation's CA changes must still validate, with the orderer role, against the new CA.
+  A consortium that runs peers keeps at least one (no peer: no endorsement, no lifecycle, no
+  ledger for clients).
+* **Named policies**: only the names below, each at most once (the lifecycle read the first
+  of two entries, the validator the last); each parses against the NEW organisations (so it
+  names none that is gone) and:
+
+  ====================== ========== ================ =========================================
+  policy                 required   may name role    must be satisfiable by
+  ====================== ========== ================ =========================================
+  config_update          yes        admin            the admins of the new config's orgs
+  lifecycle              no [1]_    admin            the admins of the new config's orgs
+  lifecycle_endorsement  no [2]_    peer             the orgs that run peers in the new config
+  ====================== ========== ================ =========================================
+
+  .. [1] absent: ``MAJORITY(admin)`` (node.peer.lifecycle.DEFAULT_LIFECYCLE_POLICY).
+  .. [2] absent: a majority of the organisations running peers.
+
+  "Satisfiable" means: by at most ``MAX_SIGNERS`` distinct signers (the most any policy
+  check counts), and -- when two or more organisations are eligible -- never by one
+  organisation alone. A governance policy a client role can sign (``h01.member``,
+  ``MAJORITY(doctor)``), or that one organisation meets on its own (``ins01.admin``, or a
+  lifecycle endorsement by ``h01.peer``, whose peer could then write any lifecycle approval or
+  definition), would hand the admins' vote to someone else; one nobody can meet
+  (``AND(h01.admin, h01.admin)``, an org without peers) would lock the consortium out of every
+  later update (config_update) or contract change (lifecycle, lifecycle_endorsement).
+* **Limits**: every batch parameter and limit is set (0 meant "default" in some components
+  and "no bound" in others: ``max_clock_skew_ms`` 0 turned TX_TIMESTAMP_SKEW and the
+  orderers' clock checks off) and within the bounds of ``LIMIT_BOUNDS``; a block of
+  ``max(batch.max_bytes, max_envelope_bytes)`` envelope bytes fits in half a message (the rest
+  for a validation code per tx, orderer signatures and framing), and the envelope carrying
+  this update fits in half of the new ``max_envelope_bytes`` (room for the next update to
+  grow; an update that no longer fits could never be submitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cryptography import x509
+from rxchain.v1 import config_pb2, identity_pb2
+
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.identity.policy import MAX_SIGNERS, parse_policy
+from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
+
+BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
+
+# name -> (required, the only role its principals may name)
+NAMED_POLICIES: dict[str, tuple[bool, str]] = {
+    "config_update": (True, "admin"),
+    "lifecycle": (False, "admin"),
+    "lifecycle_endorsement": (False, "peer"),
+}
+
+# (group, field) -> inclusive bounds; 0 is refused everywhere (module docstring).
+# max_message_bytes stays below gRPC's C-int option limit (2 GiB: a node could not even start
+# its server); the rest are bounds no sane consortium reaches (a day of clock skew, a minute
+# of batch timeout).
+LIMIT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
+    ("batch", "max_tx_count"): (1, 100_000),
+    ("batch", "max_bytes"): (1, 1 << 30),
+    ("batch", "timeout_ms"): (1, 60_000),
+    ("limits", "max_message_bytes"): (64 << 10, 1 << 30),
+    ("limits", "max_envelope_bytes"): (1, 1 << 30),
+    ("limits", "gas_limit"): (1, 1 << 40),
+    ("limits", "max_write_set_keys"): (1, 1_000_000),
+    ("limits", "max_value_bytes"): (1, 1 << 30),
+    ("limits", "max_clock_skew_ms"): (1, 86_400_000),
+}
+
+
+def _bad(message: str) -> RxError:
+    return RxError(BAD_CONFIG_UPDATE, message)
+
+
+def check_new_config(
+    old: config_pb2.ConsortiumConfig,
+    new: config_pb2.ConsortiumConfig,
+    envelope_bytes: int,
+    new_msp: MSP,
+    at_ms: int,
+) -> None:
+    """Raise RxError(BAD_CONFIG_UPDATE) unless ``new`` may replace ``old`` (module docstring).
+
+    ``envelope_bytes`` is the size of the envelope carrying the update; ``new_msp`` the MSP
+    of ``new`` (built by the caller once the organisations' CA certificates are checked here
+    first: call :func:`check_organizations` before building it)."""
+    _check_nodes(old, new, new_msp, at_ms)
+    _check_policies(new)
+    _check_limits(new, envelope_bytes)
+
+
+def check_organizations(new: config_pb2.ConsortiumConfig) -> None:
+    """Organisation ids, kinds and CA certificates of ``new`` (BAD_CONFIG_UPDATE)."""
+    seen: set[str] = set()
+    for org in new.organizations:
+        if not org.id:
+            raise _bad("an organisation has an empty id")
+        if org.id in seen:
+            raise _bad(f"organisation id {org.id!r} appears twice")
+        seen.add(org.id)
+        if org.kind not in ROLES_BY_KIND:
+            raise _bad(f"organisation {org.id}: unknown kind {int(org.kind)}")
+        why = _ca_problem(org.ca_cert_der)
+        if why:
+            raise _bad(f"organisation {org.id}: CA certificate {why}")
+
+
+def _ca_problem(der: bytes) -> str:
+    if not der:
+        return "is missing"
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.public_key()  # parsing is lazy: a mangled key raises on first use
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "is not a CA certificate (no BasicConstraints)"
+    except Exception as exc:  # noqa: BLE001 - ValueError, InvalidVersion, a deprecation warning...
+        return f"does not parse: {exc}"
+    if not constraints.ca:
+        return "is not a CA certificate (BasicConstraints ca=false)"
+    return ""
+
+
+def _check_nodes(
+    old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig, new_msp: MSP, at_ms: int
+) -> None:
+    kinds = {o.id: o.kind for o in new.organizations}
+    nodes = [(o.name, o.org, "orderer") for o in new.orderers] + [(p.name, p.org, "peer") for p in new.peers]
+    for name, org, role in nodes:
+        if org not in kinds:
+            raise _bad(f"{role} {name!r} belongs to {org!r}, not an organisation of the new config")
+        if role not in ROLES_BY_KIND[kinds[org]]:
+            raise _bad(f"{role} {name!r}: a {KIND_NAMES[kinds[org]]} organisation ({org}) may not run {role}s")
+    if old.peers and not new.peers:
+        raise _bad("the update removes every peer of the consortium")
+    old_cas = {o.id: o.ca_cert_der for o in old.organizations}
+    old_certs = {o.raft_id: o.cert_der for o in old.orderers}
+    for node in new.orderers:
+        org_ca = next(o.ca_cert_der for o in new.organizations if o.id == node.org)
+        if old_certs.get(node.raft_id) != node.cert_der or old_cas.get(node.org) == org_ca:
+            continue  # a new or rotated certificate is checked by validate_update
+        try:
+            principal = new_msp.validate(identity_pb2.Identity(org=node.org, cert_der=node.cert_der), at_ms)
+        except (RxError, ValueError) as exc:
+            raise _bad(f"orderer {node.raft_id}: its certificate is invalid under the new CA of "
+                       f"{node.org}: {exc}") from exc
+        if principal.role != "orderer":
+            raise _bad(f"orderer {node.raft_id}: certificate role {principal.role!r} under the new CA")
+
+
+def _check_policies(new: config_pb2.ConsortiumConfig) -> None:
+    org_ids = [o.id for o in new.organizations]
+    rules: dict[str, str] = {}
+    for entry in new.policies:
+        if entry.name not in NAMED_POLICIES:
+            raise _bad(f"unknown policy name {entry.name!r} (known: {sorted(NAMED_POLICIES)})")
+        if entry.name in rules:
+            raise _bad(f"policy {entry.name!r} appears twice")
+        rules[entry.name] = entry.rule
+    peer_orgs = {p.org for p in new.peers}
+    for name, (required, role) in NAMED_POLICIES.items():
+        if name not in rules:
+            if required:
+                raise _bad(f"the new config lacks the {name} policy")
+            continue
+        if role == "peer":
+            eligible = sorted(peer_orgs)
+            who = "organisations running peers"
+        else:
+            eligible = [o.id for o in new.organizations if role in ROLES_BY_KIND[o.kind]]
+            who = "organisations"
+        _check_policy(name, rules[name], org_ids, role, eligible, who)
+
+
+def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, eligible: list[str], who: str) -> None:
+    try:
+        policy = parse_policy(text, list(org_ids))
+    except RxError as exc:
+        raise _bad(f"policy {name}: {exc.message}") from exc
+    for p in policy.principals():
+        if p.role != role:
+            raise _bad(f"policy {name} names {p}: it may name {role}s only (e.g. {p.org}.{role})")
+    signers = [(org, role) for org in eligible]
+    try:
+        needed = policy.min_signers(signers)
+    except RxError as exc:
+        raise _bad(f"policy {name}: {exc.message}") from exc
+    if needed is None:
+        raise _bad(f"policy {name} {text!r} can never be satisfied by the {role}s of the new "
+                   f"config's {who} {eligible}")
+    if needed > MAX_SIGNERS:
+        raise _bad(f"policy {name} {text!r} needs {needed} signers; at most {MAX_SIGNERS} are ever counted")
+    if needed < 2 and len(eligible) >= 2:
+        raise _bad(f"policy {name} {text!r} is satisfied by one organisation alone "
+                   f"(the consortium has {len(eligible)} eligible {who})")
+
+
+def _check_limits(new: config_pb2.ConsortiumConfig, envelope_bytes: int) -> None:
+    for (group, field), (low, high) in LIMIT_BOUNDS.items():
+        value = int(getattr(getattr(new, group), field))
+        if not low <= value <= high:
+            raise _bad(f"{group}.{field} = {value}, must be in {low}..{high}")
+    lim = new.limits
+    if lim.max_envelope_bytes > lim.max_message_bytes:
+        raise _bad(f"limits.max_envelope_bytes {lim.max_envelope_bytes} exceeds "
+                   f"limits.max_message_bytes {lim.max_message_bytes}")
+    block = max(new.batch.max_bytes, lim.max_envelope_bytes)
+    if 2 * block > lim.max_message_bytes:
+        raise _bad(f"a block of up to {block} envelope bytes (max of batch.max_bytes and "
+                   f"limits.max_envelope_bytes) must fit in half of limits.max_message_bytes "
+                   f"{lim.max_message_bytes}")
+    if 2 * envelope_bytes > lim.max_envelope_bytes:
+        raise _bad(f"this update's envelope ({envelope_bytes} bytes) must fit in half of "
+                   f"limits.max_envelope_bytes {lim.max_envelope_bytes}, or later updates could "
+                   "not be submitted")

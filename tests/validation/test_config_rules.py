@@ -1,0 +1,290 @@
+"""What a config update may put in force (node.orderer.configrules), on orderers and peers alike.
+
+Every refusal below was adopted before the rules, by the orderers (ConfigTracker) and the peers
+(validator), unless marked "already refused" (kept as regressions). Each case is checked on
+the three paths that judge an update: the leader's check before cutting
+(``ConfigTracker.validate_now``, the broadcast rules at the tx's timestamp), the orderers'
+apply path (``ConfigTracker.block_config``) and the peer's validator (code BAD_CONFIG_UPDATE,
+config unchanged).
+
+The consortium (bench.txbuild.SMALL_CONSORTIUM): h01, p01, ins01 run peers; ins01 and ins02
+run orderers (raft ids 1 and 2); config_update and lifecycle are MAJORITY(admin) (3 of 4).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import pytest
+from rxchain.v1 import block_pb2, config_pb2
+from rxchain.v1 import transaction_pb2 as tx_pb
+
+from bench.txbuild import make_block
+from node.crypto import signing
+from node.crypto import x509 as rx509
+from node.crypto.signing import Verifier
+from node.errors import RxError
+from node.identity.msp import MSP
+from node.identity.policy import MAX_NESTED_CHECK, MAX_SIGNERS, parse_policy
+from node.orderer.configrules import check_new_config
+from node.orderer.configtx import ConfigTracker, OrdererConfig
+from tests.validation.conftest import Net, Peer
+
+Edit = Callable[[config_pb2.ConsortiumConfig], None]
+
+
+def _next_config(peer: Peer) -> config_pb2.ConsortiumConfig:
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(cur)
+    new.sequence = cur.sequence + 1
+    return new
+
+
+def _tracker(peer: Peer) -> ConfigTracker:
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    return ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
+
+
+def _config_block(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> tuple[bytes, block_pb2.Block]:
+    a = net.admins
+    env = peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
+    block = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
+    return env, block
+
+
+def _policy(name: str, rule: str) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        entry = next((p for p in c.policies if p.name == name), None)
+        if entry is None:
+            entry = c.policies.add(name=name)
+        entry.rule = rule
+    return edit
+
+
+def _drop_policy(name: str) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        kept = [p for p in c.policies if p.name != name]
+        del c.policies[:]
+        c.policies.extend(kept)
+    return edit
+
+
+def _org(c: config_pb2.ConsortiumConfig, org_id: str) -> config_pb2.Organization:
+    return next(o for o in c.organizations if o.id == org_id)
+
+
+def _drop_org(org_id: str) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        kept = [o for o in c.organizations if o.id != org_id]
+        del c.organizations[:]
+        c.organizations.extend(kept)
+    return edit
+
+
+def _new_ca_der(org: str) -> bytes:
+    key = signing.generate_key()
+    return rx509.cert_to_der(rx509.make_ca(org, key, dt.datetime.now(dt.UTC)))
+
+
+def _set(group: str, field: str, value: int) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        setattr(getattr(c, group), field, value)
+    return edit
+
+
+def _both(*edits: Edit) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        for e in edits:
+            e(c)
+    return edit
+
+
+def _drop_peers_of(c: config_pb2.ConsortiumConfig, org: str) -> None:
+    kept = [p for p in c.peers if p.org != org]
+    del c.peers[:]
+    c.peers.extend(kept)
+
+
+def _policy_twice(c: config_pb2.ConsortiumConfig) -> None:
+    c.policies.add(name="lifecycle", rule="OutOf(2, h01.admin, p01.admin)")
+
+
+def _no_peers(c: config_pb2.ConsortiumConfig) -> None:
+    del c.peers[:]
+
+
+def _duplicate_org(c: config_pb2.ConsortiumConfig) -> None:
+    copy = c.organizations.add()
+    copy.CopyFrom(_org(c, "h01"))
+    copy.name = "an impostor"
+    copy.ca_cert_der = _new_ca_der("h01")
+
+
+def _peer_of_unknown_org(c: config_pb2.ConsortiumConfig) -> None:
+    c.peers[0].org = "zz01"
+
+
+def _ca_rotated_under_kept_orderer(c: config_pb2.ConsortiumConfig) -> None:
+    _org(c, "ins02").ca_cert_der = _new_ca_der("ins02")
+
+
+def _end_entity_as_ca(c: config_pb2.ConsortiumConfig) -> None:
+    _org(c, "p01").ca_cert_der = next(p.cert_der for p in c.peers if p.org == "p01")
+
+
+def _orderer_added_in_a_hospital(c: config_pb2.ConsortiumConfig) -> None:
+    c.orderers.add(raft_id=3, org="h01", name="orderer.h01", host="127.0.0.1", port=1,
+                   cert_der=next(p.cert_der for p in c.peers if p.org == "h01"))
+
+
+def _orderer_added_with_a_peer_cert(c: config_pb2.ConsortiumConfig) -> None:
+    c.orderers.add(raft_id=3, org="ins01", name="orderer2.ins01", host="127.0.0.1", port=1,
+                   cert_der=next(p.cert_der for p in c.peers if p.org == "ins01"))
+
+
+REFUSED: list[tuple[str, Edit, str]] = [
+    # --- named policies: roles
+    ("lifecycle_endorsement names a client role", _policy("lifecycle_endorsement", "OutOf(2, h01.doctor, p01.peer, ins01.peer)"),
+     "may name peers only"),
+    ("lifecycle_endorsement names members", _policy("lifecycle_endorsement", "MAJORITY(member)"), "may name peers only"),
+    ("lifecycle names members", _policy("lifecycle", "MAJORITY(member)"), "may name admins only"),
+    ("lifecycle names peers", _policy("lifecycle", "OutOf(2, h01.peer, p01.peer, ins01.peer)"), "may name admins only"),
+    ("config_update names a client role", _policy("config_update", "MAJORITY(doctor)"), "may name admins only"),
+    # --- named policies: one organisation alone
+    ("lifecycle_endorsement by one org", _policy("lifecycle_endorsement", "h01.peer"), "one organisation alone"),
+    ("lifecycle_endorsement by any one peer org", _policy("lifecycle_endorsement", "OR(h01.peer, p01.peer)"),
+     "one organisation alone"),
+    ("lifecycle by one org", _policy("lifecycle", "ins01.admin"), "one organisation alone"),
+    ("config_update by any one org", _policy("config_update", "OutOf(1, h01.admin, ins02.admin)"),
+     "one organisation alone"),
+    # --- named policies: nobody could ever satisfy them (lock-out)
+    ("config_update needs one admin twice", _policy("config_update", "AND(h01.admin, h01.admin)"), "never be satisfied"),
+    ("lifecycle_endorsement by an org without peers", _policy("lifecycle_endorsement", "AND(h01.peer, ins02.peer)"),
+     "never be satisfied"),
+    ("lifecycle needs an admin twice", _policy("lifecycle", "OutOf(2, h01.admin, AND(h01.admin, p01.admin))"),
+     "never be satisfied"),
+    # --- named policies: names, parse, organisations
+    ("a policy names an unknown organisation", _policy("lifecycle", "AND(h01.admin, zz01.admin)"),
+     "unknown organisation 'zz01'"),
+    ("a policy names an organisation the update removes",
+     _both(_policy("lifecycle_endorsement", "OutOf(2, h01.peer, p01.peer, ins01.peer)"), _drop_org("p01"),
+           lambda c: _drop_peers_of(c, "p01")),
+     "unknown organisation 'p01'"),
+    ("a policy does not parse", _policy("lifecycle", "MAJORITY("), "policy lifecycle"),
+    ("a misspelt policy name", _policy("lifecycle_endorsment", "MAJORITY(peer)"), "unknown policy name"),
+    ("a policy twice", _policy_twice, "appears twice"),
+    ("config_update removed (already refused)", _drop_policy("config_update"), "config_update policy"),
+    # --- organisations and nodes
+    ("every peer removed", _no_peers, "removes every peer"),
+    ("the org of a remaining orderer removed", _drop_org("ins02"), "not an organisation of the new config"),
+    ("a peer of an unknown org", _peer_of_unknown_org, "not an organisation of the new config"),
+    ("an orderer added in a hospital", _orderer_added_in_a_hospital, "may not run orderers"),
+    ("an orderer added with a peer's certificate", _orderer_added_with_a_peer_cert, "has role 'peer', not orderer"),
+    ("the CA of a kept orderer replaced", _ca_rotated_under_kept_orderer, "invalid under the new CA of ins02"),
+    ("a duplicate organisation id", _duplicate_org, "organisation id 'h01' appears twice"),
+    ("an organisation of no kind", lambda c: setattr(_org(c, "p01"), "kind", config_pb2.ORG_KIND_UNSPECIFIED),
+     "unknown kind"),
+    ("an organisation without a CA (already refused)", lambda c: setattr(_org(c, "p01"), "ca_cert_der", b""),
+     "CA certificate is missing"),
+    ("a CA certificate that does not parse (already refused)",
+     lambda c: setattr(_org(c, "p01"), "ca_cert_der", b"\x30\x03\x02\x01\x00"), "CA certificate does not parse"),
+    ("an end-entity certificate as CA", _end_entity_as_ca, "not a CA certificate"),
+    ("another consortium id (already refused)", lambda c: setattr(c, "consortium_id", "other"), "consortium id"),
+    # --- limits
+    ("batch.max_tx_count 0", _set("batch", "max_tx_count", 0), "batch.max_tx_count = 0"),
+    ("batch.timeout_ms 0", _set("batch", "timeout_ms", 0), "batch.timeout_ms = 0"),
+    ("max_clock_skew_ms 0 (no bound)", _set("limits", "max_clock_skew_ms", 0), "limits.max_clock_skew_ms = 0"),
+    ("max_clock_skew_ms three weeks", _set("limits", "max_clock_skew_ms", 21 * 86_400_000), "max_clock_skew_ms"),
+    ("gas_limit 0", _set("limits", "gas_limit", 0), "limits.gas_limit = 0"),
+    ("max_message_bytes beyond gRPC", _set("limits", "max_message_bytes", (1 << 32) - 1), "limits.max_message_bytes"),
+    ("max_message_bytes below max_envelope_bytes", _set("limits", "max_message_bytes", 512 << 10),
+     "exceeds limits.max_message_bytes"),
+    ("blocks larger than half a message", _set("batch", "max_bytes", 6 << 20), "half of limits.max_message_bytes"),
+    ("an envelope limit the next update cannot fit", _set("limits", "max_envelope_bytes", 4096),
+     "later updates could not be submitted"),
+]
+
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [pytest.param(e, f, id=name) for name, e, f in REFUSED])
+def test_update_is_refused_by_orderers_and_peers_alike(peer: Peer, net: Net, edit: Edit, fragment: str) -> None:
+    new = _next_config(peer)
+    edit(new)
+    env, block = _config_block(peer, net, new)
+    tracker = _tracker(peer)
+    with pytest.raises(RxError) as exc:
+        tracker.validate_now(env)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert fragment in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 0
+    assert peer.committer.validator.config.config.sequence == 0
+
+
+ALLOWED: list[tuple[str, Edit]] = [
+    ("nothing changed", lambda c: None),
+    ("lifecycle_endorsement: two of the peer orgs",
+     _policy("lifecycle_endorsement", "OutOf(2, h01.peer, p01.peer, ins01.peer)")),
+    ("lifecycle_endorsement: a majority of peers", _policy("lifecycle_endorsement", "MAJORITY(peer)")),
+    ("lifecycle: three named admins", _policy("lifecycle", "OutOf(3, h01.admin, p01.admin, ins01.admin, ins02.admin)")),
+    ("lifecycle removed (default MAJORITY(admin))", _drop_policy("lifecycle")),
+    ("config_update: a nested admin policy",
+     _policy("config_update", "AND(OR(ins01.admin, ins02.admin), OutOf(2, h01.admin, p01.admin, ins01.admin))")),
+    ("a peer org removed with its peer", _both(_drop_org("p01"), lambda c: _drop_peers_of(c, "p01"))),
+    ("a tighter clock skew", _set("limits", "max_clock_skew_ms", 1_000)),
+    ("a tiny value limit", _set("limits", "max_value_bytes", 10)),
+    ("the CA of a peer org replaced", lambda c: setattr(_org(c, "p01"), "ca_cert_der", _new_ca_der("p01"))),
+]
+
+
+@pytest.mark.parametrize("edit", [pytest.param(e, id=name) for name, e in ALLOWED])
+def test_updates_within_the_rules_are_adopted_by_orderers_and_peers(peer: Peer, net: Net, edit: Edit) -> None:
+    new = _next_config(peer)
+    edit(new)
+    env, block = _config_block(peer, net, new)
+    tracker = _tracker(peer)
+    assert tracker.validate_now(env) == new
+    assert tracker.block_config(block) == new
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+    cur = peer.ledger.current_config()
+    assert cur is not None and cur.sequence == 1
+
+
+def test_a_consortium_without_peers_may_still_update() -> None:
+    # The orderer tests run consortia with no peer at all: "keep at least one peer" binds
+    # only a consortium that has some. (Unit check of the rule on the configs alone.)
+    base = config_pb2.ConsortiumConfig(consortium_id="x")
+    base.batch.max_tx_count, base.batch.max_bytes, base.batch.timeout_ms = 10, 1 << 20, 50
+    lim = base.limits
+    lim.max_message_bytes, lim.max_envelope_bytes, lim.gas_limit = 4 << 20, 1 << 20, 1000
+    lim.max_write_set_keys, lim.max_value_bytes, lim.max_clock_skew_ms = 10, 1000, 60_000
+    base.policies.add(name="config_update", rule="MAJORITY(admin)")
+    for org in ("a", "b", "c"):
+        base.organizations.add(id=org, kind=config_pb2.INSURER, ca_cert_der=_new_ca_der(org))
+    check_new_config(base, base, 1000, MSP(base, Verifier()), 0)
+    with_peer = config_pb2.ConsortiumConfig()
+    with_peer.CopyFrom(base)
+    with_peer.peers.add(org="a", name="peer.a")
+    with pytest.raises(RxError, match="removes every peer"):
+        check_new_config(with_peer, base, 1000, MSP(base, Verifier()), 0)
+
+
+def test_min_signers_counts_the_fewest_distinct_signers() -> None:
+    orgs = [f"o{i:02d}" for i in range(41)]
+    admins = [(o, "admin") for o in orgs]
+    majority = parse_policy("MAJORITY(admin)", orgs)
+    assert majority.min_signers(admins) == 21 > MAX_SIGNERS  # evaluate() could never pass it
+    assert not majority.evaluate(admins[:21])
+    assert parse_policy("AND(o00.admin, o00.admin)", orgs).min_signers(admins) is None
+    assert parse_policy("OR(o00.admin, AND(o01.admin, o02.admin))", orgs).min_signers(admins) == 1
+    assert parse_policy("AND(o00.admin, OR(o01.admin, o02.admin))", orgs).min_signers(admins) == 2
+    assert parse_policy("AND(o00.admin, OR(o01.admin, o02.admin))", orgs).min_signers(admins[:1]) is None
+    nested = "OR(o00.admin, OutOf(2, " + ", ".join(f"{o}.admin" for o in orgs[: MAX_NESTED_CHECK + 1]) + "))"
+    with pytest.raises(RxError, match="nests rules over"):
+        parse_policy(nested, orgs).min_signers(admins)
