@@ -35,7 +35,9 @@ from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, par
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
+from node.errors import RxError
 from node.genesis import make_genesis
+from node.orderer.configrules import check_genesis_content
 
 Clock = Callable[[], dt.datetime]
 
@@ -196,10 +198,36 @@ def _users(org: OrgSpec) -> list[UserSpec]:
     return [UserSpec("admin", "admin"), *org.users]
 
 
+def check_content(spec: ConsortiumSpec) -> None:
+    """RxError BAD_CONFIG unless the consortium's genesis configuration meets the rules a
+    config update must meet (node.orderer.configrules: named policies -- which roles each may
+    name, satisfiable by the members, never by one organisation alone --, limits, nodes of
+    organisation kinds allowed their role): a genesis the first update could not reproduce
+    would lock the consortium into it."""
+    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id,
+                                         protocol_version=spec.protocol_version)
+    for org in spec.orgs:
+        config.organizations.add(id=org.id, name=org.name, kind=KINDS[org.kind])
+    for n in plan_nodes(spec):
+        if n.kind == "orderer":
+            config.orderers.add(raft_id=n.raft_id, org=n.org, name=n.name)
+        else:
+            config.peers.add(org=n.org, name=n.name)
+    config.batch.CopyFrom(config_pb2.BatchParameters(**spec.batch))
+    config.limits.CopyFrom(config_pb2.Limits(**spec.limits))
+    for name in sorted(spec.policies):
+        config.policies.add(name=name, rule=spec.policies[name])
+    try:
+        check_genesis_content(config)
+    except RxError as err:
+        raise RxError("BAD_CONFIG", f"consortium file: {err.message}") from None
+
+
 def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
              clock: Clock = _utcnow) -> GeneratedNetwork:
     """Generate (or complete) the network material for a consortium under ``home``."""
     spec = raw_or_spec if isinstance(raw_or_spec, ConsortiumSpec) else parse_spec(raw_or_spec)
+    check_content(spec)  # before anything is written
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     now = clock()

@@ -160,7 +160,7 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
             raise _bad(f"policy {name}: {exc.message}") from exc
     protocol = raw.get("protocol_version", 0)
     if not isinstance(protocol, int) or isinstance(protocol, bool) or not 0 <= protocol < 1 << 32:
-        raise _bad(f"protocol_version {protocol!r} must be a positive integer")
+        raise _bad(f"protocol_version {protocol!r} must be an integer in 0..4294967295 (0: unset, version 1)")
     return ConsortiumSpec(cid, base_port, batch, limits,
                           {str(k): str(v) for k, v in policies.items()}, tuple(orgs),
                           str(raw.get("host", "127.0.0.1")), protocol)

@@ -115,6 +115,15 @@ def check_new_config(
     _check_limits(new, envelope_bytes)
 
 
+def check_genesis_content(config: config_pb2.ConsortiumConfig) -> None:
+    """The rules a genesis configuration must meet as well (BAD_CONFIG_UPDATE): nodes of
+    organisation kinds allowed their role, the named policies, the limits. The generator
+    checks them before it writes anything (its CA certificates are its own)."""
+    _check_node_kinds(config)
+    _check_policies(config)
+    _check_limits(config, 0)
+
+
 def check_organizations(new: config_pb2.ConsortiumConfig) -> None:
     """Organisation ids, kinds and CA certificates of ``new`` (BAD_CONFIG_UPDATE)."""
     seen: set[str] = set()
@@ -147,16 +156,21 @@ def _ca_problem(der: bytes) -> str:
     return ""
 
 
-def _check_nodes(
-    old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig, new_msp: MSP, at_ms: int
-) -> None:
+def _check_node_kinds(new: config_pb2.ConsortiumConfig) -> None:
     kinds = {o.id: o.kind for o in new.organizations}
     nodes = [(o.name, o.org, "orderer") for o in new.orderers] + [(p.name, p.org, "peer") for p in new.peers]
     for name, org, role in nodes:
         if org not in kinds:
             raise _bad(f"{role} {name!r} belongs to {org!r}, not an organisation of the new config")
-        if role not in ROLES_BY_KIND[kinds[org]]:
-            raise _bad(f"{role} {name!r}: a {KIND_NAMES[kinds[org]]} organisation ({org}) may not run {role}s")
+        if role not in ROLES_BY_KIND.get(kinds[org], ()):
+            raise _bad(f"{role} {name!r}: a {KIND_NAMES.get(kinds[org], 'unknown')} organisation "
+                       f"({org}) may not run {role}s")
+
+
+def _check_nodes(
+    old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig, new_msp: MSP, at_ms: int
+) -> None:
+    _check_node_kinds(new)
     if old.peers and not new.peers:
         raise _bad("the update removes every peer of the consortium")
     old_cas = {o.id: o.ca_cert_der for o in old.organizations}

@@ -205,3 +205,25 @@ def test_a_records_key_left_in_a_patient_wallet_is_removed(tmp_path: Path) -> No
     stale.write_bytes((tmp_path / "orgs" / org / "records" / "key.pem").read_bytes())
     generate(spec, tmp_path, clock=lambda: FIXED_NOW)
     assert not stale.exists()
+
+
+@pytest.mark.parametrize(("policies", "limits", "why"), [
+    ({"config_update": "h01.admin"}, {}, "one organisation alone"),
+    ({"config_update": "MAJORITY(admin)", "lifecycle_endorsement": "MAJORITY(member)"}, {},
+     "may name peers only"),
+    ({"config_update": "MAJORITY(admin)", "lifecycle": "AND(h01.admin, h01.admin)"}, {},
+     "lifecycle"),
+    ({"config_update": "MAJORITY(admin)", "lifecyle": "MAJORITY(admin)"}, {}, "unknown policy name"),
+    ({"config_update": "MAJORITY(admin)"}, {"max_clock_skew_ms": 10 * 86_400_000}, "max_clock_skew_ms"),
+])
+def test_a_genesis_the_first_config_update_could_not_reproduce_is_bad_config(
+        tmp_path: Path, policies: dict[str, str], limits: dict[str, int], why: str) -> None:
+    """The genesis meets the rules every config update must meet (node.orderer.configrules),
+    checked before anything is written."""
+    spec = small_consortium()
+    spec["policies"] = policies
+    spec["limits"] = {**spec["limits"], **limits}
+    with pytest.raises(RxError) as err:
+        generate(spec, tmp_path / "net")
+    assert err.value.reason == "BAD_CONFIG" and why in err.value.message, err.value.message
+    assert not (tmp_path / "net").exists()
