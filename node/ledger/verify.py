@@ -14,7 +14,10 @@ and, block by block:
    state hash must equal ``metadata.state_hash`` of every block;
 6. finally the live state's savepoint (if readable) must match the replayed one.
 
-The first failure stops the run; the report names the block and the reason.
+The first failure stops the run; the report names the block and the reason. Blocks after
+a config block putting in force a protocol version this release does not implement are not
+judged by its older rules: the run stops there with PROTOCOL_UNSUPPORTED ("not verified",
+not "bad"; node.protocol) -- verify with a release implementing that version.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from node.ledger.errors import LedgerError
 from node.ledger.statedb import ZERO_HASH, StateDB, StateReader, TxOutcome, next_state_hash
 from node.ledger.txwrites import CONFIG_KEY, SYSTEM_NS, outcomes_from_block
 from node.peer.validator import ConfigState, ContractDefinition, PolicyProvider, Validator
+from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
 
 
 @dataclass
@@ -57,6 +61,11 @@ class VerifyReport:
             text = (
                 f"ledger OK: {self.height} blocks checked ({mode}); "
                 f"state hash {self.state_hash}"
+            )
+        elif self.reason == PROTOCOL_UNSUPPORTED:
+            text = (
+                f"ledger NOT VERIFIED from block {self.first_bad_block} on: {self.message} "
+                f"({self.checked} blocks before it are sound)"
             )
         else:
             text = (
@@ -144,6 +153,12 @@ def _walk(
     prev_block_hash = GENESIS_PREVIOUS_HASH
     prev_state_hash = ZERO_HASH
     for n in range(store.height()):
+        why = unsupported(validator.config.config) if n > 0 else None
+        if why is not None:
+            # the blocks from here on follow rules this release lacks: judging them by the
+            # old ones would call a sound ledger bad (or a bad one sound)
+            _fail(report, n, PROTOCOL_UNSUPPORTED, f"cannot judge block {n}: {why}")
+            return
         try:
             block = store.get(n)
         except LedgerError as err:

@@ -217,6 +217,7 @@ class Chain:
         # set when the driver stops on its own (the process should exit: see __main__)
         self.failed = threading.Event()
         self.failure: BaseException | None = None
+        self._ended = threading.Event()  # the driver thread has finished (see _run)
         self._applied = snap.meta.index
         self._conf_state = storage.initial_state()[1]
         self._last_snap_block = 0
@@ -308,6 +309,8 @@ class Chain:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return ticket
         self._inbox.put(("submit", (envelope, ticket, is_config)))
+        if self._ended.is_set():  # the driver ended after the role was read: answer here
+            self._drain_inbox(f"orderer {self._id} is not the leader", NOT_LEADER)
         return ticket
 
     def leader_id(self) -> int:
@@ -333,6 +336,8 @@ class Chain:
                 t.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return tickets
         self._inbox.put(("submit_many", (list(items), tickets)))
+        if self._ended.is_set():
+            self._drain_inbox(f"orderer {self._id} is not the leader", NOT_LEADER)
         return tickets
 
     def status(self) -> ChainStatus:
@@ -364,8 +369,14 @@ class Chain:
             self.failure = exc
             raise
         finally:
-            self._fail_all("ordering service stopping")
+            # A stopped driver leads nothing: submits from now on are answered NOT_LEADER at
+            # once (see submit) instead of queueing for a driver that is gone, and a
+            # hand-over does not wait for a leadership that no longer acts.
+            self._role, self._leader = StateRole.FOLLOWER, 0
+            self._metrics.is_leader.set(0)
             self._status = self._make_status()
+            self._ended.set()
+            self._fail_all("ordering service stopping")
             sync_block_files(self._blocks.directory)
             if self.failure is not None:
                 self.failed.set()
@@ -619,18 +630,21 @@ class Chain:
             for t in f.tickets:
                 t.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
         self._inflight.clear()
+        self._drain_inbox(reason, SERVICE_UNAVAILABLE)
+
+    def _drain_inbox(self, reason: str, code: str) -> None:
+        """Answer ``code`` to every submit still queued (the driver no longer runs; the
+        queue is thread-safe, so a submitting thread may drain it too)."""
         while True:
             try:
                 kind, payload = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if kind == "submit":
-                cast(tuple[bytes, Ticket, bool], payload)[1].resolve(
-                    Outcome(SERVICE_UNAVAILABLE, reason)
-                )
+                cast(tuple[bytes, Ticket, bool], payload)[1].resolve(Outcome(code, reason))
             elif kind == "submit_many":
                 for t in cast(tuple[object, list[Ticket]], payload)[1]:
-                    t.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
+                    t.resolve(Outcome(code, reason))
 
     # ------------------------------------------------------------------ Ready handling
 
@@ -907,7 +921,11 @@ class Chain:
             try:
                 for block in self._fetcher.fetch(start, target):
                     self._append_fetched(block)
-            except Exception as exc:  # noqa: BLE001 -- any transport/peer failure: retry
+            except Exception as exc:  # any transport/peer failure: retry (re-raised: a refusal)
+                if isinstance(exc, RxError) and exc.reason == PROTOCOL_UNSUPPORTED:
+                    # the block raising the version is stored: a refusal to go on, never a
+                    # fetch failure to retry (the blocks after it follow rules we lack)
+                    raise
                 _log.warning(
                     "orderer %d catch-up from block %d failed: %s", self._id, start, exc
                 )

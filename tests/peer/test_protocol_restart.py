@@ -1,0 +1,61 @@
+"""A peer whose commit loop stops on PROTOCOL_UNSUPPORTED (it committed the config block
+raising the protocol version beyond its release) exits 2 with the reason after one
+in-process restart attempt -- the restart's start-up check refuses -- never cycling
+through the 60 restarts meant for transient commit failures (node.peer.__main__)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import node.peer.__main__ as peer_main
+import node.peer.server as peer_server
+from node.errors import RxError
+from node.protocol import PROTOCOL_UNSUPPORTED
+
+WHY = "peer.h01: the consortium runs protocol version 2; this release implements [1]"
+
+
+class _FailedNode:
+    """A running peer whose deliver loop reported a fatal commit error."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.failed = threading.Event()
+        self.failed.set()
+        self.failure: BaseException | None = cause
+        self.stopped = False
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.stopped = True
+
+
+@pytest.fixture
+def quiet_main(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() without touching this process's signal handlers or logging, no pause."""
+    monkeypatch.setattr(signal, "signal", lambda *_: None)
+    monkeypatch.setattr(peer_main, "configure_json_logging", lambda *_: None)
+    monkeypatch.setattr(peer_main, "load_node_config",
+                        lambda _path: SimpleNamespace(kind="peer", log_level="INFO", name="peer.h01"))
+    monkeypatch.setattr(peer_main, "RESTART_PAUSE_S", 0.0)
+
+
+def test_protocol_unsupported_after_a_commit_exits_2(quiet_main: None, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[int] = []
+    first = _FailedNode(RxError(PROTOCOL_UNSUPPORTED, f"block 7: {WHY}"))
+
+    def serve(config: Any) -> _FailedNode:
+        calls.append(1)
+        if len(calls) == 1:
+            return first
+        raise RxError(PROTOCOL_UNSUPPORTED, WHY)  # the start-up check of the restart
+
+    monkeypatch.setattr(peer_server, "serve", serve)
+    assert peer_main.main(["--config", "unused.yaml"]) == 2
+    assert len(calls) == 2 and first.stopped
+    err = capsys.readouterr().err
+    assert f"{PROTOCOL_UNSUPPORTED}: {WHY}" in err
