@@ -1,9 +1,22 @@
 """``rxchain``: the command-line client of every organisation.
 
-Every command accepts ``--json`` and then prints exactly one JSON object; a rejected command
-exits with status 1 (2 for a usage error) and, with ``--json``, prints
-``{"error": "<REASON_CODE>", "message": "..."}``. ``--home`` defaults to ``$RXCHAIN_HOME``
-or ``<project>/.rxchain``; ``--as ORG:USER`` picks the wallet. See client/README.md.
+Every command accepts ``--json`` and then prints exactly one JSON object; a failed command
+prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail": {...}]}``
+(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr). Exit status:
+
+* 0 -- done;
+* 1 -- refused or failed: the failing step did not commit (fix the cause and run it again);
+* 2 -- usage error (bad command line);
+* 3 -- COMMIT_UNKNOWN: the transaction was submitted and its answer lost; it MAY have committed.
+  ``detail`` names ``tx_id`` and, for ``rx issue``, ``rx_id``. Look it up (``rx show RX_ID``)
+  before anything else; run ``rx issue`` again only with ``--rx-id RX_ID`` (never without: that
+  would be a second prescription);
+* 4 -- DUPLICATE_RX: ``rx issue --rx-id RX_ID`` found that prescription already issued (a rerun of
+  an issue that had committed); ``detail.rx_id`` names it. Not 0: the CLI does not compare the
+  existing prescription with the one asked for -- ``rx show`` does.
+
+``--home`` defaults to ``$RXCHAIN_HOME`` or ``<project>/.rxchain``; ``--as ORG:USER`` picks the
+wallet. See client/README.md.
 """
 
 from __future__ import annotations
@@ -17,11 +30,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from client.errors import RxClientError
+from client.errors import CommitUnknown, DuplicateRx, RxClientError
 from client.fhir.admission import MAX_CONNECTIONS, MAX_PER_SOURCE
 from node.errors import RxError
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_COMMIT_UNKNOWN = 3  # submitted, answer lost: may have committed (detail: tx_id, rx_id)
+EXIT_DUPLICATE_RX = 4  # rx issue --rx-id: that prescription exists already (detail: rx_id)
 
 
 class UsageError(RxClientError):
@@ -64,6 +83,19 @@ def _seconds(text: str) -> float:
 
 
 _seconds.__name__ = "seconds"
+
+
+def _rx_id_arg(text: str) -> str:
+    """An argparse type: an rx id the prescription contract accepts (client.rxid)."""
+    from client.rxid import check_rx_id
+
+    try:
+        return check_rx_id(text)
+    except RxClientError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+_rx_id_arg.__name__ = "rx id"
 _PORT = _int_in(1, 65535)
 _COUNT = _int_in(0, 2**63 - 1)
 
@@ -175,7 +207,7 @@ def _issue(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
         stability_assessment=a.stability_assessment or "",
         patient_confirmed=a.patient_confirmed, guardian=a.guardian or "",
     )
-    res: dict[str, Any] = ops.issue(req)
+    res: dict[str, Any] = ops.issue(req, rx_id=a.rx_id)
     return res
 
 
@@ -375,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--stability-assessment")
     iss.add_argument("--patient-confirmed", action="store_true")
     iss.add_argument("--guardian")
+    iss.add_argument("--rx-id", type=_rx_id_arg, metavar="RX_ID",
+                     help="issue under this prescription number (1-64 of A-Za-z0-9-_.) instead of a "
+                          "fresh one: running it again is then safe (exit 4, DUPLICATE_RX, if it had "
+                          "been issued; exit 3 leaves the outcome unknown)")
     rev = sub(rx, "review", _with_ops(_review), "approve or reject (pharmacist)")
     rev.add_argument("rx_id")
     rev.add_argument("--approve", action="store_true")
@@ -508,7 +544,17 @@ def _fail(want_json: bool, reason: str, message: str, out: TextIO, err: TextIO) 
         print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=out)
     else:
         print(f"error: {_clean(reason)}: {_clean(message, keep_newlines=True)}", file=err)
-    return 1
+    return EXIT_REFUSED
+
+
+def _exit_status(exc: RxClientError) -> int:
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, CommitUnknown):
+        return EXIT_COMMIT_UNKNOWN
+    if isinstance(exc, DuplicateRx):
+        return EXIT_DUPLICATE_RX
+    return EXIT_REFUSED
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
@@ -530,7 +576,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
             print(json.dumps(body, ensure_ascii=False), file=out)
         else:
             print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
-        return 2 if isinstance(exc, UsageError) else 1
+            if isinstance(detail, dict):
+                for key, value in detail.items():
+                    print(f"{_clean(key)}: {_clean(value)}", file=err)
+        return _exit_status(exc)
     except RxError as exc:
         return _fail(want_json, exc.reason, exc.message, out, err)
     except KeyboardInterrupt:
@@ -544,7 +593,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
     else:
         _human(result, out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@
 * :class:`EndorsementError` -- the contract or the endorsers refused the proposal.
 * :class:`CommitError` -- the transaction was ordered but committed as invalid; the reason is
   the validation code name (``MVCC_READ_CONFLICT``, ``ENDORSEMENT_POLICY_FAILURE`` ...).
+* :class:`CommitUnknown` -- the transaction was submitted and may have committed (reason
+  ``COMMIT_UNKNOWN``): never propose the call again, look its outcome up.
+* :class:`DuplicateRx` -- ``issue`` was refused because the rx id already exists (reason
+  ``DUPLICATE_RX``): a rerun of an issue that had committed.
 * :class:`WalletError` -- the wallet is missing or inconsistent.
 """
 
@@ -50,6 +54,18 @@ class CommitUnknown(RxClientError):
         self.tx_id = tx_id
         self.envelope = envelope
         self.detail: dict[str, str] = {"outcome": "unknown", "tx_id": tx_id, **ids}
+
+
+class DuplicateRx(EndorsementError):
+    """The contract refused ``issue`` with DUPLICATE_RX: a prescription ``rx_id`` exists (the
+    caller chose the id, e.g. ``rx issue --rx-id`` run again after an unknown outcome).
+    ``detail`` is ``{"outcome": "exists", "rx_id": ...}``; whether the existing prescription
+    is the one meant is for the caller to check (``rx show``)."""
+
+    def __init__(self, rx_id: str, message: str):
+        super().__init__("DUPLICATE_RX", message)
+        self.rx_id = rx_id
+        self.detail: dict[str, str] = {"outcome": "exists", "rx_id": rx_id}
 
 
 class WalletError(RxClientError):

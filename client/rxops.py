@@ -13,11 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client.errors import CommitUnknown, NoKeyGrant, RxClientError
+from client.errors import CommitUnknown, DuplicateRx, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
 from client.records import OpenedRecord, open_grant, seal_prescription, wrap_for
+from client.rxid import check_rx_id
 from client.session import Session
 
 RX = "prescription"
@@ -130,7 +131,11 @@ class RxOperations:
 
     # ------------------------------------------------------------ prescriptions
     def issue(self, req: IssueRequest, rx_id: str | None = None) -> dict[str, Any]:
-        """Encrypt and issue a prescription."""
+        """Encrypt and issue a prescription, under ``rx_id`` if given (checked as the contract
+        checks it): an issue run again with the same id after it committed is refused with
+        :class:`DuplicateRx` (DUPLICATE_RX) instead of becoming a second prescription."""
+        if rx_id is not None:
+            check_rx_id(rx_id)
         patient, pseud = self.patient(req.patient)
         rx_id = rx_id or self.new_rx_id()
         lines = []
@@ -184,8 +189,13 @@ class RxOperations:
             # The rx id was made up here: without it the caller could not look the outcome up
             # and would issue again under a new one -- a second prescription.
             raise CommitUnknown(exc.tx_id, f"prescription {rx_id} may have been issued: {exc.message}; "
-                                f"look it up (rx show {rx_id}) before issuing it again",
+                                f"look it up (rx show {rx_id}), or issue it again only under this same "
+                                f"rx id (a rerun of a committed issue is refused DUPLICATE_RX)",
                                 envelope=exc.envelope, rx_id=rx_id) from exc
+        except RxClientError as exc:
+            if exc.reason != "DUPLICATE_RX":
+                raise
+            raise DuplicateRx(rx_id, exc.message or f"prescription {rx_id} already exists") from exc
         return _written(res, {"rx_id": rx_id})
 
     def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, str]:

@@ -372,9 +372,13 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
     return bundle
 
 
-def operation_outcome(reason: str, message: str) -> dict[str, Any]:
-    """An OperationOutcome carrying the rxchain reason code."""
-    return {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": "processing",
-        "details": {"coding": [{"system": "urn:rxchain:reason", "code": reason}],
-                    "text": message}}]}
+def operation_outcome(reason: str, message: str, ids: Mapping[str, str] | None = None,
+                      severity: str = "error") -> dict[str, Any]:
+    """An OperationOutcome carrying the rxchain reason code; ``ids`` (e.g. ``tx_id``, ``rx_id``
+    of a transaction whose outcome is unknown) go in ``diagnostics`` as ``key=value; ...``."""
+    issue: dict[str, Any] = {
+        "severity": severity, "code": "processing",
+        "details": {"coding": [{"system": "urn:rxchain:reason", "code": reason}], "text": message}}
+    if ids:
+        issue["diagnostics"] = "; ".join(f"{k}={v}" for k, v in ids.items())
+    return {"resourceType": "OperationOutcome", "issue": [issue]}

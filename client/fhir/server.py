@@ -15,6 +15,28 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
 
+Status codes of a POST, by what the caller may do next:
+
+* ``201 Created`` (``Location: /fhir/MedicationRequest/{rx_id}``): issued. If reading the new
+  prescription back fails, still 201 with the Location and a warning OperationOutcome.
+* ``200 OK`` (same Location): a MedicationRequest naming an identifier (see
+  :mod:`client.fhir.idempotency`; ``If-None-Exist: identifier=SYSTEM|VALUE`` is FHIR
+  conditional create) whose prescription already exists and is the one described: the
+  existing prescription, nothing issued again.
+* ``409 Conflict`` DUPLICATE_RX: the identifier names an existing prescription that differs
+  from the request (or that the caller cannot read); its id is in ``diagnostics``.
+* ``504 Gateway Timeout`` COMMIT_UNKNOWN or TIMEOUT: the ledger's answer was lost; the
+  transaction may have committed. ``diagnostics`` names ``tx_id`` and, for an issue,
+  ``rx_id`` (``Location`` then names the prescription that may exist): GET it before doing
+  anything else. Re-POST only a MedicationRequest that carries an identifier (it cannot
+  issue twice); one without would issue a second prescription.
+* ``502 Bad Gateway`` INTERNAL or RPC_FAILED: the peer or the call failed in an unexpected
+  way (``Location``/``diagnostics`` as for 504 when an issue may have committed).
+* ``503`` + ``Retry-After`` only for TOO_MANY_CONNECTIONS (nothing was read) and ``503``
+  SERVICE_UNAVAILABLE when the peer could not be reached before anything was submitted.
+* ``4xx``: refused (400 malformed, 403 not allowed, 422 a prescription rule): the refused
+  step did not commit; fix the request before sending it again.
+
 The TLS handshake runs in the connection's worker thread, never in the accept loop, and must
 complete within ``HANDSHAKE_TIMEOUT_S`` (a deadline for the whole handshake, not per read: a
 client dripping its ClientHello is cut off too); every read has a timeout, and the whole
@@ -44,7 +66,9 @@ import re
 import socket
 import ssl
 import threading
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -52,8 +76,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from client.errors import RxClientError
-from client.fhir import mapping
+from client.errors import CommitError, CommitUnknown, DuplicateRx, RxClientError
+from client.fhir import idempotency, mapping
 from client.fhir.admission import (
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
@@ -64,7 +88,7 @@ from client.fhir.admission import (
     source_of,
 )
 from client.network import load_network
-from client.rxops import RxOperations
+from client.rxops import IssueRequest, RxOperations
 from client.session import Session
 from node.crypto.x509 import cert_info
 from node.errors import RxError
@@ -89,6 +113,17 @@ _STATUS = {
     "UNAUTHENTICATED": 401, "NO_WALLET": 403, "NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503,
     "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400, "LENGTH_REQUIRED": 411,
     "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
+    # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
+    "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
+    "DUPLICATE_RX": 409,
+}
+_LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "
+               "sent again only with the same identifier (one without would issue a second prescription)")
+_UNKNOWN_OUTCOME_MESSAGES = {
+    "COMMIT_UNKNOWN": "the ledger's answer was lost: the transaction may have committed" + _LOOK_FIRST,
+    "TIMEOUT": "the ledger did not answer in time: the request may have been carried out" + _LOOK_FIRST,
+    "INTERNAL": "the ledger peer failed: the request may have been carried out" + _LOOK_FIRST,
+    "RPC_FAILED": "the call to the ledger peer failed: the request may have been carried out" + _LOOK_FIRST,
 }
 _CLOSE_REASONS = ("BAD_CONTENT_LENGTH", "TOO_LARGE", "LENGTH_REQUIRED", "UNSUPPORTED_MEDIA_TYPE")
 
@@ -99,6 +134,33 @@ def _http_status(reason: str) -> int:
     if reason.startswith("UNAUTHORIZED"):
         return 403
     return 422  # a business rule refused the request
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: status, resource (JSON), extra headers."""
+
+    status: int
+    resource: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def rx_location(rx_id: str) -> str:
+    """Where a prescription is read (the ``Location`` of a create)."""
+    return f"/fhir/MedicationRequest/{urllib.parse.quote(rx_id, safe='')}"
+
+
+def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
+    """The OperationOutcome answer to a refusal or failure. A transaction whose outcome is
+    unknown names its ids (``diagnostics``) and, for an issue, the prescription that may exist
+    (``Location``); so does a DUPLICATE_RX (the existing prescription)."""
+    ids: dict[str, str] = {}
+    detail = getattr(exc, "detail", None)
+    if isinstance(exc, CommitUnknown | DuplicateRx) and isinstance(detail, dict):
+        ids = {k: str(v) for k, v in detail.items() if k in ("tx_id", "rx_id") and v}
+    headers = {"Location": rx_location(ids["rx_id"])} if "rx_id" in ids else {}
+    outcome = mapping.operation_outcome(exc.reason, public_message(exc.reason, exc.message, home), ids)
+    return Reply(_http_status(exc.reason), outcome, headers)
 
 
 class Identities:
@@ -157,22 +219,23 @@ class FhirApp:
     def __init__(self, identities: Identities):
         self.ids = identities
 
-    def handle(self, method: str, path: str, body: Any, cert_der: bytes) -> tuple[int, Any]:
-        """(HTTP status, resource) for one request."""
+    def handle(self, method: str, path: str, body: Any, cert_der: bytes,
+               if_none_exist: str | None = None) -> Reply:
+        """The answer to one request (refusals are raised, see :func:`error_reply`)."""
         parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
         if not parts or parts[0] != "fhir":
             raise RxClientError("NOT_FOUND", f"no route {path}")
         parts = parts[1:]
+        if if_none_exist is not None and not (method == "POST" and parts == ["MedicationRequest"]):
+            raise mapping.FhirError("FHIR_INVALID", "If-None-Exist (conditional create) is supported "
+                                    "on POST /fhir/MedicationRequest only")
         if method == "GET" and parts == ["metadata"]:
-            return 200, capability_statement()
+            return Reply(200, capability_statement())
         ops = self.ids.ops_for(cert_der)
         if method == "POST" and parts == ["MedicationRequest"]:
-            req = mapping.issue_request_from_fhir(body)
-            res = ops.issue(req)
-            meta = ops.show(res["rx_id"])
-            return 201, mapping.medication_requests(meta)
+            return self._issue(ops, body, if_none_exist)
         if method == "GET" and len(parts) == 2 and parts[0] == "MedicationRequest":
-            return 200, mapping.medication_requests(ops.show(_rx_id(parts[1])))
+            return Reply(200, mapping.medication_requests(ops.show(_rx_id(parts[1]))))
         if method == "POST" and parts == ["MedicationDispense"]:
             model = mapping.validate_resource(body)
             if model.get_resource_type() != "MedicationDispense":
@@ -184,15 +247,65 @@ class FhirApp:
             meta = ops.show(rx_id)
             content = meta.get("content") or {}
             me = ops.s.identity
-            return 201, mapping.medication_dispense(meta, content, result, codes, me.org, me.user)
+            return Reply(201, mapping.medication_dispense(meta, content, result, codes, me.org, me.user))
         if method == "POST" and parts == ["Claim"]:
             model = mapping.validate_resource(body)
             if model.get_resource_type() != "Claim":
                 raise mapping.FhirError("FHIR_INVALID", "expected a Claim")
             rx_id = _rx_ref([model.prescription] if model.prescription else [], "prescription")
             rec = ops.settle(rx_id)
-            return 201, mapping.claim_and_response(rec, ops.s.identity.org)
+            return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org))
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
+
+    def _issue(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
+        """Issue; idempotent when the request names an identifier (:mod:`client.fhir.idempotency`):
+        the rx id is derived from it, and a prescription already issued under it is answered
+        (200) if it is the one described, else refused (409 DUPLICATE_RX)."""
+        req = mapping.issue_request_from_fhir(body)
+        key = (idempotency.from_if_none_exist(if_none_exist) if if_none_exist is not None
+               else idempotency.from_resource(body))
+        if key is None:
+            return self._created(ops, str(ops.issue(req)["rx_id"]))
+        rx_id = idempotency.rx_id_for(ops.s.identity.org, key)
+        try:
+            ops.issue(req, rx_id=rx_id)
+        except DuplicateRx:
+            return self._existing(ops, rx_id, req, key, None)
+        except CommitError as exc:
+            if exc.reason != "MVCC_READ_CONFLICT":
+                raise
+            # another copy of this create (a retry racing the original) committed first
+            return self._existing(ops, rx_id, req, key, exc)
+        return self._created(ops, rx_id)
+
+    def _created(self, ops: RxOperations, rx_id: str) -> Reply:
+        """201 for a prescription just issued: never an error from here on (a caller would
+        POST again and, without an identifier, issue a second prescription)."""
+        location = {"Location": rx_location(rx_id)}
+        try:
+            return Reply(201, mapping.medication_requests(ops.show(rx_id)), location)
+        except Exception as exc:  # noqa: BLE001 - issued: an error answer would invite a second issue
+            reason = getattr(exc, "reason", "") or "INTERNAL"
+            return Reply(201, mapping.operation_outcome(
+                str(reason), f"prescription {rx_id} was issued; reading it back failed: GET it later",
+                {"rx_id": rx_id}, severity="warning"), location)
+
+    def _existing(self, ops: RxOperations, rx_id: str, req: IssueRequest,
+                  key: idempotency.BusinessId, cause: CommitError | None) -> Reply:
+        """The answer when ``rx_id`` (derived from ``key``) was already issued."""
+        try:
+            meta = ops.show(rx_id)
+        except RxClientError as exc:
+            if cause is not None and exc.reason == "NOT_FOUND":
+                raise cause from exc  # not issued under this id after all: the conflict stands
+            if exc.reason not in ("ACCESS_DENIED", "NO_KEY_GRANT"):
+                raise
+            meta = {}
+        _, pseudonym = ops.patient(req.patient)
+        if not idempotency.same_prescription(meta, req, pseudonym, ops.s.identity.org):
+            raise DuplicateRx(rx_id, f"identifier {key} names prescription {rx_id}, issued earlier and "
+                              "not the one this request describes (patient, diagnosis, days, drugs)")
+        return Reply(200, mapping.medication_requests(meta), {"Location": rx_location(rx_id)})
 
 
 def _rx_id(value: str) -> str:
@@ -221,6 +334,8 @@ def public_message(reason: str, message: str, home: Path) -> str:
     the gateway's home directory) and no internal addresses (an unreachable peer's)."""
     if reason == "SERVICE_UNAVAILABLE":
         return "the ledger peer is unavailable; retry later"
+    if reason in _UNKNOWN_OUTCOME_MESSAGES:  # their details may name internal addresses
+        return _UNKNOWN_OUTCOME_MESSAGES[reason]
     for prefix in sorted({str(Path(home).resolve()), str(home)}, key=len, reverse=True):
         message = message.replace(prefix, "HOME")
     return message
@@ -268,7 +383,7 @@ def capability_statement() -> dict[str, Any]:
         "resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
         "date": "2026-11-25", "fhirVersion": "5.0.0", "format": ["json"],
         "rest": [{"mode": "server", "resource": [
-            res("MedicationRequest", ["create", "read"]),
+            {**res("MedicationRequest", ["create", "read"]), "conditionalCreate": True},
             res("MedicationDispense", ["create"]),
             res("Claim", ["create"]),
         ]}],
@@ -326,23 +441,24 @@ class _Handler(BaseHTTPRequestHandler):
                     if len(data) < length:
                         raise RxClientError("BAD_CONTENT_LENGTH", "the body is shorter than Content-Length")
                     body = parse_body(data)
+                conditional = self.headers.get_all("If-None-Exist") or []
+                if len(conditional) > 1:
+                    raise mapping.FhirError("FHIR_INVALID", "more than one If-None-Exist header")
                 self.server.request_read(self.connection)
-                status, resource = self.server.app.handle(method, self.path, body, cert)
-                self._reply(status, resource)
+                reply = self.server.app.handle(method, self.path, body, cert,
+                                               conditional[0] if conditional else None)
+                self._reply(reply.status, reply.resource, reply.headers)
             except (RxClientError, RxError) as exc:
                 if exc.reason in _CLOSE_REASONS:
                     self.close_connection = True  # the unread body must not be parsed as a request
-                self._reply(_http_status(exc.reason),
-                            mapping.operation_outcome(exc.reason, self._public(exc.reason, exc.message)))
+                reply = error_reply(exc, self.server.app.ids.home)
+                self._reply(reply.status, reply.resource, reply.headers)
             except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
                 self.server.log(f"internal error: {type(exc).__name__}")
                 self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
         except OSError as exc:  # the client went away or timed out: nothing left to answer
             self.close_connection = True
             self.server.log(f"{self.address_string()} connection lost: {type(exc).__name__}")
-
-    def _public(self, reason: str, message: str) -> str:
-        return public_message(reason, message, self.server.app.ids.home)
 
     def _content_length(self) -> int:
         """The declared body length: one header of decimal digits, at most MAX_BODY, of a JSON

@@ -271,7 +271,7 @@ def test_the_cli_prints_the_ids_of_an_unknown_outcome(net_home: Any, tmp_path: A
     rc = main(["--json", "--home", str(home), "rx", "issue", "--as", "h01:dr-jiang", "--patient", "patient-zhang",
                "--diagnosis", "I10", "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01"], out=out, err=err)
     body = json.loads(out.getvalue())
-    assert rc == 1 and body["error"] == "COMMIT_UNKNOWN"
+    assert rc == 3 and body["error"] == "COMMIT_UNKNOWN"  # its own status, never "refused" (1)
     assert body["detail"] == {"outcome": "unknown", "tx_id": "ab" * 32, "rx_id": lost[0]}
 
 
