@@ -6,6 +6,13 @@ block; every ``data_hash`` matches the envelopes; every later block carries at l
 valid orderer signature (over the header hash) by an orderer of the configuration; there is
 one validation code per envelope. The result also carries the last header hash and state
 hash so several peers can be compared.
+
+The configuration follows the chain: each block's orderer signatures are checked against the
+orderers of the configuration in force before it (the genesis one, then that of every config
+block the peer committed VALID), so orderer certificate rotations and membership changes
+verify. Past a config block raising the consortium's protocol version beyond what this release
+implements (node.protocol) the blocks are not judged: the result says PROTOCOL_UNSUPPORTED
+from there on (not OK, not a forgery either).
 """
 
 from __future__ import annotations
@@ -14,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from client.gateway import rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Verifier
 from node.crypto.tls import secure_channel
+from node.orderer.configtx import config_of_block
+from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
 
 
 @dataclass
@@ -42,6 +52,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
     res = VerifyResult(peer, ok=True)
     orderer_certs = {o.cert_der for o in config.orderers}
     prev: bytes | None = None
+    valid = transaction_pb2.VALID
     for i, b in enumerate(blocks):
         n = b.header.number
         if n != i:
@@ -71,8 +82,25 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         res.state_hash = b.metadata.state_hash.hex()
         if len(res.errors) > 20:
             break
+        new = _adopted_config(b) if i > 0 and list(b.metadata.validation_codes) == [valid] else None
+        if new is not None:
+            orderer_certs = {o.cert_der for o in new.orderers}
+            why = unsupported(new)
+            if why is not None:
+                res.errors.append(f"block {n}: {PROTOCOL_UNSUPPORTED}: {why}; the blocks after "
+                                  "it are not verified")
+                break
     res.ok = not res.errors
     return res
+
+
+def _adopted_config(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
+    """The configuration a config block carries (None for other blocks, or bytes that do
+    not parse: such a tx is not VALID on a sound peer, and its signature check says so)."""
+    try:
+        return config_of_block(block)
+    except DecodeError:
+        return None
 
 
 def fetch_blocks(identity: WalletIdentity, target: str, timeout: float = 60.0,

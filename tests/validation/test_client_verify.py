@@ -1,0 +1,83 @@
+"""``rxchain ledger verify`` (client.verify.verify_blocks) follows the configuration through the
+chain: a block signed by a rotated orderer certificate verifies (it was reported as "no valid
+orderer signature": the genesis orderers were the only ones known), and past a config block
+raising the protocol version beyond this release it stops with PROTOCOL_UNSUPPORTED instead of
+judging blocks by rules it lacks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509 as cx509
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2
+from rxchain.v1 import transaction_pb2 as tx_pb
+
+from bench.txbuild import RwSpec, make_block
+from client.verify import verify_blocks
+from node.crypto import signing
+from node.crypto import x509 as rx509
+from node.crypto.signing import Signer, Verifier
+from node.errors import RxError
+from node.genesis import config_from_genesis, read_genesis
+from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
+from tests.validation.conftest import Net, Peer
+from tests.validation.test_protocol_version import _config_block, _next_config
+
+
+def _chain(peer: Peer) -> list[block_pb2.Block]:
+    return [peer.ledger.blocks.get(i) for i in range(peer.ledger.height())]
+
+
+def _invoke_block(peer: Peer, net: Net, key: str, orderer: Signer) -> block_pb2.Block:
+    env = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[(key, b"v")])])
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [orderer])
+
+
+def _rotated_orderer1(net: Net) -> Signer:
+    ca_dir = net.home / "orgs" / "ins01"
+    ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
+    key = signing.generate_key()
+    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org="ins01", role="orderer",
+                            name="orderer.ins01", now=dt.datetime.now(dt.UTC),
+                            hosts=("127.0.0.1", "localhost", "orderer.ins01"))
+    return Signer(key, identity_pb2.Identity(org="ins01", cert_der=rx509.cert_to_der(cert)))
+
+
+def _genesis(net: Net) -> tuple[block_pb2.Block, config_pb2.ConsortiumConfig]:
+    genesis = read_genesis(net.home / "genesis.block")
+    return genesis, config_from_genesis(genesis)
+
+
+def test_blocks_signed_by_a_rotated_orderer_certificate_verify(peer: Peer, net: Net) -> None:
+    new_signer = _rotated_orderer1(net)
+    rotation = _next_config(peer, 1)
+    for o in rotation.orderers:
+        if o.raft_id == 1:
+            o.cert_der = new_signer.identity.cert_der
+    _, block = _config_block(peer, net, rotation)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+    after = _invoke_block(peer, net, "a", new_signer)  # signed by the rotated certificate only
+    assert list(peer.committer.commit_block(after).validated.codes) == [tx_pb.VALID]
+    genesis, config = _genesis(net)
+    res = verify_blocks("peer.h01", _chain(peer), genesis, config, Verifier())
+    assert res.ok and res.height == peer.ledger.height(), res.errors
+
+
+def test_verification_stops_where_the_protocol_version_is_beyond_this_release(peer: Peer, net: Net) -> None:
+    beyond = max(SUPPORTED_VERSIONS) + 1
+    _, raising = _config_block(peer, net, _next_config(peer, beyond))
+    with pytest.raises(RxError):
+        peer.committer.commit_block(raising)  # committed, then the peer stops
+    after = _invoke_block(peer, net, "b", net.orderer1)
+    validated = peer.committer.validator.validate(after, peer.ledger.height(), peer.ledger.blocks.last_hash())
+    peer.ledger.commit(validated.block, validated.outcomes)
+    genesis, config = _genesis(net)
+    res = verify_blocks("peer.h01", _chain(peer), genesis, config, Verifier())
+    assert not res.ok
+    assert res.errors == [f"block {raising.header.number}: {PROTOCOL_UNSUPPORTED}: the consortium runs "
+                          f"protocol version {beyond}; this release implements {sorted(SUPPORTED_VERSIONS)}: "
+                          "install a release implementing it and start the node again (keep its data "
+                          "directory); the blocks after it are not verified"]
+    assert res.height == raising.header.number + 1
