@@ -370,7 +370,8 @@ class Launcher:
             self._sleep(0.02)
 
     def status(self) -> list[dict[str, Any]]:
-        """Every node: pid (if running), serving, height, leader."""
+        """Every node: pid (if running), serving, height, leader; for a node not running,
+        the last line of its log (``last_log``: e.g. why it stopped, PROTOCOL_UNSUPPORTED)."""
         net = load_network(self.home)
         ident = self._operator(net)
         rows = []
@@ -380,6 +381,9 @@ class Launcher:
                                    "port": node.port, "pid": pid}
             if pid is None:
                 row.update(serving=False, detail="not running")
+                last = self.log_tail(node.name, 1)
+                if last:
+                    row["last_log"] = last[:500]
             else:
                 with AdminClient(ident, node.target) as c:
                     h = c.status(node.name)

@@ -115,4 +115,12 @@ def test_netgen_with_base_port_and_launcher_status_when_stopped(tmp_path: Path):
     assert generate_material(home) is False  # idempotent: existing material is kept
     rows = Launcher(home).status()
     assert [r["serving"] for r in rows] == [False, False, False]
+    assert all("last_log" not in r for r in rows)  # never started: no log
+    stopped = net["peers"][0]["name"]
+    log = Launcher(home).log_path(stopped)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text('{"msg": "started"}\nrxchain peer: PROTOCOL_UNSUPPORTED: peer.h01: the consortium runs '
+                   'protocol version 2\n')
+    by_node = {r["node"]: r for r in Launcher(home).status()}
+    assert by_node[stopped]["last_log"].startswith("rxchain peer: PROTOCOL_UNSUPPORTED")
     assert Launcher(home).down(grace_s=0.1) == []
