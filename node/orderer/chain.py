@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from google.protobuf.message import DecodeError
-from rxchain.v1 import block_pb2, raft_pb2, transaction_pb2
+from rxchain.v1 import block_pb2, config_pb2, raft_pb2, transaction_pb2
 
 from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
@@ -55,10 +55,18 @@ from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
-from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block, tx_timestamp_ms, tx_type
+from node.orderer.configtx import (
+    BAD_CONFIG_UPDATE,
+    ConfigTracker,
+    OrdererConfig,
+    config_of_block,
+    tx_timestamp_ms,
+    tx_type,
+)
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.releases import ReleaseWatch, lacking
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
-from node.protocol import PROTOCOL_UNSUPPORTED, require_supported
+from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, require_supported
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
 from node.raft.errors import ProposalDropped, RaftError
@@ -175,9 +183,11 @@ class Chain:
         wall_ms: Callable[[], int] = wall_ms,
         options: ChainOptions | None = None,
         clock_watch: ClockWatch | None = None,
+        releases: ReleaseWatch | None = None,
     ) -> None:
         """``clock_watch``: the other orderers' clocks as their messages tell them (None: not
-        compared)."""
+        compared); ``releases``: the protocol versions their releases implement (None: a
+        config update raising the version is admitted without asking)."""
         self._id = raft_id
         self._storage = storage
         self._blocks = blocks
@@ -188,6 +198,7 @@ class Chain:
         self._clock = clock
         self._wall_ms = wall_ms  # the time stamped into cut blocks
         self._clock_watch = clock_watch
+        self._releases = releases
         self._last_clock_check = -1e18
         self._opt = options or ChainOptions()
         self._tracker = tracker
@@ -477,6 +488,20 @@ class Chain:
         self._metrics.clock_handovers.inc()
         self._node.transfer_leader(target)
 
+    def _every_voter_implements(self, new: config_pb2.ConsortiumConfig) -> None:
+        """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter has not
+        told it implements the new one (node.orderer.releases)."""
+        version = protocol_version(new)
+        if self._releases is None or version <= protocol_version(self._tracker.current.config):
+            return
+        told = self._releases.told()
+        missing = lacking(self._conf_state.voters, self._id, version, told)
+        if missing:
+            said = {n: told.get(n, 0) for n in missing}
+            raise RxError(BAD_CONFIG_UPDATE, f"orderers {missing} have not told they implement "
+                                             f"protocol version {version} (highest told: {said}; "
+                                             "0: not heard or an older release): upgrade them first")
+
     def _lead_ready(self) -> bool:
         return (
             self._role == StateRole.LEADER
@@ -494,7 +519,7 @@ class Chain:
                 self._config_waiting.append((envelope, ticket))
                 return
             try:
-                self._tracker.validate_now(envelope)
+                self._every_voter_implements(self._tracker.validate_now(envelope))
             except RxError as err:
                 ticket.resolve(Outcome(err.reason, err.message))
                 return

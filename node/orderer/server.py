@@ -49,8 +49,9 @@ from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
+from node.orderer.releases import ReleaseWatch
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
-from node.protocol import require_supported
+from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
 from node.raft.types import StateRole
@@ -102,10 +103,12 @@ class OrdererServer:
 
 
 def _admin_handler(
-    config: NodeConfig, chain: Chain, check_caller: Callable[[grpc.ServicerContext], object]
+    config: NodeConfig, chain: Chain, check_caller: Callable[[grpc.ServicerContext], object],
+    in_force: Callable[[], OrdererConfig],
 ) -> grpc.GenericRpcHandler[object, object]:
     """Health (open to any caller the mTLS layer admits, e.g. probes) and Status (chain
-    height, hashes and Raft state: the caller's certificate is checked with the MSP first)."""
+    height, hashes, Raft state, protocol versions: the caller's certificate is checked with
+    the MSP first)."""
 
     def health(
         request: services_pb2.HealthRequest, context: grpc.ServicerContext
@@ -128,6 +131,8 @@ def _admin_handler(
         return services_pb2.StatusResponse(
             node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
+            protocol_versions=sorted(SUPPORTED_VERSIONS),
+            protocol_version=protocol_version(in_force().config),
         )
 
     return grpc.method_handlers_generic_handler(
@@ -288,6 +293,7 @@ def serve(config: NodeConfig) -> OrdererServer:
 
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms)
     clock_watch = ClockWatch(wall_ms)
+    releases = ReleaseWatch()
     fetcher = DeliverFetcher(
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
         channel,
@@ -304,6 +310,7 @@ def serve(config: NodeConfig) -> OrdererServer:
             snapshot_interval_blocks=int(extra.get("snapshot_interval_blocks", 100)),
         ),
         clock_watch=clock_watch,
+        releases=releases,
     )
     transport.bind(chain)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
@@ -332,7 +339,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams)
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
-        clock_watch=clock_watch,
+        clock_watch=clock_watch, releases=releases,
     )
     forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s)
     server = grpc.server(
@@ -348,7 +355,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         [
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
-            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms)),
+            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current),
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)

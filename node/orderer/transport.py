@@ -37,8 +37,10 @@ from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
+from node.orderer.releases import ReleaseWatch
 from node.orderer.streams import ordered_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.protocol import MAX_PROTOCOL_VERSION
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
 
@@ -177,7 +179,8 @@ class PeerSender:
                         self._report_failure(lost)
                     return
                 yield services_pb2.ConsensusRequest(
-                    from_id=self._own_id, payload=encode_message(msg), sent_wall_ms=self._wall_ms())
+                    from_id=self._own_id, payload=encode_message(msg), sent_wall_ms=self._wall_ms(),
+                    max_protocol_version=MAX_PROTOCOL_VERSION)
                 if msg.type == MessageType.SNAP:
                     self._sink.report_snapshot(self._peer_id, True)
 
@@ -289,10 +292,13 @@ class ClusterService:
         metrics: OrdererMetrics,
         commit_timeout_s: float = 5.0,
         clock_watch: ClockWatch | None = None,
+        releases: ReleaseWatch | None = None,
     ) -> None:
-        """``clock_watch`` is told each member's clock from its messages."""
+        """``clock_watch`` is told each member's clock from its messages, ``releases`` the
+        protocol versions its release implements."""
         self._own_id = own_id
         self._clock_watch = clock_watch
+        self._releases = releases
         self._membership = membership
         self._sink = sink
         self._broadcast = broadcast
@@ -333,6 +339,8 @@ class ClusterService:
                 continue
             if self._clock_watch is not None:
                 self._clock_watch.observe(rid, req.sent_wall_ms)
+            if self._releases is not None:
+                self._releases.observe(rid, req.max_protocol_version)
             self._sink.step(msg)
         return services_pb2.ConsensusResponse()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from rxchain.v1 import services_pb2, services_pb2_grpc
+from rxchain.v1 import config_pb2, services_pb2, services_pb2_grpc
 
 from node.crypto.canonical import block_header_hash
 from node.errors import guarded_unary
 from node.identity.msp import Principal
 from node.ledger.ledger import Ledger
+from node.protocol import SUPPORTED_VERSIONS, protocol_version
 
 
 class PeerAdminService(services_pb2_grpc.AdminServicer):
@@ -46,8 +47,11 @@ class PeerAdminService(services_pb2_grpc.AdminServicer):
         if sp is None:
             return services_pb2.StatusResponse(node=self._name, role="peer")
         last = block_header_hash(self._ledger.block(sp.block).header)
+        raw = self._ledger.current_config_bytes() or b""
         return services_pb2.StatusResponse(
             node=self._name, role="peer", height=sp.block + 1, last_block_hash=last,
             state_hash=sp.state_hash,
-            config=(self._ledger.current_config_bytes() or b"") if request.include_config else b"",
+            config=raw if request.include_config else b"",
+            protocol_versions=sorted(SUPPORTED_VERSIONS),
+            protocol_version=protocol_version(config_pb2.ConsortiumConfig.FromString(raw)),
         )

@@ -32,6 +32,7 @@ from node.crypto import x509 as rx509
 from node.crypto.signing import Purpose, Signer, load_signer
 from node.errors import reason_from_rpc_error
 from node.peer.lifecycle import package_hash
+from node.protocol import SUPPORTED_VERSIONS
 from tests.harness.consortium import Consortium, consortium_dict, generate_consortium
 from tests.harness.ports import free_ports
 from tests.harness.procs import ProcessManager
@@ -139,6 +140,9 @@ def assert_same_chain(cons: Consortium, peers: list[str]) -> int:
             assert chains[p][n] == ref[n], f"{p} differs from {peers[0]} at block {n}"
     statuses = {p: admin_status(cons.target(p), cons.node_creds(p)) for p in peers}
     assert len({(s.height, s.state_hash, s.last_block_hash) for s in statuses.values()}) == 1
+    # what an operator checks before raising the protocol version (node.protocol)
+    assert {(tuple(s.protocol_versions), s.protocol_version) for s in statuses.values()} == {
+        (tuple(sorted(SUPPORTED_VERSIONS)), 1)}
     return top
 
 

@@ -23,6 +23,7 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import ORDERER_CLOCK_SKEW, Ticket
 from node.orderer.transport import PeerSender
 from node.peer.broadcast_client import RETRYABLE
+from node.protocol import SUPPORTED_VERSIONS
 from node.raft.types import ConfState, Message, MessageType, StateRole
 from tests.orderer.cluster import (
     Client,
@@ -111,6 +112,8 @@ def test_every_raft_message_tells_the_senders_clock() -> None:
         wait_until(lambda: len(got) == 3, 10, what="three messages")
         sender.close()
         assert [r.sent_wall_ms for r in got] == [BASE_MS, BASE_MS + 1, BASE_MS + 2]
+        # and the highest protocol version its release implements (node.orderer.releases)
+        assert {r.max_protocol_version for r in got} == {max(SUPPORTED_VERSIONS)}
     finally:
         sender.close()
         server.stop(0)
@@ -306,6 +309,8 @@ def test_an_orderer_an_hour_ahead_leads_only_until_the_others_can_outvote_its_cl
         (block,) = [b for b in client.blocks(target2) if tx_id in tx_ids_of(b)]
         assert abs(block.header.timestamp_ms - int(time.time() * 1000)) < 60_000
         assert "event=clock_disagrees" in procs.log_text(names[1])
+        st = client.status(target2)  # what an operator checks before raising the protocol version
+        assert (list(st.protocol_versions), st.protocol_version) == (sorted(SUPPORTED_VERSIONS), 1)
     finally:
         procs.close()
         for name in names.values():

@@ -33,11 +33,11 @@ def net(tmp_path_factory):
     return make_network(tmp_path_factory.mktemp("protocol") / "net")
 
 
-def _raised(lead_config: config_pb2.ConsortiumConfig, net) -> bytes:
+def _raised(lead_config: config_pb2.ConsortiumConfig, net, version: int = BEYOND) -> bytes:
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(lead_config)
     new.sequence += 1
-    new.protocol_version = BEYOND
+    new.protocol_version = version
     return config_envelope(net, new, ["ins01", "ins02", "ins03"])
 
 
@@ -127,3 +127,36 @@ def test_the_process_exits_when_its_chain_stops(capsys: pytest.CaptureFixture[st
     done, calm = threading.Event(), _DyingServer(failure)
     done.set()
     assert run_until_stopped(calm, done, poll_s=0.01) == 0 and calm.stopped.is_set()
+
+
+def test_the_leader_admits_a_raise_only_once_every_voter_implements_it(
+        net, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raised while an orderer still runs an older release, that one would stop at the block
+    (and a quorum of them would stop ordering): the leader waits until every voter has told,
+    in its Raft messages, that it implements the new version."""
+    import node.protocol as protocol
+    from node.orderer.releases import ReleaseWatch
+    from node.raft.types import ConfState
+
+    newer = max(SUPPORTED_VERSIONS) + 1
+    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*SUPPORTED_VERSIONS, newer}))
+    releases = ReleaseWatch()
+    lead = Leader(net, tmp_path, ConfState(voters=(1, 2, 3)), releases=releases)
+    try:
+        def admit() -> str:
+            ticket = Ticket("cfg")
+            lead.chain._on_submit(_raised(lead.tracker.current.config, net, newer), ticket, True)
+            out = ticket.peek()
+            return "" if out is None else out.reason + " " + out.message  # None: held for a block
+
+        said = admit()
+        assert said.startswith("BAD_CONFIG_UPDATE orderers [2, 3] have not told"), said
+        releases.observe(2, newer)
+        releases.observe(3, max(SUPPORTED_VERSIONS))  # an older release
+        said = admit()
+        assert said.startswith("BAD_CONFIG_UPDATE orderers [3]") and "{3: 1}" in said, said
+        releases.observe(3, newer)
+        assert admit() == ""  # admitted: on its way into a block
+        assert lead.chain._config_inflight is not None  # proposed as the next block
+    finally:
+        lead.close()

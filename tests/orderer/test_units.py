@@ -23,6 +23,7 @@ from node.orderer.clockwatch import ClockWatch
 from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
+from node.orderer.releases import ReleaseWatch
 from node.orderer.ticket import Outcome, Ticket
 from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.errors import InvalidMessage
@@ -260,7 +261,9 @@ def test_cluster_step_accepts_members_only(net):
     sink = Sink()
     metrics = OrdererMetrics("t")
     watch = ClockWatch(lambda: 1_800_000_000_000)
-    svc = ClusterService(1, membership, sink, None, metrics, clock_watch=watch)  # type: ignore[arg-type]
+    releases = ReleaseWatch()
+    svc = ClusterService(1, membership, sink, None, metrics, clock_watch=watch,  # type: ignore[arg-type]
+                         releases=releases)
     me = net.home / "nodes" / "orderer.ins01"
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers([svc.handler()])
@@ -286,20 +289,22 @@ def test_cluster_step_accepts_members_only(net):
 
         hb = Message(MessageType.HEARTBEAT, to=1, frm=2, term=5)
         good = services_pb2.ConsensusRequest(from_id=2, payload=encode_message(hb),
-                                             sent_wall_ms=1_800_000_000_000 - 7_000)
+                                             sent_wall_ms=1_800_000_000_000 - 7_000,
+                                             max_protocol_version=3)
         send("orderer.ins02", [good])
         assert sink.messages == [hb]
         assert watch.offsets() == {2: -7_000}  # the sender's clock, as it told it
+        assert releases.told() == {2: 3}  # and the versions its release implements
         # A member claiming to be another orderer, or garbage: dropped and counted (and
         # what they claim about their clock is not believed).
         spoof = services_pb2.ConsensusRequest(from_id=3, payload=encode_message(
-            Message(MessageType.HEARTBEAT, to=1, frm=3, term=5)), sent_wall_ms=1)
+            Message(MessageType.HEARTBEAT, to=1, frm=3, term=5)), sent_wall_ms=1, max_protocol_version=9)
         garbage = services_pb2.ConsensusRequest(from_id=2, payload=b"\xff\xff")
         send("orderer.ins02", [spoof, garbage])
         assert sink.messages == [hb]
         assert metrics.consensus_dropped.labels(reason="bad_sender")._value.get() == 1
         assert metrics.consensus_dropped.labels(reason="invalid")._value.get() == 1
-        assert watch.offsets() == {2: -7_000}
+        assert watch.offsets() == {2: -7_000} and releases.told() == {2: 3}
         # A valid consortium member that is not an orderer: refused outright.
         with pytest.raises(grpc.RpcError) as err:
             send(None, [good])
