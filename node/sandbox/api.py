@@ -37,7 +37,7 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   gives CONTRACT_EXCEPTION with ``"KeyError: 'x'"``-style message.
 * Forbidden (rejected at deploy with the line number, reason CONTRACT_REJECTED): any other
   import, names starting with ``__`` and attributes starting with ``_`` (``x._y``,
-  ``().__class__``, ``f.__globals__``...),
+  ``().__class__``, ``f.__globals__``...), integer literals over 4,096 bits,
   ``eval``/``exec``/``open``/``getattr``/``type``/``print``... (allowed builtins are listed
   in ``checker.ALLOWED_BUILTINS``), classes, lambda, ``global``/``nonlocal``, generators
   (``yield``), ``async``, ``with``, ``try/finally``, bare ``except:``, ``match``, module-level
@@ -59,7 +59,8 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
   ``str()``/``repr()``/f-strings never show memory addresses (functions print as
   ``<function>``, the context as ``<Context>``) and sets print in sorted order.  Exception
   texts have addresses replaced by ``0x?``.  ``str.format`` is not available (f-strings
-  and ``%`` are; format widths are limited to 4 digits).
+  and ``%`` are; format widths are limited to 4 digits).  Reasons ``TIMEOUT``, ``MEMORY_LIMIT``
+  and ``WORKER_CRASHED`` are the runtime's: a contract raising them gets CONTRACT_EXCEPTION.
 * Limits (from the consortium config, reason code in brackets): gas [OUT_OF_GAS], call depth
   [RECURSION_LIMIT], size of any string / collection / integer built [SIZE_LIMIT], size of a
   stored value, the result or an event [SIZE_LIMIT], number/bytes of keys written
@@ -74,7 +75,9 @@ building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split,
 1 + size/32; sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
 (or keys) compared when they are containers, unless they are tuples with distinct str/int
 first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
-of containers their nested size once; big-int arithmetic ~bits/64; context calls as listed on
+of containers their nested size once; ``isinstance`` with a tuple 1 + entries; a function body
+over weight 2,048 or a loop iteration / comprehension element over weight 512 (one per syntax
+node, 32 per dict/set display element) 1 per 32 beyond; big-int arithmetic ~bits/64; context calls as listed on
 ``Context``; the returned value 1 per JSON value + bytes/32.  The figures are part of the
 consensus rules: every peer must run the same rxchain and Python (3.11) versions.
 
@@ -118,6 +121,18 @@ _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 def valid_reason(reason: Any) -> bool:
     return type(reason) is str and _REASON.match(reason) is not None
+
+
+def _utf8(text: str) -> bool:
+    """``text`` has a UTF-8 form (no lone surrogate): names sent to the host or in results
+    are protobuf strings."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 MAX_NAMESPACE_LEN = 255  # ctx.get_from/range_from/history_from namespaces (contract names)
@@ -221,13 +236,13 @@ class Context:
         return key
 
     def _bound(self, key: Any) -> str:
-        if type(key) is not str or "\x00" in key or len(key) > self._limits.max_key_len:
-            raise ValueError("range bound must be a string without NUL")
+        if type(key) is not str or "\x00" in key or len(key) > self._limits.max_key_len or not _utf8(key):
+            raise ValueError("range bound must be a string without NUL or lone surrogate")
         return key
 
     def _ns(self, namespace: Any) -> str:
-        if type(namespace) is not str or not namespace or "\x00" in namespace:
-            raise ValueError("namespace must be a non-empty string")
+        if type(namespace) is not str or not namespace or "\x00" in namespace or not _utf8(namespace):
+            raise ValueError("namespace must be a non-empty string without NUL or lone surrogate")
         if len(namespace) > MAX_NAMESPACE_LEN:  # contract names have at most 64 characters
             raise ValueError(f"namespace longer than {MAX_NAMESPACE_LEN} characters")
         return namespace
@@ -328,8 +343,8 @@ class Context:
         return None if data is None else self._decode(data, f"transient {name!r}")
 
     def emit(self, name: str, payload: dict[str, Any]) -> None:
-        if type(name) is not str or not name or len(name) > 128:
-            raise ValueError("event name must be a non-empty string of at most 128 chars")
+        if type(name) is not str or not name or len(name) > 128 or not _utf8(name):
+            raise ValueError("event name must be a non-empty string of at most 128 chars (no lone surrogate)")
         if type(payload) is not dict:
             raise ValueError("event payload must be a dict")
         if len(self._events) >= self._limits.max_events:

@@ -20,6 +20,10 @@ API_MODULE = "rxchain_contract"
 MAX_SOURCE_BYTES = 512 * 1024
 MAX_NODES = 200_000
 MAX_DEPTH = 80
+# Integer literals are bounded like the integers arithmetic builds (SandboxLimits.max_int_bits
+# by default): hexadecimal literals escape Python's 4,300-digit rule, and a 1,000,000-bit
+# literal divided by another runs for seconds inside one uncharged ``//``.
+MAX_INT_LITERAL_BITS = 4096
 
 ALLOWED_EXCEPTIONS = frozenset(
     {
@@ -141,6 +145,26 @@ def _literal(node: ast.expr) -> bool:
     return False
 
 
+def _too_deep(node: ast.AST, limit: int) -> ast.AST | None:
+    """A node nested more than ``limit`` levels below ``node`` (``node`` itself at level 1),
+    found without recursion, or None."""
+    stack = [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        if depth > limit:
+            return n
+        stack.extend((c, depth + 1) for c in ast.iter_child_nodes(n))
+    return None
+
+
+def _check_annotation(node: ast.expr | None) -> None:
+    """Annotations are not evaluated, but the instrumenter and the signature reader walk
+    them recursively: one nested deeper than the code may be is refused (a 500-level
+    annotation raised RecursionError out of the compiler -- a worker crash on every call)."""
+    if node is not None and _too_deep(node, MAX_DEPTH) is not None:
+        raise _reject(node, f"annotation nested deeper than {MAX_DEPTH}")
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("__")
 
@@ -179,6 +203,8 @@ def _signature(fn: ast.FunctionDef) -> FunctionSig:
     positional = a.args[1:]
     n_defaults = len(a.defaults)
     first_default = len(a.args) - n_defaults
+    for arg in [*a.args, *a.kwonlyargs]:
+        _check_annotation(arg.annotation)
     for i, arg in enumerate(positional, start=1):
         types, nullable = _annotation(arg.annotation, fn.name, arg.arg, arg)
         params.append(Param(arg.arg, types, nullable, i < first_default))
@@ -236,6 +262,9 @@ class _Checker(ast.NodeVisitor):
             raise _reject(node, "float literals are not allowed (use integer fen)")
         if isinstance(node.value, bytes):
             raise _reject(node, "bytes literals are not allowed")
+        if type(node.value) is int and node.value.bit_length() > MAX_INT_LITERAL_BITS:
+            raise _reject(node, f"integer literal of {node.value.bit_length()} bits (at most "
+                                f"{MAX_INT_LITERAL_BITS})")
         self.generic_visit(node)
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
@@ -293,7 +322,8 @@ class _Checker(ast.NodeVisitor):
 
     def visit_arg(self, node: ast.arg) -> None:
         # annotations are checked for public functions; other annotations are not evaluated
-        return
+        # (the instrumenter drops them), but they are walked: bounded in depth
+        _check_annotation(node.annotation)
 
     def visit_keyword(self, node: ast.keyword) -> None:
         if node.arg is not None and _is_private(node.arg):
@@ -355,6 +385,7 @@ def check_source(source: str) -> CheckedContract:
     checker = _Checker(imported)
     for stmt in tree.body:
         if isinstance(stmt, ast.AnnAssign):
+            _check_annotation(stmt.annotation)
             checker.visit(stmt.target)
             if stmt.value is not None:
                 checker.visit(stmt.value)

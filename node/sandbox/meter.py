@@ -156,8 +156,9 @@ class Meter:
         if self.left < 0:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
 
-    def enter(self) -> None:
-        self.left -= CALL
+    def enter(self, extra: int = 0) -> None:
+        """A contract function is called (``extra``: the gas of a large body's static weight)."""
+        self.left -= CALL + extra
         if self.left < 0:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
         self.depth += 1
@@ -259,6 +260,19 @@ class Meter:
             self.hash_cost(v)
         return v
 
+    def delitem(self, obj: Any, key: Any) -> None:
+        """``del obj[key]``: a list moves the items after ``key`` (1 + moved/32: ``del lst[0]``
+        pays like ``lst.pop(0)``, ``del lst[-1]`` 1), a tuple key is charged like hashing it."""
+        if type(obj) is list:
+            n = len(obj)
+            moved = n - 1 - (key if key >= 0 else n + key) if type(key) is int and -n <= key < n else 0
+            self.left -= 1 + moved // 32
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        elif type(key) is tuple:
+            self.hash_cost(key)
+        del obj[key]
+
     def hash_elements(self, *operands: Any) -> None:
         """Before a set operation or comparison with a set or dict view: every element of
         the sized operands that will be hashed -- tuples, e.g. a dict's items -- charged
@@ -295,9 +309,18 @@ class Meter:
             self.elem(x)
         return out
 
-    def _pair_keys(self, pairs: Iterable[Any]) -> None:
-        for p in pairs:
-            if type(p) in (tuple, list) and len(p) == 2:
+    def _pair_keys(self, pairs: list[Any]) -> None:
+        """Check the keys of ``dict(pairs)`` / ``d.update(pairs)``.  A pair that is not a
+        tuple or list (an iterator such as ``reversed([v, k])``, a string, a set...) is
+        materialized in place first -- dict() would take its first item as the key
+        unchecked (a function, hashed by its address, became a key)."""
+        for i, p in enumerate(pairs):
+            tp = type(p)
+            if tp is not tuple and tp is not list:
+                if tp is str or tp is dict:
+                    continue  # a key of a str pair is a str; a dict pair's keys were checked
+                p = pairs[i] = tuple(self.materialize(p))
+            if len(p) == 2:
                 self.key(p[0])
 
     # -- iteration ----------------------------------------------------------------------
@@ -305,6 +328,15 @@ class Meter:
         """Iterate, charging one gas per element (comprehensions, unpacking, consumers)."""
         for x in iterable:
             self.left -= 1
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            yield x
+
+    def itw(self, iterable: Iterable[Any], n: int) -> Iterator[Any]:
+        """Charge ``n`` more gas per element of a comprehension whose element code is large
+        (the instrumenter's static weight; :meth:`it` charges the element itself)."""
+        for x in iterable:
+            self.left -= n
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             yield x
@@ -530,6 +562,18 @@ class Meter:
         if type(a) in _SET_LIKE or type(b) in _SET_LIKE:
             self.hash_elements(a, b)
         return op(a, b)
+
+    def compared(self, v: Any, walks: int) -> Any:
+        """An operand of a chained comparison (``a < b < c``), taking part in ``walks``
+        comparisons: charged what comparing it may walk (a comparison walks at most the
+        smaller operand), like :meth:`compare` charges a single comparison; returned as is."""
+        tv = type(v)
+        if tv in _COMPARED:
+            self.nested_cost((v,), walks)
+        elif tv in _SET_LIKE:
+            for _ in range(walks):
+                self.hash_elements(v)
+        return v
 
     def nested_cost(self, v: Any, factor: int = 1) -> None:
         """Charge one gas per element of every container nested in ``v`` -- lists, tuples,
