@@ -46,11 +46,12 @@ def unsupported(config: config_pb2.ConsortiumConfig) -> str | None:
             "node again (keep its data directory)")
 
 
-def require_supported(config: config_pb2.ConsortiumConfig, node: str) -> None:
-    """RxError PROTOCOL_UNSUPPORTED unless this release implements ``config``'s version."""
+def require_supported(config: config_pb2.ConsortiumConfig, where: str) -> None:
+    """RxError PROTOCOL_UNSUPPORTED unless this release implements ``config``'s version
+    (``where``, e.g. the node's name or the block raising it, prefixes the message)."""
     why = unsupported(config)
     if why is not None:
-        raise RxError(PROTOCOL_UNSUPPORTED, f"{node}: {why}")
+        raise RxError(PROTOCOL_UNSUPPORTED, f"{where}: {why}")
 
 
 __all__ = ["MAX_PROTOCOL_VERSION", "PROTOCOL_UNSUPPORTED", "SUPPORTED_VERSIONS", "protocol_version",

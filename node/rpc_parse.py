@@ -8,7 +8,9 @@ each method's deserializer: bytes that do not parse become an :class:`Unparsed` 
 the call is ended with INVALID_ARGUMENT and reason BAD_REQUEST (naming the method and the
 parse error) before the servicer sees anything -- for a stream, at the message that does not
 parse, after the ones before it were handled. Nothing else changes: a method without a
-deserializer (raw bytes) is left alone, and a request that parses costs one extra call.
+deserializer (raw bytes) is left alone. Cost: wrapping a method's handler, once per call
+(~2 us), and per request message two extra Python calls (the deserializer's wrapper, and the
+isinstance check of the guarded behaviour or stream iterator).
 """
 
 from __future__ import annotations

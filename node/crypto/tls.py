@@ -35,12 +35,18 @@ _log = logging.getLogger(__name__)
 TLS_SERVER_NAME = "localhost"
 
 
-def certificate_names(cert: x509.Certificate) -> list[str]:
-    """The subject alternative names of ``cert`` as ``DNS:name`` / ``IP:address`` (in the
-    certificate's order; empty without the extension)."""
+def _subject_alt_names(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
     try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
+        return None
+
+
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The subject alternative names of ``cert`` as ``DNS:name`` / ``IP:address`` (DNS names
+    first, then IP addresses, each in the certificate's order; empty without the extension)."""
+    sans = _subject_alt_names(cert)
+    if sans is None:
         return []
     return ([f"DNS:{n}" for n in sans.get_values_for_type(x509.DNSName)]
             + [f"IP:{a}" for a in sans.get_values_for_type(x509.IPAddress)])
@@ -54,9 +60,8 @@ def certificate_names_host(cert: x509.Certificate, name: str) -> bool:
     ``*.h01.example`` names ``peer.h01.example``, ``*.h01`` names nothing). The subject's
     common name is not consulted (gRPC falls back to it only for a certificate without any SAN,
     which RFC 6125 deprecates)."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    sans = _subject_alt_names(cert)
+    if sans is None:
         return False
     try:
         address = ipaddress.ip_address(name)

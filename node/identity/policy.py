@@ -76,8 +76,9 @@ class Policy:
         self.text = text
         # OutOf(n, principals...) at the top (MAJORITY(role), "n of these peers"): decided by
         # a bipartite matching instead of enumerating every n-subset of the signers.
-        flat = isinstance(rule, OutOf) and all(isinstance(r, Principal) for r in rule.rules)
-        self._flat: OutOf | None = rule if flat and isinstance(rule, OutOf) else None
+        self._flat: OutOf | None = None
+        if isinstance(rule, OutOf) and all(isinstance(r, Principal) for r in rule.rules):
+            self._flat = rule
 
     def __repr__(self) -> str:
         return f"Policy({self.text!r})"

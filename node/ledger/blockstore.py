@@ -251,7 +251,6 @@ class BlockStore:
         fd = self._fd(seg)
         pos = start
         while pos < size:
-            # Overlap by len(MAGIC) - 1 so a magic split between two chunks is still found.
             chunk = os.pread(fd, min(_SCAN_CHUNK, size - pos), pos)
             if not chunk:
                 return False
@@ -265,6 +264,8 @@ class BlockStore:
                 i = chunk.find(MAGIC, i + 1)
             if pos + len(chunk) >= size:
                 return False
+            # the next chunk overlaps this one by len(MAGIC) - 1 bytes, so a magic split
+            # between two chunks is still found
             pos += len(chunk) - (len(MAGIC) - 1)
         return False
 

@@ -135,15 +135,16 @@ class Ledger:
                         "verify` for details, then restore the block files or re-sync",
                         block=problem.number,
                     )
-            self._recover()
+            self._recover(sp)
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ recovery
 
-    def _recover(self) -> None:
-        sp = self.state.savepoint()
+    def _recover(self, sp: Savepoint | None) -> None:
+        """Check the state ``sp`` (its savepoint) against the block store, then replay the
+        blocks it has not applied (module docstring)."""
         applied = -1 if sp is None else sp.block
         height = self.blocks.height()
         if applied >= height:

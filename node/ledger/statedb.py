@@ -237,6 +237,16 @@ def corrupt_state(exc: Exception) -> LedgerError:
     )
 
 
+def _get(reader: Any, key: bytes) -> bytes | None:
+    """``reader.get(key)`` (a DB or a snapshot) with LevelDB's checksums verified (module
+    docstring): a damaged block is LEDGER_CORRUPT."""
+    try:
+        raw: bytes | None = reader.get(key, verify_checksums=True)
+    except plyvel.CorruptionError as exc:
+        raise corrupt_state(exc) from exc
+    return raw
+
+
 class StateSnapshot:
     """A consistent read view of the state (a LevelDB snapshot) for simulation."""
 
@@ -246,10 +256,7 @@ class StateSnapshot:
 
     def get(self, ns: str, key: str) -> VersionedValue | None:
         """The value and version of ``key`` as of the snapshot."""
-        try:
-            raw = self._snap.get(state_key(ns, key), verify_checksums=True)
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        raw = _get(self._snap, state_key(ns, key))
         return None if raw is None else decode_versioned(raw)
 
     def range(
@@ -319,18 +326,12 @@ class StateDB:
 
     def get(self, ns: str, key: str) -> VersionedValue | None:
         """The committed value and version of ``key`` or None."""
-        try:
-            raw = self._db.get(self._skey(ns, key), verify_checksums=True)
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        raw = _get(self._db, self._skey(ns, key))
         return None if raw is None else decode_versioned(raw)
 
     def get_version(self, ns: str, key: str) -> Version | None:
         """Only the version of ``key`` (the validator's MVCC check)."""
-        try:
-            raw = self._db.get(self._skey(ns, key), verify_checksums=True)
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        raw = _get(self._db, self._skey(ns, key))
         if raw is None:
             return None
         block, tx = _VER.unpack_from(raw)
@@ -347,10 +348,10 @@ class StateDB:
         """A consistent snapshot (state and savepoint from the same instant)."""
         snap = self._db.snapshot()
         try:
-            raw = snap.get(_SAVEPOINT_KEY, verify_checksums=True)
-        except plyvel.CorruptionError as exc:
+            raw = _get(snap, _SAVEPOINT_KEY)
+        except LedgerError:
             snap.close()
-            raise corrupt_state(exc) from exc
+            raise
         return StateSnapshot(snap, None if raw is None else _decode_savepoint(raw))
 
     def history(self, ns: str, key: str, limit: int = 0) -> list[HistoryEntry]:
@@ -374,27 +375,18 @@ class StateDB:
 
     def tx_location(self, tx_id: str) -> TxLocation | None:
         """Where ``tx_id`` was committed (any validation code), or None."""
-        try:
-            raw = self._db.get(b"t" + tx_id.encode("utf-8"), verify_checksums=True)
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        raw = _get(self._db, b"t" + tx_id.encode("utf-8"))
         if raw is None:
             return None
         return TxLocation(*_TXIDX.unpack(raw))
 
     def has_tx(self, tx_id: str) -> bool:
         """True if ``tx_id`` is on the ledger (valid or not)."""
-        try:
-            return self._db.get(b"t" + tx_id.encode("utf-8"), verify_checksums=True) is not None
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        return _get(self._db, b"t" + tx_id.encode("utf-8")) is not None
 
     def savepoint(self) -> Savepoint | None:
         """The last applied block and state hash, or None before genesis."""
-        try:
-            raw = self._db.get(_SAVEPOINT_KEY, verify_checksums=True)
-        except plyvel.CorruptionError as exc:
-            raise corrupt_state(exc) from exc
+        raw = _get(self._db, _SAVEPOINT_KEY)
         return None if raw is None else _decode_savepoint(raw)
 
     # ------------------------------------------------------------------ writes

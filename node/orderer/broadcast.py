@@ -48,7 +48,8 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
-from node.orderer.configtx import BAD_CONFIG_UPDATE, tx_type
+from node.orderer.configrules import BAD_CONFIG_UPDATE
+from node.orderer.configtx import tx_type
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex, tx_id_of

@@ -55,8 +55,8 @@ from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
+from node.orderer.configrules import BAD_CONFIG_UPDATE
 from node.orderer.configtx import (
-    BAD_CONFIG_UPDATE,
     ConfigTracker,
     OrdererConfig,
     config_of_block,
@@ -367,18 +367,14 @@ class Chain:
                 self._catch_up_to_snapshot(self._pending_snapshot_catch_up)
                 self._pending_snapshot_catch_up = None
             self._loop()
-        except RxError as err:
-            self.failure = err
-            if err.reason != PROTOCOL_UNSUPPORTED:
+        except Exception as exc:
+            self.failure = exc
+            if not (isinstance(exc, RxError) and exc.reason == PROTOCOL_UNSUPPORTED):
                 _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
                 raise
             # a config block raised the protocol version beyond this release: a refusal
             _log.critical("event=chain_stopped orderer=%d reason=%s detail=%r", self._id,
-                          err.reason, err.message)
-        except Exception as exc:
-            _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
-            self.failure = exc
-            raise
+                          exc.reason, exc.message)
         finally:
             # A stopped driver leads nothing: submits from now on are answered NOT_LEADER at
             # once (see submit) instead of queueing for a driver that is gone, and a
@@ -474,7 +470,7 @@ class Chain:
         # The Raft core's role, not ``_role``: a message stepped in this loop (a new leader's
         # append) may have made this node a follower before the Ready that tells ``_role``, and
         # a follower forwards transfer_leader to the new leader, which would hand leadership
-        # on on this node's stale verdict.
+        # on, on this node's stale verdict.
         if self._role != StateRole.LEADER or self._node.soft_state.role != StateRole.LEADER:
             return
         tolerance = self._tracker.current.config.limits.max_clock_skew_ms // 2
@@ -488,7 +484,7 @@ class Chain:
         self._metrics.clock_handovers.inc()
         self._node.transfer_leader(target)
 
-    def _every_voter_implements(self, new: config_pb2.ConsortiumConfig) -> None:
+    def _check_voters_implement(self, new: config_pb2.ConsortiumConfig) -> None:
         """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter has not
         told it implements the new one (node.orderer.releases)."""
         version = protocol_version(new)
@@ -519,7 +515,7 @@ class Chain:
                 self._config_waiting.append((envelope, ticket))
                 return
             try:
-                self._every_voter_implements(self._tracker.validate_now(envelope))
+                self._check_voters_implement(self._tracker.validate_now(envelope))
             except RxError as err:
                 ticket.resolve(Outcome(err.reason, err.message))
                 return

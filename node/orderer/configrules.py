@@ -21,7 +21,8 @@ Rules (each refusal names the rule and the offending item):
 * **Nodes**: every orderer and peer belongs to an organisation of the new config, whose kind
   may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
   CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
-  its organisation's CA changes must still validate, with the orderer role, against the new CA.
+  its organisation's CA changes must still validate, with the orderer role, against the new CA,
+  as must the certificate of an orderer added or rotated in place.
   A consortium that runs peers keeps at least one (no peer: no endorsement, no lifecycle, no
   ledger for clients).
 * **Named policies**: only the names below, each at most once (the lifecycle read the first
@@ -177,15 +178,25 @@ def _check_nodes(
     old_certs = {o.raft_id: o.cert_der for o in old.orderers}
     for node in new.orderers:
         org_ca = next(o.ca_cert_der for o in new.organizations if o.id == node.org)
-        if old_certs.get(node.raft_id) != node.cert_der or old_cas.get(node.org) == org_ca:
-            continue  # a new or rotated certificate is checked by validate_update
-        try:
-            principal = new_msp.validate(identity_pb2.Identity(org=node.org, cert_der=node.cert_der), at_ms)
-        except (RxError, ValueError) as exc:
-            raise _bad(f"orderer {node.raft_id}: its certificate is invalid under the new CA of "
-                       f"{node.org}: {exc}") from exc
-        if principal.role != "orderer":
-            raise _bad(f"orderer {node.raft_id}: certificate role {principal.role!r} under the new CA")
+        if old_certs.get(node.raft_id) != node.cert_der:  # added, or rotated in place
+            _check_orderer_cert(new_msp, node, at_ms, "new certificate")
+        elif old_cas.get(node.org) != org_ca:
+            _check_orderer_cert(new_msp, node, at_ms, "certificate", f" under the new CA of {node.org}")
+
+
+def _check_orderer_cert(
+    msp: MSP, node: config_pb2.OrdererNode, at_ms: int, label: str, context: str = ""
+) -> None:
+    """``node``'s certificate validates under ``msp`` (the NEW config's) with the orderer role,
+    else BAD_CONFIG_UPDATE "orderer <id>: <label> invalid<context>: ..." (or "... has role
+    ..."): an orderer that could not sign a block nor be reached over TLS would still count
+    towards the quorum."""
+    try:
+        principal = msp.validate(identity_pb2.Identity(org=node.org, cert_der=node.cert_der), at_ms)
+    except (RxError, ValueError) as exc:
+        raise _bad(f"orderer {node.raft_id}: {label} invalid{context}: {exc}") from exc
+    if principal.role != "orderer":
+        raise _bad(f"orderer {node.raft_id}: {label}{context} has role {principal.role!r}, not orderer")
 
 
 def _check_policies(new: config_pb2.ConsortiumConfig) -> None:

@@ -12,6 +12,7 @@ with Admin.Status (``protocol_versions``) before raising the version.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection, Mapping
 
 
 class ReleaseWatch:
@@ -33,8 +34,7 @@ class ReleaseWatch:
             return dict(self._told)
 
 
-def lacking(voters: set[int] | frozenset[int] | tuple[int, ...], own_id: int, version: int,
-            told: dict[int, int]) -> list[int]:
+def lacking(voters: Collection[int], own_id: int, version: int, told: Mapping[int, int]) -> list[int]:
     """The voters other than ``own_id`` not known to implement ``version`` (sorted)."""
     return sorted(v for v in voters if v != own_id and told.get(v, 0) < version)
 

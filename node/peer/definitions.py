@@ -50,6 +50,13 @@ def check_version(version: Any) -> str:
     return version
 
 
+def check_sequence(seq: Any) -> int:
+    """A definition sequence: an integer in 1 .. 2**63 - 1 (bool refused)."""
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
+        raise RxError("BAD_ARGUMENTS", f"sequence {seq!r} must be a positive integer below 2**63")
+    return seq
+
+
 def check_code_hash(code_hash: Any) -> str:
     """A package's code hash: 64 lower-case hex digits."""
     if not isinstance(code_hash, str) or not _HASH.match(code_hash):
@@ -86,9 +93,7 @@ class ContractDefinition:
         """Build and check a definition from call arguments (raises BAD_ARGUMENTS)."""
         name = check_contract_name(args.get("name"))
         version = check_version(args.get("version"))
-        seq = args.get("sequence")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
-            raise RxError("BAD_ARGUMENTS", f"sequence {seq!r} must be a positive integer")
+        seq = check_sequence(args.get("sequence"))
         policy = args.get("endorsement_policy")
         if not isinstance(policy, str) or not policy.strip() or len(policy) > 4096:
             raise RxError("BAD_ARGUMENTS", "endorsement_policy must be a non-empty policy text")

@@ -42,6 +42,7 @@ from node.peer.definitions import (
     ContractDefinition,
     check_code_hash,
     check_contract_name,
+    check_sequence,
     check_version,
 )
 from node.peer.simulator import TxSimulator
@@ -306,9 +307,7 @@ class Lifecycle:
 
     def _approvals(self, sim: TxSimulator, args: Mapping[str, Any]) -> dict[str, Any]:
         name = check_contract_name(args.get("name"))
-        seq = args.get("sequence")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
-            raise ContractFailure("BAD_ARGUMENTS", "sequence must be a positive integer below 2**63")
+        seq = check_sequence(args.get("sequence"))
         prefix = approval_prefix(name, seq)
         rows = sim.range(LIFECYCLE_NS, prefix, prefix + "\x7f", 0)
         return {"approvals": {key[len(prefix):]: json.loads(value) for key, value in rows}}

@@ -143,9 +143,10 @@ class ConfigState:
         self.msp = MSP(config, verifier)
         org_ids = [o.id for o in config.organizations]
         # A config update whose named policies do not parse is refused on orderers and peers
-        # alike (node.orderer.configrules); a genesis block is not checked by those rules, so
-        # a policy that does not parse is left out here rather than making this config
-        # unusable on peers alone.
+        # alike (node.orderer.configrules); nodes do not check a genesis block by those rules
+        # (the generator does, but a genesis may be made by other means), so a policy that
+        # does not parse is left out here rather than making this config unusable on peers
+        # alone.
         self.policies: dict[str, Policy] = {}
         for p in config.policies:
             try:
