@@ -6,6 +6,7 @@ prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail
 
 * 0 -- done;
 * 1 -- refused or failed: the failing step did not commit (fix the cause and run it again);
+  except INTERNAL, a fault of the CLI itself, which may have come after a submit;
 * 2 -- usage error (bad command line);
 * 3 -- COMMIT_UNKNOWN: the transaction was submitted and its answer lost; it MAY have committed.
   ``detail`` names ``tx_id`` and, for ``rx issue``, ``rx_id``. Look it up (``rx show RX_ID``)
@@ -13,7 +14,8 @@ prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail
   would be a second prescription);
 * 4 -- DUPLICATE_RX: ``rx issue --rx-id RX_ID`` found that prescription already issued (a rerun of
   an issue that had committed); ``detail.rx_id`` names it. Not 0: the CLI does not compare the
-  existing prescription with the one asked for -- ``rx show`` does.
+  existing prescription with the one asked for -- ``rx show`` does;
+* 130 -- interrupted (nothing printed): a transaction already submitted may have committed.
 
 ``--home`` defaults to ``$RXCHAIN_HOME`` or ``<project>/.rxchain``; ``--as ORG:USER`` picks the
 wallet. See client/README.md.

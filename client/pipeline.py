@@ -159,9 +159,7 @@ def _refused(built: Sequence[BuiltProposal], submitted: Mapping[int, transaction
     if stage == 0:
         return EndorsementError(reason, message)
     if reason in OUTCOME_UNKNOWN_REASONS:
-        tx_id = built[i].tx_id
-        return CommitUnknown(tx_id, f"transaction {tx_id} was submitted but its outcome is unknown "
-                             f"({reason}: {message}); ask CommitStatus for it", submitted.get(i))
+        return _commit_unknown(built, submitted, i, reason, message)
     return RxClientError(reason, message)
 
 
@@ -172,9 +170,16 @@ def _unanswered(built: Sequence[BuiltProposal], submitted: Mapping[int, transact
     it as a new transaction), anything else fails with ``err``."""
     if i not in submitted:
         return err
+    return _commit_unknown(built, submitted, i, err.reason, err.message)
+
+
+def _commit_unknown(built: Sequence[BuiltProposal], submitted: Mapping[int, transaction_pb2.Envelope], i: int,
+                    reason: str, message: str) -> CommitUnknown:
+    """COMMIT_UNKNOWN for submitted call ``i`` (why: ``reason``, ``message``), with its tx id and
+    signed envelope."""
     tx_id = built[i].tx_id
     return CommitUnknown(tx_id, f"transaction {tx_id} was submitted but its outcome is unknown "
-                         f"({err.reason}: {err.message}); ask CommitStatus for it", submitted[i])
+                         f"({reason}: {message}); ask CommitStatus for it", submitted.get(i))
 
 
 __all__ = ["Call", "Outcome", "decode_payload", "submit_many"]

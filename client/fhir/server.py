@@ -32,6 +32,8 @@ Status codes of a POST, by what the caller may do next:
   issue twice); one without would issue a second prescription.
 * ``502 Bad Gateway`` INTERNAL or RPC_FAILED: the peer or the call failed in an unexpected
   way (``Location``/``diagnostics`` as for 504 when an issue may have committed).
+* ``500 Internal Server Error`` INTERNAL: a fault of the gateway itself; the request may have
+  been carried out, and the answer names no ids.
 * ``503`` + ``Retry-After`` only for TOO_MANY_CONNECTIONS (nothing was read) and ``503``
   SERVICE_UNAVAILABLE when the peer could not be reached before anything was submitted.
 * ``4xx``: refused (400 malformed, 403 not allowed, 422 a prescription rule): the refused

@@ -7,14 +7,13 @@ import http.client
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from client.fhir import mapping
-from client.fhir.server import make_server
+from tests.harness.servers import serving_fhir
 
 AMLO = "XC08CAA001A001010100001"
 
@@ -127,16 +126,8 @@ def test_operation_outcome_carries_reason():
 
 @pytest.fixture
 def gateway(net_home) -> Iterator[tuple[int, Any]]:
-    server, ids = make_server(net_home.home, "127.0.0.1", 0, handshake_timeout_s=3.0)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield server.server_address[1], net_home
-    finally:
-        server.shutdown()
-        server.server_close()
-        ids.close()
-        t.join(5)
+    with serving_fhir(net_home.home, handshake_timeout_s=3.0) as port:
+        yield port, net_home
 
 
 def _client(net_home, cert_dir) -> ssl.SSLContext:

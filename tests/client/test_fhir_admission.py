@@ -18,6 +18,7 @@ import pytest
 from client.errors import RxClientError
 from client.fhir.admission import LOOPBACK, Admission, AdmissionLimits, Ticket, Verdict, source_of
 from client.fhir.server import make_server
+from tests.client.fhirwire import exchange, outcome_code, tcp, tls
 from tests.client.test_fhir import _client
 from tests.harness.servers import serving_fhir
 
@@ -25,33 +26,6 @@ from tests.harness.servers import serving_fhir
 # that never completes.
 HALF_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 METADATA = b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\n\r\n"
-
-
-def _tcp(port: int, source: str, timeout: float = 5.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
-
-
-def _tls(port: int, ctx: ssl.SSLContext, source: str) -> ssl.SSLSocket:
-    return ctx.wrap_socket(_tcp(port, source), server_hostname="localhost")
-
-
-def _exchange(port: int, ctx: ssl.SSLContext, data: bytes, source: str) -> tuple[int, dict[str, Any], bytes]:
-    """Send ``data`` from ``source``; (status, JSON body, raw head) of the answer."""
-    with _tls(port, ctx, source) as s:
-        s.sendall(data)
-        out = b""
-        for _ in range(1000):  # bounded: the server closes after the answer
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body), head
-
-
-def _code(body: dict[str, Any]) -> str:
-    assert body["resourceType"] == "OperationOutcome"
-    return str(body["issue"][0]["details"]["coding"][0]["code"])
 
 
 def _closed_within(socks: list[socket.socket], seconds: float, enough: int | None = None) -> list[socket.socket]:
@@ -74,8 +48,10 @@ def _closed_within(socks: list[socket.socket], seconds: float, enough: int | Non
 
 
 def _held_request(port: int, ctx: ssl.SSLContext, source: str) -> ssl.SSLSocket:
-    """A served connection holding its worker: TLS done, half a request sent."""
-    s = _tls(port, ctx, source)
+    """A served connection holding its worker: TLS done, half a request sent. The gateway
+    admits a connection at accept, before its worker does the handshake, so once this
+    returns the connection holds its slot (no need to wait)."""
+    s = tls(port, ctx, source=source)
     s.sendall(b"GET /fhir/metadata HTTP/1.1\r\n")
     return s
 
@@ -90,13 +66,13 @@ def test_half_handshakes_from_one_address_do_not_lock_out_another(net_home: Any)
         stuck: list[socket.socket] = []
         try:
             for _ in range(32):
-                s = _tcp(port, "127.0.0.1")
+                s = tcp(port, "127.0.0.1")
                 s.sendall(HALF_HELLO)
                 stuck.append(s)
             closed = _closed_within(stuck, 1.0)  # closed at accept: no slot, no refusal slot
             assert len(closed) >= 22, len(closed)
             for _ in range(3):
-                status, answer, _ = _exchange(port, ctx, METADATA, "127.0.0.2")
+                status, answer, _ = exchange(port, ctx, METADATA, "127.0.0.2")
                 assert status == 200 and answer["resourceType"] == "CapabilityStatement"
             closed += _closed_within([s for s in stuck if s not in closed], 4.0, enough=24 - len(closed))
             assert len(closed) == 24, len(closed)
@@ -112,23 +88,22 @@ def test_a_source_over_its_share_gets_503_while_others_are_served(net_home: Any)
     with serving_fhir(net_home.home, max_per_source=2, handshake_timeout_s=5.0, source_key=str) as port:
         held = [_held_request(port, ctx, "127.0.0.1") for _ in range(2)]
         try:
-            time.sleep(0.2)
-            status, answer, head = _exchange(port, ctx, METADATA, "127.0.0.1")
-            assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS")
+            status, answer, head = exchange(port, ctx, METADATA, "127.0.0.1")
+            assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS")
             assert b"\r\nRetry-After: 2\r\n" in head + b"\r\n" and b"\r\nConnection: close\r\n" in head + b"\r\n"
             assert "at most 2 connections from one address" in answer["issue"][0]["details"]["text"]
             # a POST over the bound: its body is read and dropped, the 503 arrives intact
             body = json.dumps({"resourceType": "MedicationRequest", "note": [{"text": "x" * 200_000}]}).encode()
-            status, answer, _ = _exchange(port, ctx, b"POST /fhir/MedicationRequest HTTP/1.1\r\nContent-Type: "
+            status, answer, _ = exchange(port, ctx, b"POST /fhir/MedicationRequest HTTP/1.1\r\nContent-Type: "
                                           b"application/fhir+json\r\nContent-Length: " + str(len(body)).encode()
                                           + b"\r\n\r\n" + body, "127.0.0.1")
-            assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS")
+            assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS")
             # a client waiting for 100 Continue gets the 503 at once, its body unsent
-            status, answer, _ = _exchange(port, ctx, b"POST /fhir/MedicationRequest HTTP/1.1\r\nContent-Type: "
+            status, answer, _ = exchange(port, ctx, b"POST /fhir/MedicationRequest HTTP/1.1\r\nContent-Type: "
                                           b"application/fhir+json\r\nContent-Length: 100\r\n"
                                           b"Expect: 100-continue\r\n\r\n", "127.0.0.1")
-            assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS")
-            status, answer, _ = _exchange(port, ctx, METADATA, "127.0.0.2")
+            assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS")
+            status, answer, _ = exchange(port, ctx, METADATA, "127.0.0.2")
             assert status == 200 and answer["resourceType"] == "CapabilityStatement"
         finally:
             for s in held:
@@ -146,17 +121,17 @@ def test_without_a_refusal_slot_the_connection_is_closed_promptly(net_home: Any)
         stuck: list[socket.socket] = []
         try:
             for _ in range(2):
-                s = _tcp(port, "127.0.0.1")
+                s = tcp(port, "127.0.0.1")
                 s.sendall(HALF_HELLO)
                 stuck.append(s)
             time.sleep(0.2)
             assert _closed_within(stuck, 0.5) == [], "the refusals should wait for their handshakes"
             start = time.monotonic()
             with pytest.raises(OSError):  # closed during the handshake
-                _tls(port, ctx, "127.0.0.1").close()
+                tls(port, ctx, source="127.0.0.1").close()
             assert time.monotonic() - start < 5.0
-            status, answer, _ = _exchange(port, ctx, METADATA, "127.0.0.2")
-            assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS")
+            status, answer, _ = exchange(port, ctx, METADATA, "127.0.0.2")
+            assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS")
         finally:
             for s in held + stuck:
                 s.close()
@@ -225,16 +200,15 @@ def test_another_loopback_address_is_not_another_source(net_home: Any) -> None:
     with serving_fhir(net_home.home, max_per_source=2, handshake_timeout_s=5.0) as port:
         held = [_held_request(port, ctx, "127.0.0.1") for _ in range(2)]
         try:
-            time.sleep(0.2)
             for source in ("127.0.0.2", "127.0.0.3"):
-                status, answer, _ = _exchange(port, ctx, METADATA, source)
-                assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS"), (source, status, answer)
+                status, answer, _ = exchange(port, ctx, METADATA, source)
+                assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS"), (source, status, answer)
                 assert "at most 2 connections from one address" in answer["issue"][0]["details"]["text"]
         finally:
             for s in held:
                 s.close()
         for _ in range(50):  # the share is free again once the workers saw the closes (bounded)
-            status, answer, _ = _exchange(port, ctx, METADATA, "127.0.0.2")
+            status, answer, _ = exchange(port, ctx, METADATA, "127.0.0.2")
             if status == 200:
                 break
             time.sleep(0.1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 from client.errors import RxClientError
 from client.fhir import mapping
 from client.fhir.server import make_server, public_message
+from tests.client.fhirwire import exchange, outcome_code, tls
 from tests.client.test_fhir import _bundle, _client, _mr
 from tests.harness.servers import serving_fhir
 
@@ -32,38 +32,13 @@ def gw(net_home: Any) -> Iterator[tuple[int, Any]]:
         yield port, net_home
 
 
-def _tls(port: int, ctx: ssl.SSLContext, timeout: float = 5.0) -> ssl.SSLSocket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    return ctx.wrap_socket(sock, server_hostname="localhost")
-
-
-def _exchange(port: int, ctx: ssl.SSLContext, data: bytes) -> tuple[int, dict[str, Any], bytes]:
-    """Send raw bytes; (status, JSON body, raw head) of the answer, read until the server closes."""
-    with _tls(port, ctx) as s:
-        s.sendall(data)
-        out = b""
-        for _ in range(1000):  # bounded: the server closes after one answer
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
-    head, _, body = out.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, json.loads(body), head
-
-
 def _post(port: int, ctx: ssl.SSLContext, body: bytes, ctype: str | None = "application/fhir+json",
           extra: str = "") -> tuple[int, dict[str, Any], bytes]:
     hdr = "POST /fhir/MedicationRequest HTTP/1.1\r\nHost: localhost\r\n"
     if ctype is not None:
         hdr += f"Content-Type: {ctype}\r\n"
     hdr += extra or f"Content-Length: {len(body)}\r\n"
-    return _exchange(port, ctx, hdr.encode() + b"\r\n" + body)
-
-
-def _code(body: dict[str, Any]) -> str:
-    assert body["resourceType"] == "OperationOutcome"
-    return str(body["issue"][0]["details"]["coding"][0]["code"])
+    return exchange(port, ctx, hdr.encode() + b"\r\n" + body)
 
 
 def _deep(levels: int) -> bytes:
@@ -84,7 +59,7 @@ def test_bodies_that_are_not_one_plain_json_object_are_fhir_invalid(gw: Any, bod
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     status, answer, _ = _post(port, ctx, body)
-    assert (status, _code(answer)) == (400, "FHIR_INVALID")
+    assert (status, outcome_code(answer)) == (400, "FHIR_INVALID")
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -93,28 +68,28 @@ def test_post_needs_a_json_content_type(gw: Any, ctype: str | None) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     status, answer, _ = _post(port, ctx, json.dumps(_mr()).encode(), ctype)
-    assert (status, _code(answer)) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    assert (status, outcome_code(answer)) == (415, "UNSUPPORTED_MEDIA_TYPE")
 
 
 def test_chunked_or_lengthless_post_is_refused(gw: Any) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     status, answer, _ = _post(port, ctx, b"5\r\nhello\r\n0\r\n\r\n", extra="Transfer-Encoding: chunked\r\n")
-    assert (status, _code(answer)) == (411, "LENGTH_REQUIRED")
+    assert (status, outcome_code(answer)) == (411, "LENGTH_REQUIRED")
     status, answer, _ = _post(port, ctx, b"", extra="Connection: close\r\n")
-    assert (status, _code(answer)) == (411, "LENGTH_REQUIRED")
+    assert (status, outcome_code(answer)) == (411, "LENGTH_REQUIRED")
 
 
 def test_http_layer_errors_are_operation_outcomes(gw: Any) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    status, answer, head = _exchange(port, ctx, b"DELETE /fhir/MedicationRequest/RX-1 HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (status, _code(answer)) == (405, "METHOD_NOT_ALLOWED")
+    status, answer, head = exchange(port, ctx, b"DELETE /fhir/MedicationRequest/RX-1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, outcome_code(answer)) == (405, "METHOD_NOT_ALLOWED")
     assert b"application/fhir+json" in head and b"Python" not in head
-    status, answer, head = _exchange(port, ctx, b"GARBAGE\r\n\r\n")
-    assert (status, _code(answer)) == (400, "BAD_REQUEST")
-    status, answer, _ = _exchange(port, ctx, b"GET /fhir/" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
-    assert (status, _code(answer)) == (414, "TOO_LARGE")
+    status, answer, head = exchange(port, ctx, b"GARBAGE\r\n\r\n")
+    assert (status, outcome_code(answer)) == (400, "BAD_REQUEST")
+    status, answer, _ = exchange(port, ctx, b"GET /fhir/" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+    assert (status, outcome_code(answer)) == (414, "TOO_LARGE")
 
 
 def test_method_not_allowed_names_the_allowed_methods(gw: Any) -> None:
@@ -122,7 +97,7 @@ def test_method_not_allowed_names_the_allowed_methods(gw: Any) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     for method in (b"PUT", b"HEAD", b"OPTIONS"):
-        status, _, head = _exchange(port, ctx, method + b" /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, head = exchange(port, ctx, method + b" /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 405 and b"\r\nAllow: GET, POST\r\n" in head + b"\r\n", head[:300]
 
 
@@ -130,17 +105,17 @@ def test_method_not_allowed_names_the_allowed_methods(gw: Any) -> None:
 def test_malformed_prescription_ids_are_refused_before_the_ledger(gw: Any, rx_id: str) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    status, answer, _ = _exchange(port, ctx, f"GET /fhir/MedicationRequest/{rx_id} HTTP/1.1\r\n\r\n".encode())
-    assert (status, _code(answer)) == (400, "FHIR_INVALID")
+    status, answer, _ = exchange(port, ctx, f"GET /fhir/MedicationRequest/{rx_id} HTTP/1.1\r\n\r\n".encode())
+    assert (status, outcome_code(answer)) == (400, "FHIR_INVALID")
     dispense = {"resourceType": "MedicationDispense", "status": "completed",
                 "medication": {"concept": {"coding": [{"code": "amlodipine"}]}},
                 "subject": {"identifier": {"value": "p"}},
                 "authorizingPrescription": [{"reference": "MedicationRequest/../../x"}]}
     data = json.dumps(dispense).encode()
-    status, answer, _ = _exchange(port, ctx, b"POST /fhir/MedicationDispense HTTP/1.1\r\nContent-Type: "
+    status, answer, _ = exchange(port, ctx, b"POST /fhir/MedicationDispense HTTP/1.1\r\nContent-Type: "
                                   b"application/fhir+json\r\nContent-Length: " + str(len(data)).encode()
                                   + b"\r\n\r\n" + data)
-    assert (status, _code(answer)) == (400, "FHIR_INVALID")
+    assert (status, outcome_code(answer)) == (400, "FHIR_INVALID")
 
 
 def test_absolute_and_versioned_prescription_references_name_the_prescription() -> None:
@@ -162,8 +137,8 @@ def test_unavailable_ledger_answer_names_no_internal_address(gw: Any) -> None:
     """No node runs: the session's peer is unreachable; the caller learns no host or port."""
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    status, answer, _ = _exchange(port, ctx, b"GET /fhir/MedicationRequest/RX-1 HTTP/1.1\r\n\r\n")
-    assert (status, _code(answer)) == (503, "SERVICE_UNAVAILABLE")
+    status, answer, _ = exchange(port, ctx, b"GET /fhir/MedicationRequest/RX-1 HTTP/1.1\r\n\r\n")
+    assert (status, outcome_code(answer)) == (503, "SERVICE_UNAVAILABLE")
     text = answer["issue"][0]["details"]["text"]
     assert "127.0.0.1" not in text and "ipv4" not in text
 
@@ -184,13 +159,13 @@ def _bounded_connections(port: int, net_home: Any) -> None:
     held = []
     try:
         for _ in range(4):  # max_connections=4: each holds a worker with a half-sent request
-            s = _tls(port, ctx)
+            s = tls(port, ctx)
             s.sendall(b"GET /fhir/metadata HTTP/1.1\r\n")
             held.append(s)
         time.sleep(0.2)
         # the fifth is answered, not just closed: 503, Retry-After, an OperationOutcome
-        status, answer, head = _exchange(port, ctx, b"GET /fhir/metadata HTTP/1.1\r\n\r\n")
-        assert (status, _code(answer)) == (503, "TOO_MANY_CONNECTIONS")
+        status, answer, head = exchange(port, ctx, b"GET /fhir/metadata HTTP/1.1\r\n\r\n")
+        assert (status, outcome_code(answer)) == (503, "TOO_MANY_CONNECTIONS")
         assert b"\r\nRetry-After: 2\r\n" in head + b"\r\n" and b"application/fhir+json" in head, head
         assert "at most 4 connections at once" in answer["issue"][0]["details"]["text"]
     finally:
@@ -198,7 +173,7 @@ def _bounded_connections(port: int, net_home: Any) -> None:
             s.close()
     for _ in range(50):  # bounded: the held workers notice the closes and free their slots
         try:
-            status, answer, _ = _exchange(port, ctx, b"GET /fhir/metadata HTTP/1.1\r\n\r\n")
+            status, answer, _ = exchange(port, ctx, b"GET /fhir/metadata HTTP/1.1\r\n\r\n")
         except (OSError, IndexError, ValueError):
             time.sleep(0.1)
             continue
@@ -214,7 +189,7 @@ def test_dripping_client_is_cut_at_the_request_deadline(gw: Any) -> None:
     """One header line every 0.3 s never trips the 30 s read timeout; the 1.5 s deadline cuts it."""
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
-    with _tls(port, ctx) as s:
+    with tls(port, ctx) as s:
         s.sendall(b"GET /fhir/metadata HTTP/1.1\r\n")
         start = time.monotonic()
         closed = False
@@ -305,7 +280,7 @@ def test_server_certificate_is_the_chosen_peer_and_only_a_peer(net_home: Any) ->
         assert e.value.reason == "BAD_ARGUMENTS"
     with serving_fhir(net_home.home, server_node="peer.p01") as port:
         ctx = _client(net_home, net_home.user_dir("p01", "pharm-wang"))
-        with _tls(port, ctx) as s:
+        with tls(port, ctx) as s:
             cert = s.getpeercert()
     assert cert is not None
     names = {str(attr[1]) for rdn in cert["subject"] for attr in rdn if attr[0] == "commonName"}

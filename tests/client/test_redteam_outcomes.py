@@ -22,6 +22,7 @@ from client.gateway import Gateway, RetryPolicy, SubmitResult
 from client.pipeline import Call, submit_many
 from client.wallet import load_identity
 from node.errors import RxError, abort_with
+from tests.client.offline import offline_home
 
 
 @dataclass
@@ -202,40 +203,13 @@ def test_submit_many_keeps_definite_refusals_definite(fake: Any) -> None:
 def _home_with_a_lost_issue(net_home: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str]]:
     """A home with the sample data loaded, where every ``issue`` ends COMMIT_UNKNOWN (its rx
     ids are noted in the list returned) and nothing talks to a peer."""
-    import shutil
-
-    from client.bootstrap import Bootstrapper
-
-    home = tmp_path / "home"
-    shutil.copytree(net_home.home, home)
     lost: list[str] = []
 
-    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
-               endorsing_orgs: list[str] | None = None) -> SubmitResult:
-        if function == "issue":
-            lost.append(str((args or {}).get("rx_id", "")))
-            raise CommitUnknown("ab" * 32, "transaction abab... may have been ordered: submit failed with TIMEOUT")
-        return SubmitResult("cd" * 32, "VALID", 3, {})
+    def lose(rx_id: str) -> None:
+        lost.append(rx_id)
+        raise CommitUnknown("ab" * 32, "transaction abab... may have been ordered: submit failed with TIMEOUT")
 
-    def evaluate(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None) -> Any:
-        if function == "get_drug":
-            return {"code": args["code"], "price_fen": 1250}
-        if function == "get_account":
-            return {"insurer": "ins01"}
-        raise RxClientError("NOT_FOUND", f"{function} is not served in this test")
-
-    def no_peer(self: Gateway, *_: Any, **__: Any) -> Any:
-        raise RxClientError("SERVICE_UNAVAILABLE", "no peer in this test")
-
-    monkeypatch.setattr(Gateway, "submit", submit)
-    monkeypatch.setattr(Gateway, "evaluate", evaluate)
-    monkeypatch.setattr(Gateway, "status", no_peer)
-    boot = Bootstrapper(home)
-    try:
-        boot.load_sample_data()
-    finally:
-        boot.close()
-    return home, lost
+    return offline_home(net_home, tmp_path, monkeypatch, lose), lost
 
 
 def test_an_issue_whose_outcome_is_unknown_names_the_prescription_to_look_up(

@@ -15,7 +15,6 @@ import copy
 import http.client
 import io
 import json
-import shutil
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ import pytest
 from client.errors import CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
 from client.fhir import mapping
 from client.fhir.server import make_server
-from client.gateway import Gateway, SubmitResult
+from client.gateway import Gateway
 from client.rxops import IssueRequest
+from tests.client.offline import offline_home
 from tests.client.test_fhir import _bundle, _client, _mr
 from tests.harness.servers import serving
 
@@ -328,44 +328,18 @@ class Chain:
 
 
 def _home(net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Chain]:
-    from client.bootstrap import Bootstrapper
-
-    home = tmp_path / "home"
-    shutil.copytree(net_home.home, home)
     chain = Chain()
 
-    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
-               endorsing_orgs: list[str] | None = None) -> SubmitResult:
-        if function == "issue":
-            rx_id = str((args or {})["rx_id"])
-            chain.proposed.append(rx_id)
-            if rx_id in chain.issued:  # what the contract answers at endorsement
-                raise EndorsementError("DUPLICATE_RX", f"prescription {rx_id} already exists")
-            chain.issued.append(rx_id)
-            if chain.lose_next:
-                chain.lose_next = False
-                raise CommitUnknown(TX, f"transaction {TX} may have been ordered: submit failed with TIMEOUT")
-        return SubmitResult("cd" * 32, "VALID", 3, {})
+    def issue(rx_id: str) -> None:
+        chain.proposed.append(rx_id)
+        if rx_id in chain.issued:  # what the contract answers at endorsement
+            raise EndorsementError("DUPLICATE_RX", f"prescription {rx_id} already exists")
+        chain.issued.append(rx_id)
+        if chain.lose_next:
+            chain.lose_next = False
+            raise CommitUnknown(TX, f"transaction {TX} may have been ordered: submit failed with TIMEOUT")
 
-    def evaluate(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None) -> Any:
-        if function == "get_drug":
-            return {"code": args["code"], "price_fen": 1250}
-        if function == "get_account":
-            return {"insurer": "ins01"}
-        raise RxClientError("NOT_FOUND", f"{function} is not served in this test")
-
-    def no_peer(self: Gateway, *_: Any, **__: Any) -> Any:
-        raise RxClientError("SERVICE_UNAVAILABLE", "no peer in this test")
-
-    monkeypatch.setattr(Gateway, "submit", submit)
-    monkeypatch.setattr(Gateway, "evaluate", evaluate)
-    monkeypatch.setattr(Gateway, "status", no_peer)
-    boot = Bootstrapper(home)
-    try:
-        boot.load_sample_data()
-    finally:
-        boot.close()
-    return home, chain
+    return offline_home(net_home, tmp_path, monkeypatch, issue), chain
 
 
 def _cli(home: Path, *extra: str) -> tuple[int, str, str]:

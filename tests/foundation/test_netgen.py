@@ -227,3 +227,20 @@ def test_a_genesis_the_first_config_update_could_not_reproduce_is_bad_config(
         generate(spec, tmp_path / "net")
     assert err.value.reason == "BAD_CONFIG" and why in err.value.message, err.value.message
     assert not (tmp_path / "net").exists()
+
+
+@pytest.mark.parametrize("version", ["2", True, -1, 1 << 32, 1.0, None])
+def test_a_bad_protocol_version_is_bad_config(tmp_path: Path, version: Any) -> None:
+    spec = small_consortium()
+    spec["protocol_version"] = version
+    with pytest.raises(RxError) as err:
+        generate(spec, tmp_path / "net")
+    assert err.value.reason == "BAD_CONFIG" and "protocol_version" in err.value.message, err.value.message
+    assert not (tmp_path / "net").exists()
+
+
+def test_the_protocol_version_of_the_consortium_file_is_the_genesis_one(tmp_path: Path) -> None:
+    spec = small_consortium()
+    assert config_from_genesis(read_genesis(generate(spec, tmp_path / "unset").genesis_path)).protocol_version == 0
+    spec["protocol_version"] = 1
+    assert config_from_genesis(read_genesis(generate(spec, tmp_path / "one").genesis_path)).protocol_version == 1

@@ -4,7 +4,6 @@ otherwise start and fail every incoming connection with an opaque handshake erro
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.tls import certificate_names, certificate_names_host
 from node.errors import RxError
+from tests.harness.certs import issue_from_org_ca, write_cert_files
 from tests.harness.nodeyaml import edited_node_yaml
 
 from .conftest import FIXED_NOW
@@ -32,17 +32,7 @@ START_TIMEOUT_S = 60
 def _issue(net: GeneratedNetwork, org: str, name: str, role: str, hosts: tuple[str, ...],
            out: Path) -> tuple[Path, Path]:
     """(cert, key) files of a new certificate of ``org``'s CA for ``name`` with SANs ``hosts``."""
-    ca_dir = net.home / "orgs" / org
-    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
-    key = signing.generate_key()
-    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org=org, role=role, name=name,
-                            now=dt.datetime.now(dt.UTC), hosts=hosts)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cert.pem").write_bytes(rx509.cert_to_pem(cert))
-    (out / "key.pem").write_bytes(signing.key_to_pem(key))
-    (out / "key.pem").chmod(0o600)
-    return out / "cert.pem", out / "key.pem"
+    return write_cert_files(*issue_from_org_ca(net.home, org, name, role, hosts), out)
 
 
 def _with_cert(cert: Path, key: Path) -> Any:

@@ -9,7 +9,6 @@ peer has the same state hash after every block, kills a peer with SIGKILL and re
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import shutil
@@ -24,15 +23,13 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from cryptography import x509 as cx509
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from node.crypto import signing
-from node.crypto import x509 as rx509
 from node.crypto.signing import Purpose, Signer, load_signer
 from node.errors import reason_from_rpc_error
 from node.peer.lifecycle import package_hash
 from node.protocol import SUPPORTED_VERSIONS
+from tests.harness.certs import issue_from_org_ca, write_cert_files
 from tests.harness.consortium import Consortium, consortium_dict, generate_consortium
 from tests.harness.ports import free_ports
 from tests.harness.procs import ProcessManager
@@ -49,19 +46,6 @@ PEERS = ["peer.h01", "peer.p01", "peer.ins01"]
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _issue_node_cert(cons: Consortium, org: str, name: str, directory: Path) -> None:
-    """``directory``/cert.pem and key.pem: a new peer certificate of ``org``'s CA naming ``name``."""
-    ca_dir = cons.home / "orgs" / org
-    ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
-    key = signing.generate_key()
-    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org=org, role="peer", name=name,
-                            now=dt.datetime.now(dt.UTC), hosts=(cons.net.spec.host, "localhost", name))
-    (directory / "cert.pem").write_bytes(rx509.cert_to_pem(cert))
-    (directory / "key.pem").write_bytes(signing.key_to_pem(key))
-    (directory / "key.pem").chmod(0o600)
 
 
 class Client:
@@ -225,6 +209,9 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
                              "ENDORSEMENT_MISMATCH"}, adds
         valid_adds = adds.count(transaction_pb2.VALID)
         assert valid_adds >= 1
+        # Each submit waited for its own gateway peer only: the clerk reads on peer.ins01, which
+        # may not have the last block of another gateway's tx yet.
+        wait_height(cons, PEERS, max(admin_status(cons.target(p), cons.node_creds(p)).height for p in PEERS))
         hot = clerk.evaluate("counter", "get", {"key": "hot"})
         assert hot.status == 200 and hot.payload == f'{{"value":{valid_adds}}}'.encode()
 
@@ -284,7 +271,9 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
         new_dir = cons.home / "nodes" / "peer.h01b"
         new_dir.mkdir()
         shutil.copy(src / "ca-bundle.pem", new_dir / "ca-bundle.pem")
-        _issue_node_cert(cons, "h01", "peer.h01b", new_dir)
+        cert, key = issue_from_org_ca(cons.home, "h01", "peer.h01b", "peer",
+                                      (cons.net.spec.host, "localhost", "peer.h01b"))
+        write_cert_files(cert, key, new_dir)
         doc = yaml.safe_load((src / "node.yaml").read_text())
         doc.update(name="peer.h01b", port=free_ports(1)[0], metrics_port=0)
         (new_dir / "node.yaml").write_text(yaml.safe_dump(doc))

@@ -1,8 +1,11 @@
 """Helpers for ledger tests: chained blocks without signatures (the block store does not
-check signatures; the validator tests build signed blocks)."""
+check signatures; the validator tests build signed blocks), and a state database's content."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import plyvel
 from rxchain.v1 import block_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
@@ -22,3 +25,12 @@ def make_chain(n: int, start_prev: bytes = GENESIS_PREVIOUS_HASH, first: int = 0
         prev = block_header_hash(b.header)
         blocks.append(b)
     return blocks
+
+
+def dump_state(ledger_dir: Path) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of the state database of the (closed) ledger in ``ledger_dir``."""
+    db = plyvel.DB(str(ledger_dir / "state"))
+    try:
+        return list(db.iterator())
+    finally:
+        db.close()

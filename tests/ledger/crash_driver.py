@@ -47,14 +47,19 @@ def build_block(n: int, prev: bytes) -> block_pb2.Block:
     return b
 
 
+def commit_blocks(ledger: Ledger, total: int) -> None:
+    """Commit the driver's blocks from the ledger's height until it holds ``total``."""
+    while ledger.height() < total:
+        n = ledger.height()
+        prev = ledger.blocks.last_hash() if n else GENESIS_PREVIOUS_HASH
+        block = build_block(n, prev)
+        ledger.commit(block, outcomes_from_block(block))
+
+
 def main(argv: list[str]) -> int:
     directory, total = argv[0], int(argv[1])
     with Ledger(directory, crash_hook=env_crash_hook(os.environ)) as ledger:
-        while ledger.height() < total:
-            n = ledger.height()
-            prev = ledger.blocks.last_hash() if n else GENESIS_PREVIOUS_HASH
-            block = build_block(n, prev)
-            ledger.commit(block, outcomes_from_block(block))
+        commit_blocks(ledger, total)
     return 0
 
 

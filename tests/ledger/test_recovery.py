@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
-import plyvel
 import pytest
 
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
 from node.ledger.statedb import StateDB
+from tests.ledger.chain import dump_state
 from tests.ledger.crash_driver import build_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,14 +28,6 @@ def run_driver(directory, crash_at=None, total=TOTAL):
                            str(total)], cwd=ROOT, env=env, capture_output=True, timeout=60,
                           check=False)
     return proc.returncode, proc.stderr.decode()
-
-
-def dump_state(directory):
-    db = plyvel.DB(str(directory / "state"))
-    try:
-        return list(db.iterator())
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")

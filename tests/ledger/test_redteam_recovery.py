@@ -30,7 +30,6 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import plyvel
 import pytest
 from rxchain.v1 import transaction_pb2 as tx_pb
 
@@ -40,33 +39,18 @@ from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
 from node.ledger.statedb import KeyWrite, StateDB, TxOutcome
 from node.ledger.txwrites import outcomes_from_block
-from tests.ledger.chain import make_chain
-from tests.ledger.crash_driver import build_block
+from tests.ledger.chain import dump_state, make_chain
+from tests.ledger.crash_driver import build_block, commit_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL = 5
-
-
-def commit_driver_blocks(ledger: Ledger, upto: int) -> None:
-    while ledger.height() < upto:
-        n = ledger.height()
-        block = build_block(n, ledger.blocks.last_hash())
-        ledger.commit(block, outcomes_from_block(block))
-
-
-def dump_state(directory: Path) -> list[tuple[bytes, bytes]]:
-    db = plyvel.DB(str(directory / "state"))
-    try:
-        return list(db.iterator())
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
     d = tmp_path_factory.mktemp("ref")
     with Ledger(d, fsync=False) as ledger:
-        commit_driver_blocks(ledger, TOTAL)
+        commit_blocks(ledger, TOTAL)
         state_hash = ledger.state_hash()
     return state_hash, dump_state(d), (d / "blocks" / "seg-000000.blk").read_bytes()
 
@@ -80,14 +64,13 @@ _FSIZE_CHILD = r"""
 import os, resource, signal, sys
 from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
-from tests.ledger.test_redteam_recovery import commit_driver_blocks
-from tests.ledger.crash_driver import build_block
+from tests.ledger.crash_driver import build_block, commit_blocks
 from node.ledger.txwrites import outcomes_from_block
 
 directory, total = sys.argv[1], int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 with Ledger(directory) as ledger:
-    commit_driver_blocks(ledger, 3)
+    commit_blocks(ledger, 3)
     seg = os.path.join(directory, "blocks", "seg-000000.blk")
     before = os.path.getsize(seg)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -103,7 +86,7 @@ with Ledger(directory) as ledger:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     print("grew_by", os.path.getsize(seg) - before)
-    commit_driver_blocks(ledger, total)  # the disk has room again: the same peer goes on
+    commit_blocks(ledger, total)  # the disk has room again: the same peer goes on
     print("height", ledger.height(), "get3", ledger.block(3).header.number)
 """
 
@@ -129,8 +112,7 @@ _STATE_FULL_CHILD = r"""
 import glob, os, resource, signal, sys
 from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
-from tests.ledger.test_redteam_recovery import commit_driver_blocks
-from tests.ledger.crash_driver import build_block
+from tests.ledger.crash_driver import build_block, commit_blocks
 from node.ledger.txwrites import outcomes_from_block
 
 directory, total = sys.argv[1], int(sys.argv[2])
@@ -145,7 +127,7 @@ def hook(point, number):
 
 
 with Ledger(directory, crash_hook=hook) as ledger:
-    commit_driver_blocks(ledger, 3)
+    commit_blocks(ledger, 3)
     block = build_block(3, ledger.blocks.last_hash())
     try:
         ledger.commit(block, outcomes_from_block(block))
@@ -163,7 +145,7 @@ with Ledger(directory, crash_hook=hook) as ledger:
     except LedgerError as err:
         print("refused", err.reason)
 with Ledger(directory) as ledger:  # the restart replays block 3
-    commit_driver_blocks(ledger, total)
+    commit_blocks(ledger, total)
     print("height", ledger.height())
 """
 
@@ -316,7 +298,7 @@ def test_flipped_length_in_a_middle_record_is_corruption_not_a_torn_tail(tmp_pat
 
 def test_damaged_applied_block_is_never_truncated_by_the_ledger(tmp_path):
     with Ledger(tmp_path, fsync=False) as ledger:
-        commit_driver_blocks(ledger, TOTAL)
+        commit_blocks(ledger, TOTAL)
         last = ledger.blocks._locs[TOTAL - 1]
     seg = tmp_path / "blocks" / "seg-000000.blk"
     _flip_length(seg, last.offset, 21)  # the last record now looks like an interrupted append
@@ -331,7 +313,7 @@ def test_damaged_applied_block_is_never_truncated_by_the_ledger(tmp_path):
 def test_interrupted_append_is_still_truncated(tmp_path, reference):
     """The torn-tail rule did not get stricter for real crashes."""
     with Ledger(tmp_path, fsync=False) as ledger:
-        commit_driver_blocks(ledger, TOTAL - 1)
+        commit_blocks(ledger, TOTAL - 1)
         block = build_block(TOTAL - 1, ledger.blocks.last_hash())
         block.metadata.state_hash = b"\x01" * 32
     seg = tmp_path / "blocks" / "seg-000000.blk"
@@ -340,7 +322,7 @@ def test_interrupted_append_is_still_truncated(tmp_path, reference):
         f.write(record[: len(record) // 2])
     with Ledger(tmp_path, fsync=False) as ledger:
         assert ledger.height() == TOTAL - 1
-        commit_driver_blocks(ledger, TOTAL)
+        commit_blocks(ledger, TOTAL)
         assert ledger.state_hash() == reference[0]
 
 
@@ -350,7 +332,7 @@ def test_interrupted_append_is_still_truncated(tmp_path, reference):
 def test_state_of_another_network_at_the_same_height_is_refused(tmp_path):
     mine, other = tmp_path / "mine", tmp_path / "other"
     with Ledger(mine, fsync=False) as ledger:
-        commit_driver_blocks(ledger, 3)
+        commit_blocks(ledger, 3)
     with Ledger(other, fsync=False) as ledger:
         for b in make_chain(3):  # another chain: no valid writes, another state hash
             b.metadata.validation_codes.extend([tx_pb.MVCC_READ_CONFLICT] * len(b.data.envelopes))
@@ -384,7 +366,7 @@ def test_new_directories_and_the_first_segment_are_fsynced(tmp_path, monkeypatch
     monkeypatch.setattr("node.ledger.blockstore.fsync_dir", spy)
     with Ledger(tmp_path / "node" / "ledger") as ledger:
         assert synced, "no directory was fsynced"
-        commit_driver_blocks(ledger, 1)
+        commit_blocks(ledger, 1)
     assert str(tmp_path) in synced  # holds the new node/
     assert str(tmp_path / "node") in synced  # holds ledger/
     assert str(tmp_path / "node" / "ledger") in synced  # holds blocks/ and state/
@@ -484,7 +466,7 @@ def test_huge_sparse_index_file_is_not_read_whole(tmp_path):
 def test_read_only_data_dir_is_a_clear_error(tmp_path, monkeypatch):
     """(Tests run as root, so the read-only file system is simulated at os.open.)"""
     with Ledger(tmp_path, fsync=False) as ledger:
-        commit_driver_blocks(ledger, 2)
+        commit_blocks(ledger, 2)
     real_open = os.open
 
     def ro_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
@@ -509,7 +491,7 @@ def test_crash_at_every_byte_of_an_append_converges(tmp_path, reference):
     never-crashed ledger, byte for byte."""
     base = tmp_path / "base"
     with Ledger(base, fsync=False) as ledger:
-        commit_driver_blocks(ledger, TOTAL - 1)
+        commit_blocks(ledger, TOTAL - 1)
     seg_name = Path("blocks") / "seg-000000.blk"
     start = (base / seg_name).stat().st_size
     record = reference[2][start:]
@@ -527,7 +509,7 @@ def test_crash_at_every_byte_of_an_append_converges(tmp_path, reference):
                 f.write(start.to_bytes(IDX_SIZE, "big"))  # entry 4: segment 0, offset start
         with Ledger(victim, fsync=False) as ledger:
             assert ledger.height() == (TOTAL if cut == len(record) else TOTAL - 1), cut
-            commit_driver_blocks(ledger, TOTAL)
+            commit_blocks(ledger, TOTAL)
             assert ledger.state_hash() == reference[0], cut
         assert (victim / seg_name).read_bytes() == reference[2], cut
         assert dump_state(victim) == reference[1], cut

@@ -1,11 +1,12 @@
 """In-process orderer chains for tests: a transport that records what it is asked to send,
-a fetcher that is never needed, the genesis parts a Chain starts from, and :class:`Leader`,
-a Chain leading a Raft group whose other voters the test plays (fake clock, no driver
-thread)."""
+a fetcher that is never needed, a sink that drops what a sender reports, the genesis parts a
+Chain starts from, a bounded wait for a started Chain to lead, and :class:`Leader`, a Chain
+leading a Raft group whose other voters the test plays (fake clock, no driver thread)."""
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,28 @@ class Collect:
 class NoFetch:
     def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
         raise RuntimeError("a single orderer never catches up from others")
+
+
+class NullSink:
+    """What a PeerSender reports to (received messages, unreachable peers, snapshots): dropped."""
+
+    def step(self, m: Message) -> None:
+        pass
+
+    def report_unreachable(self, i: int) -> None:
+        pass
+
+    def report_snapshot(self, i: int, ok: bool) -> None:
+        pass
+
+
+def wait_leader(chain: Chain, timeout_s: float = 10.0) -> None:
+    """Wait until the started ``chain`` leads (a single voter elects itself); fail the test
+    after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert chain.status().role == StateRole.LEADER, chain.status()
 
 
 def genesis_parts(genesis_path: Path, blocks_dir: Path) -> tuple[block_pb2.Block, BlockStore, ConfigTracker]:

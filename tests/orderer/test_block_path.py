@@ -29,7 +29,7 @@ from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.durable import DurableStorage
 from node.raft.types import Entry, EntryType, Message, MessageType, StateRole
 from tests.orderer.cluster import Client, make_network
-from tests.orderer.inproc import Collect, NoFetch, genesis_parts
+from tests.orderer.inproc import Collect, NoFetch, genesis_parts, wait_leader
 from tests.orderer.toyblocks import toy_block_store
 
 
@@ -170,10 +170,7 @@ def _stamps_of_three_blocks(solo, data: Path, wall_ms: Callable[[], int],
     chain, blocks, storage = _solo_chain(solo, data, wall_ms)
     chain.start()
     try:
-        deadline = time.monotonic() + 10
-        while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert chain.status().role == StateRole.LEADER
+        wait_leader(chain)
         client = Client(solo)
         stamps = []
         for tx_time in tx_times:

@@ -34,7 +34,7 @@ from tests.orderer.cluster import (
     tx_ids_of,
     wait_until,
 )
-from tests.orderer.inproc import Collect, Leader
+from tests.orderer.inproc import Collect, Leader, NullSink
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_800_000_000_000
@@ -94,18 +94,8 @@ def test_every_raft_message_tells_the_senders_clock() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
 
-    class Sink:
-        def step(self, m: Message) -> None:
-            pass
-
-        def report_unreachable(self, i: int) -> None:
-            pass
-
-        def report_snapshot(self, i: int, ok: bool) -> None:
-            pass
-
     readings = iter(range(BASE_MS, BASE_MS + 1000))
-    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, Sink(),
+    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, NullSink(),
                         wall_ms=lambda: next(readings))
     try:
         sender.send_many([Message(MessageType.HEARTBEAT, to=2, frm=1, term=1) for _ in range(3)])

@@ -30,7 +30,7 @@ from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
 from node.raft.durable import DurableStorage
 from node.raft.types import StateRole
 from tests.orderer.cluster import config_envelope, make_network
-from tests.orderer.inproc import Collect, Leader, genesis_parts
+from tests.orderer.inproc import Collect, Leader, genesis_parts, wait_leader
 
 BEYOND = max(SUPPORTED_VERSIONS) + 1
 
@@ -121,6 +121,8 @@ def test_a_restart_behind_a_snapshot_stops_instead_of_ordering_on(net, tmp_path:
         assert chain.failed.wait(10), "the chain went on after the block raising the version"
         assert isinstance(chain.failure, RxError) and chain.failure.reason == PROTOCOL_UNSUPPORTED
         assert blocks.height() == 2
+        out = chain.submit(b"envelope", "t1").wait(1.0)
+        assert out is not None and out.reason == NOT_LEADER, out
     finally:
         chain.stop()
         storage.close()
@@ -140,10 +142,7 @@ def test_a_leader_whose_chain_stopped_answers_submits_at_once(net, tmp_path: Pat
                         lambda raw: validate_update(tracker.current, raw, tracker._verifier))
     chain.start()
     try:
-        deadline = time.monotonic() + 10
-        while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert chain.status().role == StateRole.LEADER
+        wait_leader(chain)
         new = config_pb2.ConsortiumConfig()
         new.CopyFrom(tracker.current.config)
         new.sequence += 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
 from node.raft.durable import DurableStorage
-from node.raft.types import StateRole
 from tests.orderer.cluster import config_envelope, make_network
-from tests.orderer.inproc import Collect, Leader, NoFetch, genesis_parts
+from tests.orderer.inproc import Collect, Leader, NoFetch, genesis_parts, wait_leader
 
 BEYOND = max(SUPPORTED_VERSIONS) + 1
 
@@ -82,10 +80,7 @@ def test_the_driver_thread_reports_the_stop(net, tmp_path: Path, monkeypatch: py
                   options=ChainOptions(tick_s=0.01, election_tick=5))
     chain.start()
     try:
-        deadline = time.monotonic() + 10
-        while chain.status().role != StateRole.LEADER and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert chain.status().role == StateRole.LEADER
+        wait_leader(chain)
         ticket = chain.submit(_raised(tracker.current.config, net), is_config=True)
         assert chain.failed.wait(10)
         assert isinstance(chain.failure, RxError) and chain.failure.reason == PROTOCOL_UNSUPPORTED

@@ -37,6 +37,7 @@ from node.raft.types import (
     SnapshotMeta,
 )
 from tests.orderer.cluster import Client, config_envelope, make_network
+from tests.orderer.inproc import NullSink
 from tests.orderer.toyblocks import append_toy_blocks, toy_block_store
 
 # ---------------------------------------------------------------- block cutter
@@ -475,21 +476,11 @@ def test_sender_budget_is_returned_when_a_call_dies_mid_item() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
 
-    class Sink:
-        def step(self, m: Message) -> None:
-            pass
-
-        def report_unreachable(self, i: int) -> None:
-            pass
-
-        def report_snapshot(self, i: int, ok: bool) -> None:
-            pass
-
     def app(i: int, size: int) -> Message:
         return Message(MessageType.APP, to=2, frm=1, term=1, index=i,
                        entries=(Entry(1, i + 1, EntryType.NORMAL, b"x" * size),))
 
-    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, Sink(),
+    sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, NullSink(),
                         max_queued_bytes=50_000)
     try:
         for r in range(6):

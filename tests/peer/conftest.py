@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from netgen import generate
 from rxchain.v1 import block_pb2, transaction_pb2
@@ -135,11 +136,12 @@ class Cluster:
     def now(self) -> int:
         return self.peers[0].clock[0]
 
-    def commit(self, envelopes: Sequence[bytes]) -> list[block_pb2.Block]:
-        """Order ``envelopes`` into one block and commit it on every peer."""
+    def commit(self, envelopes: Sequence[bytes], timestamp_ms: int = 0) -> list[block_pb2.Block]:
+        """Order ``envelopes`` into one block (stamped ``timestamp_ms``; 0: no stamp) and
+        commit it on every peer."""
         ref = self.peers[0].ledger
         block = make_block(ref.height(), block_header_hash(ref.block(ref.height() - 1).header),
-                           envelopes, self.net.orderer)
+                           envelopes, self.net.orderer, timestamp_ms)
         out = []
         for p in self.peers:
             copy = block_pb2.Block()
@@ -208,3 +210,14 @@ def deployed(cluster: Cluster) -> Cluster:
     _, code = cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)
     assert code == transaction_pb2.VALID
     return cluster
+
+
+@pytest.fixture
+def servers() -> Iterator[list[grpc.Server]]:
+    """gRPC servers a test appends as it starts them; all stopped after the test."""
+    started: list[grpc.Server] = []
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.stop(0)

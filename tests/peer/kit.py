@@ -80,13 +80,14 @@ def envelope(
 
 
 def make_block(
-    number: int, previous_hash: bytes, envelopes: Sequence[bytes], orderer: Signer
+    number: int, previous_hash: bytes, envelopes: Sequence[bytes], orderer: Signer, timestamp_ms: int = 0
 ) -> block_pb2.Block:
-    """An orderer-signed block."""
+    """An orderer-signed block (stamped ``timestamp_ms``; 0: no stamp)."""
     b = block_pb2.Block()
     b.header.number = number
     b.header.previous_hash = previous_hash
     b.header.data_hash = block_data_hash(list(envelopes))
+    b.header.timestamp_ms = timestamp_ms
     b.data.envelopes.extend(envelopes)
     sig = b.metadata.orderer_signatures.add()
     sig.signer.CopyFrom(orderer.identity)

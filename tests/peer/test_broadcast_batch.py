@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -61,16 +61,6 @@ class BatchOrderer(services_pb2_grpc.AtomicBroadcastServicer, services_pb2_grpc.
 
     def Deliver(self, request, context):  # pragma: no cover - not used here
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "no deliver")
-
-
-@pytest.fixture
-def servers() -> Iterator[list[grpc.Server]]:
-    started: list[grpc.Server] = []
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.stop(0)
 
 
 def serve(orderer: BatchOrderer, port: int, started: list[grpc.Server]) -> Endpoint:

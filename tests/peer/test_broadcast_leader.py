@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
-import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
@@ -65,16 +64,6 @@ def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return cond()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[grpc.Server]]:
-    started: list[grpc.Server] = []
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.stop(0)
 
 
 def serve(orderer: Orderer, port: int, started: list[grpc.Server]) -> None:

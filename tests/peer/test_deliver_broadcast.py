@@ -82,16 +82,6 @@ def chain(net: Net, genesis: block_pb2.Block, n: int, signer=None) -> list[block
     return out
 
 
-@pytest.fixture
-def servers() -> Iterator[list[grpc.Server]]:
-    started: list[grpc.Server] = []
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.stop(0)
-
-
 def wait_for(cond, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():

@@ -15,9 +15,7 @@ from node.errors import RxError
 from node.peer.deliver_client import Backoff, DeliverClient, DeliverSettings
 from tests.harness.ports import free_ports
 from tests.peer.conftest import Net, make_peer
-from tests.peer.test_deliver_broadcast import FakeAdmin, FakeOrderer, chain, insecure, serve, servers, wait_for
-
-__all__ = ["servers"]  # the fixture, re-exported for this module's tests
+from tests.peer.test_deliver_broadcast import FakeAdmin, FakeOrderer, chain, insecure, serve, wait_for
 
 
 class PausedAdmin(services_pb2_grpc.AdminServicer):

@@ -393,8 +393,8 @@ def test_definition_naming_no_installed_package_is_refused(cluster: Cluster) -> 
 def test_every_peer_reaches_the_same_state_through_the_lifecycle(cluster: Cluster) -> None:
     d = _installed(cluster)
     for org in ("h01", "p01"):
-        cluster.transact(cluster.net.admins[org], "_lifecycle", "approve", d)
-    cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)
+        assert cluster.transact(cluster.net.admins[org], "_lifecycle", "approve", d)[1] == VALID
+    assert cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)[1] == VALID
     hashes = set()
     for p in cluster.peers:
         sp = p.ledger.savepoint()

@@ -14,15 +14,13 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from bench.txbuild import make_block
 from client.errors import CommitUnknown
 from client.gateway import Gateway
 from client.pipeline import Call, submit_many
 from client.wallet import load_identity
 from node.config import Endpoint
-from node.crypto.canonical import block_header_hash
 from node.errors import RxError
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.gateway.commit_status import commit_status
@@ -41,19 +39,6 @@ SKEW_MS = 60_000  # tests.peer.conftest.consortium limits.max_clock_skew_ms
 # --------------------------------------------------------------------------- validation
 
 
-def _stamped(cluster: Cluster, envs: list[bytes], ts: int) -> list[block_pb2.Block]:
-    """Order ``envs`` into one block stamped ``ts`` and commit it on every peer."""
-    ref = cluster.peers[0].ledger
-    block = make_block(ref.height(), block_header_hash(ref.block(ref.height() - 1).header), envs,
-                       [cluster.net.orderer], timestamp_ms=ts)
-    out = []
-    for p in cluster.peers:
-        copy = block_pb2.Block()
-        copy.CopyFrom(block)
-        out.append(p.committer.commit_block(copy).validated.block)
-    return out
-
-
 def test_a_late_copy_of_a_valid_tx_never_replaces_its_commit_status(deployed: Cluster) -> None:
     """A second copy of a committed tx ordered in a block stamped beyond the skew bound (a
     resubmission or replay; an honest leader refuses it at cut time, a faulty one does not,
@@ -66,7 +51,7 @@ def test_a_late_copy_of_a_valid_tx_never_replaces_its_commit_status(deployed: Cl
     raw = envelope(cluster.net.doctor, signed, cluster.endorse_all(signed, cluster.peers[:2]))
     tx_id = transaction_pb2.TxHeader.FromString(
         transaction_pb2.Proposal.FromString(signed.proposal_bytes).header).tx_id
-    first = _stamped(cluster, [raw], NOW_MS)
+    first = cluster.commit([raw], NOW_MS)
     assert [b.metadata.validation_codes[0] for b in first] == [transaction_pb2.VALID] * 3
     number = first[0].header.number
     # A waiter registered now (e.g. a CommitStatus racing the late copy) must not be told
@@ -76,7 +61,7 @@ def test_a_late_copy_of_a_valid_tx_never_replaces_its_commit_status(deployed: Cl
     local.committer.add_listener(notifier.on_commit)
     told: list[TxCommitted] = []
     cancel = notifier.watch(tx_id, told.append)
-    late = _stamped(cluster, [raw], NOW_MS + 2 * SKEW_MS)
+    late = cluster.commit([raw], NOW_MS + 2 * SKEW_MS)
     cancel()
     assert [b.metadata.validation_codes[0] for b in late] == [transaction_pb2.DUPLICATE_TXID] * 3
     assert told == []
@@ -93,7 +78,7 @@ def test_a_late_copy_of_a_valid_tx_never_replaces_its_commit_status(deployed: Cl
     signed2 = cluster.kit.proposal(cluster.net.doctor, "counter", "put", {"key": "late2", "value": 1},
                                    timestamp_ms=NOW_MS)
     raw2 = envelope(cluster.net.doctor, signed2, cluster.endorse_all(signed2, cluster.peers[:2]))
-    alone = _stamped(cluster, [raw2], NOW_MS + 2 * SKEW_MS)
+    alone = cluster.commit([raw2], NOW_MS + 2 * SKEW_MS)
     assert alone[0].metadata.validation_codes[0] == transaction_pb2.TX_TIMESTAMP_SKEW
 
 

@@ -1,4 +1,5 @@
-"""Fixtures: one generated consortium per session; a fresh peer ledger per test."""
+"""Fixtures: one generated consortium per session; a fresh peer ledger per test; the blocks
+and config updates the tests build on that peer."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from pathlib import Path
 
 import pytest
 from netgen import generate
+from rxchain.v1 import block_pb2, config_pb2
 
-from bench.txbuild import SMALL_CONSORTIUM, TxKit, node_signer, user_signer
+from bench.txbuild import SMALL_CONSORTIUM, RwSpec, TxKit, make_block, node_signer, user_signer
 from node.crypto.signing import Signer, Verifier
 from node.genesis import read_genesis
+from node.identity.msp import MSP
 from node.identity.policy import parse_policy
 from node.ledger.ledger import Ledger
 from node.ledger.statedb import StateReader
+from node.orderer.configtx import ConfigTracker, OrdererConfig
 from node.peer.committer import Committer
 from node.peer.validator import ContractDefinition
 
@@ -87,3 +91,38 @@ def peer(net, tmp_path):
         yield Peer(ledger, committer, kit, policies)
     finally:
         ledger.close()
+
+
+def next_config(peer: Peer, protocol_version: int | None = None) -> config_pb2.ConsortiumConfig:
+    """The config in force on ``peer`` with the next sequence (and ``protocol_version`` if
+    given): an update for the test to edit."""
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(cur)
+    new.sequence = cur.sequence + 1
+    if protocol_version is not None:
+        new.protocol_version = protocol_version
+    return new
+
+
+def config_block(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> tuple[bytes, block_pb2.Block]:
+    """(envelope, block): the update to ``new`` signed by the admins of h01, p01 and ins01 (a
+    majority), alone in a block at the peer's height signed by orderer 1."""
+    a = net.admins
+    env = peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
+    return env, make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
+
+
+def config_tracker(peer: Peer) -> ConfigTracker:
+    """An orderer's view of the config in force on ``peer``."""
+    cur = peer.ledger.current_config()
+    assert cur is not None
+    return ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
+
+
+def invoke_block(peer: Peer, net: Net, key: str, orderer: Signer | None = None) -> block_pb2.Block:
+    """A block at the peer's height of one doctor tx writing ``key`` in ``rx`` (endorsed by the
+    peers of h01 and p01), signed by ``orderer`` (default: orderer 1)."""
+    env = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[(key, b"v")])])
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [orderer or net.orderer1])

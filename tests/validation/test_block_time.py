@@ -8,8 +8,8 @@ from rxchain.v1 import block_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
-from tests.validation.conftest import Net, Peer
-from tests.validation.test_redteam_config import _commit, _config_tx, _next_config, _orderers_adopt
+from tests.validation.conftest import Net, Peer, next_config
+from tests.validation.test_redteam_config import _commit, _config_tx, _orderers_adopt
 
 SKEW = 600_000  # bench.txbuild.SMALL_CONSORTIUM limits.max_clock_skew_ms
 
@@ -37,12 +37,12 @@ def test_a_block_without_a_time_checks_nothing(peer: Peer, net: Net) -> None:
 
 
 def test_a_config_update_far_from_its_blocks_time_is_adopted_by_nobody(peer: Peer, net: Net) -> None:
-    block = _block(peer, net, [_config_tx(peer, net, _next_config(peer))], peer.kit.clock_ms + 2 * SKEW)
+    block = _block(peer, net, [_config_tx(peer, net, next_config(peer))], peer.kit.clock_ms + 2 * SKEW)
     assert not _orderers_adopt(peer, block)
     assert _commit(peer, block) == [tx_pb.TX_TIMESTAMP_SKEW]
     cur = peer.ledger.current_config()
     assert cur is not None and cur.sequence == 0
-    on_time = _block(peer, net, [_config_tx(peer, net, _next_config(peer))], peer.kit.clock_ms)
+    on_time = _block(peer, net, [_config_tx(peer, net, next_config(peer))], peer.kit.clock_ms)
     assert _orderers_adopt(peer, on_time)
     assert _commit(peer, on_time) == [tx_pb.VALID]
 
@@ -65,12 +65,12 @@ def test_the_bound_is_the_one_in_force_before_the_block_on_peers_and_orderers_al
             tracker.adopt(new, block.header.number)
         return new is not None, _commit(peer, block)
 
-    tight = _next_config(peer)
+    tight = next_config(peer)
     tight.limits.max_clock_skew_ms = 1_000
     offset = 5_000  # within the old bound, outside the new one
     assert both(_block(peer, net, [_config_tx(peer, net, tight)], peer.kit.clock_ms + offset)) == (True, [tx_pb.VALID])
     assert tracker.current.config.limits.max_clock_skew_ms == 1_000
-    again = _next_config(peer)
+    again = next_config(peer)
     assert both(_block(peer, net, [_config_tx(peer, net, again)], peer.kit.clock_ms + offset)) == (
         False, [tx_pb.TX_TIMESTAMP_SKEW])
     assert _commit(peer, _block(peer, net, [_invoke(peer, net, "k")], peer.kit.clock_ms + offset)) == [

@@ -6,43 +6,27 @@ judging blocks by rules it lacks."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
-from cryptography import x509 as cx509
-from rxchain.v1 import block_pb2, config_pb2, identity_pb2
+from rxchain.v1 import block_pb2, config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
-from bench.txbuild import RwSpec, make_block
 from client.verify import verify_blocks
-from node.crypto import signing
-from node.crypto import x509 as rx509
 from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
-from tests.validation.conftest import Net, Peer
-from tests.validation.test_protocol_version import _config_block, _next_config
+from tests.harness.certs import issue_from_org_ca, signer_of
+from tests.validation.conftest import Net, Peer, config_block, invoke_block, next_config
 
 
 def _chain(peer: Peer) -> list[block_pb2.Block]:
     return [peer.ledger.blocks.get(i) for i in range(peer.ledger.height())]
 
 
-def _invoke_block(peer: Peer, net: Net, key: str, orderer: Signer) -> block_pb2.Block:
-    env = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[(key, b"v")])])
-    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [orderer])
-
-
 def _rotated_orderer1(net: Net) -> Signer:
-    ca_dir = net.home / "orgs" / "ins01"
-    ca_cert = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
-    key = signing.generate_key()
-    cert = rx509.issue_cert(ca_cert, ca_key, key.public_key(), org="ins01", role="orderer",
-                            name="orderer.ins01", now=dt.datetime.now(dt.UTC),
-                            hosts=("127.0.0.1", "localhost", "orderer.ins01"))
-    return Signer(key, identity_pb2.Identity(org="ins01", cert_der=rx509.cert_to_der(cert)))
+    cert, key = issue_from_org_ca(net.home, "ins01", "orderer.ins01", "orderer",
+                                  ("127.0.0.1", "localhost", "orderer.ins01"))
+    return signer_of("ins01", cert, key)
 
 
 def _genesis(net: Net) -> tuple[block_pb2.Block, config_pb2.ConsortiumConfig]:
@@ -52,13 +36,13 @@ def _genesis(net: Net) -> tuple[block_pb2.Block, config_pb2.ConsortiumConfig]:
 
 def test_blocks_signed_by_a_rotated_orderer_certificate_verify(peer: Peer, net: Net) -> None:
     new_signer = _rotated_orderer1(net)
-    rotation = _next_config(peer, 1)
+    rotation = next_config(peer, 1)
     for o in rotation.orderers:
         if o.raft_id == 1:
             o.cert_der = new_signer.identity.cert_der
-    _, block = _config_block(peer, net, rotation)
+    _, block = config_block(peer, net, rotation)
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
-    after = _invoke_block(peer, net, "a", new_signer)  # signed by the rotated certificate only
+    after = invoke_block(peer, net, "a", new_signer)  # signed by the rotated certificate only
     assert list(peer.committer.commit_block(after).validated.codes) == [tx_pb.VALID]
     genesis, config = _genesis(net)
     res = verify_blocks("peer.h01", _chain(peer), genesis, config, Verifier())
@@ -67,10 +51,10 @@ def test_blocks_signed_by_a_rotated_orderer_certificate_verify(peer: Peer, net: 
 
 def test_verification_stops_where_the_protocol_version_is_beyond_this_release(peer: Peer, net: Net) -> None:
     beyond = max(SUPPORTED_VERSIONS) + 1
-    _, raising = _config_block(peer, net, _next_config(peer, beyond))
+    _, raising = config_block(peer, net, next_config(peer, beyond))
     with pytest.raises(RxError):
         peer.committer.commit_block(raising)  # committed, then the peer stops
-    after = _invoke_block(peer, net, "b", net.orderer1)
+    after = invoke_block(peer, net, "b", net.orderer1)
     validated = peer.committer.validator.validate(after, peer.ledger.height(), peer.ledger.blocks.last_hash())
     peer.ledger.commit(validated.block, validated.outcomes)
     genesis, config = _genesis(net)

@@ -17,10 +17,9 @@ import datetime as dt
 from collections.abc import Callable
 
 import pytest
-from rxchain.v1 import block_pb2, config_pb2
+from rxchain.v1 import config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
-from bench.txbuild import make_block
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.signing import Verifier
@@ -28,32 +27,9 @@ from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_NESTED_CHECK, MAX_SIGNERS, parse_policy
 from node.orderer.configrules import check_new_config
-from node.orderer.configtx import ConfigTracker, OrdererConfig
-from tests.validation.conftest import Net, Peer
+from tests.validation.conftest import Net, Peer, config_block, config_tracker, next_config
 
 Edit = Callable[[config_pb2.ConsortiumConfig], None]
-
-
-def _next_config(peer: Peer) -> config_pb2.ConsortiumConfig:
-    cur = peer.ledger.current_config()
-    assert cur is not None
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(cur)
-    new.sequence = cur.sequence + 1
-    return new
-
-
-def _tracker(peer: Peer) -> ConfigTracker:
-    cur = peer.ledger.current_config()
-    assert cur is not None
-    return ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
-
-
-def _config_block(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> tuple[bytes, block_pb2.Block]:
-    a = net.admins
-    env = peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
-    block = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
-    return env, block
 
 
 def _policy(name: str, rule: str) -> Edit:
@@ -212,10 +188,10 @@ REFUSED: list[tuple[str, Edit, str]] = [
 
 @pytest.mark.parametrize(("edit", "fragment"), [pytest.param(e, f, id=name) for name, e, f in REFUSED])
 def test_update_is_refused_by_orderers_and_peers_alike(peer: Peer, net: Net, edit: Edit, fragment: str) -> None:
-    new = _next_config(peer)
+    new = next_config(peer)
     edit(new)
-    env, block = _config_block(peer, net, new)
-    tracker = _tracker(peer)
+    env, block = config_block(peer, net, new)
+    tracker = config_tracker(peer)
     with pytest.raises(RxError) as exc:
         tracker.validate_now(env)
     assert exc.value.reason == "BAD_CONFIG_UPDATE"
@@ -245,10 +221,10 @@ ALLOWED: list[tuple[str, Edit]] = [
 
 @pytest.mark.parametrize("edit", [pytest.param(e, id=name) for name, e in ALLOWED])
 def test_updates_within_the_rules_are_adopted_by_orderers_and_peers(peer: Peer, net: Net, edit: Edit) -> None:
-    new = _next_config(peer)
+    new = next_config(peer)
     edit(new)
-    env, block = _config_block(peer, net, new)
-    tracker = _tracker(peer)
+    env, block = config_block(peer, net, new)
+    tracker = config_tracker(peer)
     assert tracker.validate_now(env) == new
     assert tracker.block_config(block) == new
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]

@@ -9,30 +9,23 @@ from __future__ import annotations
 import pytest
 from rxchain.v1 import transaction_pb2 as tx_pb
 
-from bench.txbuild import RwSpec, make_block
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.ledger.verify import verify_ledger
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
-from tests.validation.conftest import Net, Peer, StaticPolicies, rx_definition
-from tests.validation.test_protocol_version import _config_block, _next_config
+from tests.validation.conftest import Net, Peer, StaticPolicies, config_block, invoke_block, next_config, rx_definition
 
 BEYOND = max(SUPPORTED_VERSIONS) + 1
 
 
-def _invoke_block(peer: Peer, net: Net, key: str):
-    env = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[(key, b"v")])])
-    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
-
-
 def test_verify_stops_at_a_version_this_release_lacks(peer: Peer, net: Net, tmp_path) -> None:
-    assert list(peer.committer.commit_block(_invoke_block(peer, net, "a")).validated.codes) == [tx_pb.VALID]
-    _, raising = _config_block(peer, net, _next_config(peer, BEYOND))
+    assert list(peer.committer.commit_block(invoke_block(peer, net, "a")).validated.codes) == [tx_pb.VALID]
+    _, raising = config_block(peer, net, next_config(peer, BEYOND))
     with pytest.raises(RxError):
         peer.committer.commit_block(raising)  # committed, then the peer stops
     raised_at = peer.ledger.height() - 1
     # a block ordered after it (by nodes of a newer release): this one cannot judge it
-    after = _invoke_block(peer, net, "b")
+    after = invoke_block(peer, net, "b")
     validated = peer.committer.validator.validate(after, peer.ledger.height(), peer.ledger.blocks.last_hash())
     peer.ledger.commit(validated.block, validated.outcomes)
     height = peer.ledger.height()
@@ -50,7 +43,7 @@ def test_verify_stops_at_a_version_this_release_lacks(peer: Peer, net: Net, tmp_
 
 def test_verify_of_a_ledger_ending_at_the_raising_block_is_sound(peer: Peer, net: Net, tmp_path) -> None:
     """Every block up to and including the config block follows the old rules: sound."""
-    _, raising = _config_block(peer, net, _next_config(peer, BEYOND))
+    _, raising = config_block(peer, net, next_config(peer, BEYOND))
     with pytest.raises(RxError):
         peer.committer.commit_block(raising)
     peer.ledger.close()

@@ -10,42 +10,19 @@ from pathlib import Path
 
 import pytest
 from netgen import generate
-from rxchain.v1 import block_pb2, config_pb2
+from rxchain.v1 import config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
-from bench.txbuild import make_block
 from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.identity.msp import MSP
 from node.orderer.configtx import ConfigTracker, OrdererConfig
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS, protocol_version
 from tests.foundation.conftest import small_consortium
-from tests.validation.conftest import Net, Peer
+from tests.validation.conftest import Net, Peer, config_block, config_tracker, next_config
 
 ROOT = Path(__file__).resolve().parents[2]
 BEYOND = max(SUPPORTED_VERSIONS) + 1  # a version no release of this code implements
-
-
-def _next_config(peer: Peer, version: int) -> config_pb2.ConsortiumConfig:
-    cur = peer.ledger.current_config()
-    assert cur is not None
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(cur)
-    new.sequence = cur.sequence + 1
-    new.protocol_version = version
-    return new
-
-
-def _config_block(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> tuple[bytes, block_pb2.Block]:
-    a = net.admins
-    env = peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
-    return env, make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
-
-
-def _tracker(peer: Peer) -> ConfigTracker:
-    cur = peer.ledger.current_config()
-    assert cur is not None
-    return ConfigTracker(OrdererConfig(cur, MSP(cur, Verifier()), 0), Verifier())
 
 
 def test_an_unset_version_is_version_one() -> None:
@@ -54,8 +31,8 @@ def test_an_unset_version_is_version_one() -> None:
 
 
 def test_orderers_refuse_to_admit_a_version_they_do_not_implement(peer: Peer, net: Net) -> None:
-    env, _ = _config_block(peer, net, _next_config(peer, BEYOND))
-    tracker = _tracker(peer)
+    env, _ = config_block(peer, net, next_config(peer, BEYOND))
+    tracker = config_tracker(peer)
     at_ms = tx_pb.TxHeader.FromString(
         tx_pb.Transaction.FromString(tx_pb.Envelope.FromString(env).payload).header).timestamp_ms
     for check in (lambda: tracker.validate_now(env), lambda: tracker.check_broadcast(env, at_ms)):
@@ -63,17 +40,17 @@ def test_orderers_refuse_to_admit_a_version_they_do_not_implement(peer: Peer, ne
             check()
         assert err.value.reason == "BAD_CONFIG_UPDATE"
         assert f"protocol version {BEYOND}" in err.value.message
-    ok, _ = _config_block(peer, net, _next_config(peer, 1))
+    ok, _ = config_block(peer, net, next_config(peer, 1))
     assert tracker.validate_now(ok).protocol_version == 1
 
 
 def test_the_version_is_never_lowered_on_orderers_and_peers_alike(peer: Peer, net: Net) -> None:
     """Lowering is refused by the deterministic rules every node applies (the orderers' apply
     path and the peers' validator agree); an explicit 1 after an unset one is no change."""
-    _, block = _config_block(peer, net, _next_config(peer, 1))
-    assert _tracker(peer).block_config(block) is not None
+    _, block = config_block(peer, net, next_config(peer, 1))
+    assert config_tracker(peer).block_config(block) is not None
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
-    _, lower = _config_block(peer, net, _next_config(peer, 0))  # 0 reads as 1: not lower
+    _, lower = config_block(peer, net, next_config(peer, 0))  # 0 reads as 1: not lower
     assert list(peer.committer.commit_block(lower).validated.codes) == [tx_pb.VALID]
     # a config in force at a version beyond this release cannot be reached here, so the
     # lowering rule is checked against a tracker holding one
@@ -83,7 +60,7 @@ def test_the_version_is_never_lowered_on_orderers_and_peers_alike(peer: Peer, ne
     ahead.CopyFrom(cur)
     ahead.protocol_version = BEYOND
     tracker = ConfigTracker(OrdererConfig(ahead, MSP(ahead, Verifier()), 0), Verifier())
-    _, down = _config_block(peer, net, _next_config(peer, BEYOND - 1))
+    _, down = config_block(peer, net, next_config(peer, BEYOND - 1))
     assert tracker.block_config(down) is None
 
 
@@ -92,7 +69,7 @@ def test_a_peer_commits_the_block_raising_the_version_then_stops(peer: Peer, net
     admitted it): committed like on every other peer, then PROTOCOL_UNSUPPORTED -- fatal to
     the commit loop, so the peer stops and its next start refuses (test below)."""
     height = peer.ledger.height()
-    _, block = _config_block(peer, net, _next_config(peer, BEYOND))
+    _, block = config_block(peer, net, next_config(peer, BEYOND))
     with pytest.raises(RxError) as err:
         peer.committer.commit_block(block)
     assert err.value.reason == PROTOCOL_UNSUPPORTED

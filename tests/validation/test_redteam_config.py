@@ -20,18 +20,9 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose, Signer, Verifier
 from node.identity.msp import MSP
 from node.orderer.configtx import ConfigTracker, OrdererConfig
-from tests.validation.conftest import Net, Peer
+from tests.validation.conftest import Net, Peer, next_config
 
 VALID = tx_pb.VALID
-
-
-def _next_config(peer: Peer) -> config_pb2.ConsortiumConfig:
-    cur = peer.ledger.current_config()
-    assert cur is not None
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(cur)
-    new.sequence = cur.sequence + 1
-    return new
 
 
 def _config_tx(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> bytes:
@@ -60,13 +51,13 @@ def test_update_with_a_policy_that_does_not_parse_is_refused_as_the_orderers_do(
     # Peers used to refuse it while the orderers adopted it (a split). Since the config rules
     # (node.orderer.configrules) check every named policy, both refuse it; a correct
     # update then goes through on both sides.
-    new = _next_config(peer)
+    new = next_config(peer)
     next(p for p in new.policies if p.name == "lifecycle").rule = "MAJORITY("
     block = _block(peer, net, [_config_tx(peer, net, new)])
     assert not _orderers_adopt(peer, block)
     assert _commit(peer, block) == [tx_pb.BAD_CONFIG_UPDATE]
     assert peer.committer.validator.config.config.sequence == 0
-    fixed = _next_config(peer)
+    fixed = next_config(peer)
     next(p for p in fixed.policies if p.name == "lifecycle").rule = "MAJORITY(admin)"
     block = _block(peer, net, [_config_tx(peer, net, fixed)])
     assert _orderers_adopt(peer, block)
@@ -77,7 +68,7 @@ def test_update_with_a_policy_that_does_not_parse_is_refused_as_the_orderers_do(
 
 def test_update_in_a_block_with_other_txs_is_refused_as_the_orderers_do(peer: Peer, net: Net) -> None:
     invoke = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("a", b"1")])])
-    block = _block(peer, net, [invoke, _config_tx(peer, net, _next_config(peer))])
+    block = _block(peer, net, [invoke, _config_tx(peer, net, next_config(peer))])
     assert not _orderers_adopt(peer, block)
     assert _commit(peer, block) == [VALID, tx_pb.BAD_CONFIG_UPDATE]
     cur = peer.ledger.current_config()
@@ -88,9 +79,9 @@ def test_update_in_a_block_with_other_txs_is_refused_as_the_orderers_do(peer: Pe
 def test_update_breaking_the_orderer_set_rules_is_refused_as_the_orderers_do(
     peer: Peer, net: Net
 ) -> None:
-    moved = _next_config(peer)
+    moved = next_config(peer)
     moved.orderers[0].port += 1  # a kept orderer may not change its address
-    dup = _next_config(peer)
+    dup = next_config(peer)
     dup.orderers[1].raft_id = dup.orderers[0].raft_id
     for new in (moved, dup):
         block = _block(peer, net, [_config_tx(peer, net, new)])
@@ -134,7 +125,7 @@ def _rewrapped(env_bytes: bytes, edit: str, net: Net) -> bytes:
 def test_admin_signed_update_in_a_forged_envelope_is_refused_by_orderers_as_by_peers(
     peer: Peer, net: Net, edit: str, code: int
 ) -> None:
-    block = _block(peer, net, [_rewrapped(_config_tx(peer, net, _next_config(peer)), edit, net)])
+    block = _block(peer, net, [_rewrapped(_config_tx(peer, net, next_config(peer)), edit, net)])
     assert not _orderers_adopt(peer, block)
     assert _commit(peer, block) == [code]
     cur = peer.ledger.current_config()
@@ -164,7 +155,7 @@ def test_update_reusing_the_tx_id_of_an_earlier_tx_is_adopted_as_the_orderers_do
         header=_header(peer, creator, tx_pb.INVOKE, nonce),
     )
     assert _commit(peer, _block(peer, net, [earlier])) == [tx_pb.ENDORSEMENT_POLICY_FAILURE]
-    new = _next_config(peer)
+    new = next_config(peer)
     update = config_pb2.ConfigUpdate(config=new.SerializeToString())
     for a in (net.admins["h01"], net.admins["p01"], net.admins["ins01"]):
         update.signatures.add(signer=a.identity_bytes, signature=a.sign(Purpose.CONFIG, update.config))
@@ -190,10 +181,10 @@ def test_update_renaming_orderers_is_refused_by_orderers_and_peers(peer: Peer, n
     # Nodes dial orderers pinned to their configured names (tls.NodeChannels), which their
     # TLS certificates carry: renaming every orderer in one update was adopted and left no
     # orderer able to reach another once they reconnected (no quorum to order the fix).
-    every = _next_config(peer)
+    every = next_config(peer)
     for o in every.orderers:
         o.name += ".renamed"
-    one = _next_config(peer)
+    one = next_config(peer)
     one.orderers[0].name = "orderer.elsewhere"
     for new in (every, one):
         block = _block(peer, net, [_config_tx(peer, net, new)])
