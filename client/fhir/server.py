@@ -90,6 +90,7 @@ from client.fhir.admission import (
     source_of,
 )
 from client.network import load_network
+from client.rxid import is_rx_id
 from client.rxops import IssueRequest, RxOperations
 from client.session import Session
 from node.crypto.x509 import cert_info
@@ -106,7 +107,6 @@ MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json")
-RX_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _REFERENCE = re.compile(r"(?:[^?#]*/)?[A-Z][A-Za-z]{1,63}/([^/?#]+)(?:/_history/[^/?#]+)?")
 
 _STATUS = {
@@ -311,8 +311,9 @@ class FhirApp:
 
 
 def _rx_id(value: str) -> str:
-    """A prescription id as the ledger issues them (letters, digits, ``-``, ``_``), else 400."""
-    if not RX_ID.fullmatch(value):
+    """A prescription id as the contract accepts it (client.rxid: 1-64 of ``[A-Za-z0-9-_.]``,
+    so one issued with ``rx issue --rx-id RX.1`` is reachable here too), else 400."""
+    if not is_rx_id(value):
         raise mapping.FhirError("FHIR_INVALID", "not a prescription id (hiRxno)")
     return value
 

@@ -225,3 +225,20 @@ def test_oversized_content_length_is_refused_unread(gateway):
     finally:
         conn.close()
     assert status == 413 and body["issue"][0]["details"]["coding"][0]["code"] == "TOO_LARGE"
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("RX-20261126-0001", True), ("RX.1", True), ("rx_2", True), ("-lead", True), ("A" * 64, True),
+    ("A" * 65, False), ("RX 1", False), ("RX/1", False), ("", False), ("处方1", False),
+])
+def test_prescription_ids_in_paths_and_references_follow_the_contract(value: str, ok: bool) -> None:
+    """One issued with ``rx issue --rx-id RX.1`` is reachable through FHIR too (the gateway's
+    own pattern refused ``.``, which the contract accepts)."""
+    from client.fhir import mapping
+    from client.fhir.server import _rx_id
+
+    if ok:
+        assert _rx_id(value) == value
+    else:
+        with pytest.raises(mapping.FhirError):
+            _rx_id(value)
