@@ -312,8 +312,9 @@ class FhirApp:
 
 def _rx_id(value: str) -> str:
     """A prescription id as the contract accepts it (client.rxid: 1-64 of ``[A-Za-z0-9-_.]``,
-    so one issued with ``rx issue --rx-id RX.1`` is reachable here too), else 400."""
-    if not is_rx_id(value):
+    so one issued with ``rx issue --rx-id RX.1`` is reachable here too), else 400 -- also for
+    ``.`` and ``..``, URL dot-segments no client can address."""
+    if not is_rx_id(value) or not value.strip("."):
         raise mapping.FhirError("FHIR_INVALID", "not a prescription id (hiRxno)")
     return value
 

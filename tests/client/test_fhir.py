@@ -230,6 +230,7 @@ def test_oversized_content_length_is_refused_unread(gateway):
 @pytest.mark.parametrize(("value", "ok"), [
     ("RX-20261126-0001", True), ("RX.1", True), ("rx_2", True), ("-lead", True), ("A" * 64, True),
     ("A" * 65, False), ("RX 1", False), ("RX/1", False), ("", False), ("处方1", False),
+    ("..", False), (".", False), ("...", False),
 ])
 def test_prescription_ids_in_paths_and_references_follow_the_contract(value: str, ok: bool) -> None:
     """One issued with ``rx issue --rx-id RX.1`` is reachable through FHIR too (the gateway's
