@@ -24,6 +24,10 @@ class NodeHealth:
     raft_term: int = 0
     last_block_hash: str = ""
     state_hash: str = ""
+    # the consortium protocol versions the node's release implements, and the one in force
+    # (node.protocol): what an operator checks on every node before raising the version
+    protocol_versions: tuple[int, ...] = ()
+    protocol_version: int = 0
 
 
 class AdminClient:
@@ -62,4 +66,5 @@ class AdminClient:
         except grpc.RpcError as exc:
             return NodeHealth(name, False, rpc_error(exc).reason)
         return NodeHealth(name, True, h.detail, int(s.height), int(s.raft_leader),
-                          int(s.raft_term), s.last_block_hash.hex(), s.state_hash.hex())
+                          int(s.raft_term), s.last_block_hash.hex(), s.state_hash.hex(),
+                          tuple(int(v) for v in s.protocol_versions), int(s.protocol_version))

@@ -387,7 +387,9 @@ class Launcher:
             else:
                 with AdminClient(ident, node.target) as c:
                     h = c.status(node.name)
-                row.update(serving=h.serving, detail=h.detail, height=h.height)
+                row.update(serving=h.serving, detail=h.detail, height=h.height,
+                           protocol_versions=list(h.protocol_versions),
+                           protocol_version=h.protocol_version)
                 if node.kind == "orderer":
                     row.update(raft_leader=h.raft_leader, raft_term=h.raft_term)
             rows.append(row)

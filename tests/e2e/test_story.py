@@ -15,6 +15,7 @@ from client.events import EventListener, MemoryCheckpoint
 from client.gateway import SubmitResult
 from client.rxops import DrugLine, IssueRequest, RxOperations
 from client.session import Session
+from node.protocol import SUPPORTED_VERSIONS
 from tests.e2e.conftest import Net
 from tests.e2e.privacy_scan import raw_files, scan_leveldb, scan_raw, sensitive_terms
 
@@ -51,6 +52,9 @@ def test_network_status_all_serving(net: Net):
     assert out["total"] == 9 and out["serving"] == 9
     kinds = sorted(r["kind"] for r in out["nodes"])
     assert kinds == ["orderer"] * 3 + ["peer"] * 6
+    # what an operator checks on every node before raising the protocol version
+    assert {(tuple(r["protocol_versions"]), r["protocol_version"]) for r in out["nodes"]} == {
+        (tuple(sorted(SUPPORTED_VERSIONS)), 1)}
 
 
 def test_a_peer_answers_its_configuration_in_force(net: Net):
