@@ -15,6 +15,7 @@ from rxchain.v1 import block_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash
+from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.ledger.txwrites import outcomes_from_block
 
@@ -54,6 +55,22 @@ def commit_blocks(ledger: Ledger, total: int) -> None:
         prev = ledger.blocks.last_hash() if n else GENESIS_PREVIOUS_HASH
         block = build_block(n, prev)
         ledger.commit(block, outcomes_from_block(block))
+
+
+def try_commit(ledger: Ledger, number: int) -> str:
+    """Commit block ``number`` on the ledger's last hash; how it went, as a child process of
+    a test prints it: ``no error``, ``refused REASON`` (LedgerError), ``oserror ERRNO`` or
+    ``raw ExceptionName`` (anything else escaping the ledger)."""
+    block = build_block(number, ledger.blocks.last_hash())
+    try:
+        ledger.commit(block, outcomes_from_block(block))
+    except LedgerError as err:
+        return f"refused {err.reason}"
+    except OSError as exc:
+        return f"oserror {exc.errno}"
+    except Exception as exc:  # the test reports what escaped
+        return f"raw {type(exc).__name__}"
+    return "no error"
 
 
 def main(argv: list[str]) -> int:
