@@ -141,6 +141,9 @@ class ChainOptions:
     # How often the clocks of the other orderers are compared with this one's (a leader
     # whose clock a quorum disagrees with hands leadership over; see node.orderer.clockwatch).
     clock_check_s: float = 1.0
+    # How many consecutive checks must find the leader's clock the odd one out before it
+    # hands leadership over (a flapping guard; see node.orderer.clockwatch).
+    clock_disagree_checks: int = 3
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Chain:
         self._clock_watch = clock_watch
         self._releases = releases
         self._last_clock_check = -1e18
+        self._clock_disagreements = 0  # consecutive checks that found this leader's clock odd
         self._opt = options or ChainOptions()
         self._tracker = tracker
         self._cutter: BlockCutter[Ticket] = BlockCutter(
@@ -472,11 +476,25 @@ class Chain:
         # a follower forwards transfer_leader to the new leader, which would hand leadership
         # on, on this node's stale verdict.
         if self._role != StateRole.LEADER or self._node.soft_state.role != StateRole.LEADER:
+            self._clock_disagreements = 0
             return
         tolerance = self._tracker.current.config.limits.max_clock_skew_ms // 2
-        target = odd_clock_out(self._id, self._conf_state.voters, offsets, tolerance)
+        voters = self._conf_state.voters
+        if odd_clock_out(self._id, voters, offsets, tolerance) is None:
+            self._clock_disagreements = 0
+            return
+        self._clock_disagreements += 1
+        if self._clock_disagreements < self._opt.clock_disagree_checks:
+            return
+        # Only to a voter the Raft core heard from since its last quorum check: one that died
+        # within the offsets' horizon would take a transfer it never completes. None alive and
+        # agreed with now: the next check tries again (the count is kept).
+        progress = self._node.status().progress
+        alive = {rid for rid, pr in progress.items() if pr.recent_active and not pr.is_learner}
+        target = odd_clock_out(self._id, voters, offsets, tolerance, eligible=alive)
         if target is None:
             return
+        self._clock_disagreements = 0
         _log.warning(
             "event=clock_disagrees orderer=%d offsets_ms=%s tolerance_ms=%d: a quorum of the "
             "orderers disagrees with this clock; leadership goes to %d", self._id,

@@ -16,6 +16,15 @@ so it hands leadership to the voter of that quorum that most voters agree with. 
 agrees on anything (clocks all over the place), or the leader is in the agreeing quorum, it
 stays: the majority decides, as it does for everything else in Raft.
 
+Two guards keep leadership from flapping when clocks sit near the bound or a voter has just
+died. The leader hands over only after ``clock_disagree_checks`` consecutive checks (3 s by
+default) found its clock the odd one out, and only to a voter the Raft core saw active
+recently (a voter that died within the offsets' 10 s horizon is no target). And a target
+must agree with a quorum within three quarters of the tolerance when any voter does: the new
+leader then sits a quarter of the tolerance inside the bound its own checks apply, so small
+drifts do not move leadership back (when no voter is that close, the loose bound picks one:
+a leader an hour off still goes).
+
 The decision is the leader's alone (like when to campaign), so it needs no determinism across
 nodes; the clocks are injected.
 """
@@ -59,31 +68,40 @@ class ClockWatch:
 
 
 def odd_clock_out(
-    own_id: int, voters: Collection[int], offsets: Mapping[int, int], tolerance_ms: int
+    own_id: int,
+    voters: Collection[int],
+    offsets: Mapping[int, int],
+    tolerance_ms: int,
+    eligible: Collection[int] | None = None,
 ) -> int | None:
     """The voter a leader whose clock disagrees with a quorum should hand leadership to, or
     None when its clock agrees with a quorum of ``voters`` (within ``tolerance_ms``), or when
     no voter's clock does (see the module docstring). ``offsets``: other voters' clocks
-    relative to this node's; voters without a fresh offset count as not agreeing with anyone."""
+    relative to this node's; voters without a fresh offset count as not agreeing with anyone.
+    ``eligible``: the voters that may receive leadership (None: every voter); the others still
+    count towards agreement. A target agreeing with a quorum within 3/4 of the tolerance is
+    preferred to one agreeing only within the whole of it."""
     if tolerance_ms <= 0 or own_id not in voters:
         return None
     clocks = {own_id: 0}
     clocks.update({v: offsets[v] for v in voters if v != own_id and v in offsets})
     quorum = len(voters) // 2 + 1
 
-    def agreeing(node: int) -> int:
-        return sum(1 for c in clocks.values() if abs(c - clocks[node]) <= tolerance_ms)
+    def agreeing(node: int, within: int) -> int:
+        return sum(1 for c in clocks.values() if abs(c - clocks[node]) <= within)
 
-    if agreeing(own_id) >= quorum:
+    if agreeing(own_id, tolerance_ms) >= quorum:
         return None
-    best: tuple[int, int] | None = None  # (agreeing voters, -node id): most, then lowest id
-    for node in clocks:
-        if node == own_id:
-            continue
-        n = agreeing(node)
-        if n >= quorum and (best is None or (n, -node) > best):
-            best = (n, -node)
-    return None if best is None else -best[1]
+    targets = [n for n in clocks if n != own_id and (eligible is None or n in eligible)]
+    for within in (tolerance_ms * 3 // 4, tolerance_ms):
+        best: tuple[int, int] | None = None  # (agreeing voters, -node id): most, then lowest id
+        for node in targets:
+            n = agreeing(node, within)
+            if n >= quorum and (best is None or (n, -node) > best):
+                best = (n, -node)
+        if best is not None:
+            return -best[1]
+    return None
 
 
 __all__ = ["ClockWatch", "odd_clock_out"]

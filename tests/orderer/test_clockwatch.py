@@ -138,6 +138,13 @@ def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
         for node, offset in follower_offsets.items():
             watch.observe(node, leader_clock + offset)
         metrics: OrdererMetrics = lead.chain._metrics
+        checks = lead.chain._opt.clock_disagree_checks
+        assert checks == 3
+        for _ in range(checks - 1):  # not on the first odd verdicts: only when they persist
+            lead.chain._check_clocks(lead.now, watch)
+            lead.chain._process_ready()
+        assert [m for m in transport.sent if m.type == MessageType.TIMEOUT_NOW] == []
+        assert metrics.clock_handovers._value.get() == 0
         lead.chain._check_clocks(lead.now, watch)
         lead.chain._process_ready()
         timeouts = [m.to for m in transport.sent if m.type == MessageType.TIMEOUT_NOW]
@@ -146,6 +153,67 @@ def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
         assert metrics.clock_offset_ms.labels(orderer="3")._value.get() == follower_offsets[3]
     finally:
         lead.close()
+
+
+def test_one_agreeing_check_restarts_the_count(net, tmp_path: Path) -> None:
+    """A clock found odd twice, then once within the bound (a stepped clock, a slow message),
+    needs three odd checks in a row again before leadership moves."""
+    leader_clock = BASE_MS + HOUR_MS
+    watch = ClockWatch(lambda: leader_clock)
+    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    try:
+        def check(offset: int) -> None:
+            for node in (2, 3):
+                watch.observe(node, leader_clock + offset)
+            lead.chain._check_clocks(lead.now, watch)
+            lead.chain._process_ready()
+
+        for offset in (-HOUR_MS, -HOUR_MS, 0, -HOUR_MS, -HOUR_MS):
+            check(offset)
+        assert [m for m in transport.sent if m.type == MessageType.TIMEOUT_NOW] == []
+        check(-HOUR_MS)
+        assert [m.to for m in transport.sent if m.type == MessageType.TIMEOUT_NOW] == [2]
+    finally:
+        lead.close()
+
+
+def test_leadership_does_not_go_to_a_voter_not_heard_from_since_the_last_quorum_check(
+        net, tmp_path: Path) -> None:
+    """Orderer 2 agrees with 3 about the time but died (its offset is still within the 10 s
+    horizon): the leader hands over to 3, which the Raft core saw active, not to 2 (the lower
+    id, which the verdict would otherwise pick); with neither active it keeps trying."""
+    leader_clock = BASE_MS + HOUR_MS
+    watch = ClockWatch(lambda: leader_clock)
+    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    try:
+        for node in (2, 3):
+            watch.observe(node, leader_clock - HOUR_MS)
+        progress = lead.chain._node.raft.tracker.progress
+        progress[2].recent_active = False
+        progress[3].recent_active = False
+        for _ in range(lead.chain._opt.clock_disagree_checks + 2):
+            lead.chain._check_clocks(lead.now, watch)
+            lead.chain._process_ready()
+        assert [m for m in transport.sent if m.type == MessageType.TIMEOUT_NOW] == []
+        progress[3].recent_active = True
+        lead.chain._check_clocks(lead.now, watch)  # the count was kept: hands over at once
+        lead.chain._process_ready()
+        assert [m.to for m in transport.sent if m.type == MessageType.TIMEOUT_NOW] == [3]
+    finally:
+        lead.close()
+
+
+def test_a_target_well_inside_the_bound_is_preferred() -> None:
+    """Hysteresis: 2 agrees with the quorum only near the edge of the tolerance, 3 well inside
+    it; 3 gets leadership although 2 has the lower id (its own checks would then be a quarter
+    of the tolerance from moving it on). Without such a target the loose bound still picks."""
+    tol = 300_000
+    voters = (1, 2, 3, 4, 5)
+    # 1 is an hour ahead; 2, 3, 4, 5 sit at -HOUR +- small amounts: 2 at the quorum's edge
+    offsets = {2: -HOUR_MS - 290_000, 3: -HOUR_MS, 4: -HOUR_MS + 10_000, 5: -HOUR_MS - 5_000}
+    assert odd_clock_out(1, voters, offsets, tol) == 3
+    assert odd_clock_out(1, voters, offsets, tol, eligible={2}) == 2  # loose bound fallback
+    assert odd_clock_out(1, voters, offsets, tol, eligible=set()) is None
 
 
 def test_a_leader_deposed_in_the_same_loop_does_not_move_the_new_leaders_leadership(
