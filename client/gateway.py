@@ -23,7 +23,7 @@ from client.errors import CommitError, CommitUnknown, EndorsementError, RxClient
 from client.tx import BuiltProposal, Clock, NonceSource, TxBuilder, wall_clock_ms
 from client.wallet import WalletIdentity
 from node.crypto.tls import TLS_SERVER_NAME, secure_channel
-from node.errors import reason_from_rpc_error
+from node.errors import ENVELOPE_REFUSALS, reason_from_rpc_error
 
 T = TypeVar("T")
 
@@ -33,8 +33,9 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 OUTCOME_UNKNOWN_REASONS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT", "RPC_FAILED", "INTERNAL",
                                      "COMMIT_UNKNOWN"})
 # Refusals decided by the envelope's bytes alone: an earlier attempt that may have reached the
-# ordering service was refused the same way, so they stay definite after a lost attempt.
-DETERMINISTIC_REFUSALS = frozenset({"BAD_PAYLOAD", "BAD_TXID", "BAD_SIGNATURE", "BAD_REQUEST"})
+# ordering service was refused the same way, so they stay definite after a lost attempt (the
+# orderers' set, plus a request the gateway could not parse).
+DETERMINISTIC_REFUSALS = ENVELOPE_REFUSALS | {"BAD_REQUEST"}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ _log = logging.getLogger(__name__)
 REASON_METADATA_KEY = "rxchain-reason"
 DETAIL_METADATA_KEY = "rxchain-error-bin"
 
+# Refusals an envelope's bytes alone decide: every orderer (and gateway) gives them the same at
+# any time, so they stay definite even after an earlier attempt whose answer was lost (every
+# other refusal of a retry then means the outcome is unknown: COMMIT_UNKNOWN).
+ENVELOPE_REFUSALS = frozenset({"BAD_PAYLOAD", "BAD_TXID", "BAD_SIGNATURE"})
+
 # Default gRPC status per reason code family; anything unlisted is FAILED_PRECONDITION.
 _GRPC_CODES: dict[str, grpc.StatusCode] = {
     "BAD_REQUEST": grpc.StatusCode.INVALID_ARGUMENT,

@@ -50,7 +50,7 @@ import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
-from node.errors import RxError
+from node.errors import ENVELOPE_REFUSALS, RxError
 from node.orderer.envelope_batch import encode_batch
 
 _log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ RETRYABLE = frozenset({"SERVICE_UNAVAILABLE", "NOT_LEADER", "NO_LEADER", "TIMEOU
                        "ORDERER_CLOCK_SKEW"})
 # Refusals every orderer gives an envelope at any time (its bytes decide): definite even
 # after an attempt whose answer was lost.
-DETERMINISTIC_REFUSALS = frozenset({"BAD_PAYLOAD", "BAD_TXID", "BAD_SIGNATURE"})
+DETERMINISTIC_REFUSALS = ENVELOPE_REFUSALS
 # Retryable answers after which the envelope may have been ordered all the same.
 _AMBIGUOUS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT"})
 COMMIT_UNKNOWN = "COMMIT_UNKNOWN"
