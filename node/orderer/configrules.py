@@ -37,8 +37,11 @@ Rules (each refusal names the rule and the offending item):
   lifecycle_endorsement  no [2]_    peer             the orgs that run peers in the new config
   ====================== ========== ================ =========================================
 
-  .. [1] absent: ``MAJORITY(admin)`` (node.peer.lifecycle.DEFAULT_LIFECYCLE_POLICY).
+  .. [1] absent: ``MAJORITY(admin)`` (:data:`DEFAULT_LIFECYCLE_POLICY`).
   .. [2] absent: a majority of the organisations running peers.
+
+  An absent optional policy is checked as its default (:func:`default_policy_text`): the
+  default must be satisfiable by the new config too.
 
   "Satisfiable" means: by at most ``MAX_SIGNERS`` distinct signers (the most any policy
   check counts), and -- when two or more organisations are eligible -- never by one
@@ -77,6 +80,22 @@ NAMED_POLICIES: dict[str, tuple[bool, str]] = {
     "lifecycle": (False, "admin"),
     "lifecycle_endorsement": (False, "peer"),
 }
+
+DEFAULT_LIFECYCLE_POLICY = "MAJORITY(admin)"
+
+
+def default_policy_text(name: str, config: config_pb2.ConsortiumConfig) -> str:
+    """The rule in force for the optional policy ``name`` when ``config`` has no entry for it:
+    ``lifecycle`` MAJORITY(admin); ``lifecycle_endorsement`` a majority of the organisations
+    running peers ("" when none does)."""
+    if name == "lifecycle":
+        return DEFAULT_LIFECYCLE_POLICY
+    if name == "lifecycle_endorsement":
+        peer_orgs = sorted({p.org for p in config.peers})
+        if not peer_orgs:
+            return ""
+        return f"OutOf({len(peer_orgs) // 2 + 1}, {', '.join(f'{o}.peer' for o in peer_orgs)})"
+    raise ValueError(f"policy {name!r} has no default")
 
 # (group, field) -> inclusive bounds; 0 is refused everywhere (module docstring).
 # max_message_bytes stays below gRPC's C-int option limit (2 GiB: a node could not even start
@@ -213,14 +232,24 @@ def _check_policies(new: config_pb2.ConsortiumConfig) -> None:
         if name not in rules:
             if required:
                 raise _bad(f"the new config lacks the {name} policy")
+            # the default rule is in force: it must be satisfiable too (MAJORITY(admin) of 41
+            # organisations needs 21 signers, more than any check counts)
+            default = default_policy_text(name, new)
+            if default:
+                try:
+                    _check_policy(name, default, org_ids, role, *_eligible(new, role, peer_orgs))
+                except RxError as exc:
+                    raise _bad(f"{exc.message} (the default, as the new config sets no {name} "
+                               "policy: set one)") from exc
             continue
-        if role == "peer":
-            eligible = sorted(peer_orgs)
-            who = "organisations running peers"
-        else:
-            eligible = [o.id for o in new.organizations if role in ROLES_BY_KIND[o.kind]]
-            who = "organisations"
-        _check_policy(name, rules[name], org_ids, role, eligible, who)
+        _check_policy(name, rules[name], org_ids, role, *_eligible(new, role, peer_orgs))
+
+
+def _eligible(new: config_pb2.ConsortiumConfig, role: str, peer_orgs: set[str]) -> tuple[list[str], str]:
+    """The organisations whose ``role`` may sign a policy naming it, and how to call them."""
+    if role == "peer":
+        return sorted(peer_orgs), "organisations running peers"
+    return [o.id for o in new.organizations if role in ROLES_BY_KIND[o.kind]], "organisations"
 
 
 def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, eligible: list[str], who: str) -> None:

@@ -37,6 +37,7 @@ from node.crypto.canonical import canonical_json
 from node.errors import RxError
 from node.identity.msp import Principal
 from node.identity.policy import MAX_SIGNERS, Policy, parse_policy
+from node.orderer.configrules import default_policy_text
 from node.peer.definitions import (
     LIFECYCLE_NS,
     ContractDefinition,
@@ -49,7 +50,6 @@ from node.peer.simulator import TxSimulator
 from node.sandbox.instrument import compile_contract
 from node.sandbox.package import ContractPackage, code_hash
 
-DEFAULT_LIFECYCLE_POLICY = "MAJORITY(admin)"
 MAX_SOURCE_BYTES = 256 * 1024
 SourceChecker = Callable[[str, str, str], None]
 
@@ -143,7 +143,7 @@ class ContractFailure(Exception):
 def lifecycle_policy(config: config_pb2.ConsortiumConfig) -> Policy:
     """The governance policy approving definitions (config policy ``lifecycle``)."""
     text = next((p.rule for p in config.policies if p.name == "lifecycle"), "")
-    return parse_policy(text or DEFAULT_LIFECYCLE_POLICY, [o.id for o in config.organizations])
+    return parse_policy(text or default_policy_text("lifecycle", config), [o.id for o in config.organizations])
 
 
 def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
@@ -154,11 +154,9 @@ def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
     org_ids = [o.id for o in config.organizations]
     text = next((p.rule for p in config.policies if p.name == "lifecycle_endorsement"), "")
     if not text:
-        peer_orgs = sorted({p.org for p in config.peers})
-        if not peer_orgs:
+        text = default_policy_text("lifecycle_endorsement", config)
+        if not text:
             raise RxError("BAD_CONFIG", "the consortium has no peers")
-        n = len(peer_orgs) // 2 + 1
-        text = f"OutOf({n}, {', '.join(f'{o}.peer' for o in peer_orgs)})"
     return parse_policy(text, org_ids)
 
 

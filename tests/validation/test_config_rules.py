@@ -264,3 +264,39 @@ def test_min_signers_counts_the_fewest_distinct_signers() -> None:
     nested = "OR(o00.admin, OutOf(2, " + ", ".join(f"{o}.admin" for o in orgs[: MAX_NESTED_CHECK + 1]) + "))"
     with pytest.raises(RxError, match="nests rules over"):
         parse_policy(nested, orgs).min_signers(admins)
+
+
+def _wide_consortium(n_orgs: int) -> config_pb2.ConsortiumConfig:
+    """``n_orgs`` insurers, each running a peer; config_update needs 11 admins."""
+    c = config_pb2.ConsortiumConfig(consortium_id="wide")
+    c.batch.max_tx_count, c.batch.max_bytes, c.batch.timeout_ms = 10, 1 << 20, 50
+    lim = c.limits
+    lim.max_message_bytes, lim.max_envelope_bytes, lim.gas_limit = 4 << 20, 1 << 20, 1000
+    lim.max_write_set_keys, lim.max_value_bytes, lim.max_clock_skew_ms = 10, 1000, 60_000
+    orgs = [f"o{i:02d}" for i in range(n_orgs)]
+    for org in orgs:
+        c.organizations.add(id=org, kind=config_pb2.INSURER, ca_cert_der=_new_ca_der(org))
+        c.peers.add(org=org, name=f"peer.{org}")
+    c.policies.add(name="config_update", rule="OutOf(11, " + ", ".join(f"{o}.admin" for o in orgs) + ")")
+    return c
+
+
+def test_an_absent_policy_is_checked_as_its_default() -> None:
+    """Without a ``lifecycle`` entry MAJORITY(admin) is in force; over 41 organisations it
+    needs 21 signers, more than any policy check counts, so no contract could ever be approved
+    again. Likewise the default lifecycle endorsement (a majority of the 41 peer orgs). Both
+    are refused, naming the default; explicit satisfiable policies are accepted."""
+    orgs = [f"o{i:02d}" for i in range(41)]
+    within = "OutOf(11, " + ", ".join(f"{o}.{{role}}" for o in orgs) + ")"
+    base = _wide_consortium(39)  # 39 orgs: both defaults need 20 signers, within the bound
+    check_new_config(base, base, 1000, MSP(base, Verifier()), 0)
+    wide = _wide_consortium(41)
+    msp = MSP(wide, Verifier())
+    with pytest.raises(RxError, match=r"lifecycle 'MAJORITY\(admin\)' needs 21 signers.*the default") as exc:
+        check_new_config(base, wide, 1000, msp, 0)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    wide.policies.add(name="lifecycle", rule=within.format(role="admin"))
+    with pytest.raises(RxError, match=r"lifecycle_endorsement 'OutOf\(21, .* needs 21 signers.*the default"):
+        check_new_config(base, wide, 1000, msp, 0)
+    wide.policies.add(name="lifecycle_endorsement", rule=within.format(role="peer"))
+    check_new_config(base, wide, 1000, msp, 0)
