@@ -28,6 +28,10 @@ class NodeHealth:
     # (node.protocol): what an operator checks on every node before raising the version
     protocol_versions: tuple[int, ...] = ()
     protocol_version: int = 0
+    # orderers: (peer name, highest version its release told the ordering service; 0: never
+    # heard from or an older release) for every peer of the config in force: the leader
+    # refuses to raise the version while a peer lacks it (node.orderer.releases)
+    peer_protocol_versions: tuple[tuple[str, int], ...] = ()
 
 
 class AdminClient:
@@ -67,4 +71,5 @@ class AdminClient:
             return NodeHealth(name, False, rpc_error(exc).reason)
         return NodeHealth(name, True, h.detail, int(s.height), int(s.raft_leader),
                           int(s.raft_term), s.last_block_hash.hex(), s.state_hash.hex(),
-                          tuple(int(v) for v in s.protocol_versions), int(s.protocol_version))
+                          tuple(int(v) for v in s.protocol_versions), int(s.protocol_version),
+                          tuple((p.node, int(p.max_protocol_version)) for p in s.peer_releases))

@@ -391,7 +391,8 @@ class Launcher:
                            protocol_versions=list(h.protocol_versions),
                            protocol_version=h.protocol_version)
                 if node.kind == "orderer":
-                    row.update(raft_leader=h.raft_leader, raft_term=h.raft_term)
+                    row.update(raft_leader=h.raft_leader, raft_term=h.raft_term,
+                               peer_protocol_versions=dict(h.peer_protocol_versions))
             rows.append(row)
         return rows
 

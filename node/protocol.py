@@ -9,10 +9,11 @@ every node applies the new rules together. A node whose release does not impleme
 version in force does not guess: it stops with PROTOCOL_UNSUPPORTED (at start-up, or right
 after committing the config block that raised it) and is upgraded and started again with its
 data directory kept. Orderers refuse, at broadcast, a config update raising the version
-beyond what they implement, and the leader one raising it before every voting orderer has told
-(in its Raft messages) that its release implements the new version (node.orderer.releases;
-peers are checked by operators with Admin.Status ``protocol_versions``); no config update may
-lower it (BAD_CONFIG_UPDATE, on every node).
+beyond what they implement, and the leader one raising it before every voting orderer (in its
+Raft messages) and every peer of the config (in its Deliver requests, relayed between the
+orderers) has told that its release implements the new version (node.orderer.releases: the
+refusal names the orderers and peers lacking it); no config update may lower it
+(BAD_CONFIG_UPDATE, on every node).
 
 Version 1 is the protocol of this release: purpose-tagged signatures, the ordering leader's
 clock in the block header hash, TX_TIMESTAMP_SKEW against it, and the rules on what a config
@@ -28,7 +29,7 @@ from node.errors import RxError
 
 PROTOCOL_UNSUPPORTED = "PROTOCOL_UNSUPPORTED"
 SUPPORTED_VERSIONS = frozenset({1})
-MAX_PROTOCOL_VERSION = max(SUPPORTED_VERSIONS)  # what this release tells the other orderers
+MAX_PROTOCOL_VERSION = max(SUPPORTED_VERSIONS)  # what this release tells the orderers
 
 
 def protocol_version(config: config_pb2.ConsortiumConfig) -> int:

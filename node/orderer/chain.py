@@ -64,7 +64,7 @@ from node.orderer.configtx import (
     tx_type,
 )
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.releases import ReleaseWatch, lacking
+from node.orderer.releases import ReleaseWatch, describe_lacking_peers, lacking, lacking_peers
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, require_supported
 from node.raft.config import Config
@@ -189,8 +189,9 @@ class Chain:
         releases: ReleaseWatch | None = None,
     ) -> None:
         """``clock_watch``: the other orderers' clocks as their messages tell them (None: not
-        compared); ``releases``: the protocol versions their releases implement (None: a
-        config update raising the version is admitted without asking)."""
+        compared); ``releases``: the protocol versions the other orderers' and the peers'
+        releases implement (None: a config update raising the version is admitted without
+        asking)."""
         self._id = raft_id
         self._storage = storage
         self._blocks = blocks
@@ -503,18 +504,24 @@ class Chain:
         self._node.transfer_leader(target)
 
     def _check_voters_implement(self, new: config_pb2.ConsortiumConfig) -> None:
-        """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter has not
-        told it implements the new one (node.orderer.releases)."""
+        """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter, or a peer
+        of ``new``, has not told it implements the new one (node.orderer.releases)."""
         version = protocol_version(new)
         if self._releases is None or version <= protocol_version(self._tracker.current.config):
             return
         told = self._releases.told()
         missing = lacking(self._conf_state.voters, self._id, version, told)
+        peers_told = self._releases.peers()
+        missing_peers = lacking_peers((p.name for p in new.peers), version, peers_told)
+        why = []
         if missing:
             said = {n: told.get(n, 0) for n in missing}
-            raise RxError(BAD_CONFIG_UPDATE, f"orderers {missing} have not told they implement "
-                                             f"protocol version {version} (highest told: {said}; "
-                                             "0: not heard or an older release): upgrade them first")
+            why.append(f"orderers {missing} have not told they implement protocol version {version} "
+                       f"(highest told: {said}; 0: not heard or an older release)")
+        if missing_peers:
+            why.append(describe_lacking_peers(missing_peers, version, peers_told))
+        if why:
+            raise RxError(BAD_CONFIG_UPDATE, "; ".join(why) + ": upgrade them first")
 
     def _lead_ready(self) -> bool:
         return (

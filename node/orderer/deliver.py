@@ -1,10 +1,12 @@
 """Deliver: stream blocks from any number, then follow new ones; and the catch-up client.
 
 Server (``AtomicBroadcast.Deliver``): callers must present a TLS certificate of a valid
-consortium member. ``start_block`` is inclusive; with ``follow`` the stream waits for new
-blocks (checking cancellation every ``poll_s``), otherwise it stops at ``stop_block`` (0 =
-the current height - 1) and ends with an ErrorDetail status ``OK``. A client resumes after
-a reconnect by asking from the block after the last one it received.
+consortium member. The ``max_protocol_version`` a request tells goes, with the caller's
+certificate, to ``release_told`` (a peer's release: node.orderer.releases). ``start_block``
+is inclusive; with ``follow`` the stream waits for new blocks (checking cancellation every
+``poll_s``), otherwise it stops at ``stop_block`` (0 = the current height - 1) and ends with
+an ErrorDetail status ``OK``. A client resumes after a reconnect by asking from the block
+after the last one it received.
 
 Every stream sends the same bytes for a block: the stored serialized Block framed as a
 DeliverResponse (field 1, length-delimited) once per block and shared by all streams (a
@@ -62,8 +64,12 @@ class DeliverService:
         poll_s: float = 0.5,
         cache_blocks: int = 8,
         streams: StreamCaps | None = None,
+        release_told: Callable[[bytes, int], None] | None = None,
     ) -> None:
+        """``release_told(cert_der, version)``: told, for every admitted request, the caller's
+        certificate and the protocol version its release implements (0: not told)."""
         self._blocks = blocks
+        self._release_told = release_told
         self._check = CallerCheck(msp_source, clock_ms, NO_BLOCK_ROLES)
         # Deliver streams hold a gRPC worker each: capped per caller and in total
         # (TOO_MANY_STREAMS), uncapped when none are given (unit tests).
@@ -86,6 +92,9 @@ class DeliverService:
         handler registered with ``response_serializer=None``): a block's bytes are framed once
         for all streams."""
         caller = self._check(context)  # an RxError aborts PERMISSION_DENIED with its reason
+        if self._release_told is not None:
+            # the certificate the caller proved on the TLS connection, never a name it claims
+            self._release_told(caller.cert_der, request.max_protocol_version)
         with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
             yield from self.frames_from(request, context.is_active)
 

@@ -49,7 +49,7 @@ from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
-from node.orderer.releases import ReleaseWatch
+from node.orderer.releases import PeerTold, ReleaseWatch, peer_release_intake
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
@@ -104,11 +104,11 @@ class OrdererServer:
 
 def _admin_handler(
     config: NodeConfig, chain: Chain, check_caller: Callable[[grpc.ServicerContext], object],
-    in_force: Callable[[], OrdererConfig],
+    in_force: Callable[[], OrdererConfig], releases: ReleaseWatch | None = None,
 ) -> grpc.GenericRpcHandler[object, object]:
     """Health (open to any caller the mTLS layer admits, e.g. probes) and Status (chain
-    height, hashes, Raft state, protocol versions: the caller's certificate is checked with
-    the MSP first)."""
+    height, hashes, Raft state, protocol versions, and what each peer of the config in force
+    told of its release (``releases``): the caller's certificate is checked with the MSP first)."""
 
     def health(
         request: services_pb2.HealthRequest, context: grpc.ServicerContext
@@ -128,11 +128,14 @@ def _admin_handler(
         except RxError as err:
             abort_with(context, err)
         st = chain.status()
+        consortium = in_force().config
+        told = releases.peers() if releases is not None else {}
         return services_pb2.StatusResponse(
             node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
-            protocol_version=protocol_version(in_force().config),
+            protocol_version=protocol_version(consortium),
+            peer_releases=[_peer_release(p.name, told.get(p.name)) for p in consortium.peers],
         )
 
     return grpc.method_handlers_generic_handler(
@@ -150,6 +153,12 @@ def _admin_handler(
             ),
         },
     )
+
+
+def _peer_release(name: str, told: PeerTold | None) -> services_pb2.PeerRelease:
+    if told is None:
+        return services_pb2.PeerRelease(node=name)  # never heard from
+    return services_pb2.PeerRelease(node=name, max_protocol_version=told.version, told_wall_ms=told.told_ms)
 
 
 def _broadcast_handler(
@@ -291,9 +300,9 @@ def serve(config: NodeConfig) -> OrdererServer:
                            lambda: tracker.current.config,
                            names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
-    transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms)
+    releases = ReleaseWatch(wall_ms)  # the other orderers' and the peers' releases
+    transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
     clock_watch = ClockWatch(wall_ms)
-    releases = ReleaseWatch()
     fetcher = DeliverFetcher(
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
         channel,
@@ -336,7 +345,8 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
     grpc_workers = config.grpc_workers
     streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
-    deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams)
+    deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
+                             release_told=peer_release_intake(lambda: tracker.current.config, releases))
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
         clock_watch=clock_watch, releases=releases,
@@ -355,7 +365,8 @@ def serve(config: NodeConfig) -> OrdererServer:
         [
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
-            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current),
+            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current,
+                           releases),
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)

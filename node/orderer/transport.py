@@ -15,6 +15,8 @@ subscribes it to config adoption), and open streams re-check it per message, so 
 config block rotates an orderer's certificate the new one is accepted for that raft id and
 the old one refused from that block on. Every message must also name that orderer's raft id as its
 sender and this node as recipient. Stale or replayed messages are Raft's business (terms).
+Each message also tells the sender's clock (clockwatch) and the highest protocol version its
+release implements, and now and then what it knows of the peers' releases (releases).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
-from node.orderer.releases import ReleaseWatch
+from node.orderer.releases import RELAY_REFRESH_S, ReleaseWatch
 from node.orderer.streams import ordered_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import MAX_PROTOCOL_VERSION
@@ -103,10 +105,19 @@ class PeerSender:
         max_queue: int = 4096,
         max_queued_bytes: int = 64 * 1024 * 1024,
         wall_ms: Callable[[], int] = wall_ms,
+        releases: ReleaseWatch | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        relay_refresh_s: float = RELAY_REFRESH_S,
     ) -> None:
-        """``wall_ms``: this node's clock, told in every message (see clockwatch)."""
+        """``wall_ms``: this node's clock, told in every message (see clockwatch);
+        ``releases``: what peers told of their releases, relayed in the first message of each
+        stream, when a told version changes and every ``relay_refresh_s`` (``clock``) seconds
+        (see releases)."""
         self._own_id = own_id
         self._wall_ms = wall_ms
+        self._releases = releases
+        self._clock = clock
+        self._relay_refresh_s = relay_refresh_s
         self._max_bytes = max_queued_bytes
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
@@ -162,6 +173,9 @@ class PeerSender:
     def _requests(self, call_over: threading.Event) -> Iterator[services_pb2.ConsensusRequest]:
         # One generator per call; it must stop pulling from the shared queue as soon as its
         # call is over, or gRPC's consumer thread of a dead call would steal messages.
+        releases = self._releases
+        relayed_changes = -1  # the first message of each call relays what peers told
+        relayed_at = 0.0
         while not self._stop.is_set() and not call_over.is_set():
             try:
                 item = self._queue.get(timeout=0.1)
@@ -178,9 +192,15 @@ class PeerSender:
                     for lost in item[i:]:
                         self._report_failure(lost)
                     return
-                yield services_pb2.ConsensusRequest(
+                req = services_pb2.ConsensusRequest(
                     from_id=self._own_id, payload=encode_message(msg), sent_wall_ms=self._wall_ms(),
                     max_protocol_version=MAX_PROTOCOL_VERSION)
+                if releases is not None:
+                    now = self._clock()
+                    if releases.peer_changes != relayed_changes or now - relayed_at >= self._relay_refresh_s:
+                        relayed_changes, relayed_at = releases.peer_changes, now
+                        req.peer_releases.extend(releases.relay())
+                yield req
                 if msg.type == MessageType.SNAP:
                     self._sink.report_snapshot(self._peer_id, True)
 
@@ -234,9 +254,12 @@ class RaftTransport:
         channel_factory: ChannelFactory,
         sink: RaftSink | None = None,
         wall_ms: Callable[[], int] = wall_ms,
+        releases: ReleaseWatch | None = None,
     ) -> None:
+        """``releases``: what peers told of their releases, relayed to the other orderers."""
         self._own_id = own_id
         self._wall_ms = wall_ms
+        self._releases = releases
         self._membership = membership
         self._factory = channel_factory
         self._sink = sink
@@ -268,7 +291,7 @@ class RaftTransport:
                 if target is None or self._sink is None:
                     return None
                 sender = PeerSender(self._own_id, peer_id, target, self._factory, self._sink,
-                                    wall_ms=self._wall_ms)
+                                    wall_ms=self._wall_ms, releases=self._releases)
                 self._senders[peer_id] = sender
             return sender
 
@@ -295,7 +318,7 @@ class ClusterService:
         releases: ReleaseWatch | None = None,
     ) -> None:
         """``clock_watch`` is told each member's clock from its messages, ``releases`` the
-        protocol versions its release implements."""
+        protocol versions its release implements and what it relays of peers' releases."""
         self._own_id = own_id
         self._clock_watch = clock_watch
         self._releases = releases
@@ -341,6 +364,8 @@ class ClusterService:
                 self._clock_watch.observe(rid, req.sent_wall_ms)
             if self._releases is not None:
                 self._releases.observe(rid, req.max_protocol_version)
+                if req.peer_releases:
+                    self._releases.merge_peers(req.peer_releases)
             self._sink.step(msg)
         return services_pb2.ConsensusResponse()
 

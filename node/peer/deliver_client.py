@@ -21,6 +21,12 @@ The puller then moves to the orderer that answered with the greatest height, wit
 failure backoff (the probe just showed it is alive), and resumes at the ledger height as
 always, so no block is applied twice. ``DeliverSettings.from_extra`` reads these bounds from
 a node.yaml's ``extra`` keys.
+
+Every Deliver request tells the highest consortium protocol version this release implements
+(``max_protocol_version``): the orderers attribute it to this peer by its TLS certificate and
+refuse a config update raising the version until every peer has told it implements it
+(node.orderer.releases). So a peer's release is known to the ordering service once it has
+connected (a peer never connected counts as lacking).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 
 from node.config import Endpoint
 from node.errors import RxError
+from node.protocol import MAX_PROTOCOL_VERSION
 
 _log = logging.getLogger(__name__)
 
@@ -137,10 +144,14 @@ class DeliverClient:
         probe_timeout_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         unresponsive_s: float = 3.0,
+        max_protocol_version: int = MAX_PROTOCOL_VERSION,
     ) -> None:
+        """``max_protocol_version``: told to the orderers in every Deliver request (the
+        highest consortium protocol version this release implements; node.orderer.releases)."""
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
         self._orderers = list(orderers)
+        self._max_protocol_version = max_protocol_version
         self._channels = channels
         self._height = height
         self._commit = commit
@@ -305,7 +316,8 @@ class DeliverClient:
     def _pull(self, ep: Endpoint) -> bool:
         stub = services_pb2_grpc.AtomicBroadcastStub(self._channels(ep.target))
         start = self._height()
-        call: Any = stub.Deliver(services_pb2.DeliverRequest(start_block=start, follow=True))
+        call: Any = stub.Deliver(services_pb2.DeliverRequest(
+            start_block=start, follow=True, max_protocol_version=self._max_protocol_version))
         with self._lock:
             self._call = call
         self._last_progress = self._clock()

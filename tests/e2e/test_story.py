@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,18 @@ def test_network_status_all_serving(net: Net):
     # what an operator checks on every node before raising the protocol version
     assert {(tuple(r["protocol_versions"]), r["protocol_version"]) for r in out["nodes"]} == {
         (tuple(sorted(SUPPORTED_VERSIONS)), 1)}
+    # and every orderer knows each peer's release (told in its Deliver requests, relayed
+    # between the orderers): the leader refuses a raise while a peer lacks the version
+    peers = {r["node"] for r in out["nodes"] if r["kind"] == "peer"}
+    expected = [dict.fromkeys(peers, max(SUPPORTED_VERSIONS))] * 3
+    deadline = time.monotonic() + 20  # a peer's first Deliver request may still be on its way
+    while True:
+        told = [r["peer_protocol_versions"] for r in out["nodes"] if r["kind"] == "orderer"]
+        if told == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        out = net.cli("network", "status")
+    assert told == expected, told
 
 
 def test_a_peer_answers_its_configuration_in_force(net: Net):
