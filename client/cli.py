@@ -35,6 +35,7 @@ from typing import Any, NoReturn, TextIO
 from client.errors import CommitUnknown, DuplicateRx, RxClientError
 from client.fhir.admission import MAX_CONNECTIONS, MAX_PER_SOURCE
 from node.errors import RxError
+from node.protocol import PROTOCOL_UNSUPPORTED
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -297,7 +298,7 @@ def _verify_local(a: argparse.Namespace) -> dict[str, Any]:
     if not ok:
         bad = [f"{r['peer']}: block {r['first_bad_block']} {r['reason']} {r['message']}"
                for r in rows if not r["ok"]]
-        raise LedgerInvalid("; ".join(bad), out)
+        raise LedgerInvalid("; ".join(bad), out, [r["reason"] for r in rows if not r["ok"]])
     return out
 
 
@@ -321,17 +322,29 @@ def cmd_ledger_verify(a: argparse.Namespace) -> dict[str, Any]:
     out = {"ok": ok, "agree": agree, "peers": rows}
     if not ok:
         bad = [f"{r.peer}: {'; '.join(r.errors[:3])}" for r in results if not r.ok]
+        reasons = [_verify_reason(r.errors) for r in results if not r.ok]
         if not agree:
             bad.append("peers at the same height disagree on the block or state hash")
-        raise LedgerInvalid("; ".join(bad), out)
+            reasons.append("LEDGER_INVALID")
+        raise LedgerInvalid("; ".join(bad), out, reasons)
     return out
 
 
-class LedgerInvalid(RxClientError):
-    """Ledger verification found a problem."""
+def _verify_reason(errors: list[str]) -> str:
+    """PROTOCOL_UNSUPPORTED when a peer's only finding is that its chain raised the protocol
+    version beyond this release (client.verify), else LEDGER_INVALID."""
+    only = len(errors) == 1 and f": {PROTOCOL_UNSUPPORTED}: " in errors[0]
+    return PROTOCOL_UNSUPPORTED if only else "LEDGER_INVALID"
 
-    def __init__(self, message: str, detail: dict[str, Any]):
-        super().__init__("LEDGER_INVALID", message)
+
+class LedgerInvalid(RxClientError):
+    """Ledger verification found a problem. Reason LEDGER_INVALID, or PROTOCOL_UNSUPPORTED when
+    every finding is a chain this release cannot judge (the consortium raised its protocol
+    version: upgrade the client, nothing is known wrong with the ledger)."""
+
+    def __init__(self, message: str, detail: dict[str, Any], reasons: list[str] | None = None):
+        unjudged = bool(reasons) and all(r == PROTOCOL_UNSUPPORTED for r in reasons or [])
+        super().__init__(PROTOCOL_UNSUPPORTED if unjudged else "LEDGER_INVALID", message)
         self.detail = detail
 
 

@@ -10,6 +10,7 @@ import pytest
 from rxchain.v1 import block_pb2, config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
+from client.cli import LedgerInvalid, _verify_reason
 from client.verify import verify_blocks
 from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
@@ -65,3 +66,10 @@ def test_verification_stops_where_the_protocol_version_is_beyond_this_release(pe
                           "install a release implementing it and start the node again (keep its data "
                           "directory); the blocks after it are not verified"]
     assert res.height == raising.header.number + 1
+    # the CLI's answer: not "the ledger is invalid" but "this client cannot judge it"
+    assert _verify_reason(res.errors) == PROTOCOL_UNSUPPORTED
+    assert LedgerInvalid("m", {}, [_verify_reason(res.errors)] * 2).reason == PROTOCOL_UNSUPPORTED
+    broken = [*res.errors, "block 1: no valid orderer signature"]
+    assert _verify_reason(broken) == "LEDGER_INVALID"
+    assert LedgerInvalid("m", {}, [PROTOCOL_UNSUPPORTED, "LEDGER_INVALID"]).reason == "LEDGER_INVALID"
+    assert LedgerInvalid("m", {}, []).reason == "LEDGER_INVALID"
