@@ -17,7 +17,7 @@ from client.errors import CommitUnknown, DuplicateRx, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
-from client.records import OpenedRecord, open_grant, seal_prescription, wrap_for
+from client.records import OpenedRecord, commitment, open_grant, seal_prescription, wrap_for
 from client.rxid import check_rx_id
 from client.session import Session
 
@@ -48,6 +48,14 @@ def parse_drug(text: str) -> DrugLine:
     if n <= 0:
         raise RxClientError("BAD_ARGUMENTS", f"--drug quantity must be positive: {text!r}")
     return DrugLine(name, n)
+
+
+@dataclass(frozen=True)
+class ClaimLine:
+    """A line to claim: national drug code and boxes."""
+
+    code: str
+    qty: int
 
 
 @dataclass(frozen=True)
@@ -423,18 +431,96 @@ class RxOperations:
             RX, "revoke_consent", {"rx_id": rx_id, "org": org}))
 
     # ------------------------------------------------------------ claims, patients
-    def settle(self, rx_id: str, fill: int = 0) -> dict[str, Any]:
-        """Decrypt the claim subset and settle (insurer clerk)."""
+    def _claim_grant(self, rx_id: str) -> OpenedRecord:
         opened = self._get_key(rx_id)
         if opened.kind != "claim":
             raise RxClientError("WRONG_ROLE", "the caller holds no insurer claim grant")
+        return opened
+
+    def settle(self, rx_id: str, fill: int = 0, lines: Sequence[ClaimLine] | None = None,
+               expect_medfee_fen: int | None = None) -> dict[str, Any]:
+        """Decrypt the claim subset and settle (insurer clerk). ``lines``: claim these
+        (national code, boxes) only, not everything dispensed (the contract checks them
+        against the fill: ITEM_NOT_DISPENSED, QTY_EXCEEDS_DISPENSED). ``expect_medfee_fen``:
+        the settlement is first evaluated (nothing written) and refused AMOUNT_MISMATCH,
+        before anything is submitted, when its medical fee differs."""
+        opened = self._claim_grant(rx_id)
         meta = self._meta(rx_id)
         parties = self._endorsers(self.s.identity.org, str(meta.get("pharmacy", "")),
                                   str(meta.get("hospital", "")))[:2]
-        res = self.s.gateway.submit(SETTLEMENT, "settle", {"rx_id": rx_id, "fill": fill},
-                                    {"claim": opened.body, "claim_salt": opened.salt},
-                                    endorsing_orgs=parties)
+        transient: dict[str, Any] = {"claim": opened.body, "claim_salt": opened.salt}
+        if lines is not None:
+            transient["lines"] = [{"code": ln.code, "qty": ln.qty} for ln in lines]
+        args = {"rx_id": rx_id, "fill": fill}
+        if expect_medfee_fen is not None:
+            preview = self.s.gateway.evaluate(SETTLEMENT, "settle", args, transient)
+            medfee = preview.get("medfee_fen") if isinstance(preview, dict) else None
+            if medfee != expect_medfee_fen:
+                raise RxClientError("AMOUNT_MISMATCH", f"the claim's medical fee is {medfee} fen, "
+                                    f"not the {expect_medfee_fen} fen expected; nothing was settled")
+        res = self.s.gateway.submit(SETTLEMENT, "settle", args, transient, endorsing_orgs=parties)
         return _written(res)
+
+    def claim_lines_commitment(self, rx_id: str, lines: Sequence[ClaimLine] | None = None) -> str:
+        """The ``lines_commitment`` a settlement of ``lines`` (default: everything the
+        prescription's claim subset lists) records: the contract's aggregation (one entry per
+        code, in order of first appearance) committed under the claim salt. Compares a claim
+        request with a settled claim without the ledger holding its lines in clear."""
+        opened = self._claim_grant(rx_id)
+        wanted = lines if lines is not None else [
+            ClaimLine(str(ln.get("code", "")), int(ln.get("qty", 0)))
+            for ln in opened.body.get("lines") or [] if isinstance(ln, dict)]
+        total: dict[str, int] = {}
+        for ln in wanted:
+            total[ln.code] = total.get(ln.code, 0) + ln.qty
+        return commitment(opened.salt, [{"code": code, "qty": qty} for code, qty in total.items()])
+
+    def claim(self, claim_id: str) -> dict[str, Any]:
+        """A claim record (``settlement.get_claim``: its insurer, the patient's hospital, the
+        patient, auditors); CLAIM_NOT_FOUND when there is none."""
+        rec = self.s.gateway.evaluate(SETTLEMENT, "get_claim", {"claim_id": claim_id})
+        if not isinstance(rec, dict):
+            raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")
+        return rec
+
+    def claim_steps(self, rx_id: str) -> list[dict[str, Any]]:
+        """Every settle/reverse step of a prescription's claims (``settlement.trail``, every
+        page; the parties of the prescription): step, actor, org, role, time_ms, tx_id, block,
+        claim_id, fill."""
+        start, out = "", []
+        for _ in range(MAX_PAGES):
+            res = self.s.gateway.evaluate(SETTLEMENT, "trail", {"rx_id": rx_id, "start": start})
+            if not isinstance(res, dict) or not isinstance(res.get("steps"), list):
+                raise RxClientError("BAD_PAYLOAD", "trail returned no object with a list of steps")
+            for st in res["steps"]:
+                detail = st.get("detail") if isinstance(st.get("detail"), dict) else {}
+                out.append({**{k: v for k, v in st.items() if k != "detail"},
+                            "claim_id": detail.get("claim_id"), "fill": detail.get("fill")})
+            nxt = str(res.get("next") or "")
+            if not nxt:
+                return out
+            if nxt == start:
+                raise RxClientError("BAD_PAYLOAD", "trail: the page cursor did not move")
+            start = nxt
+        raise RxClientError("BAD_PAYLOAD", f"trail: more than {MAX_PAGES} pages")
+
+    def dispenses(self, rx_id: str) -> list[dict[str, Any]]:
+        """Every dispense of a prescription, oldest first, from its trail (``trace``: the
+        parties of the prescription, as ``show``): fill, boxes, trace_codes (how many the
+        fill recorded), org (the pharmacy), actor (the pharmacist), time_ms, tx_id, block."""
+        res = self._all_pages("trace", rx_id, "steps")
+        out: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for st in res.get("steps") or []:
+            detail = st.get("detail") if isinstance(st.get("detail"), dict) else {}
+            if st.get("step") != "dispense" or not isinstance(detail.get("fill"), int) or detail["fill"] in seen:
+                continue  # a page may repeat a step (see trace): one dispense per fill
+            seen.add(detail["fill"])
+            out.append({"fill": detail["fill"], "boxes": detail.get("boxes"),
+                        "trace_codes": detail.get("trace_codes"), "org": st.get("org"),
+                        "actor": st.get("actor"), "time_ms": st.get("time_ms"),
+                        "tx_id": st.get("tx_id"), "block": st.get("block")})
+        return out
 
     def reverse(self, claim_id: str, reason: str, note: str = "") -> dict[str, Any]:
         """Reverse a settled claim: ``reason`` is a code, or free text that becomes OTHER with

@@ -41,6 +41,7 @@ RX_SYSTEM = "urn:rxchain:hiRxno"
 TRACE_SYSTEM = "urn:rxchain:rxTraceCode"
 ORG_SYSTEM = "urn:rxchain:org"
 CLAIM_SYSTEM = "urn:rxchain:claim"
+DISPENSE_SYSTEM = "urn:rxchain:dispense"  # a fill of a prescription: "{rx_id}/{fill}"
 MAX_LINES = 5
 MAX_COUNT = 2_147_483_647  # FHIR ``integer``: box counts and day counts never exceed it
 
@@ -308,7 +309,8 @@ def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
     for i, line in enumerate(content["drugs"]):
         res: dict[str, Any] = {
             "resourceType": "MedicationDispense", "id": f"{rx_id}-fill{result.get('fill', 1)}-{i + 1}",
-            "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))}],
+            "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))},
+                           {"system": DISPENSE_SYSTEM, "value": f"{rx_id}/{result.get('fill', 1)}"}],
             "status": "completed", "medication": _drug_concept(line),
             "subject": _subject(meta, content),
             "performer": [{"actor": {"identifier": {"system": ORG_SYSTEM + ":" + pharmacy,

@@ -8,10 +8,15 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 * ``GET  /fhir/metadata``                      CapabilityStatement
 * ``POST /fhir/MedicationRequest``             issue (a MedicationRequest or a Bundle of them)
 * ``GET  /fhir/MedicationRequest/{rx_id}``     the prescription (decrypted if granted)
-* ``POST /fhir/MedicationDispense``            dispense (authorizingPrescription -> rx id,
-  trace codes as ``extension`` ``urn:rxchain:rxTraceCode``) -> Bundle of MedicationDispense
-* ``POST /fhir/Claim``                         settle (``prescription`` -> rx id) ->
-  Bundle(Claim, ClaimResponse)
+* ``POST /fhir/MedicationDispense``            dispense the next fill (authorizingPrescription ->
+  rx id, trace codes as ``extension`` ``urn:rxchain:rxTraceCode``; ``medication``/``quantity``
+  must name a line of the prescription) -> Bundle of MedicationDispense (one per line, each
+  with identifiers ``urn:rxchain:hiRxno:tx|TX_ID`` and ``urn:rxchain:dispense|RX_ID/FILL``),
+  ``Location`` the prescription
+* ``POST /fhir/Claim``                         settle (``prescription`` -> rx id; optional
+  ``item`` = national code + boxes to claim, ``total`` = the medical fee expected) ->
+  Bundle(Claim, ClaimResponse), ``Location: /fhir/Claim/{claim_id}``
+* ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers)
 
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
 
@@ -25,11 +30,34 @@ Status codes of a POST, by what the caller may do next:
   existing prescription, nothing issued again.
 * ``409 Conflict`` DUPLICATE_RX: the identifier names an existing prescription that differs
   from the request (or that the caller cannot read); its id is in ``diagnostics``.
+
+Dispense and claim are retry-safe (:mod:`client.fhir.retry` has the matching rule): a
+``POST /fhir/MedicationDispense`` or ``/fhir/Claim`` sent again after a lost answer (504,
+502, a dropped connection) is compared with what the ledger holds, through the views a GET
+reads (the caller gets back only what it may read):
+
+* ``200 OK`` + ``Location``: the fill (claim) is on the ledger and is the one the request
+  describes (same pharmacy and trace-code count; same insurer, fill, lines and medical fee):
+  the Bundle the first success answered, nothing done again.
+* ``409 Conflict`` ALREADY_DISPENSED / FILLS_EXHAUSTED / DUPLICATE_CLAIM: the fill (claim) is
+  taken and is not the one described (another pharmacy, other trace codes, other lines or
+  amounts), or the caller may not read it; ``diagnostics`` names ``rx_id`` and ``fill`` or the
+  ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed).
+* Conditional create names the fill or the claim: ``If-None-Exist:
+  identifier=urn:rxchain:dispense|RX_ID/FILL`` (dispense that fill unless it exists; FILL must
+  be the next fill, else 422 FILL_OUT_OF_ORDER) and ``identifier=urn:rxchain:claim|CLM-RX_ID-
+  FILL-N`` (settle unless that claim exists; 422 CLAIM_OUT_OF_ORDER unless N is the fill's
+  next claim). The same identifiers in the body's ``identifier`` act alike. No other system:
+  the ledger records no integrator identifier of a dispense or claim (FHIR_INVALID).
+* ``422`` ITEM_NOT_PRESCRIBED (a dispense naming a drug or boxes not prescribed) and
+  AMOUNT_MISMATCH (a claim whose ``total`` is not the fee the contract computes, evaluated
+  before submitting): nothing was submitted.
 * ``504 Gateway Timeout`` COMMIT_UNKNOWN or TIMEOUT: the ledger's answer was lost; the
-  transaction may have committed. ``diagnostics`` names ``tx_id`` and, for an issue,
-  ``rx_id`` (``Location`` then names the prescription that may exist): GET it before doing
-  anything else. Re-POST only a MedicationRequest that carries an identifier (it cannot
-  issue twice); one without would issue a second prescription.
+  transaction may have committed. ``diagnostics`` names ``tx_id`` and, for an issue, a
+  dispense or a claim, ``rx_id`` (``Location`` then names the prescription): GET it before
+  doing anything else. Re-POST only a MedicationRequest that carries an identifier (it cannot
+  issue twice); one without would issue a second prescription. A MedicationDispense or Claim
+  may be re-POSTed as it was (answered 200 if the first attempt committed).
 * ``502 Bad Gateway`` INTERNAL or RPC_FAILED: the peer or the call failed in an unexpected
   way (``Location``/``diagnostics`` as for 504 when an issue may have committed).
 * ``500 Internal Server Error`` INTERNAL: a fault of the gateway itself; the request may have
@@ -79,7 +107,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from client.errors import CommitError, CommitUnknown, DuplicateRx, RxClientError
-from client.fhir import idempotency, mapping
+from client.fhir import idempotency, mapping, retry
 from client.fhir.admission import (
     MAX_CONNECTIONS,
     MAX_PER_SOURCE,
@@ -91,7 +119,7 @@ from client.fhir.admission import (
 )
 from client.network import load_network
 from client.rxid import is_rx_id
-from client.rxops import IssueRequest, RxOperations
+from client.rxops import ClaimLine, IssueRequest, RxOperations
 from client.session import Session
 from node.crypto.x509 import cert_info
 from node.errors import RxError
@@ -118,9 +146,14 @@ _STATUS = {
     # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
     "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
     "DUPLICATE_RX": 409,
+    # the ledger holds the fill or claim, and it is not the one this request describes
+    "ALREADY_DISPENSED": 409, "FILLS_EXHAUSTED": 409, "DUPLICATE_CLAIM": 409, "CLAIM_NOT_FOUND": 404,
 }
+_CREATES = ("MedicationRequest", "MedicationDispense", "Claim")
 _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "
-               "sent again only with the same identifier (one without would issue a second prescription)")
+               "sent again only with the same identifier (one without would issue a second prescription); "
+               "a MedicationDispense or Claim may be sent again as it was (a retry of a step that committed "
+               "is answered 200 with it)")
 _UNKNOWN_OUTCOME_MESSAGES = {
     "COMMIT_UNKNOWN": "the ledger's answer was lost: the transaction may have committed" + _LOOK_FIRST,
     "TIMEOUT": "the ledger did not answer in time: the request may have been carried out" + _LOOK_FIRST,
@@ -160,6 +193,9 @@ def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
     detail = getattr(exc, "detail", None)
     if isinstance(exc, CommitUnknown | DuplicateRx) and isinstance(detail, dict):
         ids = {k: str(v) for k, v in detail.items() if k in ("tx_id", "rx_id") and v}
+    if isinstance(exc, retry.Conflict):  # ids the caller may read: no Location (nothing was created)
+        return Reply(_http_status(exc.reason), mapping.operation_outcome(
+            exc.reason, public_message(exc.reason, exc.message, home), exc.detail))
     headers = {"Location": rx_location(ids["rx_id"])} if "rx_id" in ids else {}
     outcome = mapping.operation_outcome(exc.reason, public_message(exc.reason, exc.message, home), ids)
     return Reply(_http_status(exc.reason), outcome, headers)
@@ -228,9 +264,9 @@ class FhirApp:
         if not parts or parts[0] != "fhir":
             raise RxClientError("NOT_FOUND", f"no route {path}")
         parts = parts[1:]
-        if if_none_exist is not None and not (method == "POST" and parts == ["MedicationRequest"]):
-            raise mapping.FhirError("FHIR_INVALID", "If-None-Exist (conditional create) is supported "
-                                    "on POST /fhir/MedicationRequest only")
+        if if_none_exist is not None and not (method == "POST" and len(parts) == 1 and parts[0] in _CREATES):
+            raise mapping.FhirError("FHIR_INVALID", "If-None-Exist (conditional create) is supported on POST "
+                                    "/fhir/MedicationRequest, MedicationDispense and Claim only")
         if method == "GET" and parts == ["metadata"]:
             return Reply(200, capability_statement())
         ops = self.ids.ops_for(cert_der)
@@ -239,25 +275,152 @@ class FhirApp:
         if method == "GET" and len(parts) == 2 and parts[0] == "MedicationRequest":
             return Reply(200, mapping.medication_requests(ops.show(_rx_id(parts[1]))))
         if method == "POST" and parts == ["MedicationDispense"]:
-            model = mapping.validate_resource(body)
-            if model.get_resource_type() != "MedicationDispense":
-                raise mapping.FhirError("FHIR_INVALID", "expected a MedicationDispense")
-            rx_id = _rx_ref(model.authorizingPrescription, "authorizingPrescription")
-            codes = [str(e.valueString) for e in (model.extension or [])
-                     if e.url == mapping.TRACE_SYSTEM and e.valueString]
-            result = ops.dispense(rx_id, codes)
-            meta = ops.show(rx_id)
-            content = meta.get("content") or {}
-            me = ops.s.identity
-            return Reply(201, mapping.medication_dispense(meta, content, result, codes, me.org, me.user))
+            return self._dispense(ops, body, if_none_exist)
         if method == "POST" and parts == ["Claim"]:
-            model = mapping.validate_resource(body)
-            if model.get_resource_type() != "Claim":
-                raise mapping.FhirError("FHIR_INVALID", "expected a Claim")
-            rx_id = _rx_ref([model.prescription] if model.prescription else [], "prescription")
-            rec = ops.settle(rx_id)
-            return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org))
+            return self._claim(ops, body, if_none_exist)
+        if method == "GET" and len(parts) == 2 and parts[0] == "Claim":
+            rec = ops.claim(retry.claim_path_id(parts[1]))
+            claim = mapping.claim_and_response(rec, str(rec.get("insurer", "")))["entry"][0]["resource"]
+            return Reply(200, claim)
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
+
+    # ------------------------------------------------------------ dispense
+    def _dispense(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
+        """Dispense the next fill, or answer the fill already dispensed when the request is
+        a retry of it (:mod:`client.fhir.retry`)."""
+        model = mapping.validate_resource(body)
+        if model.get_resource_type() != "MedicationDispense":
+            raise mapping.FhirError("FHIR_INVALID", "expected a MedicationDispense")
+        rx_id = _rx_ref(model.authorizingPrescription, "authorizingPrescription")
+        codes = [str(e.valueString) for e in (model.extension or [])
+                 if e.url == mapping.TRACE_SYSTEM and e.valueString]
+        named = retry.named_fill(body, if_none_exist, rx_id)
+        code, qty = retry.requested_item(model)
+        meta = _readable(ops, rx_id)  # as a GET: None when the caller may not read it
+        if meta is not None:
+            retry.check_item(meta["content"], code, qty)
+            fills = int(meta.get("fills") or 0)
+            if named and named <= fills:  # the fill exists: never dispense again
+                return self._dispensed(ops, rx_id, named, codes, meta, None)
+            if named > fills + 1:
+                raise mapping.FhirError("FILL_OUT_OF_ORDER", f"fill {named} is not the next fill of {rx_id} "
+                                        f"({fills} dispensed)")
+        try:
+            result = ops.dispense(rx_id, codes)
+        except CommitUnknown as exc:  # name the prescription to look at (Location), as for an issue
+            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id) from exc
+        except RxClientError as exc:
+            if exc.reason not in retry.FILL_TAKEN and not (
+                    isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
+                raise
+            return self._dispensed(ops, rx_id, named, codes, meta, exc)
+        return self._dispense_created(ops, rx_id, meta, result, codes)
+
+    def _dispense_created(self, ops: RxOperations, rx_id: str, meta: dict[str, Any] | None,
+                          result: dict[str, Any], codes: list[str]) -> Reply:
+        """201 for a fill just dispensed: never an error from here on (it committed)."""
+        location = {"Location": rx_location(rx_id)}
+        me = ops.s.identity
+        try:
+            if meta is None:
+                meta = ops.show(rx_id)
+            content = meta.get("content") or {}
+            return Reply(201, mapping.medication_dispense(meta, content, result, codes, me.org, me.user), location)
+        except Exception as exc:  # noqa: BLE001 - dispensed: an error answer would hide it
+            reason = getattr(exc, "reason", "") or "INTERNAL"
+            return Reply(201, mapping.operation_outcome(
+                str(reason), f"fill {result.get('fill')} of {rx_id} was dispensed; reading it back failed",
+                {"rx_id": rx_id, "tx_id": str(result.get("tx_id", ""))}, severity="warning"), location)
+
+    def _dispensed(self, ops: RxOperations, rx_id: str, fill: int, codes: list[str],
+                   meta: dict[str, Any] | None, refusal: RxClientError | None) -> Reply:
+        """200 with fill ``fill`` (0: the latest on the trail) when it is the dispense the
+        request describes; else ``refusal`` stands (or ALREADY_DISPENSED for a named fill).
+        ``meta``: the prescription as read before (its content does not change)."""
+        try:
+            if meta is None:
+                meta = ops.show(rx_id)
+            content = meta.get("content")
+            steps = ops.dispenses(rx_id) if isinstance(content, dict) else []
+        except RxClientError as exc:
+            if refusal is None:
+                raise
+            raise refusal from exc  # cannot be compared: the refusal of this request stands
+        fill = fill or max((int(st["fill"]) for st in steps), default=0)
+        step = next((st for st in steps if st.get("fill") == fill), None)
+        why = retry.dispense_conflict(step, fill, ops.s.identity.org, len(codes))
+        if why is not None or not isinstance(content, dict) or step is None:
+            if refusal is not None and step is None:
+                raise refusal
+            reason = refusal.reason if refusal is not None and refusal.reason != retry.LOST_RACE \
+                else "ALREADY_DISPENSED"
+            msg = (refusal.message + "; " if refusal is not None and refusal.message else "") + str(why)
+            raise retry.Conflict(reason, msg, rx_id=rx_id, fill=str(fill))
+        result = {"fill": fill, "tx_id": step.get("tx_id", "")}
+        return Reply(200, mapping.medication_dispense(meta, content, result, codes, str(step.get("org")),
+                                                      str(step.get("actor"))), {"Location": rx_location(rx_id)})
+
+    # ------------------------------------------------------------ claim
+    def _claim(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
+        """Settle a fill's claim, or answer the claim already settled when the request is a
+        retry of it (:mod:`client.fhir.retry`)."""
+        model = mapping.validate_resource(body)
+        if model.get_resource_type() != "Claim":
+            raise mapping.FhirError("FHIR_INVALID", "expected a Claim")
+        rx_id = _rx_ref([model.prescription] if model.prescription else [], "prescription")
+        lines = retry.claim_lines(model)
+        total = retry.claim_total(model)
+        named = retry.named_claim(body, if_none_exist, rx_id)
+        fill = named.fill if named is not None else 0
+        if named is not None:
+            existing = _claim_or_none(ops, named.claim_id)
+            if existing is not None:  # never settle again
+                return self._settled(ops, rx_id, fill, lines, total, existing, None)
+            if named.seq > 1:
+                before = _claim_or_none(ops, named.previous())
+                if before is None or before.get("status") == "SETTLED":
+                    raise mapping.FhirError("CLAIM_OUT_OF_ORDER", f"{named.claim_id} would not be the next claim "
+                                            f"of fill {fill} (claim {named.previous()} is not a reversed claim)")
+        try:
+            rec = ops.settle(rx_id, fill, lines, expect_medfee_fen=total)
+        except CommitUnknown as exc:
+            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id) from exc
+        except RxClientError as exc:
+            if exc.reason != "DUPLICATE_CLAIM" and not (isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
+                raise
+            return self._settled_after(ops, rx_id, fill, lines, total, exc)
+        return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), _claim_location(rec))
+
+    def _settled_after(self, ops: RxOperations, rx_id: str, fill: int, lines: list[ClaimLine] | None,
+                       total: int | None, refusal: RxClientError) -> Reply:
+        """After DUPLICATE_CLAIM (or a lost race): the fill's settled claim, compared."""
+        try:
+            settled = [st for st in ops.claim_steps(rx_id) if st.get("step") == "settle" and st.get("claim_id")]
+            # fill 0 is the latest fill, which is claimed (DUPLICATE_CLAIM, or the race lost to
+            # its claim): the highest fill settled
+            fill = fill or max((int(st["fill"]) for st in settled), default=0)
+            ids = [st["claim_id"] for st in settled if st.get("fill") == fill]
+            rec = ops.claim(str(ids[-1])) if ids else None
+        except RxClientError as exc:
+            raise refusal from exc  # cannot be compared: the refusal of this request stands
+        if rec is None or rec.get("status") != "SETTLED":
+            raise refusal
+        return self._settled(ops, rx_id, fill, lines, total, rec, refusal)
+
+    def _settled(self, ops: RxOperations, rx_id: str, fill: int, lines: list[ClaimLine] | None,
+                 total: int | None, rec: dict[str, Any], refusal: RxClientError | None) -> Reply:
+        org = ops.s.identity.org
+        try:
+            lines_commitment = ops.claim_lines_commitment(rx_id, lines)
+        except RxClientError as exc:
+            if refusal is None:
+                raise
+            raise refusal from exc  # cannot be compared: the refusal of this request stands
+        why = retry.claim_conflict(rec, org, rx_id, fill, lines_commitment, total)
+        if why is not None:
+            msg = (refusal.message + "; " if refusal is not None and refusal.message else "") + why
+            raise retry.Conflict("DUPLICATE_CLAIM", msg, rx_id=rx_id, claim_id=str(rec.get("claim_id", "")))
+        return Reply(200, mapping.claim_and_response(rec, org), _claim_location(rec))
 
     def _issue(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
         """Issue; idempotent when the request names an identifier (:mod:`client.fhir.idempotency`):
@@ -308,6 +471,36 @@ class FhirApp:
             raise DuplicateRx(rx_id, f"identifier {key} names prescription {rx_id}, issued earlier and "
                               "not the one this request describes (patient, diagnosis, days, drugs)")
         return Reply(200, mapping.medication_requests(meta), {"Location": rx_location(rx_id)})
+
+
+def _readable(ops: RxOperations, rx_id: str) -> dict[str, Any] | None:
+    """The prescription with its content as a GET reads it, or None when the caller may not
+    read it (then the contract's own refusal of the step answers)."""
+    try:
+        meta = ops.show(rx_id)
+    except RxClientError as exc:
+        if exc.reason in ("NO_KEY_GRANT", "ACCESS_DENIED"):
+            return None
+        raise
+    return meta if isinstance(meta.get("content"), dict) else None
+
+
+def _claim_or_none(ops: RxOperations, claim_id: str) -> dict[str, Any] | None:
+    try:
+        return ops.claim(claim_id)
+    except RxClientError as exc:
+        if exc.reason == "CLAIM_NOT_FOUND":
+            return None
+        raise
+
+
+def claim_location(claim_id: str) -> str:
+    """Where a claim is read (``GET /fhir/Claim/{id}``)."""
+    return f"/fhir/Claim/{urllib.parse.quote(claim_id, safe='')}"
+
+
+def _claim_location(rec: dict[str, Any]) -> dict[str, str]:
+    return {"Location": claim_location(str(rec["claim_id"]))}
 
 
 def _rx_id(value: str) -> str:
@@ -388,8 +581,8 @@ def capability_statement() -> dict[str, Any]:
         "date": "2026-11-25", "fhirVersion": "5.0.0", "format": ["json"],
         "rest": [{"mode": "server", "resource": [
             {**res("MedicationRequest", ["create", "read"]), "conditionalCreate": True},
-            res("MedicationDispense", ["create"]),
-            res("Claim", ["create"]),
+            {**res("MedicationDispense", ["create"]), "conditionalCreate": True},
+            {**res("Claim", ["create", "read"]), "conditionalCreate": True},
         ]}],
     }
 

@@ -112,9 +112,10 @@ class FakeIdentities:
 
 
 @contextlib.contextmanager
-def _gateway(net_home: Any, ledger: Ledger) -> Iterator[int]:
+def _gateway(net_home: Any, ledger: Ledger, identities: Any = None) -> Iterator[int]:
+    """The real HTTPS gateway over ``identities`` (default: :class:`FakeOps` over ``ledger``)."""
     server, ids = make_server(net_home.home, "127.0.0.1", 0, handshake_timeout_s=3.0)
-    server.app.ids = FakeIdentities(net_home.home, ledger)  # type: ignore[assignment]
+    server.app.ids = identities or FakeIdentities(net_home.home, ledger)  # type: ignore[assignment]
     try:
         with serving(server) as port:
             yield port

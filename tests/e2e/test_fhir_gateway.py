@@ -88,20 +88,39 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
     assert status == 201, body
     disp = [e["resource"] for e in body["entry"]]
     assert {d["status"] for d in disp} == {"completed"} and len(disp) == 2
+    # sent again (an answer lost): the fill on the ledger, the same Bundle, nothing dispensed twice
+    status, again = _post(net, fhir, "p01:pharm-wang", "/fhir/MedicationDispense", dispense)
+    assert (status, again) == (200, body)
+    other_boxes = {**dispense, "extension": []}
+    status, refused = _post(net, fhir, "p01:pharm-wang", "/fhir/MedicationDispense", other_boxes)
+    assert status == 409 and refused["issue"][0]["details"]["coding"][0]["code"] == "ALREADY_DISPENSED"
     claim = {"resourceType": "Claim", "status": "active", "use": "claim",
              "created": "2026-11-25T10:00:00Z",
              "type": {"coding": [{"code": "pharmacy"}]},
              "patient": {"identifier": {"value": "patient-zhang"}},
              "prescription": {"identifier": {"value": rx_id}}}
+    # a total the contract does not compute: evaluated first, refused, nothing settled
+    status, body = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", {**claim, "total": {"value": 1.0}})
+    assert status == 422 and body["issue"][0]["details"]["coding"][0]["code"] == "AMOUNT_MISMATCH"
     status, body = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", claim)
     assert status == 201, body
+    status, again = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", {**claim, "total": {"value": 90.0}})
+    assert (status, again) == (200, body)
+    claim_id = body["entry"][0]["resource"]["id"]
+    status, read = _get(net, fhir, "ins01:clerk-zhao", f"/fhir/Claim/{claim_id}")
+    assert (status, read) == (200, body["entry"][0]["resource"])
+    fewer = {**claim, "item": [{"sequence": 1, "productOrService": {"coding": [{"code": "XC08CAB037A001020180517"}]},
+                                "quantity": {"value": 1}}]}
+    status, refused = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", fewer)
+    assert status == 409 and refused["issue"][0]["details"]["coding"][0]["code"] == "DUPLICATE_CLAIM"
+    assert f"claim_id={claim_id}" in refused["issue"][0]["diagnostics"]
     response = body["entry"][1]["resource"]
     totals = {t["category"]["text"]: t["amount"]["value"] for t in response["total"]}
     assert totals["medfee"] == 90.0 and totals["fund"] == 59.5
     assert totals["personal account"] == 30.5 and totals["cash"] == 0.0
     # an unauthorised party gets the contract's refusal as an OperationOutcome
     status, body = _post(net, fhir, "p02:pharm-chen", "/fhir/MedicationDispense", dispense)
-    assert status == 422
+    assert status == 409
     assert body["issue"][0]["details"]["coding"][0]["code"] == "ALREADY_DISPENSED"
     status, body = _post(net, fhir, "h01:nurse-liu", "/fhir/MedicationRequest", bundle)
     assert status == 403
