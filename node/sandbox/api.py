@@ -78,8 +78,15 @@ first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/`
 of containers their nested size once; ``isinstance`` with a tuple 1 + entries; a function body
 over weight 2,048 or a loop iteration / comprehension element over weight 512 (one per syntax
 node, 32 per dict/set display element) 1 per 32 beyond; big-int arithmetic ~bits/64; context calls as listed on
-``Context``; the returned value 1 per JSON value + bytes/32.  The figures are part of the
-consensus rules: every peer must run the same rxchain and Python (3.11) versions.
+``Context``; the returned value 1 per JSON value + bytes/32.  Starting to iterate, copy,
+compare, unpack or encode a dict, set, frozenset or dict view also pays 1 per 256 slots its
+table holds beyond its live entries (deleted entries stay in a dict until it grows again;
+a set iterates its whole table): nothing for dicts up to 341 keys and sets up to 76
+elements built without mass deletions, up to ~3 % of a full loop over bigger ones, and
+(allocated slots)/256 per ``for k in d: break`` once most of a big dict is deleted --
+rebuild it (``d = dict(d.items())``) after deleting most of it; ``set.pop`` pays it on
+every call.  The figures are part of the consensus rules: every peer must run the same
+rxchain and Python (3.11) versions.
 
 Context
 -------

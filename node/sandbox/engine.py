@@ -20,7 +20,7 @@ from node.sandbox.api import Context, ContractError, StateHost, valid_reason
 from node.sandbox.checker import ALLOWED_BUILTINS, FunctionSig
 from node.sandbox.errors import Abort, BadValue, ContractRejected, OutOfGas
 from node.sandbox.instrument import CompiledContract, api_globals, compile_contract
-from node.sandbox.meter import Meter, TypeProxy
+from node.sandbox.meter import LAZY_TYPES, Meter, TypeProxy
 
 MAX_MESSAGE = 1024
 CACHE_SIZE = 64
@@ -30,7 +30,7 @@ _KIND_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool, "list": li
 
 def _builtins(meter: Meter) -> dict[str, Any]:
     b: dict[str, Any] = {name: getattr(builtins, name) for name in ALLOWED_BUILTINS}
-    for typ in (str, int, bool, list, dict, set, frozenset, tuple):
+    for typ in (str, int, bool, list, dict, set, frozenset, tuple, *LAZY_TYPES):
         b[typ.__name__] = TypeProxy(meter, typ)
     b["sorted"] = meter.sorted
     b["sum"] = meter.sum
@@ -75,6 +75,10 @@ def _helpers(meter: Meter) -> dict[str, Any]:
         "__rx_leave__": meter.leave,
         "__rx_it__": meter.it,
         "__rx_itw__": meter.itw,
+        "__rx_itt__": meter.itt,
+        "__rx_scan__": meter.scan,
+        "__rx_targets__": meter.targets,
+        "__rx_step__": meter.step,
         "__rx_cmpv__": meter.compared,
         "__rx_sized__": meter.sized,
         "__rx_unpack__": meter.unpack,

@@ -158,6 +158,36 @@ def _shape(target: ast.expr) -> Shape:
     return None
 
 
+def _tshape(target: ast.expr) -> Shape:
+    """The target shape :meth:`Meter.targets` checks, or None when ``target`` unpacks
+    nothing (a name, subscript or attribute): ``()`` for a tuple/list target holding only
+    names (and starred names), else a tuple per element -- None for a name, ``"*"`` for a
+    starred name, the element's own shape for a nested target, ``("**", shape)`` for a
+    starred nested one (no element's shape is the string ``"**"``)."""
+    if not isinstance(target, ast.Tuple | ast.List):
+        return None
+    parts: list[Any] = []
+    for e in target.elts:
+        if isinstance(e, ast.Starred):
+            inner = _tshape(e.value)
+            parts.append("*" if inner is None else ("**", inner))
+        else:
+            parts.append(_tshape(e))
+    if all(p is None or p == "*" for p in parts):
+        return ()
+    return tuple(parts)
+
+
+def _yields_pairs(node: ast.expr) -> bool:
+    """``x.items()`` (after instrumentation: ``__rx_meth__(x, "items")``): its elements are
+    (key, value) tuples, so a flat target unpacks them without iterating anything."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__rx_scan__":
+        node = node.args[0]
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "__rx_meth__"
+            and len(node.args) == 2 and not node.keywords and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value == "items")
+
+
 class _Instrumenter(ast.NodeTransformer):
     def __init__(self) -> None:
         self.tmp = 0
@@ -213,29 +243,57 @@ class _Instrumenter(ast.NodeTransformer):
     def visit_Assign(self, node: ast.Assign) -> Any:
         self.generic_visit(node)
         shapes = [_shape(t) for t in node.targets]
-        if all(s is None for s in shapes):
+        tshapes = [_tshape(t) for t in node.targets]
+        if all(s is None for s in tshapes):
             return node
-        # ``a, *rest = value``: CPython builds ``rest`` in C; unpack through the meter so the
-        # elements are charged and the list is bounded like any other
+
+        def wrapped(value: ast.expr, shape: Shape, tshape: Shape) -> ast.expr:
+            # ``a, *rest = value``: CPython builds ``rest`` in C; unpack through the meter so
+            # the elements are charged and the list is bounded like any other
+            if shape is not None:
+                value = _call("__rx_unpack__", value, _const(shape))
+            # ``a, b = d``: CPython iterates ``d`` to unpack it, slack included
+            if tshape is not None:
+                value = _call("__rx_targets__", value, _const(tshape))
+            return value
+
         if len(node.targets) == 1:
-            node.value = _call("__rx_unpack__", node.value, _const(shapes[0]))
+            target, value = node.targets[0], node.value
+            if tshapes[0] == () and isinstance(value, ast.Tuple | ast.List) and isinstance(
+                    target, ast.Tuple | ast.List) and len(value.elts) == len(target.elts) and not any(
+                    isinstance(e, ast.Starred) for e in (*value.elts, *target.elts)):
+                return node  # ``a, b = b, a``: nothing is iterated
+            node.value = wrapped(value, shapes[0], tshapes[0])
             return node
         tmp = self._temp()
         first = ast.Assign(targets=[ast.Name(id=tmp, ctx=ast.Store())], value=node.value)
         rest = [
-            ast.Assign(targets=[t], value=_name(tmp) if s is None else _call(
-                "__rx_unpack__", _name(tmp), _const(s)))
-            for t, s in zip(node.targets, shapes, strict=True)
+            ast.Assign(targets=[t], value=wrapped(_name(tmp), s, ts))
+            for t, s, ts in zip(node.targets, shapes, tshapes, strict=True)
         ]
         return [ast.copy_location(a, node) for a in (first, *rest)]
 
     def visit_For(self, node: ast.For) -> Any:
+        """The iterable pays its slack when iteration starts (``__rx_scan__``: a dict with
+        most keys deleted, a sparse set); each iteration its gas.  A tuple/list target is
+        assigned from a temporary by ``__rx_step__``, which also charges each element
+        CPython iterates to unpack it (``for a, b in dicts``)."""
         extra = extra_gas([node.target, *node.body], FREE_WEIGHT_STEP)
         self.generic_visit(node)
+        node.iter = _call("__rx_scan__", node.iter)
         shape = _shape(node.target)
         if shape is not None:
             node.iter = _call("__rx_unpacks__", node.iter, _const(shape))
-        node.body.insert(0, ast.Expr(_call("__rx_gas__", *([_const(1 + extra)] if extra else []))))
+        tshape = _tshape(node.target)
+        gas = [_const(1 + extra)] if extra else []
+        if tshape is None or (tshape == () and _yields_pairs(node.iter)):
+            node.body.insert(0, ast.Expr(_call("__rx_gas__", *gas)))
+            return node
+        tmp = self._temp()
+        target = node.target
+        node.target = ast.Name(id=tmp, ctx=ast.Store())
+        step = ast.Assign(targets=[target], value=_call("__rx_step__", _name(tmp), _const(tshape), *gas))
+        node.body.insert(0, ast.copy_location(step, target))
         return node
 
     def visit_While(self, node: ast.While) -> Any:
@@ -260,7 +318,9 @@ class _Instrumenter(ast.NodeTransformer):
 
     def visit_comprehension(self, node: ast.comprehension) -> Any:
         self.generic_visit(node)
-        node.iter = _call("__rx_it__", node.iter)
+        tshape = _tshape(node.target)
+        node.iter = _call("__rx_it__", node.iter) if tshape is None else _call(
+            "__rx_itt__", node.iter, _const(tshape))
         shape = _shape(node.target)
         if shape is not None:
             node.iter = _call("__rx_unpacks__", node.iter, _const(shape))
@@ -342,7 +402,10 @@ class _Instrumenter(ast.NodeTransformer):
         comparisons with a literal (bounded by the source) and identity tests are free; for
         the others the right-hand operand is charged, as it is evaluated, its nested size
         (``Meter.compared``) times the comparisons it covers -- also the next one, when that
-        needs a charge.  ``lo <= x <= hi`` thus costs one call, ``0 <= i < n`` one.  The
+        needs a charge -- and the left operand of a charged comparison, once, when nothing else
+        charges it (its slack: a sparse dict's table is walked whatever the other's size).
+        ``lo <= x <= hi`` thus charges ``x`` once for two comparisons and ``lo`` once,
+        ``0 <= i < n`` ``i`` and ``n`` once (ints: no gas).  The
         chain stays a chain: Python's short-circuit and single evaluation of each operand
         (it used to run unmetered: two 40**4-element lists compared for 1,000 gas)."""
         operands = [node.left, *node.comparators]
@@ -359,6 +422,12 @@ class _Instrumenter(ast.NodeTransformer):
                 i += walks[i + 1]
             else:
                 i += 1
+        # the left operand of a charged comparison pays too: dict == dict walks the left
+        # one's table, deleted entries included, whatever the right one's size (0 gas for
+        # ints and short strings: ``lo <= x <= hi`` costs what it did)
+        for i in range(len(node.ops)):
+            if charged(i) and walks[i] == 0:
+                walks[i] = 1
         wrapped = [
             x if n == 0 else _call("__rx_cmpv__", x, _const(n))
             for x, n in zip(operands, walks, strict=True)

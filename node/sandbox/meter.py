@@ -13,6 +13,9 @@ Gas schedule (documented in api.py for contract authors):
 * sorted / list.sort: 1 + n*log2(n), plus (1 + log2(n)) times the nested size of the
   values compared when they are containers (min/max: the nested size once)
 * context calls: see ``api.Context``
+* starting to iterate, copy or compare a dict, set, frozenset or dict view: one gas per 256
+  slots its table holds beyond its live entries (``slots.py``; 0 unless the container is
+  sparse -- most of a big dict deleted -- or larger than 341 keys / 76 set elements)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from gc import get_referents
 from itertools import chain
 from typing import Any
 
@@ -33,6 +37,7 @@ from node.sandbox.errors import (
     RecursionLimit,
     SizeLimit,
 )
+from node.sandbox.slots import DICT_FREE_SIZEOF, SCANNED, SET_FREE_SIZEOF, VIEWS, slack_gas
 
 CALL = 10
 MAX_KEY_DEPTH = 64  # tuples nested deeper cannot be dict keys, set elements or looked up
@@ -260,6 +265,83 @@ class Meter:
             self.hash_cost(v)
         return v
 
+    def scan(self, v: Any, times: int = 1) -> Any:
+        """``v``, after charging ``times`` scans of its slack when it is a dict, set,
+        frozenset or dict view: the deleted entries or empty slots an iteration walks
+        before and between its live ones (:func:`slots.slack_gas`; 0 for dense ones)."""
+        tv = type(v)
+        if tv is dict:
+            if v.__sizeof__() < DICT_FREE_SIZEOF:  # fewer slots than one gas's worth
+                return v
+        elif tv is set or tv is frozenset:
+            if v.__sizeof__() < SET_FREE_SIZEOF:
+                return v
+        elif tv in VIEWS:
+            if get_referents(v)[0].__sizeof__() < DICT_FREE_SIZEOF:  # the view's dict
+                return v
+        else:
+            return v
+        cost = slack_gas(v)
+        if cost:
+            self.left -= cost * times
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        return v
+
+    def targets(self, value: Any, shape: Any) -> Any:
+        """The value of an unpacking assignment without a star where the target is a
+        tuple/list (``a, b = value``, ``for k, (a, b) in ...``), charged :meth:`scan` at every
+        level where CPython will iterate it to unpack it (a dict holding two keys among
+        300,000 deleted ones was unpacked for free).  ``shape`` (from the instrumenter) is
+        ``()`` for a target holding only names, else a tuple per element: None (a name),
+        ``"*"`` (a starred name), a shape (a nested target) or ``("**", shape)`` (a starred
+        nested target).  A value that is not a tuple or list where a nested target needs its
+        elements is materialized first (charged per element); where the lengths do not fit,
+        the value is returned and Python raises its usual ValueError."""
+        tv = type(value)
+        if tv in SCANNED:
+            self.scan(value)
+        if not shape:
+            return value
+        if tv is not tuple and tv is not list:
+            value = self.materialize(value)
+        n = len(shape)
+        star = next((i for i, c in enumerate(shape) if c == "*" or (type(c) is tuple and c[:1] == ("**",))), -1)
+        if len(value) != n if star < 0 else len(value) < n - 1:
+            return value
+        out = value
+        for i, c in enumerate(shape):
+            if c is None or c == "*":
+                continue
+            if i == star:  # ``*(b, c)``: the starred values are unpacked again
+                end = len(value) - (n - 1 - star)
+                part = list(value[star:end])
+                new = self.targets(part, c[1])
+                if new is not part:
+                    out = list(out)
+                    out[star:end] = new
+                continue
+            j = i if star < 0 or i < star else len(value) - (n - i)
+            x = value[j]
+            new = self.targets(x, c)
+            if new is not x:
+                if out is value:
+                    out = list(value)
+                out[j] = new
+        return out
+
+    def step(self, value: Any, shape: Any, n: int = 1) -> Any:
+        """One iteration of a ``for`` loop whose target is a tuple/list: its gas (``n``,
+        like ``__rx_gas__``) and :meth:`targets` of the element in one call."""
+        self.left -= n
+        if self.left < 0:
+            raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        if shape:
+            return self.targets(value, shape)
+        if type(value) in SCANNED:
+            self.scan(value)
+        return value
+
     def delitem(self, obj: Any, key: Any) -> None:
         """``del obj[key]``: a list moves the items after ``key`` (1 + moved/32: ``del lst[0]``
         pays like ``lst.pop(0)``, ``del lst[-1]`` 1), a tuple key is charged like hashing it."""
@@ -281,6 +363,7 @@ class Meter:
             tv = type(v)
             if tv in _SIZED_OR_VIEW and tv is not str and tv is not dict:
                 self.gas(1 + len(v))
+                self.scan(v)
                 for x in v:
                     if type(x) is tuple:
                         self.hash_cost(x)
@@ -296,7 +379,7 @@ class Meter:
                 continue
             if depth >= MAX_KEY_DEPTH:
                 raise self.fail(RecursionLimit(f"tuple nested deeper than {MAX_KEY_DEPTH} hashed"))
-            self.left -= 1 + len(x)
+            self.left -= 1 + len(x) + (slack_gas(x) if tx is frozenset else 0)
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             if tx is tuple:
@@ -325,12 +408,31 @@ class Meter:
 
     # -- iteration ----------------------------------------------------------------------
     def it(self, iterable: Iterable[Any]) -> Iterator[Any]:
-        """Iterate, charging one gas per element (comprehensions, unpacking, consumers)."""
+        """Iterate, charging one gas per element (comprehensions, unpacking, consumers) and,
+        first, the slack of a dict, set or view (:meth:`scan`)."""
+        if type(iterable) in SCANNED:
+            self.scan(iterable)
         for x in iterable:
             self.left -= 1
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             yield x
+
+    def itt(self, iterable: Iterable[Any], shape: Any) -> Iterator[Any]:
+        """:meth:`it` for a comprehension whose target is a tuple/list: each element is
+        checked like :meth:`targets` before it is unpacked."""
+        if type(iterable) in SCANNED:
+            self.scan(iterable)
+        for x in iterable:
+            self.left -= 1
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+            if shape:
+                yield self.targets(x, shape)
+            else:
+                if type(x) in SCANNED:
+                    self.scan(x)
+                yield x
 
     def itw(self, iterable: Iterable[Any], n: int) -> Iterator[Any]:
         """Charge ``n`` more gas per element of a comprehension whose element code is large
@@ -342,7 +444,10 @@ class Meter:
             yield x
 
     def materialize(self, iterable: Iterable[Any]) -> list[Any]:
-        """List of an iterable, charging per element and bounded in length."""
+        """List of an iterable, charging per element and bounded in length (and the slack
+        of a dict, set or view, :meth:`scan`)."""
+        if type(iterable) in SCANNED:
+            self.scan(iterable)
         if type(iterable) in _SIZED:
             n = len(iterable)  # type: ignore[arg-type]
             self.check_len(n, False)
@@ -388,8 +493,9 @@ class Meter:
             yield self.unpack(x, shape)
 
     def sized(self, value: Any) -> Any:
-        """Argument of ``*x`` / ``**x`` unpacking: charge its size."""
+        """Argument of ``*x`` / ``**x`` unpacking: charge its size (and slack)."""
         if type(value) in _SIZED:
+            self.scan(value)
             self.gas(1 + len(value))
             return value
         return self.materialize(value)
@@ -471,7 +577,11 @@ class Meter:
         return a % b
 
     def other(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
-        """Sub, FloorDiv, RShift, BitAnd/Or/Xor: results are bounded by the operands."""
+        """Sub, FloorDiv, RShift, BitAnd/Or/Xor: results are bounded by the operands (dict
+        and set operands pay their slack: the operation walks their tables)."""
+        if type(a) in SCANNED or type(b) in SCANNED:
+            self.scan(a)
+            self.scan(b)
         if op is operator.ior and type(a) is dict and type(b) is not dict:
             b = self.materialize(b)
             self._pair_keys(b)
@@ -587,6 +697,9 @@ class Meter:
         if tv not in _NESTING:
             return
         if tv is dict:
+            # the type checks below (2), the walk of keys and values (2) and the comparison
+            # itself each scan the table
+            self.scan(v, 5 * factor)
             if _DEEP.isdisjoint(map(type, v.values())) and _DEEP.isdisjoint(map(type, v)):
                 self._chars(chain(v, v.values()), factor)
                 return
@@ -599,6 +712,8 @@ class Meter:
             if depth >= MAX_COMPARE_DEPTH:
                 raise self.fail(RecursionLimit(f"values nested deeper than {MAX_COMPARE_DEPTH} compared"))
             cost = len(x)
+            if type(x) is dict and depth:  # (the top one was charged above) this walk (keys,
+                cost += 3 * slack_gas(x)  # values) and the comparison scan its table
             for y in (chain(x, x.values()) if type(x) is dict else x):
                 ty = type(y)
                 if ty in _NESTING:
@@ -606,7 +721,7 @@ class Meter:
                 elif ty is str:
                     cost += len(y) >> 5
                 elif ty is set or ty is frozenset:
-                    cost += len(y)
+                    cost += len(y) + slack_gas(y)
             self.left -= cost * factor
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
@@ -640,6 +755,7 @@ class Meter:
             raise self.fail(RecursionLimit("value nested too deeply to format"))
         elif tv is list or tv is tuple or tv in (set, frozenset):
             self.gas(1 + len(v))
+            self.scan(v)
             seq = sorted(v, key=_order) if tv in (set, frozenset) else v
             inner = self._joined([self._item(x, depth) for x in seq])
             if tv is list:
@@ -650,6 +766,7 @@ class Meter:
                 out = f"{{{inner}}}" if v else f"{tv.__name__}()"
         elif tv is dict:
             self.gas(1 + len(v))
+            self.scan(v)
             inner = self._joined(
                 [f"{self._item(k, depth)}: {self._item(x, depth)}" for k, x in v.items()]
             )
@@ -714,6 +831,7 @@ class Meter:
         if type(args) is tuple:
             values: Any = tuple(self._plain(a) for a in args)
         elif type(args) is dict:
+            self.scan(args)
             values = {k: self._plain(a) for k, a in args.items()}
         else:
             values = self._plain(args)
@@ -743,6 +861,14 @@ class Meter:
             return self.check_int(int(*args, **kw))
         if typ is bool:
             return bool(*args)
+        if typ in _LAZY:
+            # enumerate/zip/map/filter/reversed over a dict, set or view: the iterator they
+            # build walks its table when consumed (by whatever consumes it), charged here
+            for a in args:
+                self.scan(a)
+            for a in kw.values():
+                self.scan(a)
+            return typ(*args, **kw)
         if typ is dict:
             if len(args) > 1:
                 raise TypeError("dict() takes at most one positional argument")
@@ -750,7 +876,9 @@ class Meter:
             if not args:
                 return dict(**kw)
             src = args[0]
-            if type(src) is not dict:
+            if type(src) is dict:
+                self.scan(src)
+            else:
                 src = self.materialize(src)
                 self._pair_keys(src)
             self.gas(1 + len(src))
@@ -878,6 +1006,8 @@ class Meter:
         self.left -= cost
         if self.left < 0:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+        if tobj in _HASHED and (name == "copy" or (name == "pop" and tobj is not dict)):
+            self.scan(obj)  # a copy walks the table, set.pop from its finger (wrapping around)
         if args and type(args[0]) is tuple and tobj in _HASHED:
             self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
         elif name in _SEARCHING and args and type(args[0]) in _COMPARED and (tobj is list or tobj is tuple):
@@ -902,6 +1032,10 @@ class Meter:
             return value
         return getattr(obj, name)
 
+
+# Builtins that wrap an iterable in a lazy iterator (TypeProxy-constructed, see construct).
+LAZY_TYPES: tuple[type, ...] = (enumerate, zip, map, filter, reversed)
+_LAZY: frozenset[type] = frozenset(LAZY_TYPES)
 
 # List and tuple methods that compare their argument with each element.
 _SEARCHING = frozenset({"index", "count", "remove"})
@@ -1035,10 +1169,13 @@ def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> An
 def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
     """extend/update/union & co: materialize the iterables, bound the result."""
     hashed = type(obj) in (set, frozenset, dict)
+    if type(obj) is not dict:
+        m.scan(obj)  # set operations (and a view's isdisjoint) may walk the receiver's table
     mats: list[Any] = []
     total = len(obj)
     for a in args:
         if type(a) is dict and type(obj) is dict:
+            m.scan(a)
             mats.append(a)
             total += len(a)
             m.gas(1 + len(a))
