@@ -96,6 +96,12 @@ def trace_key(secret: bytes) -> str:
     return hmac.new(_secret(secret), TRACE_KEY_LABEL, hashlib.sha256).hexdigest()
 
 
+def trace_code_hash(trace_key_hex: str, code: str) -> str:
+    """What the ledger records for a box trace code (``prescription._trace_hashes``):
+    ``hex(HMAC-SHA256(trace_key, "trace|" + code))``."""
+    return hmac.new(bytes.fromhex(trace_key_hex), ("trace|" + code).encode(), hashlib.sha256).hexdigest()
+
+
 def commitment(salt: str, value: Any) -> str:
     """``sha256_hex(salt + canonical_json(value))`` as the contracts compute it."""
     return hashlib.sha256(salt.encode() + canonical_json(value)).hexdigest()

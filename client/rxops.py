@@ -17,7 +17,7 @@ from client.errors import CommitUnknown, DuplicateRx, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
-from client.records import OpenedRecord, commitment, open_grant, seal_prescription, wrap_for
+from client.records import OpenedRecord, commitment, open_grant, seal_prescription, trace_code_hash, wrap_for
 from client.rxid import check_rx_id
 from client.session import Session
 
@@ -503,6 +503,19 @@ class RxOperations:
                 raise RxClientError("BAD_PAYLOAD", "trail: the page cursor did not move")
             start = nxt
         raise RxClientError("BAD_PAYLOAD", f"trail: more than {MAX_PAGES} pages")
+
+    def trace_fills(self, rx_id: str, trace_codes: Sequence[str]) -> list[int]:
+        """The fill of ``rx_id`` each box trace code was dispensed in, 0 for a code it never
+        recorded (``prescription.trace_fills`` over the codes' keyed hashes; the parties)."""
+        if not trace_codes:
+            return []
+        hashes = [trace_code_hash(self.s.trace_key, c) for c in trace_codes]
+        res = self.s.gateway.evaluate(RX, "trace_fills", {"rx_id": rx_id, "hashes": hashes})
+        fills = res.get("fills") if isinstance(res, dict) else None
+        if not isinstance(fills, list) or len(fills) != len(hashes) or not all(
+                isinstance(f, int) and not isinstance(f, bool) for f in fills):
+            raise RxClientError("BAD_PAYLOAD", "trace_fills returned no list of fills, one per code")
+        return fills
 
     def dispenses(self, rx_id: str) -> list[dict[str, Any]]:
         """Every dispense of a prescription, oldest first, from its trail (``trace``: the

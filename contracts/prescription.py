@@ -1102,6 +1102,29 @@ def verify(ctx: Context, rx_id: str) -> dict:
     return {"rx_id": rx_id, "ok": True}
 
 
+def trace_fills(ctx: Context, rx_id: str, hashes: list) -> dict:
+    """Which fill of ``rx_id`` recorded each trace-code hash (``hmac_sha256_hex(trace_key,
+    "trace|" + code)``, as ``dispense`` stores them): ``fills[i]`` is that fill, 0 for a hash
+    this prescription never recorded (recorded on another one, or on none: not told apart).
+    Parties. A pharmacy re-sending a dispense whose answer was lost tells its own dispense
+    from another with as many codes; a recall traces a box to its fill."""
+    rx = _rx(ctx, rx_id)
+    if not _can_view(ctx, rx):
+        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    if not isinstance(hashes, list) or len(hashes) == 0 or len(hashes) > MAX_ITEMS * MAX_QTY:
+        ctx.fail("BAD_ARGUMENTS", "hashes: a list of 1-" + str(MAX_ITEMS * MAX_QTY) + " trace-code hashes")
+    fills = []
+    for h in hashes:
+        if not _is_hex(h, 64, 64):
+            ctx.fail("BAD_ARGUMENTS", "a trace-code hash is 64 lower-case hex")
+        rec = ctx.get("trace/" + h)
+        if rec is not None and rec["rx_id"] == rx_id:
+            fills.append(rec["fill"])
+        else:
+            fills.append(0)
+    return {"rx_id": rx_id, "fills": fills}
+
+
 def _claim_rows(ctx: Context, rx_id: str) -> list:
     """Every settlement index row ``rxclaim/{rx_id}/...`` (paged reads; gas bounds them)."""
     prefix = "rxclaim/" + rx_id + "/"

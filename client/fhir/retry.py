@@ -11,8 +11,9 @@ that the caller could not read anyway), and compares:
 * **dispense** (a fill of a prescription): the fill the request names (identifier
   ``urn:rxchain:dispense|{rx_id}/{fill}``, in the body's ``identifier`` or as
   ``If-None-Exist``), else the latest fill, was dispensed by the caller's pharmacy with as
-  many trace codes as the request carries (the ledger keeps only keyed hashes of the codes
-  and their count; no view reads the hashes). The request's ``medication`` and ``quantity``
+  the same trace codes as the request carries (the ledger keeps only their keyed hashes:
+  ``prescription.trace_fills`` tells which fill recorded each; a retry's codes all belong to
+  that fill, another fill's boxes do not). The request's ``medication`` and ``quantity``
   must name a line of the prescription (checked before anything is submitted, first POST and
   retry alike: a fill dispenses every line of the prescription).
 * **claim** (the active claim of a fill): the claim the request names (identifier
@@ -42,7 +43,7 @@ the body and refused (FHIR_INVALID) in ``If-None-Exist``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -178,9 +179,12 @@ def check_item(content: Mapping[str, Any], code: str | None, qty: int | None) ->
                     "prescription (a fill dispenses every line, as prescribed)")
 
 
-def dispense_conflict(step: Mapping[str, Any] | None, fill: int, org: str, codes: int) -> str | None:
+def dispense_conflict(step: Mapping[str, Any] | None, fill: int, org: str, codes: int,
+                      code_fills: Sequence[int] = ()) -> str | None:
     """Why fill ``fill`` (its trail step, None if not dispensed) is not the dispense a request
-    of pharmacy ``org`` with ``codes`` trace codes describes; None when it is."""
+    of pharmacy ``org`` with ``codes`` trace codes describes; None when it is. ``code_fills``:
+    the fill each of the request's codes was recorded in (``prescription.trace_fills``; 0:
+    not on this prescription), all ``fill`` for a retry."""
     if step is None:
         return f"fill {fill} is not dispensed"
     if step.get("org") != org:
@@ -188,6 +192,12 @@ def dispense_conflict(step: Mapping[str, Any] | None, fill: int, org: str, codes
     if step.get("trace_codes") != codes:
         return (f"fill {fill} was dispensed by this pharmacy with {step.get('trace_codes')} trace codes, "
                 f"this request carries {codes}")
+    other = [i for i, f in enumerate(code_fills) if f != fill]
+    if other:
+        i = other[0]
+        where = f"fill {code_fills[i]}" if code_fills[i] else "no fill of this prescription"
+        return (f"fill {fill} was dispensed by this pharmacy with other boxes: {len(other)} of this request's "
+                f"{codes} trace codes were not (the first, #{i + 1}, was recorded in {where})")
     return None
 
 

@@ -348,7 +348,15 @@ class FhirApp:
             raise refusal from exc  # cannot be compared: the refusal of this request stands
         fill = fill or max((int(st["fill"]) for st in steps), default=0)
         step = next((st for st in steps if st.get("fill") == fill), None)
-        why = retry.dispense_conflict(step, fill, ops.s.identity.org, len(codes))
+        org = ops.s.identity.org
+        why = retry.dispense_conflict(step, fill, org, len(codes))
+        if why is None and codes:  # the same pharmacy and count: the same boxes?
+            try:
+                why = retry.dispense_conflict(step, fill, org, len(codes), ops.trace_fills(rx_id, codes))
+            except RxClientError as exc:
+                if refusal is None:
+                    raise
+                raise refusal from exc  # cannot be compared: the refusal of this request stands
         if why is not None or not isinstance(content, dict) or step is None:
             if refusal is not None and step is None:
                 raise refusal

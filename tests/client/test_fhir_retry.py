@@ -24,7 +24,7 @@ import pytest
 
 from client.errors import CommitError, CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
 from client.fhir import mapping
-from client.records import commitment
+from client.records import commitment, trace_code_hash
 from client.rxops import ClaimLine, RxOperations
 from tests.client.test_fhir import AMLO, _client
 from tests.client.test_unknown_outcome_surfaces import Answer, FakeIdentities, Ledger, _gateway, _post
@@ -39,6 +39,7 @@ CLERK = ("ins01", "clerk-zhao")
 CONTENT: dict[str, Any] = {"rx_id": RX, "patient": "ps-zhang", "diagnosis": "I10", "days": 28,
            "drugs": [{"code": AMLO, "short_name": "amlodipine", "name": "Amlodipine", "qty": 2, "days": 28},
                      {"code": BENI, "short_name": "benidipine", "name": "Benidipine", "qty": 1, "days": 28}]}
+TRACE_KEY = "5a" * 32
 CLAIM: dict[str, Any] = {"diagnosis": "I10", "rx_id": RX, "lines": [{"code": AMLO, "qty": 2}, {"code": BENI, "qty": 1}]}
 
 
@@ -61,6 +62,7 @@ class Chain:
     lose_settle: int = 0
     pending: list[Any] = field(default_factory=list)
     txs: int = 0
+    code_fills: dict[str, int] = field(default_factory=dict)  # trace/{hash} -> fill (this rx)
 
     def tx(self) -> str:
         self.txs += 1
@@ -86,6 +88,10 @@ class FakeGateway:
                      "time": "", "tx_id": "0" * 64, "block": 2, "detail": {"pharmacy": "p01"}}
             return {"rx_id": RX, "status": "x", "steps": [issue, *copy.deepcopy(c.steps)], "next": "",
                     "left": 0, "unreadable": 0, "truncated": False}
+        if (contract, fn) == ("prescription", "trace_fills"):
+            if self.org not in c.parties:
+                raise _refuse("ACCESS_DENIED", "not a party of this prescription")
+            return {"rx_id": RX, "fills": [c.code_fills.get(h, 0) for h in args["hashes"]]}
         if (contract, fn) == ("settlement", "trail"):
             if self.org not in c.parties:
                 raise _refuse("ACCESS_DENIED", "not a party of this prescription")
@@ -112,11 +118,12 @@ class RetryOps:
     claim = RxOperations.claim
     claim_lines_commitment = RxOperations.claim_lines_commitment
     _all_pages = RxOperations._all_pages
+    trace_fills = RxOperations.trace_fills
 
     def __init__(self, chain: Chain, org: str, user: str, role: str) -> None:
         self.chain = chain
         self.s = SimpleNamespace(identity=SimpleNamespace(org=org, user=user, role=role),
-                                 gateway=FakeGateway(chain, org))
+                                 gateway=FakeGateway(chain, org), trace_key=TRACE_KEY)
 
     @property
     def org(self) -> str:
@@ -158,6 +165,7 @@ class RetryOps:
 
         def commit() -> None:
             c.fills += 1
+            c.code_fills.update((trace_code_hash(TRACE_KEY, code), c.fills) for code in codes)
             c.submitted.append("dispense")
             c.steps.append({"step": "dispense", "actor": self.s.identity.user, "org": self.org, "role": "pharmacist",
                             "time_ms": 100 + c.fills, "time": "", "tx_id": tx, "block": 5 + c.fills,
@@ -309,6 +317,31 @@ def test_a_conflicting_second_dispense_is_409_with_the_reason(net_home: Any) -> 
     assert (not_prescribed.status, not_prescribed.code) == (422, "ITEM_NOT_PRESCRIBED")
     assert (other_drug.status, other_drug.code) == (422, "ITEM_NOT_PRESCRIBED")
     assert chain.submitted == ["dispense"]
+
+
+def test_other_boxes_as_many_as_the_first_are_not_a_retry(net_home: Any) -> None:
+    """Same pharmacy, same number of trace codes, other boxes: the codes' keyed hashes
+    (``prescription.trace_fills``) were not recorded in that fill -- 409, not the first fill's
+    Bundle. On a repeat prescription a next fill sent too early with new boxes stays TOO_EARLY
+    (it used to be answered 200 as a retry of fill 1: the pharmacy would have handed out
+    boxes the ledger never recorded)."""
+    chain = Chain()
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        swapped = _disp(port, net_home, _dispense(codes=("TC-1", "TC-2", "TC-7")))
+        same = _disp(port, net_home, _dispense(codes=("TC-3", "TC-1", "TC-2")))  # order does not matter
+    assert (swapped.status, swapped.code) == (409, "ALREADY_DISPENSED"), swapped.body
+    assert "1 of this request's 3 trace codes were not (the first, #3, was recorded in no fill" in \
+        swapped.body["issue"][0]["details"]["text"]
+    assert same.status == 200, same.body
+    repeat = Chain(max_fills=2)
+    with _serve(net_home, repeat) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        early = _disp(port, net_home, _dispense(codes=("TC-4", "TC-5", "TC-6")))
+        retry = _disp(port, net_home, _dispense())
+    assert (early.status, early.code) == (422, "TOO_EARLY"), early.body
+    assert retry.status == 200, retry.body
+    assert chain.submitted == repeat.submitted == ["dispense"]
 
 
 @pytest.mark.parametrize("party", [False, True])

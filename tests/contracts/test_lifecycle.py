@@ -178,6 +178,35 @@ def test_trace_codes_are_transient_and_keyed(world: World) -> None:
     assert keyed.encode() in raw
 
 
+def test_trace_fills_tells_which_fill_recorded_each_box(world: World) -> None:
+    """``trace_fills`` answers, for keyed trace-code hashes, the fill of this prescription
+    that recorded each (0: not on it, whether on another prescription or nowhere); parties
+    only; bad hashes are BAD_ARGUMENTS."""
+    a = approved(world, drugs=[("amlodipine", 2)])
+    b = approved(world, drugs=[("amlodipine", 2)])
+    rx_a, rx_b = a.args["rx_id"], b.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx_a).unwrap()
+    assert dispense(world, a, trace_codes=["81234560000000000061", "81234560000000000062"]).ok
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx_b).unwrap()
+    assert dispense(world, b, trace_codes=["81234560000000000063"]).ok
+
+    def h(code: str) -> str:
+        return hmac.new(bytes.fromhex(trace_key()), ("trace|" + code).encode(), hashlib.sha256).hexdigest()
+
+    codes = ["81234560000000000062", "81234560000000000063", "81234560000000000099", "81234560000000000061"]
+    out = world.chain.query("prescription", "trace_fills", WANG, rx_id=rx_a, hashes=[h(c) for c in codes])
+    assert out.unwrap() == {"rx_id": rx_a, "fills": [1, 0, 0, 1]}
+    assert world.chain.query("prescription", "trace_fills", AUDITOR, rx_id=rx_b,
+                             hashes=[h(c) for c in codes]).unwrap()["fills"] == [0, 1, 0, 0]
+    assert world.chain.query("prescription", "trace_fills", COURIER2, rx_id=rx_a,
+                             hashes=[h(codes[0])]).reason == "ACCESS_DENIED"
+    for bad in ([], ["AB" * 32], ["ab" * 31], "ab" * 32, ["ab" * 32] * 5001):
+        assert world.chain.query("prescription", "trace_fills", WANG, rx_id=rx_a,
+                                 hashes=bad).reason == "BAD_ARGUMENTS", bad
+    assert world.chain.query("prescription", "trace_fills", WANG, rx_id="RX-NONE",
+                             hashes=[h(codes[0])]).reason == "NOT_FOUND"
+
+
 def test_dispense_checks_the_commitment(world: World) -> None:
     prep = approved(world)
     world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()

@@ -94,6 +94,11 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
     other_boxes = {**dispense, "extension": []}
     status, refused = _post(net, fhir, "p01:pharm-wang", "/fhir/MedicationDispense", other_boxes)
     assert status == 409 and refused["issue"][0]["details"]["coding"][0]["code"] == "ALREADY_DISPENSED"
+    # as many boxes, another one: the contract's trace_fills says it is not in fill 1
+    swapped = {**dispense, "extension": [{"url": "urn:rxchain:rxTraceCode", "valueString": f"FX{rx_id[-10:]}"}]}
+    status, refused = _post(net, fhir, "p01:pharm-wang", "/fhir/MedicationDispense", swapped)
+    assert status == 409 and refused["issue"][0]["details"]["coding"][0]["code"] == "ALREADY_DISPENSED"
+    assert "recorded in no fill" in refused["issue"][0]["details"]["text"], refused
     claim = {"resourceType": "Claim", "status": "active", "use": "claim",
              "created": "2026-11-25T10:00:00Z",
              "type": {"coding": [{"code": "pharmacy"}]},
