@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from client.errors import RxClientError
 from client.formulary import write_catalogue
 from client.gateway import SubmitResult
@@ -31,6 +29,7 @@ from client.patients import patient_from_yaml, write_directory
 from client.records import dx_key, patient_binding
 from client.session import Session
 from client.wallet import wallet_cert_name
+from node.errors import RxError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS_DIR = PROJECT_ROOT / "contracts"
@@ -196,10 +195,12 @@ class Bootstrapper:
     # ------------------------------------------------------------ sample data
     def load_sample_data(self, path: Path = DEFAULT_SAMPLE_DATA) -> dict[str, int]:
         """Register practitioners, pharmacies, formulary, policies and patients."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise RxClientError("BAD_CONFIG", f"cannot read {path}: {exc}") from exc
+        from netgen.sampledata import read_sample_data
+
+        try:  # strictly, and every entry checked before anything is submitted
+            data = read_sample_data(path)
+        except RxError as exc:
+            raise RxClientError(exc.reason, exc.message) from None
         counts: dict[str, int] = {}
 
         def run(kind: str, jobs: list[Callable[[], SubmitResult]]) -> None:

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from client.admin import AdminClient, NodeHealth
 from client.errors import RxClientError
 from client.network import NetworkInfo, NodeEndpoint, load_network
@@ -61,14 +59,15 @@ def generate_material(home: Path, consortium: Path | None = None,
                       base_port: int | None = None) -> bool:
     """Run the generator unless ``home`` already holds a network; True if it generated."""
     from netgen import generate
+    from netgen.spec import read_consortium_file
 
     if (home / "network.yaml").exists() and (home / "genesis.block").exists():
         return False
     path = consortium or DEFAULT_CONSORTIUM
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RxClientError("BAD_CONFIG", f"cannot read consortium file {path}: {exc}") from exc
+    try:  # strictly: duplicate keys, aliases, non-UTF-8 and oversized files are refused
+        raw = read_consortium_file(path)
+    except RxError as exc:
+        raise RxClientError(exc.reason, f"cannot read consortium file: {exc.message}") from None
     if not isinstance(raw, dict):
         raise RxClientError("BAD_CONFIG", f"{path}: not a mapping")
     if base_port is not None:

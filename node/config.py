@@ -1,8 +1,13 @@
 """Per-node configuration (one YAML file per node, written by the generator).
 
 Every value is checked here, so that a bad file ends in ``BAD_CONFIG: <file>: <key> ...``
-(exit code 2) rather than a traceback: ports are integers in 1..65535 (``metrics_port`` 0
-= no metrics endpoint), ``extra`` is a mapping, and its integer tuning keys
+(exit code 2) rather than a traceback: the file is read strictly (:mod:`node.yamlfile`: no
+duplicate keys, no aliases, UTF-8, bounded size); a top-level key outside :data:`KEYS` is
+refused (a typo such as ``fsycn`` would silently keep the default); names, paths and the
+host are strings, ``fsync`` a boolean, ``log_level`` a logging level name; ports are
+integers in 1..65535 (``metrics_port`` 0 = no metrics endpoint, else not the gRPC port),
+endpoint names unique per list; ``extra`` is a mapping (open: tuning keys of several
+modules), and its integer tuning keys
 (:data:`INT_EXTRAS`) are integers within their ranges; the node's certificate must carry the
 node's name as a subject alternative name (:func:`check_tls_name`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
@@ -15,17 +20,18 @@ documented where they are used: ``node.orderer.server`` (Raft and ordering tunin
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography import x509
 
 from node.crypto.tls import certificate_names, certificate_names_host
 from node.errors import RxError
 from node.stream_caps import StreamCaps
+from node.yamlfile import YamlFileError, load_yaml_file
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,22 @@ def _extra(raw: Any, path: Path) -> dict[str, Any]:
 
 
 _REQUIRED = ("name", "org", "kind", "host", "port", "data_dir", "cert", "key", "ca_bundle", "genesis")
+# Every key a node.yaml may have.
+KEYS = frozenset(_REQUIRED) | {"metrics_port", "raft_id", "orderers", "peers", "log_level", "fsync", "extra"}
+_ENDPOINT_KEYS = frozenset({"name", "org", "host", "port"})
+
+
+def _str_value(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RxError("BAD_CONFIG", f"{where} must be a non-empty string, not {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, dict, set, tuple)):  # never walked: YAML aliases can share one
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _endpoints(raw: Any, what: str, path: Path) -> tuple[Endpoint, ...]:
@@ -132,12 +154,15 @@ def _endpoints(raw: Any, what: str, path: Path) -> tuple[Endpoint, ...]:
         return ()
     if not isinstance(raw, list):
         raise RxError("BAD_CONFIG", f"{path}: {what} must be a list")
-    out = []
+    out: list[Endpoint] = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not {"name", "org", "host", "port"} <= item.keys():
-            raise RxError("BAD_CONFIG", f"{path}: {what}[{i}] needs name, org, host, port")
+        if not isinstance(item, dict) or item.keys() != _ENDPOINT_KEYS:
+            raise RxError("BAD_CONFIG", f"{path}: {what}[{i}] needs name, org, host, port (and nothing else)")
         port = _int_value(item["port"], f"{path}: {what}[{i}].port", 1, 65535)
-        out.append(Endpoint(str(item["name"]), str(item["org"]), str(item["host"]), port))
+        name, org, host = (_str_value(item[k], f"{path}: {what}[{i}].{k}") for k in ("name", "org", "host"))
+        if any(e.name == name for e in out):
+            raise RxError("BAD_CONFIG", f"{path}: {what}: {name!r} is listed twice")
+        out.append(Endpoint(name, org, host, port))
     return tuple(out)
 
 
@@ -145,18 +170,23 @@ def load_node_config(path: str | Path) -> NodeConfig:
     """Load and check a node's YAML; relative paths are relative to the file's directory."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise RxError("BAD_CONFIG", f"{path}: cannot read node config: {exc}") from exc
+        raw = load_yaml_file(path)
+    except (OSError, YamlFileError) as exc:
+        raise RxError("BAD_CONFIG", f"{path}: cannot read node config: {exc}") from None
     if not isinstance(raw, dict):
         raise RxError("BAD_CONFIG", f"{path}: node config must be a mapping")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise RxError("BAD_CONFIG", f"{path}: missing keys: {', '.join(missing)}")
-    kind = str(raw["kind"])
+    unknown = sorted(str(k) for k in raw if k not in KEYS)
+    if unknown:
+        raise RxError("BAD_CONFIG", f"{path}: unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(KEYS))})")
+    kind = raw["kind"]
     if kind not in ("peer", "orderer"):
-        raise RxError("BAD_CONFIG", f"{path}: kind must be 'peer' or 'orderer', not {kind!r}")
+        raise RxError("BAD_CONFIG", f"{path}: kind must be 'peer' or 'orderer', not {_short(kind)}")
     base = path.parent
+    for key in ("name", "org", "host", "data_dir", "cert", "key", "ca_bundle", "genesis"):
+        _str_value(raw[key], f"{path}: {key}")
 
     def rel(key: str) -> Path:
         p = Path(str(raw[key]))
@@ -164,6 +194,15 @@ def load_node_config(path: str | Path) -> NodeConfig:
 
     port = _int_value(raw["port"], f"{path}: port", 1, 65535)
     metrics_port = _int_value(raw.get("metrics_port", 0), f"{path}: metrics_port", 0, 65535)
+    if metrics_port == port:
+        raise RxError("BAD_CONFIG", f"{path}: metrics_port {metrics_port} is the gRPC port")
+    fsync = raw.get("fsync", True)
+    if not isinstance(fsync, bool):
+        raise RxError("BAD_CONFIG", f"{path}: fsync must be true or false, not {_short(fsync)}")
+    log_level = raw.get("log_level", "INFO")
+    if not isinstance(log_level, str) or log_level.upper() not in logging.getLevelNamesMapping():
+        raise RxError("BAD_CONFIG", f"{path}: log_level must be one of DEBUG, INFO, WARNING, ERROR, "
+                                    f"CRITICAL, not {_short(log_level)}")
     raft_id = _int_value(raw.get("raft_id", 0), f"{path}: raft_id", 0, 1 << 62)
     if kind == "orderer" and raft_id <= 0:
         raise RxError("BAD_CONFIG", f"{path}: an orderer needs a positive raft_id")
@@ -182,8 +221,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raft_id=raft_id,
         orderers=_endpoints(raw.get("orderers"), "orderers", path),
         peers=_endpoints(raw.get("peers"), "peers", path),
-        log_level=str(raw.get("log_level", "INFO")),
-        fsync=bool(raw.get("fsync", True)),
+        log_level=log_level,
+        fsync=fsync,
         extra=_extra(raw.get("extra"), path),
     )
     try:

@@ -1,7 +1,7 @@
 """Consortium generator: consortium file -> CA keys, certificates, node configs, genesis."""
 
 from netgen.generate import GeneratedNetwork, generate, generate_from_file
-from netgen.spec import ConsortiumSpec, load_spec, parse_spec
+from netgen.spec import ConsortiumSpec, load_spec, parse_spec, read_consortium_file
 
 __all__ = [
     "ConsortiumSpec",
@@ -10,4 +10,5 @@ __all__ = [
     "generate_from_file",
     "load_spec",
     "parse_spec",
+    "read_consortium_file",
 ]

@@ -1,4 +1,8 @@
-"""``python -m netgen --home DIR [--consortium FILE]``."""
+"""``python -m netgen --home DIR [--consortium FILE]``.
+
+Exit codes: 0 generated (or completed), 2 bad configuration (BAD_CONFIG: the consortium file,
+or a home holding another network or private files others may read; nothing written),
+1 another failure (IO_ERROR ...: a home it was creating is removed)."""
 
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         net = generate_from_file(args.consortium, args.home)
-    except RxError as exc:
+    except RxError as exc:  # BAD_CONFIG: nothing was written; IO_ERROR: what it created is removed
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if exc.reason == "BAD_CONFIG" else 1
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback
+        print(f"error: netgen failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print(f"generated {len(net.spec.orgs)} organisations, {len(net.nodes)} nodes in {net.home}")
     return 0
 

@@ -1,7 +1,10 @@
 """Turn a consortium spec into crypto material, node configs and the genesis block.
 
 Output layout under ``home`` (idempotent: existing keys, certificates and the genesis
-block are kept, so running twice changes nothing)::
+block are kept, so running twice changes nothing; a ``home`` whose genesis block describes
+another consortium, or whose private files others may read, is refused before anything is
+written; directories are created 0700, private files 0600, the others 0644; a run that fails
+removes the ``home`` it was creating)::
 
     consortium-secret                 HMAC key for patient pseudonyms (hex)
     genesis.block                     serialized Block 0 carrying the ConsortiumConfig
@@ -21,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +40,14 @@ from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
 from node.errors import RxError
-from node.genesis import make_genesis
+from node.genesis import config_from_genesis, make_genesis, read_genesis
 from node.orderer.configrules import check_genesis_content
 
 Clock = Callable[[], dt.datetime]
+
+# Node i listens on base_port + i and serves metrics on base_port + METRICS_PORT_OFFSET + i
+# (netgen.ports.free_base_port probes the same two runs).
+METRICS_PORT_OFFSET = 200
 
 
 def _utcnow() -> dt.datetime:
@@ -94,23 +102,36 @@ class GeneratedNetwork:
         return [n for n in self.nodes if n.kind == "orderer"]
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _mkdirs(path: Path) -> Path | None:
+    """Create ``path`` and its missing parents, each 0700 (pathlib's ``parents=True`` gives the
+    parents the umask's mode: 0777 under umask 0); the topmost directory created, if any."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700)
+    return missing[-1] if missing else None
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    _mkdirs(path.parent)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.unlink(missing_ok=True)  # a stale temp file (another mode, a symlink) is never reused
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    _write_file(path, data, 0o600)
+
+
 def _write_if_changed(path: Path, data: bytes) -> None:
     if path.exists() and path.read_bytes() == data:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _write_file(path, data, 0o644)
 
 
 def _write_if_changed_private(path: Path, data: bytes) -> None:
@@ -119,19 +140,34 @@ def _write_if_changed_private(path: Path, data: bytes) -> None:
     _write_private(path, data)
 
 
+def _unreadable(path: Path, what: str, exc: Exception) -> RxError:
+    return RxError("BAD_CONFIG", f"{path}: existing {what} does not parse ({exc}): restore it, or remove it "
+                                 f"to have a new one issued")
+
+
 def _key(path: Path) -> ec.EllipticCurvePrivateKey:
     if path.exists():
-        return signing.load_private_key(path.read_bytes())
+        try:
+            return signing.load_private_key(path.read_bytes())
+        except (ValueError, TypeError) as exc:
+            raise _unreadable(path, "private key", exc) from None
     key = signing.generate_key()
     _write_private(path, signing.key_to_pem(key))
     return key
+
+
+def _load_cert(path: Path) -> cx509.Certificate:
+    try:
+        return cx509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise _unreadable(path, "certificate", exc) from None
 
 
 def _ca(org_dir: Path, org: str, now: dt.datetime) -> tuple[cx509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key(org_dir / "ca.key")
     cert_path = org_dir / "ca.pem"
     if cert_path.exists():
-        return cx509.load_pem_x509_certificate(cert_path.read_bytes()), key
+        return _load_cert(cert_path), key
     cert = rx509.make_ca(org, key, now)
     _write_if_changed(cert_path, rx509.cert_to_pem(cert))
     return cert, key
@@ -168,7 +204,7 @@ def _member(
     key = _key(directory / "key.pem")
     cert_path = directory / "cert.pem"
     if cert_path.exists():
-        return cx509.load_pem_x509_certificate(cert_path.read_bytes())
+        return _load_cert(cert_path)
     cert = rx509.issue_cert(
         ca[0], ca[1], key.public_key(), org=org, role=user.role, name=cert_name or user.name,
         attrs=user.attrs, now=now, hosts=hosts,
@@ -189,7 +225,7 @@ def plan_nodes(spec: ConsortiumSpec) -> list[NodeSpec]:
         if org.peer:
             nodes.append(NodeSpec(f"peer.{org.id}", org.id, "peer", 0, 0))
     return [
-        NodeSpec(n.name, n.org, n.kind, spec.base_port + i, spec.base_port + 200 + i, n.raft_id)
+        NodeSpec(n.name, n.org, n.kind, spec.base_port + i, spec.base_port + METRICS_PORT_OFFSET + i, n.raft_id)
         for i, n in enumerate(nodes)
     ]
 
@@ -198,43 +234,171 @@ def _users(org: OrgSpec) -> list[UserSpec]:
     return [UserSpec("admin", "admin"), *org.users]
 
 
+def _skeleton(spec: ConsortiumSpec, nodes: list[NodeSpec]) -> config_pb2.ConsortiumConfig:
+    """The genesis configuration without its certificates (filled in by :func:`generate`)."""
+    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id, sequence=0,
+                                         protocol_version=spec.protocol_version)
+    for org in spec.orgs:
+        config.organizations.add(id=org.id, name=org.name, kind=KINDS[org.kind], hospital_level=org.level)
+    for n in nodes:
+        if n.kind == "orderer":
+            config.orderers.add(raft_id=n.raft_id, org=n.org, name=n.name, host=spec.host, port=n.port)
+        else:
+            config.peers.add(org=n.org, name=n.name, host=spec.host, port=n.port)
+    config.batch.CopyFrom(config_pb2.BatchParameters(**spec.batch))
+    config.limits.CopyFrom(config_pb2.Limits(**spec.limits))
+    for name in sorted(spec.policies):
+        config.policies.add(name=name, rule=spec.policies[name])
+    return config
+
+
 def check_content(spec: ConsortiumSpec) -> None:
     """RxError BAD_CONFIG unless the consortium's genesis configuration meets the rules a
     config update must meet (node.orderer.configrules: named policies -- which roles each may
     name, satisfiable by the members, never by one organisation alone --, limits, nodes of
     organisation kinds allowed their role): a genesis the first update could not reproduce
-    would lock the consortium into it."""
-    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id,
-                                         protocol_version=spec.protocol_version)
-    for org in spec.orgs:
-        config.organizations.add(id=org.id, name=org.name, kind=KINDS[org.kind])
-    for n in plan_nodes(spec):
-        if n.kind == "orderer":
-            config.orderers.add(raft_id=n.raft_id, org=n.org, name=n.name)
-        else:
-            config.peers.add(org=n.org, name=n.name)
-    config.batch.CopyFrom(config_pb2.BatchParameters(**spec.batch))
-    config.limits.CopyFrom(config_pb2.Limits(**spec.limits))
-    for name in sorted(spec.policies):
-        config.policies.add(name=name, rule=spec.policies[name])
+    would lock the consortium into it. More than METRICS_PORT_OFFSET nodes would give a node
+    the gRPC port of another's metrics."""
+    nodes = plan_nodes(spec)
+    if len(nodes) > METRICS_PORT_OFFSET:
+        raise RxError("BAD_CONFIG", f"consortium file: {len(nodes)} nodes: at most {METRICS_PORT_OFFSET} "
+                                    f"(node i listens on base_port + i, its metrics on base_port + "
+                                    f"{METRICS_PORT_OFFSET} + i)")
     try:
-        check_genesis_content(config)
+        check_genesis_content(_skeleton(spec, nodes))
     except RxError as err:
         raise RxError("BAD_CONFIG", f"consortium file: {err.message}") from None
 
 
+def _key_pairs(home: Path, spec: ConsortiumSpec, nodes: list[NodeSpec]) -> list[tuple[Path, Path]]:
+    """(private key, certificate) files of every identity :func:`generate` issues."""
+    pairs: list[tuple[Path, Path]] = []
+    for org in spec.orgs:
+        odir = home / "orgs" / org.id
+        pairs += [(odir / "ca.key", odir / "ca.pem"), (odir / "records" / "key.pem", odir / "records" / "cert.pem")]
+        pairs += [(odir / "users" / u.name / "key.pem", odir / "users" / u.name / "cert.pem") for u in _users(org)]
+    return pairs + [(home / "nodes" / n.name / "key.pem", home / "nodes" / n.name / "cert.pem") for n in nodes]
+
+
+def _private_paths(home: Path, spec: ConsortiumSpec, nodes: list[NodeSpec]) -> list[Path]:
+    """The private files :func:`generate` keeps when they exist (a records key in a wallet
+    whose role may not hold it is removed instead)."""
+    paths = [home / "consortium-secret", *(key for key, _ in _key_pairs(home, spec, nodes))]
+    for org in spec.orgs:
+        for user in _users(org):
+            wallet = home / "orgs" / org.id / "users" / user.name
+            if user.role in RECORDS_READER_ROLES:
+                paths.append(wallet / RECORDS_KEY_FILE)
+            if user.role == "patient":
+                paths.append(wallet / PATIENT_BINDING_FILE)
+    return paths
+
+
+def _pinned_certs(home: Path) -> dict[Path, bytes]:
+    """Certificate file -> DER of the certificates the genesis block of ``home`` (if any)
+    carries: CA, records and node certificates."""
+    genesis = home / "genesis.block"
+    if not genesis.exists():
+        return {}
+    config = config_from_genesis(read_genesis(genesis))
+    pinned: dict[Path, bytes] = {}
+    for org in config.organizations:
+        pinned[home / "orgs" / org.id / "ca.pem"] = org.ca_cert_der
+        pinned[home / "orgs" / org.id / "records" / "cert.pem"] = org.records_cert_der
+    for orderer in config.orderers:
+        pinned[home / "nodes" / orderer.name / "cert.pem"] = orderer.cert_der
+    for peer in config.peers:
+        pinned[home / "nodes" / peer.name / "cert.pem"] = peer.cert_der
+    return pinned
+
+
+def check_home(spec: ConsortiumSpec, home: Path) -> None:
+    """RxError BAD_CONFIG unless :func:`generate` may write ``spec``'s network under ``home``:
+    a directory (or nothing yet); if it already holds a genesis block, that block's
+    configuration is ``spec``'s (certificates aside): keys, certificates and the genesis are
+    kept, so completing another consortium's home would leave node files that contradict its
+    genesis; the private files already there are readable by their owner only; no private
+    key is missing whose certificate exists or is in the genesis (a new key would not match
+    it: a CA key re-created under its old certificate, or an orderer whose blocks the genesis
+    no longer recognises). A certificate the genesis carries is restored from it if missing."""
+    if home.exists() and not home.is_dir():
+        raise RxError("BAD_CONFIG", f"{home} exists and is not a directory")
+    nodes = plan_nodes(spec)
+    genesis = home / "genesis.block"
+    if genesis.exists():
+        existing = config_from_genesis(read_genesis(genesis))
+        for org in existing.organizations:
+            org.ClearField("ca_cert_der")
+            org.ClearField("records_cert_der")
+        for node in [*existing.orderers, *existing.peers]:
+            node.ClearField("cert_der")
+        wanted = _skeleton(spec, nodes)
+        differ = [f.name for f in wanted.DESCRIPTOR.fields if getattr(existing, f.name) != getattr(wanted, f.name)]
+        if differ:
+            raise RxError("BAD_CONFIG", f"{home} already holds the network {existing.consortium_id!r} whose "
+                                        f"genesis differs from the consortium file in {', '.join(differ)}: "
+                                        f"generate into a new home (its keys are never overwritten)")
+    pinned = _pinned_certs(home)
+    for key, cert in _key_pairs(home, spec, nodes):
+        if not key.exists() and (cert.exists() or cert in pinned):
+            where = "the genesis block" if cert in pinned else str(cert)
+            raise RxError("BAD_CONFIG", f"{key} is missing but its certificate is in {where}: a new key "
+                                        f"would not match it; restore the key from a backup (or generate "
+                                        f"a new network into a new home)")
+    for path in _private_paths(home, spec, nodes):
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            raise RxError("BAD_CONFIG", f"{path}: private file accessible to others (mode {mode & 0o777:o}): "
+                                        f"chmod 600 it (and treat the key as exposed)")
+
+
 def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
              clock: Clock = _utcnow) -> GeneratedNetwork:
-    """Generate (or complete) the network material for a consortium under ``home``."""
+    """Generate (or complete) the network material for a consortium under ``home``.
+
+    RxError BAD_CONFIG (nothing written) for a bad consortium or a ``home`` it may not use
+    (:func:`check_home`); IO_ERROR if writing fails, having removed what it created when
+    ``home`` was new or empty (a home being completed keeps the files already written: each
+    is written atomically, and running again completes it)."""
     spec = raw_or_spec if isinstance(raw_or_spec, ConsortiumSpec) else parse_spec(raw_or_spec)
     check_content(spec)  # before anything is written
     home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
+    check_home(spec, home)
+    fresh = not home.exists() or not any(home.iterdir())
+    created: Path | None = None
+    try:
+        created = _mkdirs(home)
+        return _generate(spec, home, clock)
+    except BaseException as exc:
+        if fresh:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            elif home.is_dir():
+                for child in home.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RxError("IO_ERROR", f"cannot write the network under {home}: {exc}") from None
+        raise
+
+
+def _generate(spec: ConsortiumSpec, home: Path, clock: Clock) -> GeneratedNetwork:
     now = clock()
+    for path, der in _pinned_certs(home).items():
+        if not path.exists():  # the genesis names this very certificate: never issue another
+            _write_if_changed(path, rx509.cert_to_pem(cx509.load_der_x509_certificate(der)))
     secret = home / "consortium-secret"
     if not secret.exists():
         _write_private(secret, secrets.token_hex(32).encode())
-    secret_bytes = bytes.fromhex(secret.read_text().strip())
+    try:
+        secret_bytes = bytes.fromhex(secret.read_text().strip())
+    except ValueError as exc:
+        raise _unreadable(secret, "consortium secret", exc) from None
 
     cas: dict[str, tuple[cx509.Certificate, ec.EllipticCurvePrivateKey]] = {}
     for org in spec.orgs:
@@ -276,25 +440,14 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
         node_certs[n.name] = rx509.cert_to_der(cert)
         _write_if_changed(ndir / "ca-bundle.pem", bundle)
 
-    config = config_pb2.ConsortiumConfig(consortium_id=spec.consortium_id, sequence=0,
-                                         protocol_version=spec.protocol_version)
-    for org in spec.orgs:
-        config.organizations.add(
-            id=org.id, name=org.name, kind=KINDS[org.kind],
-            ca_cert_der=rx509.cert_to_der(cas[org.id][0]), hospital_level=org.level,
-            records_cert_der=records[org.id],
-        )
-    for n in nodes:
-        if n.kind == "orderer":
-            config.orderers.add(raft_id=n.raft_id, org=n.org, name=n.name, host=spec.host,
-                                port=n.port, cert_der=node_certs[n.name])
-        else:
-            config.peers.add(org=n.org, name=n.name, host=spec.host, port=n.port,
-                             cert_der=node_certs[n.name])
-    config.batch.CopyFrom(config_pb2.BatchParameters(**spec.batch))
-    config.limits.CopyFrom(config_pb2.Limits(**spec.limits))
-    for name in sorted(spec.policies):
-        config.policies.add(name=name, rule=spec.policies[name])
+    config = _skeleton(spec, nodes)
+    for org_config in config.organizations:
+        org_config.ca_cert_der = rx509.cert_to_der(cas[org_config.id][0])
+        org_config.records_cert_der = records[org_config.id]
+    for orderer in config.orderers:
+        orderer.cert_der = node_certs[orderer.name]
+    for peer in config.peers:
+        peer.cert_der = node_certs[peer.name]
 
     genesis = home / "genesis.block"
     if not genesis.exists():

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from client.bootstrap import Bootstrapper
+from client.errors import RxClientError
 from client.gateway import Gateway, SubmitResult
 
 
@@ -42,3 +43,31 @@ def test_enrolment_and_accounts_name_their_endorsers(net_home, tmp_path: Path,
         ("ins01", "open_account", ("ins01", "h02")),
     ]
     assert all(e is None for _, fn, _, e in calls if fn not in ("enrol_patient", "open_account"))
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("practitioner: []\n", "unknown sections"),  # a misspelt section used to load nothing, silently
+    ("pharmacies: []\npharmacies: []\n", "duplicate key"),
+    ("pharmacies:\n- org: p01\n  licence_no: X\n  active: 'yes'\n", "true or false"),
+])
+def test_a_bad_sample_data_file_is_refused_before_anything_is_submitted(
+        net_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, why: str):
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    calls: list[str] = []
+
+    def submit(self: Gateway, contract: str, function: str, *args: Any, **kwargs: Any) -> SubmitResult:
+        calls.append(function)
+        return SubmitResult("tx", "VALID", len(calls), {})
+
+    monkeypatch.setattr(Gateway, "submit", submit)
+    bad = tmp_path / "sample.yaml"
+    bad.write_text(text)
+    boot = Bootstrapper(home)
+    try:
+        with pytest.raises(RxClientError) as exc:
+            boot.load_sample_data(bad)
+    finally:
+        boot.close()
+    assert exc.value.reason == "BAD_CONFIG" and why in exc.value.message, exc.value.message
+    assert calls == []

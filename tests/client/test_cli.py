@@ -124,3 +124,18 @@ def test_netgen_with_base_port_and_launcher_status_when_stopped(tmp_path: Path):
     by_node = {r["node"]: r for r in Launcher(home).status()}
     assert by_node[stopped]["last_log"].startswith("rxchain peer: PROTOCOL_UNSUPPORTED")
     assert Launcher(home).down(grace_s=0.1) == []
+
+
+def test_network_up_reads_the_consortium_file_strictly(tmp_path: Path):
+    """The launcher's path to netgen (``network up``, ``netgen``) refuses what the generator's
+    own reader refuses: a key given twice used to let the last one win silently."""
+    consortium = Path(__file__).resolve().parents[2] / "network-config" / "consortium.yaml"
+    doubled = tmp_path / "c.yaml"
+    doubled.write_text(consortium.read_text() + "\nconsortium_id: other\n")
+    home = tmp_path / "home"
+    with pytest.raises(RxClientError) as exc:
+        generate_material(home, doubled)
+    assert exc.value.reason == "BAD_CONFIG" and "duplicate key 'consortium_id'" in exc.value.message
+    assert not home.exists()
+    rc, _, err = run("--home", str(home), "netgen", "--consortium", str(doubled))
+    assert rc == 1 and "BAD_CONFIG" in err and "duplicate key" in err  # the CLI: 1, refused
