@@ -129,6 +129,8 @@ def _check_host(value: Any) -> str:
         return value
     if address.is_unspecified or address.is_multicast:
         raise _bad(f"host {value}: nodes are dialled at this address, it cannot be a wildcard or multicast")
+    if address.version == 6:  # node targets are written host:port, without brackets
+        raise _bad(f"host {value}: IPv6 literals are not supported; give a DNS host name resolving to it")
     return value
 
 

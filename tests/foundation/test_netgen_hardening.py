@@ -76,6 +76,7 @@ BAD_DOCUMENTS: list[tuple[str, Mutation, str]] = [
     ("host-bad", lambda r: r.update(host="not a host!"), "must be an IP address or a DNS host name"),
     ("host-list", lambda r: r.update(host=["127.0.0.1"]), "must be an IP address or a DNS host name"),
     ("host-wildcard", lambda r: r.update(host="0.0.0.0"), "cannot be a wildcard"),
+    ("host-ipv6", lambda r: r.update(host="::1"), "IPv6 literals are not supported"),
     ("host-numeric-tld", lambda r: r.update(host="10.0.0"), "must be an IP address or a DNS host name"),
     ("batch-huge", lambda r: r["batch"].update(max_tx_count=1 << 40), "batch.max_tx_count must be an integer in"),
     ("gas-beyond-uint64", lambda r: r["limits"].update(gas_limit=1 << 70), "limits.gas_limit must be an integer in"),
