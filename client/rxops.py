@@ -443,7 +443,8 @@ class RxOperations:
         (national code, boxes) only, not everything dispensed (the contract checks them
         against the fill: ITEM_NOT_DISPENSED, QTY_EXCEEDS_DISPENSED). ``expect_medfee_fen``:
         the settlement is first evaluated (nothing written) and refused AMOUNT_MISMATCH,
-        before anything is submitted, when its medical fee differs."""
+        before anything is submitted, when its medical fee differs; the submit then names the
+        fill the preview priced (``fill`` 0: the latest fill as of the preview)."""
         opened = self._claim_grant(rx_id)
         meta = self._meta(rx_id)
         parties = self._endorsers(self.s.identity.org, str(meta.get("pharmacy", "")),
@@ -458,6 +459,11 @@ class RxOperations:
             if medfee != expect_medfee_fen:
                 raise RxClientError("AMOUNT_MISMATCH", f"the claim's medical fee is {medfee} fen, "
                                     f"not the {expect_medfee_fen} fen expected; nothing was settled")
+            priced = preview.get("fill") if isinstance(preview, dict) else None
+            if fill == 0 and isinstance(priced, int) and not isinstance(priced, bool) and priced > 0:
+                # settle the fill the preview priced: "the latest fill" may be another one by the
+                # submit (dispensed in between), at another fee nobody checked
+                args["fill"] = priced
         res = self.s.gateway.submit(SETTLEMENT, "settle", args, transient, endorsing_orgs=parties)
         return _written(res)
 

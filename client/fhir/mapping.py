@@ -342,7 +342,9 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
     claim = {
         "resourceType": "Claim", "id": claim_id,
         "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
-        "status": "active", "type": ctype, "use": "claim", "patient": patient,
+        # a reversed claim is no longer payable: cancelled (GET /fhir/Claim reads this resource)
+        "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
+        "type": ctype, "use": "claim", "patient": patient,
         "created": created, "insurer": {"identifier": {"system": ORG_SYSTEM, "value": insurer}},
         "prescription": {"identifier": {"system": RX_SYSTEM, "value": str(rec.get("rx_id", ""))}},
         "total": _money(int(rec["medfee_fen"])),

@@ -17,7 +17,7 @@ that the caller could not read anyway), and compares:
   must name a line of the prescription (checked before anything is submitted, first POST and
   retry alike: a fill dispenses every line of the prescription).
 * **claim** (the active claim of a fill): the claim the request names (identifier
-  ``urn:rxchain:claim|CLM-{rx_id}-{fill}-{n}``), else the settled claim of the latest fill,
+  ``urn:rxchain:claim|CLM-{rx_id}-{fill}-{n}``), else the claim of the latest fill dispensed,
   is the caller's insurer's, SETTLED, for that prescription and fill; it claims the same
   lines (``Claim.item``: national code and boxes; none = everything dispensed), compared
   through the claim's ``lines_commitment`` (the lines committed under the claim salt, which
@@ -30,6 +30,10 @@ the ledger: tx id, pharmacist and fill from the trail; the claim record from
 ``get_claim``). Anything else keeps the contract's refusal, as a ``409`` for a state
 conflict (ALREADY_DISPENSED, FILLS_EXHAUSTED, DUPLICATE_CLAIM) with the reason and, for a
 claim the caller may read, its id in ``diagnostics``.
+
+A retry that lost an MVCC race matches only a step committed meanwhile (a fill newer than the
+prescription read before submitting; for a claim, the latest fill's): a race lost to another
+write keeps the refusal. A comparing read failing at the peer answers as that failure (5xx).
 
 Without a named fill, a POST on a repeat prescription inside its fill interval is a retry of
 the latest fill (TOO_EARLY otherwise); after the interval it dispenses the next fill. Name
@@ -50,7 +54,7 @@ from typing import Any
 
 from client.errors import RxClientError
 from client.fhir import idempotency
-from client.fhir.mapping import CLAIM_SYSTEM, DISPENSE_SYSTEM, MAX_COUNT, FhirError
+from client.fhir.mapping import CLAIM_SYSTEM, DISPENSE_SYSTEM, MAX_COUNT, MAX_LINES, TRACE_SYSTEM, FhirError
 from client.rxops import ClaimLine
 
 # Refusals of a new fill meaning "that fill is taken": compare with what the ledger holds.
@@ -61,6 +65,7 @@ MAX_FILL = 99  # the settlement contract's bound on a fill number
 MAX_CLAIM_SEQ = 999
 CLAIM_ID = re.compile(r"CLM-([A-Za-z0-9._-]{1,64})-([1-9][0-9]{0,1})-([1-9][0-9]{0,2})")
 _CLAIM_PATH_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+TRACE_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what prescription.dispense takes (ASCII only)
 
 
 class Conflict(RxClientError):
@@ -152,6 +157,25 @@ def _count(value: Any, what: str) -> int:
     return int(d)
 
 
+def trace_codes(model: Any) -> list[str]:
+    """The box trace codes of a MedicationDispense (``extension`` ``urn:rxchain:rxTraceCode``,
+    ``valueString``), checked as the contract checks them before anything is submitted: one
+    code per box (a code twice is no retry of any fill: each hash is recorded once), 1-64 of
+    ``[A-Za-z0-9-_.]``; FHIR_INVALID otherwise (the contract's refusal would come after the lock)."""
+    codes: list[str] = []
+    for i, ext in enumerate(model.extension or []):
+        if ext.url != TRACE_SYSTEM:
+            continue
+        code = ext.valueString
+        if not isinstance(code, str) or not TRACE_CODE.fullmatch(code):
+            raise FhirError("FHIR_INVALID", f"extension[{i}] ({TRACE_SYSTEM}) needs a valueString of 1-64 "
+                            "characters of [A-Za-z0-9-_.]")
+        if code in codes:
+            raise FhirError("FHIR_INVALID", f"extension[{i}]: trace code {code} appears twice (one per box)")
+        codes.append(code)
+    return codes
+
+
 def requested_item(model: Any) -> tuple[str | None, int | None]:
     """The drug code (``medication.concept.coding[0].code``) and boxes (``quantity.value``)
     a MedicationDispense names, each None when absent."""
@@ -199,6 +223,15 @@ def dispense_conflict(step: Mapping[str, Any] | None, fill: int, org: str, codes
         return (f"fill {fill} was dispensed by this pharmacy with other boxes: {len(other)} of this request's "
                 f"{codes} trace codes were not (the first, #{i + 1}, was recorded in {where})")
     return None
+
+
+def check_item_count(body: Mapping[str, Any]) -> None:
+    """At most MAX_LINES ``item`` in a raw Claim, before it is validated (the settlement
+    contract takes 1-5 claim lines: a longer list could never have been settled, and is no
+    retry of a claim either)."""
+    items = body.get("item")
+    if isinstance(items, list) and len(items) > MAX_LINES:
+        raise FhirError("TOO_MANY_ITEMS", f"at most {MAX_LINES} items (claim lines) per Claim")
 
 
 def claim_lines(model: Any) -> list[ClaimLine] | None:

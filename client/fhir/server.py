@@ -42,7 +42,9 @@ reads (the caller gets back only what it may read):
 * ``409 Conflict`` ALREADY_DISPENSED / FILLS_EXHAUSTED / DUPLICATE_CLAIM: the fill (claim) is
   taken and is not the one described (another pharmacy, other trace codes, other lines or
   amounts), or the caller may not read it; ``diagnostics`` names ``rx_id`` and ``fill`` or the
-  ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed).
+  ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed). A retry whose own
+  transaction lost an MVCC race matches only a step committed meanwhile; when the comparing
+  read fails at the peer, that failure (5xx, ids in ``diagnostics``) answers, not the refusal.
 * Conditional create names the fill or the claim: ``If-None-Exist:
   identifier=urn:rxchain:dispense|RX_ID/FILL`` (dispense that fill unless it exists; FILL must
   be the next fill, else 422 FILL_OUT_OF_ORDER) and ``identifier=urn:rxchain:claim|CLM-RX_ID-
@@ -153,7 +155,8 @@ _CREATES = ("MedicationRequest", "MedicationDispense", "Claim")
 _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "
                "sent again only with the same identifier (one without would issue a second prescription); "
                "a MedicationDispense or Claim may be sent again as it was (a retry of a step that committed "
-               "is answered 200 with it)")
+               "is answered 200 with it); name the fill diagnostics gives (identifier urn:rxchain:dispense|"
+               "RX_ID/FILL) to stay exact once a repeat prescription's next fill is due")
 _UNKNOWN_OUTCOME_MESSAGES = {
     "COMMIT_UNKNOWN": "the ledger's answer was lost: the transaction may have committed" + _LOOK_FIRST,
     "TIMEOUT": "the ledger did not answer in time: the request may have been carried out" + _LOOK_FIRST,
@@ -192,10 +195,12 @@ def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
     ids: dict[str, str] = {}
     detail = getattr(exc, "detail", None)
     if isinstance(exc, CommitUnknown | DuplicateRx) and isinstance(detail, dict):
-        ids = {k: str(v) for k, v in detail.items() if k in ("tx_id", "rx_id") and v}
-    if isinstance(exc, retry.Conflict):  # ids the caller may read: no Location (nothing was created)
-        return Reply(_http_status(exc.reason), mapping.operation_outcome(
-            exc.reason, public_message(exc.reason, exc.message, home), exc.detail))
+        ids = {k: str(v) for k, v in detail.items() if k in ("tx_id", "rx_id", "fill") and v}
+    if isinstance(exc, retry.Conflict):  # ids the caller may read; Location only when the outcome is unknown
+        status = _http_status(exc.reason)
+        where = {"Location": rx_location(exc.detail["rx_id"])} if status >= 500 and "rx_id" in exc.detail else {}
+        return Reply(status, mapping.operation_outcome(
+            exc.reason, public_message(exc.reason, exc.message, home), exc.detail), where)
     headers = {"Location": rx_location(ids["rx_id"])} if "rx_id" in ids else {}
     outcome = mapping.operation_outcome(exc.reason, public_message(exc.reason, exc.message, home), ids)
     return Reply(_http_status(exc.reason), outcome, headers)
@@ -292,8 +297,7 @@ class FhirApp:
         if model.get_resource_type() != "MedicationDispense":
             raise mapping.FhirError("FHIR_INVALID", "expected a MedicationDispense")
         rx_id = _rx_ref(model.authorizingPrescription, "authorizingPrescription")
-        codes = [str(e.valueString) for e in (model.extension or [])
-                 if e.url == mapping.TRACE_SYSTEM and e.valueString]
+        codes = retry.trace_codes(model)
         named = retry.named_fill(body, if_none_exist, rx_id)
         code, qty = retry.requested_item(model)
         meta = _readable(ops, rx_id)  # as a GET: None when the caller may not read it
@@ -307,8 +311,10 @@ class FhirApp:
                                         f"({fills} dispensed)")
         try:
             result = ops.dispense(rx_id, codes)
-        except CommitUnknown as exc:  # name the prescription to look at (Location), as for an issue
-            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id) from exc
+        except CommitUnknown as exc:  # name the prescription to look at (Location), as for an issue,
+            # and the fill this request dispenses: re-sent naming it, it cannot become the next fill
+            fill = {"fill": str(named or int(meta.get("fills") or 0) + 1)} if meta is not None else {}
+            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id, **fill) from exc
         except RxClientError as exc:
             if exc.reason not in retry.FILL_TAKEN and not (
                     isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
@@ -337,6 +343,7 @@ class FhirApp:
         """200 with fill ``fill`` (0: the latest on the trail) when it is the dispense the
         request describes; else ``refusal`` stands (or ALREADY_DISPENSED for a named fill).
         ``meta``: the prescription as read before (its content does not change)."""
+        before = int(meta.get("fills") or 0) if meta is not None else None  # fills before submitting
         try:
             if meta is None:
                 meta = ops.show(rx_id)
@@ -345,9 +352,13 @@ class FhirApp:
         except RxClientError as exc:
             if refusal is None:
                 raise
-            raise refusal from exc  # cannot be compared: the refusal of this request stands
+            raise _uncompared(refusal, exc, rx_id=rx_id, **({"fill": str(fill)} if fill else {})) from exc
         fill = fill or max((int(st["fill"]) for st in steps), default=0)
         step = next((st for st in steps if st.get("fill") == fill), None)
+        if refusal is not None and refusal.reason == retry.LOST_RACE and (before is None or fill <= before):
+            # lost to another write (a delivery, a lock ...), not to a fill committed meanwhile:
+            # this request's fill is not on the ledger, whatever an earlier fill looks like
+            raise refusal
         org = ops.s.identity.org
         why = retry.dispense_conflict(step, fill, org, len(codes))
         if why is None and codes:  # the same pharmacy and count: the same boxes?
@@ -356,7 +367,7 @@ class FhirApp:
             except RxClientError as exc:
                 if refusal is None:
                     raise
-                raise refusal from exc  # cannot be compared: the refusal of this request stands
+                raise _uncompared(refusal, exc, rx_id=rx_id, fill=str(fill)) from exc
         if why is not None or not isinstance(content, dict) or step is None:
             if refusal is not None and step is None:
                 raise refusal
@@ -372,6 +383,8 @@ class FhirApp:
     def _claim(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
         """Settle a fill's claim, or answer the claim already settled when the request is a
         retry of it (:mod:`client.fhir.retry`)."""
+        if isinstance(body, dict):
+            retry.check_item_count(body)
         model = mapping.validate_resource(body)
         if model.get_resource_type() != "Claim":
             raise mapping.FhirError("FHIR_INVALID", "expected a Claim")
@@ -403,14 +416,15 @@ class FhirApp:
                        total: int | None, refusal: RxClientError) -> Reply:
         """After DUPLICATE_CLAIM (or a lost race): the fill's settled claim, compared."""
         try:
+            # fill 0 is what the contract settles: the latest fill dispensed (claimed already:
+            # DUPLICATE_CLAIM, or the race lost to its claim) -- never an older fill's claim
+            # (a race lost to another claim of the patient is no claim of this fill)
+            fill = fill or max((int(st["fill"]) for st in ops.dispenses(rx_id)), default=0)
             settled = [st for st in ops.claim_steps(rx_id) if st.get("step") == "settle" and st.get("claim_id")]
-            # fill 0 is the latest fill, which is claimed (DUPLICATE_CLAIM, or the race lost to
-            # its claim): the highest fill settled
-            fill = fill or max((int(st["fill"]) for st in settled), default=0)
             ids = [st["claim_id"] for st in settled if st.get("fill") == fill]
             rec = ops.claim(str(ids[-1])) if ids else None
         except RxClientError as exc:
-            raise refusal from exc  # cannot be compared: the refusal of this request stands
+            raise _uncompared(refusal, exc, rx_id=rx_id) from exc
         if rec is None or rec.get("status") != "SETTLED":
             raise refusal
         return self._settled(ops, rx_id, fill, lines, total, rec, refusal)
@@ -423,7 +437,7 @@ class FhirApp:
         except RxClientError as exc:
             if refusal is None:
                 raise
-            raise refusal from exc  # cannot be compared: the refusal of this request stands
+            raise _uncompared(refusal, exc, rx_id=rx_id, claim_id=str(rec.get("claim_id", ""))) from exc
         why = retry.claim_conflict(rec, org, rx_id, fill, lines_commitment, total)
         if why is not None:
             msg = (refusal.message + "; " if refusal is not None and refusal.message else "") + why
@@ -479,6 +493,18 @@ class FhirApp:
             raise DuplicateRx(rx_id, f"identifier {key} names prescription {rx_id}, issued earlier and "
                               "not the one this request describes (patient, diagnosis, days, drugs)")
         return Reply(200, mapping.medication_requests(meta), {"Location": rx_location(rx_id)})
+
+
+def _uncompared(refusal: RxClientError, exc: RxClientError, **ids: str) -> RxClientError:
+    """The answer when the read comparing a refused retry with the ledger failed (``exc``).
+    A failure of the peer (5xx: timeout, unavailable ...) is answered as such, naming what to
+    GET: the step on the ledger may be the caller's, so the refusal (409 "not the one
+    described", 422) would be a definite answer nobody established. A read refused to the
+    caller keeps the refusal: it may not read what would tell."""
+    if _http_status(exc.reason) >= 500:
+        return retry.Conflict(exc.reason, f"{refusal.reason}: the step could not be compared with the ledger "
+                              f"({exc.message})", **ids)
+    return refusal
 
 
 def _readable(ops: RxOperations, rx_id: str) -> dict[str, Any] | None:
