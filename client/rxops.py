@@ -7,6 +7,7 @@ the contract's reason code.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -247,6 +248,9 @@ class RxOperations:
 
         Locking first lets the contract answer a pharmacy that may not dispense with its own
         reason (NOT_ROUTED, ALREADY_DISPENSED, ALREADY_LOCKED ...) before any key is fetched.
+        A lock this call took is released again when the dispense is refused (TRACE_CODE_REUSED,
+        HASH_MISMATCH ...: nothing was dispensed), so the prescription does not stay locked
+        against every other pharmacy; never when the outcome is unknown (CommitUnknown).
         """
         locked: dict[str, Any] | None = None
         if auto_lock:
@@ -259,13 +263,21 @@ class RxOperations:
                 holder = (meta.get("lock") or {}).get("org") if isinstance(meta, dict) else None
                 if holder != self.s.identity.org:
                     raise
-        opened = self._get_key(rx_id)
-        transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
-        if trace_codes:
-            transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
-        parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
-        out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
-                                             endorsing_orgs=parties))
+        try:
+            opened = self._get_key(rx_id)
+            transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
+            if trace_codes:
+                transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
+            parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
+            out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
+                                                 endorsing_orgs=parties))
+        except CommitUnknown:
+            raise  # may have dispensed (and so cleared the lock): leave it
+        except RxClientError:
+            if locked is not None:
+                with contextlib.suppress(RxClientError):  # best effort: the refusal is the answer
+                    self.release(rx_id)
+            raise
         if locked is not None:
             out["lock_block"] = locked["block"]
         return out

@@ -59,6 +59,8 @@ from client.rxops import ClaimLine
 
 # Refusals of a new fill meaning "that fill is taken": compare with what the ledger holds.
 FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY")
+# The request's boxes went out before: in a fill of this prescription, a retry of that fill.
+CODES_USED = "TRACE_CODE_REUSED"
 # A retry's own transaction lost to the first one's (both read the prescription or the guard).
 LOST_RACE = "MVCC_READ_CONFLICT"
 MAX_FILL = 99  # the settlement contract's bound on a fill number

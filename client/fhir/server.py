@@ -316,11 +316,27 @@ class FhirApp:
             fill = {"fill": str(named or int(meta.get("fills") or 0) + 1)} if meta is not None else {}
             raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id, **fill) from exc
         except RxClientError as exc:
+            if exc.reason == retry.CODES_USED and codes and not named:
+                # an unnamed re-send after the fill interval: its boxes name the fill they went
+                # out in (trace_fills); compared as a retry of that fill, else the refusal stands
+                return self._dispensed(ops, rx_id, self._fill_of_codes(ops, rx_id, codes, exc), codes, meta, exc)
             if exc.reason not in retry.FILL_TAKEN and not (
                     isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
                 raise
             return self._dispensed(ops, rx_id, named, codes, meta, exc)
         return self._dispense_created(ops, rx_id, meta, result, codes)
+
+    @staticmethod
+    def _fill_of_codes(ops: RxOperations, rx_id: str, codes: list[str], refusal: RxClientError) -> int:
+        """The one fill of ``rx_id`` that recorded every code, else ``refusal`` stands (codes
+        of another prescription, or of two fills, are no retry)."""
+        try:
+            fills = set(ops.trace_fills(rx_id, codes))
+        except RxClientError as exc:
+            raise _uncompared(refusal, exc, rx_id=rx_id) from exc
+        if len(fills) != 1 or 0 in fills:
+            raise refusal
+        return fills.pop()
 
     def _dispense_created(self, ops: RxOperations, rx_id: str, meta: dict[str, Any] | None,
                           result: dict[str, Any], codes: list[str]) -> Reply:

@@ -63,6 +63,7 @@ class Chain:
     pending: list[Any] = field(default_factory=list)
     txs: int = 0
     code_fills: dict[str, int] = field(default_factory=dict)  # trace/{hash} -> fill (this rx)
+    interval_passed: bool = False  # a repeat prescription's next fill is due
 
     def tx(self) -> str:
         self.txs += 1
@@ -157,10 +158,12 @@ class RetryOps:
             raise CommitError("MVCC_READ_CONFLICT", "read conflict", "f" * 64, 7)
         if c.fills >= c.max_fills:
             raise _refuse("ALREADY_DISPENSED" if c.max_fills == 1 else "FILLS_EXHAUSTED", "the fills are done")
-        if c.fills:
+        if c.fills and not c.interval_passed:
             raise _refuse("TOO_EARLY", "the next fill is allowed from 2026-12-24")
         if self.org != "p01":
             raise _refuse("NOT_ROUTED", "the prescription is routed to another pharmacy")
+        if any(trace_code_hash(TRACE_KEY, code) in c.code_fills for code in trace_codes):
+            raise _refuse("TRACE_CODE_REUSED", "a trace code was already used")
         tx, codes = c.tx(), list(trace_codes)
 
         def commit() -> None:
@@ -547,3 +550,61 @@ def test_rxops_settle_claims_the_lines_and_checks_the_fee_before_submitting() ->
     split = [ClaimLine(AMLO, 1), ClaimLine(BENI, 1), ClaimLine(AMLO, 1)]
     assert ops.claim_lines_commitment(RX, split) == commitment(SALT, [{"code": AMLO, "qty": 2}, {"code": BENI, "qty": 1}])
     assert ops.claim_lines_commitment(RX) == commitment(SALT, CLAIM["lines"])
+
+
+@pytest.mark.parametrize(("failure", "released"), [
+    (EndorsementError("TRACE_CODE_REUSED", "trace code #1 was already used"), True),
+    (CommitError("MVCC_READ_CONFLICT", "read conflict", "ab" * 32, 9), True),
+    (CommitUnknown("ab" * 32, "submit failed with TIMEOUT"), False),  # may have dispensed
+])
+def test_a_refused_dispense_releases_the_lock_it_took(failure: RxClientError, released: bool) -> None:
+    """RxOperations.dispense locks first; a dispense refused after that (nothing dispensed)
+    used to leave the prescription locked by this pharmacy against every other one. The lock
+    it took is released; never after an unknown outcome, never a lock it did not take."""
+    from client.gateway import SubmitResult
+
+    calls: list[str] = []
+
+    class Gw:
+        def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+            return {"pharmacy": "p01", "hospital": "h01", "lock": {"org": "p01"}}
+
+        def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
+                   endorsing_orgs: Any = None) -> SubmitResult:
+            calls.append(fn)
+            if fn == "lock" and "held" in calls:
+                raise EndorsementError("ALREADY_LOCKED", "locked by p01")
+            if fn == "dispense":
+                raise failure
+            return SubmitResult("cd" * 32, "VALID", 3, {"rx_id": RX})
+
+    peers = [SimpleNamespace(org=o) for o in ("h01", "p01")]
+    ops = RxOperations(SimpleNamespace(gateway=Gw(), identity=SimpleNamespace(org="p01", role="pharmacist"),  # type: ignore[arg-type]
+                                       net=SimpleNamespace(peers=peers), trace_key=TRACE_KEY))
+    ops._get_key = lambda rx_id: SimpleNamespace(body=CONTENT, salt=SALT)  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(RxClientError) as exc:
+        ops.dispense(RX, ["TC-1"])
+    assert exc.value is failure
+    assert calls == (["lock", "dispense", "release"] if released else ["lock", "dispense"])
+    calls[:] = ["held"]  # a lock this pharmacy already held (an earlier call): kept
+    with pytest.raises(RxClientError):
+        ops.dispense(RX, ["TC-1"])
+    assert calls == ["held", "lock", "dispense"]
+
+
+def test_an_unnamed_resend_after_the_fill_interval_finds_its_fill_by_its_boxes(net_home: Any) -> None:
+    """Repeat prescription, next fill due: the ERP re-sends fill 1's dispense without naming
+    the fill. The contract refuses TRACE_CODE_REUSED (its boxes went out); every code was
+    recorded in fill 1 (trace_fills), so it is fill 1's retry: 200 with its Bundle (it used to
+    be 422). Boxes of fill 1 mixed with new ones stay refused; new boxes dispense fill 2."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    with _serve(net_home, chain) as port:
+        first = _disp(port, net_home, _dispense())
+        again = _disp(port, net_home, _dispense())
+        mixed = _disp(port, net_home, _dispense(codes=("TC-1", "TC-8", "TC-9")))
+        second = _disp(port, net_home, _dispense(codes=("TC-4", "TC-5", "TC-6")))
+    assert first.status == 201 and again.status == 200, again.body
+    assert again.body == first.body
+    assert (mixed.status, mixed.code) == (422, "TRACE_CODE_REUSED"), mixed.body
+    assert second.status == 201, second.body
+    assert chain.fills == 2 and chain.submitted == ["dispense", "dispense"]

@@ -203,8 +203,10 @@ def test_routing_review_and_trace_code_refusals(net: Net):
     net.cli("--as", WANG, "rx", "review", rx2, "--approve")
     out = net.cli_error("--as", WANG, "rx", "dispense", rx2, "--trace-code", codes[0])
     assert out["error"] == "TRACE_CODE_REUSED"
-    released = net.cli("--as", WANG, "rx", "release", rx2)
-    assert released["status"] == "APPROVED"
+    # the lock the refused dispense took was released again: no other pharmacy is kept out
+    shown = net.cli("--as", WANG, "rx", "show", rx2)
+    assert (shown["status"], shown["lock"]) == ("APPROVED", None), shown
+    assert net.cli_error("--as", WANG, "rx", "release", rx2)["error"] == "NOT_LOCKED"
     revoked = net.cli("--as", DOCTOR, "rx", "revoke", rx2, "--reason", "changed plan")
     assert revoked["status"] == "REVOKED"
     assert net.cli_error("--as", WANG, "rx", "lock", rx2)["error"] == "REVOKED"
