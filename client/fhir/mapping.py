@@ -102,7 +102,8 @@ def _first_code(concept: Any, what: str) -> str:
     return str(codings[0].code)
 
 
-def _positive_int(value: Any, what: str) -> int:
+def positive_int(value: Any, what: str) -> int:
+    """A whole number of boxes in 1..MAX_COUNT (FHIR_INVALID otherwise)."""
     if value is None:
         raise FhirError("FHIR_INVALID", f"{what} is required")
     try:
@@ -122,7 +123,7 @@ def _days(duration: Any, what: str) -> int:
     unit = (duration.code or duration.unit or "d").lower()
     if unit not in ("d", "day", "days"):
         raise FhirError("FHIR_INVALID", f"{what} must be in days (unit d)")
-    return _positive_int(duration.value, what)
+    return positive_int(duration.value, what)
 
 
 def _requests(raw: Mapping[str, Any]) -> list[Any]:
@@ -179,7 +180,7 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
         code = check_drug_code(_first_code(r.medication.concept, "medication.concept"))
         if r.dispenseRequest is None or r.dispenseRequest.quantity is None:
             raise FhirError("FHIR_INVALID", "dispenseRequest.quantity (boxes) is required")
-        drugs.append(DrugLine(code, _positive_int(r.dispenseRequest.quantity.value,
+        drugs.append(DrugLine(code, positive_int(r.dispenseRequest.quantity.value,
                                                    "dispenseRequest.quantity.value")))
     disp = first.dispenseRequest
     days = _days(disp.expectedSupplyDuration, "dispenseRequest.expectedSupplyDuration")

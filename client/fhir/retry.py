@@ -54,7 +54,14 @@ from typing import Any
 
 from client.errors import RxClientError
 from client.fhir import idempotency
-from client.fhir.mapping import CLAIM_SYSTEM, DISPENSE_SYSTEM, MAX_COUNT, MAX_LINES, TRACE_SYSTEM, FhirError
+from client.fhir.mapping import (
+    CLAIM_SYSTEM,
+    DISPENSE_SYSTEM,
+    MAX_LINES,
+    TRACE_SYSTEM,
+    FhirError,
+    positive_int,
+)
 from client.rxops import ClaimLine
 
 # Refusals of a new fill meaning "that fill is taken": compare with what the ledger holds.
@@ -148,17 +155,6 @@ def claim_path_id(value: str) -> str:
     return value
 
 
-def _count(value: Any, what: str) -> int:
-    try:
-        d = Decimal(str(value))
-        ok = d.is_finite() and d == d.to_integral_value() and 0 < d <= MAX_COUNT
-    except ArithmeticError:
-        ok = False
-    if not ok:
-        raise FhirError("FHIR_INVALID", f"{what} must be a whole number in 1..{MAX_COUNT}")
-    return int(d)
-
-
 def trace_codes(model: Any) -> list[str]:
     """The box trace codes of a MedicationDispense (``extension`` ``urn:rxchain:rxTraceCode``,
     ``valueString``), checked as the contract checks them before anything is submitted: one
@@ -186,7 +182,7 @@ def requested_item(model: Any) -> tuple[str | None, int | None]:
     code = str(codings[0].code) if codings and codings[0].code else None
     qty = None
     if model.quantity is not None and model.quantity.value is not None:
-        qty = _count(model.quantity.value, "quantity.value")
+        qty = positive_int(model.quantity.value, "quantity.value")
     return code, qty
 
 
@@ -248,7 +244,7 @@ def claim_lines(model: Any) -> list[ClaimLine] | None:
             raise FhirError("FHIR_INVALID", f"item[{i}].productOrService needs coding[0].code (the national code)")
         if item.quantity is None or item.quantity.value is None:
             raise FhirError("FHIR_INVALID", f"item[{i}].quantity.value (boxes) is required")
-        lines.append(ClaimLine(str(codings[0].code), _count(item.quantity.value, f"item[{i}].quantity.value")))
+        lines.append(ClaimLine(str(codings[0].code), positive_int(item.quantity.value, f"item[{i}].quantity.value")))
     return lines
 
 
