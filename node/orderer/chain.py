@@ -205,6 +205,7 @@ class Chain:
         self._releases = releases
         self._last_clock_check = -1e18
         self._clock_disagreements = 0  # consecutive checks that found this leader's clock odd
+        self._clock_term = 0  # ... all in this term (a leadership lost and won again restarts the count)
         self._opt = options or ChainOptions()
         self._tracker = tracker
         self._cutter: BlockCutter[Ticket] = BlockCutter(
@@ -479,6 +480,10 @@ class Chain:
         if self._role != StateRole.LEADER or self._node.soft_state.role != StateRole.LEADER:
             self._clock_disagreements = 0
             return
+        term = self._node.raft.term
+        if term != self._clock_term:
+            # leadership lost and won back between two checks: the count starts again
+            self._clock_term, self._clock_disagreements = term, 0
         tolerance = self._tracker.current.config.limits.max_clock_skew_ms // 2
         voters = self._conf_state.voters
         if odd_clock_out(self._id, voters, offsets, tolerance) is None:

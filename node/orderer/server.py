@@ -49,7 +49,7 @@ from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
-from node.orderer.releases import PeerTold, ReleaseWatch, peer_release_intake
+from node.orderer.releases import PeerTold, ReleaseWatch, config_follower, peer_release_intake
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
@@ -301,6 +301,10 @@ def serve(config: NodeConfig) -> OrdererServer:
                            names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
     releases = ReleaseWatch(wall_ms)  # the other orderers' and the peers' releases
+    # what a peer told is its certificate's word: renames, rotations (node.orderer.releases)
+    follow_peers = config_follower(releases, lambda n: blocks.get(n).header.timestamp_ms)
+    follow_peers(tracker.current)
+    tracker.subscribe(follow_peers)
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
     clock_watch = ClockWatch(wall_ms)
     fetcher = DeliverFetcher(

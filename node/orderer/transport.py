@@ -39,7 +39,7 @@ from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
-from node.orderer.releases import RELAY_REFRESH_S, ReleaseWatch
+from node.orderer.releases import MAX_RELAYED_PEERS, RELAY_MIN_INTERVAL_S, RELAY_REFRESH_S, ReleaseWatch
 from node.orderer.streams import ordered_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import MAX_PROTOCOL_VERSION
@@ -108,16 +108,20 @@ class PeerSender:
         releases: ReleaseWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
         relay_refresh_s: float = RELAY_REFRESH_S,
+        relay_min_interval_s: float = RELAY_MIN_INTERVAL_S,
     ) -> None:
         """``wall_ms``: this node's clock, told in every message (see clockwatch);
-        ``releases``: what peers told of their releases, relayed in the first message of each
-        stream, when a told version changes and every ``relay_refresh_s`` (``clock``) seconds
-        (see releases)."""
+        ``releases``: what peers told of their releases, relayed (in chunks of at most
+        MAX_RELAYED_PEERS entries, one per message) from the first message of each stream, when
+        a told version changes (at most once per ``relay_min_interval_s``: a peer changing what
+        it tells on every Deliver request must not put the whole relay into every Raft message)
+        and every ``relay_refresh_s`` (``clock``) seconds (see releases)."""
         self._own_id = own_id
         self._wall_ms = wall_ms
         self._releases = releases
         self._clock = clock
         self._relay_refresh_s = relay_refresh_s
+        self._relay_min_interval_s = relay_min_interval_s
         self._max_bytes = max_queued_bytes
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
@@ -176,6 +180,9 @@ class PeerSender:
         releases = self._releases
         relayed_changes = -1  # the first message of each call relays what peers told
         relayed_at = 0.0
+        change_relayed_at = -1e18  # the last relay a change sent (rate-limited)
+        relay: list[services_pb2.PeerRelease] = []  # the relay going out, a chunk per message
+        relay_pos = 0
         while not self._stop.is_set() and not call_over.is_set():
             try:
                 item = self._queue.get(timeout=0.1)
@@ -197,9 +204,16 @@ class PeerSender:
                     max_protocol_version=MAX_PROTOCOL_VERSION)
                 if releases is not None:
                     now = self._clock()
-                    if releases.peer_changes != relayed_changes or now - relayed_at >= self._relay_refresh_s:
-                        relayed_changes, relayed_at = releases.peer_changes, now
-                        req.peer_releases.extend(releases.relay())
+                    changes = releases.peer_changes
+                    due = relayed_changes == -1 or now - relayed_at >= self._relay_refresh_s
+                    if not due and changes != relayed_changes and now - change_relayed_at >= self._relay_min_interval_s:
+                        due, change_relayed_at = True, now
+                    if due:
+                        relayed_changes, relayed_at = changes, now
+                        relay, relay_pos = releases.relay(), 0
+                    if relay_pos < len(relay):
+                        req.peer_releases.extend(relay[relay_pos:relay_pos + MAX_RELAYED_PEERS])
+                        relay_pos += MAX_RELAYED_PEERS
                 yield req
                 if msg.type == MessageType.SNAP:
                     self._sink.report_snapshot(self._peer_id, True)
@@ -365,7 +379,7 @@ class ClusterService:
             if self._releases is not None:
                 self._releases.observe(rid, req.max_protocol_version)
                 if req.peer_releases:
-                    self._releases.merge_peers(req.peer_releases)
+                    self._releases.merge_peers(req.peer_releases, req.sent_wall_ms)
             self._sink.step(msg)
         return services_pb2.ConsensusResponse()
 
