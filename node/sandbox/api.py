@@ -56,6 +56,10 @@ A contract is ONE Python source file in a restricted subset of Python 3.11::
 * Determinism: dict keys must be str / int / bool / None or tuples of them; set elements
   str / int / bool or tuples / frozensets of them -- not None, whose hash is its memory
   address in Python 3.11 (anything else hashes by address too; TypeError otherwise).
+  Integers used as keys or elements, alone or inside a tuple/frozenset, must be below
+  2**61 - 1 in magnitude (ValueError otherwise: integers equal modulo 2**61 - 1 share one
+  hash; amounts in fen, counts and timestamps are far below it).  Lookups (``d[x]``,
+  ``x in s``, ``get``) of any integer still answer.
   ``str()``/``repr()``/f-strings never show memory addresses (functions print as
   ``<function>``, the context as ``<Context>``) and sets print in sorted order.  Exception
   texts have addresses replaced by ``0x?``.  ``str.format`` is not available (f-strings
@@ -85,8 +89,12 @@ a set iterates its whole table): nothing for dicts up to 341 keys and sets up to
 elements built without mass deletions, up to ~3 % of a full loop over bigger ones, and
 (allocated slots)/256 per ``for k in d: break`` once most of a big dict is deleted --
 rebuild it (``d = dict(d.items())``) after deleting most of it; ``set.pop`` pays it on
-every call.  The figures are part of the consensus rules: every peer must run the same
-rxchain and Python (3.11) versions.
+every call.  Tuples and frozensets whose hashes collide (different values, one hash: they
+can be computed for pairs of small integers) pay 1 + elements/16 per other such key or
+element of the invocation each time one is inserted, looked up, or walked by a set
+operation, copy or comparison; keys whose hashes differ pay nothing more.  The figures
+are part of the consensus rules: every peer must run the same rxchain and Python (3.11)
+versions.
 
 Context
 -------

@@ -19,6 +19,7 @@ from node.sandbox import types as t
 from node.sandbox.api import Context, ContractError, StateHost, valid_reason
 from node.sandbox.checker import ALLOWED_BUILTINS, FunctionSig
 from node.sandbox.errors import Abort, BadValue, ContractRejected, OutOfGas
+from node.sandbox.hashguard import HashLedger
 from node.sandbox.instrument import CompiledContract, api_globals, compile_contract
 from node.sandbox.meter import LAZY_TYPES, Meter, TypeProxy
 
@@ -320,6 +321,9 @@ class _Module:
     pristine: dict[str, Any]
     init_gas: int
     flat: bool = False  # every pristine value is a distinct list/dict/set of immutables
+    # the tuple/frozenset keys the body recorded: a call's lookups in the module's dicts
+    # pay for their collisions (hashguard); never written after the body ran
+    hashes: HashLedger | None = None
 
     def fresh(self) -> dict[str, Any]:
         """Fresh copies of the pristine values (same result as ``fresh_copy``)."""
@@ -418,7 +422,7 @@ class Engine:
                 if needs_copy(v):
                     pristine[name] = v
             if safe:
-                module = _Module(ns, pristine, meter.used(), is_flat(pristine))
+                module = _Module(ns, pristine, meter.used(), is_flat(pristine), meter.hashes)
         if len(self._modules) >= self._cache_size:
             self._modules.pop(next(iter(self._modules)))
         self._modules[id(compiled)] = (compiled, limits, module, retry_above)
@@ -455,7 +459,7 @@ class Engine:
         try:
             if self._module_cache and compiled.functions.get(function) is not None:
                 module = self._module(compiled, limits, gas_limit)  # once, before this call's meter
-            meter.reset(gas_limit, limits)
+            meter.reset(gas_limit, limits, module.hashes if module is not None else None)
             sig = compiled.functions.get(function)
             if sig is None:
                 raise Abort(f"no public function {function!r}", t.UNKNOWN_FUNCTION)

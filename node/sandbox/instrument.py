@@ -16,6 +16,7 @@ from typing import Any
 from node.sandbox.api import EXPORTS
 from node.sandbox.checker import CheckedContract, FunctionSig, check_source
 from node.sandbox.errors import ContractRejected
+from node.sandbox.hashguard import int_hashes_apart
 from node.sandbox.meter import BUILTIN_METHODS
 
 # Binary ops whose result is bounded by the operands when one side is a small int literal.
@@ -70,6 +71,12 @@ def _small_int(node: ast.expr) -> bool:
         and type(node.value) is int
         and -_SMALL < node.value < _SMALL
     )
+
+
+def _hashes_apart(node: ast.Constant) -> bool:
+    """A literal key/element needing no run-time check: not an integer whose hash it shares
+    with a smaller one (``Meter.key`` refuses those, :mod:`hashguard`)."""
+    return type(node.value) is not int or int_hashes_apart(node.value)
 
 
 def _is_const(node: ast.expr) -> bool:
@@ -530,13 +537,14 @@ class _Instrumenter(ast.NodeTransformer):
         if isinstance(node, ast.Starred):
             node.value = _call("__rx_elems__", node.value)
             return node
-        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool):
+        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool) and _hashes_apart(node):
             return node
         return _call("__rx_elem__", node)
 
     def _key(self, node: ast.expr) -> ast.expr:
         """A dict key: checked to be hashable in a deterministic way."""
-        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool, type(None)):
+        if isinstance(node, ast.Constant) and type(node.value) in (str, int, bool, type(None)) and (
+                _hashes_apart(node)):
             return node
         return _call("__rx_key__", node)
 

@@ -16,6 +16,9 @@ Gas schedule (documented in api.py for contract authors):
 * starting to iterate, copy or compare a dict, set, frozenset or dict view: one gas per 256
   slots its table holds beyond its live entries (``slots.py``; 0 unless the container is
   sparse -- most of a big dict deleted -- or larger than 341 keys / 76 set elements)
+* dict keys / set elements: integers only below 2**61 - 1 in magnitude (alone or nested);
+  a tuple/frozenset whose hash other recorded keys share pays 1 + walked/16 per such key
+  when inserted, looked up or walked by a set operation (``hashguard.py``; 0 otherwise)
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ from node.sandbox.errors import (
     RecursionLimit,
     SizeLimit,
 )
+from node.sandbox.hashguard import HashLedger, big_int_error, probe_hash, stable_hash
 from node.sandbox.slots import DICT_FREE_SIZEOF, SCANNED, SET_FREE_SIZEOF, VIEWS, slack_gas
 
 CALL = 10
 MAX_KEY_DEPTH = 64  # tuples nested deeper cannot be dict keys, set elements or looked up
+INT_KEY_BOUND = 2**61 - 1  # hashguard.INT_HASH_MODULUS: |int| keys/elements stay below it
+COLLISION_ELEMENTS = 16  # a colliding value's comparison costs one unit per 16 elements walked
+_RECORDED_TYPES = frozenset({tuple, frozenset})  # values whose hash collisions the ledger tracks
 _SIZED = (str, list, tuple, dict, set, frozenset)
 _SEQ = (str, list, tuple)
 _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items()))
@@ -50,6 +57,7 @@ _NESTING = frozenset({list, tuple, dict})  # containers compared element by elem
 _DEEP = _NESTING | {set, frozenset}  # elements whose comparison is more than O(1)
 _COMPARED = _DEEP | {str}  # values whose comparison walks them (strings: memcmp)
 _SET_LIKE: frozenset[type] = frozenset({set, frozenset, *_VIEWS})  # operations hash elements
+_SET_VIEWS: frozenset[type] = frozenset({type({}.keys()), type({}.items())})  # set operators build sets of them
 MAX_COMPARE_DEPTH = 100
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
@@ -128,14 +136,16 @@ class TypeProxy:
 class Meter:
     """Gas counter and limit checks of one invocation."""
 
-    __slots__ = ("_text_len", "aborted", "depth", "left", "limit", "limits", "max_coll",
+    __slots__ = ("_text_len", "aborted", "depth", "hashes", "left", "limit", "limits", "max_coll",
                  "max_int_bits", "max_str")
 
     def __init__(self, gas_limit: int, limits: t.SandboxLimits) -> None:
         self.reset(gas_limit, limits)
 
-    def reset(self, gas_limit: int, limits: t.SandboxLimits) -> None:
-        """Start a new invocation (a worker reuses one meter)."""
+    def reset(self, gas_limit: int, limits: t.SandboxLimits, hashes: HashLedger | None = None) -> None:
+        """Start a new invocation (a worker reuses one meter); ``hashes``: the hash ledger of
+        the module body whose values this call uses (:mod:`hashguard`)."""
+        self.hashes = HashLedger(hashes)
         self.limit = gas_limit
         self.left = gas_limit
         self.limits = limits
@@ -200,13 +210,23 @@ class Meter:
         """Admit a dict key only if it is hashable in a deterministic way.
 
         Functions, contexts, exceptions, iterators... hash by memory address; a frozenset
-        key iterates in hash order, so its elements follow the set-element rule.
+        key iterates in hash order, so its elements follow the set-element rule.  Integers
+        must be below 2**61 - 1 in magnitude (:mod:`hashguard`: larger ones share hashes
+        with smaller ones); a tuple or frozenset pays for the recorded keys sharing its
+        hash (:meth:`_collided`; nothing unless hashes collide).
         """
         tk = type(k)
-        if tk is str or tk is int or tk is bool or k is None:
+        if tk is str or tk is bool or k is None:
             return k
+        if tk is int:
+            if -INT_KEY_BOUND < k < INT_KEY_BOUND:
+                return k
+            raise big_int_error(k)
         if tk is tuple or tk is frozenset:
-            self._admit_nested(k, True)
+            walked, has_none = self._admit_nested(k, True)
+            n = self.hashes.admit(k, stable_hash(k, True) if has_none else hash(k))
+            if n:
+                self._collided(n, walked)
             return k
         raise TypeError(
             f"{tk.__name__} cannot be a set element or dict key in a contract "
@@ -216,34 +236,66 @@ class Meter:
     def elem(self, k: Any) -> Any:
         """Admit a set element: sets iterate in hash order, so the hash itself must be the
         same on every peer -- str/int/bool and tuples/frozensets of them (not None, whose
-        hash is its address in Python 3.11)."""
+        hash is its address in Python 3.11); integers and tuples as for :meth:`key`."""
         tk = type(k)
-        if tk is str or tk is int or tk is bool:
+        if tk is str or tk is bool:
             return k
+        if tk is int:
+            if -INT_KEY_BOUND < k < INT_KEY_BOUND:
+                return k
+            raise big_int_error(k)
         if tk is tuple or tk is frozenset:
-            self._admit_nested(k, False)
+            walked = self._admit_nested(k, False)[0]
+            n = self.hashes.admit(k, hash(k))
+            if n:
+                self._collided(n, walked)
             return k
         raise TypeError(
             f"{tk.__name__} cannot be a set element or dict key in a contract "
             "(set elements: str, int, bool and tuples of them)"
         )
 
-    def _admit_nested(self, k: tuple[Any, ...] | frozenset[Any], none_ok: bool) -> None:
+    def _admit_nested(self, k: tuple[Any, ...] | frozenset[Any], none_ok: bool) -> tuple[int, bool]:
         """The key/element rules inside a tuple (``none_ok``: a dict key's tuple may hold
         None), charging one gas per element walked (:meth:`hash_cost`: hashing walks the same
         elements, once per reference, so tuples sharing sub-tuples cost what they are) and
         refusing nesting deeper than :data:`MAX_KEY_DEPTH` (CPython hashes a tuple
         recursively in C, without a recursion guard).  A frozenset is not walked again:
         every way of building one checked its elements.  The first offending element (in
-        order) names the error, with the rule's own message."""
-        self.hash_cost(k)
+        order) names the error, with the rule's own message.  Returns the elements walked
+        and whether a None was met (for :meth:`_collided`)."""
+        if type(k) is tuple:  # fast path: a flat tuple of admissible leaves (most keys)
+            has_none = False
+            for v in k:
+                tv = type(v)
+                if tv is str or tv is bool or (tv is int and -INT_KEY_BOUND < v < INT_KEY_BOUND):
+                    continue
+                if none_ok and v is None:
+                    has_none = True
+                    continue
+                break
+            else:
+                walked = 1 + len(k)  # what hash_cost charges for it
+                self.left -= walked
+                if self.left < 0:
+                    raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+                return walked, has_none
+        walked = self.hash_cost(k)
         if type(k) is frozenset:
-            return
+            return walked, False
+        has_none = False
         stack: list[Any] = [k]
         while stack:
             v = stack.pop()
             tv = type(v)
-            if tv is str or tv is int or tv is bool or tv is frozenset or (none_ok and v is None):
+            if tv is int:
+                if not -INT_KEY_BOUND < v < INT_KEY_BOUND:
+                    raise big_int_error(v)
+                continue
+            if tv is str or tv is bool or tv is frozenset:
+                continue
+            if none_ok and v is None:
+                has_none = True
                 continue
             if tv is tuple:
                 stack.extend(reversed(v))
@@ -257,12 +309,61 @@ class Meter:
                     f"{tv.__name__} cannot be a set element or dict key in a contract "
                     "(set elements: str, int, bool and tuples of them)"
                 )
+        return walked, has_none
+
+    def _collided(self, n: int, walked: int) -> None:
+        """A key or element was recorded in the hash ledger (:mod:`hashguard`) where ``n``
+        other recorded values share its hash: CPython compares it with each of them (a
+        chain of colliding keys), one unit each of ``1 + walked // COLLISION_ELEMENTS``."""
+        self.left -= n * (1 + walked // COLLISION_ELEMENTS)
+        if self.left < 0:
+            raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+
+    def probe(self, v: Any, walked: int = 0) -> None:
+        """A lookup of ``v`` (subscript, ``in``, ``get``, ``pop``, ``discard``, a set
+        operation's element...): once two recorded keys share a hash, a tuple/frozenset
+        whose hash is shared pays like :meth:`_collided` (nothing before: a lookup without
+        colliding keys compares at most one entry)."""
+        if not self.hashes.hot or (type(v) is not tuple and type(v) is not frozenset):
+            return
+        h = probe_hash(v)
+        if h is None:
+            return
+        n = self.hashes.probe(h)
+        if n:
+            self.left -= n * (1 + (walked or len(v)) // COLLISION_ELEMENTS)
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
+
+    def rehash(self, v: Any) -> Any:
+        """``v``, a dict/set/frozenset or keys/items view about to be copied, merged or
+        compared entry by entry.  Once hashes collided (nothing before): 1 gas per 32
+        entries for counting its tuples/frozensets (a scan in C), then 2 gas for each of
+        them plus its chain (:meth:`probe`)."""
+        if self.hashes.hot:
+            tv = type(v)
+            if tv is dict or tv is set or tv is frozenset or tv in _SET_VIEWS:
+                self.gas(1 + len(v) // 32)
+                recorded = sum(map(_RECORDED_TYPES.__contains__, map(type, v)))
+                if recorded:
+                    self.gas(2 * recorded)
+                    for x in v:
+                        tx = type(x)
+                        if tx is tuple or tx is frozenset:
+                            self.probe(x)
+        return v
 
     def hashed(self, v: Any) -> Any:
         """A subscript (``d[k]``, ``d[a, b]``, load or delete): a tuple is charged like
-        hashing it (and refused beyond :data:`MAX_KEY_DEPTH`); returned unchanged."""
-        if type(v) is tuple:
-            self.hash_cost(v)
+        hashing it (and refused beyond :data:`MAX_KEY_DEPTH`) and like a lookup
+        (:meth:`probe`); returned unchanged."""
+        tv = type(v)
+        if tv is tuple:
+            walked = self.hash_cost(v)
+            if self.hashes.hot:
+                self.probe(v, walked)
+        elif tv is frozenset and self.hashes.hot:
+            self.probe(v)
         return v
 
     def scan(self, v: Any, times: int = 1) -> Any:
@@ -352,25 +453,52 @@ class Meter:
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
         elif type(key) is tuple:
-            self.hash_cost(key)
+            walked = self.hash_cost(key)
+            if self.hashes.hot:
+                self.probe(key, walked)
+        elif type(key) is frozenset:
+            self.probe(key)
         del obj[key]
 
-    def hash_elements(self, *operands: Any) -> None:
+    def hash_elements(self, *operands: Any, inserting: bool = False) -> None:
         """Before a set operation or comparison with a set or dict view: every element of
         the sized operands that will be hashed -- tuples, e.g. a dict's items -- charged
-        like :meth:`hash_cost` (one gas per element besides)."""
+        like :meth:`hash_cost` (one gas per element besides).  Elements that CPython may
+        put into a new set are first refused or recorded like set elements (big integers
+        refused, tuples/frozensets recorded and charged their chains, :meth:`_collided`):
+        a view's (``d.items() - x`` builds a set of the items) and, when ``inserting``
+        (``|``, ``^``), a list's or tuple's.  Then, once hashes collided, every other
+        tuple/frozenset element pays its chain (:meth:`probe`)."""
+        looked_up: list[tuple[Any, int]] = []
         for v in operands:
             tv = type(v)
             if tv in _SIZED_OR_VIEW and tv is not str and tv is not dict:
                 self.gas(1 + len(v))
                 self.scan(v)
+                foreign = tv in _SET_VIEWS or (inserting and (tv is list or tv is tuple))
                 for x in v:
-                    if type(x) is tuple:
-                        self.hash_cost(x)
+                    tx = type(x)
+                    if tx is tuple or tx is frozenset:
+                        walked = self.hash_cost(x) if tx is tuple else len(x)
+                        if not foreign:
+                            looked_up.append((x, walked))
+                            continue
+                        h = probe_hash(x)
+                        if h is not None:
+                            n = self.hashes.admit(x, h)
+                            if n:
+                                self.gas(n * (1 + walked // COLLISION_ELEMENTS))
+                    elif foreign and tx is int and not -INT_KEY_BOUND < x < INT_KEY_BOUND:
+                        raise big_int_error(x)
+        if self.hashes.hot:
+            for x, walked in looked_up:
+                self.probe(x, walked)
 
-    def hash_cost(self, v: Any) -> None:
+    def hash_cost(self, v: Any) -> int:
         """Charge the work of hashing ``v`` (tuples and frozensets walked: one gas per
-        element) and refuse tuples nested deeper than :data:`MAX_KEY_DEPTH`."""
+        element) and refuse tuples nested deeper than :data:`MAX_KEY_DEPTH`; returns the
+        gas charged (elements walked)."""
+        walked = 0
         stack = [(v, 0)]
         while stack:
             x, depth = stack.pop()
@@ -379,11 +507,14 @@ class Meter:
                 continue
             if depth >= MAX_KEY_DEPTH:
                 raise self.fail(RecursionLimit(f"tuple nested deeper than {MAX_KEY_DEPTH} hashed"))
-            self.left -= 1 + len(x) + (slack_gas(x) if tx is frozenset else 0)
+            cost = 1 + len(x) + (slack_gas(x) if tx is frozenset else 0)
+            walked += cost
+            self.left -= cost
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             if tx is tuple:
                 stack.extend((y, depth + 1) for y in x if type(y) is tuple or type(y) is frozenset)
+        return walked
 
     def keys(self, items: Iterable[Any]) -> list[Any]:
         """Materialize ``*x`` inside a set display, checking every element."""
@@ -497,6 +628,8 @@ class Meter:
         if type(value) in _SIZED:
             self.scan(value)
             self.gas(1 + len(value))
+            if self.hashes.hot and type(value) is dict:
+                self.rehash(value)  # ``{**d, **e}`` inserts d's keys again
             return value
         return self.materialize(value)
 
@@ -585,10 +718,13 @@ class Meter:
         if op is operator.ior and type(a) is dict and type(b) is not dict:
             b = self.materialize(b)
             self._pair_keys(b)
+        if self.hashes.hot and (type(a) is dict or type(b) is dict):
+            self.rehash(a)  # ``d | e`` copies d and inserts e's keys
+            self.rehash(b)
         if type(a) in _SET_LIKE or type(b) in _SET_LIKE:  # elements get hashed
             if type(b) not in _SIZED_OR_VIEW:
                 b = self.materialize(b)
-            self.hash_elements(a, b)
+            self.hash_elements(a, b, inserting=op in _INSERTING)
         r = op(a, b)
         tr = type(r)
         if tr in _SIZED:
@@ -645,7 +781,11 @@ class Meter:
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             if type(item) is tuple:
-                self.hash_cost(item)
+                walked = self.hash_cost(item)
+                if self.hashes.hot:
+                    self.probe(item, walked)
+            elif type(item) is frozenset:
+                self.probe(item)
             return item in container
         if tc is range and type(item) is int:
             self.gas(1)
@@ -671,6 +811,8 @@ class Meter:
                 self.nested_cost(a)
         if type(a) in _SET_LIKE or type(b) in _SET_LIKE:
             self.hash_elements(a, b)
+        elif self.hashes.hot and type(a) is dict:
+            self.rehash(a)  # each key of a is looked up in b
         return op(a, b)
 
     def compared(self, v: Any, walks: int) -> Any:
@@ -683,6 +825,9 @@ class Meter:
         elif tv in _SET_LIKE:
             for _ in range(walks):
                 self.hash_elements(v)
+        if tv is dict and self.hashes.hot:
+            for _ in range(walks):
+                self.rehash(v)
         return v
 
     def nested_cost(self, v: Any, factor: int = 1) -> None:
@@ -878,6 +1023,7 @@ class Meter:
             src = args[0]
             if type(src) is dict:
                 self.scan(src)
+                self.rehash(src)
             else:
                 src = self.materialize(src)
                 self._pair_keys(src)
@@ -1008,8 +1154,16 @@ class Meter:
             raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
         if tobj in _HASHED and (name == "copy" or (name == "pop" and tobj is not dict)):
             self.scan(obj)  # a copy walks the table, set.pop from its finger (wrapping around)
-        if args and type(args[0]) is tuple and tobj in _HASHED:
-            self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
+            if name == "copy":
+                self.rehash(obj)  # a table with deleted entries is copied key by key
+        if args and tobj in _HASHED:
+            ta = type(args[0])
+            if ta is tuple:
+                walked = self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
+                if self.hashes.hot:
+                    self.probe(args[0], walked)
+            elif ta is frozenset and self.hashes.hot:
+                self.probe(args[0])
         elif name in _SEARCHING and args and type(args[0]) in _COMPARED and (tobj is list or tobj is tuple):
             self.nested_cost(obj)  # x is compared with each element
         return getattr(obj, name)(*args, **kw)
@@ -1032,6 +1186,9 @@ class Meter:
             return value
         return getattr(obj, name)
 
+
+# Set operators that insert the other operand's elements into a new set.
+_INSERTING = frozenset({operator.or_, operator.ior, operator.xor, operator.ixor})
 
 # Builtins that wrap an iterable in a lazy iterator (TypeProxy-constructed, see construct).
 LAZY_TYPES: tuple[type, ...] = (enumerate, zip, map, filter, reversed)
@@ -1171,11 +1328,13 @@ def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name:
     hashed = type(obj) in (set, frozenset, dict)
     if type(obj) is not dict:
         m.scan(obj)  # set operations (and a view's isdisjoint) may walk the receiver's table
+        m.rehash(obj)  # ... and copy or look up its elements
     mats: list[Any] = []
     total = len(obj)
     for a in args:
         if type(a) is dict and type(obj) is dict:
             m.scan(a)
+            m.rehash(a)
             mats.append(a)
             total += len(a)
             m.gas(1 + len(a))
