@@ -8,10 +8,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rxchain.v1 import block_pb2
+import grpc
+from rxchain.v1 import block_pb2, services_pb2
 
 from node.crypto.signing import Verifier, load_signer
 from node.genesis import config_from_genesis, read_genesis
@@ -139,3 +141,22 @@ class Leader:
     def close(self) -> None:
         self.storage.close()
         self.blocks.close()
+
+
+def step_server() -> tuple[grpc.Server, int, list[services_pb2.ConsensusRequest]]:
+    """A Cluster.Step server recording every request it receives (plaintext, 127.0.0.1):
+    (server -- stop it --, port, the requests so far)."""
+    got: list[services_pb2.ConsensusRequest] = []
+
+    def step(requests: Iterator[services_pb2.ConsensusRequest], context: Any) -> services_pb2.ConsensusResponse:
+        got.extend(requests)
+        return services_pb2.ConsensusResponse()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
+        "Step": grpc.stream_unary_rpc_method_handler(
+            step, request_deserializer=services_pb2.ConsensusRequest.FromString,
+            response_serializer=services_pb2.ConsensusResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port, got

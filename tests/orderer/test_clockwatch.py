@@ -7,15 +7,12 @@ disagrees with its clock (``node.orderer.clockwatch``)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import yaml
-from rxchain.v1 import config_pb2, services_pb2
+from rxchain.v1 import config_pb2
 
 from node.orderer.blockcutter import Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
@@ -34,7 +31,7 @@ from tests.orderer.cluster import (
     tx_ids_of,
     wait_until,
 )
-from tests.orderer.inproc import Collect, Leader, NullSink
+from tests.orderer.inproc import Collect, Leader, NullSink, step_server
 
 HOUR_MS = 3_600_000
 BASE_MS = 1_800_000_000_000
@@ -80,19 +77,7 @@ def test_clock_watch_keeps_fresh_offsets_only() -> None:
 
 
 def test_every_raft_message_tells_the_senders_clock() -> None:
-    got: list[services_pb2.ConsensusRequest] = []
-
-    def step(requests: Iterator[services_pb2.ConsensusRequest], context: Any) -> services_pb2.ConsensusResponse:
-        got.extend(requests)
-        return services_pb2.ConsensusResponse()
-
-    server = grpc.server(ThreadPoolExecutor(2))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
-        "Step": grpc.stream_unary_rpc_method_handler(
-            step, request_deserializer=services_pb2.ConsensusRequest.FromString,
-            response_serializer=services_pb2.ConsensusResponse.SerializeToString)})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port, got = step_server()
 
     readings = iter(range(BASE_MS, BASE_MS + 1000))
     sender = PeerSender(1, 2, f"127.0.0.1:{port}", grpc.insecure_channel, NullSink(),

@@ -6,7 +6,6 @@ it implements it, naming the peer (node.orderer.releases)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from node.protocol import MAX_PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from node.raft.types import Message, MessageType
 from tests.harness.certs import issue_from_org_ca, write_cert_files
 from tests.orderer.cluster import Client, OrdererProcs, config_envelope, consortium, leader_of, wait_until
-from tests.orderer.inproc import Leader, NullSink, genesis_parts
+from tests.orderer.inproc import Leader, NullSink, genesis_parts, step_server
 
 NEWER = max(SUPPORTED_VERSIONS) + 1
 T0 = 1_800_000_000_000
@@ -244,19 +243,7 @@ def test_releases_keep_the_latest_told_per_peer() -> None:
 
 
 def test_a_sender_relays_on_a_change_and_every_few_seconds_only() -> None:
-    got: list[services_pb2.ConsensusRequest] = []
-
-    def step(requests: Iterator[services_pb2.ConsensusRequest], context: Any) -> services_pb2.ConsensusResponse:
-        got.extend(requests)
-        return services_pb2.ConsensusResponse()
-
-    server = grpc.server(ThreadPoolExecutor(2))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
-        "Step": grpc.stream_unary_rpc_method_handler(
-            step, request_deserializer=services_pb2.ConsensusRequest.FromString,
-            response_serializer=services_pb2.ConsensusResponse.SerializeToString)})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port, got = step_server()
     watch = ReleaseWatch(lambda: T0)
     watch.peer_told("peer.h01", 1)
     mono = [50.0]

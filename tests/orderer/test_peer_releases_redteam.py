@@ -5,7 +5,7 @@ by a hostile member or a careless operator that the reviewed code got wrong."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.types import Message, MessageType, StateRole
 from tests.harness.certs import issue_from_org_ca
 from tests.orderer.cluster import config_envelope, wait_until
-from tests.orderer.inproc import Leader, NullSink
+from tests.orderer.inproc import Leader, NullSink, step_server
 from tests.orderer.test_clockwatch import BASE_MS, HOUR_MS, _three_voters
 from tests.orderer.test_peer_releases import NEWER, _node_files, _peer_network
 
@@ -323,7 +323,7 @@ def test_a_peer_flipping_its_version_does_not_put_the_relay_in_every_raft_messag
     1,024 entries, ~21 kB and ~1 ms to build per message, ~1.3 ms to merge at the receiver)
     into every Raft message each sender sent. Changes now go out at most every
     relay_min_interval_s per stream (the first message and refreshes as before)."""
-    server, port, got = _step_server()
+    server, port, got = step_server()
     watch = ReleaseWatch(lambda: BASE_MS)
     for i in range(100):
         watch.peer_told(f"peer.{i}", 1)
@@ -345,30 +345,12 @@ def test_a_peer_flipping_its_version_does_not_put_the_relay_in_every_raft_messag
         server.stop(0)
 
 
-def _step_server() -> tuple[grpc.Server, int, list[services_pb2.ConsensusRequest]]:
-    """A Cluster.Step server recording every request (plaintext, 127.0.0.1)."""
-    got: list[services_pb2.ConsensusRequest] = []
-
-    def step(requests: Iterator[services_pb2.ConsensusRequest], context: Any) -> services_pb2.ConsensusResponse:
-        got.extend(requests)
-        return services_pb2.ConsensusResponse()
-
-    server = grpc.server(ThreadPoolExecutor(2))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
-        "Step": grpc.stream_unary_rpc_method_handler(
-            step, request_deserializer=services_pb2.ConsensusRequest.FromString,
-            response_serializer=services_pb2.ConsensusResponse.SerializeToString)})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port, got
-
-
 def test_a_consortium_of_more_than_1024_peers_relays_every_peer() -> None:
     """2,500 peers told one orderer long ago (their streams last: they will not tell again).
     The reviewed code relayed only the 1,024 most recent, so an orderer that restarted (or
     became leader knowing nothing) never learnt the quiet ones and refused every raise until
     they reconnected. The relay now goes out whole, 1,024 entries per message."""
-    server, port, got = _step_server()
+    server, port, got = step_server()
     watch = ReleaseWatch(lambda: BASE_MS, max_peers=10_000)
     for i in range(2500):
         watch.peer_told(f"peer.{i:04d}", NEWER)
