@@ -11,6 +11,7 @@ patients' counters (as in a real insurer's day).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +93,9 @@ def enrol_patients(boot: Bootstrapper, net: NetworkInfo, count: int, home: Path,
         hosp = "h01" if i % 2 == 0 else "h02"
         idn = _id_number(i, hosp)
         birth = f"1960-{(i % 12) + 1:02d}-{(i % 28) + 1:02d}"
-        entry = {**template, "name": f"bench-patient-{i:04d}", "display_name": f"Bench Patient {i}",
+        # a deep copy: nested values shared between entries would be dumped as YAML aliases,
+        # which the strict sample-data reader refuses (node.yamlfile)
+        entry = {**copy.deepcopy(template), "name": f"bench-patient-{i:04d}", "display_name": f"Bench Patient {i}",
                  "id_number": idn, "birth_date": birth, "enrolled_by": hosp, "insurer": "ins01",
                  "user": {"org": hosp, "name": "patient-zhang" if hosp == "h01" else "patient-sun"},
                  "diagnoses": [{"icd10": "I10", "date": "2023-05-18", "hospital": hosp, "physical": True}],

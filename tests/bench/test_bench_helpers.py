@@ -318,3 +318,23 @@ def test_make_bench_summary_shows_scalar_groups_and_skips_deeper_ones() -> None:
            "levels": [{"a": 1}], "profile": {"client": {"samples": 3}}}
     assert summary_lines(doc) == ["* `ratio`: 0.7", "* `small_blocks.cpu_ms_per_tx`: 0.4",
                                   "* `small_blocks.txs_per_block`: 13"]
+
+
+def test_the_e2e_patients_file_passes_the_strict_sample_data_reader(tmp_path: Path) -> None:
+    """bench.e2e_net writes its 240 patients as a sample-data file for the client's loader,
+    which reads it strictly (no YAML aliases: node.yamlfile). Entries sharing the template's
+    nested values were dumped as aliases and refused, so ``make bench`` stopped before any
+    load level."""
+    from types import SimpleNamespace
+
+    from netgen.sampledata import read_sample_data
+
+    from bench.e2e_net import enrol_patients
+
+    loaded: list[dict[str, object]] = []
+    boot = SimpleNamespace(load_sample_data=lambda path: loaded.append(read_sample_data(path)))
+    patients = enrol_patients(boot, SimpleNamespace(secret=b"s" * 32), 4, tmp_path)  # type: ignore[arg-type]
+    assert len(patients) == 4 and len(loaded) == 1
+    entries = loaded[0]["patients"]
+    assert isinstance(entries, list) and [e["name"] for e in entries] == [f"bench-patient-{i:04d}" for i in range(4)]
+    assert "&id" not in (tmp_path / "bench-patients.yaml").read_text()
