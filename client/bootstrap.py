@@ -94,6 +94,12 @@ def _state(home: Path) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
+def sample_data_loaded(home: Path) -> bool:
+    """True if :meth:`Bootstrapper.ensure` loaded sample data into ``home``'s network already
+    (it is never loaded twice)."""
+    return "sample_data" in _state(home)
+
+
 def _save_state(home: Path, state: dict[str, Any]) -> None:
     path = home / STATE_FILE
     tmp = path.with_suffix(".tmp")

@@ -159,11 +159,20 @@ def cmd_netgen(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_network_up(a: argparse.Namespace) -> dict[str, Any]:
-    from client.bootstrap import DEFAULT_SAMPLE_DATA, Bootstrapper
+    from client.bootstrap import DEFAULT_SAMPLE_DATA, Bootstrapper, sample_data_loaded
     from client.launcher import Launcher, generate_material
 
     home = _home(a)
     say = _progress(a)
+    sample = None if a.no_sample_data else (a.sample_data or DEFAULT_SAMPLE_DATA)
+    if not a.no_bootstrap and sample is not None and not sample_data_loaded(home):
+        # a file it will load is checked before anything is generated, started or deployed
+        from netgen.sampledata import read_sample_data
+
+        try:
+            read_sample_data(sample)
+        except RxError as exc:
+            raise RxClientError(exc.reason, exc.message) from None
     generated = generate_material(home, a.consortium, a.base_port)
     if generated:
         say(f"generated network material in {home}")
@@ -173,7 +182,6 @@ def cmd_network_up(a: argparse.Namespace) -> dict[str, Any]:
     if not a.no_bootstrap:
         boot = Bootstrapper(home, progress=say)
         try:
-            sample = None if a.no_sample_data else (a.sample_data or DEFAULT_SAMPLE_DATA)
             state = boot.ensure(sample)
         finally:
             boot.close()

@@ -59,7 +59,7 @@ def generate_material(home: Path, consortium: Path | None = None,
                       base_port: int | None = None) -> bool:
     """Run the generator unless ``home`` already holds a network; True if it generated."""
     from netgen import generate
-    from netgen.spec import read_consortium_file
+    from netgen.spec import naming_file, read_consortium_file
 
     if (home / "network.yaml").exists() and (home / "genesis.block").exists():
         return False
@@ -67,7 +67,7 @@ def generate_material(home: Path, consortium: Path | None = None,
     try:  # strictly: duplicate keys, aliases, non-UTF-8 and oversized files are refused
         raw = read_consortium_file(path)
     except RxError as exc:
-        raise RxClientError(exc.reason, f"cannot read consortium file: {exc.message}") from None
+        raise RxClientError(exc.reason, exc.message) from None  # "consortium file: <path>: <why>"
     if not isinstance(raw, dict):
         raise RxClientError("BAD_CONFIG", f"{path}: not a mapping")
     if base_port is not None:
@@ -75,6 +75,8 @@ def generate_material(home: Path, consortium: Path | None = None,
     try:
         generate(raw, home)
     except Exception as exc:
+        if isinstance(exc, RxError):  # the consortium file's content: name the file
+            exc = naming_file(exc, path)
         reason = getattr(exc, "reason", "BAD_CONFIG")
         raise RxClientError(str(reason), str(getattr(exc, "message", exc))) from exc
     return True

@@ -107,11 +107,11 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
 def _int_value(value: Any, where: str, low: int, high: int) -> int:
     """``value`` as an int in ``low..high`` (an int, or a string of decimal digits)."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {value!r}")
+        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {_short(value)}")
     try:
         number = int(value)
     except ValueError:
-        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {value!r}") from None
+        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {_short(value)}") from None
     if not low <= number <= high:
         raise RxError("BAD_CONFIG", f"{where} must be between {low} and {high}, not {number}")
     return number

@@ -35,7 +35,7 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import config_pb2
 
-from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, parse_spec
+from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, naming_file, parse_spec
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
@@ -320,7 +320,8 @@ def check_home(spec: ConsortiumSpec, home: Path) -> None:
     genesis; the private files already there are readable by their owner only; no private
     key is missing whose certificate exists or is in the genesis (a new key would not match
     it: a CA key re-created under its old certificate, or an orderer whose blocks the genesis
-    no longer recognises). A certificate the genesis carries is restored from it if missing."""
+    no longer recognises), nor the consortium secret of a home holding a network
+    (:func:`_check_secret`). A certificate the genesis carries is restored from it if missing."""
     if home.exists() and not home.is_dir():
         raise RxError("BAD_CONFIG", f"{home} exists and is not a directory")
     nodes = plan_nodes(spec)
@@ -353,6 +354,35 @@ def check_home(spec: ConsortiumSpec, home: Path) -> None:
         if mode & 0o077:
             raise RxError("BAD_CONFIG", f"{path}: private file accessible to others (mode {mode & 0o777:o}): "
                                         f"chmod 600 it (and treat the key as exposed)")
+    _check_secret(spec, home)
+
+
+def _check_secret(spec: ConsortiumSpec, home: Path) -> None:
+    """RxError BAD_CONFIG if ``home`` holds a network (a genesis block, or patient
+    certificates, whose names derive from the consortium secret) but its secret is missing or
+    is not the one those certificates were issued under: a new secret would change every
+    patient's pseudonym (her records and accounts on the ledger no longer found) and rewrite
+    every patient's binding file against her existing certificate."""
+    secret = home / "consortium-secret"
+    patients = [(org.id, u.name, home / "orgs" / org.id / "users" / u.name / "cert.pem")
+                for org in spec.orgs for u in _users(org) if u.role == "patient"]
+    issued = [(org, user, cert) for org, user, cert in patients if cert.exists()]
+    if not secret.exists():
+        if (home / "genesis.block").exists() or issued:
+            raise RxError("BAD_CONFIG", f"{secret} is missing but {home} already holds a network: patient "
+                                        f"pseudonyms and certificate names derive from it, a new one would "
+                                        f"orphan every patient on the ledger; restore it from where it is "
+                                        f"kept (or generate a new network into a new home)")
+        return
+    try:
+        secret_bytes = bytes.fromhex(secret.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise _unreadable(secret, "consortium secret", exc) from None
+    for org, user, cert in issued:
+        if rx509.cert_info(_load_cert(cert)).name != patient_cert_name(secret_bytes, org, user):
+            raise RxError("BAD_CONFIG", f"{secret} is not the secret {cert} was issued under (its name is "
+                                        f"not the pseudonym this secret gives {org}/{user}): restore the "
+                                        f"network's own consortium-secret")
 
 
 def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
@@ -481,5 +511,10 @@ def _generate(spec: ConsortiumSpec, home: Path, clock: Clock) -> GeneratedNetwor
 
 def generate_from_file(consortium_file: str | Path, home: str | Path,
                        clock: Clock = _utcnow) -> GeneratedNetwork:
-    """:func:`generate` from a consortium YAML file."""
-    return generate(load_spec(consortium_file), home, clock)
+    """:func:`generate` from a consortium YAML file (refusals of its content name it)."""
+    spec = load_spec(consortium_file)
+    try:
+        check_content(spec)
+    except RxError as exc:
+        raise naming_file(exc, consortium_file) from None
+    return generate(spec, home, clock)

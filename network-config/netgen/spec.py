@@ -248,8 +248,22 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
 
 
 def load_spec(path: str | Path) -> ConsortiumSpec:
-    """Read and validate a consortium YAML file."""
-    return parse_spec(read_consortium_file(path))
+    """Read and validate a consortium YAML file (errors name it)."""
+    raw = read_consortium_file(path)
+    try:
+        return parse_spec(raw)
+    except RxError as exc:
+        raise naming_file(exc, path) from None
+
+
+def naming_file(exc: RxError, path: str | Path) -> RxError:
+    """``exc`` naming the consortium file ``path`` when it is about that file's content (a
+    ``consortium file: ...`` refusal of :func:`parse_spec` or ``netgen.generate.check_content``),
+    else ``exc`` itself: an operator with several consortium files sees which one is wrong."""
+    prefix = "consortium file: "
+    if exc.message.startswith(prefix):
+        return RxError(exc.reason, f"consortium file {path}: {exc.message[len(prefix):]}")
+    return exc
 
 
 def read_consortium_file(path: str | Path) -> Any:
