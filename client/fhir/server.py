@@ -66,6 +66,8 @@ reads (the caller gets back only what it may read):
   been carried out, and the answer names no ids.
 * ``503`` + ``Retry-After`` only for TOO_MANY_CONNECTIONS (nothing was read) and ``503``
   SERVICE_UNAVAILABLE when the peer could not be reached before anything was submitted.
+* ``409 Conflict`` MVCC_READ_CONFLICT / PHANTOM_READ_CONFLICT: a concurrent change to the
+  same record committed first; nothing of this request was written: send it again as it was.
 * ``4xx``: refused (400 malformed, 403 not allowed, 422 a prescription rule): the refused
   step did not commit; fix the request before sending it again.
 
@@ -150,6 +152,9 @@ _STATUS = {
     "DUPLICATE_RX": 409,
     # the ledger holds the fill or claim, and it is not the one this request describes
     "ALREADY_DISPENSED": 409, "FILLS_EXHAUSTED": 409, "DUPLICATE_CLAIM": 409, "CLAIM_NOT_FOUND": 404,
+    # a concurrent write to the same record won; nothing of this request was written: send it
+    # again (a business rule's 422 would read "fix the request", and there is nothing to fix)
+    "MVCC_READ_CONFLICT": 409, "PHANTOM_READ_CONFLICT": 409,
 }
 _CREATES = ("MedicationRequest", "MedicationDispense", "Claim")
 _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "

@@ -153,7 +153,7 @@ def test_finding_a_new_fill_losing_an_unrelated_race_is_not_answered_as_the_last
     assert chain.fills == 1 and chain.submitted == ["dispense"]
     assert lost.status != 200 and lost.status >= 400, lost.body
     assert "entry" not in lost.body
-    assert (lost.status, lost.code) == (422, "MVCC_READ_CONFLICT"), lost.body
+    assert (lost.status, lost.code) == (409, "MVCC_READ_CONFLICT"), lost.body
 
 
 def test_holds_a_retry_losing_the_race_to_its_own_first_attempt_is_200(net_home: Any) -> None:
@@ -272,7 +272,7 @@ def test_finding_a_claim_losing_an_unrelated_race_is_not_answered_with_an_older_
         lost = _settle(port, net_home, _claim())
         paid = _settle(port, net_home, _claim())
     assert lost.status >= 400 and "entry" not in lost.body, lost.body
-    assert (lost.status, lost.code) == (422, "MVCC_READ_CONFLICT")
+    assert (lost.status, lost.code) == (409, "MVCC_READ_CONFLICT")
     assert paid.status == 201 and paid.headers["Location"] == f"/fhir/Claim/CLM-{RX}-2-1", paid.body
     assert sorted(chain.claims) == [f"CLM-{RX}-1-1", f"CLM-{RX}-2-1"]
 
