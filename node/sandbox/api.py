@@ -76,7 +76,9 @@ call of a contract function 10; each loop iteration / comprehension element / el
 consumed by ``list()``, ``sum()``, ``sorted()``, ... 1; building a string 1 + chars/32,
 building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split, extend)
 1 + elements/4; scanning (``in``, ``==``/``<`` of non-literals, other str/list methods)
-1 + size/32; sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
+1 + size/32 (``==`` of two dicts of one length: 1 more per key; of two lists or tuples
+1 more per 8 elements; a string searched in a list/tuple 1 more per 8 elements beyond
+64; keys/items views compared like sets); sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
 (or keys) compared when they are containers, unless they are tuples with distinct str/int
 first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
 of containers their nested size once; ``isinstance`` with a tuple 1 + entries; a function body

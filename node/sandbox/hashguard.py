@@ -3,8 +3,8 @@
 A dict or set finds a key by walking the entries that share its hash, comparing each with
 the key, so N distinct keys of one hash make every insertion or lookup of them cost O(N)
 comparisons -- in C, out of the meter's sight.  CPython's hashes of contract values are
-computable offline (the workers' string seed is the consortium's ``hash_seed``, public by
-default; integer and tuple hashes use no seed):
+computable offline (the workers' string seed is ``Sandbox(hash_seed=...)``, 0 on every peer
+today; integer and tuple hashes use no seed):
 
 * integers: ``hash(x) == hash(x + k * (2**61 - 1))``.  Keys and set elements are refused
   beyond :data:`INT_HASH_MODULUS` (directly or nested), so distinct admitted integers have
@@ -140,9 +140,22 @@ class HashLedger:
     def admit(self, v: Any, h: int) -> int:
         """Record ``v`` (hash ``h``) as a key/element; returns how many other recorded values
         share its hash (0 unless hashes collide): what inserting it may compare."""
-        first = self._first.setdefault(h, v)
-        if first is v and not self.hot and (self._base is None or h not in self._base._first):
-            return 0  # a new hash, or the same object again
+        first = self._first.get(h, _STAND_IN)
+        if first is _STAND_IN:  # a hash this invocation has not recorded
+            base = self._base
+            if base is None or h not in base._first:
+                self._first[h] = v
+                return 0
+            # the module body recorded it: an equal value is not recorded again (as when the
+            # body ran in this call's own ledger: a cached module charges what a fresh one does)
+            known = base.known(h)
+            if v in known:
+                return len(known) - 1
+            self._first[h] = v
+            self.hot = True
+            return len(known)
+        if first is v and not self.hot:
+            return 0  # the same object again
         known = self.known(h)
         if v in known:  # identity first, then ==, in C
             return len(known) - 1

@@ -10,6 +10,8 @@ Gas schedule (documented in api.py for contract authors):
 * contract function call: ``CALL`` (10); loop iteration / element consumed: 1
 * arithmetic on big values, concatenation, repetition, slicing, ``in`` on sequences,
   method calls on str/list/dict/set: 1 + size/32 (size = elements or characters involved)
+* ``==`` of two dicts of one length: 1 more per key; of two lists/tuples 1 more per 8
+  elements; a string searched in a list/tuple: 1 more per 8 elements beyond 64
 * sorted / list.sort: 1 + n*log2(n), plus (1 + log2(n)) times the nested size of the
   values compared when they are containers (min/max: the nested size once)
 * context calls: see ``api.Context``
@@ -46,6 +48,7 @@ from node.sandbox.slots import DICT_FREE_SIZEOF, SCANNED, SET_FREE_SIZEOF, VIEWS
 CALL = 10
 MAX_KEY_DEPTH = 64  # tuples nested deeper cannot be dict keys, set elements or looked up
 INT_KEY_BOUND = 2**61 - 1  # hashguard.INT_HASH_MODULUS: |int| keys/elements stay below it
+FREE_SEARCH = 64  # elements of a list/tuple a string is searched in before the per-8 charge
 COLLISION_ELEMENTS = 16  # a colliding value's comparison costs one unit per 16 elements walked
 _RECORDED_TYPES = frozenset({tuple, frozenset})  # values whose hash collisions the ledger tracks
 _SIZED = (str, list, tuple, dict, set, frozenset)
@@ -54,10 +57,13 @@ _VIEWS: tuple[type, ...] = (type({}.keys()), type({}.values()), type({}.items())
 _SIZED_OR_VIEW: frozenset[type] = frozenset(_SIZED + _VIEWS)
 _HASHED = (dict, set, frozenset)
 _NESTING = frozenset({list, tuple, dict})  # containers compared element by element
-_DEEP = _NESTING | {set, frozenset}  # elements whose comparison is more than O(1)
-_COMPARED = _DEEP | {str}  # values whose comparison walks them (strings: memcmp)
 _SET_LIKE: frozenset[type] = frozenset({set, frozenset, *_VIEWS})  # operations hash elements
 _SET_VIEWS: frozenset[type] = frozenset({type({}.keys()), type({}.items())})  # set operators build sets of them
+_ITEMS_VIEW: type = type({}.items())
+# elements whose comparison is more than O(1): keys/items views compare like sets (an
+# items view also compares each value), ``[d.keys()] == [e.keys()]`` walks both dicts
+_DEEP = _NESTING | {set, frozenset} | _SET_VIEWS
+_COMPARED = _DEEP | {str}  # values whose comparison walks them (strings: memcmp)
 MAX_COMPARE_DEPTH = 100
 _SPEC_DIGITS = re.compile(r"\d{5,}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{8,}")  # 64-bit addresses, not 0x110000
@@ -349,8 +355,15 @@ class Meter:
                     self.gas(2 * recorded)
                     for x in v:
                         tx = type(x)
-                        if tx is tuple or tx is frozenset:
-                            self.probe(x)
+                        if tx is tuple:
+                            # finding its hash walks every element (each reference of a
+                            # shared sub-tuple: ``t = (t, t)`` 20 times is 2**20 of them),
+                            # in CPython's tuplehash and in probe_hash, on every rehash --
+                            # not only when the key was admitted (an items view's values
+                            # were never charged at all)
+                            self.probe(x, self.hash_cost(x))
+                        elif tx is frozenset:
+                            self.probe(x)  # its hash is cached, its elements were admitted
         return v
 
     def hashed(self, v: Any) -> Any:
@@ -404,6 +417,8 @@ class Meter:
             self.scan(value)
         if not shape:
             return value
+        if (tv is tuple or tv is list) and _plain_unpack(value, shape):
+            return value  # nothing to scan or materialize (``for k, (a, b) in pairs``)
         if tv is not tuple and tv is not list:
             value = self.materialize(value)
         n = len(shape)
@@ -475,6 +490,8 @@ class Meter:
             if tv in _SIZED_OR_VIEW and tv is not str and tv is not dict:
                 self.gas(1 + len(v))
                 self.scan(v)
+                if tv is _ITEMS_VIEW:
+                    self._item_values(v)
                 foreign = tv in _SET_VIEWS or (inserting and (tv is list or tv is tuple))
                 for x in v:
                     tx = type(x)
@@ -493,6 +510,15 @@ class Meter:
         if self.hashes.hot:
             for x, walked in looked_up:
                 self.probe(x, walked)
+
+    def _item_values(self, view: Any) -> None:
+        """An items view compared or searched as a set: each item found in the other operand
+        has its value compared (``{1: big_list}.items() == e.items()`` compares the lists,
+        in C): charged like comparing its dict (:meth:`nested_cost`; flat values: only their
+        strings' lengths)."""
+        d = get_referents(view)[0]
+        if not _DEEP.isdisjoint(map(type, d.values())) or any(type(x) is str for x in d.values()):
+            self.nested_cost(d)
 
     def hash_cost(self, v: Any) -> int:
         """Charge the work of hashing ``v`` (tuples and frozensets walked: one gas per
@@ -732,7 +758,14 @@ class Meter:
             if (tr is set or tr is frozenset) and not (
                 type(a) in (set, frozenset) and type(b) in (set, frozenset)
             ):
-                for x in r:  # e.g. dict.keys() | [something]
+                # e.g. dict.keys() | [something]: r may hold what a set element may not --
+                # None, or an item whose value is None or a function -- hashed by address,
+                # so r's order differs between workers: refuse before charging any element
+                # (the gas and the message named must not depend on that order)
+                refusals = [e for e in map(_elem_refusal, r) if e is not None]
+                if refusals:
+                    raise min(refusals, key=lambda e: (type(e).__name__, str(e)))
+                for x in r:
                     self.elem(x)
         elif tr is int:
             self.check_int(r)
@@ -775,6 +808,8 @@ class Meter:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
             if type(item) in _COMPARED and tc is not str:
                 self.nested_cost(container)  # each element is compared with the container
+                if type(item) is str:
+                    self._searched(container)
             return item in container
         if tc in _HASHED:
             self.left -= 1 + (len(item) // 32 if type(item) is str else 0)
@@ -809,6 +844,16 @@ class Meter:
             self.gas(len(a) // 32)
             if type(b) in _NESTING:
                 self.nested_cost(a)
+            if type(a) is dict and type(b) is dict and len(a) == len(b):
+                # ``d == e`` looks every key of d up in e and compares the values (random
+                # memory access: ~0.1-0.3 us per key; at len/32 it was 2.7-7 us per gas):
+                # one gas per key, as a dict nested in a compared value pays
+                self.gas(len(a))
+            elif (type(a) is list or type(a) is tuple) and type(b) is type(a) and (
+                    len(a) == len(b) or (op is not operator.eq and op is not operator.ne)):
+                # element by element until one differs (distinct equal objects: ~40-80 ns
+                # each; at len/32 it was 1.3-2.5 us per gas)
+                self.gas(min(len(a), len(b)) // 8)
         if type(a) in _SET_LIKE or type(b) in _SET_LIKE:
             self.hash_elements(a, b)
         elif self.hashes.hot and type(a) is dict:
@@ -820,7 +865,7 @@ class Meter:
         comparisons: charged what comparing it may walk (a comparison walks at most the
         smaller operand), like :meth:`compare` charges a single comparison; returned as is."""
         tv = type(v)
-        if tv in _COMPARED:
+        if tv in _COMPARED and tv not in _SET_VIEWS:
             self.nested_cost((v,), walks)
         elif tv in _SET_LIKE:
             for _ in range(walks):
@@ -829,6 +874,18 @@ class Meter:
             for _ in range(walks):
                 self.rehash(v)
         return v
+
+    def _searched(self, seq: list[Any] | tuple[Any, ...]) -> None:
+        """A string searched for in a list/tuple (``in``, ``index``, ``count``, ``remove``) is
+        compared with each element: strings of its length by memcmp, ~40-80 ns each for
+        distinct objects (at len/32, 2.4 us per gas): one more gas per 8 elements beyond
+        the first :data:`FREE_SEARCH` (a few microseconds; the story's lookups in short
+        tables pay as before)."""
+        n = (len(seq) - FREE_SEARCH) >> 3
+        if n > 0:
+            self.left -= n
+            if self.left < 0:
+                raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
 
     def nested_cost(self, v: Any, factor: int = 1) -> None:
         """Charge one gas per element of every container nested in ``v`` -- lists, tuples,
@@ -866,6 +923,10 @@ class Meter:
                 elif ty is str:
                     cost += len(y) >> 5
                 elif ty is set or ty is frozenset:
+                    cost += len(y) + slack_gas(y)
+                elif ty is _ITEMS_VIEW:  # each item's key looked up, its value compared
+                    stack.append((get_referents(y)[0], depth + 1))
+                elif ty in _SET_VIEWS:
                     cost += len(y) + slack_gas(y)
             self.left -= cost * factor
             if self.left < 0:
@@ -1166,6 +1227,8 @@ class Meter:
                 self.probe(args[0])
         elif name in _SEARCHING and args and type(args[0]) in _COMPARED and (tobj is list or tobj is tuple):
             self.nested_cost(obj)  # x is compared with each element
+            if type(args[0]) is str:
+                self._searched(obj)
         return getattr(obj, name)(*args, **kw)
 
     def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],
@@ -1274,6 +1337,53 @@ def _percent_bound(fmt: str, values: Any) -> int:
     return total
 
 
+def _plain_unpack(value: tuple[Any, ...] | list[Any], shape: tuple[Any, ...]) -> bool:
+    """True if ``value`` unpacks into the star-free target ``shape`` (see
+    :meth:`Meter.targets`) with nothing to charge: lengths fit, nested targets get tuples or
+    lists, names-only targets get no dict, set or view.  The common case, checked without
+    the general walk (which cost ~1 us per element: 0.9-1.9 us of CPU per gas of a
+    ``for k, (a, b) in pairs`` loop, now ~0.3-0.5)."""
+    if len(value) != len(shape):
+        return False
+    for x, c in zip(value, shape):  # noqa: B905 - lengths checked above (strict= is slower)
+        if c is None:
+            continue
+        if type(c) is not tuple or (c and c[0] == "**"):
+            return False  # a starred target
+        tx = type(x)
+        if not c:
+            if tx in SCANNED:
+                return False
+        elif (tx is not tuple and tx is not list) or not _plain_unpack(x, c):
+            return False
+    return True
+
+
+def _elem_refusal(x: Any) -> Exception | None:
+    """The error :meth:`Meter.elem` raises for ``x`` (None if ``x`` may be a set element),
+    without charging or recording anything; ``x`` is hashable and its tuples are at most
+    :data:`MAX_KEY_DEPTH` deep (it is in a set whose elements :meth:`Meter.hash_elements`
+    walked)."""
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        tv = type(v)
+        if tv is str or tv is bool or tv is frozenset:
+            continue
+        if tv is int:
+            if not -INT_KEY_BOUND < v < INT_KEY_BOUND:
+                return big_int_error(v)
+            continue
+        if tv is tuple:
+            stack.extend(reversed(v))
+            continue
+        return TypeError(
+            f"{tv.__name__} cannot be a set element or dict key in a contract "
+            "(set elements: str, int, bool and tuples of them)"
+        )
+    return None
+
+
 def _order(v: Any) -> tuple[str, Any]:
     """Sort key giving sets a deterministic print order."""
     return (type(v).__name__, v if type(v) in (int, bool, str) else repr(v))
@@ -1329,6 +1439,8 @@ def _m_grow(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name:
     if type(obj) is not dict:
         m.scan(obj)  # set operations (and a view's isdisjoint) may walk the receiver's table
         m.rehash(obj)  # ... and copy or look up its elements
+        if type(obj) is _ITEMS_VIEW:
+            m._item_values(obj)  # ``isdisjoint`` compares the values of the items it finds
     mats: list[Any] = []
     total = len(obj)
     for a in args:
