@@ -275,7 +275,9 @@ class RxOperations:
             raise  # may have dispensed (and so cleared the lock): leave it
         except RxClientError:
             if locked is not None:
-                with contextlib.suppress(RxClientError):  # best effort: the refusal is the answer
+                # best effort: the refusal is the answer, whatever the release runs into (a
+                # closed channel raises ValueError, not RxClientError)
+                with contextlib.suppress(Exception):
                     self.release(rx_id)
             raise
         if locked is not None:
