@@ -467,12 +467,8 @@ class Meter:
             self.left -= 1 + moved // 32
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
-        elif type(key) is tuple:
-            walked = self.hash_cost(key)
-            if self.hashes.hot:
-                self.probe(key, walked)
-        elif type(key) is frozenset:
-            self.probe(key)
+        else:
+            self.hashed(key)
         del obj[key]
 
     def hash_elements(self, *operands: Any, inserting: bool = False) -> None:
@@ -815,12 +811,7 @@ class Meter:
             self.left -= 1 + (len(item) // 32 if type(item) is str else 0)
             if self.left < 0:
                 raise self.fail(OutOfGas(f"gas limit {self.limit} exhausted"))
-            if type(item) is tuple:
-                walked = self.hash_cost(item)
-                if self.hashes.hot:
-                    self.probe(item, walked)
-            elif type(item) is frozenset:
-                self.probe(item)
+            self.hashed(item)
             return item in container
         if tc is range and type(item) is int:
             self.gas(1)
@@ -1218,13 +1209,7 @@ class Meter:
             if name == "copy":
                 self.rehash(obj)  # a table with deleted entries is copied key by key
         if args and tobj in _HASHED:
-            ta = type(args[0])
-            if ta is tuple:
-                walked = self.hash_cost(args[0])  # d.get(t), s.discard(t)... hash the tuple
-                if self.hashes.hot:
-                    self.probe(args[0], walked)
-            elif ta is frozenset and self.hashes.hot:
-                self.probe(args[0])
+            self.hashed(args[0])  # d.get(t), s.discard(t)... hash the tuple
         elif name in _SEARCHING and args and type(args[0]) in _COMPARED and (tobj is list or tobj is tuple):
             self.nested_cost(obj)  # x is compared with each element
             if type(args[0]) is str:
