@@ -9,6 +9,7 @@ import plyvel
 from rxchain.v1 import block_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
+from node.ledger.blockstore import BlockStore, Location
 
 
 def make_chain(n: int, start_prev: bytes = GENESIS_PREVIOUS_HASH, first: int = 0,
@@ -34,3 +35,12 @@ def dump_state(ledger_dir: Path) -> list[tuple[bytes, bytes]]:
         return list(db.iterator())
     finally:
         db.close()
+
+
+def store_blocks(path: Path, blocks: list[block_pb2.Block]) -> list[Location]:
+    """Append ``blocks`` to the block store at ``path`` (fsync off) and close it; the
+    location of each record (offsets for the tests that corrupt one)."""
+    with BlockStore(path, fsync=False) as bs:
+        for b in blocks:
+            bs.append(b)
+        return list(bs._locs)

@@ -10,7 +10,7 @@ import pytest
 from node.crypto.canonical import block_header_hash
 from node.ledger.blockstore import IDX_SIZE, REC_HEAD_SIZE, BlockStore
 from node.ledger.errors import LedgerError
-from tests.ledger.chain import make_chain
+from tests.ledger.chain import make_chain, store_blocks
 
 
 def test_append_get_reopen(tmp_path):
@@ -57,9 +57,7 @@ def test_rejects_wrong_number_and_broken_chain(tmp_path):
 @pytest.mark.parametrize("cut", [1, REC_HEAD_SIZE - 1, REC_HEAD_SIZE + 5])
 def test_torn_tail_truncated_on_open(tmp_path, caplog, cut):
     blocks = make_chain(4)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks[:3]:
-            bs.append(b)
+    store_blocks(tmp_path, blocks[:3])
     seg = tmp_path / "seg-000000.blk"
     good_size = seg.stat().st_size
     # Simulate a crash mid-append of block 3: a partial record at the tail.
@@ -78,9 +76,7 @@ def test_torn_tail_truncated_on_open(tmp_path, caplog, cut):
 
 def test_missing_index_entries_rebuilt_from_segments(tmp_path):
     blocks = make_chain(6)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
+    store_blocks(tmp_path, blocks)
     idx = tmp_path / "index.bin"
     # crash after the segment write but before the index write of the last two blocks
     os.truncate(idx, 4 * IDX_SIZE)
@@ -99,11 +95,8 @@ def test_missing_index_entries_rebuilt_from_segments(tmp_path):
 
 def test_corrupted_middle_record_detected(tmp_path):
     blocks = make_chain(5)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
-        # offset of block 2's payload
-        loc2 = bs._locs[2]
+    # offset of block 2's payload
+    loc2 = store_blocks(tmp_path, blocks)[2]
     seg = tmp_path / "seg-000000.blk"
     data = bytearray(seg.read_bytes())
     data[loc2.offset + REC_HEAD_SIZE + 10] ^= 0x40
@@ -151,10 +144,7 @@ def test_wait_for_height(tmp_path):
 
 def test_middle_corruption_with_lost_index_is_refused_not_truncated(tmp_path):
     blocks = make_chain(5)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
-        loc2 = bs._locs[2]
+    loc2 = store_blocks(tmp_path, blocks)[2]
     seg = tmp_path / "seg-000000.blk"
     data = bytearray(seg.read_bytes())
     size = len(data)
@@ -171,9 +161,7 @@ def test_middle_corruption_with_lost_index_is_refused_not_truncated(tmp_path):
 
 def test_zero_filled_tail_truncated_and_readonly_does_not_touch(tmp_path):
     blocks = make_chain(2)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
+    store_blocks(tmp_path, blocks)
     seg = tmp_path / "seg-000000.blk"
     good = seg.stat().st_size
     with open(seg, "ab") as f:
@@ -193,9 +181,7 @@ def test_zero_filled_tail_truncated_and_readonly_does_not_touch(tmp_path):
 def test_index_completed_after_scan_survives_more_appends(tmp_path):
     """Entries found by scanning are written back; a zeroed middle entry is not trusted."""
     blocks = make_chain(8)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks[:5]:
-            bs.append(b)
+    store_blocks(tmp_path, blocks[:5])
     idx = tmp_path / "index.bin"
     os.truncate(idx, 2 * IDX_SIZE)  # crash lost the index entries of blocks 2..4
     with BlockStore(tmp_path) as bs:

@@ -39,7 +39,7 @@ from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
 from node.ledger.statedb import KeyWrite, StateDB, TxOutcome
 from node.ledger.txwrites import outcomes_from_block
-from tests.ledger.chain import dump_state, make_chain
+from tests.ledger.chain import dump_state, make_chain, store_blocks
 from tests.ledger.crash_driver import build_block, commit_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,10 +258,7 @@ def _flip_length(seg: Path, offset: int, bit: int) -> None:
 
 def test_flipped_length_in_a_middle_record_is_corruption_not_a_torn_tail(tmp_path):
     blocks = make_chain(10)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
-        loc5 = bs._locs[5]
+    loc5 = store_blocks(tmp_path, blocks)[5]
     seg = tmp_path / "seg-000000.blk"
     _flip_length(seg, loc5.offset, 22)  # block 5 now claims ~4 MiB: past the end of the file
     size = seg.stat().st_size
@@ -388,10 +385,7 @@ def _peak_during(fn: Any) -> int:
 
 def test_forged_length_in_an_indexed_record_allocates_nothing(tmp_path):
     blocks = make_chain(4)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
-        loc1 = bs._locs[1]
+    loc1 = store_blocks(tmp_path, blocks)[1]
     _set_length(tmp_path / "seg-000000.blk", loc1.offset, FORGED_LENGTH)
     with BlockStore(tmp_path) as bs:  # only the last indexed record is checked on open
         assert bs.height() == 4
@@ -407,10 +401,7 @@ def test_forged_length_in_an_indexed_record_allocates_nothing(tmp_path):
 
 def test_forged_length_at_the_tail_allocates_nothing_on_open(tmp_path):
     blocks = make_chain(4)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
-        loc3 = bs._locs[3]
+    loc3 = store_blocks(tmp_path, blocks)[3]
     _set_length(tmp_path / "seg-000000.blk", loc3.offset, FORGED_LENGTH)
     (tmp_path / "index.bin").unlink()
     opened: list[int] = []
@@ -426,9 +417,7 @@ def test_forged_length_at_the_tail_allocates_nothing_on_open(tmp_path):
 
 def test_huge_sparse_index_file_is_not_read_whole(tmp_path):
     blocks = make_chain(4)
-    with BlockStore(tmp_path, fsync=False) as bs:
-        for b in blocks:
-            bs.append(b)
+    store_blocks(tmp_path, blocks)
     os.truncate(tmp_path / "index.bin", 8 * 1024 * 1024)  # e.g. a file extended, never written
     opened: list[int] = []
 

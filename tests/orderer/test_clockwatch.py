@@ -110,18 +110,27 @@ def _three_voters(net, data: Path, leader_clock_ms: int,
     return lead, transport
 
 
+AHEAD_MS = BASE_MS + HOUR_MS  # the wall clock of a leader an hour ahead
+
+
+def _leader_an_hour_ahead(net, data: Path) -> tuple[Leader, Collect, ClockWatch]:
+    """Three voters led by orderer 1, whose clock reads :data:`AHEAD_MS`; the watch it
+    compares the others' clocks with (nothing observed yet)."""
+    watch = ClockWatch(lambda: AHEAD_MS)
+    lead, transport = _three_voters(net, data, AHEAD_MS, watch)
+    return lead, transport, watch
+
+
 @pytest.mark.parametrize(("follower_offsets", "hands_to"), [
     ({2: -HOUR_MS, 3: -HOUR_MS}, 2),  # the leader is an hour ahead of both
     ({2: 3_000, 3: -HOUR_MS}, None),  # 3 is the odd one out: the leader stays
 ])
 def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
         net, tmp_path: Path, follower_offsets: dict[int, int], hands_to: int | None) -> None:
-    leader_clock = BASE_MS + HOUR_MS
-    watch = ClockWatch(lambda: leader_clock)
-    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    lead, transport, watch = _leader_an_hour_ahead(net, tmp_path)
     try:
         for node, offset in follower_offsets.items():
-            watch.observe(node, leader_clock + offset)
+            watch.observe(node, AHEAD_MS + offset)
         metrics: OrdererMetrics = lead.chain._metrics
         checks = lead.chain._opt.clock_disagree_checks
         assert checks == 3
@@ -143,13 +152,11 @@ def test_a_leader_a_quorum_disagrees_with_hands_leadership_over(
 def test_one_agreeing_check_restarts_the_count(net, tmp_path: Path) -> None:
     """A clock found odd twice, then once within the bound (a stepped clock, a slow message),
     needs three odd checks in a row again before leadership moves."""
-    leader_clock = BASE_MS + HOUR_MS
-    watch = ClockWatch(lambda: leader_clock)
-    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    lead, transport, watch = _leader_an_hour_ahead(net, tmp_path)
     try:
         def check(offset: int) -> None:
             for node in (2, 3):
-                watch.observe(node, leader_clock + offset)
+                watch.observe(node, AHEAD_MS + offset)
             lead.chain._check_clocks(lead.now, watch)
             lead.chain._process_ready()
 
@@ -167,12 +174,10 @@ def test_leadership_does_not_go_to_a_voter_not_heard_from_since_the_last_quorum_
     """Orderer 2 agrees with 3 about the time but died (its offset is still within the 10 s
     horizon): the leader hands over to 3, which the Raft core saw active, not to 2 (the lower
     id, which the verdict would otherwise pick); with neither active it keeps trying."""
-    leader_clock = BASE_MS + HOUR_MS
-    watch = ClockWatch(lambda: leader_clock)
-    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    lead, transport, watch = _leader_an_hour_ahead(net, tmp_path)
     try:
         for node in (2, 3):
-            watch.observe(node, leader_clock - HOUR_MS)
+            watch.observe(node, AHEAD_MS - HOUR_MS)
         progress = lead.chain._node.raft.tracker.progress
         progress[2].recent_active = False
         progress[3].recent_active = False
@@ -208,12 +213,10 @@ def test_a_leader_deposed_in_the_same_loop_does_not_move_the_new_leaders_leaders
     heartbeat), while the chain still believes it leads. Its verdict (its clock disagrees,
     leadership to 2) must not reach 3: a follower forwards transfer_leader to its leader,
     which would hand a leadership nobody measured over to 2."""
-    leader_clock = BASE_MS + HOUR_MS
-    watch = ClockWatch(lambda: leader_clock)
-    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    lead, transport, watch = _leader_an_hour_ahead(net, tmp_path)
     try:
         for node in (2, 3):
-            watch.observe(node, leader_clock - HOUR_MS)
+            watch.observe(node, AHEAD_MS - HOUR_MS)
         term = lead.chain._node.status().term
         lead.chain._node.step(Message(MessageType.HEARTBEAT, to=1, frm=3, term=term + 1))
         role_seen_by_chain = lead.chain._role

@@ -19,7 +19,6 @@ from node.crypto.tls import secure_channel, server_credentials
 from node.crypto.x509 import cert_to_der
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
-from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.releases import (
     MAX_RELAYED_PEERS,
@@ -34,7 +33,7 @@ from node.raft.types import Message, MessageType, StateRole
 from tests.harness.certs import issue_from_org_ca
 from tests.orderer.cluster import config_envelope, wait_until
 from tests.orderer.inproc import Leader, NullSink, step_server
-from tests.orderer.test_clockwatch import BASE_MS, HOUR_MS, _three_voters
+from tests.orderer.test_clockwatch import AHEAD_MS, BASE_MS, HOUR_MS, _leader_an_hour_ahead
 from tests.orderer.test_peer_releases import NEWER, _node_files, _peer_network
 
 PeerRelease = services_pb2.PeerRelease
@@ -378,13 +377,11 @@ def test_odd_checks_do_not_add_up_across_a_lost_and_won_back_leadership(net: Any
     and wins it back (a new term) before the next check. The reviewed code kept the count,
     so the first check of the new term handed leadership over at once, not after three
     checks in a row as leader."""
-    leader_clock = BASE_MS + HOUR_MS
-    watch = ClockWatch(lambda: leader_clock)
-    lead, transport = _three_voters(net, tmp_path, leader_clock, watch)
+    lead, transport, watch = _leader_an_hour_ahead(net, tmp_path)
     chain = lead.chain
     try:
         for other in (2, 3):
-            watch.observe(other, leader_clock - HOUR_MS)
+            watch.observe(other, AHEAD_MS - HOUR_MS)
         for _ in range(chain._opt.clock_disagree_checks - 1):
             chain._check_clocks(lead.now, watch)
             chain._process_ready()
