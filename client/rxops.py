@@ -344,12 +344,12 @@ class RxOperations:
             out["denied"] = "NO_KEY_GRANT"
         return out
 
-    def _all_pages(self, fn: str, rx_id: str, items: str) -> dict[str, Any]:
+    def _all_pages(self, fn: str, rx_id: str, items: str, contract: str = RX) -> dict[str, Any]:
         """Every page of a paged view (``start``/``next``) of one prescription, its ``items``
         concatenated; at most MAX_PAGES pages, and a cursor that does not move is an error."""
         start, merged = "", None
         for _ in range(MAX_PAGES):
-            res = self.s.gateway.evaluate(RX, fn, {"rx_id": rx_id, "start": start})
+            res = self.s.gateway.evaluate(contract, fn, {"rx_id": rx_id, "start": start})
             if not isinstance(res, dict) or not isinstance(res.get(items), list):
                 raise RxClientError("BAD_PAYLOAD", f"{fn} returned no object with a list of {items}")
             if merged is None:
@@ -507,22 +507,15 @@ class RxOperations:
         """Every settle/reverse step of a prescription's claims (``settlement.trail``, every
         page; the parties of the prescription): step, actor, org, role, time_ms, tx_id, block,
         claim_id, fill."""
-        start, out = "", []
-        for _ in range(MAX_PAGES):
-            res = self.s.gateway.evaluate(SETTLEMENT, "trail", {"rx_id": rx_id, "start": start})
-            if not isinstance(res, dict) or not isinstance(res.get("steps"), list):
-                raise RxClientError("BAD_PAYLOAD", "trail returned no object with a list of steps")
-            for st in res["steps"]:
-                detail = st.get("detail") if isinstance(st.get("detail"), dict) else {}
-                out.append({**{k: v for k, v in st.items() if k != "detail"},
-                            "claim_id": detail.get("claim_id"), "fill": detail.get("fill")})
-            nxt = str(res.get("next") or "")
-            if not nxt:
-                return out
-            if nxt == start:
-                raise RxClientError("BAD_PAYLOAD", "trail: the page cursor did not move")
-            start = nxt
-        raise RxClientError("BAD_PAYLOAD", f"trail: more than {MAX_PAGES} pages")
+        res = self._all_pages("trail", rx_id, "steps", contract=SETTLEMENT)
+        if res.get("truncated"):
+            raise RxClientError("BAD_PAYLOAD", f"trail: more than {MAX_PAGES} pages")
+        out = []
+        for st in res["steps"]:
+            detail = st.get("detail") if isinstance(st.get("detail"), dict) else {}
+            out.append({**{k: v for k, v in st.items() if k != "detail"},
+                        "claim_id": detail.get("claim_id"), "fill": detail.get("fill")})
+        return out
 
     def trace_fills(self, rx_id: str, trace_codes: Sequence[str]) -> list[int]:
         """The fill of ``rx_id`` each box trace code was dispensed in, 0 for a code it never
