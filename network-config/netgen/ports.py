@@ -3,7 +3,11 @@
 netgen gives node ``i`` port ``base + i`` and metrics port ``base + 200 + i``, so a
 consortium needs a base where both runs of ports are free. Ports are probed by binding;
 another process may still grab one before the node binds it, which the process manager
-reports as a start failure with the node's log.
+reports as a start failure with the node's log. Bases are chosen below the kernel's
+ephemeral range (``ip_local_port_range``): the outgoing connections of the very processes
+a test starts take ports from that range, and one of them landing on a probed port between
+the probe and the node's bind made a node fail to start (seen once in CI: a peer's metrics
+port "Address already in use").
 """
 
 from __future__ import annotations
@@ -13,8 +17,18 @@ import socket
 from collections.abc import Iterable
 
 LOCALHOST = "127.0.0.1"
-_MIN_PORT = 20000
-_MAX_PORT = 59000
+_MIN_PORT = 10000
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_low(path: str = _EPHEMERAL_RANGE, default: int = 32768) -> int:
+    """The first port of the kernel's ephemeral range (``default`` when it cannot be read)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+    return low if low > _MIN_PORT + 1000 else default
 
 
 def port_is_free(port: int, host: str = LOCALHOST) -> bool:
@@ -59,7 +73,7 @@ def free_base_port(count: int, offsets: tuple[int, ...] = (0, 200), attempts: in
     """A base port ``b`` such that ``b + off + i`` is free for every offset and ``i < count``."""
     pick = rng or random.Random()  # noqa: S311 - port spreading, not security
     for _ in range(attempts):
-        base = pick.randrange(_MIN_PORT, _MAX_PORT - max(offsets) - count)
+        base = pick.randrange(_MIN_PORT, ephemeral_low() - max(offsets) - count)
         if _all_free(base + off + i for off in offsets for i in range(count)):
             return base
     raise RuntimeError(f"no free run of {count} ports with offsets {offsets} after {attempts} attempts")

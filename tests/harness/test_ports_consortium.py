@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import yaml
+from netgen.ports import ephemeral_low
 
 from node.config import load_node_config
 from tests.harness.consortium import generate_consortium, links_of, route_through_proxies
@@ -23,6 +24,19 @@ def test_free_ports_are_free_and_distinct() -> None:
         assert not port_is_free(s.getsockname()[1])
     base = free_base_port(5)
     assert all(port_is_free(base + off + i) for off in (0, 200) for i in range(5))
+
+
+def test_base_ports_stay_below_the_kernels_ephemeral_range(tmp_path: Path) -> None:
+    """Outgoing connections take ports from the ephemeral range; a node port there could be
+    taken between the probe and the node's bind. Every base (and its metrics run) is below."""
+    low = ephemeral_low()
+    assert all(free_base_port(5) + 200 + 5 <= low for _ in range(50))
+    rng = tmp_path / "range"
+    rng.write_text("40000\t60999\n")
+    assert ephemeral_low(str(rng)) == 40000
+    rng.write_text("garbage")
+    assert ephemeral_low(str(rng)) == 32768
+    assert ephemeral_low(str(tmp_path / "absent")) == 32768
 
 
 def test_consortium_and_proxy_rewiring(tmp_path: Path, fault_proxy: FaultProxy) -> None:
