@@ -398,13 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ng = sub(groups, "netgen", cmd_netgen, "generate keys, certificates, node configs, genesis")
     ng.add_argument("--consortium", type=Path)
-    ng.add_argument("--base-port", type=_PORT)
+    ng.add_argument("--base-port", type=_PORT, help="first port of a new network (an existing home keeps "
+                                                  "the ports its genesis names)")
 
     net = groups.add_parser("network", help="the local network").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     up = sub(net, "up", cmd_network_up, "generate if missing, start all nodes, bootstrap once")
     up.add_argument("--consortium", type=Path)
-    up.add_argument("--base-port", type=_PORT)
+    up.add_argument("--base-port", type=_PORT, help="first port if the home is generated now")
     up.add_argument("--timeout", type=_seconds, default=120.0)
     up.add_argument("--sample-data", type=Path)
     up.add_argument("--no-sample-data", action="store_true")

@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,30 @@ def _pinned_certs(home: Path) -> dict[Path, bytes]:
     return pinned
 
 
+def home_ports(spec: ConsortiumSpec, home: Path) -> ConsortiumSpec:
+    """``spec`` placed on the ports of the network ``home`` already holds, when that is all
+    that differs: a home generated with ``--base-port`` (or from a file whose ``base_port``
+    changed since) keeps the ports its genesis names -- they are the network's, and only a
+    config update moves a node --, so re-running netgen with the unchanged file completes it
+    instead of refusing it as another network. ``spec`` unchanged otherwise (no home yet, the
+    same ports, or other differences, which :func:`check_home` refuses)."""
+    genesis = home / "genesis.block"
+    if not genesis.is_file():
+        return spec
+    try:
+        existing = config_from_genesis(read_genesis(genesis))
+    except (OSError, RxError, ValueError):
+        return spec  # check_home names what is wrong with it
+    if not existing.orderers or existing.orderers[0].port == spec.base_port:
+        return spec
+    moved = replace(spec, base_port=existing.orderers[0].port)
+    wanted = _skeleton(moved, plan_nodes(moved))
+    have = [(n.name, n.host, n.port) for n in [*existing.orderers, *existing.peers]]
+    if have != [(n.name, n.host, n.port) for n in [*wanted.orderers, *wanted.peers]]:
+        return spec
+    return moved
+
+
 def check_home(spec: ConsortiumSpec, home: Path) -> None:
     """RxError BAD_CONFIG unless :func:`generate` may write ``spec``'s network under ``home``:
     a directory (or nothing yet); if it already holds a genesis block, that block's
@@ -396,6 +420,7 @@ def generate(raw_or_spec: dict[str, Any] | ConsortiumSpec, home: str | Path,
     spec = raw_or_spec if isinstance(raw_or_spec, ConsortiumSpec) else parse_spec(raw_or_spec)
     check_content(spec)  # before anything is written
     home = Path(home)
+    spec = home_ports(spec, home)
     check_home(spec, home)
     fresh = not home.exists() or not any(home.iterdir())
     created: Path | None = None

@@ -192,7 +192,8 @@ def test_the_cli_never_prints_a_traceback(tmp_path: Path) -> None:
 def test_another_consortium_in_an_existing_home_is_refused(tmp_path: Path) -> None:
     generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
     before = _digest_tree(tmp_path)
-    for other in (small_consortium(base_port=22050), _mutated(lambda r: _org(r, "p01").update(peer=False)),
+    moved_and_other = _mutated(lambda r: r.update(base_port=22050, consortium_id="other-rx"))
+    for other in (moved_and_other, _mutated(lambda r: _org(r, "p01").update(peer=False)),
                   _mutated(lambda r: r.update(consortium_id="other-rx"))):
         with pytest.raises(RxError) as err:
             generate(other, tmp_path, clock=lambda: FIXED_NOW)
@@ -200,6 +201,20 @@ def test_another_consortium_in_an_existing_home_is_refused(tmp_path: Path) -> No
     assert _digest_tree(tmp_path) == before
     generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)  # the same one still completes
     assert _digest_tree(tmp_path) == before
+
+
+def test_a_home_generated_on_other_ports_is_completed_on_its_own_ports(tmp_path: Path) -> None:
+    """A home made with ``--base-port`` (or before the file's base_port changed): a plain
+    re-run with the file completes it on the ports its genesis names, never other ports."""
+    generate(small_consortium(base_port=22050), tmp_path, clock=lambda: FIXED_NOW)
+    before = _digest_tree(tmp_path)
+    node_yaml = tmp_path / "nodes" / "peer.h02" / "node.yaml"
+    node_yaml.unlink()
+    good = tmp_path.parent / f"{tmp_path.name}-consortium.yaml"
+    good.write_text(yaml.safe_dump(small_consortium()))  # the file's own base_port: 21050
+    assert netgen_main(["--home", str(tmp_path), "--consortium", str(good)]) == 0
+    assert _digest_tree(tmp_path) == before  # node.yaml written again, on the home's ports
+    assert load_node_config(node_yaml).port == 22052
 
 
 def test_an_existing_private_file_others_can_read_is_refused(tmp_path: Path) -> None:
