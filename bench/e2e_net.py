@@ -80,12 +80,18 @@ def _id_number(i: int, hospital: str) -> str:
     return body + str(i % 10)
 
 
+# patients per sample-data file: ~400 bytes each as YAML, so a file stays far below the
+# strict reader's bound (node.yamlfile.MAX_CONFIG_BYTES, 4 MiB: ~10,900 patients)
+PATIENTS_PER_FILE = 4000
+
+
 def enrol_patients(boot: Bootstrapper, net: NetworkInfo, count: int, home: Path,
-                   sample: Path = DEFAULT_SAMPLE_DATA) -> list[BenchPatient]:
+                   sample: Path = DEFAULT_SAMPLE_DATA, per_file: int = PATIENTS_PER_FILE) -> list[BenchPatient]:
     """Enrol ``count`` patients (half at h01, half at h02, insured by ins01, each with a
     physical I10 diagnosis and a large account balance) through the client's own sample
     data loader: the sample file's first patient is the template, so whatever the registry
-    and settlement contracts expect at enrolment the client already sends."""
+    and settlement contracts expect at enrolment the client already sends. Written and
+    loaded ``per_file`` patients a file (``bench-patients-NNN.yaml``)."""
     raw = yaml.safe_load(sample.read_text()) or {}
     template = dict((raw.get("patients") or [{}])[0])
     entries, patients = [], []
@@ -102,9 +108,11 @@ def enrol_patients(boot: Bootstrapper, net: NetworkInfo, count: int, home: Path,
                  "account_balance_fen": 10_000_000, "deductible_used_fen": 20_000}
         entries.append(entry)
         patients.append(BenchPatient(idn, hosp, pseudonym(net.secret, idn), birth))
-    path = home / "bench-patients.yaml"
-    path.write_text(yaml.safe_dump({"version": raw.get("version", 1), "patients": entries}, sort_keys=True))
-    boot.load_sample_data(path)
+    for n, first in enumerate(range(0, count, per_file)):
+        path = home / f"bench-patients-{n:03d}.yaml"
+        chunk = entries[first:first + per_file]
+        path.write_text(yaml.safe_dump({"version": raw.get("version", 1), "patients": chunk}, sort_keys=True))
+        boot.load_sample_data(path)
     return patients
 
 

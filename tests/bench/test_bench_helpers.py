@@ -337,4 +337,28 @@ def test_the_e2e_patients_file_passes_the_strict_sample_data_reader(tmp_path: Pa
     assert len(patients) == 4 and len(loaded) == 1
     entries = loaded[0]["patients"]
     assert isinstance(entries, list) and [e["name"] for e in entries] == [f"bench-patient-{i:04d}" for i in range(4)]
-    assert "&id" not in (tmp_path / "bench-patients.yaml").read_text()
+    assert "&id" not in (tmp_path / "bench-patients-000.yaml").read_text()
+
+
+def test_the_e2e_patients_are_loaded_in_files_the_strict_reader_accepts(tmp_path: Path) -> None:
+    """More patients than one sample-data file may hold (the reader's 4 MiB bound: ~10,900)
+    go in several files, each loaded in turn, every patient once and in order."""
+    from types import SimpleNamespace
+
+    from netgen.sampledata import read_sample_data
+
+    from bench.e2e_net import PATIENTS_PER_FILE, enrol_patients
+    from node.yamlfile import MAX_CONFIG_BYTES
+
+    loaded: list[dict[str, object]] = []
+    boot = SimpleNamespace(load_sample_data=lambda path: loaded.append(read_sample_data(path)))
+    patients = enrol_patients(boot, SimpleNamespace(secret=b"s" * 32), 7, tmp_path,  # type: ignore[arg-type]
+                              per_file=3)
+    names = [e["name"] for doc in loaded for e in doc["patients"]]  # type: ignore[attr-defined]
+    assert len(patients) == 7 and len(loaded) == 3 and names == [f"bench-patient-{i:04d}" for i in range(7)]
+    # a full file stays within the reader's bound, with a fifth to spare for longer names
+    one = tmp_path / "one"
+    one.mkdir()
+    enrol_patients(SimpleNamespace(load_sample_data=lambda path: None),  # type: ignore[arg-type]
+                   SimpleNamespace(secret=b"s" * 32), 1, one)  # type: ignore[arg-type]
+    assert len((one / "bench-patients-000.yaml").read_bytes()) * 1.2 * PATIENTS_PER_FILE < MAX_CONFIG_BYTES
