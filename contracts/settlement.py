@@ -1,6 +1,7 @@
 """rxchain settlement contract (namespace ``settlement``): outpatient chronic-disease claims.
 
-The formula of DOMAIN.md section 3, in integer fen, rounding half-up per line:
+The formula of DOMAIN.md section 3, in integer fen, rounding half-up per line (a line is
+a line of the claim as it lists them: the same drug on two lines is rounded twice):
 
     medfee  = sum price * qty                         (all lines)
     fulamt  = sum off-list lines
@@ -251,7 +252,9 @@ def _compute(lines: list, policy: dict, level: str, diagnosis: str, ded_used: in
 
 
 def _claimed_lines(ctx: Context, dispensed: list) -> list:
-    """Aggregate the lines to claim (default: everything dispensed) and check them."""
+    """The lines to claim (default: everything dispensed), checked per code against the
+    dispense, as the claim lists them: each is an invoice line, priced and rounded on its
+    own (the same drug on two lines rounds twice, DOMAIN.md section 3)."""
     disp_qty = {}
     for ln in dispensed:
         disp_qty[ln["code"]] = disp_qty.get(ln["code"], 0) + ln["qty"]
@@ -261,22 +264,33 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
     if not isinstance(wanted, list) or len(wanted) == 0 or len(wanted) > 5:
         ctx.fail("BAD_TRANSIENT", "transient lines: 1-5 objects {code, qty}")
     claim_qty = {}
-    order = []
+    out = []
     for ln in wanted:
         if not isinstance(ln, dict) or not _is_int(ln.get("qty"), 1, 1000):
             ctx.fail("BAD_TRANSIENT", "each claimed line needs a quantity of 1-1000")
         code = ln.get("code")
         if not isinstance(code, str) or code not in disp_qty:
             ctx.fail("ITEM_NOT_DISPENSED", "claimed item " + str(code) + " was not dispensed")
-        if code not in claim_qty:
-            order.append(code)
-            claim_qty[code] = 0
-        claim_qty[code] = claim_qty[code] + ln["qty"]
+        claim_qty[code] = claim_qty.get(code, 0) + ln["qty"]
         if claim_qty[code] > disp_qty[code]:
             ctx.fail("QTY_EXCEEDS_DISPENSED", "claimed quantity of " + code + " exceeds dispense")
+        out.append({"code": code, "qty": ln["qty"]})
+    return out
+
+
+def _per_code(lines: list) -> list:
+    """One {code, qty} per code, in order of first appearance: what ``lines_commitment``
+    commits (the claimed quantities, however the claim splits them into lines)."""
+    qty = {}
+    order = []
+    for ln in lines:
+        if ln["code"] not in qty:
+            order.append(ln["code"])
+            qty[ln["code"]] = 0
+        qty[ln["code"]] = qty[ln["code"]] + ln["qty"]
     out = []
     for code in order:
-        out.append({"code": code, "qty": claim_qty[code]})
+        out.append({"code": code, "qty": qty[code]})
     return out
 
 
@@ -358,7 +372,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         "hospital_level": level,
         "policy_effective_ms": policy["effective_ms"],
         "status": "SETTLED",
-        "lines_commitment": ctx.sha256_hex(salt + ctx.canonical_json(lines)),
+        "lines_commitment": ctx.sha256_hex(salt + ctx.canonical_json(_per_code(lines))),
         "events": [
             {
                 "step": "settle",

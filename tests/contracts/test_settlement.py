@@ -226,6 +226,25 @@ def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself:
     assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
 
 
+def test_the_same_drug_on_two_lines_is_rounded_per_line(world: World) -> None:
+    """DOMAIN.md section 3 rounds per line: benidipine 25.00 at a B share of 3.33 % is
+    0.8325 -> 0.83 on each of two one-box lines (1.66), not 1.665 -> 1.67 once per drug."""
+    pol = dict(world.sample["policies"][0])
+    pol["b_share_bp"] = 333
+    world.set_policy(pol, world.chain.now + 1).unwrap()
+    world.chain.advance(1)
+    prep = dispensed(world, drugs=[("benidipine", 1), ("benidipine", 1)])
+    claim = settle(world, prep).unwrap()
+    assert claim["preself_fen"] == 166 and claim["medfee_fen"] == 5000
+    assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
+    one_line = dispensed(world, drugs=[("benidipine", 2)])
+    assert settle(world, one_line).unwrap()["preself_fen"] == 167
+    # a claim listing the two boxes as one line is one line: rounded once
+    again = dispensed(world, drugs=[("benidipine", 1), ("benidipine", 1)])
+    merged = settle(world, again, lines=[{"code": world.codes["benidipine"], "qty": 2}]).unwrap()
+    assert merged["preself_fen"] == 167
+
+
 def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
     out = world.chain.submit("settlement", "reverse", CLERK, claim_id="CLM-X-1-1", reason="OTHER")
     assert out.reason == "CLAIM_NOT_FOUND"
