@@ -330,8 +330,11 @@ def home_ports(spec: ConsortiumSpec, home: Path) -> ConsortiumSpec:
         return spec
     moved = replace(spec, base_port=existing.orderers[0].port)
     wanted = _skeleton(moved, plan_nodes(moved))
-    have = [(n.name, n.host, n.port) for n in [*existing.orderers, *existing.peers]]
-    if have != [(n.name, n.host, n.port) for n in [*wanted.orderers, *wanted.peers]]:
+    def places(config: config_pb2.ConsortiumConfig) -> list[tuple[str, str, int]]:
+        return ([(n.name, n.host, n.port) for n in config.orderers]
+                + [(n.name, n.host, n.port) for n in config.peers])
+
+    if places(existing) != places(wanted):
         return spec
     return moved
 
