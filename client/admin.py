@@ -32,6 +32,9 @@ class NodeHealth:
     # heard from or an older release) for every peer of the config in force: the leader
     # refuses to raise the version while a peer lacks it (node.orderer.releases)
     peer_protocol_versions: tuple[tuple[str, int], ...] = ()
+    # orderers: the peers (of those) whose version was told unsigned (a peer of a release that
+    # does not sign what it tells, or an orderer of one relaying): it never admits a raise
+    peers_unsigned: tuple[str, ...] = ()
 
 
 class AdminClient:
@@ -72,4 +75,5 @@ class AdminClient:
         return NodeHealth(name, True, h.detail, int(s.height), int(s.raft_leader),
                           int(s.raft_term), s.last_block_hash.hex(), s.state_hash.hex(),
                           tuple(int(v) for v in s.protocol_versions), int(s.protocol_version),
-                          tuple((p.node, int(p.max_protocol_version)) for p in s.peer_releases))
+                          tuple((p.node, int(p.max_protocol_version)) for p in s.peer_releases),
+                          tuple(p.node for p in s.peer_releases if p.told_wall_ms > 0 and not p.statement))

@@ -393,7 +393,8 @@ class Launcher:
                            protocol_version=h.protocol_version)
                 if node.kind == "orderer":
                     row.update(raft_leader=h.raft_leader, raft_term=h.raft_term,
-                               peer_protocol_versions=dict(h.peer_protocol_versions))
+                               peer_protocol_versions=dict(h.peer_protocol_versions),
+                               peers_unsigned=list(h.peers_unsigned))
             rows.append(row)
         return rows
 

@@ -48,6 +48,7 @@ class Purpose(enum.Enum):
     ENDORSEMENT = b"rxchain.v1.Endorsement\0"  # endorsing peer, over the response payload
     BLOCK = b"rxchain.v1.BlockHeader\0"  # orderer, over the block header hash
     CONFIG = b"rxchain.v1.ConfigUpdate\0"  # admin, over ConfigUpdate.config
+    RELEASE = b"rxchain.v1.ReleaseStatement\0"  # peer, over a ReleaseStatement it tells orderers
 
 
 def signed_digest(purpose: Purpose, data: bytes) -> bytes:

@@ -510,7 +510,8 @@ class Chain:
 
     def _check_voters_implement(self, new: config_pb2.ConsortiumConfig) -> None:
         """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter, or a peer
-        of ``new``, has not told it implements the new one (node.orderer.releases)."""
+        of ``new``, has not told it implements the new one (a peer: in a statement it signed;
+        node.orderer.releases)."""
         version = protocol_version(new)
         if self._releases is None or version <= protocol_version(self._tracker.current.config):
             return

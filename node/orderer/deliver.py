@@ -1,8 +1,9 @@
 """Deliver: stream blocks from any number, then follow new ones; and the catch-up client.
 
 Server (``AtomicBroadcast.Deliver``): callers must present a TLS certificate of a valid
-consortium member. The ``max_protocol_version`` a request tells goes, with the caller's
-certificate, to ``release_told`` (a peer's release: node.orderer.releases). ``start_block``
+consortium member. The ``max_protocol_version`` a request tells, and the release statement the
+caller signed (``release_statement``/``release_signature``), go with the caller's certificate
+to ``release_told`` (a peer's release: node.orderer.releases). ``start_block``
 is inclusive; with ``follow`` the stream waits for new blocks (checking cancellation every
 ``poll_s``), otherwise it stops at ``stop_block`` (0 = the current height - 1) and ends with
 an ErrorDetail status ``OK``. A client resumes after a reconnect by asking from the block
@@ -64,10 +65,11 @@ class DeliverService:
         poll_s: float = 0.5,
         cache_blocks: int = 8,
         streams: StreamCaps | None = None,
-        release_told: Callable[[bytes, int], None] | None = None,
+        release_told: Callable[[bytes, int, bytes, bytes], None] | None = None,
     ) -> None:
-        """``release_told(cert_der, version)``: told, for every admitted request, the caller's
-        certificate and the protocol version its release implements (0: not told)."""
+        """``release_told(cert_der, version, statement, signature)``: told, for every admitted
+        request, the caller's certificate, the protocol version its release implements (0: not
+        told) and the release statement it signed with the signature (empty: none)."""
         self._blocks = blocks
         self._release_told = release_told
         self._check = CallerCheck(msp_source, clock_ms, NO_BLOCK_ROLES)
@@ -94,7 +96,8 @@ class DeliverService:
         caller = self._check(context)  # an RxError aborts PERMISSION_DENIED with its reason
         if self._release_told is not None:
             # the certificate the caller proved on the TLS connection, never a name it claims
-            self._release_told(caller.cert_der, request.max_protocol_version)
+            self._release_told(caller.cert_der, request.max_protocol_version,
+                               request.release_statement, request.release_signature)
         with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
             yield from self.frames_from(request, context.is_active)
 

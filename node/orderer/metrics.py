@@ -39,6 +39,12 @@ class OrdererMetrics:
             "Consensus messages dropped, by reason (non_member, bad_sender, invalid)",
             ["reason"], registry=r,
         )
+        self.release_statements_refused = Counter(
+            "rxchain_orderer_release_statements_refused",
+            "Peers' release statements refused (told or relayed), by reason (malformed, other_name, "
+            "other_certificate, not_a_peer, bad_signature, ahead)",
+            ["reason"], registry=r,
+        )
         self.blocks_rejected = Counter("rxchain_orderer_blocks_rejected",
                                        "Committed entries that were not a valid next block",
                                        registry=r)

@@ -49,7 +49,7 @@ from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
-from node.orderer.releases import PeerTold, ReleaseWatch, config_follower, peer_release_intake
+from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
@@ -135,7 +135,7 @@ def _admin_handler(
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
             protocol_version=protocol_version(consortium),
-            peer_releases=[_peer_release(p.name, told.get(p.name)) for p in consortium.peers],
+            peer_releases=[peer_release(p.name, told.get(p.name)) for p in consortium.peers],
         )
 
     return grpc.method_handlers_generic_handler(
@@ -153,12 +153,6 @@ def _admin_handler(
             ),
         },
     )
-
-
-def _peer_release(name: str, told: PeerTold | None) -> services_pb2.PeerRelease:
-    if told is None:
-        return services_pb2.PeerRelease(node=name)  # never heard from
-    return services_pb2.PeerRelease(node=name, max_protocol_version=told.version, told_wall_ms=told.told_ms)
 
 
 def _broadcast_handler(
@@ -300,7 +294,9 @@ def serve(config: NodeConfig) -> OrdererServer:
                            lambda: tracker.current.config,
                            names={e.target: e.name for e in (*config.orderers, *config.peers)})
 
-    releases = ReleaseWatch(wall_ms)  # the other orderers' and the peers' releases
+    # the other orderers' and the peers' releases; peers' statements refused are counted
+    releases = ReleaseWatch(wall_ms, verifier=verifier,
+                            on_refused=lambda reason: metrics.release_statements_refused.labels(reason=reason).inc())
     # what a peer told is its certificate's word: renames, rotations (node.orderer.releases)
     follow_peers = config_follower(releases, lambda n: blocks.get(n).header.timestamp_ms)
     follow_peers(tracker.current)

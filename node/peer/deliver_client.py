@@ -23,10 +23,13 @@ always, so no block is applied twice. ``DeliverSettings.from_extra`` reads these
 a node.yaml's ``extra`` keys.
 
 Every Deliver request tells the highest consortium protocol version this release implements
-(``max_protocol_version``): the orderers attribute it to this peer by its TLS certificate and
-refuse a config update raising the version until every peer has told it implements it
-(node.orderer.releases). So a peer's release is known to the ordering service once it has
-connected (a peer never connected counts as lacking).
+(``max_protocol_version``), and, given ``sign_release``, in a ReleaseStatement the peer signs
+afresh for each request (its name, the version, its clock, its certificate's digest:
+node.identity.release): the orderers attribute it to this peer by its TLS certificate, relay
+the signed statement among themselves, and refuse a config update raising the version until
+every peer has told, signed, that it implements it (node.orderer.releases). So a peer's
+release is known to the ordering service once it has connected (a peer never connected counts
+as lacking).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ BLOCK_REFUSALS = frozenset(
 )
 
 ChannelFactory = Callable[[str], grpc.Channel]
+# version -> (serialized ReleaseStatement, signature): what a peer signs for a Deliver request
+ReleaseSigner = Callable[[int], tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True)
@@ -145,13 +150,16 @@ class DeliverClient:
         clock: Callable[[], float] = time.monotonic,
         unresponsive_s: float = 3.0,
         max_protocol_version: int = MAX_PROTOCOL_VERSION,
+        sign_release: ReleaseSigner | None = None,
     ) -> None:
         """``max_protocol_version``: told to the orderers in every Deliver request (the
-        highest consortium protocol version this release implements; node.orderer.releases)."""
+        highest consortium protocol version this release implements; node.orderer.releases),
+        in a statement ``sign_release`` signs (None: unsigned, which never admits a raise)."""
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
         self._orderers = list(orderers)
         self._max_protocol_version = max_protocol_version
+        self._sign_release = sign_release
         self._channels = channels
         self._height = height
         self._commit = commit
@@ -316,8 +324,11 @@ class DeliverClient:
     def _pull(self, ep: Endpoint) -> bool:
         stub = services_pb2_grpc.AtomicBroadcastStub(self._channels(ep.target))
         start = self._height()
-        call: Any = stub.Deliver(services_pb2.DeliverRequest(
-            start_block=start, follow=True, max_protocol_version=self._max_protocol_version))
+        request = services_pb2.DeliverRequest(
+            start_block=start, follow=True, max_protocol_version=self._max_protocol_version)
+        if self._sign_release is not None:
+            request.release_statement, request.release_signature = self._sign_release(self._max_protocol_version)
+        call: Any = stub.Deliver(request)
         with self._lock:
             self._call = call
         self._last_progress = self._clock()

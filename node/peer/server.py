@@ -28,6 +28,7 @@ from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
+from node.identity.release import sign_statement
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
 from node.peer.broadcast_client import BroadcastClient
@@ -202,7 +203,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                             on_error=lambda _o, r: metrics.deliver_failovers.labels(reason=r).inc(),
                             on_fatal=lambda exc: node_ref[0].fail(exc) if node_ref else None,
                             stall_s=watchdog.stall_s, probe_timeout_s=watchdog.probe_timeout_s,
-                            unresponsive_s=watchdog.unresponsive_s)
+                            unresponsive_s=watchdog.unresponsive_s,
+                            sign_release=lambda version: sign_statement(signer, config.name, version, wall_ms()))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[("grpc.max_send_message_length", max_msg),

@@ -68,6 +68,8 @@ def test_network_status_all_serving(net: Net):
         time.sleep(0.5)
         out = net.cli("network", "status")
     assert told == expected, told
+    # in statements the peers signed: an unsigned word (an older release) would not admit a raise
+    assert [r["peers_unsigned"] for r in out["nodes"] if r["kind"] == "orderer"] == [[]] * 3
 
 
 def test_a_peer_answers_its_configuration_in_force(net: Net):

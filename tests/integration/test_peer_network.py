@@ -183,6 +183,17 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
     deploy(cons)
     # Clients of other peers see the definition once their peer has committed its block.
     wait_height(cons, PEERS, admin_status(cons.target("peer.h01"), cons.node_creds("peer.h01")).height)
+    # every peer process told its release in a statement it signed, and every orderer holds it
+    # (relayed between them, checked against the peer's certificate): only that admits a raise
+    for orderer in cons.orderer_names():
+        deadline = time.monotonic() + 20
+        while True:
+            told = {p.node: services_pb2.ReleaseStatement.FromString(p.statement)
+                    for p in admin_status(cons.target(orderer), cons.node_creds(orderer)).peer_releases}
+            if all(told[p].node == p and told[p].max_protocol_version == max(SUPPORTED_VERSIONS) for p in PEERS):
+                break
+            assert time.monotonic() < deadline, (orderer, told)
+            time.sleep(0.2)
     doctor = Client(cons, "h01", "dr-test", "peer.h01", seed=100)
     pharm = Client(cons, "p01", "pharm-test", "peer.p01", seed=200)
     clerk = Client(cons, "ins01", "clerk-test", "peer.ins01", seed=300)

@@ -1,8 +1,9 @@
-"""Peers take part in rolling upgrades: each tells its release in its Deliver requests, the
-orderer serving the stream attributes it to the peer by the certificate the caller proved on
-the TLS connection, orderers relay what peers told in their Raft messages, and the leader
-refuses a config update raising the protocol version while a peer of the config has not told
-it implements it, naming the peer (node.orderer.releases)."""
+"""Peers take part in rolling upgrades: each tells its release in its Deliver requests, in a
+statement it signs, the orderer serving the stream attributes it to the peer by the
+certificate the caller proved on the TLS connection, orderers relay what peers told in their
+Raft messages, and the leader refuses a config update raising the protocol version while a
+peer of the config has not told, signed, it implements it, naming the peer
+(node.orderer.releases)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from netgen.ports import free_base_port
 from rxchain.v1 import config_pb2, services_pb2
 
 import node.protocol as protocol
+from client.admin import AdminClient
+from client.wallet import WalletIdentity
 from node.clock import wall_ms
 from node.config import Endpoint
+from node.crypto.signing import Signer, load_signer
 from node.crypto.tls import secure_channel, server_credentials
+from node.identity.release import sign_statement
 from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.releases import MAX_RELAYED_PEERS, PeerTold, ReleaseWatch, peer_release_intake
@@ -72,6 +77,31 @@ def _node_files(net: Any, name: str) -> tuple[Path, Path, Path]:
     return d / "cert.pem", d / "key.pem", d / "ca-bundle.pem"
 
 
+def peer_signer(net: Any, name: str) -> Signer:
+    """The signing key and certificate of peer ``name`` (its node files)."""
+    cert, key, _ = _node_files(net, name)
+    return load_signer(cert, key, name.rsplit(".", 1)[-1])
+
+
+def signed_release(signer: Signer, name: str, version: int, at: int = T0) -> services_pb2.PeerRelease:
+    """A relayed entry of the statement ``signer`` signs as peer ``name`` at ``at``."""
+    statement, signature = sign_statement(signer, name, version, at)
+    return services_pb2.PeerRelease(node=name, max_protocol_version=version, told_wall_ms=at,
+                                    statement=statement, signature=signature)
+
+
+def tell_signed(watch: ReleaseWatch, net: Any, name: str, version: int, at: int = T0) -> None:
+    """Peer ``name`` tells ``version`` (signed at ``at``) in a Deliver request to this orderer."""
+    signer = peer_signer(net, name)
+    watch.certificate_told(signer.cert_der, version, *sign_statement(signer, name, version, at))
+
+
+def follow(watch: ReleaseWatch, lead: Leader) -> ReleaseWatch:
+    """``watch`` follows the leader's config in force (as node.orderer.server wires it)."""
+    watch.follow_config(((p.name, p.cert_der) for p in lead.tracker.current.config.peers), 0)
+    return watch
+
+
 def _raise(lead: Leader, net: Any, drop_peer: str = "") -> str:
     """Submit to the leader an update raising the version (and removing ``drop_peer``); ""
     when admitted, else the refusal's reason and message."""
@@ -92,18 +122,19 @@ def _raise(lead: Leader, net: Any, drop_peer: str = "") -> str:
 def test_a_raise_waits_for_every_peer_and_names_the_ones_lacking(net: Any, tmp_path: Path, newer: int) -> None:
     releases = ReleaseWatch(lambda: T0)
     lead = Leader(net, tmp_path, releases=releases)  # the only voter: no orderer to wait for
+    follow(releases, lead)
     try:
         said = _raise(lead, net)  # no peer ever connected
         assert said.startswith("BAD_CONFIG_UPDATE peers [peer.h01 (never heard from), peer.h02 (never heard "
                                f"from)] have not told they implement protocol version {newer}"), said
         assert "orderers" not in said
-        releases.peer_told("peer.h01", newer - 1)  # still the older release
+        tell_signed(releases, net, "peer.h01", newer - 1)  # still the older release
         said = _raise(lead, net)
         assert "peers [peer.h01 (told 1), peer.h02 (never heard from)]" in said, said
-        releases.peer_told("peer.h01", newer)
+        tell_signed(releases, net, "peer.h01", newer, T0 + 1)
         said = _raise(lead, net)
         assert "peers [peer.h02 (never heard from)]" in said and "peer.h01" not in said, said
-        releases.peer_told("peer.h02", newer)
+        tell_signed(releases, net, "peer.h02", newer)
         assert _raise(lead, net) == ""  # admitted: on its way into a block
         assert lead.chain._config_inflight is not None
     finally:
@@ -113,8 +144,9 @@ def test_a_raise_waits_for_every_peer_and_names_the_ones_lacking(net: Any, tmp_p
 def test_a_peer_removed_by_the_raising_update_is_not_waited_for(net: Any, tmp_path: Path, newer: int) -> None:
     releases = ReleaseWatch(lambda: T0)
     lead = Leader(net, tmp_path, releases=releases)
+    follow(releases, lead)
     try:
-        releases.peer_told("peer.h01", newer)
+        tell_signed(releases, net, "peer.h01", newer)
         assert "peers [peer.h02 (never heard from)]" in _raise(lead, net)
         assert _raise(lead, net, drop_peer="peer.h02") == ""
     finally:
@@ -126,9 +158,10 @@ def test_lacking_orderers_and_peers_are_named_together(net: Any, tmp_path: Path,
 
     releases = ReleaseWatch(lambda: T0)
     lead = Leader(net, tmp_path, ConfState(voters=(1, 2, 3)), releases=releases)
+    follow(releases, lead)
     try:
         releases.observe(2, newer)
-        releases.peer_told("peer.h01", newer)
+        tell_signed(releases, net, "peer.h01", newer)
         said = _raise(lead, net)
         assert said.startswith("BAD_CONFIG_UPDATE orderers [3] have not told"), said
         assert "; peers [peer.h02 (never heard from)]" in said and said.endswith(": upgrade them first"), said
@@ -155,15 +188,18 @@ def _deliver_server(net: Any, tmp_path: Path, releases: ReleaseWatch) -> tuple[g
     return server, f"127.0.0.1:{port}", (deliver, blocks)
 
 
-def _tell(target: str, files: tuple[Path, Path, Path], version: int) -> None:
-    """One Deliver request (the genesis block only) telling ``version``, from the caller
-    presenting ``files`` (cert, key, CA bundle)."""
+def _tell(target: str, files: tuple[Path, Path, Path], version: int, statement: bytes = b"",
+          signature: bytes = b"") -> None:
+    """One Deliver request (the genesis block only) telling ``version`` (and the release
+    statement ``statement`` signed ``signature``), from the caller presenting ``files`` (cert,
+    key, CA bundle)."""
     with secure_channel(target, *files) as ch:
         call = ch.unary_stream("/rxchain.v1.AtomicBroadcast/Deliver",
                                request_serializer=services_pb2.DeliverRequest.SerializeToString,
                                response_deserializer=services_pb2.DeliverResponse.FromString)
-        answers = list(call(services_pb2.DeliverRequest(start_block=0, stop_block=0,
-                                                        max_protocol_version=version), timeout=10))
+        answers = list(call(services_pb2.DeliverRequest(
+            start_block=0, stop_block=0, max_protocol_version=version, release_statement=statement,
+            release_signature=signature), timeout=10))
     assert answers[0].block.header.number == 0 and answers[-1].status.reason == "OK"
 
 
@@ -191,18 +227,25 @@ def test_only_the_peer_holding_the_certificate_speaks_for_it(net: Any, tmp_path:
 
 
 def test_a_peers_deliver_client_tells_its_release(net: Any, tmp_path: Path) -> None:
-    """The peer's block puller, with the peer's node certificate, against an orderer's Deliver."""
-    releases = ReleaseWatch(lambda: T0)
+    """The peer's block puller, with the peer's node certificate and key, against an orderer's
+    Deliver: it tells its release in a statement it signs."""
+    releases = ReleaseWatch(lambda: T0 + 60_000)
     server, target, (deliver, blocks) = _deliver_server(net, tmp_path, releases)
     cert, key, ca = _node_files(net, "peer.h01")
+    signer = peer_signer(net, "peer.h01")
     got: list[int] = []
     puller = DeliverClient([Endpoint("orderer.ins01", "ins01", "127.0.0.1", int(target.rsplit(":", 1)[1]))],
                            lambda t: secure_channel(t, cert, key, ca), lambda: len(got),
-                           lambda b: got.append(b.header.number), Backoff(0.01, 0.05), stall_s=0)
+                           lambda b: got.append(b.header.number), Backoff(0.01, 0.05), stall_s=0,
+                           sign_release=lambda v: sign_statement(signer, "peer.h01", v, T0))
     puller.start()
     try:
         wait_until(lambda: "peer.h01" in releases.peers(), 10, what="peer.h01 told its release")
-        assert releases.peers() == {"peer.h01": PeerTold(MAX_PROTOCOL_VERSION, T0)}
+        told = releases.peers()["peer.h01"]
+        assert (told.version, told.told_ms, told.signed) == (MAX_PROTOCOL_VERSION, T0, True)  # the peer's clock
+        said = services_pb2.ReleaseStatement.FromString(told.statement)
+        assert (said.node, said.max_protocol_version) == ("peer.h01", MAX_PROTOCOL_VERSION)
+        assert releases.refused == {}
         assert got == [0]
     finally:
         puller.stop()
@@ -286,7 +329,8 @@ def test_what_a_follower_heard_reaches_the_leader_which_then_admits_the_raise(
     port = server.add_secure_port("127.0.0.1:0", server_credentials(*_node_files(net, "orderer.ins01")))
     server.start()
     target = f"127.0.0.1:{port}"
-    follower_releases = ReleaseWatch(lambda: T0 + 7)
+    follow(leader_releases, lead)
+    follower_releases = follow(ReleaseWatch(lambda: T0 + 7), lead)
     sender = PeerSender(ins02.raft_id, ins01.raft_id, target,
                         lambda t: secure_channel(t, *_node_files(net, "orderer.ins02")), NullSink(),
                         releases=follower_releases)
@@ -303,11 +347,12 @@ def test_what_a_follower_heard_reaches_the_leader_which_then_admits_the_raise(
                 step(iter([forged]), timeout=10)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert leader_releases.peers() == {}
-        follower_releases.peer_told("peer.h01", newer)
-        follower_releases.peer_told("peer.h02", newer)
+        tell_signed(follower_releases, net, "peer.h01", newer)
+        tell_signed(follower_releases, net, "peer.h02", newer)
         sender.send(Message(MessageType.HEARTBEAT_RESP, to=1, frm=2, term=1))
         wait_until(lambda: len(leader_releases.peers()) == 2, 10, what="the relay at the leader")
-        assert leader_releases.peers() == {p: PeerTold(newer, T0) for p in PEERS}  # clamped to its clock
+        assert leader_releases.peers() == follower_releases.peers()  # the peers' statements, verbatim
+        assert {p: (t.version, t.told_ms, t.signed) for p, t in leader_releases.peers().items()} == dict.fromkeys(PEERS, (newer, T0, True))
         assert _raise(lead, net) == ""
     finally:
         sender.close()
@@ -320,22 +365,37 @@ def test_what_a_follower_heard_reaches_the_leader_which_then_admits_the_raise(
 
 @pytest.mark.integration
 def test_every_orderer_shows_what_a_peer_told_one_of_them(net: Any) -> None:
-    """Three orderer processes; peer.h01 tells its release to one follower only. Every orderer's
-    Admin.Status shows it (relayed), and peer.h02, never connected, as never heard from."""
+    """Three orderer processes; peer.h01 tells its release, signed, to one follower only. Every
+    orderer's Admin.Status shows it (relayed) with the peer's statement, and peer.h02, never
+    connected, as never heard from; once peer.h02 (a peer of the previous release) tells its
+    release unsigned to the other follower, every orderer shows that as unsigned (no
+    statement), and so does the operator's AdminClient."""
     procs = OrdererProcs(net)
     procs.start_all()
     try:
         client = Client(net, "h01", "dr")
         leader = wait_until(lambda: leader_of(procs, client), 30, what="a leader")
-        follower = next(n for n in procs.names() if n != leader)
-        _tell(procs.target(follower), _node_files(net, "peer.h01"), MAX_PROTOCOL_VERSION)
+        follower, other = [n for n in procs.names() if n != leader]
+        statement, signature = sign_statement(peer_signer(net, "peer.h01"), "peer.h01", MAX_PROTOCOL_VERSION,
+                                              wall_ms())
+        _tell(procs.target(follower), _node_files(net, "peer.h01"), MAX_PROTOCOL_VERSION, statement, signature)
 
-        def shown(name: str) -> dict[str, tuple[int, bool]]:
+        def shown(name: str) -> dict[str, tuple[int, bool, bytes]]:
             st = client.status(procs.target(name))
-            return {p.node: (p.max_protocol_version, p.told_wall_ms > 0) for p in st.peer_releases}
+            return {p.node: (p.max_protocol_version, p.told_wall_ms > 0, p.statement) for p in st.peer_releases}
 
-        expected = {"peer.h01": (MAX_PROTOCOL_VERSION, True), "peer.h02": (0, False)}
+        expected = {"peer.h01": (MAX_PROTOCOL_VERSION, True, statement), "peer.h02": (0, False, b"")}
         for name in procs.names():
             wait_until(lambda n=name: shown(n) == expected, 15, what=f"{name} shows what peer.h01 told")
+        _tell(procs.target(other), _node_files(net, "peer.h02"), MAX_PROTOCOL_VERSION)  # unsigned
+        expected["peer.h02"] = (MAX_PROTOCOL_VERSION, True, b"")
+        for name in procs.names():
+            wait_until(lambda n=name: shown(n) == expected, 15, what=f"{name} shows peer.h02 unsigned")
+        ident = WalletIdentity("h01", "dr", "doctor", {}, client.cert, client.key, client.ca, client.signer)
+        with AdminClient(ident, procs.target(leader)) as admin:
+            health = admin.status(leader)
+        assert dict(health.peer_protocol_versions) == {"peer.h01": MAX_PROTOCOL_VERSION,
+                                                       "peer.h02": MAX_PROTOCOL_VERSION}
+        assert health.peers_unsigned == ("peer.h02",)
     finally:
         procs.close()

@@ -15,10 +15,11 @@ import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
 import node.protocol as protocol
+from node.crypto.signing import Signer
 from node.crypto.tls import secure_channel, server_credentials
-from node.crypto.x509 import cert_to_der
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
+from node.identity.release import sign_statement
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.releases import (
     MAX_RELAYED_PEERS,
@@ -30,11 +31,19 @@ from node.orderer.releases import (
 from node.orderer.ticket import Ticket
 from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.raft.types import Message, MessageType, StateRole
-from tests.harness.certs import issue_from_org_ca
+from tests.harness.certs import issue_from_org_ca, signer_of
 from tests.orderer.cluster import config_envelope, wait_until
 from tests.orderer.inproc import Leader, NullSink, step_server
 from tests.orderer.test_clockwatch import AHEAD_MS, BASE_MS, HOUR_MS, _leader_an_hour_ahead
-from tests.orderer.test_peer_releases import NEWER, _node_files, _peer_network
+from tests.orderer.test_peer_releases import (
+    NEWER,
+    T0,
+    _node_files,
+    _peer_network,
+    peer_signer,
+    signed_release,
+    tell_signed,
+)
 
 PeerRelease = services_pb2.PeerRelease
 
@@ -97,34 +106,49 @@ def _peer(config: config_pb2.ConsortiumConfig, name: str) -> config_pb2.PeerNode
 
 
 def _new_cert(net: Any, org: str, name: str) -> bytes:
-    cert, _ = issue_from_org_ca(net.home, org, name, "peer", ("127.0.0.1", "localhost"))
-    return cert_to_der(cert)
+    return _new_signer(net, org, name).cert_der
+
+
+def _new_signer(net: Any, org: str, name: str) -> Signer:
+    """A new certificate (and key) ``org``'s CA issues to peer ``name``."""
+    cert, key = issue_from_org_ca(net.home, org, name, "peer", ("127.0.0.1", "localhost"))
+    return signer_of(org, cert, key)
+
+
+def _told(intake: Callable[[bytes, int, bytes, bytes], None], signer: Signer, name: str, version: int,
+          at: int) -> None:
+    """The holder of ``signer`` tells ``version`` as peer ``name`` in a Deliver request, signed at ``at``."""
+    intake(signer.cert_der, version, *sign_statement(signer, name, version, at))
 
 
 # ------------------------------------------------------------------ identity changes
 
 
-def test_a_renamed_peer_keeps_what_its_certificate_told(net: Any, tmp_path: Path, newer: int) -> None:
-    """Both peers told the new version; an update renames peer.h01 (same certificate). Its
-    Deliver stream lasts, so it never tells again: the reviewed code then counted the new
-    name as never heard from, blocking every raise for as long as the stream lasts."""
-    watch = ReleaseWatch()
+def test_a_renamed_peer_tells_again_under_its_new_name(net: Any, tmp_path: Path, newer: int) -> None:
+    """Both peers told the new version; an update renames peer.h01 (same certificate). What it
+    signed names peer.h01: a statement counts for the peer it names only (else any statement
+    could be credited to whichever name an orderer relays it under), so the renamed peer has
+    not told until it tells under its new name (it signs the name it runs under); the old
+    statement, relayed by a lagging orderer, is refused."""
+    watch = ReleaseWatch(lambda: T0)
     lead = _wired_leader(net, tmp_path, watch)
     try:
-        watch.peer_told("peer.h01", newer)
-        watch.peer_told("peer.h02", newer)
+        tell_signed(watch, net, "peer.h01", newer)
+        tell_signed(watch, net, "peer.h02", newer)
         assert _verdict(lead) == ""
 
         def rename(c: config_pb2.ConsortiumConfig) -> None:
             _peer(c, "peer.h01").name = "peer.h01-b"
 
         _adopt(lead, net, rename)
+        said = _verdict(lead)
+        assert "peers [peer.h01-b (never heard from)]" in said, said
+        assert set(watch.peers()) == {"peer.h02"}
+        watch.merge_peers([signed_release(peer_signer(net, "peer.h01"), "peer.h01", newer, T0 + 5)])
+        assert set(watch.peers()) == {"peer.h02"} and watch.refused["not_a_peer"] == 1
+        signer = peer_signer(net, "peer.h01")  # the peer restarted under its new name
+        watch.certificate_told(signer.cert_der, newer, *sign_statement(signer, "peer.h01-b", newer, T0 + 6))
         assert _verdict(lead) == ""
-        assert set(watch.peers()) == {"peer.h01-b", "peer.h02"}
-        # a lagging orderer still relays the old name: not a peer any more, not kept
-        watch.merge_peers([PeerRelease(node="peer.h01", max_protocol_version=1, told_wall_ms=watch.peers()[
-            "peer.h02"].told_ms + 1)])
-        assert set(watch.peers()) == {"peer.h01-b", "peer.h02"}
     finally:
         lead.close()
 
@@ -132,24 +156,33 @@ def test_a_renamed_peer_keeps_what_its_certificate_told(net: Any, tmp_path: Path
 def test_a_rotated_certificate_does_not_inherit_the_old_ones_word(net: Any, tmp_path: Path, newer: int) -> None:
     """peer.h01's old certificate (an upgraded machine, or a stolen key) told the new version;
     the operator rotates the peer to a new certificate whose holder runs the older release
-    and has not connected yet. The reviewed code kept the old certificate's word under the
-    name and admitted the raise, which would stop peer.h01 at that block."""
-    watch = ReleaseWatch()
+    and has not connected yet. The old certificate's word is not the new one's. The race: the
+    old certificate's holder tells again after the rotation block, to an orderer that has not
+    adopted it yet, which relays it stamped after the block -- the reviewed code took it for
+    the peer's word and admitted the raise, which would stop peer.h01 at that block. The
+    statement names the old certificate: refused."""
+    now = [T0]
+    watch = ReleaseWatch(lambda: now[0])
     lead = _wired_leader(net, tmp_path, watch)
+    old = peer_signer(net, "peer.h01")
     try:
-        watch.peer_told("peer.h01", newer)
-        watch.peer_told("peer.h02", newer)
-        rotated = _new_cert(net, "h01", "peer.h01")
-        number = _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h01"), "cert_der", rotated))
+        tell_signed(watch, net, "peer.h01", newer)
+        tell_signed(watch, net, "peer.h02", newer)
+        rotated = _new_signer(net, "h01", "peer.h01")
+        number = _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h01"), "cert_der", rotated.cert_der))
         said = _verdict(lead)
         assert "peers [peer.h01 (never heard from)]" in said, said
-        # a lagging orderer (it has not adopted the rotation) relays the old word: told before
-        # the block that rotated the certificate, so it is not this certificate's
         stamp = lead.blocks.get(number).header.timestamp_ms
-        watch.merge_peers([PeerRelease(node="peer.h01", max_protocol_version=newer, told_wall_ms=stamp - 1)])
+        now[0] = stamp + 10
+        watch.merge_peers([signed_release(old, "peer.h01", newer, stamp + 1)])
+        said = _verdict(lead)
+        assert "peers [peer.h01 (never heard from)]" in said, said
+        assert watch.refused["other_certificate"] == 1
+        # nor straight from the old certificate's holder (its Deliver request): no peer's now
+        tell_signed(watch, net, "peer.h01", newer, stamp + 2)
         assert "peers [peer.h01 (never heard from)]" in _verdict(lead)
         # the new certificate's holder tells (here through an orderer that adopted the rotation)
-        watch.merge_peers([PeerRelease(node="peer.h01", max_protocol_version=newer, told_wall_ms=stamp + 1)])
+        watch.merge_peers([signed_release(rotated, "peer.h01", newer, stamp + 3)])
         assert _verdict(lead) == ""
     finally:
         lead.close()
@@ -163,23 +196,22 @@ def test_a_peer_started_with_its_new_certificate_before_the_rotation_is_heard(
     word, keeping what the old certificate told (the older release) for ever in a quiet
     network; and, the other way round, an old release started with the new certificate is
     not taken for what the old certificate told."""
-    watch = ReleaseWatch()
+    watch = ReleaseWatch(lambda: T0)
     lead = _wired_leader(net, tmp_path, watch)
     intake = peer_release_intake(lambda: lead.tracker.current.config, watch)
     try:
-        old = _peer(lead.tracker.current.config, "peer.h01").cert_der
-        intake(old, newer - 1)  # the old release, under the old certificate
-        watch.peer_told("peer.h02", newer)
-        rotated = _new_cert(net, "h01", "peer.h01")
-        intake(rotated, newer)  # the upgraded peer, certificate not in the config yet: no peer's
+        _told(intake, peer_signer(net, "peer.h01"), "peer.h01", newer - 1, T0)  # the old release, old cert
+        tell_signed(watch, net, "peer.h02", newer)
+        rotated = _new_signer(net, "h01", "peer.h01")
+        _told(intake, rotated, "peer.h01", newer, T0 + 1)  # the upgraded peer, certificate no peer's yet
         assert watch.peers()["peer.h01"].version == newer - 1
-        _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h01"), "cert_der", rotated))
+        _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h01"), "cert_der", rotated.cert_der))
         assert watch.peers()["peer.h01"].version == newer
         assert _verdict(lead) == ""
 
-        downgraded = _new_cert(net, "h02", "peer.h02")
-        intake(downgraded, newer - 1)
-        _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h02"), "cert_der", downgraded))
+        downgraded = _new_signer(net, "h02", "peer.h02")
+        _told(intake, downgraded, "peer.h02", newer - 1, T0 + 2)
+        _adopt(lead, net, lambda c: setattr(_peer(c, "peer.h02"), "cert_der", downgraded.cert_der))
         said = _verdict(lead)
         assert f"peers [peer.h02 (told {newer - 1})]" in said, said
     finally:
@@ -191,11 +223,11 @@ def test_a_peer_removed_and_added_again(net: Any, tmp_path: Path, newer: int) ->
     machine) what the old one told does not count (the reviewed code admitted the raise); with
     the same certificate (an operator undoing a mistake) what it told comes back (its stream
     lasts: it would not tell again)."""
-    watch = ReleaseWatch()
+    watch = ReleaseWatch(lambda: T0)
     lead = _wired_leader(net, tmp_path, watch)
     try:
-        watch.peer_told("peer.h01", newer)
-        watch.peer_told("peer.h02", newer)
+        tell_signed(watch, net, "peer.h01", newer)
+        tell_signed(watch, net, "peer.h02", newer)
         h02 = config_pb2.PeerNode()
         h02.CopyFrom(_peer(lead.tracker.current.config, "peer.h02"))
 
@@ -230,11 +262,11 @@ def test_a_tell_racing_the_adoption_of_a_rotation_is_kept() -> None:
     watch.follow_config([("peer.h01", b"old-cert")], 0)
     rotated = config_pb2.ConsortiumConfig(peers=[config_pb2.PeerNode(name="peer.h01", cert_der=b"new-cert")])
     intake = peer_release_intake(lambda: rotated, watch)
-    intake(b"new-cert", NEWER)
+    intake(b"new-cert", NEWER, b"", b"")
     assert watch.peers() == {}
     watch.follow_config([("peer.h01", b"new-cert")], BASE_MS - 1)
     assert watch.peers() == {"peer.h01": PeerTold(NEWER, BASE_MS)}
-    intake(b"a-client", 0)  # clients tell nothing and set nothing aside
+    intake(b"a-client", 0, b"", b"")  # clients tell nothing and set nothing aside
     assert watch.peers() == {"peer.h01": PeerTold(NEWER, BASE_MS)}
 
 
@@ -250,8 +282,8 @@ def test_relayed_names_of_no_peer_cannot_evict_the_peers(net: Any, tmp_path: Pat
     watch = ReleaseWatch(lambda: now[0])
     lead = _wired_leader(net, tmp_path, watch)
     try:
-        watch.peer_told("peer.h01", newer)
-        watch.peer_told("peer.h02", newer)
+        tell_signed(watch, net, "peer.h01", newer, BASE_MS)
+        tell_signed(watch, net, "peer.h02", newer, BASE_MS)
         for batch in range(5):
             now[0] += 1000
             watch.merge_peers([PeerRelease(node=f"peer.fake{batch}-{i}", max_protocol_version=1,
