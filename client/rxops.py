@@ -497,7 +497,8 @@ class RxOperations:
 
     def claim(self, claim_id: str) -> dict[str, Any]:
         """A claim record (``settlement.get_claim``: its insurer, the patient's hospital, the
-        patient, auditors); CLAIM_NOT_FOUND when there is none."""
+        patient, auditors); CLAIM_NOT_FOUND when there is none the caller may read (a claim of
+        someone else's is answered as missing), ACCESS_DENIED for a role that reads no claims."""
         rec = self.s.gateway.evaluate(SETTLEMENT, "get_claim", {"claim_id": claim_id})
         if not isinstance(rec, dict):
             raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")

@@ -435,10 +435,8 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
     rec = ctx.get("claim/" + claim_id)
-    if rec is None:
-        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
-    if rec["insurer"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the claim belongs to " + rec["insurer"])
+    if rec is None or rec["insurer"] != c.org:  # another insurer's claim: as if missing (get_claim)
+        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " of " + c.org)
     if rec["status"] != "SETTLED":
         ctx.fail("ALREADY_REVERSED", "the claim was already reversed")
     key = "ctr/" + rec["patient"] + "/" + str(rec["year"])
@@ -510,16 +508,40 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
 
 
+def _may_ask_claims(ctx: Context) -> bool:
+    """Roles that read some claims (decided from the certificate alone, before any claim is
+    looked up): regulator auditors, insurer clerks and admins, hospital admins, doctors and
+    pharmacists, patients. Everybody else is refused whatever the claim id."""
+    c = ctx.caller
+    if c.role == "patient":  # her certificate is issued by an org of any kind (a hospital's)
+        return True
+    if c.org_kind == "regulator":
+        return c.role == "auditor"
+    if c.org_kind == "insurer":
+        return c.role in ("clerk", "admin")
+    if c.org_kind == "hospital":
+        return c.role in ("admin", "doctor", "pharmacist")
+    return False
+
+
 def get_claim(ctx: Context, claim_id: str) -> dict:
-    """A claim record (the insurer, the patient's hospital, the patient, auditors)."""
+    """A claim record (the insurer, the patient's hospital, the patient, auditors).
+
+    Existence is never told to a caller who may not read the claim (a claim id is derived from
+    the prescription id and the fill: its existence says the prescription was dispensed and
+    claimed): a role that reads no claims at all is refused ACCESS_DENIED before anything is
+    looked up; for the others a missing claim and a claim they may not read are the same
+    CLAIM_NOT_FOUND, with the same message."""
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
+    if not _may_ask_claims(ctx):
+        ctx.fail("ACCESS_DENIED", "claims are read by the patient, her hospital, her insurer and auditors")
     rec = ctx.get("claim/" + claim_id)
-    if rec is None:
-        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id)
-    enrol = ctx.get_from("registry", "patient/" + rec["patient"])
+    enrol = None
+    if rec is not None:
+        enrol = ctx.get_from("registry", "patient/" + rec["patient"])
     if enrol is None or not _may_read_patient(ctx, enrol):
-        ctx.fail("ACCESS_DENIED", "not allowed to read this claim")
+        ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " that you may read")
     return rec
 
 

@@ -196,7 +196,7 @@ def test_only_the_patients_insurer_clerk_settles(world: World) -> None:
     claim = settle(world, prep).unwrap()
     out = world.chain.submit("settlement", "reverse", CLERK2, claim_id=claim["claim_id"],
                              reason="OTHER")
-    assert out.reason == "ACCESS_DENIED"
+    assert out.reason == "CLAIM_NOT_FOUND"  # as if missing: no existence probe
 
 
 def test_policy_change_applies_to_claims_after_it(world: World) -> None:
@@ -260,8 +260,9 @@ def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
         assert world.chain.query("settlement", "patient_status", reader,
                                  pseudonym=world.pid("patient-zhang"), year=0).ok
     for outsider in (who("p02:pharm-chen:pharmacist"), CLERK2, world.patient_who("patient-sun")):
+        # a claim the caller may not read is answered as a missing one (see the probe test)
         assert world.chain.query("settlement", "get_claim", outsider,
-                                 claim_id=claim["claim_id"]).reason == "ACCESS_DENIED"
+                                 claim_id=claim["claim_id"]).reason in ("ACCESS_DENIED", "CLAIM_NOT_FOUND")
         assert world.chain.query("settlement", "patient_status", outsider,
                                  pseudonym=world.pid("patient-zhang"),
                                  year=0).reason == "ACCESS_DENIED"
@@ -313,3 +314,61 @@ def test_policy_and_prices_are_those_in_force_at_the_dispense(world: World) -> N
     claim2 = settle(world, later).unwrap()
     assert claim2["medfee_fen"] == 2 * 100 + 2 * 2500 + 1000
     assert claim2["ratio_bp"] == 1000 and claim2["policy_effective_ms"] == new_policy_ms
+
+
+def _probe(world: World, caller: Any, claim_id: str) -> tuple[bool, str, str]:
+    out = world.chain.query("settlement", "get_claim", caller, claim_id=claim_id)
+    return out.ok, out.reason, out.message.replace(claim_id, "ID")
+
+
+def test_a_non_party_cannot_tell_an_existing_claim_from_a_missing_one(world: World) -> None:
+    """A claim id is CLM-{rx_id}-{fill}-{n}: its existence says the prescription was dispensed
+    and claimed. Whoever may not read the claim gets for it exactly the answer (reason and
+    message, the id aside) a never-settled id of the same shape gets: roles that read no
+    claims ACCESS_DENIED before anything is looked up, the others CLAIM_NOT_FOUND. It used to
+    be ACCESS_DENIED for the claim and CLAIM_NOT_FOUND for the missing id."""
+    prep = dispensed(world)
+    claim = settle(world, prep).unwrap()
+    rx_id = prep.args["rx_id"]
+    real, missing = claim["claim_id"], f"CLM-{rx_id}-2-1"
+    assert real == f"CLM-{rx_id}-1-1"
+    outsiders = [
+        (CLERK2, "CLAIM_NOT_FOUND"),  # another insurer
+        (world.patient_who("patient-sun"), "CLAIM_NOT_FOUND"),  # another patient
+        (who("h02:dr-zhou:doctor"), "CLAIM_NOT_FOUND"),  # not her enrolling hospital (h01)
+        (admin("h02"), "CLAIM_NOT_FOUND"),
+        (who("p01:pharm-wang:pharmacist"), "ACCESS_DENIED"),  # the pharmacy that dispensed it
+        (who("p02:pharm-chen:pharmacist"), "ACCESS_DENIED"),
+        (who("p01:courier-liu:courier"), "ACCESS_DENIED"),
+        (who("h02:nurse-xu:nurse"), "ACCESS_DENIED"),
+        (who("reg01:clerk-a:clerk"), "ACCESS_DENIED"),
+    ]
+    for caller, reason in outsiders:
+        seen_real, seen_missing = _probe(world, caller, real), _probe(world, caller, missing)
+        assert seen_real == seen_missing == (False, reason, seen_real[2]), (caller, seen_real, seen_missing)
+    # the readers still read it, and a missing id is CLAIM_NOT_FOUND to them too
+    for reader in (CLERK, admin("ins01"), world.patient_who("patient-zhang"), admin("h01"),
+                   who("h01:dr-jiang:doctor"), who("h01:pharm-he:pharmacist"), who("reg01:auditor-fang:auditor")):
+        assert world.chain.query("settlement", "get_claim", reader, claim_id=real).unwrap()["claim_id"] == real
+        assert _probe(world, reader, missing)[:2] == (False, "CLAIM_NOT_FOUND")
+    # a patient without her binding is no patient of this claim: as missing
+    bare = world.patient_who("patient-zhang")
+    bare = who(f"{bare.org}:{bare.name}:patient")
+    assert _probe(world, bare, real) == _probe(world, bare, missing)
+
+
+def test_another_insurer_cannot_probe_claims_by_reversing_them(world: World) -> None:
+    """``reverse`` by a clerk of another insurer answers a claim of this insurer as a missing
+    one (it was ACCESS_DENIED, naming the insurer), and changes nothing."""
+    prep = dispensed(world)
+    claim = settle(world, prep).unwrap()
+    missing = f"CLM-{prep.args['rx_id']}-2-1"
+    outs = [world.chain.submit("settlement", "reverse", CLERK2, claim_id=cid, reason="OTHER")
+            for cid in (claim["claim_id"], missing)]
+    assert [o.reason for o in outs] == ["CLAIM_NOT_FOUND", "CLAIM_NOT_FOUND"]
+    assert outs[0].message.replace(claim["claim_id"], "ID") == outs[1].message.replace(missing, "ID")
+    assert "ins01" not in outs[0].message
+    rec = world.chain.query("settlement", "get_claim", CLERK, claim_id=claim["claim_id"]).unwrap()
+    assert rec["status"] == "SETTLED"
+    assert world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                              reason="OTHER").unwrap()["status"] == "REVERSED"
