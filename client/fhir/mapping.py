@@ -300,6 +300,12 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
     return bundle
 
 
+def dispense_id(rx_id: str, fill: object, line: int) -> str:
+    """The id of the MedicationDispense of line ``line`` (1-based) of fill ``fill`` of ``rx_id``
+    (a Claim names the fill it claims by referring to it: :func:`client.fhir.retry.referenced_fill`)."""
+    return f"{rx_id}-fill{fill}-{line}"
+
+
 def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
                         result: Mapping[str, Any], trace_codes: Iterable[str],
                         pharmacy: str, pharmacist: str) -> dict[str, Any]:
@@ -309,7 +315,7 @@ def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
     entries = []
     for i, line in enumerate(content["drugs"]):
         res: dict[str, Any] = {
-            "resourceType": "MedicationDispense", "id": f"{rx_id}-fill{result.get('fill', 1)}-{i + 1}",
+            "resourceType": "MedicationDispense", "id": dispense_id(rx_id, result.get("fill", 1), i + 1),
             "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))},
                            {"system": DISPENSE_SYSTEM, "value": f"{rx_id}/{result.get('fill', 1)}"}],
             "status": "completed", "medication": _drug_concept(line),

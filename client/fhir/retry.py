@@ -17,7 +17,11 @@ that the caller could not read anyway), and compares:
   must name a line of the prescription (checked before anything is submitted, first POST and
   retry alike: a fill dispenses every line of the prescription).
 * **claim** (the active claim of a fill): the claim the request names (identifier
-  ``urn:rxchain:claim|CLM-{rx_id}-{fill}-{n}``), else the claim of the latest fill dispensed,
+  ``urn:rxchain:claim|CLM-{rx_id}-{fill}-{n}``), else the active claim of the fill it names
+  through the dispense it claims (:func:`referenced_fill`: a ``supportingInfo`` referring to
+  the MedicationDispense the gateway answered, ``MedicationDispense/{rx_id}-fill{N}-{line}``
+  or ``urn:rxchain:dispense|{rx_id}/{N}``), else of fill 1 -- a Claim naming no fill is taken
+  only while fill 1 is the only fill dispensed, see below --
   is the caller's insurer's, SETTLED, for that prescription and fill; it claims the same
   lines (``Claim.item``: national code and boxes; none = everything dispensed), compared
   through the claim's ``lines_commitment`` (the lines committed under the claim salt, which
@@ -38,6 +42,13 @@ write keeps the refusal. A comparing read failing at the peer answers as that fa
 Without a named fill, a POST on a repeat prescription inside its fill interval is a retry of
 the latest fill (TOO_EARLY otherwise); after the interval it dispenses the next fill. Name
 the fill to be exact.
+
+A Claim naming no fill (no claim identifier, no dispense in ``supportingInfo``) settles fill 1
+only while it is the prescription's only fill dispensed (submitted as fill 1, so a fill
+dispensed meanwhile is never taken instead). Once a later fill is dispensed it is refused
+FILL_NOT_NAMED (422, nothing submitted): a Claim of fill 1 re-sent after a lost answer and
+a new Claim of the latest fill are the same body, and the gateway used to settle the latest
+fill with it. Name the fill (or the claim) to claim a repeat fill.
 
 An integrator identifier of another system cannot name a dispense or a claim: the ledger
 records none (unlike an issue, whose rx id the gateway derives from it), so it is ignored in
@@ -75,6 +86,9 @@ MAX_CLAIM_SEQ = 999
 CLAIM_ID = re.compile(r"CLM-([A-Za-z0-9._-]{1,64})-([1-9][0-9]{0,1})-([1-9][0-9]{0,2})")
 _CLAIM_PATH_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 TRACE_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what prescription.dispense takes (ASCII only)
+# a MedicationDispense the gateway answered: id {rx_id}-fill{N}-{line} (mapping.medication_dispense)
+_DISPENSE_ID = re.compile(r"([A-Za-z0-9._-]{1,64})-fill([1-9][0-9]?)-([1-9][0-9]?)")
+_DISPENSE_REFERENCE = re.compile(r"(?:[^?#]*/)?MedicationDispense/([^/?#]+)(?:/_history/[^/?#]+)?")
 
 
 class Conflict(RxClientError):
@@ -123,16 +137,53 @@ def _named(body: Mapping[str, Any], header: str | None, system: str) -> set[str]
     return values
 
 
+def _fill_of(value: str, rx_id: str, what: str) -> int:
+    """The fill of a ``urn:rxchain:dispense`` identifier value ``{rx_id}/{fill}``."""
+    rx, sep, fill = value.rpartition("/")
+    if not sep or rx != rx_id or not fill.isdigit() or not fill.isascii() or not 1 <= int(fill) <= MAX_FILL:
+        raise FhirError("FHIR_INVALID", f"a {DISPENSE_SYSTEM} identifier is {rx_id}/FILL ({what}, a fill "
+                        f"1-{MAX_FILL})")
+    return int(fill)
+
+
 def named_fill(body: Mapping[str, Any], header: str | None, rx_id: str) -> int:
     """The fill a MedicationDispense names (``urn:rxchain:dispense|{rx_id}/{fill}``), 0 if none."""
     values = _named(body, header, DISPENSE_SYSTEM)
     if not values:
         return 0
-    rx, sep, fill = values.pop().rpartition("/")
-    if not sep or rx != rx_id or not fill.isdigit() or not fill.isascii() or not 1 <= int(fill) <= MAX_FILL:
-        raise FhirError("FHIR_INVALID", f"a {DISPENSE_SYSTEM} identifier is {rx_id}/FILL (the authorizing "
-                        f"prescription, a fill 1-{MAX_FILL})")
-    return int(fill)
+    return _fill_of(values.pop(), rx_id, "the authorizing prescription")
+
+
+def _fill_of_dispense_id(value: str, rx_id: str, where: str) -> int:
+    """The fill of a MedicationDispense id :func:`dispense_id` made for ``rx_id``."""
+    m = _DISPENSE_ID.fullmatch(value)
+    if m is None or m.group(1) != rx_id or not 1 <= int(m.group(3)) <= MAX_LINES:
+        raise FhirError("FHIR_INVALID", f"{where}: a MedicationDispense this gateway answered for {rx_id} is "
+                        f"MedicationDispense/{rx_id}-fillFILL-LINE")
+    return int(m.group(2))
+
+
+def referenced_fill(model: Any, rx_id: str) -> int:
+    """The fill a Claim names through the dispense it claims, 0 if none: a ``supportingInfo``
+    whose ``valueReference`` is the MedicationDispense the gateway answered (``reference``
+    ``MedicationDispense/{rx_id}-fill{N}-{line}``, relative, absolute or versioned, or
+    ``identifier`` ``urn:rxchain:dispense|{rx_id}/{N}``) or whose ``valueIdentifier`` is that
+    identifier. Other supporting information is not looked at; a dispense of another
+    prescription, or two fills, are FHIR_INVALID (a Claim settles one fill of its prescription)."""
+    fills: set[int] = set()
+    for i, info in enumerate(getattr(model, "supportingInfo", None) or []):
+        where = f"supportingInfo[{i}]"
+        ref = info.valueReference
+        for ident in (info.valueIdentifier, ref.identifier if ref is not None else None):
+            if ident is not None and ident.system == DISPENSE_SYSTEM:
+                fills.add(_fill_of(str(ident.value or ""), rx_id, f"{where}: the Claim's prescription"))
+        if ref is not None and ref.reference:
+            m = _DISPENSE_REFERENCE.fullmatch(str(ref.reference))
+            if m is not None:
+                fills.add(_fill_of_dispense_id(m.group(1), rx_id, where))
+    if len(fills) > 1:
+        raise FhirError("FHIR_INVALID", f"supportingInfo names fills {sorted(fills)}: a Claim settles one fill")
+    return fills.pop() if fills else 0
 
 
 def named_claim(body: Mapping[str, Any], header: str | None, rx_id: str) -> ClaimRef | None:

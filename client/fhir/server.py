@@ -13,10 +13,18 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   must name a line of the prescription) -> Bundle of MedicationDispense (one per line, each
   with identifiers ``urn:rxchain:hiRxno:tx|TX_ID`` and ``urn:rxchain:dispense|RX_ID/FILL``),
   ``Location`` the prescription
-* ``POST /fhir/Claim``                         settle (``prescription`` -> rx id; optional
-  ``item`` = national code + boxes to claim, ``total`` = the medical fee expected) ->
-  Bundle(Claim, ClaimResponse), ``Location: /fhir/Claim/{claim_id}``
-* ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers)
+* ``POST /fhir/Claim``                         settle a fill (``prescription`` -> rx id, a
+  ``MedicationRequest`` reference or identifier; the fill: a ``supportingInfo`` whose
+  ``valueReference`` is the MedicationDispense answered for it -- ``MedicationDispense/
+  {rx_id}-fill{N}-{line}`` or identifier ``urn:rxchain:dispense|{rx_id}/{N}`` -- or whose
+  ``valueIdentifier`` is that identifier; without one, the only fill dispensed, and 422
+  FILL_NOT_NAMED once a second fill is (see below); optional ``item`` = national code + boxes
+  to claim, ``total`` = the medical fee expected) -> Bundle(Claim, ClaimResponse),
+  ``Location: /fhir/Claim/{claim_id}``
+* ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers);
+  ``404`` CLAIM_NOT_FOUND both for an id never settled and for a claim the caller may not
+  read, ``403`` ACCESS_DENIED for a role that reads no claims (pharmacy staff, couriers,
+  nurses...) whatever the id: the answer never tells a non-reader that a claim exists
 
 Errors are OperationOutcome resources whose ``details.coding[0].code`` is the reason code.
 
@@ -51,6 +59,14 @@ reads (the caller gets back only what it may read):
   FILL-N`` (settle unless that claim exists; 422 CLAIM_OUT_OF_ORDER unless N is the fill's
   next claim). The same identifiers in the body's ``identifier`` act alike. No other system:
   the ledger records no integrator identifier of a dispense or claim (FHIR_INVALID).
+* A Claim names its fill by the dispense it claims (``supportingInfo``, above): settled
+  unless the fill's claim exists, else compared with it (a fill reversed since is claimed
+  again: name the claim, ``CLM-RX_ID-FILL-N``, to be exact). A Claim naming neither fill nor
+  claim settles fill 1 while it is the only fill dispensed; once a later fill is dispensed it
+  is ``422`` FILL_NOT_NAMED, nothing submitted: an earlier fill's Claim sent again after a
+  lost answer looks exactly like a new claim of the latest fill, and used to settle it. A
+  504 on a Claim names the fill in ``diagnostics``. A dispense of another prescription, two
+  fills, or a claim id of another fill than the dispense named are FHIR_INVALID.
 * ``422`` ITEM_NOT_PRESCRIBED (a dispense naming a drug or boxes not prescribed) and
   AMOUNT_MISMATCH (a claim whose ``total`` is not the fee the contract computes, evaluated
   before submitting): nothing was submitted.
@@ -139,7 +155,7 @@ MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json")
-_REFERENCE = re.compile(r"(?:[^?#]*/)?[A-Z][A-Za-z]{1,63}/([^/?#]+)(?:/_history/[^/?#]+)?")
+_REFERENCE = re.compile(r"(?:[^?#]*/)?([A-Z][A-Za-z]{1,63})/([^/?#]+)(?:/_history/[^/?#]+)?")
 
 _STATUS = {
     "FHIR_INVALID": 400, "BAD_ARGUMENTS": 400, "BAD_DIAGNOSIS": 400, "BAD_REQUEST": 400,
@@ -161,7 +177,8 @@ _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. 
                "sent again only with the same identifier (one without would issue a second prescription); "
                "a MedicationDispense or Claim may be sent again as it was (a retry of a step that committed "
                "is answered 200 with it); name the fill diagnostics gives (identifier urn:rxchain:dispense|"
-               "RX_ID/FILL) to stay exact once a repeat prescription's next fill is due")
+               "RX_ID/FILL; a Claim: supportingInfo valueIdentifier of that system, or the MedicationDispense) to "
+               "stay exact once a repeat prescription's next fill is due")
 _UNKNOWN_OUTCOME_MESSAGES = {
     "COMMIT_UNKNOWN": "the ledger's answer was lost: the transaction may have committed" + _LOOK_FIRST,
     "TIMEOUT": "the ledger did not answer in time: the request may have been carried out" + _LOOK_FIRST,
@@ -413,7 +430,13 @@ class FhirApp:
         lines = retry.claim_lines(model)
         total = retry.claim_total(model)
         named = retry.named_claim(body, if_none_exist, rx_id)
-        fill = named.fill if named is not None else 0
+        fill = retry.referenced_fill(model, rx_id)  # the MedicationDispense it claims, 0: none named
+        if named is not None and fill and fill != named.fill:
+            raise mapping.FhirError("FHIR_INVALID", f"the Claim names claim {named.claim_id} of fill {named.fill} "
+                                    f"and the dispense of fill {fill}")
+        fill = named.fill if named is not None else fill
+        if not fill:
+            fill = self._unnamed_fill(ops, rx_id)
         if named is not None:
             existing = _claim_or_none(ops, named.claim_id)
             if existing is not None:  # never settle again
@@ -425,21 +448,43 @@ class FhirApp:
                                             f"of fill {fill} (claim {named.previous()} is not a reversed claim)")
         try:
             rec = ops.settle(rx_id, fill, lines, expect_medfee_fen=total)
-        except CommitUnknown as exc:
-            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id) from exc
+        except CommitUnknown as exc:  # the fill it settles: re-sent naming it, it claims no other fill
+            raise CommitUnknown(exc.tx_id, exc.message, envelope=exc.envelope, rx_id=rx_id, fill=str(fill)) from exc
         except RxClientError as exc:
             if exc.reason != "DUPLICATE_CLAIM" and not (isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
                 raise
             return self._settled_after(ops, rx_id, fill, lines, total, exc)
         return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), _claim_location(rec))
 
+    @staticmethod
+    def _unnamed_fill(ops: RxOperations, rx_id: str) -> int:
+        """The fill a Claim naming none settles: the first, while it is the only fill dispensed.
+        Once a later fill is dispensed an unnamed Claim is ambiguous (a claim of that fill, or
+        an earlier fill's claim sent again after a lost answer: the same body either way) and
+        refused FILL_NOT_NAMED, never settled as the latest fill. A caller who may not read the
+        prescription's trail gets the contract's own refusal of the settlement."""
+        try:
+            latest = max((int(st["fill"]) for st in ops.dispenses(rx_id)), default=0)
+        except RxClientError as exc:
+            if exc.reason not in ("ACCESS_DENIED", "NO_KEY_GRANT", "NOT_FOUND"):
+                raise
+            return 1
+        if latest > 1:
+            raise mapping.FhirError("FILL_NOT_NAMED", (
+                f"{rx_id} has {latest} fills dispensed and the Claim names none: name the fill it claims, "
+                f"a supportingInfo whose valueReference is the MedicationDispense answered for it "
+                f"(MedicationDispense/{mapping.dispense_id(rx_id, 'N', 1)}, or identifier "
+                f"{mapping.DISPENSE_SYSTEM}|{rx_id}/N), or the claim (identifier {mapping.CLAIM_SYSTEM}|"
+                f"CLM-{rx_id}-N-1); nothing was settled"))
+        return 1
+
     def _settled_after(self, ops: RxOperations, rx_id: str, fill: int, lines: list[ClaimLine] | None,
                        total: int | None, refusal: RxClientError) -> Reply:
         """After DUPLICATE_CLAIM (or a lost race): the fill's settled claim, compared."""
         try:
-            # fill 0 is what the contract settles: the latest fill dispensed (claimed already:
-            # DUPLICATE_CLAIM, or the race lost to its claim) -- never an older fill's claim
-            # (a race lost to another claim of the patient is no claim of this fill)
+            # the fill the request settled (named, referred to, or the only one: _unnamed_fill);
+            # 0 (never passed now) would be the contract's latest fill -- never an older fill's
+            # claim (a race lost to another claim of the patient is no claim of this fill)
             fill = fill or max((int(st["fill"]) for st in ops.dispenses(rx_id)), default=0)
             settled = [st for st in ops.claim_steps(rx_id) if st.get("step") == "settle" and st.get("claim_id")]
             ids = [st["claim_id"] for st in settled if st.get("fill") == fill]
@@ -575,9 +620,12 @@ def _rx_ref(refs: Any, what: str) -> str:
             # relative ("MedicationRequest/ID"), absolute ("https://host/fhir/MedicationRequest/ID")
             # or versioned (".../ID/_history/2"): the id is the segment after the resource type
             m = _REFERENCE.fullmatch(str(ref.reference))
-            if m is None:
-                raise mapping.FhirError("FHIR_INVALID", f"{what}: not a reference to a prescription")
-            return _rx_id(m.group(1))
+            if m is None or m.group(1) != "MedicationRequest":
+                # e.g. a MedicationDispense id is no prescription id (a Claim names its dispense
+                # in supportingInfo, see client.fhir.retry.referenced_fill)
+                raise mapping.FhirError("FHIR_INVALID", f"{what}: not a reference to a prescription "
+                                        "(MedicationRequest/ID)")
+            return _rx_id(m.group(2))
     raise mapping.FhirError("FHIR_INVALID", f"{what} must name the prescription (hiRxno)")
 
 

@@ -64,6 +64,7 @@ class Chain:
     txs: int = 0
     code_fills: dict[str, int] = field(default_factory=dict)  # trace/{hash} -> fill (this rx)
     interval_passed: bool = False  # a repeat prescription's next fill is due
+    settle_fills: list[int] = field(default_factory=list)  # the fill argument of every settle
 
     def tx(self) -> str:
         self.txs += 1
@@ -100,12 +101,13 @@ class FakeGateway:
                       "time_ms": r["events"][0]["time_ms"], "tx_id": r["events"][0]["tx_id"], "block": 9,
                       "detail": {"claim_id": r["claim_id"], "fill": r["fill"]}} for r in c.claims.values()]
             return {"rx_id": RX, "steps": steps, "next": "", "truncated": False}
-        if (contract, fn) == ("settlement", "get_claim"):
+        if (contract, fn) == ("settlement", "get_claim"):  # existence told to its readers only
+            if self.org.startswith("p"):  # pharmacy staff read no claims: refused before looking
+                raise _refuse("ACCESS_DENIED", "claims are read by the patient, her hospital, her insurer "
+                              "and auditors")
             rec = c.claims.get(args["claim_id"])
-            if rec is None:
-                raise _refuse("CLAIM_NOT_FOUND", "no claim " + args["claim_id"])
-            if self.org not in ("ins01", "h01"):
-                raise _refuse("ACCESS_DENIED", "not allowed to read this claim")
+            if rec is None or self.org not in ("ins01", "h01"):
+                raise _refuse("CLAIM_NOT_FOUND", "no claim " + args["claim_id"] + " that you may read")
             return copy.deepcopy(rec)
         raise AssertionError(f"unexpected view {contract}.{fn}")
 
@@ -191,6 +193,7 @@ class RetryOps:
         c = self.chain
         if self.s.identity.role != "clerk":
             raise _refuse("WRONG_ROLE", "only an insurer clerk settles claims")
+        c.settle_fills.append(fill)
         fill = fill or c.fills
         if fill == 0 or fill > c.fills:
             raise _refuse("NOT_DISPENSED", "that fill was not dispensed")
@@ -256,7 +259,24 @@ def _dispense(codes: tuple[str, ...] = ("TC-1", "TC-2", "TC-3"), code: str = "am
     return res
 
 
-def _claim(items: list[tuple[str, int]] | None = None, total: str | None = None) -> dict[str, Any]:
+def _dispense_info(fill: int, how: str = "reference") -> dict[str, Any]:
+    """A Claim.supportingInfo naming fill ``fill``'s MedicationDispense (``how``: its
+    ``reference``, its identifier inside the reference, or a ``valueIdentifier``)."""
+    info: dict[str, Any] = {"sequence": 1, "category": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/claiminformationcategory", "code": "info"}]}}
+    ident = {"system": mapping.DISPENSE_SYSTEM, "value": f"{RX}/{fill}"}
+    if how == "reference":
+        info["valueReference"] = {"reference": f"MedicationDispense/{RX}-fill{fill}-1"}
+    elif how == "identifier":
+        info["valueReference"] = {"type": "MedicationDispense", "identifier": ident}
+    else:
+        info["valueIdentifier"] = ident
+    return info
+
+
+def _claim(items: list[tuple[str, int]] | None = None, total: str | None = None,
+           fill: int | None = None) -> dict[str, Any]:
+    """A Claim of RX (``fill``: names that fill by a supportingInfo referring to its dispense)."""
     res: dict[str, Any] = {
         "resourceType": "Claim", "status": "active", "use": "claim", "created": "2026-11-26",
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "pharmacy"}]},
@@ -268,6 +288,8 @@ def _claim(items: list[tuple[str, int]] | None = None, total: str | None = None)
                         "quantity": {"value": qty}} for i, (code, qty) in enumerate(items)]
     if total is not None:
         res["total"] = {"value": float(total), "currency": "CNY"}
+    if fill is not None:
+        res["supportingInfo"] = [_dispense_info(fill)]
     return res
 
 
@@ -608,3 +630,109 @@ def test_an_unnamed_resend_after_the_fill_interval_finds_its_fill_by_its_boxes(n
     assert (mixed.status, mixed.code) == (422, "TRACE_CODE_REUSED"), mixed.body
     assert second.status == 201, second.body
     assert chain.fills == 2 and chain.submitted == ["dispense", "dispense"]
+
+
+# ---------------------------------------------------------------- unnamed claims of a repeat prescription
+
+
+def test_an_unnamed_claim_resent_after_the_next_fill_is_not_settled_as_that_fill(net_home: Any) -> None:
+    """Repeat prescription: fill 1 dispensed and claimed by a Claim naming no fill, whose
+    answer is lost; fill 2 is dispensed; the insurer re-sends the very same Claim. It used to
+    be settled as fill 2 (the latest, unclaimed): the fill-1 claim's retry paid fill 2, and
+    fill 2's own claim was then refused DUPLICATE_CLAIM. Now an unnamed Claim is refused
+    FILL_NOT_NAMED once a second fill exists, nothing settled; naming the fill through the
+    MedicationDispense the gateway answered (any of the three forms) makes it exact: fill 1's
+    retry is 200 with its claim, fill 2 is settled 201, and re-sent is 200."""
+    chain = Chain(max_fills=2, interval_passed=True, lose_settle=1)
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        lost = _settle(port, net_home, _claim())
+        assert _disp(port, net_home, _dispense(codes=("TC-4", "TC-5", "TC-6"))).status == 201
+        resent = _settle(port, net_home, _claim())
+        resent_total = _settle(port, net_home, _claim(total="51.00"))
+        unrelated = _settle(port, net_home, _claim() | {"supportingInfo": [
+            _dispense_info(1) | {"valueReference": {"reference": "Patient/1"}}]})
+        assert chain.submitted == ["dispense", "settle", "dispense"]
+        retries = [_settle(port, net_home, _claim() | {"supportingInfo": [_dispense_info(1, how)]})
+                   for how in ("reference", "identifier", "value")]
+        second = _settle(port, net_home, _claim(fill=2))
+        second_again = _settle(port, net_home, _claim(fill=2))
+        after = _settle(port, net_home, _claim())
+    assert (lost.status, lost.code) == (504, "COMMIT_UNKNOWN")
+    assert "fill=1" in _diagnostics(lost)  # the fill to name when sending it again
+    for ans in (resent, resent_total, unrelated, after):
+        assert (ans.status, ans.code) == (422, "FILL_NOT_NAMED"), ans.body
+        assert f"MedicationDispense/{RX}-fillN-1" in ans.body["issue"][0]["details"]["text"]
+    for ans in retries:
+        assert ans.status == 200 and ans.headers["Location"] == f"/fhir/Claim/CLM-{RX}-1-1", ans.body
+    assert second.status == 201 and second.headers["Location"] == f"/fhir/Claim/CLM-{RX}-2-1", second.body
+    assert second_again.status == 200 and second_again.body == second.body
+    assert sorted(chain.claims) == [f"CLM-{RX}-1-1", f"CLM-{RX}-2-1"]
+    assert chain.submitted == ["dispense", "settle", "dispense", "settle"]
+
+
+def test_an_unnamed_first_claim_settles_the_only_fill(net_home: Any) -> None:
+    """The ordinary case: a Claim naming no fill while one fill is dispensed settles that fill
+    (submitted as fill 1, not "the latest": a fill dispensed meanwhile is not taken instead),
+    and re-sent it is 200; with no fill yet it is the contract's NOT_DISPENSED."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    with _serve(net_home, chain) as port:
+        early = _settle(port, net_home, _claim())
+        assert _disp(port, net_home, _dispense()).status == 201
+        first = _settle(port, net_home, _claim(total="51.00"))
+        again = _settle(port, net_home, _claim())
+    assert (early.status, early.code) == (422, "NOT_DISPENSED")
+    assert first.status == 201 and first.headers["Location"] == f"/fhir/Claim/CLM-{RX}-1-1", first.body
+    assert again.status == 200 and again.body == first.body
+    assert chain.settle_fills == [1, 1, 1]  # never 0: the contract's "latest fill"
+    assert chain.submitted == ["dispense", "settle"]
+
+
+def test_a_claim_names_its_fill_consistently(net_home: Any) -> None:
+    """Malformed fill names are 400 and submit nothing: a dispense of another prescription, two
+    fills, a claim id and a dispense of other fills, a MedicationDispense id not of this
+    gateway's shape, and a MedicationDispense given as the prescription (its id is no rx id).
+    A named fill not dispensed is the contract's NOT_DISPENSED."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    bad = [
+        _claim() | {"supportingInfo": [_dispense_info(1) | {"valueReference": {
+            "reference": "MedicationDispense/RX-OTHER-fill1-1"}}]},
+        _claim() | {"supportingInfo": [_dispense_info(1) | {"valueIdentifier": {
+            "system": mapping.DISPENSE_SYSTEM, "value": "RX-OTHER/1"}}]},
+        _claim() | {"supportingInfo": [_dispense_info(1), _dispense_info(2, "value") | {"sequence": 2}]},
+        _claim(fill=2) | {"identifier": [{"system": mapping.CLAIM_SYSTEM, "value": f"CLM-{RX}-1-1"}]},
+        _claim() | {"supportingInfo": [_dispense_info(1) | {"valueReference": {
+            "reference": f"MedicationDispense/{RX}"}}]},
+        _claim() | {"supportingInfo": [_dispense_info(1) | {"valueIdentifier": {
+            "system": mapping.DISPENSE_SYSTEM, "value": f"{RX}/0"}}]},
+        _claim() | {"prescription": {"reference": f"MedicationDispense/{RX}-fill1-1"}},
+    ]
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        answers = [_settle(port, net_home, body) for body in bad]
+        undispensed = _settle(port, net_home, _claim(fill=2))
+        absolute = _settle(port, net_home, _claim() | {"supportingInfo": [_dispense_info(1) | {"valueReference": {
+            "reference": f"https://gw.example/fhir/MedicationDispense/{RX}-fill1-2/_history/1"}}]})
+    for ans in answers:
+        assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
+    assert (undispensed.status, undispensed.code) == (422, "NOT_DISPENSED")
+    assert absolute.status == 201 and absolute.headers["Location"] == f"/fhir/Claim/CLM-{RX}-1-1"
+    assert chain.submitted == ["dispense", "settle"]
+
+
+def test_reading_a_claim_tells_existence_to_its_readers_only(net_home: Any) -> None:
+    """``GET /fhir/Claim/{id}``: the contract answers a claim its caller may not read as a
+    missing one (CLAIM_NOT_FOUND: 404) and a role that reads no claims ACCESS_DENIED before
+    looking (403): the answers for an existing and a missing id are the same."""
+    chain = Chain()
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        assert _settle(port, net_home, _claim()).status == 201
+        real, missing = f"/fhir/Claim/CLM-{RX}-1-1", f"/fhir/Claim/CLM-{RX}-2-1"
+        seen = {who: [_get(port, net_home, path, who) for path in (real, missing)]
+                for who in (PHARMACY, ("h02", "patient-sun"), CLERK)}
+    for who, status in ((PHARMACY, 403), (("h02", "patient-sun"), 404)):
+        a, b = seen[who]
+        assert a.status == b.status == status
+        assert json.dumps(a.body).replace("-1-1", "-N-1") == json.dumps(b.body).replace("-2-1", "-N-1")
+    assert seen[CLERK][0].status == 200 and seen[CLERK][1].status == 404

@@ -259,18 +259,19 @@ def test_holds_a_refused_comparison_read_keeps_the_refusal(net_home: Any) -> Non
 def test_finding_a_claim_losing_an_unrelated_race_is_not_answered_with_an_older_fills_claim(
         net_home: Any) -> None:
     """A repeat prescription: fill 1 claimed (CLM-1-1), fill 2 dispensed. The insurer POSTs the
-    Claim (no fill named: the latest fill, 2); its settle loses an MVCC race to another claim of
-    the same patient (both move her counters and balance). Nothing was settled: the refusal
-    must stand. It used to be answered 200 with CLM-RX-1-1 (the highest fill claimed, same
-    lines): the insurer books fill 2 as settled, and it is never paid."""
+    Claim of fill 2 (named through its MedicationDispense: unnamed is FILL_NOT_NAMED once a
+    second fill exists); its settle loses an MVCC race to another claim of the same patient
+    (both move her counters and balance). Nothing was settled: the refusal must stand. It used
+    to be answered 200 with CLM-RX-1-1 (the highest fill claimed, same lines): the insurer
+    books fill 2 as settled, and it is never paid."""
     chain = _red_chain(max_fills=2)
     with _serve(net_home, chain) as port:
         assert _disp(port, net_home, _dispense()).status == 201
         assert _settle(port, net_home, _claim()).status == 201
         _land_next_fill(chain, codes=3)
         chain.mvcc_settle = 1  # type: ignore[attr-defined]
-        lost = _settle(port, net_home, _claim())
-        paid = _settle(port, net_home, _claim())
+        lost = _settle(port, net_home, _claim(fill=2))
+        paid = _settle(port, net_home, _claim(fill=2))
     assert lost.status >= 400 and "entry" not in lost.body, lost.body
     assert (lost.status, lost.code) == (409, "MVCC_READ_CONFLICT")
     assert paid.status == 201 and paid.headers["Location"] == f"/fhir/Claim/CLM-{RX}-2-1", paid.body
