@@ -114,6 +114,13 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
     claim_id = body["entry"][0]["resource"]["id"]
     status, read = _get(net, fhir, "ins01:clerk-zhao", f"/fhir/Claim/{claim_id}")
     assert (status, read) == (200, body["entry"][0]["resource"])
+    # a claim is told to its readers only: a doctor of another hospital than her enrolling one
+    # and pharmacies get for it exactly what they get for an id never settled
+    missing = f"CLM-{rx_id}-7-1"
+    for who, code in (("h02:dr-zhou", 404), ("p02:pharm-chen", 403), ("p01:pharm-wang", 403)):
+        seen = [_get(net, fhir, who, f"/fhir/Claim/{cid}") for cid in (claim_id, missing)]
+        assert seen[0][0] == seen[1][0] == code, (who, seen)
+        assert json.dumps(seen[0][1]).replace(claim_id, "ID") == json.dumps(seen[1][1]).replace(missing, "ID")
     fewer = {**claim, "item": [{"sequence": 1, "productOrService": {"coding": [{"code": "XC08CAB037A001020180517"}]},
                                 "quantity": {"value": 1}}]}
     status, refused = _post(net, fhir, "ins01:clerk-zhao", "/fhir/Claim", fewer)
@@ -130,3 +137,4 @@ def test_issue_dispense_settle_through_fhir(net: Net, fhir: int):
     status, body = _post(net, fhir, "h01:nurse-liu", "/fhir/MedicationRequest", bundle)
     assert status == 403
     assert body["issue"][0]["details"]["coding"][0]["code"] == "UNAUTHORIZED_PRESCRIBER"
+
