@@ -462,7 +462,10 @@ class FhirApp:
         Once a later fill is dispensed an unnamed Claim is ambiguous (a claim of that fill, or
         an earlier fill's claim sent again after a lost answer: the same body either way) and
         refused FILL_NOT_NAMED, never settled as the latest fill. A caller who may not read the
-        prescription's trail gets the contract's own refusal of the settlement."""
+        prescription's trail, or whose role settles nothing, gets the contract's own refusal of
+        the settlement."""
+        if ops.s.identity.role != "clerk":  # WRONG_ROLE from the settlement, not "name the fill"
+            return 1
         try:
             latest = max((int(st["fill"]) for st in ops.dispenses(rx_id)), default=0)
         except RxClientError as exc:

@@ -658,6 +658,8 @@ def test_an_unnamed_claim_resent_after_the_next_fill_is_not_settled_as_that_fill
         second = _settle(port, net_home, _claim(fill=2))
         second_again = _settle(port, net_home, _claim(fill=2))
         after = _settle(port, net_home, _claim())
+        pharmacy = _settle(port, net_home, _claim(), who=PHARMACY)
+    assert (pharmacy.status, pharmacy.code) == (403, "WRONG_ROLE")  # its role first, not "name the fill"
     assert (lost.status, lost.code) == (504, "COMMIT_UNKNOWN")
     assert "fill=1" in _diagnostics(lost)  # the fill to name when sending it again
     for ans in (resent, resent_total, unrelated, after):
