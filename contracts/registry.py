@@ -509,16 +509,35 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"])}
 
 
+def _may_ask_patients(ctx: Context) -> bool:
+    """Roles that read some enrolments (from the certificate alone, before any lookup): regulator
+    auditors, hospital admins, doctors and pharmacists, insurer clerks and admins, patients.
+    Anyone else is refused whatever the pseudonym, so the answer cannot tell them who is
+    enrolled (the settlement contract's get_account and patient_status hold the same rule)."""
+    c = ctx.caller
+    if c.role == "patient":
+        return True
+    if c.org_kind == "regulator":
+        return c.role == "auditor"
+    if c.org_kind == "insurer":
+        return c.role in ("clerk", "admin")
+    if c.org_kind == "hospital":
+        return c.role in ("admin", "doctor", "pharmacist")
+    return False
+
+
 def get_patient(ctx: Context, pseudonym: str) -> dict:
     """Enrolment metadata (diagnosis tags only): the patient herself, staff of her
     enrolling hospital, the insurer holding her account (any insurer's clerk/admin before
     an account is opened) and the regulator's auditors."""
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    c = ctx.caller
+    if not _may_ask_patients(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    c = ctx.caller
     allowed = c.org_kind == "regulator" and c.role == "auditor"
     if c.org == rec["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
         allowed = True

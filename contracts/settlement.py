@@ -497,6 +497,8 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+        ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
@@ -508,10 +510,12 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
 
 
-def _may_ask_claims(ctx: Context) -> bool:
-    """Roles that read some claims (decided from the certificate alone, before any claim is
-    looked up): regulator auditors, insurer clerks and admins, hospital admins, doctors and
-    pharmacists, patients. Everybody else is refused whatever the claim id."""
+def _may_ask(ctx: Context) -> bool:
+    """Roles that read some patients' claims and accounts (decided from the certificate alone,
+    before any claim or enrolment is looked up): regulator auditors, insurer clerks and admins,
+    hospital admins, doctors and pharmacists, patients. Everybody else (pharmacy staff,
+    couriers, nurses, ...) is refused whatever the id: the answer cannot tell them whether it
+    exists."""
     c = ctx.caller
     if c.role == "patient":  # her certificate is issued by an org of any kind (a hospital's)
         return True
@@ -534,7 +538,7 @@ def get_claim(ctx: Context, claim_id: str) -> dict:
     CLAIM_NOT_FOUND, with the same message."""
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
-    if not _may_ask_claims(ctx):
+    if not _may_ask(ctx):
         ctx.fail("ACCESS_DENIED", "claims are read by the patient, her hospital, her insurer and auditors")
     rec = ctx.get("claim/" + claim_id)
     enrol = None
@@ -549,6 +553,8 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
     """Counters of a patient for a year (0 = this year) and the account balance."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    if not _may_ask(ctx):  # before the lookup, as get_account
+        ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")

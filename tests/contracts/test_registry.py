@@ -274,3 +274,26 @@ def test_diagnosis_list_is_bounded(world: World) -> None:
     assert submit(world, "add_diagnosis", admin("h01"),
                   transient={"dx_key": dx_key(), "icd10": "E99"},
                   pseudonym=pid, physical=True) == "LIMIT_EXCEEDED"
+
+
+def test_roles_that_read_no_patient_cannot_probe_enrolment(world: World) -> None:
+    """Enrolment says a person is in the chronic-disease scheme, and members can compute a
+    pseudonym from an ID number (they hold the consortium secret). Pharmacy staff, couriers,
+    nurses and other roles that read no patient get ACCESS_DENIED from ``get_patient``,
+    ``get_account`` and ``patient_status`` for an enrolled and a never-enrolled pseudonym
+    alike (refused before the lookup; it used to be UNKNOWN_PATIENT for the latter)."""
+    enrolled = world.pid("patient-zhang")
+    nobody = hashlib.sha256(b"never enrolled").hexdigest()
+    views = [("registry", "get_patient", {}), ("settlement", "get_account", {}),
+             ("settlement", "patient_status", {"year": 0})]
+    for caller in (WANG, who("p01:courier-liu:courier"), who("h01:nurse-xu:nurse"), admin("p01"),
+                   who("reg01:clerk-a:clerk")):
+        for contract, fn, extra in views:
+            seen = [world.chain.query(contract, fn, caller, pseudonym=pid, **extra) for pid in (enrolled, nobody)]
+            assert [(o.reason, o.message) for o in seen] == [("ACCESS_DENIED", seen[0].message)] * 2, (caller, fn)
+    # the readers still read, and an unknown pseudonym is still UNKNOWN_PATIENT to them
+    for caller in (JIANG, who("ins01:clerk-qian:clerk"), who("reg01:auditor-fang:auditor")):
+        for contract, fn, extra in views:
+            assert world.chain.query(contract, fn, caller, pseudonym=enrolled, **extra).ok, (caller, fn)
+            assert world.chain.query(contract, fn, caller, pseudonym=nobody,
+                                     **extra).reason == "UNKNOWN_PATIENT", (caller, fn)
