@@ -284,8 +284,9 @@ def test_roles_that_read_no_patient_cannot_probe_enrolment(world: World) -> None
     alike (refused before the lookup; it used to be UNKNOWN_PATIENT for the latter)."""
     enrolled = world.pid("patient-zhang")
     nobody = hashlib.sha256(b"never enrolled").hexdigest()
-    views = [("registry", "get_patient", {}), ("settlement", "get_account", {}),
-             ("settlement", "patient_status", {"year": 0})]
+    views: list[tuple[str, str, dict[str, Any]]] = [
+        ("registry", "get_patient", {}), ("settlement", "get_account", {}),
+        ("settlement", "patient_status", {"year": 0})]
     for caller in (WANG, who("p01:courier-liu:courier"), who("h01:nurse-xu:nurse"), admin("p01"),
                    who("reg01:clerk-a:clerk")):
         for contract, fn, extra in views:
