@@ -795,14 +795,22 @@ def lock(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
     if rx["pharmacy"] != "":
         _require_active_pharmacy(ctx, rx["pharmacy"])
-    rx["lock"] = {"org": c.org, "by": c.name, "time_ms": ctx.timestamp_ms}
+    # the taking transaction is the lock's token (lock_id): a release naming it drops this
+    # lock only, never one another call of the same pharmacy took after it
+    rx["lock"] = {"org": c.org, "by": c.name, "time_ms": ctx.timestamp_ms, "tx_id": ctx.tx_id}
     rx["status"] = "LOCKED"
     _save(ctx, rx, "lock", {"fill": rx["fills"] + 1})
-    return {"rx_id": rx_id, "status": "LOCKED", "fill": rx["fills"] + 1}
+    return {"rx_id": rx_id, "status": "LOCKED", "fill": rx["fills"] + 1, "lock_id": ctx.tx_id}
 
 
-def release(ctx: Context, rx_id: str) -> dict:
-    """Release a lock (a pharmacist of the lock-holding pharmacy)."""
+def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
+    """Release a lock (a pharmacist of the lock-holding pharmacy). With ``lock_id`` (the
+    token ``lock`` returned: its transaction id) only that lock: a lock taken since by
+    another call (or one taken before locks had tokens) stays, ALREADY_LOCKED. Without it,
+    whichever lock the pharmacy holds (an operator freeing a stuck lock)."""
+    # (the signature makes it a str; strip checks the 64 characters in one metered call)
+    if lock_id != "" and (len(lock_id) != 64 or lock_id.strip(HEX) != ""):
+        ctx.fail("BAD_ARGUMENTS", "lock_id must be the 64 lower-case hex token lock returned, or empty")
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     _require_pharmacist(ctx)
@@ -810,6 +818,14 @@ def release(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_LOCKED", "the prescription is not locked")
     if rx["lock"]["org"] != c.org:
         ctx.fail("ALREADY_LOCKED", "locked by another pharmacy")
+    if lock_id != "":
+        held = ""
+        if "tx_id" in rx["lock"]:  # absent on a lock taken before locks had tokens
+            held = rx["lock"]["tx_id"]
+        if held == "":
+            ctx.fail("ALREADY_LOCKED", "held by another lock (taken before lock tokens): release it without lock_id")
+        if held != lock_id:
+            ctx.fail("ALREADY_LOCKED", "held by another lock of " + c.org + ", not lock " + lock_id)
     _unlock(rx)
     _save(ctx, rx, "release", {})
     return {"rx_id": rx_id, "status": rx["status"]}
