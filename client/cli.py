@@ -99,6 +99,16 @@ def _rx_id_arg(text: str) -> str:
 
 
 _rx_id_arg.__name__ = "rx id"
+
+
+def _lock_id_arg(text: str) -> str:
+    """An argparse type: a lock token as ``prescription.lock`` returns it (its tx id)."""
+    if len(text) != 64 or any(ch not in "0123456789abcdef" for ch in text):
+        raise argparse.ArgumentTypeError("a lock id is the 64 lower-case hex lock_id rx lock printed")
+    return text
+
+
+_lock_id_arg.__name__ = "lock id"
 _PORT = _int_in(1, 65535)
 _COUNT = _int_in(0, 2**63 - 1)
 
@@ -445,7 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     rt = sub(rx, "route", _simple("route", "rx_id", "pharmacy"), "route to a pharmacy")
     rt.add_argument("rx_id")
     rt.add_argument("--pharmacy", required=True, metavar="ORG")
-    for name, help_ in (("lock", "lock for dispensing"), ("release", "release a lock"),
+    rel = sub(rx, "release", _simple("release", "rx_id", "lock_id"),
+              "release a lock (of the caller's pharmacy)")
+    rel.add_argument("rx_id")
+    rel.add_argument("--lock-id", type=_lock_id_arg, metavar="LOCK_ID",
+                     help="release only this lock (the lock_id rx lock printed): refused ALREADY_LOCKED "
+                          "when the pharmacy holds another one by now; without it any lock the pharmacy holds")
+    for name, help_ in (("lock", "lock for dispensing (prints its lock_id)"),
                         ("deliver", "confirm delivery (courier)"),
                         ("show", "metadata and decrypted content if granted"),
                         ("trace", "the whole trail")):

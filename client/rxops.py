@@ -238,9 +238,28 @@ class RxOperations:
         """Lock for dispensing."""
         return _written(self.s.gateway.submit(RX, "lock", {"rx_id": rx_id}))
 
-    def release(self, rx_id: str) -> dict[str, Any]:
-        """Release a lock."""
-        return _written(self.s.gateway.submit(RX, "release", {"rx_id": rx_id}))
+    def release(self, rx_id: str, lock_id: str | None = None) -> dict[str, Any]:
+        """Release a lock: with ``lock_id`` (the token :meth:`lock` returned) only that lock,
+        refused ALREADY_LOCKED when the pharmacy now holds another one (released and taken
+        again by another call); without it whichever lock the pharmacy holds."""
+        args: dict[str, Any] = {"rx_id": rx_id}
+        if lock_id:
+            args["lock_id"] = lock_id
+        return _written(self.s.gateway.submit(RX, "release", args))
+
+    def _lock_or_borrow(self, rx_id: str) -> dict[str, Any] | None:
+        """Lock; None when the caller's pharmacy holds the lock already (another call's, or
+        one taken with ``rx lock``): the dispense then runs under it."""
+        try:
+            return self.lock(rx_id)
+        except RxClientError as exc:
+            if exc.reason != "ALREADY_LOCKED":
+                raise
+            meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+            holder = (meta.get("lock") or {}).get("org") if isinstance(meta, dict) else None
+            if holder != self.s.identity.org:
+                raise
+            return None
 
     def dispense(self, rx_id: str, trace_codes: Sequence[str] = (),
                  auto_lock: bool = True) -> dict[str, Any]:
@@ -250,39 +269,42 @@ class RxOperations:
         reason (NOT_ROUTED, ALREADY_DISPENSED, ALREADY_LOCKED ...) before any key is fetched.
         A lock this call took is released again when the dispense is refused (TRACE_CODE_REUSED,
         HASH_MISMATCH ...: nothing was dispensed), so the prescription does not stay locked
-        against every other pharmacy; never when the outcome is unknown (CommitUnknown).
+        against every other pharmacy; never when the outcome is unknown (CommitUnknown). The
+        release names the lock's token (``lock_id``), so it drops only the lock this call took:
+        when that lock is gone meanwhile (dispensed under by another call of the pharmacy,
+        released) and another call holds a new one, the release is refused and that lock stays.
+        A call that found its pharmacy holding the lock (another call's) and is refused
+        NOT_LOCKED -- that lock was released before the dispense, e.g. by its own call's refused
+        dispense -- takes a lock of its own and dispenses once more (auto_lock only).
         """
-        locked: dict[str, Any] | None = None
-        if auto_lock:
+        opened: OpenedRecord | None = None
+        for attempt in range(2):
+            locked = self._lock_or_borrow(rx_id) if auto_lock else None
             try:
-                locked = self.lock(rx_id)
+                if opened is None:
+                    opened = self._get_key(rx_id)
+                transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
+                if trace_codes:
+                    transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
+                parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
+                out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
+                                                     endorsing_orgs=parties))
+            except CommitUnknown:
+                raise  # may have dispensed (and so cleared the lock): leave it
             except RxClientError as exc:
-                if exc.reason != "ALREADY_LOCKED":
-                    raise
-                meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
-                holder = (meta.get("lock") or {}).get("org") if isinstance(meta, dict) else None
-                if holder != self.s.identity.org:
-                    raise
-        try:
-            opened = self._get_key(rx_id)
-            transient: dict[str, Any] = {"content": opened.body, "salt": opened.salt}
-            if trace_codes:
-                transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
-            parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
-            out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
-                                                 endorsing_orgs=parties))
-        except CommitUnknown:
-            raise  # may have dispensed (and so cleared the lock): leave it
-        except RxClientError:
+                if locked is not None:
+                    # best effort: the refusal is the answer, whatever the release runs into (a
+                    # closed channel raises ValueError, not RxClientError)
+                    with contextlib.suppress(Exception):
+                        # a contract from before lock tokens returns none: release as it did
+                        self.release(rx_id, str(locked.get("lock_id") or "") or None)
+                elif auto_lock and attempt == 0 and exc.reason == "NOT_LOCKED":
+                    continue  # the borrowed lock was dropped by its taker: lock, dispense again
+                raise
             if locked is not None:
-                # best effort: the refusal is the answer, whatever the release runs into (a
-                # closed channel raises ValueError, not RxClientError)
-                with contextlib.suppress(Exception):
-                    self.release(rx_id)
-            raise
-        if locked is not None:
-            out["lock_block"] = locked["block"]
-        return out
+                out["lock_block"] = locked["block"]
+            return out
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def deliver(self, rx_id: str) -> dict[str, Any]:
         """Courier confirms hand-over."""

@@ -1,0 +1,244 @@
+"""``RxOperations.dispense`` releases, after a refused dispense, only the lock it took itself
+(its token, ``lock_id``): two calls of the same pharmacy (two pharmacists, a FHIR gateway
+retry beside a new call) interleave, and the refused one must never drop the lock the other
+one holds. Run over the real prescription contract in the sandbox of tests/contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from client.errors import EndorsementError, RxClientError
+from client.gateway import SubmitResult
+from client.rxops import RxOperations
+from tests.contracts.chain import DAY_MS, Who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import WANG, approved, lock_and_dispense
+from tests.contracts.rxclient import Prepared, World, trace_key
+from tests.contracts.test_lifecycle import LI, register_li
+
+REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": True, "days": 28,
+                          "chronic_reason": "stable hypertension",
+                          "stability_assessment": "stable 6 months", "patient_confirmed": True}
+
+
+class ContractGateway:
+    """``evaluate``/``submit`` of RxOperations over the contract test chain as one caller;
+    ``before[fn]`` runs once just before that function's first submit (what another call of
+    the same pharmacy commits meanwhile)."""
+
+    def __init__(self, w: World, caller: Who, before: dict[str, Callable[[], None]] | None = None) -> None:
+        self.world, self.caller, self.before = w, caller, dict(before or {})
+        self.calls: list[tuple[str, dict[str, Any], str]] = []  # (fn, args, outcome)
+
+    def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+        out = self.world.chain.query(contract, fn, self.caller, transient=transient, **args)
+        if not out.ok:
+            raise EndorsementError(out.reason, out.message)
+        return out.value
+
+    def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
+               endorsing_orgs: Any = None) -> SubmitResult:
+        hook = self.before.pop(fn, None)
+        if hook is not None:
+            hook()
+        out = self.world.chain.submit(contract, fn, self.caller, transient=transient, **args)
+        self.calls.append((fn, dict(args), "OK" if out.ok else out.reason))
+        if not out.ok:
+            raise EndorsementError(out.reason, out.message)
+        assert out.block is not None
+        return SubmitResult(out.tx_id, "VALID", out.block, out.value)
+
+
+def _ops(w: World, caller: Who, prep: Prepared, before: dict[str, Callable[[], None]] | None = None,
+         ) -> tuple[RxOperations, ContractGateway]:
+    gw = ContractGateway(w, caller, before)
+    peers = [SimpleNamespace(org=o) for o in ("h01", "p01")]
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=gw, identity=SimpleNamespace(org=caller.org, user=caller.name, role=caller.role),
+        net=SimpleNamespace(peers=peers), trace_key=trace_key()))
+    ops._get_key = lambda rx_id: SimpleNamespace(body=prep.content, salt=prep.salt)  # type: ignore[method-assign,assignment,return-value]
+    return ops, gw
+
+
+def _lock(w: World, rx: str) -> Any:
+    return w.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["lock"]
+
+
+def test_a_refused_dispense_never_drops_the_lock_another_call_took_since(world: World) -> None:  # noqa: F811
+    """Call A (pharm-wang) locks; before its dispense the lock is freed (an operator's release
+    without token) and call B (pharm-li, same pharmacy) locks. A's dispense runs under B's lock
+    and is refused (its box was used already); A's best-effort release must not drop B's lock:
+    B then dispenses. (It did: B's dispense answered NOT_LOCKED.)"""
+    register_li(world)
+    used = approved(world)
+    lock_and_dispense(world, used, trace_codes=["81234560000000000091"]).unwrap()
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops_b, gw_b = _ops(world, LI, prep)
+    taken: dict[str, Any] = {}
+
+    def operator_then_b() -> None:
+        ops_b.release(rx)  # no token: whatever lock p01 holds (A's)
+        taken.update(ops_b.lock(rx))
+
+    ops_a, gw_a = _ops(world, WANG, prep, {"dispense": operator_then_b})
+    with pytest.raises(RxClientError) as refused:
+        ops_a.dispense(rx, ["81234560000000000091"])
+    assert refused.value.reason == "TRACE_CODE_REUSED"
+    a_lock = gw_a.calls[0]
+    assert a_lock[0] == "lock" and a_lock[2] == "OK"
+    assert gw_a.calls[-1][0] == "release" and gw_a.calls[-1][2] == "ALREADY_LOCKED", gw_a.calls
+    assert gw_a.calls[-1][1]["lock_id"] != taken["lock_id"]
+    held = _lock(world, rx)
+    assert held is not None and held["tx_id"] == taken["lock_id"] and held["by"] == "pharm-li"
+    out = ops_b.dispense(rx, ["81234560000000000092"])
+    assert out["fill"] == 1 and "lock_block" not in out  # dispensed under its own lock
+    assert [c[0] for c in gw_b.calls] == ["release", "lock", "lock", "dispense"]
+
+
+def test_a_call_that_dispensed_under_a_lock_keeps_the_next_fills_lock(world: World) -> None:  # noqa: F811
+    """A repeat prescription. Call A locks fill 1; call B of the same pharmacy finds the lock
+    its pharmacy's and dispenses fill 1 under it, and 28 days on locks fill 2. A's dispense
+    (its box is fill 1's) is refused: its release must leave B's lock of fill 2."""
+    register_li(world)
+    prep = approved(world, **REPEAT)
+    rx = prep.args["rx_id"]
+    ops_b, gw_b = _ops(world, LI, prep)
+    taken: dict[str, Any] = {}
+
+    def b_dispenses_and_locks_again() -> None:
+        assert ops_b.dispense(rx, ["81234560000000000093"])["fill"] == 1  # under A's lock
+        world.chain.advance(28 * DAY_MS)
+        taken.update(ops_b.lock(rx))
+
+    ops_a, gw_a = _ops(world, WANG, prep, {"dispense": b_dispenses_and_locks_again})
+    with pytest.raises(RxClientError) as refused:
+        ops_a.dispense(rx, ["81234560000000000093"])
+    assert refused.value.reason == "TRACE_CODE_REUSED"
+    assert gw_a.calls[-1][0] == "release" and gw_a.calls[-1][2] == "ALREADY_LOCKED", gw_a.calls
+    held = _lock(world, rx)
+    assert held is not None and held["tx_id"] == taken["lock_id"]
+    assert ops_b.dispense(rx, ["81234560000000000094"])["fill"] == 2
+    assert [c[0] for c in gw_b.calls] == ["lock", "dispense", "lock", "lock", "dispense"]
+
+
+def test_a_call_whose_borrowed_lock_was_released_locks_and_dispenses(world: World) -> None:  # noqa: F811
+    """The interleaving the other way round: call A locks; call B finds its pharmacy holding
+    the lock and dispenses under it; A's dispense is refused first and A releases its own lock
+    (rightly: it took it). B's dispense is refused NOT_LOCKED -- nothing written -- so B takes
+    a lock of its own and dispenses (it used to answer NOT_LOCKED: the FHIR gateway's 409)."""
+    register_li(world)
+    used = approved(world)
+    lock_and_dispense(world, used, trace_codes=["81234560000000000096"]).unwrap()
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops_a, _ = _ops(world, WANG, prep)
+    refused: list[str] = []
+
+    def a_is_refused() -> None:
+        with pytest.raises(RxClientError) as exc:
+            ops_a.dispense(rx, ["81234560000000000096"], auto_lock=False)
+        refused.append(exc.value.reason)
+        ops_a.release(rx, a_lock["lock_id"])
+
+    a_lock = ops_a.lock(rx)
+    ops_b, gw_b = _ops(world, LI, prep, {"dispense": a_is_refused})
+    out = ops_b.dispense(rx, ["81234560000000000097"])
+    assert refused == ["TRACE_CODE_REUSED"] and out["fill"] == 1 and "lock_block" in out
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "NOT_LOCKED"),
+                                                  ("lock", "OK"), ("dispense", "OK")]
+    assert _lock(world, rx) is None
+    # without auto_lock nothing is taken: the refusal stands
+    again = approved(world)
+    ops_c, gw_c = _ops(world, LI, again)
+    with pytest.raises(RxClientError) as exc:
+        ops_c.dispense(again.args["rx_id"], [], auto_lock=False)
+    assert exc.value.reason == "NOT_LOCKED" and [c[0] for c in gw_c.calls] == ["dispense"]
+
+
+def test_a_refused_dispense_still_releases_its_own_lock(world: World) -> None:  # noqa: F811
+    """Nobody interleaves: the lock the call took is released with its token, as before."""
+    used = approved(world)
+    lock_and_dispense(world, used, trace_codes=["81234560000000000095"]).unwrap()
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops, gw = _ops(world, WANG, prep)
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense(rx, ["81234560000000000095"])
+    assert refused.value.reason == "TRACE_CODE_REUSED"
+    lock_tx = gw.calls[0]
+    assert [c[0] for c in gw.calls] == ["lock", "dispense", "release"]
+    assert gw.calls[-1][2] == "OK" and len(gw.calls[-1][1]["lock_id"]) == 64
+    assert _lock(world, rx) is None and lock_tx[2] == "OK"
+    # a lock it did not take (the pharmacy's, e.g. taken with ``rx lock``) is never released
+    taken = ops.lock(rx)
+    with pytest.raises(RxClientError):
+        ops.dispense(rx, ["81234560000000000095"])
+    assert [c[0] for c in gw.calls[-3:]] == ["lock", "lock", "dispense"]
+    assert _lock(world, rx)["tx_id"] == taken["lock_id"]
+    # the operator's release names no token: it frees that lock
+    ops.release(rx)
+    assert _lock(world, rx) is None
+
+
+@pytest.mark.parametrize(("result", "sent"), [
+    ({"rx_id": "RX1", "status": "LOCKED", "fill": 1, "lock_id": "ab" * 32}, {"rx_id": "RX1", "lock_id": "ab" * 32}),
+    # a contract from before lock tokens returns none (and would refuse an unknown argument)
+    ({"rx_id": "RX1", "status": "LOCKED", "fill": 1}, {"rx_id": "RX1"}),
+])
+def test_the_release_names_the_token_the_lock_returned(result: dict[str, Any], sent: dict[str, Any]) -> None:
+    calls: list[tuple[str, Any]] = []
+
+    class Gw:
+        def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+            return {"pharmacy": "p01", "hospital": "h01", "lock": None}
+
+        def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
+                   endorsing_orgs: Any = None) -> SubmitResult:
+            calls.append((fn, args))
+            if fn == "dispense":
+                raise EndorsementError("TRACE_CODE_REUSED", "trace code #1 was already used")
+            return SubmitResult("cd" * 32, "VALID", 3, result if fn == "lock" else {"rx_id": "RX1"})
+
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=Gw(), identity=SimpleNamespace(org="p01", role="pharmacist"),
+        net=SimpleNamespace(peers=[SimpleNamespace(org="p01")]), trace_key=trace_key()))
+    ops._get_key = lambda rx_id: SimpleNamespace(body={}, salt="00")  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(RxClientError):
+        ops.dispense("RX1", ["TC-1"])
+    assert calls[-1] == ("release", sent)
+    calls.clear()
+    ops.release("RX1")
+    ops.release("RX1", "ef" * 32)
+    assert calls == [("release", {"rx_id": "RX1"}), ("release", {"rx_id": "RX1", "lock_id": "ef" * 32})]
+
+
+def test_cli_release_passes_the_lock_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rx release RX --lock-id ID`` releases only that lock; a malformed id is a usage
+    error (exit 2) before anything is sent; without it, any lock of the pharmacy."""
+    import io
+
+    from client import cli
+
+    sent: list[tuple[str, str | None]] = []
+
+    class Ops:
+        s = SimpleNamespace(close=lambda: None)
+
+        def release(self, rx_id: str, lock_id: str | None = None) -> dict[str, Any]:
+            sent.append((rx_id, lock_id))
+            return {"rx_id": rx_id, "status": "APPROVED", "tx_id": "cd" * 32, "block": 3}
+
+    monkeypatch.setattr(cli, "_ops", lambda a: Ops())
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["--json", "--as", "p01:pharm-wang", "rx", "release", "RX1", "--lock-id", "ab" * 32],
+                    out=out, err=err) == 0
+    assert cli.main(["--json", "--as", "p01:pharm-wang", "rx", "release", "RX1"], out=out, err=err) == 0
+    for bad in ("AB" * 32, "ab" * 31, "x" * 64):
+        assert cli.main(["--json", "--as", "p01:pharm-wang", "rx", "release", "RX1", "--lock-id", bad],
+                        out=out, err=err) == 2
+    assert sent == [("RX1", "ab" * 32), ("RX1", None)]
