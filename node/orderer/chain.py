@@ -510,14 +510,15 @@ class Chain:
 
     def _check_voters_implement(self, new: config_pb2.ConsortiumConfig) -> None:
         """BAD_CONFIG_UPDATE when ``new`` raises the protocol version while a voter, or a peer
-        of ``new``, has not told it implements the new one (a peer: in a statement it signed;
-        node.orderer.releases)."""
+        of ``new``, has not told it implements the new one (a peer: in a statement it signed
+        under the certificate ``new`` gives it; node.orderer.releases)."""
         version = protocol_version(new)
         if self._releases is None or version <= protocol_version(self._tracker.current.config):
             return
         told = self._releases.told()
         missing = lacking(self._conf_state.voters, self._id, version, told)
-        peers_told = self._releases.peers()
+        # a peer's word under the certificate ``new`` gives it (an update may rotate it)
+        peers_told = self._releases.words_for((p.name, p.cert_der) for p in new.peers)
         missing_peers = lacking_peers((p.name for p in new.peers), version, peers_told)
         why = []
         if missing:
@@ -525,7 +526,7 @@ class Chain:
             why.append(f"orderers {missing} have not told they implement protocol version {version} "
                        f"(highest told: {said}; 0: not heard or an older release)")
         if missing_peers:
-            why.append(describe_lacking_peers(missing_peers, version, peers_told))
+            why.append(describe_lacking_peers(missing_peers, version, peers_told, self._releases.peers()))
         if why:
             raise RxError(BAD_CONFIG_UPDATE, "; ".join(why) + ": upgrade them first")
 

@@ -68,7 +68,9 @@ every Raft message).
 
 The leader admits a config update raising ``ConsortiumConfig.protocol_version`` only when
 every voter, and every peer of the configuration the update puts in force, has told it
-implements the new version, a peer in a statement it signed (node.orderer.chain; a peer or
+implements the new version, a peer in a statement it signed under the certificate that
+configuration gives it (:meth:`ReleaseWatch.words_for`: an update rotating a peer's
+certificate waits for the new one's word; node.orderer.chain; a peer or
 voter never heard from counts as lacking, and the refusal, BAD_CONFIG_UPDATE, names them):
 raised while some node still runs an older release, that node would stop at that block
 (PROTOCOL_UNSUPPORTED, node.protocol) and, were they a quorum of the orderers, ordering with
@@ -421,6 +423,26 @@ class ReleaseWatch:
         if old is None or old.version != told.version or old.signed != told.signed:
             self.peer_changes += 1
 
+    def words_for(self, peers: Iterable[tuple[str, bytes]]) -> dict[str, PeerTold]:
+        """Peer name -> what counts as its word under the certificate ``peers`` gives it (the
+        peers of a config about to be put in force: the leader checks a raise against them):
+        a signed word naming that name and that certificate, held or set aside (a peer started
+        with its new certificate before the update rotating to it), else an unsigned word held
+        while the config followed gives the name that certificate. Absent: none -- a word the
+        name gave under another certificate (rotated, or swapped, by the same update) is no
+        word of the certificate that will be the peer's."""
+        out: dict[str, PeerTold] = {}
+        with self._lock:
+            for name, cert in peers:
+                digest = sha256(cert)
+                held = self._peers.get(name)
+                if held is not None and (_names(held, name, digest) if held.signed
+                                         else (self._certs or {}).get(name) == cert):
+                    out[name] = held
+                elif (aside := self._pending.get(digest)) is not None and aside.signed and _names(aside, name, digest):
+                    out[name] = aside
+        return out
+
     def peers(self) -> dict[str, PeerTold]:
         """Peer name -> what it last told (peers never heard from are absent)."""
         with self._lock:
@@ -436,6 +458,13 @@ class ReleaseWatch:
                 latest = sorted(self._peers.items(), key=lambda kv: (-kv[1].told_ms, kv[0]))
                 self._relay = [peer_release(name, t) for name, t in latest]
             return self._relay
+
+
+def _names(told: PeerTold, name: str, cert_sha256: bytes) -> bool:
+    """Whether the signed word ``told`` (its statement parsed before) names peer ``name`` and
+    the certificate whose digest is ``cert_sha256``."""
+    said = services_pb2.ReleaseStatement.FromString(told.statement)
+    return said.node == name and said.cert_sha256 == cert_sha256
 
 
 def peer_release(name: str, told: PeerTold | None) -> services_pb2.PeerRelease:
@@ -457,15 +486,18 @@ def lacking_peers(peers: Iterable[str], version: int, told: Mapping[str, PeerTol
     return sorted({p for p in peers if (t := told.get(p)) is None or not t.signed or t.version < version})
 
 
-def _told(t: PeerTold | None) -> str:
+def _told(t: PeerTold | None, elsewhere: bool) -> str:
     if t is None:
-        return "never heard from"
+        return "told under another certificate only" if elsewhere else "never heard from"
     return f"told {t.version}" + ("" if t.signed else " unsigned")
 
 
-def describe_lacking_peers(missing: list[str], version: int, told: Mapping[str, PeerTold]) -> str:
-    """The part of a refusal naming the lacking peers and what each told."""
-    shown = [f"{name} ({_told(told.get(name))})" for name in missing[:MAX_LISTED]]
+def describe_lacking_peers(missing: list[str], version: int, told: Mapping[str, PeerTold],
+                           held: Collection[str] = ()) -> str:
+    """The part of a refusal naming the lacking peers and what each told (``told``:
+    :meth:`ReleaseWatch.words_for` the new config; ``held``: the names a word is held for,
+    under whatever certificate)."""
+    shown = [f"{name} ({_told(told.get(name), name in held)})" for name in missing[:MAX_LISTED]]
     more = f" ... {len(missing)} in all" if len(missing) > MAX_LISTED else ""
     return (f"peers [{', '.join(shown)}{more}] have not told they implement protocol version "
             f"{version} (told 0: an older release; unsigned: a release that does not sign what it "

@@ -1,0 +1,78 @@
+"""Review of the signed peer releases (node.identity.release, node.orderer.releases): each
+test is an attack on, or a liveness hole in, the reviewed code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rxchain.v1 import config_pb2
+
+import node.protocol as protocol
+from node.errors import RxError
+from node.orderer.releases import ReleaseWatch, peer_release_intake
+from tests.orderer.inproc import Leader
+from tests.orderer.test_peer_releases import NEWER, T0, _peer_network, peer_signer, tell_signed
+from tests.orderer.test_peer_releases_redteam import _new_signer, _peer, _told, _wired_leader
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """3 orderers, peer.h01 and peer.h02."""
+    return _peer_network(tmp_path_factory.mktemp("release-review") / "net")
+
+
+@pytest.fixture
+def newer(monkeypatch: pytest.MonkeyPatch) -> int:
+    """This release implements NEWER too (as the next release would)."""
+    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*protocol.SUPPORTED_VERSIONS, NEWER}))
+    return NEWER
+
+
+def _raise_with(lead: Leader, cert_of: dict[str, bytes]) -> str:
+    """What the leader answers an update raising the version to NEWER that also gives the
+    peers named in ``cert_of`` those certificates ("": admitted)."""
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(lead.tracker.current.config)
+    new.sequence += 1
+    new.protocol_version = NEWER
+    for name, cert in cert_of.items():
+        _peer(new, name).cert_der = cert
+    try:
+        lead.chain._check_voters_implement(new)
+    except RxError as err:
+        return f"{err.reason} {err.message}"
+    return ""
+
+
+def test_a_raise_rotating_a_peers_certificate_waits_for_the_new_certificates_word(
+        net: Any, tmp_path: Path, newer: int) -> None:
+    """Both peers told NEWER, signed. One update raises the version AND rotates peer.h01 to a
+    new certificate (a new machine, still on the older release, not connected yet). The
+    reviewed leader looked the peers of the new config up by name only, so the old
+    certificate's word admitted the raise and the new machine would stop at that block. A
+    word counts for the certificate the new config gives the peer: what the new certificate
+    told (set aside while no peer held it) admits the raise, what the old one told does not."""
+    watch = ReleaseWatch(lambda: T0)
+    lead = _wired_leader(net, tmp_path, watch)
+    intake = peer_release_intake(lambda: lead.tracker.current.config, watch)
+    try:
+        tell_signed(watch, net, "peer.h01", newer)
+        tell_signed(watch, net, "peer.h02", newer)
+        assert _raise_with(lead, {}) == ""
+        rotated = _new_signer(net, "h01", "peer.h01")
+        said = _raise_with(lead, {"peer.h01": rotated.cert_der})
+        assert "peers [peer.h01 (told under another certificate only)]" in said, said
+        _told(intake, rotated, "peer.h01", newer - 1, T0 + 1)  # the new machine: the older release
+        said = _raise_with(lead, {"peer.h01": rotated.cert_der})
+        assert f"peers [peer.h01 (told {newer - 1})]" in said, said
+        _told(intake, rotated, "peer.h01", newer, T0 + 2)  # upgraded, still under no peer's name
+        assert _raise_with(lead, {"peer.h01": rotated.cert_der}) == ""
+        # a swap of the two peers' certificates: each name's word was given under the other one
+        h01, h02 = peer_signer(net, "peer.h01").cert_der, peer_signer(net, "peer.h02").cert_der
+        said = _raise_with(lead, {"peer.h01": h02, "peer.h02": h01})
+        assert "peers [peer.h01 (" in said and "peer.h02 (" in said, said
+        assert set(watch.peers()) == {"peer.h01", "peer.h02"}  # nothing changed by asking
+    finally:
+        lead.close()
