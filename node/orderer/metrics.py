@@ -42,7 +42,7 @@ class OrdererMetrics:
         self.release_statements_refused = Counter(
             "rxchain_orderer_release_statements_refused",
             "Peers' release statements refused (told or relayed), by reason (malformed, other_name, "
-            "other_certificate, not_a_peer, bad_signature, ahead)",
+            "other_certificate, other_network, not_a_peer, bad_signature, ahead)",
             ["reason"], registry=r,
         )
         self.blocks_rejected = Counter("rxchain_orderer_blocks_rejected",

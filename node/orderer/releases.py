@@ -3,7 +3,9 @@
 Every Raft message carries the highest protocol version its sender's release implements
 (``ConsensusRequest.max_protocol_version``; 0 from releases that do not tell). Peers tell
 theirs in every Deliver request they send to an orderer, signed: a ``ReleaseStatement`` (node
-name, version, the peer's clock, the SHA-256 of its certificate) and the peer's signature of it
+name, version, the peer's clock, the SHA-256 of its certificate, the network: its genesis block
+header hash, so that what a peer told in another network never counts here) and the peer's
+signature of it
 (``DeliverRequest.release_statement``/``release_signature``, node.identity.release). The orderer
 serving the stream takes it only about the caller itself -- the statement must name the
 certificate the caller presented on the mutual-TLS connection and be signed by its key -- and
@@ -93,7 +95,7 @@ from rxchain.v1 import config_pb2, services_pb2
 from node.clock import wall_ms
 from node.crypto.hashing import sha256
 from node.crypto.signing import Verifier
-from node.identity.release import StatementRefused, check_statement, parse_statement, signed_by
+from node.identity.release import StatementRefused, check_network, check_statement, parse_statement, signed_by
 from node.orderer.configtx import OrdererConfig
 
 _log = logging.getLogger(__name__)
@@ -134,11 +136,15 @@ class ReleaseWatch:
     clock (stamps unsigned words told here, bounds relayed stamps and statements' clocks);
     ``max_peers``: peers kept (the longest-silent is forgotten first) until a config is
     followed (then its peers only); ``verifier``: checks statements' signatures (one of its
-    own when not given); ``on_refused``: told the reason of every statement refused."""
+    own when not given); ``on_refused``: told the reason of every statement refused;
+    ``network``: the header hash of this network's genesis block, which every statement must
+    name (``other_network`` otherwise; empty -- tests -- takes statements naming none only)."""
 
     def __init__(self, wall_ms: Callable[[], int] = wall_ms, max_peers: int = 4096,
-                 verifier: Verifier | None = None, on_refused: Callable[[str], None] | None = None) -> None:
+                 verifier: Verifier | None = None, on_refused: Callable[[str], None] | None = None,
+                 network: bytes = b"") -> None:
         self._lock = threading.Lock()
+        self._network = network
         self._told: dict[int, int] = {}
         self._wall_ms = wall_ms
         self._max_peers = max_peers
@@ -207,6 +213,7 @@ class ReleaseWatch:
                 if parsed.cert_sha256 != sha256(cert_der):
                     raise StatementRefused("other_certificate", f"{parsed.node}: a statement about "
                                                                 "another certificate than the caller's")
+                check_network(parsed, self._network)
                 self._check_clock(parsed, now)
                 if not self._signed_by(cert_der, statement, signature):
                     raise StatementRefused("bad_signature", f"{parsed.node}: the caller did not sign it")
@@ -399,6 +406,7 @@ class ReleaseWatch:
             if cert is None:
                 raise StatementRefused("not_a_peer", f"{name!r} is no peer of the config in force")
             check_statement(parsed, name, cert)
+            check_network(parsed, self._network)
             self._check_clock(parsed, now)
             if not self._signed_by(cert, statement, signature):
                 raise StatementRefused("bad_signature", f"{name}: the signature does not verify under its certificate")

@@ -27,6 +27,7 @@ from rxchain.v1 import config_pb2, services_pb2
 
 from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
+from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError, abort_with
@@ -296,7 +297,8 @@ def serve(config: NodeConfig) -> OrdererServer:
 
     # the other orderers' and the peers' releases; peers' statements refused are counted
     releases = ReleaseWatch(wall_ms, verifier=verifier,
-                            on_refused=lambda reason: metrics.release_statements_refused.labels(reason=reason).inc())
+                            on_refused=lambda reason: metrics.release_statements_refused.labels(reason=reason).inc(),
+                            network=block_header_hash(blocks.get(0).header))
     # what a peer told is its certificate's word: renames, rotations (node.orderer.releases)
     follow_peers = config_follower(releases, lambda n: blocks.get(n).header.timestamp_ms)
     follow_peers(tracker.current)

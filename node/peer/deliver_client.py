@@ -24,7 +24,8 @@ a node.yaml's ``extra`` keys.
 
 Every Deliver request tells the highest consortium protocol version this release implements
 (``max_protocol_version``), and, given ``sign_release``, in a ReleaseStatement the peer signs
-afresh for each request (its name, the version, its clock, its certificate's digest:
+afresh for each request (its name, the version, its clock, its certificate's digest, the
+network's genesis block header hash:
 node.identity.release): the orderers attribute it to this peer by its TLS certificate, relay
 the signed statement among themselves, and refuse a config update raising the version until
 every peer has told, signed, that it implements it (node.orderer.releases). So a peer's

@@ -153,6 +153,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     consortium = configs.current().config
     require_supported(consortium, config.name)
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+    network = block_header_hash(ledger.block(0).header)  # what the peer's release statements name
     notifier = CommitNotifier(ledger.height())
     metrics = PeerMetrics(config.name)
     metrics.height.set(ledger.height())
@@ -204,7 +205,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                             on_fatal=lambda exc: node_ref[0].fail(exc) if node_ref else None,
                             stall_s=watchdog.stall_s, probe_timeout_s=watchdog.probe_timeout_s,
                             unresponsive_s=watchdog.unresponsive_s,
-                            sign_release=lambda version: sign_statement(signer, config.name, version, wall_ms()))
+                            sign_release=lambda version: sign_statement(signer, config.name, version, wall_ms(),
+                                                                        network))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[("grpc.max_send_message_length", max_msg),

@@ -23,8 +23,10 @@ from client.admin import AdminClient
 from client.wallet import WalletIdentity
 from node.clock import wall_ms
 from node.config import Endpoint
+from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, load_signer
 from node.crypto.tls import secure_channel, server_credentials
+from node.genesis import read_genesis
 from node.identity.release import sign_statement
 from node.orderer.deliver import DeliverService
 from node.orderer.metrics import OrdererMetrics
@@ -41,6 +43,7 @@ from tests.orderer.inproc import Leader, NullSink, genesis_parts, step_server
 NEWER = max(SUPPORTED_VERSIONS) + 1
 T0 = 1_800_000_000_000
 PEERS = ["peer.h01", "peer.h02"]
+NETWORK = b""  # the network the statements under test name: a ReleaseWatch's by default (tests)
 
 
 def _peer_network(home: Path) -> Any:
@@ -83,9 +86,14 @@ def peer_signer(net: Any, name: str) -> Signer:
     return load_signer(cert, key, name.rsplit(".", 1)[-1])
 
 
+def network_of(net: Any) -> bytes:
+    """The network a node of ``net`` tells its releases in: its genesis block header hash."""
+    return block_header_hash(read_genesis(net.genesis_path).header)
+
+
 def signed_release(signer: Signer, name: str, version: int, at: int = T0) -> services_pb2.PeerRelease:
     """A relayed entry of the statement ``signer`` signs as peer ``name`` at ``at``."""
-    statement, signature = sign_statement(signer, name, version, at)
+    statement, signature = sign_statement(signer, name, version, at, NETWORK)
     return services_pb2.PeerRelease(node=name, max_protocol_version=version, told_wall_ms=at,
                                     statement=statement, signature=signature)
 
@@ -93,7 +101,7 @@ def signed_release(signer: Signer, name: str, version: int, at: int = T0) -> ser
 def tell_signed(watch: ReleaseWatch, net: Any, name: str, version: int, at: int = T0) -> None:
     """Peer ``name`` tells ``version`` (signed at ``at``) in a Deliver request to this orderer."""
     signer = peer_signer(net, name)
-    watch.certificate_told(signer.cert_der, version, *sign_statement(signer, name, version, at))
+    watch.certificate_told(signer.cert_der, version, *sign_statement(signer, name, version, at, NETWORK))
 
 
 def follow(watch: ReleaseWatch, lead: Leader) -> ReleaseWatch:
@@ -237,7 +245,7 @@ def test_a_peers_deliver_client_tells_its_release(net: Any, tmp_path: Path) -> N
     puller = DeliverClient([Endpoint("orderer.ins01", "ins01", "127.0.0.1", int(target.rsplit(":", 1)[1]))],
                            lambda t: secure_channel(t, cert, key, ca), lambda: len(got),
                            lambda b: got.append(b.header.number), Backoff(0.01, 0.05), stall_s=0,
-                           sign_release=lambda v: sign_statement(signer, "peer.h01", v, T0))
+                           sign_release=lambda v: sign_statement(signer, "peer.h01", v, T0, NETWORK))
     puller.start()
     try:
         wait_until(lambda: "peer.h01" in releases.peers(), 10, what="peer.h01 told its release")
@@ -377,7 +385,7 @@ def test_every_orderer_shows_what_a_peer_told_one_of_them(net: Any) -> None:
         leader = wait_until(lambda: leader_of(procs, client), 30, what="a leader")
         follower, other = [n for n in procs.names() if n != leader]
         statement, signature = sign_statement(peer_signer(net, "peer.h01"), "peer.h01", MAX_PROTOCOL_VERSION,
-                                              wall_ms())
+                                              wall_ms(), network_of(net))
         _tell(procs.target(follower), _node_files(net, "peer.h01"), MAX_PROTOCOL_VERSION, statement, signature)
 
         def shown(name: str) -> dict[str, tuple[int, bool, bytes]]:

@@ -36,6 +36,7 @@ from tests.orderer.cluster import config_envelope, wait_until
 from tests.orderer.inproc import Leader, NullSink, step_server
 from tests.orderer.test_clockwatch import AHEAD_MS, BASE_MS, HOUR_MS, _leader_an_hour_ahead
 from tests.orderer.test_peer_releases import (
+    NETWORK,
     NEWER,
     T0,
     _node_files,
@@ -118,7 +119,7 @@ def _new_signer(net: Any, org: str, name: str) -> Signer:
 def _told(intake: Callable[[bytes, int, bytes, bytes], None], signer: Signer, name: str, version: int,
           at: int) -> None:
     """The holder of ``signer`` tells ``version`` as peer ``name`` in a Deliver request, signed at ``at``."""
-    intake(signer.cert_der, version, *sign_statement(signer, name, version, at))
+    intake(signer.cert_der, version, *sign_statement(signer, name, version, at, NETWORK))
 
 
 # ------------------------------------------------------------------ identity changes
@@ -147,7 +148,7 @@ def test_a_renamed_peer_tells_again_under_its_new_name(net: Any, tmp_path: Path,
         watch.merge_peers([signed_release(peer_signer(net, "peer.h01"), "peer.h01", newer, T0 + 5)])
         assert set(watch.peers()) == {"peer.h02"} and watch.refused["not_a_peer"] == 1
         signer = peer_signer(net, "peer.h01")  # the peer restarted under its new name
-        watch.certificate_told(signer.cert_der, newer, *sign_statement(signer, "peer.h01-b", newer, T0 + 6))
+        watch.certificate_told(signer.cert_der, newer, *sign_statement(signer, "peer.h01-b", newer, T0 + 6, NETWORK))
         assert _verdict(lead) == ""
     finally:
         lead.close()

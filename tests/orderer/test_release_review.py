@@ -7,14 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, services_pb2
 
 import node.protocol as protocol
+from node.crypto.hashing import sha256
 from node.errors import RxError
+from node.identity.release import sign_statement
 from node.orderer.releases import ReleaseWatch, peer_release_intake
 from tests.orderer.inproc import Leader
-from tests.orderer.test_peer_releases import NEWER, T0, _peer_network, peer_signer, tell_signed
-from tests.orderer.test_peer_releases_redteam import _new_signer, _peer, _told, _wired_leader
+from tests.orderer.test_peer_releases import NEWER, T0, _peer_network, network_of, peer_signer, tell_signed
+from tests.orderer.test_peer_releases_redteam import _new_signer, _peer, _told, _verdict, _wired_leader
+
+PeerRelease = services_pb2.PeerRelease
 
 
 @pytest.fixture(scope="module")
@@ -74,5 +78,31 @@ def test_a_raise_rotating_a_peers_certificate_waits_for_the_new_certificates_wor
         said = _raise_with(lead, {"peer.h01": h02, "peer.h02": h01})
         assert "peers [peer.h01 (" in said and "peer.h02 (" in said, said
         assert set(watch.peers()) == {"peer.h01", "peer.h02"}  # nothing changed by asking
+    finally:
+        lead.close()
+
+
+def test_a_statement_given_in_another_network_is_refused(net: Any, tmp_path: Path, newer: int) -> None:
+    """peer.h01's name and certificate serve in another network too (a staging network issued
+    from the same CAs, or another consortium), where it runs the new release and said so,
+    signed; here it runs the older one. The reviewed statement named no network: an orderer
+    (or anybody who read another network's Admin.Status) relayed the other network's
+    statement here and the raise was admitted, stopping peer.h01 at that block. A statement
+    names its network's genesis block header hash and counts there only, told or relayed."""
+    here, elsewhere = network_of(net), sha256(b"another network's genesis header")
+    refused: list[str] = []
+    watch = ReleaseWatch(lambda: T0 + 1000, on_refused=refused.append, network=here)
+    lead = _wired_leader(net, tmp_path, watch)
+    h01, h02 = peer_signer(net, "peer.h01"), peer_signer(net, "peer.h02")
+    try:
+        watch.certificate_told(h02.cert_der, newer, *sign_statement(h02, "peer.h02", newer, T0, here))
+        for network in (elsewhere, b""):
+            statement, signature = sign_statement(h01, "peer.h01", newer, T0, network)
+            watch.merge_peers([PeerRelease(node="peer.h01", statement=statement, signature=signature)])
+            watch.certificate_told(h01.cert_der, newer, statement, signature)
+        assert refused == ["other_network"] * 4, refused
+        assert "peers [peer.h01 (never heard from)]" in _verdict(lead)
+        watch.certificate_told(h01.cert_der, newer, *sign_statement(h01, "peer.h01", newer, T0, here))
+        assert _verdict(lead) == "" and refused == ["other_network"] * 4
     finally:
         lead.close()

@@ -30,6 +30,7 @@ from node.raft.types import Message, MessageType
 from tests.orderer.cluster import wait_until
 from tests.orderer.inproc import NullSink
 from tests.orderer.test_peer_releases import (
+    NETWORK,
     NEWER,
     PEERS,
     T0,
@@ -87,9 +88,9 @@ def _forgeries(net: Any) -> dict[str, tuple[PeerRelease, str]]:
         "signed by another peer": (entry(own, h02.sign(Purpose.RELEASE, own)), "bad_signature"),
         "signed by an orderer": (entry(own, orderer.sign(Purpose.RELEASE, own)), "bad_signature"),
         "an orderer's own statement": (
-            entry(*sign_statement(orderer, "peer.h01", NEWER, T0)), "other_certificate"),
+            entry(*sign_statement(orderer, "peer.h01", NEWER, T0, NETWORK)), "other_certificate"),
         "another peer's statement relayed as h01's": (
-            entry(*sign_statement(h02, "peer.h02", NEWER, T0)), "other_name"),
+            entry(*sign_statement(h02, "peer.h02", NEWER, T0, NETWORK)), "other_name"),
         "h01's statement naming h01 under h02's certificate digest": (
             entry(_statement("peer.h01", NEWER, h02.cert_der), h01.sign(Purpose.RELEASE, own)), "other_certificate"),
         "signed for another purpose": (entry(own, h01.sign(Purpose.ENVELOPE, own)), "bad_signature"),
@@ -207,14 +208,14 @@ def test_a_deliver_request_speaks_for_its_caller_only(net: Any, tmp_path: Path) 
     server, target, (deliver, blocks) = _deliver_server(net, tmp_path, watch)
     h01, h02 = peer_signer(net, "peer.h01"), peer_signer(net, "peer.h02")
     try:
-        _tell(target, _node_files(net, "peer.h02"), NEWER, *sign_statement(h01, "peer.h01", NEWER, T0))
-        _tell(target, _node_files(net, "peer.h01"), NEWER, *sign_statement(h01, "peer.h02", NEWER, T0))
-        statement, signature = sign_statement(h01, "peer.h01", NEWER, T0)
+        _tell(target, _node_files(net, "peer.h02"), NEWER, *sign_statement(h01, "peer.h01", NEWER, T0, NETWORK))
+        _tell(target, _node_files(net, "peer.h01"), NEWER, *sign_statement(h01, "peer.h02", NEWER, T0, NETWORK))
+        statement, signature = sign_statement(h01, "peer.h01", NEWER, T0, NETWORK)
         _tell(target, _node_files(net, "peer.h01"), NEWER, statement, _flip(signature, 12))
         _tell(target, _node_files(net, "peer.h02"), NEWER, statement, b"")
         assert refused == ["other_certificate", "other_name", "bad_signature", "malformed"]
         assert watch.peers() == {}
-        _tell(target, _node_files(net, "peer.h02"), NEWER, *sign_statement(h02, "peer.h02", NEWER, T0))
+        _tell(target, _node_files(net, "peer.h02"), NEWER, *sign_statement(h02, "peer.h02", NEWER, T0, NETWORK))
         assert {p: (t.version, t.signed) for p, t in watch.peers().items()} == {"peer.h02": (NEWER, True)}
     finally:
         server.stop(0)
@@ -298,7 +299,7 @@ def _puller(net: Any, peer: str, target: str, version: int) -> DeliverClient:
     got: list[int] = []
 
     def sign(v: int) -> tuple[bytes, bytes]:
-        return sign_statement(signer, peer, v, wall_ms())
+        return sign_statement(signer, peer, v, wall_ms(), NETWORK)
 
     return DeliverClient([Endpoint("orderer.ins02", "ins02", "127.0.0.1", int(target.rsplit(":", 1)[1]))],
                          lambda t: secure_channel(t, cert, key, ca), lambda: len(got),
