@@ -17,7 +17,10 @@ everything known, the statements byte for byte, in chunks of at most
 :data:`RELAY_REFRESH_S` seconds), and every orderer checks every signed entry it merges
 against the certificate of the config in force (name, certificate digest, signature; a
 statement's signature is verified once per orderer: the verdict is cached by the statement's
-and signature's digest, and an entry no newer than the one held is not looked at). An entry
+and signature's digest, and an entry no newer than the one held is not looked at; an orderer
+that relays a signature that does not verify -- an honest one never does -- has its
+statements ignored for :data:`DISTRUST_S`, so made-up ones cost one verification, not one per
+peer in every message). An entry
 that does not check out is dropped, counted by reason (``on_refused``: metrics) and logged
 once: an orderer cannot make a peer say what it did not sign. What peers told lives in memory
 only: a restarted orderer learns it again from the others' relays (the first message of each
@@ -110,6 +113,7 @@ MAX_PENDING = 64  # certificates no peer of the config holds whose tells are kep
 MAX_LISTED = 50  # lacking peers named in a refusal (then "... N in all")
 MAX_VERDICTS = 16_384  # statement signatures whose verdict is remembered (about 4 per peer)
 LOG_INTERVAL_S = 1.0  # refused statements are logged (each once) at most this often
+DISTRUST_S = 60.0  # a sender that relayed a signature that does not verify: its statements ignored this long
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,10 @@ class ReleaseWatch:
         self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
         self._logged: OrderedDict[bytes, None] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # sender -> time.monotonic() until which its relayed statements are ignored: it relayed a
+        # signature that does not verify, which an honest orderer never does (it relays only
+        # statements it verified), and each made-up one costs a verification here
+        self._distrusted: dict[int, float] = {}
         self._logged_at = -1e18  # time.monotonic() of the last refusal logged
         self._unlogged = 0  # refusals not logged since (the rate limit)
         self.refused: Counter[str] = Counter()  # statements refused, by reason
@@ -334,7 +342,8 @@ class ReleaseWatch:
             self._relay = None
             self.peer_changes += 1
 
-    def merge_peers(self, entries: Iterable[services_pb2.PeerRelease], sent_wall_ms: int = 0) -> None:
+    def merge_peers(self, entries: Iterable[services_pb2.PeerRelease], sent_wall_ms: int = 0,
+                    sender: int = 0) -> None:
         """What another orderer relayed (the first :data:`MAX_RELAYED_PEERS` entries), in a
         message sent when the sender's clock read ``sent_wall_ms`` (0: unknown). A signed entry
         is kept if its statement checks out against the config followed (refused and counted
@@ -342,7 +351,12 @@ class ReleaseWatch:
         unsigned one (names empty, longer than :data:`MAX_PEER_NAME` or of no peer of the
         config in force, and entries never heard are skipped) has its stamp moved back by how
         far the sender's clock is ahead of this node's, and is kept if later than what is known
-        here. Signatures are verified outside the lock, once per statement."""
+        here. Signatures are verified outside the lock, once per statement. ``sender`` (the
+        relaying orderer's Raft id; 0: unknown) relaying a signature that does not verify has
+        its signed entries ignored, unverified, for :data:`DISTRUST_S` (the rest of this
+        message included): an honest orderer relays only statements it verified, so only a
+        hostile or broken one does, and made-up statements would cost a verification each,
+        in every message it sends."""
         now = self._wall_ms()
         # only a sender ahead moves stamps (back): one behind, or a backlog here, would move
         # them forward, making an old word look newer than it is
@@ -375,7 +389,9 @@ class ReleaseWatch:
                 continue
             checked.append((name, PeerTold(entry.max_protocol_version, min(entry.told_wall_ms - offset, now)), b""))
         for parsed, entry in latest.values():
-            if (signed := self._check_relayed(entry, parsed, certs, known, now)) is not None:
+            if self._distrusts(sender):
+                break
+            if (signed := self._check_relayed(entry, parsed, certs, known, now, sender)) is not None:
                 checked.append(signed)
         if not checked:
             return
@@ -389,11 +405,21 @@ class ReleaseWatch:
                     continue
                 self._keep(name, told, direct=False)
 
+    def _distrusts(self, sender: int) -> bool:
+        """Whether ``sender``'s relayed statements are ignored now (see :meth:`merge_peers`)."""
+        with self._cache_lock:
+            until = self._distrusted.get(sender)
+            if until is not None and time.monotonic() >= until:
+                del self._distrusted[sender]
+                until = None
+        return until is not None
+
     def _check_relayed(self, entry: services_pb2.PeerRelease, parsed: services_pb2.ReleaseStatement,
                        certs: Mapping[str, bytes] | None, known: Mapping[str, PeerTold],
-                       now: int) -> tuple[str, PeerTold, bytes] | None:
+                       now: int, sender: int = 0) -> tuple[str, PeerTold, bytes] | None:
         """A relayed signed entry (its statement parsed as ``parsed``) that checks out and is
-        newer than ``known`` (None: not newer, or refused: counted and logged)."""
+        newer than ``known`` (None: not newer, or refused: counted and logged; a signature that
+        does not verify makes ``sender`` distrusted)."""
         statement, signature = entry.statement, entry.signature
         name = parsed.node
         try:
@@ -409,7 +435,10 @@ class ReleaseWatch:
             check_network(parsed, self._network)
             self._check_clock(parsed, now)
             if not self._signed_by(cert, statement, signature):
-                raise StatementRefused("bad_signature", f"{name}: the signature does not verify under its certificate")
+                with self._cache_lock:
+                    self._distrusted[sender] = time.monotonic() + DISTRUST_S
+                raise StatementRefused("bad_signature", f"{name}: the signature does not verify under its "
+                                                        f"certificate (relays of {sender} ignored {DISTRUST_S:.0f} s)")
         except StatementRefused as refused:
             self._refuse(refused, statement, signature, "a relay")
             return None
@@ -555,7 +584,7 @@ def peer_release_intake(config: Callable[[], config_pb2.ConsortiumConfig],
     return told
 
 
-__all__ = ["MAX_PENDING", "MAX_RELAYED_PEERS", "RELAY_MIN_INTERVAL_S", "RELAY_REFRESH_S",
+__all__ = ["DISTRUST_S", "MAX_PENDING", "MAX_RELAYED_PEERS", "RELAY_MIN_INTERVAL_S", "RELAY_REFRESH_S",
            "RELAY_SKEW_IGNORED_MS", "STATEMENT_AHEAD_MS", "PeerTold", "ReleaseWatch", "config_follower",
            "describe_lacking_peers", "lacking", "lacking_peers", "peer_named", "peer_release",
            "peer_release_intake"]

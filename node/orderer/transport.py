@@ -379,7 +379,7 @@ class ClusterService:
             if self._releases is not None:
                 self._releases.observe(rid, req.max_protocol_version)
                 if req.peer_releases:
-                    self._releases.merge_peers(req.peer_releases, req.sent_wall_ms)
+                    self._releases.merge_peers(req.peer_releases, req.sent_wall_ms, rid)
             self._sink.step(msg)
         return services_pb2.ConsensusResponse()
 

@@ -11,11 +11,20 @@ from rxchain.v1 import config_pb2, services_pb2
 
 import node.protocol as protocol
 from node.crypto.hashing import sha256
+from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
 from node.identity.release import sign_statement
 from node.orderer.releases import ReleaseWatch, peer_release_intake
 from tests.orderer.inproc import Leader
-from tests.orderer.test_peer_releases import NEWER, T0, _peer_network, network_of, peer_signer, tell_signed
+from tests.orderer.test_peer_releases import (
+    NEWER,
+    T0,
+    _peer_network,
+    network_of,
+    peer_signer,
+    signed_release,
+    tell_signed,
+)
 from tests.orderer.test_peer_releases_redteam import _new_signer, _peer, _told, _verdict, _wired_leader
 
 PeerRelease = services_pb2.PeerRelease
@@ -104,5 +113,43 @@ def test_a_statement_given_in_another_network_is_refused(net: Any, tmp_path: Pat
         assert "peers [peer.h01 (never heard from)]" in _verdict(lead)
         watch.certificate_told(h01.cert_der, newer, *sign_statement(h01, "peer.h01", newer, T0, here))
         assert _verdict(lead) == "" and refused == ["other_network"] * 4
+    finally:
+        lead.close()
+
+
+class _CountingVerifier(Verifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
+        self.calls += 1
+        return super().verify(cert_der, signature, purpose, data)
+
+
+def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(net: Any, tmp_path: Path) -> None:
+    """A hostile orderer puts, in every Raft message it sends, a fresh made-up statement for
+    every peer (a later clock each time, the peer's real certificate digest, a signature of
+    garbage): the reviewed code verified one signature per peer and message (~0.1 ms each, up
+    to 1,024 a message, under the GIL of the leader) for ever. An honest orderer never relays
+    a signature that does not verify (it verified every statement it holds), so a sender that
+    relayed one is not believed, nor its statements verified, for a while; the other orderers'
+    relays still are."""
+    verifier = _CountingVerifier()
+    watch = ReleaseWatch(lambda: T0 + 60_000, verifier=verifier)
+    lead = _wired_leader(net, tmp_path, watch)
+    h01, h02 = peer_signer(net, "peer.h01"), peer_signer(net, "peer.h02")
+    try:
+        for i in range(20):
+            made_up = [PeerRelease(node=p, statement=services_pb2.ReleaseStatement(
+                node=p, max_protocol_version=NEWER, signed_wall_ms=T0 + i, cert_sha256=sha256(s.cert_der),
+            ).SerializeToString(), signature=b"0" * 70) for p, s in (("peer.h01", h01), ("peer.h02", h02))]
+            watch.merge_peers(made_up, sender=2)
+        assert verifier.calls == 1 and watch.refused["bad_signature"] == 1, (verifier.calls, watch.refused)
+        assert watch.peers() == {}
+        watch.merge_peers([signed_release(h01, "peer.h01", NEWER, T0 + 100)], sender=2)  # not believed now
+        assert watch.peers() == {} and verifier.calls == 1
+        watch.merge_peers([signed_release(h01, "peer.h01", NEWER, T0 + 100)], sender=3)  # another orderer
+        assert set(watch.peers()) == {"peer.h01"} and verifier.calls == 2
     finally:
         lead.close()

@@ -112,15 +112,16 @@ def test_forged_relays_are_dropped_and_the_raise_stays_refused(net: Any, tmp_pat
     try:
         tell_signed(watch, net, "peer.h02", newer)
         forgeries = _forgeries(net)
-        for what, (entry, reason) in forgeries.items():
-            watch.merge_peers([entry], T0)
+        for sender, (what, (entry, reason)) in enumerate(forgeries.items(), start=10):
+            # each from another orderer: one that relayed a bad signature is not believed for a while
+            watch.merge_peers([entry], T0, sender)
             said = _verdict(lead)
             assert "peers [peer.h01 (never heard from)]" in said, (what, said)
             assert refused[-1] == reason, (what, refused)
         assert len(refused) == len(forgeries)
         assert set(watch.peers()) == {"peer.h02"}
         # relayed again (every few seconds): dropped again, the signatures not verified again
-        watch.merge_peers([e for e, _ in forgeries.values()], T0)
+        watch.merge_peers([e for e, _ in forgeries.values()], T0, 99)
         assert "peers [peer.h01 (never heard from)]" in _verdict(lead)
     finally:
         lead.close()
