@@ -34,7 +34,12 @@ out-rank its later words for as long as the jump). What a peer tells an orderer 
 its own TLS connection, in the order it speaks) replaces what that orderer held, and an
 unsigned word told there is stamped later than the word before it: a peer rolled back to a
 release that does not sign is seen rolled back at once where it speaks, and by the other
-orderers once their clocks pass its last signed stamp (at most that peer's clock lead). What
+orderers once their clocks pass its last signed stamp (at most that peer's clock lead). A
+signed word told directly replaces what that orderer held too, but only until another
+orderer relays a word of the peer signed later by the peer's clock: a peer whose clock went
+back (by more than the time between its two words) is held everywhere to its former signed
+word until its clock passes that word's stamp -- keep peers' clocks from stepping back, and
+restart a peer rolled back after its clock is right. What
 an old statement replayed can still do is stand in for a newer one an orderer never received:
 every orderer relays what it holds, so that needs the newer one kept from the leader
 altogether (by the only orderer the peer talked to); a raise then waits for the version the
@@ -448,7 +453,8 @@ class ReleaseWatch:
         """Keep ``told`` for ``name`` if it is later than what is held: relayed, by its stamp;
         told here (``direct``: by the holder of the peer's certificate, over its TLS connection,
         in the order it spoke), always -- a peer whose clock went back is not held to its
-        former word where it speaks."""
+        former word where it speaks (until another orderer relays a signed word of it stamped
+        later: see the module docstring)."""
         old = self._peers.get(name)
         if old == told or (old is not None and not direct and told.told_ms <= old.told_ms):
             return
