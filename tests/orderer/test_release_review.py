@@ -3,6 +3,7 @@ test is an attack on, or a liveness hole in, the reviewed code."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from node.crypto.hashing import sha256
 from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
 from node.identity.release import sign_statement
+from node.orderer import releases
 from node.orderer.releases import ReleaseWatch, peer_release_intake
 from tests.orderer.inproc import Leader
 from tests.orderer.test_peer_releases import (
@@ -127,7 +129,8 @@ class _CountingVerifier(Verifier):
         return super().verify(cert_der, signature, purpose, data)
 
 
-def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(net: Any, tmp_path: Path) -> None:
+def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(
+        net: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hostile orderer puts, in every Raft message it sends, a fresh made-up statement for
     every peer (a later clock each time, the peer's real certificate digest, a signature of
     garbage): the reviewed code verified one signature per peer and message (~0.1 ms each, up
@@ -151,5 +154,22 @@ def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(ne
         assert watch.peers() == {} and verifier.calls == 1
         watch.merge_peers([signed_release(h01, "peer.h01", NEWER, T0 + 100)], sender=3)  # another orderer
         assert set(watch.peers()) == {"peer.h01"} and verifier.calls == 2
+        # a malformed entry costs nothing to refuse: no reason to distrust its sender
+        watch.merge_peers([PeerRelease(statement=b"\x08", signature=b"0")], sender=4)
+        watch.merge_peers([signed_release(h02, "peer.h02", NEWER, T0 + 100)], sender=4)
+        assert watch.peers()["peer.h02"].told_ms == T0 + 100
+        monkeypatch.setattr(releases, "DISTRUST_S", 0.05)  # believed again once the while is over
+        forged = PeerRelease()
+        forged.CopyFrom(made_up[0])  # peer.h01's, signed (made up) later than its word held
+        forged.statement = services_pb2.ReleaseStatement(
+            node="peer.h01", max_protocol_version=NEWER, signed_wall_ms=T0 + 300, cert_sha256=sha256(h01.cert_der),
+        ).SerializeToString()
+        watch.merge_peers([forged], sender=5)
+        assert watch.refused["bad_signature"] == 2
+        watch.merge_peers([signed_release(h02, "peer.h02", NEWER, T0 + 200)], sender=5)
+        assert watch.peers()["peer.h02"].told_ms == T0 + 100
+        time.sleep(0.1)
+        watch.merge_peers([signed_release(h02, "peer.h02", NEWER, T0 + 200)], sender=5)
+        assert watch.peers()["peer.h02"].told_ms == T0 + 200
     finally:
         lead.close()
