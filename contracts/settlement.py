@@ -497,7 +497,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
-    if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+    if not _may_ask_patients(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
@@ -510,7 +510,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
 
 
-def _may_ask(ctx: Context) -> bool:
+def _may_ask_patients(ctx: Context) -> bool:
     """Roles that read some patients' claims and accounts (decided from the certificate alone,
     before any claim or enrolment is looked up): regulator auditors, insurer clerks and admins,
     hospital admins, doctors and pharmacists, patients. Everybody else (pharmacy staff,
@@ -538,7 +538,7 @@ def get_claim(ctx: Context, claim_id: str) -> dict:
     CLAIM_NOT_FOUND, with the same message."""
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
-    if not _may_ask(ctx):
+    if not _may_ask_patients(ctx):
         ctx.fail("ACCESS_DENIED", "claims are read by the patient, her hospital, her insurer and auditors")
     rec = ctx.get("claim/" + claim_id)
     enrol = None
@@ -553,7 +553,7 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
     """Counters of a patient for a year (0 = this year) and the account balance."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
-    if not _may_ask(ctx):  # before the lookup, as get_account
+    if not _may_ask_patients(ctx):  # before the lookup, as get_account
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
