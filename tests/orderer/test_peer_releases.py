@@ -18,7 +18,6 @@ from netgen import generate
 from netgen.ports import free_base_port
 from rxchain.v1 import config_pb2, services_pb2
 
-import node.protocol as protocol
 from client.admin import AdminClient
 from client.wallet import WalletIdentity
 from node.clock import wall_ms
@@ -66,13 +65,6 @@ def _peer_network(home: Path) -> Any:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return _peer_network(tmp_path_factory.mktemp("peer-releases") / "net")
-
-
-@pytest.fixture
-def newer(monkeypatch: pytest.MonkeyPatch) -> int:
-    """This release implements one version more (as the next release would)."""
-    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*SUPPORTED_VERSIONS, NEWER}))
-    return NEWER
 
 
 def _node_files(net: Any, name: str) -> tuple[Path, Path, Path]:

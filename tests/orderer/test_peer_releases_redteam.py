@@ -14,7 +14,6 @@ import grpc
 import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
-import node.protocol as protocol
 from node.crypto.signing import Signer
 from node.crypto.tls import secure_channel, server_credentials
 from node.errors import RxError
@@ -54,12 +53,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The reviewed tests' network: 3 orderers, peer.h01 and peer.h02."""
     return _peer_network(tmp_path_factory.mktemp("peer-releases-redteam") / "net")
 
-
-@pytest.fixture
-def newer(monkeypatch: pytest.MonkeyPatch) -> int:
-    """This release implements NEWER too (as the next release would)."""
-    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*protocol.SUPPORTED_VERSIONS, NEWER}))
-    return NEWER
 
 
 def _wired_leader(net: Any, data: Path, watch: ReleaseWatch) -> Leader:

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
-import node.protocol as protocol
 from node.crypto.hashing import sha256
 from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
@@ -37,12 +36,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """3 orderers, peer.h01 and peer.h02."""
     return _peer_network(tmp_path_factory.mktemp("release-review") / "net")
 
-
-@pytest.fixture
-def newer(monkeypatch: pytest.MonkeyPatch) -> int:
-    """This release implements NEWER too (as the next release would)."""
-    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*protocol.SUPPORTED_VERSIONS, NEWER}))
-    return NEWER
 
 
 def _raise_with(lead: Leader, cert_of: dict[str, bytes]) -> str:

@@ -15,7 +15,6 @@ import grpc
 import pytest
 from rxchain.v1 import services_pb2
 
-import node.protocol as protocol
 from node.clock import wall_ms
 from node.config import Endpoint
 from node.crypto.hashing import sha256
@@ -52,12 +51,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """3 orderers, peer.h01 and peer.h02."""
     return _peer_network(tmp_path_factory.mktemp("signed-releases") / "net")
 
-
-@pytest.fixture
-def newer(monkeypatch: pytest.MonkeyPatch) -> int:
-    """This release implements NEWER too (as the next release would)."""
-    monkeypatch.setattr(protocol, "SUPPORTED_VERSIONS", frozenset({*protocol.SUPPORTED_VERSIONS, NEWER}))
-    return NEWER
 
 
 def _statement(node: str, version: int, cert_der: bytes, at: int = T0) -> bytes:
