@@ -40,3 +40,15 @@ def write_cert_files(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, di
 def signer_of(org: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> signing.Signer:
     """A Signer of ``org`` with ``key`` and ``cert``."""
     return signing.Signer(key, identity_pb2.Identity(org=org, cert_der=rx509.cert_to_der(cert)))
+
+
+class CountingVerifier(signing.Verifier):
+    """A verifier counting the signatures it is asked to check (``calls``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def verify(self, cert_der: bytes, signature: bytes, purpose: signing.Purpose, data: bytes) -> bool:
+        self.calls += 1
+        return super().verify(cert_der, signature, purpose, data)

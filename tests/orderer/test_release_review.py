@@ -11,11 +11,11 @@ import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
 from node.crypto.hashing import sha256
-from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
 from node.identity.release import sign_statement
 from node.orderer import releases
 from node.orderer.releases import ReleaseWatch, peer_release_intake
+from tests.harness.certs import CountingVerifier
 from tests.orderer.inproc import Leader
 from tests.orderer.test_peer_releases import (
     NEWER,
@@ -112,16 +112,6 @@ def test_a_statement_given_in_another_network_is_refused(net: Any, tmp_path: Pat
         lead.close()
 
 
-class _CountingVerifier(Verifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
-        self.calls += 1
-        return super().verify(cert_der, signature, purpose, data)
-
-
 def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(
         net: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hostile orderer puts, in every Raft message it sends, a fresh made-up statement for
@@ -131,7 +121,7 @@ def test_a_relay_forging_signatures_cannot_make_an_orderer_verify_without_end(
     a signature that does not verify (it verified every statement it holds), so a sender that
     relayed one is not believed, nor its statements verified, for a while; the other orderers'
     relays still are."""
-    verifier = _CountingVerifier()
+    verifier = CountingVerifier()
     watch = ReleaseWatch(lambda: T0 + 60_000, verifier=verifier)
     lead = _wired_leader(net, tmp_path, watch)
     h01, h02 = peer_signer(net, "peer.h01"), peer_signer(net, "peer.h02")

@@ -18,7 +18,7 @@ from rxchain.v1 import services_pb2
 from node.clock import wall_ms
 from node.config import Endpoint
 from node.crypto.hashing import sha256
-from node.crypto.signing import Purpose, Signer, Verifier, generate_key, load_signer
+from node.crypto.signing import Purpose, Signer, generate_key, load_signer
 from node.crypto.tls import secure_channel, server_credentials
 from node.identity.release import sign_statement
 from node.orderer.metrics import OrdererMetrics
@@ -26,6 +26,7 @@ from node.orderer.releases import STATEMENT_AHEAD_MS, ReleaseWatch
 from node.orderer.transport import ClusterService, Membership, PeerSender
 from node.peer.deliver_client import Backoff, DeliverClient
 from node.raft.types import Message, MessageType
+from tests.harness.certs import CountingVerifier
 from tests.orderer.cluster import wait_until
 from tests.orderer.inproc import NullSink
 from tests.orderer.test_peer_releases import (
@@ -235,22 +236,12 @@ def test_statements_signed_far_ahead_are_refused(net: Any, tmp_path: Path, newer
         lead.close()
 
 
-class _CountingVerifier(Verifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
-        self.calls += 1
-        return super().verify(cert_der, signature, purpose, data)
-
-
 def test_a_statement_is_verified_once_per_orderer(net: Any, tmp_path: Path) -> None:
     """Relays repeat every few seconds and carry the same bytes: each statement costs one
     signature verification at an orderer, however often it arrives; the relay built from them
     carries the statements byte for byte, and repeats their fields for orderers of the previous
     release."""
-    verifier = _CountingVerifier()
+    verifier = CountingVerifier()
     watch = ReleaseWatch(lambda: T0, verifier=verifier)
     lead = _wired_leader(net, tmp_path, watch)
     try:

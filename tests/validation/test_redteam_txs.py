@@ -23,6 +23,7 @@ from node.peer.definitions import LIFECYCLE_NS
 from node.peer.history import LedgerHistory
 from node.peer.policy_provider import LifecyclePolicies
 from node.peer.validator import Validator, WrittenKeys
+from tests.harness.certs import CountingVerifier
 from tests.validation.conftest import Net, Peer
 
 VALID = tx_pb.VALID
@@ -251,20 +252,10 @@ def test_written_keys_answers_like_a_scan_of_every_key(
     assert ("zz" in w) == ("zz" in seen)
 
 
-class _CountingVerifier(Verifier):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
-        self.calls += 1
-        return super().verify(cert_der, signature, purpose, data)
-
-
 def test_orderer_signature_check_stops_at_the_quorum(peer: Peer, net: Net) -> None:
     config = peer.ledger.current_config()
     assert config is not None
-    verifier = _CountingVerifier()
+    verifier = CountingVerifier()
     validator = Validator(peer.ledger.state, config, verifier, peer.policies)
     block = make_block(1, peer.ledger.blocks.last_hash(), [], [net.orderer1])
     padding = block.metadata.orderer_signatures[0]
