@@ -103,13 +103,19 @@ from rxchain.v1 import config_pb2, services_pb2
 from node.clock import wall_ms
 from node.crypto.hashing import sha256
 from node.crypto.signing import Verifier
-from node.identity.release import StatementRefused, check_network, check_statement, parse_statement, signed_by
+from node.identity.release import (
+    MAX_NODE_NAME,
+    StatementRefused,
+    check_network,
+    check_statement,
+    parse_statement,
+    signed_by,
+)
 from node.orderer.configtx import OrdererConfig
 
 _log = logging.getLogger(__name__)
 
 MAX_RELAYED_PEERS = 1024  # entries per ConsensusRequest (more are ignored on receipt)
-MAX_PEER_NAME = 256  # characters of a relayed peer name (longer: ignored)
 RELAY_REFRESH_S = 5.0  # a sender relays what it knows of peers at least this often per stream
 RELAY_MIN_INTERVAL_S = 0.5  # and, on changes, at most this often (besides the first and refreshes)
 RELAY_SKEW_IGNORED_MS = 1000  # sender clock offsets below this are transit noise (stamps kept)
@@ -254,6 +260,9 @@ class ReleaseWatch:
         return PeerTold(version, now if held is None else max(now, held.told_ms + 1))
 
     def _check_clock(self, parsed: services_pb2.ReleaseStatement, now: int) -> None:
+        """StatementRefused ``ahead`` for a statement signed more than STATEMENT_AHEAD_MS
+        ahead of ``now`` (this orderer's clock): checked before any signature is verified, so
+        a far-future statement cannot pin a peer's word above every later one."""
         if parsed.signed_wall_ms > now + STATEMENT_AHEAD_MS:
             raise StatementRefused("ahead", f"{parsed.node}: signed {parsed.signed_wall_ms - now} ms "
                                             "ahead of this orderer's clock")
@@ -353,7 +362,7 @@ class ReleaseWatch:
         message sent when the sender's clock read ``sent_wall_ms`` (0: unknown). A signed entry
         is kept if its statement checks out against the config followed (refused and counted
         otherwise, as when no config is followed) and is later than what is known here; an
-        unsigned one (names empty, longer than :data:`MAX_PEER_NAME` or of no peer of the
+        unsigned one (names empty, longer than ``MAX_NODE_NAME`` or of no peer of the
         config in force, and entries never heard are skipped) has its stamp moved back by how
         far the sender's clock is ahead of this node's, and is kept if later than what is known
         here. Signatures are verified outside the lock, once per statement. ``sender`` (the
@@ -388,7 +397,7 @@ class ReleaseWatch:
                     latest[parsed.node] = (parsed, entry)
                 continue
             name = entry.node
-            if not 0 < len(name) <= MAX_PEER_NAME or entry.told_wall_ms <= 0:
+            if not 0 < len(name) <= MAX_NODE_NAME or entry.told_wall_ms <= 0:
                 continue
             if certs is not None and name not in certs:
                 continue
