@@ -279,18 +279,24 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
 
 
 def _per_code(lines: list) -> list:
-    """One {code, qty} per code, in order of first appearance: what ``lines_commitment``
-    commits (the claimed quantities, however the claim splits them into lines)."""
-    qty = {}
+    """What ``lines_commitment`` commits: one {code, qty} per code, in order of first
+    appearance, with the code's line quantities (ascending) as ``lines`` when the claim lists
+    the code on more than one line. The split is part of the money (the B share is rounded per
+    line), so a claim split another way commits otherwise; a claim listing each code once
+    commits exactly the per-code quantities it always did."""
+    parts = {}
     order = []
     for ln in lines:
-        if ln["code"] not in qty:
+        if ln["code"] not in parts:
             order.append(ln["code"])
-            qty[ln["code"]] = 0
-        qty[ln["code"]] = qty[ln["code"]] + ln["qty"]
+            parts[ln["code"]] = []
+        parts[ln["code"]].append(ln["qty"])
     out = []
     for code in order:
-        out.append({"code": code, "qty": qty[code]})
+        entry = {"code": code, "qty": sum(parts[code])}
+        if len(parts[code]) > 1:
+            entry["lines"] = sorted(parts[code])
+        out.append(entry)
     return out
 
 

@@ -25,9 +25,10 @@ that the caller could not read anyway), and compares:
   is the caller's insurer's, SETTLED, for that prescription and fill; it claims the same
   lines (``Claim.item``: national code and boxes; none = everything dispensed), compared
   through the claim's ``lines_commitment`` (the lines committed under the claim salt, which
-  only the claim grant holders know); and, when the request states ``Claim.total``, its
-  medical fee is that amount (a first POST stating a total is evaluated before it is
-  submitted and refused AMOUNT_MISMATCH when it differs).
+  only the claim grant holders know; the same boxes split into other lines are another claim:
+  the B share is rounded per line, :func:`client.rxops.claim_lines_commitment_of`); and, when
+  the request states ``Claim.total``, its medical fee is that amount (a first POST stating a
+  total is evaluated before it is submitted and refused AMOUNT_MISMATCH when it differs).
 
 A match is answered ``200`` with the resource the first success returned (built again from
 the ledger: tx id, pharmacist and fill from the trail; the claim record from
