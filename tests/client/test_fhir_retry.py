@@ -747,3 +747,25 @@ def test_reading_a_claim_tells_existence_to_its_readers_only(net_home: Any) -> N
         assert a.status == b.status == status
         assert json.dumps(a.body).replace("-1-1", "-N-1") == json.dumps(b.body).replace("-2-1", "-N-1")
     assert seen[CLERK][0].status == 200 and seen[CLERK][1].status == 404
+
+
+@pytest.mark.parametrize("reference", [
+    f"MedicationDispense/{RX}-fill2-1?_format=json",
+    f"MedicationDispense/{RX}-fill2-1#line",
+    f"https://gw.example/fhir/MedicationDispense/{RX}-fill2-1/_history/1?x=1",
+    f"MedicationDispense?identifier={mapping.DISPENSE_SYSTEM}|{RX}/2",
+    "#dispense-2",
+])
+def test_a_dispense_reference_the_gateway_cannot_read_is_400(net_home: Any, reference: str) -> None:
+    """A supportingInfo referring to a MedicationDispense in a form that names no fill here (a
+    query, a fragment, a search, a contained resource) is refused, not passed over: passed over,
+    the Claim named no fill and was settled as fill 1, the only fill this peer had seen, while
+    it claimed fill 2 (dispensed, on a peer behind)."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    info = _dispense_info(2) | {"valueReference": {"type": "MedicationDispense", "reference": reference}}
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        ans = _settle(port, net_home, _claim() | {"supportingInfo": [info]})
+    assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
+    assert "supportingInfo[0]" in ans.body["issue"][0]["details"]["text"]
+    assert chain.submitted == ["dispense"]
