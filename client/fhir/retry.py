@@ -172,9 +172,16 @@ def referenced_fill(model: Any, rx_id: str) -> int:
     ``MedicationDispense/{rx_id}-fill{N}-{line}``, relative, absolute or versioned, or
     ``identifier`` ``urn:rxchain:dispense|{rx_id}/{N}``) or whose ``valueIdentifier`` is that
     identifier. Other supporting information is not looked at; a dispense of another
-    prescription, two fills, or a MedicationDispense referred to otherwise (a query, a
-    fragment, a search, a contained resource: no fill it names could be told) are FHIR_INVALID
-    (a Claim settles one fill of its prescription)."""
+    prescription, two fills, a MedicationDispense referred to otherwise (a query, a fragment,
+    a search, a contained resource: no fill it names could be told), or the dispense's
+    identifier as the Claim's own ``identifier`` are FHIR_INVALID (a Claim settles one fill of
+    its prescription)."""
+    for i, ident in enumerate(getattr(model, "identifier", None) or []):
+        if ident.system == DISPENSE_SYSTEM:  # passed over, the Claim would settle fill 1 as unnamed
+            raise FhirError("FHIR_INVALID", f"identifier[{i}]: a Claim's identifier names a claim "
+                            f"({CLAIM_SYSTEM}|CLM-{rx_id}-FILL-N); the fill it claims is a supportingInfo whose "
+                            f"valueIdentifier is {DISPENSE_SYSTEM}|{rx_id}/FILL (or whose valueReference is "
+                            f"the MedicationDispense)")
     fills: set[int] = set()
     for i, info in enumerate(getattr(model, "supportingInfo", None) or []):
         where = f"supportingInfo[{i}]"

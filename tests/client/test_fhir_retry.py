@@ -769,3 +769,18 @@ def test_a_dispense_reference_the_gateway_cannot_read_is_400(net_home: Any, refe
     assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
     assert "supportingInfo[0]" in ans.body["issue"][0]["details"]["text"]
     assert chain.submitted == ["dispense"]
+
+
+def test_a_claim_identifier_of_a_dispense_is_400(net_home: Any) -> None:
+    """``Claim.identifier`` ``urn:rxchain:dispense|RX/2`` (the dispense's identifier put on the
+    Claim, as a MedicationDispense names its fill) names no fill here: it was passed over, so
+    the Claim was settled as fill 1, the only fill this peer had seen. It is refused, pointing
+    at supportingInfo."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    body = _claim() | {"identifier": [{"system": mapping.DISPENSE_SYSTEM, "value": f"{RX}/2"}]}
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        ans = _settle(port, net_home, body)
+    assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
+    assert "supportingInfo" in ans.body["issue"][0]["details"]["text"]
+    assert chain.submitted == ["dispense"]
