@@ -312,8 +312,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
     acct = _account(ctx, rx["patient"])
-    if acct["insurer"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the patient is insured by " + acct["insurer"])
+    if acct["insurer"] != c.org:  # never naming her insurer to another one (as reverse, get_claim)
+        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
     if fill == 0:
         fill = rx["fills"]
     if fill == 0 or fill > rx["fills"]:

@@ -190,7 +190,9 @@ def test_claim_needs_a_dispense_and_the_true_claim_subset(world: World) -> None:
 
 def test_only_the_patients_insurer_clerk_settles(world: World) -> None:
     prep = dispensed(world)
-    assert settle(world, prep, clerk=CLERK2).reason == "ACCESS_DENIED"
+    other = settle(world, prep, clerk=CLERK2)
+    assert other.reason == "ACCESS_DENIED"
+    assert "ins01" not in other.message  # whose patient she is is not another insurer's to learn (as reverse)
     assert settle(world, prep, clerk=admin("ins01")).reason == "WRONG_ROLE"
     assert settle(world, prep, clerk=JIANG).reason == "WRONG_ROLE"
     claim = settle(world, prep).unwrap()
