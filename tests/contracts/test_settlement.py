@@ -374,3 +374,21 @@ def test_another_insurer_cannot_probe_claims_by_reversing_them(world: World) -> 
     assert rec["status"] == "SETTLED"
     assert world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
                               reason="OTHER").unwrap()["status"] == "REVERSED"
+
+
+def test_a_reversed_claim_is_read_by_its_readers_and_hidden_from_the_others(world: World) -> None:
+    """After a reversal the claim's readers still read it (REVERSED) and everybody else still
+    gets exactly what a never-settled id gets; the fill's next claim is read alike."""
+    prep = dispensed(world)
+    first = settle(world, prep).unwrap()["claim_id"]
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=first, reason="BILLING_ERROR").unwrap()
+    second = settle(world, prep).unwrap()["claim_id"]
+    missing = f"CLM-{prep.args['rx_id']}-1-3"
+    for reader in (CLERK, admin("ins01"), world.patient_who("patient-zhang"), admin("h01"),
+                   who("h01:dr-jiang:doctor"), who("h01:pharm-he:pharmacist"), who("reg01:auditor-fang:auditor")):
+        got = [world.chain.query("settlement", "get_claim", reader, claim_id=cid).unwrap()["status"]
+               for cid in (first, second)]
+        assert got == ["REVERSED", "SETTLED"], reader
+    for outsider in (CLERK2, world.patient_who("patient-sun"), admin("h02"), who("p01:pharm-wang:pharmacist")):
+        seen = [_probe(world, outsider, cid) for cid in (first, second, missing)]
+        assert seen[0] == seen[1] == seen[2] and not seen[0][0], (outsider, seen)
