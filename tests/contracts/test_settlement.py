@@ -261,10 +261,11 @@ def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
                                  claim_id=claim["claim_id"]).ok
         assert world.chain.query("settlement", "patient_status", reader,
                                  pseudonym=world.pid("patient-zhang"), year=0).ok
-    for outsider in (who("p02:pharm-chen:pharmacist"), CLERK2, world.patient_who("patient-sun")):
-        # a claim the caller may not read is answered as a missing one (see the probe test)
+    for outsider, refusal in ((who("p02:pharm-chen:pharmacist"), "ACCESS_DENIED"), (CLERK2, "CLAIM_NOT_FOUND"),
+                              (world.patient_who("patient-sun"), "CLAIM_NOT_FOUND")):
+        # a role that reads no claims is refused, another reader's claim is as missing (the probe test)
         assert world.chain.query("settlement", "get_claim", outsider,
-                                 claim_id=claim["claim_id"]).reason in ("ACCESS_DENIED", "CLAIM_NOT_FOUND")
+                                 claim_id=claim["claim_id"]).reason == refusal
         assert world.chain.query("settlement", "patient_status", outsider,
                                  pseudonym=world.pid("patient-zhang"),
                                  year=0).reason == "ACCESS_DENIED"
