@@ -59,6 +59,23 @@ class ClaimLine:
     qty: int
 
 
+def claim_lines_commitment_of(salt: str, lines: Sequence[ClaimLine]) -> str:
+    """The settlement contract's ``lines_commitment`` of claim lines ``lines`` under the claim
+    salt: one ``{code, qty}`` per code in order of first appearance, with ``lines`` (the code's
+    line quantities, ascending) when the claim lists the code on more than one line -- the B
+    share is rounded per line, so the split is part of what a claim settles."""
+    parts: dict[str, list[int]] = {}
+    for ln in lines:
+        parts.setdefault(ln.code, []).append(ln.qty)
+    entries: list[dict[str, Any]] = []
+    for code, qtys in parts.items():
+        entry: dict[str, Any] = {"code": code, "qty": sum(qtys)}
+        if len(qtys) > 1:
+            entry["lines"] = sorted(qtys)
+        entries.append(entry)
+    return commitment(salt, entries)
+
+
 @dataclass(frozen=True)
 class IssueRequest:
     """What a doctor fills in."""
@@ -505,17 +522,13 @@ class RxOperations:
 
     def claim_lines_commitment(self, rx_id: str, lines: Sequence[ClaimLine] | None = None) -> str:
         """The ``lines_commitment`` a settlement of ``lines`` (default: everything the
-        prescription's claim subset lists) records: the contract's aggregation (one entry per
-        code, in order of first appearance) committed under the claim salt. Compares a claim
-        request with a settled claim without the ledger holding its lines in clear."""
+        prescription's claim subset lists) records (:func:`claim_lines_commitment_of`). Compares
+        a claim request with a settled claim without the ledger holding its lines in clear."""
         opened = self._claim_grant(rx_id)
         wanted = lines if lines is not None else [
             ClaimLine(str(ln.get("code", "")), int(ln.get("qty", 0)))
             for ln in opened.body.get("lines") or [] if isinstance(ln, dict)]
-        total: dict[str, int] = {}
-        for ln in wanted:
-            total[ln.code] = total.get(ln.code, 0) + ln.qty
-        return commitment(opened.salt, [{"code": code, "qty": qty} for code, qty in total.items()])
+        return claim_lines_commitment_of(opened.salt, wanted)
 
     def claim(self, claim_id: str) -> dict[str, Any]:
         """A claim record (``settlement.get_claim``: its insurer, the patient's hospital, the

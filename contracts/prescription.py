@@ -1308,6 +1308,11 @@ def patient_prescriptions(ctx: Context, patient: str, start: str, limit: int) ->
     c = ctx.caller
     if not _is_hex(patient, 64, 64) or not isinstance(start, str) or not _is_int(limit, 1, 200):
         ctx.fail("BAD_ARGUMENTS", "a 64-hex pseudonym, a start rx_id and limit 1-200")
+    # before the lookup (as registry.get_patient): members compute pseudonyms from ID numbers,
+    # and UNKNOWN_PATIENT against ACCESS_DENIED told any role who is in the chronic-disease scheme
+    auditor = c.org_kind == "regulator" and c.role == "auditor"
+    if not auditor and c.role != "patient" and not (c.org_kind == "hospital" and c.role == "admin"):
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital's admin and auditors")
     enrol = ctx.get_from("registry", "patient/" + patient)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")

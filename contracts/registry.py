@@ -509,7 +509,7 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"])}
 
 
-def _may_ask_patients(ctx: Context) -> bool:
+def _may_ask(ctx: Context) -> bool:
     """Roles that read some enrolments (from the certificate alone, before any lookup): regulator
     auditors, hospital admins, doctors and pharmacists, insurer clerks and admins, patients.
     Anyone else is refused whatever the pseudonym, so the answer cannot tell them who is
@@ -533,7 +533,7 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     c = ctx.caller
-    if not _may_ask_patients(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+    if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:

@@ -279,18 +279,24 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
 
 
 def _per_code(lines: list) -> list:
-    """One {code, qty} per code, in order of first appearance: what ``lines_commitment``
-    commits (the claimed quantities, however the claim splits them into lines)."""
-    qty = {}
+    """What ``lines_commitment`` commits: one {code, qty} per code, in order of first
+    appearance, with the code's line quantities (ascending) as ``lines`` when the claim lists
+    the code on more than one line. The split is part of the money (the B share is rounded per
+    line), so a claim split another way commits otherwise; a claim listing each code once
+    commits exactly the per-code quantities it always did."""
+    parts = {}
     order = []
     for ln in lines:
-        if ln["code"] not in qty:
+        if ln["code"] not in parts:
             order.append(ln["code"])
-            qty[ln["code"]] = 0
-        qty[ln["code"]] = qty[ln["code"]] + ln["qty"]
+            parts[ln["code"]] = []
+        parts[ln["code"]].append(ln["qty"])
     out = []
     for code in order:
-        out.append({"code": code, "qty": qty[code]})
+        entry = {"code": code, "qty": sum(parts[code])}
+        if len(parts[code]) > 1:
+            entry["lines"] = sorted(parts[code])
+        out.append(entry)
     return out
 
 
@@ -306,8 +312,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
     acct = _account(ctx, rx["patient"])
-    if acct["insurer"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the patient is insured by " + acct["insurer"])
+    if acct["insurer"] != c.org:  # never naming her insurer to another one (as reverse, get_claim)
+        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
     if fill == 0:
         fill = rx["fills"]
     if fill == 0 or fill > rx["fills"]:
@@ -497,7 +503,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
-    if not _may_ask_patients(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+    if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
@@ -510,7 +516,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
     return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
 
 
-def _may_ask_patients(ctx: Context) -> bool:
+def _may_ask(ctx: Context) -> bool:
     """Roles that read some patients' claims and accounts (decided from the certificate alone,
     before any claim or enrolment is looked up): regulator auditors, insurer clerks and admins,
     hospital admins, doctors and pharmacists, patients. Everybody else (pharmacy staff,
@@ -538,7 +544,7 @@ def get_claim(ctx: Context, claim_id: str) -> dict:
     CLAIM_NOT_FOUND, with the same message."""
     if not _is_id(claim_id, 128):
         ctx.fail("BAD_ARGUMENTS", "claim_id is 1-128 chars of [A-Za-z0-9-_.]")
-    if not _may_ask_patients(ctx):
+    if not _may_ask(ctx):
         ctx.fail("ACCESS_DENIED", "claims are read by the patient, her hospital, her insurer and auditors")
     rec = ctx.get("claim/" + claim_id)
     enrol = None
@@ -553,7 +559,7 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
     """Counters of a patient for a year (0 = this year) and the account balance."""
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
-    if not _may_ask_patients(ctx):  # before the lookup, as get_account
+    if not _may_ask(ctx):  # before the lookup, as get_account
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:

@@ -25,9 +25,10 @@ that the caller could not read anyway), and compares:
   is the caller's insurer's, SETTLED, for that prescription and fill; it claims the same
   lines (``Claim.item``: national code and boxes; none = everything dispensed), compared
   through the claim's ``lines_commitment`` (the lines committed under the claim salt, which
-  only the claim grant holders know); and, when the request states ``Claim.total``, its
-  medical fee is that amount (a first POST stating a total is evaluated before it is
-  submitted and refused AMOUNT_MISMATCH when it differs).
+  only the claim grant holders know; the same boxes split into other lines are another claim:
+  the B share is rounded per line, :func:`client.rxops.claim_lines_commitment_of`); and, when
+  the request states ``Claim.total``, its medical fee is that amount (a first POST stating a
+  total is evaluated before it is submitted and refused AMOUNT_MISMATCH when it differs).
 
 A match is answered ``200`` with the resource the first success returned (built again from
 the ledger: tx id, pharmacist and fill from the trail; the claim record from
@@ -89,6 +90,8 @@ TRACE_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what prescription.dispense t
 # a MedicationDispense the gateway answered: id {rx_id}-fill{N}-{line} (mapping.medication_dispense)
 _DISPENSE_ID = re.compile(r"([A-Za-z0-9._-]{1,64})-fill([1-9][0-9]?)-([1-9][0-9]?)")
 _DISPENSE_REFERENCE = re.compile(r"(?:[^?#]*/)?MedicationDispense/([^/?#]+)(?:/_history/[^/?#]+)?")
+# any other reference to a MedicationDispense (a query, a fragment, a search, a contained one)
+_ANY_DISPENSE_REFERENCE = re.compile(r"(?:^|/)MedicationDispense(?:[/?#]|$)")
 
 
 class Conflict(RxClientError):
@@ -169,7 +172,16 @@ def referenced_fill(model: Any, rx_id: str) -> int:
     ``MedicationDispense/{rx_id}-fill{N}-{line}``, relative, absolute or versioned, or
     ``identifier`` ``urn:rxchain:dispense|{rx_id}/{N}``) or whose ``valueIdentifier`` is that
     identifier. Other supporting information is not looked at; a dispense of another
-    prescription, or two fills, are FHIR_INVALID (a Claim settles one fill of its prescription)."""
+    prescription, two fills, a MedicationDispense referred to otherwise (a query, a fragment,
+    a search, a contained resource: no fill it names could be told), or the dispense's
+    identifier as the Claim's own ``identifier`` are FHIR_INVALID (a Claim settles one fill of
+    its prescription)."""
+    for i, ident in enumerate(getattr(model, "identifier", None) or []):
+        if ident.system == DISPENSE_SYSTEM:  # passed over, the Claim would settle fill 1 as unnamed
+            raise FhirError("FHIR_INVALID", f"identifier[{i}]: a Claim's identifier names a claim "
+                            f"({CLAIM_SYSTEM}|CLM-{rx_id}-FILL-N); the fill it claims is a supportingInfo whose "
+                            f"valueIdentifier is {DISPENSE_SYSTEM}|{rx_id}/FILL (or whose valueReference is "
+                            f"the MedicationDispense)")
     fills: set[int] = set()
     for i, info in enumerate(getattr(model, "supportingInfo", None) or []):
         where = f"supportingInfo[{i}]"
@@ -181,6 +193,12 @@ def referenced_fill(model: Any, rx_id: str) -> int:
             m = _DISPENSE_REFERENCE.fullmatch(str(ref.reference))
             if m is not None:
                 fills.add(_fill_of_dispense_id(m.group(1), rx_id, where))
+            elif ref.type == "MedicationDispense" or _ANY_DISPENSE_REFERENCE.search(str(ref.reference)):
+                # passed over, the Claim would name no fill and settle fill 1 while it claims another
+                raise FhirError("FHIR_INVALID", f"{where}: a MedicationDispense is referred to as "
+                                f"MedicationDispense/{rx_id}-fillFILL-LINE (relative, absolute or versioned; "
+                                "no query, fragment, search or contained resource), or by identifier "
+                                f"{DISPENSE_SYSTEM}|{rx_id}/FILL")
     if len(fills) > 1:
         raise FhirError("FHIR_INVALID", f"supportingInfo names fills {sorted(fills)}: a Claim settles one fill")
     return fills.pop() if fills else 0

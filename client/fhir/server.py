@@ -66,7 +66,9 @@ reads (the caller gets back only what it may read):
   is ``422`` FILL_NOT_NAMED, nothing submitted: an earlier fill's Claim sent again after a
   lost answer looks exactly like a new claim of the latest fill, and used to settle it. A
   504 on a Claim names the fill in ``diagnostics``. A dispense of another prescription, two
-  fills, or a claim id of another fill than the dispense named are FHIR_INVALID.
+  fills, a claim id of another fill than the dispense named, a MedicationDispense referred to
+  with a query, fragment, search or contained resource, and ``urn:rxchain:dispense`` as the
+  Claim's own ``identifier`` are FHIR_INVALID (none is passed over as naming no fill).
 * ``422`` ITEM_NOT_PRESCRIBED (a dispense naming a drug or boxes not prescribed) and
   AMOUNT_MISMATCH (a claim whose ``total`` is not the fee the contract computes, evaluated
   before submitting): nothing was submitted.

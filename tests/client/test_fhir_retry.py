@@ -25,7 +25,7 @@ import pytest
 from client.errors import CommitError, CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
 from client.fhir import mapping
 from client.records import commitment, trace_code_hash
-from client.rxops import ClaimLine, RxOperations
+from client.rxops import ClaimLine, RxOperations, claim_lines_commitment_of
 from tests.client.test_fhir import AMLO, _client
 from tests.client.test_unknown_outcome_surfaces import Answer, FakeIdentities, Ledger, _gateway, _post
 
@@ -202,7 +202,7 @@ class RetryOps:
             raise _refuse("DUPLICATE_CLAIM", f"fill {fill} already claimed: {guard['active']}")
         wanted: list[dict[str, Any]] = CLAIM["lines"] if lines is None else [{"code": ln.code, "qty": ln.qty} for ln in lines]
         claimed: dict[str, int] = {}
-        for ln in wanted:  # the contract's _claimed_lines
+        for ln in wanted:  # the contract's _claimed_lines (its lines_commitment: claim_lines_commitment_of)
             claimed[ln["code"]] = claimed.get(ln["code"], 0) + ln["qty"]
             if ln["code"] not in PRICES:
                 raise _refuse("ITEM_NOT_DISPENSED", f"claimed item {ln['code']} was not dispensed")
@@ -214,7 +214,8 @@ class RetryOps:
         rec = {"claim_id": claim_id, "rx_id": rx_id, "fill": fill, "patient": "ps-zhang", "insurer": self.org,
                "status": "SETTLED", "medfee_fen": medfee, "fund_fen": medfee * 7 // 10, "deductible_fen": 0,
                "account_fen": medfee - medfee * 7 // 10, "cash_fen": 0,
-               "lines_commitment": commitment(SALT, [{"code": k, "qty": v} for k, v in claimed.items()]),
+               "lines_commitment": claim_lines_commitment_of(
+                   SALT, [ClaimLine(ln["code"], ln["qty"]) for ln in wanted]),
                "events": [{"step": "settle", "actor": self.s.identity.user, "org": self.org, "role": "clerk",
                            "time_ms": 1_764_000_000_000 + c.txs, "tx_id": tx}]}
         c.claims[claim_id] = rec
@@ -472,23 +473,26 @@ def test_a_retried_claim_answers_the_settled_claim(net_home: Any) -> None:
 
 def test_a_claim_for_other_lines_or_amounts_is_409(net_home: Any) -> None:
     """Lines and amounts are compared with the settled claim (its lines through their
-    commitment, its medical fee): a retry claiming other boxes or another total is refused
-    DUPLICATE_CLAIM naming the claim; the same lines and total are the claim (200). A first
-    POST whose total is not what the contract computes is refused before it is submitted."""
+    commitment, its medical fee): a retry claiming other boxes, the same boxes split into other
+    lines (the B share is rounded per line: another split is another settlement) or another
+    total is refused DUPLICATE_CLAIM naming the claim; the same lines and total are the claim
+    (200). A first POST whose total is not what the contract computes is refused before it is
+    submitted."""
     chain = Chain()
     with _serve(net_home, chain) as port:
         assert _disp(port, net_home, _dispense()).status == 201
         wrong_total = _settle(port, net_home, _claim(total="99.00"))
         assert chain.submitted == ["dispense"]
         first = _settle(port, net_home, _claim([(AMLO, 1), (AMLO, 1)], total="31.00"))
-        same = _settle(port, net_home, _claim([(AMLO, 2)], total="31.00"))
+        same = _settle(port, net_home, _claim([(AMLO, 1), (AMLO, 1)], total="31.00"))
+        resplit = _settle(port, net_home, _claim([(AMLO, 2)], total="31.00"))
         fewer = _settle(port, net_home, _claim([(AMLO, 1)]))
         everything = _settle(port, net_home, _claim())
-        other_total = _settle(port, net_home, _claim([(AMLO, 2)], total="30.00"))
+        other_total = _settle(port, net_home, _claim([(AMLO, 1), (AMLO, 1)], total="30.00"))
     assert (wrong_total.status, wrong_total.code) == (422, "AMOUNT_MISMATCH")
     assert first.status == 201, first.body
     assert same.status == 200 and same.body == first.body, same.body
-    for ans in (fewer, everything, other_total):
+    for ans in (resplit, fewer, everything, other_total):
         assert (ans.status, ans.code) == (409, "DUPLICATE_CLAIM"), ans.body
         assert f"claim_id=CLM-{RX}-1-1" in _diagnostics(ans)
     assert chain.submitted == ["dispense", "settle"]
@@ -542,8 +546,9 @@ def test_conditional_claim_names_the_claim(net_home: Any) -> None:
 
 def test_rxops_settle_claims_the_lines_and_checks_the_fee_before_submitting() -> None:
     """``settle(lines=...)`` hands the contract its transient ``lines``; ``expect_medfee_fen``
-    evaluates first and submits nothing when the fee differs; the lines commitment aggregates
-    as the contract does (one entry per code, in order of first appearance)."""
+    evaluates first and submits nothing when the fee differs; the lines commitment is the
+    contract's (one entry per code, in order of first appearance, with the code's line
+    quantities when it is on several lines: the B share is rounded per line)."""
     from client.gateway import SubmitResult
 
     calls: list[tuple[str, str, Any]] = []
@@ -569,8 +574,12 @@ def test_rxops_settle_claims_the_lines_and_checks_the_fee_before_submitting() ->
     assert out["claim_id"] == f"CLM-{RX}-1-1"
     assert calls[-1] == ("submit", "settle", {"claim": CLAIM, "claim_salt": SALT, "lines": [{"code": AMLO, "qty": 2}]})
     assert calls[-2] == ("evaluate", "settle", calls[-1][2])  # the same claim, evaluated first
-    split = [ClaimLine(AMLO, 1), ClaimLine(BENI, 1), ClaimLine(AMLO, 1)]
-    assert ops.claim_lines_commitment(RX, split) == commitment(SALT, [{"code": AMLO, "qty": 2}, {"code": BENI, "qty": 1}])
+    split = [ClaimLine(AMLO, 1), ClaimLine(BENI, 1), ClaimLine(AMLO, 2)]
+    assert ops.claim_lines_commitment(RX, split) == commitment(
+        SALT, [{"code": AMLO, "qty": 3, "lines": [1, 2]}, {"code": BENI, "qty": 1}])
+    assert ops.claim_lines_commitment(RX, split[::-1]) == commitment(  # code order as before
+        SALT, [{"code": AMLO, "qty": 3, "lines": [1, 2]}, {"code": BENI, "qty": 1}]) != ops.claim_lines_commitment(
+        RX, [ClaimLine(AMLO, 3), ClaimLine(BENI, 1)])
     assert ops.claim_lines_commitment(RX) == commitment(SALT, CLAIM["lines"])
 
 
@@ -738,3 +747,40 @@ def test_reading_a_claim_tells_existence_to_its_readers_only(net_home: Any) -> N
         assert a.status == b.status == status
         assert json.dumps(a.body).replace("-1-1", "-N-1") == json.dumps(b.body).replace("-2-1", "-N-1")
     assert seen[CLERK][0].status == 200 and seen[CLERK][1].status == 404
+
+
+@pytest.mark.parametrize("reference", [
+    f"MedicationDispense/{RX}-fill2-1?_format=json",
+    f"MedicationDispense/{RX}-fill2-1#line",
+    f"https://gw.example/fhir/MedicationDispense/{RX}-fill2-1/_history/1?x=1",
+    f"MedicationDispense?identifier={mapping.DISPENSE_SYSTEM}|{RX}/2",
+    "#dispense-2",
+])
+def test_a_dispense_reference_the_gateway_cannot_read_is_400(net_home: Any, reference: str) -> None:
+    """A supportingInfo referring to a MedicationDispense in a form that names no fill here (a
+    query, a fragment, a search, a contained resource) is refused, not passed over: passed over,
+    the Claim named no fill and was settled as fill 1, the only fill this peer had seen, while
+    it claimed fill 2 (dispensed, on a peer behind)."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    info = _dispense_info(2) | {"valueReference": {"type": "MedicationDispense", "reference": reference}}
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        ans = _settle(port, net_home, _claim() | {"supportingInfo": [info]})
+    assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
+    assert "supportingInfo[0]" in ans.body["issue"][0]["details"]["text"]
+    assert chain.submitted == ["dispense"]
+
+
+def test_a_claim_identifier_of_a_dispense_is_400(net_home: Any) -> None:
+    """``Claim.identifier`` ``urn:rxchain:dispense|RX/2`` (the dispense's identifier put on the
+    Claim, as a MedicationDispense names its fill) names no fill here: it was passed over, so
+    the Claim was settled as fill 1, the only fill this peer had seen. It is refused, pointing
+    at supportingInfo."""
+    chain = Chain(max_fills=2, interval_passed=True)
+    body = _claim() | {"identifier": [{"system": mapping.DISPENSE_SYSTEM, "value": f"{RX}/2"}]}
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        ans = _settle(port, net_home, body)
+    assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
+    assert "supportingInfo" in ans.body["issue"][0]["details"]["text"]
+    assert chain.submitted == ["dispense"]

@@ -467,8 +467,10 @@ def test_holds_amounts_in_any_notation_and_huge_ones(net_home: Any) -> None:
 
 
 def test_holds_claim_lines_duplicates_zero_and_undispensed(net_home: Any) -> None:
-    """Duplicate codes aggregate as the contract does (the same claim); a zero or fractional
-    quantity is 400; a code not dispensed is refused (422 first, 409 on a retry)."""
+    """Duplicate codes commit their split as the contract does: re-sent as it was it is the
+    same claim, the same boxes split into other lines another (409: the B share is rounded per
+    line); a zero or fractional quantity is 400; a code not dispensed is refused (422 first,
+    409 on a retry)."""
     chain = _red_chain()
     other_code = "X" * 23
     with _serve(net_home, chain) as port:
@@ -478,12 +480,14 @@ def test_holds_claim_lines_duplicates_zero_and_undispensed(net_home: Any) -> Non
             {"sequence": 1, "productOrService": {"coding": [{"code": AMLO}]}, "quantity": {"value": 1.5}}]})
         undispensed = _settle(port, net_home, _claim([(other_code, 1)]))
         first = _settle(port, net_home, _claim([(BENI, 1), (AMLO, 1), (AMLO, 1)]))
+        again = _settle(port, net_home, _claim([(BENI, 1), (AMLO, 1), (AMLO, 1)]))
         split = _settle(port, net_home, _claim([(BENI, 1), (AMLO, 2)]))
         undispensed_retry = _settle(port, net_home, _claim([(other_code, 1)]))
     assert (zero.status, zero.code) == (400, "FHIR_INVALID")
     assert (half.status, half.code) == (400, "FHIR_INVALID")
     assert (undispensed.status, undispensed.code) == (422, "ITEM_NOT_DISPENSED")
-    assert first.status == 201 and split.status == 200, split.body
+    assert first.status == 201 and again.status == 200, again.body
+    assert (split.status, split.code) == (409, "DUPLICATE_CLAIM"), split.body
     assert (undispensed_retry.status, undispensed_retry.code) == (409, "DUPLICATE_CLAIM")
     assert chain.submitted == ["dispense", "settle"]
 

@@ -251,3 +251,20 @@ def test_prescription_listings(world: World) -> None:
     assert all("ciphertext" not in p for p in everything["prescriptions"])
     assert world.chain.query("prescription", "list_prescriptions", JIANG, start="",
                              limit=5).reason == "ACCESS_DENIED"
+
+
+def test_patient_prescriptions_does_not_tell_enrolment(world: World) -> None:
+    """A pseudonym anyone in the consortium can compute from an ID number: a role that lists no
+    patient's prescriptions (all but patients, hospital admins and auditors) is refused
+    ACCESS_DENIED before the enrolment is looked up, for an enrolled and a never-enrolled
+    pseudonym alike (it was UNKNOWN_PATIENT for the latter, as get_patient used to be)."""
+    enrolled, nobody = world.pid("patient-zhang"), hashlib.sha256(b"never enrolled").hexdigest()
+    for caller in (WANG, CLERK, JIANG, COURIER, NURSE, admin("p01"), who("reg01:clerk-a:clerk")):
+        seen = [world.chain.query("prescription", "patient_prescriptions", caller, patient=pid,
+                                  start="", limit=2) for pid in (enrolled, nobody)]
+        assert [(o.reason, o.message) for o in seen] == [("ACCESS_DENIED", seen[0].message)] * 2, caller
+    for reader in (admin("h01"), AUDITOR, world.patient_who("patient-zhang")):
+        assert world.chain.query("prescription", "patient_prescriptions", reader, patient=enrolled,
+                                 start="", limit=2).ok, reader
+        assert world.chain.query("prescription", "patient_prescriptions", reader, patient=nobody,
+                                 start="", limit=2).reason == "UNKNOWN_PATIENT", reader

@@ -190,7 +190,9 @@ def test_claim_needs_a_dispense_and_the_true_claim_subset(world: World) -> None:
 
 def test_only_the_patients_insurer_clerk_settles(world: World) -> None:
     prep = dispensed(world)
-    assert settle(world, prep, clerk=CLERK2).reason == "ACCESS_DENIED"
+    other = settle(world, prep, clerk=CLERK2)
+    assert other.reason == "ACCESS_DENIED"
+    assert "ins01" not in other.message  # whose patient she is is not another insurer's to learn (as reverse)
     assert settle(world, prep, clerk=admin("ins01")).reason == "WRONG_ROLE"
     assert settle(world, prep, clerk=JIANG).reason == "WRONG_ROLE"
     claim = settle(world, prep).unwrap()
@@ -259,10 +261,11 @@ def test_unknown_claims_and_who_reads_accounts(world: World) -> None:
                                  claim_id=claim["claim_id"]).ok
         assert world.chain.query("settlement", "patient_status", reader,
                                  pseudonym=world.pid("patient-zhang"), year=0).ok
-    for outsider in (who("p02:pharm-chen:pharmacist"), CLERK2, world.patient_who("patient-sun")):
-        # a claim the caller may not read is answered as a missing one (see the probe test)
+    for outsider, refusal in ((who("p02:pharm-chen:pharmacist"), "ACCESS_DENIED"), (CLERK2, "CLAIM_NOT_FOUND"),
+                              (world.patient_who("patient-sun"), "CLAIM_NOT_FOUND")):
+        # a role that reads no claims is refused, another reader's claim is as missing (the probe test)
         assert world.chain.query("settlement", "get_claim", outsider,
-                                 claim_id=claim["claim_id"]).reason in ("ACCESS_DENIED", "CLAIM_NOT_FOUND")
+                                 claim_id=claim["claim_id"]).reason == refusal
         assert world.chain.query("settlement", "patient_status", outsider,
                                  pseudonym=world.pid("patient-zhang"),
                                  year=0).reason == "ACCESS_DENIED"
@@ -372,3 +375,21 @@ def test_another_insurer_cannot_probe_claims_by_reversing_them(world: World) -> 
     assert rec["status"] == "SETTLED"
     assert world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
                               reason="OTHER").unwrap()["status"] == "REVERSED"
+
+
+def test_a_reversed_claim_is_read_by_its_readers_and_hidden_from_the_others(world: World) -> None:
+    """After a reversal the claim's readers still read it (REVERSED) and everybody else still
+    gets exactly what a never-settled id gets; the fill's next claim is read alike."""
+    prep = dispensed(world)
+    first = settle(world, prep).unwrap()["claim_id"]
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=first, reason="BILLING_ERROR").unwrap()
+    second = settle(world, prep).unwrap()["claim_id"]
+    missing = f"CLM-{prep.args['rx_id']}-1-3"
+    for reader in (CLERK, admin("ins01"), world.patient_who("patient-zhang"), admin("h01"),
+                   who("h01:dr-jiang:doctor"), who("h01:pharm-he:pharmacist"), who("reg01:auditor-fang:auditor")):
+        got = [world.chain.query("settlement", "get_claim", reader, claim_id=cid).unwrap()["status"]
+               for cid in (first, second)]
+        assert got == ["REVERSED", "SETTLED"], reader
+    for outsider in (CLERK2, world.patient_who("patient-sun"), admin("h02"), who("p01:pharm-wang:pharmacist")):
+        seen = [_probe(world, outsider, cid) for cid in (first, second, missing)]
+        assert seen[0] == seen[1] == seen[2] and not seen[0][0], (outsider, seen)

@@ -171,3 +171,62 @@ def test_many_claims_counters_bounded_and_reversals_restore(
         world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
                            reason="BILLING_ERROR").unwrap()
     assert status(world) == before
+
+
+drug_kinds = st.lists(
+    st.fixed_dictionaries({
+        "price": st.integers(1, 90000),
+        "std": st.integers(0, 90000),
+        "cls": st.sampled_from(("B", "A", "OFF_LIST")),  # B first: the class rounding concerns
+    }),
+    min_size=1, max_size=3,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pol=policies, kinds=drug_kinds, data=st.data(), balance=st.integers(0, 300000))
+def test_claims_listing_a_drug_on_several_lines_round_per_line(
+    runner: sandbox_adapter.Runner, pol: dict[str, Any], kinds: list[dict[str, Any]],
+    data: st.DataObject, balance: int,
+) -> None:
+    """Prescriptions listing the same drug on several lines, claimed whole or in part and split
+    into lines another way (DOMAIN.md section 3: the B share is rounded per line of the claim):
+    the contract equals the reference over the claim's own lines, the balance equations hold
+    and nothing is negative; ``lines_commitment`` is the client's over the same lines."""
+    from client.rxops import ClaimLine, claim_lines_commitment_of
+
+    rx_lines = data.draw(st.lists(st.tuples(st.integers(0, len(kinds) - 1), st.integers(1, 12)),
+                                  min_size=1, max_size=5), label="prescription lines")
+    world, _name, ded_used, cap_used = setup(runner, pol, kinds, 0, 0, balance)
+    rx_id = world.new_rx_id()
+    content = world.content(rx_id, patient="patient-prop", drugs=[(f"prop-{k}", q) for k, q in rx_lines])
+    prep = world.prepare(content, hospital=ZHOU.org, pharmacy="p01")
+    world.issue(prep, ZHOU).unwrap()
+    world.chain.submit("prescription", "review", WANG, rx_id=rx_id, approve=True, reason="").unwrap()
+    lock_and_dispense(world, prep).unwrap()
+    claimed: list[tuple[int, int]] = list(rx_lines)  # everything dispensed, as listed
+    transient = None
+    if data.draw(st.booleans(), label="claim other lines"):
+        dispensed_qty: dict[int, int] = {}
+        for k, q in rx_lines:
+            dispensed_qty[k] = dispensed_qty.get(k, 0) + q
+        claimed = []
+        for k, total in sorted(dispensed_qty.items()):
+            left = data.draw(st.integers(0, total), label=f"boxes of drug {k} claimed")
+            while left > 0 and len(claimed) < 5:
+                part = data.draw(st.integers(1, left), label="boxes on this line")
+                claimed.append((k, part))
+                left -= part
+        if not claimed:
+            claimed = [(rx_lines[0][0], 1)]
+        claimed = data.draw(st.permutations(claimed), label="line order")
+        transient = [{"code": world.codes[f"prop-{k}"], "qty": q} for k, q in claimed]
+    claim = settle(world, prep, lines=transient).unwrap()
+    expected = reference([{**kinds[k], "qty": q} for k, q in claimed], pol, "community",
+                         ded_used, cap_used, balance)
+    assert {k: claim[k] for k in expected} == expected
+    assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
+    assert claim["patient_fen"] == claim["account_fen"] + claim["cash_fen"]
+    assert all(claim[k] >= 0 for k in expected)
+    lines = [ClaimLine(world.codes[f"prop-{k}"], q) for k, q in claimed]
+    assert claim["lines_commitment"] == claim_lines_commitment_of(prep.claim_salt, lines)
