@@ -94,8 +94,10 @@ class DeliverService:
         handler registered with ``response_serializer=None``): a block's bytes are framed once
         for all streams."""
         caller = self._check(context)  # an RxError aborts PERMISSION_DENIED with its reason
-        if self._release_told is not None:
-            # the certificate the caller proved on the TLS connection, never a name it claims
+        if self._release_told is not None and caller.role == "peer":
+            # the certificate the caller proved on the TLS connection, never a name it claims;
+            # only peer certificates speak of a release (a member's client cannot fill the
+            # words set aside for certificates a later config may name a peer's)
             self._release_told(caller.cert_der, request.max_protocol_version,
                                request.release_statement, request.release_signature)
         with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):

@@ -66,12 +66,13 @@ another certificate (or renamed: the peer tells again under its new name) the pe
 told until it tells under it, whatever its former certificate said. An unsigned word of a name
 whose certificate changed is dropped, and relays of unsigned words told before the config
 block's stamp are ignored for it (a lagging orderer would otherwise bring the old word back).
-What a certificate told directly while no peer of the config held it is set aside under that
-certificate (:data:`MAX_PENDING` certificates, the longest silent forgotten first) and given to
-the peer a later config names with it (a signed word only if it names that peer): a peer
-re-added with the same certificate, or started with its new certificate before the update
-rotating to it was adopted (none tells again while its Deliver stream lasts). Relays about
-names of no peer of the config in force are ignored (they would evict real peers' entries). A
+What a peer certificate (role peer: orderers' Deliver passes no other caller's word) told
+directly while no peer of the config held it is set aside under that certificate
+(:data:`MAX_PENDING` certificates, the longest silent forgotten first) and given to the peer a
+later config names with it (a signed word only if it names that peer): a peer re-added with the
+same certificate, or started with its new certificate before the update rotating to it was
+adopted (none tells again while its Deliver stream lasts). Relays about names of no peer of the
+config in force are ignored (they would evict real peers' entries). A
 change is relayed at once, but at most every :data:`RELAY_MIN_INTERVAL_S` per stream (a peer
 changing what it tells on every Deliver request would otherwise put the whole relay into
 every Raft message).

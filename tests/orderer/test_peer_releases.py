@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from cryptography import x509 as cx509
+from cryptography.hazmat.primitives.serialization import Encoding
 from netgen import generate
 from netgen.ports import free_base_port
 from rxchain.v1 import config_pb2, services_pb2
@@ -220,6 +222,28 @@ def test_only_the_peer_holding_the_certificate_speaks_for_it(net: Any, tmp_path:
         assert releases.peers() == {"peer.h02": PeerTold(9, T0)}
         _tell(target, _node_files(net, "peer.h01"), 1)
         assert releases.peers() == {"peer.h02": PeerTold(9, T0), "peer.h01": PeerTold(1, T0)}
+    finally:
+        server.stop(0)
+        deliver.close()
+        blocks.close()
+
+
+def test_only_peer_certificates_have_their_word_set_aside(net: Any, tmp_path: Path) -> None:
+    """A certificate no peer of the config holds has its word set aside for a config that may
+    name it later (a peer started on its new certificate before the rotation commits): only a
+    peer certificate's. A member's client telling versions would otherwise fill the set-aside
+    slots (pushing out a real peer's word) and, named a peer by a careless config, bring a word
+    it never had the role to give."""
+    releases = ReleaseWatch(lambda: T0)
+    server, target, (deliver, blocks) = _deliver_server(net, tmp_path, releases)
+    try:
+        client = Client(net, "h01", "dr")
+        _tell(target, (client.cert, client.key, client.ca), 9)
+        cert, key = issue_from_org_ca(net.home, "h01", "peer.h09", "peer", ("127.0.0.1", "localhost"))
+        _tell(target, (*write_cert_files(cert, key, tmp_path / "h09"), net.ca_bundle_path), 9)
+        client_der = cx509.load_pem_x509_certificate(Path(client.cert).read_bytes()).public_bytes(Encoding.DER)
+        releases.follow_config([("peer.dr", client_der), ("peer.h09", cert.public_bytes(Encoding.DER))], T0)
+        assert releases.peers() == {"peer.h09": PeerTold(9, T0)}
     finally:
         server.stop(0)
         deliver.close()
