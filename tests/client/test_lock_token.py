@@ -160,6 +160,59 @@ def test_a_call_whose_borrowed_lock_was_released_locks_and_dispenses(world: Worl
     assert exc.value.reason == "NOT_LOCKED" and [c[0] for c in gw_c.calls] == ["dispense"]
 
 
+def test_the_dispense_once_more_is_bounded_and_its_last_refusal_stands(world: World) -> None:  # noqa: F811
+    """Call B borrows the pharmacy's lock twice over and each time finds it released before
+    its dispense: the second NOT_LOCKED is the answer (two dispenses, no third), B releases
+    nothing it did not take, and nothing was dispensed."""
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops_c, _ = _ops(world, WANG, prep)
+    held: dict[str, Any] = dict(ops_c.lock(rx))
+
+    def c_releases() -> None:
+        ops_c.release(rx, held["lock_id"])
+
+    def c_releases_then_relocks_before_bs_next_lock() -> None:
+        c_releases()
+        gw_b.before["lock"] = c_relocks
+
+    def c_relocks() -> None:
+        held.update(ops_c.lock(rx))
+        gw_b.before["dispense"] = c_releases
+
+    ops_b, gw_b = _ops(world, LI, prep, {"dispense": c_releases_then_relocks_before_bs_next_lock})
+    with pytest.raises(RxClientError) as refused:
+        ops_b.dispense(rx, ["81234560000000000098"])
+    assert refused.value.reason == "NOT_LOCKED"
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "NOT_LOCKED"),
+                                                  ("lock", "ALREADY_LOCKED"), ("dispense", "NOT_LOCKED")]
+    assert _lock(world, rx) is None
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+
+
+def test_a_call_whose_own_lock_was_freed_is_refused_not_locked_again(world: World) -> None:  # noqa: F811
+    """The once-more is for a borrowed lock only: a call whose own lock an operator freed
+    (release without token) meanwhile answers NOT_LOCKED -- it neither locks again nor
+    dispenses, and its token release changes nothing."""
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops_c, _ = _ops(world, WANG, prep)
+
+    def operator_frees_it() -> None:
+        ops_c.release(rx)  # no token: whatever lock p01 holds (B's)
+
+    ops_b, gw_b = _ops(world, LI, prep, {"dispense": operator_frees_it})
+    with pytest.raises(RxClientError) as refused:
+        ops_b.dispense(rx, ["81234560000000000099"])
+    assert refused.value.reason == "NOT_LOCKED"
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "OK"), ("dispense", "NOT_LOCKED"),
+                                                  ("release", "NOT_LOCKED")]
+    assert _lock(world, rx) is None
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+
+
 def test_a_refused_dispense_still_releases_its_own_lock(world: World) -> None:  # noqa: F811
     """Nobody interleaves: the lock the call took is released with its token, as before."""
     used = approved(world)

@@ -26,6 +26,7 @@ from netgen.generate import GeneratedNetwork
 
 from node.config import load_node_config
 from node.errors import RxError
+from node.genesis import config_from_genesis, make_genesis, read_genesis
 from node.yamlfile import MAX_CONFIG_BYTES
 from tests.harness.nodeyaml import edited_node_yaml
 
@@ -215,6 +216,31 @@ def test_a_home_generated_on_other_ports_is_completed_on_its_own_ports(tmp_path:
     assert netgen_main(["--home", str(tmp_path), "--consortium", str(good)]) == 0
     assert _digest_tree(tmp_path) == before  # node.yaml written again, on the home's ports
     assert load_node_config(node_yaml).port == 22052
+
+
+def test_only_a_whole_network_moved_is_completed_on_its_genesis_ports(tmp_path: Path) -> None:
+    """The ports of an existing home are adopted only from a genesis that reads and whose
+    nodes all sit base_port + i: a genesis that does not verify, or one where a single node
+    moved, leaves the file's ports, and the re-run is refused with nothing written."""
+    generate(small_consortium(base_port=22050), tmp_path, clock=lambda: FIXED_NOW)
+    genesis = tmp_path / "genesis.block"
+    good = genesis.read_bytes()
+    config = config_from_genesis(read_genesis(genesis))
+    config.peers[-1].port += 7  # one node elsewhere: no shift of the file's base_port gives it
+    moved_one = make_genesis(config, 1).SerializeToString()
+    corrupt = bytearray(good)
+    corrupt[len(corrupt) // 2] ^= 1
+    (tmp_path / "nodes" / "peer.h02" / "node.yaml").unlink()
+    for block, why in ((bytes(corrupt), "genesis"), (moved_one, "differs from the consortium file in orderers, peers")):
+        genesis.write_bytes(block)
+        before = _digest_tree(tmp_path)
+        with pytest.raises(RxError) as err:
+            generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+        assert err.value.reason == "BAD_CONFIG" and why in err.value.message
+        assert _digest_tree(tmp_path) == before
+    genesis.write_bytes(good)
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    assert load_node_config(tmp_path / "nodes" / "peer.h02" / "node.yaml").port == 22052
 
 
 def test_an_existing_private_file_others_can_read_is_refused(tmp_path: Path) -> None:
