@@ -826,8 +826,11 @@ def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
             ctx.fail("ALREADY_LOCKED", "held by another lock (taken before lock tokens): release it without lock_id")
         if held != lock_id:
             ctx.fail("ALREADY_LOCKED", "held by another lock of " + c.org + ", not lock " + lock_id)
+    detail = {"lock_id": ""}  # the lock it dropped ("": one taken before locks had tokens)
+    if "tx_id" in rx["lock"]:
+        detail["lock_id"] = rx["lock"]["tx_id"]
     _unlock(rx)
-    _save(ctx, rx, "release", {})
+    _save(ctx, rx, "release", detail)
     return {"rx_id": rx_id, "status": rx["status"]}
 
 

@@ -43,6 +43,21 @@ def test_lock_returns_its_transaction_as_token_and_release_with_it_works(world: 
     assert _release(world, WANG, rx, lock_id=lock_id)[0] == "NOT_LOCKED"
 
 
+def test_the_trace_names_the_lock_each_release_dropped(world: World) -> None:
+    """Which lock a release dropped (a call's own by token, or an operator's release of
+    whatever lock the pharmacy held) is in the trace, next to the lock step that took it."""
+    register_li(world)
+    rx = approved(world).args["rx_id"]
+    first = _lock(world, WANG, rx)
+    assert _release(world, WANG, rx, lock_id=first)[0] == "OK"
+    second = _lock(world, LI, rx)
+    assert _release(world, WANG, rx)[0] == "OK"  # no token: an operator freeing it
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=rx).unwrap()["steps"]
+    locks = [(s["tx_id"], s["detail"]) for s in steps if s["step"] in ("lock", "release")]
+    assert [(tx, d.get("lock_id")) for tx, d in locks] == [(first, None), (locks[1][0], first), (second, None),
+                                                          (locks[3][0], second)]
+
+
 def test_a_stale_token_never_drops_the_lock_taken_since(world: World) -> None:
     """Call A locks; its lock is released and the same pharmacy locks again (call B): A's
     token is refused and B's lock stays, untouched (no write at all)."""
