@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from client.errors import CommitError, EndorsementError, RxClientError
+from client.errors import CommitError, RxClientError
 from client.fhir import mapping, retry
 from client.gateway import SubmitResult
 from client.rxops import ClaimLine, RxOperations
+from tests.client.contractgw import ContractGateway
 from tests.client.test_fhir import AMLO
 from tests.client.test_fhir_retry import (
     BENI,
@@ -307,31 +307,6 @@ def test_finding_the_previewed_fill_is_the_fill_settled() -> None:
     assert calls[-1] == ("submit", "settle", {"rx_id": RX, "fill": 0})
 
 
-class ContractGateway:
-    """``evaluate``/``submit`` of RxOperations over the contract test chain, as one caller;
-    ``between`` runs once just before the first submit (a transaction of someone else that
-    commits between the preview and the submit)."""
-
-    def __init__(self, world: World, caller: Any, between: Callable[[], None]) -> None:
-        self.world, self.caller, self.between = world, caller, between
-
-    def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
-        out = self.world.chain.query(contract, fn, self.caller, transient=transient, **args)
-        if not out.ok:
-            raise EndorsementError(out.reason, out.message)
-        return out.value
-
-    def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
-               endorsing_orgs: Any = None) -> SubmitResult:
-        between, self.between = self.between, lambda: None
-        between()
-        out = self.world.chain.submit(contract, fn, self.caller, transient=transient, **args)
-        if not out.ok:
-            raise EndorsementError(out.reason, out.message)
-        assert out.block is not None
-        return SubmitResult(out.tx_id, "VALID", out.block, out.value)
-
-
 @pytest.fixture(scope="module")
 def contract_runner() -> sandbox_adapter.Runner:
     return sandbox_adapter.make_runner()
@@ -364,7 +339,7 @@ def test_finding_the_previewed_fee_holds_on_the_real_contracts(contract_runner: 
 
     peers = [SimpleNamespace(org=o) for o in ("h02", "p01", "ins01")]
     ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
-        gateway=ContractGateway(world, CONTRACT_CLERK, fill_two), identity=SimpleNamespace(org="ins01"),
+        gateway=ContractGateway(world, CONTRACT_CLERK, {"settle": fill_two}), identity=SimpleNamespace(org="ins01"),
         net=SimpleNamespace(peers=peers)))
     ops._claim_grant = lambda rx: SimpleNamespace(body=prep.claim, salt=prep.claim_salt)  # type: ignore[method-assign,return-value,assignment]
     rec = ops.settle(rx_id, 0, None, expect_medfee_fen=fee1)
@@ -657,7 +632,7 @@ def test_holds_the_real_view_bounds_a_retry_comparison(contract_runner: sandbox_
     assert lock_and_dispense(world, b, trace_codes=codes_b).ok
 
     def ops_as(who: Any) -> RxOperations:
-        gw = ContractGateway(world, who, lambda: None)
+        gw = ContractGateway(world, who)
         return RxOperations(SimpleNamespace(gateway=gw, trace_key=trace_key()))  # type: ignore[arg-type]
 
     assert ops_as(WANG).trace_fills(a.args["rx_id"], [*codes_b, *codes_a]) == [0, 1, 1]

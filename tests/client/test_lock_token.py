@@ -14,6 +14,7 @@ import pytest
 from client.errors import EndorsementError, RxClientError
 from client.gateway import SubmitResult
 from client.rxops import RxOperations
+from tests.client.contractgw import ContractGateway
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import WANG, approved, lock_and_dispense
@@ -23,34 +24,6 @@ from tests.contracts.test_lifecycle import LI, register_li
 REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": True, "days": 28,
                           "chronic_reason": "stable hypertension",
                           "stability_assessment": "stable 6 months", "patient_confirmed": True}
-
-
-class ContractGateway:
-    """``evaluate``/``submit`` of RxOperations over the contract test chain as one caller;
-    ``before[fn]`` runs once just before that function's first submit (what another call of
-    the same pharmacy commits meanwhile)."""
-
-    def __init__(self, w: World, caller: Who, before: dict[str, Callable[[], None]] | None = None) -> None:
-        self.world, self.caller, self.before = w, caller, dict(before or {})
-        self.calls: list[tuple[str, dict[str, Any], str]] = []  # (fn, args, outcome)
-
-    def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
-        out = self.world.chain.query(contract, fn, self.caller, transient=transient, **args)
-        if not out.ok:
-            raise EndorsementError(out.reason, out.message)
-        return out.value
-
-    def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
-               endorsing_orgs: Any = None) -> SubmitResult:
-        hook = self.before.pop(fn, None)
-        if hook is not None:
-            hook()
-        out = self.world.chain.submit(contract, fn, self.caller, transient=transient, **args)
-        self.calls.append((fn, dict(args), "OK" if out.ok else out.reason))
-        if not out.ok:
-            raise EndorsementError(out.reason, out.message)
-        assert out.block is not None
-        return SubmitResult(out.tx_id, "VALID", out.block, out.value)
 
 
 def _ops(w: World, caller: Who, prep: Prepared, before: dict[str, Callable[[], None]] | None = None,
