@@ -239,6 +239,14 @@ def _review(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _dispense(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    if a.lock_id:  # the caller's own lock (rx lock): dispense under it, take none
+        res: dict[str, Any] = ops.dispense(a.rx_id, a.trace_code, auto_lock=False, lock_id=a.lock_id)
+    else:
+        res = ops.dispense(a.rx_id, a.trace_code)
+    return res
+
+
 def _settle(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     rec: dict[str, Any] = ops.settle(a.rx_id, a.fill)
     keys = ("claim_id", "rx_id", "fill", "medfee_fen", "fund_fen", "account_fen", "cash_fen",
@@ -466,10 +474,14 @@ def build_parser() -> argparse.ArgumentParser:
                         ("show", "metadata and decrypted content if granted"),
                         ("trace", "the whole trail")):
         sub(rx, name, _simple(name, "rx_id"), help_).add_argument("rx_id")
-    dis = sub(rx, "dispense", _simple("dispense", "rx_id", "trace_code"),
+    dis = sub(rx, "dispense", _with_ops(_dispense),
               "dispense (pharmacist of the routed pharmacy)")
     dis.add_argument("rx_id")
     dis.add_argument("--trace-code", action="append", default=[], metavar="CODE")
+    dis.add_argument("--lock-id", type=_lock_id_arg, metavar="LOCK_ID",
+                     help="dispense under this lock only (the lock_id rx lock printed; nothing is locked "
+                          "here): refused ALREADY_LOCKED when the pharmacy holds another one by now; without "
+                          "it the command locks, or runs under the lock its pharmacy holds")
     ls = sub(rx, "list", _simple("list_prescriptions", "patient", "start", "limit"),
              "prescription metadata of a patient (or all, for auditors)")
     ls.add_argument("--patient")

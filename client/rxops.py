@@ -264,39 +264,49 @@ class RxOperations:
             args["lock_id"] = lock_id
         return _written(self.s.gateway.submit(RX, "release", args))
 
-    def _lock_or_borrow(self, rx_id: str) -> dict[str, Any] | None:
-        """Lock; None when the caller's pharmacy holds the lock already (another call's, or
-        one taken with ``rx lock``): the dispense then runs under it."""
+    def _lock_or_borrow(self, rx_id: str) -> tuple[dict[str, Any] | None, str]:
+        """Lock: (the lock's answer, its token). (None, the held lock's token) when the
+        caller's pharmacy holds the lock already (another call's, or one taken with ``rx lock``):
+        the dispense then runs under that lock -- and only that one. The token is "" for a
+        contract or a lock from before lock tokens."""
         try:
-            return self.lock(rx_id)
+            locked = self.lock(rx_id)
+            return locked, str(locked.get("lock_id") or "")
         except RxClientError as exc:
             if exc.reason != "ALREADY_LOCKED":
                 raise
             meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
-            holder = (meta.get("lock") or {}).get("org") if isinstance(meta, dict) else None
-            if holder != self.s.identity.org:
+            held = meta.get("lock") if isinstance(meta, dict) else None
+            if not isinstance(held, dict) or held.get("org") != self.s.identity.org:
                 raise
-            return None
+            return None, str(held.get("tx_id") or "")
 
     def dispense(self, rx_id: str, trace_codes: Sequence[str] = (),
-                 auto_lock: bool = True) -> dict[str, Any]:
+                 auto_lock: bool = True, lock_id: str | None = None) -> dict[str, Any]:
         """Lock (unless we already hold the lock), decrypt, and dispense with trace codes.
 
         Locking first lets the contract answer a pharmacy that may not dispense with its own
         reason (NOT_ROUTED, ALREADY_DISPENSED, ALREADY_LOCKED ...) before any key is fetched.
+        The dispense names the lock it runs under (``lock_id``: the token of the lock this call
+        took, or of its pharmacy's lock it found held), so a call that stalled never dispenses
+        under a lock another call took since (the next fill's): ALREADY_LOCKED. Without
+        ``auto_lock`` it names ``lock_id`` if given (the token ``rx lock`` printed), else none.
         A lock this call took is released again when the dispense is refused (TRACE_CODE_REUSED,
         HASH_MISMATCH ...: nothing was dispensed), so the prescription does not stay locked
         against every other pharmacy; never when the outcome is unknown (CommitUnknown). The
-        release names the lock's token (``lock_id``), so it drops only the lock this call took:
-        when that lock is gone meanwhile (dispensed under by another call of the pharmacy,
-        released) and another call holds a new one, the release is refused and that lock stays.
+        release names the lock's token, so it drops only the lock this call took: when that
+        lock is gone meanwhile (dispensed under by another call of the pharmacy, released) and
+        another call holds a new one, the release is refused and that lock stays.
         A call that found its pharmacy holding the lock (another call's) and is refused
         NOT_LOCKED -- that lock was released before the dispense, e.g. by its own call's refused
         dispense -- takes a lock of its own and dispenses once more (auto_lock only).
         """
         opened: OpenedRecord | None = None
         for attempt in range(2):
-            locked = self._lock_or_borrow(rx_id) if auto_lock else None
+            locked: dict[str, Any] | None = None
+            token = lock_id or ""
+            if auto_lock:
+                locked, token = self._lock_or_borrow(rx_id)
             try:
                 if opened is None:
                     opened = self._get_key(rx_id)
@@ -304,8 +314,7 @@ class RxOperations:
                 if trace_codes:
                     transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
                 parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
-                out = _written(self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient,
-                                                     endorsing_orgs=parties))
+                out = _written(self._submit_dispense(rx_id, token, transient, parties))
             except CommitUnknown:
                 raise  # may have dispensed (and so cleared the lock): leave it
             except RxClientError as exc:
@@ -314,7 +323,7 @@ class RxOperations:
                     # closed channel raises ValueError, not RxClientError)
                     with contextlib.suppress(Exception):
                         # a contract from before lock tokens returns none: release as it did
-                        self.release(rx_id, str(locked.get("lock_id") or "") or None)
+                        self.release(rx_id, token or None)
                 elif auto_lock and attempt == 0 and exc.reason == "NOT_LOCKED":
                     continue  # the borrowed lock was dropped by its taker: lock, dispense again
                 raise
@@ -322,6 +331,22 @@ class RxOperations:
                 out["lock_block"] = locked["block"]
             return out
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _submit_dispense(self, rx_id: str, token: str, transient: dict[str, Any],
+                         parties: list[str]) -> SubmitResult:
+        """``dispense`` naming lock ``token`` ("" = none). A contract from before dispense
+        tokens refuses the argument when it is endorsed (nothing was submitted): the dispense
+        is sent once more without it, under whichever lock the pharmacy holds, as that
+        release dispensed."""
+        args: dict[str, Any] = {"rx_id": rx_id}
+        if token:
+            args["lock_id"] = token
+        try:
+            return self.s.gateway.submit(RX, "dispense", args, transient, endorsing_orgs=parties)
+        except RxClientError as exc:
+            if not token or exc.reason != "BAD_ARGUMENTS" or "unknown argument(s) lock_id" not in exc.message:
+                raise
+        return self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient, endorsing_orgs=parties)
 
     def deliver(self, rx_id: str) -> dict[str, Any]:
         """Courier confirms hand-over."""

@@ -803,14 +803,33 @@ def lock(ctx: Context, rx_id: str) -> dict:
     return {"rx_id": rx_id, "status": "LOCKED", "fill": rx["fills"] + 1, "lock_id": ctx.tx_id}
 
 
+def _check_token_shape(ctx: Context, lock_id: str) -> None:
+    """``lock_id`` is "" (no token) or the 64 lower-case hex ``lock`` returned."""
+    # (the signature makes it a str; strip checks the 64 characters in one metered call)
+    if lock_id != "" and (len(lock_id) != 64 or lock_id.strip(HEX) != ""):
+        ctx.fail("BAD_ARGUMENTS", "lock_id must be the 64 lower-case hex token lock returned, or empty")
+
+
+def _check_token(ctx: Context, rx: dict, lock_id: str, verb: str) -> None:
+    """With a token, the caller's pharmacy's lock (checked before) must be the lock it names:
+    one taken since by another call, or one taken before locks had tokens, is ALREADY_LOCKED."""
+    if lock_id == "":
+        return
+    held = ""
+    if "tx_id" in rx["lock"]:  # absent on a lock taken before locks had tokens
+        held = rx["lock"]["tx_id"]
+    if held == "":
+        ctx.fail("ALREADY_LOCKED", "held by another lock (taken before lock tokens): " + verb + " it without lock_id")
+    if held != lock_id:
+        ctx.fail("ALREADY_LOCKED", "held by another lock of " + ctx.caller.org + ", not lock " + lock_id)
+
+
 def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     """Release a lock (a pharmacist of the lock-holding pharmacy). With ``lock_id`` (the
     token ``lock`` returned: its transaction id) only that lock: a lock taken since by
     another call (or one taken before locks had tokens) stays, ALREADY_LOCKED. Without it,
     whichever lock the pharmacy holds (an operator freeing a stuck lock)."""
-    # (the signature makes it a str; strip checks the 64 characters in one metered call)
-    if lock_id != "" and (len(lock_id) != 64 or lock_id.strip(HEX) != ""):
-        ctx.fail("BAD_ARGUMENTS", "lock_id must be the 64 lower-case hex token lock returned, or empty")
+    _check_token_shape(ctx, lock_id)
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     _require_pharmacist(ctx)
@@ -818,14 +837,7 @@ def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
         ctx.fail("NOT_LOCKED", "the prescription is not locked")
     if rx["lock"]["org"] != c.org:
         ctx.fail("ALREADY_LOCKED", "locked by another pharmacy")
-    if lock_id != "":
-        held = ""
-        if "tx_id" in rx["lock"]:  # absent on a lock taken before locks had tokens
-            held = rx["lock"]["tx_id"]
-        if held == "":
-            ctx.fail("ALREADY_LOCKED", "held by another lock (taken before lock tokens): release it without lock_id")
-        if held != lock_id:
-            ctx.fail("ALREADY_LOCKED", "held by another lock of " + c.org + ", not lock " + lock_id)
+    _check_token(ctx, rx, lock_id, "release")
     detail = {"lock_id": ""}  # the lock it dropped ("": one taken before locks had tokens)
     if "tx_id" in rx["lock"]:
         detail["lock_id"] = rx["lock"]["tx_id"]
@@ -871,10 +883,16 @@ def _trace_hashes(ctx: Context, boxes: int) -> list:
     return hashes
 
 
-def dispense(ctx: Context, rx_id: str) -> dict:
+def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     """Dispense one fill (pharmacist of the lock-holding pharmacy). Transient: content, salt
     (the decrypted prescription, re-checked against the commitment), trace_codes and
-    trace_key (see ``_trace_hashes``): no raw trace code reaches a block or the state."""
+    trace_key (see ``_trace_hashes``): no raw trace code reaches a block or the state.
+
+    With ``lock_id`` (the token ``lock`` returned) only under that lock: a call that locked
+    fill N and stalled never dispenses under the lock another call of its pharmacy took since
+    (fill N+1's, or the same fill's again), ALREADY_LOCKED. Without it, under whichever lock
+    the pharmacy holds."""
+    _check_token_shape(ctx, lock_id)
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     _require_pharmacist(ctx)
@@ -885,10 +903,14 @@ def dispense(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_LOCKED", "lock the prescription before dispensing")
     if rx["lock"]["org"] != c.org:
         ctx.fail("ALREADY_LOCKED", "locked by " + rx["lock"]["org"])
+    _check_token(ctx, rx, lock_id, "dispense")
     if c.org != _effective_pharmacy(rx):
         ctx.fail("NOT_ROUTED", "the prescription is routed to another pharmacy")
     if rx["pharmacy"] != "":
         _require_active_pharmacy(ctx, rx["pharmacy"])
+    under = ""  # the lock this fill was dispensed under ("": one taken before lock tokens)
+    if "tx_id" in rx["lock"]:
+        under = rx["lock"]["tx_id"]
     content = _verify_content(ctx, rx_id, rx["commitment"])
     # the issue's drug rules again, on the formulary as of this dispense: a drug reclassified
     # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now, and one reclassified into
@@ -921,7 +943,7 @@ def dispense(ctx: Context, rx_id: str) -> dict:
     rx["last_fill_ms"] = ctx.timestamp_ms
     rx["lock"] = None
     rx["status"] = "DISPENSED"
-    _save(ctx, rx, "dispense", {"fill": fill, "boxes": boxes, "trace_codes": len(hashes)})
+    _save(ctx, rx, "dispense", {"fill": fill, "boxes": boxes, "trace_codes": len(hashes), "lock_id": under})
     left = rx["max_fills"] - fill
     return {"rx_id": rx_id, "status": "DISPENSED", "fill": fill, "fills_left": left}
 

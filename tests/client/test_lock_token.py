@@ -5,6 +5,7 @@ one holds. Run over the real prescription contract in the sandbox of tests/contr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -61,9 +62,11 @@ def test_a_refused_dispense_never_drops_the_lock_another_call_took_since(world: 
     ops_a, gw_a = _ops(world, WANG, prep, {"dispense": operator_then_b})
     with pytest.raises(RxClientError) as refused:
         ops_a.dispense(rx, ["81234560000000000091"])
-    assert refused.value.reason == "TRACE_CODE_REUSED"
+    # A names its own lock: refused before its boxes are looked at (B's lock is not A's)
+    assert refused.value.reason == "ALREADY_LOCKED" and "another lock" in refused.value.message
     a_lock = gw_a.calls[0]
     assert a_lock[0] == "lock" and a_lock[2] == "OK"
+    assert gw_a.calls[1][0] == "dispense" and gw_a.calls[1][1]["lock_id"] == gw_a.calls[-1][1]["lock_id"]
     assert gw_a.calls[-1][0] == "release" and gw_a.calls[-1][2] == "ALREADY_LOCKED", gw_a.calls
     assert gw_a.calls[-1][1]["lock_id"] != taken["lock_id"]
     held = _lock(world, rx)
@@ -74,9 +77,11 @@ def test_a_refused_dispense_never_drops_the_lock_another_call_took_since(world: 
 
 
 def test_a_call_that_dispensed_under_a_lock_keeps_the_next_fills_lock(world: World) -> None:  # noqa: F811
-    """A repeat prescription. Call A locks fill 1; call B of the same pharmacy finds the lock
-    its pharmacy's and dispenses fill 1 under it, and 28 days on locks fill 2. A's dispense
-    (its box is fill 1's) is refused: its release must leave B's lock of fill 2."""
+    """A repeat prescription. Call A locks fill 1 and stalls; call B of the same pharmacy
+    finds the lock its pharmacy's and dispenses fill 1 under it, and 28 days on locks fill 2.
+    A's dispense -- fresh boxes, nothing reused -- names A's lock and is refused
+    ALREADY_LOCKED (it used to dispense fill 2 under B's lock); its release must leave B's
+    lock of fill 2."""
     register_li(world)
     prep = approved(world, **REPEAT)
     rx = prep.args["rx_id"]
@@ -90,11 +95,16 @@ def test_a_call_that_dispensed_under_a_lock_keeps_the_next_fills_lock(world: Wor
 
     ops_a, gw_a = _ops(world, WANG, prep, {"dispense": b_dispenses_and_locks_again})
     with pytest.raises(RxClientError) as refused:
-        ops_a.dispense(rx, ["81234560000000000093"])
-    assert refused.value.reason == "TRACE_CODE_REUSED"
+        ops_a.dispense(rx, ["81234560000000000090"])
+    assert refused.value.reason == "ALREADY_LOCKED"
     assert gw_a.calls[-1][0] == "release" and gw_a.calls[-1][2] == "ALREADY_LOCKED", gw_a.calls
     held = _lock(world, rx)
     assert held is not None and held["tx_id"] == taken["lock_id"]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+    # B dispensed fill 1 under A's lock naming it (the token it found held)
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=rx).unwrap()["steps"]
+    a_token = next(st["tx_id"] for st in steps if st["step"] == "lock")
+    assert gw_b.calls[1][0] == "dispense" and gw_b.calls[1][1]["lock_id"] == a_token
     assert ops_b.dispense(rx, ["81234560000000000094"])["fill"] == 2
     assert [c[0] for c in gw_b.calls] == ["lock", "dispense", "lock", "lock", "dispense"]
 
@@ -268,3 +278,128 @@ def test_cli_release_passes_the_lock_id(monkeypatch: pytest.MonkeyPatch) -> None
         assert cli.main(["--json", "--as", "p01:pharm-wang", "rx", "release", "RX1", "--lock-id", bad],
                         out=out, err=err) == 2
     assert sent == [("RX1", "ab" * 32), ("RX1", None)]
+
+
+def test_a_borrowed_lock_that_changed_hands_is_not_dispensed_under(world: World) -> None:  # noqa: F811
+    """Call B finds its pharmacy holding call A's lock and means to dispense under it; before
+    its dispense A's lock is freed and call C locks. B names A's lock: refused ALREADY_LOCKED,
+    nothing dispensed, C's lock untouched (B took none, so releases none). It used to
+    dispense under C's lock."""
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops_a, _ = _ops(world, WANG, prep)
+    a_token = ops_a.lock(rx)["lock_id"]
+    taken: dict[str, Any] = {}
+
+    def a_freed_then_c_locks() -> None:
+        ops_a.release(rx, a_token)
+        taken.update(ops_a.lock(rx))
+
+    ops_b, gw_b = _ops(world, LI, prep, {"dispense": a_freed_then_c_locks})
+    with pytest.raises(RxClientError) as refused:
+        ops_b.dispense(rx, ["81234560000000000104"])
+    assert refused.value.reason == "ALREADY_LOCKED" and "not lock " + a_token in refused.value.message
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "ALREADY_LOCKED")]
+    assert gw_b.calls[1][1]["lock_id"] == a_token
+    assert _lock(world, rx)["tx_id"] == taken["lock_id"]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+
+
+def test_without_auto_lock_the_dispense_names_the_lock_given(world: World) -> None:  # noqa: F811
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops, gw = _ops(world, LI, prep)
+    first = ops.lock(rx)["lock_id"]
+    ops.release(rx, first)
+    second = ops.lock(rx)["lock_id"]
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense(rx, ["81234560000000000105"], auto_lock=False, lock_id=first)
+    assert refused.value.reason == "ALREADY_LOCKED"
+    # a refusal without auto_lock releases nothing: the lock was not this call's
+    assert [c[0] for c in gw.calls[-1:]] == ["dispense"] and _lock(world, rx)["tx_id"] == second
+    out = ops.dispense(rx, ["81234560000000000105"], auto_lock=False, lock_id=second)
+    assert out["fill"] == 1 and gw.calls[-1][1]["lock_id"] == second
+
+
+def test_cli_dispense_passes_the_lock_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rx dispense RX --lock-id ID`` dispenses under that lock and takes none; without it
+    the command locks (or borrows) as before; a malformed id is a usage error (exit 2)."""
+    import io
+
+    from client import cli
+
+    sent: list[tuple[str, list[str], bool, str | None]] = []
+
+    class Ops:
+        s = SimpleNamespace(close=lambda: None)
+
+        def dispense(self, rx_id: str, trace_codes: list[str], auto_lock: bool = True,
+                     lock_id: str | None = None) -> dict[str, Any]:
+            sent.append((rx_id, list(trace_codes), auto_lock, lock_id))
+            return {"rx_id": rx_id, "status": "DISPENSED", "fill": 1, "tx_id": "cd" * 32, "block": 3}
+
+    monkeypatch.setattr(cli, "_ops", lambda a: Ops())
+    out, err = io.StringIO(), io.StringIO()
+    base = ["--json", "--as", "p01:pharm-wang", "rx", "dispense", "RX1", "--trace-code", "TC1"]
+    assert cli.main([*base, "--lock-id", "ab" * 32], out=out, err=err) == 0
+    assert cli.main(base, out=out, err=err) == 0
+    for bad in ("AB" * 32, "ab" * 31, "x" * 64):
+        assert cli.main([*base, "--lock-id", bad], out=out, err=err) == 2
+    assert sent == [("RX1", ["TC1"], False, "ab" * 32), ("RX1", ["TC1"], True, None)]
+
+
+def test_a_contract_before_dispense_tokens_gets_the_dispense_without_one(world: World) -> None:  # noqa: F811
+    """Clients are upgraded before the consortium approves the new contract: the previous
+    release's ``dispense(rx_id)`` refuses ``lock_id`` as an unknown argument when endorsed
+    (nothing submitted), so the call dispenses once more without it. Any other refusal
+    stands as the answer, never sent twice."""
+    ch = world.chain
+    src = ch._sources["prescription"]
+    new_sig = 'def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:'
+    assert new_sig in src
+    old = src.replace(new_sig, 'def dispense(ctx: Context, rx_id: str) -> dict:\n    lock_id = ""')
+    ch._sources["prescription"] = old
+    ch._hashes["prescription"] = hashlib.sha256(old.encode()).hexdigest()
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    ops, gw = _ops(world, WANG, prep)
+    out = ops.dispense(rx, ["81234560000000000106"])
+    assert out["fill"] == 1
+    assert [(c[0], c[2]) for c in gw.calls] == [("lock", "OK"), ("dispense", "BAD_ARGUMENTS"), ("dispense", "OK")]
+    assert "lock_id" in gw.calls[1][1] and "lock_id" not in gw.calls[2][1]
+    # the resent dispense's refusal is the answer (and the lock this call took is released)
+    again = approved(world)
+    ops2, gw2 = _ops(world, WANG, again)
+    with pytest.raises(RxClientError) as refused:
+        ops2.dispense(again.args["rx_id"], ["bad code!"])
+    assert refused.value.reason == "BAD_TRANSIENT"
+    assert [(c[0], c[2]) for c in gw2.calls] == [("lock", "OK"), ("dispense", "BAD_ARGUMENTS"),
+                                                 ("dispense", "BAD_TRANSIENT"), ("release", "OK")]
+
+
+@pytest.mark.parametrize("message", ["dispense: argument 'lock_id' must be str, not int",
+                                     "lock_id must be the 64 lower-case hex token lock returned, or empty"])
+def test_only_an_unknown_lock_id_argument_sends_the_dispense_again(message: str) -> None:
+    calls: list[str] = []
+
+    class Gw:
+        def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+            return {"pharmacy": "p01", "hospital": "h01", "lock": None}
+
+        def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
+                   endorsing_orgs: Any = None) -> SubmitResult:
+            calls.append(fn)
+            if fn == "dispense":
+                raise EndorsementError("BAD_ARGUMENTS", message)
+            return SubmitResult("cd" * 32, "VALID", 3, {"rx_id": "RX1", "lock_id": "ab" * 32})
+
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=Gw(), identity=SimpleNamespace(org="p01", role="pharmacist"),
+        net=SimpleNamespace(peers=[SimpleNamespace(org="p01")]), trace_key=trace_key()))
+    ops._get_key = lambda rx_id: SimpleNamespace(body={}, salt="00")  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense("RX1", ["TC-1"])
+    assert refused.value.reason == "BAD_ARGUMENTS"
+    assert calls == ["lock", "dispense", "release"]

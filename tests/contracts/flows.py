@@ -50,12 +50,13 @@ def content_transient(prep: Prepared) -> dict[str, Any]:
 
 
 def dispense(world: World, prep: Prepared, pharmacist: Who = WANG,
-             trace_codes: list[str] | None = None, key: str | None = None) -> Outcome:
+             trace_codes: list[str] | None = None, key: str | None = None, **args: Any) -> Outcome:
+    """``args``: further arguments of the call (e.g. ``lock_id``)."""
     transient = content_transient(prep)
     if trace_codes:
         transient.update(trace_codes=trace_codes, trace_key=key or trace_key())
     return world.chain.submit("prescription", "dispense", pharmacist, transient=transient,
-                              rx_id=prep.args["rx_id"])
+                              rx_id=prep.args["rx_id"], **args)
 
 
 def lock_and_dispense(world: World, prep: Prepared, pharmacist: Who = WANG,

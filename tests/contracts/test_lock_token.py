@@ -170,3 +170,84 @@ def test_a_release_endorsed_before_the_lock_changed_hands_does_not_commit(world:
     b = _lock(world, LI, rx)
     assert chain.commit_validated(outcome, sim, ts) == "MVCC_READ_CONFLICT"
     assert _held(world, rx)["tx_id"] == b
+
+
+# ---------------------------------------------------------------- dispense under a named lock
+
+
+def _dispense(world: World, prep: Any, pharmacist: Any = WANG, codes: list[str] | None = None,
+              **args: Any) -> tuple[str, str]:
+    out = dispense(world, prep, pharmacist, codes, **args)
+    return ("OK" if out.ok else out.reason), out.message
+
+
+def test_a_dispense_with_its_token_runs_under_that_lock_and_the_trace_names_it(world: World) -> None:
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    token = _lock(world, WANG, rx)
+    # any pharmacist of the holding pharmacy, naming the lock
+    out = dispense(world, prep, LI, lock_id=token).unwrap()
+    assert out["fill"] == 1 and _held(world, rx) is None
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=rx).unwrap()["steps"]
+    assert [s["detail"].get("lock_id") for s in steps if s["step"] == "dispense"] == [token]
+    # without a token the dispense names whatever lock it ran under, too
+    other = approved(world)
+    held = _lock(world, LI, other.args["rx_id"])
+    dispense(world, other).unwrap()
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=other.args["rx_id"]).unwrap()["steps"]
+    assert [s["detail"]["lock_id"] for s in steps if s["step"] == "dispense"] == [held]
+
+
+def test_a_stalled_call_never_dispenses_the_next_fill_under_another_calls_lock(world: World) -> None:
+    """The residual lock tokens left: call A locks fill 1 and stalls; call B of the same
+    pharmacy dispenses fill 1 under A's lock and, 28 days on, locks fill 2. A's dispense --
+    fresh boxes, nothing reused -- used to dispense fill 2 under B's lock; naming its lock it
+    is refused ALREADY_LOCKED, writes nothing, and B dispenses fill 2."""
+    register_li(world)
+    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
+                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
+                    patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    a = _lock(world, WANG, rx)
+    assert dispense(world, prep, LI, ["81234560000000000101"], lock_id=a).unwrap()["fill"] == 1
+    world.chain.advance(28 * DAY_MS)
+    b = _lock(world, LI, rx)
+    before = dict(world.chain.state.values)
+    reason, message = _dispense(world, prep, WANG, ["81234560000000000102"], lock_id=a)
+    assert reason == "ALREADY_LOCKED" and "not lock " + a in message, message
+    assert world.chain.state.values == before
+    assert _held(world, rx)["tx_id"] == b
+    assert dispense(world, prep, LI, ["81234560000000000103"], lock_id=b).unwrap()["fill"] == 2
+
+
+def test_a_dispense_token_is_checked_after_the_lock_holder_and_before_the_content(world: World) -> None:
+    """Rule order: token shape (BAD_ARGUMENTS) first; another pharmacy's lock answers as
+    before (ALREADY_LOCKED "locked by"); NOT_LOCKED without a lock; a lock from before tokens
+    is named by no token; then the content (a wrong salt is not reached)."""
+    register_li(world)
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    for bad in ("AB" * 32, "ab" * 31, "x" * 64, 7, None):
+        assert _dispense(world, prep, lock_id=bad)[0] == "BAD_ARGUMENTS", bad
+    assert _dispense(world, prep, lock_id="ab" * 32)[0] == "NOT_LOCKED"
+    token = _lock(world, WANG, rx)
+    reason, message = _dispense(world, prep, CHEN, lock_id=token)
+    assert reason == "ALREADY_LOCKED" and "locked by p01" in message, message
+    # a token of another prescription's lock
+    other = approved(world)
+    other_token = _lock(world, WANG, other.args["rx_id"])
+    assert _dispense(world, prep, lock_id=other_token)[0] == "ALREADY_LOCKED"
+    # a lock written by the previous release (no tx_id): no token names it
+    nk = ("prescription", "rx/" + rx)
+    rec = canonical.decode(world.chain.state.values[nk], "rx")
+    del rec["lock"]["tx_id"]
+    world.chain.state.values[nk] = canonical.dumps(rec)
+    before = dict(world.chain.state.values)
+    reason, message = _dispense(world, prep, lock_id=token)
+    assert reason == "ALREADY_LOCKED" and "dispense it without lock_id" in message, message
+    assert world.chain.state.values == before
+    out = dispense(world, prep).unwrap()  # without a token, as before
+    assert out["fill"] == 1
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=rx).unwrap()["steps"]
+    assert [s["detail"]["lock_id"] for s in steps if s["step"] == "dispense"] == [""]
