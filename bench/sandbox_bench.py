@@ -50,6 +50,33 @@ def touch(ctx: Context, key: str) -> int:
     return v + 1
 """
 
+# CPU per gas of the builtins that consume a whole collection in C (the metering charges per
+# element; a charge that costs more CPU than the gas it charges lets a contract burn more time
+# than its gas limit says): 50,000 values, four calls less none, in this process.
+CONSUMERS = """
+from rxchain_contract import Context
+
+def consume(ctx: Context, n: int, width: int, reps: int, kind: str) -> int:
+    xs = []
+    p = "x" * width
+    for i in range(n):
+        xs.append(p + str(i))
+    got = 0
+    for r in range(reps):
+        if kind == "max":
+            got = len(max(xs))
+        elif kind == "min":
+            got = len(min(xs))
+        elif kind == "max_key":
+            got = len(max(xs, key=len))
+        elif kind == "sorted":
+            got = len(sorted(xs)[0])
+        else:
+            got = xs.count(p)
+    return got
+"""
+CONSUMER_KINDS = ("max", "min", "max_key", "sorted", "count")
+
 WARMUP = 300
 SAMPLES = 3000
 
@@ -149,6 +176,30 @@ def _parallel(sandbox: Sandbox, inv: t.Invocation, n: int) -> float:
     return 2 * n / (time.perf_counter() - t0)
 
 
+def _us_per_gas() -> dict[str, float]:
+    """CPU microseconds per gas of each consumer over 50,000 short (5-char) and long
+    (200-char, shared prefix) strings: (CPU, gas) of four calls minus none."""
+    runner = InProcessRunner()
+    n = 50_000
+    limits = t.SandboxLimits(max_collection_len=n)
+    out: dict[str, float] = {}
+    for width in (1, 196):
+        for kind in CONSUMER_KINDS:
+            spent = []
+            for reps in (0, 4):
+                inv = dataclasses.replace(
+                    _inv("consume", {"n": n, "width": width, "reps": reps, "kind": kind}),
+                    code_hash="bench-consumers", source=CONSUMERS, gas_limit=10**9, limits=limits)
+                t0 = time.process_time()
+                res = runner.invoke(inv, _Backend())
+                if not res.ok:
+                    raise RuntimeError(f"consume {kind}: {res.reason} {res.message}")
+                spent.append((time.process_time() - t0, res.gas_used))
+            cpu, gas = spent[1][0] - spent[0][0], spent[1][1] - spent[0][1]
+            out[f"{kind}_{'long' if width > 1 else 'short'}"] = round(cpu * 1e6 / max(gas, 1), 3)
+    return out
+
+
 def main() -> None:
     cores = os.cpu_count() or 1
     backend = _Backend()
@@ -193,6 +244,7 @@ def main() -> None:
         "median_get_put_call_us": round(statistics.median(state), 1),
         "median_prescription_trace_call_us": real,
         "metered_gas_per_s": round(gas_per_s),
+        "consumer_cpu_us_per_gas": _us_per_gas(),
         "samples": SAMPLES,
         "workers": 1,
         "python": platform.python_version(),

@@ -291,3 +291,35 @@ def test_items_views_compared_pay_for_their_values(use: str) -> None:
     compared = call(runner, ITEM_VALUES, "f", {"n": n, "use": use}, gas=10**8)
     assert value(compared) == (0 if use == "disjoint" else 1)
     assert compared.gas_used - built.gas_used >= n
+
+
+MINMAX = HEAD + '''
+def f(ctx: Context, width: int, n: int, kind: str) -> int:
+    xs = []
+    for i in range(n):
+        xs.append("s" * (width + i % 3))
+    if kind == "max":
+        return len(max(xs))
+    if kind == "min":
+        return len(min(xs))
+    return 0
+'''
+
+
+@pytest.mark.parametrize("kind", ["max", "min"])
+def test_min_max_over_strings_charge_one_gas_each_and_their_length(kind: str) -> None:
+    """min/max over a list of strings: one gas per value and 1 per 32 characters of each
+    (what a comparison's memcmp walks) -- the same charge for short strings (no walk of
+    their own: 0.5-0.7 us of CPU per gas before) as for long ones."""
+    runner = InProcessRunner()
+    n = 300
+    gas = {}
+    for width in (1, 64, 200):
+        none = call(runner, MINMAX, "f", {"width": width, "n": n, "kind": "none"}, gas=10**7)
+        got = call(runner, MINMAX, "f", {"width": width, "n": n, "kind": kind}, gas=10**7)
+        assert value(got) == width + (2 if kind == "max" else 0)
+        gas[width] = got.gas_used - none.gas_used
+    chars = {w: sum((w + i % 3) >> 5 for i in range(n)) for w in (1, 64, 200)}
+    assert chars[1] == 0
+    assert gas[64] - gas[1] == chars[64] and gas[200] - gas[1] == chars[200]
+    assert n <= gas[1] <= n + 8  # one per value (plus the call itself)
