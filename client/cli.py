@@ -388,6 +388,9 @@ def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
                            "events": [{"contract": e.contract, "name": e.name, "tx_id": e.tx_id,
                                        "payload": e.payload} for e in b.events]})
             if len(blocks) >= a.limit:
+                # leaving the loop closes the listener at its yield, before it records this block
+                # as handled: without this the next call (--checkpoint) would hand it out again
+                cp.save(b.block + 1)
                 break
     return {"blocks": blocks, "next_block": cp.load()}
 
@@ -529,8 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub(lg, "height", cmd_ledger_height, "block height of peers")
 
     ev = sub(groups, "events", cmd_events, "block and contract events from a checkpoint")
-    ev.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
-    ev.add_argument("--checkpoint", type=Path, help="file remembering the next block")
+    where = ev.add_mutually_exclusive_group()  # a checkpoint says where to start: --start with it is an error
+    where.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
+    where.add_argument("--checkpoint", type=Path, help="file remembering the next block")
     ev.add_argument("--contract", help="only this contract's events")
     ev.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
 

@@ -1,0 +1,87 @@
+"""What a new operator met following client/README.md: repeated `events --checkpoint` calls
+handing a block out twice, output cut by a closed pipe, `netgen` over an existing home and
+command-line mistakes answered with exit status 1 (no network needed: stand-ins)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from rxchain.v1 import services_pb2
+
+import client.session
+from client.cli import main
+from tests.client.test_events import _block
+
+
+class _EventsSession:
+    """Stands in for a Session whose peer holds blocks 0..top."""
+
+    top = 9
+    starts: ClassVar[list[int]] = []
+
+    def __init__(self, home: Path, as_: str, peer_org: str | None = None):
+        self.gateway = self
+
+    def __enter__(self) -> _EventsSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def events(self, start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
+        type(self).starts.append(start)
+        for n in range(start, self.top + 1):
+            yield _block(n)
+
+
+def _events(tmp_path: Path, *argv: str) -> tuple[int, dict[str, Any]]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--json", "--home", str(tmp_path), "--as", "h01:dr-jiang", "events", *argv], out=out, err=err)
+    assert "Traceback" not in err.getvalue()
+    return rc, json.loads(out.getvalue())
+
+
+@pytest.fixture
+def events_peer(monkeypatch: pytest.MonkeyPatch) -> type[_EventsSession]:
+    _EventsSession.starts = []
+    monkeypatch.setattr(client.session, "Session", _EventsSession)
+    return _EventsSession
+
+
+def test_events_with_a_checkpoint_resume_after_the_last_block_printed(tmp_path: Path,
+                                                                     events_peer: type[_EventsSession]) -> None:
+    """`--limit` used to stop before the last printed block was checkpointed: every call
+    printed the previous call's last block again and named it as `next_block`."""
+    cp = tmp_path / "cp"
+    seen: list[int] = []
+    for _ in range(3):
+        rc, body = _events(tmp_path, "--checkpoint", str(cp), "--limit", "2")
+        assert rc == 0
+        blocks = [b["block"] for b in body["blocks"]]
+        assert body["next_block"] == blocks[-1] + 1
+        seen += blocks
+    assert seen == [0, 1, 2, 3, 4, 5]  # each block once, in order
+    assert cp.read_text().strip() == "6"
+    rc, body = _events(tmp_path, "--checkpoint", str(cp))  # the rest, up to the peer's height
+    assert [b["block"] for b in body["blocks"]] == [6, 7, 8, 9] and body["next_block"] == 10
+
+
+def test_events_from_a_start_block_name_the_block_after_the_last_printed(
+        tmp_path: Path, events_peer: type[_EventsSession]) -> None:
+    rc, body = _events(tmp_path, "--start", "4", "--limit", "2")
+    assert rc == 0 and [b["block"] for b in body["blocks"]] == [4, 5] and body["next_block"] == 6
+
+
+def test_events_start_and_checkpoint_together_are_a_usage_error(
+        tmp_path: Path, events_peer: type[_EventsSession]) -> None:
+    """The README gives them as alternatives; --start used to be ignored silently."""
+    cp = tmp_path / "cp"
+    cp.write_text("7\n")
+    rc, body = _events(tmp_path, "--start", "2", "--checkpoint", str(cp))
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "--start" in body["message"]
+    assert events_peer.starts == [] and cp.read_text() == "7\n"
