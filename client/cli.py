@@ -24,8 +24,10 @@ wallet. See client/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -555,9 +557,29 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- output
 
 def _progress(a: argparse.Namespace) -> Callable[[str], None]:
-    if getattr(a, "json", False):
-        return lambda msg: print(msg, file=sys.stderr, flush=True)
-    return lambda msg: print(msg, flush=True)
+    stream = sys.stderr if getattr(a, "json", False) else sys.stdout
+    return lambda msg: _say(msg, stream)
+
+
+def _say(text: str, stream: TextIO) -> None:
+    """Print one line. A reader that went away (``rxchain network up | head``) loses the rest
+    of the output, never the command: a progress line must not abort a start-up half done (and
+    stop the nodes it started), nor a result line turn a committed step into a failure."""
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        _drop_output(stream)
+
+
+def _drop_output(stream: TextIO) -> None:
+    """Send what is still written to ``stream`` (and its flush at exit, which would raise
+    again) to /dev/null."""
+    with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor: nothing to do
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, stream.fileno())
+        finally:
+            os.close(fd)
 
 
 def _clean(value: Any, keep_newlines: bool = False) -> str:
@@ -581,25 +603,25 @@ def _human(value: Any, out: TextIO, indent: str = "") -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if isinstance(v, dict | list) and v:
-                print(f"{indent}{_clean(k)}:", file=out)
+                _say(f"{indent}{_clean(k)}:", out)
                 _human(v, out, indent + "  ")
             else:
-                print(f"{indent}{_clean(k)}: {_clean(v)}", file=out)
+                _say(f"{indent}{_clean(k)}: {_clean(v)}", out)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict):
-                print(f"{indent}- " + ", ".join(f"{_clean(k)}={_clean(v)}" for k, v in item.items()), file=out)
+                _say(f"{indent}- " + ", ".join(f"{_clean(k)}={_clean(v)}" for k, v in item.items()), out)
             else:
-                print(f"{indent}- {_clean(item)}", file=out)
+                _say(f"{indent}- {_clean(item)}", out)
     else:
-        print(f"{indent}{_clean(value)}", file=out)
+        _say(f"{indent}{_clean(value)}", out)
 
 
 def _fail(want_json: bool, reason: str, message: str, out: TextIO, err: TextIO) -> int:
     if want_json:
-        print(json.dumps({"error": reason, "message": message}, ensure_ascii=False), file=out)
+        _say(json.dumps({"error": reason, "message": message}, ensure_ascii=False), out)
     else:
-        print(f"error: {_clean(reason)}: {_clean(message, keep_newlines=True)}", file=err)
+        _say(f"error: {_clean(reason)}: {_clean(message, keep_newlines=True)}", err)
     return EXIT_REFUSED
 
 
@@ -629,12 +651,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
             body: dict[str, Any] = {"error": exc.reason, "message": exc.message}
             if isinstance(detail, dict):
                 body["detail"] = detail
-            print(json.dumps(body, ensure_ascii=False), file=out)
+            _say(json.dumps(body, ensure_ascii=False), out)
         else:
-            print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
+            _say(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", err)
             if isinstance(detail, dict):
                 for key, value in detail.items():
-                    print(f"{_clean(key)}: {_clean(value)}", file=err)
+                    _say(f"{_clean(key)}: {_clean(value)}", err)
         return _exit_status(exc)
     except RxError as exc:
         return _fail(want_json, exc.reason, exc.message, out, err)
@@ -646,7 +668,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except Exception as exc:  # noqa: BLE001 - a bug must still answer in the documented shape
         return _fail(want_json, "INTERNAL", f"{type(exc).__name__}: {exc}", out, err)
     if want_json:
-        print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
+        _say(json.dumps(result, ensure_ascii=False, sort_keys=True), out)
     else:
         _human(result, out)
     return EXIT_OK

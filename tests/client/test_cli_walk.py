@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -85,3 +88,51 @@ def test_events_start_and_checkpoint_together_are_a_usage_error(
     rc, body = _events(tmp_path, "--start", "2", "--checkpoint", str(cp))
     assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "--start" in body["message"]
     assert events_peer.starts == [] and cp.read_text() == "7\n"
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader went away (`rxchain ... | head`)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_to_a_closed_pipe_keeps_the_outcome_and_status(tmp_path: Path,
+                                                              events_peer: type[_EventsSession]) -> None:
+    """`rxchain claim settle ... | head -5` used to end in a BrokenPipeError traceback with exit
+    status 1 ("did not commit") after the step had committed."""
+    cp = tmp_path / "cp"
+    for json_flag in ((), ("--json",)):
+        err = io.StringIO()
+        rc = main([*json_flag, "--home", str(tmp_path), "--as", "h01:dr-jiang", "events", "--checkpoint",
+                   str(cp), "--limit", "3"], out=_ClosedPipe(), err=err)
+        assert rc == 0 and err.getvalue() == ""
+    assert cp.read_text().strip() == "6"  # both calls were carried out
+
+
+def test_progress_lines_to_a_closed_pipe_do_not_abort_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rxchain network up | head` raised at a progress line, and the launcher then stopped the
+    nodes it had just started."""
+    import argparse
+
+    from client.cli import _progress
+
+    for as_json, stream in ((False, "stdout"), (True, "stderr")):
+        monkeypatch.setattr(sys, stream, _ClosedPipe())
+        say = _progress(argparse.Namespace(json=as_json))
+        say("started 3 orderers; waiting for them")
+        say("  orderer.ins01 serving (1/3)")
+
+
+def test_a_reader_gone_before_the_output_is_no_traceback(net_home: Any) -> None:
+    """End to end: the CLI's stdout is a pipe whose reader has closed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "client.cli", "--home", str(net_home.home), "network",
+                               "status"], check=False, stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stderr == b""
