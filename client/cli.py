@@ -166,7 +166,7 @@ def cmd_netgen(a: argparse.Namespace) -> dict[str, Any]:
     from client.launcher import generate_material
 
     home = _home(a)
-    generated = generate_material(home, a.consortium, a.base_port)
+    generated = generate_material(home, a.consortium, a.base_port, complete=True)
     return {"home": str(home), "generated": generated}
 
 

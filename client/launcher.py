@@ -56,12 +56,15 @@ def default_home() -> Path:
 
 
 def generate_material(home: Path, consortium: Path | None = None,
-                      base_port: int | None = None) -> bool:
-    """Run the generator unless ``home`` already holds a network; True if it generated."""
+                      base_port: int | None = None, complete: bool = False) -> bool:
+    """Run the generator unless ``home`` already holds a network (``complete``: over one too, as
+    ``python -m netgen`` does: it refuses another consortium, a lost or readable key, and adds
+    what is missing); True if it generated a network the home did not hold."""
     from netgen import generate
     from netgen.spec import naming_file, read_consortium_file
 
-    if (home / "network.yaml").exists() and (home / "genesis.block").exists():
+    existing = (home / "network.yaml").exists() and (home / "genesis.block").exists()
+    if existing and not complete:
         return False
     path = consortium or DEFAULT_CONSORTIUM
     try:  # strictly: duplicate keys, aliases, non-UTF-8 and oversized files are refused
@@ -79,7 +82,7 @@ def generate_material(home: Path, consortium: Path | None = None,
             exc = naming_file(exc, path)
         reason = getattr(exc, "reason", "BAD_CONFIG")
         raise RxClientError(str(reason), str(getattr(exc, "message", exc))) from exc
-    return True
+    return not existing
 
 
 NODE_MODULES = ("node.peer", "node.orderer")

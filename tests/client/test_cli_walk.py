@@ -136,3 +136,35 @@ def test_a_reader_gone_before_the_output_is_no_traceback(net_home: Any) -> None:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr == b""
+
+
+def _netgen(home: Path, consortium: Path) -> tuple[int, dict[str, Any]]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--json", "--home", str(home), "netgen", "--consortium", str(consortium)], out=out, err=err)
+    assert "Traceback" not in err.getvalue()
+    return rc, json.loads(out.getvalue())
+
+
+def test_netgen_over_an_existing_home_checks_it_as_python_m_netgen_does(tmp_path: Path) -> None:
+    """`rxchain netgen` answered `generated: false` over any existing home, so none of the
+    checks the README promises for a second run (another consortium, a readable key) ran."""
+    import yaml
+
+    from tests.client.conftest import client_consortium
+
+    home, spec = tmp_path / "home", tmp_path / "consortium.yaml"
+    spec.write_text(yaml.safe_dump(client_consortium()))
+    assert _netgen(home, spec) == (0, {"home": str(home), "generated": True})
+    assert _netgen(home, spec) == (0, {"home": str(home), "generated": False})  # idempotent
+
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**client_consortium(), "consortium_id": "another-net"}))
+    genesis = (home / "genesis.block").read_bytes()
+    rc, body = _netgen(home, other)
+    assert (rc, body["error"]) == (1, "BAD_CONFIG") and "consortium_id" in body["message"]
+    assert (home / "genesis.block").read_bytes() == genesis
+
+    key = home / "nodes" / "peer.h01" / "key.pem"
+    key.chmod(0o644)
+    rc, body = _netgen(home, spec)
+    assert (rc, body["error"]) == (1, "BAD_CONFIG") and "key.pem" in body["message"]
