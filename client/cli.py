@@ -111,6 +111,35 @@ def _lock_id_arg(text: str) -> str:
 
 
 _lock_id_arg.__name__ = "lock id"
+
+
+def _as_arg(text: str) -> str:
+    """An argparse type: ``ORG:USER`` (client.wallet.parse_as), so a malformed one is a usage
+    error (exit 2) like a missing one, not a refusal."""
+    from client.wallet import parse_as
+
+    try:
+        parse_as(text)
+    except RxClientError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+_as_arg.__name__ = "ORG:USER"
+
+
+def _drug_arg(text: str) -> str:
+    """An argparse type: ``CODE:QTY`` with a positive QTY (client.rxops.parse_drug)."""
+    from client.rxops import parse_drug
+
+    try:
+        parse_drug(text)
+    except RxClientError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+_drug_arg.__name__ = "drug"
 _PORT = _int_in(1, 65535)
 _COUNT = _int_in(0, 2**63 - 1)
 
@@ -122,7 +151,7 @@ def _common() -> argparse.ArgumentParser:
                    help="print one JSON object")
     p.add_argument("--home", type=Path, default=argparse.SUPPRESS,
                    help="network home (default $RXCHAIN_HOME or <project>/.rxchain)")
-    p.add_argument("--as", dest="as_", metavar="ORG:USER", default=argparse.SUPPRESS,
+    p.add_argument("--as", dest="as_", metavar="ORG:USER", type=_as_arg, default=argparse.SUPPRESS,
                    help="wallet identity to act as")
     p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG",
                    help="peer organisation to connect to (default: your own)")
@@ -442,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     iss = sub(rx, "issue", _with_ops(_issue), "issue a prescription (doctor)")
     iss.add_argument("--patient", required=True)
     iss.add_argument("--diagnosis", required=True, metavar="ICD10")
-    iss.add_argument("--drug", action="append", metavar="CODE:QTY")
+    iss.add_argument("--drug", action="append", type=_drug_arg, metavar="CODE:QTY")
     iss.add_argument("--days", type=int, required=True)
     iss.add_argument("--long", action="store_true")
     iss.add_argument("--chronic-reason")

@@ -55,13 +55,13 @@ def test_missing_network_and_wallet(tmp_path: Path, net_home):
     body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01:ghost", "rx",
                        "show", "RX1")
     assert body["error"] == "NO_WALLET"
-    body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01", "rx", "trace",
+    body = _json_error(2, "--json", "--home", str(net_home.home), "--as", "h01", "rx", "trace",
                        "RX1")
-    assert body["error"] == "BAD_ARGUMENTS"
+    assert body["error"] == "BAD_ARGUMENTS"  # a usage error, as a missing --as
 
 
 def test_bad_drug_argument(net_home):
-    body = _json_error(1, "--json", "--home", str(net_home.home), "--as", "h01:dr-jiang", "rx",
+    body = _json_error(2, "--json", "--home", str(net_home.home), "--as", "h01:dr-jiang", "rx",
                        "issue", "--patient", "patient-zhang", "--diagnosis", "I10", "--days", "7",
                        "--drug", "amlodipine")
     assert body["error"] == "BAD_ARGUMENTS"

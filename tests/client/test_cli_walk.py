@@ -168,3 +168,22 @@ def test_netgen_over_an_existing_home_checks_it_as_python_m_netgen_does(tmp_path
     key.chmod(0o644)
     rc, body = _netgen(home, spec)
     assert (rc, body["error"]) == (1, "BAD_CONFIG") and "key.pem" in body["message"]
+
+
+@pytest.mark.parametrize("argv", [
+    ("--as", "h01", "rx", "show", "RX1"),                # no user: exit 1 while a missing --as was 2
+    ("--as", "h01:../admin", "rx", "show", "RX1"),
+    ("--as", "h01:dr-jiang", "rx", "issue", "--patient", "p", "--diagnosis", "I10", "--days", "7",
+     "--drug", "amlodipine:0"),
+    ("--as", "h01:dr-jiang", "rx", "issue", "--patient", "p", "--diagnosis", "I10", "--days", "7",
+     "--drug", "amlodipine"),
+    ("--as", "h01:dr-jiang", "rx", "issue", "--patient", "p", "--diagnosis", "I10", "--days", "7",
+     "--drug", "amlodipine:two"),
+])
+def test_a_malformed_identity_or_drug_line_is_a_usage_error(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """BAD_ARGUMENTS of the command line is exit status 2 ("fix the command line"), never 1."""
+    out = io.StringIO()
+    rc = main(["--json", "--home", str(tmp_path), *argv], out=out, err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS")
+    assert list(tmp_path.iterdir()) == []  # nothing looked up, nothing written
