@@ -307,12 +307,16 @@ class Launcher:
         fresh: set[str] = set()  # nodes this call started (stopped again if start-up fails)
         try:
             for group, label in ((net.orderers, "orderers"), (net.peers, "peers")):
+                already = 0
                 for node in group:
                     running = self.running_pid(node.name) is not None
                     started.append(self.start_node(node))
-                    if not running:
+                    if running:
+                        already += 1
+                    else:
                         fresh.add(node.name)
-                progress(f"started {len(group)} {label}; waiting for them")
+                ran = f" ({already} already running)" if already else ""
+                progress(f"started {len(group) - already} {label}{ran}; waiting for them")
                 self.wait_healthy(net, group, timeout_s, progress)
         except BaseException:
             if fresh:

@@ -50,8 +50,11 @@ def test_up_status_down(tmp_path: Path, base_port: int):
         assert [p.kind for p in procs] == ["orderer", "peer", "peer"]
         assert progress[0].startswith("started 1 orderers")
         assert all((home / "run" / f"{p.name}.pid").exists() for p in procs)
-        again = launcher.up(timeout_s=30)  # idempotent: the same processes
+        progress.clear()
+        again = launcher.up(timeout_s=30, progress=progress.append)  # idempotent: the same processes
         assert [p.pid for p in again] == [p.pid for p in procs]
+        assert progress[0].startswith("started 0 orderers (1 already running);")  # not "started 1"
+        assert any(line.startswith("started 0 peers (2 already running);") for line in progress)
         rows = launcher.status()
         assert [r["serving"] for r in rows] == [True, True, True]
         assert rows[0]["height"] == 1
