@@ -113,6 +113,7 @@ code; messages never carry the gateway's file paths or internal addresses.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import socket
@@ -986,8 +987,12 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
     if node not in {n.name for n in ids.net.peers}:
         raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")
     ndir = home / "nodes" / node
-    server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, limits,
-                     request_deadline_s, refusal_deadline_s, source_key=source_key)
+    try:
+        server = _Server((host, port), FhirApp(ids), log, handshake_timeout_s, limits,
+                         request_deadline_s, refusal_deadline_s, source_key=source_key)
+    except OSError as exc:  # the address it cannot listen on is named (was a bare "Address already in use")
+        reason = "PORT_IN_USE" if exc.errno == errno.EADDRINUSE else "IO_ERROR"
+        raise RxClientError(reason, f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     ctx = tls_context(ndir / "cert.pem", ndir / "key.pem", home / "ca-bundle.pem")
     # No handshake in accept(): finish_request does it in the worker thread, with a timeout.
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)

@@ -187,3 +187,18 @@ def test_a_malformed_identity_or_drug_line_is_a_usage_error(tmp_path: Path, argv
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (2, "BAD_ARGUMENTS")
     assert list(tmp_path.iterdir()) == []  # nothing looked up, nothing written
+
+
+def test_fhir_serve_on_a_taken_port_names_it(net_home: Any) -> None:
+    """Was IO_ERROR "Address already in use", naming neither the address nor the port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = io.StringIO()
+        rc = main(["--json", "--home", str(net_home.home), "fhir", "serve", "--port", str(port)], out=out,
+                  err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (1, "PORT_IN_USE") and f"127.0.0.1:{port}" in body["message"]
