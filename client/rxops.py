@@ -128,6 +128,14 @@ class RxOperations:
         p = self.s.directory.resolve(ref)
         return p, p.pseudonym(self.s.net.secret)
 
+    def pseudonym(self, ref: str) -> str:
+        """The ledger's id of patient ``ref``: a handle or ID number through the local directory
+        and the consortium secret, or the pseudonym itself (64 lower-case hex, the ``patient`` of
+        ``rx show``): all a patient's device, holding her binding but no secret, can name."""
+        if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref):
+            return ref
+        return self.patient(ref)[1]
+
     def new_rx_id(self) -> str:
         """A fresh prescription number (hiRxno)."""
         day = dt.datetime.fromtimestamp(self.s.clock() / 1000, CHINA_TZ).strftime("%Y%m%d")
@@ -482,7 +490,7 @@ class RxOperations:
         """Prescription metadata: one patient's (patient, hospital admin, auditor) or all
         (auditor), paged by rx id (``next`` is the start of the following page)."""
         if patient:
-            _, pseud = self.patient(patient)
+            pseud = self.pseudonym(patient)
             res = self.s.gateway.evaluate(RX, "patient_prescriptions",
                                           {"patient": pseud, "start": start, "limit": limit})
         else:
@@ -630,7 +638,7 @@ class RxOperations:
 
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""
-        _, pseud = self.patient(ref)
+        pseud = self.pseudonym(ref)
         res = self.s.gateway.evaluate(SETTLEMENT, "patient_status",
                                       {"pseudonym": pseud, "year": year})
         if not isinstance(res, dict):

@@ -11,13 +11,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 from rxchain.v1 import services_pb2
 
 import client.session
 from client.cli import main
+from client.errors import RxClientError
 from tests.client.test_events import _block
 
 
@@ -202,3 +203,43 @@ def test_fhir_serve_on_a_taken_port_names_it(net_home: Any) -> None:
                   err=io.StringIO())
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (1, "PORT_IN_USE") and f"127.0.0.1:{port}" in body["message"]
+
+
+class _DeviceSession:
+    """A patient's device: her wallet and binding, no consortium secret, no HIS directory."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.gateway = self
+        self.directory = self
+        self.net = self
+
+    @property
+    def secret(self) -> bytes:
+        raise RxClientError("NO_SECRET", "this needs the consortium secret")
+
+    def resolve(self, ref: str) -> Any:
+        raise RxClientError("UNKNOWN_PATIENT", "no patient in the local directory")
+
+    def evaluate(self, contract: str, fn: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((contract, fn, args))
+        return {"prescriptions": [], "next": ""} if fn == "patient_prescriptions" else {"year": 2026}
+
+
+def test_a_patient_without_the_secret_names_herself_by_her_pseudonym() -> None:
+    """On her own device (README: no consortium-secret, her patient-binding) a patient could
+    neither list her prescriptions nor read her account: both wanted a handle or an ID number,
+    turned into the pseudonym with the secret she does not hold."""
+    from client.rxops import RxOperations
+
+    me = "cb815fca5f8de7a593da3a6db474cffafc902f215e5705bfe0ef71f4fd6f6c8f"
+    s = _DeviceSession()
+    ops = RxOperations.__new__(RxOperations)
+    ops.s = cast(Any, s)
+    assert ops.list_prescriptions(patient=me)["prescriptions"] == []
+    assert ops.patient_status(me)["patient"] == me
+    assert [(fn, a.get("patient", a.get("pseudonym"))) for _, fn, a in s.calls] == [
+        ("patient_prescriptions", me), ("patient_status", me)]
+    with pytest.raises(RxClientError) as exc:  # anything else still goes through the directory
+        ops.patient_status(me.upper())
+    assert exc.value.reason == "UNKNOWN_PATIENT"
