@@ -243,3 +243,29 @@ def test_a_patient_without_the_secret_names_herself_by_her_pseudonym() -> None:
     with pytest.raises(RxClientError) as exc:  # anything else still goes through the directory
         ops.patient_status(me.upper())
     assert exc.value.reason == "UNKNOWN_PATIENT"
+
+
+def test_catch_up_wait_is_bounded_by_elapsed_time_not_by_pauses() -> None:
+    """Before a call the SDK waits (README: at most 15 s) for its peer to reach the last block
+    seen; only the 50 ms pauses were counted, so a peer answering Status slowly (up to the 3 s
+    timeout each) held every call for up to 300 x 3 s."""
+    import time
+
+    from client.gateway import Gateway
+
+    class SlowAdmin:
+        timeouts: ClassVar[list[float]] = []
+
+        def Status(self, request: services_pb2.StatusRequest, timeout: float) -> services_pb2.StatusResponse:
+            self.timeouts.append(timeout)
+            time.sleep(min(timeout, 0.2))
+            return services_pb2.StatusResponse(height=3)  # behind block 5, for good
+
+    gw = Gateway.__new__(Gateway)
+    gw._admin = cast(Any, SlowAdmin())
+    gw._peer_height = 0
+    gw._sleep = time.sleep
+    t0 = time.monotonic()
+    assert gw.wait_for_block(5, timeout_s=0.5) is False
+    assert time.monotonic() - t0 < 1.2  # was ~2.5 s: 10 pauses of 50 ms, each after a 0.2 s call
+    assert max(SlowAdmin.timeouts) <= 0.5
