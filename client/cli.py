@@ -113,6 +113,17 @@ def _lock_id_arg(text: str) -> str:
 _lock_id_arg.__name__ = "lock id"
 
 
+def _base_port_arg(text: str) -> int:
+    """An argparse type: a base port in the generator's range (netgen.spec), so --base-port 80 is a
+    usage error, not a BAD_CONFIG blaming the consortium file for it."""
+    from netgen.spec import BASE_PORT_MAX, BASE_PORT_MIN
+
+    return _int_in(BASE_PORT_MIN, BASE_PORT_MAX)(text)
+
+
+_base_port_arg.__name__ = "base port"
+
+
 def _as_arg(text: str) -> str:
     """An argparse type: ``ORG:USER`` (client.wallet.parse_as), so a malformed one is a usage
     error (exit 2) like a missing one, not a refusal."""
@@ -140,7 +151,6 @@ def _drug_arg(text: str) -> str:
 
 
 _drug_arg.__name__ = "drug"
-_PORT = _int_in(1, 65535)
 _COUNT = _int_in(0, 2**63 - 1)
 
 
@@ -450,14 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ng = sub(groups, "netgen", cmd_netgen, "generate keys, certificates, node configs, genesis")
     ng.add_argument("--consortium", type=Path)
-    ng.add_argument("--base-port", type=_PORT, help="first port of a new network (an existing home keeps "
+    ng.add_argument("--base-port", type=_base_port_arg, help="first port of a new network (an existing home keeps "
                                                   "the ports its genesis names)")
 
     net = groups.add_parser("network", help="the local network").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     up = sub(net, "up", cmd_network_up, "generate if missing, start all nodes, bootstrap once")
     up.add_argument("--consortium", type=Path)
-    up.add_argument("--base-port", type=_PORT, help="first port if the home is generated now")
+    up.add_argument("--base-port", type=_base_port_arg, help="first port if the home is generated now")
     up.add_argument("--timeout", type=_seconds, default=120.0)
     up.add_argument("--sample-data", type=Path)
     up.add_argument("--no-sample-data", action="store_true")

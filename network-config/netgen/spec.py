@@ -161,6 +161,9 @@ LIMIT_KEYS = (
 )
 
 
+BASE_PORT_MIN, BASE_PORT_MAX = 1024, 60000  # room above for every node and metrics port
+
+
 def parse_spec(raw: Any) -> ConsortiumSpec:
     """Validate a parsed consortium document."""
     if not isinstance(raw, dict):
@@ -168,8 +171,9 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
     _check_keys(raw, TOP_KEYS, "top level")
     cid = _check_id(raw.get("consortium_id"), "consortium_id")
     base_port = raw.get("base_port", 7050)
-    if not isinstance(base_port, int) or isinstance(base_port, bool) or not 1024 <= base_port <= 60000:
-        raise _bad(f"base_port {_show(base_port)} must be an integer in 1024..60000")
+    if (not isinstance(base_port, int) or isinstance(base_port, bool)
+            or not BASE_PORT_MIN <= base_port <= BASE_PORT_MAX):
+        raise _bad(f"base_port {_show(base_port)} must be an integer in {BASE_PORT_MIN}..{BASE_PORT_MAX}")
     batch = _int_map(raw.get("batch"), "batch", BATCH_KEYS)
     limits = _int_map(raw.get("limits"), "limits", LIMIT_KEYS)
     if limits["max_envelope_bytes"] > limits["max_message_bytes"]:

@@ -269,3 +269,18 @@ def test_catch_up_wait_is_bounded_by_elapsed_time_not_by_pauses() -> None:
     assert gw.wait_for_block(5, timeout_s=0.5) is False
     assert time.monotonic() - t0 < 1.2  # was ~2.5 s: 10 pauses of 50 ms, each after a 0.2 s call
     assert max(SlowAdmin.timeouts) <= 0.5
+
+
+@pytest.mark.parametrize("argv", [
+    ("netgen", "--base-port", "80"),
+    ("netgen", "--base-port", "64000"),
+    ("network", "up", "--base-port", "1023", "--no-bootstrap"),
+])
+def test_base_port_outside_the_generators_range_is_a_usage_error(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    """--base-port 80 passed the parser (1..65535) and came back BAD_CONFIG, exit 1, blaming
+    the consortium file for a number it does not hold."""
+    out = io.StringIO()
+    rc = main(["--json", "--home", str(tmp_path / "home"), *argv], out=out, err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "1024..60000" in body["message"]
+    assert not (tmp_path / "home").exists()
