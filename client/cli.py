@@ -113,6 +113,20 @@ def _lock_id_arg(text: str) -> str:
 _lock_id_arg.__name__ = "lock id"
 
 
+def _trace_code_arg(text: str) -> str:
+    """An argparse type: a box trace code as ``prescription.dispense`` takes it (1-64 of
+    ``[A-Za-z0-9-_.]``, the contract's check of an rx id too), refused here rather than after
+    the command has locked the prescription (a lock and a release on the ledger for nothing)."""
+    from client.rxid import is_rx_id
+
+    if not is_rx_id(text):
+        raise argparse.ArgumentTypeError(f"a trace code is 1-64 characters of [A-Za-z0-9-_.], got {text[:80]!r}")
+    return text
+
+
+_trace_code_arg.__name__ = "trace code"
+
+
 def _base_port_arg(text: str) -> int:
     """An argparse type: a base port in the generator's range (netgen.spec), so --base-port 80 is a
     usage error, not a BAD_CONFIG blaming the consortium file for it."""
@@ -278,6 +292,13 @@ def _review(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
         raise UsageError("rx review needs exactly one of --approve or --reject REASON")
     res: dict[str, Any] = ops.review(a.rx_id, a.approve, a.reject or "", a.note or "")
     return res
+
+
+def cmd_rx_dispense(a: argparse.Namespace) -> dict[str, Any]:
+    twice = sorted({c for c in a.trace_code if a.trace_code.count(c) > 1})
+    if twice:  # one code per box: the contract refuses it TRACE_CODE_REUSED, after the lock
+        raise UsageError(f"--trace-code {twice[0]} given twice (one code per box)")
+    return _with_ops(_dispense)(a)
 
 
 def _dispense(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -518,10 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ("show", "metadata and decrypted content if granted"),
                         ("trace", "the whole trail")):
         sub(rx, name, _simple(name, "rx_id"), help_).add_argument("rx_id")
-    dis = sub(rx, "dispense", _with_ops(_dispense),
+    dis = sub(rx, "dispense", cmd_rx_dispense,
               "dispense (pharmacist of the routed pharmacy)")
     dis.add_argument("rx_id")
-    dis.add_argument("--trace-code", action="append", default=[], metavar="CODE")
+    dis.add_argument("--trace-code", action="append", default=[], type=_trace_code_arg, metavar="CODE")
     dis.add_argument("--lock-id", type=_lock_id_arg, metavar="LOCK_ID",
                      help="dispense under this lock only (the lock_id rx lock printed; nothing is locked "
                           "here): refused ALREADY_LOCKED when the pharmacy holds another one by now; without "

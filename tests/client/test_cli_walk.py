@@ -284,3 +284,22 @@ def test_base_port_outside_the_generators_range_is_a_usage_error(tmp_path: Path,
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "1024..60000" in body["message"]
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize(("codes", "shown"), [
+    (("8312345678901234567", "8312345678901234567"), "given twice"),
+    (("bad code!",), "1-64 characters"),
+    (("x" * 65,), "1-64 characters"),
+])
+def test_dispense_trace_codes_are_checked_before_anything_is_locked(tmp_path: Path, codes: tuple[str, ...],
+                                                                    shown: str) -> None:
+    """The contract refuses these (TRACE_CODE_REUSED, BAD_TRANSIENT) only after the CLI has
+    locked the prescription: a lock and a release on the ledger for a typo. The FHIR gateway
+    checks them first (400 FHIR_INVALID); so does the CLI now, as a usage error."""
+    out = io.StringIO()
+    argv = ["--json", "--home", str(tmp_path), "--as", "p01:pharm-wang", "rx", "dispense", "RX1"]
+    for code in codes:
+        argv += ["--trace-code", code]
+    rc = main(argv, out=out, err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and shown in body["message"]
