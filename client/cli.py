@@ -353,11 +353,16 @@ def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:
 
     _, net, ident = _ledger_identity(a)
     rows = []
+    down: list[str] = []
     for p in _peers(net, a):
         with AdminClient(ident, p.target) as c:
             h = c.status(p.name)
         rows.append({"peer": p.name, "org": p.org, "height": h.height, "serving": h.serving,
                      "last_block_hash": h.last_block_hash, "state_hash": h.state_hash})
+        if not h.serving:
+            down.append(f"{p.name} ({h.detail or 'not serving'})")
+    if rows and len(down) == len(rows):  # no height known: not a ledger of height 0
+        raise RxClientError("SERVICE_UNAVAILABLE", "no peer answered: " + ", ".join(down))
     out: dict[str, Any] = {"peers": rows}
     if len(rows) == 1:
         out["height"] = rows[0]["height"]

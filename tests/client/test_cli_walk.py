@@ -303,3 +303,13 @@ def test_dispense_trace_codes_are_checked_before_anything_is_locked(tmp_path: Pa
     rc = main(argv, out=out, err=io.StringIO())
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and shown in body["message"]
+
+
+def test_ledger_height_with_no_peer_answering_is_a_failure_not_height_0(net_home: Any) -> None:
+    """With the peer asked down, `ledger height --peer h01` answered `height: 0` with status 0
+    (a ledger always holds its genesis block: 0 is no height)."""
+    out = io.StringIO()
+    rc = main(["--json", "--home", str(net_home.home), "--as", "h01:dr-jiang", "ledger", "height", "--peer", "h01"],
+              out=out, err=io.StringIO())  # net_home: material only, no node runs
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (1, "SERVICE_UNAVAILABLE") and "peer.h01" in body["message"]
