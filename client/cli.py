@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
              "prescription metadata of a patient (or all, for auditors)")
     ls.add_argument("--patient")
     ls.add_argument("--start", default="")
-    ls.add_argument("--limit", type=_int_in(1, 100_000), default=50)
+    ls.add_argument("--limit", type=_int_in(1, 200), default=50,  # the contracts' page bound
+                    help="prescriptions per page, 1-200 (default 50); `next` starts the following page")
     au = sub(rx, "audit", _simple("audit", "rx_id"),
              "grants, key fetches and denials (patient, hospital admin, auditors)")
     au.add_argument("rx_id")

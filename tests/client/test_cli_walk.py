@@ -313,3 +313,12 @@ def test_ledger_height_with_no_peer_answering_is_a_failure_not_height_0(net_home
               out=out, err=io.StringIO())  # net_home: material only, no node runs
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (1, "SERVICE_UNAVAILABLE") and "peer.h01" in body["message"]
+
+
+def test_rx_list_limit_beyond_a_page_is_a_usage_error(tmp_path: Path) -> None:
+    """The parser took 1..100000 and the contract answered BAD_ARGUMENTS (exit 1) above 200."""
+    out = io.StringIO()
+    rc = main(["--json", "--home", str(tmp_path), "--as", "reg01:auditor-1", "rx", "list", "--limit", "201"],
+              out=out, err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "1..200" in body["message"]
