@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -38,14 +39,22 @@ def read_last_block(home: Path) -> int:
 
 
 def record_last_block(home: Path, block: int) -> None:
-    """Remember a committed block so the next client waits for its own peer to reach it."""
+    """Remember a committed block so the next client waits for its own peer to reach it.
+
+    Best effort: it runs right after a commit, so a home where the file cannot be written (a
+    read-only or foreign ``run``) must not turn the committed step into an IO_ERROR, which
+    tells the caller it did not commit; the next client then just does not wait for it."""
     path = Path(home) / LAST_BLOCK_FILE
     if block <= read_last_block(home):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"last-block.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(f"{block}\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(f"{block}\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 class Session:

@@ -322,3 +322,19 @@ def test_rx_list_limit_beyond_a_page_is_a_usage_error(tmp_path: Path) -> None:
               out=out, err=io.StringIO())
     body = json.loads(out.getvalue())
     assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "1..200" in body["message"]
+
+
+def test_a_last_block_file_that_cannot_be_written_does_not_fail_a_committed_step(tmp_path: Path) -> None:
+    """The read-your-writes bookkeeping runs after the commit: with HOME/run unusable (here a
+    file), `rx revoke` committed and the CLI answered IO_ERROR, status 1 ("did not commit")."""
+    from client.session import read_last_block, record_last_block
+
+    (tmp_path / "run").write_text("not a directory\n")
+    record_last_block(tmp_path, 41)  # no exception: the step's outcome stands
+    assert read_last_block(tmp_path) == -1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+    home = tmp_path / "ok"
+    record_last_block(home, 7)  # a usable home keeps recording
+    record_last_block(home, 5)
+    assert read_last_block(home) == 7
