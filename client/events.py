@@ -98,7 +98,10 @@ class FileCheckpoint:
             mode: int | None = stat.S_IMODE(os.stat(self.path).st_mode)  # monitor, keeps access)
         except OSError:
             mode = None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:  # named as the checkpoint, not as the temporary file beside it
+            raise RxClientError("BAD_CHECKPOINT", f"cannot write {self.path}: {exc.strerror}") from None
         try:
             if mode is not None:
                 os.fchmod(fd, mode)

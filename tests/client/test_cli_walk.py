@@ -338,3 +338,14 @@ def test_a_last_block_file_that_cannot_be_written_does_not_fail_a_committed_step
     record_last_block(home, 7)  # a usable home keeps recording
     record_last_block(home, 5)
     assert read_last_block(home) == 7
+
+
+def test_a_checkpoint_in_a_missing_directory_is_bad_checkpoint_naming_it(tmp_path: Path) -> None:
+    """Was IO_ERROR naming a temporary file (.cp.jz7fx_02.tmp) the user never asked for."""
+    from client.events import FileCheckpoint
+
+    cp = FileCheckpoint(tmp_path / "missing" / "cp")
+    assert cp.load() == 0
+    with pytest.raises(RxClientError) as exc:
+        cp.save(3)
+    assert exc.value.reason == "BAD_CHECKPOINT" and str(tmp_path / "missing" / "cp") in exc.value.message
