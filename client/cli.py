@@ -495,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--consortium", type=Path)
     up.add_argument("--base-port", type=_base_port_arg, help="first port if the home is generated now")
     up.add_argument("--timeout", type=_seconds, default=120.0)
-    up.add_argument("--sample-data", type=Path)
-    up.add_argument("--no-sample-data", action="store_true")
+    data = up.add_mutually_exclusive_group()  # the README's [--sample-data FILE | --no-sample-data]
+    data.add_argument("--sample-data", type=Path)
+    data.add_argument("--no-sample-data", action="store_true")
     up.add_argument("--no-bootstrap", action="store_true")
     sub(net, "status", cmd_network_status, "pid, health and height of every node")
     down = sub(net, "down", cmd_network_down, "stop every node (SIGTERM, then SIGKILL)")

@@ -349,3 +349,14 @@ def test_a_checkpoint_in_a_missing_directory_is_bad_checkpoint_naming_it(tmp_pat
     with pytest.raises(RxClientError) as exc:
         cp.save(3)
     assert exc.value.reason == "BAD_CHECKPOINT" and str(tmp_path / "missing" / "cp") in exc.value.message
+
+
+def test_network_up_with_sample_data_and_no_sample_data_is_a_usage_error(tmp_path: Path) -> None:
+    """The README gives them as alternatives; --sample-data FILE was ignored silently.
+    (A consortium file that does not exist: a regression can never launch nodes here.)"""
+    out = io.StringIO()
+    rc = main(["--json", "--home", str(tmp_path / "home"), "network", "up", "--consortium", "/nonexistent.yaml",
+               "--sample-data", str(tmp_path / "mine.yaml"), "--no-sample-data"], out=out, err=io.StringIO())
+    body = json.loads(out.getvalue())
+    assert (rc, body["error"]) == (2, "BAD_ARGUMENTS") and "--no-sample-data" in body["message"]
+    assert not (tmp_path / "home").exists()
