@@ -547,6 +547,72 @@ def _status(exc: RxClientError) -> tuple[int, str]:
     return error_reply(exc, Path("/nonexistent")).status, exc.reason
 
 
+def test_fhir_a_retry_whose_first_attempt_dispensed_under_its_lock_is_200(world: World) -> None:  # noqa: F811
+    """A MedicationDispense's first attempt locked fill 1 of a repeat prescription and its
+    answer was lost; the retry (same boxes) finds that lock held and stalls; the first
+    attempt dispenses under it, and 28 days on the counter locks fill 2. The retry's dispense
+    names the first attempt's lock: ALREADY_LOCKED. It used to be answered 422 ALREADY_LOCKED
+    ("fix the request") though its fill is on the ledger; it is the fill the request describes
+    (same pharmacy, same boxes): 200 with fill 1, nothing dispensed again, fill 2's lock kept.
+    (Before dispense tokens the retry ran under fill 2's lock, TRACE_CODE_REUSED, and 200.)"""
+    register_li(world)
+    prep = approved(world, **REPEAT)
+    rx = prep.args["rx_id"]
+    codes = ["81234560000000000121"]
+    ops_o, _ = _ops(world, WANG, prep)
+    first = ops_o.lock(rx)["lock_id"]
+    counter: dict[str, Any] = {}
+
+    def first_attempt_lands_then_the_counter_locks_fill_2() -> None:
+        dispense(world, prep, WANG, codes, lock_id=first).unwrap()
+        world.chain.advance(28 * DAY_MS)
+        counter.update(ops_o.lock(rx))
+
+    post, gw = _fhir(world, WANG, prep, {"dispense": first_attempt_lands_then_the_counter_locks_fill_2})
+    reply = post(codes)
+    assert reply.status == 200, reply
+    assert [(c[0], c[2]) for c in gw.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "ALREADY_LOCKED")]
+    values = {i["value"] for e in reply.resource["entry"] for i in e["resource"]["identifier"]}
+    assert f"{rx}/1" in values, values
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+    assert _lock(world, rx)["tx_id"] == counter["lock_id"]
+
+
+def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: World) -> None:  # noqa: F811
+    """The comparison is for a fill committed meanwhile only: the lock the POST found held
+    is freed and taken again by another call before its dispense, nothing dispensed -- the
+    refusal stands (ALREADY_LOCKED), and a POST with other boxes than a fill committed
+    meanwhile is 409 ALREADY_DISPENSED, never 200."""
+    register_li(world)
+    prep = approved(world, **REPEAT)
+    rx = prep.args["rx_id"]
+    ops_o, _ = _ops(world, WANG, prep)
+    held = ops_o.lock(rx)["lock_id"]
+
+    def freed_and_taken_again() -> None:
+        ops_o.release(rx, held)
+        ops_o.lock(rx)
+
+    post, _ = _fhir(world, LI, prep, {"dispense": freed_and_taken_again})
+    with pytest.raises(RxClientError) as refused:
+        post(["81234560000000000122"])
+    assert _status(refused.value) == (422, "ALREADY_LOCKED")
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+    # another call dispenses fill 1 under the lock the POST found held, and locks fill 2
+    taken = _lock(world, rx)["tx_id"]
+
+    def another_fill_lands_then_fill_2_locked() -> None:
+        dispense(world, prep, WANG, ["81234560000000000123"], lock_id=taken).unwrap()
+        world.chain.advance(28 * DAY_MS)
+        ops_o.lock(rx)
+
+    post, _ = _fhir(world, LI, prep, {"dispense": another_fill_lands_then_fill_2_locked})
+    with pytest.raises(RxClientError) as other:
+        post(["81234560000000000124"])
+    assert _status(other.value) == (409, "ALREADY_DISPENSED")
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+
+
 def test_fhir_a_stalled_post_is_not_answered_with_the_next_fill(world: World) -> None:  # noqa: F811
     """The gateway side of the once-more above: a POST that found another call's lock of
     fill 1 held, stalled while that call dispensed fill 1 (other boxes) and the interval
