@@ -51,8 +51,10 @@ reads (the caller gets back only what it may read):
   taken and is not the one described (another pharmacy, other trace codes, other lines or
   amounts), or the caller may not read it; ``diagnostics`` names ``rx_id`` and ``fill`` or the
   ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed). A retry whose own
-  transaction lost an MVCC race matches only a step committed meanwhile; when the comparing
-  read fails at the peer, that failure (5xx, ids in ``diagnostics``) answers, not the refusal.
+  transaction lost an MVCC race, or whose dispense was refused ALREADY_LOCKED (the lock it
+  named changed hands: its first attempt may have dispensed under it, and another call locked
+  the next fill), matches only a step committed meanwhile; when the comparing read fails at
+  the peer, that failure (5xx, ids in ``diagnostics``) answers, not the refusal.
 * Conditional create names the fill or the claim: ``If-None-Exist:
   identifier=urn:rxchain:dispense|RX_ID/FILL`` (dispense that fill unless it exists; FILL must
   be the next fill, else 422 FILL_OUT_OF_ORDER) and ``identifier=urn:rxchain:claim|CLM-RX_ID-
@@ -344,8 +346,11 @@ class FhirApp:
                 # an unnamed re-send after the fill interval: its boxes name the fill they went
                 # out in (trace_fills); compared as a retry of that fill, else the refusal stands
                 return self._dispensed(ops, rx_id, self._fill_of_codes(ops, rx_id, codes, exc), codes, meta, exc)
-            if exc.reason not in retry.FILL_TAKEN and not (
-                    isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
+            race = isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE
+            # the lock it named changed hands: its first attempt may have dispensed under it and
+            # another call locked the next fill since -- compared as a lost race is
+            moved = exc.reason == retry.LOCK_TAKEN and meta is not None
+            if exc.reason not in retry.FILL_TAKEN and not race and not moved:
                 raise
             return self._dispensed(ops, rx_id, named, codes, meta, exc)
         return self._dispense_created(ops, rx_id, meta, result, codes)
@@ -395,7 +400,7 @@ class FhirApp:
             raise _uncompared(refusal, exc, rx_id=rx_id, **({"fill": str(fill)} if fill else {})) from exc
         fill = fill or max((int(st["fill"]) for st in steps), default=0)
         step = next((st for st in steps if st.get("fill") == fill), None)
-        if refusal is not None and refusal.reason == retry.LOST_RACE and (before is None or fill <= before):
+        if refusal is not None and refusal.reason in retry.RACES and (before is None or fill <= before):
             # lost to another write (a delivery, a lock ...), not to a fill committed meanwhile:
             # this request's fill is not on the ledger, whatever an earlier fill looks like
             raise refusal
@@ -411,7 +416,7 @@ class FhirApp:
         if why is not None or not isinstance(content, dict) or step is None:
             if refusal is not None and step is None:
                 raise refusal
-            reason = refusal.reason if refusal is not None and refusal.reason != retry.LOST_RACE \
+            reason = refusal.reason if refusal is not None and refusal.reason not in retry.RACES \
                 else "ALREADY_DISPENSED"
             msg = (refusal.message + "; " if refusal is not None and refusal.message else "") + str(why)
             raise retry.Conflict(reason, msg, rx_id=rx_id, fill=str(fill))
