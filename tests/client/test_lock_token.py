@@ -42,6 +42,34 @@ def _lock(w: World, rx: str) -> Any:
     return w.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["lock"]
 
 
+def _repeat_locked(w: World) -> tuple[Prepared, str, RxOperations, str]:
+    """A repeat prescription (2 fills, 28 days apart) whose fill 1 pharm-wang's call locked:
+    (prepared, rx id, that call's operations, its lock's token); pharm-li registered."""
+    register_li(w)
+    prep = approved(w, **REPEAT)
+    rx = prep.args["rx_id"]
+    ops, _ = _ops(w, WANG, prep)
+    return prep, rx, ops, ops.lock(rx)["lock_id"]
+
+
+def _relocked(w: World) -> tuple[Prepared, str, RxOperations, ContractGateway, str, str]:
+    """A prescription pharm-li's call locked (token ``first``), released, and locked again
+    (``second``): (prepared, rx id, that call's operations and gateway, first, second)."""
+    register_li(w)
+    prep = approved(w)
+    rx = prep.args["rx_id"]
+    ops, gw = _ops(w, LI, prep)
+    first = ops.lock(rx)["lock_id"]
+    ops.release(rx, first)
+    return prep, rx, ops, gw, first, ops.lock(rx)["lock_id"]
+
+
+def _fill_goes_out(w: World, prep: Prepared, token: str, codes: list[str]) -> None:
+    """Pharm-wang dispenses the next fill under lock ``token``; the fill interval passes."""
+    dispense(w, prep, WANG, codes, lock_id=token).unwrap()
+    w.chain.advance(28 * DAY_MS)
+
+
 def test_a_refused_dispense_never_drops_the_lock_another_call_took_since(world: World) -> None:  # noqa: F811
     """Call A (pharm-wang) locks; before its dispense the lock is freed (an operator's release
     without token) and call B (pharm-li, same pharmacy) locks. A's dispense runs under B's lock
@@ -307,13 +335,7 @@ def test_a_borrowed_lock_that_changed_hands_is_not_dispensed_under(world: World)
 
 
 def test_without_auto_lock_the_dispense_names_the_lock_given(world: World) -> None:  # noqa: F811
-    register_li(world)
-    prep = approved(world)
-    rx = prep.args["rx_id"]
-    ops, gw = _ops(world, LI, prep)
-    first = ops.lock(rx)["lock_id"]
-    ops.release(rx, first)
-    second = ops.lock(rx)["lock_id"]
+    _, rx, ops, gw, first, second = _relocked(world)
     with pytest.raises(RxClientError) as refused:
         ops.dispense(rx, ["81234560000000000105"], auto_lock=False, lock_id=first)
     assert refused.value.reason == "ALREADY_LOCKED"
@@ -419,17 +441,9 @@ def test_a_stalled_call_never_locks_again_for_the_fill_after_the_one_it_was_for(
     A's lock is refused NOT_LOCKED, and B's once-more used to lock fill 2 and dispense it --
     a second fill out of a call meant for the first. B's new lock is fill 2's, not the fill
     it was for: released again, ALREADY_DISPENSED, fill 2 is left to the next call."""
-    register_li(world)
-    prep = approved(world, **REPEAT)
-    rx = prep.args["rx_id"]
-    ops_a, _ = _ops(world, WANG, prep)
-    a_token = ops_a.lock(rx)["lock_id"]
-
-    def a_dispenses_then_the_interval_passes() -> None:
-        dispense(world, prep, WANG, ["81234560000000000111"], lock_id=a_token).unwrap()
-        world.chain.advance(28 * DAY_MS)
-
-    ops_b, gw_b = _ops(world, LI, prep, {"dispense": a_dispenses_then_the_interval_passes})
+    prep, rx, _, a_token = _repeat_locked(world)
+    ops_b, gw_b = _ops(world, LI, prep, {
+        "dispense": lambda: _fill_goes_out(world, prep, a_token, ["81234560000000000111"])})
     with pytest.raises(RxClientError) as refused:
         ops_b.dispense(rx, ["81234560000000000112"])
     assert refused.value.reason == "ALREADY_DISPENSED" and "fill 1 " in refused.value.message, refused.value
@@ -446,16 +460,11 @@ def test_a_stalled_call_never_locks_again_for_the_fill_after_the_one_it_was_for(
 def test_a_stalled_call_finding_the_next_fills_lock_held_does_not_dispense_under_it(world: World) -> None:  # noqa: F811
     """As above, but by B's once-more call C has locked fill 2: B would borrow C's lock (fill
     2) -- refused ALREADY_DISPENSED with nothing released: C's lock stays, C dispenses."""
-    register_li(world)
-    prep = approved(world, **REPEAT)
-    rx = prep.args["rx_id"]
-    ops_a, _ = _ops(world, WANG, prep)
-    a_token = ops_a.lock(rx)["lock_id"]
+    prep, rx, ops_a, a_token = _repeat_locked(world)
     taken: dict[str, Any] = {}
 
     def a_dispenses_then_c_locks_fill_2_before_bs_lock() -> None:
-        dispense(world, prep, WANG, ["81234560000000000113"], lock_id=a_token).unwrap()
-        world.chain.advance(28 * DAY_MS)
+        _fill_goes_out(world, prep, a_token, ["81234560000000000113"])
         gw_b.before["lock"] = lambda: taken.update(ops_a.lock(rx))
 
     ops_b, gw_b = _ops(world, LI, prep, {"dispense": a_dispenses_then_c_locks_fill_2_before_bs_lock})
@@ -472,13 +481,7 @@ def test_a_lock_id_given_is_the_only_lock_dispensed_under_whatever_auto_lock_say
     """``dispense(rx, codes, lock_id=...)`` with auto_lock left at its default used to drop
     the token: it borrowed whatever lock the pharmacy held by then (or took a new one) and
     dispensed under it -- the very lock the caller named its own to exclude."""
-    register_li(world)
-    prep = approved(world)
-    rx = prep.args["rx_id"]
-    ops, gw = _ops(world, LI, prep)
-    first = ops.lock(rx)["lock_id"]
-    ops.release(rx, first)
-    second = ops.lock(rx)["lock_id"]
+    _, rx, ops, gw, first, second = _relocked(world)
     with pytest.raises(RxClientError) as refused:
         ops.dispense(rx, ["81234560000000000115"], lock_id=first)
     assert refused.value.reason == "ALREADY_LOCKED"
@@ -497,14 +500,8 @@ def test_a_lock_id_the_caller_named_is_not_dropped_for_a_contract_before_dispens
     token -- under whichever lock the pharmacy held (here another call's, taken after the
     named one was freed). It is refused BAD_ARGUMENTS saying why, nothing dispensed; the
     tokens of locks the call took or found held are still resent without (that test above)."""
-    register_li(world)
+    _, rx, ops, gw, first, second = _relocked(world)
     _before_dispense_tokens(world)
-    prep = approved(world)
-    rx = prep.args["rx_id"]
-    ops, gw = _ops(world, LI, prep)
-    first = ops.lock(rx)["lock_id"]
-    ops.release(rx, first)
-    second = ops.lock(rx)["lock_id"]
     with pytest.raises(RxClientError) as refused:
         ops.dispense(rx, ["81234560000000000116"], auto_lock=False, lock_id=first)
     assert refused.value.reason == "BAD_ARGUMENTS" and "predates dispense tokens" in refused.value.message
@@ -555,17 +552,12 @@ def test_fhir_a_retry_whose_first_attempt_dispensed_under_its_lock_is_200(world:
     ("fix the request") though its fill is on the ledger; it is the fill the request describes
     (same pharmacy, same boxes): 200 with fill 1, nothing dispensed again, fill 2's lock kept.
     (Before dispense tokens the retry ran under fill 2's lock, TRACE_CODE_REUSED, and 200.)"""
-    register_li(world)
-    prep = approved(world, **REPEAT)
-    rx = prep.args["rx_id"]
+    prep, rx, ops_o, first = _repeat_locked(world)
     codes = ["81234560000000000121"]
-    ops_o, _ = _ops(world, WANG, prep)
-    first = ops_o.lock(rx)["lock_id"]
     counter: dict[str, Any] = {}
 
     def first_attempt_lands_then_the_counter_locks_fill_2() -> None:
-        dispense(world, prep, WANG, codes, lock_id=first).unwrap()
-        world.chain.advance(28 * DAY_MS)
+        _fill_goes_out(world, prep, first, codes)
         counter.update(ops_o.lock(rx))
 
     post, gw = _fhir(world, WANG, prep, {"dispense": first_attempt_lands_then_the_counter_locks_fill_2})
@@ -583,11 +575,7 @@ def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: 
     is freed and taken again by another call before its dispense, nothing dispensed -- the
     refusal stands (ALREADY_LOCKED), and a POST with other boxes than a fill committed
     meanwhile is 409 ALREADY_DISPENSED, never 200."""
-    register_li(world)
-    prep = approved(world, **REPEAT)
-    rx = prep.args["rx_id"]
-    ops_o, _ = _ops(world, WANG, prep)
-    held = ops_o.lock(rx)["lock_id"]
+    prep, rx, ops_o, held = _repeat_locked(world)
 
     def freed_and_taken_again() -> None:
         ops_o.release(rx, held)
@@ -602,8 +590,7 @@ def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: 
     taken = _lock(world, rx)["tx_id"]
 
     def another_fill_lands_then_fill_2_locked() -> None:
-        dispense(world, prep, WANG, ["81234560000000000123"], lock_id=taken).unwrap()
-        world.chain.advance(28 * DAY_MS)
+        _fill_goes_out(world, prep, taken, ["81234560000000000123"])
         ops_o.lock(rx)
 
     post, _ = _fhir(world, LI, prep, {"dispense": another_fill_lands_then_fill_2_locked})
@@ -617,17 +604,9 @@ def test_fhir_a_stalled_post_is_not_answered_with_the_next_fill(world: World) ->
     """The gateway side of the once-more above: a POST that found another call's lock of
     fill 1 held, stalled while that call dispensed fill 1 (other boxes) and the interval
     passed, used to get 201 for fill 2. It is 409 ALREADY_DISPENSED, fill 2 not dispensed."""
-    register_li(world)
-    prep = approved(world, **REPEAT)
-    rx = prep.args["rx_id"]
-    ops_o, _ = _ops(world, WANG, prep)
-    held = ops_o.lock(rx)["lock_id"]
-
-    def the_other_call_dispenses_then_the_interval_passes() -> None:
-        dispense(world, prep, WANG, ["81234560000000000125"], lock_id=held).unwrap()
-        world.chain.advance(28 * DAY_MS)
-
-    post, _ = _fhir(world, LI, prep, {"dispense": the_other_call_dispenses_then_the_interval_passes})
+    prep, rx, _, held = _repeat_locked(world)
+    post, _ = _fhir(world, LI, prep, {
+        "dispense": lambda: _fill_goes_out(world, prep, held, ["81234560000000000125"])})
     with pytest.raises(RxClientError) as refused:
         post(["81234560000000000126"])
     assert _status(refused.value) == (409, "ALREADY_DISPENSED")
