@@ -109,6 +109,16 @@ def _lock_id_arg(text: str) -> str:
 
 
 _lock_id_arg.__name__ = "lock id"
+
+
+def _org_or_all(text: str) -> str:
+    """An argparse type: an organisation id (1-32 of A-Za-z0-9-_.) or ``all``."""
+    if not 1 <= len(text) <= 32 or any(not (ch.isascii() and (ch.isalnum() or ch in "-_.")) for ch in text):
+        raise argparse.ArgumentTypeError("an organisation id (1-32 of A-Za-z0-9-_.) or all")
+    return text
+
+
+_org_or_all.__name__ = "organisation"
 _PORT = _int_in(1, 65535)
 _COUNT = _int_in(0, 2**63 - 1)
 
@@ -245,6 +255,18 @@ def _dispense(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     else:
         res = ops.dispense(a.rx_id, a.trace_code)
     return res
+
+
+def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    from client.events import FileCheckpoint
+
+    cp = FileCheckpoint(a.checkpoint) if a.checkpoint else None
+    start = cp.load() if cp is not None else a.start
+    insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
+    rep: dict[str, Any] = ops.claim_report(start, a.limit, insurer)
+    if cp is not None:
+        cp.save(int(rep["next_block"]))  # only a complete report moves the checkpoint
+    return rep
 
 
 def _settle(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -514,6 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BILLING_ERROR, RETURNED_GOODS, DUPLICATE or OTHER; other text becomes OTHER "
                          "plus a note encrypted under the claim key")
     rv.add_argument("--note", default="", help="free text, encrypted under the claim key")
+    rp = sub(cl, "report", _with_ops(_claim_report),
+             "claims settled and reversed over a range of blocks, with totals (insurer, auditor)")
+    where = rp.add_mutually_exclusive_group()
+    where.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
+    where.add_argument("--checkpoint", type=Path,
+                       help="file remembering the next block: each report goes on where the last ended "
+                            "(saved only once the report is complete)")
+    rp.add_argument("--insurer", type=_org_or_all, metavar="ORG|all",
+                    help="whose claims (default: your organisation when it is an insurer, else all)")
+    rp.add_argument("--limit", type=_int_in(1, 100_000), default=10_000, help="blocks read at most")
 
     pa = groups.add_parser("patient", help="patients").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

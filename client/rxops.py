@@ -18,6 +18,8 @@ from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGra
 from client.gateway import SubmitResult
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
+from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
+from client.reconcile import claim_report
 from client.records import OpenedRecord, commitment, open_grant, seal_prescription, trace_code_hash, wrap_for
 from client.rxid import check_rx_id
 from client.session import Session
@@ -593,6 +595,26 @@ class RxOperations:
         if not isinstance(rec, dict):
             raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")
         return rec
+
+    def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
+                     insurer: str | None = "") -> dict[str, Any]:
+        """Claims settled and reversed from block ``start`` on, with totals in fen
+        (:func:`client.reconcile.claim_report`). ``insurer``: "" = the caller's organisation
+        when it is an insurer, else every insurer's; None = every insurer's; else that one.
+        A role that reads no claims is refused (ACCESS_DENIED) at the first claim."""
+        if insurer == "":
+            me = self.s.identity.org
+            insurer = me if me in self.s.net.insurers() else None
+
+        def read(claim_id: str) -> dict[str, Any] | None:
+            try:
+                return self.claim(claim_id)
+            except RxClientError as exc:
+                if exc.reason != "CLAIM_NOT_FOUND":
+                    raise
+                return None
+
+        return claim_report(self.s.gateway.events, read, start, max_blocks, insurer)
 
     def claim_steps(self, rx_id: str) -> list[dict[str, Any]]:
         """Every settle/reverse step of a prescription's claims (``settlement.trail``, every

@@ -1,0 +1,255 @@
+"""Claims reconciliation (``client.reconcile.claim_report``, ``rxchain claim report``): the
+settle and reverse events of a block range, each claim read as its reader may, added up in
+fen -- run over the real settlement contract in the sandbox of tests/contracts, with the
+events a peer would send for the blocks the contract chain committed."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from rxchain.v1 import services_pb2, transaction_pb2
+
+from client.errors import RxClientError
+from client.reconcile import AMOUNTS, ClaimReader, claim_report
+from tests.contracts.chain import Outcome, Who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import AUDITOR, CLERK, WANG, approved, lock_and_dispense, settle
+from tests.contracts.rxclient import World
+
+
+class Ledger:
+    """The blocks the contract chain committed, as a peer's event stream sends them (every
+    block from the start asked for, each with the events of its VALID transactions)."""
+
+    def __init__(self) -> None:
+        self.committed: list[tuple[str, Outcome]] = []  # (contract, outcome)
+        self.extra: dict[int, list[transaction_pb2.ContractEvent]] = {}
+        self.height = 0
+
+    def add(self, contract: str, out: Outcome) -> Outcome:
+        assert out.ok and out.block is not None, out
+        self.committed.append((contract, out))
+        self.height = max(self.height, out.block + 1)
+        return out
+
+    def events(self, start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
+        assert not follow
+        for n in range(start, self.height):
+            msg = services_pb2.EventsResponse(block_number=n)
+            for name, out in self.committed:
+                if out.block != n:
+                    continue
+                msg.txs.add(tx_id=out.tx_id, code=transaction_pb2.VALID, contract=name)
+                if contract in ("", name):
+                    for e in out.events:
+                        msg.events.add(contract=name, name=e.name, payload=e.payload_json, tx_id=out.tx_id)
+            msg.events.extend(self.extra.get(n, []))
+            yield msg
+
+
+def _reader(w: World, caller: Who) -> ClaimReader:
+    def read(claim_id: str) -> dict[str, Any] | None:
+        out = w.chain.query("settlement", "get_claim", caller, claim_id=claim_id)
+        if out.reason == "CLAIM_NOT_FOUND":
+            return None
+        return dict(out.unwrap())
+    return read
+
+
+def _claims(w: World, ledger: Ledger, n: int) -> list[dict[str, Any]]:
+    """``n`` prescriptions issued, dispensed and settled by ins01's clerk."""
+    out = []
+    for i in range(n):
+        prep = approved(w)
+        lock_and_dispense(w, prep, trace_codes=[f"8123456000000000{300 + i}"]).unwrap()
+        out.append(ledger.add("settlement", settle(w, prep)).unwrap())
+    return out
+
+
+def test_the_report_adds_up_what_was_settled_and_reversed(world: World) -> None:  # noqa: F811
+    ledger = Ledger()
+    claims = _claims(world, ledger, 3)
+    rev = ledger.add("settlement", world.chain.submit("settlement", "reverse", CLERK,
+                                                      claim_id=claims[1]["claim_id"], reason="OTHER"))
+    rep = claim_report(ledger.events, _reader(world, CLERK), 0, insurer="ins01")
+    assert rep["next_block"] == ledger.height and rep["unreadable"] == [] and rep["inconsistent"] == []
+    rows = rep["claims"]
+    assert [(r["event"], r["claim_id"]) for r in rows] == [
+        ("settled", claims[0]["claim_id"]), ("settled", claims[1]["claim_id"]),
+        ("settled", claims[2]["claim_id"]), ("reversed", claims[1]["claim_id"])]
+    assert rows[3]["block"] == rev.block and rows[3]["tx_id"] == rev.tx_id
+    assert [r["status_now"] for r in rows] == ["SETTLED", "REVERSED", "SETTLED", "REVERSED"]
+    for r, c in zip(rows, [*claims, claims[1]], strict=True):
+        assert {k: r[k] for k in AMOUNTS} == {k: c[k] for k in AMOUNTS}
+        assert (r["rx_id"], r["fill"]) == (c["rx_id"], c["fill"])
+    assert rows[0]["time_ms"] == claims[0]["events"][0]["time_ms"]
+    totals = rep["totals"]
+    for k in AMOUNTS:
+        assert totals["settled"][k] == sum(c[k] for c in claims)
+        assert totals["reversed"][k] == claims[1][k]
+        assert totals["net"][k] == claims[0][k] + claims[2][k]
+    assert (totals["settled"]["count"], totals["reversed"]["count"]) == (3, 1)
+    assert totals["net"]["medfee_fen"] == totals["net"]["fund_fen"] + totals["net"]["patient_fen"] > 0
+
+
+def test_ranges_are_contiguous_and_a_later_report_goes_on(world: World) -> None:  # noqa: F811
+    ledger = Ledger()
+    claims = _claims(world, ledger, 3)
+    cut = claims[1]["events"][0]["tx_id"]
+    cut_block = next(o.block for _, o in ledger.committed if o.tx_id == cut)
+    assert cut_block is not None
+    first = claim_report(ledger.events, _reader(world, CLERK), 0, max_blocks=cut_block + 1)
+    assert first["next_block"] == cut_block + 1
+    second = claim_report(ledger.events, _reader(world, CLERK), first["next_block"])
+    assert second["next_block"] == ledger.height
+    ids = [r["claim_id"] for r in first["claims"] + second["claims"]]
+    assert ids == [c["claim_id"] for c in claims]
+    # nothing new: an empty report that stays where it was
+    empty = claim_report(ledger.events, _reader(world, CLERK), ledger.height)
+    assert (empty["claims"], empty["next_block"], empty["totals"]["net"]["fund_fen"]) == ([], ledger.height, 0)
+
+
+def test_other_insurers_claims_are_left_out_or_counted_unreadable(world: World) -> None:  # noqa: F811
+    """An event naming another insurer's claim: left out for ``insurer="ins01"``; with every
+    insurer asked for, the clerk may not read it -- ``unreadable``, never guessed. An auditor
+    reads every claim."""
+    ledger = Ledger()
+    claims = _claims(world, ledger, 1)
+    foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
+    ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.settled", payload=foreign, tx_id="ef" * 32)]
+    mine = claim_report(ledger.events, _reader(world, CLERK), 0, insurer="ins01")
+    assert [r["claim_id"] for r in mine["claims"]] == [claims[0]["claim_id"]] and mine["unreadable"] == []
+    every = claim_report(ledger.events, _reader(world, CLERK), 0, insurer=None)
+    assert every["unreadable"] == ["CLM-RX9-1-1"] and len(every["claims"]) == 1
+    audited = claim_report(ledger.events, _reader(world, AUDITOR), 0, insurer=None)
+    assert [r["claim_id"] for r in audited["claims"]] == [claims[0]["claim_id"]]
+    assert audited["unreadable"] == ["CLM-RX9-1-1"]  # no such claim on the ledger at all
+
+
+def test_amounts_that_break_the_settlement_identities_are_flagged(world: World) -> None:  # noqa: F811
+    ledger = Ledger()
+    claims = _claims(world, ledger, 2)
+    read = _reader(world, CLERK)
+
+    def tampered(claim_id: str) -> dict[str, Any] | None:
+        rec = read(claim_id)
+        if rec is not None and claim_id == claims[1]["claim_id"]:
+            rec["fund_fen"] += 1
+        return rec
+
+    rep = claim_report(ledger.events, tampered, 0)
+    assert rep["inconsistent"] == [claims[1]["claim_id"]]
+
+    def not_fen(claim_id: str) -> dict[str, Any] | None:
+        rec = read(claim_id)
+        assert rec is not None
+        rec["cash_fen"] = 12.5
+        return rec
+
+    with pytest.raises(RxClientError) as bad:
+        claim_report(ledger.events, not_fen, 0)
+    assert bad.value.reason == "BAD_PAYLOAD" and "cash_fen" in bad.value.message
+
+
+def test_a_role_that_reads_no_claims_is_refused(world: World) -> None:  # noqa: F811
+    ledger = Ledger()
+    _claims(world, ledger, 1)
+
+    def read(claim_id: str) -> dict[str, Any] | None:
+        out = world.chain.query("settlement", "get_claim", WANG, claim_id=claim_id)
+        raise RxClientError(out.reason, out.message)
+
+    with pytest.raises(RxClientError) as refused:
+        claim_report(ledger.events, read, 0)
+    assert refused.value.reason == "ACCESS_DENIED"
+    with pytest.raises(RxClientError):
+        claim_report(ledger.events, read, 0, max_blocks=0)
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+class _Ops:
+    s = SimpleNamespace(close=lambda: None)
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[int, int, str | None]] = []
+        self.fail = fail
+
+    def claim_report(self, start: int, max_blocks: int, insurer: str | None) -> dict[str, Any]:
+        self.calls.append((start, max_blocks, insurer))
+        if self.fail:
+            raise RxClientError("SERVICE_UNAVAILABLE", "the peer went away")
+        return {"from_block": start, "next_block": start + 7, "claims": [], "totals": {}, "unreadable": [],
+                "inconsistent": [], "insurer": insurer}
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, ops: _Ops, *args: str) -> tuple[int, dict[str, Any] | str]:
+    from client import cli
+
+    monkeypatch.setattr(cli, "_ops", lambda a: ops)
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["--json", "--as", "ins01:clerk-zhao", "claim", "report", *args], out=out, err=err)
+    return code, (json.loads(out.getvalue()) if code == 0 else err.getvalue())
+
+
+def test_cli_report_moves_its_checkpoint_only_when_complete(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cp = tmp_path / "claims.checkpoint"
+    ok = _Ops()
+    code, rep = _cli(monkeypatch, ok, "--checkpoint", str(cp))
+    assert code == 0 and isinstance(rep, dict) and rep["next_block"] == 7
+    assert cp.read_text() == "7\n"
+    code, rep = _cli(monkeypatch, ok, "--checkpoint", str(cp), "--limit", "50")
+    assert code == 0 and isinstance(rep, dict) and rep["from_block"] == 7 and cp.read_text() == "14\n"
+    failing = _Ops(fail=True)
+    code, _ = _cli(monkeypatch, failing, "--checkpoint", str(cp))
+    assert code != 0 and failing.calls == [(14, 10_000, "")] and cp.read_text() == "14\n"
+    assert ok.calls == [(0, 10_000, ""), (7, 50, "")]
+
+
+def test_cli_report_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ops = _Ops()
+    assert _cli(monkeypatch, ops, "--start", "5", "--insurer", "all")[0] == 0
+    assert _cli(monkeypatch, ops, "--insurer", "ins02")[0] == 0
+    assert ops.calls == [(5, 10_000, None), (0, 10_000, "ins02")]
+    for bad in (["--start", "1", "--checkpoint", str(tmp_path / "c")], ["--insurer", "ins 01"],
+                ["--insurer", "x" * 33], ["--limit", "0"], ["--start", "-1"]):
+        assert _cli(monkeypatch, ops, *bad)[0] == 2, bad
+    assert len(ops.calls) == 2
+
+
+def test_rxops_reports_the_callers_own_insurer_by_default(world: World) -> None:  # noqa: F811
+    """``RxOperations.claim_report``: a clerk of an insurer gets that insurer's claims; an
+    auditor (no insurer) every insurer's; CLAIM_NOT_FOUND from the gateway is ``unreadable``."""
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    ledger = Ledger()
+    claims = _claims(world, ledger, 1)
+    foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
+    ledger.extra[0] = [transaction_pb2.ContractEvent(contract="settlement", name="claim.settled",
+                                                     payload=foreign, tx_id="ef" * 32)]
+
+    def ops(caller: Who) -> RxOperations:
+        gw = ContractGateway(world, caller)
+        return RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+            gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+            identity=SimpleNamespace(org=caller.org, role=caller.role),
+            net=SimpleNamespace(insurers=lambda: ["ins01", "ins02"])))
+
+    mine = ops(CLERK).claim_report(0)
+    assert mine["insurer"] == "ins01" and mine["unreadable"] == []
+    assert [r["claim_id"] for r in mine["claims"]] == [claims[0]["claim_id"]]
+    every = ops(AUDITOR).claim_report(0)
+    assert every["insurer"] is None and every["unreadable"] == ["CLM-RX9-1-1"]
+    assert ops(CLERK).claim_report(0, insurer="ins02")["claims"] == []
+    with pytest.raises(RxClientError) as refused:
+        ops(WANG).claim_report(0)
+    assert refused.value.reason == "ACCESS_DENIED"
