@@ -257,16 +257,34 @@ def _dispense(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+def _block_range(a: argparse.Namespace, read: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """``read(start)`` from ``--start`` or the ``--checkpoint`` file, which moves to the
+    answer's ``next_block`` only once the read is complete (a failed one changes nothing)."""
     from client.events import FileCheckpoint
 
     cp = FileCheckpoint(a.checkpoint) if a.checkpoint else None
-    start = cp.load() if cp is not None else a.start
-    insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
-    rep: dict[str, Any] = ops.claim_report(start, a.limit, insurer)
+    rep = read(cp.load() if cp is not None else a.start)
     if cp is not None:
-        cp.save(int(rep["next_block"]))  # only a complete report moves the checkpoint
+        cp.save(int(rep["next_block"]))
     return rep
+
+
+def _range_args(p: argparse.ArgumentParser, what: str) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
+    where.add_argument("--checkpoint", type=Path,
+                       help=f"file remembering the next block: each {what} goes on where the last ended "
+                            f"(saved only once the {what} is complete)")
+    p.add_argument("--limit", type=_int_in(1, 100_000), default=10_000, help="blocks read at most")
+
+
+def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
+    return _block_range(a, lambda start: dict(ops.claim_report(start, a.limit, insurer)))
+
+
+def _inbox(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    return _block_range(a, lambda start: dict(ops.inbox(start, a.limit)))
 
 
 def _settle(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -504,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dispense under this lock only (the lock_id rx lock printed; nothing is locked "
                           "here): refused ALREADY_LOCKED when the pharmacy holds another one by now; without "
                           "it the command locks, or runs under the lock its pharmacy holds")
+    ib = sub(rx, "inbox", _with_ops(_inbox),
+             "prescriptions your pharmacy serves: what changed in a range of blocks and what to do")
+    _range_args(ib, "read")
     ls = sub(rx, "list", _simple("list_prescriptions", "patient", "start", "limit"),
              "prescription metadata of a patient (or all, for auditors)")
     ls.add_argument("--patient")
@@ -538,14 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--note", default="", help="free text, encrypted under the claim key")
     rp = sub(cl, "report", _with_ops(_claim_report),
              "claims settled and reversed over a range of blocks, with totals (insurer, auditor)")
-    where = rp.add_mutually_exclusive_group()
-    where.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
-    where.add_argument("--checkpoint", type=Path,
-                       help="file remembering the next block: each report goes on where the last ended "
-                            "(saved only once the report is complete)")
+    _range_args(rp, "report")
     rp.add_argument("--insurer", type=_org_or_all, metavar="ORG|all",
                     help="whose claims (default: your organisation when it is an insurer, else all)")
-    rp.add_argument("--limit", type=_int_in(1, 100_000), default=10_000, help="blocks read at most")
 
     pa = groups.add_parser("patient", help="patients").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

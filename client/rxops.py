@@ -14,8 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rxchain.v1 import config_pb2
+
 from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
+from client.inbox import MAX_BLOCKS as MAX_INBOX_BLOCKS
+from client.inbox import pharmacy_inbox
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
 from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
@@ -595,6 +599,26 @@ class RxOperations:
         if not isinstance(rec, dict):
             raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")
         return rec
+
+    def inbox(self, start: int, max_blocks: int = MAX_INBOX_BLOCKS) -> dict[str, Any]:
+        """The prescriptions the caller's pharmacy (or hospital pharmacy) serves, from the
+        events of blocks ``start`` on (:func:`client.inbox.pharmacy_inbox`): what changed and
+        what there is to do. Pharmacies and hospitals only (WRONG_ROLE otherwise)."""
+        org = self.s.identity.org
+        kind = self.s.net.org(org).kind
+        if kind not in (config_pb2.PHARMACY, config_pb2.HOSPITAL):
+            raise RxClientError("WRONG_ROLE", f"{org} is no pharmacy or hospital: it serves no prescriptions")
+
+        def read(rx_id: str) -> dict[str, Any] | None:
+            try:
+                meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+            except RxClientError as exc:
+                if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
+                    raise
+                return None
+            return meta if isinstance(meta, dict) else None
+
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks)
 
     def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
                      insurer: str | None = "") -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""A pharmacy's inbox: the prescriptions routed to it, and what happened to them, block by block.
+
+A prescription "flows to the pharmacy" on the ledger: the hospital issues it routed to a
+pharmacy (or the patient routes it later), the pharmacy reviews, locks, dispenses and
+delivers, the doctor may revoke it. A pharmacy's system learns of it from the prescription
+contract's events (``rx.issue``, ``rx.route``, ``rx.review``, ``rx.revoke`` ...; VALID
+transactions only, every member sees them: they carry the prescription id, the status and
+the acting organisation, nothing else). :func:`pharmacy_inbox` follows those events from a
+block on and keeps the prescriptions that are, as the ledger reads now, the caller's to serve
+-- routed to its organisation, or issued unrouted by its own hospital (the hospital's
+pharmacy) -- reading each with ``prescription.show`` (which only the parties may read):
+
+* ``changes``: one row per event of such a prescription in the range, in ledger order
+  (block, tx id, step, the status it left, the acting organisation);
+* ``prescriptions``: each such prescription as it is now, with what the pharmacy has to do:
+  ``review`` (issued, not yet reviewed), ``dispense`` (approved, or locked by this pharmacy,
+  or a repeat prescription whose next fill is due), ``wait`` (the next fill of a repeat
+  prescription is not due yet: ``next_fill_ms``), ``deliver`` (a fill dispensed and not yet
+  handed over), ``none`` (final: delivered, revoked, rejected, expired, erased; or locked by
+  another pharmacy) -- a revoked prescription is listed so that nobody dispenses it.
+
+A prescription routed elsewhere since is no longer the caller's to read and is not listed.
+Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
+file it moves only once a read is complete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from client.errors import RxClientError
+from client.events import EventListener, EventSource, MemoryCheckpoint
+
+PRESCRIPTION = "prescription"
+MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
+DAY_MS = 86_400_000
+FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
+
+RxReader = Callable[[str], "dict[str, Any] | None"]
+
+
+def _int(meta: dict[str, Any], key: str) -> int:
+    v = meta.get(key)
+    return v if type(v) is int else 0
+
+
+def serves(meta: dict[str, Any], org: str) -> bool:
+    """Whether ``org`` is the pharmacy that serves this prescription now: the routed pharmacy,
+    or the issuing hospital (its own pharmacy) while it is routed to none."""
+    pharmacy = meta.get("pharmacy") or ""
+    return pharmacy == org or (pharmacy == "" and meta.get("hospital") == org)
+
+
+def action(meta: dict[str, Any], org: str, now_ms: int) -> str:
+    """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``."""
+    status = str(meta.get("status", ""))
+    fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
+    if status in FINAL:
+        return "none"
+    if fills > _int(meta, "delivered_fills"):
+        return "deliver"
+    if status == "ISSUED":
+        return "review"
+    lock = meta.get("lock")
+    if status == "LOCKED":
+        return "dispense" if isinstance(lock, dict) and lock.get("org") == org else "none"
+    if status == "APPROVED":
+        return "dispense"
+    if status == "DISPENSED" and fills < max_fills:
+        due = _next_fill_ms(meta)
+        return "dispense" if due is None or now_ms >= due else "wait"
+    return "none"
+
+
+def _next_fill_ms(meta: dict[str, Any]) -> int | None:
+    if _int(meta, "fills") == 0:
+        return None
+    return _int(meta, "last_fill_ms") + _int(meta, "fill_interval_days") * DAY_MS
+
+
+def _summary(meta: dict[str, Any], org: str, now_ms: int) -> dict[str, Any]:
+    lock = meta.get("lock")
+    fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
+    return {
+        "rx_id": meta.get("rx_id"), "hospital": meta.get("hospital"), "pharmacy": meta.get("pharmacy") or "",
+        "status": meta.get("status"), "fills": fills, "max_fills": max_fills,
+        "delivered_fills": _int(meta, "delivered_fills"),
+        "next_fill_ms": _next_fill_ms(meta) if 0 < fills < max_fills else None,
+        "valid_end_ms": _int(meta, "valid_end_ms"),
+        "locked_by": lock.get("org") if isinstance(lock, dict) else None,
+        "action": action(meta, org, now_ms),
+    }
+
+
+def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int, now_ms: int,
+                   max_blocks: int = MAX_BLOCKS) -> dict[str, Any]:
+    """The prescriptions of blocks ``start`` .. the peer's height (at most ``max_blocks``
+    blocks) that ``org`` serves now. ``source`` is the gateway's event stream; ``read_rx`` the
+    prescription's metadata (``show``) or None when the caller may not read it; ``now_ms``
+    decides whether a repeat fill is due. Raises what the reads raise; remembers nothing."""
+    if not 1 <= max_blocks <= MAX_BLOCKS:
+        raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
+    listener = EventListener(source, MemoryCheckpoint(start), contract=PRESCRIPTION)
+    seen: list[tuple[int, str, str, str, str, str]] = []  # block, tx, step, status, org, rx
+    next_block = start
+    blocks = 0
+    for b in listener.blocks(follow=False):
+        for ev in b.events:
+            if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):
+                continue
+            rx_id = ev.payload.get("rx_id")
+            if not isinstance(rx_id, str) or ev.name in ("rx.key_fetch", "rx.key_denied"):
+                continue
+            seen.append((b.block, ev.tx_id, ev.name[3:], str(ev.payload.get("status", "")),
+                         str(ev.payload.get("org", "")), rx_id))
+        next_block = b.block + 1
+        blocks += 1
+        if blocks >= max_blocks:
+            break
+    mine: dict[str, dict[str, Any]] = {}
+    for rx_id in dict.fromkeys(row[5] for row in seen):
+        meta = read_rx(rx_id)
+        if isinstance(meta, dict) and serves(meta, org):
+            mine[rx_id] = meta
+    changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
+               for blk, tx, step, status, by, rx in seen if rx in mine]
+    return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
+            "prescriptions": [_summary(m, org, now_ms) for m in mine.values()]}

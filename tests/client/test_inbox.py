@@ -1,0 +1,177 @@
+"""A pharmacy's inbox (``client.inbox.pharmacy_inbox``, ``rxchain rx inbox``): the
+prescriptions it serves, found from the prescription contract's events and read with
+``show`` as its pharmacist -- run over the real contracts in the sandbox of tests/contracts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from rxchain.v1 import config_pb2
+
+from client.errors import RxClientError
+from client.inbox import RxReader, action, pharmacy_inbox
+from tests.client.ledgerevents import EventLedger
+from tests.contracts.chain import DAY_MS, Who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import CHEN, CLERK, COURIER, HE, JIANG, WANG, approved, dispense, issue
+from tests.contracts.rxclient import World
+
+REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": True, "days": 28,
+                          "chronic_reason": "stable hypertension",
+                          "stability_assessment": "stable 6 months", "patient_confirmed": True}
+
+
+def _show(w: World, caller: Who) -> RxReader:
+    def read(rx_id: str) -> dict[str, Any] | None:
+        out = w.chain.query("prescription", "show", caller, rx_id=rx_id)
+        if out.reason in ("ACCESS_DENIED", "NOT_FOUND"):
+            return None
+        return dict(out.unwrap())
+    return read
+
+
+def _inbox(w: World, ledger: EventLedger, caller: Who, start: int = 0, **kw: Any) -> dict[str, Any]:
+    return pharmacy_inbox(ledger.events, _show(w, caller), caller.org, start, w.chain.now, **kw)
+
+
+def _actions(inbox: dict[str, Any]) -> dict[str, str]:
+    return {p["rx_id"]: p["action"] for p in inbox["prescriptions"]}
+
+
+def test_the_inbox_holds_what_the_pharmacy_serves_and_what_to_do(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    to_review = issue(world, pharmacy="p01")[0].args["rx_id"]
+    to_dispense = approved(world).args["rx_id"]
+    elsewhere = approved(world, pharmacy="p02").args["rx_id"]
+    revoked = issue(world, pharmacy="p01")[0].args["rx_id"]
+    world.chain.submit("prescription", "revoke", JIANG, rx_id=revoked, reason="CLINICAL_CHANGE").unwrap()
+    done = approved(world)
+    world.chain.submit("prescription", "lock", WANG, rx_id=done.args["rx_id"]).unwrap()
+    dispense(world, done, WANG, ["81234560000000000401"]).unwrap()
+    inbox = _inbox(world, ledger, WANG)
+    assert inbox["next_block"] == ledger.height and inbox["org"] == "p01"
+    assert _actions(inbox) == {to_review: "review", to_dispense: "dispense", revoked: "none",
+                               done.args["rx_id"]: "deliver"}
+    assert elsewhere not in {c["rx_id"] for c in inbox["changes"]}
+    steps = [(c["rx_id"], c["step"], c["status"], c["by"]) for c in inbox["changes"]]
+    assert (revoked, "revoke", "REVOKED", "h01") in steps
+    assert [s[1] for s in steps if s[0] == done.args["rx_id"]] == ["issue", "review", "lock", "dispense"]
+    # key fetches are no change of the prescription
+    world.chain.submit("prescription", "get_key", WANG, rx_id=to_dispense).unwrap()
+    fetched = _inbox(world, ledger, WANG, inbox["next_block"])
+    assert (fetched["changes"], fetched["prescriptions"]) == ([], []) and fetched["next_block"] == ledger.height
+    # delivered: nothing left to do
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=done.args["rx_id"]).unwrap()
+    later = _inbox(world, ledger, WANG, inbox["next_block"])
+    assert _actions(later) == {done.args["rx_id"]: "none"}
+    assert [c["step"] for c in later["changes"]] == ["deliver"]
+    # the other pharmacy sees its own only
+    assert set(_actions(_inbox(world, ledger, CHEN))) == {elsewhere}
+
+
+def test_a_repeat_prescription_waits_for_its_next_fill(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    prep = approved(world, **REPEAT)
+    rx = prep.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    assert _actions(_inbox(world, ledger, WANG)) == {rx: "dispense"}  # locked by this pharmacy
+    dispense(world, prep, WANG, ["81234560000000000402"]).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    inbox = _inbox(world, ledger, WANG)
+    (only,) = inbox["prescriptions"]
+    assert (only["action"], only["fills"], only["max_fills"]) == ("wait", 1, 2)
+    assert only["next_fill_ms"] == world.chain.now + 28 * DAY_MS
+    world.chain.advance(28 * DAY_MS)
+    assert _actions(_inbox(world, ledger, WANG)) == {rx: "dispense"}
+
+
+def test_the_hospital_pharmacy_serves_unrouted_prescriptions(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    unrouted = issue(world, pharmacy="")[0].args["rx_id"]
+    routed = issue(world, pharmacy="p01")[0].args["rx_id"]
+    inbox = _inbox(world, ledger, HE)
+    assert _actions(inbox) == {unrouted: "review"}
+    assert routed in {c["rx_id"] for c in _inbox(world, ledger, WANG)["changes"]}
+
+
+def test_ranges_are_contiguous(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    first = approved(world).args["rx_id"]
+    cut = ledger.height
+    second = approved(world).args["rx_id"]
+    a = _inbox(world, ledger, WANG, 0, max_blocks=cut)
+    b = _inbox(world, ledger, WANG, a["next_block"])
+    assert a["next_block"] == cut and b["next_block"] == ledger.height
+    assert set(_actions(a)) == {first} and set(_actions(b)) == {second}
+    assert len(a["changes"]) + len(b["changes"]) == len(_inbox(world, ledger, WANG)["changes"])
+    with pytest.raises(RxClientError):
+        _inbox(world, ledger, WANG, 0, max_blocks=0)
+
+
+@pytest.mark.parametrize(("meta", "want"), [
+    ({"status": "ISSUED"}, "review"),
+    ({"status": "APPROVED"}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p01"}}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p02"}}, "none"),
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 1, "delivered_fills": 0}, "deliver"),
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
+      "fill_interval_days": 28}, "wait"),
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
+      "fill_interval_days": 0}, "dispense"),
+    ({"status": "DELIVERED", "fills": 1, "max_fills": 1, "delivered_fills": 1}, "none"),
+    ({"status": "REVOKED"}, "none"), ({"status": "EXPIRED"}, "none"), ({"status": "ERASED"}, "none"),
+    ({"status": "REJECTED"}, "none"),
+])
+def test_action_of_each_state(meta: dict[str, Any], want: str) -> None:
+    assert action(meta, "p01", 27 * DAY_MS) == want
+
+
+def test_rxops_inbox_is_for_pharmacies_and_hospitals(world: World) -> None:  # noqa: F811
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    kinds = {"p01": config_pb2.PHARMACY, "h01": config_pb2.HOSPITAL, "ins01": config_pb2.INSURER}
+
+    def ops(caller: Who) -> RxOperations:
+        gw = ContractGateway(world, caller)
+        return RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+            gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+            identity=SimpleNamespace(org=caller.org, role=caller.role), clock=lambda: world.chain.now,
+            net=SimpleNamespace(org=lambda o: SimpleNamespace(kind=kinds[o]))))
+
+    assert _actions(ops(WANG).inbox(0)) == {rx: "dispense"}
+    assert _actions(ops(HE).inbox(0)) == {}  # routed to p01: not the hospital pharmacy's
+    with pytest.raises(RxClientError) as refused:
+        ops(CLERK).inbox(0)
+    assert refused.value.reason == "WRONG_ROLE"
+
+
+def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import io
+    import json
+
+    from client import cli
+
+    calls: list[tuple[int, int]] = []
+
+    class Ops:
+        s = SimpleNamespace(close=lambda: None)
+
+        def inbox(self, start: int, max_blocks: int) -> dict[str, Any]:
+            calls.append((start, max_blocks))
+            return {"from_block": start, "next_block": start + 3, "org": "p01", "changes": [], "prescriptions": []}
+
+    monkeypatch.setattr(cli, "_ops", lambda a: Ops())
+    cp = tmp_path / "inbox.checkpoint"
+    out, err = io.StringIO(), io.StringIO()
+    base = ["--json", "--as", "p01:pharm-wang", "rx", "inbox"]
+    assert cli.main([*base, "--checkpoint", str(cp)], out=out, err=err) == 0
+    assert cli.main([*base, "--checkpoint", str(cp), "--limit", "9"], out=out, err=err) == 0
+    assert cli.main([*base, "--start", "1", "--checkpoint", str(cp)], out=io.StringIO(), err=err) == 2
+    assert cli.main([*base, "--start", "40"], out=out, err=err) == 0
+    assert calls == [(0, 10_000), (3, 9), (40, 10_000)] and cp.read_text() == "6\n"
+    assert json.loads(out.getvalue().splitlines()[-1])["next_block"] == 43
