@@ -300,6 +300,51 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
     return bundle
 
 
+ACTION_SYSTEM = "urn:rxchain:inboxAction"  # review, dispense, wait, deliver, none (client.inbox)
+_TASK_STATUS = {"review": "requested", "dispense": "ready", "wait": "on-hold", "deliver": "in-progress"}
+_DONE = {"DELIVERED": "completed", "REVOKED": "cancelled", "REJECTED": "cancelled", "EXPIRED": "cancelled",
+         "ERASED": "cancelled"}
+
+
+def inbox_task(p: Mapping[str, Any], org: str) -> dict[str, Any]:
+    """A pharmacy's work item (``client.inbox``'s prescription summary) as a FHIR Task: its
+    ``status`` from what there is to do (review: requested, dispense: ready, wait for the next
+    fill: on-hold with ``restriction.period.start``, deliver: in-progress; nothing: completed
+    when delivered, cancelled when revoked, rejected, expired or erased), ``businessStatus``
+    the action (system ``urn:rxchain:inboxAction``) and the prescription's status, ``focus``
+    the MedicationRequest by its identifier, ``owner`` the pharmacy."""
+    action, status = str(p.get("action", "none")), str(p.get("status", ""))
+    rx_id = str(p["rx_id"])
+    task: dict[str, Any] = {
+        "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
+        "status": _TASK_STATUS.get(action) or _DONE.get(status, "on-hold"), "intent": "order",
+        "businessStatus": {"coding": [{"system": ACTION_SYSTEM, "code": action}], "text": status},
+        "focus": {"type": "MedicationRequest", "identifier": {"system": RX_SYSTEM, "value": rx_id}},
+        "owner": {"identifier": {"system": ORG_SYSTEM, "value": org}},
+        "input": [{"type": {"text": name}, "valueInteger": int(p.get(key) or 0)}
+                  for name, key in (("fills", "fills"), ("maxFills", "max_fills"),
+                                    ("deliveredFills", "delivered_fills"))],
+    }
+    if action == "wait" and p.get("next_fill_ms"):
+        task["restriction"] = {"period": {"start": _iso(int(p["next_fill_ms"]))}}
+    _validate("Task", task)
+    return task
+
+
+def inbox_bundle(inbox: Mapping[str, Any], self_url: str, next_url: str | None) -> dict[str, Any]:
+    """A searchset Bundle of :func:`inbox_task` entries; ``next`` only when the block limit cut
+    the range short (more blocks to read now)."""
+    org = str(inbox["org"])
+    entries = [{"resource": inbox_task(p, org), "search": {"mode": "match"}} for p in inbox["prescriptions"]]
+    links = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "link": links,
+              "entry": entries}
+    _validate("Bundle", bundle)
+    return bundle
+
+
 def dispense_id(rx_id: str, fill: object, line: int) -> str:
     """The id of the MedicationDispense of line ``line`` (1-based) of fill ``fill`` of ``rx_id``
     (a Claim names the fill it claims by referring to it: :func:`client.fhir.retry.referenced_fill`)."""

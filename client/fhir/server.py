@@ -21,6 +21,10 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   FILL_NOT_NAMED once a second fill is (see below); optional ``item`` = national code + boxes
   to claim, ``total`` = the medical fee expected) -> Bundle(Claim, ClaimResponse),
   ``Location: /fhir/Claim/{claim_id}``
+* ``GET  /fhir/Task?from-block=N&limit-blocks=M`` the pharmacy's inbox (:mod:`client.inbox`): a
+  searchset Bundle of Tasks, one per prescription the caller's organisation serves that changed
+  in the range (what to do: requested/ready/on-hold/in-progress, or completed/cancelled);
+  ``X-Rxchain-Next-Block`` names where the next poll starts
 * ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers);
   ``404`` CLAIM_NOT_FOUND both for an id never settled and for a claim the caller may not
   read, ``403`` ACCESS_DENIED for a role that reads no claims (pharmacy staff, couriers,
@@ -157,6 +161,9 @@ REFUSAL_DEADLINE_S = 2.0
 RETRY_AFTER_S = 2
 MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_NUMBER = re.compile(r"[0-9]{1,19}")
+MAX_INBOX_BLOCKS = 10_000  # blocks one GET /fhir/Task reads at most
+DEFAULT_INBOX_BLOCKS = 1_000
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json")
 _REFERENCE = re.compile(r"(?:[^?#]*/)?([A-Z][A-Za-z]{1,63})/([^/?#]+)(?:/_history/[^/?#]+)?")
@@ -282,6 +289,29 @@ class Identities:
             self._sessions.clear()
 
 
+def _query(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The integer search parameters of ``path``: each a name of ``allowed`` at most once, a
+    decimal number within its (low, high) bounds; anything else is 400 FHIR_INVALID (strict
+    handling: a parameter this gateway does not know is never silently ignored)."""
+    raw = path.split("?", 1)[1] if "?" in path else ""
+    out: dict[str, int] = {}
+    for item in raw.split("&") if raw else ():
+        name, sep, value = item.partition("=")
+        if name not in allowed:
+            raise mapping.FhirError("FHIR_INVALID", f"unknown search parameter {name[:40]!r}; this search "
+                                    f"takes {', '.join(sorted(allowed))}")
+        if name in out:
+            raise mapping.FhirError("FHIR_INVALID", f"search parameter {name} given twice")
+        low, high = allowed[name]
+        if not sep or not _NUMBER.fullmatch(value):
+            raise mapping.FhirError("FHIR_INVALID", f"{name} must be a whole number {low}-{high}")
+        n = int(value)
+        if not low <= n <= high:
+            raise mapping.FhirError("FHIR_INVALID", f"{name} must be a whole number {low}-{high}")
+        out[name] = n
+    return out
+
+
 class FhirApp:
     """Request routing, independent of the HTTP plumbing (tests call it directly)."""
 
@@ -309,11 +339,29 @@ class FhirApp:
             return self._dispense(ops, body, if_none_exist)
         if method == "POST" and parts == ["Claim"]:
             return self._claim(ops, body, if_none_exist)
+        if method == "GET" and parts == ["Task"]:
+            return self._inbox(ops, path)
         if method == "GET" and len(parts) == 2 and parts[0] == "Claim":
             rec = ops.claim(retry.claim_path_id(parts[1]))
             claim = mapping.claim_and_response(rec, str(rec.get("insurer", "")))["entry"][0]["resource"]
             return Reply(200, claim)
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
+
+    # ------------------------------------------------------------ inbox
+    def _inbox(self, ops: RxOperations, path: str) -> Reply:
+        """The pharmacy's work items (``client.inbox``) of blocks ``from-block`` on (at most
+        ``limit-blocks``), a searchset Bundle of Tasks; ``X-Rxchain-Next-Block`` is where the
+        next poll starts, and a ``next`` link is given only when the limit cut the range short."""
+        query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
+        start = query.get("from-block", 0)
+        limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
+        inbox = ops.inbox(start, limit)
+        nxt = int(inbox["next_block"])
+        more = nxt - start >= limit
+        bundle = mapping.inbox_bundle(
+            inbox, f"/fhir/Task?from-block={start}&limit-blocks={limit}",
+            f"/fhir/Task?from-block={nxt}&limit-blocks={limit}" if more else None)
+        return Reply(200, bundle, {"X-Rxchain-Next-Block": str(nxt)})
 
     # ------------------------------------------------------------ dispense
     def _dispense(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
@@ -696,6 +744,10 @@ def capability_statement() -> dict[str, Any]:
             {**res("MedicationRequest", ["create", "read"]), "conditionalCreate": True},
             {**res("MedicationDispense", ["create"]), "conditionalCreate": True},
             {**res("Claim", ["create", "read"]), "conditionalCreate": True},
+            {**res("Task", ["search-type"]), "searchParam": [
+                {"name": "from-block", "type": "number",
+                 "documentation": "first block of the range (the X-Rxchain-Next-Block of the last poll)"},
+                {"name": "limit-blocks", "type": "number", "documentation": "blocks read at most (1-10000)"}]},
         ]}],
     }
 

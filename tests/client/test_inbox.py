@@ -175,3 +175,61 @@ def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tm
     assert cli.main([*base, "--start", "40"], out=out, err=err) == 0
     assert calls == [(0, 10_000), (3, 9), (40, 10_000)] and cp.read_text() == "6\n"
     assert json.loads(out.getvalue().splitlines()[-1])["next_block"] == 43
+
+
+# ---------------------------------------------------------------- GET /fhir/Task (the FHIR gateway)
+
+
+def _fhir_app(w: World, ledger: EventLedger, caller: Who) -> Any:
+    from client.fhir.server import FhirApp
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    gw = ContractGateway(w, caller)
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+        identity=SimpleNamespace(org=caller.org, role=caller.role), clock=lambda: w.chain.now,
+        net=SimpleNamespace(org=lambda o: SimpleNamespace(kind=config_pb2.PHARMACY))))
+    return FhirApp(SimpleNamespace(ops_for=lambda der: ops))  # type: ignore[arg-type]
+
+
+def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    to_dispense = approved(world).args["rx_id"]
+    revoked = issue(world, pharmacy="p01")[0].args["rx_id"]
+    world.chain.submit("prescription", "revoke", JIANG, rx_id=revoked, reason="CLINICAL_CHANGE").unwrap()
+    approved(world, pharmacy="p02")
+    repeat = approved(world, **REPEAT)
+    world.chain.submit("prescription", "lock", WANG, rx_id=repeat.args["rx_id"]).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000403"]).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=repeat.args["rx_id"]).unwrap()
+    app = _fhir_app(world, ledger, WANG)
+    reply = app.handle("GET", "/fhir/Task", None, b"cert")
+    assert reply.status == 200 and reply.headers["X-Rxchain-Next-Block"] == str(ledger.height)
+    bundle = reply.resource
+    assert bundle["type"] == "searchset" and [link["relation"] for link in bundle["link"]] == ["self"]
+    tasks = {e["resource"]["identifier"][0]["value"]: e["resource"] for e in bundle["entry"]}
+    assert {rx: (t["status"], t["businessStatus"]["coding"][0]["code"]) for rx, t in tasks.items()} == {
+        to_dispense: ("ready", "dispense"), revoked: ("cancelled", "none"),
+        repeat.args["rx_id"]: ("on-hold", "wait")}
+    assert tasks[repeat.args["rx_id"]]["restriction"]["period"]["start"].startswith("2026-12-")
+    assert tasks[to_dispense]["owner"]["identifier"]["value"] == "p01"
+    # the next poll from the header: nothing new
+    again = app.handle("GET", f"/fhir/Task?from-block={ledger.height}", None, b"cert")
+    assert again.resource["entry"] == [] and again.headers["X-Rxchain-Next-Block"] == str(ledger.height)
+    # a limit that cuts the range short gives a next link to go on with
+    cut = app.handle("GET", "/fhir/Task?from-block=0&limit-blocks=2", None, b"cert")
+    assert cut.headers["X-Rxchain-Next-Block"] == "2"
+    assert [link["url"] for link in cut.resource["link"] if link["relation"] == "next"] == [
+        "/fhir/Task?from-block=2&limit-blocks=2"]
+
+
+@pytest.mark.parametrize("query", ["from-block=-1", "from-block=x", "from-block=", "from-block",
+                                   "limit-blocks=0", "limit-blocks=10001", "from-block=1&from-block=2",
+                                   "status=ready", "from-block=１"])
+def test_fhir_task_search_refuses_bad_parameters(world: World, query: str) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    app = _fhir_app(world, ledger, WANG)
+    with pytest.raises(RxClientError) as bad:
+        app.handle("GET", "/fhir/Task?" + query, None, b"cert")
+    assert bad.value.reason == "FHIR_INVALID"
