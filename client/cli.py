@@ -2,7 +2,9 @@
 
 Every command accepts ``--json`` and then prints exactly one JSON object; a failed command
 prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail": {...}]}``
-(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr). Exit status:
+(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr; a step after
+the result is printed -- ``claim report --checkpoint`` saving its checkpoint -- fails with the
+``error:`` line on stderr in both modes). Exit status:
 
 * 0 -- done;
 * 1 -- refused or failed: the failing step did not commit (fix the cause and run it again);
@@ -264,8 +266,13 @@ def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     start = cp.load() if cp is not None else a.start
     insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
     rep: dict[str, Any] = ops.claim_report(start, a.limit, insurer)
+    if rep.get("insurer") is None:
+        rep["insurer"] = "all"  # as --insurer names it (printed "None" before)
     if cp is not None:
-        cp.save(int(rep["next_block"]))  # only a complete report moves the checkpoint
+        # only a complete report moves the checkpoint, once it is written out (main): a report
+        # lost on the way (full disk, closed pipe) is reported again by the next run
+        next_block = int(rep["next_block"])
+        a.after_output = lambda: cp.save(next_block)
     return rep
 
 
@@ -677,6 +684,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
     else:
         _human(result, out)
+    after: Callable[[], None] | None = getattr(args, "after_output", None)
+    if after is not None:  # a step for once the result is out (claim report: its checkpoint)
+        try:
+            out.flush()
+            after()
+        except RxClientError as exc:  # on stderr: the result already printed is the one JSON object
+            print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
+            return _exit_status(exc)
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"error: IO_ERROR: {_clean(exc.strerror or type(exc).__name__)}{_clean(where)}", file=err)
+            return EXIT_REFUSED
     return EXIT_OK
 
 
