@@ -376,3 +376,37 @@ def test_cli_report_names_every_insurer_all(monkeypatch: pytest.MonkeyPatch) -> 
     assert code == 0 and isinstance(rep, dict) and rep["insurer"] == "all"
     code, rep = _cli(monkeypatch, _Ops(), "--insurer", "ins01")
     assert code == 0 and isinstance(rep, dict) and rep["insurer"] == "ins01"
+
+
+def test_settled_reversed_settled_again_across_ranges_and_a_lost_stream(world: World) -> None:  # noqa: F811
+    """A claim settled, reversed in a later range and the fill settled again (a new claim
+    id): each event one row, in the range of its block, the ranges adding up to the second
+    claim; a stream lost mid-range (SERVICE_UNAVAILABLE) is re-opened where it stopped,
+    every block and claim once."""
+    ledger = Ledger()
+    prep = approved(world)
+    lock_and_dispense(world, prep, trace_codes=["81234560000000009"]).unwrap()
+    first = ledger.add("settlement", settle(world, prep)).unwrap()
+    cut = ledger.height
+    ledger.add("settlement", world.chain.submit("settlement", "reverse", CLERK,
+                                                claim_id=first["claim_id"], reason="DUPLICATE"))
+    again = ledger.add("settlement", settle(world, prep)).unwrap()
+    assert again["claim_id"] != first["claim_id"]
+    opened: list[int] = []
+
+    def flaky(start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
+        opened.append(start)
+        for msg in ledger.events(start, contract, follow):
+            if len(opened) == 1 and msg.block_number == ledger.height - 2:
+                raise RxClientError("SERVICE_UNAVAILABLE", "the peer went away")
+            yield msg
+
+    one = claim_report(ledger.events, _reader(world, CLERK), 0, max_blocks=cut)
+    two = claim_report(flaky, _reader(world, CLERK), one["next_block"])
+    assert opened == [cut - 1, ledger.height - 2] and two["next_block"] == ledger.height
+    assert [(r["event"], r["claim_id"]) for r in one["claims"]] == [("settled", first["claim_id"])]
+    assert [(r["event"], r["claim_id"], r["status_now"]) for r in two["claims"]] == [
+        ("reversed", first["claim_id"], "REVERSED"), ("settled", again["claim_id"], "SETTLED")]
+    for k in AMOUNTS:
+        assert one["totals"]["net"][k] + two["totals"]["net"][k] == again[k]
+        assert two["totals"]["net"][k] == again[k] - first[k] == 0
