@@ -2,7 +2,9 @@
 
 Every command accepts ``--json`` and then prints exactly one JSON object; a failed command
 prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail": {...}]}``
-(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr). Exit status:
+(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr; a step after
+the result is printed -- ``claim report``/``rx inbox --checkpoint`` saving its checkpoint -- fails with the
+``error:`` line on stderr in both modes). Exit status:
 
 * 0 -- done;
 * 1 -- refused or failed: the failing step did not commit (fix the cause and run it again);
@@ -265,7 +267,10 @@ def _block_range(a: argparse.Namespace, read: Callable[[int], dict[str, Any]]) -
     cp = FileCheckpoint(a.checkpoint) if a.checkpoint else None
     rep = read(cp.load() if cp is not None else a.start)
     if cp is not None:
-        cp.save(int(rep["next_block"]))
+        # only a complete read moves the checkpoint, once it is written out (main): a read lost
+        # on the way (full disk, closed pipe) is read again by the next run
+        next_block = int(rep["next_block"])
+        a.after_output = lambda: cp.save(next_block)
     return rep
 
 
@@ -280,7 +285,10 @@ def _range_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
-    return _block_range(a, lambda start: dict(ops.claim_report(start, a.limit, insurer)))
+    rep = _block_range(a, lambda start: dict(ops.claim_report(start, a.limit, insurer)))
+    if rep.get("insurer") is None:
+        rep["insurer"] = "all"  # as --insurer names it (printed "None" before)
+    return rep
 
 
 def _inbox(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -693,6 +701,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         print(json.dumps(result, ensure_ascii=False, sort_keys=True), file=out)
     else:
         _human(result, out)
+    after: Callable[[], None] | None = getattr(args, "after_output", None)
+    if after is not None:  # a step for once the result is out (claim report, rx inbox: the checkpoint)
+        try:
+            out.flush()
+            after()
+        except RxClientError as exc:  # on stderr: the result already printed is the one JSON object
+            print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
+            return _exit_status(exc)
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"error: IO_ERROR: {_clean(exc.strerror or type(exc).__name__)}{_clean(where)}", file=err)
+            return EXIT_REFUSED
     return EXIT_OK
 
 

@@ -17,14 +17,21 @@ insurer's own claims, or every claim for an auditor) and adds up the amounts, in
 * ``inconsistent``: claims whose amounts break the settlement identities (medical fee = fund
   + patient share, patient share = personal account + cash) -- none on a correct ledger; a
   reconciliation that finds one stops trusting the range.
+* ``malformed``: settle or reverse events whose payload names no claim the contract could
+  have written (not an object, no claim id of 1-128 of ``A-Za-z0-9-_.``, no insurer) --
+  block, tx id and event, listed whatever the insurer filter, never read nor guessed (none
+  on a correct ledger: left out silently, such a settle was missing from the totals unseen).
 
 Ranges are contiguous: ``next_block`` is where the next report starts (a checkpoint saved
 only once a report is complete, so a report that fails part-way leaves the checkpoint where
-it was and the next run covers the same blocks again, whole).
+it was and the next run covers the same blocks again, whole). A start beyond the peer's
+height (the block before it not committed there: a checkpoint of another ledger, or a peer
+behind) is refused START_BEYOND_HEIGHT rather than an empty report that waits there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +43,7 @@ SETTLEMENT = "settlement"
 EVENTS = {"claim.settled": "settled", "claim.reversed": "reversed"}
 AMOUNTS = ("medfee_fen", "fund_fen", "patient_fen", "account_fen", "cash_fen")
 MAX_BLOCKS = 100_000  # blocks one report reads at most (the next report goes on from there)
+_CLAIM_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what settlement.get_claim takes (_is_id)
 
 ClaimReader = Callable[[str], "dict[str, Any] | None"]
 
@@ -90,21 +98,32 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     the caller may not read it. Raises what the reads raise; nothing is remembered."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
-    cp = MemoryCheckpoint(start)
+    # read from the block before the range: the peer has it iff the range starts at most at
+    # its height (an empty stream from ``start`` cannot tell "nothing new" from "beyond")
+    cp = MemoryCheckpoint(max(start - 1, 0))
     listener = EventListener(source, cp, contract=SETTLEMENT)
     rows: list[ClaimRow] = []
     unreadable: list[str] = []
     inconsistent: list[str] = []
+    malformed: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any] | None] = {}
     next_block = start
     blocks = 0
+    reached = start == 0
     for b in listener.blocks(follow=False):
+        if b.block < start:
+            reached = True
+            continue
         for ev in b.events:
             kind = EVENTS.get(ev.name)
-            if ev.contract != SETTLEMENT or kind is None or not isinstance(ev.payload, dict):
+            if ev.contract != SETTLEMENT or kind is None:
                 continue
-            claim_id = ev.payload.get("claim_id")
-            if not isinstance(claim_id, str) or (insurer is not None and ev.payload.get("insurer") != insurer):
+            payload = ev.payload if isinstance(ev.payload, dict) else {}
+            claim_id, whose = payload.get("claim_id"), payload.get("insurer")
+            if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id) or not isinstance(whose, str):
+                malformed.append({"block": b.block, "tx_id": ev.tx_id, "event": kind})
+                continue
+            if insurer is not None and whose != insurer:
                 continue
             if claim_id not in records:
                 records[claim_id] = read_claim(claim_id)
@@ -126,6 +145,10 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
         blocks += 1
         if blocks >= max_blocks:
             break
+    if not reached:
+        raise RxClientError("START_BEYOND_HEIGHT", f"the peer has not committed block {start - 1}: block "
+                            f"{start} is beyond its height (a checkpoint of another ledger, or a peer "
+                            "behind); nothing reported")
     settled = [r for r in rows if r.event == "settled"]
     reversed_ = [r for r in rows if r.event == "reversed"]
     s_tot, r_tot = _totals(settled), _totals(reversed_)
@@ -133,4 +156,4 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     return {"from_block": start, "next_block": next_block, "insurer": insurer,
             "claims": [r.as_dict() for r in rows],
             "totals": {"settled": s_tot, "reversed": r_tot, "net": net},
-            "unreadable": unreadable, "inconsistent": inconsistent}
+            "unreadable": unreadable, "inconsistent": inconsistent, "malformed": malformed}

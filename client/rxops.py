@@ -625,10 +625,16 @@ class RxOperations:
         """Claims settled and reversed from block ``start`` on, with totals in fen
         (:func:`client.reconcile.claim_report`). ``insurer``: "" = the caller's organisation
         when it is an insurer, else every insurer's; None = every insurer's; else that one.
-        A role that reads no claims is refused (ACCESS_DENIED) at the first claim."""
+        A role that reads no claims is refused (ACCESS_DENIED) at the first claim; an insurer's
+        member asking for another insurer's claims before anything is read (it may read none of
+        them: every one unreadable, a net of 0 fen that reads as "owes nothing")."""
+        me = self.s.identity.org
+        mine = me in self.s.net.insurers()
         if insurer == "":
-            me = self.s.identity.org
-            insurer = me if me in self.s.net.insurers() else None
+            insurer = me if mine else None
+        elif mine and insurer is not None and insurer != me:
+            raise RxClientError("ACCESS_DENIED", f"{me} reads only its own claims, not {insurer}'s "
+                                "(the regulator's auditors read every insurer's); nothing reported")
 
         def read(claim_id: str) -> dict[str, Any] | None:
             try:

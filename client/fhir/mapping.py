@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from client.errors import RxClientError
-from client.rxops import DrugLine, IssueRequest
+from client.rxops import CHINA_TZ, DrugLine, IssueRequest
 
 ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 NATIONAL_CODE = re.compile(r"^[A-Z0-9]{23}$")
@@ -343,6 +343,56 @@ def inbox_bundle(inbox: Mapping[str, Any], self_url: str, next_url: str | None) 
               "entry": entries}
     _validate("Bundle", bundle)
     return bundle
+
+
+PAYMENT_TYPE = "http://terminology.hl7.org/CodeSystem/payment-type"
+
+
+def _china_date(ms: int) -> str:
+    """The calendar day (China time, as the contracts count days) of ``ms``."""
+    return dt.datetime.fromtimestamp(ms / 1000, CHINA_TZ).date().isoformat()
+
+
+BLOCKS_SYSTEM = "urn:rxchain:blocks"  # a block range "FROM..NEXT": FROM up to, not including, NEXT
+
+
+def payment_reconciliation(report: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """An insurer's claims report (``client.reconcile``) as a PaymentReconciliation: ``amount``
+    the net fund share of the range (settled minus reversed), one ``allocation`` per settle
+    (type payment, the fund share) or reverse (type adjustment, the fund share given back,
+    negative) naming its Claim, dated by the China-time day of the step; the block range as
+    ``identifier``; claims the caller could not read, or whose amounts break the settlement
+    identities, as notes."""
+    first, nxt = int(report["from_block"]), int(report["next_block"])
+    allocations = []
+    for row in report["claims"]:
+        settled = row["event"] == "settled"
+        alloc: dict[str, Any] = {
+            "identifier": {"system": RX_SYSTEM + ":tx", "value": str(row["tx_id"])},
+            "target": {"type": "Claim", "identifier": {"system": CLAIM_SYSTEM, "value": str(row["claim_id"])}},
+            "type": {"coding": [{"system": PAYMENT_TYPE, "code": "payment" if settled else "adjustment"}]},
+            "amount": _money(int(row["fund_fen"]) if settled else -int(row["fund_fen"])),
+        }
+        if row.get("time_ms"):
+            alloc["date"] = _china_date(int(row["time_ms"]))
+        allocations.append(alloc)
+    res: dict[str, Any] = {
+        "resourceType": "PaymentReconciliation",
+        "identifier": [{"system": BLOCKS_SYSTEM, "value": f"{first}..{nxt}"}],
+        "type": {"coding": [{"system": PAYMENT_TYPE, "code": "payment"}]},
+        "status": "active", "created": _iso(now_ms), "date": _china_date(now_ms),
+        "amount": _money(int(report["totals"]["net"]["fund_fen"])),
+        "allocation": allocations,
+    }
+    if report.get("insurer"):
+        res["paymentIssuer"] = {"identifier": {"system": ORG_SYSTEM, "value": str(report["insurer"])}}
+    notes = [f"unreadable claim {c}: not counted" for c in report.get("unreadable") or []]
+    notes += [f"inconsistent claim {c}: amounts break medfee = fund + patient = fund + account + cash"
+              for c in report.get("inconsistent") or []]
+    if notes:
+        res["processNote"] = [{"type": "display", "text": n} for n in notes]
+    _validate("PaymentReconciliation", res)
+    return res
 
 
 def dispense_id(rx_id: str, fill: object, line: int) -> str:

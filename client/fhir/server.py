@@ -25,6 +25,9 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   searchset Bundle of Tasks, one per prescription the caller's organisation serves that changed
   in the range (what to do: requested/ready/on-hold/in-progress, or completed/cancelled);
   ``X-Rxchain-Next-Block`` names where the next poll starts
+* ``GET  /fhir/PaymentReconciliation?from-block=N&limit-blocks=M`` an insurer's claims report
+  (:mod:`client.reconcile`): the net fund share, one allocation per settle or reversal;
+  ``X-Rxchain-Next-Block`` as for Task
 * ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers);
   ``404`` CLAIM_NOT_FOUND both for an id never settled and for a claim the caller may not
   read, ``403`` ACCESS_DENIED for a role that reads no claims (pharmacy staff, couriers,
@@ -341,6 +344,8 @@ class FhirApp:
             return self._claim(ops, body, if_none_exist)
         if method == "GET" and parts == ["Task"]:
             return self._inbox(ops, path)
+        if method == "GET" and parts == ["PaymentReconciliation"]:
+            return self._reconcile(ops, path)
         if method == "GET" and len(parts) == 2 and parts[0] == "Claim":
             rec = ops.claim(retry.claim_path_id(parts[1]))
             claim = mapping.claim_and_response(rec, str(rec.get("insurer", "")))["entry"][0]["resource"]
@@ -362,6 +367,16 @@ class FhirApp:
             inbox, f"/fhir/Task?from-block={start}&limit-blocks={limit}",
             f"/fhir/Task?from-block={nxt}&limit-blocks={limit}" if more else None)
         return Reply(200, bundle, {"X-Rxchain-Next-Block": str(nxt)})
+
+    def _reconcile(self, ops: RxOperations, path: str) -> Reply:
+        """The claims report (``client.reconcile``) of blocks ``from-block`` on (at most
+        ``limit-blocks``) as a PaymentReconciliation of the caller's insurer (every insurer's
+        for an auditor); ``X-Rxchain-Next-Block`` is where the next one starts."""
+        query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
+        start = query.get("from-block", 0)
+        report = ops.claim_report(start, query.get("limit-blocks", DEFAULT_INBOX_BLOCKS))
+        return Reply(200, mapping.payment_reconciliation(report, ops.s.clock()),
+                     {"X-Rxchain-Next-Block": str(int(report["next_block"]))})
 
     # ------------------------------------------------------------ dispense
     def _dispense(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
@@ -744,6 +759,10 @@ def capability_statement() -> dict[str, Any]:
             {**res("MedicationRequest", ["create", "read"]), "conditionalCreate": True},
             {**res("MedicationDispense", ["create"]), "conditionalCreate": True},
             {**res("Claim", ["create", "read"]), "conditionalCreate": True},
+            {**res("PaymentReconciliation", ["search-type"]), "searchParam": [
+                {"name": "from-block", "type": "number",
+                 "documentation": "first block of the range (the X-Rxchain-Next-Block of the last one)"},
+                {"name": "limit-blocks", "type": "number", "documentation": "blocks read at most (1-10000)"}]},
             {**res("Task", ["search-type"]), "searchParam": [
                 {"name": "from-block", "type": "number",
                  "documentation": "first block of the range (the X-Rxchain-Next-Block of the last poll)"},

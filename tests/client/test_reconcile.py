@@ -249,7 +249,164 @@ def test_rxops_reports_the_callers_own_insurer_by_default(world: World) -> None:
     assert [r["claim_id"] for r in mine["claims"]] == [claims[0]["claim_id"]]
     every = ops(AUDITOR).claim_report(0)
     assert every["insurer"] is None and every["unreadable"] == ["CLM-RX9-1-1"]
-    assert ops(CLERK).claim_report(0, insurer="ins02")["claims"] == []
+    with pytest.raises(RxClientError) as other:
+        ops(CLERK).claim_report(0, insurer="ins02")
+    assert other.value.reason == "ACCESS_DENIED"
+    assert [r["claim_id"] for r in ops(AUDITOR).claim_report(0, insurer="ins01")["claims"]] == [
+        claims[0]["claim_id"]]
     with pytest.raises(RxClientError) as refused:
         ops(WANG).claim_report(0)
     assert refused.value.reason == "ACCESS_DENIED"
+
+
+# ---------------------------------------------------------------- review (rrec)
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json",  # decoded as hex text, not an object
+    b"",  # no payload at all
+    json.dumps({"rx_id": "RX9", "insurer": "ins01"}).encode(),  # no claim id
+    json.dumps({"claim_id": 7, "rx_id": "RX9", "insurer": "ins01"}).encode(),
+    json.dumps({"claim_id": "CLM RX9/1", "rx_id": "RX9", "insurer": "ins01"}).encode(),  # get_claim: BAD_ARGUMENTS
+    json.dumps({"claim_id": "C" * 129, "rx_id": "RX9", "insurer": "ins01"}).encode(),
+    json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9"}).encode(),  # whose claim?
+])
+def test_a_malformed_settle_or_reverse_event_is_listed_never_dropped_nor_fatal(
+        world: World, payload: bytes) -> None:  # noqa: F811
+    """An event of the settlement contract whose payload names no claim the contract could
+    have written: listed under ``malformed`` (block, tx id, event) for every reader and
+    every insurer filter -- not silently left out of the totals (a settle nobody sees), not
+    a failed report (a daily run stuck on that block for good, BAD_ARGUMENTS from get_claim)."""
+    ledger = Ledger()
+    claims = _claims(world, ledger, 1)
+    ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.reversed", payload=payload, tx_id="ef" * 32)]
+    for insurer in ("ins01", None):
+        rep = claim_report(ledger.events, _reader(world, CLERK), 0, insurer=insurer)
+        assert [r["claim_id"] for r in rep["claims"]] == [claims[0]["claim_id"]]
+        assert rep["malformed"] == [{"block": ledger.height - 1, "tx_id": "ef" * 32, "event": "reversed"}]
+        assert rep["unreadable"] == [] and rep["next_block"] == ledger.height
+        assert rep["totals"]["reversed"]["count"] == 0
+
+
+def test_a_start_beyond_the_peers_height_is_refused_not_an_empty_report(world: World) -> None:  # noqa: F811
+    """A checkpoint (or --start) past the peer's height -- a checkpoint file of another
+    ledger, a peer behind -- was an empty report that stayed where it was: day after day
+    nothing, then the blocks up to it skipped. Refused START_BEYOND_HEIGHT; at the height
+    itself (nothing new yet) still an empty report."""
+    ledger = Ledger()
+    _claims(world, ledger, 1)
+    for start in (ledger.height + 1, ledger.height + 1000):
+        with pytest.raises(RxClientError) as ahead:
+            claim_report(ledger.events, _reader(world, CLERK), start)
+        assert ahead.value.reason == "START_BEYOND_HEIGHT" and f"block {start} " in ahead.value.message
+    empty = claim_report(ledger.events, _reader(world, CLERK), ledger.height)
+    assert (empty["claims"], empty["next_block"]) == ([], ledger.height)
+    assert claim_report(ledger.events, _reader(world, CLERK), 0, max_blocks=1)["next_block"] == 1
+
+
+class _Full(io.StringIO):
+    """Standard output on a full disk (or a closed pipe)."""
+
+    def write(self, s: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_cli_report_not_written_out_leaves_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The checkpoint moved before the report was printed: a report lost on the way out
+    (full disk, closed pipe) was never seen and its blocks never reported again."""
+    from client import cli
+
+    cp = tmp_path / "claims.checkpoint"
+    cp.write_text("3\n")
+    ops = _Ops()
+    monkeypatch.setattr(cli, "_ops", lambda a: ops)
+    for as_json in (["--json"], []):
+        with pytest.raises(OSError):
+            cli.main([*as_json, "--as", "ins01:clerk-zhao", "claim", "report", "--checkpoint", str(cp)],
+                     out=_Full(), err=io.StringIO())
+        assert cp.read_text() == "3\n"
+    assert ops.calls == [(3, 10_000, ""), (3, 10_000, "")]
+    code, rep = _cli(monkeypatch, ops, "--checkpoint", str(cp))
+    assert code == 0 and isinstance(rep, dict) and cp.read_text() == "10\n"
+
+
+def test_cli_report_a_checkpoint_not_saved_fails_after_the_report(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The report is out, its checkpoint cannot be written: the command fails (a daily run
+    notices; the next run covers the same blocks again, whole)."""
+    from client import cli
+
+    cp = tmp_path / "gone" / "claims.checkpoint"  # a directory that is not there
+    monkeypatch.setattr(cli, "_ops", lambda a: _Ops())
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["--json", "--as", "ins01:clerk-zhao", "claim", "report", "--checkpoint", str(cp)],
+                    out=out, err=err)
+    assert code == cli.EXIT_REFUSED and json.loads(out.getvalue())["next_block"] == 7
+    assert "IO_ERROR" in err.getvalue() and not cp.exists()
+
+
+def test_rxops_an_insurer_asking_for_another_insurers_claims_is_refused(world: World) -> None:  # noqa: F811
+    """A clerk of ins01 asking for ins02's report got every claim unreadable and a net of 0
+    fen (exit 0: "ins02 owes nothing"); refused ACCESS_DENIED before anything is read."""
+    from client.rxops import RxOperations
+
+    ledger = Ledger()
+    _claims(world, ledger, 1)
+    read: list[str] = []
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=lambda *a, **k: read.append("x")),
+        identity=SimpleNamespace(org="ins01", role="clerk"),
+        net=SimpleNamespace(insurers=lambda: ["ins01", "ins02"])))
+    with pytest.raises(RxClientError) as refused:
+        ops.claim_report(0, insurer="ins02")
+    assert refused.value.reason == "ACCESS_DENIED" and "ins02" in refused.value.message and read == []
+
+
+def test_cli_report_names_every_insurer_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report of every insurer's claims said ``insurer: None`` (JSON null): ``all``, as
+    ``--insurer`` names it; one insurer's report names it."""
+    from client import cli
+
+    monkeypatch.setattr(cli, "_ops", lambda a: _Ops())
+    out = io.StringIO()
+    assert cli.main(["--as", "moh:auditor-li", "claim", "report", "--insurer", "all"], out=out, err=io.StringIO()) == 0
+    assert "insurer: all\n" in out.getvalue() and "None" not in out.getvalue()
+    code, rep = _cli(monkeypatch, _Ops(), "--insurer", "all")
+    assert code == 0 and isinstance(rep, dict) and rep["insurer"] == "all"
+    code, rep = _cli(monkeypatch, _Ops(), "--insurer", "ins01")
+    assert code == 0 and isinstance(rep, dict) and rep["insurer"] == "ins01"
+
+
+def test_settled_reversed_settled_again_across_ranges_and_a_lost_stream(world: World) -> None:  # noqa: F811
+    """A claim settled, reversed in a later range and the fill settled again (a new claim
+    id): each event one row, in the range of its block, the ranges adding up to the second
+    claim; a stream lost mid-range (SERVICE_UNAVAILABLE) is re-opened where it stopped,
+    every block and claim once."""
+    ledger = Ledger()
+    prep = approved(world)
+    lock_and_dispense(world, prep, trace_codes=["81234560000000009"]).unwrap()
+    first = ledger.add("settlement", settle(world, prep)).unwrap()
+    cut = ledger.height
+    ledger.add("settlement", world.chain.submit("settlement", "reverse", CLERK,
+                                                claim_id=first["claim_id"], reason="DUPLICATE"))
+    again = ledger.add("settlement", settle(world, prep)).unwrap()
+    assert again["claim_id"] != first["claim_id"]
+    opened: list[int] = []
+
+    def flaky(start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
+        opened.append(start)
+        for msg in ledger.events(start, contract, follow):
+            if len(opened) == 1 and msg.block_number == ledger.height - 2:
+                raise RxClientError("SERVICE_UNAVAILABLE", "the peer went away")
+            yield msg
+
+    one = claim_report(ledger.events, _reader(world, CLERK), 0, max_blocks=cut)
+    two = claim_report(flaky, _reader(world, CLERK), one["next_block"])
+    assert opened == [cut - 1, ledger.height - 2] and two["next_block"] == ledger.height
+    assert [(r["event"], r["claim_id"]) for r in one["claims"]] == [("settled", first["claim_id"])]
+    assert [(r["event"], r["claim_id"], r["status_now"]) for r in two["claims"]] == [
+        ("reversed", first["claim_id"], "REVERSED"), ("settled", again["claim_id"], "SETTLED")]
+    for k in AMOUNTS:
+        assert one["totals"]["net"][k] + two["totals"]["net"][k] == again[k]
+        assert two["totals"]["net"][k] == again[k] - first[k] == 0
