@@ -389,6 +389,8 @@ def payment_reconciliation(report: Mapping[str, Any], now_ms: int) -> dict[str, 
     notes = [f"unreadable claim {c}: not counted" for c in report.get("unreadable") or []]
     notes += [f"inconsistent claim {c}: amounts break medfee = fund + patient = fund + account + cash"
               for c in report.get("inconsistent") or []]
+    notes += [f"malformed {m.get('event')} event in block {m.get('block')} (tx {m.get('tx_id')}): names no claim, "
+              "not counted" for m in report.get("malformed") or []]
     if notes:
         res["processNote"] = [{"type": "display", "text": n} for n in notes]
     _validate("PaymentReconciliation", res)

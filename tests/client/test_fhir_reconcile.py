@@ -88,3 +88,16 @@ def test_a_role_that_reads_no_claims_and_bad_parameters_are_refused(world: World
         with pytest.raises(RxClientError) as bad:
             _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation?" + query, None, b"cert")
         assert bad.value.reason == "FHIR_INVALID", query
+
+
+def test_malformed_events_are_noted(world: World) -> None:  # noqa: F811
+    from rxchain.v1 import transaction_pb2
+
+    ledger = EventLedger(world.chain)
+    _settled(world, 1)
+    ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.reversed", payload=b'{"claim_id": "bad id"}', tx_id="ef" * 32)]
+    res = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert").resource
+    assert [n["text"] for n in res["processNote"]] == [
+        f"malformed reversed event in block {ledger.height - 1} (tx {'ef' * 32}): names no claim, not counted"]
+    assert len(res["allocation"]) == 1
