@@ -12,22 +12,33 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
 
 * ``changes``: one row per event of such a prescription in the range, in ledger order
   (block, tx id, step, the status it left, the acting organisation);
-* ``prescriptions``: each such prescription as it is now, with what the pharmacy has to do:
-  ``review`` (issued, not yet reviewed), ``dispense`` (approved, or locked by this pharmacy,
-  or a repeat prescription whose next fill is due), ``wait`` (the next fill of a repeat
-  prescription is not due yet: ``next_fill_ms``), ``deliver`` (a fill dispensed and not yet
-  handed over), ``none`` (final: delivered, revoked, rejected, expired, erased; or locked by
-  another pharmacy) -- a revoked prescription is listed so that nobody dispenses it.
+* ``prescriptions``: each such prescription as it is now, with what the pharmacy has to do,
+  as the contract would let it at ``now_ms``: ``review`` (issued, not yet reviewed),
+  ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
+  fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
+  ``next_fill_ms``), ``deliver`` (a fill dispensed and not yet handed over -- also once the
+  prescription expired), ``none`` (final: delivered, revoked, rejected, expired, erased;
+  validity passed -- ``expired``, the next fill's deadline ``fill_deadline_ms`` is over,
+  whether or not anyone sent the ``expire`` transaction: review, lock and dispense are
+  refused EXPIRED; or locked by another pharmacy) -- a revoked prescription is listed so
+  that nobody dispenses it;
+* ``routed_elsewhere``: the ids of the prescriptions of the range with a ``route`` step that
+  the caller does not serve now, in ledger order. A prescription routed away is no longer
+  the caller's to read (its changes and state are not shown): a work queue kept from earlier
+  reads drops it. The ids are those every member's events name (most were never the
+  caller's), nothing more is told.
 
-A prescription routed elsewhere since is no longer the caller's to read and is not listed.
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
-file it moves only once a read is complete).
+file it moves only once a read is complete); a start beyond the peer's height reads nothing
+and stays (a peer behind catches up). Event payloads without a prescription id the contract
+would take are skipped. Every prescription named in the range is read once (``show``), the
+caller's or not: ``max_blocks`` bounds a read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from client.errors import RxClientError
 from client.events import EventListener, EventSource, MemoryCheckpoint
@@ -36,6 +47,9 @@ PRESCRIPTION = "prescription"
 MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
 DAY_MS = 86_400_000
 FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
+# the roles whose organisation's inbox it is (a hospital's and a pharmacy's staff; a patient's
+# certificate is her hospital's too, but what she reads is her own prescriptions)
+STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier")
 
 RxReader = Callable[[str], "dict[str, Any] | None"]
 
@@ -53,13 +67,19 @@ def serves(meta: dict[str, Any], org: str) -> bool:
 
 
 def action(meta: dict[str, Any], org: str, now_ms: int) -> str:
-    """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``."""
+    """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``, as the
+    prescription contract would let it: a dispensed fill not handed over is delivered even once
+    the prescription expired (``deliver`` refuses only an erased one); a review, lock or
+    dispense after the validity ended is refused EXPIRED whether or not anyone sent the
+    ``expire`` transaction, so there is nothing to do then."""
     status = str(meta.get("status", ""))
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
-    if status in FINAL:
+    if status == "ERASED":
         return "none"
     if fills > _int(meta, "delivered_fills"):
         return "deliver"
+    if status in FINAL or expired(meta, now_ms):
+        return "none"
     if status == "ISSUED":
         return "review"
     lock = meta.get("lock")
@@ -71,6 +91,24 @@ def action(meta: dict[str, Any], org: str, now_ms: int) -> str:
         due = _next_fill_ms(meta)
         return "dispense" if due is None or now_ms >= due else "wait"
     return "none"
+
+
+def fill_deadline_ms(meta: dict[str, Any]) -> int:
+    """The validity end of the next fill (the contract's rule): the first fill by
+    ``valid_end_ms``, repeat fill k+1 by ``valid_end_ms`` + k fill intervals."""
+    return _int(meta, "valid_end_ms") + _int(meta, "fills") * _int(meta, "fill_interval_days") * DAY_MS
+
+
+def expired(meta: dict[str, Any], now_ms: int) -> bool:
+    """The prescription can no longer be reviewed or filled at ``now_ms``: status EXPIRED, or
+    fills left whose validity passed without an ``expire`` transaction (a review after
+    ``valid_end_ms``, a lock or dispense after :func:`fill_deadline_ms`: EXPIRED)."""
+    status = str(meta.get("status", ""))
+    if status == "EXPIRED":
+        return True
+    if status in FINAL or _int(meta, "fills") >= _int(meta, "max_fills"):
+        return False
+    return now_ms > fill_deadline_ms(meta)
 
 
 def _next_fill_ms(meta: dict[str, Any]) -> int | None:
@@ -88,6 +126,8 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int) -> dict[str, Any]:
         "delivered_fills": _int(meta, "delivered_fills"),
         "next_fill_ms": _next_fill_ms(meta) if 0 < fills < max_fills else None,
         "valid_end_ms": _int(meta, "valid_end_ms"),
+        "fill_deadline_ms": None if fills >= max_fills or meta.get("status") in FINAL else fill_deadline_ms(meta),
+        "expired": expired(meta, now_ms),
         "locked_by": lock.get("org") if isinstance(lock, dict) else None,
         "action": action(meta, org, now_ms),
     }
@@ -110,10 +150,10 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
             if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):
                 continue
             rx_id = ev.payload.get("rx_id")
-            if not isinstance(rx_id, str) or ev.name in ("rx.key_fetch", "rx.key_denied"):
-                continue
-            seen.append((b.block, ev.tx_id, ev.name[3:], str(ev.payload.get("status", "")),
-                         str(ev.payload.get("org", "")), rx_id))
+            if not _is_rx_id(rx_id) or ev.name in ("rx.key_fetch", "rx.key_denied"):
+                continue  # (an id show would refuse, BAD_ARGUMENTS, would stop every later read)
+            seen.append((b.block, ev.tx_id, ev.name[3:], _text(ev.payload.get("status")),
+                         _text(ev.payload.get("org")), rx_id))
         next_block = b.block + 1
         blocks += 1
         if blocks >= max_blocks:
@@ -125,5 +165,19 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
             mine[rx_id] = meta
     changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
                for blk, tx, step, status, by, rx in seen if rx in mine]
+    # a prescription routed to another pharmacy is no longer readable by the one it leaves:
+    # its id (as every member's events name it) tells a work queue kept from earlier reads
+    # to drop it
+    routed = list(dict.fromkeys(rx for _, _, step, _, _, rx in seen if step == "route" and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
-            "prescriptions": [_summary(m, org, now_ms) for m in mine.values()]}
+            "prescriptions": [_summary(m, org, now_ms) for m in mine.values()],
+            "routed_elsewhere": routed}
+
+
+def _is_rx_id(v: object) -> TypeGuard[str]:
+    """A prescription id as the contract takes it: 1-64 characters of [A-Za-z0-9-_.]."""
+    return isinstance(v, str) and 1 <= len(v) <= 64 and v.isascii() and all(c.isalnum() or c in "-_." for c in v)
+
+
+def _text(v: object) -> str:
+    return v if isinstance(v, str) else ""

@@ -4,11 +4,12 @@ prescriptions it serves, found from the prescription contract's events and read 
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from client.inbox import RxReader, action, pharmacy_inbox
@@ -110,22 +111,104 @@ def test_ranges_are_contiguous(world: World) -> None:  # noqa: F811
         _inbox(world, ledger, WANG, 0, max_blocks=0)
 
 
+LIVE = {"valid_end_ms": 30 * DAY_MS}  # the (first) fill's validity not passed at day 27
+
+
 @pytest.mark.parametrize(("meta", "want"), [
-    ({"status": "ISSUED"}, "review"),
-    ({"status": "APPROVED"}, "dispense"),
-    ({"status": "LOCKED", "lock": {"org": "p01"}}, "dispense"),
-    ({"status": "LOCKED", "lock": {"org": "p02"}}, "none"),
+    ({"status": "ISSUED", **LIVE}, "review"),
+    ({"status": "APPROVED", **LIVE}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p01"}, **LIVE}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p02"}, **LIVE}, "none"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 1, "delivered_fills": 0}, "deliver"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
-      "fill_interval_days": 28}, "wait"),
+      "fill_interval_days": 28, **LIVE}, "wait"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
-      "fill_interval_days": 0}, "dispense"),
+      "fill_interval_days": 1, **LIVE}, "dispense"),
     ({"status": "DELIVERED", "fills": 1, "max_fills": 1, "delivered_fills": 1}, "none"),
-    ({"status": "REVOKED"}, "none"), ({"status": "EXPIRED"}, "none"), ({"status": "ERASED"}, "none"),
-    ({"status": "REJECTED"}, "none"),
+    ({"status": "REVOKED", **LIVE}, "none"), ({"status": "EXPIRED", **LIVE}, "none"),
+    ({"status": "ERASED", **LIVE}, "none"), ({"status": "REJECTED", **LIVE}, "none"),
+    # the validity passed, no expire transaction sent: the contract refuses review, lock and
+    # dispense (EXPIRED)
+    ({"status": "ISSUED", "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "APPROVED", "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "LOCKED", "lock": {"org": "p01"}, "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
+      "fill_interval_days": 1, "valid_end_ms": DAY_MS}, "none"),  # fill 2 valid until day 2
+    # a fill dispensed before the prescription expired is still handed over (not once erased)
+    ({"status": "EXPIRED", "fills": 1, "max_fills": 2, "delivered_fills": 0}, "deliver"),
+    ({"status": "ERASED", "fills": 1, "max_fills": 2, "delivered_fills": 0}, "none"),
 ])
 def test_action_of_each_state(meta: dict[str, Any], want: str) -> None:
     assert action(meta, "p01", 27 * DAY_MS) == want
+
+
+def test_a_prescription_whose_validity_passed_is_not_to_review_or_dispense(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    to_review = issue(world, pharmacy="p01")[0].args["rx_id"]
+    to_dispense = approved(world).args["rx_id"]
+    repeat = approved(world, **REPEAT)
+    world.chain.submit("prescription", "lock", WANG, rx_id=repeat.args["rx_id"]).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000404"]).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=repeat.args["rx_id"]).unwrap()
+    world.chain.advance(29 * DAY_MS)  # past the first fills' day and fill 2's 28 days after it
+    inbox = _inbox(world, ledger, WANG)
+    assert _actions(inbox) == {to_review: "none", to_dispense: "none", repeat.args["rx_id"]: "none"}
+    assert all(p["expired"] for p in inbox["prescriptions"])
+    assert {p["status"] for p in inbox["prescriptions"]} == {"ISSUED", "APPROVED", "DISPENSED"}  # no expire tx
+    # what the contract says to the pharmacist who tries
+    review = world.chain.submit("prescription", "review", WANG, rx_id=to_review, approve=True, reason="")
+    assert review.reason == "EXPIRED"
+    for rx in (to_dispense, repeat.args["rx_id"]):
+        assert world.chain.submit("prescription", "lock", WANG, rx_id=rx).reason == "EXPIRED"
+    # the FHIR Task: cancelled, not on hold
+    tasks = {e["resource"]["identifier"][0]["value"]: e["resource"]["status"]
+             for e in _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert").resource["entry"]}
+    assert set(tasks.values()) == {"cancelled"}
+
+
+def test_a_fill_dispensed_before_the_prescription_expired_is_still_delivered(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    repeat = approved(world, **REPEAT)
+    rx = repeat.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000405"]).unwrap()
+    world.chain.advance(30 * DAY_MS)
+    world.chain.submit("prescription", "expire", CLERK, rx_id=rx).unwrap()
+    (only,) = _inbox(world, ledger, WANG)["prescriptions"]
+    assert (only["status"], only["action"]) == ("EXPIRED", "deliver")
+    assert (only["expired"], only["fill_deadline_ms"]) == (True, None)
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
+
+
+def test_the_pharmacy_a_prescription_leaves_learns_it_was_routed_elsewhere(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    unrouted = issue(world, pharmacy="")[0].args["rx_id"]
+    first = _inbox(world, ledger, WANG)
+    assert _actions(first) == {rx: "dispense"} and first["routed_elsewhere"] == []
+    assert _actions(_inbox(world, ledger, HE)) == {unrouted: "review"}
+    for moved in (rx, unrouted):
+        world.chain.submit("prescription", "route", JIANG, rx_id=moved, pharmacy="p02",
+                           wrapped_key=world.wrap_for(moved, "p02")).unwrap()
+    # p01 may no longer read it: the id from the route event tells its queue to drop it
+    later = _inbox(world, ledger, WANG, first["next_block"])
+    assert (later["prescriptions"], later["changes"]) == ([], [])
+    assert later["routed_elsewhere"] == [rx, unrouted]
+    # the hospital pharmacy likewise for the one it held unrouted; p02 has both to serve
+    assert _inbox(world, ledger, HE, first["next_block"])["routed_elsewhere"] == [rx, unrouted]
+    p02 = _inbox(world, ledger, CHEN, first["next_block"])
+    assert _actions(p02) == {rx: "dispense", unrouted: "review"} and p02["routed_elsewhere"] == []
+
+
+@pytest.mark.parametrize("bad_id", ["", "x" * 65, "../rx", "rx 1", 7])
+def test_an_event_naming_no_prescription_id_is_skipped(world: World, bad_id: object) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    ledger.extra[0] = [transaction_pb2.ContractEvent(
+        contract="prescription", name="rx.issue", tx_id="ab" * 32,
+        payload=json.dumps({"rx_id": bad_id, "status": "ISSUED", "org": "h01"}).encode())]
+    inbox = _inbox(world, ledger, WANG)
+    assert _actions(inbox) == {rx: "dispense"} and inbox["next_block"] == ledger.height
 
 
 def test_rxops_inbox_is_for_pharmacies_and_hospitals(world: World) -> None:  # noqa: F811
@@ -145,14 +228,16 @@ def test_rxops_inbox_is_for_pharmacies_and_hospitals(world: World) -> None:  # n
 
     assert _actions(ops(WANG).inbox(0)) == {rx: "dispense"}
     assert _actions(ops(HE).inbox(0)) == {}  # routed to p01: not the hospital pharmacy's
-    with pytest.raises(RxClientError) as refused:
-        ops(CLERK).inbox(0)
-    assert refused.value.reason == "WRONG_ROLE"
+    assert _actions(ops(COURIER).inbox(0)) == {rx: "dispense"}
+    # an insurer, and a patient (her certificate is her hospital's): no pharmacy's work
+    for caller in (CLERK, world.patient_who("patient-zhang")):
+        with pytest.raises(RxClientError) as refused:
+            ops(caller).inbox(0)
+        assert refused.value.reason == "WRONG_ROLE"
 
 
 def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     import io
-    import json
 
     from client import cli
 
