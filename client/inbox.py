@@ -16,23 +16,27 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   as the contract would let it at ``now_ms``: ``review`` (issued, not yet reviewed),
   ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
   fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
-  ``next_fill_ms``), ``deliver`` (a fill dispensed and not yet handed over -- also once the
-  prescription expired), ``none`` (final: delivered, revoked, rejected, expired, erased;
-  validity passed -- ``expired``, the next fill's deadline ``fill_deadline_ms`` is over,
-  whether or not anyone sent the ``expire`` transaction: review, lock and dispense are
-  refused EXPIRED; or locked by another pharmacy) -- a revoked prescription is listed so
-  that nobody dispenses it;
+  ``next_fill_ms``), ``deliver`` (a fill it dispensed and did not hand over yet -- also once
+  the prescription expired; ``deliver_by`` names the pharmacy whose courier hands the
+  pending fill over: the one that dispensed it, after a re-route the previous one, and then
+  the serving pharmacy's action is about the next fill), ``none`` (final: delivered,
+  revoked, rejected, expired, erased; validity passed -- ``expired``, the next fill's
+  deadline ``fill_deadline_ms`` is over, whether or not anyone sent the ``expire``
+  transaction: review, lock and dispense are refused EXPIRED; or locked by another
+  pharmacy) -- a revoked prescription is listed so that nobody dispenses it;
 * ``routed_elsewhere``: the ids of the prescriptions of the range with a ``route`` step that
   the caller does not serve now, in ledger order. A prescription routed away is no longer
   the caller's to read (its changes and state are not shown): a work queue kept from earlier
-  reads drops it. The ids are those every member's events name (most were never the
-  caller's), nothing more is told.
+  reads drops it -- but for a fill the caller dispensed and did not hand over yet, which its
+  courier still delivers (``deliver`` takes the dispensing pharmacy's courier). The ids are
+  those every member's events name (most were never the caller's), nothing more is told.
 
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
 file it moves only once a read is complete); a start beyond the peer's height reads nothing
 and stays (a peer behind catches up). Event payloads without a prescription id the contract
 would take are skipped. Every prescription named in the range is read once (``show``), the
-caller's or not: ``max_blocks`` bounds a read.
+caller's or not: ``max_blocks`` bounds a read; a served one with a fill not handed over whose
+last step is not that dispense is read once more (``trace``: who dispensed it).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier")
 
 RxReader = Callable[[str], "dict[str, Any] | None"]
+DispenserReader = Callable[[str], "str | None"]  # rx id -> the org that dispensed its latest fill
 
 
 def _int(meta: dict[str, Any], key: str) -> int:
@@ -66,17 +71,19 @@ def serves(meta: dict[str, Any], org: str) -> bool:
     return pharmacy == org or (pharmacy == "" and meta.get("hospital") == org)
 
 
-def action(meta: dict[str, Any], org: str, now_ms: int) -> str:
+def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None = None) -> str:
     """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``, as the
     prescription contract would let it: a dispensed fill not handed over is delivered even once
-    the prescription expired (``deliver`` refuses only an erased one); a review, lock or
+    the prescription expired (``deliver`` refuses only an erased one), by the courier of the
+    pharmacy that dispensed it (``dispensed_by``; None: unknown, taken as ``org``) -- after a
+    re-route that is the previous pharmacy, and the serving one has the next fill; a review, lock or
     dispense after the validity ended is refused EXPIRED whether or not anyone sent the
     ``expire`` transaction, so there is nothing to do then."""
     status = str(meta.get("status", ""))
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     if status == "ERASED":
         return "none"
-    if fills > _int(meta, "delivered_fills"):
+    if fills > _int(meta, "delivered_fills") and dispensed_by in (None, org):
         return "deliver"
     if status in FINAL or expired(meta, now_ms):
         return "none"
@@ -117,7 +124,7 @@ def _next_fill_ms(meta: dict[str, Any]) -> int | None:
     return _int(meta, "last_fill_ms") + _int(meta, "fill_interval_days") * DAY_MS
 
 
-def _summary(meta: dict[str, Any], org: str, now_ms: int) -> dict[str, Any]:
+def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None) -> dict[str, Any]:
     lock = meta.get("lock")
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     return {
@@ -129,16 +136,20 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int) -> dict[str, Any]:
         "fill_deadline_ms": None if fills >= max_fills or meta.get("status") in FINAL else fill_deadline_ms(meta),
         "expired": expired(meta, now_ms),
         "locked_by": lock.get("org") if isinstance(lock, dict) else None,
-        "action": action(meta, org, now_ms),
+        "deliver_by": (dispensed_by or org) if fills > _int(meta, "delivered_fills") else None,
+        "action": action(meta, org, now_ms, dispensed_by),
     }
 
 
 def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int, now_ms: int,
-                   max_blocks: int = MAX_BLOCKS) -> dict[str, Any]:
+                   max_blocks: int = MAX_BLOCKS, dispenser: DispenserReader | None = None) -> dict[str, Any]:
     """The prescriptions of blocks ``start`` .. the peer's height (at most ``max_blocks``
     blocks) that ``org`` serves now. ``source`` is the gateway's event stream; ``read_rx`` the
     prescription's metadata (``show``) or None when the caller may not read it; ``now_ms``
-    decides whether a repeat fill is due. Raises what the reads raise; remembers nothing."""
+    decides whether a repeat fill is due; ``dispenser`` the organisation that dispensed a
+    prescription's latest fill (asked only for a fill not handed over whose dispense is not
+    the prescription's last step; without it, or None, the fill is taken as ``org``'s).
+    Raises what the reads raise; remembers nothing."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
     listener = EventListener(source, MemoryCheckpoint(start), contract=PRESCRIPTION)
@@ -163,6 +174,7 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
         meta = read_rx(rx_id)
         if isinstance(meta, dict) and serves(meta, org):
             mine[rx_id] = meta
+    by = {rx_id: _dispensed_by(meta, rx_id, dispenser) for rx_id, meta in mine.items()}
     changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
                for blk, tx, step, status, by, rx in seen if rx in mine]
     # a prescription routed to another pharmacy is no longer readable by the one it leaves:
@@ -170,8 +182,20 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     # to drop it
     routed = list(dict.fromkeys(rx for _, _, step, _, _, rx in seen if step == "route" and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
-            "prescriptions": [_summary(m, org, now_ms) for m in mine.values()],
+            "prescriptions": [_summary(m, org, now_ms, by[rx_id]) for rx_id, m in mine.items()],
             "routed_elsewhere": routed}
+
+
+def _dispensed_by(meta: dict[str, Any], rx_id: str, dispenser: DispenserReader | None) -> str | None:
+    """Whose courier hands over the latest fill when it is not handed over yet: the org of the
+    last step when that is the dispense (no read), else ``dispenser``'s answer (a re-route
+    since may have left it with the previous pharmacy); None when nothing is pending or unknown."""
+    if _int(meta, "fills") <= _int(meta, "delivered_fills"):
+        return None
+    step = meta.get("step")
+    if isinstance(step, dict) and step.get("step") == "dispense" and isinstance(step.get("org"), str):
+        return str(step["org"])
+    return dispenser(rx_id) if dispenser is not None else None
 
 
 def _is_rx_id(v: object) -> TypeGuard[str]:

@@ -623,7 +623,19 @@ class RxOperations:
                 return None
             return meta if isinstance(meta, dict) else None
 
-        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks)
+        def dispenser(rx_id: str) -> str | None:
+            try:
+                trail = self._all_pages("trace", rx_id, "steps")
+            except RxClientError as exc:
+                if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
+                    raise
+                return None
+            orgs = [st.get("org") for st in trail["steps"] if isinstance(st, dict) and st.get("step") == "dispense"]
+            if trail.get("truncated") or not orgs or not isinstance(orgs[-1], str):
+                return None  # (steps missing: unknown)
+            return orgs[-1]
+
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser)
 
     def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
                      insurer: str | None = "") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from client.inbox import RxReader, action, pharmacy_inbox
 from tests.client.ledgerevents import EventLedger
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
-from tests.contracts.flows import CHEN, CLERK, COURIER, HE, JIANG, WANG, approved, dispense, issue
+from tests.contracts.flows import CHEN, CLERK, COURIER, COURIER2, HE, JIANG, WANG, approved, dispense, issue
 from tests.contracts.rxclient import World
 
 REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": True, "days": 28,
@@ -198,6 +198,40 @@ def test_the_pharmacy_a_prescription_leaves_learns_it_was_routed_elsewhere(world
     assert _inbox(world, ledger, HE, first["next_block"])["routed_elsewhere"] == [rx, unrouted]
     p02 = _inbox(world, ledger, CHEN, first["next_block"])
     assert _actions(p02) == {rx: "dispense", unrouted: "review"} and p02["routed_elsewhere"] == []
+
+
+def _rxops(w: World, ledger: EventLedger, caller: Who) -> Any:
+    """RxOperations as ``caller`` over the contract chain (its organisation's kind by its id)."""
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    kind = config_pb2.PHARMACY if caller.org.startswith("p") else config_pb2.HOSPITAL
+    gw = ContractGateway(w, caller)
+    return RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+        identity=SimpleNamespace(org=caller.org, role=caller.role), clock=lambda: w.chain.now,
+        net=SimpleNamespace(org=lambda o: SimpleNamespace(kind=kind))))
+
+
+def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_deliver(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    repeat = approved(world, **REPEAT)
+    rx = repeat.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000406"]).unwrap()
+    (mine,) = _rxops(world, ledger, WANG).inbox(0)["prescriptions"]
+    assert mine["action"] == "deliver"
+    # the patient moves her next fill to p02 before p01's courier handed fill 1 over
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert theirs["action"] == "wait"  # fill 2, in 28 days: fill 1 is not p02's to deliver
+    assert (mine["deliver_by"], theirs["deliver_by"]) == ("p01", "p01")
+    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).reason == "ACCESS_DENIED"
+    assert _rxops(world, ledger, WANG).inbox(0)["routed_elsewhere"] == [rx]
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    (after,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert (after["action"], after["deliver_by"]) == ("wait", None)
 
 
 @pytest.mark.parametrize("bad_id", ["", "x" * 65, "../rx", "rx 1", 7])
