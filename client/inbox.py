@@ -125,19 +125,21 @@ def _next_fill_ms(meta: dict[str, Any]) -> int | None:
 
 
 def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None) -> dict[str, Any]:
+    """The prescription as the inbox lists it: what to do first (read in the human output's
+    one line per prescription), then the state it follows from."""
     lock = meta.get("lock")
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
+    open_fills = fills < max_fills and meta.get("status") not in FINAL
     return {
-        "rx_id": meta.get("rx_id"), "hospital": meta.get("hospital"), "pharmacy": meta.get("pharmacy") or "",
-        "status": meta.get("status"), "fills": fills, "max_fills": max_fills,
-        "delivered_fills": _int(meta, "delivered_fills"),
-        "next_fill_ms": _next_fill_ms(meta) if 0 < fills < max_fills else None,
+        "rx_id": meta.get("rx_id"), "action": action(meta, org, now_ms, dispensed_by),
+        "status": meta.get("status"), "hospital": meta.get("hospital"), "pharmacy": meta.get("pharmacy") or "",
+        "fills": fills, "max_fills": max_fills, "delivered_fills": _int(meta, "delivered_fills"),
+        "next_fill_ms": _next_fill_ms(meta) if open_fills and fills > 0 else None,
         "valid_end_ms": _int(meta, "valid_end_ms"),
-        "fill_deadline_ms": None if fills >= max_fills or meta.get("status") in FINAL else fill_deadline_ms(meta),
+        "fill_deadline_ms": fill_deadline_ms(meta) if open_fills else None,
         "expired": expired(meta, now_ms),
         "locked_by": lock.get("org") if isinstance(lock, dict) else None,
         "deliver_by": (dispensed_by or org) if fills > _int(meta, "delivered_fills") else None,
-        "action": action(meta, org, now_ms, dispensed_by),
     }
 
 

@@ -234,6 +234,18 @@ def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_del
     assert (after["action"], after["deliver_by"]) == ("wait", None)
 
 
+def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    assert _show(world, CHEN)(rx) is not None  # p02 may read it (the patient's consent) ...
+    inbox = _inbox(world, ledger, CHEN)  # ... but it is p01's to dispense
+    assert (inbox["prescriptions"], inbox["changes"], inbox["routed_elsewhere"]) == ([], [], [])
+    assert [c["step"] for c in _inbox(world, ledger, WANG)["changes"]] == ["issue", "review", "consent"]
+
+
 @pytest.mark.parametrize("bad_id", ["", "x" * 65, "../rx", "rx 1", 7])
 def test_an_event_naming_no_prescription_id_is_skipped(world: World, bad_id: object) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
@@ -294,6 +306,23 @@ def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tm
     assert cli.main([*base, "--start", "40"], out=out, err=err) == 0
     assert calls == [(0, 10_000), (3, 9), (40, 10_000)] and cp.read_text() == "6\n"
     assert json.loads(out.getvalue().splitlines()[-1])["next_block"] == 43
+
+
+def test_cli_inbox_human_output_leads_with_what_to_do(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import io
+
+    from client import cli
+
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    ops = _rxops(world, ledger, WANG)
+    ops.s.close = lambda: None
+    monkeypatch.setattr(cli, "_ops", lambda a: ops)
+    out = io.StringIO()
+    assert cli.main(["--as", "p01:pharm-wang", "rx", "inbox"], out=out, err=io.StringIO()) == 0
+    lines = out.getvalue().splitlines()
+    row = lines[lines.index("prescriptions:") + 1]
+    assert row.startswith(f"  - rx_id={rx}, action=dispense, status=APPROVED, "), row
 
 
 # ---------------------------------------------------------------- GET /fhir/Task (the FHIR gateway)
