@@ -35,7 +35,9 @@ Ranges are contiguous: ``next_block`` is where the next inbox read starts (with 
 file it moves only once a read is complete); a start beyond the peer's height reads nothing
 and stays (a peer behind catches up). Event payloads without a prescription id the contract
 would take are skipped. Every prescription named in the range is read once (``show``), the
-caller's or not: ``max_blocks`` bounds a read; a served one with a fill not handed over whose
+caller's or not -- ``max_blocks`` and ``max_reads`` bound a read (a read stops before the block
+that would take it past ``max_reads`` prescriptions: ``reads_capped``, the next read goes on
+there at once; a block is never split); a served one with a fill not handed over whose
 last step is not that dispense is read once more (``trace``: who dispensed it).
 """
 
@@ -49,6 +51,7 @@ from client.events import EventListener, EventSource, MemoryCheckpoint
 
 PRESCRIPTION = "prescription"
 MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
+MAX_READS = 2_000  # prescriptions one read reads at most (show), but all those of its first block
 DAY_MS = 86_400_000
 FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
 # the roles whose organisation's inbox it is (a hospital's and a pharmacy's staff; a patient's
@@ -144,39 +147,53 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | No
 
 
 def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int, now_ms: int,
-                   max_blocks: int = MAX_BLOCKS, dispenser: DispenserReader | None = None) -> dict[str, Any]:
-    """The prescriptions of blocks ``start`` .. the peer's height (at most ``max_blocks``
-    blocks) that ``org`` serves now. ``source`` is the gateway's event stream; ``read_rx`` the
-    prescription's metadata (``show``) or None when the caller may not read it; ``now_ms``
-    decides whether a repeat fill is due; ``dispenser`` the organisation that dispensed a
-    prescription's latest fill (asked only for a fill not handed over whose dispense is not
-    the prescription's last step; without it, or None, the fill is taken as ``org``'s).
-    Raises what the reads raise; remembers nothing."""
+                   max_blocks: int = MAX_BLOCKS, dispenser: DispenserReader | None = None,
+                   max_reads: int = MAX_READS) -> dict[str, Any]:
+    """The prescriptions of blocks ``start`` .. the peer's height that ``org`` serves now: at
+    most ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` prescriptions
+    together (the first block whatever it names; ``reads_capped`` when a read stopped before
+    a block for it: go on from ``next_block``). ``source`` is the gateway's event stream;
+    ``read_rx`` the prescription's metadata (``show``) or None when the caller may not read
+    it; ``now_ms`` decides whether a repeat fill is due; ``dispenser`` the organisation that
+    dispensed a prescription's latest fill (asked only for a fill not handed over whose
+    dispense is not the prescription's last step; without it, or None, the fill is taken as
+    ``org``'s). Raises what the reads raise; remembers nothing."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
+    if not 1 <= max_reads <= MAX_READS:
+        raise RxClientError("BAD_ARGUMENTS", f"max_reads must be 1-{MAX_READS}")
     listener = EventListener(source, MemoryCheckpoint(start), contract=PRESCRIPTION)
     seen: list[tuple[int, str, str, str, str, str]] = []  # block, tx, step, status, org, rx
+    named: dict[str, None] = {}  # the prescriptions to read, in order
     next_block = start
     blocks = 0
+    capped = False
     for b in listener.blocks(follow=False):
+        rows: list[tuple[int, str, str, str, str, str]] = []
         for ev in b.events:
             if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):
                 continue
             rx_id = ev.payload.get("rx_id")
             if not _is_rx_id(rx_id) or ev.name in ("rx.key_fetch", "rx.key_denied"):
                 continue  # (an id show would refuse, BAD_ARGUMENTS, would stop every later read)
-            seen.append((b.block, ev.tx_id, ev.name[3:], _text(ev.payload.get("status")),
+            rows.append((b.block, ev.tx_id, ev.name[3:], _text(ev.payload.get("status")),
                          _text(ev.payload.get("org")), rx_id))
+        new = dict.fromkeys(row[5] for row in rows if row[5] not in named)
+        if blocks > 0 and len(named) + len(new) > max_reads:
+            capped = True  # this block is the next read's
+            break
+        seen.extend(rows)
+        named.update(new)
         next_block = b.block + 1
         blocks += 1
         if blocks >= max_blocks:
             break
     mine: dict[str, dict[str, Any]] = {}
-    for rx_id in dict.fromkeys(row[5] for row in seen):
+    for rx_id in named:
         meta = read_rx(rx_id)
         if isinstance(meta, dict) and serves(meta, org):
             mine[rx_id] = meta
-    by = {rx_id: _dispensed_by(meta, rx_id, dispenser) for rx_id, meta in mine.items()}
+    dispensers = {rx_id: _dispensed_by(meta, rx_id, dispenser) for rx_id, meta in mine.items()}
     changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
                for blk, tx, step, status, by, rx in seen if rx in mine]
     # a prescription routed to another pharmacy is no longer readable by the one it leaves:
@@ -184,8 +201,8 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     # to drop it
     routed = list(dict.fromkeys(rx for _, _, step, _, _, rx in seen if step == "route" and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
-            "prescriptions": [_summary(m, org, now_ms, by[rx_id]) for rx_id, m in mine.items()],
-            "routed_elsewhere": routed}
+            "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id]) for rx_id, m in mine.items()],
+            "routed_elsewhere": routed, "reads_capped": capped}
 
 
 def _dispensed_by(meta: dict[str, Any], rx_id: str, dispenser: DispenserReader | None) -> str | None:

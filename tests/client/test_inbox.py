@@ -114,6 +114,37 @@ def test_ranges_are_contiguous(world: World) -> None:  # noqa: F811
 LIVE = {"valid_end_ms": 30 * DAY_MS}  # the (first) fill's validity not passed at day 27
 
 
+def test_a_read_reads_a_bounded_number_of_prescriptions(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    ids = [approved(world).args["rx_id"] for _ in range(3)]
+    whole = _inbox(world, ledger, WANG)
+    assert not whole["reads_capped"]
+    reads: list[str] = []
+
+    def counted(rx_id: str) -> dict[str, Any] | None:
+        reads.append(rx_id)
+        return _show(world, WANG)(rx_id)
+
+    start, parts = 0, []
+    while start < ledger.height:
+        del reads[:]
+        part = pharmacy_inbox(ledger.events, counted, "p01", start, world.chain.now, max_reads=1)
+        assert len(reads) == 1 and part["next_block"] > start
+        parts.append(part)
+        start = part["next_block"]
+    assert [set(_actions(p)) for p in parts] == [{rx} for rx in ids]  # one prescription a read
+    assert [p["reads_capped"] for p in parts] == [True, True, False]
+    assert [c for p in parts for c in p["changes"]] == whole["changes"]
+    # a block is never split: the first block of a read is read whatever it names
+    ledger.extra[0] = [transaction_pb2.ContractEvent(
+        contract="prescription", name="rx.review", tx_id=f"{n:02d}" * 32,
+        payload=json.dumps({"rx_id": rx, "status": "APPROVED", "org": "p01"}).encode()) for n, rx in enumerate(ids)]
+    first = pharmacy_inbox(ledger.events, _show(world, WANG), "p01", 0, world.chain.now, max_reads=1)
+    assert set(_actions(first)) == set(ids) and first["next_block"] == 1 and first["reads_capped"]
+    with pytest.raises(RxClientError):
+        pharmacy_inbox(ledger.events, counted, "p01", 0, world.chain.now, max_reads=0)
+
+
 @pytest.mark.parametrize(("meta", "want"), [
     ({"status": "ISSUED", **LIVE}, "review"),
     ({"status": "APPROVED", **LIVE}, "dispense"),
@@ -370,6 +401,23 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     assert cut.headers["X-Rxchain-Next-Block"] == "2"
     assert [link["url"] for link in cut.resource["link"] if link["relation"] == "next"] == [
         "/fhir/Task?from-block=2&limit-blocks=2"]
+
+
+def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import functools
+
+    from client import rxops
+
+    ledger = EventLedger(world.chain)
+    first = approved(world).args["rx_id"]
+    approved(world)
+    monkeypatch.setattr(rxops, "pharmacy_inbox", functools.partial(pharmacy_inbox, max_reads=1))
+    reply = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert")
+    nxt = reply.headers["X-Rxchain-Next-Block"]
+    assert [e["resource"]["identifier"][0]["value"] for e in reply.resource["entry"]] == [first]
+    assert int(nxt) < ledger.height
+    assert [link["url"] for link in reply.resource["link"] if link["relation"] == "next"] == [
+        f"/fhir/Task?from-block={nxt}&limit-blocks=1000"]
 
 
 @pytest.mark.parametrize("query", ["from-block=-1", "from-block=x", "from-block=", "from-block",
