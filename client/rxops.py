@@ -19,6 +19,7 @@ from rxchain.v1 import config_pb2
 from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
 from client.inbox import MAX_BLOCKS as MAX_INBOX_BLOCKS
+from client.inbox import STAFF_ROLES as INBOX_ROLES
 from client.inbox import pharmacy_inbox
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
@@ -603,11 +604,15 @@ class RxOperations:
     def inbox(self, start: int, max_blocks: int = MAX_INBOX_BLOCKS) -> dict[str, Any]:
         """The prescriptions the caller's pharmacy (or hospital pharmacy) serves, from the
         events of blocks ``start`` on (:func:`client.inbox.pharmacy_inbox`): what changed and
-        what there is to do. Pharmacies and hospitals only (WRONG_ROLE otherwise)."""
+        what there is to do. Staff of pharmacies and hospitals only (WRONG_ROLE otherwise: a
+        patient, enrolled under her hospital, reads her own prescriptions, not its work)."""
         org = self.s.identity.org
         kind = self.s.net.org(org).kind
         if kind not in (config_pb2.PHARMACY, config_pb2.HOSPITAL):
             raise RxClientError("WRONG_ROLE", f"{org} is no pharmacy or hospital: it serves no prescriptions")
+        if self.s.identity.role not in INBOX_ROLES:
+            raise RxClientError("WRONG_ROLE", f"a {self.s.identity.role} has no pharmacy inbox: "
+                                f"staff only ({', '.join(INBOX_ROLES)})")
 
         def read(rx_id: str) -> dict[str, Any] | None:
             try:
@@ -618,7 +623,19 @@ class RxOperations:
                 return None
             return meta if isinstance(meta, dict) else None
 
-        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks)
+        def dispenser(rx_id: str) -> str | None:
+            try:
+                trail = self._all_pages("trace", rx_id, "steps")
+            except RxClientError as exc:
+                if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
+                    raise
+                return None
+            orgs = [st.get("org") for st in trail["steps"] if isinstance(st, dict) and st.get("step") == "dispense"]
+            if trail.get("truncated") or not orgs or not isinstance(orgs[-1], str):
+                return None  # (steps missing: unknown)
+            return orgs[-1]
+
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser)
 
     def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
                      insurer: str | None = "") -> dict[str, Any]:

@@ -310,14 +310,16 @@ def inbox_task(p: Mapping[str, Any], org: str) -> dict[str, Any]:
     """A pharmacy's work item (``client.inbox``'s prescription summary) as a FHIR Task: its
     ``status`` from what there is to do (review: requested, dispense: ready, wait for the next
     fill: on-hold with ``restriction.period.start``, deliver: in-progress; nothing: completed
-    when delivered, cancelled when revoked, rejected, expired or erased), ``businessStatus``
+    when delivered, cancelled when revoked, rejected, expired -- the validity passed, expire
+    transaction or not -- or erased), ``businessStatus``
     the action (system ``urn:rxchain:inboxAction``) and the prescription's status, ``focus``
     the MedicationRequest by its identifier, ``owner`` the pharmacy."""
     action, status = str(p.get("action", "none")), str(p.get("status", ""))
     rx_id = str(p["rx_id"])
+    final = "EXPIRED" if p.get("expired") is True else status  # (validity passed, no expire tx)
     task: dict[str, Any] = {
         "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
-        "status": _TASK_STATUS.get(action) or _DONE.get(status, "on-hold"), "intent": "order",
+        "status": _TASK_STATUS.get(action) or _DONE.get(final, "on-hold"), "intent": "order",
         "businessStatus": {"coding": [{"system": ACTION_SYSTEM, "code": action}], "text": status},
         "focus": {"type": "MedicationRequest", "identifier": {"system": RX_SYSTEM, "value": rx_id}},
         "owner": {"identifier": {"system": ORG_SYSTEM, "value": org}},

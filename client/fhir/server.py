@@ -356,13 +356,14 @@ class FhirApp:
     def _inbox(self, ops: RxOperations, path: str) -> Reply:
         """The pharmacy's work items (``client.inbox``) of blocks ``from-block`` on (at most
         ``limit-blocks``), a searchset Bundle of Tasks; ``X-Rxchain-Next-Block`` is where the
-        next poll starts, and a ``next`` link is given only when the limit cut the range short."""
+        next poll starts, and a ``next`` link is given only when the limit (of blocks, or of
+        prescriptions read: ``client.inbox.MAX_READS``) cut the range short."""
         query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
         start = query.get("from-block", 0)
         limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
         inbox = ops.inbox(start, limit)
         nxt = int(inbox["next_block"])
-        more = nxt - start >= limit
+        more = nxt - start >= limit or inbox.get("reads_capped") is True
         bundle = mapping.inbox_bundle(
             inbox, f"/fhir/Task?from-block={start}&limit-blocks={limit}",
             f"/fhir/Task?from-block={nxt}&limit-blocks={limit}" if more else None)

@@ -4,18 +4,19 @@ prescriptions it serves, found from the prescription contract's events and read 
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from client.inbox import RxReader, action, pharmacy_inbox
 from tests.client.ledgerevents import EventLedger
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
-from tests.contracts.flows import CHEN, CLERK, COURIER, HE, JIANG, WANG, approved, dispense, issue
+from tests.contracts.flows import CHEN, CLERK, COURIER, COURIER2, HE, JIANG, WANG, approved, dispense, issue
 from tests.contracts.rxclient import World
 
 REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": True, "days": 28,
@@ -110,22 +111,181 @@ def test_ranges_are_contiguous(world: World) -> None:  # noqa: F811
         _inbox(world, ledger, WANG, 0, max_blocks=0)
 
 
+LIVE = {"valid_end_ms": 30 * DAY_MS}  # the (first) fill's validity not passed at day 27
+
+
+def test_a_read_reads_a_bounded_number_of_prescriptions(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    ids = [approved(world).args["rx_id"] for _ in range(3)]
+    whole = _inbox(world, ledger, WANG)
+    assert not whole["reads_capped"]
+    reads: list[str] = []
+
+    def counted(rx_id: str) -> dict[str, Any] | None:
+        reads.append(rx_id)
+        return _show(world, WANG)(rx_id)
+
+    start, parts = 0, []
+    while start < ledger.height:
+        del reads[:]
+        part = pharmacy_inbox(ledger.events, counted, "p01", start, world.chain.now, max_reads=1)
+        assert len(reads) == 1 and part["next_block"] > start
+        parts.append(part)
+        start = part["next_block"]
+    assert [set(_actions(p)) for p in parts] == [{rx} for rx in ids]  # one prescription a read
+    assert [p["reads_capped"] for p in parts] == [True, True, False]
+    assert [c for p in parts for c in p["changes"]] == whole["changes"]
+    # a block is never split: the first block of a read is read whatever it names
+    ledger.extra[0] = [transaction_pb2.ContractEvent(
+        contract="prescription", name="rx.review", tx_id=f"{n:02d}" * 32,
+        payload=json.dumps({"rx_id": rx, "status": "APPROVED", "org": "p01"}).encode()) for n, rx in enumerate(ids)]
+    first = pharmacy_inbox(ledger.events, _show(world, WANG), "p01", 0, world.chain.now, max_reads=1)
+    assert set(_actions(first)) == set(ids) and first["next_block"] == 1 and first["reads_capped"]
+    with pytest.raises(RxClientError):
+        pharmacy_inbox(ledger.events, counted, "p01", 0, world.chain.now, max_reads=0)
+
+
 @pytest.mark.parametrize(("meta", "want"), [
-    ({"status": "ISSUED"}, "review"),
-    ({"status": "APPROVED"}, "dispense"),
-    ({"status": "LOCKED", "lock": {"org": "p01"}}, "dispense"),
-    ({"status": "LOCKED", "lock": {"org": "p02"}}, "none"),
+    ({"status": "ISSUED", **LIVE}, "review"),
+    ({"status": "APPROVED", **LIVE}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p01"}, **LIVE}, "dispense"),
+    ({"status": "LOCKED", "lock": {"org": "p02"}, **LIVE}, "none"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 1, "delivered_fills": 0}, "deliver"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
-      "fill_interval_days": 28}, "wait"),
+      "fill_interval_days": 28, **LIVE}, "wait"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
-      "fill_interval_days": 0}, "dispense"),
+      "fill_interval_days": 1, **LIVE}, "dispense"),
     ({"status": "DELIVERED", "fills": 1, "max_fills": 1, "delivered_fills": 1}, "none"),
-    ({"status": "REVOKED"}, "none"), ({"status": "EXPIRED"}, "none"), ({"status": "ERASED"}, "none"),
-    ({"status": "REJECTED"}, "none"),
+    ({"status": "REVOKED", **LIVE}, "none"), ({"status": "EXPIRED", **LIVE}, "none"),
+    ({"status": "ERASED", **LIVE}, "none"), ({"status": "REJECTED", **LIVE}, "none"),
+    # the validity passed, no expire transaction sent: the contract refuses review, lock and
+    # dispense (EXPIRED)
+    ({"status": "ISSUED", "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "APPROVED", "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "LOCKED", "lock": {"org": "p01"}, "max_fills": 1, "valid_end_ms": DAY_MS}, "none"),
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
+      "fill_interval_days": 1, "valid_end_ms": DAY_MS}, "none"),  # fill 2 valid until day 2
+    # a fill dispensed before the prescription expired is still handed over (not once erased)
+    ({"status": "EXPIRED", "fills": 1, "max_fills": 2, "delivered_fills": 0}, "deliver"),
+    ({"status": "ERASED", "fills": 1, "max_fills": 2, "delivered_fills": 0}, "none"),
 ])
 def test_action_of_each_state(meta: dict[str, Any], want: str) -> None:
     assert action(meta, "p01", 27 * DAY_MS) == want
+
+
+def test_a_prescription_whose_validity_passed_is_not_to_review_or_dispense(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    to_review = issue(world, pharmacy="p01")[0].args["rx_id"]
+    to_dispense = approved(world).args["rx_id"]
+    repeat = approved(world, **REPEAT)
+    world.chain.submit("prescription", "lock", WANG, rx_id=repeat.args["rx_id"]).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000404"]).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=repeat.args["rx_id"]).unwrap()
+    world.chain.advance(29 * DAY_MS)  # past the first fills' day and fill 2's 28 days after it
+    inbox = _inbox(world, ledger, WANG)
+    assert _actions(inbox) == {to_review: "none", to_dispense: "none", repeat.args["rx_id"]: "none"}
+    assert all(p["expired"] for p in inbox["prescriptions"])
+    assert {p["status"] for p in inbox["prescriptions"]} == {"ISSUED", "APPROVED", "DISPENSED"}  # no expire tx
+    # what the contract says to the pharmacist who tries
+    review = world.chain.submit("prescription", "review", WANG, rx_id=to_review, approve=True, reason="")
+    assert review.reason == "EXPIRED"
+    for rx in (to_dispense, repeat.args["rx_id"]):
+        assert world.chain.submit("prescription", "lock", WANG, rx_id=rx).reason == "EXPIRED"
+    # the FHIR Task: cancelled, not on hold
+    tasks = {e["resource"]["identifier"][0]["value"]: e["resource"]["status"]
+             for e in _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert").resource["entry"]}
+    assert set(tasks.values()) == {"cancelled"}
+
+
+def test_a_fill_dispensed_before_the_prescription_expired_is_still_delivered(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    repeat = approved(world, **REPEAT)
+    rx = repeat.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000405"]).unwrap()
+    world.chain.advance(30 * DAY_MS)
+    world.chain.submit("prescription", "expire", CLERK, rx_id=rx).unwrap()
+    (only,) = _inbox(world, ledger, WANG)["prescriptions"]
+    assert (only["status"], only["action"]) == ("EXPIRED", "deliver")
+    assert (only["expired"], only["fill_deadline_ms"]) == (True, None)
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
+
+
+def test_the_pharmacy_a_prescription_leaves_learns_it_was_routed_elsewhere(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    unrouted = issue(world, pharmacy="")[0].args["rx_id"]
+    first = _inbox(world, ledger, WANG)
+    assert _actions(first) == {rx: "dispense"} and first["routed_elsewhere"] == []
+    assert _actions(_inbox(world, ledger, HE)) == {unrouted: "review"}
+    for moved in (rx, unrouted):
+        world.chain.submit("prescription", "route", JIANG, rx_id=moved, pharmacy="p02",
+                           wrapped_key=world.wrap_for(moved, "p02")).unwrap()
+    # p01 may no longer read it: the id from the route event tells its queue to drop it
+    later = _inbox(world, ledger, WANG, first["next_block"])
+    assert (later["prescriptions"], later["changes"]) == ([], [])
+    assert later["routed_elsewhere"] == [rx, unrouted]
+    # the hospital pharmacy likewise for the one it held unrouted; p02 has both to serve
+    assert _inbox(world, ledger, HE, first["next_block"])["routed_elsewhere"] == [rx, unrouted]
+    p02 = _inbox(world, ledger, CHEN, first["next_block"])
+    assert _actions(p02) == {rx: "dispense", unrouted: "review"} and p02["routed_elsewhere"] == []
+
+
+def _rxops(w: World, ledger: EventLedger, caller: Who) -> Any:
+    """RxOperations as ``caller`` over the contract chain (its organisation's kind by its id)."""
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    kind = config_pb2.PHARMACY if caller.org.startswith("p") else config_pb2.HOSPITAL
+    gw = ContractGateway(w, caller)
+    return RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+        identity=SimpleNamespace(org=caller.org, role=caller.role), clock=lambda: w.chain.now,
+        net=SimpleNamespace(org=lambda o: SimpleNamespace(kind=kind))))
+
+
+def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_deliver(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    repeat = approved(world, **REPEAT)
+    rx = repeat.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    dispense(world, repeat, WANG, ["81234560000000000406"]).unwrap()
+    (mine,) = _rxops(world, ledger, WANG).inbox(0)["prescriptions"]
+    assert mine["action"] == "deliver"
+    # the patient moves her next fill to p02 before p01's courier handed fill 1 over
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert theirs["action"] == "wait"  # fill 2, in 28 days: fill 1 is not p02's to deliver
+    assert (mine["deliver_by"], theirs["deliver_by"]) == ("p01", "p01")
+    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).reason == "ACCESS_DENIED"
+    assert _rxops(world, ledger, WANG).inbox(0)["routed_elsewhere"] == [rx]
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    (after,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert (after["action"], after["deliver_by"]) == ("wait", None)
+
+
+def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    assert _show(world, CHEN)(rx) is not None  # p02 may read it (the patient's consent) ...
+    inbox = _inbox(world, ledger, CHEN)  # ... but it is p01's to dispense
+    assert (inbox["prescriptions"], inbox["changes"], inbox["routed_elsewhere"]) == ([], [], [])
+    assert [c["step"] for c in _inbox(world, ledger, WANG)["changes"]] == ["issue", "review", "consent"]
+
+
+@pytest.mark.parametrize("bad_id", ["", "x" * 65, "../rx", "rx 1", 7])
+def test_an_event_naming_no_prescription_id_is_skipped(world: World, bad_id: object) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    ledger.extra[0] = [transaction_pb2.ContractEvent(
+        contract="prescription", name="rx.issue", tx_id="ab" * 32,
+        payload=json.dumps({"rx_id": bad_id, "status": "ISSUED", "org": "h01"}).encode())]
+    inbox = _inbox(world, ledger, WANG)
+    assert _actions(inbox) == {rx: "dispense"} and inbox["next_block"] == ledger.height
 
 
 def test_rxops_inbox_is_for_pharmacies_and_hospitals(world: World) -> None:  # noqa: F811
@@ -145,14 +305,16 @@ def test_rxops_inbox_is_for_pharmacies_and_hospitals(world: World) -> None:  # n
 
     assert _actions(ops(WANG).inbox(0)) == {rx: "dispense"}
     assert _actions(ops(HE).inbox(0)) == {}  # routed to p01: not the hospital pharmacy's
-    with pytest.raises(RxClientError) as refused:
-        ops(CLERK).inbox(0)
-    assert refused.value.reason == "WRONG_ROLE"
+    assert _actions(ops(COURIER).inbox(0)) == {rx: "dispense"}
+    # an insurer, and a patient (her certificate is her hospital's): no pharmacy's work
+    for caller in (CLERK, world.patient_who("patient-zhang")):
+        with pytest.raises(RxClientError) as refused:
+            ops(caller).inbox(0)
+        assert refused.value.reason == "WRONG_ROLE"
 
 
 def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     import io
-    import json
 
     from client import cli
 
@@ -175,6 +337,23 @@ def test_cli_inbox_reads_from_its_checkpoint(monkeypatch: pytest.MonkeyPatch, tm
     assert cli.main([*base, "--start", "40"], out=out, err=err) == 0
     assert calls == [(0, 10_000), (3, 9), (40, 10_000)] and cp.read_text() == "6\n"
     assert json.loads(out.getvalue().splitlines()[-1])["next_block"] == 43
+
+
+def test_cli_inbox_human_output_leads_with_what_to_do(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import io
+
+    from client import cli
+
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    ops = _rxops(world, ledger, WANG)
+    ops.s.close = lambda: None
+    monkeypatch.setattr(cli, "_ops", lambda a: ops)
+    out = io.StringIO()
+    assert cli.main(["--as", "p01:pharm-wang", "rx", "inbox"], out=out, err=io.StringIO()) == 0
+    lines = out.getvalue().splitlines()
+    row = lines[lines.index("prescriptions:") + 1]
+    assert row.startswith(f"  - rx_id={rx}, action=dispense, status=APPROVED, "), row
 
 
 # ---------------------------------------------------------------- GET /fhir/Task (the FHIR gateway)
@@ -222,6 +401,23 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     assert cut.headers["X-Rxchain-Next-Block"] == "2"
     assert [link["url"] for link in cut.resource["link"] if link["relation"] == "next"] == [
         "/fhir/Task?from-block=2&limit-blocks=2"]
+
+
+def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import functools
+
+    from client import rxops
+
+    ledger = EventLedger(world.chain)
+    first = approved(world).args["rx_id"]
+    approved(world)
+    monkeypatch.setattr(rxops, "pharmacy_inbox", functools.partial(pharmacy_inbox, max_reads=1))
+    reply = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert")
+    nxt = reply.headers["X-Rxchain-Next-Block"]
+    assert [e["resource"]["identifier"][0]["value"] for e in reply.resource["entry"]] == [first]
+    assert int(nxt) < ledger.height
+    assert [link["url"] for link in reply.resource["link"] if link["relation"] == "next"] == [
+        f"/fhir/Task?from-block={nxt}&limit-blocks=1000"]
 
 
 @pytest.mark.parametrize("query", ["from-block=-1", "from-block=x", "from-block=", "from-block",
