@@ -10,6 +10,8 @@ from typing import Any
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from tests.contracts.chain import Chain, Outcome, Who
+from tests.contracts.flows import approved, lock_and_dispense, settle
+from tests.contracts.rxclient import World
 
 
 class EventLedger:
@@ -46,3 +48,13 @@ class EventLedger:
                         msg.events.add(contract=name, name=e.name, payload=e.payload_json, tx_id=out.tx_id)
             msg.events.extend(e for e in self.extra.get(n, []) if contract in ("", e.contract))
             yield msg
+
+
+def settled_claims(w: World, n: int) -> list[dict[str, Any]]:
+    """``n`` prescriptions issued, dispensed and settled by ins01's clerk: their claims."""
+    out = []
+    for i in range(n):
+        prep = approved(w)
+        lock_and_dispense(w, prep, trace_codes=[f"8123456000000000{300 + i}"]).unwrap()
+        out.append(settle(w, prep).unwrap())
+    return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -16,10 +15,10 @@ from client.fhir import mapping
 from client.fhir.server import FhirApp
 from client.rxops import RxOperations
 from tests.client.contractgw import ContractGateway
-from tests.client.ledgerevents import EventLedger
+from tests.client.ledgerevents import EventLedger, settled_claims
 from tests.contracts.chain import Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
-from tests.contracts.flows import AUDITOR, CLERK, WANG, approved, lock_and_dispense, settle
+from tests.contracts.flows import AUDITOR, CLERK, WANG
 from tests.contracts.rxclient import World
 
 
@@ -32,18 +31,9 @@ def _app(w: World, ledger: EventLedger, caller: Who) -> FhirApp:
     return FhirApp(SimpleNamespace(ops_for=lambda der: ops))  # type: ignore[arg-type]
 
 
-def _settled(w: World, n: int) -> list[dict[str, Any]]:
-    out = []
-    for i in range(n):
-        prep = approved(w)
-        lock_and_dispense(w, prep, trace_codes=[f"8123456000000000{500 + i}"]).unwrap()
-        out.append(settle(w, prep).unwrap())
-    return out
-
-
 def test_the_reconciliation_pays_the_net_fund_share_claim_by_claim(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
-    claims = _settled(world, 2)
+    claims = settled_claims(world, 2)
     world.chain.submit("settlement", "reverse", CLERK, claim_id=claims[0]["claim_id"], reason="OTHER").unwrap()
     reply = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
     assert reply.status == 200 and reply.headers["X-Rxchain-Next-Block"] == str(ledger.height)
@@ -69,7 +59,7 @@ def test_an_auditor_sees_every_insurer_and_unreadable_claims_are_noted(world: Wo
     from rxchain.v1 import transaction_pb2
 
     ledger = EventLedger(world.chain)
-    _settled(world, 1)
+    settled_claims(world, 1)
     foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
     ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
         contract="settlement", name="claim.settled", payload=foreign, tx_id="ef" * 32)]
@@ -80,7 +70,7 @@ def test_an_auditor_sees_every_insurer_and_unreadable_claims_are_noted(world: Wo
 
 def test_a_role_that_reads_no_claims_and_bad_parameters_are_refused(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
-    _settled(world, 1)
+    settled_claims(world, 1)
     with pytest.raises(RxClientError) as denied:
         _app(world, ledger, WANG).handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
     assert denied.value.reason == "ACCESS_DENIED"
@@ -94,7 +84,7 @@ def test_malformed_events_are_noted(world: World) -> None:  # noqa: F811
     from rxchain.v1 import transaction_pb2
 
     ledger = EventLedger(world.chain)
-    _settled(world, 1)
+    settled_claims(world, 1)
     ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
         contract="settlement", name="claim.reversed", payload=b'{"claim_id": "bad id"}', tx_id="ef" * 32)]
     res = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert").resource

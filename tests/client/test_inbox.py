@@ -24,6 +24,15 @@ REPEAT: dict[str, Any] = {"max_fills": 2, "fill_interval_days": 28, "long_rx": T
                           "stability_assessment": "stable 6 months", "patient_confirmed": True}
 
 
+def _filled_repeat(w: World, code: str) -> tuple[Any, str]:
+    """A repeat prescription (2 fills) whose fill 1 p01 locked and dispensed (box ``code``)."""
+    prep = approved(w, **REPEAT)
+    rx = prep.args["rx_id"]
+    w.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    dispense(w, prep, WANG, [code]).unwrap()
+    return prep, rx
+
+
 def _show(w: World, caller: Who) -> RxReader:
     def read(rx_id: str) -> dict[str, Any] | None:
         out = w.chain.query("prescription", "show", caller, rx_id=rx_id)
@@ -177,9 +186,7 @@ def test_a_prescription_whose_validity_passed_is_not_to_review_or_dispense(world
     ledger = EventLedger(world.chain)
     to_review = issue(world, pharmacy="p01")[0].args["rx_id"]
     to_dispense = approved(world).args["rx_id"]
-    repeat = approved(world, **REPEAT)
-    world.chain.submit("prescription", "lock", WANG, rx_id=repeat.args["rx_id"]).unwrap()
-    dispense(world, repeat, WANG, ["81234560000000000404"]).unwrap()
+    repeat, _ = _filled_repeat(world, "81234560000000000404")
     world.chain.submit("prescription", "deliver", COURIER, rx_id=repeat.args["rx_id"]).unwrap()
     world.chain.advance(29 * DAY_MS)  # past the first fills' day and fill 2's 28 days after it
     inbox = _inbox(world, ledger, WANG)
@@ -199,10 +206,7 @@ def test_a_prescription_whose_validity_passed_is_not_to_review_or_dispense(world
 
 def test_a_fill_dispensed_before_the_prescription_expired_is_still_delivered(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
-    repeat = approved(world, **REPEAT)
-    rx = repeat.args["rx_id"]
-    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
-    dispense(world, repeat, WANG, ["81234560000000000405"]).unwrap()
+    _, rx = _filled_repeat(world, "81234560000000000405")
     world.chain.advance(30 * DAY_MS)
     world.chain.submit("prescription", "expire", CLERK, rx_id=rx).unwrap()
     (only,) = _inbox(world, ledger, WANG)["prescriptions"]
@@ -246,10 +250,7 @@ def _rxops(w: World, ledger: EventLedger, caller: Who) -> Any:
 
 def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_deliver(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
-    repeat = approved(world, **REPEAT)
-    rx = repeat.args["rx_id"]
-    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
-    dispense(world, repeat, WANG, ["81234560000000000406"]).unwrap()
+    _, rx = _filled_repeat(world, "81234560000000000406")
     (mine,) = _rxops(world, ledger, WANG).inbox(0)["prescriptions"]
     assert mine["action"] == "deliver"
     # the patient moves her next fill to p02 before p01's courier handed fill 1 over
@@ -378,9 +379,7 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     revoked = issue(world, pharmacy="p01")[0].args["rx_id"]
     world.chain.submit("prescription", "revoke", JIANG, rx_id=revoked, reason="CLINICAL_CHANGE").unwrap()
     approved(world, pharmacy="p02")
-    repeat = approved(world, **REPEAT)
-    world.chain.submit("prescription", "lock", WANG, rx_id=repeat.args["rx_id"]).unwrap()
-    dispense(world, repeat, WANG, ["81234560000000000403"]).unwrap()
+    repeat, _ = _filled_repeat(world, "81234560000000000403")
     world.chain.submit("prescription", "deliver", COURIER, rx_id=repeat.args["rx_id"]).unwrap()
     app = _fhir_app(world, ledger, WANG)
     reply = app.handle("GET", "/fhir/Task", None, b"cert")

@@ -17,40 +17,11 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from client.reconcile import AMOUNTS, ClaimReader, claim_report
-from tests.contracts.chain import Outcome, Who
+from tests.client.ledgerevents import EventLedger, settled_claims
+from tests.contracts.chain import Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import AUDITOR, CLERK, WANG, approved, lock_and_dispense, settle
 from tests.contracts.rxclient import World
-
-
-class Ledger:
-    """The blocks the contract chain committed, as a peer's event stream sends them (every
-    block from the start asked for, each with the events of its VALID transactions)."""
-
-    def __init__(self) -> None:
-        self.committed: list[tuple[str, Outcome]] = []  # (contract, outcome)
-        self.extra: dict[int, list[transaction_pb2.ContractEvent]] = {}
-        self.height = 0
-
-    def add(self, contract: str, out: Outcome) -> Outcome:
-        assert out.ok and out.block is not None, out
-        self.committed.append((contract, out))
-        self.height = max(self.height, out.block + 1)
-        return out
-
-    def events(self, start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
-        assert not follow
-        for n in range(start, self.height):
-            msg = services_pb2.EventsResponse(block_number=n)
-            for name, out in self.committed:
-                if out.block != n:
-                    continue
-                msg.txs.add(tx_id=out.tx_id, code=transaction_pb2.VALID, contract=name)
-                if contract in ("", name):
-                    for e in out.events:
-                        msg.events.add(contract=name, name=e.name, payload=e.payload_json, tx_id=out.tx_id)
-            msg.events.extend(self.extra.get(n, []))
-            yield msg
 
 
 def _reader(w: World, caller: Who) -> ClaimReader:
@@ -62,21 +33,11 @@ def _reader(w: World, caller: Who) -> ClaimReader:
     return read
 
 
-def _claims(w: World, ledger: Ledger, n: int) -> list[dict[str, Any]]:
-    """``n`` prescriptions issued, dispensed and settled by ins01's clerk."""
-    out = []
-    for i in range(n):
-        prep = approved(w)
-        lock_and_dispense(w, prep, trace_codes=[f"8123456000000000{300 + i}"]).unwrap()
-        out.append(ledger.add("settlement", settle(w, prep)).unwrap())
-    return out
-
-
 def test_the_report_adds_up_what_was_settled_and_reversed(world: World) -> None:  # noqa: F811
-    ledger = Ledger()
-    claims = _claims(world, ledger, 3)
-    rev = ledger.add("settlement", world.chain.submit("settlement", "reverse", CLERK,
-                                                      claim_id=claims[1]["claim_id"], reason="OTHER"))
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 3)
+    rev = world.chain.submit("settlement", "reverse", CLERK, claim_id=claims[1]["claim_id"], reason="OTHER")
+    assert rev.ok
     rep = claim_report(ledger.events, _reader(world, CLERK), 0, insurer="ins01")
     assert rep["next_block"] == ledger.height and rep["unreadable"] == [] and rep["inconsistent"] == []
     rows = rep["claims"]
@@ -99,8 +60,8 @@ def test_the_report_adds_up_what_was_settled_and_reversed(world: World) -> None:
 
 
 def test_ranges_are_contiguous_and_a_later_report_goes_on(world: World) -> None:  # noqa: F811
-    ledger = Ledger()
-    claims = _claims(world, ledger, 3)
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 3)
     cut = claims[1]["events"][0]["tx_id"]
     cut_block = next(o.block for _, o in ledger.committed if o.tx_id == cut)
     assert cut_block is not None
@@ -119,8 +80,8 @@ def test_other_insurers_claims_are_left_out_or_counted_unreadable(world: World) 
     """An event naming another insurer's claim: left out for ``insurer="ins01"``; with every
     insurer asked for, the clerk may not read it -- ``unreadable``, never guessed. An auditor
     reads every claim."""
-    ledger = Ledger()
-    claims = _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 1)
     foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
     ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
         contract="settlement", name="claim.settled", payload=foreign, tx_id="ef" * 32)]
@@ -134,8 +95,8 @@ def test_other_insurers_claims_are_left_out_or_counted_unreadable(world: World) 
 
 
 def test_amounts_that_break_the_settlement_identities_are_flagged(world: World) -> None:  # noqa: F811
-    ledger = Ledger()
-    claims = _claims(world, ledger, 2)
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
     read = _reader(world, CLERK)
 
     def tampered(claim_id: str) -> dict[str, Any] | None:
@@ -159,8 +120,8 @@ def test_amounts_that_break_the_settlement_identities_are_flagged(world: World) 
 
 
 def test_a_role_that_reads_no_claims_is_refused(world: World) -> None:  # noqa: F811
-    ledger = Ledger()
-    _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
 
     def read(claim_id: str) -> dict[str, Any] | None:
         out = world.chain.query("settlement", "get_claim", WANG, claim_id=claim_id)
@@ -231,8 +192,8 @@ def test_rxops_reports_the_callers_own_insurer_by_default(world: World) -> None:
     from client.rxops import RxOperations
     from tests.client.contractgw import ContractGateway
 
-    ledger = Ledger()
-    claims = _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 1)
     foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
     ledger.extra[0] = [transaction_pb2.ContractEvent(contract="settlement", name="claim.settled",
                                                      payload=foreign, tx_id="ef" * 32)]
@@ -277,8 +238,8 @@ def test_a_malformed_settle_or_reverse_event_is_listed_never_dropped_nor_fatal(
     have written: listed under ``malformed`` (block, tx id, event) for every reader and
     every insurer filter -- not silently left out of the totals (a settle nobody sees), not
     a failed report (a daily run stuck on that block for good, BAD_ARGUMENTS from get_claim)."""
-    ledger = Ledger()
-    claims = _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 1)
     ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
         contract="settlement", name="claim.reversed", payload=payload, tx_id="ef" * 32)]
     for insurer in ("ins01", None):
@@ -294,8 +255,8 @@ def test_a_start_beyond_the_peers_height_is_refused_not_an_empty_report(world: W
     ledger, a peer behind -- was an empty report that stayed where it was: day after day
     nothing, then the blocks up to it skipped. Refused START_BEYOND_HEIGHT; at the height
     itself (nothing new yet) still an empty report."""
-    ledger = Ledger()
-    _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
     for start in (ledger.height + 1, ledger.height + 1000):
         with pytest.raises(RxClientError) as ahead:
             claim_report(ledger.events, _reader(world, CLERK), start)
@@ -351,8 +312,8 @@ def test_rxops_an_insurer_asking_for_another_insurers_claims_is_refused(world: W
     fen (exit 0: "ins02 owes nothing"); refused ACCESS_DENIED before anything is read."""
     from client.rxops import RxOperations
 
-    ledger = Ledger()
-    _claims(world, ledger, 1)
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
     read: list[str] = []
     ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
         gateway=SimpleNamespace(events=ledger.events, evaluate=lambda *a, **k: read.append("x")),
@@ -383,14 +344,13 @@ def test_settled_reversed_settled_again_across_ranges_and_a_lost_stream(world: W
     id): each event one row, in the range of its block, the ranges adding up to the second
     claim; a stream lost mid-range (SERVICE_UNAVAILABLE) is re-opened where it stopped,
     every block and claim once."""
-    ledger = Ledger()
+    ledger = EventLedger(world.chain)
     prep = approved(world)
     lock_and_dispense(world, prep, trace_codes=["81234560000000009"]).unwrap()
-    first = ledger.add("settlement", settle(world, prep)).unwrap()
+    first = settle(world, prep).unwrap()
     cut = ledger.height
-    ledger.add("settlement", world.chain.submit("settlement", "reverse", CLERK,
-                                                claim_id=first["claim_id"], reason="DUPLICATE"))
-    again = ledger.add("settlement", settle(world, prep)).unwrap()
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=first["claim_id"], reason="DUPLICATE").unwrap()
+    again = settle(world, prep).unwrap()
     assert again["claim_id"] != first["claim_id"]
     opened: list[int] = []
 
