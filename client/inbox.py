@@ -32,8 +32,10 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   those every member's events name (most were never the caller's), nothing more is told.
 
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
-file it moves only once a read is complete); a start beyond the peer's height reads nothing
-and stays (a peer behind catches up). Event payloads without a prescription id the contract
+file it moves only once a read is complete); a start beyond the peer's height is refused
+START_BEYOND_HEIGHT, as for the claim report (:func:`client.events.blocks_from`: a checkpoint
+of another ledger would otherwise wait there, and the blocks below it be skipped once the
+ledger grows past it; a peer behind: retry). Event payloads without a prescription id the contract
 would take are skipped. Every prescription named in the range is read once (``show``), the
 caller's or not -- ``max_blocks`` and ``max_reads`` bound a read (a read stops before the block
 that would take it past ``max_reads`` prescriptions: ``reads_capped``, the next read goes on
@@ -47,7 +49,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from client.errors import RxClientError
-from client.events import EventListener, EventSource, MemoryCheckpoint
+from client.events import EventSource, blocks_from
 
 PRESCRIPTION = "prescription"
 MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
@@ -162,13 +164,12 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
     if not 1 <= max_reads <= MAX_READS:
         raise RxClientError("BAD_ARGUMENTS", f"max_reads must be 1-{MAX_READS}")
-    listener = EventListener(source, MemoryCheckpoint(start), contract=PRESCRIPTION)
     seen: list[tuple[int, str, str, str, str, str]] = []  # block, tx, step, status, org, rx
     named: dict[str, None] = {}  # the prescriptions to read, in order
     next_block = start
     blocks = 0
     capped = False
-    for b in listener.blocks(follow=False):
+    for b in blocks_from(source, PRESCRIPTION, start):
         rows: list[tuple[int, str, str, str, str, str]] = []
         for ev in b.events:
             if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.errors import RxClientError
-from client.events import EventListener, EventSource, MemoryCheckpoint
+from client.events import EventSource, blocks_from
 
 SETTLEMENT = "settlement"
 EVENTS = {"claim.settled": "settled", "claim.reversed": "reversed"}
@@ -98,10 +98,6 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     the caller may not read it. Raises what the reads raise; nothing is remembered."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
-    # read from the block before the range: the peer has it iff the range starts at most at
-    # its height (an empty stream from ``start`` cannot tell "nothing new" from "beyond")
-    cp = MemoryCheckpoint(max(start - 1, 0))
-    listener = EventListener(source, cp, contract=SETTLEMENT)
     rows: list[ClaimRow] = []
     unreadable: list[str] = []
     inconsistent: list[str] = []
@@ -109,11 +105,7 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     records: dict[str, dict[str, Any] | None] = {}
     next_block = start
     blocks = 0
-    reached = start == 0
-    for b in listener.blocks(follow=False):
-        if b.block < start:
-            reached = True
-            continue
+    for b in blocks_from(source, SETTLEMENT, start):
         for ev in b.events:
             kind = EVENTS.get(ev.name)
             if ev.contract != SETTLEMENT or kind is None:
@@ -145,10 +137,6 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
         blocks += 1
         if blocks >= max_blocks:
             break
-    if not reached:
-        raise RxClientError("START_BEYOND_HEIGHT", f"the peer has not committed block {start - 1}: block "
-                            f"{start} is beyond its height (a checkpoint of another ledger, or a peer "
-                            "behind); nothing reported")
     settled = [r for r in rows if r.event == "settled"]
     reversed_ = [r for r in rows if r.event == "reversed"]
     s_tot, r_tot = _totals(settled), _totals(reversed_)

@@ -428,3 +428,14 @@ def test_fhir_task_search_refuses_bad_parameters(world: World, query: str) -> No
     with pytest.raises(RxClientError) as bad:
         app.handle("GET", "/fhir/Task?" + query, None, b"cert")
     assert bad.value.reason == "FHIR_INVALID"
+
+
+def test_a_start_beyond_the_peers_height_is_refused(world: World) -> None:  # noqa: F811
+    """As the claim report: an empty stream from a block the peer does not have is no "nothing
+    new" -- a checkpoint of another ledger would wait there, then skip the blocks below it."""
+    ledger = EventLedger(world.chain)
+    approved(world)
+    assert _inbox(world, ledger, WANG, ledger.height)["next_block"] == ledger.height  # at the height: empty
+    with pytest.raises(RxClientError) as beyond:
+        _inbox(world, ledger, WANG, ledger.height + 5)
+    assert beyond.value.reason == "START_BEYOND_HEIGHT"
