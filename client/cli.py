@@ -2,7 +2,9 @@
 
 Every command accepts ``--json`` and then prints exactly one JSON object; a failed command
 prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail": {...}]}``
-(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr). Exit status:
+(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr; a step after
+the result is printed -- ``claim report``/``rx inbox --checkpoint`` saving its checkpoint -- fails with the
+``error:`` line on stderr in both modes). Exit status:
 
 * 0 -- done;
 * 1 -- refused or failed: the failing step did not commit (fix the cause and run it again);
@@ -165,6 +167,16 @@ def _drug_arg(text: str) -> str:
 
 
 _drug_arg.__name__ = "drug"
+
+
+def _org_or_all(text: str) -> str:
+    """An argparse type: an organisation id (1-32 of A-Za-z0-9-_.) or ``all``."""
+    if not 1 <= len(text) <= 32 or any(not (ch.isascii() and (ch.isalnum() or ch in "-_.")) for ch in text):
+        raise argparse.ArgumentTypeError("an organisation id (1-32 of A-Za-z0-9-_.) or all")
+    return text
+
+
+_org_or_all.__name__ = "organisation"
 _COUNT = _int_in(0, 2**63 - 1)
 
 
@@ -307,6 +319,42 @@ def _dispense(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
     else:
         res = ops.dispense(a.rx_id, a.trace_code)
     return res
+
+
+def _block_range(a: argparse.Namespace, read: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """``read(start)`` from ``--start`` or the ``--checkpoint`` file, which moves to the
+    answer's ``next_block`` only once the read is complete (a failed one changes nothing)."""
+    from client.events import FileCheckpoint
+
+    cp = FileCheckpoint(a.checkpoint) if a.checkpoint else None
+    rep = read(cp.load() if cp is not None else a.start)
+    if cp is not None:
+        # only a complete read moves the checkpoint, once it is written out (main): a read lost
+        # on the way (full disk, closed pipe) is read again by the next run
+        next_block = int(rep["next_block"])
+        a.after_output = lambda: cp.save(next_block)
+    return rep
+
+
+def _range_args(p: argparse.ArgumentParser, what: str) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--start", type=_COUNT, default=0, help="first block (without --checkpoint)")
+    where.add_argument("--checkpoint", type=Path,
+                       help=f"file remembering the next block: each {what} goes on where the last ended "
+                            f"(saved only once the {what} is complete)")
+    p.add_argument("--limit", type=_int_in(1, 100_000), default=10_000, help="blocks read at most")
+
+
+def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    insurer = "" if a.insurer is None else (None if a.insurer == "all" else a.insurer)
+    rep = _block_range(a, lambda start: dict(ops.claim_report(start, a.limit, insurer)))
+    if rep.get("insurer") is None:
+        rep["insurer"] = "all"  # as --insurer names it (printed "None" before)
+    return rep
+
+
+def _inbox(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
+    return _block_range(a, lambda start: dict(ops.inbox(start, a.limit)))
 
 
 def _settle(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -553,6 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dispense under this lock only (the lock_id rx lock printed; nothing is locked "
                           "here): refused ALREADY_LOCKED when the pharmacy holds another one by now; without "
                           "it the command locks, or runs under the lock its pharmacy holds")
+    ib = sub(rx, "inbox", _with_ops(_inbox),
+             "prescriptions your pharmacy serves: what changed in a range of blocks and what to do")
+    _range_args(ib, "read")
     ls = sub(rx, "list", _simple("list_prescriptions", "patient", "start", "limit"),
              "prescription metadata of a patient (or all, for auditors)")
     ls.add_argument("--patient")
@@ -586,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BILLING_ERROR, RETURNED_GOODS, DUPLICATE or OTHER; other text becomes OTHER "
                          "plus a note encrypted under the claim key")
     rv.add_argument("--note", default="", help="free text, encrypted under the claim key")
+    rp = sub(cl, "report", _with_ops(_claim_report),
+             "claims settled and reversed over a range of blocks, with totals (insurer, auditor)")
+    _range_args(rp, "report")
+    rp.add_argument("--insurer", type=_org_or_all, metavar="ORG|all",
+                    help="whose claims (default: your organisation when it is an insurer, else all)")
 
     pa = groups.add_parser("patient", help="patients").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
@@ -635,7 +691,11 @@ def _say(text: str, stream: TextIO) -> None:
     try:
         print(text, file=stream, flush=True)
     except BrokenPipeError:
+        _GONE.add(id(stream))
         _drop_output(stream)
+
+
+_GONE: set[int] = set()  # the streams (id) whose reader went away during this run of main
 
 
 def _drop_output(stream: TextIO) -> None:
@@ -709,6 +769,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     err = err or sys.stderr
     args_list = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in args_list
+    _GONE.clear()
     try:
         args = build_parser().parse_args(args_list)
         result = args.handler(args)
@@ -738,6 +799,20 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         _say(json.dumps(result, ensure_ascii=False, sort_keys=True), out)
     else:
         _human(result, out)
+    after: Callable[[], None] | None = getattr(args, "after_output", None)
+    if after is not None and id(out) in _GONE:  # the result never reached its reader: read it again
+        return EXIT_OK
+    if after is not None:  # a step for once the result is out (claim report, rx inbox: the checkpoint)
+        try:
+            out.flush()
+            after()
+        except RxClientError as exc:  # on stderr: the result already printed is the one JSON object
+            print(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", file=err)
+            return _exit_status(exc)
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"error: IO_ERROR: {_clean(exc.strerror or type(exc).__name__)}{_clean(where)}", file=err)
+            return EXIT_REFUSED
     return EXIT_OK
 
 

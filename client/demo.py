@@ -104,6 +104,10 @@ class Story:
         self.say(f"           prescription {rx_id}; on the ledger only ciphertext, a salted "
                  f"commitment and the patient's pseudonym")
         self.step(wang, "reviewed and approved it", self.ops(wang).review(rx_id, True))
+        inbox = self.ops(wang).inbox(int(issued["block"]))
+        todo = [p for p in inbox["prescriptions"] if p["rx_id"] == rx_id]
+        self.say(f"           p01's inbox (rx inbox, from the prescription events): {rx_id} "
+                 f"{todo[0]['status'] if todo else 'missing'}, to {todo[0]['action'] if todo else '?'}")
         codes = [f"TC{tag}{i:04d}" for i in range(1, 5)]
         disp = self.ops(wang).dispense(rx_id, codes)
         self.step(wang, f"locked it (block {disp.get('lock_block')}), decrypted, checked the "

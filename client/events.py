@@ -183,3 +183,23 @@ class EventListener:
                     raise
                 self._sleep(min(self._base_delay * (2 ** failures), 5.0))
                 failures += 1
+
+
+def blocks_from(source: EventSource, contract: str, start: int) -> Iterator[BlockEvents]:
+    """The blocks ``start`` .. the peer's height, once each, in order (``contract``: only its
+    events), for reads that go on from a checkpoint (claim report, inbox). The stream is
+    opened at the block before ``start``: the peer sends it iff ``start`` is at most its
+    height, so a start beyond it -- a checkpoint of another ledger, or a peer behind the one
+    read last -- is refused START_BEYOND_HEIGHT (retry later, or on another peer) rather than
+    read as "nothing new" until the ledger grows past it and the blocks below are skipped."""
+    reached = start == 0
+    listener = EventListener(source, MemoryCheckpoint(max(start - 1, 0)), contract=contract)
+    for b in listener.blocks(follow=False):
+        if b.block < start:
+            reached = True
+            continue
+        yield b
+    if not reached:
+        raise RxClientError("START_BEYOND_HEIGHT", f"the peer has not committed block {start - 1}: block "
+                            f"{start} is beyond its height (a checkpoint of another ledger, or a peer "
+                            "behind); nothing read")

@@ -14,10 +14,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from client.errors import CommitUnknown, DuplicateRx, NoKeyGrant, RxClientError
+from rxchain.v1 import config_pb2
+
+from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGrant, RxClientError
 from client.gateway import SubmitResult
+from client.inbox import MAX_BLOCKS as MAX_INBOX_BLOCKS
+from client.inbox import STAFF_ROLES as INBOX_ROLES
+from client.inbox import pharmacy_inbox
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
+from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
+from client.reconcile import claim_report
 from client.records import OpenedRecord, commitment, open_grant, seal_prescription, trace_code_hash, wrap_for
 from client.rxid import check_rx_id
 from client.session import Session
@@ -104,6 +111,11 @@ def _written(res: SubmitResult, extra: Mapping[str, Any] | None = None) -> dict[
             out.setdefault(k, v)
     out.update(extra or {})
     return out
+
+
+def _int_or_none(value: Any) -> int | None:
+    """``value`` when it is an integer (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class RxOperations:
@@ -272,14 +284,15 @@ class RxOperations:
             args["lock_id"] = lock_id
         return _written(self.s.gateway.submit(RX, "release", args))
 
-    def _lock_or_borrow(self, rx_id: str) -> tuple[dict[str, Any] | None, str]:
-        """Lock: (the lock's answer, its token). (None, the held lock's token) when the
-        caller's pharmacy holds the lock already (another call's, or one taken with ``rx lock``):
-        the dispense then runs under that lock -- and only that one. The token is "" for a
-        contract or a lock from before lock tokens."""
+    def _lock_or_borrow(self, rx_id: str) -> tuple[dict[str, Any] | None, str, int | None]:
+        """Lock: (the lock's answer, its token, the fill it is for). (None, the held lock's
+        token, its fill) when the caller's pharmacy holds the lock already (another call's, or
+        one taken with ``rx lock``): the dispense then runs under that lock -- and only that
+        one. The token is "" for a contract or a lock from before lock tokens; the fill None
+        when the answer names none."""
         try:
             locked = self.lock(rx_id)
-            return locked, str(locked.get("lock_id") or "")
+            return locked, str(locked.get("lock_id") or ""), _int_or_none(locked.get("fill"))
         except RxClientError as exc:
             if exc.reason != "ALREADY_LOCKED":
                 raise
@@ -287,7 +300,9 @@ class RxOperations:
             held = meta.get("lock") if isinstance(meta, dict) else None
             if not isinstance(held, dict) or held.get("org") != self.s.identity.org:
                 raise
-            return None, str(held.get("tx_id") or "")
+            # the same snapshot as the lock: while it is held, its fill is the one after those made
+            fills = _int_or_none(meta.get("fills"))
+            return None, str(held.get("tx_id") or ""), None if fills is None else fills + 1
 
     def dispense(self, rx_id: str, trace_codes: Sequence[str] = (),
                  auto_lock: bool = True, lock_id: str | None = None) -> dict[str, Any]:
@@ -297,8 +312,9 @@ class RxOperations:
         reason (NOT_ROUTED, ALREADY_DISPENSED, ALREADY_LOCKED ...) before any key is fetched.
         The dispense names the lock it runs under (``lock_id``: the token of the lock this call
         took, or of its pharmacy's lock it found held), so a call that stalled never dispenses
-        under a lock another call took since (the next fill's): ALREADY_LOCKED. Without
-        ``auto_lock`` it names ``lock_id`` if given (the token ``rx lock`` printed), else none.
+        under a lock another call took since (the next fill's): ALREADY_LOCKED. With
+        ``lock_id`` (the token ``rx lock`` printed) it dispenses under that lock only and takes
+        none, whatever ``auto_lock`` says; without either it names none.
         A lock this call took is released again when the dispense is refused (TRACE_CODE_REUSED,
         HASH_MISMATCH ...: nothing was dispensed), so the prescription does not stay locked
         against every other pharmacy; never when the outcome is unknown (CommitUnknown). The
@@ -307,14 +323,28 @@ class RxOperations:
         another call holds a new one, the release is refused and that lock stays.
         A call that found its pharmacy holding the lock (another call's) and is refused
         NOT_LOCKED -- that lock was released before the dispense, e.g. by its own call's refused
-        dispense -- takes a lock of its own and dispenses once more (auto_lock only).
+        dispense -- takes a lock of its own and dispenses once more (auto_lock only), the same
+        fill only: when the lock it found held went out with its fill meanwhile (its taker
+        dispensed under it) the new lock is the next fill's, released again, and the answer is
+        ALREADY_DISPENSED -- a stalled call never dispenses the fill after the one it was for.
         """
         opened: OpenedRecord | None = None
+        take = auto_lock and not lock_id
+        meant: int | None = None  # the fill of the lock the first attempt took or found held
         for attempt in range(2):
             locked: dict[str, Any] | None = None
             token = lock_id or ""
-            if auto_lock:
-                locked, token = self._lock_or_borrow(rx_id)
+            if take:
+                locked, token, fill = self._lock_or_borrow(rx_id)
+                if attempt == 0:
+                    meant = fill
+                elif meant is not None and fill is not None and fill != meant:
+                    if locked is not None:
+                        with contextlib.suppress(Exception):  # best effort, as below
+                            self.release(rx_id, token or None)
+                    raise RxClientError("ALREADY_DISPENSED", f"fill {meant} of {rx_id} was dispensed meanwhile "
+                                        f"under the lock this call found held (another call's); this call does "
+                                        f"not dispense fill {fill}")
             try:
                 if opened is None:
                     opened = self._get_key(rx_id)
@@ -322,7 +352,7 @@ class RxOperations:
                 if trace_codes:
                     transient.update(trace_codes=list(trace_codes), trace_key=self.s.trace_key)
                 parties = self._endorsers(self.s.identity.org, str(self._meta(rx_id).get("hospital", "")))
-                out = _written(self._submit_dispense(rx_id, token, transient, parties))
+                out = _written(self._submit_dispense(rx_id, token, transient, parties, resend=take))
             except CommitUnknown:
                 raise  # may have dispensed (and so cleared the lock): leave it
             except RxClientError as exc:
@@ -332,7 +362,7 @@ class RxOperations:
                     with contextlib.suppress(Exception):
                         # a contract from before lock tokens returns none: release as it did
                         self.release(rx_id, token or None)
-                elif auto_lock and attempt == 0 and exc.reason == "NOT_LOCKED":
+                elif take and attempt == 0 and exc.reason == "NOT_LOCKED":
                     continue  # the borrowed lock was dropped by its taker: lock, dispense again
                 raise
             if locked is not None:
@@ -341,11 +371,13 @@ class RxOperations:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _submit_dispense(self, rx_id: str, token: str, transient: dict[str, Any],
-                         parties: list[str]) -> SubmitResult:
+                         parties: list[str], resend: bool) -> SubmitResult:
         """``dispense`` naming lock ``token`` ("" = none). A contract from before dispense
-        tokens refuses the argument when it is endorsed (nothing was submitted): the dispense
-        is sent once more without it, under whichever lock the pharmacy holds, as that
-        release dispensed."""
+        tokens refuses the argument when it is endorsed (nothing was submitted): with
+        ``resend`` (the token of a lock this call took or found held) the dispense is sent once
+        more without it, under whichever lock the pharmacy holds, as that release dispensed;
+        a token the caller named is refused (BAD_ARGUMENTS): that contract cannot dispense
+        under that lock only."""
         args: dict[str, Any] = {"rx_id": rx_id}
         if token:
             args["lock_id"] = token
@@ -354,6 +386,11 @@ class RxOperations:
         except RxClientError as exc:
             if not token or exc.reason != "BAD_ARGUMENTS" or "unknown argument(s) lock_id" not in exc.message:
                 raise
+            if not resend:
+                raise EndorsementError("BAD_ARGUMENTS", f"the prescription contract predates dispense tokens: "
+                                       f"it cannot dispense under lock {token} only (nothing was dispensed); "
+                                       f"dispense without lock_id, under whichever lock the pharmacy "
+                                       f"holds") from exc
         return self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient, endorsing_orgs=parties)
 
     def deliver(self, rx_id: str) -> dict[str, Any]:
@@ -571,6 +608,68 @@ class RxOperations:
         if not isinstance(rec, dict):
             raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")
         return rec
+
+    def inbox(self, start: int, max_blocks: int = MAX_INBOX_BLOCKS) -> dict[str, Any]:
+        """The prescriptions the caller's pharmacy (or hospital pharmacy) serves, from the
+        events of blocks ``start`` on (:func:`client.inbox.pharmacy_inbox`): what changed and
+        what there is to do. Staff of pharmacies and hospitals only (WRONG_ROLE otherwise: a
+        patient, enrolled under her hospital, reads her own prescriptions, not its work)."""
+        org = self.s.identity.org
+        kind = self.s.net.org(org).kind
+        if kind not in (config_pb2.PHARMACY, config_pb2.HOSPITAL):
+            raise RxClientError("WRONG_ROLE", f"{org} is no pharmacy or hospital: it serves no prescriptions")
+        if self.s.identity.role not in INBOX_ROLES:
+            raise RxClientError("WRONG_ROLE", f"a {self.s.identity.role} has no pharmacy inbox: "
+                                f"staff only ({', '.join(INBOX_ROLES)})")
+
+        def read(rx_id: str) -> dict[str, Any] | None:
+            try:
+                meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+            except RxClientError as exc:
+                if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
+                    raise
+                return None
+            return meta if isinstance(meta, dict) else None
+
+        def dispenser(rx_id: str) -> str | None:
+            try:
+                trail = self._all_pages("trace", rx_id, "steps")
+            except RxClientError as exc:
+                if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
+                    raise
+                return None
+            orgs = [st.get("org") for st in trail["steps"] if isinstance(st, dict) and st.get("step") == "dispense"]
+            if trail.get("truncated") or not orgs or not isinstance(orgs[-1], str):
+                return None  # (steps missing: unknown)
+            return orgs[-1]
+
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser)
+
+    def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
+                     insurer: str | None = "") -> dict[str, Any]:
+        """Claims settled and reversed from block ``start`` on, with totals in fen
+        (:func:`client.reconcile.claim_report`). ``insurer``: "" = the caller's organisation
+        when it is an insurer, else every insurer's; None = every insurer's; else that one.
+        A role that reads no claims is refused (ACCESS_DENIED) at the first claim; an insurer's
+        member asking for another insurer's claims before anything is read (it may read none of
+        them: every one unreadable, a net of 0 fen that reads as "owes nothing")."""
+        me = self.s.identity.org
+        mine = me in self.s.net.insurers()
+        if insurer == "":
+            insurer = me if mine else None
+        elif mine and insurer is not None and insurer != me:
+            raise RxClientError("ACCESS_DENIED", f"{me} reads only its own claims, not {insurer}'s "
+                                "(the regulator's auditors read every insurer's); nothing reported")
+
+        def read(claim_id: str) -> dict[str, Any] | None:
+            try:
+                return self.claim(claim_id)
+            except RxClientError as exc:
+                if exc.reason != "CLAIM_NOT_FOUND":
+                    raise
+                return None
+
+        return claim_report(self.s.gateway.events, read, start, max_blocks, insurer)
 
     def claim_steps(self, rx_id: str) -> list[dict[str, Any]]:
         """Every settle/reverse step of a prescription's claims (``settlement.trail``, every

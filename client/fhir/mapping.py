@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 from client.errors import RxClientError
-from client.rxops import DrugLine, IssueRequest
+from client.rxops import CHINA_TZ, DrugLine, IssueRequest
 
 ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 NATIONAL_CODE = re.compile(r"^[A-Z0-9]{23}$")
@@ -298,6 +298,105 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
               "identifier": {"system": RX_SYSTEM, "value": rx_id}, "entry": entries}
     _validate("Bundle", bundle)
     return bundle
+
+
+ACTION_SYSTEM = "urn:rxchain:inboxAction"  # review, dispense, wait, deliver, none (client.inbox)
+_TASK_STATUS = {"review": "requested", "dispense": "ready", "wait": "on-hold", "deliver": "in-progress"}
+_DONE = {"DELIVERED": "completed", "REVOKED": "cancelled", "REJECTED": "cancelled", "EXPIRED": "cancelled",
+         "ERASED": "cancelled"}
+
+
+def inbox_task(p: Mapping[str, Any], org: str) -> dict[str, Any]:
+    """A pharmacy's work item (``client.inbox``'s prescription summary) as a FHIR Task: its
+    ``status`` from what there is to do (review: requested, dispense: ready, wait for the next
+    fill: on-hold with ``restriction.period.start``, deliver: in-progress; nothing: completed
+    when delivered, cancelled when revoked, rejected, expired -- the validity passed, expire
+    transaction or not -- or erased), ``businessStatus``
+    the action (system ``urn:rxchain:inboxAction``) and the prescription's status, ``focus``
+    the MedicationRequest by its identifier, ``owner`` the pharmacy."""
+    action, status = str(p.get("action", "none")), str(p.get("status", ""))
+    rx_id = str(p["rx_id"])
+    final = "EXPIRED" if p.get("expired") is True else status  # (validity passed, no expire tx)
+    task: dict[str, Any] = {
+        "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
+        "status": _TASK_STATUS.get(action) or _DONE.get(final, "on-hold"), "intent": "order",
+        "businessStatus": {"coding": [{"system": ACTION_SYSTEM, "code": action}], "text": status},
+        "focus": {"type": "MedicationRequest", "identifier": {"system": RX_SYSTEM, "value": rx_id}},
+        "owner": {"identifier": {"system": ORG_SYSTEM, "value": org}},
+        "input": [{"type": {"text": name}, "valueInteger": int(p.get(key) or 0)}
+                  for name, key in (("fills", "fills"), ("maxFills", "max_fills"),
+                                    ("deliveredFills", "delivered_fills"))],
+    }
+    if action == "wait" and p.get("next_fill_ms"):
+        task["restriction"] = {"period": {"start": _iso(int(p["next_fill_ms"]))}}
+    _validate("Task", task)
+    return task
+
+
+def inbox_bundle(inbox: Mapping[str, Any], self_url: str, next_url: str | None) -> dict[str, Any]:
+    """A searchset Bundle of :func:`inbox_task` entries; ``next`` only when the block limit cut
+    the range short (more blocks to read now)."""
+    org = str(inbox["org"])
+    entries = [{"resource": inbox_task(p, org), "search": {"mode": "match"}} for p in inbox["prescriptions"]]
+    links = [{"relation": "self", "url": self_url}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "link": links,
+              "entry": entries}
+    _validate("Bundle", bundle)
+    return bundle
+
+
+PAYMENT_TYPE = "http://terminology.hl7.org/CodeSystem/payment-type"
+
+
+def _china_date(ms: int) -> str:
+    """The calendar day (China time, as the contracts count days) of ``ms``."""
+    return dt.datetime.fromtimestamp(ms / 1000, CHINA_TZ).date().isoformat()
+
+
+BLOCKS_SYSTEM = "urn:rxchain:blocks"  # a block range "FROM..NEXT": FROM up to, not including, NEXT
+
+
+def payment_reconciliation(report: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+    """An insurer's claims report (``client.reconcile``) as a PaymentReconciliation: ``amount``
+    the net fund share of the range (settled minus reversed), one ``allocation`` per settle
+    (type payment, the fund share) or reverse (type adjustment, the fund share given back,
+    negative) naming its Claim, dated by the China-time day of the step; the block range as
+    ``identifier``; claims the caller could not read, or whose amounts break the settlement
+    identities, as notes."""
+    first, nxt = int(report["from_block"]), int(report["next_block"])
+    allocations = []
+    for row in report["claims"]:
+        settled = row["event"] == "settled"
+        alloc: dict[str, Any] = {
+            "identifier": {"system": RX_SYSTEM + ":tx", "value": str(row["tx_id"])},
+            "target": {"type": "Claim", "identifier": {"system": CLAIM_SYSTEM, "value": str(row["claim_id"])}},
+            "type": {"coding": [{"system": PAYMENT_TYPE, "code": "payment" if settled else "adjustment"}]},
+            "amount": _money(int(row["fund_fen"]) if settled else -int(row["fund_fen"])),
+        }
+        if row.get("time_ms"):
+            alloc["date"] = _china_date(int(row["time_ms"]))
+        allocations.append(alloc)
+    res: dict[str, Any] = {
+        "resourceType": "PaymentReconciliation",
+        "identifier": [{"system": BLOCKS_SYSTEM, "value": f"{first}..{nxt}"}],
+        "type": {"coding": [{"system": PAYMENT_TYPE, "code": "payment"}]},
+        "status": "active", "created": _iso(now_ms), "date": _china_date(now_ms),
+        "amount": _money(int(report["totals"]["net"]["fund_fen"])),
+        "allocation": allocations,
+    }
+    if report.get("insurer"):
+        res["paymentIssuer"] = {"identifier": {"system": ORG_SYSTEM, "value": str(report["insurer"])}}
+    notes = [f"unreadable claim {c}: not counted" for c in report.get("unreadable") or []]
+    notes += [f"inconsistent claim {c}: amounts break medfee = fund + patient = fund + account + cash"
+              for c in report.get("inconsistent") or []]
+    notes += [f"malformed {m.get('event')} event in block {m.get('block')} (tx {m.get('tx_id')}): names no claim, "
+              "not counted" for m in report.get("malformed") or []]
+    if notes:
+        res["processNote"] = [{"type": "display", "text": n} for n in notes]
+    _validate("PaymentReconciliation", res)
+    return res
 
 
 def dispense_id(rx_id: str, fill: object, line: int) -> str:

@@ -38,7 +38,10 @@ claim the caller may read, its id in ``diagnostics``.
 
 A retry that lost an MVCC race matches only a step committed meanwhile (a fill newer than the
 prescription read before submitting; for a claim, the latest fill's): a race lost to another
-write keeps the refusal. A comparing read failing at the peer answers as that failure (5xx).
+write keeps the refusal. So does a dispense refused ALREADY_LOCKED: the lock it named (its
+first attempt's, found held) changed hands -- dispensed under and the next fill locked, or
+freed and taken again (then nothing newer is on the ledger and the refusal stands). A
+comparing read failing at the peer answers as that failure (5xx).
 
 Without a named fill, a POST on a repeat prescription inside its fill interval is a retry of
 the latest fill (TOO_EARLY otherwise); after the interval it dispenses the next fill. Name
@@ -82,6 +85,11 @@ FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY")
 CODES_USED = "TRACE_CODE_REUSED"
 # A retry's own transaction lost to the first one's (both read the prescription or the guard).
 LOST_RACE = "MVCC_READ_CONFLICT"
+# The lock the dispense named changed hands: the lock its first attempt took (or found held)
+# may have gone out with that fill meanwhile, and another call locked the next one.
+LOCK_TAKEN = "ALREADY_LOCKED"
+# Refusals that match only a fill committed while the request ran (newer than it read before).
+RACES = (LOST_RACE, LOCK_TAKEN)
 MAX_FILL = 99  # the settlement contract's bound on a fill number
 MAX_CLAIM_SEQ = 999
 CLAIM_ID = re.compile(r"CLM-([A-Za-z0-9._-]{1,64})-([1-9][0-9]{0,1})-([1-9][0-9]{0,2})")

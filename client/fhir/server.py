@@ -21,6 +21,13 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   FILL_NOT_NAMED once a second fill is (see below); optional ``item`` = national code + boxes
   to claim, ``total`` = the medical fee expected) -> Bundle(Claim, ClaimResponse),
   ``Location: /fhir/Claim/{claim_id}``
+* ``GET  /fhir/Task?from-block=N&limit-blocks=M`` the pharmacy's inbox (:mod:`client.inbox`): a
+  searchset Bundle of Tasks, one per prescription the caller's organisation serves that changed
+  in the range (what to do: requested/ready/on-hold/in-progress, or completed/cancelled);
+  ``X-Rxchain-Next-Block`` names where the next poll starts
+* ``GET  /fhir/PaymentReconciliation?from-block=N&limit-blocks=M`` an insurer's claims report
+  (:mod:`client.reconcile`): the net fund share, one allocation per settle or reversal;
+  ``X-Rxchain-Next-Block`` as for Task
 * ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers);
   ``404`` CLAIM_NOT_FOUND both for an id never settled and for a claim the caller may not
   read, ``403`` ACCESS_DENIED for a role that reads no claims (pharmacy staff, couriers,
@@ -51,8 +58,10 @@ reads (the caller gets back only what it may read):
   taken and is not the one described (another pharmacy, other trace codes, other lines or
   amounts), or the caller may not read it; ``diagnostics`` names ``rx_id`` and ``fill`` or the
   ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed). A retry whose own
-  transaction lost an MVCC race matches only a step committed meanwhile; when the comparing
-  read fails at the peer, that failure (5xx, ids in ``diagnostics``) answers, not the refusal.
+  transaction lost an MVCC race, or whose dispense was refused ALREADY_LOCKED (the lock it
+  named changed hands: its first attempt may have dispensed under it, and another call locked
+  the next fill), matches only a step committed meanwhile; when the comparing read fails at
+  the peer, that failure (5xx, ids in ``diagnostics``) answers, not the refusal.
 * Conditional create names the fill or the claim: ``If-None-Exist:
   identifier=urn:rxchain:dispense|RX_ID/FILL`` (dispense that fill unless it exists; FILL must
   be the next fill, else 422 FILL_OUT_OF_ORDER) and ``identifier=urn:rxchain:claim|CLM-RX_ID-
@@ -156,6 +165,9 @@ REFUSAL_DEADLINE_S = 2.0
 RETRY_AFTER_S = 2
 MAX_JSON_DEPTH = 64
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_NUMBER = re.compile(r"[0-9]{1,19}")
+MAX_INBOX_BLOCKS = 10_000  # blocks one GET /fhir/Task reads at most
+DEFAULT_INBOX_BLOCKS = 1_000
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json")
 _REFERENCE = re.compile(r"(?:[^?#]*/)?([A-Z][A-Za-z]{1,63})/([^/?#]+)(?:/_history/[^/?#]+)?")
@@ -281,6 +293,29 @@ class Identities:
             self._sessions.clear()
 
 
+def _query(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The integer search parameters of ``path``: each a name of ``allowed`` at most once, a
+    decimal number within its (low, high) bounds; anything else is 400 FHIR_INVALID (strict
+    handling: a parameter this gateway does not know is never silently ignored)."""
+    raw = path.split("?", 1)[1] if "?" in path else ""
+    out: dict[str, int] = {}
+    for item in raw.split("&") if raw else ():
+        name, sep, value = item.partition("=")
+        if name not in allowed:
+            raise mapping.FhirError("FHIR_INVALID", f"unknown search parameter {name[:40]!r}; this search "
+                                    f"takes {', '.join(sorted(allowed))}")
+        if name in out:
+            raise mapping.FhirError("FHIR_INVALID", f"search parameter {name} given twice")
+        low, high = allowed[name]
+        if not sep or not _NUMBER.fullmatch(value):
+            raise mapping.FhirError("FHIR_INVALID", f"{name} must be a whole number {low}-{high}")
+        n = int(value)
+        if not low <= n <= high:
+            raise mapping.FhirError("FHIR_INVALID", f"{name} must be a whole number {low}-{high}")
+        out[name] = n
+    return out
+
+
 class FhirApp:
     """Request routing, independent of the HTTP plumbing (tests call it directly)."""
 
@@ -308,11 +343,42 @@ class FhirApp:
             return self._dispense(ops, body, if_none_exist)
         if method == "POST" and parts == ["Claim"]:
             return self._claim(ops, body, if_none_exist)
+        if method == "GET" and parts == ["Task"]:
+            return self._inbox(ops, path)
+        if method == "GET" and parts == ["PaymentReconciliation"]:
+            return self._reconcile(ops, path)
         if method == "GET" and len(parts) == 2 and parts[0] == "Claim":
             rec = ops.claim(retry.claim_path_id(parts[1]))
             claim = mapping.claim_and_response(rec, str(rec.get("insurer", "")))["entry"][0]["resource"]
             return Reply(200, claim)
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
+
+    # ------------------------------------------------------------ inbox
+    def _inbox(self, ops: RxOperations, path: str) -> Reply:
+        """The pharmacy's work items (``client.inbox``) of blocks ``from-block`` on (at most
+        ``limit-blocks``), a searchset Bundle of Tasks; ``X-Rxchain-Next-Block`` is where the
+        next poll starts, and a ``next`` link is given only when the limit (of blocks, or of
+        prescriptions read: ``client.inbox.MAX_READS``) cut the range short."""
+        query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
+        start = query.get("from-block", 0)
+        limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
+        inbox = ops.inbox(start, limit)
+        nxt = int(inbox["next_block"])
+        more = nxt - start >= limit or inbox.get("reads_capped") is True
+        bundle = mapping.inbox_bundle(
+            inbox, f"/fhir/Task?from-block={start}&limit-blocks={limit}",
+            f"/fhir/Task?from-block={nxt}&limit-blocks={limit}" if more else None)
+        return Reply(200, bundle, {"X-Rxchain-Next-Block": str(nxt)})
+
+    def _reconcile(self, ops: RxOperations, path: str) -> Reply:
+        """The claims report (``client.reconcile``) of blocks ``from-block`` on (at most
+        ``limit-blocks``) as a PaymentReconciliation of the caller's insurer (every insurer's
+        for an auditor); ``X-Rxchain-Next-Block`` is where the next one starts."""
+        query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
+        start = query.get("from-block", 0)
+        report = ops.claim_report(start, query.get("limit-blocks", DEFAULT_INBOX_BLOCKS))
+        return Reply(200, mapping.payment_reconciliation(report, ops.s.clock()),
+                     {"X-Rxchain-Next-Block": str(int(report["next_block"]))})
 
     # ------------------------------------------------------------ dispense
     def _dispense(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:
@@ -345,8 +411,11 @@ class FhirApp:
                 # an unnamed re-send after the fill interval: its boxes name the fill they went
                 # out in (trace_fills); compared as a retry of that fill, else the refusal stands
                 return self._dispensed(ops, rx_id, self._fill_of_codes(ops, rx_id, codes, exc), codes, meta, exc)
-            if exc.reason not in retry.FILL_TAKEN and not (
-                    isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
+            race = isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE
+            # the lock it named changed hands: its first attempt may have dispensed under it and
+            # another call locked the next fill since -- compared as a lost race is
+            moved = exc.reason == retry.LOCK_TAKEN and meta is not None
+            if exc.reason not in retry.FILL_TAKEN and not race and not moved:
                 raise
             return self._dispensed(ops, rx_id, named, codes, meta, exc)
         return self._dispense_created(ops, rx_id, meta, result, codes)
@@ -396,7 +465,7 @@ class FhirApp:
             raise _uncompared(refusal, exc, rx_id=rx_id, **({"fill": str(fill)} if fill else {})) from exc
         fill = fill or max((int(st["fill"]) for st in steps), default=0)
         step = next((st for st in steps if st.get("fill") == fill), None)
-        if refusal is not None and refusal.reason == retry.LOST_RACE and (before is None or fill <= before):
+        if refusal is not None and refusal.reason in retry.RACES and (before is None or fill <= before):
             # lost to another write (a delivery, a lock ...), not to a fill committed meanwhile:
             # this request's fill is not on the ledger, whatever an earlier fill looks like
             raise refusal
@@ -412,7 +481,7 @@ class FhirApp:
         if why is not None or not isinstance(content, dict) or step is None:
             if refusal is not None and step is None:
                 raise refusal
-            reason = refusal.reason if refusal is not None and refusal.reason != retry.LOST_RACE \
+            reason = refusal.reason if refusal is not None and refusal.reason not in retry.RACES \
                 else "ALREADY_DISPENSED"
             msg = (refusal.message + "; " if refusal is not None and refusal.message else "") + str(why)
             raise retry.Conflict(reason, msg, rx_id=rx_id, fill=str(fill))
@@ -692,6 +761,14 @@ def capability_statement() -> dict[str, Any]:
             {**res("MedicationRequest", ["create", "read"]), "conditionalCreate": True},
             {**res("MedicationDispense", ["create"]), "conditionalCreate": True},
             {**res("Claim", ["create", "read"]), "conditionalCreate": True},
+            {**res("PaymentReconciliation", ["search-type"]), "searchParam": [
+                {"name": "from-block", "type": "number",
+                 "documentation": "first block of the range (the X-Rxchain-Next-Block of the last one)"},
+                {"name": "limit-blocks", "type": "number", "documentation": "blocks read at most (1-10000)"}]},
+            {**res("Task", ["search-type"]), "searchParam": [
+                {"name": "from-block", "type": "number",
+                 "documentation": "first block of the range (the X-Rxchain-Next-Block of the last poll)"},
+                {"name": "limit-blocks", "type": "number", "documentation": "blocks read at most (1-10000)"}]},
         ]}],
     }
 

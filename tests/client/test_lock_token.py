@@ -18,7 +18,7 @@ from client.rxops import RxOperations
 from tests.client.contractgw import ContractGateway
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
-from tests.contracts.flows import WANG, approved, lock_and_dispense
+from tests.contracts.flows import WANG, approved, dispense, lock_and_dispense
 from tests.contracts.rxclient import Prepared, World, trace_key
 from tests.contracts.test_lifecycle import LI, register_li
 
@@ -40,6 +40,34 @@ def _ops(w: World, caller: Who, prep: Prepared, before: dict[str, Callable[[], N
 
 def _lock(w: World, rx: str) -> Any:
     return w.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["lock"]
+
+
+def _repeat_locked(w: World) -> tuple[Prepared, str, RxOperations, str]:
+    """A repeat prescription (2 fills, 28 days apart) whose fill 1 pharm-wang's call locked:
+    (prepared, rx id, that call's operations, its lock's token); pharm-li registered."""
+    register_li(w)
+    prep = approved(w, **REPEAT)
+    rx = prep.args["rx_id"]
+    ops, _ = _ops(w, WANG, prep)
+    return prep, rx, ops, ops.lock(rx)["lock_id"]
+
+
+def _relocked(w: World) -> tuple[Prepared, str, RxOperations, ContractGateway, str, str]:
+    """A prescription pharm-li's call locked (token ``first``), released, and locked again
+    (``second``): (prepared, rx id, that call's operations and gateway, first, second)."""
+    register_li(w)
+    prep = approved(w)
+    rx = prep.args["rx_id"]
+    ops, gw = _ops(w, LI, prep)
+    first = ops.lock(rx)["lock_id"]
+    ops.release(rx, first)
+    return prep, rx, ops, gw, first, ops.lock(rx)["lock_id"]
+
+
+def _fill_goes_out(w: World, prep: Prepared, token: str, codes: list[str]) -> None:
+    """Pharm-wang dispenses the next fill under lock ``token``; the fill interval passes."""
+    dispense(w, prep, WANG, codes, lock_id=token).unwrap()
+    w.chain.advance(28 * DAY_MS)
 
 
 def test_a_refused_dispense_never_drops_the_lock_another_call_took_since(world: World) -> None:  # noqa: F811
@@ -307,13 +335,7 @@ def test_a_borrowed_lock_that_changed_hands_is_not_dispensed_under(world: World)
 
 
 def test_without_auto_lock_the_dispense_names_the_lock_given(world: World) -> None:  # noqa: F811
-    register_li(world)
-    prep = approved(world)
-    rx = prep.args["rx_id"]
-    ops, gw = _ops(world, LI, prep)
-    first = ops.lock(rx)["lock_id"]
-    ops.release(rx, first)
-    second = ops.lock(rx)["lock_id"]
+    _, rx, ops, gw, first, second = _relocked(world)
     with pytest.raises(RxClientError) as refused:
         ops.dispense(rx, ["81234560000000000105"], auto_lock=False, lock_id=first)
     assert refused.value.reason == "ALREADY_LOCKED"
@@ -350,18 +372,23 @@ def test_cli_dispense_passes_the_lock_id(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sent == [("RX1", ["TC1"], False, "ab" * 32), ("RX1", ["TC1"], True, None)]
 
 
-def test_a_contract_before_dispense_tokens_gets_the_dispense_without_one(world: World) -> None:  # noqa: F811
-    """Clients are upgraded before the consortium approves the new contract: the previous
-    release's ``dispense(rx_id)`` refuses ``lock_id`` as an unknown argument when endorsed
-    (nothing submitted), so the call dispenses once more without it. Any other refusal
-    stands as the answer, never sent twice."""
-    ch = world.chain
+def _before_dispense_tokens(w: World) -> None:
+    """The chain runs the previous release's prescription contract: ``dispense(rx_id)``."""
+    ch = w.chain
     src = ch._sources["prescription"]
     new_sig = 'def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:'
     assert new_sig in src
     old = src.replace(new_sig, 'def dispense(ctx: Context, rx_id: str) -> dict:\n    lock_id = ""')
     ch._sources["prescription"] = old
     ch._hashes["prescription"] = hashlib.sha256(old.encode()).hexdigest()
+
+
+def test_a_contract_before_dispense_tokens_gets_the_dispense_without_one(world: World) -> None:  # noqa: F811
+    """Clients are upgraded before the consortium approves the new contract: the previous
+    release's ``dispense(rx_id)`` refuses ``lock_id`` as an unknown argument when endorsed
+    (nothing submitted), so the call dispenses once more without it. Any other refusal
+    stands as the answer, never sent twice."""
+    _before_dispense_tokens(world)
     prep = approved(world)
     rx = prep.args["rx_id"]
     ops, gw = _ops(world, WANG, prep)
@@ -403,3 +430,185 @@ def test_only_an_unknown_lock_id_argument_sends_the_dispense_again(message: str)
         ops.dispense("RX1", ["TC-1"])
     assert refused.value.reason == "BAD_ARGUMENTS"
     assert calls == ["lock", "dispense", "release"]
+
+
+# ---------------------------------------------------------------- review of the dispense tokens (125f407)
+
+
+def test_a_stalled_call_never_locks_again_for_the_fill_after_the_one_it_was_for(world: World) -> None:  # noqa: F811
+    """A repeat prescription. Call B finds call A's lock of fill 1 held and stalls; A
+    dispenses fill 1 under it; 28 days on, nobody has locked fill 2 yet. B's dispense naming
+    A's lock is refused NOT_LOCKED, and B's once-more used to lock fill 2 and dispense it --
+    a second fill out of a call meant for the first. B's new lock is fill 2's, not the fill
+    it was for: released again, ALREADY_DISPENSED, fill 2 is left to the next call."""
+    prep, rx, _, a_token = _repeat_locked(world)
+    ops_b, gw_b = _ops(world, LI, prep, {
+        "dispense": lambda: _fill_goes_out(world, prep, a_token, ["81234560000000000111"])})
+    with pytest.raises(RxClientError) as refused:
+        ops_b.dispense(rx, ["81234560000000000112"])
+    assert refused.value.reason == "ALREADY_DISPENSED" and "fill 1 " in refused.value.message, refused.value
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "NOT_LOCKED"),
+                                                  ("lock", "OK"), ("release", "OK")]
+    steps = world.chain.query("prescription", "trace", WANG, rx_id=rx).unwrap()["steps"]
+    assert gw_b.calls[3][1]["lock_id"] == [st["tx_id"] for st in steps if st["step"] == "lock"][-1]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+    assert _lock(world, rx) is None
+    # fill 2 is there for the next call
+    assert ops_b.dispense(rx, ["81234560000000000112"])["fill"] == 2
+
+
+def test_a_stalled_call_finding_the_next_fills_lock_held_does_not_dispense_under_it(world: World) -> None:  # noqa: F811
+    """As above, but by B's once-more call C has locked fill 2: B would borrow C's lock (fill
+    2) -- refused ALREADY_DISPENSED with nothing released: C's lock stays, C dispenses."""
+    prep, rx, ops_a, a_token = _repeat_locked(world)
+    taken: dict[str, Any] = {}
+
+    def a_dispenses_then_c_locks_fill_2_before_bs_lock() -> None:
+        _fill_goes_out(world, prep, a_token, ["81234560000000000113"])
+        gw_b.before["lock"] = lambda: taken.update(ops_a.lock(rx))
+
+    ops_b, gw_b = _ops(world, LI, prep, {"dispense": a_dispenses_then_c_locks_fill_2_before_bs_lock})
+    with pytest.raises(RxClientError) as refused:
+        ops_b.dispense(rx, ["81234560000000000114"])
+    assert refused.value.reason == "ALREADY_DISPENSED"
+    assert [(c[0], c[2]) for c in gw_b.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "NOT_LOCKED"),
+                                                  ("lock", "ALREADY_LOCKED")]
+    assert taken["fill"] == 2 and _lock(world, rx)["tx_id"] == taken["lock_id"]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+
+
+def test_a_lock_id_given_is_the_only_lock_dispensed_under_whatever_auto_lock_says(world: World) -> None:  # noqa: F811
+    """``dispense(rx, codes, lock_id=...)`` with auto_lock left at its default used to drop
+    the token: it borrowed whatever lock the pharmacy held by then (or took a new one) and
+    dispensed under it -- the very lock the caller named its own to exclude."""
+    _, rx, ops, gw, first, second = _relocked(world)
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense(rx, ["81234560000000000115"], lock_id=first)
+    assert refused.value.reason == "ALREADY_LOCKED"
+    assert [(c[0], c[1].get("lock_id"), c[2]) for c in gw.calls[3:]] == [("dispense", first, "ALREADY_LOCKED")]
+    assert _lock(world, rx)["tx_id"] == second
+    ops.release(rx, second)  # nothing held: the named lock is gone, nothing is taken for it
+    with pytest.raises(RxClientError) as gone:
+        ops.dispense(rx, ["81234560000000000115"], lock_id=second)
+    assert gone.value.reason == "NOT_LOCKED" and [c[0] for c in gw.calls[5:]] == ["dispense"]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+
+
+def test_a_lock_id_the_caller_named_is_not_dropped_for_a_contract_before_dispense_tokens(world: World) -> None:  # noqa: F811
+    """``rx dispense --lock-id`` promises that lock only. A contract from before dispense
+    tokens cannot keep that promise: the call used to send the dispense again without the
+    token -- under whichever lock the pharmacy held (here another call's, taken after the
+    named one was freed). It is refused BAD_ARGUMENTS saying why, nothing dispensed; the
+    tokens of locks the call took or found held are still resent without (that test above)."""
+    _, rx, ops, gw, first, second = _relocked(world)
+    _before_dispense_tokens(world)
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense(rx, ["81234560000000000116"], auto_lock=False, lock_id=first)
+    assert refused.value.reason == "BAD_ARGUMENTS" and "predates dispense tokens" in refused.value.message
+    assert [(c[0], c[2]) for c in gw.calls[3:]] == [("dispense", "BAD_ARGUMENTS")]
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+    assert _lock(world, rx)["tx_id"] == second
+
+
+# ---------------------------------------------------------------- the FHIR gateway over the same chain
+
+
+def _fhir(w: World, caller: Who, prep: Prepared, before: dict[str, Callable[[], None]] | None = None,
+          ) -> tuple[Callable[[list[str]], Any], ContractGateway]:
+    """POST /fhir/MedicationDispense of ``prep``'s prescription as ``caller`` (FhirApp over
+    RxOperations over the contract chain): a function of the trace codes giving the Reply,
+    or raising the refusal (its HTTP answer: ``error_reply``)."""
+    from client.fhir.server import FhirApp
+    from tests.client.test_fhir_retry import _dispense as medication_dispense
+
+    ops, gw = _ops(w, caller, prep, before)
+    opened = SimpleNamespace(body=prep.content, salt=prep.salt, kind="content", party=caller.org,
+                             record_key=b"\0" * 32)
+    ops._get_key = lambda rx_id: opened  # type: ignore[method-assign,assignment,return-value]
+    app = FhirApp(SimpleNamespace(ops_for=lambda der: ops))  # type: ignore[arg-type]
+    line = prep.content["drugs"][0]
+
+    def post(codes: list[str]) -> Any:
+        body = medication_dispense(codes=tuple(codes), code=line["code"], qty=line["qty"])
+        body["authorizingPrescription"] = [{"reference": f"MedicationRequest/{prep.args['rx_id']}"}]
+        return app.handle("POST", "/fhir/MedicationDispense", body, b"cert")
+
+    return post, gw
+
+
+def _status(exc: RxClientError) -> tuple[int, str]:
+    from pathlib import Path
+
+    from client.fhir.server import error_reply
+
+    return error_reply(exc, Path("/nonexistent")).status, exc.reason
+
+
+def test_fhir_a_retry_whose_first_attempt_dispensed_under_its_lock_is_200(world: World) -> None:  # noqa: F811
+    """A MedicationDispense's first attempt locked fill 1 of a repeat prescription and its
+    answer was lost; the retry (same boxes) finds that lock held and stalls; the first
+    attempt dispenses under it, and 28 days on the counter locks fill 2. The retry's dispense
+    names the first attempt's lock: ALREADY_LOCKED. It used to be answered 422 ALREADY_LOCKED
+    ("fix the request") though its fill is on the ledger; it is the fill the request describes
+    (same pharmacy, same boxes): 200 with fill 1, nothing dispensed again, fill 2's lock kept.
+    (Before dispense tokens the retry ran under fill 2's lock, TRACE_CODE_REUSED, and 200.)"""
+    prep, rx, ops_o, first = _repeat_locked(world)
+    codes = ["81234560000000000121"]
+    counter: dict[str, Any] = {}
+
+    def first_attempt_lands_then_the_counter_locks_fill_2() -> None:
+        _fill_goes_out(world, prep, first, codes)
+        counter.update(ops_o.lock(rx))
+
+    post, gw = _fhir(world, WANG, prep, {"dispense": first_attempt_lands_then_the_counter_locks_fill_2})
+    reply = post(codes)
+    assert reply.status == 200, reply
+    assert [(c[0], c[2]) for c in gw.calls] == [("lock", "ALREADY_LOCKED"), ("dispense", "ALREADY_LOCKED")]
+    values = {i["value"] for e in reply.resource["entry"] for i in e["resource"]["identifier"]}
+    assert f"{rx}/1" in values, values
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+    assert _lock(world, rx)["tx_id"] == counter["lock_id"]
+
+
+def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: World) -> None:  # noqa: F811
+    """The comparison is for a fill committed meanwhile only: the lock the POST found held
+    is freed and taken again by another call before its dispense, nothing dispensed -- the
+    refusal stands (ALREADY_LOCKED), and a POST with other boxes than a fill committed
+    meanwhile is 409 ALREADY_DISPENSED, never 200."""
+    prep, rx, ops_o, held = _repeat_locked(world)
+
+    def freed_and_taken_again() -> None:
+        ops_o.release(rx, held)
+        ops_o.lock(rx)
+
+    post, _ = _fhir(world, LI, prep, {"dispense": freed_and_taken_again})
+    with pytest.raises(RxClientError) as refused:
+        post(["81234560000000000122"])
+    assert _status(refused.value) == (422, "ALREADY_LOCKED")
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
+    # another call dispenses fill 1 under the lock the POST found held, and locks fill 2
+    taken = _lock(world, rx)["tx_id"]
+
+    def another_fill_lands_then_fill_2_locked() -> None:
+        _fill_goes_out(world, prep, taken, ["81234560000000000123"])
+        ops_o.lock(rx)
+
+    post, _ = _fhir(world, LI, prep, {"dispense": another_fill_lands_then_fill_2_locked})
+    with pytest.raises(RxClientError) as other:
+        post(["81234560000000000124"])
+    assert _status(other.value) == (409, "ALREADY_DISPENSED")
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+
+
+def test_fhir_a_stalled_post_is_not_answered_with_the_next_fill(world: World) -> None:  # noqa: F811
+    """The gateway side of the once-more above: a POST that found another call's lock of
+    fill 1 held, stalled while that call dispensed fill 1 (other boxes) and the interval
+    passed, used to get 201 for fill 2. It is 409 ALREADY_DISPENSED, fill 2 not dispensed."""
+    prep, rx, _, held = _repeat_locked(world)
+    post, _ = _fhir(world, LI, prep, {
+        "dispense": lambda: _fill_goes_out(world, prep, held, ["81234560000000000125"])})
+    with pytest.raises(RxClientError) as refused:
+        post(["81234560000000000126"])
+    assert _status(refused.value) == (409, "ALREADY_DISPENSED")
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
+    assert _lock(world, rx) is None

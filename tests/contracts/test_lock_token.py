@@ -29,6 +29,14 @@ def _held(world: World, rx: str) -> Any:
     return world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["lock"]
 
 
+def _repeat(world: World) -> Any:
+    """An approved repeat prescription (2 fills, 28 days apart); pharm-li registered."""
+    register_li(world)
+    return approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
+                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
+                    patient_confirmed=True)
+
+
 def test_lock_returns_its_transaction_as_token_and_release_with_it_works(world: World) -> None:
     rx = approved(world).args["rx_id"]
     out = world.chain.submit("prescription", "lock", WANG, rx_id=rx)
@@ -139,10 +147,7 @@ def test_a_lock_taken_before_tokens_is_released_only_without_one(world: World) -
 def test_the_dispense_clears_the_token_so_it_never_releases_the_next_fill(world: World) -> None:
     """A repeat prescription: fill 1 dispensed under call A's lock, fill 2 locked by call B:
     A's token (its lock is gone with fill 1) is refused and B's lock stays."""
-    register_li(world)
-    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
-                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
-                    patient_confirmed=True)
+    prep = _repeat(world)
     rx = prep.args["rx_id"]
     a = _lock(world, WANG, rx)
     assert dispense(world, prep, pharmacist=LI).unwrap()["fill"] == 1
@@ -204,10 +209,7 @@ def test_a_stalled_call_never_dispenses_the_next_fill_under_another_calls_lock(w
     pharmacy dispenses fill 1 under A's lock and, 28 days on, locks fill 2. A's dispense --
     fresh boxes, nothing reused -- used to dispense fill 2 under B's lock; naming its lock it
     is refused ALREADY_LOCKED, writes nothing, and B dispenses fill 2."""
-    register_li(world)
-    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
-                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
-                    patient_confirmed=True)
+    prep = _repeat(world)
     rx = prep.args["rx_id"]
     a = _lock(world, WANG, rx)
     assert dispense(world, prep, LI, ["81234560000000000101"], lock_id=a).unwrap()["fill"] == 1

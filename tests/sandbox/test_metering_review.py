@@ -323,3 +323,31 @@ def test_min_max_over_strings_charge_one_gas_each_and_their_length(kind: str) ->
     assert chars[1] == 0
     assert gas[64] - gas[1] == chars[64] and gas[200] - gas[1] == chars[200]
     assert n <= gas[1] <= n + 8  # one per value (plus the call itself)
+
+
+@pytest.mark.parametrize("left", [0, 1, 2, 3, 10**6])
+def test_min_max_charge_what_the_walk_of_the_value_charges_for_every_type(left: int) -> None:
+    """The string shortcut of ``Meter._compared`` charges exactly what walking the value
+    charged (``nested_cost((v,))`` for a compared type, nothing else): same gas left and the
+    same OUT_OF_GAS at the same point, for strings about the 32-character steps and for what
+    else min/max may see (key= results, views, tuples and lists of strings, numbers)."""
+    from node.sandbox.errors import OutOfGas
+    from node.sandbox.meter import _COMPARED, Meter
+
+    values = ["", "a" * 31, "a" * 32, "a" * 63, "a" * 64, "b" * 1000, ("a" * 40, "b"), ["c" * 70],
+              {"k" * 33: "v" * 99}, {1, 2}, frozenset({"a" * 50}), {"a" * 40: 1}.keys(),
+              {"a" * 40: "b" * 40}.items(), {"a": "b" * 99}.values(), 7, None, True]
+    for v in values:
+        got = []
+        for walk in (True, False):
+            m = Meter(10**6, t.SandboxLimits())
+            m.left = left
+            try:
+                if not walk:
+                    m._compared(v)
+                elif type(v) in _COMPARED:
+                    m.nested_cost((v,))
+                got.append((m.left, ""))
+            except OutOfGas as exc:
+                got.append((m.left, str(exc)))
+        assert got[0] == got[1], v

@@ -1,0 +1,93 @@
+"""``GET /fhir/PaymentReconciliation``: an insurer's claims report (``client.reconcile``) as a
+FHIR PaymentReconciliation -- over the real settlement contract in the sandbox of
+tests/contracts, through ``FhirApp`` and the HTTP layer's own serialisation."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from client.errors import RxClientError
+from client.fhir import mapping
+from client.fhir.server import FhirApp
+from client.rxops import RxOperations
+from tests.client.contractgw import ContractGateway
+from tests.client.ledgerevents import EventLedger, settled_claims
+from tests.contracts.chain import Who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import AUDITOR, CLERK, WANG
+from tests.contracts.rxclient import World
+
+
+def _app(w: World, ledger: EventLedger, caller: Who) -> FhirApp:
+    gw = ContractGateway(w, caller)
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate),
+        identity=SimpleNamespace(org=caller.org, role=caller.role), clock=lambda: w.chain.now,
+        net=SimpleNamespace(insurers=lambda: ["ins01", "ins02"])))
+    return FhirApp(SimpleNamespace(ops_for=lambda der: ops))  # type: ignore[arg-type]
+
+
+def test_the_reconciliation_pays_the_net_fund_share_claim_by_claim(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claims[0]["claim_id"], reason="OTHER").unwrap()
+    reply = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
+    assert reply.status == 200 and reply.headers["X-Rxchain-Next-Block"] == str(ledger.height)
+    res = json.loads(mapping.dumps(reply.resource), parse_float=Decimal)
+    assert res["resourceType"] == "PaymentReconciliation"
+    assert res["paymentIssuer"]["identifier"]["value"] == "ins01"
+    assert res["identifier"][0]["value"] == f"0..{ledger.height}"
+    assert Decimal(str(res["amount"]["value"])) == Decimal(claims[1]["fund_fen"]) / 100
+    allocs = [(a["target"]["identifier"]["value"], a["type"]["coding"][0]["code"], Decimal(str(a["amount"]["value"])))
+              for a in res["allocation"]]
+    assert allocs == [(claims[0]["claim_id"], "payment", Decimal(claims[0]["fund_fen"]) / 100),
+                      (claims[1]["claim_id"], "payment", Decimal(claims[1]["fund_fen"]) / 100),
+                      (claims[0]["claim_id"], "adjustment", -Decimal(claims[0]["fund_fen"]) / 100)]
+    assert sum(a[2] for a in allocs) == Decimal(str(res["amount"]["value"]))
+    assert "processNote" not in res
+    # the next one starts where this one ended: empty, amount 0
+    nxt = _app(world, ledger, CLERK).handle(
+        "GET", f"/fhir/PaymentReconciliation?from-block={ledger.height}", None, b"cert")
+    assert nxt.resource["allocation"] == [] and nxt.resource["amount"]["value"] == 0
+
+
+def test_an_auditor_sees_every_insurer_and_unreadable_claims_are_noted(world: World) -> None:  # noqa: F811
+    from rxchain.v1 import transaction_pb2
+
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
+    foreign = json.dumps({"claim_id": "CLM-RX9-1-1", "rx_id": "RX9", "insurer": "ins02"}).encode()
+    ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.settled", payload=foreign, tx_id="ef" * 32)]
+    res = _app(world, ledger, AUDITOR).handle("GET", "/fhir/PaymentReconciliation", None, b"cert").resource
+    assert "paymentIssuer" not in res and len(res["allocation"]) == 1
+    assert [n["text"] for n in res["processNote"]] == ["unreadable claim CLM-RX9-1-1: not counted"]
+
+
+def test_a_role_that_reads_no_claims_and_bad_parameters_are_refused(world: World) -> None:  # noqa: F811
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
+    with pytest.raises(RxClientError) as denied:
+        _app(world, ledger, WANG).handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
+    assert denied.value.reason == "ACCESS_DENIED"
+    for query in ("from-block=a", "insurer=ins01", "limit-blocks=0"):
+        with pytest.raises(RxClientError) as bad:
+            _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation?" + query, None, b"cert")
+        assert bad.value.reason == "FHIR_INVALID", query
+
+
+def test_malformed_events_are_noted(world: World) -> None:  # noqa: F811
+    from rxchain.v1 import transaction_pb2
+
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
+    ledger.extra[ledger.height - 1] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.reversed", payload=b'{"claim_id": "bad id"}', tx_id="ef" * 32)]
+    res = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert").resource
+    assert [n["text"] for n in res["processNote"]] == [
+        f"malformed reversed event in block {ledger.height - 1} (tx {'ef' * 32}): names no claim, not counted"]
+    assert len(res["allocation"]) == 1
