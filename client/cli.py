@@ -31,6 +31,7 @@ import json
 import math
 import os
 import sys
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -396,6 +397,106 @@ def _peers(net: Any, a: argparse.Namespace) -> list[Any]:
     return [net.peer_of(org)] if org else list(net.peers)
 
 
+def _config_peer(net: Any, ident: Any, a: argparse.Namespace) -> str:
+    """The peer a config command reads from: --peer, else the caller's organisation's, else the first."""
+    org = getattr(a, "peer", None)
+    if org:
+        return str(net.peer_of(org).target)
+    own = [p for p in net.peers if p.org == ident.org]
+    return str((own or list(net.peers))[0].target)
+
+
+def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
+    from client import configtool
+
+    _, net, ident = _ledger_identity(a)
+    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    out: dict[str, Any] = {"block": block, "sequence": config.sequence,
+                           "protocol_version": config.protocol_version or 1}
+    if getattr(a, "json", False):
+        out["config"] = configtool.to_json(config)  # whole, certificates included: edit, then propose --from-json
+    else:
+        out.update(configtool.summary(config))
+    return out
+
+
+def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
+    from rxchain.v1 import config_pb2
+
+    from client import configtool
+
+    _, net, ident = _ledger_identity(a)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    wanted: config_pb2.ConsortiumConfig | None = None
+    if a.from_json is not None:
+        try:
+            raw = json.loads(a.from_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RxClientError("BAD_CONFIG_UPDATE", f"{a.from_json}: {exc}") from exc
+        wanted = configtool.from_json(raw.get("config", raw) if isinstance(raw, dict) else raw)
+
+    def edit(new: config_pb2.ConsortiumConfig) -> None:
+        if wanted is not None:
+            new.CopyFrom(wanted)
+        if a.protocol_version is not None:
+            new.protocol_version = a.protocol_version
+
+    update = configtool.propose(current, edit)
+    configtool.write_update(a.out, update)
+    proposed = config_pb2.ConsortiumConfig.FromString(update.config)
+    return {"file": str(a.out), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
+            "signatures": 0}
+
+
+def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """(identity, network, update, proposed config) for sign/submit, checked against the config in force."""
+    from client import configtool
+    from client.network import load_network
+    from client.wallet import load_identity, parse_as
+
+    org, user = parse_as(_require_as(a))
+    home = _home(a)
+    net = load_network(home)
+    ident = load_identity(home, org, user)
+    update, proposed = configtool.read_update(a.file)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    configtool.check_successor(current, proposed)
+    return ident, net, update, (current, proposed)
+
+
+def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
+    from client import configtool
+
+    ident, _, update, (current, proposed) = _config_file(a)
+    signed = configtool.sign(update, ident)
+    configtool.write_update(a.file, signed)
+    return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
+            "signed_by": [_signer_org(s.signer) for s in signed.signatures]}
+
+
+def _signer_org(raw: bytes) -> str:
+    from rxchain.v1 import identity_pb2
+
+    return identity_pb2.Identity.FromString(raw).org
+
+
+def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
+    from client import configtool
+
+    ident, net, update, (current, proposed) = _config_file(a)
+    tx_id, raw = configtool.envelope(update, ident, current.consortium_id, int(time.time() * 1000))
+    configtool.broadcast(ident, [o.target for o in net.orderers], raw)
+    peer = _config_peer(net, ident, a)
+    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer), proposed.sequence,
+                                             timeout_s=a.wait_s)
+    if config.sequence != proposed.sequence or config.SerializeToString(deterministic=True) != update.config:
+        raise RxClientError("STALE_CONFIG_UPDATE", f"another update of sequence {config.sequence} went in "
+                            f"(block {block}); this one did not")
+    return {"tx_id": tx_id, "block": block, "sequence": config.sequence,
+            "protocol_version": config.protocol_version or 1,
+            "signed_by": [_signer_org(s.signer) for s in update.signatures]}
+
+
 def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:
     from client.admin import AdminClient
 
@@ -655,6 +756,23 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--local", action="store_true",
                     help="re-check the local peers' block files and state hash (node.ledger)")
     sub(lg, "height", cmd_ledger_height, "block height of peers")
+
+    cf = groups.add_parser("config", help="consortium config updates (admins)").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    sub(cf, "show", cmd_config_show, "the consortium config in force (JSON with --json)")
+    pr = sub(cf, "propose", cmd_config_propose,
+             "write a config update proposal (the config in force with a change, sequence + 1) to sign")
+    pr.add_argument("--out", type=Path, required=True, metavar="FILE")
+    what = pr.add_mutually_exclusive_group(required=True)
+    what.add_argument("--protocol-version", type=_int_in(1, 2**32 - 1), metavar="N",
+                      help="raise the protocol version (every node must run a release implementing it)")
+    what.add_argument("--from-json", type=Path, metavar="CONFIG.json",
+                      help="the whole new config, e.g. config show --json edited (sequence is set here)")
+    sg = sub(cf, "sign", cmd_config_sign, "review and add your organisation's admin signature")
+    sg.add_argument("file", type=Path)
+    sm = sub(cf, "submit", cmd_config_submit, "send a signed update to the ordering service and wait for it")
+    sm.add_argument("file", type=Path)
+    sm.add_argument("--wait-s", type=_int_in(1, 600), default=30, help="seconds to wait for a peer to hold it")
 
     ev = sub(groups, "events", cmd_events, "block and contract events from a checkpoint")
     where = ev.add_mutually_exclusive_group()  # a checkpoint says where to start: --start with it is an error

@@ -1,0 +1,313 @@
+"""Consortium config updates: how the admins change what the network runs.
+
+A change of the consortium's configuration -- raising ``protocol_version`` once every node runs
+a release implementing it (README "Upgrades"), a new hospital or pharmacy, a rotated CA or
+node certificate, another batch timeout -- is a CONFIG transaction carrying the whole new
+:class:`ConsortiumConfig` (``sequence`` one above the one in force) and the signatures of
+enough organisations' admins to satisfy the ``config_update`` policy in force
+(``MAJORITY(admin)`` in the sample consortium). The admins sit in different organisations, so
+the update travels as a file between them:
+
+1. ``rxchain config show [--json]`` -- the config in force (read from a peer: the last block's
+   ``last_config_block`` and that block's CONFIG envelope);
+2. ``rxchain config propose --out FILE (--protocol-version N | --from-json CONFIG.json)`` -- the
+   proposal: the config in force with the change, ``sequence`` + 1, no signature yet
+   (``--from-json``: the whole config, e.g. ``config show --json`` edited);
+3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed)
+   and adds its organisation's signature;
+4. ``rxchain --as ORG:admin config submit FILE`` -- broadcast to the ordering service, which
+   checks the signatures against the policy and the rules (``node/orderer/configtx.py``,
+   ``configrules.py``: BAD_CONFIG_UPDATE with the reason otherwise); the command waits until a
+   peer holds the new config in force.
+
+The file is a serialized ``rxchain.v1.ConfigUpdate`` protobuf (``config``: the proposed
+ConsortiumConfig as it will be signed, byte for byte; ``signatures``: one
+``ConfigSignature`` per admin so far), nothing else: it carries no secret, and a signature
+covers exactly the config bytes every other admin signs. ``sign`` and ``submit`` refuse a
+file whose config is not the successor of the config in force (STALE_CONFIG_UPDATE: another
+update went in first -- propose again; ALREADY_IN_FORCE: this one did), a config of another
+consortium, and files that do not parse (BAD_CONFIG_UPDATE); ``sign`` refuses a second
+signature of the same organisation (ALREADY_SIGNED) and anyone but an admin (WRONG_ROLE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+
+from client.errors import RxClientError
+from client.gateway import rpc_error
+from client.wallet import WalletIdentity
+from node.crypto.canonical import compute_tx_id
+from node.crypto.signing import Purpose
+from node.crypto.tls import secure_channel
+from node.fsutil import fsync_dir
+from node.orderer.configtx import config_of_block
+from node.protocol import protocol_version
+
+MAX_UPDATE_BYTES = 4 << 20  # a proposal file read at most (a config of thousands of members)
+WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new config
+
+
+def _blocks(identity: WalletIdentity, target: str, start: int, stop: int,
+            timeout: float = 30.0) -> list[block_pb2.Block]:
+    channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
+    try:
+        stub = services_pb2_grpc.PeerDeliverStub(channel)
+        out: list[block_pb2.Block] = []
+        req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
+        for msg in stub.Deliver(req, timeout=timeout):
+            if msg.WhichOneof("kind") != "block":
+                break
+            out.append(msg.block)
+        return out
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from exc
+    finally:
+        channel.close()
+
+
+def _height(identity: WalletIdentity, target: str) -> int:
+    channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
+    try:
+        res = services_pb2_grpc.AdminStub(channel).Status(services_pb2.StatusRequest(), timeout=5.0)
+        return int(res.height)
+    except grpc.RpcError as exc:
+        raise rpc_error(exc) from exc
+    finally:
+        channel.close()
+
+
+def config_in_force(identity: WalletIdentity, peer_target: str) -> tuple[int, config_pb2.ConsortiumConfig]:
+    """(the block holding it, the config in force) as the peer at ``peer_target`` holds it."""
+    height = _height(identity, peer_target)
+    if height < 1:
+        raise RxClientError("SERVICE_UNAVAILABLE", "the peer holds no block yet")
+    last = _blocks(identity, peer_target, height - 1, height - 1)
+    if not last:
+        raise RxClientError("SERVICE_UNAVAILABLE", f"the peer did not send block {height - 1}")
+    number = last[0].metadata.last_config_block
+    blocks = last if number == height - 1 else _blocks(identity, peer_target, number, number)
+    try:
+        config = config_of_block(blocks[0]) if blocks else None
+    except DecodeError:
+        config = None
+    if config is None:
+        raise RxClientError("BAD_PAYLOAD", f"block {number}, named as the config in force, holds no config")
+    return number, config
+
+
+def to_json(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
+    """The config as JSON (protobuf field names; certificates and keys base64)."""
+    out: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return out
+
+
+def from_json(raw: Any) -> config_pb2.ConsortiumConfig:
+    """A config from :func:`to_json`'s form; BAD_CONFIG_UPDATE for anything else."""
+    try:
+        return json_format.ParseDict(raw, config_pb2.ConsortiumConfig())
+    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"not a ConsortiumConfig: {exc}") from exc
+
+
+def summary(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
+    """The config without certificates: organisations, nodes, batch, limits, policies."""
+    whole = to_json(config)
+    return {
+        "organizations": [f"{o.id} ({config_pb2.OrgKind.Name(o.kind).lower()}) {o.name}" for o in config.organizations],
+        "orderers": [f"{o.get('name', '')} {o.get('org', '')} {o.get('host', '')}:{o.get('port', '')}"
+                     for o in whole.get("orderers", [])],
+        "peers": [f"{p.get('name', '')} {p.get('org', '')} {p.get('host', '')}:{p.get('port', '')}"
+                  for p in whole.get("peers", [])],
+        "batch": whole.get("batch", {}), "limits": whole.get("limits", {}),
+        "policies": {p.name: p.rule for p in config.policies},
+    }
+
+
+def changes(old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> list[str]:
+    """What ``new`` changes against ``old``, one line per top-level field (sorted)."""
+    a, b = to_json(old), to_json(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) == b.get(key) or key == "sequence":  # (every update raises it by one)
+            continue
+        if isinstance(a.get(key), list) or isinstance(b.get(key), list):
+            left, right = a.get(key) or [], b.get(key) or []
+            added = [x for x in right if x not in left]
+            removed = [x for x in left if x not in right]
+            out.append(f"{key}: {len(added)} added or changed, {len(removed)} removed or changed"
+                       + "".join(f"; + {_brief(x)}" for x in added[:5])
+                       + "".join(f"; - {_brief(x)}" for x in removed[:5]))
+        else:
+            out.append(f"{key}: {_brief(a.get(key))} -> {_brief(b.get(key))}")
+    return out
+
+
+def _brief(v: Any) -> str:
+    if isinstance(v, dict):
+        name = v.get("id") or v.get("name")
+        return str(name) if name else json.dumps(v, sort_keys=True)[:120]
+    return json.dumps(v, sort_keys=True)[:120]
+
+
+def propose(current: config_pb2.ConsortiumConfig, edit: Callable[[config_pb2.ConsortiumConfig], None],
+            ) -> config_pb2.ConfigUpdate:
+    """An unsigned update: ``current`` with ``edit`` applied, ``sequence`` + 1."""
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(current)
+    edit(new)
+    if new.consortium_id != current.consortium_id:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"consortium id {new.consortium_id!r} is not "
+                            f"{current.consortium_id!r}")
+    if protocol_version(new) < protocol_version(current):
+        raise RxClientError("BAD_CONFIG_UPDATE", f"protocol version {protocol_version(new)} is below "
+                            f"{protocol_version(current)}: it is never lowered")
+    if protocol_version(new) == protocol_version(current):
+        new.protocol_version = current.protocol_version  # unset and 1 are the same version
+    new.sequence = current.sequence + 1
+    if new == _with_sequence(current, new.sequence):
+        raise RxClientError("BAD_CONFIG_UPDATE", "the proposal changes nothing")
+    return config_pb2.ConfigUpdate(config=new.SerializeToString(deterministic=True))
+
+
+def _with_sequence(config: config_pb2.ConsortiumConfig, sequence: int) -> config_pb2.ConsortiumConfig:
+    out = config_pb2.ConsortiumConfig()
+    out.CopyFrom(config)
+    out.sequence = sequence
+    return out
+
+
+def read_update(path: Path) -> tuple[config_pb2.ConfigUpdate, config_pb2.ConsortiumConfig]:
+    """The update in ``path`` and the config it proposes; BAD_CONFIG_UPDATE if it does not parse."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_UPDATE_BYTES + 1)
+    except OSError as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path}: {exc.strerror}") from exc
+    if len(data) > MAX_UPDATE_BYTES:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path} is larger than {MAX_UPDATE_BYTES} bytes")
+    try:
+        update = config_pb2.ConfigUpdate.FromString(data)
+        config = config_pb2.ConsortiumConfig.FromString(update.config)
+        for sig in update.signatures:
+            identity_pb2.Identity.FromString(sig.signer)
+    except DecodeError as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path} is not a config update file: {exc}") from exc
+    if not update.config:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path} proposes no config")
+    return update, config
+
+
+def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
+    """Atomically and durably write ``update`` to ``path``."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(update.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def check_successor(current: config_pb2.ConsortiumConfig, proposed: config_pb2.ConsortiumConfig) -> None:
+    """The proposal must follow the config in force (same consortium, sequence + 1)."""
+    if proposed.consortium_id != current.consortium_id:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"the proposal is for consortium {proposed.consortium_id!r}, "
+                            f"this network runs {current.consortium_id!r}")
+    if proposed == current:
+        raise RxClientError("ALREADY_IN_FORCE", f"this update (sequence {proposed.sequence}) is the config in force")
+    if proposed.sequence != current.sequence + 1:
+        raise RxClientError("STALE_CONFIG_UPDATE", f"the proposal has sequence {proposed.sequence}, the config in "
+                            f"force {current.sequence}: another update went in first -- propose again")
+
+
+def sign(update: config_pb2.ConfigUpdate, identity: WalletIdentity) -> config_pb2.ConfigUpdate:
+    """``update`` with the caller's admin signature added (ALREADY_SIGNED when its
+    organisation signed already; WRONG_ROLE for anyone but an admin)."""
+    if identity.role != "admin":
+        raise RxClientError("WRONG_ROLE", f"{identity.label} is no admin: only admins sign config updates")
+    for sig in update.signatures:
+        if identity_pb2.Identity.FromString(sig.signer).org == identity.org:
+            raise RxClientError("ALREADY_SIGNED", f"{identity.org} has signed this update already")
+    out = config_pb2.ConfigUpdate()
+    out.CopyFrom(update)
+    out.signatures.add(signer=identity.identity.SerializeToString(),
+                       signature=identity.signer.sign(Purpose.CONFIG, update.config))
+    return out
+
+
+def envelope(update: config_pb2.ConfigUpdate, identity: WalletIdentity, consortium_id: str,
+             now_ms: int) -> tuple[str, bytes]:
+    """(tx id, the CONFIG envelope carrying ``update``, created and signed by ``identity``)."""
+    nonce = secrets.token_bytes(24)
+    creator = identity.identity
+    tx_id = compute_tx_id(nonce, creator)
+    header = transaction_pb2.TxHeader(tx_id=tx_id, type=transaction_pb2.CONFIG, creator=creator, nonce=nonce,
+                                      timestamp_ms=now_ms, consortium_id=consortium_id)
+    payload = transaction_pb2.Transaction(header=header.SerializeToString(),
+                                          config_update=update.SerializeToString()).SerializeToString()
+    env = transaction_pb2.Envelope(payload=payload, signature=identity.signer.sign(Purpose.ENVELOPE, payload))
+    return tx_id, env.SerializeToString()
+
+
+def broadcast(identity: WalletIdentity, targets: list[str], raw: bytes, timeout: float = 15.0) -> str:
+    """Hand ``raw`` to the first orderer that answers; its tx id. A refusal (BAD_CONFIG_UPDATE
+    and the like) is raised with the orderer's reason; an orderer that cannot be reached or is
+    unavailable is passed over for the next."""
+    last: RxClientError | None = None
+    for target in targets:
+        channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
+        try:
+            stub = services_pb2_grpc.AtomicBroadcastStub(channel)
+            answers = list(stub.Broadcast(iter([transaction_pb2.Envelope.FromString(raw)]), timeout=timeout))
+        except grpc.RpcError as exc:
+            last = rpc_error(exc)
+            continue
+        finally:
+            channel.close()
+        if not answers:
+            last = RxClientError("SERVICE_UNAVAILABLE", f"orderer {target} answered nothing")
+            continue
+        res = answers[0]
+        if res.accepted:
+            return res.tx_id
+        if res.reason in ("SERVICE_UNAVAILABLE", "NOT_LEADER"):
+            last = RxClientError(res.reason, f"{target}: {res.message}")
+            continue
+        raise RxClientError(res.reason or "BAD_CONFIG_UPDATE", res.message or "the orderer refused the update")
+    raise last or RxClientError("SERVICE_UNAVAILABLE", "no orderer to send the update to")
+
+
+def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], sequence: int,
+                  timeout_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> tuple[int, config_pb2.ConsortiumConfig]:
+    """Poll ``read`` until the config in force has ``sequence`` (TIMEOUT after ``timeout_s``:
+    the update may still go in -- ``config show`` tells)."""
+    deadline = clock() + timeout_s
+    while True:
+        block, config = read()
+        if config.sequence >= sequence:
+            return block, config
+        if clock() >= deadline:
+            raise RxClientError("TIMEOUT", f"the config in force is still sequence {config.sequence} after "
+                                f"{timeout_s:g} s; the update may yet go in (rxchain config show)")
+        sleep(0.2)

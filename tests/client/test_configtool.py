@@ -1,0 +1,135 @@
+"""``client.configtool`` without a network: proposals, the update file, signatures, the
+checks against the config in force and the bounded wait (the whole flow on a running network:
+tests/e2e/test_config_update.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from rxchain.v1 import config_pb2, identity_pb2
+
+from client import configtool
+from client.errors import RxClientError
+
+
+def _config(**kw: Any) -> config_pb2.ConsortiumConfig:
+    c = config_pb2.ConsortiumConfig(consortium_id="rx-test", sequence=3, **kw)
+    c.organizations.add(id="h01", name="H", kind=config_pb2.HOSPITAL)
+    c.policies.add(name="config_update", rule="MAJORITY(admin)")
+    c.batch.timeout_ms = 50
+    return c
+
+
+def _admin(org: str, role: str = "admin") -> Any:
+    ident = identity_pb2.Identity(org=org, cert_der=org.encode())
+    return SimpleNamespace(org=org, role=role, label=f"{org}:{role}", identity=ident,
+                           signer=SimpleNamespace(sign=lambda purpose, data: b"sig:" + org.encode() + data[:4]))
+
+
+def test_a_proposal_is_the_config_in_force_changed_with_the_next_sequence() -> None:
+    current = _config()
+    update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", 60))
+    new = config_pb2.ConsortiumConfig.FromString(update.config)
+    assert (new.sequence, new.batch.timeout_ms, len(update.signatures)) == (4, 60, 0)
+    assert configtool.changes(current, new) == [
+        'batch: {"timeout_ms": 50} -> {"timeout_ms": 60}']
+    assert current.batch.timeout_ms == 50  # the config in force is not touched
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    (lambda c: None, "changes nothing"),
+    (lambda c: setattr(c, "protocol_version", 1), "changes nothing"),  # unset is version 1
+    (lambda c: setattr(c, "consortium_id", "other"), "consortium id"),
+])
+def test_proposals_that_change_nothing_or_another_consortium_are_refused(edit: Any, why: str) -> None:
+    with pytest.raises(RxClientError) as refused:
+        configtool.propose(_config(), edit)
+    assert refused.value.reason == "BAD_CONFIG_UPDATE" and why in refused.value.message
+
+
+def test_the_protocol_version_is_never_lowered() -> None:
+    with pytest.raises(RxClientError) as refused:
+        configtool.propose(_config(protocol_version=3), lambda c: setattr(c, "protocol_version", 2))
+    assert "never lowered" in refused.value.message
+
+
+def test_a_proposal_must_follow_the_config_in_force() -> None:
+    current = _config()
+    nxt = config_pb2.ConsortiumConfig.FromString(
+        configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", 60)).config)
+    configtool.check_successor(current, nxt)
+    with pytest.raises(RxClientError) as in_force:
+        configtool.check_successor(nxt, nxt)
+    assert in_force.value.reason == "ALREADY_IN_FORCE"
+    later = config_pb2.ConsortiumConfig()
+    later.CopyFrom(nxt)
+    later.batch.timeout_ms = 70  # another update of the same sequence went in first
+    with pytest.raises(RxClientError) as stale:
+        configtool.check_successor(later, nxt)
+    assert stale.value.reason == "STALE_CONFIG_UPDATE"
+    other = config_pb2.ConsortiumConfig()
+    other.CopyFrom(nxt)
+    other.consortium_id = "staging"
+    with pytest.raises(RxClientError) as foreign:
+        configtool.check_successor(current, other)
+    assert foreign.value.reason == "BAD_CONFIG_UPDATE"
+
+
+def test_admins_sign_once_per_organisation(tmp_path: Path) -> None:
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    one = configtool.sign(update, _admin("h01"))
+    two = configtool.sign(one, _admin("p01"))
+    assert [identity_pb2.Identity.FromString(s.signer).org for s in two.signatures] == ["h01", "p01"]
+    assert two.signatures[0].signature == b"sig:h01" + update.config[:4]
+    assert len(update.signatures) == 0  # signing returns a new update
+    with pytest.raises(RxClientError) as again:
+        configtool.sign(two, _admin("h01"))
+    assert again.value.reason == "ALREADY_SIGNED"
+    with pytest.raises(RxClientError) as doctor:
+        configtool.sign(two, _admin("h02", "doctor"))
+    assert doctor.value.reason == "WRONG_ROLE"
+    path = tmp_path / "u.rxcfg"
+    configtool.write_update(path, two)
+    read, config = configtool.read_update(path)
+    assert read == two and config.sequence == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["u.rxcfg"]  # no temporary file left
+
+
+@pytest.mark.parametrize("data", [b"\xff" * 64, b"", config_pb2.ConfigUpdate(config=b"\xff\xff").SerializeToString(),
+                                  b"\x0a" + b"\x00" * (configtool.MAX_UPDATE_BYTES + 8)])
+def test_files_that_are_no_update_are_refused(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "u.rxcfg"
+    path.write_bytes(data)
+    with pytest.raises(RxClientError) as bad:
+        configtool.read_update(path)
+    assert bad.value.reason == "BAD_CONFIG_UPDATE"
+    with pytest.raises(RxClientError) as missing:
+        configtool.read_update(tmp_path / "none.rxcfg")
+    assert missing.value.reason == "BAD_CONFIG_UPDATE"
+
+
+def test_json_round_trips_and_refuses_what_is_no_config() -> None:
+    c = _config(protocol_version=2)
+    assert configtool.from_json(configtool.to_json(c)) == c
+    for bad in ({"sequence": "x"}, {"no_such_field": 1}, [1, 2], "text"):
+        with pytest.raises(RxClientError) as refused:
+            configtool.from_json(bad)
+        assert refused.value.reason == "BAD_CONFIG_UPDATE", bad
+
+
+def test_the_wait_for_the_new_config_is_bounded() -> None:
+    now = [0.0]
+    reads: list[int] = []
+
+    def read() -> tuple[int, config_pb2.ConsortiumConfig]:
+        reads.append(1)
+        return 7, _config()
+
+    with pytest.raises(RxClientError) as late:
+        configtool.wait_in_force(read, 4, timeout_s=1.0, sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                 clock=lambda: now[0])
+    assert late.value.reason == "TIMEOUT" and 5 <= len(reads) <= 7
+    assert configtool.wait_in_force(read, 3, clock=lambda: 0.0) == (7, _config())
