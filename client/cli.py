@@ -449,10 +449,12 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(identity, network, update, proposed config) for sign/submit, checked against the config in force."""
+    """(identity, network, update, (config in force, proposed config, organisations signed)) for
+    sign/submit, checked against the config in force: successor, signatures as the orderers check them."""
     from client import configtool
     from client.network import load_network
     from client.wallet import load_identity, parse_as
+    from node.crypto.signing import Verifier
 
     org, user = parse_as(_require_as(a))
     home = _home(a)
@@ -461,40 +463,36 @@ def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     update, proposed = configtool.read_update(a.file)
     _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
     configtool.check_successor(current, proposed)
-    return ident, net, update, (current, proposed)
+    signed = configtool.check_signatures(update, current, Verifier(), int(time.time() * 1000))
+    return ident, net, update, (current, proposed, signed)
 
 
 def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    ident, _, update, (current, proposed) = _config_file(a)
+    ident, _, update, (current, proposed, before) = _config_file(a)
     signed = configtool.sign(update, ident)
     configtool.write_update(a.file, signed)
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
-            "signed_by": [_signer_org(s.signer) for s in signed.signatures]}
-
-
-def _signer_org(raw: bytes) -> str:
-    from rxchain.v1 import identity_pb2
-
-    return identity_pb2.Identity.FromString(raw).org
+            "signed_by": [*before, ident.org]}
 
 
 def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    ident, net, update, (current, proposed) = _config_file(a)
+    ident, net, update, (current, proposed, signed) = _config_file(a)
+    if ident.role != "admin":
+        raise RxClientError("WRONG_ROLE", f"{ident.label} is no admin: only admins submit config updates")
     tx_id, raw = configtool.envelope(update, ident, current.consortium_id, int(time.time() * 1000))
     configtool.broadcast(ident, [o.target for o in net.orderers], raw)
     peer = _config_peer(net, ident, a)
     block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer), proposed.sequence,
-                                             timeout_s=a.wait_s)
+                                             timeout_s=a.wait_s, tx_id=tx_id)
     if config.sequence != proposed.sequence or config.SerializeToString(deterministic=True) != update.config:
-        raise RxClientError("STALE_CONFIG_UPDATE", f"another update of sequence {config.sequence} went in "
-                            f"(block {block}); this one did not")
+        raise RxClientError("STALE_CONFIG_UPDATE", f"the config in force is sequence {config.sequence} (block "
+                            f"{block}), not this update {tx_id}: another update went in first")
     return {"tx_id": tx_id, "block": block, "sequence": config.sequence,
-            "protocol_version": config.protocol_version or 1,
-            "signed_by": [_signer_org(s.signer) for s in update.signatures]}
+            "protocol_version": config.protocol_version or 1, "signed_by": signed}
 
 
 def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:

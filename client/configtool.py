@@ -13,8 +13,9 @@ the update travels as a file between them:
 2. ``rxchain config propose --out FILE (--protocol-version N | --from-json CONFIG.json)`` -- the
    proposal: the config in force with the change, ``sequence`` + 1, no signature yet
    (``--from-json``: the whole config, e.g. ``config show --json`` edited);
-3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed)
-   and adds its organisation's signature;
+3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed:
+   every field that differs, however deep, certificates as their SHA-256) and the signatures so
+   far (each checked as the orderers check it) and adds its organisation's signature;
 4. ``rxchain --as ORG:admin config submit FILE`` -- broadcast to the ordering service, which
    checks the signatures against the policy and the rules (``node/orderer/configtx.py``,
    ``configrules.py``: BAD_CONFIG_UPDATE with the reason otherwise); the command waits until a
@@ -26,13 +27,17 @@ ConsortiumConfig as it will be signed, byte for byte; ``signatures``: one
 covers exactly the config bytes every other admin signs. ``sign`` and ``submit`` refuse a
 file whose config is not the successor of the config in force (STALE_CONFIG_UPDATE: another
 update went in first -- propose again; ALREADY_IN_FORCE: this one did), a config of another
-consortium, and files that do not parse (BAD_CONFIG_UPDATE); ``sign`` refuses a second
+consortium, files that do not parse, config bytes other than ``propose`` writes (fields this
+release does not know: signed, never shown) and signatures that do not hold
+(BAD_CONFIG_UPDATE); ``sign`` refuses a second
 signature of the same organisation (ALREADY_SIGNED) and anyone but an admin (WRONG_ROLE).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -51,9 +56,11 @@ from client.errors import RxClientError
 from client.gateway import rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Purpose
+from node.crypto.signing import Purpose, Verifier
 from node.crypto.tls import secure_channel
+from node.errors import RxError
 from node.fsutil import fsync_dir
+from node.identity.msp import MSP
 from node.orderer.configtx import config_of_block
 from node.protocol import protocol_version
 
@@ -137,30 +144,71 @@ def summary(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
     }
 
 
+# the field naming an entry of each list of the config (the diff pairs old and new entries by it)
+_KEYS = {"organizations": "id", "orderers": "raft_id", "peers": "name", "policies": "name"}
+
+
 def changes(old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> list[str]:
-    """What ``new`` changes against ``old``, one line per top-level field (sorted)."""
+    """Every difference of ``new`` against ``old``, one line per field that differs, however deep
+    (``organizations["h01"].ca_cert_der: sha256:... -> sha256:...``, ``policies["config_update"].rule:
+    ...``; an entry added is printed whole, certificates and keys as their SHA-256): what an
+    admin signs is exactly what is shown (``sequence`` left out: every update raises it by one)."""
     a, b = to_json(old), to_json(new)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) == b.get(key) or key == "sequence":  # (every update raises it by one)
-            continue
-        if isinstance(a.get(key), list) or isinstance(b.get(key), list):
-            left, right = a.get(key) or [], b.get(key) or []
-            added = [x for x in right if x not in left]
-            removed = [x for x in left if x not in right]
-            out.append(f"{key}: {len(added)} added or changed, {len(removed)} removed or changed"
-                       + "".join(f"; + {_brief(x)}" for x in added[:5])
-                       + "".join(f"; - {_brief(x)}" for x in removed[:5]))
-        else:
-            out.append(f"{key}: {_brief(a.get(key))} -> {_brief(b.get(key))}")
+    a.pop("sequence", None)
+    b.pop("sequence", None)
+    out: list[str] = []
+    _diff("", a, b, out)
     return out
 
 
-def _brief(v: Any) -> str:
+def _diff(path: str, a: Any, b: Any, out: list[str]) -> None:
+    if a == b:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            _diff(f"{path}.{key}" if path else key, a.get(key), b.get(key), out)
+        return
+    key = _KEYS.get(path)
+    if key and isinstance(a or [], list) and isinstance(b or [], list):
+        left, right = a or [], b or []
+        ids_l = [x.get(key) if isinstance(x, dict) else None for x in left]
+        ids_r = [x.get(key) if isinstance(x, dict) else None for x in right]
+        if None not in ids_l + ids_r and len(set(ids_l)) == len(ids_l) and len(set(ids_r)) == len(ids_r):
+            by_l, by_r = dict(zip(ids_l, left, strict=True)), dict(zip(ids_r, right, strict=True))
+            for k in ids_l:
+                if k not in by_r:
+                    out.append(f"{path}[{json.dumps(k)}]: removed {_shown(by_l[k])}")
+            for k in ids_r:
+                if k in by_l:
+                    _diff(f"{path}[{json.dumps(k)}]", by_l[k], by_r[k], out)
+                else:
+                    out.append(f"{path}[{json.dumps(k)}]: added {_shown(by_r[k])}")
+            kept_l, kept_r = [k for k in ids_l if k in by_r], [k for k in ids_r if k in by_l]
+            if kept_l != kept_r:
+                out.append(f"{path}: order {json.dumps(kept_l)} -> {json.dumps(kept_r)}")
+            return
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and a and all(
+            isinstance(x, dict) for x in a + b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _diff(f"{path}[{i}]", x, y, out)
+        return
+    leaf = path.rsplit(".", 1)[-1]
+    out.append(f"{path}: {_shown(a, leaf)} -> {_shown(b, leaf)}")
+
+
+def _shown(v: Any, key: str = "") -> str:
+    """``v`` as JSON, certificates and keys (base64 ``*_der`` fields) as their SHA-256."""
+    return json.dumps(_fingerprinted(v, key), sort_keys=True)
+
+
+def _fingerprinted(v: Any, key: str = "") -> Any:
     if isinstance(v, dict):
-        name = v.get("id") or v.get("name")
-        return str(name) if name else json.dumps(v, sort_keys=True)[:120]
-    return json.dumps(v, sort_keys=True)[:120]
+        return {k: _fingerprinted(x, k) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_fingerprinted(x, key) for x in v]
+    if key.endswith("_der") and isinstance(v, str):
+        return "sha256:" + hashlib.sha256(base64.b64decode(v)).hexdigest()
+    return v
 
 
 def propose(current: config_pb2.ConsortiumConfig, edit: Callable[[config_pb2.ConsortiumConfig], None],
@@ -208,13 +256,25 @@ def read_update(path: Path) -> tuple[config_pb2.ConfigUpdate, config_pb2.Consort
         raise RxClientError("BAD_CONFIG_UPDATE", f"{path} is not a config update file: {exc}") from exc
     if not update.config:
         raise RxClientError("BAD_CONFIG_UPDATE", f"{path} proposes no config")
+    known = config_pb2.ConsortiumConfig()
+    known.CopyFrom(config)
+    known.DiscardUnknownFields()
+    if known.SerializeToString(deterministic=True) != update.config:
+        # What is shown (the parsed fields) must be all that is signed: fields this release does not
+        # know (a later release's orderers would read them) or an encoding other than propose's would
+        # be signed without ever being shown.
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path}: the proposed config holds fields this release "
+                            "does not know or is not encoded as propose writes it; only such a file is signed")
     return update, config
 
 
 def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
     """Atomically and durably write ``update`` to ``path``."""
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:  # (its directory missing or not writable): the file named, not the temporary one
+        raise RxClientError("IO_ERROR", f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(update.SerializeToString())
@@ -235,9 +295,36 @@ def check_successor(current: config_pb2.ConsortiumConfig, proposed: config_pb2.C
                             f"this network runs {current.consortium_id!r}")
     if proposed == current:
         raise RxClientError("ALREADY_IN_FORCE", f"this update (sequence {proposed.sequence}) is the config in force")
+    if proposed.sequence > current.sequence + 1:
+        raise RxClientError("STALE_CONFIG_UPDATE", f"the proposal has sequence {proposed.sequence}, the peer's "
+                            f"config in force {current.sequence}: the peer lags behind (ask another with "
+                            "--peer) or the proposal was made on another network")
     if proposed.sequence != current.sequence + 1:
         raise RxClientError("STALE_CONFIG_UPDATE", f"the proposal has sequence {proposed.sequence}, the config in "
                             f"force {current.sequence}: another update went in first -- propose again")
+
+
+def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.ConsortiumConfig, verifier: Verifier,
+                     now_ms: int) -> list[str]:
+    """The organisations whose admins signed ``update``, each signature checked as the orderers
+    check it (the signer's certificate valid under the config in force, its signature over the
+    config bytes); BAD_CONFIG_UPDATE naming the first that is not -- ``signed_by`` is never just
+    what a file claims (an admin deciding whether to sign may count on it), and one bad
+    signature makes the orderers refuse the whole update."""
+    msp = MSP(current, verifier)
+    orgs = []
+    for i, sig in enumerate(update.signatures):
+        ident = identity_pb2.Identity.FromString(sig.signer)
+        try:
+            principal = msp.verify(ident, sig.signature, Purpose.CONFIG, update.config, now_ms)
+        except RxError as exc:
+            raise RxClientError("BAD_CONFIG_UPDATE", f"signature {i + 1} (claiming {ident.org!r}) does not hold "
+                                f"under the config in force: {exc.message}") from exc
+        if principal.role != "admin":
+            raise RxClientError("BAD_CONFIG_UPDATE", f"signature {i + 1} is by {principal.org}:{principal.role}, "
+                                "no admin")
+        orgs.append(principal.org)
+    return orgs
 
 
 def sign(update: config_pb2.ConfigUpdate, identity: WalletIdentity) -> config_pb2.ConfigUpdate:
@@ -299,15 +386,26 @@ def broadcast(identity: WalletIdentity, targets: list[str], raw: bytes, timeout:
 
 def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], sequence: int,
                   timeout_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep,
-                  clock: Callable[[], float] = time.monotonic) -> tuple[int, config_pb2.ConsortiumConfig]:
-    """Poll ``read`` until the config in force has ``sequence`` (TIMEOUT after ``timeout_s``:
-    the update may still go in -- ``config show`` tells)."""
+                  clock: Callable[[], float] = time.monotonic, tx_id: str = "",
+                  ) -> tuple[int, config_pb2.ConsortiumConfig]:
+    """Poll ``read`` until the config in force has ``sequence`` (TIMEOUT after ``timeout_s``, naming
+    ``tx_id``: the update may still go in -- ``config show`` tells). A peer that does not answer
+    for a while (SERVICE_UNAVAILABLE: restarting) is asked again until then: the update was
+    accepted, and failing the wait at once would read as "not submitted"."""
     deadline = clock() + timeout_s
+    seen = "unknown (the peer did not answer)"
     while True:
-        block, config = read()
-        if config.sequence >= sequence:
-            return block, config
+        try:
+            block, config = read()
+        except RxClientError as exc:
+            if exc.reason != "SERVICE_UNAVAILABLE":
+                raise
+        else:
+            if config.sequence >= sequence:
+                return block, config
+            seen = str(config.sequence)
         if clock() >= deadline:
-            raise RxClientError("TIMEOUT", f"the config in force is still sequence {config.sequence} after "
-                                f"{timeout_s:g} s; the update may yet go in (rxchain config show)")
+            raise RxClientError("TIMEOUT", f"the update {tx_id} was accepted by the ordering service but the "
+                                f"config in force is still sequence {seen} after {timeout_s:g} s; it may yet "
+                                "go in (rxchain config show)")
         sleep(0.2)

@@ -4,6 +4,7 @@ tests/e2e/test_config_update.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,9 +35,39 @@ def test_a_proposal_is_the_config_in_force_changed_with_the_next_sequence() -> N
     update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", 60))
     new = config_pb2.ConsortiumConfig.FromString(update.config)
     assert (new.sequence, new.batch.timeout_ms, len(update.signatures)) == (4, 60, 0)
-    assert configtool.changes(current, new) == [
-        'batch: {"timeout_ms": 50} -> {"timeout_ms": 60}']
+    assert configtool.changes(current, new) == ["batch.timeout_ms: 50 -> 60"]
     assert current.batch.timeout_ms == 50  # the config in force is not touched
+
+
+def _sha(der: bytes) -> str:
+    return '"sha256:' + hashlib.sha256(der).hexdigest() + '"'
+
+
+def test_changes_show_every_field_signed_however_deep() -> None:
+    current = _config()
+    current.organizations[0].ca_cert_der = b"old-ca"
+    current.organizations.add(id="p01", name="P", kind=config_pb2.PHARMACY)
+    current.policies.add(name="lifecycle", rule="MAJORITY(admin)")
+
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        c.organizations[0].ca_cert_der = b"new-ca"  # a rotated CA: which one, not just "h01 changed"
+        c.organizations[0].revoked_serials.append("0a1b")
+        c.policies[0].rule = "OutOf(2, 'h01.admin', 'p01.admin')"  # the rule itself, not its name
+        for i in range(7):  # every one added, none cut off
+            c.organizations.add(id=f"x{i}", name="X", kind=config_pb2.HOSPITAL)
+        first, second = (config_pb2.PolicyEntry(name=x.name, rule=x.rule) for x in c.policies)
+        del c.policies[:]
+        c.policies.extend([second, first])  # reordered: the bytes signed differ
+
+    new = config_pb2.ConsortiumConfig.FromString(configtool.propose(current, edit).config)
+    lines = configtool.changes(current, new)
+    assert f'organizations["h01"].ca_cert_der: {_sha(b"old-ca")} -> {_sha(b"new-ca")}' in lines
+    assert 'organizations["h01"].revoked_serials: null -> ["0a1b"]' in lines
+    assert ('policies["config_update"].rule: "MAJORITY(admin)" -> "OutOf(2, \'h01.admin\', \'p01.admin\')"'
+            in lines)
+    assert 'policies: order ["config_update", "lifecycle"] -> ["lifecycle", "config_update"]' in lines
+    assert sum(line.startswith('organizations["x') and ": added " in line for line in lines) == 7
+    assert all("old-ca" not in line and "bmV3" not in line for line in lines)  # DER as SHA-256, never base64
 
 
 @pytest.mark.parametrize(("edit", "why"), [
@@ -111,6 +142,38 @@ def test_files_that_are_no_update_are_refused(tmp_path: Path, data: bytes) -> No
     assert missing.value.reason == "BAD_CONFIG_UPDATE"
 
 
+@pytest.mark.parametrize("extra", [
+    b"\xa0\x06\x01",  # field 100 (varint 1): a field this release does not know, never in the changes shown
+    b"\x48\x00",  # protocol_version = 0 encoded explicitly: parses as unset, the bytes signed differ
+])
+def test_config_bytes_other_than_what_propose_writes_are_refused(tmp_path: Path, extra: bytes) -> None:
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    path = tmp_path / "u.rxcfg"
+    configtool.write_update(path, update)
+    configtool.read_update(path)
+    configtool.write_update(path, config_pb2.ConfigUpdate(config=update.config + extra))
+    with pytest.raises(RxClientError) as hidden:
+        configtool.read_update(path)
+    assert hidden.value.reason == "BAD_CONFIG_UPDATE" and "does not know" in hidden.value.message
+
+
+def test_a_file_in_a_missing_directory_is_io_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "u.rxcfg"
+    with pytest.raises(RxClientError) as missing:
+        configtool.write_update(path, configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60)))
+    assert missing.value.reason == "IO_ERROR" and str(path) in missing.value.message
+    assert ".tmp" not in missing.value.message
+
+
+def test_a_peer_behind_the_proposal_is_named_as_such() -> None:
+    current = _config()
+    ahead = _config()
+    ahead.sequence = current.sequence + 2
+    with pytest.raises(RxClientError) as behind:
+        configtool.check_successor(current, ahead)
+    assert behind.value.reason == "STALE_CONFIG_UPDATE" and "lags behind" in behind.value.message
+
+
 def test_json_round_trips_and_refuses_what_is_no_config() -> None:
     c = _config(protocol_version=2)
     assert configtool.from_json(configtool.to_json(c)) == c
@@ -133,3 +196,25 @@ def test_the_wait_for_the_new_config_is_bounded() -> None:
                                  clock=lambda: now[0])
     assert late.value.reason == "TIMEOUT" and 5 <= len(reads) <= 7
     assert configtool.wait_in_force(read, 3, clock=lambda: 0.0) == (7, _config())
+
+
+def test_the_wait_outlasts_a_peer_restarting_and_names_the_update() -> None:
+    now = [0.0]
+    answers: list[Any] = [RxClientError("SERVICE_UNAVAILABLE", "peer down"), (7, _config())]
+
+    def read() -> tuple[int, config_pb2.ConsortiumConfig]:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, RxClientError):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    tick = {"sleep": lambda s: now.__setitem__(0, now[0] + s), "clock": lambda: now[0]}
+    assert configtool.wait_in_force(read, 3, timeout_s=5.0, **tick) == (7, _config())  # type: ignore[arg-type]
+    answers[:] = [RxClientError("SERVICE_UNAVAILABLE", "peer down")]
+    with pytest.raises(RxClientError) as late:
+        configtool.wait_in_force(read, 4, timeout_s=1.0, tx_id="ab12", **tick)  # type: ignore[arg-type]
+    assert late.value.reason == "TIMEOUT" and "ab12" in late.value.message
+    answers[:] = [RxClientError("BAD_PAYLOAD", "no config")]
+    with pytest.raises(RxClientError) as bad:  # anything else is not waited out
+        configtool.wait_in_force(read, 4, timeout_s=1.0, **tick)  # type: ignore[arg-type]
+    assert bad.value.reason == "BAD_PAYLOAD"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rxchain.v1 import config_pb2, identity_pb2
+
 from tests.e2e.conftest import Net
 
 ADMINS = ("h01", "h02", "p01", "p02", "ins01", "ins02", "ins03", "reg01")
@@ -33,11 +35,22 @@ def test_a_config_update_goes_in_with_a_majority_of_admins_only(net: Net, tmp_pa
     upd = tmp_path / "update.rxcfg"
     proposed = net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--from-json", str(cfg))
     assert proposed["sequence"] == sequence + 1 and proposed["signatures"] == 0
-    assert [c.split(":")[0] for c in proposed["changes"]] == ["batch"]
+    assert [c.split(":")[0] for c in proposed["changes"]] == ["batch.timeout_ms"]
     # a doctor signs nothing; an organisation signs once
     assert net.cli_error("--as", "h01:dr-jiang", "config", "sign", str(upd))["error"] == "WRONG_ROLE"
     assert _sign(net, upd, ADMINS[:4]) == list(ADMINS[:4])
     assert net.cli_error("--as", "h02:admin", "config", "sign", str(upd))["error"] == "ALREADY_SIGNED"
+    # a signature the file claims but no admin made is refused before anyone counts on it
+    update = config_pb2.ConfigUpdate.FromString(upd.read_bytes())
+    claimed = identity_pb2.Identity.FromString(update.signatures[0].signer)
+    claimed.org = "reg01"  # h01's admin certificate passed off as the regulator's
+    update.signatures.add(signer=claimed.SerializeToString(), signature=update.signatures[0].signature)
+    forged = tmp_path / "forged.rxcfg"
+    forged.write_bytes(update.SerializeToString())
+    bad = net.cli_error("--as", "ins01:admin", "config", "sign", str(forged))
+    assert bad["error"] == "BAD_CONFIG_UPDATE" and "signature 5" in bad["message"], bad
+    # only admins submit
+    assert net.cli_error("--as", "h01:dr-jiang", "config", "submit", str(upd))["error"] == "WRONG_ROLE"
     # four of eight: the orderers refuse it, nothing changes
     refused = net.cli_error("--as", "h01:admin", "config", "submit", str(upd))
     assert refused["error"] == "BAD_CONFIG_UPDATE" and "config_update" in refused["message"], refused
