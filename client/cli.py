@@ -488,7 +488,11 @@ def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
     peer = _config_peer(net, ident, a)
     block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer), proposed.sequence,
                                              timeout_s=a.wait_s, tx_id=tx_id)
-    if config.sequence != proposed.sequence or config.SerializeToString(deterministic=True) != update.config:
+    if config.sequence > proposed.sequence:  # a later update went in too: whether this one did, the history tells
+        raise CommitUnknown(tx_id, f"the config in force is already sequence {config.sequence} (block {block}); "
+                            f"whether this update {tx_id} (sequence {proposed.sequence}) went in before it, the "
+                            "config blocks tell")
+    if config.SerializeToString(deterministic=True) != update.config:
         raise RxClientError("STALE_CONFIG_UPDATE", f"the config in force is sequence {config.sequence} (block "
                             f"{block}), not this update {tx_id}: another update went in first")
     return {"tx_id": tx_id, "block": block, "sequence": config.sequence,

@@ -52,8 +52,8 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
-from client.errors import RxClientError
-from client.gateway import rpc_error
+from client.errors import CommitUnknown, RxClientError
+from client.gateway import OUTCOME_UNKNOWN_REASONS, rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose, Verifier
@@ -357,9 +357,19 @@ def envelope(update: config_pb2.ConfigUpdate, identity: WalletIdentity, consorti
 
 
 def broadcast(identity: WalletIdentity, targets: list[str], raw: bytes, timeout: float = 15.0) -> str:
-    """Hand ``raw`` to the first orderer that answers; its tx id. A refusal (BAD_CONFIG_UPDATE
-    and the like) is raised with the orderer's reason; an orderer that cannot be reached or is
-    unavailable is passed over for the next."""
+    """Hand ``raw`` to the first orderer that answers; its tx id once accepted (ordered: the
+    orderers answer after the block holding it is committed). A refusal (BAD_CONFIG_UPDATE and
+    the like) is raised with the orderer's reason and message; an orderer that cannot be reached
+    or is unavailable is passed over for the next (the same envelope: one tx id, ordered once).
+
+    An attempt that failed after the envelope may have reached the ordering service
+    (SERVICE_UNAVAILABLE -- a block not committed in time --, a broken or timed-out call) leaves
+    the outcome unknown: when no orderer accepts it afterwards, or one refuses it in a way the
+    first one's success would explain (the sequence already taken), the answer is
+    :class:`CommitUnknown` naming the tx id (exit 3, ``config show`` tells), never a refusal that
+    reads as "nothing changed"."""
+    tx_id = _tx_id(raw)
+    lost = ""  # why an earlier attempt may have been ordered
     last: RxClientError | None = None
     for target in targets:
         channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
@@ -368,28 +378,46 @@ def broadcast(identity: WalletIdentity, targets: list[str], raw: bytes, timeout:
             answers = list(stub.Broadcast(iter([transaction_pb2.Envelope.FromString(raw)]), timeout=timeout))
         except grpc.RpcError as exc:
             last = rpc_error(exc)
+            if last.reason in OUTCOME_UNKNOWN_REASONS:
+                lost = lost or f"{target}: {last.reason}: {last.message}"
             continue
         finally:
             channel.close()
         if not answers:
             last = RxClientError("SERVICE_UNAVAILABLE", f"orderer {target} answered nothing")
+            lost = lost or f"{target} answered nothing"
             continue
         res = answers[0]
         if res.accepted:
-            return res.tx_id
+            return res.tx_id or tx_id
         if res.reason in ("SERVICE_UNAVAILABLE", "NOT_LEADER"):
             last = RxClientError(res.reason, f"{target}: {res.message}")
+            if res.reason == "SERVICE_UNAVAILABLE":
+                lost = lost or f"{target}: {res.reason}: {res.message}"
             continue
-        raise RxClientError(res.reason or "BAD_CONFIG_UPDATE", res.message or "the orderer refused the update")
+        refusal = RxClientError(res.reason or "BAD_CONFIG_UPDATE", res.message or "the orderer refused the update")
+        if lost:
+            raise CommitUnknown(tx_id, f"config update {tx_id} may have been ordered ({lost}); then {target} "
+                                f"refused it: {refusal.reason}: {refusal.message}")
+        raise refusal
+    if lost:
+        raise CommitUnknown(tx_id, f"config update {tx_id} may have been ordered: {lost}; no orderer accepted "
+                            "it since (rxchain config show tells whether it is in force)")
     raise last or RxClientError("SERVICE_UNAVAILABLE", "no orderer to send the update to")
+
+
+def _tx_id(raw: bytes) -> str:
+    env = transaction_pb2.Envelope.FromString(raw)
+    tx = transaction_pb2.Transaction.FromString(env.payload)
+    return transaction_pb2.TxHeader.FromString(tx.header).tx_id
 
 
 def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], sequence: int,
                   timeout_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep,
                   clock: Callable[[], float] = time.monotonic, tx_id: str = "",
                   ) -> tuple[int, config_pb2.ConsortiumConfig]:
-    """Poll ``read`` until the config in force has ``sequence`` (TIMEOUT after ``timeout_s``, naming
-    ``tx_id``: the update may still go in -- ``config show`` tells). A peer that does not answer
+    """Poll ``read`` until the config in force has ``sequence`` (COMMIT_UNKNOWN after ``timeout_s``,
+    naming ``tx_id``: the update was ordered and may still go in -- ``config show`` tells). A peer that does not answer
     for a while (SERVICE_UNAVAILABLE: restarting) is asked again until then: the update was
     accepted, and failing the wait at once would read as "not submitted"."""
     deadline = clock() + timeout_s
@@ -405,7 +433,6 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
                 return block, config
             seen = str(config.sequence)
         if clock() >= deadline:
-            raise RxClientError("TIMEOUT", f"the update {tx_id} was accepted by the ordering service but the "
-                                f"config in force is still sequence {seen} after {timeout_s:g} s; it may yet "
-                                "go in (rxchain config show)")
+            raise CommitUnknown(tx_id, f"the update {tx_id} was ordered but the config in force is still "
+                                f"sequence {seen} after {timeout_s:g} s; it may yet go in (rxchain config show)")
         sleep(0.2)

@@ -9,11 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
-from rxchain.v1 import config_pb2, identity_pb2
+from rxchain.v1 import config_pb2, identity_pb2, services_pb2, services_pb2_grpc
 
 from client import configtool
-from client.errors import RxClientError
+from client.errors import CommitUnknown, RxClientError
 
 
 def _config(**kw: Any) -> config_pb2.ConsortiumConfig:
@@ -194,7 +195,7 @@ def test_the_wait_for_the_new_config_is_bounded() -> None:
     with pytest.raises(RxClientError) as late:
         configtool.wait_in_force(read, 4, timeout_s=1.0, sleep=lambda s: now.__setitem__(0, now[0] + s),
                                  clock=lambda: now[0])
-    assert late.value.reason == "TIMEOUT" and 5 <= len(reads) <= 7
+    assert late.value.reason == "COMMIT_UNKNOWN" and 5 <= len(reads) <= 7  # ordered: it may yet go in (exit 3)
     assert configtool.wait_in_force(read, 3, clock=lambda: 0.0) == (7, _config())
 
 
@@ -213,8 +214,82 @@ def test_the_wait_outlasts_a_peer_restarting_and_names_the_update() -> None:
     answers[:] = [RxClientError("SERVICE_UNAVAILABLE", "peer down")]
     with pytest.raises(RxClientError) as late:
         configtool.wait_in_force(read, 4, timeout_s=1.0, tx_id="ab12", **tick)  # type: ignore[arg-type]
-    assert late.value.reason == "TIMEOUT" and "ab12" in late.value.message
+    assert isinstance(late.value, CommitUnknown) and late.value.detail["tx_id"] == "ab12"
     answers[:] = [RxClientError("BAD_PAYLOAD", "no config")]
     with pytest.raises(RxClientError) as bad:  # anything else is not waited out
         configtool.wait_in_force(read, 4, timeout_s=1.0, **tick)  # type: ignore[arg-type]
     assert bad.value.reason == "BAD_PAYLOAD"
+
+
+class _Orderers:
+    """Broadcast answers by target, in place of the orderers (a BroadcastResponse or an RpcError)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, answers: dict[str, Any]) -> None:
+        self.asked: list[str] = []
+        orderers = self
+
+        class Stub:
+            def __init__(self, channel: str) -> None:
+                self.target = channel
+
+            def Broadcast(self, envelopes: Any, timeout: float) -> list[Any]:
+                list(envelopes)
+                orderers.asked.append(self.target)
+                answer = answers[self.target]
+                if isinstance(answer, Exception):
+                    raise answer
+                return [answer]
+
+        class Channel(str):
+            def close(self) -> None:
+                pass
+
+        monkeypatch.setattr(configtool, "secure_channel", lambda target, *a: Channel(target))
+        monkeypatch.setattr(services_pb2_grpc, "AtomicBroadcastStub", Stub)
+
+
+class _Broken(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "deadline exceeded"
+
+
+def _envelope() -> tuple[str, bytes]:
+    signer = SimpleNamespace(sign=lambda purpose, data: b"sig")
+    ident = SimpleNamespace(identity=identity_pb2.Identity(org="h01", cert_der=b"c"), signer=signer)
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    return configtool.envelope(update, ident, "rx-test", 1)  # type: ignore[arg-type]
+
+
+def _answer(reason: str = "", message: str = "", accepted: str = "") -> services_pb2.BroadcastResponse:
+    return services_pb2.BroadcastResponse(accepted=bool(accepted), tx_id=accepted, reason=reason, message=message)
+
+
+def test_a_refusal_is_passed_through_and_an_orderer_unavailable_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    tx_id, raw = _envelope()
+    ident: Any = SimpleNamespace(cert_path="c", key_path="k", ca_bundle_path="ca")
+    _Orderers(monkeypatch, {"o1": _answer("NOT_LEADER", "no"), "o2": _answer(accepted=tx_id)})
+    assert configtool.broadcast(ident, ["o1", "o2"], raw) == tx_id
+    _Orderers(monkeypatch, {"o1": _answer("BAD_CONFIG_UPDATE", "admin signatures do not satisfy config_update")})
+    with pytest.raises(RxClientError) as refused:
+        configtool.broadcast(ident, ["o1", "o2"], raw)
+    assert (refused.value.reason, refused.value.message) == (
+        "BAD_CONFIG_UPDATE", "admin signatures do not satisfy config_update")
+
+
+@pytest.mark.parametrize("first", [_answer("SERVICE_UNAVAILABLE", "block not committed in time"), _Broken()])
+@pytest.mark.parametrize("then", [_answer("SERVICE_UNAVAILABLE", "no Raft leader"),
+                                  _answer("BAD_CONFIG_UPDATE", "sequence 4, expected 5")])
+def test_an_update_that_may_have_been_ordered_is_commit_unknown(monkeypatch: pytest.MonkeyPatch, first: Any,
+                                                                then: Any) -> None:
+    """Exit status 1 says "did not commit": an update the first orderer may have ordered is
+    COMMIT_UNKNOWN (exit 3) naming its tx id -- also when the next refuses it for a sequence
+    the first one's success would have taken."""
+    tx_id, raw = _envelope()
+    ident: Any = SimpleNamespace(cert_path="c", key_path="k", ca_bundle_path="ca")
+    orderers = _Orderers(monkeypatch, {"o1": first, "o2": then})
+    with pytest.raises(CommitUnknown) as unknown:
+        configtool.broadcast(ident, ["o1", "o2"], raw)
+    assert unknown.value.detail["tx_id"] == tx_id and orderers.asked == ["o1", "o2"]
