@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -269,13 +270,20 @@ def read_update(path: Path) -> tuple[config_pb2.ConfigUpdate, config_pb2.Consort
 
 
 def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
-    """Atomically and durably write ``update`` to ``path``."""
+    """Atomically and durably write ``update`` to ``path`` (mode: the file's it replaces, else 0644 --
+    not the 0600 of a temporary file, which would lock the next admin's account out of a shared
+    directory's proposal once one admin signed it)."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:  # (its directory missing or not writable): the file named, not the temporary one
         raise RxClientError("IO_ERROR", f"cannot write {path}: {exc.strerror}") from exc
     try:
+        try:  # the file travels between admins and holds no secret: signing keeps who may read it
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            mode = 0o644
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(update.SerializeToString())
             f.flush()

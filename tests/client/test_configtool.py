@@ -5,6 +5,7 @@ tests/e2e/test_config_update.py)."""
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -164,6 +165,16 @@ def test_a_file_in_a_missing_directory_is_io_error_naming_it(tmp_path: Path) -> 
         configtool.write_update(path, configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60)))
     assert missing.value.reason == "IO_ERROR" and str(path) in missing.value.message
     assert ".tmp" not in missing.value.message
+
+
+def test_signing_keeps_who_may_read_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "u.rxcfg"
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    configtool.write_update(path, update)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o664)  # a directory the admins share
+    configtool.write_update(path, configtool.sign(update, _admin("h01")))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
 
 
 def test_a_peer_behind_the_proposal_is_named_as_such() -> None:
