@@ -114,6 +114,11 @@ def config_in_force(identity: WalletIdentity, peer_target: str) -> tuple[int, co
         config = None
     if config is None:
         raise RxClientError("BAD_PAYLOAD", f"block {number}, named as the config in force, holds no config")
+    codes = list(blocks[0].metadata.validation_codes)
+    if codes != [transaction_pb2.VALID]:
+        # (a CONFIG transaction the validation refused never goes in force: a peer naming one is wrong)
+        raise RxClientError("BAD_PAYLOAD", f"block {number}, named as the config in force, holds a config "
+                            f"the peer did not record VALID ({codes}): ask another peer (--peer)")
     return number, config
 
 

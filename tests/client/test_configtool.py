@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from rxchain.v1 import config_pb2, identity_pb2, services_pb2, services_pb2_grpc
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from client import configtool
 from client.errors import CommitUnknown, RxClientError
@@ -304,3 +304,21 @@ def test_an_update_that_may_have_been_ordered_is_commit_unknown(monkeypatch: pyt
     with pytest.raises(CommitUnknown) as unknown:
         configtool.broadcast(ident, ["o1", "o2"], raw)
     assert unknown.value.detail["tx_id"] == tx_id and orderers.asked == ["o1", "o2"]
+
+
+@pytest.mark.parametrize(("codes", "ok"), [([transaction_pb2.VALID], True), ([transaction_pb2.BAD_PAYLOAD], False),
+                                           ([], False)])
+def test_a_config_the_peer_recorded_invalid_is_never_taken_as_in_force(
+        monkeypatch: pytest.MonkeyPatch, codes: list[transaction_pb2.TxValidationCode.ValueType], ok: bool) -> None:
+    _, raw = _envelope()
+    config_block = block_pb2.Block(data=block_pb2.BlockData(envelopes=[raw]),
+                                   metadata=block_pb2.BlockMetadata(last_config_block=5, validation_codes=codes))
+    last = block_pb2.Block(metadata=block_pb2.BlockMetadata(last_config_block=5))
+    monkeypatch.setattr(configtool, "_height", lambda ident, target: 9)
+    monkeypatch.setattr(configtool, "_blocks", lambda ident, target, start, stop: [last if start == 8 else config_block])
+    if ok:
+        assert configtool.config_in_force(None, "peer")[0] == 5  # type: ignore[arg-type]
+        return
+    with pytest.raises(RxClientError) as invalid:
+        configtool.config_in_force(None, "peer")  # type: ignore[arg-type]
+    assert invalid.value.reason == "BAD_PAYLOAD" and "VALID" in invalid.value.message
