@@ -429,11 +429,7 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
     _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
     wanted: config_pb2.ConsortiumConfig | None = None
     if a.from_json is not None:
-        try:
-            raw = json.loads(a.from_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RxClientError("BAD_CONFIG_UPDATE", f"{a.from_json}: {exc}") from exc
-        wanted = configtool.from_json(raw.get("config", raw) if isinstance(raw, dict) else raw)
+        wanted = configtool.read_config_json(a.from_json)
 
     def edit(new: config_pb2.ConsortiumConfig) -> None:
         if wanted is not None:

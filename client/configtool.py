@@ -136,6 +136,34 @@ def from_json(raw: Any) -> config_pb2.ConsortiumConfig:
         raise RxClientError("BAD_CONFIG_UPDATE", f"not a ConsortiumConfig: {exc}") from exc
 
 
+def read_config_json(path: Path) -> config_pb2.ConsortiumConfig:
+    """The config of ``propose --from-json``: a ConsortiumConfig in :func:`to_json`'s form, or the
+    whole ``config show --json`` document (its ``config``). BAD_CONFIG_UPDATE for a file larger
+    than a proposal file may be, that is no such JSON, or a show document whose top-level
+    ``protocol_version`` was edited to differ from its config's (only the ``config`` object is
+    proposed: that edit would be dropped without a word)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_UPDATE_BYTES * 2 + 1)  # (JSON: base64 certificates, names quoted)
+    except OSError as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path}: {exc.strerror}") from exc
+    if len(data) > MAX_UPDATE_BYTES * 2:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path} is larger than {MAX_UPDATE_BYTES * 2} bytes")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except ValueError as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{path}: {exc}") from exc
+    if isinstance(raw, dict) and "config" in raw:
+        config = from_json(raw["config"])
+        shown = raw.get("protocol_version")
+        if shown is not None and shown != protocol_version(config):
+            raise RxClientError("BAD_CONFIG_UPDATE", f"{path}: protocol_version {shown!r} at the top level, "
+                                f"{protocol_version(config)} in config: only config is proposed -- edit "
+                                "config.protocol_version, or use --protocol-version")
+        return config
+    return from_json(raw)
+
+
 def summary(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
     """The config without certificates: organisations, nodes, batch, limits, policies."""
     whole = to_json(config)

@@ -5,6 +5,7 @@ tests/e2e/test_config_update.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -192,6 +193,29 @@ def test_json_round_trips_and_refuses_what_is_no_config() -> None:
     for bad in ({"sequence": "x"}, {"no_such_field": 1}, [1, 2], "text"):
         with pytest.raises(RxClientError) as refused:
             configtool.from_json(bad)
+        assert refused.value.reason == "BAD_CONFIG_UPDATE", bad
+
+
+def test_a_show_document_is_proposed_by_its_config_and_its_edits_outside_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    c = _config(protocol_version=2)
+    shown = {"block": 0, "sequence": 3, "protocol_version": 2, "config": configtool.to_json(c)}
+    path.write_text(json.dumps(shown))
+    assert configtool.read_config_json(path) == c
+    path.write_text(json.dumps(configtool.to_json(c)))  # the config alone
+    assert configtool.read_config_json(path) == c
+    path.write_text(json.dumps(dict(shown, protocol_version=3)))  # edited where it is not proposed
+    with pytest.raises(RxClientError) as dropped:
+        configtool.read_config_json(path)
+    assert dropped.value.reason == "BAD_CONFIG_UPDATE" and "config.protocol_version" in dropped.value.message
+    path.write_bytes(b" " * (configtool.MAX_UPDATE_BYTES * 2 + 1) + b"{}")
+    with pytest.raises(RxClientError) as large:
+        configtool.read_config_json(path)
+    assert large.value.reason == "BAD_CONFIG_UPDATE" and "larger" in large.value.message
+    for bad in (b"{", b"\xff", b"[1]"):
+        path.write_bytes(bad)
+        with pytest.raises(RxClientError) as refused:
+            configtool.read_config_json(path)
         assert refused.value.reason == "BAD_CONFIG_UPDATE", bad
 
 
