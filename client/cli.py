@@ -465,12 +465,13 @@ def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 
 def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
+    from node.crypto.signing import Verifier
 
-    ident, _, update, (current, proposed, before) = _config_file(a)
-    signed = configtool.sign(update, ident)
+    ident, _, update, (current, proposed, _) = _config_file(a)
+    signed, orgs = configtool.add_signature(update, ident, current, Verifier(), int(time.time() * 1000))
     configtool.write_update(a.file, signed)
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
-            "signed_by": [*before, ident.org]}
+            "signed_by": orgs}
 
 
 def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:

@@ -383,6 +383,18 @@ def sign(update: config_pb2.ConfigUpdate, identity: WalletIdentity) -> config_pb
     return out
 
 
+def add_signature(update: config_pb2.ConfigUpdate, identity: WalletIdentity, current: config_pb2.ConsortiumConfig,
+                  verifier: Verifier, now_ms: int) -> tuple[config_pb2.ConfigUpdate, list[str]]:
+    """(``update`` signed by ``identity``, the organisations signed): :func:`sign`, with every
+    signature checked as the orderers check it, the new one included -- an admin whose own
+    signature would not hold under the config in force (an organisation this very update adds,
+    a certificate expired or revoked) would otherwise put in the file a signature that makes
+    the orderers refuse the update, whoever else signs it."""
+    check_signatures(update, current, verifier, now_ms)
+    signed = sign(update, identity)
+    return signed, check_signatures(signed, current, verifier, now_ms)
+
+
 def envelope(update: config_pb2.ConfigUpdate, identity: WalletIdentity, consortium_id: str,
              now_ms: int) -> tuple[str, bytes]:
     """(tx id, the CONFIG envelope carrying ``update``, created and signed by ``identity``)."""

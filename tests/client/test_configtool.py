@@ -13,10 +13,14 @@ from typing import Any
 
 import grpc
 import pytest
+from netgen import GeneratedNetwork
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from client import configtool
 from client.errors import CommitUnknown, RxClientError
+from client.wallet import load_identity
+from node.crypto.signing import Verifier
+from tests.client.conftest import FIXED_NOW
 
 
 def _config(**kw: Any) -> config_pb2.ConsortiumConfig:
@@ -346,3 +350,30 @@ def test_a_config_the_peer_recorded_invalid_is_never_taken_as_in_force(
     with pytest.raises(RxClientError) as invalid:
         configtool.config_in_force(None, "peer")  # type: ignore[arg-type]
     assert invalid.value.reason == "BAD_PAYLOAD" and "VALID" in invalid.value.message
+
+
+def test_signatures_are_checked_as_the_orderers_check_them_the_new_one_included(net_home: GeneratedNetwork) -> None:
+    current = net_home.config
+    now_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
+    update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    h01 = load_identity(net_home.home, "h01", "admin")
+    signed, orgs = configtool.add_signature(update, h01, current, Verifier(), now_ms)
+    assert orgs == ["h01"]
+    # a signature entry claiming the regulator, made with h01's admin certificate and key
+    forged = config_pb2.ConfigUpdate()
+    forged.CopyFrom(signed)
+    claimed = identity_pb2.Identity.FromString(signed.signatures[0].signer)
+    claimed.org = "reg01"
+    forged.signatures.add(signer=claimed.SerializeToString(), signature=signed.signatures[0].signature)
+    with pytest.raises(RxClientError) as bad:
+        configtool.add_signature(forged, load_identity(net_home.home, "p01", "admin"), current, Verifier(), now_ms)
+    assert bad.value.reason == "BAD_CONFIG_UPDATE" and "signature 2 (claiming 'reg01')" in bad.value.message
+    # an admin of an organisation the config in force does not hold: its signature would sink the update
+    without = config_pb2.ConsortiumConfig()
+    without.CopyFrom(current)
+    kept = [o for o in without.organizations if o.id != "reg01"]
+    del without.organizations[:]
+    without.organizations.extend(kept)
+    with pytest.raises(RxClientError) as foreign:
+        configtool.add_signature(signed, load_identity(net_home.home, "reg01", "admin"), without, Verifier(), now_ms)
+    assert foreign.value.reason == "BAD_CONFIG_UPDATE" and "signature 2" in foreign.value.message
