@@ -141,33 +141,32 @@ def _base_port_arg(text: str) -> int:
 _base_port_arg.__name__ = "base port"
 
 
-def _as_arg(text: str) -> str:
-    """An argparse type: ``ORG:USER`` (client.wallet.parse_as), so a malformed one is a usage
-    error (exit 2) like a missing one, not a refusal."""
+def _checked(check: Callable[[str], object], name: str, doc: str) -> Callable[[str], str]:
+    """An argparse type: the text as given once ``check`` accepts it; its RxClientError is a
+    usage error (exit 2) like a missing argument, not a refusal."""
+    def arg(text: str) -> str:
+        try:
+            check(text)
+        except RxClientError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        return text
+    arg.__name__ = name
+    arg.__doc__ = doc
+    return arg
+
+
+def _parse_as(text: str) -> object:
     from client.wallet import parse_as
-
-    try:
-        parse_as(text)
-    except RxClientError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-    return text
+    return parse_as(text)
 
 
-_as_arg.__name__ = "ORG:USER"
-
-
-def _drug_arg(text: str) -> str:
-    """An argparse type: ``CODE:QTY`` with a positive QTY (client.rxops.parse_drug)."""
+def _parse_drug(text: str) -> object:
     from client.rxops import parse_drug
-
-    try:
-        parse_drug(text)
-    except RxClientError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-    return text
+    return parse_drug(text)
 
 
-_drug_arg.__name__ = "drug"
+_as_arg = _checked(_parse_as, "ORG:USER", "``ORG:USER`` (client.wallet.parse_as)")
+_drug_arg = _checked(_parse_drug, "drug", "``CODE:QTY`` with a positive QTY (client.rxops.parse_drug)")
 
 
 def _org_or_all(text: str) -> str:
