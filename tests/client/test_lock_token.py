@@ -570,6 +570,15 @@ def test_fhir_a_retry_whose_first_attempt_dispensed_under_its_lock_is_200(world:
     assert _lock(world, rx)["tx_id"] == counter["lock_id"]
 
 
+def _refused_post(w: World, prep: Prepared, before_dispense: Callable[[], None], code: str) -> tuple[int, str]:
+    """(HTTP status, reason) of pharm-li's MedicationDispense POST (box ``code``), which must
+    be refused, with ``before_dispense`` committing just before its dispense."""
+    post, _ = _fhir(w, LI, prep, {"dispense": before_dispense})
+    with pytest.raises(RxClientError) as refused:
+        post([code])
+    return _status(refused.value)
+
+
 def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: World) -> None:  # noqa: F811
     """The comparison is for a fill committed meanwhile only: the lock the POST found held
     is freed and taken again by another call before its dispense, nothing dispensed -- the
@@ -581,10 +590,7 @@ def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: 
         ops_o.release(rx, held)
         ops_o.lock(rx)
 
-    post, _ = _fhir(world, LI, prep, {"dispense": freed_and_taken_again})
-    with pytest.raises(RxClientError) as refused:
-        post(["81234560000000000122"])
-    assert _status(refused.value) == (422, "ALREADY_LOCKED")
+    assert _refused_post(world, prep, freed_and_taken_again, "81234560000000000122") == (422, "ALREADY_LOCKED")
     assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 0
     # another call dispenses fill 1 under the lock the POST found held, and locks fill 2
     taken = _lock(world, rx)["tx_id"]
@@ -593,10 +599,8 @@ def test_fhir_a_lock_that_changed_hands_without_a_fill_keeps_the_refusal(world: 
         _fill_goes_out(world, prep, taken, ["81234560000000000123"])
         ops_o.lock(rx)
 
-    post, _ = _fhir(world, LI, prep, {"dispense": another_fill_lands_then_fill_2_locked})
-    with pytest.raises(RxClientError) as other:
-        post(["81234560000000000124"])
-    assert _status(other.value) == (409, "ALREADY_DISPENSED")
+    assert _refused_post(world, prep, another_fill_lands_then_fill_2_locked,
+                         "81234560000000000124") == (409, "ALREADY_DISPENSED")
     assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
 
 
@@ -605,10 +609,7 @@ def test_fhir_a_stalled_post_is_not_answered_with_the_next_fill(world: World) ->
     fill 1 held, stalled while that call dispensed fill 1 (other boxes) and the interval
     passed, used to get 201 for fill 2. It is 409 ALREADY_DISPENSED, fill 2 not dispensed."""
     prep, rx, _, held = _repeat_locked(world)
-    post, _ = _fhir(world, LI, prep, {
-        "dispense": lambda: _fill_goes_out(world, prep, held, ["81234560000000000125"])})
-    with pytest.raises(RxClientError) as refused:
-        post(["81234560000000000126"])
-    assert _status(refused.value) == (409, "ALREADY_DISPENSED")
+    assert _refused_post(world, prep, lambda: _fill_goes_out(world, prep, held, ["81234560000000000125"]),
+                         "81234560000000000126") == (409, "ALREADY_DISPENSED")
     assert world.chain.query("prescription", "show", WANG, rx_id=rx).unwrap()["fills"] == 1
     assert _lock(world, rx) is None
