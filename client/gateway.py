@@ -137,7 +137,9 @@ class Gateway:
     # ------------------------------------------------------------ plumbing
     @property
     def stub(self) -> services_pb2_grpc.GatewayStub:
-        """The raw Gateway stub (used by client.pipeline)."""
+        """The raw Gateway stub (used by client.pipeline), after the read-your-writes wait;
+        a peer that cannot be reached raises grpc.RpcError (UNAVAILABLE) as a call on the stub
+        would."""
         self._catch_up()
         return self._stub
 
@@ -159,12 +161,15 @@ class Gateway:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def wait_for_block(self, block: int, timeout_s: float) -> bool:
+    def wait_for_block(self, block: int, timeout_s: float, *, unreachable_raises: bool = False) -> bool:
         """Wait (bounded) until the peer has committed ``block``; False on timeout.
 
         The bound is elapsed time, the Status calls included: counting only the pauses between
         them let a peer that answers each call slowly (up to its 3 s timeout) stretch the 15 s
-        catch-up of every call to 300 calls, a quarter of an hour."""
+        catch-up of every call to 300 calls, a quarter of an hour. With ``unreachable_raises``
+        a peer that cannot be reached (UNAVAILABLE) ends the wait at once with that error
+        instead of being asked again until the timeout: the read-your-writes wait before a
+        call leaves a down peer to the call's own retries."""
         waited = 0.0
         deadline = time.monotonic() + timeout_s
         while True:
@@ -174,7 +179,10 @@ class Gateway:
             try:
                 height = self._admin.Status(services_pb2.StatusRequest(),
                                             timeout=min(3.0, max(0.05, left))).height
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if unreachable_raises and code in _RETRYABLE:
+                    raise
                 height = 0
             self._peer_height = max(self._peer_height, int(height))
             if height > block:
@@ -185,16 +193,20 @@ class Gateway:
             waited += 0.05
 
     def _catch_up(self) -> None:
+        """Read-your-writes: wait (bounded) for the peer to reach the last block seen. A peer
+        that cannot be reached raises the Status call's UNAVAILABLE at once (retried by the
+        caller like the call itself): waiting out the whole catch-up for it made every call to
+        a down peer take ~18 s to answer SERVICE_UNAVAILABLE."""
         target = max(self.last_block, self._min_block() if self._min_block else -1)
         if target >= 0:
-            self.wait_for_block(target, self._catch_up_timeout_s)
+            self.wait_for_block(target, self._catch_up_timeout_s, unreachable_raises=True)
 
     def _call(self, fn: Callable[[], T], cls: type[RxClientError] = RxClientError) -> T:
-        self._catch_up()
         delays = self._retry.delays()
         attempt = 0
         while True:
             try:
+                self._catch_up()  # each attempt: a peer unreachable at the last one must still catch up
                 return fn()
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
@@ -288,11 +300,24 @@ class Gateway:
         later refusal that could have gone the other way for it (CLOCK_SKEW as the tx ages,
         UNKNOWN_CREATOR as a certificate expires, BAD_CONFIG_UPDATE once the update is in
         force ...) is CommitUnknown, not a definite no."""
-        self._catch_up()
         delays = self._retry.delays()
         lost = ""  # why an earlier attempt may have reached the ordering service
         attempt = 0
         while True:
+            try:
+                self._catch_up()
+            except grpc.RpcError as exc:  # the peer is unreachable: nothing was sent this time
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                if code in _RETRYABLE and attempt < len(delays):
+                    self._sleep(delays[attempt])
+                    attempt += 1
+                    continue
+                err = rpc_error(exc)
+                if lost:
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: an attempt "
+                                        f"failed with {lost}, then the peer could not be reached: "
+                                        f"{err.reason}: {err.message}") from exc
+                raise err from exc
             try:
                 self._stub.Submit(sreq, timeout=30)
                 return

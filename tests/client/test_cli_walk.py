@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
+import grpc
 import pytest
 from rxchain.v1 import services_pb2
 
@@ -269,6 +270,79 @@ def test_catch_up_wait_is_bounded_by_elapsed_time_not_by_pauses() -> None:
     assert gw.wait_for_block(5, timeout_s=0.5) is False
     assert time.monotonic() - t0 < 1.2  # was ~2.5 s: 10 pauses of 50 ms, each after a 0.2 s call
     assert max(SlowAdmin.timeouts) <= 0.5
+
+
+class _Unreachable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "failed to connect to all addresses"
+
+
+def _gateway_seen_block(status: Any, sleeps: list[float]) -> Any:
+    from client.gateway import Gateway, RetryPolicy
+
+    gw = Gateway.__new__(Gateway)
+    gw._admin = status
+    gw._peer_height = 0
+    gw._sleep = sleeps.append  # the retry delays are recorded, not slept
+    gw._retry = RetryPolicy()
+    gw.last_block = 5  # this client saw block 5 committed
+    gw._min_block = None
+    gw._catch_up_timeout_s = 1.0
+    gw._on_commit = None
+    return gw
+
+
+def test_a_down_peer_answers_service_unavailable_after_the_retries_not_the_catch_up_wait() -> None:
+    """A call to a peer that is down took ~18 s to fail: the read-your-writes wait asked the
+    peer's Status until its 15 s bound, then the call retried. Unreachable now ends the wait
+    at once and the call's own retries (3.1 s of backoff) decide; the call is never made."""
+    import time
+
+    class DownAdmin:
+        calls = 0
+
+        def Status(self, request: services_pb2.StatusRequest, timeout: float) -> services_pb2.StatusResponse:
+            self.calls += 1
+            raise _Unreachable()
+
+    made: list[int] = []
+    sleeps: list[float] = []
+    admin = DownAdmin()
+    gw = _gateway_seen_block(admin, sleeps)
+    t0 = time.monotonic()
+    with pytest.raises(RxClientError) as exc:
+        gw._call(lambda: made.append(1))
+    assert exc.value.reason == "SERVICE_UNAVAILABLE"
+    assert time.monotonic() - t0 < 0.5  # was the whole catch-up bound (here 1 s; 15 s by default)
+    assert made == []  # nothing asked of a peer not known to hold block 5
+    assert sleeps == gw._retry.delays() and admin.calls == len(sleeps) + 1
+
+
+def test_a_peer_back_after_a_restart_is_caught_up_before_the_call() -> None:
+    """The retry after an unreachable peer waits again for the block this client saw: a
+    restarted peer that still lags is not read."""
+    heights: list[int | None] = [None, None, 3, 4, 6]
+
+    class RestartingAdmin:
+        def Status(self, request: services_pb2.StatusRequest, timeout: float) -> services_pb2.StatusResponse:
+            h = heights.pop(0)
+            if h is None:
+                raise _Unreachable()
+            return services_pb2.StatusResponse(height=h)
+
+    seen: list[int] = []
+    sleeps: list[float] = []
+    gw = _gateway_seen_block(RestartingAdmin(), sleeps)
+
+    def read() -> str:
+        seen.append(gw._peer_height)
+        return "read"
+
+    assert gw._call(read) == "read"
+    assert seen == [6] and heights == []
 
 
 @pytest.mark.parametrize("argv", [

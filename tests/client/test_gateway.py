@@ -257,3 +257,82 @@ def test_submit_many_reports_a_lost_answer_to_a_submit_as_commit_unknown(fake):
     assert isinstance(out[0], EndorsementError) and out[0].reason == "NOT_FOLLOW_UP"
     assert isinstance(out[1], CommitUnknown) and out[1].reason == "COMMIT_UNKNOWN"
     assert len(out[1].tx_id) == 64 and out[1].tx_id in out[1].message
+
+
+class _DownAdmin:
+    """A peer's Admin service that cannot be reached (UNAVAILABLE in transport)."""
+
+    def __init__(self, heights: list[int | None]):
+        self.heights = heights  # None: unreachable; the last entry repeats
+
+    def Status(self, request: services_pb2.StatusRequest, timeout: float) -> services_pb2.StatusResponse:
+        h = self.heights.pop(0) if len(self.heights) > 1 else self.heights[0]
+        if h is None:
+            class Unreachable(grpc.RpcError):
+                def code(self) -> grpc.StatusCode:
+                    return grpc.StatusCode.UNAVAILABLE
+
+                def details(self) -> str:
+                    return "failed to connect to all addresses"
+            raise Unreachable()
+        return services_pb2.StatusResponse(height=h)
+
+
+def test_a_submit_to_a_peer_unreachable_before_anything_was_sent_is_a_definite_failure(fake):
+    """The read-your-writes wait before Submit found the peer unreachable on every attempt:
+    no envelope left the client, so the caller may send it again (not COMMIT_UNKNOWN), and
+    the wait gave up at once instead of asking Status until its 15 s bound."""
+    script, gw, sleeps = fake
+    built = gw.propose("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    envelope = gw.builder.envelope(built, gw.endorse(built).prepared_transaction)
+    gw._admin = _DownAdmin([None])
+    gw.last_block = 5
+    with pytest.raises(RxClientError) as e:
+        gw.submit_envelope(built.tx_id, envelope)
+    assert e.value.reason == "SERVICE_UNAVAILABLE" and e.value.reason != "COMMIT_UNKNOWN"
+    assert "Submit" not in script.calls and sleeps == [0.01, 0.02, 0.04]
+
+
+def test_a_submit_whose_first_attempt_broke_then_the_peer_went_away_is_commit_unknown(fake):
+    """A Submit lost in transport may have been ordered: if the retry then cannot reach the
+    peer (a newer block seen by a sibling client raised the wait's target), the outcome is
+    unknown, never a plain failure."""
+    from client.errors import CommitUnknown
+
+    script, gw, _ = fake
+    built = gw.propose("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    envelope = gw.builder.envelope(built, gw.endorse(built).prepared_transaction)
+    seen = [5]
+    gw._min_block = lambda: seen[0]
+    gw._admin = _DownAdmin([6, None])
+    script.unavailable = 1
+    real_sleep = gw._sleep
+
+    def sleep_and_see_more(d: float) -> None:
+        seen[0] = 9  # another client of the session saw block 9 meanwhile
+        real_sleep(d)
+
+    gw._sleep = sleep_and_see_more
+    with pytest.raises(CommitUnknown) as e:
+        gw.submit_envelope(built.tx_id, envelope)
+    assert e.value.tx_id == built.tx_id and script.calls.count("Submit") == 1
+
+
+def test_submit_many_to_an_unreachable_peer_fails_each_call_at_once(fake):
+    """The pipeline's read-your-writes wait on a down peer: every call fails with
+    SERVICE_UNAVAILABLE (nothing was sent, so none is COMMIT_UNKNOWN) without the 15 s wait."""
+    import time
+
+    from client.errors import CommitUnknown
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    gw._admin = _DownAdmin([None])
+    gw.last_block = 5
+    t0 = time.monotonic()
+    out = submit_many(gw, [Call("c", "ok", {"i": 0}), Call("c", "ok", {"i": 1})])
+    assert time.monotonic() - t0 < 5
+    assert [type(r) for r in out] == [RxClientError, RxClientError]
+    assert all(isinstance(r, RxClientError) and not isinstance(r, CommitUnknown)
+               and r.reason == "SERVICE_UNAVAILABLE" for r in out)
+    assert script.calls == []
