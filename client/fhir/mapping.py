@@ -300,7 +300,10 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
     return bundle
 
 
-ACTION_SYSTEM = "urn:rxchain:inboxAction"  # review, dispense, wait, deliver, none (client.inbox)
+ACTION_SYSTEM = "urn:rxchain:inboxAction"  # review, dispense, wait, deliver, none (client.inbox); routed_elsewhere
+ROUTED_ELSEWHERE = "routed_elsewhere"  # (a prescription routed to another pharmacy: no work item here)
+ROUTED_REASON = ("routed to another pharmacy: no further fill here (a fill this pharmacy dispensed and did not "
+                 "hand over is still its courier's to deliver)")
 _TASK_STATUS = {"review": "requested", "dispense": "ready", "wait": "on-hold", "deliver": "in-progress"}
 _DONE = {"DELIVERED": "completed", "REVOKED": "cancelled", "REJECTED": "cancelled", "EXPIRED": "cancelled",
          "ERASED": "cancelled"}
@@ -333,11 +336,34 @@ def inbox_task(p: Mapping[str, Any], org: str) -> dict[str, Any]:
     return task
 
 
+def routed_task(rx_id: str) -> dict[str, Any]:
+    """A prescription of the range routed to a pharmacy the caller's is not (``client.inbox``'s
+    ``routed_elsewhere``) as a ``cancelled`` Task, ``businessStatus`` ``routed_elsewhere``: the
+    Task an ERP kept for it from an earlier poll ends, nobody here dispenses it. The id only,
+    as every member's events name it -- the pharmacy it left may no longer read it (``show``:
+    ACCESS_DENIED), so nothing of its state, patient, hospital or new pharmacy, and no
+    ``owner`` (most ids were never the caller's). A fill the caller dispensed and did not hand
+    over yet is still its courier's to deliver (its MedicationDispense): the Task is about
+    the prescription's next fills, not that delivery."""
+    task: dict[str, Any] = {
+        "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
+        "status": "cancelled", "intent": "order",
+        "statusReason": {"concept": {"text": ROUTED_REASON}},
+        "businessStatus": {"coding": [{"system": ACTION_SYSTEM, "code": ROUTED_ELSEWHERE}]},
+        "focus": {"type": "MedicationRequest", "identifier": {"system": RX_SYSTEM, "value": rx_id}},
+    }
+    _validate("Task", task)
+    return task
+
+
 def inbox_bundle(inbox: Mapping[str, Any], self_url: str, next_url: str | None) -> dict[str, Any]:
-    """A searchset Bundle of :func:`inbox_task` entries; ``next`` only when the block limit cut
-    the range short (more blocks to read now)."""
+    """A searchset Bundle of :func:`inbox_task` entries, then one :func:`routed_task` per
+    prescription routed elsewhere; ``next`` only when the block limit cut the range short
+    (more blocks to read now)."""
     org = str(inbox["org"])
     entries = [{"resource": inbox_task(p, org), "search": {"mode": "match"}} for p in inbox["prescriptions"]]
+    entries += [{"resource": routed_task(str(rx_id)), "search": {"mode": "match"}}
+                for rx_id in inbox.get("routed_elsewhere") or []]
     links = [{"relation": "self", "url": self_url}]
     if next_url is not None:
         links.append({"relation": "next", "url": next_url})

@@ -23,8 +23,10 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   ``Location: /fhir/Claim/{claim_id}``
 * ``GET  /fhir/Task?from-block=N&limit-blocks=M`` the pharmacy's inbox (:mod:`client.inbox`): a
   searchset Bundle of Tasks, one per prescription the caller's organisation serves that changed
-  in the range (what to do: requested/ready/on-hold/in-progress, or completed/cancelled);
-  ``X-Rxchain-Next-Block`` names where the next poll starts
+  in the range (what to do: requested/ready/on-hold/in-progress, or completed/cancelled), and
+  a ``cancelled`` Task (``businessStatus`` ``routed_elsewhere``, the prescription id only) per
+  prescription of the range routed to another pharmacy; ``X-Rxchain-Next-Block`` names where
+  the next poll starts
 * ``GET  /fhir/PaymentReconciliation?from-block=N&limit-blocks=M`` an insurer's claims report
   (:mod:`client.reconcile`): the net fund share, one allocation per settle or reversal;
   ``X-Rxchain-Next-Block`` as for Task
@@ -358,7 +360,8 @@ class FhirApp:
         """The pharmacy's work items (``client.inbox``) of blocks ``from-block`` on (at most
         ``limit-blocks``), a searchset Bundle of Tasks; ``X-Rxchain-Next-Block`` is where the
         next poll starts, and a ``next`` link is given only when the limit (of blocks, or of
-        prescriptions read: ``client.inbox.MAX_READS``) cut the range short."""
+        prescriptions read: ``client.inbox.MAX_READS``) cut the range short. A prescription of
+        the range routed to another pharmacy is a cancelled Task (``mapping.routed_task``)."""
         query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
         start = query.get("from-block", 0)
         limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)

@@ -419,6 +419,42 @@ def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monke
         f"/fhir/Task?from-block={nxt}&limit-blocks=1000"]
 
 
+def test_fhir_task_search_cancels_the_task_of_a_prescription_routed_elsewhere(world: World) -> None:  # noqa: F811
+    """The Task search left out what ``rx inbox`` names in ``routed_elsewhere``: a pharmacy ERP
+    kept the Task of a prescription routed away from it (``ready``) until it read it again and
+    might dispense it. Each is a ``cancelled`` Task, ``businessStatus`` routed_elsewhere, with
+    the prescription id only -- the pharmacy it left may no longer read it (``show``), so no
+    status, fills, patient, hospital or new pharmacy; the pharmacy it went to has it to do."""
+    ledger = EventLedger(world.chain)
+    rx = approved(world).args["rx_id"]
+    kept = approved(world).args["rx_id"]
+    first = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert")
+    assert {e["resource"]["identifier"][0]["value"]: e["resource"]["status"]
+            for e in first.resource["entry"]} == {rx: "ready", kept: "ready"}
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    assert _show(world, WANG)(rx) is None  # p01 may no longer read it
+    nxt = first.headers["X-Rxchain-Next-Block"]
+    later = _fhir_app(world, ledger, WANG).handle("GET", f"/fhir/Task?from-block={nxt}", None, b"cert").resource
+    from client.fhir import mapping
+
+    (entry,) = later["entry"]
+    assert later["total"] == 1 and entry["search"] == {"mode": "match"}
+    assert entry["resource"] == {
+        "resourceType": "Task", "identifier": [{"system": "urn:rxchain:hiRxno", "value": rx}],
+        "status": "cancelled", "intent": "order", "statusReason": {"concept": {"text": mapping.ROUTED_REASON}},
+        "businessStatus": {"coding": [{"system": "urn:rxchain:inboxAction", "code": "routed_elsewhere"}]},
+        "focus": {"type": "MedicationRequest", "identifier": {"system": "urn:rxchain:hiRxno", "value": rx}}}
+    assert json.loads(mapping.dumps(later))["entry"][0]["resource"]["status"] == "cancelled"  # valid FHIR
+    # from the start: the one still p01's is a ready Task, the routed one cancelled, once each
+    both = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert").resource
+    assert [(e["resource"]["identifier"][0]["value"], e["resource"]["status"]) for e in both["entry"]] == [
+        (kept, "ready"), (rx, "cancelled")]
+    theirs = _fhir_app(world, ledger, CHEN).handle("GET", f"/fhir/Task?from-block={nxt}", None, b"cert").resource
+    assert [(e["resource"]["identifier"][0]["value"], e["resource"]["status"],
+             e["resource"]["owner"]["identifier"]["value"]) for e in theirs["entry"]] == [(rx, "ready", "p02")]
+
+
 @pytest.mark.parametrize("query", ["from-block=-1", "from-block=x", "from-block=", "from-block",
                                    "limit-blocks=0", "limit-blocks=10001", "from-block=1&from-block=2",
                                    "status=ready", "from-block=１"])
