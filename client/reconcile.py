@@ -11,12 +11,17 @@ insurer's own claims, or every claim for an auditor) and adds up the amounts, in
   id, prescription and fill, the time the contract recorded for that step, the amounts
   (medical fee, fund, patient, personal account, cash) and the claim's status now;
 * totals of the settled rows, of the reversed rows (a reversal gives back the whole claim)
-  and the net (settled minus reversed): what the fund owes for the range;
+  and the net (settled minus reversed): what the fund owes for the range -- of the
+  consistent claims only, so that the net is what was paid by the settlement rules;
 * ``unreadable``: claims an event names that the caller may not read (another insurer's,
   when no insurer is chosen) -- counted, never guessed;
-* ``inconsistent``: claims whose amounts break the settlement identities (medical fee = fund
-  + patient share, patient share = personal account + cash) -- none on a correct ledger; a
-  reconciliation that finds one stops trusting the range.
+* ``inconsistent``: claims whose amounts break the settlement identities (DOMAIN.md: medfee
+  = fund + patient, patient = account + cash), are negative or are not integer amounts in
+  fen (null in their rows, never guessed) -- none on a correct ledger. Their rows are listed
+  (flagged ``inconsistent``) but left out of the settled, reversed and net totals: their own
+  sum, settled minus reversed, is ``totals.inconsistent`` (an amount null when one of them
+  is not an integer), what the operations team has to clear up before paying it. Such a
+  claim no longer stops the report (it did, BAD_PAYLOAD, until the ledger was fixed).
 * ``malformed``: settle or reverse events whose payload names no claim the contract could
   have written (not an object, no claim id of 1-128 of ``A-Za-z0-9-_.``, no insurer) --
   block, tx id and event, listed whatever the insurer filter, never read nor guessed (none
@@ -26,7 +31,12 @@ Ranges are contiguous: ``next_block`` is where the next report starts (a checkpo
 only once a report is complete, so a report that fails part-way leaves the checkpoint where
 it was and the next run covers the same blocks again, whole). A start beyond the peer's
 height (the block before it not committed there: a checkpoint of another ledger, or a peer
-behind) is refused START_BEYOND_HEIGHT rather than an empty report that waits there.
+behind) is refused START_BEYOND_HEIGHT rather than an empty report that waits there. Every
+claim of the range is read once (``get_claim``) -- ``max_blocks`` and ``max_reads`` bound a
+report, as for the pharmacy inbox: it stops before the block that would take it past
+``max_reads`` claims (``reads_capped``; the next report goes on from ``next_block`` at once),
+a block is never split and the first one is read whatever it names, so the totals of a range
+read in several reports add up to those of one report over it.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ SETTLEMENT = "settlement"
 EVENTS = {"claim.settled": "settled", "claim.reversed": "reversed"}
 AMOUNTS = ("medfee_fen", "fund_fen", "patient_fen", "account_fen", "cash_fen")
 MAX_BLOCKS = 100_000  # blocks one report reads at most (the next report goes on from there)
+MAX_READS = 2_000  # claims one report reads at most (get_claim), but all those of its first block
 _CLAIM_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what settlement.get_claim takes (_is_id)
 
 ClaimReader = Callable[[str], "dict[str, Any] | None"]
@@ -59,53 +70,91 @@ class ClaimRow:
     rx_id: str
     fill: int
     time_ms: int | None  # the step's time as the contract recorded it (None: not found)
-    amounts: dict[str, int]
+    amounts: dict[str, int | None]  # None: not an integer amount in fen on the ledger
     status_now: str
+
+    @property
+    def inconsistent(self) -> bool:
+        """An amount is not an integer in fen or is negative (the settlement rules never make
+        one), or the amounts break the settlement identities (medfee = fund + patient,
+        patient = account + cash)."""
+        vals = [self.amounts[k] for k in AMOUNTS]
+        if any(v is None or v < 0 for v in vals):
+            return True
+        medfee, fund, patient, account, cash = (v or 0 for v in vals)
+        return medfee != fund + patient or patient != account + cash
 
     def as_dict(self) -> dict[str, Any]:
         """The row as JSON-ready fields (the amounts flattened in)."""
         return {"block": self.block, "tx_id": self.tx_id, "event": self.event, "claim_id": self.claim_id,
                 "rx_id": self.rx_id, "fill": self.fill, "time_ms": self.time_ms, **self.amounts,
-                "status_now": self.status_now}
+                "status_now": self.status_now, "inconsistent": self.inconsistent}
 
 
-def _fen(rec: dict[str, Any], key: str, claim_id: str) -> int:
+def _fen(rec: dict[str, Any], key: str) -> int | None:
     v = rec.get(key)
-    if type(v) is not int:
-        raise RxClientError("BAD_PAYLOAD", f"claim {claim_id}: {key} is not an integer amount in fen")
-    return v
+    return v if type(v) is int else None  # (a float, a string, a bool: not fen, never guessed)
 
 
 def _step_time(rec: dict[str, Any], tx_id: str) -> int | None:
-    for st in rec.get("events") or ():
+    steps = rec.get("events")
+    for st in steps if isinstance(steps, list) else ():
         if isinstance(st, dict) and st.get("tx_id") == tx_id and type(st.get("time_ms")) is int:
             return int(st["time_ms"])
     return None
 
 
+def _row(block: int, tx_id: str, kind: str, claim_id: str, rec: dict[str, Any]) -> ClaimRow:
+    fill = rec.get("fill")
+    return ClaimRow(block, tx_id, kind, claim_id, str(rec.get("rx_id", "")), fill if type(fill) is int else 0,
+                    _step_time(rec, tx_id), {k: _fen(rec, k) for k in AMOUNTS}, str(rec.get("status", "")))
+
+
 def _totals(rows: list[ClaimRow]) -> dict[str, int]:
+    """The count and the amounts of consistent rows (every amount an integer)."""
     out = {"count": len(rows)}
     for k in AMOUNTS:
-        out[k] = sum(r.amounts[k] for r in rows)
+        out[k] = sum(r.amounts[k] or 0 for r in rows)
+    return out
+
+
+def _inconsistent_totals(rows: list[ClaimRow]) -> dict[str, int | None]:
+    """The inconsistent rows' count and amounts, settled minus reversed; an amount None when
+    one of them is not an integer (not known, never a partial sum)."""
+    out: dict[str, int | None] = {"count": len(rows)}
+    for k in AMOUNTS:
+        total: int | None = 0
+        for r in rows:
+            v = r.amounts[k]
+            total = None if v is None or total is None else total + (v if r.event == "settled" else -v)
+        out[k] = total
     return out
 
 
 def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
-                 max_blocks: int = MAX_BLOCKS, insurer: str | None = None) -> dict[str, Any]:
+                 max_blocks: int = MAX_BLOCKS, insurer: str | None = None,
+                 max_reads: int = MAX_READS) -> dict[str, Any]:
     """The claims settled and reversed in blocks ``start`` .. the peer's height (at most
-    ``max_blocks`` blocks), of ``insurer`` (None: every insurer's). ``source`` is the
-    gateway's event stream (``Gateway.events``); ``read_claim`` a claim record or None when
-    the caller may not read it. Raises what the reads raise; nothing is remembered."""
+    ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` claims to read
+    together -- the first block whatever it names; ``reads_capped`` when a report stopped
+    before a block for it: go on from ``next_block``), of ``insurer`` (None: every
+    insurer's). ``source`` is the gateway's event stream (``Gateway.events``); ``read_claim``
+    a claim record or None when the caller may not read it. Raises what the reads raise;
+    nothing is remembered."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
+    if not 1 <= max_reads <= MAX_READS:
+        raise RxClientError("BAD_ARGUMENTS", f"max_reads must be 1-{MAX_READS}")
     rows: list[ClaimRow] = []
     unreadable: list[str] = []
-    inconsistent: list[str] = []
     malformed: list[dict[str, Any]] = []
     records: dict[str, dict[str, Any] | None] = {}
     next_block = start
     blocks = 0
+    capped = False
     for b in blocks_from(source, SETTLEMENT, start):
+        found: list[tuple[str, str, str]] = []  # tx id, event, claim id: the block's settles and reverses
+        bad: list[dict[str, Any]] = []
         for ev in b.events:
             kind = EVENTS.get(ev.name)
             if ev.contract != SETTLEMENT or kind is None:
@@ -113,35 +162,34 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
             payload = ev.payload if isinstance(ev.payload, dict) else {}
             claim_id, whose = payload.get("claim_id"), payload.get("insurer")
             if not isinstance(claim_id, str) or not _CLAIM_ID.fullmatch(claim_id) or not isinstance(whose, str):
-                malformed.append({"block": b.block, "tx_id": ev.tx_id, "event": kind})
+                bad.append({"block": b.block, "tx_id": ev.tx_id, "event": kind})
                 continue
-            if insurer is not None and whose != insurer:
-                continue
-            if claim_id not in records:
-                records[claim_id] = read_claim(claim_id)
-                if records[claim_id] is None:
-                    unreadable.append(claim_id)
+            if insurer is None or whose == insurer:
+                found.append((ev.tx_id, kind, claim_id))
+        new = dict.fromkeys(claim_id for _, _, claim_id in found if claim_id not in records)
+        if blocks > 0 and len(records) + len(new) > max_reads:
+            capped = True  # this block is the next report's
+            break
+        malformed.extend(bad)
+        for claim_id in new:
+            records[claim_id] = read_claim(claim_id)
+            if records[claim_id] is None:
+                unreadable.append(claim_id)
+        for tx_id, kind, claim_id in found:
             rec = records[claim_id]
-            if rec is None:
-                continue
-            amounts = {k: _fen(rec, k, claim_id) for k in AMOUNTS}
-            if (amounts["medfee_fen"] != amounts["fund_fen"] + amounts["patient_fen"]
-                    or amounts["patient_fen"] != amounts["account_fen"] + amounts["cash_fen"]) \
-                    and claim_id not in inconsistent:
-                inconsistent.append(claim_id)
-            fill = rec.get("fill")
-            rows.append(ClaimRow(b.block, ev.tx_id, kind, claim_id, str(rec.get("rx_id", "")),
-                                 fill if type(fill) is int else 0, _step_time(rec, ev.tx_id), amounts,
-                                 str(rec.get("status", ""))))
+            if rec is not None:
+                rows.append(_row(b.block, tx_id, kind, claim_id, rec))
         next_block = b.block + 1
         blocks += 1
         if blocks >= max_blocks:
             break
-    settled = [r for r in rows if r.event == "settled"]
-    reversed_ = [r for r in rows if r.event == "reversed"]
-    s_tot, r_tot = _totals(settled), _totals(reversed_)
+    counted = [r for r in rows if not r.inconsistent]
+    s_tot = _totals([r for r in counted if r.event == "settled"])
+    r_tot = _totals([r for r in counted if r.event == "reversed"])
     net = {k: s_tot[k] - r_tot[k] for k in AMOUNTS}
+    odd = [r for r in rows if r.inconsistent]
     return {"from_block": start, "next_block": next_block, "insurer": insurer,
             "claims": [r.as_dict() for r in rows],
-            "totals": {"settled": s_tot, "reversed": r_tot, "net": net},
-            "unreadable": unreadable, "inconsistent": inconsistent, "malformed": malformed}
+            "totals": {"settled": s_tot, "reversed": r_tot, "net": net, "inconsistent": _inconsistent_totals(odd)},
+            "unreadable": unreadable, "inconsistent": list(dict.fromkeys(r.claim_id for r in odd)),
+            "malformed": malformed, "reads_capped": capped}

@@ -384,16 +384,21 @@ def _china_date(ms: int) -> str:
 BLOCKS_SYSTEM = "urn:rxchain:blocks"  # a block range "FROM..NEXT": FROM up to, not including, NEXT
 
 
-def payment_reconciliation(report: Mapping[str, Any], now_ms: int) -> dict[str, Any]:
+def payment_reconciliation(report: Mapping[str, Any], now_ms: int, more: bool = False) -> dict[str, Any]:
     """An insurer's claims report (``client.reconcile``) as a PaymentReconciliation: ``amount``
-    the net fund share of the range (settled minus reversed), one ``allocation`` per settle
-    (type payment, the fund share) or reverse (type adjustment, the fund share given back,
-    negative) naming its Claim, dated by the China-time day of the step; the block range as
+    the net fund share of the range (settled minus reversed, consistent claims only), one
+    ``allocation`` per settle (type payment, the fund share) or reverse (type adjustment, the
+    fund share given back, negative) of a consistent claim naming its Claim, dated by the
+    China-time day of the step -- the allocations add up to ``amount``; the block range as
     ``identifier``; claims the caller could not read, or whose amounts break the settlement
-    identities, as notes."""
+    identities (not counted, their fund share noted apart), as notes. ``outcome`` partial with a
+    ``disposition`` when ``more`` (the block limit or the report's cap of claims read,
+    ``reads_capped``, cut the range short: the next report goes on at once), else complete."""
     first, nxt = int(report["from_block"]), int(report["next_block"])
     allocations = []
     for row in report["claims"]:
+        if row.get("inconsistent") is True:
+            continue  # (out of amount: a processNote names it)
         settled = row["event"] == "settled"
         alloc: dict[str, Any] = {
             "identifier": {"system": RX_SYSTEM + ":tx", "value": str(row["tx_id"])},
@@ -409,14 +414,24 @@ def payment_reconciliation(report: Mapping[str, Any], now_ms: int) -> dict[str, 
         "identifier": [{"system": BLOCKS_SYSTEM, "value": f"{first}..{nxt}"}],
         "type": {"coding": [{"system": PAYMENT_TYPE, "code": "payment"}]},
         "status": "active", "created": _iso(now_ms), "date": _china_date(now_ms),
+        "outcome": "partial" if more else "complete",
         "amount": _money(int(report["totals"]["net"]["fund_fen"])),
         "allocation": allocations,
     }
+    if more:
+        why = "the cap of claims one report reads" if report.get("reads_capped") is True else "limit-blocks"
+        res["disposition"] = (f"blocks {first}..{nxt - 1} only ({why}): the next report goes on from block "
+                              f"{nxt} (X-Rxchain-Next-Block) at once")
     if report.get("insurer"):
         res["paymentIssuer"] = {"identifier": {"system": ORG_SYSTEM, "value": str(report["insurer"])}}
     notes = [f"unreadable claim {c}: not counted" for c in report.get("unreadable") or []]
-    notes += [f"inconsistent claim {c}: amounts break medfee = fund + patient = fund + account + cash"
-              for c in report.get("inconsistent") or []]
+    notes += [f"inconsistent claim {c}: amounts break medfee = fund + patient = fund + account + cash "
+              "(or are negative or not integer fen), not counted" for c in report.get("inconsistent") or []]
+    odd = report["totals"].get("inconsistent") or {}
+    if odd.get("count"):
+        fund = odd.get("fund_fen")
+        share = f"{Decimal(fund) / 100:.2f} CNY" if type(fund) is int else "unknown (an amount is not integer fen)"
+        notes.append(f"inconsistent claims' fund share, settled minus reversed, not counted: {share}")
     notes += [f"malformed {m.get('event')} event in block {m.get('block')} (tx {m.get('tx_id')}): names no claim, "
               "not counted" for m in report.get("malformed") or []]
     if notes:

@@ -29,7 +29,8 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
   the next poll starts
 * ``GET  /fhir/PaymentReconciliation?from-block=N&limit-blocks=M`` an insurer's claims report
   (:mod:`client.reconcile`): the net fund share, one allocation per settle or reversal;
-  ``X-Rxchain-Next-Block`` as for Task
+  ``X-Rxchain-Next-Block`` as for Task (also where a report cut short by its cap of claims
+  read, ``client.reconcile.MAX_READS``, stopped)
 * ``GET  /fhir/Claim/{claim_id}``              the Claim (``settlement.get_claim``'s readers);
   ``404`` CLAIM_NOT_FOUND both for an id never settled and for a claim the caller may not
   read, ``403`` ACCESS_DENIED for a role that reads no claims (pharmacy staff, couriers,
@@ -376,12 +377,17 @@ class FhirApp:
     def _reconcile(self, ops: RxOperations, path: str) -> Reply:
         """The claims report (``client.reconcile``) of blocks ``from-block`` on (at most
         ``limit-blocks``) as a PaymentReconciliation of the caller's insurer (every insurer's
-        for an auditor); ``X-Rxchain-Next-Block`` is where the next one starts."""
+        for an auditor); ``X-Rxchain-Next-Block`` is where the next one starts, and ``outcome``
+        is partial only when the limit (of blocks, or of claims read: ``client.reconcile.MAX_READS``)
+        cut the range short -- as the Task search's ``next`` link: go on from there at once."""
         query = _query(path, {"from-block": (0, 2**63 - 1), "limit-blocks": (1, MAX_INBOX_BLOCKS)})
         start = query.get("from-block", 0)
-        report = ops.claim_report(start, query.get("limit-blocks", DEFAULT_INBOX_BLOCKS))
-        return Reply(200, mapping.payment_reconciliation(report, ops.s.clock()),
-                     {"X-Rxchain-Next-Block": str(int(report["next_block"]))})
+        limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
+        report = ops.claim_report(start, limit)
+        nxt = int(report["next_block"])
+        more = nxt - start >= limit or report.get("reads_capped") is True
+        return Reply(200, mapping.payment_reconciliation(report, ops.s.clock(), more),
+                     {"X-Rxchain-Next-Block": str(nxt)})
 
     # ------------------------------------------------------------ dispense
     def _dispense(self, ops: RxOperations, body: Any, if_none_exist: str | None) -> Reply:

@@ -91,3 +91,63 @@ def test_malformed_events_are_noted(world: World) -> None:  # noqa: F811
     assert [n["text"] for n in res["processNote"]] == [
         f"malformed reversed event in block {ledger.height - 1} (tx {'ef' * 32}): names no claim, not counted"]
     assert len(res["allocation"]) == 1
+
+
+def test_a_reconciliation_cut_at_the_read_cap_says_so_and_the_next_goes_on(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The claims report reads at most ``MAX_READS`` claims (whole blocks): the header names
+    the block it stopped before, ``outcome`` is partial with a ``disposition`` saying why, and
+    the reconciliations of the range add up to the whole one's amount."""
+    import functools
+
+    from client import rxops
+    from client.reconcile import claim_report
+
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
+    whole = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert").resource
+    assert whole["outcome"] == "complete" and "disposition" not in whole
+    monkeypatch.setattr(rxops, "claim_report", functools.partial(claim_report, max_reads=1))
+    first = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
+    nxt = int(first.headers["X-Rxchain-Next-Block"])
+    assert 0 < nxt < ledger.height and first.resource["outcome"] == "partial"
+    assert first.resource["identifier"][0]["value"] == f"0..{nxt}"
+    assert first.resource["disposition"] == (f"blocks 0..{nxt - 1} only (the cap of claims one report reads): "
+                                             f"the next report goes on from block {nxt} (X-Rxchain-Next-Block) at once")
+    assert [a["target"]["identifier"]["value"] for a in first.resource["allocation"]] == [claims[0]["claim_id"]]
+    second = _app(world, ledger, CLERK).handle("GET", f"/fhir/PaymentReconciliation?from-block={nxt}", None, b"cert")
+    assert second.headers["X-Rxchain-Next-Block"] == str(ledger.height) and second.resource["outcome"] == "complete"
+    assert first.resource["amount"]["value"] + second.resource["amount"]["value"] == whole["amount"]["value"]
+    # the block limit cuts it short too, as the Task search's next link
+    cut = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation?limit-blocks=1", None, b"cert")
+    assert cut.resource["outcome"] == "partial" and "(limit-blocks)" in cut.resource["disposition"]
+
+
+def test_an_inconsistent_claim_is_noted_and_not_paid(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """An inconsistent claim's fund share was in ``amount`` and its allocations: it is noted
+    (with the inconsistent claims' fund share), out of ``amount`` and of the allocations, which
+    add up to ``amount``; a claim with an amount not integer fen no longer fails the request."""
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 3)
+    app = _app(world, ledger, CLERK)
+    ops = app.ids.ops_for(b"cert")
+    real = ops.claim
+
+    def tampered(claim_id: str) -> dict[str, object]:
+        rec = real(claim_id)
+        if claim_id == claims[1]["claim_id"]:
+            rec["fund_fen"] += 1
+        if claim_id == claims[2]["claim_id"]:
+            rec["cash_fen"] = 1.5
+        return rec
+
+    monkeypatch.setattr(ops, "claim", tampered)
+    reply = app.handle("GET", "/fhir/PaymentReconciliation", None, b"cert")
+    res = json.loads(mapping.dumps(reply.resource), parse_float=Decimal)
+    assert Decimal(str(res["amount"]["value"])) == Decimal(claims[0]["fund_fen"]) / 100
+    assert [a["target"]["identifier"]["value"] for a in res["allocation"]] == [claims[0]["claim_id"]]
+    odd = "amounts break medfee = fund + patient = fund + account + cash (or are negative or not integer fen), not counted"
+    assert [n["text"] for n in res["processNote"]] == [
+        f"inconsistent claim {claims[1]['claim_id']}: {odd}", f"inconsistent claim {claims[2]['claim_id']}: {odd}",
+        "inconsistent claims' fund share, settled minus reversed, not counted: "
+        f"{Decimal(claims[1]['fund_fen'] + 1 + claims[2]['fund_fen']) / 100:.2f} CNY"]

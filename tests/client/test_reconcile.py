@@ -94,29 +94,160 @@ def test_other_insurers_claims_are_left_out_or_counted_unreadable(world: World) 
     assert audited["unreadable"] == ["CLM-RX9-1-1"]  # no such claim on the ledger at all
 
 
-def test_amounts_that_break_the_settlement_identities_are_flagged(world: World) -> None:  # noqa: F811
+def test_amounts_that_break_the_settlement_identities_are_listed_but_not_counted(world: World) -> None:  # noqa: F811
+    """A claim whose amounts break medfee = fund + patient or patient = account + cash was
+    flagged but still added to the totals: the net then was not what the settlement rules
+    paid. Its rows stay listed (``inconsistent``: true) and their own sum, settled minus
+    reversed, is ``totals.inconsistent``; settled, reversed and net count the consistent
+    claims only."""
     ledger = EventLedger(world.chain)
-    claims = settled_claims(world, 2)
+    claims = settled_claims(world, 3)
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claims[2]["claim_id"], reason="OTHER").unwrap()
     read = _reader(world, CLERK)
+    odd = {claims[1]["claim_id"], claims[2]["claim_id"]}
 
     def tampered(claim_id: str) -> dict[str, Any] | None:
         rec = read(claim_id)
-        if rec is not None and claim_id == claims[1]["claim_id"]:
+        if rec is not None and claim_id in odd:
             rec["fund_fen"] += 1
         return rec
 
     rep = claim_report(ledger.events, tampered, 0)
-    assert rep["inconsistent"] == [claims[1]["claim_id"]]
+    assert rep["inconsistent"] == [claims[1]["claim_id"], claims[2]["claim_id"]]
+    assert [(r["claim_id"], r["inconsistent"]) for r in rep["claims"]] == [
+        (claims[0]["claim_id"], False), (claims[1]["claim_id"], True), (claims[2]["claim_id"], True),
+        (claims[2]["claim_id"], True)]
+    totals = rep["totals"]
+    assert (totals["settled"]["count"], totals["reversed"]["count"], totals["inconsistent"]["count"]) == (1, 0, 3)
+    for k in AMOUNTS:
+        assert totals["settled"][k] == totals["net"][k] == claims[0][k] and totals["reversed"][k] == 0
+        # claim 2 settled and reversed: only claim 1's amounts are left outstanding
+        assert totals["inconsistent"][k] == claims[1][k] + (k == "fund_fen")
+    assert totals["net"]["medfee_fen"] == totals["net"]["fund_fen"] + totals["net"]["patient_fen"]
+
+    def negative(claim_id: str) -> dict[str, Any] | None:
+        """The identities hold, but the fund share is negative: no settlement makes that."""
+        rec = read(claim_id)
+        if rec is not None and claim_id == claims[0]["claim_id"]:
+            shift = rec["fund_fen"] + 100
+            rec["fund_fen"] -= shift
+            rec["patient_fen"] += shift
+            rec["account_fen"] += shift
+        return rec
+
+    rep = claim_report(ledger.events, negative, 0)
+    assert rep["inconsistent"] == [claims[0]["claim_id"]] and rep["claims"][0]["fund_fen"] == -100
+    assert rep["totals"]["inconsistent"]["fund_fen"] == -100
+    assert rep["totals"]["net"]["fund_fen"] == claims[1]["fund_fen"]
+
+
+@pytest.mark.parametrize("bad", [12.5, "1250", None, True, 10**30 + 0.5])
+def test_an_amount_that_is_not_integer_fen_is_an_inconsistent_row_not_a_failed_report(
+        world: World, bad: object) -> None:  # noqa: F811
+    """A claim with a non-integer amount failed the whole report (BAD_PAYLOAD) until the
+    ledger was fixed -- every other claim of the range unreported, a daily run stuck. Now it
+    is an ``inconsistent`` row, that amount null (never guessed), out of the totals; the
+    inconsistent sum of that amount is unknown (null), the others still added up."""
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
+    read = _reader(world, CLERK)
 
     def not_fen(claim_id: str) -> dict[str, Any] | None:
         rec = read(claim_id)
         assert rec is not None
-        rec["cash_fen"] = 12.5
+        if claim_id == claims[1]["claim_id"]:
+            rec["cash_fen"] = bad
         return rec
 
+    rep = claim_report(ledger.events, not_fen, 0)
+    assert rep["next_block"] == ledger.height and rep["inconsistent"] == [claims[1]["claim_id"]]
+    row = rep["claims"][1]
+    assert (row["claim_id"], row["inconsistent"], row["cash_fen"], row["fund_fen"]) == (
+        claims[1]["claim_id"], True, None, claims[1]["fund_fen"])
+    totals = rep["totals"]
+    assert totals["settled"]["count"] == 1 and totals["inconsistent"]["count"] == 1
+    for k in AMOUNTS:
+        assert totals["net"][k] == claims[0][k]
+        assert totals["inconsistent"][k] == (None if k == "cash_fen" else claims[1][k])
+    json.dumps(rep)  # (JSON-ready: the CLI prints it)
+
+
+def test_a_report_reads_a_bounded_number_of_claims(world: World) -> None:  # noqa: F811
+    """The report read one claim per event with no bound: ``max_reads`` claims at most, whole
+    blocks (the first whatever it names), ``reads_capped`` and ``next_block`` where the next
+    report goes on; the reports of a range add up to one report over it."""
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 3)
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claims[0]["claim_id"], reason="OTHER").unwrap()
+    whole = claim_report(ledger.events, _reader(world, CLERK), 0)
+    assert not whole["reads_capped"] and len(whole["claims"]) == 4
+    reads: list[str] = []
+
+    def counted(claim_id: str) -> dict[str, Any] | None:
+        reads.append(claim_id)
+        return _reader(world, CLERK)(claim_id)
+
+    start, parts = 0, []
+    while start < ledger.height:
+        del reads[:]
+        part = claim_report(ledger.events, counted, start, max_reads=1)
+        assert len(reads) <= 1 and part["next_block"] > start
+        parts.append(part)
+        start = part["next_block"]
+    assert [[r["claim_id"] for r in p["claims"]] for p in parts] == [
+        [claims[0]["claim_id"]], [claims[1]["claim_id"]], [claims[2]["claim_id"]], [claims[0]["claim_id"]]]
+    assert [p["reads_capped"] for p in parts] == [True, True, True, False]
+    assert [r for p in parts for r in p["claims"]] == whole["claims"]
+    for side in ("settled", "reversed", "net"):
+        for k in ("count", *AMOUNTS) if side != "net" else AMOUNTS:
+            assert sum(p["totals"][side][k] for p in parts) == whole["totals"][side][k], (side, k)
+    # a claim settled and reversed within one report is read once
+    del reads[:]
+    claim_report(ledger.events, counted, 0, max_reads=3)
+    assert sorted(reads) == sorted(c["claim_id"] for c in claims)
+    # a block is never split: the first block of a report is read whatever it names
+    ledger.extra[0] = [transaction_pb2.ContractEvent(
+        contract="settlement", name="claim.settled", tx_id=f"{n:02d}" * 32,
+        payload=json.dumps({"claim_id": c["claim_id"], "insurer": "ins01"}).encode()) for n, c in enumerate(claims)]
+    first = claim_report(ledger.events, _reader(world, CLERK), 0, max_reads=1)
+    assert len(first["claims"]) == 3 and first["next_block"] == 1 and first["reads_capped"]
     with pytest.raises(RxClientError) as bad:
-        claim_report(ledger.events, not_fen, 0)
-    assert bad.value.reason == "BAD_PAYLOAD" and "cash_fen" in bad.value.message
+        claim_report(ledger.events, counted, 0, max_reads=0)
+    assert bad.value.reason == "BAD_ARGUMENTS"
+    with pytest.raises(RxClientError):
+        claim_report(ledger.events, counted, 0, max_reads=2_001)
+
+
+def test_a_report_cut_at_its_read_cap_moves_the_checkpoint_to_what_it_read(
+        world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """``rxchain claim report --checkpoint``: a report stopped by its cap of claims read saves
+    the block it stopped before, never the peer's height -- the next run reads the rest."""
+    import functools
+
+    from client import cli, rxops
+    from client.rxops import RxOperations
+    from tests.client.contractgw import ContractGateway
+
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
+    gw = ContractGateway(world, CLERK)
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=SimpleNamespace(events=ledger.events, evaluate=gw.evaluate), close=lambda: None,
+        identity=SimpleNamespace(org=CLERK.org, role=CLERK.role),
+        net=SimpleNamespace(insurers=lambda: ["ins01", "ins02"])))
+    monkeypatch.setattr(rxops, "claim_report", functools.partial(claim_report, max_reads=1))
+    monkeypatch.setattr(cli, "_ops", lambda a: ops)
+    cp = tmp_path / "claims.checkpoint"
+    seen = []
+    for _ in range(2):
+        out = io.StringIO()
+        assert cli.main(["--json", "--as", "ins01:clerk-zhao", "claim", "report", "--checkpoint", str(cp)],
+                        out=out, err=io.StringIO()) == 0
+        rep = json.loads(out.getvalue())
+        assert cp.read_text() == f"{rep['next_block']}\n"
+        seen.append((rep["reads_capped"], [r["claim_id"] for r in rep["claims"]]))
+    assert seen == [(True, [claims[0]["claim_id"]]), (False, [claims[1]["claim_id"]])]
+    assert cp.read_text() == f"{ledger.height}\n"
 
 
 def test_a_role_that_reads_no_claims_is_refused(world: World) -> None:  # noqa: F811
