@@ -424,6 +424,9 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
 
     from client import configtool
 
+    if not a.force and os.path.lexists(a.out):  # (before the chain is read; again when it is written)
+        raise RxClientError("FILE_EXISTS", f"{a.out} exists (a proposal other admins may have signed): "
+                            "choose another file, or --force to replace it")
     _, net, ident = _ledger_identity(a)
     _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
     wanted: config_pb2.ConsortiumConfig | None = None
@@ -437,7 +440,7 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
             new.protocol_version = a.protocol_version
 
     update = configtool.propose(current, edit)
-    configtool.write_update(a.out, update)
+    configtool.create_update(a.out, update, force=a.force)
     proposed = config_pb2.ConsortiumConfig.FromString(update.config)
     return {"file": str(a.out), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
             "signatures": 0}
@@ -467,8 +470,8 @@ def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from node.crypto.signing import Verifier
 
     ident, _, update, (current, proposed, _) = _config_file(a)
-    signed, orgs = configtool.add_signature(update, ident, current, Verifier(), int(time.time() * 1000))
-    configtool.write_update(a.file, signed)
+    # the file read again under its lock: its config must be the one shown, signatures added meanwhile kept
+    _, orgs = configtool.sign_file(a.file, update, ident, current, Verifier(), int(time.time() * 1000))
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
             "signed_by": orgs}
 
@@ -760,13 +763,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub(cf, "show", cmd_config_show, "the consortium config in force (JSON with --json)")
     pr = sub(cf, "propose", cmd_config_propose,
              "write a config update proposal (the config in force with a change, sequence + 1) to sign")
-    pr.add_argument("--out", type=Path, required=True, metavar="FILE")
+    pr.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="the new proposal file: an existing FILE is FILE_EXISTS (other admins may have "
+                         "signed it) unless --force")
+    pr.add_argument("--force", action="store_true",
+                    help="replace an existing FILE, and the signatures it holds")
     what = pr.add_mutually_exclusive_group(required=True)
     what.add_argument("--protocol-version", type=_int_in(1, 2**32 - 1), metavar="N",
                       help="raise the protocol version (every node must run a release implementing it)")
     what.add_argument("--from-json", type=Path, metavar="CONFIG.json",
                       help="the whole new config, e.g. config show --json edited (sequence is set here)")
-    sg = sub(cf, "sign", cmd_config_sign, "review and add your organisation's admin signature")
+    sg = sub(cf, "sign", cmd_config_sign,
+             "review and add your organisation's admin signature (under the file's lock, .FILE.lock: "
+             "signatures other admins add meanwhile are kept; FILE_CHANGED if its config is no longer "
+             "the one shown, FILE_BUSY after 5 s)")
     sg.add_argument("file", type=Path)
     sm = sub(cf, "submit", cmd_config_submit, "send a signed update to the ordering service and wait for it")
     sm.add_argument("file", type=Path)

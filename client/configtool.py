@@ -10,12 +10,16 @@ the update travels as a file between them:
 
 1. ``rxchain config show [--json]`` -- the config in force (read from a peer: the last block's
    ``last_config_block`` and that block's CONFIG envelope);
-2. ``rxchain config propose --out FILE (--protocol-version N | --from-json CONFIG.json)`` -- the
-   proposal: the config in force with the change, ``sequence`` + 1, no signature yet
-   (``--from-json``: the whole config, e.g. ``config show --json`` edited);
+2. ``rxchain config propose --out FILE [--force] (--protocol-version N | --from-json CONFIG.json)``
+   -- the proposal: the config in force with the change, ``sequence`` + 1, no signature yet
+   (``--from-json``: the whole config, e.g. ``config show --json`` edited); an existing FILE --
+   perhaps signed by other admins already -- is FILE_EXISTS unless ``--force``;
 3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed:
    every field that differs, however deep, certificates as their SHA-256) and the signatures so
-   far (each checked as the orderers check it) and adds its organisation's signature;
+   far (each checked as the orderers check it) and adds its organisation's signature: under the
+   file's lock (``.FILE.lock`` beside it; FILE_BUSY after :data:`LOCK_WAIT_S`), the file read
+   again, signatures other admins added meanwhile kept, FILE_CHANGED if its config is no longer
+   the one shown;
 4. ``rxchain --as ORG:admin config submit FILE`` -- broadcast to the ordering service, which
    checks the signatures against the policy and the rules (``node/orderer/configtx.py``,
    ``configrules.py``: BAD_CONFIG_UPDATE with the reason otherwise); the command waits until a
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -44,7 +50,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +73,7 @@ from node.protocol import protocol_version
 
 MAX_UPDATE_BYTES = 4 << 20  # a proposal file read at most (a config of thousands of members)
 WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new config
+LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config command's hold on a file
 
 
 def _blocks(identity: WalletIdentity, target: str, start: int, stop: int,
@@ -302,11 +309,50 @@ def read_update(path: Path) -> tuple[config_pb2.ConfigUpdate, config_pb2.Consort
     return update, config
 
 
-def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
+@contextlib.contextmanager
+def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
+           clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Hold the exclusive lock of proposal file ``path`` (``flock`` on ``.NAME.lock`` beside it: the
+    file itself is replaced by a rename, a lock on it would be on the inode replaced; released by
+    the kernel if this process dies; left in place -- removing it would let a waiter lock a file
+    no longer there). FILE_BUSY when another config command holds it for more than ``wait_s``."""
+    directory = path.parent if str(path.parent) else Path(".")
+    lock = directory / f".{path.name}.lock"
+    try:  # (read-only is enough to flock: another admin's account may not write a lock file we made)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    try:
+        deadline = clock() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if clock() >= deadline:
+                    raise RxClientError("FILE_BUSY", f"{path} is being written by another config command "
+                                        f"(it holds {lock} for more than {wait_s:g} s): run this one again "
+                                        "once it is done") from None
+                sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_update(path: Path, update: config_pb2.ConfigUpdate, *, replace: bool = True,
+                 unchanged: os.stat_result | None = None) -> None:
     """Atomically and durably write ``update`` to ``path`` (mode: the file's it replaces, else 0644 --
     not the 0600 of a temporary file, which would lock the next admin's account out of a shared
-    directory's proposal once one admin signed it)."""
+    directory's proposal once one admin signed it). ``replace=False``: FILE_EXISTS when ``path``
+    exists, also one that appears meanwhile (the complete file is hard-linked in, never
+    renamed over another) -- a proposal other admins signed is never overwritten unasked.
+    ``unchanged``: FILE_CHANGED unless ``path`` is still that file (inode, size, mtime) just
+    before it is replaced."""
     directory = path.parent if str(path.parent) else Path(".")
+    if not replace and os.path.lexists(path):
+        raise RxClientError("FILE_EXISTS", f"{path} exists (a proposal other admins may have signed): "
+                            "choose another file, or --force to replace it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:  # (its directory missing or not writable): the file named, not the temporary one
@@ -321,12 +367,77 @@ def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
             f.write(update.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if unchanged is not None and not _same_file(path, unchanged):
+            raise RxClientError("FILE_CHANGED", f"{path} was replaced while it was being signed (by a writer "
+                                "that does not take its lock): run config sign again")
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Make ``tmp`` appear as ``path`` unless ``path`` exists (FILE_EXISTS), then drop ``tmp``."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError as exc:
+        raise RxClientError("FILE_EXISTS", f"{path} was created meanwhile: not replaced") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # a file system without hard links: checked under the lock (every config command takes it)
+        if os.path.lexists(path):
+            raise RxClientError("FILE_EXISTS", f"{path} was created meanwhile: not replaced") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def create_update(path: Path, update: config_pb2.ConfigUpdate, force: bool = False) -> None:
+    """``propose``'s write: ``update`` as the new file ``path`` under its lock (FILE_EXISTS when it
+    exists and not ``force``; FILE_BUSY while another admin signs it)."""
+    with locked(path):
+        write_update(path, update, replace=force)
+
+
+def sign_file(path: Path, shown: config_pb2.ConfigUpdate, identity: WalletIdentity,
+              current: config_pb2.ConsortiumConfig, verifier: Verifier,
+              now_ms: int) -> tuple[config_pb2.ConfigUpdate, list[str]]:
+    """``sign``'s write: under the file's lock, read ``path`` again, add the caller's signature
+    (:func:`add_signature`: every signature checked again) and replace the file atomically;
+    (the update written, the organisations signed).
+
+    ``shown`` is the update read before (its changes are what the admin is shown): config bytes
+    that differ now are FILE_CHANGED -- never sign what was not shown. Signatures added meanwhile
+    by other admins (each signing under this lock) are kept, so two admins signing at once both
+    count; the same organisation's is ALREADY_SIGNED. A file replaced by a writer that does not
+    take the lock (a copy, an editor) between this read and the rename is FILE_CHANGED too."""
+    with locked(path):
+        try:
+            before = os.stat(path)
+        except OSError as exc:
+            raise RxClientError("FILE_CHANGED", f"{path}: {exc.strerror} (moved or removed since it was read)") from exc
+        update, _ = read_update(path)
+        if update.config != shown.config:
+            raise RxClientError("FILE_CHANGED", f"{path} proposes another config than the one read (and shown) "
+                                "a moment ago -- replaced meanwhile: run config sign again to review it")
+        signed, orgs = add_signature(update, identity, current, verifier, now_ms)
+        write_update(path, signed, unchanged=before)
+    return signed, orgs
+
+
+def _same_file(path: Path, seen: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+        seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns)
 
 
 def check_successor(current: config_pb2.ConsortiumConfig, proposed: config_pb2.ConsortiumConfig) -> None:

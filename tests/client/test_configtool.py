@@ -5,8 +5,13 @@ tests/e2e/test_config_update.py)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import stat
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +22,7 @@ from netgen import GeneratedNetwork
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from client import configtool
+from client.cli import main
 from client.errors import CommitUnknown, RxClientError
 from client.wallet import load_identity
 from node.crypto.signing import Verifier
@@ -377,3 +383,121 @@ def test_signatures_are_checked_as_the_orderers_check_them_the_new_one_included(
     with pytest.raises(RxClientError) as foreign:
         configtool.add_signature(signed, load_identity(net_home.home, "reg01", "admin"), without, Verifier(), now_ms)
     assert foreign.value.reason == "BAD_CONFIG_UPDATE" and "signature 2" in foreign.value.message
+
+
+# ---------------------------------------------------------------- the proposal file: never overwritten unasked,
+# signed under its lock
+
+
+def test_propose_refuses_an_existing_file_unless_forced(net_home: GeneratedNetwork, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "u.rxcfg"
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    signed = configtool.sign(update, _admin("h01"))
+    configtool.create_update(path, signed)
+    other = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 70))
+    with pytest.raises(RxClientError) as exists:
+        configtool.create_update(path, other)
+    assert exists.value.reason == "FILE_EXISTS" and str(path) in exists.value.message
+    assert configtool.read_update(path)[0] == signed  # h01's signature still there
+    # a file created between the check and the write is not replaced either (hard-linked in, not renamed over)
+    monkeypatch.setattr(os.path, "lexists", lambda p: False)
+    with pytest.raises(RxClientError) as raced:
+        configtool.create_update(path, other)
+    assert raced.value.reason == "FILE_EXISTS" and configtool.read_update(path)[0] == signed
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".u.rxcfg.lock", "u.rxcfg"]  # no temporary file left
+    configtool.create_update(path, other, force=True)
+    assert configtool.read_update(path)[0] == other
+    # the command: refused before anything is read from a peer, exit status 1, the file untouched
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["--json", "--home", str(net_home.home), "--as", "h01:admin", "config", "propose", "--out",
+                   str(path), "--protocol-version", "2"], out=out, err=err)
+    assert (status, json.loads(out.getvalue())["error"]) == (1, "FILE_EXISTS")
+    assert configtool.read_update(path)[0] == other
+
+
+def _signing_cli(net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch,
+                 before_signing: Callable[[], object]) -> Callable[[str, Path], dict[str, Any]]:
+    """``config sign`` in-process against ``net_home``'s genesis config as the config in force
+    (``before_signing`` runs once the file was read and checked, before the signature is added)."""
+    def in_force(*args: Any) -> tuple[int, config_pb2.ConsortiumConfig]:
+        before_signing()
+        return 0, net_home.config
+
+    monkeypatch.setattr(configtool, "config_in_force", in_force)
+
+    def sign(org: str, path: Path) -> dict[str, Any]:
+        out, err = io.StringIO(), io.StringIO()
+        main(["--json", "--home", str(net_home.home), "--as", f"{org}:admin", "config", "sign", str(path)],
+             out=out, err=err)
+        result: dict[str, Any] = json.loads(out.getvalue())
+        return result
+
+    return sign
+
+
+def test_two_admins_signing_at_once_both_count(net_home: GeneratedNetwork, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both admins read the file before either writes (a barrier): read, add own, write lost the
+    first signature to the second writer; now each signs under the file's lock what it reads
+    there, and both signatures are in the file."""
+    path = tmp_path / "u.rxcfg"
+    update = configtool.propose(net_home.config, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    configtool.create_update(path, update)
+    both_read = threading.Barrier(2, timeout=20)
+    sign = _signing_cli(net_home, monkeypatch, both_read.wait)
+    results: dict[str, dict[str, Any]] = {}
+    threads = [threading.Thread(target=lambda org=org: results.__setitem__(org, sign(org, path)))
+               for org in ("h01", "p01")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    final, _ = configtool.read_update(path)
+    assert sorted(identity_pb2.Identity.FromString(s.signer).org for s in final.signatures) == ["h01", "p01"]
+    assert sorted(len(r["signed_by"]) for r in results.values()) == [1, 2], results  # the second saw the first
+
+
+def test_a_file_whose_config_changed_since_it_was_shown_is_not_signed(net_home: GeneratedNetwork, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "u.rxcfg"
+    current = net_home.config
+    update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    other = configtool.propose(current, lambda c: setattr(c.limits, "gas_limit", c.limits.gas_limit + 1))
+    configtool.create_update(path, update)
+    # replaced (propose --force) between the read shown to the admin and the signature
+    sign = _signing_cli(net_home, monkeypatch, lambda: configtool.create_update(path, other, force=True))
+    assert sign("h01", path)["error"] == "FILE_CHANGED"
+    assert configtool.read_update(path)[0] == other  # nothing signed, nothing written
+    # replaced by a writer that takes no lock (a copy, an editor) while the signature is added
+    now_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
+    real = configtool.add_signature
+
+    def add_then_replaced(*args: Any) -> Any:
+        done = real(*args)
+        (tmp_path / "copy").write_bytes(update.SerializeToString())
+        (tmp_path / "copy").replace(path)
+        return done
+
+    monkeypatch.setattr(configtool, "add_signature", add_then_replaced)
+    h01 = load_identity(net_home.home, "h01", "admin")
+    with pytest.raises(RxClientError) as replaced:
+        configtool.sign_file(path, other, h01, current, Verifier(), now_ms)
+    assert replaced.value.reason == "FILE_CHANGED"
+    assert configtool.read_update(path)[0] == update  # the other writer's file, not overwritten
+
+
+def test_a_file_held_by_another_config_command_is_busy_after_a_bounded_wait(tmp_path: Path) -> None:
+    path = tmp_path / "u.rxcfg"
+    with configtool.locked(path):
+        started = time.monotonic()
+        with pytest.raises(RxClientError) as busy, configtool.locked(path, wait_s=0.3):
+            pass
+        assert busy.value.reason == "FILE_BUSY" and 0.3 <= time.monotonic() - started < 5
+    with configtool.locked(path, wait_s=0.0):  # released: free at once
+        pass
+    with pytest.raises(RxClientError) as missing, configtool.locked(tmp_path / "none" / "u.rxcfg"):
+        pass
+    assert missing.value.reason == "IO_ERROR" and "u.rxcfg" in missing.value.message
