@@ -405,11 +405,21 @@ def _config_peer(net: Any, ident: Any, a: argparse.Namespace) -> str:
     return str((own or list(net.peers))[0].target)
 
 
+def _config_chain(home: Path) -> Any:
+    """The verifier of the config in force a config command reads (configtool.ChainConfig),
+    anchored in the local genesis block."""
+    from client import configtool
+    from node.crypto.signing import Verifier
+    from node.genesis import read_genesis
+
+    return configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier())
+
+
 def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    _, net, ident = _ledger_identity(a)
-    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    home, net, ident = _ledger_identity(a)
+    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
     out: dict[str, Any] = {"block": block, "sequence": config.sequence,
                            "protocol_version": config.protocol_version or 1}
     if getattr(a, "json", False):
@@ -427,8 +437,8 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
     if not a.force and os.path.lexists(a.out):  # (before the chain is read; again when it is written)
         raise RxClientError("FILE_EXISTS", f"{a.out} exists (a proposal other admins may have signed): "
                             "choose another file, or --force to replace it")
-    _, net, ident = _ledger_identity(a)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    home, net, ident = _ledger_identity(a)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
     wanted: config_pb2.ConsortiumConfig | None = None
     if a.from_json is not None:
         wanted = configtool.read_config_json(a.from_json)
@@ -447,8 +457,9 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(identity, network, update, (config in force, proposed config, organisations signed)) for
-    sign/submit, checked against the config in force: successor, signatures as the orderers check them."""
+    """(identity, network, update, (config in force, proposed config, organisations signed, the
+    chain verified)) for sign/submit, checked against the config in force: successor, signatures
+    as the orderers check them."""
     from client import configtool
     from client.network import load_network
     from client.wallet import load_identity, parse_as
@@ -459,17 +470,18 @@ def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     net = load_network(home)
     ident = load_identity(home, org, user)
     update, proposed = configtool.read_update(a.file)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    chain = _config_chain(home)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), chain)
     configtool.check_successor(current, proposed)
     signed = configtool.check_signatures(update, current, Verifier(), int(time.time() * 1000))
-    return ident, net, update, (current, proposed, signed)
+    return ident, net, update, (current, proposed, signed, chain)
 
 
 def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
     from node.crypto.signing import Verifier
 
-    ident, _, update, (current, proposed, _) = _config_file(a)
+    ident, _, update, (current, proposed, _, _) = _config_file(a)
     # the file read again under its lock: its config must be the one shown, signatures added meanwhile kept
     _, orgs = configtool.sign_file(a.file, update, ident, current, Verifier(), int(time.time() * 1000))
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
@@ -479,13 +491,13 @@ def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    ident, net, update, (current, proposed, signed) = _config_file(a)
+    ident, net, update, (current, proposed, signed, chain) = _config_file(a)
     if ident.role != "admin":
         raise RxClientError("WRONG_ROLE", f"{ident.label} is no admin: only admins submit config updates")
     tx_id, raw = configtool.envelope(update, ident, current.consortium_id, int(time.time() * 1000))
     configtool.broadcast(ident, [o.target for o in net.orderers], raw)
     peer = _config_peer(net, ident, a)
-    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer), proposed.sequence,
+    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer, chain), proposed.sequence,
                                              timeout_s=a.wait_s, tx_id=tx_id)
     if config.sequence > proposed.sequence:  # a later update went in too: whether this one did, the history tells
         raise CommitUnknown(tx_id, f"the config in force is already sequence {config.sequence} (block {block}); "
@@ -760,7 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cf = groups.add_parser("config", help="consortium config updates (admins)").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
-    sub(cf, "show", cmd_config_show, "the consortium config in force (JSON with --json)")
+    sub(cf, "show", cmd_config_show,
+        "the consortium config in force (JSON with --json), as the peer's chain shows it: every block "
+        "verified from the local genesis.block (hash chain, orderer signatures) and every config "
+        "transaction judged as the orderers judge it; a peer whose last_config_block or validation code "
+        "says otherwise is LEDGER_INVALID (every config command reads the config in force so)")
     pr = sub(cf, "propose", cmd_config_propose,
              "write a config update proposal (the config in force with a change, sequence + 1) to sign")
     pr.add_argument("--out", type=Path, required=True, metavar="FILE",
