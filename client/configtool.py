@@ -683,7 +683,9 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
     """Poll ``read`` until the config in force has ``sequence`` (COMMIT_UNKNOWN after ``timeout_s``,
     naming ``tx_id``: the update was ordered and may still go in -- ``config show`` tells). A peer that does not answer
     for a while (SERVICE_UNAVAILABLE: restarting) is asked again until then: the update was
-    accepted, and failing the wait at once would read as "not submitted"."""
+    accepted, and failing the wait at once would read as "not submitted". Any other refusal of
+    the read (a peer whose chain does not verify: LEDGER_INVALID) ends the wait at once, as
+    COMMIT_UNKNOWN naming it -- the update was ordered all the same, exit 1 would say it was not."""
     deadline = clock() + timeout_s
     seen = "unknown (the peer did not answer)"
     while True:
@@ -691,7 +693,9 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
             block, config = read()
         except RxClientError as exc:
             if exc.reason != "SERVICE_UNAVAILABLE":
-                raise
+                raise CommitUnknown(tx_id, f"the update {tx_id} was ordered; whether it is in force, the peer read "
+                                    f"cannot tell ({exc.reason}: {exc.message}): rxchain config show "
+                                    "(--peer)") from exc
         else:
             if config.sequence >= sequence:
                 return block, config
