@@ -405,11 +405,21 @@ def _config_peer(net: Any, ident: Any, a: argparse.Namespace) -> str:
     return str((own or list(net.peers))[0].target)
 
 
+def _config_chain(home: Path) -> Any:
+    """The verifier of the config in force a config command reads (configtool.ChainConfig),
+    anchored in the local genesis block."""
+    from client import configtool
+    from node.crypto.signing import Verifier
+    from node.genesis import read_genesis
+
+    return configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier())
+
+
 def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    _, net, ident = _ledger_identity(a)
-    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    home, net, ident = _ledger_identity(a)
+    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
     out: dict[str, Any] = {"block": block, "sequence": config.sequence,
                            "protocol_version": config.protocol_version or 1}
     if getattr(a, "json", False):
@@ -424,8 +434,11 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
 
     from client import configtool
 
-    _, net, ident = _ledger_identity(a)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    if not a.force and os.path.lexists(a.out):  # (before the chain is read; again when it is written)
+        raise RxClientError("FILE_EXISTS", f"{a.out} exists (a proposal other admins may have signed): "
+                            "choose another file, or --force to replace it")
+    home, net, ident = _ledger_identity(a)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
     wanted: config_pb2.ConsortiumConfig | None = None
     if a.from_json is not None:
         wanted = configtool.read_config_json(a.from_json)
@@ -437,15 +450,16 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
             new.protocol_version = a.protocol_version
 
     update = configtool.propose(current, edit)
-    configtool.write_update(a.out, update)
+    configtool.create_update(a.out, update, force=a.force)
     proposed = config_pb2.ConsortiumConfig.FromString(update.config)
     return {"file": str(a.out), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
             "signatures": 0}
 
 
 def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(identity, network, update, (config in force, proposed config, organisations signed)) for
-    sign/submit, checked against the config in force: successor, signatures as the orderers check them."""
+    """(identity, network, update, (config in force, proposed config, organisations signed, the
+    chain verified)) for sign/submit, checked against the config in force: successor, signatures
+    as the orderers check them."""
     from client import configtool
     from client.network import load_network
     from client.wallet import load_identity, parse_as
@@ -456,19 +470,20 @@ def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     net = load_network(home)
     ident = load_identity(home, org, user)
     update, proposed = configtool.read_update(a.file)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a))
+    chain = _config_chain(home)
+    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), chain)
     configtool.check_successor(current, proposed)
     signed = configtool.check_signatures(update, current, Verifier(), int(time.time() * 1000))
-    return ident, net, update, (current, proposed, signed)
+    return ident, net, update, (current, proposed, signed, chain)
 
 
 def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
     from node.crypto.signing import Verifier
 
-    ident, _, update, (current, proposed, _) = _config_file(a)
-    signed, orgs = configtool.add_signature(update, ident, current, Verifier(), int(time.time() * 1000))
-    configtool.write_update(a.file, signed)
+    ident, _, update, (current, proposed, _, _) = _config_file(a)
+    # the file read again under its lock: its config must be the one shown, signatures added meanwhile kept
+    _, orgs = configtool.sign_file(a.file, update, ident, current, Verifier(), int(time.time() * 1000))
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
             "signed_by": orgs}
 
@@ -476,13 +491,13 @@ def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
-    ident, net, update, (current, proposed, signed) = _config_file(a)
+    ident, net, update, (current, proposed, signed, chain) = _config_file(a)
     if ident.role != "admin":
         raise RxClientError("WRONG_ROLE", f"{ident.label} is no admin: only admins submit config updates")
     tx_id, raw = configtool.envelope(update, ident, current.consortium_id, int(time.time() * 1000))
     configtool.broadcast(ident, [o.target for o in net.orderers], raw)
     peer = _config_peer(net, ident, a)
-    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer), proposed.sequence,
+    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer, chain), proposed.sequence,
                                              timeout_s=a.wait_s, tx_id=tx_id)
     if config.sequence > proposed.sequence:  # a later update went in too: whether this one did, the history tells
         raise CommitUnknown(tx_id, f"the config in force is already sequence {config.sequence} (block {block}); "
@@ -757,16 +772,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     cf = groups.add_parser("config", help="consortium config updates (admins)").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
-    sub(cf, "show", cmd_config_show, "the consortium config in force (JSON with --json)")
+    sub(cf, "show", cmd_config_show,
+        "the consortium config in force (JSON with --json), as the peer's chain shows it: every block "
+        "verified from the local genesis.block (hash chain, orderer signatures) and every config "
+        "transaction judged as the orderers judge it; a peer whose last_config_block or validation code "
+        "says otherwise is LEDGER_INVALID (every config command reads the config in force so)")
     pr = sub(cf, "propose", cmd_config_propose,
              "write a config update proposal (the config in force with a change, sequence + 1) to sign")
-    pr.add_argument("--out", type=Path, required=True, metavar="FILE")
+    pr.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="the new proposal file: an existing FILE is FILE_EXISTS (other admins may have "
+                         "signed it) unless --force")
+    pr.add_argument("--force", action="store_true",
+                    help="replace an existing FILE, and the signatures it holds")
     what = pr.add_mutually_exclusive_group(required=True)
     what.add_argument("--protocol-version", type=_int_in(1, 2**32 - 1), metavar="N",
                       help="raise the protocol version (every node must run a release implementing it)")
     what.add_argument("--from-json", type=Path, metavar="CONFIG.json",
                       help="the whole new config, e.g. config show --json edited (sequence is set here)")
-    sg = sub(cf, "sign", cmd_config_sign, "review and add your organisation's admin signature")
+    sg = sub(cf, "sign", cmd_config_sign,
+             "review and add your organisation's admin signature (under the file's lock, .FILE.lock: "
+             "signatures other admins add meanwhile are kept; FILE_CHANGED if its config is no longer "
+             "the one shown, FILE_BUSY after 5 s)")
     sg.add_argument("file", type=Path)
     sm = sub(cf, "submit", cmd_config_submit, "send a signed update to the ordering service and wait for it")
     sm.add_argument("file", type=Path)

@@ -8,14 +8,20 @@ enough organisations' admins to satisfy the ``config_update`` policy in force
 (``MAJORITY(admin)`` in the sample consortium). The admins sit in different organisations, so
 the update travels as a file between them:
 
-1. ``rxchain config show [--json]`` -- the config in force (read from a peer: the last block's
-   ``last_config_block`` and that block's CONFIG envelope);
-2. ``rxchain config propose --out FILE (--protocol-version N | --from-json CONFIG.json)`` -- the
-   proposal: the config in force with the change, ``sequence`` + 1, no signature yet
-   (``--from-json``: the whole config, e.g. ``config show --json`` edited);
+1. ``rxchain config show [--json]`` -- the config in force, as a peer's chain shows it: every
+   block verified from the local ``genesis.block`` and every config transaction judged as the
+   orderers judge it (:class:`ChainConfig`; the peer's unsigned ``last_config_block`` pointer and
+   validation codes must agree, LEDGER_INVALID otherwise);
+2. ``rxchain config propose --out FILE [--force] (--protocol-version N | --from-json CONFIG.json)``
+   -- the proposal: the config in force with the change, ``sequence`` + 1, no signature yet
+   (``--from-json``: the whole config, e.g. ``config show --json`` edited); an existing FILE --
+   perhaps signed by other admins already -- is FILE_EXISTS unless ``--force``;
 3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed:
    every field that differs, however deep, certificates as their SHA-256) and the signatures so
-   far (each checked as the orderers check it) and adds its organisation's signature;
+   far (each checked as the orderers check it) and adds its organisation's signature: under the
+   file's lock (``.FILE.lock`` beside it; FILE_BUSY after :data:`LOCK_WAIT_S`), the file read
+   again, signatures other admins added meanwhile kept, FILE_CHANGED if its config is no longer
+   the one shown;
 4. ``rxchain --as ORG:admin config submit FILE`` -- broadcast to the ordering service, which
    checks the signatures against the policy and the rules (``node/orderer/configtx.py``,
    ``configrules.py``: BAD_CONFIG_UPDATE with the reason otherwise); the command waits until a
@@ -37,6 +43,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -44,7 +52,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,31 +64,33 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, servic
 from client.errors import CommitUnknown, RxClientError
 from client.gateway import OUTCOME_UNKNOWN_REASONS, rpc_error
 from client.wallet import WalletIdentity
-from node.crypto.canonical import compute_tx_id
+from node.crypto.canonical import block_data_hash, block_header_hash, compute_tx_id
 from node.crypto.signing import Purpose, Verifier
 from node.crypto.tls import secure_channel
 from node.errors import RxError
 from node.fsutil import fsync_dir
+from node.genesis import config_from_genesis
 from node.identity.msp import MSP
-from node.orderer.configtx import config_of_block
-from node.protocol import protocol_version
+from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
+from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, unsupported
 
 MAX_UPDATE_BYTES = 4 << 20  # a proposal file read at most (a config of thousands of members)
 WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new config
+DELIVER_TIMEOUT_S = 300.0  # the whole chain streamed once to verify it (ledger verify's walk)
+LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config command's hold on a file
 
 
-def _blocks(identity: WalletIdentity, target: str, start: int, stop: int,
-            timeout: float = 30.0) -> list[block_pb2.Block]:
+def _stream(identity: WalletIdentity, target: str, start: int, stop: int,
+            timeout: float = DELIVER_TIMEOUT_S) -> Generator[block_pb2.Block, None, None]:
+    """Blocks ``start``..``stop`` of the peer at ``target``, as it streams them."""
     channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
     try:
         stub = services_pb2_grpc.PeerDeliverStub(channel)
-        out: list[block_pb2.Block] = []
         req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
         for msg in stub.Deliver(req, timeout=timeout):
             if msg.WhichOneof("kind") != "block":
                 break
-            out.append(msg.block)
-        return out
+            yield msg.block
     except grpc.RpcError as exc:
         raise rpc_error(exc) from exc
     finally:
@@ -98,28 +108,125 @@ def _height(identity: WalletIdentity, target: str) -> int:
         channel.close()
 
 
-def config_in_force(identity: WalletIdentity, peer_target: str) -> tuple[int, config_pb2.ConsortiumConfig]:
-    """(the block holding it, the config in force) as the peer at ``peer_target`` holds it."""
+class ChainConfig:
+    """The config in force as a peer's chain shows it, verified from the local genesis block on --
+    never the peer's word alone.
+
+    ``last_config_block`` (the pointer to the block holding the config in force) and the
+    validation codes are block metadata outside the header the orderers sign: a hostile or
+    broken peer could name an older config block (its config still recorded VALID), mark a
+    refused update VALID, or serve a block it made up (the client checked no signature), and the
+    admin would review, sign and diff against that. So every block is checked as ``ledger
+    verify`` checks it -- numbered in turn, block 0 the local ``genesis.block`` (header hash),
+    ``previous_hash`` linking, ``data_hash`` over its envelopes, a signature over the header hash
+    by an orderer of the config in force before it -- and every config transaction is judged
+    by the orderers' own rule (:meth:`ConfigTracker.block_config`: header, creator, timestamp,
+    ``validate_update`` against the config before it: sequence + 1, the ``config_update``
+    policy's admin signatures). The config in force is the last one that rule adopts; the
+    peer's pointer and its validation code for that block must agree (LEDGER_INVALID
+    otherwise, nothing read from that peer is used). A peer can still withhold its newest
+    blocks (a stale view: nothing signed tells a client the chain's height): then the admin
+    works on an older config the orderers will not take -- they refuse any update whose
+    sequence is not the one in force + 1 (STALE_CONFIG_UPDATE).
+
+    Blocks are fed in order and never twice: :func:`config_in_force` asks a peer only for the
+    blocks past those verified (``submit``'s wait polls cheaply)."""
+
+    def __init__(self, genesis: block_pb2.Block, verifier: Verifier) -> None:
+        config = config_from_genesis(genesis)
+        self._verifier = verifier
+        self._genesis_hash = block_header_hash(genesis.header)
+        self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, verifier), 0), verifier)
+        self.height = 0  # blocks verified
+        self._last_hash = b""
+        self._pointer = 0  # last_config_block of the last block verified, as the peer sent it
+        self._codes: list[int] = []  # the validation codes the peer sent for the config block in force
+
+    def feed(self, block: block_pb2.Block) -> None:
+        """Verify the next block and adopt the config it carries, if it is a valid config block
+        (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction
+        after a config raising the protocol version beyond this release: not judged)."""
+        n = block.header.number
+        if n != self.height:
+            raise RxClientError("LEDGER_INVALID", f"the peer sent block {n} where block {self.height} was due")
+        h = block_header_hash(block.header)
+        if n == 0:
+            if h != self._genesis_hash:
+                raise RxClientError("LEDGER_INVALID", "the peer's block 0 is not the local genesis.block "
+                                    "(another network?)")
+        else:
+            current = self._tracker.current
+            if block.header.previous_hash != self._last_hash:
+                raise RxClientError("LEDGER_INVALID", f"block {n}: previous_hash does not link to block {n - 1}")
+            if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
+                raise RxClientError("LEDGER_INVALID", f"block {n}: data_hash does not match its envelopes")
+            if not self._orderer_signed(block, current.config, h):
+                raise RxClientError("LEDGER_INVALID", f"block {n}: no valid signature of an orderer of the config "
+                                    f"in force (sequence {current.config.sequence}, block {current.block_number})")
+            why = unsupported(current.config)
+            if why is not None and any(tx_type(raw) == transaction_pb2.CONFIG for raw in block.data.envelopes):
+                raise RxClientError(PROTOCOL_UNSUPPORTED, f"block {n}: a config transaction past block "
+                                    f"{current.block_number}, whose config this release cannot judge: {why}")
+            new = self._tracker.block_config(block)
+            if new is not None:
+                self._tracker.adopt(new, n)
+                self._codes = list(block.metadata.validation_codes)
+        self._last_hash = h
+        self._pointer = block.metadata.last_config_block
+        self.height = n + 1
+
+    def _orderer_signed(self, block: block_pb2.Block, config: config_pb2.ConsortiumConfig, header_hash: bytes,
+                        ) -> bool:
+        """Whether an orderer of ``config`` signed ``header_hash`` (each orderer's entries tried once:
+        entries padded in by the peer cost no more than one verification per orderer)."""
+        certs = {o.cert_der for o in config.orderers}
+        for s in block.metadata.orderer_signatures:
+            if s.signer.cert_der not in certs:
+                continue
+            certs.discard(s.signer.cert_der)
+            if self._verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, header_hash):
+                return True
+        return False
+
+    def in_force(self) -> tuple[int, config_pb2.ConsortiumConfig]:
+        """(the block holding it, the config in force) after the blocks fed; LEDGER_INVALID when the
+        peer's pointer or validation code says otherwise."""
+        current = self._tracker.current
+        number = current.block_number
+        if self.height < 1:
+            raise RxClientError("SERVICE_UNAVAILABLE", "the peer holds no block yet")
+        if self._pointer != number:
+            raise RxClientError("LEDGER_INVALID", f"the peer's block {self.height - 1} names block {self._pointer} "
+                                f"as holding the config in force; its chain shows block {number} (sequence "
+                                f"{current.config.sequence}): ask another peer (--peer)")
+        if number and self._codes != [transaction_pb2.VALID]:
+            # (a CONFIG transaction the validation refused never goes in force: a peer naming one is wrong)
+            raise RxClientError("LEDGER_INVALID", f"block {number} holds the config in force (sequence "
+                                f"{current.config.sequence}), the peer recorded it {self._codes}, not VALID: ask "
+                                "another peer (--peer)")
+        return number, current.config
+
+
+def config_in_force(identity: WalletIdentity, peer_target: str,
+                    chain: ChainConfig) -> tuple[int, config_pb2.ConsortiumConfig]:
+    """(the block holding it, the config in force) as the chain of the peer at ``peer_target`` shows
+    it, every block verified by ``chain`` (see :class:`ChainConfig`; only the blocks past those it
+    verified are streamed)."""
     height = _height(identity, peer_target)
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", "the peer holds no block yet")
-    last = _blocks(identity, peer_target, height - 1, height - 1)
-    if not last:
-        raise RxClientError("SERVICE_UNAVAILABLE", f"the peer did not send block {height - 1}")
-    number = last[0].metadata.last_config_block
-    blocks = last if number == height - 1 else _blocks(identity, peer_target, number, number)
-    try:
-        config = config_of_block(blocks[0]) if blocks else None
-    except DecodeError:
-        config = None
-    if config is None:
-        raise RxClientError("BAD_PAYLOAD", f"block {number}, named as the config in force, holds no config")
-    codes = list(blocks[0].metadata.validation_codes)
-    if codes != [transaction_pb2.VALID]:
-        # (a CONFIG transaction the validation refused never goes in force: a peer naming one is wrong)
-        raise RxClientError("BAD_PAYLOAD", f"block {number}, named as the config in force, holds a config "
-                            f"the peer did not record VALID ({codes}): ask another peer (--peer)")
-    return number, config
+    if height < chain.height:  # (a peer restarting from an older copy, or another peer)
+        raise RxClientError("SERVICE_UNAVAILABLE", f"the peer holds {height} blocks, {chain.height} were "
+                            "verified already: ask again")
+    if height > chain.height:
+        with contextlib.closing(_stream(identity, peer_target, chain.height, height - 1)) as blocks:
+            for block in blocks:
+                chain.feed(block)
+                if chain.height >= height:
+                    break
+        if chain.height < height:
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the peer sent {chain.height} of its {height} blocks")
+    return chain.in_force()
 
 
 def to_json(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
@@ -302,11 +409,50 @@ def read_update(path: Path) -> tuple[config_pb2.ConfigUpdate, config_pb2.Consort
     return update, config
 
 
-def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
+@contextlib.contextmanager
+def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
+           clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Hold the exclusive lock of proposal file ``path`` (``flock`` on ``.NAME.lock`` beside it: the
+    file itself is replaced by a rename, a lock on it would be on the inode replaced; released by
+    the kernel if this process dies; left in place -- removing it would let a waiter lock a file
+    no longer there). FILE_BUSY when another config command holds it for more than ``wait_s``."""
+    directory = path.parent if str(path.parent) else Path(".")
+    lock = directory / f".{path.name}.lock"
+    try:  # (read-only is enough to flock: another admin's account may not write a lock file we made)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    try:
+        deadline = clock() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if clock() >= deadline:
+                    raise RxClientError("FILE_BUSY", f"{path} is being written by another config command "
+                                        f"(it holds {lock} for more than {wait_s:g} s): run this one again "
+                                        "once it is done") from None
+                sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_update(path: Path, update: config_pb2.ConfigUpdate, *, replace: bool = True,
+                 unchanged: os.stat_result | None = None) -> None:
     """Atomically and durably write ``update`` to ``path`` (mode: the file's it replaces, else 0644 --
     not the 0600 of a temporary file, which would lock the next admin's account out of a shared
-    directory's proposal once one admin signed it)."""
+    directory's proposal once one admin signed it). ``replace=False``: FILE_EXISTS when ``path``
+    exists, also one that appears meanwhile (the complete file is hard-linked in, never
+    renamed over another) -- a proposal other admins signed is never overwritten unasked.
+    ``unchanged``: FILE_CHANGED unless ``path`` is still that file (inode, size, mtime) just
+    before it is replaced."""
     directory = path.parent if str(path.parent) else Path(".")
+    if not replace and os.path.lexists(path):
+        raise RxClientError("FILE_EXISTS", f"{path} exists (a proposal other admins may have signed): "
+                            "choose another file, or --force to replace it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:  # (its directory missing or not writable): the file named, not the temporary one
@@ -321,12 +467,77 @@ def write_update(path: Path, update: config_pb2.ConfigUpdate) -> None:
             f.write(update.SerializeToString())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if unchanged is not None and not _same_file(path, unchanged):
+            raise RxClientError("FILE_CHANGED", f"{path} was replaced while it was being signed (by a writer "
+                                "that does not take its lock): run config sign again")
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Make ``tmp`` appear as ``path`` unless ``path`` exists (FILE_EXISTS), then drop ``tmp``."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError as exc:
+        raise RxClientError("FILE_EXISTS", f"{path} was created meanwhile: not replaced") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # a file system without hard links: checked under the lock (every config command takes it)
+        if os.path.lexists(path):
+            raise RxClientError("FILE_EXISTS", f"{path} was created meanwhile: not replaced") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def create_update(path: Path, update: config_pb2.ConfigUpdate, force: bool = False) -> None:
+    """``propose``'s write: ``update`` as the new file ``path`` under its lock (FILE_EXISTS when it
+    exists and not ``force``; FILE_BUSY while another admin signs it)."""
+    with locked(path):
+        write_update(path, update, replace=force)
+
+
+def sign_file(path: Path, shown: config_pb2.ConfigUpdate, identity: WalletIdentity,
+              current: config_pb2.ConsortiumConfig, verifier: Verifier,
+              now_ms: int) -> tuple[config_pb2.ConfigUpdate, list[str]]:
+    """``sign``'s write: under the file's lock, read ``path`` again, add the caller's signature
+    (:func:`add_signature`: every signature checked again) and replace the file atomically;
+    (the update written, the organisations signed).
+
+    ``shown`` is the update read before (its changes are what the admin is shown): config bytes
+    that differ now are FILE_CHANGED -- never sign what was not shown. Signatures added meanwhile
+    by other admins (each signing under this lock) are kept, so two admins signing at once both
+    count; the same organisation's is ALREADY_SIGNED. A file replaced by a writer that does not
+    take the lock (a copy, an editor) between this read and the rename is FILE_CHANGED too."""
+    with locked(path):
+        try:
+            before = os.stat(path)
+        except OSError as exc:
+            raise RxClientError("FILE_CHANGED", f"{path}: {exc.strerror} (moved or removed since it was read)") from exc
+        update, _ = read_update(path)
+        if update.config != shown.config:
+            raise RxClientError("FILE_CHANGED", f"{path} proposes another config than the one read (and shown) "
+                                "a moment ago -- replaced meanwhile: run config sign again to review it")
+        signed, orgs = add_signature(update, identity, current, verifier, now_ms)
+        write_update(path, signed, unchanged=before)
+    return signed, orgs
+
+
+def _same_file(path: Path, seen: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+        seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns)
 
 
 def check_successor(current: config_pb2.ConsortiumConfig, proposed: config_pb2.ConsortiumConfig) -> None:
@@ -472,7 +683,9 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
     """Poll ``read`` until the config in force has ``sequence`` (COMMIT_UNKNOWN after ``timeout_s``,
     naming ``tx_id``: the update was ordered and may still go in -- ``config show`` tells). A peer that does not answer
     for a while (SERVICE_UNAVAILABLE: restarting) is asked again until then: the update was
-    accepted, and failing the wait at once would read as "not submitted"."""
+    accepted, and failing the wait at once would read as "not submitted". Any other refusal of
+    the read (a peer whose chain does not verify: LEDGER_INVALID) ends the wait at once, as
+    COMMIT_UNKNOWN naming it -- the update was ordered all the same, exit 1 would say it was not."""
     deadline = clock() + timeout_s
     seen = "unknown (the peer did not answer)"
     while True:
@@ -480,7 +693,9 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
             block, config = read()
         except RxClientError as exc:
             if exc.reason != "SERVICE_UNAVAILABLE":
-                raise
+                raise CommitUnknown(tx_id, f"the update {tx_id} was ordered; whether it is in force, the peer read "
+                                    f"cannot tell ({exc.reason}: {exc.message}): rxchain config show "
+                                    "(--peer)") from exc
         else:
             if config.sequence >= sequence:
                 return block, config

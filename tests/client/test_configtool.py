@@ -5,8 +5,13 @@ tests/e2e/test_config_update.py)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,10 +22,13 @@ from netgen import GeneratedNetwork
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from client import configtool
+from client.cli import main
 from client.errors import CommitUnknown, RxClientError
 from client.wallet import load_identity
-from node.crypto.signing import Verifier
+from node.crypto.canonical import block_data_hash, block_header_hash
+from node.crypto.signing import Purpose, Verifier
 from tests.client.conftest import FIXED_NOW
+from tests.peer.kit import make_block, node_signer
 
 
 def _config(**kw: Any) -> config_pb2.ConsortiumConfig:
@@ -254,10 +262,12 @@ def test_the_wait_outlasts_a_peer_restarting_and_names_the_update() -> None:
     with pytest.raises(RxClientError) as late:
         configtool.wait_in_force(read, 4, timeout_s=1.0, tx_id="ab12", **tick)  # type: ignore[arg-type]
     assert isinstance(late.value, CommitUnknown) and late.value.detail["tx_id"] == "ab12"
-    answers[:] = [RxClientError("BAD_PAYLOAD", "no config")]
-    with pytest.raises(RxClientError) as bad:  # anything else is not waited out
-        configtool.wait_in_force(read, 4, timeout_s=1.0, **tick)  # type: ignore[arg-type]
-    assert bad.value.reason == "BAD_PAYLOAD"
+    answers[:] = [RxClientError("LEDGER_INVALID", "block 4: no valid signature")]
+    started = now[0]
+    with pytest.raises(RxClientError) as bad:  # anything else is not waited out, yet the update was ordered
+        configtool.wait_in_force(read, 4, timeout_s=1.0, tx_id="ab12", **tick)  # type: ignore[arg-type]
+    assert isinstance(bad.value, CommitUnknown) and bad.value.detail["tx_id"] == "ab12"
+    assert "LEDGER_INVALID: block 4" in bad.value.message and now[0] == started  # at once, no sleep
 
 
 class _Orderers:
@@ -334,24 +344,6 @@ def test_an_update_that_may_have_been_ordered_is_commit_unknown(monkeypatch: pyt
     assert unknown.value.detail["tx_id"] == tx_id and orderers.asked == ["o1", "o2"]
 
 
-@pytest.mark.parametrize(("codes", "ok"), [([transaction_pb2.VALID], True), ([transaction_pb2.BAD_PAYLOAD], False),
-                                           ([], False)])
-def test_a_config_the_peer_recorded_invalid_is_never_taken_as_in_force(
-        monkeypatch: pytest.MonkeyPatch, codes: list[transaction_pb2.TxValidationCode.ValueType], ok: bool) -> None:
-    _, raw = _envelope()
-    config_block = block_pb2.Block(data=block_pb2.BlockData(envelopes=[raw]),
-                                   metadata=block_pb2.BlockMetadata(last_config_block=5, validation_codes=codes))
-    last = block_pb2.Block(metadata=block_pb2.BlockMetadata(last_config_block=5))
-    monkeypatch.setattr(configtool, "_height", lambda ident, target: 9)
-    monkeypatch.setattr(configtool, "_blocks", lambda ident, target, start, stop: [last if start == 8 else config_block])
-    if ok:
-        assert configtool.config_in_force(None, "peer")[0] == 5  # type: ignore[arg-type]
-        return
-    with pytest.raises(RxClientError) as invalid:
-        configtool.config_in_force(None, "peer")  # type: ignore[arg-type]
-    assert invalid.value.reason == "BAD_PAYLOAD" and "VALID" in invalid.value.message
-
-
 def test_signatures_are_checked_as_the_orderers_check_them_the_new_one_included(net_home: GeneratedNetwork) -> None:
     current = net_home.config
     now_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
@@ -377,3 +369,327 @@ def test_signatures_are_checked_as_the_orderers_check_them_the_new_one_included(
     with pytest.raises(RxClientError) as foreign:
         configtool.add_signature(signed, load_identity(net_home.home, "reg01", "admin"), without, Verifier(), now_ms)
     assert foreign.value.reason == "BAD_CONFIG_UPDATE" and "signature 2" in foreign.value.message
+
+
+# ---------------------------------------------------------------- the proposal file: never overwritten unasked,
+# signed under its lock
+
+
+def test_propose_refuses_an_existing_file_unless_forced(net_home: GeneratedNetwork, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "u.rxcfg"
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    signed = configtool.sign(update, _admin("h01"))
+    configtool.create_update(path, signed)
+    other = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 70))
+    with pytest.raises(RxClientError) as exists:
+        configtool.create_update(path, other)
+    assert exists.value.reason == "FILE_EXISTS" and str(path) in exists.value.message
+    assert configtool.read_update(path)[0] == signed  # h01's signature still there
+    # a file created between the check and the write is not replaced either (hard-linked in, not renamed over)
+    monkeypatch.setattr(os.path, "lexists", lambda p: False)
+    with pytest.raises(RxClientError) as raced:
+        configtool.create_update(path, other)
+    assert raced.value.reason == "FILE_EXISTS" and configtool.read_update(path)[0] == signed
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".u.rxcfg.lock", "u.rxcfg"]  # no temporary file left
+    configtool.create_update(path, other, force=True)
+    assert configtool.read_update(path)[0] == other
+    # the command: refused before anything is read from a peer, exit status 1, the file untouched
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["--json", "--home", str(net_home.home), "--as", "h01:admin", "config", "propose", "--out",
+                   str(path), "--protocol-version", "2"], out=out, err=err)
+    assert (status, json.loads(out.getvalue())["error"]) == (1, "FILE_EXISTS")
+    assert configtool.read_update(path)[0] == other
+
+
+def _signing_cli(net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch,
+                 before_signing: Callable[[], object]) -> Callable[[str, Path], dict[str, Any]]:
+    """``config sign`` in-process against ``net_home``'s genesis config as the config in force
+    (``before_signing`` runs once the file was read and checked, before the signature is added)."""
+    def in_force(*args: Any) -> tuple[int, config_pb2.ConsortiumConfig]:
+        before_signing()
+        return 0, net_home.config
+
+    monkeypatch.setattr(configtool, "config_in_force", in_force)
+
+    def sign(org: str, path: Path) -> dict[str, Any]:
+        out, err = io.StringIO(), io.StringIO()
+        main(["--json", "--home", str(net_home.home), "--as", f"{org}:admin", "config", "sign", str(path)],
+             out=out, err=err)
+        result: dict[str, Any] = json.loads(out.getvalue())
+        return result
+
+    return sign
+
+
+def test_two_admins_signing_at_once_both_count(net_home: GeneratedNetwork, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both admins read the file before either writes (a barrier): read, add own, write lost the
+    first signature to the second writer; now each signs under the file's lock what it reads
+    there, and both signatures are in the file."""
+    path = tmp_path / "u.rxcfg"
+    update = configtool.propose(net_home.config, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    configtool.create_update(path, update)
+    both_read = threading.Barrier(2, timeout=20)
+    sign = _signing_cli(net_home, monkeypatch, both_read.wait)
+    results: dict[str, dict[str, Any]] = {}
+    threads = [threading.Thread(target=lambda org=org: results.__setitem__(org, sign(org, path)))
+               for org in ("h01", "p01")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    final, _ = configtool.read_update(path)
+    assert sorted(identity_pb2.Identity.FromString(s.signer).org for s in final.signatures) == ["h01", "p01"]
+    assert sorted(len(r["signed_by"]) for r in results.values()) == [1, 2], results  # the second saw the first
+
+
+def test_a_file_whose_config_changed_since_it_was_shown_is_not_signed(net_home: GeneratedNetwork, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "u.rxcfg"
+    current = net_home.config
+    update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    other = configtool.propose(current, lambda c: setattr(c.limits, "gas_limit", c.limits.gas_limit + 1))
+    configtool.create_update(path, update)
+    # replaced (propose --force) between the read shown to the admin and the signature
+    sign = _signing_cli(net_home, monkeypatch, lambda: configtool.create_update(path, other, force=True))
+    assert sign("h01", path)["error"] == "FILE_CHANGED"
+    assert configtool.read_update(path)[0] == other  # nothing signed, nothing written
+    # replaced by a writer that takes no lock (a copy, an editor) while the signature is added
+    now_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
+    real = configtool.add_signature
+
+    def add_then_replaced(*args: Any) -> Any:
+        done = real(*args)
+        (tmp_path / "copy").write_bytes(update.SerializeToString())
+        (tmp_path / "copy").replace(path)
+        return done
+
+    monkeypatch.setattr(configtool, "add_signature", add_then_replaced)
+    h01 = load_identity(net_home.home, "h01", "admin")
+    with pytest.raises(RxClientError) as replaced:
+        configtool.sign_file(path, other, h01, current, Verifier(), now_ms)
+    assert replaced.value.reason == "FILE_CHANGED"
+    assert configtool.read_update(path)[0] == update  # the other writer's file, not overwritten
+
+
+def test_a_file_held_by_another_config_command_is_busy_after_a_bounded_wait(tmp_path: Path) -> None:
+    path = tmp_path / "u.rxcfg"
+    with configtool.locked(path):
+        started = time.monotonic()
+        with pytest.raises(RxClientError) as busy, configtool.locked(path, wait_s=0.3):
+            pass
+        assert busy.value.reason == "FILE_BUSY" and 0.3 <= time.monotonic() - started < 5
+    with configtool.locked(path, wait_s=0.0):  # released: free at once
+        pass
+    with pytest.raises(RxClientError) as missing, configtool.locked(tmp_path / "none" / "u.rxcfg"):
+        pass
+    assert missing.value.reason == "IO_ERROR" and "u.rxcfg" in missing.value.message
+
+
+# ---------------------------------------------------------------- the config in force: the chain's, verified
+
+
+class _Chain:
+    """A chain on ``net_home``'s genesis: block 1 an ordinary block, blocks 2 and 3 config updates
+    (sequence + 1, + 2; signed by a majority of admins), block 4 ordinary; all signed by orderer
+    ins01 with honest metadata, as a sound peer holds them."""
+
+    def __init__(self, net: GeneratedNetwork) -> None:
+        self.home = net.home
+        self.genesis = block_pb2.Block.FromString((net.home / "genesis.block").read_bytes())
+        self.orderer = node_signer(net.home, "orderer.ins01", "ins01")
+        self.at_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
+        self.configs = [net.config]
+        self.blocks = [self.genesis]
+        self.add([b"not an envelope"], 0)
+        for _ in range(2):
+            self.add([self.update(net, self.configs[-1])], len(self.blocks))
+            self.configs.append(config_pb2.ConsortiumConfig.FromString(
+                config_pb2.ConfigUpdate.FromString(transaction_pb2.Transaction.FromString(
+                    transaction_pb2.Envelope.FromString(self.blocks[-1].data.envelopes[0]).payload
+                ).config_update).config))
+        self.add([b"another"], 3)
+
+    def update(self, net: GeneratedNetwork, current: config_pb2.ConsortiumConfig) -> bytes:
+        update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+        for org in ("h01", "h02", "p01", "p02"):
+            update = configtool.sign(update, load_identity(net.home, org, "admin"))
+        return configtool.envelope(update, load_identity(net.home, "h01", "admin"), current.consortium_id,
+                                   self.at_ms)[1]
+
+    def add(self, envelopes: list[bytes], last_config: int) -> None:
+        prev = block_header_hash(self.blocks[-1].header)
+        block = make_block(len(self.blocks), prev, envelopes, self.orderer, self.at_ms)
+        block.metadata.validation_codes.extend([transaction_pb2.VALID] * len(envelopes))
+        block.metadata.last_config_block = last_config
+        self.blocks.append(block)
+
+    def resign(self, n: int) -> None:
+        """Block ``n`` signed again by the orderer after its header changed."""
+        block = self.blocks[n]
+        del block.metadata.orderer_signatures[:]
+        sig = block.metadata.orderer_signatures.add(signer=self.orderer.identity)
+        sig.signature = self.orderer.sign(Purpose.BLOCK, block_header_hash(block.header))
+
+
+class _Peer:
+    """A peer serving ``blocks`` (Status height, PeerDeliver), in place of the gRPC stubs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, blocks: list[block_pb2.Block]) -> None:
+        self.blocks = blocks
+        self.asked: list[tuple[int, int]] = []
+        peer = self
+
+        class Admin:
+            def __init__(self, channel: Any) -> None:
+                pass
+
+            def Status(self, req: Any, timeout: float) -> services_pb2.StatusResponse:
+                return services_pb2.StatusResponse(height=len(peer.blocks))
+
+        class Deliver:
+            def __init__(self, channel: Any) -> None:
+                pass
+
+            def Deliver(self, req: services_pb2.DeliverRequest, timeout: float) -> Iterator[Any]:
+                peer.asked.append((req.start_block, req.stop_block))
+                stop = req.stop_block or len(peer.blocks) - 1
+                for b in peer.blocks[req.start_block:stop + 1]:
+                    yield services_pb2.DeliverResponse(block=b)
+
+        class Channel:
+            def close(self) -> None:
+                pass
+
+        monkeypatch.setattr(configtool, "secure_channel", lambda *a: Channel())
+        monkeypatch.setattr(services_pb2_grpc, "AdminStub", Admin)
+        monkeypatch.setattr(services_pb2_grpc, "PeerDeliverStub", Deliver)
+
+
+_IDENT: Any = SimpleNamespace(cert_path="c", key_path="k", ca_bundle_path="ca")
+
+
+def _in_force(chain: _Chain) -> tuple[int, config_pb2.ConsortiumConfig]:
+    return configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier()))
+
+
+@pytest.fixture(scope="module")
+def chain_blocks(net_home: GeneratedNetwork) -> _Chain:
+    return _Chain(net_home)
+
+
+def _copy(chain: _Chain) -> _Chain:
+    out = _Chain.__new__(_Chain)
+    out.__dict__.update(chain.__dict__)
+    out.blocks = [block_pb2.Block.FromString(b.SerializeToString()) for b in chain.blocks]
+    return out
+
+
+def test_the_config_in_force_is_the_last_valid_config_of_the_verified_chain(
+        chain_blocks: _Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = _copy(chain_blocks)
+    peer = _Peer(monkeypatch, chain.blocks)
+    verified = configtool.ChainConfig(chain.genesis, Verifier())
+    assert configtool.config_in_force(_IDENT, "peer", verified) == (3, chain.configs[2])
+    assert chain.configs[2].sequence == chain.configs[0].sequence + 2
+    chain.add([b"later"], 3)  # the wait after submit: only the blocks past those verified are asked for
+    assert configtool.config_in_force(_IDENT, "peer", verified) == (3, chain.configs[2])
+    assert peer.asked == [(0, 4), (5, 5)]
+
+
+def _pointer_to_the_older_config(chain: _Chain) -> None:
+    chain.blocks[4].metadata.last_config_block = 2  # an older config, still recorded VALID
+
+
+def _forged_config_block(chain: _Chain) -> None:
+    # the peer's own config in block 3 (another batch timeout): no orderer signed this header
+    tx = transaction_pb2.Transaction.FromString(transaction_pb2.Envelope.FromString(
+        chain.blocks[3].data.envelopes[0]).payload)
+    update = config_pb2.ConfigUpdate.FromString(tx.config_update)
+    config = config_pb2.ConsortiumConfig.FromString(update.config)
+    config.batch.timeout_ms += 1000
+    update.config = config.SerializeToString(deterministic=True)
+    tx.config_update = update.SerializeToString()
+    env = transaction_pb2.Envelope(payload=tx.SerializeToString(), signature=b"x")
+    del chain.blocks[3].data.envelopes[:]
+    chain.blocks[3].data.envelopes.append(env.SerializeToString())
+    chain.blocks[3].header.data_hash = block_data_hash(list(chain.blocks[3].data.envelopes))
+    chain.blocks[4].header.previous_hash = block_header_hash(chain.blocks[3].header)
+    chain.resign(4)
+
+
+def _invalid_config_recorded_valid(chain: _Chain) -> None:
+    # block 3's update signed by 3 admins of 6 (short of MAJORITY(admin)), ordered, recorded VALID, named in force
+    env = transaction_pb2.Envelope.FromString(chain.blocks[3].data.envelopes[0])
+    tx = transaction_pb2.Transaction.FromString(env.payload)
+    update = config_pb2.ConfigUpdate.FromString(tx.config_update)
+    del update.signatures[3:]
+    tx.config_update = update.SerializeToString()
+    signer = load_identity(chain.home, "h01", "admin").signer
+    payload = tx.SerializeToString()
+    raw = transaction_pb2.Envelope(payload=payload, signature=signer.sign(Purpose.ENVELOPE, payload))
+    del chain.blocks[3].data.envelopes[:]
+    chain.blocks[3].data.envelopes.append(raw.SerializeToString())
+    chain.blocks[3].header.data_hash = block_data_hash(list(chain.blocks[3].data.envelopes))
+    chain.resign(3)
+    chain.blocks[4].header.previous_hash = block_header_hash(chain.blocks[3].header)
+    chain.resign(4)
+
+
+def _valid_config_recorded_invalid(chain: _Chain) -> None:
+    chain.blocks[3].metadata.validation_codes[:] = [transaction_pb2.BAD_PAYLOAD]
+
+
+def _another_genesis(chain: _Chain) -> None:
+    chain.blocks[0].header.timestamp_ms += 1
+
+
+@pytest.mark.parametrize("tamper", [_pointer_to_the_older_config, _forged_config_block, _invalid_config_recorded_valid,
+                                    _valid_config_recorded_invalid, _another_genesis])
+def test_a_peer_naming_another_config_than_its_chain_shows_is_refused(
+        chain_blocks: _Chain, monkeypatch: pytest.MonkeyPatch, tamper: Callable[[_Chain], None]) -> None:
+    """``last_config_block`` and the validation codes are metadata no orderer signs: a peer
+    naming the older config block 2 (the old tool read it as the config in force: the admin
+    diffed and signed against it), a config block no orderer signed, a refused update marked
+    VALID, or the config in force marked refused -- LEDGER_INVALID, nothing taken from it."""
+    chain = _copy(chain_blocks)
+    tamper(chain)
+    _Peer(monkeypatch, chain.blocks)
+    with pytest.raises(RxClientError) as refused:
+        _in_force(chain)
+    assert refused.value.reason == "LEDGER_INVALID", refused.value.message
+
+
+def test_a_block_signed_by_no_orderer_of_the_config_in_force_is_refused(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = _copy(chain_blocks)
+    chain.orderer = node_signer(net_home.home, "peer.h01", "h01")  # a peer's key signing as an orderer
+    chain.resign(4)
+    _Peer(monkeypatch, chain.blocks)
+    with pytest.raises(RxClientError) as refused:
+        _in_force(chain)
+    assert refused.value.reason == "LEDGER_INVALID" and "block 4" in refused.value.message
+
+
+def test_nothing_is_proposed_or_signed_on_a_config_the_chain_does_not_show(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = _copy(chain_blocks)
+    _pointer_to_the_older_config(chain)
+    _Peer(monkeypatch, chain.blocks)
+
+    def cli(*args: str) -> tuple[int, dict[str, Any]]:
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["--json", "--home", str(net_home.home), "--as", "h01:admin", "config", *args], out=out, err=err)
+        return status, json.loads(out.getvalue())
+
+    new = tmp_path / "new.rxcfg"
+    assert cli("propose", "--out", str(new), "--protocol-version", "2")[1]["error"] == "LEDGER_INVALID"
+    assert not new.exists()
+    old = tmp_path / "old.rxcfg"  # made against block 2's config, the one the peer names
+    configtool.write_update(old, configtool.propose(chain.configs[1], lambda c: setattr(c, "protocol_version", 2)))
+    data = old.read_bytes()
+    status, refused = cli("sign", str(old))
+    assert (status, refused["error"]) == (1, "LEDGER_INVALID") and old.read_bytes() == data

@@ -6,11 +6,12 @@ ordering service puts it in force only with a majority of admin signatures (the
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rxchain.v1 import config_pb2, identity_pb2
 
-from tests.e2e.conftest import Net
+from tests.e2e.conftest import Net, rxchain
 
 ADMINS = ("h01", "h02", "p01", "p02", "ins01", "ins02", "ins03", "reg01")
 
@@ -95,3 +96,28 @@ def test_a_protocol_version_this_release_lacks_is_refused_and_files_are_checked(
                          "--protocol-version", "1")
     assert same["error"] == "BAD_CONFIG_UPDATE" and "changes nothing" in same["message"]
     assert net.cli("--as", "h01:admin", "config", "show")["sequence"] == before["sequence"]
+
+
+def _signers(path: Path) -> list[str]:
+    update = config_pb2.ConfigUpdate.FromString(path.read_bytes())
+    return sorted(identity_pb2.Identity.FromString(s.signer).org for s in update.signatures)
+
+
+def test_a_signed_proposal_is_never_overwritten_unasked_and_admins_signing_at_once_all_count(
+        net: Net, tmp_path: Path) -> None:
+    upd = tmp_path / "pv.rxcfg"
+    net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2")
+    _sign(net, upd, ("h01",))
+    signed = upd.read_bytes()
+    again = net.cli_error("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2")
+    assert again["error"] == "FILE_EXISTS" and upd.read_bytes() == signed  # h01's signature kept
+    # three admins sign at once, each in its own process: every signature that succeeded is in the file
+    orgs = ("h02", "p01", "p02")
+    with ThreadPoolExecutor(len(orgs)) as pool:
+        results = dict(zip(orgs, pool.map(
+            lambda org: rxchain(net.home, "--as", f"{org}:admin", "config", "sign", str(upd)), orgs), strict=True))
+    assert all(rc == 0 or (rc, out["error"]) == (1, "FILE_BUSY") for rc, out in results.values()), results
+    assert _signers(upd) == sorted(["h01", *(org for org, (rc, _) in results.items() if rc == 0)]), results
+    replaced = net.cli("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2",
+                       "--force")
+    assert replaced["signatures"] == 0 and _signers(upd) == []
