@@ -2,7 +2,7 @@
 
 Every command accepts ``--json`` and then prints exactly one JSON object; a failed command
 prints, with ``--json``, ``{"error": "<REASON_CODE>", "message": "..."[, "detail": {...}]}``
-(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr; a step after
+(else ``error: REASON: message`` and the detail's ``key: value`` lines on stderr, see ``_human``; a step after
 the result is printed -- ``claim report``/``rx inbox --checkpoint`` saving its checkpoint -- fails with the
 ``error:`` line on stderr in both modes). Exit status:
 
@@ -869,21 +869,64 @@ def _shown(c: str) -> bool:
 
 
 def _human(value: Any, out: TextIO, indent: str = "") -> None:
+    """The human form of a result (``--json`` prints it as it is): ``key: value`` lines, a
+    non-empty list or mapping indented below its key, a list's items as ``- `` lines (a mapping
+    item as ``k=v, ...``, a part of it too deep for one line indented below it); no Python
+    repr anywhere (see ``_inline``)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(v, dict | list) and v:
+            if isinstance(v, dict | list | tuple) and v:
                 _say(f"{indent}{_clean(k)}:", out)
                 _human(v, out, indent + "  ")
             else:
-                _say(f"{indent}{_clean(k)}: {_clean(v)}", out)
-    elif isinstance(value, list):
+                _say(f"{indent}{_clean(k)}: {_inline(v)}", out)
+    elif isinstance(value, list | tuple):
         for item in value:
             if isinstance(item, dict):
-                _say(f"{indent}- " + ", ".join(f"{_clean(k)}={_clean(v)}" for k, v in item.items()), out)
+                deep = [k for k, v in item.items() if not _one_line(v)]
+                flat = ", ".join(f"{_clean(k)}={_inline(v, nested=True)}" for k, v in item.items()
+                                 if k not in deep)
+                _say(f"{indent}- {flat}" if flat else f"{indent}-" if deep else f"{indent}- -", out)
+                for k in deep:
+                    _say(f"{indent}  {_clean(k)}:", out)
+                    _human(item[k], out, indent + "    ")
+            elif _one_line(item):
+                _say(f"{indent}- {_inline(item)}", out)
             else:
-                _say(f"{indent}- {_clean(item)}", out)
+                _say(f"{indent}-", out)
+                _human(item, out, indent + "  ")
     else:
-        _say(f"{indent}{_clean(value)}", out)
+        _say(f"{indent}{_inline(value)}", out)
+
+
+def _inline(value: Any, nested: bool = False) -> str:
+    """A value on one line: None is ``-``, a boolean ``yes``/``no``, a list its items joined
+    with ", ", a mapping its ``k=v`` pairs (inside another value, in ``[...]``/``{...}``), an
+    empty list or mapping ``-``; text through ``_clean``."""
+    if isinstance(value, dict | list | tuple):
+        if not value:
+            return "-"
+        if isinstance(value, dict):
+            text = ", ".join(f"{_clean(k)}={_inline(v, nested=True)}" for k, v in value.items())
+            return f"{{{text}}}" if nested else text
+        text = ", ".join(_inline(v, nested=True) for v in value)
+        return f"[{text}]" if nested else text
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _clean(value)
+
+
+def _one_line(value: Any) -> bool:
+    """Whether ``value`` reads well inline in a list item: not a list or mapping, one of plain
+    values, or a mapping whose values are (a list of lists or of mappings is not)."""
+
+    def plain(v: Any) -> bool:
+        return not isinstance(v, dict | list | tuple) or not any(
+            isinstance(x, dict | list | tuple) for x in (v.values() if isinstance(v, dict) else v))
+
+    return plain(value) or (isinstance(value, dict) and all(plain(v) for v in value.values()))
 
 
 def _fail(want_json: bool, reason: str, message: str, out: TextIO, err: TextIO) -> int:
@@ -925,8 +968,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
         else:
             _say(f"error: {_clean(exc.reason)}: {_clean(exc.message, keep_newlines=True)}", err)
             if isinstance(detail, dict):
-                for key, value in detail.items():
-                    _say(f"{_clean(key)}: {_clean(value)}", err)
+                _human(detail, err)
         return _exit_status(exc)
     except RxError as exc:
         return _fail(want_json, exc.reason, exc.message, out, err)

@@ -134,6 +134,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -792,8 +793,17 @@ class _Handler(BaseHTTPRequestHandler):
         """No Python version in the Server header."""
         return self.server_version
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        status = code.value if isinstance(code, HTTPStatus) else code
+        self.server.log(log_event("fhir_request", client=_peer(self.client_address),
+                                  request=self.requestline, status=status, size=size))
+
+    def log_error(self, format: str, *args: Any) -> None:
+        self.server.log(log_event("fhir_http_error", client=_peer(self.client_address),
+                                  detail=format % args))
+
     def log_message(self, format: str, *args: Any) -> None:
-        self.server.log(f"{self.address_string()} {format % args}")
+        self.server.log(log_event("fhir_http", client=_peer(self.client_address), detail=format % args))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors of the HTTP layer itself (bad request line, headers, method) as OperationOutcomes."""
@@ -846,11 +856,13 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = error_reply(exc, self.server.app.ids.home)
                 self._reply(reply.status, reply.resource, reply.headers)
             except Exception as exc:  # noqa: BLE001 - answer every request with an OperationOutcome
-                self.server.log(f"internal error: {type(exc).__name__}")
+                self.server.log(log_event("fhir_internal_error", client=_peer(self.client_address),
+                                          error=type(exc).__name__))
                 self._reply(500, mapping.operation_outcome("INTERNAL", f"{type(exc).__name__}"))
         except OSError as exc:  # the client went away or timed out: nothing left to answer
             self.close_connection = True
-            self.server.log(f"{self.address_string()} connection lost: {type(exc).__name__}")
+            self.server.log(log_event("fhir_connection_lost", client=_peer(self.client_address),
+                                      error=type(exc).__name__))
 
     def _content_length(self) -> int:
         """The declared body length: one header of decimal digits, at most MAX_BODY, of a JSON
@@ -959,8 +971,8 @@ class _Server(ThreadingHTTPServer):
         no HTTP answer is possible)."""
         ticket = self.admission.admit(self.source_key(str(client_address[0])))
         if ticket.verdict is Verdict.CLOSE:
-            self.log(f"{client_address[0]}:{client_address[1]} closed at accept: too many connections "
-                     f"{'from this address' if ticket.per_source else 'at once'}, and too many being refused")
+            self.log(log_event("fhir_closed_at_accept", "too many connections, and too many being refused",
+                               client=_peer(client_address), bound="source" if ticket.per_source else "total"))
             self.shutdown_request(request)
             return
         with self._tickets_lock:
@@ -990,7 +1002,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line, never a traceback on stderr."""
-        self.log(f"{client_address[0]}:{client_address[1]} connection error")
+        self.log(log_event("fhir_connection_error", client=_peer(client_address)))
 
     def request_read(self, request: Any) -> None:
         """The request is read: its deadline no longer applies (the ledger call may take longer)."""
@@ -1012,9 +1024,8 @@ class _Server(ThreadingHTTPServer):
             try:
                 request.do_handshake()
             except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
-                self.log(f"{client_address[0]}:{client_address[1]} TLS handshake failed"
-                         f"{'' if serve else ' (over the bound: closed unanswered)'}: "
-                         f"{type(exc).__name__}: {exc}")
+                self.log(log_event("fhir_tls_handshake_failed", "" if serve else "over the bound: closed unanswered",
+                                   client=_peer(client_address), error=type(exc).__name__, detail=exc))
                 return
             request.settimeout(None)
         deadline = self.request_deadline_s if serve else self.refusal_deadline_s
@@ -1032,10 +1043,30 @@ class _Server(ThreadingHTTPServer):
             self.request_read(request)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_./@+-]+(?::[A-Za-z0-9_./@+-]+)*")
+
+
+def log_event(name: str, text: str = "", **fields: object) -> str:
+    """One log line of the gateway in the nodes' form (node/logs.py): ``event=NAME key=value
+    ...[: text]``. A value that is not a plain token (empty, spaces, quotes, ``=``, control or
+    format characters: a request line is the client's text) is written as a Python string
+    literal, which escapes what a terminal would interpret and reads back as the value."""
+    parts = [f"event={name}"]
+    for key, value in fields.items():
+        text_value = str(value)
+        parts.append(f"{key}={text_value if _PLAIN.fullmatch(text_value) else repr(text_value)}")
+    return " ".join(parts) + (f": {text}" if text else "")
+
+
+def _peer(client_address: Any) -> str:
+    return f"{client_address[0]}:{client_address[1]}"
+
+
 def _cut(request: Any, log: Callable[[str], None], client_address: Any) -> None:
     """Deadline passed while the request was still being read: shut the socket down (the blocked
     read in the worker returns), without touching the TLS object another thread is using."""
-    log(f"{client_address[0]}:{client_address[1]} request not read within the deadline: closed")
+    log(log_event("fhir_request_deadline", "request not read within the deadline: closed",
+                  client=_peer(client_address)))
     with contextlib.suppress(OSError):
         socket.socket.shutdown(request, socket.SHUT_RDWR)
 

@@ -222,8 +222,8 @@ class NodeChannels:
         pin = self.pin(target)
         if pin is None and target not in self._unpinned:
             self._unpinned.add(target)
-            _log.warning("event=unpinned_channel target=%s reason=no node of the configuration in force "
-                         "listens there: any consortium CA is trusted", target)
+            _log.warning("event=unpinned_channel target=%s: no node of the configuration in force "
+                         "listens there; any consortium CA is trusted", target)
         name, roots = pin if pin is not None else (TLS_SERVER_NAME, self._bundle)
         with self._lock:
             creds = self._creds.get(roots)

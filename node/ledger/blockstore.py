@@ -343,8 +343,8 @@ class BlockStore:
             good -= 1
         if good < len(locs):
             _log.warning(
-                "block store %s: index has %d entries, %d usable; completing it from the "
-                "segments", self._dir, len(locs), good,
+                "event=blockstore_index_incomplete dir=%r entries=%d usable=%d: completing the "
+                "index from the segments", str(self._dir), len(locs), good,
             )
         locs = locs[:good]
         self._indexed = good
@@ -391,9 +391,9 @@ class BlockStore:
                         block=len(locs),
                     )
                 _log.warning(
-                    "block store %s: truncating torn tail of %s at offset %d (%d bytes, "
-                    "block %d incomplete)",
-                    self._dir, _seg_name(s), start, size - start, len(locs),
+                    "event=blockstore_torn_tail dir=%r segment=%s offset=%d bytes=%d block=%d: "
+                    "truncating the torn tail of the segment (the block is incomplete)",
+                    str(self._dir), _seg_name(s), start, size - start, len(locs),
                 )
                 self._truncate(s, start)
                 for x in later:
@@ -498,8 +498,9 @@ class BlockStore:
                 except OSError as exc:  # the record is stored: the next open completes the index
                     self._index_ok = False
                     _log.warning(
-                        "block store %s: index write failed at block %d (%s); it is completed "
-                        "from the segments on the next open", self._dir, number, exc,
+                        "event=blockstore_index_write_failed dir=%r block=%d error=%r: the index "
+                        "is completed from the segments on the next open", str(self._dir), number,
+                        str(exc),
                     )
             self._locs.append(loc)
             self._last_hash = block_header_hash(block.header)
@@ -523,7 +524,8 @@ class BlockStore:
                 os.fsync(self._write_fd)
         except OSError as exc:
             self._failed = f"{cause}; rollback: {exc}"
-            _log.error("block store %s: rollback of a failed append failed: %s", self._dir, exc)
+            _log.error("event=blockstore_rollback_failed dir=%r error=%r: rollback of a failed append "
+                       "failed", str(self._dir), str(exc))
 
     def _roll_segment(self) -> None:
         os.close(self._write_fd)

@@ -181,7 +181,8 @@ class Ledger:
                     f"replay of block {n}: state hash {state_hash.hex()[:16]} differs from the "
                     f"stored {block.metadata.state_hash.hex()[:16]}",
                 )
-            _log.info("replaying block %d into the state (savepoint was %d)", n, applied)
+            _log.info("event=block_replayed block=%d savepoint=%d: replaying the block into the state",
+                      n, applied)
             self.state.apply_block(n, outcomes, state_hash)
             prev_hash = state_hash
         self._height = height

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = run_until_stopped(server, done)
-    logging.getLogger(__name__).info("orderer %s stopped", config.name)
+    logging.getLogger(__name__).info("event=orderer_stopped node=%s", config.name)
     return code
 
 

@@ -287,7 +287,7 @@ class BroadcastHandler:
         number = self._recent.lookup(tx_id, raw)
         if number is None:
             return None
-        _log.info("envelope %s already ordered in block %d: not ordered again", tx_id, number)
+        _log.info("event=envelope_already_ordered tx_id=%r block=%d: not ordered again", tx_id, number)
         return immediate(Outcome(block_number=number, message=f"already ordered in block {number}"), tx_id)
 
     def answer(self, checked: Checked | None, ticket: Ticket, deadline: float) -> Outcome:
@@ -327,8 +327,8 @@ class BroadcastHandler:
             return
         self._metrics.rejected.labels(reason=outcome.reason).inc()
         if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
-            _log.info("refused envelope %s: %s %s", tx_id or "(no tx id)", outcome.reason,
-                      outcome.message)
+            _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r: refused envelope", tx_id,
+                      outcome.reason, outcome.message)
 
     def dispatch_many(self, raws: Sequence[bytes]) -> list[_Held]:
         """Validate several envelopes and dispatch the valid ones in one hand-off (to the

@@ -376,7 +376,7 @@ class Chain:
         except Exception as exc:
             self.failure = exc
             if not (isinstance(exc, RxError) and exc.reason == PROTOCOL_UNSUPPORTED):
-                _log.exception("raft driver of orderer %d failed; stopping the chain", self._id)
+                _log.exception("event=raft_driver_failed orderer=%d: stopping the chain", self._id)
                 raise
             # a config block raised the protocol version beyond this release: a refusal
             _log.critical("event=chain_stopped orderer=%d reason=%s detail=%r", self._id,
@@ -434,7 +434,7 @@ class Chain:
                 self._node.step(payload)
             except RaftError as err:
                 self._metrics.consensus_dropped.labels(reason="invalid").inc()
-                _log.warning("dropped invalid raft message from %d: %s", payload.frm, err)
+                _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
@@ -463,7 +463,8 @@ class Chain:
         ]
         if candidates:
             target = max(candidates)[1]
-            _log.info("orderer %d hands leadership to %d", self._id, target)
+            _log.info("event=leadership_transfer orderer=%d target=%d: hands leadership to the most "
+                      "caught-up orderer", self._id, target)
             self._node.transfer_leader(target)
 
     def _check_clocks(self, now: float, watch: ClockWatch) -> None:
@@ -502,9 +503,9 @@ class Chain:
             return
         self._clock_disagreements = 0
         _log.warning(
-            "event=clock_disagrees orderer=%d offsets_ms=%s tolerance_ms=%d: a quorum of the "
-            "orderers disagrees with this clock; leadership goes to %d", self._id,
-            dict(sorted(offsets.items())), tolerance, target)
+            "event=clock_disagrees orderer=%d offsets_ms=%s tolerance_ms=%d target=%d: a quorum of "
+            "the orderers disagrees with this clock; leadership goes to the target", self._id,
+            ",".join(f"{rid}:{ms}" for rid, ms in sorted(offsets.items())), tolerance, target)
         self._metrics.clock_handovers.inc()
         self._node.transfer_leader(target)
 
@@ -800,9 +801,9 @@ class Chain:
         if ss.role == StateRole.LEADER and not was_leader:
             self._lead_ready_index = self._node.status().last_index
             self._next_number = 0
-            _log.info("orderer %d is leader (term %d)", self._id, self._node.hard_state.term)
+            _log.info("event=leader_elected orderer=%d term=%d", self._id, self._node.hard_state.term)
         elif was_leader and ss.role != StateRole.LEADER:
-            _log.info("orderer %d lost leadership (leader now %d)", self._id, ss.leader)
+            _log.info("event=leadership_lost orderer=%d leader=%d", self._id, ss.leader)
             self._reset_leader_state("leadership lost before the envelope was proposed")
         self._metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
         if leader_changed and self._leader_listeners:
@@ -811,7 +812,7 @@ class Chain:
                 try:
                     listener(ss.leader)
                 except Exception:  # noqa: BLE001 -- a listener must not stop the driver
-                    _log.exception("leader listener failed")
+                    _log.exception("event=leader_listener_failed orderer=%d", self._id)
 
     def _apply(self, entries: Sequence[Entry]) -> None:
         for e in entries:
@@ -819,7 +820,8 @@ class Chain:
             if e.type == EntryType.CONF_CHANGE:
                 cc = ConfChange.decode(e.data)
                 self._conf_state = self._node.apply_conf_change(cc)
-                _log.info("orderer %d applied %s -> %s", self._id, cc, self._conf_state)
+                _log.info("event=conf_change_applied orderer=%d change=%r conf_state=%r", self._id,
+                          str(cc), str(self._conf_state))
                 continue
             if not e.data:
                 continue  # a new leader's empty entry
@@ -828,7 +830,7 @@ class Chain:
                 block.ParseFromString(e.data)
             except DecodeError:
                 self._metrics.blocks_rejected.inc()
-                _log.error("raft entry %d is not a block; skipped", e.index)
+                _log.error("event=raft_entry_not_block index=%d: skipped", e.index)
                 continue
             self._apply_block(block, e)
 
@@ -855,7 +857,8 @@ class Chain:
         ):
             self._metrics.blocks_rejected.inc()
             _log.error(
-                "committed entry %d: block %d does not chain onto block %d; skipped",
+                "event=block_not_chained index=%d block=%d last_block=%d: the committed entry's "
+                "block does not chain onto the last stored block; skipped",
                 entry.index, number, self._blocks.height() - 1,
             )
             self._resolve(number, b"")
@@ -891,8 +894,9 @@ class Chain:
         if self._signer_in_force_logged != self._tracker.current.block_number:
             self._signer_in_force_logged = self._tracker.current.block_number
             _log.warning(
-                "orderer %d: its certificate is not the one config block %d names for it; it "
-                "stores copies other orderers signed until its certificate is in force",
+                "event=signer_not_in_force orderer=%d config_block=%d: its certificate is not the "
+                "one the config block names for it; it stores copies other orderers signed until "
+                "its certificate is in force",
                 self._id, self._tracker.current.block_number,
             )
         self._catch_up(number)
@@ -940,13 +944,13 @@ class Chain:
         self._storage.create_snapshot(self._applied, self._conf_state, data)
         self._last_snap_block = last_block
         _log.info(
-            "orderer %d snapshot at raft index %d (block %d)", self._id, self._applied, last_block
+            "event=snapshot_created orderer=%d index=%d block=%d", self._id, self._applied, last_block
         )
 
     def _install_snapshot(self, snap: Snapshot) -> None:
         data = raft_pb2.OrdererSnapshotData.FromString(snap.data)
         _log.info(
-            "orderer %d installs snapshot at raft index %d (block %d)",
+            "event=snapshot_installed orderer=%d index=%d block=%d: installs snapshot and catches up",
             self._id, snap.meta.index, data.last_block_number,
         )
         self._catch_up_to_snapshot(data)
@@ -980,11 +984,12 @@ class Chain:
                     # fetch failure to retry (the blocks after it follow rules we lack)
                     raise
                 _log.warning(
-                    "orderer %d catch-up from block %d failed: %s", self._id, start, exc
+                    "event=catch_up_failed orderer=%d from_block=%d error=%r: retried", self._id,
+                    start, str(exc),
                 )
                 self._stop.wait(self._opt.catch_up_retry_s)
         if self._blocks.height() > target:
-            _log.info("orderer %d caught up to block %d", self._id, target)
+            _log.info("event=caught_up orderer=%d block=%d", self._id, target)
 
     def _append_fetched(self, block: block_pb2.Block) -> None:
         if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
@@ -1012,8 +1017,8 @@ class Chain:
     def _on_config(self, cfg: OrdererConfig) -> None:
         self._cutter.set_params(BatchParams.from_config(cfg.config.batch))
         _log.info(
-            "orderer %d adopted config sequence %d from block %d (orderers %s)",
-            self._id, cfg.config.sequence, cfg.block_number, cfg.orderer_ids(),
+            "event=config_adopted orderer=%d sequence=%d block=%d orderers=%s",
+            self._id, cfg.config.sequence, cfg.block_number, ",".join(map(str, cfg.orderer_ids())),
         )
         # the block is stored; what follows it is judged by rules this release may lack
         require_supported(cfg.config, f"orderer {self._id}")
@@ -1057,9 +1062,10 @@ class Chain:
             return  # a learner is still catching up (checked again in a second)
         try:
             self._node.propose_conf_change(cc)
-            _log.info("orderer %d proposes %s", self._id, cc)
+            _log.info("event=conf_change_proposed orderer=%d change=%r", self._id, str(cc))
         except ProposalDropped as err:
-            _log.info("conf change %s not proposed yet: %s", cc, err.detail)
+            _log.info("event=conf_change_deferred orderer=%d change=%r detail=%r: not proposed yet",
+                      self._id, str(cc), err.detail)
 
     def _caught_up(self, learner: int) -> bool:
         """Leader: has ``learner`` caught up enough to be promoted to voter? It must be

@@ -151,8 +151,8 @@ class _LeaderStream:
                 for ticket, ans in zip(tickets, resp.responses, strict=False):
                     ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
         except grpc.RpcError as exc:
-            _log.info("forward stream to %d ended: %s", self.leader_id,
-                      exc.code() if hasattr(exc, "code") else exc)
+            _log.info("event=forward_stream_ended leader=%d error=%r", self.leader_id,
+                      str(exc.code() if hasattr(exc, "code") else exc))
         finally:
             self.fail("forward stream to the leader broke")
 
@@ -269,12 +269,13 @@ class LeaderForwarder:
                     expired.append(stream)
         for stream in handed:
             n = stream.hand_back_queued()
-            _log.info("leader moved from %d to %d: %d queued envelopes re-dispatched",
-                      stream.leader_id, leader, n)
+            _log.info("event=forward_leader_moved from=%d to=%d requeued=%d: queued envelopes "
+                      "re-dispatched", stream.leader_id, leader, n)
         for stream in expired:
             if stream.inflight():
-                _log.warning("old leader %d did not answer %d forwarded envelopes within %.1fs "
-                             "of the leader change", stream.leader_id, stream.inflight(), self._grace_s)
+                _log.warning("event=forward_unanswered leader=%d envelopes=%d grace_s=%.1f: the old "
+                             "leader did not answer forwarded envelopes within the grace period after "
+                             "the leader change", stream.leader_id, stream.inflight(), self._grace_s)
             stream.close()
 
     def leader_changed(self, leader_id: int) -> None:
@@ -290,7 +291,7 @@ class LeaderForwarder:
             try:
                 self.check_leader()
             except Exception:  # noqa: BLE001 -- the watcher must keep running
-                _log.exception("forward watcher failed")
+                _log.exception("event=forward_watcher_failed")
 
     def close(self) -> None:
         """Close every stream and stop the watcher."""
@@ -329,7 +330,8 @@ class ForwardBatchService:
         rid = self._membership.raft_id_of(ident)
         if rid is None:
             self._metrics.consensus_dropped.labels(reason="non_member").inc()
-            _log.warning("refused ForwardBatch stream from a non-member")
+            _log.warning("event=non_member_refused stream=ForwardBatch caller=%r",
+                         ident.org if ident is not None else "(no client certificate)")
             abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
                                         "current configuration", grpc.StatusCode.PERMISSION_DENIED))
 

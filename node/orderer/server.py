@@ -81,7 +81,7 @@ class OrdererServer:
     def stop(self, grace_s: float = 2.0) -> None:
         """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
         storage (everything acknowledged is already durable)."""
-        _log.info("orderer %s shutting down", self.config.name)
+        _log.info("event=orderer_stopping node=%s", self.config.name)
         self.broadcast.stop_accepting()
         self.chain.hand_over_leadership()
         self.deliver.close()
@@ -390,7 +390,7 @@ def serve(config: NodeConfig) -> OrdererServer:
                       deliver, metrics).stop(0)
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
-        "orderer %s (raft %d) serving on %s, height %d",
+        "event=orderer_started node=%s raft_id=%d listen=%s height=%d",
         config.name, config.raft_id, config.listen, blocks.height(),
     )
     return OrdererServer(

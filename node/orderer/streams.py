@@ -83,9 +83,9 @@ def stream_error_logger(log: logging.Logger, what: str) -> Callable[[BaseExcepti
 
     def on_error(exc: BaseException) -> None:
         if isinstance(exc, grpc.RpcError):
-            log.debug("%s stream ended: %s", what, exc)
+            log.debug("event=stream_ended stream=%s error=%r", what, str(exc))
         else:
-            log.error("%s stream reader failed", what, exc_info=exc)
+            log.error("event=stream_reader_failed stream=%s", what, exc_info=exc)
 
     return on_error
 

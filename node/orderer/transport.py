@@ -228,7 +228,8 @@ class PeerSender:
                 stub = services_pb2_grpc.ClusterStub(channel)
                 stub.Step(self._requests(call_over))
             except grpc.RpcError as exc:
-                _log.debug("raft stream to %d (%s) ended: %s", self._peer_id, self._target, exc)
+                _log.debug("event=raft_stream_ended to=%d target=%s error=%r", self._peer_id, self._target,
+                           str(exc))
                 self._sink.report_unreachable(self._peer_id)
             finally:
                 call_over.set()
@@ -349,8 +350,8 @@ class ClusterService:
         rid = self._membership.raft_id_of(ident)
         if rid is None or ident is None:
             self._metrics.consensus_dropped.labels(reason="non_member").inc()
-            who = f"{ident.org}" if ident is not None else "no client certificate"
-            _log.warning("refused %s stream from a non-member (%s)", what, who)
+            _log.warning("event=non_member_refused stream=%s caller=%r", what,
+                         ident.org if ident is not None else "(no client certificate)")
             abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
                                         "current configuration", grpc.StatusCode.PERMISSION_DENIED))
         return rid, ident
@@ -369,7 +370,7 @@ class ClusterService:
                 msg = decode_message(req.payload)
             except InvalidMessage as err:
                 self._metrics.consensus_dropped.labels(reason="invalid").inc()
-                _log.warning("undecodable raft message from %d: %s", rid, err)
+                _log.warning("event=raft_message_undecodable from=%d error=%r: dropped", rid, str(err))
                 continue
             if msg.frm != rid or msg.to != self._own_id:
                 self._metrics.consensus_dropped.labels(reason="bad_sender").inc()
@@ -553,7 +554,8 @@ class _ForwardStream:
                 for ticket, ans in zip(tickets, resp.answers, strict=False):
                     ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
         except grpc.RpcError as exc:
-            _log.info("forward stream ended: %s", exc.code() if hasattr(exc, "code") else exc)
+            _log.info("event=forward_stream_ended error=%r",
+                      str(exc.code() if hasattr(exc, "code") else exc))
         finally:
             self._break()
 

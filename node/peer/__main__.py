@@ -55,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             if restarts == 0 or err.reason not in RETRY_ON_RESTART:
                 print(f"rxchain peer: {err}", file=sys.stderr)
                 return 2
+            log.error("event=peer_restart_failed attempt=%d reason=%s detail=%r", restarts, err.reason,
+                      err.message)
             node = None
         except Exception as exc:  # noqa: BLE001 - report any start-up failure in one line
             if restarts == 0:
                 print(f"rxchain peer: start-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return 1
+            log.error("event=peer_restart_failed attempt=%d reason=INTERNAL detail=%r", restarts,
+                      f"{type(exc).__name__}: {exc}")
             node = None
         if node is not None:
             while not done.is_set() and not node.failed.is_set():
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("event=peer_restart reason=%r", str(node.failure))
         restarts += 1
         if restarts > MAX_RESTARTS:
+            log.critical("event=peer_gave_up restarts=%d", MAX_RESTARTS)
             print(f"rxchain peer: giving up after {MAX_RESTARTS} in-process restarts", file=sys.stderr)
             return 74
         # Reopen the ledger (recovery truncates a torn tail and replays) after a pause.

@@ -74,7 +74,7 @@ class Committer:
             try:
                 listener(committed)
             except Exception:  # noqa: BLE001 - a listener must never undo a commit
-                _log.exception("commit listener failed for block %d", result.number)
+                _log.exception("event=commit_listener_failed block=%d", result.number)
         if validated.new_config is not None:
             # committed; the blocks after it are judged by rules this release may lack: the
             # peer stops (PROTOCOL_UNSUPPORTED, fatal to the commit loop) rather than guess

@@ -88,7 +88,7 @@ class PeerNode:
         self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
         if not self.gateway.close():
-            _log.warning("event=peer_stopping node=%s gateway work still running after %s s",
+            _log.warning("event=peer_stopping node=%s wait_s=%.1f: gateway work still running after the wait",
                          self.config.name, GATEWAY_CLOSE_WAIT_S)
         self.endorser_service.close(wait=True)  # no endorsement still reading the ledger
         self.broadcast.close()

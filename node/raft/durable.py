@@ -100,9 +100,12 @@ class DurableStorage:
         self._mem.append(rec.entries)
         self._mem.set_hard_state(rec.hard_state)
         self.truncated_tail_bytes = rec.truncated_tail_bytes
+        hs = rec.hard_state
         _log.info(
-            "raft storage %s recovered: hard state %s, snapshot %d, entries %d..%d",
-            base, rec.hard_state, rec.snapshot.index, self.first_index(), self.last_index(),
+            "event=raft_storage_recovered dir=%r term=%d vote=%d commit=%d snapshot=%d "
+            "first_index=%d last_index=%d",
+            str(base), hs.term, hs.vote, hs.commit, rec.snapshot.index, self.first_index(),
+            self.last_index(),
         )
 
     # ------------------------------------------------------------------ Storage protocol

@@ -137,10 +137,11 @@ class Snapshotter:
         try:
             snap = decode_snapshot(raw)
         except RaftError as err:
-            _log.warning("snapshot file %s is damaged (%s); ignoring it", path, err.detail)
+            _log.warning("event=snapshot_damaged path=%r detail=%r: ignoring it", str(path), err.detail)
             return None
         if (snap.meta.index, snap.meta.term) != (index, term):
-            _log.warning("snapshot file %s holds another position; ignoring it", path)
+            _log.warning("event=snapshot_mismatch path=%r: the file holds another position; ignoring it",
+                         str(path))
             return None
         return snap
 

@@ -230,9 +230,9 @@ class _Replay:
                         f"{index} (term {term}) that no later segment carries",
                     )
             _log.warning(
-                "WAL %s: the oldest segments start in the middle of the log (a compaction "
-                "interrupted while deleting them); superseded by the snapshot marker at "
-                "index %d", self._rebased_from[0], st.snapshot.index,
+                "event=wal_rebased path=%r snapshot_index=%d: the oldest segments start in the "
+                "middle of the log (a compaction interrupted while deleting them); superseded by "
+                "the snapshot marker", str(self._rebased_from[0]), st.snapshot.index,
             )
         return st
 
@@ -369,7 +369,7 @@ class WAL:
             if _TMP_RE.match(name):
                 # A segment whose creation a crash interrupted: never renamed into place,
                 # so nothing in it was acknowledged.
-                _log.warning("WAL %s: removing unfinished segment %s", self._dir, name)
+                _log.warning("event=wal_unfinished_segment_removed dir=%r segment=%r", str(self._dir), name)
                 os.unlink(os.path.join(self._dir, name))
         seqs = sorted(int(m.group(1), 16) for m in map(_SEG_RE.match, names) if m)
         replay = _Replay()
@@ -456,14 +456,15 @@ class WAL:
                 )
             if not complete:
                 _log.warning(
-                    "WAL %s: search for a valid record after the damage at offset %d was "
-                    "cut short (bounded work); treating the damage as a torn write", path, pos,
+                    "event=wal_search_cut_short path=%r offset=%d: the search for a valid record "
+                    "after the damage was cut short (bounded work); treating the damage as a torn "
+                    "write", str(path), pos,
                 )
             zero_fill = _all_zero(data, pos)
             _log.warning(
-                "WAL %s: torn tail at offset %d (%s); truncating %d bytes that were never "
-                "acknowledged",
-                path, pos, "zero fill" if zero_fill else problem, size - pos,
+                "event=wal_torn_tail path=%r offset=%d problem=%r bytes=%d: truncating a torn tail "
+                "that was never acknowledged",
+                str(path), pos, "zero fill" if zero_fill else problem, size - pos,
             )
             return pos, max_index
         return pos, max_index

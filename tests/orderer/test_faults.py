@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import urllib.request
 from collections import Counter
@@ -122,6 +123,11 @@ def test_quorum_loss_reports_unavailable_then_resumes(cluster):
     st = client.status(procs.target(followers[0]))
     assert st.raft_leader not in (0, ids[leader]), st
     assert "hands leadership to" in procs.log_text(leader)
+    # the log line an alert selects on (jq 'select(.event=="leadership_transfer")'): JSON members
+    docs = [json.loads(line) for line in procs.log_text(leader).splitlines() if line.startswith("{")]
+    handed = [d for d in docs if d.get("event") == "leadership_transfer"]
+    assert handed and handed[-1]["orderer"] == ids[leader] and handed[-1]["target"] in set(ids.values()) - {ids[leader]}
+    assert any(d.get("event") == "leader_elected" and isinstance(d.get("term"), int) for d in docs)
     # Now stop a second one: no quorum.
     procs.kill(followers[1])
     survivor = followers[0]

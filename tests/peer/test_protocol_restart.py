@@ -59,3 +59,29 @@ def test_protocol_unsupported_after_a_commit_exits_2(quiet_main: None, monkeypat
     assert len(calls) == 2 and first.stopped
     err = capsys.readouterr().err
     assert f"{PROTOCOL_UNSUPPORTED}: {WHY}" in err
+
+
+def test_restarts_that_fail_are_logged_events_until_the_peer_gives_up(
+        quiet_main: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A restart whose start-up fails (retryable) and the peer giving up were on stderr as free
+    text or not at all: each is an event a log alert selects on."""
+    calls: list[int] = []
+
+    def serve(config: Any) -> _FailedNode:
+        calls.append(1)
+        if len(calls) == 1:
+            return _FailedNode(RxError("IO_ERROR", "disk went away"))
+        raise RxError("IO_ERROR", "still gone")
+
+    monkeypatch.setattr(peer_server, "serve", serve)
+    monkeypatch.setattr(peer_main, "MAX_RESTARTS", 2)
+    with caplog.at_level("INFO", logger="node.peer.__main__"):
+        assert peer_main.main(["--config", "unused.yaml"]) == 74
+    assert [r.getMessage() for r in caplog.records] == [
+        "event=peer_restart reason='IO_ERROR: disk went away'",
+        "event=peer_restart_failed attempt=1 reason=IO_ERROR detail='still gone'",
+        "event=peer_restart_failed attempt=2 reason=IO_ERROR detail='still gone'",
+        "event=peer_gave_up restarts=2",
+    ]
+    assert "giving up after 2 in-process restarts" in capsys.readouterr().err
