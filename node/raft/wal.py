@@ -10,7 +10,8 @@ first one, a roll when the open segment is full, and compaction) is written comp
 its ``.tmp`` name, fsynced, renamed to its ``.log`` name and the directory fsynced, so a
 segment file exists whole or not at all; before that, the segment it replaces is fsynced
 (it may end in an unsynced commit-only hard state), so only the last segment can ever end
-in a torn write. Recovery deletes leftover ``.tmp`` files (never acknowledged).
+in a torn write. Recovery deletes leftover ``.tmp`` files (never acknowledged). The
+directories are created durably (their parents fsynced).
 
 Compaction (:meth:`WAL.release`, after a snapshot) starts a new segment that also carries
 every entry above the snapshot, then deletes all older segments, newest first, fsyncing the
@@ -92,7 +93,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, make_dirs_durable
 from node.raft.errors import RaftError
 from node.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState
 
@@ -341,7 +342,9 @@ class WAL:
         self._fsync = fsync
         self._observer = fsync_observer
         self._clock = clock
-        os.makedirs(self._dir, exist_ok=True)
+        # Durable directory entries too: a segment fsynced into a directory whose own entry
+        # a power loss drops is lost with it (a blank WAL: term and vote forgotten).
+        make_dirs_durable(self._dir, sync=fsync)
         self._segments: list[int] = []
         # Highest entry index written into each segment (0: none), for operators' tools.
         self._seg_max_index: dict[int, int] = {}
