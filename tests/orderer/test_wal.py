@@ -622,12 +622,13 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
     import node.raft.wal as wal_mod
 
     carry = _wal_before_release(tmp_path)
-    wal = WAL(tmp_path, segment_bytes=400)
-    old = [os.path.basename(p) for p in wal.segment_paths()]
     fake = CrashingOs(None)
     monkeypatch.setattr(wal_mod, "os", fake)
     monkeypatch.setattr(wal_mod, "fsync_dir", lambda d: fake.log.append(("fsync_dir", "")))
     try:
+        wal = WAL(tmp_path, segment_bytes=400)
+        old = [os.path.basename(p) for p in wal.segment_paths()]
+        del fake.log[:]
         wal.release(carry)
         new = os.path.basename(wal.segment_paths()[-1])
         wal.close()
@@ -635,6 +636,8 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
         monkeypatch.setattr(wal_mod, "os", os)
     unlinks = [op for name in reversed(old) for op in (("unlink", name), ("fsync_dir", ""))]
     assert fake.log == [
+        # the reopened last segment may end in what the previous process never synced
+        ("fsync", old[-1]),
         ("write", new + ".tmp"), ("fsync", new + ".tmp"), ("replace", new), ("fsync_dir", ""),
         *unlinks,
     ]
@@ -693,6 +696,35 @@ def test_roll_fsyncs_the_segment_it_leaves_before_creating_the_next(tmp_path, mo
         assert second != first
         assert fake.log[1:5] == [("fsync", first), ("write", second + ".tmp"),
                                  ("fsync", second + ".tmp"), ("replace", second)]
+        wal.close()
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    rec = WAL(tmp_path, segment_bytes=340).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4]
+    assert rec.hard_state == HardState(1, 1, 3)
+
+
+def test_a_reopened_wal_syncs_its_last_segment_before_rolling(tmp_path, monkeypatch):
+    """The process dies (the machine does not) right after a commit-only hard state filled
+    the segment: replay reads it from the page cache, but it was never fsynced. The restarted
+    WAL's first save rolls; the segment it leaves must be synced first, or a power loss then
+    tears a segment that is no longer the last (WALCorrupt: the node cannot start)."""
+    import node.raft.wal as wal_mod
+
+    fake = CrashingOs(None)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    try:
+        wal = WAL(tmp_path, segment_bytes=340)
+        wal.save(HardState(1, 1, 0), ents(1, 3, size=60))  # 324 bytes
+        wal.save(HardState(1, 1, 2), [], sync=False)  # 357 >= 340, in the page cache only
+        wal.close()  # the process dies: nothing syncs the file
+        wal = WAL(tmp_path, segment_bytes=340)
+        first = os.path.basename(wal.segment_paths()[-1])
+        del fake.log[:]
+        wal.save(HardState(1, 1, 3), ents(4, 4))  # rolls first
+        second = os.path.basename(wal.segment_paths()[-1])
+        assert second != first
+        assert fake.log[:2] == [("fsync", first), ("write", second + ".tmp")]
         wal.close()
     finally:
         monkeypatch.setattr(wal_mod, "os", os)
