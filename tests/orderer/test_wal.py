@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH
 from node.errors import RxError
-from node.orderer.server import open_raft_storage
+from node.orderer.server import open_block_store, open_raft_storage
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftError, RaftStateLost
 from node.raft.snapshotter import Snapshotter, decode_snapshot, encode_snapshot
@@ -29,7 +30,7 @@ from node.raft.wal import (
     encode_hard_state,
     encode_snapshot_mark,
 )
-from tests.orderer.toyblocks import toy_block_store
+from tests.orderer.toyblocks import toy_block, toy_block_store
 
 CONF = ConfState((1, 2, 3), ())
 
@@ -1083,3 +1084,25 @@ def test_orderer_refuses_to_start_with_blocks_past_genesis_and_no_wal(tmp_path):
         st.close()
     finally:
         genesis_only.close()
+
+
+def test_the_orderer_creates_its_data_directory_durably(tmp_path, monkeypatch):
+    """The orderer's block store is written without fsync and created data/ the same way
+    (serve() called BlockStore(fsync=False) directly): a power loss could drop data/ from its
+    parent, raft/ and the WAL with it, and the orderer came back as a blank voter."""
+    import node.fsutil as fsutil_mod
+
+    synced: list[str] = []
+    monkeypatch.setattr(fsutil_mod, "fsync_dir", lambda p: synced.append(os.path.abspath(p)))
+    home = tmp_path / "orderer.ins01"
+    home.mkdir()
+    genesis = toy_block(0, GENESIS_PREVIOUS_HASH)
+    blocks = open_block_store(home / "data", genesis)
+    blocks.close()
+    assert synced == [str(home), str(home / "data")]  # the entries of data/ and blocks/
+    blocks = open_block_store(home / "data", genesis)  # a restart: nothing to create
+    try:
+        assert blocks.height() == 1  # the genesis block, once
+    finally:
+        blocks.close()
+    assert len(synced) == 2
