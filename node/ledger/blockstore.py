@@ -81,7 +81,7 @@ from dataclasses import dataclass
 from rxchain.v1 import block_pb2
 
 from node.crypto.canonical import GENESIS_PREVIOUS_HASH, block_data_hash, block_header_hash
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, make_dirs_durable
 from node.ledger.errors import LedgerError
 
 _log = logging.getLogger(__name__)
@@ -109,23 +109,6 @@ def _record_crc(number: int, payload: bytes) -> int:
 def encode_record(number: int, payload: bytes) -> bytes:
     """One record (header + payload) in the layout of the module docstring."""
     return _REC_HEAD.pack(MAGIC, number, len(payload), _record_crc(number, payload)) + payload
-
-
-def make_dirs_durable(path: str, *, sync: bool = True) -> None:
-    """``os.makedirs(path, exist_ok=True)``; with ``sync``, the parent of every directory it
-    created is fsynced, so the new entries survive a power loss (OSError on failure)."""
-    created: list[str] = []
-    p = os.path.abspath(path)
-    while not os.path.isdir(p):
-        created.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    os.makedirs(path, exist_ok=True)
-    if sync:
-        for d in reversed(created):
-            fsync_dir(os.path.dirname(d))
 
 
 def _io_error(what: str, exc: OSError, block: int | None = None) -> LedgerError:

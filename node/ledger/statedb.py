@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import plyvel
 
 from node.crypto.canonical import lp
-from node.ledger.blockstore import make_dirs_durable
+from node.fsutil import make_dirs_durable
 from node.ledger.errors import LedgerError
 
 _U32 = struct.Struct(">I")

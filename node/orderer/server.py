@@ -14,6 +14,7 @@ whose clock is wrong, never set in production.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from rxchain.v1 import config_pb2, services_pb2
+from rxchain.v1 import block_pb2, config_pb2, services_pb2
 
 from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
@@ -31,6 +32,7 @@ from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.errors import RxError, abort_with
+from node.fsutil import make_dirs_durable
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
@@ -191,6 +193,22 @@ def _config_in_force(
     return OrdererConfig(genesis, MSP(genesis, verifier), 0)
 
 
+def open_block_store(data: Path, genesis: block_pb2.Block, *, sync_dirs: bool = True) -> BlockStore:
+    """The orderer's block store, ``data``/blocks, holding at least the genesis block.
+
+    No fsync per block: the fsynced Raft WAL holds every block until a snapshot, and the
+    chain syncs the block files before each snapshot (see chain.sync_block_files). The
+    directories it creates are made durable all the same (``sync_dirs``): ``data`` vanishing
+    from its parent in a power loss takes raft/ with it, and an orderer without its WAL and
+    without blocks past the genesis block starts as a blank voter (see open_raft_storage)."""
+    with contextlib.suppress(OSError):  # the block store names the path in its IO_ERROR
+        make_dirs_durable(os.fspath(data / "blocks"), sync=sync_dirs)
+    blocks = BlockStore(data / "blocks", fsync=False)
+    if blocks.height() == 0:
+        blocks.append(genesis)
+    return blocks
+
+
 def open_raft_storage(
     directory: Path,
     blocks: BlockStore,
@@ -254,11 +272,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     check_can_listen(config)  # before anything is written into data_dir
     metrics = OrdererMetrics(config.name)
     data = Path(config.data_dir)
-    # No fsync per block: the fsynced Raft WAL holds every block until a snapshot, and the
-    # chain syncs the block files before each snapshot (see chain.sync_block_files).
-    blocks = BlockStore(data / "blocks", fsync=False)
-    if blocks.height() == 0:
-        blocks.append(genesis)
+    blocks = open_block_store(data, genesis, sync_dirs=config.fsync)
     tracker = ConfigTracker(_config_in_force(blocks, consortium, verifier), verifier)
     try:
         require_supported(tracker.current.config, config.name)
@@ -399,4 +413,4 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
 
 
-__all__ = ["OrdererServer", "StateRole", "open_raft_storage", "serve"]
+__all__ = ["OrdererServer", "StateRole", "open_block_store", "open_raft_storage", "serve"]

@@ -532,7 +532,11 @@ class Raft:
             if m.index > self.log.last_index():
                 return  # acknowledges entries we never sent: a faulty peer, ignore it
             old_paused = pr.is_paused()
-            if pr.maybe_update(m.index):
+            # An acknowledgement of the match index itself moves a probed peer back to
+            # REPLICATE too (the answer to the empty append sent on a heartbeat response).
+            if pr.maybe_update(m.index) or (
+                pr.match == m.index and pr.state == ProgressState.PROBE
+            ):
                 if pr.state == ProgressState.PROBE:
                     pr.become_replicate()
                 elif pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
@@ -554,7 +558,10 @@ class Raft:
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflights.full():
                 pr.inflights.free_first_one()
-            if pr.match < self.log.last_index():
+            # A peer probed while it holds our whole log (e.g. after report_unreachable) gets
+            # an (empty) append too: its answer moves it back to REPLICATE. Without one it
+            # stays probed until the next proposal (etcd-raft: heartbeat_rep_recovers_from_probing).
+            if pr.match < self.log.last_index() or pr.state == ProgressState.PROBE:
                 self.send_append(m.frm)
             return
         if t == MT.SNAP_STATUS:

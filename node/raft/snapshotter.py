@@ -27,7 +27,7 @@ import re
 import struct
 import zlib
 
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, make_dirs_durable
 from node.raft.errors import RaftError
 from node.raft.types import ConfState, Snapshot, SnapshotMeta
 
@@ -87,7 +87,7 @@ class Snapshotter:
         self._dir = os.fspath(directory)
         self._keep = keep
         self._fsync = fsync
-        os.makedirs(self._dir, exist_ok=True)
+        make_dirs_durable(self._dir, sync=fsync)  # a saved file must not vanish with its directory
         for name in os.listdir(self._dir):
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(self._dir, name))

@@ -9,8 +9,10 @@ Every segment starts with the current hard state and snapshot marker. A new segm
 first one, a roll when the open segment is full, and compaction) is written complete under
 its ``.tmp`` name, fsynced, renamed to its ``.log`` name and the directory fsynced, so a
 segment file exists whole or not at all; before that, the segment it replaces is fsynced
-(it may end in an unsynced commit-only hard state), so only the last segment can ever end
-in a torn write. Recovery deletes leftover ``.tmp`` files (never acknowledged).
+(it may end in an unsynced commit-only hard state, also one written before the process
+last restarted), so only the last segment can ever end in a torn write. Recovery deletes
+leftover ``.tmp`` files (never acknowledged). The directories are created durably (their
+parents fsynced).
 
 Compaction (:meth:`WAL.release`, after a snapshot) starts a new segment that also carries
 every entry above the snapshot, then deletes all older segments, newest first, fsyncing the
@@ -92,7 +94,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, make_dirs_durable
 from node.raft.errors import RaftError
 from node.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState
 
@@ -341,7 +343,9 @@ class WAL:
         self._fsync = fsync
         self._observer = fsync_observer
         self._clock = clock
-        os.makedirs(self._dir, exist_ok=True)
+        # Durable directory entries too: a segment fsynced into a directory whose own entry
+        # a power loss drops is lost with it (a blank WAL: term and vote forgotten).
+        make_dirs_durable(self._dir, sync=fsync)
         self._segments: list[int] = []
         # Highest entry index written into each segment (0: none), for operators' tools.
         self._seg_max_index: dict[int, int] = {}
@@ -356,6 +360,10 @@ class WAL:
             seq = self._segments[-1]
             self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND)
             self._write_pos = os.fstat(self._fd).st_size
+            # Replay read the file through the page cache: after a crash of the process (not
+            # of the machine) it may end in a commit-only hard state written without fsync.
+            # Syncing it before a newer segment exists keeps a torn tail in the last one only.
+            self._dirty = fsync
         self._closed = False
 
     # ------------------------------------------------------------------ recovery

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from node.crypto.canonical import GENESIS_PREVIOUS_HASH
 from node.errors import RxError
-from node.orderer.server import open_raft_storage
+from node.orderer.server import open_block_store, open_raft_storage
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftError, RaftStateLost
 from node.raft.snapshotter import Snapshotter, decode_snapshot, encode_snapshot
@@ -29,7 +30,7 @@ from node.raft.wal import (
     encode_hard_state,
     encode_snapshot_mark,
 )
-from tests.orderer.toyblocks import toy_block_store
+from tests.orderer.toyblocks import toy_block, toy_block_store
 
 CONF = ConfState((1, 2, 3), ())
 
@@ -622,12 +623,13 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
     import node.raft.wal as wal_mod
 
     carry = _wal_before_release(tmp_path)
-    wal = WAL(tmp_path, segment_bytes=400)
-    old = [os.path.basename(p) for p in wal.segment_paths()]
     fake = CrashingOs(None)
     monkeypatch.setattr(wal_mod, "os", fake)
     monkeypatch.setattr(wal_mod, "fsync_dir", lambda d: fake.log.append(("fsync_dir", "")))
     try:
+        wal = WAL(tmp_path, segment_bytes=400)
+        old = [os.path.basename(p) for p in wal.segment_paths()]
+        del fake.log[:]
         wal.release(carry)
         new = os.path.basename(wal.segment_paths()[-1])
         wal.close()
@@ -635,6 +637,8 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
         monkeypatch.setattr(wal_mod, "os", os)
     unlinks = [op for name in reversed(old) for op in (("unlink", name), ("fsync_dir", ""))]
     assert fake.log == [
+        # the reopened last segment may end in what the previous process never synced
+        ("fsync", old[-1]),
         ("write", new + ".tmp"), ("fsync", new + ".tmp"), ("replace", new), ("fsync_dir", ""),
         *unlinks,
     ]
@@ -699,6 +703,65 @@ def test_roll_fsyncs_the_segment_it_leaves_before_creating_the_next(tmp_path, mo
     rec = WAL(tmp_path, segment_bytes=340).recovered
     assert [e.index for e in rec.entries] == [1, 2, 3, 4]
     assert rec.hard_state == HardState(1, 1, 3)
+
+
+def test_a_reopened_wal_syncs_its_last_segment_before_rolling(tmp_path, monkeypatch):
+    """The process dies (the machine does not) right after a commit-only hard state filled
+    the segment: replay reads it from the page cache, but it was never fsynced. The restarted
+    WAL's first save rolls; the segment it leaves must be synced first, or a power loss then
+    tears a segment that is no longer the last (WALCorrupt: the node cannot start)."""
+    import node.raft.wal as wal_mod
+
+    fake = CrashingOs(None)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    try:
+        wal = WAL(tmp_path, segment_bytes=340)
+        wal.save(HardState(1, 1, 0), ents(1, 3, size=60))  # 324 bytes
+        wal.save(HardState(1, 1, 2), [], sync=False)  # 357 >= 340, in the page cache only
+        wal.close()  # the process dies: nothing syncs the file
+        wal = WAL(tmp_path, segment_bytes=340)
+        first = os.path.basename(wal.segment_paths()[-1])
+        del fake.log[:]
+        wal.save(HardState(1, 1, 3), ents(4, 4))  # rolls first
+        second = os.path.basename(wal.segment_paths()[-1])
+        assert second != first
+        assert fake.log[:2] == [("fsync", first), ("write", second + ".tmp")]
+        wal.close()
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    rec = WAL(tmp_path, segment_bytes=340).recovered
+    assert [e.index for e in rec.entries] == [1, 2, 3, 4]
+    assert rec.hard_state == HardState(1, 1, 3)
+
+
+def test_durable_storage_creates_its_directories_durably(tmp_path, monkeypatch):
+    """A new orderer's first vote is fsynced into raft/wal/, but a power loss can still drop
+    the entries of raft/ and wal/ (and snap/) unless their parents are fsynced: the node
+    would come back with no WAL, a blank voter that may vote twice in one term."""
+    import node.fsutil as fsutil_mod
+    import node.raft.snapshotter as snap_mod
+    import node.raft.wal as wal_mod
+
+    synced: list[str] = []
+
+    def record(path) -> None:
+        synced.append(os.path.abspath(path))
+
+    for mod in (fsutil_mod, wal_mod, snap_mod):
+        monkeypatch.setattr(mod, "fsync_dir", record)
+    (tmp_path / "data").mkdir()
+    storage = DurableStorage(tmp_path / "data" / "raft", bootstrap_conf_state=CONF)
+    storage.save_ready(HardState(2, 1, 0), [], None)  # a vote
+    storage.close()
+    data, raft = str(tmp_path / "data"), str(tmp_path / "data" / "raft")
+    assert data in synced  # holds raft/
+    assert synced.count(raft) >= 1  # holds wal/ and snap/
+    assert synced.index(raft) < synced.index(str(tmp_path / "data" / "raft" / "wal"))
+
+    # fsync=False (tests, benchmarks) syncs nothing
+    del synced[:]
+    DurableStorage(tmp_path / "other" / "raft", fsync=False).close()
+    assert synced == []
 
 
 class FailingOs(NamingOs):
@@ -1021,3 +1084,25 @@ def test_orderer_refuses_to_start_with_blocks_past_genesis_and_no_wal(tmp_path):
         st.close()
     finally:
         genesis_only.close()
+
+
+def test_the_orderer_creates_its_data_directory_durably(tmp_path, monkeypatch):
+    """The orderer's block store is written without fsync and created data/ the same way
+    (serve() called BlockStore(fsync=False) directly): a power loss could drop data/ from its
+    parent, raft/ and the WAL with it, and the orderer came back as a blank voter."""
+    import node.fsutil as fsutil_mod
+
+    synced: list[str] = []
+    monkeypatch.setattr(fsutil_mod, "fsync_dir", lambda p: synced.append(os.path.abspath(p)))
+    home = tmp_path / "orderer.ins01"
+    home.mkdir()
+    genesis = toy_block(0, GENESIS_PREVIOUS_HASH)
+    blocks = open_block_store(home / "data", genesis)
+    blocks.close()
+    assert synced == [str(home), str(home / "data")]  # the entries of data/ and blocks/
+    blocks = open_block_store(home / "data", genesis)  # a restart: nothing to create
+    try:
+        assert blocks.height() == 1  # the genesis block, once
+    finally:
+        blocks.close()
+    assert len(synced) == 2

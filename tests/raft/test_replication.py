@@ -153,3 +153,25 @@ def test_heartbeat_commit_is_capped_at_follower_match() -> None:
         c.node(1).advance(rd)
     hb = [m for m in rd_msgs if m.type == MT.HEARTBEAT and m.to == 3]
     assert hb and hb[0].commit < c.node(1).status().commit
+
+
+def test_a_caught_up_peer_probed_after_unreachable_replicates_again_while_idle() -> None:
+    """report_unreachable puts a peer holding the leader's whole log into PROBE. A heartbeat
+    response alone sent nothing (match == last index), so the peer stayed probed until the
+    next proposal: the orderer promotes a learner only from REPLICATE (Chain._caught_up), so
+    an idle service never promoted it. The leader now sends an empty append; its
+    acknowledgement of the match index moves the peer back to REPLICATE."""
+    c = Cluster([1, 2, 3])
+    elect(c, 1)
+    c.node(1).propose(b"x")
+    c.stabilize()
+    last = c.node(1).status().last_index
+    assert c.node(1).status().progress[2].state == ProgressState.REPLICATE
+    c.node(1).report_unreachable(2)
+    c.stabilize()
+    assert c.node(1).status().progress[2].state == ProgressState.PROBE
+    c.tick(1, 2)  # heartbeats, no proposal
+    c.stabilize()
+    pr = c.node(1).status().progress[2]
+    assert pr.state == ProgressState.REPLICATE and pr.match == last
+    assert c.node(1).status().last_index == last  # nothing was proposed to get there
