@@ -963,6 +963,10 @@ class Chain:
             self._catch_up(data.last_block_number)
         if self._blocks.height() <= data.last_block_number:
             return  # stopping
+        # the blocks just fetched were written without fsync: make them durable before the
+        # snapshot they complete is relied on (the next local snapshot would sync them, but a
+        # power loss before it could leave a hole below blocks appended since)
+        sync_block_files(self._blocks.directory)
         stored = block_header_hash(self._blocks.get(data.last_block_number).header)
         if stored != data.last_block_hash:
             raise RaftError(

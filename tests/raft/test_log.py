@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.raft.errors import Compacted
+from node.raft.errors import Compacted, RaftError
 from node.raft.log import RaftLog, Unstable
 from node.raft.storage import MemoryStorage
 from node.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMeta
@@ -45,8 +45,27 @@ def test_maybe_append_truncates_only_after_conflict() -> None:
 def test_maybe_append_never_overwrites_committed() -> None:
     log = log_with(1, 1, 1)
     log.commit_to(3)
-    with pytest.raises(AssertionError):
+    with pytest.raises(RaftError) as err:
         log.maybe_append(1, 1, 3, (E(2, 2),))
+    assert err.value.reason == "committed_entry_conflict"
+    assert [e.term for e in log.all_entries()] == [1, 1, 1] and log.committed == 3
+
+
+def test_the_committed_entry_check_holds_under_python_O() -> None:
+    """It was an assert: ``python -O`` (or PYTHONOPTIMIZE) dropped it and a conflicting
+    append truncated committed entries."""
+    import subprocess
+    import sys
+
+    code = ("from node.raft.errors import RaftError\n"
+            "from tests.raft.test_log import E, log_with\n"
+            "log = log_with(1, 1, 1)\nlog.commit_to(3)\n"
+            "try:\n    log.maybe_append(1, 1, 3, (E(2, 2),))\n"
+            "except RaftError as e:\n    print(e.reason)\n"
+            "print([e.term for e in log.all_entries()])\n")
+    out = subprocess.run([sys.executable, "-O", "-c", code], check=False, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["committed_entry_conflict", "[1,", "1,", "1]"], out.stderr
 
 
 def test_commit_caps_at_last_new_entry() -> None:
