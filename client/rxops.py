@@ -519,6 +519,12 @@ class RxOperations:
                 opened = self._get_key(rx_id)
             except NoKeyGrant:
                 opened = None
+            except RxClientError as exc:
+                # no party any more (a consent withdrawn since the trail was read): the contract
+                # answers as for a missing id; the trail stands, its notes stay sealed
+                if exc.reason != "NOT_FOUND":
+                    raise
+                opened = None
             self._notes_opened(rx_id, notes, opened)
         out = {"rx_id": rx_id, "status": res.get("status"), "steps": steps, "truncated": res.get("truncated", False)}
         if res.get("unreadable"):

@@ -682,3 +682,32 @@ def test_a_prescription_is_read_as_missing_by_a_non_party(contract_runner: sandb
     nurse, _ = ops_as(NURSE)
     meta = nurse.show(rx)
     assert (meta["rx_id"], meta["content"], meta["denied"]) == (rx, None, "NO_KEY_GRANT")
+
+
+def test_a_trace_read_by_a_party_whose_consent_is_withdrawn_meanwhile_keeps_its_notes_sealed(
+        contract_runner: sandbox_adapter.Runner) -> None:
+    """``RxOperations.trace`` reads the trail, then fetches the key for its notes. A consent
+    withdrawn in between makes the caller no party: the key fetch is answered as for a missing
+    id (NOT_FOUND), and the trail read stands with its note sealed (``note`` None), as for a
+    party without a grant -- not a NOT_FOUND for a trail the caller was allowed to read."""
+    from tests.contracts.flows import JIANG
+
+    world = World(ContractChain(runner=contract_runner))
+    world.load()
+    rx = approved(world).args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02")).unwrap()
+    world.chain.submit("prescription", "revoke", JIANG, rx_id=rx, reason="OTHER",
+                       note_ct="QUJD" * 12).unwrap()
+
+    def withdraw() -> None:
+        world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
+
+    gw = ContractGateway(world, ZHOU, {"get_key": withdraw})
+    session = SimpleNamespace(gateway=gw, identity=SimpleNamespace(org="h02", user="dr-zhou", role="doctor"),
+                              decryption_keys=list)
+    out = RxOperations(session).trace(rx)  # type: ignore[arg-type]
+    revoked = [st for st in out["steps"] if st["step"] == "revoke"]
+    assert len(revoked) == 1 and revoked[0]["reason"] == "OTHER" and revoked[0]["note"] is None
+    assert gw.calls == [("get_key", {"rx_id": rx}, "NOT_FOUND")]
