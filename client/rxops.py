@@ -420,7 +420,9 @@ class RxOperations:
     def show(self, rx_id: str) -> dict[str, Any]:
         """Metadata, plus the decrypted content when the caller holds a key grant.
 
-        Raises NO_KEY_GRANT when the caller has neither a grant nor a right to the metadata.
+        Raises NOT_FOUND when the caller is no party of the prescription, exactly as for an id
+        never issued (the contract tells its existence to its parties only); a party whose org
+        or role holds no grant reads the metadata (``content`` None, ``denied`` NO_KEY_GRANT).
         """
         denied: NoKeyGrant | None = None
         opened: OpenedRecord | None = None
@@ -431,6 +433,7 @@ class RxOperations:
         try:
             meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
         except RxClientError as exc:
+            # (ACCESS_DENIED: a contract from before non-parties were answered NOT_FOUND)
             if denied is not None and exc.reason == "ACCESS_DENIED":
                 raise denied from exc
             raise
@@ -515,6 +518,12 @@ class RxOperations:
             try:
                 opened = self._get_key(rx_id)
             except NoKeyGrant:
+                opened = None
+            except RxClientError as exc:
+                # no party any more (a consent withdrawn since the trail was read): the contract
+                # answers as for a missing id; the trail stands, its notes stay sealed
+                if exc.reason != "NOT_FOUND":
+                    raise
                 opened = None
             self._notes_opened(rx_id, notes, opened)
         out = {"rx_id": rx_id, "status": res.get("status"), "steps": steps, "truncated": res.get("truncated", False)}

@@ -233,11 +233,41 @@ def _age_years(birth: list, today: list) -> int:
 
 
 def _rx(ctx: Context, rx_id: str) -> dict:
-    if not _is_id(rx_id, 64):
-        ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+    _check_rx_id(ctx, rx_id)
     rec = ctx.get("rx/" + rx_id)
     if rec is None:
-        ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+        _missing(ctx, rx_id)
+    return rec
+
+
+def _check_rx_id(ctx: Context, rx_id: str) -> None:
+    if not _is_id(rx_id, 64):
+        ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
+
+
+def _missing(ctx: Context, rx_id: str) -> None:
+    """A missing id's answer; the views give it to a non-party too (README: existence)."""
+    ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+
+
+def _party_rx(ctx: Context, rx_id: str) -> dict:
+    """The record for a party (``_can_view``); anyone else gets the missing id's answer."""
+    _check_rx_id(ctx, rx_id)
+    rec = ctx.get("rx/" + rx_id)
+    if rec is None or not _can_view(ctx, rec):
+        _missing(ctx, rx_id)
+    return rec
+
+
+def _patients_rx(ctx: Context, rx_id: str, what: str) -> dict:
+    """For the patient's calls: other roles ACCESS_DENIED before the lookup, another
+    patient (or one without her binding) the missing id's answer."""
+    _check_rx_id(ctx, rx_id)
+    if ctx.caller.role != "patient":
+        ctx.fail("ACCESS_DENIED", "only the patient " + what)
+    rec = ctx.get("rx/" + rx_id)
+    if rec is None or not _is_patient(ctx, rec):
+        _missing(ctx, rx_id)
     return rec
 
 
@@ -333,7 +363,8 @@ def _is_enrolled_user(ctx: Context, pseudonym: str) -> bool:
     return enrol["user_tag"] == ctx.hmac_sha256_hex(binding, "patient-user|" + c.org + "|" + c.name)
 
 
-def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
+def _transient_content(ctx: Context) -> list:
+    """[content, commitment] of the transient content and salt (their shape only)."""
     content = ctx.transient("content")
     salt = ctx.transient("salt")
     if not isinstance(content, dict):
@@ -343,11 +374,19 @@ def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
     text = ctx.canonical_json(content)
     if text == "":
         ctx.fail("BAD_CONTENT", "content has no canonical JSON (lone surrogate?)")
-    if ctx.sha256_hex(salt + text) != commitment:
+    return [content, ctx.sha256_hex(salt + text)]
+
+
+def _check_content(ctx: Context, rx_id: str, given: list, commitment: str) -> dict:
+    if given[1] != commitment:
         ctx.fail("HASH_MISMATCH", "content does not match the ledger commitment")
-    if content.get("rx_id") != rx_id:
+    if given[0].get("rx_id") != rx_id:
         ctx.fail("BAD_CONTENT", "content rx_id differs from the prescription id")
-    return content
+    return given[0]
+
+
+def _verify_content(ctx: Context, rx_id: str, commitment: str) -> dict:
+    return _check_content(ctx, rx_id, _transient_content(ctx), commitment)
 
 
 def _pharmacy_active(ctx: Context, org: str) -> bool:
@@ -586,9 +625,10 @@ def issue(
         ctx.fail("BAD_ARGUMENTS", "keys and claim_keys map party -> wrapped key")
     if not isinstance(pharmacy, str):
         ctx.fail("BAD_ARGUMENTS", "pharmacy is an org id or empty")
+    prac = _check_prescriber(ctx)
+    # after the prescriber: only a doctor learns that an id exists (README: existence)
     if ctx.get("rx/" + rx_id) is not None:
         ctx.fail("DUPLICATE_RX", "prescription " + rx_id + " already exists")
-    prac = _check_prescriber(ctx)
     hospital = ctx.caller.org
     content = _verify_content(ctx, rx_id, commitment)
     if content.get("patient") != patient:
@@ -1064,8 +1104,9 @@ def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
 
 def get_key(ctx: Context, rx_id: str) -> dict:
     """Return the caller's wrapped key (submitted tx: always audited). A denial writes a
-    DENIED audit record and returns {"error": "NO_KEY_GRANT", ...} so the record commits."""
-    rx = _rx(ctx, rx_id)
+    DENIED audit record and returns {"error": "NO_KEY_GRANT", ...} so the record commits.
+    Parties only: a non-party gets the missing id's answer, nothing written."""
+    rx = _party_rx(ctx, rx_id)
     c = ctx.caller
     party = c.org
     if _is_patient(ctx, rx):
@@ -1097,9 +1138,7 @@ def get_key(ctx: Context, rx_id: str) -> dict:
 
 def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
     """The patient grants another organisation read access (its wrapped key)."""
-    rx = _rx(ctx, rx_id)
-    if not _is_patient(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "only the patient grants consent")
+    rx = _patients_rx(ctx, rx_id, "grants consent")
     if rx["status"] == "ERASED":
         ctx.fail("ERASED", "the prescription was erased")
     if not _is_id(org, 32) or org == "patient" or not _is_blob(wrapped_key):
@@ -1114,9 +1153,7 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
 
 def revoke_consent(ctx: Context, rx_id: str, org: str) -> dict:
     """The patient withdraws a consent grant."""
-    rx = _rx(ctx, rx_id)
-    if not _is_patient(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "only the patient withdraws consent")
+    rx = _patients_rx(ctx, rx_id, "withdraws consent")
     old = ctx.get("grant/" + rx_id + "/" + org)
     if old is None or old["kind"] != "consent":
         ctx.fail("NO_KEY_GRANT", org + " holds no consent grant")
@@ -1130,16 +1167,18 @@ def revoke_consent(ctx: Context, rx_id: str, org: str) -> dict:
 
 def show(ctx: Context, rx_id: str) -> dict:
     """Public metadata (and the ciphertext) for parties allowed to see the prescription."""
-    rx = _rx(ctx, rx_id)
-    if not _can_view(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
-    return rx
+    return _party_rx(ctx, rx_id)
 
 
 def verify(ctx: Context, rx_id: str) -> dict:
-    """Check decrypted content (transient content, salt) against the commitment."""
-    rx = _rx(ctx, rx_id)
-    _verify_content(ctx, rx_id, rx["commitment"])
+    """Check decrypted content (transient content, salt) against the commitment: anyone
+    holding it; a mismatch is HASH_MISMATCH to a party, NOT_FOUND to anyone else."""
+    _check_rx_id(ctx, rx_id)
+    given = _transient_content(ctx)
+    rx = ctx.get("rx/" + rx_id)
+    if rx is None or (given[1] != rx["commitment"] and not _can_view(ctx, rx)):
+        _missing(ctx, rx_id)
+    _check_content(ctx, rx_id, given, rx["commitment"])
     return {"rx_id": rx_id, "ok": True}
 
 
@@ -1149,9 +1188,7 @@ def trace_fills(ctx: Context, rx_id: str, hashes: list) -> dict:
     this prescription never recorded (recorded on another one, or on none: not told apart).
     Parties. A pharmacy re-sending a dispense whose answer was lost tells its own dispense
     from another with as many codes; a recall traces a box to its fill."""
-    rx = _rx(ctx, rx_id)
-    if not _can_view(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    _party_rx(ctx, rx_id)
     if not isinstance(hashes, list) or len(hashes) == 0 or len(hashes) > MAX_ITEMS * MAX_QTY:
         ctx.fail("BAD_ARGUMENTS", "hashes: a list of 1-" + str(MAX_ITEMS * MAX_QTY) + " trace-code hashes")
     fills = []
@@ -1186,9 +1223,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     ``left`` counts the steps on later pages; ``unreadable`` the versions of ``rx/{rx_id}``
     past the oldest 1000 that ``ctx.history`` can return (-1: unknown, a record from before
     ``step_count``); ``truncated`` is true when this page does not reach the end."""
-    rx = _rx(ctx, rx_id)
-    if not _can_view(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
+    rx = _party_rx(ctx, rx_id)
     if not _is_offset(start) or not _is_int(limit, 0, PAGE_MAX):
         ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")
     if limit == 0:
@@ -1268,12 +1303,20 @@ def audit_trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> di
     """Every grant / key fetch / denial of one prescription: the patient, the issuing
     hospital and the regulator's auditors may read it (metadata only). Paged by key:
     ``start`` is "" or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000);
-    ``truncated`` is true when more events follow (``next`` non-empty)."""
-    rx = _rx(ctx, rx_id)
+    ``truncated`` is true when more events follow (``next`` non-empty). Other roles are
+    refused before the lookup; a non-party gets the missing id's answer."""
+    _check_rx_id(ctx, rx_id)
     c = ctx.caller
     auditor = c.org_kind == "regulator" and c.role == "auditor"
+    if not auditor and c.role != "patient" and not (c.org_kind == "hospital" and c.role == "admin"):
+        ctx.fail("ACCESS_DENIED", "audit trails are for the patient, the hospital and auditors")
+    rx = ctx.get("rx/" + rx_id)
+    if rx is None:
+        _missing(ctx, rx_id)
     hospital_admin = c.org == rx["hospital"] and c.role == "admin"
     if not auditor and not hospital_admin and not _is_patient(ctx, rx):
+        if not _can_view(ctx, rx):
+            _missing(ctx, rx_id)
         ctx.fail("ACCESS_DENIED", "audit trails are for the patient, the hospital and auditors")
     if not _is_page_key(start) or not _is_int(limit, 0, PAGE_MAX):
         ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")

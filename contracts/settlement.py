@@ -607,7 +607,9 @@ def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     index (the prescription contract's trace cannot read another namespace's history).
 
     Paged by claim: ``start`` is "" or the ``next`` of the previous page, ``limit`` claims
-    per page 1-64 (0 = 64); ``truncated`` is true when more claims follow."""
+    per page 1-64 (0 = 64); ``truncated`` is true when more claims follow. A caller who is no
+    party of the prescription gets the missing id's NOT_FOUND (same message), never
+    ACCESS_DENIED: its existence is told to its parties only."""
     if not _is_id(rx_id, 64):
         ctx.fail("BAD_ARGUMENTS", "rx_id must be 1-64 chars of [A-Za-z0-9-_.]")
     if not _is_claim_cursor(start) or not _is_int(limit, 0, TRAIL_PAGE):
@@ -615,10 +617,8 @@ def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     if limit == 0:
         limit = TRAIL_PAGE
     rx = ctx.get_from("prescription", "rx/" + rx_id)
-    if rx is None:
+    if rx is None or not _may_view_rx(ctx, rx):  # a non-party: as a missing id (as prescription.trace)
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
-    if not _may_view_rx(ctx, rx):
-        ctx.fail("ACCESS_DENIED", "not a party of this prescription")
     prefix = "rxclaim/" + rx_id + "/"
     rows = ctx.range(prefix + start, prefix + "~", limit + 1)
     steps = []

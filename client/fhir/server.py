@@ -7,7 +7,10 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 
 * ``GET  /fhir/metadata``                      CapabilityStatement
 * ``POST /fhir/MedicationRequest``             issue (a MedicationRequest or a Bundle of them)
-* ``GET  /fhir/MedicationRequest/{rx_id}``     the prescription (decrypted if granted)
+* ``GET  /fhir/MedicationRequest/{rx_id}``     the prescription (decrypted if granted) for its
+  parties; ``404`` NOT_FOUND both for an id never issued and for a prescription the caller is
+  no party of (ids can be derived from a hospital's order numbers: the answer never tells a
+  non-party that one was issued)
 * ``POST /fhir/MedicationDispense``            dispense the next fill (authorizingPrescription ->
   rx id, trace codes as ``extension`` ``urn:rxchain:rxTraceCode``; ``medication``/``quantity``
   must name a line of the prescription) -> Bundle of MedicationDispense (one per line, each
@@ -635,8 +638,10 @@ class FhirApp:
             meta = ops.show(rx_id)
         except RxClientError as exc:
             if cause is not None and exc.reason == "NOT_FOUND":
-                raise cause from exc  # not issued under this id after all: the conflict stands
-            if exc.reason not in ("ACCESS_DENIED", "NO_KEY_GRANT"):
+                raise cause from exc  # not issued under this id after all (or not readable): the conflict stands
+            # NOT_FOUND after DUPLICATE_RX: issued, by someone whose prescription the caller
+            # is no party of (the contract answers a non-party as a missing id)
+            if exc.reason not in ("ACCESS_DENIED", "NO_KEY_GRANT", "NOT_FOUND"):
                 raise
             meta = {}
         _, pseudonym = ops.patient(req.patient)
@@ -660,11 +665,13 @@ def _uncompared(refusal: RxClientError, exc: RxClientError, **ids: str) -> RxCli
 
 def _readable(ops: RxOperations, rx_id: str) -> dict[str, Any] | None:
     """The prescription with its content as a GET reads it, or None when the caller may not
-    read it (then the contract's own refusal of the step answers)."""
+    read it -- NOT_FOUND included: a prescription the caller is no party of is answered as a
+    missing one -- then the contract's own refusal of the step answers (NOT_FOUND for a
+    missing id, the lock's rule order for another pharmacy's prescription, as before)."""
     try:
         meta = ops.show(rx_id)
     except RxClientError as exc:
-        if exc.reason in ("NO_KEY_GRANT", "ACCESS_DENIED"):
+        if exc.reason in ("NO_KEY_GRANT", "ACCESS_DENIED", "NOT_FOUND"):
             return None
         raise
     return meta if isinstance(meta.get("content"), dict) else None

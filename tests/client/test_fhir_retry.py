@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from client.errors import CommitError, CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
+from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
 from client.fhir import mapping
 from client.records import commitment, trace_code_hash
 from client.rxops import ClaimLine, RxOperations, claim_lines_commitment_of
@@ -85,18 +85,18 @@ class FakeGateway:
         c = self.chain
         if (contract, fn) == ("prescription", "trace"):
             if self.org not in c.parties:
-                raise _refuse("ACCESS_DENIED", "not a party of this prescription")
+                raise _refuse("NOT_FOUND", "no prescription " + args["rx_id"])  # a non-party: as missing
             issue = {"step": "issue", "actor": "dr-jiang", "org": "h01", "role": "doctor", "time_ms": 1,
                      "time": "", "tx_id": "0" * 64, "block": 2, "detail": {"pharmacy": "p01"}}
             return {"rx_id": RX, "status": "x", "steps": [issue, *copy.deepcopy(c.steps)], "next": "",
                     "left": 0, "unreadable": 0, "truncated": False}
         if (contract, fn) == ("prescription", "trace_fills"):
             if self.org not in c.parties:
-                raise _refuse("ACCESS_DENIED", "not a party of this prescription")
+                raise _refuse("NOT_FOUND", "no prescription " + args["rx_id"])  # a non-party: as missing
             return {"rx_id": RX, "fills": [c.code_fills.get(h, 0) for h in args["hashes"]]}
         if (contract, fn) == ("settlement", "trail"):
             if self.org not in c.parties:
-                raise _refuse("ACCESS_DENIED", "not a party of this prescription")
+                raise _refuse("NOT_FOUND", "no prescription " + args["rx_id"])  # a non-party: as missing
             steps = [{"step": "settle", "actor": r["events"][0]["actor"], "org": r["insurer"], "role": "clerk",
                       "time_ms": r["events"][0]["time_ms"], "tx_id": r["events"][0]["tx_id"], "block": 9,
                       "detail": {"claim_id": r["claim_id"], "fill": r["fill"]}} for r in c.claims.values()]
@@ -141,8 +141,8 @@ class RetryOps:
         c = self.chain
         if rx_id != RX:
             raise RxClientError("NOT_FOUND", f"no prescription {rx_id}")
-        if self.org not in c.parties:
-            raise NoKeyGrant()
+        if self.org not in c.parties:  # get_key answers a non-party as a missing id
+            raise _refuse("NOT_FOUND", f"no prescription {rx_id}")
         meta: dict[str, Any] = {"rx_id": RX, "status": "DISPENSED" if c.fills else "APPROVED", "hospital": "h01",
                                 "pharmacy": "p01", "insurer": "ins01", "patient": "ps-zhang", "fills": c.fills,
                                 "max_fills": c.max_fills, "content": None}

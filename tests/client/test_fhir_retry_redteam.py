@@ -620,7 +620,7 @@ def test_holds_dot_and_odd_ids_in_paths(net_home: Any, path: str) -> None:
 def test_holds_the_real_view_bounds_a_retry_comparison(contract_runner: sandbox_adapter.Runner) -> None:
     """``trace_fills`` through RxOperations on the real contract: a party learns, for its own
     codes, only the fills of this prescription (0 for another prescription's boxes), and a
-    non-party (another pharmacy's pharmacist) is refused."""
+    non-party (another pharmacy's pharmacist) is refused as for a missing id."""
     from tests.contracts.flows import CHEN, WANG
     from tests.contracts.rxclient import trace_key
 
@@ -639,5 +639,75 @@ def test_holds_the_real_view_bounds_a_retry_comparison(contract_runner: sandbox_
     assert ops_as(WANG).trace_fills(b.args["rx_id"], codes_a) == [0, 0]
     with pytest.raises(RxClientError) as denied:
         ops_as(CHEN).trace_fills(a.args["rx_id"], codes_a)
-    assert denied.value.reason == "ACCESS_DENIED"
+    assert (denied.value.reason, denied.value.message) == ("NOT_FOUND", "no prescription " + a.args["rx_id"])
 
+
+
+def test_a_prescription_is_read_as_missing_by_a_non_party(contract_runner: sandbox_adapter.Runner,
+                                                          tmp_path: Any) -> None:
+    """``RxOperations.show`` and ``GET /fhir/MedicationRequest/{id}`` on the real contracts: a
+    caller who is no party of the prescription (another pharmacy, another hospital's doctor,
+    another insurer's clerk) gets for it exactly what an id never issued gets -- NOT_FOUND, 404,
+    the same OperationOutcome -- and its get_key is refused before anything commits (it was
+    NO_KEY_GRANT: a committed, audited denial, then 403). A party without a key grant (a nurse
+    of the issuing hospital) still reads the metadata."""
+    from client.fhir.server import FhirApp, error_reply
+    from tests.contracts.flows import CHEN, CLERK2, NURSE
+
+    world = World(ContractChain(runner=contract_runner))
+    world.load()
+    rx = approved(world).args["rx_id"]
+    missing = rx[:-1] + ("0" if rx[-1] != "0" else "1")
+
+    def ops_as(who: Any) -> tuple[RxOperations, ContractGateway]:
+        gw = ContractGateway(world, who)
+        session = SimpleNamespace(gateway=gw, identity=SimpleNamespace(org=who.org, user=who.name, role=who.role),
+                                  decryption_keys=list)
+        return RxOperations(session), gw  # type: ignore[arg-type]
+
+    for who in (CHEN, ZHOU, CLERK2):
+        ops, gw = ops_as(who)
+        app = FhirApp(SimpleNamespace(ops_for=lambda _cert, ops=ops: ops))  # type: ignore[arg-type]
+        seen = []
+        for rx_id in (rx, missing):
+            with pytest.raises(RxClientError) as refused:
+                ops.show(rx_id)
+            with pytest.raises(RxClientError) as fhir_refused:
+                app.handle("GET", f"/fhir/MedicationRequest/{rx_id}", None, b"")
+            reply = error_reply(fhir_refused.value, tmp_path)
+            seen.append((refused.value.reason, refused.value.message.replace(rx_id, "ID"),
+                         reply.status, json.dumps(reply.resource).replace(rx_id, "ID"), reply.headers))
+        assert seen[0] == seen[1] and seen[0][:3] == ("NOT_FOUND", "no prescription ID", 404), (who, seen)
+        assert [c[2] for c in gw.calls] == ["NOT_FOUND"] * 4  # get_key refused: nothing committed
+    nurse, _ = ops_as(NURSE)
+    meta = nurse.show(rx)
+    assert (meta["rx_id"], meta["content"], meta["denied"]) == (rx, None, "NO_KEY_GRANT")
+
+
+def test_a_trace_read_by_a_party_whose_consent_is_withdrawn_meanwhile_keeps_its_notes_sealed(
+        contract_runner: sandbox_adapter.Runner) -> None:
+    """``RxOperations.trace`` reads the trail, then fetches the key for its notes. A consent
+    withdrawn in between makes the caller no party: the key fetch is answered as for a missing
+    id (NOT_FOUND), and the trail read stands with its note sealed (``note`` None), as for a
+    party without a grant -- not a NOT_FOUND for a trail the caller was allowed to read."""
+    from tests.contracts.flows import JIANG
+
+    world = World(ContractChain(runner=contract_runner))
+    world.load()
+    rx = approved(world).args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02")).unwrap()
+    world.chain.submit("prescription", "revoke", JIANG, rx_id=rx, reason="OTHER",
+                       note_ct="QUJD" * 12).unwrap()
+
+    def withdraw() -> None:
+        world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
+
+    gw = ContractGateway(world, ZHOU, {"get_key": withdraw})
+    session = SimpleNamespace(gateway=gw, identity=SimpleNamespace(org="h02", user="dr-zhou", role="doctor"),
+                              decryption_keys=list)
+    out = RxOperations(session).trace(rx)  # type: ignore[arg-type]
+    revoked = [st for st in out["steps"] if st["step"] == "revoke"]
+    assert len(revoked) == 1 and revoked[0]["reason"] == "OTHER" and revoked[0]["note"] is None
+    assert gw.calls == [("get_key", {"rx_id": rx}, "NOT_FOUND")]

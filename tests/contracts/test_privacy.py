@@ -72,12 +72,10 @@ def test_each_authorised_party_decrypts_its_grant(world: World) -> None:
     assert [a[2] for a in granted] == ["GRANTED"] * 5
 
 
-@pytest.mark.parametrize(
-    "caller",
-    [CHEN, ZHOU, AUDITOR, COURIER, NURSE, admin("ins01"), who("ins02:clerk-lu:clerk"),
-     Who("h02", "patient-sun", "patient")],
-)
-def test_anyone_else_gets_no_key_grant_and_is_audited(world: World, caller: Who) -> None:
+@pytest.mark.parametrize("caller", [AUDITOR, COURIER, NURSE, admin("ins01")])
+def test_a_party_without_a_grant_gets_no_key_grant_and_is_audited(world: World, caller: Who) -> None:
+    """Parties of the prescription (as ``show``: auditors, staff of the issuing hospital, of
+    the routed pharmacy and of the insurer) whose role or org holds no grant."""
     prep = approved(world)
     rx = prep.args["rx_id"]
     res = fetch(world, caller, rx)
@@ -87,11 +85,29 @@ def test_anyone_else_gets_no_key_grant_and_is_audited(world: World, caller: Who)
     assert denied == [("KEY_FETCH", caller.org, "DENIED", caller.org)]
 
 
+@pytest.mark.parametrize("caller", [CHEN, ZHOU, who("ins02:clerk-lu:clerk"), Who("h02", "patient-sun", "patient"),
+                                    Who("h01", "patient-zhang", "patient")])  # (the last without her binding)
+def test_a_non_party_asking_for_a_key_is_answered_as_for_a_missing_id(world: World, caller: Who) -> None:
+    """get_key by a non-party is refused exactly as for an id never issued (NOT_FOUND, the
+    same message) and writes nothing. It used to succeed with NO_KEY_GRANT and an audited
+    denial: an answer that told anyone simulating the call (never submitting it, so never
+    audited) that a prescription was issued under an id -- ids can be derived from a
+    hospital's order numbers."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    missing = rx + "0"
+    before = audit(world, rx)
+    seen = [world.chain.submit("prescription", "get_key", caller, rx_id=i) for i in (rx, missing)]
+    assert [(o.ok, o.reason) for o in seen] == [(False, "NOT_FOUND")] * 2
+    assert seen[0].message.replace(rx, "ID") == seen[1].message.replace(missing, "ID")
+    assert audit(world, rx) == before
+
+
 def test_consent_grant_and_revoke(world: World) -> None:
     prep = approved(world)
     rx = prep.args["rx_id"]
     zhang = world.patient_who("patient-zhang")
-    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
+    assert world.chain.submit("prescription", "get_key", ZHOU, rx_id=rx).reason == "NOT_FOUND"
     out = world.chain.submit("prescription", "grant_consent", JIANG, rx_id=rx, org="h02",
                              wrapped_key=world.wrap_for(rx, "h02"))
     assert out.reason == "ACCESS_DENIED"
@@ -101,7 +117,9 @@ def test_consent_grant_and_revoke(world: World) -> None:
     # consent lets h02 see the trail as well
     assert world.chain.query("prescription", "trace", ZHOU, rx_id=rx).ok
     world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
-    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
+    # no party any more: as a missing id (h01's staff, a party, still get the audited denial)
+    assert world.chain.submit("prescription", "get_key", ZHOU, rx_id=rx).reason == "NOT_FOUND"
+    assert fetch(world, NURSE, rx)["error"] == "NO_KEY_GRANT"
     out = world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="p01")
     assert out.reason == "NO_KEY_GRANT"
     out = world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="p01",
@@ -110,13 +128,15 @@ def test_consent_grant_and_revoke(world: World) -> None:
     events = audit(world, rx)
     assert ("GRANT", "h02", "consent", "h01") in events
     assert ("REVOKE_GRANT", "h02", "REVOKED", "h01") in events
-    assert ("KEY_FETCH", "h02", "DENIED", "h02") in events
+    assert ("KEY_FETCH", "h02", "GRANTED", "h02") in events
+    assert ("KEY_FETCH", "h02", "DENIED", "h02") not in events
+    assert ("KEY_FETCH", "h01", "DENIED", "h01") in events
 
 
 def test_regulator_reads_trails_and_audit_log(world: World) -> None:
     a = approved(world)
     b = approved(world)
-    fetch(world, CHEN, a.args["rx_id"])
+    fetch(world, NURSE, a.args["rx_id"])
     log = world.chain.query("prescription", "audit_log", AUDITOR, start_key="", limit=3).unwrap()
     assert len(log["events"]) == 3 and log["next"] != ""
     rest = world.chain.query("prescription", "audit_log", AUDITOR, start_key=log["next"],
@@ -183,7 +203,7 @@ def story(world: World) -> Prepared:
     lock_and_dispense(world, prep, trace_codes=["81234560000000000100"]).unwrap()
     settle(world, prep).unwrap()
     world.chain.submit("prescription", "deliver", COURIER, rx_id=prep.args["rx_id"]).unwrap()
-    fetch(world, CHEN, prep.args["rx_id"])
+    fetch(world, NURSE, prep.args["rx_id"])
     return prep
 
 

@@ -38,3 +38,18 @@ def test_every_public_function_is_documented(name: str) -> None:
     readme = (ROOT / "contracts" / "README.md").read_text(encoding="utf-8")
     for fn in PUBLIC[name]:
         assert f"`{name}.{fn}(" in readme, f"{name}.{fn} missing from contracts/README.md"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_contract_package_fits_the_smallest_value_limit(name: str) -> None:
+    """The lifecycle's install stores the package record (canonical JSON of name, version and
+    source) as one state value: over the consortium's ``max_value_bytes`` the install is
+    refused SIZE_LIMIT. The sample consortium allows 256 KiB, the test networks 64 KiB
+    (tests/harness/consortium.py), which the prescription contract nearly fills."""
+    from client.bootstrap import VERSION
+    from node.crypto.canonical import canonical_json
+    from tests.harness.consortium import LIMITS
+
+    source = (ROOT / "contracts" / f"{name}.py").read_text(encoding="utf-8")
+    record = canonical_json({"name": name, "version": VERSION, "source": source})
+    assert len(record) <= LIMITS["max_value_bytes"], (name, len(record))

@@ -12,6 +12,7 @@ from node.sandbox.types import Invocation, InvocationResult, StateBackend
 from tests.contracts import sandbox_adapter
 from tests.contracts.chain import Chain
 from tests.contracts.flows import (
+    AUDITOR,
     CHEN,
     COURIER,
     WANG,
@@ -44,7 +45,7 @@ def play(world: World) -> list[str]:
     seen.append(world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).reason)
     seen.append(world.chain.submit("prescription", "lock", CHEN, rx_id=rx).reason)
     seen.append(issue(world, drugs=[("morphine", 1)])[1].reason)
-    seen.append(str(world.chain.submit("prescription", "get_key", CHEN, rx_id=rx).value))
+    seen.append(str(world.chain.submit("prescription", "get_key", AUDITOR, rx_id=rx).value))
     seen.append(world.chain.submit("prescription", "get_key", WANG, rx_id=rx).reason)
     return seen
 

@@ -1,0 +1,202 @@
+"""A prescription's existence is told only to its parties.
+
+An rx id is random (``RX{date}-{org}-{40 bits}``) or derived from a hospital's own order
+number (``client.rxid.derived_rx_id``: anyone who knows or guesses the numbers computes the
+ids). Every view of one prescription answers a caller who is no party of it exactly as an id
+never issued: the same reason and message (the id aside). Each test here failed on the views
+that answered NOT_FOUND for a missing id and ACCESS_DENIED (or a result) for an existing one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.contracts.chain import Who, admin, who
+from tests.contracts.flows import (
+    AUDITOR,
+    CHEN,
+    CLERK,
+    CLERK2,
+    COURIER,
+    COURIER2,
+    HE,
+    JIANG,
+    NURSE,
+    WANG,
+    ZHOU,
+    approved,
+    content_transient,
+    lock_and_dispense,
+    settle,
+)
+from tests.contracts.rxclient import Prepared, World
+
+# (contract, function, further arguments) of every read view of one prescription
+VIEWS: list[tuple[str, str, dict[str, Any]]] = [
+    ("prescription", "show", {}),
+    ("prescription", "trace", {}),
+    ("prescription", "trace", {"start": "1", "limit": 5}),
+    ("prescription", "trace_fills", {"hashes": ["ab" * 32]}),
+    ("prescription", "trace_fills", {"hashes": []}),  # bad arguments: still as a missing id
+    ("settlement", "trail", {}),
+]
+
+
+def _outsiders(world: World) -> list[Who]:
+    """Callers who are no party of a prescription of patient-zhang issued by h01, routed to
+    p01 and insured by ins01."""
+    zhang = world.patient_who("patient-zhang")
+    return [
+        CHEN, COURIER2, who("p02:admin:admin"),  # another pharmacy
+        ZHOU, admin("h02"), who("h02:nurse-ma:nurse"),  # another hospital
+        CLERK2, admin("ins02"),  # another insurer
+        who("reg01:clerk-a:clerk"),  # the regulator, not an auditor
+        world.patient_who("patient-sun"),  # another patient
+        Who(zhang.org, zhang.name, "patient"),  # her certificate without her binding
+    ]
+
+
+def _answer(world: World, contract: str, fn: str, caller: Who, rx_id: str,
+            submit: bool = False, transient: dict[str, Any] | None = None,
+            **args: Any) -> tuple[bool, str, str]:
+    call = world.chain.submit if submit else world.chain.query
+    out = call(contract, fn, caller, transient=transient, rx_id=rx_id, **args)
+    return out.ok, out.reason, out.message.replace(rx_id, "ID")
+
+
+def _claimed(world: World) -> Prepared:
+    prep = approved(world)
+    lock_and_dispense(world, prep).unwrap()
+    settle(world, prep).unwrap()
+    return prep
+
+
+def test_a_non_party_gets_the_missing_ids_answer_from_every_view(world: World) -> None:
+    """show, trace, trace_fills and settlement.trail: NOT_FOUND "no prescription ID" for an
+    issued, dispensed and claimed prescription and for an id never issued alike -- whatever
+    the other arguments (a bad trace_fills list included)."""
+    rx = _claimed(world).args["rx_id"]
+    missing = rx + "9"
+    for caller in _outsiders(world):
+        for contract, fn, args in VIEWS:
+            seen = [_answer(world, contract, fn, caller, i, **args) for i in (rx, missing)]
+            assert seen == [(False, "NOT_FOUND", "no prescription ID")] * 2, (caller, fn, args, seen)
+    # the parties still read every view (and a missing id is NOT_FOUND to them too)
+    parties = [JIANG, HE, NURSE, admin("h01"), WANG, COURIER, CLERK, admin("ins01"), AUDITOR,
+               world.patient_who("patient-zhang")]
+    for caller in parties:
+        for contract, fn, args in VIEWS:
+            if fn == "trace_fills" and not args["hashes"]:
+                continue
+            assert world.chain.query(contract, fn, caller, rx_id=rx, **args).ok, (caller, fn, args)
+            assert _answer(world, contract, fn, caller, missing, **args)[1] == "NOT_FOUND"
+
+
+def test_consent_makes_a_party_and_withdrawing_it_unmakes_one(world: World) -> None:
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    assert _answer(world, "prescription", "show", ZHOU, rx)[1] == "NOT_FOUND"
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02")).unwrap()
+    for contract, fn, args in VIEWS[:4]:
+        assert world.chain.query(contract, fn, ZHOU, rx_id=rx, **args).ok, fn
+    world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
+    assert _answer(world, "prescription", "show", ZHOU, rx) == (False, "NOT_FOUND", "no prescription ID")
+
+
+def test_get_key_tells_a_non_party_nothing_and_a_party_is_still_audited(world: World) -> None:
+    """get_key (a submitted call): a non-party is refused as for a missing id, nothing written;
+    a party without a grant still gets the committed, audited NO_KEY_GRANT."""
+    rx = approved(world).args["rx_id"]
+    missing = rx + "9"
+    for caller in _outsiders(world):
+        seen = [_answer(world, "prescription", "get_key", caller, i, submit=True) for i in (rx, missing)]
+        assert seen == [(False, "NOT_FOUND", "no prescription ID")] * 2, (caller, seen)
+    out = world.chain.submit("prescription", "get_key", NURSE, rx_id=rx)
+    assert out.ok and out.block is not None and out.value["error"] == "NO_KEY_GRANT"
+    events = world.chain.query("prescription", "audit_trail", AUDITOR, rx_id=rx).unwrap()["events"]
+    assert [(e["org"], e["outcome"]) for e in events if e["event"] == "KEY_FETCH"] == [("h01", "DENIED")]
+
+
+def test_audit_trail_refuses_roles_before_the_lookup_and_non_parties_as_missing(world: World) -> None:
+    """audit_trail: a role that reads no audit trail gets ACCESS_DENIED whatever the id (it
+    was NOT_FOUND for a missing id); another hospital's admin and another patient get the
+    missing id's NOT_FOUND (was ACCESS_DENIED); a party who may not read it -- an admin of a
+    hospital holding the patient's consent -- ACCESS_DENIED."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    missing = rx + "9"
+    zhang = world.patient_who("patient-zhang")
+    denied = (False, "ACCESS_DENIED", "audit trails are for the patient, the hospital and auditors")
+    for caller in (JIANG, HE, WANG, COURIER2, CLERK, CLERK2, who("reg01:clerk-a:clerk"), admin("p01")):
+        seen = [_answer(world, "prescription", "audit_trail", caller, i) for i in (rx, missing)]
+        assert seen == [denied] * 2, (caller, seen)
+    for caller in (admin("h02"), world.patient_who("patient-sun"), Who(zhang.org, zhang.name, "patient")):
+        seen = [_answer(world, "prescription", "audit_trail", caller, i) for i in (rx, missing)]
+        assert seen == [(False, "NOT_FOUND", "no prescription ID")] * 2, (caller, seen)
+    for reader in (admin("h01"), AUDITOR, zhang):
+        assert world.chain.query("prescription", "audit_trail", reader, rx_id=rx).ok
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02")).unwrap()
+    assert _answer(world, "prescription", "audit_trail", admin("h02"), rx) == denied
+
+
+def test_verify_tells_a_non_party_only_what_the_content_it_holds_proves(world: World) -> None:
+    """verify: content that does not match is HASH_MISMATCH to a party and the missing id's
+    NOT_FOUND to anyone else (it was HASH_MISMATCH, against NOT_FOUND for a missing id);
+    whoever holds the matching content (it names the id) is answered ok; the transient
+    inputs' shape is checked before the id is looked up."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    missing = rx + "9"
+    right = content_transient(prep)
+    wrong = {**right, "salt": "0" * 64}
+    for caller in [*_outsiders(world), JIANG, WANG, AUDITOR]:
+        seen = _answer(world, "prescription", "verify", caller, missing, transient=wrong)
+        assert seen == (False, "NOT_FOUND", "no prescription ID"), caller
+        assert _answer(world, "prescription", "verify", caller, rx, transient=right)[0], caller
+        assert _answer(world, "prescription", "verify", caller, missing,
+                       transient={"content": right["content"]})[1] == "BAD_TRANSIENT", caller
+    for caller in _outsiders(world):
+        assert _answer(world, "prescription", "verify", caller, rx, transient=wrong) == \
+            (False, "NOT_FOUND", "no prescription ID"), caller
+    for caller in (JIANG, WANG, CLERK, AUDITOR):
+        assert _answer(world, "prescription", "verify", caller, rx, transient=wrong)[1] == "HASH_MISMATCH"
+
+
+def test_consent_calls_refuse_other_roles_first_and_other_patients_as_missing(world: World) -> None:
+    """grant_consent and revoke_consent: any role but a patient ACCESS_DENIED whatever the id
+    (was NOT_FOUND for a missing id); another patient, or hers without the binding, the
+    missing id's NOT_FOUND (was ACCESS_DENIED). Nothing is written."""
+    rx = approved(world).args["rx_id"]
+    missing = rx + "9"
+    zhang = world.patient_who("patient-zhang")
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("grant_consent", {"org": "h02", "wrapped_key": world.wrap_for(rx, "h02")}),
+        ("revoke_consent", {"org": "p01"})]
+    for fn, args in calls:
+        verb = "grants consent" if fn == "grant_consent" else "withdraws consent"
+        for caller in (JIANG, admin("h01"), WANG, CLERK, AUDITOR, ZHOU):
+            seen = [_answer(world, "prescription", fn, caller, i, submit=True, **args) for i in (rx, missing)]
+            assert seen == [(False, "ACCESS_DENIED", "only the patient " + verb)] * 2, (fn, caller, seen)
+        for caller in (world.patient_who("patient-sun"), Who(zhang.org, zhang.name, "patient")):
+            seen = [_answer(world, "prescription", fn, caller, i, submit=True, **args) for i in (rx, missing)]
+            assert seen == [(False, "NOT_FOUND", "no prescription ID")] * 2, (fn, caller, seen)
+    trace = world.chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()
+    assert [s["step"] for s in trace["steps"]] == ["issue", "review"]
+    assert world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx,
+                              org="p01").reason == "NO_KEY_GRANT"  # (a pharmacy grant, no consent)
+
+
+def test_issue_tells_an_existing_id_only_to_a_prescriber(world: World) -> None:
+    """DUPLICATE_RX is checked after the prescriber: a caller who may not prescribe gets the
+    same refusal for an issued id as for a new one (it got DUPLICATE_RX). A doctor still
+    learns it (see contracts/README.md: ids carry no issuing organisation to bind them to)."""
+    taken = approved(world)
+    fresh = world.prepare(world.content(world.new_rx_id()), pharmacy="p01")
+    for caller in (HE, WANG, CLERK, AUDITOR, admin("h01"), world.patient_who("patient-zhang")):
+        seen = [world.issue(p, caller) for p in (taken, fresh)]
+        assert [(o.reason, o.message) for o in seen] == [("UNAUTHORIZED_PRESCRIBER", seen[1].message)] * 2
+    assert world.issue(taken, JIANG).reason == "DUPLICATE_RX"
+    assert world.issue(taken, ZHOU).reason == "DUPLICATE_RX"
