@@ -420,9 +420,11 @@ class RxOperations:
     def show(self, rx_id: str) -> dict[str, Any]:
         """Metadata, plus the decrypted content when the caller holds a key grant.
 
-        Raises NOT_FOUND when the caller is no party of the prescription, exactly as for an id
-        never issued (the contract tells its existence to its parties only); a party whose org
-        or role holds no grant reads the metadata (``content`` None, ``denied`` NO_KEY_GRANT).
+        Raises NO_KEY_GRANT when the caller has neither a grant nor a right to the metadata
+        (the contract's ``get_key`` answers anyone without a grant so, audited, as DOMAIN.md
+        section 4 requires; its ``show`` answers a non-party as a missing id); a party whose
+        org or role holds no grant reads the metadata (``content`` None, ``denied``
+        NO_KEY_GRANT). NOT_FOUND: no prescription of that id.
         """
         denied: NoKeyGrant | None = None
         opened: OpenedRecord | None = None
@@ -433,8 +435,9 @@ class RxOperations:
         try:
             meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
         except RxClientError as exc:
-            # (ACCESS_DENIED: a contract from before non-parties were answered NOT_FOUND)
-            if denied is not None and exc.reason == "ACCESS_DENIED":
+            # a non-party: the audited key denial is the answer (ACCESS_DENIED: a contract from
+            # before non-parties' views were answered NOT_FOUND)
+            if denied is not None and exc.reason in ("ACCESS_DENIED", "NOT_FOUND"):
                 raise denied from exc
             raise
         if not isinstance(meta, dict):

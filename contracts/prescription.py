@@ -1104,9 +1104,9 @@ def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
 
 def get_key(ctx: Context, rx_id: str) -> dict:
     """Return the caller's wrapped key (submitted tx: always audited). A denial writes a
-    DENIED audit record and returns {"error": "NO_KEY_GRANT", ...} so the record commits.
-    Parties only: a non-party gets the missing id's answer, nothing written."""
-    rx = _party_rx(ctx, rx_id)
+    DENIED audit record and returns {"error": "NO_KEY_GRANT", ...} so the record commits --
+    for anyone asking, party or not (DOMAIN.md section 4: every denied access is audited)."""
+    rx = _rx(ctx, rx_id)
     c = ctx.caller
     party = c.org
     if _is_patient(ctx, rx):

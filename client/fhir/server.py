@@ -8,9 +8,8 @@ A certificate without a wallet here is refused (403). Endpoints (JSON, ``applica
 * ``GET  /fhir/metadata``                      CapabilityStatement
 * ``POST /fhir/MedicationRequest``             issue (a MedicationRequest or a Bundle of them)
 * ``GET  /fhir/MedicationRequest/{rx_id}``     the prescription (decrypted if granted) for its
-  parties; ``404`` NOT_FOUND both for an id never issued and for a prescription the caller is
-  no party of (ids can be derived from a hospital's order numbers: the answer never tells a
-  non-party that one was issued)
+  parties; ``403`` NO_KEY_GRANT to anyone else (its key request is audited, DOMAIN.md
+  section 4), ``404`` NOT_FOUND for an id never issued
 * ``POST /fhir/MedicationDispense``            dispense the next fill (authorizingPrescription ->
   rx id, trace codes as ``extension`` ``urn:rxchain:rxTraceCode``; ``medication``/``quantity``
   must name a line of the prescription) -> Bundle of MedicationDispense (one per line, each

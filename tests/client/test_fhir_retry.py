@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
+from client.errors import CommitError, CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
 from client.fhir import mapping
 from client.records import commitment, trace_code_hash
 from client.rxops import ClaimLine, RxOperations, claim_lines_commitment_of
@@ -141,8 +141,8 @@ class RetryOps:
         c = self.chain
         if rx_id != RX:
             raise RxClientError("NOT_FOUND", f"no prescription {rx_id}")
-        if self.org not in c.parties:  # get_key answers a non-party as a missing id
-            raise _refuse("NOT_FOUND", f"no prescription {rx_id}")
+        if self.org not in c.parties:  # get_key's audited denial (DOMAIN.md section 4)
+            raise NoKeyGrant()
         meta: dict[str, Any] = {"rx_id": RX, "status": "DISPENSED" if c.fills else "APPROVED", "hospital": "h01",
                                 "pharmacy": "p01", "insurer": "ins01", "patient": "ps-zhang", "fills": c.fills,
                                 "max_fills": c.max_fills, "content": None}

@@ -643,14 +643,14 @@ def test_holds_the_real_view_bounds_a_retry_comparison(contract_runner: sandbox_
 
 
 
-def test_a_prescription_is_read_as_missing_by_a_non_party(contract_runner: sandbox_adapter.Runner,
-                                                          tmp_path: Any) -> None:
+def test_a_non_partys_read_is_an_audited_key_denial(contract_runner: sandbox_adapter.Runner,
+                                                    tmp_path: Any) -> None:
     """``RxOperations.show`` and ``GET /fhir/MedicationRequest/{id}`` on the real contracts: a
     caller who is no party of the prescription (another pharmacy, another hospital's doctor,
-    another insurer's clerk) gets for it exactly what an id never issued gets -- NOT_FOUND, 404,
-    the same OperationOutcome -- and its get_key is refused before anything commits (it was
-    NO_KEY_GRANT: a committed, audited denial, then 403). A party without a key grant (a nurse
-    of the issuing hospital) still reads the metadata."""
+    another insurer's clerk) asks for the key first and gets the committed, audited denial
+    (DOMAIN.md section 4: NO_KEY_GRANT, 403) -- the contract's show answers it as a missing id,
+    which must not turn the denial into a 404; an id never issued is NOT_FOUND, 404. A party
+    without a key grant (a nurse of the issuing hospital) still reads the metadata."""
     from client.fhir.server import FhirApp, error_reply
     from tests.contracts.flows import CHEN, CLERK2, NURSE
 
@@ -677,8 +677,10 @@ def test_a_prescription_is_read_as_missing_by_a_non_party(contract_runner: sandb
             reply = error_reply(fhir_refused.value, tmp_path)
             seen.append((refused.value.reason, refused.value.message.replace(rx_id, "ID"),
                          reply.status, json.dumps(reply.resource).replace(rx_id, "ID"), reply.headers))
-        assert seen[0] == seen[1] and seen[0][:3] == ("NOT_FOUND", "no prescription ID", 404), (who, seen)
-        assert [c[2] for c in gw.calls] == ["NOT_FOUND"] * 4  # get_key refused: nothing committed
+        assert seen[0][0::2][:2] == ("NO_KEY_GRANT", 403), (who, seen)
+        assert seen[1][:3] == ("NOT_FOUND", "no prescription ID", 404), (who, seen)
+        # the denial committed (audited) twice, by show and by the GET; the missing id refused
+        assert [c[2] for c in gw.calls] == ["OK", "OK", "NOT_FOUND", "NOT_FOUND"], gw.calls
     nurse, _ = ops_as(NURSE)
     meta = nurse.show(rx)
     assert (meta["rx_id"], meta["content"], meta["denied"]) == (rx, None, "NO_KEY_GRANT")
@@ -687,8 +689,9 @@ def test_a_prescription_is_read_as_missing_by_a_non_party(contract_runner: sandb
 def test_a_trace_read_by_a_party_whose_consent_is_withdrawn_meanwhile_keeps_its_notes_sealed(
         contract_runner: sandbox_adapter.Runner) -> None:
     """``RxOperations.trace`` reads the trail, then fetches the key for its notes. A consent
-    withdrawn in between makes the caller no party: the key fetch is answered as for a missing
-    id (NOT_FOUND), and the trail read stands with its note sealed (``note`` None), as for a
+    withdrawn in between makes the caller no party: the key fetch gets the audited denial
+    (NO_KEY_GRANT; a NOT_FOUND, as a contract answering non-parties as missing ids would give,
+    is taken the same way), and the trail read stands with its note sealed (``note`` None), as for a
     party without a grant -- not a NOT_FOUND for a trail the caller was allowed to read."""
     from tests.contracts.flows import JIANG
 
@@ -710,4 +713,4 @@ def test_a_trace_read_by_a_party_whose_consent_is_withdrawn_meanwhile_keeps_its_
     out = RxOperations(session).trace(rx)  # type: ignore[arg-type]
     revoked = [st for st in out["steps"] if st["step"] == "revoke"]
     assert len(revoked) == 1 and revoked[0]["reason"] == "OTHER" and revoked[0]["note"] is None
-    assert gw.calls == [("get_key", {"rx_id": rx}, "NOT_FOUND")]
+    assert gw.calls == [("get_key", {"rx_id": rx}, "OK")]  # the committed, audited denial

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from client.errors import CommitUnknown, EndorsementError, RxClientError
+from client.errors import CommitUnknown, EndorsementError, NoKeyGrant, RxClientError
 from client.fhir import mapping
 from client.fhir.server import make_server
 from client.gateway import Gateway
@@ -90,8 +90,8 @@ class FakeOps:
         if rx_id not in self.ledger.rx:
             raise RxClientError("NOT_FOUND", f"no prescription {rx_id}")
         meta = copy.deepcopy(self.ledger.rx[rx_id])
-        if meta["hospital"] != self.s.identity.org:  # a non-party: answered as a missing id
-            raise RxClientError("NOT_FOUND", f"no prescription {rx_id}")
+        if meta["hospital"] != self.s.identity.org:
+            raise NoKeyGrant()
         return meta
 
 

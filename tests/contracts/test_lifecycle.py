@@ -128,10 +128,11 @@ def test_reroute_grants_new_pharmacy_and_revokes_old(world: World) -> None:
     out = world.chain.submit("prescription", "route", world.patient_who("patient-zhang"),
                              rx_id=rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02"))
     assert out.unwrap() == {"rx_id": rx, "pharmacy": "p02", "previous": "p01"}
-    # p01 is no party any more: refused as for a missing id, nothing audited (a denial's
-    # result would tell an outsider the id exists)
-    denied = world.chain.submit("prescription", "get_key", WANG, rx_id=rx)
-    assert (denied.reason, denied.message) == ("NOT_FOUND", "no prescription " + rx)
+    # p01 is no party any more: its views answer it as a missing id, its key request is an
+    # audited denial (DOMAIN.md section 4)
+    assert world.chain.query("prescription", "show", WANG, rx_id=rx).reason == "NOT_FOUND"
+    denied = world.chain.submit("prescription", "get_key", WANG, rx_id=rx).unwrap()
+    assert denied["error"] == "NO_KEY_GRANT"
     assert world.chain.submit("prescription", "get_key", CHEN, rx_id=rx).unwrap()["party"] == "p02"
     assert call(world, "lock", WANG, rx) == "NOT_ROUTED"
     assert lock_and_dispense(world, prep, pharmacist=CHEN).ok
@@ -139,7 +140,7 @@ def test_reroute_grants_new_pharmacy_and_revokes_old(world: World) -> None:
     kinds = [(e["event"], e["party"], e["outcome"]) for e in trail]
     assert ("REVOKE_GRANT", "p01", "REVOKED") in kinds
     assert ("GRANT", "p02", "pharmacy") in kinds
-    assert ("KEY_FETCH", "p01", "DENIED") not in kinds
+    assert ("KEY_FETCH", "p01", "DENIED") in kinds
 
 
 def test_trace_codes_are_single_use_across_the_ledger(world: World) -> None:

@@ -87,27 +87,23 @@ def test_a_party_without_a_grant_gets_no_key_grant_and_is_audited(world: World, 
 
 @pytest.mark.parametrize("caller", [CHEN, ZHOU, who("ins02:clerk-lu:clerk"), Who("h02", "patient-sun", "patient"),
                                     Who("h01", "patient-zhang", "patient")])  # (the last without her binding)
-def test_a_non_party_asking_for_a_key_is_answered_as_for_a_missing_id(world: World, caller: Who) -> None:
-    """get_key by a non-party is refused exactly as for an id never issued (NOT_FOUND, the
-    same message) and writes nothing. It used to succeed with NO_KEY_GRANT and an audited
-    denial: an answer that told anyone simulating the call (never submitting it, so never
-    audited) that a prescription was issued under an id -- ids can be derived from a
-    hospital's order numbers."""
+def test_a_non_party_asking_for_a_key_gets_no_key_grant_and_is_audited(world: World, caller: Who) -> None:
+    """DOMAIN.md section 4: anyone else asking gets NO_KEY_GRANT, and the denied access is an
+    audit event (the views answer a non-party as a missing id; get_key cannot, by that rule)."""
     prep = approved(world)
     rx = prep.args["rx_id"]
-    missing = rx + "0"
-    before = audit(world, rx)
-    seen = [world.chain.submit("prescription", "get_key", caller, rx_id=i) for i in (rx, missing)]
-    assert [(o.ok, o.reason) for o in seen] == [(False, "NOT_FOUND")] * 2
-    assert seen[0].message.replace(rx, "ID") == seen[1].message.replace(missing, "ID")
-    assert audit(world, rx) == before
+    res = fetch(world, caller, rx)
+    assert res["error"] == "NO_KEY_GRANT"
+    assert "wrapped_key" not in res
+    denied = [a for a in audit(world, rx) if a[0] == "KEY_FETCH"]
+    assert denied == [("KEY_FETCH", caller.org, "DENIED", caller.org)]
 
 
 def test_consent_grant_and_revoke(world: World) -> None:
     prep = approved(world)
     rx = prep.args["rx_id"]
     zhang = world.patient_who("patient-zhang")
-    assert world.chain.submit("prescription", "get_key", ZHOU, rx_id=rx).reason == "NOT_FOUND"
+    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
     out = world.chain.submit("prescription", "grant_consent", JIANG, rx_id=rx, org="h02",
                              wrapped_key=world.wrap_for(rx, "h02"))
     assert out.reason == "ACCESS_DENIED"
@@ -117,8 +113,9 @@ def test_consent_grant_and_revoke(world: World) -> None:
     # consent lets h02 see the trail as well
     assert world.chain.query("prescription", "trace", ZHOU, rx_id=rx).ok
     world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02").unwrap()
-    # no party any more: as a missing id (h01's staff, a party, still get the audited denial)
-    assert world.chain.submit("prescription", "get_key", ZHOU, rx_id=rx).reason == "NOT_FOUND"
+    # no party any more: the views answer it as a missing id, get_key an audited denial
+    assert world.chain.query("prescription", "show", ZHOU, rx_id=rx).reason == "NOT_FOUND"
+    assert fetch(world, ZHOU, rx)["error"] == "NO_KEY_GRANT"
     assert fetch(world, NURSE, rx)["error"] == "NO_KEY_GRANT"
     out = world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="p01")
     assert out.reason == "NO_KEY_GRANT"
@@ -129,7 +126,7 @@ def test_consent_grant_and_revoke(world: World) -> None:
     assert ("GRANT", "h02", "consent", "h01") in events
     assert ("REVOKE_GRANT", "h02", "REVOKED", "h01") in events
     assert ("KEY_FETCH", "h02", "GRANTED", "h02") in events
-    assert ("KEY_FETCH", "h02", "DENIED", "h02") not in events
+    assert ("KEY_FETCH", "h02", "DENIED", "h02") in events
     assert ("KEY_FETCH", "h01", "DENIED", "h01") in events
 
 

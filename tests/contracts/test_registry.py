@@ -258,7 +258,8 @@ def test_patient_certificate_is_keyed_not_a_bare_hash(world: World) -> None:
     bare = Who("h01", "patient-zhang", "patient")
     # (no party of the prescription: answered as for a missing id)
     assert world.chain.query("prescription", "show", bare, rx_id=prep.args["rx_id"]).reason == "NOT_FOUND"
-    assert world.chain.submit("prescription", "get_key", bare, rx_id=prep.args["rx_id"]).reason == "NOT_FOUND"
+    assert world.chain.submit("prescription", "get_key", bare,
+                              rx_id=prep.args["rx_id"]).value["error"] == "NO_KEY_GRANT"
     assert world.chain.query("settlement", "patient_status", bare, pseudonym=pid,
                              year=0).reason == "ACCESS_DENIED"
     assert world.chain.query("prescription", "show", world.patient_who("patient-zhang"),

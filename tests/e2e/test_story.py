@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rxchain.v1 import config_pb2
 
-from client.errors import CommitError, EndorsementError
+from client.errors import CommitError, EndorsementError, NoKeyGrant
 from client.events import EventListener, MemoryCheckpoint
 from client.gateway import SubmitResult
 from client.rxops import DrugLine, IssueRequest, RxOperations
@@ -125,9 +125,7 @@ def test_demo_story_through_the_cli(net: Net):
     assert blocks == sorted(blocks) and all(isinstance(b, int) for b in blocks)
     assert steps[0]["tx_id"] == issued["tx_id"] and steps[-1]["block"] == deliver["block"]
     # the abuse cases on this prescription
-    # another pharmacy is no party: the prescription does not exist for it (as an id never issued)
-    assert net.cli_proc_error("--as", CHEN, "rx", "show", rx) == {"error": "NOT_FOUND",
-                                                                  "message": f"no prescription {rx}"}
+    assert net.cli_proc_error("--as", CHEN, "rx", "show", rx)["error"] == "NO_KEY_GRANT"
     assert net.cli_proc_error("--as", CLERK, "claim", "settle", rx)["error"] == "DUPLICATE_CLAIM"
     assert net.cli_error("--as", DOCTOR, "rx", "revoke", rx, "--reason",
                          "too late")["error"] == "REVOKE_NOT_ALLOWED"
@@ -222,9 +220,8 @@ def test_reroute_grants_the_new_pharmacy_and_revokes_the_old(net: Net):
     routed = net.cli("--as", DOCTOR, "rx", "route", rx, "--pharmacy", "p02")
     assert routed["pharmacy"] == "p02" and routed["previous"] == "p01"
     assert net.cli("--as", CHEN, "rx", "show", rx)["content"]["rx_id"] == rx
-    with pytest.raises(EndorsementError) as gone:  # no party any more: as a missing id
+    with pytest.raises(NoKeyGrant):
         _ops(net, WANG).show(rx)
-    assert (gone.value.reason, gone.value.message) == ("NOT_FOUND", f"no prescription {rx}")
 
 
 def test_concurrent_locks_resolve_to_one_winner_through_mvcc(net: Net):
@@ -286,17 +283,17 @@ def test_ledger_verify_and_height_on_every_peer(net: Net):
 
 def test_patient_consent_shares_with_another_hospital_and_is_audited(net: Net):
     rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
-    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NOT_FOUND"  # no party yet
+    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
     granted = net.cli("--as", "h01:patient-zhang", "rx", "consent", rx, "--org", "h02")
     assert granted["granted"] is True
     shown = net.cli("--as", "h02:dr-zhou", "rx", "show", rx)
     assert shown["content"]["rx_id"] == rx and shown["grant"] == "h02"
     net.cli("--as", "h01:patient-zhang", "rx", "withdraw", rx, "--org", "h02")
-    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NOT_FOUND"  # no party any more
+    assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
     trail = net.cli("--as", "reg01:auditor-1", "rx", "audit", rx)["events"]
     fetches = [(e["org"], e["outcome"]) for e in trail if e["event"] == "KEY_FETCH"]
-    # a non-party's fetch is refused as for a missing id and commits nothing: only the grant's
-    assert ("h02", "GRANTED") in fetches and ("h02", "DENIED") not in fetches
+    assert ("h02", "DENIED") in fetches and ("h02", "GRANTED") in fetches
+    assert fetches.count(("h02", "DENIED")) == 2
     assert {e["event"] for e in trail} >= {"GRANT", "REVOKE_GRANT", "KEY_FETCH"}
     assert net.cli_error("--as", CHEN, "rx", "audit", rx)["error"] == "ACCESS_DENIED"
 
