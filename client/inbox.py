@@ -27,9 +27,11 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
 * ``routed_elsewhere``: the ids of the prescriptions of the range with a ``route`` step that
   the caller does not serve now, in ledger order. A prescription routed away is no longer
   the caller's to read (its changes and state are not shown): a work queue kept from earlier
-  reads drops it -- but for a fill the caller dispensed and did not hand over yet, which its
-  courier still delivers (``deliver`` takes the dispensing pharmacy's courier). The ids are
-  those every member's events name (most were never the caller's), nothing more is told.
+  reads drops it. The ids are those every member's events name (most were never the
+  caller's), nothing more is told. A prescription routed away while a fill the caller
+  dispensed is not handed over yet stays in ``prescriptions`` (``deliver``, ``deliver_by``
+  the caller) until its courier delivers it: the contract lets the dispensing pharmacy read
+  it until then, and ``deliver`` takes that pharmacy's courier.
 
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
 file it moves only once a read is complete); a start beyond the peer's height is refused
@@ -190,11 +192,19 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
         if blocks >= max_blocks:
             break
     mine: dict[str, dict[str, Any]] = {}
+    dispensers: dict[str, str | None] = {}
     for rx_id in named:
         meta = read_rx(rx_id)
-        if isinstance(meta, dict) and serves(meta, org):
-            mine[rx_id] = meta
-    dispensers = {rx_id: _dispensed_by(meta, rx_id, dispenser) for rx_id, meta in mine.items()}
+        if not isinstance(meta, dict):
+            continue
+        if serves(meta, org):
+            mine[rx_id], dispensers[rx_id] = meta, _dispensed_by(meta, rx_id, dispenser)
+        elif _int(meta, "fills") > _int(meta, "delivered_fills") and dispenser is not None:
+            # routed away before the caller's courier handed its fill over: still the caller's
+            # to deliver (the contract lets the dispensing pharmacy read it until then)
+            by = _dispensed_by(meta, rx_id, dispenser)
+            if by == org:
+                mine[rx_id], dispensers[rx_id] = meta, by
     changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
                for blk, tx, step, status, by, rx in seen if rx in mine]
     # a prescription routed to another pharmacy is no longer readable by the one it leaves:

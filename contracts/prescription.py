@@ -475,7 +475,13 @@ def _can_view(ctx: Context, rx: dict) -> bool:
         return False
     if c.org == rx["hospital"] or c.org == rx["pharmacy"] or c.org == rx["insurer"]:
         return True
-    return ctx.get("grant/" + rx["rx_id"] + "/" + c.org) is not None
+    if ctx.get("grant/" + rx["rx_id"] + "/" + c.org) is not None:
+        return True
+    # re-routed away with its fill not handed over yet: its courier still delivers it
+    if rx["fills"] == 0:
+        return False
+    disp = ctx.get("disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3))
+    return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
 
 
 # ---------------------------------------------------------------- issue

@@ -303,7 +303,7 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
 ACTION_SYSTEM = "urn:rxchain:inboxAction"  # review, dispense, wait, deliver, none (client.inbox); routed_elsewhere
 ROUTED_ELSEWHERE = "routed_elsewhere"  # (a prescription routed to another pharmacy: no work item here)
 ROUTED_REASON = ("routed to another pharmacy: no further fill here (a fill this pharmacy dispensed and did not "
-                 "hand over is still its courier's to deliver)")
+                 "hand over is listed to deliver until its courier does)")
 _TASK_STATUS = {"review": "requested", "dispense": "ready", "wait": "on-hold", "deliver": "in-progress"}
 _DONE = {"DELIVERED": "completed", "REVOKED": "cancelled", "REJECTED": "cancelled", "EXPIRED": "cancelled",
          "ERASED": "cancelled"}

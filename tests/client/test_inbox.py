@@ -260,10 +260,16 @@ def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_del
     assert theirs["action"] == "wait"  # fill 2, in 28 days: fill 1 is not p02's to deliver
     assert (mine["deliver_by"], theirs["deliver_by"]) == ("p01", "p01")
     assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).reason == "ACCESS_DENIED"
-    assert _rxops(world, ledger, WANG).inbox(0)["routed_elsewhere"] == [rx]
+    # p01 still has fill 1 to hand over: listed to deliver, not routed elsewhere (it was only
+    # in routed_elsewhere, and a queue acting on that dropped a delivery its courier owes)
+    p01 = _rxops(world, ledger, WANG).inbox(0)
+    assert [(p["rx_id"], p["action"], p["deliver_by"]) for p in p01["prescriptions"]] == [(rx, "deliver", "p01")]
+    assert p01["routed_elsewhere"] == []
     world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     (after,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
     assert (after["action"], after["deliver_by"]) == ("wait", None)
+    done = _rxops(world, ledger, WANG).inbox(0)  # handed over: no longer p01's at all
+    assert (done["prescriptions"], done["routed_elsewhere"]) == ([], [rx])
 
 
 def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811
@@ -453,6 +459,19 @@ def test_fhir_task_search_cancels_the_task_of_a_prescription_routed_elsewhere(wo
     theirs = _fhir_app(world, ledger, CHEN).handle("GET", f"/fhir/Task?from-block={nxt}", None, b"cert").resource
     assert [(e["resource"]["identifier"][0]["value"], e["resource"]["status"],
              e["resource"]["owner"]["identifier"]["value"]) for e in theirs["entry"]] == [(rx, "ready", "p02")]
+
+
+def test_fhir_task_of_a_fill_owed_after_a_re_route_stays_in_progress(world: World) -> None:  # noqa: F811
+    """A prescription routed away while the pharmacy's courier still owes its fill: an
+    in-progress Task to deliver, not a cancelled one an ERP would drop with the delivery."""
+    ledger = EventLedger(world.chain)
+    _, rx = _filled_repeat(world, "81234560000000000407")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    tasks = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task", None, b"cert").resource
+    assert [(e["resource"]["identifier"][0]["value"], e["resource"]["status"],
+             e["resource"]["businessStatus"]["coding"][0]["code"]) for e in tasks["entry"]] == [
+        (rx, "in-progress", "deliver")]
 
 
 @pytest.mark.parametrize("query", ["from-block=-1", "from-block=x", "from-block=", "from-block",

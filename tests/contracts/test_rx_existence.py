@@ -207,3 +207,25 @@ def test_issue_tells_an_existing_id_only_to_a_prescriber(world: World) -> None:
         assert [(o.reason, o.message) for o in seen] == [("UNAUTHORIZED_PRESCRIBER", seen[1].message)] * 2
     assert world.issue(taken, JIANG).reason == "DUPLICATE_RX"
     assert world.issue(taken, ZHOU).reason == "DUPLICATE_RX"
+
+
+def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_the_fill(world: World) -> None:
+    """A re-route before p01's courier handed its fill over: p01 may still read the
+    prescription (``deliver`` takes its courier; its inbox lists the delivery) -- and only
+    until the hand-over; another pharmacy never. Before, p01 was an outsider at once: a work
+    queue that dropped what it may no longer read dropped the delivery it owed."""
+    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
+                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
+                    patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    for viewer in (WANG, COURIER):
+        for contract, fn, args in VIEWS[:4]:
+            assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)
+    assert _answer(world, "prescription", "show", who("p03:pharm-x:pharmacist"), rx) == (
+        False, "NOT_FOUND", "no prescription ID")
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    for viewer in (WANG, COURIER):
+        assert _answer(world, "prescription", "show", viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
