@@ -523,8 +523,8 @@ class RxOperations:
             except NoKeyGrant:
                 opened = None
             except RxClientError as exc:
-                # no party any more (a consent withdrawn since the trail was read): the contract
-                # answers as for a missing id; the trail stands, its notes stay sealed
+                # gone since the trail was read (erased), or a contract answering a non-party's
+                # key request as a missing id: the trail stands, its notes stay sealed
                 if exc.reason != "NOT_FOUND":
                     raise
                 opened = None
