@@ -418,8 +418,21 @@ def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], Non
     no longer there). FILE_BUSY when another config command holds it for more than ``wait_s``."""
     directory = path.parent if str(path.parent) else Path(".")
     lock = directory / f".{path.name}.lock"
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
     try:  # (read-only is enough to flock: another admin's account may not write a lock file we made)
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(lock, flags | os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:  # read-write where we may: NFS emulates flock with POSIX locks, whose write lock needs it
+                fd = os.open(lock, flags | os.O_RDWR)
+            except PermissionError:
+                fd = os.open(lock, flags | os.O_RDONLY)
+        else:
+            # 0644 whatever the umask, as write_update's file: an admin's umask 077 made it 0600,
+            # and every other admin's account could no longer open it to sign (IO_ERROR); best effort
+            # (a file system without modes refuses it: its lock still works for this account)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o644)
     except OSError as exc:
         raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
@@ -435,6 +448,8 @@ def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], Non
                                         f"(it holds {lock} for more than {wait_s:g} s): run this one again "
                                         "once it is done") from None
                 sleep(0.05)
+            except OSError as exc:  # (a file system without locks, a read-only lock on NFS: EBADF, ENOLCK)
+                raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
         yield
     finally:
         os.close(fd)

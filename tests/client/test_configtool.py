@@ -489,6 +489,43 @@ def test_a_file_held_by_another_config_command_is_busy_after_a_bounded_wait(tmp_
     assert missing.value.reason == "IO_ERROR" and "u.rxcfg" in missing.value.message
 
 
+def test_the_lock_file_is_readable_by_the_other_admins_whatever_the_umask(tmp_path: Path) -> None:
+    """The lock file is opened read-only by every admin's account: made 0600 under the first
+    admin's umask 077, it locked every other admin out of signing the proposal (IO_ERROR) --
+    the proposal file itself is 0644 whatever the umask (write_update)."""
+    path = tmp_path / "u.rxcfg"
+    old = os.umask(0o077)
+    try:
+        configtool.create_update(path, configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60)))
+    finally:
+        os.umask(old)
+    lock = tmp_path / ".u.rxcfg.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o644 == stat.S_IMODE(path.stat().st_mode)
+    os.chmod(lock, 0o600)  # a lock file another account made: its mode is not ours to change
+    with configtool.locked(path, wait_s=0.0):
+        pass
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere", tmp_path / ".v.rxcfg.lock")  # never followed
+    with pytest.raises(RxClientError) as link, configtool.locked(tmp_path / "v.rxcfg", wait_s=0.0):
+        pass
+    assert link.value.reason == "IO_ERROR"
+
+
+def test_a_file_system_refusing_the_lock_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock failing otherwise than "held" (NFS emulating it with a POSIX write lock on a file
+    opened read-only: EBADF; no lock manager: ENOLCK) is IO_ERROR naming the file, not a traceback."""
+    import errno as errno_
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno_.ENOLCK, os.strerror(errno_.ENOLCK))
+
+    monkeypatch.setattr("client.configtool.fcntl.flock", refuse)
+    with pytest.raises(RxClientError) as refused, configtool.locked(tmp_path / "u.rxcfg"):
+        pass
+    assert refused.value.reason == "IO_ERROR" and "u.rxcfg" in refused.value.message
+
+
 # ---------------------------------------------------------------- the config in force: the chain's, verified
 
 
