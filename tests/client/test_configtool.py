@@ -730,3 +730,105 @@ def test_nothing_is_proposed_or_signed_on_a_config_the_chain_does_not_show(
     data = old.read_bytes()
     status, refused = cli("sign", str(old))
     assert (status, refused["error"]) == (1, "LEDGER_INVALID") and old.read_bytes() == data
+
+
+def test_the_verified_prefix_outlasts_the_command_and_only_new_blocks_are_streamed(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config command streamed and verified the whole chain from the genesis block: its
+    cost grew with the ledger without bound, and past DELIVER_TIMEOUT_S of streaming no config
+    command could run at all. The prefix verified is saved (CHAIN_STATE) and the next command
+    streams only the blocks past it."""
+    chain = _copy(chain_blocks)
+    peer = _Peer(monkeypatch, chain.blocks)
+    state = tmp_path / configtool.CHAIN_STATE
+    first = configtool.ChainConfig(chain.genesis, Verifier(), state)
+    assert configtool.config_in_force(_IDENT, "peer", first) == (3, chain.configs[2])
+    assert json.loads(state.read_text())["height"] == 5
+    chain.add([b"later"], 3)
+    nxt = configtool.ChainConfig(chain.genesis, Verifier(), state)  # the next command
+    assert nxt.height == 5 and nxt.resumed
+    assert configtool.config_in_force(_IDENT, "peer", nxt) == (3, chain.configs[2])
+    assert peer.asked == [(0, 4), (5, 5)]  # not the whole chain again
+    assert json.loads(state.read_text())["height"] == 6
+    # a config update past the saved prefix is judged against the config the state holds
+    chain.add([chain.update(net_home, chain.configs[2])], 6)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))[0] == 6
+    # ... and a block past it that no orderer signed is refused as before (after a full verification)
+    chain.add([b"forged"], 6)
+    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"x"
+    with pytest.raises(RxClientError) as forged:
+        configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))
+    assert forged.value.reason == "LEDGER_INVALID" and "block 7" in forged.value.message
+    assert json.loads(state.read_text())["height"] == 7  # nothing of the refused block saved
+
+
+@pytest.mark.parametrize("case", ["another_chain", "another_chain_as_long", "peer_behind", "garbage",
+                                  "another_genesis"])
+def test_a_saved_state_the_peer_does_not_extend_is_dropped_and_the_chain_verified_again(
+        chain_blocks: _Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """The saved state is a cache, never trusted over the chain: a network started again from
+    the same genesis block, a peer behind it (another --peer), a torn file -- the chain is
+    verified from the genesis block again, and the answer is what a full verification gives."""
+    chain = _copy(chain_blocks)
+    state = tmp_path / configtool.CHAIN_STATE
+    _Peer(monkeypatch, chain.blocks)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))[0] == 3
+    other = _copy(chain_blocks)
+    expected: tuple[int, config_pb2.ConsortiumConfig] = (3, chain.configs[2])
+    if case == "another_chain":  # block 4 differs, the chain goes on from there
+        other.blocks = other.blocks[:4]
+        other.add([b"another network's block"], 3)
+        other.add([b"more"], 3)
+    elif case == "another_chain_as_long":  # nothing past the saved prefix: its last block is compared
+        other.blocks = other.blocks[:4]
+        other.add([b"another network's block"], 3)
+    elif case == "peer_behind":
+        other.blocks = other.blocks[:3]
+        expected = (2, chain.configs[1])
+    elif case == "garbage":
+        state.write_text('{"format": 1, "genesis": "zz"')
+    else:
+        saved = json.loads(state.read_text())
+        saved["genesis"] = "00" * 32
+        state.write_text(json.dumps(saved))
+    peer = _Peer(monkeypatch, other.blocks)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
+        == expected
+    assert peer.asked[-1][0] == 0  # verified from the genesis block
+    assert json.loads(state.read_text())["height"] == len(other.blocks)
+
+
+def test_a_stream_cut_short_keeps_the_blocks_verified_for_the_next_command(
+        chain_blocks: _Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain too long to stream within DELIVER_TIMEOUT_S: the blocks verified before the
+    deadline are kept, and the next command goes on from there -- not from block 0 again, which
+    would run into the same deadline forever."""
+    import grpc
+
+    chain = _copy(chain_blocks)
+    peer = _Peer(monkeypatch, chain.blocks)
+    full = services_pb2_grpc.PeerDeliverStub
+
+    class Deadline(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def details(self) -> str:
+            return "Deadline Exceeded"
+
+    class CutShort(full):  # type: ignore[misc, valid-type]
+        def Deliver(self, req: services_pb2.DeliverRequest, timeout: float) -> Iterator[Any]:
+            for i, msg in enumerate(super().Deliver(req, timeout)):
+                if i == 3:
+                    raise Deadline()
+                yield msg
+
+    monkeypatch.setattr(services_pb2_grpc, "PeerDeliverStub", CutShort)
+    state = tmp_path / configtool.CHAIN_STATE
+    with pytest.raises(RxClientError) as late:
+        configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))
+    assert late.value.reason == "TIMEOUT" and json.loads(state.read_text())["height"] == 3
+    monkeypatch.setattr(services_pb2_grpc, "PeerDeliverStub", full)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
+        == (3, chain.configs[2])
+    assert peer.asked == [(0, 4), (3, 4)]
