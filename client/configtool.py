@@ -216,8 +216,9 @@ class ChainConfig:
 
     def feed(self, block: block_pb2.Block) -> None:
         """Verify the next block and adopt the config it carries, if it is a valid config block
-        (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction
-        after a config raising the protocol version beyond this release: not judged)."""
+        (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction,
+        or a block failing a check, after a config raising the protocol version beyond this
+        release: not judged)."""
         n = block.header.number
         if n != self.height:
             raise RxClientError("LEDGER_INVALID", f"the peer sent block {n} where block {self.height} was due")
@@ -228,14 +229,20 @@ class ChainConfig:
                                     "(another network?)")
         else:
             current = self._tracker.current
-            if block.header.previous_hash != self._last_hash:
-                raise RxClientError("LEDGER_INVALID", f"block {n}: previous_hash does not link to block {n - 1}")
-            if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
-                raise RxClientError("LEDGER_INVALID", f"block {n}: data_hash does not match its envelopes")
-            if not self._orderer_signed(block, current.config, h):
-                raise RxClientError("LEDGER_INVALID", f"block {n}: no valid signature of an orderer of the config "
-                                    f"in force (sequence {current.config.sequence}, block {current.block_number})")
             why = unsupported(current.config)
+            # past a config raising the protocol version beyond this release, blocks may be hashed or
+            # signed by rules it lacks: a check failing there is PROTOCOL_UNSUPPORTED (upgrade), as
+            # ledger verify says -- not LEDGER_INVALID ("ask another peer": every peer holds it so)
+            bad = "LEDGER_INVALID" if why is None else PROTOCOL_UNSUPPORTED
+            beyond = "" if why is None else (f" (blocks past block {current.block_number} follow rules this "
+                                             f"release lacks: {why})")
+            if block.header.previous_hash != self._last_hash:
+                raise RxClientError(bad, f"block {n}: previous_hash does not link to block {n - 1}{beyond}")
+            if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
+                raise RxClientError(bad, f"block {n}: data_hash does not match its envelopes{beyond}")
+            if not self._orderer_signed(block, current.config, h):
+                raise RxClientError(bad, f"block {n}: no valid signature of an orderer of the config in force "
+                                    f"(sequence {current.config.sequence}, block {current.block_number}){beyond}")
             if why is not None and any(tx_type(raw) == transaction_pb2.CONFIG for raw in block.data.envelopes):
                 raise RxClientError(PROTOCOL_UNSUPPORTED, f"block {n}: a config transaction past block "
                                     f"{current.block_number}, whose config this release cannot judge: {why}")

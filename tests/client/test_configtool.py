@@ -832,3 +832,28 @@ def test_a_stream_cut_short_keeps_the_blocks_verified_for_the_next_command(
     assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
         == (3, chain.configs[2])
     assert peer.asked == [(0, 4), (3, 4)]
+
+
+def test_a_block_past_a_protocol_this_release_lacks_is_protocol_unsupported_not_a_forgery(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past a config raising the protocol version beyond this release, blocks may be signed or
+    hashed by rules it lacks: a check failing there is PROTOCOL_UNSUPPORTED (install a release
+    implementing it), as ledger verify says -- LEDGER_INVALID told the admin the peer lied and
+    to ask another, which every peer would answer alike."""
+    chain = _copy(chain_blocks)
+    update = configtool.propose(chain.configs[2], lambda c: setattr(c, "protocol_version", 2))
+    for org in ("h01", "h02", "p01", "p02"):
+        update = configtool.sign(update, load_identity(net_home.home, org, "admin"))
+    chain.add([configtool.envelope(update, load_identity(net_home.home, "h01", "admin"),
+                                   chain.configs[2].consortium_id, chain.at_ms)[1]], 5)
+    _Peer(monkeypatch, chain.blocks)
+    assert _in_force(chain)[0] == 5  # the version-raising config itself is shown
+    chain.add([b"a block of protocol 2"], 5)
+    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"signed otherwise under protocol 2"
+    with pytest.raises(RxClientError) as beyond:
+        _in_force(chain)
+    assert beyond.value.reason == "PROTOCOL_UNSUPPORTED" and "block 6" in beyond.value.message
+    chain.blocks[4].metadata.orderer_signatures[0].signature = b"x"  # before it: a forgery, as ever
+    with pytest.raises(RxClientError) as forged:
+        _in_force(chain)
+    assert forged.value.reason == "LEDGER_INVALID" and "block 4" in forged.value.message
