@@ -857,3 +857,44 @@ def test_a_block_past_a_protocol_this_release_lacks_is_protocol_unsupported_not_
     with pytest.raises(RxClientError) as forged:
         _in_force(chain)
     assert forged.value.reason == "LEDGER_INVALID" and "block 4" in forged.value.message
+
+
+@pytest.mark.parametrize("next_signer", ["old", "rotated"])
+def test_a_block_after_an_orderer_certificate_rotation_is_checked_against_the_new_certificate(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch, next_signer: str) -> None:
+    """Each block is checked against the config in force before it: the config block rotating
+    orderer ins01's certificate is still the old certificate's to sign, the block after it the
+    new one's -- a block the old key signs after the rotation is refused."""
+    from cryptography import x509 as cx509
+
+    from node.crypto import signing
+    from node.crypto import x509 as rx509
+
+    chain = _copy(chain_blocks)
+    ca_dir = net_home.home / "orgs" / "ins01"
+    key = signing.generate_key()
+    cert = rx509.issue_cert(cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()),
+                            signing.load_private_key((ca_dir / "ca.key").read_bytes()), key.public_key(),
+                            org="ins01", role="orderer", name="orderer.ins01", now=FIXED_NOW,
+                            hosts=("127.0.0.1", "localhost", "orderer.ins01"))
+    rotated = signing.Signer(key, identity_pb2.Identity(org="ins01", cert_der=rx509.cert_to_der(cert)))
+
+    def rotate(c: config_pb2.ConsortiumConfig) -> None:
+        c.orderers[0].cert_der = rx509.cert_to_der(cert)
+
+    update = configtool.propose(chain.configs[2], rotate)
+    for org in ("h01", "h02", "p01", "p02"):
+        update = configtool.sign(update, load_identity(net_home.home, org, "admin"))
+    chain.add([configtool.envelope(update, load_identity(net_home.home, "h01", "admin"),
+                                   chain.configs[2].consortium_id, chain.at_ms)[1]], 5)
+    _Peer(monkeypatch, chain.blocks)
+    assert _in_force(chain)[0] == 5  # signed by the old certificate: the config in force before it
+    if next_signer == "rotated":
+        chain.orderer = rotated
+    chain.add([b"after the rotation"], 5)
+    if next_signer == "rotated":
+        assert _in_force(chain)[0] == 5
+        return
+    with pytest.raises(RxClientError) as old:
+        _in_force(chain)
+    assert old.value.reason == "LEDGER_INVALID" and "block 6" in old.value.message
