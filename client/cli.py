@@ -407,12 +407,12 @@ def _config_peer(net: Any, ident: Any, a: argparse.Namespace) -> str:
 
 def _config_chain(home: Path) -> Any:
     """The verifier of the config in force a config command reads (configtool.ChainConfig),
-    anchored in the local genesis block."""
+    anchored in the local genesis block, going on from the prefix the last command verified."""
     from client import configtool
     from node.crypto.signing import Verifier
     from node.genesis import read_genesis
 
-    return configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier())
+    return configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(), home / configtool.CHAIN_STATE)
 
 
 def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:

@@ -77,6 +77,7 @@ from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, unsupported
 MAX_UPDATE_BYTES = 4 << 20  # a proposal file read at most (a config of thousands of members)
 WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new config
 DELIVER_TIMEOUT_S = 300.0  # the whole chain streamed once to verify it (ledger verify's walk)
+CHAIN_STATE = "config-chain.json"  # in the home directory: the prefix of the chain verified (ChainConfig)
 LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config command's hold on a file
 
 
@@ -130,22 +131,94 @@ class ChainConfig:
     sequence is not the one in force + 1 (STALE_CONFIG_UPDATE).
 
     Blocks are fed in order and never twice: :func:`config_in_force` asks a peer only for the
-    blocks past those verified (``submit``'s wait polls cheaply)."""
+    blocks past those verified (``submit``'s wait polls cheaply). With ``state_path`` (the CLI:
+    ``CHAIN_STATE`` in the home directory) the verified prefix outlasts the command -- its
+    height, last header hash and the config in force, saved as it grows --
+    and the next command verifies only the blocks past it: streaming and verifying the whole
+    chain for every config command grew with the ledger without bound (every block's
+    envelopes, one ECDSA verification each) and, once it took longer than
+    :data:`DELIVER_TIMEOUT_S`, no config command could run at all. A saved state is a cache
+    of what was verified, never trusted over a peer: one that does not parse, is of another
+    genesis block, or that the peer's chain does not extend (fewer blocks, the next block not
+    linking: a network started again from the same genesis) is dropped and the chain
+    verified from the genesis block again (:func:`config_in_force`)."""
 
-    def __init__(self, genesis: block_pb2.Block, verifier: Verifier) -> None:
-        config = config_from_genesis(genesis)
+    def __init__(self, genesis: block_pb2.Block, verifier: Verifier, state_path: Path | None = None) -> None:
+        self._genesis = genesis
         self._verifier = verifier
         self._genesis_hash = block_header_hash(genesis.header)
-        self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, verifier), 0), verifier)
+        self._state_path = state_path
+        self.resumed = False  # the blocks verified are a saved state no peer answer confirmed yet
+        self.restart()
+        if state_path is not None:
+            self._resume(state_path)
+
+    def restart(self) -> None:
+        """Forget every block verified: verify from the genesis block again."""
+        config = config_from_genesis(self._genesis)
+        self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), 0), self._verifier)
         self.height = 0  # blocks verified
         self._last_hash = b""
         self._pointer = 0  # last_config_block of the last block verified, as the peer sent it
         self._codes: list[int] = []  # the validation codes the peer sent for the config block in force
+        self._saved = 0  # the height of the state saved or resumed
+        self.resumed = False
+
+    def _resume(self, path: Path) -> None:
+        """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis)."""
+        try:
+            with open(path, "rb") as f:
+                state = json.loads(f.read(4 * MAX_UPDATE_BYTES))  # (the config in force, base64)
+            if not isinstance(state, dict) or state.get("format") != 1:
+                return
+            if bytes.fromhex(state["genesis"]) != self._genesis_hash:
+                return  # (another network's)
+            height, number, pointer = state["height"], state["block"], state["pointer"]
+            codes = state["codes"]
+            if not (type(height) is int and type(number) is int and type(pointer) is int
+                    and 0 <= number == pointer < height and isinstance(codes, list)
+                    and all(type(c) is int for c in codes)):
+                return
+            config = config_pb2.ConsortiumConfig.FromString(base64.b64decode(state["config"], validate=True))
+            last_hash = bytes.fromhex(state["last_hash"])
+            tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
+        except Exception:  # noqa: BLE001 - a cache: unreadable, torn or of another release -- verify again
+            return
+        self._tracker, self.height, self._last_hash = tracker, height, last_hash
+        self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
+
+    def save(self) -> None:
+        """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next
+        command a longer verification). Every block of it was verified as :meth:`feed` verifies
+        them, so a prefix a stream cut short is saved too: what :meth:`in_force` checks (the
+        pointer, the codes of the config block in force) is checked on the blocks fed last."""
+        if self._state_path is None or self.height <= self._saved:
+            return
+        current = self._tracker.current
+        state = {"format": 1, "genesis": self._genesis_hash.hex(), "height": self.height,
+                 "last_hash": self._last_hash.hex(), "block": current.block_number, "pointer": self._pointer,
+                 "codes": self._codes,
+                 "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
+        directory = self._state_path.parent
+        with contextlib.suppress(OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{self._state_path.name}.", suffix=".tmp", dir=directory)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(state, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._state_path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            self._saved = self.height
 
     def feed(self, block: block_pb2.Block) -> None:
         """Verify the next block and adopt the config it carries, if it is a valid config block
-        (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction
-        after a config raising the protocol version beyond this release: not judged)."""
+        (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction,
+        or a block failing a check, after a config raising the protocol version beyond this
+        release: not judged)."""
         n = block.header.number
         if n != self.height:
             raise RxClientError("LEDGER_INVALID", f"the peer sent block {n} where block {self.height} was due")
@@ -156,14 +229,20 @@ class ChainConfig:
                                     "(another network?)")
         else:
             current = self._tracker.current
-            if block.header.previous_hash != self._last_hash:
-                raise RxClientError("LEDGER_INVALID", f"block {n}: previous_hash does not link to block {n - 1}")
-            if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
-                raise RxClientError("LEDGER_INVALID", f"block {n}: data_hash does not match its envelopes")
-            if not self._orderer_signed(block, current.config, h):
-                raise RxClientError("LEDGER_INVALID", f"block {n}: no valid signature of an orderer of the config "
-                                    f"in force (sequence {current.config.sequence}, block {current.block_number})")
             why = unsupported(current.config)
+            # past a config raising the protocol version beyond this release, blocks may be hashed or
+            # signed by rules it lacks: a check failing there is PROTOCOL_UNSUPPORTED (upgrade), as
+            # ledger verify says -- not LEDGER_INVALID ("ask another peer": every peer holds it so)
+            bad = "LEDGER_INVALID" if why is None else PROTOCOL_UNSUPPORTED
+            beyond = "" if why is None else (f" (blocks past block {current.block_number} follow rules this "
+                                             f"release lacks: {why})")
+            if block.header.previous_hash != self._last_hash:
+                raise RxClientError(bad, f"block {n}: previous_hash does not link to block {n - 1}{beyond}")
+            if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
+                raise RxClientError(bad, f"block {n}: data_hash does not match its envelopes{beyond}")
+            if not self._orderer_signed(block, current.config, h):
+                raise RxClientError(bad, f"block {n}: no valid signature of an orderer of the config in force "
+                                    f"(sequence {current.config.sequence}, block {current.block_number}){beyond}")
             if why is not None and any(tx_type(raw) == transaction_pb2.CONFIG for raw in block.data.envelopes):
                 raise RxClientError(PROTOCOL_UNSUPPORTED, f"block {n}: a config transaction past block "
                                     f"{current.block_number}, whose config this release cannot judge: {why}")
@@ -174,6 +253,10 @@ class ChainConfig:
         self._last_hash = h
         self._pointer = block.metadata.last_config_block
         self.height = n + 1
+
+    def ends_with(self, block: block_pb2.Block) -> bool:
+        """Whether ``block`` is the last block verified (number and header hash)."""
+        return block.header.number == self.height - 1 and block_header_hash(block.header) == self._last_hash
 
     def _orderer_signed(self, block: block_pb2.Block, config: config_pb2.ConsortiumConfig, header_hash: bytes,
                         ) -> bool:
@@ -204,6 +287,8 @@ class ChainConfig:
             raise RxClientError("LEDGER_INVALID", f"block {number} holds the config in force (sequence "
                                 f"{current.config.sequence}), the peer recorded it {self._codes}, not VALID: ask "
                                 "another peer (--peer)")
+        self.resumed = False
+        self.save()
         return number, current.config
 
 
@@ -211,19 +296,39 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
                     chain: ChainConfig) -> tuple[int, config_pb2.ConsortiumConfig]:
     """(the block holding it, the config in force) as the chain of the peer at ``peer_target`` shows
     it, every block verified by ``chain`` (see :class:`ChainConfig`; only the blocks past those it
-    verified are streamed)."""
+    verified are streamed). A state ``chain`` resumed that this peer's chain does not extend is
+    dropped, the chain verified from the genesis block."""
+    try:
+        return _config_in_force(identity, peer_target, chain)
+    except RxClientError as exc:
+        if not chain.resumed or exc.reason not in ("LEDGER_INVALID", "SERVICE_UNAVAILABLE"):
+            raise
+        chain.restart()
+    return _config_in_force(identity, peer_target, chain)
+
+
+def _config_in_force(identity: WalletIdentity, peer_target: str,
+                     chain: ChainConfig) -> tuple[int, config_pb2.ConsortiumConfig]:
     height = _height(identity, peer_target)
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", "the peer holds no block yet")
+    if chain.resumed and height == chain.height:  # nothing new to link to the saved prefix: its last block
+        with contextlib.closing(_stream(identity, peer_target, height - 1, height - 1)) as blocks:
+            last = next(blocks, None)
+        if last is None or not chain.ends_with(last):
+            raise RxClientError("LEDGER_INVALID", f"the peer's block {height - 1} is not the one verified before")
     if height < chain.height:  # (a peer restarting from an older copy, or another peer)
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer holds {height} blocks, {chain.height} were "
                             "verified already: ask again")
     if height > chain.height:
-        with contextlib.closing(_stream(identity, peer_target, chain.height, height - 1)) as blocks:
-            for block in blocks:
-                chain.feed(block)
-                if chain.height >= height:
-                    break
+        try:
+            with contextlib.closing(_stream(identity, peer_target, chain.height, height - 1)) as blocks:
+                for block in blocks:
+                    chain.feed(block)
+                    if chain.height >= height:
+                        break
+        finally:  # the blocks verified are kept whatever ended the stream (DELIVER_TIMEOUT_S on a long chain)
+            chain.save()
         if chain.height < height:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer sent {chain.height} of its {height} blocks")
     return chain.in_force()
@@ -418,8 +523,21 @@ def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], Non
     no longer there). FILE_BUSY when another config command holds it for more than ``wait_s``."""
     directory = path.parent if str(path.parent) else Path(".")
     lock = directory / f".{path.name}.lock"
+    flags = os.O_CLOEXEC | os.O_NOFOLLOW
     try:  # (read-only is enough to flock: another admin's account may not write a lock file we made)
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(lock, flags | os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:  # read-write where we may: NFS emulates flock with POSIX locks, whose write lock needs it
+                fd = os.open(lock, flags | os.O_RDWR)
+            except PermissionError:
+                fd = os.open(lock, flags | os.O_RDONLY)
+        else:
+            # 0644 whatever the umask, as write_update's file: an admin's umask 077 made it 0600,
+            # and every other admin's account could no longer open it to sign (IO_ERROR); best effort
+            # (a file system without modes refuses it: its lock still works for this account)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o644)
     except OSError as exc:
         raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
     wait_s = LOCK_WAIT_S if wait_s is None else wait_s
@@ -435,6 +553,8 @@ def locked(path: Path, wait_s: float | None = None, sleep: Callable[[float], Non
                                         f"(it holds {lock} for more than {wait_s:g} s): run this one again "
                                         "once it is done") from None
                 sleep(0.05)
+            except OSError as exc:  # (a file system without locks, a read-only lock on NFS: EBADF, ENOLCK)
+                raise RxClientError("IO_ERROR", f"cannot lock {path}: {exc.strerror} ({lock})") from exc
         yield
     finally:
         os.close(fd)

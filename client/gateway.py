@@ -204,9 +204,12 @@ class Gateway:
     def _call(self, fn: Callable[[], T], cls: type[RxClientError] = RxClientError) -> T:
         delays = self._retry.delays()
         attempt = 0
+        caught_up = False  # the wait ran to its end (reached, or its bound): never again in this call
         while True:
             try:
-                self._catch_up()  # each attempt: a peer unreachable at the last one must still catch up
+                if not caught_up:  # a peer unreachable at the last attempt must still catch up
+                    self._catch_up()
+                    caught_up = True
                 return fn()
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
@@ -256,7 +259,8 @@ class Gateway:
             raise EndorsementError("BAD_PAYLOAD", "gateway answered for another transaction")
         return resp
 
-    def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope) -> SubmitResult:
+    def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope, *,
+                        first: bool = False) -> SubmitResult:
         """Submit a signed envelope and wait for its commit status.
 
         Raises CommitError when it committed invalid, CommitUnknown when it may have been
@@ -264,9 +268,15 @@ class Gateway:
         wait for its commit failed after the envelope left this client: ask CommitStatus
         for ``tx_id``, or submit the same envelope again -- its tx id makes a second copy
         a DUPLICATE_TXID -- but never propose the call again as a new transaction), and
-        RxClientError when it was refused before ordering (a definite no)."""
+        RxClientError when it was refused before ordering (a definite no).
+
+        A peer that cannot be reached before anything is sent is a definite no only with
+        ``first`` (the caller built the envelope for this call: it was never submitted, as in
+        :meth:`submit`); else it is CommitUnknown -- the envelope may be one submitted before
+        whose outcome was unknown (CommitUnknown's ``envelope``, submitted again), and a plain
+        SERVICE_UNAVAILABLE would read as "not ordered, propose it again"."""
         try:
-            self._submit(tx_id, services_pb2.SubmitRequest(envelope=envelope))
+            self._submit(tx_id, services_pb2.SubmitRequest(envelope=envelope), first)
             return self.outcome(tx_id)
         except CommitUnknown as exc:
             exc.envelope = envelope  # the caller may submit this same envelope again
@@ -293,19 +303,23 @@ class Gateway:
                               tx_id, status.block_number)
         return SubmitResult(tx_id, name, status.block_number, None)
 
-    def _submit(self, tx_id: str, sreq: services_pb2.SubmitRequest) -> None:
+    def _submit(self, tx_id: str, sreq: services_pb2.SubmitRequest, first: bool) -> None:
         """Gateway.Submit, retrying UNAVAILABLE (bounded); returns once the envelope was
         accepted for ordering or found on the ledger (DUPLICATE_TXID: its commit status reports
         the original outcome). An attempt that failed in transit may have been ordered, so a
         later refusal that could have gone the other way for it (CLOCK_SKEW as the tx ages,
         UNKNOWN_CREATOR as a certificate expires, BAD_CONFIG_UPDATE once the update is in
-        force ...) is CommitUnknown, not a definite no."""
+        force ...) is CommitUnknown, not a definite no; so is a peer unreachable before the first
+        attempt unless ``first`` (see :meth:`submit_envelope`)."""
         delays = self._retry.delays()
         lost = ""  # why an earlier attempt may have reached the ordering service
         attempt = 0
+        caught_up = False  # as in _call: the wait runs once to its end, not once per retry
         while True:
             try:
-                self._catch_up()
+                if not caught_up:
+                    self._catch_up()
+                    caught_up = True
             except grpc.RpcError as exc:  # the peer is unreachable: nothing was sent this time
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 if code in _RETRYABLE and attempt < len(delays):
@@ -317,6 +331,10 @@ class Gateway:
                     raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: an attempt "
                                         f"failed with {lost}, then the peer could not be reached: "
                                         f"{err.reason}: {err.message}") from exc
+                if not first:
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} was not sent this time (the peer could "
+                                        f"not be reached: {err.reason}: {err.message}); a submission of this "
+                                        "envelope before it may have been ordered") from exc
                 raise err from exc
             try:
                 self._stub.Submit(sreq, timeout=30)
@@ -369,7 +387,7 @@ class Gateway:
         built = self.propose(contract, function, args, transient)
         endorsed = self.endorse(built, endorsing_orgs)
         envelope = self.builder.envelope(built, endorsed.prepared_transaction)
-        committed = self.submit_envelope(built.tx_id, envelope)
+        committed = self.submit_envelope(built.tx_id, envelope, first=True)
         return SubmitResult(committed.tx_id, committed.code, committed.block,
                             decode_payload(endorsed.result.payload))
 

@@ -489,6 +489,43 @@ def test_a_file_held_by_another_config_command_is_busy_after_a_bounded_wait(tmp_
     assert missing.value.reason == "IO_ERROR" and "u.rxcfg" in missing.value.message
 
 
+def test_the_lock_file_is_readable_by_the_other_admins_whatever_the_umask(tmp_path: Path) -> None:
+    """The lock file is opened read-only by every admin's account: made 0600 under the first
+    admin's umask 077, it locked every other admin out of signing the proposal (IO_ERROR) --
+    the proposal file itself is 0644 whatever the umask (write_update)."""
+    path = tmp_path / "u.rxcfg"
+    old = os.umask(0o077)
+    try:
+        configtool.create_update(path, configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60)))
+    finally:
+        os.umask(old)
+    lock = tmp_path / ".u.rxcfg.lock"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o644 == stat.S_IMODE(path.stat().st_mode)
+    os.chmod(lock, 0o600)  # a lock file another account made: its mode is not ours to change
+    with configtool.locked(path, wait_s=0.0):
+        pass
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    (tmp_path / "elsewhere").write_bytes(b"")
+    os.symlink(tmp_path / "elsewhere", tmp_path / ".v.rxcfg.lock")  # never followed
+    with pytest.raises(RxClientError) as link, configtool.locked(tmp_path / "v.rxcfg", wait_s=0.0):
+        pass
+    assert link.value.reason == "IO_ERROR"
+
+
+def test_a_file_system_refusing_the_lock_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock failing otherwise than "held" (NFS emulating it with a POSIX write lock on a file
+    opened read-only: EBADF; no lock manager: ENOLCK) is IO_ERROR naming the file, not a traceback."""
+    import errno as errno_
+
+    def refuse(fd: int, op: int) -> None:
+        raise OSError(errno_.ENOLCK, os.strerror(errno_.ENOLCK))
+
+    monkeypatch.setattr("client.configtool.fcntl.flock", refuse)
+    with pytest.raises(RxClientError) as refused, configtool.locked(tmp_path / "u.rxcfg"):
+        pass
+    assert refused.value.reason == "IO_ERROR" and "u.rxcfg" in refused.value.message
+
+
 # ---------------------------------------------------------------- the config in force: the chain's, verified
 
 
@@ -693,3 +730,171 @@ def test_nothing_is_proposed_or_signed_on_a_config_the_chain_does_not_show(
     data = old.read_bytes()
     status, refused = cli("sign", str(old))
     assert (status, refused["error"]) == (1, "LEDGER_INVALID") and old.read_bytes() == data
+
+
+def test_the_verified_prefix_outlasts_the_command_and_only_new_blocks_are_streamed(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config command streamed and verified the whole chain from the genesis block: its
+    cost grew with the ledger without bound, and past DELIVER_TIMEOUT_S of streaming no config
+    command could run at all. The prefix verified is saved (CHAIN_STATE) and the next command
+    streams only the blocks past it."""
+    chain = _copy(chain_blocks)
+    peer = _Peer(monkeypatch, chain.blocks)
+    state = tmp_path / configtool.CHAIN_STATE
+    first = configtool.ChainConfig(chain.genesis, Verifier(), state)
+    assert configtool.config_in_force(_IDENT, "peer", first) == (3, chain.configs[2])
+    assert json.loads(state.read_text())["height"] == 5
+    chain.add([b"later"], 3)
+    nxt = configtool.ChainConfig(chain.genesis, Verifier(), state)  # the next command
+    assert nxt.height == 5 and nxt.resumed
+    assert configtool.config_in_force(_IDENT, "peer", nxt) == (3, chain.configs[2])
+    assert peer.asked == [(0, 4), (5, 5)]  # not the whole chain again
+    assert json.loads(state.read_text())["height"] == 6
+    # a config update past the saved prefix is judged against the config the state holds
+    chain.add([chain.update(net_home, chain.configs[2])], 6)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))[0] == 6
+    # ... and a block past it that no orderer signed is refused as before (after a full verification)
+    chain.add([b"forged"], 6)
+    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"x"
+    with pytest.raises(RxClientError) as forged:
+        configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))
+    assert forged.value.reason == "LEDGER_INVALID" and "block 7" in forged.value.message
+    assert json.loads(state.read_text())["height"] == 7  # nothing of the refused block saved
+
+
+@pytest.mark.parametrize("case", ["another_chain", "another_chain_as_long", "peer_behind", "garbage",
+                                  "another_genesis"])
+def test_a_saved_state_the_peer_does_not_extend_is_dropped_and_the_chain_verified_again(
+        chain_blocks: _Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """The saved state is a cache, never trusted over the chain: a network started again from
+    the same genesis block, a peer behind it (another --peer), a torn file -- the chain is
+    verified from the genesis block again, and the answer is what a full verification gives."""
+    chain = _copy(chain_blocks)
+    state = tmp_path / configtool.CHAIN_STATE
+    _Peer(monkeypatch, chain.blocks)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))[0] == 3
+    other = _copy(chain_blocks)
+    expected: tuple[int, config_pb2.ConsortiumConfig] = (3, chain.configs[2])
+    if case == "another_chain":  # block 4 differs, the chain goes on from there
+        other.blocks = other.blocks[:4]
+        other.add([b"another network's block"], 3)
+        other.add([b"more"], 3)
+    elif case == "another_chain_as_long":  # nothing past the saved prefix: its last block is compared
+        other.blocks = other.blocks[:4]
+        other.add([b"another network's block"], 3)
+    elif case == "peer_behind":
+        other.blocks = other.blocks[:3]
+        expected = (2, chain.configs[1])
+    elif case == "garbage":
+        state.write_text('{"format": 1, "genesis": "zz"')
+    else:
+        saved = json.loads(state.read_text())
+        saved["genesis"] = "00" * 32
+        state.write_text(json.dumps(saved))
+    peer = _Peer(monkeypatch, other.blocks)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
+        == expected
+    assert peer.asked[-1][0] == 0  # verified from the genesis block
+    assert json.loads(state.read_text())["height"] == len(other.blocks)
+
+
+def test_a_stream_cut_short_keeps_the_blocks_verified_for_the_next_command(
+        chain_blocks: _Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain too long to stream within DELIVER_TIMEOUT_S: the blocks verified before the
+    deadline are kept, and the next command goes on from there -- not from block 0 again, which
+    would run into the same deadline forever."""
+    import grpc
+
+    chain = _copy(chain_blocks)
+    peer = _Peer(monkeypatch, chain.blocks)
+    full = services_pb2_grpc.PeerDeliverStub
+
+    class Deadline(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def details(self) -> str:
+            return "Deadline Exceeded"
+
+    class CutShort(full):  # type: ignore[misc, valid-type]
+        def Deliver(self, req: services_pb2.DeliverRequest, timeout: float) -> Iterator[Any]:
+            for i, msg in enumerate(super().Deliver(req, timeout)):
+                if i == 3:
+                    raise Deadline()
+                yield msg
+
+    monkeypatch.setattr(services_pb2_grpc, "PeerDeliverStub", CutShort)
+    state = tmp_path / configtool.CHAIN_STATE
+    with pytest.raises(RxClientError) as late:
+        configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))
+    assert late.value.reason == "TIMEOUT" and json.loads(state.read_text())["height"] == 3
+    monkeypatch.setattr(services_pb2_grpc, "PeerDeliverStub", full)
+    assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
+        == (3, chain.configs[2])
+    assert peer.asked == [(0, 4), (3, 4)]
+
+
+def test_a_block_past_a_protocol_this_release_lacks_is_protocol_unsupported_not_a_forgery(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past a config raising the protocol version beyond this release, blocks may be signed or
+    hashed by rules it lacks: a check failing there is PROTOCOL_UNSUPPORTED (install a release
+    implementing it), as ledger verify says -- LEDGER_INVALID told the admin the peer lied and
+    to ask another, which every peer would answer alike."""
+    chain = _copy(chain_blocks)
+    update = configtool.propose(chain.configs[2], lambda c: setattr(c, "protocol_version", 2))
+    for org in ("h01", "h02", "p01", "p02"):
+        update = configtool.sign(update, load_identity(net_home.home, org, "admin"))
+    chain.add([configtool.envelope(update, load_identity(net_home.home, "h01", "admin"),
+                                   chain.configs[2].consortium_id, chain.at_ms)[1]], 5)
+    _Peer(monkeypatch, chain.blocks)
+    assert _in_force(chain)[0] == 5  # the version-raising config itself is shown
+    chain.add([b"a block of protocol 2"], 5)
+    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"signed otherwise under protocol 2"
+    with pytest.raises(RxClientError) as beyond:
+        _in_force(chain)
+    assert beyond.value.reason == "PROTOCOL_UNSUPPORTED" and "block 6" in beyond.value.message
+    chain.blocks[4].metadata.orderer_signatures[0].signature = b"x"  # before it: a forgery, as ever
+    with pytest.raises(RxClientError) as forged:
+        _in_force(chain)
+    assert forged.value.reason == "LEDGER_INVALID" and "block 4" in forged.value.message
+
+
+@pytest.mark.parametrize("next_signer", ["old", "rotated"])
+def test_a_block_after_an_orderer_certificate_rotation_is_checked_against_the_new_certificate(
+        chain_blocks: _Chain, net_home: GeneratedNetwork, monkeypatch: pytest.MonkeyPatch, next_signer: str) -> None:
+    """Each block is checked against the config in force before it: the config block rotating
+    orderer ins01's certificate is still the old certificate's to sign, the block after it the
+    new one's -- a block the old key signs after the rotation is refused."""
+    from cryptography import x509 as cx509
+
+    from node.crypto import signing
+    from node.crypto import x509 as rx509
+
+    chain = _copy(chain_blocks)
+    ca_dir = net_home.home / "orgs" / "ins01"
+    key = signing.generate_key()
+    cert = rx509.issue_cert(cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()),
+                            signing.load_private_key((ca_dir / "ca.key").read_bytes()), key.public_key(),
+                            org="ins01", role="orderer", name="orderer.ins01", now=FIXED_NOW,
+                            hosts=("127.0.0.1", "localhost", "orderer.ins01"))
+    rotated = signing.Signer(key, identity_pb2.Identity(org="ins01", cert_der=rx509.cert_to_der(cert)))
+
+    def rotate(c: config_pb2.ConsortiumConfig) -> None:
+        c.orderers[0].cert_der = rx509.cert_to_der(cert)
+
+    update = configtool.propose(chain.configs[2], rotate)
+    for org in ("h01", "h02", "p01", "p02"):
+        update = configtool.sign(update, load_identity(net_home.home, org, "admin"))
+    chain.add([configtool.envelope(update, load_identity(net_home.home, "h01", "admin"),
+                                   chain.configs[2].consortium_id, chain.at_ms)[1]], 5)
+    _Peer(monkeypatch, chain.blocks)
+    assert _in_force(chain)[0] == 5  # signed by the old certificate: the config in force before it
+    if next_signer == "rotated":
+        chain.orderer = rotated
+    chain.add([b"after the rotation"], 5)
+    if next_signer == "rotated":
+        assert _in_force(chain)[0] == 5
+        return
+    with pytest.raises(RxClientError) as old:
+        _in_force(chain)
+    assert old.value.reason == "LEDGER_INVALID" and "block 6" in old.value.message

@@ -288,51 +288,65 @@ def test_a_submit_to_a_peer_unreachable_before_anything_was_sent_is_a_definite_f
     gw._admin = _DownAdmin([None])
     gw.last_block = 5
     with pytest.raises(RxClientError) as e:
-        gw.submit_envelope(built.tx_id, envelope)
+        gw.submit_envelope(built.tx_id, envelope, first=True)
     assert e.value.reason == "SERVICE_UNAVAILABLE" and e.value.reason != "COMMIT_UNKNOWN"
     assert "Submit" not in script.calls and sleeps == [0.01, 0.02, 0.04]
 
 
-def test_a_submit_whose_first_attempt_broke_then_the_peer_went_away_is_commit_unknown(fake):
-    """A Submit lost in transport may have been ordered: if the retry then cannot reach the
-    peer (a newer block seen by a sibling client raised the wait's target), the outcome is
-    unknown, never a plain failure."""
+def test_an_envelope_submitted_again_to_an_unreachable_peer_stays_commit_unknown(fake):
+    """CommitUnknown hands the caller the envelope to submit again (client.errors); if the peer
+    cannot be reached for that second submission, nothing was sent *this time* -- but the first
+    submission may have been ordered: COMMIT_UNKNOWN again, never a plain SERVICE_UNAVAILABLE
+    (read as "not ordered": the call proposed anew, a second prescription)."""
     from client.errors import CommitUnknown
 
     script, gw, _ = fake
-    built = gw.propose("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    built = gw.propose("prescription", "issue", {"rx_id": "RX-1"})
     envelope = gw.builder.envelope(built, gw.endorse(built).prepared_transaction)
-    seen = [5]
-    gw._min_block = lambda: seen[0]
-    gw._admin = _DownAdmin([6, None])
-    script.unavailable = 1
-    real_sleep = gw._sleep
-
-    def sleep_and_see_more(d: float) -> None:
-        seen[0] = 9  # another client of the session saw block 9 meanwhile
-        real_sleep(d)
-
-    gw._sleep = sleep_and_see_more
-    with pytest.raises(CommitUnknown) as e:
+    script.submit_reason = "SERVICE_UNAVAILABLE"  # the first submission: outcome unknown
+    with pytest.raises(CommitUnknown) as first:
         gw.submit_envelope(built.tx_id, envelope)
-    assert e.value.tx_id == built.tx_id and script.calls.count("Submit") == 1
-
-
-def test_submit_many_to_an_unreachable_peer_fails_each_call_at_once(fake):
-    """The pipeline's read-your-writes wait on a down peer: every call fails with
-    SERVICE_UNAVAILABLE (nothing was sent, so none is COMMIT_UNKNOWN) without the 15 s wait."""
-    import time
-
-    from client.errors import CommitUnknown
-    from client.pipeline import Call, submit_many
-
-    script, gw, _ = fake
-    gw._admin = _DownAdmin([None])
+    assert first.value.envelope == envelope
+    gw._admin = _DownAdmin([None])  # the peer is down when the caller submits that envelope again
     gw.last_block = 5
-    t0 = time.monotonic()
-    out = submit_many(gw, [Call("c", "ok", {"i": 0}), Call("c", "ok", {"i": 1})])
-    assert time.monotonic() - t0 < 5
-    assert [type(r) for r in out] == [RxClientError, RxClientError]
-    assert all(isinstance(r, RxClientError) and not isinstance(r, CommitUnknown)
-               and r.reason == "SERVICE_UNAVAILABLE" for r in out)
-    assert script.calls == []
+    sent = script.calls.count("Submit")
+    with pytest.raises(RxClientError) as again:
+        gw.submit_envelope(built.tx_id, first.value.envelope)
+    assert isinstance(again.value, CommitUnknown) and again.value.tx_id == built.tx_id
+    assert script.calls.count("Submit") == sent  # (nothing sent the second time)
+    # Gateway.submit built the envelope itself: never sent before, a definite failure
+    script.submit_reason = ""
+    with pytest.raises(RxClientError) as fresh:
+        gw.submit("prescription", "issue", {"rx_id": "RX-2"})
+    assert fresh.value.reason == "SERVICE_UNAVAILABLE" and not isinstance(fresh.value, CommitUnknown)
+
+
+@pytest.mark.parametrize("call", ["evaluate", "submit"])
+def test_the_read_your_writes_wait_runs_once_per_call_not_once_per_retry(fake, call: str):
+    """A peer behind the block the client saw (its orderers down: it gets no blocks) whose calls
+    fail UNAVAILABLE (no orderer answers its Submit) is waited for once, up to the catch-up
+    bound, then the call is retried: waiting out the whole bound again before each retry made
+    a call take attempts x 15 s (90 s with the default policy) instead of ~15 s."""
+    script, gw, sleeps = fake
+    waits: list[int] = []
+
+    def behind(block: int, timeout_s: float, *, unreachable_raises: bool = False) -> bool:
+        waits.append(block)
+        return False  # the bound ran out, the peer still behind
+
+    gw.wait_for_block = behind
+    gw.last_block = 5
+    if call == "evaluate":
+        script.unavailable = 3
+        assert gw.evaluate("registry", "get_drug", {"x": 1}) == {"echo": {"x": 1}}
+        assert waits == [5] and sleeps == [0.01, 0.02, 0.04]
+    else:
+        built = gw.propose("prescription", "review", {"rx_id": "RX-1", "approve": True})
+        envelope = gw.builder.envelope(built, gw.endorse(built).prepared_transaction)
+        script.unavailable = 3
+        del waits[:]
+        gw.submit_envelope(built.tx_id, envelope, first=True)
+        assert script.calls.count("Submit") == 4 and sleeps == [0.01, 0.02, 0.04]
+        assert waits == [5, 5]  # Submit's wait once, CommitStatus's once
+
+

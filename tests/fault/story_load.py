@@ -38,12 +38,13 @@ class RecordingGateway(Gateway):
         self._rec = rec
         self._clock2 = clock
 
-    def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope) -> SubmitResult:
+    def submit_envelope(self, tx_id: str, envelope: transaction_pb2.Envelope, *,
+                        first: bool = False) -> SubmitResult:
         start = self._clock2()
         with self._rec.lock:
             self._rec.submitted.add(tx_id)
         try:
-            res = super().submit_envelope(tx_id, envelope)
+            res = super().submit_envelope(tx_id, envelope, first=first)
         except CommitError as exc:
             self._ack(Ack(exc.tx_id, _CODE.Value(exc.reason), exc.block), start)
             raise

@@ -184,7 +184,7 @@ class _Client:
         with self.rec.lock:
             self.rec.submitted.add(built.tx_id)
         try:
-            res = self.gw.submit_envelope(built.tx_id, envelope)
+            res = self.gw.submit_envelope(built.tx_id, envelope, first=True)  # (built just above)
         except CommitError as exc:
             self._ack(Ack(built.tx_id, _CODE.Value(exc.reason), exc.block), start)
             return self._count(exc.reason)
