@@ -340,6 +340,7 @@ def test_new_directories_and_the_first_segment_are_fsynced(tmp_path, monkeypatch
         real(path)
 
     monkeypatch.setattr("node.ledger.blockstore.fsync_dir", spy)
+    monkeypatch.setattr("node.fsutil.fsync_dir", spy)  # (make_dirs_durable's)
     with Ledger(tmp_path / "node" / "ledger") as ledger:
         assert synced, "no directory was fsynced"
         commit_blocks(ledger, 1)
