@@ -902,7 +902,8 @@ def _human(value: Any, out: TextIO, indent: str = "") -> None:
 def _inline(value: Any, nested: bool = False) -> str:
     """A value on one line: None is ``-``, a boolean ``yes``/``no``, a list its items joined
     with ", ", a mapping its ``k=v`` pairs (inside another value, in ``[...]``/``{...}``), an
-    empty list or mapping ``-``; text through ``_clean``."""
+    empty list or mapping ``-``; text through ``_clean``, in double quotes (JSON) where it would
+    read as one of those (``-``, ``yes``, ``no``) or, inside another value, holds ", "."""
     if isinstance(value, dict | list | tuple):
         if not value:
             return "-"
@@ -915,7 +916,15 @@ def _inline(value: Any, nested: bool = False) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, str) and (value in _LOOKALIKES or (nested and ", " in value)):
+        # text that would read as None, a boolean, or (joined with ", ") as more items or
+        # fields -- another party's note "ok, status=REVOKED" -- is shown quoted (JSON)
+        return _clean(json.dumps(value, ensure_ascii=False))
     return _clean(value)
+
+
+# how None, an empty list or mapping, and booleans are shown: a string that reads the same is quoted
+_LOOKALIKES = frozenset({"-", "yes", "no"})
 
 
 def _one_line(value: Any) -> bool:

@@ -16,6 +16,8 @@ itself (unquoted), anything else the text the conversion gives. A message logged
 arguments (already formatted) is read the same way, a value quoted as a Python string literal
 (``detail='a b'``) being that string. A field named like a member the formatter writes itself
 (``ts``, ``level``, ``logger``, ``msg``, ``exc``, ``event``) is left in ``msg`` only.
+Characters a line-oriented reader or a terminal would act on (U+2028, NEL, C1 and bidi
+controls, lone surrogates) are written as ``\\uXXXX`` escapes: the line stays one line.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ _CONV = re.compile(
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
 _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
 _QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
+# What json.dumps(ensure_ascii=False) writes raw though it ends or corrupts a line for a reader:
+# line and paragraph separators and NEL (str.splitlines and JavaScript break lines there), C1
+# controls and DEL (a terminal interprets them), bidi controls (they reorder what is shown) and
+# lone surrogates (no UTF-8 for them). Only string values can hold them: escaped, the line is
+# the same JSON.
+_UNSAFE = re.compile(r"[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff\ufeff]")
 
 
 def event_fields(template: object, args: object) -> dict[str, Any]:
@@ -157,7 +165,8 @@ class JsonFormatter(logging.Formatter):
         doc.update(event_fields(record.msg, record.args))
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False)
+        line = json.dumps(doc, ensure_ascii=False)
+        return _UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", line) if _UNSAFE.search(line) else line
 
 
 def configure_json_logging(level: str) -> None:

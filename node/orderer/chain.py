@@ -69,7 +69,7 @@ from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILA
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, require_supported
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
-from node.raft.errors import ProposalDropped, RaftError
+from node.raft.errors import CommittedEntryConflict, ProposalDropped, RaftError
 from node.raft.node import RawNode, may_send_before_persist
 from node.raft.tracker import ProgressState
 from node.raft.types import (
@@ -432,6 +432,8 @@ class Chain:
                 self._stepped_entries = True
             try:
                 self._node.step(payload)
+            except CommittedEntryConflict:
+                raise  # not a message to drop: the logs disagree on a committed entry, stop
             except RaftError as err:
                 self._metrics.consensus_dropped.labels(reason="invalid").inc()
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))

@@ -14,7 +14,7 @@ whose clock is wrong, never set in production.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
 import random
@@ -37,6 +37,7 @@ from node.genesis import config_from_genesis, read_genesis
 from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
+from node.ledger.errors import LedgerError
 from node.orderer.broadcast import (
     BATCH_FRAMING_SLACK,
     BroadcastHandler,
@@ -201,8 +202,13 @@ def open_block_store(data: Path, genesis: block_pb2.Block, *, sync_dirs: bool = 
     directories it creates are made durable all the same (``sync_dirs``): ``data`` vanishing
     from its parent in a power loss takes raft/ with it, and an orderer without its WAL and
     without blocks past the genesis block starts as a blank voter (see open_raft_storage)."""
-    with contextlib.suppress(OSError):  # the block store names the path in its IO_ERROR
+    try:
         make_dirs_durable(os.fspath(data / "blocks"), sync=sync_dirs)
+    except OSError as exc:  # a failed fsync too: the directories exist, but may not survive
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        raise LedgerError(
+            "IO_ERROR", f"cannot create block store directory {data / 'blocks'}: {name}: {exc.strerror or exc}"
+        ) from exc
     blocks = BlockStore(data / "blocks", fsync=False)
     if blocks.height() == 0:
         blocks.append(genesis)

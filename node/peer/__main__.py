@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             node = serve(config)
         except RxError as err:
             if restarts == 0 or err.reason not in RETRY_ON_RESTART:
+                if restarts:  # it ran: its JSON log says why it stops, as peer_gave_up does
+                    log.critical("event=peer_restart_refused attempt=%d reason=%s detail=%r", restarts,
+                                 err.reason, err.message)
                 print(f"rxchain peer: {err}", file=sys.stderr)
                 return 2
             log.error("event=peer_restart_failed attempt=%d reason=%s detail=%r", restarts, err.reason,

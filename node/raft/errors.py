@@ -63,6 +63,15 @@ class InvalidMessage(RaftError):
         super().__init__("invalid_message", detail)
 
 
+class CommittedEntryConflict(RaftError):
+    """An append would truncate or overwrite a committed entry: this node's log and the
+    leader's disagree on what was committed (etcd-raft panics). Not a message to drop: the
+    node must stop (the orderer's chain ends, the process exits 70)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("committed_entry_conflict", detail)
+
+
 class ConfigError(RaftError):
     """Invalid Config values."""
 

@@ -7,7 +7,7 @@ application has not yet persisted; ``RaftLog`` stitches it onto ``Storage`` and 
 
 from __future__ import annotations
 
-from node.raft.errors import Compacted, RaftError, Unavailable
+from node.raft.errors import CommittedEntryConflict, Compacted, Unavailable
 from node.raft.storage import Storage, limit_size
 from node.raft.types import Entry, Snapshot
 
@@ -183,8 +183,9 @@ class RaftLog:
         ci = self.find_conflict(ents)
         if ci != 0:
             if ci <= self.committed:  # a check, not an assert: ``python -O`` must not drop it
-                raise RaftError("committed_entry_conflict",
-                                f"entry {ci} conflicts with a committed entry (committed {self.committed})")
+                raise CommittedEntryConflict(
+                    f"entry {ci} conflicts with a committed entry (committed {self.committed})"
+                )
             self.append(list(ents[ci - (index + 1) :]))
         self.commit_to(min(committed, last_new))
         return last_new
@@ -195,7 +196,7 @@ class RaftLog:
             return self.last_index()
         after = ents[0].index - 1
         if after < self.committed:  # would truncate committed entries: stop, as etcd-raft panics
-            raise RaftError("committed_entry_conflict", f"append after {after} < committed {self.committed}")
+            raise CommittedEntryConflict(f"append after {after} < committed {self.committed}")
         self.unstable.truncate_and_append(ents)
         return self.last_index()
 

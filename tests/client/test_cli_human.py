@@ -1,7 +1,7 @@
 """The CLI's human output (no --json) never shows a Python repr: None is "-", booleans are
 yes/no, lists are their items joined with ", " (in [...] inside a list item), mappings k=v
 pairs, an empty list or mapping "-", and a list item too deep for one line is indented below
-it. --json prints the same results unchanged. Each command runs through main() over a stand-in
+it; text that would read as one of those is quoted. --json prints the same results unchanged. Each command runs through main() over a stand-in
 for what it reads (the nodes' status, a peer's answers, the ledger check)."""
 
 from __future__ import annotations
@@ -240,6 +240,24 @@ def test_refusal_detail_on_stderr(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     ({"t": ("a", None)}, ["t:", "  - a", "  - -"]),
 ])
 def test_shapes_not_reached_by_todays_commands(value: Any, lines: list[str]) -> None:
+    out = io.StringIO()
+    cli._human(value, out)
+    assert out.getvalue().splitlines() == lines
+
+
+@pytest.mark.parametrize(("value", "lines"), [
+    # another party's text that reads as None, a boolean, an empty list or more fields
+    ({"note": "-", "ok": "yes", "flag": "no", "none": None, "true": True}, [
+        'note: "-"', 'ok: "yes"', 'flag: "no"', "none: -", "true: yes"]),
+    ([{"by": "ph01", "note": "ok, status=REVOKED"}], ['- by=ph01, note="ok, status=REVOKED"']),
+    ([{"x": ["a, b"]}, {"x": ["a", "b"]}, ["c, d"], "e, f"], [
+        '- x=["a, b"]', "- x=[a, b]", '- "c, d"', "- e, f"]),
+    ([{"q": 'say "hi", then\x1b[2J'}], ['- q="say \\"hi\\", then\\u001b[2J"']),
+])
+def test_text_that_reads_as_another_value_is_quoted(value: Any, lines: list[str]) -> None:
+    """A string "-", "yes" or "no" printed as None, True or False would print, and a string
+    holding ", " inside a list item read as more fields or items (a note
+    "ok, status=REVOKED" showed as a status field of its own)."""
     out = io.StringIO()
     cli._human(value, out)
     assert out.getvalue().splitlines() == lines

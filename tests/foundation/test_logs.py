@@ -127,3 +127,28 @@ def test_arguments_that_do_not_fit_lose_fields_never_the_line(lines) -> None:
     log, out = lines
     log.info(ValueError("event=x a=1"))  # a message that is not a string
     assert _strict(out.getvalue())["msg"] == "event=x a=1"
+
+
+# what a client puts in a tx id or a detail: line separators (str.splitlines, JavaScript), NEL,
+# a C1 CSI and a bidi override (acted on by terminals and viewers), a lone surrogate (no UTF-8)
+HOSTILE = "a\u2028event=forged\u2029b\x85c\x9b31md\u202ee\udc80f\ufeff"
+
+
+def test_a_value_cannot_split_the_line_for_a_line_reader(lines) -> None:
+    """json.dumps(ensure_ascii=False) escapes only C0 controls: a U+2028 or NEL in a
+    client-chosen value (the tx id of a refused envelope, %r's string given raw to its field)
+    was written raw, and a reader splitting on lines (str.splitlines, as the cluster tests'
+    log readers do) got two halves of invalid JSON; a lone surrogate cannot be encoded at all."""
+    log, out = lines
+    log.warning("event=envelope_refused tx_id=%r reason=%s detail=%s: refused envelope", HOSTILE, "BAD", HOSTILE)
+    text = out.getvalue()
+    assert len(text.splitlines()) == 1 and text.rstrip("\n").isprintable()
+    text.encode("utf-8")  # every character encodable
+    doc = _strict(text)
+    assert doc["tx_id"] == HOSTILE and doc["detail"] == HOSTILE and doc["reason"] == "BAD"
+    assert doc["msg"] == f"event=envelope_refused tx_id={HOSTILE!r} reason=BAD detail={HOSTILE}: refused envelope"
+    assert "\\u2028" in text and "\\u0085" in text and "\\u202e" in text and "\\udc80" in text
+    out.seek(0)
+    out.truncate()
+    log.info("event=caught_up orderer=%d block=%d note=%s", 1, 2, "\u4e2d\u6587 caf\u00e9")
+    assert "\u4e2d\u6587 caf\u00e9" in out.getvalue()  # printable text is left as it is

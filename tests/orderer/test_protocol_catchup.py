@@ -28,7 +28,8 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
 from node.raft.durable import DurableStorage
-from node.raft.types import StateRole
+from node.raft.errors import RaftError
+from node.raft.types import Message, MessageType, StateRole
 from tests.orderer.cluster import config_envelope, make_network
 from tests.orderer.inproc import Collect, Leader, genesis_parts, wait_leader
 
@@ -196,5 +197,39 @@ def test_blocks_fetched_to_complete_a_snapshot_are_made_durable(net, tmp_path: P
         assert blocks.height() == 2
         assert synced == [blocks.directory]
     finally:
+        storage.close()
+        blocks.close()
+
+
+# the driver thread ends with the error (logged as raft_driver_failed and raised on)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_append_conflicting_with_a_committed_entry_stops_the_chain(net, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """RaftLog refuses to truncate a committed entry (CommittedEntryConflict: this orderer's
+    log and the leader's disagree on a committed entry, etcd-raft panics). The driver stops on
+    it -- failure set, the process exits 70 -- instead of taking it for an invalid message to
+    drop (it was: a warning per message, and the orderer went on answering heartbeats, live to
+    the leader, while dropping every append). Message validation and the append handler keep
+    a peer's message from reaching the check, so the step here runs it directly."""
+    from node.raft.types import Entry
+
+    chain, storage, blocks = _chain(net, tmp_path, _Fetch([]))
+    chain.start()
+    try:
+        wait_leader(chain)
+        deadline = time.monotonic() + 10
+        while chain.status().commit < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        committed = chain.status().commit
+        assert committed >= 1
+        log = chain._node.raft.log
+        # the driver thread steps it: an append over committed entry 1
+        monkeypatch.setattr(chain._node, "step", lambda m: log.append([Entry(term=99, index=1)]))
+        chain.step(Message(MessageType.HEARTBEAT, to=1, frm=2, term=1))
+        assert chain.failed.wait(10), "the chain dropped the conflicting append and went on"
+        assert isinstance(chain.failure, RaftError) and chain.failure.reason == "committed_entry_conflict"
+        assert chain.status().commit == committed and log.term(1) != 99
+    finally:
+        chain.stop()
         storage.close()
         blocks.close()

@@ -1106,3 +1106,22 @@ def test_the_orderer_creates_its_data_directory_durably(tmp_path, monkeypatch):
     finally:
         blocks.close()
     assert len(synced) == 2
+
+
+def test_the_orderer_refuses_to_start_when_its_data_directory_cannot_be_synced(tmp_path, monkeypatch):
+    """A failed fsync of the directory holding data/ (EIO) is an IO_ERROR naming the path, the
+    orderer does not start: it was suppressed with the creation's own errors, the directories
+    existed all the same and the orderer went on writing its WAL into a data/ a power loss
+    could drop (the blank voter open_block_store exists to prevent)."""
+    import node.fsutil as fsutil_mod
+
+    def eio(path: str) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(fsutil_mod, "fsync_dir", eio)
+    home = tmp_path / "orderer.ins01"
+    home.mkdir()
+    with pytest.raises(RxError) as err:
+        open_block_store(home / "data", toy_block(0, GENESIS_PREVIOUS_HASH))
+    assert err.value.reason == "IO_ERROR" and str(home / "data" / "blocks") in err.value.message
+    assert "EIO" in err.value.message

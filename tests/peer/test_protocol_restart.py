@@ -44,7 +44,10 @@ def quiet_main(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_protocol_unsupported_after_a_commit_exits_2(quiet_main: None, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The refused restart is a log event too (peer_restart_refused, critical): the peer ran,
+    its JSON log is what an alert reads, and the plain stderr line alone was missed there."""
     calls: list[int] = []
     first = _FailedNode(RxError(PROTOCOL_UNSUPPORTED, f"block 7: {WHY}"))
 
@@ -55,7 +58,12 @@ def test_protocol_unsupported_after_a_commit_exits_2(quiet_main: None, monkeypat
         raise RxError(PROTOCOL_UNSUPPORTED, WHY)  # the start-up check of the restart
 
     monkeypatch.setattr(peer_server, "serve", serve)
-    assert peer_main.main(["--config", "unused.yaml"]) == 2
+    with caplog.at_level("INFO", logger="node.peer.__main__"):
+        assert peer_main.main(["--config", "unused.yaml"]) == 2
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"event=peer_restart reason='{PROTOCOL_UNSUPPORTED}: block 7: {WHY}'"),
+        ("CRITICAL", f"event=peer_restart_refused attempt=1 reason={PROTOCOL_UNSUPPORTED} detail='{WHY}'"),
+    ]
     assert len(calls) == 2 and first.stopped
     err = capsys.readouterr().err
     assert f"{PROTOCOL_UNSUPPORTED}: {WHY}" in err
