@@ -31,7 +31,9 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   caller's), nothing more is told. A prescription routed away while a fill the caller
   dispensed is not handed over yet stays in ``prescriptions`` (``deliver``, ``deliver_by``
   the caller) until its courier delivers it: the contract lets the dispensing pharmacy read
-  it until then, and ``deliver`` takes that pharmacy's courier.
+  it until then, and ``deliver`` takes that pharmacy's courier. A range holding that
+  hand-over (a ``deliver`` step of the caller's organisation on a prescription it may no
+  longer read) lists the id here too, the route step perhaps in an earlier range.
 
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
 file it moves only once a read is complete); a start beyond the peer's height is refused
@@ -209,8 +211,11 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
                for blk, tx, step, status, by, rx in seen if rx in mine]
     # a prescription routed to another pharmacy is no longer readable by the one it leaves:
     # its id (as every member's events name it) tells a work queue kept from earlier reads
-    # to drop it
-    routed = list(dict.fromkeys(rx for _, _, step, _, _, rx in seen if step == "route" and rx not in mine))
+    # to drop it -- and so does the caller's own hand-over of a fill it owed after a re-route
+    # (unreadable from then on: a read going on from a checkpoint past the route step saw
+    # the id in no list, and the queue kept the delivery for good)
+    routed = list(dict.fromkeys(rx for _, _, step, _, by, rx in seen
+                                if (step == "route" or (step == "deliver" and by == org)) and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
             "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id]) for rx_id, m in mine.items()],
             "routed_elsewhere": routed, "reads_capped": capped}

@@ -296,7 +296,15 @@ class RxOperations:
         except RxClientError as exc:
             if exc.reason != "ALREADY_LOCKED":
                 raise
-            meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+            try:
+                meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
+            except RxClientError as read:
+                # no party (answered as a missing id; ACCESS_DENIED: a contract from before
+                # that): not its pharmacy's lock, and the lock's refusal is the answer -- never
+                # a NOT_FOUND for a prescription the lock just called locked
+                if read.reason not in ("NOT_FOUND", "ACCESS_DENIED"):
+                    raise
+                raise exc from read
             held = meta.get("lock") if isinstance(meta, dict) else None
             if not isinstance(held, dict) or held.get("org") != self.s.identity.org:
                 raise

@@ -594,7 +594,14 @@ def _may_view_rx(ctx: Context, rx: dict) -> bool:
         return enrol is not None and _may_read_patient(ctx, enrol)
     if c.org == rx["hospital"] or c.org == rx["pharmacy"] or c.org == rx["insurer"]:
         return True
-    return ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None
+    if ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None:
+        return True
+    # as prescription._can_view: re-routed away with its fill not handed over yet (its
+    # courier still delivers it) -- trace read it and this trail answered it NOT_FOUND
+    if rx["fills"] == 0:
+        return False
+    disp = ctx.get_from("prescription", "disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3))
+    return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
 
 
 def _is_claim_cursor(s: str) -> bool:

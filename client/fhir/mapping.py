@@ -341,10 +341,11 @@ def routed_task(rx_id: str) -> dict[str, Any]:
     ``routed_elsewhere``) as a ``cancelled`` Task, ``businessStatus`` ``routed_elsewhere``: the
     Task an ERP kept for it from an earlier poll ends, nobody here dispenses it. The id only,
     as every member's events name it -- the pharmacy it left may no longer read it (``show``:
-    ACCESS_DENIED), so nothing of its state, patient, hospital or new pharmacy, and no
-    ``owner`` (most ids were never the caller's). A fill the caller dispensed and did not hand
-    over yet is still its courier's to deliver (its MedicationDispense): the Task is about
-    the prescription's next fills, not that delivery."""
+    NOT_FOUND, as for an id never issued), so nothing of its state, patient, hospital or new
+    pharmacy, and no ``owner`` (most ids were never the caller's). A prescription routed away
+    while a fill the caller dispensed is not handed over yet is no such Task but an
+    in-progress one (to deliver) until its courier hands the fill over; the poll whose blocks
+    hold that hand-over answers this Task for it."""
     task: dict[str, Any] = {
         "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
         "status": "cancelled", "intent": "order",

@@ -227,3 +227,26 @@ def test_boxes_of_another_prescription_or_of_two_fills_are_no_retry(net_home: An
             ans = _disp(port, net_home, _dispense())
         assert (ans.status, ans.code) == (422, "TRACE_CODE_REUSED"), ans.body
         assert "entry" not in ans.body and ledger.submitted == []
+
+
+def test_a_dispense_by_a_pharmacy_no_party_of_a_locked_prescription_keeps_the_locks_refusal(world: World) -> None:  # noqa: F811
+    """``RxOperations.dispense`` whose lock is refused ALREADY_LOCKED reads the prescription to
+    see whether its own pharmacy holds the lock. A pharmacy that is no party may not read it:
+    the lock's refusal stands (ALREADY_LOCKED, 409 at the FHIR gateway). The read's own
+    refusal replaced it -- NOT_FOUND "no prescription ID", once views answered non-parties so,
+    for a prescription the lock had just called locked (a FHIR dispense 404, "no such id";
+    ACCESS_DENIED before that)."""
+    from tests.client.contractgw import ContractGateway
+    from tests.contracts.flows import CHEN
+
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    world.chain.submit("prescription", "lock", WANG, rx_id=rx).unwrap()
+    gw = ContractGateway(world, CHEN)
+    ops = RxOperations(SimpleNamespace(  # type: ignore[arg-type]
+        gateway=gw, identity=SimpleNamespace(org=CHEN.org, user=CHEN.name, role=CHEN.role),
+        decryption_keys=list, trace_key=trace_key()))
+    with pytest.raises(RxClientError) as refused:
+        ops.dispense(rx, ["81234560000000000091"])
+    assert (refused.value.reason, refused.value.message) == ("ALREADY_LOCKED", "locked by p01")
+    assert [c[0::2] for c in gw.calls] == [("lock", "ALREADY_LOCKED")]  # nothing else submitted

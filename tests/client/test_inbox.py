@@ -494,3 +494,32 @@ def test_a_start_beyond_the_peers_height_is_refused(world: World) -> None:  # no
     with pytest.raises(RxClientError) as beyond:
         _inbox(world, ledger, WANG, ledger.height + 5)
     assert beyond.value.reason == "START_BEYOND_HEIGHT"
+
+
+def test_a_delivery_owed_after_a_re_route_leaves_the_inbox_read_on_from_a_checkpoint(world: World) -> None:  # noqa: F811
+    """The pharmacy routed away from lists the fill its courier owes (``deliver``); once the
+    courier hands it over the pharmacy may read the prescription no more, and an inbox read
+    going on from where the last one stopped -- whose blocks hold the hand-over, not the
+    re-route -- must still tell a queue to drop it. It listed it nowhere: the ERP kept a
+    delivery Task in progress for good."""
+    ledger = EventLedger(world.chain)
+    _, rx = _filled_repeat(world, "81234560000000000408")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    first = _rxops(world, ledger, WANG).inbox(0)
+    assert [(p["rx_id"], p["action"]) for p in first["prescriptions"]] == [(rx, "deliver")]
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    later = _rxops(world, ledger, WANG).inbox(first["next_block"])
+    assert (later["prescriptions"], later["changes"], later["routed_elsewhere"]) == ([], [], [rx])
+    # the FHIR poll from there: the in-progress delivery Task is answered cancelled
+    tasks = _fhir_app(world, ledger, WANG).handle("GET", f"/fhir/Task?from-block={first['next_block']}",
+                                                  None, b"cert").resource
+    assert [(e["resource"]["identifier"][0]["value"], e["resource"]["status"],
+             e["resource"]["businessStatus"]["coding"][0]["code"]) for e in tasks["entry"]] == [
+        (rx, "cancelled", "routed_elsewhere")]
+    # another pharmacy's hand-over of a prescription p01 never served tells p01 nothing
+    other = approved(world, pharmacy="p02")
+    world.chain.submit("prescription", "lock", CHEN, rx_id=other.args["rx_id"]).unwrap()
+    dispense(world, other, CHEN, ["81234560000000000409"]).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER2, rx_id=other.args["rx_id"]).unwrap()
+    assert _rxops(world, ledger, WANG).inbox(later["next_block"])["routed_elsewhere"] == []

@@ -229,3 +229,26 @@ def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_the_fill(
     world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     for viewer in (WANG, COURIER):
         assert _answer(world, "prescription", "show", viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
+
+
+def test_settlement_trail_reads_the_pharmacy_routed_away_from_as_prescription_trace(world: World) -> None:
+    """settlement.trail's parties are prescription.trace's (contracts/README.md): the pharmacy
+    routed away from while its courier owes the fill reads the claims' steps too, until the
+    hand-over, then gets the missing id's answer. It was NOT_FOUND to it throughout -- told
+    it is no party by one view, a party by the others."""
+    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
+                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
+                    patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    settle(world, prep).unwrap()
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    for viewer in (WANG, COURIER):
+        steps = world.chain.query("settlement", "trail", viewer, rx_id=rx).unwrap()["steps"]
+        assert [s["step"] for s in steps] == ["settle"], viewer
+    assert _answer(world, "settlement", "trail", who("p03:pharm-x:pharmacist"), rx) == (
+        False, "NOT_FOUND", "no prescription ID")
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    for viewer in (WANG, COURIER):
+        assert _answer(world, "settlement", "trail", viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
