@@ -68,7 +68,7 @@ from node.crypto.canonical import block_data_hash, block_header_hash, compute_tx
 from node.crypto.signing import Purpose, Verifier
 from node.crypto.tls import secure_channel
 from node.errors import RxError
-from node.fsutil import fsync_dir
+from node.fsutil import fsync_dir, replace_file
 from node.genesis import config_from_genesis
 from node.identity.msp import MSP
 from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
@@ -199,19 +199,8 @@ class ChainConfig:
                  "last_hash": self._last_hash.hex(), "block": current.block_number, "pointer": self._pointer,
                  "codes": self._codes,
                  "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
-        directory = self._state_path.parent
         with contextlib.suppress(OSError):
-            fd, tmp = tempfile.mkstemp(prefix=f".{self._state_path.name}.", suffix=".tmp", dir=directory)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(state, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self._state_path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            replace_file(self._state_path, json.dumps(state).encode())
             self._saved = self.height
 
     def feed(self, block: block_pb2.Block) -> None:

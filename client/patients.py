@@ -8,7 +8,6 @@ accepted anywhere a patient is expected (its birth date is read from digits 7-14
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import yaml
 
 from client.errors import RxClientError
 from client.records import normalise_id_number, pseudonym
+from node.fsutil import replace_file
 
 # ASCII digits only (re.ASCII): other scripts' digits are no ID number (normalise_id_number
 # folds full-width ones first)
@@ -125,19 +125,8 @@ def write_directory(home: Path, patients: list[Mapping[str, Any]]) -> Path:
     """Write ``HOME/patients.yaml`` (private to the HIS: mode 0600).
 
     The data goes to a temporary file created with mode 0600 (never readable by others, not
-    even for a moment or after a crash) and is renamed over the old file."""
+    even for a moment or after a crash) and is renamed over the old file
+    (:func:`node.fsutil.replace_file`)."""
     path = Path(home) / DIRECTORY_FILE
-    data = yaml.safe_dump({"patients": [dict(p) for p in patients]}, sort_keys=True).encode()
-    tmp = path.with_name(f".{DIRECTORY_FILE}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a crashed writer (O_EXCL below refuses to reuse it)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(path, yaml.safe_dump({"patients": [dict(p) for p in patients]}, sort_keys=True).encode())
     return path

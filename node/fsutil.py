@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``, atomically: written to a new temporary file
+    beside it (mode 0600 from its creation on: never readable by others, not even for a moment
+    or after a crash), fsynced, renamed over ``path``; the temporary file is removed on any
+    failure (OSError raised). The caller fsyncs the directory when the rename itself must
+    outlive a power loss."""
+    directory, name = os.path.split(os.fspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
