@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="release only this lock (the lock_id rx lock printed): refused ALREADY_LOCKED "
                           "when the pharmacy holds another one by now; without it any lock the pharmacy holds")
     for name, help_ in (("lock", "lock for dispensing (prints its lock_id)"),
-                        ("deliver", "confirm delivery (courier)"),
+                        ("deliver", "confirm delivery (courier; a hospital pharmacy's pharmacist at its counter)"),
                         ("show", "metadata and decrypted content if granted"),
                         ("trace", "the whole trail")):
         sub(rx, name, _simple(name, "rx_id"), help_).add_argument("rx_id")

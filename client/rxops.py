@@ -402,7 +402,8 @@ class RxOperations:
         return self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient, endorsing_orgs=parties)
 
     def deliver(self, rx_id: str) -> dict[str, Any]:
-        """Courier confirms hand-over."""
+        """The dispensing pharmacy's courier (a hospital pharmacy's pharmacist, at the counter)
+        confirms hand-over."""
         return _written(self.s.gateway.submit(RX, "deliver", {"rx_id": rx_id}))
 
     def revoke(self, rx_id: str, reason: str, note: str = "") -> dict[str, Any]:

@@ -995,11 +995,13 @@ def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
 
 
 def deliver(ctx: Context, rx_id: str) -> dict:
-    """The courier of the dispensing pharmacy confirms hand-over of the latest fill."""
+    """The courier of the dispensing pharmacy confirms hand-over of the latest fill; for a
+    fill the issuing hospital's pharmacy dispensed (hospitals have no couriers) its pharmacist
+    confirms the hand-over at the counter."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
-    if c.role != "courier":
-        ctx.fail("WRONG_ROLE", "only a courier confirms delivery")
+    if c.role != "courier" and not (c.role == "pharmacist" and c.org == rx["hospital"]):
+        ctx.fail("WRONG_ROLE", "only a courier (or the hospital pharmacy's pharmacist) confirms delivery")
     if rx["fills"] == 0:
         ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
     if rx["status"] == "ERASED":

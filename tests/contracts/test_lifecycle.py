@@ -347,6 +347,28 @@ def test_delivery(world: World) -> None:
     assert call(world, "deliver", COURIER, rx) == "ALREADY_DELIVERED"
 
 
+def test_a_hospital_pharmacy_hands_its_fill_over_at_the_counter(world: World) -> None:
+    """Hospitals hold no couriers: a fill the hospital's own pharmacy dispensed could never be
+    delivered (the prescription never DELIVERED, its inbox saying deliver for ever). Its
+    pharmacist confirms the hand-over at the counter; nobody else's fill, and no other role."""
+    prep = approved(world, pharmacy="")
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep, pharmacist=HE).unwrap()
+    assert call(world, "deliver", JIANG, rx) == "WRONG_ROLE"  # a doctor of the hospital
+    assert call(world, "deliver", COURIER, rx) == "ACCESS_DENIED"  # p01's courier: not its fill
+    assert call(world, "deliver", WANG, rx) == "WRONG_ROLE"  # a pharmacy's pharmacist: its courier delivers
+    assert call(world, "deliver", HE, rx) == "OK"
+    rec = world.chain.query("prescription", "show", HE, rx_id=rx).unwrap()
+    assert (rec["status"], rec["delivered_fills"]) == ("DELIVERED", 1)
+    step = world.chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()["steps"][-1]
+    assert (step["step"], step["org"], step["role"]) == ("deliver", "h01", "pharmacist")
+    # a fill a pharmacy dispensed stays its courier's, not the hospital pharmacist's
+    routed = approved(world)
+    lock_and_dispense(world, routed).unwrap()
+    assert call(world, "deliver", HE, routed.args["rx_id"]) == "ACCESS_DENIED"
+    assert call(world, "deliver", COURIER, routed.args["rx_id"]) == "OK"
+
+
 def test_full_trail(world: World) -> None:
     prep = approved(world, doctor=JIANG)
     rx = prep.args["rx_id"]
