@@ -16,7 +16,8 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   as the contract would let it at ``now_ms``: ``review`` (issued, not yet reviewed),
   ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
   fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
-  ``next_fill_ms``), ``deliver`` (a fill it dispensed and did not hand over yet -- also once
+  ``next_fill_ms`` -- or the last fill is not handed over yet by the pharmacy ``deliver_by``
+  names: the contract refuses the next lock NOT_DELIVERED until then), ``deliver`` (a fill it dispensed and did not hand over yet -- also once
   the prescription expired; ``deliver_by`` names the pharmacy whose courier hands the
   pending fill over: the one that dispensed it, after a re-route the previous one, and then
   the serving pharmacy's action is about the next fill), ``none`` (final: delivered,
@@ -104,6 +105,8 @@ def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None
     if status == "APPROVED":
         return "dispense"
     if status == "DISPENSED" and fills < max_fills:
+        if fills > _int(meta, "delivered_fills"):
+            return "wait"  # another pharmacy's courier still owes the last fill (lock: NOT_DELIVERED)
         due = _next_fill_ms(meta)
         return "dispense" if due is None or now_ms >= due else "wait"
     return "none"

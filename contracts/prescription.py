@@ -439,6 +439,8 @@ def _check_dispensable(ctx: Context, rx: dict) -> None:
         earliest = rx["last_fill_ms"] + rx["fill_interval_days"] * DAY_MS
         if now < earliest:
             ctx.fail("TOO_EARLY", "the next fill is allowed from " + _iso_utc(earliest))
+        if rx["delivered_fills"] < rx["fills"]:  # (deliver confirms the latest fill only)
+            ctx.fail("NOT_DELIVERED", "fill " + str(rx["fills"]) + " is not handed over yet")
 
 
 def _fill_deadline(rx: dict) -> int:

@@ -80,7 +80,8 @@ from client.fhir.mapping import (
 from client.rxops import ClaimLine
 
 # Refusals of a new fill meaning "that fill is taken": compare with what the ledger holds.
-FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY")
+FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY",
+              "NOT_DELIVERED")  # (a fill went out and is not handed over yet)
 # The request's boxes went out before: in a fill of this prescription, a retry of that fill.
 CODES_USED = "TRACE_CODE_REUSED"
 # A retry's own transaction lost to the first one's (both read the prescription or the guard).

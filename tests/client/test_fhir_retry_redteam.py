@@ -49,7 +49,7 @@ from tests.contracts import sandbox_adapter
 from tests.contracts.chain import DAY_MS, admin
 from tests.contracts.chain import Chain as ContractChain
 from tests.contracts.flows import CLERK as CONTRACT_CLERK
-from tests.contracts.flows import ZHOU, approved, lock_and_dispense
+from tests.contracts.flows import COURIER, ZHOU, approved, lock_and_dispense
 from tests.contracts.rxclient import World
 
 # ---------------------------------------------------------------- what the attacks add to the fakes
@@ -324,6 +324,7 @@ def test_finding_the_previewed_fee_holds_on_the_real_contracts(contract_runner: 
                     patient_confirmed=True)
     rx_id = prep.args["rx_id"]
     lock_and_dispense(world, prep).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx_id).unwrap()
     world.chain.advance(DAY_MS)  # the price changes after fill 1 was dispensed
     code = prep.content["drugs"][0]["code"]
     drug = world.chain.query("registry", "get_drug", CONTRACT_CLERK, code=code).unwrap()

@@ -268,8 +268,27 @@ def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_del
     world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     (after,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
     assert (after["action"], after["deliver_by"]) == ("wait", None)
+    world.chain.advance(28 * DAY_MS)  # fill 2 due: p02's to dispense now fill 1 is handed over
+    assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "dispense"}
     done = _rxops(world, ledger, WANG).inbox(0)  # handed over: no longer p01's at all
     assert (done["prescriptions"], done["routed_elsewhere"]) == ([], [rx])
+
+
+def test_the_next_fill_waits_for_the_last_ones_hand_over_by_another_pharmacy(world: World) -> None:  # noqa: F811
+    """Re-routed while p01's courier still owed fill 1: when fill 2 is due p02 is told to wait
+    (the contract refuses its lock NOT_DELIVERED: deliver confirms the latest fill only, so
+    fill 1's hand-over could never be recorded after fill 2), not to dispense."""
+    ledger = EventLedger(world.chain)
+    _, rx = _filled_repeat(world, "81234560000000000408")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    world.chain.advance(28 * DAY_MS)
+    (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert (theirs["action"], theirs["deliver_by"]) == ("wait", "p01")
+    assert world.chain.submit("prescription", "lock", CHEN, rx_id=rx).reason == "NOT_DELIVERED"
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "dispense"}
+    world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
 
 
 def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811

@@ -18,7 +18,7 @@ from client.rxops import RxOperations
 from tests.client.contractgw import ContractGateway
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
-from tests.contracts.flows import WANG, approved, dispense, lock_and_dispense
+from tests.contracts.flows import COURIER, WANG, approved, dispense, lock_and_dispense
 from tests.contracts.rxclient import Prepared, World, trace_key
 from tests.contracts.test_lifecycle import LI, register_li
 
@@ -65,8 +65,10 @@ def _relocked(w: World) -> tuple[Prepared, str, RxOperations, ContractGateway, s
 
 
 def _fill_goes_out(w: World, prep: Prepared, token: str, codes: list[str]) -> None:
-    """Pharm-wang dispenses the next fill under lock ``token``; the fill interval passes."""
+    """Pharm-wang dispenses the next fill under lock ``token``, p01's courier hands it over;
+    the fill interval passes."""
     dispense(w, prep, WANG, codes, lock_id=token).unwrap()
+    w.chain.submit("prescription", "deliver", COURIER, rx_id=prep.args["rx_id"]).unwrap()
     w.chain.advance(28 * DAY_MS)
 
 
@@ -118,6 +120,7 @@ def test_a_call_that_dispensed_under_a_lock_keeps_the_next_fills_lock(world: Wor
 
     def b_dispenses_and_locks_again() -> None:
         assert ops_b.dispense(rx, ["81234560000000000093"])["fill"] == 1  # under A's lock
+        world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
         world.chain.advance(28 * DAY_MS)
         taken.update(ops_b.lock(rx))
 

@@ -317,11 +317,16 @@ def test_repeat_fills(world: World) -> None:
     world.chain.advance(27 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "TOO_EARLY"
     world.chain.advance(DAY_MS)
+    # fill 1 not handed over yet: no next fill (deliver confirms the latest fill only, so
+    # fill 1's hand-over could never be recorded once fill 2 went out)
+    assert call(world, "lock", WANG, rx) == "NOT_DELIVERED"
+    assert call(world, "deliver", COURIER, rx) == "OK"
     assert lock_and_dispense(world, prep).unwrap()["fill"] == 2
     assert settle(world, prep, fill=2).ok
     assert settle(world, prep, fill=2).reason == "DUPLICATE_CLAIM"
     assert settle(world, prep, fill=1).ok
     world.chain.advance(28 * DAY_MS)
+    assert call(world, "deliver", COURIER, rx) == "OK"
     assert lock_and_dispense(world, prep).unwrap()["fills_left"] == 0
     world.chain.advance(28 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "FILLS_EXHAUSTED"

@@ -153,6 +153,7 @@ def test_the_dispense_clears_the_token_so_it_never_releases_the_next_fill(world:
     assert dispense(world, prep, pharmacist=LI).unwrap()["fill"] == 1
     assert _held(world, rx) is None
     assert _release(world, WANG, rx, lock_id=a)[0] == "NOT_LOCKED"
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     world.chain.advance(28 * DAY_MS)
     b = _lock(world, LI, rx)
     assert _release(world, WANG, rx, lock_id=a)[0] == "ALREADY_LOCKED"
@@ -213,6 +214,7 @@ def test_a_stalled_call_never_dispenses_the_next_fill_under_another_calls_lock(w
     rx = prep.args["rx_id"]
     a = _lock(world, WANG, rx)
     assert dispense(world, prep, LI, ["81234560000000000101"], lock_id=a).unwrap()["fill"] == 1
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     world.chain.advance(28 * DAY_MS)
     b = _lock(world, LI, rx)
     before = dict(world.chain.state.values)

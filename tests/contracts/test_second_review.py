@@ -11,7 +11,19 @@ from typing import Any
 from node.sandbox import canonical
 from node.sandbox.types import SandboxLimits
 from tests.contracts.chain import DAY_MS, Chain, admin
-from tests.contracts.flows import AUDITOR, CHEN, CLERK, JIANG, WANG, ZHOU, approved, issue, lock_and_dispense, settle
+from tests.contracts.flows import (
+    AUDITOR,
+    CHEN,
+    CLERK,
+    COURIER,
+    JIANG,
+    WANG,
+    ZHOU,
+    approved,
+    issue,
+    lock_and_dispense,
+    settle,
+)
 from tests.contracts.rxclient import World
 from tests.contracts.sandbox_adapter import Runner
 from tests.contracts.test_open_findings import call, set_pharmacy_active
@@ -88,6 +100,7 @@ def test_stale_lock_dropped_on_a_repeat_fill(world: World) -> None:
                     days=14)
     rx = prep.args["rx_id"]
     lock_and_dispense(world, prep).unwrap()
+    assert call(world, "deliver", COURIER, rx) == "OK"
     world.chain.advance(14 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "OK"
     set_pharmacy_active(world, "p01", False)
@@ -155,6 +168,7 @@ def test_repeat_fills_either_side_of_new_year_count_in_their_own_years(world: Wo
     prep = approved(world, doctor=ZHOU, drugs=[("amlodipine", 2), ("benidipine", 2), ("calcium-supplement", 1)],
                     days=3, max_fills=2, fill_interval_days=1)
     lock_and_dispense(world, prep).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=prep.args["rx_id"]).unwrap()
     world.chain.advance(DAY_MS)  # 2027-01-01 22:00
     lock_and_dispense(world, prep).unwrap()
     world.chain.advance(hour)
