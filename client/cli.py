@@ -277,8 +277,18 @@ def cmd_network_status(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_network_down(a: argparse.Namespace) -> dict[str, Any]:
     from client.launcher import Launcher
+    from client.network import load_network
 
-    stopped = Launcher(_home(a)).down(grace_s=a.grace)
+    home = _home(a)
+    only = None
+    if a.node:
+        known = {n.name for n in load_network(home).all_nodes}
+        unknown = sorted(set(a.node) - known)
+        if unknown:
+            raise UsageError(f"network down --node: no node {', '.join(unknown)} in {home} "
+                             f"(nodes: {', '.join(sorted(known))})")
+        only = set(a.node)
+    stopped = Launcher(home).down(grace_s=a.grace, only=only)
     return {"stopped": stopped}
 
 
@@ -664,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub(net, "status", cmd_network_status, "pid, health and height of every node")
     down = sub(net, "down", cmd_network_down, "stop every node (SIGTERM, then SIGKILL)")
     down.add_argument("--grace", type=_seconds, default=10.0)
+    down.add_argument("--node", action="append", metavar="NAME",
+                      help="stop only this node (repeatable; `network up` starts it again)")
 
     rx = groups.add_parser("rx", help="prescriptions").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -884,21 +884,26 @@ class Chain:
     def _signer_in_force(self) -> bool:
         """Whether our certificate is this orderer's certificate in the config in force
         (it is not between a config block rotating it and our restart on the new one, or
-        on a restart on the new one before that block is applied). A node that is not in
-        the orderer set (being added or removed) signs as before."""
+        on a restart on the new one before that block is applied). Nor is it while this
+        orderer is not in the orderer set: being added (replaying the log ordered before the
+        config block that adds it) or removed (the blocks after the one removing it, e.g. an
+        orderer removed and added back after losing its data): peers check a block's
+        signatures against the orderers of the config in force before it, so a block signed
+        by us alone there would be refused by every peer that delivers from us."""
         mine = self._signer.identity.cert_der
         in_force = [o.cert_der for o in self._tracker.current.config.orderers if o.raft_id == self._id]
-        return not in_force or in_force[0] == mine
+        return bool(in_force) and in_force[0] == mine
 
     def _append_copy(self, number: int, header_hash: bytes) -> None:
         """Store block ``number`` as signed by another orderer: our own signature would not
-        verify against the config in force for it (our certificate was rotated)."""
+        verify against the config in force for it (our certificate was rotated, or we are not
+        in the orderer set)."""
         if self._signer_in_force_logged != self._tracker.current.block_number:
             self._signer_in_force_logged = self._tracker.current.block_number
             _log.warning(
                 "event=signer_not_in_force orderer=%d config_block=%d: its certificate is not the "
-                "one the config block names for it; it stores copies other orderers signed until "
-                "its certificate is in force",
+                "one the config block names for it (or the config names no orderer with its raft "
+                "id); it stores copies other orderers signed until its certificate is in force",
                 self._id, self._tracker.current.block_number,
             )
         self._catch_up(number)

@@ -247,8 +247,10 @@ def open_raft_storage(
             "RAFT_STATE_LOST",
             f"orderer raft id {raft_id}: {err.detail}. For an orderer: remove it from the "
             "consortium's orderer set with a config update, empty its data directory "
-            "(blocks/ and raft/), and add it back with a config update as a new orderer; it "
-            "then catches up from the others",
+            "(blocks/ and raft/), add it back with another config update (its old entry: the "
+            "same raft id, certificate and address) and start it; it rejoins as a learner, "
+            "catches up from the others and votes once caught up (README: Recovery). Never "
+            "start it with an emptied data directory while it is still in the orderer set",
         ) from err
 
 

@@ -19,9 +19,10 @@ from netgen import generate
 from netgen.ports import free_base_port
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
-from node.crypto.canonical import compute_tx_id
-from node.crypto.signing import Purpose, Signer, load_signer
+from node.crypto.canonical import block_header_hash, compute_tx_id
+from node.crypto.signing import Purpose, Signer, Verifier, load_signer
 from node.crypto.tls import secure_channel
+from node.orderer.configtx import config_of_block
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -256,6 +257,24 @@ def tx_ids_of(block: block_pb2.Block) -> list[str]:
         tx = transaction_pb2.Transaction.FromString(env.payload)
         out.append(transaction_pb2.TxHeader.FromString(tx.header).tx_id)
     return out
+
+
+def not_signed_in_force(blocks: list[block_pb2.Block]) -> list[int]:
+    """The numbers of the blocks (a whole chain from block 0, as one orderer serves it) that
+    carry no valid signature by an orderer of the config in force before them: the peers'
+    rule (node.peer.validator), which refuses such a block from that orderer."""
+    verifier = Verifier()
+    cfg = config_of_block(blocks[0])
+    assert cfg is not None, "block 0 is not a genesis block"
+    bad = []
+    for b in blocks[1:]:
+        h = block_header_hash(b.header)
+        certs = {o.cert_der for o in cfg.orderers}
+        if not any(s.signer.cert_der in certs and verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, h)
+                   for s in b.metadata.orderer_signatures):
+            bad.append(b.header.number)
+        cfg = config_of_block(b) or cfg
+    return bad
 
 
 def iter_blocks(client: Client, target: str) -> Iterator[block_pb2.Block]:

@@ -16,6 +16,7 @@ from tests.orderer.cluster import (
     config_envelope,
     leader_of,
     make_network,
+    not_signed_in_force,
     wait_until,
 )
 
@@ -114,8 +115,11 @@ def test_add_a_fourth_orderer_by_config_transaction(four):
     chains = [[block_header_hash(b.header) for b in client.blocks(procs.target(n))]
               for n in rest]
     assert chains[0] == chains[1] == chains[2]
-    # Every copy records the config block in its metadata.
+    # Every copy records the config block in its metadata; the new orderer's blocks are signed
+    # by orderers of the config in force before each (the peers' rule), also those it replayed
+    # from the log before the config block adding it: as the others signed them.
     blocks = client.blocks(procs.target(fourth))
+    assert not_signed_in_force(blocks) == []
     config_blocks = [b.header.number for b in blocks
                      if b.header.number and b.metadata.last_config_block == b.header.number]
     assert len(config_blocks) == 1
@@ -151,3 +155,46 @@ def test_adding_an_orderer_while_another_is_down_keeps_ordering(four):
     height = max(client.status(procs.target(n)).height for n in up)
     wait_until(lambda: client.status(procs.target(fourth), 1.0).height >= height, 20,
                what="the new orderer at the others' height")
+    # it replayed the log from the start: the blocks before the config block adding it it
+    # stores as the others signed them (its own signature there is refused by every peer)
+    assert not_signed_in_force(client.blocks(procs.target(fourth))) == []
+
+
+def test_removing_the_leader_keeps_ordering_and_every_copy_signed_in_force(four):
+    """The running leader is taken out of the orderer set (decommissioned, or the first step of
+    recovering an orderer: README "Recovery") while envelopes keep coming. The others order on,
+    and no orderer serves a block without a signature of an orderer of the config in force
+    before it (the peers' rule): a block the removed one applies after its removal it stores
+    as the others signed it (Chain._signer_in_force), and waiting for their copy does not
+    hold up its way out of Raft."""
+    net, procs, client, start, _ = four
+    first3, _ = _start_first_three(procs, client)
+    victim = leader_of(procs, client, first3)
+    assert victim is not None
+    rest = [n for n in first3 if n != victim]
+    removed = {n.name: n.raft_id for n in net.orderers()}[victim]
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(start)
+    new.sequence = start.sequence + 1
+    del new.orderers[:]
+    new.orderers.extend(o for o in start.orderers if o.raft_id != removed)
+    [r] = client.broadcast(procs.target(victim), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
+    assert r.accepted, r.message
+    # envelopes right behind the config block, to the removed leader itself (it orders them
+    # until Raft lets it go) and to the others (which forward only to orderers of the config:
+    # refused until they elect a leader among themselves; a client retries)
+    t0 = time.monotonic()
+    for target in (victim, rest[0], rest[1], rest[0]):
+        def ordered(target: str = target) -> bool:
+            rs = client.broadcast(procs.target(target), [client.envelope()[1] for _ in range(3)], timeout=10)
+            return all(x.accepted for x in rs) or target == victim
+        wait_until(ordered, 30, interval=0.2, what=f"ordering via {target}")
+    assert time.monotonic() - t0 < 30
+    wait_until(lambda: all(f"voters={tuple(sorted(o.raft_id for o in new.orderers))}" in procs.log_text(n)
+                           for n in rest), 20, what="the removed leader out of Raft")
+    height = max(client.status(procs.target(n)).height for n in rest)
+    for n in first3:
+        wait_until(lambda n=n: client.status(procs.target(n), 1.0).height >= height or n == victim, 20,
+                   what=f"{n} at height {height}")
+        blocks = client.blocks(procs.target(n))
+        assert not_signed_in_force(blocks) == [], n
