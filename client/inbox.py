@@ -17,10 +17,11 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
   fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
   ``next_fill_ms`` -- or the last fill is not handed over yet by the pharmacy ``deliver_by``
-  names: the contract refuses the next lock NOT_DELIVERED until then), ``deliver`` (a fill it dispensed and did not hand over yet -- also once
-  the prescription expired; ``deliver_by`` names the pharmacy whose courier hands the
-  pending fill over: the one that dispensed it, after a re-route the previous one, and then
-  the serving pharmacy's action is about the next fill), ``none`` (final: delivered,
+  names: the contract refuses the next lock NOT_DELIVERED until then), ``deliver`` (a fill
+  it dispensed and did not hand over yet -- also once the prescription expired;
+  ``deliver_by`` names the pharmacy whose courier hands the pending fill over: the one that
+  dispensed it, after a re-route the previous one, and then the serving pharmacy's action
+  is about the next fill), ``none`` (final: delivered,
   revoked, rejected, expired, erased; validity passed -- ``expired``, the next fill's
   deadline ``fill_deadline_ms`` is over, whether or not anyone sent the ``expire``
   transaction: review, lock and dispense are refused EXPIRED; or locked by another
