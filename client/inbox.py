@@ -17,11 +17,11 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
   fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
   ``next_fill_ms`` -- or the last fill is not handed over yet by the pharmacy ``deliver_by``
-  names: the contract refuses the next lock NOT_DELIVERED until then), ``deliver`` (a fill
-  it dispensed and did not hand over yet -- also once the prescription expired;
-  ``deliver_by`` names the pharmacy whose courier hands the pending fill over: the one that
-  dispensed it, after a re-route the previous one, and then the serving pharmacy's action
-  is about the next fill), ``none`` (final: delivered,
+  names: the contract refuses the next lock NOT_DELIVERED until then, unless that pharmacy's
+  registration is no longer active), ``deliver`` (a fill it dispensed and did not hand over
+  yet -- also once the prescription expired; ``deliver_by`` names the pharmacy whose courier
+  hands the pending fill over: the one that dispensed it, after a re-route the previous one,
+  and then the serving pharmacy's action is about the next fill), ``none`` (final: delivered,
   revoked, rejected, expired, erased; validity passed -- ``expired``, the next fill's
   deadline ``fill_deadline_ms`` is over, whether or not anyone sent the ``expire``
   transaction: review, lock and dispense are refused EXPIRED; or locked by another
@@ -82,14 +82,17 @@ def serves(meta: dict[str, Any], org: str) -> bool:
     return pharmacy == org or (pharmacy == "" and meta.get("hospital") == org)
 
 
-def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None = None) -> str:
+def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None = None,
+           held: bool = True) -> str:
     """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``, as the
     prescription contract would let it: a dispensed fill not handed over is delivered even once
     the prescription expired (``deliver`` refuses only an erased one), by the courier of the
     pharmacy that dispensed it (``dispensed_by``; None: unknown, taken as ``org``) -- after a
     re-route that is the previous pharmacy, and the serving one has the next fill; a review, lock or
     dispense after the validity ended is refused EXPIRED whether or not anyone sent the
-    ``expire`` transaction, so there is nothing to do then."""
+    ``expire`` transaction, so there is nothing to do then. ``held``: whether that pharmacy's
+    missing hand-over still holds the next fill (the contract: while its registration is
+    active, or it is the issuing hospital's own pharmacy)."""
     status = str(meta.get("status", ""))
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     if status == "ERASED":
@@ -106,7 +109,7 @@ def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None
     if status == "APPROVED":
         return "dispense"
     if status == "DISPENSED" and fills < max_fills:
-        if fills > _int(meta, "delivered_fills"):
+        if fills > _int(meta, "delivered_fills") and held:
             return "wait"  # another pharmacy's courier still owes the last fill (lock: NOT_DELIVERED)
         due = _next_fill_ms(meta)
         return "dispense" if due is None or now_ms >= due else "wait"
@@ -137,14 +140,15 @@ def _next_fill_ms(meta: dict[str, Any]) -> int | None:
     return _int(meta, "last_fill_ms") + _int(meta, "fill_interval_days") * DAY_MS
 
 
-def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None) -> dict[str, Any]:
+def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None,
+             held: bool = True) -> dict[str, Any]:
     """The prescription as the inbox lists it: what to do first (read in the human output's
     one line per prescription), then the state it follows from."""
     lock = meta.get("lock")
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     open_fills = fills < max_fills and meta.get("status") not in FINAL
     return {
-        "rx_id": meta.get("rx_id"), "action": action(meta, org, now_ms, dispensed_by),
+        "rx_id": meta.get("rx_id"), "action": action(meta, org, now_ms, dispensed_by, held),
         "status": meta.get("status"), "hospital": meta.get("hospital"), "pharmacy": meta.get("pharmacy") or "",
         "fills": fills, "max_fills": max_fills, "delivered_fills": _int(meta, "delivered_fills"),
         "next_fill_ms": _next_fill_ms(meta) if open_fills and fills > 0 else None,
@@ -158,7 +162,7 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | No
 
 def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int, now_ms: int,
                    max_blocks: int = MAX_BLOCKS, dispenser: DispenserReader | None = None,
-                   max_reads: int = MAX_READS) -> dict[str, Any]:
+                   max_reads: int = MAX_READS, active: Callable[[str], bool] | None = None) -> dict[str, Any]:
     """The prescriptions of blocks ``start`` .. the peer's height that ``org`` serves now: at
     most ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` prescriptions
     together (the first block whatever it names; ``reads_capped`` when a read stopped before
@@ -167,7 +171,10 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     it; ``now_ms`` decides whether a repeat fill is due; ``dispenser`` the organisation that
     dispensed a prescription's latest fill (asked only for a fill not handed over whose
     dispense is not the prescription's last step; without it, or None, the fill is taken as
-    ``org``'s). Raises what the reads raise; remembers nothing."""
+    ``org``'s); ``active`` whether a pharmacy's registration is active (asked only for one that
+    owes the hand-over of a prescription ``org`` serves: an inactive one's holds no fill, as the
+    contract's NOT_DELIVERED; without it, taken as active). Raises what the reads raise;
+    remembers nothing."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
     if not 1 <= max_reads <= MAX_READS:
@@ -221,8 +228,19 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     routed = list(dict.fromkeys(rx for _, _, step, _, by, rx in seen
                                 if (step == "route" or (step == "deliver" and by == org)) and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
-            "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id]) for rx_id, m in mine.items()],
+            "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id], _held(m, org, dispensers[rx_id], active))
+                              for rx_id, m in mine.items()],
             "routed_elsewhere": routed, "reads_capped": capped}
+
+
+def _held(meta: dict[str, Any], org: str, by: str | None, active: Callable[[str], bool] | None) -> bool:
+    """Whether the hand-over pharmacy ``by`` owes (None: none pending, or unknown) holds the
+    next fill of a prescription ``org`` serves, as the contract's NOT_DELIVERED: the caller's
+    own and the issuing hospital's pharmacy's always, another pharmacy's while its
+    registration is active (``active``; without it, taken as active)."""
+    if active is None or by is None or by in (org, meta.get("hospital")) or not serves(meta, org):
+        return True
+    return active(by)
 
 
 def _dispensed_by(meta: dict[str, Any], rx_id: str, dispenser: DispenserReader | None) -> str | None:

@@ -664,7 +664,17 @@ class RxOperations:
                 return None  # (steps missing: unknown)
             return orgs[-1]
 
-        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser)
+        def active(pharmacy: str) -> bool:  # (a missing hand-over of an inactive one holds no fill)
+            try:
+                reg = self.s.gateway.evaluate("registry", "get_pharmacy", {"org": pharmacy})
+            except RxClientError as exc:
+                if exc.reason != "NOT_FOUND":
+                    raise
+                return False
+            return isinstance(reg, dict) and reg.get("active") is True
+
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser,
+                              active=active)
 
     def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
                      insurer: str | None = "") -> dict[str, Any]:

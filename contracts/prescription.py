@@ -440,7 +440,14 @@ def _check_dispensable(ctx: Context, rx: dict) -> None:
         if now < earliest:
             ctx.fail("TOO_EARLY", "the next fill is allowed from " + _iso_utc(earliest))
         if rx["delivered_fills"] < rx["fills"]:  # (deliver confirms the latest fill only)
-            ctx.fail("NOT_DELIVERED", "fill " + str(rx["fills"]) + " is not handed over yet")
+            by = ctx.get(_disp_key(rx))["pharmacy"]  # an inactive pharmacy's holds none (as its lock)
+            if by == rx["hospital"] or _pharmacy_active(ctx, by):
+                ctx.fail("NOT_DELIVERED", "fill " + str(rx["fills"]) + " is not handed over yet")
+
+
+def _disp_key(rx: dict) -> str:
+    """The latest fill's dispense record."""
+    return "disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3)
 
 
 def _fill_deadline(rx: dict) -> int:
@@ -482,7 +489,7 @@ def _can_view(ctx: Context, rx: dict) -> bool:
     # re-routed away with its fill not handed over yet: its courier still delivers it
     if rx["fills"] == 0:
         return False
-    disp = ctx.get("disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3))
+    disp = ctx.get(_disp_key(rx))
     return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
 
 
@@ -960,10 +967,8 @@ def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     if "tx_id" in rx["lock"]:
         under = rx["lock"]["tx_id"]
     content = _verify_content(ctx, rx_id, rx["commitment"])
-    # the issue's drug rules again, on the formulary as of this dispense: a drug reclassified
-    # since issue (e.g. to a narcotic) is FORBIDDEN_DRUG_CLASS now, and one reclassified into
-    # a class excluded from long prescriptions is LONGRX_EXCLUDED_CLASS on a long one (the
-    # supply itself was checked at issue and cannot have changed)
+    # the issue's drug rules again, on the formulary as of this dispense (a drug reclassified
+    # since issue; the supply cannot have changed)
     found = _check_drugs(ctx, content)
     _check_long_rx_classes(ctx, _long_supply(rx["long_rx"], rx["days"], rx["max_fills"]), found)
     boxes = 0
@@ -1008,7 +1013,7 @@ def deliver(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
     if rx["status"] == "ERASED":
         ctx.fail("ERASED", "the prescription was erased")
-    key = "disp/" + rx_id + "/" + str(rx["fills"]).zfill(3)
+    key = _disp_key(rx)
     disp = ctx.get(key)
     if disp["pharmacy"] != c.org:
         ctx.fail("ACCESS_DENIED", "the courier must belong to the dispensing pharmacy")

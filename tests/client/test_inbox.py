@@ -291,6 +291,28 @@ def test_the_next_fill_waits_for_the_last_ones_hand_over_by_another_pharmacy(wor
     world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
 
 
+def test_an_inactive_pharmacys_missing_hand_over_leaves_the_next_fill_to_dispense(world: World) -> None:  # noqa: F811
+    """p01 went inactive owing fill 1's hand-over after a re-route to p02: the contract no
+    longer holds fill 2 for it (NOT_DELIVERED only while the pharmacy owing it is active), so
+    p02's inbox says dispense once fill 2 is due -- it said wait for good, a Task on hold for
+    a hand-over nobody may be left to make."""
+    from tests.contracts.test_open_findings import set_pharmacy_active
+
+    ledger = EventLedger(world.chain)
+    _, rx = _filled_repeat(world, "81234560000000000409")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    world.chain.advance(28 * DAY_MS)
+    set_pharmacy_active(world, "p01", False)
+    (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert (theirs["action"], theirs["deliver_by"]) == ("dispense", "p01")
+    world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
+    world.chain.submit("prescription", "release", CHEN, rx_id=rx).unwrap()
+    set_pharmacy_active(world, "p01", True)  # active again: its hand-over holds fill 2 again
+    assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "wait"}
+    assert world.chain.submit("prescription", "lock", CHEN, rx_id=rx).reason == "NOT_DELIVERED"
+
+
 def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
     rx = approved(world).args["rx_id"]

@@ -16,6 +16,7 @@ from tests.contracts.flows import (
     CHEN,
     CLERK,
     COURIER,
+    HE,
     JIANG,
     WANG,
     ZHOU,
@@ -108,6 +109,31 @@ def test_stale_lock_dropped_on_a_repeat_fill(world: World) -> None:
     rec = world.chain.query("prescription", "show", JIANG, rx_id=rx).unwrap()
     assert (rec["status"], rec["lock"], rec["fills"], rec["pharmacy"]) == ("DISPENSED", None, 1, "p02")
     assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 2
+
+
+def test_a_deactivated_pharmacys_missing_hand_over_holds_no_fill_hostage(world: World) -> None:
+    """p01 dispensed fill 1 and its registration went inactive before its courier handed it
+    over; the patient re-routed to p02. The next fill waited NOT_DELIVERED for a hand-over
+    only p01's courier could record -- for good once p01 was gone: the patient's remaining
+    fills were lost. As its lock (route drops it), an inactive pharmacy's hand-over no longer
+    holds the next fill; an active one's still does, and so does the hospital pharmacy's."""
+    prep = approved(world, max_fills=3, fill_interval_days=7, long_rx=True, chronic_reason="stable", days=7)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(7 * DAY_MS)
+    set_pharmacy_active(world, "p01", False)
+    assert call(world, "route", JIANG, rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02")) == "OK"
+    assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 2
+    # p02 is active: its own fill 2 holds fill 3 until its courier hands it over
+    world.chain.advance(7 * DAY_MS)
+    set_pharmacy_active(world, "p01", True)
+    assert call(world, "lock", CHEN, rx) == "NOT_DELIVERED"
+    # an unrouted prescription dispensed by the hospital's own pharmacy (no registration): held
+    own = approved(world, pharmacy="", max_fills=2, fill_interval_days=7, long_rx=True,
+                   chronic_reason="stable", days=7)
+    lock_and_dispense(world, own, pharmacist=HE).unwrap()
+    world.chain.advance(7 * DAY_MS)
+    assert call(world, "lock", HE, own.args["rx_id"]) == "NOT_DELIVERED"
 
 
 def test_a_deactivated_pharmacy_does_not_approve(world: World) -> None:
