@@ -50,7 +50,7 @@ from rxchain.v1 import block_pb2, config_pb2, raft_pb2, transaction_pb2
 
 from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Purpose, Signer
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
@@ -240,6 +240,8 @@ class Chain:
         self._last_snap_block = 0
         self._pending_snapshot_catch_up: raft_pb2.OrdererSnapshotData | None = None
         self._signer_in_force_logged = -1
+        # checks the copies stored while our own signature is not in force (_append_fetched)
+        self._verifier = Verifier()
         if not snap.is_empty:
             data = raft_pb2.OrdererSnapshotData.FromString(snap.data)
             self._last_snap_block = data.last_block_number
@@ -906,7 +908,7 @@ class Chain:
                 "id); it stores copies other orderers signed until its certificate is in force",
                 self._id, self._tracker.current.block_number,
             )
-        self._catch_up(number)
+        self._catch_up(number, header_hash)
         if self._blocks.height() <= number:
             return  # stopping
         stored = block_header_hash(self._blocks.get(number).header)
@@ -981,14 +983,16 @@ class Chain:
                 f"block {data.last_block_number} in the store differs from the snapshot's",
             )
 
-    def _catch_up(self, target: int) -> None:
+    def _catch_up(self, target: int, target_hash: bytes = b"") -> None:
         """Pull blocks up to ``target`` (inclusive) from other orderers; retries until done
-        or the chain stops."""
+        or the chain stops. ``target_hash``: the header hash block ``target`` must have (the
+        committed entry's block): another block of that number is refused before it is stored,
+        and fetched again (from the next orderer)."""
         while self._blocks.height() <= target and not self._stop.is_set():
             start = self._blocks.height()
             try:
                 for block in self._fetcher.fetch(start, target):
-                    self._append_fetched(block)
+                    self._append_fetched(block, target_hash if block.header.number == target else b"")
             except Exception as exc:  # any transport/peer failure: retry (re-raised: a refusal)
                 if isinstance(exc, RxError) and exc.reason == PROTOCOL_UNSUPPORTED:
                     # the block raising the version is stored: a refusal to go on, never a
@@ -1002,15 +1006,43 @@ class Chain:
         if self._blocks.height() > target:
             _log.info("event=caught_up orderer=%d block=%d", self._id, target)
 
-    def _append_fetched(self, block: block_pb2.Block) -> None:
+    def _append_fetched(self, block: block_pb2.Block, expected_hash: bytes = b"") -> None:
+        """Append a block fetched from another orderer, signed by us, or -- while our signature
+        is not in force -- as it comes, if it carries a valid signature of an orderer of the
+        config in force (the peers' rule: a copy only its fetcher or a stranger signed would be
+        refused by every peer delivering from us). Raises (the fetch is retried) otherwise, or
+        when its header hash is not ``expected_hash`` (if given): nothing stored."""
+        number = block.header.number
         if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
-            raise RaftError("bad_fetched_block", f"block {block.header.number}: data hash")
+            raise RaftError("bad_fetched_block", f"block {number}: data hash")
+        header_hash = block_header_hash(block.header)
+        if expected_hash and header_hash != expected_hash:
+            raise RaftError(
+                "bad_fetched_block",
+                f"block {number}: header hash {header_hash.hex()[:16]}, the committed block's is "
+                f"{expected_hash.hex()[:16]}",
+            )
         if self._signer_in_force():
             sig = block.metadata.orderer_signatures.add()
             sig.signer.CopyFrom(self._signer.identity)
-            sig.signature = self._signer.sign(Purpose.BLOCK, block_header_hash(block.header))
+            sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)
+        elif not self._signed_in_force(block, header_hash):
+            raise RaftError(
+                "bad_fetched_block",
+                f"block {number}: no valid signature of an orderer of the config in force "
+                f"(block {self._tracker.current.block_number})",
+            )
         self._append_with_config(block)  # the store checks number and previous hash
         self._metrics.height.set(self._blocks.height())
+
+    def _signed_in_force(self, block: block_pb2.Block, header_hash: bytes) -> bool:
+        """Whether ``block`` carries a valid signature of an orderer of the config in force."""
+        certs = {o.cert_der for o in self._tracker.current.config.orderers}
+        return any(
+            s.signer.cert_der in certs
+            and self._verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, header_hash)
+            for s in block.metadata.orderer_signatures
+        )
 
     def _append_with_config(self, block: block_pb2.Block) -> None:
         """Append ``block``; adopt the config it carries, if it is a valid config block."""

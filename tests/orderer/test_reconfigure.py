@@ -10,13 +10,13 @@ from collections.abc import Iterator, Sequence
 import pytest
 from rxchain.v1 import block_pb2, config_pb2, raft_pb2
 
-from node.crypto.canonical import block_header_hash
-from node.crypto.signing import load_signer
+from node.crypto.canonical import block_data_hash, block_header_hash
+from node.crypto.signing import Purpose, Signer, load_signer
 from node.orderer.chain import Chain, ChainOptions
 from node.orderer.metrics import OrdererMetrics
 from node.raft.durable import DurableStorage
-from node.raft.types import ConfState, Message, MessageType, Snapshot, SnapshotMeta
-from tests.orderer.cluster import make_network
+from node.raft.types import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
+from tests.orderer.cluster import make_network, not_signed_in_force
 from tests.orderer.inproc import Collect, Leader, genesis_parts
 from tests.orderer.toyblocks import toy_block
 
@@ -161,6 +161,77 @@ def test_a_snapshot_is_acknowledged_only_after_its_blocks_are_fetched(net, tmp_p
         assert fetcher.sent_when_asked == [0]  # nothing acknowledged before the fetch
         [ack] = [m for m in transport.sent if m.type == MessageType.APP_RESP]
         assert (ack.to, ack.index, ack.reject) == (1, 20, False)
+    finally:
+        storage.close()
+        blocks.close()
+
+
+
+class CopiesFetcher:
+    """Serves, on successive fetches, the copies in ``rounds`` (one list of blocks each; the
+    last repeated) and records the numbers asked for."""
+
+    def __init__(self, rounds: list[list[block_pb2.Block]]) -> None:
+        self.rounds = rounds
+        self.asked: list[tuple[int, int]] = []
+
+    def fetch(self, start: int, stop: int) -> Iterator[block_pb2.Block]:
+        copies = self.rounds[min(len(self.asked), len(self.rounds) - 1)]
+        self.asked.append((start, stop))
+        for b in copies:
+            if start <= b.header.number <= stop:
+                out = block_pb2.Block()
+                out.CopyFrom(b)
+                yield out
+
+
+def _signed(signer: Signer, block: block_pb2.Block, *, forged: bool = False) -> block_pb2.Block:
+    """A copy of ``block`` signed by ``signer`` (``forged``: a signature of another header)."""
+    out = block_pb2.Block()
+    out.CopyFrom(block)
+    sig = out.metadata.orderer_signatures.add()
+    sig.signer.CopyFrom(signer.identity)
+    sig.signature = signer.sign(Purpose.BLOCK, b"another header" if forged else block_header_hash(block.header))
+    return out
+
+
+@pytest.mark.parametrize("bad", ["another_block", "unsigned", "forged_signature", "signed_by_a_stranger"])
+def test_an_orderer_not_in_the_set_stores_only_the_committed_block_as_an_orderer_in_force_signed_it(
+        net, tmp_path, bad) -> None:
+    """An orderer not in the orderer set (raft id 4: being added, or removed) stores the block
+    of a committed entry as another orderer signed it. The copy it fetched used to be stored
+    unchecked: another block of that number (stored, then block_mismatch: the driver stopped,
+    and again on every restart), or one without a valid signature of an orderer of the config
+    in force -- e.g. a copy an orderer added under an earlier release signed alone -- which
+    every peer delivering from it refuses. Such a copy is now refused and fetched again."""
+    genesis, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
+    storage = DurableStorage(tmp_path / "raft", fsync=False, bootstrap_conf_state=ConfState((1, 2, 3), (4,)))
+    d = net.home / "nodes" / "orderer.ins02"
+    member = load_signer(d / "cert.pem", d / "key.pem", "ins02")
+    # its own certificate, which the config in force names for no orderer
+    u = net.home / "orgs" / "ins03" / "users" / "admin"
+    own = load_signer(u / "cert.pem", u / "key.pem", "ins03")
+    committed = toy_block(1, block_header_hash(genesis.header))
+    other = toy_block(1, block_header_hash(genesis.header))
+    other.data.envelopes[0] = b"another env-1"
+    other.header.data_hash = block_data_hash(list(other.data.envelopes))
+    wrong = {
+        "another_block": _signed(member, other),
+        "unsigned": committed,
+        "forged_signature": _signed(member, committed, forged=True),
+        "signed_by_a_stranger": _signed(own, committed),
+    }[bad]
+    fetcher = CopiesFetcher([[wrong], [_signed(member, committed)]])
+    chain = Chain(4, storage, blocks, own, Collect(), fetcher, tracker, OrdererMetrics("copy"),
+                  rng=random.Random(4), clock=lambda: 100.0,
+                  options=ChainOptions(tick_s=1000.0, election_tick=10, catch_up_retry_s=0.01))
+    try:
+        chain._apply_block(committed, Entry(term=2, index=5, data=committed.SerializeToString()))
+        assert fetcher.asked == [(1, 1), (1, 1)]  # the bad copy refused, fetched again
+        assert blocks.height() == 2
+        stored = blocks.get(1)
+        assert block_header_hash(stored.header) == block_header_hash(committed.header)
+        assert not_signed_in_force([genesis, stored]) == []
     finally:
         storage.close()
         blocks.close()
