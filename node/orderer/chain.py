@@ -535,6 +535,24 @@ class Chain:
         if why:
             raise RxError(BAD_CONFIG_UPDATE, "; ".join(why) + ": upgrade them first")
 
+    def _check_readded_out_of_raft(self, new: config_pb2.ConsortiumConfig) -> None:
+        """BAD_CONFIG_UPDATE when ``new`` adds back an orderer whose removal Raft has not
+        applied yet (its raft id still a voter or learner): the leader would see no membership
+        change to make, and the orderer -- emptied, as README "Recovery" has it -- would come
+        back a blank voter, the very thing RAFT_STATE_LOST refuses. Retried once the removal
+        is applied (the leader proposes it within a second of the config block), it rejoins
+        as a learner."""
+        in_force = set(self._tracker.current.orderer_ids())
+        in_raft = set(self._conf_state.voters) | set(self._conf_state.learners)
+        pending = sorted(o.raft_id for o in new.orderers if o.raft_id not in in_force and o.raft_id in in_raft)
+        if pending:
+            raise RxError(
+                BAD_CONFIG_UPDATE,
+                f"orderers {pending} are still in Raft (their removal is not applied yet; voters "
+                f"{sorted(self._conf_state.voters)}, learners {sorted(self._conf_state.learners)}): "
+                "add them back once it is",
+            )
+
     def _lead_ready(self) -> bool:
         return (
             self._role == StateRole.LEADER
@@ -552,7 +570,9 @@ class Chain:
                 self._config_waiting.append((envelope, ticket))
                 return
             try:
-                self._check_voters_implement(self._tracker.validate_now(envelope))
+                new = self._tracker.validate_now(envelope)
+                self._check_voters_implement(new)
+                self._check_readded_out_of_raft(new)
             except RxError as err:
                 ticket.resolve(Outcome(err.reason, err.message))
                 return

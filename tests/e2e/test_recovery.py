@@ -66,6 +66,20 @@ def _wait_voter(net: Net, name: str, raft_id: int, timeout_s: float = 30.0) -> N
         time.sleep(0.3)
 
 
+def _wait_removed(net: Net, name: str, raft_id: int, since: int, timeout_s: float = 30.0) -> None:
+    """Until ``name``'s log, past its first ``since`` characters, shows it applied the removal
+    of ``raft_id`` from Raft (bounded wait): the leader admits adding it back only then."""
+    log = net.home / "logs" / f"{name}.log"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        changes = [json.loads(line)["change"] for line in log.read_text()[since:].splitlines()
+                   if '"conf_change_applied"' in line]
+        if any("REMOVE_NODE" in c and f"node_id={raft_id}," in c for c in changes):
+            return
+        assert time.monotonic() < deadline, changes
+        time.sleep(0.3)
+
+
 def _issue(net: Net) -> dict[str, Any]:
     return net.cli("--as", "h01:dr-jiang", "rx", "issue", "--patient", "patient-zhang", "--diagnosis",
                    "I10", "--drug", "amlodipine:1", "--days", "7", "--valid-days", "2")
@@ -120,12 +134,15 @@ def test_an_orderer_whose_data_is_lost_is_removed_emptied_and_added_back(net: Ne
     # 1. out of the orderer set (the two others order on)
     config = net.cli("--as", "ins03:admin", "config", "show")["config"]
     [entry] = [o for o in config["orderers"] if o["name"] == ORDERER]
+    raft_id = entry.get("raft_id", entry.get("raftId"))
+    since = len((net.home / "logs" / "orderer.ins01.log").read_text())
     removed = _config_update(net, tmp_path, "remove", dict(config, orderers=[
         o for o in config["orderers"] if o["name"] != ORDERER]))
     # 2. emptied; 3. back in the orderer set, same raft id, certificate and address
     shutil.rmtree(data)
     config = net.cli("--as", "ins03:admin", "config", "show")["config"]
     assert ORDERER not in [o["name"] for o in config["orderers"]]
+    _wait_removed(net, "orderer.ins01", raft_id, since)  # out of Raft too: it may come back
     added = _config_update(net, tmp_path, "add", dict(config, orderers=[*config["orderers"], entry]))
     assert added["sequence"] == removed["sequence"] + 1
     # 4. started: it catches up from the others
@@ -138,7 +155,7 @@ def test_an_orderer_whose_data_is_lost_is_removed_emptied_and_added_back(net: Ne
     assert len(blocks) == rows[ORDERER]["height"] and not_signed_in_force(blocks) == []
     # it votes again once caught up (the README's check: its log), and then, with another
     # orderer stopped, ordering needs it
-    _wait_voter(net, ORDERER, entry.get("raft_id", entry.get("raftId")))
+    _wait_voter(net, ORDERER, raft_id)
     net.cli_proc("network", "down", "--node", "orderer.ins01")
     try:
         _issue(net)

@@ -13,10 +13,12 @@ from rxchain.v1 import block_pb2, config_pb2, raft_pb2
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Signer, load_signer
 from node.orderer.chain import Chain, ChainOptions
+from node.orderer.configrules import BAD_CONFIG_UPDATE
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.ticket import Ticket
 from node.raft.durable import DurableStorage
 from node.raft.types import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
-from tests.orderer.cluster import make_network, not_signed_in_force
+from tests.orderer.cluster import config_envelope, make_network, not_signed_in_force
 from tests.orderer.inproc import Collect, Leader, genesis_parts
 from tests.orderer.toyblocks import toy_block
 
@@ -235,3 +237,40 @@ def test_an_orderer_not_in_the_set_stores_only_the_committed_block_as_an_orderer
     finally:
         storage.close()
         blocks.close()
+
+
+def test_an_orderer_is_added_back_only_once_raft_applied_its_removal(net, tmp_path) -> None:
+    """README "Recovery": an orderer that lost its data is taken out of the orderer set,
+    emptied and added back with its old entry (same raft id). An update adding it back before
+    the leader applied the ConfChange removing it left it a voter (the leader saw the orderer
+    set match Raft's again): emptied, it came back a blank voter, as RAFT_STATE_LOST forbids.
+    The leader now refuses that update until the removal is applied; then it is admitted (and
+    the orderer rejoins as a learner)."""
+    lead = Leader(net, tmp_path, ConfState(voters=(1, 2, 3)))
+    try:
+        start = lead.consortium
+        assert sorted(o.raft_id for o in start.orderers) == [1, 2, 3]
+        removed = config_pb2.ConsortiumConfig()
+        removed.CopyFrom(start)
+        removed.sequence = start.sequence + 1
+        del removed.orderers[:]
+        removed.orderers.extend(o for o in start.orderers if o.raft_id != 3)
+        lead.tracker.adopt(removed, 1)  # its config block applied; the ConfChange not yet
+        back = config_pb2.ConsortiumConfig()
+        back.CopyFrom(start)
+        back.sequence = removed.sequence + 1
+        refused = Ticket("too-early")
+        lead.chain._on_submit(config_envelope(net, back, ["ins01", "ins02", "ins03"]), refused, True)
+        out = refused.peek()
+        assert out is not None and out.reason == BAD_CONFIG_UPDATE and "[3]" in out.message, out
+        # the leader removes it from Raft (orderer 2 acknowledging), then it may come back
+        lead.reconfigure()
+        lead.ack(2)
+        assert lead.chain._conf_state.voters == (1, 2) and 3 not in lead.chain._conf_state.learners
+        admitted = Ticket("after-removal")
+        lead.chain._on_submit(config_envelope(net, back, ["ins01", "ins02", "ins03"]), admitted, True)
+        out = admitted.peek()
+        assert out is None or out.accepted, out
+        assert lead.chain._config_inflight is not None  # cut and proposed
+    finally:
+        lead.close()
