@@ -60,12 +60,17 @@ def chain_blocks(net, tmp_path_factory) -> list[block_pb2.Block]:
         raised.CopyFrom(lead.blocks.get(1))
     finally:
         lead.close()
-    after = block_pb2.Block()
-    after.header.number = 2
-    after.header.previous_hash = block_header_hash(raised.header)
-    after.header.data_hash = block_data_hash([])
-    after.header.timestamp_ms = raised.header.timestamp_ms + 1
-    return [raised, after]
+    return [raised, _empty_block_after(raised)]
+
+
+def _empty_block_after(prev: block_pb2.Block) -> block_pb2.Block:
+    """An empty block chained to ``prev`` (as fetched: no orderer signature yet)."""
+    block = block_pb2.Block()
+    block.header.number = prev.header.number + 1
+    block.header.previous_hash = block_header_hash(prev.header)
+    block.header.data_hash = block_data_hash([])
+    block.header.timestamp_ms = prev.header.timestamp_ms + 1
+    return block
 
 
 class _Fetch:
@@ -181,13 +186,8 @@ def test_blocks_fetched_to_complete_a_snapshot_are_made_durable(net, tmp_path: P
     import node.orderer.chain as chain_mod
 
     _, gblocks, _ = genesis_parts(net.genesis_path, tmp_path / "g" / "blocks")
-    first = gblocks.get(0)
+    block1 = _empty_block_after(gblocks.get(0))
     gblocks.close()
-    block1 = block_pb2.Block()
-    block1.header.number = 1
-    block1.header.previous_hash = block_header_hash(first.header)
-    block1.header.data_hash = block_data_hash([])
-    block1.header.timestamp_ms = first.header.timestamp_ms + 1
     chain, storage, blocks = _chain(net, tmp_path / "data", _Fetch([block1]))
     synced: list[str] = []
     monkeypatch.setattr(chain_mod, "sync_block_files", synced.append)
