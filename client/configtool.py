@@ -65,7 +65,7 @@ from client.errors import CommitUnknown, RxClientError
 from client.gateway import OUTCOME_UNKNOWN_REASONS, rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash, compute_tx_id
-from node.crypto.signing import Purpose, Verifier
+from node.crypto.signing import Purpose, Verifier, block_signers
 from node.crypto.tls import secure_channel
 from node.errors import RxError
 from node.fsutil import fsync_dir, replace_file
@@ -249,16 +249,9 @@ class ChainConfig:
 
     def _orderer_signed(self, block: block_pb2.Block, config: config_pb2.ConsortiumConfig, header_hash: bytes,
                         ) -> bool:
-        """Whether an orderer of ``config`` signed ``header_hash`` (each orderer's entries tried once:
-        entries padded in by the peer cost no more than one verification per orderer)."""
-        certs = {o.cert_der for o in config.orderers}
-        for s in block.metadata.orderer_signatures:
-            if s.signer.cert_der not in certs:
-                continue
-            certs.discard(s.signer.cert_der)
-            if self._verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, header_hash):
-                return True
-        return False
+        """Whether an orderer of ``config`` signed ``header_hash`` (as the peers judge it)."""
+        certs = {o.cert_der: o.raft_id for o in config.orderers}
+        return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
     def in_force(self) -> tuple[int, config_pb2.ConsortiumConfig]:
         """(the block holding it, the config in force) after the blocks fed; LEDGER_INVALID when the

@@ -84,6 +84,11 @@ def check_response(resp: transaction_pb2.Response) -> Any:
     return decode_payload(resp.payload)
 
 
+def _retryable(exc: grpc.RpcError) -> bool:
+    """An RPC failure retried with backoff (UNAVAILABLE: the peer cannot be reached now)."""
+    return callable(getattr(exc, "code", None)) and exc.code() in _RETRYABLE
+
+
 def rpc_error(exc: grpc.RpcError, cls: type[RxClientError] = RxClientError) -> RxClientError:
     """An RxClientError (of ``cls``) from a failed RPC, keeping the peer's reason code."""
     reason = reason_from_rpc_error(exc)
@@ -180,8 +185,7 @@ class Gateway:
                 height = self._admin.Status(services_pb2.StatusRequest(),
                                             timeout=min(3.0, max(0.05, left))).height
             except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if unreachable_raises and code in _RETRYABLE:
+                if unreachable_raises and _retryable(exc):
                     raise
                 height = 0
             self._peer_height = max(self._peer_height, int(height))
@@ -212,8 +216,7 @@ class Gateway:
                     caught_up = True
                 return fn()
             except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if code in _RETRYABLE and attempt < len(delays):
+                if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])
                     attempt += 1
                     continue
@@ -321,8 +324,7 @@ class Gateway:
                     self._catch_up()
                     caught_up = True
             except grpc.RpcError as exc:  # the peer is unreachable: nothing was sent this time
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if code in _RETRYABLE and attempt < len(delays):
+                if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])
                     attempt += 1
                     continue
@@ -343,8 +345,7 @@ class Gateway:
                 err = rpc_error(exc)
                 if err.reason == "DUPLICATE_TXID":
                     return
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if code in _RETRYABLE and attempt < len(delays):
+                if _retryable(exc) and attempt < len(delays):
                     lost = f"{err.reason}: {err.message}"
                     self._sleep(delays[attempt])
                     attempt += 1

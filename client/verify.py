@@ -27,7 +27,7 @@ from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, t
 from client.gateway import rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Purpose, Verifier
+from node.crypto.signing import Verifier, block_signers
 from node.crypto.tls import secure_channel
 from node.orderer.configtx import config_of_block
 from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
@@ -50,7 +50,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
                   config: config_pb2.ConsortiumConfig, verifier: Verifier) -> VerifyResult:
     """Verify a list of blocks (from block 0) against the genesis block and config."""
     res = VerifyResult(peer, ok=True)
-    orderer_certs = {o.cert_der for o in config.orderers}
+    orderer_certs = {o.cert_der: o.cert_der for o in config.orderers}
     prev: bytes | None = None
     valid = transaction_pb2.VALID
     for i, b in enumerate(blocks):
@@ -66,12 +66,8 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         if b.header.data_hash != block_data_hash(list(b.data.envelopes)):
             res.errors.append(f"block {n}: data_hash does not match its envelopes")
         h = block_header_hash(b.header)
-        if i > 0:
-            good = [s for s in b.metadata.orderer_signatures
-                    if s.signer.cert_der in orderer_certs
-                    and verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, h)]
-            if not good:
-                res.errors.append(f"block {n}: no valid orderer signature")
+        if i > 0 and not block_signers(verifier, h, b.metadata.orderer_signatures, orderer_certs):
+            res.errors.append(f"block {n}: no valid orderer signature")
         if len(b.metadata.validation_codes) != len(b.data.envelopes):
             res.errors.append(f"block {n}: {len(b.metadata.validation_codes)} validation codes "
                               f"for {len(b.data.envelopes)} transactions")
@@ -84,7 +80,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
             break
         new = _adopted_config(b) if i > 0 and list(b.metadata.validation_codes) == [valid] else None
         if new is not None:
-            orderer_certs = {o.cert_der for o in new.orderers}
+            orderer_certs = {o.cert_der: o.cert_der for o in new.orderers}
             why = unsupported(new)
             if why is not None:
                 res.errors.append(f"block {n}: {PROTOCOL_UNSUPPORTED}: {why}; the blocks after "

@@ -28,7 +28,7 @@ import enum
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -193,3 +193,23 @@ class Verifier:
         except Exception:  # noqa: BLE001 - bad signature, mangled cert (InvalidVersion, ...): not verified
             return False
         return True
+
+
+def block_signers(verifier: Verifier, header_hash: bytes, signatures: Iterable[identity_pb2.SignatureEntry],
+                  signers: Mapping[bytes, Hashable], enough: int = 1) -> int:
+    """How many distinct signers validly signed a block's ``header_hash`` (``Purpose.BLOCK``),
+    counted up to ``enough``. ``signers`` maps each accepted certificate (DER) to whom it
+    belongs (an orderer's raft id, or the certificate itself): an entry of another
+    certificate, or of a signer already counted, costs no verification. The peers' block
+    check (``enough`` = the orderer quorum), ``ledger verify``, the config tool's chain and an
+    orderer storing another's copy all judge a block's orderer signatures so."""
+    counted: set[Hashable] = set()
+    for entry in signatures:
+        if len(counted) >= enough:
+            break  # the answer is known: no more ECDSA verifications for padding entries
+        who = signers.get(entry.signer.cert_der)
+        if who is None or who in counted:
+            continue
+        if verifier.verify(entry.signer.cert_der, entry.signature, Purpose.BLOCK, header_hash):
+            counted.add(who)
+    return len(counted)

@@ -50,7 +50,7 @@ from rxchain.v1 import block_pb2, config_pb2, raft_pb2, transaction_pb2
 
 from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Purpose, Signer, Verifier
+from node.crypto.signing import Purpose, Signer, Verifier, block_signers
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
@@ -1057,12 +1057,8 @@ class Chain:
 
     def _signed_in_force(self, block: block_pb2.Block, header_hash: bytes) -> bool:
         """Whether ``block`` carries a valid signature of an orderer of the config in force."""
-        certs = {o.cert_der for o in self._tracker.current.config.orderers}
-        return any(
-            s.signer.cert_der in certs
-            and self._verifier.verify(s.signer.cert_der, s.signature, Purpose.BLOCK, header_hash)
-            for s in block.metadata.orderer_signatures
-        )
+        certs = {o.cert_der: o.cert_der for o in self._tracker.current.config.orderers}
+        return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
     def _append_with_config(self, block: block_pb2.Block) -> None:
         """Append ``block``; adopt the config it carries, if it is a valid config block."""

@@ -77,7 +77,7 @@ from node.crypto.canonical import (
     block_header_hash,
     proposal_hash,
 )
-from node.crypto.signing import Purpose, Verifier
+from node.crypto.signing import Purpose, Verifier, block_signers
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
@@ -273,21 +273,12 @@ class Validator:
             raise RxError("BAD_BLOCK", f"block {h.number}: previous hash breaks the chain")
         if h.data_hash != block_data_hash(block.data.envelopes):
             raise RxError("BAD_BLOCK", f"block {h.number}: data hash does not match its data")
-        header_hash = block_header_hash(h)
-        signed_by: set[int] = set()
-        certs = self.config.orderer_certs
-        for entry in block.metadata.orderer_signatures:
-            if len(signed_by) >= self._quorum:
-                break  # the answer is known: no more ECDSA verifications for padding entries
-            raft_id = certs.get(entry.signer.cert_der)
-            if raft_id is None or raft_id in signed_by:
-                continue
-            if self._verifier.verify(entry.signer.cert_der, entry.signature, Purpose.BLOCK, header_hash):
-                signed_by.add(raft_id)
-        if len(signed_by) < self._quorum:
+        signed = block_signers(self._verifier, block_header_hash(h), block.metadata.orderer_signatures,
+                               self.config.orderer_certs, self._quorum)
+        if signed < self._quorum:
             raise RxError(
                 "BAD_ORDERER_SIGNATURE",
-                f"block {h.number}: {len(signed_by)} valid orderer signature(s), "
+                f"block {h.number}: {signed} valid orderer signature(s), "
                 f"{self._quorum} required",
             )
 
