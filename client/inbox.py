@@ -166,7 +166,8 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     """The prescriptions of blocks ``start`` .. the peer's height that ``org`` serves now: at
     most ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` prescriptions
     together (the first block whatever it names; ``reads_capped`` when a read stopped before
-    a block for it: go on from ``next_block``). ``source`` is the gateway's event stream;
+    a block for it: go on from ``next_block``; ``more`` when a block follows the range, which
+    a limit or the cap ended). ``source`` is the gateway's event stream;
     ``read_rx`` the prescription's metadata (``show``) or None when the caller may not read
     it; ``now_ms`` decides whether a repeat fill is due; ``dispenser`` the organisation that
     dispensed a prescription's latest fill (asked only for a fill not handed over whose
@@ -183,8 +184,11 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     named: dict[str, None] = {}  # the prescriptions to read, in order
     next_block = start
     blocks = 0
-    capped = False
+    capped = more = False
     for b in blocks_from(source, PRESCRIPTION, start):
+        if blocks >= max_blocks:
+            more = True  # a block past the limit: the next read's (none: nothing follows)
+            break
         rows: list[tuple[int, str, str, str, str, str]] = []
         for ev in b.events:
             if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):
@@ -196,14 +200,12 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
                          _text(ev.payload.get("org")), rx_id))
         new = dict.fromkeys(row[5] for row in rows if row[5] not in named)
         if blocks > 0 and len(named) + len(new) > max_reads:
-            capped = True  # this block is the next read's
+            capped = more = True  # this block is the next read's
             break
         seen.extend(rows)
         named.update(new)
         next_block = b.block + 1
         blocks += 1
-        if blocks >= max_blocks:
-            break
     mine: dict[str, dict[str, Any]] = {}
     dispensers: dict[str, str | None] = {}
     for rx_id in named:
@@ -230,7 +232,7 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
             "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id], _held(m, org, dispensers[rx_id], active))
                               for rx_id, m in mine.items()],
-            "routed_elsewhere": routed, "reads_capped": capped}
+            "routed_elsewhere": routed, "reads_capped": capped, "more": more}
 
 
 def _held(meta: dict[str, Any], org: str, by: str | None, active: Callable[[str], bool] | None) -> bool:

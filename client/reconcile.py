@@ -137,7 +137,8 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     """The claims settled and reversed in blocks ``start`` .. the peer's height (at most
     ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` claims to read
     together -- the first block whatever it names; ``reads_capped`` when a report stopped
-    before a block for it: go on from ``next_block``), of ``insurer`` (None: every
+    before a block for it: go on from ``next_block``; ``more`` when a block follows the
+    range, which a limit or the cap ended), of ``insurer`` (None: every
     insurer's). ``source`` is the gateway's event stream (``Gateway.events``); ``read_claim``
     a claim record or None when the caller may not read it. Raises what the reads raise;
     nothing is remembered."""
@@ -151,8 +152,11 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     records: dict[str, dict[str, Any] | None] = {}
     next_block = start
     blocks = 0
-    capped = False
+    capped = more = False
     for b in blocks_from(source, SETTLEMENT, start):
+        if blocks >= max_blocks:
+            more = True  # a block past the limit: the next read's (none: nothing follows)
+            break
         found: list[tuple[str, str, str]] = []  # tx id, event, claim id: the block's settles and reverses
         bad: list[dict[str, Any]] = []
         for ev in b.events:
@@ -168,7 +172,7 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
                 found.append((ev.tx_id, kind, claim_id))
         new = dict.fromkeys(claim_id for _, _, claim_id in found if claim_id not in records)
         if blocks > 0 and len(records) + len(new) > max_reads:
-            capped = True  # this block is the next report's
+            capped = more = True  # this block is the next report's
             break
         malformed.extend(bad)
         for claim_id in new:
@@ -181,8 +185,6 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
                 rows.append(_row(b.block, tx_id, kind, claim_id, rec))
         next_block = b.block + 1
         blocks += 1
-        if blocks >= max_blocks:
-            break
     counted = [r for r in rows if not r.inconsistent]
     s_tot = _totals([r for r in counted if r.event == "settled"])
     r_tot = _totals([r for r in counted if r.event == "reversed"])
@@ -192,4 +194,4 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
             "claims": [r.as_dict() for r in rows],
             "totals": {"settled": s_tot, "reversed": r_tot, "net": net, "inconsistent": _inconsistent_totals(odd)},
             "unreadable": unreadable, "inconsistent": list(dict.fromkeys(r.claim_id for r in odd)),
-            "malformed": malformed, "reads_capped": capped}
+            "malformed": malformed, "reads_capped": capped, "more": more}

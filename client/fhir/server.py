@@ -372,7 +372,7 @@ class FhirApp:
         limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
         inbox = ops.inbox(start, limit)
         nxt = int(inbox["next_block"])
-        more = nxt - start >= limit or inbox.get("reads_capped") is True
+        more = inbox.get("more") is True  # a block follows the ones read
         bundle = mapping.inbox_bundle(
             inbox, f"/fhir/Task?from-block={start}&limit-blocks={limit}",
             f"/fhir/Task?from-block={nxt}&limit-blocks={limit}" if more else None)
@@ -389,7 +389,7 @@ class FhirApp:
         limit = query.get("limit-blocks", DEFAULT_INBOX_BLOCKS)
         report = ops.claim_report(start, limit)
         nxt = int(report["next_block"])
-        more = nxt - start >= limit or report.get("reads_capped") is True
+        more = report.get("more") is True
         return Reply(200, mapping.payment_reconciliation(report, ops.s.clock(), more),
                      {"X-Rxchain-Next-Block": str(nxt)})
 

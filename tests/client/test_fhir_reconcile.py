@@ -121,6 +121,12 @@ def test_a_reconciliation_cut_at_the_read_cap_says_so_and_the_next_goes_on(
     # the block limit cuts it short too, as the Task search's next link
     cut = _app(world, ledger, CLERK).handle("GET", "/fhir/PaymentReconciliation?limit-blocks=1", None, b"cert")
     assert cut.resource["outcome"] == "partial" and "(limit-blocks)" in cut.resource["disposition"]
+    # exactly the blocks left to the height: nothing follows, complete (it said partial)
+    rest = ledger.height - nxt
+    last = _app(world, ledger, CLERK).handle(
+        "GET", f"/fhir/PaymentReconciliation?from-block={nxt}&limit-blocks={rest}", None, b"cert")
+    assert last.headers["X-Rxchain-Next-Block"] == str(ledger.height)
+    assert last.resource["outcome"] == "complete" and "disposition" not in last.resource
 
 
 def test_an_inconsistent_claim_is_noted_and_not_paid(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

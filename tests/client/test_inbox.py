@@ -447,6 +447,11 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     assert cut.headers["X-Rxchain-Next-Block"] == "2"
     assert [link["url"] for link in cut.resource["link"] if link["relation"] == "next"] == [
         "/fhir/Task?from-block=2&limit-blocks=2"]
+    # a limit reaching exactly the height: nothing follows, no next link
+    rest = ledger.height - 2
+    end = app.handle("GET", f"/fhir/Task?from-block=2&limit-blocks={rest}", None, b"cert")
+    assert end.headers["X-Rxchain-Next-Block"] == str(ledger.height)
+    assert [link["relation"] for link in end.resource["link"]] == ["self"]
 
 
 def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
