@@ -714,8 +714,13 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--lock-id", type=_lock_id_arg, metavar="LOCK_ID",
                      help="release only this lock (the lock_id rx lock printed): refused ALREADY_LOCKED "
                           "when the pharmacy holds another one by now; without it any lock the pharmacy holds")
+    dlv = sub(rx, "deliver", _simple("deliver", "rx_id", "fill"),
+              "confirm delivery (courier; a hospital pharmacy's pharmacist at its counter)")
+    dlv.add_argument("rx_id")
+    dlv.add_argument("--fill", type=_int_in(1, 99), default=0,
+                     help="the fill handed over (any fill the caller's pharmacy dispensed); without it the "
+                          "latest fill of the caller's pharmacy not handed over yet")
     for name, help_ in (("lock", "lock for dispensing (prints its lock_id)"),
-                        ("deliver", "confirm delivery (courier; a hospital pharmacy's pharmacist at its counter)"),
                         ("show", "metadata and decrypted content if granted"),
                         ("trace", "the whole trail")):
         sub(rx, name, _simple(name, "rx_id"), help_).add_argument("rx_id")

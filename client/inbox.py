@@ -15,27 +15,31 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
 * ``prescriptions``: each such prescription as it is now, with what the pharmacy has to do,
   as the contract would let it at ``now_ms``: ``review`` (issued, not yet reviewed),
   ``dispense`` (approved, or locked by this pharmacy, or a repeat prescription whose next
-  fill is due), ``wait`` (the next fill of a repeat prescription is not due yet:
-  ``next_fill_ms`` -- or the last fill is not handed over yet by the pharmacy ``deliver_by``
-  names: the contract refuses the next lock NOT_DELIVERED until then, unless that pharmacy's
-  registration is no longer active), ``deliver`` (a fill it dispensed and did not hand over
-  yet -- also once the prescription expired; ``deliver_by`` names the pharmacy whose courier
-  hands the pending fill over: the one that dispensed it, after a re-route the previous one,
-  and then the serving pharmacy's action is about the next fill), ``none`` (final: delivered,
+  fill is due -- also while a fill it dispensed is not handed over yet: no fill waits for
+  another's hand-over), ``wait`` (the next fill of a repeat prescription is not due yet:
+  ``next_fill_ms``), ``deliver`` (nothing to dispense now and a fill it dispensed not handed
+  over yet -- also once the prescription expired, or after a re-route),
+  ``none`` (final: delivered,
   revoked, rejected, expired, erased; validity passed -- ``expired``, the next fill's
   deadline ``fill_deadline_ms`` is over, whether or not anyone sent the ``expire``
   transaction: review, lock and dispense are refused EXPIRED; or locked by another
-  pharmacy) -- a revoked prescription is listed so that nobody dispenses it;
+  pharmacy) -- a revoked prescription is listed so that nobody dispenses it. ``deliver_by``
+  names the pharmacy whose courier has a fill to hand over (the caller's own when it owes
+  one, else the one owing the latest fill not handed over, after a re-route the previous
+  pharmacy; None when nothing is pending) and ``deliver_fills`` those fills, oldest first:
+  what its courier names in ``deliver(rx_id, fill)`` (``delivered_fills`` counts the fills
+  handed over);
 * ``routed_elsewhere``: the ids of the prescriptions of the range with a ``route`` step that
   the caller does not serve now, in ledger order. A prescription routed away is no longer
   the caller's to read (its changes and state are not shown): a work queue kept from earlier
   reads drops it. The ids are those every member's events name (most were never the
   caller's), nothing more is told. A prescription routed away while a fill the caller
-  dispensed is not handed over yet stays in ``prescriptions`` (``deliver``, ``deliver_by``
-  the caller) until its courier delivers it: the contract lets the dispensing pharmacy read
-  it until then, and ``deliver`` takes that pharmacy's courier. A range holding that
-  hand-over (a ``deliver`` step of the caller's organisation on a prescription it may no
-  longer read) lists the id here too, the route step perhaps in an earlier range.
+  dispensed is not handed over yet (any fill, not only the latest) stays in ``prescriptions``
+  (``deliver``, ``deliver_by`` the caller) until its courier delivers it: the contract lets
+  the dispensing pharmacy read it until then, and ``deliver`` takes that pharmacy's courier.
+  A range holding its last hand-over (a ``deliver`` step of the caller's organisation on a
+  prescription it may no longer read) lists the id here too, the route step perhaps in an
+  earlier range.
 
 Ranges are contiguous: ``next_block`` is where the next inbox read starts (with a checkpoint
 file it moves only once a read is complete); a start beyond the peer's height is refused
@@ -46,7 +50,9 @@ would take are skipped. Every prescription named in the range is read once (``sh
 caller's or not -- ``max_blocks`` and ``max_reads`` bound a read (a read stops before the block
 that would take it past ``max_reads`` prescriptions: ``reads_capped``, the next read goes on
 there at once; a block is never split); a served one with a fill not handed over whose
-last step is not that dispense is read once more (``trace``: who dispensed it).
+last step is not that dispense is read once more (``trace``: which fills are not handed over
+and who dispensed them). A fill the previous contract release let go unrecorded (counted in
+``delivered_fills`` by its latest-fill ``deliver``) is not seen until a ``deliver`` recounts.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier")
 
 RxReader = Callable[[str], "dict[str, Any] | None"]
-DispenserReader = Callable[[str], "str | None"]  # rx id -> the org that dispensed its latest fill
+# rx id -> {fill: the org that dispensed it} of its fills not handed over yet; None: unknown
+OwedReader = Callable[[str], "dict[int, str] | None"]
 
 
 def _int(meta: dict[str, Any], key: str) -> int:
@@ -82,23 +89,28 @@ def serves(meta: dict[str, Any], org: str) -> bool:
     return pharmacy == org or (pharmacy == "" and meta.get("hospital") == org)
 
 
-def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None = None,
-           held: bool = True) -> str:
-    """What the serving pharmacy ``org`` has to do with the prescription at ``now_ms``, as the
-    prescription contract would let it: a dispensed fill not handed over is delivered even once
-    the prescription expired (``deliver`` refuses only an erased one), by the courier of the
-    pharmacy that dispensed it (``dispensed_by``; None: unknown, taken as ``org``) -- after a
-    re-route that is the previous pharmacy, and the serving one has the next fill; a review, lock or
+def action(meta: dict[str, Any], org: str, now_ms: int, owed: dict[int, str] | None = None) -> str:
+    """What ``org`` has to do with the prescription at ``now_ms``, as the prescription contract
+    would let it: the serving pharmacy's next step (review, dispense, wait; a review, lock or
     dispense after the validity ended is refused EXPIRED whether or not anyone sent the
-    ``expire`` transaction, so there is nothing to do then. ``held``: whether that pharmacy's
-    missing hand-over still holds the next fill (the contract: while its registration is
-    active, or it is the issuing hospital's own pharmacy)."""
+    ``expire`` transaction, so nothing then), else ``deliver`` when ``org`` dispensed a fill not
+    handed over yet -- delivered even once the prescription expired (``deliver`` refuses only an
+    erased one), or routed away. ``owed``: the fills not handed over and who dispensed them
+    (None: unknown -- the latest fill, if it is not handed over, taken as ``org``'s). A due
+    fill comes first (its validity runs; no fill waits for another's hand-over)."""
     status = str(meta.get("status", ""))
-    fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     if status == "ERASED":
         return "none"
-    if fills > _int(meta, "delivered_fills") and dispensed_by in (None, org):
+    nxt = _next_step(meta, org, now_ms) if serves(meta, org) else "none"
+    if nxt != "dispense" and owed_fills(meta, org, owed):
         return "deliver"
+    return nxt
+
+
+def _next_step(meta: dict[str, Any], org: str, now_ms: int) -> str:
+    """The next step of ``org``, the serving pharmacy: review, dispense, wait or none."""
+    status = str(meta.get("status", ""))
+    fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     if status in FINAL or expired(meta, now_ms):
         return "none"
     if status == "ISSUED":
@@ -109,11 +121,19 @@ def action(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None
     if status == "APPROVED":
         return "dispense"
     if status == "DISPENSED" and fills < max_fills:
-        if fills > _int(meta, "delivered_fills") and held:
-            return "wait"  # another pharmacy's courier still owes the last fill (lock: NOT_DELIVERED)
         due = _next_fill_ms(meta)
         return "dispense" if due is None or now_ms >= due else "wait"
     return "none"
+
+
+def owed_fills(meta: dict[str, Any], org: str, owed: dict[int, str] | None) -> list[int]:
+    """The fills ``org`` dispensed and did not hand over yet, oldest first (``owed`` None:
+    unknown -- the latest fill when it is not handed over, taken as ``org``'s)."""
+    if _int(meta, "fills") <= _int(meta, "delivered_fills"):
+        return []
+    if owed is None:
+        return [_int(meta, "fills")]
+    return sorted(f for f, by in owed.items() if by == org)
 
 
 def fill_deadline_ms(meta: dict[str, Any]) -> int:
@@ -140,15 +160,15 @@ def _next_fill_ms(meta: dict[str, Any]) -> int | None:
     return _int(meta, "last_fill_ms") + _int(meta, "fill_interval_days") * DAY_MS
 
 
-def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | None,
-             held: bool = True) -> dict[str, Any]:
+def _summary(meta: dict[str, Any], org: str, now_ms: int, owed: dict[int, str] | None) -> dict[str, Any]:
     """The prescription as the inbox lists it: what to do first (read in the human output's
     one line per prescription), then the state it follows from."""
     lock = meta.get("lock")
     fills, max_fills = _int(meta, "fills"), _int(meta, "max_fills")
     open_fills = fills < max_fills and meta.get("status") not in FINAL
+    by, pending = _deliver_by(meta, org, owed)
     return {
-        "rx_id": meta.get("rx_id"), "action": action(meta, org, now_ms, dispensed_by, held),
+        "rx_id": meta.get("rx_id"), "action": action(meta, org, now_ms, owed),
         "status": meta.get("status"), "hospital": meta.get("hospital"), "pharmacy": meta.get("pharmacy") or "",
         "fills": fills, "max_fills": max_fills, "delivered_fills": _int(meta, "delivered_fills"),
         "next_fill_ms": _next_fill_ms(meta) if open_fills and fills > 0 else None,
@@ -156,26 +176,33 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int, dispensed_by: str | No
         "fill_deadline_ms": fill_deadline_ms(meta) if open_fills else None,
         "expired": expired(meta, now_ms),
         "locked_by": lock.get("org") if isinstance(lock, dict) else None,
-        "deliver_by": (dispensed_by or org) if fills > _int(meta, "delivered_fills") else None,
+        "deliver_by": by, "deliver_fills": pending,
     }
 
 
+def _deliver_by(meta: dict[str, Any], org: str, owed: dict[int, str] | None) -> tuple[str | None, list[int]]:
+    """Whose courier has fills to hand over, and which: ``org`` when it owes one, else the
+    pharmacy owing the latest fill not handed over; (None, []) when nothing is pending."""
+    mine = owed_fills(meta, org, owed)
+    if mine or not owed:
+        return (org, mine) if mine else (None, [])
+    other = owed[max(owed)]
+    return other, owed_fills(meta, other, owed)
+
+
 def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int, now_ms: int,
-                   max_blocks: int = MAX_BLOCKS, dispenser: DispenserReader | None = None,
-                   max_reads: int = MAX_READS, active: Callable[[str], bool] | None = None) -> dict[str, Any]:
+                   max_blocks: int = MAX_BLOCKS, owed: OwedReader | None = None,
+                   max_reads: int = MAX_READS) -> dict[str, Any]:
     """The prescriptions of blocks ``start`` .. the peer's height that ``org`` serves now: at
     most ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` prescriptions
     together (the first block whatever it names; ``reads_capped`` when a read stopped before
     a block for it: go on from ``next_block``; ``more`` when a block follows the range, which
     a limit or the cap ended). ``source`` is the gateway's event stream;
     ``read_rx`` the prescription's metadata (``show``) or None when the caller may not read
-    it; ``now_ms`` decides whether a repeat fill is due; ``dispenser`` the organisation that
-    dispensed a prescription's latest fill (asked only for a fill not handed over whose
-    dispense is not the prescription's last step; without it, or None, the fill is taken as
-    ``org``'s); ``active`` whether a pharmacy's registration is active (asked only for one that
-    owes the hand-over of a prescription ``org`` serves: an inactive one's holds no fill, as the
-    contract's NOT_DELIVERED; without it, taken as active). Raises what the reads raise;
-    remembers nothing."""
+    it; ``now_ms`` decides whether a repeat fill is due; ``owed`` a prescription's fills not
+    handed over yet and the organisation that dispensed each (asked only when some fill is not
+    handed over and the last step is not the dispense of the only one; without it, or None:
+    unknown, the latest fill taken as ``org``'s). Raises what the reads raise; remembers nothing."""
     if not 1 <= max_blocks <= MAX_BLOCKS:
         raise RxClientError("BAD_ARGUMENTS", f"max_blocks must be 1-{MAX_BLOCKS}")
     if not 1 <= max_reads <= MAX_READS:
@@ -207,19 +234,19 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
         next_block = b.block + 1
         blocks += 1
     mine: dict[str, dict[str, Any]] = {}
-    dispensers: dict[str, str | None] = {}
+    pending: dict[str, dict[int, str] | None] = {}
     for rx_id in named:
         meta = read_rx(rx_id)
         if not isinstance(meta, dict):
             continue
         if serves(meta, org):
-            mine[rx_id], dispensers[rx_id] = meta, _dispensed_by(meta, rx_id, dispenser)
-        elif _int(meta, "fills") > _int(meta, "delivered_fills") and dispenser is not None:
-            # routed away before the caller's courier handed its fill over: still the caller's
-            # to deliver (the contract lets the dispensing pharmacy read it until then)
-            by = _dispensed_by(meta, rx_id, dispenser)
-            if by == org:
-                mine[rx_id], dispensers[rx_id] = meta, by
+            mine[rx_id], pending[rx_id] = meta, _owed(meta, rx_id, owed)
+        elif _int(meta, "fills") > _int(meta, "delivered_fills") and owed is not None:
+            # routed away before the caller's courier handed a fill it dispensed over: still
+            # the caller's to deliver (the contract lets the dispensing pharmacy read it until then)
+            due = _owed(meta, rx_id, owed)
+            if due and org in due.values():
+                mine[rx_id], pending[rx_id] = meta, due
     changes = [{"block": blk, "tx_id": tx, "step": step, "status": status, "by": by, "rx_id": rx}
                for blk, tx, step, status, by, rx in seen if rx in mine]
     # a prescription routed to another pharmacy is no longer readable by the one it leaves:
@@ -230,31 +257,45 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     routed = list(dict.fromkeys(rx for _, _, step, _, by, rx in seen
                                 if (step == "route" or (step == "deliver" and by == org)) and rx not in mine))
     return {"from_block": start, "next_block": next_block, "org": org, "changes": changes,
-            "prescriptions": [_summary(m, org, now_ms, dispensers[rx_id], _held(m, org, dispensers[rx_id], active))
-                              for rx_id, m in mine.items()],
+            "prescriptions": [_summary(m, org, now_ms, pending[rx_id]) for rx_id, m in mine.items()],
             "routed_elsewhere": routed, "reads_capped": capped, "more": more}
 
 
-def _held(meta: dict[str, Any], org: str, by: str | None, active: Callable[[str], bool] | None) -> bool:
-    """Whether the hand-over pharmacy ``by`` owes (None: none pending, or unknown) holds the
-    next fill of a prescription ``org`` serves, as the contract's NOT_DELIVERED: the caller's
-    own and the issuing hospital's pharmacy's always, another pharmacy's while its
-    registration is active (``active``; without it, taken as active)."""
-    if active is None or by is None or by in (org, meta.get("hospital")) or not serves(meta, org):
-        return True
-    return active(by)
-
-
-def _dispensed_by(meta: dict[str, Any], rx_id: str, dispenser: DispenserReader | None) -> str | None:
-    """Whose courier hands over the latest fill when it is not handed over yet: the org of the
-    last step when that is the dispense (no read), else ``dispenser``'s answer (a re-route
-    since may have left it with the previous pharmacy); None when nothing is pending or unknown."""
-    if _int(meta, "fills") <= _int(meta, "delivered_fills"):
-        return None
+def _owed(meta: dict[str, Any], rx_id: str, owed: OwedReader | None) -> dict[int, str] | None:
+    """The fills not handed over yet and who dispensed each: none when every fill is; the latest
+    fill, by the org of the last step, when that is its dispense and the only fill pending (no
+    read); else ``owed``'s answer (a re-route or fills since may have left others pending)."""
+    fills, delivered = _int(meta, "fills"), _int(meta, "delivered_fills")
+    if fills <= delivered:
+        return {}
     step = meta.get("step")
-    if isinstance(step, dict) and step.get("step") == "dispense" and isinstance(step.get("org"), str):
-        return str(step["org"])
-    return dispenser(rx_id) if dispenser is not None else None
+    if fills == delivered + 1 and isinstance(step, dict) and step.get("step") == "dispense" \
+            and isinstance(step.get("org"), str):
+        return {fills: str(step["org"])}
+    return owed(rx_id) if owed is not None else None
+
+
+def owed_of_trail(steps: list[Any]) -> dict[int, str] | None:
+    """The fills not handed over yet and the org that dispensed each, from a prescription's
+    whole trail (``trace``): its ``dispense`` steps less the fills its ``deliver`` steps name
+    (``detail.fill``: the fill handed over, the latest fill under the previous contract
+    release). None when a step is malformed (unknown)."""
+    dispensed: dict[int, str] = {}
+    delivered: set[int] = set()
+    for st in steps:
+        if not isinstance(st, dict) or st.get("step") not in ("dispense", "deliver"):
+            continue
+        detail = st.get("detail")
+        fill = detail.get("fill") if isinstance(detail, dict) else None
+        if type(fill) is not int or fill < 1:
+            return None
+        if st["step"] == "deliver":
+            delivered.add(fill)
+        elif isinstance(st.get("org"), str):
+            dispensed[fill] = str(st["org"])
+        else:
+            return None
+    return {f: by for f, by in dispensed.items() if f not in delivered}
 
 
 def _is_rx_id(v: object) -> TypeGuard[str]:

@@ -20,7 +20,7 @@ from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGra
 from client.gateway import SubmitResult
 from client.inbox import MAX_BLOCKS as MAX_INBOX_BLOCKS
 from client.inbox import STAFF_ROLES as INBOX_ROLES
-from client.inbox import pharmacy_inbox
+from client.inbox import owed_of_trail, pharmacy_inbox
 from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
 from client.patients import Patient
 from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
@@ -401,10 +401,15 @@ class RxOperations:
                                        f"holds") from exc
         return self.s.gateway.submit(RX, "dispense", {"rx_id": rx_id}, transient, endorsing_orgs=parties)
 
-    def deliver(self, rx_id: str) -> dict[str, Any]:
+    def deliver(self, rx_id: str, fill: int = 0) -> dict[str, Any]:
         """The dispensing pharmacy's courier (a hospital pharmacy's pharmacist, at the counter)
-        confirms hand-over."""
-        return _written(self.s.gateway.submit(RX, "deliver", {"rx_id": rx_id}))
+        confirms the hand-over of fill ``fill`` (0: the contract's default, the latest fill of
+        the caller's pharmacy not handed over yet). ``fill`` is sent only when named, so a
+        contract from before ``deliver`` took it still serves the default."""
+        args: dict[str, Any] = {"rx_id": rx_id}
+        if fill:
+            args["fill"] = fill
+        return _written(self.s.gateway.submit(RX, "deliver", args))
 
     def revoke(self, rx_id: str, reason: str, note: str = "") -> dict[str, Any]:
         """Revoke before dispensing: ``reason`` is a code, or free text that becomes OTHER
@@ -652,29 +657,16 @@ class RxOperations:
                 return None
             return meta if isinstance(meta, dict) else None
 
-        def dispenser(rx_id: str) -> str | None:
+        def owed(rx_id: str) -> dict[int, str] | None:
             try:
                 trail = self._all_pages("trace", rx_id, "steps")
             except RxClientError as exc:
                 if exc.reason not in ("ACCESS_DENIED", "NOT_FOUND"):
                     raise
                 return None
-            orgs = [st.get("org") for st in trail["steps"] if isinstance(st, dict) and st.get("step") == "dispense"]
-            if trail.get("truncated") or not orgs or not isinstance(orgs[-1], str):
-                return None  # (steps missing: unknown)
-            return orgs[-1]
+            return None if trail.get("truncated") else owed_of_trail(trail["steps"])
 
-        def active(pharmacy: str) -> bool:  # (a missing hand-over of an inactive one holds no fill)
-            try:
-                reg = self.s.gateway.evaluate("registry", "get_pharmacy", {"org": pharmacy})
-            except RxClientError as exc:
-                if exc.reason != "NOT_FOUND":
-                    raise
-                return False
-            return isinstance(reg, dict) and reg.get("active") is True
-
-        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, dispenser,
-                              active=active)
+        return pharmacy_inbox(self.s.gateway.events, read, org, start, self.s.clock(), max_blocks, owed)
 
     def claim_report(self, start: int, max_blocks: int = MAX_REPORT_BLOCKS,
                      insurer: str | None = "") -> dict[str, Any]:

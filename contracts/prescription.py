@@ -2,35 +2,12 @@
 
 Lifecycle: issue -> review (approve/reject) -> route/re-route -> lock -> dispense -> deliver,
 with release, revoke, expiry and repeat fills; the rules and reason codes of DOMAIN.md
-sections 1-2 (the full table is in contracts/README.md).
-
-Privacy. The client encrypts the prescription content (AES-256-GCM, per-prescription key,
-wrapped per party). The ledger receives the ciphertext, the wrapped keys, the patient's
-pseudonym and a salted commitment
-
-    commitment = sha256_hex(salt + canonical_json(content))
-
-where ``content`` is the plaintext prescription object, ``salt`` a secret string of 32-128
-lower-case hex characters kept inside the ciphertext, and ``canonical_json`` the rxchain
-canonical JSON (keys sorted, separators "," and ":", UTF-8, no escaping of non-ASCII; no
-control characters are allowed in content strings). The plaintext reaches the contract only
-as the transient inputs ``content`` and ``salt`` (never stored); the contract recomputes the
-commitment (HASH_MISMATCH) and checks every rule on the plaintext.
-
-The insurer gets a separate claim subset, encrypted separately and wrapped for the insurer:
-
-    claim = {"diagnosis": ICD-10, "lines": [{"code": c, "qty": q}, ...], "rx_id": rx_id}
-    claim_commitment = sha256_hex(claim_salt + canonical_json(claim))
-
-with the lines in the order of ``content["drugs"]``. The contract checks at issue that the
-claim commitment matches the content (transient ``claim_salt``); the settlement contract
-checks it again when the insurer presents the decrypted claim subset.
-
-Grants ``grant/{rx_id}/{party}``: party ``patient``, the issuing hospital's org id, the
-routed pharmacy's org id, consent orgs (content key), and insurer org ids (claim key).
-Audit ``audit/{rx_id}/{ms13}/{tx_id}/{n}``: every grant, grant revocation, key fetch and
-denied key fetch. ``get_key`` is a submitted transaction; a denial does NOT fail the tx:
-it writes the DENIED audit record and returns {"error": "NO_KEY_GRANT", "message": ...}.
+sections 1-2. contracts/README.md documents it (functions, rule orders, reason codes, the
+content and claim commitments, the encryption, grants ``grant/{rx_id}/{party}``, audit
+``audit/{rx_id}/{ms13}/{tx_id}/{n}``, state keys): read it first. The plaintext reaches the
+contract only as transient inputs (never stored); it recomputes the commitments
+(HASH_MISMATCH) and checks every rule on the plaintext. A denied ``get_key`` does not fail
+the tx: it writes the DENIED audit record and returns {"error": "NO_KEY_GRANT", ...}.
 """
 
 from rxchain_contract import Context
@@ -439,15 +416,21 @@ def _check_dispensable(ctx: Context, rx: dict) -> None:
         earliest = rx["last_fill_ms"] + rx["fill_interval_days"] * DAY_MS
         if now < earliest:
             ctx.fail("TOO_EARLY", "the next fill is allowed from " + _iso_utc(earliest))
-        if rx["delivered_fills"] < rx["fills"]:  # (deliver confirms the latest fill only)
-            by = ctx.get(_disp_key(rx))["pharmacy"]  # an inactive pharmacy's holds none (as its lock)
-            if by == rx["hospital"] or _pharmacy_active(ctx, by):
-                ctx.fail("NOT_DELIVERED", "fill " + str(rx["fills"]) + " is not handed over yet")
 
 
-def _disp_key(rx: dict) -> str:
-    """The latest fill's dispense record."""
-    return "disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3)
+def _disp_key(rx_id: str, fill: int) -> str:
+    return "disp/" + rx_id + "/" + str(fill).zfill(3)
+
+
+def _owed(ctx: Context, rx: dict, org: str) -> int:
+    """The latest fill ``org`` dispensed and did not hand over yet, 0 if none."""
+    n = rx["fills"]
+    while n > 0:
+        disp = ctx.get(_disp_key(rx["rx_id"], n))
+        if disp is not None and disp["pharmacy"] == org and not disp["delivered"]:
+            return n
+        n = n - 1
+    return 0
 
 
 def _fill_deadline(rx: dict) -> int:
@@ -486,11 +469,8 @@ def _can_view(ctx: Context, rx: dict) -> bool:
         return True
     if ctx.get("grant/" + rx["rx_id"] + "/" + c.org) is not None:
         return True
-    # re-routed away with its fill not handed over yet: its courier still delivers it
-    if rx["fills"] == 0:
-        return False
-    disp = ctx.get(_disp_key(rx))
-    return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
+    # routed away owing the hand-over of a fill it dispensed: its courier still delivers it
+    return _owed(ctx, rx, c.org) > 0
 
 
 # ---------------------------------------------------------------- issue
@@ -880,10 +860,8 @@ def _check_token(ctx: Context, rx: dict, lock_id: str, verb: str) -> None:
 
 
 def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
-    """Release a lock (a pharmacist of the lock-holding pharmacy). With ``lock_id`` (the
-    token ``lock`` returned: its transaction id) only that lock: a lock taken since by
-    another call (or one taken before locks had tokens) stays, ALREADY_LOCKED. Without it,
-    whichever lock the pharmacy holds (an operator freeing a stuck lock)."""
+    """Release a lock (a pharmacist of the lock-holding pharmacy): with ``lock_id`` only that
+    lock, without it whichever lock the pharmacy holds (README "Lock tokens")."""
     _check_token_shape(ctx, lock_id)
     rx = _rx(ctx, rx_id)
     c = ctx.caller
@@ -902,13 +880,9 @@ def release(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
 
 
 def _trace_hashes(ctx: Context, boxes: int) -> list:
-    """Keyed hashes of the transient box trace codes (each usable once on the ledger).
-
-    Transient ``trace_codes`` (list, at most one per box; absent = none) and ``trace_key``
-    (64 hex, derived client-side from the consortium secret). State and blocks hold only
-    ``hmac_sha256_hex(trace_key, code)``. The first dispense with codes records the key's
-    check value ``tracekey``; every later key must match it, so a pharmacy cannot escape
-    the reuse check with a key of its own."""
+    """Keyed hashes ``hmac_sha256_hex(trace_key, "trace|" + code)`` of the transient box
+    trace codes (at most one per box), each usable once; no raw code reaches a block or the
+    state. The first key used is recorded (``tracekey``), every later one must match it."""
     codes = ctx.transient("trace_codes")
     if codes is None:
         codes = []
@@ -940,13 +914,9 @@ def _trace_hashes(ctx: Context, boxes: int) -> list:
 
 def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     """Dispense one fill (pharmacist of the lock-holding pharmacy). Transient: content, salt
-    (the decrypted prescription, re-checked against the commitment), trace_codes and
-    trace_key (see ``_trace_hashes``): no raw trace code reaches a block or the state.
-
-    With ``lock_id`` (the token ``lock`` returned) only under that lock: a call that locked
-    fill N and stalled never dispenses under the lock another call of its pharmacy took since
-    (fill N+1's, or the same fill's again), ALREADY_LOCKED. Without it, under whichever lock
-    the pharmacy holds."""
+    (re-checked against the commitment), trace_codes and trace_key (``_trace_hashes``).
+    With ``lock_id`` only under that lock, without it under whichever lock the pharmacy
+    holds (README "Lock tokens")."""
     _check_token_shape(ctx, lock_id)
     rx = _rx(ctx, rx_id)
     c = ctx.caller
@@ -979,7 +949,7 @@ def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     for h in hashes:
         ctx.put("trace/" + h, {"rx_id": rx_id, "fill": fill, "tx_id": ctx.tx_id})
     ctx.put(
-        "disp/" + rx_id + "/" + str(fill).zfill(3),
+        _disp_key(rx_id, fill),
         {
             "rx_id": rx_id,
             "fill": fill,
@@ -1001,10 +971,11 @@ def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
     return {"rx_id": rx_id, "status": "DISPENSED", "fill": fill, "fills_left": left}
 
 
-def deliver(ctx: Context, rx_id: str) -> dict:
-    """The courier of the dispensing pharmacy confirms hand-over of the latest fill; for a
-    fill the issuing hospital's pharmacy dispensed (hospitals have no couriers) its pharmacist
-    confirms the hand-over at the counter."""
+def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
+    """The courier of the dispensing pharmacy confirms the hand-over of fill ``fill`` (0: the
+    latest fill of its pharmacy not handed over yet, else the latest fill); a fill the issuing
+    hospital's own pharmacy dispensed (hospitals have no couriers): its pharmacist, at the
+    counter. ``delivered_fills`` counts the fills handed over (recounted here)."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     if c.role != "courier" and not (c.role == "pharmacist" and c.org == rx["hospital"]):
@@ -1013,21 +984,33 @@ def deliver(ctx: Context, rx_id: str) -> dict:
         ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
     if rx["status"] == "ERASED":
         ctx.fail("ERASED", "the prescription was erased")
-    key = _disp_key(rx)
+    if not _is_int(fill, 0, rx["fills"]):
+        ctx.fail("BAD_ARGUMENTS", "fill must be a dispensed fill 1-" + str(rx["fills"]) + " (0: the default)")
+    if fill == 0:
+        fill = _owed(ctx, rx, c.org)
+        if fill == 0:
+            fill = rx["fills"]
+    key = _disp_key(rx_id, fill)
     disp = ctx.get(key)
     if disp["pharmacy"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the courier must belong to the dispensing pharmacy")
+        ctx.fail("ACCESS_DENIED", "the courier must belong to the pharmacy that dispensed fill " + str(fill))
     if disp["delivered"]:
-        ctx.fail("ALREADY_DELIVERED", "this fill was already delivered")
+        ctx.fail("ALREADY_DELIVERED", "fill " + str(fill) + " was already delivered")
     disp["delivered"] = True
     disp["delivered_ms"] = ctx.timestamp_ms
     disp["courier"] = c.name
     ctx.put(key, disp)
-    rx["delivered_fills"] = rx["fills"]
-    if rx["fills"] >= rx["max_fills"]:
+    done = 0
+    n = rx["fills"]
+    while n > 0:
+        if n == fill or ctx.get(_disp_key(rx_id, n))["delivered"]:
+            done = done + 1
+        n = n - 1
+    rx["delivered_fills"] = done
+    if rx["fills"] >= rx["max_fills"] and done == rx["fills"]:
         rx["status"] = "DELIVERED"
-    _save(ctx, rx, "deliver", {"fill": rx["fills"]})
-    return {"rx_id": rx_id, "status": rx["status"], "fill": rx["fills"]}
+    _save(ctx, rx, "deliver", {"fill": fill})
+    return {"rx_id": rx_id, "status": rx["status"], "fill": fill}
 
 
 # ---------------------------------------------------------------- revoke, expire, erase

@@ -2,7 +2,7 @@
 
 A pharmacy ERP or an insurer whose answer was lost (504/502, a dropped connection) sends its
 POST again. The contract then refuses the step as done already (ALREADY_DISPENSED,
-FILLS_EXHAUSTED, TOO_EARLY or NOT_DELIVERED for a dispense, DUPLICATE_CLAIM for a claim) or the retry's own
+FILLS_EXHAUSTED or TOO_EARLY for a dispense, DUPLICATE_CLAIM for a claim) or the retry's own
 transaction loses to the first one (MVCC_READ_CONFLICT). The gateway then reads what the
 ledger holds, through the views a GET uses (``prescription.show`` and ``trace``,
 ``settlement.trail`` and ``get_claim``: the contract's own role checks, so nothing comes back
@@ -45,9 +45,10 @@ comparing read failing at the peer answers as that failure (5xx).
 
 Without a named fill, a POST on a repeat prescription inside its fill interval is a retry of
 the latest fill (TOO_EARLY otherwise); after the interval it dispenses the next fill. Name
-the fill to be exact. The next fill refused NOT_DELIVERED (the latest one is not handed over
-yet) is that fill's retry only when the request's trace codes are all the latest fill's;
-without trace codes it stays refused (it used to be answered 200 with the latest fill).
+the fill to be exact (a retry carrying the boxes' trace codes is told by them: refused
+TRACE_CODE_REUSED, it is compared with the fill that recorded them). No fill waits for the
+previous one's hand-over any more (the contract's NOT_DELIVERED is gone: ``deliver`` names
+any fill), so nothing else refuses the next fill once the interval passed.
 
 A Claim naming no fill (no claim identifier, no dispense in ``supportingInfo``) settles fill 1
 only while it is the prescription's only fill dispensed (submitted as fill 1, so a fill
@@ -82,12 +83,7 @@ from client.fhir.mapping import (
 from client.rxops import ClaimLine
 
 # Refusals of a new fill meaning "that fill is taken": compare with what the ledger holds.
-FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY",
-              "NOT_DELIVERED")  # (a fill went out and is not handed over yet)
-# ... of which one refused only once the fill interval passed, when a POST naming no fill is
-# the next fill: a retry only when its trace codes are the latest fill's (without codes the
-# refusal stands -- compared with the latest fill, a new fill would be answered as it)
-AFTER_INTERVAL = "NOT_DELIVERED"
+FILL_TAKEN = ("ALREADY_DISPENSED", "FILLS_EXHAUSTED", "TOO_EARLY")
 # The request's boxes went out before: in a fill of this prescription, a retry of that fill.
 CODES_USED = "TRACE_CODE_REUSED"
 # A retry's own transaction lost to the first one's (both read the prescription or the guard).

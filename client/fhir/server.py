@@ -62,8 +62,7 @@ reads (the caller gets back only what it may read):
 * ``409 Conflict`` ALREADY_DISPENSED / FILLS_EXHAUSTED / DUPLICATE_CLAIM: the fill (claim) is
   taken and is not the one described (another pharmacy, other trace codes, other lines or
   amounts), or the caller may not read it; ``diagnostics`` names ``rx_id`` and ``fill`` or the
-  ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed), and so does
-  NOT_DELIVERED unless the request's trace codes are the latest fill's. A retry whose own
+  ``claim_id``. TOO_EARLY stays ``422`` (a new fill, not yet allowed). A retry whose own
   transaction lost an MVCC race, or whose dispense was refused ALREADY_LOCKED (the lock it
   named changed hands: its first attempt may have dispensed under it, and another call locked
   the next fill), matches only a step committed meanwhile; when the comparing read fails at
@@ -430,8 +429,6 @@ class FhirApp:
             moved = exc.reason == retry.LOCK_TAKEN and meta is not None
             if exc.reason not in retry.FILL_TAKEN and not race and not moved:
                 raise
-            if exc.reason == retry.AFTER_INTERVAL and not codes and not named:
-                raise  # the next fill, the interval passed: no boxes tell a retry of the latest
             return self._dispensed(ops, rx_id, named, codes, meta, exc)
         return self._dispense_created(ops, rx_id, meta, result, codes)
 

@@ -140,3 +140,30 @@ def test_network_up_reads_the_consortium_file_strictly(tmp_path: Path):
     assert not home.exists()
     rc, _, err = run("--home", str(home), "netgen", "--consortium", str(doubled))
     assert rc == 1 and "BAD_CONFIG" in err and "duplicate key" in err  # the CLI: 1, refused
+
+
+def test_rx_deliver_names_the_fill_only_when_given():
+    """``rx deliver RX --fill N`` hands over fill N (any fill the caller's pharmacy dispensed);
+    without it the contract's default (the latest of its fills not handed over) -- the call
+    carries no ``fill`` then, as before, so a contract that takes none still serves it."""
+    from types import SimpleNamespace
+
+    from client.gateway import SubmitResult
+    from client.rxops import RxOperations
+
+    p = build_parser()
+    assert p.parse_args(["rx", "deliver", "R", "--fill", "2"]).fill == 2
+    assert p.parse_args(["rx", "deliver", "R"]).fill == 0
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(RxClientError, match="--fill"):
+            p.parse_args(["rx", "deliver", "R", "--fill", bad])
+    sent: list[dict[str, object]] = []
+
+    def submit(contract: str, fn: str, args: dict[str, object], transient: object = None) -> SubmitResult:
+        sent.append({"fn": f"{contract}.{fn}", **args})
+        return SubmitResult("ab" * 32, "VALID", 7, {"fill": args.get("fill", 3)})
+
+    ops = RxOperations(SimpleNamespace(gateway=SimpleNamespace(submit=submit)))  # type: ignore[arg-type]
+    assert ops.deliver("R")["fill"] == 3 and ops.deliver("R", 2)["fill"] == 2
+    assert sent == [{"fn": "prescription.deliver", "rx_id": "R"},
+                    {"fn": "prescription.deliver", "rx_id": "R", "fill": 2}]

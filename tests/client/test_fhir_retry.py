@@ -64,7 +64,6 @@ class Chain:
     txs: int = 0
     code_fills: dict[str, int] = field(default_factory=dict)  # trace/{hash} -> fill (this rx)
     interval_passed: bool = False  # a repeat prescription's next fill is due
-    handed_over: bool = True  # False: the latest fill's hand-over is owed (the next: NOT_DELIVERED)
     settle_fills: list[int] = field(default_factory=list)  # the fill argument of every settle
 
     def tx(self) -> str:
@@ -163,8 +162,6 @@ class RetryOps:
             raise _refuse("ALREADY_DISPENSED" if c.max_fills == 1 else "FILLS_EXHAUSTED", "the fills are done")
         if c.fills and not c.interval_passed:
             raise _refuse("TOO_EARLY", "the next fill is allowed from 2026-12-24")
-        if c.fills and not c.handed_over:
-            raise _refuse("NOT_DELIVERED", f"fill {c.fills} is not handed over yet")
         if self.org != "p01":
             raise _refuse("NOT_ROUTED", "the prescription is routed to another pharmacy")
         if any(trace_code_hash(TRACE_KEY, code) in c.code_fills for code in trace_codes):
@@ -371,30 +368,6 @@ def test_other_boxes_as_many_as_the_first_are_not_a_retry(net_home: Any) -> None
     assert (early.status, early.code) == (422, "TOO_EARLY"), early.body
     assert retry.status == 200, retry.body
     assert chain.submitted == repeat.submitted == ["dispense"]
-
-
-def test_a_next_fill_waiting_for_a_hand_over_is_a_retry_only_by_its_boxes(net_home: Any) -> None:
-    """Repeat prescription, fill 1 not handed over, the interval passed: the contract refuses
-    the next fill NOT_DELIVERED. A new MedicationDispense naming no fill (after the interval:
-    the next fill) without trace codes used to be compared with fill 1 as a retry and answered
-    200 with fill 1's Bundle -- the ERP took the fill it was handing out for one the ledger
-    recorded. It stays NOT_DELIVERED (422), as one with new boxes; one with fill 1's boxes is
-    fill 1's retry (200)."""
-    bare = Chain(max_fills=2)
-    boxed = Chain(max_fills=2)
-    with _serve(net_home, bare) as port:
-        assert _disp(port, net_home, _dispense(codes=())).status == 201
-        bare.interval_passed, bare.handed_over = True, False
-        next_fill = _disp(port, net_home, _dispense(codes=()))
-    with _serve(net_home, boxed) as port:
-        assert _disp(port, net_home, _dispense()).status == 201
-        boxed.interval_passed, boxed.handed_over = True, False
-        new_boxes = _disp(port, net_home, _dispense(codes=("TC-4", "TC-5", "TC-6")))
-        retry = _disp(port, net_home, _dispense())
-    assert (next_fill.status, next_fill.code) == (422, "NOT_DELIVERED"), next_fill.body
-    assert (new_boxes.status, new_boxes.code) == (422, "NOT_DELIVERED"), new_boxes.body
-    assert retry.status == 200 and retry.body["entry"][0]["resource"]["id"].endswith("fill1-1"), retry.body
-    assert bare.submitted == boxed.submitted == ["dispense"]
 
 
 @pytest.mark.parametrize("party", [False, True])

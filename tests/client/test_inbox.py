@@ -179,7 +179,42 @@ def test_a_read_reads_a_bounded_number_of_prescriptions(world: World) -> None:  
     ({"status": "ERASED", "fills": 1, "max_fills": 2, "delivered_fills": 0}, "none"),
 ])
 def test_action_of_each_state(meta: dict[str, Any], want: str) -> None:
-    assert action(meta, "p01", 27 * DAY_MS) == want
+    assert action({"pharmacy": "p01", **meta}, "p01", 27 * DAY_MS) == want
+
+
+DUE = {"status": "DISPENSED", "fills": 2, "max_fills": 3, "last_fill_ms": 0, "fill_interval_days": 1, **LIVE}
+
+
+@pytest.mark.parametrize(("meta", "owed", "want"), [
+    # a due fill comes first: no fill waits for another's hand-over (the contract's NOT_DELIVERED
+    # is gone), the hand-over is listed beside it (deliver_fills)
+    ({**DUE, "pharmacy": "p01", "delivered_fills": 0}, {1: "p01", 2: "p01"}, "dispense"),
+    ({**DUE, "pharmacy": "p01", "delivered_fills": 1}, {1: "p02"}, "dispense"),  # another's owed
+    ({**DUE, "pharmacy": "p01", "delivered_fills": 1, "fill_interval_days": 28}, {1: "p01"}, "deliver"),
+    ({**DUE, "pharmacy": "p01", "delivered_fills": 1, "fill_interval_days": 28}, {1: "p02"}, "wait"),
+    # routed away: the fill it owes (any, not only the latest) is its to deliver, nothing else
+    ({**DUE, "pharmacy": "p02", "delivered_fills": 1}, {1: "p01"}, "deliver"),
+    ({**DUE, "pharmacy": "p02", "delivered_fills": 1}, {2: "p02"}, "none"),
+    ({**DUE, "pharmacy": "p02", "delivered_fills": 2}, {}, "none"),
+    ({**DUE, "status": "ERASED", "pharmacy": "p01", "delivered_fills": 1}, {1: "p01"}, "none"),
+])
+def test_action_with_fills_owed(meta: dict[str, Any], owed: dict[int, str], want: str) -> None:
+    assert action(meta, "p01", 27 * DAY_MS, owed) == want
+
+
+def test_the_fills_owed_from_the_trail() -> None:
+    """Fills handed over in any order: a trail's dispense steps less the fills its deliver
+    steps name (the previous release's deliver named the latest fill: the same shape)."""
+    from client.inbox import owed_of_trail
+
+    def st(step: str, org: str, fill: Any) -> dict[str, Any]:
+        return {"step": step, "org": org, "detail": {"fill": fill}}
+
+    trail = [st("issue", "h01", None) | {"detail": {}}, st("dispense", "p01", 1), st("route", "h01", 0),
+             st("dispense", "p02", 2), st("deliver", "p02", 2), st("dispense", "p02", 3)]
+    assert owed_of_trail(trail) == {1: "p01", 3: "p02"}
+    assert owed_of_trail([*trail, st("deliver", "p01", 1), st("deliver", "p02", 3)]) == {}
+    assert owed_of_trail([*trail, st("deliver", "p01", "1")]) is None  # malformed: unknown
 
 
 def test_a_prescription_whose_validity_passed_is_not_to_review_or_dispense(world: World) -> None:  # noqa: F811
@@ -268,49 +303,36 @@ def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_del
     world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     (after,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
     assert (after["action"], after["deliver_by"]) == ("wait", None)
-    world.chain.advance(28 * DAY_MS)  # fill 2 due: p02's to dispense now fill 1 is handed over
+    world.chain.advance(28 * DAY_MS)  # fill 2 due: p02's to dispense
     assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "dispense"}
     done = _rxops(world, ledger, WANG).inbox(0)  # handed over: no longer p01's at all
     assert (done["prescriptions"], done["routed_elsewhere"]) == ([], [rx])
 
 
-def test_the_next_fill_waits_for_the_last_ones_hand_over_by_another_pharmacy(world: World) -> None:  # noqa: F811
-    """Re-routed while p01's courier still owed fill 1: when fill 2 is due p02 is told to wait
-    (the contract refuses its lock NOT_DELIVERED: deliver confirms the latest fill only, so
-    fill 1's hand-over could never be recorded after fill 2), not to dispense."""
+def test_the_next_fill_does_not_wait_for_the_last_ones_hand_over_by_another_pharmacy(world: World) -> None:  # noqa: F811
+    """Re-routed while p01's courier still owed fill 1: when fill 2 is due p02 is told to
+    dispense it (it was told to wait: the contract refused its lock NOT_DELIVERED for as long
+    as p01 was active, as deliver confirmed the latest fill only). Each pharmacy is then told
+    to deliver the fill it owes -- p01 fill 1 though fill 2 is the latest -- and does."""
     ledger = EventLedger(world.chain)
-    _, rx = _filled_repeat(world, "81234560000000000408")
+    prep, rx = _filled_repeat(world, "81234560000000000408")
     world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
                        wrapped_key=world.wrap_for(rx, "p02")).unwrap()
     world.chain.advance(28 * DAY_MS)
     (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
-    assert (theirs["action"], theirs["deliver_by"]) == ("wait", "p01")
-    assert world.chain.submit("prescription", "lock", CHEN, rx_id=rx).reason == "NOT_DELIVERED"
-    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
-    assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "dispense"}
+    assert (theirs["action"], theirs["deliver_by"], theirs["deliver_fills"]) == ("dispense", "p01", [1])
     world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
-
-
-def test_an_inactive_pharmacys_missing_hand_over_leaves_the_next_fill_to_dispense(world: World) -> None:  # noqa: F811
-    """p01 went inactive owing fill 1's hand-over after a re-route to p02: the contract no
-    longer holds fill 2 for it (NOT_DELIVERED only while the pharmacy owing it is active), so
-    p02's inbox says dispense once fill 2 is due -- it said wait for good, a Task on hold for
-    a hand-over nobody may be left to make."""
-    from tests.contracts.test_open_findings import set_pharmacy_active
-
-    ledger = EventLedger(world.chain)
-    _, rx = _filled_repeat(world, "81234560000000000409")
-    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
-                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
-    world.chain.advance(28 * DAY_MS)
-    set_pharmacy_active(world, "p01", False)
+    dispense(world, prep, CHEN, ["81234560000000000418"]).unwrap()
+    (mine,) = _rxops(world, ledger, WANG).inbox(0)["prescriptions"]  # still p01's to read: it owes fill 1
     (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
-    assert (theirs["action"], theirs["deliver_by"]) == ("dispense", "p01")
-    world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
-    world.chain.submit("prescription", "release", CHEN, rx_id=rx).unwrap()
-    set_pharmacy_active(world, "p01", True)  # active again: its hand-over holds fill 2 again
-    assert _actions(_rxops(world, ledger, CHEN).inbox(0)) == {rx: "wait"}
-    assert world.chain.submit("prescription", "lock", CHEN, rx_id=rx).reason == "NOT_DELIVERED"
+    assert (mine["action"], mine["deliver_by"], mine["deliver_fills"]) == ("deliver", "p01", [1])
+    assert (theirs["action"], theirs["deliver_by"], theirs["deliver_fills"]) == ("deliver", "p02", [2])
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
+    done = _rxops(world, ledger, WANG).inbox(0)
+    assert (done["prescriptions"], done["routed_elsewhere"]) == ([], [rx])
+    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()["status"] == "DELIVERED"
+    (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
+    assert (theirs["action"], theirs["deliver_by"], theirs["delivered_fills"]) == ("none", None, 2)
 
 
 def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811

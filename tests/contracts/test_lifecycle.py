@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from typing import Any
 
 from tests.contracts.chain import DAY_MS, Who, admin, who
@@ -317,16 +318,12 @@ def test_repeat_fills(world: World) -> None:
     world.chain.advance(27 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "TOO_EARLY"
     world.chain.advance(DAY_MS)
-    # fill 1 not handed over yet: no next fill (deliver confirms the latest fill only, so
-    # fill 1's hand-over could never be recorded once fill 2 went out)
-    assert call(world, "lock", WANG, rx) == "NOT_DELIVERED"
-    assert call(world, "deliver", COURIER, rx) == "OK"
+    # fill 1 not handed over yet: the next fill does not wait for it (deliver names any fill)
     assert lock_and_dispense(world, prep).unwrap()["fill"] == 2
     assert settle(world, prep, fill=2).ok
     assert settle(world, prep, fill=2).reason == "DUPLICATE_CLAIM"
     assert settle(world, prep, fill=1).ok
     world.chain.advance(28 * DAY_MS)
-    assert call(world, "deliver", COURIER, rx) == "OK"
     assert lock_and_dispense(world, prep).unwrap()["fills_left"] == 0
     world.chain.advance(28 * DAY_MS)
     assert call(world, "lock", WANG, rx) == "FILLS_EXHAUSTED"
@@ -339,6 +336,112 @@ def test_repeat_fill_window_expires(world: World) -> None:
     lock_and_dispense(world, prep).unwrap()
     world.chain.advance(30 * DAY_MS)  # window of fill 2: day 28 .. day 28 + validity
     assert call(world, "lock", WANG, prep.args["rx_id"]) == "EXPIRED"
+
+
+def _shown(world: World, rx: str) -> dict[str, Any]:
+    return dict(world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap())
+
+
+def _disp(world: World, rx: str, fill: int) -> dict[str, Any]:
+    return dict(json.loads(world.chain.state.values[("prescription", f"disp/{rx}/{fill:03}")]))
+
+
+def test_any_fill_is_handed_over_whatever_was_dispensed_after_it(world: World) -> None:
+    """``deliver`` confirmed the latest fill only, so fill N+1 waited NOT_DELIVERED for fill
+    N's hand-over: an active pharmacy whose courier never confirmed held every remaining fill
+    (and a late confirmation could let fill N+1's validity pass). Now fill N+1 goes out at
+    once, and ``deliver(fill=N)`` records fill N's hand-over afterwards; without ``fill`` the
+    latest fill of the courier's pharmacy still awaiting hand-over. Refusals change nothing."""
+    prep = approved(world, max_fills=3, fill_interval_days=28,
+                    stability_assessment="stable 6 months", patient_confirmed=True, **LONG)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(28 * DAY_MS)
+    assert lock_and_dispense(world, prep).unwrap()["fill"] == 2  # fill 1 not handed over: was NOT_DELIVERED
+    assert (_shown(world, rx)["fills"], _shown(world, rx)["delivered_fills"]) == (2, 0)
+    before = world.chain.raw_state_bytes()
+    for caller, args, reason in (
+        (COURIER, {"fill": 3}, "BAD_ARGUMENTS"),  # not dispensed (yet)
+        (COURIER, {"fill": -1}, "BAD_ARGUMENTS"),
+        (COURIER, {"fill": True}, "BAD_ARGUMENTS"),
+        (COURIER, {"fill": "1"}, "BAD_ARGUMENTS"),
+        (COURIER2, {"fill": 1}, "ACCESS_DENIED"),  # p01's fill
+        (COURIER2, {}, "ACCESS_DENIED"),  # p02 owes nothing: the latest fill, p01's
+        (WANG, {"fill": 1}, "WRONG_ROLE"),
+    ):
+        out = world.chain.submit("prescription", "deliver", caller, rx_id=rx, **args)
+        assert (out.ok, out.reason) == (False, reason), (caller, args, out.message)
+    assert world.chain.raw_state_bytes() == before
+    # the default: the latest fill of the courier's pharmacy not handed over yet
+    out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert (out["fill"], out["status"]) == (2, "DISPENSED")
+    assert call(world, "deliver", COURIER, rx, fill=2) == "ALREADY_DELIVERED"
+    assert (_disp(world, rx, 1)["delivered"], _disp(world, rx, 2)["courier"]) == (False, "courier-liu")
+    # fill 1's courier confirms it afterwards, naming it
+    world.chain.advance(60_000)
+    out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=1).unwrap()
+    assert out["fill"] == 1
+    first = _disp(world, rx, 1)
+    assert (first["delivered"], first["delivered_ms"], first["courier"]) == (True, world.chain.now, "courier-liu")
+    assert _shown(world, rx)["delivered_fills"] == 2
+    before = world.chain.raw_state_bytes()
+    assert call(world, "deliver", COURIER, rx, fill=1) == "ALREADY_DELIVERED"
+    assert call(world, "deliver", COURIER, rx) == "ALREADY_DELIVERED"  # nothing owed: the latest fill
+    assert world.chain.raw_state_bytes() == before
+    steps = world.chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()["steps"]
+    assert [(s["step"], s["detail"]["fill"]) for s in steps if s["step"] == "deliver"] == [
+        ("deliver", 2), ("deliver", 1)]
+    # fill 3 by p02 after a re-route: DELIVERED only once every fill is handed over
+    assert call(world, "route", JIANG, rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02")) == "OK"
+    world.chain.advance(28 * DAY_MS)
+    assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fills_left"] == 0
+    assert call(world, "deliver", COURIER, rx) == "ACCESS_DENIED"  # p01 owes nothing; fill 3 is p02's
+    out = world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()
+    assert (out["fill"], out["status"]) == (3, "DELIVERED")
+    assert (_shown(world, rx)["status"], _shown(world, rx)["delivered_fills"]) == ("DELIVERED", 3)
+
+
+def test_delivered_only_once_every_fill_is_handed_over(world: World) -> None:
+    """The last fill's hand-over made a prescription DELIVERED (the earlier ones were handed
+    over first, NOT_DELIVERED saw to it). Fills are handed over in any order now: DELIVERED
+    means every one of the ``max_fills`` fills dispensed and handed over."""
+    prep = approved(world, max_fills=2, fill_interval_days=14, long_rx=True, chronic_reason="stable", days=14)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(14 * DAY_MS)
+    lock_and_dispense(world, prep).unwrap()
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=2).unwrap()["status"] == "DISPENSED"
+    assert (_shown(world, rx)["status"], _shown(world, rx)["delivered_fills"]) == ("DISPENSED", 1)
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap() == {
+        "rx_id": rx, "status": "DELIVERED", "fill": 1}
+    assert _shown(world, rx)["delivered_fills"] == 2
+
+
+def test_a_record_of_the_latest_fill_only_deliver_reads_on(world: World) -> None:
+    """The previous release set ``delivered_fills`` to ``fills`` when the latest fill was
+    handed over -- also over an earlier fill it let go unrecorded (the pharmacy owing it
+    inactive). That fill's courier may hand it over now; ``delivered_fills`` is recounted
+    from the dispense records (the count of fills handed over), never past ``fills``."""
+    from tests.contracts.test_open_findings import set_pharmacy_active
+
+    prep = approved(world, max_fills=2, fill_interval_days=14, long_rx=True, chronic_reason="stable", days=14)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(14 * DAY_MS)
+    set_pharmacy_active(world, "p01", False)
+    assert call(world, "route", JIANG, rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02")) == "OK"
+    lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()
+    assert call(world, "deliver", COURIER2, rx) == "OK"
+    # as the previous release left it: fill 2 handed over, delivered_fills = fills, DELIVERED
+    key = ("prescription", f"rx/{rx}")
+    rec = json.loads(world.chain.state.values[key])
+    assert (rec["status"], rec["delivered_fills"]) == ("DISPENSED", 1)  # (this release's count)
+    rec.update(status="DELIVERED", delivered_fills=2)
+    world.chain.state.values[key] = json.dumps(rec).encode()
+    assert _shown(world, rx)["delivered_fills"] == 2
+    out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()  # p01 inactive: still its courier
+    assert (out["fill"], out["status"]) == (1, "DELIVERED")
+    assert _shown(world, rx)["delivered_fills"] == 2
 
 
 def test_delivery(world: World) -> None:

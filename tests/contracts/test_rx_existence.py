@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.contracts.chain import Who, admin, who
+from tests.contracts.chain import DAY_MS, Who, admin, who
 from tests.contracts.flows import (
     AUDITOR,
     CHEN,
@@ -252,3 +252,33 @@ def test_settlement_trail_reads_the_pharmacy_routed_away_from_as_prescription_tr
     world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     for viewer in (WANG, COURIER):
         assert _answer(world, "settlement", "trail", viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
+
+
+def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_any_fill(world: World) -> None:
+    """Fills no longer wait for each other's hand-over: p02 dispenses (and hands over) fill 2
+    after a re-route while p01's courier still owes fill 1. p01 stays a party -- in every view,
+    settlement.trail too -- until that hand-over (``deliver(fill=1)``); the party rule read
+    the latest fill's record only, and answered p01 NOT_FOUND as soon as fill 2 went out."""
+    from tests.contracts.flows import dispense
+
+    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
+                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
+                    patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    world.chain.advance(28 * DAY_MS)
+    world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
+    dispense(world, prep, CHEN).unwrap()
+    world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()
+    for viewer in (WANG, COURIER):
+        for contract, fn, args in VIEWS[:4] + VIEWS[5:]:
+            assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)
+    for contract, fn, _args in (VIEWS[0], VIEWS[5]):
+        assert _answer(world, contract, fn, who("p03:pharm-x:pharmacist"), rx) == (
+            False, "NOT_FOUND", "no prescription ID")
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
+    for viewer in (WANG, COURIER):
+        for contract, fn, _args in (VIEWS[0], VIEWS[5]):
+            assert _answer(world, contract, fn, viewer, rx) == (False, "NOT_FOUND", "no prescription ID")

@@ -111,29 +111,33 @@ def test_stale_lock_dropped_on_a_repeat_fill(world: World) -> None:
     assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 2
 
 
-def test_a_deactivated_pharmacys_missing_hand_over_holds_no_fill_hostage(world: World) -> None:
-    """p01 dispensed fill 1 and its registration went inactive before its courier handed it
-    over; the patient re-routed to p02. The next fill waited NOT_DELIVERED for a hand-over
-    only p01's courier could record -- for good once p01 was gone: the patient's remaining
-    fills were lost. As its lock (route drops it), an inactive pharmacy's hand-over no longer
-    holds the next fill; an active one's still does, and so does the hospital pharmacy's."""
+def test_a_missing_hand_over_holds_no_fill_hostage(world: World) -> None:
+    """p01 dispensed fill 1 and its courier has not handed it over; the patient re-routed to
+    p02. The next fill waited NOT_DELIVERED for that hand-over while p01 was active (and for
+    good for the hospital pharmacy's own fill at the counter): ``deliver`` confirmed the
+    latest fill only. It names any fill now, so no fill waits for another's hand-over --
+    p01's courier still confirms fill 1 after fill 2 went out, p01 active or not."""
     prep = approved(world, max_fills=3, fill_interval_days=7, long_rx=True, chronic_reason="stable", days=7)
     rx = prep.args["rx_id"]
     lock_and_dispense(world, prep).unwrap()
     world.chain.advance(7 * DAY_MS)
-    set_pharmacy_active(world, "p01", False)
     assert call(world, "route", JIANG, rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02")) == "OK"
-    assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 2
-    # p02 is active: its own fill 2 holds fill 3 until its courier hands it over
+    assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 2  # p01 active: was NOT_DELIVERED
     world.chain.advance(7 * DAY_MS)
-    set_pharmacy_active(world, "p01", True)
-    assert call(world, "lock", CHEN, rx) == "NOT_DELIVERED"
-    # an unrouted prescription dispensed by the hospital's own pharmacy (no registration): held
+    assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fill"] == 3  # p02's own fill 2 owed too
+    set_pharmacy_active(world, "p01", False)
+    out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert (out["fill"], out["status"]) == (1, "DISPENSED")
+    # an unrouted prescription dispensed by the hospital's own pharmacy (no registration)
     own = approved(world, pharmacy="", max_fills=2, fill_interval_days=7, long_rx=True,
                    chronic_reason="stable", days=7)
     lock_and_dispense(world, own, pharmacist=HE).unwrap()
     world.chain.advance(7 * DAY_MS)
-    assert call(world, "lock", HE, own.args["rx_id"]) == "NOT_DELIVERED"
+    assert lock_and_dispense(world, own, pharmacist=HE).unwrap()["fill"] == 2  # was NOT_DELIVERED
+    assert call(world, "deliver", HE, own.args["rx_id"], fill=1) == "OK"
+    assert call(world, "deliver", HE, own.args["rx_id"]) == "OK"  # fill 2: now DELIVERED
+    rec = world.chain.query("prescription", "show", HE, rx_id=own.args["rx_id"]).unwrap()
+    assert (rec["status"], rec["delivered_fills"]) == ("DELIVERED", 2)
 
 
 def test_a_deactivated_pharmacy_does_not_approve(world: World) -> None:
