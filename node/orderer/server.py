@@ -179,13 +179,13 @@ def _broadcast_handler(
 
 
 def _members(cfg: OrdererConfig) -> list[tuple[int, bytes, str]]:
-    return [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in cfg.config.orderers]
+    return [_entry(o) for o in cfg.config.orderers]
 
 
 def _admits(cfg: OrdererConfig, wall_ms: Callable[[], int]) -> Callable[[bytes], bool]:
-    """Whether ``cfg`` still admits an orderer certificate it no longer names (issued by its
-    organisation's CA there, not revoked, not expired): an orderer taken out of the set keeps
-    its Raft messages until Raft removes it only then (transport.Membership)."""
+    """Whether ``cfg`` still admits the certificate of an orderer it no longer names (issued
+    by its organisation's CA there, not revoked, not expired): only then does an orderer taken
+    out of the set keep its Raft messages until Raft removes it (transport.Membership)."""
 
     def admits(cert_der: bytes) -> bool:
         try:
@@ -198,14 +198,18 @@ def _admits(cfg: OrdererConfig, wall_ms: Callable[[], int]) -> Callable[[bytes],
     return admits
 
 
-def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[tuple[int, bytes, str]]:
+def _entry(o: config_pb2.OrdererNode) -> tuple[int, bytes, str]:
+    return o.raft_id, o.cert_der, f"{o.host}:{o.port}"
+
+
+def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config_pb2.OrdererNode]:
     """The orderers the earlier configs named and the one in force does not, each as the
     latest of them named it: the config blocks walked back from the one in force (block 0,
     the genesis block, included; each config block's predecessor is the ``last_config_block``
     of the block before it). An orderer restarted after the config block taking one out but
     before Raft removed it must still reach it (transport.Membership)."""
     current = {o.raft_id for o in in_force.config.orderers}
-    found: dict[int, tuple[int, bytes, str]] = {}
+    found: dict[int, config_pb2.OrdererNode] = {}
     number = in_force.block_number
     while number > 0:
         previous = blocks.get(number - 1).metadata.last_config_block
@@ -214,9 +218,9 @@ def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[tuple[
         cfg = config_of_block(blocks.get(previous))
         for o in cfg.orderers if cfg is not None else ():
             if o.raft_id not in current and o.raft_id not in found:
-                found[o.raft_id] = (o.raft_id, o.cert_der, f"{o.host}:{o.port}")
+                found[o.raft_id] = o
         number = previous
-    return sorted(found.values())
+    return [found[rid] for rid in sorted(found)]
 
 
 def _config_in_force(
@@ -336,9 +340,12 @@ def serve(config: NodeConfig) -> OrdererServer:
     except BaseException:
         blocks.close()
         raise
+    # the orderers earlier configs named, as the last one named each (dialled while in Raft)
+    former = [{o.raft_id: o for o in _former_orderers(blocks, tracker.current)}]
     admitted = _admits(tracker.current, wall_ms)
     membership = Membership(_members(tracker.current),
-                            [m for m in _former_orderers(blocks, tracker.current) if admitted(m[1])])
+                            [_entry(o) for o in former[0].values() if admitted(o.cert_der)])
+    seen = [tracker.current]  # the config adopt_members saw last
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     options = [
@@ -354,7 +361,8 @@ def serve(config: NodeConfig) -> OrdererServer:
     # the other orderers are dialled pinned to their names and their organisations' CAs
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
                            lambda: tracker.current.config,
-                           names={e.target: e.name for e in (*config.orderers, *config.peers)})
+                           names={e.target: e.name for e in (*config.orderers, *config.peers)},
+                           former=lambda: list(former[0].values()))
 
     # the other orderers' and the peers' releases; peers' statements refused are counted
     releases = ReleaseWatch(wall_ms, verifier=verifier,
@@ -367,6 +375,10 @@ def serve(config: NodeConfig) -> OrdererServer:
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
 
     def adopt_members(cfg: OrdererConfig) -> None:
+        kept = {o.raft_id for o in cfg.config.orderers}
+        was = {**former[0], **{o.raft_id: o for o in seen[0].config.orderers}}
+        former[0] = {rid: o for rid, o in was.items() if rid not in kept}  # replaced: read by dialling threads
+        seen[0] = cfg
         membership.update(_members(cfg), keep=_admits(cfg, wall_ms))
         transport.drop_departed()
 

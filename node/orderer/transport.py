@@ -383,8 +383,8 @@ class RaftTransport:
             gone = [rid for rid, s in self._senders.items() if targets.get(rid) != s.target]
             senders = [self._senders.pop(rid) for rid in gone]
         for rid, sender in zip(gone, senders, strict=True):
-            _log.info("event=raft_peer_dropped orderer=%d peer=%d target=%s: no longer in the "
-                      "orderer set nor in Raft", self._own_id, rid, sender.target)
+            _log.info("event=raft_peer_dropped orderer=%d peer=%d target=%s: out of the orderer set "
+                      "and out of Raft (or at another address now)", self._own_id, rid, sender.target)
             sender.close(wait=False)
 
     def close(self) -> None:

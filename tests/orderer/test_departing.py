@@ -18,7 +18,7 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2
 
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Verifier
-from node.crypto.tls import secure_channel, server_credentials
+from node.crypto.tls import NodeChannels, secure_channel, server_credentials
 from node.crypto.x509 import cert_info_der
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
@@ -40,8 +40,12 @@ def net(tmp_path_factory):
     return make_network(tmp_path_factory.mktemp("departing") / "net")
 
 
+def _entries_of(o: config_pb2.OrdererNode) -> tuple[int, bytes, str]:
+    return o.raft_id, o.cert_der, f"{o.host}:{o.port}"
+
+
 def _entries(config: config_pb2.ConsortiumConfig) -> list[tuple[int, bytes, str]]:
-    return [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in config.orderers]
+    return [_entries_of(o) for o in config.orderers]
 
 
 def _without(config: config_pb2.ConsortiumConfig, raft_id: int) -> config_pb2.ConsortiumConfig:
@@ -169,6 +173,21 @@ def test_the_transport_dials_a_removed_orderer_until_raft_removes_it(net) -> Non
         server.stop(0)
 
 
+def test_a_removed_orderer_is_dialled_pinned_to_its_name_and_organisation(net) -> None:
+    """The config in force no longer names it (a restarted orderer dials it anew): pinned as the
+    orderers it names are (its node name, its organisation's CA), not the unpinned fallback."""
+    start = config_from_genesis(read_genesis(net.genesis_path))
+    no3 = _without(start, 3)
+    three = next(o for o in start.orderers if o.raft_id == 3)
+    d = net.home / "nodes" / "orderer.ins01"
+    target = f"{three.host}:{three.port}"
+    plain = NodeChannels(d / "cert.pem", d / "key.pem", d / "ca-bundle.pem", [], lambda: no3)
+    assert plain.pin(target) is None
+    pinned = NodeChannels(d / "cert.pem", d / "key.pem", d / "ca-bundle.pem", [], lambda: no3,
+                          former=lambda: [three])
+    assert pinned.pin(target) == ("orderer.ins03", (net.home / "orgs/ins03/ca.pem").read_bytes())
+
+
 def _config_block(net, number: int, previous: block_pb2.Block, config: config_pb2.ConsortiumConfig) -> block_pb2.Block:
     b = block_pb2.Block()
     b.header.number = number
@@ -209,9 +228,13 @@ def test_a_restarted_orderer_finds_the_orderers_taken_out_in_its_block_store(net
             blocks.append(chain[-1])
         verifier = Verifier()
         by_id = {e[0]: e for e in _entries(start)}
-        assert _former_orderers(blocks, OrdererConfig(start, MSP(start, verifier), 0)) == []
-        assert _former_orderers(blocks, OrdererConfig(no3, MSP(no3, verifier), 2)) == [by_id[3]]
-        assert _former_orderers(blocks, OrdererConfig(no23, MSP(no23, verifier), 4)) == [by_id[2], by_id[3]]
+
+        def former(cfg: config_pb2.ConsortiumConfig, block: int) -> list[tuple[int, bytes, str]]:
+            return [_entries_of(o) for o in _former_orderers(blocks, OrdererConfig(cfg, MSP(cfg, verifier), block))]
+
+        assert former(start, 0) == []
+        assert former(no3, 2) == [by_id[3]]
+        assert former(no23, 4) == [by_id[2], by_id[3]]
         in_force = OrdererConfig(no3, MSP(no3, verifier), 2)
         assert _admits(in_force, lambda: NOW_MS)(by_id[3][1])
         revoked = config_pb2.ConsortiumConfig()
