@@ -7,6 +7,7 @@ it off at once."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -245,3 +246,51 @@ def test_a_restarted_orderer_finds_the_orderers_taken_out_in_its_block_store(net
         assert not _admits(in_force, lambda: NOW_MS)(b"not a certificate")
     finally:
         blocks.close()
+
+
+@pytest.mark.integration
+def test_an_orderer_restarted_before_raft_removed_the_other_still_finishes_the_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two orderers served in this process; the config update takes orderer 2 out while the
+    leaders' membership changes are held back, so its REMOVE_NODE is not proposed yet. Orderer
+    1 restarts then: the config in force no longer names orderer 2, Raft's voters still do.
+    Released, the removal commits (orderer 1 found orderer 2 in the configs before the one in
+    force: its address and certificate) and orderer 1 orders alone. Seeded from the config in
+    force alone, orderer 1 refused orderer 2 and could not reach it: no leader, never removed."""
+    from node.config import load_node_config
+    from node.orderer.chain import Chain
+    from node.orderer.server import OrdererServer, serve
+    from tests.orderer.cluster import Client, wait_until
+
+    net = make_network(tmp_path / "net", orderer_orgs=2)
+    release = threading.Event()
+    reconfigure = Chain._maybe_reconfigure
+
+    def held(self: Chain, now: float) -> None:
+        if release.is_set():
+            reconfigure(self, now)
+
+    monkeypatch.setattr(Chain, "_maybe_reconfigure", held)
+    configs = {n.raft_id: load_node_config(net.node_config_path(n.name)) for n in net.orderers()}
+    targets = {rid: f"127.0.0.1:{n.port}" for rid, n in zip(configs, net.orderers(), strict=True)}
+    client = Client(net)
+    servers: dict[int, OrdererServer] = {}
+    try:
+        for rid, cfg in configs.items():
+            servers[rid] = serve(cfg)
+        wait_until(lambda: all(client.status(t, 1.0).raft_leader for t in targets.values()), 20,
+                   what="a leader")
+        [r] = client.broadcast(targets[1], [config_envelope(net, _without(net.config, 2), ["ins01", "ins02"])])
+        assert r.accepted, r.message
+        assert servers[1].chain._conf_state.voters == (1, 2)  # the removal held back
+        servers.pop(1).stop()
+        servers[1] = serve(configs[1])
+        release.set()
+        wait_until(lambda: list(servers[1].chain._conf_state.voters) == [1], 20,
+                   what="orderer 1 applying the removal of orderer 2 after its restart")
+        wait_until(lambda: client.broadcast(targets[1], [client.envelope()[1]], timeout=10)[0].accepted, 20,
+                   interval=0.2, what="ordering by orderer 1 alone")
+    finally:
+        for server in servers.values():
+            server.stop(0)
