@@ -246,7 +246,8 @@ class PeerSender:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if item is None:
+            if item is None:  # close() or finish(): the sender is done
+                self._stop.set()
                 return
             # The whole item leaves the budget now: if the call dies while this generator is
             # suspended mid-item, gRPC never resumes it and nothing else would release it.
@@ -298,6 +299,8 @@ class PeerSender:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:  # finish() while disconnected
+                    self._stop.set()
                 for msg in item or ():
                     self._release(_payload_bytes(msg))
                     self._report_failure(msg)
@@ -308,12 +311,17 @@ class PeerSender:
         """The address this sender dials."""
         return self._target
 
-    def close(self, wait: bool = True) -> None:
-        """Stop the sender thread (``wait``: for at most 2 s until it has ended)."""
+    def finish(self) -> None:
+        """Send what is queued, then stop the sender thread (not waiting for it): the last
+        messages to an orderer Raft has just removed carry the commit of its removal, which
+        it applies (else, never told, it would campaign for votes nobody answers)."""
+        self._queue.put(None)
+
+    def close(self) -> None:
+        """Stop the sender thread."""
         self._stop.set()
         self._queue.put(None)
-        if wait:
-            self._thread.join(2)
+        self._thread.join(2)
 
 
 def _payload_bytes(msg: Message) -> int:
@@ -376,8 +384,9 @@ class RaftTransport:
 
     def drop_departed(self) -> None:
         """Stop the senders to orderers Raft messages no longer go to (taken out of the
-        orderer set, and out of Raft; or moved): the removed orderer is no longer dialled.
-        Called on the Raft driver's thread: the sender threads end on their own."""
+        orderer set, and out of Raft; or moved) once they have sent what is queued: the removed
+        orderer is no longer dialled. Called on the Raft driver's thread: the sender threads
+        end on their own."""
         targets = self._membership.raft_targets()
         with self._lock:
             gone = [rid for rid, s in self._senders.items() if targets.get(rid) != s.target]
@@ -385,7 +394,7 @@ class RaftTransport:
         for rid, sender in zip(gone, senders, strict=True):
             _log.info("event=raft_peer_dropped orderer=%d peer=%d target=%s: out of the orderer set "
                       "and out of Raft (or at another address now)", self._own_id, rid, sender.target)
-            sender.close(wait=False)
+            sender.finish()
 
     def close(self) -> None:
         """Stop all senders."""
