@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import grpc
@@ -174,13 +174,17 @@ class NodeChannels:
     name, so an address spelt differently does not silently lose the pin. A target that is
     no node of that configuration by address or by name (a node.yaml endpoint not yet in the
     genesis or a config update) gets the unpinned behaviour, logged once: any consortium CA
-    and :data:`TLS_SERVER_NAME`.
+    and :data:`TLS_SERVER_NAME`. ``former`` (orderers) names nodes that configuration no longer
+    does but that are still dialled, pinned the same way (their organisation's CA in it): an
+    orderer taken out of the orderer set, until Raft has removed it.
     """
 
     def __init__(self, cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
                  options: list[tuple[str, int | str]],
                  config: Callable[[], config_pb2.ConsortiumConfig],
-                 names: Mapping[str, str] | None = None) -> None:
+                 names: Mapping[str, str] | None = None,
+                 former: Callable[[], Iterable[config_pb2.OrdererNode]] | None = None) -> None:
+        self._former = former
         self._names = dict(names or {})
         self._cert = Path(cert_path).read_bytes()
         self._key = Path(key_path).read_bytes()
@@ -200,6 +204,8 @@ class NodeChannels:
         cfg = self._config()
         nodes = [(n.host, n.port, n.name, n.org) for n in cfg.orderers]
         nodes += [(n.host, n.port, n.name, n.org) for n in cfg.peers]
+        if self._former is not None:  # after the configuration's own: those win an address
+            nodes += [(n.host, n.port, n.name, n.org) for n in self._former()]
         named = self._names.get(target)
         by_name = None
         for n_host, n_port, name, org_id in nodes:

@@ -265,6 +265,7 @@ class Chain:
         self._members_match: tuple[object, ConfState] | None = None
         self._status_key: tuple[int, ...] = ()
         self._leader_listeners: list[Callable[[int], None]] = []
+        self._conf_state_listeners: list[Callable[[ConfState], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
             heartbeat_ticks(self._opt) * self._opt.tick_s if window is None else window
@@ -342,6 +343,19 @@ class Chain:
         the leader (e.g. a forwarder) need not poll. It must not block. Register before
         :meth:`start`."""
         self._leader_listeners.append(listener)
+
+    def add_conf_state_listener(self, listener: Callable[[ConfState], None]) -> None:
+        """Call ``listener(conf_state)`` now and, from the driver thread, whenever the applied
+        Raft membership changes (a ConfChange applied, a snapshot installed; a restart
+        replaying the log goes through them again): the transport keeps an orderer taken out of
+        the orderer set while Raft still counts it. It must not block. Register before
+        :meth:`start`."""
+        self._conf_state_listeners.append(listener)
+        listener(self._conf_state)
+
+    def _conf_state_changed(self) -> None:
+        for listener in self._conf_state_listeners:
+            listener(self._conf_state)
 
     def own_id(self) -> int:
         """This orderer's Raft id."""
@@ -846,6 +860,7 @@ class Chain:
                 self._conf_state = self._node.apply_conf_change(cc)
                 _log.info("event=conf_change_applied orderer=%d change=%r conf_state=%r", self._id,
                           str(cc), str(self._conf_state))
+                self._conf_state_changed()
                 continue
             if not e.data:
                 continue  # a new leader's empty entry
@@ -986,6 +1001,7 @@ class Chain:
         self._applied = snap.meta.index
         self._conf_state = snap.meta.conf_state
         self._last_snap_block = data.last_block_number
+        self._conf_state_changed()
 
     def _catch_up_to_snapshot(self, data: raft_pb2.OrdererSnapshotData) -> None:
         if self._blocks.height() <= data.last_block_number:

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from rxchain.v1 import block_pb2, config_pb2, services_pb2
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2
 
 from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
 from node.fsutil import make_dirs_durable
 from node.genesis import config_from_genesis, read_genesis
@@ -58,7 +59,7 @@ from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTr
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
-from node.raft.types import StateRole
+from node.raft.types import ConfState, StateRole
 from node.rpc_parse import ParseGuard
 
 _log = logging.getLogger(__name__)
@@ -178,7 +179,48 @@ def _broadcast_handler(
 
 
 def _members(cfg: OrdererConfig) -> list[tuple[int, bytes, str]]:
-    return [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in cfg.config.orderers]
+    return [_entry(o) for o in cfg.config.orderers]
+
+
+def _admits(cfg: OrdererConfig, wall_ms: Callable[[], int]) -> Callable[[bytes], bool]:
+    """Whether ``cfg`` still admits the certificate of an orderer it no longer names (issued
+    by its organisation's CA there, not revoked, not expired): only then does an orderer taken
+    out of the set keep its Raft messages until Raft removes it (transport.Membership)."""
+
+    def admits(cert_der: bytes) -> bool:
+        try:
+            org = cert_info_der(cert_der).org
+            cfg.msp.validate(identity_pb2.Identity(org=org, cert_der=cert_der), wall_ms())
+        except (RxError, ValueError):
+            return False
+        return True
+
+    return admits
+
+
+def _entry(o: config_pb2.OrdererNode) -> tuple[int, bytes, str]:
+    return o.raft_id, o.cert_der, f"{o.host}:{o.port}"
+
+
+def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config_pb2.OrdererNode]:
+    """The orderers the earlier configs named and the one in force does not, each as the
+    latest of them named it: the config blocks walked back from the one in force (block 0,
+    the genesis block, included; each config block's predecessor is the ``last_config_block``
+    of the block before it). An orderer restarted after the config block taking one out but
+    before Raft removed it must still reach it (transport.Membership)."""
+    current = {o.raft_id for o in in_force.config.orderers}
+    found: dict[int, config_pb2.OrdererNode] = {}
+    number = in_force.block_number
+    while number > 0:
+        previous = blocks.get(number - 1).metadata.last_config_block
+        if previous >= number:
+            break  # never in a store this orderer wrote; stop rather than loop
+        cfg = config_of_block(blocks.get(previous))
+        for o in cfg.orderers if cfg is not None else ():
+            if o.raft_id not in current and o.raft_id not in found:
+                found[o.raft_id] = o
+        number = previous
+    return [found[rid] for rid in sorted(found)]
 
 
 def _config_in_force(
@@ -298,8 +340,12 @@ def serve(config: NodeConfig) -> OrdererServer:
     except BaseException:
         blocks.close()
         raise
-    membership = Membership(_members(tracker.current))
-    tracker.subscribe(lambda cfg: membership.update(_members(cfg)))
+    # the orderers earlier configs named, as the last one named each (dialled while in Raft)
+    former = [{o.raft_id: o for o in _former_orderers(blocks, tracker.current)}]
+    admitted = _admits(tracker.current, wall_ms)
+    membership = Membership(_members(tracker.current),
+                            [_entry(o) for o in former[0].values() if admitted(o.cert_der)])
+    seen = [tracker.current]  # the config adopt_members saw last
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     options = [
@@ -315,7 +361,8 @@ def serve(config: NodeConfig) -> OrdererServer:
     # the other orderers are dialled pinned to their names and their organisations' CAs
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
                            lambda: tracker.current.config,
-                           names={e.target: e.name for e in (*config.orderers, *config.peers)})
+                           names={e.target: e.name for e in (*config.orderers, *config.peers)},
+                           former=lambda: list(former[0].values()))
 
     # the other orderers' and the peers' releases; peers' statements refused are counted
     releases = ReleaseWatch(wall_ms, verifier=verifier,
@@ -326,6 +373,16 @@ def serve(config: NodeConfig) -> OrdererServer:
     follow_peers(tracker.current)
     tracker.subscribe(follow_peers)
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
+
+    def adopt_members(cfg: OrdererConfig) -> None:
+        kept = {o.raft_id for o in cfg.config.orderers}
+        was = {**former[0], **{o.raft_id: o for o in seen[0].config.orderers}}
+        former[0] = {rid: o for rid, o in was.items() if rid not in kept}  # replaced: read by dialling threads
+        seen[0] = cfg
+        membership.update(_members(cfg), keep=_admits(cfg, wall_ms))
+        transport.drop_departed()
+
+    tracker.subscribe(adopt_members)
     clock_watch = ClockWatch(wall_ms)
     fetcher = DeliverFetcher(
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
@@ -346,6 +403,12 @@ def serve(config: NodeConfig) -> OrdererServer:
         releases=releases,
     )
     transport.bind(chain)
+
+    def follow_raft(conf_state: ConfState) -> None:
+        membership.set_in_raft((*conf_state.voters, *conf_state.learners))
+        transport.drop_departed()
+
+    chain.add_conf_state_listener(follow_raft)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,

@@ -13,8 +13,11 @@ Inbound (:class:`ClusterService`): the caller is identified by its TLS client ce
 PERMISSION_DENIED and counted. Membership follows the config in force (the server
 subscribes it to config adoption), and open streams re-check it per message, so after a
 config block rotates an orderer's certificate the new one is accepted for that raft id and
-the old one refused from that block on. Every message must also name that orderer's raft id as its
-sender and this node as recipient. Stale or replayed messages are Raft's business (terms).
+the old one refused from that block on. Raft messages (Step) alone also come from, and go
+to, an orderer a config update took out of the set until Raft has applied its removal
+(:class:`Membership`): the removal needs its acknowledgement when it leaves one voter.
+Every message must also name that orderer's raft id as its sender and this node as recipient.
+Stale or replayed messages are Raft's business (terms).
 Each message also tells the sender's clock (clockwatch) and the highest protocol version its
 release implements, and now and then what it knows of the peers' releases (releases).
 """
@@ -26,7 +29,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import grpc
@@ -68,18 +71,61 @@ class RaftSink(Protocol):
 
 
 class Membership:
-    """The current orderer set: raft id <-> certificate and address (replaced on config
-    updates)."""
+    """The orderer set of the config in force: raft id <-> certificate and address (replaced on
+    config updates). Only its members forward envelopes, and envelopes are forwarded only to
+    them (:meth:`raft_id_of`, :meth:`targets`).
 
-    def __init__(self, orderers: Sequence[tuple[int, bytes, str]]) -> None:
+    Raft messages also go to and come from the orderers an update took out of the set while
+    Raft still counts them (a voter or learner until the leader's REMOVE_NODE is applied:
+    :meth:`set_in_raft`): their last entry is kept (:meth:`raft_peer_of`, :meth:`raft_targets`).
+    The removal must be committed by the voters before it, the removed one among them: with two
+    orderers going to one, its acknowledgement is the only way to a majority, and cutting it
+    off with the config block left Raft unable to commit anything again. An entry a config no
+    longer admits (``keep`` of :meth:`update`: e.g. its certificate revoked) is dropped at once.
+    """
+
+    def __init__(
+        self,
+        orderers: Sequence[tuple[int, bytes, str]],
+        former: Sequence[tuple[int, bytes, str]] = (),
+    ) -> None:
+        """``former``: orderers earlier configs named and the one in force does not (the last
+        entry of each), kept for Raft while :meth:`set_in_raft` names them."""
         self._lock = threading.Lock()
+        self._members: dict[int, tuple[bytes, str]] = {}
+        self._former = {rid: (cert, target) for rid, cert, target in former}
+        self._keep: Callable[[bytes], bool] | None = None
+        self._in_raft: frozenset[int] = frozenset()
         self.update(orderers)
 
-    def update(self, orderers: Sequence[tuple[int, bytes, str]]) -> None:
-        """Adopt a new orderer set: (raft_id, cert_der, "host:port") each."""
+    def update(
+        self, orderers: Sequence[tuple[int, bytes, str]], keep: Callable[[bytes], bool] | None = None
+    ) -> None:
+        """Adopt a new orderer set: (raft_id, cert_der, "host:port") each. The members it drops
+        become former members (for Raft messages while Raft counts them); ``keep`` (None: all)
+        says which former members' certificates the new config still admits."""
         with self._lock:
-            self._by_cert = {cert: rid for rid, cert, _ in orderers}
-            self._targets = {rid: target for rid, _, target in orderers}
+            members = {rid: (cert, target) for rid, cert, target in orderers}
+            former = {**self._former, **self._members}
+            self._former = {rid: e for rid, e in former.items() if rid not in members}
+            self._members = members
+            self._keep = keep
+            self._derive()
+
+    def set_in_raft(self, raft_ids: Iterable[int]) -> None:
+        """The raft ids Raft counts now (voters and learners of the applied ConfState)."""
+        with self._lock:
+            self._in_raft = frozenset(raft_ids)
+            self._derive()
+
+    def _derive(self) -> None:
+        self._by_cert = {cert: rid for rid, (cert, _) in self._members.items()}
+        self._targets = {rid: target for rid, (_, target) in self._members.items()}
+        keep = self._keep
+        departing = {rid: e for rid, e in self._former.items()
+                     if rid in self._in_raft and (keep is None or keep(e[0]))}
+        self._raft_by_cert = {**{cert: rid for rid, (cert, _) in departing.items()}, **self._by_cert}
+        self._raft_targets = {**{rid: target for rid, (_, target) in departing.items()}, **self._targets}
 
     def raft_id_of(self, identity: identity_pb2.Identity | None) -> int | None:
         """Raft id of the orderer presenting ``identity``, or None for a non-member."""
@@ -87,9 +133,21 @@ class Membership:
             return None
         return self._by_cert.get(identity.cert_der)
 
+    def raft_peer_of(self, identity: identity_pb2.Identity | None) -> int | None:
+        """Like :meth:`raft_id_of`, also for an orderer taken out of the set that Raft still
+        counts (for Raft messages only)."""
+        if identity is None:
+            return None
+        return self._raft_by_cert.get(identity.cert_der)
+
     def targets(self) -> dict[int, str]:
         """raft id -> address of every member."""
         return dict(self._targets)
+
+    def raft_targets(self) -> dict[int, str]:
+        """raft id -> address of every member and of every orderer taken out of the set that
+        Raft still counts (where Raft messages go)."""
+        return dict(self._raft_targets)
 
 
 class PeerSender:
@@ -188,7 +246,8 @@ class PeerSender:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if item is None:
+            if item is None:  # close() or finish(): the sender is done
+                self._stop.set()
                 return
             # The whole item leaves the budget now: if the call dies while this generator is
             # suspended mid-item, gRPC never resumes it and nothing else would release it.
@@ -240,10 +299,23 @@ class PeerSender:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:  # finish() while disconnected
+                    self._stop.set()
                 for msg in item or ():
                     self._release(_payload_bytes(msg))
                     self._report_failure(msg)
             self._stop.wait(0.1)
+
+    @property
+    def target(self) -> str:
+        """The address this sender dials."""
+        return self._target
+
+    def finish(self) -> None:
+        """Send what is queued, then stop the sender thread (not waiting for it): the last
+        messages to an orderer Raft has just removed carry the commit of its removal, which
+        it applies (else, never told, it would campaign for votes nobody answers)."""
+        self._queue.put(None)
 
     def close(self) -> None:
         """Stop the sender thread."""
@@ -302,13 +374,27 @@ class RaftTransport:
         with self._lock:
             sender = self._senders.get(peer_id)
             if sender is None:
-                target = self._membership.targets().get(peer_id)
+                target = self._membership.raft_targets().get(peer_id)
                 if target is None or self._sink is None:
                     return None
                 sender = PeerSender(self._own_id, peer_id, target, self._factory, self._sink,
                                     wall_ms=self._wall_ms, releases=self._releases)
                 self._senders[peer_id] = sender
             return sender
+
+    def drop_departed(self) -> None:
+        """Stop the senders to orderers Raft messages no longer go to (taken out of the
+        orderer set, and out of Raft; or moved) once they have sent what is queued: the removed
+        orderer is no longer dialled. Called on the Raft driver's thread: the sender threads
+        end on their own."""
+        targets = self._membership.raft_targets()
+        with self._lock:
+            gone = [rid for rid, s in self._senders.items() if targets.get(rid) != s.target]
+            senders = [self._senders.pop(rid) for rid in gone]
+        for rid, sender in zip(gone, senders, strict=True):
+            _log.info("event=raft_peer_dropped orderer=%d peer=%d target=%s: out of the orderer set "
+                      "and out of Raft (or at another address now)", self._own_id, rid, sender.target)
+            sender.finish()
 
     def close(self) -> None:
         """Stop all senders."""
@@ -344,10 +430,12 @@ class ClusterService:
         self._commit_timeout_s = commit_timeout_s
 
     def _caller(
-        self, context: grpc.ServicerContext, what: str
+        self, context: grpc.ServicerContext, what: str, *, raft: bool = False
     ) -> tuple[int, identity_pb2.Identity]:
+        """The calling orderer (its raft id and identity); ``raft``: for Raft messages, also
+        an orderer taken out of the set that Raft still counts (Membership.raft_peer_of)."""
         ident = peer_identity(context)
-        rid = self._membership.raft_id_of(ident)
+        rid = self._membership.raft_peer_of(ident) if raft else self._membership.raft_id_of(ident)
         if rid is None or ident is None:
             self._metrics.consensus_dropped.labels(reason="non_member").inc()
             _log.warning("event=non_member_refused stream=%s caller=%r", what,
@@ -360,10 +448,11 @@ class ClusterService:
         self, requests: Iterator[services_pb2.ConsensusRequest], context: grpc.ServicerContext
     ) -> services_pb2.ConsensusResponse:
         """Cluster.Step: a stream of Raft messages from one orderer."""
-        rid, ident = self._caller(context, "Step")
+        rid, ident = self._caller(context, "Step", raft=True)
         for req in requests:
-            # Re-checked per message: a member removed by a config update is cut off.
-            if self._membership.raft_id_of(ident) != rid or req.from_id != rid:
+            # Re-checked per message: a member removed by a config update is cut off once Raft
+            # has applied its removal too (at once if the config no longer admits its certificate).
+            if self._membership.raft_peer_of(ident) != rid or req.from_id != rid:
                 self._metrics.consensus_dropped.labels(reason="bad_sender").inc()
                 continue
             try:

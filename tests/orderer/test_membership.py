@@ -198,3 +198,108 @@ def test_removing_the_leader_keeps_ordering_and_every_copy_signed_in_force(four)
                    what=f"{n} at height {height}")
         blocks = client.blocks(procs.target(n))
         assert not_signed_in_force(blocks) == [], n
+
+
+@pytest.fixture
+def two(tmp_path):
+    net = make_network(tmp_path / "net", orderer_orgs=2)
+    procs = OrdererProcs(net)
+    try:
+        yield net, procs, Client(net)
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
+
+
+def _without(config: config_pb2.ConsortiumConfig, raft_id: int) -> config_pb2.ConsortiumConfig:
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(config)
+    new.sequence = config.sequence + 1
+    del new.orderers[:]
+    new.orderers.extend(o for o in config.orderers if o.raft_id != raft_id)
+    return new
+
+
+@pytest.mark.parametrize("which", ["follower", "leader"])
+def test_going_from_two_orderers_to_one_completes_and_ordering_goes_on(two, which: str) -> None:
+    """Two orderers, a config update takes one out (either the leader or the follower). Raft
+    must commit the removal with the old voter set {both}, so the removed orderer's
+    acknowledgement is needed: the one that stays must keep talking to it (its address and
+    certificate, which the new config no longer names) until the removal is applied. It used
+    to forget both with the config block: the removal never committed, and with the voters
+    still {both} nothing was ordered again. Once the removal is applied the one that stays
+    orders alone, drops its stream to the removed one, and the removed one stops cleanly."""
+    net, procs, client = two
+    names = procs.names()
+    for n in names:
+        procs.start(n)
+    all_serving(procs, client, names)
+    leader = leader_of(procs, client, names)
+    assert leader is not None
+    removed = leader if which == "leader" else next(n for n in names if n != leader)
+    stays = next(n for n in names if n != removed)
+    ids = {n.name: n.raft_id for n in net.orderers()}
+    rs = client.broadcast(procs.target(stays), [client.envelope()[1] for _ in range(3)])
+    assert all(r.accepted for r in rs), [r.message for r in rs]
+    new = _without(net.config, ids[removed])
+    [r] = client.broadcast(procs.target(stays), [config_envelope(net, new, ["ins01", "ins02"])])
+    assert r.accepted, r.message
+    wait_until(lambda: f"voters=({ids[stays]},)" in procs.log_text(stays), 20,
+               what=f"{stays} applying the removal of {removed} (Raft voters: itself only)")
+    assert f"REMOVE_NODE: 1>, node_id={ids[removed]}" in procs.log_text(stays)
+
+    def ordered() -> bool:
+        rs = client.broadcast(procs.target(stays), [client.envelope()[1] for _ in range(3)], timeout=10)
+        return all(x.accepted for x in rs)
+
+    wait_until(ordered, 20, interval=0.2, what=f"ordering by {stays} alone")
+    # the one that stays no longer dials the removed one (its Raft stream to it closed)
+    assert f"event=raft_peer_dropped orderer={ids[stays]} peer={ids[removed]}" in procs.log_text(stays)
+    height = client.status(procs.target(stays)).height
+    # the one that stays is the only voter: the removed orderer, stopped, is not needed
+    assert procs.terminate(removed) == 0
+    assert ordered()
+    assert client.status(procs.target(stays)).height > height
+    assert not_signed_in_force(client.blocks(procs.target(stays))) == []
+
+
+def test_a_second_orderer_joins_a_single_orderer_as_learner_then_votes(tmp_path) -> None:
+    """The reverse path: one orderer, a config update adds a second. It joins as a learner
+    (the single voter orders on alone while it is not running), catches up once started, is
+    promoted, and from then on both vote: the blocks commit on both."""
+    net = make_network(tmp_path / "net", orderer_orgs=2)
+    start = config_pb2.ConsortiumConfig()
+    start.CopyFrom(net.config)
+    del start.orderers[1:]
+    net.genesis_path.write_bytes(make_genesis(start, int(time.time() * 1000)).SerializeToString())
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        first, second = procs.names()
+        procs.start(first)
+        all_serving(procs, client, [first])
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(net.config)
+        new.sequence = start.sequence + 1
+        [r] = client.broadcast(procs.target(first), [config_envelope(net, new, ["ins01", "ins02"])])
+        assert r.accepted, r.message
+        wait_until(lambda: "voters=(1,), learners=(2,)" in procs.log_text(first), 10,
+                   what="the second orderer added as a learner")
+        rs = client.broadcast(procs.target(first), [client.envelope()[1] for _ in range(5)], timeout=15)
+        assert all(x.accepted for x in rs), [x.message for x in rs]  # the learner is not running
+        procs.start(second)
+        wait_until(lambda: all("voters=(1, 2), learners=()" in procs.log_text(n) for n in (first, second)), 30,
+                   what="the second orderer caught up and promoted")
+        rs = client.broadcast(procs.target(second), [client.envelope()[1] for _ in range(5)], timeout=15)
+        assert all(x.accepted for x in rs), [x.message for x in rs]
+        height = client.status(procs.target(first)).height
+        wait_until(lambda: client.status(procs.target(second), 1.0).height >= height, 20,
+                   what="the second orderer at the first's height")
+        assert [block_header_hash(b.header) for b in client.blocks(procs.target(first))] == \
+            [block_header_hash(b.header) for b in client.blocks(procs.target(second))]
+        assert not_signed_in_force(client.blocks(procs.target(second))) == []
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
