@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 
@@ -37,8 +38,14 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def make_dirs_durable(path: str, *, sync: bool = True) -> None:
-    """``os.makedirs(path, exist_ok=True)``; with ``sync``, the parent of every directory it
-    created is fsynced, so the new entries survive a power loss (OSError on failure)."""
+    """``os.makedirs(path, exist_ok=True)``; with ``sync``, the parent of every directory on
+    the way to ``path`` is fsynced, so its entries survive a power loss (OSError on failure).
+
+    Directories that already exist are synced too: a process that crashed between its
+    ``makedirs`` and the fsync left them in the page cache only, and the restart must not
+    take them for durable. A parent this process did not create and may not open or sync
+    (EACCES, EPERM, EROFS, EINVAL: a directory it cannot read, a file system without
+    directory fsync) is skipped; any other error of such a parent (EIO) still fails."""
     created: list[str] = []
     p = os.path.abspath(path)
     while not os.path.isdir(p):
@@ -48,6 +55,21 @@ def make_dirs_durable(path: str, *, sync: bool = True) -> None:
             break
         p = parent
     os.makedirs(path, exist_ok=True)
-    if sync:
-        for d in reversed(created):
-            fsync_dir(os.path.dirname(d))
+    if not sync:
+        return
+    for d in reversed(created):
+        fsync_dir(os.path.dirname(d))
+    # what existed before: ``p`` and its ancestors (entries possibly made by a crashed run)
+    while True:
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        try:
+            fsync_dir(parent)
+        except OSError as exc:
+            if exc.errno not in _UNSYNCABLE:
+                raise
+        p = parent
+
+
+_UNSYNCABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL})
