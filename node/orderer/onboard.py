@@ -18,8 +18,8 @@ blocks verified until then are kept and the next source or round goes on from th
 
 Trust: only the local genesis block. Every block must chain onto the last one stored (number,
 previous hash), match its data hash and carry a valid signature of an orderer of the config in
-force before it (``block_signers``, as peers and ``Chain._append_fetched`` judge it); a config
-block is adopted only if the orderers' own rules admit it (``ConfigTracker.block_config``). A
+force before it (``chain.signed_in_force``, as peers and ``Chain._append_fetched`` judge it); a
+config block is adopted only if the orderers' own rules admit it (``ConfigTracker.block_config``). A
 block failing a check is never stored: that source is dropped for the round (logged) and the
 next one is asked. As in ``Chain._append_fetched``, a block whose config in force names this
 orderer with its certificate is stored with its own signature added, any other as its sources
@@ -49,9 +49,10 @@ import grpc
 from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Purpose, Signer, Verifier, block_signers
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
+from node.orderer.chain import signed_in_force, signs_in_force
 from node.orderer.configtx import ConfigTracker
 from node.protocol import require_supported
 from node.raft.durable import DurableStorage
@@ -257,13 +258,11 @@ class Onboarding:
         if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
             raise BlockRefused(f"block {number} from {target}: data hash does not match its envelopes")
         header_hash = block_header_hash(block.header)
-        certs = {o.cert_der: o.raft_id for o in current.config.orderers}
-        if not block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs):
+        if not signed_in_force(self._verifier, block, header_hash, current.config):
             raise BlockRefused(
                 f"block {number} from {target}: no valid signature of an orderer of the config in "
                 f"force (sequence {current.config.sequence}, block {current.block_number})")
-        mine = [o.cert_der for o in current.config.orderers if o.raft_id == self._id]
-        if mine and mine[0] == self._signer.identity.cert_der:
+        if signs_in_force(current.config, self._id, self._signer.identity.cert_der):
             sig = block.metadata.orderer_signatures.add()
             sig.signer.CopyFrom(self._signer.identity)
             sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2
 
+from node.config import load_node_config
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Signer, Verifier, load_signer
 from node.errors import RxError
@@ -25,8 +26,10 @@ from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer.configtx import ConfigTracker, OrdererConfig
 from node.orderer.onboard import ONBOARDING_FAILED, Onboarding, OnboardOptions, never_took_part
+from node.orderer.server import serve
 from node.raft.durable import DurableStorage
 from node.raft.types import HardState
+from node.raft.wal import has_segments
 from tests.orderer.cluster import (
     Client,
     OrdererProcs,
@@ -48,6 +51,21 @@ def _with_orderers(full: config_pb2.ConsortiumConfig, raft_ids: list[int], seque
     del out.orderers[:]
     out.orderers.extend(o for o in full.orderers if o.raft_id in raft_ids)
     return out
+
+
+def _submit(procs: OrdererProcs, client: Client, names: list[str], envelope: bytes, sequence: int) -> None:
+    """Broadcast the config update of ``sequence`` until one of ``names`` orders it (an answer
+    lost after it was ordered: a retry is then told the sequence is taken)."""
+    taken = f"sequence {sequence}, expected {sequence + 1}"
+
+    def submitted() -> bool:
+        for name in names:
+            [r] = client.broadcast(procs.target(name), [envelope], timeout=15)
+            if r.accepted or taken in r.message:
+                return True
+        return False
+
+    wait_until(submitted, 30, interval=0.3, what=f"config update {sequence} ordered")
 
 
 @pytest.mark.integration
@@ -74,16 +92,8 @@ def test_an_orderer_joins_after_every_genesis_orderer_was_replaced(tmp_path):
         for members, conf_state in steps:
             sequence += 1
             live = [names[r] for r in sorted(names) if names[r] in procs.procs]
-            env = config_envelope(net, _with_orderers(full, members, sequence), ADMINS)
-
-            def submitted(env: bytes = env, live: list[str] = live) -> bool:
-                for name in live:
-                    [r] = client.broadcast(procs.target(name), [env], timeout=15)
-                    if r.accepted:
-                        return True
-                return False
-
-            wait_until(submitted, 30, interval=0.3, what=f"the update to orderers {members}")
+            _submit(procs, client, live, config_envelope(net, _with_orderers(full, members, sequence), ADMINS),
+                    sequence)
             for rid in members:
                 if names[rid] not in procs.procs:
                     procs.start(names[rid])
@@ -96,9 +106,8 @@ def test_an_orderer_joins_after_every_genesis_orderer_was_replaced(tmp_path):
         rest = [names[2], names[3]]
         all_serving(procs, client, rest)
         sequence += 1
-        env = config_envelope(net, _with_orderers(full, [2, 3, 4], sequence), ADMINS)
-        wait_until(lambda: client.broadcast(procs.target(rest[0]), [env], timeout=15)[0].accepted, 30,
-                   interval=0.3, what="the update adding orderer 4")
+        _submit(procs, client, rest, config_envelope(net, _with_orderers(full, [2, 3, 4], sequence), ADMINS),
+                sequence)
         procs.start(names[4])
         wait_until(lambda: all("voters=(2, 3, 4)" in procs.log_text(n) for n in rest), 40,
                    what="orderer 4 to join and be promoted to voter")
@@ -283,7 +292,7 @@ def _tampered(chain: dict[str, Any], how: str) -> list[block_pb2.Block]:
                                  "another_chain"])
 def test_a_block_failing_verification_is_never_stored_and_the_next_source_is_asked(chain, tmp_path, how) -> None:
     bad, good = Source(_tampered(chain, how)), Source(chain["blocks"])
-    onboarding, store, tracker = _onboarding(chain, tmp_path, [bad.target, good.target])
+    onboarding, store, _ = _onboarding(chain, tmp_path, [bad.target, good.target])
     try:
         result = onboarding.run(wait=True)
         stored = [store.get(n) for n in range(store.height())]
@@ -368,3 +377,45 @@ def test_only_an_orderer_with_a_blank_raft_state_is_onboarded(tmp_path) -> None:
         assert not never_took_part(storage)
     finally:
         storage.close()
+
+
+# ---------------------------------------------------------------------------- serve()
+
+
+@pytest.fixture
+def three_of_four(tmp_path) -> Any:
+    """A network of 4 orderers whose genesis block names the first 3; none running."""
+    net = make_network(tmp_path / "net", orderer_orgs=4, extra={"onboard_wait_ms": 1500, "onboard_answer_ms": 500})
+    full = net.config
+    net.genesis_path.write_bytes(
+        make_genesis(_with_orderers(full, [1, 2, 3], full.sequence), int(time.time() * 1000)).SerializeToString())
+    return net
+
+
+def test_a_new_orderer_reaching_no_orderer_refuses_to_start_naming_each(three_of_four) -> None:
+    """Orderer 4, which the genesis block does not name, reaches nobody: ONBOARDING_FAILED after
+    the bound (extra.onboard_wait_ms), never a Raft node started on the genesis membership. Its
+    Raft storage was created first: blocks a next start fetches then are no sign of a lost WAL
+    (RAFT_STATE_LOST)."""
+    net = three_of_four
+    config = load_node_config(net.node_config_path("orderer.ins04"))
+    t0 = time.monotonic()
+    with pytest.raises(RxError) as err:
+        serve(config)
+    assert 1.5 <= time.monotonic() - t0 < 15
+    assert err.value.reason == ONBOARDING_FAILED
+    for n in net.orderers()[:3]:
+        assert f"127.0.0.1:{n.port}: UNAVAILABLE" in err.value.message
+    assert has_segments(config.data_dir / "raft" / "wal")
+
+
+def test_a_genesis_orderer_of_a_new_network_starts_at_once_with_nobody_up(three_of_four) -> None:
+    """The first orderer of a brand-new network to start: nobody to fetch from, and no waiting."""
+    config = load_node_config(three_of_four.node_config_path("orderer.ins01"))
+    t0 = time.monotonic()
+    server = serve(config)
+    try:
+        assert time.monotonic() - t0 < 5
+        assert server.blocks.height() == 1
+    finally:
+        server.stop(0)
