@@ -160,7 +160,10 @@ class Onboarding:
                 )
                 return result
             if not wait:
-                _log.warning(
+                # (a brand-new network's orderers start one by one: unreachable ones are normal)
+                refused = any(why.startswith("BAD_BLOCK") for why in result.failures.values())
+                _log.log(
+                    logging.WARNING if refused else logging.INFO,
                     "event=onboarding_skipped orderer=%d height=%d failures=%r: no orderer streamed its "
                     "chain; Raft starts from this block store (an orderer of the genesis block)",
                     self._id, result.height, _describe(result.failures),
@@ -174,7 +177,8 @@ class Onboarding:
                     f"orderer raft id {self._id}: for {self._opt.wait_s:.0f} s no orderer it can reach "
                     f"streamed the chain (height here {result.height}; {_describe(result.failures)}). A "
                     "new orderer fetches the chain from the orderers its node.yaml lists under orderers "
-                    "and those of the genesis block: list at least one running orderer there",
+                    "and those of the genesis block, and stores no block failing verification from its "
+                    "genesis block: list at least one running orderer of this network there",
                 )
             self._sleep(self._opt.retry_s)
 

@@ -27,6 +27,7 @@ from node.ledger.blockstore import BlockStore
 from node.orderer.configtx import ConfigTracker, OrdererConfig
 from node.orderer.onboard import ONBOARDING_FAILED, Onboarding, OnboardOptions, never_took_part
 from node.orderer.server import serve
+from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
 from node.raft.durable import DurableStorage
 from node.raft.types import HardState
 from node.raft.wal import has_segments
@@ -329,6 +330,30 @@ def test_a_config_block_the_orderers_rules_refuse_is_not_adopted(chain, tmp_path
         store.close()
     assert err.value.reason == ONBOARDING_FAILED and "no valid signature" in err.value.message
     assert height == 2 and tracker.current.block_number == 0
+
+
+def test_a_config_raising_the_protocol_version_beyond_this_release_stops_onboarding_there(chain, tmp_path) -> None:
+    """As the Raft driver does: the block raising it is stored, nothing after it is judged by
+    rules this release may lack, and the start is refused (PROTOCOL_UNSUPPORTED, exit 2)."""
+    net, signers = chain["net"], chain["signers"]
+    genesis = chain["blocks"][0]
+    raised = config_pb2.ConsortiumConfig()
+    raised.CopyFrom(config_from_genesis(genesis))
+    raised.sequence += 1
+    raised.protocol_version = max(SUPPORTED_VERSIONS) + 1
+    first = _signed(signers[1], _block(1, block_header_hash(genesis.header), config_envelope(net, raised, ADMINS)))
+    after = _signed(signers[1], toy_block(2, block_header_hash(first.header)))
+    source = Source([genesis, first, after])
+    onboarding, store, tracker = _onboarding(chain, tmp_path, [source.target])
+    try:
+        with pytest.raises(RxError) as err:
+            onboarding.run(wait=True)
+        height = store.height()
+    finally:
+        source.close()
+        store.close()
+    assert err.value.reason == PROTOCOL_UNSUPPORTED
+    assert height == 2 and tracker.current.block_number == 1
 
 
 def test_an_orderer_not_in_genesis_gives_up_after_the_bound_naming_every_source(chain, tmp_path) -> None:
