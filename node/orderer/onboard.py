@@ -1,14 +1,16 @@
-"""Onboarding: an orderer that never took part in the Raft log catches its block store up to
-the current chain before its Raft node starts.
+"""Onboarding: an orderer catches its block store up to the current chain before its Raft node
+starts.
 
 Why: an orderer knows the network from its own block store. A new one holds only the genesis
 block, so the config in force it starts from is the genesis config: its transport would accept
 Raft messages only from the genesis orderers and it would fetch blocks only from them. Once
 every genesis orderer has been replaced, the leader's messages are refused (NOT_AN_ORDERER) and
-nobody it dials answers: it never joins. Onboarding pulls the chain first, so the config in
-force, the transport's membership and the addresses it dials are the current ones when Raft
-starts (Hyperledger Fabric's orderer "onboarding" replicates the chain before the Raft node
-starts for the same reason).
+nobody it dials answers: it never joins. The same holds for an orderer that was down while
+every orderer its last config names was replaced. Onboarding pulls the chain first, so the
+config in force, the transport's membership and the addresses it dials are the current ones
+when Raft starts (Hyperledger Fabric's orderer "onboarding" replicates the chain before the
+Raft node of a new orderer starts for the same reason). Blocks stored ahead of the Raft log
+are committed blocks: the driver only compares them with the committed entries it applies.
 
 Where from: the orderers of the node.yaml ``orderers`` endpoints, then those of the genesis
 config and of every config adopted on the way (its own entries left out). Each source is asked
@@ -28,12 +30,13 @@ raising the protocol version beyond this release stops onboarding (PROTOCOL_UNSU
 block carrying it stored, as the Raft driver does.
 
 When it ends: once one source has streamed up to its own height (the rest of the log comes from
-Raft: blocks already stored are only compared with the committed entries). An orderer the
-genesis config names may be starting a brand-new network with orderers not up yet, so it asks
-every source once and starts Raft whatever it got (``wait=False``); an orderer the genesis
-config does not name cannot be in the network unless some orderer holds blocks past genesis, so
-it asks again every ``retry_s`` and, after ``wait_s`` without any source answering or any block
-gained, refuses to start: ONBOARDING_FAILED naming each source and why it failed.
+Raft). Every orderer asks every source once and starts Raft whatever it got (``wait=False``):
+one restarting has its Raft log, and an orderer the genesis config names may be starting a
+brand-new network with orderers not up yet. Only a new orderer (its Raft state blank,
+:func:`never_took_part`) the genesis config does not name waits: it cannot be in the network
+unless some orderer holds blocks past genesis, so it asks again every ``retry_s`` and, after
+``wait_s`` without any source answering or any block gained, refuses to start:
+ONBOARDING_FAILED naming each source and why it failed.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ class _NoAnswer(Exception):
 
 
 def never_took_part(storage: DurableStorage) -> bool:
-    """Whether this orderer's Raft state is blank: no term, no entry, no snapshot. Only such an
-    orderer is onboarded (one that took part in the log has its blocks from Raft)."""
+    """Whether this orderer's Raft state is blank: no term, no entry, no snapshot (a new
+    orderer; one that took part in the log and restarts does not wait for a source)."""
     hard_state = storage.hard_state
     return hard_state.term == 0 and storage.last_index() == 0 and storage.snapshot().meta.index == 0
 
@@ -165,7 +168,7 @@ class Onboarding:
                 _log.log(
                     logging.WARNING if refused else logging.INFO,
                     "event=onboarding_skipped orderer=%d height=%d failures=%r: no orderer streamed its "
-                    "chain; Raft starts from this block store (an orderer of the genesis block)",
+                    "chain; Raft starts from this block store",
                     self._id, result.height, _describe(result.failures),
                 )
                 return result

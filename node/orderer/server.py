@@ -260,11 +260,12 @@ def _onboard(
     config: NodeConfig, blocks: BlockStore, tracker: ConfigTracker, signer: Signer, verifier: Verifier,
     channels: Callable[[str], grpc.Channel], *, wait: bool,
 ) -> None:
-    """Catch the block store of an orderer that never took part in the Raft log up to the
-    chain of the orderers it can reach (node.orderer.onboard), so that the config in force,
-    the transport's membership and the addresses it dials are the current ones when Raft
-    starts. ``wait``: the genesis config does not name it (it must find the chain, bounded
-    by ``extra.onboard_wait_ms``, else ONBOARDING_FAILED)."""
+    """Catch the block store up to the chain of the orderers it can reach (node.orderer.onboard)
+    before Raft starts, so that the config in force, the transport's membership and the
+    addresses it dials are the current ones: a new orderer knows only the genesis block, one
+    that was down may know only orderers replaced meanwhile. ``wait``: a new orderer the
+    genesis config does not name (it must find the chain, bounded by ``extra.onboard_wait_ms``,
+    else ONBOARDING_FAILED); any other asks each orderer once."""
     extra = config.extra
     defaults = OnboardOptions()
     options = OnboardOptions(
@@ -344,14 +345,13 @@ def serve(config: NodeConfig) -> OrdererServer:
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
                            lambda: tracker.current.config,
                            names={e.target: e.name for e in (*config.orderers, *config.peers)})
-    if never_took_part(storage):
-        try:
-            _onboard(config, blocks, tracker, signer, verifier, channel,
-                     wait=config.raft_id not in raft_ids)
-        except BaseException:
-            storage.close()
-            blocks.close()
-            raise
+    try:
+        _onboard(config, blocks, tracker, signer, verifier, channel,
+                 wait=never_took_part(storage) and config.raft_id not in raft_ids)
+    except BaseException:
+        storage.close()
+        blocks.close()
+        raise
     membership = Membership(_members(tracker.current))
     tracker.subscribe(lambda cfg: membership.update(_members(cfg)))
 

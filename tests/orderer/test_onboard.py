@@ -434,6 +434,21 @@ def test_a_new_orderer_reaching_no_orderer_refuses_to_start_naming_each(three_of
     assert has_segments(config.data_dir / "raft" / "wal")
 
 
+def test_an_orderer_restarting_with_its_raft_state_starts_at_once_with_nobody_up(three_of_four) -> None:
+    """Orderer 4 (the genesis block does not name it) took part in the log: it asks the others
+    once before Raft starts, never waits for them (its Raft log is its own)."""
+    config = load_node_config(three_of_four.node_config_path("orderer.ins04"))
+    storage = DurableStorage(config.data_dir / "raft", fsync=False)
+    storage.save_ready(HardState(term=2, vote=0, commit=0), [], None)
+    storage.close()
+    t0 = time.monotonic()
+    server = serve(config)
+    try:
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.stop(0)
+
+
 def test_a_genesis_orderer_of_a_new_network_starts_at_once_with_nobody_up(three_of_four) -> None:
     """The first orderer of a brand-new network to start: nobody to fetch from, and no waiting."""
     config = load_node_config(three_of_four.node_config_path("orderer.ins01"))
@@ -444,3 +459,61 @@ def test_a_genesis_orderer_of_a_new_network_starts_at_once_with_nobody_up(three_
         assert server.blocks.height() == 1
     finally:
         server.stop(0)
+
+
+@pytest.mark.integration
+def test_an_orderer_down_while_every_orderer_it_knows_was_replaced_catches_up_on_restart(tmp_path):
+    """Genesis: orderers 1, 2, 3. Orderer 3 is down while 4, 5 and 6 are added and 1 and 2
+    removed (and stopped): its block store's config in force names 1, 2 and 3 only. Restarted
+    with its data it took part in the log (no onboarding as a new orderer), so it refused the
+    leader's messages (NOT_AN_ORDERER) and fetched blocks only from 1 and 2: it never caught
+    up. It now catches its block store up from the orderers its node.yaml names before Raft
+    starts. (Six orderers: each removal must commit without the one removed and orderer 3.)"""
+    net = make_network(tmp_path / "net", orderer_orgs=6, extra={"snapshot_interval_blocks": 5})
+    admins = ["ins01", "ins02", "ins03", "ins04"]  # 4 of the 7 organisations
+    full = net.config
+    start = _with_orderers(full, [1, 2, 3], full.sequence)
+    net.genesis_path.write_bytes(make_genesis(start, int(time.time() * 1000)).SerializeToString())
+    procs = OrdererProcs(net)
+    client = Client(net)
+    names = {n.raft_id: n.name for n in net.orderers()}
+    try:
+        for rid in (1, 2, 3):
+            procs.start(names[rid])
+        all_serving(procs, client, [names[1], names[2], names[3]])
+        rs = client.broadcast(procs.target(names[1]), [client.envelope()[1] for _ in range(3)], timeout=15)
+        assert all(r.accepted for r in rs)
+        wait_until(lambda: client.status(procs.target(names[3]), 1.0).height >= 2, 20, what="orderer 3 at height 2")
+        procs.kill(names[3])
+        sequence = start.sequence
+        for members in ([1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6], [3, 4, 5, 6]):
+            sequence += 1
+            live = [names[r] for r in sorted(names) if names[r] in procs.procs]
+            _submit(procs, client, live, config_envelope(net, _with_orderers(full, members, sequence), admins),
+                    sequence)
+            for rid in members:
+                if names[rid] not in procs.procs and rid != 3:
+                    procs.start(names[rid])
+            conf_state = f"voters={tuple(members)}"
+            up = [r for r in members if r != 3]
+            wait_until(lambda cs=conf_state, u=up: all(cs in procs.log_text(names[r]) for r in u), 40,
+                       what=f"Raft at {conf_state}")
+            for rid in (1, 2):
+                if rid not in members:
+                    procs.kill(names[rid])  # decommissioned
+        procs.start(names[3])
+        height = client.status(procs.target(names[4])).height
+        wait_until(lambda: client.status(procs.target(names[3]), 1.0).height >= height, 40,
+                   what="orderer 3 at the others' height")
+        procs.kill(names[4])  # orderers 3, 5 and 6 now form the quorum of 3 of 4: 3 votes again
+
+        def ordered() -> bool:
+            rs = client.broadcast(procs.target(names[3]), [client.envelope()[1]], timeout=10)
+            return bool(rs[0].accepted)
+
+        wait_until(ordered, 30, interval=0.3, what="ordering by orderers 3, 5 and 6")
+        assert not_signed_in_force(client.blocks(procs.target(names[3]))) == []
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-4000:]}")
