@@ -274,11 +274,11 @@ def _onboard(
     )
     own = {f"{config.host}:{config.port}", config.listen}
     own.update(e.target for e in config.orderers if e.name == config.name)
-    Onboarding(
+    done = Onboarding(
         config.raft_id, blocks, tracker, signer, channels, [e.target for e in config.orderers],
         verifier=verifier, options=options, own_targets=sorted(own),
     ).run(wait)
-    if config.fsync and blocks.height() > 1:
+    if config.fsync and done.height > done.start_height:
         # no WAL holds these blocks (they came from Deliver, not Raft): durable before Raft
         # starts on them
         sync_block_files(blocks.directory)
