@@ -101,6 +101,8 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "snapshot_interval_blocks": (1, 1 << 40),
     "commit_timeout_ms": (1, 3_600_000),
     "clock_offset_ms": (-(10**12), 10**12),  # fault injection (node.orderer.server)
+    "onboard_wait_ms": (0, 86_400_000),  # node.orderer.onboard
+    "onboard_answer_ms": (1, 600_000),
 }
 
 

@@ -927,9 +927,7 @@ class Chain:
         orderer removed and added back after losing its data): peers check a block's
         signatures against the orderers of the config in force before it, so a block signed
         by us alone there would be refused by every peer that delivers from us."""
-        mine = self._signer.identity.cert_der
-        in_force = [o.cert_der for o in self._tracker.current.config.orderers if o.raft_id == self._id]
-        return bool(in_force) and in_force[0] == mine
+        return signs_in_force(self._tracker.current.config, self._id, self._signer.identity.cert_der)
 
     def _append_copy(self, number: int, header_hash: bytes) -> None:
         """Store block ``number`` as signed by another orderer: our own signature would not
@@ -1073,8 +1071,7 @@ class Chain:
 
     def _signed_in_force(self, block: block_pb2.Block, header_hash: bytes) -> bool:
         """Whether ``block`` carries a valid signature of an orderer of the config in force."""
-        certs = {o.cert_der: o.cert_der for o in self._tracker.current.config.orderers}
-        return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
+        return signed_in_force(self._verifier, block, header_hash, self._tracker.current.config)
 
     def _append_with_config(self, block: block_pb2.Block) -> None:
         """Append ``block``; adopt the config it carries, if it is a valid config block."""
@@ -1182,6 +1179,22 @@ class Chain:
             height=self._blocks.height(),
             last_hash=self._blocks.last_hash(),
         )
+
+
+def signs_in_force(config: config_pb2.ConsortiumConfig, raft_id: int, cert_der: bytes) -> bool:
+    """Whether ``config`` names orderer ``raft_id`` with certificate ``cert_der``: only then does
+    its signature over a block ordered under ``config`` count for peers (see
+    :meth:`Chain._signer_in_force`)."""
+    in_force = [o.cert_der for o in config.orderers if o.raft_id == raft_id]
+    return bool(in_force) and in_force[0] == cert_der
+
+
+def signed_in_force(verifier: Verifier, block: block_pb2.Block, header_hash: bytes,
+                    config: config_pb2.ConsortiumConfig) -> bool:
+    """Whether ``block`` (header hash ``header_hash``) carries a valid signature of an orderer of
+    ``config``, the config in force before it (the peers' rule)."""
+    certs = {o.cert_der: o.cert_der for o in config.orderers}
+    return block_signers(verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
 
 def sync_block_files(directory: str) -> None:

@@ -4,7 +4,8 @@ services, and returns an :class:`OrdererServer` whose ``stop()`` shuts down grac
 Optional tuning in the node YAML's ``extra`` mapping (all integers):
 ``snapshot_interval_blocks``, ``tick_ms``, ``election_tick``, ``commit_timeout_ms``,
 ``grpc_workers``, ``max_streams``, ``max_streams_per_caller`` (caps on Deliver streams, see
-:mod:`node.stream_caps`); and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
+:mod:`node.stream_caps`), ``onboard_wait_ms`` and ``onboard_answer_ms`` (the bounds of
+onboarding, :mod:`node.orderer.onboard`); and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
 prompt re-dispatch when the leader moves) or ``legacy`` (OrdererCluster.ForwardBatch of
 ``transport.Forwarder``, kept for comparison in benchmarks). ``clock_offset_ms`` shifts every
 wall-clock reading of the node (block stamps, certificate validity, the broadcast skew check,
@@ -29,7 +30,7 @@ from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2
 from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
-from node.crypto.signing import Verifier, load_signer
+from node.crypto.signing import Signer, Verifier, load_signer
 from node.crypto.tls import NodeChannels, channel_options, server_credentials
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
@@ -47,12 +48,13 @@ from node.orderer.broadcast import (
     broadcast_batch_method_handler,
     broadcast_method_handler,
 )
-from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state, sync_block_files
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.onboard import Onboarding, OnboardOptions, never_took_part
 from node.orderer.recent import RecentTxIndex
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
@@ -296,6 +298,34 @@ def open_raft_storage(
         ) from err
 
 
+def _onboard(
+    config: NodeConfig, blocks: BlockStore, tracker: ConfigTracker, signer: Signer, verifier: Verifier,
+    channels: Callable[[str], grpc.Channel], *, wait: bool,
+) -> None:
+    """Catch the block store up to the chain of the orderers it can reach (node.orderer.onboard)
+    before Raft starts, so that the config in force, the transport's membership and the
+    addresses it dials are the current ones: a new orderer knows only the genesis block, one
+    that was down may know only orderers replaced meanwhile. ``wait``: a new orderer the
+    genesis config does not name (it must find the chain, bounded by ``extra.onboard_wait_ms``,
+    else ONBOARDING_FAILED); any other asks each orderer once."""
+    extra = config.extra
+    defaults = OnboardOptions()
+    options = OnboardOptions(
+        wait_s=int(extra.get("onboard_wait_ms", defaults.wait_s * 1000)) / 1000.0,
+        answer_timeout_s=int(extra.get("onboard_answer_ms", defaults.answer_timeout_s * 1000)) / 1000.0,
+    )
+    own = {f"{config.host}:{config.port}", config.listen}
+    own.update(e.target for e in config.orderers if e.name == config.name)
+    done = Onboarding(
+        config.raft_id, blocks, tracker, signer, channels, [e.target for e in config.orderers],
+        verifier=verifier, options=options, own_targets=sorted(own),
+    ).run(wait)
+    if config.fsync and done.height > done.start_height:
+        # no WAL holds these blocks (they came from Deliver, not Raft): durable before Raft
+        # starts on them
+        sync_block_files(blocks.directory)
+
+
 def _node_clock(offset_ms: int) -> Callable[[], int]:
     """The node's wall clock: the system's, shifted by ``extra.clock_offset_ms`` (tests)."""
     if not offset_ms:
@@ -330,7 +360,8 @@ def serve(config: NodeConfig) -> OrdererServer:
         blocks.close()
         raise
     # Genesis voters for everyone: a later-added orderer replays the same log (or gets a
-    # snapshot carrying the membership), so it reaches the same ConfState.
+    # snapshot carrying the membership), so it reaches the same ConfState. Opened before
+    # onboarding fills the block store: a crash in between must not look like a lost WAL.
     raft_ids = [o.raft_id for o in consortium.orderers]
     try:
         storage = open_raft_storage(
@@ -340,12 +371,9 @@ def serve(config: NodeConfig) -> OrdererServer:
     except BaseException:
         blocks.close()
         raise
-    # the orderers earlier configs named, as the last one named each (dialled while in Raft)
-    former = [{o.raft_id: o for o in _former_orderers(blocks, tracker.current)}]
-    admitted = _admits(tracker.current, wall_ms)
-    membership = Membership(_members(tracker.current),
-                            [_entry(o) for o in former[0].values() if admitted(o.cert_der)])
-    seen = [tracker.current]  # the config adopt_members saw last
+    # the orderers earlier configs named, as the last one named each (dialled while in Raft);
+    # filled in once onboarding has brought the block store up to date
+    former: list[dict[int, config_pb2.OrdererNode]] = [{}]
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     options = [
@@ -363,6 +391,18 @@ def serve(config: NodeConfig) -> OrdererServer:
                            lambda: tracker.current.config,
                            names={e.target: e.name for e in (*config.orderers, *config.peers)},
                            former=lambda: list(former[0].values()))
+    try:
+        _onboard(config, blocks, tracker, signer, verifier, channel,
+                 wait=never_took_part(storage) and config.raft_id not in raft_ids)
+    except BaseException:
+        storage.close()
+        blocks.close()
+        raise
+    former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
+    admitted = _admits(tracker.current, wall_ms)
+    membership = Membership(_members(tracker.current),
+                            [_entry(o) for o in former[0].values() if admitted(o.cert_der)])
+    seen = [tracker.current]  # the config adopt_members saw last
 
     # the other orderers' and the peers' releases; peers' statements refused are counted
     releases = ReleaseWatch(wall_ms, verifier=verifier,
