@@ -26,7 +26,7 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   pharmacy) -- a revoked prescription is listed so that nobody dispenses it. ``deliver_by``
   names the pharmacy whose courier has a fill to hand over (the caller's own when it owes
   one, else the one owing the latest fill not handed over, after a re-route the previous
-  pharmacy; None when nothing is pending) and ``deliver_fills`` those fills, oldest first:
+  pharmacy; None when nothing is pending, or erased) and ``deliver_fills`` those fills, oldest first:
   what its courier names in ``deliver(rx_id, fill)`` (``delivered_fills`` counts the fills
   handed over);
 * ``routed_elsewhere``: the ids of the prescriptions of the range with a ``route`` step that
@@ -182,7 +182,10 @@ def _summary(meta: dict[str, Any], org: str, now_ms: int, owed: dict[int, str] |
 
 def _deliver_by(meta: dict[str, Any], org: str, owed: dict[int, str] | None) -> tuple[str | None, list[int]]:
     """Whose courier has fills to hand over, and which: ``org`` when it owes one, else the
-    pharmacy owing the latest fill not handed over; (None, []) when nothing is pending."""
+    pharmacy owing the latest fill not handed over; (None, []) when nothing is pending, or
+    the prescription was erased (``deliver`` refuses it ERASED: nobody hands anything over)."""
+    if meta.get("status") == "ERASED":
+        return None, []
     mine = owed_fills(meta, org, owed)
     if mine or not owed:
         return (org, mine) if mine else (None, [])

@@ -335,6 +335,24 @@ def test_the_next_fill_does_not_wait_for_the_last_ones_hand_over_by_another_phar
     assert (theirs["action"], theirs["deliver_by"], theirs["delivered_fills"]) == ("none", None, 2)
 
 
+def test_an_erased_prescription_names_nobody_to_deliver(world: World) -> None:  # noqa: F811
+    """Erased while p01's courier still owed fill 1 (re-routed since): ``deliver`` refuses an
+    erased prescription, so its summary names no courier and no fill to hand over -- it named
+    p01 and ``deliver_fills`` [1], a ``rx deliver --fill 1`` the contract refuses ERASED."""
+    from tests.contracts.chain import admin
+
+    ledger = EventLedger(world.chain)
+    _, rx = _filled_repeat(world, "81234560000000000410")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    world.chain.advance(366 * DAY_MS)
+    world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365).unwrap()
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=1).reason == "ERASED"
+    for caller in (WANG, CHEN):  # p01 still reads it (it owes fill 1), p02 serves it
+        (p,) = _rxops(world, ledger, caller).inbox(0)["prescriptions"]
+        assert (p["status"], p["action"], p["deliver_by"], p["deliver_fills"]) == ("ERASED", "none", None, []), caller
+
+
 def test_a_consent_grant_reads_a_prescription_but_does_not_serve_it(world: World) -> None:  # noqa: F811
     ledger = EventLedger(world.chain)
     rx = approved(world).args["rx_id"]
@@ -474,6 +492,32 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     end = app.handle("GET", f"/fhir/Task?from-block=2&limit-blocks={rest}", None, b"cert")
     assert end.headers["X-Rxchain-Next-Block"] == str(ledger.height)
     assert [link["relation"] for link in end.resource["link"]] == ["self"]
+
+
+def test_fhir_task_of_a_pharmacy_with_nothing_left_while_another_owes_a_hand_over(world: World) -> None:  # noqa: F811
+    """p02 dispensed and handed over the last fill after a re-route while p01's courier still
+    owes fill 1: the prescription stays DISPENSED (DELIVERED once every fill is handed over),
+    and nothing is left for p02 -- its Task is completed (it was on-hold, the status of a
+    next fill not due yet, with nothing to wait for: for good if p01 never confirms); p01's
+    is in progress (to deliver) until its courier does."""
+    ledger = EventLedger(world.chain)
+    prep, rx = _filled_repeat(world, "81234560000000000411")
+    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    world.chain.advance(28 * DAY_MS)
+    world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
+    dispense(world, prep, CHEN, ["81234560000000000412"]).unwrap()
+    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()["status"] == "DISPENSED"
+
+    def task(caller: Who) -> tuple[str, str, str]:
+        (entry,) = _fhir_app(world, ledger, caller).handle("GET", "/fhir/Task", None, b"cert").resource["entry"]
+        t = entry["resource"]
+        return t["status"], t["businessStatus"]["coding"][0]["code"], t["businessStatus"]["text"]
+
+    assert task(CHEN) == ("completed", "none", "DISPENSED")
+    assert task(WANG) == ("in-progress", "deliver", "DISPENSED")
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert task(CHEN) == ("completed", "none", "DELIVERED")
 
 
 def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
