@@ -33,10 +33,12 @@ pharmacy) -- reading each with ``prescription.show`` (which only the parties may
   the caller does not serve now, in ledger order. A prescription routed away is no longer
   the caller's to read (its changes and state are not shown): a work queue kept from earlier
   reads drops it. The ids are those every member's events name (most were never the
-  caller's), nothing more is told. A prescription routed away while a fill the caller
-  dispensed is not handed over yet (any fill, not only the latest) stays in ``prescriptions``
-  (``deliver``, ``deliver_by`` the caller) until its courier delivers it: the contract lets
-  the dispensing pharmacy read it until then, and ``deliver`` takes that pharmacy's courier.
+  caller's), nothing more is told. A prescription routed away while the latest fill, which
+  the caller dispensed, is not handed over yet stays in ``prescriptions`` (``deliver``,
+  ``deliver_by`` the caller) until its courier delivers it or another pharmacy dispenses the
+  next fill: the contract lets the dispensing pharmacy read it until then. ``deliver`` takes
+  that pharmacy's courier for any fill it dispensed, readable or not (``rx deliver RX``: its
+  latest fill; ``--fill N`` an earlier one).
   A range holding its last hand-over (a ``deliver`` step of the caller's organisation on a
   prescription it may no longer read) lists the id here too, the route step perhaps in an
   earlier range.

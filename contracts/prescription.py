@@ -422,12 +422,12 @@ def _disp_key(rx_id: str, fill: int) -> str:
     return "disp/" + rx_id + "/" + str(fill).zfill(3)
 
 
-def _owed(ctx: Context, rx: dict, org: str) -> int:
-    """The latest fill ``org`` dispensed and did not hand over yet, 0 if none."""
+def _latest_of(ctx: Context, rx: dict, org: str) -> int:
+    """The latest fill ``org`` dispensed (handed over or not), 0 if none."""
     n = rx["fills"]
     while n > 0:
         disp = ctx.get(_disp_key(rx["rx_id"], n))
-        if disp is not None and disp["pharmacy"] == org and not disp["delivered"]:
+        if disp is not None and disp["pharmacy"] == org:
             return n
         n = n - 1
     return 0
@@ -469,8 +469,12 @@ def _can_view(ctx: Context, rx: dict) -> bool:
         return True
     if ctx.get("grant/" + rx["rx_id"] + "/" + c.org) is not None:
         return True
-    # routed away owing the hand-over of a fill it dispensed: its courier still delivers it
-    return _owed(ctx, rx, c.org) > 0
+    # re-routed away with the latest fill not handed over yet: its courier still delivers it
+    # (an earlier fill it owes too, but then without reading what came after it)
+    if rx["fills"] == 0:
+        return False
+    disp = ctx.get(_disp_key(rx["rx_id"], rx["fills"]))
+    return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
 
 
 # ---------------------------------------------------------------- issue
@@ -973,9 +977,9 @@ def dispense(ctx: Context, rx_id: str, lock_id: str = "") -> dict:
 
 def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
     """The courier of the dispensing pharmacy confirms the hand-over of fill ``fill`` (0: the
-    latest fill of its pharmacy not handed over yet, else the latest fill); a fill the issuing
-    hospital's own pharmacy dispensed (hospitals have no couriers): its pharmacist, at the
-    counter. ``delivered_fills`` counts the fills handed over (recounted here)."""
+    latest fill its pharmacy dispensed, else the latest fill: a re-run is ALREADY_DELIVERED);
+    a fill the issuing hospital's own pharmacy dispensed (hospitals have no couriers): its
+    pharmacist, at the counter. ``delivered_fills`` counts the fills handed over."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     if c.role != "courier" and not (c.role == "pharmacist" and c.org == rx["hospital"]):
@@ -987,7 +991,7 @@ def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
     if not _is_int(fill, 0, rx["fills"]):
         ctx.fail("BAD_ARGUMENTS", "fill must be a dispensed fill 1-" + str(rx["fills"]) + " (0: the default)")
     if fill == 0:
-        fill = _owed(ctx, rx, c.org)
+        fill = _latest_of(ctx, rx, c.org)
         if fill == 0:
             fill = rx["fills"]
     key = _disp_key(rx_id, fill)
@@ -1007,8 +1011,9 @@ def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
             done = done + 1
         n = n - 1
     rx["delivered_fills"] = done
-    if rx["fills"] >= rx["max_fills"] and done == rx["fills"]:
-        rx["status"] = "DELIVERED"
+    last = fill == rx["fills"] or ctx.get(_disp_key(rx_id, rx["fills"]))["delivered"]
+    if rx["fills"] >= rx["max_fills"] and last:
+        rx["status"] = "DELIVERED"  # the last fill handed over (an earlier one may follow)
     _save(ctx, rx, "deliver", {"fill": fill})
     return {"rx_id": rx_id, "status": rx["status"], "fill": fill}
 

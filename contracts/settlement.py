@@ -596,15 +596,12 @@ def _may_view_rx(ctx: Context, rx: dict) -> bool:
         return True
     if ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None:
         return True
-    # as prescription._can_view: routed away owing the hand-over of a fill it dispensed (any
-    # fill, not only the latest: its courier still delivers it)
-    n = rx["fills"]
-    while n > 0:
-        disp = ctx.get_from("prescription", "disp/" + rx["rx_id"] + "/" + str(n).zfill(3))
-        if disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]:
-            return True
-        n = n - 1
-    return False
+    # as prescription._can_view: re-routed away with the latest fill not handed over yet (its
+    # courier still delivers it) -- trace read it and this trail answered it NOT_FOUND
+    if rx["fills"] == 0:
+        return False
+    disp = ctx.get_from("prescription", "disp/" + rx["rx_id"] + "/" + str(rx["fills"]).zfill(3))
+    return disp is not None and disp["pharmacy"] == c.org and not disp["delivered"]
 
 
 def _is_claim_cursor(s: str) -> bool:

@@ -313,17 +313,13 @@ def inbox_task(p: Mapping[str, Any], org: str) -> dict[str, Any]:
     """A pharmacy's work item (``client.inbox``'s prescription summary) as a FHIR Task: its
     ``status`` from what there is to do (review: requested, dispense: ready, wait for the next
     fill: on-hold with ``restriction.period.start``, deliver: in-progress; nothing: completed
-    when delivered, and when every fill is dispensed and none is this pharmacy's to hand over
-    (another pharmacy's courier owes an earlier fill: the prescription stays DISPENSED until
-    it delivers, nothing is left to do here), cancelled when revoked, rejected, expired -- the
-    validity passed, expire transaction or not -- or erased), ``businessStatus``
+    when delivered, cancelled when revoked, rejected, expired -- the validity passed, expire
+    transaction or not -- or erased), ``businessStatus``
     the action (system ``urn:rxchain:inboxAction``) and the prescription's status, ``focus``
     the MedicationRequest by its identifier, ``owner`` the pharmacy."""
     action, status = str(p.get("action", "none")), str(p.get("status", ""))
     rx_id = str(p["rx_id"])
     final = "EXPIRED" if p.get("expired") is True else status  # (validity passed, no expire tx)
-    if status == "DISPENSED" and 0 < int(p.get("max_fills") or 0) <= int(p.get("fills") or 0):
-        final = "DELIVERED"  # (every fill out; another's courier owes a hand-over: none is ours)
     task: dict[str, Any] = {
         "resourceType": "Task", "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
         "status": _TASK_STATUS.get(action) or _DONE.get(final, "on-hold"), "intent": "order",

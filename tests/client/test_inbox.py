@@ -312,8 +312,9 @@ def test_a_fill_not_handed_over_at_a_re_route_is_the_dispensing_pharmacys_to_del
 def test_the_next_fill_does_not_wait_for_the_last_ones_hand_over_by_another_pharmacy(world: World) -> None:  # noqa: F811
     """Re-routed while p01's courier still owed fill 1: when fill 2 is due p02 is told to
     dispense it (it was told to wait: the contract refused its lock NOT_DELIVERED for as long
-    as p01 was active, as deliver confirmed the latest fill only). Each pharmacy is then told
-    to deliver the fill it owes -- p01 fill 1 though fill 2 is the latest -- and does."""
+    as p01 was active, as deliver confirmed the latest fill only). p02 is then told to deliver
+    fill 2; p01 reads nothing past the fill it owes (routed_elsewhere), and its courier's
+    ``rx deliver`` (its pharmacy's latest fill) still hands fill 1 over."""
     ledger = EventLedger(world.chain)
     prep, rx = _filled_repeat(world, "81234560000000000408")
     world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
@@ -323,13 +324,11 @@ def test_the_next_fill_does_not_wait_for_the_last_ones_hand_over_by_another_phar
     assert (theirs["action"], theirs["deliver_by"], theirs["deliver_fills"]) == ("dispense", "p01", [1])
     world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
     dispense(world, prep, CHEN, ["81234560000000000418"]).unwrap()
-    (mine,) = _rxops(world, ledger, WANG).inbox(0)["prescriptions"]  # still p01's to read: it owes fill 1
     (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
-    assert (mine["action"], mine["deliver_by"], mine["deliver_fills"]) == ("deliver", "p01", [1])
     assert (theirs["action"], theirs["deliver_by"], theirs["deliver_fills"]) == ("deliver", "p02", [2])
+    gone = _rxops(world, ledger, WANG).inbox(0)  # no party past the fill it owes
+    assert (gone["prescriptions"], gone["routed_elsewhere"]) == ([], [rx])
     assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
-    done = _rxops(world, ledger, WANG).inbox(0)
-    assert (done["prescriptions"], done["routed_elsewhere"]) == ([], [rx])
     assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()["status"] == "DELIVERED"
     (theirs,) = _rxops(world, ledger, CHEN).inbox(0)["prescriptions"]
     assert (theirs["action"], theirs["deliver_by"], theirs["delivered_fills"]) == ("none", None, 2)
@@ -494,12 +493,11 @@ def test_fhir_task_search_lists_the_pharmacys_work_items(world: World) -> None: 
     assert [link["relation"] for link in end.resource["link"]] == ["self"]
 
 
-def test_fhir_task_of_a_pharmacy_with_nothing_left_while_another_owes_a_hand_over(world: World) -> None:  # noqa: F811
+def test_fhir_task_is_completed_with_the_last_fill_handed_over_while_another_owes_one(world: World) -> None:  # noqa: F811
     """p02 dispensed and handed over the last fill after a re-route while p01's courier still
-    owes fill 1: the prescription stays DISPENSED (DELIVERED once every fill is handed over),
-    and nothing is left for p02 -- its Task is completed (it was on-hold, the status of a
-    next fill not due yet, with nothing to wait for: for good if p01 never confirms); p01's
-    is in progress (to deliver) until its courier does."""
+    owes fill 1: the prescription is DELIVERED (the last fill's hand-over) and p02's Task
+    completed -- it stayed DISPENSED, the Task on-hold (a next fill not due) with nothing to
+    wait for, for good if p01 never confirmed; p01's hand-over is still recorded after it."""
     ledger = EventLedger(world.chain)
     prep, rx = _filled_repeat(world, "81234560000000000411")
     world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
@@ -507,16 +505,16 @@ def test_fhir_task_of_a_pharmacy_with_nothing_left_while_another_owes_a_hand_ove
     world.chain.advance(28 * DAY_MS)
     world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
     dispense(world, prep, CHEN, ["81234560000000000412"]).unwrap()
-    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()["status"] == "DISPENSED"
 
     def task(caller: Who) -> tuple[str, str, str]:
         (entry,) = _fhir_app(world, ledger, caller).handle("GET", "/fhir/Task", None, b"cert").resource["entry"]
         t = entry["resource"]
         return t["status"], t["businessStatus"]["coding"][0]["code"], t["businessStatus"]["text"]
 
-    assert task(CHEN) == ("completed", "none", "DISPENSED")
-    assert task(WANG) == ("in-progress", "deliver", "DISPENSED")
-    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert task(CHEN) == ("in-progress", "deliver", "DISPENSED")
+    assert world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()["status"] == "DELIVERED"
+    assert task(CHEN) == ("completed", "none", "DELIVERED")
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
     assert task(CHEN) == ("completed", "none", "DELIVERED")
 
 

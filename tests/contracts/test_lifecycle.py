@@ -351,7 +351,7 @@ def test_any_fill_is_handed_over_whatever_was_dispensed_after_it(world: World) -
     N's hand-over: an active pharmacy whose courier never confirmed held every remaining fill
     (and a late confirmation could let fill N+1's validity pass). Now fill N+1 goes out at
     once, and ``deliver(fill=N)`` records fill N's hand-over afterwards; without ``fill`` the
-    latest fill of the courier's pharmacy still awaiting hand-over. Refusals change nothing."""
+    latest fill of the courier's pharmacy (a re-run: ALREADY_DELIVERED). Refusals change nothing."""
     prep = approved(world, max_fills=3, fill_interval_days=28,
                     stability_assessment="stable 6 months", patient_confirmed=True, **LONG)
     rx = prep.args["rx_id"]
@@ -372,9 +372,10 @@ def test_any_fill_is_handed_over_whatever_was_dispensed_after_it(world: World) -
         out = world.chain.submit("prescription", "deliver", caller, rx_id=rx, **args)
         assert (out.ok, out.reason) == (False, reason), (caller, args, out.message)
     assert world.chain.raw_state_bytes() == before
-    # the default: the latest fill of the courier's pharmacy not handed over yet
+    # the default: the latest fill of the courier's pharmacy; run again, the same fill
     out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
     assert (out["fill"], out["status"]) == (2, "DISPENSED")
+    assert call(world, "deliver", COURIER, rx) == "ALREADY_DELIVERED"  # never fill 1 by default
     assert call(world, "deliver", COURIER, rx, fill=2) == "ALREADY_DELIVERED"
     assert (_disp(world, rx, 1)["delivered"], _disp(world, rx, 2)["courier"]) == (False, "courier-liu")
     # fill 1's courier confirms it afterwards, naming it
@@ -395,26 +396,36 @@ def test_any_fill_is_handed_over_whatever_was_dispensed_after_it(world: World) -
     assert call(world, "route", JIANG, rx, pharmacy="p02", wrapped_key=world.wrap_for(rx, "p02")) == "OK"
     world.chain.advance(28 * DAY_MS)
     assert lock_and_dispense(world, prep, pharmacist=CHEN).unwrap()["fills_left"] == 0
-    assert call(world, "deliver", COURIER, rx) == "ACCESS_DENIED"  # p01 owes nothing; fill 3 is p02's
+    assert call(world, "deliver", COURIER, rx) == "ALREADY_DELIVERED"  # p01's latest: fill 2
+    assert call(world, "deliver", COURIER, rx, fill=3) == "ACCESS_DENIED"  # fill 3 is p02's
     out = world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()
     assert (out["fill"], out["status"]) == (3, "DELIVERED")
     assert (_shown(world, rx)["status"], _shown(world, rx)["delivered_fills"]) == ("DELIVERED", 3)
 
 
-def test_delivered_only_once_every_fill_is_handed_over(world: World) -> None:
-    """The last fill's hand-over made a prescription DELIVERED (the earlier ones were handed
-    over first, NOT_DELIVERED saw to it). Fills are handed over in any order now: DELIVERED
-    means every one of the ``max_fills`` fills dispensed and handed over."""
+def test_delivered_once_the_last_fill_is_handed_over(world: World) -> None:
+    """Fills are handed over in any order now. DELIVERED is the last fill's hand-over, as
+    before: an earlier fill's courier that never confirms must not keep the prescription
+    DISPENSED for good (nothing could move it on: expire refuses a dispensed one); the
+    earlier fill's hand-over is still recorded afterwards and counted."""
     prep = approved(world, max_fills=2, fill_interval_days=14, long_rx=True, chronic_reason="stable", days=14)
     rx = prep.args["rx_id"]
     lock_and_dispense(world, prep).unwrap()
     world.chain.advance(14 * DAY_MS)
     lock_and_dispense(world, prep).unwrap()
-    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=2).unwrap()["status"] == "DISPENSED"
-    assert (_shown(world, rx)["status"], _shown(world, rx)["delivered_fills"]) == ("DISPENSED", 1)
-    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap() == {
-        "rx_id": rx, "status": "DELIVERED", "fill": 1}
-    assert _shown(world, rx)["delivered_fills"] == 2
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=1).unwrap()["status"] == "DISPENSED"
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx, fill=2).unwrap()["status"] == "DELIVERED"
+    other = approved(world, max_fills=2, fill_interval_days=14, long_rx=True, chronic_reason="stable", days=14)
+    orx = other.args["rx_id"]
+    lock_and_dispense(world, other).unwrap()
+    world.chain.advance(14 * DAY_MS)
+    lock_and_dispense(world, other).unwrap()
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=orx).unwrap() == {
+        "rx_id": orx, "status": "DELIVERED", "fill": 2}
+    assert (_shown(world, orx)["status"], _shown(world, orx)["delivered_fills"]) == ("DELIVERED", 1)
+    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=orx, fill=1).unwrap() == {
+        "rx_id": orx, "status": "DELIVERED", "fill": 1}
+    assert _shown(world, orx)["delivered_fills"] == 2
 
 
 def test_a_record_of_the_latest_fill_only_deliver_reads_on(world: World) -> None:
@@ -435,7 +446,7 @@ def test_a_record_of_the_latest_fill_only_deliver_reads_on(world: World) -> None
     # as the previous release left it: fill 2 handed over, delivered_fills = fills, DELIVERED
     key = ("prescription", f"rx/{rx}")
     rec = json.loads(world.chain.state.values[key])
-    assert (rec["status"], rec["delivered_fills"]) == ("DISPENSED", 1)  # (this release's count)
+    assert (rec["status"], rec["delivered_fills"]) == ("DELIVERED", 1)  # (this release's count)
     rec.update(status="DELIVERED", delivered_fills=2)
     world.chain.state.values[key] = json.dumps(rec).encode()
     assert _shown(world, rx)["delivered_fills"] == 2

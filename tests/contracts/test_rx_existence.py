@@ -254,11 +254,12 @@ def test_settlement_trail_reads_the_pharmacy_routed_away_from_as_prescription_tr
         assert _answer(world, "settlement", "trail", viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
 
 
-def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_any_fill(world: World) -> None:
+def test_a_pharmacy_owing_an_earlier_fill_reads_nothing_after_it_but_still_hands_it_over(world: World) -> None:
     """Fills no longer wait for each other's hand-over: p02 dispenses (and hands over) fill 2
-    after a re-route while p01's courier still owes fill 1. p01 stays a party -- in every view,
-    settlement.trail too -- until that hand-over (``deliver(fill=1)``); the party rule read
-    the latest fill's record only, and answered p01 NOT_FOUND as soon as fill 2 went out."""
+    after a re-route while p01's courier still owes fill 1. p01 reads the prescription only
+    while it owes the latest fill (what it dispensed is what it saw): from fill 2 on it is no
+    party (NOT_FOUND in every view, settlement.trail too) -- the fill's dispense record keeps
+    its courier's right to record the hand-over, which needs no read."""
     from tests.contracts.flows import dispense
 
     prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
@@ -268,17 +269,15 @@ def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_any_fill(
     lock_and_dispense(world, prep).unwrap()
     world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
                        wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    for viewer in (WANG, COURIER):  # owes the latest fill: a party
+        for contract, fn, args in VIEWS[:4] + VIEWS[5:]:
+            assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)
     world.chain.advance(28 * DAY_MS)
     world.chain.submit("prescription", "lock", CHEN, rx_id=rx).unwrap()
     dispense(world, prep, CHEN).unwrap()
     world.chain.submit("prescription", "deliver", COURIER2, rx_id=rx).unwrap()
-    for viewer in (WANG, COURIER):
-        for contract, fn, args in VIEWS[:4] + VIEWS[5:]:
-            assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)
-    for contract, fn, _args in (VIEWS[0], VIEWS[5]):
-        assert _answer(world, contract, fn, who("p03:pharm-x:pharmacist"), rx) == (
-            False, "NOT_FOUND", "no prescription ID")
-    assert world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()["fill"] == 1
-    for viewer in (WANG, COURIER):
+    for viewer in (WANG, COURIER, who("p03:pharm-x:pharmacist")):
         for contract, fn, _args in (VIEWS[0], VIEWS[5]):
             assert _answer(world, contract, fn, viewer, rx) == (False, "NOT_FOUND", "no prescription ID")
+    out = world.chain.submit("prescription", "deliver", COURIER, rx_id=rx).unwrap()
+    assert (out["fill"], out["status"]) == (1, "DELIVERED")
