@@ -1099,13 +1099,25 @@ def test_the_orderer_creates_its_data_directory_durably(tmp_path, monkeypatch):
     genesis = toy_block(0, GENESIS_PREVIOUS_HASH)
     blocks = open_block_store(home / "data", genesis)
     blocks.close()
-    assert synced == [str(home), str(home / "data")]  # the entries of data/ and blocks/
+    assert synced[:2] == [str(home), str(home / "data")]  # the entries of data/ and blocks/
+    assert synced[2:] == _ancestors(home)  # then home's own entry and up (make_dirs_durable)
+    synced.clear()
     blocks = open_block_store(home / "data", genesis)  # a restart: nothing to create
     try:
         assert blocks.height() == 1  # the genesis block, once
     finally:
         blocks.close()
-    assert len(synced) == 2
+    # synced again all the same: a run that crashed before its fsync left them undurable
+    assert synced == [str(home / "data"), str(home), *_ancestors(home)]
+
+
+def _ancestors(path: Path) -> list[str]:
+    """The directories holding ``path``'s entry and each ancestor's, up to the root."""
+    out, p = [], os.path.abspath(path)
+    while os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+        out.append(p)
+    return out
 
 
 def test_the_orderer_refuses_to_start_when_its_data_directory_cannot_be_synced(tmp_path, monkeypatch):
