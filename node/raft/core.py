@@ -99,6 +99,11 @@ class Raft:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.uncommitted_size = 0
+        # blank storage not yet confirmed new by the application: no votes, no campaigns
+        self.state_unconfirmed = config.state_unconfirmed
+        # (follower, index it had acknowledged, its reject hint): followers found to have lost
+        # acknowledged entries, for the application to take (RawNode.take_lost_followers)
+        self.lost_followers: list[tuple[int, int, int]] = []
         self._step: StepFn = Raft._step_follower
         self._tick: TickFn = Raft._tick_election
 
@@ -149,10 +154,12 @@ class Raft:
         self.vote = hs.vote
 
     def promotable(self) -> bool:
-        """May this node become leader (a voter without a pending snapshot)?"""
+        """May this node become leader (a voter without a pending snapshot whose state is
+        not unconfirmed)?"""
         pr = self.tracker.progress.get(self.id)
         return (
-            pr is not None
+            not self.state_unconfirmed
+            and pr is not None
             and not pr.is_learner
             and self.id in self.tracker.voters
             and self.log.unstable.snapshot is None
@@ -412,7 +419,14 @@ class Raft:
                 or (self.vote == NONE and self.lead == NONE)
                 or (m.type == MT.PRE_VOTE and m.term > self.term)
             )
-            if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            if self.state_unconfirmed:
+                # Blank storage not confirmed new: this node may have acknowledged entries it
+                # no longer holds, and its empty log finds every candidate up to date. (A
+                # pre-vote at term 0 goes unanswered: a refusal carries our term, and one of
+                # the candidate's next term would make it a follower of that term.)
+                if self.term > 0:
+                    self._send(_vote_resp_type(m.type), m.frm, term=self.term, reject=True)
+            elif can_vote and self.log.is_up_to_date(m.index, m.log_term):
                 self._send(_vote_resp_type(m.type), m.frm, term=m.term)
                 if m.type == MT.VOTE:
                     self.election_elapsed = 0
@@ -521,6 +535,19 @@ class Raft:
         if t == MT.APP_RESP:
             pr.recent_active = True
             if m.reject:
+                if (
+                    pr.state == ProgressState.PROBE
+                    and m.index == pr.next - 1
+                    and m.reject_hint < pr.match
+                ):
+                    # The follower rejects the current probe (not an earlier one, which a
+                    # reordered message would be: see maybe_decr_to) at or beyond the index it
+                    # acknowledged, its log ending or diverging below it: it lost acknowledged
+                    # entries (a voter whose storage was emptied). etcd-raft takes this for a
+                    # stale rejection and probes the same index for ever; we tell the
+                    # application and forget its match, so it is replicated to again.
+                    self.lost_followers.append((m.frm, pr.match, m.reject_hint))
+                    pr.match = 0
                 next_probe = m.reject_hint
                 if m.log_term > 0:
                     next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
