@@ -230,7 +230,11 @@ class StateCheck:
     def _run(self, on_new: Callable[[str], None], on_lost: Callable[[str], None],
              own_commit: Callable[[], int]) -> None:
         while not self._stop.wait(self._retry_s):
-            verdict, why = self.round(own_commit())
+            try:
+                verdict, why = self.round(own_commit())
+            except Exception:  # noqa: BLE001 -- stay unconfirmed and ask again, never end silently
+                _log.exception("event=raft_state_check_failed orderer=%d: asking again", self._id)
+                continue
             if verdict == Verdict.UNKNOWN:
                 continue
             if verdict == Verdict.NEW:

@@ -212,3 +212,21 @@ def test_an_unconfirmed_orderer_catching_up_votes_once_its_commit_reaches_the_an
     check.close()
     assert told.lost == [] and "commit 11 >= 11" in told.new[0]
     assert not (tmp_path / MARKER).exists()
+
+
+def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [0]
+
+    def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("no channel")
+        return [ans("a", height=1, applied=0)]
+
+    monkeypatch.setattr(statecheck, "ask", fake)
+    told = Told()
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    check.start(told.on_new, told.on_lost, lambda: 0)
+    assert told.done.wait(5)
+    check.close()
+    assert told.lost == [] and "new network" in told.new[0]
