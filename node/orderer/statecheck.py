@@ -20,8 +20,10 @@ index and its height) before it may vote or campaign (:func:`judge`):
 * nobody answered with a membership (a cold start: every orderer starts at once; or answers
   from a release without these fields): UNKNOWN. The orderer starts with its Raft
   ``state_unconfirmed`` (it follows a leader but neither votes nor campaigns) and
-  :class:`StateCheck` asks again every ``retry_s`` until a verdict, which it hands to the
-  chain (confirm, or stop with RAFT_STATE_LOST). A marker file (:data:`MARKER`) keeps the
+  :class:`StateCheck` asks again (after 0.1 s, doubling up to ``retry_s``: at a cold start
+  the others' servers come up within moments, and an orderer still unconfirmed when a leader
+  hands leadership to it cannot take it) until a verdict, which it hands to the chain
+  (confirm, or stop with RAFT_STATE_LOST). A marker file (:data:`MARKER`) keeps the
   state unconfirmed across restarts until then: the node may have written a term or entries
   meanwhile, so its storage is no longer blank, but it is no safer a voter.
 
@@ -59,6 +61,10 @@ _log = logging.getLogger(__name__)
 
 MARKER = "STATE_UNCONFIRMED"
 """File in the orderer's raft/ directory while its blank start is not yet confirmed new."""
+
+
+FIRST_RETRY_S = 0.1
+"""The first background round's delay; each next one waits twice as long, up to ``retry_s``."""
 
 
 class Verdict(enum.Enum):
@@ -170,7 +176,7 @@ class StateCheck:
         channels: Callable[[str], grpc.Channel],
         *,
         timeout_s: float = 2.0,
-        retry_s: float = 1.0,
+        retry_s: float = 0.5,
         fsync: bool = True,
     ) -> None:
         self._id = raft_id
@@ -220,16 +226,19 @@ class StateCheck:
 
     def start(self, on_new: Callable[[str], None], on_lost: Callable[[str], None],
               own_commit: Callable[[], int]) -> None:
-        """Ask every ``retry_s`` in a background thread until NEW (``on_new(why)``, after the
-        marker is gone) or LOST (``on_lost(why)``), judging with the commit index the orderer
-        reached meanwhile (``own_commit()``); :meth:`close` ends it early."""
+        """Ask again (after :data:`FIRST_RETRY_S`, doubling up to ``retry_s``) in a background
+        thread until NEW (``on_new(why)``, after the marker is gone) or LOST (``on_lost(why)``),
+        judging with the commit index the orderer reached meanwhile (``own_commit()``);
+        :meth:`close` ends it early."""
         self._thread = threading.Thread(target=self._run, args=(on_new, on_lost, own_commit),
                                         name=f"raft-state-check-{self._id}", daemon=True)
         self._thread.start()
 
     def _run(self, on_new: Callable[[str], None], on_lost: Callable[[str], None],
              own_commit: Callable[[], int]) -> None:
-        while not self._stop.wait(self._retry_s):
+        delay = min(FIRST_RETRY_S, self._retry_s)
+        while not self._stop.wait(delay):
+            delay = min(2 * delay, self._retry_s)
             try:
                 verdict, why = self.round(own_commit())
             except Exception:  # noqa: BLE001 -- stay unconfirmed and ask again, never end silently
