@@ -459,6 +459,11 @@ class Chain:
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
             if payload.type == MessageType.APP_RESP and payload.reject:
                 self._report_lost_followers()
+            elif payload.type == MessageType.STATE_LOST:
+                _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
+                           "this orderer rejecting Raft entries it had acknowledged (its data directory "
+                           "emptied or lost?); no vote before its commit index reaches %d; see README: "
+                           "Recovery", self._id, payload.frm, payload.commit, payload.commit)
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
@@ -1185,14 +1190,14 @@ class Chain:
         Readys (acks, heartbeats) change none of them."""
         hs = self._node.hard_state
         key = (hs.term, hs.commit, self._leader, int(self._role), self._applied, self._blocks.height(),
-               int(self._node.state_unconfirmed))
+               int(self._node.withholds_votes))
         if key != self._status_key:
             self._status = self._make_status()
 
     def _make_status(self) -> ChainStatus:
         hs = self._node.hard_state
         self._status_key = (hs.term, hs.commit, self._leader, int(self._role), self._applied,
-                            self._blocks.height(), int(self._node.state_unconfirmed))
+                            self._blocks.height(), int(self._node.withholds_votes))
         self._metrics.term.set(hs.term)
         self._metrics.commit_index.set(hs.commit)
         self._metrics.applied_index.set(self._applied)
@@ -1206,7 +1211,7 @@ class Chain:
             height=self._blocks.height(),
             last_hash=self._blocks.last_hash(),
             conf_state=self._conf_state,  # changes only with _applied, which is in the key
-            state_unconfirmed=self._node.state_unconfirmed,
+            state_unconfirmed=self._node.withholds_votes,
         )
 
 

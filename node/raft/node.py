@@ -155,6 +155,13 @@ class RawNode:
         self.raft.state_unconfirmed = False
 
     @property
+    def withholds_votes(self) -> bool:
+        """True while the node refuses votes and does not campaign: its state is unconfirmed,
+        or its leader told it it lost acknowledged entries (MessageType.STATE_LOST) and its
+        commit index has not yet reached the leader's."""
+        return self.raft.withholds_votes()
+
+    @property
     def state_unconfirmed(self) -> bool:
         """True while the node refuses votes and does not campaign (``Config.state_unconfirmed``)."""
         return self.raft.state_unconfirmed

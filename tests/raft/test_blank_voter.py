@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from node.raft.tracker import ProgressState
-from node.raft.types import ConfState, Message, MessageType, StateRole
+from node.raft.types import ConfState, Entry, Message, MessageType, StateRole
 from tests.raft.harness import Cluster
 from tests.raft.test_election import elect
 
@@ -112,12 +112,33 @@ def test_the_leader_finds_a_follower_that_lost_acknowledged_entries_and_replicat
     c.add_member_with_conf_state(2, FOUNDERS)  # emptied; the application confirmed it wrongly
     c.node(1).propose(b"y")
     c.node(1).propose(b"z")  # a second append takes the leader from replicating to probing 2
-    c.stabilize()
+    out = c.stabilize()
     assert c.node(1).take_lost_followers() == [(2, 3, 0)]
     assert c.node(1).take_lost_followers() == []  # taken once
+    # the leader told 2, which withheld its vote until it held what the leader had committed
+    told = [line for line in out if "STATE_LOST" in line]
+    assert told == ["1->2 STATE_LOST term=1"], told
+    assert c.node(2).raft.lost_until == 3  # the leader's commit index then: x included
     for nid in (1, 2, 3):
         assert c.members[nid].applied == [b"a", b"x", b"y", b"z"], nid
     assert c.node(1).status().progress[2].match == c.node(1).status().last_index
+    assert not c.node(2).withholds_votes
+
+
+def test_a_follower_told_it_lost_state_votes_again_only_once_caught_up() -> None:
+    c = Cluster([])
+    node = c.add_member_with_conf_state(2, FOUNDERS).node
+    node.step(Message(MT.STATE_LOST, to=2, frm=1, term=3, commit=7))
+    assert node.withholds_votes and not node.raft.promotable() and node.status().leader == 1
+    c.tick(2, 30)  # the leader gone silent: out of its lease, and still no campaign
+    assert node.status().role == StateRole.FOLLOWER and node.status().term == 3
+    node.step(Message(MT.VOTE, to=2, frm=3, term=4, index=9, log_term=4))
+    assert (node.raft.msgs[-1].type, node.raft.msgs[-1].reject, node.raft.vote) == (MT.VOTE_RESP, True, 0)
+    node.raft.log.append([Entry(4, i) for i in range(1, 8)])
+    node.raft.log.commit_to(7)
+    assert not node.withholds_votes
+    node.step(Message(MT.VOTE, to=2, frm=3, term=5, index=9, log_term=4))
+    assert (node.raft.msgs[-1].reject, node.raft.vote) == (False, 3)
 
 
 def test_a_stale_rejection_is_no_lost_follower() -> None:
