@@ -2,8 +2,10 @@
 
 Exit codes: 0 after a graceful stop, 2 for a bad configuration (the reason is printed in
 one line) or a consortium protocol version this release does not implement
-(PROTOCOL_UNSUPPORTED, at start-up or once a config block raised it), 1 for another start-up
-failure, 70 when the ordering chain failed while running (a supervisor restarts it).
+(PROTOCOL_UNSUPPORTED, at start-up or once a config block raised it) or Raft state lost
+(RAFT_STATE_LOST, at start-up or once the other orderers told a blank one it is a voter that
+lost its state: a restart would not help), 1 for another start-up failure, 70 when the
+ordering chain failed while running (a supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Running(Protocol):
 
 def run_until_stopped(server: Running, done: threading.Event, poll_s: float = 1.0) -> int:
     """Serve until ``done`` (a signal: exit code 0) or until the ordering chain stops on its
-    own (the reason printed; 2 for PROTOCOL_UNSUPPORTED, else 70), then stop the server."""
+    own (the reason printed; 2 for PROTOCOL_UNSUPPORTED and RAFT_STATE_LOST, else 70), then stop
+    the server."""
     failure: BaseException | None = None
     while not done.wait(poll_s):
         failure = server.failure()
@@ -82,7 +85,8 @@ def run_until_stopped(server: Running, done: threading.Event, poll_s: float = 1.
     if failure is None:
         return 0
     print(f"rxchain orderer: {failure}", file=sys.stderr)
-    return 2 if isinstance(failure, RxError) and failure.reason == PROTOCOL_UNSUPPORTED else 70
+    refused = isinstance(failure, RxError) and failure.reason in (PROTOCOL_UNSUPPORTED, "RAFT_STATE_LOST")
+    return 2 if refused else 70
 
 
 if __name__ == "__main__":

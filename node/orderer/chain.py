@@ -42,7 +42,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from google.protobuf.message import DecodeError
@@ -87,6 +87,8 @@ from node.raft.types import (
 )
 
 _log = logging.getLogger(__name__)
+
+RAFT_STATE_LOST = "RAFT_STATE_LOST"
 
 
 PROMOTE_MAX_LAG = 8
@@ -158,6 +160,8 @@ class ChainStatus:
     applied: int
     height: int
     last_hash: bytes
+    conf_state: ConfState = field(default_factory=ConfState)
+    state_unconfirmed: bool = False
 
 
 @dataclass
@@ -187,11 +191,14 @@ class Chain:
         options: ChainOptions | None = None,
         clock_watch: ClockWatch | None = None,
         releases: ReleaseWatch | None = None,
+        state_unconfirmed: bool = False,
     ) -> None:
         """``clock_watch``: the other orderers' clocks as their messages tell them (None: not
         compared); ``releases``: the protocol versions the other orderers' and the peers'
         releases implement (None: a config update raising the version is admitted without
-        asking)."""
+        asking); ``state_unconfirmed``: the Raft storage is blank and the other orderers have
+        not yet said this orderer is new (node.orderer.statecheck): it neither votes nor
+        campaigns until :meth:`confirm_state`."""
         self._id = raft_id
         self._storage = storage
         self._blocks = blocks
@@ -224,6 +231,7 @@ class Chain:
                 max_size_per_msg=self._opt.max_size_per_msg,
                 max_committed_size_per_ready=self._opt.max_size_per_msg,
                 max_uncommitted_size=self._opt.max_uncommitted_bytes,
+                state_unconfirmed=state_unconfirmed,
             ),
             storage,
         )
@@ -297,6 +305,15 @@ class Chain:
     def step(self, msg: Message) -> None:
         """Hand a Raft message received from a peer to the driver."""
         self._inbox.put(("step", msg))
+
+    def confirm_state(self, why: str) -> None:
+        """The other orderers told this blank orderer it is new: it may vote and campaign."""
+        self._inbox.put(("confirm", why))
+
+    def state_lost(self, why: str) -> None:
+        """The other orderers told this blank orderer it is a voter that lost its state: the
+        chain stops with RAFT_STATE_LOST (the process exits, see __main__)."""
+        self._inbox.put(("state_lost", why))
 
     def report_unreachable(self, node_id: int) -> None:
         """The transport could not reach ``node_id``."""
@@ -391,10 +408,11 @@ class Chain:
             self._loop()
         except Exception as exc:
             self.failure = exc
-            if not (isinstance(exc, RxError) and exc.reason == PROTOCOL_UNSUPPORTED):
+            if not (isinstance(exc, RxError) and exc.reason in (PROTOCOL_UNSUPPORTED, RAFT_STATE_LOST)):
                 _log.exception("event=raft_driver_failed orderer=%d: stopping the chain", self._id)
                 raise
-            # a config block raised the protocol version beyond this release: a refusal
+            # a config block raised the protocol version beyond this release, or the other
+            # orderers said this blank one lost its Raft state: a refusal
             _log.critical("event=chain_stopped orderer=%d reason=%s detail=%r", self._id,
                           exc.reason, exc.message)
         finally:
@@ -453,6 +471,13 @@ class Chain:
             except RaftError as err:
                 self._metrics.consensus_dropped.labels(reason="invalid").inc()
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
+            if payload.type == MessageType.APP_RESP and payload.reject:
+                self._report_lost_followers()
+            elif payload.type == MessageType.STATE_LOST:
+                _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
+                           "this orderer rejecting Raft entries it had acknowledged (its data directory "
+                           "emptied or lost?); no vote before its commit index reaches %d; see README: "
+                           "Recovery", self._id, payload.frm, payload.commit, payload.commit)
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
@@ -462,6 +487,14 @@ class Chain:
                 self._on_submit(envelope, ticket, is_config)
         elif kind == "transfer":
             self._transfer_leadership()
+        elif kind == "confirm":
+            if self._node.state_unconfirmed:
+                self._node.confirm_state()
+                self._status = self._make_status()
+                _log.info("event=raft_state_confirmed orderer=%d detail=%r: may vote and campaign",
+                          self._id, payload)
+        elif kind == "state_lost":
+            raise state_lost_error(self._id, str(payload))
         elif kind == "unreachable":
             assert isinstance(payload, int)
             self._node.report_unreachable(payload)
@@ -470,6 +503,17 @@ class Chain:
             self._node.report_snapshot(node_id, ok)
 
     # ------------------------------------------------------------------ leader side
+
+    def _report_lost_followers(self) -> None:
+        """Alert on every follower the Raft core found to have lost entries it acknowledged (an
+        orderer restarted with its data emptied that the start-up check let through; the core
+        replicates to it again). Its vote may lose committed blocks until it caught up."""
+        for follower, acked, now in self._node.take_lost_followers():
+            self._metrics.followers_lost_state.labels(orderer=str(follower)).inc()
+            _log.error("event=follower_lost_state orderer=%d follower=%d acknowledged=%d log_at=%d: "
+                       "this follower had acknowledged Raft entries it no longer holds (its data "
+                       "directory emptied or lost?); see README: Recovery",
+                       self._id, follower, acked, now)
 
     def _transfer_leadership(self) -> None:
         status = self._node.status()
@@ -1158,14 +1202,15 @@ class Chain:
         """Rebuild the status (and its gauges) only when one of its values changed: most
         Readys (acks, heartbeats) change none of them."""
         hs = self._node.hard_state
-        key = (hs.term, hs.commit, self._leader, int(self._role), self._applied, self._blocks.height())
+        key = (hs.term, hs.commit, self._leader, int(self._role), self._applied, self._blocks.height(),
+               int(self._node.withholds_votes))
         if key != self._status_key:
             self._status = self._make_status()
 
     def _make_status(self) -> ChainStatus:
         hs = self._node.hard_state
         self._status_key = (hs.term, hs.commit, self._leader, int(self._role), self._applied,
-                            self._blocks.height())
+                            self._blocks.height(), int(self._node.withholds_votes))
         self._metrics.term.set(hs.term)
         self._metrics.commit_index.set(hs.commit)
         self._metrics.applied_index.set(self._applied)
@@ -1178,6 +1223,8 @@ class Chain:
             applied=self._applied,
             height=self._blocks.height(),
             last_hash=self._blocks.last_hash(),
+            conf_state=self._conf_state,  # changes only with _applied, which is in the key
+            state_unconfirmed=self._node.withholds_votes,
         )
 
 
@@ -1235,6 +1282,20 @@ def heartbeat_ticks(options: ChainOptions) -> int:
     """The heartbeat interval in ticks: ``options.heartbeat_tick``, at most a quarter of the
     election timeout (at least 1), so followers always hear several heartbeats per timeout."""
     return max(1, min(options.heartbeat_tick, options.election_tick // 4))
+
+
+def state_lost_error(raft_id: int, detail: str) -> RxError:
+    """RAFT_STATE_LOST for orderer ``raft_id``: ``detail`` says what shows it, the rest how to
+    recover (README: Recovery)."""
+    return RxError(
+        RAFT_STATE_LOST,
+        f"orderer raft id {raft_id}: {detail}. For an orderer: remove it from the "
+        "consortium's orderer set with a config update, empty its data directory "
+        "(blocks/ and raft/), add it back with another config update (its old entry: the "
+        "same raft id, certificate and address) and start it; it rejoins as a learner, "
+        "catches up from the others and votes once caught up (README: Recovery). Never "
+        "start it with an emptied data directory while it is still in the orderer set",
+    )
 
 
 def bootstrap_conf_state(raft_ids: Sequence[int]) -> ConfState:

@@ -56,6 +56,10 @@ class OrdererMetrics:
             "rxchain_orderer_clock_handovers",
             "Leaderships handed over because a quorum of the orderers disagreed with this clock",
             registry=r)
+        self.followers_lost_state = Counter(
+            "rxchain_orderer_followers_lost_state",
+            "Followers this leader found to have lost Raft entries they had acknowledged",
+            ["orderer"], registry=r)
         self.node_info = Gauge("rxchain_orderer_info", "Constant 1, labelled with the node",
                                list(labels), registry=r)
         self.node_info.labels(**labels).set(1)

@@ -48,7 +48,7 @@ from node.orderer.broadcast import (
     broadcast_batch_method_handler,
     broadcast_method_handler,
 )
-from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state, sync_block_files
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state, state_lost_error, sync_block_files
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
@@ -57,10 +57,12 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.onboard import Onboarding, OnboardOptions, never_took_part
 from node.orderer.recent import RecentTxIndex
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
+from node.orderer.statecheck import StateCheck, Verdict
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
+from node.raft.storage import Storage
 from node.raft.types import ConfState, StateRole
 from node.rpc_parse import ParseGuard
 
@@ -83,11 +85,14 @@ class OrdererServer:
     broadcast: BroadcastHandler
     deliver: DeliverService
     metrics: OrdererMetrics
+    state_check: StateCheck | None = None  # a blank start the others have not yet judged
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
         storage (everything acknowledged is already durable)."""
         _log.info("event=orderer_stopping node=%s", self.config.name)
+        if self.state_check is not None:
+            self.state_check.close()
         self.broadcast.stop_accepting()
         self.chain.hand_over_leadership()
         self.deliver.close()
@@ -140,6 +145,8 @@ def _admin_handler(
         return services_pb2.StatusResponse(
             node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
+            raft_voters=st.conf_state.voters, raft_learners=st.conf_state.learners,
+            raft_applied=st.applied, raft_state_unconfirmed=st.state_unconfirmed,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
             protocol_version=protocol_version(consortium),
             peer_releases=[peer_release(p.name, told.get(p.name)) for p in consortium.peers],
@@ -272,7 +279,8 @@ def open_raft_storage(
     block store (past the genesis block) show that it took part in the log would restart
     as a blank voter (term 0, no vote, empty log) and could help lose a committed block:
     refused with RxError RAFT_STATE_LOST naming the recovery procedure. A brand-new orderer
-    (nothing but the genesis block) starts."""
+    (nothing but the genesis block) starts; whether it is one or an emptied voter only the
+    other orderers can tell (check_blank_state)."""
     height = blocks.height()
     history = (
         f"the block store {blocks.directory} holds blocks up to {height - 1}"
@@ -287,15 +295,28 @@ def open_raft_storage(
             prior_history=history,
         )
     except RaftStateLost as err:
-        raise RxError(
-            "RAFT_STATE_LOST",
-            f"orderer raft id {raft_id}: {err.detail}. For an orderer: remove it from the "
-            "consortium's orderer set with a config update, empty its data directory "
-            "(blocks/ and raft/), add it back with another config update (its old entry: the "
-            "same raft id, certificate and address) and start it; it rejoins as a learner, "
-            "catches up from the others and votes once caught up (README: Recovery). Never "
-            "start it with an emptied data directory while it is still in the orderer set",
-        ) from err
+        raise state_lost_error(raft_id, err.detail) from err
+
+
+def check_blank_state(check: StateCheck, storage: Storage) -> bool:
+    """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
+    the other orderers once (node.orderer.statecheck). RxError RAFT_STATE_LOST when they say
+    this orderer is a voter that lost its state; True when nobody could tell (Raft then starts
+    unconfirmed and ``check`` keeps asking), False when the start is confirmed or not blank."""
+    if not check.needed(storage):
+        return False
+    verdict, why = check.round(storage.initial_state()[0].commit)
+    if verdict == Verdict.LOST:
+        _log.critical("event=raft_state_lost orderer=%d detail=%r", check.raft_id, why)
+        raise state_lost_error(check.raft_id, why)
+    if verdict == Verdict.NEW:
+        check.confirmed()
+        _log.info("event=raft_state_confirmed orderer=%d detail=%r", check.raft_id, why)
+        return False
+    check.mark_unconfirmed()
+    _log.warning("event=raft_state_unconfirmed orderer=%d detail=%r: blank Raft storage; no vote "
+                 "and no campaign until another orderer tells this one is new", check.raft_id, why)
+    return True
 
 
 def _onboard(
@@ -428,6 +449,17 @@ def serve(config: NodeConfig) -> OrdererServer:
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
         channel,
     )
+    state_check = StateCheck(
+        config.raft_id, data / "raft",
+        lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
+        channel, fsync=config.fsync,
+    )
+    try:
+        unconfirmed = check_blank_state(state_check, storage)
+    except BaseException:
+        for close in (transport.close, storage.close, blocks.close):
+            close()
+        raise
     tick_s = int(extra.get("tick_ms", 50)) / 1000.0
     chain = Chain(
         config.raft_id, storage, blocks, signer, transport, fetcher,
@@ -441,6 +473,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         ),
         clock_watch=clock_watch,
         releases=releases,
+        state_unconfirmed=unconfirmed,
     )
     transport.bind(chain)
 
@@ -508,11 +541,13 @@ def serve(config: NodeConfig) -> OrdererServer:
         raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     server.start()
     chain.start()
+    if unconfirmed:
+        state_check.start(chain.confirm_state, chain.state_lost, lambda: chain.status().commit)
     try:
         metrics.serve(config.metrics_port, config.host)
     except OSError as exc:
         OrdererServer(config, server, chain, storage, blocks, transport, forwarder, broadcast,
-                      deliver, metrics).stop(0)
+                      deliver, metrics, state_check).stop(0)
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
         "event=orderer_started node=%s raft_id=%d listen=%s height=%d",
@@ -520,7 +555,7 @@ def serve(config: NodeConfig) -> OrdererServer:
     )
     return OrdererServer(
         config, server, chain, storage, blocks, transport, forwarder, broadcast, deliver,
-        metrics,
+        metrics, state_check,
     )
 
 

@@ -31,6 +31,10 @@ class Config:
     * ``max_committed_size_per_ready``: byte limit of committed entries per Ready.
     * ``max_uncommitted_size``: byte limit of proposed-but-uncommitted entries on a leader
       (proposals beyond it are dropped; 0 = unlimited).
+    * ``state_unconfirmed``: this node started with blank storage and the application has not
+      yet confirmed that it is new (it may be a voter that lost the entries it acknowledged):
+      it refuses every vote and pre-vote and never campaigns until ``RawNode.confirm_state()``.
+      It still follows a leader, so it can catch up meanwhile.
     """
 
     id: int
@@ -44,6 +48,7 @@ class Config:
     applied: int = 0
     max_committed_size_per_ready: int | None = None
     max_uncommitted_size: int = 0
+    state_unconfirmed: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError with a reason when a value is unusable."""

@@ -99,6 +99,14 @@ class Raft:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.uncommitted_size = 0
+        # blank storage not yet confirmed new by the application: no votes, no campaigns
+        self.state_unconfirmed = config.state_unconfirmed
+        # (follower, index it had acknowledged, its reject hint): followers found to have lost
+        # acknowledged entries, for the application to take (RawNode.take_lost_followers)
+        self.lost_followers: list[tuple[int, int, int]] = []
+        # told by a leader that we lost acknowledged entries (MsgStateLost): no votes and no
+        # campaigns while our commit index is below this (its commit index then); not durable
+        self.lost_until = 0
         self._step: StepFn = Raft._step_follower
         self._tick: TickFn = Raft._tick_election
 
@@ -149,14 +157,21 @@ class Raft:
         self.vote = hs.vote
 
     def promotable(self) -> bool:
-        """May this node become leader (a voter without a pending snapshot)?"""
+        """May this node become leader (a voter without a pending snapshot whose state is
+        not unconfirmed)?"""
         pr = self.tracker.progress.get(self.id)
         return (
-            pr is not None
+            not self.withholds_votes()
+            and pr is not None
             and not pr.is_learner
             and self.id in self.tracker.voters
             and self.log.unstable.snapshot is None
         )
+
+    def withholds_votes(self) -> bool:
+        """No vote, no pre-vote, no campaign: blank storage the application has not confirmed
+        new, or a leader told us we lost acknowledged entries and we have not caught up since."""
+        return self.state_unconfirmed or self.log.committed < self.lost_until
 
     # -- sending -------------------------------------------------------------------------
     def _send(
@@ -412,7 +427,15 @@ class Raft:
                 or (self.vote == NONE and self.lead == NONE)
                 or (m.type == MT.PRE_VOTE and m.term > self.term)
             )
-            if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            if self.withholds_votes():
+                # Blank storage not confirmed new, or told it lost acknowledged entries: this
+                # node may have acknowledged entries it no longer holds, and its short log
+                # finds too many candidates up to date. (A pre-vote at term 0 goes unanswered:
+                # a refusal carries our term, and one of the candidate's next term would make
+                # it a follower of that term.)
+                if self.term > 0:
+                    self._send(_vote_resp_type(m.type), m.frm, term=self.term, reject=True)
+            elif can_vote and self.log.is_up_to_date(m.index, m.log_term):
                 self._send(_vote_resp_type(m.type), m.frm, term=m.term)
                 if m.type == MT.VOTE:
                     self.election_elapsed = 0
@@ -521,6 +544,20 @@ class Raft:
         if t == MT.APP_RESP:
             pr.recent_active = True
             if m.reject:
+                if (
+                    pr.state == ProgressState.PROBE
+                    and m.index == pr.next - 1
+                    and m.reject_hint < pr.match
+                ):
+                    # The follower rejects the current probe (not an earlier one, which a
+                    # reordered message would be: see maybe_decr_to) at or beyond the index it
+                    # acknowledged, its log ending or diverging below it: it lost acknowledged
+                    # entries (a voter whose storage was emptied). etcd-raft takes this for a
+                    # stale rejection and probes the same index for ever; we tell the
+                    # application and forget its match, so it is replicated to again.
+                    self.lost_followers.append((m.frm, pr.match, m.reject_hint))
+                    pr.match = 0
+                    self._send(MT.STATE_LOST, m.frm, commit=self.log.committed)
                 next_probe = m.reject_hint
                 if m.log_term > 0:
                     next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
@@ -649,6 +686,13 @@ class Raft:
         elif t == MT.TIMEOUT_NOW:
             # Leadership transfer: campaign at once, skipping pre-vote and the lease check.
             self.hup(CampaignType.TRANSFER)
+        elif t == MT.STATE_LOST:
+            # Our leader found us rejecting entries we had acknowledged (our storage was
+            # emptied): until our log holds what it had committed, our vote could elect a
+            # candidate missing one of them.
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self.lost_until = max(self.lost_until, m.commit)
 
     def _handle_append(self, m: Message) -> None:
         if m.index < self.log.committed:

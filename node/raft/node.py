@@ -148,6 +148,31 @@ class RawNode:
             Message(MessageType.TRANSFER_LEADER, to=self.raft.id, frm=self.raft.id, index=to)
         )
 
+    def confirm_state(self) -> None:
+        """The application confirmed that this node's blank storage is a new member's, not a
+        voter's that lost what it acknowledged (see ``Config.state_unconfirmed``): it may
+        vote and campaign from now on."""
+        self.raft.state_unconfirmed = False
+
+    @property
+    def withholds_votes(self) -> bool:
+        """True while the node refuses votes and does not campaign: its state is unconfirmed,
+        or its leader told it it lost acknowledged entries (MessageType.STATE_LOST) and its
+        commit index has not yet reached the leader's."""
+        return self.raft.withholds_votes()
+
+    @property
+    def state_unconfirmed(self) -> bool:
+        """True while the node refuses votes and does not campaign (``Config.state_unconfirmed``)."""
+        return self.raft.state_unconfirmed
+
+    def take_lost_followers(self) -> list[tuple[int, int, int]]:
+        """(follower, index it had acknowledged, index its log now ends or diverges at) for
+        every follower this leader found to have lost entries it acknowledged since the last
+        call: a voter restarted with emptied storage, whose vote may lose committed entries."""
+        out, self.raft.lost_followers = self.raft.lost_followers, []
+        return out
+
     def report_unreachable(self, node_id: int) -> None:
         """The transport failed to deliver to ``node_id``."""
         self.raft.step(Message(MessageType.UNREACHABLE, to=self.raft.id, frm=node_id))

@@ -176,6 +176,8 @@ class MessageType(IntEnum):
     TRANSFER_LEADER = 14  # transferee id in ``index``; local, or forwarded to the leader
     TIMEOUT_NOW = 15
     CHECK_QUORUM = 16  # local: leader checks it still hears from a quorum
+    STATE_LOST = 17  # leader -> follower: you lost entries you acknowledged; no vote before
+    #                  your commit index reaches ``commit`` (see Raft._step_follower)
 
 
 LOCAL_MESSAGES = frozenset(

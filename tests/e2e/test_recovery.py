@@ -131,6 +131,14 @@ def test_an_orderer_whose_data_is_lost_is_removed_emptied_and_added_back(net: Ne
     rc, out = rxchain(net.home, "network", "up", "--timeout", "30")
     assert (rc, out["error"]) == (1, "NODE_EXITED") and "RAFT_STATE_LOST" in out["message"], out
     assert _status(net)[ORDERER]["pid"] is None
+    # its whole data directory emptied (nothing local shows it lost anything): the others say
+    # it is a voter of a network with blocks, refused all the same
+    shutil.rmtree(data)
+    rc, out = rxchain(net.home, "network", "up", "--timeout", "30")
+    assert (rc, out["error"]) == (1, "NODE_EXITED") and "RAFT_STATE_LOST" in out["message"], out
+    log = net.home / "logs" / f"{ORDERER}.log"
+    assert '"event": "raft_state_lost"' in log.read_text()
+    assert _status(net)[ORDERER]["pid"] is None
     # 1. out of the orderer set (the two others order on)
     config = net.cli("--as", "ins03:admin", "config", "show")["config"]
     [entry] = [o for o in config["orderers"] if o["name"] == ORDERER]
@@ -145,8 +153,13 @@ def test_an_orderer_whose_data_is_lost_is_removed_emptied_and_added_back(net: Ne
     _wait_removed(net, "orderer.ins01", raft_id, since)  # out of Raft too: it may come back
     added = _config_update(net, tmp_path, "add", dict(config, orderers=[*config["orderers"], entry]))
     assert added["sequence"] == removed["sequence"] + 1
-    # 4. started: it catches up from the others
+    # 4. started: the others have it as a learner, so it starts; it catches up from them
+    since_own = len(log.read_text())
     net.cli_proc("network", "up", "--timeout", "60")
+    started = [line for line in log.read_text()[since_own:].splitlines()
+               if any(f'"event": "raft_state_{e}"' in line for e in ("confirmed", "unconfirmed", "lost"))]
+    assert len(started) == 1 and '"event": "raft_state_confirmed"' in started[0], started
+    assert any(f"has raft id {raft_id} as {role}" in started[0] for role in ("a learner", "no member")), started
     _issue(net)
     rows = _wait_level(net)
     # every block it serves, also those ordered while it was out of the orderer set, is signed

@@ -107,11 +107,13 @@ class Cluster:
         self.members[nid] = m
         return m
 
-    def add_member_with_conf_state(self, nid: int, cs: ConfState) -> Member:
+    def add_member_with_conf_state(self, nid: int, cs: ConfState, *, state_unconfirmed: bool = False) -> Member:
         """Create node ``nid`` whose empty storage starts from membership ``cs``
-        (bootstrap mode b: every node starts from the founding ConfState)."""
+        (bootstrap mode b: every node starts from the founding ConfState); with
+        ``state_unconfirmed`` it neither votes nor campaigns until ``confirm_state()``."""
         storage = MemoryStorage(cs)
-        cfg = Config(id=nid, rng=random.Random(self.seed * 1000 + nid), **self.kw)  # type: ignore[arg-type]
+        cfg = Config(id=nid, rng=random.Random(self.seed * 1000 + nid), state_unconfirmed=state_unconfirmed,
+                     **self.kw)  # type: ignore[arg-type]
         m = Member(RawNode(cfg, storage), storage, conf_state=cs)
         self.members[nid] = m
         return m

@@ -1,0 +1,260 @@
+"""Is an orderer whose Raft storage is blank a new member, or a voter that lost its state?
+
+An orderer started with a fully emptied data directory (no WAL, no snapshot, no block past
+the genesis block) looks exactly like a brand-new one: a new network's first start, an
+orderer added by a config update, or the README "Recovery" add-back (same raft id, back as a
+learner once its removal was applied). Locally nothing tells them apart. But if it is still a
+voter of a network with history, it lost what it acknowledged, and its empty log finds every
+candidate up to date: its vote can elect a candidate missing a committed entry.
+
+The other orderers tell. A blank orderer asks each of them its Admin.Status (the Raft
+membership it applied, ``raft_voters`` / ``raft_learners``, at ``raft_applied``, its commit
+index and its height) before it may vote or campaign (:func:`judge`):
+
+* the most advanced answer (highest applied index: its membership is the newest) has this
+  raft id as a voter and blocks past the genesis block, and this orderer has received nothing
+  since its blank start: LOST, the start is refused with RAFT_STATE_LOST (the same recovery
+  as the local refusal, node.orderer.server);
+* a learner or absent there (an add-back or a new orderer), or a network without blocks yet:
+  NEW, it starts as any orderer;
+* nobody answered with a membership (a cold start: every orderer starts at once; or answers
+  from a release without these fields): UNKNOWN. The orderer starts with its Raft
+  ``state_unconfirmed`` (it follows a leader but neither votes nor campaigns) and
+  :class:`StateCheck` asks again (after 0.1 s, doubling up to ``retry_s``: at a cold start
+  the others' servers come up within moments, and an orderer still unconfirmed when a leader
+  hands leadership to it cannot take it) until a verdict, which it hands to the chain
+  (confirm, or stop with RAFT_STATE_LOST). A marker file (:data:`MARKER`) keeps the
+  state unconfirmed across restarts until then: the node may have written a term or entries
+  meanwhile, so its storage is no longer blank, but it is no safer a voter.
+
+An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
+vote) and then hears of a voter with blocks is either a founding orderer started a little after
+the others at a network's first start, or one that lost its state and is catching up: it stays
+unconfirmed until its commit index reaches the answer's, then votes. Its vote is then safe --
+its log holds every entry it may once have acknowledged (a leader elected by a majority without
+it holds every committed entry), and it follows that leader's term -- and refusing would stop a
+network's first start whenever an orderer started a second late.
+
+Known limit: a founding orderer first started only after the others ordered blocks without it
+is refused (nothing tells it from one that lost its state); the README "Recovery" procedure
+(remove, add back) starts it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from rxchain.v1 import services_pb2, services_pb2_grpc
+
+from node.fsutil import fsync_dir
+from node.raft.storage import Storage
+from node.raft.types import HardState
+
+_log = logging.getLogger(__name__)
+
+MARKER = "STATE_UNCONFIRMED"
+"""File in the orderer's raft/ directory while its blank start is not yet confirmed new."""
+
+
+FIRST_RETRY_S = 0.1
+"""The first background round's delay; each next one waits twice as long, up to ``retry_s``."""
+
+
+class Verdict(enum.Enum):
+    """What the other orderers' answers say about a blank orderer."""
+
+    NEW = "new"
+    LOST = "lost"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One orderer's Status, as far as the check reads it."""
+
+    target: str
+    node: str
+    height: int
+    applied: int
+    commit: int
+    voters: frozenset[int]
+    learners: frozenset[int]
+
+
+def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
+    """The Answer in ``resp``, None when it carries no Raft membership (a release before
+    these fields: every running orderer has at least one voter)."""
+    if resp.role != "orderer" or not resp.raft_voters:
+        return None
+    return Answer(target, resp.node, resp.height, resp.raft_applied, resp.raft_commit,
+                  frozenset(resp.raft_voters), frozenset(resp.raft_learners))
+
+
+def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple[Verdict, str]:
+    """The verdict on blank orderer ``raft_id`` from the others' ``answers``, and why (see the
+    module docstring); ``own_commit`` is the commit index this orderer reached since its blank
+    start (0 before its Raft runs). Pure: the same arguments give the same verdict."""
+    if not answers:
+        return Verdict.UNKNOWN, "no orderer answered with its Raft membership"
+    # the membership applied at the highest index is the newest; on a tie, the answer that
+    # calls raft_id a voter wins (refusing is the safe side)
+    latest = max(answers, key=lambda a: (a.applied, a.height, raft_id in a.voters, a.target))
+    where = (f"orderer {latest.node or latest.target} (Raft membership applied at index "
+             f"{latest.applied}, {latest.height} block(s))")
+    if raft_id not in latest.voters:
+        role = "a learner" if raft_id in latest.learners else "no member"
+        return Verdict.NEW, f"{where} has raft id {raft_id} as {role}: a new or re-added orderer"
+    if latest.height <= 1:
+        return Verdict.NEW, f"{where}: a new network (no block past the genesis block)"
+    if own_commit == 0:
+        return Verdict.LOST, (f"{where} has raft id {raft_id} as a voter of a network that "
+                              "ordered blocks, but this orderer's Raft storage and block store "
+                              "are empty: it lost what it acknowledged")
+    # It received entries since its blank start (from a leader elected without its vote): a
+    # founding orderer started a little after the others at a network's first start, or one
+    # that lost its state and is catching up. Either way its vote is safe once its log holds
+    # every entry the others had committed (the entries it may once have acknowledged).
+    if own_commit >= latest.commit:
+        return Verdict.NEW, (f"{where} has raft id {raft_id} as a voter; this orderer's log "
+                             f"holds every entry it committed (commit {own_commit} >= "
+                             f"{latest.commit})")
+    return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of {where}'s {latest.commit}")
+
+
+def is_blank(storage: Storage) -> bool:
+    """No hard state, no entry, no snapshot: the Raft storage of a node that never ran (or
+    lost everything)."""
+    hs, _ = storage.initial_state()
+    return hs == HardState() and storage.last_index() == 0 and storage.snapshot().is_empty
+
+
+def ask(
+    targets: Sequence[str], channels: Callable[[str], grpc.Channel], timeout_s: float
+) -> list[Answer]:
+    """Every target's Status at once, each within ``timeout_s``; those that do not answer, or
+    answer without a Raft membership, are left out (logged)."""
+    calls: list[tuple[str, grpc.Channel, grpc.Future[services_pb2.StatusResponse]]] = []
+    for target in targets:
+        channel = channels(target)
+        stub = services_pb2_grpc.AdminStub(channel)
+        calls.append((target, channel, stub.Status.future(services_pb2.StatusRequest(), timeout=timeout_s)))
+    out: list[Answer] = []
+    for target, channel, call in calls:
+        try:
+            resp = call.result()
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            _log.info("event=raft_state_check_unanswered target=%s code=%s", target,
+                      code.name if code is not None else "-")
+            continue
+        finally:
+            channel.close()
+        answer = answer_of(target, resp)
+        if answer is None:
+            _log.info("event=raft_state_check_unanswered target=%s code=NO_MEMBERSHIP", target)
+            continue
+        out.append(answer)
+    return out
+
+
+class StateCheck:
+    """The check for one blank orderer (see the module docstring): :meth:`round` asks once;
+    :meth:`start` asks in a background thread until a verdict and hands it over."""
+
+    def __init__(
+        self,
+        raft_id: int,
+        raft_dir: Path,
+        targets: Callable[[], Sequence[str]],
+        channels: Callable[[str], grpc.Channel],
+        *,
+        timeout_s: float = 2.0,
+        retry_s: float = 0.5,
+        fsync: bool = True,
+    ) -> None:
+        self._id = raft_id
+        self._marker = raft_dir / MARKER
+        self._targets = targets
+        self._channels = channels
+        self._timeout_s = timeout_s
+        self._retry_s = retry_s
+        self._fsync = fsync
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def raft_id(self) -> int:
+        """The raft id of the orderer checked."""
+        return self._id
+
+    def needed(self, storage: Storage) -> bool:
+        """Blank storage, or a start not yet confirmed new (the marker is there)."""
+        return self._marker.exists() or is_blank(storage)
+
+    def round(self, own_commit: int = 0) -> tuple[Verdict, str]:
+        """Ask every other orderer once and judge (no other orderer at all: NEW)."""
+        targets = list(self._targets())
+        if not targets:
+            return Verdict.NEW, "no other orderer in the orderer set"
+        return judge(self._id, ask(targets, self._channels, self._timeout_s), own_commit)
+
+    def mark_unconfirmed(self) -> None:
+        """Leave the marker (durably) before the node runs unconfirmed."""
+        if self._marker.exists():
+            return
+        with open(self._marker, "wb") as f:
+            if self._fsync:
+                os.fsync(f.fileno())
+        if self._fsync:
+            fsync_dir(self._marker.parent)
+
+    def confirmed(self) -> None:
+        """The verdict is NEW: the marker goes."""
+        try:
+            self._marker.unlink()
+        except FileNotFoundError:
+            return
+        if self._fsync:
+            fsync_dir(self._marker.parent)
+
+    def start(self, on_new: Callable[[str], None], on_lost: Callable[[str], None],
+              own_commit: Callable[[], int]) -> None:
+        """Ask again (after :data:`FIRST_RETRY_S`, doubling up to ``retry_s``) in a background
+        thread until NEW (``on_new(why)``, after the marker is gone) or LOST (``on_lost(why)``),
+        judging with the commit index the orderer reached meanwhile (``own_commit()``);
+        :meth:`close` ends it early."""
+        self._thread = threading.Thread(target=self._run, args=(on_new, on_lost, own_commit),
+                                        name=f"raft-state-check-{self._id}", daemon=True)
+        self._thread.start()
+
+    def _run(self, on_new: Callable[[str], None], on_lost: Callable[[str], None],
+             own_commit: Callable[[], int]) -> None:
+        delay = min(FIRST_RETRY_S, self._retry_s)
+        while not self._stop.wait(delay):
+            delay = min(2 * delay, self._retry_s)
+            try:
+                verdict, why = self.round(own_commit())
+            except Exception:  # noqa: BLE001 -- stay unconfirmed and ask again, never end silently
+                _log.exception("event=raft_state_check_failed orderer=%d: asking again", self._id)
+                continue
+            if verdict == Verdict.UNKNOWN:
+                continue
+            if verdict == Verdict.NEW:
+                self.confirmed()
+                on_new(why)
+            else:
+                on_lost(why)
+            return
+
+    def close(self) -> None:
+        """Stop asking (the thread ends within one answer's timeout)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self._timeout_s + 1.0)

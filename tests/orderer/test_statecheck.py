@@ -1,0 +1,232 @@
+"""The blank-orderer check (node.orderer.statecheck): the verdict from the other orderers'
+answers, the marker that keeps an unconfirmed start unconfirmed across restarts, and the
+start-up decision of node.orderer.server.check_blank_state."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from rxchain.v1 import services_pb2
+
+from node.errors import RxError
+from node.orderer import statecheck
+from node.orderer.server import check_blank_state
+from node.orderer.statecheck import MARKER, Answer, StateCheck, Verdict, answer_of, judge
+from node.raft.storage import MemoryStorage
+from node.raft.types import ConfState, Entry, HardState
+
+ME = 2
+
+
+def ans(target: str, *, height: int, applied: int, voters: tuple[int, ...] = (1, 2, 3),
+        learners: tuple[int, ...] = (), commit: int | None = None) -> Answer:
+    return Answer(target, f"o-{target}", height, applied, applied if commit is None else commit,
+                  frozenset(voters), frozenset(learners))
+
+
+def test_nobody_answering_is_unknown() -> None:
+    assert judge(ME, [])[0] == Verdict.UNKNOWN
+
+
+def test_a_brand_new_network_is_new() -> None:
+    # at a cold start the others may already have elected a leader (a few Raft entries,
+    # applied > 0) but no block past the genesis block was ordered
+    verdict, why = judge(ME, [ans("a", height=1, applied=0), ans("c", height=1, applied=2)])
+    assert verdict == Verdict.NEW and "new network" in why
+
+
+def test_a_voter_of_a_network_with_blocks_lost_its_state() -> None:
+    verdict, why = judge(ME, [ans("a", height=1, applied=0), ans("c", height=5, applied=9)])
+    assert verdict == Verdict.LOST
+    assert "o-c" in why and "raft id 2 as a voter" in why and "5 block(s)" in why
+
+
+@pytest.mark.parametrize(("voters", "learners", "role"), [((1, 3), (2,), "a learner"), ((1, 3), (), "no member")])
+def test_a_learner_or_a_removed_orderer_is_new(voters: tuple[int, ...], learners: tuple[int, ...],
+                                              role: str) -> None:
+    """The README Recovery add-back (a learner once its removal was applied), and an orderer
+    not (or no longer) in Raft."""
+    verdict, why = judge(ME, [ans("a", height=9, applied=30, voters=voters, learners=learners)])
+    assert verdict == Verdict.NEW and role in why
+
+
+def test_a_voter_that_received_entries_since_its_blank_start_votes_once_caught_up() -> None:
+    """A founding orderer started a second after the others at a network's first start, which
+    ordered blocks meanwhile (the tests/orderer/test_membership.py start): it followed their
+    leader, so it is not refused; it votes once its log holds what they committed."""
+    answers = [ans("a", height=5, applied=9, commit=11)]
+    assert judge(ME, answers, own_commit=0)[0] == Verdict.LOST
+    verdict, why = judge(ME, answers, own_commit=7)
+    assert verdict == Verdict.UNKNOWN and "catching up: commit 7" in why and "11" in why
+    assert judge(ME, answers, own_commit=11)[0] == Verdict.NEW
+    assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
+
+
+def test_the_most_advanced_answer_decides() -> None:
+    lagging_voter = ans("a", height=6, applied=20)  # has not applied the removal yet
+    readded = ans("c", height=9, applied=31, voters=(1, 3), learners=(2,))
+    assert judge(ME, [lagging_voter, readded])[0] == Verdict.NEW
+    lagging_learner = ans("a", height=6, applied=20, voters=(1, 3), learners=(2,))
+    promoted = ans("c", height=9, applied=31)
+    assert judge(ME, [lagging_learner, promoted])[0] == Verdict.LOST
+    # on a tie the voter wins: refusing is the safe side
+    tie = [ans("a", height=9, applied=31, voters=(1, 3), learners=(2,)), ans("c", height=9, applied=31)]
+    assert judge(ME, tie)[0] == Verdict.LOST
+    assert judge(ME, list(reversed(tie)))[0] == Verdict.LOST
+
+
+def test_an_answer_without_membership_is_no_answer() -> None:
+    old_release = services_pb2.StatusResponse(node="o1", role="orderer", height=7, raft_commit=12)
+    assert answer_of("t", old_release) is None
+    peer = services_pb2.StatusResponse(node="p1", role="peer", height=7, raft_voters=[1, 2, 3])
+    assert answer_of("t", peer) is None
+    full = services_pb2.StatusResponse(node="o1", role="orderer", height=7, raft_applied=12,
+                                       raft_commit=13, raft_voters=[1, 3], raft_learners=[2])
+    assert answer_of("t", full) == Answer("t", "o1", 7, 12, 13, frozenset({1, 3}), frozenset({2}))
+
+
+def _check(tmp_path: Path, targets: list[str], **kw: float) -> StateCheck:
+    return StateCheck(ME, tmp_path, lambda: targets, lambda t: pytest.fail("no channel in unit tests"),
+                      fsync=False, **kw)
+
+
+def _answering(monkeypatch: pytest.MonkeyPatch, rounds: list[list[Answer]]) -> list[int]:
+    """statecheck.ask answers ``rounds`` in turn (the last one for ever); returns a call count."""
+    calls = [0]
+
+    def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
+        calls[0] += 1
+        return rounds[min(calls[0], len(rounds)) - 1]
+
+    monkeypatch.setattr(statecheck, "ask", fake)
+    return calls
+
+
+class Told:
+    """The callbacks of StateCheck.start, recording what they were told."""
+
+    def __init__(self) -> None:
+        self.new: list[str] = []
+        self.lost: list[str] = []
+        self.done = threading.Event()
+
+    def on_new(self, why: str) -> None:
+        self.new.append(why)
+        self.done.set()
+
+    def on_lost(self, why: str) -> None:
+        self.lost.append(why)
+        self.done.set()
+
+
+def _non_blank() -> MemoryStorage:
+    st = MemoryStorage(ConfState((1, 2, 3), ()))
+    st.append([Entry(1, 1)])
+    st.set_hard_state(HardState(1, 1, 1))
+    return st
+
+
+def test_only_blank_storage_or_an_unconfirmed_start_is_checked(tmp_path: Path) -> None:
+    check = _check(tmp_path, ["a:1"])
+    assert check.needed(MemoryStorage(ConfState((1, 2, 3), ())))
+    assert not check.needed(_non_blank())
+    # a start left unconfirmed wrote a term and entries meanwhile: still checked
+    check.mark_unconfirmed()
+    assert check.needed(_non_blank())
+    check.confirmed()
+    assert not (tmp_path / MARKER).exists() and not check.needed(_non_blank())
+
+
+def test_start_up_refuses_a_lost_voter_with_the_recovery_text(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _answering(monkeypatch, [[ans("c", height=5, applied=9)]])
+    with pytest.raises(RxError) as err:
+        check_blank_state(_check(tmp_path, ["c:1"]), MemoryStorage(ConfState((1, 2, 3), ())))
+    assert err.value.reason == "RAFT_STATE_LOST"
+    assert "raft id 2 as a voter" in err.value.message
+    assert "remove it from the consortium's orderer set" in err.value.message
+    assert "Never start it with an emptied data directory" in err.value.message
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_start_up_confirms_a_new_orderer_and_a_lone_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _answering(monkeypatch, [[ans("c", height=5, applied=9, voters=(1, 3), learners=(2,))]])
+    (tmp_path / MARKER).write_bytes(b"")  # a previous unconfirmed start
+    assert check_blank_state(_check(tmp_path, ["c:1"]), _non_blank()) is False
+    assert not (tmp_path / MARKER).exists()
+    # not blank, no marker: nobody is asked
+    calls = _answering(monkeypatch, [[ans("c", height=5, applied=9)]])
+    assert check_blank_state(_check(tmp_path, ["c:1"]), _non_blank()) is False
+    assert calls[0] == 0
+    # the only orderer of its set: nobody to ask, nobody it could have left behind
+    assert check_blank_state(_check(tmp_path, []), MemoryStorage()) is False
+
+
+def test_nobody_answering_starts_unconfirmed_and_asks_until_a_verdict(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _answering(monkeypatch, [[], [], [ans("c", height=5, applied=9)]])
+    check = _check(tmp_path, ["a:1", "c:1"], retry_s=0.01)
+    assert check_blank_state(check, MemoryStorage(ConfState((1, 2, 3), ()))) is True
+    assert (tmp_path / MARKER).exists()
+    told = Told()
+    check.start(told.on_new, told.on_lost, lambda: 0)
+    assert told.done.wait(5)
+    check.close()
+    assert calls[0] == 3 and told.new == [] and "raft id 2 as a voter" in told.lost[0]
+    assert (tmp_path / MARKER).exists()  # still unconfirmed: every later start asks again
+
+    _answering(monkeypatch, [[], [ans("a", height=1, applied=0)]])
+    told = Told()
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    check.start(told.on_new, told.on_lost, lambda: 0)
+    assert told.done.wait(5)
+    check.close()
+    assert told.lost == [] and "new network" in told.new[0] and not (tmp_path / MARKER).exists()
+
+
+def test_close_ends_a_check_nobody_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _answering(monkeypatch, [[]])
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    told = Told()
+    check.start(told.on_new, told.on_lost, lambda: 0)
+    assert not told.done.wait(0.1)
+    check.close()
+    seen = calls[0]
+    assert seen >= 2
+    assert not told.done.wait(0.1) and calls[0] == seen
+
+
+def test_an_unconfirmed_orderer_catching_up_votes_once_its_commit_reaches_the_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _answering(monkeypatch, [[ans("a", height=5, applied=9, commit=11)]])
+    # restarted while unconfirmed, with entries up to commit 1: still unconfirmed
+    (tmp_path / MARKER).write_bytes(b"")
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    assert check_blank_state(check, _non_blank()) is True
+    commits = iter([1, 5, 10, 11, 12])
+    told = Told()
+    check.start(told.on_new, told.on_lost, lambda: next(commits))
+    assert told.done.wait(5)
+    check.close()
+    assert told.lost == [] and "commit 11 >= 11" in told.new[0]
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [0]
+
+    def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("no channel")
+        return [ans("a", height=1, applied=0)]
+
+    monkeypatch.setattr(statecheck, "ask", fake)
+    told = Told()
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    check.start(told.on_new, told.on_lost, lambda: 0)
+    assert told.done.wait(5)
+    check.close()
+    assert told.lost == [] and "new network" in told.new[0]
