@@ -15,8 +15,9 @@ are committed blocks: the driver only compares them with the committed entries i
 Where from: the orderers of the node.yaml ``orderers`` endpoints, then those of the genesis
 config and of every config adopted on the way (its own entries left out). Each source is asked
 (AtomicBroadcast.Deliver, not following) for every block past the local height; its first
-answer must come within ``answer_timeout_s``, the whole stream within ``call_timeout_s`` (the
-blocks verified until then are kept and the next source or round goes on from there).
+answer, and each next one, must come within ``answer_timeout_s``, the whole stream within
+``call_timeout_s`` (the blocks verified until then are kept and the next source or round goes on
+from there).
 
 Trust: only the local genesis block. Every block must chain onto the last one stored (number,
 previous hash), match its data hash and carry a valid signature of an orderer of the config in
@@ -42,6 +43,7 @@ ONBOARDING_FAILED naming each source and why it failed.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,7 +72,7 @@ class OnboardOptions:
     """Bounds of onboarding (node.yaml ``extra``: ``onboard_wait_ms``, ``onboard_answer_ms``)."""
 
     wait_s: float = 60.0  # without any answer or block gained, an orderer not in genesis gives up
-    answer_timeout_s: float = 3.0  # a source's first answer (an unreachable host costs this much)
+    answer_timeout_s: float = 3.0  # a source's first answer, and each next (an unreachable host costs this much)
     call_timeout_s: float = 120.0  # one source's whole stream
     retry_s: float = 1.0  # between rounds
 
@@ -223,30 +225,36 @@ class Onboarding:
             stub = services_pb2_grpc.AtomicBroadcastStub(channel)
             request = services_pb2.DeliverRequest(start_block=self._blocks.height(), stop_block=0, follow=False)
             call: Any = stub.Deliver(request, timeout=self._opt.call_timeout_s)  # a stream and a Call
-            # the first answer is bounded tighter than the stream: an unreachable host costs little
-            silent = threading.Event()
+            # each answer is bounded tighter than the stream: an unreachable host, or one that
+            # stops sending mid-stream (hung, partitioned), costs little (the blocks verified
+            # until then are kept). One watcher per call, not a timer per block (a thread each).
+            answer_s = self._opt.answer_timeout_s
+            due = [time.monotonic() + answer_s]  # the next answer's deadline (inf: verifying one)
+            silent, ended = threading.Event(), threading.Event()
 
-            def give_up() -> None:
-                silent.set()
-                call.cancel()
+            def watch() -> None:
+                while not ended.wait(min(answer_s, max(0.0, due[0] - time.monotonic()))):
+                    if time.monotonic() >= due[0]:
+                        silent.set()
+                        call.cancel()
+                        return
 
-            timer = threading.Timer(self._opt.answer_timeout_s, give_up)
-            timer.daemon = True
-            timer.start()
+            threading.Thread(target=watch, name=f"onboard-watch-{self._id}", daemon=True).start()
             try:
                 for resp in call:
-                    timer.cancel()
+                    due[0] = math.inf  # the time spent verifying is not the source's
                     if resp.HasField("status"):
                         if resp.status.reason != "OK":
                             raise BlockRefused(f"{target} ended with {resp.status.reason}: {resp.status.message}")
                         return
                     self._store(resp.block, target)
+                    due[0] = time.monotonic() + answer_s
             except grpc.RpcError:
                 if silent.is_set():
                     raise _NoAnswer from None
                 raise
             finally:
-                timer.cancel()
+                ended.set()
                 call.cancel()
             raise BlockRefused(f"{target} ended its stream without a status")
         finally:

@@ -185,10 +185,11 @@ def _signed(signer: Signer, block: block_pb2.Block, header_hash: bytes | None = 
 
 
 class Source:
-    """A plaintext Deliver server on 127.0.0.1 serving ``blocks`` (``silent``: never answers)."""
+    """A plaintext Deliver server on 127.0.0.1 serving ``blocks`` (``silent``: never answers;
+    ``stall_after``: stops sending, the stream left open, after that many blocks)."""
 
-    def __init__(self, blocks: list[block_pb2.Block], silent: bool = False) -> None:
-        self.blocks, self.silent = blocks, silent
+    def __init__(self, blocks: list[block_pb2.Block], silent: bool = False, stall_after: int | None = None) -> None:
+        self.blocks, self.silent, self.stall_after = blocks, silent, stall_after
         self.asked: list[int] = []
         self._release = threading.Event()
         self.server = grpc.server(ThreadPoolExecutor(4))
@@ -204,7 +205,10 @@ class Source:
         if self.silent:
             self._release.wait(10)
             return
-        for b in self.blocks[request.start_block:]:
+        for i, b in enumerate(self.blocks[request.start_block:]):
+            if i == self.stall_after:
+                self._release.wait(10)
+                return
             yield services_pb2.DeliverResponse(block=b)
         yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
 
@@ -373,6 +377,29 @@ def test_an_orderer_not_in_genesis_gives_up_after_the_bound_naming_every_source(
     assert err.value.reason == ONBOARDING_FAILED
     assert f"{silent.target}: NO_ANSWER" in err.value.message and f"{dead.target}: UNAVAILABLE" in err.value.message
     assert clock.slept == 3 and time.monotonic() - t0 < 10  # 4 rounds of 0.3 s at most
+
+
+def test_a_source_stopping_mid_stream_costs_the_answer_bound_not_the_stream_bound(chain, tmp_path) -> None:
+    """A source that sent a block and then nothing more, its stream left open (hung, or cut off
+    by a partition), held an orderer's start until the whole stream's bound (120 s; 8 s here),
+    every start of an orderer of a network with such a source: each answer is now bounded as
+    the first one is. The block it sent is kept and the next source goes on from there."""
+    stalling, good = Source(chain["blocks"], stall_after=1), Source(chain["blocks"])
+    onboarding, store, tracker = _onboarding(chain, tmp_path, [stalling.target, good.target],
+                                             answer_timeout_s=0.5, call_timeout_s=8.0)
+    t0 = time.monotonic()
+    try:
+        result = onboarding.run(wait=False)
+        elapsed = time.monotonic() - t0
+    finally:
+        stalling.close()
+        good.close()
+        store.close()
+    assert elapsed < 4, elapsed
+    assert (result.height, result.source) == (5, good.target)
+    assert result.failures[stalling.target].startswith("NO_ANSWER")
+    assert (stalling.asked, good.asked) == ([1], [2])  # block 1 from the stalling one was kept
+    assert tracker.current.block_number == 3
 
 
 def test_a_genesis_orderer_of_a_new_network_starts_at_once(chain, tmp_path) -> None:
