@@ -31,7 +31,9 @@ raising the protocol version beyond this release stops onboarding (PROTOCOL_UNSU
 block carrying it stored, as the Raft driver does.
 
 When it ends: once one source has streamed up to its own height (the rest of the log comes from
-Raft). Every orderer asks every source once and starts Raft whatever it got (``wait=False``):
+Raft). Every orderer asks every source once and starts Raft whatever it got (``wait=False``;
+a round that gained blocks with a stream cut at ``call_timeout_s``, a long chain, is followed
+by another at once):
 one restarting has its Raft log, and an orderer the genesis config names may be starting a
 brand-new network with orderers not up yet. Only a new orderer (its Raft state blank,
 :func:`never_took_part`) the genesis config does not name waits: it cannot be in the network
@@ -65,6 +67,8 @@ from node.raft.durable import DurableStorage
 _log = logging.getLogger(__name__)
 
 ONBOARDING_FAILED = "ONBOARDING_FAILED"
+
+_CUT_SHORT = grpc.StatusCode.DEADLINE_EXCEEDED.name  # a source's failure: its stream hit call_timeout_s
 
 
 @dataclass(frozen=True)
@@ -148,14 +152,15 @@ class Onboarding:
 
     def run(self, wait: bool) -> Onboarded:
         """Onboard; ``wait``: ask again until a source answers (bounded by ``wait_s`` without
-        progress), else ONBOARDING_FAILED. Without ``wait`` one round is all."""
+        progress), else ONBOARDING_FAILED. Without ``wait`` one round is all, unless it gained
+        blocks and a source's stream was cut at ``call_timeout_s`` (asked again at once)."""
         result = Onboarded(self._blocks.height(), self._blocks.height())
         _log.info("event=onboarding_started orderer=%d height=%d sources=%s wait=%s", self._id,
                   result.start_height, ",".join(self.sources()), "yes" if wait else "no")
         progress_at = self._clock()
         while True:
             before = self._blocks.height()
-            self._round(result)
+            asked = self._round(result)
             result.height = self._blocks.height()
             if result.source:
                 _log.info(
@@ -164,6 +169,13 @@ class Onboarding:
                     self._tracker.current.block_number, "yes" if self._in_orderer_set() else "no",
                 )
                 return result
+            if not wait and result.height > before and any(
+                    result.failures.get(target, "").startswith(_CUT_SHORT) for target in asked):
+                # a stream cut at call_timeout_s while it was sending (a long chain): ask again at
+                # once -- Raft started on a partial chain would run under a config in force that
+                # may name none of the current orderers, and never join. (A source that stops
+                # answering mid-stream is hung, not asked again.)
+                continue
             if not wait:
                 # (a brand-new network's orderers start one by one: unreachable ones are normal)
                 refused = any(why.startswith("BAD_BLOCK") for why in result.failures.values())
@@ -190,13 +202,14 @@ class Onboarding:
     def _in_orderer_set(self) -> bool:
         return any(o.raft_id == self._id for o in self._tracker.current.config.orderers)
 
-    def _round(self, result: Onboarded) -> None:
-        """Ask every source once (the list grows with the configs adopted on the way)."""
+    def _round(self, result: Onboarded) -> set[str]:
+        """Ask every source once (the list grows with the configs adopted on the way); returns
+        the sources asked."""
         tried: set[str] = set()
         while True:
             todo = [t for t in self.sources() if t not in tried]
             if not todo:
-                return
+                return tried
             target = todo[0]
             tried.add(target)
             try:

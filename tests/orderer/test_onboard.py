@@ -188,8 +188,9 @@ class Source:
     """A plaintext Deliver server on 127.0.0.1 serving ``blocks`` (``silent``: never answers;
     ``stall_after``: stops sending, the stream left open, after that many blocks)."""
 
-    def __init__(self, blocks: list[block_pb2.Block], silent: bool = False, stall_after: int | None = None) -> None:
-        self.blocks, self.silent, self.stall_after = blocks, silent, stall_after
+    def __init__(self, blocks: list[block_pb2.Block], silent: bool = False, stall_after: int | None = None,
+                 delay_s: float = 0.0) -> None:
+        self.blocks, self.silent, self.stall_after, self.delay_s = blocks, silent, stall_after, delay_s
         self.asked: list[int] = []
         self._release = threading.Event()
         self.server = grpc.server(ThreadPoolExecutor(4))
@@ -209,6 +210,8 @@ class Source:
             if i == self.stall_after:
                 self._release.wait(10)
                 return
+            if self.delay_s:
+                self._release.wait(self.delay_s)
             yield services_pb2.DeliverResponse(block=b)
         yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
 
@@ -400,6 +403,32 @@ def test_a_source_stopping_mid_stream_costs_the_answer_bound_not_the_stream_boun
     assert result.failures[stalling.target].startswith("NO_ANSWER")
     assert (stalling.asked, good.asked) == ([1], [2])  # block 1 from the stalling one was kept
     assert tracker.current.block_number == 3
+
+
+def test_an_orderer_not_waiting_asks_again_while_streams_cut_short_gain_blocks(chain, tmp_path) -> None:
+    """Each source's stream ends at its bound (call_timeout_s: 120 s, of a long chain) before
+    it has sent everything. One round was all for an orderer not waiting (restarting, or named
+    by the genesis config: README Recovery's add-back): Raft started on a partial chain, under
+    a config in force that may name none of the current orderers (here: block 3's, that adds
+    orderer 3, never reached). Rounds go on while they gain blocks from streams cut short."""
+    slow = Source(chain["blocks"], delay_s=0.4)
+    onboarding, store, tracker = _onboarding(chain, tmp_path, [slow.target], call_timeout_s=1.0)
+    try:
+        result = onboarding.run(wait=False)
+    finally:
+        slow.close()
+        store.close()
+    assert (result.height, result.source) == (5, slow.target)
+    assert tracker.current.block_number == 3 and len(slow.asked) > 1
+    # a source that stops answering mid-stream is hung, not cut short: one round is all
+    stalling = Source(chain["blocks"], stall_after=1)
+    onboarding, store, _ = _onboarding(chain, tmp_path / "stalling", [stalling.target], answer_timeout_s=0.5)
+    try:
+        result = onboarding.run(wait=False)
+    finally:
+        stalling.close()
+        store.close()
+    assert (result.height, result.source, stalling.asked) == (2, "", [1])
 
 
 def test_a_genesis_orderer_of_a_new_network_starts_at_once(chain, tmp_path) -> None:
