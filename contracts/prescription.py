@@ -984,6 +984,8 @@ def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
     c = ctx.caller
     if c.role != "courier" and not (c.role == "pharmacist" and c.org == rx["hospital"]):
         ctx.fail("WRONG_ROLE", "only a courier (or the hospital pharmacy's pharmacist) confirms delivery")
+    if c.role == "pharmacist":
+        _require_pharmacist(ctx)  # at the counter: a licensed pharmacist (UNAUTHORIZED)
     if rx["fills"] == 0:
         ctx.fail("NOT_DISPENSED", "nothing was dispensed yet")
     if rx["status"] == "ERASED":

@@ -476,6 +476,9 @@ def test_a_hospital_pharmacy_hands_its_fill_over_at_the_counter(world: World) ->
     assert call(world, "deliver", JIANG, rx) == "WRONG_ROLE"  # a doctor of the hospital
     assert call(world, "deliver", COURIER, rx) == "ACCESS_DENIED"  # p01's courier: not its fill
     assert call(world, "deliver", WANG, rx) == "WRONG_ROLE"  # a pharmacy's pharmacist: its courier delivers
+    before = world.chain.raw_state_bytes()
+    assert call(world, "deliver", who("h01:pharm-x:pharmacist"), rx) == "UNAUTHORIZED"  # no licence registered
+    assert world.chain.raw_state_bytes() == before
     assert call(world, "deliver", HE, rx) == "OK"
     rec = world.chain.query("prescription", "show", HE, rx_id=rx).unwrap()
     assert (rec["status"], rec["delivered_fills"]) == ("DELIVERED", 1)
