@@ -30,10 +30,10 @@ index and its height) before it may vote or campaign (:func:`judge`):
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after
 the others at a network's first start, or one that lost its state and is catching up: it stays
-unconfirmed until its commit index reaches the answer's, then votes. Its vote is then safe --
-its log holds every entry it may once have acknowledged (a leader elected by a majority without
-it holds every committed entry), and it follows that leader's term -- and refusing would stop a
-network's first start whenever an orderer started a second late.
+unconfirmed until its commit index reaches the highest of the answers', then votes. Its vote is
+then safe -- its log holds every entry it may once have acknowledged (a leader elected by a
+majority without it holds every committed entry), and it follows that leader's term -- and
+refusing would stop a network's first start whenever an orderer started a second late.
 
 Known limit: a founding orderer first started only after the others ordered blocks without it
 is refused (nothing tells it from one that lost its state); the README "Recovery" procedure
@@ -121,11 +121,16 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
     # founding orderer started a little after the others at a network's first start, or one
     # that lost its state and is catching up. Either way its vote is safe once its log holds
     # every entry the others had committed (the entries it may once have acknowledged).
-    if own_commit >= latest.commit:
+    # The highest commit index of any answer, not the most advanced membership's: an orderer
+    # that applied more may have learnt less of the commit (the leader applies behind its
+    # commit index), and the entries it lacks may be the ones this orderer acknowledged.
+    top = max(answers, key=lambda a: (a.commit, a.target))
+    if own_commit >= top.commit:
         return Verdict.NEW, (f"{where} has raft id {raft_id} as a voter; this orderer's log "
-                             f"holds every entry it committed (commit {own_commit} >= "
-                             f"{latest.commit})")
-    return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of {where}'s {latest.commit}")
+                             f"holds every entry the orderers answering committed (commit "
+                             f"{own_commit} >= {top.commit}, orderer {top.node or top.target})")
+    return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of orderer "
+                             f"{top.node or top.target}'s {top.commit} ({where})")
 
 
 def is_blank(storage: Storage) -> bool:

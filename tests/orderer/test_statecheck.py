@@ -64,6 +64,19 @@ def test_a_voter_that_received_entries_since_its_blank_start_votes_once_caught_u
     assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
 
 
+def test_a_voter_catching_up_votes_only_once_its_commit_reaches_every_answer() -> None:
+    """The leader applies behind its commit index: the most advanced membership (the highest
+    applied index) may come with a lower commit index than another answer's. Entry 12,
+    committed by the leader with this orderer's lost acknowledgement, may be missing from
+    orderer c's log: voting at commit 11 could elect c and lose it."""
+    leader = ans("a", height=5, applied=10, commit=12)
+    follower = ans("c", height=5, applied=11, commit=11)
+    for answers in ([leader, follower], [follower, leader]):
+        verdict, why = judge(ME, answers, own_commit=11)
+        assert verdict == Verdict.UNKNOWN and "catching up: commit 11" in why and "o-a's 12" in why
+        assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
+
+
 def test_the_most_advanced_answer_decides() -> None:
     lagging_voter = ans("a", height=6, applied=20)  # has not applied the removal yet
     readded = ans("c", height=9, applied=31, voters=(1, 3), learners=(2,))
