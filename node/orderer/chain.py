@@ -273,6 +273,7 @@ class Chain:
         self._members_match: tuple[object, ConfState] | None = None
         self._status_key: tuple[int, ...] = ()
         self._leader_listeners: list[Callable[[int], None]] = []
+        self._state_lost_listeners: list[Callable[[], None]] = []
         self._conf_state_listeners: list[Callable[[ConfState], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
@@ -360,6 +361,15 @@ class Chain:
         the leader (e.g. a forwarder) need not poll. It must not block. Register before
         :meth:`start`."""
         self._leader_listeners.append(listener)
+
+    def add_state_lost_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` from the driver thread when the leader tells this orderer it lost
+        entries it had acknowledged and the Raft core withholds its vote for it
+        (MessageType.STATE_LOST): the withholding lives in memory only, so the server leaves
+        the blank-start marker (node.orderer.statecheck), which keeps the orderer
+        unconfirmed across a restart until the other orderers' commit is reached. It must
+        not block for long. Register before :meth:`start`."""
+        self._state_lost_listeners.append(listener)
 
     def add_conf_state_listener(self, listener: Callable[[ConfState], None]) -> None:
         """Call ``listener(conf_state)`` now and, from the driver thread, whenever the applied
@@ -478,6 +488,9 @@ class Chain:
                            "this orderer rejecting Raft entries it had acknowledged (its data directory "
                            "emptied or lost?); no vote before its commit index reaches %d; see README: "
                            "Recovery", self._id, payload.frm, payload.commit, payload.commit)
+                if self._node.withholds_votes:  # the core took it (a follower of that leader)
+                    for listener in self._state_lost_listeners:
+                        listener()
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)

@@ -482,6 +482,8 @@ def serve(config: NodeConfig) -> OrdererServer:
         transport.drop_departed()
 
     chain.add_conf_state_listener(follow_raft)
+    # told it lost acknowledged entries: unconfirmed again after a restart (the core forgets)
+    chain.add_state_lost_listener(state_check.mark_unconfirmed)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,

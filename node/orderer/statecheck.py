@@ -25,7 +25,10 @@ index and its height) before it may vote or campaign (:func:`judge`):
   hands leadership to it cannot take it) until a verdict, which it hands to the chain
   (confirm, or stop with RAFT_STATE_LOST). A marker file (:data:`MARKER`) keeps the
   state unconfirmed across restarts until then: the node may have written a term or entries
-  meanwhile, so its storage is no longer blank, but it is no safer a voter.
+  meanwhile, so its storage is no longer blank, but it is no safer a voter. The server leaves
+  it too when a leader tells a running orderer it lost entries it had acknowledged
+  (MessageType.STATE_LOST, ``Chain.add_state_lost_listener``): the Raft core withholds that
+  orderer's vote in memory only, and a restart before it caught up must not end it.
 
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after

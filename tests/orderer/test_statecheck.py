@@ -4,18 +4,25 @@ start-up decision of node.orderer.server.check_blank_state."""
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
 import pytest
 from rxchain.v1 import services_pb2
 
+from node.crypto.signing import load_signer
 from node.errors import RxError
 from node.orderer import statecheck
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.metrics import OrdererMetrics
 from node.orderer.server import check_blank_state
 from node.orderer.statecheck import MARKER, Answer, StateCheck, Verdict, answer_of, judge
+from node.raft.durable import DurableStorage
 from node.raft.storage import MemoryStorage
-from node.raft.types import ConfState, Entry, HardState
+from node.raft.types import ConfState, Entry, HardState, Message, MessageType
+from tests.orderer.cluster import make_network
+from tests.orderer.inproc import Collect, NoFetch, genesis_parts
 
 ME = 2
 
@@ -243,3 +250,42 @@ def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.Monk
     assert told.done.wait(5)
     check.close()
     assert told.lost == [] and "new network" in told.new[0]
+
+
+def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
+    entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
+    storage is no longer blank (the leader's term), so without the marker nobody was asked
+    and it voted at once with a log short of what it had acknowledged."""
+    net = make_network(tmp_path / "net")
+    raft_dir = tmp_path / "o2" / "raft"
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
+    storage = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    check = StateCheck(ME, raft_dir, lambda: ["a:1", "c:1"],
+                       lambda t: pytest.fail("no channel in unit tests"), fsync=False)
+    d = net.home / "nodes" / "orderer.ins02"
+    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
+                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
+                  options=ChainOptions(tick_s=1000.0, election_tick=10))
+    chain.add_state_lost_listener(check.mark_unconfirmed)
+    try:
+        chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=7))
+        chain._process_ready()
+        assert chain.status().state_unconfirmed and chain.status().term == 3
+    finally:
+        storage.close()
+        blocks.close()
+    restarted = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    try:
+        assert not statecheck.is_blank(restarted)
+        # it received nothing since: refused as at a blank start
+        _answering(monkeypatch, [[ans("a", height=5, applied=9, commit=7)]])
+        with pytest.raises(RxError) as err:
+            check_blank_state(check, restarted)
+        assert err.value.reason == "RAFT_STATE_LOST"
+        # nobody answers: unconfirmed (no vote) until one does
+        _answering(monkeypatch, [[]])
+        assert check_blank_state(check, restarted) is True
+    finally:
+        restarted.close()
