@@ -274,6 +274,7 @@ class Chain:
         self._status_key: tuple[int, ...] = ()
         self._leader_listeners: list[Callable[[int], None]] = []
         self._state_lost_listeners: list[Callable[[], None]] = []
+        self._lost_told_until = 0  # the highest commit index a leader's MsgStateLost named
         self._conf_state_listeners: list[Callable[[ConfState], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
@@ -483,14 +484,17 @@ class Chain:
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
             if payload.type == MessageType.APP_RESP and payload.reject:
                 self._report_lost_followers()
-            elif payload.type == MessageType.STATE_LOST:
+            elif (payload.type == MessageType.STATE_LOST and self._node.withholds_votes
+                  and payload.commit > self._lost_told_until):
+                # the core took it (a follower of that leader); the leader tells it again with
+                # every heartbeat until it caught up: logged and marked once
+                self._lost_told_until = payload.commit
                 _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
                            "this orderer rejecting Raft entries it had acknowledged (its data directory "
                            "emptied or lost?); no vote before its commit index reaches %d; see README: "
                            "Recovery", self._id, payload.frm, payload.commit, payload.commit)
-                if self._node.withholds_votes:  # the core took it (a follower of that leader)
-                    for listener in self._state_lost_listeners:
-                        listener()
+                for listener in self._state_lost_listeners:
+                    listener()
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
