@@ -206,12 +206,16 @@ class StateCheck:
         """Blank storage, or a start not yet confirmed new (the marker is there)."""
         return self._marker.exists() or is_blank(storage)
 
-    def round(self, own_commit: int = 0) -> tuple[Verdict, str]:
-        """Ask every other orderer once and judge (no other orderer at all: NEW)."""
+    def round(self, own_commit: int | Callable[[], int] = 0) -> tuple[Verdict, str]:
+        """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
+        ``own_commit`` is read once the answers are in: under load the others' commit index
+        moves on while the question is out, and the one this orderer had before asking is a
+        round trip behind it every time."""
         targets = list(self._targets())
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
-        return judge(self._id, ask(targets, self._channels, self._timeout_s), own_commit)
+        answers = ask(targets, self._channels, self._timeout_s)
+        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit)
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""
@@ -248,7 +252,7 @@ class StateCheck:
         while not self._stop.wait(delay):
             delay = min(2 * delay, self._retry_s)
             try:
-                verdict, why = self.round(own_commit())
+                verdict, why = self.round(own_commit)
             except Exception:  # noqa: BLE001 -- stay unconfirmed and ask again, never end silently
                 _log.exception("event=raft_state_check_failed orderer=%d: asking again", self._id)
                 continue

@@ -234,6 +234,31 @@ def test_an_unconfirmed_orderer_catching_up_votes_once_its_commit_reaches_the_an
     assert not (tmp_path / MARKER).exists()
 
 
+def test_a_catching_up_orderer_reads_its_commit_once_the_answers_are_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the leader's commit index moves on while the question is out: compared with
+    the commit index this orderer had before asking, one that follows the leader a round trip
+    behind stayed unconfirmed (no vote) for as long as the load lasted."""
+    at = {"leader": 10, "own": 9}
+
+    def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
+        at["leader"] += 1  # committed one more batch, and answers with it
+        answer = [ans("a", height=5, applied=at["leader"] - 1, commit=at["leader"])]
+        at["own"] = at["leader"]  # which reached this orderer while the answer travelled
+        return answer
+
+    monkeypatch.setattr(statecheck, "ask", fake)
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    check.mark_unconfirmed()
+    told = Told()
+    check.start(told.on_new, told.on_lost, lambda: at["own"])
+    try:
+        assert told.done.wait(5), at
+    finally:
+        check.close()
+    assert told.lost == [] and "commit 11 >= 11" in told.new[0]
+
+
 def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = [0]
 
