@@ -293,7 +293,7 @@ def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
     chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
                   NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
                   options=ChainOptions(tick_s=1000.0, election_tick=10))
-    chain.add_state_lost_listener(check.mark_unconfirmed)
+    chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
     try:
         chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=7))
         chain._process_ready()
@@ -314,3 +314,36 @@ def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
         assert check_blank_state(check, restarted) is True
     finally:
         restarted.close()
+
+
+def test_a_follower_told_it_lost_state_loses_the_marker_once_caught_up(tmp_path: Path) -> None:
+    """Kept after it caught up, the marker made every later restart ask, and a restart finding
+    the others ahead (they ran on meanwhile) withheld its vote again: with one orderer of three
+    down, no leader."""
+    net = make_network(tmp_path / "net")
+    raft_dir = tmp_path / "o2" / "raft"
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
+    storage = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    check = StateCheck(ME, raft_dir, lambda: ["a:1", "c:1"],
+                       lambda t: pytest.fail("no channel in unit tests"), fsync=False)
+    d = net.home / "nodes" / "orderer.ins02"
+    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
+                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
+                  options=ChainOptions(tick_s=1000.0, election_tick=10))
+    seen: list[bool] = []
+    chain.add_state_lost_listener(seen.append)
+    chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
+    try:
+        for _ in range(2):  # told again with the next heartbeat: marked once
+            chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=1))
+            chain._process_ready()
+        assert seen == [True] and (raft_dir / MARKER).exists()
+        # the leader's no-op entry, committed: caught up
+        chain._handle("step", Message(MessageType.APP, to=ME, frm=1, term=3, index=0, log_term=0,
+                                      entries=(Entry(3, 1),), commit=1))
+        chain._process_ready()
+        assert seen == [True, False] and not (raft_dir / MARKER).exists()
+        assert not chain.status().state_unconfirmed and chain.status().commit == 1
+    finally:
+        storage.close()
+        blocks.close()
