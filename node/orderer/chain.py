@@ -273,6 +273,9 @@ class Chain:
         self._members_match: tuple[object, ConfState] | None = None
         self._status_key: tuple[int, ...] = ()
         self._leader_listeners: list[Callable[[int], None]] = []
+        self._state_lost_listeners: list[Callable[[bool], None]] = []
+        self._lost_told_until = 0  # the highest commit index a leader's MsgStateLost named
+        self._lost_catching_up = False  # told, and not yet caught up
         self._conf_state_listeners: list[Callable[[ConfState], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
@@ -360,6 +363,17 @@ class Chain:
         the leader (e.g. a forwarder) need not poll. It must not block. Register before
         :meth:`start`."""
         self._leader_listeners.append(listener)
+
+    def add_state_lost_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` from the driver thread when the leader tells this orderer it
+        lost entries it had acknowledged and the Raft core withholds its vote for it
+        (MessageType.STATE_LOST), and ``listener(False)`` once its commit index reached the
+        one it was told (durably: after the Ready that carried it). The withholding lives in
+        memory only, so the server leaves the blank-start marker (node.orderer.statecheck)
+        meanwhile, which keeps the orderer unconfirmed across a restart until the other
+        orderers' commit is reached, and removes it once caught up. It must not block for
+        long. Register before :meth:`start`."""
+        self._state_lost_listeners.append(listener)
 
     def add_conf_state_listener(self, listener: Callable[[ConfState], None]) -> None:
         """Call ``listener(conf_state)`` now and, from the driver thread, whenever the applied
@@ -473,11 +487,18 @@ class Chain:
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
             if payload.type == MessageType.APP_RESP and payload.reject:
                 self._report_lost_followers()
-            elif payload.type == MessageType.STATE_LOST:
+            elif (payload.type == MessageType.STATE_LOST and self._node.withholds_votes
+                  and payload.commit > self._lost_told_until):
+                # the core took it (a follower of that leader); the leader tells it again with
+                # every heartbeat until it caught up: logged and marked once
+                self._lost_told_until = payload.commit
                 _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
                            "this orderer rejecting Raft entries it had acknowledged (its data directory "
                            "emptied or lost?); no vote before its commit index reaches %d; see README: "
                            "Recovery", self._id, payload.frm, payload.commit, payload.commit)
+                self._lost_catching_up = True
+                for listener in self._state_lost_listeners:
+                    listener(True)
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
@@ -804,6 +825,10 @@ class Chain:
                 self._apply(rd.committed_entries)
             self._node.advance(rd)
             self._maybe_snapshot()
+            if self._lost_catching_up and not self._node.withholds_votes:
+                self._lost_catching_up = False  # its log holds what it was told about
+                for listener in self._state_lost_listeners:
+                    listener(False)
             self._refresh_status()
 
     def _send(self, messages: Sequence[Message]) -> None:

@@ -482,6 +482,10 @@ def serve(config: NodeConfig) -> OrdererServer:
         transport.drop_departed()
 
     chain.add_conf_state_listener(follow_raft)
+    # told it lost acknowledged entries: unconfirmed after a restart until caught up (the
+    # core forgets); the marker goes once it caught up, else a restart finding the others'
+    # commit index ahead (they ran on meanwhile) would withhold its vote again
+    chain.add_state_lost_listener(lambda lost: state_check.mark_unconfirmed() if lost else state_check.confirmed())
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,

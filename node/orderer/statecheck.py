@@ -25,15 +25,19 @@ index and its height) before it may vote or campaign (:func:`judge`):
   hands leadership to it cannot take it) until a verdict, which it hands to the chain
   (confirm, or stop with RAFT_STATE_LOST). A marker file (:data:`MARKER`) keeps the
   state unconfirmed across restarts until then: the node may have written a term or entries
-  meanwhile, so its storage is no longer blank, but it is no safer a voter.
+  meanwhile, so its storage is no longer blank, but it is no safer a voter. The server leaves
+  it too when a leader tells a running orderer it lost entries it had acknowledged
+  (MessageType.STATE_LOST, ``Chain.add_state_lost_listener``): the Raft core withholds that
+  orderer's vote in memory only, and a restart before it caught up must not end it (the
+  marker goes once its commit index reached the one it was told).
 
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after
 the others at a network's first start, or one that lost its state and is catching up: it stays
-unconfirmed until its commit index reaches the answer's, then votes. Its vote is then safe --
-its log holds every entry it may once have acknowledged (a leader elected by a majority without
-it holds every committed entry), and it follows that leader's term -- and refusing would stop a
-network's first start whenever an orderer started a second late.
+unconfirmed until its commit index reaches the highest of the answers', then votes. Its vote is
+then safe -- its log holds every entry it may once have acknowledged (a leader elected by a
+majority without it holds every committed entry), and it follows that leader's term -- and
+refusing would stop a network's first start whenever an orderer started a second late.
 
 Known limit: a founding orderer first started only after the others ordered blocks without it
 is refused (nothing tells it from one that lost its state); the README "Recovery" procedure
@@ -121,11 +125,16 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
     # founding orderer started a little after the others at a network's first start, or one
     # that lost its state and is catching up. Either way its vote is safe once its log holds
     # every entry the others had committed (the entries it may once have acknowledged).
-    if own_commit >= latest.commit:
+    # The highest commit index of any answer, not the most advanced membership's: an orderer
+    # that applied more may have learnt less of the commit (the leader applies behind its
+    # commit index), and the entries it lacks may be the ones this orderer acknowledged.
+    top = max(answers, key=lambda a: (a.commit, a.target))
+    if own_commit >= top.commit:
         return Verdict.NEW, (f"{where} has raft id {raft_id} as a voter; this orderer's log "
-                             f"holds every entry it committed (commit {own_commit} >= "
-                             f"{latest.commit})")
-    return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of {where}'s {latest.commit}")
+                             f"holds every entry the orderers answering committed (commit "
+                             f"{own_commit} >= {top.commit}, orderer {top.node or top.target})")
+    return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of orderer "
+                             f"{top.node or top.target}'s {top.commit} ({where})")
 
 
 def is_blank(storage: Storage) -> bool:
@@ -198,12 +207,16 @@ class StateCheck:
         """Blank storage, or a start not yet confirmed new (the marker is there)."""
         return self._marker.exists() or is_blank(storage)
 
-    def round(self, own_commit: int = 0) -> tuple[Verdict, str]:
-        """Ask every other orderer once and judge (no other orderer at all: NEW)."""
+    def round(self, own_commit: int | Callable[[], int] = 0) -> tuple[Verdict, str]:
+        """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
+        ``own_commit`` is read once the answers are in: under load the others' commit index
+        moves on while the question is out, and the one this orderer had before asking is a
+        round trip behind it every time."""
         targets = list(self._targets())
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
-        return judge(self._id, ask(targets, self._channels, self._timeout_s), own_commit)
+        answers = ask(targets, self._channels, self._timeout_s)
+        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit)
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""
@@ -240,7 +253,7 @@ class StateCheck:
         while not self._stop.wait(delay):
             delay = min(2 * delay, self._retry_s)
             try:
-                verdict, why = self.round(own_commit())
+                verdict, why = self.round(own_commit)
             except Exception:  # noqa: BLE001 -- stay unconfirmed and ask again, never end silently
                 _log.exception("event=raft_state_check_failed orderer=%d: asking again", self._id)
                 continue

@@ -104,6 +104,10 @@ class Raft:
         # (follower, index it had acknowledged, its reject hint): followers found to have lost
         # acknowledged entries, for the application to take (RawNode.take_lost_followers)
         self.lost_followers: list[tuple[int, int, int]] = []
+        # leader: follower -> the commit index it was told with MsgStateLost, while its match
+        # is below it; told again with every heartbeat (a message the transport dropped is
+        # never retransmitted, and the follower would vote with its short log)
+        self.lost_told: dict[int, int] = {}
         # told by a leader that we lost acknowledged entries (MsgStateLost): no votes and no
         # campaigns while our commit index is below this (its commit index then); not durable
         self.lost_until = 0
@@ -264,6 +268,12 @@ class Raft:
                 continue
             pr = self.tracker.progress[nid]
             self._send(MT.HEARTBEAT, nid, commit=min(pr.match, self.log.committed))
+            told = self.lost_told.get(nid)
+            if told is not None:
+                if pr.match >= told:
+                    del self.lost_told[nid]  # its log holds what it was told about
+                else:
+                    self._send(MT.STATE_LOST, nid, commit=told)
 
     # -- role transitions ----------------------------------------------------------------
     def reset_randomized_election_timeout(self) -> None:
@@ -281,6 +291,7 @@ class Raft:
         self.heartbeat_elapsed = 0
         self.reset_randomized_election_timeout()
         self.lead_transferee = NONE
+        self.lost_told = {}
         self.tracker.reset_votes()
         last = self.log.last_index()
         for nid in self.tracker.ids():
@@ -557,6 +568,7 @@ class Raft:
                     # application and forget its match, so it is replicated to again.
                     self.lost_followers.append((m.frm, pr.match, m.reject_hint))
                     pr.match = 0
+                    self.lost_told[m.frm] = self.log.committed
                     self._send(MT.STATE_LOST, m.frm, commit=self.log.committed)
                 next_probe = m.reject_hint
                 if m.log_term > 0:

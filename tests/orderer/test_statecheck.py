@@ -4,18 +4,25 @@ start-up decision of node.orderer.server.check_blank_state."""
 
 from __future__ import annotations
 
+import random
 import threading
 from pathlib import Path
 
 import pytest
 from rxchain.v1 import services_pb2
 
+from node.crypto.signing import load_signer
 from node.errors import RxError
 from node.orderer import statecheck
+from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
+from node.orderer.metrics import OrdererMetrics
 from node.orderer.server import check_blank_state
 from node.orderer.statecheck import MARKER, Answer, StateCheck, Verdict, answer_of, judge
+from node.raft.durable import DurableStorage
 from node.raft.storage import MemoryStorage
-from node.raft.types import ConfState, Entry, HardState
+from node.raft.types import ConfState, Entry, HardState, Message, MessageType
+from tests.orderer.cluster import make_network
+from tests.orderer.inproc import Collect, NoFetch, genesis_parts
 
 ME = 2
 
@@ -62,6 +69,19 @@ def test_a_voter_that_received_entries_since_its_blank_start_votes_once_caught_u
     assert verdict == Verdict.UNKNOWN and "catching up: commit 7" in why and "11" in why
     assert judge(ME, answers, own_commit=11)[0] == Verdict.NEW
     assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
+
+
+def test_a_voter_catching_up_votes_only_once_its_commit_reaches_every_answer() -> None:
+    """The leader applies behind its commit index: the most advanced membership (the highest
+    applied index) may come with a lower commit index than another answer's. Entry 12,
+    committed by the leader with this orderer's lost acknowledgement, may be missing from
+    orderer c's log: voting at commit 11 could elect c and lose it."""
+    leader = ans("a", height=5, applied=10, commit=12)
+    follower = ans("c", height=5, applied=11, commit=11)
+    for answers in ([leader, follower], [follower, leader]):
+        verdict, why = judge(ME, answers, own_commit=11)
+        assert verdict == Verdict.UNKNOWN and "catching up: commit 11" in why and "o-a's 12" in why
+        assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
 
 
 def test_the_most_advanced_answer_decides() -> None:
@@ -214,6 +234,31 @@ def test_an_unconfirmed_orderer_catching_up_votes_once_its_commit_reaches_the_an
     assert not (tmp_path / MARKER).exists()
 
 
+def test_a_catching_up_orderer_reads_its_commit_once_the_answers_are_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the leader's commit index moves on while the question is out: compared with
+    the commit index this orderer had before asking, one that follows the leader a round trip
+    behind stayed unconfirmed (no vote) for as long as the load lasted."""
+    at = {"leader": 10, "own": 9}
+
+    def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
+        at["leader"] += 1  # committed one more batch, and answers with it
+        answer = [ans("a", height=5, applied=at["leader"] - 1, commit=at["leader"])]
+        at["own"] = at["leader"]  # which reached this orderer while the answer travelled
+        return answer
+
+    monkeypatch.setattr(statecheck, "ask", fake)
+    check = _check(tmp_path, ["a:1"], retry_s=0.01)
+    check.mark_unconfirmed()
+    told = Told()
+    check.start(told.on_new, told.on_lost, lambda: at["own"])
+    try:
+        assert told.done.wait(5), at
+    finally:
+        check.close()
+    assert told.lost == [] and "commit 11 >= 11" in told.new[0]
+
+
 def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = [0]
 
@@ -230,3 +275,75 @@ def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.Monk
     assert told.done.wait(5)
     check.close()
     assert told.lost == [] and "new network" in told.new[0]
+
+
+def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
+    entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
+    storage is no longer blank (the leader's term), so without the marker nobody was asked
+    and it voted at once with a log short of what it had acknowledged."""
+    net = make_network(tmp_path / "net")
+    raft_dir = tmp_path / "o2" / "raft"
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
+    storage = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    check = StateCheck(ME, raft_dir, lambda: ["a:1", "c:1"],
+                       lambda t: pytest.fail("no channel in unit tests"), fsync=False)
+    d = net.home / "nodes" / "orderer.ins02"
+    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
+                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
+                  options=ChainOptions(tick_s=1000.0, election_tick=10))
+    chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
+    try:
+        chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=7))
+        chain._process_ready()
+        assert chain.status().state_unconfirmed and chain.status().term == 3
+    finally:
+        storage.close()
+        blocks.close()
+    restarted = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    try:
+        assert not statecheck.is_blank(restarted)
+        # it received nothing since: refused as at a blank start
+        _answering(monkeypatch, [[ans("a", height=5, applied=9, commit=7)]])
+        with pytest.raises(RxError) as err:
+            check_blank_state(check, restarted)
+        assert err.value.reason == "RAFT_STATE_LOST"
+        # nobody answers: unconfirmed (no vote) until one does
+        _answering(monkeypatch, [[]])
+        assert check_blank_state(check, restarted) is True
+    finally:
+        restarted.close()
+
+
+def test_a_follower_told_it_lost_state_loses_the_marker_once_caught_up(tmp_path: Path) -> None:
+    """Kept after it caught up, the marker made every later restart ask, and a restart finding
+    the others ahead (they ran on meanwhile) withheld its vote again: with one orderer of three
+    down, no leader."""
+    net = make_network(tmp_path / "net")
+    raft_dir = tmp_path / "o2" / "raft"
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
+    storage = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    check = StateCheck(ME, raft_dir, lambda: ["a:1", "c:1"],
+                       lambda t: pytest.fail("no channel in unit tests"), fsync=False)
+    d = net.home / "nodes" / "orderer.ins02"
+    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
+                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
+                  options=ChainOptions(tick_s=1000.0, election_tick=10))
+    seen: list[bool] = []
+    chain.add_state_lost_listener(seen.append)
+    chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
+    try:
+        for _ in range(2):  # told again with the next heartbeat: marked once
+            chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=1))
+            chain._process_ready()
+        assert seen == [True] and (raft_dir / MARKER).exists()
+        # the leader's no-op entry, committed: caught up
+        chain._handle("step", Message(MessageType.APP, to=ME, frm=1, term=3, index=0, log_term=0,
+                                      entries=(Entry(3, 1),), commit=1))
+        chain._process_ready()
+        assert seen == [True, False] and not (raft_dir / MARKER).exists()
+        assert not chain.status().state_unconfirmed and chain.status().commit == 1
+    finally:
+        storage.close()
+        blocks.close()

@@ -160,3 +160,41 @@ def test_a_stale_rejection_is_no_lost_follower() -> None:
     leader.step(Message(MT.APP_RESP, to=1, frm=3, term=leader.term, index=pr.next - 1, reject=True,
                         reject_hint=1))
     assert leader.lost_followers == [(3, match, 1)]
+
+
+def test_a_lost_state_message_the_transport_dropped_is_told_again_with_each_heartbeat() -> None:
+    """The leader forgets the follower's match when it finds it lost state, so it never finds
+    it again: a dropped MsgStateLost (a full queue, a broken stream) left the follower voting
+    with a log short of what it had acknowledged."""
+    c = _committed_on_1_and_2_only()
+    c.heal()
+    c.stabilize()
+    c.add_member_with_conf_state(2, FOUNDERS)  # emptied; the application confirmed it wrongly
+    leader = c.node(1).raft
+    c.node(1).propose(b"y")
+    c.node(1).propose(b"z")
+    for _ in range(20):
+        for nid in (1, 2, 3):
+            while c.process_ready(nid):
+                pass
+        c.deliver()
+        if leader.lost_followers:
+            break
+    assert [f for f, _, _ in leader.lost_followers] == [2]
+    c.cut(1, 2)  # the message telling it is lost, and the leader's appends with it
+    c.stabilize()
+    assert not c.node(2).withholds_votes
+    c.heal()
+    c.tick(1, leader.heartbeat_timeout)
+    c.process_ready(1)
+    out = c.deliver()
+    assert "1->2 STATE_LOST term=1" in out, out
+    assert c.node(2).withholds_votes and c.node(2).raft.lost_until == 3
+    c.stabilize()
+    for nid in (1, 2, 3):
+        assert c.members[nid].applied == [b"a", b"x", b"y", b"z"], nid
+    assert not c.node(2).withholds_votes
+    c.tick(1, leader.heartbeat_timeout)  # caught up: no longer told
+    c.process_ready(1)
+    assert not [line for line in c.deliver() if "STATE_LOST" in line]
+    assert leader.lost_told == {}
