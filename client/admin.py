@@ -35,6 +35,9 @@ class NodeHealth:
     # orderers: the peers (of those) whose version was told unsigned (a peer of a release that
     # does not sign what it tells, or an orderer of one relaying): it never admits a raise
     peers_unsigned: tuple[str, ...] = ()
+    # orderers: started with blank Raft storage and not yet confirmed new by another orderer
+    # (node.orderer.statecheck): it neither votes nor campaigns meanwhile
+    raft_state_unconfirmed: bool = False
 
 
 class AdminClient:
@@ -76,4 +79,5 @@ class AdminClient:
                           int(s.raft_term), s.last_block_hash.hex(), s.state_hash.hex(),
                           tuple(int(v) for v in s.protocol_versions), int(s.protocol_version),
                           tuple((p.node, int(p.max_protocol_version)) for p in s.peer_releases),
-                          tuple(p.node for p in s.peer_releases if p.told_wall_ms > 0 and not p.statement))
+                          tuple(p.node for p in s.peer_releases if p.told_wall_ms > 0 and not p.statement),
+                          bool(s.raft_state_unconfirmed))

@@ -401,7 +401,8 @@ class Launcher:
                 if node.kind == "orderer":
                     row.update(raft_leader=h.raft_leader, raft_term=h.raft_term,
                                peer_protocol_versions=dict(h.peer_protocol_versions),
-                               peers_unsigned=list(h.peers_unsigned))
+                               peers_unsigned=list(h.peers_unsigned),
+                               raft_state_unconfirmed=h.raft_state_unconfirmed)
             rows.append(row)
         return rows
 

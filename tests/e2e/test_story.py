@@ -70,6 +70,8 @@ def test_network_status_all_serving(net: Net):
     assert told == expected, told
     # in statements the peers signed: an unsigned word (an older release) would not admit a raise
     assert [r["peers_unsigned"] for r in out["nodes"] if r["kind"] == "orderer"] == [[]] * 3
+    # every orderer of the running network was confirmed new at its blank first start
+    assert [r["raft_state_unconfirmed"] for r in out["nodes"] if r["kind"] == "orderer"] == [False] * 3
 
 
 def test_a_peer_answers_its_configuration_in_force(net: Net):
