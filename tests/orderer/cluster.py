@@ -281,6 +281,16 @@ def iter_blocks(client: Client, target: str) -> Iterator[block_pb2.Block]:
     yield from client.blocks(target)
 
 
+def without_orderer(config: config_pb2.ConsortiumConfig, raft_id: int) -> config_pb2.ConsortiumConfig:
+    """``config`` with orderer ``raft_id`` taken out of the orderer set, as the next sequence."""
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(config)
+    new.sequence = config.sequence + 1
+    del new.orderers[:]
+    new.orderers.extend(o for o in config.orderers if o.raft_id != raft_id)
+    return new
+
+
 def config_envelope(net, new_config: config_pb2.ConsortiumConfig, admins: list[str]) -> bytes:
     """A CONFIG envelope carrying ``new_config``, signed by the given orgs' admins and
     submitted by the first of them."""

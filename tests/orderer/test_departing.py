@@ -30,7 +30,7 @@ from node.orderer.raft_codec import encode_message
 from node.orderer.server import _admits, _former_orderers
 from node.orderer.transport import ClusterService, Membership, RaftTransport
 from node.raft.types import Message, MessageType
-from tests.orderer.cluster import config_envelope, make_network
+from tests.orderer.cluster import config_envelope, make_network, without_orderer
 from tests.orderer.inproc import NullSink, step_server
 
 NOW_MS = int(time.time() * 1000)
@@ -49,34 +49,25 @@ def _entries(config: config_pb2.ConsortiumConfig) -> list[tuple[int, bytes, str]
     return [_entries_of(o) for o in config.orderers]
 
 
-def _without(config: config_pb2.ConsortiumConfig, raft_id: int) -> config_pb2.ConsortiumConfig:
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(config)
-    new.sequence = config.sequence + 1
-    del new.orderers[:]
-    new.orderers.extend(o for o in config.orderers if o.raft_id != raft_id)
-    return new
-
-
 def test_membership_keeps_an_orderer_taken_out_for_raft_messages_only_while_raft_counts_it(net) -> None:
     start = config_from_genesis(read_genesis(net.genesis_path))
     certs = {o.raft_id: o.cert_der for o in start.orderers}
     m = Membership(_entries(start))
     m.set_in_raft([1, 2, 3])
-    m.update(_entries(_without(start, 3)))
+    m.update(_entries(without_orderer(start, 3)))
     three = identity_pb2.Identity(org="ins03", cert_der=certs[3])
     # forwarding and broadcast follow the config in force at once ...
     assert m.raft_id_of(three) is None and 3 not in m.targets()
     # ... Raft messages go on while Raft counts it (its REMOVE_NODE not applied yet)
     assert m.raft_peer_of(three) == 3 and m.raft_targets()[3] == f"{start.orderers[2].host}:{start.orderers[2].port}"
-    m.update(_entries(_without(_without(start, 3), 2)))  # a second update meanwhile: both kept
+    m.update(_entries(without_orderer(without_orderer(start, 3), 2)))  # a second update meanwhile: both kept
     assert m.raft_peer_of(three) == 3 and sorted(m.raft_targets()) == [1, 2, 3]
     m.set_in_raft([1, 2])  # its removal applied
     assert m.raft_peer_of(three) is None and sorted(m.raft_targets()) == [1, 2]
     # a config that no longer admits the removed one's certificate (revoked): cut off at once
     m = Membership(_entries(start))
     m.set_in_raft([1, 2, 3])
-    m.update(_entries(_without(start, 3)), keep=lambda cert: cert != certs[3])
+    m.update(_entries(without_orderer(start, 3)), keep=lambda cert: cert != certs[3])
     assert m.raft_peer_of(three) is None and 3 not in m.raft_targets()
     # a rotated certificate is no removal: the old one is refused from the config block on
     rotated = config_pb2.ConsortiumConfig()
@@ -95,7 +86,7 @@ def test_cluster_step_takes_a_removed_orderers_raft_messages_until_raft_removes_
     start = config_from_genesis(read_genesis(net.genesis_path))
     membership = Membership(_entries(start))
     membership.set_in_raft([1, 2, 3])
-    membership.update(_entries(_without(start, 3)))
+    membership.update(_entries(without_orderer(start, 3)))
     got: list[Message] = []
 
     class Sink(NullSink):
@@ -186,7 +177,7 @@ def test_a_removed_orderer_is_dialled_pinned_to_its_name_and_organisation(net) -
     """The config in force no longer names it (a restarted orderer dials it anew): pinned as the
     orderers it names are (its node name, its organisation's CA), not the unpinned fallback."""
     start = config_from_genesis(read_genesis(net.genesis_path))
-    no3 = _without(start, 3)
+    no3 = without_orderer(start, 3)
     three = next(o for o in start.orderers if o.raft_id == 3)
     d = net.home / "nodes" / "orderer.ins01"
     target = f"{three.host}:{three.port}"
@@ -224,8 +215,8 @@ def test_a_restarted_orderer_finds_the_orderers_taken_out_in_its_block_store(net
     revoking the certificate admits it no more."""
     genesis = read_genesis(net.genesis_path)
     start = config_from_genesis(genesis)
-    no3 = _without(start, 3)
-    no23 = _without(no3, 2)
+    no3 = without_orderer(start, 3)
+    no23 = without_orderer(no3, 2)
     blocks = BlockStore(tmp_path / "blocks", fsync=False)
     try:
         blocks.append(genesis)
@@ -289,7 +280,7 @@ def test_an_orderer_restarted_before_raft_removed_the_other_still_finishes_the_r
             servers[rid] = serve(cfg)
         wait_until(lambda: all(client.status(t, 1.0).raft_leader for t in targets.values()), 20,
                    what="a leader")
-        [r] = client.broadcast(targets[1], [config_envelope(net, _without(net.config, 2), ["ins01", "ins02"])])
+        [r] = client.broadcast(targets[1], [config_envelope(net, without_orderer(net.config, 2), ["ins01", "ins02"])])
         assert r.accepted, r.message
         assert servers[1].chain._conf_state.voters == (1, 2)  # the removal held back
         servers.pop(1).stop()

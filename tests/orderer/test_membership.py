@@ -18,6 +18,7 @@ from tests.orderer.cluster import (
     make_network,
     not_signed_in_force,
     wait_until,
+    without_orderer,
 )
 
 pytestmark = pytest.mark.integration
@@ -212,15 +213,6 @@ def two(tmp_path):
             print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
 
 
-def _without(config: config_pb2.ConsortiumConfig, raft_id: int) -> config_pb2.ConsortiumConfig:
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(config)
-    new.sequence = config.sequence + 1
-    del new.orderers[:]
-    new.orderers.extend(o for o in config.orderers if o.raft_id != raft_id)
-    return new
-
-
 @pytest.mark.parametrize("which", ["follower", "leader"])
 def test_going_from_two_orderers_to_one_completes_and_ordering_goes_on(two, which: str) -> None:
     """Two orderers, a config update takes one out (either the leader or the follower). Raft
@@ -242,7 +234,7 @@ def test_going_from_two_orderers_to_one_completes_and_ordering_goes_on(two, whic
     ids = {n.name: n.raft_id for n in net.orderers()}
     rs = client.broadcast(procs.target(stays), [client.envelope()[1] for _ in range(3)])
     assert all(r.accepted for r in rs), [r.message for r in rs]
-    new = _without(net.config, ids[removed])
+    new = without_orderer(net.config, ids[removed])
     [r] = client.broadcast(procs.target(stays), [config_envelope(net, new, ["ins01", "ins02"])])
     assert r.accepted, r.message
     wait_until(lambda: f"voters=({ids[stays]},)" in procs.log_text(stays), 20,

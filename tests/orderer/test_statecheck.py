@@ -13,6 +13,7 @@ from rxchain.v1 import services_pb2
 
 from node.crypto.signing import load_signer
 from node.errors import RxError
+from node.ledger.blockstore import BlockStore
 from node.orderer import statecheck
 from node.orderer.chain import Chain, ChainOptions, bootstrap_conf_state
 from node.orderer.metrics import OrdererMetrics
@@ -277,12 +278,9 @@ def test_a_failing_round_is_asked_again(tmp_path: Path, monkeypatch: pytest.Monk
     assert told.lost == [] and "new network" in told.new[0]
 
 
-def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
-    entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
-    storage is no longer blank (the leader's term), so without the marker nobody was asked
-    and it voted at once with a log short of what it had acknowledged."""
+def _follower_with_check(tmp_path: Path) -> tuple[Chain, DurableStorage, BlockStore, StateCheck]:
+    """Orderer ME of a new network as a Chain (not started: its steps are driven by hand) over
+    Raft storage in tmp_path/o2/raft, with the StateCheck its server would give it."""
     net = make_network(tmp_path / "net")
     raft_dir = tmp_path / "o2" / "raft"
     _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
@@ -293,6 +291,17 @@ def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
     chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
                   NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
                   options=ChainOptions(tick_s=1000.0, election_tick=10))
+    return chain, storage, blocks, check
+
+
+def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
+    entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
+    storage is no longer blank (the leader's term), so without the marker nobody was asked
+    and it voted at once with a log short of what it had acknowledged."""
+    chain, storage, blocks, check = _follower_with_check(tmp_path)
+    raft_dir = tmp_path / "o2" / "raft"
     chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
     try:
         chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=7))
@@ -320,16 +329,8 @@ def test_a_follower_told_it_lost_state_loses_the_marker_once_caught_up(tmp_path:
     """Kept after it caught up, the marker made every later restart ask, and a restart finding
     the others ahead (they ran on meanwhile) withheld its vote again: with one orderer of three
     down, no leader."""
-    net = make_network(tmp_path / "net")
+    chain, storage, blocks, check = _follower_with_check(tmp_path)
     raft_dir = tmp_path / "o2" / "raft"
-    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / "blocks")
-    storage = DurableStorage(raft_dir, fsync=False, bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
-    check = StateCheck(ME, raft_dir, lambda: ["a:1", "c:1"],
-                       lambda t: pytest.fail("no channel in unit tests"), fsync=False)
-    d = net.home / "nodes" / "orderer.ins02"
-    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), Collect(),
-                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
-                  options=ChainOptions(tick_s=1000.0, election_tick=10))
     seen: list[bool] = []
     chain.add_state_lost_listener(seen.append)
     chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
