@@ -90,12 +90,13 @@ class EnvelopeValidator:
         self,
         msp_source: Callable[[], MSP],
         consortium_id: str,
-        max_envelope_bytes: int,
+        max_envelope_bytes: int | Callable[[], int],
         clock_ms: Callable[[], int],
         config_check: Callable[[bytes, int], None] | None = None,
         max_skew_ms: Callable[[], int] = lambda: 0,
     ) -> None:
-        """``max_skew_ms``: the consortium's ``max_clock_skew_ms`` in force (0: no bound)."""
+        """``max_envelope_bytes``: a bound, or the consortium's in force (read per envelope);
+        ``max_skew_ms``: the consortium's ``max_clock_skew_ms`` in force (0: no bound)."""
         self._msp = msp_source
         self._max_skew_ms = max_skew_ms
         self._config_check = config_check
@@ -106,8 +107,9 @@ class EnvelopeValidator:
 
     def check(self, raw: bytes) -> Checked | tuple[str, Outcome]:
         """A Checked envelope, or (tx_id, refusal)."""
-        if len(raw) > self._max:
-            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {self._max}")
+        limit = self._max() if callable(self._max) else self._max
+        if len(raw) > limit:
+            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {limit}")
         try:
             env = transaction_pb2.Envelope.FromString(raw)
             tx = transaction_pb2.Transaction.FromString(env.payload)

@@ -395,7 +395,10 @@ def serve(config: NodeConfig) -> OrdererServer:
     # the orderers earlier configs named, as the last one named each (dialled while in Raft);
     # filled in once onboarding has brought the block store up to date
     former: list[dict[int, config_pb2.OrdererNode]] = [{}]
-    max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+    # gRPC's message bound is fixed when channels and the server are made: the config in force
+    # at start (a raised max_message_bytes takes effect at each node's restart, as on peers;
+    # it was the genesis config's for good)
+    max_msg = tracker.current.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     options = [
         *channel_options(max_msg),
@@ -489,7 +492,9 @@ def serve(config: NodeConfig) -> OrdererServer:
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,
-        consortium.limits.max_envelope_bytes or max_msg, wall_ms,
+        # the bound in force, per envelope (it was the genesis config's: a raised or lowered
+        # max_envelope_bytes never took effect on the orderers)
+        lambda: min(tracker.current.config.limits.max_envelope_bytes or max_msg, max_msg), wall_ms,
         config_check=tracker.check_broadcast,
         max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )

@@ -295,3 +295,33 @@ def test_a_second_orderer_joins_a_single_orderer_as_learner_then_votes(tmp_path)
         procs.close()
         for name in procs.names():
             print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
+
+
+def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
+    """The orderers checked envelopes against the genesis config's ``max_envelope_bytes`` for
+    good: a config update raising it (or lowering it) never took effect on them. They read the
+    limit in force now, per envelope."""
+    net = make_network(tmp_path / "net")
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        names = procs.names()
+        for n in names:
+            procs.start(n)
+        all_serving(procs, client, names)
+        big = b"\x0a" + b"x" * 100_000  # over the genesis limit of 64 KiB, and no envelope
+        [r] = client.broadcast(procs.target(names[0]), [big])
+        assert (r.accepted, r.reason) == (False, "TOO_LARGE")
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(net.config)
+        new.sequence = net.config.sequence + 1
+        new.limits.max_envelope_bytes = 200_000
+        [r] = client.broadcast(procs.target(names[1]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
+        assert r.accepted, r.message
+        for n in names:  # each orderer applies the config block, then reads the new limit
+            wait_until(lambda n=n: client.broadcast(procs.target(n), [big])[0].reason != "TOO_LARGE", 20,
+                       what=f"{n} to take the raised limit")
+            [r] = client.broadcast(procs.target(n), [big])
+            assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
+    finally:
+        procs.close()
