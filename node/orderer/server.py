@@ -146,7 +146,7 @@ def _admin_handler(
             node=config.name, role="orderer", height=st.height, last_block_hash=st.last_hash,
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
             raft_voters=st.conf_state.voters, raft_learners=st.conf_state.learners,
-            raft_applied=st.applied, raft_state_unconfirmed=st.state_unconfirmed,
+            raft_applied=st.applied, raft_state_unconfirmed=st.state_unconfirmed, raft_id=config.raft_id,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
             protocol_version=protocol_version(consortium),
             peer_releases=[peer_release(p.name, told.get(p.name)) for p in consortium.peers],

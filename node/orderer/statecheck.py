@@ -34,9 +34,10 @@ index and its height) before it may vote or campaign (:func:`judge`):
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after
 the others at a network's first start, or one that lost its state and is catching up: it stays
-unconfirmed until its commit index reaches the highest of the answers', then votes. Its vote is
-then safe -- its log holds every entry it may once have acknowledged (a leader elected by a
-majority without it holds every committed entry), and it follows that leader's term -- and
+unconfirmed until the leader itself is among the answers and its commit index reaches the
+highest of the answers', then votes. Its vote is then safe -- its log holds every entry it may
+once have acknowledged (a leader elected by a majority without it holds every committed entry;
+lagging orderers answering alone may not), and it follows that leader's term -- and
 refusing would stop a network's first start whenever an orderer started a second late.
 
 Known limit: a founding orderer first started only after the others ordered blocks without it
@@ -90,6 +91,13 @@ class Answer:
     commit: int
     voters: frozenset[int]
     learners: frozenset[int]
+    raft_id: int = 0  # the answering orderer's (0: a release before the field)
+    leader: int = 0  # the leader it follows (0: none known)
+
+    @property
+    def from_leader(self) -> bool:
+        """Does the leader itself answer?"""
+        return self.raft_id != 0 and self.raft_id == self.leader
 
 
 def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
@@ -98,7 +106,8 @@ def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
     if resp.role != "orderer" or not resp.raft_voters:
         return None
     return Answer(target, resp.node, resp.height, resp.raft_applied, resp.raft_commit,
-                  frozenset(resp.raft_voters), frozenset(resp.raft_learners))
+                  frozenset(resp.raft_voters), frozenset(resp.raft_learners),
+                  resp.raft_id, resp.raft_leader)
 
 
 def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple[Verdict, str]:
@@ -128,7 +137,14 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
     # The highest commit index of any answer, not the most advanced membership's: an orderer
     # that applied more may have learnt less of the commit (the leader applies behind its
     # commit index), and the entries it lacks may be the ones this orderer acknowledged.
+    # And the leader's own answer among them: answers from lagging orderers alone (the leader
+    # down, or not answering) may all miss entries a leader committed with this orderer's lost
+    # acknowledgement -- its vote could then elect one of them. A leader's log holds every
+    # committed entry, and its commit index covers them once it committed in its own term.
     top = max(answers, key=lambda a: (a.commit, a.target))
+    if not any(a.from_leader for a in answers):
+        return Verdict.UNKNOWN, (f"catching up: commit {own_commit}; no answer from the leader "
+                                 f"(answers up to commit {top.commit}, {where})")
     if own_commit >= top.commit:
         return Verdict.NEW, (f"{where} has raft id {raft_id} as a voter; this orderer's log "
                              f"holds every entry the orderers answering committed (commit "

@@ -29,9 +29,11 @@ ME = 2
 
 
 def ans(target: str, *, height: int, applied: int, voters: tuple[int, ...] = (1, 2, 3),
-        learners: tuple[int, ...] = (), commit: int | None = None) -> Answer:
+        learners: tuple[int, ...] = (), commit: int | None = None, leader: bool = False) -> Answer:
+    """Orderer ``target`` ("a": raft id 1, "b": 2, "c": 3) answering; ``leader``: it leads."""
+    rid = ord(target[0]) - ord("a") + 1
     return Answer(target, f"o-{target}", height, applied, applied if commit is None else commit,
-                  frozenset(voters), frozenset(learners))
+                  frozenset(voters), frozenset(learners), rid, rid if leader else 0)
 
 
 def test_nobody_answering_is_unknown() -> None:
@@ -64,7 +66,7 @@ def test_a_voter_that_received_entries_since_its_blank_start_votes_once_caught_u
     """A founding orderer started a second after the others at a network's first start, which
     ordered blocks meanwhile (the tests/orderer/test_membership.py start): it followed their
     leader, so it is not refused; it votes once its log holds what they committed."""
-    answers = [ans("a", height=5, applied=9, commit=11)]
+    answers = [ans("a", height=5, applied=9, commit=11, leader=True)]
     assert judge(ME, answers, own_commit=0)[0] == Verdict.LOST
     verdict, why = judge(ME, answers, own_commit=7)
     assert verdict == Verdict.UNKNOWN and "catching up: commit 7" in why and "11" in why
@@ -77,12 +79,28 @@ def test_a_voter_catching_up_votes_only_once_its_commit_reaches_every_answer() -
     applied index) may come with a lower commit index than another answer's. Entry 12,
     committed by the leader with this orderer's lost acknowledgement, may be missing from
     orderer c's log: voting at commit 11 could elect c and lose it."""
-    leader = ans("a", height=5, applied=10, commit=12)
+    leader = ans("a", height=5, applied=10, commit=12, leader=True)
     follower = ans("c", height=5, applied=11, commit=11)
     for answers in ([leader, follower], [follower, leader]):
         verdict, why = judge(ME, answers, own_commit=11)
         assert verdict == Verdict.UNKNOWN and "catching up: commit 11" in why and "o-a's 12" in why
         assert judge(ME, answers, own_commit=12)[0] == Verdict.NEW
+
+
+def test_a_voter_catching_up_votes_only_once_the_leader_itself_answered() -> None:
+    """Answers from lagging orderers alone: after a cold restart with this orderer emptied, a
+    leader elected without it (holding an entry it had committed with this orderer's lost
+    acknowledgement) sent it part of the log and crashed; orderer c, lagging, answers. Its
+    commit reached, this orderer voted and could elect c, the entry lost. The leader's own
+    answer is needed (its log holds every committed entry)."""
+    lagging = ans("c", height=5, applied=8, commit=8)
+    verdict, why = judge(ME, [lagging], own_commit=9)
+    assert verdict == Verdict.UNKNOWN and "no answer from the leader" in why
+    follows = Answer("c", "o-c", 5, 8, 8, frozenset({1, 2, 3}), frozenset(), 3, 1)  # follows leader 1
+    assert judge(ME, [follows], own_commit=9)[0] == Verdict.UNKNOWN
+    assert judge(ME, [follows, ans("a", height=5, applied=9, commit=9, leader=True)], own_commit=9)[0] == Verdict.NEW
+    old_release = Answer("a", "o-a", 5, 9, 9, frozenset({1, 2, 3}), frozenset())  # no raft id
+    assert judge(ME, [old_release], own_commit=9)[0] == Verdict.UNKNOWN
 
 
 def test_the_most_advanced_answer_decides() -> None:
@@ -221,7 +239,7 @@ def test_close_ends_a_check_nobody_answers(tmp_path: Path, monkeypatch: pytest.M
 
 def test_an_unconfirmed_orderer_catching_up_votes_once_its_commit_reaches_the_answer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _answering(monkeypatch, [[ans("a", height=5, applied=9, commit=11)]])
+    _answering(monkeypatch, [[ans("a", height=5, applied=9, commit=11, leader=True)]])
     # restarted while unconfirmed, with entries up to commit 1: still unconfirmed
     (tmp_path / MARKER).write_bytes(b"")
     check = _check(tmp_path, ["a:1"], retry_s=0.01)
@@ -244,7 +262,7 @@ def test_a_catching_up_orderer_reads_its_commit_once_the_answers_are_in(
 
     def fake(targets: object, channels: object, timeout_s: float) -> list[Answer]:
         at["leader"] += 1  # committed one more batch, and answers with it
-        answer = [ans("a", height=5, applied=at["leader"] - 1, commit=at["leader"])]
+        answer = [ans("a", height=5, applied=at["leader"] - 1, commit=at["leader"], leader=True)]
         at["own"] = at["leader"]  # which reached this orderer while the answer travelled
         return answer
 
