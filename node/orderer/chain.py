@@ -162,6 +162,7 @@ class ChainStatus:
     last_hash: bytes
     conf_state: ConfState = field(default_factory=ConfState)
     state_unconfirmed: bool = False
+    commit_term: int = 0  # the term of the entry at ``commit`` (0: compacted away, unknown)
 
 
 @dataclass
@@ -1250,6 +1251,9 @@ class Chain:
             last_hash=self._blocks.last_hash(),
             conf_state=self._conf_state,  # changes only with _applied, which is in the key
             state_unconfirmed=self._node.withholds_votes,
+            # hs.commit and hs.term are in the key: the term of the entry at the commit index
+            # changes only with them
+            commit_term=self._node.raft.log.term_or_zero(hs.commit),
         )
 
 

@@ -147,6 +147,7 @@ def _admin_handler(
             raft_term=st.term, raft_leader=st.leader, raft_commit=st.commit,
             raft_voters=st.conf_state.voters, raft_learners=st.conf_state.learners,
             raft_applied=st.applied, raft_state_unconfirmed=st.state_unconfirmed, raft_id=config.raft_id,
+            raft_commit_term=st.commit_term,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
             protocol_version=protocol_version(consortium),
             peer_releases=[peer_release(p.name, told.get(p.name)) for p in consortium.peers],

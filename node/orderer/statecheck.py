@@ -34,10 +34,11 @@ index and its height) before it may vote or campaign (:func:`judge`):
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after
 the others at a network's first start, or one that lost its state and is catching up: it stays
-unconfirmed until the leader itself is among the answers and its commit index reaches the
-highest of the answers', then votes. Its vote is then safe -- its log holds every entry it may
-once have acknowledged (a leader elected by a majority without it holds every committed entry;
-lagging orderers answering alone may not), and it follows that leader's term -- and
+unconfirmed until the leader itself is among the answers, having committed an entry of its own
+term, and its commit index reaches the highest of the answers', then votes. Its vote is then
+safe -- its log holds every entry it may once have acknowledged (a leader elected by a majority
+without it holds every committed entry, and its commit index covers them once it committed in
+its term; lagging orderers answering alone may not), and it follows that leader's term -- and
 refusing would stop a network's first start whenever an orderer started a second late.
 
 Known limit: a founding orderer first started only after the others ordered blocks without it
@@ -93,6 +94,9 @@ class Answer:
     learners: frozenset[int]
     raft_id: int = 0  # the answering orderer's (0: a release before the field)
     leader: int = 0  # the leader it follows (0: none known)
+    term: int = 0  # its current term
+    commit_term: int = 0  # the term of the entry at its commit index (0: unknown, or a release
+    # before the field)
 
     @property
     def from_leader(self) -> bool:
@@ -107,7 +111,7 @@ def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
         return None
     return Answer(target, resp.node, resp.height, resp.raft_applied, resp.raft_commit,
                   frozenset(resp.raft_voters), frozenset(resp.raft_learners),
-                  resp.raft_id, resp.raft_leader)
+                  resp.raft_id, resp.raft_leader, resp.raft_term, resp.raft_commit_term)
 
 
 def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple[Verdict, str]:
@@ -140,11 +144,21 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
     # And the leader's own answer among them: answers from lagging orderers alone (the leader
     # down, or not answering) may all miss entries a leader committed with this orderer's lost
     # acknowledgement -- its vote could then elect one of them. A leader's log holds every
-    # committed entry, and its commit index covers them once it committed in its own term.
+    # committed entry, and its commit index covers them once it committed in its own term:
+    # a leader just elected has not, and its commit index may stop short of an entry a former
+    # leader committed with this orderer's lost acknowledgement (the entry at its commit index
+    # is of an earlier term until its own first entry is committed).
     top = max(answers, key=lambda a: (a.commit, a.target))
-    if not any(a.from_leader for a in answers):
+    leaders = [a for a in answers if a.from_leader]
+    if not leaders:
         return Verdict.UNKNOWN, (f"catching up: commit {own_commit}; no answer from the leader "
                                  f"(answers up to commit {top.commit}, {where})")
+    if not any(a.commit_term == a.term for a in leaders):
+        lead = leaders[0]
+        return Verdict.UNKNOWN, (f"catching up: commit {own_commit}; the leader "
+                                 f"{lead.node or lead.target} has not yet committed an entry of "
+                                 f"its term {lead.term} (its commit {lead.commit} is of term "
+                                 f"{lead.commit_term}, {where})")
     if own_commit >= top.commit:
         return Verdict.NEW, (f"{where} has raft id {raft_id} as a voter; this orderer's log "
                              f"holds every entry the orderers answering committed (commit "

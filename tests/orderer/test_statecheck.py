@@ -30,10 +30,11 @@ ME = 2
 
 def ans(target: str, *, height: int, applied: int, voters: tuple[int, ...] = (1, 2, 3),
         learners: tuple[int, ...] = (), commit: int | None = None, leader: bool = False) -> Answer:
-    """Orderer ``target`` ("a": raft id 1, "b": 2, "c": 3) answering; ``leader``: it leads."""
+    """Orderer ``target`` ("a": raft id 1, "b": 2, "c": 3) answering, in term 4 with an entry
+    of its term committed; ``leader``: it leads."""
     rid = ord(target[0]) - ord("a") + 1
     return Answer(target, f"o-{target}", height, applied, applied if commit is None else commit,
-                  frozenset(voters), frozenset(learners), rid, rid if leader else 0)
+                  frozenset(voters), frozenset(learners), rid, rid if leader else 0, 4, 4)
 
 
 def test_nobody_answering_is_unknown() -> None:
@@ -103,6 +104,25 @@ def test_a_voter_catching_up_votes_only_once_the_leader_itself_answered() -> Non
     assert judge(ME, [old_release], own_commit=9)[0] == Verdict.UNKNOWN
 
 
+def test_a_voter_catching_up_does_not_vote_on_a_leader_not_yet_committed_in_its_term() -> None:
+    """A leader just elected (term 5) has not yet committed an entry of its term: its commit
+    index (11, an entry of term 4) may stop short of entry 12, which the former leader
+    committed with this orderer's lost acknowledgement (the new leader holds it, its commit
+    index does not cover it yet). Voting at commit 11 with entry 12 missing from this
+    orderer's log could elect orderer c, which lacks it too, should the new leader crash."""
+    fresh = Answer("a", "o-a", 5, 10, 11, frozenset({1, 2, 3}), frozenset(), 1, 1, 5, 4)
+    lagging = Answer("c", "o-c", 5, 10, 11, frozenset({1, 2, 3}), frozenset(), 3, 1, 5, 4)
+    verdict, why = judge(ME, [fresh, lagging], own_commit=11)
+    assert verdict == Verdict.UNKNOWN and "has not yet committed an entry of its term 5" in why
+    # once its first entry of term 5 (13) is committed, its commit covers entry 12
+    settled = Answer("a", "o-a", 5, 12, 13, frozenset({1, 2, 3}), frozenset(), 1, 1, 5, 5)
+    assert judge(ME, [settled, lagging], own_commit=12)[0] == Verdict.UNKNOWN
+    assert judge(ME, [settled, lagging], own_commit=13)[0] == Verdict.NEW
+    # a release telling its raft id but not the term of its commit never confirms it
+    untold = Answer("a", "o-a", 5, 12, 13, frozenset({1, 2, 3}), frozenset(), 1, 1, 5)
+    assert judge(ME, [untold], own_commit=13)[0] == Verdict.UNKNOWN
+
+
 def test_the_most_advanced_answer_decides() -> None:
     lagging_voter = ans("a", height=6, applied=20)  # has not applied the removal yet
     readded = ans("c", height=9, applied=31, voters=(1, 3), learners=(2,))
@@ -122,8 +142,9 @@ def test_an_answer_without_membership_is_no_answer() -> None:
     peer = services_pb2.StatusResponse(node="p1", role="peer", height=7, raft_voters=[1, 2, 3])
     assert answer_of("t", peer) is None
     full = services_pb2.StatusResponse(node="o1", role="orderer", height=7, raft_applied=12,
-                                       raft_commit=13, raft_voters=[1, 3], raft_learners=[2])
-    assert answer_of("t", full) == Answer("t", "o1", 7, 12, 13, frozenset({1, 3}), frozenset({2}))
+                                       raft_commit=13, raft_voters=[1, 3], raft_learners=[2],
+                                       raft_id=3, raft_leader=1, raft_term=6, raft_commit_term=5)
+    assert answer_of("t", full) == Answer("t", "o1", 7, 12, 13, frozenset({1, 3}), frozenset({2}), 3, 1, 6, 5)
 
 
 def _check(tmp_path: Path, targets: list[str], **kw: float) -> StateCheck:
