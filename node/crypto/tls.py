@@ -162,7 +162,8 @@ class NodeChannels:
     (prescription content, claim lines), so another organisation's node key at the right
     address must not be able to answer them.
 
-    ``options`` are the channel options without a server name (it is per target);
+    ``options`` are the channel options without a server name (it is per target), or a
+    callable giving them as each channel is made;
     ``config`` returns the consortium configuration in force (orderers, peers,
     organisations' CA certificates). Besides the organisation's CA in that configuration,
     the pin trusts the CAs of the node's own CA bundle whose subject names that organisation
@@ -180,7 +181,7 @@ class NodeChannels:
     """
 
     def __init__(self, cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
-                 options: list[tuple[str, int | str]],
+                 options: list[tuple[str, int | str]] | Callable[[], list[tuple[str, int | str]]],
                  config: Callable[[], config_pb2.ConsortiumConfig],
                  names: Mapping[str, str] | None = None,
                  former: Callable[[], Iterable[config_pb2.OrdererNode]] | None = None) -> None:
@@ -191,7 +192,7 @@ class NodeChannels:
         self._bundle = Path(ca_bundle_path).read_bytes()
         self._bundle_cas = _labelled_cas(self._bundle)
         self._unpinned: set[str] = set()
-        self._options = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
+        self._options = options
         self._config = config
         self._creds: dict[bytes, grpc.ChannelCredentials] = {}  # by root PEM (one per org)
         self._lock = threading.Lock()
@@ -236,8 +237,10 @@ class NodeChannels:
             if creds is None:
                 creds = self._creds[roots] = grpc.ssl_channel_credentials(
                     root_certificates=roots, private_key=self._key, certificate_chain=self._cert)
+        options = self._options() if callable(self._options) else self._options
+        options = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
         return grpc.secure_channel(target, creds,
-                                   options=[*self._options, ("grpc.ssl_target_name_override", name)])
+                                   options=[*options, ("grpc.ssl_target_name_override", name)])
 
 
 def _pem(der: bytes) -> bytes:

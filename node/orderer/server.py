@@ -396,20 +396,30 @@ def serve(config: NodeConfig) -> OrdererServer:
     # the orderers earlier configs named, as the last one named each (dialled while in Raft);
     # filled in once onboarding has brought the block store up to date
     former: list[dict[int, config_pb2.OrdererNode]] = [{}]
-    # gRPC's message bound is fixed when channels and the server are made: the config in force
-    # at start (a raised max_message_bytes takes effect at each node's restart, as on peers;
-    # it was the genesis config's for good)
-    max_msg = tracker.current.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+    # gRPC's message bound is fixed when the server and the channels are made: the config in
+    # force at start, once onboarding brought the block store up to date (a raised
+    # max_message_bytes takes effect at each node's restart, as on peers; it was the genesis
+    # config's for good). Read before onboarding, it would be the genesis config's for a new or
+    # emptied orderer: its server and channels would refuse the blocks and Raft messages the
+    # others send under a raised bound. While onboarding, each channel takes the bound of the
+    # config in force as it is dialled (the blocks it stored may have raised it).
+    started: list[int] = []
 
-    options = [
-        *channel_options(max_msg),
-        # Orderers come back after a crash: retry connections quickly, and keep the
-        # backoff state per channel (the global subchannel pool would carry it over).
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
+    def message_bound() -> int:
+        if started:
+            return started[0]
+        return tracker.current.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+
+    def options() -> list[tuple[str, int | str]]:
+        return [
+            *channel_options(message_bound()),
+            # Orderers come back after a crash: retry connections quickly, and keep the
+            # backoff state per channel (the global subchannel pool would carry it over).
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
 
     # the other orderers are dialled pinned to their names and their organisations' CAs
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
@@ -423,6 +433,8 @@ def serve(config: NodeConfig) -> OrdererServer:
         storage.close()
         blocks.close()
         raise
+    max_msg = message_bound()
+    started.append(max_msg)
     former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
     admitted = _admits(tracker.current, wall_ms)
     membership = Membership(_members(tracker.current),

@@ -325,3 +325,45 @@ def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
             assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
     finally:
         procs.close()
+
+
+def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_restart(tmp_path):
+    """``max_message_bytes`` is read when an orderer starts -- but it was read before
+    onboarding caught the block store up: an orderer down while a config update raised it (or a
+    new or emptied one, from the genesis config) kept the old bound after its restart, and its
+    gRPC server refused the messages the others accept (an envelope, a block, a Raft message)."""
+    net = make_network(tmp_path / "net")
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        names = procs.names()
+        for n in names:
+            procs.start(n)
+        all_serving(procs, client, names)
+        procs.kill(names[2])  # down while the update is ordered (its data directory kept)
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(net.config)
+        new.sequence = net.config.sequence + 1
+        new.limits.max_message_bytes = 16 << 20  # the genesis config's: 4 MiB
+        new.limits.max_envelope_bytes = 6 << 20
+        [r] = client.broadcast(procs.target(names[0]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
+        assert r.accepted, r.message
+        wait_until(lambda: client.broadcast(procs.target(names[1]), [b"\x0a" + b"x" * 100_000])[0].reason
+                   == "BAD_PAYLOAD", 20, what=f"{names[1]} to apply the config block")
+        for n in names[:2]:  # each restarts; the third catches up the config block as it starts
+            procs.kill(n)
+        for n in names[:2]:
+            procs.start(n)
+        all_serving(procs, client, names[:2])
+        before = len(procs.log_text(names[2]))
+        procs.start(names[2])
+        all_serving(procs, client, names)
+        assert "event=onboarding_skipped" not in procs.log_text(names[2])[before:]
+        big = b"\x0a" + b"x" * (5 << 20)  # over the genesis bound, and no envelope
+        for n in names:
+            [r] = client.broadcast(procs.target(n), [big])
+            assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
