@@ -511,18 +511,21 @@ def serve(config: NodeConfig) -> OrdererServer:
         config_check=tracker.check_broadcast,
         max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )
+    # envelope bytes of one batch message, client's or forwarded, that still fits a gRPC message
+    batch_bytes = max(1, min(BroadcastOptions.max_batch_bytes, max_msg - BATCH_FRAMING_SLACK))
     forwarder: LeaderForwarder | Forwarder
     if forward_rpc == "batch":
-        forwarder = LeaderForwarder(membership, channel, chain.leader_id)
+        # the forwarded batches bounded the same way (they were 4 MiB whatever max_msg: over a
+        # smaller bound the leader refused the message and every envelope in it was answered
+        # SERVICE_UNAVAILABLE, outcome unknown)
+        forwarder = LeaderForwarder(membership, channel, chain.leader_id, max_batch_bytes=batch_bytes)
         chain.add_leader_listener(forwarder.leader_changed)
     else:
         forwarder = Forwarder(membership, channel)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         # a batch over the limit gets TOO_LARGE answers only if it still fits a gRPC message
-        BroadcastOptions(commit_timeout_s=commit_timeout_s,
-                         max_batch_bytes=max(1, min(BroadcastOptions.max_batch_bytes,
-                                                    max_msg - BATCH_FRAMING_SLACK))),
+        BroadcastOptions(commit_timeout_s=commit_timeout_s, max_batch_bytes=batch_bytes),
         recent=RecentTxIndex(blocks, chain.leader_id),
     )
     grpc_workers = config.grpc_workers

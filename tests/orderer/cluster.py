@@ -23,6 +23,7 @@ from node.crypto.canonical import block_header_hash, compute_tx_id
 from node.crypto.signing import Purpose, Signer, Verifier, load_signer
 from node.crypto.tls import secure_channel
 from node.orderer.configtx import config_of_block
+from node.orderer.envelope_batch import encode_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,6 +161,16 @@ class Client:
                 if r.HasField("block"):
                     out.append(r.block)
             return out
+
+    def broadcast_batches(self, target: str, batches: list[list[bytes]],
+                          timeout: float = 30.0) -> list[services_pb2.BroadcastResponse]:
+        """BroadcastBatch: each list of envelopes one EnvelopeBatch message, all sent at once."""
+        with self.channel(target) as ch:
+            call = ch.stream_stream(
+                "/rxchain.v1.AtomicBroadcast/BroadcastBatch", request_serializer=None,
+                response_deserializer=services_pb2.BroadcastBatchResponse.FromString)
+            return [r for msg in call(iter([encode_batch(b) for b in batches]), timeout=timeout)
+                    for r in msg.responses]
 
     def status(self, target: str, timeout: float = 2.0) -> services_pb2.StatusResponse:
         with self.channel(target) as ch:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, services_pb2
 
 from node.crypto.canonical import block_header_hash
 from node.genesis import make_genesis
@@ -363,6 +364,59 @@ def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_rest
         for n in names:
             [r] = client.broadcast(procs.target(n), [big])
             assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
+
+
+def test_envelopes_forwarded_to_the_leader_fit_its_message_bound(tmp_path):
+    """A follower forwarded batches of up to 4 MiB of envelopes whatever ``max_message_bytes``:
+    with the test network's 4 MiB, 64 envelopes of 64 KiB queued for the leader made a message
+    over the bound, which broke the forward stream (every envelope in it SERVICE_UNAVAILABLE,
+    outcome unknown). Forwarded batches are bounded as clients' are, to fit a message. (It can
+    pass on the old code when no forwarded batch happened to reach 64 envelopes.)"""
+    net = make_network(tmp_path / "net")
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        names = procs.names()
+        for n in names:
+            procs.start(n)
+        all_serving(procs, client, names)
+        leader: list[str | None] = [None]
+
+        def found() -> bool:
+            leader[0] = leader_of(procs, client, names)
+            return leader[0] is not None
+
+        wait_until(found, 20, what="a leader")
+        follower = next(n for n in names if n != leader[0])
+        envelopes: list[bytes] = []
+        while len(envelopes) < 4 * 2 * 40:  # each the largest the config allows: 64 KiB
+            _, raw = client.envelope(size=65536 - 400)
+            _, raw = client.envelope(size=65536 - 400 + 65536 - len(raw))
+            if len(raw) == 65536:  # (not when the signature's length differs)
+                envelopes.append(raw)
+        # four clients at once, batches of 40: envelopes queue for the leader while the previous
+        # forwarded batch is written, up to the forwarded batch bound
+        answers: list[list[services_pb2.BroadcastResponse]] = [[] for _ in range(4)]
+
+        def send(i: int) -> None:
+            mine = [envelopes[(2 * i + k) * 40:(2 * i + k + 1) * 40] for k in range(2)]
+            answers[i] = list(client.broadcast_batches(procs.target(follower), mine))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sum(len(a) for a in answers) == 4 * 2 * 40
+        # (under this load a leader may change: envelopes then answered SERVICE_UNAVAILABLE for
+        # that reason are not what this test is about)
+        broke = [a.message for ans in answers for a in ans if "forward stream to the leader broke" in a.message]
+        assert not broke, broke[:3]
+        assert "RESOURCE_EXHAUSTED" not in procs.log_text(follower)
     finally:
         procs.close()
         for name in procs.names():
