@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from rxchain.v1 import config_pb2, services_pb2
@@ -298,10 +302,9 @@ def test_a_second_orderer_joins_a_single_orderer_as_learner_then_votes(tmp_path)
             print(f"===== {name}\n{procs.log_text(name)[-5000:]}")
 
 
-def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
-    """The orderers checked envelopes against the genesis config's ``max_envelope_bytes`` for
-    good: a config update raising it (or lowering it) never took effect on them. They read the
-    limit in force now, per envelope."""
+@contextlib.contextmanager
+def _three_serving(tmp_path: Path) -> Iterator[tuple[Any, OrdererProcs, Client, list[str]]]:
+    """A network's three orderers started and serving; stopped (their logs' tails printed) after."""
     net = make_network(tmp_path / "net")
     procs = OrdererProcs(net)
     client = Client(net)
@@ -310,13 +313,32 @@ def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
         for n in names:
             procs.start(n)
         all_serving(procs, client, names)
+        yield net, procs, client, names
+    finally:
+        procs.close()
+        for name in procs.names():
+            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
+
+
+def _with_limits(config: config_pb2.ConsortiumConfig, **limits: int) -> config_pb2.ConsortiumConfig:
+    """``config`` with ``limits`` changed, as the next sequence."""
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(config)
+    new.sequence = config.sequence + 1
+    for name, value in limits.items():
+        setattr(new.limits, name, value)
+    return new
+
+
+def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
+    """The orderers checked envelopes against the genesis config's ``max_envelope_bytes`` for
+    good: a config update raising it (or lowering it) never took effect on them. They read the
+    limit in force now, per envelope."""
+    with _three_serving(tmp_path) as (net, procs, client, names):
         big = b"\x0a" + b"x" * 100_000  # over the genesis limit of 64 KiB, and no envelope
         [r] = client.broadcast(procs.target(names[0]), [big])
         assert (r.accepted, r.reason) == (False, "TOO_LARGE")
-        new = config_pb2.ConsortiumConfig()
-        new.CopyFrom(net.config)
-        new.sequence = net.config.sequence + 1
-        new.limits.max_envelope_bytes = 200_000
+        new = _with_limits(net.config, max_envelope_bytes=200_000)
         [r] = client.broadcast(procs.target(names[1]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
         assert r.accepted, r.message
         for n in names:  # each orderer applies the config block, then reads the new limit
@@ -324,8 +346,6 @@ def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
                        what=f"{n} to take the raised limit")
             [r] = client.broadcast(procs.target(n), [big])
             assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
-    finally:
-        procs.close()
 
 
 def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_restart(tmp_path):
@@ -333,20 +353,10 @@ def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_rest
     onboarding caught the block store up: an orderer down while a config update raised it (or a
     new or emptied one, from the genesis config) kept the old bound after its restart, and its
     gRPC server refused the messages the others accept (an envelope, a block, a Raft message)."""
-    net = make_network(tmp_path / "net")
-    procs = OrdererProcs(net)
-    client = Client(net)
-    try:
-        names = procs.names()
-        for n in names:
-            procs.start(n)
-        all_serving(procs, client, names)
+    with _three_serving(tmp_path) as (net, procs, client, names):
         procs.kill(names[2])  # down while the update is ordered (its data directory kept)
-        new = config_pb2.ConsortiumConfig()
-        new.CopyFrom(net.config)
-        new.sequence = net.config.sequence + 1
-        new.limits.max_message_bytes = 16 << 20  # the genesis config's: 4 MiB
-        new.limits.max_envelope_bytes = 6 << 20
+        new = _with_limits(net.config, max_message_bytes=16 << 20,  # the genesis config's: 4 MiB
+                           max_envelope_bytes=6 << 20)
         [r] = client.broadcast(procs.target(names[0]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
         assert r.accepted, r.message
         wait_until(lambda: client.broadcast(procs.target(names[1]), [b"\x0a" + b"x" * 100_000])[0].reason
@@ -364,10 +374,6 @@ def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_rest
         for n in names:
             [r] = client.broadcast(procs.target(n), [big])
             assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
-    finally:
-        procs.close()
-        for name in procs.names():
-            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
 
 
 def test_envelopes_forwarded_to_the_leader_fit_its_message_bound(tmp_path):
@@ -376,14 +382,7 @@ def test_envelopes_forwarded_to_the_leader_fit_its_message_bound(tmp_path):
     over the bound, which broke the forward stream (every envelope in it SERVICE_UNAVAILABLE,
     outcome unknown). Forwarded batches are bounded as clients' are, to fit a message. (It can
     pass on the old code when no forwarded batch happened to reach 64 envelopes.)"""
-    net = make_network(tmp_path / "net")
-    procs = OrdererProcs(net)
-    client = Client(net)
-    try:
-        names = procs.names()
-        for n in names:
-            procs.start(n)
-        all_serving(procs, client, names)
+    with _three_serving(tmp_path) as (_net, procs, client, names):
         leader: list[str | None] = [None]
 
         def found() -> bool:
@@ -417,7 +416,3 @@ def test_envelopes_forwarded_to_the_leader_fit_its_message_bound(tmp_path):
         broke = [a.message for ans in answers for a in ans if "forward stream to the leader broke" in a.message]
         assert not broke, broke[:3]
         assert "RESOURCE_EXHAUSTED" not in procs.log_text(follower)
-    finally:
-        procs.close()
-        for name in procs.names():
-            print(f"===== {name}\n{procs.log_text(name)[-3000:]}")
