@@ -980,9 +980,7 @@ class Chain:
             return
         block.metadata.raft_term = entry.term
         block.metadata.raft_index = entry.index
-        sig = block.metadata.orderer_signatures.add()
-        sig.signer.CopyFrom(self._signer.identity)
-        sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)
+        sign_block(block, header_hash, self._signer)
         self._append_with_config(block)
         self._metrics.envelopes.inc(len(envelopes))
         self._metrics.height.set(self._blocks.height())
@@ -1127,9 +1125,7 @@ class Chain:
                 f"{expected_hash.hex()[:16]}",
             )
         if self._signer_in_force():
-            sig = block.metadata.orderer_signatures.add()
-            sig.signer.CopyFrom(self._signer.identity)
-            sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)
+            sign_block(block, header_hash, self._signer)
         elif not self._signed_in_force(block, header_hash):
             raise RaftError(
                 "bad_fetched_block",
@@ -1145,15 +1141,9 @@ class Chain:
 
     def _append_with_config(self, block: block_pb2.Block) -> None:
         """Append ``block``; adopt the config it carries, if it is a valid config block."""
-        new_config = self._tracker.block_config(block)
-        number = block.header.number
-        block.metadata.last_config_block = (
-            number if new_config is not None else self._tracker.current.block_number
-        )
-        self._blocks.append(block)
+        adopted = append_with_config(self._blocks, self._tracker, block)
         self._metrics.blocks.inc()
-        if new_config is not None:
-            adopted = self._tracker.adopt(new_config, number)
+        if adopted is not None:
             self._on_config(adopted)
 
     def _on_config(self, cfg: OrdererConfig) -> None:
@@ -1255,6 +1245,24 @@ class Chain:
             # changes only with them
             commit_term=self._node.raft.log.term_or_zero(hs.commit),
         )
+
+
+def sign_block(block: block_pb2.Block, header_hash: bytes, signer: Signer) -> None:
+    """Add ``signer``'s signature over ``header_hash`` to ``block``'s orderer signatures."""
+    sig = block.metadata.orderer_signatures.add()
+    sig.signer.CopyFrom(signer.identity)
+    sig.signature = signer.sign(Purpose.BLOCK, header_hash)
+
+
+def append_with_config(blocks: BlockStore, tracker: ConfigTracker, block: block_pb2.Block) -> OrdererConfig | None:
+    """Append ``block`` (its ``last_config_block`` set: itself if it carries a config the
+    orderers' rules admit, else the config in force) and adopt that config; returns it, or None
+    (the caller logs it and checks its protocol version)."""
+    new_config = tracker.block_config(block)
+    number = block.header.number
+    block.metadata.last_config_block = number if new_config is not None else tracker.current.block_number
+    blocks.append(block)
+    return tracker.adopt(new_config, number) if new_config is not None else None
 
 
 def signs_in_force(config: config_pb2.ConsortiumConfig, raft_id: int, cert_der: bytes) -> bool:

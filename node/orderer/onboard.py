@@ -36,7 +36,7 @@ a round that gained blocks with a stream cut at ``call_timeout_s``, a long chain
 by another at once):
 one restarting has its Raft log, and an orderer the genesis config names may be starting a
 brand-new network with orderers not up yet. Only a new orderer (its Raft state blank,
-:func:`never_took_part`) the genesis config does not name waits: it cannot be in the network
+:func:`node.orderer.statecheck.is_blank`) the genesis config does not name waits: it cannot be in the network
 unless some orderer holds blocks past genesis, so it asks again every ``retry_s`` and, after
 ``wait_s`` without any source answering or any block gained, refuses to start:
 ONBOARDING_FAILED naming each source and why it failed.
@@ -56,13 +56,12 @@ import grpc
 from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 
 from node.crypto.canonical import block_data_hash, block_header_hash
-from node.crypto.signing import Purpose, Signer, Verifier
+from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
 from node.ledger.blockstore import BlockStore
-from node.orderer.chain import signed_in_force, signs_in_force
+from node.orderer.chain import append_with_config, sign_block, signed_in_force, signs_in_force
 from node.orderer.configtx import ConfigTracker
 from node.protocol import require_supported
-from node.raft.durable import DurableStorage
 
 _log = logging.getLogger(__name__)
 
@@ -97,13 +96,6 @@ class BlockRefused(Exception):
 
 class _NoAnswer(Exception):
     """A source did not answer within ``answer_timeout_s``."""
-
-
-def never_took_part(storage: DurableStorage) -> bool:
-    """Whether this orderer's Raft state is blank: no term, no entry, no snapshot (a new
-    orderer; one that took part in the log and restarts does not wait for a source)."""
-    hard_state = storage.hard_state
-    return hard_state.term == 0 and storage.last_index() == 0 and storage.snapshot().meta.index == 0
 
 
 class Onboarding:
@@ -291,14 +283,9 @@ class Onboarding:
                 f"block {number} from {target}: no valid signature of an orderer of the config in "
                 f"force (sequence {current.config.sequence}, block {current.block_number})")
         if signs_in_force(current.config, self._id, self._signer.identity.cert_der):
-            sig = block.metadata.orderer_signatures.add()
-            sig.signer.CopyFrom(self._signer.identity)
-            sig.signature = self._signer.sign(Purpose.BLOCK, header_hash)
-        new_config = self._tracker.block_config(block)
-        block.metadata.last_config_block = number if new_config is not None else current.block_number
-        self._blocks.append(block)
-        if new_config is not None:
-            adopted = self._tracker.adopt(new_config, number)
+            sign_block(block, header_hash, self._signer)
+        adopted = append_with_config(self._blocks, self._tracker, block)
+        if adopted is not None:
             _log.info("event=onboard_config_adopted orderer=%d sequence=%d block=%d orderers=%s", self._id,
                       adopted.config.sequence, number, ",".join(map(str, adopted.orderer_ids())))
             # the block is stored; what follows it is judged by rules this release may lack

@@ -54,10 +54,10 @@ from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.onboard import Onboarding, OnboardOptions, never_took_part
+from node.orderer.onboard import Onboarding, OnboardOptions
 from node.orderer.recent import RecentTxIndex
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
-from node.orderer.statecheck import StateCheck, Verdict
+from node.orderer.statecheck import StateCheck, Verdict, is_blank
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
@@ -428,7 +428,7 @@ def serve(config: NodeConfig) -> OrdererServer:
                            former=lambda: list(former[0].values()))
     try:
         _onboard(config, blocks, tracker, signer, verifier, channel,
-                 wait=never_took_part(storage) and config.raft_id not in raft_ids)
+                 wait=is_blank(storage) and config.raft_id not in raft_ids)
     except BaseException:
         storage.close()
         blocks.close()

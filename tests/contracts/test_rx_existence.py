@@ -209,18 +209,27 @@ def test_issue_tells_an_existing_id_only_to_a_prescriber(world: World) -> None:
     assert world.issue(taken, ZHOU).reason == "DUPLICATE_RX"
 
 
-def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_the_fill(world: World) -> None:
-    """A re-route before p01's courier handed its fill over: p01 may still read the
-    prescription (``deliver`` takes its courier; its inbox lists the delivery) -- and only
-    until the hand-over; another pharmacy never. Before, p01 was an outsider at once: a work
-    queue that dropped what it may no longer read dropped the delivery it owed."""
+def _filled_by_p01_then_rerouted(world: World, settled: bool = False) -> tuple[Any, str]:
+    """A two-fill prescription whose fill 1 p01 dispensed (its insurer settled it, if
+    ``settled``), then re-routed to p02 before p01's courier handed the fill over."""
     prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
                     chronic_reason="stable hypertension", stability_assessment="stable 6 months",
                     patient_confirmed=True)
     rx = prep.args["rx_id"]
     lock_and_dispense(world, prep).unwrap()
+    if settled:
+        settle(world, prep).unwrap()
     world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
                        wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    return prep, rx
+
+
+def test_the_pharmacy_routed_away_from_reads_it_while_its_courier_owes_the_fill(world: World) -> None:
+    """A re-route before p01's courier handed its fill over: p01 may still read the
+    prescription (``deliver`` takes its courier; its inbox lists the delivery) -- and only
+    until the hand-over; another pharmacy never. Before, p01 was an outsider at once: a work
+    queue that dropped what it may no longer read dropped the delivery it owed."""
+    _, rx = _filled_by_p01_then_rerouted(world)
     for viewer in (WANG, COURIER):
         for contract, fn, args in VIEWS[:4]:
             assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)
@@ -236,14 +245,7 @@ def test_settlement_trail_reads_the_pharmacy_routed_away_from_as_prescription_tr
     routed away from while its courier owes the fill reads the claims' steps too, until the
     hand-over, then gets the missing id's answer. It was NOT_FOUND to it throughout -- told
     it is no party by one view, a party by the others."""
-    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
-                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
-                    patient_confirmed=True)
-    rx = prep.args["rx_id"]
-    lock_and_dispense(world, prep).unwrap()
-    settle(world, prep).unwrap()
-    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
-                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    _, rx = _filled_by_p01_then_rerouted(world, settled=True)
     for viewer in (WANG, COURIER):
         steps = world.chain.query("settlement", "trail", viewer, rx_id=rx).unwrap()["steps"]
         assert [s["step"] for s in steps] == ["settle"], viewer
@@ -262,13 +264,7 @@ def test_a_pharmacy_owing_an_earlier_fill_reads_nothing_after_it_but_still_hands
     its courier's right to record the hand-over, which needs no read."""
     from tests.contracts.flows import dispense
 
-    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True, days=28,
-                    chronic_reason="stable hypertension", stability_assessment="stable 6 months",
-                    patient_confirmed=True)
-    rx = prep.args["rx_id"]
-    lock_and_dispense(world, prep).unwrap()
-    world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
-                       wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+    prep, rx = _filled_by_p01_then_rerouted(world)
     for viewer in (WANG, COURIER):  # owes the latest fill: a party
         for contract, fn, args in VIEWS[:4] + VIEWS[5:]:
             assert world.chain.query(contract, fn, viewer, rx_id=rx, **args).ok, (viewer, fn)

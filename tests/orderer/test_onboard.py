@@ -25,8 +25,9 @@ from node.genesis import config_from_genesis, make_genesis, read_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer.configtx import ConfigTracker, OrdererConfig
-from node.orderer.onboard import ONBOARDING_FAILED, Onboarding, OnboardOptions, never_took_part
+from node.orderer.onboard import ONBOARDING_FAILED, Onboarding, OnboardOptions
 from node.orderer.server import serve
+from node.orderer.statecheck import is_blank
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
 from node.raft.durable import DurableStorage
 from node.raft.types import HardState
@@ -313,6 +314,17 @@ def test_a_block_failing_verification_is_never_stored_and_the_next_source_is_ask
     assert _hashes(stored) == _hashes(chain["blocks"]) and not_signed_in_force(stored) == []
 
 
+def _refused(onboarding: Onboarding, store: BlockStore, source: Source) -> tuple[RxError, int]:
+    """Onboarding (waiting) that must be refused: its error and the height stored by then."""
+    try:
+        with pytest.raises(RxError) as err:
+            onboarding.run(wait=True)
+        return err.value, store.height()
+    finally:
+        source.close()
+        store.close()
+
+
 def test_a_config_block_the_orderers_rules_refuse_is_not_adopted(chain, tmp_path) -> None:
     """Block 1 carries an update with too few admin signatures, signed by orderer 1: it is
     stored as a block (as on every orderer) but its config never goes in force, so block 2,
@@ -328,14 +340,8 @@ def test_a_config_block_the_orderers_rules_refuse_is_not_adopted(chain, tmp_path
     blocks[2] = _signed(signers[2], b)
     source = Source(blocks)
     onboarding, store, tracker = _onboarding(chain, tmp_path, [source.target], wait_s=2.0, retry_s=1.0)
-    try:
-        with pytest.raises(RxError) as err:
-            onboarding.run(wait=True)
-        height = store.height()
-    finally:
-        source.close()
-        store.close()
-    assert err.value.reason == ONBOARDING_FAILED and "no valid signature" in err.value.message
+    err, height = _refused(onboarding, store, source)
+    assert err.reason == ONBOARDING_FAILED and "no valid signature" in err.message
     assert height == 2 and tracker.current.block_number == 0
 
 
@@ -352,14 +358,8 @@ def test_a_config_raising_the_protocol_version_beyond_this_release_stops_onboard
     after = _signed(signers[1], toy_block(2, block_header_hash(first.header)))
     source = Source([genesis, first, after])
     onboarding, store, tracker = _onboarding(chain, tmp_path, [source.target])
-    try:
-        with pytest.raises(RxError) as err:
-            onboarding.run(wait=True)
-        height = store.height()
-    finally:
-        source.close()
-        store.close()
-    assert err.value.reason == PROTOCOL_UNSUPPORTED
+    err, height = _refused(onboarding, store, source)
+    assert err.reason == PROTOCOL_UNSUPPORTED
     assert height == 2 and tracker.current.block_number == 1
 
 
@@ -453,9 +453,9 @@ def test_a_genesis_orderer_of_a_new_network_starts_at_once(chain, tmp_path) -> N
 def test_only_an_orderer_with_a_blank_raft_state_is_onboarded(tmp_path) -> None:
     storage = DurableStorage(tmp_path / "raft", fsync=False)
     try:
-        assert never_took_part(storage)
+        assert is_blank(storage)
         storage.save_ready(HardState(term=1, vote=0, commit=0), [], None)
-        assert not never_took_part(storage)
+        assert not is_blank(storage)
     finally:
         storage.close()
 
