@@ -105,15 +105,25 @@ def channel_credentials(
     )
 
 
+# What a node may send in one gRPC message: the largest ``limits.max_message_bytes`` a config
+# may set (node.orderer.configrules). A node's own bound in force limits what it receives, not
+# what it sends: blocks and Raft entries made under an earlier, larger bound are still served
+# after a config update lowered it (an orderer or peer restarted since then could not send a
+# catching-up node those blocks), and a node never sends more than a receiver may accept
+# under the config the message was made under.
+NODE_SEND_BOUND = 1 << 30
+
+
 def channel_options(
-    max_message_bytes: int, server_name: str = TLS_SERVER_NAME
+    max_message_bytes: int, server_name: str = TLS_SERVER_NAME, *, max_send_bytes: int = 0
 ) -> list[tuple[str, int | str]]:
-    """Channel options: message size limits, keepalive and the TLS name the server's
+    """Channel options: message size limits (``max_send_bytes``, if given, for what this end
+    sends; else ``max_message_bytes`` both ways), keepalive and the TLS name the server's
     certificate must carry (``server_name``)."""
     if not server_name:
         raise ValueError("a TLS server name is required")
     return [
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.ssl_target_name_override", server_name),
         ("grpc.keepalive_time_ms", 10_000),

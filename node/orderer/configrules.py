@@ -67,6 +67,7 @@ from collections.abc import Iterable
 from cryptography import x509
 from rxchain.v1 import config_pb2, identity_pb2
 
+from node.crypto.tls import NODE_SEND_BOUND
 from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_SIGNERS, parse_policy
@@ -105,7 +106,7 @@ LIMIT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
     ("batch", "max_tx_count"): (1, 100_000),
     ("batch", "max_bytes"): (1, 1 << 30),
     ("batch", "timeout_ms"): (1, 60_000),
-    ("limits", "max_message_bytes"): (64 << 10, 1 << 30),
+    ("limits", "max_message_bytes"): (64 << 10, NODE_SEND_BOUND),
     ("limits", "max_envelope_bytes"): (1, 1 << 30),
     ("limits", "gas_limit"): (1, 1 << 40),
     ("limits", "max_write_set_keys"): (1, 1_000_000),

@@ -31,7 +31,7 @@ from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
-from node.crypto.tls import NodeChannels, channel_options, server_credentials
+from node.crypto.tls import NODE_SEND_BOUND, NodeChannels, channel_options, server_credentials
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
 from node.fsutil import make_dirs_durable
@@ -396,23 +396,19 @@ def serve(config: NodeConfig) -> OrdererServer:
     # the orderers earlier configs named, as the last one named each (dialled while in Raft);
     # filled in once onboarding has brought the block store up to date
     former: list[dict[int, config_pb2.OrdererNode]] = [{}]
-    # gRPC's message bound is fixed when the server and the channels are made: the config in
-    # force at start, once onboarding brought the block store up to date (a raised
-    # max_message_bytes takes effect at each node's restart, as on peers; it was the genesis
-    # config's for good). Read before onboarding, it would be the genesis config's for a new or
-    # emptied orderer: its server and channels would refuse the blocks and Raft messages the
-    # others send under a raised bound. While onboarding, each channel takes the bound of the
-    # config in force as it is dialled (the blocks it stored may have raised it).
-    started: list[int] = []
-
+    # gRPC's bound on what one message received may hold: the config in force. The server's
+    # is fixed when it is made, once onboarding brought the block store up to date (a raised
+    # max_message_bytes takes effect on it at each node's restart, as on peers). Read before
+    # onboarding, it would be the genesis config's for a new or emptied orderer: its server
+    # would refuse the blocks and Raft messages the others send under a raised bound. Each
+    # channel takes the bound in force as it is dialled (the blocks onboarding stored may have
+    # raised it). What it sends is bounded by NODE_SEND_BOUND only (node.crypto.tls).
     def message_bound() -> int:
-        if started:
-            return started[0]
         return tracker.current.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
     def options() -> list[tuple[str, int | str]]:
         return [
-            *channel_options(message_bound()),
+            *channel_options(message_bound(), max_send_bytes=NODE_SEND_BOUND),
             # Orderers come back after a crash: retry connections quickly, and keep the
             # backoff state per channel (the global subchannel pool would carry it over).
             ("grpc.initial_reconnect_backoff_ms", 100),
@@ -434,7 +430,6 @@ def serve(config: NodeConfig) -> OrdererServer:
         blocks.close()
         raise
     max_msg = message_bound()
-    started.append(max_msg)
     former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
     admitted = _admits(tracker.current, wall_ms)
     membership = Membership(_members(tracker.current),
@@ -540,7 +535,9 @@ def serve(config: NodeConfig) -> OrdererServer:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[
-            ("grpc.max_send_message_length", max_msg),
+            # the bound in force limits what it receives; it sends the blocks made under an
+            # earlier, larger one too (node.crypto.tls.NODE_SEND_BOUND)
+            ("grpc.max_send_message_length", NODE_SEND_BOUND),
             ("grpc.max_receive_message_length", max_msg),
             ("grpc.so_reuseport", 0),  # a taken port is an error, never shared
         ],

@@ -128,6 +128,15 @@ def _probe_result(fut: Any) -> _Probe:
         return _Probe(False, -1)
 
 
+class _Redial(Exception):
+    """The message bound in force changed since the stream's channel was dialled."""
+
+    def __init__(self, was: int, now: int) -> None:
+        super().__init__(f"message bound {was} -> {now}")
+        self.was = was
+        self.now = now
+
+
 class _Fatal(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
@@ -152,15 +161,21 @@ class DeliverClient:
         unresponsive_s: float = 3.0,
         max_protocol_version: int = MAX_PROTOCOL_VERSION,
         sign_release: ReleaseSigner | None = None,
+        message_bound: Callable[[], int] | None = None,
     ) -> None:
         """``max_protocol_version``: told to the orderers in every Deliver request (the
         highest consortium protocol version this release implements; node.orderer.releases),
-        in a statement ``sign_release`` signs (None: unsigned, which never admits a raise)."""
+        in a statement ``sign_release`` signs (None: unsigned, which never admits a raise).
+        ``message_bound``: the gRPC message bound in force, which ``channels`` dials with; once a
+        committed block changes it (a config update), the stream is dialled again at the ledger
+        height, from the same orderer: the blocks after a raise may be larger than the channel
+        accepts (a new peer starts with the genesis config's bound)."""
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
         self._orderers = list(orderers)
         self._max_protocol_version = max_protocol_version
         self._sign_release = sign_release
+        self._message_bound = message_bound
         self._channels = channels
         self._height = height
         self._commit = commit
@@ -288,14 +303,28 @@ class DeliverClient:
             ep = self._orderers[index % len(self._orderers)]
             self.current = ep.name
             progressed = False
+            dialled = self._bound()
             try:
-                progressed = self._pull(ep)
+                progressed = self._pull(ep, dialled)
                 reason = "STREAM_ENDED"
                 detail = "orderer ended the stream"
+            except _Redial as redial:
+                _log.info("event=deliver_redial orderer=%s message_bound=%d was=%d",
+                          ep.name, redial.now, redial.was)
+                delay = 0.0
+                continue
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 if code == grpc.StatusCode.CANCELLED and self._stop.is_set():
                     return
+                now = self._bound()
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and now != dialled:
+                    # a block over the channel's bound arrived before the config block raising
+                    # it was committed (gRPC reads ahead): the same orderer, at the new bound
+                    _log.info("event=deliver_redial orderer=%s message_bound=%d was=%d",
+                              ep.name, now, dialled)
+                    delay = 0.0
+                    continue
                 reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
                 with self._lock:
                     if self._stalled == ep.name:
@@ -322,7 +351,12 @@ class DeliverClient:
                 delay = self._backoff.next(delay)
             self._stop.wait(delay if delay else self._backoff.initial_s)
 
-    def _pull(self, ep: Endpoint) -> bool:
+    def _bound(self) -> int:
+        return self._message_bound() if self._message_bound is not None else 0
+
+    def _pull(self, ep: Endpoint, dialled: int) -> bool:
+        """Commit the blocks of one Deliver stream from ``ep``, dialled at the message bound
+        ``dialled``; True if any was committed."""
         stub = services_pb2_grpc.AtomicBroadcastStub(self._channels(ep.target))
         start = self._height()
         request = services_pb2.DeliverRequest(
@@ -356,6 +390,9 @@ class DeliverClient:
                     raise _Fatal(exc) from exc
                 progressed = True
                 self._last_progress = self._clock()
+                now = self._bound()
+                if now != dialled:
+                    raise _Redial(dialled, now)
         finally:
             call.cancel()
             with self._lock:

@@ -24,7 +24,7 @@ from node.clock import wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
-from node.crypto.tls import NodeChannels, channel_options, server_credentials
+from node.crypto.tls import NODE_SEND_BOUND, NodeChannels, channel_options, server_credentials
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
@@ -153,6 +153,12 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     consortium = configs.current().config
     require_supported(consortium, config.name)
     max_msg = consortium.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+
+    def message_bound() -> int:
+        # what one message received may hold: the config in force (blocks made after a config
+        # update raising it are larger than the earlier bound; a new peer starts from genesis)
+        return configs.current().config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
+
     network = block_header_hash(ledger.block(0).header)  # what the peer's release statements name
     notifier = CommitNotifier(ledger.height())
     metrics = PeerMetrics(config.name)
@@ -164,8 +170,12 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     closers.append(sandbox.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), wall_ms,
                         on_endorse=metrics.endorsements.inc)
-    options = [*channel_options(max_msg), ("grpc.initial_reconnect_backoff_ms", 100),
-               ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.use_local_subchannel_pool", 1)]
+    def options() -> list[tuple[str, int | str]]:
+        # each channel takes the bound in force as it is dialled; it sends up to NODE_SEND_BOUND
+        return [*channel_options(message_bound(), max_send_bytes=NODE_SEND_BOUND),
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.use_local_subchannel_pool", 1)]
+
     # every other node is dialled pinned to its name and its organisation's CA
     channel = NodeChannels(config.cert_path, config.key_path, config.ca_bundle_path, options,
                            lambda: configs.current().config,
@@ -206,10 +216,13 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                             stall_s=watchdog.stall_s, probe_timeout_s=watchdog.probe_timeout_s,
                             unresponsive_s=watchdog.unresponsive_s,
                             sign_release=lambda version: sign_statement(signer, config.name, version, wall_ms(),
-                                                                        network))
+                                                                        network),
+                            message_bound=message_bound)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
-        options=[("grpc.max_send_message_length", max_msg),
+        # the bound in force at start limits what it receives; it serves the blocks made
+        # under an earlier, larger one too (node.crypto.tls.NODE_SEND_BOUND)
+        options=[("grpc.max_send_message_length", NODE_SEND_BOUND),
                  ("grpc.max_receive_message_length", max_msg),
                  ("grpc.so_reuseport", 0)],  # a taken port is an error, never shared
         interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL

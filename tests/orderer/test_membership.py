@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
@@ -416,3 +417,43 @@ def test_envelopes_forwarded_to_the_leader_fit_its_message_bound(tmp_path):
         broke = [a.message for ans in answers for a in ans if "forward stream to the leader broke" in a.message]
         assert not broke, broke[:3]
         assert "RESOURCE_EXHAUSTED" not in procs.log_text(follower)
+
+
+def test_orderers_serve_blocks_made_under_a_larger_message_bound_after_it_was_lowered(tmp_path):
+    """An orderer's gRPC server sent at most the ``max_message_bytes`` in force at its start: after a
+    config update lowered it and the orderers restarted, the blocks made under the earlier, larger
+    bound could no longer be sent to anyone catching up (a new peer or orderer, a client reading
+    the chain). The bound in force limits what a node receives; it sends up to the largest bound a
+    config may set."""
+    with _three_serving(tmp_path) as (net, procs, client, names):
+        envelopes: list[bytes] = []
+        while len(envelopes) < 10:  # 10 x 64 KiB, one batch message: blocks over 256 KiB
+            _, raw = client.envelope(size=65536 - 400)
+            _, raw = client.envelope(size=65536 - 400 + 65536 - len(raw))
+            if len(raw) == 65536:
+                envelopes.append(raw)
+        answers = client.broadcast_batches(procs.target(names[0]), [envelopes])
+        assert all(a.accepted for a in answers), [a.message for a in answers]
+        lowered = 256 << 10
+        assert max(b.ByteSize() for b in client.blocks(procs.target(names[0]))) > lowered
+        new = _with_limits(net.config, max_message_bytes=lowered)
+        new.batch.max_bytes = 100_000
+        [r] = client.broadcast(procs.target(names[1]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
+        assert r.accepted, r.message
+        config_block = client.status(procs.target(names[1])).height - 1
+        wait_until(lambda: all(client.status(procs.target(n), 1.0).height > config_block for n in names), 20,
+                   what="every orderer to store the config block")
+        for n in names:  # each reads the lowered bound as it starts
+            procs.kill(n)
+        for n in names:
+            procs.start(n)
+        all_serving(procs, client, names)
+        for n in names:
+            blocks = client.blocks(procs.target(n))
+            assert max(b.ByteSize() for b in blocks) > lowered, n
+            assert [b.header.number for b in blocks] == list(range(len(blocks))), n
+        # what an orderer receives is bounded by the lowered bound
+        over = b"\x0a" + b"x" * (300 << 10)
+        with pytest.raises(grpc.RpcError) as err:
+            client.broadcast(procs.target(names[0]), [over])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
