@@ -17,9 +17,12 @@ Checks, in order, each answered with a reason code and nothing ordered:
 * SERVICE_UNAVAILABLE: no leader, no quorum, or the block was not committed in time (the
   answer always comes within ``commit_timeout_s`` plus ``no_leader_wait_s``).
 
-A follower forwards valid envelopes to the leader over Cluster.Forward; an envelope a
-former leader refused with NOT_LEADER (it was never proposed) is re-dispatched once a
-leader is known again, within the same time bound.
+A follower forwards valid envelopes to the leader (Cluster.ForwardBatch, or Cluster.Forward);
+an envelope a former leader refused with NOT_LEADER (it was never proposed) is re-dispatched
+once a leader is known again, within the same time bound. The leader checks what it is
+forwarded again for what depends on the config in force, against its own (TOO_LARGE,
+UNKNOWN_CREATOR; see ``EnvelopeValidator.recheck``): the follower may not have applied the
+latest config block yet.
 
 BroadcastBatch carries several envelopes per stream message (an ``EnvelopeBatch``, split
 without re-serialising, see ``envelope_batch``): each envelope gets the same checks and
@@ -49,10 +52,9 @@ from node.crypto.signing import Purpose
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.orderer.configrules import BAD_CONFIG_UPDATE
-from node.orderer.configtx import tx_type
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.recent import RecentTxIndex, tx_id_of
+from node.orderer.recent import RecentTxIndex
 from node.orderer.streams import coalesced_answers, immediate, ordered_answers, stream_error_logger
 from node.orderer.ticket import (
     BAD_PAYLOAD,
@@ -107,22 +109,11 @@ class EnvelopeValidator:
 
     def check(self, raw: bytes) -> Checked | tuple[str, Outcome]:
         """A Checked envelope, or (tx_id, refusal)."""
-        limit = self._max() if callable(self._max) else self._max
-        if len(raw) > limit:
-            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {limit}")
-        try:
-            env = transaction_pb2.Envelope.FromString(raw)
-            tx = transaction_pb2.Transaction.FromString(env.payload)
-            header = transaction_pb2.TxHeader.FromString(tx.header)
-        except DecodeError as exc:
-            return "", Outcome(BAD_PAYLOAD, f"envelope does not parse: {exc}")
+        parsed = self._parse(raw)
+        if isinstance(parsed, tuple):
+            return parsed
+        env, header = parsed.envelope, parsed.header
         tx_id = header.tx_id
-        if not env.payload or not header.HasField("creator") or not header.creator.cert_der:
-            return tx_id, Outcome(BAD_PAYLOAD, "envelope has no payload or no creator")
-        if header.consortium_id != self._consortium_id:
-            return tx_id, Outcome(
-                BAD_PAYLOAD, f"consortium {header.consortium_id!r} is not {self._consortium_id!r}"
-            )
         now = self._clock_ms()
         skew = self._max_skew_ms()
         if skew and abs(now - header.timestamp_ms) > skew:
@@ -134,9 +125,9 @@ class EnvelopeValidator:
         except RxError as err:
             if err.reason == "BAD_SIGNATURE":
                 return tx_id, Outcome(BAD_SIGNATURE, err.message)
-            return tx_id, Outcome(UNKNOWN_CREATOR, f"{err.reason}: {err.message}")
+            return tx_id, _unknown_creator(err)
         except Exception as exc:  # noqa: BLE001 -- e.g. cryptography's InvalidVersion on a mangled cert
-            return tx_id, Outcome(UNKNOWN_CREATOR, f"BAD_CERT: creator certificate does not parse: {exc}")
+            return tx_id, _unknown_creator(exc)
         if tx_id != compute_tx_id(header.nonce, header.creator):
             # peers would mark it BAD_TXID; refusing it here also keeps a forged tx id from
             # being taken for another envelope's (see ``recent``)
@@ -152,6 +143,63 @@ class EnvelopeValidator:
         if header.type != transaction_pb2.INVOKE:
             return tx_id, Outcome(BAD_PAYLOAD, f"unknown transaction type {header.type}")
         return Checked(raw, tx_id)
+
+    def recheck(self, raw: bytes) -> Checked | tuple[str, Outcome]:
+        """An envelope another orderer checked and forwarded to this one (the leader), checked
+        again for what depends on the config in force -- the forwarding orderer may not have
+        applied the latest config block yet: its size (TOO_LARGE; peers do not check it) and
+        its creator's membership (UNKNOWN_CREATOR: organisation, issuing CA, validity,
+        revocation, role), against this orderer's config in force, as :meth:`check` does.
+
+        Not the creator's signature: it depends on the certificate alone, not on the config,
+        and verifying it again would cost a signature verification per envelope (the
+        membership check is cached per certificate). The clock skew is checked again as
+        blocks are cut (ORDERER_CLOCK_SKEW, ``node.orderer.chain``) and a config update
+        against the config in force before it is ordered (``ConfigTracker.validate_now``)."""
+        parsed = self._parse(raw)
+        if isinstance(parsed, tuple):
+            return parsed
+        header = parsed.header
+        try:  # no lock: the MSP's chain cache is thread-safe, and no signature is verified
+            self._msp().validate(header.creator, self._clock_ms())
+        except Exception as exc:  # noqa: BLE001 -- RxError, or a mangled cert as in check
+            return header.tx_id, _unknown_creator(exc)
+        return Checked(raw, header.tx_id, is_config=header.type == transaction_pb2.CONFIG)
+
+    def _parse(self, raw: bytes) -> _Parsed | tuple[str, Outcome]:
+        """The checks of :meth:`check` before the clock's: size (against the limit in force),
+        parsing, creator present, consortium."""
+        limit = self._max() if callable(self._max) else self._max
+        if len(raw) > limit:
+            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {limit}")
+        try:
+            env = transaction_pb2.Envelope.FromString(raw)
+            tx = transaction_pb2.Transaction.FromString(env.payload)
+            header = transaction_pb2.TxHeader.FromString(tx.header)
+        except DecodeError as exc:
+            return "", Outcome(BAD_PAYLOAD, f"envelope does not parse: {exc}")
+        if not env.payload or not header.HasField("creator") or not header.creator.cert_der:
+            return header.tx_id, Outcome(BAD_PAYLOAD, "envelope has no payload or no creator")
+        if header.consortium_id != self._consortium_id:
+            return header.tx_id, Outcome(
+                BAD_PAYLOAD, f"consortium {header.consortium_id!r} is not {self._consortium_id!r}"
+            )
+        return _Parsed(env, header)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """An envelope and its header, parsed."""
+
+    envelope: transaction_pb2.Envelope
+    header: transaction_pb2.TxHeader
+
+
+def _unknown_creator(exc: Exception) -> Outcome:
+    """The refusal of a creator the MSP does not admit (``exc`` tells why)."""
+    if isinstance(exc, RxError):
+        return Outcome(UNKNOWN_CREATOR, f"{exc.reason}: {exc.message}")
+    return Outcome(UNKNOWN_CREATOR, f"BAD_CERT: creator certificate does not parse: {exc}")
 
 
 class Orderer(Protocol):
@@ -240,32 +288,44 @@ class BroadcastHandler:
         return self._forwarder.submit(leader, checked.raw, checked.tx_id)
 
     def submit_local(self, checked: Checked) -> Ticket:
-        """Order an envelope validated by another orderer (Cluster.Forward) on this node."""
-        if not self._accepting:
-            return immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"), checked.tx_id)
-        is_config = checked.is_config or tx_type(checked.raw) == transaction_pb2.CONFIG
-        return self._orderer.submit(checked.raw, checked.tx_id, is_config)
+        """Order an envelope validated by another orderer (Cluster.Forward) on this node,
+        checked again against this node's config in force (see :meth:`submit_local_many`)."""
+        return self.submit_local_many([checked.raw])[0]
 
     def submit_local_many(self, raws: Sequence[bytes]) -> list[Ticket]:
-        """:meth:`submit_local` for a forwarded batch (one hand-off to the chain)."""
+        """Order envelopes another orderer validated and forwarded (Cluster.ForwardBatch) on
+        this node, in one hand-off to the chain. Each is first checked again for what
+        depends on the config in force (``EnvelopeValidator.recheck``): the forwarding
+        orderer may not have applied a config block this one has -- one lowering
+        ``max_envelope_bytes`` would otherwise let it get a larger envelope ordered, which
+        no peer checks. A refused one is answered with its reason and never ordered; the
+        others are not affected."""
         if not self._accepting:
             return [
                 immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
                 for _ in raws
             ]
-        if self._recent is None or not self._recent.active():
-            return self._orderer.submit_many(
-                [(raw, tx_type(raw) == transaction_pb2.CONFIG) for raw in raws]
-            )
+        out: list[Ticket | None] = [None] * len(raws)
+        fresh: list[tuple[int, Checked]] = []
         # Around a leader change: the forwarding orderer may not have stored the block that
         # already holds a resubmitted envelope yet; this leader has (see ``recent``).
-        out: list[Ticket | None] = [self._already_ordered(tx_id_of(raw), raw) for raw in raws]
-        fresh = [i for i, t in enumerate(out) if t is None]
-        tickets = self._orderer.submit_many(
-            [(raws[i], tx_type(raws[i]) == transaction_pb2.CONFIG) for i in fresh]
-        )
-        for i, t in zip(fresh, tickets, strict=True):
-            out[i] = t
+        dedup = self._recent is not None and self._recent.active()
+        for i, raw in enumerate(raws):
+            result = self._validator.recheck(raw)
+            if not isinstance(result, Checked):
+                tx_id, outcome = result
+                _log.info("event=forwarded_envelope_refused tx_id=%r reason=%s detail=%r: an envelope "
+                          "another orderer forwarded, refused by this leader's config in force",
+                          tx_id, outcome.reason, outcome.message)
+                out[i] = immediate(outcome, tx_id)
+                continue
+            out[i] = self._already_ordered(result.tx_id, raw) if dedup else None
+            if out[i] is None:
+                fresh.append((i, result))
+        if fresh:
+            tickets = self._orderer.submit_many([(c.raw, c.is_config) for _, c in fresh])
+            for (i, _), t in zip(fresh, tickets, strict=True):
+                out[i] = t
         return [t for t in out if t is not None]
 
     def dispatch(self, raw: bytes) -> tuple[Checked | None, Ticket]:

@@ -3,6 +3,7 @@ leader forwarder's behaviour when the Raft leader moves (clock injected)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +18,11 @@ from hypothesis import strategies as st
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.crypto.signing import Purpose, Signer, Verifier, generate_key
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.identity.msp import MSP
-from node.orderer.broadcast import BroadcastHandler, BroadcastOptions, EnvelopeValidator, decode_batch
+from node.orderer.broadcast import BroadcastHandler, BroadcastOptions, Checked, EnvelopeValidator, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch, split_batch
 from node.orderer.forward import FORWARD_BATCH_METHOD, ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
@@ -381,6 +383,92 @@ def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:
             assert "NOT_AN_ORDERER" in (err.value.details() or "")
     finally:
         server.stop(0)
+
+
+class Orderers(Members):
+    """Every caller is orderer 2 (the forwarding follower)."""
+
+    def raft_id_of(self, identity: object) -> int | None:
+        return 2
+
+
+def _leader_validator(net: Any, limit: list[int], revoked: str = "") -> EnvelopeValidator:
+    """The leader's validator: ``max_envelope_bytes`` in force ``limit[0]`` (read per envelope),
+    and the certificate with serial ``revoked`` revoked in h01 -- a config the follower (whose
+    validator is :func:`_validator`'s, the genesis config's) has not applied yet."""
+    consortium = config_from_genesis(read_genesis(net.genesis_path))
+    if revoked:
+        next(o for o in consortium.organizations if o.id == "h01").revoked_serials.append(revoked)
+    msp = MSP(consortium, Verifier())
+    return EnvelopeValidator(lambda: msp, consortium.consortium_id, lambda: limit[0],
+                             lambda: int(time.time() * 1000))
+
+
+@contextlib.contextmanager
+def _forwarding_to(leader_validator: EnvelopeValidator, net: Any) -> Iterator[tuple[BroadcastHandler, BatchOrderer]]:
+    """A follower's broadcast handler (the genesis config: envelopes up to 64 KiB) forwarding
+    over a real Cluster.ForwardBatch stream to a leader's ForwardBatchService that checks with
+    ``leader_validator``: (the follower, the leader's chain)."""
+    leader_chain = BatchOrderer(leader=1)
+    leader = BroadcastHandler(leader_validator, leader_chain, NoForward(), OrdererMetrics("t"))
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([ForwardBatchService(Orderers({}), leader, OrdererMetrics("t")).handler()])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    fwd = LeaderForwarder(Members({7: f"127.0.0.1:{port}"}), grpc.insecure_channel, lambda: 7, watch_s=3600)
+    try:
+        yield BroadcastHandler(_validator(net), BatchOrderer(leader=7), fwd, OrdererMetrics("t")), leader_chain
+    finally:
+        fwd.close()
+        server.stop(0)
+
+
+def test_the_leader_refuses_a_forwarded_envelope_over_its_envelope_limit(net: Any) -> None:
+    """The leader trusted the follower's size check: a follower that had not applied a config
+    block lowering ``max_envelope_bytes`` yet got a larger envelope ordered (and peers do not
+    check the size). The leader checks forwarded envelopes against its own limit in force:
+    refused TOO_LARGE (answered to the client through the follower), never ordered; the
+    other envelopes of the forwarded batch are ordered."""
+    client = Client(net)
+    big, small = client.envelope(size=6000), client.envelope()
+    assert 4096 < len(big[1]) <= 65536
+    # lowered to 4 KiB on the leader; the follower still has 64 KiB
+    with _forwarding_to(_leader_validator(net, [4096]), net) as (follower, leader_chain):
+        answers = [r for m in follower.batch_stream(iter([[big[1], small[1]]])) for r in m.responses]
+    assert [(a.tx_id, a.reason) for a in answers] == [(big[0], "TOO_LARGE"), (small[0], "")]
+    assert f"envelope of {len(big[1])} bytes exceeds 4096" in answers[0].message
+    assert leader_chain.calls == [[small[1]]]  # one hand-off, the valid envelope only
+
+
+def test_the_leader_refuses_a_forwarded_envelope_of_a_creator_its_config_revoked(net: Any) -> None:
+    """The creator's membership (organisation, CA, validity, revocation, role) depends on the
+    config in force too: a creator revoked by a config block the follower has not applied yet
+    is refused by the leader (UNKNOWN_CREATOR, as Broadcast answers it), not ordered; the
+    creator's signature, which does not depend on the config, is not verified again."""
+    dr, clerk = Client(net), Client(net, org="ins01", user="clerk")
+    mine, other = dr.envelope(), clerk.envelope()
+    revoked = cert_info_der(dr.signer.identity.cert_der).serial_hex
+    with _forwarding_to(_leader_validator(net, [65536], revoked), net) as (follower, leader_chain):
+        answers = [r for m in follower.batch_stream(iter([[mine[1], other[1]]])) for r in m.responses]
+    assert [(a.tx_id, a.reason) for a in answers] == [(mine[0], "UNKNOWN_CREATOR"), (other[0], "")]
+    assert "REVOKED_CERT" in answers[0].message
+    assert leader_chain.calls == [[other[1]]]
+
+
+def test_the_leader_checks_envelopes_forwarded_one_at_a_time_too(net: Any) -> None:
+    """Cluster.Forward (``forward_rpc: legacy``) hands each envelope to ``submit_local``: the
+    same checks against the leader's config in force."""
+    limit = [4096]
+    chain = BatchOrderer()
+    h = BroadcastHandler(_leader_validator(net, limit), chain, NoForward(), OrdererMetrics("t"))
+    big, small = Client(net).envelope(size=6000), Client(net).envelope()
+    assert h.submit_local(Checked(big[1], "")).wait(1) == Outcome(
+        "TOO_LARGE", f"envelope of {len(big[1])} bytes exceeds 4096")
+    assert h.submit_local(Checked(small[1], "")).wait(1) == Outcome(block_number=1)
+    limit[0] = 65536  # the limit in force is read per envelope
+    assert h.submit_local(Checked(big[1], "")).wait(1) == Outcome(block_number=2)
+    assert chain.calls == [[small[1]], [big[1]]]
 
 
 @given(st.binary(max_size=200))

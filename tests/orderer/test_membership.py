@@ -14,7 +14,10 @@ import pytest
 from rxchain.v1 import config_pb2, services_pb2
 
 from node.crypto.canonical import block_header_hash
+from node.crypto.tls import secure_channel
 from node.genesis import make_genesis
+from node.orderer.envelope_batch import encode_batch
+from node.orderer.forward import FORWARD_BATCH_METHOD
 from tests.orderer.cluster import (
     Client,
     OrdererProcs,
@@ -23,6 +26,7 @@ from tests.orderer.cluster import (
     leader_of,
     make_network,
     not_signed_in_force,
+    tx_ids_of,
     wait_until,
     without_orderer,
 )
@@ -347,6 +351,42 @@ def test_a_raised_envelope_limit_takes_effect_on_the_orderers(tmp_path):
                        what=f"{n} to take the raised limit")
             [r] = client.broadcast(procs.target(n), [big])
             assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), (n, r.message)
+
+
+def test_the_leader_refuses_an_envelope_a_lagging_follower_forwards_over_the_lowered_limit(tmp_path):
+    """The leader trusted a follower's size check: a follower that had not applied a config
+    block lowering ``max_envelope_bytes`` yet (simulated: its certificate on the leader's
+    Cluster.ForwardBatch) got a larger envelope ordered, and peers do not check the size. The
+    leader checks it against its own limit in force: TOO_LARGE, in no block; the envelope
+    forwarded with it is ordered."""
+    with _three_serving(tmp_path) as (net, procs, client, names):
+        update = config_envelope(net, _with_limits(net.config, max_envelope_bytes=32768), ["ins01", "ins02", "ins03"])
+        [r] = client.broadcast(procs.target(names[0]), [update])
+        assert r.accepted, r.message
+        probe = b"\x0a" + b"x" * 40_000  # under the genesis limit of 64 KiB, over the new one
+        for n in names:
+            wait_until(lambda n=n: client.broadcast(procs.target(n), [probe])[0].reason == "TOO_LARGE", 20,
+                       what=f"{n} to apply the lowered limit")
+        leader: list[str | None] = [None]
+
+        def found() -> bool:
+            leader[0] = leader_of(procs, client, names)
+            return leader[0] is not None
+
+        wait_until(found, 20, what="a leader")
+        follower = next(n for n in names if n != leader[0])
+        (big_tx, big), (small_tx, small) = client.envelope(size=40_000), client.envelope()
+        assert 32768 < len(big) <= 65536
+        d = net.home / "nodes" / follower
+        with secure_channel(procs.target(str(leader[0])), d / "cert.pem", d / "key.pem", d / "ca-bundle.pem") as ch:
+            call = ch.stream_stream(FORWARD_BATCH_METHOD, request_serializer=None,
+                                    response_deserializer=services_pb2.BroadcastBatchResponse.FromString)
+            # the handshake (an empty batch), then the two envelopes in one forwarded batch
+            answers = [a for m in call(iter([b"", encode_batch([big, small])]), timeout=20) for a in m.responses]
+        assert [(a.accepted, a.reason) for a in answers] == [(False, "TOO_LARGE"), (True, "")], answers
+        ordered = [tx for b in client.blocks(procs.target(str(leader[0]))) for tx in tx_ids_of(b)]
+        assert small_tx in ordered
+        assert big_tx not in ordered
 
 
 def test_an_orderer_down_while_the_message_bound_was_raised_takes_it_at_its_restart(tmp_path):
