@@ -471,6 +471,18 @@ def test_the_leader_checks_envelopes_forwarded_one_at_a_time_too(net: Any) -> No
     assert chain.calls == [[small[1]], [big[1]]]
 
 
+def test_the_leader_refuses_forwarded_envelopes_that_do_not_parse(net: Any) -> None:
+    """What the leader checks again needs the header, so a forwarded envelope that is not one
+    (an empty one: an EnvelopeBatch may frame it) is refused BAD_PAYLOAD, never ordered (it
+    was ordered as it came, an INVOKE by its missing type)."""
+    chain = BatchOrderer()
+    h = BroadcastHandler(_leader_validator(net, [65536]), chain, NoForward(), OrdererMetrics("t"))
+    small = Client(net).envelope()[1]
+    tickets = h.submit_local_many(split_batch(encode_batch([b"", b"\x0a\xff\xff", small])))
+    assert [o.reason if o else None for o in (t.wait(1) for t in tickets)] == ["BAD_PAYLOAD", "BAD_PAYLOAD", ""]
+    assert chain.calls == [[small]]
+
+
 @given(st.binary(max_size=200))
 def test_any_bytes_either_split_or_refused(data: bytes) -> None:
     try:
