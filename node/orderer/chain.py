@@ -65,7 +65,7 @@ from node.orderer.configtx import (
 )
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.releases import ReleaseWatch, describe_lacking_peers, lacking, lacking_peers
-from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, TOO_LARGE, Outcome, Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, require_supported
 from node.raft.config import Config
 from node.raft.durable import DurableStorage
@@ -265,8 +265,8 @@ class Chain:
         self._prev_ts = 0
         self._held: list[list[Pending[Ticket]]] = []
         self._config_inflight: int | None = None
-        # the max_clock_skew_ms of the config the in-flight config block carries (see _within_skew)
-        self._config_inflight_skew = 0
+        # the limits of the config the in-flight config block carries (see _within_limits)
+        self._config_inflight_limits: config_pb2.Limits | None = None
         self._config_waiting: list[tuple[bytes, Ticket]] = []
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
@@ -691,7 +691,7 @@ class Chain:
         now_ms = self._wall_ms()
         ahead = self._prev_ts - now_ms
         stamp = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
-        batch = self._within_skew(batch, stamp)
+        batch = self._within_limits(batch, stamp)
         if not batch:
             return
         envelopes = [p.envelope for p in batch]
@@ -713,14 +713,20 @@ class Chain:
         self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
         if len(envelopes) == 1 and tx_type(envelopes[0]) == transaction_pb2.CONFIG:
             self._config_inflight = self._next_number
-            self._config_inflight_skew = _skew_of_config_block(block)
+            self._config_inflight_limits = _limits_of_config_block(block)
         self._next_number += 1
         self._prev_hash = header_hash
         self._prev_ts = block.header.timestamp_ms
 
-    def _within_skew(self, batch: list[Pending[Ticket]], stamp: int) -> list[Pending[Ticket]]:
-        """``batch`` less the envelopes whose timestamp is further than the skew bound from
-        ``stamp``, answered ORDERER_CLOCK_SKEW (retryable).
+    def _within_limits(self, batch: list[Pending[Ticket]], stamp: int) -> list[Pending[Ticket]]:
+        """``batch`` less the envelopes over the envelope size limit, answered TOO_LARGE, and
+        those whose timestamp is further than the skew bound from ``stamp``, answered
+        ORDERER_CLOCK_SKEW (retryable).
+
+        Each was checked against the config in force as it was taken (broadcast), but behind a
+        config block still in flight the limits of the config it carries apply too (below):
+        one lowering ``max_envelope_bytes`` would otherwise get a larger envelope ordered
+        after it, which no peer checks.
 
         Every peer would mark them TX_TIMESTAMP_SKEW against the block's stamp. The orderer
         that took them checked them against its own clock, so one of the two orderers'
@@ -731,14 +737,23 @@ class Chain:
         block still in flight that is the bound the config block carries (or, should it not be
         adopted, the current one): both bounds apply until it is applied, so a block cut
         meanwhile never holds a transaction the peers would refuse."""
-        bounds = [self._tracker.current.config.limits.max_clock_skew_ms]
-        if self._config_inflight is not None:
-            bounds.append(self._config_inflight_skew)
-        skew = min((b for b in bounds if b), default=0)
-        if not skew:
+        limits = [self._tracker.current.config.limits]
+        if self._config_inflight is not None and self._config_inflight_limits is not None:
+            limits.append(self._config_inflight_limits)
+        skew = min((lim.max_clock_skew_ms for lim in limits if lim.max_clock_skew_ms), default=0)
+        size = min((lim.max_envelope_bytes for lim in limits if lim.max_envelope_bytes), default=0)
+        if not skew and not size:
             return batch
         kept: list[Pending[Ticket]] = []
         for p in batch:
+            if size and len(p.envelope) > size:
+                p.tag.resolve(Outcome(
+                    TOO_LARGE, f"envelope of {len(p.envelope)} bytes exceeds {size}, the limit of "
+                    "the config in force as its block is cut"))
+                continue
+            if not skew:
+                kept.append(p)
+                continue
             ts = tx_timestamp_ms(p.envelope)
             if ts is not None and abs(ts - stamp) > skew:
                 p.tag.resolve(Outcome(
@@ -1306,13 +1321,13 @@ def sync_block_files(directory: str) -> None:
         os.close(fd)
 
 
-def _skew_of_config_block(block: block_pb2.Block) -> int:
-    """The max_clock_skew_ms of the config a config block carries (0: none, or unreadable)."""
+def _limits_of_config_block(block: block_pb2.Block) -> config_pb2.Limits | None:
+    """The limits of the config a config block carries (None: none, or unreadable)."""
     try:
         config = config_of_block(block)
     except DecodeError:
-        return 0
-    return 0 if config is None else int(config.limits.max_clock_skew_ms)
+        return None
+    return None if config is None else config.limits
 
 
 def heartbeat_ticks(options: ChainOptions) -> int:

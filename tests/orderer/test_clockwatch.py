@@ -17,7 +17,7 @@ from rxchain.v1 import config_pb2
 from node.orderer.blockcutter import Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.ticket import ORDERER_CLOCK_SKEW, Ticket
+from node.orderer.ticket import ORDERER_CLOCK_SKEW, TOO_LARGE, Ticket
 from node.orderer.transport import PeerSender
 from node.peer.broadcast_client import RETRYABLE
 from node.protocol import SUPPORTED_VERSIONS
@@ -307,6 +307,46 @@ def test_behind_a_config_block_in_flight_both_skew_bounds_apply(net, tmp_path: P
         (t_again,) = _cut(lead, [client.envelope(timestamp_ms=now_ms - 61_000)[1]])
         out = t_again.peek()
         assert out is not None and out.reason == ORDERER_CLOCK_SKEW, out
+    finally:
+        lead.close()
+
+
+def test_behind_a_config_block_in_flight_a_lowered_envelope_limit_applies(net, tmp_path: Path) -> None:
+    """A config block lowering max_envelope_bytes is proposed but not yet committed; the leader
+    pipelines the next block behind it. Its envelopes were checked against the config in force
+    as they were taken, so one within the old limit but over the new one would be ordered into
+    a block the new config governs (no peer checks the size). It is refused TOO_LARGE at cut
+    time; once the config is adopted the broadcast check refuses it as it comes."""
+    now_ms = int(time.time() * 1000)
+    lead, _ = _three_voters(net, tmp_path, now_ms, None)
+    try:
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(lead.consortium)
+        new.sequence += 1
+        new.limits.max_envelope_bytes = 32_768
+        assert lead.consortium.limits.max_envelope_bytes == 65_536
+        cfg_ticket = Ticket("cfg")
+        lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
+        lead.chain._process_ready()
+        assert lead.chain._config_inflight is not None and cfg_ticket.peek() is None  # not committed
+        client = Client(net)
+        large = client.envelope(size=40_000, timestamp_ms=now_ms)  # within the old limit only
+        small = client.envelope(timestamp_ms=now_ms)
+        assert 32_768 < len(large[1]) < 65_536
+        t_large, t_small = _cut(lead, [large[1], small[1]])
+        out = t_large.peek()
+        assert out is not None and out.reason == TOO_LARGE, out
+        assert "32768" in out.message
+        lead.ack(2)  # the config block and the block behind it commit
+        cfg_out, small_out = cfg_ticket.peek(), t_small.peek()
+        assert cfg_out is not None and cfg_out.accepted, cfg_out
+        assert small_out is not None and small_out.accepted, small_out
+        assert list(lead.blocks.get(small_out.block_number).data.envelopes) == [small[1]]
+        # with no config block in flight, the envelopes the broadcast check took are cut as they are
+        (t_again,) = _cut(lead, [client.envelope(size=20_000, timestamp_ms=now_ms)[1]])
+        lead.ack(2)
+        out = t_again.peek()
+        assert out is not None and out.accepted, out
     finally:
         lead.close()
 
