@@ -39,10 +39,10 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
-from node.errors import RxError, abort_with
 from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.refusals import NonMemberRefusals
 from node.orderer.streams import coalesced_answers, stream_error_logger
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 
@@ -318,8 +318,11 @@ class ForwardBatchService:
         metrics: OrdererMetrics,
         commit_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        refusals: NonMemberRefusals | None = None,
     ) -> None:
+        """``refusals`` refuses (counts and logs) non-members (shared with ClusterService)."""
         self._membership = membership
+        self._refusals = refusals if refusals is not None else NonMemberRefusals(metrics)
         self._broadcast = broadcast
         self._metrics = metrics
         self._commit_timeout_s = commit_timeout_s
@@ -333,11 +336,7 @@ class ForwardBatchService:
         ident = peer_identity(context)
         rid = self._membership.raft_id_of(ident)
         if rid is None:
-            self._metrics.consensus_dropped.labels(reason="non_member").inc()
-            _log.warning("event=non_member_refused stream=ForwardBatch caller=%r",
-                         ident.org if ident is not None else "(no client certificate)")
-            abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
-                                        "current configuration", grpc.StatusCode.PERMISSION_DENIED))
+            self._refusals.refuse(context, ident, "ForwardBatch")
 
         def dispatch(batch: list[bytes] | BatchDecodeError) -> list[tuple[Ticket, float]]:
             if isinstance(batch, BatchDecodeError):

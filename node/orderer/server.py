@@ -56,6 +56,7 @@ from node.orderer.forward import ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.onboard import Onboarding, OnboardOptions
 from node.orderer.recent import RecentTxIndex
+from node.orderer.refusals import NonMemberRefusals
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
 from node.orderer.statecheck import StateCheck, Verdict, is_blank
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
@@ -527,11 +528,13 @@ def serve(config: NodeConfig) -> OrdererServer:
     streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
                              release_told=peer_release_intake(lambda: tracker.current.config, releases))
+    # one count of each non-member caller's refusals, whichever Cluster stream it opens
+    refusals = NonMemberRefusals(metrics)
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
-        clock_watch=clock_watch, releases=releases,
+        clock_watch=clock_watch, releases=releases, refusals=refusals,
     )
-    forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s)
+    forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s, refusals=refusals)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[

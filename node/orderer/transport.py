@@ -3,20 +3,21 @@ the follower-to-leader Cluster.Forward stream.
 
 Outbound: one :class:`PeerSender` per other orderer holds a client stream and a bounded
 queue; sending never blocks the Raft driver (a full queue or a broken stream drops the
-message and reports the peer unreachable -- Raft retransmits). The messages of one Ready
-for one peer are queued as one item (one wake-up of the sender thread per Ready, not per
-message) on a ``queue.SimpleQueue`` (no Python-level Condition per hand-off).
+message and reports the peer unreachable -- Raft retransmits; a peer refusing this orderer
+as no member is dialled again with a growing wait). The messages of one Ready for one peer
+are queued as one item (one wake-up of the sender thread per Ready, not per message) on a
+``queue.SimpleQueue`` (no Python-level Condition per hand-off).
 
 Inbound (:class:`ClusterService`): the caller is identified by its TLS client certificate
 (``node.crypto.tls.peer_identity``) and must be an orderer of the current configuration
 (its certificate equals an ``OrdererNode.cert_der``); otherwise the stream is refused with
-PERMISSION_DENIED and counted. Membership follows the config in force (the server
-subscribes it to config adoption), and open streams re-check it per message, so after a
-config block rotates an orderer's certificate the new one is accepted for that raft id and
-the old one refused from that block on. Raft messages (Step) alone also come from, and go
-to, an orderer a config update took out of the set until Raft has applied its removal
-(:class:`Membership`): the removal needs its acknowledgement when it leaves one voter.
-Every message must also name that orderer's raft id as its sender and this node as recipient.
+PERMISSION_DENIED, counted, and logged boundedly (``refusals``). Membership follows the
+config in force (the server subscribes it to config adoption), and open streams re-check it
+per message, so after a config block rotates an orderer's certificate the new one is
+accepted for that raft id and the old one refused from that block on. Raft messages (Step)
+alone also come from, and go to, an orderer a config update took out of the set until Raft
+has applied its removal (:class:`Membership`): the removal needs its acknowledgement when it
+leaves one voter. Every message must also name that orderer's raft id as its sender and this node as recipient.
 Stale or replayed messages are Raft's business (terms).
 Each message also tells the sender's clock (clockwatch) and the highest protocol version its
 release implements, and now and then what it knows of the peers' releases (releases).
@@ -37,11 +38,12 @@ from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
 from node.clock import wall_ms
 from node.crypto.tls import peer_identity
-from node.errors import RxError, abort_with
+from node.errors import reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
+from node.orderer.refusals import EveryInterval, NonMemberRefusals
 from node.orderer.releases import MAX_RELAYED_PEERS, RELAY_MIN_INTERVAL_S, RELAY_REFRESH_S, ReleaseWatch
 from node.orderer.streams import ordered_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
@@ -52,6 +54,9 @@ from node.raft.types import Message, MessageType
 _log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[str], grpc.Channel]
+
+REDIAL_S = 0.1  # wait before a Raft stream that ended is dialled again
+REFUSED_REDIAL_MAX_S = 3.0  # the longest wait, growing, before a peer refusing us is dialled again
 
 
 class RaftSink(Protocol):
@@ -167,14 +172,26 @@ class PeerSender:
         clock: Callable[[], float] = time.monotonic,
         relay_refresh_s: float = RELAY_REFRESH_S,
         relay_min_interval_s: float = RELAY_MIN_INTERVAL_S,
+        redial_s: float = REDIAL_S,
+        refused_redial_max_s: float = REFUSED_REDIAL_MAX_S,
+        refused_lines: EveryInterval | None = None,
     ) -> None:
         """``wall_ms``: this node's clock, told in every message (see clockwatch);
         ``releases``: what peers told of their releases, relayed (in chunks of at most
         MAX_RELAYED_PEERS entries, one per message) from the first message of each stream, when
         a told version changes (at most once per ``relay_min_interval_s``: a peer changing what
         it tells on every Deliver request must not put the whole relay into every Raft message)
-        and every ``relay_refresh_s`` (``clock``) seconds (see releases)."""
+        and every ``relay_refresh_s`` (``clock``) seconds (see releases). A stream that ended is
+        dialled again after ``redial_s``; one the peer refused NOT_AN_ORDERER (this orderer is no
+        orderer of the config in force there: removed, or its certificate rotated, and not told)
+        after twice the wait of the refusal before, up to ``refused_redial_max_s``, logged as
+        ``refused_lines`` lets (the first at once, then a line per interval)."""
         self._own_id = own_id
+        self._redial_s = redial_s
+        self._refused_redial_max_s = refused_redial_max_s
+        self._refused_lines = refused_lines if refused_lines is not None else EveryInterval()
+        self._refused_in_row = 0  # refusals NOT_AN_ORDERER since the last stream that was not one
+        self.redial_wait_s = redial_s  # the wait before the next dial (read by tests)
         self._wall_ms = wall_ms
         self._releases = releases
         self._clock = clock
@@ -283,12 +300,15 @@ class PeerSender:
         while not self._stop.is_set():
             channel = self._factory(self._target)
             call_over = threading.Event()
+            refused = False
             try:
                 stub = services_pb2_grpc.ClusterStub(channel)
                 stub.Step(self._requests(call_over))
             except grpc.RpcError as exc:
-                _log.debug("event=raft_stream_ended to=%d target=%s error=%r", self._peer_id, self._target,
-                           str(exc))
+                refused = reason_from_rpc_error(exc) == "NOT_AN_ORDERER"
+                if not refused:
+                    _log.debug("event=raft_stream_ended to=%d target=%s error=%r", self._peer_id, self._target,
+                               str(exc))
                 self._sink.report_unreachable(self._peer_id)
             finally:
                 call_over.set()
@@ -304,7 +324,32 @@ class PeerSender:
                 for msg in item or ():
                     self._release(_payload_bytes(msg))
                     self._report_failure(msg)
-            self._stop.wait(0.1)
+            self._stop.wait(self._redial_wait(refused))
+
+    def _redial_wait(self, refused: bool) -> float:
+        """The wait before dialling again after a stream ended (``refused``: NOT_AN_ORDERER):
+        a peer refusing this orderer answers at once, so dialling it again at the usual pace
+        was ten refusals a second, each a warning in the peer's log; backed off, bounded so
+        that an orderer the peer admits again (its config caught up) is soon heard."""
+        if not refused:
+            self._refused_in_row = 0
+            self.redial_wait_s = self._redial_s
+            return self.redial_wait_s
+        self._refused_in_row += 1
+        self.redial_wait_s = min(self._redial_s * 2 ** min(self._refused_in_row, 32), self._refused_redial_max_s)
+        told = self._refused_lines.note(self._peer_id)
+        if told == 1:
+            _log.warning("event=refused_as_non_member orderer=%d peer=%d target=%s refused=%d retry_s=%.1f: "
+                         "the peer refuses this orderer as no orderer of the configuration in force "
+                         "(NOT_AN_ORDERER): a config update removed it, or rotated its certificate, and "
+                         "it has not caught up; stop it if it was removed. Dialled again with a growing "
+                         "wait; further refusals are told in one line per interval", self._own_id,
+                         self._peer_id, self._target, told, self.redial_wait_s)
+        elif told > 1:
+            _log.warning("event=refused_as_non_member orderer=%d peer=%d target=%s refused=%d retry_s=%.1f: "
+                         "refused again, this many times since the last line", self._own_id, self._peer_id,
+                         self._target, told, self.redial_wait_s)
+        return self.redial_wait_s
 
     @property
     def target(self) -> str:
@@ -417,10 +462,13 @@ class ClusterService:
         commit_timeout_s: float = 5.0,
         clock_watch: ClockWatch | None = None,
         releases: ReleaseWatch | None = None,
+        refusals: NonMemberRefusals | None = None,
     ) -> None:
         """``clock_watch`` is told each member's clock from its messages, ``releases`` the
-        protocol versions its release implements and what it relays of peers' releases."""
+        protocol versions its release implements and what it relays of peers' releases;
+        ``refusals`` refuses (counts and logs) non-members (shared with ForwardBatchService)."""
         self._own_id = own_id
+        self._refusals = refusals if refusals is not None else NonMemberRefusals(metrics)
         self._clock_watch = clock_watch
         self._releases = releases
         self._membership = membership
@@ -437,11 +485,7 @@ class ClusterService:
         ident = peer_identity(context)
         rid = self._membership.raft_peer_of(ident) if raft else self._membership.raft_id_of(ident)
         if rid is None or ident is None:
-            self._metrics.consensus_dropped.labels(reason="non_member").inc()
-            _log.warning("event=non_member_refused stream=%s caller=%r", what,
-                         ident.org if ident is not None else "(no client certificate)")
-            abort_with(context, RxError("NOT_AN_ORDERER", "caller is not an orderer of the "
-                                        "current configuration", grpc.StatusCode.PERMISSION_DENIED))
+            self._refusals.refuse(context, ident, what)
         return rid, ident
 
     def step(
