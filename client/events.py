@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from node.fsutil import fsync_dir
+
+_log = logging.getLogger(__name__)
 
 MAX_BLOCK = 2**63 - 1
 _CHECKPOINT_MAX_BYTES = 64
@@ -185,7 +188,7 @@ class EventListener:
                 failures += 1
 
 
-def blocks_from(source: EventSource, contract: str, start: int) -> Iterator[BlockEvents]:
+def blocks_from(source: EventSource, contract: str, start: int) -> Generator[BlockEvents, None, None]:
     """The blocks ``start`` .. the peer's height, once each, in order (``contract``: only its
     events), for reads that go on from a checkpoint (claim report, inbox). The stream is
     opened at the block before ``start``: the peer sends it iff ``start`` is at most its
@@ -203,3 +206,41 @@ def blocks_from(source: EventSource, contract: str, start: int) -> Iterator[Bloc
         raise RxClientError("START_BEYOND_HEIGHT", f"the peer has not committed block {start - 1}: block "
                             f"{start} is beyond its height (a checkpoint of another ledger, or a peer "
                             "behind); nothing read")
+
+
+class BlockRange:
+    """The blocks of :func:`blocks_from`, at most ``max_blocks`` of them, and whether a block
+    follows them (:attr:`more`, known once the iteration ended without the consumer stopping
+    it): asked for by reading one block past the limit (the peek) once the range was read. A
+    failure reading that one block does not fail a read that had finished -- the blocks of the
+    range are what it read, and :attr:`more` is True (whether a block follows is unknown, and
+    going on from the block after the range is always safe: the next read finds it or nothing);
+    it is logged. A failure reading a block within the limit is raised as ever."""
+
+    def __init__(self, source: EventSource, contract: str, start: int, max_blocks: int) -> None:
+        self._source = source
+        self._contract = contract
+        self._start = start
+        self._max_blocks = max_blocks
+        self.more = False
+
+    def __iter__(self) -> Iterator[BlockEvents]:
+        stream = blocks_from(self._source, self._contract, self._start)
+        try:
+            last = None
+            for _ in range(self._max_blocks):
+                b = next(stream, None)
+                if b is None:
+                    return  # nothing follows
+                yield b
+                last = b.block
+            try:
+                self.more = next(stream, None) is not None
+            except RxClientError as exc:
+                self.more = True
+                _log.info("event=peek_block_unread contract=%s block=%s reason=%s error=%r: whether a block "
+                          "follows the range read is unknown; answered with it as read, and more (go on "
+                          "from the next block)", self._contract, None if last is None else last + 1,
+                          exc.reason, str(exc))
+        finally:
+            stream.close()

@@ -63,7 +63,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from client.errors import RxClientError
-from client.events import EventSource, blocks_from
+from client.events import BlockRange, EventSource
 
 PRESCRIPTION = "prescription"
 MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
@@ -202,7 +202,8 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     most ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` prescriptions
     together (the first block whatever it names; ``reads_capped`` when a read stopped before
     a block for it: go on from ``next_block``; ``more`` when a block follows the range, which
-    a limit or the cap ended). ``source`` is the gateway's event stream;
+    a limit or the cap ended -- or may follow: reading the block past the limit failed, which
+    fails nothing, :class:`client.events.BlockRange`). ``source`` is the gateway's event stream;
     ``read_rx`` the prescription's metadata (``show``) or None when the caller may not read
     it; ``now_ms`` decides whether a repeat fill is due; ``owed`` a prescription's fills not
     handed over yet and the organisation that dispensed each (asked only when some fill is not
@@ -217,10 +218,10 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
     next_block = start
     blocks = 0
     capped = more = False
-    for b in blocks_from(source, PRESCRIPTION, start):
-        if blocks >= max_blocks:
-            more = True  # a block past the limit: the next read's (none: nothing follows)
-            break
+    # a block past the limit is the next read's (none: nothing follows; one that failed to be read:
+    # perhaps one follows, the range read is still the answer)
+    blocks_read = BlockRange(source, PRESCRIPTION, start, max_blocks)
+    for b in blocks_read:
         rows: list[tuple[int, str, str, str, str, str]] = []
         for ev in b.events:
             if ev.contract != PRESCRIPTION or not ev.name.startswith("rx.") or not isinstance(ev.payload, dict):
@@ -238,6 +239,7 @@ def pharmacy_inbox(source: EventSource, read_rx: RxReader, org: str, start: int,
         named.update(new)
         next_block = b.block + 1
         blocks += 1
+    more = more or blocks_read.more
     mine: dict[str, dict[str, Any]] = {}
     pending: dict[str, dict[int, str] | None] = {}
     for rx_id in named:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.errors import RxClientError
-from client.events import EventSource, blocks_from
+from client.events import BlockRange, EventSource
 
 SETTLEMENT = "settlement"
 EVENTS = {"claim.settled": "settled", "claim.reversed": "reversed"}
@@ -138,7 +138,8 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     ``max_blocks`` blocks, and whole blocks naming at most ``max_reads`` claims to read
     together -- the first block whatever it names; ``reads_capped`` when a report stopped
     before a block for it: go on from ``next_block``; ``more`` when a block follows the
-    range, which a limit or the cap ended), of ``insurer`` (None: every
+    range, which a limit or the cap ended -- or may follow: reading the block past the limit
+    failed, which fails nothing, :class:`client.events.BlockRange`), of ``insurer`` (None: every
     insurer's). ``source`` is the gateway's event stream (``Gateway.events``); ``read_claim``
     a claim record or None when the caller may not read it. Raises what the reads raise;
     nothing is remembered."""
@@ -153,10 +154,10 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
     next_block = start
     blocks = 0
     capped = more = False
-    for b in blocks_from(source, SETTLEMENT, start):
-        if blocks >= max_blocks:
-            more = True  # a block past the limit: the next read's (none: nothing follows)
-            break
+    # a block past the limit is the next report's (none: nothing follows; one that failed to be
+    # read: perhaps one follows, the range read is still the answer)
+    blocks_read = BlockRange(source, SETTLEMENT, start, max_blocks)
+    for b in blocks_read:
         found: list[tuple[str, str, str]] = []  # tx id, event, claim id: the block's settles and reverses
         bad: list[dict[str, Any]] = []
         for ev in b.events:
@@ -185,6 +186,7 @@ def claim_report(source: EventSource, read_claim: ClaimReader, start: int,
                 rows.append(_row(b.block, tx_id, kind, claim_id, rec))
         next_block = b.block + 1
         blocks += 1
+    more = more or blocks_read.more
     counted = [r for r in rows if not r.inconsistent]
     s_tot = _totals([r for r in counted if r.event == "settled"])
     r_tot = _totals([r for r in counted if r.event == "reversed"])

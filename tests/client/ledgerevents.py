@@ -9,6 +9,8 @@ from typing import Any
 
 from rxchain.v1 import services_pb2, transaction_pb2
 
+from client.errors import RxClientError
+from client.events import EventSource
 from tests.contracts.chain import Chain, Outcome, Who
 from tests.contracts.flows import approved, lock_and_dispense, settle
 from tests.contracts.rxclient import World
@@ -48,6 +50,19 @@ class EventLedger:
                         msg.events.add(contract=name, name=e.name, payload=e.payload_json, tx_id=out.tx_id)
             msg.events.extend(e for e in self.extra.get(n, []) if contract in ("", e.contract))
             yield msg
+
+
+def failing_at(source: EventSource, block: int, reason: str = "TIMEOUT") -> EventSource:
+    """``source``, but its stream fails (``reason``, as ``Gateway.events`` raises a failed
+    call) where it would send ``block``, or where it would end before it."""
+
+    def events(start: int, contract: str, follow: bool) -> Iterator[services_pb2.EventsResponse]:
+        for msg in source(start, contract, follow):
+            if msg.block_number >= block:
+                break
+            yield msg
+        raise RxClientError(reason, f"the stream failed before block {block}")
+    return events
 
 
 def settled_claims(w: World, n: int) -> list[dict[str, Any]]:

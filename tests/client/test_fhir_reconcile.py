@@ -15,7 +15,7 @@ from client.fhir import mapping
 from client.fhir.server import FhirApp
 from client.rxops import RxOperations
 from tests.client.contractgw import ContractGateway
-from tests.client.ledgerevents import EventLedger, settled_claims
+from tests.client.ledgerevents import EventLedger, failing_at, settled_claims
 from tests.contracts.chain import Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import AUDITOR, CLERK, WANG
@@ -157,3 +157,23 @@ def test_an_inconsistent_claim_is_noted_and_not_paid(world: World, monkeypatch: 
         f"inconsistent claim {claims[1]['claim_id']}: {odd}", f"inconsistent claim {claims[2]['claim_id']}: {odd}",
         "inconsistent claims' fund share, settled minus reversed, not counted: "
         f"{Decimal(claims[1]['fund_fen'] + 1 + claims[2]['fund_fen']) / 100:.2f} CNY"]
+
+
+def test_a_reconciliation_whose_block_past_the_limit_failed_to_be_read_is_partial(world: World) -> None:  # noqa: F811
+    """The stream failing on the block past limit-blocks failed the request; now the range read
+    is the answer, partial (whether a block follows is unknown: the next goes on at once)."""
+    ledger = EventLedger(world.chain)
+    settled_claims(world, 1)
+    limit = ledger.height - 1
+    healthy = _app(world, ledger, CLERK).handle("GET", f"/fhir/PaymentReconciliation?limit-blocks={limit}", None,
+                                                b"cert")
+
+    def broken(block: int) -> FhirApp:
+        return _app(world, SimpleNamespace(events=failing_at(ledger.events, block)), CLERK)  # type: ignore[arg-type]
+
+    reply = broken(limit).handle("GET", f"/fhir/PaymentReconciliation?limit-blocks={limit}", None, b"cert")
+    assert reply.status == 200 and reply.headers["X-Rxchain-Next-Block"] == str(limit)
+    assert reply.resource["outcome"] == "partial" and reply.resource == healthy.resource
+    with pytest.raises(RxClientError) as failed:  # a block within the limit: failed as before
+        broken(limit - 1).handle("GET", f"/fhir/PaymentReconciliation?limit-blocks={limit}", None, b"cert")
+    assert failed.value.reason == "TIMEOUT"

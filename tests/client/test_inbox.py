@@ -13,7 +13,7 @@ from rxchain.v1 import config_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from client.inbox import RxReader, action, pharmacy_inbox
-from tests.client.ledgerevents import EventLedger
+from tests.client.ledgerevents import EventLedger, failing_at
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import CHEN, CLERK, COURIER, COURIER2, HE, JIANG, WANG, approved, dispense, issue
@@ -118,6 +118,33 @@ def test_ranges_are_contiguous(world: World) -> None:  # noqa: F811
     assert len(a["changes"]) + len(b["changes"]) == len(_inbox(world, ledger, WANG)["changes"])
     with pytest.raises(RxClientError):
         _inbox(world, ledger, WANG, 0, max_blocks=0)
+
+
+def test_a_failure_reading_the_block_past_the_limit_fails_nothing(world: World) -> None:  # noqa: F811
+    """A read asks for the block past its limit to tell whether more follows (``more``): that
+    block's stream failing failed the whole read, which had finished (and the caller read it
+    all again). Now the answer is what was read, with ``more`` True (unknown: go on from
+    ``next_block``); a failure reading a block within the limit still fails the read."""
+    ledger = EventLedger(world.chain)
+    first = approved(world).args["rx_id"]
+    cut = ledger.height
+    approved(world)
+    whole = _inbox(world, ledger, WANG, 0, max_blocks=cut)
+    assert whole["more"] is True and whole["next_block"] == cut
+    peek_failed = pharmacy_inbox(failing_at(ledger.events, cut), _show(world, WANG), "p01", 0, world.chain.now,
+                                 max_blocks=cut)
+    assert peek_failed == whole and set(_actions(peek_failed)) == {first}
+    # the range reaching the height (nothing follows) is read whole with the stream failing after it
+    all_blocks = _inbox(world, ledger, WANG, 0, max_blocks=ledger.height)
+    assert all_blocks["more"] is False
+    unknown = pharmacy_inbox(failing_at(ledger.events, ledger.height), _show(world, WANG), "p01", 0,
+                             world.chain.now, max_blocks=ledger.height)
+    assert unknown == {**all_blocks, "more": True}
+    for within in (0, cut - 1):  # the first block of the range, the last one
+        with pytest.raises(RxClientError) as failed:
+            pharmacy_inbox(failing_at(ledger.events, within), _show(world, WANG), "p01", 0, world.chain.now,
+                           max_blocks=cut)
+        assert failed.value.reason == "TIMEOUT"
 
 
 LIVE = {"valid_end_ms": 30 * DAY_MS}  # the (first) fill's validity not passed at day 27
@@ -533,6 +560,28 @@ def test_fhir_task_search_goes_on_where_the_read_cap_stopped(world: World, monke
     assert int(nxt) < ledger.height
     assert [link["url"] for link in reply.resource["link"] if link["relation"] == "next"] == [
         f"/fhir/Task?from-block={nxt}&limit-blocks=1000"]
+
+
+def test_fhir_task_search_gives_a_next_link_when_the_block_past_the_limit_failed_to_be_read(
+        world: World) -> None:  # noqa: F811
+    """The Task search failed when the stream broke on the block past limit-blocks; now it
+    answers what it read with a next link (whether a block follows is unknown)."""
+    ledger = EventLedger(world.chain)
+    approved(world)
+    assert ledger.height > 2
+    healthy = _fhir_app(world, ledger, WANG).handle("GET", "/fhir/Task?limit-blocks=2", None, b"cert")
+
+    def broken(block: int) -> Any:
+        return _fhir_app(world, SimpleNamespace(events=failing_at(ledger.events, block)), WANG)  # type: ignore[arg-type]
+
+    reply = broken(2).handle("GET", "/fhir/Task?limit-blocks=2", None, b"cert")
+    assert reply.status == 200 and reply.headers["X-Rxchain-Next-Block"] == "2"
+    assert reply.resource == healthy.resource
+    assert [link["url"] for link in reply.resource["link"] if link["relation"] == "next"] == [
+        "/fhir/Task?from-block=2&limit-blocks=2"]
+    with pytest.raises(RxClientError) as failed:  # a block within the limit: failed as before
+        broken(1).handle("GET", "/fhir/Task?limit-blocks=2", None, b"cert")
+    assert failed.value.reason == "TIMEOUT"
 
 
 def test_fhir_task_search_cancels_the_task_of_a_prescription_routed_elsewhere(world: World) -> None:  # noqa: F811

@@ -17,7 +17,7 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from client.errors import RxClientError
 from client.reconcile import AMOUNTS, ClaimReader, claim_report
-from tests.client.ledgerevents import EventLedger, settled_claims
+from tests.client.ledgerevents import EventLedger, failing_at, settled_claims
 from tests.contracts.chain import Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import AUDITOR, CLERK, WANG, approved, lock_and_dispense, settle
@@ -74,6 +74,34 @@ def test_ranges_are_contiguous_and_a_later_report_goes_on(world: World) -> None:
     # nothing new: an empty report that stays where it was
     empty = claim_report(ledger.events, _reader(world, CLERK), ledger.height)
     assert (empty["claims"], empty["next_block"], empty["totals"]["net"]["fund_fen"]) == ([], ledger.height, 0)
+
+
+def test_a_failure_reading_the_block_past_the_limit_fails_nothing(world: World) -> None:  # noqa: F811
+    """The report reads the block past its limit to tell whether more follows (``more``): its
+    stream failing there failed a report that had finished. Now the report is what was read,
+    with ``more`` True (unknown: go on from ``next_block``); a failure reading a block within
+    the limit still fails it."""
+    ledger = EventLedger(world.chain)
+    claims = settled_claims(world, 2)
+    first = next(o.block for _, o in ledger.committed if o.tx_id == claims[0]["events"][0]["tx_id"])
+    assert first is not None
+    cut = first + 1
+    assert cut < ledger.height
+    whole = claim_report(ledger.events, _reader(world, CLERK), 0, max_blocks=cut)
+    assert whole["more"] is True and whole["next_block"] == cut
+    assert [r["claim_id"] for r in whole["claims"]] == [claims[0]["claim_id"]]
+    peek_failed = claim_report(failing_at(ledger.events, cut), _reader(world, CLERK), 0, max_blocks=cut)
+    assert peek_failed == whole
+    # up to the height: nothing follows; the stream failing after it gives more (unknown)
+    complete = claim_report(ledger.events, _reader(world, CLERK), cut, max_blocks=ledger.height - cut)
+    assert complete["more"] is False and complete["next_block"] == ledger.height
+    unknown = claim_report(failing_at(ledger.events, ledger.height), _reader(world, CLERK), cut,
+                           max_blocks=ledger.height - cut)
+    assert unknown == {**complete, "more": True}
+    for within in (0, cut - 1):
+        with pytest.raises(RxClientError) as failed:
+            claim_report(failing_at(ledger.events, within), _reader(world, CLERK), 0, max_blocks=cut)
+        assert failed.value.reason == "TIMEOUT"
 
 
 def test_other_insurers_claims_are_left_out_or_counted_unreadable(world: World) -> None:  # noqa: F811
