@@ -1,4 +1,4 @@
-"""``python -m node.orderer --config PATH``: run one orderer until SIGTERM/SIGINT.
+"""``python -m node.orderer --config PATH [--first-start]``: run one orderer until SIGTERM/SIGINT.
 
 Exit codes: 0 after a graceful stop, 2 for a bad configuration (the reason is printed in
 one line) or a consortium protocol version this release does not implement
@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m node.orderer")
     parser.add_argument("--config", required=True, help="the orderer's node.yaml")
+    parser.add_argument(
+        "--first-start", action="store_true",
+        help="this orderer never ran: a founding orderer first started after the others ordered "
+             "blocks (otherwise refused RAFT_STATE_LOST, as a voter that lost its data would be); "
+             "once only, never for an emptied data directory (README: Recovery)")
     args = parser.parse_args(argv)
     try:
         config = load_node_config(args.config)
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     try:
-        server = serve(config)
+        server = serve(config, first_start=args.first_start)
     except RxError as err:  # a start-up refusal (bad config, RAFT_STATE_LOST ...): one clear line
         print(f"rxchain orderer: {err}", file=sys.stderr)
         return 2

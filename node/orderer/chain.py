@@ -1346,7 +1346,9 @@ def state_lost_error(raft_id: int, detail: str) -> RxError:
         "(blocks/ and raft/), add it back with another config update (its old entry: the "
         "same raft id, certificate and address) and start it; it rejoins as a learner, "
         "catches up from the others and votes once caught up (README: Recovery). Never "
-        "start it with an emptied data directory while it is still in the orderer set",
+        "start it with an emptied data directory while it is still in the orderer set. (A "
+        "founding orderer that never ran, first started after the others ordered blocks, "
+        "is refused the same way: start it once with --first-start)",
     )
 
 

@@ -300,11 +300,19 @@ def open_raft_storage(
         raise state_lost_error(raft_id, err.detail) from err
 
 
-def check_blank_state(check: StateCheck, storage: Storage) -> bool:
+def check_blank_state(check: StateCheck, storage: Storage, *, first_start: bool = False) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
     the other orderers once (node.orderer.statecheck). RxError RAFT_STATE_LOST when they say
     this orderer is a voter that lost its state; True when nobody could tell (Raft then starts
-    unconfirmed and ``check`` keeps asking), False when the start is confirmed or not blank."""
+    unconfirmed and ``check`` keeps asking), False when the start is confirmed or not blank.
+
+    ``first_start`` (``--first-start``): the operator's word that this orderer never ran -- a
+    founding orderer first started after the others ordered blocks without it, which nothing
+    tells from a voter that lost its state. The start is confirmed whatever the others answer
+    (their verdict is logged). Refused (BAD_CONFIG) once the storage holds a confirmed state,
+    so the flag left on a command line never covers a later loss of the data directory."""
+    if first_start:
+        return _attested_first_start(check, storage)
     if not check.needed(storage):
         return False
     verdict, why = check.round(storage.initial_state()[0].commit)
@@ -319,6 +327,19 @@ def check_blank_state(check: StateCheck, storage: Storage) -> bool:
     _log.warning("event=raft_state_unconfirmed orderer=%d detail=%r: blank Raft storage; no vote "
                  "and no campaign until another orderer tells this one is new", check.raft_id, why)
     return True
+
+
+def _attested_first_start(check: StateCheck, storage: Storage) -> bool:
+    if not check.needed(storage):
+        raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
+                      "orderer that never ran, and this one's Raft storage holds a confirmed "
+                      "state: start it without the flag")
+    verdict, why = check.round(storage.initial_state()[0].commit)
+    check.confirmed()
+    _log.warning("event=raft_first_start_attested orderer=%d verdict=%s detail=%r: blank Raft "
+                 "storage taken for a first start on the operator's word (--first-start); it "
+                 "votes and campaigns at once", check.raft_id, verdict.value, why)
+    return False
 
 
 def _onboard(
@@ -358,8 +379,9 @@ def _node_clock(offset_ms: int) -> Callable[[], int]:
     return lambda: system_wall_ms() + offset_ms
 
 
-def serve(config: NodeConfig) -> OrdererServer:
-    """Start an orderer for ``config`` and return it running."""
+def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
+    """Start an orderer for ``config`` and return it running; ``first_start``: see
+    :func:`check_blank_state`."""
     extra = config.extra
     wall_ms = _node_clock(int(extra.get("clock_offset_ms", 0)))
     forward_rpc = str(extra.get("forward_rpc", "batch"))
@@ -467,7 +489,7 @@ def serve(config: NodeConfig) -> OrdererServer:
         channel, fsync=config.fsync,
     )
     try:
-        unconfirmed = check_blank_state(state_check, storage)
+        unconfirmed = check_blank_state(state_check, storage, first_start=first_start)
     except BaseException:
         for close in (transport.close, storage.close, blocks.close):
             close()

@@ -42,8 +42,8 @@ its term; lagging orderers answering alone may not), and it follows that leader'
 refusing would stop a network's first start whenever an orderer started a second late.
 
 Known limit: a founding orderer first started only after the others ordered blocks without it
-is refused (nothing tells it from one that lost its state); the README "Recovery" procedure
-(remove, add back) starts it.
+is refused (nothing tells it from one that lost its state); its operator, who knows it never
+ran, starts it once with ``--first-start`` (``node.orderer.server.check_blank_state``).
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class OrdererProcs:
     def names(self) -> list[str]:
         return [n.name for n in self.net.orderers()]
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *args: str) -> None:
+        """Start orderer ``name`` (``args``: more command-line arguments, e.g. --first-start)."""
         log = self.net.home / f"{name}.log"
         self.logs[name] = log
         env = dict(os.environ)
@@ -83,7 +84,7 @@ class OrdererProcs:
         with open(log, "ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "node.orderer", "--config",
-                 str(self.net.node_config_path(name))],
+                 str(self.net.node_config_path(name)), *args],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
             )
 

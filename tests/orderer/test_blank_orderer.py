@@ -114,3 +114,45 @@ def test_an_emptied_voter_is_refused_at_once_or_once_another_orderer_answers(clu
                what="a new block on both")
     after = _hashes(client, procs, others[0])
     assert after[: len(before)] == before and _hashes(client, procs, others[1]) == after
+
+
+def test_a_founding_orderer_first_started_after_the_others_ordered_blocks_joins_with_first_start(cluster):
+    """Two of the three founding orderers start and order blocks; the third is started only
+    then. Nothing tells it from a voter that lost its state (refused RAFT_STATE_LOST, the
+    message naming --first-start); started once with --first-start it catches up and votes.
+    Restarted with the flag again, it is refused (BAD_CONFIG): the flag never covers a later loss."""
+    procs, client = cluster
+    names = procs.names()
+    early, late = names[:2], names[2]
+    for name in early:
+        procs.start(name)
+    all_serving(procs, client, early)
+    leader = wait_until(lambda: leader_of(procs, client, early), 20, what="a leader of the two")
+    _order(procs, client, leader, 5)
+
+    procs.start(late)
+    assert _exit_code(procs, late, 30) == 2
+    assert "RAFT_STATE_LOST" in procs.log_text(late) and "--first-start" in procs.log_text(late)
+    procs.start(late, "--first-start")
+    all_serving(procs, client, [late])
+    assert "event=raft_first_start_attested" in procs.log_text(late)
+    assert not client.status(procs.target(late)).raft_state_unconfirmed
+    wait_until(lambda: client.status(procs.target(late)).height == client.status(procs.target(leader)).height,
+               30, what="the late orderer at the leader's height")
+
+    # it votes: with the leader stopped, the other early one is elected only with its vote
+    assert procs.terminate(leader) == 0
+    survivors = [n for n in names if n != leader]
+    new_leader = wait_until(lambda: leader_of(procs, client, survivors), 30, what="a leader of the two left")
+    _order(procs, client, new_leader, 3)
+    wait_until(lambda: len({client.status(procs.target(n)).height for n in survivors}) == 1, 20,
+               what="the two at one height")
+    assert _hashes(client, procs, survivors[0]) == _hashes(client, procs, survivors[1])
+
+    assert procs.terminate(late) == 0
+    procs.start(late, "--first-start")
+    assert _exit_code(procs, late, 30) == 2
+    assert "BAD_CONFIG" in procs.log_text(late)
+    procs.start(late)  # without the flag it runs on with its state
+    all_serving(procs, client, [late])
+    assert not client.status(procs.target(late)).raft_state_unconfirmed

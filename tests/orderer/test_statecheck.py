@@ -224,6 +224,34 @@ def test_start_up_confirms_a_new_orderer_and_a_lone_one(tmp_path: Path, monkeypa
     assert check_blank_state(_check(tmp_path, []), MemoryStorage()) is False
 
 
+def test_a_first_start_on_the_operators_word_is_confirmed_whatever_the_others_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """--first-start: a founding orderer first started after the others ordered blocks, which
+    the others' answers cannot tell from a voter that lost its state (RAFT_STATE_LOST without
+    the flag). Taken as new on the operator's word -- but only while its storage is blank or
+    unconfirmed: the flag left on a command line never covers a later loss."""
+    lost = [[ans("c", height=5, applied=9)]]
+    _answering(monkeypatch, lost)
+    with pytest.raises(RxError):
+        check_blank_state(_check(tmp_path, ["c:1"]), MemoryStorage(ConfState((1, 2, 3), ())))
+    _answering(monkeypatch, lost)
+    with caplog.at_level("WARNING"):
+        assert check_blank_state(_check(tmp_path, ["c:1"]), MemoryStorage(ConfState((1, 2, 3), ())),
+                                 first_start=True) is False
+    assert "event=raft_first_start_attested" in caplog.text and "verdict=lost" in caplog.text
+    # a start left unconfirmed (nobody answered, then RAFT_STATE_LOST) may still be attested
+    (tmp_path / MARKER).write_bytes(b"")
+    _answering(monkeypatch, lost)
+    assert check_blank_state(_check(tmp_path, ["c:1"]), _non_blank(), first_start=True) is False
+    assert not (tmp_path / MARKER).exists()
+    # once it ran confirmed, the flag is refused
+    calls = _answering(monkeypatch, lost)
+    with pytest.raises(RxError) as err:
+        check_blank_state(_check(tmp_path, ["c:1"]), _non_blank(), first_start=True)
+    assert err.value.reason == "BAD_CONFIG" and "--first-start" in err.value.message
+    assert calls[0] == 0
+
+
 def test_nobody_answering_starts_unconfirmed_and_asks_until_a_verdict(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _answering(monkeypatch, [[], [], [ans("c", height=5, applied=9)]])
