@@ -114,6 +114,27 @@ def channel_credentials(
 NODE_SEND_BOUND = 1 << 30
 
 
+def server_bound_notice(node: str, server_bound: int) -> Callable[[int], None]:
+    """A callable to tell the message bound in force (after each block, or config adopted):
+    it logs each change against ``server_bound``, the bound the node's gRPC server was made
+    with, which a changed ``max_message_bytes`` reaches only at the node's restart."""
+    told = [server_bound]
+
+    def notice(bound: int) -> None:
+        if bound == told[0]:
+            return
+        told[0] = bound
+        if bound == server_bound:
+            _log.info("event=message_bound_changed node=%s message_bound=%d server_bound=%d: the "
+                      "server's bound is the one in force again", node, bound, server_bound)
+            return
+        _log.warning("event=message_bound_changed node=%s message_bound=%d server_bound=%d: this "
+                     "node's server receives up to %d bytes per message until the node restarts",
+                     node, bound, server_bound, server_bound)
+
+    return notice
+
+
 def channel_options(
     max_message_bytes: int, server_name: str = TLS_SERVER_NAME, *, max_send_bytes: int = 0
 ) -> list[tuple[str, int | str]]:

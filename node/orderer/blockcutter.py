@@ -30,6 +30,11 @@ class BatchParams:
     max_bytes: int
     timeout_s: float
 
+    def narrowest(self, other: BatchParams) -> BatchParams:
+        """The smaller count and byte limits of the two (the timeout of ``self``)."""
+        return BatchParams(max_tx_count=min(self.max_tx_count, other.max_tx_count),
+                           max_bytes=min(self.max_bytes, other.max_bytes), timeout_s=self.timeout_s)
+
     @staticmethod
     def from_config(batch: config_pb2.BatchParameters) -> BatchParams:
         """Read BatchParameters, substituting safe minimums for unset (zero) fields."""

@@ -660,6 +660,10 @@ class Chain:
             if pending:
                 self._held.append(pending)
             self._held.append([Pending(envelope, ticket)])
+            # the blocks cut behind it until it is applied are judged by its config and may be
+            # received by nodes dialled at its max_message_bytes: cut them within both configs'
+            # batch limits (restored once it is applied, or dropped: _end_config_inflight)
+            self._cutter.set_params(self._cutter.params.narrowest(BatchParams.from_config(new.batch)))
             self._maybe_cut()
             return
         batches = self._cutter.add(envelope, ticket)
@@ -691,8 +695,11 @@ class Chain:
         now_ms = self._wall_ms()
         ahead = self._prev_ts - now_ms
         stamp = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
+        config_batch = len(batch) == 1 and tx_type(batch[0].envelope) == transaction_pb2.CONFIG
         batch = self._within_limits(batch, stamp)
         if not batch:
+            if config_batch and self._config_inflight is None:
+                self._end_config_inflight()  # the config block is not proposed: its limits go
             return
         envelopes = [p.envelope for p in batch]
         tickets = [p.tag for p in batch]
@@ -707,11 +714,13 @@ class Chain:
         except ProposalDropped as err:
             for t in tickets:
                 t.resolve(Outcome(SERVICE_UNAVAILABLE, f"proposal dropped: {err.detail}"))
+            if config_batch and self._config_inflight is None:
+                self._end_config_inflight()
             return
         header_hash = block_header_hash(block.header)
         self._fail_replaced([self._next_number])
         self._inflight[self._next_number] = _Inflight(header_hash, tickets, self._clock())
-        if len(envelopes) == 1 and tx_type(envelopes[0]) == transaction_pb2.CONFIG:
+        if config_batch:
             self._config_inflight = self._next_number
             self._config_inflight_limits = _limits_of_config_block(block)
         self._next_number += 1
@@ -783,7 +792,7 @@ class Chain:
         self._prev_hash = b""
         self._prev_ts = 0
         self._lead_ready_index = None
-        self._config_inflight = None
+        self._end_config_inflight()
         waiting, self._config_waiting = self._config_waiting, []
         for _, ticket in waiting:
             ticket.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
@@ -1034,9 +1043,14 @@ class Chain:
                 f"block {number} fetched from another orderer differs from the committed one",
             )
 
+    def _end_config_inflight(self) -> None:
+        """No config block in flight any more: the batch limits of the config in force alone."""
+        self._config_inflight = None
+        self._cutter.set_params(BatchParams.from_config(self._tracker.current.config.batch))
+
     def _resolve(self, number: int, header_hash: bytes) -> None:
         if self._config_inflight is not None and number >= self._config_inflight:
-            self._config_inflight = None
+            self._end_config_inflight()
             waiting, self._config_waiting = self._config_waiting, []
             for envelope, ticket in waiting:
                 self._on_submit(envelope, ticket, True)

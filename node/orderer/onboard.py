@@ -17,7 +17,9 @@ config and of every config adopted on the way (its own entries left out). Each s
 (AtomicBroadcast.Deliver, not following) for every block past the local height; its first
 answer, and each next one, must come within ``answer_timeout_s``, the whole stream within
 ``call_timeout_s`` (the blocks verified until then are kept and the next source or round goes on
-from there).
+from there). Each stream is dialled at the ``max_message_bytes`` in force; once a block stored
+from it raises that, the same source is asked again, dialled at the new bound (the blocks
+behind it may be larger than the stream accepts).
 
 Trust: only the local genesis block. Every block must chain onto the last one stored (number,
 previous hash), match its data hash and carry a valid signature of an orderer of the config in
@@ -92,6 +94,10 @@ class Onboarded:
 
 class BlockRefused(Exception):
     """A block a source sent failed verification (nothing stored)."""
+
+
+class _BoundRaised(Exception):
+    """A block stored from the stream raised max_message_bytes past the bound it was dialled at."""
 
 
 class _NoAnswer(Exception):
@@ -205,7 +211,17 @@ class Onboarding:
             target = todo[0]
             tried.add(target)
             try:
-                self._pull(target)
+                while True:
+                    try:
+                        self._pull(target)
+                        break
+                    except _BoundRaised:
+                        # the blocks behind it may exceed what the stream accepts: the same
+                        # source again, dialled at the bound now in force (finitely often:
+                        # each time the bound rose)
+                        _log.info("event=onboard_redial orderer=%d source=%s height=%d "
+                                  "message_bound=%d", self._id, target, self._blocks.height(),
+                                  self._message_bytes())
             except BlockRefused as exc:
                 result.failures[target] = f"BAD_BLOCK: {exc}"
             except _NoAnswer:
@@ -225,6 +241,7 @@ class Onboarding:
     def _pull(self, target: str) -> None:
         """Every block ``target`` holds past the local height, verified and stored; returns once
         it says it has sent all (raises grpc.RpcError or BlockRefused otherwise)."""
+        dialled = self._message_bytes()
         channel = self._channels(target)
         try:
             stub = services_pb2_grpc.AtomicBroadcastStub(channel)
@@ -253,6 +270,8 @@ class Onboarding:
                             raise BlockRefused(f"{target} ended with {resp.status.reason}: {resp.status.message}")
                         return
                     self._store(resp.block, target)
+                    if self._message_bytes() > dialled:
+                        raise _BoundRaised
                     due[0] = time.monotonic() + answer_s
             except grpc.RpcError:
                 if silent.is_set():
@@ -264,6 +283,10 @@ class Onboarding:
             raise BlockRefused(f"{target} ended its stream without a status")
         finally:
             channel.close()
+
+    def _message_bytes(self) -> int:
+        """``limits.max_message_bytes`` of the config in force (the channels dial with it)."""
+        return int(self._tracker.current.config.limits.max_message_bytes)
 
     def _store(self, block: block_pb2.Block, target: str) -> None:
         """Verify ``block`` as the next one (see the module docstring), then store it and adopt

@@ -31,7 +31,13 @@ from node.clock import wall_ms as system_wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
-from node.crypto.tls import NODE_SEND_BOUND, NodeChannels, channel_options, server_credentials
+from node.crypto.tls import (
+    NODE_SEND_BOUND,
+    NodeChannels,
+    channel_options,
+    server_bound_notice,
+    server_credentials,
+)
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
 from node.fsutil import make_dirs_durable
@@ -467,6 +473,8 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     follow_peers = config_follower(releases, lambda n: blocks.get(n).header.timestamp_ms)
     follow_peers(tracker.current)
     tracker.subscribe(follow_peers)
+    bound_notice = server_bound_notice(config.name, max_msg)
+    tracker.subscribe(lambda cfg: bound_notice(cfg.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES))
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
 
     def adopt_members(cfg: OrdererConfig) -> None:
@@ -504,6 +512,9 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
             tick_s=tick_s,
             election_tick=int(extra.get("election_tick", 10)),
             snapshot_interval_blocks=int(extra.get("snapshot_interval_blocks", 100)),
+            # the entries of one append, with its framing, within the others' message bound
+            # (a block is at most half of it: node.orderer.configrules)
+            max_size_per_msg=max(1, min(ChainOptions.max_size_per_msg, max_msg // 2)),
         ),
         clock_watch=clock_watch,
         releases=releases,

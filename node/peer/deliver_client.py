@@ -129,7 +129,7 @@ def _probe_result(fut: Any) -> _Probe:
 
 
 class _Redial(Exception):
-    """The message bound in force changed since the stream's channel was dialled."""
+    """The message bound in force rose since the stream's channel was dialled."""
 
     def __init__(self, was: int, now: int) -> None:
         super().__init__(f"message bound {was} -> {now}")
@@ -167,9 +167,12 @@ class DeliverClient:
         highest consortium protocol version this release implements; node.orderer.releases),
         in a statement ``sign_release`` signs (None: unsigned, which never admits a raise).
         ``message_bound``: the gRPC message bound in force, which ``channels`` dials with; once a
-        committed block changes it (a config update), the stream is dialled again at the ledger
+        committed block raises it (a config update), the stream is dialled again at the ledger
         height, from the same orderer: the blocks after a raise may be larger than the channel
-        accepts (a new peer starts with the genesis config's bound)."""
+        accepts (a new peer starts with the genesis config's bound). A lowered bound is not
+        dialled again: the stream keeps accepting the larger blocks (the orderers cut the
+        blocks behind a config block lowering it within both configs' limits, and a stream
+        dialled later takes the lowered one)."""
         if not orderers:
             raise RxError("BAD_CONFIG", "the peer has no orderers to pull blocks from")
         self._orderers = list(orderers)
@@ -303,28 +306,27 @@ class DeliverClient:
             ep = self._orderers[index % len(self._orderers)]
             self.current = ep.name
             progressed = False
-            dialled = self._bound()
             try:
-                progressed = self._pull(ep, dialled)
+                progressed = self._pull(ep)
                 reason = "STREAM_ENDED"
                 detail = "orderer ended the stream"
             except _Redial as redial:
-                _log.info("event=deliver_redial orderer=%s message_bound=%d was=%d",
-                          ep.name, redial.now, redial.was)
-                delay = 0.0
-                continue
+                with self._lock:
+                    dropped = self._stalled == ep.name
+                    if dropped:  # the watchdog dropped this stream meanwhile: its choice stands
+                        reason, self._stalled = self._stall_reason, ""
+                if not dropped:
+                    _log.info("event=deliver_redial orderer=%s message_bound=%d was=%d",
+                              ep.name, redial.now, redial.was)
+                    delay = 0.0
+                    continue
+                progressed = True
+                detail = ("no blocks while others advance" if reason == "STALLED"
+                          else "silent stream and no answer to a probe")
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 if code == grpc.StatusCode.CANCELLED and self._stop.is_set():
                     return
-                now = self._bound()
-                if code == grpc.StatusCode.RESOURCE_EXHAUSTED and now != dialled:
-                    # a block over the channel's bound arrived before the config block raising
-                    # it was committed (gRPC reads ahead): the same orderer, at the new bound
-                    _log.info("event=deliver_redial orderer=%s message_bound=%d was=%d",
-                              ep.name, now, dialled)
-                    delay = 0.0
-                    continue
                 reason, detail = "SERVICE_UNAVAILABLE", f"{code}: {exc}"
                 with self._lock:
                     if self._stalled == ep.name:
@@ -354,9 +356,10 @@ class DeliverClient:
     def _bound(self) -> int:
         return self._message_bound() if self._message_bound is not None else 0
 
-    def _pull(self, ep: Endpoint, dialled: int) -> bool:
-        """Commit the blocks of one Deliver stream from ``ep``, dialled at the message bound
-        ``dialled``; True if any was committed."""
+    def _pull(self, ep: Endpoint) -> bool:
+        """Commit the blocks of one Deliver stream from ``ep``; True if any was committed.
+        _Redial once a committed block raised the message bound the stream was dialled at."""
+        dialled = self._bound()
         stub = services_pb2_grpc.AtomicBroadcastStub(self._channels(ep.target))
         start = self._height()
         request = services_pb2.DeliverRequest(
@@ -391,7 +394,7 @@ class DeliverClient:
                 progressed = True
                 self._last_progress = self._clock()
                 now = self._bound()
-                if now != dialled:
+                if now > dialled:
                     raise _Redial(dialled, now)
         finally:
             call.cancel()

@@ -24,7 +24,13 @@ from node.clock import wall_ms
 from node.config import NodeConfig, check_can_listen
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Signer, Verifier, load_signer
-from node.crypto.tls import NODE_SEND_BOUND, NodeChannels, channel_options, server_credentials
+from node.crypto.tls import (
+    NODE_SEND_BOUND,
+    NodeChannels,
+    channel_options,
+    server_bound_notice,
+    server_credentials,
+)
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
@@ -197,10 +203,13 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         on_submit=metrics.submitted.inc,
     ), streams=streams)
 
+    bound_notice = server_bound_notice(config.name, max_msg)
+
     def commit(block: block_pb2.Block) -> CommittedBlock:
         started = time.perf_counter()
         committed = committer.commit_block(block)
         metrics.on_commit(committed, time.perf_counter() - started)
+        bound_notice(message_bound())
         codes = committed.validated.codes
         valid = sum(1 for c in codes if c == transaction_pb2.VALID)
         _log.info("event=block_committed node=%s block=%d txs=%d valid=%d state_hash=%s",

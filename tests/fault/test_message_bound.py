@@ -60,6 +60,14 @@ def test_a_new_peer_catches_up_across_a_raised_message_bound(tmp_path: Path, pro
         new.limits.max_message_bytes = 16 << 20
         new.limits.max_envelope_bytes = 6 << 20
         _broadcast_config(cons, orderer, new)
+        # every node tells its server's bound is the old one until it restarts
+        notice = "message_bound=16777216 server_bound=4194304"
+        for name in (orderer, "peer.h01"):
+            deadline = time.monotonic() + 20
+            while notice not in cons.log_path(name).read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "event=message_bound_changed" in cons.log_path(name).read_text(), name
+            assert notice in cons.log_path(name).read_text(), name
         # the orderer reads the raised bound as it starts (README: restart after changing it)
         procs.kill9(orderer)
         cons.start_and_wait(procs, [orderer])
@@ -74,5 +82,7 @@ def test_a_new_peer_catches_up_across_a_raised_message_bound(tmp_path: Path, pro
         log = cons.log_path(NEW_PEER).read_text()
         assert reached, log[-3000:]
         assert "RESOURCE_EXHAUSTED" not in log
+        # caught up, the new peer's server still has the genesis config's bound: it says so
+        assert notice in log
     finally:
         net.close()

@@ -351,6 +351,50 @@ def test_behind_a_config_block_in_flight_a_lowered_envelope_limit_applies(net, t
         lead.close()
 
 
+_LOWERED = 256 << 10
+
+
+def test_a_block_cut_behind_a_config_block_lowering_the_message_bound_fits_it(net, tmp_path: Path) -> None:
+    """The leader's cutter kept the batch limits of the config in force until a config block
+    lowering ``max_message_bytes`` (and ``batch.max_bytes``) was applied: a block cut behind it
+    held up to the old batch.max_bytes, over the bound a peer dials at once it committed the
+    config block (found by the review). Both configs' batch limits apply meanwhile."""
+    now_ms = int(time.time() * 1000)
+    lead, _ = _three_voters(net, tmp_path, now_ms, None)
+    try:
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(lead.consortium)
+        new.sequence += 1
+        new.limits.max_message_bytes = _LOWERED
+        new.batch.max_bytes = 100_000  # 2 x max(batch, envelope) fits the lowered bound
+        assert lead.consortium.limits.max_message_bytes == 4 << 20
+        assert lead.consortium.batch.max_bytes == 1 << 20
+        cfg_ticket = Ticket("cfg")
+        lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
+        lead.chain._process_ready()
+        assert lead.chain._config_inflight is not None and cfg_ticket.peek() is None  # not committed
+        client = Client(net)
+        tickets = []
+        for i in range(8):  # 8 x ~40 KB: within the old batch.max_bytes, over the lowered bound
+            t = Ticket(f"t{i}")
+            lead.chain._on_submit(client.envelope(size=40_000, timestamp_ms=now_ms)[1], t, False)
+            tickets.append(t)
+        lead.now += 1.0  # the batch timeout: cut what is pending
+        lead.chain._maybe_cut()
+        lead.chain._process_ready()
+        lead.ack(2)  # the config block and the blocks behind it commit
+        cfg_out = cfg_ticket.peek()
+        assert cfg_out is not None and cfg_out.accepted, cfg_out
+        assert lead.tracker.current.config.limits.max_message_bytes == _LOWERED
+        behind = [lead.blocks.get(n) for n in range(cfg_out.block_number + 1, lead.blocks.height())]
+        assert behind, "no block behind the config block"
+        sizes = [b.ByteSize() for b in behind]
+        # a peer dialled at the bound in force (the lowered one) must be able to receive each
+        assert max(sizes) <= _LOWERED, sizes
+    finally:
+        lead.close()
+
+
 # ---------------------------------------------------------------- three orderer processes
 
 

@@ -573,3 +573,42 @@ def test_an_orderer_down_while_every_orderer_it_knows_was_replaced_catches_up_on
         procs.close()
         for name in procs.names():
             print(f"===== {name}\n{procs.log_text(name)[-4000:]}")
+
+
+def test_a_restarting_orderer_onboards_across_a_raised_message_bound_from_one_source(tmp_path: Path) -> None:
+    """One Deliver stream carried the whole chain: the first block over the bound it was dialled
+    at, behind the config block raising it, failed that source RESOURCE_EXHAUSTED, and an
+    orderer restarting (asking each source once) started Raft on the partial chain, its server
+    bound read from it (found by the review). The same source is asked again at the new bound."""
+    net = make_network(tmp_path / "net")
+    genesis = read_genesis(net.genesis_path)
+    consortium = config_from_genesis(genesis)
+    assert consortium.limits.max_message_bytes == 4 << 20
+    raised = config_pb2.ConsortiumConfig()
+    raised.CopyFrom(consortium)
+    raised.sequence += 1
+    raised.limits.max_message_bytes = 16 << 20
+    raised.limits.max_envelope_bytes = 6 << 20
+    signer = _node_signer(net, 1)
+    b1 = _signed(signer, _block(1, block_header_hash(genesis.header), config_envelope(net, raised, ADMINS)))
+    b2 = _signed(signer, _block(2, block_header_hash(b1.header), b"x" * (5 << 20)))  # over the old bound
+    source = Source([genesis, b1, b2])
+    verifier = Verifier()
+    store = BlockStore(tmp_path / "blocks", fsync=False)
+    store.append(genesis)
+    tracker = ConfigTracker(OrdererConfig(consortium, MSP(consortium, verifier), 0), verifier)
+
+    def channel(target: str) -> grpc.Channel:  # the bound in force as it is dialled (node.orderer.server)
+        bound = tracker.current.config.limits.max_message_bytes
+        return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", bound)])
+
+    onboarding = Onboarding(3, store, tracker, _node_signer(net, 3), channel, [source.target], verifier=verifier,
+                            options=OnboardOptions(wait_s=5.0), own_targets=[],
+                            clock=time.monotonic, sleep=time.sleep)
+    try:
+        result = onboarding.run(wait=False)
+    finally:
+        source.close()
+        store.close()
+    assert tracker.current.config.limits.max_message_bytes == 16 << 20
+    assert result.height == 3, (result.height, result.failures)

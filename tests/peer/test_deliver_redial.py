@@ -86,3 +86,27 @@ def test_a_block_over_the_bound_in_force_is_still_a_failover(servers) -> None:
     assert errors[:3] == [("o0", "SERVICE_UNAVAILABLE"), ("o1", "SERVICE_UNAVAILABLE"),
                           ("o0", "SERVICE_UNAVAILABLE")]
     assert set(peer.dialled) == {SMALL}
+
+
+class _Lowering(_Peer):
+    """Dialled at LARGE; block 1 (standing for a config block) lowers the bound to SMALL."""
+
+    def __init__(self) -> None:
+        super().__init__(raise_at=0)
+        self.bound = LARGE
+
+    def commit(self, block: block_pb2.Block) -> None:
+        super().commit(block)
+        if block.header.number == 1:
+            self.bound = SMALL
+
+
+def test_a_lowered_bound_is_not_dialled_again(servers) -> None:
+    """Dialled again at a lowered bound, a stream was stranded for good on a larger block cut
+    before the lowering applied (every orderer RESOURCE_EXHAUSTED; found by the review): the
+    stream keeps the larger bound (blocks cut behind a config block are within both configs'
+    limits, tests/orderer/test_clockwatch.py)."""
+    peer = _Lowering()
+    _fakes, errors = _run(peer, servers, orderers=2)
+    assert peer.committed == [1, 2, 3], (peer.committed, errors[:4], peer.dialled[:4])
+    assert errors == [] and peer.dialled == [LARGE]
