@@ -19,10 +19,11 @@ Checks, in order, each answered with a reason code and nothing ordered:
 
 A follower forwards valid envelopes to the leader (Cluster.ForwardBatch, or Cluster.Forward);
 an envelope a former leader refused with NOT_LEADER (it was never proposed) is re-dispatched
-once a leader is known again, within the same time bound. The leader checks what it is
-forwarded again for what depends on the config in force, against its own (TOO_LARGE,
-UNKNOWN_CREATOR; see ``EnvelopeValidator.recheck``): the follower may not have applied the
-latest config block yet.
+once a leader is known again, within the same time bound. The leader parses what it is
+forwarded again (BAD_PAYLOAD, ``EnvelopeValidator.recheck``); what depends on the config in
+force (the size) is judged as its block is cut, against the config that block falls under
+(``node.orderer.chain``): the follower may not have applied the latest config block yet, nor
+a leader just elected the earlier terms' entries.
 
 BroadcastBatch carries several envelopes per stream message (an ``EnvelopeBatch``, split
 without re-serialising, see ``envelope_batch``): each envelope gets the same checks and
@@ -109,6 +110,9 @@ class EnvelopeValidator:
 
     def check(self, raw: bytes) -> Checked | tuple[str, Outcome]:
         """A Checked envelope, or (tx_id, refusal)."""
+        limit = self._max() if callable(self._max) else self._max
+        if len(raw) > limit:
+            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {limit}")
         parsed = self._parse(raw)
         if isinstance(parsed, tuple):
             return parsed
@@ -146,32 +150,27 @@ class EnvelopeValidator:
 
     def recheck(self, raw: bytes) -> Checked | tuple[str, Outcome]:
         """An envelope another orderer checked and forwarded to this one (the leader), checked
-        again for what depends on the config in force -- the forwarding orderer may not have
-        applied the latest config block yet: its size (TOO_LARGE; peers do not check it) and
-        its creator's membership (UNKNOWN_CREATOR: organisation, issuing CA, validity,
-        revocation, role), against this orderer's config in force, as :meth:`check` does.
+        again for what depends on nothing but its bytes: it parses, names a creator and this
+        consortium (BAD_PAYLOAD: an empty or mangled one in a forwarded batch was ordered as it
+        came).
 
-        Not the creator's signature: it depends on the certificate alone, not on the config,
-        and verifying it again would cost a signature verification per envelope (the
-        membership check is cached per certificate). The clock skew is checked again as
-        blocks are cut (ORDERER_CLOCK_SKEW, ``node.orderer.chain``) and a config update
-        against the config in force before it is ordered (``ConfigTracker.validate_now``)."""
+        What depends on the config in force is judged as its block is cut, against the config
+        that block falls under (``Chain._within_limits``: the size, TOO_LARGE, as peers do not
+        check it; the clock). Judged here, against this orderer's config in force, a leader just
+        elected -- which cuts nothing before it applied the earlier terms' entries, a config
+        block among them -- refused what the config it was about to apply allows, and an
+        envelope resubmitted after a config update was refused though a block holds it. The
+        creator's membership and signature are the forwarding orderer's check (peers judge
+        the creator again as they validate)."""
         parsed = self._parse(raw)
         if isinstance(parsed, tuple):
             return parsed
         header = parsed.header
-        try:  # no lock: the MSP's chain cache is thread-safe, and no signature is verified
-            self._msp().validate(header.creator, self._clock_ms())
-        except Exception as exc:  # noqa: BLE001 -- RxError, or a mangled cert as in check
-            return header.tx_id, _unknown_creator(exc)
         return Checked(raw, header.tx_id, is_config=header.type == transaction_pb2.CONFIG)
 
     def _parse(self, raw: bytes) -> _Parsed | tuple[str, Outcome]:
-        """The checks of :meth:`check` before the clock's: size (against the limit in force),
-        parsing, creator present, consortium."""
-        limit = self._max() if callable(self._max) else self._max
-        if len(raw) > limit:
-            return "", Outcome(TOO_LARGE, f"envelope of {len(raw)} bytes exceeds {limit}")
+        """The checks of :meth:`check` that depend on the bytes alone: parsing, creator
+        present, consortium."""
         try:
             env = transaction_pb2.Envelope.FromString(raw)
             tx = transaction_pb2.Transaction.FromString(env.payload)
@@ -288,18 +287,16 @@ class BroadcastHandler:
         return self._forwarder.submit(leader, checked.raw, checked.tx_id)
 
     def submit_local(self, checked: Checked) -> Ticket:
-        """Order an envelope validated by another orderer (Cluster.Forward) on this node,
-        checked again against this node's config in force (see :meth:`submit_local_many`)."""
+        """Order an envelope validated by another orderer (Cluster.Forward) on this node (see
+        :meth:`submit_local_many`)."""
         return self.submit_local_many([checked.raw])[0]
 
     def submit_local_many(self, raws: Sequence[bytes]) -> list[Ticket]:
         """Order envelopes another orderer validated and forwarded (Cluster.ForwardBatch) on
-        this node, in one hand-off to the chain. Each is first checked again for what
-        depends on the config in force (``EnvelopeValidator.recheck``): the forwarding
-        orderer may not have applied a config block this one has -- one lowering
-        ``max_envelope_bytes`` would otherwise let it get a larger envelope ordered, which
-        no peer checks. A refused one is answered with its reason and never ordered; the
-        others are not affected."""
+        this node, in one hand-off to the chain. Each must parse (``EnvelopeValidator.recheck``,
+        BAD_PAYLOAD); one already in a block is answered so; the config's checks come as its
+        block is cut (``Chain._within_limits``). A refused one is answered with its reason and
+        never ordered; the others are not affected."""
         if not self._accepting:
             return [
                 immediate(Outcome(SERVICE_UNAVAILABLE, "orderer is shutting down"))
@@ -315,7 +312,7 @@ class BroadcastHandler:
             if not isinstance(result, Checked):
                 tx_id, outcome = result
                 _log.info("event=forwarded_envelope_refused tx_id=%r reason=%s detail=%r: an envelope "
-                          "another orderer forwarded, refused by this leader's config in force",
+                          "another orderer forwarded, refused by this leader",
                           tx_id, outcome.reason, outcome.message)
                 out[i] = immediate(outcome, tx_id)
                 continue

@@ -268,6 +268,10 @@ class Chain:
         # the limits of the config the in-flight config block carries (see _within_limits)
         self._config_inflight_limits: config_pb2.Limits | None = None
         self._config_waiting: list[tuple[bytes, Ticket]] = []
+        # a config envelope held, not yet proposed (a leader cuts nothing before _lead_ready):
+        # it counts as in flight for the next one (one config block at a time)
+        self._config_held = False
+        self._release_configs = False  # a held config was dropped: let the waiting ones in
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
         # (config in force, conf state) last found to need no ConfChange (see _maybe_reconfigure).
@@ -645,7 +649,7 @@ class Chain:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return
         if is_config:
-            if self._config_inflight is not None:
+            if self._config_inflight is not None or self._config_held:
                 # One config block at a time: the next one is checked against its result.
                 self._config_waiting.append((envelope, ticket))
                 return
@@ -660,6 +664,7 @@ class Chain:
             if pending:
                 self._held.append(pending)
             self._held.append([Pending(envelope, ticket)])
+            self._config_held = True
             # the blocks cut behind it until it is applied are judged by its config and may be
             # received by nodes dialled at its max_message_bytes: cut them within both configs'
             # batch limits (restored once it is applied, or dropped: _end_config_inflight)
@@ -688,6 +693,16 @@ class Chain:
         due = self._cutter.cut_if_due()
         if due:
             self._propose_block(due)
+        if self._release_configs:
+            self._release_configs = False
+            self._resubmit_waiting_configs()
+
+    def _resubmit_waiting_configs(self) -> None:
+        """The config envelopes that waited for the one before them, submitted again (each
+        checked against the config in force now)."""
+        waiting, self._config_waiting = self._config_waiting, []
+        for envelope, ticket in waiting:
+            self._on_submit(envelope, ticket, True)
 
     def _propose_block(self, batch: list[Pending[Ticket]]) -> None:
         # the leader's clock, not below the previous block's unless that is implausibly far
@@ -696,10 +711,12 @@ class Chain:
         ahead = self._prev_ts - now_ms
         stamp = self._prev_ts if 0 < ahead <= self._opt.max_stamp_hold_ms else now_ms
         config_batch = len(batch) == 1 and tx_type(batch[0].envelope) == transaction_pb2.CONFIG
+        if config_batch:
+            self._config_held = False  # proposed now, or dropped
         batch = self._within_limits(batch, stamp)
         if not batch:
-            if config_batch and self._config_inflight is None:
-                self._end_config_inflight()  # the config block is not proposed: its limits go
+            if config_batch:
+                self._config_dropped()
             return
         envelopes = [p.envelope for p in batch]
         tickets = [p.tag for p in batch]
@@ -714,8 +731,8 @@ class Chain:
         except ProposalDropped as err:
             for t in tickets:
                 t.resolve(Outcome(SERVICE_UNAVAILABLE, f"proposal dropped: {err.detail}"))
-            if config_batch and self._config_inflight is None:
-                self._end_config_inflight()
+            if config_batch:
+                self._config_dropped()
             return
         header_hash = block_header_hash(block.header)
         self._fail_replaced([self._next_number])
@@ -732,10 +749,12 @@ class Chain:
         those whose timestamp is further than the skew bound from ``stamp``, answered
         ORDERER_CLOCK_SKEW (retryable).
 
-        Each was checked against the config in force as it was taken (broadcast), but behind a
-        config block still in flight the limits of the config it carries apply too (below):
-        one lowering ``max_envelope_bytes`` would otherwise get a larger envelope ordered
-        after it, which no peer checks.
+        The size is judged here, against the config the block falls under, for every envelope:
+        one a follower forwarded was checked against its config in force, which may lag behind
+        this leader's (and a leader just elected judges nothing before it applied the earlier
+        terms' entries); behind a config block still in flight the limits of the config it
+        carries apply too (below): one lowering ``max_envelope_bytes`` would otherwise get a
+        larger envelope ordered after it, which no peer checks.
 
         Every peer would mark them TX_TIMESTAMP_SKEW against the block's stamp. The orderer
         that took them checked them against its own clock, so one of the two orderers'
@@ -793,6 +812,8 @@ class Chain:
         self._prev_ts = 0
         self._lead_ready_index = None
         self._end_config_inflight()
+        self._config_held = False
+        self._release_configs = False
         waiting, self._config_waiting = self._config_waiting, []
         for _, ticket in waiting:
             ticket.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
@@ -1043,6 +1064,13 @@ class Chain:
                 f"block {number} fetched from another orderer differs from the committed one",
             )
 
+    def _config_dropped(self) -> None:
+        """The config envelope held was refused as its block was cut (never proposed): its
+        batch limits go, and the config envelopes waiting behind it are let in (once the
+        blocks held now are proposed)."""
+        self._end_config_inflight()
+        self._release_configs = True
+
     def _end_config_inflight(self) -> None:
         """No config block in flight any more: the batch limits of the config in force alone."""
         self._config_inflight = None
@@ -1051,9 +1079,7 @@ class Chain:
     def _resolve(self, number: int, header_hash: bytes) -> None:
         if self._config_inflight is not None and number >= self._config_inflight:
             self._end_config_inflight()
-            waiting, self._config_waiting = self._config_waiting, []
-            for envelope, ticket in waiting:
-                self._on_submit(envelope, ticket, True)
+            self._resubmit_waiting_configs()
         for n in [n for n in self._inflight if n <= number]:
             f = self._inflight.pop(n)
             if n == number and f.header_hash == header_hash:

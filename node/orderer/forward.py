@@ -20,10 +20,8 @@ unknown (a paused or partitioned old leader), instead of waiting out the commit 
 
 Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
 configuration (TLS certificate), re-checked per message; the forwarded envelopes, already
-validated by the forwarding orderer, are checked again for what depends on the config in
-force, against this orderer's (size, creator's membership: the forwarding orderer may lag
-behind a config block), and reach the chain in one hand-off per message
-(``BroadcastHandler.submit_local_many``).
+validated by the forwarding orderer, are parsed again and reach the chain in one hand-off per
+message (``BroadcastHandler.submit_local_many``); the config's checks come as the block is cut.
 """
 
 from __future__ import annotations
@@ -331,8 +329,7 @@ class ForwardBatchService:
     def forward_batch(
         self, requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
-        """Cluster.ForwardBatch: envelopes a follower validated, checked again against the config
-        in force here and ordered if we lead."""
+        """Cluster.ForwardBatch: envelopes a follower validated, ordered if we lead."""
         ident = peer_identity(context)
         rid = self._membership.raft_id_of(ident)
         if rid is None:

@@ -524,8 +524,7 @@ class ClusterService:
         rid, ident = self._caller(context, "Forward")
 
         def dispatch(raw: bytes) -> tuple[Ticket, float]:
-            # The forwarding orderer validated the envelope; we check again only what depends
-            # on the config in force (submit_local), which it may not have applied yet.
+            # The forwarding orderer validated the envelope; we parse it again (submit_local)
             if self._membership.raft_id_of(ident) != rid:
                 return _refused(), time.monotonic()
             ticket = self._broadcast.submit_local(Checked(raw, ""))

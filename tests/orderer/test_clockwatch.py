@@ -311,6 +311,27 @@ def test_behind_a_config_block_in_flight_both_skew_bounds_apply(net, tmp_path: P
         lead.close()
 
 
+def test_the_leader_refuses_at_cut_time_an_envelope_over_the_limit_in_force(net, tmp_path: Path) -> None:
+    """Forwarded envelopes are judged against the config in force as their block is cut (the
+    forwarding orderer may not have applied a config block lowering max_envelope_bytes; no
+    peer checks the size): one over the limit is answered TOO_LARGE and left out."""
+    now_ms = int(time.time() * 1000)
+    lead = Leader(net, tmp_path, wall_ms=lambda: now_ms)
+    try:
+        client = Client(net)
+        over = client.envelope(size=70_000, timestamp_ms=now_ms)
+        ok = client.envelope(timestamp_ms=now_ms)
+        assert len(over[1]) > lead.consortium.limits.max_envelope_bytes == 65_536
+        t_over, t_ok = _cut(lead, [over[1], ok[1]])
+        out = t_over.peek()
+        assert out is not None and out.reason == TOO_LARGE, out
+        out = t_ok.peek()
+        assert out is not None and out.accepted, out
+        assert list(lead.blocks.get(out.block_number).data.envelopes) == [ok[1]]
+    finally:
+        lead.close()
+
+
 def test_behind_a_config_block_in_flight_a_lowered_envelope_limit_applies(net, tmp_path: Path) -> None:
     """A config block lowering max_envelope_bytes is proposed but not yet committed; the leader
     pipelines the next block behind it. Its envelopes were checked against the config in force

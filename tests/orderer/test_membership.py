@@ -357,7 +357,7 @@ def test_the_leader_refuses_an_envelope_a_lagging_follower_forwards_over_the_low
     """The leader trusted a follower's size check: a follower that had not applied a config
     block lowering ``max_envelope_bytes`` yet (simulated: its certificate on the leader's
     Cluster.ForwardBatch) got a larger envelope ordered, and peers do not check the size. The
-    leader checks it against its own limit in force: TOO_LARGE, in no block; the envelope
+    leader judges it against the limit in force as its block is cut: TOO_LARGE, in no block; the envelope
     forwarded with it is ordered."""
     with _three_serving(tmp_path) as (net, procs, client, names):
         update = config_envelope(net, _with_limits(net.config, max_envelope_bytes=32768), ["ins01", "ins02", "ins03"])
