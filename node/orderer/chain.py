@@ -63,6 +63,7 @@ from node.orderer.configtx import (
     tx_timestamp_ms,
     tx_type,
 )
+from node.orderer.heard import HeardRecord
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.releases import ReleaseWatch, describe_lacking_peers, lacking, lacking_peers
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, TOO_LARGE, Outcome, Ticket
@@ -193,14 +194,17 @@ class Chain:
         clock_watch: ClockWatch | None = None,
         releases: ReleaseWatch | None = None,
         state_unconfirmed: bool = False,
+        heard: HeardRecord | None = None,
     ) -> None:
         """``clock_watch``: the other orderers' clocks as their messages tell them (None: not
         compared); ``releases``: the protocol versions the other orderers' and the peers'
         releases implement (None: a config update raising the version is admitted without
         asking); ``state_unconfirmed``: the Raft storage is blank and the other orderers have
         not yet said this orderer is new (node.orderer.statecheck): it neither votes nor
-        campaigns until :meth:`confirm_state`."""
+        campaigns until :meth:`confirm_state`; ``heard``: where the raft id of every message's
+        sender is recorded before the message is stepped (node.orderer.heard)."""
         self._id = raft_id
+        self._heard = heard
         self._storage = storage
         self._blocks = blocks
         self._signer = signer
@@ -481,6 +485,8 @@ class Chain:
     def _handle(self, kind: str, payload: object) -> None:
         if kind == "step":
             assert isinstance(payload, Message)
+            if self._heard is not None:
+                self._heard.note(payload.frm)  # durably, before it is acted on
             if payload.entries and payload.type == MessageType.APP:
                 self._stepped_entries = True
             try:
@@ -1376,9 +1382,13 @@ def heartbeat_ticks(options: ChainOptions) -> int:
     return max(1, min(options.heartbeat_tick, options.election_tick // 4))
 
 
-def state_lost_error(raft_id: int, detail: str) -> RxError:
+def state_lost_error(raft_id: int, detail: str, *, first_start_hint: bool = False) -> RxError:
     """RAFT_STATE_LOST for orderer ``raft_id``: ``detail`` says what shows it, the rest how to
-    recover (README: Recovery)."""
+    recover (README: Recovery); ``first_start_hint``: the others' answers alone decided it (an
+    orderer that never ran looks the same)."""
+    hint = (" (A founding orderer that never ran, first started after the others ordered "
+            "blocks, is refused the same way: its operator starts it with --first-start.)"
+            if first_start_hint else "")
     return RxError(
         RAFT_STATE_LOST,
         f"orderer raft id {raft_id}: {detail}. For an orderer: remove it from the "
@@ -1386,9 +1396,7 @@ def state_lost_error(raft_id: int, detail: str) -> RxError:
         "(blocks/ and raft/), add it back with another config update (its old entry: the "
         "same raft id, certificate and address) and start it; it rejoins as a learner, "
         "catches up from the others and votes once caught up (README: Recovery). Never "
-        "start it with an emptied data directory while it is still in the orderer set. (A "
-        "founding orderer that never ran, first started after the others ordered blocks, "
-        "is refused the same way: start it once with --first-start)",
+        "start it with an emptied data directory while it is still in the orderer set." + hint,
     )
 
 

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from node.orderer.clockwatch import ClockWatch
 from node.orderer.configtx import ConfigTracker, OrdererConfig, config_of_block
 from node.orderer.deliver import DeliverFetcher, DeliverService
 from node.orderer.forward import ForwardBatchService, LeaderForwarder
+from node.orderer.heard import HeardRecord
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.onboard import Onboarding, OnboardOptions
 from node.orderer.recent import RecentTxIndex
@@ -124,6 +126,7 @@ class OrdererServer:
 def _admin_handler(
     config: NodeConfig, chain: Chain, check_caller: Callable[[grpc.ServicerContext], object],
     in_force: Callable[[], OrdererConfig], releases: ReleaseWatch | None = None,
+    heard: HeardRecord | None = None,
 ) -> grpc.GenericRpcHandler[object, object]:
     """Health (open to any caller the mTLS layer admits, e.g. probes) and Status (chain
     height, hashes, Raft state, protocol versions, and what each peer of the config in force
@@ -155,6 +158,8 @@ def _admin_handler(
             raft_voters=st.conf_state.voters, raft_learners=st.conf_state.learners,
             raft_applied=st.applied, raft_state_unconfirmed=st.state_unconfirmed, raft_id=config.raft_id,
             raft_commit_term=st.commit_term,
+            raft_heard_from=sorted(heard.ids()) if heard is not None else [],
+            raft_heard_tracked=heard is not None and heard.tracked,
             protocol_versions=sorted(SUPPORTED_VERSIONS),
             protocol_version=protocol_version(consortium),
             peer_releases=[peer_release(p.name, told.get(p.name)) for p in consortium.peers],
@@ -306,25 +311,31 @@ def open_raft_storage(
         raise state_lost_error(raft_id, err.detail) from err
 
 
-def check_blank_state(check: StateCheck, storage: Storage, *, first_start: bool = False) -> bool:
+def check_blank_state(
+    check: StateCheck, storage: Storage, *, first_start: bool = False, first_start_wait_s: float = 60.0,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
     the other orderers once (node.orderer.statecheck). RxError RAFT_STATE_LOST when they say
     this orderer is a voter that lost its state; True when nobody could tell (Raft then starts
     unconfirmed and ``check`` keeps asking), False when the start is confirmed or not blank.
 
     ``first_start`` (``--first-start``): the operator's word that this orderer never ran -- a
-    founding orderer first started after the others ordered blocks without it, which nothing
-    tells from a voter that lost its state. The start is confirmed whatever the others answer
-    (their verdict is logged). Refused (BAD_CONFIG) once the storage holds a confirmed state,
-    so the flag left on a command line never covers a later loss of the data directory."""
+    founding orderer first started after the others ordered blocks without it, which its own
+    storage cannot tell from a voter that lost its state. Its Raft storage must be blank
+    (BAD_CONFIG otherwise: the flag left on a command line does nothing once it ran); it asks,
+    before its Raft starts (so it sends nothing meanwhile), until every other voter has told
+    the raft ids it ever received a Raft message from (``statecheck.judge_first_start``):
+    RAFT_STATE_LOST if one heard from it, confirmed if none did; FIRST_START_UNANSWERED after
+    ``first_start_wait_s`` without every voter's answer."""
     if first_start:
-        return _attested_first_start(check, storage)
+        return _attested_first_start(check, storage, first_start_wait_s, clock, sleep)
     if not check.needed(storage):
         return False
     verdict, why = check.round(storage.initial_state()[0].commit)
     if verdict == Verdict.LOST:
         _log.critical("event=raft_state_lost orderer=%d detail=%r", check.raft_id, why)
-        raise state_lost_error(check.raft_id, why)
+        raise state_lost_error(check.raft_id, why, first_start_hint=True)
     if verdict == Verdict.NEW:
         check.confirmed()
         _log.info("event=raft_state_confirmed orderer=%d detail=%r", check.raft_id, why)
@@ -335,17 +346,29 @@ def check_blank_state(check: StateCheck, storage: Storage, *, first_start: bool 
     return True
 
 
-def _attested_first_start(check: StateCheck, storage: Storage) -> bool:
-    if not check.needed(storage):
+def _attested_first_start(check: StateCheck, storage: Storage, wait_s: float,
+                          clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+    if not is_blank(storage):
         raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
-                      "orderer that never ran, and this one's Raft storage holds a confirmed "
-                      "state: start it without the flag")
-    verdict, why = check.round(storage.initial_state()[0].commit)
-    check.confirmed()
-    _log.warning("event=raft_first_start_attested orderer=%d verdict=%s detail=%r: blank Raft "
-                 "storage taken for a first start on the operator's word (--first-start); it "
-                 "votes and campaigns at once", check.raft_id, verdict.value, why)
-    return False
+                      "orderer that never ran, and this one's Raft storage holds state: start it "
+                      "without the flag")
+    deadline = clock() + wait_s
+    while True:
+        verdict, why = check.round(0, first_start=True)
+        if verdict == Verdict.NEW:
+            check.confirmed()
+            _log.warning("event=raft_first_start_attested orderer=%d detail=%r: started with "
+                         "--first-start; it votes and campaigns", check.raft_id, why)
+            return False
+        if verdict == Verdict.LOST:
+            _log.critical("event=raft_state_lost orderer=%d detail=%r", check.raft_id, why)
+            raise state_lost_error(check.raft_id, why)
+        if clock() >= deadline:
+            raise RxError(FIRST_START_UNANSWERED, f"orderer raft id {check.raft_id}: {why}, for "
+                          f"{wait_s:.0f} s; --first-start needs the answer of every other voter: "
+                          "start it again once they all run")
+        _log.info("event=raft_first_start_waiting orderer=%d detail=%r", check.raft_id, why)
+        sleep(FIRST_START_RETRY_S)
 
 
 def _onboard(
@@ -385,6 +408,10 @@ def _node_clock(offset_ms: int) -> Callable[[], int]:
     return lambda: system_wall_ms() + offset_ms
 
 
+FIRST_START_UNANSWERED = "FIRST_START_UNANSWERED"
+FIRST_START_RETRY_S = 0.5  # between the rounds of a --first-start check
+
+
 def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     """Start an orderer for ``config`` and return it running; ``first_start``: see
     :func:`check_blank_state`."""
@@ -420,6 +447,12 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
             fsync=config.fsync, fsync_observer=metrics.fsync_seconds.observe,
         )
     except BaseException:
+        blocks.close()
+        raise
+    try:  # tracked when started with the storage: it then covers everything ever received
+        heard = HeardRecord.open(data / "raft", blank=is_blank(storage), fsync=config.fsync)
+    except BaseException:
+        storage.close()
         blocks.close()
         raise
     # the orderers earlier configs named, as the last one named each (dialled while in Raft);
@@ -497,7 +530,9 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         channel, fsync=config.fsync,
     )
     try:
-        unconfirmed = check_blank_state(state_check, storage, first_start=first_start)
+        unconfirmed = check_blank_state(
+            state_check, storage, first_start=first_start,
+            first_start_wait_s=int(extra.get("first_start_wait_ms", 60_000)) / 1000.0)
     except BaseException:
         for close in (transport.close, storage.close, blocks.close):
             close()
@@ -519,6 +554,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         clock_watch=clock_watch,
         releases=releases,
         state_unconfirmed=unconfirmed,
+        heard=heard,
     )
     transport.bind(chain)
 
@@ -584,7 +620,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
             _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
             _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current,
-                           releases),
+                           releases, heard),
         ]
     )
     server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)

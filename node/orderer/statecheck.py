@@ -41,9 +41,13 @@ without it holds every committed entry, and its commit index covers them once it
 its term; lagging orderers answering alone may not), and it follows that leader's term -- and
 refusing would stop a network's first start whenever an orderer started a second late.
 
-Known limit: a founding orderer first started only after the others ordered blocks without it
-is refused (nothing tells it from one that lost its state); its operator, who knows it never
-ran, starts it once with ``--first-start`` (``node.orderer.server.check_blank_state``).
+A founding orderer first started only after the others ordered blocks without it is refused
+the same way: its own storage cannot tell it from one that lost its state. Its operator, who
+knows it never ran, starts it with ``--first-start`` (``node.orderer.server.check_blank_state``):
+before its Raft starts it asks until every other voter has answered with the raft ids it ever
+received a Raft message from (node.orderer.heard, kept since that voter's own blank start) --
+NEW if none heard from it, LOST if any did (:func:`judge_first_start`), so the flag left on a
+command line never covers a later loss of its data directory.
 """
 
 from __future__ import annotations
@@ -97,6 +101,8 @@ class Answer:
     term: int = 0  # its current term
     commit_term: int = 0  # the term of the entry at its commit index (0: unknown, or a release
     # before the field)
+    heard: frozenset[int] | None = None  # the raft ids it heard from since its Raft storage was
+    # blank (node.orderer.heard); None: not kept that long (a release before, or an upgrade)
 
     @property
     def from_leader(self) -> bool:
@@ -111,13 +117,17 @@ def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
         return None
     return Answer(target, resp.node, resp.height, resp.raft_applied, resp.raft_commit,
                   frozenset(resp.raft_voters), frozenset(resp.raft_learners),
-                  resp.raft_id, resp.raft_leader, resp.raft_term, resp.raft_commit_term)
+                  resp.raft_id, resp.raft_leader, resp.raft_term, resp.raft_commit_term,
+                  frozenset(resp.raft_heard_from) if resp.raft_heard_tracked else None)
 
 
-def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple[Verdict, str]:
+def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
+          first_start: bool = False) -> tuple[Verdict, str]:
     """The verdict on blank orderer ``raft_id`` from the others' ``answers``, and why (see the
     module docstring); ``own_commit`` is the commit index this orderer reached since its blank
-    start (0 before its Raft runs). Pure: the same arguments give the same verdict."""
+    start (0 before its Raft runs); ``first_start``: its operator's word that it never ran
+    (:func:`judge_first_start` decides where the answers alone say LOST). Pure: the same
+    arguments give the same verdict."""
     if not answers:
         return Verdict.UNKNOWN, "no orderer answered with its Raft membership"
     # the membership applied at the highest index is the newest; on a tie, the answer that
@@ -131,6 +141,8 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
     if latest.height <= 1:
         return Verdict.NEW, f"{where}: a new network (no block past the genesis block)"
     if own_commit == 0:
+        if first_start:
+            return judge_first_start(raft_id, answers, latest)
         return Verdict.LOST, (f"{where} has raft id {raft_id} as a voter of a network that "
                               "ordered blocks, but this orderer's Raft storage and block store "
                               "are empty: it lost what it acknowledged")
@@ -165,6 +177,36 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0) -> tuple
                              f"{own_commit} >= {top.commit}, orderer {top.node or top.target})")
     return Verdict.UNKNOWN, (f"catching up: commit {own_commit} of orderer "
                              f"{top.node or top.target}'s {top.commit} ({where})")
+
+
+def judge_first_start(raft_id: int, answers: Sequence[Answer], latest: Answer) -> tuple[Verdict, str]:
+    """Blank orderer ``raft_id``, a voter of a network with blocks (``latest``: the most
+    advanced answer), whose operator says it never ran (``--first-start``: a founding orderer
+    first started after the others ordered blocks). Every Raft message it would have sent --
+    an acknowledgement, a vote, a leader's append -- went to another orderer, which recorded
+    it before acting on it (node.orderer.heard): LOST if any answer heard from it (it ran, and
+    its data directory was lost: the flag left on its command line must not cover that); NEW
+    once every other voter of ``latest`` answered, each with the ids it heard from since its
+    own blank start, none with this one; UNKNOWN until then."""
+    heard_by = sorted(a.node or a.target for a in answers if a.heard is not None and raft_id in a.heard)
+    if heard_by:
+        return Verdict.LOST, (f"orderer(s) {', '.join(heard_by)} received Raft messages from raft id "
+                              f"{raft_id}: it ran before and lost its state; --first-start is only "
+                              "for an orderer that never ran")
+    by_id = {a.raft_id: a for a in answers if a.raft_id}
+    others = sorted(latest.voters - {raft_id})
+    unanswered = [r for r in others if r not in by_id]
+    untracked = [r for r in others if r in by_id and by_id[r].heard is None]
+    if unanswered or untracked:
+        why = []
+        if unanswered:
+            why.append(f"voter(s) {unanswered} did not answer")
+        if untracked:
+            why.append(f"voter(s) {untracked} keep no record of whom they heard from since their "
+                       "Raft storage was blank (a release before, or upgraded since)")
+        return Verdict.UNKNOWN, f"--first-start: {'; '.join(why)}"
+    return Verdict.NEW, (f"no voter ({others}) ever received a Raft message from raft id {raft_id}: "
+                         "a first start, on its operator's word (--first-start)")
 
 
 def is_blank(storage: Storage) -> bool:
@@ -237,7 +279,7 @@ class StateCheck:
         """Blank storage, or a start not yet confirmed new (the marker is there)."""
         return self._marker.exists() or is_blank(storage)
 
-    def round(self, own_commit: int | Callable[[], int] = 0) -> tuple[Verdict, str]:
+    def round(self, own_commit: int | Callable[[], int] = 0, *, first_start: bool = False) -> tuple[Verdict, str]:
         """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
         ``own_commit`` is read once the answers are in: under load the others' commit index
         moves on while the question is out, and the one this orderer had before asking is a
@@ -246,7 +288,7 @@ class StateCheck:
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
         answers = ask(targets, self._channels, self._timeout_s)
-        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit)
+        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit, first_start)
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""

@@ -156,3 +156,60 @@ def test_a_founding_orderer_first_started_after_the_others_ordered_blocks_joins_
     procs.start(late)  # without the flag it runs on with its state
     all_serving(procs, client, [late])
     assert not client.status(procs.target(late)).raft_state_unconfirmed
+
+
+def _set_first_start_wait(procs: OrdererProcs, name: str, ms: int) -> None:
+    path = procs.net.node_config_path(name)
+    doc = yaml.safe_load(path.read_text())
+    doc["extra"] = {**doc.get("extra", {}), "first_start_wait_ms": ms}
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_first_start_left_on_the_command_line_never_covers_a_later_loss_of_the_data_directory(cluster):
+    """The late founding orderer joined with --first-start and acknowledged blocks; its data
+    directory is then lost and it is started again with the flag (left in its unit file). Blank
+    storage looked like a first start and the flag confirmed it: its vote elected a leader
+    missing blocks it had acknowledged (found by a review). The others recorded the messages
+    it sent (node.orderer.heard): with every voter up it is refused RAFT_STATE_LOST at once;
+    with a voter down it waits for its answer before its Raft starts, then gives up
+    (FIRST_START_UNANSWERED); no leader missing the blocks is ever elected with its vote."""
+    procs, client = cluster
+    names = procs.names()
+    early, late = names[:2], names[2]
+    for name in early:
+        procs.start(name)
+    all_serving(procs, client, early)
+    leader = wait_until(lambda: leader_of(procs, client, early), 20, what="a leader of the two")
+    _order(procs, client, leader, 2)
+    procs.start(late, "--first-start")
+    all_serving(procs, client, names)
+    wait_until(lambda: len({client.status(procs.target(n)).height for n in names}) == 1, 30,
+               what="the three at one height")
+    rid = procs.net.orderers()[names.index(late)].raft_id
+    wait_until(lambda: any(rid in client.status(procs.target(n)).raft_heard_from for n in early), 20,
+               what="an early orderer recording the late one's messages")
+
+    # its data directory lost, restarted with the flag while every other voter runs: refused
+    assert procs.terminate(late) == 0
+    shutil.rmtree(_data_dir(procs, late))
+    before = len(procs.log_text(late))
+    procs.start(late, "--first-start")
+    assert _exit_code(procs, late, 30) == 2
+    log = procs.log_text(late)[before:]
+    assert "RAFT_STATE_LOST" in log and f"from raft id {rid}" in log and "raft_first_start_attested" not in log
+
+    # with an early orderer down, the flag waits for its answer before the late one's Raft
+    # starts (it sends nothing meanwhile), then stops: never a vote before every voter answered
+    _set_first_start_wait(procs, late, 3000)
+    down = next(n for n in early if n != leader_of(procs, client, early))
+    up = next(n for n in early if n != down)
+    assert procs.terminate(down) == 0
+    shutil.rmtree(_data_dir(procs, late))
+    before = len(procs.log_text(late))
+    procs.start(late, "--first-start")
+    assert _exit_code(procs, late, 30) == 2
+    log = procs.log_text(late)[before:]
+    assert "event=raft_first_start_waiting" in log or "RAFT_STATE_LOST" in log, log[-2000:]
+    assert "FIRST_START_UNANSWERED" in log or "RAFT_STATE_LOST" in log, log[-2000:]
+    assert "event=raft_first_start_attested" not in log
+    assert client.status(procs.target(up)).raft_voters == [1, 2, 3]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -224,32 +225,79 @@ def test_start_up_confirms_a_new_orderer_and_a_lone_one(tmp_path: Path, monkeypa
     assert check_blank_state(_check(tmp_path, []), MemoryStorage()) is False
 
 
-def test_a_first_start_on_the_operators_word_is_confirmed_whatever_the_others_answer(
+def _heard(a: Answer, *ids: int) -> Answer:
+    """``a`` telling the raft ids it heard from since its Raft storage was blank."""
+    return replace(a, heard=frozenset(ids))
+
+
+def test_judge_first_start_needs_every_other_voter_and_refuses_one_heard_from() -> None:
+    """--first-start: the operator's word that a blank voter of a network with blocks never ran.
+    Every Raft message it would have sent reached another orderer, which recorded it before
+    acting on it (node.orderer.heard): any answer that heard from it says it ran (LOST); NEW
+    only once every other voter answered with its record, none naming it."""
+    a, c = ans("a", height=5, applied=9, leader=True), ans("c", height=5, applied=9)
+    assert judge(ME, [a, c])[0] == Verdict.LOST  # without the flag, as before
+    assert judge(ME, [_heard(a, 3), _heard(c, 1)], first_start=True)[0] == Verdict.NEW
+    verdict, why = judge(ME, [_heard(a, 3, ME), _heard(c, 1)], first_start=True)
+    assert verdict == Verdict.LOST and "o-a" in why and "never ran" in why
+    verdict, why = judge(ME, [_heard(a, 3)], first_start=True)  # voter 3 silent
+    assert verdict == Verdict.UNKNOWN and "[3] did not answer" in why
+    verdict, why = judge(ME, [_heard(a, 3), c], first_start=True)  # 3 keeps no record
+    assert verdict == Verdict.UNKNOWN and "[3] keep no record" in why
+    # one that heard from it is believed even when the others have no record
+    assert judge(ME, [_heard(a, ME), c], first_start=True)[0] == Verdict.LOST
+    # the flag does not touch the other verdicts: a learner, a new network, catching up
+    assert judge(ME, [ans("a", height=5, applied=9, voters=(1, 3), learners=(2,))], first_start=True)[0] \
+        == Verdict.NEW
+    assert judge(ME, [ans("a", height=1, applied=2)], first_start=True)[0] == Verdict.NEW
+    assert judge(ME, [_heard(a, 3), _heard(c, 1)], own_commit=3, first_start=True)[0] == Verdict.UNKNOWN
+
+
+def test_a_first_start_asks_before_raft_until_every_voter_answered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """--first-start: a founding orderer first started after the others ordered blocks, which
-    the others' answers cannot tell from a voter that lost its state (RAFT_STATE_LOST without
-    the flag). Taken as new on the operator's word -- but only while its storage is blank or
-    unconfirmed: the flag left on a command line never covers a later loss."""
-    lost = [[ans("c", height=5, applied=9)]]
-    _answering(monkeypatch, lost)
-    with pytest.raises(RxError):
-        check_blank_state(_check(tmp_path, ["c:1"]), MemoryStorage(ConfState((1, 2, 3), ())))
-    _answering(monkeypatch, lost)
-    with caplog.at_level("WARNING"):
-        assert check_blank_state(_check(tmp_path, ["c:1"]), MemoryStorage(ConfState((1, 2, 3), ())),
-                                 first_start=True) is False
-    assert "event=raft_first_start_attested" in caplog.text and "verdict=lost" in caplog.text
-    # a start left unconfirmed (nobody answered, then RAFT_STATE_LOST) may still be attested
-    (tmp_path / MARKER).write_bytes(b"")
-    _answering(monkeypatch, lost)
-    assert check_blank_state(_check(tmp_path, ["c:1"]), _non_blank(), first_start=True) is False
+    """With --first-start the check runs before Raft starts (the orderer sends nothing
+    meanwhile): it asks again until every other voter has answered, then starts confirmed
+    (NEW), or refuses RAFT_STATE_LOST (one heard from it); FIRST_START_UNANSWERED once the
+    wait is over. Its Raft storage must be blank: a marker left by an unconfirmed start or a
+    leader's STATE_LOST is not (the flag left on a command line does nothing once it ran)."""
+    blank = MemoryStorage(ConfState((1, 2, 3), ()))
+    a, c = ans("a", height=5, applied=9, leader=True), ans("c", height=5, applied=9)
+    calls = _answering(monkeypatch, [[_heard(a, 3)], [_heard(a, 3), c], [_heard(a, 3), _heard(c, 1)]])
+    slept: list[float] = []
+    with caplog.at_level("INFO"):
+        assert check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True,
+                                 sleep=slept.append) is False
+    assert calls[0] == 3 and len(slept) == 2
+    assert "event=raft_first_start_waiting" in caplog.text and "event=raft_first_start_attested" in caplog.text
     assert not (tmp_path / MARKER).exists()
-    # once it ran confirmed, the flag is refused
-    calls = _answering(monkeypatch, lost)
+
+    _answering(monkeypatch, [[_heard(a, 3, ME), _heard(c, 1)]])
     with pytest.raises(RxError) as err:
-        check_blank_state(_check(tmp_path, ["c:1"]), _non_blank(), first_start=True)
-    assert err.value.reason == "BAD_CONFIG" and "--first-start" in err.value.message
-    assert calls[0] == 0
+        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, sleep=slept.append)
+    assert err.value.reason == "RAFT_STATE_LOST" and "received Raft messages from raft id 2" in err.value.message
+
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    _answering(monkeypatch, [[_heard(a, 3)]])
+    with pytest.raises(RxError) as err:
+        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, first_start_wait_s=5.0,
+                          clock=lambda: now[0], sleep=sleep)
+    assert err.value.reason == "FIRST_START_UNANSWERED" and "[3] did not answer" in err.value.message
+    assert 5.0 <= now[0] <= 5.5
+
+    # storage holding state: with or without the marker an unconfirmed start or a leader's
+    # STATE_LOST leaves, the flag is refused and nobody is asked
+    for marker in (False, True):
+        if marker:
+            (tmp_path / MARKER).write_bytes(b"")
+        calls = _answering(monkeypatch, [[_heard(a, 3), _heard(c, 1)]])
+        with pytest.raises(RxError) as err:
+            check_blank_state(_check(tmp_path, ["a:1", "c:1"]), _non_blank(), first_start=True)
+        assert err.value.reason == "BAD_CONFIG" and "--first-start" in err.value.message
+        assert calls[0] == 0
 
 
 def test_nobody_answering_starts_unconfirmed_and_asks_until_a_verdict(tmp_path: Path,
