@@ -93,6 +93,25 @@ def _seconds(text: str) -> float:
 _seconds.__name__ = "seconds"
 
 
+def _idle_seconds(text: str) -> float:
+    """An argparse type: how long a peer may send no block while a bounded read awaits one
+    (``client.gateway.Gateway.events_idle_s``): seconds as :func:`_seconds`, above 0 (a bound
+    of 0 would fail every read at once)."""
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0 seconds")
+    return value
+
+
+_idle_seconds.__name__ = "seconds"
+
+
+def _session_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The Session options a command's arguments set (``--idle-timeout``)."""
+    idle = getattr(a, "idle_timeout", None)
+    return {} if idle is None else {"events_idle_s": idle}
+
+
 def _rx_id_arg(text: str) -> str:
     """An argparse type: an rx id the prescription contract accepts (client.rxid)."""
     from client.rxid import check_rx_id
@@ -213,7 +232,7 @@ def _ops(a: argparse.Namespace) -> Any:
     from client.rxops import RxOperations
     from client.session import Session
 
-    session = Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None))
+    session = Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None), **_session_options(a))
     return RxOperations(session)
 
 
@@ -353,6 +372,12 @@ def _range_args(p: argparse.ArgumentParser, what: str) -> None:
                        help=f"file remembering the next block: each {what} goes on where the last ended "
                             f"(saved only once the {what} is complete)")
     p.add_argument("--limit", type=_int_in(1, 100_000), default=10_000, help="blocks read at most")
+    _idle_arg(p)
+
+
+def _idle_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--idle-timeout", type=_idle_seconds, metavar="SECONDS",
+                   help="fail TIMEOUT when the peer sends no block for this long (default 5; it stalls)")
 
 
 def _claim_report(ops: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -618,7 +643,7 @@ def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
     from client.session import Session
 
     cp: Any = FileCheckpoint(a.checkpoint) if a.checkpoint else MemoryCheckpoint(a.start)
-    with Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None)) as s:
+    with Session(_home(a), _require_as(a), peer_org=getattr(a, "peer", None), **_session_options(a)) as s:
         listener = EventListener(s.gateway.events, cp, contract=a.contract or "")
         blocks = []
         for b in listener.blocks(follow=False):
@@ -821,6 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--checkpoint", type=Path, help="file remembering the next block")
     ev.add_argument("--contract", help="only this contract's events")
     ev.add_argument("--limit", type=_int_in(1, 100_000), default=1000)
+    _idle_arg(ev)
 
     fh = groups.add_parser("fhir", help="FHIR gateway").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -135,9 +135,22 @@ class MemoryCheckpoint:
         self.next_block = next_block
 
 
+def validation_code_name(code: int) -> str:
+    """The name of a transaction validation code; ``UNKNOWN_<code>`` for one this release does
+    not know (a peer of a later release, with a code added since) -- never VALID, the one code
+    of an applied transaction, which every release knows: a reader takes such a transaction as
+    not applied, as it takes every code but VALID, and reads on (it raised ValueError, failing
+    the whole read, an inbox or claim report, until the client was upgraded)."""
+    try:
+        return transaction_pb2.TxValidationCode.Name(code)  # type: ignore[arg-type]  # any int
+    except ValueError:
+        return f"UNKNOWN_{code}"
+
+
 def to_block_events(msg: services_pb2.EventsResponse) -> BlockEvents:
-    """Decode one EventsResponse."""
-    txs = [(t.tx_id, transaction_pb2.TxValidationCode.Name(t.code)) for t in msg.txs]
+    """Decode one EventsResponse (a validation code this release does not know:
+    :func:`validation_code_name`)."""
+    txs = [(t.tx_id, validation_code_name(t.code)) for t in msg.txs]
     events = []
     for e in msg.events:
         try:
@@ -215,7 +228,11 @@ class BlockRange:
     failure reading that one block does not fail a read that had finished -- the blocks of the
     range are what it read, and :attr:`more` is True (whether a block follows is unknown, and
     going on from the block after the range is always safe: the next read finds it or nothing);
-    it is logged. A failure reading a block within the limit is raised as ever."""
+    it is logged. A failure reading a block within the limit is raised as ever. A peer that
+    stalls is such a failure, TIMEOUT, once it sent no block for the gateway's idle bound
+    (:attr:`client.gateway.Gateway.events_idle_s`, on streams that do not follow only); a
+    block with a validation code this release does not know is no failure
+    (:func:`validation_code_name`)."""
 
     def __init__(self, source: EventSource, contract: str, start: int, max_blocks: int) -> None:
         self._source = source

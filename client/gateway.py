@@ -11,6 +11,8 @@ number of times (Submit is safe to retry: the tx id is fixed and duplicates are 
 from __future__ import annotations
 
 import json
+import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
+from client.events import validation_code_name
 from client.tx import BuiltProposal, Clock, NonceSource, TxBuilder, wall_clock_ms
 from client.wallet import WalletIdentity
 from node.crypto.tls import TLS_SERVER_NAME, secure_channel
@@ -36,6 +39,58 @@ OUTCOME_UNKNOWN_REASONS = frozenset({"SERVICE_UNAVAILABLE", "TIMEOUT", "RPC_FAIL
 # ordering service was refused the same way, so they stay definite after a lost attempt (the
 # orderers' set, plus a request the gateway could not parse).
 DETERMINISTIC_REFUSALS = ENVELOPE_REFUSALS | {"BAD_REQUEST"}
+# A block events stream that does not follow (it ends at the peer's height, which sends the
+# blocks as fast as it reads them) fails TIMEOUT when the peer sends no block for this long
+# while one is awaited (Gateway.events_idle_s).
+EVENTS_IDLE_S = 5.0
+
+
+class _IdleWatch:
+    """Cancels a call (``cancel``) once a message awaited (:meth:`arm` .. :meth:`disarm`) has
+    not come for ``idle_s``; :attr:`fired` tells it did. Only the time spent waiting for the
+    peer counts: a consumer that takes long over a message does not."""
+
+    def __init__(self, idle_s: float, cancel: Callable[[], object]) -> None:
+        self._idle_s = idle_s
+        self._cancel = cancel
+        self._cond = threading.Condition()
+        self._deadline: float | None = None  # armed: a message is awaited until then
+        self._stopped = False
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="events-idle", daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        """A message is awaited from now on."""
+        with self._cond:
+            self._deadline = time.monotonic() + self._idle_s
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        """The message came (or the wait ended otherwise)."""
+        with self._cond:
+            self._deadline = None
+
+    def stop(self) -> None:
+        """End the watch (the call ended)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.fired = self._stopped = True
+        if self.fired:
+            self._cancel()
 
 
 @dataclass(frozen=True)
@@ -110,7 +165,8 @@ class Gateway:
                  min_block: Callable[[], int] | None = None,
                  on_commit: Callable[[int], None] | None = None,
                  catch_up_timeout_s: float = 15.0,
-                 server_name: str = TLS_SERVER_NAME, server_ca_pem: bytes | None = None):
+                 server_name: str = TLS_SERVER_NAME, server_ca_pem: bytes | None = None,
+                 events_idle_s: float | None = EVENTS_IDLE_S):
         self.identity = identity
         self.target = target
         # server_name / server_ca_pem pin the peer (node name, its organisation's CA): see
@@ -136,10 +192,24 @@ class Gateway:
         self._peer_height = 0
         self._on_commit = on_commit
         self._catch_up_timeout_s = catch_up_timeout_s
+        self.events_idle_s = events_idle_s
         # Transient inputs added to every proposal (e.g. a patient's certificate binding).
         self.default_transient: dict[str, Any] = {}
 
     # ------------------------------------------------------------ plumbing
+    @property
+    def events_idle_s(self) -> float | None:
+        """How long a block events stream that does not follow may send nothing while a block
+        is awaited (:meth:`events`); None: no bound. BAD_ARGUMENTS unless None or a finite
+        number of seconds above 0 (0 failed every read at once, NaN none ever)."""
+        return self._events_idle_s
+
+    @events_idle_s.setter
+    def events_idle_s(self, value: float | None) -> None:
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise RxClientError("BAD_ARGUMENTS", f"events_idle_s {value!r} is not a number of seconds above 0")
+        self._events_idle_s = value
+
     @property
     def stub(self) -> services_pb2_grpc.GatewayStub:
         """The raw Gateway stub (used by client.pipeline), after the read-your-writes wait;
@@ -299,7 +369,7 @@ class Gateway:
         except RxClientError as exc:
             raise CommitUnknown(tx_id, f"transaction {tx_id} was submitted; its commit status "
                                 f"is unknown ({exc.reason}: {exc.message})") from exc
-        name = transaction_pb2.TxValidationCode.Name(status.code)
+        name = validation_code_name(status.code)  # UNKNOWN_<n>: a later release's, never VALID
         self.note_commit(int(status.block_number))
         if status.code != transaction_pb2.VALID:
             raise CommitError(name, f"transaction {tx_id} committed as invalid",
@@ -405,12 +475,48 @@ class Gateway:
     def events(self, start_block: int = 0, contract: str = "",
                follow: bool = True, timeout: float | None = None
                ) -> Iterator[services_pb2.EventsResponse]:
-        """Block events from ``start_block`` on (a raw stream; see client.events for resuming)."""
+        """Block events from ``start_block`` on (a raw stream; see client.events for resuming).
+
+        A stream that does not follow ends at the peer's height, and the peer sends its blocks
+        as it reads them: one it sends no block on for :attr:`events_idle_s` while this client
+        waits for one (a half-open connection, a stopped or stuck peer) fails TIMEOUT, rather
+        than leave a bounded read (inbox, claim report) waiting for ever -- a gRPC deadline
+        cannot tell a stalled stream from a long one, and the channel has no keepalive. The
+        time the consumer takes over a block does not count. A stream that follows waits for
+        blocks to be committed, hours maybe: it has no such bound (``timeout``, the whole
+        call's deadline, applies to both)."""
         req = services_pb2.EventsRequest(start_block=start_block, contract=contract, follow=follow)
+        idle_s = None if follow else self.events_idle_s
         try:
-            yield from self._stub.Events(req, timeout=timeout)
+            call: Any = self._stub.Events(req, timeout=timeout)  # an iterator and a grpc.Call
         except grpc.RpcError as exc:
             raise rpc_error(exc) from exc
+        watch = None if idle_s is None else _IdleWatch(idle_s, call.cancel)
+        last = None  # the last block received
+        try:
+            while True:
+                if watch is not None:
+                    watch.arm()
+                try:
+                    msg: services_pb2.EventsResponse = next(call)
+                except StopIteration:
+                    return
+                finally:
+                    if watch is not None:
+                        watch.disarm()
+                last = msg.block_number
+                yield msg
+        except grpc.RpcError as exc:
+            if watch is not None and watch.fired:
+                after = f"block {start_block} was asked for" if last is None else f"block {last}"
+                raise RxClientError("TIMEOUT", f"the peer sent no block for {idle_s:g} s after {after} "
+                                    "(reading block events up to its height): it stalls; read again, "
+                                    "or on another peer") from exc
+            raise rpc_error(exc) from exc
+        finally:
+            if watch is not None:
+                watch.stop()
+            call.cancel()  # a stream left before its end (a bounded read took what it needs)
 
     def health(self, timeout: float = 3.0) -> services_pb2.HealthResponse:
         """The peer's Admin.Health."""

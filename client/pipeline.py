@@ -29,6 +29,7 @@ from client.batching import (
     single_requests,
 )
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
+from client.events import validation_code_name
 from client.gateway import (
     OUTCOME_UNKNOWN_REASONS,
     Gateway,
@@ -128,7 +129,7 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
                 requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 3, submit=env))
             elif kind == "committed":
                 st = resp.committed
-                name = transaction_pb2.TxValidationCode.Name(st.code)
+                name = validation_code_name(st.code)  # UNKNOWN_<n>: a later release's, never VALID
                 gateway.note_commit(int(st.block_number))
                 if st.code != transaction_pb2.VALID:
                     finish(i, CommitError(name, f"transaction {built[i].tx_id} committed as "

@@ -17,7 +17,7 @@ from rxchain.v1 import config_pb2
 
 from client.errors import RxClientError, WalletError
 from client.formulary import Formulary
-from client.gateway import Gateway, RetryPolicy
+from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
 from client.patients import PatientDirectory
 from client.records import dx_key, patient_binding, trace_key
@@ -63,7 +63,8 @@ class Session:
     def __init__(self, home: Path, as_: str, *, peer_org: str | None = None,
                  clock: Clock = wall_clock_ms, retry: RetryPolicy | None = None,
                  network: NetworkInfo | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep,
+                 events_idle_s: float | None = EVENTS_IDLE_S):
         self.home = Path(home)
         org, user = parse_as(as_)
         self.net = network or load_network(self.home)
@@ -77,7 +78,8 @@ class Session:
                                clock=clock, retry=retry, sleep=sleep,
                                server_name=endpoint.name, server_ca_pem=self.net.ca_pem(endpoint.org),
                                min_block=lambda: read_last_block(self.home),
-                               on_commit=lambda b: record_last_block(self.home, b))
+                               on_commit=lambda b: record_last_block(self.home, b),
+                               events_idle_s=events_idle_s)
         if self.identity.role == "patient":
             self.gateway.default_transient["patient_binding"] = self._patient_binding()
         self._directory: PatientDirectory | None = None

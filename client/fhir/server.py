@@ -155,6 +155,7 @@ from client.fhir.admission import (
     Verdict,
     source_of,
 )
+from client.gateway import EVENTS_IDLE_S
 from client.network import load_network
 from client.rxid import is_rx_id
 from client.rxops import ClaimLine, IssueRequest, RxOperations
@@ -252,9 +253,10 @@ def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
 class Identities:
     """Maps presented client certificates to wallet sessions (cached, thread-safe)."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, events_idle_s: float | None = EVENTS_IDLE_S):
         self.home = Path(home)
         self.net = load_network(self.home)
+        self._events_idle_s = events_idle_s  # the sessions' bound on a stalled peer (Task, PaymentReconciliation)
         self._lock = threading.Lock()
         self._sessions: dict[bytes, RxOperations] = {}
 
@@ -270,7 +272,8 @@ class Identities:
             user = self._wallet_of(info.org, cert_der)
             if user is None:
                 raise RxClientError("NO_WALLET", f"no wallet here holds the presented {info.org} certificate")
-            ops = RxOperations(Session(self.home, f"{info.org}:{user}", network=self.net))
+            ops = RxOperations(Session(self.home, f"{info.org}:{user}", network=self.net,
+                                       events_idle_s=self._events_idle_s))
             self._sessions[cert_der] = ops
             return ops
 
@@ -1095,17 +1098,20 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 request_deadline_s: float = REQUEST_DEADLINE_S,
                 max_per_source: int = MAX_PER_SOURCE,
                 refusal_deadline_s: float = REFUSAL_DEADLINE_S,
-                source_key: Callable[[str], str] = source_of) -> tuple[_Server, Identities]:
+                source_key: Callable[[str], str] = source_of,
+                events_idle_s: float | None = EVENTS_IDLE_S) -> tuple[_Server, Identities]:
     """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate.
     At most ``max_connections`` connections, ``max_per_source`` (capped at ``max_connections``)
     from one source (BAD_ARGUMENTS unless both are at least 1); ``source_key`` maps a peer
-    address to its source (default :func:`client.fhir.admission.source_of`)."""
+    address to its source (default :func:`client.fhir.admission.source_of`);
+    ``events_idle_s``: how long the peer may send no block while the Task search or the
+    PaymentReconciliation awaits one (:attr:`client.gateway.Gateway.events_idle_s`)."""
     home = Path(home)
     try:
         limits = AdmissionLimits.for_gateway(max_connections, max_per_source)
     except ValueError as exc:
         raise RxClientError("BAD_ARGUMENTS", f"connection bounds: {exc}") from None
-    ids = Identities(home)
+    ids = Identities(home, events_idle_s)
     node = server_node or ids.net.peers[0].name
     if node not in {n.name for n in ids.net.peers}:
         raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")

@@ -90,6 +90,7 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
                 if inv.function == "vanish":  # the peer stops with this submit unanswered
                     context.abort(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE: the peer is stopping")
                 code = (transaction_pb2.MVCC_READ_CONFLICT if inv.function == "conflict"
+                        else transaction_pb2.TxValidationCode.ValueType(999) if inv.function == "newer"
                         else transaction_pb2.VALID)
                 yield services_pb2.TransactResponse(
                     correlation_id=cid, committed=services_pb2.CommitStatusResponse(
@@ -228,6 +229,22 @@ def test_invalid_commit_raises_with_validation_code(fake):
         gw.submit("prescription", "lock", {"rx_id": "RX-1"})
     assert e.value.reason == "MVCC_READ_CONFLICT" and e.value.block == 12
     assert len(e.value.tx_id) == 64
+
+
+def test_a_commit_code_this_release_does_not_know_is_a_commit_error_naming_it(fake):
+    """A peer of a later release answers a validation code added since: the transaction
+    committed, not VALID (the one code of an applied transaction) -- CommitError UNKNOWN_<n>
+    with its block; it raised a bare ValueError, a committed transaction that read as a crash."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    script.code = transaction_pb2.TxValidationCode.ValueType(999)
+    script.block = 12
+    with pytest.raises(CommitError) as e:
+        gw.submit("prescription", "lock", {"rx_id": "RX-1"})
+    assert e.value.reason == "UNKNOWN_999" and e.value.block == 12
+    out = submit_many(gw, [Call("c", "newer")])
+    assert isinstance(out[0], CommitError) and out[0].reason == "UNKNOWN_999"
 
 
 def test_submit_many_pipelines_and_keeps_call_order(fake):
