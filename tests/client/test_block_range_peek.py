@@ -1,8 +1,8 @@
-"""Review of 4ac99bd (client.events.BlockRange): the block past the limit (the peek) is read
-on the gateway's Events stream, which has no deadline. A peer that sent the range and then
+"""client.events.BlockRange: the block past the limit (the peek) is read on the gateway's
+Events stream, which had no deadline (found by a review). A peer that sent the range and then
 stalls (a half-open connection, a stopped process) is a failure reading that one block too:
-the read that had finished must answer what it read, within a bounded time, rather than
-hang for ever. A fake Gateway service on 127.0.0.1."""
+the read that had finished answers what it read, within a bounded time, rather than hanging
+for ever. A fake Gateway service on 127.0.0.1."""
 
 from __future__ import annotations
 
