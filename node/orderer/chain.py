@@ -655,8 +655,10 @@ class Chain:
             ticket.resolve(Outcome(NOT_LEADER, f"orderer {self._id} is not the leader"))
             return
         if is_config:
-            if self._config_inflight is not None or self._config_held:
-                # One config block at a time: the next one is checked against its result.
+            if self._config_inflight is not None or self._config_held or not self._lead_ready():
+                # One config block at a time: the next one is checked against its result. And
+                # a leader just elected checks none before it applied the earlier terms'
+                # entries (a config block among them may be the one it would be checked against).
                 self._config_waiting.append((envelope, ticket))
                 return
             try:
@@ -699,7 +701,8 @@ class Chain:
         due = self._cutter.cut_if_due()
         if due:
             self._propose_block(due)
-        if self._release_configs:
+        if self._release_configs or (self._config_waiting and self._config_inflight is None
+                                     and not self._config_held):
             self._release_configs = False
             self._resubmit_waiting_configs()
 

@@ -18,16 +18,18 @@ a handful of writes in an orderer's life.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 from rxchain.v1 import raft_pb2
 
-from node.errors import RxError
 from node.fsutil import fsync_dir, replace_file
 
 FILE = "HEARD"
+
+_log = logging.getLogger(__name__)
 
 
 class HeardRecord:
@@ -43,7 +45,8 @@ class HeardRecord:
     @classmethod
     def open(cls, raft_dir: Path, *, blank: bool, fsync: bool = True) -> HeardRecord:
         """The record in ``raft_dir``, started (and written) if there is none: ``tracked`` when
-        the Raft storage beside it is ``blank``. RxError BAD_CONFIG if the file does not parse."""
+        the Raft storage beside it is ``blank``; one that does not parse is started again,
+        untracked (logged)."""
         path = raft_dir / FILE
         try:
             raw = path.read_bytes()
@@ -54,7 +57,13 @@ class HeardRecord:
         try:
             msg = raft_pb2.RaftHeard.FromString(raw)
         except DecodeError as exc:
-            raise RxError("BAD_CONFIG", f"{path}: not a RaftHeard record: {exc}") from None
+            # evidence for the others' --first-start, not this orderer's Raft state: started
+            # again untracked, the safe side (an untracked answer clears nobody)
+            _log.warning("event=heard_record_unreadable path=%s error=%r: started again, untracked",
+                         path, str(exc))
+            record = cls(path, set(), False, fsync)
+            record._write()
+            return record
         return cls(path, set(msg.raft_ids), msg.tracked, fsync)
 
     @property

@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,6 +313,7 @@ def open_raft_storage(
 
 def check_blank_state(
     check: StateCheck, storage: Storage, *, first_start: bool = False, first_start_wait_s: float = 60.0,
+    every_orderer: Mapping[int, str] | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
@@ -324,12 +325,14 @@ def check_blank_state(
     founding orderer first started after the others ordered blocks without it, which its own
     storage cannot tell from a voter that lost its state. Its Raft storage must be blank
     (BAD_CONFIG otherwise: the flag left on a command line does nothing once it ran); it asks,
-    before its Raft starts (so it sends nothing meanwhile), until every other voter has told
-    the raft ids it ever received a Raft message from (``statecheck.judge_first_start``):
-    RAFT_STATE_LOST if one heard from it, confirmed if none did; FIRST_START_UNANSWERED after
-    ``first_start_wait_s`` without every voter's answer."""
+    before its Raft starts (so it sends nothing meanwhile), until ``every_orderer`` (raft id ->
+    address of every orderer any config since the genesis named) has told the raft ids it ever
+    received a Raft message from (``statecheck.judge_first_start``): RAFT_STATE_LOST if one
+    heard from it, confirmed if none did; FIRST_START_UNANSWERED after ``first_start_wait_s``
+    without every answer."""
     if first_start:
-        return _attested_first_start(check, storage, first_start_wait_s, clock, sleep)
+        return _attested_first_start(check, storage, dict(every_orderer or {}), first_start_wait_s,
+                                     clock, sleep)
     if not check.needed(storage):
         return False
     verdict, why = check.round(storage.initial_state()[0].commit)
@@ -346,7 +349,7 @@ def check_blank_state(
     return True
 
 
-def _attested_first_start(check: StateCheck, storage: Storage, wait_s: float,
+def _attested_first_start(check: StateCheck, storage: Storage, every_orderer: dict[int, str], wait_s: float,
                           clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
     if not is_blank(storage):
         raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
@@ -354,7 +357,9 @@ def _attested_first_start(check: StateCheck, storage: Storage, wait_s: float,
                       "without the flag")
     deadline = clock() + wait_s
     while True:
-        verdict, why = check.round(0, first_start=True)
+        others = {rid: t for rid, t in every_orderer.items() if rid != check.raft_id}
+        verdict, why = check.round(0, first_start=True, targets=sorted(others.values()) if others else None,
+                                   required=frozenset(others))
         if verdict == Verdict.NEW:
             check.confirmed()
             _log.warning("event=raft_first_start_attested orderer=%d detail=%r: started with "
@@ -365,8 +370,10 @@ def _attested_first_start(check: StateCheck, storage: Storage, wait_s: float,
             raise state_lost_error(check.raft_id, why)
         if clock() >= deadline:
             raise RxError(FIRST_START_UNANSWERED, f"orderer raft id {check.raft_id}: {why}, for "
-                          f"{wait_s:.0f} s; --first-start needs the answer of every other voter: "
-                          "start it again once they all run")
+                          f"{wait_s:.0f} s; --first-start needs the answer of every orderer any config "
+                          "named: start it again once they all run, or, if one is gone for good (or "
+                          "another founding orderer never ran either), join by the README Recovery "
+                          "procedure (remove it from the orderer set, add it back)")
         _log.info("event=raft_first_start_waiting orderer=%d detail=%r", check.raft_id, why)
         sleep(FIRST_START_RETRY_S)
 
@@ -532,7 +539,9 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     try:
         unconfirmed = check_blank_state(
             state_check, storage, first_start=first_start,
-            first_start_wait_s=int(extra.get("first_start_wait_ms", 60_000)) / 1000.0)
+            first_start_wait_s=int(extra.get("first_start_wait_ms", 60_000)) / 1000.0,
+            every_orderer={o.raft_id: f"{o.host}:{o.port}"
+                           for o in (*former[0].values(), *tracker.current.config.orderers)})
     except BaseException:
         for close in (transport.close, storage.close, blocks.close):
             close()

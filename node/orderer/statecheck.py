@@ -44,10 +44,14 @@ refusing would stop a network's first start whenever an orderer started a second
 A founding orderer first started only after the others ordered blocks without it is refused
 the same way: its own storage cannot tell it from one that lost its state. Its operator, who
 knows it never ran, starts it with ``--first-start`` (``node.orderer.server.check_blank_state``):
-before its Raft starts it asks until every other voter has answered with the raft ids it ever
-received a Raft message from (node.orderer.heard, kept since that voter's own blank start) --
-NEW if none heard from it, LOST if any did (:func:`judge_first_start`), so the flag left on a
-command line never covers a later loss of its data directory.
+before its Raft starts it asks until every orderer that any config since the genesis named (and
+every voter or learner an answer names) has answered with the raft ids it ever received a Raft
+message from (node.orderer.heard, kept since that orderer's own blank start) -- NEW if none
+heard from it, LOST if any did (:func:`judge_first_start`), so the flag left on a command line
+never covers a later loss of its data directory. Two founding orderers never started cannot
+use it (each waits for the other's answer), nor can any while an orderer taken out of the set
+is stopped for good, or one keeps no record (upgraded from a release before it): they join by
+the README "Recovery" procedure (remove, add back).
 """
 
 from __future__ import annotations
@@ -122,12 +126,12 @@ def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
 
 
 def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
-          first_start: bool = False) -> tuple[Verdict, str]:
+          first_start: bool = False, required: frozenset[int] = frozenset()) -> tuple[Verdict, str]:
     """The verdict on blank orderer ``raft_id`` from the others' ``answers``, and why (see the
     module docstring); ``own_commit`` is the commit index this orderer reached since its blank
     start (0 before its Raft runs); ``first_start``: its operator's word that it never ran
-    (:func:`judge_first_start` decides where the answers alone say LOST). Pure: the same
-    arguments give the same verdict."""
+    (:func:`judge_first_start`, with ``required``, decides where the answers alone say LOST).
+    Pure: the same arguments give the same verdict."""
     if not answers:
         return Verdict.UNKNOWN, "no orderer answered with its Raft membership"
     # the membership applied at the highest index is the newest; on a tie, the answer that
@@ -142,7 +146,7 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
         return Verdict.NEW, f"{where}: a new network (no block past the genesis block)"
     if own_commit == 0:
         if first_start:
-            return judge_first_start(raft_id, answers, latest)
+            return judge_first_start(raft_id, answers, required)
         return Verdict.LOST, (f"{where} has raft id {raft_id} as a voter of a network that "
                               "ordered blocks, but this orderer's Raft storage and block store "
                               "are empty: it lost what it acknowledged")
@@ -179,33 +183,38 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
                              f"{top.node or top.target}'s {top.commit} ({where})")
 
 
-def judge_first_start(raft_id: int, answers: Sequence[Answer], latest: Answer) -> tuple[Verdict, str]:
-    """Blank orderer ``raft_id``, a voter of a network with blocks (``latest``: the most
-    advanced answer), whose operator says it never ran (``--first-start``: a founding orderer
-    first started after the others ordered blocks). Every Raft message it would have sent --
-    an acknowledgement, a vote, a leader's append -- went to another orderer, which recorded
-    it before acting on it (node.orderer.heard): LOST if any answer heard from it (it ran, and
-    its data directory was lost: the flag left on its command line must not cover that); NEW
-    once every other voter of ``latest`` answered, each with the ids it heard from since its
-    own blank start, none with this one; UNKNOWN until then."""
+def judge_first_start(raft_id: int, answers: Sequence[Answer],
+                      required: frozenset[int] = frozenset()) -> tuple[Verdict, str]:
+    """Blank orderer ``raft_id``, a voter of a network with blocks, whose operator says it
+    never ran (``--first-start``: a founding orderer first started after the others ordered
+    blocks). Every Raft message it would have sent -- an acknowledgement, a vote, a leader's
+    append -- went to another orderer, which recorded it before acting on it (node.orderer.heard):
+    LOST if any answer heard from it (it ran, and its data directory was lost: the flag left on
+    its command line must not cover that); NEW once every orderer that may have received one
+    answered, each with the ids it heard from since its own blank start, none with this one;
+    UNKNOWN until then. Those are ``required`` (every orderer any config since the genesis
+    named: one taken out of the set since may be the leader that counted its
+    acknowledgements) and every voter or learner any answer names (a lagging answer may still
+    count an orderer the most advanced one does not)."""
     heard_by = sorted(a.node or a.target for a in answers if a.heard is not None and raft_id in a.heard)
     if heard_by:
         return Verdict.LOST, (f"orderer(s) {', '.join(heard_by)} received Raft messages from raft id "
                               f"{raft_id}: it ran before and lost its state; --first-start is only "
                               "for an orderer that never ran")
     by_id = {a.raft_id: a for a in answers if a.raft_id}
-    others = sorted(latest.voters - {raft_id})
+    named = set(required).union(*(a.voters | a.learners for a in answers))
+    others = sorted(named - {raft_id})
     unanswered = [r for r in others if r not in by_id]
     untracked = [r for r in others if r in by_id and by_id[r].heard is None]
     if unanswered or untracked:
         why = []
         if unanswered:
-            why.append(f"voter(s) {unanswered} did not answer")
+            why.append(f"orderer(s) {unanswered} did not answer")
         if untracked:
-            why.append(f"voter(s) {untracked} keep no record of whom they heard from since their "
+            why.append(f"orderer(s) {untracked} keep no record of whom they heard from since their "
                        "Raft storage was blank (a release before, or upgraded since)")
         return Verdict.UNKNOWN, f"--first-start: {'; '.join(why)}"
-    return Verdict.NEW, (f"no voter ({others}) ever received a Raft message from raft id {raft_id}: "
+    return Verdict.NEW, (f"no orderer ({others}) ever received a Raft message from raft id {raft_id}: "
                          "a first start, on its operator's word (--first-start)")
 
 
@@ -279,16 +288,20 @@ class StateCheck:
         """Blank storage, or a start not yet confirmed new (the marker is there)."""
         return self._marker.exists() or is_blank(storage)
 
-    def round(self, own_commit: int | Callable[[], int] = 0, *, first_start: bool = False) -> tuple[Verdict, str]:
+    def round(self, own_commit: int | Callable[[], int] = 0, *, first_start: bool = False,
+              targets: Sequence[str] | None = None, required: frozenset[int] = frozenset(),
+              ) -> tuple[Verdict, str]:
         """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
         ``own_commit`` is read once the answers are in: under load the others' commit index
         moves on while the question is out, and the one this orderer had before asking is a
-        round trip behind it every time."""
-        targets = list(self._targets())
+        round trip behind it every time. ``first_start``: see :func:`judge_first_start`
+        (``targets`` instead of the orderers of the config in force, ``required``)."""
+        targets = list(self._targets() if targets is None else targets)
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
         answers = ask(targets, self._channels, self._timeout_s)
-        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit, first_start)
+        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit, first_start,
+                     required)
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""

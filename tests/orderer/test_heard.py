@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from rxchain.v1 import services_pb2
 
-from node.errors import RxError
 from node.orderer.heard import FILE, HeardRecord
 from node.orderer.statecheck import answer_of
 from node.raft.types import ConfState, Message, MessageType
@@ -33,11 +31,14 @@ def test_a_record_started_over_existing_storage_is_not_tracked(tmp_path: Path) -
     assert not record.tracked and not HeardRecord.open(tmp_path, blank=True).tracked
 
 
-def test_a_record_that_does_not_parse_is_refused(tmp_path: Path) -> None:
+def test_a_record_that_does_not_parse_is_started_again_untracked(tmp_path: Path) -> None:
+    """Evidence for the others' --first-start, not this orderer's state: a torn or corrupt
+    record must not stop an orderer whose Raft state is intact (it made serve() fail BAD_CONFIG,
+    found by a review); started again untracked, its answer clears nobody."""
     (tmp_path / FILE).write_bytes(b"\xff\xff\xff")
-    with pytest.raises(RxError) as err:
-        HeardRecord.open(tmp_path, blank=True)
-    assert err.value.reason == "BAD_CONFIG"
+    record = HeardRecord.open(tmp_path, blank=True, fsync=False)
+    assert not record.tracked and record.ids() == frozenset()
+    assert not HeardRecord.open(tmp_path, blank=True).tracked  # rewritten: parses now
 
 
 def test_the_driver_records_a_sender_before_it_steps_its_message(tmp_path: Path) -> None:
