@@ -12,8 +12,9 @@ voter has answered that it has not.
 Layout: ``raft/HEARD``, a serialized ``RaftHeard`` (raft ids ascending; ``tracked``: the record
 was started with blank Raft storage, so it covers everything this orderer ever received; false
 when it was first written over existing storage, e.g. after an upgrade to a release that keeps
-it), replaced atomically (``fsutil.replace_file``, then the directory synced) once per new id:
-a handful of writes in an orderer's life.
+it, or once a leader told the orderer it lost entries it had acknowledged), replaced
+atomically (``fsutil.replace_file``, then the directory synced) once per new id: a handful of
+writes in an orderer's life.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class HeardRecord:
             if raft_id in self._ids:
                 return
             self._ids.add(raft_id)
+            self._write()
+
+    def untrack(self) -> None:
+        """No longer claim to cover everything ever received (durably): a leader told this
+        orderer it lost entries it had acknowledged -- what it had heard was lost with them."""
+        with self._lock:
+            if not self._tracked:
+                return
+            self._tracked = False
             self._write()
 
     def _write(self) -> None:

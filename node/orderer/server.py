@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,25 +224,50 @@ def _entry(o: config_pb2.OrdererNode) -> tuple[int, bytes, str]:
     return o.raft_id, o.cert_der, f"{o.host}:{o.port}"
 
 
-def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config_pb2.OrdererNode]:
-    """The orderers the earlier configs named and the one in force does not, each as the
-    latest of them named it: the config blocks walked back from the one in force (block 0,
-    the genesis block, included; each config block's predecessor is the ``last_config_block``
-    of the block before it). An orderer restarted after the config block taking one out but
-    before Raft removed it must still reach it (transport.Membership)."""
-    current = {o.raft_id for o in in_force.config.orderers}
-    found: dict[int, config_pb2.OrdererNode] = {}
+def _earlier_configs(blocks: BlockStore, in_force: OrdererConfig) -> Iterator[config_pb2.ConsortiumConfig]:
+    """The configs before the one in force, latest first: the config blocks walked back from
+    it (block 0, the genesis block, included; each config block's predecessor is the
+    ``last_config_block`` of the block before it)."""
     number = in_force.block_number
     while number > 0:
         previous = blocks.get(number - 1).metadata.last_config_block
         if previous >= number:
             break  # never in a store this orderer wrote; stop rather than loop
         cfg = config_of_block(blocks.get(previous))
-        for o in cfg.orderers if cfg is not None else ():
+        if cfg is not None:
+            yield cfg
+        number = previous
+
+
+def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config_pb2.OrdererNode]:
+    """The orderers the earlier configs named and the one in force does not, each as the
+    latest of them named it. An orderer restarted after the config block taking one out but
+    before Raft removed it must still reach it (transport.Membership)."""
+    current = {o.raft_id for o in in_force.config.orderers}
+    found: dict[int, config_pb2.OrdererNode] = {}
+    for cfg in _earlier_configs(blocks, in_force):
+        for o in cfg.orderers:
             if o.raft_id not in current and o.raft_id not in found:
                 found[o.raft_id] = o
-        number = previous
     return [found[rid] for rid in sorted(found)]
+
+
+def _every_orderer(blocks: BlockStore, in_force: OrdererConfig) -> dict[int, str]:
+    """Raft id -> address of every orderer any config up to the one in force named, for a
+    --first-start check. RxError FIRST_START_REFUSED when a raft id was held by more than one
+    orderer (another name or address): asked by raft id, the former holder -- which may be the
+    one that heard from this orderer -- would never be."""
+    held: dict[int, set[tuple[str, str]]] = {}
+    for cfg in (in_force.config, *_earlier_configs(blocks, in_force)):
+        for o in cfg.orderers:
+            held.setdefault(o.raft_id, set()).add((o.name, f"{o.host}:{o.port}"))
+    reused = sorted(rid for rid, holders in held.items() if len(holders) > 1)
+    if reused:
+        raise RxError(FIRST_START_REFUSED, f"raft id(s) {reused} were held by more than one orderer "
+                      "(another name or address): --first-start cannot ask every orderer that may "
+                      "have heard from this one; join by the README Recovery procedure (remove it "
+                      "from the orderer set, add it back)")
+    return {rid: next(iter(holders))[1] for rid, holders in held.items()}
 
 
 def _config_in_force(
@@ -313,7 +338,7 @@ def open_raft_storage(
 
 def check_blank_state(
     check: StateCheck, storage: Storage, *, first_start: bool = False, first_start_wait_s: float = 60.0,
-    every_orderer: Mapping[int, str] | None = None,
+    every_orderer: Callable[[], tuple[Mapping[int, str], int]] | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
@@ -325,14 +350,17 @@ def check_blank_state(
     founding orderer first started after the others ordered blocks without it, which its own
     storage cannot tell from a voter that lost its state. Its Raft storage must be blank
     (BAD_CONFIG otherwise: the flag left on a command line does nothing once it ran); it asks,
-    before its Raft starts (so it sends nothing meanwhile), until ``every_orderer`` (raft id ->
-    address of every orderer any config since the genesis named) has told the raft ids it ever
-    received a Raft message from (``statecheck.judge_first_start``): RAFT_STATE_LOST if one
-    heard from it, confirmed if none did; FIRST_START_UNANSWERED after ``first_start_wait_s``
-    without every answer."""
+    before its Raft starts (so it sends nothing meanwhile), until every orderer any config since
+    the genesis named has told the raft ids it ever received a Raft message from
+    (``statecheck.judge_first_start``): RAFT_STATE_LOST if one heard from it, confirmed if none
+    did; FIRST_START_UNANSWERED after ``first_start_wait_s`` without every answer.
+    ``every_orderer`` is called before each round: it brings the block store up to date
+    (onboarding again) and returns (raft id -> address of every such orderer, the height);
+    an answer above that height makes the round inconclusive (an orderer added and removed
+    in the blocks it lacks would not be asked)."""
     if first_start:
-        return _attested_first_start(check, storage, dict(every_orderer or {}), first_start_wait_s,
-                                     clock, sleep)
+        return _attested_first_start(check, storage, every_orderer or (lambda: ({}, 0)),
+                                     first_start_wait_s, clock, sleep)
     if not check.needed(storage):
         return False
     verdict, why = check.round(storage.initial_state()[0].commit)
@@ -349,7 +377,8 @@ def check_blank_state(
     return True
 
 
-def _attested_first_start(check: StateCheck, storage: Storage, every_orderer: dict[int, str], wait_s: float,
+def _attested_first_start(check: StateCheck, storage: Storage,
+                          every_orderer: Callable[[], tuple[Mapping[int, str], int]], wait_s: float,
                           clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
     if not is_blank(storage):
         raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
@@ -357,9 +386,10 @@ def _attested_first_start(check: StateCheck, storage: Storage, every_orderer: di
                       "without the flag")
     deadline = clock() + wait_s
     while True:
-        others = {rid: t for rid, t in every_orderer.items() if rid != check.raft_id}
+        known, height = every_orderer()
+        others = {rid: t for rid, t in known.items() if rid != check.raft_id}
         verdict, why = check.round(0, first_start=True, targets=sorted(others.values()) if others else None,
-                                   required=frozenset(others))
+                                   required=frozenset(others), own_height=height)
         if verdict == Verdict.NEW:
             check.confirmed()
             _log.warning("event=raft_first_start_attested orderer=%d detail=%r: started with "
@@ -416,6 +446,7 @@ def _node_clock(offset_ms: int) -> Callable[[], int]:
 
 
 FIRST_START_UNANSWERED = "FIRST_START_UNANSWERED"
+FIRST_START_REFUSED = "FIRST_START_REFUSED"
 FIRST_START_RETRY_S = 0.5  # between the rounds of a --first-start check
 
 
@@ -531,6 +562,13 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
         channel,
     )
+    def every_orderer() -> tuple[dict[int, str], int]:
+        # --first-start: onboard again (its block store may be behind), then every orderer any
+        # config named, the former ones pinned for the channels
+        _onboard(config, blocks, tracker, signer, verifier, channel, wait=False)
+        former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
+        return _every_orderer(blocks, tracker.current), blocks.height()
+
     state_check = StateCheck(
         config.raft_id, data / "raft",
         lambda: [t for rid, t in sorted(membership.targets().items()) if rid != config.raft_id],
@@ -540,8 +578,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         unconfirmed = check_blank_state(
             state_check, storage, first_start=first_start,
             first_start_wait_s=int(extra.get("first_start_wait_ms", 60_000)) / 1000.0,
-            every_orderer={o.raft_id: f"{o.host}:{o.port}"
-                           for o in (*former[0].values(), *tracker.current.config.orderers)})
+            every_orderer=every_orderer)
     except BaseException:
         for close in (transport.close, storage.close, blocks.close):
             close()
@@ -575,7 +612,14 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     # told it lost acknowledged entries: unconfirmed after a restart until caught up (the
     # core forgets); the marker goes once it caught up, else a restart finding the others'
     # commit index ahead (they ran on meanwhile) would withhold its vote again
-    chain.add_state_lost_listener(lambda lost: state_check.mark_unconfirmed() if lost else state_check.confirmed())
+    def state_lost(lost: bool) -> None:
+        if lost:
+            state_check.mark_unconfirmed()
+            heard.untrack()  # its record started with the data directory it lost
+        else:
+            state_check.confirmed()
+
+    chain.add_state_lost_listener(state_lost)
     commit_timeout_s = int(extra.get("commit_timeout_ms", 5000)) / 1000.0
     validator = EnvelopeValidator(
         tracker.msp, consortium.consortium_id,

@@ -126,11 +126,13 @@ def answer_of(target: str, resp: services_pb2.StatusResponse) -> Answer | None:
 
 
 def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
-          first_start: bool = False, required: frozenset[int] = frozenset()) -> tuple[Verdict, str]:
+          first_start: bool = False, required: frozenset[int] = frozenset(),
+          own_height: int | None = None) -> tuple[Verdict, str]:
     """The verdict on blank orderer ``raft_id`` from the others' ``answers``, and why (see the
     module docstring); ``own_commit`` is the commit index this orderer reached since its blank
     start (0 before its Raft runs); ``first_start``: its operator's word that it never ran
-    (:func:`judge_first_start`, with ``required``, decides where the answers alone say LOST).
+    (:func:`judge_first_start`, with ``required`` and ``own_height``, decides where the
+    answers alone say LOST).
     Pure: the same arguments give the same verdict."""
     if not answers:
         return Verdict.UNKNOWN, "no orderer answered with its Raft membership"
@@ -146,7 +148,7 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
         return Verdict.NEW, f"{where}: a new network (no block past the genesis block)"
     if own_commit == 0:
         if first_start:
-            return judge_first_start(raft_id, answers, required)
+            return judge_first_start(raft_id, answers, required, own_height)
         return Verdict.LOST, (f"{where} has raft id {raft_id} as a voter of a network that "
                               "ordered blocks, but this orderer's Raft storage and block store "
                               "are empty: it lost what it acknowledged")
@@ -183,8 +185,8 @@ def judge(raft_id: int, answers: Sequence[Answer], own_commit: int = 0,
                              f"{top.node or top.target}'s {top.commit} ({where})")
 
 
-def judge_first_start(raft_id: int, answers: Sequence[Answer],
-                      required: frozenset[int] = frozenset()) -> tuple[Verdict, str]:
+def judge_first_start(raft_id: int, answers: Sequence[Answer], required: frozenset[int] = frozenset(),
+                      own_height: int | None = None) -> tuple[Verdict, str]:
     """Blank orderer ``raft_id``, a voter of a network with blocks, whose operator says it
     never ran (``--first-start``: a founding orderer first started after the others ordered
     blocks). Every Raft message it would have sent -- an acknowledgement, a vote, a leader's
@@ -195,12 +197,19 @@ def judge_first_start(raft_id: int, answers: Sequence[Answer],
     UNKNOWN until then. Those are ``required`` (every orderer any config since the genesis
     named: one taken out of the set since may be the leader that counted its
     acknowledgements) and every voter or learner any answer names (a lagging answer may still
-    count an orderer the most advanced one does not)."""
+    count an orderer the most advanced one does not); and while an answer is above
+    ``own_height`` (this orderer's block store, which ``required`` was read from, lacks blocks:
+    an orderer added and taken out again in them would not be asked), UNKNOWN."""
     heard_by = sorted(a.node or a.target for a in answers if a.heard is not None and raft_id in a.heard)
     if heard_by:
         return Verdict.LOST, (f"orderer(s) {', '.join(heard_by)} received Raft messages from raft id "
                               f"{raft_id}: it ran before and lost its state; --first-start is only "
                               "for an orderer that never ran")
+    ahead = max((a.height for a in answers), default=0)
+    if own_height is not None and ahead > own_height:
+        return Verdict.UNKNOWN, (f"--first-start: this orderer's block store is behind (height "
+                                 f"{own_height}, an answer {ahead}): the orderers its configs name "
+                                 "may not be all")
     by_id = {a.raft_id: a for a in answers if a.raft_id}
     named = set(required).union(*(a.voters | a.learners for a in answers))
     others = sorted(named - {raft_id})
@@ -290,18 +299,19 @@ class StateCheck:
 
     def round(self, own_commit: int | Callable[[], int] = 0, *, first_start: bool = False,
               targets: Sequence[str] | None = None, required: frozenset[int] = frozenset(),
-              ) -> tuple[Verdict, str]:
+              own_height: int | None = None) -> tuple[Verdict, str]:
         """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
         ``own_commit`` is read once the answers are in: under load the others' commit index
         moves on while the question is out, and the one this orderer had before asking is a
         round trip behind it every time. ``first_start``: see :func:`judge_first_start`
-        (``targets`` instead of the orderers of the config in force, ``required``)."""
+        (``targets`` instead of the orderers of the config in force, ``required``,
+        ``own_height``)."""
         targets = list(self._targets() if targets is None else targets)
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
         answers = ask(targets, self._channels, self._timeout_s)
         return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit, first_start,
-                     required)
+                     required, own_height)
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""

@@ -238,6 +238,13 @@ def test_judge_first_start_needs_every_other_voter_and_refuses_one_heard_from() 
     a, c = ans("a", height=5, applied=9, leader=True), ans("c", height=5, applied=9)
     assert judge(ME, [a, c])[0] == Verdict.LOST  # without the flag, as before
     assert judge(ME, [_heard(a, 3), _heard(c, 1)], first_start=True)[0] == Verdict.NEW
+    # its block store behind an answer: the orderers its configs name may not be all
+    verdict, why = judge(ME, [_heard(a, 3), _heard(c, 1)], first_start=True, own_height=4)
+    assert verdict == Verdict.UNKNOWN and "behind" in why
+    assert judge(ME, [_heard(a, 3), _heard(c, 1)], first_start=True, own_height=5)[0] == Verdict.NEW
+    # every orderer any config named must answer, a removed one too
+    verdict, why = judge(ME, [_heard(a, 3), _heard(c, 1)], first_start=True, required=frozenset({1, 3, 4}))
+    assert verdict == Verdict.UNKNOWN and "[4] did not answer" in why
     verdict, why = judge(ME, [_heard(a, 3, ME), _heard(c, 1)], first_start=True)
     assert verdict == Verdict.LOST and "o-a" in why and "never ran" in why
     verdict, why = judge(ME, [_heard(a, 3)], first_start=True)  # voter 3 silent
@@ -262,10 +269,14 @@ def test_a_first_start_asks_before_raft_until_every_voter_answered(
     leader's STATE_LOST is not (the flag left on a command line does nothing once it ran)."""
     blank = MemoryStorage(ConfState((1, 2, 3), ()))
     a, c = ans("a", height=5, applied=9, leader=True), ans("c", height=5, applied=9)
+
+    def known() -> tuple[dict[int, str], int]:  # every orderer any config named, the height
+        return {1: "a:1", 2: "me:1", 3: "c:1"}, 5
+
     calls = _answering(monkeypatch, [[_heard(a, 3)], [_heard(a, 3), c], [_heard(a, 3), _heard(c, 1)]])
     slept: list[float] = []
     with caplog.at_level("INFO"):
-        assert check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True,
+        assert check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, every_orderer=known,
                                  sleep=slept.append) is False
     assert calls[0] == 3 and len(slept) == 2
     assert "event=raft_first_start_waiting" in caplog.text and "event=raft_first_start_attested" in caplog.text
@@ -273,7 +284,8 @@ def test_a_first_start_asks_before_raft_until_every_voter_answered(
 
     _answering(monkeypatch, [[_heard(a, 3, ME), _heard(c, 1)]])
     with pytest.raises(RxError) as err:
-        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, sleep=slept.append)
+        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, every_orderer=known,
+                          sleep=slept.append)
     assert err.value.reason == "RAFT_STATE_LOST" and "received Raft messages from raft id 2" in err.value.message
 
     now = [0.0]
@@ -283,7 +295,8 @@ def test_a_first_start_asks_before_raft_until_every_voter_answered(
 
     _answering(monkeypatch, [[_heard(a, 3)]])
     with pytest.raises(RxError) as err:
-        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, first_start_wait_s=5.0,
+        check_blank_state(_check(tmp_path, ["a:1", "c:1"]), blank, first_start=True, every_orderer=known,
+                          first_start_wait_s=5.0,
                           clock=lambda: now[0], sleep=sleep)
     assert err.value.reason == "FIRST_START_UNANSWERED" and "[3] did not answer" in err.value.message
     assert 5.0 <= now[0] <= 5.5
