@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         "--first-start", action="store_true",
         help="this orderer never ran: a founding orderer first started after the others ordered "
              "blocks (otherwise refused RAFT_STATE_LOST, as a voter that lost its data would be); "
-             "it starts once every other voter has answered that it never received a Raft message "
-             "from it (README: Recovery)")
+             "it starts once every orderer any config named has answered that it never received a "
+             "Raft message from it (README: Recovery)")
     args = parser.parse_args(argv)
     try:
         config = load_node_config(args.config)

@@ -66,7 +66,7 @@ from node.orderer.onboard import Onboarding, OnboardOptions
 from node.orderer.recent import RecentTxIndex
 from node.orderer.refusals import NonMemberRefusals
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
-from node.orderer.statecheck import StateCheck, Verdict, is_blank
+from node.orderer.statecheck import StateCheck, Verdict, is_blank, judge
 from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
@@ -252,22 +252,28 @@ def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config
     return [found[rid] for rid in sorted(found)]
 
 
-def _every_orderer(blocks: BlockStore, in_force: OrdererConfig) -> dict[int, str]:
-    """Raft id -> address of every orderer any config up to the one in force named, for a
-    --first-start check. RxError FIRST_START_REFUSED when a raft id was held by more than one
-    orderer (another name or address): asked by raft id, the former holder -- which may be the
-    one that heard from this orderer -- would never be."""
-    held: dict[int, set[tuple[str, str]]] = {}
-    for cfg in (in_force.config, *_earlier_configs(blocks, in_force)):
+def _every_orderer(blocks: BlockStore, in_force: OrdererConfig, own_id: int) -> dict[int, str]:
+    """Raft id -> latest address of every other orderer any config up to the one in force
+    named, for a --first-start check. RxError FIRST_START_REFUSED when a raft id was held by
+    orderers of different names: asked by raft id, the former holder -- which may be the one
+    that heard from this orderer -- would never be. (One orderer moved by removing it and adding
+    it back elsewhere keeps its name, and is asked at its latest address.)"""
+    names: dict[int, set[str]] = {}
+    latest: dict[int, str] = {}
+    for cfg in (in_force.config, *_earlier_configs(blocks, in_force)):  # latest first
         for o in cfg.orderers:
-            held.setdefault(o.raft_id, set()).add((o.name, f"{o.host}:{o.port}"))
-    reused = sorted(rid for rid, holders in held.items() if len(holders) > 1)
+            if o.raft_id == own_id:
+                continue
+            names.setdefault(o.raft_id, set()).add(o.name)
+            latest.setdefault(o.raft_id, f"{o.host}:{o.port}")
+    reused = {rid: sorted(n) for rid, n in sorted(names.items()) if len(n) > 1}
     if reused:
-        raise RxError(FIRST_START_REFUSED, f"raft id(s) {reused} were held by more than one orderer "
-                      "(another name or address): --first-start cannot ask every orderer that may "
-                      "have heard from this one; join by the README Recovery procedure (remove it "
-                      "from the orderer set, add it back)")
-    return {rid: next(iter(holders))[1] for rid, holders in held.items()}
+        held = "; ".join(f"raft id {rid}: {', '.join(n)}" for rid, n in reused.items())
+        raise RxError(FIRST_START_REFUSED, f"a raft id was held by more than one orderer ({held}): "
+                      "--first-start cannot ask every orderer that may have heard from this one; "
+                      "join by the README Recovery procedure (remove it from the orderer set, add it "
+                      "back)")
+    return latest
 
 
 def _config_in_force(
@@ -338,7 +344,7 @@ def open_raft_storage(
 
 def check_blank_state(
     check: StateCheck, storage: Storage, *, first_start: bool = False, first_start_wait_s: float = 60.0,
-    every_orderer: Callable[[], tuple[Mapping[int, str], int]] | None = None,
+    every_orderer: Callable[[], tuple[Mapping[int, str], int | None]] | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
@@ -355,11 +361,12 @@ def check_blank_state(
     (``statecheck.judge_first_start``): RAFT_STATE_LOST if one heard from it, confirmed if none
     did; FIRST_START_UNANSWERED after ``first_start_wait_s`` without every answer.
     ``every_orderer`` is called before each round: it brings the block store up to date
-    (onboarding again) and returns (raft id -> address of every such orderer, the height);
-    an answer above that height makes the round inconclusive (an orderer added and removed
-    in the blocks it lacks would not be asked)."""
+    (onboarding again) and returns (raft id -> address of every other such orderer, the
+    height; None: not compared); an answer above that height sends it to catch up again, and
+    the round is inconclusive while the store still lacks blocks an answer had (an orderer
+    added and removed in them would not be asked)."""
     if first_start:
-        return _attested_first_start(check, storage, every_orderer or (lambda: ({}, 0)),
+        return _attested_first_start(check, storage, every_orderer or (lambda: ({}, None)),
                                      first_start_wait_s, clock, sleep)
     if not check.needed(storage):
         return False
@@ -378,7 +385,7 @@ def check_blank_state(
 
 
 def _attested_first_start(check: StateCheck, storage: Storage,
-                          every_orderer: Callable[[], tuple[Mapping[int, str], int]], wait_s: float,
+                          every_orderer: Callable[[], tuple[Mapping[int, str], int | None]], wait_s: float,
                           clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
     if not is_blank(storage):
         raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
@@ -387,9 +394,17 @@ def _attested_first_start(check: StateCheck, storage: Storage,
     deadline = clock() + wait_s
     while True:
         known, height = every_orderer()
-        others = {rid: t for rid, t in known.items() if rid != check.raft_id}
-        verdict, why = check.round(0, first_start=True, targets=sorted(others.values()) if others else None,
-                                   required=frozenset(others), own_height=height)
+        answers = check.answers(sorted(known.values()))
+        if height is not None and max((a.height for a in answers), default=0) > height:
+            # the others ordered on while it asked (a network under load): catch up again; the
+            # answers stand once its store holds the blocks they had (an orderer a config among
+            # them names is then required, and unanswered if it was not asked)
+            known, height = every_orderer()
+        if known:
+            verdict, why = judge(check.raft_id, answers, 0, first_start=True, required=frozenset(known),
+                                 own_height=height)
+        else:
+            verdict, why = Verdict.NEW, "no other orderer in any config"
         if verdict == Verdict.NEW:
             check.confirmed()
             _log.warning("event=raft_first_start_attested orderer=%d detail=%r: started with "
@@ -544,8 +559,6 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     follow_peers = config_follower(releases, lambda n: blocks.get(n).header.timestamp_ms)
     follow_peers(tracker.current)
     tracker.subscribe(follow_peers)
-    bound_notice = server_bound_notice(config.name, max_msg)
-    tracker.subscribe(lambda cfg: bound_notice(cfg.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES))
     transport = RaftTransport(config.raft_id, membership, channel, wall_ms=wall_ms, releases=releases)
 
     def adopt_members(cfg: OrdererConfig) -> None:
@@ -567,7 +580,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         # config named, the former ones pinned for the channels
         _onboard(config, blocks, tracker, signer, verifier, channel, wait=False)
         former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
-        return _every_orderer(blocks, tracker.current), blocks.height()
+        return _every_orderer(blocks, tracker.current, config.raft_id), blocks.height()
 
     state_check = StateCheck(
         config.raft_id, data / "raft",
@@ -583,6 +596,10 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         for close in (transport.close, storage.close, blocks.close):
             close()
         raise
+    # a --first-start check onboards again: the bound in force may have moved since
+    max_msg = message_bound()
+    bound_notice = server_bound_notice(config.name, max_msg)
+    tracker.subscribe(lambda cfg: bound_notice(cfg.config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES))
     tick_s = int(extra.get("tick_ms", 50)) / 1000.0
     chain = Chain(
         config.raft_id, storage, blocks, signer, transport, fetcher,

@@ -221,7 +221,8 @@ def judge_first_start(raft_id: int, answers: Sequence[Answer], required: frozens
             why.append(f"orderer(s) {unanswered} did not answer")
         if untracked:
             why.append(f"orderer(s) {untracked} keep no record of whom they heard from since their "
-                       "Raft storage was blank (a release before, or upgraded since)")
+                       "Raft storage was blank (a release before it, or upgraded since, or told by a "
+                       "leader that it lost entries it had acknowledged)")
         return Verdict.UNKNOWN, f"--first-start: {'; '.join(why)}"
     return Verdict.NEW, (f"no orderer ({others}) ever received a Raft message from raft id {raft_id}: "
                          "a first start, on its operator's word (--first-start)")
@@ -297,21 +298,21 @@ class StateCheck:
         """Blank storage, or a start not yet confirmed new (the marker is there)."""
         return self._marker.exists() or is_blank(storage)
 
-    def round(self, own_commit: int | Callable[[], int] = 0, *, first_start: bool = False,
-              targets: Sequence[str] | None = None, required: frozenset[int] = frozenset(),
-              own_height: int | None = None) -> tuple[Verdict, str]:
+    def round(self, own_commit: int | Callable[[], int] = 0) -> tuple[Verdict, str]:
         """Ask every other orderer once and judge (no other orderer at all: NEW). A callable
         ``own_commit`` is read once the answers are in: under load the others' commit index
         moves on while the question is out, and the one this orderer had before asking is a
-        round trip behind it every time. ``first_start``: see :func:`judge_first_start`
-        (``targets`` instead of the orderers of the config in force, ``required``,
-        ``own_height``)."""
-        targets = list(self._targets() if targets is None else targets)
+        round trip behind it every time."""
+        targets = list(self._targets())
         if not targets:
             return Verdict.NEW, "no other orderer in the orderer set"
         answers = ask(targets, self._channels, self._timeout_s)
-        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit, first_start,
-                     required, own_height)
+        return judge(self._id, answers, own_commit() if callable(own_commit) else own_commit)
+
+    def answers(self, targets: Sequence[str] | None = None) -> list[Answer]:
+        """Every target's answer (the orderers of the config in force unless ``targets``)."""
+        targets = list(self._targets() if targets is None else targets)
+        return ask(targets, self._channels, self._timeout_s) if targets else []
 
     def mark_unconfirmed(self) -> None:
         """Leave the marker (durably) before the node runs unconfirmed."""
