@@ -255,16 +255,16 @@ def _former_orderers(blocks: BlockStore, in_force: OrdererConfig) -> list[config
 def _every_orderer(blocks: BlockStore, in_force: OrdererConfig, own_id: int) -> dict[int, str]:
     """Raft id -> latest address of every other orderer any config up to the one in force
     named, for a --first-start check. RxError FIRST_START_REFUSED when a raft id was held by
-    orderers of different names: asked by raft id, the former holder -- which may be the one
-    that heard from this orderer -- would never be. (One orderer moved by removing it and adding
-    it back elsewhere keeps its name, and is asked at its latest address.)"""
+    orderers of different organisations or names: asked by raft id, the former holder -- which
+    may be the one that heard from this orderer -- would never be. (One orderer moved by
+    removing it and adding it back elsewhere keeps both, and is asked at its latest address.)"""
     names: dict[int, set[str]] = {}
     latest: dict[int, str] = {}
     for cfg in (in_force.config, *_earlier_configs(blocks, in_force)):  # latest first
         for o in cfg.orderers:
             if o.raft_id == own_id:
                 continue
-            names.setdefault(o.raft_id, set()).add(o.name)
+            names.setdefault(o.raft_id, set()).add(f"{o.org}/{o.name}")  # the TLS pin: its CA and name
             latest.setdefault(o.raft_id, f"{o.host}:{o.port}")
     reused = {rid: sorted(n) for rid, n in sorted(names.items()) if len(n) > 1}
     if reused:
@@ -344,7 +344,7 @@ def open_raft_storage(
 
 def check_blank_state(
     check: StateCheck, storage: Storage, *, first_start: bool = False, first_start_wait_s: float = 60.0,
-    every_orderer: Callable[[], tuple[Mapping[int, str], int | None]] | None = None,
+    every_orderer: Callable[[], tuple[Mapping[int, str], int]] | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
     """Before Raft starts: if ``storage`` is blank (or a blank start was never confirmed), ask
@@ -360,14 +360,15 @@ def check_blank_state(
     the genesis named has told the raft ids it ever received a Raft message from
     (``statecheck.judge_first_start``): RAFT_STATE_LOST if one heard from it, confirmed if none
     did; FIRST_START_UNANSWERED after ``first_start_wait_s`` without every answer.
-    ``every_orderer`` is called before each round: it brings the block store up to date
-    (onboarding again) and returns (raft id -> address of every other such orderer, the
-    height; None: not compared); an answer above that height sends it to catch up again, and
+    ``every_orderer`` (required with ``first_start``) is called before each round: it brings
+    the block store up to date (onboarding again) and returns (raft id -> address of every
+    other such orderer, the height); an answer above that height sends it to catch up again, and
     the round is inconclusive while the store still lacks blocks an answer had (an orderer
     added and removed in them would not be asked)."""
     if first_start:
-        return _attested_first_start(check, storage, every_orderer or (lambda: ({}, None)),
-                                     first_start_wait_s, clock, sleep)
+        if every_orderer is None:
+            raise ValueError("--first-start needs every_orderer")
+        return _attested_first_start(check, storage, every_orderer, first_start_wait_s, clock, sleep)
     if not check.needed(storage):
         return False
     verdict, why = check.round(storage.initial_state()[0].commit)
@@ -385,7 +386,7 @@ def check_blank_state(
 
 
 def _attested_first_start(check: StateCheck, storage: Storage,
-                          every_orderer: Callable[[], tuple[Mapping[int, str], int | None]], wait_s: float,
+                          every_orderer: Callable[[], tuple[Mapping[int, str], int]], wait_s: float,
                           clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
     if not is_blank(storage):
         raise RxError("BAD_CONFIG", f"orderer raft id {check.raft_id}: --first-start is for an "
@@ -394,17 +395,19 @@ def _attested_first_start(check: StateCheck, storage: Storage,
     deadline = clock() + wait_s
     while True:
         known, height = every_orderer()
+        if not known:  # nobody could have heard from it -- or its store shows nobody yet
+            raise RxError(FIRST_START_REFUSED, f"orderer raft id {check.raft_id}: no other orderer in "
+                          "the configs its block store holds (onboarding reached nobody?): "
+                          "--first-start is for a founding orderer of a network whose other orderers "
+                          "ordered blocks; start it without the flag")
         answers = check.answers(sorted(known.values()))
-        if height is not None and max((a.height for a in answers), default=0) > height:
+        if max((a.height for a in answers), default=0) > height:
             # the others ordered on while it asked (a network under load): catch up again; the
             # answers stand once its store holds the blocks they had (an orderer a config among
             # them names is then required, and unanswered if it was not asked)
             known, height = every_orderer()
-        if known:
-            verdict, why = judge(check.raft_id, answers, 0, first_start=True, required=frozenset(known),
-                                 own_height=height)
-        else:
-            verdict, why = Verdict.NEW, "no other orderer in any config"
+        verdict, why = judge(check.raft_id, answers, 0, first_start=True, required=frozenset(known),
+                             own_height=height)
         if verdict == Verdict.NEW:
             check.confirmed()
             _log.warning("event=raft_first_start_attested orderer=%d detail=%r: started with "
@@ -544,7 +547,6 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         storage.close()
         blocks.close()
         raise
-    max_msg = message_bound()
     former[0] = {o.raft_id: o for o in _former_orderers(blocks, tracker.current)}
     admitted = _admits(tracker.current, wall_ms)
     membership = Membership(_members(tracker.current),

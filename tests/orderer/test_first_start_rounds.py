@@ -326,4 +326,31 @@ def test_a_raft_id_held_by_orderers_of_different_names_refuses_the_flag() -> Non
                _cfg(a, b, c, _orderer(4, "o5", 7005))]
     with pytest.raises(RxError) as err:
         _every(history, own_id=3)
-    assert err.value.reason == "FIRST_START_REFUSED" and "raft id 4: o4, o5" in err.value.message
+    assert err.value.reason == "FIRST_START_REFUSED" and "raft id 4: ins01/o4, ins01/o5" in err.value.message
+
+
+def test_a_raft_id_reused_by_another_organisations_orderer_of_the_same_name_refuses_the_flag() -> None:
+    """Names are TLS server names each organisation's CA issues: two organisations may use the
+    same one. Raft id 4 held by ins01's "o4", then by ins02's "o4": two orderers (the former
+    perhaps the leader that heard from this one), refused -- a name-only rule took them for one
+    moved orderer and asked only the latest (found by a review)."""
+    a, b, c = _orderer(1, "o1", 7001), _orderer(2, "o2", 7002), _orderer(3, "o3", 7003)
+    ins02_o4 = _orderer(4, "o4", 7005, cert=b"ins02 cert")
+    ins02_o4.org = "ins02"
+    history = [_cfg(a, b, c), _cfg(a, b, c, _orderer(4, "o4", 7004)), _cfg(a, b, c), _cfg(a, b, c, ins02_o4)]
+    with pytest.raises(RxError) as err:
+        _every(history, own_id=3)
+    assert err.value.reason == "FIRST_START_REFUSED" and "ins01/o4, ins02/o4" in err.value.message
+
+
+def test_a_first_start_that_knows_no_other_orderer_is_refused(tmp_path: Path) -> None:
+    """Its block store names no other orderer (a genesis of one, onboarding reaching nobody):
+    nobody could be asked whether it ran -- refused, not confirmed (found by a review); and the
+    check cannot run without knowing every orderer."""
+    storage = MemoryStorage(ConfState((1, 2, 3), ()))
+    with pytest.raises(RxError) as err:
+        check_blank_state(_check(tmp_path, []), storage, first_start=True, every_orderer=lambda: ({}, 1))
+    assert err.value.reason == "FIRST_START_REFUSED"
+    with pytest.raises(ValueError):
+        check_blank_state(_check(tmp_path, []), storage, first_start=True)
+

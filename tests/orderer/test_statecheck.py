@@ -308,7 +308,7 @@ def test_a_first_start_asks_before_raft_until_every_voter_answered(
             (tmp_path / MARKER).write_bytes(b"")
         calls = _answering(monkeypatch, [[_heard(a, 3), _heard(c, 1)]])
         with pytest.raises(RxError) as err:
-            check_blank_state(_check(tmp_path, ["a:1", "c:1"]), _non_blank(), first_start=True)
+            check_blank_state(_check(tmp_path, ["a:1", "c:1"]), _non_blank(), first_start=True, every_orderer=known)
         assert err.value.reason == "BAD_CONFIG" and "--first-start" in err.value.message
         assert calls[0] == 0
 
