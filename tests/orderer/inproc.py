@@ -5,6 +5,7 @@ leading a Raft group whose other voters the test plays (fake clock, no driver th
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -138,9 +139,38 @@ class Leader:
                                       index=st.last_index))
         self.chain._process_ready()
 
+    def reelect(self) -> None:
+        """Deposed by orderer 2 (a higher term), then elected again with its vote: a LEADER that
+        may not cut yet (its term's first entry is not applied, nor what its log holds from
+        the former term: ``_lead_ready``)."""
+        node = self.chain._node
+        node.step(Message(MessageType.HEARTBEAT, to=1, frm=2, term=node.status().term + 1))
+        self.chain._process_ready()
+        assert node.status().role != StateRole.LEADER
+        node.campaign()
+        for _ in range(10):
+            self.chain._process_ready()
+            if node.status().role == StateRole.LEADER:
+                break
+            node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=node.status().term + 1))
+            node.step(Message(MessageType.VOTE_RESP, to=1, frm=2, term=node.status().term))
+        self.chain._process_ready()
+        assert self.chain._role == StateRole.LEADER and not self.chain._lead_ready()
+
     def close(self) -> None:
         self.storage.close()
         self.blocks.close()
+
+
+class LoggedMessages(logging.Handler):
+    """The messages logged (INFO and above) by the loggers it is added to, in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record.getMessage())
 
 
 def step_server() -> tuple[grpc.Server, int, list[services_pb2.ConsensusRequest]]:

@@ -27,7 +27,7 @@ from node.crypto.signing import Purpose, load_signer
 from node.orderer.broadcast import BroadcastHandler, EnvelopeValidator
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import ORDERER_CLOCK_SKEW, TOO_LARGE, Ticket
-from node.raft.types import ConfState, Message, MessageType, StateRole
+from node.raft.types import ConfState
 from tests.orderer.cluster import Client, config_envelope, make_network
 from tests.orderer.inproc import Collect, Leader
 from tests.orderer.test_batch import NoForward
@@ -46,19 +46,7 @@ def _reelected(net, data: Path, now_ms: int) -> Leader:
     lead = Leader(net, data, ConfState(voters=(1, 2, 3)), Collect(), wall_ms=lambda: now_ms)
     lead.ack(2)
     lead.ack(3)
-    node = lead.chain._node
-    node.step(Message(MessageType.HEARTBEAT, to=1, frm=2, term=node.status().term + 1))
-    lead.chain._process_ready()
-    assert node.status().role != StateRole.LEADER
-    node.campaign()
-    for _ in range(10):
-        lead.chain._process_ready()
-        if node.status().role == StateRole.LEADER:
-            break
-        node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=node.status().term + 1))
-        node.step(Message(MessageType.VOTE_RESP, to=1, frm=2, term=node.status().term))
-    lead.chain._process_ready()
-    assert lead.chain._role == StateRole.LEADER and not lead.chain._lead_ready()
+    lead.reelect()
     return lead
 
 
@@ -177,18 +165,7 @@ def test_a_new_leader_orders_what_the_config_it_has_yet_to_apply_allows(net, tmp
         lead.chain._process_ready()
         assert lead.chain._config_inflight is not None  # in the log, not committed here yet
         # deposed and elected again: the config block is in its log, not applied
-        node = lead.chain._node
-        node.step(Message(MessageType.HEARTBEAT, to=1, frm=2, term=node.status().term + 1))
-        lead.chain._process_ready()
-        node.campaign()
-        for _ in range(10):
-            lead.chain._process_ready()
-            if node.status().role == StateRole.LEADER:
-                break
-            node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=node.status().term + 1))
-            node.step(Message(MessageType.VOTE_RESP, to=1, frm=2, term=node.status().term))
-        lead.chain._process_ready()
-        assert lead.chain._role == StateRole.LEADER and not lead.chain._lead_ready()
+        lead.reelect()
         assert lead.tracker.current.config.limits.max_envelope_bytes == 65_536
         msp = lambda: lead.tracker.current.msp  # noqa: E731
         validator = EnvelopeValidator(msp, lead.consortium.consortium_id,

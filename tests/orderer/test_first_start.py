@@ -17,7 +17,7 @@ from node.errors import RxError
 from node.orderer.server import OrdererServer, serve
 from node.orderer.statecheck import Verdict, judge
 from node.orderer.ticket import Ticket
-from node.raft.types import ConfState, Message, MessageType, StateRole
+from node.raft.types import ConfState
 from tests.orderer.cluster import Client, config_envelope, make_network, wait_until, without_orderer
 from tests.orderer.inproc import Collect, Leader
 from tests.orderer.test_config_held import ADMINS, _update
@@ -72,18 +72,7 @@ def test_a_config_held_by_a_leader_just_elected_is_judged_against_the_config_it_
                               c0, True)
         lead.chain._process_ready()
         assert lead.chain._config_inflight is not None  # in the log, not committed yet
-        node = lead.chain._node
-        node.step(Message(MessageType.HEARTBEAT, to=1, frm=2, term=node.status().term + 1))
-        lead.chain._process_ready()
-        node.campaign()
-        for _ in range(10):
-            lead.chain._process_ready()
-            if node.status().role == StateRole.LEADER:
-                break
-            node.step(Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=node.status().term + 1))
-            node.step(Message(MessageType.VOTE_RESP, to=1, frm=2, term=node.status().term))
-        lead.chain._process_ready()
-        assert lead.chain._role == StateRole.LEADER and not lead.chain._lead_ready()
+        lead.reelect()
         c1 = Ticket("c1")
         lead.chain._on_submit(config_envelope(net, _update(lead, batch__timeout_ms=200), ADMINS), c1, True)
         lead.ack(2)  # the new term's entry commits, C0 with it: applied

@@ -20,18 +20,8 @@ from node.errors import RxError
 from node.genesis import make_genesis
 from node.orderer.server import OrdererServer, serve
 from tests.orderer.cluster import Client, config_envelope, make_network, wait_until
+from tests.orderer.inproc import LoggedMessages
 from tests.orderer.test_onboard import ADMINS, _with_orderers
-
-
-class _Events(logging.Handler):
-    """The ``event=`` names logged by node.orderer.server (in this process)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(record.getMessage())
 
 
 @pytest.mark.integration
@@ -59,7 +49,7 @@ def test_first_start_with_its_block_store_behind_does_not_miss_a_removed_leader_
     configs[x] = replace(configs[x], extra={**configs[x].extra, "first_start_wait_ms": 15_000})
     client = Client(net)
     servers: dict[int, OrdererServer] = {}
-    events = _Events()
+    events = LoggedMessages()
     log = logging.getLogger("node.orderer.server")
     level = log.level
     try:

@@ -30,6 +30,7 @@ from node.orderer.statecheck import Answer, Verdict, judge_first_start
 from node.raft.storage import MemoryStorage
 from node.raft.types import ConfState
 from tests.orderer.cluster import Client, config_envelope, make_network, wait_until
+from tests.orderer.inproc import LoggedMessages
 from tests.orderer.test_onboard import ADMINS, _with_orderers
 from tests.orderer.test_statecheck import ME, _check, _heard, ans
 
@@ -161,15 +162,6 @@ def test_its_own_entry_moved_before_it_ever_ran_does_not_refuse_its_first_start(
         pytest.fail(f"its own entry moved refuses its --first-start: {err.reason}: {err.message}")
     assert every[1] == "127.0.0.1:7001" and every[2] == "127.0.0.1:7002"
 
-class _Events(logging.Handler):
-    """The messages logged by node.orderer.server (in this process)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.seen.append(record.getMessage())
 
 
 @pytest.mark.integration
@@ -192,7 +184,7 @@ def test_a_first_start_that_onboarded_again_serves_the_message_bound_in_force(tm
     configs[x] = replace(configs[x], extra={**configs[x].extra, "first_start_wait_ms": 30_000})
     client = Client(net)
     servers: dict[int, OrdererServer] = {}
-    events = _Events()
+    events = LoggedMessages()
     log = logging.getLogger("node.orderer.server")
     level = log.level
     try:
