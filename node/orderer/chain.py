@@ -275,7 +275,6 @@ class Chain:
         # a config envelope held, not yet proposed (a leader cuts nothing before _lead_ready):
         # it counts as in flight for the next one (one config block at a time)
         self._config_held = False
-        self._release_configs = False  # a held config was dropped: let the waiting ones in
         self._inflight: dict[int, _Inflight] = {}
         self._last_expiry_check = 0.0
         # (config in force, conf state) last found to need no ConfChange (see _maybe_reconfigure).
@@ -701,9 +700,9 @@ class Chain:
         due = self._cutter.cut_if_due()
         if due:
             self._propose_block(due)
-        if self._release_configs or (self._config_waiting and self._config_inflight is None
-                                     and not self._config_held):
-            self._release_configs = False
+        # the config envelopes waiting behind one applied or dropped as its block was cut, or
+        # for this leader to be able to cut
+        if self._config_waiting and self._config_inflight is None and not self._config_held:
             self._resubmit_waiting_configs()
 
     def _resubmit_waiting_configs(self) -> None:
@@ -725,7 +724,7 @@ class Chain:
         batch = self._within_limits(batch, stamp)
         if not batch:
             if config_batch:
-                self._config_dropped()
+                self._end_config_inflight()  # never proposed: its batch limits go
             return
         envelopes = [p.envelope for p in batch]
         tickets = [p.tag for p in batch]
@@ -741,7 +740,7 @@ class Chain:
             for t in tickets:
                 t.resolve(Outcome(SERVICE_UNAVAILABLE, f"proposal dropped: {err.detail}"))
             if config_batch:
-                self._config_dropped()
+                self._end_config_inflight()  # never proposed: its batch limits go
             return
         header_hash = block_header_hash(block.header)
         self._fail_replaced([self._next_number])
@@ -822,7 +821,6 @@ class Chain:
         self._lead_ready_index = None
         self._end_config_inflight()
         self._config_held = False
-        self._release_configs = False
         waiting, self._config_waiting = self._config_waiting, []
         for _, ticket in waiting:
             ticket.resolve(Outcome(SERVICE_UNAVAILABLE, reason))
@@ -1072,13 +1070,6 @@ class Chain:
                 "block_mismatch",
                 f"block {number} fetched from another orderer differs from the committed one",
             )
-
-    def _config_dropped(self) -> None:
-        """The config envelope held was refused as its block was cut (never proposed): its
-        batch limits go, and the config envelopes waiting behind it are let in (once the
-        blocks held now are proposed)."""
-        self._end_config_inflight()
-        self._release_configs = True
 
     def _end_config_inflight(self) -> None:
         """No config block in flight any more: the batch limits of the config in force alone."""
