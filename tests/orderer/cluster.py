@@ -50,6 +50,14 @@ def consortium(base_port: int, orderer_orgs: int = 3) -> dict[str, Any]:
     }
 
 
+def set_extra(net: Any, name: str, **extra: int) -> None:
+    """Add ``extra`` to the ``extra`` keys of orderer ``name``'s node.yaml."""
+    path = net.node_config_path(name)
+    doc = yaml.safe_load(path.read_text())
+    doc["extra"] = {**doc.get("extra", {}), **extra}
+    path.write_text(yaml.safe_dump(doc))
+
+
 def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: int = 3):
     base = free_base_port(orderer_orgs + 1)
     net = generate(consortium(base, orderer_orgs), home)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rxchain.v1 import block_pb2, services_pb2
+from rxchain.v1 import block_pb2, config_pb2, services_pb2
 
 from node.crypto.signing import Verifier, load_signer
 from node.genesis import config_from_genesis, read_genesis
@@ -138,6 +138,21 @@ class Leader:
         self.chain._node.step(Message(MessageType.APP_RESP, to=1, frm=frm, term=st.term,
                                       index=st.last_index))
         self.chain._process_ready()
+
+    def next_config(self, **changes: int) -> config_pb2.ConsortiumConfig:
+        """The genesis config as the next sequence, with ``changes`` (``group__field=value``,
+        e.g. ``limits__max_envelope_bytes=32_768``)."""
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(self.consortium)
+        new.sequence += 1
+        for name, value in changes.items():
+            group, attr = name.split("__")
+            setattr(getattr(new, group), attr, value)
+        return new
+
+    def sizes_after(self, number: int) -> list[int]:
+        """The serialized size of every block stored after block ``number``."""
+        return [self.blocks.get(n).ByteSize() for n in range(number + 1, self.blocks.height())]
 
     def reelect(self) -> None:
         """Deposed by orderer 2 (a higher term), then elected again with its vote: a LEADER that

@@ -13,7 +13,7 @@ import yaml
 
 from node.crypto.canonical import block_header_hash
 from node.orderer.statecheck import MARKER
-from tests.orderer.cluster import Client, OrdererProcs, all_serving, leader_of, make_network, wait_until
+from tests.orderer.cluster import Client, OrdererProcs, all_serving, leader_of, make_network, set_extra, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +54,19 @@ def _order(procs: OrdererProcs, client: Client, target: str, n: int) -> list[str
     answers = client.broadcast(procs.target(target), [env for _, env in pairs])
     assert all(a.accepted for a in answers) and len(answers) == n, answers
     return [tx for tx, _ in pairs]
+
+
+def _two_of_three_ordering(procs: OrdererProcs, client: Client, n: int) -> tuple[list[str], str, str]:
+    """The first two founding orderers started, ``n`` envelopes ordered: (the two, the third
+    -- never started --, their leader)."""
+    names = procs.names()
+    early, late = names[:2], names[2]
+    for name in early:
+        procs.start(name)
+    all_serving(procs, client, early)
+    leader = wait_until(lambda: leader_of(procs, client, early), 20, what="a leader of the two")
+    _order(procs, client, leader, n)
+    return early, late, leader
 
 
 def test_an_emptied_voter_is_refused_at_once_or_once_another_orderer_answers(cluster):
@@ -123,12 +136,7 @@ def test_a_founding_orderer_first_started_after_the_others_ordered_blocks_joins_
     Restarted with the flag again, it is refused (BAD_CONFIG): the flag never covers a later loss."""
     procs, client = cluster
     names = procs.names()
-    early, late = names[:2], names[2]
-    for name in early:
-        procs.start(name)
-    all_serving(procs, client, early)
-    leader = wait_until(lambda: leader_of(procs, client, early), 20, what="a leader of the two")
-    _order(procs, client, leader, 5)
+    _early, late, leader = _two_of_three_ordering(procs, client, 5)
 
     procs.start(late)
     assert _exit_code(procs, late, 30) == 2
@@ -158,13 +166,6 @@ def test_a_founding_orderer_first_started_after_the_others_ordered_blocks_joins_
     assert not client.status(procs.target(late)).raft_state_unconfirmed
 
 
-def _set_first_start_wait(procs: OrdererProcs, name: str, ms: int) -> None:
-    path = procs.net.node_config_path(name)
-    doc = yaml.safe_load(path.read_text())
-    doc["extra"] = {**doc.get("extra", {}), "first_start_wait_ms": ms}
-    path.write_text(yaml.safe_dump(doc))
-
-
 def test_first_start_left_on_the_command_line_never_covers_a_later_loss_of_the_data_directory(cluster):
     """The late founding orderer joined with --first-start and acknowledged blocks; its data
     directory is then lost and it is started again with the flag (left in its unit file). Blank
@@ -175,12 +176,7 @@ def test_first_start_left_on_the_command_line_never_covers_a_later_loss_of_the_d
     (FIRST_START_UNANSWERED); no leader missing the blocks is ever elected with its vote."""
     procs, client = cluster
     names = procs.names()
-    early, late = names[:2], names[2]
-    for name in early:
-        procs.start(name)
-    all_serving(procs, client, early)
-    leader = wait_until(lambda: leader_of(procs, client, early), 20, what="a leader of the two")
-    _order(procs, client, leader, 2)
+    early, late, _leader = _two_of_three_ordering(procs, client, 2)
     procs.start(late, "--first-start")
     all_serving(procs, client, names)
     wait_until(lambda: len({client.status(procs.target(n)).height for n in names}) == 1, 30,
@@ -200,7 +196,7 @@ def test_first_start_left_on_the_command_line_never_covers_a_later_loss_of_the_d
 
     # with an early orderer down, the flag waits for its answer before the late one's Raft
     # starts (it sends nothing meanwhile), then stops: never a vote before every voter answered
-    _set_first_start_wait(procs, late, 3000)
+    set_extra(procs.net, late, first_start_wait_ms=3000)
     down = next(n for n in early if n != leader_of(procs, client, early))
     up = next(n for n in early if n != down)
     assert procs.terminate(down) == 0

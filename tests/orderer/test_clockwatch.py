@@ -11,8 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
-from rxchain.v1 import config_pb2
 
 from node.orderer.blockcutter import Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
@@ -28,6 +26,7 @@ from tests.orderer.cluster import (
     config_envelope,
     leader_of,
     make_network,
+    set_extra,
     tx_ids_of,
     wait_until,
 )
@@ -280,10 +279,7 @@ def test_behind_a_config_block_in_flight_both_skew_bounds_apply(net, tmp_path: P
     now_ms = int(time.time() * 1000)  # the config envelope carries the real time
     lead, _ = _three_voters(net, tmp_path, now_ms, None)
     try:
-        new = config_pb2.ConsortiumConfig()
-        new.CopyFrom(lead.consortium)
-        new.sequence += 1
-        new.limits.max_clock_skew_ms = 60_000
+        new = lead.next_config(limits__max_clock_skew_ms=60_000)
         assert lead.consortium.limits.max_clock_skew_ms == SKEW_MS
         cfg_ticket = Ticket("cfg")
         lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
@@ -341,10 +337,7 @@ def test_behind_a_config_block_in_flight_a_lowered_envelope_limit_applies(net, t
     now_ms = int(time.time() * 1000)
     lead, _ = _three_voters(net, tmp_path, now_ms, None)
     try:
-        new = config_pb2.ConsortiumConfig()
-        new.CopyFrom(lead.consortium)
-        new.sequence += 1
-        new.limits.max_envelope_bytes = 32_768
+        new = lead.next_config(limits__max_envelope_bytes=32_768)
         assert lead.consortium.limits.max_envelope_bytes == 65_536
         cfg_ticket = Ticket("cfg")
         lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
@@ -383,11 +376,8 @@ def test_a_block_cut_behind_a_config_block_lowering_the_message_bound_fits_it(ne
     now_ms = int(time.time() * 1000)
     lead, _ = _three_voters(net, tmp_path, now_ms, None)
     try:
-        new = config_pb2.ConsortiumConfig()
-        new.CopyFrom(lead.consortium)
-        new.sequence += 1
-        new.limits.max_message_bytes = _LOWERED
-        new.batch.max_bytes = 100_000  # 2 x max(batch, envelope) fits the lowered bound
+        # 2 x max(batch, envelope) fits the lowered bound
+        new = lead.next_config(limits__max_message_bytes=_LOWERED, batch__max_bytes=100_000)
         assert lead.consortium.limits.max_message_bytes == 4 << 20
         assert lead.consortium.batch.max_bytes == 1 << 20
         cfg_ticket = Ticket("cfg")
@@ -407,23 +397,14 @@ def test_a_block_cut_behind_a_config_block_lowering_the_message_bound_fits_it(ne
         cfg_out = cfg_ticket.peek()
         assert cfg_out is not None and cfg_out.accepted, cfg_out
         assert lead.tracker.current.config.limits.max_message_bytes == _LOWERED
-        behind = [lead.blocks.get(n) for n in range(cfg_out.block_number + 1, lead.blocks.height())]
-        assert behind, "no block behind the config block"
-        sizes = [b.ByteSize() for b in behind]
+        sizes = lead.sizes_after(cfg_out.block_number)
         # a peer dialled at the bound in force (the lowered one) must be able to receive each
-        assert max(sizes) <= _LOWERED, sizes
+        assert sizes and max(sizes) <= _LOWERED, sizes
     finally:
         lead.close()
 
 
 # ---------------------------------------------------------------- three orderer processes
-
-
-def _set_extra(net, name: str, **extra: int) -> None:
-    path = net.node_config_path(name)
-    doc = yaml.safe_load(path.read_text())
-    doc["extra"] = {**doc.get("extra", {}), **extra}
-    path.write_text(yaml.safe_dump(doc))
 
 
 @pytest.mark.integration
@@ -436,9 +417,9 @@ def test_an_orderer_an_hour_ahead_leads_only_until_the_others_can_outvote_its_cl
     leadership to 2 or 3, and envelopes are ordered into blocks stamped with the right time."""
     net = make_network(tmp_path / "net")
     names = {n.raft_id: n.name for n in net.orderers()}
-    _set_extra(net, names[1], clock_offset_ms=HOUR_MS, election_tick=6)
+    set_extra(net, names[1], clock_offset_ms=HOUR_MS, election_tick=6)
     for rid in (2, 3):
-        _set_extra(net, names[rid], election_tick=200)  # 10-20 s: orderer 1 campaigns first
+        set_extra(net, names[rid], election_tick=200)  # 10-20 s: orderer 1 campaigns first
     procs = OrdererProcs(net)
     client = Client(net)
     try:

@@ -31,6 +31,7 @@ from node.raft.types import ConfState
 from tests.orderer.cluster import Client, config_envelope, make_network
 from tests.orderer.inproc import Collect, Leader
 from tests.orderer.test_batch import NoForward
+from tests.orderer.test_clockwatch import _LOWERED
 
 ADMINS = ["ins01", "ins02", "ins03"]
 
@@ -50,16 +51,6 @@ def _reelected(net, data: Path, now_ms: int) -> Leader:
     return lead
 
 
-def _update(lead: Leader, **limits: int) -> config_pb2.ConsortiumConfig:
-    new = config_pb2.ConsortiumConfig()
-    new.CopyFrom(lead.consortium)
-    new.sequence += 1
-    for name, value in limits.items():
-        group, field = name.split("__")
-        setattr(getattr(new, group), field, value)
-    return new
-
-
 def test_a_second_config_taken_before_the_first_is_proposed_does_not_hide_its_lowered_envelope_limit(
         net, tmp_path: Path) -> None:
     """C1 lowers max_envelope_bytes to 32 KiB; C2 (same sequence, a different change) is taken
@@ -72,9 +63,9 @@ def test_a_second_config_taken_before_the_first_is_proposed_does_not_hide_its_lo
     lead = _reelected(net, tmp_path, now_ms)
     try:
         c1, c2 = Ticket("c1"), Ticket("c2")
-        lead.chain._on_submit(config_envelope(net, _update(lead, limits__max_envelope_bytes=32_768), ADMINS),
+        lead.chain._on_submit(config_envelope(net, lead.next_config(limits__max_envelope_bytes=32_768), ADMINS),
                               c1, True)
-        lead.chain._on_submit(config_envelope(net, _update(lead, batch__timeout_ms=200), ADMINS), c2, True)
+        lead.chain._on_submit(config_envelope(net, lead.next_config(batch__timeout_ms=200), ADMINS), c2, True)
         lead.ack(2)  # the new term's entry commits: the leader may cut
         assert lead.chain._lead_ready()
         lead.chain._maybe_cut()
@@ -106,8 +97,8 @@ def test_a_second_config_taken_before_the_first_is_proposed_is_checked_against_i
     lead = _reelected(net, tmp_path, now_ms)
     try:
         c1, c2 = Ticket("c1"), Ticket("c2")
-        lead.chain._on_submit(config_envelope(net, _update(lead, batch__timeout_ms=100), ADMINS), c1, True)
-        lead.chain._on_submit(config_envelope(net, _update(lead, batch__timeout_ms=200), ADMINS), c2, True)
+        lead.chain._on_submit(config_envelope(net, lead.next_config(batch__timeout_ms=100), ADMINS), c1, True)
+        lead.chain._on_submit(config_envelope(net, lead.next_config(batch__timeout_ms=200), ADMINS), c2, True)
         lead.ack(2)
         lead.chain._maybe_cut()
         lead.chain._process_ready()
@@ -160,7 +151,7 @@ def test_a_new_leader_orders_what_the_config_it_has_yet_to_apply_allows(net, tmp
         lead.ack(2)
         lead.ack(3)
         raise_ = Ticket("raise")
-        lead.chain._on_submit(config_envelope(net, _update(lead, limits__max_envelope_bytes=131_072), ADMINS),
+        lead.chain._on_submit(config_envelope(net, lead.next_config(limits__max_envelope_bytes=131_072), ADMINS),
                               raise_, True)
         lead.chain._process_ready()
         assert lead.chain._config_inflight is not None  # in the log, not committed here yet
@@ -224,8 +215,8 @@ def test_a_first_config_dropped_at_cut_time_takes_the_second_ones_narrowed_batch
     lead = _reelected(net, tmp_path, ahead_ms)
     try:
         c1, c2 = Ticket("c1"), Ticket("c2")
-        lead.chain._on_submit(_config_envelope_at(net, _update(lead, batch__timeout_ms=100), now_ms), c1, True)
-        lowered = _update(lead, limits__max_message_bytes=_LOWERED, batch__max_bytes=100_000)
+        lead.chain._on_submit(_config_envelope_at(net, lead.next_config(batch__timeout_ms=100), now_ms), c1, True)
+        lowered = lead.next_config(limits__max_message_bytes=_LOWERED, batch__max_bytes=100_000)
         lead.chain._on_submit(_config_envelope_at(net, lowered, ahead_ms), c2, True)
         lead.ack(2)
         lead.chain._maybe_cut()
@@ -242,12 +233,8 @@ def test_a_first_config_dropped_at_cut_time_takes_the_second_ones_narrowed_batch
         out = c2.peek()
         assert out is not None and out.accepted, out
         assert lead.tracker.current.config.limits.max_message_bytes == _LOWERED
-        behind = [lead.blocks.get(n) for n in range(out.block_number + 1, lead.blocks.height())]
-        assert behind, "no block behind the config block"
-        sizes = [b.ByteSize() for b in behind]
-        assert max(sizes) <= _LOWERED, sizes
+        sizes = lead.sizes_after(out.block_number)
+        assert sizes and max(sizes) <= _LOWERED, sizes
     finally:
         lead.close()
 
-
-_LOWERED = 256 << 10

@@ -10,7 +10,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from node.config import load_node_config
 from node.errors import RxError
@@ -18,9 +17,9 @@ from node.orderer.server import OrdererServer, serve
 from node.orderer.statecheck import Verdict, judge
 from node.orderer.ticket import Ticket
 from node.raft.types import ConfState
-from tests.orderer.cluster import Client, config_envelope, make_network, wait_until, without_orderer
+from tests.orderer.cluster import Client, config_envelope, make_network, set_extra, wait_until, without_orderer
 from tests.orderer.inproc import Collect, Leader
-from tests.orderer.test_config_held import ADMINS, _update
+from tests.orderer.test_config_held import ADMINS
 from tests.orderer.test_statecheck import ans
 
 
@@ -68,13 +67,13 @@ def test_a_config_held_by_a_leader_just_elected_is_judged_against_the_config_it_
         lead.ack(2)
         lead.ack(3)
         c0 = Ticket("c0")
-        lead.chain._on_submit(config_envelope(net, _update(lead, limits__max_envelope_bytes=131_072), ADMINS),
+        lead.chain._on_submit(config_envelope(net, lead.next_config(limits__max_envelope_bytes=131_072), ADMINS),
                               c0, True)
         lead.chain._process_ready()
         assert lead.chain._config_inflight is not None  # in the log, not committed yet
         lead.reelect()
         c1 = Ticket("c1")
-        lead.chain._on_submit(config_envelope(net, _update(lead, batch__timeout_ms=200), ADMINS), c1, True)
+        lead.chain._on_submit(config_envelope(net, lead.next_config(batch__timeout_ms=200), ADMINS), c1, True)
         lead.ack(2)  # the new term's entry commits, C0 with it: applied
         assert lead.tracker.current.config.limits.max_envelope_bytes == 131_072
         lead.chain._maybe_cut()
@@ -145,13 +144,6 @@ def test_first_start_is_refused_when_the_removed_leader_that_counted_its_acknowl
             server.stop(0)
 
 
-def _set_extra(net, name: str, **extra: int) -> None:
-    path = net.node_config_path(name)
-    doc = yaml.safe_load(path.read_text())
-    doc["extra"] = {**doc.get("extra", {}), **extra}
-    path.write_text(yaml.safe_dump(doc))
-
-
 @pytest.mark.integration
 def test_two_founding_orderers_started_late_together_stop_naming_the_recovery_procedure(tmp_path: Path) -> None:
     """Five founding orderers; three start and order blocks (a quorum), the other two -- which
@@ -163,7 +155,7 @@ def test_two_founding_orderers_started_late_together_stop_naming_the_recovery_pr
     README Recovery procedure (remove, add back) the documented limit leaves them."""
     net = make_network(tmp_path / "net", orderer_orgs=5)
     for n in net.orderers():
-        _set_extra(net, n.name, first_start_wait_ms=4000)
+        set_extra(net, n.name, first_start_wait_ms=4000)
     configs = {n.raft_id: load_node_config(net.node_config_path(n.name)) for n in net.orderers()}
     targets = {rid: f"127.0.0.1:{n.port}" for rid, n in zip(configs, net.orderers(), strict=True)}
     client = Client(net)

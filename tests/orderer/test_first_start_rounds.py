@@ -6,7 +6,6 @@ guard: a certificate rotated in place is not another holder."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,9 +17,7 @@ import grpc
 import pytest
 from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
 
-from node.config import load_node_config
 from node.errors import RxError
-from node.genesis import make_genesis
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer import statecheck
@@ -29,9 +26,9 @@ from node.orderer.server import OrdererServer, _every_orderer, check_blank_state
 from node.orderer.statecheck import Answer, Verdict, judge_first_start
 from node.raft.storage import MemoryStorage
 from node.raft.types import ConfState
-from tests.orderer.cluster import Client, config_envelope, make_network, wait_until
-from tests.orderer.inproc import LoggedMessages
-from tests.orderer.test_onboard import ADMINS, _with_orderers
+from tests.orderer.cluster import config_envelope, wait_until
+from tests.orderer.founders import X, founders, restart_x_first
+from tests.orderer.test_onboard import ADMINS
 from tests.orderer.test_statecheck import ME, _check, _heard, ans
 
 
@@ -174,56 +171,25 @@ def test_a_first_start_that_onboarded_again_serves_the_message_bound_in_force(tm
     after the FIRST onboarding, before the check: X's gRPC server (and its Raft appends, its
     batches) run under the genesis config's 4 MiB, refusing the envelopes, blocks and Raft
     messages the others accept (69bb174's fault, back through the check's onboarding)."""
-    net = make_network(tmp_path / "net")
-    full = net.config
-    start = _with_orderers(full, [1, 2, 3], full.sequence)
-    net.genesis_path.write_bytes(make_genesis(start, int(time.time() * 1000)).SerializeToString())
-    configs = {n.raft_id: load_node_config(net.node_config_path(n.name)) for n in net.orderers()}
-    targets = {rid: f"127.0.0.1:{n.port}" for rid, n in zip(configs, net.orderers(), strict=True)}
-    x = 3
-    configs[x] = replace(configs[x], extra={**configs[x].extra, "first_start_wait_ms": 30_000})
-    client = Client(net)
-    servers: dict[int, OrdererServer] = {}
-    events = LoggedMessages()
-    log = logging.getLogger("node.orderer.server")
-    level = log.level
+    f = founders(tmp_path, 30_000)
+    client, targets, servers, configs, x = f.client, f.targets, f.servers, f.configs, X
     try:
         for rid in (1, 2):
             servers[rid] = serve(configs[rid])
         lead = wait_until(lambda: client.status(targets[1], 1.0).raft_leader or None, 20, what="a leader")
         raised = config_pb2.ConsortiumConfig()
-        raised.CopyFrom(start)
-        raised.sequence = start.sequence + 1
+        raised.CopyFrom(f.start)
+        raised.sequence = f.start.sequence + 1
         raised.limits.max_message_bytes = 16 << 20
         raised.limits.max_envelope_bytes = 6 << 20
-        [r] = client.broadcast(targets[lead], [config_envelope(net, raised, ADMINS)])
+        [r] = client.broadcast(targets[lead], [config_envelope(f.net, raised, ADMINS)])
         assert r.accepted, r.message
         height = client.status(targets[lead]).height
         wait_until(lambda: all(client.status(targets[rid], 1.0).height >= height for rid in (1, 2)), 20,
                    what="the raise applied")
-        for rid in (1, 2):  # the network restarted: X comes up first
-            servers.pop(rid).stop(0)
-        log.addHandler(events)
-        log.setLevel(logging.INFO)
-        outcome: list[object] = []
-
-        def first_start() -> None:
-            try:
-                outcome.append(serve(configs[x], first_start=True))
-            except BaseException as exc:  # reported below
-                outcome.append(exc)
-
-        thread = threading.Thread(target=first_start)
-        thread.start()
-        wait_until(lambda: any("raft_first_start_waiting" in e for e in events.seen) or outcome, 30,
-                   what="X waiting for the answers")
-        for rid in (1, 2):
-            servers[rid] = serve(configs[rid])
-        thread.join(45)
-        assert outcome, "X's start did not end"
-        assert isinstance(outcome[0], OrdererServer), outcome[0]
-        servers[x] = outcome[0]
-        assert servers[x].blocks.height() >= height  # it onboarded the raise
+        outcome = restart_x_first(f, (1, 2))
+        assert isinstance(outcome, OrdererServer), outcome
+        assert outcome.blocks.height() >= height  # it onboarded the raise
         big = b"\x0a" + b"x" * (5 << 20)  # over the genesis bound, within the raised one; no envelope
         try:
             [r] = client.broadcast(targets[x], [big])
@@ -232,10 +198,7 @@ def test_a_first_start_that_onboarded_again_serves_the_message_bound_in_force(tm
                         f"max_message_bytes to 16 MiB, still serves the genesis bound: {exc!r}")
         assert (r.accepted, r.reason) == (False, "BAD_PAYLOAD"), r.message
     finally:
-        log.removeHandler(events)
-        log.setLevel(level)
-        for server in servers.values():
-            server.stop(0)
+        f.stop()
 
 
 @pytest.mark.integration
@@ -256,16 +219,8 @@ def test_a_first_start_while_the_others_order_under_steady_load_is_confirmed(
         return ask(targets, channels, timeout_s)
 
     monkeypatch.setattr(statecheck, "ask", far)
-    net = make_network(tmp_path / "net")
-    full = net.config
-    start = _with_orderers(full, [1, 2, 3], full.sequence)
-    net.genesis_path.write_bytes(make_genesis(start, int(time.time() * 1000)).SerializeToString())
-    configs = {n.raft_id: load_node_config(net.node_config_path(n.name)) for n in net.orderers()}
-    targets = {rid: f"127.0.0.1:{n.port}" for rid, n in zip(configs, net.orderers(), strict=True)}
-    x = 3
-    configs[x] = replace(configs[x], extra={**configs[x].extra, "first_start_wait_ms": 15_000})
-    client = Client(net)
-    servers: dict[int, OrdererServer] = {}
+    f = founders(tmp_path, 15_000)
+    client, targets, servers, configs, x = f.client, f.targets, f.servers, f.configs, X
     stop = threading.Event()
     accepted = [0]
 
@@ -294,8 +249,7 @@ def test_a_first_start_while_the_others_order_under_steady_load_is_confirmed(
         stop.set()
         for loader in loaders:
             loader.join(15)
-        for server in servers.values():
-            server.stop(0)
+        f.stop()
 
 
 def test_an_answer_without_a_record_says_it_may_have_been_told_it_lost_state() -> None:
