@@ -3,8 +3,8 @@
 Every gRPC stream message costs roughly 0.1 ms of CPU on each side, whatever it carries.
 :func:`batch_requests` is a request iterator for ``TransactBatch``: it blocks only for the
 first queued request, then takes everything else queued at that moment (at most
-:data:`MAX_REQUESTS_PER_MESSAGE` requests, about :data:`MAX_MESSAGE_BYTES`) and sends it
-as one message. It never waits to fill a message, so at low load each request goes out
+:data:`MAX_REQUESTS_PER_MESSAGE` requests and :data:`MAX_MESSAGE_BYTES` bytes, a larger
+request alone) and sends it as one message. It never waits to fill a message, so at low load each request goes out
 alone and at once; under load, the requests that piled up while gRPC sent the previous
 message go out together. ``None`` on the queue half-closes the stream.
 
@@ -22,9 +22,14 @@ from collections.abc import Iterator
 import grpc
 from rxchain.v1 import services_pb2
 
-# The gateway's per-message limits (node.peer.gateway.transact.MAX_REQUESTS_PER_BATCH).
+from node.msgbound import CLIENT_BATCH_BYTES
+
+# The gateway's per-message limit (node.peer.gateway.transact.MAX_REQUESTS_PER_BATCH), and
+# request bytes per message within any gRPC message bound a config allows (node.msgbound: it
+# was 4 MiB, over the bound of a consortium with a smaller max_message_bytes, whose gateway
+# then refused the whole message and failed every request on the stream)
 MAX_REQUESTS_PER_MESSAGE = 256
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES = CLIENT_BATCH_BYTES
 BATCH_ERROR_CORRELATION_ID = 0
 
 RequestQueue = queue.SimpleQueue[services_pb2.TransactRequest | None]

@@ -52,6 +52,7 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
+from node.msgbound import batch_budget
 from node.orderer.configrules import BAD_CONFIG_UPDATE
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
@@ -69,10 +70,6 @@ from node.orderer.ticket import (
     Outcome,
     Ticket,
 )
-
-# bytes of an EnvelopeBatch message beyond its envelopes (field tags and lengths: <= 6 per
-# envelope, so 64 KiB covers any batch the envelope-count limit allows)
-BATCH_FRAMING_SLACK = 64 * 1024
 
 _log = logging.getLogger(__name__)
 
@@ -254,8 +251,12 @@ class BroadcastHandler:
         options: BroadcastOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         recent: RecentTxIndex | None = None,
+        message_bound: Callable[[], int] | None = None,
     ) -> None:
+        """``message_bound``: the gRPC message bound of the nodes its answers go to (none: one
+        answer message holds up to ``max_answers_per_message`` answers, whatever they weigh)."""
         self._recent = recent
+        self._message_bound = message_bound
         self._settled_at = -1.0  # when a NOT_LEADER answer last waited for the leader to settle
         self._validator = validator
         self._orderer = orderer
@@ -264,6 +265,11 @@ class BroadcastHandler:
         self._opt = options or BroadcastOptions()
         self._clock = clock
         self._accepting = True
+        self.answer_bytes: Callable[[], int] | None = None if message_bound is None else self._answer_bytes
+
+    def _answer_bytes(self) -> int:
+        assert self._message_bound is not None
+        return batch_budget(self._message_bound(), self._opt.max_batch_bytes)
 
     def stop_accepting(self) -> None:
         """Answer every new envelope SERVICE_UNAVAILABLE (graceful shutdown)."""
@@ -480,6 +486,7 @@ class BroadcastHandler:
             max_per_message=self._opt.max_answers_per_message,
             on_error=stream_error_logger(_log, "broadcast"),
             weigh=batch_bytes, max_bytes=self._opt.max_stream_bytes,
+            answer_bytes=self.answer_bytes,
         )
 
 

@@ -72,6 +72,7 @@ from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
+from node.msgbound import MIN_MESSAGE_BYTES
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
 
@@ -106,7 +107,7 @@ LIMIT_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
     ("batch", "max_tx_count"): (1, 100_000),
     ("batch", "max_bytes"): (1, 1 << 30),
     ("batch", "timeout_ms"): (1, 60_000),
-    ("limits", "max_message_bytes"): (64 << 10, NODE_SEND_BOUND),
+    ("limits", "max_message_bytes"): (MIN_MESSAGE_BYTES, NODE_SEND_BOUND),
     ("limits", "max_envelope_bytes"): (1, 1 << 30),
     ("limits", "gas_limit"): (1, 1 << 40),
     ("limits", "max_write_set_keys"): (1, 1_000_000),

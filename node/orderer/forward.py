@@ -78,7 +78,7 @@ class _LeaderStream:
         channel_factory: ChannelFactory,
         clock: Callable[[], float],
         max_batch: int,
-        max_batch_bytes: int,
+        max_batch_bytes: Callable[[], int],
     ) -> None:
         self.leader_id = leader_id
         self._clock = clock
@@ -129,9 +129,10 @@ class _LeaderStream:
                     return
                 batch: list[bytes] = []
                 size = 0
+                budget = self._max_bytes()  # read per message: the bound in force may change
                 while self._queue and len(batch) < self._max_batch:
                     envelope, ticket = self._queue[0]
-                    if batch and size + len(envelope) > self._max_bytes:
+                    if batch and size + len(envelope) > budget:
                         break
                     self._queue.popleft()
                     batch.append(envelope)
@@ -201,8 +202,10 @@ class LeaderForwarder:
         watch_s: float = 0.25,
         moved_grace_s: float = 1.0,
         max_batch: int = 512,
-        max_batch_bytes: int = 4 * 1024 * 1024,
+        max_batch_bytes: int | Callable[[], int] = 4 * 1024 * 1024,
     ) -> None:
+        """``max_batch_bytes``: envelope bytes of one forwarded message, or a function giving
+        them (read per message: node.msgbound)."""
         self._membership = membership
         self._factory = channel_factory
         self._leader_id = leader_id
@@ -211,7 +214,8 @@ class LeaderForwarder:
         self._watch_s = watch_s
         self._grace_s = moved_grace_s
         self._max_batch = max_batch
-        self._max_bytes = max_batch_bytes
+        self._max_bytes: Callable[[], int] = (
+            max_batch_bytes if callable(max_batch_bytes) else lambda: max_batch_bytes)
         self._broke_at: dict[int, float] = {}
         self._streams: dict[int, _LeaderStream] = {}
         self._moved: dict[_LeaderStream, float] = {}  # stream -> when its leader moved away
@@ -359,6 +363,7 @@ class ForwardBatchService:
             requests, dispatch, answer, lambda item: item[0].peek() is not None,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
             on_error=stream_error_logger(_log, "forward"), weigh=batch_bytes, max_bytes=FORWARD_READ_AHEAD_BYTES,
+            answer_bytes=self._broadcast.answer_bytes,
         )
 
     def handler(self) -> grpc.GenericRpcHandler[object, object]:

@@ -47,8 +47,8 @@ from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
+from node.msgbound import batch_budget
 from node.orderer.broadcast import (
-    BATCH_FRAMING_SLACK,
     BroadcastHandler,
     BroadcastOptions,
     EnvelopeValidator,
@@ -648,14 +648,25 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         config_check=tracker.check_broadcast,
         max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )
-    # envelope bytes of one batch message, client's or forwarded, that still fits a gRPC message
-    batch_bytes = max(1, min(BroadcastOptions.max_batch_bytes, max_msg - BATCH_FRAMING_SLACK))
+    # envelope bytes of one batch message received, client's or forwarded (node.msgbound: what
+    # a sender under the same bound puts in one; it was the bound less 64 KiB, nothing at all
+    # under the smallest bound a config allows: every batch was refused TOO_LARGE)
+    batch_bytes = batch_budget(max_msg, BroadcastOptions.max_batch_bytes)
+
+    def send_bound() -> int:
+        # what the forwarded batches and the answers of batch streams are sized by: the
+        # receiver's bound (forwarded batches were 4 MiB whatever max_msg: over a smaller bound
+        # the leader refused the message and every envelope in it was answered
+        # SERVICE_UNAVAILABLE, outcome unknown), which is the bound in force once it restarted
+        # (or dialled) after a lowering, and at most this node's own until then after a raise
+        return min(message_bound(), max_msg)
+
+    def forward_bytes() -> int:
+        return batch_budget(send_bound(), BroadcastOptions.max_batch_bytes)
+
     forwarder: LeaderForwarder | Forwarder
     if forward_rpc == "batch":
-        # the forwarded batches bounded the same way (they were 4 MiB whatever max_msg: over a
-        # smaller bound the leader refused the message and every envelope in it was answered
-        # SERVICE_UNAVAILABLE, outcome unknown)
-        forwarder = LeaderForwarder(membership, channel, chain.leader_id, max_batch_bytes=batch_bytes)
+        forwarder = LeaderForwarder(membership, channel, chain.leader_id, max_batch_bytes=forward_bytes)
         chain.add_leader_listener(forwarder.leader_changed)
     else:
         forwarder = Forwarder(membership, channel)
@@ -663,7 +674,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         validator, chain, forwarder, metrics,
         # a batch over the limit gets TOO_LARGE answers only if it still fits a gRPC message
         BroadcastOptions(commit_timeout_s=commit_timeout_s, max_batch_bytes=batch_bytes),
-        recent=RecentTxIndex(blocks, chain.leader_id),
+        recent=RecentTxIndex(blocks, chain.leader_id), message_bound=send_bound,
     )
     grpc_workers = config.grpc_workers
     streams = config.stream_caps()  # on Deliver streams (node.stream_caps)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from node.orderer.ticket import Outcome, Ticket
 
@@ -107,6 +108,7 @@ def coalesced_answers(
     on_error: Callable[[BaseException], None] | None = None,
     weigh: Callable[[Req], int] | None = None,
     max_bytes: int = 0,
+    answer_bytes: Callable[[], int] | None = None,
 ) -> Iterator[Out]:
     """Batched form of :func:`ordered_answers`: each request carries several items.
 
@@ -117,7 +119,10 @@ def coalesced_answers(
     requests. A request with no items still gets its own (empty) answer message unless it
     is merged into the one before it. ``max_in_flight`` bounds requests read ahead; with
     ``weigh``, ``max_bytes`` also bounds their bytes (a request is read ahead only while the
-    ones not yet answered weigh less; the first is always taken).
+    ones not yet answered weigh less; the first is always taken). With ``answer_bytes``, the
+    answers of one message weigh at most ``answer_bytes()`` (``ByteSize``; read per message):
+    more go out in several messages, in order (the receiver's gRPC bound refuses a larger one
+    as a whole; one larger answer goes alone).
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
@@ -182,7 +187,10 @@ def coalesced_answers(
                     carry = nxt
                     break
                 out.extend(answers_of(nxt))
-            yield pack(out)
+            if answer_bytes is None:
+                yield pack(out)
+            else:
+                yield from _split(out, answer_bytes(), pack)
     finally:
         stop.set()
         with room:
@@ -194,3 +202,18 @@ def coalesced_answers(
                 pending.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def _split(answers: list[Resp], budget: int, pack: Callable[[list[Resp]], Out]) -> Iterator[Out]:
+    """``answers`` packed in order into messages of at most ``budget`` answer bytes each (an
+    empty list still makes one message)."""
+    chunk: list[Resp] = []
+    size = 0
+    for resp in answers:
+        n = cast(Message, resp).ByteSize()
+        if chunk and size + n > budget:
+            yield pack(chunk)
+            chunk, size = [], 0
+        chunk.append(resp)
+        size += n
+    yield pack(chunk)

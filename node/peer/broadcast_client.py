@@ -51,6 +51,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import ENVELOPE_REFUSALS, RxError
+from node.msgbound import batch_budget
 from node.orderer.envelope_batch import encode_batch
 
 _log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class _Stream:
 
     Batched (default): envelopes queued while the previous message was being written go
     out together as one EnvelopeBatch on AtomicBroadcast.BroadcastBatch (at most
-    ``max_batch`` envelopes / ``max_batch_bytes``; never waiting to fill a batch); each
+    ``max_batch`` envelopes / ``max_batch_bytes()`` bytes; never waiting to fill a batch); each
     answer message carries the answers of one or more envelopes, in order. An orderer
     without BroadcastBatch (UNIMPLEMENTED before any answer) gets the same envelopes again
     on the one-envelope-per-message Broadcast (nothing was processed, so nothing repeats).
@@ -107,7 +108,7 @@ class _Stream:
         *,
         batched: bool = True,
         max_batch: int = 256,
-        max_batch_bytes: int = 1024 * 1024,
+        max_batch_bytes: Callable[[], int] = lambda: 1024 * 1024,
         on_message: Callable[[], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -164,12 +165,13 @@ class _Stream:
                 return
             batch = [item]
             size = len(item)
+            budget = self._max_bytes()  # read per message: the bound in force may change
             while len(batch) < self._max_batch:
                 try:
                     nxt = requests.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _END or size + len(nxt) > self._max_bytes:
+                if nxt is _END or size + len(nxt) > budget:
                     carry = nxt
                     break
                 batch.append(nxt)
@@ -290,6 +292,7 @@ class BroadcastClient:
         batched: bool = True,
         max_batch: int = 256,
         max_batch_bytes: int = 1024 * 1024,
+        message_bound: Callable[[], int] | None = None,
     ) -> None:
         if not orderers:
             raise RxError("BAD_CONFIG", "no orderers configured")
@@ -315,6 +318,7 @@ class BroadcastClient:
         self._batched = batched
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
+        self._message_bound = message_bound
         self.resubmitted = 0  # at most this many envelopes were sent again after a stream failure
         self.messages_sent = 0  # stream messages written over all streams (batching metric)
         self._count_lock = threading.Lock()  # counters only (taken on gRPC's writer threads)
@@ -396,6 +400,13 @@ class BroadcastClient:
                     _log.warning("event=broadcast_stalled orderer=%s draining=1", stream.endpoint.name)
                     stream.close()
 
+    def _batch_bytes(self) -> int:
+        """Envelope bytes of one EnvelopeBatch: the orderer's server refuses a message over its
+        bound as a whole (every envelope in it failed, outcome unknown)."""
+        if self._message_bound is None:
+            return self._max_batch_bytes
+        return batch_budget(self._message_bound(), self._max_batch_bytes)
+
     def _count_message(self) -> None:
         with self._count_lock:
             self.messages_sent += 1
@@ -410,7 +421,7 @@ class BroadcastClient:
                 ep = self._orderers[self._index % len(self._orderers)]
                 self._stream = _Stream(
                     ep, self._channels(ep.target), self._clock, batched=self._batched,
-                    max_batch=self._max_batch, max_batch_bytes=self._max_batch_bytes,
+                    max_batch=self._max_batch, max_batch_bytes=self._batch_bytes,
                     on_message=self._count_message,
                 )
             return self._stream

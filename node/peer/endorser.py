@@ -41,6 +41,7 @@ from node.crypto.signing import Purpose, Signer
 from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
+from node.msgbound import batch_budget
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS
 from node.peer.history import HistoryLedger, LedgerHistory
@@ -348,7 +349,7 @@ def _response(result: InvocationResult) -> transaction_pb2.Response:
 # stops pulling batches -- HTTP/2 flow control pushes back -- until answers drain).
 MAX_BATCH_ITEMS = 256
 MAX_ANSWER_ITEMS = 256
-MAX_ANSWER_BYTES = 1 << 20  # a single answer may exceed it (bounded by the message limit)
+MAX_ANSWER_BYTES = 1 << 20  # at most half the bound (node.msgbound); a larger answer goes alone
 MAX_STREAM_IN_FLIGHT = 1024
 STREAM_WORKERS = 16
 CLOSE_WAIT_S = 30.0  # close(wait=True) waits this long at most for running endorsements
@@ -366,8 +367,11 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
     """
 
     def __init__(self, endorser: Endorser, pool: Executor | None = None,
-                 workers: int = STREAM_WORKERS) -> None:
+                 workers: int = STREAM_WORKERS, message_bound: Callable[[], int] | None = None) -> None:
+        """``message_bound``: the gRPC message bound the gateways' channels receive with (none:
+        answer messages carry up to :data:`MAX_ANSWER_BYTES`)."""
         self._endorser = endorser
+        self._message_bound = message_bound
         self._own_pool = pool is None
         self._pool: Executor = pool or ThreadPoolExecutor(workers, thread_name_prefix="endorse-stream")
         self._lock = threading.Lock()
@@ -395,6 +399,11 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
             with self._idle:
                 self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT_S)
 
+    def _answer_bytes(self) -> int:
+        if self._message_bound is None:
+            return MAX_ANSWER_BYTES
+        return batch_budget(self._message_bound(), MAX_ANSWER_BYTES)
+
     def _endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         """:meth:`Endorser.endorse`, counted so that :meth:`close` can wait for it."""
         with self._lock:
@@ -420,7 +429,7 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         request_iterator: Iterator[services_pb2.ProposalBatch],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.ProposalResponseBatch]:
-        stream = _ProposalStream(self._endorse, self._pool, context.is_active)
+        stream = _ProposalStream(self._endorse, self._pool, context.is_active, self._answer_bytes)
         with self._lock:
             if self._closed:
                 abort_with(context, RxError("SERVICE_UNAVAILABLE", "the peer is shutting down"))
@@ -446,8 +455,10 @@ class _ProposalStream:
     """
 
     def __init__(self, endorse: Callable[[transaction_pb2.SignedProposal], transaction_pb2.ProposalResponse],
-                 pool: Executor, is_active: Callable[[], bool]) -> None:
+                 pool: Executor, is_active: Callable[[], bool],
+                 answer_bytes: Callable[[], int] = lambda: MAX_ANSWER_BYTES) -> None:
         self._endorse_fn = endorse
+        self._answer_bytes = answer_bytes
         self._pool = pool
         self._is_active = is_active
         # answers from the pool, proposals handed to the handler, None = no more answers
@@ -549,26 +560,32 @@ class _ProposalStream:
         return answer
 
     def answers(self) -> Iterator[services_pb2.ProposalResponseBatch]:
-        """Answers in completion order; whatever is ready at once goes in one message."""
+        """Answers in completion order; whatever is ready at once goes in one message (at most
+        :data:`MAX_ANSWER_ITEMS` answers and ``answer_bytes()`` bytes; a larger answer alone)."""
         out = self._out
+        carry: services_pb2.CorrelatedProposalResponse | None = None
         while True:
-            with self._lock:
-                self._handler_idle = True
-            try:
-                got = out.get(timeout=_POLL_S)
-            except queue.Empty:
-                if not self._is_active():
+            if carry is not None:
+                first, carry = carry, None
+            else:
+                with self._lock:
+                    self._handler_idle = True
+                try:
+                    got = out.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if not self._is_active():
+                        return
+                    continue
+                with self._lock:
+                    self._handler_idle = False
+                if got is None or self._ended:
                     return
-                continue
-            with self._lock:
-                self._handler_idle = False
-            if got is None or self._ended:
-                return
-            first = self._resolve(got)
+                first = self._resolve(got)
             items = [first]
             size = first.ByteSize()
+            budget = self._answer_bytes()
             last = False
-            while len(items) < MAX_ANSWER_ITEMS and size < MAX_ANSWER_BYTES:
+            while len(items) < MAX_ANSWER_ITEMS:
                 try:
                     nxt = out.get_nowait()
                 except queue.Empty:
@@ -577,12 +594,16 @@ class _ProposalStream:
                     last = True
                     break
                 answer = self._resolve(nxt)
+                n = answer.ByteSize()
+                if size + n > budget:  # the next message's first
+                    carry = answer
+                    break
                 items.append(answer)
-                size += answer.ByteSize()
+                size += n
             yield services_pb2.ProposalResponseBatch(items=items)
             for _ in items:  # handed to gRPC: their slots are free
                 self._slots.release()
-            if last:
+            if last or self._ended:
                 return
 
 

@@ -31,6 +31,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError, reason_from_rpc_error
+from node.msgbound import batch_budget
 
 ChannelFactory = Callable[[str], grpc.Channel]
 Clock = Callable[[], float]
@@ -38,7 +39,7 @@ Clock = Callable[[], float]
 _log = logging.getLogger(__name__)
 
 MAX_SEND_ITEMS = 64  # proposals per request message (the server accepts up to 256)
-MAX_SEND_BYTES = 1 << 20  # and bytes per request message (a single proposal may exceed it)
+MAX_SEND_BYTES = 1 << 20  # and bytes per request message, at most half the bound (node.msgbound)
 IDLE_CLOSE_S = 1.0  # a stream with nothing in flight for this long is half-closed (reopened on use)
 UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED, use unary calls this long before trying again
 STREAM_UNIMPLEMENTED = "STREAM_UNIMPLEMENTED"  # internal: re-send this proposal by unary call
@@ -48,8 +49,10 @@ class _PeerStream:
     """The ProcessProposals stream to one peer, reopened on demand after a failure."""
 
     def __init__(self, ep: Endpoint, stub: services_pb2_grpc.EndorserStub, ids: Iterator[int],
-                 clock: Clock, *, use_stream: bool = True) -> None:
+                 clock: Clock, *, use_stream: bool = True,
+                 message_bound: Callable[[], int] | None = None) -> None:
         self.ep = ep
+        self._message_bound = message_bound
         self._use_stream = use_stream
         self._stub = stub
         self._ids = ids
@@ -100,10 +103,18 @@ class _PeerStream:
         q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
         self._queue = q
         generation = self._generation
-        call = self._stub.ProcessProposals(_batches(q, IDLE_CLOSE_S, lambda: self._retire(generation)))
+        call = self._stub.ProcessProposals(_batches(q, IDLE_CLOSE_S, lambda: self._retire(generation),
+                                                    self._batch_bytes))
         self._cancel = call.cancel
         threading.Thread(target=self._read, args=(call, self._generation), daemon=True,
                          name=f"endorse-stream-{self.ep.name}").start()
+
+    def _batch_bytes(self) -> int:
+        """Proposal bytes of one request message: the peer's server refuses a message over its
+        bound as a whole (every proposal in it failed SERVICE_UNAVAILABLE)."""
+        if self._message_bound is None:
+            return MAX_SEND_BYTES
+        return batch_budget(self._message_bound(), MAX_SEND_BYTES)
 
     def _read(self, call: Iterator[services_pb2.ProposalResponseBatch], generation: int) -> None:
         failure: RxError = StreamBroken("SERVICE_UNAVAILABLE", f"{self.ep.name}: endorsement stream ended")
@@ -164,8 +175,11 @@ def _batches(
     q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None],
     idle_s: float = IDLE_CLOSE_S,
     on_idle: Callable[[], bool] = lambda: False,
+    max_bytes: Callable[[], int] = lambda: MAX_SEND_BYTES,
 ) -> Iterator[services_pb2.ProposalBatch]:
-    """The request iterator: whatever is queued when gRPC asks, as one message.
+    """The request iterator: whatever is queued when gRPC asks, as one message of at most
+    :data:`MAX_SEND_ITEMS` proposals and ``max_bytes()`` bytes (read per message: the bound in
+    force may change; one larger proposal goes alone).
 
     After ``idle_s`` with nothing queued it asks ``on_idle`` whether to end (half-close).
     """
@@ -184,6 +198,7 @@ def _batches(
                 return
         items = [first]
         size = first.ByteSize()
+        budget = max_bytes()
         end = False
         while len(items) < MAX_SEND_ITEMS:
             try:
@@ -194,7 +209,7 @@ def _batches(
                 end = True
                 break
             nsize = nxt.ByteSize()
-            if size + nsize > MAX_SEND_BYTES:
+            if size + nsize > budget:
                 carry = nxt
                 break
             items.append(nxt)
@@ -305,8 +320,11 @@ class RemoteEndorsers:
     def __init__(
         self, peers: Sequence[Endpoint], channels: ChannelFactory, timeout_s: float = 30.0,
         clock: Clock = time.monotonic, *, use_stream: bool = True,
+        message_bound: Callable[[], int] | None = None,
     ) -> None:
-        """``use_stream=False`` asks every peer by unary ProcessProposal calls (benchmarks)."""
+        """``use_stream=False`` asks every peer by unary ProcessProposal calls (benchmarks);
+        ``message_bound`` is the gRPC message bound the peers' servers hold to (none: requests
+        carry up to :data:`MAX_SEND_BYTES`)."""
         self._by_org: dict[str, list[Endpoint]] = {}
         for ep in peers:
             self._by_org.setdefault(ep.org, []).append(ep)
@@ -314,6 +332,7 @@ class RemoteEndorsers:
         self.timeout_s = timeout_s
         self.clock = clock
         self._use_stream = use_stream
+        self._message_bound = message_bound
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stubs: dict[str, services_pb2_grpc.EndorserStub] = {}
@@ -364,8 +383,9 @@ class RemoteEndorsers:
             with self._lock:
                 stream = self._streams.get(ep.target)
                 if stream is None:
-                    stream = self._streams[ep.target] = _PeerStream(ep, stub, self._ids, self.clock,
-                                                                     use_stream=self._use_stream)
+                    stream = self._streams[ep.target] = _PeerStream(
+                        ep, stub, self._ids, self.clock, use_stream=self._use_stream,
+                        message_bound=self._message_bound)
             out.append(stream)
         with self._lock:
             self._org_streams[org] = out

@@ -165,6 +165,12 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         # update raising it are larger than the earlier bound; a new peer starts from genesis)
         return configs.current().config.limits.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
 
+    def batch_bound() -> int:
+        # what one coalesced message sent to another node may be sized by: the bound in force,
+        # or this node's start bound if smaller (a raise reaches each server at its restart:
+        # the others may not have restarted yet; a lowering is in force at once)
+        return min(message_bound(), max_msg)
+
     network = block_header_hash(ledger.block(0).header)  # what the peer's release statements name
     notifier = CommitNotifier(ledger.height())
     metrics = PeerMetrics(config.name)
@@ -191,7 +197,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         # Raft id -> endpoint of the committed configuration, so broadcasts follow the leader.
         return {o.raft_id: f"{o.host}:{o.port}" for o in configs.current().config.orderers}
 
-    broadcast = BroadcastClient(config.orderers, channel, raft_targets=raft_targets)
+    broadcast = BroadcastClient(config.orderers, channel, raft_targets=raft_targets, message_bound=batch_bound)
     grpc_workers = config.grpc_workers
     # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps;
     # the rest of the pool stays free for unary and endorsement calls (node.stream_caps).
@@ -199,7 +205,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     check_caller = CallerCheck(lambda: configs.current().msp, wall_ms)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
-        notifier=notifier, remotes=RemoteEndorsers(config.peers, channel), broadcast=broadcast,
+        notifier=notifier, remotes=RemoteEndorsers(config.peers, channel, message_bound=batch_bound),
+        broadcast=broadcast,
         on_submit=metrics.submitted.inc,
     ), streams=streams)
 
@@ -236,7 +243,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                  ("grpc.so_reuseport", 0)],  # a taken port is an error, never shared
         interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
-    endorser_service = EndorserService(endorser)
+    endorser_service = EndorserService(endorser, message_bound=batch_bound)
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(

@@ -51,6 +51,20 @@ def test_coalesce_bounds_items_and_bytes() -> None:
     assert batches == [[1, 2], [3, 4], [5], [9], [10]]
 
 
+def test_coalesced_messages_fit_the_smallest_bound_a_config_allows() -> None:
+    """Requests were coalesced up to 4 MiB: the gateway of a consortium with a smaller
+    ``max_message_bytes`` refused the message and every request on the stream failed. The
+    client does not know the bound in force, so it fills at most half the smallest one."""
+    from node.msgbound import MIN_MESSAGE_BYTES
+
+    env = transaction_pb2.Envelope(payload=b"x" * 6000, signature=b"s")
+    q = _q([*(TReq(correlation_id=i + 1, submit=env) for i in range(30)), None])
+    messages = [services_pb2.TransactBatchRequest(requests=b) for b in coalesce(q)]
+    assert sum(len(m.requests) for m in messages) == 30
+    assert max(len(m.requests) for m in messages) > 1
+    assert max(m.ByteSize() for m in messages) <= MIN_MESSAGE_BYTES // 2 + 64
+
+
 def test_client_limit_matches_the_gateway() -> None:
     from node.peer.gateway import transact
 

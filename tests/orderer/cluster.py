@@ -58,9 +58,14 @@ def set_extra(net: Any, name: str, **extra: int) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
-def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: int = 3):
+def make_network(home: Path, extra: dict[str, Any] | None = None, orderer_orgs: int = 3, *,
+                 limits: dict[str, int] | None = None, batch: dict[str, int] | None = None):
+    """``limits`` and ``batch``: genesis values replacing those of :func:`consortium`."""
     base = free_base_port(orderer_orgs + 1)
-    net = generate(consortium(base, orderer_orgs), home)
+    spec = consortium(base, orderer_orgs)
+    spec["limits"].update(limits or {})
+    spec["batch"].update(batch or {})
+    net = generate(spec, home)
     for n in net.orderers():
         path = net.node_config_path(n.name)
         doc = yaml.safe_load(path.read_text())

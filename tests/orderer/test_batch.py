@@ -579,3 +579,30 @@ def test_read_ahead_is_bounded_by_bytes_for_a_client_that_does_not_read() -> Non
     gate.set()
     t.join(10)
     assert sum(len(m) for m in got) == 20 and len(read) == 20
+
+
+def test_answers_ready_together_are_split_at_the_byte_budget_in_order() -> None:
+    """The answers of several requests ready together went out in one message of up to 4,096
+    answers, whatever they weighed: over the bound of a node dialled at a small
+    ``max_message_bytes`` (a peer, a forwarding orderer), which refused the whole message.
+    With ``answer_bytes`` they fill messages of at most that many bytes, in order; a request
+    with no items still gets one (empty) message."""
+    from node.orderer.streams import coalesced_answers
+
+    def answer(tx: str) -> services_pb2.BroadcastResponse:
+        return services_pb2.BroadcastResponse(tx_id=tx, accepted=True)
+
+    def pack(answers: list[services_pb2.BroadcastResponse]) -> services_pb2.BroadcastBatchResponse:
+        return services_pb2.BroadcastBatchResponse(responses=answers)
+
+    one = answer("t000").ByteSize()
+    request = [f"t{i:03d}" for i in range(40)]  # a batch of 40 envelopes answered together
+    budget = one * 15
+    out = list(coalesced_answers(iter([request, []]), lambda r: r, answer, lambda i: True, pack,
+                                 answer_bytes=lambda: budget))
+    got = [[a.tx_id for a in m.responses] for m in out]
+    assert [t for m in got for t in m] == request
+    assert [len(m) for m in got[:3]] == [15, 15, 10] and all(m.ByteSize() <= budget + 2 * 15 for m in out)
+    assert got[3:] in ([], [[]])  # the empty request's message, unless merged into the one before
+    whole = list(coalesced_answers(iter([request]), lambda r: r, answer, lambda i: True, pack))
+    assert [len(m.responses) for m in whole] == [40]  # without a budget: one message

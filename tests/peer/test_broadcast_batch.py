@@ -14,6 +14,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError
+from node.msgbound import MIN_MESSAGE_BYTES
 from node.peer.broadcast_client import BroadcastClient
 from tests.harness.ports import free_ports
 
@@ -63,8 +64,9 @@ class BatchOrderer(services_pb2_grpc.AtomicBroadcastServicer, services_pb2_grpc.
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "no deliver")
 
 
-def serve(orderer: BatchOrderer, port: int, started: list[grpc.Server]) -> Endpoint:
-    server = grpc.server(futures.ThreadPoolExecutor(16))
+def serve(orderer: BatchOrderer, port: int, started: list[grpc.Server],
+          options: list[tuple[str, int]] | None = None) -> Endpoint:
+    server = grpc.server(futures.ThreadPoolExecutor(16), options=options or [])
     services_pb2_grpc.add_AtomicBroadcastServicer_to_server(orderer, server)
     services_pb2_grpc.add_AdminServicer_to_server(orderer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -138,6 +140,39 @@ def test_batches_are_bounded_by_count_and_bytes(servers) -> None:
             assert max(o.sizes) == 2 and sum(o.sizes) == 9
         finally:
             small.close()
+    finally:
+        client.close()
+
+
+def test_batches_stay_within_the_message_bound_in_force(servers) -> None:
+    """Batches were filled up to 1 MiB whatever the bound: under a consortium's smaller
+    ``max_message_bytes`` (64 KiB is allowed) the orderer's server refused the whole message
+    and every envelope in it failed. They now hold at most half the bound in force, read per
+    message (a lowering applies at once)."""
+    (port,) = free_ports(1)
+    o = BatchOrderer("o1")
+    bound = [4 * MIN_MESSAGE_BYTES]
+    ep = serve(o, port, servers, options=[("grpc.max_receive_message_length", bound[0])])
+    client = BroadcastClient([ep], grpc.insecure_channel, message_bound=lambda: bound[0])
+    try:
+        def round_of(tag: str, n: int) -> list[int]:
+            o.gate.clear()  # answers held: the envelopes queue up behind the first
+            o.sizes.clear()
+            before = len(o.received)
+            answers, done, cb = collect(n)
+            for i in range(n):
+                client.submit_async(env(f"{tag}{i:03d}" + "p" * 5000), cb)
+            o.gate.set()
+            assert done.wait(10)
+            assert all(getattr(a, "accepted", False) for a in answers), answers[:3]
+            assert [p.decode()[:4] for p in o.received[before:]] == [f"{tag}{i:03d}" for i in range(n)]
+            return list(o.sizes)
+
+        sizes = round_of("a", 40)  # ~200 KB queued: batches of up to 128 KiB
+        assert max(sizes) > 6, sizes
+        bound[0] = MIN_MESSAGE_BYTES  # lowered: up to 32 KiB, six envelopes of ~5 KB
+        sizes = round_of("b", 40)
+        assert 1 < max(sizes) <= 6, sizes
     finally:
         client.close()
 

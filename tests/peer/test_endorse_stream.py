@@ -6,6 +6,8 @@ in-process peers of the ``deployed`` cluster.
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 import time
@@ -19,6 +21,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError, abort_with
+from node.msgbound import MIN_MESSAGE_BYTES
 from node.peer import peer_clients
 from node.peer.config_view import ConfigView
 from node.peer.endorser import MAX_BATCH_ITEMS, Endorser, EndorserService, _ProposalStream
@@ -69,15 +72,19 @@ class CountingService(EndorserService):
         super().__init__(cast(Endorser, endorser), **kw)
         self.request_sizes: list[int] = []
         self.answer_sizes: list[int] = []
+        self.request_bytes: list[int] = []  # ByteSize of each message
+        self.answer_bytes: list[int] = []
 
     def ProcessProposals(self, request_iterator, context):
         def counted() -> Iterator[services_pb2.ProposalBatch]:
             for batch in request_iterator:
                 self.request_sizes.append(len(batch.items))
+                self.request_bytes.append(batch.ByteSize())
                 yield batch
 
         for out in super().ProcessProposals(counted(), context):
             self.answer_sizes.append(len(out.items))
+            self.answer_bytes.append(out.ByteSize())
             yield out
 
 
@@ -107,14 +114,16 @@ class UnaryOnly:
 class Server:
     """A gRPC server on a fixed 127.0.0.1 port that can be stopped and started again."""
 
-    def __init__(self, servicer: services_pb2_grpc.EndorserServicer | UnaryOnly, port: int = 0) -> None:
+    def __init__(self, servicer: services_pb2_grpc.EndorserServicer | UnaryOnly, port: int = 0,
+                 options: list[tuple[str, int]] | None = None) -> None:
         self.servicer = servicer
         self.port = port
+        self.options = options or []
         self.server: grpc.Server | None = None
         self.start()
 
     def start(self) -> None:
-        server = grpc.server(ThreadPoolExecutor(8))
+        server = grpc.server(ThreadPoolExecutor(8), options=self.options)
         if isinstance(self.servicer, UnaryOnly):
             self.servicer.register(server)
         else:
@@ -266,6 +275,25 @@ def test_ready_answers_are_coalesced_into_one_message(deployed: Cluster) -> None
     assert out[0].items[5].error.reason == "BAD_REQUEST"
 
 
+def test_ready_answers_are_split_at_the_byte_budget_in_order() -> None:
+    """The answers ready together went out as one message of up to 1 MiB plus one answer;
+    they now fill messages of at most ``answer_bytes()``, in order, a larger answer alone."""
+    def endorse(signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        return transaction_pb2.ProposalResponse(response=transaction_pb2.Response(
+            status=200, payload=signed.proposal_bytes))
+
+    budget = [2500]
+    stream = _ProposalStream(endorse, Inline(), lambda: True, lambda: budget[0])
+    sizes = [1000, 1000, 1000, 4000, 500, 500]
+    stream.read(iter([services_pb2.ProposalBatch(items=[
+        services_pb2.CorrelatedProposal(correlation_id=i, proposal=transaction_pb2.SignedProposal(
+            proposal_bytes=b"x" * n)) for i, n in enumerate(sizes)])]))
+    out = list(stream.answers())
+    assert [[i.correlation_id for i in m.items] for m in out] == [[0, 1], [2], [3], [4, 5]]
+    assert all(m.ByteSize() <= budget[0] + 64 for m in out if len(m.items) > 1)
+    assert stream._outstanding == 0
+
+
 def test_idle_handler_endorses_a_proposal_itself_and_the_pool_takes_the_rest(deployed: Cluster) -> None:
     submitted: list[int] = []
 
@@ -302,6 +330,21 @@ def test_sender_sends_whatever_is_queued_as_one_message() -> None:
     assert [i.correlation_id for i in next(gen).items] == [1]
     assert [i.correlation_id for i in next(gen).items] == [2]
     assert list(gen) == []
+
+
+def test_sender_reads_its_byte_budget_per_message() -> None:
+    q: queue.SimpleQueue[services_pb2.CorrelatedProposal | None] = queue.SimpleQueue()
+    budget = [1 << 20]
+    gen = _batches(q, max_bytes=lambda: budget[0])
+    item = transaction_pb2.SignedProposal(proposal_bytes=b"x" * 1000)
+    for i in range(10):
+        q.put(services_pb2.CorrelatedProposal(correlation_id=i, proposal=item))
+    assert len(next(gen).items) == 10
+    budget[0] = 3000  # lowered: three items of ~1 KB no longer fit, two do
+    for i in range(10):
+        q.put(services_pb2.CorrelatedProposal(correlation_id=i, proposal=item))
+    q.put(None)
+    assert [len(b.items) for b in gen] == [2, 2, 2, 2, 2]
 
 
 # --------------------------------------------------------------------------- client side
@@ -607,3 +650,41 @@ def test_a_caller_that_stops_reading_answers_stops_the_reader(monkeypatch: pytes
     reader.join(5)
     assert not reader.is_alive()
     active.clear()
+
+
+
+def test_proposals_and_answers_fit_the_smallest_message_bound(deployed: Cluster, servers: list[Server]) -> None:
+    """Requests and answers were coalesced up to 1 MiB, over the bound of a consortium with a
+    smaller ``max_message_bytes`` (64 KiB is allowed): the endorsing peer's server refused the
+    whole request message (RESOURCE_EXHAUSTED), the gateway's channel the answer message, and
+    every proposal on the stream failed. Both sides now fill a message with at most half the
+    bound in force (node.msgbound)."""
+    bound = MIN_MESSAGE_BYTES
+    blocking = Blocking(deployed.peers[1].endorser)
+    service = CountingService(blocking, workers=64, message_bound=lambda: bound)
+    servers.append(Server(service, options=[("grpc.max_receive_message_length", bound)]))
+    channels: list[grpc.Channel] = []
+
+    def channel(target: str) -> grpc.Channel:
+        channels.append(grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", bound)]))
+        return channels[-1]
+
+    remotes = RemoteEndorsers([Endpoint("peer.p01", "p01", "127.0.0.1", servers[0].port)], channel,
+                              message_bound=lambda: bound)
+    try:
+        n = 60  # ~6 KB each: 360 KB of proposals queued together
+        signed = [deployed.kit.proposal(deployed.net.doctor, "counter", "secret", {}, timestamp_ms=deployed.now(),
+                                        transient={"secret": json.dumps(os.urandom(3000).hex()).encode()}) for _ in range(n)]
+        pending = [remotes.begin("p01", s) for s in signed]
+        for _ in range(n):  # every proposal reached the endorser (the handler and 59 pool workers)
+            assert blocking.entered.acquire(timeout=WAIT_S)
+        blocking.gate.set()  # their answers are ready together: coalesced
+        answers = [p.result() for p in pending]
+        assert all(a.response.status == 200 for a in answers), {a.response.message for a in answers}
+        assert max(service.request_sizes) > 1 and max(service.answer_sizes) > 1  # both coalesced
+        assert max(service.request_bytes) <= bound // 2 + 1024 and sum(service.request_bytes) > bound
+        assert max(service.answer_bytes) <= bound // 2 + 1024
+    finally:
+        remotes.close()
+        for ch in channels:
+            ch.close()
