@@ -47,7 +47,7 @@ from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
-from node.msgbound import batch_budget
+from node.msgbound import accept_budget, batch_budget
 from node.orderer.broadcast import (
     BroadcastHandler,
     BroadcastOptions,
@@ -648,10 +648,11 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         config_check=tracker.check_broadcast,
         max_skew_ms=lambda: tracker.current.config.limits.max_clock_skew_ms,
     )
-    # envelope bytes of one batch message received, client's or forwarded (node.msgbound: what
-    # a sender under the same bound puts in one; it was the bound less 64 KiB, nothing at all
-    # under the smallest bound a config allows: every batch was refused TOO_LARGE)
-    batch_bytes = batch_budget(max_msg, BroadcastOptions.max_batch_bytes)
+    # envelope bytes of one batch message received, client's or forwarded (node.msgbound: all
+    # that fits the bound, at least what a sender under the same bound puts in one; it was the
+    # bound less 64 KiB, nothing at all under the smallest bound a config allows: every batch
+    # was refused TOO_LARGE)
+    batch_bytes = accept_budget(max_msg, BroadcastOptions.max_batch_bytes)
 
     def send_bound() -> int:
         # what the forwarded batches and the answers of batch streams are sized by: the

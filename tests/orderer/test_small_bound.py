@@ -44,3 +44,26 @@ def test_batches_are_taken_and_forwarded_under_the_smallest_message_bound(tmp_pa
             assert "RESOURCE_EXHAUSTED" not in procs.log_text(name), name
     finally:
         procs.close()
+
+
+def test_a_batch_over_half_the_bound_that_fits_it_is_taken(tmp_path: Path) -> None:
+    """Batches were accepted up to half the orderer's bound (4 MiB here: 2 MiB), no more than a
+    sender under the same bound fills. But a raise of ``max_message_bytes`` reaches each server
+    at its restart: a follower or peer restarted under a raised bound (5 MiB and more) fills
+    more than 2 MiB, and this orderer refused every envelope of such a batch TOO_LARGE, which
+    it took before (up to the bound less 64 KiB) and which fits its gRPC bound."""
+    net = make_network(tmp_path / "net")
+    procs = OrdererProcs(net)
+    client = Client(net)
+    try:
+        names = procs.names()
+        procs.start_all()
+        all_serving(procs, client, names)
+        leader = leader_of(procs, client, names)
+        assert leader is not None
+        raws = [client.envelope(size=60_000)[1] for _ in range(40)]  # ~2.4 MB: over 2 MiB
+        assert 2 << 20 < sum(len(r) for r in raws) < (4 << 20) - (64 << 10)
+        answers = client.broadcast_batches(procs.target(leader), [raws])
+        assert [a.accepted for a in answers] == [True] * 40, {(a.reason, a.message) for a in answers}
+    finally:
+        procs.close()
