@@ -1203,6 +1203,14 @@ class Chain:
 
     def _on_config(self, cfg: OrdererConfig) -> None:
         self._cutter.set_params(BatchParams.from_config(cfg.config.batch))
+        # the entries of one append within half the bound in force (node.msgbound): a lowering
+        # reaches each orderer's server at its restart, and one restarted refused, as a whole,
+        # an append sized by the bound this node started with (a follower behind, catching up
+        # on blocks each within the lowered bound, never got them); a raise is not taken up
+        # before this node restarts (the others' servers may not have yet)
+        bound = cfg.config.limits.max_message_bytes
+        self._node.raft.max_msg_size = (
+            self._opt.max_size_per_msg if not bound else max(1, min(self._opt.max_size_per_msg, bound // 2)))
         _log.info(
             "event=config_adopted orderer=%d sequence=%d block=%d orderers=%s",
             self._id, cfg.config.sequence, cfg.block_number, ",".join(map(str, cfg.orderer_ids())),

@@ -404,6 +404,42 @@ def test_a_block_cut_behind_a_config_block_lowering_the_message_bound_fits_it(ne
         lead.close()
 
 
+def test_appends_after_a_config_block_lowering_the_message_bound_fit_it(net, tmp_path: Path) -> None:
+    """The entries of one Raft append were bounded by half the bound this orderer started with
+    (4 MiB here) until its restart: an orderer restarted under a config lowering
+    ``max_message_bytes`` refused, as a whole, an append catching it up on several blocks
+    (each within the lowered bound), again at every retry. The limit follows the config in
+    force (found by the review of 4cafb46)."""
+    now_ms = int(time.time() * 1000)
+    lead, transport = _three_voters(net, tmp_path, now_ms, None)
+    try:
+        new = lead.next_config(limits__max_message_bytes=_LOWERED, batch__max_bytes=100_000)
+        cfg_ticket = Ticket("cfg")
+        lead.chain._on_submit(config_envelope(net, new, ["ins01", "ins02", "ins03"]), cfg_ticket, True)
+        lead.chain._process_ready()
+        lead.ack(2)
+        cfg_out = cfg_ticket.peek()
+        assert cfg_out is not None and cfg_out.accepted, cfg_out
+        client = Client(net)
+        for _ in range(8):  # 8 blocks of ~40 KB behind it, acknowledged by orderer 2 only
+            _cut(lead, [client.envelope(size=40_000, timestamp_ms=now_ms)[1]])
+            lead.ack(2)
+        assert lead.blocks.height() >= cfg_out.block_number + 9
+        node = lead.chain._node
+        transport.sent.clear()
+        # orderer 3 restarted (under the lowered bound) and has nothing past the config block
+        st = node.status()
+        node.step(Message(MessageType.APP_RESP, to=1, frm=3, term=st.term, index=st.last_index,
+                          reject=True, reject_hint=st.last_index - 9))
+        lead.chain._process_ready()
+        appends = [m for m in transport.sent if m.type == MessageType.APP and m.to == 3 and m.entries]
+        assert appends, transport.sent
+        sizes = [sum(len(e.data) for e in m.entries) for m in appends]
+        assert max(sizes) <= _LOWERED // 2, sizes
+    finally:
+        lead.close()
+
+
 # ---------------------------------------------------------------- three orderer processes
 
 
