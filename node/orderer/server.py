@@ -670,7 +670,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         forwarder = LeaderForwarder(membership, channel, chain.leader_id, max_batch_bytes=forward_bytes)
         chain.add_leader_listener(forwarder.leader_changed)
     else:
-        forwarder = Forwarder(membership, channel)
+        forwarder = Forwarder(membership, channel, max_batch_bytes=forward_bytes)
     broadcast = BroadcastHandler(
         validator, chain, forwarder, metrics,
         # a batch over the limit gets TOO_LARGE answers only if it still fits a gRPC message

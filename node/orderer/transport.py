@@ -612,14 +612,17 @@ class _ForwardStream:
     """One ForwardBatch stream to a leader; answers are matched to tickets in order.
 
     Envelopes queued while the previous message was being sent travel together in one
-    ForwardedEnvelopes message (at most ``max_batch``). The stream opens with an empty
+    ForwardedEnvelopes message (at most ``max_batch`` and ``max_bytes()`` envelope bytes, a
+    larger envelope alone: the leader's gRPC bound refuses a larger message as a whole). The stream opens with an empty
     message the leader answers with an empty one; envelopes are only sent after that
     answer, so a stream that fails to connect returns them as never sent (retryable)
     instead of "outcome unknown"."""
 
-    def __init__(self, target: str, channel_factory: ChannelFactory, max_batch: int = 512):
+    def __init__(self, target: str, channel_factory: ChannelFactory, max_batch: int = 512,
+                 max_bytes: Callable[[], int] = lambda: 4 << 20):
         self._channel = channel_factory(target)
         self._max_batch = max_batch
+        self._max_bytes = max_bytes
         self._queue: queue.Queue[tuple[bytes, Ticket] | None] = queue.Queue()
         self._inflight: deque[Ticket] = deque()
         self._lock = threading.Lock()
@@ -646,13 +649,24 @@ class _ForwardStream:
         while not self._open.wait(0.1):
             if self.broken:
                 return
+        carry: tuple[bytes, Ticket] | None = None
         while True:
-            items = [self._queue.get()]
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            items = [first]
+            size = len(first[0]) if first is not None else 0
+            budget = self._max_bytes()  # read per message: the bound in force may change
             while len(items) < self._max_batch:
                 try:
-                    items.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is not None:
+                    if size + len(item[0]) > budget:
+                        carry = item  # the next message's first
+                        break
+                    size += len(item[0])
+                items.append(item)
             batch = raft_pb2.ForwardedEnvelopes()
             end = False
             with self._lock:
@@ -670,8 +684,10 @@ class _ForwardStream:
                     batch.envelopes.append(envelope)
             if batch.envelopes:
                 yield batch
-            if end:
+            if end and carry is None:
                 return
+            if end:  # queued before the stream ended: sent, as when it fitted the message
+                self._queue.put(None)
 
     def _receive(self) -> None:
         try:
@@ -724,11 +740,14 @@ class Forwarder:
         channel_factory: ChannelFactory,
         clock: Callable[[], float] = time.monotonic,
         redial_s: float = 0.2,
+        max_batch_bytes: Callable[[], int] = lambda: 4 << 20,
     ) -> None:
+        """``max_batch_bytes``: envelope bytes of one forwarded message (node.msgbound)."""
         self._membership = membership
         self._factory = channel_factory
         self._clock = clock
         self._redial_s = redial_s
+        self._max_bytes = max_batch_bytes
         self._broke_at: dict[int, float] = {}
         self._streams: dict[int, _ForwardStream] = {}
         self._lock = threading.Lock()
@@ -751,7 +770,7 @@ class Forwarder:
                 if target is None:
                     ticket.resolve(Outcome(SERVICE_UNAVAILABLE, f"leader {leader_id} unknown"))
                     return ticket
-                stream = _ForwardStream(target, self._factory)
+                stream = _ForwardStream(target, self._factory, max_bytes=self._max_bytes)
                 self._streams[leader_id] = stream
         stream.submit(envelope, ticket)
         return ticket

@@ -606,3 +606,55 @@ def test_answers_ready_together_are_split_at_the_byte_budget_in_order() -> None:
     assert got[3:] in ([], [[]])  # the empty request's message, unless merged into the one before
     whole = list(coalesced_answers(iter([request]), lambda r: r, answer, lambda i: True, pack))
     assert [len(m.responses) for m in whole] == [40]  # without a budget: one message
+
+
+class LegacyLeader:
+    """OrdererCluster.ForwardBatch (the legacy forward RPC): records each message's envelope
+    sizes and answers every envelope accepted once ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.messages: list[list[int]] = []
+
+    def handle(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        from rxchain.v1 import raft_pb2
+
+        for msg in requests:
+            self.messages.append([len(e) for e in msg.envelopes])
+            if msg.envelopes:
+                self.gate.wait(5)
+            yield raft_pb2.ForwardAnswers(answers=[raft_pb2.ForwardAnswer(accepted=True) for _ in msg.envelopes])
+
+
+def test_legacy_forwarder_batches_within_the_byte_budget() -> None:
+    """The legacy ForwardBatch stream coalesced up to 512 envelopes whatever they weighed: over
+    the leader's gRPC bound under a small ``max_message_bytes`` the whole message was refused
+    and every envelope in it answered "outcome unknown". It now fills at most ``max_bytes()``."""
+    from rxchain.v1 import raft_pb2
+
+    from node.orderer.transport import _ForwardStream
+
+    fake = LegacyLeader()
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.OrdererCluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            fake.handle, request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
+            response_serializer=raft_pb2.ForwardAnswers.SerializeToString)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stream = _ForwardStream(f"127.0.0.1:{port}", grpc.insecure_channel, max_bytes=lambda: 3000)
+    try:
+        first = Ticket("t0")
+        stream.submit(b"a" * 1000, first)  # goes alone; the rest queue behind it
+        tickets = [Ticket(f"t{i}") for i in range(1, 11)]
+        for t in tickets:
+            stream.submit(b"b" * 1000, t)
+        fake.gate.set()
+        assert all(t.wait(5) == Outcome() for t in [first, *tickets])
+        sent = [m for m in fake.messages if m]
+        assert sum(len(m) for m in sent) == 11
+        assert max(sum(m) for m in sent) <= 3000 and max(len(m) for m in sent) > 1, sent
+    finally:
+        stream.close()
+        server.stop(0)
