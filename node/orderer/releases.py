@@ -13,7 +13,7 @@ records it for the peer of the config in force holding that certificate (:func:`
 equal to that ``PeerNode.cert_der``) if the statement names that peer. Orderers relay what they
 know of peers to each other in their Raft messages (``ConsensusRequest.peer_releases``,
 everything known, the statements byte for byte, in chunks of at most
-:data:`MAX_RELAYED_PEERS` entries per message, sent when a told version changes and every
+:data:`MAX_RELAYED_PEERS` entries and :data:`MAX_RELAYED_BYTES` per message, sent when a told version changes and every
 :data:`RELAY_REFRESH_S` seconds), and every orderer checks every signed entry it merges
 against the certificate of the config in force (name, certificate digest, signature; a
 statement's signature is verified once per orderer: the verdict is cached by the statement's
@@ -112,11 +112,15 @@ from node.identity.release import (
     parse_statement,
     signed_by,
 )
+from node.msgbound import MIN_MESSAGE_BYTES
 from node.orderer.configtx import OrdererConfig
 
 _log = logging.getLogger(__name__)
 
 MAX_RELAYED_PEERS = 1024  # entries per ConsensusRequest (more are ignored on receipt)
+# and their bytes per message: a quarter of the smallest max_message_bytes a config allows
+# (node.msgbound), beside Raft entries of up to half the bound (1,024 statements are ~215 kB)
+MAX_RELAYED_BYTES = MIN_MESSAGE_BYTES // 4
 RELAY_REFRESH_S = 5.0  # a sender relays what it knows of peers at least this often per stream
 RELAY_MIN_INTERVAL_S = 0.5  # and, on changes, at most this often (besides the first and refreshes)
 RELAY_SKEW_IGNORED_MS = 1000  # sender clock offsets below this are transit noise (stamps kept)
@@ -600,7 +604,7 @@ def peer_release_intake(config: Callable[[], config_pb2.ConsortiumConfig],
     return told
 
 
-__all__ = ["DISTRUST_S", "MAX_PENDING", "MAX_RELAYED_PEERS", "RELAY_MIN_INTERVAL_S", "RELAY_REFRESH_S",
-           "RELAY_SKEW_IGNORED_MS", "STATEMENT_AHEAD_MS", "PeerTold", "ReleaseWatch", "config_follower",
-           "describe_lacking_peers", "lacking", "lacking_peers", "peer_named", "peer_release",
-           "peer_release_intake"]
+__all__ = ["DISTRUST_S", "MAX_PENDING", "MAX_RELAYED_BYTES", "MAX_RELAYED_PEERS", "RELAY_MIN_INTERVAL_S",
+           "RELAY_REFRESH_S", "RELAY_SKEW_IGNORED_MS", "STATEMENT_AHEAD_MS", "PeerTold", "ReleaseWatch",
+           "config_follower", "describe_lacking_peers", "lacking", "lacking_peers", "peer_named",
+           "peer_release", "peer_release_intake"]

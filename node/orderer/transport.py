@@ -44,7 +44,13 @@ from node.orderer.clockwatch import ClockWatch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.refusals import EveryInterval, NonMemberRefusals
-from node.orderer.releases import MAX_RELAYED_PEERS, RELAY_MIN_INTERVAL_S, RELAY_REFRESH_S, ReleaseWatch
+from node.orderer.releases import (
+    MAX_RELAYED_BYTES,
+    MAX_RELAYED_PEERS,
+    RELAY_MIN_INTERVAL_S,
+    RELAY_REFRESH_S,
+    ReleaseWatch,
+)
 from node.orderer.streams import ordered_answers
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import MAX_PROTOCOL_VERSION
@@ -178,7 +184,7 @@ class PeerSender:
     ) -> None:
         """``wall_ms``: this node's clock, told in every message (see clockwatch);
         ``releases``: what peers told of their releases, relayed (in chunks of at most
-        MAX_RELAYED_PEERS entries, one per message) from the first message of each stream, when
+        MAX_RELAYED_PEERS entries and MAX_RELAYED_BYTES, one per message) from the first message of each stream, when
         a told version changes (at most once per ``relay_min_interval_s``: a peer changing what
         it tells on every Deliver request must not put the whole relay into every Raft message)
         and every ``relay_refresh_s`` (``clock``) seconds (see releases). A stream that ended is
@@ -288,8 +294,9 @@ class PeerSender:
                         relayed_changes, relayed_at = changes, now
                         relay, relay_pos = releases.relay(), 0
                     if relay_pos < len(relay):
-                        req.peer_releases.extend(relay[relay_pos:relay_pos + MAX_RELAYED_PEERS])
-                        relay_pos += MAX_RELAYED_PEERS
+                        end = _relay_chunk_end(relay, relay_pos)
+                        req.peer_releases.extend(relay[relay_pos:end])
+                        relay_pos = end
                 yield req
                 if msg.type == MessageType.SNAP:
                     self._sink.report_snapshot(self._peer_id, True)
@@ -597,6 +604,19 @@ class ClusterService:
                 ),
             },
         )
+
+
+def _relay_chunk_end(relay: Sequence[services_pb2.PeerRelease], start: int) -> int:
+    """Where the chunk of ``relay`` one message carries from ``start`` ends: at most
+    MAX_RELAYED_PEERS entries and MAX_RELAYED_BYTES (one larger entry alone)."""
+    end, size = start, 0
+    while end < len(relay) and end - start < MAX_RELAYED_PEERS:
+        n = relay[end].ByteSize() + 3  # its field tag and length
+        if end > start and size + n > MAX_RELAYED_BYTES:
+            break
+        size += n
+        end += 1
+    return end
 
 
 def _refused() -> Ticket:
