@@ -69,6 +69,9 @@ def test_client_limit_matches_the_gateway() -> None:
     from node.peer.gateway import transact
 
     assert MAX_REQUESTS_PER_MESSAGE == transact.MAX_REQUESTS_PER_BATCH
+    # a TransactBatch answer message, framing included, fits gRPC's default receive bound
+    # (4 MiB), which a third-party client keeps unless told
+    assert transact.MAX_MESSAGE_BYTES + transact.MAX_ANSWERS_PER_MESSAGE * 16 <= 4 << 20
 
 
 class OldGateway(services_pb2_grpc.GatewayServicer):

@@ -14,7 +14,7 @@ commit status from the commit notifier's callback). Only an endorsement, which r
 contract and waits for the remote peers, goes to the work pool. Every answer is put on one
 queue that the gRPC response generator drains: Transact sends each answer as its own
 message; TransactBatch sends everything that is ready at that moment in one message (at
-most :data:`MAX_ANSWERS_PER_MESSAGE` answers and about :data:`MAX_MESSAGE_BYTES`), so
+most :data:`MAX_ANSWERS_PER_MESSAGE` answers and :data:`MAX_MESSAGE_BYTES`, a larger answer alone), so
 under load one message carries many answers and at low load nothing waits.
 
 TransactBatch input rules: one message carries 1..:data:`MAX_REQUESTS_PER_BATCH`
@@ -45,7 +45,9 @@ MAX_IN_FLIGHT = 4096  # requests admitted and not yet answered-and-sent, per str
 MAX_POOLED = 16  # endorsements of one stream queued or running on the shared work pool
 MAX_REQUESTS_PER_BATCH = 256
 MAX_ANSWERS_PER_MESSAGE = 256
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# answer bytes per TransactBatch message: with its framing well within gRPC's default 4 MiB
+# receive bound, which a third-party client keeps unless told (it was 4 MiB plus the framing)
+MAX_MESSAGE_BYTES = 1024 * 1024
 BATCH_ERROR_CORRELATION_ID = 0
 _POLL_S = 0.25
 
@@ -241,7 +243,7 @@ class _Stream:
     # ------------------------------------------------------------------ answers
     def batches(self, is_active: Callable[[], bool], max_items: int,
                 max_bytes: int) -> Iterator[list[Answer]]:
-        """Lists of ready answers (each at most ``max_items`` / about ``max_bytes``)."""
+        """Lists of ready answers (each at most ``max_items`` and ``max_bytes``, one larger alone)."""
         out = self.out
         carry: Answer | None = None
         next_expiry = self.clock() + _POLL_S
