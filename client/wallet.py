@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import identity_pb2
@@ -78,7 +79,7 @@ def wallet_cert_name(home: Path, org: str, user: str) -> str:
     path = wallet_dir(home, org, user) / "cert.pem"
     try:
         return cert_info(x509.load_pem_x509_certificate(path.read_bytes())).name
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, x509.InvalidVersion) as exc:
         raise WalletError("BAD_WALLET", f"cannot read certificate {path}: {exc}") from exc
 
 
@@ -99,10 +100,11 @@ def read_wallet_file(path: Path, what: str, private: bool = False) -> bytes:
         raise WalletError("NO_WALLET", f"{what} {path} does not exist") from exc
     except OSError as exc:
         raise WalletError("BAD_WALLET", f"cannot read {what} {path}: {exc}") from exc
+    st = os.fstat(fd)  # before fdopen, which refuses a directory with IsADirectoryError
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise WalletError("BAD_WALLET", f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise WalletError("BAD_WALLET", f"{what} {path} is not a regular file")
         if private and st.st_mode & 0o077:
             raise WalletError("BAD_WALLET", f"{what} {path} is accessible by other users "
                               f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
@@ -124,13 +126,17 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     try:
         cert = x509.load_pem_x509_certificate(read_wallet_file(cert_path, "certificate"))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise WalletError("BAD_WALLET", f"{cert_path}: not a PEM certificate") from exc
+    try:
+        public = cert.public_key()  # parsing is lazy: a mangled key raises only here
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise WalletError("BAD_WALLET", f"{cert_path}: its public key cannot be read: {exc}") from exc
     try:
         key = load_private_key(read_wallet_file(key_path, "private key", private=True))
     except ValueError as exc:
         raise WalletError("BAD_WALLET", f"{key_path}: not an unencrypted P-256 PEM private key") from exc
-    if not key_matches(key, cert.public_key()):
+    if not key_matches(key, public):
         raise WalletError("BAD_WALLET", f"{key_path} does not match {cert_path}")
     try:
         info = cert_info(cert)

@@ -157,7 +157,20 @@ def _attr(name: x509.Name, oid: ObjectIdentifier) -> str:
 
 
 def cert_info(cert: x509.Certificate) -> CertInfo:
-    """Organisation, role, name, attributes and validity of a member certificate."""
+    """Organisation, role, name, attributes and validity of a member certificate.
+
+    ValueError for a certificate that cannot be read so: its parsing is lazy, and a hostile
+    or mangled one raises only here, and not always a ValueError (a duplicated extension, an
+    attribute document nested deeper than the JSON decoder's recursion limit)."""
+    try:
+        return _cert_info(cert)
+    except ValueError:
+        raise
+    except Exception as exc:  # DuplicateExtension, RecursionError, ...: unreadable all the same
+        raise ValueError(f"certificate cannot be read: {type(exc).__name__}: {exc}") from exc
+
+
+def _cert_info(cert: x509.Certificate) -> CertInfo:
     attrs: dict[str, str] = {}
     try:
         ext = cert.extensions.get_extension_for_oid(ATTRS_OID)
@@ -182,8 +195,12 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
 
 
 def cert_info_der(cert_der: bytes) -> CertInfo:
-    """:func:`cert_info` of a DER certificate."""
-    return cert_info(x509.load_der_x509_certificate(cert_der))
+    """:func:`cert_info` of a DER certificate (ValueError too for one that does not parse)."""
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"certificate does not parse: {exc}") from exc
+    return cert_info(cert)
 
 
 def pem_to_der(pem: bytes) -> bytes:

@@ -3,18 +3,21 @@ hang or a key used that should not be."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.errors import WalletError
 from client.session import Session
-from client.wallet import MAX_FILE_BYTES, load_identity_dir
+from client.wallet import MAX_FILE_BYTES, load_identity_dir, wallet_cert_name
 from node.crypto.signing import load_private_key
+from node.crypto.x509 import ATTRS_OID, cert_info_der
 
 
 def _wallet(net_home, tmp_path: Path) -> Path:
@@ -86,3 +89,75 @@ def test_records_key_of_another_org_is_bad_wallet(net_home, tmp_path):
     with pytest.raises(WalletError) as e:
         Session(home, "h01:dr-jiang")
     assert e.value.reason == "BAD_WALLET" and "records certificate" in e.value.message
+
+
+@pytest.mark.parametrize("name", ["cert.pem", "key.pem", "org-records-key.pem"])
+def test_a_directory_in_place_of_a_wallet_file_is_bad_wallet(net_home, tmp_path, name):
+    """open() of a directory succeeds; reading it raised IsADirectoryError, a traceback."""
+    d = _wallet(net_home, tmp_path)
+    (d / name).unlink()
+    (d / name).mkdir(mode=0o700)
+    assert "not a regular file" in _bad(d, net_home.ca_bundle_path).message
+
+
+def _pem(der: bytes) -> bytes:
+    """PEM of ``der`` as it is (cryptography would re-encode only what it can parse)."""
+    return b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+
+
+def _own_cert(d: Path, *extensions: x509.UnrecognizedExtension) -> bytes:
+    """DER of a certificate of the wallet's own key and subject, with ``extensions``."""
+    key = load_private_key((d / "key.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .public_key(key.public_key()).serial_number(7)
+               .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc))
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _version_7(d: Path) -> bytes:
+    der = bytearray(_own_cert(d))
+    at = der.index(bytes([0xA0, 0x03, 0x02, 0x01, 0x02]))  # [0] EXPLICIT INTEGER 2 (v3)
+    der[at + 4] = 7
+    return bytes(der)
+
+
+def _mangled_key(d: Path) -> bytes:
+    der = bytearray(_own_cert(d))
+    point = load_private_key((d / "key.pem").read_bytes()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    der[der.index(point) + 40] ^= 1  # no longer a point of the curve
+    return bytes(der)
+
+
+def _duplicate_extension(d: Path) -> bytes:
+    der = _own_cert(d, x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00"),
+                    x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.5"), b"\x05\x00"))
+    return der.replace(b"\x06\x03\x2a\x03\x05", b"\x06\x03\x2a\x03\x04")  # 1.2.3.5 -> 1.2.3.4
+
+
+def _deep_attrs(d: Path) -> bytes:
+    return _own_cert(d, x509.UnrecognizedExtension(ATTRS_OID, b"[" * 30_000))  # within MAX_FILE_BYTES
+
+
+@pytest.mark.parametrize("mangle", [_version_7, _mangled_key, _duplicate_extension, _deep_attrs])
+def test_a_certificate_that_parses_only_lazily_is_bad_wallet(net_home, tmp_path, mangle):
+    """cryptography parses a certificate's version at load and its key, extensions and
+    subject on first use, raising InvalidVersion, ValueError, DuplicateExtension or
+    RecursionError: each escaped load_identity_dir (and wallet_cert_name) as a traceback."""
+    d = _wallet(net_home, tmp_path)
+    der = mangle(d)
+    (d / "cert.pem").write_bytes(_pem(der))
+    _bad(d, net_home.ca_bundle_path)
+    if mangle is _mangled_key:
+        return  # the name and attributes read well: only the key is unreadable
+    home = tmp_path / "home"
+    (home / "orgs" / "h01" / "users").mkdir(parents=True)
+    shutil.copytree(d, home / "orgs" / "h01" / "users" / "x")
+    with pytest.raises(WalletError) as e:
+        wallet_cert_name(home, "h01", "x")
+    assert e.value.reason == "BAD_WALLET"
+    with pytest.raises(ValueError):  # what every caller of cert_info_der catches
+        cert_info_der(der)
