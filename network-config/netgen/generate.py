@@ -145,12 +145,16 @@ def _unreadable(path: Path, what: str, exc: Exception) -> RxError:
                                  f"to have a new one issued")
 
 
+def _existing_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        return signing.load_private_key(path.read_bytes())
+    except (ValueError, TypeError) as exc:
+        raise _unreadable(path, "private key", exc) from None
+
+
 def _key(path: Path) -> ec.EllipticCurvePrivateKey:
     if path.exists():
-        try:
-            return signing.load_private_key(path.read_bytes())
-        except (ValueError, TypeError) as exc:
-            raise _unreadable(path, "private key", exc) from None
+        return _existing_key(path)
     key = signing.generate_key()
     _write_private(path, signing.key_to_pem(key))
     return key
@@ -348,7 +352,9 @@ def check_home(spec: ConsortiumSpec, home: Path) -> None:
     key is missing whose certificate exists or is in the genesis (a new key would not match
     it: a CA key re-created under its old certificate, or an orderer whose blocks the genesis
     no longer recognises), nor the consortium secret of a home holding a network
-    (:func:`_check_secret`). A certificate the genesis carries is restored from it if missing."""
+    (:func:`_check_secret`), nor one that is not the key of its certificate (a key restored from
+    another backup: a CA key that is not its ca.pem's would issue certificates chaining to no CA,
+    silently). A certificate the genesis carries is restored from it if missing."""
     if home.exists() and not home.is_dir():
         raise RxError("BAD_CONFIG", f"{home} exists and is not a directory")
     nodes = plan_nodes(spec)
@@ -381,6 +387,19 @@ def check_home(spec: ConsortiumSpec, home: Path) -> None:
         if mode & 0o077:
             raise RxError("BAD_CONFIG", f"{path}: private file accessible to others (mode {mode & 0o777:o}): "
                                         f"chmod 600 it (and treat the key as exposed)")
+    for key, cert in _key_pairs(home, spec, nodes):
+        if not key.exists() or not (cert.exists() or cert in pinned):
+            continue
+        where = str(cert) if cert.exists() else f"the genesis block ({cert} is restored from it)"
+        issued = _load_cert(cert) if cert.exists() else cx509.load_der_x509_certificate(pinned[cert])
+        try:
+            public = issued.public_key()
+        except ValueError as exc:
+            raise _unreadable(cert, "certificate", exc) from None
+        if not signing.key_matches(_existing_key(key), public):
+            raise RxError("BAD_CONFIG", f"{key} is not the key of its certificate in {where}: restore the "
+                                        f"key that belongs to it from a backup (or generate a new network "
+                                        f"into a new home)")
     _check_secret(spec, home)
 
 

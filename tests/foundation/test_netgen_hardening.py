@@ -274,6 +274,28 @@ def test_a_lost_key_whose_certificate_remains_is_refused(tmp_path: Path, lost: s
     assert _digest_tree(tmp_path) == before
 
 
+@pytest.mark.parametrize(("key", "other", "cert_too"), [
+    ("orgs/h01/ca.key", "orgs/h02/ca.key", False),
+    ("orgs/h01/users/dr-jiang/key.pem", "orgs/h02/users/admin/key.pem", False),
+    ("nodes/peer.h01/key.pem", "nodes/peer.h02/key.pem", True),
+])
+def test_a_key_that_is_not_its_certificates_is_refused(tmp_path: Path, key: str, other: str,
+                                                       cert_too: bool) -> None:
+    """A key restored from the wrong backup was kept beside its certificate: a CA key that is
+    not its ca.pem's issued a new user's certificate chaining to no CA, silently. ``cert_too``:
+    the certificate file is lost as well, only the genesis still carries it."""
+    raw = _mutated(lambda r: _org(r, "h01").setdefault("users", []).append({"name": "dr-new", "role": "doctor"}))
+    generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
+    (tmp_path / key).write_bytes((tmp_path / other).read_bytes())
+    if cert_too:
+        (tmp_path / key).with_name("cert.pem").unlink()
+    before = _digest_tree(tmp_path)
+    with pytest.raises(RxError) as err:
+        generate(raw, tmp_path, clock=lambda: FIXED_NOW)
+    assert err.value.reason == "BAD_CONFIG" and f"{tmp_path / key} is not the key" in err.value.message
+    assert _digest_tree(tmp_path) == before
+
+
 def test_a_lost_certificate_the_genesis_carries_is_restored_from_it(tmp_path: Path) -> None:
     generate(small_consortium(), tmp_path, clock=lambda: FIXED_NOW)
     before = _digest_tree(tmp_path)
