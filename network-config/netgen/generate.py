@@ -22,6 +22,7 @@ removes the ``home`` it was creating)::
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import secrets
 import shutil
@@ -40,6 +41,7 @@ from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
 from node.errors import RxError
+from node.fsutil import fsync_dir
 from node.genesis import config_from_genesis, make_genesis, read_genesis
 from node.orderer.configrules import check_genesis_content
 
@@ -102,30 +104,50 @@ class GeneratedNetwork:
         return [n for n in self.nodes if n.kind == "orderer"]
 
 
+def _sync_dir(path: Path) -> None:
+    """fsync directory ``path`` (its entries survive a power loss), where it can be: one this
+    process may not open, or a file system without directory fsync, is left as it is."""
+    try:
+        fsync_dir(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EINVAL):
+            raise
+
+
 def _mkdirs(path: Path) -> Path | None:
     """Create ``path`` and its missing parents, each 0700 (pathlib's ``parents=True`` gives the
-    parents the umask's mode: 0777 under umask 0); the topmost directory created, if any."""
+    parents the umask's mode: 0777 under umask 0), each one's entry synced in its parent; the
+    topmost directory created, if any."""
     missing: list[Path] = []
     while not path.exists():
         missing.append(path)
         path = path.parent
     for d in reversed(missing):
         d.mkdir(mode=0o700)
+        _sync_dir(d.parent)
     return missing[-1] if missing else None
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+def _write_file(path: Path, data: bytes, mode: int, durable: bool = False) -> None:
+    """Write ``path`` atomically; ``durable``: its content and name fsynced before it counts as
+    written (a private key: a key lost in a crash after its certificate was issued, or left
+    empty by one, cannot be issued again)."""
     _mkdirs(path.parent)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.unlink(missing_ok=True)  # a stale temp file (another mode, a symlink) is never reused
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        _sync_dir(path.parent)
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    _write_file(path, data, 0o600)
+    _write_file(path, data, 0o600, durable=True)
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
