@@ -165,7 +165,7 @@ class Session:
         pem = read_wallet_file(path, f"certificate of {org}:{user}")
         try:
             der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise WalletError("BAD_WALLET", f"{path}: not a PEM certificate") from exc
         return self.current_network().recipient_key(org, der, f"certificate of {org}:{user}", role=role,
                                                     at_ms=self.clock())

@@ -161,3 +161,15 @@ def test_a_certificate_that_parses_only_lazily_is_bad_wallet(net_home, tmp_path,
     assert e.value.reason == "BAD_WALLET"
     with pytest.raises(ValueError):  # what every caller of cert_info_der catches
         cert_info_der(der)
+
+
+def test_a_recipient_certificate_of_a_bad_version_is_bad_wallet(net_home, tmp_path):
+    """Session.user_public_key (a patient's key a record is wrapped for) read the other
+    wallet's cert.pem and let cryptography's InvalidVersion escape as a traceback."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    patient = home / "orgs" / "h01" / "users" / "patient-zhang"
+    (patient / "cert.pem").write_bytes(_pem(_version_7(patient)))
+    with Session(home, "h01:dr-jiang") as session, pytest.raises(WalletError) as e:
+        session.user_public_key("h01", patient.name)
+    assert e.value.reason == "BAD_WALLET" and "not a PEM certificate" in e.value.message
