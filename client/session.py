@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_file, wallet_dir
 from node.crypto.signing import key_matches
+from node.crypto.x509 import cert_info_der
 
 LAST_BLOCK_FILE = "run/last-block"
 CONFIG_TTL_MS = 60_000  # how long a session keeps its peer's configuration in force
@@ -69,6 +71,7 @@ class Session:
         org, user = parse_as(as_)
         self.net = network or load_network(self.home)
         self.identity: WalletIdentity = load_identity(self.home, org, user)
+        self._check_validity()
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.clock = clock
@@ -96,6 +99,22 @@ class Session:
         if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
             raise WalletError("BAD_WALLET", f"{path}: not 64 lower-case hex characters")
         return text
+
+    def _check_validity(self) -> None:
+        """The wallet's certificate must be valid now (the wall clock, which the peer's TLS
+        check of it reads, not the session's ``clock``): an expired or not-yet-valid one is
+        refused at the handshake, which the client only sees as the peer being unreachable
+        (SERVICE_UNAVAILABLE, retried, and an outcome unknown for a submit)."""
+        info = cert_info_der(self.identity.identity.cert_der)
+        now = wall_clock_ms()
+        if not info.not_before_ms <= now <= info.not_after_ms:
+            def iso(ms: int) -> str:
+                return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+            raise WalletError("EXPIRED_CERT", f"the certificate {self.identity.cert_path} of "
+                              f"{self.identity.label} is valid from {iso(info.not_before_ms)} to "
+                              f"{iso(info.not_after_ms)}, not now ({iso(now)}): peers refuse its "
+                              f"connections; ask {self.identity.org}'s CA for a new certificate")
 
     def _check_records_key(self) -> None:
         """The wallet's ``org-records-key.pem`` must be the key of its organisation's records

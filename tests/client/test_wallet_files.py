@@ -4,6 +4,7 @@ hang or a key used that should not be."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from client.errors import WalletError
 from client.session import Session
 from client.wallet import MAX_FILE_BYTES, load_identity_dir, wallet_cert_name
 from node.crypto.signing import load_private_key
-from node.crypto.x509 import ATTRS_OID, cert_info_der
+from node.crypto.x509 import ATTRS_OID, cert_info_der, cert_to_pem, issue_cert
 
 
 def _wallet(net_home, tmp_path: Path) -> Path:
@@ -173,3 +174,23 @@ def test_a_recipient_certificate_of_a_bad_version_is_bad_wallet(net_home, tmp_pa
     with Session(home, "h01:dr-jiang") as session, pytest.raises(WalletError) as e:
         session.user_public_key("h01", patient.name)
     assert e.value.reason == "BAD_WALLET" and "not a PEM certificate" in e.value.message
+
+
+@pytest.mark.parametrize("days_from_now", [-900, 30])
+def test_a_wallet_certificate_expired_or_not_yet_valid_is_expired_cert(net_home, tmp_path, days_from_now):
+    """The peer's TLS refuses such a client certificate at the handshake, which the client saw
+    only as SERVICE_UNAVAILABLE ("failed to connect to all addresses"), retried, and for a
+    submit an outcome unknown: the session now refuses it first, naming its validity."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    ca = x509.load_pem_x509_certificate((home / "orgs" / "h01" / "ca.pem").read_bytes())
+    ca_key = load_private_key((home / "orgs" / "h01" / "ca.key").read_bytes())
+    key = load_private_key((wallet / "key.pem").read_bytes())
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=days_from_now)
+    cert = issue_cert(ca, ca_key, key.public_key(), org="h01", role="doctor", name="dr-jiang", now=when,
+                      not_before=when, days=825 if days_from_now > 0 else 1)
+    (wallet / "cert.pem").write_bytes(cert_to_pem(cert))
+    with pytest.raises(WalletError) as e:
+        Session(home, "h01:dr-jiang")
+    assert e.value.reason == "EXPIRED_CERT" and str(wallet / "cert.pem") in e.value.message
