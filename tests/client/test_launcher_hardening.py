@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from client.errors import RxClientError
 from client.launcher import Launcher
@@ -136,3 +138,21 @@ def test_port_check_probes_an_ipv6_host_as_ipv6(tmp_path: Path) -> None:
     finally:
         listener.close()
 
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    (lambda p: p.pop("port"), "has no 'port'"),
+    (lambda p: p.__setitem__("port", "http"), "port must be an integer"),
+    (lambda p: p.__setitem__("port", 70000), "port must be an integer"),
+])
+def test_a_bad_network_yaml_endpoint_is_bad_config(tmp_path: Path, base_port: int, change: Any,
+                                                   fragment: str) -> None:
+    """It raised a bare KeyError / ValueError (the CLI answered INTERNAL) or took port 70000."""
+    home = _tiny(tmp_path, base_port)
+    path = home / "network.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc["peers"][0])
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RxClientError) as e:
+        load_network(home)
+    assert e.value.reason == "BAD_CONFIG"
+    assert str(path) in e.value.message and "peers[0]" in e.value.message and fragment in e.value.message
