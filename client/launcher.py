@@ -87,6 +87,8 @@ def generate_material(home: Path, consortium: Path | None = None,
 
 
 NODE_MODULES = ("node.peer", "node.orderer")
+# What log_tail reads of a node's log: its end.
+LOG_TAIL_BYTES = 64 * 1024
 # Above every pid the kernel gives (a pid_t; Linux's limit is 2**22).
 PID_MAX = (1 << 31) - 1
 
@@ -256,12 +258,18 @@ class Launcher:
         return NodeProcess(node.name, node.kind, proc.pid)
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        """The last lines of a node's log."""
+        """The last lines of a node's log, from its last LOG_TAIL_BYTES (a log grows for as long
+        as its node runs, across restarts: it was read whole, for its last line)."""
         try:
-            text = self.log_path(name).read_text(errors="replace")
+            with self.log_path(name).open("rb") as f:
+                start = max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES)
+                f.seek(start)
+                found = f.read(LOG_TAIL_BYTES).decode(errors="replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        if start and len(found) > 1:
+            found = found[1:]  # the first line read is cut
+        return "\n".join(found[-lines:])
 
     def wait_healthy(self, net: NetworkInfo, nodes: tuple[NodeEndpoint, ...],
                      timeout_s: float, progress: Progress = _quiet) -> dict[str, NodeHealth]:

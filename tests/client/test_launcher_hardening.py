@@ -3,6 +3,7 @@ pid files naming process groups."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -156,3 +157,30 @@ def test_a_bad_network_yaml_endpoint_is_bad_config(tmp_path: Path, base_port: in
         load_network(home)
     assert e.value.reason == "BAD_CONFIG"
     assert str(path) in e.value.message and "peers[0]" in e.value.message and fragment in e.value.message
+
+
+TAIL_UNDER_A_MEMORY_LIMIT = """
+import json, resource, sys
+from pathlib import Path
+from client.launcher import Launcher
+vm = int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmSize")).split()[1])
+limit = vm * 1024 + (512 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+launcher = Launcher(Path(sys.argv[1]))
+print(json.dumps([launcher.log_tail("peer.h01", 1), launcher.log_tail("peer.h01", 2)]))
+"""
+
+
+def test_the_log_tail_reads_the_end_of_a_large_log(tmp_path: Path) -> None:
+    """`network status` (a stopped node's last line) and NODE_EXITED read the whole log, which
+    grows for as long as the node runs: a 3 GiB log failed MemoryError under a 512 MiB margin."""
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "peer.h01.log"
+    with log.open("wb") as f:  # sparse: no disk used
+        f.truncate(3 << 30)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n" + b"x" * 70_000 + b"\nbefore\n{\"event\": \"peer_stopped\"}\n")
+    proc = subprocess.run([sys.executable, "-c", TAIL_UNDER_A_MEMORY_LIMIT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == ['{"event": "peer_stopped"}', 'before\n{"event": "peer_stopped"}']
