@@ -319,11 +319,11 @@ class Launcher:
                 already = 0
                 for node in group:
                     running = self.running_pid(node.name) is not None
-                    started.append(self.start_node(node))
                     if running:
                         already += 1
-                    else:
+                    else:  # before it starts: one started whose pid file fails is stopped too
                         fresh.add(node.name)
+                    started.append(self.start_node(node))
                 ran = f" ({already} already running)" if already else ""
                 progress(f"started {len(group) - already} {label}{ran}; waiting for them")
                 self.wait_healthy(net, group, timeout_s, progress)

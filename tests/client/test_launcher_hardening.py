@@ -184,3 +184,22 @@ def test_the_log_tail_reads_the_end_of_a_large_log(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout) == ['{"event": "peer_stopped"}', 'before\n{"event": "peer_stopped"}']
+
+
+def test_a_node_whose_pid_file_cannot_be_written_is_stopped_with_the_others(tmp_path: Path,
+                                                                            base_port: int) -> None:
+    """start_node started the process, then failed writing its pid file: `up` stopped the nodes
+    it had started except that one, left running with no pid file (`down` could not find it)."""
+    home = _tiny(tmp_path, base_port)
+    (home / "run" / "peer.h01.pid").mkdir(parents=True)  # write_text: IsADirectoryError
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        with pytest.raises(IsADirectoryError):
+            launcher.up(timeout_s=30)
+        for name in NODES:
+            assert launcher.running_pid(name) is None, f"{name} left running"
+    finally:
+        for child in list(launcher._children.values()):
+            if child.poll() is None:
+                child.kill()
+            child.wait(10)
