@@ -6,7 +6,8 @@ until every node's Admin.Health reports serving. ``down``: SIGTERM each node's p
 group, SIGKILL after a bound. ``status``: pid liveness plus Admin.Status of every node.
 A pid read from a pid file is trusted only if ``/proc/<pid>/cmdline`` shows our node module
 and that node's config (``is_node_process``): a reused pid is never signalled (nor is a pid
-file's 0 or negative number, which would name process groups).
+file's 0 or negative number, which would name process groups, nor one too large to be
+a pid).
 Before starting anything ``up`` checks that every port of the nodes it is about to start is
 free (``PORT_IN_USE``), before any node of this call writes anything (nodes also refuse a taken
 port themselves). If a node exits or does not
@@ -86,6 +87,10 @@ def generate_material(home: Path, consortium: Path | None = None,
 
 
 NODE_MODULES = ("node.peer", "node.orderer")
+# What log_tail reads of a node's log: its end.
+LOG_TAIL_BYTES = 64 * 1024
+# Above every pid the kernel gives (a pid_t; Linux's limit is 2**22).
+PID_MAX = (1 << 31) - 1
 
 
 def is_node_process(pid: int, config: Path) -> bool:
@@ -184,18 +189,16 @@ class Launcher:
             return None
         if pid <= 1:  # 0 and negatives name process groups (kill/waitpid), 1 is init: never a node
             return None
+        if pid > PID_MAX:  # a corrupt file: no process (os.kill would raise OverflowError)
+            return None
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:
             return pid if is_node_process(pid, self.config_path(name)) else None
-        try:  # a zombie of ours counts as dead
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return None
-        except ChildProcessError:
-            pass
+        # A zombie counts as dead: its cmdline reads empty. Never reaped here: a stale pid file
+        # may name another child of this process (its owner would lose its exit status).
         return pid if is_node_process(pid, self.config_path(name)) else None
 
     def node_ports(self, node: NodeEndpoint) -> list[int]:
@@ -255,12 +258,18 @@ class Launcher:
         return NodeProcess(node.name, node.kind, proc.pid)
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        """The last lines of a node's log."""
+        """The last lines of a node's log, from its last LOG_TAIL_BYTES (a log grows for as long
+        as its node runs, across restarts: it was read whole, for its last line)."""
         try:
-            text = self.log_path(name).read_text(errors="replace")
+            with self.log_path(name).open("rb") as f:
+                start = max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES)
+                f.seek(start)
+                found = f.read(LOG_TAIL_BYTES).decode(errors="replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        if start and len(found) > 1:
+            found = found[1:]  # the first line read is cut
+        return "\n".join(found[-lines:])
 
     def wait_healthy(self, net: NetworkInfo, nodes: tuple[NodeEndpoint, ...],
                      timeout_s: float, progress: Progress = _quiet) -> dict[str, NodeHealth]:
@@ -310,11 +319,11 @@ class Launcher:
                 already = 0
                 for node in group:
                     running = self.running_pid(node.name) is not None
-                    started.append(self.start_node(node))
                     if running:
                         already += 1
-                    else:
+                    else:  # before it starts: one started whose pid file fails is stopped too
                         fresh.add(node.name)
+                    started.append(self.start_node(node))
                 ran = f" ({already} already running)" if already else ""
                 progress(f"started {len(group) - already} {label}{ran}; waiting for them")
                 self.wait_healthy(net, group, timeout_s, progress)

@@ -145,14 +145,22 @@ class NetworkInfo:
         return self.orderers + self.peers
 
 
-def _endpoints(raw: object, kind: str) -> tuple[NodeEndpoint, ...]:
+def _endpoints(raw: object, kind: str, path: Path) -> tuple[NodeEndpoint, ...]:
     if not isinstance(raw, list):
         return ()
     out = []
-    for item in raw:
+    for i, item in enumerate(raw):
         if isinstance(item, dict):
-            out.append(NodeEndpoint(str(item["name"]), str(item["org"]), kind,
-                                    str(item["host"]), int(item["port"])))
+            try:
+                port = item["port"]
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    raise ValueError(f"port must be an integer in 1..65535, not {port!r}")
+                out.append(NodeEndpoint(str(item["name"]), str(item["org"]), kind,
+                                        str(item["host"]), port))
+            except KeyError as exc:
+                raise RxClientError("BAD_CONFIG", f"{path}: {kind}s[{i}] has no {exc}") from None
+            except ValueError as exc:
+                raise RxClientError("BAD_CONFIG", f"{path}: {kind}s[{i}]: {exc}") from None
     return tuple(out)
 
 
@@ -189,6 +197,6 @@ def load_network(home: Path) -> NetworkInfo:
                             f"(64 hex characters), not {len(secret)}")
     return NetworkInfo(
         home=home, consortium_id=str(raw.get("consortium_id", config.consortium_id)),
-        config=config, orderers=_endpoints(raw.get("orderers"), "orderer"),
-        peers=_endpoints(raw.get("peers"), "peer"), secret=secret,
+        config=config, orderers=_endpoints(raw.get("orderers"), "orderer", net_path),
+        peers=_endpoints(raw.get("peers"), "peer", net_path), secret=secret,
     )

@@ -9,7 +9,8 @@ integers in 1..65535 (``metrics_port`` 0 = no metrics endpoint, else not the gRP
 endpoint names unique per list; ``extra`` is a mapping (open: tuning keys of several
 modules), and its integer tuning keys
 (:data:`INT_EXTRAS`) are integers within their ranges; the node's certificate must carry the
-node's name as a subject alternative name (:func:`check_tls_name`). What the ``extra`` keys do is
+node's name as a subject alternative name (:func:`check_tls_name`), and its CA bundle must hold
+PEM certificates (:func:`check_ca_bundle`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
 ``node.peer.deliver_client`` (``deliver_*`` watchdog), ``node.stream_caps``
 (``max_streams``, ``max_streams_per_caller``); ``grpc_workers`` is the gRPC thread pool
@@ -103,6 +104,7 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "clock_offset_ms": (-(10**12), 10**12),  # fault injection (node.orderer.server)
     "onboard_wait_ms": (0, 86_400_000),  # node.orderer.onboard
     "onboard_answer_ms": (1, 600_000),
+    "first_start_wait_ms": (0, 86_400_000),  # node.orderer.server (--first-start)
 }
 
 
@@ -234,7 +236,10 @@ def load_node_config(path: str | Path) -> NodeConfig:
     for p in (cfg.cert_path, cfg.key_path, cfg.ca_bundle_path, cfg.genesis_path):
         if not p.exists():
             raise RxError("BAD_CONFIG", f"{path}: file {p} does not exist")
+        if not p.is_file():
+            raise RxError("BAD_CONFIG", f"{path}: {p} is not a file")
     check_tls_name(cfg, path)
+    check_ca_bundle(cfg, path)
     return cfg
 
 
@@ -262,6 +267,18 @@ def check_tls_name(config: NodeConfig, source: str | Path = "") -> None:
                                     f"does not name it: subject alternative names found: {found}; "
                                     f"expected {expected} (other nodes and clients dial this node "
                                     f"pinned to its name)")
+
+
+def check_ca_bundle(config: NodeConfig, source: str | Path = "") -> None:
+    """RxError BAD_CONFIG unless the node's ``ca_bundle`` holds PEM certificates: the node
+    trusts its callers and the nodes it dials by it, and read only as the node's servers and
+    channels are built it failed the start-up after the data directory was written."""
+    where = f"{source}: " if source else ""
+    try:
+        x509.load_pem_x509_certificates(config.ca_bundle_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RxError("BAD_CONFIG", f"{where}node {config.name}: ca_bundle {config.ca_bundle_path} "
+                                    f"holds no readable PEM certificate: {exc}") from None
 
 
 def check_can_listen(config: NodeConfig) -> None:

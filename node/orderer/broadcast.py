@@ -390,7 +390,7 @@ class BroadcastHandler:
         if outcome.accepted:
             self._metrics.accepted.inc()
             return
-        self._metrics.rejected.labels(reason=outcome.reason).inc()
+        self._metrics.count_rejected(outcome.reason)
         if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
             _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r: refused envelope", tx_id,
                       outcome.reason, outcome.message)

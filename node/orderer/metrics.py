@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# A refusal reason labels ``rxchain_orderer_broadcast_rejected`` only if it looks like a reason
+# code and is one of the first MAX_REASON_LABELS seen; any other counts as OTHER. A follower
+# answers with the reason the leader (another organisation's orderer) gave: each new one
+# would otherwise add a label, for as long as the process runs.
+MAX_REASON_LABELS = 32
+REASON_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,47}")
+OTHER_REASON = "OTHER"
 
 
 class OrdererMetrics:
@@ -60,10 +70,22 @@ class OrdererMetrics:
             "rxchain_orderer_followers_lost_state",
             "Followers this leader found to have lost Raft entries they had acknowledged",
             ["orderer"], registry=r)
+        self._reasons: set[str] = set()
+        self._reasons_lock = threading.Lock()
         self.node_info = Gauge("rxchain_orderer_info", "Constant 1, labelled with the node",
                                list(labels), registry=r)
         self.node_info.labels(**labels).set(1)
         self._server: Any = None
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a refused broadcast envelope by reason (bounded labels, see MAX_REASON_LABELS)."""
+        with self._reasons_lock:
+            if reason not in self._reasons:
+                if len(self._reasons) >= MAX_REASON_LABELS or not REASON_CODE.fullmatch(reason):
+                    reason = OTHER_REASON
+                else:
+                    self._reasons.add(reason)
+        self.rejected.labels(reason=reason).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""

@@ -481,7 +481,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     verifier = Verifier()
     try:
         signer = load_signer(config.cert_path, config.key_path, config.org)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:  # OSError: e.g. a key file the node may not read
         raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
     check_can_listen(config)  # before anything is written into data_dir
     metrics = OrdererMetrics(config.name)

@@ -59,6 +59,13 @@ BLOCK_REFUSALS = frozenset(
     {"BAD_BLOCK", "BAD_ORDERER_SIGNATURE", "BAD_BLOCK_NUMBER", "BAD_PREVIOUS_HASH"}
 )
 
+# What an orderer's status may end a Deliver stream with (OK: a range delivered); any other
+# reason, the orderer's own words, is STREAM_ENDED: it labels the peer's failover metric and
+# its log lines, and an orderer (or a later release) must not add a label per answer.
+STATUS_REASONS = frozenset({"OK", "STREAM_ENDED"})
+# The part of an orderer's status message kept in the failover log line.
+STATUS_MESSAGE_CHARS = 200
+
 ChannelFactory = Callable[[str], grpc.Channel]
 # version -> (serialized ReleaseStatement, signature): what a peer signs for a Deliver request
 ReleaseSigner = Callable[[int], tuple[bytes, bytes]]
@@ -106,6 +113,17 @@ class DeliverSettings:
         if settings.stall_s > 0 and settings.probe_timeout_s <= 0:
             raise RxError("BAD_CONFIG", "extra.deliver_probe_timeout_s must be positive")
         return settings
+
+
+def _status_error(reason: str, message: str) -> RxError:
+    """The error a Deliver stream's status ends it with: a reason of :data:`STATUS_REASONS`
+    (another is named in the message), the orderer's message cut to its first characters."""
+    if len(message) > STATUS_MESSAGE_CHARS:
+        message = message[:STATUS_MESSAGE_CHARS] + "..."
+    if reason in STATUS_REASONS:
+        return RxError(reason, message)
+    named = reason if len(reason) <= 64 else reason[:64] + "..."
+    return RxError("STREAM_ENDED", f"status {named!r}: {message}" if reason else message)
 
 
 @dataclass(frozen=True)
@@ -378,7 +396,7 @@ class DeliverClient:
                 if self._stop.is_set():
                     return progressed
                 if resp.HasField("status"):
-                    raise RxError(resp.status.reason or "STREAM_ENDED", resp.status.message)
+                    raise _status_error(resp.status.reason, resp.status.message)
                 block = resp.block
                 expected = self._height()
                 if block.header.number < expected:

@@ -128,7 +128,7 @@ def serve(config: NodeConfig) -> PeerNode:
     genesis = read_genesis(config.genesis_path)
     try:
         signer = load_signer(config.cert_path, config.key_path, config.org)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:  # OSError: e.g. a key file the node may not read
         raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
     check_can_listen(config)  # before the ledger is created in data_dir
     ledger = _open_ledger(config, genesis)

@@ -3,14 +3,17 @@ pid files naming process groups."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from client.errors import RxClientError
 from client.launcher import Launcher
@@ -68,9 +71,13 @@ def test_failed_start_up_leaves_nodes_running_before_it_alone(tmp_path: Path, ba
         first.down(grace_s=5)
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "1"])
+# 0, -1: process groups; 1: init; the last two, a corrupt file: no pid can be that large (os.kill
+# raised OverflowError: `network up/status/down` failed INTERNAL, `down` with the rest not stopped);
+# None: the zombie child itself, a stale pid file whose number the kernel gave to another child
+# of the process running the launcher (it was reaped: its owner saw exit status 0, not 7)
+@pytest.mark.parametrize("text", ["0", "-1", "1", "2147483648", "99999999999999999999", None])
 def test_pid_files_naming_groups_or_init_are_dead_and_reap_nothing(tmp_path: Path, base_port: int,
-                                                                    text: str) -> None:
+                                                                    text: str | None) -> None:
     """``waitpid(0 or -1)`` would reap any exited child of ours (here: one exiting with 7)."""
     home = _tiny(tmp_path, base_port)
     child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"], stdin=subprocess.DEVNULL)
@@ -80,7 +87,7 @@ def test_pid_files_naming_groups_or_init_are_dead_and_reap_nothing(tmp_path: Pat
                 break
             time.sleep(0.01)
         (home / "run").mkdir(exist_ok=True)
-        (home / "run" / "peer.h01.pid").write_text(f"{text}\n")
+        (home / "run" / "peer.h01.pid").write_text(f"{child.pid if text is None else text}\n")
         launcher = Launcher(home)
         assert launcher.running_pid("peer.h01") is None
         assert launcher.down(grace_s=0.5) == []
@@ -131,3 +138,68 @@ def test_port_check_probes_an_ipv6_host_as_ipv6(tmp_path: Path) -> None:
         assert e.value.reason == "PORT_IN_USE"
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    (lambda p: p.pop("port"), "has no 'port'"),
+    (lambda p: p.__setitem__("port", "http"), "port must be an integer"),
+    (lambda p: p.__setitem__("port", 70000), "port must be an integer"),
+])
+def test_a_bad_network_yaml_endpoint_is_bad_config(tmp_path: Path, base_port: int, change: Any,
+                                                   fragment: str) -> None:
+    """It raised a bare KeyError / ValueError (the CLI answered INTERNAL) or took port 70000."""
+    home = _tiny(tmp_path, base_port)
+    path = home / "network.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc["peers"][0])
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(RxClientError) as e:
+        load_network(home)
+    assert e.value.reason == "BAD_CONFIG"
+    assert str(path) in e.value.message and "peers[0]" in e.value.message and fragment in e.value.message
+
+
+TAIL_UNDER_A_MEMORY_LIMIT = """
+import json, resource, sys
+from pathlib import Path
+from client.launcher import Launcher
+vm = int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmSize")).split()[1])
+limit = vm * 1024 + (512 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+launcher = Launcher(Path(sys.argv[1]))
+print(json.dumps([launcher.log_tail("peer.h01", 1), launcher.log_tail("peer.h01", 2)]))
+"""
+
+
+def test_the_log_tail_reads_the_end_of_a_large_log(tmp_path: Path) -> None:
+    """`network status` (a stopped node's last line) and NODE_EXITED read the whole log, which
+    grows for as long as the node runs: a 3 GiB log failed MemoryError under a 512 MiB margin."""
+    (tmp_path / "logs").mkdir()
+    log = tmp_path / "logs" / "peer.h01.log"
+    with log.open("wb") as f:  # sparse: no disk used
+        f.truncate(3 << 30)
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n" + b"x" * 70_000 + b"\nbefore\n{\"event\": \"peer_stopped\"}\n")
+    proc = subprocess.run([sys.executable, "-c", TAIL_UNDER_A_MEMORY_LIMIT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == ['{"event": "peer_stopped"}', 'before\n{"event": "peer_stopped"}']
+
+
+def test_a_node_whose_pid_file_cannot_be_written_is_stopped_with_the_others(tmp_path: Path,
+                                                                            base_port: int) -> None:
+    """start_node started the process, then failed writing its pid file: `up` stopped the nodes
+    it had started except that one, left running with no pid file (`down` could not find it)."""
+    home = _tiny(tmp_path, base_port)
+    (home / "run" / "peer.h01.pid").mkdir(parents=True)  # write_text: IsADirectoryError
+    launcher = Launcher(home, python=_python(tmp_path))
+    try:
+        with pytest.raises(IsADirectoryError):
+            launcher.up(timeout_s=30)
+        for name in NODES:
+            assert launcher.running_pid(name) is None, f"{name} left running"
+    finally:
+        for child in list(launcher._children.values()):
+            if child.poll() is None:
+                child.kill()
+            child.wait(10)

@@ -206,6 +206,32 @@ def test_follower_forwards_a_batch_in_one_hand_off(net: Any) -> None:
     assert fwd.calls == [[tx for tx, _ in envs]]
 
 
+def test_a_leaders_refusal_reasons_add_a_bounded_number_of_metric_labels(net: Any) -> None:
+    """A follower counted each refusal under the reason its leader answered: another
+    organisation's orderer added a rxchain_orderer_broadcast_rejected label per envelope."""
+    client = Client(net)
+
+    class HostileLeader:
+        def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
+            raise AssertionError("one envelope at a time")
+
+        def submit_many(self, leader_id: int, items: list[tuple[bytes, str]]) -> list[Ticket]:
+            return [Ticket.done(Outcome(f"REASON_{tx[:12].upper()}", "refused"), tx) for _, tx in items]
+
+    metrics = OrdererMetrics("t")
+    h = BroadcastHandler(_validator(net), BatchOrderer(leader=2), HostileLeader(), metrics)
+    bound = 32  # node.orderer.metrics.MAX_REASON_LABELS (literal: the test runs on the old code too)
+    envs = [client.envelope()[1] for _ in range(bound + 8)]
+    envs.append(client.envelope()[1])
+    answers = [r for m in h.batch_stream(iter([envs[:-1], envs[-1:]])) for r in m.responses]
+    assert len(answers) == len(envs) and not any(a.accepted for a in answers)
+    assert all(a.reason.startswith("REASON_") for a in answers)  # answered as the leader said
+    labels = {s.labels["reason"]: s.value for m in metrics.registry.collect()
+              if m.name == "rxchain_orderer_broadcast_rejected" for s in m.samples
+              if s.name.endswith("_total")}
+    assert len(labels) == bound + 1 and labels["OTHER"] == 9, labels
+
+
 # ---------------------------------------------------------------- leader forwarder
 
 

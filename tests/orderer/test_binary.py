@@ -52,6 +52,14 @@ def _assert_bad_config(proc: subprocess.CompletedProcess[str], fragment: str, tm
     ("extra must be a mapping", lambda d: d.__setitem__("extra", "tick_ms=5")),
     ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
     ("cannot load certificate/key", lambda d: d.__setitem__("key", d["ca_bundle"])),
+    # each of these exited 1 ("start-up failed: ValueError/IsADirectoryError"), the data
+    # directory written: first_start_wait_ms was read unchecked, the CA bundle only as the
+    # servers and channels were built
+    ("extra.first_start_wait_ms", lambda d: d.__setitem__("extra", {"first_start_wait_ms": "abc"})),
+    ("extra.first_start_wait_ms", lambda d: d.__setitem__("extra", {"first_start_wait_ms": -1})),
+    ("holds no readable PEM certificate", lambda d: d.__setitem__("ca_bundle", d["genesis"])),
+    ("is not a file", lambda d: d.__setitem__("ca_bundle", str(Path(d["genesis"]).parent))),
+    ("is not a file", lambda d: d.__setitem__("key", str(Path(d["genesis"]).parent))),
 ])
 def test_bad_values_exit_2(node_dir: Path, tmp_path: Path, fragment: str,
                            change: Callable[[dict[str, Any]], None]) -> None:

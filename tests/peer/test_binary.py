@@ -102,6 +102,9 @@ def test_integer_extras_are_normalised(net: Net, tmp_path: Path) -> None:
     ("extra must be a mapping", lambda d: d.__setitem__("extra", ["grpc_workers", 8])),
     ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
     ("extra.max_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_streams": 8})),
+    # exited 1 ("start-up failed: ValueError/IsADirectoryError") with a ledger written
+    ("holds no readable PEM certificate", lambda d: d.__setitem__("ca_bundle", d["genesis"])),
+    ("is not a file", lambda d: d.__setitem__("key", str(Path(d["genesis"]).parent))),
 ])
 def test_binary_bad_values_exit_2_in_one_line(net: Net, tmp_path: Path, fragment: str, change: Any) -> None:
     proc = run(_edited(net, tmp_path, "peer.h01", change))
@@ -109,3 +112,5 @@ def test_binary_bad_values_exit_2_in_one_line(net: Net, tmp_path: Path, fragment
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("rxchain peer: BAD_CONFIG") and fragment in last, last
+    data = tmp_path / "data"
+    assert not data.exists() or not any(data.iterdir()), sorted(data.rglob("*"))

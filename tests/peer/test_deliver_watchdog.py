@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from rxchain.v1 import services_pb2, services_pb2_grpc
+from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc
 
 from node.config import Endpoint
 from node.errors import RxError
@@ -180,5 +180,39 @@ def test_stop_closes_probe_channels_and_threads(net: Net, tmp_path: Path, server
         assert closed == [f"127.0.0.1:{port}"]
         names = {t.name for t in threading.enumerate()} - before
         assert "deliver-client" not in names and "deliver-watchdog" not in names
+    finally:
+        peer.ledger.close()
+
+
+class StatusOrderer(FakeOrderer):
+    """Ends every Deliver stream at once with a status of a new reason and a long message."""
+
+    def Deliver(self, request, context):
+        self.starts.append(request.start_block)
+        yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(
+            reason=f"HOSTILE_{len(self.starts)}", message="x" * 100_000))
+
+
+def test_an_orderers_status_reason_labels_nothing_new(net: Net, tmp_path: Path, servers,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The reason of a status ending a stream was the failover reason as sent: a member's orderer
+    added a label to the peer's rxchain_peer_deliver_failovers metric (and a 100 kB detail to its
+    log line) per stream it ended."""
+    peer = make_peer(net, "h01", tmp_path / "p")
+    try:
+        (port,) = free_ports(1)
+        hostile = StatusOrderer([])
+        servers.append(serve(hostile, port))
+        errors: list[tuple[str, str]] = []
+        client = _client([Endpoint("hostile", "ins01", "127.0.0.1", port)], peer, errors, DeliverSettings())
+        client.start()
+        try:
+            wait_for(lambda: len(errors) >= 5, 10)
+        finally:
+            client.stop()
+        assert {r for _, r in errors} == {"STREAM_ENDED"}, errors
+        failovers = [r.getMessage() for r in caplog.records if "event=deliver_failover" in r.getMessage()]
+        assert failovers and all(len(m) < 1000 for m in failovers)
+        assert "HOSTILE_1" in failovers[0]  # the orderer's reason is still told, in the detail
     finally:
         peer.ledger.close()
