@@ -475,7 +475,9 @@ def test_orderers_serve_blocks_made_under_a_larger_message_bound_after_it_was_lo
         answers = client.broadcast_batches(procs.target(names[0]), [envelopes])
         assert all(a.accepted for a in answers), [a.message for a in answers]
         lowered = 256 << 10
-        assert max(b.ByteSize() for b in client.blocks(procs.target(names[0]))) > lowered
+        # accepted once the leader committed it: names[0], a follower maybe, may store it later
+        wait_until(lambda: max(b.ByteSize() for b in client.blocks(procs.target(names[0]))) > lowered, 20,
+                   what="the block over the lowered bound stored")
         new = _with_limits(net.config, max_message_bytes=lowered)
         new.batch.max_bytes = 100_000
         [r] = client.broadcast(procs.target(names[1]), [config_envelope(net, new, ["ins01", "ins02", "ins03"])])
