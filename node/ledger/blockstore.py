@@ -42,10 +42,11 @@ Recovery on open: the last indexed record is checked; records after it are scann
 indexed. A torn tail (a partial or checksum-failing record at the very end of the last
 segment, i.e. a crash in the middle of an append) is truncated with a warning. Bad bytes
 count as a torn tail only if they could be the next block's interrupted append: a header
-numbered ``height`` (or none at all) and no intact record anywhere after them in the segment
-(an interrupted append is always the last thing written); a bit flip in a length field of
-an earlier record therefore stops the start (LEDGER_CORRUPT) instead of cutting off every
-later block. ``keep_height`` (the ledger passes the state's savepoint + 1) makes the open
+numbered ``height`` (or none at all) and no intact record of block ``height + 1`` chained to
+it anywhere after them in the segment (an interrupted append is always the last thing
+written; a record forged inside a submitted envelope does not chain); a bit flip in a length
+field of an earlier record therefore stops the start (LEDGER_CORRUPT) instead of cutting off
+every later block. ``keep_height`` (the ledger passes the state's savepoint + 1) makes the open
 refuse (STATE_MISMATCH) rather than truncate blocks the state has already applied. A bad
 record in the middle is not detected on open (that would need reading everything): ``get``
 checks the checksum of every record it reads and :meth:`BlockStore.verify` checks all of
@@ -96,6 +97,7 @@ DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 _SEG_RE = re.compile(r"^seg-(\d{6})\.blk$")
 _SCAN_CHUNK = 1 << 20  # bytes read at a time when looking for intact records after bad bytes
+_HEADER_PEEK = 4096  # bytes read to find the BlockHeader a record's payload opens with
 
 
 def _seg_name(seg: int) -> str:
@@ -213,6 +215,12 @@ class BlockStore:
         file but did not write it) -- and in every case no intact record after ``start`` (an
         interrupted append is the last thing ever written to a segment). A bad record with
         more data after it (e.g. a flipped bit in a length field) is corruption, not a crash.
+
+        Only block ``expect + 1`` chained to the bad record's own header counts as such data:
+        the bytes after ``start`` are the bad record's payload if it is a torn append, and a
+        payload holds envelopes anybody may submit, so a whole record forged inside one (any
+        number, a valid checksum) must not turn a crash into a refused start. A forged one
+        cannot name the header hash of the block that carries it (the header hashes it).
         """
         if size - start < REC_HEAD_SIZE:
             return True
@@ -220,7 +228,12 @@ class BlockStore:
         if head is not None:
             if head[0] != expect or start + REC_HEAD_SIZE + head[1] < size:
                 return False
-            return not self._intact_record_after(seg, start + 1, size, expect)
+            header = self._payload_header(seg, start + REC_HEAD_SIZE, size)
+            if header is None:  # not even the block's header was written: nothing to chain to
+                return True
+            return not self._intact_record_after(
+                seg, start + 1, size, expect, block_header_hash(header)
+            )
         pos = start
         while pos < size:
             chunk = os.pread(self._fd(seg), min(_SCAN_CHUNK, size - pos), pos)
@@ -229,8 +242,35 @@ class BlockStore:
             pos += len(chunk)
         return True
 
-    def _intact_record_after(self, seg: int, start: int, size: int, expect: int) -> bool:
-        """True if a checksummed record numbered above ``expect`` starts at or after ``start``."""
+    def _payload_header(self, seg: int, offset: int, size: int) -> block_pb2.BlockHeader | None:
+        """The BlockHeader that a Block payload starting at ``offset`` opens with (field 1,
+        serialized first), or None if those bytes are not one."""
+        raw = os.pread(self._fd(seg), min(_HEADER_PEEK, size - offset), offset)
+        if len(raw) < 2 or raw[0] != 0x0A:  # field 1, length-delimited
+            return None
+        length, shift, i = 0, 0, 1
+        while i < len(raw) and i <= 5:
+            length |= (raw[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not raw[i - 1] & 0x80:
+                break
+        else:
+            return None
+        if i + length > len(raw):
+            return None
+        header = block_pb2.BlockHeader()
+        try:
+            header.ParseFromString(raw[i : i + length])
+        except Exception:  # noqa: BLE001 - protobuf DecodeError: not a header
+            return None
+        return header
+
+    def _intact_record_after(
+        self, seg: int, start: int, size: int, expect: int, expect_hash: bytes
+    ) -> bool:
+        """True if a checksummed record of block ``expect + 1`` whose previous hash is
+        ``expect_hash`` starts at or after ``start``."""
         fd = self._fd(seg)
         pos = start
         while pos < size:
@@ -240,8 +280,8 @@ class BlockStore:
             i = chunk.find(MAGIC)
             while i >= 0:
                 head = self._read_head(seg, pos + i)
-                if head is not None and head[0] > expect and (
-                    self._record_ok(seg, pos + i, head[0], size) is not None
+                if head is not None and head[0] == expect + 1 and (
+                    self._chains_to(seg, pos + i, head[0], size, expect_hash)
                 ):
                     return True
                 i = chunk.find(MAGIC, i + 1)
@@ -283,6 +323,14 @@ class BlockStore:
         if magic != MAGIC or length > MAX_RECORD_BYTES:
             return None
         return number, length, crc
+
+    def _chains_to(self, seg: int, offset: int, number: int, size: int, prev_hash: bytes) -> bool:
+        """True if the record at ``offset`` is intact, numbered ``number`` and its block's
+        previous hash is ``prev_hash``."""
+        if self._record_ok(seg, offset, number, size) is None:
+            return False
+        header = self._payload_header(seg, offset + REC_HEAD_SIZE, size)
+        return header is not None and header.previous_hash == prev_hash
 
     def _record_ok(
         self, seg: int, offset: int, expect_number: int, size: int | None = None

@@ -13,7 +13,9 @@ Each finding's test failed on the code before the fix:
 * new directories and the first segment file were never fsynced into their parents;
 * a data directory that cannot be created or opened, a full disk in the state batch: bare
   OSError / plyvel.IOError (no reason code);
-* a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole.
+* a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole;
+* a whole record forged inside a submitted envelope made the interrupted append of its block
+  look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail.
 
 Two regression guards (pass before and after): an interrupted append is still truncated,
 and a kill at every byte of an append converges to the never-crashed ledger.
@@ -33,6 +35,7 @@ from typing import Any
 import pytest
 from rxchain.v1 import transaction_pb2 as tx_pb
 
+from node.crypto.canonical import block_data_hash, block_header_hash
 from node.fsutil import fsync_dir
 from node.ledger.blockstore import IDX_SIZE, REC_HEAD_SIZE, BlockStore, encode_record
 from node.ledger.errors import LedgerError
@@ -300,6 +303,46 @@ def test_interrupted_append_is_still_truncated(tmp_path, reference):
         assert ledger.height() == TOTAL - 1
         commit_blocks(ledger, TOTAL)
         assert ledger.state_hash() == reference[0]
+
+
+def test_interrupted_append_of_a_block_carrying_a_forged_record_is_truncated(tmp_path, reference):
+    """An envelope is anybody's bytes: one holding a whole record of the next block (valid
+    checksum, any previous hash) inside the block whose append was interrupted made the torn
+    tail look like corruption with data after it -- LEDGER_CORRUPT, a peer that could only be
+    re-synced from nothing."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, TOTAL - 1)
+        block = build_block(TOTAL - 1, ledger.blocks.last_hash())
+    forged = make_chain(1, first=TOTAL)[0]  # block TOTAL, chained to nothing on this ledger
+    block.data.envelopes.insert(0, encode_record(TOTAL, forged.SerializeToString()))
+    block.data.envelopes.insert(1, encode_record(TOTAL + 3, b"x" * 64))
+    block.metadata.validation_codes.insert(0, tx_pb.BAD_PAYLOAD)
+    block.metadata.validation_codes.insert(1, tx_pb.BAD_PAYLOAD)
+    block.metadata.state_hash = b"\x01" * 32
+    record = encode_record(TOTAL - 1, block.SerializeToString())
+    seg = tmp_path / "blocks" / "seg-000000.blk"
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(record[:-10])  # the crash came after both forged records were written
+    with Ledger(tmp_path, fsync=False) as ledger:
+        assert ledger.height() == TOTAL - 1
+        assert ledger.blocks.torn_tail == ("seg-000000.blk", size)
+        commit_blocks(ledger, TOTAL)
+        assert ledger.state_hash() == reference[0]
+
+
+def test_flipped_length_before_a_chained_record_is_still_corruption(tmp_path):
+    """The chain check keeps the length-flip rule: the real next block chains to the bad one."""
+    blocks = make_chain(3)
+    blocks[1].data.envelopes.insert(0, encode_record(2, b"y" * 40))  # forged, chains to nothing
+    blocks[1].header.data_hash = block_data_hash(blocks[1].data.envelopes)
+    blocks[2].header.previous_hash = block_header_hash(blocks[1].header)
+    loc1 = store_blocks(tmp_path, blocks)[1]
+    _flip_length(tmp_path / "seg-000000.blk", loc1.offset, 24)
+    (tmp_path / "index.bin").unlink()
+    with pytest.raises(LedgerError) as e:
+        BlockStore(tmp_path)
+    assert e.value.reason == "LEDGER_CORRUPT" and e.value.block == 1
 
 
 # ---------------------------------------------------------------- foreign state
