@@ -30,7 +30,8 @@ and completed from the segments on open (no more entries are read than the segme
 hold records, so a damaged or sparse index file is never read whole; a failed index write
 is logged and the index is left to the next open to complete). Only the segment files are
 fsynced (when ``fsync=True``), so after a crash the segments decide what was stored. The
-directory is fsynced after it is created, after a segment file is created and after
+directory is fsynced after it is created, on every open for appending (a killed run may
+have created the first segment without syncing it), after a segment file is created and after
 recovery deletes files, so a synced record's file cannot vanish with its directory entry.
 
 A failed append (ENOSPC, EFBIG, EIO on write or fsync) is rolled back: the segment is
@@ -189,12 +190,13 @@ class BlockStore:
         self._write_seg = self._locs[-1].segment if self._locs else 0
         path = os.path.join(self._dir, _seg_name(self._write_seg))
         idx_path = os.path.join(self._dir, "index.bin")
-        created = not (os.path.exists(path) and os.path.exists(idx_path))
         self._write_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._write_pos = os.fstat(self._write_fd).st_size
         self._idx_fd = os.open(idx_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if created and self._fsync:
-            fsync_dir(self._dir)  # the first segment's entry must outlive a power loss
+        if self._fsync:
+            # the segment's entry must outlive a power loss: synced even when the files exist,
+            # as a run killed between creating them and this sync left the entries unsynced
+            fsync_dir(self._dir)
         os.ftruncate(self._idx_fd, self._indexed * IDX_SIZE)
         missing = self._locs[self._indexed :]
         if missing:  # entries found by scanning the segments

@@ -15,7 +15,8 @@ Each finding's test failed on the code before the fix:
   OSError / plyvel.IOError (no reason code);
 * a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole;
 * a whole record forged inside a submitted envelope made the interrupted append of its block
-  look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail.
+  look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail;
+* a first segment created by a run killed before it synced the directory was never synced.
 
 Two regression guards (pass before and after): an interrupted append is still truncated,
 and a kill at every byte of an append converges to the never-crashed ledger.
@@ -391,6 +392,28 @@ def test_new_directories_and_the_first_segment_are_fsynced(tmp_path, monkeypatch
     assert str(tmp_path / "node") in synced  # holds ledger/
     assert str(tmp_path / "node" / "ledger") in synced  # holds blocks/ and state/
     assert True in seen_segment  # synced once seg-000000.blk existed
+
+
+def test_first_segment_left_unsynced_by_a_killed_run_is_synced_on_the_next_open(tmp_path, monkeypatch):
+    """A run killed after creating seg-000000.blk and index.bin but before syncing the
+    directory left their entries in the page cache only; the next open took the files for
+    durable (it synced only when it created them), so its fsynced blocks, and the state
+    applied after them, could lose their file to a power loss (STATE_MISMATCH on restart)."""
+    blocks = tmp_path / "blocks"
+    blocks.mkdir()
+    (blocks / "seg-000000.blk").write_bytes(b"")  # what the killed run created
+    (blocks / "index.bin").write_bytes(b"")
+    synced: list[str] = []
+    real = fsync_dir
+
+    def spy(path: str | os.PathLike[str]) -> None:
+        synced.append(os.path.abspath(path))
+        real(path)
+
+    monkeypatch.setattr("node.ledger.blockstore.fsync_dir", spy)
+    with BlockStore(blocks) as bs:
+        assert str(blocks) in synced
+        bs.append(make_chain(1)[0])
 
 
 def test_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
