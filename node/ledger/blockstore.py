@@ -357,15 +357,18 @@ class BlockStore:
 
     def _recover(self) -> None:
         segs = self._segments()
-        seg_set = set(segs)
+        seg_size = {s: os.path.getsize(self._path(s)) for s in segs}
         locs = self._read_index_file(segs)
         # Keep the longest prefix of index entries that point at record headers of the
-        # right number, in increasing positions; the last kept one must checksum too.
+        # right number, in increasing positions within their segment (a damaged offset may
+        # be past what a read can even address); the last kept one must checksum too.
         good = 0
         prev: Location | None = None
         for i, loc in enumerate(locs):
-            if loc.segment not in seg_set or (
-                prev is not None and (loc.segment, loc.offset) <= (prev.segment, prev.offset)
+            if (
+                loc.segment not in seg_size
+                or loc.offset + REC_HEAD_SIZE > seg_size[loc.segment]
+                or (prev is not None and (loc.segment, loc.offset) <= (prev.segment, prev.offset))
             ):
                 break
             head = self._read_head(loc.segment, loc.offset)

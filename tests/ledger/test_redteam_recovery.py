@@ -16,7 +16,8 @@ Each finding's test failed on the code before the fix:
 * a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole;
 * a whole record forged inside a submitted envelope made the interrupted append of its block
   look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail;
-* a first segment created by a run killed before it synced the directory was never synced.
+* a first segment created by a run killed before it synced the directory was never synced;
+* an index offset flipped past what os.pread can address was a bare OverflowError on open.
 
 Two regression guards (pass before and after): an interrupted append is still truncated,
 and a kill at every byte of an append converges to the never-crashed ledger.
@@ -480,6 +481,21 @@ def test_forged_length_at_the_tail_allocates_nothing_on_open(tmp_path):
     assert _peak_during(open_ro) < 4 * 1024 * 1024
     assert opened == [3]
 
+
+
+def test_index_offset_past_any_address_is_completed_from_the_segments(tmp_path):
+    """A flipped top bit in an index entry's offset (>= 2**63) escaped the open as a bare
+    OverflowError from os.pread -- no reason code, a peer that would not start -- where a
+    damaged index is a cache the segments complete."""
+    blocks = make_chain(5)
+    store_blocks(tmp_path, blocks)
+    index = bytearray((tmp_path / "index.bin").read_bytes())
+    index[2 * IDX_SIZE + 4] ^= 0x80  # entry 2: u32 segment | u64 offset (big-endian)
+    (tmp_path / "index.bin").write_bytes(bytes(index))
+    with BlockStore(tmp_path) as bs:
+        assert bs.height() == 5
+        assert [bs.get(n) for n in range(5)] == blocks
+    assert (tmp_path / "index.bin").read_bytes()[2 * IDX_SIZE + 4] == index[2 * IDX_SIZE + 4] ^ 0x80
 
 
 def test_huge_sparse_index_file_is_not_read_whole(tmp_path):
