@@ -17,7 +17,9 @@ Each finding's test failed on the code before the fix:
 * a whole record forged inside a submitted envelope made the interrupted append of its block
   look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail;
 * a first segment created by a run killed before it synced the directory was never synced;
-* an index offset flipped past what os.pread can address was a bare OverflowError on open.
+* an index offset flipped past what os.pread can address was a bare OverflowError on open;
+* a state directory that lost its CURRENT file was opened as a new database holding only the
+  newest log (LevelDB deleted the older tables), taken as sound.
 
 Two regression guards (pass before and after): an interrupted append is still truncated,
 and a kill at every byte of an append converges to the never-crashed ledger.
@@ -415,6 +417,36 @@ def test_first_segment_left_unsynced_by_a_killed_run_is_synced_on_the_next_open(
     with BlockStore(blocks) as bs:
         assert str(blocks) in synced
         bs.append(make_chain(1)[0])
+
+
+def test_state_database_without_current_file_is_refused_not_emptied(tmp_path, reference):
+    """A state directory whose CURRENT file is lost (power loss, partial restore) was opened
+    by LevelDB as a new database: only the newest log replayed into it (savepoint and state
+    hash right), the older tables deleted -- the keys, history and tx ids of older blocks gone
+    from a peer that started as if sound."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, TOTAL - 2)
+    with Ledger(tmp_path, fsync=False) as ledger:  # the reopen turns that log into a table
+        commit_blocks(ledger, TOTAL)
+    state = tmp_path / "state"
+    (state / "CURRENT").unlink()
+    before = sorted(os.listdir(state))
+    with pytest.raises(LedgerError) as e:
+        Ledger(tmp_path, fsync=False)
+    assert e.value.reason == "LEDGER_CORRUPT" and "no CURRENT" in e.value.message
+    assert sorted(os.listdir(state)) == before  # nothing deleted, nothing created
+    shutil.rmtree(state)  # what the message says to do: rebuilt by replay
+    with Ledger(tmp_path, fsync=False) as ledger:
+        assert ledger.state_hash() == reference[0]
+    assert dump_state(tmp_path) == reference[1]
+
+
+def test_first_start_killed_before_leveldb_wrote_current_starts(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "MANIFEST-000001").write_bytes(b"")  # NewDB wrote its manifest, then died
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, 2)
 
 
 def test_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
