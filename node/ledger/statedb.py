@@ -303,6 +303,8 @@ class StateDB:
         _refuse_headless(self._dir)
         try:
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True, **_DB_OPTIONS)
+        except plyvel.CorruptionError as exc:  # e.g. a table file lost: not a disk error
+            raise corrupt_state(exc) from exc
         except plyvel.Error as exc:
             raise LedgerError("IO_ERROR", f"cannot open state db {self._dir}: {exc}") from exc
         # The savepoint's block number, kept in memory for apply_block's order check (this

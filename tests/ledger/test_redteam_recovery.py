@@ -441,6 +441,20 @@ def test_state_database_without_current_file_is_refused_not_emptied(tmp_path, re
     assert dump_state(tmp_path) == reference[1]
 
 
+def test_state_database_missing_a_table_is_ledger_corrupt(tmp_path):
+    """LevelDB's Corruption on open (a lost table file) was IO_ERROR "cannot open state db",
+    which reads as a disk to retry, not a database to delete and rebuild."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, 2)
+    with Ledger(tmp_path, fsync=False) as ledger:  # the reopen turns that log into a table
+        commit_blocks(ledger, 3)
+    (tables,) = (tmp_path / "state").glob("*.ldb")
+    tables.unlink()
+    with pytest.raises(LedgerError) as e:
+        Ledger(tmp_path, fsync=False)
+    assert e.value.reason == "LEDGER_CORRUPT" and "rebuilt from the block store" in e.value.message
+
+
 def test_first_start_killed_before_leveldb_wrote_current_starts(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
