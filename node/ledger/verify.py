@@ -247,7 +247,8 @@ def _live_savepoint(ledger_dir: str, report: VerifyReport) -> Savepoint | None:
     try:
         live = StateDB(state_dir, sync=False)
     except LedgerError as err:
-        report.warnings.append(f"live state not compared (in use by a running node?): {err}")
+        why = " (in use by a running node?)" if err.reason == "IO_ERROR" else ""
+        report.warnings.append(f"live state not compared{why}: {err}")
         return None
     try:
         sp = live.savepoint()

@@ -160,3 +160,14 @@ def test_state_behind_of_another_ledger_named(built, tmp_path):
     with pytest.raises(LedgerError) as e:
         Ledger(foreign)
     assert e.value.reason == "STATE_MISMATCH"
+
+
+def test_damaged_live_state_is_not_named_in_use(built, tmp_path):
+    directory, genesis, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(directory, copy)
+    (copy / "state" / "CURRENT").unlink()
+    report = verify_ledger(copy, genesis)
+    assert report.ok, report.summary()  # the blocks are sound: the state is rebuilt from them
+    (warning,) = [w for w in report.warnings if "live state" in w]
+    assert "no CURRENT" in warning and "running node" not in warning
