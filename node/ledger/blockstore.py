@@ -30,7 +30,8 @@ and completed from the segments on open (no more entries are read than the segme
 hold records, so a damaged or sparse index file is never read whole; a failed index write
 is logged and the index is left to the next open to complete). Only the segment files are
 fsynced (when ``fsync=True``), so after a crash the segments decide what was stored. The
-directory is fsynced after it is created, after a segment file is created and after
+directory is fsynced after it is created, on every open for appending (a killed run may
+have created the first segment without syncing it), after a segment file is created and after
 recovery deletes files, so a synced record's file cannot vanish with its directory entry.
 
 A failed append (ENOSPC, EFBIG, EIO on write or fsync) is rolled back: the segment is
@@ -42,10 +43,11 @@ Recovery on open: the last indexed record is checked; records after it are scann
 indexed. A torn tail (a partial or checksum-failing record at the very end of the last
 segment, i.e. a crash in the middle of an append) is truncated with a warning. Bad bytes
 count as a torn tail only if they could be the next block's interrupted append: a header
-numbered ``height`` (or none at all) and no intact record anywhere after them in the segment
-(an interrupted append is always the last thing written); a bit flip in a length field of
-an earlier record therefore stops the start (LEDGER_CORRUPT) instead of cutting off every
-later block. ``keep_height`` (the ledger passes the state's savepoint + 1) makes the open
+numbered ``height`` (or none at all) and no intact record of block ``height + 1`` chained to
+it anywhere after them in the segment (an interrupted append is always the last thing
+written; a record forged inside a submitted envelope does not chain); a bit flip in a length
+field of an earlier record therefore stops the start (LEDGER_CORRUPT) instead of cutting off
+every later block. ``keep_height`` (the ledger passes the state's savepoint + 1) makes the open
 refuse (STATE_MISMATCH) rather than truncate blocks the state has already applied. A bad
 record in the middle is not detected on open (that would need reading everything): ``get``
 checks the checksum of every record it reads and :meth:`BlockStore.verify` checks all of
@@ -96,6 +98,7 @@ DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024 * 1024
 _SEG_RE = re.compile(r"^seg-(\d{6})\.blk$")
 _SCAN_CHUNK = 1 << 20  # bytes read at a time when looking for intact records after bad bytes
+_HEADER_PEEK = 4096  # bytes read to find the BlockHeader a record's payload opens with
 
 
 def _seg_name(seg: int) -> str:
@@ -187,12 +190,13 @@ class BlockStore:
         self._write_seg = self._locs[-1].segment if self._locs else 0
         path = os.path.join(self._dir, _seg_name(self._write_seg))
         idx_path = os.path.join(self._dir, "index.bin")
-        created = not (os.path.exists(path) and os.path.exists(idx_path))
         self._write_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self._write_pos = os.fstat(self._write_fd).st_size
         self._idx_fd = os.open(idx_path, os.O_RDWR | os.O_CREAT, 0o644)
-        if created and self._fsync:
-            fsync_dir(self._dir)  # the first segment's entry must outlive a power loss
+        if self._fsync:
+            # the segment's entry must outlive a power loss: synced even when the files exist,
+            # as a run killed between creating them and this sync left the entries unsynced
+            fsync_dir(self._dir)
         os.ftruncate(self._idx_fd, self._indexed * IDX_SIZE)
         missing = self._locs[self._indexed :]
         if missing:  # entries found by scanning the segments
@@ -213,6 +217,12 @@ class BlockStore:
         file but did not write it) -- and in every case no intact record after ``start`` (an
         interrupted append is the last thing ever written to a segment). A bad record with
         more data after it (e.g. a flipped bit in a length field) is corruption, not a crash.
+
+        Only block ``expect + 1`` chained to the bad record's own header counts as such data:
+        the bytes after ``start`` are the bad record's payload if it is a torn append, and a
+        payload holds envelopes anybody may submit, so a whole record forged inside one (any
+        number, a valid checksum) must not turn a crash into a refused start. A forged one
+        cannot name the header hash of the block that carries it (the header hashes it).
         """
         if size - start < REC_HEAD_SIZE:
             return True
@@ -220,7 +230,12 @@ class BlockStore:
         if head is not None:
             if head[0] != expect or start + REC_HEAD_SIZE + head[1] < size:
                 return False
-            return not self._intact_record_after(seg, start + 1, size, expect)
+            header = self._payload_header(seg, start + REC_HEAD_SIZE, size)
+            if header is None:  # not even the block's header was written: nothing to chain to
+                return True
+            return not self._intact_record_after(
+                seg, start + 1, size, expect, block_header_hash(header)
+            )
         pos = start
         while pos < size:
             chunk = os.pread(self._fd(seg), min(_SCAN_CHUNK, size - pos), pos)
@@ -229,8 +244,35 @@ class BlockStore:
             pos += len(chunk)
         return True
 
-    def _intact_record_after(self, seg: int, start: int, size: int, expect: int) -> bool:
-        """True if a checksummed record numbered above ``expect`` starts at or after ``start``."""
+    def _payload_header(self, seg: int, offset: int, size: int) -> block_pb2.BlockHeader | None:
+        """The BlockHeader that a Block payload starting at ``offset`` opens with (field 1,
+        serialized first), or None if those bytes are not one."""
+        raw = os.pread(self._fd(seg), min(_HEADER_PEEK, size - offset), offset)
+        if len(raw) < 2 or raw[0] != 0x0A:  # field 1, length-delimited
+            return None
+        length, shift, i = 0, 0, 1
+        while i < len(raw) and i <= 5:
+            length |= (raw[i] & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not raw[i - 1] & 0x80:
+                break
+        else:
+            return None
+        if i + length > len(raw):
+            return None
+        header = block_pb2.BlockHeader()
+        try:
+            header.ParseFromString(raw[i : i + length])
+        except Exception:  # noqa: BLE001 - protobuf DecodeError: not a header
+            return None
+        return header
+
+    def _intact_record_after(
+        self, seg: int, start: int, size: int, expect: int, expect_hash: bytes
+    ) -> bool:
+        """True if a checksummed record of block ``expect + 1`` whose previous hash is
+        ``expect_hash`` starts at or after ``start``."""
         fd = self._fd(seg)
         pos = start
         while pos < size:
@@ -240,8 +282,8 @@ class BlockStore:
             i = chunk.find(MAGIC)
             while i >= 0:
                 head = self._read_head(seg, pos + i)
-                if head is not None and head[0] > expect and (
-                    self._record_ok(seg, pos + i, head[0], size) is not None
+                if head is not None and head[0] == expect + 1 and (
+                    self._chains_to(seg, pos + i, head[0], size, expect_hash)
                 ):
                     return True
                 i = chunk.find(MAGIC, i + 1)
@@ -284,6 +326,14 @@ class BlockStore:
             return None
         return number, length, crc
 
+    def _chains_to(self, seg: int, offset: int, number: int, size: int, prev_hash: bytes) -> bool:
+        """True if the record at ``offset`` is intact, numbered ``number`` and its block's
+        previous hash is ``prev_hash``."""
+        if self._record_ok(seg, offset, number, size) is None:
+            return False
+        header = self._payload_header(seg, offset + REC_HEAD_SIZE, size)
+        return header is not None and header.previous_hash == prev_hash
+
     def _record_ok(
         self, seg: int, offset: int, expect_number: int, size: int | None = None
     ) -> int | None:
@@ -307,15 +357,18 @@ class BlockStore:
 
     def _recover(self) -> None:
         segs = self._segments()
-        seg_set = set(segs)
+        seg_size = {s: os.path.getsize(self._path(s)) for s in segs}
         locs = self._read_index_file(segs)
         # Keep the longest prefix of index entries that point at record headers of the
-        # right number, in increasing positions; the last kept one must checksum too.
+        # right number, in increasing positions within their segment (a damaged offset may
+        # be past what a read can even address); the last kept one must checksum too.
         good = 0
         prev: Location | None = None
         for i, loc in enumerate(locs):
-            if loc.segment not in seg_set or (
-                prev is not None and (loc.segment, loc.offset) <= (prev.segment, prev.offset)
+            if (
+                loc.segment not in seg_size
+                or loc.offset + REC_HEAD_SIZE > seg_size[loc.segment]
+                or (prev is not None and (loc.segment, loc.offset) <= (prev.segment, prev.offset))
             ):
                 break
             head = self._read_head(loc.segment, loc.offset)

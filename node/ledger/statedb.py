@@ -300,8 +300,11 @@ class StateDB:
             ) from exc
         self._sync = sync
         self._ns_prefix: dict[str, bytes] = {}
+        _refuse_headless(self._dir)
         try:
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True, **_DB_OPTIONS)
+        except plyvel.CorruptionError as exc:  # e.g. a table file lost: not a disk error
+            raise corrupt_state(exc) from exc
         except plyvel.Error as exc:
             raise LedgerError("IO_ERROR", f"cannot open state db {self._dir}: {exc}") from exc
         # The savepoint's block number, kept in memory for apply_block's order check (this
@@ -453,6 +456,28 @@ class StateDB:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refuse_headless(directory: str) -> None:
+    """LEDGER_CORRUPT if ``directory`` holds LevelDB data files but no CURRENT file (lost to a
+    power loss, a partial restore): LevelDB would create a new, empty database there, replay
+    only its newest log into it and delete the older tables -- a state database with the
+    savepoint and the latest writes but without the keys, history and tx ids of older blocks,
+    taken as sound. A directory without data files (new, or a first start killed before
+    LevelDB wrote CURRENT) is created as before."""
+    try:
+        if os.path.exists(os.path.join(directory, "CURRENT")):
+            return
+        data = sorted(n for n in os.listdir(directory) if n.endswith((".ldb", ".sst", ".log")))
+    except OSError as exc:
+        raise LedgerError("IO_ERROR", f"cannot read state db directory {directory}: {exc}") from exc
+    if data:
+        raise LedgerError(
+            "LEDGER_CORRUPT",
+            f"state database {directory} has data files ({', '.join(data[:3])}) but no CURRENT "
+            "file: opening it would start an empty database and delete them; stop the node and "
+            "delete its ledger/state directory: it is rebuilt from the block store by replay",
+        )
 
 
 def _decode_savepoint(raw: bytes) -> Savepoint:

@@ -12,7 +12,10 @@ and, block by block:
    codes must equal the stored ones; without one the stored codes are used;
 5. the state hash: the valid writes are replayed into a scratch LevelDB and the recomputed
    state hash must equal ``metadata.state_hash`` of every block;
-6. finally the live state's savepoint (if readable) must match the replayed one.
+6. finally the live state's savepoint (if readable) must match the replayed one: the state
+   hash replayed after the savepoint's block, also when the savepoint is behind the block
+   store (the blocks after it are replayed on the next start, but only onto a state whose
+   savepoint hash is the one stored with its block: the start refuses any other).
 
 The first failure stops the run; the report names the block and the reason. Blocks after
 a config block putting in force a protocol version this release does not implement are not
@@ -34,7 +37,7 @@ from node.errors import RxError
 from node.genesis import config_from_genesis
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
-from node.ledger.statedb import ZERO_HASH, StateDB, StateReader, TxOutcome, next_state_hash
+from node.ledger.statedb import ZERO_HASH, Savepoint, StateDB, StateReader, TxOutcome, next_state_hash
 from node.ledger.txwrites import CONFIG_KEY, SYSTEM_NS, outcomes_from_block
 from node.peer.validator import ConfigState, ContractDefinition, PolicyProvider, Validator
 from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
@@ -100,6 +103,8 @@ def verify_ledger(
     """Re-check the ledger in ``directory`` (see the module docstring)."""
     ledger_dir = resolve_ledger_dir(directory)
     report = VerifyReport(ok=False, height=0, checked=0, revalidated=policies is not None)
+    live = _live_savepoint(ledger_dir, report)
+    replayed: dict[int, bytes] = {}  # the state hash after the live savepoint's block
     try:
         store = BlockStore(os.path.join(ledger_dir, "blocks"), readonly=True)
     except LedgerError as err:
@@ -116,13 +121,14 @@ def verify_ledger(
         with tempfile.TemporaryDirectory(prefix="rxchain-verify-") as scratch_dir:
             scratch = StateDB(scratch_dir, sync=False)
             try:
-                _walk(store, genesis, scratch, policies, orderer_quorum, report)
+                _walk(store, genesis, scratch, policies, orderer_quorum, report,
+                      None if live is None else live.block, replayed)
             finally:
                 scratch.close()
     finally:
         store.close()
-    if report.ok:
-        _compare_live_state(ledger_dir, report)
+    if report.ok and live is not None:
+        _compare_live_state(live, replayed.get(live.block), report)
     return report
 
 
@@ -140,6 +146,8 @@ def _walk(
     policies: PolicyProvider | None,
     quorum: int,
     report: VerifyReport,
+    keep: int | None,
+    replayed: dict[int, bytes],
 ) -> None:
     verifier = Verifier()
     try:
@@ -214,6 +222,8 @@ def _walk(
             )
             return
         scratch.apply_block(n, outcomes, state_hash)
+        if n == keep:
+            replayed[n] = state_hash
         for t in outcomes:
             for w in t.writes:
                 if w.ns == SYSTEM_NS and w.key == CONFIG_KEY:
@@ -227,33 +237,44 @@ def _walk(
     report.state_hash = prev_state_hash.hex()
 
 
-def _compare_live_state(ledger_dir: str, report: VerifyReport) -> None:
+def _live_savepoint(ledger_dir: str, report: VerifyReport) -> Savepoint | None:
+    """The live state's savepoint, read before the walk (which keeps the replayed state hash
+    after its block); None, with a warning saying why, when there is nothing to compare."""
     state_dir = os.path.join(ledger_dir, "state")
     if not os.path.isdir(state_dir):
         report.warnings.append("no state database next to the block store")
-        return
+        return None
     try:
         live = StateDB(state_dir, sync=False)
     except LedgerError as err:
-        report.warnings.append(f"live state not compared (in use by a running node?): {err}")
-        return
+        why = " (in use by a running node?)" if err.reason == "IO_ERROR" else ""
+        report.warnings.append(f"live state not compared{why}: {err}")
+        return None
     try:
         sp = live.savepoint()
+    except LedgerError as err:
+        report.warnings.append(f"live state not compared: {err}")
+        return None
     finally:
         live.close()
     if sp is None:
         report.warnings.append("live state is empty (it will be rebuilt by replay)")
-        return
-    if sp.block >= report.height:
+    return sp
+
+
+def _compare_live_state(sp: Savepoint, replayed: bytes | None, report: VerifyReport) -> None:
+    if sp.block >= report.height or replayed is None:
         _fail(report, sp.block, "STATE_MISMATCH",
               f"live state is at block {sp.block}, beyond the block store height {report.height}")
+        return
+    if sp.state_hash != replayed:
+        _fail(report, sp.block, "STATE_HASH_MISMATCH",
+              f"the live state's savepoint hash after block {sp.block} differs from the replayed "
+              "state hash: the state database does not belong to this block store (delete it to "
+              "rebuild it by replay)")
         return
     if sp.block < report.height - 1:
         report.warnings.append(
             f"live state is at block {sp.block}; blocks up to {report.height - 1} are replayed "
             "on the next start"
         )
-        return
-    if sp.state_hash.hex() != report.state_hash:
-        _fail(report, sp.block, "STATE_HASH_MISMATCH",
-              "the live state's savepoint hash differs from the replayed state hash")

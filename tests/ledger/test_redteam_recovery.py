@@ -13,7 +13,13 @@ Each finding's test failed on the code before the fix:
 * new directories and the first segment file were never fsynced into their parents;
 * a data directory that cannot be created or opened, a full disk in the state batch: bare
   OSError / plyvel.IOError (no reason code);
-* a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole.
+* a forged record length made a read allocate up to 1 GiB; a sparse index file was read whole;
+* a whole record forged inside a submitted envelope made the interrupted append of its block
+  look like corruption with data after it: LEDGER_CORRUPT instead of a torn tail;
+* a first segment created by a run killed before it synced the directory was never synced;
+* an index offset flipped past what os.pread can address was a bare OverflowError on open;
+* a state directory that lost its CURRENT file was opened as a new database holding only the
+  newest log (LevelDB deleted the older tables), taken as sound.
 
 Two regression guards (pass before and after): an interrupted append is still truncated,
 and a kill at every byte of an append converges to the never-crashed ledger.
@@ -33,6 +39,7 @@ from typing import Any
 import pytest
 from rxchain.v1 import transaction_pb2 as tx_pb
 
+from node.crypto.canonical import block_data_hash, block_header_hash
 from node.fsutil import fsync_dir
 from node.ledger.blockstore import IDX_SIZE, REC_HEAD_SIZE, BlockStore, encode_record
 from node.ledger.errors import LedgerError
@@ -302,6 +309,46 @@ def test_interrupted_append_is_still_truncated(tmp_path, reference):
         assert ledger.state_hash() == reference[0]
 
 
+def test_interrupted_append_of_a_block_carrying_a_forged_record_is_truncated(tmp_path, reference):
+    """An envelope is anybody's bytes: one holding a whole record of the next block (valid
+    checksum, any previous hash) inside the block whose append was interrupted made the torn
+    tail look like corruption with data after it -- LEDGER_CORRUPT, a peer that could only be
+    re-synced from nothing."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, TOTAL - 1)
+        block = build_block(TOTAL - 1, ledger.blocks.last_hash())
+    forged = make_chain(1, first=TOTAL)[0]  # block TOTAL, chained to nothing on this ledger
+    block.data.envelopes.insert(0, encode_record(TOTAL, forged.SerializeToString()))
+    block.data.envelopes.insert(1, encode_record(TOTAL + 3, b"x" * 64))
+    block.metadata.validation_codes.insert(0, tx_pb.BAD_PAYLOAD)
+    block.metadata.validation_codes.insert(1, tx_pb.BAD_PAYLOAD)
+    block.metadata.state_hash = b"\x01" * 32
+    record = encode_record(TOTAL - 1, block.SerializeToString())
+    seg = tmp_path / "blocks" / "seg-000000.blk"
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(record[:-10])  # the crash came after both forged records were written
+    with Ledger(tmp_path, fsync=False) as ledger:
+        assert ledger.height() == TOTAL - 1
+        assert ledger.blocks.torn_tail == ("seg-000000.blk", size)
+        commit_blocks(ledger, TOTAL)
+        assert ledger.state_hash() == reference[0]
+
+
+def test_flipped_length_before_a_chained_record_is_still_corruption(tmp_path):
+    """The chain check keeps the length-flip rule: the real next block chains to the bad one."""
+    blocks = make_chain(3)
+    blocks[1].data.envelopes.insert(0, encode_record(2, b"y" * 40))  # forged, chains to nothing
+    blocks[1].header.data_hash = block_data_hash(blocks[1].data.envelopes)
+    blocks[2].header.previous_hash = block_header_hash(blocks[1].header)
+    loc1 = store_blocks(tmp_path, blocks)[1]
+    _flip_length(tmp_path / "seg-000000.blk", loc1.offset, 24)
+    (tmp_path / "index.bin").unlink()
+    with pytest.raises(LedgerError) as e:
+        BlockStore(tmp_path)
+    assert e.value.reason == "LEDGER_CORRUPT" and e.value.block == 1
+
+
 # ---------------------------------------------------------------- foreign state
 
 
@@ -348,6 +395,72 @@ def test_new_directories_and_the_first_segment_are_fsynced(tmp_path, monkeypatch
     assert str(tmp_path / "node") in synced  # holds ledger/
     assert str(tmp_path / "node" / "ledger") in synced  # holds blocks/ and state/
     assert True in seen_segment  # synced once seg-000000.blk existed
+
+
+def test_first_segment_left_unsynced_by_a_killed_run_is_synced_on_the_next_open(tmp_path, monkeypatch):
+    """A run killed after creating seg-000000.blk and index.bin but before syncing the
+    directory left their entries in the page cache only; the next open took the files for
+    durable (it synced only when it created them), so its fsynced blocks, and the state
+    applied after them, could lose their file to a power loss (STATE_MISMATCH on restart)."""
+    blocks = tmp_path / "blocks"
+    blocks.mkdir()
+    (blocks / "seg-000000.blk").write_bytes(b"")  # what the killed run created
+    (blocks / "index.bin").write_bytes(b"")
+    synced: list[str] = []
+    real = fsync_dir
+
+    def spy(path: str | os.PathLike[str]) -> None:
+        synced.append(os.path.abspath(path))
+        real(path)
+
+    monkeypatch.setattr("node.ledger.blockstore.fsync_dir", spy)
+    with BlockStore(blocks) as bs:
+        assert str(blocks) in synced
+        bs.append(make_chain(1)[0])
+
+
+def test_state_database_without_current_file_is_refused_not_emptied(tmp_path, reference):
+    """A state directory whose CURRENT file is lost (power loss, partial restore) was opened
+    by LevelDB as a new database: only the newest log replayed into it (savepoint and state
+    hash right), the older tables deleted -- the keys, history and tx ids of older blocks gone
+    from a peer that started as if sound."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, TOTAL - 2)
+    with Ledger(tmp_path, fsync=False) as ledger:  # the reopen turns that log into a table
+        commit_blocks(ledger, TOTAL)
+    state = tmp_path / "state"
+    (state / "CURRENT").unlink()
+    before = sorted(os.listdir(state))
+    with pytest.raises(LedgerError) as e:
+        Ledger(tmp_path, fsync=False)
+    assert e.value.reason == "LEDGER_CORRUPT" and "no CURRENT" in e.value.message
+    assert sorted(os.listdir(state)) == before  # nothing deleted, nothing created
+    shutil.rmtree(state)  # what the message says to do: rebuilt by replay
+    with Ledger(tmp_path, fsync=False) as ledger:
+        assert ledger.state_hash() == reference[0]
+    assert dump_state(tmp_path) == reference[1]
+
+
+def test_state_database_missing_a_table_is_ledger_corrupt(tmp_path):
+    """LevelDB's Corruption on open (a lost table file) was IO_ERROR "cannot open state db",
+    which reads as a disk to retry, not a database to delete and rebuild."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, 2)
+    with Ledger(tmp_path, fsync=False) as ledger:  # the reopen turns that log into a table
+        commit_blocks(ledger, 3)
+    (tables,) = (tmp_path / "state").glob("*.ldb")
+    tables.unlink()
+    with pytest.raises(LedgerError) as e:
+        Ledger(tmp_path, fsync=False)
+    assert e.value.reason == "LEDGER_CORRUPT" and "rebuilt from the block store" in e.value.message
+
+
+def test_first_start_killed_before_leveldb_wrote_current_starts(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "MANIFEST-000001").write_bytes(b"")  # NewDB wrote its manifest, then died
+    with Ledger(tmp_path, fsync=False) as ledger:
+        commit_blocks(ledger, 2)
 
 
 def test_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path):
@@ -414,6 +527,21 @@ def test_forged_length_at_the_tail_allocates_nothing_on_open(tmp_path):
     assert _peak_during(open_ro) < 4 * 1024 * 1024
     assert opened == [3]
 
+
+
+def test_index_offset_past_any_address_is_completed_from_the_segments(tmp_path):
+    """A flipped top bit in an index entry's offset (>= 2**63) escaped the open as a bare
+    OverflowError from os.pread -- no reason code, a peer that would not start -- where a
+    damaged index is a cache the segments complete."""
+    blocks = make_chain(5)
+    store_blocks(tmp_path, blocks)
+    index = bytearray((tmp_path / "index.bin").read_bytes())
+    index[2 * IDX_SIZE + 4] ^= 0x80  # entry 2: u32 segment | u64 offset (big-endian)
+    (tmp_path / "index.bin").write_bytes(bytes(index))
+    with BlockStore(tmp_path) as bs:
+        assert bs.height() == 5
+        assert [bs.get(n) for n in range(5)] == blocks
+    assert (tmp_path / "index.bin").read_bytes()[2 * IDX_SIZE + 4] == index[2 * IDX_SIZE + 4] ^ 0x80
 
 
 def test_huge_sparse_index_file_is_not_read_whole(tmp_path):

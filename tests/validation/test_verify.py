@@ -13,6 +13,7 @@ from node.ledger.__main__ import main as ledger_main
 from node.ledger.blockstore import REC_HEAD_SIZE, BlockStore
 from node.ledger.errors import LedgerError
 from node.ledger.ledger import Ledger
+from node.ledger.statedb import StateDB
 from node.ledger.verify import verify_ledger
 from tests.validation.conftest import StaticPolicies, rx_definition
 
@@ -126,3 +127,47 @@ def test_corrupted_record_and_cli(built, tmp_path, net, capsys):
     other = read_genesis(net.home / "genesis.block")
     other.header.data_hash = b"\x00" * 32
     assert verify_ledger(directory, other).reason in ("BAD_GENESIS", "GENESIS_MISMATCH")
+
+
+def test_state_behind_of_another_ledger_named(built, tmp_path):
+    """A state database behind the block store is compared too: one that is not this block
+    store's (a backup of another peer or network) was reported OK ("replayed on the next
+    start") while the start refuses it (STATE_MISMATCH)."""
+    directory, genesis, _ = built
+    genuine = tmp_path / "genuine"  # this ledger's own state after block 2, blocks 3-4 not applied
+    with BlockStore(directory / "blocks", readonly=True) as a, BlockStore(genuine / "blocks") as b:
+        for n in range(3):
+            b.append(a.get(n))
+    Ledger(genuine).close()  # replays blocks 0..2 into a new state
+    behind = tmp_path / "behind"
+    shutil.copytree(directory, behind)
+    shutil.rmtree(behind / "state")
+    shutil.copytree(genuine / "state", behind / "state")
+    report = verify_ledger(behind, genesis)
+    assert report.ok, report.summary()
+    assert any("live state is at block 2" in w for w in report.warnings)
+    Ledger(behind).close()  # and the start replays blocks 3-4 onto it
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(directory, foreign)
+    shutil.rmtree(foreign / "state")
+    with StateDB(foreign / "state") as db:  # another ledger's state after its block 2
+        for n in range(3):
+            db.apply_block(n, [], bytes([n + 7]) * 32)
+    report = verify_ledger(foreign, genesis)
+    assert not report.ok and (report.first_bad_block, report.reason) == (2, "STATE_HASH_MISMATCH")
+    assert "does not belong to this block store" in report.message
+    with pytest.raises(LedgerError) as e:
+        Ledger(foreign)
+    assert e.value.reason == "STATE_MISMATCH"
+
+
+def test_damaged_live_state_is_not_named_in_use(built, tmp_path):
+    directory, genesis, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(directory, copy)
+    (copy / "state" / "CURRENT").unlink()
+    report = verify_ledger(copy, genesis)
+    assert report.ok, report.summary()  # the blocks are sound: the state is rebuilt from them
+    (warning,) = [w for w in report.warnings if "live state" in w]
+    assert "no CURRENT" in warning and "running node" not in warning
