@@ -83,6 +83,7 @@ from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
 from node.identity.policy import Policy, parse_policy
+from node.ledger.errors import LedgerError
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
 from node.ledger.txwrites import SYSTEM_NS, config_writes, indexed_tx_id, rwset_writes
 from node.orderer.configtx import OrdererConfig, validate_update
@@ -408,6 +409,11 @@ class Validator:
         if name not in contracts:
             try:
                 contracts[name] = self._policies.contract(name, self._state)
+            except LedgerError:
+                # This peer could not read its own state (LEDGER_CORRUPT, a damaged LevelDB
+                # block): no code, as for the MVCC reads -- recording UNKNOWN_CONTRACT would
+                # commit an outcome the other peers do not reach.
+                raise
             except (RxError, ValueError, RecursionError):
                 # A definition that cannot be read (bad stored policy, JSON nested too deep
                 # for the decoder...) is not active; the outcome must stay deterministic and
