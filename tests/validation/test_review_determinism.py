@@ -5,15 +5,17 @@ Each test failed before its fix (see the validator's comments).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import plyvel
 import pytest
-from rxchain.v1 import block_pb2
+from rxchain.v1 import block_pb2, identity_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
-from node.crypto.signing import Signer, Verifier
+from node.crypto.canonical import proposal_hash
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.crypto.x509 import cert_info_der
 from node.genesis import read_genesis
 from node.ledger.errors import LedgerError
@@ -22,6 +24,7 @@ from node.ledger.statedb import VersionedValue, corrupt_state
 from node.peer.committer import Committer
 from node.peer.definitions import LIFECYCLE_NS
 from node.peer.policy_provider import LifecyclePolicies
+from node.peer.validator import Validator
 from tests.validation.conftest import (
     Net,
     Peer,
@@ -113,3 +116,78 @@ def _reseal(block: block_pb2.Block, net: Net) -> None:
     fresh = make_block(block.header.number, block.header.previous_hash, list(block.data.envelopes),
                        [net.orderer1])
     block.CopyFrom(fresh)
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    """``data`` with one to three random edits (overwrite, truncate, insert, bit flip)."""
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        if not b:
+            b += rng.randbytes(1)
+            continue
+        i, op = rng.randrange(len(b)), rng.randrange(4)
+        if op == 0:
+            b[i] = rng.randrange(256)
+        elif op == 1:
+            del b[i:]
+        elif op == 2:
+            b[i:i] = rng.randbytes(rng.randint(1, 8))
+        else:
+            b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def _mangled_tx(rng: random.Random, peer: Peer, net: Net, endorser: Signer) -> bytes:
+    """An INVOKE of ``rx`` with one of its parts mangled and everything above it signed again
+    over the mangled bytes (so the damage reaches the checks past the signatures)."""
+    part = rng.randrange(8)  # 7: left intact
+    hdr = peer.kit.header(net.doctor)
+    inv = tx_pb.ContractInvocation(contract="rx", function="f", args_json=b"{}").SerializeToString()
+    results = tx_pb.TxRwSet(ns_rwsets=[RwSpec(
+        "rx", reads=[("a", None)], writes=[("a", b"1"), ("b", None)],
+        ranges=[("a", "z", True, [])]).to_proto()]).SerializeToString()
+    hdr = _mutate(rng, hdr) if part == 0 else hdr
+    inv = _mutate(rng, inv) if part == 1 else inv
+    results = _mutate(rng, results) if part == 2 else results
+    prp = tx_pb.ProposalResponsePayload(
+        proposal_hash=proposal_hash(hdr, inv), results=results,
+        response=tx_pb.Response(status=200, payload=b"{}"), contract_version="1.0",
+        contract_sequence=1).SerializeToString()
+    prp = _mutate(rng, prp) if part == 3 else prp
+    tx = tx_pb.Transaction(header=hdr, invocation=inv, response_payload=prp)
+    for e in (net.peer_h01, endorser):
+        ident = identity_pb2.Identity()
+        ident.CopyFrom(e.identity)
+        if part == 4 and e is endorser:
+            ident.cert_der = _mutate(rng, ident.cert_der)
+        tx.endorsements.add(endorser=ident, signature=e.sign(Purpose.ENDORSEMENT, prp))
+    payload = _mutate(rng, tx.SerializeToString()) if part == 5 else tx.SerializeToString()
+    env = tx_pb.Envelope(payload=payload, signature=net.doctor.sign(Purpose.ENVELOPE, payload))
+    return _mutate(rng, env.SerializeToString()) if part == 6 else env.SerializeToString()
+
+
+def test_mangled_envelopes_get_the_same_codes_on_a_long_running_and_a_fresh_peer(
+    peer: Peer, net: Net
+) -> None:
+    """Blocks of signed-but-mangled txs (and intact ones, some copies of each other): never an
+    exception, and a validator whose caches (identities, policies, its own signatures) have
+    seen every earlier block gives each tx the code a fresh validator gives it."""
+    rng = random.Random(11)
+    config = peer.ledger.current_config()
+    assert config is not None
+    verifier = Verifier()
+    own = Signer(net.peer_p01.key, net.peer_p01.identity)
+    verifier.trust_own(own)
+    policies = StaticPolicies({"rx": rx_definition()})
+    warm = Validator(peer.ledger.state, config, verifier, policies)
+    prev = peer.ledger.blocks.last_hash()
+    seen: set[int] = set()
+    for _ in range(60):
+        envs = [_mangled_tx(rng, peer, net, own) for _ in range(6)]
+        envs.append(rng.choice(envs))  # a copy: DUPLICATE_TXID unless its id is not indexed
+        block = make_block(1, prev, envs, [net.orderer1])
+        fresh = Validator(peer.ledger.state, config, Verifier(), policies)
+        want = list(fresh.validate(_copy(block), 1, prev).codes)
+        assert list(warm.validate(block, 1, prev).codes) == want
+        seen.update(want)
+    assert {tx_pb.VALID, tx_pb.BAD_PAYLOAD, tx_pb.BAD_ENDORSEMENT, tx_pb.DUPLICATE_TXID} <= seen
