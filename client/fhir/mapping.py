@@ -23,6 +23,7 @@ share as *benefit*, personal account and cash as *copay* entries; money in CNY).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -192,6 +193,8 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
         valid_days = (end - start).days + 1
         if valid_days < 1:
             raise FhirError("VALIDITY_LIMIT", "validityPeriod ends before it starts")
+    for line in _raw_lines(raw):
+        _check_repeats(line)
     repeats = int(disp.numberOfRepeatsAllowed or 0)
     interval = _days(disp.dispenseInterval, "dispenseInterval") if disp.dispenseInterval else 0
     pharmacy = ""
@@ -203,6 +206,25 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
         chronic_reason=reason if long_rx else "", valid_days=valid_days, pharmacy=pharmacy,
         max_fills=repeats + 1, fill_interval_days=interval,
     )
+
+
+def _raw_lines(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The MedicationRequests of a (validated) request as sent: itself, or a Bundle's entries'."""
+    if raw.get("resourceType") != "Bundle":
+        return [raw]
+    return [e["resource"] for e in raw.get("entry") or []
+            if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)]
+
+
+def _check_repeats(line: Mapping[str, Any]) -> None:
+    """``dispenseRequest.numberOfRepeatsAllowed`` as sent is a JSON integer (FHIR unsignedInt).
+    fhir.resources coerces ``true`` to 1, ``"2"`` to 2 and ``1.0`` to 1: an HIS sending
+    "repeats allowed: true" would issue a prescription with an extra fill."""
+    disp = line.get("dispenseRequest")
+    value = disp.get("numberOfRepeatsAllowed") if isinstance(disp, Mapping) else None
+    if value is not None and (type(value) is not int or value < 0):
+        raise FhirError("FHIR_INVALID", "dispenseRequest.numberOfRepeatsAllowed must be a whole number "
+                        f"(a JSON integer, 0 or more), got {json.dumps(value, default=str)[:20]}")
 
 
 def _shared(r: Any, long_rx: bool) -> dict[str, Any]:

@@ -258,6 +258,23 @@ def test_counts_must_be_whole_and_in_range() -> None:
     assert _reason(days) == "FHIR_INVALID"
 
 
+def _repeats(value: Any) -> dict[str, Any]:
+    res = _mr()
+    res["dispenseRequest"].update(numberOfRepeatsAllowed=value, dispenseInterval={"value": 28, "unit": "d"})
+    return res
+
+
+@pytest.mark.parametrize("value", [True, False, "2", 1.0], ids=["true", "false", "string", "float"])
+def test_repeats_allowed_must_be_a_json_integer(value: Any) -> None:
+    """fhir.resources takes ``true`` as 1 and ``"2"`` as 2 for an unsignedInt: an HIS sending
+    "repeats allowed: true" got a prescription with a second fill. Refused, on every line."""
+    assert _reason(_repeats(value)) == "FHIR_INVALID"
+    assert _reason(_bundle(_repeats(value), _mr("benidipine", 1))) == "FHIR_INVALID"
+    assert _reason(_bundle(_repeats(int(value)), _repeats(value))) == "FHIR_INVALID"  # a later line agreeing
+    assert mapping.issue_request_from_fhir(_repeats(1)).max_fills == 2
+    assert mapping.issue_request_from_fhir(_repeats(0)).max_fills == 1
+
+
 def test_partial_dates_non_objects_and_deep_resources_are_fhir_invalid() -> None:
     partial = _mr()
     partial["dispenseRequest"]["validityPeriod"] = {"start": "2026", "end": "2026-11"}
