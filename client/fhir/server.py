@@ -250,35 +250,60 @@ def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
     return Reply(_http_status(exc.reason), outcome, headers)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """A cached session and the wallet certificate file (path, bytes) it was made for."""
+
+    ops: RxOperations
+    cert_path: Path
+    cert_pem: bytes
+
+
 class Identities:
-    """Maps presented client certificates to wallet sessions (cached, thread-safe)."""
+    """Maps presented client certificates to wallet sessions (cached, thread-safe).
+
+    A cached session serves only while its wallet's ``cert.pem`` still holds the same bytes
+    (read again on every request): a wallet removed from HOME (an offboarded member) or whose
+    certificate was replaced no longer serves the certificate it held, without a restart."""
 
     def __init__(self, home: Path, events_idle_s: float | None = EVENTS_IDLE_S):
         self.home = Path(home)
         self.net = load_network(self.home)
         self._events_idle_s = events_idle_s  # the sessions' bound on a stalled peer (Task, PaymentReconciliation)
         self._lock = threading.Lock()
-        self._sessions: dict[bytes, RxOperations] = {}
+        self._sessions: dict[bytes, _Served] = {}
+        # sessions whose wallet changed: a request may still be using one, closed by close()
+        self._retired: list[RxOperations] = []
 
     def ops_for(self, cert_der: bytes) -> RxOperations:
         """The operations object acting as the wallet whose certificate is ``cert_der``."""
         with self._lock:
-            if cert_der in self._sessions:
-                return self._sessions[cert_der]
+            served = self._sessions.get(cert_der)
+            if served is not None:
+                try:
+                    unchanged = served.cert_path.read_bytes() == served.cert_pem
+                except OSError:
+                    unchanged = False
+                if unchanged:
+                    return served.ops
+                del self._sessions[cert_der]
+                self._retired.append(served.ops)
             try:
                 info = cert_info(x509.load_der_x509_certificate(cert_der))
             except ValueError as exc:
                 raise RxClientError("UNAUTHENTICATED", "not a member certificate") from exc
-            user = self._wallet_of(info.org, cert_der)
-            if user is None:
+            found = self._wallet_of(info.org, cert_der)
+            if found is None:
                 raise RxClientError("NO_WALLET", f"no wallet here holds the presented {info.org} certificate")
-            ops = RxOperations(Session(self.home, f"{info.org}:{user}", network=self.net,
+            cert_path, cert_pem = found
+            ops = RxOperations(Session(self.home, f"{info.org}:{cert_path.parent.name}", network=self.net,
                                        events_idle_s=self._events_idle_s))
-            self._sessions[cert_der] = ops
+            self._sessions[cert_der] = _Served(ops, cert_path, cert_pem)
             return ops
 
-    def _wallet_of(self, org: str, cert_der: bytes) -> str | None:
-        """The wallet (user directory) of ``org`` whose certificate is exactly ``cert_der``.
+    def _wallet_of(self, org: str, cert_der: bytes) -> tuple[Path, bytes] | None:
+        """The certificate file (and its bytes) of the wallet (user directory) of ``org`` whose
+        certificate is exactly ``cert_der``.
 
         Searched by content, not by the certificate's name: patients' certificates carry a
         pseudonymous common name that differs from their wallet handle.
@@ -286,20 +311,21 @@ class Identities:
         users = self.home / "orgs" / org / "users"
         for cert_path in sorted(users.glob("*/cert.pem")):
             try:
-                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
-                    serialization.Encoding.DER)
+                pem = cert_path.read_bytes()
+                der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
             except (OSError, ValueError):
                 continue
             if der == cert_der:
-                return cert_path.parent.name
+                return cert_path, pem
         return None
 
     def close(self) -> None:
         """Close every session."""
         with self._lock:
-            for ops in self._sessions.values():
+            for ops in [s.ops for s in self._sessions.values()] + self._retired:
                 ops.s.close()
             self._sessions.clear()
+            self._retired.clear()
 
 
 def _query(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:
