@@ -119,7 +119,7 @@ no HTTP can be sent.
 A POST needs ``Content-Type: application/fhir+json`` (or ``application/json``: a browser's
 cross-site form cannot send it without a CORS preflight) and one ``Content-Length`` of
 decimal digits (at most ``MAX_BODY``; ``Transfer-Encoding`` is refused). The body must be
-one JSON object, nested at most ``MAX_JSON_DEPTH`` deep, without duplicate keys or
+one JSON object in UTF-8, nested at most ``MAX_JSON_DEPTH`` deep, without duplicate keys or
 NaN/Infinity. Every error, including malformed HTTP, is an OperationOutcome with a reason
 code; messages never carry the gateway's file paths or internal addresses.
 """
@@ -778,10 +778,16 @@ def parse_body(data: bytes) -> dict[str, Any]:
     """The request body as one JSON object (FHIR_INVALID otherwise): UTF-8, no duplicate keys,
     no NaN/Infinity, nested at most MAX_JSON_DEPTH deep."""
     try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        # UTF-8 only (a leading BOM is dropped): json.loads would take bytes in UTF-16 or UTF-32,
+        # and UTF-8-encoded surrogates, too
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise mapping.FhirError("FHIR_INVALID", "body is not UTF-8") from exc
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except RecursionError as exc:
         raise mapping.FhirError("FHIR_INVALID", f"JSON nested deeper than {MAX_JSON_DEPTH}") from exc
-    except ValueError as exc:  # includes UnicodeDecodeError; FhirError is not a ValueError
+    except ValueError as exc:  # FhirError is not a ValueError
         raise mapping.FhirError("FHIR_INVALID", "body is not JSON") from exc
     if not isinstance(value, dict):
         raise mapping.FhirError("FHIR_INVALID", "body must be one FHIR resource (a JSON object)")

@@ -16,7 +16,7 @@ import pytest
 
 from client.errors import RxClientError
 from client.fhir import mapping
-from client.fhir.server import make_server, public_message
+from client.fhir.server import make_server, parse_body, public_message
 from tests.client.fhirwire import exchange, outcome_code, tls
 from tests.client.test_fhir import _bundle, _client, _mr
 from tests.harness.servers import serving_fhir
@@ -52,14 +52,20 @@ def _deep(levels: int) -> bytes:
     b"[]", b"null", b'"MedicationRequest"', b"42", b"[" * 5000, _deep(100),
     json.dumps(_mr()).encode()[:-1] + b', "status": "active"}',
     b'{"resourceType": "MedicationRequest", "x": NaN}', b'{"resourceType": "MedicationRequest", "x": -Infinity}',
-    b'{"resourceType": "\xff"}',
+    b'{"resourceType": "\xff"}', json.dumps(_mr()).encode("utf-16"), json.dumps(_mr()).encode("utf-16-le"),
+    json.dumps(_mr()).encode("utf-32"), json.dumps(_mr(), ensure_ascii=False).replace("zhang", "\ud800").encode(
+        "utf-8", "surrogatepass"),
 ], ids=["list", "null", "string", "number", "deep-list", "deep-object", "duplicate-key", "nan",
-        "infinity", "not-utf8"])
+        "infinity", "not-utf8", "utf-16", "utf-16-le", "utf-32", "utf8-surrogate"])
 def test_bodies_that_are_not_one_plain_json_object_are_fhir_invalid(gw: Any, body: bytes) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     status, answer, _ = _post(port, ctx, body)
     assert (status, outcome_code(answer)) == (400, "FHIR_INVALID")
+
+
+def test_a_utf8_body_may_start_with_a_bom() -> None:
+    assert parse_body(b"\xef\xbb\xbf" + json.dumps(_mr()).encode()) == _mr()
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
