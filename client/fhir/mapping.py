@@ -9,7 +9,7 @@ prescription, up to 5 lines sharing subject, reason and dispenseRequest) becomes
 * ``medication.concept.coding[0].code``: 23-character NHSA national drug code or a formulary
   short name; ``dispenseRequest.quantity.value``: boxes (a positive integer);
 * ``dispenseRequest.expectedSupplyDuration.value``: days (unit ``d``);
-  ``dispenseRequest.validityPeriod`` start/end: validity days (1-3);
+  ``dispenseRequest.validityPeriod`` start/end: validity days (1-3; a dateTime's day in China time);
   ``dispenseRequest.numberOfRepeatsAllowed``: extra fills; ``dispenseInterval.value``: days;
   ``dispenseRequest.dispenser.identifier.value``: the pharmacy organisation id;
 * ``courseOfTherapyType.coding[0].code == "continuous"``: long prescription, with the chronic
@@ -245,8 +245,11 @@ def _agrees(line: Mapping[str, Any], first: Mapping[str, Any]) -> bool:
 
 
 def _as_date(value: Any) -> dt.date:
+    """The calendar day of a FHIR date or dateTime; a dateTime's in China time, as the contracts
+    count validity days (``2026-11-26T16:00:00Z`` is 27 November: taken as the 26th, a day sent
+    in UTC was two validity days, and three were four)."""
     if isinstance(value, dt.datetime):
-        return value.date()
+        return value.astimezone(CHINA_TZ).date() if value.tzinfo is not None else value.date()
     if isinstance(value, dt.date):
         return value
     try:

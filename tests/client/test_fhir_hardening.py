@@ -281,6 +281,23 @@ def test_repeats_allowed_must_be_a_json_integer(value: Any) -> None:
     assert mapping.issue_request_from_fhir(_repeats(0)).max_fills == 1
 
 
+def _validity(start: str, end: str) -> Any:
+    res = _mr()
+    res["dispenseRequest"]["validityPeriod"] = {"start": start, "end": end}
+    return mapping.issue_request_from_fhir(res).valid_days
+
+
+def test_validity_days_are_counted_in_china_time() -> None:
+    """An integration engine that sends every dateTime in UTC: one China day (27 November,
+    00:00-23:59:59 +08:00) spans the 26th and the 27th UTC; counted by its UTC dates it became a
+    2-day validity (and three China days four, refused VALIDITY_LIMIT by the contract)."""
+    assert _validity("2026-11-26T16:00:00Z", "2026-11-27T15:59:59Z") == 1
+    assert _validity("2026-11-26T16:00:00Z", "2026-11-29T15:59:59Z") == 3
+    assert _validity("2026-11-27T00:00:00+08:00", "2026-11-27T23:59:59+08:00") == 1
+    assert _validity("2026-11-26T11:00:00-05:00", "2026-11-28T10:59:59-05:00") == 2  # 27th 00:00 .. 28th 23:59
+    assert _validity("2026-11-25", "2026-11-27") == 3  # dates are days as they are
+
+
 def test_partial_dates_non_objects_and_deep_resources_are_fhir_invalid() -> None:
     partial = _mr()
     partial["dispenseRequest"]["validityPeriod"] = {"start": "2026", "end": "2026-11"}
