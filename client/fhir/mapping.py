@@ -259,6 +259,17 @@ def _as_date(value: Any) -> dt.date:
                         f"validityPeriod needs full dates (YYYY-MM-DD), got {str(value)[:20]!r}") from exc
 
 
+FHIR_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # a resource's logical id (FHIR ``id``)
+
+
+def _resource_id(value: str) -> dict[str, str]:
+    """``{"id": value}`` when ``value`` is a FHIR id, else nothing: the contracts take rx ids
+    (and so claim ids) with ``_`` and up to 64 characters, which a FHIR id cannot hold (with
+    its suffix) -- the resource would not validate, and a dispense or claim that committed
+    would be answered 400. The resource's identifiers name it all the same."""
+    return {"id": value} if FHIR_ID.fullmatch(value) else {}
+
+
 def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat().replace("+00:00", "Z")
 
@@ -301,7 +312,7 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
     entries = []
     for i, line in enumerate(lines):
         res = {
-            "resourceType": "MedicationRequest", "id": f"{rx_id}-{i + 1}",
+            "resourceType": "MedicationRequest", **_resource_id(f"{rx_id}-{i + 1}"),
             "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
             "groupIdentifier": {"system": RX_SYSTEM, "value": rx_id},
             "status": status, "intent": "order", "medication": _drug_concept(line),
@@ -481,7 +492,7 @@ def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
     entries = []
     for i, line in enumerate(content["drugs"]):
         res: dict[str, Any] = {
-            "resourceType": "MedicationDispense", "id": dispense_id(rx_id, result.get("fill", 1), i + 1),
+            "resourceType": "MedicationDispense", **_resource_id(dispense_id(rx_id, result.get("fill", 1), i + 1)),
             "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))},
                            {"system": DISPENSE_SYSTEM, "value": f"{rx_id}/{result.get('fill', 1)}"}],
             "status": "completed", "medication": _drug_concept(line),
@@ -513,7 +524,7 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
     patient = {"identifier": {"system": PATIENT_SYSTEM + ":pseudonym",
                               "value": str(rec.get("patient", ""))}}
     claim = {
-        "resourceType": "Claim", "id": claim_id,
+        "resourceType": "Claim", **_resource_id(claim_id),
         "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
         # a reversed claim is no longer payable: cancelled (GET /fhir/Claim reads this resource)
         "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
@@ -529,12 +540,14 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
                 "text": text}, "amount": _money(fen)}
 
     response = {
-        "resourceType": "ClaimResponse", "id": claim_id + "-response",
+        "resourceType": "ClaimResponse", **_resource_id(claim_id + "-response"),
         "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
         "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
         "type": ctype, "use": "claim", "patient": patient, "created": created,
         "insurer": {"identifier": {"system": ORG_SYSTEM, "value": insurer}},
-        "request": {"reference": f"Claim/{claim_id}"}, "outcome": "complete",
+        "request": {"reference": f"Claim/{claim_id}"} if "id" in claim else {
+            "type": "Claim", "identifier": {"system": CLAIM_SYSTEM, "value": claim_id}},
+        "outcome": "complete",
         "total": [cat("submitted", int(rec["medfee_fen"]), "medfee"),
                   cat("benefit", int(rec["fund_fen"]), "fund"),
                   cat("deductible", int(rec.get("deductible_fen", 0)), "deductible"),

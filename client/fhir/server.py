@@ -567,7 +567,21 @@ class FhirApp:
             if exc.reason != "DUPLICATE_CLAIM" and not (isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
                 raise
             return self._settled_after(ops, rx_id, fill, lines, total, exc)
-        return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), _claim_location(rec))
+        return self._claim_created(ops, rx_id, rec)
+
+    @staticmethod
+    def _claim_created(ops: RxOperations, rx_id: str, rec: dict[str, Any]) -> Reply:
+        """201 for a claim just settled: never an error from here on (it committed; a 4xx would
+        read "refused, fix the request" while the fund share is paid)."""
+        location = _claim_location(rec) if rec.get("claim_id") else {"Location": rx_location(rx_id)}
+        try:
+            return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), location)
+        except Exception as exc:  # noqa: BLE001 - settled: an error answer would hide it
+            reason = getattr(exc, "reason", "") or "INTERNAL"
+            ids = {"rx_id": rx_id, "claim_id": str(rec.get("claim_id") or ""), "tx_id": str(rec.get("tx_id") or "")}
+            return Reply(201, mapping.operation_outcome(
+                str(reason), f"a claim of {rx_id} was settled; building its answer failed: GET it later",
+                {k: v for k, v in ids.items() if v}, severity="warning"), location)
 
     @staticmethod
     def _unnamed_fill(ops: RxOperations, rx_id: str) -> int:
