@@ -130,17 +130,28 @@ def rx_id_for(org: str, ident: BusinessId) -> str:
     return derived_rx_id(org, ident.system, ident.value)
 
 
+# The terms of the issued content (named as in IssueRequest) a retry must state alike, each with
+# the prescription contract's default for content that leaves it out.
+_TERMS: tuple[tuple[str, object], ...] = (
+    ("long_rx", False), ("chronic_reason", ""), ("valid_days", 1), ("max_fills", 1), ("fill_interval_days", 0))
+
+
 def same_prescription(meta: Mapping[str, Any], req: IssueRequest, pseudonym: str, org: str) -> bool:
     """True when the prescription ``meta`` (``RxOperations.show``: metadata and decrypted
     content) is the one ``req`` describes: issued by ``org`` for the same patient, diagnosis,
-    days of supply and drug lines (code or short name, boxes, in order). A caller who cannot
-    read its content cannot tell: False."""
+    days of supply, course (long-term, its chronic reason), validity days, fills and fill
+    interval, and drug lines (code or short name, boxes, in order). A caller who cannot read
+    its content cannot tell: False. (The pharmacy is not compared: it may be re-routed since.)"""
     content = meta.get("content")
     if meta.get("hospital") != org or not isinstance(content, Mapping):
         return False
     if (content.get("patient"), content.get("diagnosis"), content.get("days")) != (
             pseudonym, req.diagnosis, req.days):
         return False
+    # what else the prescription fixes at issue (absent: the contract's default, as it issued it)
+    for name, default in _TERMS:
+        if content.get(name, default) != getattr(req, name):
+            return False
     lines = content.get("drugs")
     if not isinstance(lines, list) or len(lines) != len(req.drugs):
         return False

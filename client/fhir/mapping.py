@@ -9,7 +9,7 @@ prescription, up to 5 lines sharing subject, reason and dispenseRequest) becomes
 * ``medication.concept.coding[0].code``: 23-character NHSA national drug code or a formulary
   short name; ``dispenseRequest.quantity.value``: boxes (a positive integer);
 * ``dispenseRequest.expectedSupplyDuration.value``: days (unit ``d``);
-  ``dispenseRequest.validityPeriod`` start/end: validity days (1-3);
+  ``dispenseRequest.validityPeriod`` start/end: validity days (1-3; a dateTime's day in China time);
   ``dispenseRequest.numberOfRepeatsAllowed``: extra fills; ``dispenseInterval.value``: days;
   ``dispenseRequest.dispenser.identifier.value``: the pharmacy organisation id;
 * ``courseOfTherapyType.coding[0].code == "continuous"``: long prescription, with the chronic
@@ -23,6 +23,7 @@ share as *benefit*, personal account and cash as *copay* entries; money in CNY).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -192,6 +193,8 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
         valid_days = (end - start).days + 1
         if valid_days < 1:
             raise FhirError("VALIDITY_LIMIT", "validityPeriod ends before it starts")
+    for line in _raw_lines(raw):
+        _check_repeats(line)
     repeats = int(disp.numberOfRepeatsAllowed or 0)
     interval = _days(disp.dispenseInterval, "dispenseInterval") if disp.dispenseInterval else 0
     pharmacy = ""
@@ -203,6 +206,25 @@ def issue_request_from_fhir(raw: Mapping[str, Any]) -> IssueRequest:
         chronic_reason=reason if long_rx else "", valid_days=valid_days, pharmacy=pharmacy,
         max_fills=repeats + 1, fill_interval_days=interval,
     )
+
+
+def _raw_lines(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The MedicationRequests of a (validated) request as sent: itself, or a Bundle's entries'."""
+    if raw.get("resourceType") != "Bundle":
+        return [raw]
+    return [e["resource"] for e in raw.get("entry") or []
+            if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)]
+
+
+def _check_repeats(line: Mapping[str, Any]) -> None:
+    """``dispenseRequest.numberOfRepeatsAllowed`` as sent is a JSON integer (FHIR unsignedInt).
+    fhir.resources coerces ``true`` to 1, ``"2"`` to 2 and ``1.0`` to 1: an HIS sending
+    "repeats allowed: true" would issue a prescription with an extra fill."""
+    disp = line.get("dispenseRequest")
+    value = disp.get("numberOfRepeatsAllowed") if isinstance(disp, Mapping) else None
+    if value is not None and (type(value) is not int or value < 0):
+        raise FhirError("FHIR_INVALID", "dispenseRequest.numberOfRepeatsAllowed must be a whole number "
+                        f"(a JSON integer, 0 or more), got {json.dumps(value, default=str)[:20]}")
 
 
 def _shared(r: Any, long_rx: bool) -> dict[str, Any]:
@@ -223,8 +245,11 @@ def _agrees(line: Mapping[str, Any], first: Mapping[str, Any]) -> bool:
 
 
 def _as_date(value: Any) -> dt.date:
+    """The calendar day of a FHIR date or dateTime; a dateTime's in China time, as the contracts
+    count validity days (``2026-11-26T16:00:00Z`` is 27 November: taken as the 26th, a day sent
+    in UTC was two validity days, and three were four)."""
     if isinstance(value, dt.datetime):
-        return value.date()
+        return value.astimezone(CHINA_TZ).date() if value.tzinfo is not None else value.date()
     if isinstance(value, dt.date):
         return value
     try:
@@ -232,6 +257,17 @@ def _as_date(value: Any) -> dt.date:
     except ValueError as exc:  # a partial FHIR date ("2026", "2026-11")
         raise FhirError("FHIR_INVALID",
                         f"validityPeriod needs full dates (YYYY-MM-DD), got {str(value)[:20]!r}") from exc
+
+
+FHIR_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")  # a resource's logical id (FHIR ``id``)
+
+
+def _resource_id(value: str) -> dict[str, str]:
+    """``{"id": value}`` when ``value`` is a FHIR id, else nothing: the contracts take rx ids
+    (and so claim ids) with ``_`` and up to 64 characters, which a FHIR id cannot hold (with
+    its suffix) -- the resource would not validate, and a dispense or claim that committed
+    would be answered 400. The resource's identifiers name it all the same."""
+    return {"id": value} if FHIR_ID.fullmatch(value) else {}
 
 
 def _iso(ms: int) -> str:
@@ -276,7 +312,7 @@ def medication_requests(meta: Mapping[str, Any]) -> dict[str, Any]:
     entries = []
     for i, line in enumerate(lines):
         res = {
-            "resourceType": "MedicationRequest", "id": f"{rx_id}-{i + 1}",
+            "resourceType": "MedicationRequest", **_resource_id(f"{rx_id}-{i + 1}"),
             "identifier": [{"system": RX_SYSTEM, "value": rx_id}],
             "groupIdentifier": {"system": RX_SYSTEM, "value": rx_id},
             "status": status, "intent": "order", "medication": _drug_concept(line),
@@ -456,7 +492,7 @@ def medication_dispense(meta: Mapping[str, Any], content: Mapping[str, Any],
     entries = []
     for i, line in enumerate(content["drugs"]):
         res: dict[str, Any] = {
-            "resourceType": "MedicationDispense", "id": dispense_id(rx_id, result.get("fill", 1), i + 1),
+            "resourceType": "MedicationDispense", **_resource_id(dispense_id(rx_id, result.get("fill", 1), i + 1)),
             "identifier": [{"system": RX_SYSTEM + ":tx", "value": str(result.get("tx_id", ""))},
                            {"system": DISPENSE_SYSTEM, "value": f"{rx_id}/{result.get('fill', 1)}"}],
             "status": "completed", "medication": _drug_concept(line),
@@ -488,7 +524,7 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
     patient = {"identifier": {"system": PATIENT_SYSTEM + ":pseudonym",
                               "value": str(rec.get("patient", ""))}}
     claim = {
-        "resourceType": "Claim", "id": claim_id,
+        "resourceType": "Claim", **_resource_id(claim_id),
         "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
         # a reversed claim is no longer payable: cancelled (GET /fhir/Claim reads this resource)
         "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
@@ -504,12 +540,14 @@ def claim_and_response(rec: Mapping[str, Any], insurer: str) -> dict[str, Any]:
                 "text": text}, "amount": _money(fen)}
 
     response = {
-        "resourceType": "ClaimResponse", "id": claim_id + "-response",
+        "resourceType": "ClaimResponse", **_resource_id(claim_id + "-response"),
         "identifier": [{"system": CLAIM_SYSTEM, "value": claim_id}],
         "status": "active" if rec.get("status", "SETTLED") == "SETTLED" else "cancelled",
         "type": ctype, "use": "claim", "patient": patient, "created": created,
         "insurer": {"identifier": {"system": ORG_SYSTEM, "value": insurer}},
-        "request": {"reference": f"Claim/{claim_id}"}, "outcome": "complete",
+        "request": {"reference": f"Claim/{claim_id}"} if "id" in claim else {
+            "type": "Claim", "identifier": {"system": CLAIM_SYSTEM, "value": claim_id}},
+        "outcome": "complete",
         "total": [cat("submitted", int(rec["medfee_fen"]), "medfee"),
                   cat("benefit", int(rec["fund_fen"]), "fund"),
                   cat("deductible", int(rec.get("deductible_fen", 0)), "deductible"),

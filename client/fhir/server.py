@@ -119,7 +119,7 @@ no HTTP can be sent.
 A POST needs ``Content-Type: application/fhir+json`` (or ``application/json``: a browser's
 cross-site form cannot send it without a CORS preflight) and one ``Content-Length`` of
 decimal digits (at most ``MAX_BODY``; ``Transfer-Encoding`` is refused). The body must be
-one JSON object, nested at most ``MAX_JSON_DEPTH`` deep, without duplicate keys or
+one JSON object in UTF-8, nested at most ``MAX_JSON_DEPTH`` deep, without duplicate keys or
 NaN/Infinity. Every error, including malformed HTTP, is an OperationOutcome with a reason
 code; messages never carry the gateway's file paths or internal addresses.
 """
@@ -250,35 +250,60 @@ def error_reply(exc: RxClientError | RxError, home: Path) -> Reply:
     return Reply(_http_status(exc.reason), outcome, headers)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """A cached session and the wallet certificate file (path, bytes) it was made for."""
+
+    ops: RxOperations
+    cert_path: Path
+    cert_pem: bytes
+
+
 class Identities:
-    """Maps presented client certificates to wallet sessions (cached, thread-safe)."""
+    """Maps presented client certificates to wallet sessions (cached, thread-safe).
+
+    A cached session serves only while its wallet's ``cert.pem`` still holds the same bytes
+    (read again on every request): a wallet removed from HOME (an offboarded member) or whose
+    certificate was replaced no longer serves the certificate it held, without a restart."""
 
     def __init__(self, home: Path, events_idle_s: float | None = EVENTS_IDLE_S):
         self.home = Path(home)
         self.net = load_network(self.home)
         self._events_idle_s = events_idle_s  # the sessions' bound on a stalled peer (Task, PaymentReconciliation)
         self._lock = threading.Lock()
-        self._sessions: dict[bytes, RxOperations] = {}
+        self._sessions: dict[bytes, _Served] = {}
+        # sessions whose wallet changed: a request may still be using one, closed by close()
+        self._retired: list[RxOperations] = []
 
     def ops_for(self, cert_der: bytes) -> RxOperations:
         """The operations object acting as the wallet whose certificate is ``cert_der``."""
         with self._lock:
-            if cert_der in self._sessions:
-                return self._sessions[cert_der]
+            served = self._sessions.get(cert_der)
+            if served is not None:
+                try:
+                    unchanged = served.cert_path.read_bytes() == served.cert_pem
+                except OSError:
+                    unchanged = False
+                if unchanged:
+                    return served.ops
+                del self._sessions[cert_der]
+                self._retired.append(served.ops)
             try:
                 info = cert_info(x509.load_der_x509_certificate(cert_der))
             except ValueError as exc:
                 raise RxClientError("UNAUTHENTICATED", "not a member certificate") from exc
-            user = self._wallet_of(info.org, cert_der)
-            if user is None:
+            found = self._wallet_of(info.org, cert_der)
+            if found is None:
                 raise RxClientError("NO_WALLET", f"no wallet here holds the presented {info.org} certificate")
-            ops = RxOperations(Session(self.home, f"{info.org}:{user}", network=self.net,
+            cert_path, cert_pem = found
+            ops = RxOperations(Session(self.home, f"{info.org}:{cert_path.parent.name}", network=self.net,
                                        events_idle_s=self._events_idle_s))
-            self._sessions[cert_der] = ops
+            self._sessions[cert_der] = _Served(ops, cert_path, cert_pem)
             return ops
 
-    def _wallet_of(self, org: str, cert_der: bytes) -> str | None:
-        """The wallet (user directory) of ``org`` whose certificate is exactly ``cert_der``.
+    def _wallet_of(self, org: str, cert_der: bytes) -> tuple[Path, bytes] | None:
+        """The certificate file (and its bytes) of the wallet (user directory) of ``org`` whose
+        certificate is exactly ``cert_der``.
 
         Searched by content, not by the certificate's name: patients' certificates carry a
         pseudonymous common name that differs from their wallet handle.
@@ -286,20 +311,21 @@ class Identities:
         users = self.home / "orgs" / org / "users"
         for cert_path in sorted(users.glob("*/cert.pem")):
             try:
-                der = x509.load_pem_x509_certificate(cert_path.read_bytes()).public_bytes(
-                    serialization.Encoding.DER)
+                pem = cert_path.read_bytes()
+                der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
             except (OSError, ValueError):
                 continue
             if der == cert_der:
-                return cert_path.parent.name
+                return cert_path, pem
         return None
 
     def close(self) -> None:
         """Close every session."""
         with self._lock:
-            for ops in self._sessions.values():
+            for ops in [s.ops for s in self._sessions.values()] + self._retired:
                 ops.s.close()
             self._sessions.clear()
+            self._retired.clear()
 
 
 def _query(path: str, allowed: dict[str, tuple[int, int]]) -> dict[str, int]:
@@ -541,7 +567,21 @@ class FhirApp:
             if exc.reason != "DUPLICATE_CLAIM" and not (isinstance(exc, CommitError) and exc.reason == retry.LOST_RACE):
                 raise
             return self._settled_after(ops, rx_id, fill, lines, total, exc)
-        return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), _claim_location(rec))
+        return self._claim_created(ops, rx_id, rec)
+
+    @staticmethod
+    def _claim_created(ops: RxOperations, rx_id: str, rec: dict[str, Any]) -> Reply:
+        """201 for a claim just settled: never an error from here on (it committed; a 4xx would
+        read "refused, fix the request" while the fund share is paid)."""
+        location = _claim_location(rec) if rec.get("claim_id") else {"Location": rx_location(rx_id)}
+        try:
+            return Reply(201, mapping.claim_and_response(rec, ops.s.identity.org), location)
+        except Exception as exc:  # noqa: BLE001 - settled: an error answer would hide it
+            reason = getattr(exc, "reason", "") or "INTERNAL"
+            ids = {"rx_id": rx_id, "claim_id": str(rec.get("claim_id") or ""), "tx_id": str(rec.get("tx_id") or "")}
+            return Reply(201, mapping.operation_outcome(
+                str(reason), f"a claim of {rx_id} was settled; building its answer failed: GET it later",
+                {k: v for k, v in ids.items() if v}, severity="warning"), location)
 
     @staticmethod
     def _unnamed_fill(ops: RxOperations, rx_id: str) -> int:
@@ -752,10 +792,16 @@ def parse_body(data: bytes) -> dict[str, Any]:
     """The request body as one JSON object (FHIR_INVALID otherwise): UTF-8, no duplicate keys,
     no NaN/Infinity, nested at most MAX_JSON_DEPTH deep."""
     try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        # UTF-8 only (a leading BOM is dropped): json.loads would take bytes in UTF-16 or UTF-32,
+        # and UTF-8-encoded surrogates, too
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise mapping.FhirError("FHIR_INVALID", "body is not UTF-8") from exc
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except RecursionError as exc:
         raise mapping.FhirError("FHIR_INVALID", f"JSON nested deeper than {MAX_JSON_DEPTH}") from exc
-    except ValueError as exc:  # includes UnicodeDecodeError; FhirError is not a ValueError
+    except ValueError as exc:  # FhirError is not a ValueError
         raise mapping.FhirError("FHIR_INVALID", "body is not JSON") from exc
     if not isinstance(value, dict):
         raise mapping.FhirError("FHIR_INVALID", "body must be one FHIR resource (a JSON object)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import shutil
 import socket
 import ssl
 from collections.abc import Iterator
@@ -175,6 +176,26 @@ def test_gateway_refuses_certificate_without_wallet(gateway):
     status, body = _request(port, ctx, "POST", "/fhir/MedicationRequest", _mr())
     assert status == 403
     assert body["issue"][0]["details"]["coding"][0]["code"] == "NO_WALLET"
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_a_wallet_taken_out_of_home_no_longer_serves_its_certificate(net_home, tmp_path, change):
+    """The certificate must be a wallet's in HOME on every request, not just the first: an
+    offboarded member's wallet removed (or its certificate replaced) while the gateway runs
+    was still served from the session cached for it, until a restart."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
+    with serving_fhir(home, handshake_timeout_s=3.0) as port:
+        status, body = _request(port, ctx, "GET", "/fhir/MedicationRequest/RX-1", timeout=10)
+        assert body["issue"][0]["details"]["coding"][0]["code"] != "NO_WALLET"  # served (no ledger runs)
+        if change == "removed":
+            shutil.rmtree(wallet)
+        else:
+            shutil.copyfile(home / "orgs" / "h01" / "users" / "nurse-liu" / "cert.pem", wallet / "cert.pem")
+        status, body = _request(port, ctx, "GET", "/fhir/MedicationRequest/RX-1", timeout=10)
+    assert (status, body["issue"][0]["details"]["coding"][0]["code"]) == (403, "NO_WALLET")
 
 
 def test_idle_connection_does_not_stall_the_gateway(gateway):

@@ -16,7 +16,7 @@ import pytest
 
 from client.errors import RxClientError
 from client.fhir import mapping
-from client.fhir.server import make_server, public_message
+from client.fhir.server import make_server, parse_body, public_message
 from tests.client.fhirwire import exchange, outcome_code, tls
 from tests.client.test_fhir import _bundle, _client, _mr
 from tests.harness.servers import serving_fhir
@@ -52,14 +52,20 @@ def _deep(levels: int) -> bytes:
     b"[]", b"null", b'"MedicationRequest"', b"42", b"[" * 5000, _deep(100),
     json.dumps(_mr()).encode()[:-1] + b', "status": "active"}',
     b'{"resourceType": "MedicationRequest", "x": NaN}', b'{"resourceType": "MedicationRequest", "x": -Infinity}',
-    b'{"resourceType": "\xff"}',
+    b'{"resourceType": "\xff"}', json.dumps(_mr()).encode("utf-16"), json.dumps(_mr()).encode("utf-16-le"),
+    json.dumps(_mr()).encode("utf-32"), json.dumps(_mr(), ensure_ascii=False).replace("zhang", "\ud800").encode(
+        "utf-8", "surrogatepass"),
 ], ids=["list", "null", "string", "number", "deep-list", "deep-object", "duplicate-key", "nan",
-        "infinity", "not-utf8"])
+        "infinity", "not-utf8", "utf-16", "utf-16-le", "utf-32", "utf8-surrogate"])
 def test_bodies_that_are_not_one_plain_json_object_are_fhir_invalid(gw: Any, body: bytes) -> None:
     port, net_home = gw
     ctx = _client(net_home, net_home.user_dir("h01", "dr-jiang"))
     status, answer, _ = _post(port, ctx, body)
     assert (status, outcome_code(answer)) == (400, "FHIR_INVALID")
+
+
+def test_a_utf8_body_may_start_with_a_bom() -> None:
+    assert parse_body(b"\xef\xbb\xbf" + json.dumps(_mr()).encode()) == _mr()
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -256,6 +262,40 @@ def test_counts_must_be_whole_and_in_range() -> None:
     days = _mr()
     days["dispenseRequest"]["expectedSupplyDuration"] = {"value": 1e20, "unit": "d"}
     assert _reason(days) == "FHIR_INVALID"
+
+
+def _repeats(value: Any) -> dict[str, Any]:
+    res = _mr()
+    res["dispenseRequest"].update(numberOfRepeatsAllowed=value, dispenseInterval={"value": 28, "unit": "d"})
+    return res
+
+
+@pytest.mark.parametrize("value", [True, False, "2", 1.0], ids=["true", "false", "string", "float"])
+def test_repeats_allowed_must_be_a_json_integer(value: Any) -> None:
+    """fhir.resources takes ``true`` as 1 and ``"2"`` as 2 for an unsignedInt: an HIS sending
+    "repeats allowed: true" got a prescription with a second fill. Refused, on every line."""
+    assert _reason(_repeats(value)) == "FHIR_INVALID"
+    assert _reason(_bundle(_repeats(value), _mr("benidipine", 1))) == "FHIR_INVALID"
+    assert _reason(_bundle(_repeats(int(value)), _repeats(value))) == "FHIR_INVALID"  # a later line agreeing
+    assert mapping.issue_request_from_fhir(_repeats(1)).max_fills == 2
+    assert mapping.issue_request_from_fhir(_repeats(0)).max_fills == 1
+
+
+def _validity(start: str, end: str) -> Any:
+    res = _mr()
+    res["dispenseRequest"]["validityPeriod"] = {"start": start, "end": end}
+    return mapping.issue_request_from_fhir(res).valid_days
+
+
+def test_validity_days_are_counted_in_china_time() -> None:
+    """An integration engine that sends every dateTime in UTC: one China day (27 November,
+    00:00-23:59:59 +08:00) spans the 26th and the 27th UTC; counted by its UTC dates it became a
+    2-day validity (and three China days four, refused VALIDITY_LIMIT by the contract)."""
+    assert _validity("2026-11-26T16:00:00Z", "2026-11-27T15:59:59Z") == 1
+    assert _validity("2026-11-26T16:00:00Z", "2026-11-29T15:59:59Z") == 3
+    assert _validity("2026-11-27T00:00:00+08:00", "2026-11-27T23:59:59+08:00") == 1
+    assert _validity("2026-11-26T11:00:00-05:00", "2026-11-28T10:59:59-05:00") == 2  # 27th 00:00 .. 28th 23:59
+    assert _validity("2026-11-25", "2026-11-27") == 3  # dates are days as they are
 
 
 def test_partial_dates_non_objects_and_deep_resources_are_fhir_invalid() -> None:

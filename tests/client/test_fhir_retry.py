@@ -784,3 +784,46 @@ def test_a_claim_identifier_of_a_dispense_is_400(net_home: Any) -> None:
     assert (ans.status, ans.code) == (400, "FHIR_INVALID"), ans.body
     assert "supportingInfo" in ans.body["issue"][0]["details"]["text"]
     assert chain.submitted == ["dispense"]
+
+
+def test_a_prescription_id_no_fhir_id_can_hold_is_still_answered(net_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contracts take rx ids with ``_`` (``rx issue --rx-id RX_R1``), which a FHIR ``id``
+    cannot hold: the MedicationDispense and Claim ids made of it failed validation, so a claim
+    that settled (the fund share paid) was answered 400 FHIR_INVALID, "refused, fix the
+    request", and so was every retry of it and the dispense's retry. The resources now leave
+    out an ``id`` that is no FHIR id; their identifiers name them."""
+    monkeypatch.setattr(__import__(__name__, fromlist=["RX"]), "RX", "RX_R1")
+    chain = Chain()
+    with _serve(net_home, chain) as port:
+        dispensed = _disp(port, net_home, _dispense())
+        again = _disp(port, net_home, _dispense())
+        settled = _settle(port, net_home, _claim())
+        retried = _settle(port, net_home, _claim())
+        read = _get(port, net_home, "/fhir/Claim/CLM-RX_R1-1-1", CLERK)
+        shown = _get(port, net_home, "/fhir/MedicationRequest/RX_R1", PHARMACY)
+    assert (dispensed.status, again.status) == (201, 200), again.body
+    disp = dispensed.body["entry"][0]["resource"]
+    assert "id" not in disp and {"system": mapping.DISPENSE_SYSTEM, "value": "RX_R1/1"} in disp["identifier"]
+    assert (settled.status, retried.status, read.status, shown.status) == (201, 200, 200, 200), settled.body
+    assert chain.submitted == ["dispense", "settle"]
+    claim, response = (e["resource"] for e in settled.body["entry"])
+    assert "id" not in claim and claim["identifier"] == [{"system": mapping.CLAIM_SYSTEM, "value": "CLM-RX_R1-1-1"}]
+    assert response["request"]["identifier"]["value"] == "CLM-RX_R1-1-1"
+    assert settled.headers["Location"] == "/fhir/Claim/CLM-RX_R1-1-1"
+    assert shown.body["identifier"]["value"] == "RX_R1" and "id" not in shown.body["entry"][0]["resource"]
+
+
+def test_a_settled_claim_whose_answer_cannot_be_built_is_still_201(net_home: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim that settled is never answered an error: a warning OperationOutcome names it."""
+    def broken(rec: Any, insurer: str) -> Any:
+        raise KeyError("medfee_fen")
+
+    chain = Chain()
+    with _serve(net_home, chain) as port:
+        assert _disp(port, net_home, _dispense()).status == 201
+        monkeypatch.setattr(mapping, "claim_and_response", broken)
+        ans = _settle(port, net_home, _claim())
+    assert (ans.status, ans.body["issue"][0]["severity"]) == (201, "warning"), ans.body
+    assert f"claim_id=CLM-{RX}-1-1" in _diagnostics(ans) and ans.headers["Location"] == f"/fhir/Claim/CLM-{RX}-1-1"
+    assert chain.submitted == ["dispense", "settle"]

@@ -76,7 +76,11 @@ class FakeOps:
             "content": {"rx_id": rx_id, "patient": "ps-" + req.patient, "diagnosis": req.diagnosis,
                         "days": req.days, "drugs": [{"code": d.drug if len(d.drug) == 23 else "X" * 23,
                                                      "short_name": d.drug, "qty": d.qty, "days": req.days}
-                                                    for d in req.drugs]}}
+                                                    for d in req.drugs],
+                        # as RxOperations.issue seals them (the chronic reason only when given)
+                        "long_rx": req.long_rx, "max_fills": req.max_fills,
+                        "fill_interval_days": req.fill_interval_days, "valid_days": req.valid_days,
+                        **({"chronic_reason": req.chronic_reason} if req.chronic_reason else {})}}
         if led.lose:
             led.lose -= 1
             raise CommitUnknown(TX, f"prescription {rx_id} may have been issued: submit failed with TIMEOUT",
@@ -227,6 +231,34 @@ def test_conditional_create_with_if_none_exist(net_home: Any) -> None:
     # another organisation's identical identifier names another prescription
     assert other_org.status == 201 and other_org.headers["Location"] != created.headers["Location"]
     assert len(ledger.rx) == 2
+
+
+def _terms(**dispense: Any) -> dict[str, Any]:
+    res = _with_id("HIS-REP-1")
+    res["dispenseRequest"].update(dispense)
+    return res
+
+
+@pytest.mark.parametrize("other", [
+    _terms(numberOfRepeatsAllowed=2, dispenseInterval={"value": 28, "unit": "d"}),  # 3 fills, not 1
+    _terms(validityPeriod={"start": "2026-11-25", "end": "2026-11-25"}),  # valid 1 day, not 3
+    {**_with_id("HIS-REP-1"), "note": [{"text": "another chronic reason"}]},
+    {k: v for k, v in _with_id("HIS-REP-1").items() if k not in ("courseOfTherapyType", "note")},  # acute
+], ids=["repeats", "validity", "chronic-reason", "acute"])
+def test_an_identifier_reused_for_other_fills_validity_or_course_is_409(net_home: Any, other: dict[str, Any]) -> None:
+    """Patient, diagnosis, days and drugs alike are not enough: the identifier's prescription
+    allows one fill (valid 3 days, long-term for its reason), a request for three fills (or
+    another validity or course) is another prescription -- answered 200 it would tell the HIS
+    its repeats were issued when the ledger allows one fill."""
+    ledger = Ledger()
+    with _gateway(net_home, ledger) as port:
+        created = _post(port, net_home, _with_id("HIS-REP-1"))
+        again = _post(port, net_home, _with_id("HIS-REP-1"))
+        differs = _post(port, net_home, other)
+    assert (created.status, again.status) == (201, 200)
+    assert (differs.status, differs.code) == (409, "DUPLICATE_RX")
+    assert f"rx_id={_rx_of(created)}" in differs.body["issue"][0]["diagnostics"]
+    assert len(ledger.rx) == 1
 
 
 def test_the_consortium_prescription_number_is_used_as_the_rx_id(net_home: Any) -> None:
