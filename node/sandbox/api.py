@@ -81,7 +81,8 @@ building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split,
 64; keys/items views compared like sets); sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
 (or keys) compared when they are containers, unless they are tuples with distinct str/int
 first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
-of containers their nested size once; ``isinstance`` with a tuple 1 + entries; a function body
+of containers their nested size once; ``range.count``/``index`` of a non-int 1 + len/8;
+``isinstance`` with a tuple 1 + entries; a function body
 over weight 2,048 or a loop iteration / comprehension element over weight 512 (one per syntax
 node, 32 per dict/set display element) 1 per 32 beyond; big-int arithmetic ~bits/64; context calls as listed on
 ``Context``; the returned value 1 per JSON value + bytes/32.  Starting to iterate, copy,
