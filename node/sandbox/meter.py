@@ -1446,6 +1446,42 @@ def _m_replace(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) ->
     return obj.replace(*args, **kw)
 
 
+# A search string or strip set of at most this many characters costs what it did (1 +
+# len/32); beyond it, :func:`_m_rsearch` and :func:`_m_strip` charge the C loops' worst case.
+FREE_PATTERN = 32
+# Character comparisons per gas of those worst cases (~0.12 ns each for a reverse search,
+# ~0.26 for a strip set of UCS-4 text: ~120-130 ns of CPU per gas)
+RSEARCH_PER_GAS = 1024
+STRIP_PER_GAS = 512
+
+
+def _m_rsearch(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """rfind/rindex/rsplit/rpartition: CPython searches backwards without the two-way
+    algorithm of a forward search, O(len * len(sub)) for a long ``sub`` that almost matches
+    (``("a"*10**6).rfind("a"*10**5 + "b" + "a"*10**5)``: 18 s for ~100,000 gas): a ``sub``
+    longer than :data:`FREE_PATTERN` pays ``(len - len(sub) + 1) * len(sub) /
+    RSEARCH_PER_GAS`` more (besides what it paid before: rsplit allocates)."""
+    cost = alloc_cost(len(obj), False) if name in _ALLOCATING else 1 + len(obj) // 32
+    sub = args[0] if args else kw.get("sep")
+    if type(obj) is str and type(sub) is str and len(sub) > FREE_PATTERN:
+        cost += max(0, len(obj) - len(sub) + 1) * len(sub) // RSEARCH_PER_GAS
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
+def _m_strip(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """strip/lstrip/rstrip(chars): each stripped character is looked for in ``chars`` by a
+    linear scan (``chr(0x1F600)*10**5`` stripped of ``chr(0x1F601)*10**5 + chr(0x1F600)``:
+    2.3 s for 12,500 gas): ``chars`` longer than :data:`FREE_PATTERN` pays
+    ``len * (len(chars) - FREE_PATTERN) / STRIP_PER_GAS`` more."""
+    cost = 1 + len(obj) // 32
+    chars = args[0] if args else None
+    if type(obj) is str and type(chars) is str and len(chars) > FREE_PATTERN:
+        cost += len(obj) * (len(chars) - FREE_PATTERN) // STRIP_PER_GAS
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
 def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     if type(obj) is not str or len(args) != 1 or kw:
         return obj.join(*args, **kw)
@@ -1530,6 +1566,13 @@ _SPECIAL: dict[str, _Special] = {
     "center": partial(_m_width, name="center"),
     "zfill": partial(_m_width, name="zfill"),
     "replace": _m_replace,
+    "rfind": partial(_m_rsearch, name="rfind"),
+    "rindex": partial(_m_rsearch, name="rindex"),
+    "rsplit": partial(_m_rsearch, name="rsplit"),
+    "rpartition": partial(_m_rsearch, name="rpartition"),
+    "strip": partial(_m_strip, name="strip"),
+    "lstrip": partial(_m_strip, name="lstrip"),
+    "rstrip": partial(_m_strip, name="rstrip"),
     "join": _m_join,
     "sort": _m_sort,
     "fromkeys": _m_fromkeys,
