@@ -84,6 +84,7 @@ first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/`
 of containers their nested size once; ``range.count``/``index`` of a non-int 1 + len/8;
 ``rfind``/``rindex``/``rsplit``/``rpartition`` of a pattern of m > 32 characters
 (len - m + 1) * m / 1024 more, ``strip``/``lstrip``/``rstrip`` of m > 32 characters len * (m - 32) / 512 more;
+``startswith``/``endswith`` of a tuple 1 per entry + characters compared/32 more;
 ``isinstance`` with a tuple 1 + entries; a function body
 over weight 2,048 or a loop iteration / comprehension element over weight 512 (one per syntax
 node, 32 per dict/set display element) 1 per 32 beyond; big-int arithmetic ~bits/64; context calls as listed on

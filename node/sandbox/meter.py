@@ -1506,6 +1506,20 @@ def _m_strip(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name
     return getattr(obj, name)(*args, **kw)
 
 
+def _m_affix(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """startswith/endswith of a tuple: each entry is compared with the string's start or end
+    (a memcmp of up to its length): one gas per entry and 1 per 32 characters compared, as a
+    string comparison pays (``s.startswith((p,) * 100_000)`` of 100,000-character ``s`` and
+    ``p`` ran 0.18 s for ~28,000 gas)."""
+    cost = 1 + len(obj) // 32
+    affixes = args[0] if args else None
+    if type(obj) is str and type(affixes) is tuple:
+        n = len(obj)
+        cost += len(affixes) + sum(min(len(a), n) for a in affixes if type(a) is str) // 32
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
 def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     if type(obj) is not str or len(args) != 1 or kw:
         return obj.join(*args, **kw)
@@ -1595,6 +1609,8 @@ _SPECIAL: dict[str, _Special] = {
     "rsplit": partial(_m_rsearch, name="rsplit"),
     "rpartition": partial(_m_rsearch, name="rpartition"),
     "strip": partial(_m_strip, name="strip"),
+    "startswith": partial(_m_affix, name="startswith"),
+    "endswith": partial(_m_affix, name="endswith"),
     "lstrip": partial(_m_strip, name="lstrip"),
     "rstrip": partial(_m_strip, name="rstrip"),
     "join": _m_join,
