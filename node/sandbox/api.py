@@ -398,6 +398,13 @@ class Context:
         self._meter.gas(GAS_HASH + nodes)
         if not valid:
             return ""
+        least = canonical.min_chars(value, max_bytes)
+        if least > max_bytes:
+            # refused before the encoder builds it (``[s] * 300`` of a 1 MB string: 300 MB);
+            # the text would have cost at least this much gas, and been refused
+            self._meter.gas(least // GAS_BYTES_PER_UNIT)
+            raise self._meter.fail(SizeLimit(
+                f"canonical_json: more than {max_bytes} bytes (at least {least} characters)"))
         text = canonical.encode_text(value)
         self._meter.gas(len(text) // GAS_BYTES_PER_UNIT)  # encoding work, before the UTF-8 step
         try:
