@@ -82,6 +82,7 @@ building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split,
 (or keys) compared when they are containers, unless they are tuples with distinct str/int
 first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
 of containers their nested size once; ``range.count``/``index`` of a non-int 1 + len/8;
+``//``, ``%``, ``divmod`` of integers (bits(a) - bits(b) + 1) * bits(b) / 2**15;
 ``rfind``/``rindex``/``rsplit``/``rpartition`` of a pattern of m > 32 characters
 (len - m + 1) * m / 1024 more, ``strip``/``lstrip``/``rstrip`` of m > 32 characters len * (m - 32) / 512 more;
 ``startswith``/``endswith`` of a tuple 1 per entry + characters compared/32 more;
