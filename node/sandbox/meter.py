@@ -1195,6 +1195,15 @@ class Meter:
     def round(self, number: Any, ndigits: Any = None) -> Any:
         if type(ndigits) is int and abs(ndigits) > 4096:
             raise self.size_error("round() digits", abs(ndigits), 4096)
+        if type(number) is int and type(ndigits) is int and ndigits < 0:
+            # CPython computes 10**-ndigits and divides by it: ``round(a, -4096)`` of a 4096-bit
+            # ``a`` took ~31 us and was free -- charged like that power (~bits**2 / 2**20) and
+            # the division (:meth:`division`); 0 for ordinary roundings
+            kbits = -ndigits * 3322 // 1000 + 1  # bits of 10**-ndigits
+            nb = number.bit_length()
+            cost = (kbits * kbits >> 20) + (max(0, nb - kbits + 1) * kbits >> 15)
+            if cost:
+                self.gas(cost)
         return round(number, ndigits)
 
     def sum(self, iterable: Iterable[Any], start: int = 0) -> int:

@@ -2,7 +2,8 @@
 and ``divmod(a, b)`` of a 4096-bit number by a 2048-bit one take ~12 us of CPU each and
 were free -- a ``while`` loop of them ran 0.56 s (``//``) to 1.8 s (``divmod``) per 100,000
 gas.  They pay (bits(a) - bits(b) + 1) * bits(b) / 2**15 (128 gas there); divisions of
-ordinary amounts pay nothing more."""
+ordinary amounts pay nothing more.  ``round(a, -k)`` likewise (it computes 10**k and
+divides by it: ~31 us for k = 4096, free before)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,33 @@ def test_ordinary_divisions_answer_and_cost_as_before(sandbox: Sandbox) -> None:
     q, r = divmod(123_456_789_012, -97)
     assert value(a) == [q, r, [q, r], q, r, [1, 0], 10**25 // -97, -123_456_789_012 % 3]
     assert (a.result_json, a.gas_used) == (b.result_json, b.gas_used) == (a.result_json, 27)
+
+
+ROUND = HEAD + '''
+def f(ctx: Context, n: int, digits: int) -> int:
+    a = 2**4095 + 12345678901234567890
+    i = 0
+    while i < n:
+        x = round(a, digits)
+        i += 1
+    return i
+'''
+
+
+@pytest.mark.parametrize(("digits", "gas"), [(-4096, 176), (-600, 130), (-2, 0), (5, 0)])
+def test_rounding_a_big_integer_to_negative_digits_is_charged(digits: int, gas: int) -> None:
+    """``round(a, -k)`` divides by 10**k (which it computes first): ~31 us for k = 4096, free
+    before; ordinary roundings pay nothing more."""
+    runner = InProcessRunner()
+    one = call(runner, ROUND, "f", {"n": 1, "digits": digits})
+    two = call(runner, ROUND, "f", {"n": 2, "digits": digits})
+    assert value(one) == 1 and value(two) == 2
+    assert two.gas_used - one.gas_used == 1 + gas
+
+
+def test_round_answers_as_before() -> None:
+    src = HEAD + '''
+def f(ctx: Context) -> list:
+    return [round(1234567, -2), round(-1250, -2), round(1350, -2), round(7, 3), round(5), round(10**30, -29)]
+'''
+    assert value(call(InProcessRunner(), src, "f")) == [1234600, -1200, 1400, 7, 5, 10**30]
