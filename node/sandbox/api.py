@@ -81,7 +81,12 @@ building a list/tuple/set/dict (concatenation, repetition, slicing, copy, split,
 64; keys/items views compared like sets); sorting n*log2(n), plus (1 + log2(n)) times the nested size of the values
 (or keys) compared when they are containers, unless they are tuples with distinct str/int
 first items such as ``sorted(d.items())``; ``min``/``max``/``index``/``count``/``remove``
-of containers their nested size once; ``isinstance`` with a tuple 1 + entries; a function body
+of containers their nested size once; ``range.count``/``index`` of a non-int 1 + len/8;
+``//``, ``%``, ``divmod`` of integers (bits(a) - bits(b) + 1) * bits(b) / 2**15;
+``rfind``/``rindex``/``rsplit``/``rpartition`` of a pattern of m > 32 characters
+(len - m + 1) * m / 1024 more, ``strip``/``lstrip``/``rstrip`` of m > 32 characters len * (m - 32) / 512 more;
+``startswith``/``endswith`` of a tuple 1 per entry + characters compared/32 more;
+``isinstance`` with a tuple 1 + entries; a function body
 over weight 2,048 or a loop iteration / comprehension element over weight 512 (one per syntax
 node, 32 per dict/set display element) 1 per 32 beyond; big-int arithmetic ~bits/64; context calls as listed on
 ``Context``; the returned value 1 per JSON value + bytes/32.  Starting to iterate, copy,
@@ -394,6 +399,13 @@ class Context:
         self._meter.gas(GAS_HASH + nodes)
         if not valid:
             return ""
+        least = canonical.min_chars(value, max_bytes)
+        if least > max_bytes:
+            # refused before the encoder builds it (``[s] * 300`` of a 1 MB string: 300 MB);
+            # the text would have cost at least this much gas, and been refused
+            self._meter.gas(least // GAS_BYTES_PER_UNIT)
+            raise self._meter.fail(SizeLimit(
+                f"canonical_json: more than {max_bytes} bytes (at least {least} characters)"))
         text = canonical.encode_text(value)
         self._meter.gas(len(text) // GAS_BYTES_PER_UNIT)  # encoding work, before the UTF-8 step
         try:

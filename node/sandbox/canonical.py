@@ -139,6 +139,38 @@ def measure(value: Any, max_nodes: int) -> tuple[int, bool]:
     return -n, False
 
 
+def min_chars(value: Any, limit: int) -> int:
+    """A lower bound of the length of the canonical JSON text of ``value`` (valid, see
+    :func:`check_value`), walked until it exceeds ``limit`` (then some number above it).
+    The node count bounds the values walked, not the text: ``[s] * 300`` of one
+    1,000,000-character ``s`` is 301 values and 300 MB of JSON (``[BIG] * 100_000`` of a
+    4096-bit literal: 123 MB of digits), built by the encoder before any size check --
+    0.7 s of CPU for 31,000 gas, MEMORY_LIMIT a little further."""
+    total = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        tv = type(v)
+        if tv is str:
+            total += len(v) + 2
+        elif tv is int:
+            bits = v.bit_length()
+            total += (bits - 1) * 3 // 10 + 1 if bits else 1  # decimal digits >= bits * log10(2)
+        elif tv is dict:
+            total += 1 + len(v)
+            for k, x in v.items():
+                total += len(k) + 2
+                stack.append(x)
+        elif tv is list or tv is tuple:
+            total += 1 + len(v)
+            stack.extend(v)
+        else:
+            total += 4  # true, null
+        if total > limit:
+            return total
+    return total
+
+
 def encode_text(value: Any) -> str:
     """The canonical JSON text of a value :func:`measure` found valid (not yet UTF-8)."""
     return _ENCODER.encode(value)
@@ -147,6 +179,9 @@ def encode_text(value: Any) -> str:
 def encode(value: Any, what: str, max_bytes: int) -> tuple[bytes, int]:
     """Canonical JSON bytes of ``value`` plus its node count; raises BadValue / SizeLimit."""
     nodes = check_value(value, what, max_bytes)  # every JSON value takes at least one byte
+    least = min_chars(value, max_bytes)
+    if least > max_bytes:  # refused before the encoder builds it (same outcome as after)
+        raise SizeLimit(f"{what}: more than {max_bytes} bytes (at least {least} characters)")
     data = _ENCODER.encode(value).encode("utf-8")
     if len(data) > max_bytes:
         raise SizeLimit(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")

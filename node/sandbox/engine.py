@@ -65,7 +65,12 @@ def _builtins(meter: Meter) -> dict[str, Any]:
     def all_(iterable: Any) -> bool:
         return all(meter.it(iterable))
 
-    b.update(repr=repr_, min=min_, max=max_, any=any_, all=all_, isinstance=isinstance_)
+    def divmod_(a: Any, b: Any, /) -> Any:
+        meter.division(a, b)
+        return divmod(a, b)
+
+    b.update(repr=repr_, min=min_, max=max_, any=any_, all=all_, isinstance=isinstance_,
+             divmod=divmod_)
     return b
 
 

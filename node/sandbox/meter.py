@@ -729,11 +729,26 @@ class Meter:
     def mod(self, a: Any, b: Any) -> Any:
         if type(a) is str:
             return self.percent_format(a, b)
+        self.division(a, b)
         return a % b
+
+    def division(self, a: Any, b: Any) -> None:
+        """Charge ``a // b``, ``a % b`` or ``divmod(a, b)`` of big integers: schoolbook long
+        division, (bits(a) - bits(b) + 1) * bits(b) / 2**15 (a 4096-bit number divided by a
+        2048-bit one: ~12 us for 128 gas; it was free, 5-18 us of CPU per gas of a loop of
+        them).  Nothing below 2**90 or so: the amounts and counters of ordinary code pay as
+        before (a division by a small literal is not metered at all: it is linear)."""
+        if type(a) is int and type(b) is int:
+            nb = b.bit_length()
+            cost = (a.bit_length() - nb + 1) * nb >> 15
+            if cost > 0:
+                self.gas(cost)
 
     def other(self, op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
         """Sub, FloorDiv, RShift, BitAnd/Or/Xor: results are bounded by the operands (dict
         and set operands pay their slack: the operation walks their tables)."""
+        if op is operator.floordiv or op is operator.ifloordiv:
+            self.division(a, b)
         if type(a) in SCANNED or type(b) in SCANNED:
             self.scan(a)
             self.scan(b)
@@ -1180,6 +1195,15 @@ class Meter:
     def round(self, number: Any, ndigits: Any = None) -> Any:
         if type(ndigits) is int and abs(ndigits) > 4096:
             raise self.size_error("round() digits", abs(ndigits), 4096)
+        if type(number) is int and type(ndigits) is int and ndigits < 0:
+            # CPython computes 10**-ndigits and divides by it: ``round(a, -4096)`` of a 4096-bit
+            # ``a`` took ~31 us and was free -- charged like that power (~bits**2 / 2**20) and
+            # the division (:meth:`division`); 0 for ordinary roundings
+            kbits = -ndigits * 3322 // 1000 + 1  # bits of 10**-ndigits
+            nb = number.bit_length()
+            cost = (kbits * kbits >> 20) + (max(0, nb - kbits + 1) * kbits >> 15)
+            if cost:
+                self.gas(cost)
         return round(number, ndigits)
 
     def sum(self, iterable: Iterable[Any], start: int = 0) -> int:
@@ -1208,6 +1232,15 @@ class Meter:
                 cost = 1 + len(obj) // 32
         elif tobj is TypeProxy:
             return self._type_meth(obj, name, args, kw)
+        elif obj is range and name in _SEARCHING:  # ``range.count(r, x)``: as ``r.count(x)``
+            return self._range_meth(name, *args, **kw)
+        elif tobj is range and name in _SEARCHING and args and type(args[0]) is not int and (
+                type(args[0]) is not bool):
+            # ``range.count(x)`` / ``index(x)`` answer an int in O(1) but compare anything else
+            # with every int of the range in C (~20 ns each): ``range(10**7).count("x")`` ran
+            # 0.2 s for 13 gas, ``range(10**18)`` until TIMEOUT -- one gas per 8 elements, like
+            # a string searched in a list
+            cost = 1 + _range_len(obj) // 8
         else:
             # context / caller (which meter themselves), ints, ranges, iterators
             cost = 1
@@ -1224,7 +1257,28 @@ class Meter:
             self.nested_cost(obj)  # x is compared with each element
             if type(args[0]) is str:
                 self._searched(obj)
+        if tobj is list and name == "index" and args and not kw and type(args[0]) not in _SHORT_REPR:
+            return self._list_index(obj, args)
         return getattr(obj, name)(*args, **kw)
+
+    def _list_index(self, lst: list[Any], args: tuple[Any, ...]) -> int:
+        """``lst.index(x[, start[, stop]])`` for an ``x`` whose repr may be long: CPython's
+        ValueError is ``"%R is not in list"``, the repr of ``x`` built in C, unmetered
+        (``[].index([[ "a" * 1000] * 1000] * 100)``: 10**8 characters, 0.18 s for 321 gas;
+        10x more nesting: MEMORY_LIMIT).  The same search without that repr, failing with
+        the message of ``tuple.index`` and ``list.remove`` (constant, catchable as before)."""
+        x, bounds = args[0], args[1:]
+        if len(bounds) > 2 or any(type(b) is not int and type(b) is not bool for b in bounds):
+            return lst.index(*args)  # list.index's own TypeError, raised before any search
+        start = 0
+        seq = lst
+        if bounds:
+            start, stop, _ = slice(bounds[0], bounds[1] if len(bounds) > 1 else None).indices(len(lst))
+            seq = lst[start:stop]
+        try:
+            return start + operator.indexOf(seq, x)
+        except ValueError:
+            raise ValueError("list.index(x): x not in list") from None
 
     def _type_meth(self, proxy: TypeProxy, name: str, args: tuple[Any, ...],
                    kw: dict[str, Any]) -> Any:
@@ -1237,13 +1291,32 @@ class Meter:
 
     def attr(self, obj: Any, name: str) -> Any:
         """``obj.name`` not directly called, where ``name`` is a builtin method name."""
-        if type(obj) is TypeProxy or type(obj) in _SIZED or type(obj) in (int, bool):
-            value = getattr(obj._type if type(obj) is TypeProxy else obj, name)
+        tobj = type(obj)
+        if tobj is TypeProxy or tobj in _SIZED_OR_VIEW or tobj in (int, bool, range):
+            # dict views and ranges too: a bound method taken from them was the raw one, called
+            # unmetered (``f = d.keys().isdisjoint; f(range(10**7))``, ``f = r.count; f("x")``)
+            value = getattr(obj._type if tobj is TypeProxy else obj, name)
             if callable(value):
                 return partial(self.meth, obj, name)
             return value
+        if obj is range:
+            # the unbound ``range.count`` / ``range.index`` (the raw builtin type): called with
+            # a range, metered like the bound method
+            value = getattr(range, name)
+            if callable(value):
+                return partial(self._range_meth, name)
+            return value
         return getattr(obj, name)
 
+    def _range_meth(self, name: str, /, *args: Any, **kw: Any) -> Any:
+        """``range.name(r, ...)`` through :meth:`meth` (a TypeError unless ``r`` is a range)."""
+        if not args or type(args[0]) is not range:
+            raise TypeError(f"range.{name}() needs a range as first argument")
+        return self.meth(args[0], name, *args[1:], **kw)
+
+
+# Values whose repr CPython builds in O(1) or in proportion to a size already charged.
+_SHORT_REPR = frozenset({int, bool, str, type(None)})
 
 # Set operators that insert the other operand's elements into a new set.
 _INSERTING = frozenset({operator.or_, operator.ior, operator.xor, operator.ixor})
@@ -1255,6 +1328,12 @@ _LAZY: frozenset[type] = frozenset(LAZY_TYPES)
 # List and tuple methods that compare their argument with each element.
 _SEARCHING = frozenset({"index", "count", "remove"})
 _HEADS = frozenset({str, int})
+
+
+def _range_len(r: range) -> int:
+    """``len(r)`` without its OverflowError beyond ``sys.maxsize`` elements."""
+    step = r.step
+    return max(0, (r.stop - r.start + step + (-1 if step > 0 else 1)) // step)
 
 
 def _distinct_heads(values: list[Any]) -> list[Any] | None:
@@ -1415,6 +1494,56 @@ def _m_replace(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) ->
     return obj.replace(*args, **kw)
 
 
+# A search string or strip set of at most this many characters costs what it did (1 +
+# len/32); beyond it, :func:`_m_rsearch` and :func:`_m_strip` charge the C loops' worst case.
+FREE_PATTERN = 32
+# Character comparisons per gas of those worst cases (~0.12 ns each for a reverse search,
+# ~0.26 for a strip set of UCS-4 text: ~120-130 ns of CPU per gas)
+RSEARCH_PER_GAS = 1024
+STRIP_PER_GAS = 512
+
+
+def _m_rsearch(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """rfind/rindex/rsplit/rpartition: CPython searches backwards without the two-way
+    algorithm of a forward search, O(len * len(sub)) for a long ``sub`` that almost matches
+    (``("a"*10**6).rfind("a"*10**5 + "b" + "a"*10**5)``: 18 s for ~100,000 gas): a ``sub``
+    longer than :data:`FREE_PATTERN` pays ``(len - len(sub) + 1) * len(sub) /
+    RSEARCH_PER_GAS`` more (besides what it paid before: rsplit allocates)."""
+    cost = alloc_cost(len(obj), False) if name in _ALLOCATING else 1 + len(obj) // 32
+    sub = args[0] if args else kw.get("sep")
+    if type(obj) is str and type(sub) is str and len(sub) > FREE_PATTERN:
+        cost += max(0, len(obj) - len(sub) + 1) * len(sub) // RSEARCH_PER_GAS
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
+def _m_strip(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """strip/lstrip/rstrip(chars): each stripped character is looked for in ``chars`` by a
+    linear scan (``chr(0x1F600)*10**5`` stripped of ``chr(0x1F601)*10**5 + chr(0x1F600)``:
+    2.3 s for 12,500 gas): ``chars`` longer than :data:`FREE_PATTERN` pays
+    ``len * (len(chars) - FREE_PATTERN) / STRIP_PER_GAS`` more."""
+    cost = 1 + len(obj) // 32
+    chars = args[0] if args else None
+    if type(obj) is str and type(chars) is str and len(chars) > FREE_PATTERN:
+        cost += len(obj) * (len(chars) - FREE_PATTERN) // STRIP_PER_GAS
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
+def _m_affix(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any], name: str) -> Any:
+    """startswith/endswith of a tuple: each entry is compared with the string's start or end
+    (a memcmp of up to its length): one gas per entry and 1 per 32 characters compared, as a
+    string comparison pays (``s.startswith((p,) * 100_000)`` of 100,000-character ``s`` and
+    ``p`` ran 0.18 s for ~28,000 gas)."""
+    cost = 1 + len(obj) // 32
+    affixes = args[0] if args else None
+    if type(obj) is str and type(affixes) is tuple:
+        n = len(obj)
+        cost += len(affixes) + sum(min(len(a), n) for a in affixes if type(a) is str) // 32
+    m.gas(cost)
+    return getattr(obj, name)(*args, **kw)
+
+
 def _m_join(m: Meter, obj: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     if type(obj) is not str or len(args) != 1 or kw:
         return obj.join(*args, **kw)
@@ -1499,6 +1628,15 @@ _SPECIAL: dict[str, _Special] = {
     "center": partial(_m_width, name="center"),
     "zfill": partial(_m_width, name="zfill"),
     "replace": _m_replace,
+    "rfind": partial(_m_rsearch, name="rfind"),
+    "rindex": partial(_m_rsearch, name="rindex"),
+    "rsplit": partial(_m_rsearch, name="rsplit"),
+    "rpartition": partial(_m_rsearch, name="rpartition"),
+    "strip": partial(_m_strip, name="strip"),
+    "startswith": partial(_m_affix, name="startswith"),
+    "endswith": partial(_m_affix, name="endswith"),
+    "lstrip": partial(_m_strip, name="lstrip"),
+    "rstrip": partial(_m_strip, name="rstrip"),
     "join": _m_join,
     "sort": _m_sort,
     "fromkeys": _m_fromkeys,
