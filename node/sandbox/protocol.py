@@ -27,6 +27,7 @@ order, that it would without prefetching.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import struct
@@ -48,6 +49,15 @@ class ProtocolError(Exception):
         self.eof = eof
 
 
+def wait_fd(fd: int, events: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is ready for ``events`` (or hung up) within ``timeout_s`` seconds.
+    poll, not select: select refuses descriptors above FD_SETSIZE (1024), which a busy
+    peer's worker pipes may get."""
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(max(0, math.ceil(timeout_s * 1000))))
+
+
 class FrameReader:
     """Reads length-prefixed frames from a pipe file descriptor."""
 
@@ -55,6 +65,14 @@ class FrameReader:
         self._fd = fd
         self._buf = bytearray()
         self._max = max_frame
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def buffered(self) -> bool:
+        """Bytes read from the pipe and not yet returned as a frame."""
+        return bool(self._buf)
 
     def _frame(self) -> bytes | None:
         if len(self._buf) < 4:
@@ -79,8 +97,7 @@ class FrameReader:
                 if left is not None:
                     if left <= 0:
                         raise TimeoutError("deadline passed")
-                    ready, _, _ = select.select([self._fd], [], [], left)
-                    if not ready:
+                    if not wait_fd(self._fd, select.POLLIN, left):
                         raise TimeoutError("deadline passed")
             chunk = os.read(self._fd, 1 << 16)
             if not chunk:
@@ -96,15 +113,30 @@ def write_frame(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def write_frames(fd: int, *frames: bytes) -> None:
-    """Write several frames with one ``write`` (blocking until all is written)."""
+def write_frames(fd: int, *frames: bytes,
+                 timeout: Callable[[], float | None] | None = None) -> None:
+    """Write several frames with one ``write`` (blocking until all is written).
+
+    With ``timeout`` (seconds left, as for ``FrameReader.read``) ``fd`` must be
+    non-blocking: a peer that stops reading raises TimeoutError at the deadline instead
+    of blocking the writer for ever once the pipe buffer is full."""
     parts: list[bytes] = []
     for data in frames:
         parts.append(_HEADER.pack(len(data)))
         parts.append(data)
     view = memoryview(b"".join(parts))
     while view:
-        n = os.write(fd, view)
+        if timeout is not None:
+            left = timeout()
+            if left is not None:
+                if left <= 0:
+                    raise TimeoutError("deadline passed")
+                if not wait_fd(fd, select.POLLOUT, left):
+                    raise TimeoutError("deadline passed")
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            continue
         view = view[n:]
 
 

@@ -17,6 +17,7 @@ import contextlib
 import os
 import queue
 import resource
+import select
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from rxchain.v1 import sandbox_pb2 as pb
 
 from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
-from node.sandbox.api import GAS_GET, valid_reason
+from node.sandbox.api import GAS_DELETE, MAX_NAMESPACE_LEN, valid_reason
 from node.sandbox.checker import check_source
 from node.sandbox.engine import bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
@@ -69,6 +70,7 @@ START_TIMEOUT_S = 60.0
 RECYCLE_RSS_SHARE = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 ACQUIRE_TIMEOUT_S = 60.0  # waiting for an idle worker (plus the call's wall timeout)
+MAX_EVENT_NAME = 128  # characters (Context.emit)
 
 
 class SandboxError(Exception):
@@ -99,6 +101,9 @@ class _Worker:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.wfd = self.proc.stdin.fileno()
+        # writes wait for the pipe with the call's deadline (protocol.write_frames): a
+        # worker that stops reading its stdin must not block the host for ever
+        os.set_blocking(self.wfd, False)
         self.reader = protocol.FrameReader(self.proc.stdout.fileno())
         self.known: set[str] = set()
         self.limits: t.SandboxLimits | None = None
@@ -127,6 +132,13 @@ class _Worker:
         if msg.WhichOneof("kind") != "ready":
             raise protocol.ProtocolError("worker did not report ready")
         self.seccomp = msg.ready.seccomp
+
+    def unsolicited(self) -> bool:
+        """The idle worker sent something nobody asked for (a second answer, a frame
+        after its result): whatever it is, it must not be read as the next call's."""
+        if self.reader.buffered():
+            return True
+        return protocol.wait_fd(self.reader.fd, select.POLLIN, 0)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -165,16 +177,20 @@ class _StateChanged(Exception):
 class _CallState:
     """Host-side bookkeeping of one invocation."""
 
-    __slots__ = ("failure", "ops_left", "reads", "table", "writes", "written")
+    __slots__ = ("failure", "left", "ops_left", "reads", "table", "write_bytes", "written")
 
     def __init__(self, table: list[tuple[str, str, bytes | None]],
-                 reads: list[tuple[str, str]] | None, inv: t.Invocation) -> None:
+                 reads: list[tuple[str, str]] | None, inv: t.Invocation,
+                 left: Callable[[], float]) -> None:
+        self.left = left  # seconds to the call's wall-clock deadline
         self.table = table
         self.reads = reads
-        # every read costs GAS_GET, every written key counts against max_write_keys (puts
-        # and deletes of the same key may repeat: the host allows twice the keys, + slack)
-        self.ops_left = inv.gas_limit // GAS_GET + 2 * inv.limits.max_write_keys + 32
-        self.writes = 0
+        # every state operation the Context sends (get, range, history, put, delete, a
+        # prefetched read) has paid at least GAS_DELETE, the cheapest of them, before it is
+        # sent.  Puts of one key may repeat (the write-set limits count distinct keys and
+        # bytes), so the count of operations is bounded by gas, not by max_write_keys
+        self.ops_left = inv.gas_limit // GAS_DELETE + 32
+        self.write_bytes = 0  # counted as the worker's Context does: len(key) + len(value)
         self.written: set[str] = set()
         self.failure: pb.HostMessage | None = None
 
@@ -385,6 +401,9 @@ class Sandbox:
             entries = self._prefetch(inv, peek, predicted)
             reads = []
         w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
+        while w.unsolicited():  # it broke the protocol after its last result: replace it
+            self._replace(w)
+            w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
         try:
             result = self._run(w, inv, backend, unchecked, entries, reads)
@@ -418,6 +437,9 @@ class Sandbox:
                              t.CallerInfo("", ""), {}, 0, self._limits)
         try:
             for w in taken:
+                if w.unsolicited():
+                    self._replace(w)
+                    continue
                 try:
                     r = self._run(w, probe, _NoState(), False)
                 except _WorkerDied:
@@ -461,12 +483,11 @@ class Sandbox:
         req.unchecked = unchecked
         return msg.SerializeToString()
 
-    def _send(self, w: _Worker, *frames: bytes) -> None:
+    def _send(self, w: _Worker, left: Callable[[], float], *frames: bytes) -> None:
         try:
-            if len(frames) == 1:
-                protocol.write_frame(w.wfd, frames[0])
-            else:
-                protocol.write_frames(w.wfd, *frames)
+            protocol.write_frames(w.wfd, *frames, timeout=left)
+        except TimeoutError:
+            raise self._died(w, True) from None
         except OSError as exc:
             raise _WorkerDied(t.WORKER_CRASHED, f"worker pipe closed: {exc}") from None
 
@@ -525,11 +546,11 @@ class Sandbox:
             except ValueError:  # an entry too long for a compact frame: send no table
                 table = []
         with_source = inv.code_hash not in w.known
-        self._send(w, self._request(w, inv, with_source, unchecked), pf)
+        self._send(w, left, self._request(w, inv, with_source, unchecked), pf)
         w.limits = inv.limits
         if with_source:
             w.known.add(inv.code_hash)
-        st = _CallState(table, reads, inv)
+        st = _CallState(table, reads, inv, left)
         while True:
             try:
                 frame = w.reader.read(left)
@@ -551,6 +572,9 @@ class Sandbox:
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent a malformed message") from None
             if msg.writes:
+                st.ops_left -= len(msg.writes)
+                if st.ops_left < 0:
+                    raise self._violation(w, "more state operations than the gas limit pays for")
                 self._apply_ops(w, inv, backend, st, [
                     (protocol.OP_DELETE if wr.is_delete else protocol.OP_PUT, wr.key, wr.value, 0)
                     for wr in msg.writes
@@ -563,25 +587,50 @@ class Sandbox:
                     return t.InvocationResult(False, failure.failure.reason,
                                               failure.failure.message, b"", (), result.gas_used)
                 return result
+            if kind == "get":
+                self._check_read(w, inv, st, msg.get.namespace, msg.get.key)
+            elif kind == "range":
+                self._check_read(w, inv, st, msg.range.namespace, msg.range.start,
+                                 msg.range.end, bounds=True)
+            elif kind == "history":
+                self._check_read(w, inv, st, msg.history.namespace, msg.history.key)
             if st.failure is not None and kind in ("get", "range", "history"):
-                self._send(w, st.failure.SerializeToString())  # the worker aborts the call
+                self._send(w, left, st.failure.SerializeToString())  # the worker aborts the call
                 continue
             if kind == "need_source":
                 if with_source:
                     w.kill()
                     raise _WorkerDied(t.WORKER_CRASHED, "worker asked twice for the source")
                 with_source = True
-                self._send(w, self._request(w, inv, True, unchecked), pf)
+                self._send(w, left, self._request(w, inv, True, unchecked), pf)
                 w.known.add(inv.code_hash)
                 continue
             if kind == "get" and reads is not None and len(reads) < prefetch.MAX_LEARNED_READS:
                 reads.append((msg.get.namespace, msg.get.key))
             reply = self._answer(w, inv, backend, msg, kind)
-            self._send(w, reply.SerializeToString())
+            self._send(w, left, reply.SerializeToString())
 
     def _violation(self, w: _Worker, what: str) -> _WorkerDied:
         w.kill()
         return _WorkerDied(t.WORKER_CRASHED, f"protocol violation: {what}")
+
+    def _check_read(self, w: _Worker, inv: t.Invocation, st: _CallState, namespace: str,
+                    *keys: str, bounds: bool = False) -> None:
+        """A read request is one the Context could have sent: paid for (``ops_left``), a
+        namespace of at most MAX_NAMESPACE_LEN characters, keys of at most max_key_len
+        UTF-8 bytes (range bounds: characters, may be empty), no NUL.  Otherwise a worker
+        could make the backend record reads without bound (a key up to a frame's size)."""
+        st.ops_left -= 1
+        if st.ops_left < 0:
+            raise self._violation(w, "more state requests than the gas limit pays for")
+        if not namespace or len(namespace) > MAX_NAMESPACE_LEN or "\0" in namespace:
+            raise self._violation(w, "read of an invalid namespace")
+        cap = inv.limits.max_key_len
+        for key in keys:
+            if "\0" in key or (len(key) > cap if bounds else (
+                not key or len(key.encode()) > cap
+            )):
+                raise self._violation(w, "read of an invalid key")
 
     def _compact(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend, frame: bytes,
                  st: _CallState) -> None:
@@ -592,6 +641,7 @@ class Sandbox:
                 ops = protocol.decode_ops(frame, st.ops_left)
             elif head == protocol.GET:
                 ns, key = protocol.decode_get(frame)
+                self._check_read(w, inv, st, ns, key)
             else:
                 raise protocol.ProtocolError(f"unknown compact frame kind {frame[1]:#x}")
         except protocol.ProtocolError as exc:
@@ -601,16 +651,16 @@ class Sandbox:
             self._apply_ops(w, inv, backend, st, ops)
             return
         if st.failure is not None:
-            self._send(w, st.failure.SerializeToString())
+            self._send(w, st.left, st.failure.SerializeToString())
             return
         if st.reads is not None and len(st.reads) < prefetch.MAX_LEARNED_READS:
             st.reads.append((ns, key))
         try:
             value = backend.get(ns, key)
         except Exception as exc:  # noqa: BLE001 - backend failures abort the invocation
-            self._send(w, _failure(exc).SerializeToString())
+            self._send(w, st.left, _failure(exc).SerializeToString())
             return
-        self._send(w, protocol.encode_value(value))
+        self._send(w, st.left, protocol.encode_value(value))
 
     def _apply_ops(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
                    st: _CallState, ops: list[protocol.Op]) -> None:
@@ -641,14 +691,19 @@ class Sandbox:
                     return
                 self.prefetch_hits += 1
                 continue
-            st.writes += 1
-            if st.writes > 2 * limits.max_write_keys + 16:
-                raise self._violation(w, "worker exceeded the write-set limit")
             if not key or len(key.encode()) > limits.max_key_len or (
                 len(value) > limits.max_value_bytes
             ):
                 w.kill()
                 raise _WorkerDied(t.WORKER_CRASHED, "worker sent an invalid write")
+            # the bounds the worker's Context enforces before it buffers a write (api.py
+            # _record_write): distinct keys and total bytes.  Without them a worker could
+            # make the backend hold max_write_keys x max_value_bytes (10 GB by default)
+            if key not in st.written and len(st.written) >= limits.max_write_keys:
+                raise self._violation(w, "worker wrote more keys than max_write_keys")
+            st.write_bytes += len(key) + len(value)
+            if st.write_bytes > limits.max_write_bytes:
+                raise self._violation(w, "worker wrote more bytes than max_write_bytes")
             st.written.add(key)
             try:
                 if op == protocol.OP_DELETE:
@@ -701,6 +756,10 @@ class Sandbox:
         ):
             w.kill()
             raise _WorkerDied(t.WORKER_CRASHED, "worker result exceeds the limits")
+        if any(not e.name or len(e.name) > MAX_EVENT_NAME
+               or len(e.payload_json) > inv.limits.max_value_bytes for e in r.events):
+            w.kill()  # Context.emit refuses these: only a subverted worker sends them
+            raise _WorkerDied(t.WORKER_CRASHED, "worker event exceeds the limits")
         events = tuple(t.ContractEvent(e.name, e.payload_json) for e in r.events)
         gas = min(r.gas_used, inv.gas_limit)
         if r.ok != (r.reason == "") or (r.reason and not valid_reason(r.reason)):

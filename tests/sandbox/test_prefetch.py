@@ -92,9 +92,9 @@ class Writes:
             self.n += 1
             one(fd, data)
 
-        def wn(fd: int, *frames: bytes) -> None:
+        def wn(fd: int, *frames: bytes, **kw: Any) -> None:
             self.n += 1
-            many(fd, *frames)
+            many(fd, *frames, **kw)
 
         monkeypatch.setattr(protocol, "write_frame", w1)
         monkeypatch.setattr(protocol, "write_frames", wn)
@@ -280,7 +280,8 @@ def test_lying_worker_frames_are_protocol_violations(pool: Sandbox, mode: str, f
 
 def test_a_flood_of_state_operations_is_a_protocol_violation(pool: Sandbox) -> None:
     """A worker cannot make the host decode or replay more operations than the call could
-    legitimately make (reads cost GAS_GET each, writes are bounded by max_write_keys)."""
+    legitimately make (every state operation costs at least GAS_DELETE: 10,000 gas pay for
+    at most 100, + 32)."""
     flood = protocol.OPS + (b"R" + struct.pack(">I", 0)) * 200
     source = HOSTILE + f"\nFRAME = {_frame(flood)!r}\n"
     limits = t.SandboxLimits(max_write_keys=1)
@@ -292,7 +293,7 @@ def test_a_flood_of_state_operations_is_a_protocol_violation(pool: Sandbox) -> N
     r = pool.invoke(make_inv(source, "f", tx_id="flood", gas=10_000, limits=limits), b,
                     unchecked=True)
     assert (r.ok, r.reason) == (False, "WORKER_CRASHED")
-    assert "more than 54 state operations" in r.message
+    assert "more than 132 state operations" in r.message
     assert b.log == []  # nothing was replayed
     assert_serving(pool)
 

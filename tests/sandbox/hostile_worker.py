@@ -1,0 +1,95 @@
+"""A subverted sandbox worker for the host-side tests: it speaks the pipe protocol the way
+a contract that escaped every in-process check could (``python hostile_worker.py MODE``).
+
+Modes (each answers every InvokeRequest):
+  ok            result {"tx": tx_id of the request}
+  twice         that result, then the same result again in the same write
+  stall         asks for key "big" and never reads its stdin again
+  many-keys     puts keys k0..k{max_write_keys} (one more than allowed), then a result
+  many-bytes    puts max_write_bytes // value_len + 1 keys of value_len bytes, then a result
+  big-event     result with an event whose payload is max_value_bytes + 1 bytes
+  read-flood    1,000 gets of distinct keys (compact frames), then a result
+  long-key      a get of a key of max_key_len + 1 bytes, then a result
+  long-ns       a get in a namespace of 256 characters, then a result
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "gen")]
+
+from rxchain.v1 import sandbox_pb2 as pb  # noqa: E402
+
+from node.sandbox import protocol  # noqa: E402
+
+IN_FD, OUT_FD = 0, 1
+
+
+def _result(tx_id: str) -> pb.WorkerMessage:
+    m = pb.WorkerMessage()
+    m.result.ok = True
+    m.result.result_json = b'{"tx":"%s"}' % tx_id.encode()
+    m.result.gas_used = 1
+    return m
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    reader = protocol.FrameReader(IN_FD)
+    ready = pb.WorkerMessage()
+    ready.ready.pid = os.getpid()
+    protocol.write_frame(OUT_FD, ready.SerializeToString())
+    limits = pb.SandboxLimitsMsg()
+    while True:
+        try:
+            req = pb.HostMessage.FromString(reader.read())
+            reader.read()  # the prefetch table
+        except protocol.ProtocolError:
+            return
+        if req.invoke.HasField("limits"):
+            limits = req.invoke.limits
+        res = _result(req.invoke.tx_id).SerializeToString()
+        if mode == "twice":
+            protocol.write_frames(OUT_FD, res, res)
+        elif mode == "stall":
+            get = pb.WorkerMessage()
+            get.get.namespace = req.invoke.contract
+            get.get.key = "big"
+            protocol.write_frame(OUT_FD, get.SerializeToString())
+            time.sleep(3600)
+        elif mode in ("many-keys", "many-bytes"):
+            ops = protocol.OpsBuilder()
+            if mode == "many-keys":
+                for i in range(limits.max_write_keys + 1):
+                    ops.put(f"k{i}", b"1")
+            else:
+                size = limits.max_value_bytes
+                for i in range(limits.max_write_bytes // size + 1):
+                    ops.put(f"k{i}", b"x" * size)
+            protocol.write_frames(OUT_FD, ops.take(), res)
+        elif mode in ("read-flood", "long-key", "long-ns"):
+            if mode == "read-flood":
+                gets = [("demo", f"k{i}") for i in range(1000)]
+            elif mode == "long-key":
+                gets = [("demo", "k" * (limits.max_key_len + 1))]
+            else:
+                gets = [("n" * 256, "k")]
+            for ns, key in gets:
+                protocol.write_frame(OUT_FD, protocol.encode_get(ns, key))
+                reader.read()
+            protocol.write_frame(OUT_FD, res)
+        elif mode == "big-event":
+            m = _result(req.invoke.tx_id)
+            m.result.events.add(name="e", payload_json=b"x" * (limits.max_value_bytes + 1))
+            protocol.write_frame(OUT_FD, m.SerializeToString())
+        else:
+            protocol.write_frame(OUT_FD, res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The host side against a subverted worker (tests/sandbox/hostile_worker.py): a contract
+that escaped every in-process check controls its worker completely, so the host must bound
+its waits, its memory and the state it touches by itself."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.sandbox import types as t
+from node.sandbox.inprocess import InProcessRunner
+from node.sandbox.runtime import Sandbox
+from tests.sandbox.helpers import PING, MemBackend, assert_serving, make_inv
+
+HOSTILE = Path(__file__).with_name("hostile_worker.py")
+
+
+@pytest.fixture()
+def hostile(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
+    """``hostile(mode, **limits)``: a one-worker Sandbox whose workers run ``mode``."""
+    made: list[Sandbox] = []
+
+    def make(mode: str, **limits: int) -> Sandbox:
+        launcher = tmp_path / f"worker-{mode}"
+        launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -s -B {HOSTILE} {mode}\n")
+        launcher.chmod(0o755)
+        sb = Sandbox(workers=1, limits=t.SandboxLimits(**limits), python=str(launcher),
+                     seccomp=False)
+        made.append(sb)
+        return sb
+
+    try:
+        yield make
+    finally:
+        for sb in made:
+            sb.close()
+
+
+def test_worker_that_stops_reading_times_out_instead_of_blocking_the_host(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # the worker asks for a value larger than a pipe buffer and never reads it: the host's
+    # write used to block for ever (no deadline on writes), hanging the endorsing thread
+    sb = hostile("stall")
+    backend = MemBackend({("demo", "big"): b"x" * (512 << 10)})
+    limits = t.SandboxLimits(wall_timeout_s=1)
+    out: list[t.InvocationResult] = []
+    th = threading.Thread(
+        target=lambda: out.append(sb.invoke(make_inv(PING, "ping", {"n": 1}, limits=limits),
+                                            backend)),
+        daemon=True,
+    )
+    th.start()
+    th.join(timeout=20)
+    assert not th.is_alive(), "the host blocked writing to a worker that does not read"
+    assert (out[0].ok, out[0].reason) == (False, t.TIMEOUT)
+    assert sb.stats()["restarts"] == 1
+
+
+def test_a_second_answer_is_not_taken_for_the_next_invocations(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("twice")
+    first = sb.invoke(make_inv(PING, "ping", {"n": 1}, tx_id="tx-1"), MemBackend())
+    assert first.result_json == b'{"tx":"tx-1"}'
+    # the duplicate of tx-1's result is still in the pipe: the next call must not read it
+    second = sb.invoke(make_inv(PING, "ping", {"n": 1}, tx_id="tx-2"), MemBackend())
+    assert second.result_json == b'{"tx":"tx-2"}'
+    assert sb.stats()["restarts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "limits"),
+    [
+        ("many-keys", {"max_write_keys": 50}),
+        ("many-bytes", {"max_value_bytes": 1 << 16, "max_write_bytes": 1 << 18}),
+    ],
+)
+def test_writes_beyond_the_write_set_limits_are_refused(
+    hostile: Callable[..., Sandbox], mode: str, limits: dict[str, int],
+) -> None:
+    # the Context refuses the (max_write_keys + 1)-th distinct key and the byte beyond
+    # max_write_bytes; the host let a worker write twice the keys (+16) of any size, so
+    # the backend could be made to hold max_write_keys x max_value_bytes (10 GB)
+    sb = hostile(mode, **limits)
+    lim = t.SandboxLimits(**limits)
+    backend = MemBackend()
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}, limits=lim), backend)
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    puts = backend.writes()
+    assert len(puts) <= lim.max_write_keys
+    assert sum(len(e[2]) + len(e[3]) for e in puts) <= lim.max_write_bytes
+
+
+@pytest.mark.parametrize("mode", ["read-flood", "long-key", "long-ns"])
+def test_reads_the_context_could_not_send_are_refused(
+    hostile: Callable[..., Sandbox], mode: str,
+) -> None:
+    # each read the Context sends has paid GAS_GET, and its key/namespace are bounded; the
+    # host answered any number of reads of any size (the simulator records every one)
+    sb = hostile(mode)
+    backend = MemBackend()
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}, gas=10_000), backend)
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    gets = [e for e in backend.log if e[0] == "get"]
+    assert len(gets) <= 10_000 // 100 + 32
+    assert all(len(ns) <= 255 and len(k.encode()) <= 512 for _, ns, k in gets)
+
+
+def test_an_event_beyond_max_value_bytes_is_refused(hostile: Callable[..., Sandbox]) -> None:
+    sb = hostile("big-event", max_value_bytes=1 << 12)
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}, limits=t.SandboxLimits(
+        max_value_bytes=1 << 12)), MemBackend())
+    assert (r.ok, r.reason, r.events) == (False, t.WORKER_CRASHED, ())
+
+
+def test_repeated_puts_of_one_key_within_the_gas_are_not_a_violation() -> None:
+    # an honest contract may put the same key more than 2 x max_write_keys times: the
+    # host used to kill its worker (WORKER_CRASHED) where InProcessRunner succeeds
+    src = ("from rxchain_contract import Context\n\n"
+           "def f(ctx: Context, n: int) -> int:\n"
+           "    for i in range(n):\n"
+           "        ctx.put('k', i)\n"
+           "    return n\n")
+    limits = t.SandboxLimits(max_write_keys=10)
+    inv = make_inv(src, "f", {"n": 100}, limits=limits)
+    want = InProcessRunner().invoke(inv, MemBackend())
+    assert want.ok
+    with Sandbox(workers=1, limits=limits) as sb:
+        backend = MemBackend()
+        got = sb.invoke(inv, backend)
+        assert (got.ok, got.reason, got.result_json, got.gas_used) == (
+            True, "", want.result_json, want.gas_used), got.message
+        assert backend.data == {("demo", "k"): b"99"}
+        assert sb.stats()["restarts"] == 0
+
+
+def test_an_honest_answer_from_the_test_worker_is_accepted(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("ok")
+    for tx in ("tx-1", "tx-2"):
+        r = sb.invoke(make_inv(PING, "ping", {"n": 1}, tx_id=tx), MemBackend())
+        assert r.result_json == b'{"tx":"%s"}' % tx.encode()
+    assert sb.stats()["restarts"] == 0
+
+
+def test_worker_pipes_above_fd_setsize_are_served() -> None:
+    # select() refuses descriptors >= 1024 (ValueError): a peer holding many connections
+    # got worker pipes it could not wait on, and every call failed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with Sandbox(workers=1) as sb:
+            assert_serving(sb)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
