@@ -470,11 +470,19 @@ def test_close_waits_until_no_reader_or_endorsement_touches_the_ledger(deployed:
 
 
 class _Ctx:
+    """A servicer context of a call without TLS (the stream caps' anonymous caller)."""
+
     def __init__(self) -> None:
         self.active = True
 
     def is_active(self) -> bool:
         return self.active
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def add_callback(self, _callback: Any) -> bool:
+        return True
 
 
 def test_close_reports_work_still_running_after_its_wait(deployed: Cluster) -> None:
@@ -608,3 +616,4 @@ def test_peer_stopping_ends_streams_with_unavailable_not_ok(deployed: Cluster) -
     with pytest.raises(RxError) as err:
         list(st.batches(lambda: True, 16, 1 << 20))
     assert err.value.reason == "SERVICE_UNAVAILABLE"
+
