@@ -14,7 +14,15 @@ import grpc
 import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from node.errors import RxError, abort_with, guarded_stream, guarded_unary, reason_from_rpc_error
+from node.errors import (
+    MAX_WIRE_MESSAGE_BYTES,
+    RxError,
+    abort_with,
+    guarded_stream,
+    guarded_unary,
+    reason_from_rpc_error,
+    wire_error,
+)
 from node.identity.caller import CallerCheck
 from node.peer.admin_service import PeerAdminService
 from node.peer.deliver_service import PeerDeliverService
@@ -306,3 +314,11 @@ def test_stream_caps_bad_extra(extra: dict[str, int], workers: int, fragment: st
         StreamCaps.from_extra(extra, workers)
     assert info.value.reason == "BAD_CONFIG" and fragment in info.value.message
 
+
+def test_wire_error_cuts_long_messages_by_utf8_bytes() -> None:
+    short = RxError("BAD_REQUEST", "药" * 10)
+    assert wire_error(short) is short
+    long = RxError("CONTRACT_REJECTED", "药" * 1024, grpc.StatusCode.ABORTED)  # 3072 bytes of UTF-8
+    cut = wire_error(long)
+    assert (cut.reason, cut.grpc_code) == ("CONTRACT_REJECTED", grpc.StatusCode.ABORTED)
+    assert cut.message == "药" * (MAX_WIRE_MESSAGE_BYTES // 3) + "... (3072 bytes, cut)"
