@@ -70,8 +70,27 @@ def error_detail_bytes(err: RxError) -> bytes:
     return identity_pb2.ErrorDetail(reason=err.reason, message=err.message).SerializeToString()
 
 
+# The most UTF-8 bytes of a message an aborted RPC carries. The message rides in its trailers
+# twice (grpc-message, percent-encoded: up to 3 bytes a byte, and rxchain-error-bin), and gRPC
+# clients drop trailers over 8 KiB by default (RESOURCE_EXHAUSTED "metadata size exceeds ...
+# limit": the reason code lost). Many messages quote the request (a consortium id, a contract
+# name, organisations asked for), and a contract's may be 1024 characters of Chinese text.
+MAX_WIRE_MESSAGE_BYTES = 1024
+
+
+def wire_error(err: RxError) -> RxError:
+    """``err`` with its message cut to :data:`MAX_WIRE_MESSAGE_BYTES` (saying so), for the wire."""
+    raw = err.message.encode("utf-8", "replace")
+    if len(raw) <= MAX_WIRE_MESSAGE_BYTES:
+        return err
+    head = raw[:MAX_WIRE_MESSAGE_BYTES].decode("utf-8", "ignore")
+    return RxError(err.reason, f"{head}... ({len(raw)} bytes, cut)", err.grpc_code)
+
+
 def abort_with(context: grpc.ServicerContext, err: RxError) -> NoReturn:
-    """Abort the current RPC with ``err``'s status code and reason metadata."""
+    """Abort the current RPC with ``err``'s status code and reason metadata (the message
+    cut to :data:`MAX_WIRE_MESSAGE_BYTES`)."""
+    err = wire_error(err)
     context.set_trailing_metadata(
         (
             (REASON_METADATA_KEY, err.reason),

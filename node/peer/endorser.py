@@ -38,6 +38,7 @@ from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transactio
 
 from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Purpose, Signer
+from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
@@ -62,6 +63,7 @@ from node.sandbox.types import (
     SandboxLimits,
     StateBackend,
 )
+from node.stream_caps import StreamCaps
 
 MIN_NONCE_BYTES = 16
 # Runtime reasons that are the caller's fault (400); other runtime reasons are 500.
@@ -367,9 +369,14 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
     """
 
     def __init__(self, endorser: Endorser, pool: Executor | None = None,
-                 workers: int = STREAM_WORKERS, message_bound: Callable[[], int] | None = None) -> None:
+                 workers: int = STREAM_WORKERS, message_bound: Callable[[], int] | None = None,
+                 streams: StreamCaps | None = None) -> None:
         """``message_bound``: the gRPC message bound the gateways' channels receive with (none:
-        answer messages carry up to :data:`MAX_ANSWER_BYTES`)."""
+        answer messages carry up to :data:`MAX_ANSWER_BYTES`). ``streams``: the node's caps on
+        long-lived calls; a ProcessProposals stream holds a gRPC worker and a reader thread
+        while it is open, so it is counted there per TLS client certificate (a stream past a
+        cap is refused TOO_MANY_STREAMS; a gateway then asks this peer by unary calls)."""
+        self._streams_cap = streams
         self._endorser = endorser
         self._message_bound = message_bound
         self._own_pool = pool is None
@@ -429,9 +436,19 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         request_iterator: Iterator[services_pb2.ProposalBatch],
         context: grpc.ServicerContext,
     ) -> Iterator[services_pb2.ProposalResponseBatch]:
+        slot = None
+        if self._streams_cap is not None:
+            ident = peer_identity(context)
+            try:
+                slot = self._streams_cap.admit(context, ident.cert_der if ident is not None else b"",
+                                               "Endorser.ProcessProposals")
+            except RxError as err:
+                abort_with(context, err)
         stream = _ProposalStream(self._endorse, self._pool, context.is_active, self._answer_bytes)
         with self._lock:
             if self._closed:
+                if slot is not None:
+                    slot.release()
                 abort_with(context, RxError("SERVICE_UNAVAILABLE", "the peer is shutting down"))
             self._streams.add(stream)
         try:
@@ -441,6 +458,8 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         finally:
             with self._lock:
                 self._streams.discard(stream)
+            if slot is not None:
+                slot.release()
 
 
 _Out = services_pb2.CorrelatedProposal | services_pb2.CorrelatedProposalResponse | None

@@ -11,8 +11,9 @@ Failures: when the stream breaks (peer down, connection cut, server stopping) ev
 proposal in flight on it fails at once with SERVICE_UNAVAILABLE -- a retryable reason, so
 the next peer of the organisation, or the gateway's replacement organisation, is asked --
 and the next proposal opens a new stream. A peer that answers the stream UNIMPLEMENTED
-(an older release) is asked with unary ``ProcessProposal`` calls for a while
-(:data:`UNARY_RETRY_S`) and the affected proposals are re-sent that way.
+(an older release), or refuses it TOO_MANY_STREAMS (its stream caps are full), is asked with
+unary ``ProcessProposal`` calls for a while (:data:`UNARY_RETRY_S`) and the affected
+proposals are re-sent that way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from node.config import Endpoint
 from node.errors import RxError, reason_from_rpc_error
 from node.msgbound import batch_budget
+from node.stream_caps import TOO_MANY_STREAMS
 
 ChannelFactory = Callable[[str], grpc.Channel]
 Clock = Callable[[], float]
@@ -41,7 +43,7 @@ _log = logging.getLogger(__name__)
 MAX_SEND_ITEMS = 64  # proposals per request message (the server accepts up to 256)
 MAX_SEND_BYTES = 1 << 20  # and bytes per request message, at most half the bound (node.msgbound)
 IDLE_CLOSE_S = 1.0  # a stream with nothing in flight for this long is half-closed (reopened on use)
-UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED, use unary calls this long before trying again
+UNARY_RETRY_S = 60.0  # after UNIMPLEMENTED (or TOO_MANY_STREAMS), use unary calls this long before trying again
 STREAM_UNIMPLEMENTED = "STREAM_UNIMPLEMENTED"  # internal: re-send this proposal by unary call
 
 
@@ -136,7 +138,8 @@ class _PeerStream:
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             details = exc.details() if callable(getattr(exc, "details", None)) else ""
-            if code == grpc.StatusCode.UNIMPLEMENTED:
+            if code == grpc.StatusCode.UNIMPLEMENTED or (
+                    code == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_from_rpc_error(exc) == TOO_MANY_STREAMS):
                 self._unary_until = self._clock() + UNARY_RETRY_S
                 failure = RxError(STREAM_UNIMPLEMENTED, f"{self.ep.name}: {details}")
             else:

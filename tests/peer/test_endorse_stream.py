@@ -20,7 +20,7 @@ import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
-from node.errors import RxError, abort_with
+from node.errors import RxError, abort_with, reason_from_rpc_error
 from node.msgbound import MIN_MESSAGE_BYTES
 from node.peer import peer_clients
 from node.peer.config_view import ConfigView
@@ -30,6 +30,7 @@ from node.peer.gateway.endorse import endorse
 from node.peer.notifier import CommitNotifier
 from node.peer.peer_clients import MAX_SEND_BYTES, MAX_SEND_ITEMS, RemoteEndorsers, _batches
 from node.peer.policy_provider import LifecyclePolicies
+from node.stream_caps import StreamCaps
 from tests.peer.conftest import Cluster
 
 WAIT_S = 10.0  # bound on every wait in this module
@@ -471,6 +472,69 @@ def test_falls_back_to_unary_when_the_stream_is_unimplemented(
         remotes.endorse("p01", transaction_pb2.SignedProposal(proposal_bytes=b"junk", signature=b"s"))
     assert info.value.reason == "BAD_PAYLOAD"
     assert remotes.suspects() == set()  # a refusal of one proposal says nothing of the peer
+
+
+def _idle_streams(port: int, n: int, stop: threading.Event) -> tuple[grpc.Channel, list[Any]]:
+    """``n`` ProcessProposals streams to ``port`` that send nothing until ``stop``."""
+    def idle() -> Iterator[services_pb2.ProposalBatch]:
+        stop.wait(WAIT_S * 2)
+        yield from ()
+
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = services_pb2_grpc.EndorserStub(ch)
+    return ch, [stub.ProcessProposals(idle(), timeout=WAIT_S * 2) for _ in range(n)]
+
+
+def test_endorse_streams_are_capped_so_idle_ones_leave_workers_free(
+        deployed: Cluster, servers: list[Server]) -> None:
+    """Any consortium certificate may call the Endorser. Each ProcessProposals stream holds
+    one of the server's gRPC workers while open: as many idle streams as workers (8 here)
+    left none for ProcessProposal, the Gateway or Health. They are counted under the node's
+    stream caps: those past them are refused TOO_MANY_STREAMS, unary calls are served."""
+    servers.append(Server(EndorserService(deployed.peers[1].endorser, streams=StreamCaps(4, 4))))
+    stop = threading.Event()
+    ch, calls = _idle_streams(servers[0].port, 8, stop)
+    try:
+        deadline = time.monotonic() + 2
+        while sum(c.done() for c in calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as info:
+            services_pb2_grpc.EndorserStub(ch).ProcessProposal(
+                transaction_pb2.SignedProposal(proposal_bytes=b"junk", signature=b"s"), timeout=3)
+        assert reason_from_rpc_error(info.value) == "BAD_PAYLOAD"
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 4
+        assert all(reason_from_rpc_error(c) == "TOO_MANY_STREAMS" for c in refused)
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        ch.close()
+
+
+def test_a_peer_whose_stream_caps_are_full_is_asked_by_unary_calls(
+        deployed: Cluster, servers: list[Server], clients: Callable[..., RemoteEndorsers]) -> None:
+    """A peer refusing the stream TOO_MANY_STREAMS (another caller holds its caps) still
+    endorses by unary ProcessProposal: the gateway falls back as for an older peer (it failed
+    the proposal SERVICE_UNAVAILABLE after a second refused stream)."""
+    caps = StreamCaps(1, 1)
+    servers.append(Server(EndorserService(deployed.peers[1].endorser, streams=caps)))
+    stop = threading.Event()
+    ch, calls = _idle_streams(servers[0].port, 1, stop)
+    try:
+        deadline = time.monotonic() + 2
+        while caps.held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        remotes = clients({"p01": servers[0]})
+        first = remotes.endorse("p01", _signed(deployed, "cap1"))
+        assert first.response.status == 200
+        second = remotes.endorse("p01", _signed(deployed, "cap2"))  # straight to unary now
+        assert second.response.status == 200 and remotes.streams_opened() == 1
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        ch.close()
 
 
 def test_next_peer_of_the_org_is_asked_when_the_first_is_down(

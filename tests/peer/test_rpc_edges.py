@@ -5,6 +5,7 @@ certificate are refused by the MSP check; the stream caps count per caller and i
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -13,7 +14,15 @@ import grpc
 import pytest
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
-from node.errors import RxError, abort_with, guarded_stream, guarded_unary, reason_from_rpc_error
+from node.errors import (
+    MAX_WIRE_MESSAGE_BYTES,
+    RxError,
+    abort_with,
+    guarded_stream,
+    guarded_unary,
+    reason_from_rpc_error,
+    wire_error,
+)
 from node.identity.caller import CallerCheck
 from node.peer.admin_service import PeerAdminService
 from node.peer.deliver_service import PeerDeliverService
@@ -225,6 +234,65 @@ def test_stream_caps_are_thread_safe() -> None:
     assert caps.held() == 0 and caps.held(key) == 0
 
 
+class _OpenNotifier:
+    """A commit notifier that is not closing (all a stream that gets no request reads)."""
+
+    closed = False
+
+
+def test_transact_streams_are_capped_so_idle_ones_leave_workers_free() -> None:
+    """Every Transact/TransactBatch call holds a gRPC worker (and a reader thread) for as
+    long as it is open. They share the stream caps: one client opening as many idle streams
+    as the server has workers gets those past the caps refused TOO_MANY_STREAMS, and
+    Evaluate (any unary call) is still served; a closed stream gives its slot back. (They
+    were uncapped: four idle streams took the four workers and Evaluate was never run.)"""
+    boom = _Boom(ZeroDivisionError("division by zero"))
+    deps = GatewayDeps(org="h01", endorser=cast(Any, boom), ledger=cast(Any, boom),
+                       configs=cast(Any, boom), policies=cast(Any, None), notifier=cast(Any, _OpenNotifier()),
+                       remotes=cast(Any, _Remotes()), broadcast=cast(Any, boom))
+    gateway = GatewayService(deps, workers=2, streams=StreamCaps(total=2, per_caller=2))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    assert port
+    server.start()
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    gw = services_pb2_grpc.GatewayStub(ch)
+    stop = threading.Event()
+
+    def idle() -> Iterator[Any]:  # sends nothing until the test ends, then half-closes
+        stop.wait(TIMEOUT_S * 4)
+        yield from ()
+
+    calls: list[Any] = []
+    try:
+        calls = [gw.Transact(idle(), timeout=TIMEOUT_S * 4), gw.TransactBatch(idle(), timeout=TIMEOUT_S * 4),
+                 gw.Transact(idle(), timeout=TIMEOUT_S * 4), gw.TransactBatch(idle(), timeout=TIMEOUT_S * 4)]
+        deadline = time.monotonic() + 2
+        while sum(c.done() for c in calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the calls past the caps are refused at once
+        code, reason, _ = _refusal(lambda: gw.Evaluate(services_pb2.EvaluateRequest(), timeout=3))
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST")
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 2
+        for c in refused:
+            assert c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert reason_from_rpc_error(c) == "TOO_MANY_STREAMS"
+        stop.set()  # the open ones half-close, end with nothing unanswered and free their slots
+        for c in calls:
+            if c not in refused:
+                assert list(c) == []
+        answers = list(gw.Transact(iter([services_pb2.TransactRequest(correlation_id=7)]), timeout=TIMEOUT_S))
+        assert [(a.correlation_id, a.error.reason) for a in answers] == [(7, "BAD_REQUEST")]
+    finally:
+        stop.set()
+        for c in calls:
+            c.cancel()
+        ch.close()
+        server.stop(0).wait(TIMEOUT_S)
+        gateway.close(wait_s=1)
+
+
 @pytest.mark.parametrize(("extra", "workers", "expected"), [
     ({}, 64, (32, 16)),
     ({}, 128, (64, 32)),
@@ -245,3 +313,12 @@ def test_stream_caps_bad_extra(extra: dict[str, int], workers: int, fragment: st
     with pytest.raises(RxError) as info:
         StreamCaps.from_extra(extra, workers)
     assert info.value.reason == "BAD_CONFIG" and fragment in info.value.message
+
+
+def test_wire_error_cuts_long_messages_by_utf8_bytes() -> None:
+    short = RxError("BAD_REQUEST", "药" * 10)
+    assert wire_error(short) is short
+    long = RxError("CONTRACT_REJECTED", "药" * 1024, grpc.StatusCode.ABORTED)  # 3072 bytes of UTF-8
+    cut = wire_error(long)
+    assert (cut.reason, cut.grpc_code) == ("CONTRACT_REJECTED", grpc.StatusCode.ABORTED)
+    assert cut.message == "药" * (MAX_WIRE_MESSAGE_BYTES // 3) + "... (3072 bytes, cut)"

@@ -22,7 +22,7 @@ from client.batching import MAX_REQUESTS_PER_MESSAGE, batch_requests
 from client.gateway import Gateway
 from client.pipeline import Call, submit_many
 from client.wallet import load_identity
-from node.errors import RxError
+from node.errors import RxError, reason_from_rpc_error
 from node.peer.config_view import ConfigView
 from node.peer.gateway import transact as transact_mod
 from node.peer.gateway.deps import GatewayDeps
@@ -470,11 +470,19 @@ def test_close_waits_until_no_reader_or_endorsement_touches_the_ledger(deployed:
 
 
 class _Ctx:
+    """A servicer context of a call without TLS (the stream caps' anonymous caller)."""
+
     def __init__(self) -> None:
         self.active = True
 
     def is_active(self) -> bool:
         return self.active
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def add_callback(self, _callback: Any) -> bool:
+        return True
 
 
 def test_close_reports_work_still_running_after_its_wait(deployed: Cluster) -> None:
@@ -608,3 +616,33 @@ def test_peer_stopping_ends_streams_with_unavailable_not_ok(deployed: Cluster) -
     with pytest.raises(RxError) as err:
         list(st.batches(lambda: True, 16, 1 << 20))
     assert err.value.reason == "SERVICE_UNAVAILABLE"
+
+
+def test_refusals_quoting_a_long_request_keep_their_reason(served: Served) -> None:
+    """A refusal's message quotes the request (a consortium id before any signature is
+    checked, a contract name, the organisations asked for) and rides in the call's trailers
+    twice: past gRPC's 8 KiB trailer bound the client got RESOURCE_EXHAUSTED with the
+    reason TOO_LARGE instead of the refusal. The message is cut; the reason is kept."""
+    c = served.cluster
+    signed = c.kit.proposal(c.net.doctor, "counter", "put", {"key": "a", "value": 1}, timestamp_ms=c.now())
+    prop = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+    header = transaction_pb2.TxHeader.FromString(prop.header)
+    header.consortium_id = "c" * 12_000  # refused before the (now wrong) signature is checked
+    prop.header = header.SerializeToString()
+    foreign = transaction_pb2.SignedProposal(proposal_bytes=prop.SerializeToString(), signature=signed.signature)
+    unknown = c.kit.proposal(c.net.doctor, "k" * 12_000, "put", {}, timestamp_ms=c.now())
+    calls = {
+        "BAD_HEADER": lambda: served.stub.Evaluate(services_pb2.EvaluateRequest(proposal=foreign), timeout=10),
+        "UNKNOWN_CONTRACT": lambda: served.stub.Evaluate(services_pb2.EvaluateRequest(proposal=unknown),
+                                                         timeout=10),
+        "BAD_REQUEST": lambda: served.stub.Endorse(services_pb2.EndorseRequest(
+            proposal=signed, endorsing_orgs=[f"{'o' * 3000}{i}" for i in range(4)]), timeout=10),
+    }
+    for expected, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == RxError(expected).grpc_code, (expected, (info.value.details() or "")[:120])
+        assert reason_from_rpc_error(info.value) == expected
+        details = info.value.details() or ""
+        assert details.startswith(f"{expected}: ") and details.endswith(" bytes, cut)"), details[-80:]
+        assert len(details.encode()) < 1200

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc
 
+from node.crypto.tls import peer_identity
 from node.errors import guarded_stream, guarded_unary
 from node.identity.caller import CallerCheck
 from node.peer.gateway.commit_status import commit_status
@@ -20,7 +21,7 @@ from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
 from node.peer.gateway.transact import start_reader, transact, transact_batch
-from node.stream_caps import StreamCaps
+from node.stream_caps import StreamCaps, StreamSlot
 
 CLOSE_WAIT_S = 5.0  # how long close() waits for the gateway's running work
 UNCAPPED = 1 << 30  # stream caps when none are given (unit tests)
@@ -99,6 +100,8 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self._deps = deps
         # CommitStatus and Events serve committed data without a signed request: the TLS
         # certificate is checked with the MSP, and their waits are capped (TOO_MANY_STREAMS).
+        # Transact and TransactBatch streams (each holds a gRPC worker and a reader thread
+        # for as long as it is open) share the same caps, per TLS certificate.
         self._check_caller = CallerCheck(lambda: deps.configs.current().msp)
         self._streams = streams or StreamCaps(UNCAPPED, UNCAPPED)
         self._inflight = _InFlight()
@@ -114,6 +117,14 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self._work_pool.shutdown(wait=False, cancel_futures=True)
         self._remote_pool.shutdown(wait=False, cancel_futures=True)
         return self._inflight.wait(wait_s)
+
+    def _admit_stream(self, context: grpc.ServicerContext, what: str) -> StreamSlot:
+        """A stream cap's slot for a Transact/TransactBatch call, counted per TLS client
+        certificate (TOO_MANY_STREAMS over a cap). The requests it carries are signed and
+        checked one by one, so the certificate is not checked with the MSP here; a caller
+        without one (only on an insecure test server) counts as one anonymous caller."""
+        ident = peer_identity(context)
+        return self._streams.admit(context, ident.cert_der if ident is not None else b"", what)
 
     @guarded_unary
     def Evaluate(
@@ -163,10 +174,11 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.TransactResponse]:
         # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
         # with its status
-        yield from transact(
-            self._deps, request_iterator, context.is_active, self._work_pool,
-            self._remote_pool, start=self._inflight.reader,
-        )
+        with self._admit_stream(context, "Gateway.Transact"):
+            yield from transact(
+                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._remote_pool, start=self._inflight.reader,
+            )
 
     @guarded_stream
     def TransactBatch(
@@ -176,8 +188,9 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.TransactBatchResponse]:
         # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
         # with its status
-        yield from transact_batch(
-            self._deps, request_iterator, context.is_active, self._work_pool,
-            self._remote_pool, start=self._inflight.reader,
-        )
+        with self._admit_stream(context, "Gateway.TransactBatch"):
+            yield from transact_batch(
+                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._remote_pool, start=self._inflight.reader,
+            )
 
