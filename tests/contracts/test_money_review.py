@@ -14,8 +14,6 @@ DOMAIN.md section 3, through the real contracts in the sandbox.
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +23,7 @@ from tests.contracts import sandbox_adapter
 from tests.contracts.chain import DAY_MS, Chain, admin
 from tests.contracts.flows import CLERK, HE, JIANG, WANG, ZHOU, lock_and_dispense, settle
 from tests.contracts.rxclient import Prepared, World
+from tests.contracts.test_settlement_properties import reference
 
 HOUR_MS = 3_600_000
 TZ_MS = 8 * HOUR_MS
@@ -43,35 +42,12 @@ def china_year(ms: int) -> int:
         year += 1
 
 
-def half_up(x: Fraction) -> int:
-    """Round half up to an integer (x >= 0)."""
-    return math.floor(x + Fraction(1, 2))
-
-
 def expected_claim(lines: list[dict[str, Any]], pol: dict[str, Any], level: str, dx: str,
                    ded_used: int, cap_used: int, balance: int) -> dict[str, int]:
-    """DOMAIN.md section 3 read afresh: B share rounded half up per line, fund once; the
-    disease's cap, else the general one."""
-    medfee = fulamt = overlmt = preself = 0
-    for ln in lines:
-        total = ln["price"] * ln["qty"]
-        medfee += total
-        if ln["cls"] == "OFF_LIST":
-            fulamt += total
-            continue
-        overlmt += max(0, ln["price"] - ln["std"]) * ln["qty"]
-        if ln["cls"] == "B":
-            preself += half_up(Fraction(min(ln["price"], ln["std"]) * ln["qty"] * pol["b_share_bp"], 10000))
-    inscp = medfee - fulamt - overlmt - preself
-    dedc = min(inscp, max(0, pol["deductible_fen"] - ded_used))
-    cap = pol["cap_by_disease"].get(dx, pol["cap_fen"])
-    fund = min(half_up(Fraction((inscp - dedc) * pol["ratio_bp"][level], 10000)), max(0, cap - cap_used))
-    patient = medfee - fund
-    account = min(patient - fulamt - overlmt, balance)
-    return {"medfee_fen": medfee, "fulamt_fen": fulamt, "overlmt_fen": overlmt,
-            "preself_fen": preself, "inscp_fen": inscp, "deductible_fen": dedc,
-            "fund_fen": fund, "patient_fen": patient, "account_fen": account,
-            "cash_fen": patient - account}
+    """DOMAIN.md section 3 (``reference``: B share rounded half up per line, fund once) under
+    the disease's cap, else the general one."""
+    capped = {**pol, "cap_fen": pol["cap_by_disease"].get(dx, pol["cap_fen"])}
+    return reference(lines, capped, level, ded_used, cap_used, balance)
 
 
 policies = st.fixed_dictionaries({
