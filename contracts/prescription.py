@@ -326,16 +326,17 @@ def _is_patient(ctx: Context, rx: dict) -> bool:
 
 def _is_enrolled_user(ctx: Context, pseudonym: str) -> bool:
     """A caller with role patient is the patient ``pseudonym``: her certificate attribute
-    ``pseudonym``, or the transient ``patient_binding`` (HMAC of her certificate's org and
-    name under the consortium secret) matches the enrolment's ``user_tag``."""
+    ``pseudonym`` (from her enrolling hospital's CA only: any hospital can mint one), or the
+    transient ``patient_binding`` (HMAC of her certificate's org and name under the consortium
+    secret) matches the enrolment's ``user_tag``."""
     c = ctx.caller
-    if c.attrs.get("pseudonym", "") == pseudonym:
-        return True
-    binding = ctx.transient("patient_binding")
-    if not _is_hex(binding, 64, 64):
-        return False
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
+        return False
+    if c.attrs.get("pseudonym", "") == pseudonym:
+        return c.org == enrol["hospital"]
+    binding = ctx.transient("patient_binding")
+    if not _is_hex(binding, 64, 64):
         return False
     return enrol["user_tag"] == ctx.hmac_sha256_hex(binding, "patient-user|" + c.org + "|" + c.name)
 

@@ -439,7 +439,7 @@ def _is_patient(ctx: Context, rec: dict) -> bool:
     if c.role != "patient":
         return False
     if c.attrs.get("pseudonym", "") == rec["pseudonym"]:
-        return True
+        return c.org == rec["hospital"]  # any other hospital's CA could mint the attribute
     binding = ctx.transient("patient_binding")
     if not _is_hex(binding, 64):
         return False

@@ -479,7 +479,7 @@ def _is_patient(ctx: Context, enrol: dict) -> bool:
     if c.role != "patient":
         return False
     if c.attrs.get("pseudonym", "") == enrol["pseudonym"]:
-        return True
+        return c.org == enrol["hospital"]  # any other hospital's CA could mint the attribute
     binding = ctx.transient("patient_binding")
     if not _is_hex(binding, 64, 64):
         return False

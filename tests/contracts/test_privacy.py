@@ -277,3 +277,33 @@ def test_patient_prescriptions_does_not_tell_enrolment(world: World) -> None:
                                  start="", limit=2).ok, reader
         assert world.chain.query("prescription", "patient_prescriptions", reader, patient=nobody,
                                  start="", limit=2).reason == "UNKNOWN_PATIENT", reader
+
+
+def test_pseudonym_attribute_counts_only_on_a_certificate_of_her_enrolling_hospital(world: World) -> None:
+    """Any hospital's CA can mint a patient certificate carrying the attribute ``pseudonym``:
+    one of h05 (not her hospital) naming patient-zhang used to be her in every contract --
+    it listed her prescriptions, read their metadata, her diagnosis tags and her account,
+    granted consent to h05 and re-routed her prescription. Now it is an outsider; the same
+    attribute on a certificate of h01, which enrolled her, still proves her."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    pz = world.pid("patient-zhang")
+    rogue = Who("h05", "pt-rogue", "patient", attrs={"pseudonym": pz})
+    assert world.chain.query("prescription", "patient_prescriptions", rogue, patient=pz,
+                             start="", limit=10).reason == "ACCESS_DENIED"
+    assert world.chain.query("prescription", "show", rogue, rx_id=rx).reason == "NOT_FOUND"
+    assert world.chain.query("registry", "get_patient", rogue, pseudonym=pz).reason == "ACCESS_DENIED"
+    assert world.chain.query("settlement", "patient_status", rogue, pseudonym=pz,
+                             year=0).reason == "ACCESS_DENIED"
+    assert world.chain.submit("prescription", "grant_consent", rogue, rx_id=rx, org="h05",
+                              wrapped_key=world.wrap_for(rx, "h05")).reason == "NOT_FOUND"
+    assert world.chain.submit("prescription", "route", rogue, rx_id=rx, pharmacy="p02",
+                              wrapped_key=world.wrap_for(rx, "p02")).reason == "ACCESS_DENIED"
+    assert fetch(world, rogue, rx)["error"] == "NO_KEY_GRANT"
+    assert world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap()["pharmacy"] == "p01"
+    # her enrolling hospital's certificate with the attribute is her (no binding needed)
+    own = Who("h01", "pt-device", "patient", attrs={"pseudonym": pz})
+    assert world.chain.query("prescription", "show", own, rx_id=rx).ok
+    assert world.chain.query("registry", "get_patient", own, pseudonym=pz).ok
+    assert world.chain.query("settlement", "patient_status", own, pseudonym=pz, year=0).ok
+    assert fetch(world, own, rx)["party"] == "patient"
