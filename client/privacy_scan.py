@@ -33,9 +33,12 @@ class Hit:
 
 
 # An encoded form is searched only when it is long enough not to turn up by chance in
-# random base64 / hex (ciphertexts, hashes): 10 base64 characters = 60 bits, 16 hex = 64 bits.
-_MIN_B64 = 10
-_MIN_HEX = 16
+# random base64 / hex (ciphertexts, hashes): 7 base64 characters = 42 bits, 12 hex = 48 bits
+# (one chance in ~10^12 per byte scanned). It must not be longer: the most common Chinese names
+# have two characters, 6 UTF-8 bytes = 7-8 base64 characters at each alignment and 12 hex
+# digits, which the old bounds (10 and 16) never searched.
+_MIN_B64 = 7
+_MIN_HEX = 12
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,14 @@ def test_encoded_plaintext_is_found_too(tmp_path: Path):
         assert find_terms(base64.urlsafe_b64encode(prefix + b"amlodipine>>?"), ["amlodipine"], "x")
     assert find_terms("patient-sun".encode("utf-16-le"), ["patient-sun"], "x")
     assert find_terms(b"id=" + b"500103195803124428".hex().encode(), ["500103195803124428"], "x")
+    # a two-character name (the most common Chinese names: 6 UTF-8 bytes) is long enough too
+    for short in ("张伟", "李娜"):
+        for prefix in (b"", b"{", b'{"'):
+            blob = base64.b64encode(prefix + json.dumps({"name": short}, ensure_ascii=False).encode())
+            assert [h.where for h in find_terms(b"note_ct=" + blob, [short], "x")] == ["x (base64)"]
+        assert [h.where for h in find_terms(short.encode().hex().encode(), [short], "x")] == ["x (hex)"]
     noise = base64.b64encode(os.urandom(1 << 16)) + os.urandom(1 << 16).hex().encode()
-    assert find_terms(noise, sensitive_terms(), "x") == []
+    assert find_terms(noise, [*sensitive_terms(), "张伟", "李娜"], "x") == []
     f = tmp_path / "node.log"
     f.write_bytes(b"args=" + base64.b64encode(b"...benidipine..."))
     assert [h.term for h in scan_raw([f], ["benidipine", "amlodipine"])] == ["benidipine"]
