@@ -1275,6 +1275,8 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             )
     ordered = []
     for s in steps:
+        if rx["status"] == "ERASED" and "note_ct" in s["detail"]:
+            s["detail"]["note_ct"] = ""  # erase blanked the notes; the history still holds them
         i = len(ordered)
         while i > 0 and ordered[i - 1]["time_ms"] > s["time_ms"]:
             i = i - 1

@@ -73,6 +73,38 @@ def test_revoke_with_encrypted_note_keeps_drug_name_off_the_ledger(world: World)
     world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365).unwrap()
     erased = world.chain.query("prescription", "show", AUDITOR, rx_id=rx).unwrap()
     assert erased["revocation"]["note_ct"] == "" and erased["revocation"]["reason"] == "CLINICAL_CHANGE"
+    # ... and from the trace, which reads the history index (it used to serve the note there)
+    steps = world.chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()["steps"]
+    assert [s["step"] for s in steps] == ["issue", "review", "revoke", "erase"]
+    assert steps[2]["detail"] == {"reason": "CLINICAL_CHANGE", "note_ct": ""}
+
+
+def test_erase_blanks_review_and_reversal_notes_in_the_trace(world: World) -> None:
+    """The trace of an erased prescription carries no note: not the review's (record key),
+    nor the claim reversal's (claim key), whose ciphertexts erase destroyed with the grants."""
+    prep, out = issue(world)
+    out.unwrap()
+    rx = prep.args["rx_id"]
+    review_ct = seal_note(world.record_keys[rx], rx, REVIEW, "ok, but " + DRUG_TEXT)
+    world.chain.submit("prescription", "review", HE, rx_id=rx, approve=True, reason="",
+                       note_ct=review_ct).unwrap()
+    lock_and_dispense(world, prep).unwrap()
+    claim = settle(world, prep).unwrap()
+    grant = world.chain.submit("prescription", "get_key", CLERK, rx_id=rx).unwrap()
+    claim_key = world.keyring.unwrap(grant["party"], grant["wrapped_key"], f"rxchain/rx/{rx}/{grant['party']}")
+    reverse_ct = seal_note(claim_key, rx, REVERSE, "returned: " + DRUG_TEXT)
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="RETURNED_GOODS",
+                       note_ct=reverse_ct).unwrap()
+    before = world.chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()["steps"]
+    assert {s["detail"].get("note_ct") for s in before} >= {review_ct, reverse_ct}
+    world.chain.advance(366 * DAY_MS)
+    world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365).unwrap()
+    for reader in (AUDITOR, admin("h01"), JIANG):
+        steps = world.chain.query("prescription", "trace", reader, rx_id=rx).unwrap()["steps"]
+        noted = {s["step"]: s["detail"] for s in steps if "note_ct" in s["detail"]}
+        assert set(noted) == {"review", "reverse"}, reader
+        assert all(d["note_ct"] == "" for d in noted.values()), reader
+        assert noted["reverse"]["reason"] == "RETURNED_GOODS"
 
 
 def test_review_rejection_takes_a_code_and_an_approval_none(world: World) -> None:
