@@ -69,6 +69,7 @@ PRESCRIPTION = "prescription"
 MAX_BLOCKS = 100_000  # blocks one read covers at most (the next goes on from there)
 MAX_READS = 2_000  # prescriptions one read reads at most (show), but all those of its first block
 DAY_MS = 86_400_000
+TZ_MS = 28_800_000  # China-local days (UTC+8), as the contract counts them
 FINAL = ("DELIVERED", "REVOKED", "REJECTED", "EXPIRED", "ERASED")
 # the roles whose organisation's inbox it is (a hospital's and a pharmacy's staff; a patient's
 # certificate is her hospital's too, but what she reads is her own prescriptions)
@@ -159,7 +160,9 @@ def expired(meta: dict[str, Any], now_ms: int) -> bool:
 def _next_fill_ms(meta: dict[str, Any]) -> int | None:
     if _int(meta, "fills") == 0:
         return None
-    return _int(meta, "last_fill_ms") + _int(meta, "fill_interval_days") * DAY_MS
+    # the contract's rule: from midnight (China time) fill_interval_days after the last fill's day
+    day = (_int(meta, "last_fill_ms") + TZ_MS) // DAY_MS
+    return (day + _int(meta, "fill_interval_days")) * DAY_MS - TZ_MS
 
 
 def _summary(meta: dict[str, Any], org: str, now_ms: int, owed: dict[int, str] | None) -> dict[str, Any]:

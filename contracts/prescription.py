@@ -414,7 +414,8 @@ def _check_dispensable(ctx: Context, rx: dict) -> None:
     if status == "EXPIRED" or now > _fill_deadline(rx):
         ctx.fail("EXPIRED", "the prescription's validity ended")
     if rx["fills"] > 0:
-        earliest = rx["last_fill_ms"] + rx["fill_interval_days"] * DAY_MS
+        # from midnight: China-local days, as the deadline
+        earliest = ((rx["last_fill_ms"] + TZ_MS) // DAY_MS + rx["fill_interval_days"]) * DAY_MS - TZ_MS
         if now < earliest:
             ctx.fail("TOO_EARLY", "the next fill is allowed from " + _iso_utc(earliest))
 

@@ -14,7 +14,7 @@ from rxchain.v1 import config_pb2, transaction_pb2
 from client.errors import RxClientError
 from client.inbox import RxReader, action, pharmacy_inbox
 from tests.client.ledgerevents import EventLedger, failing_at
-from tests.contracts.chain import DAY_MS, Who
+from tests.contracts.chain import DAY_MS, T0_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import CHEN, CLERK, COURIER, COURIER2, HE, JIANG, WANG, approved, dispense, issue
 from tests.contracts.rxclient import World
@@ -92,7 +92,8 @@ def test_a_repeat_prescription_waits_for_its_next_fill(world: World) -> None:  #
     inbox = _inbox(world, ledger, WANG)
     (only,) = inbox["prescriptions"]
     assert (only["action"], only["fills"], only["max_fills"]) == ("wait", 1, 2)
-    assert only["next_fill_ms"] == world.chain.now + 28 * DAY_MS
+    # dispensed 2026-11-25 10:00 China time: the next fill from midnight 28 days on (2026-12-23)
+    assert only["next_fill_ms"] == T0_MS + 14 * 3_600_000 + 27 * DAY_MS
     world.chain.advance(28 * DAY_MS)
     assert _actions(_inbox(world, ledger, WANG)) == {rx: "dispense"}
 
@@ -191,6 +192,10 @@ def test_a_read_reads_a_bounded_number_of_prescriptions(world: World) -> None:  
       "fill_interval_days": 28, **LIVE}, "wait"),
     ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 0,
       "fill_interval_days": 1, **LIVE}, "dispense"),
+    # the interval counts China-local days, as the contract does: a fill at 08:00:00.001 (China)
+    # on day 0 lets the next one come from midnight of day 27, before 08:00
+    ({"status": "DISPENSED", "fills": 1, "max_fills": 2, "delivered_fills": 1, "last_fill_ms": 1,
+      "fill_interval_days": 27, **LIVE}, "dispense"),
     ({"status": "DELIVERED", "fills": 1, "max_fills": 1, "delivered_fills": 1}, "none"),
     ({"status": "REVOKED", **LIVE}, "none"), ({"status": "EXPIRED", **LIVE}, "none"),
     ({"status": "ERASED", **LIVE}, "none"), ({"status": "REJECTED", **LIVE}, "none"),

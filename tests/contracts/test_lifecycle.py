@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from tests.contracts.chain import DAY_MS, Who, admin, who
+from tests.contracts.chain import DAY_MS, T0_MS, Who, admin, who
 from tests.contracts.flows import (
     AUDITOR,
     CHEN,
@@ -336,6 +336,24 @@ def test_repeat_fill_window_expires(world: World) -> None:
     lock_and_dispense(world, prep).unwrap()
     world.chain.advance(30 * DAY_MS)  # window of fill 2: day 28 .. day 28 + validity
     assert call(world, "lock", WANG, prep.args["rx_id"]) == "EXPIRED"
+
+
+def test_repeat_fill_interval_counts_china_calendar_days(world: World) -> None:
+    """``fill_interval_days`` are China-local calendar days, as the fill's deadline is: fill 1
+    at 23:00 on the last day of validity, fill 2 may come from midnight 28 days on. The
+    interval used to count from the fill's millisecond, so fill 2 was TOO_EARLY until 23:00 of
+    the one day its validity left it (EXPIRED at midnight): a one-hour window."""
+    hour = 3_600_000
+    prep = approved(world, max_fills=2, fill_interval_days=28, **LONG,
+                    stability_assessment="stable", patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    world.chain.now = T0_MS + 13 * hour  # 2026-11-25 23:00 China time (issued 10:00, 1-day validity)
+    lock_and_dispense(world, prep).unwrap()
+    midnight = T0_MS + 14 * hour + 27 * DAY_MS  # 2026-12-23 00:00 China time, 28 days on
+    assert call(world, "lock", WANG, rx, at_ms=midnight - 1) == "TOO_EARLY"
+    world.chain.now = midnight
+    assert call(world, "lock", WANG, rx) == "OK"
+    assert dispense(world, prep).unwrap()["fill"] == 2
 
 
 def _shown(world: World, rx: str) -> dict[str, Any]:
