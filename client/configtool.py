@@ -71,7 +71,7 @@ from node.errors import RxError
 from node.fsutil import fsync_dir, replace_file
 from node.genesis import config_from_genesis
 from node.identity.msp import MSP
-from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
+from node.orderer.configtx import MAX_CONFIG_SIGNATURES, ConfigTracker, OrdererConfig, tx_type
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, unsupported
 
 MAX_UPDATE_BYTES = 4 << 20  # a proposal file read at most (a config of thousands of members)
@@ -664,9 +664,15 @@ def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.Consor
     check it (the signer's certificate valid under the config in force, its signature over the
     config bytes); BAD_CONFIG_UPDATE naming the first that is not -- ``signed_by`` is never just
     what a file claims (an admin deciding whether to sign may count on it), and one bad
-    signature makes the orderers refuse the whole update."""
+    signature makes the orderers refuse the whole update. An organisation signed twice (a file
+    edited: :func:`sign` adds one per organisation) would be counted twice by whoever reads
+    ``signed_by``, and more signatures than the orderers take (MAX_CONFIG_SIGNATURES) make
+    them refuse the update whoever signs it: both refused here too."""
+    if len(update.signatures) > MAX_CONFIG_SIGNATURES:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{len(update.signatures)} signatures: the orderers take at "
+                            f"most {MAX_CONFIG_SIGNATURES}")
     msp = MSP(current, verifier)
-    orgs = []
+    orgs: list[str] = []
     for i, sig in enumerate(update.signatures):
         ident = identity_pb2.Identity.FromString(sig.signer)
         try:
@@ -677,6 +683,9 @@ def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.Consor
         if principal.role != "admin":
             raise RxClientError("BAD_CONFIG_UPDATE", f"signature {i + 1} is by {principal.org}:{principal.role}, "
                                 "no admin")
+        if principal.org in orgs:
+            raise RxClientError("BAD_CONFIG_UPDATE", f"signature {i + 1}: {principal.org} has signed this "
+                                f"update already (signature {orgs.index(principal.org) + 1})")
         orgs.append(principal.org)
     return orgs
 

@@ -898,3 +898,31 @@ def test_a_block_after_an_orderer_certificate_rotation_is_checked_against_the_ne
     with pytest.raises(RxClientError) as old:
         _in_force(chain)
     assert old.value.reason == "LEDGER_INVALID" and "block 6" in old.value.message
+
+
+def test_a_file_signed_twice_for_one_organisation_or_beyond_the_orderers_bound_is_refused(
+        net_home: GeneratedNetwork) -> None:
+    # signed_by must name each organisation once: an admin counting signatures before signing (or
+    # submitting) would otherwise count one organisation twice; and a file the orderers refuse for its
+    # number of signatures alone is refused here, before anyone adds theirs
+    from node.orderer.configtx import MAX_CONFIG_SIGNATURES
+
+    current = net_home.config
+    now_ms = int(FIXED_NOW.timestamp() * 1000) + 60_000
+    update = configtool.propose(current, lambda c: setattr(c.batch, "timeout_ms", c.batch.timeout_ms + 1))
+    signed, _ = configtool.add_signature(update, load_identity(net_home.home, "h01", "admin"), current,
+                                         Verifier(), now_ms)
+    twice = config_pb2.ConfigUpdate()
+    twice.CopyFrom(signed)
+    twice.signatures.add().CopyFrom(signed.signatures[0])
+    with pytest.raises(RxClientError) as dup:
+        configtool.check_signatures(twice, current, Verifier(), now_ms)
+    assert dup.value.reason == "BAD_CONFIG_UPDATE" and "signature 2" in dup.value.message
+    assert "h01" in dup.value.message
+    many = config_pb2.ConfigUpdate()
+    many.CopyFrom(signed)
+    for _ in range(MAX_CONFIG_SIGNATURES):
+        many.signatures.add().CopyFrom(signed.signatures[0])
+    with pytest.raises(RxClientError) as bound:
+        configtool.check_signatures(many, current, Verifier(), now_ms)
+    assert bound.value.reason == "BAD_CONFIG_UPDATE" and str(MAX_CONFIG_SIGNATURES) in bound.value.message
