@@ -93,15 +93,33 @@ class PatientDirectory:
 
     @staticmethod
     def load(home: Path) -> PatientDirectory:
-        """Load ``HOME/patients.yaml`` (empty directory if absent)."""
+        """Load ``HOME/patients.yaml`` (empty directory if absent); BAD_CONFIG naming the file
+        if it is not UTF-8 YAML holding a ``patients`` list, or names one handle twice (the
+        last entry would silently win: a prescription for the wrong patient)."""
         path = Path(home) / DIRECTORY_FILE
         if not path.exists():
             return PatientDirectory([])
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:  # the position only: never the bytes around it
+            raise RxClientError("BAD_CONFIG", f"{path}: not UTF-8 text (offset {exc.start})") from exc
         except (OSError, yaml.YAMLError) as exc:
             raise RxClientError("BAD_CONFIG", f"{path}: {exc}") from exc
-        return PatientDirectory([patient_from_yaml(p) for p in raw.get("patients") or []])
+        entries = (raw.get("patients") or []) if isinstance(raw, dict) else None
+        if not isinstance(entries, list):
+            raise RxClientError("BAD_CONFIG", f"{path}: must be a mapping with a list of patients")
+        patients: list[Patient] = []
+        seen: set[str] = set()
+        for entry in entries:
+            try:
+                patient = patient_from_yaml(entry)
+            except RxClientError as exc:
+                raise RxClientError(exc.reason, f"{path}: {exc.message}") from exc
+            if patient.handle in seen:
+                raise RxClientError("BAD_CONFIG", f"{path}: patient {patient.handle[:64]!r} is listed twice")
+            seen.add(patient.handle)
+            patients.append(patient)
+        return PatientDirectory(patients)
 
     def all(self) -> list[Patient]:
         """Every known patient."""

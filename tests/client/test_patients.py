@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from client.errors import RxClientError
-from client.patients import PatientDirectory, patient_from_yaml, write_directory
+from client.patients import DIRECTORY_FILE, PatientDirectory, patient_from_yaml, write_directory
 
 ZHANG = {"name": "patient-zhang", "display_name": "Zhang Guilan", "id_number": "500103195803124428",
          "birth_date": "1958-03-12", "insurer": "ins01"}
@@ -65,3 +65,18 @@ def test_an_id_number_resolves_whatever_its_case_or_spacing():
     x = dict(ZHANG, name="patient-x", id_number="11010119900307001x")
     directory = PatientDirectory([patient_from_yaml(x)])
     assert directory.resolve(" 11010119900307001X ").handle == "patient-x"
+
+
+@pytest.mark.parametrize("data", [
+    b"patients:\n  - name: p\xff\n",  # not UTF-8
+    b"- name: p\n",  # a list, no mapping
+    b"patients: {name: p}\n",  # patients no list
+    b"patients:\n  - {name: p, id_number: '110101199003077777', birth_date: '1990-03-07'}\n"
+    b"  - {name: p, id_number: '110101199003071111', birth_date: '1990-03-07'}\n",  # one handle twice
+])
+def test_a_directory_that_is_no_list_of_distinct_patients_is_bad_config(tmp_path: Path, data: bytes) -> None:
+    (tmp_path / DIRECTORY_FILE).write_bytes(data)
+    with pytest.raises(RxClientError) as bad:
+        PatientDirectory.load(tmp_path)
+    assert bad.value.reason == "BAD_CONFIG" and str(tmp_path / DIRECTORY_FILE) in bad.value.message
+    assert "110101" not in bad.value.message
