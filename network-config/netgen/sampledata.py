@@ -115,6 +115,13 @@ def check_sample_data(doc: Any, path: Path) -> dict[str, Any]:
             if not isinstance(entry, dict):
                 raise _bad(path, f"{section}[{i}] must be a mapping")
             _check_fields(path, f"{section}[{i}]", entry, fields)
+    # a patient handle names one patient: HOME/patients.yaml resolves it (and refuses one listed
+    # twice), bootstrap binds it to her wallet -- twice, the first would get the last's binding
+    seen: set[str] = set()
+    for i, entry in enumerate(doc.get("patients") or []):
+        if entry["name"] in seen:
+            raise _bad(path, f"patients[{i}].name: patient {entry['name'][:64]!r} is listed twice")
+        seen.add(entry["name"])
     return doc
 
 

@@ -481,6 +481,9 @@ BAD_SAMPLE_DATA: list[tuple[str, Mutation, str]] = [
     ("id-number-type", lambda d: _patient(d).update(id_number=500103195803124428), "id_number must be a string"),
     ("section-not-list", lambda d: d.update(pharmacies={"org": "p01"}), "pharmacies must be a list"),
     ("version", lambda d: d.update(version=2), "version must be 1"),
+    # one handle twice: the directory would resolve it to the last, bootstrap bind both to one user
+    ("patient-twice", lambda d: d["patients"].append({**copy.deepcopy(_patient(d)), "id_number": "500103195803120000"}),
+     "patients[2].name: patient 'patient-zhang' is listed twice"),
 ]
 
 
