@@ -32,6 +32,9 @@ _ID_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 ORG_ID_MAX = 56  # "orderer." / "records." + 56 = 64, the longest common name
 NAME_MAX = 64
 DISPLAY_NAME_MAX = 256
+# attrs go into the member's certificate, which travels in every envelope she signs: unbounded,
+# one long value would make each of her transactions exceed limits.max_envelope_bytes
+ATTRS_MAX = 32
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 TOP_KEYS = frozenset({"consortium_id", "base_port", "batch", "limits", "policies", "organizations",
                       "host", "protocol_version"})
@@ -224,10 +227,15 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
             attrs = u.get("attrs") or {}
             if not isinstance(attrs, dict):
                 raise _bad(f"organisation {oid}: user {uname}: attrs must be a mapping")
+            if len(attrs) > ATTRS_MAX:
+                raise _bad(f"organisation {oid}: user {uname}: at most {ATTRS_MAX} attrs, got {len(attrs)}")
             for k, v in attrs.items():
                 if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (str, int)):
                     raise _bad(f"organisation {oid}: user {uname}: attrs {_show(k)}: names are strings, "
                                f"values strings or integers, got {_show(v)}")
+                if not 0 < len(k) <= NAME_MAX or len(str(v)) > DISPLAY_NAME_MAX:
+                    raise _bad(f"organisation {oid}: user {uname}: attrs {_show(k)}: names are 1 to {NAME_MAX} "
+                               f"characters, values at most {DISPLAY_NAME_MAX}")
             users.append(UserSpec(uname, role, {k: str(v) for k, v in attrs.items()}))
         name = _check_str(o.get("name", oid), f"organisation {oid}: name")
         orgs.append(OrgSpec(oid, name, kind, level, peer, orderer, tuple(users)))

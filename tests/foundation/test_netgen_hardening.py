@@ -74,6 +74,12 @@ BAD_DOCUMENTS: list[tuple[str, Mutation, str]] = [
      "values strings or integers"),
     ("attr-bool", lambda r: _org(r, "h01")["users"][0]["attrs"].update(internet=True),
      "values strings or integers"),
+    # a certificate larger than limits.max_envelope_bytes: every transaction of the user refused
+    ("attr-huge", lambda r: _org(r, "h01")["users"][0]["attrs"].update(dr_code="D" * 1_200_000),
+     "values at most 256"),
+    ("attr-name-empty", lambda r: _org(r, "h01")["users"][0]["attrs"].update({"": "x"}), "names are 1 to 64"),
+    ("attrs-many", lambda r: _org(r, "h01")["users"][0]["attrs"].update({f"a{i}": "x" for i in range(40)}),
+     "at most 32 attrs"),
     ("host-bad", lambda r: r.update(host="not a host!"), "must be an IP address or a DNS host name"),
     ("host-list", lambda r: r.update(host=["127.0.0.1"]), "must be an IP address or a DNS host name"),
     ("host-wildcard", lambda r: r.update(host="0.0.0.0"), "cannot be a wildcard"),
