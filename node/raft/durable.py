@@ -8,7 +8,9 @@ runs ahead of the disk. Layout under ``directory``: ``wal/`` (see ``node.raft.wa
 Recovery: the WAL replay yields the hard state, the position of the last recorded
 snapshot and the entries after it; the snapshot file at that position is loaded (it was
 written before its WAL marker, so it exists unless the disk lost it, which is fatal).
-Snapshot files newer than the last marker (a crash between the two writes) are ignored.
+Snapshot files newer than the last marker (a crash between the two writes) are ignored,
+and deleted when the WAL records the next snapshot; older files are pruned only then too,
+never the one the WAL records.
 
 A WAL without any segment is a brand-new node only if nothing else shows history: when
 ``snap/`` holds snapshot files (or the caller names other evidence, ``prior_history``, such
@@ -151,6 +153,7 @@ class DurableStorage:
         if snapshot is not None and not snapshot.is_empty:
             self._snapper.save(snapshot)
             self._wal.save_snapshot_mark(SnapshotMark(snapshot.meta.index, snapshot.meta.term))
+            self._release_snapshot_files()
             self._mem.apply_snapshot(snapshot)
         if hard_state is not None or entries:
             self._wal.save(hard_state, entries, sync=sync)
@@ -164,6 +167,7 @@ class DurableStorage:
         snap = self._mem.create_snapshot(index, conf_state, data)
         self._snapper.save(snap)
         self._wal.save_snapshot_mark(SnapshotMark(snap.meta.index, snap.meta.term))
+        self._release_snapshot_files()
         compact_to = index - self._keep_entries
         if compact_to > self._mem.first_index() - 1:
             self._mem.compact(compact_to)
@@ -171,6 +175,12 @@ class DurableStorage:
         carry = self._mem.entries(index + 1, last + 1) if last > index else []
         self._wal.release(carry)
         return snap
+
+    def _release_snapshot_files(self) -> None:
+        # Only once the WAL records the new snapshot, and relative to what it records (a
+        # marker at or below the recorded one is not written): never the file recovery loads.
+        mark = self._wal.snapshot_mark
+        self._snapper.release(mark.index, mark.term)
 
     def wal_segments(self) -> list[str]:
         """Paths of the WAL segment files (for tests and operators)."""

@@ -98,7 +98,8 @@ class Snapshotter:
         return f"snap-{term:016x}-{index:016x}.snap"
 
     def save(self, snap: Snapshot) -> str:
-        """Write ``snap`` atomically; returns its path. Older files beyond ``keep`` go."""
+        """Write ``snap`` atomically; returns its path. Nothing is deleted here: the caller
+        calls :meth:`release` once the WAL records the snapshot it relies on."""
         name = self.file_name(snap.meta.index, snap.meta.term)
         path = os.path.join(self._dir, name)
         tmp = path + ".tmp"
@@ -114,7 +115,6 @@ class Snapshotter:
         os.replace(tmp, path)
         if self._fsync:
             fsync_dir(self._dir)
-        self._prune()
         return path
 
     def positions(self) -> list[tuple[int, int]]:
@@ -145,6 +145,24 @@ class Snapshotter:
             return None
         return snap
 
-    def _prune(self) -> None:
-        for index, term in self.positions()[self._keep :]:
-            os.unlink(os.path.join(self._dir, self.file_name(index, term)))
+    def release(self, index: int, term: int) -> list[str]:
+        """Delete the files that are not needed once the WAL records the snapshot at
+        (``index``, ``term``): any newer file (saved, but a crash came before the WAL
+        recorded it, so never relied on) and the older ones beyond the newest ``keep``
+        (counting the recorded one). The recorded file itself is never deleted: recovery
+        loads it. Returns the removed paths.
+
+        (Pruning on save, as an earlier version did, let the stray files of a few such
+        crashes push the recorded snapshot out: the node could not start again.)"""
+        removed: list[str] = []
+        kept = 0
+        for pos in self.positions():
+            if pos != (index, term) and (pos[0] >= index or kept >= self._keep):
+                path = os.path.join(self._dir, self.file_name(*pos))
+                os.unlink(path)
+                removed.append(path)
+            else:
+                kept += 1
+        if removed and self._fsync:
+            fsync_dir(self._dir)
+        return removed

@@ -619,6 +619,11 @@ class WAL:
         removed.reverse()
         return removed
 
+    @property
+    def snapshot_mark(self) -> SnapshotMark:
+        """The last snapshot position recorded (recovered or written since)."""
+        return self._snapshot
+
     def segment_paths(self) -> list[str]:
         """Paths of the current segments, oldest first."""
         return [self._path(s) for s in self._segments]

@@ -421,6 +421,11 @@ def test_snapshot_file_roundtrip_and_damage(tmp_path):
     assert sn.load(7, 2) == snap
     for i in range(8, 12):
         sn.save(Snapshot(SnapshotMeta(i, 2, CONF), b"x"))
+    assert [p[0] for p in sn.positions()] == [11, 10, 9, 8, 7]  # saving deletes nothing
+    # released relative to the recorded one: newer files (never recorded) go, and older
+    # ones beyond keep
+    sn.save(Snapshot(SnapshotMeta(12, 2, CONF), b"x"))
+    assert len(sn.release(11, 2)) == 4
     assert [p[0] for p in sn.positions()] == [11, 10]
     path = tmp_path / Snapshotter.file_name(11, 2)
     raw = bytearray(path.read_bytes())
@@ -489,6 +494,57 @@ def test_snapshot_file_without_wal_marker_is_ignored(tmp_path):
     assert st2.snapshot().data == b"at-3"
     assert (st2.first_index(), st2.last_index()) == (4, 6)
     st2.close()
+
+
+def test_snapshot_files_a_crash_left_unmarked_never_prune_the_marked_one(tmp_path, monkeypatch):
+    """Crashes between saving a snapshot file and writing its WAL marker, one per run: the
+    stray newer files must not push the snapshot the WAL refers to out of the files kept
+    (the node could never start again: snapshot_missing)."""
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    st.save_ready(HardState(1, 1, 12), ents(1, 12), None)
+    st.create_snapshot(3, CONF, b"at-3")
+    st.close()
+    for index in (5, 7, 9, 11):
+        monkeypatch.setattr("node.raft.wal.WAL.save_snapshot_mark", _crash_before_mark)
+        st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+        with pytest.raises(Crash):
+            st.create_snapshot(index, CONF, b"at-%d" % index)
+        st.close()
+        monkeypatch.undo()
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    assert st.snapshot().data == b"at-3"
+    assert (st.first_index(), st.last_index()) == (4, 12)
+    # the recovered node snapshots (and prunes) on as before
+    st.create_snapshot(12, CONF, b"at-12")
+    st.close()
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    assert st.snapshot().data == b"at-12"
+    st.close()
+
+
+def test_a_received_snapshot_unmarked_by_a_crash_never_prunes_the_marked_one(tmp_path, monkeypatch):
+    """The same crash window when saving a snapshot received from the leader."""
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    st.save_ready(HardState(1, 1, 6), ents(1, 6), None)
+    st.create_snapshot(3, CONF, b"at-3")
+    st.close()
+    for index in (20, 30, 40):
+        monkeypatch.setattr("node.raft.wal.WAL.save_snapshot_mark", _crash_before_mark)
+        st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+        with pytest.raises(Crash):
+            st.save_ready(
+                HardState(2, 2, index), [], Snapshot(SnapshotMeta(index, 2, CONF), b"leader")
+            )
+        st.close()
+        monkeypatch.undo()
+    st = DurableStorage(tmp_path, bootstrap_conf_state=CONF)
+    assert st.snapshot().data == b"at-3"
+    assert st.hard_state == HardState(1, 1, 6)
+    st.close()
+
+
+def _crash_before_mark(self, mark):
+    raise Crash("power cut before the snapshot marker")
 
 
 # ---------------------------------------------------------------- crash safety of release
