@@ -15,6 +15,8 @@ sender's bound may be larger than its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 MIN_MESSAGE_BYTES = 64 << 10
 """The smallest ``limits.max_message_bytes`` a config may set (node.orderer.configrules)."""
 
@@ -31,6 +33,15 @@ def batch_budget(bound: int, cap: int) -> int:
     """Item bytes of one coalesced message under the message bound ``bound``: half of it, at
     most ``cap`` (the hop's own limit on work per message), at least 1 (one item per message)."""
     return max(1, min(cap, bound // 2))
+
+
+def budget_reader(message_bound: Callable[[], int] | None, cap: int) -> Callable[[], int]:
+    """A function giving :func:`batch_budget` of the bound ``message_bound()`` reads at each
+    call (the bound in force may change); without a bound, ``cap``."""
+    if message_bound is None:
+        return lambda: cap
+    bound = message_bound
+    return lambda: batch_budget(bound(), cap)
 
 
 def accept_budget(bound: int, cap: int) -> int:

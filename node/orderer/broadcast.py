@@ -52,7 +52,7 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
-from node.msgbound import batch_budget
+from node.msgbound import budget_reader
 from node.orderer.configrules import BAD_CONFIG_UPDATE
 from node.orderer.envelope_batch import BatchDecodeError, split_batch
 from node.orderer.metrics import OrdererMetrics
@@ -256,7 +256,6 @@ class BroadcastHandler:
         """``message_bound``: the gRPC message bound of the nodes its answers go to (none: one
         answer message holds up to ``max_answers_per_message`` answers, whatever they weigh)."""
         self._recent = recent
-        self._message_bound = message_bound
         self._settled_at = -1.0  # when a NOT_LEADER answer last waited for the leader to settle
         self._validator = validator
         self._orderer = orderer
@@ -265,11 +264,8 @@ class BroadcastHandler:
         self._opt = options or BroadcastOptions()
         self._clock = clock
         self._accepting = True
-        self.answer_bytes: Callable[[], int] | None = None if message_bound is None else self._answer_bytes
-
-    def _answer_bytes(self) -> int:
-        assert self._message_bound is not None
-        return batch_budget(self._message_bound(), self._opt.max_batch_bytes)
+        self.answer_bytes: Callable[[], int] | None = (
+            None if message_bound is None else budget_reader(message_bound, self._opt.max_batch_bytes))
 
     def stop_accepting(self) -> None:
         """Answer every new envelope SERVICE_UNAVAILABLE (graceful shutdown)."""

@@ -47,7 +47,7 @@ from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
-from node.msgbound import accept_budget, batch_budget
+from node.msgbound import accept_budget, budget_reader
 from node.orderer.broadcast import (
     BroadcastHandler,
     BroadcastOptions,
@@ -662,9 +662,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         # (or dialled) after a lowering, and at most this node's own until then after a raise
         return min(message_bound(), max_msg)
 
-    def forward_bytes() -> int:
-        return batch_budget(send_bound(), BroadcastOptions.max_batch_bytes)
-
+    forward_bytes = budget_reader(send_bound, BroadcastOptions.max_batch_bytes)
     forwarder: LeaderForwarder | Forwarder
     if forward_rpc == "batch":
         forwarder = LeaderForwarder(membership, channel, chain.leader_id, max_batch_bytes=forward_bytes)

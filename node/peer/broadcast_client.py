@@ -51,7 +51,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import ENVELOPE_REFUSALS, RxError
-from node.msgbound import batch_budget
+from node.msgbound import budget_reader
 from node.orderer.envelope_batch import encode_batch
 
 _log = logging.getLogger(__name__)
@@ -317,8 +317,9 @@ class BroadcastClient:
         self._probe_timeout = probe_timeout_s
         self._batched = batched
         self._max_batch = max_batch
-        self._max_batch_bytes = max_batch_bytes
-        self._message_bound = message_bound
+        # envelope bytes of one EnvelopeBatch: the orderer's server refuses a message over its
+        # bound as a whole (every envelope in it failed, outcome unknown)
+        self._batch_bytes = budget_reader(message_bound, max_batch_bytes)
         self.resubmitted = 0  # at most this many envelopes were sent again after a stream failure
         self.messages_sent = 0  # stream messages written over all streams (batching metric)
         self._count_lock = threading.Lock()  # counters only (taken on gRPC's writer threads)
@@ -399,13 +400,6 @@ class BroadcastClient:
                 if stalled:
                     _log.warning("event=broadcast_stalled orderer=%s draining=1", stream.endpoint.name)
                     stream.close()
-
-    def _batch_bytes(self) -> int:
-        """Envelope bytes of one EnvelopeBatch: the orderer's server refuses a message over its
-        bound as a whole (every envelope in it failed, outcome unknown)."""
-        if self._message_bound is None:
-            return self._max_batch_bytes
-        return batch_budget(self._message_bound(), self._max_batch_bytes)
 
     def _count_message(self) -> None:
         with self._count_lock:

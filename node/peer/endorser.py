@@ -42,7 +42,7 @@ from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
-from node.msgbound import batch_budget
+from node.msgbound import budget_reader
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS
 from node.peer.history import HistoryLedger, LedgerHistory
@@ -378,7 +378,7 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         cap is refused TOO_MANY_STREAMS; a gateway then asks this peer by unary calls)."""
         self._streams_cap = streams
         self._endorser = endorser
-        self._message_bound = message_bound
+        self._answer_bytes = budget_reader(message_bound, MAX_ANSWER_BYTES)
         self._own_pool = pool is None
         self._pool: Executor = pool or ThreadPoolExecutor(workers, thread_name_prefix="endorse-stream")
         self._lock = threading.Lock()
@@ -405,11 +405,6 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         if wait:
             with self._idle:
                 self._idle.wait_for(lambda: self._busy == 0, timeout=CLOSE_WAIT_S)
-
-    def _answer_bytes(self) -> int:
-        if self._message_bound is None:
-            return MAX_ANSWER_BYTES
-        return batch_budget(self._message_bound(), MAX_ANSWER_BYTES)
 
     def _endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         """:meth:`Endorser.endorse`, counted so that :meth:`close` can wait for it."""

@@ -32,7 +32,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import RxError, reason_from_rpc_error
-from node.msgbound import batch_budget
+from node.msgbound import budget_reader
 from node.stream_caps import TOO_MANY_STREAMS
 
 ChannelFactory = Callable[[str], grpc.Channel]
@@ -54,7 +54,9 @@ class _PeerStream:
                  clock: Clock, *, use_stream: bool = True,
                  message_bound: Callable[[], int] | None = None) -> None:
         self.ep = ep
-        self._message_bound = message_bound
+        # proposal bytes of one request message: the peer's server refuses a message over its
+        # bound as a whole (every proposal in it failed SERVICE_UNAVAILABLE)
+        self._batch_bytes = budget_reader(message_bound, MAX_SEND_BYTES)
         self._use_stream = use_stream
         self._stub = stub
         self._ids = ids
@@ -110,13 +112,6 @@ class _PeerStream:
         self._cancel = call.cancel
         threading.Thread(target=self._read, args=(call, self._generation), daemon=True,
                          name=f"endorse-stream-{self.ep.name}").start()
-
-    def _batch_bytes(self) -> int:
-        """Proposal bytes of one request message: the peer's server refuses a message over its
-        bound as a whole (every proposal in it failed SERVICE_UNAVAILABLE)."""
-        if self._message_bound is None:
-            return MAX_SEND_BYTES
-        return batch_budget(self._message_bound(), MAX_SEND_BYTES)
 
     def _read(self, call: Iterator[services_pb2.ProposalResponseBatch], generation: int) -> None:
         failure: RxError = StreamBroken("SERVICE_UNAVAILABLE", f"{self.ep.name}: endorsement stream ended")
