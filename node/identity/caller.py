@@ -23,6 +23,15 @@ from node.identity.msp import MSP, Principal
 # through the contracts' queries and follows her transactions with CommitStatus and Events.
 NO_BLOCK_ROLES = frozenset({"patient"})
 
+# Roles served every transaction and contract event of every block by Gateway.Events: the
+# member organisations' staff and nodes, who may stream the blocks themselves (every role
+# but NO_BLOCK_ROLES). Any other role -- a patient, or a role a later release adds until it
+# is listed here -- is served only the transactions its own certificate created: every
+# event names a prescription id, its status and the acting organisation, and her own
+# prescriptions she reads through the contracts' queries, which check she is their patient.
+FULL_EVENTS_ROLES = frozenset({
+    "doctor", "nurse", "pharmacist", "courier", "clerk", "admin", "auditor", "peer", "orderer", "client",
+})
 
 
 

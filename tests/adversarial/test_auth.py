@@ -266,11 +266,8 @@ def test_cluster_refusals_carry_the_reason_metadata(adv: AdvNet) -> None:
     assert set(reasons.values()) == {"PERMISSION_DENIED/NOT_AN_ORDERER"}, reasons
 
 
-def test_a_patient_certificate_cannot_stream_blocks(adv: AdvNet, case_table: CaseTable, tmp_path: Path) -> None:
-    """Blocks carry every patient's pseudonym, ciphertexts and wrapped keys: a patient's
-    certificate (valid, of her hospital's CA) is refused WRONG_ROLE by the peer's and the
-    orderer's Deliver, while CommitStatus, Events and Status -- what her device follows her
-    own transactions with -- still serve it."""
+def _h01_patient(adv: AdvNet, directory: Path) -> Path:
+    """A wallet directory holding a patient certificate (valid, of h01's CA) and its key."""
     import datetime as dt
 
     from cryptography import x509 as cx509
@@ -285,7 +282,15 @@ def test_a_patient_certificate_cannot_stream_blocks(adv: AdvNet, case_table: Cas
     cert = rx509.issue_cert(ca_cert, signing.load_private_key((ca_dir / "ca.key").read_bytes()), key.public_key(),
                             org="h01", role="patient", name="pt-reader", now=dt.datetime.now(dt.UTC),
                             hosts=("127.0.0.1", "localhost"))
-    patient = _write_member(tmp_path / "patient", cert, key)
+    return _write_member(directory, cert, key)
+
+
+def test_a_patient_certificate_cannot_stream_blocks(adv: AdvNet, case_table: CaseTable, tmp_path: Path) -> None:
+    """Blocks carry every patient's pseudonym, ciphertexts and wrapped keys: a patient's
+    certificate (valid, of her hospital's CA) is refused WRONG_ROLE by the peer's and the
+    orderer's Deliver, while CommitStatus, Events and Status -- what her device follows her
+    own transactions with -- still serve it."""
+    patient = _h01_patient(adv, tmp_path / "patient")
     before = adv.snapshot()
     outcomes = _chain_reads(adv, patient)
     case = case_table.add(Case("patient certificate streams blocks", "peer+orderer Deliver", "WRONG_ROLE",
@@ -297,3 +302,21 @@ def test_a_patient_certificate_cannot_stream_blocks(adv: AdvNet, case_table: Cas
                         "Gateway.Events": "SERVED", "Gateway.CommitStatus": "SERVED", "Admin.Status": "SERVED",
                         "orderer Admin.Status": "SERVED"}, outcomes
     assert case.passed, case
+
+
+def test_a_patient_certificates_events_name_no_other_members_transactions(adv: AdvNet, tmp_path: Path) -> None:
+    """Over mTLS, the peer serves a patient's certificate every block's events message but
+    only the transactions it created (none here: not the admins' lifecycle transactions, nor
+    their contract events), marked ``caller_txs_only``; a doctor's certificate is served them
+    all. Before, the patient was served every member's tx ids and events."""
+    req = services_pb2.EventsRequest(start_block=0, follow=False)
+    with foreign_channel(adv.cons.target(adv.peer("h01")), _h01_patient(adv, tmp_path / "patient"),
+                         adv.cons.net.ca_bundle_path) as ch:
+        mine = list(services_pb2_grpc.GatewayStub(ch).Events(req, timeout=10))
+    with channel(adv.cons.target(adv.peer("h01")), adv.user_creds("h01", "dr-test")) as ch:
+        full = list(services_pb2_grpc.GatewayStub(ch).Events(req, timeout=10))
+    assert set(adv.lifecycle_tx_ids) <= {t.tx_id for m in full for t in m.txs}
+    assert [(list(m.txs), list(m.events)) for m in mine] == [([], [])] * len(mine)
+    assert [m.block_number for m in mine] == [m.block_number for m in full[:len(mine)]]
+    assert mine and all(m.caller_txs_only for m in mine)
+    assert not any(m.caller_txs_only for m in full)

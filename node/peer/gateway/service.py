@@ -18,7 +18,7 @@ from node.peer.gateway.commit_status import commit_status
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.endorse import endorse
 from node.peer.gateway.evaluate import evaluate
-from node.peer.gateway.events import events
+from node.peer.gateway.events import events, own_txs_only
 from node.peer.gateway.submit import submit
 from node.peer.gateway.transact import start_reader, transact, transact_batch
 from node.stream_caps import StreamCaps, StreamSlot
@@ -163,8 +163,9 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.EventsResponse]:
         caller = self._check_caller(context)
         with self._streams.admit(context, caller.cert_der, "Gateway.Events"):
-            # a follower stream: ends when the call is cancelled, not counted in _inflight
-            yield from events(self._deps, request, context.is_active)
+            # a follower stream: ends when the call is cancelled, not counted in _inflight;
+            # a patient's certificate is served only its own transactions (events.py)
+            yield from events(self._deps, request, context.is_active, own_txs_only(caller))
 
     @guarded_stream
     def Transact(
