@@ -30,9 +30,18 @@ Record layout (all integers unsigned big-endian)::
 
 Record types and payloads::
 
-    1 ENTRY       u64 term | u64 index | u8 entry type | data (rest of the record)
-    2 HARD_STATE  u64 term | u64 vote | u64 commit
-    3 SNAPSHOT    u64 index | u64 term     (a snapshot file with this position was saved)
+    1 ENTRY            u64 term | u64 index | u8 entry type | data (rest of the record)
+    2 HARD_STATE       u64 term | u64 vote | u64 commit
+    3 SNAPSHOT         u64 index | u64 term     (a snapshot file with this position was saved)
+    4 HARD_STATE_LOST  u64 term | u64 vote | u64 commit | u64 lost_until
+
+HARD_STATE_LOST is the hard state of a node its leader told it lost entries it had
+acknowledged (MessageType.STATE_LOST, ``HardState.lost_until``): no vote before its commit
+index reaches ``lost_until``. It is written only while that ban holds; every other hard
+state is a HARD_STATE record, as earlier releases wrote (and read: a WAL holding a
+HARD_STATE_LOST record is refused by a release before it, ``unknown record type 4``, until
+compaction dropped the segment). A HARD_STATE record means no ban, so a WAL written by an
+earlier release recovers without one, and the hard state lifting a ban clears it.
 
 Replay semantics: an ENTRY whose (index, term) is already in the log is skipped (by Raft's
 log matching property it is the same entry, and the entries after it stay: this is what
@@ -41,7 +50,7 @@ ENTRY at an index already present with another term truncates the log from that 
 (conflicting tail replaced by the leader); entries at or below the snapshot index are
 ignored; a SNAPSHOT record keeps the entries after it only when the log holds an entry with
 the snapshot's (index, term), otherwise it discards them (Raft's install-snapshot rule); the
-last HARD_STATE wins. Any other ENTRY above the next index is a gap (WALCorrupt), with one
+last HARD_STATE or HARD_STATE_LOST record wins. Any other ENTRY above the next index is a gap (WALCorrupt), with one
 exception: the very first entry replayed may start in the middle of the log (the oldest
 segments of a compaction interrupted while deleting them oldest first) provided a later
 SNAPSHOT record moves the snapshot past it (re-bases the log) and every entry above the
@@ -103,11 +112,13 @@ _log = logging.getLogger(__name__)
 REC_ENTRY = 1
 REC_HARD_STATE = 2
 REC_SNAPSHOT = 3
+REC_HARD_STATE_LOST = 4
 
 _HEAD = struct.Struct(">II")
 HEAD_SIZE = _HEAD.size
 _ENTRY_HEAD = struct.Struct(">QQB")
 _HS = struct.Struct(">QQQ")
+_HS_LOST = struct.Struct(">QQQQ")
 _SNAP = struct.Struct(">QQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -117,12 +128,13 @@ _TMP_RE = re.compile(r"^wal-([0-9a-f]{16})\.log\.tmp$")
 
 
 # Where a record may start (a prefilter; _find_valid_record checks the rest): the length
-# and type of a HARD_STATE (1 + 24 bytes) or SNAPSHOT (1 + 16) record, or an ENTRY record:
-# a length whose first byte allows at most MAX_RECORD_BYTES, the CRC, the type, u64 term,
-# u64 index and a known entry type.
+# and type of a HARD_STATE (1 + 24 bytes), SNAPSHOT (1 + 16) or HARD_STATE_LOST (1 + 32)
+# record, or an ENTRY record: a length whose first byte allows at most MAX_RECORD_BYTES, the
+# CRC, the type, u64 term, u64 index and a known entry type.
 _RECORD_START = re.compile(
     rb"(?=\x00\x00\x00\x19.{4}\x02"
     rb"|\x00\x00\x00\x11.{4}\x03"
+    rb"|\x00\x00\x00\x21.{4}\x04"
     rb"|[\x00-\x10].{7}\x01.{16}[\x00\x01])",
     re.DOTALL,
 )
@@ -187,7 +199,11 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def encode_hard_state(hs: HardState) -> bytes:
-    """HARD_STATE record."""
+    """HARD_STATE record, or HARD_STATE_LOST while ``hs`` holds a lost-state ban."""
+    if hs.lost_until:
+        return encode_record(
+            REC_HARD_STATE_LOST, _HS_LOST.pack(hs.term, hs.vote, hs.commit, hs.lost_until)
+        )
     return encode_record(REC_HARD_STATE, _HS.pack(hs.term, hs.vote, hs.commit))
 
 
@@ -293,6 +309,10 @@ class _Replay:
             if len(payload) != _HS.size:
                 raise WALCorrupt(path, offset, "hard state record has wrong size")
             st.hard_state = HardState(*_HS.unpack(payload))
+        elif rec_type == REC_HARD_STATE_LOST:
+            if len(payload) != _HS_LOST.size:
+                raise WALCorrupt(path, offset, "lost-state hard state record has wrong size")
+            st.hard_state = HardState(*_HS_LOST.unpack(payload))
         elif rec_type == REC_SNAPSHOT:
             if len(payload) != _SNAP.size:
                 raise WALCorrupt(path, offset, "snapshot record has wrong size")
