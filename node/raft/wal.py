@@ -61,7 +61,10 @@ what the mid-log start held; if the rewrite starts right after the snapshot no g
 an entry below the first one held in any other case is WALCorrupt.
 
 Durability: :meth:`WAL.save` writes all records of one Raft ``Ready`` with one ``write`` and
-one ``fsync`` before returning; the driver sends messages only afterwards. A failed write or
+one ``fsync`` before returning; the driver sends messages only afterwards. Opening a WAL
+fsyncs its last segment before returning what replay recovered: after a crash of the process
+(not of the machine) replay reads records whose fsync never happened from the page cache, and
+the restarted node acts on them. A failed write or
 fsync of the open segment, or a failure once a new segment may have been renamed into place, makes the WAL refuse
 further writes (``wal_failed``) until it is reopened (recovered from disk): appending after
 part of a record, or into a segment that is no longer the last, would damage the log. A new
@@ -70,10 +73,11 @@ segment's creation failing before its rename (e.g. ENOSPC) leaves the open segme
 Recovery: damage at the end of the last segment that a crash in the middle of a save can
 leave is truncated away with a WARNING; those bytes were never acknowledged. That is: a
 record header or record running past end of file (a partial write); nothing but zero bytes
-from the damaged record to end of file (zero fill); or a record failing its checksum whose
-body is zero from a SECTOR_BYTES-aligned file offset to end of file (the sectors of the
-write from there on never reached the disk though the file size covers them; etcd's torn
-entry check, made stricter: the zero sectors must run to end of file). Even then, if a
+from the damaged record to end of file (zero fill); or a record failing its checksum that
+is zero from a SECTOR_BYTES-aligned file offset in its body or its checksum field to end of
+file (the sectors of the write from there on never reached the disk though the file size
+covers them; etcd's torn entry check, made stricter: the zero sectors must run to end of
+file). Even then, if a
 valid record (known type and payload size, sane length, matching checksum) starts anywhere
 after the damaged offset, the damage is WALCorrupt: a crash leaves nothing valid after a
 torn write, while e.g. one flipped bit in a length field makes a record "run past end of
@@ -116,6 +120,7 @@ REC_HARD_STATE_LOST = 4
 
 _HEAD = struct.Struct(">II")
 HEAD_SIZE = _HEAD.size
+_CRC_AT = 4  # offset of the checksum field in a record
 _ENTRY_HEAD = struct.Struct(">QQB")
 _HS = struct.Struct(">QQQ")
 _HS_LOST = struct.Struct(">QQQQ")
@@ -381,9 +386,14 @@ class WAL:
             self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND)
             self._write_pos = os.fstat(self._fd).st_size
             # Replay read the file through the page cache: after a crash of the process (not
-            # of the machine) it may end in a commit-only hard state written without fsync.
-            # Syncing it before a newer segment exists keeps a torn tail in the last one only.
-            self._dirty = fsync
+            # of the machine) it may end in records never fsynced (a commit-only hard state,
+            # or a save whose fsync the crash interrupted: a term, a vote, entries). The node
+            # acts on what replay recovered at once -- it votes again for the vote recovered,
+            # acknowledges the entries -- with no new save to sync them: a power loss then
+            # would take back a vote or acknowledged entries. Synced now, before the caller
+            # relies on any of it (which also keeps a torn tail in the last segment only).
+            if fsync:
+                self._timed_fsync(self._fd)
         self._closed = False
 
     # ------------------------------------------------------------------ recovery
@@ -445,15 +455,15 @@ class WAL:
                 elif end > size:
                     problem, torn = f"record of {length} bytes runs past end of file", True
                 elif zlib.crc32(data[pos + HEAD_SIZE : end]) != crc:
-                    zero_at = _zero_sectors_to_eof(data, pos + HEAD_SIZE, end)
+                    zero_at = _zero_sectors_to_eof(data, pos + _CRC_AT, end)
                     if zero_at is None:
                         # A complete record: it was written whole and fsynced; damage,
                         # not a torn write.
                         problem, torn = "checksum mismatch in a complete record", False
                     else:
-                        # Its body is zero from a sector boundary to end of file: the
-                        # sectors of a write that never reached the disk (the file size
-                        # already covered them).
+                        # It is zero from a sector boundary (in its body, or in its
+                        # checksum field) to end of file: the sectors of a write that
+                        # never reached the disk (the file size already covered them).
                         problem, torn = (
                             f"checksum mismatch in a record zero from offset {zero_at} to "
                             "end of file", True,
@@ -659,10 +669,10 @@ def _all_zero(data: bytes, start: int) -> bool:
     return data.count(0, start) == len(data) - start
 
 
-def _zero_sectors_to_eof(data: bytes, body: int, end: int) -> int | None:
-    """The first SECTOR_BYTES-aligned file offset in ``[body, end)`` (a record's body)
-    from which ``data`` is all zero to end of file, or None."""
-    zero_from = max(len(data.rstrip(b"\0")), body)
+def _zero_sectors_to_eof(data: bytes, start: int, end: int) -> int | None:
+    """The first SECTOR_BYTES-aligned file offset in ``[start, end)`` (a record's checksum
+    field and body) from which ``data`` is all zero to end of file, or None."""
+    zero_from = max(len(data.rstrip(b"\0")), start)
     aligned = -(-zero_from // SECTOR_BYTES) * SECTOR_BYTES
     return aligned if aligned < end else None
 
