@@ -393,7 +393,11 @@ class WAL:
             # would take back a vote or acknowledged entries. Synced now, before the caller
             # relies on any of it (which also keeps a torn tail in the last segment only).
             if fsync:
-                self._timed_fsync(self._fd)
+                try:
+                    self._timed_fsync(self._fd)
+                except BaseException:
+                    os.close(self._fd)  # the WAL does not open: nobody would close it
+                    raise
         self._closed = False
 
     # ------------------------------------------------------------------ recovery

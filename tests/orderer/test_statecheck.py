@@ -425,10 +425,11 @@ def _follower_with_check(tmp_path: Path) -> tuple[Chain, DurableStorage, BlockSt
 
 def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
+    """The Raft core withheld the vote of a follower its leader told it lost acknowledged
     entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
     storage is no longer blank (the leader's term), so without the marker nobody was asked
-    and it voted at once with a log short of what it had acknowledged."""
+    and it voted at once with a log short of what it had acknowledged. (The ban is durable
+    now too, see the next tests; the marker still makes the restart ask the others.)"""
     chain, storage, blocks, check = _follower_with_check(tmp_path)
     raft_dir = tmp_path / "o2" / "raft"
     chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())

@@ -1248,3 +1248,25 @@ def test_the_orderer_refuses_to_start_when_its_data_directory_cannot_be_synced(t
         open_block_store(home / "data", toy_block(0, GENESIS_PREVIOUS_HASH))
     assert err.value.reason == "IO_ERROR" and str(home / "data" / "blocks") in err.value.message
     assert "EIO" in err.value.message
+
+
+def test_a_wal_whose_fsync_fails_as_it_opens_refuses_to_open_and_leaves_no_descriptor(tmp_path, monkeypatch):
+    """The sync at open (see test_a_reopened_wal_syncs_what_replay_read_before_the_node_acts_on_it)
+    failing (EIO) is a failed start, not a WAL running on unsynced state."""
+    import node.raft.wal as wal_mod
+
+    WAL(tmp_path).close()
+    fake = CrashingOs(None)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "fsync failed")
+
+    fake.fsync = failing_fsync  # type: ignore[method-assign]
+    monkeypatch.setattr(wal_mod, "os", fake)
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(OSError, match="fsync failed"):
+            WAL(tmp_path)
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    assert set(os.listdir("/proc/self/fd")) <= before
