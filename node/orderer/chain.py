@@ -284,6 +284,16 @@ class Chain:
         self._state_lost_listeners: list[Callable[[bool], None]] = []
         self._lost_told_until = 0  # the highest commit index a leader's MsgStateLost named
         self._lost_catching_up = False  # told, and not yet caught up
+        recovered_ban = self._node.hard_state.lost_until
+        if recovered_ban:
+            # told before a restart and not caught up since: the ban is in the Raft hard
+            # state, and the core withholds the vote again (the status shows it unconfirmed)
+            self._lost_told_until = recovered_ban
+            self._lost_catching_up = True
+            _log.error("event=raft_state_lost_recovered orderer=%d until=%d commit=%d: a leader told "
+                       "this orderer before its restart that it lost Raft entries it had acknowledged; "
+                       "no vote before its commit index reaches %d; see README: Recovery", raft_id,
+                       recovered_ban, self._node.hard_state.commit, recovered_ban)
         self._conf_state_listeners: list[Callable[[ConfState], None]] = []
         window = self._opt.repeated_ack_window_s
         self._ack_window_s = (
@@ -375,12 +385,13 @@ class Chain:
     def add_state_lost_listener(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(True)`` from the driver thread when the leader tells this orderer it
         lost entries it had acknowledged and the Raft core withholds its vote for it
-        (MessageType.STATE_LOST), and ``listener(False)`` once its commit index reached the
-        one it was told (durably: after the Ready that carried it). The withholding lives in
-        memory only, so the server leaves the blank-start marker (node.orderer.statecheck)
-        meanwhile, which keeps the orderer unconfirmed across a restart until the other
-        orderers' commit is reached, and removes it once caught up. It must not block for
-        long. Register before :meth:`start`."""
+        (MessageType.STATE_LOST), once that ban is durable (in the Raft hard state,
+        ``HardState.lost_until``, after the Ready that carried it), and ``listener(False)``
+        once its commit index reached the one it was told (durably too: the Ready lifting the
+        ban is synced). A restart before it caught up recovers the ban: the core withholds the
+        vote again, and ``listener(True)`` is called again when the driver starts. The server
+        leaves the blank-start marker (node.orderer.statecheck) meanwhile and removes it once
+        caught up. It must not block for long. Register before :meth:`start`."""
         self._state_lost_listeners.append(listener)
 
     def add_conf_state_listener(self, listener: Callable[[ConfState], None]) -> None:
@@ -424,6 +435,11 @@ class Chain:
 
     def _run(self) -> None:
         try:
+            if self._lost_catching_up:
+                # the ban recovered from the hard state: the listeners hear of it again (a
+                # crash may have come between saving it and telling them)
+                for listener in self._state_lost_listeners:
+                    listener(True)
             if self._pending_snapshot_catch_up is not None:
                 self._catch_up_to_snapshot(self._pending_snapshot_catch_up)
                 self._pending_snapshot_catch_up = None
@@ -497,18 +513,8 @@ class Chain:
                 _log.warning("event=raft_message_invalid from=%d error=%r: dropped", payload.frm, str(err))
             if payload.type == MessageType.APP_RESP and payload.reject:
                 self._report_lost_followers()
-            elif (payload.type == MessageType.STATE_LOST and self._node.withholds_votes
-                  and payload.commit > self._lost_told_until):
-                # the core took it (a follower of that leader); the leader tells it again with
-                # every heartbeat until it caught up: logged and marked once
-                self._lost_told_until = payload.commit
-                _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
-                           "this orderer rejecting Raft entries it had acknowledged (its data directory "
-                           "emptied or lost?); no vote before its commit index reaches %d; see README: "
-                           "Recovery", self._id, payload.frm, payload.commit, payload.commit)
-                self._lost_catching_up = True
-                for listener in self._state_lost_listeners:
-                    listener(True)
+            # a MessageType.STATE_LOST the core took sets its ban (HardState.lost_until): acted
+            # on once the Ready carrying it is durable (_process_ready, _lost_told)
         elif kind == "submit":
             envelope, ticket, is_config = cast(tuple[bytes, Ticket, bool], payload)
             self._on_submit(envelope, ticket, is_config)
@@ -867,6 +873,8 @@ class Chain:
             if early:
                 self._send(rd.messages)
             self._storage.save_ready(rd.hard_state, rd.entries, rd.snapshot, sync=rd.must_sync)
+            if rd.hard_state is not None and rd.hard_state.lost_until > self._lost_told_until:
+                self._lost_told(rd.hard_state.lost_until)
             if rd.snapshot is not None and not rd.snapshot.is_empty:
                 # Before the messages: they acknowledge the snapshot, and the leader must not
                 # count this node as holding it (e.g. promote it from learner to voter) while
@@ -883,6 +891,21 @@ class Chain:
                 for listener in self._state_lost_listeners:
                     listener(False)
             self._refresh_status()
+
+    def _lost_told(self, until: int) -> None:
+        """A leader told this orderer it lost entries it had acknowledged (MessageType.STATE_LOST)
+        and the Raft core withholds its vote until its commit index reaches ``until``; the ban
+        is durable now (in the hard state just saved). The leader tells it again with every
+        heartbeat until it caught up: logged and the listeners told once (again only for a
+        higher ``until``)."""
+        self._lost_told_until = until
+        _log.error("event=raft_state_lost_told orderer=%d leader=%d until=%d: the leader found "
+                   "this orderer rejecting Raft entries it had acknowledged (its data directory "
+                   "emptied or lost?); no vote before its commit index reaches %d; see README: "
+                   "Recovery", self._id, self._node.soft_state.leader, until, until)
+        self._lost_catching_up = True
+        for listener in self._state_lost_listeners:
+            listener(True)
 
     def _send(self, messages: Sequence[Message]) -> None:
         """Hand a Ready's messages to the transport, less the redundant ones."""

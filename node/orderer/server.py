@@ -628,9 +628,10 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         transport.drop_departed()
 
     chain.add_conf_state_listener(follow_raft)
-    # told it lost acknowledged entries: unconfirmed after a restart until caught up (the
-    # core forgets); the marker goes once it caught up, else a restart finding the others'
-    # commit index ahead (they ran on meanwhile) would withhold its vote again
+    # told it lost acknowledged entries: the Raft core's ban is durable (its hard state) and
+    # the marker keeps it unconfirmed after a restart too, until the others confirm it; the
+    # marker goes once it caught up, else a restart finding the others' commit index ahead
+    # (they ran on meanwhile) would withhold its vote again
     def state_lost(lost: bool) -> None:
         if lost:
             state_check.mark_unconfirmed()

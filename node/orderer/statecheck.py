@@ -28,8 +28,9 @@ index and its height) before it may vote or campaign (:func:`judge`):
   meanwhile, so its storage is no longer blank, but it is no safer a voter. The server leaves
   it too when a leader tells a running orderer it lost entries it had acknowledged
   (MessageType.STATE_LOST, ``Chain.add_state_lost_listener``): the Raft core withholds that
-  orderer's vote in memory only, and a restart before it caught up must not end it (the
-  marker goes once its commit index reached the one it was told).
+  orderer's vote until its commit index reaches the one it was told, durably (the ban is in
+  its Raft hard state, recovered at a restart), and the marker makes a restart before it
+  caught up ask the others as well (it goes once caught up).
 
 An unconfirmed orderer that did receive entries meanwhile (from a leader elected without its
 vote) and then hears of a voter with blocks is either a founding orderer started a little after

@@ -109,7 +109,8 @@ class Raft:
         # never retransmitted, and the follower would vote with its short log)
         self.lost_told: dict[int, int] = {}
         # told by a leader that we lost acknowledged entries (MsgStateLost): no votes and no
-        # campaigns while our commit index is below this (its commit index then); not durable
+        # campaigns while our commit index is below this (its commit index then); durable,
+        # in the hard state (HardState.lost_until), and recovered from it at start
         self.lost_until = 0
         self._step: StepFn = Raft._step_follower
         self._tick: TickFn = Raft._tick_election
@@ -136,8 +137,14 @@ class Raft:
 
     # -- state accessors -----------------------------------------------------------------
     def hard_state(self) -> HardState:
-        """Current (term, vote, commit)."""
-        return HardState(self.term, self.vote, self.log.committed)
+        """Current (term, vote, commit, lost-state ban: 0 once lifted)."""
+        return HardState(self.term, self.vote, self.log.committed, self.lost_ban())
+
+    def lost_ban(self) -> int:
+        """The commit index this node must reach before it votes or campaigns again, having
+        been told it lost acknowledged entries (MsgStateLost); 0 when there is no such ban or
+        our commit index reached it (the ban is lifted, and cleared in storage with it)."""
+        return self.lost_until if self.log.committed < self.lost_until else 0
 
     def soft_state(self) -> SoftState:
         """Current (leader, role)."""
@@ -159,6 +166,9 @@ class Raft:
         self.log.committed = max(hs.commit, self.log.committed)
         self.term = hs.term
         self.vote = hs.vote
+        # a ban recorded before a restart still holds: the node lost acknowledged entries and
+        # has not caught up since (absent from storage written by earlier releases: no ban)
+        self.lost_until = hs.lost_until
 
     def promotable(self) -> bool:
         """May this node become leader (a voter without a pending snapshot whose state is
@@ -175,7 +185,7 @@ class Raft:
     def withholds_votes(self) -> bool:
         """No vote, no pre-vote, no campaign: blank storage the application has not confirmed
         new, or a leader told us we lost acknowledged entries and we have not caught up since."""
-        return self.state_unconfirmed or self.log.committed < self.lost_until
+        return self.state_unconfirmed or self.lost_ban() > 0
 
     # -- sending -------------------------------------------------------------------------
     def _send(

@@ -5,7 +5,8 @@ compaction point); writes go to the WAL (fsync) before memory is updated, so mem
 runs ahead of the disk. Layout under ``directory``: ``wal/`` (see ``node.raft.wal``) and
 ``snap/`` (see ``node.raft.snapshotter``).
 
-Recovery: the WAL replay yields the hard state, the position of the last recorded
+Recovery: the WAL replay yields the hard state (with the lost-state ban,
+``HardState.lost_until``, if one holds), the position of the last recorded
 snapshot and the entries after it; the snapshot file at that position is loaded (it was
 written before its WAL marker, so it exists unless the disk lost it, which is fatal).
 Snapshot files newer than the last marker (a crash between the two writes) are ignored,
@@ -104,10 +105,10 @@ class DurableStorage:
         self.truncated_tail_bytes = rec.truncated_tail_bytes
         hs = rec.hard_state
         _log.info(
-            "event=raft_storage_recovered dir=%r term=%d vote=%d commit=%d snapshot=%d "
-            "first_index=%d last_index=%d",
-            str(base), hs.term, hs.vote, hs.commit, rec.snapshot.index, self.first_index(),
-            self.last_index(),
+            "event=raft_storage_recovered dir=%r term=%d vote=%d commit=%d lost_until=%d "
+            "snapshot=%d first_index=%d last_index=%d",
+            str(base), hs.term, hs.vote, hs.commit, hs.lost_until, rec.snapshot.index,
+            self.first_index(), self.last_index(),
         )
 
     # ------------------------------------------------------------------ Storage protocol

@@ -11,9 +11,10 @@ Driving loop (one thread / one asyncio task per node; RawNode is not thread-safe
         rd = node.ready()
         1. PERSIST  rd.snapshot (if not None), then rd.entries (append; an entry whose index
                     is already stored replaces it and the whole tail after it), then
-                    rd.hard_state (if not None). If rd.must_sync, fsync before step 2.
-                    (must_sync is False only for a commit-only hard-state change, which may
-                    be written lazily: losing it on a crash is safe.)
+                    rd.hard_state (if not None; all of it, ``lost_until`` included). If
+                    rd.must_sync, fsync before step 2. (must_sync is False only for a
+                    commit-only hard-state change, which may be written lazily: losing it on
+                    a crash is safe.)
         2. SEND     rd.messages, only now: a vote or an append acknowledgement must never
                     leave the node before the state it promises is durable. Sending is
                     best-effort; lost messages are recovered by the protocol. (One
@@ -158,7 +159,8 @@ class RawNode:
     def withholds_votes(self) -> bool:
         """True while the node refuses votes and does not campaign: its state is unconfirmed,
         or its leader told it it lost acknowledged entries (MessageType.STATE_LOST) and its
-        commit index has not yet reached the leader's."""
+        commit index has not yet reached the leader's (``HardState.lost_until``: durable, so
+        a restart before it caught up keeps it)."""
         return self.raft.withholds_votes()
 
     @property
@@ -209,6 +211,8 @@ class RawNode:
             return True
         if r.term != ph.term or r.vote != ph.vote or log.committed != ph.commit:
             return True
+        if r.lost_ban() != ph.lost_until:
+            return True
         return log.committed > log.applied and log.has_next_committed_ents()
 
     def ready(self) -> Ready:
@@ -225,7 +229,15 @@ class RawNode:
         must_sync = (
             bool(entries)
             or snap is not None
-            or (hard is not None and (hs.term != prev.term or hs.vote != prev.vote))
+            or (
+                hard is not None
+                and (
+                    hs.term != prev.term
+                    or hs.vote != prev.vote
+                    # the lost-state ban, set or lifted: durable before we act on it
+                    or hs.lost_until != prev.lost_until
+                )
+            )
         )
         rd = Ready(
             soft_state=ss if ss != self._prev_soft else None,
@@ -286,7 +298,8 @@ class RawNode:
 
     @property
     def hard_state(self) -> HardState:
-        """Current term, vote and commit (as the core sees them, maybe not yet persisted)."""
+        """Current term, vote, commit and lost-state ban (as the core sees them, maybe not
+        yet persisted)."""
         return self.raft.hard_state()
 
 

@@ -44,11 +44,17 @@ ENTRY_OVERHEAD = 24
 
 @dataclass(frozen=True, slots=True)
 class HardState:
-    """State that must be durable before any message depending on it is sent."""
+    """State that must be durable before any message depending on it is sent.
+
+    ``lost_until``: a leader told this node it lost entries it had acknowledged
+    (MessageType.STATE_LOST); it neither votes nor campaigns until its commit index reaches
+    this (the leader's commit index then). 0: no such ban (also whenever ``commit`` reached
+    it: the core reports a lifted ban as 0, so it is cleared in storage too)."""
 
     term: int = 0
     vote: int = 0
     commit: int = 0
+    lost_until: int = 0
 
 
 EMPTY_HARD_STATE = HardState()
@@ -248,8 +254,9 @@ class Ready:
     * ``snapshot``: persist and apply (None when there is none).
     * ``messages``: send only AFTER entries, hard state and snapshot are durable.
     * ``committed_entries``: apply in order, after persisting.
-    * ``must_sync``: True when entries, term or vote changed (fsync needed before sending);
-      a commit-only hard-state change may be written lazily.
+    * ``must_sync``: True when entries, term, vote or the lost-state ban (``lost_until``)
+      changed (fsync needed before sending); a commit-only hard-state change may be written
+      lazily.
     """
 
     soft_state: SoftState | None

@@ -30,9 +30,18 @@ Record layout (all integers unsigned big-endian)::
 
 Record types and payloads::
 
-    1 ENTRY       u64 term | u64 index | u8 entry type | data (rest of the record)
-    2 HARD_STATE  u64 term | u64 vote | u64 commit
-    3 SNAPSHOT    u64 index | u64 term     (a snapshot file with this position was saved)
+    1 ENTRY            u64 term | u64 index | u8 entry type | data (rest of the record)
+    2 HARD_STATE       u64 term | u64 vote | u64 commit
+    3 SNAPSHOT         u64 index | u64 term     (a snapshot file with this position was saved)
+    4 HARD_STATE_LOST  u64 term | u64 vote | u64 commit | u64 lost_until
+
+HARD_STATE_LOST is the hard state of a node its leader told it lost entries it had
+acknowledged (MessageType.STATE_LOST, ``HardState.lost_until``): no vote before its commit
+index reaches ``lost_until``. It is written only while that ban holds; every other hard
+state is a HARD_STATE record, as earlier releases wrote (and read: a WAL holding a
+HARD_STATE_LOST record is refused by a release before it, ``unknown record type 4``, until
+compaction dropped the segment). A HARD_STATE record means no ban, so a WAL written by an
+earlier release recovers without one, and the hard state lifting a ban clears it.
 
 Replay semantics: an ENTRY whose (index, term) is already in the log is skipped (by Raft's
 log matching property it is the same entry, and the entries after it stay: this is what
@@ -41,7 +50,7 @@ ENTRY at an index already present with another term truncates the log from that 
 (conflicting tail replaced by the leader); entries at or below the snapshot index are
 ignored; a SNAPSHOT record keeps the entries after it only when the log holds an entry with
 the snapshot's (index, term), otherwise it discards them (Raft's install-snapshot rule); the
-last HARD_STATE wins. Any other ENTRY above the next index is a gap (WALCorrupt), with one
+last HARD_STATE or HARD_STATE_LOST record wins. Any other ENTRY above the next index is a gap (WALCorrupt), with one
 exception: the very first entry replayed may start in the middle of the log (the oldest
 segments of a compaction interrupted while deleting them oldest first) provided a later
 SNAPSHOT record moves the snapshot past it (re-bases the log) and every entry above the
@@ -52,7 +61,10 @@ what the mid-log start held; if the rewrite starts right after the snapshot no g
 an entry below the first one held in any other case is WALCorrupt.
 
 Durability: :meth:`WAL.save` writes all records of one Raft ``Ready`` with one ``write`` and
-one ``fsync`` before returning; the driver sends messages only afterwards. A failed write or
+one ``fsync`` before returning; the driver sends messages only afterwards. Opening a WAL
+fsyncs its last segment before returning what replay recovered: after a crash of the process
+(not of the machine) replay reads records whose fsync never happened from the page cache, and
+the restarted node acts on them. A failed write or
 fsync of the open segment, or a failure once a new segment may have been renamed into place, makes the WAL refuse
 further writes (``wal_failed``) until it is reopened (recovered from disk): appending after
 part of a record, or into a segment that is no longer the last, would damage the log. A new
@@ -61,10 +73,11 @@ segment's creation failing before its rename (e.g. ENOSPC) leaves the open segme
 Recovery: damage at the end of the last segment that a crash in the middle of a save can
 leave is truncated away with a WARNING; those bytes were never acknowledged. That is: a
 record header or record running past end of file (a partial write); nothing but zero bytes
-from the damaged record to end of file (zero fill); or a record failing its checksum whose
-body is zero from a SECTOR_BYTES-aligned file offset to end of file (the sectors of the
-write from there on never reached the disk though the file size covers them; etcd's torn
-entry check, made stricter: the zero sectors must run to end of file). Even then, if a
+from the damaged record to end of file (zero fill); or a record failing its checksum that
+is zero from a SECTOR_BYTES-aligned file offset in its body or its checksum field to end of
+file (the sectors of the write from there on never reached the disk though the file size
+covers them; etcd's torn entry check, made stricter: the zero sectors must run to end of
+file). Even then, if a
 valid record (known type and payload size, sane length, matching checksum) starts anywhere
 after the damaged offset, the damage is WALCorrupt: a crash leaves nothing valid after a
 torn write, while e.g. one flipped bit in a length field makes a record "run past end of
@@ -103,11 +116,14 @@ _log = logging.getLogger(__name__)
 REC_ENTRY = 1
 REC_HARD_STATE = 2
 REC_SNAPSHOT = 3
+REC_HARD_STATE_LOST = 4
 
 _HEAD = struct.Struct(">II")
 HEAD_SIZE = _HEAD.size
+_CRC_AT = 4  # offset of the checksum field in a record
 _ENTRY_HEAD = struct.Struct(">QQB")
 _HS = struct.Struct(">QQQ")
+_HS_LOST = struct.Struct(">QQQQ")
 _SNAP = struct.Struct(">QQ")
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -117,12 +133,13 @@ _TMP_RE = re.compile(r"^wal-([0-9a-f]{16})\.log\.tmp$")
 
 
 # Where a record may start (a prefilter; _find_valid_record checks the rest): the length
-# and type of a HARD_STATE (1 + 24 bytes) or SNAPSHOT (1 + 16) record, or an ENTRY record:
-# a length whose first byte allows at most MAX_RECORD_BYTES, the CRC, the type, u64 term,
-# u64 index and a known entry type.
+# and type of a HARD_STATE (1 + 24 bytes), SNAPSHOT (1 + 16) or HARD_STATE_LOST (1 + 32)
+# record, or an ENTRY record: a length whose first byte allows at most MAX_RECORD_BYTES, the
+# CRC, the type, u64 term, u64 index and a known entry type.
 _RECORD_START = re.compile(
     rb"(?=\x00\x00\x00\x19.{4}\x02"
     rb"|\x00\x00\x00\x11.{4}\x03"
+    rb"|\x00\x00\x00\x21.{4}\x04"
     rb"|[\x00-\x10].{7}\x01.{16}[\x00\x01])",
     re.DOTALL,
 )
@@ -187,7 +204,11 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def encode_hard_state(hs: HardState) -> bytes:
-    """HARD_STATE record."""
+    """HARD_STATE record, or HARD_STATE_LOST while ``hs`` holds a lost-state ban."""
+    if hs.lost_until:
+        return encode_record(
+            REC_HARD_STATE_LOST, _HS_LOST.pack(hs.term, hs.vote, hs.commit, hs.lost_until)
+        )
     return encode_record(REC_HARD_STATE, _HS.pack(hs.term, hs.vote, hs.commit))
 
 
@@ -293,6 +314,10 @@ class _Replay:
             if len(payload) != _HS.size:
                 raise WALCorrupt(path, offset, "hard state record has wrong size")
             st.hard_state = HardState(*_HS.unpack(payload))
+        elif rec_type == REC_HARD_STATE_LOST:
+            if len(payload) != _HS_LOST.size:
+                raise WALCorrupt(path, offset, "lost-state hard state record has wrong size")
+            st.hard_state = HardState(*_HS_LOST.unpack(payload))
         elif rec_type == REC_SNAPSHOT:
             if len(payload) != _SNAP.size:
                 raise WALCorrupt(path, offset, "snapshot record has wrong size")
@@ -361,9 +386,18 @@ class WAL:
             self._fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND)
             self._write_pos = os.fstat(self._fd).st_size
             # Replay read the file through the page cache: after a crash of the process (not
-            # of the machine) it may end in a commit-only hard state written without fsync.
-            # Syncing it before a newer segment exists keeps a torn tail in the last one only.
-            self._dirty = fsync
+            # of the machine) it may end in records never fsynced (a commit-only hard state,
+            # or a save whose fsync the crash interrupted: a term, a vote, entries). The node
+            # acts on what replay recovered at once -- it votes again for the vote recovered,
+            # acknowledges the entries -- with no new save to sync them: a power loss then
+            # would take back a vote or acknowledged entries. Synced now, before the caller
+            # relies on any of it (which also keeps a torn tail in the last segment only).
+            if fsync:
+                try:
+                    self._timed_fsync(self._fd)
+                except BaseException:
+                    os.close(self._fd)  # the WAL does not open: nobody would close it
+                    raise
         self._closed = False
 
     # ------------------------------------------------------------------ recovery
@@ -425,15 +459,15 @@ class WAL:
                 elif end > size:
                     problem, torn = f"record of {length} bytes runs past end of file", True
                 elif zlib.crc32(data[pos + HEAD_SIZE : end]) != crc:
-                    zero_at = _zero_sectors_to_eof(data, pos + HEAD_SIZE, end)
+                    zero_at = _zero_sectors_to_eof(data, pos + _CRC_AT, end)
                     if zero_at is None:
                         # A complete record: it was written whole and fsynced; damage,
                         # not a torn write.
                         problem, torn = "checksum mismatch in a complete record", False
                     else:
-                        # Its body is zero from a sector boundary to end of file: the
-                        # sectors of a write that never reached the disk (the file size
-                        # already covered them).
+                        # It is zero from a sector boundary (in its body, or in its
+                        # checksum field) to end of file: the sectors of a write that
+                        # never reached the disk (the file size already covered them).
                         problem, torn = (
                             f"checksum mismatch in a record zero from offset {zero_at} to "
                             "end of file", True,
@@ -639,10 +673,10 @@ def _all_zero(data: bytes, start: int) -> bool:
     return data.count(0, start) == len(data) - start
 
 
-def _zero_sectors_to_eof(data: bytes, body: int, end: int) -> int | None:
-    """The first SECTOR_BYTES-aligned file offset in ``[body, end)`` (a record's body)
-    from which ``data`` is all zero to end of file, or None."""
-    zero_from = max(len(data.rstrip(b"\0")), body)
+def _zero_sectors_to_eof(data: bytes, start: int, end: int) -> int | None:
+    """The first SECTOR_BYTES-aligned file offset in ``[start, end)`` (a record's checksum
+    field and body) from which ``data`` is all zero to end of file, or None."""
+    zero_from = max(len(data.rstrip(b"\0")), start)
     aligned = -(-zero_from // SECTOR_BYTES) * SECTOR_BYTES
     return aligned if aligned < end else None
 

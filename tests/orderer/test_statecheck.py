@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from netgen.generate import GeneratedNetwork
 from rxchain.v1 import services_pb2
 
 from node.crypto.signing import load_signer
@@ -424,10 +425,11 @@ def _follower_with_check(tmp_path: Path) -> tuple[Chain, DurableStorage, BlockSt
 
 def test_a_follower_told_it_lost_state_stays_unconfirmed_across_a_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Raft core withholds the vote of a follower its leader told it lost acknowledged
+    """The Raft core withheld the vote of a follower its leader told it lost acknowledged
     entries (MessageType.STATE_LOST) in memory only. Restarted before it caught up, its
     storage is no longer blank (the leader's term), so without the marker nobody was asked
-    and it voted at once with a log short of what it had acknowledged."""
+    and it voted at once with a log short of what it had acknowledged. (The ban is durable
+    now too, see the next tests; the marker still makes the restart ask the others.)"""
     chain, storage, blocks, check = _follower_with_check(tmp_path)
     raft_dir = tmp_path / "o2" / "raft"
     chain.add_state_lost_listener(lambda lost: check.mark_unconfirmed() if lost else check.confirmed())
@@ -473,6 +475,92 @@ def test_a_follower_told_it_lost_state_loses_the_marker_once_caught_up(tmp_path:
         chain._process_ready()
         assert seen == [True, False] and not (raft_dir / MARKER).exists()
         assert not chain.status().state_unconfirmed and chain.status().commit == 1
+    finally:
+        storage.close()
+        blocks.close()
+
+
+def _restartable_follower(tmp_path: Path, net: GeneratedNetwork,
+                          run: int) -> tuple[Chain, DurableStorage, BlockStore, Collect]:
+    """Orderer ME over its Raft storage in tmp_path/o2/raft, started as run ``run`` (a new block
+    store each time: only the Raft storage is carried over), neither marked nor passed
+    ``state_unconfirmed``: what it withholds comes from its Raft storage alone."""
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "o2" / f"blocks-{run}")
+    storage = DurableStorage(tmp_path / "o2" / "raft", fsync=False,
+                             bootstrap_conf_state=bootstrap_conf_state([1, 2, 3]))
+    d = net.home / "nodes" / "orderer.ins02"
+    sent = Collect()
+    chain = Chain(ME, storage, blocks, load_signer(d / "cert.pem", d / "key.pem", "ins02"), sent,
+                  NoFetch(), tracker, OrdererMetrics("lost"), rng=random.Random(5),
+                  options=ChainOptions(tick_s=1000.0, election_tick=10))
+    return chain, storage, blocks, sent
+
+
+def test_a_follower_told_it_lost_state_withholds_its_vote_after_a_restart_until_caught_up(
+        tmp_path: Path) -> None:
+    """The ban a leader's MessageType.STATE_LOST sets lived in the Raft core's memory only (the
+    marker file aside): restarted before it caught up, the orderer voted at once with a log
+    short of what it had acknowledged. It is in the Raft hard state now: acted on once
+    durable, recovered at start (status unconfirmed, the listeners told again), cleared once
+    caught up."""
+    net = make_network(tmp_path / "net")
+    chain, storage, blocks, _ = _restartable_follower(tmp_path, net, 1)
+    seen: list[tuple[bool, int]] = []
+    chain.add_state_lost_listener(lambda lost: seen.append((lost, storage.hard_state.lost_until)))
+    try:
+        chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=1))
+        assert seen == []  # not before the ban is durable
+        chain._process_ready()
+        assert seen == [(True, 1)] and chain.status().state_unconfirmed
+        # told again with the next heartbeat: acted on once
+        chain._handle("step", Message(MessageType.STATE_LOST, to=ME, frm=1, term=3, commit=1))
+        chain._process_ready()
+        assert seen == [(True, 1)]
+    finally:
+        storage.close()
+        blocks.close()
+    # restarted: it neither votes ...
+    chain, storage, blocks, sent = _restartable_follower(tmp_path, net, 2)
+    try:
+        assert chain.status().state_unconfirmed and storage.hard_state.lost_until == 1
+        chain._handle("step", Message(MessageType.VOTE, to=ME, frm=3, term=4, index=5, log_term=3))
+        chain._process_ready()
+        assert [(m.type, m.reject) for m in sent.sent] == [(MessageType.VOTE_RESP, True)]
+    finally:
+        storage.close()
+        blocks.close()
+    # ... and its driver, started, tells the listeners again (a crash may have come between
+    # the ban saved and the marker written)
+    chain, storage, blocks, _ = _restartable_follower(tmp_path, net, 3)
+    told = threading.Event()
+    chain.add_state_lost_listener(lambda lost: told.set() if lost else None)
+    try:
+        chain.start()
+        assert told.wait(5)
+    finally:
+        chain.stop()
+        storage.close()
+        blocks.close()
+    # caught up after a restart: the ban is lifted (durably) and the listeners told
+    chain, storage, blocks, sent = _restartable_follower(tmp_path, net, 4)
+    lifted: list[bool] = []
+    chain.add_state_lost_listener(lifted.append)
+    try:
+        chain._handle("step", Message(MessageType.APP, to=ME, frm=1, term=4, index=0, log_term=0,
+                                      entries=(Entry(4, 1),), commit=1))
+        chain._process_ready()
+        assert lifted == [False] and not chain.status().state_unconfirmed
+        assert storage.hard_state.lost_until == 0 and storage.hard_state.commit == 1
+    finally:
+        storage.close()
+        blocks.close()
+    # and a restart does not bring it back: it votes
+    chain, storage, blocks, sent = _restartable_follower(tmp_path, net, 5)
+    try:
+        assert not chain.status().state_unconfirmed
+        chain._handle("step", Message(MessageType.VOTE, to=ME, frm=3, term=5, index=1, log_term=4))
+        chain._process_ready()
+        assert [(m.type, m.reject) for m in sent.sent] == [(MessageType.VOTE_RESP, False)]
     finally:
         storage.close()
         blocks.close()

@@ -239,6 +239,34 @@ def test_a_save_torn_after_its_first_sectors_is_truncated(tmp_path, caplog, entr
     assert rec2.truncated_tail_bytes == 0
 
 
+def test_a_save_torn_at_a_sector_boundary_inside_a_record_checksum_is_truncated(tmp_path, caplog):
+    """Found by tests/raft/test_durable_crash_fuzz.py: the sector boundary from which a power
+    cut left the torn save zero fell inside the checksum field of its first record, so its
+    body held no sector boundary and the tail read as a complete record damaged (WALCorrupt:
+    the node could not start again)."""
+    wal = WAL(tmp_path)
+    path = wal.segment_paths()[-1]
+    header = os.path.getsize(path)
+    entry_overhead = len(encode_entry(Entry(1, 1)))
+    # the next save's first record starts 6 bytes before a sector boundary: the boundary
+    # falls in its checksum field (bytes 4 to 7 of the record)
+    pad = SECTOR_BYTES - 6 - header - entry_overhead - HS_RECORD
+    wal.save(HardState(1, 1, 0), [Entry(1, 1, data=b"p" * pad)])
+    acked = os.path.getsize(path)
+    assert acked == SECTOR_BYTES - 6
+    wal.save(HardState(1, 1, 1), [Entry(1, 2, data=b"x" * 100)])
+    wal.close()
+    _zero_from(path, SECTOR_BYTES)
+    with caplog.at_level(logging.WARNING, logger="node.raft.wal"):
+        wal = WAL(tmp_path)
+    assert any("torn tail" in r.getMessage() and "checksum mismatch in a record zero from offset "
+               f"{SECTOR_BYTES}" in r.getMessage() for r in caplog.records)
+    assert [e.index for e in wal.recovered.entries] == [1]
+    assert wal.recovered.hard_state == HardState(1, 1, 0)
+    assert os.path.getsize(path) == acked
+    wal.close()
+
+
 @pytest.mark.parametrize("damage", ["zero_sector_inside", "zero_to_record_end", "zero_tail_in_a_sector"])
 def test_zero_damage_a_torn_write_cannot_explain_is_fatal(tmp_path, damage):
     """Zero bytes are a torn write only if they run from a sector boundary inside the
@@ -685,6 +713,8 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
     try:
         wal = WAL(tmp_path, segment_bytes=400)
         old = [os.path.basename(p) for p in wal.segment_paths()]
+        # the reopened last segment may end in what the previous process never synced
+        assert fake.log == [("fsync", old[-1])]
         del fake.log[:]
         wal.release(carry)
         new = os.path.basename(wal.segment_paths()[-1])
@@ -693,8 +723,6 @@ def test_release_writes_the_new_segment_whole_then_deletes_newest_first(tmp_path
         monkeypatch.setattr(wal_mod, "os", os)
     unlinks = [op for name in reversed(old) for op in (("unlink", name), ("fsync_dir", ""))]
     assert fake.log == [
-        # the reopened last segment may end in what the previous process never synced
-        ("fsync", old[-1]),
         ("write", new + ".tmp"), ("fsync", new + ".tmp"), ("replace", new), ("fsync_dir", ""),
         *unlinks,
     ]
@@ -765,7 +793,8 @@ def test_a_reopened_wal_syncs_its_last_segment_before_rolling(tmp_path, monkeypa
     """The process dies (the machine does not) right after a commit-only hard state filled
     the segment: replay reads it from the page cache, but it was never fsynced. The restarted
     WAL's first save rolls; the segment it leaves must be synced first, or a power loss then
-    tears a segment that is no longer the last (WALCorrupt: the node cannot start)."""
+    tears a segment that is no longer the last (WALCorrupt: the node cannot start). It is
+    synced as the WAL opens (see the next test)."""
     import node.raft.wal as wal_mod
 
     fake = CrashingOs(None)
@@ -775,19 +804,45 @@ def test_a_reopened_wal_syncs_its_last_segment_before_rolling(tmp_path, monkeypa
         wal.save(HardState(1, 1, 0), ents(1, 3, size=60))  # 324 bytes
         wal.save(HardState(1, 1, 2), [], sync=False)  # 357 >= 340, in the page cache only
         wal.close()  # the process dies: nothing syncs the file
+        del fake.log[:]
         wal = WAL(tmp_path, segment_bytes=340)
         first = os.path.basename(wal.segment_paths()[-1])
+        assert ("fsync", first) in fake.log
         del fake.log[:]
         wal.save(HardState(1, 1, 3), ents(4, 4))  # rolls first
         second = os.path.basename(wal.segment_paths()[-1])
         assert second != first
-        assert fake.log[:2] == [("fsync", first), ("write", second + ".tmp")]
+        assert fake.log[:1] == [("write", second + ".tmp")]
         wal.close()
     finally:
         monkeypatch.setattr(wal_mod, "os", os)
     rec = WAL(tmp_path, segment_bytes=340).recovered
     assert [e.index for e in rec.entries] == [1, 2, 3, 4]
     assert rec.hard_state == HardState(1, 1, 3)
+
+
+def test_a_reopened_wal_syncs_what_replay_read_before_the_node_acts_on_it(tmp_path, monkeypatch):
+    """Found by tests/raft/test_durable_crash_fuzz.py: the process died in the fsync of a save
+    holding a new term and vote (written, never synced); replay read them from the page cache
+    and the restarted node acted on them at once -- sent messages of that term, granted that
+    candidate its vote again, acknowledged recovered entries -- with no save to sync them: a
+    power loss then took back the term and vote it had sent. The WAL syncs as it opens."""
+    import node.raft.wal as wal_mod
+
+    fake = CrashingOs(None)
+    monkeypatch.setattr(wal_mod, "os", fake)
+    try:
+        wal = WAL(tmp_path)
+        wal.save(HardState(1, 0, 0), ents(1, 2))
+        wal.save(HardState(2, 3, 0), [], sync=False)  # as a save whose fsync never happened
+        wal.close()  # the process dies
+        del fake.log[:]
+        wal = WAL(tmp_path)
+        assert wal.recovered.hard_state == HardState(2, 3, 0)
+        assert fake.log == [("fsync", os.path.basename(wal.segment_paths()[-1]))]
+        wal.close()
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
 
 
 def test_durable_storage_creates_its_directories_durably(tmp_path, monkeypatch):
@@ -1193,3 +1248,25 @@ def test_the_orderer_refuses_to_start_when_its_data_directory_cannot_be_synced(t
         open_block_store(home / "data", toy_block(0, GENESIS_PREVIOUS_HASH))
     assert err.value.reason == "IO_ERROR" and str(home / "data" / "blocks") in err.value.message
     assert "EIO" in err.value.message
+
+
+def test_a_wal_whose_fsync_fails_as_it_opens_refuses_to_open_and_leaves_no_descriptor(tmp_path, monkeypatch):
+    """The sync at open (see test_a_reopened_wal_syncs_what_replay_read_before_the_node_acts_on_it)
+    failing (EIO) is a failed start, not a WAL running on unsynced state."""
+    import node.raft.wal as wal_mod
+
+    WAL(tmp_path).close()
+    fake = CrashingOs(None)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "fsync failed")
+
+    fake.fsync = failing_fsync  # type: ignore[method-assign]
+    monkeypatch.setattr(wal_mod, "os", fake)
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        with pytest.raises(OSError, match="fsync failed"):
+            WAL(tmp_path)
+    finally:
+        monkeypatch.setattr(wal_mod, "os", os)
+    assert set(os.listdir("/proc/self/fd")) <= before
