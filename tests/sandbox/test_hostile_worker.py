@@ -4,6 +4,7 @@ its waits, its memory and the state it touches by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -23,14 +24,14 @@ HOSTILE = Path(__file__).with_name("hostile_worker.py")
 
 @pytest.fixture()
 def hostile(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
-    """``hostile(mode, **limits)``: a one-worker Sandbox whose workers run ``mode``."""
+    """``hostile(mode, workers=1, **limits)``: a Sandbox whose workers run ``mode``."""
     made: list[Sandbox] = []
 
-    def make(mode: str, **limits: int) -> Sandbox:
+    def make(mode: str, workers: int = 1, **limits: int) -> Sandbox:
         launcher = tmp_path / f"worker-{mode}"
         launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -s -B {HOSTILE} {mode}\n")
         launcher.chmod(0o755)
-        sb = Sandbox(workers=1, limits=t.SandboxLimits(**limits), python=str(launcher),
+        sb = Sandbox(workers=workers, limits=t.SandboxLimits(**limits), python=str(launcher),
                      seccomp=False)
         made.append(sb)
         return sb
@@ -168,3 +169,91 @@ def test_worker_pipes_above_fd_setsize_are_served() -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- one contract code per worker ----------------------------------------------------------
+
+A = make_inv(PING, "ping", {"n": 1}, contract="a")
+B = make_inv(PING, "ping", {"n": 1}, contract="b")  # the same code in another namespace
+A2 = make_inv(PING + "\n# v2\n", "ping", {"n": 1}, contract="a")  # a's other code
+
+
+def _served(sb: Sandbox, inv: t.Invocation) -> tuple[int, list[list[str]]]:
+    r = sb.invoke(inv, MemBackend())
+    assert r.ok, (r.reason, r.message)
+    out = json.loads(r.result_json)
+    return out["pid"], out["served"]
+
+
+def test_a_worker_that_served_one_contract_code_never_gets_another(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a subverted worker stayed in the pool and was handed the next invocation of any
+    # contract (2 workers, FIFO: the third call, b's, went to the worker that ran a's
+    # first): it could answer every contract's calls with results of its choosing
+    sb = hostile("serves", workers=2)
+    for inv in (A, A, B, A2, B, A, A2, B, A):
+        _, served = _served(sb, inv)
+        assert served == [[inv.contract, inv.code_hash]], (inv.contract, served)
+        assert len(sb.worker_pids()) <= 2
+    assert sb.stats()["restarts"] == 0
+
+
+def test_two_contracts_in_turn_stay_warm_on_two_workers(hostile: Callable[..., Sandbox]) -> None:
+    # the common case (a peer with a worker per contract it runs) starts no process per call
+    sb = hostile("serves", workers=2)
+    pids = {inv.contract: {_served(sb, inv)[0] for _ in range(1)} for inv in (A, B)}
+    for _ in range(5):
+        for inv in (A, B):
+            assert {_served(sb, inv)[0]} == pids[inv.contract]
+    assert pids["a"] != pids["b"]
+    assert sb.stats()["evictions"] == 0 and sb.stats()["restarts"] == 0
+
+
+def test_more_codes_than_workers_replace_the_least_recently_used_idle_worker(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    assert _served(sb, A)[0] == pid_a  # a is now the more recently used
+    pid_a2, _ = _served(sb, A2)  # evicts b's worker, not a's
+    assert pid_a2 not in (pid_a, pid_b)
+    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_a2])
+    assert _served(sb, A)[0] == pid_a
+    assert sb.stats()["evictions"] == 1 and sb.stats()["restarts"] == 0
+    one = hostile("serves")
+    pids = [_served(one, inv)[0] for inv in (A, B, A)]
+    assert len(set(pids)) == 3 and one.worker_pids() == [pids[-1]]
+    assert one.stats()["evictions"] == 2 and one.stats()["restarts"] == 0
+
+
+def test_concurrent_calls_of_three_contracts_keep_codes_apart_and_the_pool_bounded(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("serves", workers=2)
+    most = 0
+    failures: list[object] = []
+
+    def run(invs: tuple[t.Invocation, ...]) -> None:
+        nonlocal most
+        for _ in range(6):
+            for inv in invs:
+                try:
+                    _, served = _served(sb, inv)
+                    if served != [[inv.contract, inv.code_hash]]:
+                        failures.append((inv.contract, served))
+                except Exception as exc:  # reported below
+                    failures.append(exc)
+                most = max(most, len(sb.worker_pids()))
+
+    threads = [threading.Thread(target=run, args=(order,)) for order in
+               ((A, B, A2), (B, A2, A), (A2, A, B))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads)
+    assert failures == []
+    assert most <= 2 and len(sb.worker_pids()) == 2
+    assert sb.stats()["invocations"] == 54 and sb.stats()["restarts"] == 0
