@@ -41,7 +41,7 @@ from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
 from node.sandbox.api import GAS_DELETE, MAX_NAMESPACE_LEN, valid_reason
 from node.sandbox.checker import check_source
-from node.sandbox.engine import bad_invocation, invalid_invocation
+from node.sandbox.engine import MAX_MESSAGE, bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
 from node.sandbox.inprocess import InProcessRunner
 
@@ -80,9 +80,40 @@ RECYCLE_RSS_SHARE = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 ACQUIRE_TIMEOUT_S = 60.0  # waiting for an idle worker (plus the call's wall timeout)
 MAX_EVENT_NAME = 128  # characters (Context.emit)
+# Frames a worker may send: the WorkerReady frame (a pid and a flag) before its first call,
+# then per call at most ``answer_frame_bound(inv)`` bytes (see there).
+READY_FRAME_BYTES = 4096
+OP_FRAMING = 24  # bytes of framing of one state operation: compact 7 (put), protobuf <= 24
+EVENT_FRAMING = 16  # bytes of protobuf framing of one event (tags and two lengths)
+FRAME_HEADROOM = 64 << 10  # message tags, reason, gas, flags, compact headers
+
 # What a worker serves: (namespace, code hash, unchecked) -- the namespace its writes go
 # to, the code the pool loads by hash, and (isolation tests only) the uncheckedness of it.
 _Code = tuple[str, str, bool]
+
+
+def answer_frame_bound(inv: t.Invocation) -> int:
+    """The largest frame an honest worker sends while running ``inv``, from the limits
+    the host enforces on what it receives: its ops frame holds at most every state
+    operation of the call (``gas_limit // GAS_DELETE + 32``, each with at most
+    OP_FRAMING bytes of framing) carrying at most ``max_write_bytes`` of keys and values
+    (keys counted in characters, as the Context counts them, framed in UTF-8: at most 4
+    bytes each, so 4 x ``max_write_bytes``);
+    its result a result and ``max_events`` event payloads of at most ``max_value_bytes``,
+    event names of MAX_EVENT_NAME characters and a message of MAX_MESSAGE characters (4
+    UTF-8 bytes each); a read request a namespace of MAX_NAMESPACE_LEN characters and keys
+    or range bounds of ``max_key_len``.  A frame could hold writes with a result, so the
+    bound is the sum, plus FRAME_HEADROOM; never above ``protocol.MAX_FRAME``.  A header
+    announcing more is refused before the frame is read (WORKER_CRASHED): a subverted
+    worker used to make the host buffer up to 256 MiB per frame."""
+    lim = inv.limits
+    ops = inv.gas_limit // GAS_DELETE + 32
+    bound = (4 * lim.max_write_bytes + ops * OP_FRAMING
+             + (1 + lim.max_events) * lim.max_value_bytes
+             + lim.max_events * (4 * MAX_EVENT_NAME + EVENT_FRAMING)
+             + 4 * MAX_MESSAGE + 4 * MAX_NAMESPACE_LEN + 8 * lim.max_key_len
+             + FRAME_HEADROOM)
+    return min(bound, protocol.MAX_FRAME)
 
 
 class SandboxError(Exception):
@@ -116,7 +147,9 @@ class _Worker:
         # writes wait for the pipe with the call's deadline (protocol.write_frames): a
         # worker that stops reading its stdin must not block the host for ever
         os.set_blocking(self.wfd, False)
-        self.reader = protocol.FrameReader(self.proc.stdout.fileno())
+        # a worker's frames are bounded by what it may answer: before its first call its
+        # WorkerReady, then each call's answer_frame_bound (set by Sandbox._run)
+        self.reader = protocol.FrameReader(self.proc.stdout.fileno(), READY_FRAME_BYTES)
         self.known: set[str] = set()
         self.code: _Code | None = None  # what it serves, from its first call on (never changes)
         self.last_used = 0  # the pool's call count when it last became idle (LRU eviction)
@@ -626,6 +659,7 @@ class Sandbox:
         ``reads`` (if given) receives every (namespace, key) the contract got, in order."""
         if w.code != (inv.contract, inv.code_hash, unchecked):
             raise AssertionError("a worker is handed only invocations of the code it serves")
+        w.reader.max_frame = answer_frame_bound(inv)
         clock = self._clock
         deadline = clock() + inv.limits.wall_timeout_s
 

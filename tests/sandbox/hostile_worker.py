@@ -14,12 +14,17 @@ Modes (each answers every InvokeRequest):
   serves        result {"pid": its pid, "served": every [contract, code_hash] it was asked
                 to run so far, in order of first request} -- what a subverted worker
                 kept in the pool would know (and could forge results for)
+  huge-header   a frame header announcing 200 MiB (below the old 256 MiB bound), 64 KiB
+                of it, then nothing more
+  long-message  a result whose message is 1 MiB (the host cuts messages to 1024
+                characters, and accepted any frame below 256 MiB)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -65,6 +70,13 @@ def main() -> None:
                 served.append(code)
             m = _result(req.invoke.tx_id)
             m.result.result_json = json.dumps({"pid": os.getpid(), "served": served}).encode()
+            protocol.write_frame(OUT_FD, m.SerializeToString())
+        elif mode == "huge-header":
+            os.write(OUT_FD, struct.pack(">I", 200 << 20) + b"\x32" * (64 << 10))
+            time.sleep(3600)
+        elif mode == "long-message":
+            m = _result(req.invoke.tx_id)
+            m.result.message = "m" * (1 << 20)
             protocol.write_frame(OUT_FD, m.SerializeToString())
         elif mode == "twice":
             protocol.write_frames(OUT_FD, res, res)

@@ -9,14 +9,16 @@ import os
 import resource
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from node.sandbox import types as t
+from node.sandbox.api import GAS_DELETE
 from node.sandbox.inprocess import InProcessRunner
-from node.sandbox.runtime import Sandbox
+from node.sandbox.runtime import OP_FRAMING, Sandbox, answer_frame_bound
 from tests.sandbox.helpers import PING, MemBackend, assert_serving, make_inv
 
 HOSTILE = Path(__file__).with_name("hostile_worker.py")
@@ -257,3 +259,77 @@ def test_concurrent_calls_of_three_contracts_keep_codes_apart_and_the_pool_bound
     assert failures == []
     assert most <= 2 and len(sb.worker_pids()) == 2
     assert sb.stats()["invocations"] == 54 and sb.stats()["restarts"] == 0
+
+
+# -- frames bounded by what an answer may hold -------------------------------------------
+
+SMALL = {"max_value_bytes": 4096, "max_events": 2, "max_write_bytes": 16384}
+
+
+def test_a_frame_header_beyond_the_answer_bound_is_refused_before_its_body(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # 200 MiB announced, 64 KiB sent: the host accepted frames up to 256 MiB and waited for
+    # (and would have buffered) the rest until the wall-clock deadline
+    sb = hostile("huge-header")
+    inv = make_inv(PING, "ping", {"n": 1}, limits=t.SandboxLimits(wall_timeout_s=5))
+    assert answer_frame_bound(inv) < 200 << 20
+    start = time.monotonic()
+    r = sb.invoke(inv, MemBackend())
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    assert f"frame of {200 << 20} bytes exceeds {answer_frame_bound(inv)}" in r.message
+    assert time.monotonic() - start < 4
+    assert sb.stats()["restarts"] == 1
+    assert len(sb.worker_pids()) == 1
+
+
+def test_a_result_frame_beyond_what_the_limits_allow_is_refused(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a 1 MiB message (an honest worker sends at most 1024 characters) was accepted and cut
+    sb = hostile("long-message", **SMALL)
+    inv = make_inv(PING, "ping", {"n": 1}, gas=10_000, limits=t.SandboxLimits(**SMALL))
+    assert answer_frame_bound(inv) < 1 << 20
+    r = sb.invoke(inv, MemBackend())
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    assert "exceeds" in r.message
+    assert sb.stats()["restarts"] == 1
+    # the bound is each call's: under the default limits (~99 MiB) the same answer passes
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}), MemBackend())
+    assert (r.ok, r.message) == (True, "m" * 1024)
+    assert sb.stats()["restarts"] == 1
+
+
+@pytest.mark.parametrize("key", ["k", "键" * 170], ids=["short-key", "utf8-key"])
+def test_answers_at_every_limit_fit_the_frame_bound(key: str) -> None:
+    # the bound must not refuse an honest worker: the largest result and events the limits
+    # allow, and a write set of max_write_bytes in as many puts as it can hold, under just
+    # the gas it needs -- puts of a short key frame 10 bytes for 3 counted (the framing
+    # term), of a 170-character Chinese key 519 bytes for 172 counted (keys are counted in
+    # characters but sent in UTF-8)
+    src = ("from rxchain_contract import Context\n\n"
+           "def f(ctx: Context, key: str, n: int, size: int) -> str:\n"
+           "    for i in range(n):\n"
+           "        ctx.put(key, '')\n"
+           "    ctx.put('big', 'v' * (size - 2 - 4))\n"
+           "    for i in range(2):\n"
+           "        ctx.emit('e' * 128, {'p': 'x' * (size - 8)})\n"
+           "    return 'r' * (size - 2)\n")
+    limits = t.SandboxLimits(**{**SMALL, "max_write_bytes": 1 << 16})
+    counted, framed = len(key) + 2, 7 + len(key.encode()) + 2
+    n = ((1 << 16) - 4096) // counted
+    args = {"key": key, "n": n, "size": 4096}
+    want = InProcessRunner().invoke(make_inv(src, "f", args, gas=10**8, limits=limits),
+                                    MemBackend())
+    assert want.ok, want.message
+    assert len(want.result_json) == 4096 and all(len(e.payload_json) == 4096
+                                                  for e in want.events)
+    inv = make_inv(src, "f", args, gas=want.gas_used, limits=limits)
+    # the ops frame needs the bound's terms for framing and for UTF-8 keys
+    ops_term = (inv.gas_limit // GAS_DELETE + 32) * OP_FRAMING + 3 * limits.max_write_bytes
+    assert answer_frame_bound(inv) - ops_term < framed * n
+    with Sandbox(workers=1, limits=limits) as sb:
+        got = sb.invoke(inv, MemBackend())
+        assert (got.ok, got.result_json, got.events, got.gas_used) == (
+            True, want.result_json, want.events, want.gas_used), got.message
+        assert sb.stats()["restarts"] == 0
