@@ -14,7 +14,8 @@ PEM certificates (:func:`check_ca_bundle`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
 ``node.peer.deliver_client`` (``deliver_*`` watchdog), ``node.stream_caps``
 (``max_streams``, ``max_streams_per_caller``); ``grpc_workers`` is the gRPC thread pool
-(peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes and
+(peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes (default 4; each
+serves one contract code, see ``node.sandbox.runtime``) and
 ``orderer_quorum`` the orderer signatures a peer requires on a block.
 """
 

@@ -27,7 +27,9 @@ class _SandboxCollector(Collector):
         for key, doc in (("restarts", "Contract workers replaced (killed, crashed, timed out)"),
                          ("invocations", "Sandboxed contract invocations"),
                          ("prefetch_hits", "Contract reads served from the prefetch table "
-                                           "(host round trips saved)")):
+                                           "(host round trips saved)"),
+                         ("evictions", "Idle contract workers of one code replaced to serve "
+                                       "another (many: fewer sandbox_workers than contracts)")):
             yield CounterMetricFamily(f"rxchain_peer_sandbox_{key}", doc, value=s.get(key, 0))
 
 
@@ -67,7 +69,7 @@ class PeerMetrics:
             self.validation.labels(code=transaction_pb2.TxValidationCode.Name(code)).inc(n)
 
     def watch_sandbox(self, stats: Callable[[], dict[str, int]]) -> None:
-        """Export the sandbox's workers / restarts / invocations / prefetch hits."""
+        """Export the sandbox's workers / restarts / invocations / prefetch hits / evictions."""
         self.registry.register(_SandboxCollector(stats))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:

@@ -58,6 +58,7 @@ from node.sandbox.types import SandboxLimits
 
 _log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SANDBOX_WORKERS = 4  # default of extra.sandbox_workers (see where the Sandbox is made)
 
 
 @dataclass
@@ -177,7 +178,10 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     metrics.height.set(ledger.height())
     committer.add_listener(notifier.on_commit)
 
-    sandbox = Sandbox(int(extra.get("sandbox_workers", 2)), SandboxLimits())
+    # each worker serves one contract code: the default keeps one warm per contract of the
+    # consortium (prescription, settlement, registry) and one more for concurrent calls; a
+    # smaller pool replaces a worker (~0.1 s) whenever the contract changes
+    sandbox = Sandbox(int(extra.get("sandbox_workers", SANDBOX_WORKERS)), SandboxLimits())
     metrics.watch_sandbox(sandbox.stats)
     closers.append(sandbox.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), wall_ms,

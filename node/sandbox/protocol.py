@@ -59,12 +59,16 @@ def wait_fd(fd: int, events: int, timeout_s: float) -> bool:
 
 
 class FrameReader:
-    """Reads length-prefixed frames from a pipe file descriptor."""
+    """Reads length-prefixed frames from a pipe file descriptor.
+
+    A frame whose header announces more than ``max_frame`` bytes is refused (ProtocolError)
+    as soon as its header is read (with at most one 64 KiB read of its body); the host
+    lowers ``max_frame`` per invocation to the largest answer its limits allow."""
 
     def __init__(self, fd: int, max_frame: int = MAX_FRAME) -> None:
         self._fd = fd
         self._buf = bytearray()
-        self._max = max_frame
+        self.max_frame = max_frame
 
     @property
     def fd(self) -> int:
@@ -78,8 +82,8 @@ class FrameReader:
         if len(self._buf) < 4:
             return None
         (n,) = _HEADER.unpack_from(self._buf)
-        if n > self._max:
-            raise ProtocolError(f"frame of {n} bytes exceeds {self._max}")
+        if n > self.max_frame:
+            raise ProtocolError(f"frame of {n} bytes exceeds {self.max_frame}")
         if len(self._buf) < 4 + n:
             return None
         frame = bytes(self._buf[4 : 4 + n])

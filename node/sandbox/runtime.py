@@ -6,6 +6,15 @@ the InvocationResult.  A worker that crashes, hangs past ``limits.wall_timeout_s
 its memory or CPU limit, or breaks the protocol is killed and replaced; the call returns
 TIMEOUT / MEMORY_LIMIT / WORKER_CRASHED and the pool keeps serving.
 
+A worker serves one contract code for its whole life: the first invocation it runs binds it
+to that invocation's namespace and code hash, and it is never handed another's (a contract
+that subverted its worker could otherwise answer later invocations of every contract the
+peer runs with results of its choosing, within the bounds the host checks).  Idle workers
+are kept per code; a call whose code has no idle worker takes a fresh (unbound) one, starts
+one while the pool is below its size, or else replaces the least recently used idle worker
+of another code (``stats()["evictions"]``): the pool never holds more than ``workers``
+processes, and a peer whose pool has a worker per contract it runs starts none per call.
+
 Workers start with an empty environment (except PYTHONHASHSEED, the same on every peer so
 that set iteration order is too), no inherited descriptors but the two pipe ends, rlimits and a
 seccomp filter (see worker.py and seccomp_policy.py).
@@ -15,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import resource
 import select
 import signal
@@ -24,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rxchain.v1 import sandbox_pb2 as pb
@@ -32,7 +41,7 @@ from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
 from node.sandbox.api import GAS_DELETE, MAX_NAMESPACE_LEN, valid_reason
 from node.sandbox.checker import check_source
-from node.sandbox.engine import bad_invocation, invalid_invocation
+from node.sandbox.engine import MAX_MESSAGE, bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
 from node.sandbox.inprocess import InProcessRunner
 
@@ -71,6 +80,40 @@ RECYCLE_RSS_SHARE = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 ACQUIRE_TIMEOUT_S = 60.0  # waiting for an idle worker (plus the call's wall timeout)
 MAX_EVENT_NAME = 128  # characters (Context.emit)
+# Frames a worker may send: the WorkerReady frame (a pid and a flag) before its first call,
+# then per call at most ``answer_frame_bound(inv)`` bytes (see there).
+READY_FRAME_BYTES = 4096
+OP_FRAMING = 24  # bytes of framing of one state operation: compact 7 (put), protobuf <= 24
+EVENT_FRAMING = 16  # bytes of protobuf framing of one event (tags and two lengths)
+FRAME_HEADROOM = 64 << 10  # message tags, reason, gas, flags, compact headers
+
+# What a worker serves: (namespace, code hash, unchecked) -- the namespace its writes go
+# to, the code the pool loads by hash, and (isolation tests only) the uncheckedness of it.
+_Code = tuple[str, str, bool]
+
+
+def answer_frame_bound(inv: t.Invocation) -> int:
+    """The largest frame an honest worker sends while running ``inv``, from the limits
+    the host enforces on what it receives: its ops frame holds at most every state
+    operation of the call (``gas_limit // GAS_DELETE + 32``, each with at most
+    OP_FRAMING bytes of framing) carrying at most ``max_write_bytes`` of keys and values
+    (keys counted in characters, as the Context counts them, framed in UTF-8: at most 4
+    bytes each, so 4 x ``max_write_bytes``);
+    its result a result and ``max_events`` event payloads of at most ``max_value_bytes``,
+    event names of MAX_EVENT_NAME characters and a message of MAX_MESSAGE characters (4
+    UTF-8 bytes each); a read request a namespace of MAX_NAMESPACE_LEN characters and keys
+    or range bounds of ``max_key_len``.  A frame could hold writes with a result, so the
+    bound is the sum, plus FRAME_HEADROOM; never above ``protocol.MAX_FRAME``.  A header
+    announcing more is refused before the frame is read (WORKER_CRASHED): a subverted
+    worker used to make the host buffer up to 256 MiB per frame."""
+    lim = inv.limits
+    ops = inv.gas_limit // GAS_DELETE + 32
+    bound = (4 * lim.max_write_bytes + ops * OP_FRAMING
+             + (1 + lim.max_events) * lim.max_value_bytes
+             + lim.max_events * (4 * MAX_EVENT_NAME + EVENT_FRAMING)
+             + 4 * MAX_MESSAGE + 4 * MAX_NAMESPACE_LEN + 8 * lim.max_key_len
+             + FRAME_HEADROOM)
+    return min(bound, protocol.MAX_FRAME)
 
 
 class SandboxError(Exception):
@@ -104,8 +147,12 @@ class _Worker:
         # writes wait for the pipe with the call's deadline (protocol.write_frames): a
         # worker that stops reading its stdin must not block the host for ever
         os.set_blocking(self.wfd, False)
-        self.reader = protocol.FrameReader(self.proc.stdout.fileno())
+        # a worker's frames are bounded by what it may answer: before its first call its
+        # WorkerReady, then each call's answer_frame_bound (set by Sandbox._run)
+        self.reader = protocol.FrameReader(self.proc.stdout.fileno(), READY_FRAME_BYTES)
         self.known: set[str] = set()
+        self.code: _Code | None = None  # what it serves, from its first call on (never changes)
+        self.last_used = 0  # the pool's call count when it last became idle (LRU eviction)
         self.limits: t.SandboxLimits | None = None
         self.pid = self.proc.pid
         self.seccomp = False
@@ -231,6 +278,10 @@ class Sandbox:
     ) -> None:
         """Start ``workers`` warm worker processes (``limits.memory_bytes`` is their RLIMIT_AS).
 
+        ``workers`` is also the most processes the pool ever holds: each serves one contract
+        code, so a pool with fewer workers than the contracts called in turn replaces a
+        worker (start-up ~0.1 s plus the contract's compile) whenever the code changes.
+
         ``hash_seed`` is the workers' PYTHONHASHSEED: set iteration order depends on it, so
         every peer of a consortium must use the same value (a consortium-wide secret makes
         hash-collision attacks by contract authors harder; 0 is the public default).
@@ -258,36 +309,59 @@ class Sandbox:
             self._argv.append("--no-seccomp")
         if allow_unchecked_for_tests:
             self._argv.append("--allow-unchecked")
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        self._all: set[_Worker] = set()
+        self._size = workers
+        self._all: set[_Worker] = set()  # live processes (idle, busy, starting up)
+        self._starting = 0  # slots reserved for processes being started (not in _all yet)
+        self._fresh: list[_Worker] = []  # idle workers that have served no code yet
+        self._idle: dict[_Code, list[_Worker]] = {}  # idle workers by the code they serve
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a worker or a slot came free
         self._closed = False
-        self._missing = 0
         self._sources: dict[str, str] = {}
         self._prefetching = prefetching
         self._predictor = prefetch.Predictor()
         self.restarts = 0
+        self.evictions = 0
+        self._released = 0
+        # every worker is forked by this one thread, which lives as long as the pool: a
+        # worker's PR_SET_PDEATHSIG fires when the *thread* that forked it ends, and calls
+        # that start workers (replacements, a worker for another code) may run in threads
+        # that end before the worker does
+        self._forker = ThreadPoolExecutor(1, thread_name_prefix="sandbox-fork")
         started: list[_Worker] = []
         deadline = clock() + START_TIMEOUT_S
         try:
             for _ in range(workers):
+                with self._lock:
+                    self._starting += 1
                 started.append(self._spawn_unready())
             for w in started:
                 w.wait_ready(deadline, clock)
         except (protocol.ProtocolError, TimeoutError, OSError, SandboxError) as exc:
             self.close()
             raise SandboxError(f"sandbox workers failed to start: {exc}") from None
-        for w in started:
-            self._idle.put(w)
+        with self._lock:
+            self._fresh.extend(started)
 
     # -- pool ----------------------------------------------------------------------------
     def _spawn_unready(self) -> _Worker:
+        """Start a worker in a slot the caller reserved (``_starting``)."""
         try:
-            w = _Worker(self._argv, self._hash_seed)
-        except OSError as exc:
+            w = self._forker.submit(_Worker, self._argv, self._hash_seed).result(
+                START_TIMEOUT_S)
+        except (OSError, RuntimeError, TimeoutError) as exc:  # RuntimeError: closed
+            with self._changed:
+                self._starting -= 1
+                self._changed.notify_all()
             raise SandboxError(f"cannot start a sandbox worker: {exc}") from None
         with self._lock:
-            self._all.add(w)
+            self._starting -= 1
+            closed = self._closed
+            if not closed:
+                self._all.add(w)
+        if closed:  # close() ran while it started: it is no one's to stop
+            w.kill()
+            raise SandboxError("sandbox is closed")
         return w
 
     def _spawn(self) -> _Worker:
@@ -301,48 +375,91 @@ class Sandbox:
 
     def _discard(self, w: _Worker) -> None:
         w.kill()
-        with self._lock:
+        with self._changed:
             self._all.discard(w)
+            self._changed.notify_all()  # its slot is free
 
     def _replace(self, w: _Worker) -> None:
-        """Kill ``w`` and start a replacement; a failed start is retried on next acquire."""
+        """Kill ``w`` and start a fresh replacement; a failed start leaves the slot free (the
+        next call that finds no worker for its code starts one)."""
         self._discard(w)
         self.restarts += 1
-        if self._closed:
-            return
-        try:
-            self._idle.put(self._spawn())
-        except SandboxError:
-            with self._lock:
-                self._missing += 1
-
-    def _acquire(self, wait_s: float) -> _Worker:
         with self._lock:
-            missing, self._missing = self._missing, 0
-        for i in range(missing):
-            try:
-                self._idle.put(self._spawn())
-            except SandboxError:
-                with self._lock:
-                    self._missing += missing - i
-                    alive = len(self._all)
-                if not alive:
-                    raise
-                break
+            if self._closed or len(self._all) + self._starting >= self._size:
+                return  # closed, or a waiting call took the slot
+            self._starting += 1
+        try:
+            fresh = self._spawn()
+        except SandboxError:
+            return
+        with self._changed:
+            if fresh in self._all:
+                self._fresh.append(fresh)
+                self._changed.notify_all()
+
+    def _release(self, w: _Worker) -> None:
+        """``w`` finished a call and serves its code again."""
+        assert w.code is not None
+        with self._changed:
+            if not self._closed and w in self._all:
+                self._released += 1
+                w.last_used = self._released
+                self._idle.setdefault(w.code, []).append(w)
+                self._changed.notify_all()
+                return
+        w.kill()
+
+    def _take_lru(self) -> _Worker | None:
+        """Remove and return the idle worker (of any code) idle the longest (lock held)."""
+        oldest: _Worker | None = None
+        for ws in self._idle.values():
+            if ws and (oldest is None or ws[0].last_used < oldest.last_used):
+                oldest = ws[0]  # each list is in release order
+        if oldest is not None and oldest.code is not None:
+            ws = self._idle[oldest.code]
+            ws.pop(0)
+            if not ws:
+                del self._idle[oldest.code]
+        return oldest
+
+    def _acquire(self, code: _Code, wait_s: float) -> _Worker:
+        """A worker that serves ``code``: an idle one that served it (warm), a fresh one,
+        one started in a free slot, or one started in place of the least recently used idle
+        worker of another code -- never one that served another code."""
         deadline = self._clock() + wait_s
-        while not self._closed:
-            left = deadline - self._clock()
-            if left <= 0:
-                raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
-            try:
-                w = self._idle.get(timeout=min(0.5, left))
-            except queue.Empty:
-                continue
-            if self._closed:
-                w.kill()
-                break
-            return w
-        raise SandboxError("sandbox is closed")
+        evict: _Worker | None = None
+        with self._changed:
+            while True:
+                if self._closed:
+                    raise SandboxError("sandbox is closed")
+                ws = self._idle.get(code)
+                if ws:
+                    w = ws.pop()  # the most recently used: its caches are the warmest
+                    if not ws:
+                        del self._idle[code]
+                    return w
+                if self._fresh:
+                    w = self._fresh.pop()
+                    w.code = code
+                    return w
+                if len(self._all) + self._starting < self._size:
+                    self._starting += 1
+                    break
+                evict = self._take_lru()
+                if evict is not None:
+                    self._all.discard(evict)
+                    self._starting += 1  # its slot, for the worker started in its place
+                    self.evictions += 1
+                    break
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
+                self._changed.wait(min(0.5, left))
+        if evict is not None:
+            evict.kill()
+        w = self._spawn()
+        w.code = code
+        return w
 
     def worker_pids(self) -> list[int]:
         with self._lock:
@@ -350,19 +467,25 @@ class Sandbox:
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: live workers, restarts, invocations, reads served from the
-        prefetch table (each one a host round trip saved)."""
+        prefetch table (each one a host round trip saved), evictions (idle workers of one
+        code replaced to serve another: many mean fewer workers than contracts in use)."""
         return {"workers": len(self.worker_pids()), "restarts": self.restarts,
-                "invocations": self.invocations, "prefetch_hits": self.prefetch_hits}
+                "invocations": self.invocations, "prefetch_hits": self.prefetch_hits,
+                "evictions": self.evictions}
 
     def seccomp_active(self) -> bool:
         with self._lock:
             return all(w.seccomp for w in self._all)
 
     def close(self) -> None:
-        self._closed = True
-        with self._lock:
+        with self._changed:
+            self._closed = True
             workers = list(self._all)
             self._all.clear()
+            self._fresh.clear()
+            self._idle.clear()
+            self._changed.notify_all()
+        self._forker.shutdown(wait=False)
         for w in workers:
             w.kill()
 
@@ -400,10 +523,11 @@ class Sandbox:
             predicted = self._predictor.predict(inv.code_hash, inv.function, values)
             entries = self._prefetch(inv, peek, predicted)
             reads = []
-        w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
+        code = (inv.contract, inv.code_hash, unchecked)
+        w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         while w.unsolicited():  # it broke the protocol after its last result: replace it
             self._replace(w)
-            w = self._acquire(ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
+            w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
         try:
             result = self._run(w, inv, backend, unchecked, entries, reads)
@@ -416,43 +540,44 @@ class Sandbox:
         if w.dead or self._closed:
             self._replace(w)
         else:
-            self._idle.put(w)
+            self._release(w)
         if reads is not None and values is not None:
             self._predictor.learn(inv.code_hash, inv.function, values, reads, predicted)
         return result
 
-    def warm(self, code_hash: str, source: str, contract: str = "warm") -> int:
-        """Compile ``source`` in every idle worker now (e.g. after deploy or at start-up),
-        so the first endorsements do not pay the check/instrument/compile time.
-        Returns how many workers were warmed; a rejected source raises ContractRejected."""
+    def warm(self, code_hash: str, source: str, contract: str) -> int:
+        """Compile ``source`` for ``contract`` (its namespace) now, e.g. after deploy or at
+        start-up, so its first endorsement does not pay the check/instrument/compile time:
+        in a fresh idle worker, which then serves this code only, unless an idle worker
+        already serves it.  Returns how many idle workers are ready for it (0: every
+        worker is busy or serves other code -- warm never evicts); a rejected source
+        raises ContractRejected."""
         check_source(source)
-        taken: list[_Worker] = []
-        while True:
-            try:
-                taken.append(self._idle.get_nowait())
-            except queue.Empty:
-                break
-        warmed = 0
+        code = (contract, code_hash, False)
+        with self._lock:
+            ready = len(self._idle.get(code, ()))
+            if ready or not self._fresh:
+                return ready
+            w = self._fresh.pop()
+            w.code = code
+        if w.unsolicited():
+            self._replace(w)
+            return 0
         probe = t.Invocation(contract, code_hash, source, "_warm", b"{}", "warm", 0,
                              t.CallerInfo("", ""), {}, 0, self._limits)
         try:
-            for w in taken:
-                if w.unsolicited():
-                    self._replace(w)
-                    continue
-                try:
-                    r = self._run(w, probe, _NoState(), False)
-                except _WorkerDied:
-                    self._replace(w)
-                    continue
-                warmed += r.reason == t.UNKNOWN_FUNCTION
-        finally:
-            for w in taken:
-                if w.proc.poll() is None and not w.dead and w in self._all:
-                    self._idle.put(w)
-                elif w in self._all:  # recycled by the probe (e.g. its memory): replace it
-                    self._replace(w)
-        return warmed
+            r = self._run(w, probe, _NoState(), False)
+        except _WorkerDied:
+            self._replace(w)
+            return 0
+        except BaseException:
+            self._replace(w)
+            raise
+        if w.dead or self._closed:  # recycled by the probe (e.g. its memory): replace it
+            self._replace(w)
+            return 0
+        self._release(w)
+        return int(r.reason == t.UNKNOWN_FUNCTION)
 
     def _request(self, w: _Worker, inv: t.Invocation, with_source: bool,
                  unchecked: bool) -> bytes:
@@ -532,6 +657,9 @@ class Sandbox:
              reads: list[tuple[str, str]] | None = None) -> t.InvocationResult:
         """One invocation on ``w``; ``entries`` is the prefetch table sent with the request,
         ``reads`` (if given) receives every (namespace, key) the contract got, in order."""
+        if w.code != (inv.contract, inv.code_hash, unchecked):
+            raise AssertionError("a worker is handed only invocations of the code it serves")
+        w.reader.max_frame = answer_frame_bound(inv)
         clock = self._clock
         deadline = clock() + inv.limits.wall_timeout_s
 

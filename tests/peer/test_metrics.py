@@ -35,13 +35,15 @@ def test_codes_of_a_block_are_counted_and_height_follows() -> None:
 
 def test_sandbox_counters_are_read_at_each_scrape() -> None:
     m = PeerMetrics("peer.t")
-    stats = {"workers": 2, "restarts": 0, "invocations": 7, "prefetch_hits": 11}
+    stats = {"workers": 2, "restarts": 0, "invocations": 7, "prefetch_hits": 11, "evictions": 0}
     m.watch_sandbox(lambda: dict(stats))
     got = _scrape(m)
     assert got["rxchain_peer_sandbox_workers"] == 2
     assert got["rxchain_peer_sandbox_invocations_total"] == 7
     assert got["rxchain_peer_sandbox_prefetch_hits_total"] == 11
-    stats.update(restarts=1, invocations=9, workers=1)
+    assert got["rxchain_peer_sandbox_evictions_total"] == 0
+    stats.update(restarts=1, invocations=9, workers=1, evictions=3)
     got = _scrape(m)
     assert (got["rxchain_peer_sandbox_restarts_total"], got["rxchain_peer_sandbox_invocations_total"],
-            got["rxchain_peer_sandbox_workers"]) == (1, 9, 1)
+            got["rxchain_peer_sandbox_workers"], got["rxchain_peer_sandbox_evictions_total"]) == (
+        1, 9, 1, 3)

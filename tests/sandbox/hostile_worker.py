@@ -11,11 +11,20 @@ Modes (each answers every InvokeRequest):
   read-flood    1,000 gets of distinct keys (compact frames), then a result
   long-key      a get of a key of max_key_len + 1 bytes, then a result
   long-ns       a get in a namespace of 256 characters, then a result
+  serves        result {"pid": its pid, "served": every [contract, code_hash] it was asked
+                to run so far, in order of first request} -- what a subverted worker
+                kept in the pool would know (and could forge results for)
+  huge-header   a frame header announcing 200 MiB (below the old 256 MiB bound), 64 KiB
+                of it, then nothing more
+  long-message  a result whose message is 1 MiB (the host cuts messages to 1024
+                characters, and accepted any frame below 256 MiB)
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -45,6 +54,7 @@ def main() -> None:
     ready.ready.pid = os.getpid()
     protocol.write_frame(OUT_FD, ready.SerializeToString())
     limits = pb.SandboxLimitsMsg()
+    served: list[list[str]] = []
     while True:
         try:
             req = pb.HostMessage.FromString(reader.read())
@@ -54,7 +64,21 @@ def main() -> None:
         if req.invoke.HasField("limits"):
             limits = req.invoke.limits
         res = _result(req.invoke.tx_id).SerializeToString()
-        if mode == "twice":
+        if mode == "serves":
+            code = [req.invoke.contract, req.invoke.code_hash]
+            if code not in served:
+                served.append(code)
+            m = _result(req.invoke.tx_id)
+            m.result.result_json = json.dumps({"pid": os.getpid(), "served": served}).encode()
+            protocol.write_frame(OUT_FD, m.SerializeToString())
+        elif mode == "huge-header":
+            os.write(OUT_FD, struct.pack(">I", 200 << 20) + b"\x32" * (64 << 10))
+            time.sleep(3600)
+        elif mode == "long-message":
+            m = _result(req.invoke.tx_id)
+            m.result.message = "m" * (1 << 20)
+            protocol.write_frame(OUT_FD, m.SerializeToString())
+        elif mode == "twice":
             protocol.write_frames(OUT_FD, res, res)
         elif mode == "stall":
             get = pb.WorkerMessage()

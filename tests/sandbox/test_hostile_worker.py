@@ -4,18 +4,21 @@ its waits, its memory and the state it touches by itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from node.sandbox import types as t
+from node.sandbox.api import GAS_DELETE
 from node.sandbox.inprocess import InProcessRunner
-from node.sandbox.runtime import Sandbox
+from node.sandbox.runtime import OP_FRAMING, Sandbox, answer_frame_bound
 from tests.sandbox.helpers import PING, MemBackend, assert_serving, make_inv
 
 HOSTILE = Path(__file__).with_name("hostile_worker.py")
@@ -23,14 +26,14 @@ HOSTILE = Path(__file__).with_name("hostile_worker.py")
 
 @pytest.fixture()
 def hostile(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
-    """``hostile(mode, **limits)``: a one-worker Sandbox whose workers run ``mode``."""
+    """``hostile(mode, workers=1, **limits)``: a Sandbox whose workers run ``mode``."""
     made: list[Sandbox] = []
 
-    def make(mode: str, **limits: int) -> Sandbox:
+    def make(mode: str, workers: int = 1, **limits: int) -> Sandbox:
         launcher = tmp_path / f"worker-{mode}"
         launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -s -B {HOSTILE} {mode}\n")
         launcher.chmod(0o755)
-        sb = Sandbox(workers=1, limits=t.SandboxLimits(**limits), python=str(launcher),
+        sb = Sandbox(workers=workers, limits=t.SandboxLimits(**limits), python=str(launcher),
                      seccomp=False)
         made.append(sb)
         return sb
@@ -168,3 +171,165 @@ def test_worker_pipes_above_fd_setsize_are_served() -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- one contract code per worker ----------------------------------------------------------
+
+A = make_inv(PING, "ping", {"n": 1}, contract="a")
+B = make_inv(PING, "ping", {"n": 1}, contract="b")  # the same code in another namespace
+A2 = make_inv(PING + "\n# v2\n", "ping", {"n": 1}, contract="a")  # a's other code
+
+
+def _served(sb: Sandbox, inv: t.Invocation) -> tuple[int, list[list[str]]]:
+    r = sb.invoke(inv, MemBackend())
+    assert r.ok, (r.reason, r.message)
+    out = json.loads(r.result_json)
+    return out["pid"], out["served"]
+
+
+def test_a_worker_that_served_one_contract_code_never_gets_another(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a subverted worker stayed in the pool and was handed the next invocation of any
+    # contract (2 workers, FIFO: the third call, b's, went to the worker that ran a's
+    # first): it could answer every contract's calls with results of its choosing
+    sb = hostile("serves", workers=2)
+    for inv in (A, A, B, A2, B, A, A2, B, A):
+        _, served = _served(sb, inv)
+        assert served == [[inv.contract, inv.code_hash]], (inv.contract, served)
+        assert len(sb.worker_pids()) <= 2
+    assert sb.stats()["restarts"] == 0
+
+
+def test_two_contracts_in_turn_stay_warm_on_two_workers(hostile: Callable[..., Sandbox]) -> None:
+    # the common case (a peer with a worker per contract it runs) starts no process per call
+    sb = hostile("serves", workers=2)
+    pids = {inv.contract: {_served(sb, inv)[0] for _ in range(1)} for inv in (A, B)}
+    for _ in range(5):
+        for inv in (A, B):
+            assert {_served(sb, inv)[0]} == pids[inv.contract]
+    assert pids["a"] != pids["b"]
+    assert sb.stats()["evictions"] == 0 and sb.stats()["restarts"] == 0
+
+
+def test_more_codes_than_workers_replace_the_least_recently_used_idle_worker(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    assert _served(sb, A)[0] == pid_a  # a is now the more recently used
+    pid_a2, _ = _served(sb, A2)  # evicts b's worker, not a's
+    assert pid_a2 not in (pid_a, pid_b)
+    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_a2])
+    assert _served(sb, A)[0] == pid_a
+    assert sb.stats()["evictions"] == 1 and sb.stats()["restarts"] == 0
+    one = hostile("serves")
+    pids = [_served(one, inv)[0] for inv in (A, B, A)]
+    assert len(set(pids)) == 3 and one.worker_pids() == [pids[-1]]
+    assert one.stats()["evictions"] == 2 and one.stats()["restarts"] == 0
+
+
+def test_concurrent_calls_of_three_contracts_keep_codes_apart_and_the_pool_bounded(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    sb = hostile("serves", workers=2)
+    most = 0
+    failures: list[object] = []
+
+    def run(invs: tuple[t.Invocation, ...]) -> None:
+        nonlocal most
+        for _ in range(6):
+            for inv in invs:
+                try:
+                    _, served = _served(sb, inv)
+                    if served != [[inv.contract, inv.code_hash]]:
+                        failures.append((inv.contract, served))
+                except Exception as exc:  # reported below
+                    failures.append(exc)
+                most = max(most, len(sb.worker_pids()))
+
+    threads = [threading.Thread(target=run, args=(order,)) for order in
+               ((A, B, A2), (B, A2, A), (A2, A, B))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads)
+    assert failures == []
+    assert most <= 2 and len(sb.worker_pids()) == 2
+    assert sb.stats()["invocations"] == 54 and sb.stats()["restarts"] == 0
+
+
+# -- frames bounded by what an answer may hold -------------------------------------------
+
+SMALL = {"max_value_bytes": 4096, "max_events": 2, "max_write_bytes": 16384}
+
+
+def test_a_frame_header_beyond_the_answer_bound_is_refused_before_its_body(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # 200 MiB announced, 64 KiB sent: the host accepted frames up to 256 MiB and waited for
+    # (and would have buffered) the rest until the wall-clock deadline
+    sb = hostile("huge-header")
+    inv = make_inv(PING, "ping", {"n": 1}, limits=t.SandboxLimits(wall_timeout_s=5))
+    assert answer_frame_bound(inv) < 200 << 20
+    start = time.monotonic()
+    r = sb.invoke(inv, MemBackend())
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    assert f"frame of {200 << 20} bytes exceeds {answer_frame_bound(inv)}" in r.message
+    assert time.monotonic() - start < 4
+    assert sb.stats()["restarts"] == 1
+    assert len(sb.worker_pids()) == 1
+
+
+def test_a_result_frame_beyond_what_the_limits_allow_is_refused(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a 1 MiB message (an honest worker sends at most 1024 characters) was accepted and cut
+    sb = hostile("long-message", **SMALL)
+    inv = make_inv(PING, "ping", {"n": 1}, gas=10_000, limits=t.SandboxLimits(**SMALL))
+    assert answer_frame_bound(inv) < 1 << 20
+    r = sb.invoke(inv, MemBackend())
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    assert "exceeds" in r.message
+    assert sb.stats()["restarts"] == 1
+    # the bound is each call's: under the default limits (~99 MiB) the same answer passes
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}), MemBackend())
+    assert (r.ok, r.message) == (True, "m" * 1024)
+    assert sb.stats()["restarts"] == 1
+
+
+@pytest.mark.parametrize("key", ["k", "键" * 170], ids=["short-key", "utf8-key"])
+def test_answers_at_every_limit_fit_the_frame_bound(key: str) -> None:
+    # the bound must not refuse an honest worker: the largest result and events the limits
+    # allow, and a write set of max_write_bytes in as many puts as it can hold, under just
+    # the gas it needs -- puts of a short key frame 10 bytes for 3 counted (the framing
+    # term), of a 170-character Chinese key 519 bytes for 172 counted (keys are counted in
+    # characters but sent in UTF-8)
+    src = ("from rxchain_contract import Context\n\n"
+           "def f(ctx: Context, key: str, n: int, size: int) -> str:\n"
+           "    for i in range(n):\n"
+           "        ctx.put(key, '')\n"
+           "    ctx.put('big', 'v' * (size - 2 - 4))\n"
+           "    for i in range(2):\n"
+           "        ctx.emit('e' * 128, {'p': 'x' * (size - 8)})\n"
+           "    return 'r' * (size - 2)\n")
+    limits = t.SandboxLimits(**{**SMALL, "max_write_bytes": 1 << 16})
+    counted, framed = len(key) + 2, 7 + len(key.encode()) + 2
+    n = ((1 << 16) - 4096) // counted
+    args = {"key": key, "n": n, "size": 4096}
+    want = InProcessRunner().invoke(make_inv(src, "f", args, gas=10**8, limits=limits),
+                                    MemBackend())
+    assert want.ok, want.message
+    assert len(want.result_json) == 4096 and all(len(e.payload_json) == 4096
+                                                  for e in want.events)
+    inv = make_inv(src, "f", args, gas=want.gas_used, limits=limits)
+    # the ops frame needs the bound's terms for framing and for UTF-8 keys
+    ops_term = (inv.gas_limit // GAS_DELETE + 32) * OP_FRAMING + 3 * limits.max_write_bytes
+    assert answer_frame_bound(inv) - ops_term < framed * n
+    with Sandbox(workers=1, limits=limits) as sb:
+        got = sb.invoke(inv, MemBackend())
+        assert (got.ok, got.result_json, got.events, got.gas_used) == (
+            True, want.result_json, want.events, want.gas_used), got.message
+        assert sb.stats()["restarts"] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,12 +253,15 @@ def test_two_sandboxes_give_byte_identical_results_writes_and_gas(sandbox: Sandb
 
 
 def test_worker_code_cache_eviction_resends_source() -> None:
+    # a worker serves one code: each other code replaces the one worker (an eviction, not
+    # a restart), and the code that comes back runs on a new worker, sent its source again
     with Sandbox(workers=1) as one:
         sources = [fn(f"return {i}") for i in range(70)]
         for i, src in enumerate(sources):
             assert value(call(one, src, "f", {})) == i
         assert value(call(one, sources[0], "f", {})) == 0
         assert one.restarts == 0
+        assert one.stats()["evictions"] == 70 and one.stats()["workers"] == 1
 
 
 def test_backend_failure_aborts_with_reason(pool: Sandbox) -> None:
@@ -381,15 +385,46 @@ def test_hash_seed_fixes_set_order_and_is_configurable() -> None:
         other = value(call(b, src, "f", {}))
         assert first == again
         assert sorted(first) == sorted(other) and first != other
-        assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2, "prefetch_hits": 0}
+        assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2, "prefetch_hits": 0,
+                             "evictions": 0}
 
 
-def test_warm_compiles_in_every_idle_worker() -> None:
+def test_warm_compiles_in_a_fresh_worker_which_then_serves_that_code() -> None:
     src = fn("return 7")
     with Sandbox(workers=2) as sb:
         inv = make_inv(src, "f", {})
-        assert sb.warm(inv.code_hash, src) == 2
-        assert sb.stats()["workers"] == 2
+        assert sb.warm(inv.code_hash, src, inv.contract) == 1
+        assert sb.warm(inv.code_hash, src, inv.contract) == 1  # already warm: no other worker
         assert value(sb.invoke(inv, MemBackend())) == 7
+        other = make_inv(fn("return 8"), "f", {}, contract="other")
+        assert sb.warm(other.code_hash, other.source, other.contract) == 1
+        assert sb.warm(inv.code_hash, src, "third") == 0  # no fresh worker left: none evicted
+        assert value(sb.invoke(other, MemBackend())) == 8
+        assert sb.stats() == {"workers": 2, "restarts": 0, "invocations": 2,
+                              "prefetch_hits": 0, "evictions": 0}
         with pytest.raises(ContractRejected):
-            sb.warm("bad", "import os\n")
+            sb.warm("bad", "import os\n", "demo")
+
+
+def test_workers_outlive_the_thread_that_started_them() -> None:
+    # PR_SET_PDEATHSIG fires when the *thread* that forked a worker ends: the workers of a
+    # pool made in a short-lived thread, and a worker a call's thread started (in place of
+    # another code's, or after a crash), were killed with that thread
+    made: list[Sandbox] = []
+    th = threading.Thread(target=lambda: made.append(Sandbox(workers=1)))
+    th.start()
+    th.join(timeout=60)
+    with made[0] as sb:
+        assert value(call(sb, fn("return 2"), "f", {})) == 2
+        first = sb.worker_pids()
+        got: list[t.InvocationResult] = []
+        th = threading.Thread(target=lambda: got.append(call(sb, fn("return 3"), "f", {})))
+        th.start()
+        th.join(timeout=60)
+        assert value(got[0]) == 3
+        second = sb.worker_pids()
+        time.sleep(0.3)  # SIGKILL follows the thread's end at once
+        assert len(first) == len(second) == 1 and first != second
+        assert sb.worker_pids() == second
+        assert value(call(sb, fn("return 3"), "f", {})) == 3
+        assert sb.stats()["restarts"] == 0 and sb.stats()["evictions"] == 1
