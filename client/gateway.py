@@ -457,7 +457,7 @@ class Gateway:
         """Endorse, sign, order and wait for commit; returns tx id, code, block, result."""
         built = self.propose(contract, function, args, transient)
         endorsed = self.endorse(built, endorsing_orgs)
-        envelope = self.builder.envelope(built, endorsed.prepared_transaction)
+        envelope = self.builder.envelope(built, endorsed.prepared_transaction, endorsed.result)
         committed = self.submit_envelope(built.tx_id, envelope, first=True)
         return SubmitResult(committed.tx_id, committed.code, committed.block,
                             decode_payload(endorsed.result.payload))

@@ -121,7 +121,8 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             elif kind == "endorsed":
                 try:
                     payloads[i] = check_response(resp.endorsed.result)
-                    env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction)
+                    env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction,
+                                                   resp.endorsed.result)
                 except RxClientError as exc:
                     finish(i, exc)
                     continue

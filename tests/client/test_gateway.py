@@ -14,6 +14,7 @@ from rxchain.v1.identity_pb2 import ErrorDetail
 from client.errors import CommitError, EndorsementError, RxClientError
 from client.gateway import Gateway, RetryPolicy
 from client.wallet import load_identity
+from node.crypto.canonical import proposal_hash
 from node.errors import RxError, abort_with
 
 
@@ -26,6 +27,10 @@ class Script:
     busy: int = 0                 # refuse this many CommitStatus calls with TOO_MANY_STREAMS
     submit_reason: str = ""       # abort Submit with this reason
     status_reason: str = ""       # abort CommitStatus with this reason
+    # what Endorse answers as the result when it is not the response the endorsers signed
+    # ("" = the signed one), and a proposal hash for another proposal
+    answered: bytes = b""
+    foreign_hash: bool = False
     calls: list[str] = field(default_factory=list)
 
 
@@ -55,12 +60,17 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
             abort_with(context, RxError(self.s.endorse_reason, "contract said no"))
         prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
         header = transaction_pb2.TxHeader.FromString(prop.header)
+        result = transaction_pb2.Response(status=200, payload=b'{"ok":true}')
+        hashed = (prop.header + b"x") if self.s.foreign_hash else prop.header
+        prp = transaction_pb2.ProposalResponsePayload(
+            proposal_hash=proposal_hash(hashed, prop.invocation), response=result)
         tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation,
-                                         response_payload=b"payload")
+                                         response_payload=prp.SerializeToString())
         tx.endorsements.add(signature=b"sig")
+        if self.s.answered:
+            result = transaction_pb2.Response(status=200, payload=self.s.answered)
         return services_pb2.EndorseResponse(
-            prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id,
-            result=transaction_pb2.Response(status=200, payload=b'{"ok":true}'))
+            prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id, result=result)
 
     def Submit(self, request, context):
         self._flaky("Submit", context)
@@ -367,3 +377,27 @@ def test_the_read_your_writes_wait_runs_once_per_call_not_once_per_retry(fake, c
         assert waits == [5, 5]  # Submit's wait once, CommitStatus's once
 
 
+
+
+@pytest.mark.parametrize("lie", ["result", "proposal_hash"])
+def test_a_result_the_endorsers_did_not_sign_is_never_submitted(fake, lie: str):
+    """The gateway answers a result beside the prepared transaction; only the response payload
+    inside it is endorsed and committed. A gateway whose answered result is not that response
+    (say lock_id A while the ledger gets B), or whose response payload was endorsed for another
+    proposal, is refused BAD_PAYLOAD before anything is signed or submitted -- the SDK returned
+    the answered result as the committed one (SubmitResult.result) and submitted the envelope,
+    on the unary path and in submit_many alike."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    if lie == "result":
+        script.answered = b'{"lock_id":"not-the-committed-one"}'
+    else:
+        script.foreign_hash = True
+    with pytest.raises(RxClientError) as e:
+        gw.submit("prescription", "lock", {"rx_id": "RX-1"})
+    assert e.value.reason == "BAD_PAYLOAD"
+    assert script.calls == ["Endorse"]  # nothing submitted
+    out = submit_many(gw, [Call("c", "ok")])
+    assert isinstance(out[0], RxClientError) and out[0].reason == "BAD_PAYLOAD"
+    assert not isinstance(out[0], CommitError) and gw.last_block == -1  # nothing committed
