@@ -75,6 +75,8 @@ class Session:
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.clock = clock
+        # read before the channel is made: a bad binding file (or no secret) must not leave it open
+        binding = self._patient_binding() if self.identity.role == "patient" else None
         # Mutual TLS pinned to that peer: its node name and its organisation's CA only, so no
         # other member's node certificate can stand in for it (and receive transient plaintext).
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
@@ -83,8 +85,8 @@ class Session:
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b),
                                events_idle_s=events_idle_s)
-        if self.identity.role == "patient":
-            self.gateway.default_transient["patient_binding"] = self._patient_binding()
+        if binding is not None:
+            self.gateway.default_transient["patient_binding"] = binding
         self._directory: PatientDirectory | None = None
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -232,6 +233,36 @@ def test_a_patient_device_needs_her_binding_not_the_consortium_secret(net_home, 
         with pytest.raises(RxClientError) as e:
             _session(home, as_="h01:patient-zhang")
         assert e.value.reason == "BAD_WALLET"
+
+
+def test_a_patient_session_refused_for_her_binding_leaves_no_channel_open(
+        net_home, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binding was read after the gateway's channel to the peer was made: a session refused
+    for it (NO_SECRET, BAD_WALLET) left that channel open for good -- the caller never held the
+    session to close it, and a FHIR gateway building the session on each request leaked one per
+    request. Now it is read first: no channel is made for a session that is refused."""
+    import client.gateway
+
+    made: list[Any] = []
+    real = tls.secure_channel
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(client.gateway, "secure_channel", counting)
+    home = _home(net_home, tmp_path)
+    (home / "consortium-secret").unlink()
+    wallet = home / "orgs" / "h01" / "users" / "patient-zhang"
+    for binding in (None, "zz" * 32):
+        (wallet / "patient-binding").unlink(missing_ok=True)
+        if binding is not None:
+            (wallet / "patient-binding").write_text(binding)
+            (wallet / "patient-binding").chmod(0o600)
+        with pytest.raises(RxClientError) as e:
+            _session(home, as_="h01:patient-zhang")
+        assert e.value.reason == ("NO_SECRET" if binding is None else "BAD_WALLET")
+    assert made == []
 
 
 class _ConfigAdmin(_Admin):
