@@ -117,8 +117,12 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             if not 0 <= i < len(built):
                 continue
             if kind == "error":
+                if stage == 0 and i in submitted:
+                    continue  # its endorsement was answered: the envelope went out, this says nothing of it
                 finish(i, _refused(built, submitted, i, stage, resp.error.reason, resp.error.message))
             elif kind == "endorsed":
+                if stage != 0 or results[i] is not None or i in submitted:
+                    continue  # not an answer to an endorsement awaited: never signed nor submitted
                 try:
                     payloads[i] = check_response(resp.endorsed.result)
                     env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction,
@@ -130,6 +134,12 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
                 requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 3, submit=env))
             elif kind == "committed":
                 st = resp.committed
+                if stage != 1 or i not in submitted:
+                    continue  # no envelope of this call was sent: not its commit
+                if st.tx_id and st.tx_id != built[i].tx_id:
+                    finish(i, _commit_unknown(built, submitted, i, "BAD_PAYLOAD",
+                                              f"the gateway answered the commit of transaction {st.tx_id}"))
+                    continue
                 name = validation_code_name(st.code)  # UNKNOWN_<n>: a later release's, never VALID
                 gateway.note_commit(int(st.block_number))
                 if st.code != transaction_pb2.VALID:
