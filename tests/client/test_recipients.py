@@ -265,6 +265,35 @@ def test_a_patient_session_refused_for_her_binding_leaves_no_channel_open(
     assert made == []
 
 
+def test_a_long_lived_session_reads_the_patient_directory_again_once_it_changed(net_home, tmp_path) -> None:
+    """The FHIR gateway keeps one session per wallet for as long as it serves: a patient the
+    HIS enrolled in HOME/patients.yaml after its first request was UNKNOWN_PATIENT until a
+    restart (the directory was read once), and one the HIS removed still resolved."""
+    from client.patients import write_directory
+
+    zhang = {"name": "patient-zhang", "display_name": "Zhang Guilan", "id_number": "500103195803124428",
+             "birth_date": "1958-03-12", "insurer": "ins01"}
+    li = {"name": "patient-li", "display_name": "Li Wei", "id_number": "110101199003077777",
+          "birth_date": "1990-03-07", "insurer": "ins01"}
+    home = _home(net_home, tmp_path)
+    write_directory(home, [zhang])
+    s = _session(home)
+    try:
+        assert s.directory.resolve("patient-zhang").display_name == "Zhang Guilan"
+        with pytest.raises(RxClientError) as e:
+            s.directory.resolve("patient-li")
+        assert e.value.reason == "UNKNOWN_PATIENT"
+        write_directory(home, [zhang, li])  # the HIS enrols a patient while the session serves
+        assert s.directory.resolve("patient-li").display_name == "Li Wei"
+        write_directory(home, [li])  # and removes one
+        with pytest.raises(RxClientError) as e:
+            s.directory.resolve("patient-zhang")
+        assert e.value.reason == "UNKNOWN_PATIENT"
+        assert s.directory is s.directory  # unchanged: not read again
+    finally:
+        s.close()
+
+
 class _ConfigAdmin(_Admin):
     """A peer answering Admin.Status with ``config`` (what a config update committed)."""
 
