@@ -32,6 +32,7 @@ class Script:
     answered: bytes = b""
     foreign_hash: bool = False
     other_status: bool = False    # CommitStatus answers another transaction's status
+    endorsers: list[list[str]] = field(default_factory=list)  # endorsing_orgs of each Endorse
     calls: list[str] = field(default_factory=list)
 
 
@@ -57,6 +58,7 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def Endorse(self, request, context):
         self._flaky("Endorse", context)
+        self.s.endorsers.append(list(request.endorsing_orgs))
         if self.s.endorse_reason:
             abort_with(context, RxError(self.s.endorse_reason, "contract said no"))
         prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
@@ -445,3 +447,17 @@ def test_submit_many_sends_only_envelopes_of_endorsements_awaited_and_takes_only
     assert isinstance(out[0], EndorsementError) and out[0].reason == "NOT_FOLLOW_UP"
     assert isinstance(out[1], SubmitResult) and out[1].block == 25  # its submit's commit (id 5), not 24
     assert script.calls.count("Transact.submit") == 1
+
+
+def test_submit_many_names_the_endorsers_a_call_asks_for(fake):
+    """A call carrying plaintext transient inputs must reach the record's parties' peers only,
+    as Gateway.submit(..., endorsing_orgs=) does: submit_many had no way to name them, so the
+    gateway picked any peers the policy takes (another hospital's peer received the content)."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    out = submit_many(gw, [Call("prescription", "issue", {"rx_id": "RX-1"}, {"content": {"x": 1}},
+                                endorsing_orgs=["h01", "p01"]),
+                           Call("c", "ok")])
+    assert all(isinstance(o, SubmitResult) for o in out)
+    assert sorted(script.endorsers) == [[], ["h01", "p01"]]
