@@ -369,6 +369,9 @@ class Gateway:
         except RxClientError as exc:
             raise CommitUnknown(tx_id, f"transaction {tx_id} was submitted; its commit status "
                                 f"is unknown ({exc.reason}: {exc.message})") from exc
+        if status.tx_id and status.tx_id != tx_id:  # another transaction's status says nothing of this one
+            raise CommitUnknown(tx_id, f"transaction {tx_id} was submitted; its commit status is unknown "
+                                f"(the peer answered the status of transaction {status.tx_id})")
         name = validation_code_name(status.code)  # UNKNOWN_<n>: a later release's, never VALID
         self.note_commit(int(status.block_number))
         if status.code != transaction_pb2.VALID:
@@ -457,7 +460,7 @@ class Gateway:
         """Endorse, sign, order and wait for commit; returns tx id, code, block, result."""
         built = self.propose(contract, function, args, transient)
         endorsed = self.endorse(built, endorsing_orgs)
-        envelope = self.builder.envelope(built, endorsed.prepared_transaction)
+        envelope = self.builder.envelope(built, endorsed.prepared_transaction, endorsed.result)
         committed = self.submit_envelope(built.tx_id, envelope, first=True)
         return SubmitResult(committed.tx_id, committed.code, committed.block,
                             decode_payload(endorsed.result.payload))

@@ -103,7 +103,13 @@ class PatientDirectory:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as exc:  # the position only: never the bytes around it
             raise RxClientError("BAD_CONFIG", f"{path}: not UTF-8 text (offset {exc.start})") from exc
-        except (OSError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            # the position only: PyYAML's message quotes the offending line (an ID number, a
+            # name) and its problem text may quote the characters found there
+            marks = [m for m in (getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)) if m]
+            where = "; ".join(dict.fromkeys(f"line {m.line + 1}, column {m.column + 1}" for m in marks))
+            raise RxClientError("BAD_CONFIG", f"{path}: not valid YAML" + (f" ({where})" if where else "")) from exc
+        except OSError as exc:
             raise RxClientError("BAD_CONFIG", f"{path}: {exc}") from exc
         entries = (raw.get("patients") or []) if isinstance(raw, dict) else None
         if not isinstance(entries, list):

@@ -43,12 +43,16 @@ from client.tx import BuiltProposal
 
 @dataclass(frozen=True)
 class Call:
-    """One contract invocation to submit."""
+    """One contract invocation to submit. ``endorsing_orgs``: the organisations whose peers
+    endorse it (as ``Gateway.submit``'s): a call carrying plaintext transient inputs (content,
+    claim lines) names the record's parties, or the gateway picks any peers the policy takes
+    -- other organisations' peers would receive the plaintext."""
 
     contract: str
     function: str
     args: Mapping[str, Any] = field(default_factory=dict)
     transient: Mapping[str, Any] | None = None
+    endorsing_orgs: Sequence[str] | None = None
 
 
 Outcome = SubmitResult | RxClientError
@@ -66,18 +70,19 @@ def submit_many(gateway: Gateway, calls: Sequence[Call],
     ]
     if not built:
         return []
+    orgs = [c.endorsing_orgs for c in calls]
     try:
-        return _exchange(gateway, built, timeout_s, batched=True)
+        return _exchange(gateway, built, orgs, timeout_s, batched=True)
     except _Unimplemented:
-        return _exchange(gateway, built, timeout_s, batched=False)
+        return _exchange(gateway, built, orgs, timeout_s, batched=False)
 
 
 class _Unimplemented(Exception):
     """The gateway does not offer TransactBatch."""
 
 
-def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float,
-              batched: bool) -> list[Outcome]:
+def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], orgs: Sequence[Sequence[str] | None],
+              timeout_s: float, batched: bool) -> list[Outcome]:
     # Correlation ids: 2*i + 2 endorses call i, 2*i + 3 submits it; id 0 is the gateway's
     # answer to a whole message it refused (then every call not yet answered fails with it).
     results: list[Outcome | None] = [None] * len(built)
@@ -85,8 +90,8 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
     submitted: dict[int, transaction_pb2.Envelope] = {}  # calls whose envelope went to the gateway
     requests: RequestQueue = queue.SimpleQueue()
     for i, b in enumerate(built):
-        requests.put(services_pb2.TransactRequest(
-            correlation_id=2 * i + 2, endorse=services_pb2.EndorseRequest(proposal=b.signed)))
+        requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 2, endorse=services_pb2.EndorseRequest(
+            proposal=b.signed, endorsing_orgs=list(orgs[i] or ()))))
     pending = len(built)
     answered = False
     lost = RxClientError("TIMEOUT", "no answer")  # why unanswered calls are (the default: none came)
@@ -117,11 +122,16 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
             if not 0 <= i < len(built):
                 continue
             if kind == "error":
+                if stage == 0 and i in submitted:
+                    continue  # its endorsement was answered: the envelope went out, this says nothing of it
                 finish(i, _refused(built, submitted, i, stage, resp.error.reason, resp.error.message))
             elif kind == "endorsed":
+                if stage != 0 or results[i] is not None or i in submitted:
+                    continue  # not an answer to an endorsement awaited: never signed nor submitted
                 try:
                     payloads[i] = check_response(resp.endorsed.result)
-                    env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction)
+                    env = gateway.builder.envelope(built[i], resp.endorsed.prepared_transaction,
+                                                   resp.endorsed.result)
                 except RxClientError as exc:
                     finish(i, exc)
                     continue
@@ -129,6 +139,12 @@ def _exchange(gateway: Gateway, built: Sequence[BuiltProposal], timeout_s: float
                 requests.put(services_pb2.TransactRequest(correlation_id=2 * i + 3, submit=env))
             elif kind == "committed":
                 st = resp.committed
+                if stage != 1 or i not in submitted:
+                    continue  # no envelope of this call was sent: not its commit
+                if st.tx_id and st.tx_id != built[i].tx_id:
+                    finish(i, _commit_unknown(built, submitted, i, "BAD_PAYLOAD",
+                                              f"the gateway answered the commit of transaction {st.tx_id}"))
+                    continue
                 name = validation_code_name(st.code)  # UNKNOWN_<n>: a later release's, never VALID
                 gateway.note_commit(int(st.block_number))
                 if st.code != transaction_pb2.VALID:

@@ -230,7 +230,9 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         raise RxClientError("HASH_MISMATCH", "ciphertext does not authenticate") from exc
     try:
         doc = json.loads(plain)
-    except ValueError as exc:  # the author encrypted something else than the documented layout
+    except (ValueError, RecursionError) as exc:  # the author encrypted something else than the
+        # documented layout (nested deeper than the decoder goes: RecursionError, a crash of the
+        # reader -- INTERNAL, a FHIR 500 -- for a record any issuer can write)
         raise RxClientError("HASH_MISMATCH", "decrypted record is not JSON") from exc
     body = doc.get(kind) if isinstance(doc, dict) else None
     salt = doc.get("salt") if isinstance(doc, dict) else None
@@ -238,7 +240,7 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         raise RxClientError("HASH_MISMATCH", f"decrypted record is not {{{kind!r}: object, 'salt': text}}")
     try:
         ok = commitment(salt, body) == grant.get("commitment")
-    except (TypeError, ValueError):  # no canonical form (e.g. a float): cannot match
+    except (TypeError, ValueError, RecursionError):  # no canonical form (a float, nested too deep)
         ok = False
     if not ok:
         raise RxClientError("HASH_MISMATCH", "decrypted record does not match its commitment")

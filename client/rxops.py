@@ -34,6 +34,7 @@ SETTLEMENT = "settlement"
 REGISTRY = "registry"
 MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (1000 entries each)
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
+ISSUE_ID_ATTEMPTS = 3  # fresh prescription numbers an issue without rx_id tries (see issue)
 
 
 @dataclass(frozen=True)
@@ -179,11 +180,17 @@ class RxOperations:
     def issue(self, req: IssueRequest, rx_id: str | None = None) -> dict[str, Any]:
         """Encrypt and issue a prescription, under ``rx_id`` if given (checked as the contract
         checks it): an issue run again with the same id after it committed is refused with
-        :class:`DuplicateRx` (DUPLICATE_RX) instead of becoming a second prescription."""
+        :class:`DuplicateRx` (DUPLICATE_RX) instead of becoming a second prescription.
+
+        Without ``rx_id`` the number is made up here (:meth:`new_rx_id`, 40 random bits per
+        organisation and day); one that another prescription holds already is someone else's
+        -- nothing was submitted under it before this call proposed it -- so it is issued
+        again under a fresh number (at most :data:`ISSUE_ID_ATTEMPTS` numbers, then a plain
+        DUPLICATE_RX refusal): DuplicateRx ("that prescription exists: treat it as issued",
+        CLI exit 4, the FHIR gateway's Location) would name another doctor's prescription."""
         if rx_id is not None:
             check_rx_id(rx_id)
         patient, pseud = self.patient(req.patient)
-        rx_id = rx_id or self.new_rx_id()
         lines = []
         for d in req.drugs:
             rec = self.drug(d.drug)
@@ -193,24 +200,6 @@ class RxOperations:
                 "qty": d.qty, "days": req.days, "price_fen": rec.get("price_fen", 0),
             })
         me = self.s.identity
-        content: dict[str, Any] = {
-            "rx_id": rx_id, "patient": pseud, "diagnosis": req.diagnosis,
-            "first_visit": req.first_visit, "drugs": lines, "days": req.days,
-            "long_rx": req.long_rx, "max_fills": req.max_fills,
-            "fill_interval_days": req.fill_interval_days, "valid_days": req.valid_days,
-            "patient_info": {"birth_date": patient.birth_date, "name": patient.display_name},
-            "prescriber": {"org": me.org, "name": me.user,
-                           "dr_code": me.attrs.get("dr_code", "")},
-            "visit": {"type": "internet-follow-up", "id": req.visit_id or rx_id},
-        }
-        if req.chronic_reason:
-            content["chronic_reason"] = req.chronic_reason
-        if req.stability_assessment:
-            content["stability_assessment"] = req.stability_assessment
-        if req.patient_confirmed:
-            content["patient_confirmed"] = True
-        if req.guardian:
-            content["patient_info"]["guardian"] = req.guardian
         insurer = patient.insurer
         if not insurer:
             acct = self.s.gateway.evaluate(SETTLEMENT, "get_account", {"pseudonym": pseud})
@@ -224,25 +213,49 @@ class RxOperations:
             raise RxClientError("UNKNOWN_PATIENT", "the patient has no wallet certificate")
         if req.pharmacy:
             recipients[req.pharmacy] = self.s.records_public_key(req.pharmacy)
-        sealed = seal_prescription(
-            rx_id, content, recipients, insurer, self.s.records_public_key(insurer),
-            req.pharmacy, self.s.dx_key, self._rand,
-        )
+        insurer_key = self.s.records_public_key(insurer)
         parties = self._endorsers(me.org, req.pharmacy, insurer)[:2]
-        try:
-            res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
-        except CommitUnknown as exc:
-            # The rx id was made up here: without it the caller could not look the outcome up
-            # and would issue again under a new one -- a second prescription.
-            raise CommitUnknown(exc.tx_id, f"prescription {rx_id} may have been issued: {exc.message}; "
-                                f"look it up (rx show {rx_id}), or issue it again only under this same "
-                                f"rx id (a rerun of a committed issue is refused DUPLICATE_RX)",
-                                envelope=exc.envelope, rx_id=rx_id) from exc
-        except RxClientError as exc:
-            if exc.reason != "DUPLICATE_RX":
-                raise
-            raise DuplicateRx(rx_id, exc.message or f"prescription {rx_id} already exists") from exc
-        return _written(res, {"rx_id": rx_id})
+        for _ in range(ISSUE_ID_ATTEMPTS):
+            number = rx_id or self.new_rx_id()
+            content: dict[str, Any] = {
+                "rx_id": number, "patient": pseud, "diagnosis": req.diagnosis,
+                "first_visit": req.first_visit, "drugs": lines, "days": req.days,
+                "long_rx": req.long_rx, "max_fills": req.max_fills,
+                "fill_interval_days": req.fill_interval_days, "valid_days": req.valid_days,
+                "patient_info": {"birth_date": patient.birth_date, "name": patient.display_name},
+                "prescriber": {"org": me.org, "name": me.user,
+                               "dr_code": me.attrs.get("dr_code", "")},
+                "visit": {"type": "internet-follow-up", "id": req.visit_id or number},
+            }
+            if req.chronic_reason:
+                content["chronic_reason"] = req.chronic_reason
+            if req.stability_assessment:
+                content["stability_assessment"] = req.stability_assessment
+            if req.patient_confirmed:
+                content["patient_confirmed"] = True
+            if req.guardian:
+                content["patient_info"]["guardian"] = req.guardian
+            sealed = seal_prescription(
+                number, content, recipients, insurer, insurer_key, req.pharmacy, self.s.dx_key, self._rand,
+            )
+            try:
+                res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
+            except CommitUnknown as exc:
+                # The rx id was made up here: without it the caller could not look the outcome up
+                # and would issue again under a new one -- a second prescription.
+                raise CommitUnknown(exc.tx_id, f"prescription {number} may have been issued: {exc.message}; "
+                                    f"look it up (rx show {number}), or issue it again only under this same "
+                                    f"rx id (a rerun of a committed issue is refused DUPLICATE_RX)",
+                                    envelope=exc.envelope, rx_id=number) from exc
+            except RxClientError as exc:
+                if exc.reason != "DUPLICATE_RX":
+                    raise
+                if rx_id is not None:
+                    raise DuplicateRx(rx_id, exc.message or f"prescription {rx_id} already exists") from exc
+                continue  # a number made up here that another prescription holds: a fresh one
+            return _written(res, {"rx_id": number})
+        raise EndorsementError("DUPLICATE_RX", f"{ISSUE_ID_ATTEMPTS} fresh prescription numbers were each taken "
+                               "by another prescription (is the random source broken?); nothing was issued")
 
     def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, str]:
         """``{"note_ct": ...}`` with ``note`` encrypted under the key the caller holds for

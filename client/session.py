@@ -20,7 +20,7 @@ from client.errors import RxClientError, WalletError
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
-from client.patients import PatientDirectory
+from client.patients import DIRECTORY_FILE, PatientDirectory
 from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_file, wallet_dir
@@ -59,6 +59,15 @@ def record_last_block(home: Path, block: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(size, modification time in ns, inode) of ``path``; None when it cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 class Session:
     """Everything one CLI invocation (or SDK user) needs to act as ``org:user``."""
 
@@ -75,6 +84,8 @@ class Session:
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.clock = clock
+        # read before the channel is made: a bad binding file (or no secret) must not leave it open
+        binding = self._patient_binding() if self.identity.role == "patient" else None
         # Mutual TLS pinned to that peer: its node name and its organisation's CA only, so no
         # other member's node certificate can stand in for it (and receive transient plaintext).
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
@@ -83,9 +94,10 @@ class Session:
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b),
                                events_idle_s=events_idle_s)
-        if self.identity.role == "patient":
-            self.gateway.default_transient["patient_binding"] = self._patient_binding()
+        if binding is not None:
+            self.gateway.default_transient["patient_binding"] = binding
         self._directory: PatientDirectory | None = None
+        self._directory_stamp: tuple[int, int, int] | None = None  # patients.yaml as read (_file_stamp)
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
 
@@ -152,9 +164,15 @@ class Session:
 
     @property
     def directory(self) -> PatientDirectory:
-        """The local patient directory."""
-        if self._directory is None:
+        """The local patient directory, read again whenever ``HOME/patients.yaml`` changed since
+        it was read (its size, modification time or inode): a long-lived session -- the FHIR
+        gateway keeps one per wallet for as long as it serves -- finds a patient the HIS enrolled
+        after it started (it answered UNKNOWN_PATIENT until a restart) and no longer resolves
+        one the HIS removed."""
+        stamp = _file_stamp(self.home / DIRECTORY_FILE)
+        if self._directory is None or stamp != self._directory_stamp:
             self._directory = PatientDirectory.load(self.home)
+            self._directory_stamp = stamp
         return self._directory
 
     @property

@@ -4,7 +4,8 @@ A client transaction goes: TxHeader (fresh nonce, tx id derived from nonce and c
 timestamp from the injected clock) + ContractInvocation (canonical JSON args) -> Proposal
 (+ transient private inputs) -> SignedProposal. After endorsement the gateway returns the
 prepared Transaction bytes; :meth:`TxBuilder.envelope` checks they carry our own header and
-invocation and signs them into an Envelope.
+invocation, and a response payload endorsed for that proposal whose response is the result the
+gateway reported, and signs them into an Envelope.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from rxchain.v1 import transaction_pb2
 
 from client.errors import RxClientError
-from node.crypto.canonical import canonical_json, compute_tx_id
+from node.crypto.canonical import canonical_json, compute_tx_id, proposal_hash
 from node.crypto.signing import Purpose, Signer
 
 NONCE_BYTES = 24
@@ -98,8 +99,16 @@ class TxBuilder:
         )
         return BuiltProposal(tx_id, header, invocation, signed, now)
 
-    def envelope(self, built: BuiltProposal, prepared_transaction: bytes) -> transaction_pb2.Envelope:
-        """Sign the prepared transaction after checking it is the one we proposed."""
+    def envelope(self, built: BuiltProposal, prepared_transaction: bytes,
+                 result: transaction_pb2.Response | None = None) -> transaction_pb2.Envelope:
+        """Sign the prepared transaction after checking it is the one we proposed: our header
+        and invocation, an endorsement, and a response payload made for this proposal (its
+        proposal hash) with a successful response -- and, given ``result`` (the gateway's
+        answer, which the caller is told), that very response (status and payload). The
+        endorsers sign the response payload and validation commits its writes; the result
+        beside it is the gateway's word only, so a gateway that answered one result and
+        prepared another (a bug, a mix-up of two calls, a hostile peer) would have the caller
+        act on a result that is not the one committed: BAD_PAYLOAD, and nothing is signed."""
         try:
             tx = transaction_pb2.Transaction.FromString(prepared_transaction)
         except DecodeError as exc:
@@ -110,6 +119,20 @@ class TxBuilder:
             )
         if not tx.endorsements:
             raise RxClientError("BAD_PAYLOAD", "prepared transaction carries no endorsement")
+        try:
+            prp = transaction_pb2.ProposalResponsePayload.FromString(tx.response_payload)
+        except DecodeError as exc:
+            raise RxClientError("BAD_PAYLOAD", "prepared transaction's response payload does not parse") from exc
+        if prp.proposal_hash != proposal_hash(built.header_bytes, built.invocation_bytes):
+            raise RxClientError("BAD_PAYLOAD", "prepared transaction's response payload was made for "
+                                "another proposal")
+        if prp.response.status != 200:
+            raise RxClientError("BAD_PAYLOAD", f"prepared transaction's response has status "
+                                f"{prp.response.status}, not 200")
+        if result is not None and (result.status != prp.response.status
+                                   or result.payload != prp.response.payload):
+            raise RxClientError("BAD_PAYLOAD", "the gateway's result is not the response the endorsers "
+                                "signed in the prepared transaction")
         return transaction_pb2.Envelope(
             payload=prepared_transaction, signature=self._signer.sign(Purpose.ENVELOPE, prepared_transaction)
         )

@@ -12,8 +12,9 @@ from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 from rxchain.v1.identity_pb2 import ErrorDetail
 
 from client.errors import CommitError, EndorsementError, RxClientError
-from client.gateway import Gateway, RetryPolicy
+from client.gateway import Gateway, RetryPolicy, SubmitResult
 from client.wallet import load_identity
+from node.crypto.canonical import proposal_hash
 from node.errors import RxError, abort_with
 
 
@@ -26,6 +27,12 @@ class Script:
     busy: int = 0                 # refuse this many CommitStatus calls with TOO_MANY_STREAMS
     submit_reason: str = ""       # abort Submit with this reason
     status_reason: str = ""       # abort CommitStatus with this reason
+    # what Endorse answers as the result when it is not the response the endorsers signed
+    # ("" = the signed one), and a proposal hash for another proposal
+    answered: bytes = b""
+    foreign_hash: bool = False
+    other_status: bool = False    # CommitStatus answers another transaction's status
+    endorsers: list[list[str]] = field(default_factory=list)  # endorsing_orgs of each Endorse
     calls: list[str] = field(default_factory=list)
 
 
@@ -51,16 +58,22 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def Endorse(self, request, context):
         self._flaky("Endorse", context)
+        self.s.endorsers.append(list(request.endorsing_orgs))
         if self.s.endorse_reason:
             abort_with(context, RxError(self.s.endorse_reason, "contract said no"))
         prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
         header = transaction_pb2.TxHeader.FromString(prop.header)
+        result = transaction_pb2.Response(status=200, payload=b'{"ok":true}')
+        hashed = (prop.header + b"x") if self.s.foreign_hash else prop.header
+        prp = transaction_pb2.ProposalResponsePayload(
+            proposal_hash=proposal_hash(hashed, prop.invocation), response=result)
         tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation,
-                                         response_payload=b"payload")
+                                         response_payload=prp.SerializeToString())
         tx.endorsements.add(signature=b"sig")
+        if self.s.answered:
+            result = transaction_pb2.Response(status=200, payload=self.s.answered)
         return services_pb2.EndorseResponse(
-            prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id,
-            result=transaction_pb2.Response(status=200, payload=b'{"ok":true}'))
+            prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id, result=result)
 
     def Submit(self, request, context):
         self._flaky("Submit", context)
@@ -78,15 +91,23 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
             if req.WhichOneof("kind") == "endorse":
                 prop = transaction_pb2.Proposal.FromString(req.endorse.proposal.proposal_bytes)
                 inv = transaction_pb2.ContractInvocation.FromString(prop.invocation)
-                if inv.function == "refuse":
+                if inv.function in ("refuse", "twice"):
                     yield services_pb2.TransactResponse(correlation_id=cid, error=ErrorDetail(
                         reason="NOT_FOLLOW_UP", message="first visit"))
-                    continue
+                    if inv.function == "refuse":
+                        continue
+                if inv.function == "early":  # a commit answered before anything was submitted
+                    yield services_pb2.TransactResponse(correlation_id=cid, committed=services_pb2.CommitStatusResponse(
+                        code=transaction_pb2.VALID, block_number=20 + cid))
                 yield services_pb2.TransactResponse(
                     correlation_id=cid, endorsed=self.Endorse(req.endorse, context))
             else:
                 tx = transaction_pb2.Transaction.FromString(req.submit.payload)
+                self.s.calls.append("Transact.submit")
                 inv = transaction_pb2.ContractInvocation.FromString(tx.invocation)
+                tx_id = transaction_pb2.TxHeader.FromString(tx.header).tx_id
+                if inv.function == "other":  # the commit of another transaction
+                    tx_id = "ab" * 32
                 if inv.function == "vanish":  # the peer stops with this submit unanswered
                     context.abort(grpc.StatusCode.UNAVAILABLE, "SERVICE_UNAVAILABLE: the peer is stopping")
                 code = (transaction_pb2.MVCC_READ_CONFLICT if inv.function == "conflict"
@@ -94,7 +115,7 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
                         else transaction_pb2.VALID)
                 yield services_pb2.TransactResponse(
                     correlation_id=cid, committed=services_pb2.CommitStatusResponse(
-                        tx_id="t", code=code, block_number=20 + cid))
+                        tx_id=tx_id, code=code, block_number=20 + cid))
 
     def TransactBatch(self, request_iterator, context):
         # An older gateway without the batched stream: client.pipeline falls back to Transact.
@@ -102,6 +123,8 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
 
     def CommitStatus(self, request, context):
         self.s.calls.append("CommitStatus")
+        if self.s.other_status:
+            return services_pb2.CommitStatusResponse(tx_id="ab" * 32, code=transaction_pb2.VALID, block_number=3)
         if self.s.status_reason:
             abort_with(context, RxError(self.s.status_reason, "as scripted"))
         if self.s.busy > 0:
@@ -367,3 +390,74 @@ def test_the_read_your_writes_wait_runs_once_per_call_not_once_per_retry(fake, c
         assert waits == [5, 5]  # Submit's wait once, CommitStatus's once
 
 
+
+
+@pytest.mark.parametrize("lie", ["result", "proposal_hash"])
+def test_a_result_the_endorsers_did_not_sign_is_never_submitted(fake, lie: str):
+    """The gateway answers a result beside the prepared transaction; only the response payload
+    inside it is endorsed and committed. A gateway whose answered result is not that response
+    (say lock_id A while the ledger gets B), or whose response payload was endorsed for another
+    proposal, is refused BAD_PAYLOAD before anything is signed or submitted -- the SDK returned
+    the answered result as the committed one (SubmitResult.result) and submitted the envelope,
+    on the unary path and in submit_many alike."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    if lie == "result":
+        script.answered = b'{"lock_id":"not-the-committed-one"}'
+    else:
+        script.foreign_hash = True
+    with pytest.raises(RxClientError) as e:
+        gw.submit("prescription", "lock", {"rx_id": "RX-1"})
+    assert e.value.reason == "BAD_PAYLOAD"
+    assert script.calls == ["Endorse"]  # nothing submitted
+    out = submit_many(gw, [Call("c", "ok")])
+    assert isinstance(out[0], RxClientError) and out[0].reason == "BAD_PAYLOAD"
+    assert not isinstance(out[0], CommitError) and gw.last_block == -1  # nothing committed
+
+
+def test_the_commit_status_of_another_transaction_leaves_the_outcome_unknown(fake):
+    """A peer answering CommitStatus (or a Transact commit) with another tx id's status says
+    nothing of this transaction: COMMIT_UNKNOWN with its tx id and envelope -- the SDK reported
+    that status as this transaction's (VALID: the caller took a transaction that may have
+    failed, or not be ordered yet, as committed)."""
+    from client.errors import CommitUnknown
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    script.other_status = True
+    with pytest.raises(CommitUnknown) as e:
+        gw.submit("prescription", "lock", {"rx_id": "RX-1"})
+    assert e.value.envelope is not None and "ab" * 32 in e.value.message
+    assert gw.last_block == -1
+    out = submit_many(gw, [Call("c", "other"), Call("c", "ok")])
+    assert isinstance(out[0], CommitUnknown) and out[0].envelope is not None
+    assert out[0].tx_id != "ab" * 32 and isinstance(out[1], SubmitResult) and out[1].block == 25
+
+
+def test_submit_many_sends_only_envelopes_of_endorsements_awaited_and_takes_only_their_commits(fake):
+    """Answers out of turn from a gateway (an endorsement after that call's refusal, a commit
+    before its envelope was sent) are not the call's: a call refused is never submitted
+    afterwards (it was, while reported refused: the caller proposed it again), and a commit
+    answered before the submit is not its outcome (it was reported as the result)."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    out = submit_many(gw, [Call("c", "twice"), Call("c", "early")])
+    assert isinstance(out[0], EndorsementError) and out[0].reason == "NOT_FOLLOW_UP"
+    assert isinstance(out[1], SubmitResult) and out[1].block == 25  # its submit's commit (id 5), not 24
+    assert script.calls.count("Transact.submit") == 1
+
+
+def test_submit_many_names_the_endorsers_a_call_asks_for(fake):
+    """A call carrying plaintext transient inputs must reach the record's parties' peers only,
+    as Gateway.submit(..., endorsing_orgs=) does: submit_many had no way to name them, so the
+    gateway picked any peers the policy takes (another hospital's peer received the content)."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    out = submit_many(gw, [Call("prescription", "issue", {"rx_id": "RX-1"}, {"content": {"x": 1}},
+                                endorsing_orgs=["h01", "p01"]),
+                           Call("c", "ok")])
+    assert all(isinstance(o, SubmitResult) for o in out)
+    assert sorted(script.endorsers) == [[], ["h01", "p01"]]

@@ -80,3 +80,27 @@ def test_a_directory_that_is_no_list_of_distinct_patients_is_bad_config(tmp_path
         PatientDirectory.load(tmp_path)
     assert bad.value.reason == "BAD_CONFIG" and str(tmp_path / DIRECTORY_FILE) in bad.value.message
     assert "110101" not in bad.value.message
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    # a quoted ID number never closed
+    ("patients:\n  - name: patient-zhang\n    id_number: \"500103195803124428\n    display_name: Zhang Guilan\n",
+     "(line 5, column 1; line 3, column 16)"),  # where it stopped; where the quote began
+    # a line indented one space too far
+    ("patients:\n  - name: patient-zhang\n    id_number: '500103195803124428'\n"
+     "     display_name: Zhang Guilan\n", "line 4"),
+    # a tab where YAML takes none, on a line holding a birth date
+    ("patients:\n  - name: patient-zhang\n    birth_date:\t\t1958-03-12 @Zhang Guilan\n", "line 3"),
+])
+def test_a_directory_that_is_no_yaml_is_bad_config_naming_the_position_only(
+        tmp_path: Path, data: str, where: str) -> None:
+    """PyYAML's error message quotes the line it stopped at (an ID number, a name, a birth
+    date) and that message was the BAD_CONFIG message every command and the FHIR gateway's
+    OperationOutcome showed: now the file and the position only."""
+    (tmp_path / DIRECTORY_FILE).write_text(data, encoding="utf-8")
+    with pytest.raises(RxClientError) as bad:
+        PatientDirectory.load(tmp_path)
+    assert bad.value.reason == "BAD_CONFIG" and str(tmp_path / DIRECTORY_FILE) in bad.value.message
+    for secret in ("500103", "Zhang", "Guilan", "1958-03-12"):
+        assert secret not in str(bad.value)
+    assert where in bad.value.message

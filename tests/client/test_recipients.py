@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -232,6 +233,65 @@ def test_a_patient_device_needs_her_binding_not_the_consortium_secret(net_home, 
         with pytest.raises(RxClientError) as e:
             _session(home, as_="h01:patient-zhang")
         assert e.value.reason == "BAD_WALLET"
+
+
+def test_a_patient_session_refused_for_her_binding_leaves_no_channel_open(
+        net_home, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binding was read after the gateway's channel to the peer was made: a session refused
+    for it (NO_SECRET, BAD_WALLET) left that channel open for good -- the caller never held the
+    session to close it, and a FHIR gateway building the session on each request leaked one per
+    request. Now it is read first: no channel is made for a session that is refused."""
+    import client.gateway
+
+    made: list[Any] = []
+    real = tls.secure_channel
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(client.gateway, "secure_channel", counting)
+    home = _home(net_home, tmp_path)
+    (home / "consortium-secret").unlink()
+    wallet = home / "orgs" / "h01" / "users" / "patient-zhang"
+    for binding in (None, "zz" * 32):
+        (wallet / "patient-binding").unlink(missing_ok=True)
+        if binding is not None:
+            (wallet / "patient-binding").write_text(binding)
+            (wallet / "patient-binding").chmod(0o600)
+        with pytest.raises(RxClientError) as e:
+            _session(home, as_="h01:patient-zhang")
+        assert e.value.reason == ("NO_SECRET" if binding is None else "BAD_WALLET")
+    assert made == []
+
+
+def test_a_long_lived_session_reads_the_patient_directory_again_once_it_changed(net_home, tmp_path) -> None:
+    """The FHIR gateway keeps one session per wallet for as long as it serves: a patient the
+    HIS enrolled in HOME/patients.yaml after its first request was UNKNOWN_PATIENT until a
+    restart (the directory was read once), and one the HIS removed still resolved."""
+    from client.patients import write_directory
+
+    zhang = {"name": "patient-zhang", "display_name": "Zhang Guilan", "id_number": "500103195803124428",
+             "birth_date": "1958-03-12", "insurer": "ins01"}
+    li = {"name": "patient-li", "display_name": "Li Wei", "id_number": "110101199003077777",
+          "birth_date": "1990-03-07", "insurer": "ins01"}
+    home = _home(net_home, tmp_path)
+    write_directory(home, [zhang])
+    s = _session(home)
+    try:
+        assert s.directory.resolve("patient-zhang").display_name == "Zhang Guilan"
+        with pytest.raises(RxClientError) as e:
+            s.directory.resolve("patient-li")
+        assert e.value.reason == "UNKNOWN_PATIENT"
+        write_directory(home, [zhang, li])  # the HIS enrols a patient while the session serves
+        assert s.directory.resolve("patient-li").display_name == "Li Wei"
+        write_directory(home, [li])  # and removes one
+        with pytest.raises(RxClientError) as e:
+            s.directory.resolve("patient-zhang")
+        assert e.value.reason == "UNKNOWN_PATIENT"
+        assert s.directory is s.directory  # unchanged: not read again
+    finally:
+        s.close()
 
 
 class _ConfigAdmin(_Admin):

@@ -178,7 +178,10 @@ def test_patient_binding_and_trace_key_derivations():
 
 @pytest.mark.parametrize("plain", [b"[]", b'"x"', b"7", b'{"content":{}}', b'{"salt":"ab"}',
                                    b'{"content":{},"salt":5}', b'{"content":[],"salt":"ab"}',
-                                   b'{"content":{"f":1.5},"salt":"ab"}', b"\xff\xfe not json"])
+                                   b'{"content":{"f":1.5},"salt":"ab"}', b"\xff\xfe not json",
+                                   # nested deeper than the JSON decoder goes (RecursionError escaped)
+                                   b'{"content":{"x":' + b"[" * 5000 + b"]" * 5000 + b'},"salt":"ab"}',
+                                   b"[" * 100_000])
 def test_a_record_encrypted_in_another_layout_is_hash_mismatch_not_a_crash(plain):
     """The issuer chooses the plaintext: whatever it encrypted, a reader gets HASH_MISMATCH."""
     from node.crypto import aead

@@ -21,6 +21,7 @@ from client.errors import CommitError, CommitUnknown, EndorsementError, RxClient
 from client.gateway import Gateway, RetryPolicy, SubmitResult
 from client.pipeline import Call, submit_many
 from client.wallet import load_identity
+from node.crypto.canonical import proposal_hash
 from node.errors import RxError, abort_with
 from tests.client.offline import offline_home
 
@@ -37,10 +38,14 @@ class Script:
 def _prepared(request: services_pb2.EndorseRequest) -> services_pb2.EndorseResponse:
     prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
     header = transaction_pb2.TxHeader.FromString(prop.header)
-    tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation, response_payload=b"p")
+    result = transaction_pb2.Response(status=200, payload=b'{"ok":true}')
+    prp = transaction_pb2.ProposalResponsePayload(proposal_hash=proposal_hash(prop.header, prop.invocation),
+                                                  response=result)
+    tx = transaction_pb2.Transaction(header=prop.header, invocation=prop.invocation,
+                                     response_payload=prp.SerializeToString())
     tx.endorsements.add(signature=b"sig")
     return services_pb2.EndorseResponse(prepared_transaction=tx.SerializeToString(), tx_id=header.tx_id,
-                                        result=transaction_pb2.Response(status=200, payload=b'{"ok":true}'))
+                                        result=result)
 
 
 class Gw(services_pb2_grpc.GatewayServicer):

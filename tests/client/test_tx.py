@@ -10,7 +10,7 @@ from rxchain.v1 import transaction_pb2
 from client.errors import RxClientError
 from client.tx import TxBuilder
 from client.wallet import load_identity
-from node.crypto.canonical import compute_tx_id
+from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Purpose, Verifier
 
 
@@ -53,9 +53,13 @@ def test_floats_are_refused(net_home):
     assert e.value.reason == "BAD_ARGUMENTS"
 
 
-def _prepared(built, endorsements=1, header=None):
-    tx = transaction_pb2.Transaction(header=header or built.header_bytes,
-                                     invocation=built.invocation_bytes, response_payload=b"p")
+def _prepared(built, endorsements=1, header=None, prp=None):
+    if prp is None:
+        prp = transaction_pb2.ProposalResponsePayload(
+            proposal_hash=proposal_hash(built.header_bytes, built.invocation_bytes),
+            response=transaction_pb2.Response(status=200, payload=b'{"ok":true}'))
+    tx = transaction_pb2.Transaction(header=header or built.header_bytes, invocation=built.invocation_bytes,
+                                     response_payload=prp if isinstance(prp, bytes) else prp.SerializeToString())
     for _ in range(endorsements):
         tx.endorsements.add(signature=b"s")
     return tx.SerializeToString()
@@ -77,4 +81,33 @@ def test_envelope_refuses_foreign_or_unendorsed_transaction(net_home):
     for prepared in (_prepared(built, header=other.header_bytes), _prepared(built, 0), b"\xff\xff"):
         with pytest.raises(RxClientError) as e:
             b.envelope(built, prepared)
+        assert e.value.reason == "BAD_PAYLOAD"
+
+
+def test_envelope_refuses_a_response_not_endorsed_for_this_proposal_or_not_the_answered_result(net_home):
+    """The response payload is what the endorsers sign and validation commits: it must parse,
+    be made for this proposal (its proposal hash) with status 200, and -- given the gateway's
+    answered result -- carry that very result (status and payload); otherwise BAD_PAYLOAD,
+    nothing signed. The old check looked at the header and invocation only."""
+    ident, b = _builder(net_home)
+    built = b.proposal("prescription", "lock", {"rx_id": "RX-1"})
+    other = _builder(net_home, nonce=b"\x09" * 24)[1].proposal("prescription", "lock", {"rx_id": "RX-1"})
+    ok = transaction_pb2.Response(status=200, payload=b'{"lock_id":"a"}')
+
+    def prp(response=ok, of=built):
+        return transaction_pb2.ProposalResponsePayload(
+            proposal_hash=proposal_hash(of.header_bytes, of.invocation_bytes), response=response)
+
+    env = b.envelope(built, _prepared(built, prp=prp()), ok)  # all agree: signed
+    assert Verifier().verify(ident.identity.cert_der, env.signature, Purpose.ENVELOPE, env.payload)
+    refused = [
+        (_prepared(built, prp=b"\xff\xff"), ok),  # does not parse
+        (_prepared(built, prp=prp(of=other)), ok),  # endorsed for another proposal
+        (_prepared(built, prp=prp(transaction_pb2.Response(status=400, reason="NOT_FOUND"))), None),
+        (_prepared(built, prp=prp()), transaction_pb2.Response(status=200, payload=b'{"lock_id":"b"}')),
+        (_prepared(built, prp=prp()), transaction_pb2.Response(status=200)),
+    ]
+    for prepared, result in refused:
+        with pytest.raises(RxClientError) as e:
+            b.envelope(built, prepared, result)
         assert e.value.reason == "BAD_PAYLOAD"

@@ -444,3 +444,46 @@ def test_rxops_issue_reports_duplicate_rx_with_the_id(net_home: Any, tmp_path: P
         "DUPLICATE_RX", "RX.1_a-B", {"outcome": "exists", "rx_id": "RX.1_a-B"})
     assert isinstance(e.value, EndorsementError)  # callers catching refusals still catch it
     assert bad.value.reason == "BAD_ARGUMENTS" and chain.proposed == ["RX.1_a-B"]
+
+
+@pytest.mark.parametrize("taken", [1, 3])
+def test_rxops_issue_under_a_number_it_made_up_that_is_taken_issues_under_a_fresh_one(
+        net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, taken: int) -> None:
+    """Without rx_id the SDK makes the number up (40 random bits per organisation and day):
+    one another prescription holds already is refused DUPLICATE_RX, but it is not this call's
+    -- nothing was submitted under it before -- so the issue goes on under a fresh number.
+    It raised DuplicateRx ("that prescription exists", CLI exit 4, FHIR Location): the caller
+    was told another doctor's prescription was the one it issued. A random source that keeps
+    colliding ends in a plain refusal, never DuplicateRx."""
+    import os
+
+    from client.errors import DuplicateRx
+    from client.rxops import DrugLine, RxOperations
+    from client.session import Session
+
+    proposed: list[str] = []
+
+    def on_issue(rx_id: str) -> None:
+        proposed.append(rx_id)
+        if rx_id.endswith("-01010101" + "01"):  # another doctor's prescription of the day
+            raise EndorsementError("DUPLICATE_RX", f"prescription {rx_id} already exists")
+
+    home = offline_home(net_home, tmp_path, monkeypatch, on_issue)
+    numbers = iter([b"\x01" * 5] * taken + [b"\x02" * 5])
+    ops = RxOperations(Session(home, "h01:dr-jiang"), rand=lambda n: next(numbers) if n == 5 else os.urandom(n))
+    req = IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)], days=7,
+                       pharmacy="p01")
+    try:
+        if taken == 1:
+            res = ops.issue(req)
+        else:
+            with pytest.raises(RxClientError) as e:
+                ops.issue(req)
+    finally:
+        ops.s.close()
+    if taken == 1:
+        assert res["rx_id"].endswith("-h01-0202020202") and proposed == [proposed[0], res["rx_id"]]
+        assert proposed[0].endswith("-h01-0101010101")
+    else:
+        assert e.value.reason == "DUPLICATE_RX" and not isinstance(e.value, DuplicateRx)
+        assert len(proposed) == 3 and all(p.endswith("-h01-0101010101") for p in proposed)
