@@ -186,9 +186,13 @@ class Client:
 
 def run_tx(client: Client, rec: Recorder, step: str, contract: str, fn: str, args: dict[str, Any],
            transient: dict[str, Any] | None, done: Callable[[str, Any], None],
-           clock: Callable[[], float] = time.monotonic) -> None:
-    """Endorse, sign and submit one transaction over a stream; ``done(code, result)``."""
-    start = clock()
+           clock: Callable[[], float] = time.monotonic, scheduled: float | None = None) -> None:
+    """Endorse, sign and submit one transaction over a stream; ``done(code, result)``.
+
+    Its latency runs from ``scheduled`` when given (the open loop's arrival time of a story's
+    first transaction: a sender that fell behind the schedule adds its delay, no coordinated
+    omission), else from now."""
+    start = clock() if scheduled is None else scheduled
     built: BuiltProposal = client.builder.proposal(contract, fn, args, transient)
     stream = client.stream()
     result: list[Any] = [None]
@@ -231,6 +235,9 @@ class Story:
     def __init__(self, n: int, world: StoryWorld, patient: BenchPatient):
         self.n = n
         self.w = world
+        # the recorder of the level the story arrived in: a story still running when that
+        # level's drain gave up reports to it, not to the next level's
+        self.rec = world.rec
         self.patient = patient
         self.rx_id = f"RXB-{world.tag}-{n:06d}"
         self.doctor = world.clients["doctor-" + patient.hospital]
@@ -244,19 +251,20 @@ class Story:
         self.waits = 0
 
     # ------------------------------------------------------------ steps
-    def start(self) -> None:
-        """Begin with the issue transaction."""
-        with self.w.rec.lock:
-            self.w.rec.stories_started += 1
-        self._run()
+    def start(self, scheduled: float | None = None) -> None:
+        """Begin with the issue transaction, due at ``scheduled`` (monotonic; now if None)."""
+        with self.rec.lock:
+            self.rec.stories_started += 1
+        self._run(scheduled)
 
-    def _run(self) -> None:
+    def _run(self, scheduled: float | None = None) -> None:
         try:
             client, contract, fn, args, transient = self._build()
         except Exception as exc:
             self._fail(f"CLIENT_{type(exc).__name__}")
             return
-        run_tx(client, self.w.rec, STEPS[self.step], contract, fn, args, transient, self._done)
+        run_tx(client, self.rec, STEPS[self.step], contract, fn, args, transient, self._done,
+               scheduled=scheduled)
 
     def _build(self) -> tuple[Client, str, str, dict[str, Any], dict[str, Any] | None]:
         s, rx = self.step, self.rx_id
@@ -307,8 +315,8 @@ class Story:
             if code in CATCH_UP_CODES and self.waits < len(CATCH_UP_DELAYS_S):
                 delay = CATCH_UP_DELAYS_S[self.waits]
                 self.waits += 1
-                with self.w.rec.lock:
-                    self.w.rec.catch_up_retries += 1
+                with self.rec.lock:
+                    self.rec.catch_up_retries += 1
                 timer = threading.Timer(delay, self._run)
                 timer.daemon = True
                 timer.start()
@@ -330,15 +338,15 @@ class Story:
         self.step += 1
         self.retries = self.waits = 0
         if self.step == len(STEPS):
-            with self.w.rec.lock:
-                self.w.rec.stories_done += 1
+            with self.rec.lock:
+                self.rec.stories_done += 1
             return
         self._run()
 
     def _fail(self, code: str) -> None:
-        with self.w.rec.lock:
-            self.w.rec.stories_failed += 1
-            self.w.rec.failures[f"{STEPS[self.step]}:{code}"] = self.w.rec.failures.get(
+        with self.rec.lock:
+            self.rec.stories_failed += 1
+            self.rec.failures[f"{STEPS[self.step]}:{code}"] = self.rec.failures.get(
                 f"{STEPS[self.step]}:{code}", 0) + 1
 
 
@@ -398,7 +406,10 @@ class StoryWorld:
 def open_loop(world: StoryWorld, stories_per_s: float, duration_s: float,
               clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> tuple[float, float]:
-    """Start stories at a fixed rate for ``duration_s``; returns (t_start, t_end)."""
+    """Start stories at a fixed rate for ``duration_s``; returns (t_start, t_end).
+
+    Arrival times are fixed in advance, whatever the completions; a story started late (this
+    thread seals and signs each issue, and may fall behind) is timed from when it was due."""
     t0 = clock()
     i = 0
     while True:
@@ -408,7 +419,7 @@ def open_loop(world: StoryWorld, stories_per_s: float, duration_s: float,
         now = clock()
         if due > now:
             sleep(due - now)
-        world.new_story().start()
+        world.new_story().start(due)
         i += 1
     return t0, t0 + duration_s
 

@@ -3,6 +3,7 @@ accounting from /proc, py-spy digests and the SVG plot."""
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import subprocess
@@ -10,12 +11,25 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from rxchain.v1 import services_pb2, transaction_pb2
 
-from bench.e2e_bench import CpuMeter, Reading, crypto_bound, level_stats, passes, percentile
-from bench.e2e_load import Recorder, TxResult
+from bench.e2e_bench import (
+    SIGNATURE_OPS,
+    CpuMeter,
+    Reading,
+    crypto_bound,
+    level_stats,
+    passes,
+    percentile,
+    refine_rate,
+)
+from bench.e2e_load import STEPS, Recorder, Story, TxResult, open_loop, run_tx
 from bench.procstat import CpuSample, cpu_by_node, group_cpu, node_families, node_processes, process_cpu_s
 from bench.profiles import threads
 from bench.profiles.pyspy import bucket_of, digest
@@ -56,6 +70,96 @@ def test_level_stats_counts_lost_refused_and_conflicts() -> None:
     assert not passes(st)  # a lost transaction fails the level
 
 
+def test_committed_rate_counts_valid_transactions_only() -> None:
+    """A conflicting tx is in a block but wrote nothing (and its retry commits again): the
+    level's committed rate is its VALID commits in the steady window. It counted the
+    conflict too (11 in 10 s here), so conflicts and retries helped a level pass."""
+    st = level_stats(_rec(), 0.0, 12.0, 2.0, drained=True, offered=1.0)
+    assert st["committed_tx_per_s"] == 1.0  # 10 VALID commits between 2 s and 12 s
+
+
+def test_refine_bisects_above_the_best_level_whatever_failed_below_it() -> None:
+    """A first level failing (a slow start) below the best passing one is not the knee: the
+    refinement still bisects between the best (55) and the lowest failure above it (77).
+    The search kept that first failure as its upper bound and never refined."""
+    levels = [{"offered_tx_per_s": r, "pass": ok, "committed_tx_per_s": r}
+              for r, ok in ((28.0, False), (39.2, True), (54.9, True), (76.8, False), (107.6, False))]
+    best = levels[2]
+    assert refine_rate(levels, best) == round((54.9 * 76.8) ** 0.5, 1)
+    # a bisecting level that passed, committing a little less than the best, still narrows it
+    levels.append({"offered_tx_per_s": 64.9, "pass": True, "committed_tx_per_s": 54.0})
+    assert refine_rate(levels, best) == round((64.9 * 76.8) ** 0.5, 1)
+    levels.append({"offered_tx_per_s": 69.5, "pass": False, "committed_tx_per_s": 60.0})
+    assert refine_rate(levels, best) is None  # 69.5 / 64.9 < 1.08
+    assert refine_rate(levels[:3], best) is None  # nothing failed above the best
+    assert refine_rate(levels, None) is None
+
+
+class _FakeStream:
+    """Answers an endorsement, then the submit's commit status, at once."""
+
+    def send(self, req: services_pb2.TransactRequest, cb: Callable[[services_pb2.TransactResponse], None]) -> None:
+        if req.HasField("endorse"):
+            cb(services_pb2.TransactResponse(endorsed=services_pb2.EndorseResponse(
+                result=transaction_pb2.Response(status=200))))
+        else:
+            cb(services_pb2.TransactResponse(committed=services_pb2.CommitStatusResponse(
+                code=transaction_pb2.VALID, block_number=3)))
+
+
+def test_open_loop_times_a_late_story_from_its_scheduled_arrival(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stories are due every 0.1 s; the load thread needs 0.25 s to start each (sealing and
+    signing an issue), so it falls further behind with every story. Arrivals stay on the
+    schedule and each issue's latency runs from when it was due: the delay the backlogged
+    sender adds is measured, not omitted (it was timed from when the thread got to it)."""
+    now = [1000.0]
+    client = SimpleNamespace(
+        builder=SimpleNamespace(proposal=lambda *a: SimpleNamespace(signed=transaction_pb2.SignedProposal()),
+                                envelope=lambda built, prepared: transaction_pb2.Envelope()),
+        stream=_FakeStream,
+    )
+
+    def slow_build(story: Story) -> tuple[Any, str, str, dict[str, Any], None]:
+        if story.step:
+            raise RuntimeError("only the issues are timed here")  # the story fails, counted
+        now[0] += 0.25
+        return client, "prescription", "issue", {}, None
+
+    monkeypatch.setattr(Story, "_build", slow_build)
+    monkeypatch.setattr("bench.e2e_load.run_tx", functools.partial(run_tx, clock=lambda: now[0]))
+    patient = SimpleNamespace(hospital="h01")
+    world = SimpleNamespace(tag="T", rec=Recorder(), clients={"doctor-h01": client, "pharmacist": client,
+                                                              "clerk": client})
+    world.new_story = lambda: Story(0, world, patient)  # type: ignore[arg-type]
+    t0, t1 = open_loop(world, 10.0, 0.5, clock=lambda: now[0], sleep=lambda s: None)  # type: ignore[arg-type]
+    issues = [r for r in world.rec.txs if r.step == "issue"]
+    assert (t0, t1) == (1000.0, 1000.5) and len(issues) == 5
+    assert [round(r.start - t0, 6) for r in issues] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    # the fifth was due at 0.4 s, started at 1.0 s and committed at 1.25 s
+    assert issues[4].end - issues[4].start == pytest.approx(0.85)
+    assert world.rec.stories_started == 5 and world.rec.stories_failed == 5
+
+
+def test_a_story_reports_to_the_level_it_arrived_in() -> None:
+    """A story still running when its level's drain gave up finishes during the next level:
+    it counts in its own level, not in the next one's (where it made stories_done exceed
+    stories_started -- negative 'unfinished', fewer 'lost' -- and its commits inflated the
+    committed rate)."""
+    patient = SimpleNamespace(hospital="h01")
+    world = SimpleNamespace(tag="T", rec=Recorder(), clients={"doctor-h01": None, "pharmacist": None,
+                                                              "clerk": None})
+    story = Story(0, world, patient)  # type: ignore[arg-type]
+    first = world.rec
+    first.stories_started = 1
+    world.rec = Recorder()  # StoryWorld.reset: the next level begins
+    story.step = len(STEPS) - 1
+    story._done("VALID", None)  # its settle commits
+    assert (first.stories_done, world.rec.stories_done) == (1, 0)
+    other = Story(1, world, patient)  # type: ignore[arg-type]
+    other._fail("NOT_FOUND")
+    assert world.rec.stories_failed == 1 and first.stories_failed == 0
+
+
 def test_passes_needs_delivery_latency_and_nothing_lost() -> None:
     base = {"p99_ms": 900.0, "lost": 0, "stories_failed": 0, "committed_tx_per_s": 95.0,
             "offered_tx_per_s": 100.0}
@@ -63,6 +167,38 @@ def test_passes_needs_delivery_latency_and_nothing_lost() -> None:
     assert not passes({**base, "p99_ms": 1001.0})
     assert not passes({**base, "committed_tx_per_s": 80.0})
     assert not passes({**base, "stories_failed": 1})
+
+
+def test_block_signature_checks_are_one_per_peer(tmp_path: Path) -> None:
+    """Each orderer signs its own copy of a block (one signature: the copy a peer pulls), and a
+    peer with the default orderer_quorum (1) checks one: 4 peers make 4 block verifies, not
+    the 8 (2 per peer) the crypto bound counted, which understated it."""
+    from netgen import generate
+    from rxchain.v1 import block_pb2
+
+    from bench.e2e_net import PEER_ORGS
+    from bench.txbuild import SMALL_CONSORTIUM, node_signer
+    from node.crypto.signing import Purpose, Verifier, block_signers
+    from node.orderer.chain import sign_block
+
+    generate(SMALL_CONSORTIUM, tmp_path / "net")
+    signer = node_signer(tmp_path / "net", "orderer.ins01", "ins01")
+    block = block_pb2.Block()
+    sign_block(block, b"h" * 32, signer)  # what every orderer does to its copy
+    assert len(block.metadata.orderer_signatures) == 1
+
+    class Counting(Verifier):
+        calls = 0
+
+        def verify(self, cert_der: bytes, signature: bytes, purpose: Purpose, data: bytes) -> bool:
+            Counting.calls += 1
+            return super().verify(cert_der, signature, purpose, data)
+
+    # the peer's block check (node.peer.validator.check_block) with the default quorum
+    assert block_signers(Counting(), b"h" * 32, block.metadata.orderer_signatures,
+                         {signer.identity.cert_der: 1}, enough=1) == 1
+    assert SIGNATURE_OPS["verify_per_block"] == len(PEER_ORGS) * Counting.calls == 4
+    assert SIGNATURE_OPS["sign_per_block"] == 3  # one per orderer
 
 
 def test_crypto_bound_arithmetic() -> None:
