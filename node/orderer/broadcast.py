@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,6 +50,7 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
+from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.msgbound import budget_reader
@@ -70,8 +71,11 @@ from node.orderer.ticket import (
     Outcome,
     Ticket,
 )
+from node.stream_caps import StreamCaps
 
 _log = logging.getLogger(__name__)
+
+Resp = TypeVar("Resp")
 
 
 @dataclass(frozen=True)
@@ -519,15 +523,40 @@ def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
         return err
 
 
+def _held_stream(
+    streams: StreamCaps | None, context: grpc.ServicerContext, what: str, answers: Callable[[], Iterator[Resp]]
+) -> Iterator[Resp]:
+    """``answers()`` under a slot of ``streams`` (none: uncapped) for the caller's TLS certificate,
+    or the call aborted TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a request is read.
+
+    A Broadcast stream holds a gRPC worker for as long as it lasts (and a reader thread): any
+    certificate the mTLS layer admits, a patient's too, opening as many idle ones as the
+    orderer has workers left none for Cluster.Step, Forward, Deliver or Admin calls."""
+    slot = None
+    if streams is not None:
+        ident = peer_identity(context)
+        try:
+            slot = streams.admit(context, ident.cert_der if ident is not None else b"", what)
+        except RxError as err:
+            abort_with(context, err)
+    try:
+        yield from answers()
+    finally:
+        if slot is not None:
+            slot.release()
+
+
 def broadcast_batch_method_handler(
-    handler: BroadcastHandler,
+    handler: BroadcastHandler, streams: StreamCaps | None = None,
 ) -> grpc.RpcMethodHandler[list[bytes] | BatchDecodeError, services_pb2.BroadcastBatchResponse]:
-    """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised)."""
+    """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised);
+    each stream is held under ``streams`` (node.stream_caps; none: uncapped)."""
 
     def behaviour(
         requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
-        return handler.batch_stream(requests, context)
+        return _held_stream(streams, context, "AtomicBroadcast.BroadcastBatch",
+                            lambda: handler.batch_stream(requests, context))
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,
@@ -537,14 +566,15 @@ def broadcast_batch_method_handler(
 
 
 def broadcast_method_handler(
-    handler: BroadcastHandler,
+    handler: BroadcastHandler, streams: StreamCaps | None = None,
 ) -> grpc.RpcMethodHandler[bytes, services_pb2.BroadcastResponse]:
-    """Stream-stream handler taking raw envelope bytes (never re-serialised)."""
+    """Stream-stream handler taking raw envelope bytes (never re-serialised); each stream is
+    held under ``streams`` (node.stream_caps; none: uncapped)."""
 
     def behaviour(
         requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
-        return handler.stream(requests)
+        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda: handler.stream(requests))
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,
