@@ -238,7 +238,7 @@ class BroadcastOptions:
     no_leader_wait_s: float = 1.0
     max_in_flight_per_stream: int = 8192
     max_batch_envelopes: int = 1024
-    max_stream_bytes: int = 16 * 1024 * 1024  # envelope bytes a batch stream reads ahead of its answers
+    max_stream_bytes: int = 16 * 1024 * 1024  # envelope bytes a stream reads ahead of its answers
     max_batch_bytes: int = 4 * 1024 * 1024
     max_answers_per_message: int = 4096
 
@@ -383,7 +383,7 @@ class BroadcastHandler:
 
         return ordered_answers(
             requests, dispatch, self._answer_held, max_in_flight=self._opt.max_in_flight_per_stream,
-            on_error=stream_error_logger(_log, "broadcast"),
+            on_error=stream_error_logger(_log, "broadcast"), weigh=len, max_bytes=self._opt.max_stream_bytes,
         )
 
     def _count(self, outcome: Outcome, tx_id: str) -> None:
