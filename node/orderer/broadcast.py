@@ -32,7 +32,8 @@ in one hand-off; answers of consecutive messages that are ready together travel 
 ``BroadcastBatchResponse``. A message holding more than ``max_batch_envelopes`` envelopes
 or ``max_batch_bytes`` bytes has every envelope refused TOO_LARGE (nothing ordered); a
 message that is not an EnvelopeBatch ends the stream with INVALID_ARGUMENT / BAD_PAYLOAD
-after the answers to the messages before it.
+after the answers to the messages before it, one holding more than ``MAX_READ_ENVELOPES``
+envelopes (refused as it is split) with RESOURCE_EXHAUSTED / TOO_LARGE.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.msgbound import budget_reader
 from node.orderer.configrules import BAD_CONFIG_UPDATE
-from node.orderer.envelope_batch import BatchDecodeError, split_batch
+from node.orderer.envelope_batch import MAX_READ_ENVELOPES, BatchDecodeError, BatchTooLarge, split_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
 from node.orderer.streams import coalesced_answers, immediate, ordered_answers, stream_error_logger
@@ -406,7 +407,7 @@ class BroadcastHandler:
                 f"batch of {len(raws)} envelopes / {total} bytes exceeds "
                 f"{self._opt.max_batch_envelopes} envelopes / {self._opt.max_batch_bytes} bytes",
             )
-            return [_Held(None, immediate(refusal), deadline) for _ in raws]
+            return [_Held(None, immediate(refusal), deadline)] * len(raws)  # one answer, shared
         held: list[_Held | None] = [None] * len(raws)
         valid: list[tuple[int, Checked]] = []
         dedup = self._recent is not None and self._recent.active()
@@ -462,6 +463,11 @@ class BroadcastHandler:
             return list(self.dispatch_many(batch))
 
         def answer(item: _Held | BatchDecodeError) -> services_pb2.BroadcastResponse:
+            if isinstance(item, BatchTooLarge):
+                err = RxError(TOO_LARGE, f"EnvelopeBatch refused: {item}")
+                if context is None:
+                    raise err
+                abort_with(context, err)
             if isinstance(item, BatchDecodeError):
                 err = RxError("BAD_PAYLOAD", f"not an EnvelopeBatch: {item}")
                 if context is None:
@@ -509,16 +515,26 @@ def _ready(item: _Held | BatchDecodeError) -> bool:
     return outcome is not None and outcome.reason != NOT_LEADER
 
 
+# What one envelope read ahead costs besides its bytes (its answer, ticket and bookkeeping),
+# counted in its read-ahead weight: empty envelopes weighed nothing, and a stream read ahead
+# 128 messages of 1024 of them (131,072 answers held, about 200 MB).
+ENVELOPE_READ_COST = 1024
+
+
 def batch_bytes(batch: list[bytes] | BatchDecodeError) -> int:
-    """Envelope bytes of a decoded batch message (its read-ahead weight)."""
-    return 0 if isinstance(batch, BatchDecodeError) else sum(len(r) for r in batch)
+    """The read-ahead weight of a decoded batch message: its envelope bytes, and
+    ENVELOPE_READ_COST per envelope."""
+    if isinstance(batch, BatchDecodeError):
+        return 0
+    return sum(len(r) for r in batch) + ENVELOPE_READ_COST * len(batch)
 
 
 def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
     """Request deserializer of the batch RPCs: the envelopes verbatim, or the decode error
-    (answered in order as BAD_PAYLOAD instead of gRPC's opaque INTERNAL)."""
+    (answered in order, BAD_PAYLOAD -- or TOO_LARGE past MAX_READ_ENVELOPES envelopes --
+    instead of gRPC's opaque INTERNAL)."""
     try:
-        return split_batch(data)
+        return split_batch(data, MAX_READ_ENVELOPES)
     except BatchDecodeError as err:
         return err
 
