@@ -59,6 +59,7 @@ from node.orderer.configrules import BAD_CONFIG_UPDATE
 from node.orderer.envelope_batch import MAX_READ_ENVELOPES, BatchDecodeError, BatchTooLarge, split_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
+from node.orderer.refusals import EveryInterval
 from node.orderer.streams import coalesced_answers, immediate, ordered_answers, stream_error_logger
 from node.orderer.ticket import (
     BAD_PAYLOAD,
@@ -269,6 +270,7 @@ class BroadcastHandler:
         self._opt = options or BroadcastOptions()
         self._clock = clock
         self._accepting = True
+        self._refused_lines = EveryInterval()  # envelope_refused lines, per reason
         self.answer_bytes: Callable[[], int] | None = (
             None if message_bound is None else budget_reader(message_bound, self._opt.max_batch_bytes))
 
@@ -392,9 +394,19 @@ class BroadcastHandler:
             self._metrics.accepted.inc()
             return
         self._metrics.count_rejected(outcome.reason)
-        if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
+        if outcome.reason == SERVICE_UNAVAILABLE:
+            return
+        # bad input: worth a log line, per reason the first at once, then one per interval
+        # telling how many since (every one is counted in the metric): a line per refusal let
+        # any certificate write 4096 lines (about 800 KB) for one 8 KiB message of empty envelopes
+        told = self._refused_lines.note(outcome.reason)
+        if told == 1:
             _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r: refused envelope", tx_id,
                       outcome.reason, outcome.message)
+        elif told > 1:
+            _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r refused=%d: refused envelope "
+                      "(this many for this reason since the last line)", tx_id, outcome.reason,
+                      outcome.message, told)
 
     def dispatch_many(self, raws: Sequence[bytes]) -> list[_Held]:
         """Validate several envelopes and dispatch the valid ones in one hand-off (to the

@@ -7,6 +7,7 @@ per-message limits held one answer and ticket per envelope."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import tracemalloc
@@ -117,3 +118,14 @@ def test_a_message_over_the_limits_holds_one_answer_for_all_its_envelopes() -> N
     assert len(held) == MAX_READ_ENVELOPES
     assert {getattr(x.ticket.peek(), "reason", None) for x in held} == {TOO_LARGE}
     assert peak < 256 * 1024, peak  # old code: a ticket (an Event, its Condition and Lock) each, MBs
+
+
+def test_refused_envelopes_make_one_log_line_per_reason_and_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """Old code: a line per refused envelope -- 1024 lines for one 2 KiB message."""
+    caplog.set_level(logging.INFO, logger="node.orderer")
+    h = _handler()
+    answers = list(h.batch_stream([decode_batch(encode_batch([b""] * 1024))] * 3))
+    assert sum(len(a.responses) for a in answers) == 3 * 1024
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=envelope_refused ")]
+    assert len(lines) == 1 and "reason=BAD_PAYLOAD" in lines[0], lines[:3]
+    assert h._metrics.rejected.labels(reason=BAD_PAYLOAD)._value.get() == 3 * 1024  # every one counted
