@@ -2,8 +2,9 @@
 
 gRPC's synchronous server runs each call on a thread of a fixed pool (``extra.grpc_workers``)
 for as long as the call lasts. A follow stream (Gateway.Events, PeerDeliver.Deliver,
-AtomicBroadcast.Deliver), a Gateway.Transact, TransactBatch or Endorser.ProcessProposals
-stream (also a reader thread of its own) or a CommitStatus wait holds its thread while it
+AtomicBroadcast.Deliver), a Gateway.Transact, TransactBatch, Endorser.ProcessProposals or
+orderer AtomicBroadcast.Broadcast / BroadcastBatch stream (also a reader thread of its own)
+or a CommitStatus wait holds its thread while it
 waits, so one client opening enough of them would leave none for Health, Endorse, Broadcast
 or Cluster calls. :class:`StreamCaps` bounds them per caller certificate and in total; a call over a
 cap is refused at once with ``TOO_MANY_STREAMS`` (gRPC RESOURCE_EXHAUSTED).

@@ -57,7 +57,11 @@ class CallerCheck:
         self._refused = refused_roles
 
     def __call__(self, context: grpc.ServicerContext) -> Principal:
-        ident = caller_of(context)
+        return self.check(caller_of(context))
+
+    def check(self, ident: identity_pb2.Identity) -> Principal:
+        """The principal of ``ident`` now, with the MSP in force now (a stream re-checks its
+        caller with it: a config update may have revoked the certificate, or it expired)."""
         msp = self._msp()  # may raise its own RxError (e.g. no genesis block yet)
         try:
             principal = msp.validate(ident, self._clock_ms())

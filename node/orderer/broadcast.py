@@ -32,7 +32,8 @@ in one hand-off; answers of consecutive messages that are ready together travel 
 ``BroadcastBatchResponse``. A message holding more than ``max_batch_envelopes`` envelopes
 or ``max_batch_bytes`` bytes has every envelope refused TOO_LARGE (nothing ordered); a
 message that is not an EnvelopeBatch ends the stream with INVALID_ARGUMENT / BAD_PAYLOAD
-after the answers to the messages before it.
+after the answers to the messages before it, one holding more than ``MAX_READ_ENVELOPES``
+envelopes (refused as it is split) with RESOURCE_EXHAUSTED / TOO_LARGE.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,13 +51,15 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
+from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with
 from node.identity.msp import MSP
 from node.msgbound import budget_reader
 from node.orderer.configrules import BAD_CONFIG_UPDATE
-from node.orderer.envelope_batch import BatchDecodeError, split_batch
+from node.orderer.envelope_batch import MAX_READ_ENVELOPES, BatchDecodeError, BatchTooLarge, split_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex
+from node.orderer.refusals import EveryInterval
 from node.orderer.streams import coalesced_answers, immediate, ordered_answers, stream_error_logger
 from node.orderer.ticket import (
     BAD_PAYLOAD,
@@ -70,8 +73,11 @@ from node.orderer.ticket import (
     Outcome,
     Ticket,
 )
+from node.stream_caps import StreamCaps
 
 _log = logging.getLogger(__name__)
+
+Resp = TypeVar("Resp")
 
 
 @dataclass(frozen=True)
@@ -234,7 +240,7 @@ class BroadcastOptions:
     no_leader_wait_s: float = 1.0
     max_in_flight_per_stream: int = 8192
     max_batch_envelopes: int = 1024
-    max_stream_bytes: int = 16 * 1024 * 1024  # envelope bytes a batch stream reads ahead of its answers
+    max_stream_bytes: int = 16 * 1024 * 1024  # envelope bytes a stream reads ahead of its answers
     max_batch_bytes: int = 4 * 1024 * 1024
     max_answers_per_message: int = 4096
 
@@ -264,6 +270,7 @@ class BroadcastHandler:
         self._opt = options or BroadcastOptions()
         self._clock = clock
         self._accepting = True
+        self._refused_lines = EveryInterval()  # envelope_refused lines, per reason
         self.answer_bytes: Callable[[], int] | None = (
             None if message_bound is None else budget_reader(message_bound, self._opt.max_batch_bytes))
 
@@ -379,7 +386,7 @@ class BroadcastHandler:
 
         return ordered_answers(
             requests, dispatch, self._answer_held, max_in_flight=self._opt.max_in_flight_per_stream,
-            on_error=stream_error_logger(_log, "broadcast"),
+            on_error=stream_error_logger(_log, "broadcast"), weigh=len, max_bytes=self._opt.max_stream_bytes,
         )
 
     def _count(self, outcome: Outcome, tx_id: str) -> None:
@@ -387,9 +394,19 @@ class BroadcastHandler:
             self._metrics.accepted.inc()
             return
         self._metrics.count_rejected(outcome.reason)
-        if outcome.reason != SERVICE_UNAVAILABLE:  # bad input: worth a log line
+        if outcome.reason == SERVICE_UNAVAILABLE:
+            return
+        # bad input: worth a log line, per reason the first at once, then one per interval
+        # telling how many since (every one is counted in the metric): a line per refusal let
+        # any certificate write 4096 lines (about 800 KB) for one 8 KiB message of empty envelopes
+        told = self._refused_lines.note(outcome.reason)
+        if told == 1:
             _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r: refused envelope", tx_id,
                       outcome.reason, outcome.message)
+        elif told > 1:
+            _log.info("event=envelope_refused tx_id=%r reason=%s detail=%r refused=%d: refused envelope "
+                      "(this many for this reason since the last line)", tx_id, outcome.reason,
+                      outcome.message, told)
 
     def dispatch_many(self, raws: Sequence[bytes]) -> list[_Held]:
         """Validate several envelopes and dispatch the valid ones in one hand-off (to the
@@ -402,7 +419,7 @@ class BroadcastHandler:
                 f"batch of {len(raws)} envelopes / {total} bytes exceeds "
                 f"{self._opt.max_batch_envelopes} envelopes / {self._opt.max_batch_bytes} bytes",
             )
-            return [_Held(None, immediate(refusal), deadline) for _ in raws]
+            return [_Held(None, immediate(refusal), deadline)] * len(raws)  # one answer, shared
         held: list[_Held | None] = [None] * len(raws)
         valid: list[tuple[int, Checked]] = []
         dedup = self._recent is not None and self._recent.active()
@@ -458,6 +475,11 @@ class BroadcastHandler:
             return list(self.dispatch_many(batch))
 
         def answer(item: _Held | BatchDecodeError) -> services_pb2.BroadcastResponse:
+            if isinstance(item, BatchTooLarge):
+                err = RxError(TOO_LARGE, f"EnvelopeBatch refused: {item}")
+                if context is None:
+                    raise err
+                abort_with(context, err)
             if isinstance(item, BatchDecodeError):
                 err = RxError("BAD_PAYLOAD", f"not an EnvelopeBatch: {item}")
                 if context is None:
@@ -505,29 +527,64 @@ def _ready(item: _Held | BatchDecodeError) -> bool:
     return outcome is not None and outcome.reason != NOT_LEADER
 
 
+# What one envelope read ahead costs besides its bytes (its answer, ticket and bookkeeping),
+# counted in its read-ahead weight: empty envelopes weighed nothing, and a stream read ahead
+# 128 messages of 1024 of them (131,072 answers held, about 200 MB).
+ENVELOPE_READ_COST = 1024
+
+
 def batch_bytes(batch: list[bytes] | BatchDecodeError) -> int:
-    """Envelope bytes of a decoded batch message (its read-ahead weight)."""
-    return 0 if isinstance(batch, BatchDecodeError) else sum(len(r) for r in batch)
+    """The read-ahead weight of a decoded batch message: its envelope bytes, and
+    ENVELOPE_READ_COST per envelope."""
+    if isinstance(batch, BatchDecodeError):
+        return 0
+    return sum(len(r) for r in batch) + ENVELOPE_READ_COST * len(batch)
 
 
 def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
     """Request deserializer of the batch RPCs: the envelopes verbatim, or the decode error
-    (answered in order as BAD_PAYLOAD instead of gRPC's opaque INTERNAL)."""
+    (answered in order, BAD_PAYLOAD -- or TOO_LARGE past MAX_READ_ENVELOPES envelopes --
+    instead of gRPC's opaque INTERNAL)."""
     try:
-        return split_batch(data)
+        return split_batch(data, MAX_READ_ENVELOPES)
     except BatchDecodeError as err:
         return err
 
 
+def _held_stream(
+    streams: StreamCaps | None, context: grpc.ServicerContext, what: str, answers: Callable[[], Iterator[Resp]]
+) -> Iterator[Resp]:
+    """``answers()`` under a slot of ``streams`` (none: uncapped) for the caller's TLS certificate,
+    or the call aborted TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a request is read.
+
+    A Broadcast stream holds a gRPC worker for as long as it lasts (and a reader thread): any
+    certificate the mTLS layer admits, a patient's too, opening as many idle ones as the
+    orderer has workers left none for Cluster.Step, Forward, Deliver or Admin calls."""
+    slot = None
+    if streams is not None:
+        ident = peer_identity(context)
+        try:
+            slot = streams.admit(context, ident.cert_der if ident is not None else b"", what)
+        except RxError as err:
+            abort_with(context, err)
+    try:
+        yield from answers()
+    finally:
+        if slot is not None:
+            slot.release()
+
+
 def broadcast_batch_method_handler(
-    handler: BroadcastHandler,
+    handler: BroadcastHandler, streams: StreamCaps | None = None,
 ) -> grpc.RpcMethodHandler[list[bytes] | BatchDecodeError, services_pb2.BroadcastBatchResponse]:
-    """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised)."""
+    """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised);
+    each stream is held under ``streams`` (node.stream_caps; none: uncapped)."""
 
     def behaviour(
         requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
-        return handler.batch_stream(requests, context)
+        return _held_stream(streams, context, "AtomicBroadcast.BroadcastBatch",
+                            lambda: handler.batch_stream(requests, context))
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,
@@ -537,14 +594,15 @@ def broadcast_batch_method_handler(
 
 
 def broadcast_method_handler(
-    handler: BroadcastHandler,
+    handler: BroadcastHandler, streams: StreamCaps | None = None,
 ) -> grpc.RpcMethodHandler[bytes, services_pb2.BroadcastResponse]:
-    """Stream-stream handler taking raw envelope bytes (never re-serialised)."""
+    """Stream-stream handler taking raw envelope bytes (never re-serialised); each stream is
+    held under ``streams`` (node.stream_caps; none: uncapped)."""
 
     def behaviour(
         requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
-        return handler.stream(requests)
+        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda: handler.stream(requests))
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,

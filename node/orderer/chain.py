@@ -65,6 +65,7 @@ from node.orderer.configtx import (
 )
 from node.orderer.heard import HeardRecord
 from node.orderer.metrics import OrdererMetrics
+from node.orderer.refusals import EveryInterval
 from node.orderer.releases import ReleaseWatch, describe_lacking_peers, lacking, lacking_peers
 from node.orderer.ticket import NOT_LEADER, ORDERER_CLOCK_SKEW, SERVICE_UNAVAILABLE, TOO_LARGE, Outcome, Ticket
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, require_supported
@@ -147,6 +148,13 @@ class ChainOptions:
     # How many consecutive checks must find the leader's clock the odd one out before it
     # hands leadership over (a flapping guard; see node.orderer.clockwatch).
     clock_disagree_checks: int = 3
+    # Raft messages from one orderer waiting for the driver, at most this many and this many
+    # bytes of entries and snapshot data (one larger message alone); more are dropped (Raft
+    # retransmits), as the sending side drops what does not fit its queue (transport.PeerSender).
+    # The Cluster.Step handler reads a stream as fast as it arrives: an orderer sending faster
+    # than the driver steps (a compromised one, appends of 4 MiB) grew the queue without bound.
+    max_queued_steps_per_peer: int = 4096
+    max_queued_step_bytes_per_peer: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,10 @@ class Chain:
         )
         # SimpleQueue: put/get in C, no Python-level Condition per hand-off.
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        # sender raft id -> (messages, payload bytes) of its Raft messages in the inbox
+        self._queued_steps: dict[int, tuple[int, int]] = {}
+        self._queued_steps_lock = threading.Lock()
+        self._backlog_lines = EveryInterval()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # set when the driver stops on its own (the process should exit: see __main__)
@@ -324,8 +336,34 @@ class Chain:
             self._thread.join(timeout_s)
 
     def step(self, msg: Message) -> None:
-        """Hand a Raft message received from a peer to the driver."""
-        self._inbox.put(("step", msg))
+        """Hand a Raft message received from a peer to the driver; dropped (counted, reason
+        ``backlog``) when that peer's messages waiting for the driver are already
+        ``max_queued_steps_per_peer`` or ``max_queued_step_bytes_per_peer`` bytes."""
+        size = _payload_bytes(msg)
+        with self._queued_steps_lock:
+            count, held = self._queued_steps.get(msg.frm, (0, 0))
+            full = count >= self._opt.max_queued_steps_per_peer or (
+                held > 0 and held + size > self._opt.max_queued_step_bytes_per_peer)
+            if not full:
+                self._queued_steps[msg.frm] = (count + 1, held + size)
+        if not full:
+            self._inbox.put(("step", msg))
+            return
+        self._metrics.consensus_dropped.labels(reason="backlog").inc()
+        told = self._backlog_lines.note(msg.frm)
+        if told:
+            _log.warning("event=raft_backlog_dropped orderer=%d peer=%d dropped=%d queued=%d queued_bytes=%d: "
+                         "Raft messages of that orderer arrive faster than this one steps them; dropped "
+                         "(Raft retransmits what matters)", self._id, msg.frm, told, count, held)
+
+    def _step_taken(self, msg: Message) -> None:
+        """``msg`` left the inbox: out of its sender's backlog."""
+        with self._queued_steps_lock:
+            count, held = self._queued_steps.get(msg.frm, (0, 0))
+            if count <= 1:
+                self._queued_steps.pop(msg.frm, None)
+            else:
+                self._queued_steps[msg.frm] = (count - 1, max(0, held - _payload_bytes(msg)))
 
     def confirm_state(self, why: str) -> None:
         """The other orderers told this blank orderer it is new: it may vote and campaign."""
@@ -500,6 +538,7 @@ class Chain:
     def _handle(self, kind: str, payload: object) -> None:
         if kind == "step":
             assert isinstance(payload, Message)
+            self._step_taken(payload)
             if self._heard is not None:
                 self._heard.note(payload.frm)  # durably, before it is acted on
             if payload.entries and payload.type == MessageType.APP:
@@ -1331,6 +1370,14 @@ class Chain:
             # changes only with them
             commit_term=self._node.raft.log.term_or_zero(hs.commit),
         )
+
+
+def _payload_bytes(msg: Message) -> int:
+    """The entry and snapshot bytes a Raft message carries."""
+    size = sum(len(e.data) for e in msg.entries)
+    if msg.snapshot is not None:
+        size += len(msg.snapshot.data)
+    return size
 
 
 def sign_block(block: block_pb2.Block, header_hash: bytes, signer: Signer) -> None:

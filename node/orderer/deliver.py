@@ -1,13 +1,14 @@
 """Deliver: stream blocks from any number, then follow new ones; and the catch-up client.
 
 Server (``AtomicBroadcast.Deliver``): callers must present a TLS certificate of a valid
-consortium member. The ``max_protocol_version`` a request tells, and the release statement the
-caller signed (``release_statement``/``release_signature``), go with the caller's certificate
-to ``release_told`` (a peer's release: node.orderer.releases). ``start_block``
-is inclusive; with ``follow`` the stream waits for new blocks (checking cancellation every
-``poll_s``), otherwise it stops at ``stop_block`` (0 = the current height - 1) and ends with
-an ErrorDetail status ``OK``. A client resumes after a reconnect by asking from the block
-after the last one it received.
+consortium member (not a patient's), checked again with the MSP in force before every block.
+The ``max_protocol_version`` a request tells, and the release statement the caller signed
+(``release_statement``/``release_signature``), go with the caller's certificate to
+``release_told`` (a peer's release: node.orderer.releases). ``start_block`` is inclusive; with
+``follow`` the stream waits for new blocks (checking cancellation every ``poll_s``), otherwise
+it stops at ``stop_block`` (0 = the current height - 1) and ends with an ErrorDetail status
+``OK``. A client resumes after a reconnect by asking from the block after the last one it
+received.
 
 Every stream sends the same bytes for a block: the stored serialized Block framed as a
 DeliverResponse (field 1, length-delimited) once per block and shared by all streams (a
@@ -100,8 +101,12 @@ class DeliverService:
             # words set aside for certificates a later config may name a peer's)
             self._release_told(caller.cert_der, request.max_protocol_version,
                                request.release_statement, request.release_signature)
+        ident = identity_pb2.Identity(org=caller.org, cert_der=caller.cert_der)
         with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
-            yield from self.frames_from(request, context.is_active)
+            # re-checked before every block: a follow stream lasts for ever, and one opened
+            # before a config update revoked its certificate (or before it expired) was served
+            # every later block (PERMISSION_DENIED with the reason now)
+            yield from self.frames_from(request, context.is_active, lambda: self._check.check(ident))
 
     def blocks_from(
         self, request: services_pb2.DeliverRequest, active: Callable[[], bool]
@@ -126,8 +131,12 @@ class DeliverService:
                     del self._cache[old]
         return frame
 
-    def frames_from(self, request: services_pb2.DeliverRequest, active: Callable[[], bool]) -> Iterator[bytes]:
-        """Serialized DeliverResponses for ``request`` while ``active()`` holds."""
+    def frames_from(
+        self, request: services_pb2.DeliverRequest, active: Callable[[], bool],
+        admitted: Callable[[], object] | None = None,
+    ) -> Iterator[bytes]:
+        """Serialized DeliverResponses for ``request`` while ``active()`` holds; ``admitted``
+        is called before each block (its RxError ends the stream)."""
         n = request.start_block
         stop = request.stop_block
         if not request.follow and stop == 0:
@@ -136,6 +145,8 @@ class DeliverService:
             if not request.follow and n > stop:
                 break
             if n < self._blocks.height():
+                if admitted is not None:
+                    admitted()
                 yield self._frame(n)
                 n += 1
                 continue

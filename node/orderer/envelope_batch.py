@@ -16,8 +16,19 @@ from collections.abc import Sequence
 _TAG = 0x0A  # field 1, wire type 2 (length-delimited)
 
 
+# Envelopes one EnvelopeBatch message may hold at most when read (any sender of this release
+# puts at most 512 in one: the orderers' forwarding; a peer 256): more is refused as the message
+# is split (BatchTooLarge), before a list of them is made. An 8 MiB message holds four million
+# empty envelopes: split and refused one by one, it took the orderer 6 GB and a minute.
+MAX_READ_ENVELOPES = 4096
+
+
 class BatchDecodeError(ValueError):
     """The bytes are not a well-formed EnvelopeBatch."""
+
+
+class BatchTooLarge(BatchDecodeError):
+    """The EnvelopeBatch holds more envelopes than its reader takes."""
 
 
 def _varint(n: int) -> bytes:
@@ -42,12 +53,15 @@ def encode_batch(envelopes: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def split_batch(data: bytes) -> list[bytes]:
-    """The serialized Envelopes of an EnvelopeBatch, verbatim and in order."""
+def split_batch(data: bytes, max_envelopes: int | None = None) -> list[bytes]:
+    """The serialized Envelopes of an EnvelopeBatch, verbatim and in order; BatchTooLarge when
+    it holds more than ``max_envelopes`` (None: no bound)."""
     out: list[bytes] = []
     view = memoryview(data)
     pos, end = 0, len(data)
     while pos < end:
+        if max_envelopes is not None and len(out) >= max_envelopes:
+            raise BatchTooLarge(f"more than {max_envelopes} envelopes in one message")
         if data[pos] != _TAG:
             raise BatchDecodeError(f"unexpected field tag {data[pos]:#x} at offset {pos}")
         pos += 1

@@ -46,7 +46,7 @@ class OrdererMetrics:
         )
         self.consensus_dropped = Counter(
             "rxchain_orderer_consensus_dropped",
-            "Consensus messages dropped, by reason (non_member, bad_sender, invalid)",
+            "Consensus messages dropped, by reason (non_member, bad_sender, invalid, backlog)",
             ["reason"], registry=r,
         )
         self.release_statements_refused = Counter(

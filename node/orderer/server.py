@@ -74,6 +74,7 @@ from node.raft.errors import RaftStateLost
 from node.raft.storage import Storage
 from node.raft.types import ConfState, StateRole
 from node.rpc_parse import ParseGuard
+from node.stream_caps import StreamCaps
 
 _log = logging.getLogger(__name__)
 
@@ -183,13 +184,14 @@ def _admin_handler(
 
 
 def _broadcast_handler(
-    broadcast: BroadcastHandler, deliver: DeliverService
+    broadcast: BroadcastHandler, deliver: DeliverService, streams: StreamCaps
 ) -> grpc.GenericRpcHandler[object, object]:
     return grpc.method_handlers_generic_handler(
         "rxchain.v1.AtomicBroadcast",
         {
-            "Broadcast": broadcast_method_handler(broadcast),
-            "BroadcastBatch": broadcast_batch_method_handler(broadcast),
+            # Broadcast streams hold a gRPC worker each, as Deliver's do: under the same caps
+            "Broadcast": broadcast_method_handler(broadcast, streams),
+            "BroadcastBatch": broadcast_batch_method_handler(broadcast, streams),
             # the framed block bytes are shared by every following stream: no re-serialization
             "Deliver": grpc.unary_stream_rpc_method_handler(
                 deliver.deliver_bytes,
@@ -677,7 +679,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         recent=RecentTxIndex(blocks, chain.leader_id), message_bound=send_bound,
     )
     grpc_workers = config.grpc_workers
-    streams = config.stream_caps()  # on Deliver streams (node.stream_caps)
+    streams = config.stream_caps()  # on Deliver and Broadcast streams (node.stream_caps)
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
                              release_told=peer_release_intake(lambda: tracker.current.config, releases))
     # one count of each non-member caller's refusals, whichever Cluster stream it opens
@@ -700,7 +702,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     )
     server.add_generic_rpc_handlers(
         [
-            _broadcast_handler(broadcast, deliver), cluster.handler(), cluster.batch_handler(),
+            _broadcast_handler(broadcast, deliver, streams), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
             _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current,
                            releases, heard),

@@ -37,21 +37,46 @@ def ordered_answers(
     *,
     max_in_flight: int = 8192,
     on_error: Callable[[BaseException], None] | None = None,
+    weigh: Callable[[Req], int] | None = None,
+    max_bytes: int = 0,
 ) -> Iterator[Resp]:
     """Yield ``answer(dispatch(r))`` for each request ``r``, in order, pipelined.
 
     ``answer`` blocks on the ticket (with its own bound); ``max_in_flight`` bounds the
-    tickets read ahead of the answers (back-pressure on the client).
+    tickets read ahead of the answers (back-pressure on the client); with ``weigh``,
+    ``max_bytes`` also bounds their bytes (a request is read ahead only while the ones not yet
+    answered weigh less; the first is always taken): a client that sends and never reads its
+    answers held ``max_in_flight`` requests of any size each (8192 envelopes of 1 MiB).
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
+    room = threading.Condition()
+    held = [0]  # bytes of requests read and not yet answered
+
+    def take(n: int) -> bool:
+        with room:
+            while held[0] and held[0] + n > max_bytes:
+                if stop.is_set():
+                    return False
+                room.wait(0.1)
+            held[0] += n
+        return True
+
+    def give(n: int) -> None:
+        if n:
+            with room:
+                held[0] -= n
+                room.notify()
 
     def reader() -> None:
         try:
             for req in requests:
                 if stop.is_set():
                     break
-                pending.put(dispatch(req))
+                n = weigh(req) if weigh is not None and max_bytes > 0 else 0
+                if n and not take(n):
+                    break
+                pending.put((n, dispatch(req)))
         except Exception as exc:  # noqa: BLE001 -- a cancelled stream ends the reader
             if on_error is not None:
                 on_error(exc)
@@ -62,12 +87,17 @@ def ordered_answers(
     thread.start()
     try:
         while True:
-            item = pending.get()
-            if item is _END:
+            entry = pending.get()
+            if entry is _END:
                 return
-            yield answer(item)  # type: ignore[arg-type]
+            n, item = cast("tuple[int, Item]", entry)
+            resp = answer(item)
+            give(n)
+            yield resp
     finally:
         stop.set()
+        with room:
+            room.notify_all()
         # Unblock the reader if it waits on a full queue.
         for _ in range(40):
             if not thread.is_alive():

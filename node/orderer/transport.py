@@ -41,6 +41,7 @@ from node.crypto.tls import peer_identity
 from node.errors import reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
+from node.orderer.forward import FORWARD_READ_AHEAD_BYTES
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.refusals import EveryInterval, NonMemberRefusals
@@ -546,7 +547,7 @@ class ClusterService:
                 accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
             )
 
-        return ordered_answers(requests, dispatch, answer)
+        return ordered_answers(requests, dispatch, answer, weigh=len, max_bytes=FORWARD_READ_AHEAD_BYTES)
 
     def forward_batch(
         self, requests: Iterator[raft_pb2.ForwardedEnvelopes], context: grpc.ServicerContext
@@ -572,7 +573,8 @@ class ClusterService:
                 )
             return out
 
-        return ordered_answers(requests, dispatch, answer)
+        return ordered_answers(requests, dispatch, answer, weigh=_forwarded_bytes,
+                               max_bytes=FORWARD_READ_AHEAD_BYTES)
 
     def batch_handler(self) -> grpc.GenericRpcHandler[object, object]:
         """The generic handler of OrdererCluster (ForwardBatch)."""
@@ -617,6 +619,11 @@ def _relay_chunk_end(relay: Sequence[services_pb2.PeerRelease], start: int) -> i
         size += n
         end += 1
     return end
+
+
+def _forwarded_bytes(batch: raft_pb2.ForwardedEnvelopes) -> int:
+    """Envelope bytes of a forwarded batch (its read-ahead weight)."""
+    return sum(len(e) for e in batch.envelopes)
 
 
 def _refused() -> Ticket:

@@ -50,9 +50,10 @@ import grpc
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.config import Endpoint
-from node.errors import ENVELOPE_REFUSALS, RxError
+from node.errors import ENVELOPE_REFUSALS, RxError, reason_from_rpc_error
 from node.msgbound import budget_reader
 from node.orderer.envelope_batch import encode_batch
+from node.stream_caps import TOO_MANY_STREAMS
 
 _log = logging.getLogger(__name__)
 
@@ -217,6 +218,10 @@ class _Stream:
                 if self._fall_back(exc):
                     continue
                 err = RxError("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {exc.code()}")
+                if reason_from_rpc_error(exc) == TOO_MANY_STREAMS:
+                    # refused as it opened (the orderer's stream caps), before any envelope was
+                    # read: none can have been ordered, a retry elsewhere is no resubmission
+                    err = _NotSent("SERVICE_UNAVAILABLE", f"{self.endpoint.name}: {TOO_MANY_STREAMS}")
             break
         self._fail(err)
         self.finished.set()
