@@ -174,6 +174,22 @@ def test_claim_only_what_was_dispensed(world: World) -> None:
     assert amounts(part) == (2000, 1700, 300, 300, 0)
 
 
+
+def test_a_claim_above_the_dispense_gets_the_domain_reason_whatever_its_size(world: World) -> None:
+    """DOMAIN.md 3: a claim may only contain what was dispensed [ITEM_NOT_DISPENSED,
+    QTY_EXCEEDS_DISPENSED]. A claimed line above 1000 boxes (the prescription's per-line cap)
+    used to be BAD_TRANSIENT for both, as if the transient were malformed."""
+    prep = dispensed(world)
+    codes = world.codes
+    out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": 1001}])
+    assert out.reason == "QTY_EXCEEDS_DISPENSED"
+    out = settle(world, prep, lines=[{"code": codes["metformin"], "qty": 5000}])
+    assert out.reason == "ITEM_NOT_DISPENSED"
+    for malformed in (0, -1, True, "2", 10**30):
+        out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": malformed}])
+        assert out.reason == "BAD_TRANSIENT", malformed
+    assert settle(world, prep).ok
+
 def test_claim_needs_a_dispense_and_the_true_claim_subset(world: World) -> None:
     prep = approved(world, doctor=ZHOU, drugs=EXAMPLE)
     assert settle(world, prep).reason == "NOT_DISPENSED"
@@ -214,6 +230,7 @@ def test_policy_change_applies_to_claims_after_it(world: World) -> None:
     claim = settle(world, after).unwrap()
     assert claim["fund_fen"] == 7650  # 8500 * 90%
     assert claim["policy_effective_ms"] == effective
+
 
 
 @pytest.mark.parametrize("b_share_bp,expected_preself", [(1000, 500), (333, 167), (0, 0)])
