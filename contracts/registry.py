@@ -309,7 +309,8 @@ def set_policy(
     """Publish a policy version of the caller's insurer, in force from effective_ms.
 
     effective_ms 0 means "from this transaction"; a version may not take effect in the past
-    (claims already settled are never re-priced).
+    (claims already settled are never re-priced), nor be written by a transaction timestamped
+    before one that wrote a version of this insurer (as set_drug: a skewed clock, retry).
     """
     _require_admin(ctx, ("insurer",))
     now = ctx.timestamp_ms
@@ -334,6 +335,14 @@ def set_policy(
         if not _is_id(dx, 16) or not _is_int(cap_by_disease[dx], 0, MAX_FEN):
             ctx.fail("BAD_ARGUMENTS", "cap_by_disease: ICD-10 code -> non-negative fen")
     org = ctx.caller.org
+    prefix = "policy/" + org + "/"
+    for pair in ctx.range(prefix, prefix + _inv(now), LIST_LIMIT):  # effective after now (<= 200)
+        if pair[1]["updated"]["ms"] > now:
+            # written by a tx timestamped after this one (a skewed client clock, as set_drug):
+            # this version would take effect before a change already published -- re-pricing
+            # dispenses made under it -- and that one would shadow this one from its time on
+            ctx.fail("POLICY_RETROACTIVE", "a policy version of " + org + " was written after this "
+                     "transaction's time; retry with the current time")
     rec = {
         "insurer": org,
         "effective_ms": effective_ms,
@@ -344,7 +353,7 @@ def set_policy(
         "b_share_bp": b_share_bp,
         "updated": _stamp(ctx),
     }
-    ctx.put("policy/" + org + "/" + _inv(effective_ms), rec)
+    ctx.put(prefix + _inv(effective_ms), rec)
     ctx.emit("registry.policy", {"insurer": org, "effective_ms": effective_ms})
     return rec
 

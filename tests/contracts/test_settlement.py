@@ -233,6 +233,33 @@ def test_policy_change_applies_to_claims_after_it(world: World) -> None:
 
 
 
+def test_a_policy_write_behind_a_later_written_version_is_refused(world: World) -> None:
+    """Policy versions are keyed by effective time and a version may take effect from its own
+    transaction's time, which the orderer accepts within its clock-skew bound (10 minutes in
+    network-config). A second admin whose clock is behind published, after a colleague's
+    version, one that took effect before it: it re-priced a dispense made before either was
+    published, and the colleague's older change shadowed it from then on. As set_drug: a write
+    timestamped before a version already written is POLICY_RETROACTIVE (retry)."""
+    pol = dict(world.sample["policies"][0])
+    world.chain.advance(DAY_MS)  # the sample version is a day old
+    prep = dispensed(world)
+    world.chain.advance(60_000)
+    world.set_policy({**pol, "ratio_bp": {"community": 9000, "tertiary": 8000}}, 0).unwrap()
+    behind = world.chain.now - 120_000  # before the dispense (it was priced at 85%)
+    out = world.chain.submit(
+        "registry", "set_policy", admin("ins01"), at_ms=behind, effective_ms=0,
+        deductible_fen=pol["deductible_fen"], ratio_bp={"community": 1000, "tertiary": 1000},
+        cap_fen=pol["cap_fen"], cap_by_disease=pol.get("cap_by_disease", {}),
+        b_share_bp=pol["b_share_bp"])
+    assert out.reason == "POLICY_RETROACTIVE"
+    assert settle(world, prep).unwrap()["fund_fen"] == 7225  # the version in force at the dispense
+    # a version scheduled for later is no write from the future: an interim one still goes in
+    world.set_policy({**pol, "deductible_fen": 1}, world.chain.now + 10 * DAY_MS).unwrap()
+    world.chain.advance(1)
+    assert world.set_policy({**pol, "deductible_fen": 2}, 0).ok
+    assert world.chain.query("registry", "get_policy", JIANG, insurer="ins01",
+                             at_ms=0).unwrap()["deductible_fen"] == 2
+
 @pytest.mark.parametrize("b_share_bp,expected_preself", [(1000, 500), (333, 167), (0, 0)])
 def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself: int) -> None:
     pol = dict(world.sample["policies"][0])
