@@ -6,7 +6,8 @@ Reference data the prescription and settlement contracts read:
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin;
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
   class; no drug names: clients map names to codes with their own catalogue): written by
-  insurer admins, an entry only by the insurer that created it; every write also keeps the
+  insurer admins, an entry only by the insurer that created it, its controlled class (what
+  is never prescribed online) once created only by regulator admins; every write also keeps the
   version ``drugver/{medListCodg}/{inv13}`` (settlement prices a claim as of its dispense);
 * insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
   ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
@@ -216,6 +217,27 @@ def get_pharmacy(ctx: Context, org: str) -> dict:
 # ---------------------------------------------------------------- formulary
 
 
+def _put_drug(ctx: Context, old: dict, rec: dict) -> dict:
+    """Write ``rec`` as formulary entry ``drug/{code}`` and as its version from this tx on."""
+    code = rec["code"]
+    prefix = "drugver/" + code + "/"
+    if old is not None and ctx.timestamp_ms < old["updated"]["ms"]:
+        # versions are keyed by time: one timestamped before the entry's latest version (a
+        # skewed client clock) would sort below it, and settlement would price dispenses after
+        # this update by the older version
+        ctx.fail("POLICY_RETROACTIVE", "formulary entry " + code + " has a version from after this "
+                 "transaction's time; retry with the current time")
+    if old is not None and len(ctx.range(prefix, prefix + "~", 1)) == 0:
+        # an entry from before versions were kept: it stands for every dispense before this
+        # update (ms 0), so a claim for one is never priced by this update
+        ctx.put(prefix + _inv(0), old)
+    ctx.put("drug/" + code, rec)
+    # the version in force from now on: a claim is priced as of its dispense
+    ctx.put(prefix + _inv(ctx.timestamp_ms), rec)
+    ctx.emit("registry.drug", {"code": code})
+    return rec
+
+
 def set_drug(
     ctx: Context,
     code: str,
@@ -226,7 +248,8 @@ def set_drug(
     controlled: str,
 ) -> dict:
     """Add or update a formulary entry (insurer admins; an existing entry only by the
-    insurer that created it). No drug names are stored on the ledger."""
+    insurer that created it, its controlled class only by the regulator: set_controlled).
+    No drug names are stored on the ledger."""
     _require_admin(ctx, ("insurer",))
     if not isinstance(code, str) or len(code) != 23:
         ctx.fail("BAD_ARGUMENTS", "medListCodg must be 23 characters")
@@ -244,17 +267,11 @@ def set_drug(
     old = ctx.get("drug/" + code)
     if old is not None and old["insurer"] != org:
         ctx.fail("ACCESS_DENIED", "formulary entry " + code + " is maintained by " + old["insurer"])
-    prefix = "drugver/" + code + "/"
-    if old is not None and ctx.timestamp_ms < old["updated"]["ms"]:
-        # versions are keyed by time: one timestamped before the entry's latest version (a
-        # skewed client clock) would sort below it, and settlement would price dispenses after
-        # this update by the older version
-        ctx.fail("POLICY_RETROACTIVE", "formulary entry " + code + " has a version from after this "
-                 "transaction's time; retry with the current time")
-    if old is not None and len(ctx.range(prefix, prefix + "~", 1)) == 0:
-        # an entry from before versions were kept: it stands for every dispense before this
-        # update (ms 0), so a claim for one is never priced by this update
-        ctx.put(prefix + _inv(0), old)
+    if old is not None and controlled != old["controlled"]:
+        # what is never prescribed online (DOMAIN.md 1.3, 1.5) is the regulator's to decide: an
+        # insurer declassified a narcotic, or blocked a common drug everywhere as one
+        ctx.fail("ACCESS_DENIED", "the controlled class of " + code + " (" + old["controlled"]
+                 + ") is set by the regulator (registry.set_controlled)")
     rec = {
         "code": code,
         "insurer": org,
@@ -265,11 +282,26 @@ def set_drug(
         "controlled": controlled,
         "updated": _stamp(ctx),
     }
-    ctx.put("drug/" + code, rec)
-    # the version in force from now on: a claim is priced as of its dispense
-    ctx.put(prefix + _inv(ctx.timestamp_ms), rec)
-    ctx.emit("registry.drug", {"code": code})
-    return rec
+    return _put_drug(ctx, old, rec)
+
+
+def set_controlled(ctx: Context, code: str, controlled: str) -> dict:
+    """Set the controlled class of a formulary entry (regulator admins); the insurer's class,
+    prices and spec are kept."""
+    _require_admin(ctx, ("regulator",))
+    if not _only(code, CODE_CHARS, 23, 23):
+        ctx.fail("BAD_ARGUMENTS", "medListCodg must be 23 upper-case letters and digits")
+    if controlled not in CONTROLLED_CLASSES:
+        ctx.fail("BAD_ARGUMENTS", "controlled class must be one of " + ",".join(CONTROLLED_CLASSES))
+    old = ctx.get("drug/" + code)
+    if old is None:
+        ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code)
+    rec = {}
+    for k in sorted(old.keys()):
+        rec[k] = old[k]
+    rec["controlled"] = controlled
+    rec["updated"] = _stamp(ctx)
+    return _put_drug(ctx, old, rec)
 
 
 def get_drug(ctx: Context, code: str) -> dict:
@@ -309,7 +341,8 @@ def set_policy(
     """Publish a policy version of the caller's insurer, in force from effective_ms.
 
     effective_ms 0 means "from this transaction"; a version may not take effect in the past
-    (claims already settled are never re-priced).
+    (claims already settled are never re-priced), nor be written by a transaction timestamped
+    before one that wrote a version of this insurer (as set_drug: a skewed clock, retry).
     """
     _require_admin(ctx, ("insurer",))
     now = ctx.timestamp_ms
@@ -334,6 +367,14 @@ def set_policy(
         if not _is_id(dx, 16) or not _is_int(cap_by_disease[dx], 0, MAX_FEN):
             ctx.fail("BAD_ARGUMENTS", "cap_by_disease: ICD-10 code -> non-negative fen")
     org = ctx.caller.org
+    prefix = "policy/" + org + "/"
+    for pair in ctx.range(prefix, prefix + _inv(now), LIST_LIMIT):  # effective after now (<= 200)
+        if pair[1]["updated"]["ms"] > now:
+            # written by a tx timestamped after this one (a skewed client clock, as set_drug):
+            # this version would take effect before a change already published -- re-pricing
+            # dispenses made under it -- and that one would shadow this one from its time on
+            ctx.fail("POLICY_RETROACTIVE", "a policy version of " + org + " was written after this "
+                     "transaction's time; retry with the current time")
     rec = {
         "insurer": org,
         "effective_ms": effective_ms,
@@ -344,7 +385,7 @@ def set_policy(
         "b_share_bp": b_share_bp,
         "updated": _stamp(ctx),
     }
-    ctx.put("policy/" + org + "/" + _inv(effective_ms), rec)
+    ctx.put(prefix + _inv(effective_ms), rec)
     ctx.emit("registry.policy", {"insurer": org, "effective_ms": effective_ms})
     return rec
 

@@ -266,8 +266,11 @@ def _claimed_lines(ctx: Context, dispensed: list) -> list:
     claim_qty = {}
     out = []
     for ln in wanted:
-        if not isinstance(ln, dict) or not _is_int(ln.get("qty"), 1, 1000):
-            ctx.fail("BAD_TRANSIENT", "each claimed line needs a quantity of 1-1000")
+        # only the shape here (a positive integer of sane size): a line above what was dispensed
+        # is QTY_EXCEEDS_DISPENSED and an item never dispensed ITEM_NOT_DISPENSED (DOMAIN.md 3),
+        # whatever its quantity -- a per-line cap of 1000 answered both BAD_TRANSIENT
+        if not isinstance(ln, dict) or not _is_int(ln.get("qty"), 1, MAX_FEN):
+            ctx.fail("BAD_TRANSIENT", "each claimed line needs a positive integer quantity")
         code = ln.get("code")
         if not isinstance(code, str) or code not in disp_qty:
             ctx.fail("ITEM_NOT_DISPENSED", "claimed item " + str(code) + " was not dispensed")

@@ -49,10 +49,9 @@ def set_pharmacy_active(world: World, org: str, active: bool) -> None:
 
 
 def reclassify(world: World, short_name: str, controlled: str) -> None:
-    d = next(x for x in world.sample["formulary"] if x["short_name"] == short_name)
-    args = {k: d[k] for k in ("code", "spec", "cls", "standard_fen", "price_fen")}
-    world.chain.submit("registry", "set_drug", admin(d["insurer"]), controlled=controlled,
-                       **args).unwrap()
+    """The regulator sets a formulary entry's controlled class (its insurer may not)."""
+    world.chain.submit("registry", "set_controlled", admin("reg01"), code=world.codes[short_name],
+                       controlled=controlled).unwrap()
 
 
 # ---------------------------------------------------------------- 1. inactive pharmacy

@@ -81,6 +81,44 @@ def test_an_insurer_cannot_reprice_another_insurers_formulary_entry(world: World
     assert submit(world, "set_drug", admin("ins01"), **{**cheap, "price_fen": 2100}) == "OK"
 
 
+
+def test_only_the_regulator_changes_a_drugs_controlled_class(world: World) -> None:
+    """What is never prescribed online (DOMAIN.md 1.3) is read from the entry's controlled
+    class. The insurer maintaining the morphine entry could set it NONE with set_drug, and a
+    doctor then issued an internet prescription for morphine; it could as well mark a common
+    drug NARCOTIC and stop it for every insurer's patients. Only a regulator admin changes it."""
+    morphine = next(d for d in world.sample["formulary"] if d["short_name"] == "morphine")
+    args = {k: morphine[k] for k in ("code", "spec", "cls", "standard_fen", "price_fen")}
+    assert submit(world, "set_drug", admin("ins01"), **args, controlled="NONE") == "ACCESS_DENIED"
+    assert issue(world, drugs=[("morphine", 1)])[1].reason == "FORBIDDEN_DRUG_CLASS"
+    amlodipine = world.codes["amlodipine"]
+    blocked = {**args, "code": amlodipine, "spec": "5 mg x 28 tablets", "cls": "A", "standard_fen": 2000,
+               "price_fen": 2000}
+    assert submit(world, "set_drug", admin("ins01"), **blocked, controlled="NARCOTIC") == "ACCESS_DENIED"
+    # its prices and spec stay the insurer's, the class as it is
+    assert submit(world, "set_drug", admin("ins01"), **{**args, "price_fen": 3600},
+                  controlled="NARCOTIC") == "OK"
+    for caller in (admin("ins01"), admin("h01"), admin("p01")):
+        assert submit(world, "set_controlled", caller, code=amlodipine, controlled="NARCOTIC") == "ACCESS_DENIED"
+    for caller in (who("reg01:auditor-fang:auditor"), JIANG):
+        assert submit(world, "set_controlled", caller, code=amlodipine, controlled="NARCOTIC") == "WRONG_ROLE"
+    regulator = admin("reg01")
+    assert submit(world, "set_controlled", regulator, code="XC09AAE001A001010100043",
+                  controlled="NONE") == "UNKNOWN_DRUG"
+    assert submit(world, "set_controlled", regulator, code=amlodipine, controlled="OPIOID") == "BAD_ARGUMENTS"
+    assert submit(world, "set_controlled", regulator, code="xc08", controlled="NONE") == "BAD_ARGUMENTS"
+    assert submit(world, "set_controlled", regulator, code=amlodipine, controlled="SPECIAL_STORAGE") == "OK"
+    rec = world.chain.query("registry", "get_drug", WANG, code=amlodipine).unwrap()
+    assert (rec["controlled"], rec["insurer"], rec["cls"], rec["price_fen"]) == ("SPECIAL_STORAGE", "ins01", "A", 2000)
+    assert rec["updated"]["by_org"] == "reg01"
+    # a version timestamped before the entry's latest one is refused, as set_drug's
+    out = world.chain.submit("registry", "set_controlled", regulator, at_ms=world.chain.now - 1,
+                             code=amlodipine, controlled="NONE")
+    assert out.reason == "POLICY_RETROACTIVE"
+    # the insurer keeps maintaining it, with the regulator's class
+    assert submit(world, "set_drug", admin("ins01"), **{**blocked, "price_fen": 2100},
+                  controlled="SPECIAL_STORAGE") == "OK"
+
 def test_policy_versions_by_effective_time(world: World) -> None:
     pol = dict(world.sample["policies"][0])
     assert world.chain.submit(

@@ -174,6 +174,22 @@ def test_claim_only_what_was_dispensed(world: World) -> None:
     assert amounts(part) == (2000, 1700, 300, 300, 0)
 
 
+
+def test_a_claim_above_the_dispense_gets_the_domain_reason_whatever_its_size(world: World) -> None:
+    """DOMAIN.md 3: a claim may only contain what was dispensed [ITEM_NOT_DISPENSED,
+    QTY_EXCEEDS_DISPENSED]. A claimed line above 1000 boxes (the prescription's per-line cap)
+    used to be BAD_TRANSIENT for both, as if the transient were malformed."""
+    prep = dispensed(world)
+    codes = world.codes
+    out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": 1001}])
+    assert out.reason == "QTY_EXCEEDS_DISPENSED"
+    out = settle(world, prep, lines=[{"code": codes["metformin"], "qty": 5000}])
+    assert out.reason == "ITEM_NOT_DISPENSED"
+    for malformed in (0, -1, True, "2", 10**30):
+        out = settle(world, prep, lines=[{"code": codes["amlodipine"], "qty": malformed}])
+        assert out.reason == "BAD_TRANSIENT", malformed
+    assert settle(world, prep).ok
+
 def test_claim_needs_a_dispense_and_the_true_claim_subset(world: World) -> None:
     prep = approved(world, doctor=ZHOU, drugs=EXAMPLE)
     assert settle(world, prep).reason == "NOT_DISPENSED"
@@ -215,6 +231,34 @@ def test_policy_change_applies_to_claims_after_it(world: World) -> None:
     assert claim["fund_fen"] == 7650  # 8500 * 90%
     assert claim["policy_effective_ms"] == effective
 
+
+
+def test_a_policy_write_behind_a_later_written_version_is_refused(world: World) -> None:
+    """Policy versions are keyed by effective time and a version may take effect from its own
+    transaction's time, which the orderer accepts within its clock-skew bound (10 minutes in
+    network-config). A second admin whose clock is behind published, after a colleague's
+    version, one that took effect before it: it re-priced a dispense made before either was
+    published, and the colleague's older change shadowed it from then on. As set_drug: a write
+    timestamped before a version already written is POLICY_RETROACTIVE (retry)."""
+    pol = dict(world.sample["policies"][0])
+    world.chain.advance(DAY_MS)  # the sample version is a day old
+    prep = dispensed(world)
+    world.chain.advance(60_000)
+    world.set_policy({**pol, "ratio_bp": {"community": 9000, "tertiary": 8000}}, 0).unwrap()
+    behind = world.chain.now - 120_000  # before the dispense (it was priced at 85%)
+    out = world.chain.submit(
+        "registry", "set_policy", admin("ins01"), at_ms=behind, effective_ms=0,
+        deductible_fen=pol["deductible_fen"], ratio_bp={"community": 1000, "tertiary": 1000},
+        cap_fen=pol["cap_fen"], cap_by_disease=pol.get("cap_by_disease", {}),
+        b_share_bp=pol["b_share_bp"])
+    assert out.reason == "POLICY_RETROACTIVE"
+    assert settle(world, prep).unwrap()["fund_fen"] == 7225  # the version in force at the dispense
+    # a version scheduled for later is no write from the future: an interim one still goes in
+    world.set_policy({**pol, "deductible_fen": 1}, world.chain.now + 10 * DAY_MS).unwrap()
+    world.chain.advance(1)
+    assert world.set_policy({**pol, "deductible_fen": 2}, 0).ok
+    assert world.chain.query("registry", "get_policy", JIANG, insurer="ins01",
+                             at_ms=0).unwrap()["deductible_fen"] == 2
 
 @pytest.mark.parametrize("b_share_bp,expected_preself", [(1000, 500), (333, 167), (0, 0)])
 def test_b_share_rounds_half_up(world: World, b_share_bp: int, expected_preself: int) -> None:
