@@ -333,8 +333,8 @@ def _is_enrolled_user(ctx: Context, pseudonym: str) -> bool:
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         return False
-    if c.attrs.get("pseudonym", "") == pseudonym:
-        return c.org == enrol["hospital"]
+    if c.attrs.get("pseudonym", "") == pseudonym and c.org == enrol["hospital"]:
+        return True
     binding = ctx.transient("patient_binding")
     if not _is_hex(binding, 64, 64):
         return False

@@ -479,8 +479,8 @@ def _is_patient(ctx: Context, rec: dict) -> bool:
     c = ctx.caller
     if c.role != "patient":
         return False
-    if c.attrs.get("pseudonym", "") == rec["pseudonym"]:
-        return c.org == rec["hospital"]  # any other hospital's CA could mint the attribute
+    if c.attrs.get("pseudonym", "") == rec["pseudonym"] and c.org == rec["hospital"]:
+        return True  # any other hospital's CA could mint the attribute: its binding decides
     binding = ctx.transient("patient_binding")
     if not _is_hex(binding, 64):
         return False

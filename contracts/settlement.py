@@ -481,8 +481,8 @@ def _is_patient(ctx: Context, enrol: dict) -> bool:
     c = ctx.caller
     if c.role != "patient":
         return False
-    if c.attrs.get("pseudonym", "") == enrol["pseudonym"]:
-        return c.org == enrol["hospital"]  # any other hospital's CA could mint the attribute
+    if c.attrs.get("pseudonym", "") == enrol["pseudonym"] and c.org == enrol["hospital"]:
+        return True  # any other hospital's CA could mint the attribute: its binding decides
     binding = ctx.transient("patient_binding")
     if not _is_hex(binding, 64, 64):
         return False

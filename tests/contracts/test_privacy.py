@@ -27,7 +27,7 @@ from tests.contracts.flows import (
     lock_and_dispense,
     settle,
 )
-from tests.contracts.rxclient import Prepared, World
+from tests.contracts.rxclient import Prepared, World, patient_binding
 from tests.harness.plaintext import mentions
 
 
@@ -307,3 +307,31 @@ def test_pseudonym_attribute_counts_only_on_a_certificate_of_her_enrolling_hospi
     assert world.chain.query("registry", "get_patient", own, pseudonym=pz).ok
     assert world.chain.query("settlement", "patient_status", own, pseudonym=pz, year=0).ok
     assert fetch(world, own, rx)["party"] == "patient"
+
+
+def test_a_foreign_pseudonym_attribute_does_not_shut_out_a_patient_her_binding_proves(
+        world: World) -> None:
+    """The pseudonym attribute counts only on her enrolling hospital's certificate; on any other
+    hospital's it used to refuse her outright in all three contracts, even when the certificate
+    is the one she was enrolled with and she sends its binding. It now falls through to the
+    binding, which decides: her certificate from h02 (enrolled by h01) is her, the same
+    certificate without the binding -- or a rogue one with another name -- is not."""
+    pt = {**world.patients["patient-zhang"], "name": "patient-new",
+          "id_number": "500103198001010011", "user": {"org": "h02", "name": "pt-app"}}
+    world.admit(pt)
+    world.patients["patient-new"] = pt
+    rx = approved(world, patient="patient-new").args["rx_id"]
+    pid = world.pid("patient-new")
+    her = Who("h02", "pt-app", "patient", attrs={"pseudonym": pid},
+              binding=patient_binding("h02", "pt-app"))
+    assert world.chain.query("prescription", "show", her, rx_id=rx).ok
+    assert world.chain.query("registry", "get_patient", her, pseudonym=pid).ok
+    assert world.chain.query("settlement", "patient_status", her, pseudonym=pid, year=0).ok
+    for outsider in (Who("h02", "pt-app", "patient", attrs={"pseudonym": pid}),
+                     Who("h02", "pt-rogue", "patient", attrs={"pseudonym": pid},
+                         binding=patient_binding("h02", "pt-app"))):
+        assert world.chain.query("prescription", "show", outsider, rx_id=rx).reason == "NOT_FOUND"
+        assert world.chain.query("registry", "get_patient", outsider,
+                                 pseudonym=pid).reason == "ACCESS_DENIED"
+        assert world.chain.query("settlement", "patient_status", outsider, pseudonym=pid,
+                                 year=0).reason == "ACCESS_DENIED"
