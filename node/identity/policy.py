@@ -345,6 +345,19 @@ class _ExactSearch:
                     self._forced[c] for c in kids)
             else:
                 self._forced[v] = len(self._match[v]) == 1
+        # the signers a gadget's principals match: fewer than its cap, it can never be satisfied
+        self._reach = [0] * len(self._cap)
+        for v in range(len(self._cap) - 1, -1, -1):
+            for j in self._match[v]:
+                self._reach[v] |= 1 << j
+            for c in self._kids[v]:
+                self._reach[v] |= self._reach[c]
+        # per OutOf the search chooses in: [j] = the signers options[j:] may use (the options
+        # that can be satisfied at all); a choice needing more signers than its entries and
+        # the flow may use is not entered
+        self._suffix: dict[int, list[int]] = {}
+        self._reach_of(plan)
+        self._flow_reach = 0
         # a forced gadget's signers (-1: it cannot be satisfied, two principals share one)
         self._needs = [-1] * len(self._cap)
         for v in range(len(self._cap) - 1, -1, -1):
@@ -451,14 +464,15 @@ class _ExactSearch:
                 return False
         self._total += self._cap[root]
         self._all_forced = self._all_forced and self._forced[root]
+        self._flow_reach |= self._reach[root]
         return True
 
-    def _save(self) -> tuple[list[int], list[int], list[int], int, bool]:
-        return self._flow[:], self._leaf_to[:], self._owner[:], self._total, self._all_forced
+    def _save(self) -> tuple[list[int], list[int], list[int], int, bool, int]:
+        return self._flow[:], self._leaf_to[:], self._owner[:], self._total, self._all_forced, self._flow_reach
 
-    def _restore(self, saved: tuple[list[int], list[int], list[int], int, bool]) -> None:
+    def _restore(self, saved: tuple[list[int], list[int], list[int], int, bool, int]) -> None:
         self._flow, self._leaf_to, self._owner = saved[0][:], saved[1][:], saved[2][:]
-        self._total, self._all_forced = saved[3], saved[4]
+        self._total, self._all_forced, self._flow_reach = saved[3], saved[4], saved[5]
 
     # ------------------------------------------------------------------ the choices
 
@@ -484,6 +498,11 @@ class _ExactSearch:
             return None
         if not pending:
             return self._total
+        reach = self._flow_reach
+        for e in pending:
+            reach |= self._entry_reach(e)
+        if need > bin(reach).count("1"):
+            return None
         key: tuple[tuple[object, ...], int] | None = None
         used = 0
         if self._all_forced:
@@ -505,9 +524,11 @@ class _ExactSearch:
                 if after + k * choose.floor[j] > self._usable:
                     break  # floor only grows with j
                 option = choose.options[j]
-                if key is not None and isinstance(option, _Gadget):
+                if isinstance(option, _Gadget):
                     node = self._ids[id(option)]
-                    if self._forced[node] and (self._needs[node] < 0 or self._needs[node] & used):
+                    if bin(self._reach[node]).count("1") < self._cap[node]:
+                        continue  # too few signers match its principals, whatever else is chosen
+                    if key is not None and self._forced[node] and (self._needs[node] < 0 or self._needs[node] & used):
                         continue  # its signers are taken for good (no flow can move them)
                 first: _Pending = option if isinstance(option, _Gadget) else (option, 0, option.n)
                 more = (first, (choose, j + 1, k - 1), *rest) if k > 1 else (first, *rest)
@@ -519,6 +540,26 @@ class _ExactSearch:
         if found is None and key is not None:
             self._failed.add(key)
         return found
+
+    def _reach_of(self, item: _Item) -> int:
+        """The signers ``item`` may use (0 when it can never be satisfied); fills _suffix."""
+        if isinstance(item, _Gadget):
+            return self._reach_of_gadget(item)
+        suffix = [0] * (len(item.options) + 1)
+        for j in range(len(item.options) - 1, -1, -1):
+            suffix[j] = suffix[j + 1] | self._reach_of(item.options[j])
+        self._suffix[id(item)] = suffix
+        return suffix[0]
+
+    def _entry_reach(self, entry: _Pending) -> int:
+        if isinstance(entry, _Gadget):
+            return self._reach_of_gadget(entry)
+        return self._suffix[id(entry[0])][entry[1]]
+
+    def _reach_of_gadget(self, gadget: _Gadget) -> int:
+        node = self._ids[id(gadget)]
+        reach = self._reach[node]
+        return reach if bin(reach).count("1") >= self._cap[node] else 0
 
     def _used(self) -> int:
         """The signers the flow uses, as a bitmask."""
