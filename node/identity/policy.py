@@ -306,13 +306,15 @@ def _choices(item: _Item) -> int:
 class _ExactSearch:
     """Whether (or with how few signers) distinct signers satisfy a compiled policy, exactly.
 
-    Choices are enumerated depth first (an OutOf's options in order, ``combinations``); each
-    gadget chosen is added to a maximum flow from a source through the gadgets' trees to the
+    Choices are enumerated depth first (an OutOf's options taken in order); each gadget
+    chosen is added to a maximum flow from a source through the gadgets' trees to the
     principals, each principal to one signer it matches and each signer to the sink (every
     signer used once, every principal once). The chosen gadgets are satisfied together exactly
     when the flow saturates them all; a gadget that does not fit ends that branch, and a branch
-    whose choices need more signers than match any principal is not entered. Nothing depends
-    on set or dict order: the answer is exact, the ``steps`` deterministic.
+    whose choices need more signers than its rules and the flow can reach is not entered (the
+    pruning only skips what cannot succeed). Nothing depends on set or dict order: the answer
+    is exact, the ``steps`` (work done: flow nodes visited, search calls, options tried)
+    deterministic.
     """
 
     def __init__(self, plan: _Item, signers: Sequence[tuple[str, str]]) -> None:
