@@ -15,10 +15,19 @@ orderers) has told that its release implements the new version (node.orderer.rel
 refusal names the orderers and peers lacking it); no config update may lower it
 (BAD_CONFIG_UPDATE, on every node).
 
-Version 1 is the protocol of this release: purpose-tagged signatures, the ordering leader's
-clock in the block header hash, TX_TIMESTAMP_SKEW against it, and the rules on what a config
-update may put in force (node/orderer/configrules.py: named policies, organisations, nodes,
-limits), which decide whether an update is valid and so must not change within a version.
+Version 1: purpose-tagged signatures, the ordering leader's clock in the block header hash,
+TX_TIMESTAMP_SKEW against it, and the rules on what a config update may put in force
+(node/orderer/configrules.py: named policies, organisations, nodes, limits), which decide
+whether an update is valid and so must not change within a version.
+
+Version 2 (this release implements both): a nested policy (endorsement, lifecycle, config
+update) is evaluated exactly (node.identity.policy). Version 1 kept 64 minimal signer sets per
+level of a nested policy, so some endorsement and signature sets satisfying it were refused
+(ENDORSEMENT_POLICY_FAILURE, BAD_CONFIG_UPDATE, LIFECYCLE_POLICY_FAILURE); from the block after
+the config update raising the version, every node accepts them, and the named policies of a
+config update are checked with the exact fewest signers (configrules). Blocks before that
+block keep version 1's answers on replay: every policy is parsed with the version of the
+config in force where it is evaluated (``parse_policy(..., version=)``).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from rxchain.v1 import config_pb2
 from node.errors import RxError
 
 PROTOCOL_UNSUPPORTED = "PROTOCOL_UNSUPPORTED"
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({1, 2})
 MAX_PROTOCOL_VERSION = max(SUPPORTED_VERSIONS)  # what this release tells the orderers
 
 

@@ -6,11 +6,12 @@ consortium afterwards. Both run on every orderer (broadcast, cut and apply) and 
 (validator), so a refusal is BAD_CONFIG_UPDATE everywhere, with the same message.
 
 Protocol version: these rules decide which updates are valid, so they are part of the
-protocol (node/protocol.py): they are the rules of version 1, this release, which has no
-deployed ledger yet. A later change that makes an update valid that these refuse, or the
-reverse, must apply only from the protocol version that introduces it (branch on
-``protocol_version(old)``), or a node of a newer release replaying an old ledger would judge
-its updates differently from the nodes that committed them.
+protocol (node/protocol.py). A change that makes an update valid that they refused, or the
+reverse, applies only from the protocol version that introduces it (branch on
+``protocol_version(old)``, the version in force before the update), or a node of a newer
+release replaying an old ledger would judge its updates differently from the nodes that
+committed them. Version 2 decides how few signers a nested named policy needs exactly
+(node.identity.policy); version 1 by the minimal signer sets it kept, 64 per level.
 
 Rules (each refusal names the rule and the offending item):
 
@@ -73,6 +74,7 @@ from node.identity.msp import MSP
 from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
 from node.msgbound import MIN_MESSAGE_BYTES
+from node.protocol import protocol_version
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
 
@@ -133,7 +135,7 @@ def check_new_config(
     of ``new`` (built by the caller once the organisations' CA certificates are checked here
     first: call :func:`check_organizations` before building it)."""
     _check_nodes(old, new, new_msp, at_ms)
-    _check_policies(new)
+    _check_policies(new, protocol_version(old))
     _check_limits(new, envelope_bytes)
 
 
@@ -142,7 +144,7 @@ def check_genesis_content(config: config_pb2.ConsortiumConfig) -> None:
     organisation kinds allowed their role, the named policies, the limits. The generator
     checks them before it writes anything (its CA certificates are its own)."""
     _check_node_kinds(config)
-    _check_policies(config)
+    _check_policies(config, protocol_version(config))
     _check_limits(config, 0)
 
 
@@ -220,7 +222,8 @@ def _check_orderer_cert(
         raise _bad(f"orderer {node.raft_id}: {label}{context} has role {principal.role!r}, not orderer")
 
 
-def _check_policies(new: config_pb2.ConsortiumConfig) -> None:
+def _check_policies(new: config_pb2.ConsortiumConfig, version: int) -> None:
+    """The named policies of ``new``, judged by the rules of protocol ``version``."""
     org_ids = [o.id for o in new.organizations]
     rules: dict[str, str] = {}
     for entry in new.policies:
@@ -239,12 +242,12 @@ def _check_policies(new: config_pb2.ConsortiumConfig) -> None:
             default = default_policy_text(name, new)
             if default:
                 try:
-                    _check_policy(name, default, org_ids, role, *_eligible(new, role, peer_orgs))
+                    _check_policy(name, default, org_ids, role, version, *_eligible(new, role, peer_orgs))
                 except RxError as exc:
                     raise _bad(f"{exc.message} (the default, as the new config sets no {name} "
                                "policy: set one)") from exc
             continue
-        _check_policy(name, rules[name], org_ids, role, *_eligible(new, role, peer_orgs))
+        _check_policy(name, rules[name], org_ids, role, version, *_eligible(new, role, peer_orgs))
 
 
 def _eligible(new: config_pb2.ConsortiumConfig, role: str, peer_orgs: set[str]) -> tuple[list[str], str]:
@@ -254,9 +257,10 @@ def _eligible(new: config_pb2.ConsortiumConfig, role: str, peer_orgs: set[str]) 
     return [o.id for o in new.organizations if role in ROLES_BY_KIND[o.kind]], "organisations"
 
 
-def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, eligible: list[str], who: str) -> None:
+def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, version: int, eligible: list[str],
+                  who: str) -> None:
     try:
-        policy = parse_policy(text, list(org_ids))
+        policy = parse_policy(text, list(org_ids), version)
     except RxError as exc:
         raise _bad(f"policy {name}: {exc.message}") from exc
     for p in policy.principals():

@@ -116,7 +116,8 @@ def validate_update(
     rules = {p.name: p.rule for p in old.policies}
     if CONFIG_UPDATE_POLICY not in rules:
         raise RxError(BAD_CONFIG_UPDATE, "current config has no config_update policy")
-    policy = parse_policy(rules[CONFIG_UPDATE_POLICY], [o.id for o in old.organizations])
+    # evaluated by the rules of the version in force before the update (node.protocol)
+    policy = parse_policy(rules[CONFIG_UPDATE_POLICY], [o.id for o in old.organizations], protocol_version(old))
     if len(update.signatures) > MAX_CONFIG_SIGNATURES:
         raise RxError(BAD_CONFIG_UPDATE, f"{len(update.signatures)} signatures")
     signers: list[tuple[str, str]] = []

@@ -47,6 +47,7 @@ from node.peer.definitions import (
     check_version,
 )
 from node.peer.simulator import TxSimulator
+from node.protocol import protocol_version
 from node.sandbox.instrument import compile_contract
 from node.sandbox.package import ContractPackage, code_hash
 
@@ -85,7 +86,7 @@ def check_endorsement_policy(text: str, config: config_pb2.ConsortiumConfig) -> 
     """
     org_ids = [o.id for o in config.organizations]
     try:
-        policy = parse_policy(text, org_ids)
+        policy = parse_policy(text, org_ids, protocol_version(config))
     except RxError as exc:
         raise ContractFailure(exc.reason, exc.message) from None
     for p in policy.principals():
@@ -143,7 +144,8 @@ class ContractFailure(Exception):
 def lifecycle_policy(config: config_pb2.ConsortiumConfig) -> Policy:
     """The governance policy approving definitions (config policy ``lifecycle``)."""
     text = next((p.rule for p in config.policies if p.name == "lifecycle"), "")
-    return parse_policy(text or default_policy_text("lifecycle", config), [o.id for o in config.organizations])
+    return parse_policy(text or default_policy_text("lifecycle", config), [o.id for o in config.organizations],
+                        protocol_version(config))
 
 
 def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
@@ -157,7 +159,7 @@ def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
         text = default_policy_text("lifecycle_endorsement", config)
         if not text:
             raise RxError("BAD_CONFIG", "the consortium has no peers")
-    return parse_policy(text, org_ids)
+    return parse_policy(text, org_ids, protocol_version(config))
 
 
 class Lifecycle:

@@ -23,6 +23,7 @@ from node.peer.definitions import LIFECYCLE_NS
 from node.peer.definitions import ContractDefinition as StoredDefinition
 from node.peer.lifecycle import definition_key, lifecycle_endorsement_policy
 from node.peer.validator import ContractDefinition
+from node.protocol import protocol_version
 
 _CACHE = 256
 
@@ -68,7 +69,7 @@ class LifecyclePolicies:
         if name == LIFECYCLE_NS:
             return ContractDefinition(LIFECYCLE_NS, "", 0, lifecycle_endorsement_policy(config))
         d = StoredDefinition.from_json(stored)
-        policy = parse_policy(d.endorsement_policy, [o.id for o in config.organizations])
+        policy = parse_policy(d.endorsement_policy, [o.id for o in config.organizations], protocol_version(config))
         return ContractDefinition(d.name, d.version, d.sequence, policy)
 
     def definition(self, name: str, state: StateReader) -> StoredDefinition | None:

@@ -87,6 +87,7 @@ from node.ledger.errors import LedgerError
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
 from node.ledger.txwrites import SYSTEM_NS, config_writes, indexed_tx_id, rwset_writes
 from node.orderer.configtx import OrdererConfig, validate_update
+from node.protocol import protocol_version
 
 Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
 
@@ -143,6 +144,7 @@ class ConfigState:
         self.config = config
         self.msp = MSP(config, verifier)
         org_ids = [o.id for o in config.organizations]
+        version = protocol_version(config)
         # A config update whose named policies do not parse is refused on orderers and peers
         # alike (node.orderer.configrules); nodes do not check a genesis block by those rules
         # (the generator does, but a genesis may be made by other means), so a policy that
@@ -151,7 +153,7 @@ class ConfigState:
         self.policies: dict[str, Policy] = {}
         for p in config.policies:
             try:
-                self.policies[p.name] = parse_policy(p.rule, org_ids)
+                self.policies[p.name] = parse_policy(p.rule, org_ids, version)
             except RxError:
                 continue
         self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}

@@ -27,6 +27,7 @@ from client.errors import CommitUnknown, RxClientError
 from client.wallet import load_identity
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Verifier
+from node.protocol import SUPPORTED_VERSIONS
 from tests.client.conftest import FIXED_NOW
 from tests.peer.kit import make_block, node_signer
 
@@ -841,15 +842,16 @@ def test_a_block_past_a_protocol_this_release_lacks_is_protocol_unsupported_not_
     implementing it), as ledger verify says -- LEDGER_INVALID told the admin the peer lied and
     to ask another, which every peer would answer alike."""
     chain = _copy(chain_blocks)
-    update = configtool.propose(chain.configs[2], lambda c: setattr(c, "protocol_version", 2))
+    beyond_version = max(SUPPORTED_VERSIONS) + 1
+    update = configtool.propose(chain.configs[2], lambda c: setattr(c, "protocol_version", beyond_version))
     for org in ("h01", "h02", "p01", "p02"):
         update = configtool.sign(update, load_identity(net_home.home, org, "admin"))
     chain.add([configtool.envelope(update, load_identity(net_home.home, "h01", "admin"),
                                    chain.configs[2].consortium_id, chain.at_ms)[1]], 5)
     _Peer(monkeypatch, chain.blocks)
     assert _in_force(chain)[0] == 5  # the version-raising config itself is shown
-    chain.add([b"a block of protocol 2"], 5)
-    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"signed otherwise under protocol 2"
+    chain.add([f"a block of protocol {beyond_version}".encode()], 5)
+    chain.blocks[-1].metadata.orderer_signatures[0].signature = b"signed otherwise under a later protocol"
     with pytest.raises(RxClientError) as beyond:
         _in_force(chain)
     assert beyond.value.reason == "PROTOCOL_UNSUPPORTED" and "block 6" in beyond.value.message

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from rxchain.v1 import config_pb2, identity_pb2
 
+from node.protocol import SUPPORTED_VERSIONS
 from tests.e2e.conftest import Net, rxchain
+
+BEYOND = max(SUPPORTED_VERSIONS) + 1  # a version no release of this code implements
 
 ADMINS = ("h01", "h02", "p01", "p02", "ins01", "ins02", "ins03", "reg01")
 
@@ -74,11 +77,12 @@ def test_a_config_update_goes_in_with_a_majority_of_admins_only(net: Net, tmp_pa
 def test_a_protocol_version_this_release_lacks_is_refused_and_files_are_checked(net: Net, tmp_path: Path) -> None:
     before = net.cli("--as", "h01:admin", "config", "show")
     upd = tmp_path / "pv.rxcfg"
-    proposed = net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2")
-    assert proposed["changes"] == ["protocol_version: null -> 2"]
+    proposed = net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", str(BEYOND))
+    assert proposed["changes"] == [f"protocol_version: null -> {BEYOND}"]
     _sign(net, upd, ADMINS[:5])
     refused = net.cli_error("--as", "h01:admin", "config", "submit", str(upd))
-    assert refused["error"] == "BAD_CONFIG_UPDATE" and "implements [1]" in refused["message"], refused
+    assert refused["error"] == "BAD_CONFIG_UPDATE" and f"implements {sorted(SUPPORTED_VERSIONS)}" in refused["message"], (
+        refused)
     after = net.cli("--as", "h01:admin", "config", "show")
     assert (after["sequence"], after["protocol_version"]) == (before["sequence"], 1)
     # a byte of the signed config changed: the signatures no longer hold

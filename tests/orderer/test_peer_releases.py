@@ -132,7 +132,7 @@ def test_a_raise_waits_for_every_peer_and_names_the_ones_lacking(net: Any, tmp_p
         assert "orderers" not in said
         tell_signed(releases, net, "peer.h01", newer - 1)  # still the older release
         said = _raise(lead, net)
-        assert "peers [peer.h01 (told 1), peer.h02 (never heard from)]" in said, said
+        assert f"peers [peer.h01 (told {newer - 1}), peer.h02 (never heard from)]" in said, said
         tell_signed(releases, net, "peer.h01", newer, T0 + 1)
         said = _raise(lead, net)
         assert "peers [peer.h02 (never heard from)]" in said and "peer.h01" not in said, said
