@@ -1,7 +1,7 @@
 """Red-team review of the read paths (contract queries reached by Gateway.Evaluate).
 
-Each test here failed on the contracts before its fix (checked by putting the old file back
-with ``git show HEAD~1:contracts/...``)."""
+Each test here failed on the contracts before its fix (checked by putting the contract of the
+parent commit back with ``git show``)."""
 
 from __future__ import annotations
 
