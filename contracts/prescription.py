@@ -1383,7 +1383,7 @@ def patient_prescriptions(ctx: Context, patient: str, start: str, limit: int) ->
     """A patient's prescriptions (metadata), paged by rx_id: the patient herself, the
     enrolling hospital's admin and regulator auditors (e.g. to grant consent on each)."""
     c = ctx.caller
-    if not _is_hex(patient, 64, 64) or not isinstance(start, str) or not _is_int(limit, 1, 200):
+    if not _is_hex(patient, 64, 64) or not _is_page_key(start) or not _is_int(limit, 1, 200):
         ctx.fail("BAD_ARGUMENTS", "a 64-hex pseudonym, a start rx_id and limit 1-200")
     # before the lookup (as registry.get_patient): members compute pseudonyms from ID numbers,
     # and UNKNOWN_PATIENT against ACCESS_DENIED told any role who is in the chronic-disease scheme

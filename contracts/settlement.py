@@ -47,6 +47,7 @@ B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
+STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -595,6 +596,8 @@ def _may_view_rx(ctx: Context, rx: dict) -> bool:
     if c.role == "patient":
         enrol = ctx.get_from("registry", "patient/" + rx["patient"])
         return enrol is not None and _may_read_patient(ctx, enrol)
+    if c.role not in STAFF_ROLES:  # as prescription._can_view: a node's or client's certificate
+        return False  # (peer, orderer, client) of a party's org is no party (trace: NOT_FOUND)
     if c.org == rx["hospital"] or c.org == rx["pharmacy"] or c.org == rx["insurer"]:
         return True
     if ctx.get_from("prescription", "grant/" + rx["rx_id"] + "/" + c.org) is not None:

@@ -45,7 +45,7 @@ from node.ledger.statedb import StateSnapshot, TxLocation
 from node.msgbound import budget_reader
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS
-from node.peer.history import HistoryLedger, LedgerHistory
+from node.peer.history import HistoryLedger, LedgerHistory, ValueCache
 from node.peer.lifecycle import (
     Lifecycle,
     load_definition,
@@ -139,6 +139,7 @@ class Endorser:
         self._on_endorse = on_endorse
         self._sources: OrderedDict[str, tuple[bytes, tuple[str, str], str]] = OrderedDict()
         self._lock = threading.Lock()
+        self.history_values = ValueCache()  # ctx.history's values, shared by every simulation
 
     # ------------------------------------------------------------------ checks
 
@@ -209,7 +210,7 @@ class Endorser:
         function = parsed.invocation.function
         with self._ledger.snapshot() as snap:
             height_block = -1 if snap.savepoint is None else snap.savepoint.block
-            sim = TxSimulator(snap, name, sim_limits, LedgerHistory(self._ledger, height_block))
+            sim = TxSimulator(snap, name, sim_limits, LedgerHistory(self._ledger, height_block, self.history_values))
             if name == LIFECYCLE_NS:
                 if not self._lifecycle.allows(function, parsed.creator):
                     raise RxError("ACCESS_DENIED", f"{parsed.creator.role} may not call {function}")
