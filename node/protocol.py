@@ -27,7 +27,8 @@ level of a nested policy, so some endorsement and signature sets satisfying it w
 the config update raising the version, every node accepts them, and the named policies of a
 config update are checked with the exact fewest signers (configrules). Blocks before that
 block keep version 1's answers on replay: every policy is parsed with the version of the
-config in force where it is evaluated (``parse_policy(..., version=)``).
+config in force where it is evaluated (``parse_policy(..., version=)``). An organisation a config update adds has
+netgen's id shape and is not ``patient`` (node/orderer/configrules.py); version 1 took any id.
 """
 
 from __future__ import annotations

@@ -192,6 +192,8 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
         oid = _check_id(o.get("id"), f"organizations[{i}].id", ORG_ID_MAX)
         if oid in seen:
             raise _bad(f"duplicate organisation id {oid!r}")
+        if oid == "patient":  # the contracts' party name of a patient's key grant (configrules)
+            raise _bad(f"organizations[{i}].id 'patient' is reserved")
         seen.add(oid)
         _check_keys(o, ORG_KEYS, f"organisation {oid}")
         kind = o.get("kind")

@@ -18,7 +18,12 @@ Rules (each refusal names the rule and the offending item):
 * **Organisations**: ids non-empty and unique (a duplicate id silently replaced the first
   organisation's CA in the MSP); a known kind (an unspecified kind may hold no role, so its
   members could sign nothing); a CA certificate that parses (public key included) and is a
-  CA (BasicConstraints ca=true).
+  CA (BasicConstraints ca=true). From protocol version 2 an organisation the update adds has
+  an id of at most 56 lower-case letters, digits or '-', starting and ending with a letter or
+  digit (netgen's rule for the genesis), and not ``patient``: ids are parts of contract keys
+  and HMAC inputs joined with '/', '|' and ':', and the prescription contract keeps a
+  patient's key grant under the party ``patient`` -- staff of an organisation of that id would
+  hold every patient's grant. Ids already in force are kept whatever they are.
 * **Nodes**: every orderer and peer belongs to an organisation of the new config, whose kind
   may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
   CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
@@ -63,6 +68,7 @@ Rules (each refusal names the rule and the offending item):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -77,6 +83,7 @@ from node.msgbound import MIN_MESSAGE_BYTES
 from node.protocol import protocol_version
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
+_ORG_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 # name -> (required, the only role its principals may name)
 NAMED_POLICIES: dict[str, tuple[bool, str]] = {
@@ -134,6 +141,8 @@ def check_new_config(
     ``envelope_bytes`` is the size of the envelope carrying the update; ``new_msp`` the MSP
     of ``new`` (built by the caller once the organisations' CA certificates are checked here
     first: call :func:`check_organizations` before building it)."""
+    if protocol_version(old) >= 2:
+        _check_added_org_ids(old, new)
     _check_nodes(old, new, new_msp, at_ms)
     _check_policies(new, protocol_version(old))
     _check_limits(new, envelope_bytes)
@@ -162,6 +171,23 @@ def check_organizations(new: config_pb2.ConsortiumConfig) -> None:
         why = _ca_problem(org.ca_cert_der)
         if why:
             raise _bad(f"organisation {org.id}: CA certificate {why}")
+
+
+ORG_ID_MAX = 56  # "orderer." / "records." + 56 = 64, the longest common name (as netgen)
+RESERVED_ORG_IDS = frozenset({"patient"})  # a party name of the contracts' key grants
+
+
+def _check_added_org_ids(old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> None:
+    """Protocol version 2: the ids of organisations ``new`` adds (module docstring)."""
+    kept = {o.id for o in old.organizations}
+    for org in new.organizations:
+        if org.id in kept:
+            continue
+        if org.id in RESERVED_ORG_IDS:
+            raise _bad(f"organisation id {org.id!r} is reserved (a party name of the contracts)")
+        if len(org.id) > ORG_ID_MAX or not _ORG_ID.fullmatch(org.id):
+            raise _bad(f"organisation id {org.id[:64]!r} must be 1 to {ORG_ID_MAX} lower-case letters, "
+                       "digits or '-', starting and ending with a letter or digit")
 
 
 def _ca_problem(der: bytes) -> str:

@@ -91,6 +91,7 @@ def _mutate(fn: Any) -> dict[str, Any]:
     [
         (lambda r: r["organizations"].append(dict(r["organizations"][0])), "duplicate organisation id 'h01'"),
         (lambda r: r["organizations"][0].update(kind="clinic"), "unknown kind 'clinic'"),
+        (lambda r: r["organizations"][1].update(id="patient"), "'patient' is reserved"),
         (lambda r: r["organizations"][0].update(level="county"), "hospital level"),
         (lambda r: r["organizations"][2].update(orderer=True), "only insurers run orderers"),
         (lambda r: r["organizations"][2]["users"].append({"name": "dr-x", "role": "doctor"}), "role 'doctor' not allowed"),

@@ -300,3 +300,54 @@ def test_an_absent_policy_is_checked_as_its_default() -> None:
         check_new_config(base, wide, 1000, msp, 0)
     wide.policies.add(name="lifecycle_endorsement", rule=within.format(role="peer"))
     check_new_config(base, wide, 1000, msp, 0)
+
+
+def _add_org(org_id: str) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        c.organizations.add(id=org_id, name="a new member", kind=config_pb2.HOSPITAL,
+                            hospital_level="community", ca_cert_der=_new_ca_der("newcomer"))
+    return edit
+
+
+@pytest.mark.parametrize(("org_id", "fragment"), [
+    ("patient", "'patient' is reserved"),
+    ("h13|x", "must be 1 to 56 lower-case"),
+    ("h13/x", "must be 1 to 56 lower-case"),
+    ("H13", "must be 1 to 56 lower-case"),
+    ("h13-", "must be 1 to 56 lower-case"),
+    ("h" * 57, "must be 1 to 56 lower-case"),
+])
+def test_from_version_2_an_added_organisation_has_an_id_of_netgens_shape_and_not_patient(
+        peer: Peer, net: Net, org_id: str, fragment: str) -> None:
+    """An organisation called ``patient`` would hold every patient's key grant in the
+    prescription contract (party ``patient``), and ids with '/', '|' or ':' run into the
+    contracts' key and HMAC separators. Version 1 took any id (kept: the replay of an old ledger
+    must judge its updates as the nodes that committed them did); version 2 refuses them on the
+    orderers' three paths and in the peers' validator alike, and still adds a well-formed one."""
+    under_v1 = next_config(peer)
+    _add_org(org_id)(under_v1)
+    env, _ = config_block(peer, net, under_v1)
+    assert config_tracker(peer).validate_now(env) == under_v1  # version 1: adopted
+    _, raise_block = config_block(peer, net, next_config(peer, 2))
+    assert list(peer.committer.commit_block(raise_block).validated.codes) == [tx_pb.VALID]
+    new = next_config(peer)
+    _add_org(org_id)(new)
+    env, block = config_block(peer, net, new)
+    tracker = config_tracker(peer)
+    for check in (lambda: tracker.validate_now(env), lambda: tracker.check_broadcast(env, _tx_ms(env))):
+        with pytest.raises(RxError) as exc:
+            check()
+        assert exc.value.reason == "BAD_CONFIG_UPDATE"
+        assert fragment in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    fine = next_config(peer)
+    _add_org("h13")(fine)
+    env, block = config_block(peer, net, fine)
+    assert config_tracker(peer).validate_now(env) == fine
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+
+
+def _tx_ms(env: bytes) -> int:
+    return tx_pb.TxHeader.FromString(
+        tx_pb.Transaction.FromString(tx_pb.Envelope.FromString(env).payload).header).timestamp_ms
