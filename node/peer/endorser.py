@@ -18,7 +18,10 @@ Then the contract runs (``_lifecycle`` natively, others in the sandbox) against 
 :class:`TxSimulator` over one LevelDB snapshot. A contract-level refusal (status 400/500
 with the contract's reason) is answered WITHOUT an endorsement. Otherwise the peer signs
 the ProposalResponsePayload (proposal hash over header + invocation: transient data never
-enters it).
+enters it) -- unless the config in force no longer lists this peer (its organisation and
+the name its certificate carries): validators refuse such an endorsement (BAD_ENDORSEMENT,
+node.peer.validator), so a peer removed by a config update but still running answers
+UNKNOWN_PEER and a gateway that still dials it asks another organisation's peer instead.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transactio
 from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Purpose, Signer
 from node.crypto.tls import peer_identity
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
@@ -137,6 +141,7 @@ class Endorser:
         self._lifecycle = lifecycle
         self._clock = clock
         self._on_endorse = on_endorse
+        self._name = cert_info_der(signer.cert_der).name  # what validators look up in config.peers
         self._sources: OrderedDict[str, tuple[bytes, tuple[str, str], str]] = OrderedDict()
         self._lock = threading.Lock()
         self.history_values = ValueCache()  # ctx.history's values, shared by every simulation
@@ -313,6 +318,10 @@ class Endorser:
 
     def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         """ProcessProposal: a signed endorsement, or an unsigned contract-level refusal."""
+        org = self._signer.identity.org
+        if not any(p.org == org and p.name == self._name for p in self._configs.current().config.peers):
+            raise RxError("UNKNOWN_PEER", f"{self._name} ({org}) is not a peer of the configuration "
+                                          "in force: its endorsements no longer count")
         sim = self.simulate(signed, endorse=True)
         if sim.payload is None:
             return transaction_pb2.ProposalResponse(response=sim.response)

@@ -24,7 +24,8 @@ duplicate tx id            DUPLICATE_TXID (on the ledger or earlier in the block
 invocation / response      BAD_PAYLOAD (parse; proposal_hash must bind header+invocation;
                            response status 200; every event names this contract and tx)
 contract definition        UNKNOWN_CONTRACT / CONTRACT_VERSION_MISMATCH
-endorsements               BAD_ENDORSEMENT (cert or signature over response_payload)
+endorsements               BAD_ENDORSEMENT (cert or signature over response_payload; a
+                           peer certificate must name a peer of the config in force)
 policy                     ENDORSEMENT_POLICY_FAILURE (distinct (org, role) signers)
 read/write set             BAD_RWSET (parse, namespaces, limits, writes only to own ns; each
                            namespace once and each key written once, as simulated)
@@ -136,6 +137,15 @@ class ConfigState:
     certificate's validity window, so a cached answer is only reused for timestamps inside
     that window (anything else goes through the MSP again and gets its exact error). The
     cache lives and dies with the config, so revocations in a new config always apply.
+
+    :meth:`endorser` is :meth:`principal` for an endorsement: a certificate with the peer role
+    counts only if it names a peer the config lists in its organisation (``PeerNode.org`` and
+    ``name``, which the peer's certificate carries). A peer removed from the config by an
+    update stops counting at that block, on every peer alike, even while its organisation's
+    CA still vouches for its certificate (nobody revoked it); txs it endorsed before the
+    update and committed after it are BAD_ENDORSEMENT, as for a revoked certificate. A peer
+    whose certificate is renewed under the same name endorses before the update recording
+    the new certificate (restart first, then the update: tests/fault/test_cert_rotation.py).
     """
 
     def __init__(
@@ -157,21 +167,35 @@ class ConfigState:
             except RxError:
                 continue
         self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
-        self._principals: dict[tuple[str, bytes], tuple[tuple[str, str], int, int]] = {}
+        self.peer_names = frozenset((p.org, p.name) for p in config.peers)
+        # (org, cert) -> ((org, role), not_before_ms, not_after_ms, names a listed peer)
+        self._principals: dict[tuple[str, bytes], tuple[tuple[str, str], int, int, bool]] = {}
         self._cache_size = cache_size
 
     def principal(self, identity: identity_pb2.Identity, at_ms: int) -> tuple[str, str]:
         """(org, role) of a valid identity at ``at_ms``; raises the MSP's RxError."""
+        return self._checked(identity, at_ms)[0]
+
+    def endorser(self, identity: identity_pb2.Identity, at_ms: int) -> tuple[str, str]:
+        """(org, role) of a valid endorser at ``at_ms``: :meth:`principal`, and RxError
+        UNKNOWN_PEER for a peer certificate naming no peer of this config (class docstring)."""
+        (org, role), listed = self._checked(identity, at_ms)
+        if role == "peer" and not listed:
+            raise RxError("UNKNOWN_PEER", f"{org}: the certificate names no peer of the configuration")
+        return (org, role)
+
+    def _checked(self, identity: identity_pb2.Identity, at_ms: int) -> tuple[tuple[str, str], bool]:
         key = (identity.org, identity.cert_der)
         hit = self._principals.get(key)
         if hit is not None and hit[1] <= at_ms <= hit[2]:
-            return hit[0]
+            return hit[0], hit[3]
         p = self.msp.validate(identity, at_ms)
         info = cert_info_der(identity.cert_der)
         if len(self._principals) >= self._cache_size:
             self._principals.clear()
-        self._principals[key] = ((p.org, p.role), info.not_before_ms, info.not_after_ms)
-        return (p.org, p.role)
+        listed = (p.org, p.name) in self.peer_names
+        self._principals[key] = ((p.org, p.role), info.not_before_ms, info.not_after_ms, listed)
+        return (p.org, p.role), listed
 
 
 class WrittenKeys:
@@ -433,7 +457,7 @@ class Validator:
         signers: list[tuple[str, str]] = []
         payload = tx.response_payload
         verify = self._verifier.verify
-        principal = cfg.principal
+        principal = cfg.endorser
         if len(tx.endorsements) > MAX_ENDORSEMENTS:
             raise _Reject(transaction_pb2.BAD_ENDORSEMENT)
         for e in tx.endorsements:
