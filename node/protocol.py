@@ -29,6 +29,14 @@ config update are checked with the exact fewest signers (configrules). Blocks be
 block keep version 1's answers on replay: every policy is parsed with the version of the
 config in force where it is evaluated (``parse_policy(..., version=)``). An organisation a config update adds has
 netgen's id shape and is not ``patient`` (node/orderer/configrules.py); version 1 took any id.
+
+Version 2 also puts in force the membership rules (:data:`MEMBERSHIP_VERSION`): an
+endorsement by a peer certificate counts only if it names a peer the config lists, or is the
+certificate listed for one (a peer removed from ``config.peers`` stopped counting only once
+its certificate was revoked; node.peer.validator), a contract's endorsement policy naming an
+organisation an update has removed is met by the others (it no longer parsed: the contract
+was UNKNOWN_CONTRACT; node.peer.policy_provider), and an update may not revoke the
+certificate of an orderer it keeps (node.orderer.configrules).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from node.errors import RxError
 PROTOCOL_UNSUPPORTED = "PROTOCOL_UNSUPPORTED"
 SUPPORTED_VERSIONS = frozenset({1, 2})
 MAX_PROTOCOL_VERSION = max(SUPPORTED_VERSIONS)  # what this release tells the orderers
+MEMBERSHIP_VERSION = 2  # the first version with the membership rules (module docstring)
 
 
 def protocol_version(config: config_pb2.ConsortiumConfig) -> int:
@@ -65,5 +74,5 @@ def require_supported(config: config_pb2.ConsortiumConfig, where: str) -> None:
         raise RxError(PROTOCOL_UNSUPPORTED, f"{where}: {why}")
 
 
-__all__ = ["MAX_PROTOCOL_VERSION", "PROTOCOL_UNSUPPORTED", "SUPPORTED_VERSIONS", "protocol_version",
-           "require_supported", "unsupported"]
+__all__ = ["MAX_PROTOCOL_VERSION", "MEMBERSHIP_VERSION", "PROTOCOL_UNSUPPORTED", "SUPPORTED_VERSIONS",
+           "protocol_version", "require_supported", "unsupported"]

@@ -587,9 +587,10 @@ class _ExactSearch:
 
 
 class _Parser:
-    def __init__(self, text: str, org_ids: Sequence[str]):
+    def __init__(self, text: str, org_ids: Sequence[str], former_orgs: bool = False):
         self.text = text
         self.org_ids = list(org_ids)
+        self.former_orgs = former_orgs
         self.tokens: list[tuple[str, str, int]] = []
         pos = 0
         while pos < len(text):
@@ -645,7 +646,7 @@ class _Parser:
         if "." not in word:
             raise self.fail(f"expected ORG.ROLE, got {word!r}")
         org, role = word.split(".", 1)
-        if self.org_ids and org not in self.org_ids:
+        if self.org_ids and org not in self.org_ids and not self.former_orgs:
             raise self.fail(f"unknown organisation {org!r}")
         return Principal(org, role)
 
@@ -689,13 +690,20 @@ class _Parser:
         return OutOf(n, tuple(rules))
 
 
-def parse_policy(text: str, org_ids: Sequence[str] = (), version: int = 1) -> Policy:
+def parse_policy(
+    text: str, org_ids: Sequence[str] = (), version: int = 1, *, former_orgs: bool = False
+) -> Policy:
     """Parse ``text``; ``org_ids`` (the consortium's orgs) resolves MAJORITY and checks names;
     ``version`` is the protocol version of the config in force (node.protocol.protocol_version),
     whose rules evaluate the policy (module docstring).
+
+    ``former_orgs``: a principal naming an organisation outside ``org_ids`` is kept rather
+    than refused -- for a policy written while that organisation was a member (a committed
+    contract definition read after a config update removed it). No signer matches it: every
+    signer is validated against the organisations in force first.
 
     Raises ``RxError("BAD_POLICY", ...)`` naming the position of the first problem.
     """
     if not isinstance(text, str) or not text.strip():
         raise RxError("BAD_POLICY", "empty policy")
-    return Policy(_Parser(text, org_ids).parse(), text, version)
+    return Policy(_Parser(text, org_ids, former_orgs).parse(), text, version)

@@ -1,7 +1,13 @@
 """The validator's PolicyProvider: active contract definitions from ``_lifecycle`` state.
 
 User contracts: the committed ``definition/<name>`` record (its endorsement policy parsed
-against the organisations of the config in force). The ``_lifecycle`` namespace itself is
+against the organisations of the config in force; from protocol version 2 on
+(node.protocol.MEMBERSHIP_VERSION) a principal naming an organisation a config update has
+removed since the definition was committed matches nobody -- the rest of the policy still
+applies -- instead of making the definition unreadable: a contract whose policy names every
+organisation running a peer, as ``client.bootstrap`` defines them, was UNKNOWN_CONTRACT for
+every tx from the block removing any of them, as it stays under version 1). The
+``_lifecycle`` namespace itself is
 endorsed by a majority of the organisations running peers (see
 :func:`node.peer.lifecycle.lifecycle_endorsement_policy`), with version "" and sequence 0.
 Parsed definitions are cached by the versions (block, tx) of the config and definition
@@ -23,7 +29,7 @@ from node.peer.definitions import LIFECYCLE_NS
 from node.peer.definitions import ContractDefinition as StoredDefinition
 from node.peer.lifecycle import definition_key, lifecycle_endorsement_policy
 from node.peer.validator import ContractDefinition
-from node.protocol import protocol_version
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 
 _CACHE = 256
 
@@ -69,7 +75,10 @@ class LifecyclePolicies:
         if name == LIFECYCLE_NS:
             return ContractDefinition(LIFECYCLE_NS, "", 0, lifecycle_endorsement_policy(config))
         d = StoredDefinition.from_json(stored)
-        policy = parse_policy(d.endorsement_policy, [o.id for o in config.organizations], protocol_version(config))
+        version = protocol_version(config)
+        # from MEMBERSHIP_VERSION on, a principal of an organisation removed since matches nobody
+        policy = parse_policy(d.endorsement_policy, [o.id for o in config.organizations], version,
+                              former_orgs=version >= MEMBERSHIP_VERSION)
         return ContractDefinition(d.name, d.version, d.sequence, policy)
 
     def definition(self, name: str, state: StateReader) -> StoredDefinition | None:

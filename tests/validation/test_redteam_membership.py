@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from rxchain.v1 import block_pb2
+from rxchain.v1 import block_pb2, config_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
@@ -20,10 +20,16 @@ from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.ledger.ledger import Ledger
+from node.ledger.statedb import StateReader, Version, VersionedValue
 from node.peer.committer import Committer
 from node.peer.config_view import ConfigView
+from node.peer.definitions import LIFECYCLE_NS
+from node.peer.definitions import ContractDefinition as StoredDefinition
 from node.peer.endorser import Endorser
-from node.peer.lifecycle import Lifecycle
+from node.peer.lifecycle import Lifecycle, definition_key
+from node.peer.policy_provider import LifecyclePolicies
+from node.peer.validator import ContractDefinition
+from node.protocol import MEMBERSHIP_VERSION
 from tests.validation.conftest import Net, Peer, StaticPolicies, config_block, next_config, rx_definition
 
 
@@ -113,3 +119,91 @@ def test_a_peer_removed_from_the_config_refuses_to_endorse(peer: Peer, net: Net)
     with pytest.raises(RxError) as after:
         endorser.endorse(empty)
     assert after.value.reason == "UNKNOWN_PEER" and "peer.p01" in after.value.message
+
+
+# ------------------------------------------------------------------ contracts naming a removed org
+
+
+class _StoredDefinitions:
+    """The lifecycle's PolicyProvider over the peer's state with ``definition/rx`` committed
+    as ``stored`` (what ``_lifecycle`` commit writes)."""
+
+    def __init__(self, policy: str) -> None:
+        self.inner = LifecyclePolicies()
+        self.stored = StoredDefinition("rx", "1.0", 1, policy, {"*": ("*",)}, "ab" * 32).to_json()
+
+    def contract(self, name: str, state: StateReader) -> ContractDefinition | None:
+        return self.inner.contract(name, _WithDefinition(state, self.stored))
+
+
+class _WithDefinition:
+    def __init__(self, state: StateReader, stored: bytes) -> None:
+        self.state, self.stored = state, stored
+
+    def get(self, ns: str, key: str) -> VersionedValue | None:
+        if (ns, key) == (LIFECYCLE_NS, definition_key("rx")):
+            return VersionedValue(self.stored, Version(1, 0))
+        return self.state.get(ns, key)
+
+    def range(self, *args: Any, **kwargs: Any) -> Any:
+        return self.state.range(*args, **kwargs)
+
+
+def _without_p01(peer: Peer, protocol_version: int = MEMBERSHIP_VERSION) -> config_pb2.ConsortiumConfig:
+    new = next_config(peer, protocol_version)
+    orgs = [o for o in new.organizations if o.id != "p01"]
+    peers = [p for p in new.peers if p.org != "p01"]
+    del new.organizations[:], new.peers[:]
+    new.organizations.extend(orgs)
+    new.peers.extend(peers)
+    return new
+
+
+@pytest.mark.parametrize("policy", ["OutOf(2, h01.peer, p01.peer, ins01.peer)",
+                                    "AND(OutOf(1, ins01.peer), OutOf(1, h01.peer, p01.peer, ins01.peer))"])
+def test_removing_an_organisation_a_contract_policy_names_leaves_the_contract_usable(
+    peer: Peer, net: Net, tmp_path: Path, policy: str
+) -> None:
+    """The consortium's contracts are defined with policies naming every organisation that
+    runs a peer (client.bootstrap: ``OutOf(2, h01.peer, ...)``). An update removing one of
+    them (p01 and its peer) must not kill every contract: the committed definition is read
+    with p01's principal matching nobody (p01 can no longer sign anything), so h01's and
+    ins01's peers still satisfy it, on a running peer and on one caught up from genesis, and
+    p01's peer no longer counts. Before the fix the stored policy no longer parsed against
+    the new organisations ("unknown organisation 'p01'"), so every tx of the contract was
+    UNKNOWN_CONTRACT from that block until the admins defined it again -- as it stays under
+    protocol version 1 (the update raises the version to MEMBERSHIP_VERSION)."""
+    policies = _StoredDefinitions(policy)
+    a = Committer(peer.ledger, Verifier(), policies)
+    ok = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("k0", b"0")])])
+    blocks = [make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [ok], [net.orderer1])]
+    assert list(a.commit_block(blocks[0]).validated.codes) == [tx_pb.VALID]
+    _, update = config_block(peer, net, _without_p01(peer))
+    blocks.append(update)
+    assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
+    txs = [peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("k1", b"1")])]),
+           peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("k2", b"2")])]),
+           peer.kit.invoke(net.doctor, [net.peer_h01], [RwSpec("rx", writes=[("k3", b"3")])])]
+    last = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1])
+    blocks.append(last)
+    expected = [tx_pb.VALID, tx_pb.BAD_ENDORSEMENT, tx_pb.ENDORSEMENT_POLICY_FAILURE]
+    a_result = a.commit_block(_copy(last))
+    assert list(a_result.validated.codes) == expected
+    genesis = read_genesis(net.home / "genesis.block")  # caught up from scratch
+    with Ledger(tmp_path / "scratch", fsync=False) as scratch:
+        scratch.commit_genesis(genesis)
+        c = Committer(scratch, Verifier(), _StoredDefinitions(policy))
+        results = [c.commit_block(_copy(blk)) for blk in blocks]
+        assert list(results[-1].validated.codes) == expected
+        assert results[-1].result.state_hash == a_result.result.state_hash
+
+
+def test_under_protocol_version_1_a_contract_naming_a_removed_organisation_stays_unknown(peer: Peer, net: Net) -> None:
+    """Blocks under version 1 keep its answer on replay: the same removal without raising the
+    version leaves the contract UNKNOWN_CONTRACT (the policy no longer parses)."""
+    a = Committer(peer.ledger, Verifier(), _StoredDefinitions("OutOf(2, h01.peer, p01.peer, ins01.peer)"))
+    _, update = config_block(peer, net, _without_p01(peer, 1))
+    assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
+    tx = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("v1", b"1")])])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1])
+    assert list(a.commit_block(blk).validated.codes) == [tx_pb.UNKNOWN_CONTRACT]
