@@ -4,11 +4,20 @@ The mTLS layer only checks that a client certificate chains to one of the consor
 (the CA bundle); it does not know about revocation lists, validity periods or roles. A
 servicer that serves consortium data without a signed request (block streams, commit
 statuses, node status) checks the TLS certificate with :class:`CallerCheck` first.
+
+A stream that goes on serving (a block stream or Events following new blocks) checks its
+caller again before each item (:meth:`CallerCheck.check`; :func:`while_admitted` for
+PeerDeliver and Events, the orderer's Deliver in ``frames_from``): a config update revoking the
+caller's certificate or removing its organisation, or the certificate's expiry, ends the
+stream with that reason at the next item, as it would refuse the stream opened then.
+Otherwise a member offboarded while following kept receiving every later block (every
+patient's pseudonyms, ciphertexts and wrapped keys) for as long as its connection lived.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 from rxchain.v1 import identity_pb2
@@ -33,6 +42,7 @@ FULL_EVENTS_ROLES = frozenset({
     "doctor", "nurse", "pharmacist", "courier", "clerk", "admin", "auditor", "peer", "orderer", "client",
 })
 
+_Item = TypeVar("_Item")
 
 
 def caller_of(context: grpc.ServicerContext) -> identity_pb2.Identity:
@@ -74,3 +84,13 @@ class CallerCheck:
             raise RxError("WRONG_ROLE", f"a {principal.role} certificate may not call this",
                           grpc.StatusCode.PERMISSION_DENIED)
         return principal
+
+
+def while_admitted(check: CallerCheck, caller: Principal, items: Iterator[_Item]) -> Iterator[_Item]:
+    """``items``, with ``caller`` (a principal ``check`` returned) checked again
+    (:meth:`CallerCheck.check`) before each is passed on: the stream ends with the check's
+    RxError once the caller is no longer admitted (module docstring)."""
+    ident = identity_pb2.Identity(org=caller.org, cert_der=caller.cert_der)
+    for item in items:
+        check.check(ident)
+        yield item

@@ -8,7 +8,7 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc
 
 from node.errors import RxError, guarded_stream
-from node.identity.msp import Principal
+from node.identity.caller import CallerCheck, while_admitted
 from node.ledger.ledger import Ledger
 from node.peer.notifier import CommitNotifier
 from node.stream_caps import StreamCaps
@@ -44,14 +44,15 @@ def committed_blocks(
 
 class PeerDeliverService(services_pb2_grpc.PeerDeliverServicer):
     """gRPC PeerDeliver. The mTLS layer checked the caller's CA; ``check_caller`` checks its
-    certificate with the MSP (revoked, expired, wrong role -> refused with the reason), and
+    certificate with the MSP (revoked, expired, wrong role -> refused with the reason), when
+    the stream opens and again before each block it serves, and
     ``streams`` caps the streams held at once (TOO_MANY_STREAMS)."""
 
     def __init__(
         self,
         ledger: Ledger,
         notifier: CommitNotifier,
-        check_caller: Callable[[grpc.ServicerContext], Principal],
+        check_caller: CallerCheck,
         streams: StreamCaps,
     ) -> None:
         self._ledger = ledger
@@ -65,4 +66,5 @@ class PeerDeliverService(services_pb2_grpc.PeerDeliverServicer):
     ) -> Iterator[services_pb2.DeliverResponse]:
         caller = self._check_caller(context)
         with self._streams.admit(context, caller.cert_der, "PeerDeliver.Deliver"):
-            yield from committed_blocks(self._ledger, self._notifier, request, context.is_active)
+            yield from while_admitted(self._check_caller, caller, committed_blocks(
+                self._ledger, self._notifier, request, context.is_active))

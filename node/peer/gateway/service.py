@@ -13,7 +13,7 @@ from rxchain.v1 import services_pb2, services_pb2_grpc
 
 from node.crypto.tls import peer_identity
 from node.errors import guarded_stream, guarded_unary
-from node.identity.caller import CallerCheck
+from node.identity.caller import CallerCheck, while_admitted
 from node.peer.gateway.commit_status import commit_status
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.endorse import endorse
@@ -163,9 +163,11 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.EventsResponse]:
         caller = self._check_caller(context)
         with self._streams.admit(context, caller.cert_der, "Gateway.Events"):
-            # a follower stream: ends when the call is cancelled, not counted in _inflight;
-            # a patient's certificate is served only its own transactions (events.py)
-            yield from events(self._deps, request, context.is_active, own_txs_only(caller))
+            # a follower stream: ends when the call is cancelled or the caller is no longer
+            # admitted (checked before each block's events), not counted in _inflight; a
+            # patient's certificate is served only its own transactions (events.py)
+            yield from while_admitted(self._check_caller, caller,
+                                      events(self._deps, request, context.is_active, own_txs_only(caller)))
 
     @guarded_stream
     def Transact(

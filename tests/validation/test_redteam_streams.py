@@ -1,0 +1,128 @@
+"""Red-team review of membership changes: a member following blocks (PeerDeliver,
+Gateway.Events, the orderer's Deliver) when a config update revokes its certificate or
+removes its organisation.
+
+Each test failed before its fix (node.identity.caller.while_admitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+import grpc
+import pytest
+from cryptography import x509 as cx509
+from rxchain.v1 import services_pb2
+from rxchain.v1 import transaction_pb2 as tx_pb
+
+from node.clock import wall_ms
+from node.crypto import x509 as rx509
+from node.crypto.signing import Verifier
+from node.crypto.x509 import cert_info_der
+from node.errors import REASON_METADATA_KEY
+from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
+from node.orderer.deliver import DeliverService
+from node.peer.config_view import ConfigView
+from node.peer.deliver_service import PeerDeliverService
+from node.peer.gateway.deps import GatewayDeps
+from node.peer.gateway.service import GatewayService
+from node.peer.notifier import CommitNotifier
+from node.stream_caps import StreamCaps
+from tests.validation.conftest import Net, Peer, config_block, invoke_block, next_config
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Remotes:
+    def close(self) -> None:
+        pass
+
+
+class _Ctx:
+    """A servicer context whose TLS client certificate is ``cert_der``; abort raises."""
+
+    def __init__(self, cert_der: bytes) -> None:
+        self.pem = rx509.cert_to_pem(cx509.load_der_x509_certificate(cert_der))
+        self.trailers: dict[str, object] = {}
+
+    def is_active(self) -> bool:
+        return True
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self.pem]}
+
+    def add_callback(self, _callback: Any) -> bool:
+        return True
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailers.update(dict(metadata))
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details)
+
+
+def _stream(service: str, peer: Peer, ctx: _Ctx) -> Iterator[int]:
+    """The block numbers a following stream of ``service`` serves ``ctx``'s caller from 0."""
+    configs = ConfigView(peer.ledger.state, Verifier())
+    notifier = CommitNotifier(peer.ledger.height())
+    peer.committer.add_listener(notifier.on_commit)
+    request = services_pb2.DeliverRequest(start_block=0, follow=True)
+    if service == "PeerDeliver":
+        check = CallerCheck(lambda: configs.current().msp, wall_ms, NO_BLOCK_ROLES)
+        svc = PeerDeliverService(peer.ledger, notifier, check, StreamCaps(4, 4))
+        for r in svc.Deliver(request, cast(Any, ctx)):
+            yield r.block.header.number
+    elif service == "Events":
+        deps = GatewayDeps(org="h01", endorser=cast(Any, None), ledger=peer.ledger, configs=configs,
+                           policies=cast(Any, None), notifier=notifier, remotes=cast(Any, _Remotes()),
+                           broadcast=cast(Any, None))
+        gw = GatewayService(deps, workers=1)
+        try:
+            for e in gw.Events(services_pb2.EventsRequest(start_block=0, follow=True), cast(Any, ctx)):
+                yield e.block_number
+        finally:
+            gw.close(wait_s=1)
+    else:  # the orderer's Deliver (its block store and the MSP in force: here the peer's)
+        orderer = DeliverService(peer.ledger.blocks, lambda: configs.current().msp, wall_ms, poll_s=0.05)
+        for frame in orderer.deliver_bytes(request, cast(Any, ctx)):
+            yield services_pb2.DeliverResponse.FromString(frame).block.header.number
+
+
+@pytest.mark.parametrize("service", ["PeerDeliver", "Events", "AtomicBroadcast.Deliver"])
+@pytest.mark.parametrize("change", ["revoke", "remove_org"])
+def test_a_following_stream_ends_at_the_update_that_revokes_its_caller_or_removes_its_org(
+    peer: Peer, net: Net, service: str, change: str
+) -> None:
+    """A member follows new blocks (PeerDeliver, Gateway.Events or the orderer's Deliver);
+    a config update then revokes its certificate (h01's doctor) or removes its organisation
+    (p01, with its peer). The stream ends there PERMISSION_DENIED with the reason a new
+    stream gets (REVOKED_CERT / UNKNOWN_ORG) and serves no block from the update on. Before
+    the fix the caller was checked once, when the stream opened: it kept receiving every
+    later block (every patient's pseudonyms, ciphertexts and wrapped keys) for as long as its
+    connection lived."""
+    caller = net.doctor if change == "revoke" else net.pharmacist
+    ctx = _Ctx(caller.cert_der)
+    peer.committer.commit_block(invoke_block(peer, net, "before"))
+    stream = _stream(service, peer, ctx)
+    assert [next(stream), next(stream)] == [0, 1]
+    new = next_config(peer)
+    if change == "revoke":
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(caller.cert_der).serial_hex)
+        reason = "REVOKED_CERT"
+    else:
+        orgs = [o for o in new.organizations if o.id != "p01"]
+        peers = [p for p in new.peers if p.org != "p01"]
+        del new.organizations[:], new.peers[:]
+        new.organizations.extend(orgs)
+        new.peers.extend(peers)
+        reason = "UNKNOWN_ORG"
+    _, update = config_block(peer, net, new)
+    assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    with pytest.raises(_Aborted) as info:
+        next(stream)
+    assert info.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert ctx.trailers.get(REASON_METADATA_KEY) == reason
