@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, cast
 
 import pytest
-from rxchain.v1 import config_pb2, services_pb2, transaction_pb2
+from rxchain.v1 import block_pb2, config_pb2, services_pb2, transaction_pb2
 
+from bench.txbuild import TxKit
 from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
 from node.errors import RxError
@@ -23,6 +25,7 @@ from node.peer.gateway.submit import submit
 from node.peer.notifier import CommitNotifier
 from node.peer.policy_provider import LifecyclePolicies
 from tests.peer.conftest import Cluster, Peer
+from tests.peer.kit import make_block
 
 ORGS = ["h01", "p01", "ins01", "reg01"]
 
@@ -454,3 +457,49 @@ def test_plans_leave_out_an_org_that_did_not_answer_while_the_policy_allows(depl
     for i in range(4):
         endorse_one(f"t{i}")
     assert set(remotes.calls) == {"p01", "ins01"}
+
+
+def test_endorse_never_plans_an_organisation_the_config_no_longer_has(deployed: Cluster, pool) -> None:
+    """A config update removes p01 (and its peer); the gateway's node.yaml still names p01's
+    peer, which never saw the update (its block stream was cut at it: it still endorses under
+    the old config). The gateway plans only organisations with a peer in the config in force,
+    so every tx is endorsed by h01 and ins01 and commits VALID, and naming p01 is refused.
+    Before the fix one plan in two asked p01, whose endorsement made the tx BAD_ENDORSEMENT."""
+    net = deployed.net
+    cfg = deployed.peers[0].ledger.current_config()
+    assert cfg is not None
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(cfg)
+    new.sequence += 1
+    orgs = [o for o in new.organizations if o.id != "p01"]
+    peers = [p for p in new.peers if p.org != "p01"]
+    del new.organizations[:], new.peers[:]
+    new.organizations.extend(orgs)
+    new.peers.extend(peers)
+    kit = TxKit(net.consortium_id, random.Random(3), clock_ms=deployed.now())
+    update = kit.config_tx(net.admins["h01"], new, [net.admins["h01"], net.admins["ins01"]])
+    ref = deployed.peers[0].ledger
+    block = make_block(ref.height(), ref.blocks.last_hash(), [update], net.orderer)
+    for p in (deployed.peers[0], deployed.peers[2]):  # not p01's peer
+        copy = block_pb2.Block()
+        copy.CopyFrom(block)
+        assert list(p.committer.commit_block(copy).validated.codes) == [transaction_pb2.VALID]
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+    envelopes = []
+    for i in range(4):
+        signed = deployed.kit.proposal(net.doctor, "counter", "put", {"key": f"g{i}", "value": 1},
+                                       timestamp_ms=deployed.now())
+        tx = transaction_pb2.Transaction.FromString(
+            endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool).prepared_transaction)
+        assert sorted(e.endorser.org for e in tx.endorsements) == ["h01", "ins01"]
+        envelopes.append(kit.seal(net.doctor, tx))
+    assert "p01" not in remotes.calls
+    committed = make_block(ref.height(), ref.blocks.last_hash(), envelopes, net.orderer)
+    codes = list(deployed.peers[0].committer.commit_block(committed).validated.codes)
+    assert codes == [transaction_pb2.VALID] * 4
+    signed = deployed.kit.proposal(net.doctor, "counter", "put", {"key": "named", "value": 1},
+                                   timestamp_ms=deployed.now())
+    with pytest.raises(RxError) as info:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["p01"]), pool)
+    assert info.value.reason == "BAD_REQUEST"

@@ -9,6 +9,12 @@ them round-robin (:class:`PlanRotation`), so remote endorsements spread over the
 organisations instead of all landing on the first in configuration order. A remote
 failure is replaced by the next organisation that can still satisfy the policy. All
 endorsements must carry byte-identical payloads.
+
+The remote organisations are those of the node.yaml endpoints that still run a peer in the
+config in force: an organisation a config update has removed (or left without a peer) is
+never asked, even while node.yaml still names its peer -- its endorsement would make the tx
+BAD_ENDORSEMENT, and a removed organisation's peer never even learns of its removal (its
+block stream ends at the update), so it would go on endorsing.
 """
 
 from __future__ import annotations
@@ -106,7 +112,8 @@ def _endorse_once(
     definition = deps.policies.contract(invocation.contract, deps.ledger.state)
     if definition is None:
         raise RxError("UNKNOWN_CONTRACT", f"contract {invocation.contract!r} is not defined")
-    remote_orgs = [o for o in deps.remotes.orgs() if o != deps.org]
+    with_peer = {p.org for p in deps.configs.current().config.peers}
+    remote_orgs = [o for o in deps.remotes.orgs() if o != deps.org and o in with_peer]
     if request.endorsing_orgs:
         unknown = [o for o in request.endorsing_orgs if o != deps.org and o not in remote_orgs]
         if unknown:
