@@ -36,7 +36,10 @@ update went in first -- propose again; ALREADY_IN_FORCE: this one did), a config
 consortium, files that do not parse, config bytes other than ``propose`` writes (fields this
 release does not know: signed, never shown) and signatures that do not hold
 (BAD_CONFIG_UPDATE); ``sign`` refuses a second
-signature of the same organisation (ALREADY_SIGNED) and anyone but an admin (WRONG_ROLE).
+signature of the same organisation (ALREADY_SIGNED), anyone but an admin (WRONG_ROLE) and a
+signature past the ``MAX_SIGNERS`` organisations a policy check counts (TOO_MANY_SIGNATURES:
+in a consortium of more organisations, one more signature would make the orderers refuse the
+update, whoever signed).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from node.errors import RxError
 from node.fsutil import fsync_dir, replace_file
 from node.genesis import config_from_genesis
 from node.identity.msp import MSP
+from node.identity.policy import MAX_SIGNERS
 from node.orderer.configtx import MAX_CONFIG_SIGNATURES, ConfigTracker, OrdererConfig, tx_type
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, unsupported
 
@@ -667,7 +671,9 @@ def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.Consor
     signature makes the orderers refuse the whole update. An organisation signed twice (a file
     edited: :func:`sign` adds one per organisation) would be counted twice by whoever reads
     ``signed_by``, and more signatures than the orderers take (MAX_CONFIG_SIGNATURES) make
-    them refuse the update whoever signs it: both refused here too."""
+    them refuse the update whoever signs it: both refused here too, as are more than
+    ``MAX_SIGNERS`` organisations (a policy check counts at most that many distinct signers:
+    one more makes any policy fail)."""
     if len(update.signatures) > MAX_CONFIG_SIGNATURES:
         raise RxClientError("BAD_CONFIG_UPDATE", f"{len(update.signatures)} signatures: the orderers take at "
                             f"most {MAX_CONFIG_SIGNATURES}")
@@ -687,17 +693,27 @@ def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.Consor
             raise RxClientError("BAD_CONFIG_UPDATE", f"signature {i + 1}: {principal.org} has signed this "
                                 f"update already (signature {orgs.index(principal.org) + 1})")
         orgs.append(principal.org)
+    if len(orgs) > MAX_SIGNERS:
+        raise RxClientError("BAD_CONFIG_UPDATE", f"{len(orgs)} organisations signed: the orderers count at most "
+                            f"{MAX_SIGNERS} signers and refuse an update signed by more, whoever they are")
     return orgs
 
 
 def sign(update: config_pb2.ConfigUpdate, identity: WalletIdentity) -> config_pb2.ConfigUpdate:
     """``update`` with the caller's admin signature added (ALREADY_SIGNED when its
-    organisation signed already; WRONG_ROLE for anyone but an admin)."""
+    organisation signed already; WRONG_ROLE for anyone but an admin; TOO_MANY_SIGNATURES when
+    ``MAX_SIGNERS`` organisations have signed: one more would make the orderers refuse it)."""
     if identity.role != "admin":
         raise RxClientError("WRONG_ROLE", f"{identity.label} is no admin: only admins sign config updates")
     for sig in update.signatures:
         if identity_pb2.Identity.FromString(sig.signer).org == identity.org:
             raise RxClientError("ALREADY_SIGNED", f"{identity.org} has signed this update already")
+    if len(update.signatures) >= MAX_SIGNERS:
+        # the config_update policy never needs more (node.orderer.configrules), and the
+        # orderers' policy check fails with more distinct signers than that, whoever they are
+        raise RxClientError("TOO_MANY_SIGNATURES", f"{len(update.signatures)} organisations have signed this "
+                            f"update: the orderers count at most {MAX_SIGNERS} signers and refuse it with one "
+                            "more -- submit it as it is")
     out = config_pb2.ConfigUpdate()
     out.CopyFrom(update)
     out.signatures.add(signer=identity.identity.SerializeToString(),

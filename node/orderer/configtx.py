@@ -43,7 +43,7 @@ from node.crypto.signing import Purpose, Verifier
 from node.errors import RxError
 from node.identity.envelope import EnvelopeReject, check_creator, check_header, check_timestamp, parse_envelope
 from node.identity.msp import MSP
-from node.identity.policy import parse_policy
+from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.orderer.configrules import BAD_CONFIG_UPDATE, check_new_config, check_organizations
 from node.protocol import protocol_version, unsupported
 
@@ -128,6 +128,10 @@ def validate_update(
         except (DecodeError, RxError) as exc:
             raise RxError(BAD_CONFIG_UPDATE, f"bad admin signature: {exc}") from exc
         signers.append((principal.org, principal.role))
+    if len(set(signers)) > MAX_SIGNERS:
+        # evaluate() refuses any set this large; say why rather than "do not satisfy"
+        raise RxError(BAD_CONFIG_UPDATE, f"{len(set(signers))} distinct signers: a policy check counts at "
+                                         f"most {MAX_SIGNERS}")
     if not policy.evaluate(signers):
         raise RxError(BAD_CONFIG_UPDATE, "admin signatures do not satisfy config_update")
     if CONFIG_UPDATE_POLICY not in {p.name for p in new.policies} or not new.orderers:

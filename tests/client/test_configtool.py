@@ -27,6 +27,7 @@ from client.errors import CommitUnknown, RxClientError
 from client.wallet import load_identity
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Verifier
+from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.protocol import SUPPORTED_VERSIONS
 from tests.client.conftest import FIXED_NOW
 from tests.peer.kit import make_block, node_signer
@@ -928,3 +929,22 @@ def test_a_file_signed_twice_for_one_organisation_or_beyond_the_orderers_bound_i
     with pytest.raises(RxClientError) as bound:
         configtool.check_signatures(many, current, Verifier(), now_ms)
     assert bound.value.reason == "BAD_CONFIG_UPDATE" and str(MAX_CONFIG_SIGNATURES) in bound.value.message
+
+
+def test_a_signature_past_the_signers_a_policy_check_counts_is_refused() -> None:
+    """A consortium grown past MAX_SIGNERS (20) organisations: MAJORITY(admin) of 25 needs 13
+    admins, and a policy check refuses any set of more than 20 distinct signers, so a 21st
+    admin signature would make the orderers refuse the update whoever signed (BAD_CONFIG_UPDATE
+    "admin signatures do not satisfy config_update"). Signing refuses it TOO_MANY_SIGNATURES,
+    naming the way out (submit as it is). Before the fix the 21st was added (only 64 were
+    refused)."""
+    orgs = [f"h{i:02d}" for i in range(1, 26)]
+    policy = parse_policy("MAJORITY(admin)", orgs)
+    assert policy.evaluate((o, "admin") for o in orgs[:13])
+    assert not policy.evaluate((o, "admin") for o in orgs[:MAX_SIGNERS + 1])  # why a 21st breaks it
+    update = configtool.propose(_config(), lambda c: setattr(c.batch, "timeout_ms", 60))
+    for org in orgs[:MAX_SIGNERS]:
+        update = configtool.sign(update, _admin(org))
+    with pytest.raises(RxClientError) as info:
+        configtool.sign(update, _admin(orgs[MAX_SIGNERS]))
+    assert info.value.reason == "TOO_MANY_SIGNATURES" and "submit it" in info.value.message

@@ -14,12 +14,14 @@ run orderers (raft ids 1 and 2); config_update and lifecycle are MAJORITY(admin)
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Callable
 
 import pytest
-from rxchain.v1 import config_pb2
+from rxchain.v1 import config_pb2, identity_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
+from bench.txbuild import TxKit
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.signing import Verifier
@@ -27,6 +29,7 @@ from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_NESTED_CHECK, MAX_SIGNERS, parse_policy
 from node.orderer.configrules import check_new_config
+from node.orderer.configtx import OrdererConfig, validate_update
 from tests.validation.conftest import Net, Peer, config_block, config_tracker, next_config
 
 Edit = Callable[[config_pb2.ConsortiumConfig], None]
@@ -351,3 +354,36 @@ def test_from_version_2_an_added_organisation_has_an_id_of_netgens_shape_and_not
 def _tx_ms(env: bytes) -> int:
     return tx_pb.TxHeader.FromString(
         tx_pb.Transaction.FromString(tx_pb.Envelope.FromString(env).payload).header).timestamp_ms
+
+
+def test_an_update_signed_by_more_organisations_than_a_policy_check_counts_says_so() -> None:
+    """25 organisations; config_update needs 11 admins. An update all 21 of the first admins
+    signed is refused (a policy check counts at most MAX_SIGNERS distinct signers), and the
+    refusal says why instead of "admin signatures do not satisfy config_update" (which sent
+    the admins looking for a signature missing); 11 of the same signatures pass the signature
+    check (the update is then refused for its content: the test consortium runs no orderer)."""
+    now = dt.datetime.now(dt.UTC)
+    old = _wide_consortium(25)
+    old.sequence = 1
+    admins = []
+    for org in old.organizations:
+        ca_key = signing.generate_key()
+        ca = rx509.make_ca(org.id, ca_key, now)
+        org.ca_cert_der = rx509.cert_to_der(ca)
+        key = signing.generate_key()
+        cert = rx509.issue_cert(ca, ca_key, key.public_key(), org=org.id, role="admin", name="admin", now=now)
+        admins.append(signing.Signer(key, identity_pb2.Identity(org=org.id, cert_der=rx509.cert_to_der(cert))))
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(old)
+    new.sequence, new.batch.timeout_ms = 2, 60
+    verifier = Verifier()
+    current = OrdererConfig(old, MSP(old, verifier), 0)
+    kit = TxKit("wide", random.Random(5), clock_ms=int(now.timestamp() * 1000))
+    too_many = kit.config_tx(admins[0], new, admins[: MAX_SIGNERS + 1])
+    with pytest.raises(RxError) as exc:
+        validate_update(current, too_many, verifier)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert f"{MAX_SIGNERS + 1} distinct signers" in exc.value.message
+    with pytest.raises(RxError) as later:  # the signatures hold; this config runs no orderer
+        validate_update(current, kit.config_tx(admins[0], new, admins[:11]), verifier)
+    assert "lacks config_update policy or orderers" in later.value.message
