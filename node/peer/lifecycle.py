@@ -27,7 +27,7 @@ and all peers agree. Native functions are deterministic: no clock, no randomness
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,25 @@ def lifecycle_policy(config: config_pb2.ConsortiumConfig) -> Policy:
     text = next((p.rule for p in config.policies if p.name == "lifecycle"), "")
     return parse_policy(text or default_policy_text("lifecycle", config), [o.id for o in config.organizations],
                         protocol_version(config))
+
+
+def approvals_satisfy(policy: Policy, approvers: Sequence[str]) -> bool:
+    """Whether the admins of ``approvers`` (organisation ids, each once) satisfy ``policy``.
+
+    :meth:`Policy.evaluate` refuses any set of more than ``MAX_SIGNERS`` distinct signers (what
+    one tx may carry), but approvals are records in state, not signatures on a tx: in a
+    consortium of more organisations, every organisation approving an upgrade made its commit
+    LIFECYCLE_POLICY_FAILURE for good. With more approvers than that, the question is whether
+    some of them satisfy it (:meth:`Policy.min_signers`; a ``lifecycle`` policy in force never
+    needs more than ``MAX_SIGNERS``, node.orderer.configrules)."""
+    signers = [(org, "admin") for org in approvers]
+    if len(signers) <= MAX_SIGNERS:
+        return policy.evaluate(signers)
+    try:
+        needed = policy.min_signers(signers)
+    except RxError:  # nested over too many approvers: configrules refuses such a policy in force
+        return False
+    return needed is not None and needed <= MAX_SIGNERS
 
 
 def lifecycle_endorsement_policy(config: config_pb2.ConsortiumConfig) -> Policy:
@@ -287,7 +306,7 @@ class Lifecycle:
             if value == wanted
         ]
         policy = lifecycle_policy(config)
-        if not policy.evaluate((org, "admin") for org in approvers):
+        if not approvals_satisfy(policy, approvers):
             raise ContractFailure(
                 "LIFECYCLE_POLICY_FAILURE",
                 f"{definition.name} seq {definition.sequence}: approvals by {approvers} "

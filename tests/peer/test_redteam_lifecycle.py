@@ -22,7 +22,7 @@ out-of-sequence definitions, unknown packages, system or path-like names, non-ad
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -33,10 +33,11 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.identity import policy as policy_module
-from node.identity.policy import parse_policy
+from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.peer.config_view import ConfigView
+from node.peer.definitions import ContractDefinition
 from node.peer.endorser import Endorser
-from node.peer.lifecycle import Lifecycle, package_hash, package_key
+from node.peer.lifecycle import Lifecycle, approval_prefix, package_hash, package_key
 from node.peer.simulator import SimulationLimits, TxSimulator
 from node.sandbox import types as t
 from node.sandbox.inprocess import InProcessRunner
@@ -446,3 +447,50 @@ def _raw_proposal(cluster: Cluster, creator: Signer, contract: str, function: st
                                    invocation=inv.SerializeToString()).SerializeToString()
     json.loads(args_json)  # the test's input is valid JSON
     return transaction_pb2.SignedProposal(proposal_bytes=raw, signature=creator.sign(Purpose.PROPOSAL, raw))
+
+
+class _MoreApprovals:
+    """A simulator whose committed ``_lifecycle`` range also holds ``extra`` records."""
+
+    def __init__(self, sim: TxSimulator, extra: dict[str, bytes]) -> None:
+        self.sim, self.extra = sim, extra
+
+    def get(self, namespace: str, key: str) -> bytes | None:
+        return self.sim.get(namespace, key)
+
+    def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
+        rows = self.sim.range(namespace, start, end, limit)
+        rows += [(k, v) for k, v in self.extra.items() if start <= k < end]
+        return sorted(rows)
+
+    def put(self, namespace: str, key: str, value: bytes) -> None:
+        self.sim.put(namespace, key, value)
+
+
+def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(cluster: Cluster) -> None:
+    """A consortium grown to 25 organisations (MAJORITY(admin): 13). Approvals are records in
+    state, not a tx's signatures: 21 approvals (every organisation but four approved the
+    upgrade) satisfy the policy and the commit goes in; 12 do not. Before the fix the commit
+    evaluated all approvers at once and a policy check refuses more than MAX_SIGNERS (20)
+    distinct signers: LIFECYCLE_POLICY_FAILURE however many more approved."""
+    d = _installed(cluster)
+    peer = cluster.peers[0]
+    current = ConfigView(peer.ledger.state, Verifier()).current()
+    grown = config_pb2.ConsortiumConfig()
+    grown.CopyFrom(current.config)
+    h01 = next(o for o in grown.organizations if o.id == "h01")
+    extra_orgs = [f"h{i:02d}" for i in range(2, 24)]
+    for org in extra_orgs:
+        grown.organizations.add(id=org, name=org, kind=config_pb2.HOSPITAL, ca_cert_der=h01.ca_cert_der)
+    assert len(grown.organizations) == 25
+    caller = current.msp.validate(cluster.net.admins["ins01"].identity, cluster.now())
+    wanted = ContractDefinition.from_args(d).to_json()
+    prefix = approval_prefix("counter", 1)
+    outcomes = []
+    for n in (MAX_SIGNERS + 1, 12):
+        approvals = {prefix + org: wanted for org in ["h01", "p01", "ins01", *extra_orgs][:n]}
+        with peer.ledger.snapshot() as snap:
+            sim = _MoreApprovals(TxSimulator(snap, "_lifecycle"), approvals)
+            r = Lifecycle().invoke(cast(Any, sim), "commit", d, caller, grown)
+        outcomes.append((r.status, r.reason))
+    assert outcomes == [(200, ""), (400, "LIFECYCLE_POLICY_FAILURE")]
