@@ -28,7 +28,13 @@ Rules (each refusal names the rule and the offending item):
   may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
   CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
   its organisation's CA changes must still validate, with the orderer role, against the new CA,
-  as must the certificate of an orderer added or rotated in place.
+  as must the certificate of an orderer added or rotated in place. From protocol version 2 on
+  (node.protocol.MEMBERSHIP_VERSION, in force before the update) an orderer kept with its
+  certificate may not have it revoked by the update: Raft admits a member by the certificate
+  the config lists and peers take its block signatures, so the revocation would cut off
+  nothing while the orderer still counted towards the quorum (and revoking several at once
+  would bypass the one-orderer-per-update rule); remove the orderer or rotate its certificate
+  in place, then revoke the old one.
   A consortium that runs peers keeps at least one (no peer: no endorsement, no lifecycle, no
   ledger for clients).
 * **Named policies**: only the names below, each at most once (the lifecycle read the first
@@ -75,12 +81,13 @@ from cryptography import x509
 from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.tls import NODE_SEND_BOUND
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError
-from node.identity.msp import MSP
+from node.identity.msp import MSP, canonical_serial
 from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
 from node.msgbound import MIN_MESSAGE_BYTES
-from node.protocol import protocol_version
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
 _ORG_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
@@ -231,6 +238,8 @@ def _check_nodes(
             _check_orderer_cert(new_msp, node, at_ms, "new certificate")
         elif old_cas.get(node.org) != org_ca:
             _check_orderer_cert(new_msp, node, at_ms, "certificate", f" under the new CA of {node.org}")
+        elif protocol_version(old) >= MEMBERSHIP_VERSION:
+            _check_not_revoked(new, node)
 
 
 def _check_orderer_cert(
@@ -246,6 +255,22 @@ def _check_orderer_cert(
         raise _bad(f"orderer {node.raft_id}: {label} invalid{context}: {exc}") from exc
     if principal.role != "orderer":
         raise _bad(f"orderer {node.raft_id}: {label}{context} has role {principal.role!r}, not orderer")
+
+
+def _check_not_revoked(new: config_pb2.ConsortiumConfig, node: config_pb2.OrdererNode) -> None:
+    """BAD_CONFIG_UPDATE if ``new`` lists the serial of ``node``'s certificate, an orderer kept
+    with it, among its organisation's revoked serials (module docstring): decided on the
+    serial alone, whatever else holds of the certificate at the update's time."""
+    org = next(o for o in new.organizations if o.id == node.org)
+    revoked = {c for c in map(canonical_serial, org.revoked_serials) if c}
+    try:
+        serial = cert_info_der(node.cert_der).serial_hex
+    except ValueError:
+        return  # not judged here: the MSP refuses the certificate wherever it is used
+    if serial in revoked:
+        raise _bad(f"orderer {node.raft_id}: its certificate is revoked: remove the orderer or rotate "
+                   "its certificate first (kept in the set it would still count towards the Raft "
+                   "quorum and sign blocks)")
 
 
 def _check_policies(new: config_pb2.ConsortiumConfig, version: int) -> None:

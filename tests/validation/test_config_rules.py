@@ -25,11 +25,13 @@ from bench.txbuild import TxKit
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.signing import Verifier
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_NESTED_CHECK, MAX_SIGNERS, parse_policy
 from node.orderer.configrules import check_new_config
 from node.orderer.configtx import OrdererConfig, validate_update
+from node.protocol import MEMBERSHIP_VERSION
 from tests.validation.conftest import Net, Peer, config_block, config_tracker, next_config
 
 Edit = Callable[[config_pb2.ConsortiumConfig], None]
@@ -109,6 +111,15 @@ def _peer_of_unknown_org(c: config_pb2.ConsortiumConfig) -> None:
 
 def _ca_rotated_under_kept_orderer(c: config_pb2.ConsortiumConfig) -> None:
     _org(c, "ins02").ca_cert_der = _new_ca_der("ins02")
+
+
+def _kept_orderer_revoked(c: config_pb2.ConsortiumConfig) -> None:
+    """ins02's orderer stays in the set with its certificate revoked: Raft admits it by its
+    certificate and peers take its block signatures (both by the bytes the config lists), so
+    the revocation cut off nothing, and revoking two of three orderers at once bypassed the
+    one-change-per-update rule."""
+    cert = next(o.cert_der for o in c.orderers if o.org == "ins02")
+    _org(c, "ins02").revoked_serials.append(cert_info_der(cert).serial_hex.upper())  # any hex form
 
 
 def _end_entity_as_ca(c: config_pb2.ConsortiumConfig) -> None:
@@ -204,6 +215,31 @@ def test_update_is_refused_by_orderers_and_peers_alike(peer: Peer, net: Net, edi
     cur = peer.ledger.current_config()
     assert cur is not None and cur.sequence == 0
     assert peer.committer.validator.config.config.sequence == 0
+
+
+def test_an_update_revoking_a_kept_orderers_certificate_is_refused_from_protocol_version_2(
+    peer: Peer, net: Net
+) -> None:
+    """Under version 1 (blocks before the raise keep its answer on replay) the update is
+    adopted; once version 2 is in force it is refused on the three paths alike."""
+    v1 = next_config(peer)
+    _kept_orderer_revoked(v1)
+    env, block = config_block(peer, net, v1)
+    assert config_tracker(peer).block_config(block) is not None
+    raised = next_config(peer, MEMBERSHIP_VERSION)
+    _, raise_block = config_block(peer, net, raised)
+    assert list(peer.committer.commit_block(raise_block).validated.codes) == [tx_pb.VALID]
+    new = next_config(peer)
+    _kept_orderer_revoked(new)
+    env, block = config_block(peer, net, new)
+    tracker = config_tracker(peer)
+    with pytest.raises(RxError) as exc:
+        tracker.validate_now(env)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert "certificate is revoked: remove the orderer or rotate" in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    assert peer.committer.validator.config.config.sequence == 1
 
 
 ALLOWED: list[tuple[str, Edit]] = [
