@@ -1,8 +1,9 @@
 """Mutual-TLS credentials for every gRPC connection in rxchain.
 
 Servers require a client certificate chaining to one of the consortium's CAs (the CA
-bundle); clients present their own certificate and check the server's against the
-same bundle. :func:`peer_identity` reads the caller's certificate inside a servicer.
+bundle, and the CAs of the configuration in force: :func:`server_credentials`); clients
+present their own certificate and check the server's against the same bundle.
+:func:`peer_identity` reads the caller's certificate inside a servicer.
 
 Server authentication. By default a client accepts any certificate that chains to *any*
 consortium CA and names ``localhost`` (:data:`TLS_SERVER_NAME`) -- i.e. every node of every
@@ -20,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -82,14 +84,49 @@ def certificate_names_host(cert: x509.Certificate, name: str) -> bool:
 
 
 def server_credentials(
-    cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path
+    cert_path: str | Path, key_path: str | Path, ca_bundle_path: str | Path,
+    config: Callable[[], config_pb2.ConsortiumConfig] | None = None,
 ) -> grpc.ServerCredentials:
-    """Server credentials that require and verify a client certificate."""
-    return grpc.ssl_server_credentials(
-        [(Path(key_path).read_bytes(), Path(cert_path).read_bytes())],
-        root_certificates=Path(ca_bundle_path).read_bytes(),
-        require_client_auth=True,
-    )
+    """Server credentials that require and verify a client certificate: one issued by a CA of
+    the node's bundle or, given ``config`` (the configuration in force), by the CA of one of
+    its organisations, read again before every new connection's handshake. An organisation a
+    config update adds (a 13th hospital), or a CA an update rotates, so reaches every running
+    node at that block: with the bundle read once at start, none of its members, peers or
+    orderers could connect to any node until every node had been given a new bundle and
+    restarted. (Which members may do what is the MSP's business, checked per request: a
+    removed organisation's CA left in the bundle passes the handshake and nothing more.)"""
+    key_cert = [(Path(key_path).read_bytes(), Path(cert_path).read_bytes())]
+    bundle = Path(ca_bundle_path).read_bytes()
+    if config is None:
+        return grpc.ssl_server_credentials(key_cert, root_certificates=bundle, require_client_auth=True)
+    in_bundle = {der for _, der in _labelled_cas(bundle)}
+    lock = threading.Lock()
+    served: list[frozenset[bytes]] = [frozenset()]  # the config CAs the roots in use add
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # called by gRPC before each handshake: an exception here would fail the handshake
+        try:
+            cas = frozenset(o.ca_cert_der for o in config().organizations if o.ca_cert_der) - in_bundle
+            with lock:
+                if cas == served[0]:
+                    return None
+                served[0] = cas
+            extra = b"".join(_pem(der) for der in sorted(cas))
+            return grpc.ssl_server_certificate_configuration(key_cert, root_certificates=_joined(bundle, extra))
+        except Exception:  # noqa: BLE001 - keep the roots in use (a config being written, a CA not parsing)
+            _log.exception("event=server_roots_unchanged: the configuration's CAs could not be read")
+            return None
+
+    initial = fetch() or grpc.ssl_server_certificate_configuration(key_cert, root_certificates=bundle)
+    # None means "no change" (grpc's documentation); its type stubs leave None out
+    fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+    return grpc.dynamic_ssl_server_credentials(initial, fetcher, require_client_authentication=True)
+
+
+def _joined(bundle: bytes, extra: bytes) -> bytes:
+    if not extra:
+        return bundle
+    return bundle + (b"" if bundle.endswith(b"\n") else b"\n") + extra
 
 
 def channel_credentials(

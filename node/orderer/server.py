@@ -708,7 +708,8 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
                            releases, heard),
         ]
     )
-    server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path)
+    server_creds = server_credentials(config.cert_path, config.key_path, config.ca_bundle_path,
+                                      lambda: tracker.current.config)
     try:
         bound = server.add_secure_port(config.listen, server_creds)
     except RuntimeError as exc:

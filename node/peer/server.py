@@ -260,7 +260,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     )
     try:
         bound = server.add_secure_port(config.listen, server_credentials(
-            config.cert_path, config.key_path, config.ca_bundle_path))
+            config.cert_path, config.key_path, config.ca_bundle_path, lambda: configs.current().config))
     except RuntimeError as exc:
         bound = 0
         _log.error("event=bind_failed listen=%s error=%r", config.listen, str(exc))

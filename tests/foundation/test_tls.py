@@ -9,8 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from netgen import GeneratedNetwork
-from rxchain.v1 import services_pb2, services_pb2_grpc
+from rxchain.v1 import config_pb2, services_pb2, services_pb2_grpc
 
 from node.crypto import tls
 
@@ -270,3 +272,50 @@ def test_issued_certificates_chain_to_a_ca_whose_key_identifier_is_not_sha1_of_i
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(rx509.cert_to_pem(rx509.make_ca("h01", other_key, now)), rx509.cert_to_pem(cert),
                    signing.key_to_pem(key), tmp_path, "peer.h01")
+
+
+def test_a_server_following_the_config_admits_an_organisation_added_after_it_started(
+    network: GeneratedNetwork, tmp_path: Path
+) -> None:
+    """A config update adds an organisation (a 13th hospital) whose CA the node's bundle,
+    written before, does not hold. A server given the configuration in force accepts its
+    members' certificates from the next connection on, without a restart or a new bundle; a
+    CA that is in neither stays refused. Before the fix every server read the bundle once at
+    start: the new organisation's members, peers and orderers could connect to no node until
+    each had a new bundle and was restarted."""
+    from netgen import generate
+
+    from node.genesis import config_from_genesis, read_genesis
+
+    from .conftest import FIXED_NOW, small_consortium
+
+    newcomer = generate(small_consortium(), tmp_path / "newcomer", clock=lambda: FIXED_NOW)
+    new_ca = x509.load_pem_x509_certificate((newcomer.home / "orgs" / "h01" / "ca.pem").read_bytes())
+    in_force = [config_from_genesis(read_genesis(network.home / "genesis.block"))]
+    ndir = network.home / "nodes" / "peer.h01"
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AdminServicer_to_server(_Admin(), srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(
+        ndir / "cert.pem", ndir / "key.pem", ndir / "ca-bundle.pem", lambda: in_force[0]))
+    srv.start()
+    user = newcomer.user_dir("h01", "dr-jiang")
+
+    def health() -> grpc.StatusCode:
+        with tls.secure_channel(f"127.0.0.1:{port}", user / "cert.pem", user / "key.pem", ndir / "ca-bundle.pem") as ch:
+            try:
+                services_pb2_grpc.AdminStub(ch).Health(services_pb2.HealthRequest(), timeout=5)
+            except grpc.RpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    try:
+        assert health() == grpc.StatusCode.UNAVAILABLE  # not a member yet: the handshake fails
+        added = config_pb2.ConsortiumConfig()
+        added.CopyFrom(in_force[0])
+        added.sequence += 1
+        added.organizations.add(id="h13", name="Hospital 13", kind=config_pb2.HOSPITAL,
+                                ca_cert_der=new_ca.public_bytes(serialization.Encoding.DER))
+        in_force[0] = added
+        assert health() == grpc.StatusCode.OK
+    finally:
+        srv.stop(grace=None)
