@@ -380,13 +380,18 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
 
     def __init__(self, endorser: Endorser, pool: Executor | None = None,
                  workers: int = STREAM_WORKERS, message_bound: Callable[[], int] | None = None,
-                 streams: StreamCaps | None = None) -> None:
+                 streams: StreamCaps | None = None,
+                 check_caller: Callable[[grpc.ServicerContext], Principal] | None = None) -> None:
         """``message_bound``: the gRPC message bound the gateways' channels receive with (none:
         answer messages carry up to :data:`MAX_ANSWER_BYTES`). ``streams``: the node's caps on
         long-lived calls; a ProcessProposals stream holds a gRPC worker and a reader thread
         while it is open, so it is counted there per TLS client certificate (a stream past a
-        cap is refused TOO_MANY_STREAMS; a gateway then asks this peer by unary calls)."""
+        cap is refused TOO_MANY_STREAMS; a gateway then asks this peer by unary calls).
+        ``check_caller`` (the MSP's check of the TLS certificate) refuses a stream to a
+        certificate the configuration in force does not admit (revoked, expired, of a removed
+        organisation) before it takes a slot; the proposals it carries are checked one by one."""
         self._streams_cap = streams
+        self._check_caller = check_caller
         self._endorser = endorser
         self._answer_bytes = budget_reader(message_bound, MAX_ANSWER_BYTES)
         self._own_pool = pool is None
@@ -445,6 +450,8 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
         if self._streams_cap is not None:
             ident = peer_identity(context)
             try:
+                if ident is not None and self._check_caller is not None:
+                    self._check_caller(context)
                 slot = self._streams_cap.admit(context, ident.cert_der if ident is not None else b"",
                                                "Endorser.ProcessProposals")
             except RxError as err:

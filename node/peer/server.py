@@ -247,7 +247,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                  ("grpc.so_reuseport", 0)],  # a taken port is an error, never shared
         interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
-    endorser_service = EndorserService(endorser, message_bound=batch_bound, streams=streams)
+    endorser_service = EndorserService(endorser, message_bound=batch_bound, streams=streams,
+                                       check_caller=check_caller)
     services_pb2_grpc.add_EndorserServicer_to_server(endorser_service, server)
     services_pb2_grpc.add_GatewayServicer_to_server(gateway, server)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(

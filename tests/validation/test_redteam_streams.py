@@ -1,8 +1,9 @@
 """Red-team review of membership changes: a member following blocks (PeerDeliver,
 Gateway.Events, the orderer's Deliver) when a config update revokes its certificate or
-removes its organisation.
+removes its organisation, and such a certificate opening a stream the caps count.
 
-Each test failed before its fix (node.identity.caller.while_admitted).
+Each test failed before its fix (node.identity.caller.while_admitted, the stream admission of
+the gateway and the endorser).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
 from node.orderer.deliver import DeliverService
 from node.peer.config_view import ConfigView
 from node.peer.deliver_service import PeerDeliverService
+from node.peer.endorser import Endorser, EndorserService
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.service import GatewayService
+from node.peer.lifecycle import Lifecycle
 from node.peer.notifier import CommitNotifier
 from node.stream_caps import StreamCaps
 from tests.validation.conftest import Net, Peer, config_block, invoke_block, next_config
@@ -126,3 +129,57 @@ def test_a_following_stream_ends_at_the_update_that_revokes_its_caller_or_remove
         next(stream)
     assert info.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
     assert ctx.trailers.get(REASON_METADATA_KEY) == reason
+
+
+@pytest.mark.parametrize("call", ["Gateway.Transact", "Gateway.TransactBatch", "Endorser.ProcessProposals"])
+@pytest.mark.parametrize("change", ["revoke", "remove_org"])
+def test_a_certificate_the_config_refuses_gets_no_stream_slot(
+    peer: Peer, net: Net, call: str, change: str
+) -> None:
+    """Transact, TransactBatch and ProcessProposals streams hold a gRPC worker and a reader
+    thread from the start and are capped per TLS certificate; the requests they carry are
+    checked one by one. A certificate the config in force refuses -- revoked, or of an
+    organisation removed (its CA may stay in the node's bundle and pass the handshake) --
+    now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched. Before the
+    fix it was admitted, and with certificates minted at will by a removed organisation's CA
+    could hold slots up to the total cap (TOO_MANY_STREAMS for every member)."""
+    caller = net.doctor if change == "revoke" else net.pharmacist
+    new = next_config(peer)
+    if change == "revoke":
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(caller.cert_der).serial_hex)
+        reason = "REVOKED_CERT"
+    else:
+        orgs = [o for o in new.organizations if o.id != "p01"]
+        peers = [p for p in new.peers if p.org != "p01"]
+        del new.organizations[:], new.peers[:]
+        new.organizations.extend(orgs)
+        new.peers.extend(peers)
+        reason = "UNKNOWN_ORG"
+    _, update = config_block(peer, net, new)
+    assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    configs = ConfigView(peer.ledger.state, Verifier())
+    caps = StreamCaps(total=4, per_caller=4)
+    ctx = _Ctx(caller.cert_der)
+    if call == "Endorser.ProcessProposals":
+        endorser = Endorser(peer.ledger, configs, net.peer_h01, cast(Any, None), Lifecycle(), wall_ms)
+        svc = EndorserService(endorser, workers=1, streams=caps,
+                              check_caller=CallerCheck(lambda: configs.current().msp, wall_ms))
+        try:
+            with pytest.raises(_Aborted):
+                list(svc.ProcessProposals(iter(()), cast(Any, ctx)))
+        finally:
+            svc.close()
+    else:
+        deps = GatewayDeps(org="h01", endorser=cast(Any, None), ledger=peer.ledger, configs=configs,
+                           policies=cast(Any, None), notifier=CommitNotifier(peer.ledger.height()),
+                           remotes=cast(Any, _Remotes()), broadcast=cast(Any, None))
+        gw = GatewayService(deps, workers=1, streams=caps)
+        method = gw.Transact if call == "Gateway.Transact" else gw.TransactBatch
+        try:
+            with pytest.raises(_Aborted):
+                list(method(iter(()), cast(Any, ctx)))
+        finally:
+            gw.close(wait_s=1)
+    assert ctx.trailers.get(REASON_METADATA_KEY) == reason
+    assert caps.held() == 0

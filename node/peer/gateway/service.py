@@ -121,9 +121,15 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     def _admit_stream(self, context: grpc.ServicerContext, what: str) -> StreamSlot:
         """A stream cap's slot for a Transact/TransactBatch call, counted per TLS client
         certificate (TOO_MANY_STREAMS over a cap). The requests it carries are signed and
-        checked one by one, so the certificate is not checked with the MSP here; a caller
-        without one (only on an insecure test server) counts as one anonymous caller."""
+        checked one by one, but the stream holds a gRPC worker and a reader thread from the
+        start, so the certificate is checked with the MSP first: one the configuration in
+        force refuses (revoked, expired, of an organisation removed, whose CA the node's bundle
+        may still hold) gets no slot -- it could otherwise hold them up to the total cap with
+        certificates minted at will. A caller without one (only on an insecure test server)
+        counts as one anonymous caller."""
         ident = peer_identity(context)
+        if ident is not None:
+            self._check_caller(context)
         return self._streams.admit(context, ident.cert_der if ident is not None else b"", what)
 
     @guarded_unary
