@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,6 +197,19 @@ class AdvNet:
             out[name] = (int(st.height), bytes(st.last_block_hash), bytes(st.state_hash))
         return out
 
+    def wait_settled(self, timeout_s: float) -> None:
+        """Wait until every node has the same height and last block (the set-up's last block
+        is committed at the bootstrapper's peer first: a test taking its ``snapshot`` at once
+        saw the others catch up as something it wrote, seen in a loaded run)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = {(h, last) for h, last, _ in self.snapshot().values()}
+            if len(seen) == 1:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the nodes did not agree on their height within {timeout_s} s: {seen}")
+            time.sleep(0.1)
+
     def serving(self) -> bool:
         """Every node healthy, and a normal query answers on every peer."""
         if not all(self.cons.healthy(n) for n in self.cons.orderer_names() + self.cons.peer_names()):
@@ -272,6 +286,7 @@ def start_adv_network(home: Path, procs: ProcessManager) -> AdvNet:
     finally:
         boot.close()
     net.real_contracts = True
+    net.wait_settled(60)
     return net
 
 
