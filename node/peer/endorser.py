@@ -318,8 +318,9 @@ class Endorser:
 
     def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         """ProcessProposal: a signed endorsement, or an unsigned contract-level refusal."""
-        org = self._signer.identity.org
-        if not any(p.org == org and p.name == self._name for p in self._configs.current().config.peers):
+        org, cert = self._signer.identity.org, self._signer.cert_der
+        if not any(p.org == org and (p.name == self._name or p.cert_der == cert)
+                   for p in self._configs.current().config.peers):
             raise RxError("UNKNOWN_PEER", f"{self._name} ({org}) is not a peer of the configuration "
                                           "in force: its endorsements no longer count")
         sim = self.simulate(signed, endorse=True)

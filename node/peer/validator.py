@@ -140,12 +140,15 @@ class ConfigState:
 
     :meth:`endorser` is :meth:`principal` for an endorsement: a certificate with the peer role
     counts only if it names a peer the config lists in its organisation (``PeerNode.org`` and
-    ``name``, which the peer's certificate carries). A peer removed from the config by an
+    ``name``, which netgen's peer certificates carry as their common name) or is the
+    certificate the config lists for one (``PeerNode.cert_der``). A peer removed from the config by an
     update stops counting at that block, on every peer alike, even while its organisation's
     CA still vouches for its certificate (nobody revoked it); txs it endorsed before the
     update and committed after it are BAD_ENDORSEMENT, as for a revoked certificate. A peer
     whose certificate is renewed under the same name endorses before the update recording
-    the new certificate (restart first, then the update: tests/fault/test_cert_rotation.py).
+    the new certificate (restart first, then the update: tests/fault/test_cert_rotation.py);
+    one whose certificate names it only in its alternative names does once the config lists
+    that certificate.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class ConfigState:
                 continue
         self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self.peer_names = frozenset((p.org, p.name) for p in config.peers)
+        self.peer_certs = frozenset((p.org, p.cert_der) for p in config.peers)
         # (org, cert) -> ((org, role), not_before_ms, not_after_ms, names a listed peer)
         self._principals: dict[tuple[str, bytes], tuple[tuple[str, str], int, int, bool]] = {}
         self._cache_size = cache_size
@@ -193,7 +197,7 @@ class ConfigState:
         info = cert_info_der(identity.cert_der)
         if len(self._principals) >= self._cache_size:
             self._principals.clear()
-        listed = (p.org, p.name) in self.peer_names
+        listed = (p.org, p.name) in self.peer_names or (p.org, identity.cert_der) in self.peer_certs
         self._principals[key] = ((p.org, p.role), info.not_before_ms, info.not_after_ms, listed)
         return (p.org, p.role), listed
 

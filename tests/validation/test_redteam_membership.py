@@ -7,16 +7,20 @@ provider's comments).
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from rxchain.v1 import block_pb2, config_pb2
+from cryptography import x509 as cx509
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import RwSpec, make_block
 from node.clock import wall_ms
-from node.crypto.signing import Verifier
+from node.crypto import signing
+from node.crypto import x509 as rx509
+from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.ledger.ledger import Ledger
@@ -207,3 +211,39 @@ def test_under_protocol_version_1_a_contract_naming_a_removed_organisation_stays
     tx = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("v1", b"1")])])
     blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1])
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.UNKNOWN_CONTRACT]
+
+
+def _h01_peer_cert(net: Net, name: str) -> Signer:
+    """A peer certificate of h01's CA whose common name is ``name`` (its own key)."""
+    ca_dir = net.home / "orgs" / "h01"
+    ca = cx509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = signing.load_private_key((ca_dir / "ca.key").read_bytes())
+    key = signing.generate_key()
+    cert = rx509.issue_cert(ca, ca_key, key.public_key(), org="h01", role="peer", name=name,
+                            now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1), hosts=("peer.h01",))
+    return Signer(key, identity_pb2.Identity(org="h01", cert_der=rx509.cert_to_der(cert)))
+
+
+def test_a_peer_whose_certificate_the_config_lists_endorses_whatever_its_common_name(
+    peer: Peer, net: Net
+) -> None:
+    """A peer certificate issued by hand names the node in its alternative names only (what
+    a node checks at start), not as its common name: once the config lists that certificate
+    for peer.h01 its endorsements count; another certificate of h01's CA with an unlisted
+    name still does not."""
+    a = Committer(peer.ledger, Verifier(), StaticPolicies({"rx": rx_definition()}))
+    by_hand = _h01_peer_cert(net, "node-7.h01.example")
+    stranger = _h01_peer_cert(net, "node-8.h01.example")
+    new = next_config(peer)
+    next(p for p in new.peers if p.name == "peer.h01").cert_der = by_hand.cert_der
+    _, update = config_block(peer, net, new)
+    assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
+    txs = [peer.kit.invoke(net.doctor, [by_hand, net.peer_p01], [RwSpec("rx", writes=[("h1", b"1")])]),
+           peer.kit.invoke(net.doctor, [stranger, net.peer_p01], [RwSpec("rx", writes=[("h2", b"2")])])]
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1])
+    assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID, tx_pb.BAD_ENDORSEMENT]
+    endorser = Endorser(peer.ledger, ConfigView(peer.ledger.state, Verifier()), by_hand,
+                        cast(Any, None), Lifecycle(), wall_ms)
+    with pytest.raises(RxError) as info:
+        endorser.endorse(tx_pb.SignedProposal())
+    assert info.value.reason == "BAD_PAYLOAD"  # past the listing check
