@@ -18,10 +18,11 @@ Then the contract runs (``_lifecycle`` natively, others in the sandbox) against 
 :class:`TxSimulator` over one LevelDB snapshot. A contract-level refusal (status 400/500
 with the contract's reason) is answered WITHOUT an endorsement. Otherwise the peer signs
 the ProposalResponsePayload (proposal hash over header + invocation: transient data never
-enters it) -- unless the config in force no longer lists this peer (its organisation and
-the name its certificate carries): validators refuse such an endorsement (BAD_ENDORSEMENT,
-node.peer.validator), so a peer removed by a config update but still running answers
-UNKNOWN_PEER and a gateway that still dials it asks another organisation's peer instead.
+enters it) -- unless, from protocol version 2 on, the config in force no longer lists this
+peer (its organisation and the name its certificate carries, or the certificate): validators
+refuse such an endorsement (BAD_ENDORSEMENT, node.peer.validator), so a peer removed by a
+config update but still running answers UNKNOWN_PEER and a gateway that still dials it asks
+another organisation's peer instead.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from node.peer.lifecycle import (
     package_key,
 )
 from node.peer.simulator import SimulationLimits, TxSimulator
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 from node.sandbox.types import (
     BAD_ARGUMENTS,
     UNKNOWN_FUNCTION,
@@ -319,8 +321,9 @@ class Endorser:
     def endorse(self, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
         """ProcessProposal: a signed endorsement, or an unsigned contract-level refusal."""
         org, cert = self._signer.identity.org, self._signer.cert_der
-        if not any(p.org == org and (p.name == self._name or p.cert_der == cert)
-                   for p in self._configs.current().config.peers):
+        config = self._configs.current().config
+        if protocol_version(config) >= MEMBERSHIP_VERSION and not any(
+                p.org == org and (p.name == self._name or p.cert_der == cert) for p in config.peers):
             raise RxError("UNKNOWN_PEER", f"{self._name} ({org}) is not a peer of the configuration "
                                           "in force: its endorsements no longer count")
         sim = self.simulate(signed, endorse=True)

@@ -88,7 +88,7 @@ from node.ledger.errors import LedgerError
 from node.ledger.statedb import KeyWrite, StateReader, TxOutcome, Version
 from node.ledger.txwrites import SYSTEM_NS, config_writes, indexed_tx_id, rwset_writes
 from node.orderer.configtx import OrdererConfig, validate_update
-from node.protocol import protocol_version
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 
 Code: TypeAlias = transaction_pb2.TxValidationCode.ValueType
 
@@ -138,8 +138,9 @@ class ConfigState:
     that window (anything else goes through the MSP again and gets its exact error). The
     cache lives and dies with the config, so revocations in a new config always apply.
 
-    :meth:`endorser` is :meth:`principal` for an endorsement: a certificate with the peer role
-    counts only if it names a peer the config lists in its organisation (``PeerNode.org`` and
+    :meth:`endorser` is :meth:`principal` for an endorsement: from protocol version 2 on
+    (node.protocol.MEMBERSHIP_VERSION; version 1 counts any valid certificate), a certificate
+    with the peer role counts only if it names a peer the config lists in its organisation (``PeerNode.org`` and
     ``name``, which netgen's peer certificates carry as their common name) or is the
     certificate the config lists for one (``PeerNode.cert_der``). A peer removed from the config by an
     update stops counting at that block, on every peer alike, even while its organisation's
@@ -172,6 +173,7 @@ class ConfigState:
         self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self.peer_names = frozenset((p.org, p.name) for p in config.peers)
         self.peer_certs = frozenset((p.org, p.cert_der) for p in config.peers)
+        self.listed_peers_only = protocol_version(config) >= MEMBERSHIP_VERSION
         # (org, cert) -> ((org, role), not_before_ms, not_after_ms, names a listed peer)
         self._principals: dict[tuple[str, bytes], tuple[tuple[str, str], int, int, bool]] = {}
         self._cache_size = cache_size
@@ -184,7 +186,7 @@ class ConfigState:
         """(org, role) of a valid endorser at ``at_ms``: :meth:`principal`, and RxError
         UNKNOWN_PEER for a peer certificate naming no peer of this config (class docstring)."""
         (org, role), listed = self._checked(identity, at_ms)
-        if role == "peer" and not listed:
+        if role == "peer" and not listed and self.listed_peers_only:
             raise RxError("UNKNOWN_PEER", f"{org}: the certificate names no peer of the configuration")
         return (org, role)
 

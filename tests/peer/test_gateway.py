@@ -24,6 +24,7 @@ from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
 from node.peer.notifier import CommitNotifier
 from node.peer.policy_provider import LifecyclePolicies
+from node.protocol import MEMBERSHIP_VERSION
 from tests.peer.conftest import Cluster, Peer
 from tests.peer.kit import make_block
 
@@ -471,6 +472,7 @@ def test_endorse_never_plans_an_organisation_the_config_no_longer_has(deployed: 
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(cfg)
     new.sequence += 1
+    new.protocol_version = MEMBERSHIP_VERSION  # the contract's policy naming p01 stays readable
     orgs = [o for o in new.organizations if o.id != "p01"]
     peers = [p for p in new.peers if p.org != "p01"]
     del new.organizations[:], new.peers[:]

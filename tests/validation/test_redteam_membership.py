@@ -51,11 +51,12 @@ def test_a_peer_removed_from_the_config_no_longer_endorses_running_restarted_and
     endorsed before the update (timestamped before it) and ordered after it too -- while h01's
     and ins01's peers still satisfy the policy; a peer restarted after the update and one
     caught up from genesis give the same codes and state hash. Before the fix the removed
-    peer's endorsement counted as ``p01.peer`` until its certificate was revoked."""
+    peer's endorsement counted as ``p01.peer`` until its certificate was revoked (as it still
+    does under protocol version 1: the update raises the version to MEMBERSHIP_VERSION)."""
     policies = StaticPolicies({"rx": rx_definition()})
     a = Committer(peer.ledger, Verifier(), policies)
     early = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("early", b"1")])])
-    new = next_config(peer)
+    new = next_config(peer, MEMBERSHIP_VERSION)
     kept = [p for p in new.peers if p.name != "peer.p01"]
     assert len(kept) == len(new.peers) - 1
     del new.peers[:]
@@ -85,6 +86,21 @@ def test_a_peer_removed_from_the_config_no_longer_endorses_running_restarted_and
         assert results[-1].result.state_hash == a_result.result.state_hash
 
 
+def test_under_protocol_version_1_a_removed_peer_still_endorses(peer: Peer, net: Net) -> None:
+    """Blocks under version 1 keep its answer on replay: the removal without raising the
+    version leaves peer.p01's endorsement counting (its certificate is still valid)."""
+    a = Committer(peer.ledger, Verifier(), StaticPolicies({"rx": rx_definition()}))
+    new = next_config(peer, 1)
+    kept = [p for p in new.peers if p.name != "peer.p01"]
+    del new.peers[:]
+    new.peers.extend(kept)
+    _, update = config_block(peer, net, new)
+    assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
+    tx = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("v1", b"1")])])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1])
+    assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID]
+
+
 def test_a_peer_endorses_before_and_stops_at_the_block_removing_it(peer: Peer, net: Net) -> None:
     """The same endorsement by peer.p01 is VALID in the block before the update and refused in
     the block after it: the removal takes effect at exactly its config block."""
@@ -92,7 +108,7 @@ def test_a_peer_endorses_before_and_stops_at_the_block_removing_it(peer: Peer, n
     before = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("b", b"1")])])
     blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [before], [net.orderer1])
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID]
-    new = next_config(peer)
+    new = next_config(peer, MEMBERSHIP_VERSION)
     kept = [p for p in new.peers if p.name != "peer.p01"]
     del new.peers[:]
     new.peers.extend(kept)
@@ -114,7 +130,7 @@ def test_a_peer_removed_from_the_config_refuses_to_endorse(peer: Peer, net: Net)
     with pytest.raises(RxError) as before:
         endorser.endorse(empty)
     assert before.value.reason == "BAD_PAYLOAD"
-    new = next_config(peer)
+    new = next_config(peer, MEMBERSHIP_VERSION)
     kept = [p for p in new.peers if p.name != "peer.p01"]
     del new.peers[:]
     new.peers.extend(kept)
@@ -234,7 +250,7 @@ def test_a_peer_whose_certificate_the_config_lists_endorses_whatever_its_common_
     a = Committer(peer.ledger, Verifier(), StaticPolicies({"rx": rx_definition()}))
     by_hand = _h01_peer_cert(net, "node-7.h01.example")
     stranger = _h01_peer_cert(net, "node-8.h01.example")
-    new = next_config(peer)
+    new = next_config(peer, MEMBERSHIP_VERSION)
     next(p for p in new.peers if p.name == "peer.h01").cert_der = by_hand.cert_der
     _, update = config_block(peer, net, new)
     assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
