@@ -35,8 +35,11 @@ endorsement by a peer certificate counts only if it names a peer the config list
 certificate listed for one (a peer removed from ``config.peers`` stopped counting only once
 its certificate was revoked; node.peer.validator), a contract's endorsement policy naming an
 organisation an update has removed is met by the others (it no longer parsed: the contract
-was UNKNOWN_CONTRACT; node.peer.policy_provider), and an update may not revoke the
-certificate of an orderer it keeps (node.orderer.configrules).
+was UNKNOWN_CONTRACT; node.peer.policy_provider), an update may not revoke the
+certificate of an orderer it keeps (node.orderer.configrules), and a lifecycle commit approved
+by more than 20 organisations goes in when some of them satisfy the ``lifecycle`` policy
+(version 1 evaluates every approver at once and refuses more than 20 distinct signers:
+LIFECYCLE_POLICY_FAILURE; node.peer.lifecycle.approvals_satisfy).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from node.peer.definitions import (
     check_version,
 )
 from node.peer.simulator import TxSimulator
-from node.protocol import protocol_version
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 from node.sandbox.instrument import compile_contract
 from node.sandbox.package import ContractPackage, code_hash
 
@@ -148,17 +148,21 @@ def lifecycle_policy(config: config_pb2.ConsortiumConfig) -> Policy:
                         protocol_version(config))
 
 
-def approvals_satisfy(policy: Policy, approvers: Sequence[str]) -> bool:
-    """Whether the admins of ``approvers`` (organisation ids, each once) satisfy ``policy``.
+def approvals_satisfy(policy: Policy, approvers: Sequence[str], version: int) -> bool:
+    """Whether the admins of ``approvers`` (organisation ids, each once) satisfy ``policy``,
+    by the rules of protocol ``version`` (the config in force: the answer decides which
+    definitions are committed, node/protocol.py).
 
     :meth:`Policy.evaluate` refuses any set of more than ``MAX_SIGNERS`` distinct signers (what
     one tx may carry), but approvals are records in state, not signatures on a tx: in a
     consortium of more organisations, every organisation approving an upgrade made its commit
-    LIFECYCLE_POLICY_FAILURE for good. With more approvers than that, the question is whether
+    LIFECYCLE_POLICY_FAILURE for good. From protocol version 2 on
+    (node.protocol.MEMBERSHIP_VERSION), with more approvers than that, the question is whether
     some of them satisfy it (:meth:`Policy.min_signers`; a ``lifecycle`` policy in force never
-    needs more than ``MAX_SIGNERS``, node.orderer.configrules)."""
+    needs more than ``MAX_SIGNERS``, node.orderer.configrules); version 1 keeps refusing them
+    (peers of the previous release endorse so, and their commits are on the ledger)."""
     signers = [(org, "admin") for org in approvers]
-    if len(signers) <= MAX_SIGNERS:
+    if len(signers) <= MAX_SIGNERS or version < MEMBERSHIP_VERSION:
         return policy.evaluate(signers)
     try:
         needed = policy.min_signers(signers)
@@ -306,7 +310,7 @@ class Lifecycle:
             if value == wanted
         ]
         policy = lifecycle_policy(config)
-        if not approvals_satisfy(policy, approvers):
+        if not approvals_satisfy(policy, approvers, protocol_version(config)):
             raise ContractFailure(
                 "LIFECYCLE_POLICY_FAILURE",
                 f"{definition.name} seq {definition.sequence}: approvals by {approvers} "

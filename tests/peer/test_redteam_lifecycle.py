@@ -39,6 +39,7 @@ from node.peer.definitions import ContractDefinition
 from node.peer.endorser import Endorser
 from node.peer.lifecycle import Lifecycle, approval_prefix, package_hash, package_key
 from node.peer.simulator import SimulationLimits, TxSimulator
+from node.protocol import MEMBERSHIP_VERSION
 from node.sandbox import types as t
 from node.sandbox.inprocess import InProcessRunner
 from node.sandbox.package import ContractPackage
@@ -467,12 +468,16 @@ class _MoreApprovals:
         self.sim.put(namespace, key, value)
 
 
-def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(cluster: Cluster) -> None:
+@pytest.mark.parametrize("version", [1, MEMBERSHIP_VERSION])
+def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(cluster: Cluster,
+                                                                                version: int) -> None:
     """A consortium grown to 25 organisations (MAJORITY(admin): 13). Approvals are records in
-    state, not a tx's signatures: 21 approvals (every organisation but four approved the
-    upgrade) satisfy the policy and the commit goes in; 12 do not. Before the fix the commit
-    evaluated all approvers at once and a policy check refuses more than MAX_SIGNERS (20)
-    distinct signers: LIFECYCLE_POLICY_FAILURE however many more approved."""
+    state, not a tx's signatures: from protocol version 2 (MEMBERSHIP_VERSION) on, 21
+    approvals (every organisation but four approved the upgrade) satisfy the policy and the
+    commit goes in; 12 do not. Before, the commit evaluated all approvers at once and a policy
+    check refuses more than MAX_SIGNERS (20) distinct signers: LIFECYCLE_POLICY_FAILURE however
+    many more approved -- which version 1 keeps (node/protocol.py: the commits of peers of the
+    previous release are on the ledger, and they endorse so beside this release's)."""
     d = _installed(cluster)
     peer = cluster.peers[0]
     current = ConfigView(peer.ledger.state, Verifier()).current()
@@ -483,6 +488,7 @@ def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(
     for org in extra_orgs:
         grown.organizations.add(id=org, name=org, kind=config_pb2.HOSPITAL, ca_cert_der=h01.ca_cert_der)
     assert len(grown.organizations) == 25
+    grown.protocol_version = version
     caller = current.msp.validate(cluster.net.admins["ins01"].identity, cluster.now())
     wanted = ContractDefinition.from_args(d).to_json()
     prefix = approval_prefix("counter", 1)
@@ -493,4 +499,5 @@ def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(
             sim = _MoreApprovals(TxSimulator(snap, "_lifecycle"), approvals)
             r = Lifecycle().invoke(cast(Any, sim), "commit", d, caller, grown)
         outcomes.append((r.status, r.reason))
-    assert outcomes == [(200, ""), (400, "LIFECYCLE_POLICY_FAILURE")]
+    first = (200, "") if version >= MEMBERSHIP_VERSION else (400, "LIFECYCLE_POLICY_FAILURE")
+    assert outcomes == [first, (400, "LIFECYCLE_POLICY_FAILURE")]
