@@ -14,6 +14,12 @@ are kept per code; a call whose code has no idle worker takes a fresh (unbound) 
 one while the pool is below its size, or else replaces the least recently used idle worker
 of another code (``stats()["evictions"]``): the pool never holds more than ``workers``
 processes, and a peer whose pool has a worker per contract it runs starts none per call.
+A replacement costs a process start (~0.1 s of CPU), so a call whose code already has a
+worker (busy) waits for one of its own rather than evict a worker of another code that was
+busy within the last ``EVICT_IDLE_S``: under concurrent endorsements of two contracts, a
+pool full of both would otherwise replace a worker at nearly every call (measured: the
+endorsing peer's CPU per transaction five times over). A code with no worker at all evicts
+at once.
 
 Workers start with an empty environment (except PYTHONHASHSEED, the same on every peer so
 that set iteration order is too), no inherited descriptors but the two pipe ends, rlimits and a
@@ -74,6 +80,7 @@ _BOOT = (
     "from node.sandbox.worker import main; main()"
 )
 START_TIMEOUT_S = 60.0
+EVICT_IDLE_S = 1.0  # an idle worker of another code is replaced only after this long idle
 # A worker whose resident memory after a call is above this share of its memory limit is
 # replaced (its RSS is read through a kept-open /proc/<pid>/statm: ~1 us per call).
 RECYCLE_RSS_SHARE = 4
@@ -153,6 +160,7 @@ class _Worker:
         self.known: set[str] = set()
         self.code: _Code | None = None  # what it serves, from its first call on (never changes)
         self.last_used = 0  # the pool's call count when it last became idle (LRU eviction)
+        self.idle_since = 0.0  # the pool clock when it last became idle
         self.limits: t.SandboxLimits | None = None
         self.pid = self.proc.pid
         self.seccomp = False
@@ -404,17 +412,23 @@ class Sandbox:
             if not self._closed and w in self._all:
                 self._released += 1
                 w.last_used = self._released
+                w.idle_since = self._clock()
                 self._idle.setdefault(w.code, []).append(w)
                 self._changed.notify_all()
                 return
         w.kill()
 
-    def _take_lru(self) -> _Worker | None:
-        """Remove and return the idle worker (of any code) idle the longest (lock held)."""
+    def _lru(self) -> _Worker | None:
+        """The idle worker (of any code) idle the longest (lock held)."""
         oldest: _Worker | None = None
         for ws in self._idle.values():
             if ws and (oldest is None or ws[0].last_used < oldest.last_used):
                 oldest = ws[0]  # each list is in release order
+        return oldest
+
+    def _take_lru(self) -> _Worker | None:
+        """Remove and return the idle worker (of any code) idle the longest (lock held)."""
+        oldest = self._lru()
         if oldest is not None and oldest.code is not None:
             ws = self._idle[oldest.code]
             ws.pop(0)
@@ -445,16 +459,22 @@ class Sandbox:
                 if len(self._all) + self._starting < self._size:
                     self._starting += 1
                     break
-                evict = self._take_lru()
-                if evict is not None:
-                    self._all.discard(evict)
-                    self._starting += 1  # its slot, for the worker started in its place
-                    self.evictions += 1
-                    break
+                pause = 0.5
+                oldest = self._lru()
+                if oldest is not None:
+                    idle_for = self._clock() - oldest.idle_since
+                    if idle_for >= EVICT_IDLE_S or not any(x.code == code for x in self._all):
+                        evict = self._take_lru()
+                        assert evict is oldest
+                        self._all.discard(evict)
+                        self._starting += 1  # its slot, for the worker started in its place
+                        self.evictions += 1
+                        break
+                    pause = EVICT_IDLE_S - idle_for  # a worker of its own may come free first
                 left = deadline - self._clock()
                 if left <= 0:
                     raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
-                self._changed.wait(min(0.5, left))
+                self._changed.wait(max(0.001, min(pause, left)))
         if evict is not None:
             evict.kill()
         w = self._spawn()

@@ -230,6 +230,30 @@ def test_more_codes_than_workers_replace_the_least_recently_used_idle_worker(
     assert one.stats()["evictions"] == 2 and one.stats()["restarts"] == 0
 
 
+def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_recent_one(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # two contracts endorsed concurrently on a full pool: a second call of a's, while a's one
+    # worker was busy, replaced b's worker idle since a moment, and b's next call replaced
+    # one of a's -- a process start (~0.1 s of CPU) at nearly every call (the e2e benchmark's
+    # endorsing peer spent five times its CPU per tx). It waits for a's worker now; a code
+    # with no worker at all still evicts at once (test above).
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    code_a = next(c for c in sb._idle if c[0] == "a")
+    busy = sb._acquire(code_a, 5.0)  # a's worker, busy with another call
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and sb.stats()["evictions"] == 0
+    sb._release(busy)
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [pid_a]
+    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_b]) and sb.stats()["evictions"] == 0
+
+
 def test_concurrent_calls_of_three_contracts_keep_codes_apart_and_the_pool_bounded(
     hostile: Callable[..., Sandbox],
 ) -> None:
