@@ -31,13 +31,15 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,47 @@ class Reading:
 
     cpu: dict[str, CpuSample]
     switches: threads.Snapshot
+    pool: dict[str, dict[str, float]] = field(default_factory=dict)  # peer -> sandbox counters
+
+
+POOL_COUNTERS = ("evictions", "restarts", "invocations")
+
+
+def metrics_ports(bnet: BenchNetwork) -> dict[str, int]:
+    """Each peer's metrics port, from its node.yaml (0 or absent: none)."""
+    ports = {}
+    for p in bnet.net.peers:
+        spec = (bnet.home / "nodes" / p.name / "node.yaml").read_text()
+        m = re.search(r"^metrics_port: (\d+)$", spec, re.M)
+        if m and int(m.group(1)):
+            ports[p.name] = int(m.group(1))
+    return ports
+
+
+def sandbox_counters(ports: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Each peer's sandbox pool counters (rxchain_peer_sandbox_*_total), now; a peer whose
+    endpoint does not answer within 5 s is left out."""
+    out: dict[str, dict[str, float]] = {}
+    for name, port in sorted(ports.items()):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read(4 << 20).decode("utf-8", "replace")
+        except OSError:
+            continue
+        vals = {}
+        for key in POOL_COUNTERS:
+            m = re.search(rf"^rxchain_peer_sandbox_{key}_total (\S+)$", text, re.M)
+            if m:
+                vals[key] = float(m.group(1))
+        out[name] = vals
+    return out
+
+
+def pool_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+               ) -> dict[str, dict[str, int]]:
+    """Counter increments per peer between two readings (peers read both times only)."""
+    return {name: {k: int(after[name][k] - v) for k, v in vals.items() if k in after[name]}
+            for name, vals in sorted(before.items()) if name in after}
 
 
 class CpuMeter:
@@ -160,10 +203,12 @@ class CpuMeter:
 
     def __init__(self, bnet: BenchNetwork):
         self.pids = dict(bnet.pids)
+        self.ports = metrics_ports(bnet)
 
     def sample(self) -> Reading:
         """Now."""
-        return Reading(self.cpu(), threads.snapshot(self.pids, {"client": os.getpid()}))
+        return Reading(self.cpu(), threads.snapshot(self.pids, {"client": os.getpid()}),
+                       sandbox_counters(self.ports))
 
     def cpu(self) -> dict[str, CpuSample]:
         """CPU of every node and of this client, now (without the threads' switches)."""
@@ -198,6 +243,9 @@ class CpuMeter:
             "cores_busy": round(sum(delta.values()) / wall_s, 2),
             "sandbox_workers_ms": {"by_peer": sandbox, "total": round(sum(sandbox.values()), 3)},
             "context_switches_per_tx": threads.per_tx(before.switches, after.switches, txs),
+            # workers replaced in the level (each a process start, ~0.1 s of CPU counted in
+            # its peer's figure): evictions for another contract's code, restarts after a fault
+            "sandbox_pool": pool_delta(before.pool, after.pool),
         }
 
 

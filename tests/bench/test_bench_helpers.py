@@ -498,3 +498,32 @@ def test_the_e2e_patients_are_loaded_in_files_the_strict_reader_accepts(tmp_path
     enrol_patients(SimpleNamespace(load_sample_data=lambda path: None),  # type: ignore[arg-type]
                    SimpleNamespace(secret=b"s" * 32), 1, one)  # type: ignore[arg-type]
     assert len((one / "bench-patients-000.yaml").read_bytes()) * 1.2 * PATIENTS_PER_FILE < MAX_CONFIG_BYTES
+
+
+def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -> None:
+    """The e2e levels record workers replaced per peer (each a process start counted in the
+    peer's CPU): read from a real peer metrics endpoint on 127.0.0.1, as a delta; a peer
+    whose endpoint does not answer is left out."""
+    import socket
+
+    from bench.e2e_bench import pool_delta, sandbox_counters
+    from node.peer.metrics import PeerMetrics
+
+    stats = {"workers": 4, "restarts": 1, "invocations": 10, "evictions": 2}
+    metrics = PeerMetrics("peer.x")
+    metrics.watch_sandbox(lambda: dict(stats))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with socket.socket() as d:
+            d.bind(("127.0.0.1", 0))
+            dead = d.getsockname()[1]  # closed again below: nothing listens there
+    metrics.serve(port)
+    try:
+        before = sandbox_counters({"peer.x": port, "peer.gone": dead})
+        assert before == {"peer.x": {"evictions": 2.0, "restarts": 1.0, "invocations": 10.0}}
+        stats.update(evictions=7, invocations=25)
+        after = sandbox_counters({"peer.x": port})
+        assert pool_delta(before, after) == {"peer.x": {"evictions": 5, "restarts": 0, "invocations": 15}}
+    finally:
+        metrics.close()
