@@ -15,7 +15,11 @@ the update travels as a file between them:
 2. ``rxchain config propose --out FILE [--force] (--protocol-version N | --from-json CONFIG.json)``
    -- the proposal: the config in force with the change, ``sequence`` + 1, no signature yet
    (``--from-json``: the whole config, e.g. ``config show --json`` edited); an existing FILE --
-   perhaps signed by other admins already -- is FILE_EXISTS unless ``--force``;
+   perhaps signed by other admins already -- is FILE_EXISTS unless ``--force``; the id of an
+   organisation the proposal removes is added to ``retired_org_ids``, every id listed there
+   stays, and a proposal adding an organisation under a listed id is BAD_CONFIG_UPDATE (the
+   orderers' rule from protocol version 2: an id is never given to another organisation, whose
+   CA would inherit the removed one's key grants and history; :func:`retire_removed`);
 3. ``rxchain --as ORG:admin config sign FILE`` -- each admin reviews what it changes (printed:
    every field that differs, however deep, certificates as their SHA-256) and the signatures so
    far (each checked as the orderers check it) and adds its organisation's signature: under the
@@ -75,6 +79,7 @@ from node.fsutil import fsync_dir, replace_file
 from node.genesis import config_from_genesis
 from node.identity.msp import MSP
 from node.identity.policy import MAX_SIGNERS
+from node.orderer.configrules import check_retired_org_ids
 from node.orderer.configtx import MAX_CONFIG_SIGNATURES, ConfigTracker, OrdererConfig, tx_type
 from node.protocol import PROTOCOL_UNSUPPORTED, protocol_version, unsupported
 
@@ -363,10 +368,12 @@ def read_config_json(path: Path) -> config_pb2.ConsortiumConfig:
 
 
 def summary(config: config_pb2.ConsortiumConfig) -> dict[str, Any]:
-    """The config without certificates: organisations, nodes, batch, limits, policies."""
+    """The config without certificates: organisations (and the ids retired), nodes, batch, limits,
+    policies."""
     whole = to_json(config)
     return {
         "organizations": [f"{o.id} ({config_pb2.OrgKind.Name(o.kind).lower()}) {o.name}" for o in config.organizations],
+        "retired_org_ids": list(config.retired_org_ids),
         "orderers": [f"{o.get('name', '')} {o.get('org', '')} {o.get('host', '')}:{o.get('port', '')}"
                      for o in whole.get("orderers", [])],
         "peers": [f"{p.get('name', '')} {p.get('org', '')} {p.get('host', '')}:{p.get('port', '')}"
@@ -445,10 +452,12 @@ def _fingerprinted(v: Any, key: str = "") -> Any:
 
 def propose(current: config_pb2.ConsortiumConfig, edit: Callable[[config_pb2.ConsortiumConfig], None],
             ) -> config_pb2.ConfigUpdate:
-    """An unsigned update: ``current`` with ``edit`` applied, ``sequence`` + 1."""
+    """An unsigned update: ``current`` with ``edit`` applied, ``sequence`` + 1, the id of every
+    organisation it removes retired (:func:`retire_removed`)."""
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(current)
     edit(new)
+    retire_removed(current, new)
     if new.consortium_id != current.consortium_id:
         raise RxClientError("BAD_CONFIG_UPDATE", f"consortium id {new.consortium_id!r} is not "
                             f"{current.consortium_id!r}")
@@ -461,6 +470,28 @@ def propose(current: config_pb2.ConsortiumConfig, edit: Callable[[config_pb2.Con
     if new == _with_sequence(current, new.sequence):
         raise RxClientError("BAD_CONFIG_UPDATE", "the proposal changes nothing")
     return config_pb2.ConfigUpdate(config=new.SerializeToString(deterministic=True))
+
+
+def retire_removed(current: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> None:
+    """List in ``new.retired_org_ids`` every id ``current`` lists there (an edit dropping one is
+    undone: the list never shrinks) and the id of every organisation of ``current`` that ``new``
+    removes, in that order after the ids ``new`` lists already; then BAD_CONFIG_UPDATE if ``new``
+    breaks the retired-id rule of the orderers (node.orderer.configrules.check_retired_org_ids:
+    an organisation added under a retired id, an organisation kept listed). The orderers apply
+    it from protocol version 2; the tool under every version, so that ids removed before the
+    version is raised are retired too."""
+    listed = list(dict.fromkeys(new.retired_org_ids))
+    kept = {o.id for o in new.organizations}
+    for org_id in [*current.retired_org_ids, *(o.id for o in current.organizations if o.id not in kept)]:
+        if org_id not in listed:
+            listed.append(org_id)
+    if listed != list(new.retired_org_ids):
+        del new.retired_org_ids[:]
+        new.retired_org_ids.extend(listed)
+    try:
+        check_retired_org_ids(current, new)
+    except RxError as exc:
+        raise RxClientError("BAD_CONFIG_UPDATE", exc.message) from exc
 
 
 def _with_sequence(config: config_pb2.ConsortiumConfig, sequence: int) -> config_pb2.ConsortiumConfig:

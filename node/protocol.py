@@ -39,7 +39,12 @@ was UNKNOWN_CONTRACT; node.peer.policy_provider), an update may not revoke the
 certificate of an orderer it keeps (node.orderer.configrules), and a lifecycle commit approved
 by more than 20 organisations goes in when some of them satisfy the ``lifecycle`` policy
 (version 1 evaluates every approver at once and refuses more than 20 distinct signers:
-LIFECYCLE_POLICY_FAILURE; node.peer.lifecycle.approvals_satisfy).
+LIFECYCLE_POLICY_FAILURE; node.peer.lifecycle.approvals_satisfy), and an organisation id is
+retired for good once an update removes its organisation: the update lists it in
+``ConsortiumConfig.retired_org_ids``, which no later update shrinks, and no update adds an
+organisation of a listed id (version 1 took a removed id back with another CA, whose holders
+then inherited the old organisation's key grants, registrations, policy principals and history;
+node.orderer.configrules.check_retired_org_ids).
 """
 
 from __future__ import annotations

@@ -24,6 +24,15 @@ Rules (each refusal names the rule and the offending item):
   and HMAC inputs joined with '/', '|' and ':', and the prescription contract keeps a
   patient's key grant under the party ``patient`` -- staff of an organisation of that id would
   hold every patient's grant. Ids already in force are kept whatever they are.
+  From protocol version 2 (node.protocol.MEMBERSHIP_VERSION) an organisation id is retired
+  for good once an update removes its organisation: the update lists it in
+  ``retired_org_ids`` (``rxchain config propose`` does), no later update drops an id from that
+  list, adds an organisation of a listed id, or lists an organisation it keeps
+  (:func:`check_retired_org_ids`). Contracts grant record keys, registrations and policy
+  principals to an organisation by its id, and audit trails attribute history to it: an
+  organisation re-added under a removed one's id, with another CA, would hand whoever holds
+  that CA the old organisation's ledger identity. Version 1 took such an update (kept); ids
+  removed while it was in force are listed by hand, e.g. in the update raising the version.
 * **Nodes**: every orderer and peer belongs to an organisation of the new config, whose kind
   may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
   CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
@@ -150,6 +159,8 @@ def check_new_config(
     first: call :func:`check_organizations` before building it)."""
     if protocol_version(old) >= 2:
         _check_added_org_ids(old, new)
+    if protocol_version(old) >= MEMBERSHIP_VERSION:
+        check_retired_org_ids(old, new)
     _check_nodes(old, new, new_msp, at_ms)
     _check_policies(new, protocol_version(old))
     _check_limits(new, envelope_bytes)
@@ -195,6 +206,35 @@ def _check_added_org_ids(old: config_pb2.ConsortiumConfig, new: config_pb2.Conso
         if len(org.id) > ORG_ID_MAX or not _ORG_ID.fullmatch(org.id):
             raise _bad(f"organisation id {org.id[:64]!r} must be 1 to {ORG_ID_MAX} lower-case letters, "
                        "digits or '-', starting and ending with a letter or digit")
+
+
+def check_retired_org_ids(old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> None:
+    """Protocol version 2 (:data:`node.protocol.MEMBERSHIP_VERSION`): an organisation id is
+    retired for good once an update removes its organisation (module docstring), else
+    BAD_CONFIG_UPDATE naming the id. Ids ``old`` lists with an organisation of its own (only a
+    version 1 update could put them so) are not judged until that organisation is removed: a
+    refusal of every later update would lock the consortium out of its configuration."""
+    new_ids = {o.id for o in new.organizations}
+    old_ids = {o.id for o in old.organizations}
+    was_retired = set(old.retired_org_ids)
+    retired = set(new.retired_org_ids)
+    for org in new.organizations:
+        if org.id not in old_ids and org.id in was_retired:
+            raise _bad(f"organisation id {org.id!r} is retired (retired_org_ids lists it: an update removed "
+                       "its organisation): an id is never given to another organisation -- whoever holds its "
+                       "CA would inherit the old one's key grants, registrations, policy principals and "
+                       "history; choose another id")
+    for org_id in old.retired_org_ids:
+        if org_id not in retired:
+            raise _bad(f"retired_org_ids drops {org_id[:64]!r}: a retired id stays listed for good")
+    for org in old.organizations:
+        if org.id not in new_ids and org.id not in retired:
+            raise _bad(f"organisation {org.id[:64]!r} is removed: list its id in retired_org_ids (the id of a "
+                       "removed organisation is retired for good; rxchain config propose adds it)")
+    for org_id in new.retired_org_ids:
+        if org_id in new_ids and org_id not in was_retired:
+            raise _bad(f"retired_org_ids lists {org_id[:64]!r}, an organisation of the new config: an id is "
+                       "retired by the update removing its organisation")
 
 
 def _ca_problem(der: bytes) -> str:

@@ -104,6 +104,38 @@ def test_the_protocol_version_is_never_lowered() -> None:
     assert "never lowered" in refused.value.message
 
 
+def test_a_proposal_retires_the_ids_it_removes_under_every_protocol_version() -> None:
+    """The id of an organisation cut out of the config is listed in ``retired_org_ids`` (after
+    the ids listed already, once), a listed id an edit dropped is put back, and an organisation
+    added under a listed id is refused -- under version 1 too, where the orderers do not enforce
+    it yet, so that ids removed before the raise are retired when it comes."""
+    current = _config()
+    current.organizations.add(id="p01", name="P", kind=config_pb2.PHARMACY)
+    current.organizations.add(id="p02", name="P2", kind=config_pb2.PHARMACY)
+    current.retired_org_ids.append("x9")
+
+    def cut(c: config_pb2.ConsortiumConfig) -> None:
+        kept = [o for o in c.organizations if o.id == "h01"]
+        del c.organizations[:]
+        c.organizations.extend(kept)
+        c.retired_org_ids[:] = ["p02", "p02"]  # an edit listing one of the two, twice, dropping x9
+
+    new = config_pb2.ConsortiumConfig.FromString(configtool.propose(current, cut).config)
+    assert list(new.retired_org_ids) == ["p02", "x9", "p01"]
+    for org_id in ("p01", "x9"):
+        def add(c: config_pb2.ConsortiumConfig, org_id: str = org_id) -> None:
+            c.organizations.add(id=org_id, kind=config_pb2.PHARMACY)
+
+        with pytest.raises(RxClientError) as refused:
+            configtool.propose(new, add)
+        assert refused.value.reason == "BAD_CONFIG_UPDATE"
+        assert f"organisation id '{org_id}' is retired" in refused.value.message
+    with pytest.raises(RxClientError) as kept:
+        configtool.propose(current, lambda c: c.retired_org_ids.append("p01"))
+    assert "lists 'p01', an organisation of the new config" in kept.value.message
+    assert configtool.summary(new)["retired_org_ids"] == ["p02", "x9", "p01"]
+
+
 def test_a_proposal_must_follow_the_config_in_force() -> None:
     current = _config()
     nxt = config_pb2.ConsortiumConfig.FromString(

@@ -22,6 +22,8 @@ from rxchain.v1 import config_pb2, identity_pb2
 from rxchain.v1 import transaction_pb2 as tx_pb
 
 from bench.txbuild import TxKit
+from client import configtool
+from client.errors import RxClientError
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.signing import Verifier
@@ -423,3 +425,114 @@ def test_an_update_signed_by_more_organisations_than_a_policy_check_counts_says_
     with pytest.raises(RxError) as later:  # the signatures hold; this config runs no orderer
         validate_update(current, kit.config_tx(admins[0], new, admins[:11]), verifier)
     assert "lacks config_update policy or orderers" in later.value.message
+
+
+def _commit(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> None:
+    """Put ``new`` in force on ``peer`` (its block must be VALID)."""
+    _, block = config_block(peer, net, new)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+
+
+def _updated(peer: Peer, *edits: Edit) -> config_pb2.ConsortiumConfig:
+    new = next_config(peer)
+    _both(*edits)(new)
+    return new
+
+
+def _retire(*org_ids: str) -> Edit:
+    def edit(c: config_pb2.ConsortiumConfig) -> None:
+        c.retired_org_ids.extend(org_ids)
+    return edit
+
+
+def _refused_everywhere(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig, fragment: str) -> None:
+    """``new`` is BAD_CONFIG_UPDATE (``fragment`` in the message) on the orderers' three paths
+    and in the peer's validator, and the config in force stays."""
+    sequence = new.sequence - 1
+    env, block = config_block(peer, net, new)
+    tracker = config_tracker(peer)
+    for check in (lambda: tracker.validate_now(env), lambda: tracker.check_broadcast(env, _tx_ms(env))):
+        with pytest.raises(RxError) as exc:
+            check()
+        assert exc.value.reason == "BAD_CONFIG_UPDATE"
+        assert fragment in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    assert peer.committer.validator.config.config.sequence == sequence
+
+
+def test_from_version_2_a_removed_organisations_id_is_never_given_to_another_organisation(
+        peer: Peer, net: Net) -> None:
+    """An organisation removed and added again under its id with another CA: its holders would
+    inherit the old organisation's record key grants, registrations, policy principals and
+    history. Version 1 adopts it (kept: blocks before the raise keep its answer on replay);
+    from version 2 the removal retires the id and adding it again is refused on the orderers'
+    three paths and by the peer's validator, with or without the id dropped from the list."""
+    _commit(peer, net, _updated(peer, _add_org("h13")))
+    _commit(peer, net, _updated(peer, _drop_org("h13")))
+    again = _updated(peer, _add_org("h13"))  # another CA
+    env, _ = config_block(peer, net, again)
+    assert config_tracker(peer).validate_now(env) == again  # version 1: adopted
+    _commit(peer, net, again)
+    _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
+    _commit(peer, net, _updated(peer, _drop_org("h13"), _retire("h13")))
+    assert list(peer.committer.validator.config.config.retired_org_ids) == ["h13"]
+    _refused_everywhere(peer, net, _updated(peer, _add_org("h13")), "organisation id 'h13' is retired")
+    _refused_everywhere(peer, net, _updated(peer, _add_org("h13"), lambda c: c.ClearField("retired_org_ids")),
+                        "organisation id 'h13' is retired")
+    _commit(peer, net, _updated(peer, _add_org("h14")))  # another id is welcome
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    pytest.param(_drop_org("h13"), "organisation 'h13' is removed: list its id in retired_org_ids",
+                 id="a removal not listed"),
+    pytest.param(_both(_drop_org("h13"), _retire("h13"), lambda c: c.retired_org_ids.remove("h12")),
+                 "retired_org_ids drops 'h12'", id="the list shrinks"),
+    pytest.param(_retire("p01"), "retired_org_ids lists 'p01', an organisation of the new config",
+                 id="a kept organisation listed"),
+])
+def test_from_version_2_an_update_keeps_the_retired_ids_and_lists_those_it_removes(
+        peer: Peer, net: Net, edit: Edit, fragment: str) -> None:
+    """Refused from version 2; the same update is adopted under version 1."""
+    _commit(peer, net, _updated(peer, _add_org("h13"), _retire("h12")))
+    under_v1 = _updated(peer, edit)
+    env, _ = config_block(peer, net, under_v1)
+    assert config_tracker(peer).validate_now(env) == under_v1  # version 1: adopted
+    _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
+    _refused_everywhere(peer, net, _updated(peer, edit), fragment)
+
+
+def test_an_id_listed_with_its_organisation_under_version_1_locks_no_later_update(peer: Peer, net: Net) -> None:
+    """A version 1 update could list an organisation it kept. From version 2 that is not judged
+    until the organisation is removed (refusing every update would lock the consortium out of
+    its configuration); it is then removed listed, as any other, and never added again."""
+    _commit(peer, net, _updated(peer, _add_org("h13"), _retire("h13")))
+    _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
+    _commit(peer, net, _updated(peer, _set("batch", "timeout_ms", 60)))
+    _refused_everywhere(peer, net, _updated(peer, _drop_org("h13"), lambda c: c.ClearField("retired_org_ids")),
+                        "retired_org_ids drops 'h13'")
+    _commit(peer, net, _updated(peer, _drop_org("h13")))
+    _refused_everywhere(peer, net, _updated(peer, _add_org("h13")), "organisation id 'h13' is retired")
+
+
+def test_config_propose_retires_the_ids_of_the_organisations_it_removes(peer: Peer, net: Net) -> None:
+    """The admin tool lists the removed id itself (an edit only cuts the organisation out), puts
+    back a retired id an edit dropped, and refuses to add an organisation under a retired id
+    (BAD_CONFIG_UPDATE before any admin signs); what it proposes is adopted under version 2."""
+    _commit(peer, net, _updated(peer, _add_org("h13")))
+    _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
+    current = peer.committer.validator.config.config
+    proposed = config_pb2.ConsortiumConfig.FromString(configtool.propose(current, _drop_org("h13")).config)
+    assert list(proposed.retired_org_ids) == ["h13"]
+    assert "retired_org_ids: null -> [\"h13\"]" in configtool.changes(current, proposed)
+    _commit(peer, net, proposed)
+    current = peer.committer.validator.config.config
+    dropped = config_pb2.ConsortiumConfig.FromString(
+        configtool.propose(current, _both(_set("batch", "timeout_ms", 60),
+                                          lambda c: c.ClearField("retired_org_ids"))).config)
+    assert list(dropped.retired_org_ids) == ["h13"]
+    _commit(peer, net, dropped)
+    with pytest.raises(RxClientError) as exc:
+        configtool.propose(peer.committer.validator.config.config, _add_org("h13"))
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert "organisation id 'h13' is retired" in exc.value.message
