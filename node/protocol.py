@@ -27,7 +27,15 @@ level of a nested policy, so some endorsement and signature sets satisfying it w
 the config update raising the version, every node accepts them, and the named policies of a
 config update are checked with the exact fewest signers (configrules). Blocks before that
 block keep version 1's answers on replay: every policy is parsed with the version of the
-config in force where it is evaluated (``parse_policy(..., version=)``). An organisation a config update adds has
+config in force where it is evaluated (``parse_policy(..., version=)``). A policy is put in
+force under version 2 only if its exact evaluation enumerates at most
+``MAX_POLICY_CHOICES`` (1,000) choices of nested rules (``Policy.bounded``): a contract
+definition's endorsement policy at lifecycle approve and commit (POLICY_TOO_COMPLEX,
+node.peer.lifecycle), the named policies of a config update, including the update raising the
+version (BAD_CONFIG_UPDATE, node.orderer.configrules); version 1 takes any. A definition
+committed under version 1 with a policy over the bound keeps version 1's evaluation after the
+raise (its answers unchanged, deterministic; defining it again with a bounded policy gives it
+the exact one). An organisation a config update adds has
 netgen's id shape and is not ``patient`` (node/orderer/configrules.py); version 1 took any id.
 
 Version 2 also puts in force the membership rules (:data:`MEMBERSHIP_VERSION`): an

@@ -64,6 +64,15 @@ Rules (each refusal names the rule and the offending item):
   An absent optional policy is checked as its default (:func:`default_policy_text`): the
   default must be satisfiable by the new config too.
 
+  From protocol version 2 -- in force before the update, or put in force by it -- every named
+  policy of the new config is bounded (:func:`_check_policy_choices`): its exact evaluation
+  enumerates at most ``MAX_POLICY_CHOICES`` choices of nested rules
+  (node.identity.policy.Policy.bounded): the costliest policies found within it take a few
+  milliseconds for the worst signature or endorsement set. Version 1 takes any (its evaluation kept 64 signer sets per
+  level); an update raising the version must bring its named policies within the bound, so
+  every named policy in force under version 2 is evaluated exactly. No ledger holds such an
+  update: version 2 is new in the release that brought the bound.
+
   "Satisfiable" means: by at most ``MAX_SIGNERS`` distinct signers (the most any policy
   check counts), and -- when two or more organisations are eligible -- never by one
   organisation alone. A governance policy a client role can sign (``h01.member``,
@@ -93,7 +102,7 @@ from node.crypto.tls import NODE_SEND_BOUND
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.msp import MSP, canonical_serial
-from node.identity.policy import MAX_SIGNERS, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
 from node.msgbound import MIN_MESSAGE_BYTES
 from node.protocol import MEMBERSHIP_VERSION, protocol_version
@@ -162,6 +171,7 @@ def check_new_config(
     if protocol_version(old) >= MEMBERSHIP_VERSION:
         check_retired_org_ids(old, new)
     _check_nodes(old, new, new_msp, at_ms)
+    _check_policy_choices(new, max(protocol_version(old), protocol_version(new)))
     _check_policies(new, protocol_version(old))
     _check_limits(new, envelope_bytes)
 
@@ -171,6 +181,7 @@ def check_genesis_content(config: config_pb2.ConsortiumConfig) -> None:
     organisation kinds allowed their role, the named policies, the limits. The generator
     checks them before it writes anything (its CA certificates are its own)."""
     _check_node_kinds(config)
+    _check_policy_choices(config, protocol_version(config))
     _check_policies(config, protocol_version(config))
     _check_limits(config, 0)
 
@@ -339,6 +350,26 @@ def _check_policies(new: config_pb2.ConsortiumConfig, version: int) -> None:
                                "policy: set one)") from exc
             continue
         _check_policy(name, rules[name], org_ids, role, version, *_eligible(new, role, peer_orgs))
+
+
+def _check_policy_choices(new: config_pb2.ConsortiumConfig, version: int) -> None:
+    """From protocol ``version`` 2 (EXACT_POLICY_VERSION): every named policy of ``new`` is
+    bounded (module docstring). One that does not parse, or an unknown name, is left to
+    :func:`_check_policies`."""
+    if version < EXACT_POLICY_VERSION:
+        return
+    org_ids = [o.id for o in new.organizations]
+    for entry in new.policies:
+        if entry.name not in NAMED_POLICIES:
+            continue
+        try:
+            policy = parse_policy(entry.rule, org_ids, version)
+        except RxError:
+            continue
+        try:
+            policy.require_bounded()
+        except RxError as exc:
+            raise _bad(f"policy {entry.name}: {exc.message}") from exc
 
 
 def _eligible(new: config_pb2.ConsortiumConfig, role: str, peer_orgs: set[str]) -> tuple[list[str], str]:

@@ -17,7 +17,11 @@ endorsement policy (:func:`check_endorsement_policy`, against the config in forc
 names anyone but peers (``h01.member``, ``h01.doctor``, ``MAJORITY(admin)``: the validator
 counts every valid member's signature as an endorsement, so such a policy would let one
 client endorse its own writes) -> BAD_POLICY, or that the consortium's peers cannot satisfy
--> UNSATISFIABLE_POLICY (the contract could never run).
+-> UNSATISFIABLE_POLICY (the contract could never run), or -- from protocol version 2
+(node.identity.policy.EXACT_POLICY_VERSION) -- whose exact evaluation may enumerate more than
+``MAX_POLICY_CHOICES`` choices of nested rules -> POLICY_TOO_COMPLEX (every peer would pay
+them for each tx a client presents; a definition committed before, under version 1, keeps
+version 1's evaluation: node.identity.policy).
 
 Every state access goes through the :class:`TxSimulator`, so lifecycle writes travel in
 the normal read/write set, are endorsed, ordered and MVCC-validated like any other tx,
@@ -36,7 +40,7 @@ from rxchain.v1 import config_pb2
 from node.crypto.canonical import canonical_json
 from node.errors import RxError
 from node.identity.msp import Principal
-from node.identity.policy import MAX_SIGNERS, Policy, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, Policy, parse_policy
 from node.orderer.configrules import default_policy_text
 from node.peer.definitions import (
     LIFECYCLE_NS,
@@ -82,7 +86,8 @@ def check_endorsement_policy(text: str, config: config_pb2.ConsortiumConfig) -> 
     ``h01.doctor`` would let a client endorse its own writes). UNSATISFIABLE_POLICY: all
     the consortium's peers together cannot satisfy it (an org without a peer, the same
     principal required twice...), when the orgs it names that run peers are few enough
-    for one tx to carry (``MAX_SIGNERS``).
+    for one tx to carry (``MAX_SIGNERS``). POLICY_TOO_COMPLEX: from protocol version 2, more
+    than ``MAX_POLICY_CHOICES`` choices for its exact evaluation (:meth:`Policy.bounded`).
     """
     org_ids = [o.id for o in config.organizations]
     try:
@@ -96,6 +101,11 @@ def check_endorsement_policy(text: str, config: config_pb2.ConsortiumConfig) -> 
                 f"endorsement policy names {p}: endorsements are signed by peers, "
                 f"use {p.org}.{ENDORSER_ROLE}",
             )
+    if policy.version >= EXACT_POLICY_VERSION:
+        try:
+            policy.require_bounded()
+        except RxError as exc:
+            raise ContractFailure(exc.reason, f"endorsement policy {exc.message}") from None
     with_peer = {p.org for p in config.peers}
     signers = sorted({(p.org, ENDORSER_ROLE) for p in policy.principals() if p.org in with_peer})
     if len(signers) <= MAX_SIGNERS and not policy.evaluate(signers):

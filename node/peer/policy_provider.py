@@ -6,7 +6,9 @@ against the organisations of the config in force; from protocol version 2 on
 removed since the definition was committed matches nobody -- the rest of the policy still
 applies -- instead of making the definition unreadable: a contract whose policy names every
 organisation running a peer, as ``client.bootstrap`` defines them, was UNKNOWN_CONTRACT for
-every tx from the block removing any of them, as it stays under version 1). The
+every tx from the block removing any of them, as it stays under version 1). A definition
+whose policy is over the bound on choices that version 2 puts on new definitions (committed
+under version 1) keeps version 1's evaluation (node.identity.policy). The
 ``_lifecycle`` namespace itself is
 endorsed by a majority of the organisations running peers (see
 :func:`node.peer.lifecycle.lifecycle_endorsement_policy`), with version "" and sequence 0.

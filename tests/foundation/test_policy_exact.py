@@ -9,7 +9,16 @@ from itertools import combinations
 
 import pytest
 
-from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, OutOf, Principal, Rule, parse_policy
+from node.errors import RxError
+from node.identity.policy import (
+    EXACT_POLICY_VERSION,
+    MAX_POLICY_CHOICES,
+    MAX_SIGNERS,
+    OutOf,
+    Principal,
+    Rule,
+    parse_policy,
+)
 
 TWELVE = [f"o{i:02d}" for i in range(12)]
 # the validator review's example: four of the twelve peers beside seven named ones
@@ -206,6 +215,7 @@ def _hostile_signer_lists() -> list[list[tuple[str, str]]]:
                                  f"{TWENTY[(i * 3 + 2) % 20]}.peer)" for i in range(40)) + ")", 100_000),
         # 2 of 3 peers of a cluster of 7, four times (never: 8 of 7), or 14 others together, one
         # of them in the cluster: the worst list (19 peers) costs 280,339 steps, 0.13 s of CPU
+        # (163,185 choices: version 2 puts it in force nowhere, test_the_bound_counts_...)
         ("OutOf(4, " + ", ".join(f"OutOf(2, {a}.peer, {b}.peer, {c}.peer)" for a, b, c in CLUSTER)
          + ", AND(" + ", ".join(f"{o}.peer" for o in [*TWENTY[7:], TWENTY[0]]) + "))", 400_000),
         # nested choices over contested peers, 5 levels deep
@@ -256,3 +266,113 @@ def test_the_deepest_search_stays_below_the_recursion_limit() -> None:
     assert policy.evaluate(_peers(TWENTY)) is True
     assert policy.evaluate(_peers(TWENTY[1:])) is False
     assert policy.search(_peers(TWENTY)).fewest() == 20
+
+
+# --------------------------------------------------------------------- the bound on choices
+
+# the hostile policy above: 163,185 choices, 280,339 steps for one endorsement list
+CLUSTER_POLICY = ("OutOf(4, " + ", ".join(f"OutOf(2, {a}.peer, {b}.peer, {c}.peer)" for a, b, c in CLUSTER)
+                  + ", AND(" + ", ".join(f"{o}.peer" for o in [*TWENTY[7:], TWENTY[0]]) + "))")
+FIFTY = [f"o{i:02d}" for i in range(50)]
+
+
+def _pairs(k: int, n: int) -> str:
+    """k of n "AND(hospital, its pharmacy)" pairs (disjoint up to 25)."""
+    return f"OutOf({k}, " + ", ".join(f"AND({FIFTY[i % 50]}.peer, {FIFTY[(i + 25) % 50]}.peer)" for i in range(n)) + ")"
+
+
+def _cluster(k: int, m: int, pool: int) -> str:
+    """k of m "2 of 3 peers of a cluster of ``pool``" rules and one AND of the others: the
+    costliest shape per choice found (the test above at 163,185 choices)."""
+    rng = random.Random(3)
+    return (f"OutOf({k}, " + ", ".join(
+        f"OutOf(2, {a}.peer, {b}.peer, {c}.peer)" for a, b, c in (rng.sample(TWENTY[:pool], 3) for _ in range(m)))
+        + ", AND(" + ", ".join(f"{o}.peer" for o in [*TWENTY[pool:], TWENTY[0]]) + "))")
+
+
+@pytest.mark.parametrize("text", [
+    "MAJORITY(peer)",  # one flow
+    "AND(MAJORITY(peer), OR(o00.peer, o01.peer), OutOf(2, o02.peer, o03.peer, o04.peer))",
+    REVIEW,
+    *(_pairs(k, 12) for k in range(1, 13)),  # any k of 12 pairs: at most C(12, 6) = 924
+    _pairs(2, 25),  # 300
+    "OR(" + ", ".join(f"AND({FIFTY[i]}.peer, {FIFTY[(i + 1) % 50]}.peer)" for i in range(50)) + ")",
+    "OutOf(2, OutOf(2, o00.peer, o01.peer, o02.peer), OutOf(1, o10.peer, o11.peer), AND(o20.peer, o21.peer), "
+    "OutOf(1, o30.peer, o31.peer))",
+])
+def test_realistic_policies_are_within_the_bound(text: str) -> None:
+    """What a consortium of up to 50 organisations writes: MAJORITY over all of them, k of 12
+    hospitals each with its pharmacy (any k), 2 of 25 pairs, one of 50 pairs."""
+    policy = parse_policy(text, FIFTY, version=EXACT_POLICY_VERSION)
+    assert policy.bounded()
+    assert policy.choices() <= MAX_POLICY_CHOICES
+    policy.require_bounded()
+
+
+def test_the_bound_counts_choices_exactly_up_to_it_whatever_the_policy_size() -> None:
+    rng = random.Random(8)
+    for _ in range(400):
+        text = _random_rule(rng, TWENTY, ["peer"], 4)
+        policy = parse_policy(text, TWENTY, version=EXACT_POLICY_VERSION)
+        assert policy.bounded() is (policy.choices() <= MAX_POLICY_CHOICES), text
+    assert parse_policy(_pairs(6, 13), FIFTY).choices() == 1716  # C(13, 6)
+    assert not parse_policy(_pairs(6, 13), FIFTY).bounded()
+    assert parse_policy(_pairs(2, 45), FIFTY).bounded()  # 990
+    assert not parse_policy(_pairs(2, 46), FIFTY).bounded()  # 1,035
+    hostile = parse_policy(CLUSTER_POLICY, TWENTY, version=EXACT_POLICY_VERSION)
+    assert hostile.choices() == 163_185 and not hostile.bounded()
+    with pytest.raises(RxError) as exc:
+        hostile.require_bounded()
+    assert exc.value.reason == "POLICY_TOO_COMPLEX"
+    assert f"more than {MAX_POLICY_CHOICES} choices" in exc.value.message
+    # counted up to the bound only: C(5000, 2500) has 1,504 digits
+    huge = parse_policy(f"OutOf(2500, {', '.join(['AND(o00.peer, o01.peer)'] * 5000)})", TWENTY, version=2)
+    assert not huge.bounded()
+
+
+@pytest.mark.parametrize(("k", "m", "pool"), [(6, 11, 9), (5, 11, 7), (4, 12, 5), (4, 12, 7), (3, 18, 5)])
+def test_the_costliest_policies_within_the_bound_stay_within_a_step_ceiling(k: int, m: int, pool: int) -> None:
+    """The shape that cost 280,339 steps at 163,185 choices, cut to fit the bound (715 to 969
+    choices): its worst endorsement list -- the hostile lists, then a deterministic climb
+    towards costlier ones -- stays under 10 steps per choice allowed (~8,600 found at most:
+    about 4 ms of CPU on a loaded two-core machine). Steps, not wall time, are asserted."""
+    policy = parse_policy(_cluster(k, m, pool), TWENTY, version=EXACT_POLICY_VERSION)
+    assert policy.bounded()
+    worst, worst_list = 0, _peers(TWENTY)
+    for signers in _hostile_signer_lists():
+        search = policy.search(sorted(set(signers)))
+        search.satisfied()
+        if search.steps > worst:
+            worst, worst_list = search.steps, sorted(set(signers))
+    rng = random.Random(7)
+    for _ in range(150):  # flip one peer at a time, keep any list at least as costly
+        flipped = sorted(set(worst_list) ^ {(rng.choice(TWENTY), "peer")})
+        search = policy.search(flipped)
+        search.satisfied()
+        if search.steps >= worst:
+            worst, worst_list = search.steps, flipped
+    assert worst <= 10 * MAX_POLICY_CHOICES, worst
+
+
+def test_a_policy_over_the_bound_is_evaluated_by_version_1_rules_under_every_version() -> None:
+    """A policy in force before the bound (a contract defined under version 1) keeps version
+    1's answers after the upgrade: deterministic, at version 1's cost, never the exact search's
+    (280,339 steps for one list of the hostile policy). Here the review's example beside the
+    hostile policy over other organisations: the exact search accepts every peer but o00's,
+    version 1 refuses them, and so does version 2 for this policy."""
+    others = [f"c{i:02d}" for i in range(20)]
+    beside = CLUSTER_POLICY.replace("o", "c")
+    text = f"OR({REVIEW}, {beside})"
+    orgs = [*TWELVE, *others]
+    v1 = parse_policy(text, orgs)
+    v2 = parse_policy(text, orgs, version=EXACT_POLICY_VERSION)
+    assert not v2.bounded()
+    signers = _peers(TWELVE[1:])
+    assert v2.search(signers).satisfied() is True  # what the exact search would answer
+    assert v1.evaluate(signers) is False
+    assert v2.evaluate(signers) is False
+    assert v2.min_signers(_peers(TWELVE)) == v1.min_signers(_peers(TWELVE))
+    rng = random.Random(9)
+    for _ in range(40):
+        chosen = _peers(sorted(rng.sample(orgs, rng.randint(8, 20))))
+        assert v2.evaluate(chosen) is v1.evaluate(chosen), chosen

@@ -22,6 +22,7 @@ out-of-sequence definitions, unknown packages, system or path-like names, non-ad
 from __future__ import annotations
 
 import json
+import random
 from typing import Any, cast
 
 import pytest
@@ -33,11 +34,12 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.identity import policy as policy_module
-from node.identity.policy import MAX_SIGNERS, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy
 from node.peer.config_view import ConfigView
 from node.peer.definitions import ContractDefinition
 from node.peer.endorser import Endorser
 from node.peer.lifecycle import Lifecycle, approval_prefix, package_hash, package_key
+from node.peer.policy_provider import LifecyclePolicies
 from node.peer.simulator import SimulationLimits, TxSimulator
 from node.protocol import MEMBERSHIP_VERSION
 from node.sandbox import types as t
@@ -501,3 +503,98 @@ def test_a_commit_approved_by_more_organisations_than_a_tx_carries_is_committed(
         outcomes.append((r.status, r.reason))
     first = (200, "") if version >= MEMBERSHIP_VERSION else (400, "LIFECYCLE_POLICY_FAILURE")
     assert outcomes == [first, (400, "LIFECYCLE_POLICY_FAILURE")]
+
+
+# ----------------------------------------------------------------- the bound on a policy's choices
+
+TWENTY = [f"o{i:02d}" for i in range(20)]
+_CLUSTER_RNG = random.Random(3)
+# 4 of 45 "2 of 3 peers of a cluster of 7" beside a 14-peer AND: 163,185 choices, and one
+# hostile endorsement list cost every peer 280,339 steps (0.13 s) of the exact search
+OVER_THE_BOUND = ("OutOf(4, " + ", ".join(
+    f"OutOf(2, {a}.peer, {b}.peer, {c}.peer)" for a, b, c in (_CLUSTER_RNG.sample(TWENTY[:7], 3) for _ in range(45)))
+    + ", AND(" + ", ".join(f"{o}.peer" for o in [*TWENTY[7:], TWENTY[0]]) + "))")
+REALISTIC = [
+    "MAJORITY(peer)",
+    "AND(MAJORITY(peer), OR(o00.peer, o01.peer))",
+    # any 6 of 12 hospitals, each with its pharmacy: C(12, 6) = 924 choices
+    "OutOf(6, " + ", ".join(f"AND({TWENTY[i]}.peer, {TWENTY[(i + 12) % 20]}.peer)" for i in range(12)) + ")",
+    # 2 of 45 pairs: 990
+    "OutOf(2, " + ", ".join(f"AND({TWENTY[i % 20]}.peer, {TWENTY[(i * 7 + 3) % 20]}.peer)" for i in range(45)) + ")",
+]
+
+
+def _grown(cluster: Cluster, version: int) -> config_pb2.ConsortiumConfig:
+    """The cluster's config with 20 more organisations running a peer (23 in all), at ``version``."""
+    current = ConfigView(cluster.peers[0].ledger.state, Verifier()).current()
+    grown = config_pb2.ConsortiumConfig()
+    grown.CopyFrom(current.config)
+    h01 = next(o for o in grown.organizations if o.id == "h01")
+    for org in TWENTY:
+        grown.organizations.add(id=org, name=org, kind=config_pb2.HOSPITAL, ca_cert_der=h01.ca_cert_der)
+        grown.peers.add(org=org, name=f"peer.{org}")
+    grown.protocol_version = version
+    return grown
+
+
+def _approve_and_commit(cluster: Cluster, policy: str, config: config_pb2.ConsortiumConfig) -> list[tuple[int, str]]:
+    """Approve (h01's admin) and commit (12 approvals of the 23: MAJORITY(admin)) a definition
+    with endorsement ``policy`` under ``config``."""
+    d = dict(_installed(cluster), endorsement_policy=policy)
+    peer = cluster.peers[0]
+    msp = ConfigView(peer.ledger.state, Verifier()).current().msp
+    h01, ins01 = (msp.validate(cluster.net.admins[o].identity, cluster.now()) for o in ("h01", "ins01"))
+    wanted = ContractDefinition.from_args(d).to_json()
+    approvals = {approval_prefix("counter", 1) + org: wanted for org in ["h01", "p01", "ins01", *TWENTY][:12]}
+    outcomes = []
+    with peer.ledger.snapshot() as snap:
+        r = Lifecycle().invoke(TxSimulator(snap, "_lifecycle"), "approve", d, h01, config)
+        outcomes.append((r.status, r.reason))
+        sim = _MoreApprovals(TxSimulator(snap, "_lifecycle"), approvals)
+        r = Lifecycle().invoke(cast(Any, sim), "commit", d, ins01, config)
+        outcomes.append((r.status, r.reason))
+    return outcomes
+
+
+@pytest.mark.parametrize("version", [1, EXACT_POLICY_VERSION])
+def test_an_endorsement_policy_with_too_many_choices_is_refused_from_version_2(cluster: Cluster,
+                                                                               version: int) -> None:
+    """From protocol version 2 approve and commit refuse a policy whose exact evaluation may
+    enumerate more than MAX_POLICY_CHOICES choices (POLICY_TOO_COMPLEX): every peer would pay
+    them for each tx a client presents. Version 1 keeps accepting it (its commits are on the
+    ledger; its evaluation kept 64 signer sets per level)."""
+    outcomes = _approve_and_commit(cluster, OVER_THE_BOUND, _grown(cluster, version))
+    if version < EXACT_POLICY_VERSION:
+        assert outcomes == [(200, ""), (200, "")]
+    else:
+        assert outcomes == [(400, "POLICY_TOO_COMPLEX")] * 2
+
+
+@pytest.mark.parametrize("policy", REALISTIC)
+def test_realistic_big_endorsement_policies_are_accepted_under_version_2(cluster: Cluster, policy: str) -> None:
+    assert _approve_and_commit(cluster, policy, _grown(cluster, EXACT_POLICY_VERSION)) == [(200, ""), (200, "")]
+
+
+def test_a_definition_over_the_bound_committed_under_version_1_keeps_version_1s_answers(cluster: Cluster) -> None:
+    """After the raise the peers' policy provider parses such a definition for version 2, and
+    it is evaluated by version 1's rules: the same answers as before the upgrade on every peer
+    (deterministic), without the exact search's cost. The review's example beside the policy:
+    every peer but o00's satisfies it exactly; version 1 refuses them, and still does."""
+    twelve = TWENTY[:12]
+    review = ("AND(OutOf(4, " + ", ".join(f"{o}.peer" for o in twelve) + "), "
+              "o04.peer, o02.peer, o01.peer, o06.peer, o09.peer, o08.peer, o10.peer)")
+    text = f"OR({review}, {OVER_THE_BOUND.replace('o', 'c')})"  # the same over c00..c19 ("OutOf" has no 'o')
+    config = _grown(cluster, EXACT_POLICY_VERSION)
+    h01 = next(o for o in config.organizations if o.id == "h01")
+    for org in (f"c{i:02d}" for i in range(20)):
+        config.organizations.add(id=org, name=org, kind=config_pb2.HOSPITAL, ca_cert_der=h01.ca_cert_der)
+    stored = ContractDefinition.from_args(dict(_installed(cluster), endorsement_policy=text)).to_json()
+    definition = LifecyclePolicies._build("counter", config, stored)
+    assert definition is not None
+    policy = definition.policy
+    assert policy.version == EXACT_POLICY_VERSION and not policy.bounded()
+    signers = [(o, "peer") for o in twelve[1:]]
+    assert policy.search(signers).satisfied() is True  # the exact answer, not used for it
+    assert policy.evaluate(signers) is False
+    assert parse_policy(text, [o.id for o in config.organizations]).evaluate(signers) is False  # version 1
+    assert policy.evaluate([(o, "peer") for o in twelve]) is True

@@ -31,7 +31,7 @@ from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.msp import MSP
 from node.identity.policy import MAX_NESTED_CHECK, MAX_SIGNERS, parse_policy
-from node.orderer.configrules import check_new_config
+from node.orderer.configrules import check_genesis_content, check_new_config
 from node.orderer.configtx import OrdererConfig, validate_update
 from node.protocol import MEMBERSHIP_VERSION
 from tests.validation.conftest import Net, Peer, config_block, config_tracker, next_config
@@ -445,10 +445,17 @@ def _retire(*org_ids: str) -> Edit:
     return edit
 
 
+# 2 of 46 alternating pairs of admins: C(46, 2) = 1,035 choices for the exact search, one more
+# than the bound allows; satisfiable by the 4 admins, never by one organisation alone
+_OVER_THE_BOUND = "OutOf(2, " + ", ".join(
+    "AND(h01.admin, p01.admin)" if i % 2 else "AND(ins01.admin, ins02.admin)" for i in range(46)) + ")"
+_WITHIN_THE_BOUND = "OutOf(2, " + ", ".join(
+    "AND(h01.admin, p01.admin)" if i % 2 else "AND(ins01.admin, ins02.admin)" for i in range(45)) + ")"
+
+
 def _refused_everywhere(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig, fragment: str) -> None:
     """``new`` is BAD_CONFIG_UPDATE (``fragment`` in the message) on the orderers' three paths
     and in the peer's validator, and the config in force stays."""
-    sequence = new.sequence - 1
     env, block = config_block(peer, net, new)
     tracker = config_tracker(peer)
     for check in (lambda: tracker.validate_now(env), lambda: tracker.check_broadcast(env, _tx_ms(env))):
@@ -457,6 +464,7 @@ def _refused_everywhere(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig, 
         assert exc.value.reason == "BAD_CONFIG_UPDATE"
         assert fragment in exc.value.message, exc.value.message
     assert tracker.block_config(block) is None
+    sequence = peer.committer.validator.config.config.sequence
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
     assert peer.committer.validator.config.config.sequence == sequence
 
@@ -536,3 +544,54 @@ def test_config_propose_retires_the_ids_of_the_organisations_it_removes(peer: Pe
         configtool.propose(peer.committer.validator.config.config, _add_org("h13"))
     assert exc.value.reason == "BAD_CONFIG_UPDATE"
     assert "organisation id 'h13' is retired" in exc.value.message
+
+
+def test_from_version_2_a_named_policy_with_too_many_choices_is_refused(peer: Peer, net: Net) -> None:
+    """A named policy whose exact evaluation may enumerate more than MAX_POLICY_CHOICES choices
+    of nested rules: version 1 adopts it (as before: the replay of an old ledger judges its
+    updates as the nodes that committed them did); an update raising the version must not
+    carry it (every named policy in force under version 2 is bounded), and under version 2 an
+    update putting it in force is refused on the orderers' paths and in the peers' validator
+    alike, while one within the bound is adopted."""
+    assert parse_policy(_OVER_THE_BOUND, ["h01", "p01", "ins01", "ins02"], 2).choices() == 1035
+    under_v1 = next_config(peer)
+    _policy("lifecycle", _OVER_THE_BOUND)(under_v1)
+    env, block = config_block(peer, net, under_v1)
+    assert config_tracker(peer).validate_now(env) == under_v1  # version 1: adopted
+    assert config_tracker(peer).block_config(block) == under_v1
+    raising = next_config(peer, 2)
+    _policy("lifecycle", _OVER_THE_BOUND)(raising)
+    _refused_everywhere(peer, net, raising, "policy lifecycle: '" + _OVER_THE_BOUND[:20])
+    _, raise_block = config_block(peer, net, next_config(peer, 2))
+    assert list(peer.committer.commit_block(raise_block).validated.codes) == [tx_pb.VALID]
+    new = next_config(peer)
+    _policy("lifecycle", _OVER_THE_BOUND)(new)
+    _refused_everywhere(peer, net, new, "leaves more than 1000 choices")
+    fine = next_config(peer)
+    _policy("lifecycle", _WITHIN_THE_BOUND)(fine)
+    env, block = config_block(peer, net, fine)
+    assert config_tracker(peer).validate_now(env) == fine
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+
+
+def test_a_version_2_genesis_and_realistic_named_policies_are_judged_by_the_bound() -> None:
+    """The generator checks a genesis at version 2 by the same rule; the nested policies a
+    consortium of 12 writes (at most 12 organisations: a nested named policy over more is
+    refused as before) are within it, up to any k of 12 pairs of admins."""
+    base = _wide_consortium(12)
+    base.protocol_version = 2
+    orgs = [o.id for o in base.organizations]
+    pairs = ", ".join(f"AND({orgs[i]}.admin, {orgs[(i + 6) % 12]}.admin)" for i in range(12))
+    for rule in (f"OutOf(3, {pairs})", f"OutOf(6, {pairs})", "AND(MAJORITY(admin), OR(o00.admin, o01.admin))"):
+        new = config_pb2.ConsortiumConfig()
+        new.CopyFrom(base)
+        _policy("lifecycle", rule)(new)
+        check_genesis_content(new)
+        check_new_config(base, new, 1000, MSP(new, Verifier()), 0)
+    over = "OutOf(2, " + ", ".join(f"AND({orgs[i % 12]}.admin, {orgs[(i + 6) % 12]}.admin)" for i in range(46)) + ")"
+    _policy("lifecycle", over)(base)
+    with pytest.raises(RxError, match=r"policy lifecycle: .* leaves more than 1000 choices") as exc:
+        check_genesis_content(base)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    base.protocol_version = 1
+    check_genesis_content(base)  # version 1: as before
