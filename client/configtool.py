@@ -238,7 +238,7 @@ class ChainConfig:
                 raise RxClientError(bad, f"block {n}: previous_hash does not link to block {n - 1}{beyond}")
             if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
                 raise RxClientError(bad, f"block {n}: data_hash does not match its envelopes{beyond}")
-            if not self._orderer_signed(block, current.config, h):
+            if not self._orderer_signed(block, current.msp, h):
                 raise RxClientError(bad, f"block {n}: no valid signature of an orderer of the config in force "
                                     f"(sequence {current.config.sequence}, block {current.block_number}){beyond}")
             if why is not None and any(tx_type(raw) == transaction_pb2.CONFIG for raw in block.data.envelopes):
@@ -256,10 +256,10 @@ class ChainConfig:
         """Whether ``block`` is the last block verified (number and header hash)."""
         return block.header.number == self.height - 1 and block_header_hash(block.header) == self._last_hash
 
-    def _orderer_signed(self, block: block_pb2.Block, config: config_pb2.ConsortiumConfig, header_hash: bytes,
-                        ) -> bool:
-        """Whether an orderer of ``config`` signed ``header_hash`` (as the peers judge it)."""
-        certs = {o.cert_der: o.raft_id for o in config.orderers}
+    def _orderer_signed(self, block: block_pb2.Block, msp: MSP, header_hash: bytes) -> bool:
+        """Whether an orderer of the config whose MSP is ``msp`` signed ``header_hash`` (as the
+        peers judge it: from protocol version 2 with a certificate valid at the block's time)."""
+        certs = msp.block_signers(block.header.timestamp_ms)
         return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
     def in_force(self) -> tuple[int, config_pb2.ConsortiumConfig]:

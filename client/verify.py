@@ -29,6 +29,8 @@ from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Verifier, block_signers
 from node.crypto.tls import secure_channel
+from node.errors import RxError
+from node.identity.msp import MSP
 from node.orderer.configtx import config_of_block
 from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
 
@@ -50,7 +52,12 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
                   config: config_pb2.ConsortiumConfig, verifier: Verifier) -> VerifyResult:
     """Verify a list of blocks (from block 0) against the genesis block and config."""
     res = VerifyResult(peer, ok=True)
-    orderer_certs = {o.cert_der: o.cert_der for o in config.orderers}
+    try:
+        msp = MSP(config, verifier)  # whose orderers' signatures count, and when (MSP.block_signers)
+    except RxError as exc:
+        res.ok = False
+        res.errors.append(f"the configuration is unusable: {exc}")
+        return res
     prev: bytes | None = None
     valid = transaction_pb2.VALID
     for i, b in enumerate(blocks):
@@ -66,7 +73,8 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         if b.header.data_hash != block_data_hash(list(b.data.envelopes)):
             res.errors.append(f"block {n}: data_hash does not match its envelopes")
         h = block_header_hash(b.header)
-        if i > 0 and not block_signers(verifier, h, b.metadata.orderer_signatures, orderer_certs):
+        if i > 0 and not block_signers(verifier, h, b.metadata.orderer_signatures,
+                                       msp.block_signers(b.header.timestamp_ms)):
             res.errors.append(f"block {n}: no valid orderer signature")
         if len(b.metadata.validation_codes) != len(b.data.envelopes):
             res.errors.append(f"block {n}: {len(b.metadata.validation_codes)} validation codes "
@@ -80,11 +88,15 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
             break
         new = _adopted_config(b) if i > 0 and list(b.metadata.validation_codes) == [valid] else None
         if new is not None:
-            orderer_certs = {o.cert_der: o.cert_der for o in new.orderers}
             why = unsupported(new)
             if why is not None:
                 res.errors.append(f"block {n}: {PROTOCOL_UNSUPPORTED}: {why}; the blocks after "
                                   "it are not verified")
+                break
+            try:
+                msp = MSP(new, verifier)
+            except RxError as exc:
+                res.errors.append(f"block {n}: its configuration is unusable: {exc}")
                 break
     res.ok = not res.errors
     return res

@@ -53,6 +53,17 @@ retired for good once an update removes its organisation: the update lists it in
 organisation of a listed id (version 1 took a removed id back with another CA, whose holders
 then inherited the old organisation's key grants, registrations, policy principals and history;
 node.orderer.configrules.check_retired_org_ids).
+With them, certificates are
+judged with their issuers and at the time the blocks carry (node.identity.msp): a member
+certificate counts only while its organisation's CA certificate is within its validity period
+at the tx's timestamp and only if that CA may sign certificates (KeyUsage keyCertSign), and a
+block's orderer signature only while the orderer's certificate is valid at the block header's
+``timestamp_ms`` (an unstamped block: never; ``MSP.block_signers``). Version 1 ignored the
+CA's validity and key usage and the orderer certificates' validity. The MSP of the config a
+config update carries applies the rules of the version in force before the update, like the
+rest of configrules; the update raising the version is refused while a CA certificate or an
+orderer certificate of the new config is not usable at its time, and from version 2 an update
+may not install such a CA (node.orderer.configrules).
 """
 
 from __future__ import annotations

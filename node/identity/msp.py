@@ -7,6 +7,16 @@ signing (not a CA: BasicConstraints ``ca`` false; KeyUsage, when present, includ
 not in the organisation's revocation list, and carries a role the organisation's kind may
 hold. Parsed certificates and chain checks are cached by DER.
 
+From protocol version 2 on (node.protocol.MEMBERSHIP_VERSION, the version of the configuration
+the MSP is built for unless the caller names another) the issuing CA is judged too: its own
+certificate must be within its validity period at ``t`` (EXPIRED_CERT otherwise: a member
+certificate issued by an expired or not yet valid CA no longer passes) and, when it carries
+KeyUsage, include ``keyCertSign`` (UNKNOWN_CREATOR: a CA certificate that may not sign
+certificates issued none). Version 1 ignores the CA's validity and key usage, so blocks before
+the update raising the version keep their verdicts on replay. ``t`` is whatever the caller
+passes: validation passes the tx header's timestamp (creator, endorsements, config update
+signatures), never a node's clock, and :meth:`MSP.block_signers` the block header's.
+
 Revocation lists hold serial numbers in hex; they are compared in one canonical form (lower
 case, no ``0x``, colons, spaces or leading zeros), so a serial copied from ``openssl x509
 -serial`` (``3A0F...``) or written with colons revokes the certificate it names.
@@ -30,9 +40,10 @@ from cryptography.utils import CryptographyDeprecationWarning
 from rxchain.v1 import config_pb2, identity_pb2
 
 from node.crypto.signing import Purpose, Verifier
-from node.crypto.x509 import CertInfo, cert_info
+from node.crypto.x509 import CertInfo, cert_info, cert_info_der
 from node.errors import RxError
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
+from node.protocol import MEMBERSHIP_VERSION, protocol_version
 
 
 @dataclass(frozen=True)
@@ -90,14 +101,42 @@ def _end_entity_problem(cert: x509.Certificate) -> str:
     return ""
 
 
+_NEVER = (1, 0)  # a validity window no time lies in
+
+
+def _ca_terms(ca: x509.Certificate) -> tuple[tuple[int, int], str]:
+    """(validity window in ms, why it may not issue certificates or "") of a CA certificate
+    (see the module docstring; an unreadable validity or key usage: never valid)."""
+    try:
+        window = (int(ca.not_valid_before_utc.timestamp() * 1000), int(ca.not_valid_after_utc.timestamp() * 1000))
+    except Exception:  # noqa: BLE001 - lazy parsing: whatever a mangled certificate raises
+        return _NEVER, "its validity period cannot be read"
+    try:
+        ku = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    except Exception:  # noqa: BLE001 - DuplicateExtension, ValueError...
+        return window, "its extensions cannot be read"
+    if ku is not None and not ku.key_cert_sign:
+        return window, "its key usage does not include keyCertSign"
+    return window, ""
+
+
 class MSP:
-    """Identity validation for one consortium configuration (immutable; rebuild on update)."""
+    """Identity validation for one consortium configuration (immutable; rebuild on update).
+
+    ``version``: the protocol version whose rules apply (default: the one ``config`` puts in
+    force); a config update is judged by the version in force before it, so the MSP of the
+    config it carries is built with that one (node.orderer.configtx)."""
 
     def __init__(
-        self, config: config_pb2.ConsortiumConfig, verifier: Verifier, cache_size: int = 4096
+        self, config: config_pb2.ConsortiumConfig, verifier: Verifier, cache_size: int = 4096,
+        *, version: int | None = None,
     ):
         self.config = config
         self.verifier = verifier
+        self.version = protocol_version(config) if version is None else version
+        self._ca_rules = self.version >= MEMBERSHIP_VERSION
         self._orgs: dict[str, config_pb2.Organization] = {o.id: o for o in config.organizations}
         self._cas: dict[str, x509.Certificate] = {}
         for org in config.organizations:
@@ -105,11 +144,16 @@ class MSP:
                 self._cas[org.id] = x509.load_der_x509_certificate(org.ca_cert_der)
             except ValueError as exc:
                 raise RxError("BAD_CONFIG", f"organisation {org.id}: CA certificate: {exc}") from exc
+        self._ca_terms = {org_id: _ca_terms(ca) for org_id, ca in self._cas.items()}
         self._revoked = {
             o.id: frozenset(c for c in map(canonical_serial, o.revoked_serials) if c)
             for o in config.organizations
         }
         self._orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
+        # DER -> (raft id, window in which its block signatures count): see block_signers
+        self._orderer_windows = (
+            {o.cert_der: (o.raft_id, self._orderer_window(o)) for o in config.orderers} if self._ca_rules else {}
+        )
         self._cache: OrderedDict[tuple[str, bytes], _Checked] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # the chain cache is shared by servicer threads
@@ -136,6 +180,54 @@ class MSP:
     def orderer_raft_id(self, identity: identity_pb2.Identity) -> int | None:
         """The Raft id of the orderer holding this certificate, if any."""
         return self._orderer_certs.get(identity.cert_der)
+
+    def validity_window(self, org_id: str, info: CertInfo) -> tuple[int, int]:
+        """(first, last) ms at which a certificate of ``org_id`` with ``info`` is within its
+        validity period -- and, from version 2, its CA within its own (module docstring)."""
+        low, high = info.not_before_ms, info.not_after_ms
+        if self._ca_rules:
+            terms = self._ca_terms.get(org_id)
+            ca_low, ca_high = terms[0] if terms is not None else _NEVER
+            low, high = max(low, ca_low), min(high, ca_high)
+        return low, high
+
+    def ca_problem(self, org_id: str, at_ms: int) -> str:
+        """Why the CA certificate of ``org_id`` could not vouch for a member at ``at_ms`` under
+        version 2's rules (outside its validity period, or its key usage lacks keyCertSign),
+        whatever version this MSP applies; "" when it could."""
+        terms = self._ca_terms.get(org_id)
+        if terms is None:
+            return "is missing"
+        (low, high), why = terms
+        if why:
+            return why
+        if not low <= at_ms <= high:
+            return f"is not valid at {at_ms} (valid from {low} to {high})"
+        return ""
+
+    def _orderer_window(self, node: config_pb2.OrdererNode) -> tuple[int, int]:
+        try:
+            info = cert_info_der(node.cert_der)
+        except ValueError:
+            return _NEVER  # its signatures do not verify either
+        return self.validity_window(node.org, info)
+
+    def block_signers(self, block_ms: int) -> Mapping[bytes, int]:
+        """The orderer certificates (DER -> raft id) whose signatures count for a block whose
+        header is stamped ``block_ms`` when this MSP's config is in force before it.
+
+        Version 1: every orderer's of the config, whatever the time. From version 2
+        (MEMBERSHIP_VERSION) only those within their validity period at ``block_ms``, their
+        CA's included (an unstamped block, 0: none): a block signed only by expired orderer
+        certificates is refused as an unsigned one is (BAD_ORDERER_SIGNATURE). The time is the
+        ordering leader's clock, which the header hash covers and the signatures sign, so every
+        node decides the same; the signer chooses it, so an orderer whose certificate has
+        expired could still backdate a block -- whose txs, stamped now, would then be
+        TX_TIMESTAMP_SKEW. The peers' block check, the orderers' check of another's copy, the
+        config tool and ``verify`` all count signers so."""
+        if not self._ca_rules:
+            return self._orderer_certs
+        return {der: rid for der, (rid, (low, high)) in self._orderer_windows.items() if low <= block_ms <= high}
 
     def _check_chain(self, org_id: str, cert_der: bytes) -> _Checked:
         key = (org_id, cert_der)
@@ -187,6 +279,12 @@ class MSP:
                 "UNKNOWN_CREATOR",
                 f"certificate {info.name!r} was not issued by the CA of {identity.org}",
             )
+        if self._ca_rules and self._ca_terms[identity.org][1]:
+            raise RxError(
+                "UNKNOWN_CREATOR",
+                f"the CA certificate of {identity.org} may not issue certificates: "
+                f"{self._ca_terms[identity.org][1]}",
+            )
         if checked.unusable:
             raise RxError(
                 "BAD_CERT", f"certificate {info.name!r} is not a member certificate: {checked.unusable}"
@@ -198,6 +296,13 @@ class MSP:
             )
         if not info.not_before_ms <= at_ms <= info.not_after_ms:
             raise RxError("EXPIRED_CERT", f"certificate {info.name!r} is not valid at {at_ms}")
+        if self._ca_rules:
+            ca_low, ca_high = self._ca_terms[identity.org][0]
+            if not ca_low <= at_ms <= ca_high:
+                raise RxError(
+                    "EXPIRED_CERT",
+                    f"certificate {info.name!r}: the CA certificate of {identity.org} is not valid at {at_ms}",
+                )
         if info.serial_hex in self._revoked[identity.org]:
             raise RxError("REVOKED_CERT", f"certificate {info.name!r} ({info.serial_hex}) is revoked")
         if info.role not in ROLES_BY_KIND.get(org.kind, frozenset()):

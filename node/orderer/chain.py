@@ -52,6 +52,7 @@ from node.clock import wall_ms
 from node.crypto.canonical import block_data_hash, block_header_hash
 from node.crypto.signing import Purpose, Signer, Verifier, block_signers
 from node.errors import RxError
+from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.orderer.blockcutter import BatchParams, BlockCutter, Pending
 from node.orderer.clockwatch import ClockWatch, odd_clock_out
@@ -1254,7 +1255,7 @@ class Chain:
 
     def _signed_in_force(self, block: block_pb2.Block, header_hash: bytes) -> bool:
         """Whether ``block`` carries a valid signature of an orderer of the config in force."""
-        return signed_in_force(self._verifier, block, header_hash, self._tracker.current.config)
+        return signed_in_force(self._verifier, block, header_hash, self._tracker.current.msp)
 
     def _append_with_config(self, block: block_pb2.Block) -> None:
         """Append ``block``; adopt the config it carries, if it is a valid config block."""
@@ -1406,11 +1407,11 @@ def signs_in_force(config: config_pb2.ConsortiumConfig, raft_id: int, cert_der: 
     return bool(in_force) and in_force[0] == cert_der
 
 
-def signed_in_force(verifier: Verifier, block: block_pb2.Block, header_hash: bytes,
-                    config: config_pb2.ConsortiumConfig) -> bool:
+def signed_in_force(verifier: Verifier, block: block_pb2.Block, header_hash: bytes, msp: MSP) -> bool:
     """Whether ``block`` (header hash ``header_hash``) carries a valid signature of an orderer of
-    ``config``, the config in force before it (the peers' rule)."""
-    certs = {o.cert_der: o.cert_der for o in config.orderers}
+    the config in force before it, whose MSP is ``msp`` (the peers' rule: from protocol version 2
+    by a certificate valid at the block's time, ``MSP.block_signers``)."""
+    certs = msp.block_signers(block.header.timestamp_ms)
     return block_signers(verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
 

@@ -33,11 +33,24 @@ Rules (each refusal names the rule and the offending item):
   organisation re-added under a removed one's id, with another CA, would hand whoever holds
   that CA the old organisation's ledger identity. Version 1 took such an update (kept); ids
   removed while it was in force are listed by hand, e.g. in the update raising the version.
+  When the new config runs version 2 or later (node.protocol.MEMBERSHIP_VERSION), a CA
+  certificate the update adds or changes must be within its validity period at the update's
+  time and, when it carries KeyUsage, include keyCertSign: version 2 counts no member of a CA
+  that is not (node.identity.msp), and an update made its only CA would lock its organisation
+  out. The update raising the version checks every organisation's CA so, and every orderer's
+  certificate for its validity at the update's time (from version 2 a block counts only the
+  signatures of orderer certificates valid at its time): raised over a CA or an orderer
+  certificate already expired, the consortium could lose every admin's signature or every
+  block. Updates of version 1 that do not raise it are judged as before; no ledger holds one
+  raising it (version 2 is new in the release introducing this rule, and the orderers refuse
+  a raise until every orderer and peer runs a release implementing it), so no replay changes.
 * **Nodes**: every orderer and peer belongs to an organisation of the new config, whose kind
   may hold the node's role (only insurers run orderers): an orderer whose organisation (and so
   CA) is gone cannot be reached over TLS nor checked. An orderer kept with its certificate while
   its organisation's CA changes must still validate, with the orderer role, against the new CA,
-  as must the certificate of an orderer added or rotated in place. From protocol version 2 on
+  as must the certificate of an orderer added or rotated in place (by the MSP rules of the
+  version in force before the update: from version 2 its CA must be valid at the update's time
+  too). From protocol version 2 on
   (node.protocol.MEMBERSHIP_VERSION, in force before the update) an orderer kept with its
   certificate may not have it revoked by the update: Raft admits a member by the certificate
   the config lists and peers take its block signatures, so the revocation would cut off
@@ -170,6 +183,8 @@ def check_new_config(
         _check_added_org_ids(old, new)
     if protocol_version(old) >= MEMBERSHIP_VERSION:
         check_retired_org_ids(old, new)
+    if protocol_version(new) >= MEMBERSHIP_VERSION:
+        _check_certificates_in_time(old, new, new_msp, at_ms)
     _check_nodes(old, new, new_msp, at_ms)
     _check_policy_choices(new, max(protocol_version(old), protocol_version(new)))
     _check_policies(new, protocol_version(old))
@@ -246,6 +261,32 @@ def check_retired_org_ids(old: config_pb2.ConsortiumConfig, new: config_pb2.Cons
         if org_id in new_ids and org_id not in was_retired:
             raise _bad(f"retired_org_ids lists {org_id[:64]!r}, an organisation of the new config: an id is "
                        "retired by the update removing its organisation")
+
+
+def _check_certificates_in_time(
+    old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig, new_msp: MSP, at_ms: int
+) -> None:
+    """Protocol version 2 in force after the update: the CA certificates it adds or changes
+    (all of them, and every orderer's certificate, in the update raising the version) are
+    usable at the update's time (module docstring)."""
+    raising = protocol_version(old) < MEMBERSHIP_VERSION
+    old_cas = {o.id: o.ca_cert_der for o in old.organizations}
+    for org in new.organizations:
+        if raising or old_cas.get(org.id) != org.ca_cert_der:
+            why = new_msp.ca_problem(org.id, at_ms)
+            if why:
+                raise _bad(f"organisation {org.id}: CA certificate {why}: from protocol version "
+                           f"{MEMBERSHIP_VERSION} none of its members could sign (rotate it first)")
+    if not raising:
+        return
+    for node in new.orderers:
+        try:
+            info = cert_info_der(node.cert_der)
+        except ValueError:
+            continue  # judged by the node rules below
+        if not info.not_before_ms <= at_ms <= info.not_after_ms:
+            raise _bad(f"orderer {node.raft_id}: its certificate is not valid at {at_ms}: from protocol "
+                       f"version {MEMBERSHIP_VERSION} its block signatures would not count (rotate it first)")
 
 
 def _ca_problem(der: bytes) -> str:

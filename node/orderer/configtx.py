@@ -162,7 +162,8 @@ def validate_update(
         )
     check_organizations(new)
     try:
-        new_msp = MSP(new, verifier)
+        # the new config's members, judged by the rules of the version in force before the update
+        new_msp = MSP(new, verifier, version=protocol_version(old))
     except (RxError, ValueError) as exc:
         raise RxError(BAD_CONFIG_UPDATE, f"new config unusable: {exc}") from exc
     check_new_config(old, new, len(raw), new_msp, when)  # incl. the added or rotated certificate

@@ -301,7 +301,7 @@ class Onboarding:
         if block.header.data_hash != block_data_hash(list(block.data.envelopes)):
             raise BlockRefused(f"block {number} from {target}: data hash does not match its envelopes")
         header_hash = block_header_hash(block.header)
-        if not signed_in_force(self._verifier, block, header_hash, current.config):
+        if not signed_in_force(self._verifier, block, header_hash, current.msp):
             raise BlockRefused(
                 f"block {number} from {target}: no valid signature of an orderer of the config in "
                 f"force (sequence {current.config.sequence}, block {current.block_number})")

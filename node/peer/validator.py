@@ -49,7 +49,10 @@ could end up with different configs in force (e.g. a compromised leader putting 
 in a mixed block, or an update with a policy the peers cannot parse) and every later
 update would be refused on one side. A valid config tx replaces the config (MSP, policies,
 limits) for later blocks; the block's own orderer signatures are checked against the
-config in force before the block.
+config in force before the block. From protocol version 2 (node.protocol.MEMBERSHIP_VERSION)
+a signature counts only if the orderer's certificate (and its CA's) is within its validity
+period at the block header's ``timestamp_ms`` (``MSP.block_signers``): a block signed only by
+expired orderer certificates is refused BAD_ORDERER_SIGNATURE like an unsigned one.
 
 Contract definitions come from a pluggable :class:`PolicyProvider` (the lifecycle), which
 reads the COMMITTED state as of the previous block, so a definition change takes effect
@@ -134,9 +137,10 @@ class ConfigState:
     """A consortium config with everything derived from it (MSP, policies, caches).
 
     :meth:`principal` memoises MSP validation per (org, certificate) together with the
-    certificate's validity window, so a cached answer is only reused for timestamps inside
-    that window (anything else goes through the MSP again and gets its exact error). The
-    cache lives and dies with the config, so revocations in a new config always apply.
+    certificate's validity window (from protocol version 2 narrowed to its CA's:
+    node.identity.msp), so a cached answer is only reused for timestamps inside that window
+    (anything else goes through the MSP again and gets its exact error). The cache lives and
+    dies with the config, so revocations in a new config always apply.
 
     :meth:`endorser` is :meth:`principal` for an endorsement: from protocol version 2 on
     (node.protocol.MEMBERSHIP_VERSION; version 1 counts any valid certificate), a certificate
@@ -170,7 +174,6 @@ class ConfigState:
                 self.policies[p.name] = parse_policy(p.rule, org_ids, version)
             except RxError:
                 continue
-        self.orderer_certs = {o.cert_der: o.raft_id for o in config.orderers}
         self.peer_names = frozenset((p.org, p.name) for p in config.peers)
         self.peer_certs = frozenset((p.org, p.cert_der) for p in config.peers)
         self.listed_peers_only = protocol_version(config) >= MEMBERSHIP_VERSION
@@ -200,7 +203,8 @@ class ConfigState:
         if len(self._principals) >= self._cache_size:
             self._principals.clear()
         listed = (p.org, p.name) in self.peer_names or (p.org, identity.cert_der) in self.peer_certs
-        self._principals[key] = ((p.org, p.role), info.not_before_ms, info.not_after_ms, listed)
+        low, high = self.msp.validity_window(p.org, info)  # the CA's too, from version 2
+        self._principals[key] = ((p.org, p.role), low, high, listed)
         return (p.org, p.role), listed
 
 
@@ -306,13 +310,16 @@ class Validator:
             raise RxError("BAD_BLOCK", f"block {h.number}: previous hash breaks the chain")
         if h.data_hash != block_data_hash(block.data.envelopes):
             raise RxError("BAD_BLOCK", f"block {h.number}: data hash does not match its data")
+        # from protocol version 2 only orderer certificates valid at the block's time count
         signed = block_signers(self._verifier, block_header_hash(h), block.metadata.orderer_signatures,
-                               self.config.orderer_certs, self._quorum)
+                               self.config.msp.block_signers(h.timestamp_ms), self._quorum)
         if signed < self._quorum:
             raise RxError(
                 "BAD_ORDERER_SIGNATURE",
                 f"block {h.number}: {signed} valid orderer signature(s), "
-                f"{self._quorum} required",
+                f"{self._quorum} required"
+                + (f" (of orderer certificates valid at the block's time {h.timestamp_ms})"
+                   if self.config.msp.version >= MEMBERSHIP_VERSION else ""),
             )
 
     # ------------------------------------------------------------------ tx level

@@ -497,7 +497,8 @@ def test_endorse_never_plans_an_organisation_the_config_no_longer_has(deployed: 
         assert sorted(e.endorser.org for e in tx.endorsements) == ["h01", "ins01"]
         envelopes.append(kit.seal(net.doctor, tx))
     assert "p01" not in remotes.calls
-    committed = make_block(ref.height(), ref.blocks.last_hash(), envelopes, net.orderer)
+    # stamped: from version 2 an unstamped block has no orderer signature that counts
+    committed = make_block(ref.height(), ref.blocks.last_hash(), envelopes, net.orderer, deployed.now())
     codes = list(deployed.peers[0].committer.commit_block(committed).validated.codes)
     assert codes == [transaction_pb2.VALID] * 4
     signed = deployed.kit.proposal(net.doctor, "counter", "put", {"key": "named", "value": 1},

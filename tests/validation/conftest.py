@@ -108,10 +108,13 @@ def next_config(peer: Peer, protocol_version: int | None = None) -> config_pb2.C
 
 def config_block(peer: Peer, net: Net, new: config_pb2.ConsortiumConfig) -> tuple[bytes, block_pb2.Block]:
     """(envelope, block): the update to ``new`` signed by the admins of h01, p01 and ins01 (a
-    majority), alone in a block at the peer's height signed by orderer 1."""
+    majority), alone in a block at the peer's height signed by orderer 1 and stamped with the
+    kit's clock (from protocol version 2 an unstamped block has no orderer signature that counts:
+    node.identity.msp.MSP.block_signers)."""
     a = net.admins
     env = peer.kit.config_tx(a["h01"], new, [a["h01"], a["p01"], a["ins01"]])
-    return env, make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
+    return env, make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1],
+                           timestamp_ms=peer.kit.clock_ms)
 
 
 def config_tracker(peer: Peer) -> ConfigTracker:
@@ -123,6 +126,7 @@ def config_tracker(peer: Peer) -> ConfigTracker:
 
 def invoke_block(peer: Peer, net: Net, key: str, orderer: Signer | None = None) -> block_pb2.Block:
     """A block at the peer's height of one doctor tx writing ``key`` in ``rx`` (endorsed by the
-    peers of h01 and p01), signed by ``orderer`` (default: orderer 1)."""
+    peers of h01 and p01), signed by ``orderer`` (default: orderer 1), stamped with the kit's clock."""
     env = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[(key, b"v")])])
-    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [orderer or net.orderer1])
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [orderer or net.orderer1],
+                      timestamp_ms=peer.kit.clock_ms)

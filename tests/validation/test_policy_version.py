@@ -56,13 +56,15 @@ def _lifecycle_block(peer: Peer, net: Net, policy: str) -> block_pb2.Block:
                          contract=LIFECYCLE_NS)
     finally:
         kit.contract_version, kit.contract_sequence = "1.0", 1
-    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1])
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1],
+                      timestamp_ms=peer.kit.clock_ms)
 
 
 def _rx_block(peer: Peer, net: Net, endorsements: list[list[Signer]]) -> block_pb2.Block:
     envs = [peer.kit.invoke(net.doctor, signers, [RwSpec("rx", writes=[(f"k{peer.ledger.height()}-{i}", b"v")])])
             for i, signers in enumerate(endorsements)]
-    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), envs, [net.orderer1])
+    return make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), envs, [net.orderer1],
+                      timestamp_ms=peer.kit.clock_ms)
 
 
 def test_nested_policy_refused_under_version_1_is_valid_from_version_2_and_replays_alike(

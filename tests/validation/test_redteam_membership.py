@@ -68,7 +68,7 @@ def test_a_peer_removed_from_the_config_no_longer_endorses_running_restarted_and
     alone = peer.kit.invoke(net.doctor, [net.peer_p01], [RwSpec("rx", writes=[("alone", b"3")])])
     other = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("other", b"4")])])
     last = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [early, late, alone, other],
-                      [net.orderer1])
+                      [net.orderer1], timestamp_ms=peer.kit.clock_ms)
     blocks.append(last)
     expected = [tx_pb.BAD_ENDORSEMENT, tx_pb.BAD_ENDORSEMENT, tx_pb.BAD_ENDORSEMENT, tx_pb.VALID]
 
@@ -97,7 +97,8 @@ def test_under_protocol_version_1_a_removed_peer_still_endorses(peer: Peer, net:
     _, update = config_block(peer, net, new)
     assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
     tx = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("v1", b"1")])])
-    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1],
+                     timestamp_ms=peer.kit.clock_ms)
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID]
 
 
@@ -106,7 +107,8 @@ def test_a_peer_endorses_before_and_stops_at_the_block_removing_it(peer: Peer, n
     the block after it: the removal takes effect at exactly its config block."""
     a = Committer(peer.ledger, Verifier(), StaticPolicies({"rx": rx_definition()}))
     before = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("b", b"1")])])
-    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [before], [net.orderer1])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [before], [net.orderer1],
+                     timestamp_ms=peer.kit.clock_ms)
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID]
     new = next_config(peer, MEMBERSHIP_VERSION)
     kept = [p for p in new.peers if p.name != "peer.p01"]
@@ -115,7 +117,8 @@ def test_a_peer_endorses_before_and_stops_at_the_block_removing_it(peer: Peer, n
     _, update = config_block(peer, net, new)
     assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
     after = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("b", b"2")])])
-    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [after], [net.orderer1])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [after], [net.orderer1],
+                     timestamp_ms=peer.kit.clock_ms)
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.BAD_ENDORSEMENT]
 
 
@@ -196,7 +199,8 @@ def test_removing_an_organisation_a_contract_policy_names_leaves_the_contract_us
     policies = _StoredDefinitions(policy)
     a = Committer(peer.ledger, Verifier(), policies)
     ok = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("k0", b"0")])])
-    blocks = [make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [ok], [net.orderer1])]
+    blocks = [make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [ok], [net.orderer1],
+                         timestamp_ms=peer.kit.clock_ms)]
     assert list(a.commit_block(blocks[0]).validated.codes) == [tx_pb.VALID]
     _, update = config_block(peer, net, _without_p01(peer))
     blocks.append(update)
@@ -204,7 +208,8 @@ def test_removing_an_organisation_a_contract_policy_names_leaves_the_contract_us
     txs = [peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("k1", b"1")])]),
            peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_p01], [RwSpec("rx", writes=[("k2", b"2")])]),
            peer.kit.invoke(net.doctor, [net.peer_h01], [RwSpec("rx", writes=[("k3", b"3")])])]
-    last = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1])
+    last = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1],
+                      timestamp_ms=peer.kit.clock_ms)
     blocks.append(last)
     expected = [tx_pb.VALID, tx_pb.BAD_ENDORSEMENT, tx_pb.ENDORSEMENT_POLICY_FAILURE]
     a_result = a.commit_block(_copy(last))
@@ -225,7 +230,8 @@ def test_under_protocol_version_1_a_contract_naming_a_removed_organisation_stays
     _, update = config_block(peer, net, _without_p01(peer, 1))
     assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
     tx = peer.kit.invoke(net.doctor, [net.peer_h01, net.peer_ins01], [RwSpec("rx", writes=[("v1", b"1")])])
-    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [tx], [net.orderer1],
+                     timestamp_ms=peer.kit.clock_ms)
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.UNKNOWN_CONTRACT]
 
 
@@ -256,7 +262,8 @@ def test_a_peer_whose_certificate_the_config_lists_endorses_whatever_its_common_
     assert list(a.commit_block(update).validated.codes) == [tx_pb.VALID]
     txs = [peer.kit.invoke(net.doctor, [by_hand, net.peer_p01], [RwSpec("rx", writes=[("h1", b"1")])]),
            peer.kit.invoke(net.doctor, [stranger, net.peer_p01], [RwSpec("rx", writes=[("h2", b"2")])])]
-    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1])
+    blk = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), txs, [net.orderer1],
+                     timestamp_ms=peer.kit.clock_ms)
     assert list(a.commit_block(blk).validated.codes) == [tx_pb.VALID, tx_pb.BAD_ENDORSEMENT]
     endorser = Endorser(peer.ledger, ConfigView(peer.ledger.state, Verifier()), by_hand,
                         cast(Any, None), Lifecycle(), wall_ms)
