@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rxchain.v1 import config_pb2, identity_pb2
 
-from node.protocol import SUPPORTED_VERSIONS
+from node.protocol import MAX_PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from tests.e2e.conftest import Net, rxchain
 
 BEYOND = max(SUPPORTED_VERSIONS) + 1  # a version no release of this code implements
@@ -29,7 +29,7 @@ def _sign(net: Net, path: Path, orgs: tuple[str, ...]) -> list[str]:
 def test_a_config_update_goes_in_with_a_majority_of_admins_only(net: Net, tmp_path: Path) -> None:
     whole = net.cli("--as", "h01:admin", "config", "show")  # --json: the whole config
     policies = {p["name"]: p["rule"] for p in whole["config"]["policies"]}
-    assert (whole["protocol_version"], policies["config_update"]) == (1, "MAJORITY(admin)")
+    assert (whole["protocol_version"], policies["config_update"]) == (MAX_PROTOCOL_VERSION, "MAJORITY(admin)")
     assert whole["config"]["consortium_id"] == "rx-e2e"
     sequence = whole["sequence"]
     edited = dict(whole["config"])
@@ -78,13 +78,13 @@ def test_a_protocol_version_this_release_lacks_is_refused_and_files_are_checked(
     before = net.cli("--as", "h01:admin", "config", "show")
     upd = tmp_path / "pv.rxcfg"
     proposed = net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", str(BEYOND))
-    assert proposed["changes"] == [f"protocol_version: null -> {BEYOND}"]
+    assert proposed["changes"] == [f"protocol_version: {MAX_PROTOCOL_VERSION} -> {BEYOND}"]
     _sign(net, upd, ADMINS[:5])
     refused = net.cli_error("--as", "h01:admin", "config", "submit", str(upd))
     assert refused["error"] == "BAD_CONFIG_UPDATE" and f"implements {sorted(SUPPORTED_VERSIONS)}" in refused["message"], (
         refused)
     after = net.cli("--as", "h01:admin", "config", "show")
-    assert (after["sequence"], after["protocol_version"]) == (before["sequence"], 1)
+    assert (after["sequence"], after["protocol_version"]) == (before["sequence"], MAX_PROTOCOL_VERSION)
     # a byte of the signed config changed: the signatures no longer hold
     data = bytearray(upd.read_bytes())
     data[-3] ^= 0x01
@@ -97,8 +97,11 @@ def test_a_protocol_version_this_release_lacks_is_refused_and_files_are_checked(
     assert net.cli_error("--as", "h01:admin", "config", "sign", str(garbage))["error"] == "BAD_CONFIG_UPDATE"
     # nothing to change; lowering is never proposed
     same = net.cli_error("--as", "h01:admin", "config", "propose", "--out", str(tmp_path / "x"),
-                         "--protocol-version", "1")
+                         "--protocol-version", str(MAX_PROTOCOL_VERSION))
     assert same["error"] == "BAD_CONFIG_UPDATE" and "changes nothing" in same["message"]
+    lower = net.cli_error("--as", "h01:admin", "config", "propose", "--out", str(tmp_path / "y"),
+                          "--protocol-version", "1")
+    assert lower["error"] == "BAD_CONFIG_UPDATE" and "never lowered" in lower["message"]
     assert net.cli("--as", "h01:admin", "config", "show")["sequence"] == before["sequence"]
 
 
@@ -110,10 +113,10 @@ def _signers(path: Path) -> list[str]:
 def test_a_signed_proposal_is_never_overwritten_unasked_and_admins_signing_at_once_all_count(
         net: Net, tmp_path: Path) -> None:
     upd = tmp_path / "pv.rxcfg"
-    net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2")
+    net.cli("--as", "h01:admin", "config", "propose", "--out", str(upd), "--protocol-version", str(BEYOND))
     _sign(net, upd, ("h01",))
     signed = upd.read_bytes()
-    again = net.cli_error("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2")
+    again = net.cli_error("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", str(BEYOND))
     assert again["error"] == "FILE_EXISTS" and upd.read_bytes() == signed  # h01's signature kept
     # three admins sign at once, each in its own process: every signature that succeeded is in the file
     orgs = ("h02", "p01", "p02")
@@ -122,6 +125,6 @@ def test_a_signed_proposal_is_never_overwritten_unasked_and_admins_signing_at_on
             lambda org: rxchain(net.home, "--as", f"{org}:admin", "config", "sign", str(upd)), orgs), strict=True))
     assert all(rc == 0 or (rc, out["error"]) == (1, "FILE_BUSY") for rc, out in results.values()), results
     assert _signers(upd) == sorted(["h01", *(org for org, (rc, _) in results.items() if rc == 0)]), results
-    replaced = net.cli("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", "2",
+    replaced = net.cli("--as", "h02:admin", "config", "propose", "--out", str(upd), "--protocol-version", str(BEYOND),
                        "--force")
     assert replaced["signatures"] == 0 and _signers(upd) == []

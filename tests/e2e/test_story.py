@@ -16,7 +16,7 @@ from client.events import EventListener, MemoryCheckpoint
 from client.gateway import SubmitResult
 from client.rxops import DrugLine, IssueRequest, RxOperations
 from client.session import Session
-from node.protocol import SUPPORTED_VERSIONS
+from node.protocol import MAX_PROTOCOL_VERSION, SUPPORTED_VERSIONS
 from tests.e2e.conftest import Net
 from tests.e2e.privacy_scan import raw_files, scan_leveldb, scan_raw, sensitive_terms
 
@@ -55,7 +55,7 @@ def test_network_status_all_serving(net: Net):
     assert kinds == ["orderer"] * 3 + ["peer"] * 6
     # what an operator checks on every node before raising the protocol version
     assert {(tuple(r["protocol_versions"]), r["protocol_version"]) for r in out["nodes"]} == {
-        (tuple(sorted(SUPPORTED_VERSIONS)), 1)}
+        (tuple(sorted(SUPPORTED_VERSIONS)), MAX_PROTOCOL_VERSION)}
     # and every orderer knows each peer's release (told in its Deliver requests, relayed
     # between the orderers): the leader refuses a raise while a peer lacks the version
     peers = {r["node"] for r in out["nodes"] if r["kind"] == "peer"}
