@@ -49,6 +49,14 @@ MT = MessageType
 CAMPAIGN_TRANSFER = b"CampaignTransfer"
 """Context of vote requests caused by leadership transfer (they bypass the lease check)."""
 
+MAX_TERM_JUMP = 1 << 32
+"""The most a message's term may exceed ours (more: RaftError, the message is dropped). Raft
+trusts its members (crash faults, not Byzantine ones): a member that sent term 2**64 - 1 was
+followed by every node, and the next election's term could not be encoded -- no leader ever
+again, whoever is removed. Honest terms grow by one per election (2**32 of them: one a second
+for 136 years), so no honest message is refused; a subverted member now needs 2**32 accepted
+messages to get there, time for its operators to see the term climb and remove it."""
+
 
 class CampaignType(IntEnum):
     """Why an election starts."""
@@ -412,6 +420,9 @@ class Raft:
         """Handle one message (local or from a peer)."""
         if m.term == 0:
             pass  # local message
+        elif m.term > self.term + MAX_TERM_JUMP:
+            raise RaftError(f"message from {m.frm} of term {m.term}, more than {MAX_TERM_JUMP} past "
+                            f"ours ({self.term}): dropped")
         elif m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER

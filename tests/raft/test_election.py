@@ -166,3 +166,26 @@ def test_single_node_elects_itself() -> None:
     c.node(1).propose(b"x")
     c.stabilize()
     assert c.members[1].applied == [b"x"]
+
+
+def test_a_term_far_beyond_ours_is_refused_and_changes_nothing() -> None:
+    """A member sending term 2**64 - 1 (a subverted orderer: Raft trusts its members) was
+    followed by every node, after which the next election's term could not be encoded: no
+    leader ever again. A message more than MAX_TERM_JUMP past our term is a RaftError (the
+    orderer drops it, counted invalid) and leaves term, vote and leader as they were; one
+    within the jump is taken as before."""
+    from node.raft.core import MAX_TERM_JUMP
+    from node.raft.errors import RaftError
+
+    c = Cluster([1, 2, 3], seed=3)
+    elect(c, 1)
+    follower = c.node(2)
+    before = follower.status()
+    for term in ((1 << 64) - 1, before.term + MAX_TERM_JUMP + 1):
+        for kind in (MT.HEARTBEAT, MT.APP, MT.VOTE, MT.PRE_VOTE):
+            with pytest.raises(RaftError, match="past ours"):
+                follower.step(Message(type=kind, frm=3, to=2, term=term))
+            after = follower.status()
+            assert (after.term, after.leader, after.role) == (before.term, before.leader, before.role)
+    follower.step(Message(type=MT.HEARTBEAT, frm=3, to=2, term=before.term + MAX_TERM_JUMP))
+    assert follower.status().term == before.term + MAX_TERM_JUMP
