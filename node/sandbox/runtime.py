@@ -18,8 +18,12 @@ A replacement costs a process start (~0.1 s of CPU), so a call whose code alread
 worker (busy) waits for one of its own rather than evict a worker of another code that was
 busy within the last ``EVICT_IDLE_S``: under concurrent endorsements of two contracts, a
 pool full of both would otherwise replace a worker at nearly every call (measured: the
-endorsing peer's CPU per transaction five times over). A code with no worker at all evicts
-at once.
+endorsing peer's CPU per transaction five times over). A code with no worker at all (nor
+one being started for it, nor a fresh replacement on its way) evicts at once.  A worker
+that comes free goes to the first waiting call that may have it, one of its code or one
+whose code has no worker, not to whichever thread next takes the lock (a caller that freed
+a worker and called again at once took it back every time: a waiting call of the same
+code, or of a code with no worker, waited to its deadline).
 
 Workers start with an empty environment (except PYTHONHASHSEED, the same on every peer so
 that set iteration order is too), no inherited descriptors but the two pipe ends, rlimits and a
@@ -223,6 +227,19 @@ def _failure(exc: Exception) -> pb.HostMessage:
     return reply
 
 
+class _Waiter:
+    """A call waiting in ``Sandbox._acquire``; ``_release`` may hand it the worker it frees
+    (``got``): one of its own code, or (``evict``) one of another code to replace, whose
+    slot the releasing thread has reserved for it."""
+
+    __slots__ = ("code", "evict", "got")
+
+    def __init__(self, code: _Code) -> None:
+        self.code = code
+        self.got: _Worker | None = None
+        self.evict = False
+
+
 class _StateChanged(Exception):
     """The backend returned another value than it peeked (state changed under the call)."""
 
@@ -322,6 +339,9 @@ class Sandbox:
         self._starting = 0  # slots reserved for processes being started (not in _all yet)
         self._fresh: list[_Worker] = []  # idle workers that have served no code yet
         self._idle: dict[_Code, list[_Worker]] = {}  # idle workers by the code they serve
+        self._pending: dict[_Code, int] = {}  # workers being started for a code (in _starting)
+        self._waiters: list[_Waiter] = []  # calls waiting for a worker, in arrival order
+        self._replacing = 0  # fresh workers being started by _replace (in _starting)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a worker or a slot came free
         self._closed = False
@@ -389,27 +409,55 @@ class Sandbox:
 
     def _replace(self, w: _Worker) -> None:
         """Kill ``w`` and start a fresh replacement; a failed start leaves the slot free (the
-        next call that finds no worker for its code starts one)."""
+        next call that finds no worker for its code starts one).  While it starts, a call
+        whose code has no worker waits for it rather than evict a recent worker of another
+        code (it evicted b's worker at once when a's stuck one was killed: two starts)."""
         self._discard(w)
         self.restarts += 1
         with self._lock:
             if self._closed or len(self._all) + self._starting >= self._size:
                 return  # closed, or a waiting call took the slot
             self._starting += 1
+            self._replacing += 1
+        fresh: _Worker | None = None
         try:
             fresh = self._spawn()
         except SandboxError:
-            return
-        with self._changed:
-            if fresh in self._all:
-                self._fresh.append(fresh)
-                self._changed.notify_all()
+            pass
+        finally:
+            with self._changed:
+                self._replacing -= 1
+                if fresh is not None and fresh in self._all:
+                    self._fresh.append(fresh)
+                self._changed.notify_all()  # a fresh worker, or none: waiting calls look again
 
     def _release(self, w: _Worker) -> None:
-        """``w`` finished a call and serves its code again."""
+        """``w`` finished a call and serves its code again: it goes to the first waiting call
+        that may have it -- one of its code, or one whose code has no worker (which replaces
+        it) -- else it is idle.  Handed over, not left for whichever thread takes the lock
+        first: a thread that freed a worker and called again at once took it back every
+        time, and a waiting call waited to its deadline."""
         assert w.code is not None
         with self._changed:
             if not self._closed and w in self._all:
+                full = (not self._fresh and not self._replacing
+                        and len(self._all) + self._starting >= self._size)
+                for waiter in self._waiters:
+                    if waiter.code == w.code:
+                        break
+                    if full and not self._has_worker(waiter.code):
+                        waiter.evict = True
+                        self._all.discard(w)
+                        self._reserve(waiter.code)  # w's slot, for the worker started in its place
+                        self.evictions += 1
+                        break
+                else:
+                    waiter = None
+                if waiter is not None:
+                    self._waiters.remove(waiter)
+                    waiter.got = w
+                    self._changed.notify_all()
+                    return
                 self._released += 1
                 w.last_used = self._released
                 w.idle_since = self._clock()
@@ -417,6 +465,21 @@ class Sandbox:
                 self._changed.notify_all()
                 return
         w.kill()
+
+    def _has_worker(self, code: _Code) -> bool:
+        """A worker serves ``code`` (idle, busy, or being started for it) (lock held)."""
+        return code in self._pending or any(x.code == code for x in self._all)
+
+    def _reserve(self, code: _Code) -> None:
+        """Reserve a slot for a worker started for ``code`` (lock held)."""
+        self._starting += 1
+        self._pending[code] = self._pending.get(code, 0) + 1
+
+    def _unreserve(self, code: _Code) -> None:
+        """A worker started for ``code`` is in the pool, or failed to start (lock held)."""
+        n = self._pending.pop(code) - 1
+        if n:
+            self._pending[code] = n
 
     def _lru(self) -> _Worker | None:
         """The idle worker (of any code) idle the longest (lock held)."""
@@ -439,46 +502,80 @@ class Sandbox:
     def _acquire(self, code: _Code, wait_s: float) -> _Worker:
         """A worker that serves ``code``: an idle one that served it (warm), a fresh one,
         one started in a free slot, or one started in place of the least recently used idle
-        worker of another code -- never one that served another code."""
+        worker of another code -- never one that served another code.  A call that must
+        wait is handed a worker by ``_release`` in arrival order (see there)."""
         deadline = self._clock() + wait_s
         evict: _Worker | None = None
+        waiter: _Waiter | None = None
+        closed = False
         with self._changed:
-            while True:
-                if self._closed:
-                    raise SandboxError("sandbox is closed")
-                ws = self._idle.get(code)
-                if ws:
-                    w = ws.pop()  # the most recently used: its caches are the warmest
-                    if not ws:
-                        del self._idle[code]
-                    return w
-                if self._fresh:
-                    w = self._fresh.pop()
-                    w.code = code
-                    return w
-                if len(self._all) + self._starting < self._size:
-                    self._starting += 1
-                    break
-                pause = 0.5
-                oldest = self._lru()
-                if oldest is not None:
-                    idle_for = self._clock() - oldest.idle_since
-                    if idle_for >= EVICT_IDLE_S or not any(x.code == code for x in self._all):
-                        evict = self._take_lru()
-                        assert evict is oldest
-                        self._all.discard(evict)
-                        self._starting += 1  # its slot, for the worker started in its place
-                        self.evictions += 1
+            try:
+                while True:
+                    if waiter is not None and waiter.got is not None:
+                        if not waiter.evict:
+                            if self._closed:  # close() killed it
+                                raise SandboxError("sandbox is closed")
+                            return waiter.got
+                        evict = waiter.got  # out of the pool (close() did not kill it), its
+                        if self._closed:  # slot reserved for the worker started in its place
+                            self._starting -= 1
+                            self._unreserve(code)
+                            closed = True
                         break
-                    pause = EVICT_IDLE_S - idle_for  # a worker of its own may come free first
-                left = deadline - self._clock()
-                if left <= 0:
-                    raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
-                self._changed.wait(max(0.001, min(pause, left)))
-        if evict is not None:
+                    if self._closed:
+                        raise SandboxError("sandbox is closed")
+                    ws = self._idle.get(code)
+                    if ws:
+                        w = ws.pop()  # the most recently used: its caches are the warmest
+                        if not ws:
+                            del self._idle[code]
+                        return w
+                    if self._fresh:
+                        w = self._fresh.pop()
+                        w.code = code
+                        return w
+                    if len(self._all) + self._starting < self._size:
+                        self._reserve(code)
+                        break
+                    pause = 0.5
+                    oldest = self._lru()
+                    if oldest is not None:
+                        idle_for = self._clock() - oldest.idle_since
+                        if idle_for >= EVICT_IDLE_S or not (
+                            self._has_worker(code) or self._replacing
+                        ):
+                            evict = self._take_lru()
+                            assert evict is oldest
+                            self._all.discard(evict)
+                            self._reserve(code)  # its slot, for the worker started in its place
+                            self.evictions += 1
+                            break
+                        pause = EVICT_IDLE_S - idle_for  # a worker of its own may come free first
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")
+                    if waiter is None:
+                        waiter = _Waiter(code)
+                        self._waiters.append(waiter)
+                    self._changed.wait(max(0.001, min(pause, left)))
+            finally:
+                if waiter is not None and waiter.got is None:
+                    self._waiters.remove(waiter)
+        if closed and evict is not None:
             evict.kill()
-        w = self._spawn()
-        w.code = code
+            raise SandboxError("sandbox is closed")
+        try:
+            if evict is not None:
+                evict.kill()
+            w = self._spawn()
+        except BaseException:
+            with self._changed:
+                self._unreserve(code)
+                self._changed.notify_all()  # waiters of ``code`` may have none now
+            raise
+        with self._changed:
+            w.code = code  # before it stops counting as pending: ``code`` never lacks one
+            self._unreserve(code)
         return w
 
     def worker_pids(self) -> list[int]:

@@ -12,13 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from node.sandbox import runtime
 from node.sandbox import types as t
 from node.sandbox.api import GAS_DELETE
 from node.sandbox.inprocess import InProcessRunner
-from node.sandbox.runtime import OP_FRAMING, Sandbox, answer_frame_bound
+from node.sandbox.runtime import OP_FRAMING, Sandbox, SandboxError, answer_frame_bound
 from tests.sandbox.helpers import PING, MemBackend, assert_serving, make_inv
 
 HOSTILE = Path(__file__).with_name("hostile_worker.py")
@@ -252,6 +254,246 @@ def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_re
     waiter.join(10)
     assert not waiter.is_alive() and got == [pid_a]
     assert sorted(sb.worker_pids()) == sorted([pid_a, pid_b]) and sb.stats()["evictions"] == 0
+
+
+C = make_inv(PING, "ping", {"n": 1}, contract="c")
+
+
+def _code(sb: Sandbox, contract: str) -> tuple[str, str, bool]:
+    return next(c for c in sb._idle if c[0] == contract)
+
+
+def test_concurrent_first_calls_of_a_code_evict_one_worker_not_one_each(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a worker being started for c did not count as c's: a second call of c's, arriving
+    # while it started (~0.1 s), found c with no worker and evicted b's worker as well (a
+    # burst of k first calls evicted k workers, whose codes then evicted theirs back)
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)  # a and b stay recent however slow
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    entered, go = threading.Event(), threading.Event()
+    spawn = sb._spawn
+
+    def slow_spawn() -> Any:
+        entered.set()
+        go.wait(20)
+        return spawn()
+
+    monkeypatch.setattr(sb, "_spawn", slow_spawn)
+    got: list[int] = []
+    first = threading.Thread(target=lambda: got.append(_served(sb, C)[0]))
+    first.start()
+    assert entered.wait(20)  # c's first call evicted a's worker and starts c's
+    second = threading.Thread(target=lambda: got.append(_served(sb, C)[0]))
+    second.start()
+    second.join(0.3)
+    evicted_meanwhile = sb.stats()["evictions"]
+    go.set()
+    first.join(20)
+    second.join(20)
+    assert not first.is_alive() and not second.is_alive()
+    assert evicted_meanwhile == 1, "the second call evicted b's worker too"
+    assert len(got) == 2 and len(set(got)) == 1 and got[0] not in (pid_a, pid_b)
+    assert sorted(sb.worker_pids()) == sorted([pid_b, got[0]])
+    assert sb.stats()["evictions"] == 1 and sb.stats()["restarts"] == 0
+
+
+def test_a_waiting_call_gets_its_codes_worker_before_a_call_that_comes_later(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a's worker came free and went to whichever thread took the lock first: a thread that
+    # released it and called again at once (a busy endorser) took it back every time, and
+    # the waiting call waited to its deadline (ACQUIRE_TIMEOUT_S + wall timeout: 70 s)
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    _served(sb, B)
+    code_a = _code(sb, "a")
+    held = sb._acquire(code_a, 20.0)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    end = time.monotonic() + 5
+    while waiter.is_alive() and time.monotonic() < end:
+        sb._release(held)  # a's call ends: the waiting call is first in line ...
+        held = sb._acquire(code_a, 20.0)  # ... before another call of a's, just after
+        time.sleep(0.01)  # which runs
+    starved = waiter.is_alive()
+    sb._release(held)
+    waiter.join(20)
+    assert not waiter.is_alive() and got == [pid_a]
+    assert not starved, "the waiting call never got a's worker"
+    assert sb.stats()["evictions"] == 0
+
+
+def test_a_code_with_no_worker_is_served_while_every_worker_stays_busy(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # workers=2 and three contracts in steady use: c's call found no idle worker to evict
+    # whenever it looked (a's and b's callers took theirs back as they freed them) and
+    # waited to its deadline; the next worker that comes free is c's now
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    code_a, code_b = _code(sb, "a"), _code(sb, "b")
+    held_a, held_b = sb._acquire(code_a, 20.0), sb._acquire(code_b, 20.0)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(_served(sb, C)[0]))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    end = time.monotonic() + 5
+    while waiter.is_alive() and time.monotonic() < end:
+        sb._release(held_a)
+        held_a = sb._acquire(code_a, 20.0)
+        sb._release(held_b)
+        held_b = sb._acquire(code_b, 20.0)
+        time.sleep(0.01)
+    starved = waiter.is_alive()
+    sb._release(held_a)
+    sb._release(held_b)
+    waiter.join(20)
+    assert not waiter.is_alive() and len(got) == 1 and got[0] not in (pid_a, pid_b)
+    assert not starved, "c's call never found a worker to replace"
+    assert len(sb.worker_pids()) == 2
+
+
+def test_a_failed_start_wakes_the_calls_waiting_for_it(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the second call of c's waits for the worker being started for c; when that start fails
+    # it must not wait on (for b's worker to be idle EVICT_IDLE_S) but start its own
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)
+    sb = hostile("serves", workers=2)
+    _, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    entered, go = threading.Event(), threading.Event()
+    spawn = sb._spawn
+    calls = 0
+
+    def failing_spawn() -> Any:
+        nonlocal calls
+        calls += 1
+        w = spawn()
+        if calls == 1:  # the first start fails as a worker that never reports ready does
+            entered.set()
+            go.wait(20)
+            sb._discard(w)
+            raise SandboxError("replacement worker failed to start: test")
+        return w
+
+    monkeypatch.setattr(sb, "_spawn", failing_spawn)
+    errors: list[Exception] = []
+    got: list[int] = []
+
+    def first_call() -> None:
+        try:
+            sb.invoke(C, MemBackend())
+        except SandboxError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=first_call)
+    first.start()
+    assert entered.wait(20)
+    second = threading.Thread(target=lambda: got.append(_served(sb, C)[0]))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waiting for c's worker being started
+    go.set()
+    first.join(20)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    assert len(errors) == 1 and len(got) == 1
+    assert sorted(sb.worker_pids()) == sorted([pid_b, got[0]])
+    assert sb.stats()["evictions"] == 1
+
+
+def test_a_call_waiting_for_a_stuck_worker_of_its_code_is_served_once_it_is_killed(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a's only worker busy until its wall-clock timeout while b's stays in use: a's next call
+    # waits (b's worker is recent), and is served as soon as the stuck worker is replaced
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    stuck = sb._acquire(_code(sb, "a"), 20.0)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and sb.stats()["evictions"] == 0
+    start = time.monotonic()
+    sb._replace(stuck)  # what invoke does when the call times out
+    waiter.join(20)
+    assert not waiter.is_alive() and time.monotonic() - start < 10
+    assert len(got) == 1 and got[0] not in (pid_a, pid_b)
+    assert sorted(sb.worker_pids()) == sorted([pid_b, got[0]])
+    assert sb.stats()["evictions"] == 0 and sb.stats()["restarts"] == 1
+
+
+def test_close_ends_a_call_waiting_for_a_worker_at_once(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)  # it would otherwise wait for b's
+    sb = hostile("serves", workers=2)
+    _served(sb, A)
+    _served(sb, B)
+    held = sb._acquire(_code(sb, "a"), 20.0)
+    errors: list[Exception] = []
+
+    def call() -> None:
+        try:
+            sb.invoke(A, MemBackend())
+        except SandboxError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    start = time.monotonic()
+    sb.close()
+    waiter.join(20)
+    assert not waiter.is_alive() and time.monotonic() - start < 5
+    assert [str(e) for e in errors] == ["sandbox is closed"]
+    sb._release(held)  # a call ending after close: its worker is killed, not kept
+    assert sb.worker_pids() == [] and held.proc.poll() is not None
+
+
+def test_close_right_after_a_worker_is_handed_to_a_waiting_call_stops_every_process(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a's worker, freed, is handed to c's waiting call to replace (out of the pool: close()
+    # does not see it); close() before that call runs: it kills it and says the pool is closed
+    sb = hostile("serves", workers=2)
+    _served(sb, A)
+    _served(sb, B)
+    held_a, held_b = sb._acquire(_code(sb, "a"), 20.0), sb._acquire(_code(sb, "b"), 20.0)
+    errors: list[Exception] = []
+
+    def call() -> None:
+        try:
+            sb.invoke(C, MemBackend())
+        except SandboxError as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    sb._release(held_a)
+    sb.close()
+    waiter.join(20)
+    sb._release(held_b)
+    assert not waiter.is_alive()
+    assert [str(e) for e in errors] == ["sandbox is closed"]
+    assert held_a.proc.poll() is not None and held_b.proc.poll() is not None
+    assert sb.worker_pids() == [] and sb._starting == 0
 
 
 def test_concurrent_calls_of_three_contracts_keep_codes_apart_and_the_pool_bounded(
