@@ -51,12 +51,14 @@ Rules (each refusal names the rule and the offending item):
   as must the certificate of an orderer added or rotated in place (by the MSP rules of the
   version in force before the update: from version 2 its CA must be valid at the update's time
   too). From protocol version 2 on
-  (node.protocol.MEMBERSHIP_VERSION, in force before the update) an orderer kept with its
+  (node.protocol.MEMBERSHIP_VERSION, in force after the update) an orderer kept with its
   certificate may not have it revoked by the update: Raft admits a member by the certificate
   the config lists and peers take its block signatures, so the revocation would cut off
   nothing while the orderer still counted towards the quorum (and revoking several at once
   would bypass the one-orderer-per-update rule); remove the orderer or rotate its certificate
-  in place, then revoke the old one.
+  in place, then revoke the old one. The update raising the version is judged so too: version
+  1 took such a revocation, and raised over it, every later update keeping that orderer would
+  be refused (over two of them, no update could remove or rotate one: each keeps the other).
   A consortium that runs peers keeps at least one (no peer: no endorsement, no lifecycle, no
   ledger for clients).
 * **Named policies**: only the names below, each at most once (the lifecycle read the first
@@ -273,20 +275,43 @@ def _check_certificates_in_time(
     old_cas = {o.id: o.ca_cert_der for o in old.organizations}
     for org in new.organizations:
         if raising or old_cas.get(org.id) != org.ca_cert_der:
-            why = new_msp.ca_problem(org.id, at_ms)
-            if why:
-                raise _bad(f"organisation {org.id}: CA certificate {why}: from protocol version "
-                           f"{MEMBERSHIP_VERSION} none of its members could sign (rotate it first)")
-    if not raising:
-        return
+            _check_ca_in_time(new_msp, org.id, at_ms, " (rotate it first)")
+    if raising:
+        _check_orderers_in_time(new, at_ms, " (rotate it first)")
+
+
+def _check_ca_in_time(msp: MSP, org_id: str, at_ms: int, fix: str) -> None:
+    why = msp.ca_problem(org_id, at_ms)
+    if why:
+        raise _bad(f"organisation {org_id}: CA certificate {why}: from protocol version "
+                   f"{MEMBERSHIP_VERSION} none of its members could sign{fix}")
+
+
+def _check_orderers_in_time(new: config_pb2.ConsortiumConfig, at_ms: int, fix: str) -> None:
     for node in new.orderers:
         try:
             info = cert_info_der(node.cert_der)
         except ValueError:
-            continue  # judged by the node rules below
+            continue  # judged by the node rules
         if not info.not_before_ms <= at_ms <= info.not_after_ms:
             raise _bad(f"orderer {node.raft_id}: its certificate is not valid at {at_ms}: from protocol "
-                       f"version {MEMBERSHIP_VERSION} its block signatures would not count (rotate it first)")
+                       f"version {MEMBERSHIP_VERSION} its block signatures would not count{fix}")
+
+
+def check_genesis_certificates(config: config_pb2.ConsortiumConfig, msp: MSP, at_ms: int) -> None:
+    """The certificates of a genesis configuration at protocol version 2 or later
+    (node.protocol.MEMBERSHIP_VERSION), at its time ``at_ms`` (BAD_CONFIG_UPDATE), as the update
+    raising the version checks them: every organisation's CA certificate usable (within its
+    validity period, keyCertSign when it carries KeyUsage) and every orderer's certificate within
+    its validity period -- a genesis at version 2 over an expired CA counts none of its members,
+    over expired orderer certificates no block. ``msp``: the MSP of ``config``. The generator
+    checks them before it writes the genesis (it keeps certificates a home already holds);
+    version 1 ignores both, as before."""
+    if protocol_version(config) < MEMBERSHIP_VERSION:
+        return
+    for org in config.organizations:
+        _check_ca_in_time(msp, org.id, at_ms, "")
+    _check_orderers_in_time(config, at_ms, "")
 
 
 def _ca_problem(der: bytes) -> str:
@@ -330,8 +355,8 @@ def _check_nodes(
             _check_orderer_cert(new_msp, node, at_ms, "new certificate")
         elif old_cas.get(node.org) != org_ca:
             _check_orderer_cert(new_msp, node, at_ms, "certificate", f" under the new CA of {node.org}")
-        elif protocol_version(old) >= MEMBERSHIP_VERSION:
-            _check_not_revoked(new, node)
+        elif protocol_version(new) >= MEMBERSHIP_VERSION:  # the update raising it too
+            _check_not_revoked(new, node, raising=protocol_version(old) < MEMBERSHIP_VERSION)
 
 
 def _check_orderer_cert(
@@ -349,10 +374,13 @@ def _check_orderer_cert(
         raise _bad(f"orderer {node.raft_id}: {label}{context} has role {principal.role!r}, not orderer")
 
 
-def _check_not_revoked(new: config_pb2.ConsortiumConfig, node: config_pb2.OrdererNode) -> None:
+def _check_not_revoked(
+    new: config_pb2.ConsortiumConfig, node: config_pb2.OrdererNode, raising: bool = False
+) -> None:
     """BAD_CONFIG_UPDATE if ``new`` lists the serial of ``node``'s certificate, an orderer kept
     with it, among its organisation's revoked serials (module docstring): decided on the
-    serial alone, whatever else holds of the certificate at the update's time."""
+    serial alone, whatever else holds of the certificate at the update's time. ``raising``: the
+    update raises the protocol version (the message says what to do under version 1 first)."""
     org = next(o for o in new.organizations if o.id == node.org)
     revoked = {c for c in map(canonical_serial, org.revoked_serials) if c}
     try:
@@ -360,9 +388,11 @@ def _check_not_revoked(new: config_pb2.ConsortiumConfig, node: config_pb2.Ordere
     except ValueError:
         return  # not judged here: the MSP refuses the certificate wherever it is used
     if serial in revoked:
+        before = (f" (from protocol version {MEMBERSHIP_VERSION} no orderer kept in the set may be revoked: "
+                  "remove or rotate each one so before raising it)") if raising else ""
         raise _bad(f"orderer {node.raft_id}: its certificate is revoked: remove the orderer or rotate "
                    "its certificate first (kept in the set it would still count towards the Raft "
-                   "quorum and sign blocks)")
+                   f"quorum and sign blocks){before}")
 
 
 def _check_policies(new: config_pb2.ConsortiumConfig, version: int) -> None:

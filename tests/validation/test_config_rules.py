@@ -244,6 +244,41 @@ def test_an_update_revoking_a_kept_orderers_certificate_is_refused_from_protocol
     assert peer.committer.validator.config.config.sequence == 1
 
 
+
+def test_the_update_raising_the_version_is_refused_while_a_kept_orderer_is_revoked(peer: Peer, net: Net) -> None:
+    """Version 1 adopts an update revoking a kept orderer's certificate (blocks before the raise keep
+    that answer). Raised over it, version 2 refused every later update keeping that orderer ("remove
+    the orderer or rotate its certificate first"; with two such orderers no update could do either:
+    each keeps the other): the raise itself is refused so, on the three paths alike, and goes in
+    once the revoked orderer leaves the set (here in the raising update itself)."""
+    revoking = next_config(peer)
+    _kept_orderer_revoked(revoking)
+    _, block = config_block(peer, net, revoking)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]  # version 1
+    raised = next_config(peer, MEMBERSHIP_VERSION)
+    env, block = config_block(peer, net, raised)
+    tracker = config_tracker(peer)
+    with pytest.raises(RxError) as exc:
+        tracker.validate_now(env)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert "orderer 2: its certificate is revoked" in exc.value.message, exc.value.message
+    assert "before raising it" in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    assert peer.committer.validator.config.config.sequence == 1  # still the revoking update, version 1
+    # the revoked orderer removed by the raise: nothing kept is revoked, the raise goes in
+    raised = next_config(peer, MEMBERSHIP_VERSION)
+    kept = [o for o in raised.orderers if o.org != "ins02"]
+    del raised.orderers[:]
+    raised.orderers.extend(kept)
+    env, block = config_block(peer, net, raised)
+    config_tracker(peer).validate_now(env)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+    later = next_config(peer)
+    later.batch.timeout_ms += 1
+    _, block = config_block(peer, net, later)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+
 ALLOWED: list[tuple[str, Edit]] = [
     ("nothing changed", lambda c: None),
     ("lifecycle_endorsement: two of the peer orgs",
@@ -508,6 +543,7 @@ def test_from_version_2_an_update_keeps_the_retired_ids_and_lists_those_it_remov
     assert config_tracker(peer).validate_now(env) == under_v1  # version 1: adopted
     _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
     _refused_everywhere(peer, net, _updated(peer, edit), fragment)
+
 
 
 def test_an_id_listed_with_its_organisation_under_version_1_locks_no_later_update(peer: Peer, net: Net) -> None:
