@@ -18,21 +18,25 @@ Rules (each refusal names the rule and the offending item):
 * **Organisations**: ids non-empty and unique (a duplicate id silently replaced the first
   organisation's CA in the MSP); a known kind (an unspecified kind may hold no role, so its
   members could sign nothing); a CA certificate that parses (public key included) and is a
-  CA (BasicConstraints ca=true). From protocol version 2 an organisation the update adds has
-  an id of at most 56 lower-case letters, digits or '-', starting and ending with a letter or
-  digit (netgen's rule for the genesis), and not ``patient``: ids are parts of contract keys
-  and HMAC inputs joined with '/', '|' and ':', and the prescription contract keeps a
-  patient's key grant under the party ``patient`` -- staff of an organisation of that id would
-  hold every patient's grant. Ids already in force are kept whatever they are.
-  From protocol version 2 (node.protocol.MEMBERSHIP_VERSION) an organisation id is retired
-  for good once an update removes its organisation: the update lists it in
-  ``retired_org_ids`` (``rxchain config propose`` does), no later update drops an id from that
-  list, adds an organisation of a listed id, or lists an organisation it keeps
-  (:func:`check_retired_org_ids`). Contracts grant record keys, registrations and policy
+  CA (BasicConstraints ca=true). From protocol version 2 (the update raising it included) an
+  organisation the update adds has an id of at most 56 lower-case letters, digits or '-',
+  starting and ending with a letter or digit (netgen's rule for the genesis), and not
+  ``patient``: ids are parts of contract keys and HMAC inputs joined with '/', '|' and ':',
+  and the prescription contract keeps a patient's key grant under the party ``patient`` --
+  staff of an organisation of that id would hold every patient's grant. Ids already in force
+  are kept whatever they are. From protocol version 2 (node.protocol.MEMBERSHIP_VERSION; the
+  update raising it included) an organisation id is retired for good once an update removes
+  its organisation: the update lists it in ``retired_org_ids`` (``rxchain config propose``
+  does), no later update drops an id from that list, adds an organisation of a listed id, or
+  lists an organisation it keeps (:func:`check_retired_org_ids`). Contracts grant record keys, registrations and policy
   principals to an organisation by its id, and audit trails attribute history to it: an
   organisation re-added under a removed one's id, with another CA, would hand whoever holds
   that CA the old organisation's ledger identity. Version 1 took such an update (kept); ids
   removed while it was in force are listed by hand, e.g. in the update raising the version.
+  These two rules judge the update raising the version as they judge the ones after it (it is
+  the first decision under version 2: a raise removing an organisation without retiring its id,
+  or adding one called ``patient``, left the hole the rules close); no ledger holds such a raise
+  (version 2 is new in the release that brought them).
   When the new config runs version 2 or later (node.protocol.MEMBERSHIP_VERSION), a CA
   certificate the update adds or changes must be within its validity period at the update's
   time and, when it carries KeyUsage, include keyCertSign: version 2 counts no member of a CA
@@ -181,9 +185,10 @@ def check_new_config(
     ``envelope_bytes`` is the size of the envelope carrying the update; ``new_msp`` the MSP
     of ``new`` (built by the caller once the organisations' CA certificates are checked here
     first: call :func:`check_organizations` before building it)."""
-    if protocol_version(old) >= 2:
+    # the update raising the version too (module docstring)
+    if protocol_version(new) >= 2:
         _check_added_org_ids(old, new)
-    if protocol_version(old) >= MEMBERSHIP_VERSION:
+    if protocol_version(new) >= MEMBERSHIP_VERSION:
         check_retired_org_ids(old, new)
     if protocol_version(new) >= MEMBERSHIP_VERSION:
         _check_certificates_in_time(old, new, new_msp, at_ms)

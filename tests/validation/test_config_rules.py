@@ -546,6 +546,33 @@ def test_from_version_2_an_update_keeps_the_retired_ids_and_lists_those_it_remov
 
 
 
+@pytest.mark.parametrize(("edit", "fragment"), [
+    pytest.param(_drop_org("h13"), "organisation 'h13' is removed: list its id in retired_org_ids",
+                 id="a removal not listed"),
+    pytest.param(_both(_drop_org("h13"), _retire("h13"), lambda c: c.retired_org_ids.remove("h12")),
+                 "retired_org_ids drops 'h12'", id="the list shrinks"),
+    pytest.param(_add_org("patient"), "'patient' is reserved", id="an organisation called patient"),
+    pytest.param(_add_org("h14|x"), "must be 1 to 56 lower-case", id="an id with a separator"),
+])
+def test_the_update_raising_the_version_is_judged_by_the_id_rules_of_version_2(
+        peer: Peer, net: Net, edit: Edit, fragment: str) -> None:
+    """The update raising the version is the first decision under version 2: one removing an
+    organisation without retiring its id left that id free for a later update to give another
+    organisation (with another CA: the old one's key grants, registrations and history), one
+    adding ``patient`` put in force the organisation version 2 refuses. Both were adopted; they
+    are refused on the orderers' paths and in the peers' validator, and the raise goes in once
+    the update meets them."""
+    _commit(peer, net, _updated(peer, _add_org("h13"), _retire("h12")))
+    raising = next_config(peer, MEMBERSHIP_VERSION)
+    edit(raising)
+    _refused_everywhere(peer, net, raising, fragment)
+    raising = next_config(peer, MEMBERSHIP_VERSION)
+    _drop_org("h13")(raising)
+    _retire("h13")(raising)
+    _commit(peer, net, raising)
+    assert list(peer.committer.validator.config.config.retired_org_ids) == ["h12", "h13"]
+    _refused_everywhere(peer, net, _updated(peer, _add_org("h13")), "organisation id 'h13' is retired")
+
 def test_an_id_listed_with_its_organisation_under_version_1_locks_no_later_update(peer: Peer, net: Net) -> None:
     """A version 1 update could list an organisation it kept. From version 2 that is not judged
     until the organisation is removed (refusing every update would lock the consortium out of
