@@ -317,9 +317,9 @@ def check_certificates(config: config_pb2.ConsortiumConfig, at_ms: int) -> None:
         check_organizations(config)
         check_genesis_certificates(config, MSP(config, signing.Verifier()), at_ms)
     except RxError as err:
-        raise RxError("BAD_CONFIG", f"genesis: {err.message} (the certificates a home already holds are "
-                                    "kept: replace the file, or remove it and its key to have a new one "
-                                    "issued)") from None
+        raise RxError("BAD_CONFIG", f"genesis: {err.message} (netgen keeps the certificates a home already "
+                                    "holds, orgs/<org>/ca.pem and nodes/<node>/cert.pem: replace the file, or "
+                                    "remove it and its key to have a new one issued)") from None
 
 
 def _key_pairs(home: Path, spec: ConsortiumSpec, nodes: list[NodeSpec]) -> list[tuple[Path, Path]]:
