@@ -121,7 +121,7 @@ from node.crypto.tls import NODE_SEND_BOUND
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.msp import MSP, canonical_serial
-from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy, shown
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
 from node.msgbound import MIN_MESSAGE_BYTES
 from node.protocol import MEMBERSHIP_VERSION, protocol_version
@@ -470,12 +470,12 @@ def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, versi
     except RxError as exc:
         raise _bad(f"policy {name}: {exc.message}") from exc
     if needed is None:
-        raise _bad(f"policy {name} {text!r} can never be satisfied by the {role}s of the new "
+        raise _bad(f"policy {name} {shown(text)} can never be satisfied by the {role}s of the new "
                    f"config's {who} {eligible}")
     if needed > MAX_SIGNERS:
-        raise _bad(f"policy {name} {text!r} needs {needed} signers; at most {MAX_SIGNERS} are ever counted")
+        raise _bad(f"policy {name} {shown(text)} needs {needed} signers; at most {MAX_SIGNERS} are ever counted")
     if needed < 2 and len(eligible) >= 2:
-        raise _bad(f"policy {name} {text!r} is satisfied by one organisation alone "
+        raise _bad(f"policy {name} {shown(text)} is satisfied by one organisation alone "
                    f"(the consortium has {len(eligible)} eligible {who})")
 
 
