@@ -62,8 +62,10 @@ block's orderer signature only while the orderer's certificate is valid at the b
 CA's validity and key usage and the orderer certificates' validity. The MSP of the config a
 config update carries applies the rules of the version in force before the update, like the
 rest of configrules; the update raising the version is refused while a CA certificate or an
-orderer certificate of the new config is not usable at its time, and from version 2 an update
-may not install such a CA (node.orderer.configrules).
+orderer certificate of the new config is not usable at its time, or an orderer it keeps has its
+certificate revoked (version 1 took that revocation), and from version 2 an update may not
+install such a CA (node.orderer.configrules); netgen refuses a genesis at version 2 over such
+certificates (configrules.check_genesis_certificates).
 """
 
 from __future__ import annotations

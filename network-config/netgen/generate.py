@@ -43,7 +43,9 @@ from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
 from node.errors import RxError
 from node.fsutil import fsync_dir
 from node.genesis import config_from_genesis, make_genesis, read_genesis
-from node.orderer.configrules import check_genesis_content
+from node.identity.msp import MSP
+from node.orderer.configrules import check_genesis_certificates, check_genesis_content, check_organizations
+from node.protocol import unsupported
 
 Clock = Callable[[], dt.datetime]
 
@@ -284,7 +286,13 @@ def check_content(spec: ConsortiumSpec) -> None:
     name, satisfiable by the members, never by one organisation alone --, limits, nodes of
     organisation kinds allowed their role): a genesis the first update could not reproduce
     would lock the consortium into it. More than METRICS_PORT_OFFSET nodes would give a node
-    the gRPC port of another's metrics."""
+    the gRPC port of another's metrics. A protocol version this release does not implement
+    (node.protocol) would be a genesis no node of it starts on."""
+    why = unsupported(config_pb2.ConsortiumConfig(protocol_version=spec.protocol_version))
+    if why is not None:
+        # every node of this release would refuse to start on the genesis (PROTOCOL_UNSUPPORTED),
+        # and the rules checked here are this release's, not those of the version asked for
+        raise RxError("BAD_CONFIG", f"consortium file: protocol_version {spec.protocol_version}: {why}")
     nodes = plan_nodes(spec)
     if len(nodes) > METRICS_PORT_OFFSET:
         raise RxError("BAD_CONFIG", f"consortium file: {len(nodes)} nodes: at most {METRICS_PORT_OFFSET} "
@@ -294,6 +302,24 @@ def check_content(spec: ConsortiumSpec) -> None:
         check_genesis_content(_skeleton(spec, nodes))
     except RxError as err:
         raise RxError("BAD_CONFIG", f"consortium file: {err.message}") from None
+
+
+def check_certificates(config: config_pb2.ConsortiumConfig, at_ms: int) -> None:
+    """RxError BAD_CONFIG unless the certificates of the genesis configuration ``config`` (its
+    time ``at_ms``) are usable: CA certificates that are CAs and, from protocol version 2, every
+    CA within its validity period and allowed to sign certificates and every orderer's
+    certificate within its validity period (node.orderer.configrules.check_genesis_certificates:
+    version 2 counts no member of such a CA, no block signature of such an orderer, so the
+    network could not commit a block from its start). The certificates are netgen's own, or ones
+    a home already held (kept: a CA restored or placed by hand, a node certificate of an earlier
+    run)."""
+    try:
+        check_organizations(config)
+        check_genesis_certificates(config, MSP(config, signing.Verifier()), at_ms)
+    except RxError as err:
+        raise RxError("BAD_CONFIG", f"genesis: {err.message} (netgen keeps the certificates a home already "
+                                    "holds, orgs/<org>/ca.pem and nodes/<node>/cert.pem: replace the file, or "
+                                    "remove it and its key to have a new one issued)") from None
 
 
 def _key_pairs(home: Path, spec: ConsortiumSpec, nodes: list[NodeSpec]) -> list[tuple[Path, Path]]:
@@ -550,7 +576,9 @@ def _generate(spec: ConsortiumSpec, home: Path, clock: Clock) -> GeneratedNetwor
 
     genesis = home / "genesis.block"
     if not genesis.exists():
-        block = make_genesis(config, int(now.timestamp() * 1000))
+        at_ms = int(now.timestamp() * 1000)
+        check_certificates(config, at_ms)
+        block = make_genesis(config, at_ms)
         _write_if_changed(genesis, block.SerializeToString())
 
     endpoints = {

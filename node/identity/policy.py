@@ -78,6 +78,16 @@ EXACT_POLICY_VERSION = 2
 # over hostile endorsement lists (each step ~0.5 us).
 MAX_POLICY_CHOICES = 1_000
 POLICY_TOO_COMPLEX = "POLICY_TOO_COMPLEX"
+SHOWN_TEXT_CHARS = 200  # of a policy's text quoted in an error (the text may be a whole envelope)
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for an error message: its first SHOWN_TEXT_CHARS characters, and how long
+    it is when longer (a policy in a lifecycle call or a config update may be as long as an
+    envelope; the refusal travels back in one gRPC status and is logged)."""
+    if len(text) <= SHOWN_TEXT_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_TEXT_CHARS]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,7 @@ class Policy:
         if not self.bounded():
             raise RxError(
                 POLICY_TOO_COMPLEX,
-                f"{self.text!r} leaves more than {MAX_POLICY_CHOICES} choices of which nested rules "
+                f"{shown(self.text)} leaves more than {MAX_POLICY_CHOICES} choices of which nested rules "
                 "to satisfy (one endorsement list could cost every peer that many flows): give its "
                 "OutOf/OR of nested rules fewer alternatives, or write it as one "
                 "OutOf/AND/OR/MAJORITY of principals",
@@ -197,7 +207,7 @@ class Policy:
         if len(unique) > MAX_NESTED_CHECK:
             raise RxError(
                 "BAD_POLICY",
-                f"{self.text!r} nests rules over {len(unique)} possible signers; write it as one "
+                f"{shown(self.text)} nests rules over {len(unique)} possible signers; write it as one "
                 f"OutOf/AND/OR/MAJORITY of principals or name at most {MAX_NESTED_CHECK}",
             )
         if self._exact():
@@ -668,7 +678,8 @@ class _Parser:
                 break
             m = _TOKEN.match(text, pos)
             if m is None or m.end() == pos:
-                raise RxError("BAD_POLICY", f"unexpected character {text[pos:pos+1]!r} at position {pos} in {text!r}")
+                raise RxError("BAD_POLICY",
+                              f"unexpected character {text[pos:pos+1]!r} at position {pos} in {shown(text)}")
             kind = m.lastgroup or ""
             value = m.group(kind)
             start = m.start(kind)
@@ -679,7 +690,7 @@ class _Parser:
 
     def fail(self, what: str) -> RxError:
         pos = self.tokens[self.i][2] if self.i < len(self.tokens) else len(self.text)
-        return RxError("BAD_POLICY", f"{what} at position {pos} in {self.text!r}")
+        return RxError("BAD_POLICY", f"{what} at position {pos} in {shown(self.text)}")
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -755,7 +766,7 @@ class _Parser:
         assert n is not None
         if not 1 <= n <= len(rules):
             raise RxError(
-                "BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {self.text!r}"
+                "BAD_POLICY", f"OutOf({n}, ...) with {len(rules)} rules can never be satisfied in {shown(self.text)}"
             )
         return OutOf(n, tuple(rules))
 

@@ -18,21 +18,25 @@ Rules (each refusal names the rule and the offending item):
 * **Organisations**: ids non-empty and unique (a duplicate id silently replaced the first
   organisation's CA in the MSP); a known kind (an unspecified kind may hold no role, so its
   members could sign nothing); a CA certificate that parses (public key included) and is a
-  CA (BasicConstraints ca=true). From protocol version 2 an organisation the update adds has
-  an id of at most 56 lower-case letters, digits or '-', starting and ending with a letter or
-  digit (netgen's rule for the genesis), and not ``patient``: ids are parts of contract keys
-  and HMAC inputs joined with '/', '|' and ':', and the prescription contract keeps a
-  patient's key grant under the party ``patient`` -- staff of an organisation of that id would
-  hold every patient's grant. Ids already in force are kept whatever they are.
-  From protocol version 2 (node.protocol.MEMBERSHIP_VERSION) an organisation id is retired
-  for good once an update removes its organisation: the update lists it in
-  ``retired_org_ids`` (``rxchain config propose`` does), no later update drops an id from that
-  list, adds an organisation of a listed id, or lists an organisation it keeps
-  (:func:`check_retired_org_ids`). Contracts grant record keys, registrations and policy
+  CA (BasicConstraints ca=true). From protocol version 2 (the update raising it included) an
+  organisation the update adds has an id of at most 56 lower-case letters, digits or '-',
+  starting and ending with a letter or digit (netgen's rule for the genesis), and not
+  ``patient``: ids are parts of contract keys and HMAC inputs joined with '/', '|' and ':',
+  and the prescription contract keeps a patient's key grant under the party ``patient`` --
+  staff of an organisation of that id would hold every patient's grant. Ids already in force
+  are kept whatever they are. From protocol version 2 (node.protocol.MEMBERSHIP_VERSION; the
+  update raising it included) an organisation id is retired for good once an update removes
+  its organisation: the update lists it in ``retired_org_ids`` (``rxchain config propose``
+  does), no later update drops an id from that list, adds an organisation of a listed id, or
+  lists an organisation it keeps (:func:`check_retired_org_ids`). Contracts grant record keys, registrations and policy
   principals to an organisation by its id, and audit trails attribute history to it: an
   organisation re-added under a removed one's id, with another CA, would hand whoever holds
   that CA the old organisation's ledger identity. Version 1 took such an update (kept); ids
   removed while it was in force are listed by hand, e.g. in the update raising the version.
+  These two rules judge the update raising the version as they judge the ones after it (it is
+  the first decision under version 2: a raise removing an organisation without retiring its id,
+  or adding one called ``patient``, left the hole the rules close); no ledger holds such a raise
+  (version 2 is new in the release that brought them).
   When the new config runs version 2 or later (node.protocol.MEMBERSHIP_VERSION), a CA
   certificate the update adds or changes must be within its validity period at the update's
   time and, when it carries KeyUsage, include keyCertSign: version 2 counts no member of a CA
@@ -51,12 +55,14 @@ Rules (each refusal names the rule and the offending item):
   as must the certificate of an orderer added or rotated in place (by the MSP rules of the
   version in force before the update: from version 2 its CA must be valid at the update's time
   too). From protocol version 2 on
-  (node.protocol.MEMBERSHIP_VERSION, in force before the update) an orderer kept with its
+  (node.protocol.MEMBERSHIP_VERSION, in force after the update) an orderer kept with its
   certificate may not have it revoked by the update: Raft admits a member by the certificate
   the config lists and peers take its block signatures, so the revocation would cut off
   nothing while the orderer still counted towards the quorum (and revoking several at once
   would bypass the one-orderer-per-update rule); remove the orderer or rotate its certificate
-  in place, then revoke the old one.
+  in place, then revoke the old one. The update raising the version is judged so too: version
+  1 took such a revocation, and raised over it, every later update keeping that orderer would
+  be refused (over two of them, no update could remove or rotate one: each keeps the other).
   A consortium that runs peers keeps at least one (no peer: no endorsement, no lifecycle, no
   ledger for clients).
 * **Named policies**: only the names below, each at most once (the lifecycle read the first
@@ -115,7 +121,7 @@ from node.crypto.tls import NODE_SEND_BOUND
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.msp import MSP, canonical_serial
-from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, parse_policy, shown
 from node.identity.roles import KIND_NAMES, ROLES_BY_KIND
 from node.msgbound import MIN_MESSAGE_BYTES
 from node.protocol import MEMBERSHIP_VERSION, protocol_version
@@ -179,9 +185,10 @@ def check_new_config(
     ``envelope_bytes`` is the size of the envelope carrying the update; ``new_msp`` the MSP
     of ``new`` (built by the caller once the organisations' CA certificates are checked here
     first: call :func:`check_organizations` before building it)."""
-    if protocol_version(old) >= 2:
+    # the update raising the version too (module docstring)
+    if protocol_version(new) >= 2:
         _check_added_org_ids(old, new)
-    if protocol_version(old) >= MEMBERSHIP_VERSION:
+    if protocol_version(new) >= MEMBERSHIP_VERSION:
         check_retired_org_ids(old, new)
     if protocol_version(new) >= MEMBERSHIP_VERSION:
         _check_certificates_in_time(old, new, new_msp, at_ms)
@@ -273,20 +280,43 @@ def _check_certificates_in_time(
     old_cas = {o.id: o.ca_cert_der for o in old.organizations}
     for org in new.organizations:
         if raising or old_cas.get(org.id) != org.ca_cert_der:
-            why = new_msp.ca_problem(org.id, at_ms)
-            if why:
-                raise _bad(f"organisation {org.id}: CA certificate {why}: from protocol version "
-                           f"{MEMBERSHIP_VERSION} none of its members could sign (rotate it first)")
-    if not raising:
-        return
+            _check_ca_in_time(new_msp, org.id, at_ms, " (rotate it first)")
+    if raising:
+        _check_orderers_in_time(new, at_ms, " (rotate it first)")
+
+
+def _check_ca_in_time(msp: MSP, org_id: str, at_ms: int, fix: str) -> None:
+    why = msp.ca_problem(org_id, at_ms)
+    if why:
+        raise _bad(f"organisation {org_id}: CA certificate {why}: from protocol version "
+                   f"{MEMBERSHIP_VERSION} none of its members could sign{fix}")
+
+
+def _check_orderers_in_time(new: config_pb2.ConsortiumConfig, at_ms: int, fix: str) -> None:
     for node in new.orderers:
         try:
             info = cert_info_der(node.cert_der)
         except ValueError:
-            continue  # judged by the node rules below
+            continue  # judged by the node rules
         if not info.not_before_ms <= at_ms <= info.not_after_ms:
             raise _bad(f"orderer {node.raft_id}: its certificate is not valid at {at_ms}: from protocol "
-                       f"version {MEMBERSHIP_VERSION} its block signatures would not count (rotate it first)")
+                       f"version {MEMBERSHIP_VERSION} its block signatures would not count{fix}")
+
+
+def check_genesis_certificates(config: config_pb2.ConsortiumConfig, msp: MSP, at_ms: int) -> None:
+    """The certificates of a genesis configuration at protocol version 2 or later
+    (node.protocol.MEMBERSHIP_VERSION), at its time ``at_ms`` (BAD_CONFIG_UPDATE), as the update
+    raising the version checks them: every organisation's CA certificate usable (within its
+    validity period, keyCertSign when it carries KeyUsage) and every orderer's certificate within
+    its validity period -- a genesis at version 2 over an expired CA counts none of its members,
+    over expired orderer certificates no block. ``msp``: the MSP of ``config``. The generator
+    checks them before it writes the genesis (it keeps certificates a home already holds);
+    version 1 ignores both, as before."""
+    if protocol_version(config) < MEMBERSHIP_VERSION:
+        return
+    for org in config.organizations:
+        _check_ca_in_time(msp, org.id, at_ms, "")
+    _check_orderers_in_time(config, at_ms, "")
 
 
 def _ca_problem(der: bytes) -> str:
@@ -330,8 +360,8 @@ def _check_nodes(
             _check_orderer_cert(new_msp, node, at_ms, "new certificate")
         elif old_cas.get(node.org) != org_ca:
             _check_orderer_cert(new_msp, node, at_ms, "certificate", f" under the new CA of {node.org}")
-        elif protocol_version(old) >= MEMBERSHIP_VERSION:
-            _check_not_revoked(new, node)
+        elif protocol_version(new) >= MEMBERSHIP_VERSION:  # the update raising it too
+            _check_not_revoked(new, node, raising=protocol_version(old) < MEMBERSHIP_VERSION)
 
 
 def _check_orderer_cert(
@@ -349,10 +379,13 @@ def _check_orderer_cert(
         raise _bad(f"orderer {node.raft_id}: {label}{context} has role {principal.role!r}, not orderer")
 
 
-def _check_not_revoked(new: config_pb2.ConsortiumConfig, node: config_pb2.OrdererNode) -> None:
+def _check_not_revoked(
+    new: config_pb2.ConsortiumConfig, node: config_pb2.OrdererNode, raising: bool = False
+) -> None:
     """BAD_CONFIG_UPDATE if ``new`` lists the serial of ``node``'s certificate, an orderer kept
     with it, among its organisation's revoked serials (module docstring): decided on the
-    serial alone, whatever else holds of the certificate at the update's time."""
+    serial alone, whatever else holds of the certificate at the update's time. ``raising``: the
+    update raises the protocol version (the message says what to do under version 1 first)."""
     org = next(o for o in new.organizations if o.id == node.org)
     revoked = {c for c in map(canonical_serial, org.revoked_serials) if c}
     try:
@@ -360,9 +393,11 @@ def _check_not_revoked(new: config_pb2.ConsortiumConfig, node: config_pb2.Ordere
     except ValueError:
         return  # not judged here: the MSP refuses the certificate wherever it is used
     if serial in revoked:
+        before = (f" (from protocol version {MEMBERSHIP_VERSION} no orderer kept in the set may be revoked: "
+                  "remove or rotate each one so before raising it)") if raising else ""
         raise _bad(f"orderer {node.raft_id}: its certificate is revoked: remove the orderer or rotate "
                    "its certificate first (kept in the set it would still count towards the Raft "
-                   "quorum and sign blocks)")
+                   f"quorum and sign blocks){before}")
 
 
 def _check_policies(new: config_pb2.ConsortiumConfig, version: int) -> None:
@@ -435,12 +470,12 @@ def _check_policy(name: str, text: str, org_ids: Iterable[str], role: str, versi
     except RxError as exc:
         raise _bad(f"policy {name}: {exc.message}") from exc
     if needed is None:
-        raise _bad(f"policy {name} {text!r} can never be satisfied by the {role}s of the new "
+        raise _bad(f"policy {name} {shown(text)} can never be satisfied by the {role}s of the new "
                    f"config's {who} {eligible}")
     if needed > MAX_SIGNERS:
-        raise _bad(f"policy {name} {text!r} needs {needed} signers; at most {MAX_SIGNERS} are ever counted")
+        raise _bad(f"policy {name} {shown(text)} needs {needed} signers; at most {MAX_SIGNERS} are ever counted")
     if needed < 2 and len(eligible) >= 2:
-        raise _bad(f"policy {name} {text!r} is satisfied by one organisation alone "
+        raise _bad(f"policy {name} {shown(text)} is satisfied by one organisation alone "
                    f"(the consortium has {len(eligible)} eligible {who})")
 
 

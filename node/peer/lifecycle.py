@@ -40,7 +40,7 @@ from rxchain.v1 import config_pb2
 from node.crypto.canonical import canonical_json
 from node.errors import RxError
 from node.identity.msp import Principal
-from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, Policy, parse_policy
+from node.identity.policy import EXACT_POLICY_VERSION, MAX_SIGNERS, Policy, parse_policy, shown
 from node.orderer.configrules import default_policy_text
 from node.peer.definitions import (
     LIFECYCLE_NS,
@@ -111,7 +111,7 @@ def check_endorsement_policy(text: str, config: config_pb2.ConsortiumConfig) -> 
     if len(signers) <= MAX_SIGNERS and not policy.evaluate(signers):
         raise ContractFailure(
             "UNSATISFIABLE_POLICY",
-            f"endorsement policy {text!r} cannot be satisfied by the consortium's peers "
+            f"endorsement policy {shown(text)} cannot be satisfied by the consortium's peers "
             f"(organisations running peers: {sorted(with_peer)})",
         )
     return policy

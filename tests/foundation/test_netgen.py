@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509 as cx509
+from cryptography.hazmat.primitives import hashes
 from netgen import generate, load_spec
 from netgen.generate import plan_nodes
 
 from node.config import load_node_config
+from node.crypto import signing
+from node.crypto import x509 as rx509
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 
@@ -245,3 +250,94 @@ def test_the_protocol_version_of_the_consortium_file_is_the_genesis_one(tmp_path
     assert config_from_genesis(read_genesis(generate(spec, tmp_path / "unset").genesis_path)).protocol_version == 0
     spec["protocol_version"] = 1
     assert config_from_genesis(read_genesis(generate(spec, tmp_path / "one").genesis_path)).protocol_version == 1
+
+
+def _expired_ca(org_dir: Path, now: dt.datetime) -> None:
+    """An ``org_dir`` holding a CA (key and certificate) that expired a year before ``now``."""
+    key = signing.generate_key()
+    org_dir.mkdir(parents=True, mode=0o700)
+    (org_dir / "ca.key").write_bytes(signing.key_to_pem(key))
+    (org_dir / "ca.key").chmod(0o600)
+    (org_dir / "ca.pem").write_bytes(rx509.cert_to_pem(rx509.make_ca(org_dir.name, key, now - dt.timedelta(days=800),
+                                                                      days=435)))
+
+
+@pytest.mark.parametrize("orderer_org", [True, False])
+def test_a_genesis_at_version_2_over_an_expired_ca_is_bad_config(tmp_path: Path, orderer_org: bool) -> None:
+    """netgen keeps a CA a home already holds (restored, placed by hand). Version 2 counts no member of
+    a CA outside its validity period: a genesis at version 2 over an expired one counted no admin,
+    doctor or node of that organisation from block 0 -- over the orderers' organisation's, no block
+    signature, so the network never committed a block. Refused before the genesis is written, as the
+    update raising the version is; version 1 ignores the CA's validity, as before."""
+    org = "ins01" if orderer_org else "h02"
+    spec = small_consortium()
+    spec["protocol_version"] = 2
+    home = tmp_path / "v2"
+    _expired_ca(home / "orgs" / org, FIXED_NOW)
+    with pytest.raises(RxError) as err:
+        generate(spec, home, clock=lambda: FIXED_NOW)
+    assert err.value.reason == "BAD_CONFIG", err.value
+    assert f"organisation {org}: CA certificate is not valid at" in err.value.message, err.value.message
+    assert "remove it and its key" in err.value.message, err.value.message
+    assert not (home / "genesis.block").exists()
+    spec["protocol_version"] = 1
+    home = tmp_path / "v1"
+    _expired_ca(home / "orgs" / org, FIXED_NOW)
+    assert generate(spec, home, clock=lambda: FIXED_NOW).genesis_path.exists()
+
+
+def test_a_genesis_at_version_2_over_an_expired_orderer_certificate_is_bad_config(tmp_path: Path) -> None:
+    """A home whose certificates were issued 900 days ago (825 days of validity) and whose genesis
+    is made now keeps them: version 2 counts no block signature of the expired orderer
+    certificate, so no block after the genesis could ever be committed. Refused, nothing of the
+    genesis written; the orderer's certificate removed (with its key), a new one is issued."""
+    spec = small_consortium()
+    spec["protocol_version"] = 2
+    home = tmp_path / "net"
+    generate(spec, home, clock=lambda: FIXED_NOW - dt.timedelta(days=900))
+    (home / "genesis.block").unlink()
+    with pytest.raises(RxError) as err:
+        generate(spec, home, clock=lambda: FIXED_NOW)
+    assert err.value.reason == "BAD_CONFIG", err.value
+    assert "orderer 1: its certificate is not valid at" in err.value.message, err.value.message
+    assert not (home / "genesis.block").exists()
+    (home / "nodes" / "orderer.ins01" / "cert.pem").unlink()
+    (home / "nodes" / "orderer.ins01" / "key.pem").unlink()
+    config = config_from_genesis(read_genesis(generate(spec, home, clock=lambda: FIXED_NOW).genesis_path))
+    assert config.protocol_version == 2
+
+
+def test_a_protocol_version_this_release_does_not_implement_is_bad_config(tmp_path: Path) -> None:
+    """A genesis at version 3 was written, and every node of this release refused to start on it
+    (PROTOCOL_UNSUPPORTED): a network that could never run, checked by rules not its own."""
+    spec = small_consortium()
+    spec["protocol_version"] = 3
+    with pytest.raises(RxError) as err:
+        generate(spec, tmp_path / "net", clock=lambda: FIXED_NOW)
+    assert err.value.reason == "BAD_CONFIG" and "protocol_version 3" in err.value.message, err.value.message
+    assert "implements [1, 2]" in err.value.message, err.value.message
+    assert not (tmp_path / "net").exists()
+
+
+def test_a_genesis_over_a_ca_certificate_that_is_no_ca_is_bad_config(tmp_path: Path) -> None:
+    """A home's ca.pem that is not a CA certificate (BasicConstraints ca=false), kept by netgen: every
+    config update checks every organisation's CA certificate so (BAD_CONFIG_UPDATE), so the
+    consortium could never change its configuration. Refused before the genesis is written."""
+    home = tmp_path / "net"
+    org_dir = home / "orgs" / "h02"
+    org_dir.mkdir(parents=True, mode=0o700)
+    key = signing.generate_key()
+    (org_dir / "ca.key").write_bytes(signing.key_to_pem(key))
+    (org_dir / "ca.key").chmod(0o600)
+    name = cx509.Name([cx509.NameAttribute(cx509.NameOID.COMMON_NAME, "ca.h02")])
+    cert = (cx509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(cx509.random_serial_number()).not_valid_before(FIXED_NOW - dt.timedelta(days=1))
+            .not_valid_after(FIXED_NOW + dt.timedelta(days=365))
+            .add_extension(cx509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (org_dir / "ca.pem").write_bytes(rx509.cert_to_pem(cert))
+    with pytest.raises(RxError) as err:
+        generate(small_consortium(), home, clock=lambda: FIXED_NOW)
+    assert err.value.reason == "BAD_CONFIG", err.value
+    assert "organisation h02: CA certificate is not a CA certificate" in err.value.message, err.value.message
+    assert not (home / "genesis.block").exists()

@@ -376,3 +376,22 @@ def test_a_policy_over_the_bound_is_evaluated_by_version_1_rules_under_every_ver
     for _ in range(40):
         chosen = _peers(sorted(rng.sample(orgs, rng.randint(8, 20))))
         assert v2.evaluate(chosen) is v1.evaluate(chosen), chosen
+
+
+def test_a_refused_policy_is_quoted_in_its_error_only_so_far() -> None:
+    """A policy in a lifecycle call or a config update may be as long as an envelope (1 MiB in the
+    sample consortium): its refusals (POLICY_TOO_COMPLEX, BAD_POLICY) quoted the whole text, which
+    travels back in one gRPC status (trailers overflow, the reason lost) and into logs. They quote
+    its start and its length."""
+    pairs = ", ".join("AND(a.peer, b.peer)" if i % 2 else "AND(c.peer, d.peer)" for i in range(3000))
+    over = f"OutOf(2, {pairs})"
+    policy = parse_policy(over, ["a", "b", "c", "d"], version=EXACT_POLICY_VERSION)
+    with pytest.raises(RxError) as exc:
+        policy.require_bounded()
+    assert exc.value.reason == "POLICY_TOO_COMPLEX"
+    assert len(exc.value.message) < 1024 and f"({len(over)} characters)" in exc.value.message, exc.value.message
+    for text in (over + ")", over.replace("d.peer)", "d.peer;", 1), f"OutOf(6000, {'a.peer, ' * 5000}b.peer)"):
+        with pytest.raises(RxError) as exc:
+            parse_policy(text, ["a", "b", "c", "d"])
+        assert exc.value.reason == "BAD_POLICY"
+        assert len(exc.value.message) < 1024 and f"({len(text)} characters)" in exc.value.message, exc.value.message

@@ -244,6 +244,41 @@ def test_an_update_revoking_a_kept_orderers_certificate_is_refused_from_protocol
     assert peer.committer.validator.config.config.sequence == 1
 
 
+
+def test_the_update_raising_the_version_is_refused_while_a_kept_orderer_is_revoked(peer: Peer, net: Net) -> None:
+    """Version 1 adopts an update revoking a kept orderer's certificate (blocks before the raise keep
+    that answer). Raised over it, version 2 refused every later update keeping that orderer ("remove
+    the orderer or rotate its certificate first"; with two such orderers no update could do either:
+    each keeps the other): the raise itself is refused so, on the three paths alike, and goes in
+    once the revoked orderer leaves the set (here in the raising update itself)."""
+    revoking = next_config(peer)
+    _kept_orderer_revoked(revoking)
+    _, block = config_block(peer, net, revoking)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]  # version 1
+    raised = next_config(peer, MEMBERSHIP_VERSION)
+    env, block = config_block(peer, net, raised)
+    tracker = config_tracker(peer)
+    with pytest.raises(RxError) as exc:
+        tracker.validate_now(env)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE"
+    assert "orderer 2: its certificate is revoked" in exc.value.message, exc.value.message
+    assert "before raising it" in exc.value.message, exc.value.message
+    assert tracker.block_config(block) is None
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
+    assert peer.committer.validator.config.config.sequence == 1  # still the revoking update, version 1
+    # the revoked orderer removed by the raise: nothing kept is revoked, the raise goes in
+    raised = next_config(peer, MEMBERSHIP_VERSION)
+    kept = [o for o in raised.orderers if o.org != "ins02"]
+    del raised.orderers[:]
+    raised.orderers.extend(kept)
+    env, block = config_block(peer, net, raised)
+    config_tracker(peer).validate_now(env)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+    later = next_config(peer)
+    later.batch.timeout_ms += 1
+    _, block = config_block(peer, net, later)
+    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+
 ALLOWED: list[tuple[str, Edit]] = [
     ("nothing changed", lambda c: None),
     ("lifecycle_endorsement: two of the peer orgs",
@@ -509,6 +544,34 @@ def test_from_version_2_an_update_keeps_the_retired_ids_and_lists_those_it_remov
     _commit(peer, net, next_config(peer, MEMBERSHIP_VERSION))
     _refused_everywhere(peer, net, _updated(peer, edit), fragment)
 
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    pytest.param(_drop_org("h13"), "organisation 'h13' is removed: list its id in retired_org_ids",
+                 id="a removal not listed"),
+    pytest.param(_both(_drop_org("h13"), _retire("h13"), lambda c: c.retired_org_ids.remove("h12")),
+                 "retired_org_ids drops 'h12'", id="the list shrinks"),
+    pytest.param(_add_org("patient"), "'patient' is reserved", id="an organisation called patient"),
+    pytest.param(_add_org("h14|x"), "must be 1 to 56 lower-case", id="an id with a separator"),
+])
+def test_the_update_raising_the_version_is_judged_by_the_id_rules_of_version_2(
+        peer: Peer, net: Net, edit: Edit, fragment: str) -> None:
+    """The update raising the version is the first decision under version 2: one removing an
+    organisation without retiring its id left that id free for a later update to give another
+    organisation (with another CA: the old one's key grants, registrations and history), one
+    adding ``patient`` put in force the organisation version 2 refuses. Both were adopted; they
+    are refused on the orderers' paths and in the peers' validator, and the raise goes in once
+    the update meets them."""
+    _commit(peer, net, _updated(peer, _add_org("h13"), _retire("h12")))
+    raising = next_config(peer, MEMBERSHIP_VERSION)
+    edit(raising)
+    _refused_everywhere(peer, net, raising, fragment)
+    raising = next_config(peer, MEMBERSHIP_VERSION)
+    _drop_org("h13")(raising)
+    _retire("h13")(raising)
+    _commit(peer, net, raising)
+    assert list(peer.committer.validator.config.config.retired_org_ids) == ["h12", "h13"]
+    _refused_everywhere(peer, net, _updated(peer, _add_org("h13")), "organisation id 'h13' is retired")
 
 def test_an_id_listed_with_its_organisation_under_version_1_locks_no_later_update(peer: Peer, net: Net) -> None:
     """A version 1 update could list an organisation it kept. From version 2 that is not judged

@@ -179,6 +179,7 @@ def _without_p01(peer: Peer, protocol_version: int = MEMBERSHIP_VERSION) -> conf
     del new.organizations[:], new.peers[:]
     new.organizations.extend(orgs)
     new.peers.extend(peers)
+    new.retired_org_ids.append("p01")  # from version 2 (the update raising it included) an id is retired
     return new
 
 
