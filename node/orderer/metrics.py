@@ -26,6 +26,10 @@ class OrdererMetrics:
         r = self.registry
         self.is_leader = Gauge("rxchain_orderer_is_leader", "1 if this orderer leads", registry=r)
         self.term = Gauge("rxchain_orderer_raft_term", "Current Raft term", registry=r)
+        self.cert_expiry = Gauge(
+            "rxchain_orderer_cert_expiry_timestamp_seconds",
+            "Unix time this orderer's certificate expires (from protocol version 2 its block "
+            "signatures no longer count then: rotate it before)", registry=r)
         self.commit_index = Gauge("rxchain_orderer_raft_commit_index", "Raft commit index",
                                   registry=r)
         self.applied_index = Gauge("rxchain_orderer_raft_applied_index", "Raft applied index",

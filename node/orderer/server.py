@@ -487,6 +487,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         raise RxError("BAD_CONFIG", f"{config.name}: cannot load certificate/key: {exc}") from exc
     check_can_listen(config)  # before anything is written into data_dir
     metrics = OrdererMetrics(config.name)
+    metrics.cert_expiry.set(cert_info_der(signer.cert_der).not_after_ms / 1000)
     data = Path(config.data_dir)
     blocks = open_block_store(data, genesis, sync_dirs=config.fsync)
     tracker = ConfigTracker(_config_in_force(blocks, consortium, verifier), verifier)

@@ -39,6 +39,10 @@ class PeerMetrics:
     def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
         self.height = Gauge("rxchain_peer_block_height", "Committed blocks", registry=r)
+        self.cert_expiry = Gauge(
+            "rxchain_peer_cert_expiry_timestamp_seconds",
+            "Unix time this peer's certificate expires (its endorsements no longer count then)",
+            registry=r)
         self.commit_seconds = Histogram(
             "rxchain_peer_commit_seconds", "Validate+commit latency per block", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

@@ -31,6 +31,7 @@ from node.crypto.tls import (
     server_bound_notice,
     server_credentials,
 )
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.genesis import read_genesis
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
@@ -176,6 +177,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     notifier = CommitNotifier(ledger.height())
     metrics = PeerMetrics(config.name)
     metrics.height.set(ledger.height())
+    metrics.cert_expiry.set(cert_info_der(signer.cert_der).not_after_ms / 1000)
     committer.add_listener(notifier.on_commit)
 
     # each worker serves one contract code: the default keeps one warm per contract of the

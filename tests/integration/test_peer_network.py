@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from cryptography import x509
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.signing import Purpose, Signer, load_signer
@@ -313,6 +315,10 @@ def test_peer_network(network: Consortium, procs: ProcessManager, tmp_path: Path
                        "rxchain_peer_endorsements_total", "rxchain_peer_commit_seconds_bucket",
                        "rxchain_peer_sandbox_invocations_total", "rxchain_peer_sandbox_prefetch_hits_total"):
             assert metric in text
+        # the certificate's expiry, for an alert well before it (README "Metrics")
+        expiry = re.search(r"^rxchain_peer_cert_expiry_timestamp_seconds (\S+)$", text, re.M)
+        cert = x509.load_pem_x509_certificate((cons.node_dir("peer.h01") / "cert.pem").read_bytes())
+        assert expiry is not None and float(expiry.group(1)) == cert.not_valid_after_utc.timestamp()
         lines = [ln for ln in cons.log_path("peer.h01").read_text().splitlines() if "block_committed" in ln]
         assert lines and json.loads(lines[-1])["msg"].startswith("event=block_committed")
         assert procs.terminate("peer.h01b", grace_s=20) == 0
