@@ -30,6 +30,39 @@ Out = TypeVar("Out")
 _END = object()
 
 
+class _ReadAhead:
+    """The bytes of requests a stream read and has not answered yet, at most ``max_bytes``
+    (the first request is always taken, whatever it weighs)."""
+
+    def __init__(self, max_bytes: int, stop: threading.Event) -> None:
+        self._max = max_bytes
+        self._stop = stop
+        self._room = threading.Condition()
+        self._held = 0
+
+    def take(self, n: int) -> bool:
+        """Wait until ``n`` more bytes fit; False once the stream stops."""
+        with self._room:
+            while self._held and self._held + n > self._max:
+                if self._stop.is_set():
+                    return False
+                self._room.wait(0.1)
+            self._held += n
+        return True
+
+    def give(self, n: int) -> None:
+        """``n`` bytes were answered."""
+        if n:
+            with self._room:
+                self._held -= n
+                self._room.notify()
+
+    def wake(self) -> None:
+        """Wake a reader waiting in :meth:`take` (the stream stopped)."""
+        with self._room:
+            self._room.notify_all()
+
+
 def ordered_answers(
     requests: Iterable[Req],
     dispatch: Callable[[Req], Item],
@@ -50,23 +83,7 @@ def ordered_answers(
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
-    room = threading.Condition()
-    held = [0]  # bytes of requests read and not yet answered
-
-    def take(n: int) -> bool:
-        with room:
-            while held[0] and held[0] + n > max_bytes:
-                if stop.is_set():
-                    return False
-                room.wait(0.1)
-            held[0] += n
-        return True
-
-    def give(n: int) -> None:
-        if n:
-            with room:
-                held[0] -= n
-                room.notify()
+    budget = _ReadAhead(max_bytes, stop)
 
     def reader() -> None:
         try:
@@ -74,7 +91,7 @@ def ordered_answers(
                 if stop.is_set():
                     break
                 n = weigh(req) if weigh is not None and max_bytes > 0 else 0
-                if n and not take(n):
+                if n and not budget.take(n):
                     break
                 pending.put((n, dispatch(req)))
         except Exception as exc:  # noqa: BLE001 -- a cancelled stream ends the reader
@@ -92,12 +109,11 @@ def ordered_answers(
                 return
             n, item = cast("tuple[int, Item]", entry)
             resp = answer(item)
-            give(n)
+            budget.give(n)
             yield resp
     finally:
         stop.set()
-        with room:
-            room.notify_all()
+        budget.wake()
         # Unblock the reader if it waits on a full queue.
         for _ in range(40):
             if not thread.is_alive():
@@ -156,23 +172,7 @@ def coalesced_answers(
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
-    room = threading.Condition()
-    held = [0]  # bytes of requests read and not yet answered
-
-    def take(n: int) -> bool:
-        with room:
-            while held[0] and held[0] + n > max_bytes:
-                if stop.is_set():
-                    return False
-                room.wait(0.1)
-            held[0] += n
-        return True
-
-    def give(n: int) -> None:
-        if n:
-            with room:
-                held[0] -= n
-                room.notify()
+    budget = _ReadAhead(max_bytes, stop)
 
     def reader() -> None:
         try:
@@ -180,7 +180,7 @@ def coalesced_answers(
                 if stop.is_set():
                     break
                 n = weigh(req) if weigh is not None and max_bytes > 0 else 0
-                if n and not take(n):
+                if n and not budget.take(n):
                     break
                 pending.put((n, dispatch(req)))
         except Exception as exc:  # noqa: BLE001 -- a cancelled stream ends the reader
@@ -192,7 +192,7 @@ def coalesced_answers(
     def answers_of(entry: object) -> list[Resp]:
         n, items = cast("tuple[int, list[Item]]", entry)
         out = [answer(item) for item in items]
-        give(n)
+        budget.give(n)
         return out
 
     def all_ready(entry: object) -> bool:
@@ -223,8 +223,7 @@ def coalesced_answers(
                 yield from _split(out, answer_bytes(), pack)
     finally:
         stop.set()
-        with room:
-            room.notify_all()
+        budget.wake()
         for _ in range(40):
             if not thread.is_alive():
                 break
