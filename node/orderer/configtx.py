@@ -105,7 +105,7 @@ def validate_update(
     if header.type != transaction_pb2.CONFIG:
         raise RxError(BAD_CONFIG_UPDATE, "not a CONFIG transaction")
     if new.consortium_id != old.consortium_id:
-        raise RxError(BAD_CONFIG_UPDATE, f"consortium id {new.consortium_id!r} differs")
+        raise RxError(BAD_CONFIG_UPDATE, f"consortium id {new.consortium_id[:64]!r} differs")
     if new.sequence != old.sequence + 1:
         raise RxError(
             BAD_CONFIG_UPDATE, f"sequence {new.sequence}, expected {old.sequence + 1}"

@@ -658,3 +658,15 @@ def test_a_version_2_genesis_and_realistic_named_policies_are_judged_by_the_boun
     assert exc.value.reason == "BAD_CONFIG_UPDATE"
     base.protocol_version = 1
     check_genesis_content(base)  # version 1: as before
+
+
+def test_a_foreign_consortium_id_is_quoted_in_the_refusal_only_so_far(peer: Peer, net: Net) -> None:
+    """The consortium id of an update is compared before its signatures are: a 1 MB id was
+    echoed whole into the refusal (every orderer's log and the submitter's answer)."""
+    new = next_config(peer)
+    new.consortium_id = "x" * 1_000_000
+    env, _ = config_block(peer, net, new)
+    with pytest.raises(RxError) as exc:
+        config_tracker(peer).validate_now(env)
+    assert exc.value.reason == "BAD_CONFIG_UPDATE" and "differs" in exc.value.message
+    assert len(exc.value.message) < 200, len(exc.value.message)
