@@ -52,6 +52,7 @@ Clock = Callable[[], dt.datetime]
 # Node i listens on base_port + i and serves metrics on base_port + METRICS_PORT_OFFSET + i
 # (netgen.ports.free_base_port probes the same two runs).
 METRICS_PORT_OFFSET = 200
+MEMBER_DAYS = 825  # a member or node certificate's validity (issue_cert's default)
 
 
 def _utcnow() -> dt.datetime:
@@ -233,9 +234,16 @@ def _member(
     cert_path = directory / "cert.pem"
     if cert_path.exists():
         return _load_cert(cert_path)
+    # never past its CA's end (a CA a home kept may end first): from protocol version 2 a
+    # certificate counts only while its CA is valid, and a longer one would only look valid.
+    # (A CA already expired is refused at version 2 by the genesis checks; version 1 ignores
+    # its validity, so its members keep their full term.)
+    end = now + dt.timedelta(days=MEMBER_DAYS)
+    if now < ca[0].not_valid_after_utc < end:
+        end = ca[0].not_valid_after_utc
     cert = rx509.issue_cert(
         ca[0], ca[1], key.public_key(), org=org, role=user.role, name=cert_name or user.name,
-        attrs=user.attrs, now=now, hosts=hosts,
+        attrs=user.attrs, now=now, hosts=hosts, not_after=end,
     )
     _write_if_changed(cert_path, rx509.cert_to_pem(cert))
     return cert

@@ -95,8 +95,10 @@ def issue_cert(
     days: int = 825,
     not_before: dt.datetime | None = None,
     hosts: Sequence[str] = (),
+    not_after: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Issue a member certificate (signing and TLS client/server use)."""
+    """Issue a member certificate (signing and TLS client/server use), valid ``days`` from
+    ``now`` or until ``not_after`` when given."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(org, role, name))
@@ -104,7 +106,7 @@ def issue_cert(
         .public_key(subject_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or (now - dt.timedelta(minutes=5)))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(not_after or (now + dt.timedelta(days=days)))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

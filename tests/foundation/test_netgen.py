@@ -341,3 +341,26 @@ def test_a_genesis_over_a_ca_certificate_that_is_no_ca_is_bad_config(tmp_path: P
     assert err.value.reason == "BAD_CONFIG", err.value
     assert "organisation h02: CA certificate is not a CA certificate" in err.value.message, err.value.message
     assert not (home / "genesis.block").exists()
+
+
+def test_certificates_end_no_later_than_the_ca_that_issued_them(tmp_path: Path) -> None:
+    """netgen keeps a CA a home holds, which may end before 825 days: the certificates it issued
+    under it ran past its end, and from protocol version 2 a certificate counts only while its CA
+    is valid -- they looked valid for months they could sign nothing in. They now end with the
+    CA; under a CA of ten years they keep their 825 days."""
+    home = tmp_path / "net"
+    key = signing.generate_key()
+    org_dir = home / "orgs" / "h02"
+    org_dir.mkdir(parents=True, mode=0o700)
+    (org_dir / "ca.key").write_bytes(signing.key_to_pem(key))
+    (org_dir / "ca.key").chmod(0o600)
+    ca = rx509.make_ca("h02", key, FIXED_NOW, days=100)
+    (org_dir / "ca.pem").write_bytes(rx509.cert_to_pem(ca))
+    generate(small_consortium(), home, clock=lambda: FIXED_NOW)
+    ends = {p.relative_to(home).as_posix(): cx509.load_pem_x509_certificate(p.read_bytes()).not_valid_after_utc
+            for p in home.rglob("cert.pem")}
+    h02 = {k: v for k, v in ends.items() if "h02" in k}
+    others = {k: v for k, v in ends.items() if "h02" not in k}
+    assert h02 and others
+    assert set(h02.values()) == {ca.not_valid_after_utc}, h02
+    assert set(others.values()) == {FIXED_NOW + dt.timedelta(days=825)}, others
