@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import pytest
 
 from node.errors import RxError
-from node.identity.msp import MSP
 from node.orderer.broadcast import (
     BroadcastHandler,
     BroadcastOptions,
@@ -26,35 +25,13 @@ from node.orderer.broadcast import (
 )
 from node.orderer.envelope_batch import MAX_READ_ENVELOPES, BatchTooLarge, encode_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.ticket import BAD_PAYLOAD, TOO_LARGE, Ticket
-
-
-def _no_msp() -> MSP:
-    raise AssertionError("no envelope of these tests gets as far as its creator")
-
-
-class _NoOrderer:
-    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
-        raise AssertionError("nothing is ordered")
-
-    def submit_many(self, items: object) -> list[Ticket]:
-        raise AssertionError("nothing is ordered")
-
-    def leader_id(self) -> int:
-        return 1
-
-    def own_id(self) -> int:
-        return 1
-
-
-class _NoForward:
-    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
-        raise AssertionError("nothing is forwarded")
+from node.orderer.ticket import BAD_PAYLOAD, TOO_LARGE
+from tests.orderer.fakes import NoForward, NothingOrdered, no_msp
 
 
 def _handler(options: BroadcastOptions | None = None) -> BroadcastHandler:
-    validator = EnvelopeValidator(_no_msp, "c", 1 << 20, lambda: 0)  # empty envelopes: BAD_PAYLOAD
-    return BroadcastHandler(validator, _NoOrderer(), _NoForward(), OrdererMetrics("t"), options)
+    validator = EnvelopeValidator(no_msp, "c", 1 << 20, lambda: 0)  # empty envelopes: BAD_PAYLOAD
+    return BroadcastHandler(validator, NothingOrdered(), NoForward(), OrdererMetrics("t"), options)
 
 
 def test_a_message_of_millions_of_empty_envelopes_is_refused_as_it_is_split() -> None:

@@ -19,7 +19,6 @@ from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.config import Endpoint
 from node.errors import reason_from_rpc_error
-from node.identity.msp import MSP
 from node.orderer.broadcast import (
     BroadcastHandler,
     EnvelopeValidator,
@@ -28,34 +27,15 @@ from node.orderer.broadcast import (
 )
 from node.orderer.envelope_batch import encode_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.ticket import TOO_LARGE, Ticket
+from node.orderer.ticket import TOO_LARGE
 from node.peer import broadcast_client
 from node.stream_caps import TOO_MANY_STREAMS, StreamCaps, StreamSlot
+from tests.orderer.fakes import NoForward, NothingOrdered, no_msp
 
 WORKERS = 4
 
 
-def _no_msp() -> MSP:
-    raise AssertionError("every envelope of these tests is refused by its size first")
 
-
-class _NoOrderer:
-    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
-        raise AssertionError("nothing is ordered")
-
-    def submit_many(self, items: Any) -> list[Ticket]:
-        raise AssertionError("nothing is ordered")
-
-    def leader_id(self) -> int:
-        return 1
-
-    def own_id(self) -> int:
-        return 1
-
-
-class _NoForward:
-    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
-        raise AssertionError("nothing is forwarded")
 
 
 def _health(request: services_pb2.HealthRequest, context: grpc.ServicerContext) -> services_pb2.HealthResponse:
@@ -67,8 +47,8 @@ def served() -> Iterator[tuple[grpc.Channel, StreamCaps]]:
     """An orderer's AtomicBroadcast and Admin.Health on a pool of WORKERS threads, the stream
     caps its node.yaml defaults give (half the pool in total, half of that per caller)."""
     caps = StreamCaps.from_extra({}, WORKERS)
-    validator = EnvelopeValidator(_no_msp, "c", 0, lambda: 0)  # every envelope: TOO_LARGE
-    handler = BroadcastHandler(validator, _NoOrderer(), _NoForward(), OrdererMetrics("t"))
+    validator = EnvelopeValidator(no_msp, "c", 0, lambda: 0)  # every envelope: TOO_LARGE
+    handler = BroadcastHandler(validator, NothingOrdered(), NoForward(), OrdererMetrics("t"))
     server = grpc.server(ThreadPoolExecutor(max_workers=WORKERS))
     server.add_generic_rpc_handlers([
         grpc.method_handlers_generic_handler("rxchain.v1.AtomicBroadcast", {

@@ -18,6 +18,7 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.recent import RecentTxIndex, tx_id_of
 from node.orderer.ticket import NOT_LEADER, Outcome, Ticket
 from tests.orderer.cluster import Client, make_network
+from tests.orderer.fakes import NoForward, OrdersAtOnce
 
 
 class Blocks:
@@ -96,30 +97,9 @@ def test_index_window_opens_on_leader_change_and_closes(net: Any) -> None:
     assert index.lookup("", later[1]) is None
 
 
-class Orderer:
-    def __init__(self) -> None:
-        self.submitted: list[bytes] = []
-
-    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
-        self.submitted.append(envelope)
-        return Ticket.done(Outcome(block_number=99), tx_id)
-
-    def submit_many(self, items: Any) -> list[Ticket]:
-        return [self.submit(env, "", cfg) for env, cfg in items]
-
-    def leader_id(self) -> int:
-        return 1
-
-    def own_id(self) -> int:
-        return 1
 
 
-class NoForward:
-    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
-        raise AssertionError("must not forward")
-
-
-def _handler(net: Any, orderer: Orderer, index: RecentTxIndex) -> BroadcastHandler:
+def _handler(net: Any, orderer: OrdersAtOnce, index: RecentTxIndex) -> BroadcastHandler:
     consortium = config_from_genesis(read_genesis(net.genesis_path))
     msp = MSP(consortium, Verifier())
     validator = EnvelopeValidator(lambda: msp, consortium.consortium_id, 65536,
@@ -132,7 +112,7 @@ def test_resubmitted_envelope_is_answered_from_its_block_not_ordered_again(net: 
     blocks = Blocks()
     first, fresh = client.envelope(), client.envelope()
     n = blocks.add([first[1]])
-    orderer = Orderer()
+    orderer = OrdersAtOnce(block_number=99)
     h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
     # Broadcast (one per message) and BroadcastBatch, and the leader side of a forward.
     single = list(h.stream(iter([first[1], fresh[1]])))
@@ -151,7 +131,7 @@ def test_redispatch_after_not_leader_checks_the_index_again(net: Any) -> None:
     client = Client(net)
     blocks = Blocks()
     tx, raw = client.envelope()
-    orderer = Orderer()
+    orderer = OrdersAtOnce(block_number=99)
     h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
     checked, _ = h.dispatch(raw)
     assert checked is not None and orderer.submitted == [raw]
@@ -186,7 +166,7 @@ def test_an_envelope_claiming_another_tx_id_is_refused_not_taken_for_it(net: Any
     victim_tx, victim_raw = victim.envelope()
     blocks = Blocks()
     n = blocks.add([victim_raw])
-    orderer = Orderer()
+    orderer = OrdersAtOnce(block_number=99)
     h = _handler(net, orderer, RecentTxIndex(blocks, lambda: 1))
     hdr = transaction_pb2.TxHeader(tx_id=victim_tx, type=transaction_pb2.INVOKE,
                                    creator=attacker.signer.identity, nonce=b"n" * 24,

@@ -20,8 +20,8 @@ from node.identity.msp import MSP
 from node.orderer.broadcast import BroadcastHandler, BroadcastOptions, EnvelopeValidator
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.streams import ordered_answers
-from node.orderer.ticket import Outcome, Ticket
 from tests.orderer.cluster import Client, make_network
+from tests.orderer.fakes import NoForward, OrdersAtOnce
 
 ENVELOPE = 64 * 1024
 BOUND = 1 << 20
@@ -32,25 +32,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make_network(tmp_path_factory.mktemp("readahead") / "net")
 
 
-class _Leader:
-    """Orders every envelope at once (block 1)."""
-
-    def submit(self, envelope: bytes, tx_id: str = "", is_config: bool = False) -> Ticket:
-        return Ticket.done(Outcome(block_number=1), tx_id)
-
-    def submit_many(self, items: Any) -> list[Ticket]:
-        return [self.submit(env, "", cfg) for env, cfg in items]
-
-    def leader_id(self) -> int:
-        return 1
-
-    def own_id(self) -> int:
-        return 1
-
-
-class _NoForward:
-    def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
-        raise AssertionError("this orderer leads")
 
 
 class _Sent:
@@ -84,7 +65,7 @@ def test_a_broadcast_stream_reads_ahead_within_its_byte_bound(net: Any) -> None:
     consortium = config_from_genesis(read_genesis(net.genesis_path))
     msp = MSP(consortium, Verifier())
     validator = EnvelopeValidator(lambda: msp, consortium.consortium_id, 2 * ENVELOPE, lambda: int(time.time() * 1000))
-    handler = BroadcastHandler(validator, _Leader(), _NoForward(), OrdererMetrics("t"),
+    handler = BroadcastHandler(validator, OrdersAtOnce(), NoForward(), OrdererMetrics("t"),
                                BroadcastOptions(max_stream_bytes=BOUND))
     client = Client(net)
     sent = _Sent([client.envelope(ENVELOPE)[1] for _ in range(64)])  # 4 MiB of valid envelopes

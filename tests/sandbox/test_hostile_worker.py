@@ -189,6 +189,28 @@ def _served(sb: Sandbox, inv: t.Invocation) -> tuple[int, list[list[str]]]:
     return out["pid"], out["served"]
 
 
+def _code(sb: Sandbox, contract: str) -> tuple[str, str, bool]:
+    """The code an idle worker of ``contract`` serves."""
+    return next(c for c in sb._idle if c[0] == contract)
+
+
+def _waiting_call(sb: Sandbox, inv: t.Invocation, got: list[object]) -> threading.Thread:
+    """A call of ``inv`` in a thread of its own, checked to be still waiting for a worker 0.3 s
+    later; it appends the pid of the worker that served it, or the SandboxError it ended with."""
+
+    def call() -> None:
+        try:
+            got.append(_served(sb, inv)[0])
+        except SandboxError as exc:
+            got.append(exc)
+
+    waiter = threading.Thread(target=call)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    return waiter
+
+
 def test_a_worker_that_served_one_contract_code_never_gets_another(
     hostile: Callable[..., Sandbox],
 ) -> None:
@@ -243,13 +265,10 @@ def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_re
     sb = hostile("serves", workers=2)
     pid_a, _ = _served(sb, A)
     pid_b, _ = _served(sb, B)
-    code_a = next(c for c in sb._idle if c[0] == "a")
-    busy = sb._acquire(code_a, 5.0)  # a's worker, busy with another call
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive() and sb.stats()["evictions"] == 0
+    busy = sb._acquire(_code(sb, "a"), 5.0)  # a's worker, busy with another call
+    got: list[object] = []
+    waiter = _waiting_call(sb, A, got)
+    assert sb.stats()["evictions"] == 0
     sb._release(busy)
     waiter.join(10)
     assert not waiter.is_alive() and got == [pid_a]
@@ -257,10 +276,6 @@ def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_re
 
 
 C = make_inv(PING, "ping", {"n": 1}, contract="c")
-
-
-def _code(sb: Sandbox, contract: str) -> tuple[str, str, bool]:
-    return next(c for c in sb._idle if c[0] == contract)
 
 
 def test_concurrent_first_calls_of_a_code_evict_one_worker_not_one_each(
@@ -312,11 +327,8 @@ def test_a_waiting_call_gets_its_codes_worker_before_a_call_that_comes_later(
     _served(sb, B)
     code_a = _code(sb, "a")
     held = sb._acquire(code_a, 20.0)
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()
+    got: list[object] = []
+    waiter = _waiting_call(sb, A, got)
     end = time.monotonic() + 5
     while waiter.is_alive() and time.monotonic() < end:
         sb._release(held)  # a's call ends: the waiting call is first in line ...
@@ -341,11 +353,8 @@ def test_a_code_with_no_worker_is_served_while_every_worker_stays_busy(
     pid_b, _ = _served(sb, B)
     code_a, code_b = _code(sb, "a"), _code(sb, "b")
     held_a, held_b = sb._acquire(code_a, 20.0), sb._acquire(code_b, 20.0)
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(_served(sb, C)[0]))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()
+    got: list[object] = []
+    waiter = _waiting_call(sb, C, got)
     end = time.monotonic() + 5
     while waiter.is_alive() and time.monotonic() < end:
         sb._release(held_a)
@@ -422,16 +431,14 @@ def test_a_call_waiting_for_a_stuck_worker_of_its_code_is_served_once_it_is_kill
     pid_a, _ = _served(sb, A)
     pid_b, _ = _served(sb, B)
     stuck = sb._acquire(_code(sb, "a"), 20.0)
-    got: list[int] = []
-    waiter = threading.Thread(target=lambda: got.append(_served(sb, A)[0]))
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive() and sb.stats()["evictions"] == 0
+    got: list[object] = []
+    waiter = _waiting_call(sb, A, got)
+    assert sb.stats()["evictions"] == 0
     start = time.monotonic()
     sb._replace(stuck)  # what invoke does when the call times out
     waiter.join(20)
     assert not waiter.is_alive() and time.monotonic() - start < 10
-    assert len(got) == 1 and got[0] not in (pid_a, pid_b)
+    assert len(got) == 1 and isinstance(got[0], int) and got[0] not in (pid_a, pid_b)
     assert sorted(sb.worker_pids()) == sorted([pid_b, got[0]])
     assert sb.stats()["evictions"] == 0 and sb.stats()["restarts"] == 1
 
@@ -444,18 +451,8 @@ def test_close_ends_a_call_waiting_for_a_worker_at_once(
     _served(sb, A)
     _served(sb, B)
     held = sb._acquire(_code(sb, "a"), 20.0)
-    errors: list[Exception] = []
-
-    def call() -> None:
-        try:
-            sb.invoke(A, MemBackend())
-        except SandboxError as exc:
-            errors.append(exc)
-
-    waiter = threading.Thread(target=call)
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()
+    errors: list[object] = []
+    waiter = _waiting_call(sb, A, errors)
     start = time.monotonic()
     sb.close()
     waiter.join(20)
@@ -474,18 +471,8 @@ def test_close_right_after_a_worker_is_handed_to_a_waiting_call_stops_every_proc
     _served(sb, A)
     _served(sb, B)
     held_a, held_b = sb._acquire(_code(sb, "a"), 20.0), sb._acquire(_code(sb, "b"), 20.0)
-    errors: list[Exception] = []
-
-    def call() -> None:
-        try:
-            sb.invoke(C, MemBackend())
-        except SandboxError as exc:
-            errors.append(exc)
-
-    waiter = threading.Thread(target=call)
-    waiter.start()
-    waiter.join(0.3)
-    assert waiter.is_alive()
+    errors: list[object] = []
+    waiter = _waiting_call(sb, C, errors)
     sb._release(held_a)
     sb.close()
     waiter.join(20)

@@ -404,24 +404,12 @@ def test_from_version_2_an_added_organisation_has_an_id_of_netgens_shape_and_not
     _add_org(org_id)(under_v1)
     env, _ = config_block(peer, net, under_v1)
     assert config_tracker(peer).validate_now(env) == under_v1  # version 1: adopted
-    _, raise_block = config_block(peer, net, next_config(peer, 2))
-    assert list(peer.committer.commit_block(raise_block).validated.codes) == [tx_pb.VALID]
-    new = next_config(peer)
-    _add_org(org_id)(new)
-    env, block = config_block(peer, net, new)
-    tracker = config_tracker(peer)
-    for check in (lambda: tracker.validate_now(env), lambda: tracker.check_broadcast(env, _tx_ms(env))):
-        with pytest.raises(RxError) as exc:
-            check()
-        assert exc.value.reason == "BAD_CONFIG_UPDATE"
-        assert fragment in exc.value.message, exc.value.message
-    assert tracker.block_config(block) is None
-    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.BAD_CONFIG_UPDATE]
-    fine = next_config(peer)
-    _add_org("h13")(fine)
-    env, block = config_block(peer, net, fine)
+    _commit(peer, net, next_config(peer, 2))
+    _refused_everywhere(peer, net, _updated(peer, _add_org(org_id)), fragment)
+    fine = _updated(peer, _add_org("h13"))
+    env, _ = config_block(peer, net, fine)
     assert config_tracker(peer).validate_now(env) == fine
-    assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
+    _commit(peer, net, fine)
 
 
 def _tx_ms(env: bytes) -> int:
