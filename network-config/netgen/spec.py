@@ -14,7 +14,7 @@ from rxchain.v1 import config_pb2
 from node.errors import RxError
 from node.identity.policy import parse_policy
 from node.identity.roles import ROLES_BY_KIND
-from node.orderer.configrules import LIMIT_BOUNDS
+from node.orderer.configrules import ID_SHAPE, LIMIT_BOUNDS, ORG_ID_MAX, RESERVED_ORG_IDS
 from node.yamlfile import YamlFileError, load_yaml_file
 
 KINDS = {
@@ -28,8 +28,6 @@ LEVELS = ("tertiary", "community")
 # alternative names (``peer.<org>``), user names in certificate common names (at most 64
 # characters, "records.<org>" and "orderer.<org>" included) and in CLI arguments (a leading
 # '-' would read as an option).
-_ID_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-ORG_ID_MAX = 56  # "orderer." / "records." + 56 = 64, the longest common name
 NAME_MAX = 64
 DISPLAY_NAME_MAX = 256
 # attrs go into the member's certificate, which travels in every envelope she signs: unbounded,
@@ -83,7 +81,7 @@ def _bad(msg: str) -> RxError:
 
 
 def _check_id(value: Any, what: str, max_len: int = NAME_MAX) -> str:
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or len(value) > max_len:
+    if not isinstance(value, str) or not ID_SHAPE.fullmatch(value) or len(value) > max_len:
         raise _bad(f"{what} {_show(value)} must be 1 to {max_len} lower-case letters, digits or '-', "
                    f"starting and ending with a letter or digit")
     return value
@@ -192,8 +190,8 @@ def parse_spec(raw: Any) -> ConsortiumSpec:
         oid = _check_id(o.get("id"), f"organizations[{i}].id", ORG_ID_MAX)
         if oid in seen:
             raise _bad(f"duplicate organisation id {oid!r}")
-        if oid == "patient":  # the contracts' party name of a patient's key grant (configrules)
-            raise _bad(f"organizations[{i}].id 'patient' is reserved")
+        if oid in RESERVED_ORG_IDS:  # the contracts' party name of a patient's key grant
+            raise _bad(f"organizations[{i}].id {oid!r} is reserved")
         seen.add(oid)
         _check_keys(o, ORG_KEYS, f"organisation {oid}")
         kind = o.get("kind")

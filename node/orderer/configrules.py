@@ -127,7 +127,7 @@ from node.msgbound import MIN_MESSAGE_BYTES
 from node.protocol import MEMBERSHIP_VERSION, protocol_version
 
 BAD_CONFIG_UPDATE = "BAD_CONFIG_UPDATE"
-_ORG_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+ID_SHAPE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")  # ids and names netgen writes (DNS labels)
 
 # name -> (required, the only role its principals may name)
 NAMED_POLICIES: dict[str, tuple[bool, str]] = {
@@ -224,7 +224,7 @@ def check_organizations(new: config_pb2.ConsortiumConfig) -> None:
             raise _bad(f"organisation {org.id}: CA certificate {why}")
 
 
-ORG_ID_MAX = 56  # "orderer." / "records." + 56 = 64, the longest common name (as netgen)
+ORG_ID_MAX = 56  # "orderer." / "records." + 56 = 64, the longest common name (netgen's rule too)
 RESERVED_ORG_IDS = frozenset({"patient"})  # a party name of the contracts' key grants
 
 
@@ -236,7 +236,7 @@ def _check_added_org_ids(old: config_pb2.ConsortiumConfig, new: config_pb2.Conso
             continue
         if org.id in RESERVED_ORG_IDS:
             raise _bad(f"organisation id {org.id!r} is reserved (a party name of the contracts)")
-        if len(org.id) > ORG_ID_MAX or not _ORG_ID.fullmatch(org.id):
+        if len(org.id) > ORG_ID_MAX or not ID_SHAPE.fullmatch(org.id):
             raise _bad(f"organisation id {org.id[:64]!r} must be 1 to {ORG_ID_MAX} lower-case letters, "
                        "digits or '-', starting and ending with a letter or digit")
 
