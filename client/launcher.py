@@ -349,7 +349,7 @@ class Launcher:
                 continue
             pid = self.running_pid(node.name)
             if pid is None:
-                self.pid_path(node.name).unlink(missing_ok=True)
+                self._drop_pid_file(node.name)
                 continue
             victims[node.name] = pid
             _signal_group(pid, signal.SIGTERM)
@@ -360,15 +360,22 @@ class Launcher:
                     pid = victims.pop(name)
                     self._reap(pid)
                     out.append({"node": name, "pid": pid, "stopped": "SIGTERM"})
-                    self.pid_path(name).unlink(missing_ok=True)
+                    self._drop_pid_file(name)
             if victims:
                 self._sleep(0.1)
         for name, pid in victims.items():
             _signal_group(pid, signal.SIGKILL)
             self._reap(pid)
             out.append({"node": name, "pid": pid, "stopped": "SIGKILL"})
-            self.pid_path(name).unlink(missing_ok=True)
+            self._drop_pid_file(name)
         return out
+
+    def _drop_pid_file(self, name: str) -> None:
+        """Remove ``name``'s pid file; one that cannot be removed (a directory in its place, a
+        read-only run/) must not stop ``_down`` half-way: the nodes after it would be left
+        running, and a failed ``up`` stops the nodes it started with it."""
+        with contextlib.suppress(OSError):  # (a stale file naming a dead pid reads as not running)
+            self.pid_path(name).unlink(missing_ok=True)
 
     def _reap(self, pid: int) -> None:
         for name, child in list(self._children.items()):
