@@ -673,11 +673,12 @@ class _Parser:
         self.former_orgs = former_orgs
         self.tokens: list[tuple[str, str, int]] = []
         pos = 0
-        while pos < len(text):
-            if text[pos:].strip() == "":
-                break
+        end = len(text.rstrip())  # trailing whitespace is no token (one scan, not one per token)
+        while pos < end:
             m = _TOKEN.match(text, pos)
             if m is None or m.end() == pos:
+                while text[pos].isspace():  # name the character, not the blanks before it
+                    pos += 1
                 raise RxError("BAD_POLICY",
                               f"unexpected character {text[pos:pos+1]!r} at position {pos} in {shown(text)}")
             kind = m.lastgroup or ""

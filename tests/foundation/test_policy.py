@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import SupportsIndex
+
 import pytest
 
 from node.errors import RxError
@@ -87,3 +89,26 @@ def test_nesting_depth_is_bounded() -> None:
     # siblings do not add depth: a wide policy at the limit still parses
     wide = "OR(" + ", ".join([nested(MAX_POLICY_DEPTH - 1)] * 50) + ")"
     assert parse_policy(wide, ORGS).evaluate([("h01", "peer")])
+
+
+class _SliceCountingText(str):
+    """A policy text that counts the characters every slice of it copies."""
+
+    copied = 0
+
+    def __getitem__(self, key: SupportsIndex | slice) -> str:
+        part = str.__getitem__(self, key)
+        type(self).copied += len(part)
+        return part
+
+
+def test_tokenizing_copies_the_text_a_bounded_number_of_times() -> None:
+    # The tokenizer asked "is the rest only whitespace?" by copying the rest of the text at
+    # every token: quadratic in the text (a 1.4 MB policy took seconds of an orderer's CPU).
+    text = _SliceCountingText("OR(" + ", ".join(f"{ORGS[i % 4]}.peer" for i in range(5000)) + ")  \n")
+    _SliceCountingText.copied = 0
+    policy = parse_policy(text, ORGS)
+    assert policy.evaluate([("h02", "peer")])
+    assert _SliceCountingText.copied <= 2 * len(text)
+    with pytest.raises(RxError, match="unexpected character '!'"):
+        parse_policy(_SliceCountingText(text.rstrip() + " !"), ORGS)
