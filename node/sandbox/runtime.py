@@ -18,8 +18,12 @@ A replacement costs a process start (~0.1 s of CPU), so a call whose code alread
 worker (busy) waits for one of its own rather than evict a worker of another code that was
 busy within the last ``EVICT_IDLE_S``: under concurrent endorsements of two contracts, a
 pool full of both would otherwise replace a worker at nearly every call (measured: the
-endorsing peer's CPU per transaction five times over). A code with no worker at all (nor
-one being started for it, nor a fresh replacement on its way) evicts at once.  A worker
+endorsing peer's CPU per transaction five times over). Nor does it replace the last worker
+of another code used within ``RESERVE_IDLE_S``: every code in use keeps one, so a burst of
+one contract's calls (the start of a benchmark level: every story issues first) no longer
+takes the others' workers, which their next calls took back at once. A code with no worker
+at all (nor one being started for it, nor a fresh replacement on its way) evicts the least
+recently used idle worker at once.  A worker
 that comes free goes to the first waiting call that may have it, one of its code or one
 whose code has no worker, not to whichever thread next takes the lock (a caller that freed
 a worker and called again at once took it back every time: a waiting call of the same
@@ -85,6 +89,8 @@ _BOOT = (
 )
 START_TIMEOUT_S = 60.0
 EVICT_IDLE_S = 1.0  # an idle worker of another code is replaced only after this long idle
+# ... and the last worker of its code only after this long idle: a code in use keeps one
+RESERVE_IDLE_S = 30.0
 # A worker whose resident memory after a call is above this share of its memory limit is
 # replaced (its RSS is read through a kept-open /proc/<pid>/statm: ~1 us per call).
 RECYCLE_RSS_SHARE = 4
@@ -489,15 +495,34 @@ class Sandbox:
                 oldest = ws[0]  # each list is in release order
         return oldest
 
-    def _take_lru(self) -> _Worker | None:
-        """Remove and return the idle worker (of any code) idle the longest (lock held)."""
-        oldest = self._lru()
-        if oldest is not None and oldest.code is not None:
-            ws = self._idle[oldest.code]
-            ws.pop(0)
+    def _spare(self) -> tuple[_Worker | None, float]:
+        """The idle worker a call whose code has a worker may replace, and else how long
+        until one may be (lock held): the least recently used of those idle at least
+        ``EVICT_IDLE_S`` whose code keeps another worker, or idle at least ``RESERVE_IDLE_S``
+        if it is its code's last."""
+        now = self._clock()
+        best: _Worker | None = None
+        wait = RESERVE_IDLE_S
+        for c, ws in self._idle.items():
             if not ws:
-                del self._idle[oldest.code]
-        return oldest
+                continue
+            w = ws[0]  # each list is in release order: its code's longest idle
+            spare = self._pending.get(c, 0) + sum(1 for x in self._all if x.code == c) > 1
+            left = (EVICT_IDLE_S if spare else RESERVE_IDLE_S) - (now - w.idle_since)
+            if left > 0:
+                wait = min(wait, left)
+            elif best is None or w.last_used < best.last_used:
+                best = w
+        return best, wait
+
+    def _take_idle(self, w: _Worker) -> _Worker:
+        """Remove ``w`` from the idle workers of its code and return it (lock held)."""
+        assert w.code is not None
+        ws = self._idle[w.code]
+        ws.remove(w)
+        if not ws:
+            del self._idle[w.code]
+        return w
 
     def _acquire(self, code: _Code, wait_s: float) -> _Worker:
         """A worker that serves ``code``: an idle one that served it (warm), a fresh one,
@@ -538,19 +563,17 @@ class Sandbox:
                         self._reserve(code)
                         break
                     pause = 0.5
-                    oldest = self._lru()
-                    if oldest is not None:
-                        idle_for = self._clock() - oldest.idle_since
-                        if idle_for >= EVICT_IDLE_S or not (
-                            self._has_worker(code) or self._replacing
-                        ):
-                            evict = self._take_lru()
-                            assert evict is oldest
-                            self._all.discard(evict)
-                            self._reserve(code)  # its slot, for the worker started in its place
-                            self.evictions += 1
-                            break
-                        pause = EVICT_IDLE_S - idle_for  # a worker of its own may come free first
+                    if self._has_worker(code) or self._replacing:
+                        victim, wait_more = self._spare()
+                        pause = min(pause, wait_more)  # a worker of its own may come free first
+                    else:  # no worker of its own: the least recently used idle one, at once
+                        victim = self._lru()
+                    if victim is not None:
+                        evict = self._take_idle(victim)
+                        self._all.discard(evict)
+                        self._reserve(code)  # its slot, for the worker started in its place
+                        self.evictions += 1
+                        break
                     left = deadline - self._clock()
                     if left <= 0:
                         raise SandboxError(f"no sandbox worker available within {wait_s:.0f} s")

@@ -275,6 +275,65 @@ def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_re
     assert sorted(sb.worker_pids()) == sorted([pid_a, pid_b]) and sb.stats()["evictions"] == 0
 
 
+def test_a_code_in_use_keeps_its_last_worker_when_another_code_has_a_busy_one(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a's second concurrent call replaced b's only worker once it was idle EVICT_IDLE_S, and
+    # b's next call, finding no worker, replaced one of a's at once: two process starts
+    # (~0.1 s of CPU each) whenever the mix of contracts shifted (10-12 per e2e benchmark
+    # level over four peers). A code's last worker is replaced only after RESERVE_IDLE_S.
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 0.0)  # b's worker is "idle long enough"
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    busy = sb._acquire(_code(sb, "a"), 5.0)
+    got: list[object] = []
+    waiter = _waiting_call(sb, A, got)  # checked to be waiting, not served by a replacement
+    assert sb.stats()["evictions"] == 0
+    sb._release(busy)
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [pid_a]
+    assert _served(sb, B)[0] == pid_b
+    assert sb.stats()["evictions"] == 0 and sorted(sb.worker_pids()) == sorted([pid_a, pid_b])
+    # once b's worker has been idle RESERVE_IDLE_S, it goes to a's second call as before
+    monkeypatch.setattr(runtime, "RESERVE_IDLE_S", 0.0)
+    busy = sb._acquire(_code(sb, "a"), 5.0)
+    pid_a2 = _served(sb, A)[0]
+    sb._release(busy)
+    assert pid_a2 not in (pid_a, pid_b) and sb.stats()["evictions"] == 1
+    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_a2])
+
+
+def test_a_code_with_a_busy_worker_takes_a_spare_worker_of_another_code(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a holds two workers, b one (busy): b's second call replaces a's idle spare, never a's
+    # last one, however long it has been idle short of RESERVE_IDLE_S
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 0.0)
+    sb = hostile("serves", workers=3)
+    _served(sb, A)
+    code_a = _code(sb, "a")
+    first = sb._acquire(code_a, 5.0)  # a's worker
+    second = sb._acquire(code_a, 5.0)  # a fresh one, a's from now on
+    assert first is not second and first.code == second.code == code_a
+    sb._release(first)
+    sb._release(second)
+    pid_b, _ = _served(sb, B)
+    busy_b = sb._acquire(_code(sb, "b"), 5.0)
+    pid_b2 = _served(sb, B)[0]  # replaces the least recently used of a's two
+    assert pid_b2 not in (first.pid, second.pid, pid_b) and sb.stats()["evictions"] == 1
+    assert sorted(sb.worker_pids()) == sorted([second.pid, pid_b, pid_b2])
+    held = [sb._acquire(_code(sb, "b"), 5.0)]  # b's second worker busy too
+    got: list[object] = []
+    waiter = _waiting_call(sb, B, got)  # a's last worker is not replaced: it waits
+    assert sb.stats()["evictions"] == 1
+    sb._release(held.pop())
+    waiter.join(10)
+    assert not waiter.is_alive() and got == [pid_b2]
+    sb._release(busy_b)
+    assert _served(sb, A)[0] == second.pid and sb.stats()["evictions"] == 1
+
+
 C = make_inv(PING, "ping", {"n": 1}, contract="c")
 
 
