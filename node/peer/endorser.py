@@ -49,10 +49,11 @@ from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
 from node.msgbound import budget_reader
 from node.peer.config_view import ConfigView
-from node.peer.definitions import LIFECYCLE_NS
+from node.peer.definitions import LIFECYCLE_NS, ContractDefinition
 from node.peer.history import HistoryLedger, LedgerHistory, ValueCache
 from node.peer.lifecycle import (
     Lifecycle,
+    definition_key,
     load_definition,
     load_package,
     package_hash,
@@ -315,6 +316,22 @@ class Endorser:
             if len(self._sources) > 64:
                 self._sources.popitem(last=False)
         return package.source
+
+    def committed_sources(self, limit: int) -> list[tuple[str, str, str]]:
+        """(name, code hash, verified source) of up to ``limit`` committed contracts, in name
+        order, to compile them before their first call; one whose stored source does not
+        verify is left out (its calls fail as they would have)."""
+        out: list[tuple[str, str, str]] = []
+        prefix = definition_key("")
+        with self._ledger.snapshot() as snap:
+            for _key, record in snap.range(LIFECYCLE_NS, prefix, prefix[:-1] + "0", limit):
+                try:
+                    d = ContractDefinition.from_json(record.value)
+                    out.append((d.name, d.code_hash,
+                                self._verified_source(snap, d.name, d.version, d.code_hash)))
+                except (RxError, ValueError, KeyError, TypeError):
+                    continue
+        return out
 
     # ------------------------------------------------------------------ endorse
 

@@ -54,7 +54,7 @@ from node.peer.peer_clients import RemoteEndorsers
 from node.peer.policy_provider import LifecyclePolicies
 from node.protocol import require_supported
 from node.rpc_parse import ParseGuard
-from node.sandbox.runtime import Sandbox
+from node.sandbox.runtime import ContractRejected, Sandbox, SandboxError
 from node.sandbox.types import SandboxLimits
 
 _log = logging.getLogger(__name__)
@@ -279,6 +279,19 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     except OSError as exc:
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     deliver.start()
+    threading.Thread(target=_warm_contracts, args=(config.name, endorser, sandbox),
+                     name="sandbox-warm", daemon=True).start()
     _log.info("event=peer_started node=%s listen=%s height=%d", config.name, config.listen,
               ledger.height())
     return node
+
+
+def _warm_contracts(name: str, endorser: Endorser, sandbox: Sandbox) -> None:
+    """Compile the committed contracts in idle workers, one each, keeping one worker free:
+    their first calls after a start do not pay the compile, nor replace a worker that the
+    first burst of another contract's calls took (warm never replaces a worker)."""
+    try:
+        for contract, code_hash, source in endorser.committed_sources(sandbox.size - 1):
+            sandbox.warm(code_hash, source, contract)
+    except (RxError, SandboxError, ContractRejected, OSError) as exc:  # calls compile the rest
+        _log.warning("event=sandbox_warm_failed node=%s error=%r", name, str(exc))

@@ -601,6 +601,11 @@ class Sandbox:
             self._unreserve(code)
         return w
 
+    @property
+    def size(self) -> int:
+        """The most worker processes the pool holds."""
+        return self._size
+
     def worker_pids(self) -> list[int]:
         with self._lock:
             return sorted(w.pid for w in self._all if w.proc.poll() is None)
