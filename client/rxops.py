@@ -633,24 +633,34 @@ class RxOperations:
         When a reader's records certificate is not usable now (revoked, expired) no key can
         reach it: the consent is withdrawn all the same (no later key fetch, no view) without
         a note key, and the answer says so in ``note_key_skipped`` -- withdrawing that
-        reader's consent first, or routing away from it, lets a withdrawal make one again."""
-        args: dict[str, Any] = {"rx_id": rx_id, "org": org}
-        opened = self._get_key(rx_id)
-        skipped = ""
-        if opened.readers is not None:
-            key, epoch = aead.new_record_key(), opened.note_epoch + 1
-            own = self.s.identity.private_key.public_key()  # her grant is wrapped for her certificate
+        reader's consent first, or routing away from it, lets a withdrawal make one again.
+        The readers changed between the key fetch and the withdrawal (a route, another
+        consent: BAD_ARGUMENTS naming ``note_keys``, nothing written): fetched and sent once more."""
+        for attempt in range(2):
+            args: dict[str, Any] = {"rx_id": rx_id, "org": org}
+            opened = self._get_key(rx_id)
+            skipped = ""
+            if opened.readers is not None:
+                key, epoch = aead.new_record_key(), opened.note_epoch + 1
+                own = self.s.identity.private_key.public_key()  # her grant is wrapped for her certificate
+                try:
+                    args["note_keys"] = {
+                        party: wrap_note_key(own if party == "patient" else self.s.records_public_key(party),
+                                             key, rx_id, party, epoch)
+                        for party in opened.readers if party != org}
+                except RxClientError as exc:
+                    skipped = f"{exc.reason}: {exc.message}"
             try:
-                args["note_keys"] = {
-                    party: wrap_note_key(own if party == "patient" else self.s.records_public_key(party),
-                                         key, rx_id, party, epoch)
-                    for party in opened.readers if party != org}
+                out = _written(self.s.gateway.submit(RX, "revoke_consent", args))
             except RxClientError as exc:
-                skipped = f"{exc.reason}: {exc.message}"
-        out = _written(self.s.gateway.submit(RX, "revoke_consent", args))
-        if skipped:
-            out["note_key_skipped"] = skipped
-        return out
+                moved = exc.reason == "BAD_ARGUMENTS" and "note_keys must map exactly" in exc.message
+                if not moved or "note_keys" not in args or attempt == 1:
+                    raise
+                continue
+            if skipped:
+                out["note_key_skipped"] = skipped
+            return out
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # ------------------------------------------------------------ claims, patients
     def _claim_grant(self, rx_id: str) -> OpenedRecord:

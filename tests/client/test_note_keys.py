@@ -206,3 +206,24 @@ def test_a_reader_without_a_usable_certificate_does_not_stop_the_withdrawal(worl
     assert out["granted"] is False and out["note_key_skipped"].startswith("CERT_REVOKED")
     assert _state(world, f"grant/{rx}/h02") is None
     assert "note_epoch" not in _state(world, "rx/" + rx)
+
+
+def test_a_route_between_the_key_fetch_and_the_withdrawal_is_answered_by_wrapping_again(world: World) -> None:  # noqa: F811
+    """The hospital re-routes to p02 after the patient's client listed the readers (p01 among
+    them): the withdrawal naming p01 is refused (nothing written) and sent again for the
+    readers now -- p02 gets the note key, p01 (routed away) does not."""
+    rx = _issued(world)
+    patient = _patient(world)
+    patient.grant_consent(rx, "h02")
+
+    def reroute() -> None:
+        world.chain.submit("prescription", "route", JIANG, rx_id=rx, pharmacy="p02",
+                           wrapped_key=world.wrap_for(rx, "p02")).unwrap()
+
+    gw = ContractGateway(world, world.patient_who("patient-zhang"), {"revoke_consent": reroute})
+    patient.s.gateway = gw  # type: ignore[assignment]
+    patient.revoke_consent(rx, "h02")
+    assert [(c[0], c[2]) for c in gw.calls] == [("get_key", "OK"), ("revoke_consent", "BAD_ARGUMENTS"),
+                                                ("get_key", "OK"), ("revoke_consent", "OK")]
+    assert sorted(gw.calls[3][1]["note_keys"]) == ["h01", "p02", "patient"]
+    assert _state(world, f"grant/{rx}/p02")["note_keys"].keys() == {"1"}
