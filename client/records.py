@@ -15,7 +15,14 @@ Layouts (base64 strings on the ledger):
 * wrapped key = ``aead.wrap_key(recipient, K, context="rxchain/rx/{rx_id}/{party}")`` where
   party is ``patient`` (the patient's own certificate key) or an organisation id (its
   records certificate: issuing hospital, routed pharmacy, consent holders; the insurer
-  receives K' only).
+  receives K' only);
+* note keys: notes (review, revoke) are encrypted under the record key until the patient
+  withdraws a consent; each withdrawal makes a fresh note key N_e (e = 1, 2, ...) wrapped
+  for every remaining reader only, ``aead.wrap_key(recipient, N_e,
+  context="rxchain/rx/{rx_id}/{party}/note/{e}")``, and every later note is under it, so a
+  withdrawn party (which keeps the keys it fetched) reads none of them. A note records its
+  key's number ``note_epoch`` (absent or 0: the record key, as every note of the previous
+  release).
 
 Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))`` (ID number stripped and
 upper-cased first); diagnosis tags use
@@ -35,7 +42,7 @@ import json
 import os
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -144,6 +151,30 @@ def wrap_for(public_key: ec.EllipticCurvePublicKey, record_key: bytes, rx_id: st
     return b64(aead.wrap_key(public_key, record_key, wrap_context(rx_id, party)))
 
 
+def note_wrap_context(rx_id: str, party: str, epoch: int) -> bytes:
+    """Key-wrapping context of one party's copy of note key ``epoch`` (1, 2, ...)."""
+    return f"rxchain/rx/{rx_id}/{party}/note/{epoch}".encode()
+
+
+def wrap_note_key(public_key: ec.EllipticCurvePublicKey, note_key: bytes, rx_id: str, party: str,
+                  epoch: int) -> str:
+    """Note key ``epoch`` wrapped for one party (``patient`` or an org id), base64."""
+    return b64(aead.wrap_key(public_key, note_key, note_wrap_context(rx_id, party, epoch)))
+
+
+def wrap_note_keys(public_key: ec.EllipticCurvePublicKey, opened: OpenedRecord, party: str) -> dict[str, str]:
+    """Every note key ``opened`` holds (1..note_epoch) wrapped for ``party``: what a new
+    reader (a consent, a routed pharmacy) needs to read the notes written so far. NoKeyGrant
+    when one of them does not open for the caller."""
+    out = {}
+    for epoch in range(1, opened.note_epoch + 1):
+        key = opened.note_keys.get(epoch)
+        if key is None:
+            raise NoKeyGrant(f"note key {epoch} of {opened.rx_id} does not open with the caller's keys")
+        out[str(epoch)] = wrap_note_key(public_key, key, opened.rx_id, party, epoch)
+    return out
+
+
 @dataclass(frozen=True)
 class SealedPrescription:
     """Everything ``prescription.issue`` needs: on-ledger args and transient inputs."""
@@ -198,6 +229,16 @@ class OpenedRecord:
     body: dict[str, Any]
     salt: str
     record_key: bytes
+    note_epoch: int = 0  # the note key in force (0: the record key)
+    note_keys: Mapping[int, bytes] = field(default_factory=dict)  # the caller's note keys that open
+    readers: tuple[str, ...] | None = None  # the record key's holders (told to the patient only)
+
+    def note_key(self, epoch: int) -> bytes | None:
+        """The key of a note written under note key ``epoch`` (0: the record key; a claim
+        grant's key for the insurer's reversal notes), None when the caller holds none."""
+        if epoch == 0:
+            return self.record_key
+        return None if self.kind == CLAIM else self.note_keys.get(epoch)
 
 
 def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey]) -> OpenedRecord:
@@ -215,15 +256,16 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
     kind = CLAIM if grant.get("kind") == "insurer" else CONTENT
     party = str(grant.get("party", ""))
     wrapped = unb64(str(grant["wrapped_key"]))
-    record_key = None
+    record_key = opener = None
     for k in keys:
         try:
-            record_key = aead.unwrap_key(k, wrapped, wrap_context(rx_id, party))
+            record_key, opener = aead.unwrap_key(k, wrapped, wrap_context(rx_id, party)), k
             break
         except aead.DecryptionError:
             continue
-    if record_key is None:
+    if record_key is None or opener is None:
         raise NoKeyGrant("the wrapped key does not open with any of the caller's keys")
+    note_keys = _note_keys(grant, opener, rx_id, party)
     try:
         plain = aead.decrypt(record_key, unb64(str(grant["ciphertext"])), _aad(rx_id))
     except aead.DecryptionError as exc:
@@ -244,4 +286,28 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         ok = False
     if not ok:
         raise RxClientError("HASH_MISMATCH", "decrypted record does not match its commitment")
-    return OpenedRecord(rx_id, kind, party, body, salt, record_key)
+    epoch = grant.get("note_epoch", 0)
+    if type(epoch) is not int or epoch < 0:
+        raise RxClientError("BAD_PAYLOAD", "key grant with a note_epoch that is no count")
+    readers = grant.get("readers")
+    names = tuple(str(r) for r in readers) if isinstance(readers, list) else None
+    return OpenedRecord(rx_id, kind, party, body, salt, record_key, epoch, note_keys, names)
+
+
+def _note_keys(grant: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, rx_id: str,
+               party: str) -> dict[int, bytes]:
+    """The note keys of a grant that open with ``key`` (the one that opened its record key);
+    one that does not (a writer's bad wrap) is left out: its notes stay sealed, nothing fails."""
+    wrapped = grant.get("note_keys")
+    out: dict[int, bytes] = {}
+    if not isinstance(wrapped, dict):
+        return out
+    for name, text in wrapped.items():
+        digits = isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 4
+        if not digits or not isinstance(text, str):
+            continue
+        try:
+            out[int(name)] = aead.unwrap_key(key, unb64(text), note_wrap_context(rx_id, party, int(name)))
+        except (aead.DecryptionError, RxClientError):
+            continue
+    return out

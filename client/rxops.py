@@ -25,9 +25,19 @@ from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_re
 from client.patients import Patient
 from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
 from client.reconcile import claim_report
-from client.records import OpenedRecord, commitment, open_grant, seal_prescription, trace_code_hash, wrap_for
+from client.records import (
+    OpenedRecord,
+    commitment,
+    open_grant,
+    seal_prescription,
+    trace_code_hash,
+    wrap_for,
+    wrap_note_key,
+    wrap_note_keys,
+)
 from client.rxid import check_rx_id
 from client.session import Session
+from node.crypto import aead
 
 RX = "prescription"
 SETTLEMENT = "settlement"
@@ -257,13 +267,32 @@ class RxOperations:
         raise EndorsementError("DUPLICATE_RX", f"{ISSUE_ID_ATTEMPTS} fresh prescription numbers were each taken "
                                "by another prescription (is the random source broken?); nothing was issued")
 
-    def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, str]:
-        """``{"note_ct": ...}`` with ``note`` encrypted under the key the caller holds for
-        ``rx_id`` (record key, or claim key for an insurer), or ``{}`` without a note."""
+    def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, Any]:
+        """``{"note_ct": ...}`` with ``note`` encrypted under the note key in force for
+        ``rx_id`` (the record key until a withdrawal of consent made a note key: then also
+        ``note_epoch``, its number), or ``{}`` without a note."""
         if not note:
             return {}
         opened = self._get_key(rx_id)
-        return {"note_ct": seal_note(opened.record_key, rx_id, action, note)}
+        key = opened.note_key(opened.note_epoch)
+        if key is None:
+            raise NoKeyGrant(f"note key {opened.note_epoch} of {rx_id} does not open with the caller's keys")
+        out: dict[str, Any] = {"note_ct": seal_note(key, rx_id, action, note)}
+        if opened.note_epoch:  # sent only then: a contract from before note keys knows no note_epoch
+            out["note_epoch"] = opened.note_epoch
+        return out
+
+    def _submit_noted(self, fn: str, args: dict[str, Any], action: str, note: str) -> dict[str, Any]:
+        """Submit ``fn`` with ``note`` sealed under the note key in force; once more when a
+        withdrawal of consent made a new note key between the key fetch and the submit
+        (NOTE_KEY_STALE: nothing was written)."""
+        for attempt in range(2):
+            try:
+                return _written(self.s.gateway.submit(RX, fn, {**args, **self._sealed(args["rx_id"], action, note)}))
+            except RxClientError as exc:
+                if exc.reason != "NOTE_KEY_STALE" or attempt == 1:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def review(self, rx_id: str, approve: bool, reason: str = "", note: str = "") -> dict[str, Any]:
         """Approve, or reject with a code (free text becomes OTHER + an encrypted note)."""
@@ -273,16 +302,17 @@ class RxOperations:
             r = split_reason(REVIEW, reason, note)
             code, text = r.code, r.note
         args: dict[str, Any] = {"rx_id": rx_id, "approve": approve, "reason": code}
-        args.update(self._sealed(rx_id, REVIEW, text))
-        return _written(self.s.gateway.submit(RX, "review", args))
+        return self._submit_noted("review", args, REVIEW, text)
 
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
-        """(Re-)route: re-wrap the content key for the new pharmacy."""
+        """(Re-)route: re-wrap the content key (and the note keys) for the new pharmacy."""
         opened = self._get_key(rx_id)
-        wrapped = wrap_for(self.s.records_public_key(pharmacy), opened.record_key, rx_id,
-                           pharmacy)
-        return _written(self.s.gateway.submit(
-            RX, "route", {"rx_id": rx_id, "pharmacy": pharmacy, "wrapped_key": wrapped}))
+        pub = self.s.records_public_key(pharmacy)
+        args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy,
+                                "wrapped_key": wrap_for(pub, opened.record_key, rx_id, pharmacy)}
+        if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
+            args["note_keys"] = wrap_note_keys(pub, opened, pharmacy)
+        return _written(self.s.gateway.submit(RX, "route", args))
 
     def lock(self, rx_id: str) -> dict[str, Any]:
         """Lock for dispensing."""
@@ -428,20 +458,22 @@ class RxOperations:
         """Revoke before dispensing: ``reason`` is a code, or free text that becomes OTHER
         with the text in a note encrypted under the record key (never plaintext on-chain)."""
         r = split_reason(REVOKE, reason, note)
-        args: dict[str, Any] = {"rx_id": rx_id, "reason": r.code}
-        args.update(self._sealed(rx_id, REVOKE, r.note))
-        return _written(self.s.gateway.submit(RX, "revoke", args))
+        return self._submit_noted("revoke", {"rx_id": rx_id, "reason": r.code}, REVOKE, r.note)
 
     def _notes_opened(self, rx_id: str, items: list[tuple[str, dict[str, Any]]],
                       opened: OpenedRecord | None) -> None:
         """Replace each item's ``note_ct`` by ``note`` (decrypted text, or None when the
-        caller holds no key for it). ``items`` are (action, record) pairs."""
+        caller holds no key for it: the note key ``note_epoch`` it was written under, 0 or
+        absent for the record key). ``items`` are (action, record) pairs."""
         for action, rec in items:
             ct = str(rec.pop("note_ct", "") or "")
+            epoch = rec.pop("note_epoch", 0)
             if not ct:
                 continue
             want = "claim" if action == REVERSE else "content"
-            key = opened.record_key if opened is not None and opened.kind == want else None
+            key = None
+            if opened is not None and opened.kind == want and type(epoch) is int:
+                key = opened.note_key(epoch)
             rec["note"] = open_note(key, rx_id, action, ct) if key is not None else None
 
     def show(self, rx_id: str) -> dict[str, Any]:
@@ -541,6 +573,7 @@ class RxOperations:
                 row["reason"] = detail["reason"]
             if detail.get("note_ct") and row["step"] in (REVIEW, REVOKE, REVERSE):
                 row["note_ct"] = detail["note_ct"]
+                row["note_epoch"] = detail.get("note_epoch", 0)
                 notes.append((str(row["step"]), row))
             steps.append(row)
         if notes:
@@ -581,16 +614,53 @@ class RxOperations:
         return self._all_pages("audit_trail", rx_id, "events")
 
     def grant_consent(self, rx_id: str, org: str) -> dict[str, Any]:
-        """The patient shares her prescription with another organisation (re-wrapped key)."""
+        """The patient shares her prescription with another organisation (re-wrapped record
+        key and note keys: it reads the notes written so far)."""
         opened = self._get_key(rx_id)
-        wrapped = wrap_for(self.s.records_public_key(org), opened.record_key, rx_id, org)
-        return _written(self.s.gateway.submit(
-            RX, "grant_consent", {"rx_id": rx_id, "org": org, "wrapped_key": wrapped}))
+        pub = self.s.records_public_key(org)
+        args: dict[str, Any] = {"rx_id": rx_id, "org": org,
+                                "wrapped_key": wrap_for(pub, opened.record_key, rx_id, org)}
+        if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
+            args["note_keys"] = wrap_note_keys(pub, opened, org)
+        return _written(self.s.gateway.submit(RX, "grant_consent", args))
 
     def revoke_consent(self, rx_id: str, org: str) -> dict[str, Any]:
-        """The patient withdraws a consent grant."""
-        return _written(self.s.gateway.submit(
-            RX, "revoke_consent", {"rx_id": rx_id, "org": org}))
+        """The patient withdraws a consent grant, and makes a fresh note key wrapped for every
+        other reader of the record (herself, the hospital, the routed pharmacy, the other
+        consents: the contract checks the set) under which every later note is encrypted:
+        ``org`` keeps the keys it fetched before, and reads no note written after this.
+        A contract from before note keys (its ``get_key`` names no readers) only withdraws.
+        When a reader's records certificate is not usable now (revoked, expired) no key can
+        reach it: the consent is withdrawn all the same (no later key fetch, no view) without
+        a note key, and the answer says so in ``note_key_skipped`` -- withdrawing that
+        reader's consent first, or routing away from it, lets a withdrawal make one again.
+        The readers changed between the key fetch and the withdrawal (a route, another
+        consent: BAD_ARGUMENTS naming ``note_keys``, nothing written): fetched and sent once more."""
+        for attempt in range(2):
+            args: dict[str, Any] = {"rx_id": rx_id, "org": org}
+            opened = self._get_key(rx_id)
+            skipped = ""
+            if opened.readers is not None:
+                key, epoch = aead.new_record_key(), opened.note_epoch + 1
+                own = self.s.identity.private_key.public_key()  # her grant is wrapped for her certificate
+                try:
+                    args["note_keys"] = {
+                        party: wrap_note_key(own if party == "patient" else self.s.records_public_key(party),
+                                             key, rx_id, party, epoch)
+                        for party in opened.readers if party != org}
+                except RxClientError as exc:
+                    skipped = f"{exc.reason}: {exc.message}"
+            try:
+                out = _written(self.s.gateway.submit(RX, "revoke_consent", args))
+            except RxClientError as exc:
+                moved = exc.reason == "BAD_ARGUMENTS" and "note_keys must map exactly" in exc.message
+                if not moved or "note_keys" not in args or attempt == 1:
+                    raise
+                continue
+            if skipped:
+                out["note_key_skipped"] = skipped
+            return out
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # ------------------------------------------------------------ claims, patients
     def _claim_grant(self, rx_id: str) -> OpenedRecord:

@@ -59,6 +59,8 @@ REJECT_REASONS = ("INTERACTION", "DOSE", "CONTRAINDICATION", "NOT_INDICATED", "I
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
+MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal of consent (README "Note keys")
+MAX_WRAPPED = 512  # a wrapped note key (aead.wrap_key: 126 bytes, 168 base64 characters)
 HISTORY_WINDOW = 1000  # ctx.history answers at most the oldest 1000 versions of a key
 PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
 CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
@@ -136,6 +138,42 @@ def _note_ct(ctx: Context, note_ct: str) -> str:
     if not _only(note_ct, B64_CHARS, 0, MAX_NOTE_CT):
         ctx.fail("BAD_ARGUMENTS", "note_ct must be base64 ciphertext (client-side encrypted)")
     return note_ct
+
+
+def _note(ctx: Context, rx: dict, note_ct: str, note_epoch: int) -> dict:
+    """The note fields of a review or revocation: ``note_ct`` and, once a withdrawal of consent
+    made a note key, ``note_epoch``; a note must be under the note key in force (0: the record
+    key), else NOTE_KEY_STALE (a withdrawn party holds the older keys)."""
+    note = _note_ct(ctx, note_ct)
+    epoch = rx.get("note_epoch", 0)  # absent on records from before note keys
+    if not _is_int(note_epoch, 0, MAX_NOTE_KEYS):
+        ctx.fail("BAD_ARGUMENTS", "note_epoch is the note key's number (0-64)")
+    if note != "" and note_epoch != epoch:
+        ctx.fail("NOTE_KEY_STALE", "the note must be encrypted under note key " + str(epoch) + " (get_key)")
+    out = {"note_ct": note}
+    if note != "" and epoch > 0:
+        out["note_epoch"] = epoch
+    return out
+
+
+def _wrapped_map(ctx: Context, keys: dict, names: list) -> dict:
+    """``keys`` (None: {}) maps exactly ``names`` each to a wrapped note key."""
+    if keys is None:
+        keys = {}
+    if not isinstance(keys, dict) or sorted(keys.keys()) != sorted(names):
+        ctx.fail("BAD_ARGUMENTS", "note_keys must map exactly [" + ", ".join(sorted(names)) + "] to wrapped keys")
+    for k in names:
+        if not _only(keys[k], B64_CHARS, 1, MAX_WRAPPED):
+            ctx.fail("BAD_ARGUMENTS", "a wrapped note key is base64 of at most 512 characters")
+    return keys
+
+
+def _epochs(rx: dict) -> list:
+    """The numbers ("1".."n") of the prescription's note keys."""
+    out = []
+    for i in range(rx.get("note_epoch", 0)):
+        out.append(str(i + 1))
+    return out
 
 
 def _civil(ms: int) -> list:
@@ -289,18 +327,40 @@ def _audit(ctx: Context, rx_id: str, n: int, event: str, party: str, outcome: st
     )
 
 
-def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int) -> None:
-    ctx.put(
-        "grant/" + rx_id + "/" + party,
-        {
-            "party": party,
-            "kind": kind,
-            "wrapped_key": wrapped,
-            "granted_by": ctx.caller.org,
-            "time_ms": ctx.timestamp_ms,
-        },
-    )
+def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int, note_keys: dict | None = None) -> None:
+    rec = {
+        "party": party,
+        "kind": kind,
+        "wrapped_key": wrapped,
+        "granted_by": ctx.caller.org,
+        "time_ms": ctx.timestamp_ms,
+    }
+    if note_keys:  # the note keys made so far, "1".."n" (README "Note keys")
+        rec["note_keys"] = note_keys
+    ctx.put("grant/" + rx_id + "/" + party, rec)
     _audit(ctx, rx_id, n, "GRANT", party, kind)
+
+
+def _grants(ctx: Context, rx_id: str) -> list:
+    """Every grant record of ``rx_id`` (paged reads; gas bounds them)."""
+    end = "grant/" + rx_id + "/~"
+    out = []
+    page = ctx.range("grant/" + rx_id + "/", end, 64)
+    while len(page) > 0:
+        for pair in page:
+            out.append(pair[1])
+        # next page after the last key ("!" sorts below every party id character)
+        page = ctx.range(page[len(page) - 1][0] + "!", end, 64)
+    return out
+
+
+def _readers(ctx: Context, rx_id: str) -> list:
+    """The grants to the record key (all but the insurer's): who reads the notes."""
+    out = []
+    for g in _grants(ctx, rx_id):
+        if g["kind"] != "insurer":
+            out.append(g)
+    return out
 
 
 def _drop_grant(ctx: Context, rx_id: str, party: str, n: int) -> None:
@@ -729,11 +789,12 @@ def issue(
 # ---------------------------------------------------------------- review, routing
 
 
-def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = "") -> dict:
+def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = "", note_epoch: int = 0) -> dict:
     """Approve or reject (pharmacist of the issuing hospital or of the routed pharmacy).
 
     A rejection carries a code of REJECT_REASONS; an approval carries reason "". The
-    optional ``note_ct`` is the client-encrypted note (base64, under the record key)."""
+    optional ``note_ct`` is the client-encrypted note (base64) under the note key in force,
+    ``note_epoch`` (0: the record key; README "Note keys")."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     if c.org == rx["hospital"] and c.name == rx["doctor"]:
@@ -751,7 +812,7 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
         ctx.fail("BAD_ARGUMENTS", "approve is a boolean, reason a string")
     if approve and len(reason) > 0:
         ctx.fail("BAD_ARGUMENTS", "an approval carries no reason")
-    note = _note_ct(ctx, note_ct)
+    note = _note(ctx, rx, note_ct, note_epoch)
     if rx["status"] == "REVOKED":
         ctx.fail("REVOKED", "the prescription was revoked")
     if rx["status"] in TERMINAL:
@@ -766,20 +827,18 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
     if not approve:
         decision = "REJECTED"
     rx["status"] = decision
-    rx["review"] = {
-        "decision": decision,
-        "by": c.name,
-        "org": c.org,
-        "time_ms": ctx.timestamp_ms,
-        "reason": reason,
-        "note_ct": note,
-    }
-    _save(ctx, rx, "review", {"decision": decision, "reason": reason, "note_ct": note})
+    rx["review"] = {"decision": decision, "by": c.name, "org": c.org, "time_ms": ctx.timestamp_ms, "reason": reason}
+    detail = {"decision": decision, "reason": reason}
+    for k in note:
+        rx["review"][k] = note[k]
+        detail[k] = note[k]
+    _save(ctx, rx, "review", detail)
     return {"rx_id": rx_id, "status": decision}
 
 
-def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
+def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str, note_keys: dict | None = None) -> dict:
     """Route or re-route to a pharmacy: grants it, revokes the previous pharmacy's grant.
+    ``note_keys``: the note keys made so far, each wrapped for it (README "Note keys").
 
     Callers: the issuing hospital's doctor/pharmacist/admin, or the patient."""
     rx = _rx(ctx, rx_id)
@@ -807,12 +866,13 @@ def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str) -> dict:
         ctx.fail("ALREADY_ROUTED", "already routed to " + pharmacy)
     if not _is_blob(wrapped_key):
         ctx.fail("BAD_ARGUMENTS", "a wrapped key for the new pharmacy is required")
+    keys = _wrapped_map(ctx, note_keys, _epochs(rx))
     old = rx["pharmacy"]
     n = 0
     if old != "":
         _drop_grant(ctx, rx_id, old, n)
         n = n + 1
-    _grant(ctx, rx_id, pharmacy, "pharmacy", wrapped_key, n)
+    _grant(ctx, rx_id, pharmacy, "pharmacy", wrapped_key, n, keys)
     rx["pharmacy"] = pharmacy
     detail = {"pharmacy": pharmacy, "previous": old}
     if dropped != "":
@@ -1025,10 +1085,11 @@ def deliver(ctx: Context, rx_id: str, fill: int = 0) -> dict:
 # ---------------------------------------------------------------- revoke, expire, erase
 
 
-def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "") -> dict:
+def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "", note_epoch: int = 0) -> dict:
     """Revoke before any dispensing: the issuing doctor or the hospital's pharmacy dept.
 
-    ``reason`` is a code of REVOKE_REASONS; ``note_ct`` the optional client-encrypted note."""
+    ``reason`` is a code of REVOKE_REASONS; ``note_ct`` the optional client-encrypted note
+    under note key ``note_epoch`` (as ``review``)."""
     rx = _rx(ctx, rx_id)
     c = ctx.caller
     is_doctor = c.org == rx["hospital"] and c.name == rx["doctor"] and c.role == "doctor"
@@ -1042,17 +1103,15 @@ def revoke(ctx: Context, rx_id: str, reason: str, note_ct: str = "") -> dict:
     if rx["fills"] > 0:
         ctx.fail("REVOKE_NOT_ALLOWED", "the prescription was already dispensed")
     code = _reason_code(ctx, reason, REVOKE_REASONS, "a revocation")
-    note = _note_ct(ctx, note_ct)
+    note = _note(ctx, rx, note_ct, note_epoch)
     rx["status"] = "REVOKED"
     rx["lock"] = None
-    rx["revocation"] = {
-        "by": c.name,
-        "org": c.org,
-        "time_ms": ctx.timestamp_ms,
-        "reason": code,
-        "note_ct": note,
-    }
-    _save(ctx, rx, "revoke", {"reason": code, "note_ct": note})
+    rx["revocation"] = {"by": c.name, "org": c.org, "time_ms": ctx.timestamp_ms, "reason": code}
+    detail = {"reason": code}
+    for k in note:
+        rx["revocation"][k] = note[k]
+        detail[k] = note[k]
+    _save(ctx, rx, "revoke", detail)
     return {"rx_id": rx_id, "status": "REVOKED"}
 
 
@@ -1085,15 +1144,9 @@ def erase(ctx: Context, rx_id: str, retention_days: int) -> dict:
     if ctx.timestamp_ms < rx["issued_ms"] + retention_days * DAY_MS:
         ctx.fail("RETENTION_NOT_ELAPSED", "the retention period has not elapsed")
     n = 0
-    start = "grant/" + rx_id + "/"
-    page = ctx.range(start, "grant/" + rx_id + "/~", 64)
-    while len(page) > 0:
-        for pair in page:
-            _drop_grant(ctx, rx_id, pair[1]["party"], n)
-            n = n + 1
-        # next page after the last key ("!" sorts below every party id character)
-        start = page[len(page) - 1][0] + "!"
-        page = ctx.range(start, "grant/" + rx_id + "/~", 64)
+    for g in _grants(ctx, rx_id):
+        _drop_grant(ctx, rx_id, g["party"], n)
+        n = n + 1
     rx["ciphertext"] = ""
     rx["claim_ciphertext"] = ""
     if rx["review"] is not None and "note_ct" in rx["review"]:
@@ -1133,18 +1186,26 @@ def get_key(ctx: Context, rx_id: str) -> dict:
     if grant["kind"] == "insurer":
         ciphertext = rx["claim_ciphertext"]
         commitment = rx["claim_commitment"]
-    return {
+    out = {
         "rx_id": rx_id,
         "party": party,
         "kind": grant["kind"],
         "wrapped_key": grant["wrapped_key"],
         "ciphertext": ciphertext,
         "commitment": commitment,
+        "note_epoch": rx.get("note_epoch", 0),
+        "note_keys": grant.get("note_keys", {}),
     }
+    if party == "patient":  # she wraps a new note key for them when she withdraws a consent
+        out["readers"] = []
+        for g in _readers(ctx, rx_id):
+            out["readers"].append(g["party"])
+    return out
 
 
-def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
-    """The patient grants another organisation read access (its wrapped key)."""
+def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_keys: dict | None = None) -> dict:
+    """The patient grants another organisation read access (its wrapped key; ``note_keys``:
+    the note keys made so far, each wrapped for it)."""
     rx = _patients_rx(ctx, rx_id, "grants consent")
     if rx["status"] == "ERASED":
         ctx.fail("ERASED", "the prescription was erased")
@@ -1153,19 +1214,42 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
     old = ctx.get("grant/" + rx_id + "/" + org)
     if old is not None and old["kind"] != "consent":
         ctx.fail("ALREADY_GRANTED", org + " already holds a " + old["kind"] + " grant")
-    _grant(ctx, rx_id, org, "consent", wrapped_key, 0)
+    _grant(ctx, rx_id, org, "consent", wrapped_key, 0, _wrapped_map(ctx, note_keys, _epochs(rx)))
     _save(ctx, rx, "consent", {"org": org})
     return {"rx_id": rx_id, "org": org, "granted": True}
 
 
-def revoke_consent(ctx: Context, rx_id: str, org: str) -> dict:
-    """The patient withdraws a consent grant."""
+def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = None) -> dict:
+    """The patient withdraws a consent grant. ``note_keys``: a new note key wrapped for every
+    other reader (get_key's ``readers``), the key of every later note: ``org`` keeps the keys
+    it fetched, never this one (README "Note keys")."""
     rx = _patients_rx(ctx, rx_id, "withdraws consent")
     old = ctx.get("grant/" + rx_id + "/" + org)
     if old is None or old["kind"] != "consent":
         ctx.fail("NO_KEY_GRANT", org + " holds no consent grant")
+    detail = {"org": org}
+    if note_keys is not None:
+        epoch = rx.get("note_epoch", 0) + 1
+        if epoch > MAX_NOTE_KEYS:
+            ctx.fail("BAD_ARGUMENTS", "at most 64 note keys per prescription (withdraw without note_keys)")
+        readers = []
+        names = []
+        for g in _readers(ctx, rx_id):
+            if g["party"] != org:
+                readers.append(g)
+                names.append(g["party"])
+        _wrapped_map(ctx, note_keys, names)
+        n = 1
+        for g in readers:
+            g["note_keys"] = g.get("note_keys", {})
+            g["note_keys"][str(epoch)] = note_keys[g["party"]]
+            ctx.put("grant/" + rx_id + "/" + g["party"], g)
+            _audit(ctx, rx_id, n, "GRANT", g["party"], "note_key")
+            n = n + 1
+        rx["note_epoch"] = epoch
+        detail["note_epoch"] = epoch
     _drop_grant(ctx, rx_id, org, 0)
-    _save(ctx, rx, "consent_revoked", {"org": org})
+    _save(ctx, rx, "consent_revoked", detail)
     return {"rx_id": rx_id, "org": org, "granted": False}
 
 

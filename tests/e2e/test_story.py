@@ -283,6 +283,9 @@ def test_ledger_verify_and_height_on_every_peer(net: Net):
     assert one["height"] >= out["peers"][0]["height"]
 
 
+CONSENT_NOTE = "half dose from tomorrow"
+
+
 def test_patient_consent_shares_with_another_hospital_and_is_audited(net: Net):
     rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
     assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
@@ -290,8 +293,15 @@ def test_patient_consent_shares_with_another_hospital_and_is_audited(net: Net):
     assert granted["granted"] is True
     shown = net.cli("--as", "h02:dr-zhou", "rx", "show", rx)
     assert shown["content"]["rx_id"] == rx and shown["grant"] == "h02"
-    net.cli("--as", "h01:patient-zhang", "rx", "withdraw", rx, "--org", "h02")
+    withdrawn = net.cli("--as", "h01:patient-zhang", "rx", "withdraw", rx, "--org", "h02")
+    assert "note_key_skipped" not in withdrawn
     assert net.cli_error("--as", "h02:dr-zhou", "rx", "show", rx)["error"] == "NO_KEY_GRANT"
+    # a note after the withdrawal: under the fresh note key the patient's client wrapped for
+    # the readers left (real certificates), which they open and h02 never received
+    net.cli("--as", WANG, "rx", "review", rx, "--reject", "dose", "--note", CONSENT_NOTE)
+    for reader in ("h01:patient-zhang", DOCTOR, WANG):
+        assert net.cli("--as", reader, "rx", "show", rx)["review"]["note"] == CONSENT_NOTE, reader
+    assert net.cli("--as", "reg01:auditor-1", "rx", "show", rx)["review"]["note"] is None
     trail = net.cli("--as", "reg01:auditor-1", "rx", "audit", rx)["events"]
     fetches = [(e["org"], e["outcome"]) for e in trail if e["event"] == "KEY_FETCH"]
     assert ("h02", "DENIED") in fetches and ("h02", "GRANTED") in fetches
