@@ -168,8 +168,30 @@ class RxOperations:
         meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
         return meta if isinstance(meta, dict) else {}
 
+    def _own_endorsers(self, rx_id: str) -> list[str] | None:
+        """The endorsers of a call on ``rx_id`` by a session whose gateway adds default transient
+        inputs to its proposals (a patient's binding, which proves her certificate to the
+        contracts): they go only with a call that names its endorsers (client.gateway), so such
+        a call names the record's parties that run a peer -- this session's peer first if it is
+        one, two of them as the prescription policy takes. None (the gateway picks, the defaults
+        stay home) for any other session, and when the record does not show to her (not hers, or
+        no such id: the call is then refused, and audited, as anyone's)."""
+        if not self.s.gateway.default_transient:
+            return None
+        try:
+            meta = self._meta(rx_id)
+        except RxClientError as exc:
+            if exc.reason in ("NOT_FOUND", "ACCESS_DENIED"):
+                return None
+            raise
+        parties = self._endorsers(*(str(meta.get(k, "")) for k in ("hospital", "pharmacy", "insurer")))
+        if self.s.peer_org in parties:
+            parties.remove(self.s.peer_org)
+            parties.insert(0, self.s.peer_org)
+        return parties[:2] or None
+
     def _get_key(self, rx_id: str) -> OpenedRecord:
-        res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id})
+        res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id}, endorsing_orgs=self._own_endorsers(rx_id))
         grant = res.result if isinstance(res.result, dict) else {}
         keys = self.s.decryption_keys()
         if self.s.identity.role == "patient":
@@ -585,12 +607,13 @@ class RxOperations:
         opened = self._get_key(rx_id)
         wrapped = wrap_for(self.s.records_public_key(org), opened.record_key, rx_id, org)
         return _written(self.s.gateway.submit(
-            RX, "grant_consent", {"rx_id": rx_id, "org": org, "wrapped_key": wrapped}))
+            RX, "grant_consent", {"rx_id": rx_id, "org": org, "wrapped_key": wrapped},
+            endorsing_orgs=self._own_endorsers(rx_id)))
 
     def revoke_consent(self, rx_id: str, org: str) -> dict[str, Any]:
         """The patient withdraws a consent grant."""
         return _written(self.s.gateway.submit(
-            RX, "revoke_consent", {"rx_id": rx_id, "org": org}))
+            RX, "revoke_consent", {"rx_id": rx_id, "org": org}, endorsing_orgs=self._own_endorsers(rx_id)))
 
     # ------------------------------------------------------------ claims, patients
     def _claim_grant(self, rx_id: str) -> OpenedRecord:

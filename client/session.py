@@ -83,6 +83,7 @@ class Session:
         self._check_validity()
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
+        self.peer_org = endpoint.org  # the organisation of the peer this session's gateway is
         self.clock = clock
         # read before the channel is made: a bad binding file (or no secret) must not leave it open
         binding = self._patient_binding() if self.identity.role == "patient" else None
