@@ -69,6 +69,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         return res
     prev: bytes | None = None
     for i, b in enumerate(blocks):
+        found = len(res.errors)
         n = b.header.number
         if n != i:
             res.errors.append(f"block {i}: numbered {n}")
@@ -94,8 +95,8 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         res.state_hash = b.metadata.state_hash.hex()
         if len(res.errors) > 20:
             break
-        if i == 0:
-            continue
+        if i == 0 or len(res.errors) > found:
+            continue  # a block failing a check (no valid orderer signature...) carries no config in force
         new, refused = tracker.judge_block(b)
         res.errors.extend(_code_disagreements(b, new is not None, refused))
         if new is not None:

@@ -16,7 +16,8 @@ from rxchain.v1 import transaction_pb2 as tx_pb
 from bench.txbuild import make_block
 from client.cli import LedgerInvalid, _verify_reason
 from client.verify import verify_blocks
-from node.crypto.signing import Signer, Verifier
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Purpose, Signer, Verifier
 from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.protocol import PROTOCOL_UNSUPPORTED, SUPPORTED_VERSIONS
@@ -146,3 +147,26 @@ def test_a_valid_config_update_served_as_refused_is_adopted_and_reported(peer: P
     assert res.errors == [f"block {n}: the peer recorded its config update BAD_CONFIG_UPDATE; the consortium's "
                           "rules accept it (adopted here)"]
     assert res.height == peer.ledger.height()
+
+
+def test_a_config_block_failing_a_check_is_not_adopted(peer: Peer, net: Net) -> None:
+    """A valid-looking config update in a block no orderer of the config in force signed (a
+    block the serving peer made up, its envelope admin-signed): reported unsigned, and its
+    config is not adopted -- blocks signed by the orderer it names stay unsigned too."""
+    rogue = _rotated_orderer1(net)
+    update = next_config(peer, 1)
+    for o in update.orderers:
+        if o.raft_id == 1:
+            o.cert_der = rogue.identity.cert_der
+    _, block = config_block(peer, net, update)
+    forged = block_pb2.Block()
+    forged.CopyFrom(block)
+    del forged.metadata.orderer_signatures[:]
+    h = block_header_hash(forged.header)
+    forged.metadata.orderer_signatures.add(signer=rogue.identity, signature=rogue.sign(Purpose.BLOCK, h))
+    forged.metadata.validation_codes.append(tx_pb.VALID)
+    n = forged.header.number
+    after = make_block(n + 1, h, [], [rogue], timestamp_ms=peer.kit.clock_ms)
+    genesis, config = _genesis(net)
+    res = verify_blocks("peer.h01", [*_chain(peer), forged, after], genesis, config, Verifier())
+    assert res.errors == [f"block {n}: no valid orderer signature", f"block {n + 1}: no valid orderer signature"]
