@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,8 +186,11 @@ class Client:
 
 def run_tx(client: Client, rec: Recorder, step: str, contract: str, fn: str, args: dict[str, Any],
            transient: dict[str, Any] | None, done: Callable[[str, Any], None],
-           clock: Callable[[], float] = time.monotonic, scheduled: float | None = None) -> None:
+           clock: Callable[[], float] = time.monotonic, scheduled: float | None = None,
+           endorsers: Sequence[str] = ()) -> None:
     """Endorse, sign and submit one transaction over a stream; ``done(code, result)``.
+    ``endorsers``: the endorsing organisations a call carrying transient inputs names (the
+    gateway endorses one naming none alone, or refuses it: ENDORSERS_REQUIRED).
 
     Its latency runs from ``scheduled`` when given (the open loop's arrival time of a story's
     first transaction: a sender that fell behind the schedule adds its delay, no coordinated
@@ -226,7 +229,7 @@ def run_tx(client: Client, rec: Recorder, step: str, contract: str, fn: str, arg
         stream.send(services_pb2.TransactRequest(submit=env), on_commit)
 
     stream.send(services_pb2.TransactRequest(
-        endorse=services_pb2.EndorseRequest(proposal=built.signed)), on_endorsed)
+        endorse=services_pb2.EndorseRequest(proposal=built.signed, endorsing_orgs=list(endorsers))), on_endorsed)
 
 
 class Story:
@@ -264,7 +267,14 @@ class Story:
             self._fail(f"CLIENT_{type(exc).__name__}")
             return
         run_tx(client, self.rec, STEPS[self.step], contract, fn, args, transient, self._done,
-               scheduled=scheduled)
+               scheduled=scheduled, endorsers=self._endorsers() if transient else ())
+
+    def _endorsers(self) -> list[str]:
+        """The parties a step carrying plaintext names as its endorsers (as the SDK's RxOperations
+        does): issue and dispense the hospital and the pharmacy, settle the insurer and the pharmacy."""
+        if self.step == 6:
+            return ["ins01", "p01"]
+        return [self.patient.hospital, "p01"]
 
     def _build(self) -> tuple[Client, str, str, dict[str, Any], dict[str, Any] | None]:
         s, rx = self.step, self.rx_id

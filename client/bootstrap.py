@@ -140,14 +140,15 @@ class Bootstrapper:
         session = self.admin(org)  # created here, not inside the worker threads
         return lambda: session.gateway.submit(contract, fn, args, transient, endorsing_orgs=endorsers)
 
-    def _parties(self, *orgs: str) -> list[str] | None:
+    def _parties(self, *orgs: str) -> list[str]:
         """Endorsers for a call whose transient input is a patient's medical data (diagnosis
         history, per-disease usage): only the organisations concerned -- the enrolling hospital
-        and the patient's insurer -- never a peer the gateway would pick by rotation. None
-        (the gateway chooses) only when fewer than two of them run a peer."""
+        and the patient's insurer -- that run a peer, never a peer the gateway would pick by
+        rotation (it was left to choose when fewer than two of them ran one: another insurer's
+        peer then received the diagnoses). When they cannot satisfy the policy the call fails
+        rather than reach anyone else (none of them: ENDORSERS_REQUIRED, nothing sent)."""
         with_peer = {p.org for p in self.net.peers}
-        chosen = [o for o in dict.fromkeys(orgs) if o and o in with_peer]
-        return chosen if len(chosen) >= 2 else None
+        return [o for o in dict.fromkeys(orgs) if o and o in with_peer]
 
     # ------------------------------------------------------------ contracts
     def deploy(self, contracts_dir: Path = CONTRACTS_DIR) -> dict[str, Any]:

@@ -252,6 +252,13 @@ class ChainConfig:
         self._pointer = block.metadata.last_config_block
         self.height = n + 1
 
+    def verified(self) -> tuple[int, config_pb2.ConsortiumConfig]:
+        """(the block holding it, the config in force) after the blocks fed or the state resumed --
+        the genesis config before any -- without asking a peer (:meth:`in_force` also holds the
+        peer's pointer and validation codes to it)."""
+        current = self._tracker.current
+        return current.block_number, current.config
+
     def ends_with(self, block: block_pb2.Block) -> bool:
         """Whether ``block`` is the last block verified (number and header hash)."""
         return block.header.number == self.height - 1 and block_header_hash(block.header) == self._last_hash

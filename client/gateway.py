@@ -14,11 +14,12 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from rxchain.v1 import services_pb2, services_pb2_grpc, transaction_pb2
 
 from client.errors import CommitError, CommitUnknown, EndorsementError, RxClientError
@@ -43,6 +44,28 @@ DETERMINISTIC_REFUSALS = ENVELOPE_REFUSALS | {"BAD_REQUEST"}
 # blocks as fast as it reads them) fails TIMEOUT when the peer sends no block for this long
 # while one is awaited (Gateway.events_idle_s).
 EVENTS_IDLE_S = 5.0
+# A proposal carrying transient inputs that names no endorsing organisations (Gateway.endorse).
+ENDORSERS_REQUIRED = "ENDORSERS_REQUIRED"
+
+
+def carries_transient(built: BuiltProposal) -> bool:
+    """Whether ``built`` carries transient inputs (plaintext for its endorsers only)."""
+    try:
+        return bool(transaction_pb2.Proposal.FromString(built.signed.proposal_bytes).transient)
+    except DecodeError:
+        return True  # (never for a proposal TxBuilder made) whatever it holds, it goes nowhere unnamed
+
+
+def check_endorsers(built: BuiltProposal, endorsing_orgs: Sequence[str] | None) -> None:
+    """EndorsementError ENDORSERS_REQUIRED when ``built`` carries transient inputs and
+    ``endorsing_orgs`` names nobody: a gateway left to choose may send the proposal -- the
+    plaintext in it -- to the peer of any organisation the endorsement policy takes (a gateway
+    of this release endorses such a proposal alone or refuses it; one of an earlier release
+    picks), so the SDK never lets it choose. Nothing is sent."""
+    if not endorsing_orgs and carries_transient(built):
+        raise EndorsementError(ENDORSERS_REQUIRED, "the call carries transient inputs (plaintext for its endorsers) "
+                               "and names no endorsing organisations: name the organisations entitled to them "
+                               "(endorsing_orgs, e.g. the record's parties); the gateway never chooses for them")
 
 
 class _IdleWatch:
@@ -193,7 +216,8 @@ class Gateway:
         self._on_commit = on_commit
         self._catch_up_timeout_s = catch_up_timeout_s
         self.events_idle_s = events_idle_s
-        # Transient inputs added to every proposal (e.g. a patient's certificate binding).
+        # Transient inputs added to every proposal that stays on this peer (evaluate) or names its
+        # endorsing organisations (e.g. a patient's certificate binding): see :meth:`propose`.
         self.default_transient: dict[str, Any] = {}
 
     # ------------------------------------------------------------ plumbing
@@ -293,15 +317,17 @@ class Gateway:
                 raise rpc_error(exc, cls) from exc
 
     # ------------------------------------------------------------ reads
-    def _transient(self, transient: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        if not self.default_transient:
+    def _transient(self, transient: Mapping[str, Any] | None, defaults: bool) -> dict[str, Any] | None:
+        if not self.default_transient or not defaults:
             return dict(transient) if transient else None
         return {**self.default_transient, **(transient or {})}
 
     def propose(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
-                transient: Mapping[str, Any] | None = None) -> BuiltProposal:
-        """A signed proposal (default transient inputs included)."""
-        return self.builder.proposal(contract, function, args or {}, self._transient(transient))
+                transient: Mapping[str, Any] | None = None, *, defaults: bool = True) -> BuiltProposal:
+        """A signed proposal, with the :attr:`default_transient` inputs unless ``defaults`` is
+        False (a submit naming no endorsing organisations: they would reach peers nobody named;
+        the caller's own ``transient`` then refuses it, :func:`check_endorsers`)."""
+        return self.builder.proposal(contract, function, args or {}, self._transient(transient, defaults))
 
     def evaluate(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
                  transient: Mapping[str, Any] | None = None) -> Any:
@@ -313,9 +339,13 @@ class Gateway:
 
     # ------------------------------------------------------------ writes
     def endorse(self, built: BuiltProposal,
-                endorsing_orgs: list[str] | None = None) -> services_pb2.EndorseResponse:
-        """Collect endorsements for a built proposal."""
-        req = services_pb2.EndorseRequest(proposal=built.signed, endorsing_orgs=endorsing_orgs or [])
+                endorsing_orgs: Sequence[str] | None = None) -> services_pb2.EndorseResponse:
+        """Collect endorsements for a built proposal from this peer and the peers of
+        ``endorsing_orgs`` (none: those the gateway picks for the policy). A proposal carrying
+        transient inputs must name them: EndorsementError ENDORSERS_REQUIRED otherwise, nothing
+        sent (:func:`check_endorsers`)."""
+        check_endorsers(built, endorsing_orgs)
+        req = services_pb2.EndorseRequest(proposal=built.signed, endorsing_orgs=list(endorsing_orgs or ()))
         attempt = 0
         while True:
             try:
@@ -456,9 +486,16 @@ class Gateway:
 
     def submit(self, contract: str, function: str, args: Mapping[str, Any] | None = None,
                transient: Mapping[str, Any] | None = None,
-               endorsing_orgs: list[str] | None = None) -> SubmitResult:
-        """Endorse, sign, order and wait for commit; returns tx id, code, block, result."""
-        built = self.propose(contract, function, args, transient)
+               endorsing_orgs: Sequence[str] | None = None) -> SubmitResult:
+        """Endorse, sign, order and wait for commit; returns tx id, code, block, result.
+
+        ``endorsing_orgs``: the organisations whose peers endorse it besides this one (none: the
+        gateway picks them for the policy). ``transient`` inputs (plaintext: prescription
+        content, claim lines, medical data) go only to peers of organisations named here: a call
+        carrying them without ``endorsing_orgs`` is refused ENDORSERS_REQUIRED, nothing sent;
+        the session's :attr:`default_transient` inputs (a patient's binding) are left out of a
+        call naming none."""
+        built = self.propose(contract, function, args, transient, defaults=bool(endorsing_orgs))
         endorsed = self.endorse(built, endorsing_orgs)
         envelope = self.builder.envelope(built, endorsed.prepared_transaction, endorsed.result)
         committed = self.submit_envelope(built.tx_id, envelope, first=True)

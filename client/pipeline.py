@@ -34,6 +34,7 @@ from client.gateway import (
     OUTCOME_UNKNOWN_REASONS,
     Gateway,
     SubmitResult,
+    check_endorsers,
     check_response,
     decode_payload,
     rpc_error,
@@ -45,8 +46,9 @@ from client.tx import BuiltProposal
 class Call:
     """One contract invocation to submit. ``endorsing_orgs``: the organisations whose peers
     endorse it (as ``Gateway.submit``'s): a call carrying plaintext transient inputs (content,
-    claim lines) names the record's parties, or the gateway picks any peers the policy takes
-    -- other organisations' peers would receive the plaintext."""
+    claim lines) must name them -- the record's parties -- or it is refused ENDORSERS_REQUIRED
+    with nothing sent (a gateway left to choose could send the plaintext to any peer the
+    policy takes); the session's default transient inputs go only with a call naming them."""
 
     contract: str
     function: str
@@ -63,18 +65,31 @@ def submit_many(gateway: Gateway, calls: Sequence[Call],
     """Endorse, sign, submit and await every call on one TransactBatch stream.
 
     Requests go out coalesced (:mod:`client.batching`); a gateway without TransactBatch
-    (UNIMPLEMENTED before any answer) is asked again over Transact.
+    (UNIMPLEMENTED before any answer) is asked again over Transact. A call carrying transient
+    inputs and no ``endorsing_orgs`` is refused ENDORSERS_REQUIRED and never sent
+    (``client.gateway.check_endorsers``); the others go on.
     """
-    built: list[BuiltProposal] = [
-        gateway.propose(c.contract, c.function, c.args, c.transient) for c in calls
-    ]
-    if not built:
-        return []
-    orgs = [c.endorsing_orgs for c in calls]
-    try:
-        return _exchange(gateway, built, orgs, timeout_s, batched=True)
-    except _Unimplemented:
-        return _exchange(gateway, built, orgs, timeout_s, batched=False)
+    results: list[Outcome | None] = [None] * len(calls)
+    sent: list[int] = []  # the calls that go to the gateway, by index
+    built: list[BuiltProposal] = []
+    for i, c in enumerate(calls):
+        b = gateway.propose(c.contract, c.function, c.args, c.transient, defaults=bool(c.endorsing_orgs))
+        try:
+            check_endorsers(b, c.endorsing_orgs)
+        except RxClientError as exc:
+            results[i] = exc
+            continue
+        sent.append(i)
+        built.append(b)
+    if built:
+        orgs = [calls[i].endorsing_orgs for i in sent]
+        try:
+            answered = _exchange(gateway, built, orgs, timeout_s, batched=True)
+        except _Unimplemented:
+            answered = _exchange(gateway, built, orgs, timeout_s, batched=False)
+        for i, outcome in zip(sent, answered, strict=True):
+            results[i] = outcome
+    return [r for r in results if r is not None]
 
 
 class _Unimplemented(Exception):

@@ -178,8 +178,30 @@ class RxOperations:
         meta = self.s.gateway.evaluate(RX, "show", {"rx_id": rx_id})
         return meta if isinstance(meta, dict) else {}
 
+    def _own_endorsers(self, rx_id: str) -> list[str] | None:
+        """The endorsers of a call on ``rx_id`` by a session whose gateway adds default transient
+        inputs to its proposals (a patient's binding, which proves her certificate to the
+        contracts): they go only with a call that names its endorsers (client.gateway), so such
+        a call names the record's parties that run a peer -- this session's peer first if it is
+        one, two of them as the prescription policy takes. None (the gateway picks, the defaults
+        stay home) for any other session, and when the record does not show to her (not hers, or
+        no such id: the call is then refused, and audited, as anyone's)."""
+        if not self.s.gateway.default_transient:
+            return None
+        try:
+            meta = self._meta(rx_id)
+        except RxClientError as exc:
+            if exc.reason in ("NOT_FOUND", "ACCESS_DENIED"):
+                return None
+            raise
+        parties = self._endorsers(*(str(meta.get(k, "")) for k in ("hospital", "pharmacy", "insurer")))
+        if self.s.peer_org in parties:
+            parties.remove(self.s.peer_org)
+            parties.insert(0, self.s.peer_org)
+        return parties[:2] or None
+
     def _get_key(self, rx_id: str) -> OpenedRecord:
-        res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id})
+        res = self.s.gateway.submit(RX, "get_key", {"rx_id": rx_id}, endorsing_orgs=self._own_endorsers(rx_id))
         grant = res.result if isinstance(res.result, dict) else {}
         keys = self.s.decryption_keys()
         if self.s.identity.role == "patient":
@@ -622,7 +644,8 @@ class RxOperations:
                                 "wrapped_key": wrap_for(pub, opened.record_key, rx_id, org)}
         if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
             args["note_keys"] = wrap_note_keys(pub, opened, org)
-        return _written(self.s.gateway.submit(RX, "grant_consent", args))
+        return _written(self.s.gateway.submit(RX, "grant_consent", args,
+                                              endorsing_orgs=self._own_endorsers(rx_id)))
 
     def revoke_consent(self, rx_id: str, org: str) -> dict[str, Any]:
         """The patient withdraws a consent grant, and makes a fresh note key wrapped for every
@@ -651,7 +674,8 @@ class RxOperations:
                 except RxClientError as exc:
                     skipped = f"{exc.reason}: {exc.message}"
             try:
-                out = _written(self.s.gateway.submit(RX, "revoke_consent", args))
+                out = _written(self.s.gateway.submit(RX, "revoke_consent", args,
+                                                     endorsing_orgs=self._own_endorsers(rx_id)))
             except RxClientError as exc:
                 moved = exc.reason == "BAD_ARGUMENTS" and "note_keys must map exactly" in exc.message
                 if not moved or "note_keys" not in args or attempt == 1:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError
 from rxchain.v1 import config_pb2
 
+from client import configtool
 from client.errors import RxClientError, WalletError
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
@@ -24,8 +25,10 @@ from client.patients import DIRECTORY_FILE, PatientDirectory
 from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_file, wallet_dir
-from node.crypto.signing import key_matches
+from node.crypto.signing import Verifier, key_matches
 from node.crypto.x509 import cert_info_der
+from node.errors import RxError
+from node.genesis import read_genesis
 
 LAST_BLOCK_FILE = "run/last-block"
 CONFIG_TTL_MS = 60_000  # how long a session keeps its peer's configuration in force
@@ -59,6 +62,30 @@ def record_last_block(home: Path, block: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
+    """``net`` with the newest configuration this home has verified: the one in force at the end of
+    the config chain state the config commands save (``configtool.CHAIN_STATE``, written by
+    ``configtool.ChainConfig`` only for blocks it checked from the local genesis block on, every
+    config update judged by the orderers' own rules) when that state is of this genesis block;
+    ``net`` itself when there is none (or it is unreadable, another network's, older than
+    ``net``'s). Never a configuration a peer merely answered (``Admin.Status``): the CA a session
+    pins its peer to comes from here, and a peer's own word cannot vouch for its certificate."""
+    path = Path(home) / configtool.CHAIN_STATE
+    if not path.is_file():
+        return net
+    try:
+        genesis = read_genesis(Path(home) / "genesis.block")
+        chain = configtool.ChainConfig(genesis, Verifier(max_entries=64, max_own=1), path)
+    except (RxError, ValueError):
+        return net
+    if not chain.resumed:
+        return net
+    try:
+        return net.with_config(chain.verified()[1])
+    except RxClientError:
+        return net
+
+
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     """(size, modification time in ns, inode) of ``path``; None when it cannot be stat'ed."""
     try:
@@ -83,14 +110,18 @@ class Session:
         self._check_validity()
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
+        self.peer_org = endpoint.org  # the organisation of the peer this session's gateway is
         self.clock = clock
         # read before the channel is made: a bad binding file (or no secret) must not leave it open
         binding = self._patient_binding() if self.identity.role == "patient" else None
         # Mutual TLS pinned to that peer: its node name and its organisation's CA only, so no
         # other member's node certificate can stand in for it (and receive transient plaintext).
+        # The CA is the one in force in the newest configuration this home verified (a CA
+        # rotation once a config command has verified it), else the genesis one.
+        server_ca = verified_network(self.home, self.net).ca_pem(endpoint.org)
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
-                               server_name=endpoint.name, server_ca_pem=self.net.ca_pem(endpoint.org),
+                               server_name=endpoint.name, server_ca_pem=server_ca,
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b),
                                events_idle_s=events_idle_s)

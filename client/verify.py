@@ -8,11 +8,19 @@ one validation code per envelope. The result also carries the last header hash a
 hash so several peers can be compared.
 
 The configuration follows the chain: each block's orderer signatures are checked against the
-orderers of the configuration in force before it (the genesis one, then that of every config
-block the peer committed VALID), so orderer certificate rotations and membership changes
-verify. Past a config block raising the consortium's protocol version beyond what this release
-implements (node.protocol) the blocks are not judged: the result says PROTOCOL_UNSUPPORTED
-from there on (not OK, not a forgery either).
+orderers of the configuration in force before it (the genesis one, then that of every valid
+config block), so orderer certificate rotations and membership changes verify. Whether a config
+block is valid is decided here, by the rule the orderers and peers apply
+(:meth:`node.orderer.configtx.ConfigTracker.judge_block`: the envelope's header, creator and
+timestamp, then ``validate_update`` against the configuration before it -- sequence + 1, the
+``config_update`` policy's admin signatures, the content rules), never by the validation codes
+in the block's metadata: the serving peer writes those and nobody signs them, so a hostile peer
+could otherwise have a refused update adopted (new CAs, new orderers whose signatures then
+"verify" blocks it made up) or a valid one skipped. A config transaction whose code disagrees
+with that verdict is reported (the codes of other transactions need the state to judge:
+``ledger verify --local`` replays them). Past a config block raising the consortium's protocol
+version beyond what this release implements (node.protocol) the blocks are not judged: the
+result says PROTOCOL_UNSUPPORTED from there on (not OK, not a forgery either).
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
+from client.events import validation_code_name
 from client.gateway import rpc_error
 from client.wallet import WalletIdentity
 from node.crypto.canonical import block_data_hash, block_header_hash
@@ -31,7 +39,7 @@ from node.crypto.signing import Verifier, block_signers
 from node.crypto.tls import secure_channel
 from node.errors import RxError
 from node.identity.msp import MSP
-from node.orderer.configtx import config_of_block
+from node.orderer.configtx import ConfigTracker, OrdererConfig, tx_type
 from node.protocol import PROTOCOL_UNSUPPORTED, unsupported
 
 
@@ -53,14 +61,15 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
     """Verify a list of blocks (from block 0) against the genesis block and config."""
     res = VerifyResult(peer, ok=True)
     try:
-        msp = MSP(config, verifier)  # whose orderers' signatures count, and when (MSP.block_signers)
+        # the configuration in force; its MSP says whose orderer signatures count, and when
+        tracker = ConfigTracker(OrdererConfig(config, MSP(config, verifier), 0), verifier)
     except RxError as exc:
         res.ok = False
         res.errors.append(f"the configuration is unusable: {exc}")
         return res
     prev: bytes | None = None
-    valid = transaction_pb2.VALID
     for i, b in enumerate(blocks):
+        found = len(res.errors)
         n = b.header.number
         if n != i:
             res.errors.append(f"block {i}: numbered {n}")
@@ -74,7 +83,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
             res.errors.append(f"block {n}: data_hash does not match its envelopes")
         h = block_header_hash(b.header)
         if i > 0 and not block_signers(verifier, h, b.metadata.orderer_signatures,
-                                       msp.block_signers(b.header.timestamp_ms)):
+                                       tracker.current.msp.block_signers(b.header.timestamp_ms)):
             res.errors.append(f"block {n}: no valid orderer signature")
         if len(b.metadata.validation_codes) != len(b.data.envelopes):
             res.errors.append(f"block {n}: {len(b.metadata.validation_codes)} validation codes "
@@ -86,7 +95,10 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
         res.state_hash = b.metadata.state_hash.hex()
         if len(res.errors) > 20:
             break
-        new = _adopted_config(b) if i > 0 and list(b.metadata.validation_codes) == [valid] else None
+        if i == 0 or len(res.errors) > found:
+            continue  # a block failing a check (no valid orderer signature...) carries no config in force
+        new, refused = tracker.judge_block(b)
+        res.errors.extend(_code_disagreements(b, new is not None, refused))
         if new is not None:
             why = unsupported(new)
             if why is not None:
@@ -94,7 +106,7 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
                                   "it are not verified")
                 break
             try:
-                msp = MSP(new, verifier)
+                tracker.adopt(new, n)
             except RxError as exc:
                 res.errors.append(f"block {n}: its configuration is unusable: {exc}")
                 break
@@ -102,13 +114,28 @@ def verify_blocks(peer: str, blocks: list[block_pb2.Block], genesis: block_pb2.B
     return res
 
 
-def _adopted_config(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:
-    """The configuration a config block carries (None for other blocks, or bytes that do
-    not parse: such a tx is not VALID on a sound peer, and its signature check says so)."""
-    try:
-        return config_of_block(block)
-    except DecodeError:
-        return None
+def _code_disagreements(block: block_pb2.Block, adopted: bool, refused: str) -> list[str]:
+    """What the peer's validation codes of ``block``'s config transactions say against the
+    verdict of the consortium's rules (``adopted``; ``refused``: why not, when the block holds
+    one CONFIG transaction): one finding per config transaction recorded VALID that the rules
+    refuse (a config transaction sharing its block with others is refused, as orderers and peers
+    refuse it), or recorded anything else when they accept it. A code missing is reported
+    already (the count check)."""
+    valid = transaction_pb2.VALID
+    codes = block.metadata.validation_codes
+    n = block.header.number
+    out: list[str] = []
+    for k, raw in enumerate(block.data.envelopes):
+        if k >= len(codes) or tx_type(raw) != transaction_pb2.CONFIG:
+            continue
+        if adopted and codes[k] != valid:
+            out.append(f"block {n}: the peer recorded its config update {validation_code_name(codes[k])}; "
+                       "the consortium's rules accept it (adopted here)")
+        elif not adopted and codes[k] == valid:
+            why = refused or "a config transaction is valid only alone in its block"
+            out.append(f"block {n}: the peer recorded config transaction {k} VALID; the consortium's rules "
+                       f"refuse it ({why[:300]}): not adopted")
+    return out
 
 
 def fetch_blocks(identity: WalletIdentity, target: str, timeout: float = 60.0,

@@ -234,11 +234,17 @@ class ConfigTracker:
         :func:`validate_update` -- a leader cannot make the orderers adopt an update the
         peers refuse (e.g. admin-signed content in a forged envelope). Orderers keep no tx-id
         index: peers adopt a valid update whatever its id (``node.peer.validator``)."""
+        return self.judge_block(block)[0]
+
+    def judge_block(self, block: block_pb2.Block) -> tuple[config_pb2.ConsortiumConfig | None, str]:
+        """(the valid new config a block carries, "") as :meth:`block_config` decides it, or
+        (None, why it is refused) for a block holding one CONFIG transaction that is refused,
+        (None, "") for any other block."""
         if len(block.data.envelopes) != 1:
-            return None
+            return None, ""
         raw = block.data.envelopes[0]
         if tx_type(raw) != transaction_pb2.CONFIG:
-            return None
+            return None, ""
         try:
             with self._lock:
                 current = self._current
@@ -246,9 +252,11 @@ class ConfigTracker:
                 check_header(header, current.config.consortium_id)
                 check_creator(header, env, current.msp.validate, self._verifier.verify)
                 check_timestamp(header, block.header.timestamp_ms, current.config.limits.max_clock_skew_ms)
-                return validate_update(current, raw, self._verifier)
-        except (RxError, EnvelopeReject):
-            return None
+                return validate_update(current, raw, self._verifier), ""
+        except RxError as err:
+            return None, str(err)
+        except EnvelopeReject as rej:
+            return None, transaction_pb2.TxValidationCode.Name(rej.code)
 
     def adopt(self, config: config_pb2.ConsortiumConfig, block_number: int) -> OrdererConfig:
         """Make ``config`` (carried by ``block_number``) the config in force."""

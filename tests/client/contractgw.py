@@ -19,6 +19,7 @@ class ContractGateway:
 
     def __init__(self, w: World, caller: Who, before: dict[str, Callable[[], None]] | None = None) -> None:
         self.world, self.caller, self.before = w, caller, dict(before or {})
+        self.default_transient: dict[str, Any] = {}  # (the chain adds a patient's binding itself)
         self.calls: list[tuple[str, dict[str, Any], str]] = []  # (fn, args, outcome)
 
     def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:

@@ -33,6 +33,7 @@ class Script:
     foreign_hash: bool = False
     other_status: bool = False    # CommitStatus answers another transaction's status
     endorsers: list[list[str]] = field(default_factory=list)  # endorsing_orgs of each Endorse
+    transients: list[list[str]] = field(default_factory=list)  # the transient keys of each Endorse
     calls: list[str] = field(default_factory=list)
 
 
@@ -59,9 +60,10 @@ class FakeGateway(services_pb2_grpc.GatewayServicer):
     def Endorse(self, request, context):
         self._flaky("Endorse", context)
         self.s.endorsers.append(list(request.endorsing_orgs))
+        prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
+        self.s.transients.append(sorted(prop.transient))
         if self.s.endorse_reason:
             abort_with(context, RxError(self.s.endorse_reason, "contract said no"))
-        prop = transaction_pb2.Proposal.FromString(request.proposal.proposal_bytes)
         header = transaction_pb2.TxHeader.FromString(prop.header)
         result = transaction_pb2.Response(status=200, payload=b'{"ok":true}')
         hashed = (prop.header + b"x") if self.s.foreign_hash else prop.header
@@ -461,3 +463,35 @@ def test_submit_many_names_the_endorsers_a_call_asks_for(fake):
                            Call("c", "ok")])
     assert all(isinstance(o, SubmitResult) for o in out)
     assert sorted(script.endorsers) == [[], ["h01", "p01"]]
+
+
+def test_transient_inputs_never_leave_without_endorsers_named(fake):
+    """A call carrying transient inputs (plaintext: content, claim lines) and no endorsing_orgs
+    let the gateway pick any peers the policy takes, so another organisation's peer could
+    receive the plaintext (Gateway.submit, Gateway.endorse and submit_many alike). Now it is
+    refused ENDORSERS_REQUIRED with nothing sent; the session's default inputs (a patient's
+    binding) go only with calls naming their endorsers; a call naming them is sent as before."""
+    from client.pipeline import Call, submit_many
+
+    script, gw, _ = fake
+    content = {"content": {"drugs": ["amlodipine"]}, "salt": "ab" * 16}
+    with pytest.raises(EndorsementError) as e:
+        gw.submit("prescription", "issue", {"rx_id": "RX-1"}, content)
+    assert e.value.reason == "ENDORSERS_REQUIRED"
+    with pytest.raises(EndorsementError) as e:
+        gw.endorse(gw.propose("prescription", "issue", {"rx_id": "RX-1"}, content), [])
+    assert e.value.reason == "ENDORSERS_REQUIRED"
+    assert script.calls == []  # nothing reached the gateway
+    out = submit_many(gw, [Call("prescription", "issue", {"rx_id": "RX-2"}, content), Call("c", "ok")])
+    assert isinstance(out[0], EndorsementError) and out[0].reason == "ENDORSERS_REQUIRED"
+    assert isinstance(out[1], SubmitResult)
+    assert script.transients == [[]]  # only the plain call went out
+    gw.default_transient["patient_binding"] = "cd" * 32
+    gw.submit("prescription", "get_key", {"rx_id": "RX-1"})
+    out = submit_many(gw, [Call("prescription", "get_key", {"rx_id": "RX-1"})])
+    assert isinstance(out[0], SubmitResult)
+    assert script.transients[1:] == [[], []] and script.endorsers[1:] == [[], []]
+    gw.submit("prescription", "get_key", {"rx_id": "RX-1"}, endorsing_orgs=["h01", "p01"])
+    gw.submit("prescription", "issue", {"rx_id": "RX-3"}, content, endorsing_orgs=["h01", "p01"])
+    assert script.transients[3:] == [["patient_binding"], ["content", "patient_binding", "salt"]]
+    assert script.endorsers[3:] == [["h01", "p01"]] * 2

@@ -22,10 +22,11 @@ from node.peer.gateway.endorse import PlanRotation, endorse, plan
 from node.peer.gateway.evaluate import evaluate
 from node.peer.gateway.events import events
 from node.peer.gateway.submit import submit
+from node.peer.gateway.transact import transact
 from node.peer.notifier import CommitNotifier
 from node.peer.policy_provider import LifecyclePolicies
 from node.protocol import MEMBERSHIP_VERSION
-from tests.peer.conftest import Cluster, Peer
+from tests.peer.conftest import COUNTER_ACCESS, COUNTER_SOURCE, Cluster, Peer
 from tests.peer.kit import make_block
 
 ORGS = ["h01", "p01", "ins01", "reg01"]
@@ -507,3 +508,58 @@ def test_endorse_never_plans_an_organisation_the_config_no_longer_has(deployed: 
     with pytest.raises(RxError) as info:
         endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["p01"]), pool)
     assert info.value.reason == "BAD_REQUEST"
+
+
+def test_transient_inputs_reach_no_peer_the_client_did_not_name(deployed: Cluster, pool) -> None:
+    """A proposal carrying transient inputs (plaintext for its endorsers) with no endorsing_orgs
+    was sent to whichever peers the gateway's rotation picked for the policy (another
+    organisation's peer received the plaintext). Now the gateway's own endorsement answers it
+    alone when it satisfies the policy, else ENDORSERS_REQUIRED with nothing sent anywhere;
+    organisations named get it, and only they."""
+    remotes = LocalRemotes({"p01": deployed.peers[1], "ins01": deployed.peers[2]})
+    deps, _ = deps_for(deployed, remotes)
+
+    def secret() -> transaction_pb2.SignedProposal:
+        return deployed.kit.proposal(deployed.net.doctor, "counter", "secret", {}, timestamp_ms=deployed.now(),
+                                     transient={"secret": b'"plaintext"'})
+
+    for _ in range(2):  # whatever the rotation's turn
+        with pytest.raises(RxError) as err:
+            endorse(deps, services_pb2.EndorseRequest(proposal=secret()), pool)
+        assert err.value.reason == "ENDORSERS_REQUIRED" and "OutOf(2" in err.value.message
+    assert remotes.calls == []
+    # the same through a Transact stream (one engine: endorse())
+    answers = list(transact(deps, iter([services_pb2.TransactRequest(
+        correlation_id=1, endorse=services_pb2.EndorseRequest(proposal=secret()))]),
+        lambda: True, pool, pool))
+    assert [a.error.reason for a in answers] == ["ENDORSERS_REQUIRED"] and remotes.calls == []
+    # named: exactly those
+    req = services_pb2.EndorseRequest(proposal=secret(), endorsing_orgs=["h01", "ins01"])
+    tx = transaction_pb2.Transaction.FromString(endorse(deps, req, pool).prepared_transaction)
+    assert sorted(e.endorser.org for e in tx.endorsements) == ["h01", "ins01"] and remotes.calls == ["ins01"]
+    # without transient inputs the gateway still picks for the policy
+    remotes.calls.clear()
+    plain = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "p", "value": 1},
+                                  timestamp_ms=deployed.now())
+    tx = transaction_pb2.Transaction.FromString(
+        endorse(deps, services_pb2.EndorseRequest(proposal=plain), pool).prepared_transaction)
+    assert len(tx.endorsements) == 2 and len(remotes.calls) == 1
+
+
+def test_transient_inputs_without_endorsers_are_endorsed_locally_when_that_satisfies(cluster: Cluster,
+                                                                                     pool) -> None:
+    """A policy this peer's endorsement satisfies alone: the proposal is answered with it, no
+    remote peer asked."""
+    d = cluster.deploy("counter", COUNTER_SOURCE, "OutOf(1, h01.peer, p01.peer, ins01.peer)", COUNTER_ACCESS)
+    _, code = cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)
+    assert code == transaction_pb2.VALID
+    remotes = LocalRemotes({"p01": cluster.peers[1], "ins01": cluster.peers[2]})
+    deps, _ = deps_for(cluster, remotes)
+    signed = cluster.kit.proposal(cluster.net.doctor, "counter", "secret", {}, timestamp_ms=cluster.now(),
+                                  transient={"secret": b'"plaintext"'})
+    resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed), pool)
+    tx = transaction_pb2.Transaction.FromString(resp.prepared_transaction)
+    assert [e.endorser.org for e in tx.endorsements] == ["h01"] and remotes.calls == []
+    payload = resp.prepared_transaction
+    env = transaction_pb2.Envelope(payload=payload, signature=cluster.net.doctor.sign(Purpose.ENVELOPE, payload))
+    assert cluster.commit([env.SerializeToString()])[0].metadata.validation_codes[0] == transaction_pb2.VALID

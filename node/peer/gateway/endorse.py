@@ -10,6 +10,13 @@ organisations instead of all landing on the first in configuration order. A remo
 failure is replaced by the next organisation that can still satisfy the policy. All
 endorsements must carry byte-identical payloads.
 
+A proposal carrying transient inputs (plaintext meant for its endorsers only: a
+prescription's content, claim lines, medical data) with no ``endorsing_orgs`` is never sent to
+another organisation's peer: the client did not say whom it meant, and any organisation the
+policy takes is not it. The local endorsement alone answers it when it satisfies the policy;
+otherwise it is refused ENDORSERS_REQUIRED (name the organisations). The SDK never sends such
+a request (client.gateway.check_endorsers); this covers other clients and earlier releases.
+
 The remote organisations are those of the node.yaml endpoints that still run a peer in the
 config in force: an organisation a config update has removed (or left without a peer) is
 never asked, even while node.yaml still names its peer -- its endorsement would make the tx
@@ -27,16 +34,17 @@ from typing import Any, Protocol
 from rxchain.v1 import services_pb2, transaction_pb2
 
 from node.errors import RxError
-from node.identity.policy import Policy
+from node.identity.policy import Policy, shown
 from node.peer.gateway.deps import GatewayDeps
 from node.peer.gateway.plans import PEER_ROLE as _PEER_ROLE
 from node.peer.gateway.plans import PlanRotation, plan
 
-__all__ = ["MISMATCH_RETRIES", "PlanRotation", "endorse", "plan"]
+__all__ = ["ENDORSERS_REQUIRED", "MISMATCH_RETRIES", "PlanRotation", "endorse", "plan"]
 _HEIGHT_SKEW_REASONS = frozenset({"UNKNOWN_CONTRACT", "CODE_HASH_MISMATCH"})
 
 
 MISMATCH_RETRIES = (0.05, 0.15, 0.4)
+ENDORSERS_REQUIRED = "ENDORSERS_REQUIRED"  # transient inputs, no endorsing_orgs, local endorsement not enough
 
 
 class _Pending(Protocol):
@@ -112,6 +120,14 @@ def _endorse_once(
     definition = deps.policies.contract(invocation.contract, deps.ledger.state)
     if definition is None:
         raise RxError("UNKNOWN_CONTRACT", f"contract {invocation.contract!r} is not defined")
+    if proposal.transient and not request.endorsing_orgs:
+        # plaintext for endorsers nobody named: this peer's alone, or nobody's (module docstring)
+        if not definition.policy.evaluate([(deps.org, _PEER_ROLE)]):
+            raise RxError(ENDORSERS_REQUIRED, f"the proposal carries transient inputs and names no endorsing "
+                          f"organisations: they go to no other organisation's peer, and this peer's endorsement "
+                          f"({deps.org}) alone does not satisfy {shown(definition.policy.text)}; name the "
+                          "organisations entitled to them (endorsing_orgs)")
+        return _prepared(proposal, header, local, {deps.org: local})
     with_peer = {p.org for p in deps.configs.current().config.peers}
     remote_orgs = [o for o in deps.remotes.orgs() if o != deps.org and o in with_peer]
     if request.endorsing_orgs:
@@ -176,6 +192,16 @@ def _endorse_once(
         )
     if request.endorsing_orgs and len(responses) < len(wanted) + 1:
         raise RxError("ENDORSEMENT_FAILED", "; ".join(errors))
+    return _prepared(proposal, header, local, responses)
+
+
+def _prepared(
+    proposal: transaction_pb2.Proposal,
+    header: transaction_pb2.TxHeader,
+    local: transaction_pb2.ProposalResponse,
+    responses: dict[str, transaction_pb2.ProposalResponse],
+) -> services_pb2.EndorseResponse:
+    """The answer: the unsigned Transaction carrying every endorsement of ``responses``."""
     tx = transaction_pb2.Transaction(
         header=proposal.header, invocation=proposal.invocation, response_payload=local.payload
     )

@@ -1,0 +1,91 @@
+"""Calls whose proposals carry transient inputs name their endorsers: a patient's session (her
+binding travels with every proposal that names them, client.gateway) and sample-data loading
+(a patient's medical data) never leave the choice to the gateway."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from client.bootstrap import Bootstrapper
+from client.errors import EndorsementError, NoKeyGrant
+from client.gateway import SubmitResult
+from client.network import load_network
+from client.rxops import RxOperations
+
+RECORD = {"rx_id": "RX-1", "hospital": "h01", "pharmacy": "p01", "insurer": "ins01", "status": "ISSUED"}
+
+
+class _Gateway:
+    """Answers ``show`` with RECORD (or NOT_FOUND for RX-other) and records every submit."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self.default_transient = defaults
+        self.submits: list[tuple[str, list[str] | None]] = []
+        self.shown = 0
+
+    def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+        assert fn == "show"
+        self.shown += 1
+        if args["rx_id"] != "RX-1":
+            raise EndorsementError("NOT_FOUND", "no such prescription")
+        return dict(RECORD)
+
+    def submit(self, contract: str, fn: str, args: Any, transient: Any = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        self.submits.append((fn, None if endorsing_orgs is None else list(endorsing_orgs)))
+        return SubmitResult("tx", "VALID", 3, {"error": "NO_KEY_GRANT", "message": "none"})
+
+
+def _ops(net_home: Any, defaults: dict[str, Any], peer_org: str = "h01") -> tuple[RxOperations, _Gateway]:
+    gw = _Gateway(defaults)
+    session = SimpleNamespace(gateway=gw, net=load_network(net_home.home), peer_org=peer_org,
+                              identity=SimpleNamespace(role="patient" if defaults else "doctor"),
+                              decryption_keys=list)
+    return RxOperations(session), gw  # type: ignore[arg-type]
+
+
+def test_a_patients_calls_name_the_records_parties(net_home: Any) -> None:
+    """A patient's session adds her binding (transient) to its proposals: get_key and the consent
+    calls were submitted naming no endorsers, so the gateway picked any peers for the binding.
+    They now name the record's parties that run a peer, her session's peer first if it is one."""
+    ops, gw = _ops(net_home, {"patient_binding": "ab" * 32})
+    with pytest.raises(NoKeyGrant):
+        ops._get_key("RX-1")
+    ops.revoke_consent("RX-1", "h02")
+    assert gw.submits == [("get_key", ["h01", "p01"]), ("revoke_consent", ["h01", "p01"])]
+    ops, gw = _ops(net_home, {"patient_binding": "ab" * 32}, peer_org="ins01")
+    ops.revoke_consent("RX-1", "h02")
+    assert gw.submits == [("revoke_consent", ["ins01", "h01"])]
+    # a record that does not show to her: no endorsers, so the binding stays home (gateway.submit)
+    # and the refusal is the contract's, audited as anyone's
+    ops, gw = _ops(net_home, {"patient_binding": "ab" * 32})
+    with pytest.raises(NoKeyGrant):
+        ops._get_key("RX-other")
+    assert gw.submits == [("get_key", None)]
+
+
+def test_other_sessions_leave_calls_without_transient_inputs_to_the_gateway(net_home: Any) -> None:
+    ops, gw = _ops(net_home, {})
+    with pytest.raises(NoKeyGrant):
+        ops._get_key("RX-1")
+    assert gw.submits == [("get_key", None)] and gw.shown == 0
+
+
+def test_sample_data_names_the_parties_even_when_fewer_than_two_run_a_peer(net_home: Any, tmp_path: Path) -> None:
+    """Enrolment and account opening carry diagnoses: when fewer than two of the organisations
+    concerned ran a peer, the gateway was left to choose (None), and picked any peer the policy
+    took. They now name those that do (none: the call is refused ENDORSERS_REQUIRED by the SDK)."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    boot = Bootstrapper(home)
+    try:
+        assert boot._parties("h01", "ins99") == ["h01"]
+        assert boot._parties("h01", "ins01") == ["h01", "ins01"]
+        assert boot._parties("h99", "") == []
+    finally:
+        boot.close()
