@@ -15,6 +15,7 @@ from client.bootstrap import Bootstrapper
 from client.errors import EndorsementError, NoKeyGrant
 from client.gateway import SubmitResult
 from client.network import load_network
+from client.records import OpenedRecord
 from client.rxops import RxOperations
 
 RECORD = {"rx_id": "RX-1", "hospital": "h01", "pharmacy": "p01", "insurer": "ins01", "status": "ISSUED"}
@@ -56,9 +57,13 @@ def test_a_patients_calls_name_the_records_parties(net_home: Any) -> None:
     ops, gw = _ops(net_home, {"patient_binding": "ab" * 32})
     with pytest.raises(NoKeyGrant):
         ops._get_key("RX-1")
-    ops.revoke_consent("RX-1", "h02")
-    assert gw.submits == [("get_key", ["h01", "p01"]), ("revoke_consent", ["h01", "p01"])]
+    with pytest.raises(NoKeyGrant):  # a withdrawal fetches her key first (its note keys)
+        ops.revoke_consent("RX-1", "h02")
+    assert gw.submits == [("get_key", ["h01", "p01"])] * 2
     ops, gw = _ops(net_home, {"patient_binding": "ab" * 32}, peer_org="ins01")
+    # a contract from before note keys names no readers: the withdrawal alone is submitted
+    opened = OpenedRecord("RX-1", "content", "patient", {}, "", b"k" * 32)
+    ops._get_key = lambda rx_id: opened  # type: ignore[method-assign]
     ops.revoke_consent("RX-1", "h02")
     assert gw.submits == [("revoke_consent", ["ins01", "h01"])]
     # a record that does not show to her: no endorsers, so the binding stays home (gateway.submit)
