@@ -13,7 +13,8 @@ node's name as a subject alternative name (:func:`check_tls_name`), and its CA b
 PEM certificates (:func:`check_ca_bundle`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
 ``node.peer.deliver_client`` (``deliver_*`` watchdog), ``node.stream_caps``
-(``max_streams``, ``max_streams_per_caller``); ``grpc_workers`` is the gRPC thread pool
+(``max_streams``, ``max_streams_per_caller``, ``max_node_streams``, ``max_streams_per_node``, and
+an orderer's ``max_cluster_streams``, ``max_cluster_streams_per_orderer``); ``grpc_workers`` is the gRPC thread pool
 (peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes (default 4; each
 serves one contract code, see ``node.sandbox.runtime``) and
 ``orderer_quorum`` the orderer signatures a peer requires on a block.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from cryptography import x509
 
 from node.crypto.tls import certificate_names, certificate_names_host
 from node.errors import RxError
-from node.stream_caps import StreamCaps
+from node.stream_caps import ClusterCaps, StreamCaps
 from node.yamlfile import YamlFileError, load_yaml_file
 
 
@@ -83,9 +85,14 @@ class NodeConfig:
         """Threads of the gRPC server (``extra.grpc_workers``, default by kind)."""
         return int(self.extra.get("grpc_workers", DEFAULT_GRPC_WORKERS.get(self.kind, 64)))
 
-    def stream_caps(self) -> StreamCaps:
-        """The caps on long-lived calls (:mod:`node.stream_caps`)."""
-        return StreamCaps.from_extra(self.extra, self.grpc_workers)
+    def stream_caps(self, is_node: Callable[[bytes], bool] | None = None) -> StreamCaps:
+        """The caps on long-lived calls (:mod:`node.stream_caps`; ``is_node`` tells node
+        certificates, which have slots of their own)."""
+        return StreamCaps.from_extra(self.extra, self.grpc_workers, is_node)
+
+    def cluster_caps(self) -> ClusterCaps:
+        """An orderer's caps on the other orderers' Cluster streams (:mod:`node.stream_caps`)."""
+        return ClusterCaps.from_extra(self.extra, self.grpc_workers)
 
 
 # gRPC worker threads when ``extra.grpc_workers`` is absent, by node kind.
@@ -96,6 +103,10 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "grpc_workers": (2, 4096),
     "max_streams": (1, 4095),
     "max_streams_per_caller": (1, 4095),
+    "max_node_streams": (0, 4095),
+    "max_streams_per_node": (1, 4095),
+    "max_cluster_streams": (1, 4095),
+    "max_cluster_streams_per_orderer": (1, 4095),
     "sandbox_workers": (1, 256),
     "orderer_quorum": (1, 1000),
     "tick_ms": (1, 60_000),
@@ -231,7 +242,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         extra=_extra(raw.get("extra"), path),
     )
     try:
-        cfg.stream_caps()  # max_streams / max_streams_per_caller against grpc_workers
+        cfg.stream_caps()  # max_streams, max_node_streams and their per-caller caps against grpc_workers
+        if kind == "orderer":
+            cfg.cluster_caps()
     except RxError as err:
         raise RxError("BAD_CONFIG", f"{path}: {err.message}") from None
     for p in (cfg.cert_path, cfg.key_path, cfg.ca_bundle_path, cfg.genesis_path):

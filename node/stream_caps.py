@@ -9,27 +9,61 @@ waits, so one client opening enough of them would leave none for Health, Endorse
 or Cluster calls. :class:`StreamCaps` bounds them per caller certificate and in total; a call over a
 cap is refused at once with ``TOO_MANY_STREAMS`` (gRPC RESOURCE_EXHAUSTED).
 
-node.yaml ``extra`` keys (integers, peers and orderers):
+Node certificates (a peer or orderer the configuration in force names, with that role:
+``node.identity.caller.node_certificates``) have ``max_node_streams`` more slots that no client
+certificate may take: clients (doctors' and pharmacists' apps, patients' devices, integrators)
+filling ``max_streams`` left no slot for a peer's Deliver (no block reached it) nor for another
+organisation's peer following or endorsing. A node takes a slot of the reserve first, then any
+free one (the clients then hold fewer than ``max_streams``).
+
+:class:`ClusterCaps` bounds an orderer's Cluster streams from the other orderers (Step, Forward,
+ForwardBatch), per orderer and method and in total, counted only once the caller is known to be
+an orderer (a non-member is refused NOT_AN_ORDERER before). An orderer opening one more stream
+of a method than its cap has its oldest one of that method cancelled instead of the new one
+refused: an orderer that restarted, or whose connection died unseen (the server never writes on
+a Step stream, so a half-open connection lingers), dials again while its old stream still holds
+its slot, and refusing it would cut it off from Raft until the old one is noticed dead (as etcd's
+rafthttp attaches a peer's new stream in place of its old one).
+
+node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 
 ``max_streams``
-    long-lived calls held at once, all callers together; default half of ``grpc_workers``
-    (the other half stays free for unary, endorsement, broadcast and cluster calls); must
-    be less than ``grpc_workers``.
+    long-lived calls client certificates hold at once, all together; default half of
+    ``grpc_workers`` (the other half for the nodes' streams and for unary, endorsement and
+    cluster calls); must be less than ``grpc_workers``.
 ``max_streams_per_caller``
     long-lived calls one client certificate may hold; default half of ``max_streams``; at
     most ``max_streams``.
+``max_node_streams``
+    long-lived calls only node certificates may hold, beyond ``max_streams``; default half of
+    ``max_streams``, at most what ``grpc_workers`` leaves (``grpc_workers - 1 - max_streams``);
+    0 reserves none. ``max_streams + max_node_streams`` must be less than ``grpc_workers``.
+``max_streams_per_node``
+    long-lived calls one node certificate may hold; default ``max_streams_per_caller``; at
+    most ``max_streams + max_node_streams``.
+``max_cluster_streams``
+    Cluster streams (Step, Forward, ForwardBatch) an orderer holds at once from the other
+    orderers, all together; default an eighth of ``grpc_workers``, at least 16 (``grpc_workers -
+    1`` if fewer: an orderer's default 128 workers are then 64 for clients, 32 for nodes, 16 for
+    the other orderers and 16 for unary calls); less than ``grpc_workers``.
+``max_cluster_streams_per_orderer``
+    Cluster streams of one method one orderer may hold (its next one replaces its oldest);
+    default 2 (its stream and a reconnect); at most ``max_cluster_streams``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
 
 from node.errors import RxError
+
+_log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 
@@ -37,9 +71,10 @@ TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 class StreamSlot:
     """One admitted call; :meth:`release` (idempotent) gives the slot back."""
 
-    def __init__(self, caps: StreamCaps, key: bytes) -> None:
+    def __init__(self, caps: StreamCaps, key: bytes, node: bool = False) -> None:
         self._caps = caps
         self._key = key
+        self._node = node
         self._released = False
         self._lock = threading.Lock()
 
@@ -49,7 +84,7 @@ class StreamSlot:
             if self._released:
                 return
             self._released = True
-        self._caps._release(self._key)
+        self._caps._release(self._key, self._node)
 
     def __enter__(self) -> StreamSlot:
         return self
@@ -59,22 +94,39 @@ class StreamSlot:
 
 
 class StreamCaps:
-    """Counts long-lived calls per caller and in total (thread-safe)."""
+    """Counts long-lived calls per caller and in total (thread-safe); node certificates
+    (``is_node``) have ``nodes`` slots beyond ``total`` (module doc)."""
 
-    def __init__(self, total: int, per_caller: int) -> None:
+    def __init__(
+        self, total: int, per_caller: int, nodes: int = 0, per_node: int | None = None,
+        is_node: Callable[[bytes], bool] | None = None,
+    ) -> None:
         if total < 1 or not 1 <= per_caller <= total:
             raise RxError("BAD_CONFIG", f"stream caps need 1 <= max_streams_per_caller ({per_caller}) "
                                         f"<= max_streams ({total})")
+        per_node = per_caller if per_node is None else per_node
+        if nodes < 0 or not 1 <= per_node <= total + nodes:
+            raise RxError("BAD_CONFIG", f"stream caps need 0 <= max_node_streams ({nodes}) and "
+                                        f"1 <= max_streams_per_node ({per_node}) <= max_streams + "
+                                        f"max_node_streams ({total + nodes})")
         self.total = total
         self.per_caller = per_caller
+        self.nodes = nodes
+        self.per_node = per_node
+        self._is_node = is_node
         self._lock = threading.Lock()
         self._held = 0
+        self._clients = 0  # of _held, by client certificates
         self._by_caller: dict[bytes, int] = {}
 
     @classmethod
-    def from_extra(cls, extra: Mapping[str, Any], workers: int) -> StreamCaps:
+    def from_extra(
+        cls, extra: Mapping[str, Any], workers: int, is_node: Callable[[bytes], bool] | None = None
+    ) -> StreamCaps:
         """The caps of a node whose gRPC pool has ``workers`` threads, from node.yaml
-        ``extra`` (``max_streams``, ``max_streams_per_caller``; see the module doc)."""
+        ``extra`` (``max_streams``, ``max_streams_per_caller``, ``max_node_streams``,
+        ``max_streams_per_node``; see the module doc); ``is_node`` tells node certificates
+        (none: every caller is a client)."""
         if workers < 2:
             raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
         total = int(extra.get("max_streams", workers // 2))
@@ -85,7 +137,16 @@ class StreamCaps:
         if not 1 <= per_caller <= total:
             raise RxError("BAD_CONFIG", f"extra.max_streams_per_caller must be between 1 and "
                                         f"max_streams ({total}), not {per_caller}")
-        return cls(total, per_caller)
+        room = workers - 1 - total
+        nodes = int(extra.get("max_node_streams", min(total // 2, room)))
+        if not 0 <= nodes <= room:
+            raise RxError("BAD_CONFIG", f"extra.max_node_streams must be between 0 and grpc_workers - 1 - "
+                                        f"max_streams ({room}), not {nodes}")
+        per_node = int(extra.get("max_streams_per_node", per_caller))
+        if not 1 <= per_node <= total + nodes:
+            raise RxError("BAD_CONFIG", f"extra.max_streams_per_node must be between 1 and max_streams + "
+                                        f"max_node_streams ({total + nodes}), not {per_node}")
+        return cls(total, per_caller, nodes, per_node, is_node)
 
     @staticmethod
     def key_of(cert_der: bytes) -> bytes:
@@ -97,33 +158,144 @@ class StreamCaps:
         with self._lock:
             return self._held if key is None else self._by_caller.get(key, 0)
 
-    def acquire(self, key: bytes, what: str) -> StreamSlot:
-        """A slot for ``key``'s caller, or RxError TOO_MANY_STREAMS naming the cap hit."""
+    def acquire(self, key: bytes, what: str, node: bool = False) -> StreamSlot:
+        """A slot for ``key``'s caller (``node``: a node certificate's), or RxError
+        TOO_MANY_STREAMS naming the cap hit."""
         with self._lock:
             mine = self._by_caller.get(key, 0)
-            if mine >= self.per_caller:
-                raise RxError(TOO_MANY_STREAMS, f"{what}: this client already holds {mine} long-lived "
-                                                f"calls (limit {self.per_caller} per client)")
-            if self._held >= self.total:
-                raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
-                                                f"long-lived calls (limit {self.total})")
+            if node:
+                if mine >= self.per_node:
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: this node already holds {mine} long-lived "
+                                                    f"calls (limit {self.per_node} per node)")
+                if self._held >= self.total + self.nodes:
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
+                                                    f"long-lived calls (limit {self.total + self.nodes} "
+                                                    f"with the nodes' {self.nodes})")
+            else:
+                if mine >= self.per_caller:
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: this client already holds {mine} long-lived "
+                                                    f"calls (limit {self.per_caller} per client)")
+                # the nodes' reserve stays free: clients hold at most ``total`` together
+                if self._clients >= self.total:
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: client certificates already hold {self._clients} "
+                                                    f"long-lived calls (limit {self.total})")
+                if self._held >= self.total + self.nodes:  # nodes took client slots too
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
+                                                    f"long-lived calls (limit {self.total + self.nodes})")
+                self._clients += 1
             self._by_caller[key] = mine + 1
             self._held += 1
-        return StreamSlot(self, key)
+        return StreamSlot(self, key, node)
 
     def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str) -> StreamSlot:
         """:meth:`acquire` for the caller of ``context``; the slot is also released when the
         RPC terminates (a response generator may be dropped without being closed)."""
-        slot = self.acquire(self.key_of(cert_der), what)
+        node = bool(cert_der) and self._is_node is not None and self._is_node(cert_der)
+        slot = self.acquire(self.key_of(cert_der), what, node)
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
         return slot
 
-    def _release(self, key: bytes) -> None:
+    def _release(self, key: bytes, node: bool) -> None:
         with self._lock:
             left = self._by_caller.get(key, 0) - 1
             if left > 0:
                 self._by_caller[key] = left
             else:
                 self._by_caller.pop(key, None)
+            self._held = max(0, self._held - 1)
+            if not node:
+                self._clients = max(0, self._clients - 1)
+
+
+class ClusterSlot:
+    """One admitted Cluster stream; :meth:`release` (idempotent) gives the slot back, unless a
+    newer stream of the same orderer and method took it over (and cancelled this one)."""
+
+    def __init__(self, caps: ClusterCaps, key: tuple[int, str], context: grpc.ServicerContext) -> None:
+        self._caps = caps
+        self.key = key
+        self.context = context
+
+    def release(self) -> None:
+        """Give the slot back (only the first call counts)."""
+        self._caps._release(self)
+
+
+class ClusterCaps:
+    """Counts the other orderers' Cluster streams per orderer and method and in total
+    (thread-safe); one over an orderer's cap replaces its oldest of that method (module doc)."""
+
+    def __init__(self, total: int, per_orderer: int) -> None:
+        if total < 1 or not 1 <= per_orderer <= total:
+            raise RxError("BAD_CONFIG", f"cluster stream caps need 1 <= max_cluster_streams_per_orderer "
+                                        f"({per_orderer}) <= max_cluster_streams ({total})")
+        self.total = total
+        self.per_orderer = per_orderer
+        self._lock = threading.Lock()
+        self._held = 0
+        self._open: dict[tuple[int, str], list[ClusterSlot]] = {}  # oldest first
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any], workers: int) -> ClusterCaps:
+        """The caps of an orderer whose gRPC pool has ``workers`` threads, from node.yaml
+        ``extra`` (``max_cluster_streams``, ``max_cluster_streams_per_orderer``; module doc)."""
+        if workers < 2:
+            raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
+        # a small pool keeps room for a consortium's usual few orderers (their Step and forward
+        # streams, and a reconnect each): refused, Raft between them would stop
+        total = int(extra.get("max_cluster_streams", max(workers // 8, min(16, workers - 1))))
+        if not 1 <= total < workers:
+            raise RxError("BAD_CONFIG", f"extra.max_cluster_streams must be between 1 and grpc_workers - 1 "
+                                        f"({workers - 1}), not {total}")
+        per_orderer = int(extra.get("max_cluster_streams_per_orderer", min(2, total)))
+        if not 1 <= per_orderer <= total:
+            raise RxError("BAD_CONFIG", f"extra.max_cluster_streams_per_orderer must be between 1 and "
+                                        f"max_cluster_streams ({total}), not {per_orderer}")
+        return cls(total, per_orderer)
+
+    def held(self, orderer: int | None = None) -> int:
+        """Streams held now (by raft id ``orderer``'s orderer, or in total)."""
+        with self._lock:
+            if orderer is None:
+                return self._held
+            return sum(len(slots) for (rid, _), slots in self._open.items() if rid == orderer)
+
+    def admit(self, context: grpc.ServicerContext, orderer: int, method: str) -> ClusterSlot:
+        """A slot for a ``method`` stream of the orderer of raft id ``orderer`` (known a member),
+        released when the RPC terminates. Over its cap for ``method`` (or over the total, while
+        it holds one of ``method``) its oldest stream of ``method`` is cancelled and gives its
+        slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS."""
+        key = (orderer, method)
+        slot = ClusterSlot(self, key, context)
+        with self._lock:
+            mine = self._open.setdefault(key, [])
+            replaced = None
+            if len(mine) >= self.per_orderer or (self._held >= self.total and mine):
+                replaced = mine.pop(0)
+            elif self._held >= self.total:
+                if not mine:
+                    del self._open[key]
+                raise RxError(TOO_MANY_STREAMS, f"Cluster.{method}: the orderer already serves {self._held} "
+                                                f"cluster streams (limit {self.total})")
+            else:
+                self._held += 1
+            mine.append(slot)
+        if replaced is not None:
+            _log.debug("event=cluster_stream_replaced orderer=%d method=%s limit=%d: a new stream of this "
+                      "orderer takes the slot of its oldest, cancelled (a reconnect while the old "
+                      "stream was not yet seen dead)", orderer, method, self.per_orderer)
+            replaced.context.cancel()  # type: ignore[no-untyped-call]
+        if not context.add_callback(slot.release):  # the RPC already ended
+            slot.release()
+        return slot
+
+    def _release(self, slot: ClusterSlot) -> None:
+        with self._lock:
+            mine = self._open.get(slot.key)
+            if mine is None or slot not in mine:
+                return  # released already, or replaced: its slot went to the newer stream
+            mine.remove(slot)
+            if not mine:
+                del self._open[slot.key]
             self._held = max(0, self._held - 1)

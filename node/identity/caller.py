@@ -42,6 +42,10 @@ FULL_EVENTS_ROLES = frozenset({
     "doctor", "nurse", "pharmacist", "courier", "clerk", "admin", "auditor", "peer", "orderer", "client",
 })
 
+# Roles of the consortium's own nodes: their long-lived calls have stream slots no client
+# certificate may take (node.stream_caps, node_certificates).
+NODE_ROLES = frozenset({"peer", "orderer"})
+
 _Item = TypeVar("_Item")
 
 
@@ -84,6 +88,28 @@ class CallerCheck:
             raise RxError("WRONG_ROLE", f"a {principal.role} certificate may not call this",
                           grpc.StatusCode.PERMISSION_DENIED)
         return principal
+
+
+def node_certificates(msp_source: Callable[[], MSP], clock_ms: Callable[[], int] = wall_ms) -> Callable[[bytes], bool]:
+    """Whether a TLS client certificate is a node's (node.stream_caps): one the configuration
+    in force (``msp_source``) names as a peer's or an orderer's, admitted by its MSP now with a
+    role of NODE_ROLES. The role alone would not do: an organisation's CA issues as many
+    certificates of role peer as it likes, and those could take every node slot; a node not
+    (yet) named by the configuration counts as a client."""
+
+    def is_node(cert_der: bytes) -> bool:
+        try:
+            msp = msp_source()
+            org = next((o.org for o in msp.config.orderers if o.cert_der == cert_der),
+                       next((p.org for p in msp.config.peers if p.cert_der == cert_der), None))
+            if org is None:
+                return False
+            principal = msp.validate(identity_pb2.Identity(org=org, cert_der=cert_der), clock_ms())
+        except (RxError, ValueError):
+            return False
+        return principal.role in NODE_ROLES
+
+    return is_node
 
 
 def while_admitted(check: CallerCheck, caller: Principal, items: Iterator[_Item]) -> Iterator[_Item]:

@@ -19,7 +19,8 @@ leader's answers (on a graceful hand-over it answers them at once) for at most
 unknown (a paused or partitioned old leader), instead of waiting out the commit timeout.
 
 Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
-configuration (TLS certificate), re-checked per message; the forwarded envelopes, already
+configuration (TLS certificate), re-checked per message, and its streams are held under the
+Cluster stream caps (:func:`hold_cluster_stream`); the forwarded envelopes, already
 validated by the forwarding orderer, are parsed again and reach the chain in one hand-off per
 message (``BroadcastHandler.submit_local_many``); the config's checks come as the block is cut.
 """
@@ -37,12 +38,14 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
+from node.errors import RxError, abort_with
 from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.refusals import NonMemberRefusals
 from node.orderer.streams import coalesced_answers, stream_error_logger
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
+from node.stream_caps import ClusterCaps
 
 FORWARD_READ_AHEAD_BYTES = 32 * 1024 * 1024  # envelope bytes a ForwardBatch stream reads ahead
 
@@ -310,6 +313,20 @@ class LeaderForwarder:
             s.close()
 
 
+def hold_cluster_stream(streams: ClusterCaps | None, context: grpc.ServicerContext, rid: int, what: str) -> None:
+    """Hold a slot of ``streams`` (none: uncapped) for the member ``rid``'s ``what`` stream
+    until the RPC ends, or abort it TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a message is
+    read: each holds a gRPC worker while it lasts, and a subverted or looping orderer opening
+    streams without end took every worker of the others (Deliver, Broadcast, Admin, and the
+    other orderers' Step streams: no Raft)."""
+    if streams is None:
+        return
+    try:
+        streams.admit(context, rid, what)
+    except RxError as err:
+        abort_with(context, err)
+
+
 class ForwardBatchService:
     """Leader side of Cluster.ForwardBatch."""
 
@@ -321,9 +338,12 @@ class ForwardBatchService:
         commit_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         refusals: NonMemberRefusals | None = None,
+        streams: ClusterCaps | None = None,
     ) -> None:
-        """``refusals`` refuses (counts and logs) non-members (shared with ClusterService)."""
+        """``refusals`` refuses (counts and logs) non-members, ``streams`` caps each member's
+        streams (node.stream_caps; none: uncapped); both shared with ClusterService."""
         self._membership = membership
+        self._streams = streams
         self._refusals = refusals if refusals is not None else NonMemberRefusals(metrics)
         self._broadcast = broadcast
         self._metrics = metrics
@@ -338,6 +358,7 @@ class ForwardBatchService:
         rid = self._membership.raft_id_of(ident)
         if rid is None:
             self._refusals.refuse(context, ident, "ForwardBatch")
+        hold_cluster_stream(self._streams, context, rid, "ForwardBatch")
 
         def dispatch(batch: list[bytes] | BatchDecodeError) -> list[tuple[Ticket, float]]:
             if isinstance(batch, BatchDecodeError):

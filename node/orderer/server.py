@@ -3,10 +3,13 @@ services, and returns an :class:`OrdererServer` whose ``stop()`` shuts down grac
 
 Optional tuning in the node YAML's ``extra`` mapping (all integers):
 ``snapshot_interval_blocks``, ``tick_ms``, ``election_tick``, ``commit_timeout_ms``,
-``grpc_workers``, ``max_streams``, ``max_streams_per_caller`` (caps on Deliver streams, see
-:mod:`node.stream_caps`), ``onboard_wait_ms`` and ``onboard_answer_ms`` (the bounds of
-onboarding, :mod:`node.orderer.onboard`); and ``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with
-prompt re-dispatch when the leader moves) or ``legacy`` (OrdererCluster.ForwardBatch of
+``grpc_workers``, ``max_streams``, ``max_streams_per_caller``, ``max_node_streams``,
+``max_streams_per_node`` (caps on Deliver and Broadcast streams, with slots only the consortium's
+nodes may take), ``max_cluster_streams``, ``max_cluster_streams_per_orderer`` (caps on the other
+orderers' Cluster streams; see :mod:`node.stream_caps`), ``onboard_wait_ms`` and
+``onboard_answer_ms`` (the bounds of onboarding, :mod:`node.orderer.onboard`); and
+``forward_rpc``: ``batch`` (default, Cluster.ForwardBatch with prompt re-dispatch when the leader
+moves) or ``legacy`` (OrdererCluster.ForwardBatch of
 ``transport.Forwarder``, kept for comparison in benchmarks). ``clock_offset_ms`` shifts every
 wall-clock reading of the node (block stamps, certificate validity, the broadcast skew check,
 the clock told to the other orderers) by that many ms: fault injection for tests of a machine
@@ -43,7 +46,7 @@ from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
 from node.fsutil import make_dirs_durable
 from node.genesis import config_from_genesis, read_genesis
-from node.identity.caller import CallerCheck
+from node.identity.caller import CallerCheck, node_certificates
 from node.identity.msp import MSP
 from node.ledger.blockstore import BlockStore
 from node.ledger.errors import LedgerError
@@ -680,16 +683,19 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         recent=RecentTxIndex(blocks, chain.leader_id), message_bound=send_bound,
     )
     grpc_workers = config.grpc_workers
-    streams = config.stream_caps()  # on Deliver and Broadcast streams (node.stream_caps)
+    # on Deliver and Broadcast streams, the peers' and orderers' beyond the clients' (node.stream_caps)
+    streams = config.stream_caps(node_certificates(tracker.msp, wall_ms))
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
                              release_told=peer_release_intake(lambda: tracker.current.config, releases))
     # one count of each non-member caller's refusals, whichever Cluster stream it opens
     refusals = NonMemberRefusals(metrics)
+    cluster_streams = config.cluster_caps()  # and one cap on their streams, per orderer and in total
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
-        clock_watch=clock_watch, releases=releases, refusals=refusals,
+        clock_watch=clock_watch, releases=releases, refusals=refusals, streams=cluster_streams,
     )
-    forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s, refusals=refusals)
+    forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s, refusals=refusals,
+                                        streams=cluster_streams)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=grpc_workers),
         options=[

@@ -11,7 +11,9 @@ are queued as one item (one wake-up of the sender thread per Ready, not per mess
 Inbound (:class:`ClusterService`): the caller is identified by its TLS client certificate
 (``node.crypto.tls.peer_identity``) and must be an orderer of the current configuration
 (its certificate equals an ``OrdererNode.cert_der``); otherwise the stream is refused with
-PERMISSION_DENIED, counted, and logged boundedly (``refusals``). Membership follows the
+PERMISSION_DENIED, counted, and logged boundedly (``refusals``); a member's streams are then
+held under :class:`node.stream_caps.ClusterCaps` (per orderer and method, its newest replacing
+its oldest, and in total; over the total TOO_MANY_STREAMS). Membership follows the
 config in force (the server subscribes it to config adoption), and open streams re-check it
 per message, so after a config block rotates an orderer's certificate the new one is
 accepted for that raft id and the old one refused from that block on. Raft messages (Step)
@@ -41,7 +43,7 @@ from node.crypto.tls import peer_identity
 from node.errors import reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
-from node.orderer.forward import FORWARD_READ_AHEAD_BYTES
+from node.orderer.forward import FORWARD_READ_AHEAD_BYTES, hold_cluster_stream
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.refusals import EveryInterval, NonMemberRefusals
@@ -57,6 +59,7 @@ from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import MAX_PROTOCOL_VERSION
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
+from node.stream_caps import ClusterCaps
 
 _log = logging.getLogger(__name__)
 
@@ -471,11 +474,14 @@ class ClusterService:
         clock_watch: ClockWatch | None = None,
         releases: ReleaseWatch | None = None,
         refusals: NonMemberRefusals | None = None,
+        streams: ClusterCaps | None = None,
     ) -> None:
         """``clock_watch`` is told each member's clock from its messages, ``releases`` the
         protocol versions its release implements and what it relays of peers' releases;
-        ``refusals`` refuses (counts and logs) non-members (shared with ForwardBatchService)."""
+        ``refusals`` refuses (counts and logs) non-members (shared with ForwardBatchService);
+        ``streams`` caps each member's streams (node.stream_caps; none: uncapped; shared too)."""
         self._own_id = own_id
+        self._streams = streams
         self._refusals = refusals if refusals is not None else NonMemberRefusals(metrics)
         self._clock_watch = clock_watch
         self._releases = releases
@@ -494,6 +500,7 @@ class ClusterService:
         rid = self._membership.raft_peer_of(ident) if raft else self._membership.raft_id_of(ident)
         if rid is None or ident is None:
             self._refusals.refuse(context, ident, what)
+        hold_cluster_stream(self._streams, context, rid, what)
         return rid, ident
 
     def step(

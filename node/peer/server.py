@@ -34,7 +34,7 @@ from node.crypto.tls import (
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.genesis import read_genesis
-from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
+from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.identity.release import sign_statement
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
@@ -205,9 +205,10 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
 
     broadcast = BroadcastClient(config.orderers, channel, raft_targets=raft_targets, message_bound=batch_bound)
     grpc_workers = config.grpc_workers
-    # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps;
-    # the rest of the pool stays free for unary and endorsement calls (node.stream_caps).
-    streams = config.stream_caps()
+    # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps, the
+    # other peers' beyond the clients'; the rest of the pool stays free for unary and
+    # endorsement calls (node.stream_caps).
+    streams = config.stream_caps(node_certificates(lambda: configs.current().msp, wall_ms))
     check_caller = CallerCheck(lambda: configs.current().msp, wall_ms)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,

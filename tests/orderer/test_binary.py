@@ -50,6 +50,11 @@ def _assert_bad_config(proc: subprocess.CompletedProcess[str], fragment: str, tm
     ("extra.tick_ms", lambda d: d.__setitem__("extra", {"tick_ms": "fast"})),
     ("extra.grpc_workers", lambda d: d.__setitem__("extra", {"grpc_workers": 0})),
     ("extra must be a mapping", lambda d: d.__setitem__("extra", "tick_ms=5")),
+    # the Cluster stream caps and the nodes' reserve (node.stream_caps) are checked at start-up
+    ("extra.max_cluster_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_cluster_streams": 8})),
+    ("extra.max_cluster_streams_per_orderer", lambda d: d.__setitem__(
+        "extra", {"max_cluster_streams": 4, "max_cluster_streams_per_orderer": 5})),
+    ("extra.max_node_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_node_streams": 4})),
     ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
     ("cannot load certificate/key", lambda d: d.__setitem__("key", d["ca_bundle"])),
     # each of these exited 1 ("start-up failed: ValueError/IsADirectoryError"), the data

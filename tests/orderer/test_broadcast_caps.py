@@ -159,9 +159,9 @@ def test_a_peer_refused_too_many_streams_knows_its_envelopes_were_never_read(
         sent = threading.Event()
         acquire = caps.acquire
 
-        def acquire_once_sent(key: bytes, what: str) -> StreamSlot:  # the refusal comes after the send
+        def acquire_once_sent(key: bytes, what: str, node: bool = False) -> StreamSlot:  # refused after the send
             sent.wait(5)
-            return acquire(key, what)
+            return acquire(key, what, node)
 
         monkeypatch.setattr(caps, "acquire", acquire_once_sent)
         stream = broadcast_client._Stream(Endpoint("o1", "ins01", "127.0.0.1", 1), ch, time.monotonic)

@@ -76,6 +76,8 @@ BAD_VALUES = [
     ("extra.orderer_quorum", lambda d: d.__setitem__("extra", {"orderer_quorum": "two"})),
     ("extra.sandbox_workers", lambda d: d.__setitem__("extra", {"sandbox_workers": True})),
     ("extra.max_streams", lambda d: d.__setitem__("extra", {"max_streams": -1})),
+    ("extra.max_node_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_node_streams": 4})),
+    ("extra.max_streams_per_node", lambda d: d.__setitem__("extra", {"max_streams_per_node": "x"})),
     ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
     ("port", lambda d: d.__setitem__("port", "http")),
     ("raft_id", lambda d: d.__setitem__("raft_id", [1])),
