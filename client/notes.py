@@ -5,9 +5,10 @@ and notes"). Free text a user types goes, if anywhere, into an optional note enc
 client-side with AES-256-GCM under the prescription's record key (revoke, review) or claim
 key (reversal), with associated data ``rxchain/note/{rx_id}/{action}``; the contract stores
 the base64 ciphertext as ``note_ct``. Only parties holding a grant to that key can read it.
-Once the patient withdrew a consent, revoke and review notes are under the note key in force
-instead (``note_epoch``; client.records, contracts/README.md "Note keys"), which the withdrawn
-organisation never holds.
+Once the patient withdrew a consent or the prescription was re-routed away from a pharmacy,
+revoke and review notes are under the note key in force instead (``note_epoch``;
+client.records, contracts/README.md "Note keys"), which the withdrawn organisation or the
+pharmacy routed away never holds.
 """
 
 from __future__ import annotations

@@ -131,6 +131,14 @@ class PatientDirectory:
         """Every known patient."""
         return list(self._by_handle.values())
 
+    def by_pseudonym(self, secret: bytes, pseud: str) -> Patient | None:
+        """The patient whose on-ledger pseudonym is ``pseud`` (a prescription's ``patient``),
+        None when the directory holds none."""
+        for p in self._by_handle.values():
+            if p.pseudonym(secret) == pseud:
+                return p
+        return None
+
     def resolve(self, ref: str) -> Patient:
         """A patient by handle, or a bare ID number."""
         if ref in self._by_handle:

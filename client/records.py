@@ -17,12 +17,13 @@ Layouts (base64 strings on the ledger):
   records certificate: issuing hospital, routed pharmacy, consent holders; the insurer
   receives K' only);
 * note keys: notes (review, revoke) are encrypted under the record key until the patient
-  withdraws a consent; each withdrawal makes a fresh note key N_e (e = 1, 2, ...) wrapped
-  for every remaining reader only, ``aead.wrap_key(recipient, N_e,
+  withdraws a consent or the prescription is re-routed away from a pharmacy; each of these
+  makes a fresh note key N_e (e = 1, 2, ..., at most MAX_NOTE_KEYS) wrapped for every
+  remaining reader only, ``aead.wrap_key(recipient, N_e,
   context="rxchain/rx/{rx_id}/{party}/note/{e}")``, and every later note is under it, so a
-  withdrawn party (which keeps the keys it fetched) reads none of them. A note records its
-  key's number ``note_epoch`` (absent or 0: the record key, as every note of the previous
-  release).
+  withdrawn party or a pharmacy routed away (which keep the keys they fetched) read none of
+  them. A note records its key's number ``note_epoch`` (absent or 0: the record key, as
+  every note of the previous release).
 
 Patient pseudonym = ``hex(HMAC-SHA256(consortium secret, ID number))`` (ID number stripped and
 upper-cased first); diagnosis tags use
@@ -56,6 +57,7 @@ SALT_BYTES = 32
 TRACE_KEY_LABEL = b"rxchain/trace-code/v1"
 CONTENT = "content"
 CLAIM = "claim"
+MAX_NOTE_KEYS = 64  # note keys of one prescription (the prescription contract's bound)
 
 Random = Callable[[int], bytes]
 
@@ -231,7 +233,8 @@ class OpenedRecord:
     record_key: bytes
     note_epoch: int = 0  # the note key in force (0: the record key)
     note_keys: Mapping[int, bytes] = field(default_factory=dict)  # the caller's note keys that open
-    readers: tuple[str, ...] | None = None  # the record key's holders (told to the patient only)
+    readers: tuple[str, ...] | None = None  # the record key's holders (told to the patient and hospital)
+    routed: str | None = None  # the routed pharmacy ("": none), told with the readers
 
     def note_key(self, epoch: int) -> bytes | None:
         """The key of a note written under note key ``epoch`` (0: the record key; a claim
@@ -291,7 +294,9 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
         raise RxClientError("BAD_PAYLOAD", "key grant with a note_epoch that is no count")
     readers = grant.get("readers")
     names = tuple(str(r) for r in readers) if isinstance(readers, list) else None
-    return OpenedRecord(rx_id, kind, party, body, salt, record_key, epoch, note_keys, names)
+    routed = grant.get("pharmacy")  # absent from a contract that makes no key on a re-route
+    return OpenedRecord(rx_id, kind, party, body, salt, record_key, epoch, note_keys, names,
+                        routed if isinstance(routed, str) else None)
 
 
 def _note_keys(grant: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, rx_id: str,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import config_pb2
 
 from client.errors import CommitUnknown, DuplicateRx, EndorsementError, NoKeyGrant, RxClientError
@@ -26,6 +27,7 @@ from client.patients import Patient
 from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
 from client.reconcile import claim_report
 from client.records import (
+    MAX_NOTE_KEYS,
     OpenedRecord,
     commitment,
     open_grant,
@@ -122,6 +124,14 @@ def _written(res: SubmitResult, extra: Mapping[str, Any] | None = None) -> dict[
             out.setdefault(k, v)
     out.update(extra or {})
     return out
+
+
+def _readers_moved(exc: RxClientError) -> bool:
+    """A refusal of new or re-wrapped note keys because the readers or the note keys changed
+    since the caller's key fetch (a route, a consent or a withdrawal committed meanwhile):
+    nothing was written, fetching again and wrapping anew is the answer."""
+    exact = exc.reason == "BAD_ARGUMENTS" and "note_keys must map exactly" in exc.message
+    return exact or exc.reason == "NOTE_KEY_STALE"
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -327,14 +337,75 @@ class RxOperations:
         return self._submit_noted("review", args, REVIEW, text)
 
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
-        """(Re-)route: re-wrap the content key (and the note keys) for the new pharmacy."""
-        opened = self._get_key(rx_id)
-        pub = self.s.records_public_key(pharmacy)
-        args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy,
-                                "wrapped_key": wrap_for(pub, opened.record_key, rx_id, pharmacy)}
-        if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
-            args["note_keys"] = wrap_note_keys(pub, opened, pharmacy)
-        return _written(self.s.gateway.submit(RX, "route", args))
+        """(Re-)route: re-wrap the content key (and the note keys) for the new pharmacy.
+
+        A re-route away from a pharmacy also makes a fresh note key wrapped for every reader
+        left (the patient, the hospital, the new pharmacy, the consents: the contract checks
+        the set; never the insurer or the pharmacy routed away) under which every later note is
+        encrypted: the pharmacy routed away keeps the keys it fetched before, and reads no note
+        written after this. A first route makes none (``new_note_keys`` {}: refused, nothing
+        written, if a route went in meanwhile). The patient's copy is wrapped for her
+        certificate (:meth:`_patient_key`). When a reader's key is not at hand, or the
+        prescription holds the most note keys already, the re-route goes in all the same
+        without a new key (the pharmacy routed away reads later notes) and the answer says so
+        in ``note_key_skipped``, as a withdrawal does. A contract whose ``get_key`` names no
+        routed pharmacy makes no key on a re-route: routed as before. The readers or the note
+        keys changed between the key fetch and the route (BAD_ARGUMENTS naming ``note_keys``,
+        nothing written): fetched and sent once more."""
+        for attempt in range(2):
+            opened = self._get_key(rx_id)
+            pub = self.s.records_public_key(pharmacy)
+            args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy,
+                                    "wrapped_key": wrap_for(pub, opened.record_key, rx_id, pharmacy)}
+            if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
+                args["note_keys"] = wrap_note_keys(pub, opened, pharmacy)
+            skipped = ""
+            if opened.routed == "":
+                args["new_note_keys"] = {}  # nobody is routed away
+            elif opened.routed is not None and opened.readers is not None:
+                left = [p for p in opened.readers if p != opened.routed]
+                keys, skipped = self._new_note_key(opened, list(dict.fromkeys([*left, pharmacy])))
+                if keys is not None:
+                    args["new_note_keys"] = keys
+            try:
+                out = _written(self.s.gateway.submit(RX, "route", args))
+            except RxClientError as exc:
+                if not _readers_moved(exc) or attempt == 1:
+                    raise
+                continue
+            if skipped:
+                out["note_key_skipped"] = skipped
+            return out
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _patient_key(self, opened: OpenedRecord) -> ec.EllipticCurvePublicKey:
+        """The key the patient's grant is wrapped for: the caller's own when she is the
+        patient, else her wallet certificate's, found through the local patient directory by
+        the prescription's pseudonym (as :meth:`issue` wraps it); UNKNOWN_PATIENT when the
+        directory names no patient with a wallet certificate for it."""
+        if self.s.identity.role == "patient":
+            return self.s.identity.private_key.public_key()
+        found = self.s.directory.by_pseudonym(self.s.net.secret, str(opened.body.get("patient", "")))
+        if found is None or not (found.user_org and found.user_name):
+            raise RxClientError("UNKNOWN_PATIENT", f"the patient of {opened.rx_id} has no wallet certificate "
+                                "in the local patient directory")
+        return self.s.user_public_key(found.user_org, found.user_name)
+
+    def _new_note_key(self, opened: OpenedRecord, readers: Sequence[str]) -> tuple[dict[str, str] | None, str]:
+        """A fresh note key, number ``opened.note_epoch`` + 1, wrapped for each of ``readers``
+        (``patient``: :meth:`_patient_key`; an organisation: its records certificate), and
+        ""; or None and why not: a reader's key is not at hand (not in the directory, a
+        certificate revoked or expired), or the prescription holds MAX_NOTE_KEYS already."""
+        epoch = opened.note_epoch + 1
+        if epoch > MAX_NOTE_KEYS:
+            return None, f"NOTE_KEYS_EXHAUSTED: {opened.rx_id} holds {MAX_NOTE_KEYS} note keys, the most one holds"
+        key = aead.new_record_key()
+        try:
+            return {party: wrap_note_key(self._patient_key(opened) if party == "patient"
+                                         else self.s.records_public_key(party), key, opened.rx_id, party, epoch)
+                    for party in readers}, ""
+        except RxClientError as exc:
+            return None, f"{exc.reason}: {exc.message}"
 
     def lock(self, rx_id: str) -> dict[str, Any]:
         """Lock for dispensing."""
@@ -654,31 +725,28 @@ class RxOperations:
         ``org`` keeps the keys it fetched before, and reads no note written after this.
         A contract from before note keys (its ``get_key`` names no readers) only withdraws.
         When a reader's records certificate is not usable now (revoked, expired) no key can
-        reach it: the consent is withdrawn all the same (no later key fetch, no view) without
-        a note key, and the answer says so in ``note_key_skipped`` -- withdrawing that
-        reader's consent first, or routing away from it, lets a withdrawal make one again.
-        The readers changed between the key fetch and the withdrawal (a route, another
-        consent: BAD_ARGUMENTS naming ``note_keys``, nothing written): fetched and sent once more."""
+        reach it, nor once the prescription holds the most note keys (MAX_NOTE_KEYS): the
+        consent is withdrawn all the same (no later key fetch, no view) without a note key,
+        and the answer says so in ``note_key_skipped`` -- withdrawing that reader's consent
+        first, or routing away from it, lets a withdrawal make one again.
+        The readers or the note keys changed between the key fetch and the withdrawal (a
+        route, another consent: BAD_ARGUMENTS naming ``note_keys``, or NOTE_KEY_STALE: a
+        re-route made a key; nothing written): fetched and sent once more."""
         for attempt in range(2):
             args: dict[str, Any] = {"rx_id": rx_id, "org": org}
             opened = self._get_key(rx_id)
             skipped = ""
             if opened.readers is not None:
-                key, epoch = aead.new_record_key(), opened.note_epoch + 1
-                own = self.s.identity.private_key.public_key()  # her grant is wrapped for her certificate
-                try:
-                    args["note_keys"] = {
-                        party: wrap_note_key(own if party == "patient" else self.s.records_public_key(party),
-                                             key, rx_id, party, epoch)
-                        for party in opened.readers if party != org}
-                except RxClientError as exc:
-                    skipped = f"{exc.reason}: {exc.message}"
+                keys, skipped = self._new_note_key(opened, [p for p in opened.readers if p != org])
+                if keys is not None:
+                    args["note_keys"] = keys
+                    if opened.routed is not None:  # (a contract naming no routed pharmacy takes no number)
+                        args["note_epoch"] = opened.note_epoch + 1
             try:
                 out = _written(self.s.gateway.submit(RX, "revoke_consent", args,
                                                      endorsing_orgs=self._own_endorsers(rx_id)))
             except RxClientError as exc:
-                moved = exc.reason == "BAD_ARGUMENTS" and "note_keys must map exactly" in exc.message
-                if not moved or "note_keys" not in args or attempt == 1:
+                if not _readers_moved(exc) or "note_keys" not in args or attempt == 1:
                     raise
                 continue
             if skipped:

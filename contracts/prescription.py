@@ -59,7 +59,7 @@ REJECT_REASONS = ("INTERACTION", "DOSE", "CONTRAINDICATION", "NOT_INDICATED", "I
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
-MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal of consent (README "Note keys")
+MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal or re-route (README "Note keys")
 MAX_WRAPPED = 512  # a wrapped note key (aead.wrap_key: 126 bytes, 168 base64 characters)
 HISTORY_WINDOW = 1000  # ctx.history answers at most the oldest 1000 versions of a key
 PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
@@ -142,8 +142,8 @@ def _note_ct(ctx: Context, note_ct: str) -> str:
 
 def _note(ctx: Context, rx: dict, note_ct: str, note_epoch: int) -> dict:
     """The note fields of a review or revocation: ``note_ct`` and, once a withdrawal of consent
-    made a note key, ``note_epoch``; a note must be under the note key in force (0: the record
-    key), else NOTE_KEY_STALE (a withdrawn party holds the older keys)."""
+    or a re-route made a note key, ``note_epoch``; a note must be under the note key in force
+    (0: the record key), else NOTE_KEY_STALE (a withdrawn party holds the older keys)."""
     note = _note_ct(ctx, note_ct)
     epoch = rx.get("note_epoch", 0)  # absent on records from before note keys
     if not _is_int(note_epoch, 0, MAX_NOTE_KEYS):
@@ -156,16 +156,40 @@ def _note(ctx: Context, rx: dict, note_ct: str, note_epoch: int) -> dict:
     return out
 
 
-def _wrapped_map(ctx: Context, keys: dict, names: list) -> dict:
+def _wrapped_map(ctx: Context, keys: dict, names: list, arg: str = "note_keys") -> dict:
     """``keys`` (None: {}) maps exactly ``names`` each to a wrapped note key."""
     if keys is None:
         keys = {}
     if not isinstance(keys, dict) or sorted(keys.keys()) != sorted(names):
-        ctx.fail("BAD_ARGUMENTS", "note_keys must map exactly [" + ", ".join(sorted(names)) + "] to wrapped keys")
+        ctx.fail("BAD_ARGUMENTS", arg + " must map exactly [" + ", ".join(sorted(names)) + "] to wrapped keys")
     for k in names:
         if not _only(keys[k], B64_CHARS, 1, MAX_WRAPPED):
             ctx.fail("BAD_ARGUMENTS", "a wrapped note key is base64 of at most 512 characters")
     return keys
+
+
+def _next_note_key(ctx: Context, rx: dict, keys: dict, names: list, arg: str, instead: str) -> int:
+    """The number of the note key ``keys`` makes (``rx``'s note_epoch + 1, at most
+    MAX_NOTE_KEYS, else BAD_ARGUMENTS: the call goes in ``instead``), wrapped for exactly
+    ``names``: the readers after the call. Checks only: nothing is written."""
+    epoch = rx.get("note_epoch", 0) + 1
+    if epoch > MAX_NOTE_KEYS:
+        ctx.fail("BAD_ARGUMENTS", "at most 64 note keys per prescription (" + instead + ")")
+    _wrapped_map(ctx, keys, names, arg)
+    return epoch
+
+
+def _hand_out(ctx: Context, rx: dict, epoch: int, keys: dict, grants: list, n: int) -> int:
+    """Note key ``epoch`` into each of ``grants`` (its wrap in ``keys``), each audited GRANT
+    note_key from audit number ``n``; it becomes the key in force. Returns the next number."""
+    for g in grants:
+        g["note_keys"] = g.get("note_keys", {})
+        g["note_keys"][str(epoch)] = keys[g["party"]]
+        ctx.put("grant/" + rx["rx_id"] + "/" + g["party"], g)
+        _audit(ctx, rx["rx_id"], n, "GRANT", g["party"], "note_key")
+        n = n + 1
+    rx["note_epoch"] = epoch
+    return n
 
 
 def _epochs(rx: dict) -> list:
@@ -836,9 +860,16 @@ def review(ctx: Context, rx_id: str, approve: bool, reason: str, note_ct: str = 
     return {"rx_id": rx_id, "status": decision}
 
 
-def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str, note_keys: dict | None = None) -> dict:
+def route(
+    ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str, note_keys: dict | None = None,
+    new_note_keys: dict | None = None,
+) -> dict:
     """Route or re-route to a pharmacy: grants it, revokes the previous pharmacy's grant.
     ``note_keys``: the note keys made so far, each wrapped for it (README "Note keys").
+    ``new_note_keys``: on a re-route, a fresh note key wrapped for every reader left (the new
+    pharmacy in, the previous one out), the key of every later note: the pharmacy routed away
+    keeps the keys it fetched, never this one. None: no key is made (the previous client, or
+    one that could not reach a reader); {} on a first route (nobody is routed away).
 
     Callers: the issuing hospital's doctor/pharmacist/admin, or the patient."""
     rx = _rx(ctx, rx_id)
@@ -866,17 +897,35 @@ def route(ctx: Context, rx_id: str, pharmacy: str, wrapped_key: str, note_keys: 
         ctx.fail("ALREADY_ROUTED", "already routed to " + pharmacy)
     if not _is_blob(wrapped_key):
         ctx.fail("BAD_ARGUMENTS", "a wrapped key for the new pharmacy is required")
-    keys = _wrapped_map(ctx, note_keys, _epochs(rx))
+    keys = _wrapped_map(ctx, note_keys, _epochs(rx))  # exactly 1..e: the caller's view is current
     old = rx["pharmacy"]
+    epoch = 0
+    others = []  # the readers left but the new pharmacy: their grants get the new key
+    if old == "":
+        _wrapped_map(ctx, new_note_keys, [], "new_note_keys")  # a first route makes no key
+    elif new_note_keys is not None:
+        names = [pharmacy]
+        for g in _readers(ctx, rx_id):
+            if g["party"] != old and g["party"] != pharmacy:
+                others.append(g)
+                names.append(g["party"])
+        epoch = _next_note_key(ctx, rx, new_note_keys, names, "new_note_keys", "route without new_note_keys")
     n = 0
     if old != "":
         _drop_grant(ctx, rx_id, old, n)
         n = n + 1
+    if epoch > 0:
+        keys = dict(keys)
+        keys[str(epoch)] = new_note_keys[pharmacy]
     _grant(ctx, rx_id, pharmacy, "pharmacy", wrapped_key, n, keys)
     rx["pharmacy"] = pharmacy
     detail = {"pharmacy": pharmacy, "previous": old}
     if dropped != "":
         detail["dropped_lock"] = dropped
+    if epoch > 0:
+        _audit(ctx, rx_id, n + 1, "GRANT", pharmacy, "note_key")
+        _hand_out(ctx, rx, epoch, new_note_keys, others, n + 2)
+        detail["note_epoch"] = epoch
     _save(ctx, rx, "route", detail)
     return {"rx_id": rx_id, "pharmacy": pharmacy, "previous": old}
 
@@ -1196,10 +1245,14 @@ def get_key(ctx: Context, rx_id: str) -> dict:
         "note_epoch": rx.get("note_epoch", 0),
         "note_keys": grant.get("note_keys", {}),
     }
-    if party == "patient":  # she wraps a new note key for them when she withdraws a consent
+    if party == "patient" or grant["kind"] == "hospital":
+        # the routers (and the patient withdrawing a consent) wrap a new note key for the
+        # readers: the patient, the issuing hospital and the routed pharmacy, the consents
+        # (every party reads these in the trace's steps already)
         out["readers"] = []
         for g in _readers(ctx, rx_id):
             out["readers"].append(g["party"])
+        out["pharmacy"] = rx["pharmacy"]
     return out
 
 
@@ -1219,34 +1272,29 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_key
     return {"rx_id": rx_id, "org": org, "granted": True}
 
 
-def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = None) -> dict:
+def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = None, note_epoch: int = 0) -> dict:
     """The patient withdraws a consent grant. ``note_keys``: a new note key wrapped for every
     other reader (get_key's ``readers``), the key of every later note: ``org`` keeps the keys
-    it fetched, never this one (README "Note keys")."""
+    it fetched, never this one (README "Note keys"). ``note_epoch``: the number the client
+    wrapped it under (0: not named), else NOTE_KEY_STALE: a re-route made a key meanwhile."""
     rx = _patients_rx(ctx, rx_id, "withdraws consent")
     old = ctx.get("grant/" + rx_id + "/" + org)
     if old is None or old["kind"] != "consent":
         ctx.fail("NO_KEY_GRANT", org + " holds no consent grant")
+    if not _is_int(note_epoch, 0, MAX_NOTE_KEYS) or (note_epoch != 0 and note_keys is None):
+        ctx.fail("BAD_ARGUMENTS", "note_epoch is the number (1-64) of the new note key of note_keys")
     detail = {"org": org}
     if note_keys is not None:
-        epoch = rx.get("note_epoch", 0) + 1
-        if epoch > MAX_NOTE_KEYS:
-            ctx.fail("BAD_ARGUMENTS", "at most 64 note keys per prescription (withdraw without note_keys)")
         readers = []
         names = []
         for g in _readers(ctx, rx_id):
             if g["party"] != org:
                 readers.append(g)
                 names.append(g["party"])
-        _wrapped_map(ctx, note_keys, names)
-        n = 1
-        for g in readers:
-            g["note_keys"] = g.get("note_keys", {})
-            g["note_keys"][str(epoch)] = note_keys[g["party"]]
-            ctx.put("grant/" + rx_id + "/" + g["party"], g)
-            _audit(ctx, rx_id, n, "GRANT", g["party"], "note_key")
-            n = n + 1
-        rx["note_epoch"] = epoch
+        epoch = _next_note_key(ctx, rx, note_keys, names, "note_keys", "withdraw without note_keys")
+        if note_epoch != 0 and note_epoch != epoch:
+            ctx.fail("NOTE_KEY_STALE", "the new note key is number " + str(epoch) + " (get_key)")
+        _hand_out(ctx, rx, epoch, note_keys, readers, 1)
         detail["note_epoch"] = epoch
     _drop_grant(ctx, rx_id, org, 0)
     _save(ctx, rx, "consent_revoked", detail)

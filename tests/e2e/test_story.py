@@ -14,6 +14,7 @@ from rxchain.v1 import config_pb2
 from client.errors import CommitError, EndorsementError, NoKeyGrant
 from client.events import EventListener, MemoryCheckpoint
 from client.gateway import SubmitResult
+from client.notes import REVIEW, open_note
 from client.rxops import DrugLine, IssueRequest, RxOperations
 from client.session import Session
 from node.protocol import MAX_PROTOCOL_VERSION, SUPPORTED_VERSIONS
@@ -216,14 +217,26 @@ def test_routing_review_and_trace_code_refusals(net: Net):
     assert net.cli_error("--as", WANG, "rx", "lock", rx2)["error"] == "REVOKED"
 
 
+REROUTE_NOTE = "check blood pressure before handing over"
+
+
 def test_reroute_grants_the_new_pharmacy_and_revokes_the_old(net: Net):
     rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
     assert net.cli("--as", WANG, "rx", "show", rx)["content"]["rx_id"] == rx
+    kept = _ops(net, WANG)._get_key(rx)  # all p01 holds once routed away
     routed = net.cli("--as", DOCTOR, "rx", "route", rx, "--pharmacy", "p02")
     assert routed["pharmacy"] == "p02" and routed["previous"] == "p01"
+    # the doctor's client found the patient's certificate through the HIS directory and
+    # wrapped a fresh note key for every reader left (real certificates): none was skipped
+    assert "note_key_skipped" not in routed, routed
     assert net.cli("--as", CHEN, "rx", "show", rx)["content"]["rx_id"] == rx
     with pytest.raises(NoKeyGrant):
         _ops(net, WANG).show(rx)
+    net.cli("--as", CHEN, "rx", "review", rx, "--reject", "dose", "--note", REROUTE_NOTE)
+    for reader in ("h01:patient-zhang", DOCTOR, CHEN):
+        assert net.cli("--as", reader, "rx", "show", rx)["review"]["note"] == REROUTE_NOTE, reader
+    note_ct = _ops(net, DOCTOR).s.gateway.evaluate("prescription", "show", {"rx_id": rx})["review"]["note_ct"]
+    assert all(open_note(k, rx, REVIEW, note_ct) is None for k in (kept.record_key, *kept.note_keys.values()))
 
 
 def test_concurrent_locks_resolve_to_one_winner_through_mvcc(net: Net):
