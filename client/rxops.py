@@ -367,8 +367,8 @@ class RxOperations:
                 keys, skipped = self._new_note_key(opened, list(dict.fromkeys([*left, pharmacy])))
                 if keys is not None:
                     args["new_note_keys"] = keys
-            try:
-                out = _written(self.s.gateway.submit(RX, "route", args))
+            try:  # (a patient routing: her binding goes with it, to the record's parties)
+                out = _written(self.s.gateway.submit(RX, "route", args, endorsing_orgs=self._own_endorsers(rx_id)))
             except RxClientError as exc:
                 if not _readers_moved(exc) or attempt == 1:
                     raise

@@ -221,22 +221,29 @@ REROUTE_NOTE = "check blood pressure before handing over"
 
 
 def test_reroute_grants_the_new_pharmacy_and_revokes_the_old(net: Net):
+    """Re-routed by the doctor (p01 -> p02), then by the patient (p02 -> p01): each re-route
+    makes a fresh note key for the readers left (real certificates: the doctor's client finds
+    the patient's through the HIS directory), so neither pharmacy opens, with any key it held
+    when routed away, the note written after -- the patient, the doctor and p01 now read it."""
     rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
     assert net.cli("--as", WANG, "rx", "show", rx)["content"]["rx_id"] == rx
-    kept = _ops(net, WANG)._get_key(rx)  # all p01 holds once routed away
+    kept = [_ops(net, WANG)._get_key(rx)]  # all p01 holds once routed away
     routed = net.cli("--as", DOCTOR, "rx", "route", rx, "--pharmacy", "p02")
     assert routed["pharmacy"] == "p02" and routed["previous"] == "p01"
-    # the doctor's client found the patient's certificate through the HIS directory and
-    # wrapped a fresh note key for every reader left (real certificates): none was skipped
     assert "note_key_skipped" not in routed, routed
     assert net.cli("--as", CHEN, "rx", "show", rx)["content"]["rx_id"] == rx
     with pytest.raises(NoKeyGrant):
         _ops(net, WANG).show(rx)
-    net.cli("--as", CHEN, "rx", "review", rx, "--reject", "dose", "--note", REROUTE_NOTE)
-    for reader in ("h01:patient-zhang", DOCTOR, CHEN):
+    kept.append(_ops(net, CHEN)._get_key(rx))  # p02: the record key and note key 1
+    routed = net.cli("--as", "h01:patient-zhang", "rx", "route", rx, "--pharmacy", "p01")
+    assert routed["previous"] == "p02" and "note_key_skipped" not in routed, routed
+    net.cli("--as", WANG, "rx", "review", rx, "--reject", "dose", "--note", REROUTE_NOTE)
+    for reader in ("h01:patient-zhang", DOCTOR, WANG):
         assert net.cli("--as", reader, "rx", "show", rx)["review"]["note"] == REROUTE_NOTE, reader
-    note_ct = _ops(net, DOCTOR).s.gateway.evaluate("prescription", "show", {"rx_id": rx})["review"]["note_ct"]
-    assert all(open_note(k, rx, REVIEW, note_ct) is None for k in (kept.record_key, *kept.note_keys.values()))
+    review = _ops(net, DOCTOR).s.gateway.evaluate("prescription", "show", {"rx_id": rx})["review"]
+    assert review["note_epoch"] == 2
+    held = [k for o in kept for k in (o.record_key, *o.note_keys.values())]
+    assert len(held) == 3 and all(open_note(k, rx, REVIEW, review["note_ct"]) is None for k in held)
 
 
 def test_concurrent_locks_resolve_to_one_winner_through_mvcc(net: Net):
