@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -95,8 +96,10 @@ class MemoryState:
             i += 1
         return out
 
-    def history(self, ns: str, key: str, limit: int) -> list[Any]:
-        return list(self.history_index.get((ns, key), []))[:limit]
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None, values: bool = True,
+                gas_left: int | None = None) -> list[Any]:
+        rows = list(self.history_index.get((namespace, key), []))[start or 0:][:limit]
+        return rows if values else [dataclasses.replace(h, value=None) for h in rows]
 
     def commit(self, rwset_bytes: bytes, tx_id: str, timestamp_ms: int) -> None:
         """Apply a simulation's canonical write set as the next block."""

@@ -295,9 +295,9 @@ class Ledger:
         """Block, index and validation code of a committed tx id."""
         return self.state.tx_location(tx_id)
 
-    def history(self, ns: str, key: str, limit: int = 0) -> list[HistoryEntry]:
-        """Every committed write of a key, oldest first."""
-        return self.state.history(ns, key, limit)
+    def history(self, ns: str, key: str, limit: int = 0, start: int = 0) -> list[HistoryEntry]:
+        """Every committed write of a key, oldest first, from the ``start``-th on."""
+        return self.state.history(ns, key, limit, start)
 
     def current_config(self) -> config_pb2.ConsortiumConfig | None:
         """The consortium configuration in force (from state), None before genesis."""

@@ -357,13 +357,17 @@ class StateDB:
             raise
         return StateSnapshot(snap, None if raw is None else _decode_savepoint(raw))
 
-    def history(self, ns: str, key: str, limit: int = 0) -> list[HistoryEntry]:
-        """Every committed write of ``key``, oldest first."""
+    def history(self, ns: str, key: str, limit: int = 0, start: int = 0) -> list[HistoryEntry]:
+        """Every committed write of ``key``, oldest first, from the ``start``-th on (0: the
+        oldest; the ones before it are stepped over undecoded), at most ``limit`` (0: all)."""
         prefix = _history_prefix(ns, key)
         plen = len(prefix)
         out: list[HistoryEntry] = []
         try:
             with self._db.iterator(prefix=prefix, verify_checksums=True) as it:
+                for _ in range(start):
+                    if next(it, None) is None:
+                        return out
                 for k, v in it:
                     block, tx = _VER.unpack_from(k, plen)
                     is_delete, ts = _HIST.unpack_from(v)

@@ -19,8 +19,9 @@ same height; the contract asks for fewer keys), so a contract cannot make the pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from rxchain.v1 import transaction_pb2
 
@@ -30,7 +31,11 @@ from node.sandbox.types import SIZE_LIMIT, HistoryEntry
 
 MAX_RANGE_BYTES = 16 * 1024 * 1024  # the values one range read may return (see above)
 
-HistorySource = Callable[[str, str, int], list[HistoryEntry]]
+class HistorySource(Protocol):
+    """Where a simulation's ``history`` reads come from (node.peer.history.LedgerHistory)."""
+
+    def __call__(self, namespace: str, key: str, limit: int, start: int | None = None,
+                 values: bool = True, gas_left: int | None = None) -> list[HistoryEntry]: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class SimulationLimits:
     max_key_bytes: int = 1024
 
 
-def _no_history(namespace: str, key: str, limit: int) -> list[HistoryEntry]:
+def _no_history(namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[HistoryEntry]:
     return []
 
 
@@ -137,10 +143,11 @@ class TxSimulator:
         s.ranges.append(info)
         return [(k, vv.value) for k, vv in rows]
 
-    def history(self, namespace: str, key: str, limit: int) -> list[HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[HistoryEntry]:
         """Committed history of ``key`` (not MVCC-protected, like Fabric's history queries)."""
         self._check_key(key)
-        return self._history(namespace, key, limit)
+        return self._history(namespace, key, limit, start=start, values=values, gas_left=gas_left)
 
     # ------------------------------------------------------------------ writes
 

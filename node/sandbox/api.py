@@ -131,6 +131,18 @@ GAS_GET = 500
 GAS_RANGE = 500
 GAS_RANGE_ITEM = 20
 GAS_HISTORY = 1000
+GAS_HISTORY_ENTRY = 20  # per version answered (an index entry walked, decoded and sent)
+GAS_HISTORY_SKIP = 1  # per version ``start`` steps over (the index walk: ~0.12 us each)
+# A version's value is read from the block that wrote it, and a block is read whole: pread,
+# checksum, parse (~1.2 ms of the peer for a full 4 MiB block, ~4 bytes per ns; 10 us for a
+# small one). Each run of versions with values in one block pays one block read.
+GAS_HISTORY_BLOCK = 100
+GAS_HISTORY_BLOCK_BYTES_PER_UNIT = 512
+# A page (``start`` given) ends before the version that would take its gas past this, or its
+# values past MAX_HISTORY_PAGE_BYTES (~120 full blocks, or 16 MiB of values, per page).
+HISTORY_PAGE_GAS = 1_000_000
+MAX_HISTORY_PAGE_BYTES = 16 * 1024 * 1024
+MAX_HISTORY_START = (1 << 32) - 1
 GAS_PUT = 200
 GAS_DELETE = 100
 GAS_EMIT = 100
@@ -160,6 +172,32 @@ def _utf8(text: str) -> bool:
 MAX_NAMESPACE_LEN = 255  # ctx.get_from/range_from/history_from namespaces (contract names)
 
 
+def history_entry_gas(entry: t.HistoryEntry, values: bool, last_block: int) -> int:
+    """The gas of one version of a history answer (``last_block``: the block the previous
+    version with a value was read from, -1 for none): GAS_HISTORY_ENTRY, and with values,
+    unless it is a delete, its value's bytes/32 and -- when it starts a run of versions of
+    another block -- a block read, GAS_HISTORY_BLOCK + the block's bytes/512 (the bytes of
+    its transactions: the same on every peer; whether the peer had the value cached does
+    not matter).  The peer (node.peer.history) adds it up as it reads and the Context
+    charges it: the same figures for the same ledger."""
+    gas = GAS_HISTORY_ENTRY
+    if values and not entry.is_delete:
+        gas += len(entry.value or b"") // GAS_BYTES_PER_UNIT
+        if entry.block != last_block:
+            gas += GAS_HISTORY_BLOCK + entry.block_bytes // GAS_HISTORY_BLOCK_BYTES_PER_UNIT
+    return gas
+
+
+def history_gas(entries: list[t.HistoryEntry], values: bool) -> int:
+    """The gas of a history answer beyond its base (:func:`history_entry_gas` of each)."""
+    gas, last = 0, -1
+    for e in entries:
+        gas += history_entry_gas(e, values, last)
+        if values and not e.is_delete:
+            last = e.block
+    return gas
+
+
 class StateHost(Protocol):
     """How a Context reaches state: the worker's pipe client or, in-process, the backend."""
 
@@ -167,7 +205,8 @@ class StateHost(Protocol):
 
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]: ...
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]: ...
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]: ...
 
     def put(self, key: str, value: bytes) -> None: ...
 
@@ -195,12 +234,27 @@ class Caller:
 class Context:
     """What a contract function receives as its first argument.
 
-    ``get(key)`` -> JSON value or None (gas 500 + bytes/32; range 500 + 20 per row,
-    history 1000 + 20 per entry)
+    ``get(key)`` -> JSON value or None (gas 500 + bytes/32; range 500 + 20 per row)
     ``put(key, value)`` stores a JSON value (gas 200 + bytes/32); ``delete(key)`` (gas 100)
     ``range(start, end, limit=100)`` -> sorted ``[(key, value)]`` with start <= key < end
-    ``history(key, limit=100)`` -> ``[{"tx_id","block","timestamp_ms","is_delete","value"}]``
-    oldest first; ``get_from(ns, key)`` / ``range_from(ns, start, end, limit)`` read another
+    ``history(key, limit=100, start=None, values=True)`` ->
+    ``[{"tx_id","block","timestamp_ms","is_delete","value"}]``, the committed versions of
+    ``key`` oldest first, at most ``limit`` (1-1000):
+
+    * ``start`` None: the oldest versions; SIZE_LIMIT if their values exceed 16 MiB.
+    * ``start`` an integer (0 = the oldest version): a page from the ``start``-th version
+      on.  It ends early before a version that would take its values past 16 MiB or its gas
+      (below) past 1,000,000, or past the gas left, but it always holds the ``start``-th
+      version when there is one (a version whose value alone exceeds 16 MiB: SIZE_LIMIT).
+      Read on with ``start + len(page)`` until a page comes back empty.
+    * ``values`` False: no values (every ``"value"`` is None) and no block read: the
+      versions' metadata only, e.g. to count or order them before reading a page of values.
+
+    Gas: 1000 + 1 per version ``start`` steps over, before the read; then 20 per version
+    answered, and with values its bytes/32 and one block read per run of versions written
+    in one block, 100 + the block's transaction bytes/512 (a full 4 MiB block: 8,292).  A
+    read the gas left cannot pay is OUT_OF_GAS (the peer reads at most one block more).
+    ``get_from(ns, key)`` / ``range_from(ns, start, end, limit)`` read another
     contract's state (read-only); ``transient(name)`` -> private JSON input or None (never
     stored); ``emit(name, payload)`` records an event; ``fail(reason, message)`` raises
     ContractError; ``sha256_hex(text)`` / ``hmac_sha256_hex(key_hex, text)`` hash UTF-8 text;
@@ -326,21 +380,29 @@ class Context:
         self._meter.gas(GAS_RANGE_ITEM * len(rows))
         return [(k, self._decode(v, f"state {k!r}")) for k, v in rows[:n]]
 
-    def history(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, key: str, limit: int = 100, start: int | None = None,
+                values: bool = True) -> list[dict[str, Any]]:
         key = self._key(key)
         n = self._limit(limit, self._limits.max_history_items)
-        self._meter.gas(GAS_HISTORY)
-        entries = self._host.history(self.contract, key, n)
-        self._meter.gas(GAS_RANGE_ITEM * len(entries))
+        if start is not None and (type(start) is not int or not 0 <= start <= MAX_HISTORY_START):
+            raise ValueError(f"start must be None or an integer 0-{MAX_HISTORY_START}")
+        if type(values) is not bool:
+            raise ValueError("values must be True or False")
+        self._meter.gas(GAS_HISTORY + GAS_HISTORY_SKIP * (start or 0))
+        entries = self._host.history(self.contract, key, n, start=start, values=values,
+                                     gas_left=self._meter.left)[:n]
+        # the peer stopped reading past the gas left: charged here, it ends the call
+        self._meter.gas(history_gas(entries, values))
         return [
             {
                 "tx_id": e.tx_id,
                 "block": e.block,
                 "timestamp_ms": e.timestamp_ms,
                 "is_delete": e.is_delete,
-                "value": None if e.value is None else self._decode(e.value, "history value"),
+                "value": None if e.value is None or not values
+                else canonical.decode(e.value, "history value"),
             }
-            for e in entries[:n]
+            for e in entries
         ]
 
     def put(self, key: str, value: Any) -> None:

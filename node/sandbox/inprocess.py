@@ -40,9 +40,11 @@ class BackendHost:
         except Exception as exc:  # noqa: BLE001 - any backend failure aborts the call
             raise state_error(exc) from None
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
         try:
-            return list(self._backend.history(namespace, key, limit))
+            return list(self._backend.history(namespace, key, limit, start=start, values=values,
+                                              gas_left=gas_left))
         except Exception as exc:  # noqa: BLE001 - any backend failure aborts the call
             raise state_error(exc) from None
 

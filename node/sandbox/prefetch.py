@@ -189,8 +189,9 @@ class PeekingBackend:
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
         return self._b.range(namespace, start, end, limit)
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
-        return self._b.history(namespace, key, limit)
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
+        return self._b.history(namespace, key, limit, start=start, values=values, gas_left=gas_left)
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
         self._b.put(namespace, key, value)

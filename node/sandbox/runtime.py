@@ -53,7 +53,14 @@ from rxchain.v1 import sandbox_pb2 as pb
 
 from node.sandbox import prefetch, protocol
 from node.sandbox import types as t
-from node.sandbox.api import GAS_DELETE, MAX_NAMESPACE_LEN, valid_reason
+from node.sandbox.api import (
+    GAS_DELETE,
+    GAS_HISTORY,
+    GAS_HISTORY_SKIP,
+    MAX_NAMESPACE_LEN,
+    history_gas,
+    valid_reason,
+)
 from node.sandbox.checker import check_source
 from node.sandbox.engine import MAX_MESSAGE, bad_invocation, invalid_invocation
 from node.sandbox.errors import ContractRejected
@@ -255,7 +262,8 @@ class _StateChanged(Exception):
 class _CallState:
     """Host-side bookkeeping of one invocation."""
 
-    __slots__ = ("failure", "left", "ops_left", "reads", "table", "write_bytes", "written")
+    __slots__ = ("failure", "history_gas_left", "left", "ops_left", "reads", "table", "write_bytes",
+                 "written")
 
     def __init__(self, table: list[tuple[str, str, bytes | None]],
                  reads: list[tuple[str, str]] | None, inv: t.Invocation,
@@ -268,6 +276,9 @@ class _CallState:
         # sent.  Puts of one key may repeat (the write-set limits count distinct keys and
         # bytes), so the count of operations is bounded by gas, not by max_write_keys
         self.ops_left = inv.gas_limit // GAS_DELETE + 32
+        # the call's gas limit less what its history reads have cost (as the Context charges
+        # them): the peer reads no more for a worker claiming more gas left than that
+        self.history_gas_left = inv.gas_limit
         self.write_bytes = 0  # counted as the worker's Context does: len(key) + len(value)
         self.written: set[str] = set()
         self.failure: pb.HostMessage | None = None
@@ -282,7 +293,8 @@ class _NoState:
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
         return []
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
         return []
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
@@ -880,7 +892,7 @@ class Sandbox:
                 continue
             if kind == "get" and reads is not None and len(reads) < prefetch.MAX_LEARNED_READS:
                 reads.append((msg.get.namespace, msg.get.key))
-            reply = self._answer(w, inv, backend, msg, kind)
+            reply = self._answer(w, inv, backend, msg, kind, st)
             self._send(w, left, reply.SerializeToString())
 
     def _violation(self, w: _Worker, what: str) -> _WorkerDied:
@@ -988,7 +1000,7 @@ class Sandbox:
                 return
 
     def _answer(self, w: _Worker, inv: t.Invocation, backend: t.StateBackend,
-                msg: pb.WorkerMessage, kind: str | None) -> pb.HostMessage:
+                msg: pb.WorkerMessage, kind: str | None, st: _CallState) -> pb.HostMessage:
         reply = pb.HostMessage()
         limits = inv.limits
         try:
@@ -1008,11 +1020,23 @@ class Sandbox:
             elif kind == "history":
                 h = msg.history
                 n = min(h.limit, limits.max_history_items)
-                entries = backend.history(h.namespace, h.key, n) if n > 0 else []
+                values = not h.no_values
+                start = h.start if h.paged else None
+                # what the Context charged before asking: an honest worker never asks once
+                # its history reads have spent the call's gas limit
+                st.history_gas_left -= GAS_HISTORY + GAS_HISTORY_SKIP * h.start
+                if st.history_gas_left < 0:
+                    raise self._violation(w, "history reads beyond what the gas limit pays for")
+                gas_left = min(h.gas_left, st.history_gas_left)
+                entries = backend.history(h.namespace, h.key, n, start=start, values=values,
+                                          gas_left=gas_left)[:n] if n > 0 else []
+                st.history_gas_left -= history_gas(entries, values)
                 out = reply.history_reply.entries
-                for e in entries[:n]:
+                for e in entries:
+                    has_value = values and e.value is not None
                     out.add(tx_id=e.tx_id, block=e.block, timestamp_ms=e.timestamp_ms,
-                            is_delete=e.is_delete, value=e.value or b"")
+                            is_delete=e.is_delete, value=e.value if has_value else b"",
+                            block_bytes=e.block_bytes, has_value=has_value)
                 reply.history_reply.SetInParent()
             else:
                 w.kill()

@@ -86,13 +86,19 @@ class CallerInfo:
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One committed version of a key (oldest first in history answers)."""
+    """One committed version of a key (oldest first in history answers).
+
+    ``block_bytes``: the bytes of the transactions of the block the value was read from (the
+    sum of its envelopes, the same on every peer: the block's data hash covers them), which
+    ``ctx.history`` charges gas for (``api.history_gas``); 0 when no block was read (a
+    delete, an answer without values, a backend without blocks)."""
 
     tx_id: str
     block: int
     timestamp_ms: int
     is_delete: bool
     value: bytes | None
+    block_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,11 @@ class StateBackend(Protocol):
 
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]: ...
 
-    def history(self, namespace: str, key: str, limit: int) -> list[HistoryEntry]: ...
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[HistoryEntry]:
+        """Committed versions of ``key``, oldest first (``ctx.history``; api.py says what
+        ``start``, ``values`` and ``gas_left`` mean: None is the call without them)."""
+        ...
 
     def put(self, namespace: str, key: str, value: bytes) -> None: ...
 

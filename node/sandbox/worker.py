@@ -116,15 +116,20 @@ class PipeHost:
         r = self._ask(m, "range_reply").range_reply
         return [(kv.key, kv.value) for kv in r.items]
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
         m = pb.WorkerMessage()
         m.history.namespace = namespace
         m.history.key = key
         m.history.limit = limit
+        m.history.paged = start is not None
+        m.history.start = start or 0
+        m.history.no_values = not values
+        m.history.gas_left = max(0, gas_left or 0)
         r = self._ask(m, "history_reply").history_reply
         return [
             t.HistoryEntry(e.tx_id, e.block, e.timestamp_ms, e.is_delete,
-                           None if e.is_delete else e.value)
+                           e.value if e.has_value else None, e.block_bytes)
             for e in r.entries
         ]
 
@@ -146,8 +151,9 @@ class _WarmHost:
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
         return [("b", b"1")]
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
-        return [t.HistoryEntry("tx", 1, 1, False, b"2")]
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
+        return [t.HistoryEntry("tx", 1, 1, False, b"2", 100)]
 
     def put(self, key: str, value: bytes) -> None:
         return None

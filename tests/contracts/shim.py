@@ -74,16 +74,17 @@ class ShimContext:
             for k, v in self._b.range(namespace, start, end, limit)
         ]
 
-    def history(self, key: str, limit: int = 100) -> list[dict[str, Any]]:
+    def history(self, key: str, limit: int = 100, start: int | None = None,
+                values: bool = True) -> list[dict[str, Any]]:
         return [
             {
                 "tx_id": h.tx_id,
                 "block": h.block,
                 "timestamp_ms": h.timestamp_ms,
                 "is_delete": h.is_delete,
-                "value": None if h.value is None else canonical.decode(h.value, "state"),
+                "value": None if h.value is None or not values else canonical.decode(h.value, "state"),
             }
-            for h in self._b.history(self.contract, key, limit)
+            for h in self._b.history(self.contract, key, limit, start=start, values=values)
         ]
 
     def transient(self, name: str) -> Any:

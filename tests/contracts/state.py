@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from node.ledger.statedb import HistoryEntry as IndexEntry
+from node.peer.history import MAX_HISTORY, select_history
 from node.sandbox.types import HistoryEntry
+
+MAX_BLOCK = 1 << 62  # no snapshot height here: tests may seed versions of any block
 
 
 @dataclass
@@ -21,8 +25,11 @@ class MemoryState:
     height: int = 0
 
     def commit(self, sim: Simulation, tx_id: str, timestamp_ms: int) -> int:
-        """Apply a simulation's writes as block ``height + 1``; returns the block number."""
+        """Apply a simulation's writes as block ``height + 1``; returns the block number.
+        The block's transaction bytes (what ``ctx.history`` charges a block read by) are
+        taken as ``block_bytes``, else those of its writes."""
         self.height += 1
+        nbytes = sim.block_bytes or sum(len(k) + len(v or b"") for (_, k), v in sim.writes.items())
         for nk, value in sim.writes.items():
             if value is None:
                 self.values.pop(nk, None)
@@ -34,6 +41,7 @@ class MemoryState:
                 timestamp_ms=timestamp_ms,
                 is_delete=value is None,
                 value=value,
+                block_bytes=nbytes,
             )
             self.versions.setdefault(nk, []).append(entry)
         return self.height
@@ -58,6 +66,7 @@ class Simulation:
     base: MemoryState
     writes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
     reads: dict[tuple[str, str], int] = field(default_factory=dict)
+    block_bytes: int = 0  # the committed block's transaction bytes, if a test sets them
 
     def get(self, namespace: str, key: str) -> bytes | None:
         nk = (namespace, key)
@@ -82,8 +91,17 @@ class Simulation:
                 break
         return out
 
-    def history(self, namespace: str, key: str, limit: int) -> list[HistoryEntry]:
-        return list(self.base.versions.get((namespace, key), []))[:limit]
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[HistoryEntry]:
+        """As the peer answers (node.peer.history.select_history: pages, bytes and gas)."""
+        versions = self.base.versions.get((namespace, key), [])
+        index = [IndexEntry(h.block, 0, h.tx_id, h.timestamp_ms, h.is_delete)
+                 for h in versions[start or 0:]]
+        by_block = {h.block: h for h in versions}  # one version of a key per fake block
+        limit = MAX_HISTORY if limit <= 0 else min(limit, MAX_HISTORY)
+        return select_history(index, lambda e: (by_block[e.block].value, by_block[e.block].block_bytes),
+                              key, limit, max_block=MAX_BLOCK, paged=start is not None,
+                              values=values, gas_left=gas_left)
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
         self.writes[(namespace, key)] = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from node.errors import RxError
 from node.ledger.ledger import Ledger
 from node.ledger.statedb import HistoryEntry
 from node.ledger.txwrites import outcomes_from_block
+from node.peer import history as history_module
 from node.peer.history import MAX_HISTORY_BYTES, LedgerHistory, ValueCache
+from node.peer.simulator import TxSimulator
+from node.sandbox.api import GAS_HISTORY_BLOCK, GAS_HISTORY_BLOCK_BYTES_PER_UNIT, GAS_HISTORY_ENTRY, history_gas
+from node.sandbox.inprocess import InProcessRunner
+from node.sandbox.types import CallerInfo, Invocation, InvocationResult
+from node.sandbox.types import HistoryEntry as Version
 from tests.peer.conftest import Cluster
 
 MIB = 1024 * 1024
@@ -48,8 +55,8 @@ class CountingLedger:
         self.ledger = ledger
         self.reads: list[int] = []
 
-    def history(self, ns: str, key: str, limit: int = 0) -> list[HistoryEntry]:
-        return self.ledger.history(ns, key, limit)
+    def history(self, ns: str, key: str, limit: int = 0, start: int = 0) -> list[HistoryEntry]:
+        return self.ledger.history(ns, key, limit, start)
 
     def block(self, number: int) -> block_pb2.Block:
         self.reads.append(number)
@@ -160,3 +167,167 @@ def test_an_endorser_reads_a_hot_keys_blocks_once(cluster: Cluster, monkeypatch:
         answers.append(json.loads(sim.response.payload)["values"])
     assert answers == [[0, 1, 2, 3], [0, 1, 2, 3]]
     assert len(reads) == 4  # the first query's four blocks, none for the second
+
+
+KIB = 1024
+
+
+def _filler(i: int, size: int) -> list[tuple[str, bytes]]:
+    """A transaction writing another key: makes its block ``size`` bytes bigger."""
+    return [(f"filler-{i}", b"f" * size)]
+
+
+def _pages(history: LedgerHistory, limit: int = 1000, gas_left: int | None = None) -> list[list[Version]]:
+    pages: list[list[Version]] = []
+    start = 0
+    for _ in range(1000):
+        page = history("rx", "k", limit, start=start, gas_left=gas_left)
+        if not page:
+            return pages
+        pages.append(page)
+        start += len(page)
+    raise AssertionError("the pages did not end")
+
+
+def test_a_record_rewritten_with_big_values_is_read_page_by_page(tmp_path: Path) -> None:
+    """A 256 KiB record rewritten 70 times: 17.5 MiB of values. Its history (and every
+    prescription trace of it) failed SIZE_LIMIT for good; page by page every version is read,
+    oldest first, each page within the byte bound."""
+    versions = [bytes([65 + i % 26]) * (256 * KIB) + str(i).encode() for i in range(70)]
+    with Ledger(tmp_path, fsync=False) as ledger:
+        for v in versions:
+            _commit(ledger, [[("k", v)]])
+        top = ledger.height() - 1
+        with pytest.raises(RxError) as e:  # the call without start: as before
+            LedgerHistory(ledger, top)("rx", "k", 1000)
+        assert e.value.reason == "SIZE_LIMIT"
+        for cache in (None, ValueCache()):
+            pages = _pages(LedgerHistory(ledger, top, cache))
+            assert [h.value for p in pages for h in p] == versions
+            assert len(pages) == 2 and all(sum(len(h.value or b"") for h in p) <= MAX_HISTORY_BYTES for p in pages)
+            assert [h.block for p in pages for h in p] == list(range(70))
+        # a page may start anywhere, and one past the end is empty
+        assert [h.value for h in LedgerHistory(ledger, top)("rx", "k", 3, start=68)] == versions[68:]
+        assert LedgerHistory(ledger, top)("rx", "k", 3, start=70) == []
+        # a reader bound to a lower height pages only its own versions
+        assert [h.block for p in _pages(LedgerHistory(ledger, 9)) for h in p] == list(range(10))
+
+
+def test_a_metadata_read_reads_no_block(tmp_path: Path) -> None:
+    with Ledger(tmp_path, fsync=False) as ledger:
+        for i in range(5):
+            _commit(ledger, [[("k", b"v" * (i + 1))], _filler(i, 100)])
+        counting = CountingLedger(ledger)
+        meta = LedgerHistory(counting, ledger.height() - 1)("rx", "k", 10, values=False)
+        assert [(h.block, h.value, h.block_bytes) for h in meta] == [(i, None, 0) for i in range(5)]
+        assert [h.tx_id for h in meta] == [f"tx-{i}-0" for i in range(5)]
+        assert counting.reads == []
+
+
+def test_a_block_read_is_charged_by_the_bytes_of_its_transactions(tmp_path: Path) -> None:
+    """The answer carries each block's transaction bytes, the same on every peer and whether
+    the value was cached or not (the gas of a read must not depend on a peer's cache)."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        _commit(ledger, [[("k", b"1")]])
+        _commit(ledger, [[("k", b"2")], _filler(1, 512 * KIB)])
+        top = ledger.height() - 1
+        cold = LedgerHistory(ledger, top, ValueCache())("rx", "k", 10)
+        envs = [len(e) for n in range(2) for e in [*ledger.block(n).data.envelopes]]
+        assert [h.block_bytes for h in cold] == [envs[0], envs[1] + envs[2]]
+        assert cold[1].block_bytes > 512 * KIB
+        cache = ValueCache()
+        LedgerHistory(ledger, top, cache)("rx", "k", 10)
+        warm = LedgerHistory(CountingLedger(ledger), top, cache)("rx", "k", 10)
+        assert warm == cold
+        assert history_gas(cold, True) - history_gas(cold, False) == sum(
+            GAS_HISTORY_BLOCK + h.block_bytes // GAS_HISTORY_BLOCK_BYTES_PER_UNIT for h in cold)
+
+
+def test_a_read_stops_at_the_block_its_gas_cannot_pay(tmp_path: Path) -> None:
+    """A history read of 1000 versions, each in its own full block, made the peer read every
+    block (~1.2 ms each) for 21,000 gas; it now reads at most one block more than the gas
+    left pays for, and charging that answer ends the call OUT_OF_GAS."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        for i in range(20):
+            _commit(ledger, [[("k", b"v")], _filler(i, 256 * KIB)])
+        top = ledger.height() - 1
+        per_block = GAS_HISTORY_ENTRY + GAS_HISTORY_BLOCK + (256 * KIB) // GAS_HISTORY_BLOCK_BYTES_PER_UNIT
+        counting = CountingLedger(ledger)
+        out = LedgerHistory(counting, top)("rx", "k", 1000, gas_left=5 * per_block)
+        assert len(counting.reads) == len(out) == 6 and history_gas(out, True) > 5 * per_block
+        # a page stops before it instead (the answer is paid; read on from the next version)
+        counting.reads.clear()
+        page = LedgerHistory(counting, top)("rx", "k", 1000, start=0, gas_left=5 * per_block + 100)
+        assert len(page) == 5 and history_gas(page, True) <= 5 * per_block + 100
+        assert len(counting.reads) == 6
+        # a page's first version is answered even beyond the gas left (it ends the call)
+        assert len(LedgerHistory(ledger, top)("rx", "k", 1000, start=3, gas_left=0)) == 1
+        # and a page is at most HISTORY_PAGE_GAS whatever the gas left
+        counting.reads.clear()
+        assert len(LedgerHistory(counting, top)("rx", "k", 1000, gas_left=None)) == 20
+        assert len(counting.reads) == 20
+
+
+def test_a_page_is_bounded_by_its_gas_whatever_the_gas_left(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    with Ledger(tmp_path, fsync=False) as ledger:
+        for i in range(8):
+            _commit(ledger, [[("k", b"v")], _filler(i, 64 * KIB)])
+        top = ledger.height() - 1
+        per_block = history_gas(LedgerHistory(ledger, top)("rx", "k", 1), True)
+        assert per_block > 128
+        # (HISTORY_PAGE_GAS is 1,000,000: ~120 full 4 MiB blocks; three of these here)
+        monkeypatch.setattr(history_module, "HISTORY_PAGE_GAS", 3 * per_block + 1)
+        pages = _pages(LedgerHistory(ledger, top), gas_left=10**9)
+        assert [len(p) for p in pages] == [3, 3, 2]
+        assert [h.block for p in pages for h in p] == list(range(8))
+        # the call without start is not paged: only the gas left bounds it
+        assert len(LedgerHistory(ledger, top)("rx", "k", 1000, gas_left=10**9)) == 8
+
+
+READER = '''from rxchain_contract import Context
+
+
+def versions(ctx: Context, limit: int) -> list:
+    return [h["value"] for h in ctx.history("k", limit)]
+'''
+
+
+def _read_versions(ledger: Ledger | CountingLedger, limit: int, gas: int,
+                   cache: ValueCache | None = None) -> InvocationResult:
+    """``versions`` run as an endorser runs it: a simulation on a snapshot, the ledger's history."""
+    base = ledger.ledger if isinstance(ledger, CountingLedger) else ledger
+    with base.snapshot() as snap:
+        top = snap.savepoint.block if snap.savepoint else -1
+        sim = TxSimulator(snap, "rx", history_source=LedgerHistory(ledger, top, cache))
+        inv = Invocation("rx", hashlib.sha256(READER.encode()).hexdigest(), READER, "versions",
+                         json.dumps({"limit": limit}).encode(), "tx", 1, CallerInfo("h01", "doctor"),
+                         gas_limit=gas)
+        return InProcessRunner().invoke(inv, sim)
+
+
+def test_a_contract_pays_for_the_blocks_its_history_reads(tmp_path: Path) -> None:
+    """The same answer costs more gas when its versions lie in bigger blocks -- the peer reads
+    them whole -- by the blocks' bytes / 512; a warm cache does not change it."""
+    small, full = tmp_path / "small", tmp_path / "full"
+    for where, filler in ((small, 0), (full, 1024 * KIB)):
+        with Ledger(where, fsync=False) as ledger:
+            for i in range(10):
+                _commit(ledger, [[("k", json.dumps(i).encode())]] + ([_filler(i, filler)] if filler else []))
+    with Ledger(small, fsync=False) as a, Ledger(full, fsync=False) as b:
+        cheap = _read_versions(a, 100, 10**7)
+        dear = _read_versions(b, 100, 10**7)
+        assert json.loads(cheap.result_json) == json.loads(dear.result_json) == list(range(10))
+        grown = sum(len(e) for n in range(10) for e in b.block(n).data.envelopes) - sum(
+            len(e) for n in range(10) for e in a.block(n).data.envelopes)
+        assert dear.gas_used - cheap.gas_used >= grown // GAS_HISTORY_BLOCK_BYTES_PER_UNIT - 10
+        assert dear.gas_used - cheap.gas_used > 10 * 2000
+        cache = ValueCache()
+        assert [_read_versions(b, 100, 10**7, cache).gas_used for _ in range(2)] == [dear.gas_used] * 2
+        # a gas limit that pays for the call and three of these versions: OUT_OF_GAS after
+        # reading one block more (the old read took all ten for 1,200 gas)
+        per_version = history_gas(LedgerHistory(b, 9)("rx", "k", 1), True)
+        counting = CountingLedger(b)
+        out = _read_versions(counting, 100, 1_500 + 3 * per_version)
+        assert (out.ok, out.reason) == (False, "OUT_OF_GAS")
+        assert counting.reads == [0, 1, 2, 3]

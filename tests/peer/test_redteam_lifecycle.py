@@ -423,7 +423,8 @@ class _NoState:
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
         return []
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
         return []
 
 

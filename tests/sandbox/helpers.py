@@ -27,6 +27,7 @@ class MemBackend:
     hist: dict[tuple[str, str], list[t.HistoryEntry]] = field(default_factory=dict)
     log: list[tuple[Any, ...]] = field(default_factory=list)
     fail_on: str = ""
+    history_gas_left: list[int | None] = field(default_factory=list)  # as each read was told
 
     def get(self, namespace: str, key: str) -> bytes | None:
         self.log.append(("get", namespace, key))
@@ -39,9 +40,16 @@ class MemBackend:
         rows = sorted((k, v) for (ns, k), v in self.data.items() if ns == namespace and start <= k < end)
         return rows[:limit]
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
-        self.log.append(("history", namespace, key, limit))
-        return self.hist.get((namespace, key), [])[:limit]
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
+        self.history_gas_left.append(gas_left)
+        if start is None and values:
+            self.log.append(("history", namespace, key, limit))
+        else:
+            self.log.append(("history", namespace, key, limit, start, values))
+        first = start or 0
+        rows = self.hist.get((namespace, key), [])[first:first + limit]
+        return rows if values else [replace(h, value=None, block_bytes=0) for h in rows]
 
     def put(self, namespace: str, key: str, value: bytes) -> None:
         self.log.append(("put", namespace, key, value))

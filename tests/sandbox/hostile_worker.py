@@ -18,6 +18,8 @@ Modes (each answers every InvokeRequest):
                 of it, then nothing more
   long-message  a result whose message is 1 MiB (the host cuts messages to 1024
                 characters, and accepted any frame below 256 MiB)
+  history-flood 200 history reads of 1000 versions each, claiming 2**63 gas left, then a
+                result (each read the Context sends has paid 1000 gas first)
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ def main() -> None:
             for ns, key in gets:
                 protocol.write_frame(OUT_FD, protocol.encode_get(ns, key))
                 reader.read()
+            protocol.write_frame(OUT_FD, res)
+        elif mode == "history-flood":
+            for _ in range(200):
+                m = pb.WorkerMessage()
+                m.history.namespace, m.history.key, m.history.limit = req.invoke.contract, "k", 1000
+                m.history.gas_left = 1 << 63
+                protocol.write_frame(OUT_FD, m.SerializeToString())
+                if pb.HostMessage.FromString(reader.read()).WhichOneof("kind") != "history_reply":
+                    break
             protocol.write_frame(OUT_FD, res)
         elif mode == "big-event":
             m = _result(req.invoke.tx_id)

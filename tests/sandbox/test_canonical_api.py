@@ -77,7 +77,8 @@ class _NoBackend:
     def range(self, namespace: str, start: str, end: str, limit: int) -> list[tuple[str, bytes]]:
         return []
 
-    def history(self, namespace: str, key: str, limit: int) -> list[t.HistoryEntry]:
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
         return []
 
     def put(self, namespace: str, key: str, value: bytes) -> None:

@@ -118,6 +118,21 @@ def test_reads_the_context_could_not_send_are_refused(
     assert all(len(ns) <= 255 and len(k.encode()) <= 512 for _, ns, k in gets)
 
 
+def test_history_reads_beyond_the_gas_limit_are_refused(hostile: Callable[..., Sandbox]) -> None:
+    # each history read the Context sends has paid 1000 gas first and says how much it has
+    # left, which bounds the blocks the peer reads for it; the host answered any number of
+    # reads of 1000 versions (up to 1000 blocks read each) whatever gas the worker claimed
+    sb = hostile("history-flood")
+    backend = MemBackend()
+    backend.hist[("demo", "k")] = [t.HistoryEntry(f"tx{i}", i, i, False, b"1", 1 << 20) for i in range(1000)]
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}, gas=100_000), backend)
+    assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+    assert "history reads beyond what the gas limit pays for" in r.message
+    # the first read is told the call's gas limit less its base, not 2**63; its answer (1000
+    # versions in blocks of 1 MiB) is more than the gas limit: no second read is answered
+    assert backend.history_gas_left == [100_000 - 1000]
+
+
 def test_an_event_beyond_max_value_bytes_is_refused(hostile: Callable[..., Sandbox]) -> None:
     sb = hostile("big-event", max_value_bytes=1 << 12)
     r = sb.invoke(make_inv(PING, "ping", {"n": 1}, limits=t.SandboxLimits(

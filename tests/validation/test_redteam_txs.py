@@ -142,8 +142,8 @@ class _OneBlockLedger:
     def __init__(self, block: block_pb2.Block) -> None:
         self._block = block
 
-    def history(self, ns: str, key: str, limit: int = 0) -> list[LedgerHistoryEntry]:
-        return [LedgerHistoryEntry(1, 0, "t", 5, False)] if (ns, key) == ("rx", "k") else []
+    def history(self, ns: str, key: str, limit: int = 0, start: int = 0) -> list[LedgerHistoryEntry]:
+        return [LedgerHistoryEntry(1, 0, "t", 5, False)][start:] if (ns, key) == ("rx", "k") else []
 
     def block(self, number: int) -> block_pb2.Block:
         assert number == 1
@@ -166,10 +166,10 @@ class _LongHistoryLedger:
         self.asked: list[int] = []
         self._block = block
 
-    def history(self, ns: str, key: str, limit: int = 0) -> list[LedgerHistoryEntry]:
+    def history(self, ns: str, key: str, limit: int = 0, start: int = 0) -> list[LedgerHistoryEntry]:
         self.asked.append(limit)
-        count = self.n if limit == 0 else min(limit, self.n)
-        return [LedgerHistoryEntry(b, 0, f"t{b}", b, False) for b in range(1, count + 1)]
+        count = self.n - start if limit == 0 else min(limit, self.n - start)
+        return [LedgerHistoryEntry(b, 0, f"t{b}", b, False) for b in range(start + 1, start + count + 1)]
 
     def block(self, number: int) -> block_pb2.Block:
         return self._block
