@@ -44,7 +44,7 @@ from node.crypto import aead
 RX = "prescription"
 SETTLEMENT = "settlement"
 REGISTRY = "registry"
-MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (1000 entries each)
+MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (up to 1000 entries each)
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 ISSUE_ID_ATTEMPTS = 3  # fresh prescription numbers an issue without rx_id tries (see issue)
 

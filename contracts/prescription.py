@@ -61,8 +61,9 @@ MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
 MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal or re-route (README "Note keys")
 MAX_WRAPPED = 512  # a wrapped note key (aead.wrap_key: 126 bytes, 168 base64 characters)
-HISTORY_WINDOW = 1000  # ctx.history answers at most the oldest 1000 versions of a key
+HISTORY_WINDOW = 1000  # the trace orders the oldest 1000 versions of a record
 PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
+TRACE_BYTES = 49152  # JSON of a trace page's steps (beyond its first)
 CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
 
 
@@ -1359,33 +1360,21 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     """The whole trail from the history index (+ settlement records), oldest first, paged:
     ``start`` is "" or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000).
 
-    ``left`` counts the steps on later pages; ``unreadable`` the versions of ``rx/{rx_id}``
-    past the oldest 1000 that ``ctx.history`` can return (-1: unknown, a record from before
-    ``step_count``); ``truncated`` is true when this page does not reach the end."""
+    Ordered by the versions' metadata; a page reads its versions' values by a paged
+    ctx.history (README), so it may end early, never empty. ``left``: steps on later pages;
+    ``unreadable``: versions past the oldest 1000 (-1: unknown, a record from before
+    ``step_count``); ``truncated``: more to read."""
     rx = _party_rx(ctx, rx_id)
     if not _is_offset(start) or not _is_int(limit, 0, PAGE_MAX):
         ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")
     if limit == 0:
         limit = PAGE_MAX
+    key = "rx/" + rx_id
+    history = ctx.history(key, HISTORY_WINDOW, None, False)  # metadata: no block read, no cut
     steps = []
-    history = ctx.history("rx/" + rx_id, HISTORY_WINDOW)
-    for h in history:
-        if h["is_delete"] or h["value"] is None:
-            continue
-        s = h["value"]["step"]
-        steps.append(
-            {
-                "step": s["step"],
-                "actor": s["actor"],
-                "org": s["org"],
-                "role": s["role"],
-                "time_ms": h["timestamp_ms"],
-                "time": _iso_utc(h["timestamp_ms"]),
-                "tx_id": h["tx_id"],
-                "block": h["block"],
-                "detail": s["detail"],
-            }
-        )
+    for i, h in enumerate(history):
+        if not h["is_delete"]:
+            steps.append({"v": i, "time_ms": h["timestamp_ms"]})
     for pair in _claim_rows(ctx, rx_id):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
         for ev in claim["events"]:
@@ -1393,23 +1382,11 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             if ev["step"] == "reverse":
                 detail["reason"] = claim.get("reversal_reason", "")
                 detail["note_ct"] = claim.get("reversal_note_ct", "")
-            steps.append(
-                {
-                    "step": ev["step"],
-                    "actor": ev["actor"],
-                    "org": ev["org"],
-                    "role": ev["role"],
-                    "time_ms": ev["time_ms"],
-                    "time": _iso_utc(ev["time_ms"]),
-                    "tx_id": ev["tx_id"],
-                    "block": None,
-                    "detail": detail,
-                }
-            )
+            t = ev["time_ms"]
+            steps.append({"step": ev["step"], "actor": ev["actor"], "org": ev["org"], "role": ev["role"],
+                          "time_ms": t, "time": _iso_utc(t), "tx_id": ev["tx_id"], "block": None, "detail": detail})
     ordered = []
     for s in steps:
-        if rx["status"] == "ERASED" and "note_ct" in s["detail"]:
-            s["detail"]["note_ct"] = ""  # erase blanked the notes; the history still holds them
         i = len(ordered)
         while i > 0 and ordered[i - 1]["time_ms"] > s["time_ms"]:
             i = i - 1
@@ -1419,8 +1396,39 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         first = int(start)
     if first > len(ordered):
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
-    page = ordered[first:first + limit]
-    after = first + len(page)
+    window = ordered[first:first + limit]
+    vs = [s["v"] for s in window if "v" in s]
+    got = []
+    lo = 0
+    if vs:
+        lo = min(vs)
+        got = ctx.history(key, max(vs) - lo + 1, lo)
+        if vs[0] - lo >= len(got):
+            lo = vs[0]
+            got = ctx.history(key, max(vs) - lo + 1, lo)
+    page = []
+    after = first
+    size = 0
+    for s in window:
+        if "v" in s:
+            j = s["v"] - lo
+            if j < 0 or j >= len(got):
+                break  # not read: the next page starts here
+            h = got[j]
+            if h["value"] is None:  # a damaged block
+                after = after + 1
+                continue
+            v = h["value"]["step"]
+            t = h["timestamp_ms"]
+            s = {"step": v["step"], "actor": v["actor"], "org": v["org"], "role": v["role"], "time_ms": t,
+                 "time": _iso_utc(t), "tx_id": h["tx_id"], "block": h["block"], "detail": v["detail"]}
+        if rx["status"] == "ERASED" and "note_ct" in s["detail"]:
+            s["detail"]["note_ct"] = ""  # erase blanked the notes; the history still holds them
+        size = size + len(ctx.canonical_json(s))
+        if size > TRACE_BYTES and len(page) > 0:
+            break
+        page.append(s)
+        after = after + 1
     next_cursor = ""
     if after < len(ordered):
         next_cursor = str(after)
@@ -1429,15 +1437,8 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         unreadable = max(0, rx["step_count"] - len(history))
     elif len(history) >= HISTORY_WINDOW:
         unreadable = -1
-    return {
-        "rx_id": rx_id,
-        "status": rx["status"],
-        "steps": page,
-        "next": next_cursor,
-        "left": len(ordered) - after,
-        "unreadable": unreadable,
-        "truncated": next_cursor != "" or unreadable != 0,
-    }
+    return {"rx_id": rx_id, "status": rx["status"], "steps": page, "next": next_cursor, "left": len(ordered) - after,
+            "unreadable": unreadable, "truncated": next_cursor != "" or unreadable != 0}
 
 
 def audit_trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
