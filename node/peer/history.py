@@ -14,7 +14,9 @@ up to the snapshot and on the gas the call has left, never on a cache):
   1 MiB); the contract can ask for fewer;
 * a page (``start`` given, :func:`select_history`) starts at the ``start``-th version and
   ends before the version that would take its values past ``MAX_HISTORY_BYTES`` or its
-  gas past ``HISTORY_PAGE_GAS`` (or the gas left), but always holds its first version: a
+  gas past ``HISTORY_PAGE_GAS`` or half the gas the call has left (what remains is the
+  caller's, to use the page: a page taking all of it ended the call OUT_OF_GAS on a
+  consortium of 1 M gas, for good), but always holds its first version: a
   record of 256 KiB rewritten 64 times filled the first bound, so its history, and every
   trace of it, failed with SIZE_LIMIT for good; read page by page it never does;
 * a read stops once its gas (``node.sandbox.api.history_entry_gas``: per version, per value
@@ -163,7 +165,7 @@ def select_history(
     in-memory ledger, so both cut answers alike."""
     budget = gas_left
     if paged:
-        budget = HISTORY_PAGE_GAS if budget is None else min(budget, HISTORY_PAGE_GAS)
+        budget = HISTORY_PAGE_GAS if budget is None else min(budget // 2, HISTORY_PAGE_GAS)
     out: list[HistoryEntry] = []
     gas = total = 0
     last = -1  # the block of the previous version with a value

@@ -138,8 +138,9 @@ GAS_HISTORY_SKIP = 1  # per version ``start`` steps over (the index walk: ~0.12 
 # small one). Each run of versions with values in one block pays one block read.
 GAS_HISTORY_BLOCK = 100
 GAS_HISTORY_BLOCK_BYTES_PER_UNIT = 512
-# A page (``start`` given) ends before the version that would take its gas past this, or its
-# values past MAX_HISTORY_PAGE_BYTES (~120 full blocks, or 16 MiB of values, per page).
+# A page (``start`` given) ends before the version that would take its gas past this (or half
+# the gas left), or its values past MAX_HISTORY_PAGE_BYTES (~120 full blocks, or 16 MiB of
+# values, per page).
 HISTORY_PAGE_GAS = 1_000_000
 MAX_HISTORY_PAGE_BYTES = 16 * 1024 * 1024
 MAX_HISTORY_START = (1 << 32) - 1
@@ -244,7 +245,7 @@ class Context:
     * ``start`` None: the oldest versions; SIZE_LIMIT if their values exceed 16 MiB.
     * ``start`` an integer (0 = the oldest version): a page from the ``start``-th version
       on.  It ends early before a version that would take its values past 16 MiB or its gas
-      (below) past 1,000,000, or past the gas left, but it always holds the ``start``-th
+      (below) past 1,000,000 or half the gas left, but it always holds the ``start``-th
       version when there is one (a version whose value alone exceeds 16 MiB: SIZE_LIMIT).
       Read on with ``start + len(page)`` until a page comes back empty.
     * ``values`` False: no values (every ``"value"`` is None) and no block read: the

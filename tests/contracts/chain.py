@@ -106,6 +106,7 @@ class Chain:
             name: hashlib.sha256(src.encode()).hexdigest() for name, src in self._sources.items()
         }
         self._runner = runner or sandbox_adapter.make_runner()
+        self.gas_limit = 10_000_000  # of every invocation (the test networks have 1,000,000)
 
     def advance(self, ms: int) -> None:
         self.now += ms
@@ -134,6 +135,7 @@ class Chain:
             timestamp_ms=ts,
             caller=caller.info(),
             transient={k: canonical.dumps(v) for k, v in (transient or {}).items()},
+            gas_limit=self.gas_limit,
         )
         sim = Simulation(self.state)
         return self._runner(inv, sim), sim, tx_id, ts

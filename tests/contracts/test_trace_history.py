@@ -109,6 +109,21 @@ def test_a_trace_whose_versions_are_out_of_time_order_reads_every_step(world: Wo
     assert [s["time_ms"] for s in steps] == sorted(s["time_ms"] for s in steps)
 
 
+def test_a_trace_of_versions_in_full_blocks_pages_within_the_test_networks_gas(world: World) -> None:
+    """300 versions each in a full 4 MiB block (~8,300 gas a block read) under the test
+    networks' gas limit of 1,000,000: a page's values read takes at most half the gas left,
+    so the trace has gas to build the page (a read taking all of it ended every trace
+    OUT_OF_GAS)."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    chain.gas_limit = 1_000_000
+    seeded = _seed_versions(chain, rx, 300, "consent", {"org": "h02"}, block_bytes=4 << 20)
+    pages = _trace_pages(chain, rx)
+    assert [s["tx_id"] for p in pages for s in p["steps"]][2:] == seeded
+    assert len(pages) >= 3
+
+
 def test_the_settlement_trail_stays_within_the_gas_limit_on_full_blocks(world: World) -> None:
     """settlement.trail reads up to 64 claims' histories a page (a claim has two versions at
     most: settle, reverse). With each version's block a full 4 MiB block, priced as a read of

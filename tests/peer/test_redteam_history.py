@@ -20,6 +20,7 @@ from node.peer.history import MAX_HISTORY_BYTES, LedgerHistory, ValueCache
 from node.peer.simulator import TxSimulator
 from node.sandbox.api import GAS_HISTORY_BLOCK, GAS_HISTORY_BLOCK_BYTES_PER_UNIT, GAS_HISTORY_ENTRY, history_gas
 from node.sandbox.inprocess import InProcessRunner
+from node.sandbox.runtime import Sandbox
 from node.sandbox.types import CallerInfo, Invocation, InvocationResult
 from node.sandbox.types import HistoryEntry as Version
 from tests.peer.conftest import Cluster
@@ -255,9 +256,10 @@ def test_a_read_stops_at_the_block_its_gas_cannot_pay(tmp_path: Path) -> None:
         counting = CountingLedger(ledger)
         out = LedgerHistory(counting, top)("rx", "k", 1000, gas_left=5 * per_block)
         assert len(counting.reads) == len(out) == 6 and history_gas(out, True) > 5 * per_block
-        # a page stops before it instead (the answer is paid; read on from the next version)
+        # a page stops before it instead, at half the gas left (the rest is the caller's, to
+        # use the page; read on from the next version)
         counting.reads.clear()
-        page = LedgerHistory(counting, top)("rx", "k", 1000, start=0, gas_left=5 * per_block + 100)
+        page = LedgerHistory(counting, top)("rx", "k", 1000, start=0, gas_left=10 * per_block + 200)
         assert len(page) == 5 and history_gas(page, True) <= 5 * per_block + 100
         assert len(counting.reads) == 6
         # a page's first version is answered even beyond the gas left (it ends the call)
@@ -290,20 +292,32 @@ READER = '''from rxchain_contract import Context
 
 def versions(ctx: Context, limit: int) -> list:
     return [h["value"] for h in ctx.history("k", limit)]
+
+
+def every(ctx: Context, limit: int) -> list:
+    pages = []
+    n = 0
+    got = ctx.history("k", limit, 0)
+    while len(got) > 0:
+        pages.append([len(h["value"]) for h in got])
+        n = n + len(got)
+        got = ctx.history("k", limit, n)
+    return pages
 '''
 
 
 def _read_versions(ledger: Ledger | CountingLedger, limit: int, gas: int,
-                   cache: ValueCache | None = None) -> InvocationResult:
-    """``versions`` run as an endorser runs it: a simulation on a snapshot, the ledger's history."""
+                   cache: ValueCache | None = None, fn: str = "versions",
+                   runner: InProcessRunner | Sandbox | None = None) -> InvocationResult:
+    """``fn`` run as an endorser runs it: a simulation on a snapshot, the ledger's history."""
     base = ledger.ledger if isinstance(ledger, CountingLedger) else ledger
     with base.snapshot() as snap:
         top = snap.savepoint.block if snap.savepoint else -1
         sim = TxSimulator(snap, "rx", history_source=LedgerHistory(ledger, top, cache))
-        inv = Invocation("rx", hashlib.sha256(READER.encode()).hexdigest(), READER, "versions",
+        inv = Invocation("rx", hashlib.sha256(READER.encode()).hexdigest(), READER, fn,
                          json.dumps({"limit": limit}).encode(), "tx", 1, CallerInfo("h01", "doctor"),
                          gas_limit=gas)
-        return InProcessRunner().invoke(inv, sim)
+        return (runner or InProcessRunner()).invoke(inv, sim)
 
 
 def test_a_contract_pays_for_the_blocks_its_history_reads(tmp_path: Path) -> None:
@@ -331,3 +345,27 @@ def test_a_contract_pays_for_the_blocks_its_history_reads(tmp_path: Path) -> Non
         out = _read_versions(counting, 100, 1_500 + 3 * per_version)
         assert (out.ok, out.reason) == (False, "OUT_OF_GAS")
         assert counting.reads == [0, 1, 2, 3]
+
+
+def test_a_worker_reads_and_pays_a_ledger_history_as_the_in_process_runner(tmp_path: Path) -> None:
+    """What the gas of a history read depends on crosses the worker pipe (the gas left, each
+    block's transaction bytes, a value or none): the same answers and gas in a worker."""
+    with Ledger(tmp_path, fsync=False) as ledger:
+        for i in range(6):
+            _commit(ledger, [[("k", json.dumps("v" * 300_000 + str(i)).encode())], _filler(i, 64 * KIB)])
+        sandbox = Sandbox(workers=1)
+        outcomes = set()
+        try:
+            for fn, gas in (("every", 10**7), ("every", 100_000), ("every", 50_000), ("versions", 40_000),
+                            ("versions", 10**7)):
+                here = _read_versions(ledger, 100, gas, fn=fn)
+                there = _read_versions(ledger, 100, gas, ValueCache(), fn=fn, runner=sandbox)
+                assert (here.ok, here.reason, here.result_json, here.gas_used) == (
+                    there.ok, there.reason, there.result_json, there.gas_used), (fn, gas)
+                outcomes.add((fn, here.reason, len(json.loads(here.result_json)) if here.ok else 0))
+        finally:
+            sandbox.close()
+    # the whole history in one page; pages cut by half the gas left; out of gas; the old call
+    # over its 1 MiB result
+    assert outcomes == {("every", "", 1), ("every", "", 2), ("every", "OUT_OF_GAS", 0),
+                        ("versions", "OUT_OF_GAS", 0), ("versions", "SIZE_LIMIT", 0)}
