@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from client.errors import RxClientError
 from client.rxops import RxOperations
+from tests.client.contractgw import ContractGateway
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import AUDITOR, approved
+from tests.contracts.rxclient import World
+from tests.contracts.test_trace_history import _seed_versions
 
 
 class PagedGateway:
@@ -54,3 +60,27 @@ def test_a_cursor_that_does_not_move_is_an_error() -> None:
 def test_versions_past_the_history_window_are_reported() -> None:
     trace = _ops(PagedGateway(3, 5, unreadable=7)).trace("RX-1")
     assert trace["truncated"] is True and trace["unreadable"] == 7
+
+
+def test_trace_follows_the_contracts_short_pages_of_a_big_record(world: World) -> None:  # noqa: F811
+    """Over the real prescription contract: a 256 KiB record rewritten 70 times is traced in
+    pages shorter than the 1000 steps asked for (each reads at most 16 MiB of values); the
+    client reads every one, in order, and says nothing is missing."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    seeded = _seed_versions(world.chain, rx, 70, "consent", {"org": "h02"}, pad=250_000)
+    gw = ContractGateway(world, AUDITOR)
+    ops = RxOperations.__new__(RxOperations)
+    ops.s = cast(Any, SimpleNamespace(gateway=gw))
+    calls: list[dict[str, Any]] = []
+    evaluate = gw.evaluate
+
+    def counting(contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+        calls.append(args)
+        return evaluate(contract, fn, args, transient)
+
+    gw.evaluate = counting  # type: ignore[method-assign]
+    trace = ops.trace(rx)
+    assert [s["step"] for s in trace["steps"]] == ["issue", "review"] + ["consent"] * 70
+    assert [s["tx_id"] for s in trace["steps"][2:]] == seeded
+    assert trace["truncated"] is False and len(calls) >= 2
