@@ -11,14 +11,14 @@ up to the snapshot and on the gas the call has left, never on a cache):
 * the call without ``start`` answers the oldest versions and fails with SIZE_LIMIT when
   their values exceed ``MAX_HISTORY_BYTES`` (a key rewritten many times with large values
   would otherwise make one call build, and ship to the sandbox worker, up to MAX_HISTORY x
-  1 MiB); the contract can ask for fewer;
+  1 MiB); the contract can ask for fewer -- but a record of 256 KiB rewritten 64 times
+  passes the bound with its oldest 64 versions, so its history (and every trace of it)
+  failed for good until it could be read by pages:
 * a page (``start`` given, :func:`select_history`) starts at the ``start``-th version and
   ends before the version that would take its values past ``MAX_HISTORY_BYTES`` or its
-  gas past ``HISTORY_PAGE_GAS`` or half the gas the call has left (what remains is the
+  gas past ``HISTORY_PAGE_GAS`` or half the gas the call has left (the rest is the
   caller's, to use the page: a page taking all of it ended the call OUT_OF_GAS on a
-  consortium of 1 M gas, for good), but always holds its first version: a
-  record of 256 KiB rewritten 64 times filled the first bound, so its history, and every
-  trace of it, failed with SIZE_LIMIT for good; read page by page it never does;
+  consortium of 1 M gas, for good), but always holds its first version;
 * a read stops once its gas (``node.sandbox.api.history_entry_gas``: per version, per value
   byte and per block read by the block's transaction bytes) passes the gas the call has
   left: the version that passes it is the last one answered, and charging it ends the call

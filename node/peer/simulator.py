@@ -31,6 +31,7 @@ from node.sandbox.types import SIZE_LIMIT, HistoryEntry
 
 MAX_RANGE_BYTES = 16 * 1024 * 1024  # the values one range read may return (see above)
 
+
 class HistorySource(Protocol):
     """Where a simulation's ``history`` reads come from (node.peer.history.LedgerHistory)."""
 
