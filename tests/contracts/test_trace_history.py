@@ -15,7 +15,7 @@ from tests.contracts.chain import Chain
 from tests.contracts.flows import AUDITOR, CLERK, approved, lock_and_dispense, settle
 from tests.contracts.rxclient import World
 
-SMALLEST_VALUE_LIMIT = 65536  # max_value_bytes of the test networks: a page must fit it
+SMALLEST_VALUE_LIMIT = 65536  # a page fits a max_value_bytes of 64 KiB (the sample's: 256 KiB)
 SAMPLE_GAS_LIMIT = 5_000_000  # network-config/consortium.yaml
 
 
