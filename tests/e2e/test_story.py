@@ -392,7 +392,7 @@ def test_altered_content_is_hash_mismatch(net: Net):
     forged = dict(opened.body, drugs=[dict(opened.body["drugs"][0], qty=9)])
     with pytest.raises(EndorsementError) as e:
         wang.s.gateway.submit("prescription", "dispense", {"rx_id": rx},
-                              {"content": forged, "salt": opened.salt})
+                              {"content": forged, "salt": opened.salt}, endorsing_orgs=["p01", "h01"])
     assert e.value.reason == "HASH_MISMATCH"
     done = wang.dispense(rx, _codes(net, 1))
     assert done["status"] == "DISPENSED"
