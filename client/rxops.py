@@ -327,14 +327,17 @@ class RxOperations:
         return self._submit_noted("review", args, REVIEW, text)
 
     def route(self, rx_id: str, pharmacy: str) -> dict[str, Any]:
-        """(Re-)route: re-wrap the content key (and the note keys) for the new pharmacy."""
+        """(Re-)route: re-wrap the content key (and the note keys) for the new pharmacy. A
+        patient's route names the record's parties as its endorsers (:meth:`_own_endorsers`):
+        her binding, which proves her certificate to the contract, goes only with a call that
+        names them."""
         opened = self._get_key(rx_id)
         pub = self.s.records_public_key(pharmacy)
         args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy,
                                 "wrapped_key": wrap_for(pub, opened.record_key, rx_id, pharmacy)}
         if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
             args["note_keys"] = wrap_note_keys(pub, opened, pharmacy)
-        return _written(self.s.gateway.submit(RX, "route", args))
+        return _written(self.s.gateway.submit(RX, "route", args, endorsing_orgs=self._own_endorsers(rx_id)))
 
     def lock(self, rx_id: str) -> dict[str, Any]:
         """Lock for dispensing."""
