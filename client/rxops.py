@@ -45,6 +45,7 @@ REGISTRY = "registry"
 MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (1000 entries each)
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 ISSUE_ID_ATTEMPTS = 3  # fresh prescription numbers an issue without rx_id tries (see issue)
+MAX_NOTE_KEYS = 64  # note keys one prescription may have (contracts/prescription.py MAX_NOTE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -661,12 +662,17 @@ class RxOperations:
         a note key, and the answer says so in ``note_key_skipped`` -- withdrawing that
         reader's consent first, or routing away from it, lets a withdrawal make one again.
         The readers changed between the key fetch and the withdrawal (a route, another
-        consent: BAD_ARGUMENTS naming ``note_keys``, nothing written): fetched and sent once more."""
+        consent: BAD_ARGUMENTS naming ``note_keys``, nothing written): fetched and sent once more.
+        A prescription holding its last note key (:data:`MAX_NOTE_KEYS` withdrawals made one) is
+        withdrawn without one, ``note_key_skipped`` saying so: the contract refuses another."""
         for attempt in range(2):
             args: dict[str, Any] = {"rx_id": rx_id, "org": org}
             opened = self._get_key(rx_id)
             skipped = ""
-            if opened.readers is not None:
+            if opened.readers is not None and opened.note_epoch >= MAX_NOTE_KEYS:
+                skipped = (f"NOTE_KEYS_EXHAUSTED: {rx_id} has its {MAX_NOTE_KEYS} note keys; later notes stay "
+                           f"under note key {opened.note_epoch}, which {org} holds if it held the consent then")
+            elif opened.readers is not None:
                 key, epoch = aead.new_record_key(), opened.note_epoch + 1
                 own = self.s.identity.private_key.public_key()  # her grant is wrapped for her certificate
                 try:
