@@ -8,6 +8,8 @@ the gateway and the endorser).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -183,3 +185,61 @@ def test_a_certificate_the_config_refuses_gets_no_stream_slot(
             gw.close(wait_s=1)
     assert ctx.trailers.get(REASON_METADATA_KEY) == reason
     assert caps.held() == 0
+
+
+@pytest.mark.parametrize("call", ["Gateway.Transact", "Gateway.TransactBatch"])
+def test_an_open_transact_stream_ends_at_the_update_that_revokes_its_caller(
+    peer: Peer, net: Net, call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h01's doctor holds a Transact (TransactBatch) stream open, sending nothing; a config
+    update then revokes her certificate. The stream now ends PERMISSION_DENIED REVOKED_CERT
+    within a few polls and gives its cap slot back. Before, only a stream's opening checked
+    its caller: the idle stream of a revoked laptop kept its gRPC worker, reader thread and
+    slot (up to max_streams_per_caller of them) for as long as its connection lived."""
+    monkeypatch.setattr("node.peer.gateway.service.RECHECK_S", 0.05)
+    configs = ConfigView(peer.ledger.state, Verifier())
+    caps = StreamCaps(total=4, per_caller=4)
+    deps = GatewayDeps(org="h01", endorser=cast(Any, None), ledger=peer.ledger, configs=configs,
+                       policies=cast(Any, None), notifier=CommitNotifier(peer.ledger.height()),
+                       remotes=cast(Any, _Remotes()), broadcast=cast(Any, None))
+    gw = GatewayService(deps, workers=1, streams=caps)
+    ctx = _Ctx(net.doctor.cert_der)
+    live = threading.Event()
+    live.set()
+    ctx.is_active = live.is_set  # type: ignore[method-assign]
+    idle: queue.Queue[None] = queue.Queue()
+
+    def requests() -> Iterator[Any]:  # nothing until the test ends
+        idle.get()
+        yield from ()
+
+    method = gw.Transact if call == "Gateway.Transact" else gw.TransactBatch
+    ended: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            list(method(requests(), cast(Any, ctx)))
+            ended.append(None)
+        except BaseException as exc:  # handed to the test thread
+            ended.append(exc)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        server.join(0.3)
+        assert server.is_alive() and caps.held() == 1  # open and idle: the doctor is admitted
+        new = next_config(peer)
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(net.doctor.cert_der).serial_hex)
+        _, update = config_block(peer, net, new)
+        assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+        server.join(5.0)
+        assert not server.is_alive(), "the revoked caller's stream stayed open"
+        assert isinstance(ended[0], _Aborted) and ended[0].args[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert ctx.trailers.get(REASON_METADATA_KEY) == "REVOKED_CERT"
+        assert caps.held() == 0
+    finally:
+        live.clear()
+        idle.put(None)
+        server.join(5.0)
+        gw.close(wait_s=1)
