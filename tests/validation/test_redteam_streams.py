@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -25,6 +26,7 @@ from node.crypto.signing import Verifier
 from node.crypto.x509 import cert_info_der
 from node.errors import REASON_METADATA_KEY
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
+from node.orderer.broadcast import broadcast_batch_method_handler, broadcast_method_handler
 from node.orderer.deliver import DeliverService
 from node.peer.config_view import ConfigView
 from node.peer.deliver_service import PeerDeliverService
@@ -243,3 +245,42 @@ def test_an_open_transact_stream_ends_at_the_update_that_revokes_its_caller(
         idle.put(None)
         server.join(5.0)
         gw.close(wait_s=1)
+
+
+@pytest.mark.parametrize("call", ["AtomicBroadcast.Broadcast", "AtomicBroadcast.BroadcastBatch"])
+@pytest.mark.parametrize("change", ["revoke", "remove_org"])
+def test_a_certificate_the_config_refuses_gets_no_broadcast_slot(peer: Peer, net: Net, call: str, change: str) -> None:
+    """The orderer's Broadcast streams are capped per TLS certificate as the gateway's Transact
+    streams are, but were admitted with no MSP check: a revoked certificate, or certificates
+    minted at will by a removed organisation's CA the orderer's bundle still holds, took client
+    slots up to the total cap (TOO_MANY_STREAMS for every member's Broadcast). Such a
+    certificate now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched."""
+    caller = net.doctor if change == "revoke" else net.pharmacist
+    new = next_config(peer)
+    if change == "revoke":
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(caller.cert_der).serial_hex)
+        reason = "REVOKED_CERT"
+    else:
+        orgs = [o for o in new.organizations if o.id != "p01"]
+        peers = [p for p in new.peers if p.org != "p01"]
+        del new.organizations[:], new.peers[:]
+        new.organizations.extend(orgs)
+        new.peers.extend(peers)
+        reason = "UNKNOWN_ORG"
+    _, update = config_block(peer, net, new)
+    assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    configs = ConfigView(peer.ledger.state, Verifier())
+    caps = StreamCaps(total=4, per_caller=4)
+    ctx = _Ctx(caller.cert_der)
+    handler: Any = SimpleNamespace(stream=lambda requests: iter(()), batch_stream=lambda requests, context: iter(()))
+    make = broadcast_method_handler if call == "AtomicBroadcast.Broadcast" else broadcast_batch_method_handler
+    method: Any = make(handler, caps, CallerCheck(lambda: configs.current().msp, wall_ms)).stream_stream
+    with pytest.raises(_Aborted) as info:
+        list(method(iter(()), cast(Any, ctx)))
+    assert info.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert ctx.trailers.get(REASON_METADATA_KEY) == reason
+    assert caps.held() == 0
+    # an admitted member's stream is served as before
+    ok = _Ctx(net.doctor.cert_der if change == "remove_org" else net.pharmacist.cert_der)
+    assert list(method(iter(()), cast(Any, ok))) == [] and caps.held() == 0
