@@ -150,7 +150,10 @@ class ChainConfig:
     of what was verified, never trusted over a peer: one that does not parse, is of another
     genesis block, or that the peer's chain does not extend (fewer blocks, the next block not
     linking: a network started again from the same genesis) is dropped and the chain
-    verified from the genesis block again (:func:`config_in_force`)."""
+    verified from the genesis block again (:func:`config_in_force`); the file is replaced only
+    by a chain verified further than it (:meth:`restart`: it is also what sessions pin their
+    peer's CA by). A network started again from the same genesis block with that home: remove
+    ``CHAIN_STATE``."""
 
     def __init__(self, genesis: block_pb2.Block, verifier: Verifier, state_path: Path | None = None) -> None:
         self._genesis = genesis
@@ -158,12 +161,19 @@ class ChainConfig:
         self._genesis_hash = block_header_hash(genesis.header)
         self._state_path = state_path
         self.resumed = False  # the blocks verified are a saved state no peer answer confirmed yet
+        self._saved = 0
+        self._floor = 0  # the height of a saved state dropped: only a longer verified chain replaces it
         self.restart()
         if state_path is not None:
             self._resume(state_path)
 
     def restart(self) -> None:
-        """Forget every block verified: verify from the genesis block again."""
+        """Forget every block verified: verify from the genesis block again. A state saved
+        stays saved until a chain verified further replaces it (:meth:`save`): sessions pin their
+        peer's CA from it (``client.session.verified_network``), and a peer behind it, or one
+        serving a block that does not link, would otherwise roll it back to an older
+        configuration -- a CA the consortium rotated away from."""
+        self._floor = max(self._floor, self._saved)
         config = config_from_genesis(self._genesis)
         self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), 0), self._verifier)
         self.height = 0  # blocks verified
@@ -201,7 +211,7 @@ class ChainConfig:
         command a longer verification). Every block of it was verified as :meth:`feed` verifies
         them, so a prefix a stream cut short is saved too: what :meth:`in_force` checks (the
         pointer, the codes of the config block in force) is checked on the blocks fed last."""
-        if self._state_path is None or self.height <= self._saved:
+        if self._state_path is None or self.height <= max(self._saved, self._floor):
             return
         current = self._tracker.current
         state = {"format": 1, "genesis": self._genesis_hash.hex(), "height": self.height,

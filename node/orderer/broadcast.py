@@ -53,6 +53,7 @@ from node.crypto.canonical import compute_tx_id
 from node.crypto.signing import Purpose
 from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with
+from node.identity.caller import CallerCheck
 from node.identity.msp import MSP
 from node.msgbound import budget_reader
 from node.orderer.configrules import BAD_CONFIG_UPDATE
@@ -552,18 +553,26 @@ def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
 
 
 def _held_stream(
-    streams: StreamCaps | None, context: grpc.ServicerContext, what: str, answers: Callable[[], Iterator[Resp]]
+    streams: StreamCaps | None, context: grpc.ServicerContext, what: str, answers: Callable[[], Iterator[Resp]],
+    check_caller: CallerCheck | None = None,
 ) -> Iterator[Resp]:
     """``answers()`` under a slot of ``streams`` (none: uncapped) for the caller's TLS certificate,
     or the call aborted TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a request is read.
 
     A Broadcast stream holds a gRPC worker for as long as it lasts (and a reader thread): any
     certificate the mTLS layer admits, a patient's too, opening as many idle ones as the
-    orderer has workers left none for Cluster.Step, Forward, Deliver or Admin calls."""
+    orderer has workers left none for Cluster.Step, Forward, Deliver or Admin calls. The
+    certificate is checked with ``check_caller`` (the MSP in force) first: one the configuration
+    refuses (revoked, expired, of an organisation removed, whose CA the orderer's bundle may
+    still hold) gets no slot -- PERMISSION_DENIED with the MSP's reason -- as on the peers'
+    gateway: certificates minted at will by a removed organisation's CA held client slots up
+    to the total cap (TOO_MANY_STREAMS for every member's Broadcast)."""
     slot = None
     if streams is not None:
         ident = peer_identity(context)
         try:
+            if ident is not None and check_caller is not None:
+                check_caller(context)
             slot = streams.admit(context, ident.cert_der if ident is not None else b"", what)
         except RxError as err:
             abort_with(context, err)
@@ -575,16 +584,17 @@ def _held_stream(
 
 
 def broadcast_batch_method_handler(
-    handler: BroadcastHandler, streams: StreamCaps | None = None,
+    handler: BroadcastHandler, streams: StreamCaps | None = None, check_caller: CallerCheck | None = None,
 ) -> grpc.RpcMethodHandler[list[bytes] | BatchDecodeError, services_pb2.BroadcastBatchResponse]:
     """Stream-stream handler of AtomicBroadcast.BroadcastBatch (envelopes never re-serialised);
-    each stream is held under ``streams`` (node.stream_caps; none: uncapped)."""
+    each stream is held under ``streams`` (node.stream_caps; none: uncapped) once
+    ``check_caller`` admits its certificate (:func:`_held_stream`)."""
 
     def behaviour(
         requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
         return _held_stream(streams, context, "AtomicBroadcast.BroadcastBatch",
-                            lambda: handler.batch_stream(requests, context))
+                            lambda: handler.batch_stream(requests, context), check_caller)
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,
@@ -594,15 +604,17 @@ def broadcast_batch_method_handler(
 
 
 def broadcast_method_handler(
-    handler: BroadcastHandler, streams: StreamCaps | None = None,
+    handler: BroadcastHandler, streams: StreamCaps | None = None, check_caller: CallerCheck | None = None,
 ) -> grpc.RpcMethodHandler[bytes, services_pb2.BroadcastResponse]:
     """Stream-stream handler taking raw envelope bytes (never re-serialised); each stream is
-    held under ``streams`` (node.stream_caps; none: uncapped)."""
+    held under ``streams`` (node.stream_caps; none: uncapped) once ``check_caller`` admits its
+    certificate (:func:`_held_stream`)."""
 
     def behaviour(
         requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
-        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda: handler.stream(requests))
+        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda: handler.stream(requests),
+                            check_caller)
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,

@@ -187,14 +187,15 @@ def _admin_handler(
 
 
 def _broadcast_handler(
-    broadcast: BroadcastHandler, deliver: DeliverService, streams: StreamCaps
+    broadcast: BroadcastHandler, deliver: DeliverService, streams: StreamCaps, check_caller: CallerCheck
 ) -> grpc.GenericRpcHandler[object, object]:
     return grpc.method_handlers_generic_handler(
         "rxchain.v1.AtomicBroadcast",
         {
-            # Broadcast streams hold a gRPC worker each, as Deliver's do: under the same caps
-            "Broadcast": broadcast_method_handler(broadcast, streams),
-            "BroadcastBatch": broadcast_batch_method_handler(broadcast, streams),
+            # Broadcast streams hold a gRPC worker each, as Deliver's do: under the same caps,
+            # for certificates the config in force admits
+            "Broadcast": broadcast_method_handler(broadcast, streams, check_caller),
+            "BroadcastBatch": broadcast_batch_method_handler(broadcast, streams, check_caller),
             # the framed block bytes are shared by every following stream: no re-serialization
             "Deliver": grpc.unary_stream_rpc_method_handler(
                 deliver.deliver_bytes,
@@ -707,11 +708,12 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         ],
         interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
+    check_caller = CallerCheck(tracker.msp, wall_ms)
     server.add_generic_rpc_handlers(
         [
-            _broadcast_handler(broadcast, deliver, streams), cluster.handler(), cluster.batch_handler(),
+            _broadcast_handler(broadcast, deliver, streams, check_caller), cluster.handler(), cluster.batch_handler(),
             forward_batch.handler(),
-            _admin_handler(config, chain, CallerCheck(tracker.msp, wall_ms), lambda: tracker.current,
+            _admin_handler(config, chain, check_caller, lambda: tracker.current,
                            releases, heard),
         ]
     )

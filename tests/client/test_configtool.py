@@ -829,7 +829,9 @@ def test_a_saved_state_the_peer_does_not_extend_is_dropped_and_the_chain_verifie
     assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
         == expected
     assert peer.asked[-1][0] == 0  # verified from the genesis block
-    assert json.loads(state.read_text())["height"] == len(other.blocks)
+    # the file is replaced only by a chain verified further: a peer behind (or as long) rolls
+    # back no saved configuration -- sessions pin their peer's CA by it (test_session_ca)
+    assert json.loads(state.read_text())["height"] == max(len(other.blocks), 5)
 
 
 def test_a_stream_cut_short_keeps_the_blocks_verified_for_the_next_command(

@@ -388,3 +388,25 @@ def test_no_key_is_made_past_the_bound(world: World) -> None:  # noqa: F811
     assert keys is None and why.startswith("NOTE_KEYS_EXHAUSTED")
     keys, why = jiang._new_note_key(replace(opened, note_epoch=63), ["patient", "h01", "p02"])
     assert keys is not None and sorted(keys) == ["h01", "p02", "patient"] and why == ""
+
+
+def test_a_withdrawal_past_the_last_note_key_still_withdraws(world: World) -> None:  # noqa: F811
+    """After 64 withdrawals that made a note key the contract makes no more (BAD_ARGUMENTS
+    naming the 64, nothing written): the client sent one all the same, so the patient could
+    withdraw no consent of that prescription again -- h02 kept its grant and every later key
+    fetch. It now withdraws without a note key and says so in the answer."""
+    rx = _issued(world)
+    zhang = world.patient_who("patient-zhang")
+    for epoch in range(1, 65):  # (the contract's own bound test: tests/contracts/test_note_keys.py)
+        world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                           wrapped_key=world.wrap_for(rx, "h02"),
+                           note_keys={str(e): "QUJD" for e in range(1, epoch)}).unwrap()
+        world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="h02",
+                           note_keys=dict.fromkeys(("patient", "h01", "p01"), "QUJD")).unwrap()
+    world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org="h02",
+                       wrapped_key=world.wrap_for(rx, "h02"),
+                       note_keys={str(e): "QUJD" for e in range(1, 65)}).unwrap()
+    out = _patient(world).revoke_consent(rx, "h02")
+    assert out["granted"] is False and out["note_key_skipped"].startswith("NOTE_KEYS_EXHAUSTED")
+    assert _state(world, f"grant/{rx}/h02") is None
+    assert _state(world, "rx/" + rx)["note_epoch"] == 64

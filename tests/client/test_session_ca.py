@@ -130,3 +130,28 @@ def test_a_session_pins_no_ca_the_home_did_not_verify(rotated: Rotated) -> None:
             assert e.value.reason == "SERVICE_UNAVAILABLE"
         finally:
             s.close()
+
+
+def test_a_peer_behind_the_verified_chain_rolls_back_no_ca(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config command asked a peer holding only the genesis block (behind the chain this home
+    verified: a lagging peer, or a hostile one withholding blocks). The command verifies from
+    the genesis block again and works on what that peer shows -- but it also saved that shorter
+    chain over the state, so every later session pinned h01's genesis CA again: the CA the
+    consortium had rotated away from (perhaps because its key leaked), whose certificates then
+    passed for h01's peer. The state is now replaced only by a chain verified further."""
+    genesis = read_genesis(rotated.home / "genesis.block")
+    monkeypatch.setattr(configtool, "_height", lambda identity, target: 1)
+
+    def stream(identity: Any, target: str, start: int, stop: int, timeout: float = 0.0) -> Iterator[block_pb2.Block]:
+        yield genesis
+
+    monkeypatch.setattr(configtool, "_stream", stream)
+    chain = configtool.ChainConfig(genesis, Verifier(), rotated.home / configtool.CHAIN_STATE)
+    assert chain.resumed
+    assert configtool.config_in_force(object(), "peer", chain)[1].sequence == 0  # type: ignore[arg-type]
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+    s = _session(rotated.home, rotated.port)
+    try:
+        assert s.gateway.health(timeout=10).serving
+    finally:
+        s.close()

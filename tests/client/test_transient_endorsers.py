@@ -107,3 +107,21 @@ def test_sample_data_names_the_parties_even_when_fewer_than_two_run_a_peer(net_h
         assert boot._parties("h99", "") == []
     finally:
         boot.close()
+
+
+def test_a_patients_route_names_the_records_parties(net_home: Any) -> None:
+    """The patient routes her prescription (contracts/README: the issuing hospital or the
+    patient): the route named no endorsers, so her session left her binding out of it
+    (client.gateway) and the contract, which knows her only by it, answered NOT_FOUND -- no
+    patient could route. It now names the record's parties, as her other calls on it."""
+    ops, gw = _ops(net_home, {"patient_binding": "ab" * 32})
+    ops._get_key = lambda rx_id: OpenedRecord("RX-1", "content", "patient", {}, "", b"k" * 32)  # type: ignore[method-assign]
+    pharmacy = ec.generate_private_key(ec.SECP256R1()).public_key()
+    ops.s.records_public_key = lambda org: pharmacy  # type: ignore[method-assign]
+    ops.route("RX-1", "p02")
+    assert gw.submits == [("route", ["h01", "p01"])]
+    ops, gw = _ops(net_home, {})  # the hospital's staff: no default inputs, the gateway picks
+    ops._get_key = lambda rx_id: OpenedRecord("RX-1", "content", "h01", {}, "", b"k" * 32)  # type: ignore[method-assign]
+    ops.s.records_public_key = lambda org: pharmacy  # type: ignore[method-assign]
+    ops.route("RX-1", "p02")
+    assert gw.submits == [("route", None)] and gw.shown == 0

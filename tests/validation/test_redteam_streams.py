@@ -8,7 +8,10 @@ the gateway and the endorser).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -23,6 +26,7 @@ from node.crypto.signing import Verifier
 from node.crypto.x509 import cert_info_der
 from node.errors import REASON_METADATA_KEY
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck
+from node.orderer.broadcast import broadcast_batch_method_handler, broadcast_method_handler
 from node.orderer.deliver import DeliverService
 from node.peer.config_view import ConfigView
 from node.peer.deliver_service import PeerDeliverService
@@ -183,3 +187,100 @@ def test_a_certificate_the_config_refuses_gets_no_stream_slot(
             gw.close(wait_s=1)
     assert ctx.trailers.get(REASON_METADATA_KEY) == reason
     assert caps.held() == 0
+
+
+@pytest.mark.parametrize("call", ["Gateway.Transact", "Gateway.TransactBatch"])
+def test_an_open_transact_stream_ends_at_the_update_that_revokes_its_caller(
+    peer: Peer, net: Net, call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """h01's doctor holds a Transact (TransactBatch) stream open, sending nothing; a config
+    update then revokes her certificate. The stream now ends PERMISSION_DENIED REVOKED_CERT
+    within a few polls and gives its cap slot back. Before, only a stream's opening checked
+    its caller: the idle stream of a revoked laptop kept its gRPC worker, reader thread and
+    slot (up to max_streams_per_caller of them) for as long as its connection lived."""
+    monkeypatch.setattr("node.peer.gateway.service.RECHECK_S", 0.05)
+    configs = ConfigView(peer.ledger.state, Verifier())
+    caps = StreamCaps(total=4, per_caller=4)
+    deps = GatewayDeps(org="h01", endorser=cast(Any, None), ledger=peer.ledger, configs=configs,
+                       policies=cast(Any, None), notifier=CommitNotifier(peer.ledger.height()),
+                       remotes=cast(Any, _Remotes()), broadcast=cast(Any, None))
+    gw = GatewayService(deps, workers=1, streams=caps)
+    ctx = _Ctx(net.doctor.cert_der)
+    live = threading.Event()
+    live.set()
+    ctx.is_active = live.is_set  # type: ignore[method-assign]
+    idle: queue.Queue[None] = queue.Queue()
+
+    def requests() -> Iterator[Any]:  # nothing until the test ends
+        idle.get()
+        yield from ()
+
+    method = gw.Transact if call == "Gateway.Transact" else gw.TransactBatch
+    ended: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            list(method(requests(), cast(Any, ctx)))
+            ended.append(None)
+        except BaseException as exc:  # handed to the test thread
+            ended.append(exc)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        server.join(0.3)
+        assert server.is_alive() and caps.held() == 1  # open and idle: the doctor is admitted
+        new = next_config(peer)
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(net.doctor.cert_der).serial_hex)
+        _, update = config_block(peer, net, new)
+        assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+        server.join(5.0)
+        assert not server.is_alive(), "the revoked caller's stream stayed open"
+        assert isinstance(ended[0], _Aborted) and ended[0].args[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert ctx.trailers.get(REASON_METADATA_KEY) == "REVOKED_CERT"
+        assert caps.held() == 0
+    finally:
+        live.clear()
+        idle.put(None)
+        server.join(5.0)
+        gw.close(wait_s=1)
+
+
+@pytest.mark.parametrize("call", ["AtomicBroadcast.Broadcast", "AtomicBroadcast.BroadcastBatch"])
+@pytest.mark.parametrize("change", ["revoke", "remove_org"])
+def test_a_certificate_the_config_refuses_gets_no_broadcast_slot(peer: Peer, net: Net, call: str, change: str) -> None:
+    """The orderer's Broadcast streams are capped per TLS certificate as the gateway's Transact
+    streams are, but were admitted with no MSP check: a revoked certificate, or certificates
+    minted at will by a removed organisation's CA the orderer's bundle still holds, took client
+    slots up to the total cap (TOO_MANY_STREAMS for every member's Broadcast). Such a
+    certificate now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched."""
+    caller = net.doctor if change == "revoke" else net.pharmacist
+    new = next_config(peer)
+    if change == "revoke":
+        org = next(o for o in new.organizations if o.id == "h01")
+        org.revoked_serials.append(cert_info_der(caller.cert_der).serial_hex)
+        reason = "REVOKED_CERT"
+    else:
+        orgs = [o for o in new.organizations if o.id != "p01"]
+        peers = [p for p in new.peers if p.org != "p01"]
+        del new.organizations[:], new.peers[:]
+        new.organizations.extend(orgs)
+        new.peers.extend(peers)
+        reason = "UNKNOWN_ORG"
+    _, update = config_block(peer, net, new)
+    assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    configs = ConfigView(peer.ledger.state, Verifier())
+    caps = StreamCaps(total=4, per_caller=4)
+    ctx = _Ctx(caller.cert_der)
+    handler: Any = SimpleNamespace(stream=lambda requests: iter(()), batch_stream=lambda requests, context: iter(()))
+    make = broadcast_method_handler if call == "AtomicBroadcast.Broadcast" else broadcast_batch_method_handler
+    method: Any = make(handler, caps, CallerCheck(lambda: configs.current().msp, wall_ms)).stream_stream
+    with pytest.raises(_Aborted) as info:
+        list(method(iter(()), cast(Any, ctx)))
+    assert info.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert ctx.trailers.get(REASON_METADATA_KEY) == reason
+    assert caps.held() == 0
+    # an admitted member's stream is served as before
+    ok = _Ctx(net.doctor.cert_der if change == "remove_org" else net.pharmacist.cert_der)
+    assert list(method(iter(()), cast(Any, ok))) == [] and caps.held() == 0

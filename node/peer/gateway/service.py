@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -25,6 +26,7 @@ from node.stream_caps import StreamCaps, StreamSlot
 
 CLOSE_WAIT_S = 5.0  # how long close() waits for the gateway's running work
 UNCAPPED = 1 << 30  # stream caps when none are given (unit tests)
+RECHECK_S = 1.0  # how often an open Transact/TransactBatch stream's caller is checked again
 
 
 class _InFlight:
@@ -132,6 +134,29 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
             self._check_caller(context)
         return self._streams.admit(context, ident.cert_der if ident is not None else b"", what)
 
+    def _while_admitted(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+        """``context.is_active`` for a Transact/TransactBatch stream, which also checks its
+        caller again (at most every RECHECK_S): RxError with the MSP's reason (REVOKED_CERT,
+        UNKNOWN_ORG ..., PERMISSION_DENIED) once a config update revoked its certificate or
+        removed its organisation, or it expired, which ends the stream and frees its slot. The
+        requests it carries are refused one by one then, but a stream kept open (idle) held its
+        gRPC worker, reader thread and cap slot for as long as the connection lived."""
+        ident = peer_identity(context)
+        if ident is None:  # (only on an insecure test server)
+            return context.is_active
+        checked = [time.monotonic()]  # _admit_stream checked it
+
+        def active() -> bool:
+            if not context.is_active():
+                return False
+            now = time.monotonic()
+            if now - checked[0] >= RECHECK_S:
+                self._check_caller.check(ident)
+                checked[0] = now
+            return True
+
+        return active
+
     @guarded_unary
     def Evaluate(
         self, request: services_pb2.EvaluateRequest, context: grpc.ServicerContext
@@ -185,7 +210,7 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         # with its status
         with self._admit_stream(context, "Gateway.Transact"):
             yield from transact(
-                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._deps, request_iterator, self._while_admitted(context), self._work_pool,
                 self._remote_pool, start=self._inflight.reader,
             )
 
@@ -199,7 +224,7 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         # with its status
         with self._admit_stream(context, "Gateway.TransactBatch"):
             yield from transact_batch(
-                self._deps, request_iterator, context.is_active, self._work_pool,
+                self._deps, request_iterator, self._while_admitted(context), self._work_pool,
                 self._remote_pool, start=self._inflight.reader,
             )
 
