@@ -75,18 +75,6 @@ def test_a_patients_calls_name_the_records_parties(net_home: Any) -> None:
     assert gw.submits == [("get_key", None)]
 
 
-def test_a_patients_route_names_the_records_parties(net_home: Any) -> None:
-    """She may route her prescription: her binding must go with it. It was submitted naming no
-    endorsers, so the binding was left out and the contract refused her ACCESS_DENIED."""
-    ops, gw = _ops(net_home, {"patient_binding": "ab" * 32})
-    opened = OpenedRecord("RX-1", "content", "patient", {}, "", b"k" * 32)  # (a contract before note keys)
-    ops._get_key = lambda rx_id: opened  # type: ignore[method-assign]
-    key = ec.generate_private_key(ec.SECP256R1())
-    ops.s.records_public_key = lambda org: key.public_key()  # type: ignore[method-assign]
-    ops.route("RX-1", "p02")
-    assert gw.submits == [("route", ["h01", "p01"])]
-
-
 def test_other_sessions_leave_calls_without_transient_inputs_to_the_gateway(net_home: Any) -> None:
     ops, gw = _ops(net_home, {})
     with pytest.raises(NoKeyGrant):
