@@ -59,6 +59,7 @@ REJECT_REASONS = ("INTERACTION", "DOSE", "CONTRAINDICATION", "NOT_INDICATED", "I
 B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
+MAX_CONSENTS = 16  # consent grants of one prescription at once (grant_consent: LIMIT_EXCEEDED)
 MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal or re-route (README "Note keys")
 MAX_WRAPPED = 512  # a wrapped note key (aead.wrap_key: 126 bytes, 168 base64 characters)
 HISTORY_WINDOW = 1000  # the trace orders the oldest 1000 versions of a record
@@ -1268,6 +1269,13 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_key
     old = ctx.get("grant/" + rx_id + "/" + org)
     if old is not None and old["kind"] != "consent":
         ctx.fail("ALREADY_GRANTED", org + " already holds a " + old["kind"] + " grant")
+    if old is None:
+        held = 0
+        for g in _grants(ctx, rx_id):
+            if g["kind"] == "consent":
+                held = held + 1
+        if held >= MAX_CONSENTS:  # each grant is work for every later withdrawal, route and erase
+            ctx.fail("LIMIT_EXCEEDED", "a prescription holds at most " + str(MAX_CONSENTS) + " consent grants")
     _grant(ctx, rx_id, org, "consent", wrapped_key, 0, _wrapped_map(ctx, note_keys, _epochs(rx)))
     _save(ctx, rx, "consent", {"org": org})
     return {"rx_id": rx_id, "org": org, "granted": True}

@@ -12,6 +12,7 @@ import pytest
 
 from node.crypto import aead
 from node.crypto.canonical import canonical_json
+from node.sandbox import canonical
 from tests.contracts.chain import DAY_MS, Who, admin, who
 from tests.contracts.flows import (
     AUDITOR,
@@ -122,6 +123,28 @@ def test_consent_grant_and_revoke(world: World) -> None:
     assert ("KEY_FETCH", "h01", "DENIED", "h01") in events
 
 
+def test_consent_grants_of_one_prescription_are_bounded(world: World) -> None:
+    """Any id made a grant: a patient (or her stolen key) could pile up grants until every
+    withdrawal, re-route and erase of the prescription, which read them all, ran out of gas."""
+    rx = approved(world).args["rx_id"]
+    zhang = world.patient_who("patient-zhang")
+    blob = world.wrap_for(rx, "h02")
+
+    def grant(org: str) -> Any:
+        return world.chain.submit("prescription", "grant_consent", zhang, rx_id=rx, org=org, wrapped_key=blob)
+
+    orgs = [f"x{i:02d}" for i in range(16)]
+    for org in orgs:
+        grant(org).unwrap()
+    out = grant("x16")
+    assert out.reason == "LIMIT_EXCEEDED" and "16" in out.message
+    assert ("prescription", f"grant/{rx}/x16") not in world.chain.state.values
+    grant("x03").unwrap()  # granted again: the same grant, not one more
+    world.chain.submit("prescription", "revoke_consent", zhang, rx_id=rx, org="x05").unwrap()
+    grant("x16").unwrap()
+    assert ("prescription", f"grant/{rx}/x16") in world.chain.state.values
+
+
 def test_regulator_reads_trails_and_audit_log(world: World) -> None:
     a = approved(world)
     b = approved(world)
@@ -169,13 +192,18 @@ def test_crypto_shredding_after_retention(world: World) -> None:
 
 def test_erase_destroys_every_grant_beyond_one_page(world: World) -> None:
     """Erasure pages through all grants: with 70 consent grants (more than one range page
-    of 64) the old loop left some wrapped keys in state after the tombstone."""
+    of 64) the old loop left some wrapped keys in state after the tombstone. A prescription
+    holds at most 16 consents now; the other 54 are as a release before that bound wrote them."""
     prep = approved(world)
     rx = prep.args["rx_id"]
     patient = world.patient_who("patient-zhang")
-    for i in range(70):
+    for i in range(16):
         world.chain.submit("prescription", "grant_consent", patient, rx_id=rx, org=f"org{i:02d}",
                            wrapped_key=world.wrap_for(rx, f"org{i:02d}")).unwrap()
+    first = canonical.decode(world.chain.state.values[("prescription", f"grant/{rx}/org00")], "grant")
+    for i in range(16, 70):
+        world.chain.state.values[("prescription", f"grant/{rx}/org{i:02d}")] = canonical.encode(
+            {**first, "party": f"org{i:02d}"}, "grant", 1 << 20)[0]
     world.chain.advance(366 * DAY_MS)
     out = world.chain.submit("prescription", "erase", admin("h01"), rx_id=rx, retention_days=365)
     assert out.unwrap()["grants_destroyed"] == 4 + 70
