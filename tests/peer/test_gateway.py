@@ -187,6 +187,14 @@ def test_endorse_refuses_mismatch_and_unsatisfiable(deployed: Cluster, pool) -> 
     with pytest.raises(RxError) as err:
         endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["zz9"]), pool)
     assert err.value.reason == "BAD_REQUEST"
+    # Organisations named that cannot satisfy the policy (OutOf(2, ...): this gateway's alone):
+    # refused here -- it was prepared, and committed ENDORSEMENT_POLICY_FAILURE
+    remotes = LocalRemotes({"p01": deployed.peers[1]})
+    deps, _ = deps_for(deployed, remotes)
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["h01"]), pool)
+    assert err.value.reason == "ENDORSEMENT_POLICY_FAILURE" and "['h01']" in err.value.message
+    assert remotes.calls == []
 
 
 def test_evaluate_returns_contract_status(deployed: Cluster) -> None:

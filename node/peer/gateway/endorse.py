@@ -8,7 +8,9 @@ greedy plan at each remote organisation in turn is a valid choice, and the gatew
 them round-robin (:class:`PlanRotation`), so remote endorsements spread over the eligible
 organisations instead of all landing on the first in configuration order. A remote
 failure is replaced by the next organisation that can still satisfy the policy. All
-endorsements must carry byte-identical payloads.
+endorsements must carry byte-identical payloads. Named organisations whose endorsements
+(with this gateway's) cannot satisfy the policy are refused ENDORSEMENT_POLICY_FAILURE
+before anything is prepared (the transaction would commit invalid).
 
 A proposal carrying transient inputs (plaintext meant for its endorsers only: a
 prescription's content, claim lines, medical data) with no ``endorsing_orgs`` is never sent to
@@ -192,6 +194,12 @@ def _endorse_once(
         )
     if request.endorsing_orgs and len(responses) < len(wanted) + 1:
         raise RxError("ENDORSEMENT_FAILED", "; ".join(errors))
+    if not satisfied:  # the organisations named (and this one) cannot: it would commit invalid
+        raise RxError(
+            "ENDORSEMENT_POLICY_FAILURE",
+            f"the endorsements of {sorted(responses)} (the organisations named, and this gateway's) "
+            f"do not satisfy {shown(definition.policy.text)}; name organisations that do",
+        )
     return _prepared(proposal, header, local, responses)
 
 
