@@ -354,11 +354,7 @@ class RxOperations:
         nothing written): fetched and sent once more."""
         for attempt in range(2):
             opened = self._get_key(rx_id)
-            pub = self.s.records_public_key(pharmacy)
-            args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy,
-                                    "wrapped_key": wrap_for(pub, opened.record_key, rx_id, pharmacy)}
-            if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
-                args["note_keys"] = wrap_note_keys(pub, opened, pharmacy)
+            args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy, **self._keys_for(opened, pharmacy)}
             skipped = ""
             if opened.routed == "":
                 args["new_note_keys"] = {}  # nobody is routed away
@@ -377,6 +373,15 @@ class RxOperations:
                 out["note_key_skipped"] = skipped
             return out
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _keys_for(self, opened: OpenedRecord, org: str) -> dict[str, Any]:
+        """A new reader's arguments: the record key and the note keys made so far, each wrapped
+        for ``org``'s records certificate (a contract from before note keys knows no note_keys)."""
+        pub = self.s.records_public_key(org)
+        out: dict[str, Any] = {"wrapped_key": wrap_for(pub, opened.record_key, opened.rx_id, org)}
+        if opened.note_epoch:
+            out["note_keys"] = wrap_note_keys(pub, opened, org)
+        return out
 
     def _patient_key(self, opened: OpenedRecord) -> ec.EllipticCurvePublicKey:
         """The key the patient's grant is wrapped for: the caller's own when she is the
@@ -709,12 +714,7 @@ class RxOperations:
     def grant_consent(self, rx_id: str, org: str) -> dict[str, Any]:
         """The patient shares her prescription with another organisation (re-wrapped record
         key and note keys: it reads the notes written so far)."""
-        opened = self._get_key(rx_id)
-        pub = self.s.records_public_key(org)
-        args: dict[str, Any] = {"rx_id": rx_id, "org": org,
-                                "wrapped_key": wrap_for(pub, opened.record_key, rx_id, org)}
-        if opened.note_epoch:  # (a contract from before note keys knows no note_keys)
-            args["note_keys"] = wrap_note_keys(pub, opened, org)
+        args: dict[str, Any] = {"rx_id": rx_id, "org": org, **self._keys_for(self._get_key(rx_id), org)}
         return _written(self.s.gateway.submit(RX, "grant_consent", args,
                                               endorsing_orgs=self._own_endorsers(rx_id)))
 
