@@ -35,17 +35,23 @@ def _rotated_orderer1(net: Net) -> Signer:
     return signer_of("ins01", cert, key)
 
 
+def _orderer1_rotated(peer: Peer, net: Net) -> tuple[Signer, config_pb2.ConsortiumConfig]:
+    """A new certificate of orderer 1, and the next config naming it in place of the old one."""
+    signer = _rotated_orderer1(net)
+    update = next_config(peer, 1)
+    for o in update.orderers:
+        if o.raft_id == 1:
+            o.cert_der = signer.identity.cert_der
+    return signer, update
+
+
 def _genesis(net: Net) -> tuple[block_pb2.Block, config_pb2.ConsortiumConfig]:
     genesis = read_genesis(net.home / "genesis.block")
     return genesis, config_from_genesis(genesis)
 
 
 def test_blocks_signed_by_a_rotated_orderer_certificate_verify(peer: Peer, net: Net) -> None:
-    new_signer = _rotated_orderer1(net)
-    rotation = next_config(peer, 1)
-    for o in rotation.orderers:
-        if o.raft_id == 1:
-            o.cert_der = new_signer.identity.cert_der
+    new_signer, rotation = _orderer1_rotated(peer, net)
     _, block = config_block(peer, net, rotation)
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
     after = invoke_block(peer, net, "a", new_signer)  # signed by the rotated certificate only
@@ -99,11 +105,7 @@ def test_a_refused_config_update_served_as_valid_is_not_adopted(peer: Peer, net:
     consortium's and the made-up block verified (ok). It now judges the update by the orderers'
     and peers' own rule: the disagreement is reported, the update not adopted, and the made-up
     block has no valid orderer signature."""
-    rogue = _rotated_orderer1(net)
-    update = next_config(peer, 1)
-    for o in update.orderers:
-        if o.raft_id == 1:
-            o.cert_der = rogue.identity.cert_der
+    rogue, update = _orderer1_rotated(peer, net)
     a = net.admins
     env = peer.kit.config_tx(a["h01"], update, [a["h01"]])  # 1 of 4 admins: refused
     block = make_block(peer.ledger.height(), peer.ledger.blocks.last_hash(), [env], [net.orderer1],
@@ -132,11 +134,7 @@ def test_a_valid_config_update_served_as_refused_is_adopted_and_reported(peer: P
     the verifier kept the old certificate and called every later block (signed by the rotated
     one) unsigned. It now adopts the update by the rules, reports the peer's code, and the
     blocks after it verify."""
-    new_signer = _rotated_orderer1(net)
-    rotation = next_config(peer, 1)
-    for o in rotation.orderers:
-        if o.raft_id == 1:
-            o.cert_der = new_signer.identity.cert_der
+    new_signer, rotation = _orderer1_rotated(peer, net)
     _, block = config_block(peer, net, rotation)
     n = block.header.number
     assert list(peer.committer.commit_block(block).validated.codes) == [tx_pb.VALID]
@@ -153,11 +151,7 @@ def test_a_config_block_failing_a_check_is_not_adopted(peer: Peer, net: Net) -> 
     """A valid-looking config update in a block no orderer of the config in force signed (a
     block the serving peer made up, its envelope admin-signed): reported unsigned, and its
     config is not adopted -- blocks signed by the orderer it names stay unsigned too."""
-    rogue = _rotated_orderer1(net)
-    update = next_config(peer, 1)
-    for o in update.orderers:
-        if o.raft_id == 1:
-            o.cert_der = rogue.identity.cert_der
+    rogue, update = _orderer1_rotated(peer, net)
     _, block = config_block(peer, net, update)
     forged = block_pb2.Block()
     forged.CopyFrom(block)
