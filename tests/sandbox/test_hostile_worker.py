@@ -269,39 +269,24 @@ def test_more_codes_than_workers_replace_the_least_recently_used_idle_worker(
     assert one.stats()["evictions"] == 2 and one.stats()["restarts"] == 0
 
 
+@pytest.mark.parametrize("b_idle_long", [False, True])
 def test_a_call_whose_code_has_a_busy_worker_waits_for_it_rather_than_evict_a_recent_one(
-    hostile: Callable[..., Sandbox],
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch, b_idle_long: bool,
 ) -> None:
     # two contracts endorsed concurrently on a full pool: a second call of a's, while a's one
     # worker was busy, replaced b's worker idle since a moment, and b's next call replaced
     # one of a's -- a process start (~0.1 s of CPU) at nearly every call (the e2e benchmark's
     # endorsing peer spent five times its CPU per tx). It waits for a's worker now; a code
-    # with no worker at all still evicts at once (test above).
+    # with no worker at all still evicts at once (test above). And b's worker idle longer than
+    # EVICT_IDLE_S (b_idle_long) is b's last: kept until idle RESERVE_IDLE_S -- it went to a,
+    # and b's next call took one of a's back at once whenever the mix of contracts shifted
+    # (10-12 replacements per e2e benchmark level over four peers).
+    if b_idle_long:
+        monkeypatch.setattr(runtime, "EVICT_IDLE_S", 0.0)
     sb = hostile("serves", workers=2)
     pid_a, _ = _served(sb, A)
     pid_b, _ = _served(sb, B)
     busy = sb._acquire(_code(sb, "a"), 5.0)  # a's worker, busy with another call
-    got: list[object] = []
-    waiter = _waiting_call(sb, A, got)
-    assert sb.stats()["evictions"] == 0
-    sb._release(busy)
-    waiter.join(10)
-    assert not waiter.is_alive() and got == [pid_a]
-    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_b]) and sb.stats()["evictions"] == 0
-
-
-def test_a_code_in_use_keeps_its_last_worker_when_another_code_has_a_busy_one(
-    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # a's second concurrent call replaced b's only worker once it was idle EVICT_IDLE_S, and
-    # b's next call, finding no worker, replaced one of a's at once: two process starts
-    # (~0.1 s of CPU each) whenever the mix of contracts shifted (10-12 per e2e benchmark
-    # level over four peers). A code's last worker is replaced only after RESERVE_IDLE_S.
-    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 0.0)  # b's worker is "idle long enough"
-    sb = hostile("serves", workers=2)
-    pid_a, _ = _served(sb, A)
-    pid_b, _ = _served(sb, B)
-    busy = sb._acquire(_code(sb, "a"), 5.0)
     got: list[object] = []
     waiter = _waiting_call(sb, A, got)  # checked to be waiting, not served by a replacement
     assert sb.stats()["evictions"] == 0
@@ -309,14 +294,14 @@ def test_a_code_in_use_keeps_its_last_worker_when_another_code_has_a_busy_one(
     waiter.join(10)
     assert not waiter.is_alive() and got == [pid_a]
     assert _served(sb, B)[0] == pid_b
-    assert sb.stats()["evictions"] == 0 and sorted(sb.worker_pids()) == sorted([pid_a, pid_b])
-    # once b's worker has been idle RESERVE_IDLE_S, it goes to a's second call as before
-    monkeypatch.setattr(runtime, "RESERVE_IDLE_S", 0.0)
-    busy = sb._acquire(_code(sb, "a"), 5.0)
-    pid_a2 = _served(sb, A)[0]
-    sb._release(busy)
-    assert pid_a2 not in (pid_a, pid_b) and sb.stats()["evictions"] == 1
-    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_a2])
+    assert sorted(sb.worker_pids()) == sorted([pid_a, pid_b]) and sb.stats()["evictions"] == 0
+    if b_idle_long:  # once b's worker has been idle RESERVE_IDLE_S, it goes to a's second call
+        monkeypatch.setattr(runtime, "RESERVE_IDLE_S", 0.0)
+        busy = sb._acquire(_code(sb, "a"), 5.0)
+        pid_a2 = _served(sb, A)[0]
+        sb._release(busy)
+        assert pid_a2 not in (pid_a, pid_b) and sb.stats()["evictions"] == 1
+        assert sorted(sb.worker_pids()) == sorted([pid_a, pid_a2])
 
 
 def test_a_code_with_a_busy_worker_takes_a_spare_worker_of_another_code(
