@@ -34,7 +34,7 @@ from cryptography import x509
 
 from node.crypto.tls import certificate_names, certificate_names_host
 from node.errors import RxError
-from node.stream_caps import ClusterCaps, StreamCaps
+from node.stream_caps import ClusterCaps, Recheck, StreamCaps
 from node.yamlfile import YamlFileError, load_yaml_file
 
 
@@ -85,10 +85,12 @@ class NodeConfig:
         """Threads of the gRPC server (``extra.grpc_workers``, default by kind)."""
         return int(self.extra.get("grpc_workers", DEFAULT_GRPC_WORKERS.get(self.kind, 64)))
 
-    def stream_caps(self, is_node: Callable[[bytes], bool] | None = None) -> StreamCaps:
+    def stream_caps(self, is_node: Callable[[bytes], bool] | None = None,
+                    recheck: Recheck | None = None) -> StreamCaps:
         """The caps on long-lived calls (:mod:`node.stream_caps`; ``is_node`` tells node
-        certificates, which have slots of their own)."""
-        return StreamCaps.from_extra(self.extra, self.grpc_workers, is_node)
+        certificates, which have slots of their own; ``recheck`` checks an open call's caller
+        again, ending the calls of those it refuses)."""
+        return StreamCaps.from_extra(self.extra, self.grpc_workers, is_node, recheck)
 
     def cluster_caps(self) -> ClusterCaps:
         """An orderer's caps on the other orderers' Cluster streams (:mod:`node.stream_caps`)."""

@@ -25,6 +25,17 @@ a Step stream, so a half-open connection lingers), dials again while its old str
 its slot, and refusing it would cut it off from Raft until the old one is noticed dead (as etcd's
 rafthttp attaches a peer's new stream in place of its old one).
 
+A slot remembers its call and its caller's TLS certificate. Given ``recheck`` (the node's
+``CallerCheck.check``: the MSP in force, the node's clock), a sweeper thread of the caps checks
+every open slot's caller again every ``SWEEP_S`` and at once when told the config in force changed
+(:meth:`StreamCaps.recheck_now`), and cancels the calls of the callers it refuses (revoked,
+expired, of an organisation removed: the MSP's reason; node certificates alike). The handlers
+only see their call end: one blocked reading its requests (Broadcast, BroadcastBatch,
+ProcessProposals, Transact) or waiting for a block or a commit (Deliver, PeerDeliver, Events,
+CommitStatus) while idle never checked its caller again, and held its gRPC worker and slot for as
+long as its connection lived. A cancelled call's client sees CANCELLED; the reason is logged
+(``stream_caller_refused``). The thread runs only while slots it may refuse are open.
+
 node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 
 ``max_streams``
@@ -60,21 +71,34 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+from rxchain.v1 import identity_pb2
 
+from node.crypto.tls import peer_identity
 from node.errors import RxError
 
 _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
+
+Recheck = Callable[[identity_pb2.Identity], object]
 
 
 class StreamSlot:
-    """One admitted call; :meth:`release` (idempotent) gives the slot back."""
+    """One admitted call; :meth:`release` (idempotent) gives the slot back. A slot admitted for
+    a call (:meth:`StreamCaps.admit`) remembers it and its caller's certificate (``caller``), for
+    the sweeper (module doc)."""
 
-    def __init__(self, caps: StreamCaps, key: bytes, node: bool = False) -> None:
+    def __init__(self, caps: StreamCaps, key: bytes, node: bool = False, what: str = "",
+                 context: grpc.ServicerContext | None = None,
+                 caller: identity_pb2.Identity | None = None) -> None:
         self._caps = caps
         self._key = key
         self._node = node
+        self.what = what
+        self.context = context
+        self.caller = caller
+        self.refused: RxError | None = None  # why the sweeper cancelled the call
         self._released = False
         self._lock = threading.Lock()
 
@@ -84,7 +108,22 @@ class StreamSlot:
             if self._released:
                 return
             self._released = True
-        self._caps._release(self._key, self._node)
+        self._caps._release(self)
+
+    def refuse(self, err: RxError) -> bool:
+        """Cancel the call (its caller is no longer admitted: ``err``), once; False if it was
+        released or refused already. Its handler then ends (its requests end, ``is_active``
+        turns False) and gRPC's termination callback gives the slot back."""
+        with self._lock:
+            if self._released or self.refused is not None or self.context is None:
+                return False
+            self.refused = err
+        org = self.caller.org if self.caller is not None else ""
+        _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r: the "
+                     "config in force no longer admits the caller of this open call; it is cancelled",
+                     self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message)
+        self.context.cancel()  # type: ignore[no-untyped-call]
+        return True
 
     def __enter__(self) -> StreamSlot:
         return self
@@ -99,8 +138,12 @@ class StreamCaps:
 
     def __init__(
         self, total: int, per_caller: int, nodes: int = 0, per_node: int | None = None,
-        is_node: Callable[[bytes], bool] | None = None,
+        is_node: Callable[[bytes], bool] | None = None, recheck: Recheck | None = None,
+        sweep_s: float = SWEEP_S,
     ) -> None:
+        """``recheck``: the node's check of a caller (``CallerCheck.check``: raises RxError with
+        status PERMISSION_DENIED for a caller the config in force refuses now); with it, the
+        open calls of refused callers are cancelled, checked every ``sweep_s`` (module doc)."""
         if total < 1 or not 1 <= per_caller <= total:
             raise RxError("BAD_CONFIG", f"stream caps need 1 <= max_streams_per_caller ({per_caller}) "
                                         f"<= max_streams ({total})")
@@ -114,19 +157,27 @@ class StreamCaps:
         self.nodes = nodes
         self.per_node = per_node
         self._is_node = is_node
+        self._recheck = recheck
+        self._sweep_s = sweep_s
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._held = 0
         self._clients = 0  # of _held, by client certificates
         self._by_caller: dict[bytes, int] = {}
+        self._open: dict[StreamSlot, None] = {}  # slots the sweeper checks, oldest first
+        self._sweeper: threading.Thread | None = None
+        self._poked = False
+        self._closed = False
 
     @classmethod
     def from_extra(
-        cls, extra: Mapping[str, Any], workers: int, is_node: Callable[[bytes], bool] | None = None
+        cls, extra: Mapping[str, Any], workers: int, is_node: Callable[[bytes], bool] | None = None,
+        recheck: Recheck | None = None,
     ) -> StreamCaps:
         """The caps of a node whose gRPC pool has ``workers`` threads, from node.yaml
         ``extra`` (``max_streams``, ``max_streams_per_caller``, ``max_node_streams``,
         ``max_streams_per_node``; see the module doc); ``is_node`` tells node certificates
-        (none: every caller is a client)."""
+        (none: every caller is a client); ``recheck`` checks the open calls' callers again."""
         if workers < 2:
             raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
         total = int(extra.get("max_streams", workers // 2))
@@ -146,7 +197,7 @@ class StreamCaps:
         if not 1 <= per_node <= total + nodes:
             raise RxError("BAD_CONFIG", f"extra.max_streams_per_node must be between 1 and max_streams + "
                                         f"max_node_streams ({total + nodes}), not {per_node}")
-        return cls(total, per_caller, nodes, per_node, is_node)
+        return cls(total, per_caller, nodes, per_node, is_node, recheck)
 
     @staticmethod
     def key_of(cert_der: bytes) -> bytes:
@@ -185,27 +236,111 @@ class StreamCaps:
                 self._clients += 1
             self._by_caller[key] = mine + 1
             self._held += 1
-        return StreamSlot(self, key, node)
+        return StreamSlot(self, key, node, what)
 
     def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str) -> StreamSlot:
         """:meth:`acquire` for the caller of ``context``; the slot is also released when the
-        RPC terminates (a response generator may be dropped without being closed)."""
+        RPC terminates (a response generator may be dropped without being closed). The caller
+        is checked again while it holds the slot (module doc) when its TLS certificate is
+        ``cert_der`` (none: only on an insecure test server)."""
         node = bool(cert_der) and self._is_node is not None and self._is_node(cert_der)
         slot = self.acquire(self.key_of(cert_der), what, node)
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
+            return slot
+        ident = peer_identity(context) if self._recheck is not None and cert_der else None
+        if ident is not None and ident.cert_der == cert_der:
+            self._track(slot, context, ident)
         return slot
 
-    def _release(self, key: bytes, node: bool) -> None:
+    def _track(self, slot: StreamSlot, context: grpc.ServicerContext, caller: identity_pb2.Identity) -> None:
+        """Have the sweeper check ``slot``'s caller while it is held (started if not running)."""
+        with slot._lock:
+            slot.context, slot.caller = context, caller
+            if slot._released:
+                return
+            with self._lock:
+                if self._closed:
+                    return
+                self._open[slot] = None
+                if self._sweeper is None:  # (it ends once no slot is left to check)
+                    self._sweeper = threading.Thread(target=self._sweep_loop, name="stream-sweeper", daemon=True)
+                    self._sweeper.start()
+
+    def recheck_now(self) -> None:
+        """Check the open calls' callers again now (call it when the config in force changed:
+        a certificate revoked or an organisation removed ends their streams at once)."""
+        with self._wake:
+            self._poked = True
+            self._wake.notify_all()
+
+    def close(self) -> None:
+        """Stop the sweeper (the node stops: its server cancels every call); no later slot is
+        checked again."""
+        with self._wake:
+            self._closed = True
+            self._open.clear()
+            self._wake.notify_all()
+
+    def sweep(self) -> int:
+        """Check every open slot's caller again with ``recheck`` and cancel the calls of those it
+        refuses (:meth:`StreamSlot.refuse`); how many were cancelled. One certificate is checked
+        once per sweep however many slots it holds. ``recheck`` failing otherwise than with
+        PERMISSION_DENIED (e.g. no config readable) cancels nothing."""
+        check = self._recheck
+        if check is None:
+            return 0
         with self._lock:
+            slots = [s for s in self._open if s.refused is None]
+        verdicts: dict[tuple[str, bytes], RxError | None] = {}
+        cancelled = 0
+        for slot in slots:
+            caller = slot.caller
+            if caller is None:  # (never tracked without one)
+                continue
+            key = (caller.org, caller.cert_der)
+            if key not in verdicts:
+                verdicts[key] = _refusal(check, caller)
+            err = verdicts[key]
+            if err is not None and slot.refuse(err):
+                cancelled += 1
+        return cancelled
+
+    def _sweep_loop(self) -> None:
+        """The sweeper: :meth:`sweep` every ``sweep_s`` or when poked, until no slot is open."""
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._sweep_s)
+                self._poked = False
+                if not self._open or self._closed:
+                    self._sweeper = None
+                    return
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - a bug must not stop the checks of later sweeps
+                _log.exception("event=stream_sweep_failed open=%d", len(self._open))
+
+    def _release(self, slot: StreamSlot) -> None:
+        with self._lock:
+            key = slot._key
             left = self._by_caller.get(key, 0) - 1
             if left > 0:
                 self._by_caller[key] = left
             else:
                 self._by_caller.pop(key, None)
             self._held = max(0, self._held - 1)
-            if not node:
+            if not slot._node:
                 self._clients = max(0, self._clients - 1)
+            self._open.pop(slot, None)
+
+
+def _refusal(check: Recheck, caller: identity_pb2.Identity) -> RxError | None:
+    """Why ``check`` refuses ``caller`` now (an RxError with status PERMISSION_DENIED), or None."""
+    try:
+        check(caller)
+    except RxError as err:
+        return err if err.grpc_code == grpc.StatusCode.PERMISSION_DENIED else None
+    return None
 
 
 class ClusterSlot:

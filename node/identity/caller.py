@@ -12,6 +12,9 @@ caller's certificate or removing its organisation, or the certificate's expiry, 
 stream with that reason at the next item, as it would refuse the stream opened then.
 Otherwise a member offboarded while following kept receiving every later block (every
 patient's pseudonyms, ciphertexts and wrapped keys) for as long as its connection lived.
+A call that does not wake (an idle stream, a follower waiting for a block not yet cut, a
+CommitStatus wait) is checked again by its stream slot's sweeper (node.stream_caps), with the
+node's :meth:`CallerCheck.check`, and cancelled.
 """
 
 from __future__ import annotations

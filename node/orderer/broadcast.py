@@ -566,7 +566,9 @@ def _held_stream(
     refuses (revoked, expired, of an organisation removed, whose CA the orderer's bundle may
     still hold) gets no slot -- PERMISSION_DENIED with the MSP's reason -- as on the peers'
     gateway: certificates minted at will by a removed organisation's CA held client slots up
-    to the total cap (TOO_MANY_STREAMS for every member's Broadcast)."""
+    to the total cap (TOO_MANY_STREAMS for every member's Broadcast). While the stream is open
+    the caps' sweeper checks its caller again and cancels it once refused (node.stream_caps):
+    the handler, blocked reading requests, never wakes to check it."""
     slot = None
     if streams is not None:
         ident = peer_identity(context)

@@ -684,8 +684,11 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         recent=RecentTxIndex(blocks, chain.leader_id), message_bound=send_bound,
     )
     grpc_workers = config.grpc_workers
-    # on Deliver and Broadcast streams, the peers' and orderers' beyond the clients' (node.stream_caps)
-    streams = config.stream_caps(node_certificates(tracker.msp, wall_ms))
+    check_caller = CallerCheck(tracker.msp, wall_ms)
+    # on Deliver and Broadcast streams, the peers' and orderers' beyond the clients'; an open
+    # one's caller is checked again, at once when a config is adopted (node.stream_caps)
+    streams = config.stream_caps(node_certificates(tracker.msp, wall_ms), check_caller.check)
+    tracker.subscribe(lambda _cfg: streams.recheck_now())
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
                              release_told=peer_release_intake(lambda: tracker.current.config, releases))
     # one count of each non-member caller's refusals, whichever Cluster stream it opens
@@ -708,7 +711,6 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         ],
         interceptors=[ParseGuard()],  # unparseable requests: BAD_REQUEST, not a bare INTERNAL
     )
-    check_caller = CallerCheck(tracker.msp, wall_ms)
     server.add_generic_rpc_handlers(
         [
             _broadcast_handler(broadcast, deliver, streams, check_caller), cluster.handler(), cluster.batch_handler(),

@@ -207,9 +207,11 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     grpc_workers = config.grpc_workers
     # Long-lived calls (Events, PeerDeliver.Deliver, CommitStatus waits) share these caps, the
     # other peers' beyond the clients'; the rest of the pool stays free for unary and
-    # endorsement calls (node.stream_caps).
-    streams = config.stream_caps(node_certificates(lambda: configs.current().msp, wall_ms))
+    # endorsement calls. An open one's caller is checked again, at once when a config block
+    # commits (node.stream_caps).
     check_caller = CallerCheck(lambda: configs.current().msp, wall_ms)
+    streams = config.stream_caps(node_certificates(lambda: configs.current().msp, wall_ms), check_caller.check)
+    committer.add_listener(lambda c: streams.recheck_now() if c.validated.new_config is not None else None)
     gateway = GatewayService(GatewayDeps(
         org=config.org, endorser=endorser, ledger=ledger, configs=configs, policies=policies,
         notifier=notifier, remotes=RemoteEndorsers(config.peers, channel, message_bound=batch_bound),

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -250,6 +250,74 @@ def test_clients_filling_a_peers_caps_leave_peerdeliver_to_another_orgs_peer(net
             ch.close()
         server.stop(0)
         blocks.close()
+
+
+# ------------------------------------------------------------------ callers checked again
+
+
+class _CallOf:
+    """A servicer context of a caller presenting the TLS certificate ``pem`` (none: an insecure
+    test server's): cancel ends the call, its callbacks run (as gRPC's do)."""
+
+    def __init__(self, pem: bytes | None) -> None:
+        self.pem = pem
+        self.callbacks: list[Callable[[], None]] = []
+        self.cancelled = 0
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self.pem]} if self.pem is not None else {}
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+        for callback in self.callbacks:
+            callback()
+
+
+def test_a_sweep_cancels_the_calls_of_callers_no_longer_admitted_once(net: Any) -> None:
+    """The sweep asks once per certificate however many calls it holds, cancels (once) each
+    call of a certificate refused PERMISSION_DENIED -- node certificates alike -- and their
+    slots come back through the calls' end; a check failing otherwise (no config readable)
+    cancels nothing, and a call without a certificate is never checked."""
+    pems = {"dr": _client_files(net, "h01", "dr")[0].read_bytes(),
+            "clerk": _client_files(net, "ins01", "clerk")[0].read_bytes(),
+            "peer": _node_files(net, "peer.h01")[0].read_bytes()}
+    ders = {who: pem_to_der(pem) for who, pem in pems.items()}
+    refused: set[bytes] = set()
+    failing = [False]
+    asked: list[str] = []
+
+    def recheck(ident: Any) -> None:
+        asked.append(next(w for w, d in ders.items() if d == ident.cert_der))
+        if failing[0]:
+            raise RxError("SERVICE_UNAVAILABLE", "the peer has not committed the genesis block")
+        if ident.cert_der in refused:
+            raise RxError("REVOKED_CERT", "revoked", grpc.StatusCode.PERMISSION_DENIED)
+
+    caps = StreamCaps(total=4, per_caller=4, nodes=2, per_node=2, is_node={ders["peer"]}.__contains__,
+                      recheck=recheck, sweep_s=60)
+    try:
+        calls = [_CallOf(pems[w]) for w in ("dr", "dr", "clerk", "peer")]
+        for call, who in zip(calls, ("dr", "dr", "clerk", "peer"), strict=True):
+            caps.admit(cast(Any, call), ders[who], "x")
+        anonymous = _CallOf(None)
+        caps.admit(cast(Any, anonymous), b"", "x")
+        assert caps.held() == 5
+        assert caps.sweep() == 0 and sorted(asked) == ["clerk", "dr", "peer"]
+        refused.update({ders["dr"], ders["peer"]})
+        failing[0] = True
+        assert caps.sweep() == 0 and [c.cancelled for c in calls] == [0, 0, 0, 0]
+        failing[0] = False
+        assert caps.sweep() == 3
+        assert [c.cancelled for c in calls] == [1, 1, 0, 1] and anonymous.cancelled == 0
+        assert caps.held() == 2 and caps.held(caps.key_of(ders["clerk"])) == 1
+        asked.clear()
+        assert caps.sweep() == 0 and asked == ["clerk"]  # the cancelled calls are gone
+    finally:
+        caps.close()
 
 
 # ------------------------------------------------------------------ Cluster streams
