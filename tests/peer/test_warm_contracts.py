@@ -7,6 +7,7 @@ contract's first call after a restart paid its compile."""
 
 from __future__ import annotations
 
+import pytest
 from rxchain.v1 import transaction_pb2
 
 from node.crypto.signing import Verifier
@@ -14,7 +15,7 @@ from node.peer.config_view import ConfigView
 from node.peer.endorser import Endorser
 from node.peer.lifecycle import Lifecycle, package_hash
 from node.peer.server import _warm_contracts
-from node.sandbox.runtime import Sandbox
+from node.sandbox.runtime import ContractRejected, Sandbox
 from tests.peer.conftest import COUNTER_ACCESS, COUNTER_SOURCE, Cluster
 
 OTHER_SOURCE = COUNTER_SOURCE + "\n# another contract's code\n"
@@ -49,5 +50,36 @@ def test_each_committed_contract_gets_a_worker_and_one_stays_free(deployed: Clus
         # served by the warmed workers: no process started or replaced
         assert sandbox.worker_pids() == before
         assert sandbox.stats()["evictions"] == 0 and sandbox.stats()["restarts"] == 0
+    finally:
+        sandbox.close()
+
+
+def test_a_contract_that_fails_to_warm_does_not_stop_the_others(
+    deployed: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first contract in name order failing to compile (a source this release's checker
+    rejects, or its worker dying) is skipped: the ones after it are still warmed (the whole
+    warm-up stopped at the first failure, and every later contract's first call paid its
+    compile and took a fresh worker)."""
+    cluster = deployed
+    d = cluster.deploy("tally", OTHER_SOURCE, "OutOf(2, h01.peer, p01.peer, ins01.peer)",
+                       COUNTER_ACCESS)
+    assert cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)[1] == \
+        transaction_pb2.VALID
+    peer = cluster.peers[0]
+    sandbox = Sandbox(workers=3)
+    try:
+        endorser = Endorser(peer.ledger, ConfigView(peer.ledger.state, Verifier()),
+                            cluster.net.peers[peer.org], sandbox, Lifecycle(), lambda: peer.clock[0])
+        warm = sandbox.warm
+
+        def rejecting(code_hash: str, source: str, contract: str) -> int:
+            if contract == "counter":
+                raise ContractRejected(1, "rejected by this release's checker")
+            return warm(code_hash, source, contract)
+
+        monkeypatch.setattr(sandbox, "warm", rejecting)
+        _warm_contracts("peer.h01", endorser, sandbox)
+        assert sorted(code[0] for code in sandbox._idle) == ["tally"]
     finally:
         sandbox.close()
