@@ -7,10 +7,13 @@ contract's first call after a restart paid its compile."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rxchain.v1 import transaction_pb2
 
 from node.crypto.signing import Verifier
+from node.errors import RxError
 from node.peer.config_view import ConfigView
 from node.peer.endorser import Endorser
 from node.peer.lifecycle import Lifecycle, package_hash
@@ -83,3 +86,29 @@ def test_a_contract_that_fails_to_warm_does_not_stop_the_others(
         assert sorted(code[0] for code in sandbox._idle) == ["tally"]
     finally:
         sandbox.close()
+
+
+def test_committed_sources_take_the_next_contract_and_none_for_no_room(
+    deployed: Cluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A contract whose source does not verify leaves its place to the next one (the limit
+    counted the definitions read, so it cost a warmed worker), and a pool of one worker
+    warms none: the range's limit 0 read every definition, and the one worker to keep free
+    was taken for the first contract."""
+    cluster = deployed
+    d = cluster.deploy("tally", OTHER_SOURCE, "OutOf(2, h01.peer, p01.peer, ins01.peer)",
+                       COUNTER_ACCESS)
+    assert cluster.transact(cluster.net.admins["ins01"], "_lifecycle", "commit", d)[1] == \
+        transaction_pb2.VALID
+    endorser = cluster.peers[0].endorser
+    assert endorser.committed_sources(0) == []
+    verified = endorser._verified_source
+
+    def corrupt_counter(snap: Any, name: str, version: str, code_hash: str) -> str:
+        if name == "counter":
+            raise RxError("CODE_HASH_MISMATCH", "the stored source of 'counter' does not hash")
+        return verified(snap, name, version, code_hash)
+
+    monkeypatch.setattr(endorser, "_verified_source", corrupt_counter)
+    assert [n for n, _, _ in endorser.committed_sources(1)] == ["tally"]
+    assert [n for n, _, _ in endorser.committed_sources(5)] == ["tally"]
