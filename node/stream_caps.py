@@ -286,7 +286,8 @@ class StreamCaps:
         """Check every open slot's caller again with ``recheck`` and cancel the calls of those it
         refuses (:meth:`StreamSlot.refuse`); how many were cancelled. One certificate is checked
         once per sweep however many slots it holds. ``recheck`` failing otherwise than with
-        PERMISSION_DENIED (e.g. no config readable) cancels nothing."""
+        PERMISSION_DENIED (e.g. no config readable), or raising another exception than RxError
+        (a bug; logged), cancels nothing of that caller's and the sweep goes on with the next."""
         check = self._recheck
         if check is None:
             return 0
@@ -294,16 +295,25 @@ class StreamCaps:
             slots = [s for s in self._open if s.refused is None]
         verdicts: dict[tuple[str, bytes], RxError | None] = {}
         cancelled = 0
+        crashed: list[BaseException] = []
         for slot in slots:
             caller = slot.caller
             if caller is None:  # (never tracked without one)
                 continue
             key = (caller.org, caller.cert_der)
             if key not in verdicts:
-                verdicts[key] = _refusal(check, caller)
+                try:
+                    verdicts[key] = _refusal(check, caller)
+                except Exception as exc:  # noqa: BLE001 - one caller's check must not stop the others'
+                    # (it ended the sweep there, every sweep: the callers after it went unchecked)
+                    verdicts[key] = None
+                    crashed.append(exc)
             err = verdicts[key]
             if err is not None and slot.refuse(err):
                 cancelled += 1
+        if crashed:  # one line a sweep, however many callers
+            _log.error("event=stream_recheck_failed callers=%d error=%r: their open calls could not be "
+                       "checked again and are left open", len(crashed), crashed[0], exc_info=crashed[0])
         return cancelled
 
     def _sweep_loop(self) -> None:

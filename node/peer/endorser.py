@@ -320,17 +320,28 @@ class Endorser:
     def committed_sources(self, limit: int) -> list[tuple[str, str, str]]:
         """(name, code hash, verified source) of up to ``limit`` committed contracts, in name
         order, to compile them before their first call; one whose stored source does not
-        verify is left out (its calls fail as they would have)."""
+        verify is left out (its calls fail as they would have) and the next one taken. None
+        for a ``limit`` below 1 (a range's limit 0 is no limit: a pool of one worker had it
+        taken for the first contract, the one worker to keep free)."""
         out: list[tuple[str, str, str]] = []
+        if limit < 1:
+            return out
         prefix = definition_key("")
+        end = prefix[:-1] + "0"
         with self._ledger.snapshot() as snap:
-            for _key, record in snap.range(LIFECYCLE_NS, prefix, prefix[:-1] + "0", limit):
-                try:
-                    d = ContractDefinition.from_json(record.value)
-                    out.append((d.name, d.code_hash,
-                                self._verified_source(snap, d.name, d.version, d.code_hash)))
-                except (RxError, ValueError, KeyError, TypeError):
-                    continue
+            page = snap.range(LIFECYCLE_NS, prefix, end, limit)
+            while page:
+                for _key, record in page:
+                    try:
+                        d = ContractDefinition.from_json(record.value)
+                        out.append((d.name, d.code_hash,
+                                    self._verified_source(snap, d.name, d.version, d.code_hash)))
+                    except (RxError, ValueError, KeyError, TypeError):
+                        continue
+                    if len(out) == limit:
+                        return out
+                # the next definitions after the last read ("\0" sorts below any name character)
+                page = snap.range(LIFECYCLE_NS, page[-1][0] + "\0", end, limit)
         return out
 
     # ------------------------------------------------------------------ endorse

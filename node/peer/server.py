@@ -292,9 +292,16 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
 def _warm_contracts(name: str, endorser: Endorser, sandbox: Sandbox) -> None:
     """Compile the committed contracts in idle workers, one each, keeping one worker free:
     their first calls after a start do not pay the compile, nor replace a worker that the
-    first burst of another contract's calls took (warm never replaces a worker)."""
+    first burst of another contract's calls took (warm never replaces a worker). One that
+    fails (a source this release's checker rejects, a worker that died compiling it) is
+    logged and skipped: the contracts after it in name order are still warmed."""
     try:
-        for contract, code_hash, source in endorser.committed_sources(sandbox.size - 1):
-            sandbox.warm(code_hash, source, contract)
-    except (RxError, SandboxError, ContractRejected, OSError) as exc:  # calls compile the rest
+        sources = endorser.committed_sources(sandbox.size - 1)
+    except (RxError, OSError) as exc:  # calls compile them all
         _log.warning("event=sandbox_warm_failed node=%s error=%r", name, str(exc))
+        return
+    for contract, code_hash, source in sources:
+        try:
+            sandbox.warm(code_hash, source, contract)
+        except (RxError, SandboxError, ContractRejected, OSError) as exc:  # its calls compile it
+            _log.warning("event=sandbox_warm_failed node=%s contract=%s error=%r", name, contract, str(exc))

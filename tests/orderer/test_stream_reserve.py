@@ -8,6 +8,7 @@ streams without end took every gRPC worker of the others."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -316,6 +317,35 @@ def test_a_sweep_cancels_the_calls_of_callers_no_longer_admitted_once(net: Any) 
         assert caps.held() == 2 and caps.held(caps.key_of(ders["clerk"])) == 1
         asked.clear()
         assert caps.sweep() == 0 and asked == ["clerk"]  # the cancelled calls are gone
+    finally:
+        caps.close()
+
+
+def test_a_check_that_crashes_for_one_caller_does_not_stop_the_sweep(
+    net: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A caller whose check raises something else than RxError (a bug) keeps its calls and is
+    logged; the callers after it in the sweep are still checked and cancelled -- the exception
+    ended the sweep there, every sweep, so a revoked caller whose call opened later kept it
+    for as long as its connection lived."""
+    pems = {"dr": _client_files(net, "h01", "dr")[0].read_bytes(),
+            "clerk": _client_files(net, "ins01", "clerk")[0].read_bytes()}
+    ders = {who: pem_to_der(pem) for who, pem in pems.items()}
+
+    def recheck(ident: Any) -> None:
+        if ident.cert_der == ders["dr"]:
+            raise KeyError("a bug in the check of this certificate")
+        raise RxError("REVOKED_CERT", "revoked", grpc.StatusCode.PERMISSION_DENIED)
+
+    caps = StreamCaps(total=4, per_caller=4, recheck=recheck, sweep_s=60)
+    try:
+        calls = [_CallOf(pems["dr"]), _CallOf(pems["clerk"])]  # the crashing caller's opened first
+        for call, who in zip(calls, ("dr", "clerk"), strict=True):
+            caps.admit(cast(Any, call), ders[who], "x")
+        with caplog.at_level(logging.ERROR, logger="node.stream_caps"):
+            assert caps.sweep() == 1
+        assert [c.cancelled for c in calls] == [0, 1] and caps.held() == 1
+        assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["event=stream_recheck_failed"]
     finally:
         caps.close()
 

@@ -27,7 +27,7 @@ from node.peer.notifier import CommitNotifier
 from node.peer.policy_provider import LifecyclePolicies
 from node.protocol import MEMBERSHIP_VERSION
 from tests.peer.conftest import COUNTER_ACCESS, COUNTER_SOURCE, Cluster, Peer
-from tests.peer.kit import make_block
+from tests.peer.kit import envelope, make_block
 
 ORGS = ["h01", "p01", "ins01", "reg01"]
 
@@ -571,3 +571,43 @@ def test_transient_inputs_without_endorsers_are_endorsed_locally_when_that_satis
     payload = resp.prepared_transaction
     env = transaction_pb2.Envelope(payload=payload, signature=cluster.net.doctor.sign(Purpose.ENVELOPE, payload))
     assert cluster.commit([env.SerializeToString()])[0].metadata.validation_codes[0] == transaction_pb2.VALID
+
+
+class AdminSignedRemotes(LocalRemotes):
+    """Remotes whose peers sign their endorsements with their organisation's admin
+    certificate (a peer operated with a signing identity of another role)."""
+
+    def __init__(self, peers: dict[str, Peer], admins: dict[str, Any]) -> None:
+        super().__init__(peers)
+        self.admins = admins
+
+    def endorse(self, org: str, signed: transaction_pb2.SignedProposal) -> transaction_pb2.ProposalResponse:
+        resp = super().endorse(org, signed)
+        admin = self.admins[org]
+        resp.endorsement.endorser.CopyFrom(admin.identity)
+        resp.endorsement.signature = admin.sign(Purpose.ENDORSEMENT, resp.payload)
+        return resp
+
+
+def test_named_endorsers_are_judged_by_their_certificates_roles(deployed: Cluster, pool) -> None:
+    """The named organisations' endorsements are evaluated as the validator evaluates them,
+    with the roles their certificates carry: a named peer signing with its organisation's
+    admin certificate (a misconfigured signing identity) counted as a peer here, so the
+    transaction was prepared, ordered and committed ENDORSEMENT_POLICY_FAILURE."""
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "a", "value": 1},
+                                   timestamp_ms=deployed.now())
+    remotes = AdminSignedRemotes({"p01": deployed.peers[1]}, deployed.net.admins)
+    deps, _ = deps_for(deployed, remotes)
+    with pytest.raises(RxError) as err:
+        endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["p01"]), pool)
+    assert err.value.reason == "ENDORSEMENT_POLICY_FAILURE" and "['h01', 'p01']" in err.value.message
+    # what the validator makes of those endorsements: the policy (OutOf(2, *.peer)) fails
+    responses = [deployed.peers[0].endorser.endorse(signed), remotes.endorse("p01", signed)]
+    block = deployed.commit([envelope(deployed.net.doctor, signed, responses)])[0]
+    assert block.metadata.validation_codes[0] == transaction_pb2.ENDORSEMENT_POLICY_FAILURE
+    # the same organisations' peers signing as peers are prepared
+    signed = deployed.kit.proposal(deployed.net.doctor, "counter", "put", {"key": "b", "value": 1},
+                                   timestamp_ms=deployed.now())
+    deps, _ = deps_for(deployed, LocalRemotes({"p01": deployed.peers[1]}))
+    resp = endorse(deps, services_pb2.EndorseRequest(proposal=signed, endorsing_orgs=["p01"]), pool)
+    assert len(transaction_pb2.Transaction.FromString(resp.prepared_transaction).endorsements) == 2

@@ -28,6 +28,7 @@ block stream ends at the update), so it would go on endorsing.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 
 from rxchain.v1 import services_pb2, transaction_pb2
 
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError
 from node.identity.policy import Policy, shown
 from node.peer.gateway.deps import GatewayDeps
@@ -186,7 +188,10 @@ def _endorse_once(
             break
         spare = [o for o in spare if o not in more]
         batch = more
-    satisfied = definition.policy.evaluate((o, _PEER_ROLE) for o in responses)
+    # the endorsements' own principals, as the validator counts them: a peer may sign with a
+    # certificate of another role (a policy naming 'org.admin'), and one named for such a
+    # policy was refused here though its transaction commits valid
+    satisfied = definition.policy.evaluate(_endorsers(responses))
     if not satisfied and not request.endorsing_orgs:
         raise RxError(
             "ENDORSEMENT_MISMATCH" if divergent else "ENDORSEMENT_POLICY_FAILURE",
@@ -201,6 +206,28 @@ def _endorse_once(
             f"do not satisfy {shown(definition.policy.text)}; name organisations that do",
         )
     return _prepared(proposal, header, local, responses)
+
+
+def _endorsers(responses: dict[str, transaction_pb2.ProposalResponse]) -> list[tuple[str, str]]:
+    """(org, role) of each endorsement of ``responses`` as its certificate names them (what
+    the validator evaluates the policy over); one whose certificate does not parse counts as
+    the peer of the organisation that answered (the validator refuses it anyway)."""
+    out = []
+    for org, resp in responses.items():
+        ident = resp.endorsement.endorser
+        role = _role_of(ident.cert_der)
+        out.append((ident.org, role) if role else (org, _PEER_ROLE))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _role_of(cert_der: bytes) -> str:
+    """The role a certificate names ("" for one that does not parse: any exception, as a
+    remote's certificate may be crafted); cached: the same few peers endorse every call."""
+    try:
+        return cert_info_der(cert_der).role
+    except Exception:  # noqa: BLE001 - lazy parsing raises more than ValueError
+        return ""
 
 
 def _prepared(
