@@ -135,18 +135,9 @@ def test_a_following_stream_ends_at_the_update_that_revokes_its_caller_or_remove
     assert ctx.trailers.get(REASON_METADATA_KEY) == reason
 
 
-@pytest.mark.parametrize("call", ["Gateway.Transact", "Gateway.TransactBatch", "Endorser.ProcessProposals"])
-@pytest.mark.parametrize("change", ["revoke", "remove_org"])
-def test_a_certificate_the_config_refuses_gets_no_stream_slot(
-    peer: Peer, net: Net, call: str, change: str
-) -> None:
-    """Transact, TransactBatch and ProcessProposals streams hold a gRPC worker and a reader
-    thread from the start and are capped per TLS certificate; the requests they carry are
-    checked one by one. A certificate the config in force refuses -- revoked, or of an
-    organisation removed (its CA may stay in the node's bundle and pass the handshake) --
-    now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched. Before the
-    fix it was admitted, and with certificates minted at will by a removed organisation's CA
-    could hold slots up to the total cap (TOO_MANY_STREAMS for every member)."""
+def _refused_caller(peer: Peer, net: Net, change: str) -> tuple[Any, str]:
+    """Commit a config update refusing a caller -- the doctor's certificate revoked ("revoke"),
+    or the pharmacist's organisation p01 removed -- and return that caller and the MSP's reason."""
     caller = net.doctor if change == "revoke" else net.pharmacist
     new = next_config(peer)
     if change == "revoke":
@@ -162,6 +153,22 @@ def test_a_certificate_the_config_refuses_gets_no_stream_slot(
         reason = "UNKNOWN_ORG"
     _, update = config_block(peer, net, new)
     assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    return caller, reason
+
+
+@pytest.mark.parametrize("call", ["Gateway.Transact", "Gateway.TransactBatch", "Endorser.ProcessProposals"])
+@pytest.mark.parametrize("change", ["revoke", "remove_org"])
+def test_a_certificate_the_config_refuses_gets_no_stream_slot(
+    peer: Peer, net: Net, call: str, change: str
+) -> None:
+    """Transact, TransactBatch and ProcessProposals streams hold a gRPC worker and a reader
+    thread from the start and are capped per TLS certificate; the requests they carry are
+    checked one by one. A certificate the config in force refuses -- revoked, or of an
+    organisation removed (its CA may stay in the node's bundle and pass the handshake) --
+    now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched. Before the
+    fix it was admitted, and with certificates minted at will by a removed organisation's CA
+    could hold slots up to the total cap (TOO_MANY_STREAMS for every member)."""
+    caller, reason = _refused_caller(peer, net, change)
     configs = ConfigView(peer.ledger.state, Verifier())
     caps = StreamCaps(total=4, per_caller=4)
     ctx = _Ctx(caller.cert_der)
@@ -255,21 +262,7 @@ def test_a_certificate_the_config_refuses_gets_no_broadcast_slot(peer: Peer, net
     minted at will by a removed organisation's CA the orderer's bundle still holds, took client
     slots up to the total cap (TOO_MANY_STREAMS for every member's Broadcast). Such a
     certificate now gets no slot: PERMISSION_DENIED with the MSP's reason, the caps untouched."""
-    caller = net.doctor if change == "revoke" else net.pharmacist
-    new = next_config(peer)
-    if change == "revoke":
-        org = next(o for o in new.organizations if o.id == "h01")
-        org.revoked_serials.append(cert_info_der(caller.cert_der).serial_hex)
-        reason = "REVOKED_CERT"
-    else:
-        orgs = [o for o in new.organizations if o.id != "p01"]
-        peers = [p for p in new.peers if p.org != "p01"]
-        del new.organizations[:], new.peers[:]
-        new.organizations.extend(orgs)
-        new.peers.extend(peers)
-        reason = "UNKNOWN_ORG"
-    _, update = config_block(peer, net, new)
-    assert list(peer.committer.commit_block(update).validated.codes) == [tx_pb.VALID]
+    caller, reason = _refused_caller(peer, net, change)
     configs = ConfigView(peer.ledger.state, Verifier())
     caps = StreamCaps(total=4, per_caller=4)
     ctx = _Ctx(caller.cert_der)
