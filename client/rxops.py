@@ -352,7 +352,7 @@ class RxOperations:
         routed pharmacy makes no key on a re-route: routed as before. The readers or the note
         keys changed between the key fetch and the route (BAD_ARGUMENTS naming ``note_keys``,
         nothing written): fetched and sent once more."""
-        for attempt in range(2):
+        def build() -> tuple[dict[str, Any], str]:
             opened = self._get_key(rx_id)
             args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy, **self._keys_for(opened, pharmacy)}
             skipped = ""
@@ -363,10 +363,23 @@ class RxOperations:
                 keys, skipped = self._new_note_key(opened, list(dict.fromkeys([*left, pharmacy])))
                 if keys is not None:
                     args["new_note_keys"] = keys
-            try:  # (a patient routing: her binding goes with it, to the record's parties)
-                out = _written(self.s.gateway.submit(RX, "route", args, endorsing_orgs=self._own_endorsers(rx_id)))
+            return args, skipped
+
+        return self._submit_rewrapped(rx_id, "route", build)
+
+    def _submit_rewrapped(self, rx_id: str, fn: str, build: Callable[[], tuple[dict[str, Any], str]],
+                          keyed: str | None = None) -> dict[str, Any]:
+        """Submit ``fn`` with the arguments ``build()`` makes from a fresh key fetch (and why no
+        note key was made, "" if one was: the answer's ``note_key_skipped``), naming the record's
+        parties as endorsers for a patient's session. When the readers or the note keys moved
+        between the key fetch and the submit (:func:`_readers_moved`, nothing written) and the
+        arguments carried ``keyed`` (None: whatever they carried), fetched, built and sent once more."""
+        for attempt in range(2):
+            args, skipped = build()
+            try:  # (a patient's call: her binding goes with it, to the record's parties)
+                out = _written(self.s.gateway.submit(RX, fn, args, endorsing_orgs=self._own_endorsers(rx_id)))
             except RxClientError as exc:
-                if not _readers_moved(exc) or attempt == 1:
+                if not _readers_moved(exc) or (keyed is not None and keyed not in args) or attempt == 1:
                     raise
                 continue
             if skipped:
@@ -732,7 +745,7 @@ class RxOperations:
         The readers or the note keys changed between the key fetch and the withdrawal (a
         route, another consent: BAD_ARGUMENTS naming ``note_keys``, or NOTE_KEY_STALE: a
         re-route made a key; nothing written): fetched and sent once more."""
-        for attempt in range(2):
+        def build() -> tuple[dict[str, Any], str]:
             args: dict[str, Any] = {"rx_id": rx_id, "org": org}
             opened = self._get_key(rx_id)
             skipped = ""
@@ -742,17 +755,9 @@ class RxOperations:
                     args["note_keys"] = keys
                     if opened.routed is not None:  # (a contract naming no routed pharmacy takes no number)
                         args["note_epoch"] = opened.note_epoch + 1
-            try:
-                out = _written(self.s.gateway.submit(RX, "revoke_consent", args,
-                                                     endorsing_orgs=self._own_endorsers(rx_id)))
-            except RxClientError as exc:
-                if not _readers_moved(exc) or "note_keys" not in args or attempt == 1:
-                    raise
-                continue
-            if skipped:
-                out["note_key_skipped"] = skipped
-            return out
-        raise AssertionError("unreachable: the second attempt returns or raises")
+            return args, skipped
+
+        return self._submit_rewrapped(rx_id, "revoke_consent", build, "note_keys")
 
     # ------------------------------------------------------------ claims, patients
     def _claim_grant(self, rx_id: str) -> OpenedRecord:
