@@ -47,6 +47,9 @@ REGISTRY = "registry"
 MAX_PAGES = 1000  # pages of a paged view read by one trace or audit (up to 1000 entries each)
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 ISSUE_ID_ATTEMPTS = 3  # fresh prescription numbers an issue without rx_id tries (see issue)
+# who opens a record key to re-wrap it (route): the patient, and the roles the prescription
+# contract's get_key gives an organisation's hospital, pharmacy or consent grant to
+REWRAP_ROLES = ("patient", "doctor", "pharmacist")
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,20 @@ class RxOperations:
         in ``note_key_skipped``, as a withdrawal does. A contract whose ``get_key`` names no
         routed pharmacy makes no key on a re-route: routed as before. The readers or the note
         keys changed between the key fetch and the route (BAD_ARGUMENTS naming ``note_keys``,
-        nothing written): fetched and sent once more."""
+        nothing written): fetched and sent once more.
+
+        Only a caller that opens the record key can wrap it for the new pharmacy: the patient, a
+        doctor or pharmacist (the contract's ``get_key`` gives an organisation's grant to these
+        roles only). Any other role -- a hospital admin, whom the contract lets route but who
+        reads no prescription -- is refused WRONG_ROLE before anything is submitted (its key
+        fetch would commit an audited denial, and no key could reach the pharmacy)."""
+        role = self.s.identity.role
+        if role not in REWRAP_ROLES:
+            raise RxClientError("WRONG_ROLE", f"a route re-wraps the record key (and the note keys) for the new "
+                                f"pharmacy, which a {role} cannot open (the contract gives an organisation's key "
+                                f"grant to doctors and pharmacists only): route {rx_id} as a doctor or pharmacist "
+                                f"of the issuing hospital, or as the patient; nothing was submitted")
+
         def build() -> tuple[dict[str, Any], str]:
             opened = self._get_key(rx_id)
             args: dict[str, Any] = {"rx_id": rx_id, "pharmacy": pharmacy, **self._keys_for(opened, pharmacy)}

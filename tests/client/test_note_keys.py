@@ -21,7 +21,7 @@ from client.patients import PatientDirectory, patient_from_yaml
 from client.rxops import RxOperations
 from node.sandbox import canonical
 from tests.client.contractgw import ContractGateway
-from tests.contracts.chain import Who
+from tests.contracts.chain import Who, who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import CHEN, HE, JIANG, WANG, ZHOU, issue
 from tests.contracts.rxclient import CONSORTIUM_SECRET, World, trace_key
@@ -410,3 +410,16 @@ def test_a_withdrawal_past_the_last_note_key_still_withdraws(world: World) -> No
     assert out["granted"] is False and out["note_key_skipped"].startswith("NOTE_KEYS_EXHAUSTED")
     assert _state(world, f"grant/{rx}/h02") is None
     assert _state(world, "rx/" + rx)["note_epoch"] == 64
+
+
+def test_a_hospital_admin_route_is_refused_before_anything_is_sent(world: World) -> None:  # noqa: F811
+    """The contract lets the issuing hospital's admin route, but gives it no key grant, so its
+    client cannot wrap the record key for the new pharmacy: refused WRONG_ROLE with nothing
+    submitted (it submitted a key fetch, committing an audited denial, and failed NO_KEY_GRANT)."""
+    rx = _issued(world)
+    admin, gw = _ops(world, who("h01:admin:admin"), "h01")
+    with pytest.raises(RxClientError) as e:
+        admin.route(rx, "p02")
+    assert e.value.reason == "WRONG_ROLE" and "doctor or pharmacist" in e.value.message
+    assert gw.calls == []
+    assert _ops(world, JIANG, "h01")[0].show(rx)["pharmacy"] == "p01"
