@@ -77,3 +77,13 @@ class NoKeyGrant(RxClientError):
 
     def __init__(self, message: str = "no key grant for this record"):
         super().__init__("NO_KEY_GRANT", message)
+
+
+class KeyNotHeld(NoKeyGrant):
+    """The caller holds a key grant, but its wrapped key opens with none of the caller's keys
+    (KEY_NOT_HELD): a grant wrapped for an organisation's earlier records certificate, opened
+    by a wallet that keeps only the current records key (client.wallet: previous-records-keys/),
+    or a writer's bad wrap. A NoKeyGrant for callers that only tell readable from not."""
+
+    def __init__(self, message: str):
+        RxClientError.__init__(self, "KEY_NOT_HELD", message)

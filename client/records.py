@@ -48,7 +48,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from client.errors import NoKeyGrant, RxClientError
+from client.errors import KeyNotHeld, NoKeyGrant, RxClientError
 from node.crypto import aead
 from node.crypto.canonical import canonical_json
 from node.crypto.hashing import patient_binding_hex
@@ -247,8 +247,9 @@ class OpenedRecord:
 def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey]) -> OpenedRecord:
     """Decrypt the answer of ``prescription.get_key`` with one of the caller's keys.
 
-    Raises :class:`NoKeyGrant` when the ledger refused the key or none of ``keys`` unwraps
-    it, and HASH_MISMATCH when the plaintext does not match the on-ledger commitment.
+    Raises :class:`NoKeyGrant` when the ledger refused the key, :class:`KeyNotHeld` (a
+    NoKeyGrant, reason KEY_NOT_HELD) when none of ``keys`` unwraps it (each is tried: the
+    wrapping does not name its key), and HASH_MISMATCH when the plaintext does not match the on-ledger commitment.
     """
     if "error" in grant:
         raise NoKeyGrant(str(grant.get("message", "no key grant")))
@@ -258,17 +259,15 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
     rx_id = str(grant["rx_id"])
     kind = CLAIM if grant.get("kind") == "insurer" else CONTENT
     party = str(grant.get("party", ""))
-    wrapped = unb64(str(grant["wrapped_key"]))
-    record_key = opener = None
-    for k in keys:
-        try:
-            record_key, opener = aead.unwrap_key(k, wrapped, wrap_context(rx_id, party)), k
-            break
-        except aead.DecryptionError:
-            continue
-    if record_key is None or opener is None:
-        raise NoKeyGrant("the wrapped key does not open with any of the caller's keys")
-    note_keys = _note_keys(grant, opener, rx_id, party)
+    opened = _unwrap_any(keys, unb64(str(grant["wrapped_key"])), wrap_context(rx_id, party))
+    if opened is None:
+        hint = "" if party == "patient" else (
+            f": a key wrapped for an earlier records certificate of {party} opens only with that "
+            "certificate's key, which a wallet keeps in previous-records-keys/ after a rotation")
+        raise KeyNotHeld(f"the key grant of {party or 'the caller'} to {rx_id} is wrapped for none of the "
+                         f"caller's {len(keys)} keys{hint}")
+    record_key, opener = opened
+    note_keys = _note_keys(grant, [opener, *(k for k in keys if k is not opener)], rx_id, party)
     try:
         plain = aead.decrypt(record_key, unb64(str(grant["ciphertext"])), _aad(rx_id))
     except aead.DecryptionError as exc:
@@ -299,10 +298,26 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
                         routed if isinstance(routed, str) else None)
 
 
-def _note_keys(grant: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, rx_id: str,
+def _unwrap_any(keys: list[ec.EllipticCurvePrivateKey], wrapped: bytes,
+                context: bytes) -> tuple[bytes, ec.EllipticCurvePrivateKey] | None:
+    """(the unwrapped key, the one of ``keys`` that opened it), or None. A wrapping names no
+    recipient (aead.wrap_key: an ephemeral point, a nonce, the ciphertext), so each key is
+    tried in turn: one ECDH each, the current records key before the earlier ones."""
+    for k in keys:
+        try:
+            return aead.unwrap_key(k, wrapped, context), k
+        except aead.DecryptionError:
+            continue
+    return None
+
+
+def _note_keys(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey], rx_id: str,
                party: str) -> dict[int, bytes]:
-    """The note keys of a grant that open with ``key`` (the one that opened its record key);
-    one that does not (a writer's bad wrap) is left out: its notes stay sealed, nothing fails."""
+    """The note keys of a grant that open with one of ``keys`` (the one that opened its record
+    key first: after a rotation of the party's records certificate a grant holds keys wrapped
+    for the old certificate and note keys made later wrapped for the new one); one that opens
+    with none (a writer's bad wrap, an earlier key the wallet does not keep) is left out: its
+    notes stay sealed, nothing fails."""
     wrapped = grant.get("note_keys")
     out: dict[int, bytes] = {}
     if not isinstance(wrapped, dict):
@@ -312,7 +327,9 @@ def _note_keys(grant: Mapping[str, Any], key: ec.EllipticCurvePrivateKey, rx_id:
         if not digits or not isinstance(text, str):
             continue
         try:
-            out[int(name)] = aead.unwrap_key(key, unb64(text), note_wrap_context(rx_id, party, int(name)))
-        except (aead.DecryptionError, RxClientError):
+            opened = _unwrap_any(keys, unb64(text), note_wrap_context(rx_id, party, int(name)))
+        except RxClientError:  # not base64
             continue
+        if opened is not None:
+            out[int(name)] = opened[0]
     return out

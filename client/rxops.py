@@ -610,7 +610,9 @@ class RxOperations:
         (the contract's ``get_key`` answers anyone without a grant so, audited, as DOMAIN.md
         section 4 requires; its ``show`` answers a non-party as a missing id); a party whose
         org or role holds no grant reads the metadata (``content`` None, ``denied``
-        NO_KEY_GRANT). NOT_FOUND: no prescription of that id.
+        NO_KEY_GRANT; KEY_NOT_HELD when it holds a grant its wallet's keys do not open: one
+        wrapped for a records certificate its org rotated away from, without that certificate's
+        key in previous-records-keys/). NOT_FOUND: no prescription of that id.
         """
         denied: NoKeyGrant | None = None
         opened: OpenedRecord | None = None
@@ -642,7 +644,7 @@ class RxOperations:
         else:
             out["content"] = None
             out["grant"] = None
-            out["denied"] = "NO_KEY_GRANT"
+            out["denied"] = denied.reason if denied is not None else "NO_KEY_GRANT"
         return out
 
     def _all_pages(self, fn: str, rx_id: str, items: str, contract: str = RX) -> dict[str, Any]:

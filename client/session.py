@@ -62,6 +62,12 @@ def record_last_block(home: Path, block: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def verified_config(home: Path, net: NetworkInfo) -> config_pb2.ConsortiumConfig | None:
+    """The config :func:`verified_network` takes ``net``'s place with, None when it keeps ``net``."""
+    found = verified_network(home, net)
+    return None if found is net else found.config
+
+
 def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
     """``net`` with the newest configuration this home has verified: the one in force at the end of
     the config chain state the config commands save (``configtool.CHAIN_STATE``, written by
@@ -86,6 +92,15 @@ def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
         return net
 
 
+def _records_cert_key(net: NetworkInfo, org: str) -> object:
+    """The public key of ``org``'s records certificate in ``net`` (None: none, or unreadable)."""
+    der = net.org(org).records_cert_der
+    try:
+        return x509.load_der_x509_certificate(der).public_key() if der else None
+    except ValueError:
+        return None
+
+
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     """(size, modification time in ns, inode) of ``path``; None when it cannot be stat'ed."""
     try:
@@ -108,6 +123,9 @@ class Session:
         self.net = network or load_network(self.home)
         self.identity: WalletIdentity = load_identity(self.home, org, user)
         self._check_validity()
+        # the newest configuration this home verified (None: none, the genesis one stands)
+        self._verified: tuple[config_pb2.ConsortiumConfig | None, int] = (verified_config(self.home, self.net),
+                                                                          wall_clock_ms())
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.peer_org = endpoint.org  # the organisation of the peer this session's gateway is
@@ -161,18 +179,22 @@ class Session:
 
     def _check_records_key(self) -> None:
         """The wallet's ``org-records-key.pem`` must be the key of its organisation's records
-        certificate: a stale or foreign key would make every grant to the org fail to open."""
+        certificate in the newest configuration this home verified (the genesis one when it
+        verified none): a stale or foreign key would make every grant to the org fail to open.
+        After a rotation the old key goes into ``previous-records-keys/`` (client.wallet), where
+        it still opens what was wrapped for the old certificate."""
         key = self.identity.records_key
         if key is None:
             return
-        der = self.net.org(self.identity.org).records_cert_der
-        try:
-            pub = x509.load_der_x509_certificate(der).public_key() if der else None
-        except ValueError:
-            pub = None
-        if not key_matches(key, pub):
+        config = self._verified[0]
+        net = self.net if config is None else self.net.with_config(config)
+        if not key_matches(key, _records_cert_key(net, self.identity.org)):
+            rotated = config is not None and key_matches(key, _records_cert_key(self.net, self.identity.org))
+            hint = (" but of the one it rotated away from: move it into previous-records-keys/ and install "
+                    "the new certificate's key as org-records-key.pem") if rotated else (
+                    " (after a rotation of it, an `rxchain config show` verifies the new configuration here)")
             raise WalletError("BAD_WALLET", f"org-records-key.pem of {self.identity.label} is not the key "
-                              f"of {self.identity.org}'s records certificate")
+                              f"of {self.identity.org}'s records certificate in force{hint}")
 
     def _default_peer_org(self, org: str) -> str:
         if any(p.org == org for p in self.net.peers):
@@ -266,8 +288,10 @@ class Session:
         return current
 
     def decryption_keys(self) -> list[ec.EllipticCurvePrivateKey]:
-        """Keys the caller may unwrap record keys with: its own, then its org's records key."""
+        """Keys the caller may unwrap record keys with: its own, then its org's records key,
+        then the keys of the org's earlier records certificates (previous-records-keys/)."""
         keys = [self.identity.private_key]
         if self.identity.records_key is not None:
             keys.append(self.identity.records_key)
+        keys.extend(self.identity.previous_records_keys)
         return keys

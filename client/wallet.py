@@ -5,13 +5,23 @@ Layout (written by ``rxchain netgen``)::
     HOME/orgs/<org>/users/<user>/cert.pem             member certificate (signing and TLS)
     HOME/orgs/<org>/users/<user>/key.pem              its P-256 private key
     HOME/orgs/<org>/users/<user>/org-records-key.pem  the organisation's records key (optional)
+    HOME/orgs/<org>/users/<user>/previous-records-keys/NAME.pem
+                                                      the keys of its earlier records certificates
+                                                      (optional; after a rotation, see below)
     HOME/ca-bundle.pem                                all organisations' CA certificates
 
 :func:`load_identity` checks that the key matches the certificate and that the certificate
 names the organisation asked for, so a mix-up fails loudly instead of at the peer. Every file
 must be a regular file of at most :data:`MAX_FILE_BYTES`; the keys (``key.pem``,
-``org-records-key.pem``) must be private to their owner (mode 0600) and unencrypted P-256:
-anything else is BAD_WALLET.
+``org-records-key.pem`` and each ``previous-records-keys/*.pem``) must be private to their
+owner (mode 0600) and unencrypted P-256: anything else is BAD_WALLET.
+
+After an organisation rotates its records certificate (a config update), record keys and note
+keys wrapped before it stay wrapped for the old certificate: its wallets keep the old key in
+``previous-records-keys/`` (any name ending ``.pem``, at most :data:`MAX_PREVIOUS_RECORDS_KEYS`,
+nothing else in the directory) and hold the new one as ``org-records-key.pem``, which the
+session checks against the records certificate in force; a grant or note key opens with
+whichever of them it was wrapped for (client.records.open_grant).
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ from node.crypto.signing import Signer, key_matches, load_private_key
 from node.crypto.x509 import cert_info, cert_info_der
 
 MAX_FILE_BYTES = 64 * 1024  # a PEM certificate or key is a few hundred bytes
+RECORDS_KEY_FILE = "org-records-key.pem"
+PREVIOUS_RECORDS_KEYS_DIR = "previous-records-keys"
+MAX_PREVIOUS_RECORDS_KEYS = 32  # each is one more ECDH per wrapped key that opens with none before it
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class WalletIdentity:
     ca_bundle_path: Path
     signer: Signer = field(repr=False)
     records_key: ec.EllipticCurvePrivateKey | None = field(default=None, repr=False)
+    # the keys of the organisation's earlier records certificates (previous-records-keys/)
+    previous_records_keys: tuple[ec.EllipticCurvePrivateKey, ...] = field(default=(), repr=False)
 
     @property
     def identity(self) -> identity_pb2.Identity:
@@ -146,20 +161,48 @@ def load_identity_dir(directory: Path, ca_bundle_path: Path, org: str | None = N
         raise WalletError("BAD_WALLET", f"{cert_path} belongs to {info.org}, not {org}")
     if not Path(ca_bundle_path).exists():
         raise WalletError("NO_WALLET", f"CA bundle {ca_bundle_path} does not exist")
-    records_path = directory / "org-records-key.pem"
+    records_path = directory / RECORDS_KEY_FILE
     records_key = None
     if records_path.exists() or records_path.is_symlink():
-        try:
-            records_key = load_private_key(read_wallet_file(records_path, "records key", private=True))
-        except ValueError as exc:
-            raise WalletError("BAD_WALLET", f"{records_path}: not an unencrypted P-256 key") from exc
+        records_key = _records_key(records_path, "records key")
+    previous = _previous_records_keys(directory / PREVIOUS_RECORDS_KEYS_DIR)
     der = cert.public_bytes(serialization.Encoding.DER)
     signer = Signer(key, identity_pb2.Identity(org=info.org, cert_der=der))
     return WalletIdentity(
         org=info.org, user=user or info.name, role=info.role, attrs=dict(info.attrs),
         cert_path=cert_path, key_path=key_path, ca_bundle_path=Path(ca_bundle_path),
-        signer=signer, records_key=records_key,
+        signer=signer, records_key=records_key, previous_records_keys=previous,
     )
+
+
+def _records_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        return load_private_key(read_wallet_file(path, what, private=True))
+    except ValueError as exc:
+        raise WalletError("BAD_WALLET", f"{path}: not an unencrypted P-256 key") from exc
+
+
+def _previous_records_keys(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, ...]:
+    """The keys in ``previous-records-keys/`` (none when there is no such directory), in name
+    order, each read as ``org-records-key.pem`` is (private, P-256). BAD_WALLET for a path that
+    is no directory, an entry not named ``*.pem`` (a key saved under another name would be
+    silently left out), or more than MAX_PREVIOUS_RECORDS_KEYS of them."""
+    if not (directory.exists() or directory.is_symlink()):
+        return ()
+    if not directory.is_dir():
+        raise WalletError("BAD_WALLET", f"{directory} is not a directory")
+    try:
+        names = sorted(p.name for p in directory.iterdir())
+    except OSError as exc:
+        raise WalletError("BAD_WALLET", f"cannot list {directory}: {exc}") from exc
+    odd = [n for n in names if not n.endswith(".pem")]
+    if odd:
+        raise WalletError("BAD_WALLET", f"{directory} holds {odd[0]!r}: only the earlier records keys, "
+                          "each a NAME.pem file")
+    if len(names) > MAX_PREVIOUS_RECORDS_KEYS:
+        raise WalletError("BAD_WALLET", f"{directory} holds {len(names)} keys, more than "
+                          f"{MAX_PREVIOUS_RECORDS_KEYS}")
+    return tuple(_records_key(directory / n, "previous records key") for n in names)
 
 
 def load_identity(home: Path, org: str, user: str) -> WalletIdentity:

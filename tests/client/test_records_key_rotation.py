@@ -1,0 +1,237 @@
+"""An organisation rotating its records certificate keeps reading what was wrapped for the old
+one: its wallets keep the earlier keys (``previous-records-keys/``, client.wallet), each grant
+and note key opens with the key it was wrapped for, and the current key must be the one of the
+records certificate in force -- in the newest configuration the home verified, which is also
+where record keys are wrapped to (never a records certificate a peer merely answered)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
+
+from bench.txbuild import TxKit, make_block, node_signer, user_signer
+from client import configtool
+from client.errors import KeyNotHeld, NoKeyGrant, WalletError
+from client.rxops import RxOperations
+from client.session import Session
+from client.wallet import MAX_PREVIOUS_RECORDS_KEYS, PREVIOUS_RECORDS_KEYS_DIR, load_identity_dir
+from node.crypto import signing
+from node.crypto import x509 as rx509
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Verifier
+from node.genesis import config_from_genesis, read_genesis
+from tests.client.test_note_keys import NOTE, _issued, _ops, _patient
+from tests.contracts.chain import who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import JIANG, ZHOU
+from tests.contracts.rxclient import World
+
+# ------------------------------------------------------------ unwrapping after a rotation
+
+def _rotate(w: World, org: str) -> ec.EllipticCurvePrivateKey:
+    """``org``'s records certificate is replaced: from now on keys are wrapped for a new key.
+    Returns the old one (what the org's wallets keep in previous-records-keys/)."""
+    old = w.keyring.of(org)
+    w.keyring.keys[org] = ec.generate_private_key(ec.SECP256R1())
+    return old
+
+
+def _reader(w: World, keys: list[ec.EllipticCurvePrivateKey]) -> RxOperations:
+    """h02's doctor whose wallet holds ``keys`` (the current records key first)."""
+    ops = _ops(w, ZHOU, "h02")[0]
+    ops.s.decryption_keys = lambda: list(keys)  # type: ignore[method-assign]
+    return ops
+
+
+def _granted_then_rotated(w: World) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    """h02 holds a consent granted before its records certificate rotated (its record key
+    wrapped for the old key); after the rotation the patient re-routes p01 -> p02, which makes
+    note key 1 wrapped for h02's new key, and the doctor revokes with a note under it."""
+    rx = _issued(w)
+    patient = _patient(w)
+    patient.grant_consent(rx, "h02")
+    old = _rotate(w, "h02")
+    patient.route(rx, "p02")
+    _ops(w, JIANG, "h01")[0].revoke(rx, "OTHER", note=NOTE)
+    return rx, old
+
+
+def test_a_grant_before_a_rotation_and_a_note_after_it_both_read(world: World) -> None:  # noqa: F811
+    """With the new key and the previous one, h02 reads the content (its record key wrapped
+    for the old certificate) and the note (note key 1 wrapped for the new one). The note stayed
+    sealed: a grant's note keys were opened only with the key that opened its record key."""
+    rx, old = _granted_then_rotated(world)
+    ops = _reader(world, [world.keyring.of("h02"), old])
+    shown = ops.show(rx)
+    assert shown["content"]["rx_id"] == rx
+    assert shown["revocation"]["note"] == NOTE
+    assert ops._get_key(rx).note_keys.keys() == {1}
+
+
+def test_a_wallet_with_only_the_new_key_is_told_key_not_held(world: World) -> None:  # noqa: F811
+    """Without the previous key the old wrap opens with none of the wallet's keys: KEY_NOT_HELD
+    (still a NoKeyGrant), naming previous-records-keys/ -- not NO_KEY_GRANT, which reads as
+    "no grant" while the org holds one. ``show`` reads the metadata and says so in ``denied``."""
+    rx, _ = _granted_then_rotated(world)
+    ops = _reader(world, [world.keyring.of("h02")])
+    with pytest.raises(KeyNotHeld) as e:
+        ops._get_key(rx)
+    assert isinstance(e.value, NoKeyGrant)
+    assert e.value.reason == "KEY_NOT_HELD" and "previous-records-keys" in e.value.message
+    shown = ops.show(rx)
+    assert shown["content"] is None and shown["denied"] == "KEY_NOT_HELD"
+
+
+def test_a_route_after_the_rotation_re_wraps_with_both_keys(world: World) -> None:  # noqa: F811
+    """The hospital's records certificate rotated after issue: its doctor, holding both keys,
+    re-routes -- re-wrapping the record key (old wrap) and note key 1 (new wrap) for p02."""
+    rx = _issued(world)
+    patient = _patient(world)
+    patient.grant_consent(rx, "h02")
+    old = _rotate(world, "h01")
+    patient.revoke_consent(rx, "h02")  # note key 1: wrapped for h01's new key
+    jiang = _ops(world, JIANG, "h01")[0]
+    jiang.s.decryption_keys = lambda: [world.keyring.of("h01"), old]  # type: ignore[method-assign]
+    jiang.route(rx, "p02")
+    jiang.revoke(rx, "OTHER", note=NOTE)
+    chen = _ops(world, who("p02:pharm-chen:pharmacist"), "p02")[0]
+    assert chen.show(rx)["revocation"]["note"] == NOTE
+
+
+# ------------------------------------------------------------ the wallet's layout
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _put(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def _wallet(net_home: Any, tmp_path: Path) -> Path:
+    d = tmp_path / "w"
+    shutil.copytree(net_home.user_dir("h01", "dr-jiang"), d)
+    return d
+
+
+def test_previous_records_keys_are_loaded_in_name_order(net_home: Any, tmp_path: Path) -> None:
+    d = _wallet(net_home, tmp_path)
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    _put(d / PREVIOUS_RECORDS_KEYS_DIR / "2025.pem", _key_pem(keys[1]))
+    _put(d / PREVIOUS_RECORDS_KEYS_DIR / "2024.pem", _key_pem(keys[0]))
+    ident = load_identity_dir(d, net_home.ca_bundle_path)
+    assert [k.public_key().public_numbers() for k in ident.previous_records_keys] == [
+        k.public_key().public_numbers() for k in keys]
+    assert ident.records_key is not None  # the current one is untouched
+
+
+@pytest.mark.parametrize("case", ["readable by others", "not pem", "another name", "a file", "too many"])
+def test_a_bad_previous_records_keys_directory_is_bad_wallet(net_home: Any, tmp_path: Path, case: str) -> None:
+    d = _wallet(net_home, tmp_path)
+    prev = d / PREVIOUS_RECORDS_KEYS_DIR
+    key = _key_pem(ec.generate_private_key(ec.SECP256R1()))
+    if case == "readable by others":
+        _put(prev / "old.pem", key, 0o644)
+    elif case == "not pem":
+        _put(prev / "old.pem", b"not a key")
+    elif case == "another name":
+        _put(prev / "old.key", key)  # would be left out silently
+    elif case == "a file":
+        _put(prev, key)
+    else:
+        for i in range(MAX_PREVIOUS_RECORDS_KEYS + 1):
+            _put(prev / f"{i:03}.pem", key)
+    with pytest.raises(WalletError) as e:
+        load_identity_dir(d, net_home.ca_bundle_path)
+    assert e.value.reason == "BAD_WALLET"
+
+
+# ------------------------------------------------------------ a rotation the home verified
+
+def _config_block(home: Path, genesis: block_pb2.Block,
+                  edit: Callable[[config_pb2.ConsortiumConfig], None]) -> block_pb2.Block:
+    """Block 1: the genesis config edited, signed by 4 of the 6 admins (MAJORITY) and the orderer."""
+    base = config_from_genesis(genesis)
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(base)
+    new.sequence = base.sequence + 1
+    edit(new)
+    now_ms = time.time_ns() // 1_000_000
+    kit = TxKit(base.consortium_id, random.Random(7), clock_ms=now_ms)
+    admins = [user_signer(home, org, "admin") for org in ("h02", "p01", "p02", "ins01")]
+    env = kit.config_tx(admins[0], new, admins)
+    block = make_block(1, block_header_hash(genesis.header), [env], [node_signer(home, "orderer.ins01", "ins01")],
+                       timestamp_ms=now_ms)
+    block.metadata.last_config_block = 1
+    block.metadata.validation_codes.append(transaction_pb2.VALID)
+    return block
+
+
+def _records_cert(home: Path, org: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A new records certificate of ``org`` (its own CA) for ``key``."""
+    odir = home / "orgs" / org
+    ca = x509.load_pem_x509_certificate((odir / "ca.pem").read_bytes())
+    ca_key = signing.load_private_key((odir / "ca.key").read_bytes())
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    cert = rx509.issue_cert(ca, ca_key, key.public_key(), org=org, role="client", name=f"records.{org}",
+                            now=now, days=30)
+    return rx509.cert_to_der(cert)
+
+
+def _org(config: config_pb2.ConsortiumConfig, org: str) -> config_pb2.Organization:
+    return next(o for o in config.organizations if o.id == org)
+
+
+@pytest.fixture
+def rotated_home(net_home: Any, tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """A home that verified a config update rotating h01's records certificate (config-chain.json);
+    returns (home, the new certificate's key)."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    der = _records_cert(home, "h01", new_key)
+    genesis = read_genesis(home / "genesis.block")
+    verifying = configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE)
+    verifying.feed(genesis)
+    verifying.feed(_config_block(home, genesis, lambda c: setattr(_org(c, "h01"), "records_cert_der", der)))
+    assert _org(verifying.verified()[1], "h01").records_cert_der == der  # adopted by the orderers' rules
+    verifying.save()
+    return home, new_key
+
+
+def test_a_rotated_wallet_opens_a_session(rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    """The new key as org-records-key.pem, the old one in previous-records-keys/: the session
+    opens and unwraps with all of them. It was refused BAD_WALLET: the key was checked against
+    the genesis records certificate whatever the home verified since."""
+    home, new_key = rotated_home
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    old = (wallet / "org-records-key.pem").read_bytes()
+    _put(wallet / PREVIOUS_RECORDS_KEYS_DIR / "records-1.pem", old)
+    _put(wallet / "org-records-key.pem", _key_pem(new_key))
+    with Session(home, "h01:dr-jiang") as s:
+        keys = [k.public_key().public_numbers() for k in s.decryption_keys()]
+    assert keys[1:] == [new_key.public_key().public_numbers(),
+                        signing.load_private_key(old).public_key().public_numbers()]
+
+
+def test_a_wallet_not_updated_after_a_verified_rotation_is_told_where_the_old_key_goes(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    home, _ = rotated_home
+    with pytest.raises(WalletError) as e:
+        Session(home, "h01:dr-jiang")
+    assert e.value.reason == "BAD_WALLET" and PREVIOUS_RECORDS_KEYS_DIR in e.value.message
