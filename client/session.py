@@ -261,8 +261,36 @@ class Session:
                                                     at_ms=self.clock())
 
     def records_public_key(self, org: str) -> ec.EllipticCurvePublicKey:
-        """``org``'s records certificate key, checked at the session's clock."""
-        return self.current_network().records_public_key(org, at_ms=self.clock())
+        """``org``'s records certificate key, checked at the session's clock against the
+        configuration the session's peer reports (its revocations count). Where this home
+        verified a config chain (``config-chain.json``), the certificate is the one the newest
+        configuration verified names, and one the peer reports that differs is refused
+        RECORDS_CERT_UNVERIFIED (nothing is wrapped): a key is wrapped only for a records
+        certificate the chain shows, never for one a peer merely answered."""
+        current = self.current_network()
+        verified = self._verified_config()
+        if verified is None:
+            return current.records_public_key(org, at_ms=self.clock())
+        der = self.net.with_config(verified).org(org).records_cert_der
+        if not der:
+            raise RxClientError("NO_RECORDS_CERT", f"organisation {org} has no records cert")
+        if current.org(org).records_cert_der != der:
+            raise RxClientError("RECORDS_CERT_UNVERIFIED", f"the records certificate of {org} the peer's "
+                                f"configuration (sequence {current.config.sequence}) names is not the one of "
+                                f"the newest configuration this home verified (sequence {verified.sequence}): "
+                                "an `rxchain config show` verifies the chain further (a rotation committed "
+                                "since), else ask another peer (--peer); nothing was wrapped for it")
+        return current.recipient_key(org, der, f"records certificate of {org}", at_ms=self.clock())
+
+    def _verified_config(self) -> config_pb2.ConsortiumConfig | None:
+        """The newest configuration this home verified (config-chain.json), read again after
+        CONFIG_TTL_MS: a config command may have verified further since."""
+        config, at = self._verified
+        now = wall_clock_ms()
+        if now - at >= CONFIG_TTL_MS:
+            config = verified_config(self.home, self.net)
+            self._verified = (config, now)
+        return config
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own
@@ -279,7 +307,10 @@ class Session:
         except RxClientError:
             raw = b""
         if not raw:
-            return self._current_net[0] if self._current_net is not None else self.net
+            if self._current_net is not None:
+                return self._current_net[0]
+            verified = self._verified_config()  # (newer than the genesis one, when there is one)
+            return self.net if verified is None else self.net.with_config(verified)
         try:
             current = self.net.with_config(config_pb2.ConsortiumConfig.FromString(raw))
         except DecodeError as exc:

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
 
 from bench.txbuild import TxKit, make_block, node_signer, user_signer
 from client import configtool
-from client.errors import KeyNotHeld, NoKeyGrant, WalletError
+from client.errors import KeyNotHeld, NoKeyGrant, RxClientError, WalletError
 from client.rxops import RxOperations
 from client.session import Session
 from client.wallet import MAX_PREVIOUS_RECORDS_KEYS, PREVIOUS_RECORDS_KEYS_DIR, load_identity_dir
@@ -235,3 +236,67 @@ def test_a_wallet_not_updated_after_a_verified_rotation_is_told_where_the_old_ke
     with pytest.raises(WalletError) as e:
         Session(home, "h01:dr-jiang")
     assert e.value.reason == "BAD_WALLET" and PREVIOUS_RECORDS_KEYS_DIR in e.value.message
+
+
+def _answering(s: Session, config: config_pb2.ConsortiumConfig) -> None:
+    """The session's peer answers ``config`` as the configuration in force."""
+    raw = config.SerializeToString()
+    s.gateway.status = lambda **_: SimpleNamespace(config=raw)  # type: ignore[method-assign,assignment]
+
+
+def test_keys_are_wrapped_for_the_verified_records_certificate_only(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    """The home verified h01's rotation. A peer answering the genesis configuration (h01's old
+    records certificate) -- or one naming a records certificate of its own choosing -- is
+    refused RECORDS_CERT_UNVERIFIED: keys were wrapped for whatever certificate the peer named.
+    A peer answering the verified configuration gets the new certificate's key."""
+    home, new_key = rotated_home
+    wallet = home / "orgs" / "p01" / "users" / "pharm-wang"
+    genesis_config = config_from_genesis(read_genesis(home / "genesis.block"))
+    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
+                                      home / configtool.CHAIN_STATE).verified()[1]
+    forged = config_pb2.ConsortiumConfig()
+    forged.CopyFrom(verified)
+    forged.sequence += 5
+    _org(forged, "h01").records_cert_der = _records_cert(home, "h01", ec.generate_private_key(ec.SECP256R1()))
+    assert (wallet / "org-records-key.pem").exists()
+    for config in (genesis_config, forged):
+        with Session(home, "p01:pharm-wang") as s:
+            _answering(s, config)
+            with pytest.raises(RxClientError) as e:
+                s.records_public_key("h01")
+            assert e.value.reason == "RECORDS_CERT_UNVERIFIED", config.sequence
+            # an organisation whose records certificate the chain and the peer agree on
+            p02 = x509.load_der_x509_certificate(_org(verified, "p02").records_cert_der).public_key()
+            assert isinstance(p02, ec.EllipticCurvePublicKey)
+            assert s.records_public_key("p02").public_numbers() == p02.public_numbers()
+    with Session(home, "p01:pharm-wang") as s:
+        _answering(s, verified)
+        assert s.records_public_key("h01").public_numbers() == new_key.public_key().public_numbers()
+
+
+def test_without_a_verified_chain_the_peers_records_certificate_stands(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    """No config-chain.json: as before, the configuration the peer answers (checked by its MSP)."""
+    home, new_key = rotated_home
+    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
+                                      home / configtool.CHAIN_STATE).verified()[1]
+    (home / configtool.CHAIN_STATE).unlink()
+    with Session(home, "p01:pharm-wang") as s:
+        _answering(s, verified)
+        assert s.records_public_key("h01").public_numbers() == new_key.public_key().public_numbers()
+
+
+def test_a_peer_that_does_not_answer_leaves_the_verified_records_certificate(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    """The peer gives no configuration: the newest one the home verified stands for the call
+    (the genesis one did, whose records certificate h01 rotated away from)."""
+    home, new_key = rotated_home
+
+    def down(**_: Any) -> Any:
+        raise RxClientError("SERVICE_UNAVAILABLE", "peer down")
+
+    with Session(home, "p01:pharm-wang") as s:
+        s.gateway.status = down  # type: ignore[method-assign,assignment]
+        assert s.records_public_key("h01").public_numbers() == new_key.public_key().public_numbers()
+        assert s.current_network().config.sequence == 1
