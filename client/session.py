@@ -271,15 +271,18 @@ class Session:
         verified = self._verified_config()
         if verified is None:
             return current.records_public_key(org, at_ms=self.clock())
-        der = self.net.with_config(verified).org(org).records_cert_der
-        if not der:
+        reported = current.org(org).records_cert_der  # (UNKNOWN_ORG: no such organisation)
+        known = [o.records_cert_der for o in verified.organizations if o.id == org]
+        der = known[0] if known else None  # None: added since the home verified
+        if der is not None and not der:
             raise RxClientError("NO_RECORDS_CERT", f"organisation {org} has no records cert")
-        if current.org(org).records_cert_der != der:
+        if der is None or reported != der:
             raise RxClientError("RECORDS_CERT_UNVERIFIED", f"the records certificate of {org} the peer's "
                                 f"configuration (sequence {current.config.sequence}) names is not the one of "
                                 f"the newest configuration this home verified (sequence {verified.sequence}): "
-                                "an `rxchain config show` verifies the chain further (a rotation committed "
-                                "since), else ask another peer (--peer); nothing was wrapped for it")
+                                "an `rxchain config show` verifies the chain further (a rotation, or the "
+                                "organisation added, committed since), else ask another peer (--peer); "
+                                "nothing was wrapped for it")
         return current.recipient_key(org, der, f"records certificate of {org}", at_ms=self.clock())
 
     def _verified_config(self) -> config_pb2.ConsortiumConfig | None:

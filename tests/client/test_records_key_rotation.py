@@ -300,3 +300,26 @@ def test_a_peer_that_does_not_answer_leaves_the_verified_records_certificate(
         s.gateway.status = down  # type: ignore[method-assign,assignment]
         assert s.records_public_key("h01").public_numbers() == new_key.public_key().public_numbers()
         assert s.current_network().config.sequence == 1
+
+
+def test_an_organisation_the_verified_chain_does_not_hold_is_records_cert_unverified(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey]) -> None:
+    """The peer names an organisation added since the home verified (or made up): its records
+    certificate is no more verified than a rotated one -- refused the same way, not wrapped for."""
+    home, _ = rotated_home
+    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
+                                      home / configtool.CHAIN_STATE).verified()[1]
+    added = config_pb2.ConsortiumConfig()
+    added.CopyFrom(verified)
+    added.sequence += 1
+    extra = added.organizations.add()
+    extra.CopyFrom(_org(verified, "p02"))
+    extra.id = "p09"
+    with Session(home, "p01:pharm-wang") as s:
+        _answering(s, added)
+        with pytest.raises(RxClientError) as e:
+            s.records_public_key("p09")
+        assert e.value.reason == "RECORDS_CERT_UNVERIFIED"
+        with pytest.raises(RxClientError) as e:
+            s.records_public_key("p10")
+        assert e.value.reason == "UNKNOWN_ORG"
