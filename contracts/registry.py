@@ -11,6 +11,9 @@ Reference data the prescription and settlement contracts read:
   insurer admins, an entry only by the insurer that created it, its controlled class (what
   is never prescribed online) once created only by regulator admins; every write also keeps the
   version ``drugver/{medListCodg}/{inv13}`` (settlement prices a claim as of its dispense);
+  another insurer's ``set_drug`` on an existing code writes its own class and prices
+  ``price/{insurer}/{medListCodg}`` with versions ``pricever/{insurer}/{medListCodg}/{inv13}``
+  (its claims are priced by them; without them, by the entry);
 * insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
   ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
   at ``inv13(t)`` with limit 1 returns the version in force at time ``t``; written by the
@@ -308,8 +311,6 @@ def set_drug(
         ctx.fail("BAD_ARGUMENTS", "standard_fen >= 0 and price_fen >= 1 (integer fen)")
     org = ctx.caller.org
     old = ctx.get("drug/" + code)
-    if old is not None and old["insurer"] != org:
-        ctx.fail("ACCESS_DENIED", "formulary entry " + code + " is maintained by " + old["insurer"])
     if old is not None and controlled != old["controlled"]:
         # what is never prescribed online (DOMAIN.md 1.3, 1.5) is the regulator's to decide: an
         # insurer declassified a narcotic, or blocked a common drug everywhere as one
@@ -325,7 +326,28 @@ def set_drug(
         "controlled": controlled,
         "updated": _stamp(ctx),
     }
+    if old is not None and old["insurer"] != org:
+        # another insurer's entry: this insurer's own class and prices for its own claims (the
+        # first insurer to create a code used to set them for every insurer); the entry itself
+        # -- the code's existence, spec and controlled class, what issue and dispense read --
+        # stays its creator's
+        return _put_price(ctx, rec)
     return _put_drug(ctx, old, rec)
+
+
+def _put_price(ctx: Context, rec: dict) -> dict:
+    """Write ``rec`` as the caller's own price list entry ``price/{insurer}/{code}`` and as its
+    version ``pricever/{insurer}/{code}/{inv13}`` from this tx on (settlement prices the
+    insurer's claims by it, as of the dispense)."""
+    key = rec["insurer"] + "/" + rec["code"]
+    old = ctx.get("price/" + key)
+    if old is not None and ctx.timestamp_ms < old["updated"]["ms"]:
+        ctx.fail("POLICY_RETROACTIVE", "the price of " + rec["code"] + " of " + rec["insurer"]
+                 + " has a version from after this transaction's time; retry with the current time")
+    ctx.put("price/" + key, rec)
+    ctx.put("pricever/" + key + "/" + _inv(ctx.timestamp_ms), rec)
+    ctx.emit("registry.price", {"code": rec["code"], "insurer": rec["insurer"]})
+    return rec
 
 
 def set_controlled(ctx: Context, code: str, controlled: str) -> dict:
@@ -347,13 +369,21 @@ def set_controlled(ctx: Context, code: str, controlled: str) -> dict:
     return _put_drug(ctx, old, rec)
 
 
-def get_drug(ctx: Context, code: str) -> dict:
-    """A formulary entry by national code (medListCodg)."""
+def get_drug(ctx: Context, code: str, insurer: str = "") -> dict:
+    """A formulary entry by national code (medListCodg); with ``insurer``, as that insurer
+    prices it: its own price list entry when it has one, else the entry."""
     if not isinstance(code, str) or len(code) != 23:
         ctx.fail("UNKNOWN_DRUG", "a formulary entry is looked up by its 23-char national code")
+    if not isinstance(insurer, str) or (insurer != "" and not _is_id(insurer, 32)):
+        ctx.fail("BAD_ARGUMENTS", "insurer is an organisation id (or empty)")
     rec = ctx.get("drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code)
+    if insurer != "":
+        own = ctx.get("price/" + insurer + "/" + code)
+        if own is not None:
+            own["controlled"] = rec["controlled"]  # the regulator's, whatever it was when priced
+            return own
     return rec
 
 

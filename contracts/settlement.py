@@ -115,11 +115,18 @@ def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
     return found[0][1]
 
 
-def _drug(ctx: Context, code: str, at_ms: int) -> dict:
-    """The formulary entry (class, price, standard) in force at ``at_ms``: the registry keeps
-    every version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+def _drug(ctx: Context, code: str, at_ms: int, insurer: str) -> dict:
+    """The class, price and standard of ``code`` for ``insurer``'s claims in force at
+    ``at_ms``: the insurer's own price version (``pricever/{insurer}/{code}/{inv13}``) when it
+    had published one by then, else the formulary entry's: the registry keeps every version
+    as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    inv = str(MAX_INV - at_ms).zfill(13)
+    own = "pricever/" + insurer + "/" + code + "/"
+    found = ctx.range_from("registry", own + inv, own + "~", 1)
+    if len(found) > 0:
+        return found[0][1]
     prefix = "drugver/" + code + "/"
-    found = ctx.range_from("registry", prefix + str(MAX_INV - at_ms).zfill(13), prefix + "~", 1)
+    found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
         return found[0][1]
     rec = ctx.get_from("registry", "drug/" + code)
@@ -273,12 +280,14 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
         ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
-    c = ctx.caller
+    by = ctx.caller.name
+    if party[2] == "patient":
+        by = ""  # her certificate's name is never stored (README "Patient certificate binding")
     req = {
         "from": acct["insurer"],
         "to": to_insurer,
         "requested_by": party[2],
-        "by": c.name,
+        "by": by,
         "ms": ctx.timestamp_ms,
         "tx_id": ctx.tx_id,
     }
@@ -490,7 +499,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     lines = _claimed_lines(ctx, claim["lines"])
     priced = []
     for ln in lines:
-        drug = _drug(ctx, ln["code"], served)
+        drug = _drug(ctx, ln["code"], served, c.org)
         priced.append(
             {
                 "qty": ln["qty"],

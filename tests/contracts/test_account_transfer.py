@@ -1,5 +1,6 @@
 """Moving a patient's account to another insurer: who may ask and accept, the refusal while a
-claim is outstanding, and the money across the move to the fen."""
+claim is outstanding, and the money across the move to the fen; each insurer's own formulary
+prices for its own claims."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def call(world: World, fn: str, caller: Who, **args: Any) -> Any:
 
 def issued(world: World, insurer: str = "ins01", doctor: Who = ZHOU, **fields: Any) -> Prepared:
     rx_id = world.new_rx_id()
-    content = world.content(rx_id, patient=PATIENT, drugs=EXAMPLE, **fields)
+    drugs = fields.pop("drugs", EXAMPLE)
+    content = world.content(rx_id, patient=PATIENT, drugs=drugs, **fields)
     prep = world.prepare(content, hospital=doctor.org, pharmacy="p01", insurer=insurer)
     world.issue(prep, doctor).unwrap()
     reviewer = HE if doctor.org == "h01" else WANG
@@ -66,7 +68,8 @@ def test_who_may_ask_and_who_accepts(world: World) -> None:
     assert call(world, "request_transfer", zhang(world), to_insurer="ins09") == "NO_POLICY"
     assert call(world, "accept_transfer", CLERK2) == "NOT_FOUND"  # nothing asked
     req = call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    assert (req["from"], req["to"], req["requested_by"]) == ("ins01", "ins02", "patient")
+    assert (req["from"], req["to"], req["requested_by"], req["by"]) == (
+        "ins01", "ins02", "patient", "")  # never her certificate's name
     # nothing moved yet; the addressed insurer reads her balance (not her claims) to decide
     assert world.chain.query("settlement", "get_account", JIANG,
                              pseudonym=world.pid(PATIENT)).unwrap()["insurer"] == "ins01"
@@ -187,3 +190,53 @@ def test_an_account_moves_at_most_sixteen_times(world: World) -> None:
     there = "ins02" if here == "ins01" else "ins01"
     assert call(world, "request_transfer", zhang(world), to_insurer=there) == "LIMIT_EXCEEDED"
     assert status(world, clerks[here])["account_balance_fen"] == 50000
+
+
+# ---------------------------------------------------------------- formulary prices per insurer
+
+
+def test_each_insurer_prices_its_own_claims(world: World) -> None:
+    """The first insurer to create a code set its prices for every insurer's claims; another
+    insurer now publishes its own (class, price, standard) for its claims, as of the dispense."""
+    with_ins02(world)
+    amlodipine = world.codes["amlodipine"]
+    # zhang moves to ins02 with her deductible met under its policy (300.00)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    call(world, "accept_transfer", CLERK2)
+    met = dispensed(world, insurer="ins02", drugs=[("amlodipine", 5)])
+    settle(world, met, clerk=CLERK2).unwrap()  # 100.00 into the deductible
+    before = dispensed(world, insurer="ins02", drugs=[("amlodipine", 2)])
+    # ins02 publishes its own price: 15.00, B class, standard 12.00
+    world.chain.advance(1)
+    out = world.chain.submit("registry", "set_drug", admin("ins02"), code=amlodipine,
+                             spec="5 mg x 28 tablets", cls="B", standard_fen=1200,
+                             price_fen=1500, controlled="NONE").unwrap()
+    assert out["insurer"] == "ins02"
+    # its controlled class is never its to change
+    assert world.chain.submit("registry", "set_drug", admin("ins02"), code=amlodipine,
+                              spec="x", cls="A", standard_fen=1, price_fen=1,
+                              controlled="NARCOTIC").reason == "ACCESS_DENIED"
+    world.chain.advance(1)
+    after = dispensed(world, insurer="ins02", drugs=[("amlodipine", 2)])
+    # dispensed before ins02's price: the entry's (A, 20.00); ratio 90% at community h02
+    c1 = settle(world, before, clerk=CLERK2).unwrap()
+    assert (c1["medfee_fen"], c1["overlmt_fen"], c1["preself_fen"], c1["fund_fen"]) == (
+        4000, 0, 0, 3600)
+    # after: its own -- over standard 2 x 3.00, B share 20% of 2 x 12.00 = 4.80
+    c2 = settle(world, after, clerk=CLERK2).unwrap()
+    assert (c2["medfee_fen"], c2["overlmt_fen"], c2["preself_fen"], c2["inscp_fen"]) == (
+        3000, 600, 480, 1920)
+    assert c2["fund_fen"] == 1728 and c2["patient_fen"] == 1272
+    assert c2["account_fen"] + c2["cash_fen"] == c2["patient_fen"] and c2["cash_fen"] == 600
+    # the entry -- and every other insurer's claims -- unchanged
+    entry = world.chain.query("registry", "get_drug", WANG, code=amlodipine).unwrap()
+    assert (entry["insurer"], entry["cls"], entry["price_fen"]) == ("ins01", "A", 2000)
+    own = world.chain.query("registry", "get_drug", WANG, code=amlodipine,
+                            insurer="ins02").unwrap()
+    assert (own["cls"], own["price_fen"], own["controlled"]) == ("B", 1500, "NONE")
+    # a regulator's reclassification shows on the insurer's view too
+    world.chain.submit("registry", "set_controlled", admin("reg01"), code=amlodipine,
+                       controlled="SPECIAL_STORAGE").unwrap()
+    own = world.chain.query("registry", "get_drug", WANG, code=amlodipine,
+                            insurer="ins02").unwrap()
+    assert own["controlled"] == "SPECIAL_STORAGE"
