@@ -20,9 +20,9 @@ Reference data the prescription and settlement contracts read:
   insurer's admin; a version never applies before its effective time;
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
   written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
-  own room (16 entries per hospital, 48 for the hospitals other than the enrolling one). Money (balance, deductible and cap
-  seeds) and the patient's insurer are NOT here: the insurer opens the account with
-  ``settlement.open_account``.
+  own room (16 entries per hospital, 48 for the hospitals other than the enrolling one).
+  Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
+  insurer opens the account with ``settlement.open_account``.
 
 Privacy: a patient is known only by a 64-hex pseudonym (HMAC-SHA256 of the ID number under
 the consortium secret, computed by the client). Diagnoses are never stored in plaintext:
@@ -163,7 +163,6 @@ def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
     holder = ctx.get(key)
     if holder is not None and holder["org"] == org and holder["name"] == name:
         ctx.delete(key)
-
 
 
 def register_practitioner(

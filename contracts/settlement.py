@@ -256,11 +256,11 @@ def _transfer_party(ctx: Context, pseudonym: str) -> list:
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    acct = _account(ctx, pseudonym)
     if c.role == "patient":
-        if not _is_patient(ctx, enrol):
+        if not _is_patient(ctx, enrol):  # before telling whether she has an account
             ctx.fail("ACCESS_DENIED", "only the patient herself (her binding) or her insurer")
-        return [enrol, acct, "patient"]
+        return [enrol, _account(ctx, pseudonym), "patient"]
+    acct = _account(ctx, pseudonym)
     if acct["insurer"] != c.org:
         ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
     return [enrol, acct, c.org]

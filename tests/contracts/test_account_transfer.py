@@ -139,6 +139,22 @@ def test_refused_while_a_claim_is_outstanding(world: World) -> None:
     assert acct["insurer"] == "ins02", acct
 
 
+def test_a_reversal_racing_the_move_invalidates_the_move(world: World) -> None:
+    """The move reads every claim guard of hers: a reversal committed between its endorsement
+    and its commit (the fill reopened) makes it an MVCC conflict, never a move over an open
+    claim."""
+    with_ins02(world)
+    claim = settle(world, dispensed(world)).unwrap()
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    endorsed, sim, ts = world.chain.simulate("settlement", "accept_transfer", CLERK2,
+                                             pseudonym=world.pid(PATIENT))
+    assert endorsed.ok
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                       reason="BILLING_ERROR").unwrap()
+    assert world.chain.commit_validated(endorsed, sim, ts) == "MVCC_READ_CONFLICT"
+    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
+
+
 def test_the_money_moves_unchanged_and_no_claim_is_paid_twice(world: World) -> None:
     with_ins02(world)
     before_claims = [settle(world, dispensed(world)).unwrap() for _ in range(2)]
@@ -212,6 +228,11 @@ def test_each_insurer_prices_its_own_claims(world: World) -> None:
                              spec="5 mg x 28 tablets", cls="B", standard_fen=1200,
                              price_fen=1500, controlled="NONE").unwrap()
     assert out["insurer"] == "ins02"
+    # a price version timestamped before its latest one (a skewed clock) is refused
+    skewed = world.chain.submit("registry", "set_drug", admin("ins02"), at_ms=world.chain.now - 1,
+                                code=amlodipine, spec="5 mg x 28 tablets", cls="A",
+                                standard_fen=1, price_fen=1, controlled="NONE")
+    assert skewed.reason == "POLICY_RETROACTIVE"
     # its controlled class is never its to change
     assert world.chain.submit("registry", "set_drug", admin("ins02"), code=amlodipine,
                               spec="x", cls="A", standard_fen=1, price_fen=1,
