@@ -804,6 +804,16 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub(pa, "show", _with_ops(_patient_show), "deductible, cap used and account balance")
     ps.add_argument("patient")
     ps.add_argument("--year", type=_int_in(0, 9999), default=0)
+    pt = sub(pa, "transfer", _simple("request_transfer", "patient", "to"),
+             "ask to move the patient's account to another insurer (the patient, or her insurer)")
+    pt.add_argument("patient")
+    pt.add_argument("--to", required=True, metavar="ORG", help="the insurer asked")
+    pac = sub(pa, "accept-transfer", _simple("accept_transfer", "patient"),
+              "take over a patient's account (clerk/admin of the insurer asked)")
+    pac.add_argument("patient")
+    pcn = sub(pa, "cancel-transfer", _simple("cancel_transfer", "patient"),
+              "withdraw (the patient, her insurer) or decline (the insurer asked) a pending move")
+    pcn.add_argument("patient")
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

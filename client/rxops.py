@@ -956,6 +956,47 @@ class RxOperations:
             rec["reversal_note"] = r.note
         return rec
 
+    def _account_endorsers(self, pseud: str, *also: str) -> list[str] | None:
+        """The endorsers of a transfer call by a session that adds her binding to its proposals
+        (a patient's: the binding goes only with a call naming its endorsers, client.gateway):
+        her insurer, ``also`` (the insurer asked) and her hospital that run a peer, this
+        session's peer first if it is one of them, two of them (the settlement policy: an
+        insurer's peer and one other). None (the gateway picks) for any other session."""
+        if not self.s.gateway.default_transient:
+            return None
+        acct = self.s.gateway.evaluate(SETTLEMENT, "get_account", {"pseudonym": pseud})
+        enrol = self.s.gateway.evaluate("registry", "get_patient", {"pseudonym": pseud})
+        insurer = str(acct.get("insurer", "")) if isinstance(acct, dict) else ""
+        hospital = str(enrol.get("hospital", "")) if isinstance(enrol, dict) else ""
+        parties = self._endorsers(insurer, *also, hospital)
+        if self.s.peer_org in parties:
+            parties.remove(self.s.peer_org)
+            parties.insert(0, self.s.peer_org)
+        return parties[:2] or None
+
+    def request_transfer(self, ref: str, to_insurer: str) -> dict[str, Any]:
+        """Ask to move patient ``ref``'s insurance account to ``to_insurer`` (the patient
+        herself, or a clerk/admin of her insurer); it moves when a clerk/admin of
+        ``to_insurer`` accepts (:meth:`accept_transfer`). A later request replaces this one."""
+        pseud = self.pseudonym(ref)
+        res = self.s.gateway.submit(SETTLEMENT, "request_transfer",
+                                    {"pseudonym": pseud, "to_insurer": to_insurer},
+                                    endorsing_orgs=self._account_endorsers(pseud, to_insurer))
+        return {"patient": ref, **_written(res)}
+
+    def accept_transfer(self, ref: str) -> dict[str, Any]:
+        """Take over patient ``ref``'s account (clerk/admin of the insurer a pending request
+        names); refused OPEN_CLAIMS while a claim of hers is outstanding with her insurer."""
+        res = self.s.gateway.submit(SETTLEMENT, "accept_transfer", {"pseudonym": self.pseudonym(ref)})
+        return {"patient": ref, **_written(res)}
+
+    def cancel_transfer(self, ref: str) -> dict[str, Any]:
+        """Withdraw (the patient, her insurer) or decline (the insurer asked) a pending move."""
+        pseud = self.pseudonym(ref)
+        res = self.s.gateway.submit(SETTLEMENT, "cancel_transfer", {"pseudonym": pseud},
+                                    endorsing_orgs=self._account_endorsers(pseud))
+        return {"patient": ref, **_written(res)}
+
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""
         pseud = self.pseudonym(ref)

@@ -3,20 +3,26 @@
 Reference data the prescription and settlement contracts read:
 
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
-* pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin;
+  a practitioner code is held by one active registration at a time (index ``praccode/{code}``);
+* pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
+  by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
   class; no drug names: clients map names to codes with their own catalogue): written by
   insurer admins, an entry only by the insurer that created it, its controlled class (what
   is never prescribed online) once created only by regulator admins; every write also keeps the
   version ``drugver/{medListCodg}/{inv13}`` (settlement prices a claim as of its dispense);
+  another insurer's ``set_drug`` on an existing code writes its own class and prices
+  ``price/{insurer}/{medListCodg}`` with versions ``pricever/{insurer}/{medListCodg}/{inv13}``
+  (its claims are priced by them; without them, by the entry);
 * insurance policy versions ``policy/{insurer}/{inv13}`` where ``inv13`` is
   ``9999999999999 - effective_ms`` zero-padded to 13 digits, so an ascending range starting
   at ``inv13(t)`` with limit 1 returns the version in force at time ``t``; written by the
   insurer's admin; a version never applies before its effective time;
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
-  written by the admin of the enrolling hospital. Money (balance, deductible and cap
-  seeds) and the patient's insurer are NOT here: the insurer opens the account with
-  ``settlement.open_account``.
+  written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
+  own room (16 entries per hospital, 48 for the hospitals other than the enrolling one).
+  Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
+  insurer opens the account with ``settlement.open_account``.
 
 Privacy: a patient is known only by a 64-hex pseudonym (HMAC-SHA256 of the ID number under
 the consortium secret, computed by the client). Diagnoses are never stored in plaintext:
@@ -52,7 +58,9 @@ PRACTITIONER_ROLES = ("doctor", "pharmacist", "nurse", "courier")
 HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
-MAX_DIAGNOSES = 16
+MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
+MAX_DIAGNOSES_TOTAL = 64  # entries of one patient record (its size); the enrolling hospital's 16
+# are kept free of the others: the other hospitals share MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES
 MAX_TEXT = 128
 LIST_LIMIT = 200
 
@@ -145,6 +153,18 @@ def _dx_key(ctx: Context) -> str:
 # ---------------------------------------------------------------- practitioners, pharmacies
 
 
+# The index ``praccode/{code}`` / ``pharmlic/{licence_no}`` = {org, name} ("" name for a
+# pharmacy) names the last active registration of the code: it holds the code while that
+# registration is active and still carries it; nobody else registers it active meanwhile.
+
+
+def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
+    """A registration moved to another code: its old code is free (if it still held it)."""
+    holder = ctx.get(key)
+    if holder is not None and holder["org"] == org and holder["name"] == name:
+        ctx.delete(key)
+
+
 def register_practitioner(
     ctx: Context,
     name: str,
@@ -167,6 +187,20 @@ def register_practitioner(
     if not _is_int(practice_years, 0, 80):
         ctx.fail("BAD_ARGUMENTS", "practice_years must be 0-80")
     org = ctx.caller.org
+    key = "prac/" + org + "/" + name
+    holder = ctx.get("praccode/" + code)
+    if licence_active and holder is not None and (holder["org"] != org or holder["name"] != name):
+        # a drCode names one person: another organisation (or another of this one's records)
+        # registering it would let its certificate act under that person's licence
+        prac = ctx.get("prac/" + holder["org"] + "/" + holder["name"])
+        if prac is not None and prac["code"] == code and prac["licence_active"]:
+            ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
+                     + holder["org"] + "/" + holder["name"] + " with an active licence")
+    old = ctx.get(key)
+    if old is not None and old["code"] != code:
+        _release_code(ctx, "praccode/" + old["code"], org, name)
+    if licence_active:
+        ctx.put("praccode/" + code, {"org": org, "name": name})
     rec = {
         "org": org,
         "name": name,
@@ -177,7 +211,7 @@ def register_practitioner(
         "internet_practice": internet_practice,
         "updated": _stamp(ctx),
     }
-    ctx.put("prac/" + org + "/" + name, rec)
+    ctx.put(key, rec)
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
 
@@ -190,6 +224,17 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     if not isinstance(active, bool):
         ctx.fail("BAD_ARGUMENTS", "active is a boolean")
     org = ctx.caller.org
+    holder = ctx.get("pharmlic/" + licence_no)
+    if active and holder is not None and holder["org"] != org:
+        ph = ctx.get("pharmacy/" + holder["org"])
+        if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
+            ctx.fail("LICENCE_IN_USE", "pharmacy licence " + licence_no + " is registered to "
+                     + holder["org"] + " (active)")
+    old = ctx.get("pharmacy/" + org)
+    if old is not None and old["licence_no"] != licence_no:
+        _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
+    if active:
+        ctx.put("pharmlic/" + licence_no, {"org": org, "name": ""})
     rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
@@ -265,8 +310,6 @@ def set_drug(
         ctx.fail("BAD_ARGUMENTS", "standard_fen >= 0 and price_fen >= 1 (integer fen)")
     org = ctx.caller.org
     old = ctx.get("drug/" + code)
-    if old is not None and old["insurer"] != org:
-        ctx.fail("ACCESS_DENIED", "formulary entry " + code + " is maintained by " + old["insurer"])
     if old is not None and controlled != old["controlled"]:
         # what is never prescribed online (DOMAIN.md 1.3, 1.5) is the regulator's to decide: an
         # insurer declassified a narcotic, or blocked a common drug everywhere as one
@@ -282,7 +325,28 @@ def set_drug(
         "controlled": controlled,
         "updated": _stamp(ctx),
     }
+    if old is not None and old["insurer"] != org:
+        # another insurer's entry: this insurer's own class and prices for its own claims (the
+        # first insurer to create a code used to set them for every insurer); the entry itself
+        # -- the code's existence, spec and controlled class, what issue and dispense read --
+        # stays its creator's
+        return _put_price(ctx, rec)
     return _put_drug(ctx, old, rec)
+
+
+def _put_price(ctx: Context, rec: dict) -> dict:
+    """Write ``rec`` as the caller's own price list entry ``price/{insurer}/{code}`` and as its
+    version ``pricever/{insurer}/{code}/{inv13}`` from this tx on (settlement prices the
+    insurer's claims by it, as of the dispense)."""
+    key = rec["insurer"] + "/" + rec["code"]
+    old = ctx.get("price/" + key)
+    if old is not None and ctx.timestamp_ms < old["updated"]["ms"]:
+        ctx.fail("POLICY_RETROACTIVE", "the price of " + rec["code"] + " of " + rec["insurer"]
+                 + " has a version from after this transaction's time; retry with the current time")
+    ctx.put("price/" + key, rec)
+    ctx.put("pricever/" + key + "/" + _inv(ctx.timestamp_ms), rec)
+    ctx.emit("registry.price", {"code": rec["code"], "insurer": rec["insurer"]})
+    return rec
 
 
 def set_controlled(ctx: Context, code: str, controlled: str) -> dict:
@@ -304,13 +368,21 @@ def set_controlled(ctx: Context, code: str, controlled: str) -> dict:
     return _put_drug(ctx, old, rec)
 
 
-def get_drug(ctx: Context, code: str) -> dict:
-    """A formulary entry by national code (medListCodg)."""
+def get_drug(ctx: Context, code: str, insurer: str = "") -> dict:
+    """A formulary entry by national code (medListCodg); with ``insurer``, as that insurer
+    prices it: its own price list entry when it has one, else the entry."""
     if not isinstance(code, str) or len(code) != 23:
         ctx.fail("UNKNOWN_DRUG", "a formulary entry is looked up by its 23-char national code")
+    if not isinstance(insurer, str) or (insurer != "" and not _is_id(insurer, 32)):
+        ctx.fail("BAD_ARGUMENTS", "insurer is an organisation id (or empty)")
     rec = ctx.get("drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "no formulary entry " + code)
+    if insurer != "":
+        own = ctx.get("price/" + insurer + "/" + code)
+        if own is not None:
+            own["controlled"] = rec["controlled"]  # the regulator's, whatever it was when priced
+            return own
     return rec
 
 
@@ -457,9 +529,16 @@ def _diagnosis_entries(ctx: Context, pseudonym: str, items: list, default_hospit
                 "hospital": hospital,
                 "physical": physical,
                 "recorded_ms": ctx.timestamp_ms,
+                "by": ctx.caller.org,
             }
         )
     return out
+
+
+def _recorder(entry: dict) -> str:
+    """The hospital that wrote a diagnosis entry (whose room it takes): ``by``, or on an entry
+    written before ``by`` was kept, the hospital it names."""
+    return entry.get("by", entry["hospital"])
 
 
 def _user_tag(ctx: Context) -> str:
@@ -502,6 +581,14 @@ def enrol_patient(ctx: Context, pseudonym: str) -> dict:
     if old is not None and old["hospital"] != org:
         ctx.fail("ACCESS_DENIED", "patient is enrolled by another hospital")
     diagnoses = _diagnosis_entries(ctx, pseudonym, ctx.transient("diagnoses"), org)
+    if old is not None:
+        # a re-enrolment replaces the enrolling hospital's own entries only: the diagnoses other
+        # hospitals recorded (add_diagnosis) are theirs, not the enroller's to drop
+        kept = []
+        for entry in old["diagnoses"]:
+            if _recorder(entry) != org:
+                kept.append(entry)
+        diagnoses = kept + diagnoses
     rec = {
         "pseudonym": pseudonym,
         "hospital": org,
@@ -535,19 +622,39 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    if len(rec["diagnoses"]) >= MAX_DIAGNOSES:
-        ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient")
     entry = {
         "icd10": ctx.transient("icd10"),
         "date": _date_str(ctx.timestamp_ms),
         "hospital": c.org,
         "physical": physical,
     }
-    rec["diagnoses"] = rec["diagnoses"] + _diagnosis_entries(ctx, pseudonym, [entry], c.org)
+    new = _diagnosis_entries(ctx, pseudonym, [entry], c.org)[0]
+    mine = 0
+    others = 0
+    for dx in rec["diagnoses"]:
+        by = _recorder(dx)
+        if by != rec["hospital"]:
+            others = others + 1
+        if by == c.org:
+            mine = mine + 1
+            if dx["tag"] == new["tag"] and dx["physical"] == physical:
+                # already on record from this hospital (the earlier entry already counts for
+                # visits after it): a follow-up visit recorded again takes no room
+                return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": False}
+    # room per hospital: one hospital cannot fill another's (the enrolling hospital's 16 are its
+    # own; the others share the rest of the record's bound, at most 16 each)
+    if mine >= MAX_DIAGNOSES:
+        ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient from one hospital")
+    if c.org != rec["hospital"] and others >= MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES:
+        ctx.fail("LIMIT_EXCEEDED", "at most 48 diagnoses per patient from hospitals other than "
+                 "her enrolling hospital")
+    if len(rec["diagnoses"]) >= MAX_DIAGNOSES_TOTAL:
+        ctx.fail("LIMIT_EXCEEDED", "at most 64 diagnoses per patient")
+    rec["diagnoses"] = rec["diagnoses"] + [new]
     rec["updated"] = _stamp(ctx)
     ctx.put("patient/" + pseudonym, rec)
     ctx.emit("registry.diagnosis", {"hospital": c.org})
-    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"])}
+    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": True}
 
 
 def _may_ask(ctx: Context) -> bool:

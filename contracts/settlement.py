@@ -23,7 +23,9 @@ insurer (a clerk or admin) opens her account with ``open_account``: ``acct/{pseu
 {"insurer", ...}, the opening ``bal/{pseudonym}`` = {"balance_fen"} and the seed
 ``ctr/{pseudonym}/{year}`` = {"deductible_used_fen", "cap_used": {dx_tag: fen}} (cap usage
 per disease; year = China-local calendar year). Counters of a year without a record are
-zero. Claims: ``claim/{claim_id}``,
+zero. The account moves to another insurer with ``request_transfer`` (the patient, or her
+insurer) and ``accept_transfer`` (the receiving insurer), never while a claim of hers is
+outstanding; the money moves unchanged. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -48,6 +50,8 @@ MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
+MAX_TRANSFERS = 16  # moves of one account from insurer to insurer (the account keeps each one)
+CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -111,11 +115,18 @@ def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
     return found[0][1]
 
 
-def _drug(ctx: Context, code: str, at_ms: int) -> dict:
-    """The formulary entry (class, price, standard) in force at ``at_ms``: the registry keeps
-    every version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+def _drug(ctx: Context, code: str, at_ms: int, insurer: str) -> dict:
+    """The class, price and standard of ``code`` for ``insurer``'s claims in force at
+    ``at_ms``: the insurer's own price version (``pricever/{insurer}/{code}/{inv13}``) when it
+    had published one by then, else the formulary entry's: the registry keeps every version
+    as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    inv = str(MAX_INV - at_ms).zfill(13)
+    own = "pricever/" + insurer + "/" + code + "/"
+    found = ctx.range_from("registry", own + inv, own + "~", 1)
+    if len(found) > 0:
+        return found[0][1]
     prefix = "drugver/" + code + "/"
-    found = ctx.range_from("registry", prefix + str(MAX_INV - at_ms).zfill(13), prefix + "~", 1)
+    found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
         return found[0][1]
     rec = ctx.get_from("registry", "drug/" + code)
@@ -169,7 +180,7 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
     old = ctx.get("acct/" + pseudonym)
     if old is not None:
-        ctx.fail("ACCOUNT_EXISTS", "the account was opened by " + old["insurer"])
+        ctx.fail("ACCOUNT_EXISTS", "the account is held by " + old["insurer"])
     seeds = ctx.transient("cap_used_by_disease")
     if seeds is None:
         seeds = {}
@@ -198,6 +209,153 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
     ctx.put("ctr/" + pseudonym + "/" + str(year),
             {"deductible_used_fen": deductible_used_fen, "cap_used": cap_used})
     ctx.emit("account.opened", {"insurer": c.org})
+    return acct
+
+
+def _open_claims(ctx: Context, pseudonym: str) -> int:
+    """Her prescriptions with a claim outstanding: a dispensed fill without an active claim, or
+    a prescription that can still be dispensed (its claim key is wrapped for the insurer of its
+    issue alone: after a move nobody could settle it). Erased prescriptions are past their
+    retention (their keys destroyed): never claimable, never outstanding. All her prescriptions
+    are read (pages of 64 index rows; bounded by gas)."""
+    prefix = "pidx/" + pseudonym + "/"
+    end = prefix + "~"
+    now = ctx.timestamp_ms
+    n = 0
+    page = ctx.range_from("prescription", prefix, end, 64)
+    while len(page) > 0:
+        for pair in page:
+            rx = ctx.get_from("prescription", "rx/" + pair[1]["rx_id"])
+            if rx is None or rx["status"] == "ERASED":
+                continue
+            deadline = rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
+            if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline:
+                n = n + 1
+                continue
+            fill = 1
+            while fill <= rx["fills"]:
+                guard = ctx.get("claimed/" + rx["rx_id"] + "/" + str(fill).zfill(3))
+                if guard is None or guard["active"] == "":
+                    n = n + 1
+                    break
+                fill = fill + 1
+        # next page after the last key ("!" sorts below every rx id character)
+        page = ctx.range_from("prescription", page[len(page) - 1][0] + "!", end, 64)
+    return n
+
+
+def _transfer_party(ctx: Context, pseudonym: str) -> list:
+    """[enrolment, account, who] for a transfer request or its withdrawal: the patient herself
+    (her binding) or a clerk/admin of the insurer holding her account; ``who`` is "patient" or
+    that insurer's id."""
+    c = ctx.caller
+    if not _is_hex(pseudonym, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    if c.role != "patient" and (c.org_kind != "insurer" or c.role not in ("clerk", "admin")):
+        ctx.fail("WRONG_ROLE", "the patient or her insurer's clerk or admin asks for a transfer")
+    enrol = ctx.get_from("registry", "patient/" + pseudonym)
+    if enrol is None:
+        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    if c.role == "patient":
+        if not _is_patient(ctx, enrol):  # before telling whether she has an account
+            ctx.fail("ACCESS_DENIED", "only the patient herself (her binding) or her insurer")
+        return [enrol, _account(ctx, pseudonym), "patient"]
+    acct = _account(ctx, pseudonym)
+    if acct["insurer"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
+    return [enrol, acct, c.org]
+
+
+def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
+    """Ask to move the patient's account to ``to_insurer`` (the patient with her binding, or a
+    clerk/admin of her insurer); a clerk or admin of ``to_insurer`` completes it with
+    ``accept_transfer``. So a move takes the patient's consent or both insurers', and always
+    the receiving insurer's. A later request replaces a pending one."""
+    if not _is_id(to_insurer, 32):
+        ctx.fail("BAD_ARGUMENTS", "to_insurer is an insurer's organisation id")
+    party = _transfer_party(ctx, pseudonym)
+    acct = party[1]
+    if to_insurer == acct["insurer"]:
+        ctx.fail("BAD_ARGUMENTS", "the account is held by " + to_insurer + " already")
+    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
+        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
+    _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
+    by = ctx.caller.name
+    if party[2] == "patient":
+        by = ""  # her certificate's name is never stored (README "Patient certificate binding")
+    req = {
+        "from": acct["insurer"],
+        "to": to_insurer,
+        "requested_by": party[2],
+        "by": by,
+        "ms": ctx.timestamp_ms,
+        "tx_id": ctx.tx_id,
+    }
+    ctx.put("xfer/" + pseudonym, req)
+    ctx.emit("account.transfer_requested", {"from": acct["insurer"], "to": to_insurer})
+    return req
+
+
+def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
+    """Withdraw a pending transfer (the patient, her insurer's clerk/admin) or decline it (a
+    clerk/admin of the insurer it is addressed to)."""
+    c = ctx.caller
+    if not _is_hex(pseudonym, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    req = ctx.get("xfer/" + pseudonym)
+    declined = req is not None and c.org_kind == "insurer" and c.role in ("clerk", "admin") \
+        and c.org == req["to"]
+    if not declined:
+        _transfer_party(ctx, pseudonym)  # the patient or her insurer, before telling anything
+        if req is None:
+            ctx.fail("NOT_FOUND", "no transfer of this patient's account is pending")
+    ctx.delete("xfer/" + pseudonym)
+    ctx.emit("account.transfer_cancelled", {"from": req["from"], "to": req["to"]})
+    return req
+
+
+def accept_transfer(ctx: Context, pseudonym: str) -> dict:
+    """Take over the patient's account (clerk or admin of the insurer a pending request names).
+
+    Refused while a claim of hers is outstanding (OPEN_CLAIMS: a dispensed fill unclaimed, or a
+    prescription that can still be dispensed): the insurer of a prescription's issue holds its
+    claim key and settles it, so it must be settled first -- never lost, never paid twice. The
+    money moves unchanged: the personal-account balance and this and earlier years'
+    deductible and cap counters are hers; the new insurer's policy applies to dispenses from
+    the move on. The previous insurer's claims stay its own and can no longer be reversed
+    (ACCOUNT_TRANSFERRED): a reversal would reopen a fill nobody could settle."""
+    c = ctx.caller
+    if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
+        ctx.fail("WRONG_ROLE", "a clerk or admin of the receiving insurer accepts a transfer")
+    if not _is_hex(pseudonym, 64, 64):
+        ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
+    req = ctx.get("xfer/" + pseudonym)
+    if req is None or req["to"] != c.org:
+        ctx.fail("NOT_FOUND", "no transfer of this patient's account to " + c.org + " is pending")
+    acct = _account(ctx, pseudonym)
+    if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
+        ctx.fail("NOT_FOUND", "the pending transfer is stale")
+    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
+        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
+    n = _open_claims(ctx, pseudonym)
+    if n > 0:
+        ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
+                 + acct["insurer"] + " (a fill to settle, or fills still to dispense)")
+    _policy(ctx, c.org, ctx.timestamp_ms)
+    move = {
+        "from": acct["insurer"],
+        "to": c.org,
+        "requested_by": req["requested_by"],
+        "request_tx_id": req["tx_id"],
+        "accepted_by": c.name,
+        "ms": ctx.timestamp_ms,
+        "tx_id": ctx.tx_id,
+    }
+    acct["transfers"] = acct.get("transfers", []) + [move]
+    acct["insurer"] = c.org
+    ctx.put("acct/" + pseudonym, acct)
+    ctx.delete("xfer/" + pseudonym)
+    ctx.emit("account.transferred", {"from": move["from"], "to": c.org})
     return acct
 
 
@@ -341,7 +499,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     lines = _claimed_lines(ctx, claim["lines"])
     priced = []
     for ln in lines:
-        drug = _drug(ctx, ln["code"], served)
+        drug = _drug(ctx, ln["code"], served, c.org)
         priced.append(
             {
                 "qty": ln["qty"],
@@ -449,6 +607,11 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " of " + c.org)
     if rec["status"] != "SETTLED":
         ctx.fail("ALREADY_REVERSED", "the claim was already reversed")
+    if _account(ctx, rec["patient"])["insurer"] != c.org:
+        # her account moved to another insurer: the fill would reopen with nobody to settle it
+        # (the claim key is this insurer's), and the refund would land in an account it no
+        # longer holds -- a correction is between the insurers, off the ledger
+        ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
     key = "ctr/" + rec["patient"] + "/" + str(rec["year"])
     ctr = ctx.get(key)
     ctr["deductible_used_fen"] = ctr["deductible_used_fen"] - rec["deductible_fen"]
@@ -502,6 +665,19 @@ def _may_read_patient(ctx: Context, enrol: dict) -> bool:
     return _is_patient(ctx, enrol)
 
 
+def _may_read_account(ctx: Context, enrol: dict) -> bool:
+    """``_may_read_patient``, or a clerk/admin of the insurer a pending transfer of her account
+    is addressed to (it decides whether to take over her balance and counters; her claims stay
+    her insurer's to read)."""
+    if _may_read_patient(ctx, enrol):
+        return True
+    c = ctx.caller
+    if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
+        return False
+    req = ctx.get("xfer/" + enrol["pseudonym"])
+    return req is not None and req["to"] == c.org
+
+
 def get_account(ctx: Context, pseudonym: str) -> dict:
     """Who insures the patient (the account metadata, no balance): those who may read her
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
@@ -514,7 +690,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
     c = ctx.caller
     doctor = c.org_kind == "hospital" and c.role == "doctor"
-    if not doctor and not _may_read_patient(ctx, enrol):
+    if not doctor and not _may_read_account(ctx, enrol):
         ctx.fail("ACCESS_DENIED", "not allowed to read this patient's account")
     acct = _account(ctx, pseudonym)
     return {"pseudonym": pseudonym, "insurer": acct["insurer"], "opened_ms": acct["opened_ms"]}
@@ -554,7 +730,10 @@ def get_claim(ctx: Context, claim_id: str) -> dict:
     enrol = None
     if rec is not None:
         enrol = ctx.get_from("registry", "patient/" + rec["patient"])
-    if enrol is None or not _may_read_patient(ctx, enrol):
+    c = ctx.caller
+    own = rec is not None and c.org_kind == "insurer" and c.role in ("clerk", "admin") \
+        and rec["insurer"] == c.org  # its own claim, also after her account moved
+    if enrol is None or not (own or _may_read_patient(ctx, enrol)):
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " that you may read")
     return rec
 
@@ -568,7 +747,7 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    if not _may_read_patient(ctx, enrol):
+    if not _may_read_account(ctx, enrol):
         ctx.fail("ACCESS_DENIED", "not allowed to read this patient's account")
     if year == 0:
         year = _china_year(ctx.timestamp_ms)

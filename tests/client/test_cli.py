@@ -95,6 +95,9 @@ def test_parser_knows_every_public_command():
                  ["rx", "deliver", "R"], ["rx", "revoke", "R", "--reason", "x"],
                  ["rx", "show", "R"], ["rx", "trace", "R"], ["claim", "settle", "R"],
                  ["claim", "reverse", "C"], ["patient", "show", "patient-zhang"],
+                 ["patient", "transfer", "patient-zhang", "--to", "ins02"],
+                 ["patient", "accept-transfer", "patient-zhang"],
+                 ["patient", "cancel-transfer", "patient-zhang"],
                  ["ledger", "verify", "--peer", "h01"], ["ledger", "height"],
                  ["netgen"], ["fhir", "serve", "--port", "0"]):
         args = p.parse_args(argv)

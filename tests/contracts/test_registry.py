@@ -72,12 +72,16 @@ def test_formulary_is_maintained_by_insurer_admins(world: World) -> None:
 
 
 def test_an_insurer_cannot_reprice_another_insurers_formulary_entry(world: World) -> None:
+    """Another insurer's set_drug prices the code for its own claims only (it was refused
+    ACCESS_DENIED: the creator priced every insurer's claims): the entry stays the creator's."""
     amlodipine = world.codes["amlodipine"]
     cheap = {**DRUG, "code": amlodipine, "price_fen": 1, "standard_fen": 100000}
-    assert submit(world, "set_drug", admin("ins02"), **cheap) == "ACCESS_DENIED"
+    assert submit(world, "set_drug", admin("ins02"), **cheap) == "OK"
     assert submit(world, "set_drug", admin("h01"), **cheap) == "ACCESS_DENIED"
     rec = world.chain.query("registry", "get_drug", WANG, code=amlodipine).unwrap()
     assert rec["price_fen"] == 2000 and rec["insurer"] == "ins01"
+    own = world.chain.query("registry", "get_drug", WANG, code=amlodipine, insurer="ins02").unwrap()
+    assert own["price_fen"] == 1 and own["insurer"] == "ins02"
     assert submit(world, "set_drug", admin("ins01"), **{**cheap, "price_fen": 2100}) == "OK"
 
 

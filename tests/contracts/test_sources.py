@@ -21,7 +21,7 @@ PUBLIC = {
         "trace", "trace_fills", "audit_trail", "audit_log", "patient_prescriptions", "list_prescriptions",
     },
     "settlement": {"settle", "reverse", "get_claim", "patient_status", "trail", "open_account",
-                   "get_account"},
+                   "get_account", "request_transfer", "accept_transfer", "cancel_transfer"},
 }
 
 

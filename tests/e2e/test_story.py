@@ -364,7 +364,7 @@ def test_pipelined_submissions_on_one_transact_stream(net: Net):
 
     tag = os.urandom(3).hex()
     calls = [Call("registry", "register_practitioner", {
-        "name": f"dr-pipe-{tag}-{i}", "role": "doctor", "code": f"D5001{i:08d}",
+        "name": f"dr-pipe-{tag}-{i}", "role": "doctor", "code": f"D5001{tag}{i:02d}",
         "licence_active": True, "practice_years": 5 + i, "internet_practice": True})
         for i in range(5)]
     calls.insert(2, Call("registry", "register_practitioner", {
