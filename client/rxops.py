@@ -675,16 +675,17 @@ class RxOperations:
 
     def trace(self, rx_id: str) -> dict[str, Any]:
         """The trail in order: step, actor, org, role, time, tx_id, block (every page);
-        ``truncated`` when steps are missing (beyond ``MAX_PAGES`` pages, or versions past
-        the history window: ``unreadable``)."""
+        ``truncated`` when steps are missing (beyond ``MAX_PAGES`` pages, or versions the
+        peer's history index does not hold: ``unreadable``)."""
         res = self._all_pages("trace", rx_id, "steps")
         steps = []
         notes: list[tuple[str, dict[str, Any]]] = []
         seen: set[tuple[str, str]] = set()
         for st in res.get("steps") or []:
-            # the trace pages by position in a time-ordered trail: a step committed between two
+            # the trace pages by version and claim event: a claim event committed between two
             # pages with an earlier timestamp (client clocks differ) shifts the later ones, so
-            # the next page repeats one; a step is one transaction's (tx_id, step): never lost
+            # the next page repeats one (a cursor of an earlier release, a position in the
+            # trail, shifts on any step); a step is one transaction's (tx_id, step): never lost
             ident = (str(st.get("tx_id") or ""), str(st.get("step")))
             if ident[0]:
                 if ident in seen:

@@ -62,7 +62,8 @@ MAX_NOTE_CT = 4096
 MAX_CONSENTS = 16  # consent grants of one prescription at once (grant_consent: LIMIT_EXCEEDED)
 MAX_NOTE_KEYS = 64  # note keys of one prescription: one per withdrawal or re-route (README "Note keys")
 MAX_WRAPPED = 512  # a wrapped note key (aead.wrap_key: 126 bytes, 168 base64 characters)
-HISTORY_WINDOW = 1000  # the trace orders the oldest 1000 versions of a record
+MAX_VERSION = 4294967295  # largest version position a trace cursor names (ctx.history's start)
+MAX_POSITION = 9999  # largest step position a trace cursor may name (resolved from the start)
 PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
 TRACE_BYTES = 49152  # JSON of a trace page's steps (beyond its first)
 CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
@@ -114,9 +115,24 @@ def _is_blank(s: str) -> bool:
     return True
 
 
-def _is_offset(s: str) -> bool:
-    """A trace cursor: empty (from the start) or the decimal position a page handed back."""
-    return _only(s, DIGITS, 0, 7)
+def _trace_cursor(s: str) -> list:
+    """A trace cursor: "" (the start), a page's ``next``, "{v}.{c}" -- the position in the
+    history index of the first version of ``rx/{rx_id}`` and the index of the first claim
+    event (in time order) not shown yet: [v, c] -- or a step's position in the trail,
+    0-MAX_POSITION (the cursors of earlier releases): [-1, position]. [] when malformed."""
+    if s == "":
+        return [0, 0]
+    if _only(s, DIGITS, 1, 4):
+        return [-1, int(s)]
+    if not _only(s, DIGITS + ".", 3, 18):
+        return []
+    parts = s.split(".")
+    if len(parts) != 2 or not _only(parts[0], DIGITS, 1, 10) or not _only(parts[1], DIGITS, 1, 7):
+        return []
+    v = int(parts[0])
+    if v > MAX_VERSION:
+        return []
+    return [v, int(parts[1])]
 
 
 def _reason_code(ctx: Context, reason: str, codes: tuple, what: str) -> str:
@@ -1364,25 +1380,65 @@ def _claim_rows(ctx: Context, rx_id: str) -> list:
     return rows
 
 
-def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
-    """The whole trail from the history index (+ settlement records), oldest first, paged:
-    ``start`` is "" or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000).
+def _versions_follow(ctx: Context, key: str, count: int, pos: int, read: int) -> bool:
+    """Whether the history index holds a version of ``key`` at position ``pos``, right after
+    the ``read`` versions a page read (``count``: the record's step_count, -1 unknown). Asked
+    of the index (metadata of one version: no block read) unless the count says none: a read
+    of values ends early on its bytes or gas, and a peer whose state came from a snapshot
+    lacks the oldest versions the count counts."""
+    if read == 0 or (count >= 0 and pos >= count):
+        return False
+    return len(ctx.history(key, 1, pos, False)) > 0
 
-    Ordered by the versions' metadata; a page reads its versions' values by a paged
-    ctx.history (README), so it may end early, never empty. ``left``: steps on later pages;
-    ``unreadable``: versions past the oldest 1000 (-1: unknown, a record from before
-    ``step_count``); ``truncated``: more to read."""
+
+def _trace_position(ctx: Context, key: str, claims: list, position: int) -> list:
+    """The cursor [v, c] of the ``position``-th step of the trail (the merge of ``trace``),
+    from the versions' metadata (pages of 1000: no block read); [] past the end."""
+    v = 0
+    c = 0
+    n = 0
+    meta = ctx.history(key, PAGE_MAX, 0, False)
+    k = 0
+    while n < position:
+        if k >= len(meta) and len(meta) > 0:
+            v = v + len(meta)
+            meta = ctx.history(key, PAGE_MAX, v, False)
+            k = 0
+        if k < len(meta) and (c >= len(claims) or claims[c]["time_ms"] >= meta[k]["timestamp_ms"]):
+            if not meta[k]["is_delete"]:
+                n = n + 1
+            k = k + 1
+        elif c < len(claims):
+            c = c + 1
+            n = n + 1
+        else:
+            return []
+    return [v + k, c]
+
+
+def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
+    """The whole trail from the history index (+ settlement records), paged: ``start`` is ""
+    or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000).
+
+    The versions of ``rx/{rx_id}`` in commit order (their position in the history index,
+    by block and tx: it never runs backwards, whatever the timestamps) merged by time with
+    the claim events (time order): an event goes before a version only when strictly
+    earlier. A page reads its versions' values by one paged ctx.history from the cursor's
+    version (README), so it may end early, never empty. ``next``: "{version}.{claim event}"
+    of the first step not shown; ``left``: steps on later pages (-1: unknown, a record from
+    before ``step_count``); ``unreadable``: versions ``step_count`` counts that this peer's
+    history index does not hold; ``truncated``: more to read."""
     rx = _party_rx(ctx, rx_id)
-    if not _is_offset(start) or not _is_int(limit, 0, PAGE_MAX):
+    cur = _trace_cursor(start)
+    if len(cur) == 0 or not _is_int(limit, 0, PAGE_MAX):
         ctx.fail("BAD_ARGUMENTS", "start is a cursor from an earlier page's next (or empty), limit 0-1000")
     if limit == 0:
         limit = PAGE_MAX
     key = "rx/" + rx_id
-    history = ctx.history(key, HISTORY_WINDOW, None, False)  # metadata: no block read, no cut
-    steps = []
-    for i, h in enumerate(history):
-        if not h["is_delete"]:
-            steps.append({"v": i, "time_ms": h["timestamp_ms"]})
+    count = -1  # versions of the record: one per transaction (-1: a record from before step_count)
+    if "step_count" in rx:
+        count = rx["step_count"]
+    claims = []
     for pair in _claim_rows(ctx, rx_id):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
         for ev in claim["events"]:
@@ -1391,61 +1447,81 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
                 detail["reason"] = claim.get("reversal_reason", "")
                 detail["note_ct"] = claim.get("reversal_note_ct", "")
             t = ev["time_ms"]
-            steps.append({"step": ev["step"], "actor": ev["actor"], "org": ev["org"], "role": ev["role"],
-                          "time_ms": t, "time": _iso_utc(t), "tx_id": ev["tx_id"], "block": None, "detail": detail})
-    ordered = []
-    for s in steps:
-        i = len(ordered)
-        while i > 0 and ordered[i - 1]["time_ms"] > s["time_ms"]:
-            i = i - 1
-        ordered.insert(i, s)
-    first = 0
-    if start != "":
-        first = int(start)
-    if first > len(ordered):
+            s = {"step": ev["step"], "actor": ev["actor"], "org": ev["org"], "role": ev["role"],
+                 "time_ms": t, "time": _iso_utc(t), "tx_id": ev["tx_id"], "block": None, "detail": detail}
+            i = len(claims)
+            while i > 0 and claims[i - 1]["time_ms"] > t:
+                i = i - 1
+            claims.insert(i, s)
+    if cur[0] < 0:
+        cur = _trace_position(ctx, key, claims, cur[1])
+        if len(cur) == 0:
+            ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
+    v = cur[0]
+    c = cur[1]
+    if c > len(claims) or (count >= 0 and v > count):
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
-    window = ordered[first:first + limit]
-    vs = [s["v"] for s in window if "v" in s]
     got = []
-    lo = 0
-    if vs:
-        lo = min(vs)
-        got = ctx.history(key, max(vs) - lo + 1, lo)
-        if vs[0] - lo >= len(got):
-            lo = vs[0]
-            got = ctx.history(key, max(vs) - lo + 1, lo)
+    if count < 0 or v < count:
+        got = ctx.history(key, limit, v)  # a page of values from version v: may end early, never empty
+    if count < 0 and v > 0 and len(got) == 0 and len(ctx.history(key, 1, v - 1, False)) == 0:
+        ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
     page = []
-    after = first
+    i = 0
+    j = c
     size = 0
-    for s in window:
-        if "v" in s:
-            j = s["v"] - lo
-            if j < 0 or j >= len(got):
-                break  # not read: the next page starts here
-            h = got[j]
-            if h["value"] is None:  # a damaged block
-                after = after + 1
-                continue
-            v = h["value"]["step"]
+    follow = -1  # whether the index holds versions after the ones read (-1: not asked yet)
+    while len(page) < limit:
+        claim = True
+        if i < len(got):
+            h = got[i]
+            if j >= len(claims) or claims[j]["time_ms"] >= h["timestamp_ms"]:
+                claim = False
+                if h["is_delete"] or h["value"] is None:  # a delete, a damaged block: no step
+                    i = i + 1
+                    continue
+        elif j >= len(claims):
+            break
+        else:
+            if follow < 0:
+                follow = 1 if _versions_follow(ctx, key, count, v + len(got), len(got)) else 0
+            if follow > 0:
+                break  # the next page reads on from the version the read ended before
+        if claim:
+            s = claims[j]
+        else:
+            st = h["value"]["step"]
             t = h["timestamp_ms"]
-            s = {"step": v["step"], "actor": v["actor"], "org": v["org"], "role": v["role"], "time_ms": t,
-                 "time": _iso_utc(t), "tx_id": h["tx_id"], "block": h["block"], "detail": v["detail"]}
+            s = {"step": st["step"], "actor": st["actor"], "org": st["org"], "role": st["role"], "time_ms": t,
+                 "time": _iso_utc(t), "tx_id": h["tx_id"], "block": h["block"], "detail": st["detail"]}
         if rx["status"] == "ERASED" and "note_ct" in s["detail"]:
             s["detail"]["note_ct"] = ""  # erase blanked the notes; the history still holds them
         size = size + len(ctx.canonical_json(s))
         if size > TRACE_BYTES and len(page) > 0:
             break
         page.append(s)
-        after = after + 1
-    next_cursor = ""
-    if after < len(ordered):
-        next_cursor = str(after)
+        if claim:
+            j = j + 1
+        else:
+            i = i + 1
+    after = v + i
+    more = i < len(got)
+    if not more:
+        if follow < 0:
+            follow = 1 if _versions_follow(ctx, key, count, after, len(got)) else 0
+        more = follow > 0
     unreadable = 0
-    if "step_count" in rx:
-        unreadable = max(0, rx["step_count"] - len(history))
-    elif len(history) >= HISTORY_WINDOW:
-        unreadable = -1
-    return {"rx_id": rx_id, "status": rx["status"], "steps": page, "next": next_cursor, "left": len(ordered) - after,
+    left = len(claims) - j
+    if more and count < 0:
+        left = -1
+    elif more:
+        left = left + count - after
+    elif count > after:
+        unreadable = count - after
+    next_cursor = ""
+    if more or j < len(claims):
+        next_cursor = str(after) + "." + str(j)
+    return {"rx_id": rx_id, "status": rx["status"], "steps": page, "next": next_cursor, "left": left,
             "unreadable": unreadable, "truncated": next_cursor != "" or unreadable != 0}
 
 

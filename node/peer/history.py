@@ -148,6 +148,18 @@ class ValueCache:
             return self._bytes
 
 
+class HistoryReadError(RxError):
+    """A history read refused after it read versions (SIZE_LIMIT): ``history_gas`` is their
+    gas (``history_entry_gas`` of each, the failing one included: the same on every peer,
+    cached or not), which the Context charges before the call ends -- it charged the base
+    alone, so a call could have the peer read up to 16 MiB of values (and their blocks) for
+    1,000 gas."""
+
+    def __init__(self, reason: str, message: str, history_gas: int) -> None:
+        super().__init__(reason, message)
+        self.history_gas = history_gas
+
+
 def select_history(
     index: Iterable[LedgerHistoryEntry],
     read: Callable[[LedgerHistoryEntry], _Read],
@@ -177,13 +189,15 @@ def select_history(
             value, nbytes = read(e)
         entry = HistoryEntry(e.tx_id, e.block, e.timestamp_ms, e.is_delete, value, nbytes)
         size = len(value or b"")
+        step = history_entry_gas(entry, values, last)
         if total + size > MAX_HISTORY_BYTES and not (paged and out):
-            raise RxError(SIZE_LIMIT, (
+            # the versions read so far and this one were read: the call pays for them
+            raise HistoryReadError(SIZE_LIMIT, (
                 f"history of {key[:200]!r}: the value of version {e.block}/{e.tx} alone exceeds "
                 f"{MAX_HISTORY_BYTES} bytes; read its versions without values") if paged else (
                 f"history of {key[:200]!r}: the values of its first {len(out) + 1} entries "
-                f"exceed {MAX_HISTORY_BYTES} bytes; ask for fewer entries, or by pages (start)"))
-        step = history_entry_gas(entry, values, last)
+                f"exceed {MAX_HISTORY_BYTES} bytes; ask for fewer entries, or by pages (start)"),
+                gas + step)
         if paged and out and (total + size > MAX_HISTORY_BYTES or (budget is not None and gas + step > budget)):
             break  # the page ends here; the next one starts at this version
         out.append(entry)

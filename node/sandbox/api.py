@@ -122,7 +122,7 @@ from typing import Any, Protocol
 
 from node.sandbox import canonical
 from node.sandbox import types as t
-from node.sandbox.errors import Abort, ContractError, SizeLimit, WriteSetLimit
+from node.sandbox.errors import Abort, ContractError, SizeLimit, StateError, WriteSetLimit
 from node.sandbox.meter import Meter
 
 # Gas of context calls: base + bytes // per.  Reads cost a round trip to the host
@@ -199,6 +199,21 @@ def history_gas(entries: list[t.HistoryEntry], values: bool) -> int:
     return gas
 
 
+# A history read failing after it read versions (SIZE_LIMIT past 16 MiB of values) carries
+# their gas as ``history_gas`` on its exception (node.peer.history.HistoryReadError); the host
+# hands it to the Context with the failure, which charges it before the call ends.
+MAX_FAILED_READ_GAS = 1 << 62
+
+
+def failed_read_gas(exc: BaseException) -> int:
+    """The gas a failed state request spent before failing (``history_gas`` of the
+    exception: an int 0 .. MAX_FAILED_READ_GAS), 0 for any other failure."""
+    gas = getattr(exc, "history_gas", 0)
+    if type(gas) is not int or not 0 <= gas <= MAX_FAILED_READ_GAS:
+        return 0
+    return gas
+
+
 class StateHost(Protocol):
     """How a Context reaches state: the worker's pipe client or, in-process, the backend."""
 
@@ -254,7 +269,9 @@ class Context:
     Gas: 1000 + 1 per version ``start`` steps over, before the read; then 20 per version
     answered, and with values its bytes/32 and one block read per run of versions written
     in one block, 100 + the block's transaction bytes/512 (a full 4 MiB block: 8,292).  A
-    read the gas left cannot pay is OUT_OF_GAS (the peer reads at most one block more).
+    read the gas left cannot pay is OUT_OF_GAS (the peer reads at most one block more).  A
+    read failing SIZE_LIMIT pays the same for the versions it read, the failing one
+    included (at most the gas left: the call ends SIZE_LIMIT).
     ``get_from(ns, key)`` / ``range_from(ns, start, end, limit)`` read another
     contract's state (read-only); ``transient(name)`` -> private JSON input or None (never
     stored); ``emit(name, payload)`` records an event; ``fail(reason, message)`` raises
@@ -390,8 +407,14 @@ class Context:
         if type(values) is not bool:
             raise ValueError("values must be True or False")
         self._meter.gas(GAS_HISTORY + GAS_HISTORY_SKIP * (start or 0))
-        entries = self._host.history(self.contract, key, n, start=start, values=values,
-                                     gas_left=self._meter.left)[:n]
+        try:
+            entries = self._host.history(self.contract, key, n, start=start, values=values,
+                                         gas_left=self._meter.left)[:n]
+        except StateError as exc:
+            # a read refused after reading versions (SIZE_LIMIT) pays for what it read, at
+            # most the gas left: the call ends with the read's reason, charged alike everywhere
+            self._meter.gas(min(exc.gas, max(0, self._meter.left)))
+            raise
         # the peer stopped reading past the gas left: charged here, it ends the call
         self._meter.gas(history_gas(entries, values))
         return [

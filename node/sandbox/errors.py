@@ -46,7 +46,15 @@ class BadValue(Abort):
 
 
 class StateError(Abort):
+    """The host refused a state request. ``gas``: what the host spent on it before refusing
+    (a history read's versions read before it failed SIZE_LIMIT; the same on every peer),
+    which the Context charges before the call ends."""
+
     reason = t.STATE_ERROR
+
+    def __init__(self, message: str = "", reason: str | None = None, gas: int = 0) -> None:
+        super().__init__(message, reason)
+        self.gas = gas
 
 
 class ContractRejected(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from node.sandbox import types as t
-from node.sandbox.api import valid_reason
+from node.sandbox.api import failed_read_gas, valid_reason
 from node.sandbox.engine import Engine, bad_invocation, invalid_invocation, rejected_result
 from node.sandbox.errors import ContractRejected, StateError
 
@@ -18,7 +18,7 @@ def state_error(exc: Exception) -> StateError:
     """Backend failure -> uncatchable abort carrying the backend's reason if it has one."""
     reason = getattr(exc, "reason", None)
     code = reason if isinstance(reason, str) and valid_reason(reason) else t.STATE_ERROR
-    return StateError(f"{type(exc).__name__}: {exc}", code)
+    return StateError(f"{type(exc).__name__}: {exc}", code, failed_read_gas(exc))
 
 
 class BackendHost:

@@ -58,6 +58,7 @@ from node.sandbox.api import (
     GAS_HISTORY,
     GAS_HISTORY_SKIP,
     MAX_NAMESPACE_LEN,
+    failed_read_gas,
     history_gas,
     valid_reason,
 )
@@ -237,6 +238,7 @@ def _failure(exc: Exception) -> pb.HostMessage:
         t.STATE_ERROR
     )
     reply.failure.message = f"{type(exc).__name__}: {exc}"[:1024]
+    reply.failure.gas = failed_read_gas(exc)
     return reply
 
 

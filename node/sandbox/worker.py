@@ -90,7 +90,8 @@ class PipeHost:
         reply = pb.HostMessage.FromString(self._reader.read())
         kind = reply.WhichOneof("kind")
         if kind == "failure":
-            raise StateError(reply.failure.message, reply.failure.reason or t.STATE_ERROR)
+            raise StateError(reply.failure.message, reply.failure.reason or t.STATE_ERROR,
+                             reply.failure.gas)
         if kind != expect:
             raise StateError(f"protocol: expected {expect}, got {kind}")
         return reply

@@ -271,14 +271,21 @@ def test_trace_pages(world: World) -> None:
     assert [len(p["steps"]) for p in pages] == [3, 3, 2]
     assert [p["left"] for p in pages] == [5, 2, 0]
     assert [s for p in pages for s in p["steps"]] == whole["steps"]
-    for bad in ({"limit": 1001}, {"start": "x"}, {"start": "-1"}, {"start": "1" * 12}):
+    # a cursor is "{version}.{claim event}" (a page's next) or a step position 0-9999
+    assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=pages[1]["next"]).unwrap()["steps"] == (
+        whole["steps"][6:])
+    assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="6").unwrap()["steps"] == whole["steps"][6:]
+    for bad in ({"limit": 1001}, {"start": "x"}, {"start": "-1"}, {"start": "1" * 12}, {"start": "9"},
+                {"start": "12345"}, {"start": "1.4"}, {"start": "7.0"}, {"start": "1..2"}, {"start": ".1"},
+                {"start": "4294967296.0"}, {"start": "1.2.3"}):
         args: dict[str, Any] = {"start": "", "limit": 0, **bad}
         assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, **args).reason == "BAD_ARGUMENTS"
 
 
-def test_trace_says_when_history_is_beyond_its_window(world: World) -> None:
-    """ctx.history reads at most the oldest 1000 versions of a key: the trace must say how
-    many later steps it cannot show instead of dropping them silently."""
+def test_trace_reads_the_versions_past_the_oldest_1000(world: World) -> None:
+    """One ctx.history read answers at most 1000 versions of a key: the trace ordered the
+    oldest 1000 and said how many later steps it could not show (``unreadable`` 5 here); it
+    now pages on by version position, so every step is shown."""
     prep = approved(world)
     rx = prep.args["rx_id"]
     chain = world.chain
@@ -296,12 +303,12 @@ def test_trace_says_when_history_is_beyond_its_window(world: World) -> None:
     start = ""
     for _ in range(100):  # pages of at most TRACE_PAGE_BYTES of steps
         out = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=start).unwrap()
-        assert out["steps"] and (out["truncated"], out["unreadable"]) == (True, 5)
+        assert out["steps"] and out["unreadable"] == 0 and out["truncated"] == (out["next"] != "")
         steps.extend(out["steps"])
         if out["next"] == "":
             break
         start = out["next"]
-    assert len(steps) == 1000
+    assert len(steps) == 1005 and [s["tx_id"] for s in steps[-3:]] == [f"{i:064x}" for i in range(1000, 1003)]
     assert out["next"] == ""
 
 

@@ -20,15 +20,15 @@ SAMPLE_GAS_LIMIT = 5_000_000  # network-config/consortium.yaml
 
 
 def _seed_versions(chain: Chain, rx: str, n: int, step: str, detail: dict[str, Any],
-                   pad: int = 0, block_bytes: int = 0) -> list[str]:
-    """``n`` more versions of ``rx/{rx}``, each a ``step`` one minute apart (a record padded
+                   pad: int = 0, block_bytes: int = 0, gap: int = 60_000) -> list[str]:
+    """``n`` more versions of ``rx/{rx}``, each a ``step`` ``gap`` ms apart (a record padded
     with ``pad`` characters, written in a block of ``block_bytes``); their tx ids."""
     nk = ("prescription", "rx/" + rx)
     versions = chain.state.versions[nk]
     latest = canonical.decode(chain.state.values[nk], "rx")
     tx_ids = []
     for _ in range(n):
-        chain.advance(60_000)
+        chain.advance(gap)
         tx_id = f"{len(versions):064x}"
         rec = {**latest, "step_count": len(versions) + 1, "pad": "p" * pad,
                "step": {**latest["step"], "step": step, "detail": detail, "tx_id": tx_id}}
@@ -92,9 +92,9 @@ def test_trace_pages_fit_the_smallest_value_limit(world: World) -> None:
 
 def test_a_trace_whose_versions_are_out_of_time_order_reads_every_step(world: World) -> None:
     """Clients' clocks differ: versions committed in one order may carry timestamps in
-    another, and the trail is ordered by time. Every step is shown once, in time order, also
-    when a page's versions are more than one read of values holds (here 100 big records in
-    reverse time order: a page reads from its first step's version)."""
+    another. The versions are shown in commit order (their history index position, which
+    never runs backwards) with the times they carry, every one once, also when they are more
+    than one read of values holds (here 100 big records in reverse time order)."""
     prep = approved(world)
     rx = prep.args["rx_id"]
     chain = world.chain
@@ -105,8 +105,99 @@ def test_a_trace_whose_versions_are_out_of_time_order_reads_every_step(world: Wo
     times = [v.timestamp_ms for v in versions[-100:]]
     versions[-100:] = [replace(v, timestamp_ms=t) for v, t in zip(versions[-100:], reversed(times), strict=True)]
     steps = [s for p in _trace_pages(chain, rx) for s in p["steps"]]
-    assert [s["tx_id"] for s in steps[2:]] == list(reversed(seeded))
-    assert [s["time_ms"] for s in steps] == sorted(s["time_ms"] for s in steps)
+    assert [s["tx_id"] for s in steps[2:]] == seeded
+    assert [s["time_ms"] for s in steps[2:]] == list(reversed(times))
+
+
+def test_timestamps_running_backwards_do_not_shrink_the_pages(world: World) -> None:
+    """Two clients writing a big record alternately a second apart, one's clock 4 minutes
+    behind (within the clock skew): ordered by time, a page's versions lay ~240 versions
+    apart in the history, and a page reading its values from its oldest one (~66 of them in
+    16 MiB) ended at the first version that read did not reach -- 70 pages for 302 steps, 62
+    of them of one step. Versions go in commit order now (reported with the times they
+    carry): every page holds what one read of values holds."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    _seed_versions(chain, rx, 300, "consent", {"org": "h02"}, pad=250_000, gap=1000)
+    nk = ("prescription", "rx/" + rx)
+    versions = chain.state.versions[nk]
+    versions[-300:] = [replace(v, timestamp_ms=v.timestamp_ms - (240_000 if i % 2 else 0))
+                       for i, v in enumerate(versions[-300:])]
+    pages = _trace_pages(chain, rx)
+    steps = [s for p in pages for s in p["steps"]]
+    assert [s["tx_id"] for s in steps] == [v.tx_id for v in versions]
+    assert [s["time_ms"] for s in steps] == [v.timestamp_ms for v in versions]
+    assert steps[3]["time_ms"] < steps[2]["time_ms"]  # reported as the versions carry them
+    assert min(len(p["steps"]) for p in pages[:-1]) >= 60 and len(pages) <= 6
+
+
+def test_every_version_of_a_long_history_is_reachable(world: World) -> None:
+    """A record with 2,500 versions (consent toggled), locked, dispensed and settled after
+    its 1,200th: the trace ordered the oldest 1000 versions only, so every later step -- the
+    dispense and the settlement among them -- was `unreadable` for good, and an auditor could
+    not walk the trail. Pages now go on from the version the last one ended before (its
+    position in the history index: the cursor), each within the gas limit."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    first = _seed_versions(chain, rx, 1200, "consent", {"org": "h02"}, gap=1000)
+    chain.advance(60_000)
+    lock_and_dispense(world, prep).unwrap()
+    chain.advance(60_000)
+    settle(world, prep).unwrap()
+    later = _seed_versions(chain, rx, 1300, "consent", {"org": "h03"}, gap=1000)
+    pages = _trace_pages(chain, rx)
+    steps = [s for p in pages for s in p["steps"]]
+    assert [s["step"] for s in steps] == (["issue", "review"] + ["consent"] * 1200 + ["lock", "dispense", "settle"]
+                                          + ["consent"] * 1300)
+    assert [s["tx_id"] for s in steps[2:1202]] == first and [s["tx_id"] for s in steps[1205:]] == later
+    assert all(p["unreadable"] == 0 for p in pages) and pages[-1]["truncated"] is False
+    assert [p["left"] for p in pages] == [len(steps) - sum(len(q["steps"]) for q in pages[:n + 1])
+                                         for n in range(len(pages))]
+    # a cursor names the next version and claim event: a page may be asked for there again
+    mid = pages[len(pages) // 2]
+    again = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=mid["next"], limit=3).unwrap()
+    at = steps.index(mid["steps"][-1]) + 1
+    assert again["steps"] == steps[at:at + 3]
+    # an earlier release's cursor, a step position, is resolved from the versions' metadata
+    old = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="1500", limit=3).unwrap()
+    assert old["steps"] == steps[1500:1503] and old["next"] == "1502.1"  # 1502 versions, 1 event
+
+
+def test_a_record_from_before_step_count_pages_to_its_end(world: World) -> None:
+    """A record without ``step_count`` (issued before it): the trace cannot count its
+    versions, so a page whose read of values ended asks the index whether a version follows
+    (metadata of one: no block read); ``left`` is -1 until the last page."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    seeded = _seed_versions(chain, rx, 1100, "consent", {"org": "h02"})
+    nk = ("prescription", "rx/" + rx)
+    rec = canonical.decode(chain.state.values[nk], "rx")
+    del rec["step_count"]
+    chain.state.values[nk] = canonical.dumps(rec)
+    pages = _trace_pages(chain, rx)
+    assert [s["tx_id"] for p in pages for s in p["steps"]][2:] == seeded
+    assert [p["left"] for p in pages] == [-1] * (len(pages) - 1) + [0]
+    assert all(p["unreadable"] == 0 for p in pages)
+    for bad in ("1103.0", "5000.0"):  # past the last version: refused, also without a count
+        assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=bad).reason == "BAD_ARGUMENTS"
+    end = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="1101.0").unwrap()
+    assert [s["tx_id"] for s in end["steps"]] == seeded[-1:] and end["next"] == ""
+
+
+def test_versions_the_index_does_not_hold_are_counted_unreadable(world: World) -> None:
+    """A peer whose history index lacks a record's oldest versions (state from a snapshot)
+    answers the versions it holds and says how many ``step_count`` counts beyond them."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    seeded = _seed_versions(chain, rx, 5, "consent", {"org": "h02"})
+    del chain.state.versions[("prescription", "rx/" + rx)][:2]
+    out = chain.query("prescription", "trace", AUDITOR, rx_id=rx).unwrap()
+    assert [s["tx_id"] for s in out["steps"]] == seeded
+    assert (out["unreadable"], out["truncated"], out["next"], out["left"]) == (2, True, "", 0)
 
 
 def test_a_trace_of_versions_in_full_blocks_pages_within_the_test_networks_gas(world: World) -> None:

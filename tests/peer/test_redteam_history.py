@@ -16,7 +16,7 @@ from node.ledger.ledger import Ledger
 from node.ledger.statedb import HistoryEntry
 from node.ledger.txwrites import outcomes_from_block
 from node.peer import history as history_module
-from node.peer.history import MAX_HISTORY_BYTES, LedgerHistory, ValueCache
+from node.peer.history import MAX_HISTORY_BYTES, HistoryReadError, LedgerHistory, ValueCache
 from node.peer.simulator import TxSimulator
 from node.sandbox.api import GAS_HISTORY_BLOCK, GAS_HISTORY_BLOCK_BYTES_PER_UNIT, GAS_HISTORY_ENTRY, history_gas
 from node.sandbox.inprocess import InProcessRunner
@@ -73,6 +73,13 @@ def test_history_of_large_values_is_bounded_in_bytes(tmp_path: Path) -> None:
         with pytest.raises(RxError) as e:
             history("rx", "k", 1000)
         assert e.value.reason == "SIZE_LIMIT"
+        # it read the 16 versions that fit and the one that passed the bound: the call pays
+        # for all 17 (it was charged its base alone), as the pages reading them would
+        fit = history("rx", "k", 1000, start=0)
+        past = history("rx", "k", 1, start=len(fit))
+        assert len(fit) == MAX_HISTORY_BYTES // MIB and len(past) == 1
+        assert isinstance(e.value, HistoryReadError)
+        assert e.value.history_gas == history_gas(fit, True) + history_gas(past, True) > 17 * MIB // 512
         # fewer entries are answered, values intact and oldest first
         few = history("rx", "k", 3)
         assert [h.value for h in few] == [bytes([i]) * MIB for i in range(3)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from node.errors import RxError
+from node.peer.history import HistoryReadError
 from node.sandbox import types as t
 from node.sandbox.api import (
     GAS_BYTES_PER_UNIT,
@@ -155,3 +157,32 @@ def test_both_runners_answer_and_charge_alike(sandbox: Sandbox) -> None:
         here = call(InProcessRunner(), HIST, "page", args, _backend(FULL_BLOCK))
         there = call(sandbox, HIST, "page", args, _backend(FULL_BLOCK))
         assert (here.result_json, here.gas_used) == (there.result_json, there.gas_used)
+
+
+class _RefusingBackend(MemBackend):
+    """A backend whose history reads fail SIZE_LIMIT after reading ``spent`` gas of
+    versions (as node.peer.history.select_history does), or with a plain error (None)."""
+
+    def __init__(self, spent: int | None) -> None:
+        super().__init__()
+        self.spent = spent
+
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
+        if self.spent is None:
+            raise RxError(t.SIZE_LIMIT, "refused")
+        raise HistoryReadError(t.SIZE_LIMIT, "the values of its first 17 entries exceed 16 MiB",
+                               self.spent)
+
+
+def test_a_failed_read_pays_for_the_versions_it_read(runner) -> None:
+    """A read failing SIZE_LIMIT past 16 MiB of values was charged its base alone: the peer
+    read up to 16 MiB of values (and their blocks) for 1,000 gas. The host hands the gas of
+    what it read with the failure; the Context charges it (at most the gas left: the call
+    still ends SIZE_LIMIT), the same through both runners."""
+    plain = call(runner, HIST, "old", {"key": "k", "limit": 1000}, _RefusingBackend(None))
+    paid = call(runner, HIST, "old", {"key": "k", "limit": 1000}, _RefusingBackend(54_321))
+    assert (plain.ok, plain.reason, paid.ok, paid.reason) == (False, t.SIZE_LIMIT, False, t.SIZE_LIMIT)
+    assert paid.gas_used - plain.gas_used == 54_321
+    capped = call(runner, HIST, "old", {"key": "k", "limit": 1000}, _RefusingBackend(10**12), gas=200_000)
+    assert (capped.reason, capped.gas_used) == (t.SIZE_LIMIT, 200_000)
