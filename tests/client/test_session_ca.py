@@ -335,3 +335,41 @@ def test_a_network_restarted_from_the_genesis_block_is_named(rotated: Rotated, p
     else:
         assert e.value.reason == "SERVICE_UNAVAILABLE"
     assert state.read_bytes() == saved
+
+
+def test_a_shorter_chain_saved_later_rolls_back_no_ca(rotated: Rotated) -> None:
+    """Two processes verify the chain at once (a session following it, a config command): the
+    one that verified less saved last and replaced the longer chain the other had saved -- the
+    rotation gone, sessions pinned the CA rotated away from. A state is now saved only over a
+    shorter one (read again under its lock)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    further = configtool.ChainConfig(genesis, Verifier(), state)
+    behind = configtool.ChainConfig(genesis, Verifier(), state)
+    further.feed(genesis)
+    further.feed(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    behind.feed(genesis)
+    further.save()
+    behind.save()
+    assert json.loads(state.read_text())["height"] == 2
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
+    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
+    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
+    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
+    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert chain.resumed and chain.height == 2
+    # (block 2 links to the rotation block saved: the state holds its header hash only)
+    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
+                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
+    two.metadata.last_config_block = 0
+    chain.feed(two)
+    chain.save()
+    assert json.loads(state.read_text())["height"] == 2
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
