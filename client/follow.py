@@ -191,7 +191,11 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
     failures: list[str] = []
     for endpoint in [p for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS]:
-        peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org))
+        try:
+            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org))
+        except RxClientError as exc:  # (an organisation the verified config no longer holds)
+            failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+            continue
         try:
             _follow_from(peer, chain, genesis, state_path)
             return chain

@@ -181,13 +181,17 @@ class Session:
             if cert is None or issued_by(cert, before):
                 return False  # (down, or not a matter of CAs)
             try:
-                follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
+                chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
+                followed = self.net.with_config(chain.verified()[1]).ca_pem(self.peer_org)
             except RxClientError as exc:
                 if exc.reason != CHAIN_RESTARTED:
                     return False
                 self._followed = (now, exc)
                 raise
-            return self._server_ca() != before
+            if self._server_ca() == before and chain.height > self._pin_height:
+                # (the chain verified, even where the home could not save it: a read-only home)
+                self._pin_ca, self._pin_height = followed, chain.height
+            return self._pin_ca != before
 
     def _patient_binding(self) -> str:
         """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,

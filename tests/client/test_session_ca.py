@@ -226,14 +226,22 @@ def _health(s: Session) -> str:
     return "OK"
 
 
-def test_a_session_follows_a_ca_rotation_no_config_command_verified(rotated: Rotated) -> None:
+@pytest.mark.parametrize("home_writable", [True, False])
+def test_a_session_follows_a_ca_rotation_no_config_command_verified(
+        rotated: Rotated, home_writable: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """h01's CA was rotated (block 1) but no config command ran in this home since: the session
     pinned the genesis CA, and its peer -- now presenting a certificate of the new CA -- could not
     be reached (SERVICE_UNAVAILABLE) until someone ran ``rxchain config``. The session now
     fetches the blocks past its verified chain from another peer (h02's), verifies them, saves
-    the longer chain and re-pins: the call goes through."""
+    the longer chain and re-pins: the call goes through (also where the home cannot be written:
+    the chain verified is pinned all the same)."""
     state = rotated.home / configtool.CHAIN_STATE
     state.unlink()
+    if not home_writable:
+        def refuse(path: Any, data: bytes) -> None:
+            raise OSError(30, "Read-only file system")
+
+        monkeypatch.setattr(configtool, "replace_file", refuse)
     genesis = read_genesis(rotated.home / "genesis.block")
     chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
     with _serving(rotated.home, "peer.h02", chain) as h02:
@@ -242,6 +250,9 @@ def test_a_session_follows_a_ca_rotation_no_config_command_verified(rotated: Rot
             assert _health(s) == "OK"
         finally:
             s.close()
+    if not home_writable:
+        assert not state.exists()
+        return
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
     assert json.loads(state.read_text())["height"] == 2
 
