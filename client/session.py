@@ -158,7 +158,8 @@ class Session:
         if stamp != self._pin_stamp:
             pinned, height = _verified(self.home, self.net)
             if height >= self._pin_height and height:
-                self._pin_ca, self._pin_height = pinned.ca_pem(self.peer_org), height
+                with contextlib.suppress(RxClientError):  # (a config without the peer's organisation)
+                    self._pin_ca, self._pin_height = pinned.ca_pem(self.peer_org), height
             self._pin_stamp = stamp
         return self._pin_ca
 

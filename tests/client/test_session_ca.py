@@ -175,6 +175,7 @@ class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServic
 
     def __init__(self, blocks: list[block_pb2.Block]) -> None:
         self.blocks = blocks
+        self.asked = 0  # Status calls (a follow asks each peer once)
 
     def Health(self, request: services_pb2.HealthRequest,
                context: grpc.ServicerContext) -> services_pb2.HealthResponse:
@@ -182,6 +183,7 @@ class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServic
 
     def Status(self, request: services_pb2.StatusRequest,
                context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        self.asked += 1
         return services_pb2.StatusResponse(node="peer", height=len(self.blocks))
 
     def Deliver(self, request: services_pb2.DeliverRequest,
@@ -192,11 +194,12 @@ class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServic
 
 
 @contextlib.contextmanager
-def _serving(home: Path, node: str, blocks: list[block_pb2.Block]) -> Iterator[int]:
-    """A :class:`_Peer` with the generated TLS material of ``node`` (its genesis CA), on a local port."""
+def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer | None = None) -> Iterator[int]:
+    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+    ``node`` (its genesis CA), on a local port."""
     d = home / "nodes" / node
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    peer = _Peer(blocks)
+    peer = peer or _Peer(blocks)
     services_pb2_grpc.add_AdminServicer_to_server(peer, srv)
     services_pb2_grpc.add_PeerDeliverServicer_to_server(peer, srv)
     port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
@@ -384,3 +387,20 @@ def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotat
     chain.save()
     assert json.loads(state.read_text())["height"] == 2
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_a_session_follows_at_most_once_per_interval(rotated: Rotated) -> None:
+    """Every failed call of a session whose peer presents a CA the pin lacks would ask the other
+    peers again (a peer serving a refused rotation, for ever): a session follows at most once per
+    FOLLOW_INTERVAL_S, whatever the calls and their retries."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    peer = _Peer([genesis, _rotation_block(rotated.home, genesis, rotated.ca_der, admins_of=("h02",))])
+    with _serving(rotated.home, "peer.h02", [], peer) as h02:
+        s = _session(rotated.home, rotated.port, h02)
+        try:
+            assert [_health(s) for _ in range(3)] == ["SERVICE_UNAVAILABLE"] * 3
+        finally:
+            s.close()
+    assert peer.asked == 1
