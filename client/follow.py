@@ -144,8 +144,8 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
         if fresh.height != number + 1:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {fresh.height} of the "
                                 f"{number + 1} blocks needed to check its chain")
-        raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds "
-                            f"another block {number} than the config chain this home verified ({state_path}): "
+        raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds a "
+                            f"different block {number} from the config chain this home verified ({state_path}): "
                             "the network was started again from the same genesis block (or its orderers "
                             "forked), and the CAs pinned from that file may be the old network's. Nothing was "
                             f"changed. Remedy: once the consortium confirms the restart, remove {state_path}; "
