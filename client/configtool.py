@@ -178,6 +178,7 @@ class ChainConfig:
         self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), 0), self._verifier)
         self.height = 0  # blocks verified
         self._last_hash = b""
+        self._config_hash = self._genesis_hash  # the header hash of the block holding the config in force
         self._pointer = 0  # last_config_block of the last block verified, as the peer sent it
         self._codes: list[int] = []  # the validation codes the peer sent for the config block in force
         self._saved = 0  # the height of the state saved or resumed
@@ -200,27 +201,51 @@ class ChainConfig:
                 return
             config = config_pb2.ConsortiumConfig.FromString(base64.b64decode(state["config"], validate=True))
             last_hash = bytes.fromhex(state["last_hash"])
+            config_hash = bytes.fromhex(state.get("config_hash", ""))  # (b"": a state saved before it was)
             tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
         except Exception:  # noqa: BLE001 - a cache: unreadable, torn or of another release -- verify again
             return
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
+        self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next
         command a longer verification). Every block of it was verified as :meth:`feed` verifies
         them, so a prefix a stream cut short is saved too: what :meth:`in_force` checks (the
-        pointer, the codes of the config block in force) is checked on the blocks fed last."""
+        pointer, the codes of the config block in force) is checked on the blocks fed last.
+
+        Never a rollback: nothing is saved while the peer's pointer disagrees with the config
+        verified (:meth:`_resume` would drop that state, and the sessions pinning by it fall
+        back to the genesis CAs), nor over a state another process saved meanwhile that is at
+        least as long (sessions now extend the state too: ``client.follow``) -- under the
+        state's lock (``.config-chain.json.lock``), skipped when another process holds it."""
         if self._state_path is None or self.height <= max(self._saved, self._floor):
             return
         current = self._tracker.current
+        if self._pointer != current.block_number:
+            return
         state = {"format": 1, "genesis": self._genesis_hash.hex(), "height": self.height,
                  "last_hash": self._last_hash.hex(), "block": current.block_number, "pointer": self._pointer,
-                 "codes": self._codes,
+                 "codes": self._codes, "config_hash": self._config_hash.hex(),
                  "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, RxClientError), locked(self._state_path, wait_s=1.0):
+            if saved_height(self._state_path, self._genesis_hash) >= self.height:
+                return
             replace_file(self._state_path, json.dumps(state).encode())
             self._saved = self.height
+
+    def checkpoints(self) -> list[tuple[int, bytes]]:
+        """(number, header hash) of blocks verified past the genesis block that a peer's chain must
+        hold to extend this one: the block holding the config in force (when known) and the last
+        block verified."""
+        out: list[tuple[int, bytes]] = []
+        number = self._tracker.current.block_number
+        if number > 0 and self._config_hash:
+            out.append((number, self._config_hash))
+        if self.height > 1 and self.height - 1 != number:
+            out.append((self.height - 1, self._last_hash))
+        return out
 
     def feed(self, block: block_pb2.Block) -> None:
         """Verify the next block and adopt the config it carries, if it is a valid config block
@@ -258,6 +283,7 @@ class ChainConfig:
             if new is not None:
                 self._tracker.adopt(new, n)
                 self._codes = list(block.metadata.validation_codes)
+                self._config_hash = h
         self._last_hash = h
         self._pointer = block.metadata.last_config_block
         self.height = n + 1
@@ -298,6 +324,18 @@ class ChainConfig:
         self.resumed = False
         self.save()
         return number, current.config
+
+
+def saved_height(path: Path, genesis_hash: bytes) -> int:
+    """The height of the config chain state saved at ``path`` for the genesis block whose header
+    hash is ``genesis_hash`` (0 when there is none, or it is unreadable or another network's)."""
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read(4 * MAX_UPDATE_BYTES))
+        height = state["height"] if bytes.fromhex(state["genesis"]) == genesis_hash else 0
+    except Exception:  # noqa: BLE001 - a cache: torn or of another release counts as none
+        return 0
+    return height if type(height) is int and height > 0 else 0
 
 
 def config_in_force(identity: WalletIdentity, peer_target: str,

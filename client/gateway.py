@@ -181,6 +181,9 @@ def rpc_error(exc: grpc.RpcError, cls: type[RxClientError] = RxClientError) -> R
 class Gateway:
     """A client of one peer's Gateway service, signing as one wallet identity."""
 
+    _server_ca: Callable[[], bytes] | None = None  # (see __init__)
+    _on_unreachable: Callable[[], bool] | None = None
+
     def __init__(self, identity: WalletIdentity, target: str, consortium_id: str, *,
                  clock: Clock = wall_clock_ms, nonce_source: NonceSource | None = None,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
@@ -189,11 +192,24 @@ class Gateway:
                  on_commit: Callable[[int], None] | None = None,
                  catch_up_timeout_s: float = 15.0,
                  server_name: str = TLS_SERVER_NAME, server_ca_pem: bytes | None = None,
-                 events_idle_s: float | None = EVENTS_IDLE_S):
+                 events_idle_s: float | None = EVENTS_IDLE_S,
+                 server_ca: Callable[[], bytes] | None = None,
+                 on_unreachable: Callable[[], bool] | None = None):
         self.identity = identity
         self.target = target
         # server_name / server_ca_pem pin the peer (node name, its organisation's CA): see
         # node.crypto.tls. Without them any consortium node certificate is accepted.
+        # ``server_ca`` (with server_ca_pem): the CA to pin, asked before every call -- a new one
+        # (a session's home verified a CA rotation) re-pins the calls from then on, on a new
+        # channel (calls under way finish on the old one, closed by :meth:`close`).
+        # ``on_unreachable``: asked once per call when the peer cannot be reached; True (it
+        # re-pinned: the peer presents a certificate of a CA the pin did not hold) retries now.
+        self._server_name = server_name
+        self._pin = server_ca_pem
+        self._server_ca = server_ca if channel is None and server_ca_pem is not None else None
+        self._on_unreachable = on_unreachable
+        self._pin_lock = threading.Lock()
+        self._old_channels: list[grpc.Channel] = []
         self._channel = channel or secure_channel(
             target, identity.cert_path, identity.key_path, identity.ca_bundle_path,
             server_name=server_name, root_certificates=server_ca_pem,
@@ -239,6 +255,7 @@ class Gateway:
         """The raw Gateway stub (used by client.pipeline), after the read-your-writes wait;
         a peer that cannot be reached raises grpc.RpcError (UNAVAILABLE) as a call on the stub
         would."""
+        self._check_pin()
         self._catch_up()
         return self._stub
 
@@ -251,8 +268,49 @@ class Gateway:
                 self._on_commit(block)
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channel (and those of earlier pins)."""
+        with self._pin_lock:
+            for channel in [*self._old_channels, self._channel]:
+                channel.close()
+            self._old_channels.clear()
+
+    def _check_pin(self) -> None:
+        """Re-pin to the CA ``server_ca`` names when it changed: the calls from now on go over a
+        new channel (those under way finish on the old one, closed by :meth:`close`)."""
+        if self._server_ca is None:
+            return
+        ca = self._server_ca()
+        if ca == self._pin:
+            return
+        with self._pin_lock:
+            if ca == self._pin:
+                return
+            channel = secure_channel(self.target, self.identity.cert_path, self.identity.key_path,
+                                     self.identity.ca_bundle_path, server_name=self._server_name,
+                                     root_certificates=ca)
+            self._old_channels.append(self._channel)
+            self._channel, self._pin = channel, ca
+            self._stub = services_pb2_grpc.GatewayStub(channel)
+            self._admin = services_pb2_grpc.AdminStub(channel)
+            self._deliver = services_pb2_grpc.PeerDeliverStub(channel)
+
+    def _follow(self, exc: grpc.RpcError) -> bool:
+        """Whether the peer could not be reached and ``on_unreachable`` re-pinned it (retry now)."""
+        return _retryable(exc) and self._on_unreachable is not None and self._on_unreachable()
+
+    def _once(self, fn: Callable[[], T]) -> T:
+        """``fn``, once more if the peer could not be reached and that re-pinned it."""
+        self._check_pin()
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            if not self._follow(exc):
+                raise rpc_error(exc) from exc
+        self._check_pin()
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc
 
     def __enter__(self) -> Gateway:
         return self
@@ -269,6 +327,7 @@ class Gateway:
         a peer that cannot be reached (UNAVAILABLE) ends the wait at once with that error
         instead of being asked again until the timeout: the read-your-writes wait before a
         call leaves a down peer to the call's own retries."""
+        self._check_pin()
         waited = 0.0
         deadline = time.monotonic() + timeout_s
         while True:
@@ -303,13 +362,19 @@ class Gateway:
         delays = self._retry.delays()
         attempt = 0
         caught_up = False  # the wait ran to its end (reached, or its bound): never again in this call
+        followed = False  # on_unreachable asked (once per call)
         while True:
+            self._check_pin()
             try:
                 if not caught_up:  # a peer unreachable at the last attempt must still catch up
                     self._catch_up()
                     caught_up = True
                 return fn()
             except grpc.RpcError as exc:
+                if not followed and _retryable(exc):
+                    followed = True
+                    if self._follow(exc):
+                        continue
                 if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])
                     attempt += 1
@@ -421,12 +486,20 @@ class Gateway:
         lost = ""  # why an earlier attempt may have reached the ordering service
         attempt = 0
         caught_up = False  # as in _call: the wait runs once to its end, not once per retry
+        followed = False  # on_unreachable asked (once per submission)
         while True:
+            self._check_pin()
             try:
                 if not caught_up:
                     self._catch_up()
                     caught_up = True
             except grpc.RpcError as exc:  # the peer is unreachable: nothing was sent this time
+                # (on_unreachable may raise: only while no attempt, of this call or an earlier
+                # one, may have been ordered -- else the caller must hear CommitUnknown)
+                if not followed and first and not lost and _retryable(exc):
+                    followed = True
+                    if self._follow(exc):
+                        continue
                 if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])
                     attempt += 1
@@ -505,6 +578,7 @@ class Gateway:
     def tx_block(self, tx_id: str, timeout_ms: int = 2_000) -> int | None:
         """The block a committed transaction landed in (None if unknown)."""
         req = services_pb2.CommitStatusRequest(tx_id=tx_id, timeout_ms=timeout_ms)
+        self._check_pin()
         try:
             status = self._stub.CommitStatus(req, timeout=timeout_ms / 1000 + 3)
         except grpc.RpcError:
@@ -527,6 +601,7 @@ class Gateway:
         call's deadline, applies to both)."""
         req = services_pb2.EventsRequest(start_block=start_block, contract=contract, follow=follow)
         idle_s = None if follow else self.events_idle_s
+        self._check_pin()
         try:
             call: Any = self._stub.Events(req, timeout=timeout)  # an iterator and a grpc.Call
         except grpc.RpcError as exc:
@@ -560,14 +635,9 @@ class Gateway:
 
     def health(self, timeout: float = 3.0) -> services_pb2.HealthResponse:
         """The peer's Admin.Health."""
-        try:
-            return self._admin.Health(services_pb2.HealthRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
+        return self._once(lambda: self._admin.Health(services_pb2.HealthRequest(), timeout=timeout))
 
     def status(self, timeout: float = 5.0, include_config: bool = False) -> services_pb2.StatusResponse:
         """The peer's Admin.Status (with the configuration in force if ``include_config``)."""
-        try:
-            return self._admin.Status(services_pb2.StatusRequest(include_config=include_config), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc) from exc
+        return self._once(lambda: self._admin.Status(services_pb2.StatusRequest(include_config=include_config),
+                                                     timeout=timeout))

@@ -18,6 +18,7 @@ from rxchain.v1 import config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
+from client.follow import CHAIN_RESTARTED, follow_chain, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -32,6 +33,7 @@ from node.genesis import read_genesis
 
 LAST_BLOCK_FILE = "run/last-block"
 CONFIG_TTL_MS = 60_000  # how long a session keeps its peer's configuration in force
+FOLLOW_INTERVAL_S = 10.0  # a session follows the config chain (client.follow) at most once this often
 PATIENT_BINDING_FILE = "patient-binding"  # in a patient's wallet: her binding, not the secret
 
 
@@ -70,26 +72,31 @@ def verified_config(home: Path, net: NetworkInfo) -> config_pb2.ConsortiumConfig
 
 def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
     """``net`` with the newest configuration this home has verified: the one in force at the end of
-    the config chain state the config commands save (``configtool.CHAIN_STATE``, written by
-    ``configtool.ChainConfig`` only for blocks it checked from the local genesis block on, every
-    config update judged by the orderers' own rules) when that state is of this genesis block;
-    ``net`` itself when there is none (or it is unreadable, another network's, older than
+    the config chain state the config commands and sessions save (``configtool.CHAIN_STATE``,
+    written by ``configtool.ChainConfig`` only for blocks it checked from the local genesis block
+    on, every config update judged by the orderers' own rules) when that state is of this genesis
+    block; ``net`` itself when there is none (or it is unreadable, another network's, older than
     ``net``'s). Never a configuration a peer merely answered (``Admin.Status``): the CA a session
     pins its peer to comes from here, and a peer's own word cannot vouch for its certificate."""
+    return _verified(home, net)[0]
+
+
+def _verified(home: Path, net: NetworkInfo) -> tuple[NetworkInfo, int]:
+    """(:func:`verified_network`, the height of the chain state it comes from: 0 for ``net``)."""
     path = Path(home) / configtool.CHAIN_STATE
     if not path.is_file():
-        return net
+        return net, 0
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
         chain = configtool.ChainConfig(genesis, Verifier(max_entries=64, max_own=1), path)
     except (RxError, ValueError):
-        return net
+        return net, 0
     if not chain.resumed:
-        return net
+        return net, 0
     try:
-        return net.with_config(chain.verified()[1])
+        return net.with_config(chain.verified()[1]), chain.height
     except RxClientError:
-        return net
+        return net, 0
 
 
 def _records_cert_key(net: NetworkInfo, org: str) -> object:
@@ -136,19 +143,74 @@ class Session:
         # other member's node certificate can stand in for it (and receive transient plaintext).
         # The CA is the one in force in the newest configuration this home verified (a CA
         # rotation once a config command has verified it), else the genesis one.
-        server_ca = verified_network(self.home, self.net).ca_pem(endpoint.org)
+        # The file is read again when it changed (a config command or another session verified
+        # the chain further: a long-lived session re-pins its new calls, _server_ca), and the
+        # session follows the chain itself when its peer presents a certificate of a CA the pin
+        # does not hold (_follow_config).
+        self._peer_name = endpoint.name
+        self._pin_stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        pinned, self._pin_height = _verified(self.home, self.net)
+        self._pin_ca = pinned.ca_pem(endpoint.org)
+        self._follow_lock = threading.Lock()
+        self._followed: tuple[float, RxClientError | None] | None = None  # (when, CHAIN_RESTARTED found)
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
-                               server_name=endpoint.name, server_ca_pem=server_ca,
+                               server_name=endpoint.name, server_ca_pem=self._pin_ca,
                                min_block=lambda: read_last_block(self.home),
                                on_commit=lambda b: record_last_block(self.home, b),
-                               events_idle_s=events_idle_s)
+                               events_idle_s=events_idle_s,
+                               server_ca=self._server_ca, on_unreachable=self._follow_config)
         if binding is not None:
             self.gateway.default_transient["patient_binding"] = binding
         self._directory: PatientDirectory | None = None
         self._directory_stamp: tuple[int, int, int] | None = None  # patients.yaml as read (_file_stamp)
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
+
+    def _server_ca(self) -> bytes:
+        """The CA this session pins its peer to: the one the config chain state names for the
+        peer's organisation, read again whenever ``HOME/config-chain.json`` changed (size,
+        modification time, inode) -- and taken only when it is a chain at least as long as the
+        one pinned (a file removed, torn or replaced by an older one moves no pin: no rollback)."""
+        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        if stamp != self._pin_stamp:
+            pinned, height = _verified(self.home, self.net)
+            if height >= self._pin_height and height:
+                with contextlib.suppress(RxClientError):  # (a config without the peer's organisation)
+                    self._pin_ca, self._pin_height = pinned.ca_pem(self.peer_org), height
+            self._pin_stamp = stamp
+        return self._pin_ca
+
+    def _follow_config(self) -> bool:
+        """The gateway could not reach the peer: when the peer presents a certificate of a CA the
+        pin does not hold, follow the config chain (:func:`client.follow.follow_chain`: the blocks
+        past the verified chain from other peers, verified, saved) and report whether that moved
+        the pin (the gateway then retries at once). At most once per :data:`FOLLOW_INTERVAL_S`;
+        CHAIN_RESTARTED (the network was started again from the genesis block) is raised, again
+        for calls within that interval; any other failure leaves the gateway's own error."""
+        with self._follow_lock:
+            now = time.monotonic()
+            if self._followed is not None and now - self._followed[0] < FOLLOW_INTERVAL_S:
+                if self._followed[1] is not None:
+                    raise self._followed[1]
+                return False
+            self._followed = (now, None)
+            before = self._server_ca()
+            cert = presented_cert(self.gateway.target, self.identity)
+            if cert is None or issued_by(cert, before):
+                return False  # (down, or not a matter of CAs)
+            try:
+                chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
+                followed = self.net.with_config(chain.verified()[1]).ca_pem(self.peer_org)
+            except RxClientError as exc:
+                if exc.reason != CHAIN_RESTARTED:
+                    return False
+                self._followed = (now, exc)
+                raise
+            if self._server_ca() == before and chain.height > self._pin_height:
+                # (the chain verified, even where the home could not save it: a read-only home)
+                self._pin_ca, self._pin_height = followed, chain.height
+            return self._pin_ca != before
 
     def _patient_binding(self) -> str:
         """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,

@@ -185,6 +185,8 @@ _STATUS = {
     "UNAUTHENTICATED": 401, "NO_WALLET": 403, "NOT_FOUND": 404, "SERVICE_UNAVAILABLE": 503,
     "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400, "LENGTH_REQUIRED": 411,
     "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
+    # the session's verified config chain is not on the network's chain (client.follow): nothing sent
+    "CHAIN_RESTARTED": 503,
     # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
     "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
     "DUPLICATE_RX": 409,

@@ -3,8 +3,10 @@ peer's organisation (a CA rotation committed by a config update), never to one a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import json
 import random
 import shutil
 import time
@@ -15,12 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.txbuild import TxKit, make_block, node_signer, user_signer
 from client import configtool
 from client.errors import RxClientError
-from client.network import NodeEndpoint, load_network
+from client.network import NetworkInfo, NodeEndpoint, load_network
 from client.session import Session, verified_network
 from node.crypto import signing, tls
 from node.crypto import x509 as rx509
@@ -44,10 +48,14 @@ class _Admin(services_pb2_grpc.AdminServicer):
 class Rotated:
     home: Path
     port: int  # a peer.h01 presenting a certificate of h01's new CA
+    ca_der: bytes = b""  # h01's new CA
 
 
-def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes) -> block_pb2.Block:
-    """Block 1: h01's CA replaced, signed by 4 of the 6 admins (MAJORITY) and the orderer."""
+def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes,
+                    admins_of: tuple[str, ...] = ("h02", "p01", "p02", "ins01"),
+                    signer: tuple[str, str] = ("orderer.ins01", "ins01")) -> block_pb2.Block:
+    """Block 1: h01's CA replaced, signed by 4 of the 6 admins (MAJORITY) and the orderer (or by
+    the admins of ``admins_of`` and the node ``signer``)."""
     base = config_from_genesis(genesis)
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(base)
@@ -55,9 +63,9 @@ def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes) -> 
     next(o for o in new.organizations if o.id == "h01").ca_cert_der = new_ca_der
     now_ms = time.time_ns() // 1_000_000
     kit = TxKit(base.consortium_id, random.Random(5), clock_ms=now_ms)
-    admins = [user_signer(home, org, "admin") for org in ("h02", "p01", "p02", "ins01")]
+    admins = [user_signer(home, org, "admin") for org in admins_of]
     env = kit.config_tx(admins[0], new, admins)
-    block = make_block(1, block_header_hash(genesis.header), [env], [node_signer(home, "orderer.ins01", "ins01")],
+    block = make_block(1, block_header_hash(genesis.header), [env], [node_signer(home, *signer)],
                        timestamp_ms=now_ms)
     block.metadata.last_config_block = 1  # as the peer serves it (the config in force is its own)
     block.metadata.validation_codes.append(transaction_pb2.VALID)
@@ -89,16 +97,21 @@ def rotated(net_home: Any, tmp_path: Path) -> Iterator[Rotated]:
         chain.feed(_rotation_block(home, genesis, rx509.cert_to_der(ca)))
         assert chain.verified()[1].sequence == 1  # adopted by the orderers' rules
         chain.save()
-        yield Rotated(home, port)
+        yield Rotated(home, port, rx509.cert_to_der(ca))
     finally:
         srv.stop(None)
 
 
-def _session(home: Path, port: int) -> Session:
-    net = load_network(home)
-    peers = tuple(NodeEndpoint(p.name, p.org, p.kind, "127.0.0.1", port) if p.org == "h01" else p
+def _local(net: NetworkInfo, ports: dict[str, int]) -> NetworkInfo:
+    """``net`` with the peers of the organisations in ``ports`` on those local ports."""
+    peers = tuple(NodeEndpoint(p.name, p.org, p.kind, "127.0.0.1", ports[p.org]) if p.org in ports else p
                   for p in net.peers)
-    return Session(home, "h01:dr-jiang", network=dataclasses.replace(net, peers=peers))
+    return dataclasses.replace(net, peers=peers)
+
+
+def _session(home: Path, port: int, h02_port: int | None = None) -> Session:
+    ports = {"h01": port} if h02_port is None else {"h01": port, "h02": h02_port}
+    return Session(home, "h01:dr-jiang", network=_local(load_network(home), ports))
 
 
 def test_a_session_follows_a_ca_rotation_its_home_verified(rotated: Rotated) -> None:
@@ -155,3 +168,239 @@ def test_a_peer_behind_the_verified_chain_rolls_back_no_ca(rotated: Rotated, mon
         assert s.gateway.health(timeout=10).serving
     finally:
         s.close()
+
+
+class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServicer):
+    """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        self.blocks = blocks
+        self.asked = 0  # Status calls (a follow asks each peer once)
+
+    def Health(self, request: services_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        return services_pb2.HealthResponse(serving=True, node="peer", role="peer")
+
+    def Status(self, request: services_pb2.StatusRequest,
+               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        self.asked += 1
+        return services_pb2.StatusResponse(node="peer", height=len(self.blocks))
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        stop = request.stop_block or len(self.blocks) - 1
+        for block in self.blocks[request.start_block:stop + 1]:
+            yield services_pb2.DeliverResponse(block=block)
+
+
+@contextlib.contextmanager
+def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer | None = None) -> Iterator[int]:
+    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+    ``node`` (its genesis CA), on a local port."""
+    d = home / "nodes" / node
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    peer = peer or _Peer(blocks)
+    services_pb2_grpc.add_AdminServicer_to_server(peer, srv)
+    services_pb2_grpc.add_PeerDeliverServicer_to_server(peer, srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
+                                                                     d / "ca-bundle.pem"))
+    srv.start()
+    try:
+        yield port
+    finally:
+        srv.stop(None)
+
+
+def _plain_block(home: Path, number: int, previous: block_pb2.Block,
+                 signer: tuple[str, str] = ("orderer.ins01", "ins01")) -> block_pb2.Block:
+    """A block without transactions after ``previous``, signed by the node ``signer``."""
+    block = make_block(number, block_header_hash(previous.header), [], [node_signer(home, *signer)],
+                       timestamp_ms=time.time_ns() // 1_000_000)
+    block.metadata.last_config_block = 0
+    return block
+
+
+def _health(s: Session) -> str:
+    """OK, or the reason code of the failed health call."""
+    try:
+        s.gateway.health(timeout=5)
+    except RxClientError as exc:
+        return exc.reason
+    return "OK"
+
+
+@pytest.mark.parametrize("home_writable", [True, False])
+def test_a_session_follows_a_ca_rotation_no_config_command_verified(
+        rotated: Rotated, home_writable: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """h01's CA was rotated (block 1) but no config command ran in this home since: the session
+    pinned the genesis CA, and its peer -- now presenting a certificate of the new CA -- could not
+    be reached (SERVICE_UNAVAILABLE) until someone ran ``rxchain config``. The session now
+    fetches the blocks past its verified chain from another peer (h02's), verifies them, saves
+    the longer chain and re-pins: the call goes through (also where the home cannot be written:
+    the chain verified is pinned all the same)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    if not home_writable:
+        def refuse(path: Any, data: bytes) -> None:
+            raise OSError(30, "Read-only file system")
+
+        monkeypatch.setattr(configtool, "replace_file", refuse)
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
+    with _serving(rotated.home, "peer.h02", chain) as h02:
+        s = _session(rotated.home, rotated.port, h02)
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    if not home_writable:
+        assert not state.exists()
+        return
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+    assert json.loads(state.read_text())["height"] == 2
+
+
+@pytest.mark.parametrize("forgery", ["not-an-orderer", "too-few-admins", "withheld"])
+def test_a_peer_serving_a_forged_or_refused_config_block_moves_no_pin(rotated: Rotated, forgery: str) -> None:
+    """The peer asked for the blocks past the verified chain serves the rotation block signed by
+    a node that is no orderer, or one whose update too few admins signed (the orderers' rule
+    refuses it; the peer still calls it VALID and in force), or nothing new: no pin moves, the
+    saved chain stays as it was, the call fails as before (SERVICE_UNAVAILABLE)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    if forgery == "not-an-orderer":
+        chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der, signer=("peer.h02", "h02"))]
+    elif forgery == "too-few-admins":
+        chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der, admins_of=("h02", "p01"))]
+    else:
+        chain = [genesis]
+    with _serving(rotated.home, "peer.h02", chain) as h02:
+        s = _session(rotated.home, rotated.port, h02)
+        try:
+            assert _health(s) == "SERVICE_UNAVAILABLE"
+        finally:
+            s.close()
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 0
+    if state.exists():  # (a chain verified that adopts nothing may be saved: the genesis config)
+        assert json.loads(state.read_text())["block"] == 0
+
+
+def test_a_long_lived_session_picks_up_a_verified_extension(rotated: Rotated) -> None:
+    """The FHIR gateway keeps one session per wallet for as long as it serves: it pinned the CA of
+    config-chain.json as it was when the session was made, so a rotation a config command verified
+    later was not followed until a restart. A session now reads the file again when it changed
+    and pins its new calls to the CA it names -- and keeps that pin when the file is removed
+    (no rollback)."""
+    from client.fhir.server import Identities
+
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    state.unlink()
+    ids = Identities(rotated.home)
+    ids.net = _local(ids.net, {"h01": rotated.port})
+    cert = x509.load_pem_x509_certificate(
+        (rotated.home / "orgs" / "h01" / "users" / "dr-jiang" / "cert.pem").read_bytes())
+    try:
+        ops = ids.ops_for(cert.public_bytes(serialization.Encoding.DER))
+        assert _health(ops.s) == "SERVICE_UNAVAILABLE"  # (genesis CA pinned; no peer to follow from)
+        state.write_bytes(saved)  # a config command verified the rotation
+        assert _health(ops.s) == "OK"
+        assert ids.ops_for(cert.public_bytes(serialization.Encoding.DER)) is ops  # the same session
+        state.unlink()
+        assert _health(ops.s) == "OK"
+    finally:
+        ids.close()
+
+
+@pytest.mark.parametrize("peer_chain", ["restarted", "lagging", "forged"])
+def test_a_network_restarted_from_the_genesis_block_is_named(rotated: Rotated, peer_chain: str) -> None:
+    """The network was started again from the same genesis block: the new chain's block 1 is not
+    the rotation this home verified, and h01's peer presents its genesis certificate again. The
+    session pinned the rotated CA from the old config-chain.json and only failed
+    SERVICE_UNAVAILABLE. It now finds another peer's verified chain holding another block 1 and
+    says CHAIN_RESTARTED with the remedy, changing nothing. A peer merely behind (only the genesis
+    block) or one whose different block 1 does not verify (signed by no orderer) is no restart:
+    SERVICE_UNAVAILABLE, the state unchanged."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    new_chain = [genesis, one, _plain_block(rotated.home, 2, one)]
+    if peer_chain == "lagging":
+        served = [genesis]
+    elif peer_chain == "forged":
+        served = [genesis, _plain_block(rotated.home, 1, genesis, signer=("peer.h02", "h02"))]
+    else:
+        served = new_chain
+    with _serving(rotated.home, "peer.h01", new_chain) as h01, _serving(rotated.home, "peer.h02", served) as h02:
+        s = _session(rotated.home, h01, h02)
+        try:
+            with pytest.raises(RxClientError) as e:
+                s.gateway.health(timeout=5)
+        finally:
+            s.close()
+    if peer_chain == "restarted":
+        from client.fhir.server import error_reply
+
+        assert e.value.reason == "CHAIN_RESTARTED"
+        assert "remove" in e.value.message and str(state) in e.value.message
+        assert error_reply(e.value, rotated.home).status == 503  # (not 422: no business rule refused it)
+    else:
+        assert e.value.reason == "SERVICE_UNAVAILABLE"
+    assert state.read_bytes() == saved
+
+
+def test_a_shorter_chain_saved_later_rolls_back_no_ca(rotated: Rotated) -> None:
+    """Two processes verify the chain at once (a session following it, a config command): the
+    one that verified less saved last and replaced the longer chain the other had saved -- the
+    rotation gone, sessions pinned the CA rotated away from. A state is now saved only over a
+    shorter one (read again under its lock)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    further = configtool.ChainConfig(genesis, Verifier(), state)
+    behind = configtool.ChainConfig(genesis, Verifier(), state)
+    further.feed(genesis)
+    further.feed(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    behind.feed(genesis)
+    further.save()
+    behind.save()
+    assert json.loads(state.read_text())["height"] == 2
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
+    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
+    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
+    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
+    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert chain.resumed and chain.height == 2
+    # (block 2 links to the rotation block saved: the state holds its header hash only)
+    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
+                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
+    two.metadata.last_config_block = 0
+    chain.feed(two)
+    chain.save()
+    assert json.loads(state.read_text())["height"] == 2
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_a_session_follows_at_most_once_per_interval(rotated: Rotated) -> None:
+    """Every failed call of a session whose peer presents a CA the pin lacks would ask the other
+    peers again (a peer serving a refused rotation, for ever): a session follows at most once per
+    FOLLOW_INTERVAL_S, whatever the calls and their retries."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    peer = _Peer([genesis, _rotation_block(rotated.home, genesis, rotated.ca_der, admins_of=("h02",))])
+    with _serving(rotated.home, "peer.h02", [], peer) as h02:
+        s = _session(rotated.home, rotated.port, h02)
+        try:
+            assert [_health(s) for _ in range(3)] == ["SERVICE_UNAVAILABLE"] * 3
+        finally:
+            s.close()
+    assert peer.asked == 1

@@ -1,0 +1,209 @@
+"""A session follows the consortium's config chain itself: the CA it pins its peer to moves with a
+CA rotation without waiting for an ``rxchain config`` command.
+
+A session pins its peer's TLS to the CA that the config chain its home verified
+(``HOME/config-chain.json``, :class:`client.configtool.ChainConfig`) names for the peer's
+organisation. When the peer presents a certificate of a CA that pin does not hold (the handshake
+fails: :func:`presented_cert`, :func:`issued_by`), the session asks up to :data:`FOLLOW_PEERS`
+other peers -- each pinned to its own organisation's CA in the verified config -- for the blocks
+past the verified chain's last one (:func:`follow_chain`), verifies them as the config commands
+and ``ledger verify`` do (numbered in turn, linking, ``data_hash``, a signature of an orderer of the
+config in force, every config transaction judged by the orderers' own rule,
+:meth:`node.orderer.configtx.ConfigTracker.block_config`), saves the longer chain (never a
+shorter one) and pins the CA in force at its end. A peer serving a block that does not verify, or
+a config update the rules refuse, moves nothing: the blocks before it stay verified, the
+refused config is not adopted. Every step is bounded: a status call of :data:`STATUS_TIMEOUT_S`,
+a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow per failed call.
+
+A network started again from the same genesis block leaves homes with a config chain whose blocks
+are not on the new chain. Before extending the verified chain, the peer's blocks at the numbers
+of its checkpoints (the config block in force, the last block verified:
+:meth:`ChainConfig.checkpoints`) are compared with the ones verified; a peer whose block differs
+has its own chain verified from ``genesis.block`` up to that block: if it verifies (orderers'
+signatures all along) the chains diverged -- CHAIN_RESTARTED with the remedy, nothing changed;
+if not, the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
+than a checkpoint merely lags behind: it is no evidence of a restart and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
+
+from client.configtool import CHAIN_STATE, ChainConfig
+from client.errors import RxClientError
+from client.gateway import rpc_error
+from client.network import NetworkInfo, NodeEndpoint
+from client.wallet import WalletIdentity
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Verifier
+from node.crypto.tls import secure_channel
+from node.errors import RxError
+from node.genesis import read_genesis
+
+FOLLOW_PEERS = 3  # peers asked for the blocks past the verified chain, at most
+STATUS_TIMEOUT_S = 3.0  # a peer's height
+DELIVER_S = 30.0  # one stream of blocks (a longer gap is verified on by the next follow: progress is saved)
+PROBE_TIMEOUT_S = 3.0  # the TLS handshake reading the certificate a peer presents
+CHAIN_RESTARTED = "CHAIN_RESTARTED"
+
+
+def presented_cert(target: str, identity: WalletIdentity, timeout: float = PROBE_TIMEOUT_S) -> bytes | None:
+    """The DER certificate the server at ``target`` presents in a TLS handshake (with this wallet's
+    client certificate; the server's is read, not trusted); None when it cannot be reached."""
+    host, _, port = target.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock) as tls:
+            return tls.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return None
+
+
+def issued_by(cert_der: bytes, ca_pem: bytes) -> bool:
+    """Whether ``cert_der`` was issued (signed) by a CA certificate of the PEM ``ca_pem``."""
+    try:
+        cert = x509.load_der_x509_certificate(cert_der)
+        cas = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        return False
+    for ca in cas:
+        with contextlib.suppress(ValueError, TypeError, InvalidSignature):
+            cert.verify_directly_issued_by(ca)
+            return True
+    return False
+
+
+class _Peer:
+    """A peer's blocks, over a channel pinned to its organisation's CA in the verified config."""
+
+    def __init__(self, identity: WalletIdentity, endpoint: NodeEndpoint, ca_pem: bytes) -> None:
+        self.name = endpoint.name
+        self._channel = secure_channel(endpoint.target, identity.cert_path, identity.key_path,
+                                       identity.ca_bundle_path, server_name=endpoint.name,
+                                       root_certificates=ca_pem)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def height(self) -> int:
+        try:
+            res = services_pb2_grpc.AdminStub(self._channel).Status(services_pb2.StatusRequest(),
+                                                                     timeout=STATUS_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc
+        return int(res.height)
+
+    def blocks(self, start: int, stop: int) -> Generator[block_pb2.Block, None, None]:
+        """Blocks ``start``..``stop`` as the peer streams them (at most :data:`DELIVER_S` in all)."""
+        req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
+        call: Any = services_pb2_grpc.PeerDeliverStub(self._channel).Deliver(req, timeout=DELIVER_S)
+        try:
+            for msg in call:
+                if msg.WhichOneof("kind") != "block":
+                    return
+                yield msg.block
+                if msg.block.header.number >= stop:
+                    return
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+
+def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, height: int,
+                      state_path: Path) -> None:
+    """CHAIN_RESTARTED when the peer's chain, verified from the genesis block, holds another block
+    at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify.
+    Checkpoints past the peer's ``height`` are not judged (a peer behind is no evidence)."""
+    for number, expected in chain.checkpoints():
+        if number >= height:
+            continue
+        with contextlib.closing(peer.blocks(number, number)) as one:
+            got = next(one, None)
+        if got is not None and got.header.number == number and block_header_hash(got.header) == expected:
+            continue
+        fresh = ChainConfig(genesis, Verifier(max_entries=64, max_own=1))  # (no state: nothing saved)
+        with contextlib.closing(peer.blocks(0, number)) as blocks:
+            for block in blocks:
+                fresh.feed(block)  # LEDGER_INVALID: the peer's chain does not verify -- a lying peer
+        if fresh.height != number + 1:
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {fresh.height} of the "
+                                f"{number + 1} blocks needed to check its chain")
+        raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds a "
+                            f"different block {number} from the config chain this home verified ({state_path}): "
+                            "the network was started again from the same genesis block (or its orderers "
+                            "forked), and the CAs pinned from that file may be the old network's. Nothing was "
+                            f"changed. Remedy: once the consortium confirms the restart, remove {state_path}; "
+                            "the next session or config command verifies the new chain from genesis.block")
+
+
+def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path) -> None:
+    height = peer.height()
+    if height < 1:
+        raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds no block yet")
+    _check_same_chain(peer, chain, genesis, height, state_path)
+    if height < chain.height:
+        raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds {height} blocks, behind the "
+                            f"{chain.height} verified")
+    if height > chain.height:
+        try:
+            with contextlib.closing(peer.blocks(chain.height, height - 1)) as blocks:
+                for block in blocks:
+                    chain.feed(block)
+        finally:
+            with contextlib.suppress(RxClientError):
+                chain.in_force()  # (saves the chain verified, when the peer's pointer agrees with it)
+        if chain.height < height:
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {chain.height} of its "
+                                f"{height} blocks")
+    chain.in_force()  # LEDGER_INVALID when the peer's pointer or code disagrees with the verified chain
+
+
+def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
+                 skip: frozenset[str] = frozenset()) -> ChainConfig:
+    """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
+    ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, and saved
+    (``HOME/config-chain.json``; only when longer than the one saved). CHAIN_RESTARTED when a
+    peer's verified chain diverges from it; SERVICE_UNAVAILABLE naming each peer's failure when
+    none could extend it (a peer behind it, one serving a block that does not verify -- nothing
+    of theirs adopted)."""
+    state_path = Path(home) / CHAIN_STATE
+    try:
+        genesis = read_genesis(Path(home) / "genesis.block")
+    except RxError as exc:
+        raise RxClientError(exc.reason, exc.message) from exc
+    chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
+    pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
+    failures: list[str] = []
+    for endpoint in [p for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS]:
+        try:
+            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org))
+        except RxClientError as exc:  # (an organisation the verified config no longer holds)
+            failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+            continue
+        try:
+            _follow_from(peer, chain, genesis, state_path)
+            return chain
+        except RxClientError as exc:
+            if exc.reason == CHAIN_RESTARTED:
+                raise
+            failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+        finally:
+            peer.close()
+    raise RxClientError("SERVICE_UNAVAILABLE", "no peer extended the verified config chain: "
+                        + ("; ".join(failures) or "no other peer"))
