@@ -64,12 +64,6 @@ def record_last_block(home: Path, block: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def verified_config(home: Path, net: NetworkInfo) -> config_pb2.ConsortiumConfig | None:
-    """The config :func:`verified_network` takes ``net``'s place with, None when it keeps ``net``."""
-    found = verified_network(home, net)
-    return None if found is net else found.config
-
-
 def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
     """``net`` with the newest configuration this home has verified: the one in force at the end of
     the config chain state the config commands and sessions save (``configtool.CHAIN_STATE``,
@@ -130,9 +124,12 @@ class Session:
         self.net = network or load_network(self.home)
         self.identity: WalletIdentity = load_identity(self.home, org, user)
         self._check_validity()
-        # the newest configuration this home verified (None: none, the genesis one stands)
-        self._verified: tuple[config_pb2.ConsortiumConfig | None, int] = (verified_config(self.home, self.net),
-                                                                          wall_clock_ms())
+        # the newest configuration this home verified (None: none, the genesis one stands), the
+        # height of the chain it ends and the config-chain.json it was read from (_file_stamp)
+        self._verified_stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        found, self._verified_height = _verified(self.home, self.net)
+        self._verified: config_pb2.ConsortiumConfig | None = found.config if self._verified_height else None
+        self._records_followed: float | None = None  # when records_public_key last followed the chain
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.peer_org = endpoint.org  # the organisation of the peer this session's gateway is
@@ -248,7 +245,7 @@ class Session:
         key = self.identity.records_key
         if key is None:
             return
-        config = self._verified[0]
+        config = self._verified
         net = self.net if config is None else self.net.with_config(config)
         if not key_matches(key, _records_cert_key(net, self.identity.org)):
             rotated = config is not None and key_matches(key, _records_cert_key(self.net, self.identity.org))
@@ -328,34 +325,68 @@ class Session:
         verified a config chain (``config-chain.json``), the certificate is the one the newest
         configuration verified names, and one the peer reports that differs is refused
         RECORDS_CERT_UNVERIFIED (nothing is wrapped): a key is wrapped only for a records
-        certificate the chain shows, never for one a peer merely answered."""
+        certificate the chain shows, never for one a peer merely answered. Before refusing, the
+        session follows the chain once (:meth:`_follow_records`): a rotation committed since
+        the home last verified is then verified here and taken."""
         current = self.current_network()
-        verified = self._verified_config()
-        if verified is None:
-            return current.records_public_key(org, at_ms=self.clock())
-        reported = current.org(org).records_cert_der  # (UNKNOWN_ORG: no such organisation)
-        known = [o.records_cert_der for o in verified.organizations if o.id == org]
-        der = known[0] if known else None  # None: added since the home verified
-        if der is not None and not der:
-            raise RxClientError("NO_RECORDS_CERT", f"organisation {org} has no records cert")
-        if der is None or reported != der:
-            raise RxClientError("RECORDS_CERT_UNVERIFIED", f"the records certificate of {org} the peer's "
-                                f"configuration (sequence {current.config.sequence}) names is not the one of "
-                                f"the newest configuration this home verified (sequence {verified.sequence}): "
-                                "an `rxchain config show` verifies the chain further (a rotation, or the "
-                                "organisation added, committed since), else ask another peer (--peer); "
-                                "nothing was wrapped for it")
-        return current.recipient_key(org, der, f"records certificate of {org}", at_ms=self.clock())
+        sequence = 0  # (of the verified configuration last compared)
+        for attempt in range(2):
+            verified = self._verified_config()
+            if verified is None:
+                return current.records_public_key(org, at_ms=self.clock())
+            sequence = verified.sequence
+            reported = current.org(org).records_cert_der  # (UNKNOWN_ORG: no such organisation)
+            known = [o.records_cert_der for o in verified.organizations if o.id == org]
+            der = known[0] if known else None  # None: added since the home verified
+            if der is not None and not der:
+                raise RxClientError("NO_RECORDS_CERT", f"organisation {org} has no records cert")
+            if der is not None and reported == der:
+                return current.recipient_key(org, der, f"records certificate of {org}", at_ms=self.clock())
+            if attempt or not self._follow_records():
+                break
+        raise RxClientError("RECORDS_CERT_UNVERIFIED", f"the records certificate of {org} the peer's "
+                            f"configuration (sequence {current.config.sequence}) names is not the one of "
+                            f"the newest configuration this home verified (sequence {sequence}), "
+                            "nor of one the other peers' blocks verify: an `rxchain config show` verifies "
+                            "the chain further (a rotation, or the organisation added, committed since), "
+                            "else ask another peer (--peer); nothing was wrapped for it")
 
     def _verified_config(self) -> config_pb2.ConsortiumConfig | None:
-        """The newest configuration this home verified (config-chain.json), read again after
-        CONFIG_TTL_MS: a config command may have verified further since."""
-        config, at = self._verified
-        now = wall_clock_ms()
-        if now - at >= CONFIG_TTL_MS:
-            config = verified_config(self.home, self.net)
-            self._verified = (config, now)
-        return config
+        """The newest configuration this home verified (config-chain.json), read again whenever
+        the file changed (a config command, or this or another session following the chain,
+        verified further) and taken only from a chain at least as long as the one held: a file
+        removed, torn or replaced by a shorter one moves nothing back (as the CA pin)."""
+        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        if stamp != self._verified_stamp:
+            self._verified_stamp = stamp
+            found, height = _verified(self.home, self.net)
+            if height and height >= self._verified_height:
+                self._verified, self._verified_height = found.config, height
+        return self._verified
+
+    def _follow_records(self) -> bool:
+        """A records certificate the peer reports is not the verified one: follow the config
+        chain (:func:`client.follow.follow_chain`, every block verified -- a rotation committed
+        since the home last verified, e.g. no config command ran here) and report whether the
+        verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`; CHAIN_RESTARTED is
+        raised; any other failure (no peer serves more, none verifies) leaves the refusal."""
+        with self._follow_lock:
+            now = time.monotonic()
+            if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
+                return False
+            self._records_followed = now
+            self._verified_config()
+            try:
+                chain = follow_chain(self.home, self.net, self.identity)
+            except RxClientError as exc:
+                if exc.reason == CHAIN_RESTARTED:
+                    raise
+                return False
+            if chain.height <= self._verified_height:
+                return False
+            # (taken even where the home could not save it: a read-only home)
+            self._verified, self._verified_height = chain.verified()[1], chain.height
+            return True
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own

@@ -7,11 +7,13 @@ where record keys are wrapped to (never a records certificate a peer merely answ
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +27,7 @@ from rxchain.v1 import block_pb2, config_pb2, transaction_pb2
 from bench.txbuild import TxKit, make_block, node_signer, user_signer
 from client import configtool
 from client.errors import KeyNotHeld, NoKeyGrant, RxClientError, WalletError
+from client.network import load_network
 from client.rxops import RxOperations
 from client.session import Session
 from client.wallet import MAX_PREVIOUS_RECORDS_KEYS, PREVIOUS_RECORDS_KEYS_DIR, load_identity_dir
@@ -34,6 +37,7 @@ from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier
 from node.genesis import config_from_genesis, read_genesis
 from tests.client.test_note_keys import NOTE, _issued, _ops, _patient
+from tests.client.test_session_ca import _local, _Peer, _serving
 from tests.contracts.chain import who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import JIANG, ZHOU
@@ -323,3 +327,57 @@ def test_an_organisation_the_verified_chain_does_not_hold_is_records_cert_unveri
         with pytest.raises(RxClientError) as e:
             s.records_public_key("p10")
         assert e.value.reason == "UNKNOWN_ORG"
+
+
+# ------------------------------------------------------------ a rotation the home has not verified yet
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def unfollowed_home(net_home: Any, tmp_path: Path) -> Iterator[tuple[Path, block_pb2.Block, ec.EllipticCurvePrivateKey]]:
+    """A home that verified the genesis block only (config-chain.json of height 1) while block 1,
+    rotating h01's records certificate, committed since; returns (home, block 1, the new key)."""
+    home = tmp_path / "home"
+    shutil.copytree(net_home.home, home)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    der = _records_cert(home, "h01", new_key)
+    genesis = read_genesis(home / "genesis.block")
+    verifying = configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE)
+    verifying.feed(genesis)
+    verifying.save()
+    yield home, _config_block(home, genesis, lambda c: setattr(_org(c, "h01"), "records_cert_der", der)), new_key
+
+
+@pytest.mark.parametrize("served", ["rotation", "nothing-new"])
+def test_a_records_rotation_the_home_has_not_verified_is_followed(
+        unfollowed_home: tuple[Path, block_pb2.Block, ec.EllipticCurvePrivateKey], served: str) -> None:
+    """The peer reports h01's rotated records certificate, which the home has not verified (no
+    config command ran here since): the call was refused RECORDS_CERT_UNVERIFIED until someone ran
+    `rxchain config show`. The session now follows the chain itself once -- another peer's blocks,
+    every one verified -- and wraps for the new certificate; when no peer serves a block that
+    verifies it, the refusal stands (and the follow is not repeated within the interval)."""
+    home, block1, new_key = unfollowed_home
+    genesis = read_genesis(home / "genesis.block")
+    blocks = [genesis, block1] if served == "rotation" else [genesis]
+    rotated_config = configtool.ChainConfig(genesis, Verifier(), None)
+    rotated_config.feed(genesis)
+    rotated_config.feed(block1)
+    peer = _Peer(blocks)
+    with _serving(home, "peer.h02", blocks, peer) as port:
+        net = _local(load_network(home), {"h01": _closed_port(), "h02": port})
+        with Session(home, "p01:pharm-wang", network=net) as s:
+            _answering(s, rotated_config.verified()[1])
+            if served == "rotation":
+                assert s.records_public_key("h01").public_numbers() == new_key.public_key().public_numbers()
+                assert json.loads((home / configtool.CHAIN_STATE).read_text())["height"] == 2
+                return
+            for _ in range(2):
+                with pytest.raises(RxClientError) as e:
+                    s.records_public_key("h01")
+                assert e.value.reason == "RECORDS_CERT_UNVERIFIED"
+            assert peer.asked == 1
+    assert json.loads((home / configtool.CHAIN_STATE).read_text())["height"] == 1
