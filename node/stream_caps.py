@@ -28,13 +28,21 @@ rafthttp attaches a peer's new stream in place of its old one).
 A slot remembers its call and its caller's TLS certificate. Given ``recheck`` (the node's
 ``CallerCheck.check``: the MSP in force, the node's clock), a sweeper thread of the caps checks
 every open slot's caller again every ``SWEEP_S`` and at once when told the config in force changed
-(:meth:`StreamCaps.recheck_now`), and cancels the calls of the callers it refuses (revoked,
-expired, of an organisation removed: the MSP's reason; node certificates alike). The handlers
-only see their call end: one blocked reading its requests (Broadcast, BroadcastBatch,
-ProcessProposals, Transact) or waiting for a block or a commit (Deliver, PeerDeliver, Events,
-CommitStatus) while idle never checked its caller again, and held its gRPC worker and slot for as
-long as its connection lived. A cancelled call's client sees CANCELLED; the reason is logged
-(``stream_caller_refused``). The thread runs only while slots it may refuse are open.
+(:meth:`StreamCaps.recheck_now`), and refuses the calls of the callers it refuses (revoked,
+expired, of an organisation removed: the MSP's reason; node certificates alike; logged
+``stream_caller_refused``). A handler idle while its stream read nothing (Broadcast,
+BroadcastBatch, ProcessProposals, Transact) or waiting for a block or a commit (Deliver,
+PeerDeliver, Events, CommitStatus) never checked its caller again, and held its gRPC worker and
+slot for as long as its connection lived. Their handlers now end such a call themselves
+(admitted ``ends_itself``): the sweeper flags the slot with the refusal and wakes the handler
+(:meth:`StreamSlot.on_refused`: a stream's answer generator waiting for its reader) or the
+handler sees it within the half second it polls at (:meth:`StreamSlot.live`), and the call ends
+``context.abort(PERMISSION_DENIED, "<REASON>: ...")`` with the reason trailer -- what a new call
+of that caller gets. gRPC offers no abort from another thread (only ``cancel``, whose client
+sees CANCELLED without a reason), so a refused call its handler has not ended ``GRACE_S`` later
+is cancelled (``stream_refused_cancelled``), as is at once one admitted without
+``ends_itself``. The thread runs only while slots it may refuse are open, and ends with
+:meth:`StreamCaps.close` (the node's stop).
 
 node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 
@@ -67,6 +75,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +89,9 @@ _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
+# how long the handler of a refused call that ends itself has to end it with the reason before
+# the sweeper cancels it (its loops poll every 0.5 s at most)
+GRACE_S = 1.5
 
 Recheck = Callable[[identity_pb2.Identity], object]
 
@@ -98,7 +110,11 @@ class StreamSlot:
         self.what = what
         self.context = context
         self.caller = caller
-        self.refused: RxError | None = None  # why the sweeper cancelled the call
+        self.refused: RxError | None = None  # why the sweeper refused the call
+        self.refused_at = 0.0  # (time.monotonic) when
+        self.ends_itself = False  # its handler ends it with ``refused`` (module doc)
+        self.cancelled = False  # the sweeper cancelled it (the fallback)
+        self._wakers: list[Callable[[], None]] = []
         self._released = False
         self._lock = threading.Lock()
 
@@ -110,20 +126,61 @@ class StreamSlot:
             self._released = True
         self._caps._release(self)
 
+    def check(self) -> None:
+        """Raise the refusal (an RxError with status PERMISSION_DENIED and the MSP's reason) once
+        the sweeper refused the call's caller: its handler ends the call with it."""
+        err = self.refused
+        if err is not None:
+            raise err
+
+    def live(self, is_active: Callable[[], bool]) -> Callable[[], bool]:
+        """``is_active`` that raises the refusal (:meth:`check`) first: a handler's loop polling
+        it ends its call with the reason once the caller is refused."""
+
+        def active() -> bool:
+            self.check()
+            return is_active()
+
+        return active
+
+    def on_refused(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (once) when the call is refused -- at once if it was already: it wakes
+        a handler waiting on something of the node's, which then ends the call (:meth:`check`)."""
+        with self._lock:
+            if self.refused is None:
+                self._wakers.append(wake)
+                return
+        wake()
+
     def refuse(self, err: RxError) -> bool:
-        """Cancel the call (its caller is no longer admitted: ``err``), once; False if it was
-        released or refused already. Its handler then ends (its requests end, ``is_active``
-        turns False) and gRPC's termination callback gives the slot back."""
+        """Refuse the call (its caller is no longer admitted: ``err``), once; False if it was
+        released or refused already. A call whose handler ends it itself (``ends_itself``) is
+        flagged and its handler woken: its client gets PERMISSION_DENIED with the reason, as a
+        new call would; the sweeper cancels it if it is still open ``GRACE_S`` later. Any other
+        call is cancelled at once. Its handler then ends (its requests end, ``is_active`` turns
+        False) and gRPC's termination callback gives the slot back."""
         with self._lock:
             if self._released or self.refused is not None or self.context is None:
                 return False
             self.refused = err
+            self.refused_at = time.monotonic()
+            wakers, self._wakers = self._wakers, []
         org = self.caller.org if self.caller is not None else ""
-        _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r: the "
-                     "config in force no longer admits the caller of this open call; it is cancelled",
-                     self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message)
-        self.context.cancel()  # type: ignore[no-untyped-call]
+        _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r "
+                     "ends=%s: the config in force no longer admits the caller of this open call",
+                     self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message,
+                     "refused" if self.ends_itself else "cancelled")
+        if not self.ends_itself:
+            self._cancel()
+            return True
+        for wake in wakers:
+            wake()
         return True
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+        if self.context is not None:
+            self.context.cancel()  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> StreamSlot:
         return self
@@ -238,13 +295,17 @@ class StreamCaps:
             self._held += 1
         return StreamSlot(self, key, node, what)
 
-    def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str) -> StreamSlot:
+    def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str,
+              ends_itself: bool = False) -> StreamSlot:
         """:meth:`acquire` for the caller of ``context``; the slot is also released when the
         RPC terminates (a response generator may be dropped without being closed). The caller
         is checked again while it holds the slot (module doc) when its TLS certificate is
-        ``cert_der`` (none: only on an insecure test server)."""
+        ``cert_der`` (none: only on an insecure test server). ``ends_itself``: the handler
+        ends the call itself once it is refused (:meth:`StreamSlot.check`, woken through
+        :meth:`StreamSlot.on_refused` or polling), with the reason; otherwise it is cancelled."""
         node = bool(cert_der) and self._is_node is not None and self._is_node(cert_der)
         slot = self.acquire(self.key_of(cert_der), what, node)
+        slot.ends_itself = ends_itself
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
             return slot
@@ -274,27 +335,44 @@ class StreamCaps:
             self._poked = True
             self._wake.notify_all()
 
-    def close(self) -> None:
-        """Stop the sweeper (the node stops: its server cancels every call); no later slot is
-        checked again."""
+    @property
+    def sweeper(self) -> threading.Thread | None:
+        """The sweeper thread while it runs (module doc)."""
+        with self._lock:
+            return self._sweeper
+
+    def close(self, wait_s: float = 1.0) -> None:
+        """Stop the sweeper (the node stops: its server cancels every call), waiting up to
+        ``wait_s`` for its thread to end (a sweep under way finishes); no later slot is checked
+        again."""
         with self._wake:
             self._closed = True
             self._open.clear()
             self._wake.notify_all()
+            sweeper = self._sweeper
+        if sweeper is not None and sweeper is not threading.current_thread():
+            sweeper.join(wait_s)
 
     def sweep(self) -> int:
-        """Check every open slot's caller again with ``recheck`` and cancel the calls of those it
-        refuses (:meth:`StreamSlot.refuse`); how many were cancelled. One certificate is checked
+        """Check every open slot's caller again with ``recheck`` and refuse the calls of those it
+        refuses (:meth:`StreamSlot.refuse`); how many were refused. One certificate is checked
         once per sweep however many slots it holds. ``recheck`` failing otherwise than with
         PERMISSION_DENIED (e.g. no config readable), or raising another exception than RxError
-        (a bug; logged), cancels nothing of that caller's and the sweep goes on with the next."""
+        (a bug; logged), refuses nothing of that caller's and the sweep goes on with the next.
+        A call refused earlier that its handler has not ended ``GRACE_S`` later is cancelled."""
         check = self._recheck
         if check is None:
             return 0
         with self._lock:
             slots = [s for s in self._open if s.refused is None]
+            overdue = [s for s in self._open if s.refused is not None and not s.cancelled
+                       and time.monotonic() - s.refused_at >= GRACE_S]
+        for slot in overdue:
+            _log.warning("event=stream_refused_cancelled call=%s grace_s=%.1f: the handler of a refused "
+                         "call did not end it; it is cancelled", slot.what, GRACE_S)
+            slot._cancel()
         verdicts: dict[tuple[str, bytes], RxError | None] = {}
-        cancelled = 0
+        refused = 0
         crashed: list[BaseException] = []
         for slot in slots:
             caller = slot.caller
@@ -310,17 +388,27 @@ class StreamCaps:
                     crashed.append(exc)
             err = verdicts[key]
             if err is not None and slot.refuse(err):
-                cancelled += 1
+                refused += 1
         if crashed:  # one line a sweep, however many callers
             _log.error("event=stream_recheck_failed callers=%d error=%r: their open calls could not be "
                        "checked again and are left open", len(crashed), crashed[0], exc_info=crashed[0])
-        return cancelled
+        return refused
+
+    def _next_wait(self) -> float:
+        """(under the lock) How long the sweeper may sleep: ``sweep_s``, less while a refused
+        call awaits its fallback cancel."""
+        wait = self._sweep_s
+        now = time.monotonic()
+        for s in self._open:
+            if s.refused is not None and not s.cancelled:
+                wait = min(wait, max(0.0, s.refused_at + GRACE_S - now) + 0.01)
+        return wait
 
     def _sweep_loop(self) -> None:
         """The sweeper: :meth:`sweep` every ``sweep_s`` or when poked, until no slot is open."""
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._sweep_s)
+                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._next_wait())
                 self._poked = False
                 if not self._open or self._closed:
                     self._sweeper = None

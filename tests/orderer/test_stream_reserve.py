@@ -31,7 +31,7 @@ from node.orderer.forward import ForwardBatchService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.transport import ClusterService, Membership
 from node.peer.deliver_service import PeerDeliverService
-from node.stream_caps import TOO_MANY_STREAMS, ClusterCaps, StreamCaps
+from node.stream_caps import GRACE_S, TOO_MANY_STREAMS, ClusterCaps, StreamCaps
 from tests.harness.certs import issue_from_org_ca, write_cert_files
 from tests.orderer.cluster import Client, wait_until
 from tests.orderer.inproc import NullSink, genesis_parts
@@ -317,6 +317,48 @@ def test_a_sweep_cancels_the_calls_of_callers_no_longer_admitted_once(net: Any) 
         assert caps.held() == 2 and caps.held(caps.key_of(ders["clerk"])) == 1
         asked.clear()
         assert caps.sweep() == 0 and asked == ["clerk"]  # the cancelled calls are gone
+    finally:
+        caps.close()
+
+
+def test_a_refused_call_that_ends_itself_is_woken_and_cancelled_only_past_the_grace(
+    net: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call whose handler ends it itself (``ends_itself``) is flagged and its handler woken,
+    not cancelled: the handler ends it PERMISSION_DENIED with the reason (``check`` raises it,
+    ``live`` too). Still open GRACE_S after (a handler stuck elsewhere), the sweep cancels it,
+    once. Before, every refused call was cancelled at once (its client saw CANCELLED, no
+    reason)."""
+    pem = _client_files(net, "h01", "dr")[0].read_bytes()
+    der = pem_to_der(pem)
+
+    def recheck(ident: Any) -> None:
+        raise RxError("REVOKED_CERT", "revoked", grpc.StatusCode.PERMISSION_DENIED)
+
+    caps = StreamCaps(total=4, per_caller=4, recheck=recheck, sweep_s=60)
+    try:
+        call = _CallOf(pem)
+        slot = caps.admit(cast(Any, call), der, "x", ends_itself=True)
+        woken: list[int] = []
+        slot.on_refused(lambda: woken.append(1))
+        slot.check()  # not refused yet
+        with caplog.at_level(logging.WARNING, logger="node.stream_caps"):
+            assert caps.sweep() == 1
+            assert woken == [1] and call.cancelled == 0 and caps.held() == 1
+            with pytest.raises(RxError) as raised:
+                slot.check()
+            assert raised.value.reason == "REVOKED_CERT"
+            with pytest.raises(RxError):
+                slot.live(lambda: True)()
+            late: list[int] = []
+            slot.on_refused(lambda: late.append(1))  # registered after the refusal: called at once
+            assert late == [1]
+            assert caps.sweep() == 0 and call.cancelled == 0  # within the grace: left to its handler
+            slot.refused_at -= GRACE_S  # the grace passed, the handler did not end it
+            assert caps.sweep() == 0 and call.cancelled == 1 and caps.held() == 0
+            assert caps.sweep() == 0 and call.cancelled == 1
+        events = [r.getMessage().split(" ")[0] for r in caplog.records]
+        assert events == ["event=stream_caller_refused", "event=stream_refused_cancelled"]
     finally:
         caps.close()
 
