@@ -99,6 +99,7 @@ class OrdererServer:
     deliver: DeliverService
     metrics: OrdererMetrics
     state_check: StateCheck | None = None  # a blank start the others have not yet judged
+    streams: StreamCaps | None = None  # its caps on long-lived calls (their sweeper stops with it)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
@@ -110,6 +111,8 @@ class OrdererServer:
         self.chain.hand_over_leadership()
         self.deliver.close()
         self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        if self.streams is not None:
+            self.streams.close()  # (the sweeper thread ran on, checking slots of calls cancelled)
         self.chain.stop()
         self.transport.close()
         self.forwarder.close()
@@ -738,7 +741,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         metrics.serve(config.metrics_port, config.host)
     except OSError as exc:
         OrdererServer(config, server, chain, storage, blocks, transport, forwarder, broadcast,
-                      deliver, metrics, state_check).stop(0)
+                      deliver, metrics, state_check, streams).stop(0)
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
         "event=orderer_started node=%s raft_id=%d listen=%s height=%d",
@@ -746,7 +749,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     )
     return OrdererServer(
         config, server, chain, storage, blocks, transport, forwarder, broadcast, deliver,
-        metrics, state_check,
+        metrics, state_check, streams,
     )
 
 
