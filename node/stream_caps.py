@@ -44,6 +44,13 @@ is cancelled (``stream_refused_cancelled``), as is at once one admitted without
 ``ends_itself``. The thread runs only while slots it may refuse are open, and ends with
 :meth:`StreamCaps.close` (the node's stop).
 
+An orderer's Cluster streams are checked by the same sweeper (:meth:`ClusterCaps.watch_with`,
+:meth:`StreamCaps.watch`: not counted under the caps above), with a check of their own: still
+an orderer of the config in force for that method, its certificate admitted by the MSP
+(``node.orderer.transport.cluster_recheck``). A removed orderer, or one whose certificate was
+revoked or expired, kept its idle streams and their slots. Forward and ForwardBatch end
+themselves; Step, whose handler reads Raft messages, is cancelled.
+
 node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 
 ``max_streams``
@@ -114,6 +121,8 @@ class StreamSlot:
         self.refused_at = 0.0  # (time.monotonic) when
         self.ends_itself = False  # its handler ends it with ``refused`` (module doc)
         self.cancelled = False  # the sweeper cancelled it (the fallback)
+        self.recheck: Recheck | None = None  # its own check (a watched call: StreamCaps.watch)
+        self.counted = True  # held under the caps (a watched call is not)
         self._wakers: list[Callable[[], None]] = []
         self._released = False
         self._lock = threading.Lock()
@@ -314,6 +323,22 @@ class StreamCaps:
             self._track(slot, context, ident)
         return slot
 
+    def watch(self, context: grpc.ServicerContext, caller: identity_pb2.Identity, what: str, recheck: Recheck,
+              ends_itself: bool = False) -> StreamSlot:
+        """Have the sweeper check the caller of a call these caps do not count (an orderer's
+        Cluster stream, counted by :class:`ClusterCaps`) with ``recheck`` while it lasts,
+        refusing it as it refuses a counted call's (``ends_itself``: see :meth:`admit`). The
+        returned slot ends with the call (or :meth:`StreamSlot.release`)."""
+        slot = StreamSlot(self, self.key_of(caller.cert_der), True, what)
+        slot.counted = False
+        slot.recheck = recheck
+        slot.ends_itself = ends_itself
+        if not context.add_callback(slot.release):  # the RPC already ended
+            slot.release()
+            return slot
+        self._track(slot, context, caller)
+        return slot
+
     def _track(self, slot: StreamSlot, context: grpc.ServicerContext, caller: identity_pb2.Identity) -> None:
         """Have the sweeper check ``slot``'s caller while it is held (started if not running)."""
         with slot._lock:
@@ -360,9 +385,6 @@ class StreamCaps:
         PERMISSION_DENIED (e.g. no config readable), or raising another exception than RxError
         (a bug; logged), refuses nothing of that caller's and the sweep goes on with the next.
         A call refused earlier that its handler has not ended ``GRACE_S`` later is cancelled."""
-        check = self._recheck
-        if check is None:
-            return 0
         with self._lock:
             slots = [s for s in self._open if s.refused is None]
             overdue = [s for s in self._open if s.refused is not None and not s.cancelled
@@ -371,14 +393,16 @@ class StreamCaps:
             _log.warning("event=stream_refused_cancelled call=%s grace_s=%.1f: the handler of a refused "
                          "call did not end it; it is cancelled", slot.what, GRACE_S)
             slot._cancel()
-        verdicts: dict[tuple[str, bytes], RxError | None] = {}
+        verdicts: dict[tuple[str, str, bytes], RxError | None] = {}
         refused = 0
         crashed: list[BaseException] = []
         for slot in slots:
             caller = slot.caller
-            if caller is None:  # (never tracked without one)
+            check = slot.recheck or self._recheck
+            if caller is None or check is None:  # (never tracked without them)
                 continue
-            key = (caller.org, caller.cert_der)
+            # a watched call's check is its own (e.g. an orderer's: of its raft id and method)
+            key = (slot.what if slot.recheck is not None else "", caller.org, caller.cert_der)
             if key not in verdicts:
                 try:
                     verdicts[key] = _refusal(check, caller)
@@ -420,6 +444,9 @@ class StreamCaps:
 
     def _release(self, slot: StreamSlot) -> None:
         with self._lock:
+            self._open.pop(slot, None)
+            if not slot.counted:
+                return
             key = slot._key
             left = self._by_caller.get(key, 0) - 1
             if left > 0:
@@ -429,7 +456,6 @@ class StreamCaps:
             self._held = max(0, self._held - 1)
             if not slot._node:
                 self._clients = max(0, self._clients - 1)
-            self._open.pop(slot, None)
 
 
 def _refusal(check: Recheck, caller: identity_pb2.Identity) -> RxError | None:
@@ -449,6 +475,7 @@ class ClusterSlot:
         self._caps = caps
         self.key = key
         self.context = context
+        self.watched: StreamSlot | None = None  # its caller checked again (ClusterCaps.watch_with)
 
     def release(self) -> None:
         """Give the slot back (only the first call counts)."""
@@ -468,6 +495,16 @@ class ClusterCaps:
         self._lock = threading.Lock()
         self._held = 0
         self._open: dict[tuple[int, str], list[ClusterSlot]] = {}  # oldest first
+        self._sweeper: StreamCaps | None = None
+        self._recheck: Callable[[int, str, identity_pb2.Identity], object] | None = None
+
+    def watch_with(self, sweeper: StreamCaps, recheck: Callable[[int, str, identity_pb2.Identity], object]) -> None:
+        """Have ``sweeper`` (the node's :class:`StreamCaps`) check each held stream's orderer again
+        while it lasts with ``recheck(raft_id, method, caller)`` (raising RxError PERMISSION_DENIED
+        once the config in force no longer admits it on that stream: no longer an orderer,
+        its certificate revoked or expired): a refused orderer's streams end and give their slots
+        back (module doc)."""
+        self._sweeper, self._recheck = sweeper, recheck
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any], workers: int) -> ClusterCaps:
@@ -494,11 +531,14 @@ class ClusterCaps:
                 return self._held
             return sum(len(slots) for (rid, _), slots in self._open.items() if rid == orderer)
 
-    def admit(self, context: grpc.ServicerContext, orderer: int, method: str) -> ClusterSlot:
+    def admit(self, context: grpc.ServicerContext, orderer: int, method: str,
+              caller: identity_pb2.Identity | None = None, ends_itself: bool = False) -> ClusterSlot:
         """A slot for a ``method`` stream of the orderer of raft id ``orderer`` (known a member),
         released when the RPC terminates. Over its cap for ``method`` (or over the total, while
         it holds one of ``method``) its oldest stream of ``method`` is cancelled and gives its
-        slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS."""
+        slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS. With ``caller`` (its
+        TLS identity) and :meth:`watch_with`, the caller is checked again while the stream lasts
+        (``ends_itself``: its handler ends it once refused, :meth:`StreamCaps.admit`)."""
         key = (orderer, method)
         slot = ClusterSlot(self, key, context)
         with self._lock:
@@ -521,6 +561,11 @@ class ClusterCaps:
             replaced.context.cancel()  # type: ignore[no-untyped-call]
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
+            return slot
+        sweeper, recheck = self._sweeper, self._recheck
+        if sweeper is not None and recheck is not None and caller is not None:
+            slot.watched = sweeper.watch(context, caller, f"Cluster.{method}",
+                                         lambda ident: recheck(orderer, method, ident), ends_itself)
         return slot
 
     def _release(self, slot: ClusterSlot) -> None:

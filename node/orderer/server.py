@@ -70,7 +70,7 @@ from node.orderer.recent import RecentTxIndex
 from node.orderer.refusals import NonMemberRefusals
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
 from node.orderer.statecheck import StateCheck, Verdict, is_blank, judge
-from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
+from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport, cluster_recheck
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
@@ -697,6 +697,8 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     # one count of each non-member caller's refusals, whichever Cluster stream it opens
     refusals = NonMemberRefusals(metrics)
     cluster_streams = config.cluster_caps()  # and one cap on their streams, per orderer and in total
+    # an open one's orderer checked again too: removed, revoked or expired, its streams end
+    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check))
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
         clock_watch=clock_watch, releases=releases, refusals=refusals, streams=cluster_streams,

@@ -19,6 +19,7 @@ from typing import TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from node.errors import RxError, abort_with
 from node.orderer.ticket import Outcome, Ticket
 from node.stream_caps import StreamSlot
 
@@ -155,6 +156,17 @@ def ordered_answers(
         stop.set()
         budget.wake()
         _end_reader(pending, thread, slot)
+
+
+def refusal_ends(context: grpc.ServicerContext, slot: StreamSlot | None, answers: Iterator[Out]) -> Iterator[Out]:
+    """``answers`` (given ``slot``: :func:`ordered_answers`), the call aborted PERMISSION_DENIED
+    with the reason once the stream caps' sweeper refused its caller (node.stream_caps)."""
+    try:
+        yield from answers
+    except RxError as err:
+        if slot is None or err is not slot.refused:
+            raise
+        abort_with(context, err)
 
 
 def stream_error_logger(log: logging.Logger, what: str) -> Callable[[BaseException], None]:

@@ -29,7 +29,7 @@ from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.orderer.deliver import DeliverService
 from node.orderer.forward import ForwardBatchService
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.transport import ClusterService, Membership
+from node.orderer.transport import ClusterService, Membership, cluster_recheck
 from node.peer.deliver_service import PeerDeliverService
 from node.stream_caps import GRACE_S, TOO_MANY_STREAMS, ClusterCaps, StreamCaps
 from tests.harness.certs import issue_from_org_ca, write_cert_files
@@ -511,6 +511,67 @@ def test_cluster_streams_over_the_total_are_refused(net: Any, tmp_path: Path) ->
         for s in streams:
             s.close()
         server.stop(0)
+        blocks.close()
+
+
+@pytest.mark.parametrize("change", ["removed", "expired"])
+def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
+    net: Any, tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """orderer.ins02 holds an idle Step and Forward stream, orderer.ins03 a Step stream; then a
+    config takes ins02 out of the orderer set (the sweeper, told of it, runs at once: its period
+    is a minute) or, with no config change, the node's clock passes the orderers' certificates'
+    expiry (the sweep is run). The refused streams end -- Forward PERMISSION_DENIED with the
+    reason (NOT_AN_ORDERER, EXPIRED_CERT), as a new stream would be refused; Step, whose handler
+    reads requests, cancelled -- and give their slots back; an orderer still admitted keeps
+    its stream. Before, a removed (or revoked, or expired) orderer's open Cluster streams were
+    never checked again: they kept their slots and workers for as long as they lived."""
+    caplog.set_level(logging.WARNING, logger="node.stream_caps")
+    caps = ClusterCaps(total=4, per_orderer=2)
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
+    members = [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in tracker.current.config.orderers]
+    membership = Membership(members)
+    now = [wall_ms()]
+    sweeper = StreamCaps(total=1, per_caller=1, recheck=lambda _ident: None, sweep_s=60)
+    caps.watch_with(sweeper, cluster_recheck(membership, CallerCheck(tracker.msp, lambda: now[0]).check))
+    metrics = OrdererMetrics("t")
+    cluster = ClusterService(1, membership, NullSink(), None, metrics, streams=caps)  # type: ignore[arg-type]
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers([cluster.handler()])
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(*_node_files(net, "orderer.ins01")))
+    server.start()
+    target = f"127.0.0.1:{port}"
+    streams: list[_Step] = []
+    try:
+        step2 = _Step(target, _node_files(net, "orderer.ins02"))
+        forward2 = _Step(target, _node_files(net, "orderer.ins02"), "Forward")
+        step3 = _Step(target, _node_files(net, "orderer.ins03"))
+        streams += [step2, forward2, step3]
+        assert wait_until(lambda: caps.held(2) == 2 and caps.held(3) == 1, WAIT_S)
+        assert wait_until(lambda: sweeper.sweeper is not None, WAIT_S)  # it checks them
+        if change == "removed":
+            membership.update([m for m in members if m[0] != 2])
+            sweeper.recheck_now()
+            reason = "NOT_AN_ORDERER"
+        else:
+            now[0] += 200 * 365 * 86_400_000
+            sweeper.sweep()
+            reason = "EXPIRED_CERT"
+        assert step2.ended(WAIT_S) == "CANCELLED"
+        assert forward2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
+        assert wait_until(lambda: caps.held(2) == 0, WAIT_S)
+        if change == "removed":
+            assert step3.ended() == "" and caps.held() == 1
+        else:
+            assert step3.ended(WAIT_S) == "CANCELLED"
+            assert wait_until(lambda: caps.held() == 0, WAIT_S)
+        refused = [r.getMessage() for r in caplog.records if "event=stream_caller_refused" in str(r.msg)]
+        assert any("call=Cluster.Forward " in m and f"reason={reason} " in m for m in refused), refused
+    finally:
+        for s in streams:
+            s.close()
+        server.stop(0)
+        sweeper.close()
         blocks.close()
 
 
