@@ -14,7 +14,11 @@ Node certificates (a peer or orderer the configuration in force names, with that
 certificate may take: clients (doctors' and pharmacists' apps, patients' devices, integrators)
 filling ``max_streams`` left no slot for a peer's Deliver (no block reached it) nor for another
 organisation's peer following or endorsing. A node takes a slot of the reserve first, then any
-free one (the clients then hold fewer than ``max_streams``).
+free one (the clients then hold fewer than ``max_streams``) -- but one node holds at most half
+the reserve (``node_share``, at least 1): its slots beyond its share count against
+``max_streams`` as clients' do, and are refused once those are full. One node (its default
+``max_streams_per_node`` as large as the reserve) filled the whole reserve, and every other
+node's stream was refused.
 
 :class:`ClusterCaps` bounds an orderer's Cluster streams from the other orderers (Step, Forward,
 ForwardBatch), per orderer and method and in total, counted only once the caller is known to be
@@ -227,9 +231,13 @@ class StreamCaps:
         self._sweep_s = sweep_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # one node's share of the reserve: the rest stays for the others (module doc)
+        self.node_share = max(1, nodes // 2) if nodes else 0
         self._held = 0
         self._clients = 0  # of _held, by client certificates
+        self._beyond = 0  # of _held, nodes' slots beyond their share of the reserve
         self._by_caller: dict[bytes, int] = {}
+        self._by_node: dict[bytes, int] = {}  # node certificates' slots
         self._open: dict[StreamSlot, None] = {}  # slots the sweeper checks, oldest first
         self._sweeper: threading.Thread | None = None
         self._poked = False
@@ -288,6 +296,15 @@ class StreamCaps:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
                                                     f"long-lived calls (limit {self.total + self.nodes} "
                                                     f"with the nodes' {self.nodes})")
+                beyond = self._by_node.get(key, 0) >= self.node_share
+                if beyond and self._clients + self._beyond >= self.total:
+                    # (one node filled the whole reserve: the others' Deliver got no slot)
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: this node already holds {self.node_share} of the "
+                                                    f"nodes' {self.nodes} reserved long-lived calls (its share) "
+                                                    f"and no other slot is free")
+                if beyond:
+                    self._beyond += 1
+                self._by_node[key] = self._by_node.get(key, 0) + 1
             else:
                 if mine >= self.per_caller:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: this client already holds {mine} long-lived "
@@ -296,6 +313,10 @@ class StreamCaps:
                 if self._clients >= self.total:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: client certificates already hold {self._clients} "
                                                     f"long-lived calls (limit {self.total})")
+                if self._clients + self._beyond >= self.total:  # nodes took client slots
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: client certificates hold {self._clients} "
+                                                    f"long-lived calls and nodes {self._beyond} beyond their "
+                                                    f"reserve (limit {self.total})")
                 if self._held >= self.total + self.nodes:  # nodes took client slots too
                     raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
                                                     f"long-lived calls (limit {self.total + self.nodes})")
@@ -456,6 +477,14 @@ class StreamCaps:
             self._held = max(0, self._held - 1)
             if not slot._node:
                 self._clients = max(0, self._clients - 1)
+                return
+            had = self._by_node.get(key, 0)
+            if had > 1:
+                self._by_node[key] = had - 1
+            else:
+                self._by_node.pop(key, None)
+            if had > self.node_share:
+                self._beyond = max(0, self._beyond - 1)
 
 
 def _refusal(check: Recheck, caller: identity_pb2.Identity) -> RxError | None:

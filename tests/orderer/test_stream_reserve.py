@@ -108,6 +108,37 @@ def test_reserve_caps_unit() -> None:
     assert caps.held() == 4
 
 
+def test_one_node_takes_at_most_its_share_of_the_reserve() -> None:
+    """With the clients' slots full, one node (a peer following, endorsing, broadcasting) took
+    the whole reserve -- max_streams_per_node (by default max_streams_per_caller, half of
+    max_streams) is as large as the reserve (half of max_streams) -- and every other node's
+    Deliver was refused TOO_MANY_STREAMS. A node now holds at most half the reserve (its share)
+    beyond what it takes of the clients' slots, and those count against max_streams."""
+    nodes = {b"peer-a", b"peer-b", b"peer-c"}
+    caps = StreamCaps(total=4, per_caller=4, nodes=4, per_node=8, is_node=nodes.__contains__)
+    key = caps.key_of
+    clients = [caps.acquire(key(b"c1"), "x") for _ in range(4)]
+    a = [caps.acquire(key(b"peer-a"), "x", node=True) for _ in range(2)]
+    with pytest.raises(RxError) as info:  # it held all four before
+        caps.acquire(key(b"peer-a"), "x", node=True)
+    assert info.value.reason == TOO_MANY_STREAMS and "its share" in info.value.message
+    b = [caps.acquire(key(b"peer-b"), "x", node=True) for _ in range(2)]  # refused before
+    with pytest.raises(RxError):
+        caps.acquire(key(b"peer-c"), "x", node=True)  # the reserve is full: a fair share each
+    assert caps.held() == 8 and len(b) == 2
+    for slot in clients[:2]:
+        slot.release()
+    # a client slot free: a node takes it beyond its share, and it counts against the clients'
+    a.append(caps.acquire(key(b"peer-a"), "x", node=True))
+    clients[:2] = [caps.acquire(key(b"c1"), "x")]
+    with pytest.raises(RxError) as info:
+        caps.acquire(key(b"c2"), "x")
+    assert "beyond their reserve" in info.value.message
+    a.pop().release()  # its slot beyond its share back: a client takes it
+    clients.append(caps.acquire(key(b"c2"), "x"))
+    assert caps.held() == 8 and caps.held(key(b"peer-a")) == 2 and caps.node_share == 2
+
+
 @pytest.mark.parametrize(("extra", "workers", "expected"), [
     ({}, 64, (32, 16, 16, 16)),  # a peer's defaults
     ({}, 128, (64, 32, 32, 32)),  # an orderer's
