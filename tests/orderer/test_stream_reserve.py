@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -437,10 +438,9 @@ class _Step:
                 "/rxchain.v1.Cluster/Step", request_serializer=services_pb2.ConsensusRequest.SerializeToString,
                 response_deserializer=services_pb2.ConsensusResponse.FromString)
             self.future: Any = call.future(self._requests(), timeout=30)
-        else:
+        else:  # Forward, ForwardBatch
             call = self.channel.stream_stream(
-                "/rxchain.v1.Cluster/Forward", request_serializer=None,
-                response_deserializer=services_pb2.BroadcastResponse.FromString)
+                f"/rxchain.v1.Cluster/{method}", request_serializer=None, response_deserializer=None)
             self.future = call(self._requests(), timeout=30)
 
     def _requests(self) -> Iterator[Any]:
@@ -567,8 +567,10 @@ def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
     caps.watch_with(sweeper, cluster_recheck(membership, CallerCheck(tracker.msp, lambda: now[0]).check))
     metrics = OrdererMetrics("t")
     cluster = ClusterService(1, membership, NullSink(), None, metrics, streams=caps)  # type: ignore[arg-type]
+    answers = SimpleNamespace(answer_bytes=lambda: 1 << 20)  # (an idle stream orders nothing)
+    forward = ForwardBatchService(membership, answers, metrics, streams=caps)  # type: ignore[arg-type]
     server = grpc.server(ThreadPoolExecutor(8))
-    server.add_generic_rpc_handlers([cluster.handler()])
+    server.add_generic_rpc_handlers([cluster.handler(), forward.handler()])
     port = server.add_secure_port("127.0.0.1:0", server_credentials(*_node_files(net, "orderer.ins01")))
     server.start()
     target = f"127.0.0.1:{port}"
@@ -576,9 +578,10 @@ def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
     try:
         step2 = _Step(target, _node_files(net, "orderer.ins02"))
         forward2 = _Step(target, _node_files(net, "orderer.ins02"), "Forward")
+        batch2 = _Step(target, _node_files(net, "orderer.ins02"), "ForwardBatch")
         step3 = _Step(target, _node_files(net, "orderer.ins03"))
-        streams += [step2, forward2, step3]
-        assert wait_until(lambda: caps.held(2) == 2 and caps.held(3) == 1, WAIT_S)
+        streams += [step2, forward2, batch2, step3]
+        assert wait_until(lambda: caps.held(2) == 3 and caps.held(3) == 1, WAIT_S)
         assert wait_until(lambda: sweeper.sweeper is not None, WAIT_S)  # it checks them
         if change == "removed":
             membership.update([m for m in members if m[0] != 2])
@@ -590,6 +593,7 @@ def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
             reason = "EXPIRED_CERT"
         assert step2.ended(WAIT_S) == "CANCELLED"
         assert forward2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
+        assert batch2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
         assert wait_until(lambda: caps.held(2) == 0, WAIT_S)
         if change == "removed":
             assert step3.ended() == "" and caps.held() == 1
