@@ -32,7 +32,7 @@ rafthttp attaches a peer's new stream in place of its old one).
 A slot remembers its call and its caller's TLS certificate. Given ``recheck`` (the node's
 ``CallerCheck.check``: the MSP in force, the node's clock), a sweeper thread of the caps checks
 every open slot's caller again every ``SWEEP_S`` and at once when told the config in force changed
-(:meth:`StreamCaps.recheck_now`), and refuses the calls of the callers it refuses (revoked,
+(:meth:`StreamCaps.recheck_now`), and ends the calls of the callers it no longer admits (revoked,
 expired, of an organisation removed: the MSP's reason; node certificates alike; logged
 ``stream_caller_refused``). A handler idle while its stream read nothing (Broadcast,
 BroadcastBatch, ProcessProposals, Transact) or waiting for a block or a commit (Deliver,
