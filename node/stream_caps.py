@@ -102,7 +102,7 @@ TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
 # how long the handler of a refused call that ends itself has to end it with the reason before
 # the sweeper cancels it (its loops poll every 0.5 s at most)
-GRACE_S = 1.5
+GRACE_S = 2.0
 
 Recheck = Callable[[identity_pb2.Identity], object]
 
