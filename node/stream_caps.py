@@ -14,7 +14,11 @@ Node certificates (a peer or orderer the configuration in force names, with that
 certificate may take: clients (doctors' and pharmacists' apps, patients' devices, integrators)
 filling ``max_streams`` left no slot for a peer's Deliver (no block reached it) nor for another
 organisation's peer following or endorsing. A node takes a slot of the reserve first, then any
-free one (the clients then hold fewer than ``max_streams``).
+free one (the clients then hold fewer than ``max_streams``) -- but one node holds at most half
+the reserve (``node_share``, at least 1): its slots beyond its share count against
+``max_streams`` as clients' do, and are refused once those are full. One node (its default
+``max_streams_per_node`` as large as the reserve) filled the whole reserve, and every other
+node's stream was refused.
 
 :class:`ClusterCaps` bounds an orderer's Cluster streams from the other orderers (Step, Forward,
 ForwardBatch), per orderer and method and in total, counted only once the caller is known to be
@@ -28,13 +32,28 @@ rafthttp attaches a peer's new stream in place of its old one).
 A slot remembers its call and its caller's TLS certificate. Given ``recheck`` (the node's
 ``CallerCheck.check``: the MSP in force, the node's clock), a sweeper thread of the caps checks
 every open slot's caller again every ``SWEEP_S`` and at once when told the config in force changed
-(:meth:`StreamCaps.recheck_now`), and cancels the calls of the callers it refuses (revoked,
-expired, of an organisation removed: the MSP's reason; node certificates alike). The handlers
-only see their call end: one blocked reading its requests (Broadcast, BroadcastBatch,
-ProcessProposals, Transact) or waiting for a block or a commit (Deliver, PeerDeliver, Events,
-CommitStatus) while idle never checked its caller again, and held its gRPC worker and slot for as
-long as its connection lived. A cancelled call's client sees CANCELLED; the reason is logged
-(``stream_caller_refused``). The thread runs only while slots it may refuse are open.
+(:meth:`StreamCaps.recheck_now`), and ends the calls of the callers it no longer admits (revoked,
+expired, of an organisation removed: the MSP's reason; node certificates alike; logged
+``stream_caller_refused``). A handler idle while its stream read nothing (Broadcast,
+BroadcastBatch, ProcessProposals, Transact) or waiting for a block or a commit (Deliver,
+PeerDeliver, Events, CommitStatus) never checked its caller again, and held its gRPC worker and
+slot for as long as its connection lived. Their handlers now end such a call themselves
+(admitted ``ends_itself``): the sweeper flags the slot with the refusal and wakes the handler
+(:meth:`StreamSlot.on_refused`: a stream's answer generator waiting for its reader) or the
+handler sees it within the half second it polls at (:meth:`StreamSlot.live`), and the call ends
+``context.abort(PERMISSION_DENIED, "<REASON>: ...")`` with the reason trailer -- what a new call
+of that caller gets. gRPC offers no abort from another thread (only ``cancel``, whose client
+sees CANCELLED without a reason), so a refused call its handler has not ended ``GRACE_S`` later
+is cancelled (``stream_refused_cancelled``), as is at once one admitted without
+``ends_itself``. The thread runs only while slots it may refuse are open, and ends with
+:meth:`StreamCaps.close` (the node's stop).
+
+An orderer's Cluster streams are checked by the same sweeper (:meth:`ClusterCaps.watch_with`,
+:meth:`StreamCaps.watch`: not counted under the caps above), with a check of their own: still
+an orderer of the config in force for that method, its certificate admitted by the MSP
+(``node.orderer.transport.cluster_recheck``). A removed orderer, or one whose certificate was
+revoked or expired, kept its idle streams and their slots. Forward and ForwardBatch end
+themselves; Step, whose handler reads Raft messages, is cancelled.
 
 node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 
@@ -67,6 +86,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +100,9 @@ _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
+# how long the handler of a refused call that ends itself has to end it with the reason before
+# the sweeper cancels it (its loops poll every 0.5 s at most)
+GRACE_S = 2.0
 
 Recheck = Callable[[identity_pb2.Identity], object]
 
@@ -98,7 +121,13 @@ class StreamSlot:
         self.what = what
         self.context = context
         self.caller = caller
-        self.refused: RxError | None = None  # why the sweeper cancelled the call
+        self.refused: RxError | None = None  # why the sweeper refused the call
+        self.refused_at = 0.0  # (time.monotonic) when
+        self.ends_itself = False  # its handler ends it with ``refused`` (module doc)
+        self.cancelled = False  # the sweeper cancelled it (the fallback)
+        self.recheck: Recheck | None = None  # its own check (a watched call: StreamCaps.watch)
+        self.counted = True  # held under the caps (a watched call is not)
+        self._wakers: list[Callable[[], None]] = []
         self._released = False
         self._lock = threading.Lock()
 
@@ -110,20 +139,61 @@ class StreamSlot:
             self._released = True
         self._caps._release(self)
 
+    def check(self) -> None:
+        """Raise the refusal (an RxError with status PERMISSION_DENIED and the MSP's reason) once
+        the sweeper refused the call's caller: its handler ends the call with it."""
+        err = self.refused
+        if err is not None:
+            raise err
+
+    def live(self, is_active: Callable[[], bool]) -> Callable[[], bool]:
+        """``is_active`` that raises the refusal (:meth:`check`) first: a handler's loop polling
+        it ends its call with the reason once the caller is refused."""
+
+        def active() -> bool:
+            self.check()
+            return is_active()
+
+        return active
+
+    def on_refused(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` (once) when the call is refused -- at once if it was already: it wakes
+        a handler waiting on something of the node's, which then ends the call (:meth:`check`)."""
+        with self._lock:
+            if self.refused is None:
+                self._wakers.append(wake)
+                return
+        wake()
+
     def refuse(self, err: RxError) -> bool:
-        """Cancel the call (its caller is no longer admitted: ``err``), once; False if it was
-        released or refused already. Its handler then ends (its requests end, ``is_active``
-        turns False) and gRPC's termination callback gives the slot back."""
+        """Refuse the call (its caller is no longer admitted: ``err``), once; False if it was
+        released or refused already. A call whose handler ends it itself (``ends_itself``) is
+        flagged and its handler woken: its client gets PERMISSION_DENIED with the reason, as a
+        new call would; the sweeper cancels it if it is still open ``GRACE_S`` later. Any other
+        call is cancelled at once. Its handler then ends (its requests end, ``is_active`` turns
+        False) and gRPC's termination callback gives the slot back."""
         with self._lock:
             if self._released or self.refused is not None or self.context is None:
                 return False
             self.refused = err
+            self.refused_at = time.monotonic()
+            wakers, self._wakers = self._wakers, []
         org = self.caller.org if self.caller is not None else ""
-        _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r: the "
-                     "config in force no longer admits the caller of this open call; it is cancelled",
-                     self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message)
-        self.context.cancel()  # type: ignore[no-untyped-call]
+        _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r "
+                     "ends=%s: the config in force no longer admits the caller of this open call",
+                     self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message,
+                     "refused" if self.ends_itself else "cancelled")
+        if not self.ends_itself:
+            self._cancel()
+            return True
+        for wake in wakers:
+            wake()
         return True
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+        if self.context is not None:
+            self.context.cancel()  # type: ignore[no-untyped-call]
 
     def __enter__(self) -> StreamSlot:
         return self
@@ -161,9 +231,13 @@ class StreamCaps:
         self._sweep_s = sweep_s
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # one node's share of the reserve: the rest stays for the others (module doc)
+        self.node_share = max(1, nodes // 2) if nodes else 0
         self._held = 0
         self._clients = 0  # of _held, by client certificates
+        self._beyond = 0  # of _held, nodes' slots beyond their share of the reserve
         self._by_caller: dict[bytes, int] = {}
+        self._by_node: dict[bytes, int] = {}  # node certificates' slots
         self._open: dict[StreamSlot, None] = {}  # slots the sweeper checks, oldest first
         self._sweeper: threading.Thread | None = None
         self._poked = False
@@ -222,6 +296,15 @@ class StreamCaps:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
                                                     f"long-lived calls (limit {self.total + self.nodes} "
                                                     f"with the nodes' {self.nodes})")
+                beyond = self._by_node.get(key, 0) >= self.node_share
+                if beyond and self._clients + self._beyond >= self.total:
+                    # (one node filled the whole reserve: the others' Deliver got no slot)
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: this node already holds {self.node_share} of the "
+                                                    f"nodes' {self.nodes} reserved long-lived calls (its share) "
+                                                    f"and no other slot is free")
+                if beyond:
+                    self._beyond += 1
+                self._by_node[key] = self._by_node.get(key, 0) + 1
             else:
                 if mine >= self.per_caller:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: this client already holds {mine} long-lived "
@@ -230,6 +313,10 @@ class StreamCaps:
                 if self._clients >= self.total:
                     raise RxError(TOO_MANY_STREAMS, f"{what}: client certificates already hold {self._clients} "
                                                     f"long-lived calls (limit {self.total})")
+                if self._clients + self._beyond >= self.total:  # nodes took client slots
+                    raise RxError(TOO_MANY_STREAMS, f"{what}: client certificates hold {self._clients} "
+                                                    f"long-lived calls and nodes {self._beyond} beyond their "
+                                                    f"reserve (limit {self.total})")
                 if self._held >= self.total + self.nodes:  # nodes took client slots too
                     raise RxError(TOO_MANY_STREAMS, f"{what}: the node already serves {self._held} "
                                                     f"long-lived calls (limit {self.total + self.nodes})")
@@ -238,19 +325,39 @@ class StreamCaps:
             self._held += 1
         return StreamSlot(self, key, node, what)
 
-    def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str) -> StreamSlot:
+    def admit(self, context: grpc.ServicerContext, cert_der: bytes, what: str,
+              ends_itself: bool = False) -> StreamSlot:
         """:meth:`acquire` for the caller of ``context``; the slot is also released when the
         RPC terminates (a response generator may be dropped without being closed). The caller
         is checked again while it holds the slot (module doc) when its TLS certificate is
-        ``cert_der`` (none: only on an insecure test server)."""
+        ``cert_der`` (none: only on an insecure test server). ``ends_itself``: the handler
+        ends the call itself once it is refused (:meth:`StreamSlot.check`, woken through
+        :meth:`StreamSlot.on_refused` or polling), with the reason; otherwise it is cancelled."""
         node = bool(cert_der) and self._is_node is not None and self._is_node(cert_der)
         slot = self.acquire(self.key_of(cert_der), what, node)
+        slot.ends_itself = ends_itself
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
             return slot
         ident = peer_identity(context) if self._recheck is not None and cert_der else None
         if ident is not None and ident.cert_der == cert_der:
             self._track(slot, context, ident)
+        return slot
+
+    def watch(self, context: grpc.ServicerContext, caller: identity_pb2.Identity, what: str, recheck: Recheck,
+              ends_itself: bool = False) -> StreamSlot:
+        """Have the sweeper check the caller of a call these caps do not count (an orderer's
+        Cluster stream, counted by :class:`ClusterCaps`) with ``recheck`` while it lasts,
+        refusing it as it refuses a counted call's (``ends_itself``: see :meth:`admit`). The
+        returned slot ends with the call (or :meth:`StreamSlot.release`)."""
+        slot = StreamSlot(self, self.key_of(caller.cert_der), True, what)
+        slot.counted = False
+        slot.recheck = recheck
+        slot.ends_itself = ends_itself
+        if not context.add_callback(slot.release):  # the RPC already ended
+            slot.release()
+            return slot
+        self._track(slot, context, caller)
         return slot
 
     def _track(self, slot: StreamSlot, context: grpc.ServicerContext, caller: identity_pb2.Identity) -> None:
@@ -274,33 +381,49 @@ class StreamCaps:
             self._poked = True
             self._wake.notify_all()
 
-    def close(self) -> None:
-        """Stop the sweeper (the node stops: its server cancels every call); no later slot is
-        checked again."""
+    @property
+    def sweeper(self) -> threading.Thread | None:
+        """The sweeper thread while it runs (module doc)."""
+        with self._lock:
+            return self._sweeper
+
+    def close(self, wait_s: float = 1.0) -> None:
+        """Stop the sweeper (the node stops: its server cancels every call), waiting up to
+        ``wait_s`` for its thread to end (a sweep under way finishes); no later slot is checked
+        again."""
         with self._wake:
             self._closed = True
             self._open.clear()
             self._wake.notify_all()
+            sweeper = self._sweeper
+        if sweeper is not None and sweeper is not threading.current_thread():
+            sweeper.join(wait_s)
 
     def sweep(self) -> int:
-        """Check every open slot's caller again with ``recheck`` and cancel the calls of those it
-        refuses (:meth:`StreamSlot.refuse`); how many were cancelled. One certificate is checked
+        """Check every open slot's caller again with ``recheck`` and refuse the calls of those it
+        refuses (:meth:`StreamSlot.refuse`); how many were refused. One certificate is checked
         once per sweep however many slots it holds. ``recheck`` failing otherwise than with
         PERMISSION_DENIED (e.g. no config readable), or raising another exception than RxError
-        (a bug; logged), cancels nothing of that caller's and the sweep goes on with the next."""
-        check = self._recheck
-        if check is None:
-            return 0
+        (a bug; logged), refuses nothing of that caller's and the sweep goes on with the next.
+        A call refused earlier that its handler has not ended ``GRACE_S`` later is cancelled."""
         with self._lock:
             slots = [s for s in self._open if s.refused is None]
-        verdicts: dict[tuple[str, bytes], RxError | None] = {}
-        cancelled = 0
+            overdue = [s for s in self._open if s.refused is not None and not s.cancelled
+                       and time.monotonic() - s.refused_at >= GRACE_S]
+        for slot in overdue:
+            _log.warning("event=stream_refused_cancelled call=%s grace_s=%.1f: the handler of a refused "
+                         "call did not end it; it is cancelled", slot.what, GRACE_S)
+            slot._cancel()
+        verdicts: dict[tuple[str, str, bytes], RxError | None] = {}
+        refused = 0
         crashed: list[BaseException] = []
         for slot in slots:
             caller = slot.caller
-            if caller is None:  # (never tracked without one)
+            check = slot.recheck or self._recheck
+            if caller is None or check is None:  # (never tracked without them)
                 continue
-            key = (caller.org, caller.cert_der)
+            # a watched call's check is its own (e.g. an orderer's: of its raft id and method)
+            key = (slot.what if slot.recheck is not None else "", caller.org, caller.cert_der)
             if key not in verdicts:
                 try:
                     verdicts[key] = _refusal(check, caller)
@@ -310,17 +433,27 @@ class StreamCaps:
                     crashed.append(exc)
             err = verdicts[key]
             if err is not None and slot.refuse(err):
-                cancelled += 1
+                refused += 1
         if crashed:  # one line a sweep, however many callers
             _log.error("event=stream_recheck_failed callers=%d error=%r: their open calls could not be "
                        "checked again and are left open", len(crashed), crashed[0], exc_info=crashed[0])
-        return cancelled
+        return refused
+
+    def _next_wait(self) -> float:
+        """(under the lock) How long the sweeper may sleep: ``sweep_s``, less while a refused
+        call awaits its fallback cancel."""
+        wait = self._sweep_s
+        now = time.monotonic()
+        for s in self._open:
+            if s.refused is not None and not s.cancelled:
+                wait = min(wait, max(0.0, s.refused_at + GRACE_S - now) + 0.01)
+        return wait
 
     def _sweep_loop(self) -> None:
         """The sweeper: :meth:`sweep` every ``sweep_s`` or when poked, until no slot is open."""
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._sweep_s)
+                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._next_wait())
                 self._poked = False
                 if not self._open or self._closed:
                     self._sweeper = None
@@ -332,6 +465,9 @@ class StreamCaps:
 
     def _release(self, slot: StreamSlot) -> None:
         with self._lock:
+            self._open.pop(slot, None)
+            if not slot.counted:
+                return
             key = slot._key
             left = self._by_caller.get(key, 0) - 1
             if left > 0:
@@ -341,7 +477,14 @@ class StreamCaps:
             self._held = max(0, self._held - 1)
             if not slot._node:
                 self._clients = max(0, self._clients - 1)
-            self._open.pop(slot, None)
+                return
+            had = self._by_node.get(key, 0)
+            if had > 1:
+                self._by_node[key] = had - 1
+            else:
+                self._by_node.pop(key, None)
+            if had > self.node_share:
+                self._beyond = max(0, self._beyond - 1)
 
 
 def _refusal(check: Recheck, caller: identity_pb2.Identity) -> RxError | None:
@@ -361,6 +504,7 @@ class ClusterSlot:
         self._caps = caps
         self.key = key
         self.context = context
+        self.watched: StreamSlot | None = None  # its caller checked again (ClusterCaps.watch_with)
 
     def release(self) -> None:
         """Give the slot back (only the first call counts)."""
@@ -380,6 +524,16 @@ class ClusterCaps:
         self._lock = threading.Lock()
         self._held = 0
         self._open: dict[tuple[int, str], list[ClusterSlot]] = {}  # oldest first
+        self._sweeper: StreamCaps | None = None
+        self._recheck: Callable[[int, str, identity_pb2.Identity], object] | None = None
+
+    def watch_with(self, sweeper: StreamCaps, recheck: Callable[[int, str, identity_pb2.Identity], object]) -> None:
+        """Have ``sweeper`` (the node's :class:`StreamCaps`) check each held stream's orderer again
+        while it lasts with ``recheck(raft_id, method, caller)`` (raising RxError PERMISSION_DENIED
+        once the config in force no longer admits it on that stream: no longer an orderer,
+        its certificate revoked or expired): a refused orderer's streams end and give their slots
+        back (module doc)."""
+        self._sweeper, self._recheck = sweeper, recheck
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any], workers: int) -> ClusterCaps:
@@ -406,11 +560,14 @@ class ClusterCaps:
                 return self._held
             return sum(len(slots) for (rid, _), slots in self._open.items() if rid == orderer)
 
-    def admit(self, context: grpc.ServicerContext, orderer: int, method: str) -> ClusterSlot:
+    def admit(self, context: grpc.ServicerContext, orderer: int, method: str,
+              caller: identity_pb2.Identity | None = None, ends_itself: bool = False) -> ClusterSlot:
         """A slot for a ``method`` stream of the orderer of raft id ``orderer`` (known a member),
         released when the RPC terminates. Over its cap for ``method`` (or over the total, while
         it holds one of ``method``) its oldest stream of ``method`` is cancelled and gives its
-        slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS."""
+        slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS. With ``caller`` (its
+        TLS identity) and :meth:`watch_with`, the caller is checked again while the stream lasts
+        (``ends_itself``: its handler ends it once refused, :meth:`StreamCaps.admit`)."""
         key = (orderer, method)
         slot = ClusterSlot(self, key, context)
         with self._lock:
@@ -433,6 +590,11 @@ class ClusterCaps:
             replaced.context.cancel()  # type: ignore[no-untyped-call]
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
+            return slot
+        sweeper, recheck = self._sweeper, self._recheck
+        if sweeper is not None and recheck is not None and caller is not None:
+            slot.watched = sweeper.watch(context, caller, f"Cluster.{method}",
+                                         lambda ident: recheck(orderer, method, ident), ends_itself)
         return slot
 
     def _release(self, slot: ClusterSlot) -> None:

@@ -14,7 +14,8 @@ Otherwise a member offboarded while following kept receiving every later block (
 patient's pseudonyms, ciphertexts and wrapped keys) for as long as its connection lived.
 A call that does not wake (an idle stream, a follower waiting for a block not yet cut, a
 CommitStatus wait) is checked again by its stream slot's sweeper (node.stream_caps), with the
-node's :meth:`CallerCheck.check`, and cancelled.
+node's :meth:`CallerCheck.check`, and ended with the reason by its handler, woken (cancelled if
+it did not end it in time).
 """
 
 from __future__ import annotations

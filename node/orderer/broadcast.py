@@ -74,7 +74,7 @@ from node.orderer.ticket import (
     Outcome,
     Ticket,
 )
-from node.stream_caps import StreamCaps
+from node.stream_caps import StreamCaps, StreamSlot
 
 _log = logging.getLogger(__name__)
 
@@ -378,8 +378,10 @@ class BroadcastHandler:
             # A resubmission may have waited here while its first copy's block committed.
             ticket = self._already_ordered(checked.tx_id, checked.raw) or self.dispatch_checked(checked, deadline)
 
-    def stream(self, requests: Iterable[bytes]) -> Iterator[services_pb2.BroadcastResponse]:
-        """Answers for a Broadcast stream, in order."""
+    def stream(self, requests: Iterable[bytes], slot: StreamSlot | None = None
+               ) -> Iterator[services_pb2.BroadcastResponse]:
+        """Answers for a Broadcast stream, in order; with ``slot``, until the stream caps'
+        sweeper refuses its caller (the refusal raised: node.orderer.streams)."""
 
         def dispatch(raw: bytes) -> _Held:
             checked, ticket = self.dispatch(raw)
@@ -388,6 +390,7 @@ class BroadcastHandler:
         return ordered_answers(
             requests, dispatch, self._answer_held, max_in_flight=self._opt.max_in_flight_per_stream,
             on_error=stream_error_logger(_log, "broadcast"), weigh=len, max_bytes=self._opt.max_stream_bytes,
+            slot=slot,
         )
 
     def _count(self, outcome: Outcome, tx_id: str) -> None:
@@ -466,9 +469,11 @@ class BroadcastHandler:
         )
 
     def batch_stream(
-        self, requests: Iterable[list[bytes] | BatchDecodeError], context: grpc.ServicerContext | None = None
+        self, requests: Iterable[list[bytes] | BatchDecodeError], context: grpc.ServicerContext | None = None,
+        slot: StreamSlot | None = None,
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
-        """Answers for a BroadcastBatch stream: one per envelope, in order, coalesced."""
+        """Answers for a BroadcastBatch stream: one per envelope, in order, coalesced; ``slot``:
+        as for :meth:`stream`."""
 
         def dispatch(batch: list[bytes] | BatchDecodeError) -> list[_Held | BatchDecodeError]:
             if isinstance(batch, BatchDecodeError):
@@ -505,7 +510,7 @@ class BroadcastHandler:
             max_per_message=self._opt.max_answers_per_message,
             on_error=stream_error_logger(_log, "broadcast"),
             weigh=batch_bytes, max_bytes=self._opt.max_stream_bytes,
-            answer_bytes=self.answer_bytes,
+            answer_bytes=self.answer_bytes, slot=slot,
         )
 
 
@@ -553,8 +558,8 @@ def decode_batch(data: bytes) -> list[bytes] | BatchDecodeError:
 
 
 def _held_stream(
-    streams: StreamCaps | None, context: grpc.ServicerContext, what: str, answers: Callable[[], Iterator[Resp]],
-    check_caller: CallerCheck | None = None,
+    streams: StreamCaps | None, context: grpc.ServicerContext, what: str,
+    answers: Callable[[StreamSlot | None], Iterator[Resp]], check_caller: CallerCheck | None = None,
 ) -> Iterator[Resp]:
     """``answers()`` under a slot of ``streams`` (none: uncapped) for the caller's TLS certificate,
     or the call aborted TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a request is read.
@@ -567,19 +572,24 @@ def _held_stream(
     still hold) gets no slot -- PERMISSION_DENIED with the MSP's reason -- as on the peers'
     gateway: certificates minted at will by a removed organisation's CA held client slots up
     to the total cap (TOO_MANY_STREAMS for every member's Broadcast). While the stream is open
-    the caps' sweeper checks its caller again and cancels it once refused (node.stream_caps):
-    the handler, blocked reading requests, never wakes to check it."""
+    the caps' sweeper checks its caller again and, once it is refused, wakes the answer
+    generator (given the slot: ``answers(slot)``), which ends the call PERMISSION_DENIED with the
+    reason (node.stream_caps): the reader, blocked reading requests, never checked it."""
     slot = None
     if streams is not None:
         ident = peer_identity(context)
         try:
             if ident is not None and check_caller is not None:
                 check_caller(context)
-            slot = streams.admit(context, ident.cert_der if ident is not None else b"", what)
+            slot = streams.admit(context, ident.cert_der if ident is not None else b"", what, ends_itself=True)
         except RxError as err:
             abort_with(context, err)
     try:
-        yield from answers()
+        yield from answers(slot)
+    except RxError as err:
+        if slot is None or err is not slot.refused:
+            raise
+        abort_with(context, err)
     finally:
         if slot is not None:
             slot.release()
@@ -596,7 +606,7 @@ def broadcast_batch_method_handler(
         requests: Iterator[list[bytes] | BatchDecodeError], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastBatchResponse]:
         return _held_stream(streams, context, "AtomicBroadcast.BroadcastBatch",
-                            lambda: handler.batch_stream(requests, context), check_caller)
+                            lambda slot: handler.batch_stream(requests, context, slot), check_caller)
 
     return grpc.stream_stream_rpc_method_handler(
         behaviour,
@@ -615,7 +625,7 @@ def broadcast_method_handler(
     def behaviour(
         requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
-        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda: handler.stream(requests),
+        return _held_stream(streams, context, "AtomicBroadcast.Broadcast", lambda slot: handler.stream(requests, slot),
                             check_caller)
 
     return grpc.stream_stream_rpc_method_handler(

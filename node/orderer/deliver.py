@@ -102,11 +102,12 @@ class DeliverService:
             self._release_told(caller.cert_der, request.max_protocol_version,
                                request.release_statement, request.release_signature)
         ident = identity_pb2.Identity(org=caller.org, cert_der=caller.cert_der)
-        with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver"):
+        with self._streams.admit(context, caller.cert_der, "AtomicBroadcast.Deliver", ends_itself=True) as slot:
             # re-checked before every block: a follow stream lasts for ever, and one opened
             # before a config update revoked its certificate (or before it expired) was served
-            # every later block (PERMISSION_DENIED with the reason now)
-            yield from self.frames_from(request, context.is_active, lambda: self._check.check(ident))
+            # every later block (PERMISSION_DENIED with the reason now); while it waits for a
+            # block, the caps' sweeper refuses it (the refusal raised within ``poll_s``)
+            yield from self.frames_from(request, slot.live(context.is_active), lambda: self._check.check(ident))
 
     def blocks_from(
         self, request: services_pb2.DeliverRequest, active: Callable[[], bool]

@@ -43,9 +43,9 @@ from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.refusals import NonMemberRefusals
-from node.orderer.streams import coalesced_answers, stream_error_logger
+from node.orderer.streams import coalesced_answers, refusal_ends, stream_error_logger
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
-from node.stream_caps import ClusterCaps
+from node.stream_caps import ClusterCaps, StreamSlot
 
 FORWARD_READ_AHEAD_BYTES = 32 * 1024 * 1024  # envelope bytes a ForwardBatch stream reads ahead
 
@@ -313,16 +313,21 @@ class LeaderForwarder:
             s.close()
 
 
-def hold_cluster_stream(streams: ClusterCaps | None, context: grpc.ServicerContext, rid: int, what: str) -> None:
+def hold_cluster_stream(streams: ClusterCaps | None, context: grpc.ServicerContext, rid: int, what: str,
+                        caller: identity_pb2.Identity | None = None) -> StreamSlot | None:
     """Hold a slot of ``streams`` (none: uncapped) for the member ``rid``'s ``what`` stream
     until the RPC ends, or abort it TOO_MANY_STREAMS (RESOURCE_EXHAUSTED) before a message is
     read: each holds a gRPC worker while it lasts, and a subverted or looping orderer opening
     streams without end took every worker of the others (Deliver, Broadcast, Admin, and the
-    other orderers' Step streams: no Raft)."""
+    other orderers' Step streams: no Raft). ``caller`` (its TLS identity) is then checked
+    again while the stream lasts (ClusterCaps.watch_with): an orderer removed, or whose
+    certificate was revoked or expired, kept its idle streams and their slots. The slot the
+    sweeper refuses, if any: a Forward stream's handler ends with its refusal
+    (node.orderer.streams), a Step stream (its handler reads requests) is cancelled."""
     if streams is None:
-        return
+        return None
     try:
-        streams.admit(context, rid, what)
+        return streams.admit(context, rid, what, caller, ends_itself=what != "Step").watched
     except RxError as err:
         abort_with(context, err)
 
@@ -358,7 +363,7 @@ class ForwardBatchService:
         rid = self._membership.raft_id_of(ident)
         if rid is None:
             self._refusals.refuse(context, ident, "ForwardBatch")
-        hold_cluster_stream(self._streams, context, rid, "ForwardBatch")
+        slot = hold_cluster_stream(self._streams, context, rid, "ForwardBatch", ident)
 
         def dispatch(batch: list[bytes] | BatchDecodeError) -> list[tuple[Ticket, float]]:
             if isinstance(batch, BatchDecodeError):
@@ -380,12 +385,12 @@ class ForwardBatchService:
                 accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
             )
 
-        return coalesced_answers(
+        return refusal_ends(context, slot, coalesced_answers(
             requests, dispatch, answer, lambda item: item[0].peek() is not None,
             lambda answers: services_pb2.BroadcastBatchResponse(responses=answers),
             on_error=stream_error_logger(_log, "forward"), weigh=batch_bytes, max_bytes=FORWARD_READ_AHEAD_BYTES,
-            answer_bytes=self._broadcast.answer_bytes,
-        )
+            answer_bytes=self._broadcast.answer_bytes, slot=slot,
+        ))
 
     def handler(self) -> grpc.GenericRpcHandler[object, object]:
         """A generic handler for Cluster.ForwardBatch only (Step and Forward are served by

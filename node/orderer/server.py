@@ -70,7 +70,7 @@ from node.orderer.recent import RecentTxIndex
 from node.orderer.refusals import NonMemberRefusals
 from node.orderer.releases import ReleaseWatch, config_follower, peer_release, peer_release_intake
 from node.orderer.statecheck import StateCheck, Verdict, is_blank, judge
-from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport
+from node.orderer.transport import ClusterService, Forwarder, Membership, RaftTransport, cluster_recheck
 from node.protocol import SUPPORTED_VERSIONS, protocol_version, require_supported
 from node.raft.durable import DurableStorage
 from node.raft.errors import RaftStateLost
@@ -99,6 +99,7 @@ class OrdererServer:
     deliver: DeliverService
     metrics: OrdererMetrics
     state_check: StateCheck | None = None  # a blank start the others have not yet judged
+    streams: StreamCaps | None = None  # its caps on long-lived calls (their sweeper stops with it)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
@@ -110,6 +111,8 @@ class OrdererServer:
         self.chain.hand_over_leadership()
         self.deliver.close()
         self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        if self.streams is not None:
+            self.streams.close()  # (the sweeper thread ran on, checking slots of calls cancelled)
         self.chain.stop()
         self.transport.close()
         self.forwarder.close()
@@ -694,6 +697,8 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     # one count of each non-member caller's refusals, whichever Cluster stream it opens
     refusals = NonMemberRefusals(metrics)
     cluster_streams = config.cluster_caps()  # and one cap on their streams, per orderer and in total
+    # an open one's orderer checked again too: removed, revoked or expired, its streams end
+    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check))
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
         clock_watch=clock_watch, releases=releases, refusals=refusals, streams=cluster_streams,
@@ -738,7 +743,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         metrics.serve(config.metrics_port, config.host)
     except OSError as exc:
         OrdererServer(config, server, chain, storage, blocks, transport, forwarder, broadcast,
-                      deliver, metrics, state_check).stop(0)
+                      deliver, metrics, state_check, streams).stop(0)
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
         "event=orderer_started node=%s raft_id=%d listen=%s height=%d",
@@ -746,7 +751,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     )
     return OrdererServer(
         config, server, chain, storage, blocks, transport, forwarder, broadcast, deliver,
-        metrics, state_check,
+        metrics, state_check, streams,
     )
 
 

@@ -9,6 +9,7 @@ order, so many envelopes are in flight per stream while the answers keep their o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -18,7 +19,9 @@ from typing import TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from node.errors import RxError, abort_with
 from node.orderer.ticket import Outcome, Ticket
+from node.stream_caps import StreamSlot
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +31,36 @@ Item = TypeVar("Item")
 Out = TypeVar("Out")
 
 _END = object()
+_WAKE = object()  # a refused stream's answer generator is woken (node.stream_caps)
+
+
+def _interruptible(pending: queue.Queue[object], slot: StreamSlot | None) -> None:
+    """Have a refusal of ``slot``'s call wake the answer generator waiting on ``pending``."""
+    if slot is None:
+        return
+
+    def wake() -> None:
+        # (full: the generator is not waiting; it checks the slot before each answer)
+        with contextlib.suppress(queue.Full):
+            pending.put_nowait(_WAKE)
+
+    slot.on_refused(wake)
+
+
+def _end_reader(pending: queue.Queue[object], thread: threading.Thread, slot: StreamSlot | None) -> None:
+    """Unblock the reader if it waits on a full queue, waiting a little for it to end -- not
+    for a refused call: its reader waits for the client's requests until the call ends, which
+    is after the generator returns (its status, with the reason, must not wait)."""
+    tries = 1 if slot is not None and slot.refused is not None else 40
+    for _ in range(tries):
+        if not thread.is_alive():
+            break
+        try:
+            while True:
+                pending.get_nowait()
+        except queue.Empty:
+            if tries > 1:
+                thread.join(0.05)
 
 
 class _ReadAhead:
@@ -72,6 +105,7 @@ def ordered_answers(
     on_error: Callable[[BaseException], None] | None = None,
     weigh: Callable[[Req], int] | None = None,
     max_bytes: int = 0,
+    slot: StreamSlot | None = None,
 ) -> Iterator[Resp]:
     """Yield ``answer(dispatch(r))`` for each request ``r``, in order, pipelined.
 
@@ -80,6 +114,8 @@ def ordered_answers(
     ``max_bytes`` also bounds their bytes (a request is read ahead only while the ones not yet
     answered weigh less; the first is always taken): a client that sends and never reads its
     answers held ``max_in_flight`` requests of any size each (8192 envelopes of 1 MiB).
+    With ``slot`` (the call's stream slot), the stream ends with the refusal (an RxError) once
+    the sweeper refuses its caller (node.stream_caps), woken if it waits for a request.
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
@@ -102,9 +138,14 @@ def ordered_answers(
 
     thread = threading.Thread(target=reader, name="stream-reader", daemon=True)
     thread.start()
+    _interruptible(pending, slot)
     try:
         while True:
+            if slot is not None:
+                slot.check()
             entry = pending.get()
+            if entry is _WAKE:
+                continue
             if entry is _END:
                 return
             n, item = cast("tuple[int, Item]", entry)
@@ -114,14 +155,18 @@ def ordered_answers(
     finally:
         stop.set()
         budget.wake()
-        # Unblock the reader if it waits on a full queue.
-        for _ in range(40):
-            if not thread.is_alive():
-                break
-            try:
-                pending.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        _end_reader(pending, thread, slot)
+
+
+def refusal_ends(context: grpc.ServicerContext, slot: StreamSlot | None, answers: Iterator[Out]) -> Iterator[Out]:
+    """``answers`` (given ``slot``: :func:`ordered_answers`), the call aborted PERMISSION_DENIED
+    with the reason once the stream caps' sweeper refused its caller (node.stream_caps)."""
+    try:
+        yield from answers
+    except RxError as err:
+        if slot is None or err is not slot.refused:
+            raise
+        abort_with(context, err)
 
 
 def stream_error_logger(log: logging.Logger, what: str) -> Callable[[BaseException], None]:
@@ -155,6 +200,7 @@ def coalesced_answers(
     weigh: Callable[[Req], int] | None = None,
     max_bytes: int = 0,
     answer_bytes: Callable[[], int] | None = None,
+    slot: StreamSlot | None = None,
 ) -> Iterator[Out]:
     """Batched form of :func:`ordered_answers`: each request carries several items.
 
@@ -168,7 +214,7 @@ def coalesced_answers(
     ones not yet answered weigh less; the first is always taken). With ``answer_bytes``, the
     answers of one message weigh at most ``answer_bytes()`` (``ByteSize``; read per message):
     more go out in several messages, in order (the receiver's gRPC bound refuses a larger one
-    as a whole; one larger answer goes alone).
+    as a whole; one larger answer goes alone). ``slot``: as for :func:`ordered_answers`.
     """
     pending: queue.Queue[object] = queue.Queue(maxsize=max_in_flight)
     stop = threading.Event()
@@ -200,11 +246,16 @@ def coalesced_answers(
 
     thread = threading.Thread(target=reader, name="batch-stream-reader", daemon=True)
     thread.start()
+    _interruptible(pending, slot)
     carry: object = None
     try:
         while True:
+            if slot is not None:
+                slot.check()
             first = carry if carry is not None else pending.get()
             carry = None
+            if first is _WAKE:
+                continue
             if first is _END:
                 return
             out = answers_of(first)
@@ -213,6 +264,8 @@ def coalesced_answers(
                     nxt = pending.get_nowait()
                 except queue.Empty:
                     break
+                if nxt is _WAKE:
+                    continue
                 if nxt is _END or not all_ready(nxt):
                     carry = nxt
                     break
@@ -224,13 +277,7 @@ def coalesced_answers(
     finally:
         stop.set()
         budget.wake()
-        for _ in range(40):
-            if not thread.is_alive():
-                break
-            try:
-                pending.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
+        _end_reader(pending, thread, slot)
 
 
 def _split(answers: list[Resp], budget: int, pack: Callable[[list[Resp]], Out]) -> Iterator[Out]:

@@ -40,7 +40,7 @@ from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
 from node.clock import wall_ms
 from node.crypto.tls import peer_identity
-from node.errors import reason_from_rpc_error
+from node.errors import RxError, reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.forward import FORWARD_READ_AHEAD_BYTES, hold_cluster_stream
@@ -54,12 +54,12 @@ from node.orderer.releases import (
     RELAY_REFRESH_S,
     ReleaseWatch,
 )
-from node.orderer.streams import ordered_answers
+from node.orderer.streams import ordered_answers, refusal_ends
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.protocol import MAX_PROTOCOL_VERSION
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
-from node.stream_caps import ClusterCaps
+from node.stream_caps import ClusterCaps, StreamSlot
 
 _log = logging.getLogger(__name__)
 
@@ -163,6 +163,25 @@ class Membership:
         """raft id -> address of every member and of every orderer taken out of the set that
         Raft still counts (where Raft messages go)."""
         return dict(self._raft_targets)
+
+
+def cluster_recheck(
+    membership: Membership, check: Callable[[identity_pb2.Identity], object]
+) -> Callable[[int, str, identity_pb2.Identity], None]:
+    """The check of an open Cluster stream's caller (node.stream_caps.ClusterCaps.watch_with):
+    still the orderer of raft id ``rid`` for ``method`` (Step: also one a config took out of the
+    set that Raft still counts, as its messages are) -- RxError NOT_AN_ORDERER, PERMISSION_DENIED,
+    as a new stream is refused -- and its certificate admitted by ``check`` (the MSP in force:
+    not revoked, not expired, its organisation not removed)."""
+
+    def recheck(rid: int, method: str, ident: identity_pb2.Identity) -> None:
+        now = membership.raft_peer_of(ident) if method == "Step" else membership.raft_id_of(ident)
+        if now != rid:
+            raise RxError("NOT_AN_ORDERER", f"the caller is no longer orderer {rid} of the current "
+                                            "configuration", grpc.StatusCode.PERMISSION_DENIED)
+        check(ident)
+
+    return recheck
 
 
 class PeerSender:
@@ -493,21 +512,21 @@ class ClusterService:
 
     def _caller(
         self, context: grpc.ServicerContext, what: str, *, raft: bool = False
-    ) -> tuple[int, identity_pb2.Identity]:
-        """The calling orderer (its raft id and identity); ``raft``: for Raft messages, also
-        an orderer taken out of the set that Raft still counts (Membership.raft_peer_of)."""
+    ) -> tuple[int, identity_pb2.Identity, StreamSlot | None]:
+        """The calling orderer (its raft id and identity) and the slot the stream caps' sweeper
+        refuses it through (forward.hold_cluster_stream); ``raft``: for Raft messages, also an
+        orderer taken out of the set that Raft still counts (Membership.raft_peer_of)."""
         ident = peer_identity(context)
         rid = self._membership.raft_peer_of(ident) if raft else self._membership.raft_id_of(ident)
         if rid is None or ident is None:
             self._refusals.refuse(context, ident, what)
-        hold_cluster_stream(self._streams, context, rid, what)
-        return rid, ident
+        return rid, ident, hold_cluster_stream(self._streams, context, rid, what, ident)
 
     def step(
         self, requests: Iterator[services_pb2.ConsensusRequest], context: grpc.ServicerContext
     ) -> services_pb2.ConsensusResponse:
         """Cluster.Step: a stream of Raft messages from one orderer."""
-        rid, ident = self._caller(context, "Step", raft=True)
+        rid, ident, _ = self._caller(context, "Step", raft=True)  # refused: cancelled
         for req in requests:
             # Re-checked per message: a member removed by a config update is cut off once Raft
             # has applied its removal too (at once if the config no longer admits its certificate).
@@ -536,7 +555,7 @@ class ClusterService:
         self, requests: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[services_pb2.BroadcastResponse]:
         """Cluster.Forward: envelopes a follower validated, ordered here if we lead."""
-        rid, ident = self._caller(context, "Forward")
+        rid, ident, slot = self._caller(context, "Forward")
 
         def dispatch(raw: bytes) -> tuple[Ticket, float]:
             # The forwarding orderer validated the envelope; we parse it again (submit_local)
@@ -554,13 +573,14 @@ class ClusterService:
                 accepted=outcome.accepted, reason=outcome.reason, message=outcome.message
             )
 
-        return ordered_answers(requests, dispatch, answer, weigh=len, max_bytes=FORWARD_READ_AHEAD_BYTES)
+        return refusal_ends(context, slot, ordered_answers(requests, dispatch, answer, weigh=len,
+                                                           max_bytes=FORWARD_READ_AHEAD_BYTES, slot=slot))
 
     def forward_batch(
         self, requests: Iterator[raft_pb2.ForwardedEnvelopes], context: grpc.ServicerContext
     ) -> Iterator[raft_pb2.ForwardAnswers]:
         """OrdererCluster.ForwardBatch: like Forward, several envelopes per message."""
-        rid, ident = self._caller(context, "ForwardBatch")
+        rid, ident, slot = self._caller(context, "ForwardBatch")
 
         def dispatch(batch: raft_pb2.ForwardedEnvelopes) -> tuple[list[Ticket], float]:
             if self._membership.raft_id_of(ident) != rid:  # e.g. its certificate was rotated
@@ -580,8 +600,8 @@ class ClusterService:
                 )
             return out
 
-        return ordered_answers(requests, dispatch, answer, weigh=_forwarded_bytes,
-                               max_bytes=FORWARD_READ_AHEAD_BYTES)
+        return refusal_ends(context, slot, ordered_answers(requests, dispatch, answer, weigh=_forwarded_bytes,
+                                                           max_bytes=FORWARD_READ_AHEAD_BYTES, slot=slot))
 
     def batch_handler(self) -> grpc.GenericRpcHandler[object, object]:
         """The generic handler of OrdererCluster (ForwardBatch)."""

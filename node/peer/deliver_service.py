@@ -65,6 +65,7 @@ class PeerDeliverService(services_pb2_grpc.PeerDeliverServicer):
         self, request: services_pb2.DeliverRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.DeliverResponse]:
         caller = self._check_caller(context)
-        with self._streams.admit(context, caller.cert_der, "PeerDeliver.Deliver"):
+        # waiting for a block, it ends with the caps' sweeper's refusal (within POLL_S)
+        with self._streams.admit(context, caller.cert_der, "PeerDeliver.Deliver", ends_itself=True) as slot:
             yield from while_admitted(self._check_caller, caller, committed_blocks(
-                self._ledger, self._notifier, request, context.is_active))
+                self._ledger, self._notifier, request, slot.live(context.is_active)))

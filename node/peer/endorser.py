@@ -485,10 +485,12 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
                 if ident is not None and self._check_caller is not None:
                     self._check_caller(context)
                 slot = self._streams_cap.admit(context, ident.cert_der if ident is not None else b"",
-                                               "Endorser.ProcessProposals")
+                                               "Endorser.ProcessProposals", ends_itself=True)
             except RxError as err:
                 abort_with(context, err)
         stream = _ProposalStream(self._endorse, self._pool, context.is_active, self._answer_bytes)
+        if slot is not None:  # the caps' sweeper refused the caller: the answers stop, the call
+            slot.on_refused(stream.end)  # ends PERMISSION_DENIED with the reason (below)
         with self._lock:
             if self._closed:
                 if slot is not None:
@@ -499,6 +501,8 @@ class EndorserService(services_pb2_grpc.EndorserServicer):
             threading.Thread(target=stream.read, args=(request_iterator,), name="endorse-stream-reader",
                              daemon=True).start()
             yield from stream.answers()
+            if slot is not None and slot.refused is not None:
+                abort_with(context, slot.refused)
         finally:
             with self._lock:
                 self._streams.discard(stream)

@@ -56,6 +56,7 @@ from node.protocol import require_supported
 from node.rpc_parse import ParseGuard
 from node.sandbox.runtime import ContractRejected, Sandbox, SandboxError
 from node.sandbox.types import SandboxLimits
+from node.stream_caps import StreamCaps
 
 _log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -80,6 +81,7 @@ class PeerNode:
     stopping: threading.Event = field(default_factory=threading.Event)
     failed: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
+    streams: StreamCaps | None = None  # its caps on long-lived calls (their sweeper stops with it)
 
     def fail(self, cause: BaseException) -> None:
         """A commit failed in a way that leaves the ledger in doubt: ask the owner to restart."""
@@ -95,6 +97,8 @@ class PeerNode:
         self.notifier.close()
         self.endorser_service.close()  # end open endorse streams so they do not hold the stop
         self.server.stop(grace_s).wait(grace_s + 1)
+        if self.streams is not None:
+            self.streams.close()  # (the sweeper thread ran on, checking slots of calls cancelled)
         if not self.gateway.close():
             _log.warning("event=peer_stopping node=%s wait_s=%.1f: gateway work still running after the wait",
                          self.config.name, GATEWAY_CLOSE_WAIT_S)
@@ -274,7 +278,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     closers.append(lambda: server.stop(0))
     node = PeerNode(config, ledger, committer, notifier, deliver, broadcast, gateway, server,
-                    metrics, sandbox, endorser_service)
+                    metrics, sandbox, endorser_service, streams=streams)
     node_ref.append(node)
     server.start()
     try:

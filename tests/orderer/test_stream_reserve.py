@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import grpc
@@ -29,9 +30,9 @@ from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.orderer.deliver import DeliverService
 from node.orderer.forward import ForwardBatchService
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.transport import ClusterService, Membership
+from node.orderer.transport import ClusterService, Membership, cluster_recheck
 from node.peer.deliver_service import PeerDeliverService
-from node.stream_caps import TOO_MANY_STREAMS, ClusterCaps, StreamCaps
+from node.stream_caps import GRACE_S, TOO_MANY_STREAMS, ClusterCaps, StreamCaps
 from tests.harness.certs import issue_from_org_ca, write_cert_files
 from tests.orderer.cluster import Client, wait_until
 from tests.orderer.inproc import NullSink, genesis_parts
@@ -106,6 +107,37 @@ def test_reserve_caps_unit() -> None:
     with pytest.raises(RxError):
         caps.acquire(key(b"c2"), "x")  # nodes hold 3 of 4: one client slot was theirs
     assert caps.held() == 4
+
+
+def test_one_node_takes_at_most_its_share_of_the_reserve() -> None:
+    """With the clients' slots full, one node (a peer following, endorsing, broadcasting) took
+    the whole reserve -- max_streams_per_node (by default max_streams_per_caller, half of
+    max_streams) is as large as the reserve (half of max_streams) -- and every other node's
+    Deliver was refused TOO_MANY_STREAMS. A node now holds at most half the reserve (its share)
+    beyond what it takes of the clients' slots, and those count against max_streams."""
+    nodes = {b"peer-a", b"peer-b", b"peer-c"}
+    caps = StreamCaps(total=4, per_caller=4, nodes=4, per_node=8, is_node=nodes.__contains__)
+    key = caps.key_of
+    clients = [caps.acquire(key(b"c1"), "x") for _ in range(4)]
+    a = [caps.acquire(key(b"peer-a"), "x", node=True) for _ in range(2)]
+    with pytest.raises(RxError) as info:  # it held all four before
+        caps.acquire(key(b"peer-a"), "x", node=True)
+    assert info.value.reason == TOO_MANY_STREAMS and "its share" in info.value.message
+    b = [caps.acquire(key(b"peer-b"), "x", node=True) for _ in range(2)]  # refused before
+    with pytest.raises(RxError):
+        caps.acquire(key(b"peer-c"), "x", node=True)  # the reserve is full: a fair share each
+    assert caps.held() == 8 and len(b) == 2
+    for slot in clients[:2]:
+        slot.release()
+    # a client slot free: a node takes it beyond its share, and it counts against the clients'
+    a.append(caps.acquire(key(b"peer-a"), "x", node=True))
+    clients[:2] = [caps.acquire(key(b"c1"), "x")]
+    with pytest.raises(RxError) as info:
+        caps.acquire(key(b"c2"), "x")
+    assert "beyond their reserve" in info.value.message
+    a.pop().release()  # its slot beyond its share back: a client takes it
+    clients.append(caps.acquire(key(b"c2"), "x"))
+    assert caps.held() == 8 and caps.held(key(b"peer-a")) == 2 and caps.node_share == 2
 
 
 @pytest.mark.parametrize(("extra", "workers", "expected"), [
@@ -321,6 +353,48 @@ def test_a_sweep_cancels_the_calls_of_callers_no_longer_admitted_once(net: Any) 
         caps.close()
 
 
+def test_a_refused_call_that_ends_itself_is_woken_and_cancelled_only_past_the_grace(
+    net: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call whose handler ends it itself (``ends_itself``) is flagged and its handler woken,
+    not cancelled: the handler ends it PERMISSION_DENIED with the reason (``check`` raises it,
+    ``live`` too). Still open GRACE_S after (a handler stuck elsewhere), the sweep cancels it,
+    once. Before, every refused call was cancelled at once (its client saw CANCELLED, no
+    reason)."""
+    pem = _client_files(net, "h01", "dr")[0].read_bytes()
+    der = pem_to_der(pem)
+
+    def recheck(ident: Any) -> None:
+        raise RxError("REVOKED_CERT", "revoked", grpc.StatusCode.PERMISSION_DENIED)
+
+    caps = StreamCaps(total=4, per_caller=4, recheck=recheck, sweep_s=60)
+    try:
+        call = _CallOf(pem)
+        slot = caps.admit(cast(Any, call), der, "x", ends_itself=True)
+        woken: list[int] = []
+        slot.on_refused(lambda: woken.append(1))
+        slot.check()  # not refused yet
+        with caplog.at_level(logging.WARNING, logger="node.stream_caps"):
+            assert caps.sweep() == 1
+            assert woken == [1] and call.cancelled == 0 and caps.held() == 1
+            with pytest.raises(RxError) as raised:
+                slot.check()
+            assert raised.value.reason == "REVOKED_CERT"
+            with pytest.raises(RxError):
+                slot.live(lambda: True)()
+            late: list[int] = []
+            slot.on_refused(lambda: late.append(1))  # registered after the refusal: called at once
+            assert late == [1]
+            assert caps.sweep() == 0 and call.cancelled == 0  # within the grace: left to its handler
+            slot.refused_at -= GRACE_S  # the grace passed, the handler did not end it
+            assert caps.sweep() == 0 and call.cancelled == 1 and caps.held() == 0
+            assert caps.sweep() == 0 and call.cancelled == 1
+        events = [r.getMessage().split(" ")[0] for r in caplog.records]
+        assert events == ["event=stream_caller_refused", "event=stream_refused_cancelled"]
+    finally:
+        caps.close()
+
+
 def test_a_check_that_crashes_for_one_caller_does_not_stop_the_sweep(
     net: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -364,10 +438,9 @@ class _Step:
                 "/rxchain.v1.Cluster/Step", request_serializer=services_pb2.ConsensusRequest.SerializeToString,
                 response_deserializer=services_pb2.ConsensusResponse.FromString)
             self.future: Any = call.future(self._requests(), timeout=30)
-        else:
+        else:  # Forward, ForwardBatch
             call = self.channel.stream_stream(
-                "/rxchain.v1.Cluster/Forward", request_serializer=None,
-                response_deserializer=services_pb2.BroadcastResponse.FromString)
+                f"/rxchain.v1.Cluster/{method}", request_serializer=None, response_deserializer=None)
             self.future = call(self._requests(), timeout=30)
 
     def _requests(self) -> Iterator[Any]:
@@ -469,6 +542,71 @@ def test_cluster_streams_over_the_total_are_refused(net: Any, tmp_path: Path) ->
         for s in streams:
             s.close()
         server.stop(0)
+        blocks.close()
+
+
+@pytest.mark.parametrize("change", ["removed", "expired"])
+def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
+    net: Any, tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """orderer.ins02 holds an idle Step and Forward stream, orderer.ins03 a Step stream; then a
+    config takes ins02 out of the orderer set (the sweeper, told of it, runs at once: its period
+    is a minute) or, with no config change, the node's clock passes the orderers' certificates'
+    expiry (the sweep is run). The refused streams end -- Forward PERMISSION_DENIED with the
+    reason (NOT_AN_ORDERER, EXPIRED_CERT), as a new stream would be refused; Step, whose handler
+    reads requests, cancelled -- and give their slots back; an orderer still admitted keeps
+    its stream. Before, a removed (or revoked, or expired) orderer's open Cluster streams were
+    never checked again: they kept their slots and workers for as long as they lived."""
+    caplog.set_level(logging.WARNING, logger="node.stream_caps")
+    caps = ClusterCaps(total=4, per_orderer=2)
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
+    members = [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in tracker.current.config.orderers]
+    membership = Membership(members)
+    now = [wall_ms()]
+    sweeper = StreamCaps(total=1, per_caller=1, recheck=lambda _ident: None, sweep_s=60)
+    caps.watch_with(sweeper, cluster_recheck(membership, CallerCheck(tracker.msp, lambda: now[0]).check))
+    metrics = OrdererMetrics("t")
+    cluster = ClusterService(1, membership, NullSink(), None, metrics, streams=caps)  # type: ignore[arg-type]
+    answers = SimpleNamespace(answer_bytes=lambda: 1 << 20)  # (an idle stream orders nothing)
+    forward = ForwardBatchService(membership, answers, metrics, streams=caps)  # type: ignore[arg-type]
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers([cluster.handler(), forward.handler()])
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(*_node_files(net, "orderer.ins01")))
+    server.start()
+    target = f"127.0.0.1:{port}"
+    streams: list[_Step] = []
+    try:
+        step2 = _Step(target, _node_files(net, "orderer.ins02"))
+        forward2 = _Step(target, _node_files(net, "orderer.ins02"), "Forward")
+        batch2 = _Step(target, _node_files(net, "orderer.ins02"), "ForwardBatch")
+        step3 = _Step(target, _node_files(net, "orderer.ins03"))
+        streams += [step2, forward2, batch2, step3]
+        assert wait_until(lambda: caps.held(2) == 3 and caps.held(3) == 1, WAIT_S)
+        assert wait_until(lambda: sweeper.sweeper is not None, WAIT_S)  # it checks them
+        if change == "removed":
+            membership.update([m for m in members if m[0] != 2])
+            sweeper.recheck_now()
+            reason = "NOT_AN_ORDERER"
+        else:
+            now[0] += 200 * 365 * 86_400_000
+            sweeper.sweep()
+            reason = "EXPIRED_CERT"
+        assert step2.ended(WAIT_S) == "CANCELLED"
+        assert forward2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
+        assert batch2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
+        assert wait_until(lambda: caps.held(2) == 0, WAIT_S)
+        if change == "removed":
+            assert step3.ended() == "" and caps.held() == 1
+        else:
+            assert step3.ended(WAIT_S) == "CANCELLED"
+            assert wait_until(lambda: caps.held() == 0, WAIT_S)
+        refused = [r.getMessage() for r in caplog.records if "event=stream_caller_refused" in str(r.msg)]
+        assert any("call=Cluster.Forward " in m and f"reason={reason} " in m for m in refused), refused
+    finally:
+        for s in streams:
+            s.close()
+        server.stop(0)
+        sweeper.close()
         blocks.close()
 
 

@@ -7,8 +7,10 @@ Only a stream that wakes checked its caller again (Transact every second, follow
 before each block they serve): an idle Broadcast, BroadcastBatch or ProcessProposals stream (its
 handler blocked reading requests), an Events or Deliver stream waiting for a block not yet cut
 and a CommitStatus wait never did, and kept its gRPC worker and cap slot for as long as its
-connection lived. The stream caps' sweeper (node.stream_caps) now cancels them: the slot and
-the worker go to the next caller.
+connection lived. The stream caps' sweeper (node.stream_caps) now ends them: the slot and
+the worker go to the next caller. The sweeper cancelled them, and their clients saw CANCELLED
+with no reason; it now wakes their handlers, which end them PERMISSION_DENIED with the reason, as
+a new call of that caller is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from node.crypto import x509 as rx509
 from node.crypto.signing import Verifier
 from node.crypto.tls import secure_channel, server_credentials
 from node.crypto.x509 import cert_info_der, pem_to_der
+from node.errors import reason_from_rpc_error
 from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.orderer.broadcast import (
     BroadcastHandler,
@@ -242,10 +245,11 @@ def test_an_idle_call_ends_when_its_caller_is_no_longer_admitted_and_frees_its_s
     """h01's doctor holds the only slot with an idle call; then a config update revokes her
     certificate (the sweeper, told of the config block, runs at once: its period is a minute)
     or, with no block at all, the node's clock passes her certificate's expiry (the periodic
-    sweep). Her call ends (CANCELLED, the reason logged as stream_caller_refused) and an
-    insurer's clerk's call of the same kind gets the slot and the pool's one worker. Before,
-    the idle call was never checked again: it kept both for as long as its connection lived
-    (the clerk's call waited for a worker)."""
+    sweep). Her call ends PERMISSION_DENIED with the reason (logged as stream_caller_refused)
+    and an insurer's clerk's call of the same kind gets the slot and the pool's one worker.
+    Before, the idle call was never checked again: it kept both for as long as its connection
+    lived (the clerk's call waited for a worker); then the sweeper cancelled it: CANCELLED,
+    the client not told why."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     files = _user_files(net, "h01", "dr-a") if change == "revoke" else _short_lived_doctor(net, tmp_path)
     far = peer.ledger.height() + 1000
@@ -261,11 +265,17 @@ def test_an_idle_call_ends_when_its_caller_is_no_longer_admitted_and_frees_its_s
             served.now[0] += 2 * DAY_MS
             reason = "EXPIRED_CERT"
         assert doctor.ended.wait(WAIT_S), "the refused caller's idle call stayed open"
-        assert doctor.call.code() == grpc.StatusCode.CANCELLED
+        # the client learns why, as a new call of hers would (it saw CANCELLED, no reason)
+        assert doctor.call.code() == grpc.StatusCode.PERMISSION_DENIED, doctor.call.code()
+        assert reason_from_rpc_error(doctor.call) == reason
+        assert doctor.call.details().startswith(f"{reason}: ")
         assert _until(lambda: served.caps.held() == 0)
         refused = [r.getMessage() for r in caplog.records if "event=stream_caller_refused" in str(r.msg)]
         assert len(refused) == 1, refused
         assert f"call={call} org=h01 " in refused[0] and f"node=0 reason={reason} " in refused[0]
+        assert " ends=refused:" in refused[0]
+        # the handler ended it: the sweeper's fallback never had to cancel it
+        assert not [r for r in caplog.records if "event=stream_refused_cancelled" in str(r.msg)]
         clerk = _Call(served.target, _user_files(net, "ins01", "clerk-a"), call, far)
         calls.append(clerk)
         assert _until(lambda: served.caps.held(clerk.key) == 1), "the slot or the worker was not given back"
@@ -281,8 +291,9 @@ def test_a_node_certificates_idle_call_ends_when_its_organisation_is_removed(
     peer: Peer, net: Net, served: _Served, call: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Node certificates are held to the same rule: peer.p01 holds the only slot (a node's)
-    with an idle call; a config update removes p01 and its peer. The call ends and
-    peer.ins01 gets the slot. Before, the removed organisation's peer kept it."""
+    with an idle call; a config update removes p01 and its peer. The call ends
+    (PERMISSION_DENIED, UNKNOWN_ORG) and peer.ins01 gets the slot. Before, the removed
+    organisation's peer kept it."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     far = peer.ledger.height() + 1000
     calls = [_Call(served.target, _node_files(net, "peer.p01"), call, far)]
@@ -291,6 +302,8 @@ def test_a_node_certificates_idle_call_ends_when_its_organisation_is_removed(
         assert _until(lambda: served.caps.held(removed.key) == 1)
         _remove_org(peer, net, "p01")
         assert removed.ended.wait(WAIT_S), "the removed organisation's peer kept its call"
+        assert removed.call.code() == grpc.StatusCode.PERMISSION_DENIED, removed.call.code()
+        assert reason_from_rpc_error(removed.call) == "UNKNOWN_ORG"
         refused = [r.getMessage() for r in caplog.records if "event=stream_caller_refused" in str(r.msg)]
         assert len(refused) == 1, refused
         assert f"call={call} org=p01 " in refused[0] and "node=1 reason=UNKNOWN_ORG " in refused[0]

@@ -266,7 +266,8 @@ def test_a_certificate_the_config_refuses_gets_no_broadcast_slot(peer: Peer, net
     configs = ConfigView(peer.ledger.state, Verifier())
     caps = StreamCaps(total=4, per_caller=4)
     ctx = _Ctx(caller.cert_der)
-    handler: Any = SimpleNamespace(stream=lambda requests: iter(()), batch_stream=lambda requests, context: iter(()))
+    handler: Any = SimpleNamespace(stream=lambda requests, slot: iter(()),
+                                    batch_stream=lambda requests, context, slot: iter(()))
     make = broadcast_method_handler if call == "AtomicBroadcast.Broadcast" else broadcast_batch_method_handler
     method: Any = make(handler, caps, CallerCheck(lambda: configs.current().msp, wall_ms)).stream_stream
     with pytest.raises(_Aborted) as info:

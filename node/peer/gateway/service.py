@@ -132,21 +132,23 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         ident = peer_identity(context)
         if ident is not None:
             self._check_caller(context)
-        return self._streams.admit(context, ident.cert_der if ident is not None else b"", what)
+        return self._streams.admit(context, ident.cert_der if ident is not None else b"", what, ends_itself=True)
 
-    def _while_admitted(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+    def _while_admitted(self, context: grpc.ServicerContext, slot: StreamSlot) -> Callable[[], bool]:
         """``context.is_active`` for a Transact/TransactBatch stream, which also checks its
         caller again (at most every RECHECK_S): RxError with the MSP's reason (REVOKED_CERT,
         UNKNOWN_ORG ..., PERMISSION_DENIED) once a config update revoked its certificate or
         removed its organisation, or it expired, which ends the stream and frees its slot. The
         requests it carries are refused one by one then, but a stream kept open (idle) held its
-        gRPC worker, reader thread and cap slot for as long as the connection lived."""
+        gRPC worker, reader thread and cap slot for as long as the connection lived. The caps'
+        sweeper's refusal of the caller (``slot``) ends it as well."""
         ident = peer_identity(context)
         if ident is None:  # (only on an insecure test server)
             return context.is_active
         checked = [time.monotonic()]  # _admit_stream checked it
 
         def active() -> bool:
+            slot.check()
             if not context.is_active():
                 return False
             now = time.monotonic()
@@ -182,23 +184,32 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
         self, request: services_pb2.CommitStatusRequest, context: grpc.ServicerContext
     ) -> services_pb2.CommitStatusResponse:
         caller = self._check_caller(context)
+        held: list[StreamSlot] = []
+
+        def wait_slot() -> StreamSlot:
+            held.append(self._streams.admit(context, caller.cert_der, "Gateway.CommitStatus", ends_itself=True))
+            return held[-1]
+
+        def active() -> bool:  # a wait ends with the caps' sweeper's refusal of its caller
+            if held:
+                held[-1].check()
+            return context.is_active()
+
         # waits for a commit (woken when the notifier closes): not counted in _inflight
-        return commit_status(
-            self._deps, request, context.is_active,
-            lambda: self._streams.admit(context, caller.cert_der, "Gateway.CommitStatus"),
-        )
+        return commit_status(self._deps, request, active, wait_slot)
 
     @guarded_stream
     def Events(
         self, request: services_pb2.EventsRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.EventsResponse]:
         caller = self._check_caller(context)
-        with self._streams.admit(context, caller.cert_der, "Gateway.Events"):
+        with self._streams.admit(context, caller.cert_der, "Gateway.Events", ends_itself=True) as slot:
             # a follower stream: ends when the call is cancelled or the caller is no longer
-            # admitted (checked before each block's events), not counted in _inflight; a
-            # patient's certificate is served only its own transactions (events.py)
+            # admitted (checked before each block's events, and by the caps' sweeper while it
+            # waits), not counted in _inflight; a patient's certificate is served only its own
+            # transactions (events.py)
             yield from while_admitted(self._check_caller, caller,
-                                      events(self._deps, request, context.is_active, own_txs_only(caller)))
+                                      events(self._deps, request, slot.live(context.is_active), own_txs_only(caller)))
 
     @guarded_stream
     def Transact(
@@ -208,9 +219,9 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.TransactResponse]:
         # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
         # with its status
-        with self._admit_stream(context, "Gateway.Transact"):
+        with self._admit_stream(context, "Gateway.Transact") as slot:
             yield from transact(
-                self._deps, request_iterator, self._while_admitted(context), self._work_pool,
+                self._deps, request_iterator, self._while_admitted(context, slot), self._work_pool,
                 self._remote_pool, start=self._inflight.reader,
             )
 
@@ -222,9 +233,9 @@ class GatewayService(services_pb2_grpc.GatewayServicer):
     ) -> Iterator[services_pb2.TransactBatchResponse]:
         # an RxError (e.g. the peer is stopping with requests unanswered) ends the stream
         # with its status
-        with self._admit_stream(context, "Gateway.TransactBatch"):
+        with self._admit_stream(context, "Gateway.TransactBatch") as slot:
             yield from transact_batch(
-                self._deps, request_iterator, self._while_admitted(context), self._work_pool,
+                self._deps, request_iterator, self._while_admitted(context, slot), self._work_pool,
                 self._remote_pool, start=self._inflight.reader,
             )
 
