@@ -266,11 +266,21 @@ def _transfer_party(ctx: Context, pseudonym: str) -> list:
     return [enrol, acct, c.org]
 
 
+def _not_hers(ctx: Context, req: dict, who: str) -> None:
+    """ACCESS_DENIED when ``req`` (the pending request, or None) is the patient's own and ``who``
+    is not the patient: the insurer she asks to leave would withdraw or replace every request of
+    hers (it sees each one's event) and so keep her; her request is hers to withdraw or replace,
+    and the insurer asked declines it."""
+    if req is not None and req["requested_by"] == "patient" and who != "patient":
+        ctx.fail("ACCESS_DENIED", "the patient's own request to move to " + req["to"] + " is pending: "
+                 "only she withdraws or replaces it (" + req["to"] + " may decline it)")
+
+
 def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     """Ask to move the patient's account to ``to_insurer`` (the patient with her binding, or a
     clerk/admin of her insurer); a clerk or admin of ``to_insurer`` completes it with
     ``accept_transfer``. So a move takes the patient's consent or both insurers', and always
-    the receiving insurer's. A later request replaces a pending one."""
+    the receiving insurer's. A later request replaces a pending one -- her own only by her."""
     if not _is_id(to_insurer, 32):
         ctx.fail("BAD_ARGUMENTS", "to_insurer is an insurer's organisation id")
     party = _transfer_party(ctx, pseudonym)
@@ -280,6 +290,7 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
         ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
+    _not_hers(ctx, ctx.get("xfer/" + pseudonym), party[2])
     by = ctx.caller.name
     if party[2] == "patient":
         by = ""  # her certificate's name is never stored (README "Patient certificate binding")
@@ -297,8 +308,8 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
 
 
 def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
-    """Withdraw a pending transfer (the patient, her insurer's clerk/admin) or decline it (a
-    clerk/admin of the insurer it is addressed to)."""
+    """Withdraw a pending transfer (the patient; her insurer's clerk/admin one it asked for) or
+    decline it (a clerk/admin of the insurer it is addressed to)."""
     c = ctx.caller
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
@@ -306,9 +317,10 @@ def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
     declined = req is not None and c.org_kind == "insurer" and c.role in ("clerk", "admin") \
         and c.org == req["to"]
     if not declined:
-        _transfer_party(ctx, pseudonym)  # the patient or her insurer, before telling anything
+        party = _transfer_party(ctx, pseudonym)  # the patient or her insurer, before telling anything
         if req is None:
             ctx.fail("NOT_FOUND", "no transfer of this patient's account is pending")
+        _not_hers(ctx, req, party[2])
     ctx.delete("xfer/" + pseudonym)
     ctx.emit("account.transfer_cancelled", {"from": req["from"], "to": req["to"]})
     return req
