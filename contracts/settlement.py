@@ -52,6 +52,11 @@ TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
 MAX_TRANSFERS = 16  # moves of one account from insurer to insurer (the account keeps each one)
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
+# how long past its next fill's deadline a prescription not marked EXPIRED still counts as
+# dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
+# after it (the validators allow a tx timestamp max_clock_skew_ms -- at most 1 day by the config
+# rules -- either side of its block's), and the move does not conflict with it
+SKEW_MARGIN_MS = 2 * DAY_MS
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -215,7 +220,9 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
 def _open_claims(ctx: Context, pseudonym: str) -> int:
     """Her prescriptions with a claim outstanding: a dispensed fill without an active claim, or
     a prescription that can still be dispensed (its claim key is wrapped for the insurer of its
-    issue alone: after a move nobody could settle it). Erased prescriptions are past their
+    issue alone: after a move nobody could settle it) -- by its status, or by the clock until
+    SKEW_MARGIN_MS past its next fill's deadline (``prescription.expire`` closes it at once, a
+    write every later dispense conflicts with or reads). Erased prescriptions are past their
     retention (their keys destroyed): never claimable, never outstanding. All her prescriptions
     are read (pages of 64 index rows; bounded by gas)."""
     prefix = "pidx/" + pseudonym + "/"
@@ -229,7 +236,7 @@ def _open_claims(ctx: Context, pseudonym: str) -> int:
             if rx is None or rx["status"] == "ERASED":
                 continue
             deadline = rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
-            if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline:
+            if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline + SKEW_MARGIN_MS:
                 n = n + 1
                 continue
             fill = 1
@@ -352,7 +359,8 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     n = _open_claims(ctx, pseudonym)
     if n > 0:
         ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
-                 + acct["insurer"] + " (a fill to settle, or fills still to dispense)")
+                 + acct["insurer"] + " (a fill to settle, or fills still to dispense: one past its "
+                 "validity counts for 2 days more unless prescription.expire marks it EXPIRED)")
     _policy(ctx, c.org, ctx.timestamp_ms)
     move = {
         "from": acct["insurer"],

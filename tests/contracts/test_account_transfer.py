@@ -135,6 +135,10 @@ def test_refused_while_a_claim_is_outstanding(world: World) -> None:
     world.chain.advance(27 * DAY_MS)
     assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"  # its second fill still valid
     world.chain.advance(2 * DAY_MS)  # past the second fill's validity: nothing left to dispense
+    # ... by this transaction's clock: a dispense stamped earlier may still commit (review4,
+    # test_account_transfer_review), until marked EXPIRED (or 2 days more)
+    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
+    world.chain.submit("prescription", "expire", CLERK2, rx_id=repeat.args["rx_id"]).unwrap()
     acct = call(world, "accept_transfer", CLERK2)
     assert acct["insurer"] == "ins02", acct
 
