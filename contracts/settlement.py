@@ -50,7 +50,7 @@ MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
-MAX_TRANSFERS = 16  # moves of one account from insurer to insurer (the account keeps each one)
+MAX_TRANSFERS = 16  # moves an account record keeps, the latest (the older ones: the key's history)
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
 # how long past its next fill's deadline a prescription not marked EXPIRED still counts as
 # dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
@@ -294,8 +294,6 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     acct = party[1]
     if to_insurer == acct["insurer"]:
         ctx.fail("BAD_ARGUMENTS", "the account is held by " + to_insurer + " already")
-    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
-        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
     _not_hers(ctx, ctx.get("xfer/" + pseudonym), party[2])
     by = ctx.caller.name
@@ -354,8 +352,6 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct = _account(ctx, pseudonym)
     if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
         ctx.fail("NOT_FOUND", "the pending transfer is stale")
-    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
-        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     n = _open_claims(ctx, pseudonym)
     if n > 0:
         ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
@@ -371,7 +367,11 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
         "ms": ctx.timestamp_ms,
         "tx_id": ctx.tx_id,
     }
-    acct["transfers"] = acct.get("transfers", []) + [move]
+    # the latest MAX_TRANSFERS moves (a bounded record): a cap on the moves themselves let two
+    # insurers pass her back and forth 16 times -- each move takes only both insurers -- and
+    # keep her for good, her own requests refused LIMIT_EXCEEDED
+    kept = acct.get("transfers", []) + [move]
+    acct["transfers"] = kept[max(0, len(kept) - MAX_TRANSFERS):]
     acct["insurer"] = c.org
     ctx.put("acct/" + pseudonym, acct)
     ctx.delete("xfer/" + pseudonym)
