@@ -812,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
               "take over a patient's account (clerk/admin of the insurer asked)")
     pac.add_argument("patient")
     pcn = sub(pa, "cancel-transfer", _simple("cancel_transfer", "patient"),
-              "withdraw (the patient, her insurer) or decline (the insurer asked) a pending move")
+              "withdraw (the patient; her insurer its own request) or decline (the insurer asked) a pending move")
     pcn.add_argument("patient")
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(

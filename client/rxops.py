@@ -978,7 +978,8 @@ class RxOperations:
     def request_transfer(self, ref: str, to_insurer: str) -> dict[str, Any]:
         """Ask to move patient ``ref``'s insurance account to ``to_insurer`` (the patient
         herself, or a clerk/admin of her insurer); it moves when a clerk/admin of
-        ``to_insurer`` accepts (:meth:`accept_transfer`). A later request replaces this one."""
+        ``to_insurer`` accepts (:meth:`accept_transfer`). A later request replaces this one (the
+        patient's own only by her: her insurer is refused ACCESS_DENIED)."""
         pseud = self.pseudonym(ref)
         res = self.s.gateway.submit(SETTLEMENT, "request_transfer",
                                     {"pseudonym": pseud, "to_insurer": to_insurer},
@@ -992,7 +993,8 @@ class RxOperations:
         return {"patient": ref, **_written(res)}
 
     def cancel_transfer(self, ref: str) -> dict[str, Any]:
-        """Withdraw (the patient, her insurer) or decline (the insurer asked) a pending move."""
+        """Withdraw (the patient; her insurer one it asked for) or decline (the insurer asked) a
+        pending move."""
         pseud = self.pseudonym(ref)
         res = self.s.gateway.submit(SETTLEMENT, "cancel_transfer", {"pseudonym": pseud},
                                     endorsing_orgs=self._account_endorsers(pseud))

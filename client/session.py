@@ -94,8 +94,12 @@ def _verified(home: Path, net: NetworkInfo) -> tuple[NetworkInfo, int]:
 
 
 def _records_cert_key(net: NetworkInfo, org: str) -> object:
-    """The public key of ``org``'s records certificate in ``net`` (None: none, or unreadable)."""
-    der = net.org(org).records_cert_der
+    """The public key of ``org``'s records certificate in ``net`` (None: none, unreadable, or no
+    such organisation in ``net``: one added by a config update since, e.g. in the genesis one)."""
+    try:
+        der = net.org(org).records_cert_der
+    except RxClientError:
+        return None
     try:
         return x509.load_der_x509_certificate(der).public_key() if der else None
     except ValueError:

@@ -50,8 +50,13 @@ MIN_NOTE_CT = 40
 MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
-MAX_TRANSFERS = 16  # moves of one account from insurer to insurer (the account keeps each one)
+MAX_TRANSFERS = 16  # moves an account record keeps, the latest (the older ones: the key's history)
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
+# how long past its next fill's deadline a prescription not marked EXPIRED still counts as
+# dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
+# after it (the validators allow a tx timestamp max_clock_skew_ms -- at most 1 day by the config
+# rules -- either side of its block's), and the move does not conflict with it
+SKEW_MARGIN_MS = 2 * DAY_MS
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -215,7 +220,9 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
 def _open_claims(ctx: Context, pseudonym: str) -> int:
     """Her prescriptions with a claim outstanding: a dispensed fill without an active claim, or
     a prescription that can still be dispensed (its claim key is wrapped for the insurer of its
-    issue alone: after a move nobody could settle it). Erased prescriptions are past their
+    issue alone: after a move nobody could settle it) -- by its status, or by the clock until
+    SKEW_MARGIN_MS past its next fill's deadline (``prescription.expire`` closes it at once, a
+    write every later dispense conflicts with or reads). Erased prescriptions are past their
     retention (their keys destroyed): never claimable, never outstanding. All her prescriptions
     are read (pages of 64 index rows; bounded by gas)."""
     prefix = "pidx/" + pseudonym + "/"
@@ -229,7 +236,7 @@ def _open_claims(ctx: Context, pseudonym: str) -> int:
             if rx is None or rx["status"] == "ERASED":
                 continue
             deadline = rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
-            if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline:
+            if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline + SKEW_MARGIN_MS:
                 n = n + 1
                 continue
             fill = 1
@@ -266,20 +273,29 @@ def _transfer_party(ctx: Context, pseudonym: str) -> list:
     return [enrol, acct, c.org]
 
 
+def _not_hers(ctx: Context, req: dict, who: str) -> None:
+    """ACCESS_DENIED when ``req`` (the pending request, or None) is the patient's own and ``who``
+    is not the patient: the insurer she asks to leave would withdraw or replace every request of
+    hers (it sees each one's event) and so keep her; her request is hers to withdraw or replace,
+    and the insurer asked declines it."""
+    if req is not None and req["requested_by"] == "patient" and who != "patient":
+        ctx.fail("ACCESS_DENIED", "the patient's own request to move to " + req["to"] + " is pending: "
+                 "only she withdraws or replaces it (" + req["to"] + " may decline it)")
+
+
 def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     """Ask to move the patient's account to ``to_insurer`` (the patient with her binding, or a
     clerk/admin of her insurer); a clerk or admin of ``to_insurer`` completes it with
     ``accept_transfer``. So a move takes the patient's consent or both insurers', and always
-    the receiving insurer's. A later request replaces a pending one."""
+    the receiving insurer's. A later request replaces a pending one -- her own only by her."""
     if not _is_id(to_insurer, 32):
         ctx.fail("BAD_ARGUMENTS", "to_insurer is an insurer's organisation id")
     party = _transfer_party(ctx, pseudonym)
     acct = party[1]
     if to_insurer == acct["insurer"]:
         ctx.fail("BAD_ARGUMENTS", "the account is held by " + to_insurer + " already")
-    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
-        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
+    _not_hers(ctx, ctx.get("xfer/" + pseudonym), party[2])
     by = ctx.caller.name
     if party[2] == "patient":
         by = ""  # her certificate's name is never stored (README "Patient certificate binding")
@@ -297,8 +313,8 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
 
 
 def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
-    """Withdraw a pending transfer (the patient, her insurer's clerk/admin) or decline it (a
-    clerk/admin of the insurer it is addressed to)."""
+    """Withdraw a pending transfer (the patient; her insurer's clerk/admin one it asked for) or
+    decline it (a clerk/admin of the insurer it is addressed to)."""
     c = ctx.caller
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
@@ -306,9 +322,10 @@ def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
     declined = req is not None and c.org_kind == "insurer" and c.role in ("clerk", "admin") \
         and c.org == req["to"]
     if not declined:
-        _transfer_party(ctx, pseudonym)  # the patient or her insurer, before telling anything
+        party = _transfer_party(ctx, pseudonym)  # the patient or her insurer, before telling anything
         if req is None:
             ctx.fail("NOT_FOUND", "no transfer of this patient's account is pending")
+        _not_hers(ctx, req, party[2])
     ctx.delete("xfer/" + pseudonym)
     ctx.emit("account.transfer_cancelled", {"from": req["from"], "to": req["to"]})
     return req
@@ -335,12 +352,11 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct = _account(ctx, pseudonym)
     if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
         ctx.fail("NOT_FOUND", "the pending transfer is stale")
-    if len(acct.get("transfers", [])) >= MAX_TRANSFERS:
-        ctx.fail("LIMIT_EXCEEDED", "an account moves at most 16 times")
     n = _open_claims(ctx, pseudonym)
     if n > 0:
         ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
-                 + acct["insurer"] + " (a fill to settle, or fills still to dispense)")
+                 + acct["insurer"] + " (a fill to settle, or fills still to dispense: one past its "
+                 "validity counts for 2 days more unless prescription.expire marks it EXPIRED)")
     _policy(ctx, c.org, ctx.timestamp_ms)
     move = {
         "from": acct["insurer"],
@@ -351,7 +367,11 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
         "ms": ctx.timestamp_ms,
         "tx_id": ctx.tx_id,
     }
-    acct["transfers"] = acct.get("transfers", []) + [move]
+    # the latest MAX_TRANSFERS moves (a bounded record): a cap on the moves themselves let two
+    # insurers pass her back and forth 16 times -- each move takes only both insurers -- and
+    # keep her for good, her own requests refused LIMIT_EXCEEDED
+    kept = acct.get("transfers", []) + [move]
+    acct["transfers"] = kept[max(0, len(kept) - MAX_TRANSFERS):]
     acct["insurer"] = c.org
     ctx.put("acct/" + pseudonym, acct)
     ctx.delete("xfer/" + pseudonym)

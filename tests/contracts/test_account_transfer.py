@@ -135,6 +135,10 @@ def test_refused_while_a_claim_is_outstanding(world: World) -> None:
     world.chain.advance(27 * DAY_MS)
     assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"  # its second fill still valid
     world.chain.advance(2 * DAY_MS)  # past the second fill's validity: nothing left to dispense
+    # ... by this transaction's clock: a dispense stamped earlier may still commit (review4,
+    # test_account_transfer_review), until marked EXPIRED (or 2 days more)
+    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
+    world.chain.submit("prescription", "expire", CLERK2, rx_id=repeat.args["rx_id"]).unwrap()
     acct = call(world, "accept_transfer", CLERK2)
     assert acct["insurer"] == "ins02", acct
 
@@ -194,18 +198,26 @@ def test_the_money_moves_unchanged_and_no_claim_is_paid_twice(world: World) -> N
     assert status(world, CLERK2) == st1
 
 
-def test_an_account_moves_at_most_sixteen_times(world: World) -> None:
+def test_two_insurers_passing_her_around_never_keep_her(world: World) -> None:
+    """Each move takes only both insurers: 16 of them between ins01 and ins02 (each requesting,
+    the other accepting) used to exhaust a cap of 16 moves, and her own request was refused
+    LIMIT_EXCEEDED for good (review4). The record keeps the latest 16 moves."""
     with_ins02(world)
     clerks = {"ins01": CLERK, "ins02": CLERK2}
     here = "ins01"
     for _ in range(16):
         there = "ins02" if here == "ins01" else "ins01"
-        call(world, "request_transfer", zhang(world), to_insurer=there)
+        call(world, "request_transfer", clerks[here], to_insurer=there)
         assert call(world, "accept_transfer", clerks[there])["insurer"] == there
         here = there
-    there = "ins02" if here == "ins01" else "ins01"
-    assert call(world, "request_transfer", zhang(world), to_insurer=there) == "LIMIT_EXCEEDED"
-    assert status(world, clerks[here])["account_balance_fen"] == 50000
+    assert here == "ins01"
+    req = call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert isinstance(req, dict) and req["to"] == "ins02", req
+    acct = call(world, "accept_transfer", CLERK2)
+    assert acct["insurer"] == "ins02" and len(acct["transfers"]) == 16
+    assert acct["transfers"][-1]["requested_by"] == "patient"
+    assert acct["transfers"][0]["from"] == "ins02"  # the first move (from ins01) dropped
+    assert status(world, CLERK2)["account_balance_fen"] == 50000
 
 
 # ---------------------------------------------------------------- formulary prices per insurer
