@@ -6,7 +6,6 @@ certificate raised UNKNOWN_ORG instead, which reads as a typo in --as."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -45,7 +44,7 @@ def test_an_added_organisations_wallet_with_a_stale_key_is_bad_wallet(
     extra.records_cert_der = _records_cert(home, "h01", ec.generate_private_key(ec.SECP256R1()))
     with Session(home, "h01:dr-jiang") as s:
         # the session of a wallet of h09 (added since the genesis) with a key not its certificate's
-        s._verified = (added, int(time.time() * 1000))
+        s._verified = added
         s.identity = dataclasses.replace(s.identity, org="h09")
         with pytest.raises(WalletError) as e:
             s._check_records_key()
