@@ -345,6 +345,10 @@ def _put_price(ctx: Context, rec: dict) -> dict:
                  + " has a version from after this transaction's time; retry with the current time")
     ctx.put("price/" + key, rec)
     ctx.put("pricever/" + key + "/" + _inv(ctx.timestamp_ms), rec)
+    if ctx.get("priced/" + rec["insurer"]) is None:
+        # the mark settlement reads once per claim: an insurer without it has no own prices,
+        # so its claims' lines need no range read each (one point read, prefetched by caller)
+        ctx.put("priced/" + rec["insurer"], {"since_ms": ctx.timestamp_ms})
     ctx.emit("registry.price", {"code": rec["code"], "insurer": rec["insurer"]})
     return rec
 

@@ -120,16 +120,18 @@ def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
     return found[0][1]
 
 
-def _drug(ctx: Context, code: str, at_ms: int, insurer: str) -> dict:
+def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -> dict:
     """The class, price and standard of ``code`` for ``insurer``'s claims in force at
     ``at_ms``: the insurer's own price version (``pricever/{insurer}/{code}/{inv13}``) when it
-    had published one by then, else the formulary entry's: the registry keeps every version
-    as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    had published one by then (looked for only when ``own_prices``: the registry's
+    ``priced/{insurer}`` mark exists), else the formulary entry's: the registry keeps every
+    version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
     inv = str(MAX_INV - at_ms).zfill(13)
-    own = "pricever/" + insurer + "/" + code + "/"
-    found = ctx.range_from("registry", own + inv, own + "~", 1)
-    if len(found) > 0:
-        return found[0][1]
+    if own_prices:
+        own = "pricever/" + insurer + "/" + code + "/"
+        found = ctx.range_from("registry", own + inv, own + "~", 1)
+        if len(found) > 0:
+            return found[0][1]
     prefix = "drugver/" + code + "/"
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
@@ -518,8 +520,11 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         ctx.fail("HASH_MISMATCH", "claim subset does not match the prescription's commitment")
     lines = _claimed_lines(ctx, claim["lines"])
     priced = []
+    # (read by every claim, so an insurer publishing its first own price conflicts with a
+    # claim settled without it: MVCC; absent, no line looks for the insurer's own versions)
+    own_prices = ctx.get_from("registry", "priced/" + c.org) is not None
     for ln in lines:
-        drug = _drug(ctx, ln["code"], served, c.org)
+        drug = _drug(ctx, ln["code"], served, c.org, own_prices)
         priced.append(
             {
                 "qty": ln["qty"],

@@ -157,11 +157,12 @@ class Chain:
             self.block_args.append(canonical.dumps(dict(args)))
         return self._outcome(res, tx_id, block)
 
-    def simulate(self, contract: str, fn: str, caller: Who, **args: Any) -> tuple[
+    def simulate(self, contract: str, fn: str, caller: Who,
+                 transient: Mapping[str, Any] | None = None, **args: Any) -> tuple[
         Outcome, Simulation, int
     ]:
         """Endorse only: the outcome, its read/write set and its timestamp."""
-        res, sim, tx_id, ts = self._invoke(contract, fn, caller, args, None, None)
+        res, sim, tx_id, ts = self._invoke(contract, fn, caller, args, transient, None)
         return self._outcome(res, tx_id, None), sim, ts
 
     def commit_validated(self, outcome: Outcome, sim: Simulation, ts: int) -> str:

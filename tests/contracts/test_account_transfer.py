@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.contracts.chain import DAY_MS, Who, admin, who
-from tests.contracts.flows import CLERK, CLERK2, HE, JIANG, WANG, ZHOU, lock_and_dispense, settle
+from tests.contracts.flows import CLERK, CLERK2, HE, JIANG, WANG, ZHOU, claim_transient, lock_and_dispense, settle
 from tests.contracts.rxclient import Prepared, World
 
 EXAMPLE = [("amlodipine", 2), ("benidipine", 2), ("calcium-supplement", 1)]
@@ -273,3 +273,27 @@ def test_each_insurer_prices_its_own_claims(world: World) -> None:
     own = world.chain.query("registry", "get_drug", WANG, code=amlodipine,
                             insurer="ins02").unwrap()
     assert own["controlled"] == "SPECIAL_STORAGE"
+
+
+def test_a_claim_reads_the_insurers_price_mark_once_and_conflicts_with_its_first_own_price(
+        world: World) -> None:
+    """settle looks for the insurer's own price versions line by line only when the registry's
+    ``priced/{insurer}`` mark exists (one point read per claim instead of a range read per line);
+    the mark is in the claim's read set, so an insurer's first own price committed between a
+    claim's endorsement and its commit makes the claim an MVCC conflict -- never a claim priced
+    by the entry after the insurer's own price took effect."""
+    with_ins02(world)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    call(world, "accept_transfer", CLERK2)
+    prep = dispensed(world, insurer="ins02", drugs=[("amlodipine", 2)])
+    world.chain.advance(1)
+    endorsed, sim, ts = world.chain.simulate("settlement", "settle", CLERK2,
+                                             transient=claim_transient(prep, None),
+                                             rx_id=prep.args["rx_id"], fill=0)
+    assert endorsed.ok and endorsed.value["medfee_fen"] == 4000  # the entry's price
+    assert ("registry", "priced/ins02") in sim.reads
+    assert not any(k.startswith("pricever/") for ns, k in sim.reads if ns == "registry")
+    world.chain.submit("registry", "set_drug", admin("ins02"),
+                       code=world.codes["amlodipine"], spec="5 mg x 28 tablets", cls="B",
+                       standard_fen=1200, price_fen=1500, controlled="NONE").unwrap()
+    assert world.chain.commit_validated(endorsed, sim, ts) == "MVCC_READ_CONFLICT"
