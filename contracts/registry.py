@@ -158,11 +158,32 @@ def _dx_key(ctx: Context) -> str:
 # registration is active and still carries it; nobody else registers it active meanwhile.
 
 
+# A practitioner index entry may also carry ``sites`` = {org: name ("" before it registers)}:
+# organisations the holder authorised (authorize_practice_site) to register the same person
+# under the same code (multi-site practice), each under one name.
+MAX_PRACTICE_SITES = 8
+
+
 def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
-    """A registration moved to another code: its old code is free (if it still held it)."""
+    """A registration moved to another code: its old code is free (if it still held it); a
+    site's registration leaves its site authorised, under no name."""
     holder = ctx.get(key)
-    if holder is not None and holder["org"] == org and holder["name"] == name:
+    if holder is None:
+        return
+    if holder["org"] == org and holder["name"] == name:
         ctx.delete(key)
+        return
+    sites = holder.get("sites", {})
+    if sites.get(org, "") == name and name != "":
+        sites[org] = ""
+        holder["sites"] = sites
+        ctx.put(key, holder)
+
+
+def _holds(ctx: Context, org: str, name: str, code: str) -> bool:
+    """``org``/``name`` is registered under ``code`` with an active licence."""
+    prac = ctx.get("prac/" + org + "/" + name)
+    return prac is not None and prac["code"] == code and prac["licence_active"]
 
 
 def register_practitioner(
@@ -189,17 +210,31 @@ def register_practitioner(
     org = ctx.caller.org
     key = "prac/" + org + "/" + name
     holder = ctx.get("praccode/" + code)
+    site = False  # registering at a site the holder authorised (multi-site practice)
     if licence_active and holder is not None and (holder["org"] != org or holder["name"] != name):
         # a drCode names one person: another organisation (or another of this one's records)
-        # registering it would let its certificate act under that person's licence
-        prac = ctx.get("prac/" + holder["org"] + "/" + holder["name"])
-        if prac is not None and prac["code"] == code and prac["licence_active"]:
-            ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
-                     + holder["org"] + "/" + holder["name"] + " with an active licence")
+        # registering it would let its certificate act under that person's licence -- unless
+        # the holder authorised that organisation as a site of hers, once, under one name
+        if _holds(ctx, holder["org"], holder["name"], code):
+            sites = holder.get("sites", {})
+            taken = sites.get(org, "")
+            if holder["org"] == org or org not in sites or (
+                    taken != "" and taken != name and _holds(ctx, org, taken, code)):
+                ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
+                         + holder["org"] + "/" + holder["name"] + " with an active licence"
+                         + " (another organisation registers it only as a site the holder"
+                         + " authorised: registry.authorize_practice_site)")
+            site = True
     old = ctx.get(key)
     if old is not None and old["code"] != code:
         _release_code(ctx, "praccode/" + old["code"], org, name)
-    if licence_active:
+    if site:
+        sites = holder.get("sites", {})
+        sites[org] = name
+        holder["sites"] = sites
+        ctx.put("praccode/" + code, holder)
+    elif licence_active and (holder is None or holder["org"] != org or holder["name"] != name):
+        # a new holder (or one taking over a retired code: its sites are not carried over)
         ctx.put("praccode/" + code, {"org": org, "name": name})
     rec = {
         "org": org,
@@ -214,6 +249,45 @@ def register_practitioner(
     ctx.put(key, rec)
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
+
+
+def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -> dict:
+    """The organisation holding practitioner code ``code`` with an active licence (its admin)
+    authorises ``site`` -- another hospital or pharmacy where the same person also practises
+    (multi-site practice) -- to register her under the code too, or withdraws that: the site's
+    active registration under the code is then made inactive. At most MAX_PRACTICE_SITES."""
+    _require_admin(ctx, ("hospital", "pharmacy"))
+    if not _is_id(code, 32) or not _is_id(site, 64) or not isinstance(allowed, bool):
+        ctx.fail("BAD_ARGUMENTS", "code (drCode) and site (an organisation id) are ids; allowed a boolean")
+    org = ctx.caller.org
+    if site == org:
+        ctx.fail("BAD_ARGUMENTS", "the holder's own organisation is no site of its own")
+    holder = ctx.get("praccode/" + code)
+    if holder is None or holder["org"] != org or not _holds(ctx, org, holder["name"], code):
+        ctx.fail("ACCESS_DENIED", "only the organisation holding practitioner code " + code
+                 + " with an active licence authorises its sites")
+    sites = holder.get("sites", {})
+    kept = {}
+    for k in sorted(sites.keys()):
+        if k != site:
+            kept[k] = sites[k]
+    if allowed:
+        if site not in sites and len(kept) >= MAX_PRACTICE_SITES:
+            ctx.fail("LIMIT_EXCEEDED", "practitioner code " + code + " has "
+                     + str(MAX_PRACTICE_SITES) + " sites already")
+        kept[site] = sites.get(site, "")
+    else:
+        name = sites.get(site, "")
+        if name != "" and _holds(ctx, site, name, code):
+            prac = ctx.get("prac/" + site + "/" + name)
+            prac["licence_active"] = False
+            prac["updated"] = _stamp(ctx)
+            ctx.put("prac/" + site + "/" + name, prac)
+            ctx.emit("registry.practitioner", {"org": site, "name": name, "role": prac["role"]})
+    holder["sites"] = kept
+    ctx.put("praccode/" + code, holder)
+    ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": allowed})
+    return holder
 
 
 def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:

@@ -155,3 +155,58 @@ def test_re_enrolment_keeps_the_diagnoses_other_hospitals_recorded(world: World)
     world.chain.advance(1)
     issue(world, doctor=who("h02:dr-zhou:doctor"), diagnosis="E11",
           drugs=[("metformin", 1)])[1].unwrap()
+
+
+# ---------------------------------------------------------------- multi-site practice
+
+def authorize(world: World, org: str, code: str, site: str, allowed: bool = True) -> str:
+    out = world.chain.submit("registry", "authorize_practice_site", admin(org), code=code,
+                             site=site, allowed=allowed)
+    return "OK" if out.ok else out.reason
+
+
+def test_a_doctor_practises_at_a_site_her_holder_authorised(world: World) -> None:
+    """A tertiary hospital's doctor also practising at a community centre (multi-site practice)
+    was refused CODE_IN_USE there: one drCode, one active registration. The holder's admin now
+    authorises the site, which registers her under the same code and one name; others stay
+    refused, and a withdrawal makes the site's registration inactive."""
+    # only the holder authorises (a would-be site cannot authorise itself), never itself
+    assert authorize(world, "h02", JIANG_CODE, "h03") == "ACCESS_DENIED"
+    assert authorize(world, "h02", JIANG_CODE, "h02") == "BAD_ARGUMENTS"
+    assert authorize(world, "h01", JIANG_CODE, "h01") == "BAD_ARGUMENTS"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "CODE_IN_USE"
+    assert authorize(world, "h01", JIANG_CODE, "h02") == "OK"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE) == {
+        "org": "h01", "name": "dr-jiang", "sites": {"h02": "dr-jiang"}}
+    # one name per site; another organisation is still refused
+    assert practitioner(world, "h02", "dr-jiang-2", JIANG_CODE, years=10) == "CODE_IN_USE"
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, years=10) == "CODE_IN_USE"
+    # both registrations are active; the holder's re-registration keeps the site
+    assert world.chain.query("registry", "get_practitioner", JIANG, org="h02",
+                             name="dr-jiang").unwrap()["licence_active"] is True
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=11) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE)["sites"] == {"h02": "dr-jiang"}
+    # withdrawn: the site's registration is inactive and cannot come back
+    assert authorize(world, "h01", JIANG_CODE, "h02", allowed=False) == "OK"
+    assert world.chain.query("registry", "get_practitioner", JIANG, org="h02",
+                             name="dr-jiang").unwrap()["licence_active"] is False
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "sites": {}}
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "CODE_IN_USE"
+
+
+def test_a_site_leaving_the_code_keeps_its_authorisation_and_sites_are_bounded(world: World) -> None:
+    assert authorize(world, "h01", JIANG_CODE, "h02") == "OK"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "OK"
+    # the site's record moves to another code: the site stays authorised, under no name
+    assert practitioner(world, "h02", "dr-jiang", "D500103007777", years=10) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE)["sites"] == {"h02": ""}
+    assert practitioner(world, "h02", "dr-jiang-b", JIANG_CODE, years=10) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE)["sites"] == {"h02": "dr-jiang-b"}
+    for i in range(3, 10):  # seven more: eight in all
+        assert authorize(world, "h01", JIANG_CODE, f"h{i:02d}") == "OK"
+    assert authorize(world, "h01", JIANG_CODE, "h10") == "LIMIT_EXCEEDED"
+    assert authorize(world, "h01", JIANG_CODE, "h09") == "OK"  # already a site: no new room
+    # a holder whose licence is inactive authorises nothing
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False, years=10) == "OK"
+    assert authorize(world, "h01", JIANG_CODE, "h10") == "ACCESS_DENIED"

@@ -11,7 +11,7 @@ from tests.contracts.chain import ROOT
 
 PUBLIC = {
     "registry": {
-        "register_practitioner", "register_pharmacy", "get_practitioner", "get_pharmacy",
+        "register_practitioner", "register_pharmacy", "authorize_practice_site", "get_practitioner", "get_pharmacy",
         "set_drug", "set_controlled", "get_drug", "list_drugs", "set_policy", "get_policy", "enrol_patient",
         "add_diagnosis", "get_patient",
     },
