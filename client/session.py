@@ -337,6 +337,14 @@ class Session:
         for attempt in range(2):
             verified = self._verified_config()
             if verified is None:
+                if self._verified_stamp is not None:
+                    # the file is there but verifies nothing (torn, edited, another network's):
+                    # the peer's word would stand in for the chain this home once verified
+                    raise RxClientError("RECORDS_CERT_UNVERIFIED", f"{self.home / configtool.CHAIN_STATE} "
+                                        "does not verify from this home's genesis block (torn, edited, or "
+                                        "another network's): no key is wrapped for a records certificate "
+                                        "a peer merely reports; remove the file (or run `rxchain config "
+                                        "show`, which verifies the chain again) and retry")
                 return current.records_public_key(org, at_ms=self.clock())
             sequence = verified.sequence
             reported = current.org(org).records_cert_der  # (UNKNOWN_ORG: no such organisation)

@@ -381,3 +381,21 @@ def test_a_records_rotation_the_home_has_not_verified_is_followed(
                 assert e.value.reason == "RECORDS_CERT_UNVERIFIED"
             assert peer.asked == 1
     assert json.loads((home / configtool.CHAIN_STATE).read_text())["height"] == 1
+
+
+@pytest.mark.parametrize("content", [b"{torn", b'{"format": 1, "genesis": "00", "height": 9}'])
+def test_a_chain_state_that_verifies_nothing_wraps_for_no_reported_certificate(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey], content: bytes) -> None:
+    """config-chain.json is there but verifies nothing (torn, another network's): the session
+    took the peer's word for every records certificate, as if the home had never verified a
+    chain -- a peer could have the key wrapped for a certificate of its choosing by spoiling the
+    file. It is now RECORDS_CERT_UNVERIFIED, naming the file and the remedy."""
+    home, _ = rotated_home
+    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
+                                      home / configtool.CHAIN_STATE).verified()[1]
+    (home / configtool.CHAIN_STATE).write_bytes(content)
+    with Session(home, "p01:pharm-wang") as s:
+        _answering(s, verified)
+        with pytest.raises(RxClientError) as e:
+            s.records_public_key("h01")
+    assert e.value.reason == "RECORDS_CERT_UNVERIFIED" and configtool.CHAIN_STATE in e.value.message
