@@ -51,6 +51,7 @@ MAX_NOTE_CT = 4096
 TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
 MAX_TRANSFERS = 16  # moves an account record keeps, the latest (the older ones: the key's history)
+TRANSFER_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a pending transfer request is accepted within 30 days
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
 # how long past its next fill's deadline a prescription not marked EXPIRED still counts as
 # dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
@@ -351,6 +352,10 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     req = ctx.get("xfer/" + pseudonym)
     if req is None or req["to"] != c.org:
         ctx.fail("NOT_FOUND", "no transfer of this patient's account to " + c.org + " is pending")
+    if ctx.timestamp_ms > req["ms"] + TRANSFER_EXPIRY_MS:
+        # consent given for a move now, not one an insurer completes whenever it suits it
+        ctx.fail("TRANSFER_EXPIRED", "the request to move her account to " + c.org + " is over 30 "
+                 "days old: it is asked again (request_transfer) or withdrawn")
     acct = _account(ctx, pseudonym)
     if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
         ctx.fail("NOT_FOUND", "the pending transfer is stale")
@@ -692,15 +697,17 @@ def _may_read_patient(ctx: Context, enrol: dict) -> bool:
 
 def _may_read_account(ctx: Context, enrol: dict) -> bool:
     """``_may_read_patient``, or a clerk/admin of the insurer a pending transfer of her account
-    is addressed to (it decides whether to take over her balance and counters; her claims stay
-    her insurer's to read)."""
+    is addressed to -- one she asked for herself, within its 30 days (it decides whether to
+    take over her balance and counters; her claims stay her insurer's to read). A request her
+    insurer made without her shows it nothing: her per-disease counters tell her diagnoses."""
     if _may_read_patient(ctx, enrol):
         return True
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         return False
     req = ctx.get("xfer/" + enrol["pseudonym"])
-    return req is not None and req["to"] == c.org
+    return req is not None and req["to"] == c.org and req["requested_by"] == "patient" \
+        and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS
 
 
 def get_account(ctx: Context, pseudonym: str) -> dict:

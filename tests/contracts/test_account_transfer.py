@@ -297,3 +297,25 @@ def test_a_claim_reads_the_insurers_price_mark_once_and_conflicts_with_its_first
                        code=world.codes["amlodipine"], spec="5 mg x 28 tablets", cls="B",
                        standard_fen=1200, price_fen=1500, controlled="NONE").unwrap()
     assert world.chain.commit_validated(endorsed, sim, ts) == "MVCC_READ_CONFLICT"
+
+
+def test_a_request_expires_and_only_her_own_shows_her_account(world: World) -> None:
+    """A pending request was accepted whenever the receiving insurer chose (consent given once,
+    used months later), and one her insurer made without her let the receiving insurer read her
+    balance and per-disease counters (they tell her diagnoses). Now a request is accepted within
+    30 days (TRANSFER_EXPIRED after: asked again, or withdrawn), and only her own request shows
+    her account to the insurer asked."""
+    with_ins02(world)
+    assert call(world, "request_transfer", CLERK, to_insurer="ins02")["requested_by"] == "ins01"
+    assert world.chain.query("settlement", "patient_status", CLERK2, pseudonym=world.pid(PATIENT),
+                             year=0).reason == "ACCESS_DENIED"
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")  # hers replaces it
+    assert status(world, CLERK2)["account_balance_fen"] == 50000
+    world.chain.advance(30 * DAY_MS + 1)
+    assert world.chain.query("settlement", "patient_status", CLERK2, pseudonym=world.pid(PATIENT),
+                             year=0).reason == "ACCESS_DENIED"
+    assert call(world, "accept_transfer", CLERK2) == "TRANSFER_EXPIRED"
+    assert world.chain.query("settlement", "get_account", JIANG,
+                             pseudonym=world.pid(PATIENT)).unwrap()["insurer"] == "ins01"
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")  # asked again
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
