@@ -20,8 +20,9 @@ are not on the new chain. Before extending the verified chain, the peer's blocks
 of its checkpoints (the config block in force, the last block verified:
 :meth:`ChainConfig.checkpoints`) are compared with the ones verified; a peer whose block differs
 has its own chain verified from ``genesis.block`` up to that block: if it verifies (orderers'
-signatures all along) the chains diverged -- CHAIN_RESTARTED with the remedy, nothing changed;
-if not, the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
+signatures all along) and holds another block there, the chains diverged -- CHAIN_RESTARTED with
+the remedy, nothing changed; if not (or it holds the block verified after all: the one it sent
+first was not its own), the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
 than a checkpoint merely lags behind: it is no evidence of a restart and changes nothing.
 """
 
@@ -128,7 +129,8 @@ class _Peer:
 def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, height: int,
                       state_path: Path) -> None:
     """CHAIN_RESTARTED when the peer's chain, verified from the genesis block, holds another block
-    at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify.
+    at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify, or
+    when the peer answered for that block alone with another one (or none) than its chain holds.
     Checkpoints past the peer's ``height`` are not judged (a peer behind is no evidence)."""
     for number, expected in chain.checkpoints():
         if number >= height:
@@ -138,12 +140,19 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
         if got is not None and got.header.number == number and block_header_hash(got.header) == expected:
             continue
         fresh = ChainConfig(genesis, Verifier(max_entries=64, max_own=1))  # (no state: nothing saved)
+        last = b""  # the header hash of the peer's block ``number`` in the chain verified
         with contextlib.closing(peer.blocks(0, number)) as blocks:
             for block in blocks:
                 fresh.feed(block)  # LEDGER_INVALID: the peer's chain does not verify -- a lying peer
+                last = block_header_hash(block.header)
         if fresh.height != number + 1:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {fresh.height} of the "
                                 f"{number + 1} blocks needed to check its chain")
+        if last == expected:
+            # its chain holds the block verified: the block it sent (or withheld) first was not its own
+            raise RxClientError("LEDGER_INVALID", f"the peer {peer.name} answered a request for its block "
+                                f"{number} with {'another block' if got is not None else 'none'}, but its "
+                                "chain holds the one verified")
         raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds a "
                             f"different block {number} from the config chain this home verified ({state_path}): "
                             "the network was started again from the same genesis block (or its orderers "

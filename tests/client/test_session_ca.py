@@ -53,9 +53,13 @@ class Rotated:
 
 def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes,
                     admins_of: tuple[str, ...] = ("h02", "p01", "p02", "ins01"),
-                    signer: tuple[str, str] = ("orderer.ins01", "ins01")) -> block_pb2.Block:
+                    signer: tuple[str, str] = ("orderer.ins01", "ins01"),
+                    previous: block_pb2.Block | None = None) -> block_pb2.Block:
     """Block 1: h01's CA replaced, signed by 4 of the 6 admins (MAJORITY) and the orderer (or by
-    the admins of ``admins_of`` and the node ``signer``)."""
+    the admins of ``admins_of`` and the node ``signer``); after ``previous`` when given (a block
+    of the genesis config)."""
+    previous = previous or genesis
+    number = previous.header.number + 1
     base = config_from_genesis(genesis)
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(base)
@@ -65,9 +69,9 @@ def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes,
     kit = TxKit(base.consortium_id, random.Random(5), clock_ms=now_ms)
     admins = [user_signer(home, org, "admin") for org in admins_of]
     env = kit.config_tx(admins[0], new, admins)
-    block = make_block(1, block_header_hash(genesis.header), [env], [node_signer(home, *signer)],
+    block = make_block(number, block_header_hash(previous.header), [env], [node_signer(home, *signer)],
                        timestamp_ms=now_ms)
-    block.metadata.last_config_block = 1  # as the peer serves it (the config in force is its own)
+    block.metadata.last_config_block = number  # as the peer serves it (the config in force is its own)
     block.metadata.validation_codes.append(transaction_pb2.VALID)
     return block
 
@@ -404,3 +408,52 @@ def test_a_session_follows_at_most_once_per_interval(rotated: Rotated) -> None:
         finally:
             s.close()
     assert peer.asked == 1
+
+
+class _MissingCheckpoint(_Peer):
+    """A peer whose chain is the one verified, but which answers a request for its block
+    ``number`` alone with nothing (``forged``: with a block signed by no orderer) -- a hostile
+    peer, or a stream cut short."""
+
+    def __init__(self, blocks: list[block_pb2.Block], home: Path, number: int, forged: bool) -> None:
+        super().__init__(blocks)
+        self.home, self.number, self.forged = home, number, forged
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        if request.start_block == request.stop_block == self.number:
+            if self.forged:
+                yield services_pb2.DeliverResponse(block=_plain_block(
+                    self.home, self.number, self.blocks[self.number - 1], signer=("peer.h02", "h02")))
+            return
+        yield from super().Deliver(request, context)
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_peer_withholding_a_checkpoint_block_is_no_restart(rotated: Rotated, forged: bool) -> None:
+    """Checking a peer's chain against the verified one, the follow asks for the block at each
+    checkpoint; a peer answering that with nothing (or another block), then serving the chain
+    from genesis, had its chain verified up to there and was taken for a network restarted --
+    though its block there is the very one verified: CHAIN_RESTARTED (the follow ended, telling
+    the user to remove the verified chain) on one hostile or flaky peer's word. Its chain must
+    differ there: that peer is skipped, and the next one's blocks are followed."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, previous=one)
+    blocks = [genesis, one, rotation]
+    state.unlink()
+    verified = configtool.ChainConfig(genesis, Verifier(), state)
+    verified.feed(genesis)
+    verified.feed(one)
+    verified.save()  # the home verified blocks 0-1 (no rotation yet): its checkpoint is block 1
+    assert json.loads(state.read_text())["height"] == 2
+    hostile = _MissingCheckpoint(blocks, rotated.home, 1, forged)
+    with _serving(rotated.home, "peer.h02", [], hostile) as h02, _serving(rotated.home, "peer.p01", blocks) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert json.loads(state.read_text())["height"] == 3
