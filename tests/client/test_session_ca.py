@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import random
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -457,3 +458,42 @@ def test_a_peer_withholding_a_checkpoint_block_is_no_restart(rotated: Rotated, f
         finally:
             s.close()
     assert json.loads(state.read_text())["height"] == 3
+
+
+class _Stalling(_Peer):
+    """A peer whose block stream sends nothing until ``release`` is set (at most 10 s)."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        super().__init__(blocks)
+        self.release = threading.Event()
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        self.release.wait(10)
+        yield from super().Deliver(request, context)
+
+
+def test_a_follow_asks_no_peer_past_its_budget(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of a follow had its own bound (a status of 3 s, a stream of DELIVER_S) and none
+    bounded the whole: three peers each answering just inside them held the session's call --
+    and its follow lock, which its other calls wait on -- for minutes. A follow now ends when
+    FOLLOW_BUDGET_S is spent: a call's deadline is the earlier of its bound and the budget's end,
+    and no peer is asked past it (here the first peer stalls its stream past the budget: the
+    next one, which would have served the rotation, is not asked)."""
+    from client import follow
+
+    monkeypatch.setattr(follow, "DELIVER_S", 3.0)
+    monkeypatch.setattr(follow, "FOLLOW_BUDGET_S", 1.0)
+    (rotated.home / configtool.CHAIN_STATE).unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    blocks = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
+    stalling, honest = _Stalling(blocks), _Peer(blocks)
+    with _serving(rotated.home, "peer.h02", [], stalling) as h02, _serving(rotated.home, "peer.p01", [], honest) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "SERVICE_UNAVAILABLE"
+        finally:
+            stalling.release.set()
+            s.close()
+    assert (stalling.asked, honest.asked) == (1, 0)
