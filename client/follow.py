@@ -156,6 +156,7 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
         with contextlib.closing(peer.blocks(number, number)) as one:
             got = next(one, None)
         if got is not None and got.header.number == number and block_header_hash(got.header) == expected:
+            chain.peer_metadata(got)  # (its codes and pointer, not an earlier peer's)
             continue
         fresh = ChainConfig(genesis, Verifier(max_entries=64, max_own=1))  # (no state: nothing saved)
         last = b""  # the header hash of the peer's block ``number`` in the chain verified

@@ -497,3 +497,31 @@ def test_a_follow_asks_no_peer_past_its_budget(rotated: Rotated, monkeypatch: py
             stalling.release.set()
             s.close()
     assert (stalling.asked, honest.asked) == (1, 0)
+
+
+@pytest.mark.parametrize("lie", ["code", "pointer"])
+def test_a_peer_lying_in_its_metadata_does_not_spoil_the_next_peers_follow(rotated: Rotated, lie: str) -> None:
+    """The first peer asked serves the rotation block as it is (signed) but records it INVALID, or
+    names block 0 as holding the config in force (metadata nobody signs): the follow refuses it
+    (LEDGER_INVALID) -- but kept that peer's codes and pointer with the blocks it verified, so the
+    next peer, honest and at the same height (nothing more to feed), was judged by them and
+    refused too: one such peer asked first stopped every session from following. A peer's
+    metadata is its own: the next one's is read from its own blocks."""
+    (rotated.home / configtool.CHAIN_STATE).unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der)
+    lying = block_pb2.Block()
+    lying.CopyFrom(rotation)
+    if lie == "code":
+        lying.metadata.validation_codes[0] = transaction_pb2.BAD_CONFIG_UPDATE
+    else:
+        lying.metadata.last_config_block = 0
+    with _serving(rotated.home, "peer.h02", [genesis, lying]) as h02, \
+            _serving(rotated.home, "peer.p01", [genesis, rotation]) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert json.loads((rotated.home / configtool.CHAIN_STATE).read_text())["height"] == 2
