@@ -247,6 +247,19 @@ class ChainConfig:
             out.append((self.height - 1, self._last_hash))
         return out
 
+    def peer_metadata(self, block: block_pb2.Block) -> None:
+        """Take the metadata nobody signs -- the validation codes of the config block in force, the
+        ``last_config_block`` pointer of the last block verified -- from ``block``, when it is one
+        of those blocks (number and header hash), as the peer now asked serves it: :meth:`in_force`
+        judges a peer by its own word (``client.follow`` asks several peers in turn: one whose
+        metadata lied kept it with the blocks it served, and the next peer, honest and at the
+        same height, was refused for it)."""
+        n, h = block.header.number, block_header_hash(block.header)
+        if n and n == self._tracker.current.block_number and h == self._config_hash:
+            self._codes = list(block.metadata.validation_codes)
+        if n == self.height - 1 and h == self._last_hash:
+            self._pointer = block.metadata.last_config_block
+
     def feed(self, block: block_pb2.Block) -> None:
         """Verify the next block and adopt the config it carries, if it is a valid config block
         (LEDGER_INVALID naming the block otherwise; PROTOCOL_UNSUPPORTED for a config transaction,

@@ -13,15 +13,18 @@ config in force, every config transaction judged by the orderers' own rule,
 shorter one) and pins the CA in force at its end. A peer serving a block that does not verify, or
 a config update the rules refuse, moves nothing: the blocks before it stay verified, the
 refused config is not adopted. Every step is bounded: a status call of :data:`STATUS_TIMEOUT_S`,
-a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow per failed call.
+a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow per failed call, and the
+whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the earlier of its own bound and
+the budget's end; a peer is not asked once it passed).
 
 A network started again from the same genesis block leaves homes with a config chain whose blocks
 are not on the new chain. Before extending the verified chain, the peer's blocks at the numbers
 of its checkpoints (the config block in force, the last block verified:
 :meth:`ChainConfig.checkpoints`) are compared with the ones verified; a peer whose block differs
 has its own chain verified from ``genesis.block`` up to that block: if it verifies (orderers'
-signatures all along) the chains diverged -- CHAIN_RESTARTED with the remedy, nothing changed;
-if not, the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
+signatures all along) and holds another block there, the chains diverged -- CHAIN_RESTARTED with
+the remedy, nothing changed; if not (or it holds the block verified after all: the one it sent
+first was not its own), the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
 than a checkpoint merely lags behind: it is no evidence of a restart and changes nothing.
 """
 
@@ -30,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,10 @@ FOLLOW_PEERS = 3  # peers asked for the blocks past the verified chain, at most
 STATUS_TIMEOUT_S = 3.0  # a peer's height
 DELIVER_S = 30.0  # one stream of blocks (a longer gap is verified on by the next follow: progress is saved)
 PROBE_TIMEOUT_S = 3.0  # the TLS handshake reading the certificate a peer presents
+# a whole follow: without it, peers answering each stream just inside DELIVER_S held the call (and
+# the session's follow lock, which its other calls wait on) for minutes -- 3 peers x (a status,
+# up to 4 checkpoint streams and the blocks' stream)
+FOLLOW_BUDGET_S = 45.0
 CHAIN_RESTARTED = "CHAIN_RESTARTED"
 
 
@@ -91,8 +99,10 @@ def issued_by(cert_der: bytes, ca_pem: bytes) -> bool:
 class _Peer:
     """A peer's blocks, over a channel pinned to its organisation's CA in the verified config."""
 
-    def __init__(self, identity: WalletIdentity, endpoint: NodeEndpoint, ca_pem: bytes) -> None:
+    def __init__(self, identity: WalletIdentity, endpoint: NodeEndpoint, ca_pem: bytes,
+                 deadline: float = float("inf"), clock: Callable[[], float] = time.monotonic) -> None:
         self.name = endpoint.name
+        self._deadline, self._clock = deadline, clock  # (the follow's: FOLLOW_BUDGET_S)
         self._channel = secure_channel(endpoint.target, identity.cert_path, identity.key_path,
                                        identity.ca_bundle_path, server_name=endpoint.name,
                                        root_certificates=ca_pem)
@@ -100,10 +110,18 @@ class _Peer:
     def close(self) -> None:
         self._channel.close()
 
+    def _timeout(self, bound: float) -> float:
+        """``bound``, or the time the follow has left when less; SERVICE_UNAVAILABLE when none."""
+        left = self._deadline - self._clock()
+        if left <= 0:
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the follow ran out of time asking {self.name}")
+        return min(bound, left)
+
     def height(self) -> int:
+        timeout = self._timeout(STATUS_TIMEOUT_S)
         try:
             res = services_pb2_grpc.AdminStub(self._channel).Status(services_pb2.StatusRequest(),
-                                                                     timeout=STATUS_TIMEOUT_S)
+                                                                     timeout=timeout)
         except grpc.RpcError as exc:
             raise rpc_error(exc) from exc
         return int(res.height)
@@ -111,7 +129,8 @@ class _Peer:
     def blocks(self, start: int, stop: int) -> Generator[block_pb2.Block, None, None]:
         """Blocks ``start``..``stop`` as the peer streams them (at most :data:`DELIVER_S` in all)."""
         req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
-        call: Any = services_pb2_grpc.PeerDeliverStub(self._channel).Deliver(req, timeout=DELIVER_S)
+        timeout = self._timeout(DELIVER_S)
+        call: Any = services_pb2_grpc.PeerDeliverStub(self._channel).Deliver(req, timeout=timeout)
         try:
             for msg in call:
                 if msg.WhichOneof("kind") != "block":
@@ -128,7 +147,8 @@ class _Peer:
 def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, height: int,
                       state_path: Path) -> None:
     """CHAIN_RESTARTED when the peer's chain, verified from the genesis block, holds another block
-    at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify.
+    at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify, or
+    when the peer answered for that block alone with another one (or none) than its chain holds.
     Checkpoints past the peer's ``height`` are not judged (a peer behind is no evidence)."""
     for number, expected in chain.checkpoints():
         if number >= height:
@@ -136,14 +156,22 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
         with contextlib.closing(peer.blocks(number, number)) as one:
             got = next(one, None)
         if got is not None and got.header.number == number and block_header_hash(got.header) == expected:
+            chain.peer_metadata(got)  # (its codes and pointer, not an earlier peer's)
             continue
         fresh = ChainConfig(genesis, Verifier(max_entries=64, max_own=1))  # (no state: nothing saved)
+        last = b""  # the header hash of the peer's block ``number`` in the chain verified
         with contextlib.closing(peer.blocks(0, number)) as blocks:
             for block in blocks:
                 fresh.feed(block)  # LEDGER_INVALID: the peer's chain does not verify -- a lying peer
+                last = block_header_hash(block.header)
         if fresh.height != number + 1:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {fresh.height} of the "
                                 f"{number + 1} blocks needed to check its chain")
+        if last == expected:
+            # its chain holds the block verified: the block it sent (or withheld) first was not its own
+            raise RxClientError("LEDGER_INVALID", f"the peer {peer.name} answered a request for its block "
+                                f"{number} with {'another block' if got is not None else 'none'}, but its "
+                                "chain holds the one verified")
         raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds a "
                             f"different block {number} from the config chain this home verified ({state_path}): "
                             "the network was started again from the same genesis block (or its orderers "
@@ -175,13 +203,15 @@ def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, stat
 
 
 def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
-                 skip: frozenset[str] = frozenset()) -> ChainConfig:
+                 skip: frozenset[str] = frozenset(), budget_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> ChainConfig:
     """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
     ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, and saved
     (``HOME/config-chain.json``; only when longer than the one saved). CHAIN_RESTARTED when a
     peer's verified chain diverges from it; SERVICE_UNAVAILABLE naming each peer's failure when
     none could extend it (a peer behind it, one serving a block that does not verify -- nothing
-    of theirs adopted)."""
+    of theirs adopted; or ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: no peer is
+    asked past it, no call outlasts it)."""
     state_path = Path(home) / CHAIN_STATE
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
@@ -190,9 +220,14 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
     pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
     failures: list[str] = []
+    budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
+    deadline = clock() + budget_s
     for endpoint in [p for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS]:
+        if clock() >= deadline:
+            failures.append(f"{endpoint.name}: not asked: the follow ran out of its {budget_s:g} s")
+            break
         try:
-            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org))
+            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), deadline, clock)
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue

@@ -1046,7 +1046,15 @@ class Sandbox:
         except _WorkerDied:
             raise
         except Exception as exc:  # noqa: BLE001 - backend failures abort the invocation
-            return _failure(exc)
+            failure = _failure(exc)
+            if kind == "history":
+                # a refused history read may have read up to 16 MiB of values and their blocks
+                # (its gas: failure.gas, which the host counts itself): it is the call's
+                # outcome, and no later read reaches the backend -- a subverted worker going on
+                # had the peer read again for 1,000 gas a read, and its own result taken
+                st.history_gas_left -= failure.failure.gas
+                st.failure = failure
+            return failure
         return reply
 
     def _result(self, w: _Worker, inv: t.Invocation, r: pb.InvokeResult) -> t.InvocationResult:

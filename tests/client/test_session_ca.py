@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import random
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -53,9 +54,13 @@ class Rotated:
 
 def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes,
                     admins_of: tuple[str, ...] = ("h02", "p01", "p02", "ins01"),
-                    signer: tuple[str, str] = ("orderer.ins01", "ins01")) -> block_pb2.Block:
+                    signer: tuple[str, str] = ("orderer.ins01", "ins01"),
+                    previous: block_pb2.Block | None = None) -> block_pb2.Block:
     """Block 1: h01's CA replaced, signed by 4 of the 6 admins (MAJORITY) and the orderer (or by
-    the admins of ``admins_of`` and the node ``signer``)."""
+    the admins of ``admins_of`` and the node ``signer``); after ``previous`` when given (a block
+    of the genesis config)."""
+    previous = previous or genesis
+    number = previous.header.number + 1
     base = config_from_genesis(genesis)
     new = config_pb2.ConsortiumConfig()
     new.CopyFrom(base)
@@ -65,9 +70,9 @@ def _rotation_block(home: Path, genesis: block_pb2.Block, new_ca_der: bytes,
     kit = TxKit(base.consortium_id, random.Random(5), clock_ms=now_ms)
     admins = [user_signer(home, org, "admin") for org in admins_of]
     env = kit.config_tx(admins[0], new, admins)
-    block = make_block(1, block_header_hash(genesis.header), [env], [node_signer(home, *signer)],
+    block = make_block(number, block_header_hash(previous.header), [env], [node_signer(home, *signer)],
                        timestamp_ms=now_ms)
-    block.metadata.last_config_block = 1  # as the peer serves it (the config in force is its own)
+    block.metadata.last_config_block = number  # as the peer serves it (the config in force is its own)
     block.metadata.validation_codes.append(transaction_pb2.VALID)
     return block
 
@@ -404,3 +409,119 @@ def test_a_session_follows_at_most_once_per_interval(rotated: Rotated) -> None:
         finally:
             s.close()
     assert peer.asked == 1
+
+
+class _MissingCheckpoint(_Peer):
+    """A peer whose chain is the one verified, but which answers a request for its block
+    ``number`` alone with nothing (``forged``: with a block signed by no orderer) -- a hostile
+    peer, or a stream cut short."""
+
+    def __init__(self, blocks: list[block_pb2.Block], home: Path, number: int, forged: bool) -> None:
+        super().__init__(blocks)
+        self.home, self.number, self.forged = home, number, forged
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        if request.start_block == request.stop_block == self.number:
+            if self.forged:
+                yield services_pb2.DeliverResponse(block=_plain_block(
+                    self.home, self.number, self.blocks[self.number - 1], signer=("peer.h02", "h02")))
+            return
+        yield from super().Deliver(request, context)
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_peer_withholding_a_checkpoint_block_is_no_restart(rotated: Rotated, forged: bool) -> None:
+    """Checking a peer's chain against the verified one, the follow asks for the block at each
+    checkpoint; a peer answering that with nothing (or another block), then serving the chain
+    from genesis, had its chain verified up to there and was taken for a network restarted --
+    though its block there is the very one verified: CHAIN_RESTARTED (the follow ended, telling
+    the user to remove the verified chain) on one hostile or flaky peer's word. Its chain must
+    differ there: that peer is skipped, and the next one's blocks are followed."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, previous=one)
+    blocks = [genesis, one, rotation]
+    state.unlink()
+    verified = configtool.ChainConfig(genesis, Verifier(), state)
+    verified.feed(genesis)
+    verified.feed(one)
+    verified.save()  # the home verified blocks 0-1 (no rotation yet): its checkpoint is block 1
+    assert json.loads(state.read_text())["height"] == 2
+    hostile = _MissingCheckpoint(blocks, rotated.home, 1, forged)
+    with _serving(rotated.home, "peer.h02", [], hostile) as h02, _serving(rotated.home, "peer.p01", blocks) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert json.loads(state.read_text())["height"] == 3
+
+
+class _Stalling(_Peer):
+    """A peer whose block stream sends nothing until ``release`` is set (at most 10 s)."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        super().__init__(blocks)
+        self.release = threading.Event()
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        self.release.wait(10)
+        yield from super().Deliver(request, context)
+
+
+def test_a_follow_asks_no_peer_past_its_budget(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call of a follow had its own bound (a status of 3 s, a stream of DELIVER_S) and none
+    bounded the whole: three peers each answering just inside them held the session's call --
+    and its follow lock, which its other calls wait on -- for minutes. A follow now ends when
+    FOLLOW_BUDGET_S is spent: a call's deadline is the earlier of its bound and the budget's end,
+    and no peer is asked past it (here the first peer stalls its stream past the budget: the
+    next one, which would have served the rotation, is not asked)."""
+    from client import follow
+
+    monkeypatch.setattr(follow, "DELIVER_S", 3.0)
+    monkeypatch.setattr(follow, "FOLLOW_BUDGET_S", 1.0)
+    (rotated.home / configtool.CHAIN_STATE).unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    blocks = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
+    stalling, honest = _Stalling(blocks), _Peer(blocks)
+    with _serving(rotated.home, "peer.h02", [], stalling) as h02, _serving(rotated.home, "peer.p01", [], honest) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "SERVICE_UNAVAILABLE"
+        finally:
+            stalling.release.set()
+            s.close()
+    assert (stalling.asked, honest.asked) == (1, 0)
+
+
+@pytest.mark.parametrize("lie", ["code", "pointer"])
+def test_a_peer_lying_in_its_metadata_does_not_spoil_the_next_peers_follow(rotated: Rotated, lie: str) -> None:
+    """The first peer asked serves the rotation block as it is (signed) but records it INVALID, or
+    names block 0 as holding the config in force (metadata nobody signs): the follow refuses it
+    (LEDGER_INVALID) -- but kept that peer's codes and pointer with the blocks it verified, so the
+    next peer, honest and at the same height (nothing more to feed), was judged by them and
+    refused too: one such peer asked first stopped every session from following. A peer's
+    metadata is its own: the next one's is read from its own blocks."""
+    (rotated.home / configtool.CHAIN_STATE).unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der)
+    lying = block_pb2.Block()
+    lying.CopyFrom(rotation)
+    if lie == "code":
+        lying.metadata.validation_codes[0] = transaction_pb2.BAD_CONFIG_UPDATE
+    else:
+        lying.metadata.last_config_block = 0
+    with _serving(rotated.home, "peer.h02", [genesis, lying]) as h02, \
+            _serving(rotated.home, "peer.p01", [genesis, rotation]) as p01:
+        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
+                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert json.loads((rotated.home / configtool.CHAIN_STATE).read_text())["height"] == 2

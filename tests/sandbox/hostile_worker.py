@@ -20,6 +20,9 @@ Modes (each answers every InvokeRequest):
                 characters, and accepted any frame below 256 MiB)
   history-flood 200 history reads of 1000 versions each, claiming 2**63 gas left, then a
                 result (each read the Context sends has paid 1000 gas first)
+  history-refused  200 history reads of 1000 versions each, going on whatever the host
+                answers (a read refused SIZE_LIMIT ends an honest Context's call), then a
+                result ok
 """
 
 from __future__ import annotations
@@ -107,6 +110,14 @@ def main() -> None:
                 gets = [("n" * 256, "k")]
             for ns, key in gets:
                 protocol.write_frame(OUT_FD, protocol.encode_get(ns, key))
+                reader.read()
+            protocol.write_frame(OUT_FD, res)
+        elif mode == "history-refused":
+            for _ in range(200):
+                m = pb.WorkerMessage()
+                m.history.namespace, m.history.key, m.history.limit = req.invoke.contract, "k", 1000
+                m.history.gas_left = 1 << 63
+                protocol.write_frame(OUT_FD, m.SerializeToString())
                 reader.read()
             protocol.write_frame(OUT_FD, res)
         elif mode == "history-flood":

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from node.peer.history import HistoryReadError
 from node.sandbox import runtime
 from node.sandbox import types as t
 from node.sandbox.api import GAS_DELETE
@@ -131,6 +132,34 @@ def test_history_reads_beyond_the_gas_limit_are_refused(hostile: Callable[..., S
     # the first read is told the call's gas limit less its base, not 2**63; its answer (1000
     # versions in blocks of 1 MiB) is more than the gas limit: no second read is answered
     assert backend.history_gas_left == [100_000 - 1000]
+
+
+class _RefusedHistory(MemBackend):
+    """Every history read reads versions worth ``spent`` gas, then fails SIZE_LIMIT (as
+    node.peer.history.select_history does past 16 MiB of values)."""
+
+    spent = 60_000
+
+    def history(self, namespace: str, key: str, limit: int, start: int | None = None,
+                values: bool = True, gas_left: int | None = None) -> list[t.HistoryEntry]:
+        super().history(namespace, key, limit, start, values, gas_left)
+        raise HistoryReadError(t.SIZE_LIMIT, "the values of its first 17 entries exceed 16 MiB",
+                               self.spent)
+
+
+def test_a_worker_going_on_after_a_refused_history_read_gets_no_more_reads(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a read failing SIZE_LIMIT has had the peer read up to 16 MiB of values (and their
+    # blocks); the host told the worker their gas (StateFailure.gas) and counted none of it
+    # itself, so a worker ignoring the failure had the peer read again and again for 1,000
+    # gas a read (here 99 more reads of 60,000 gas each on a call of 100,000), and its result
+    # ok was taken. The refused read is the call's outcome, and its gas is counted
+    sb = hostile("history-refused")
+    backend = _RefusedHistory()
+    r = sb.invoke(make_inv(PING, "ping", {"n": 1}, gas=100_000), backend)
+    assert len(backend.history_gas_left) == 1, "the backend was read after the refusal"
+    assert (r.ok, r.reason) == (False, t.SIZE_LIMIT), r.message
 
 
 def test_an_event_beyond_max_value_bytes_is_refused(hostile: Callable[..., Sandbox]) -> None:
