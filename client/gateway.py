@@ -210,6 +210,7 @@ class Gateway:
         self._on_unreachable = on_unreachable
         self._pin_lock = threading.Lock()
         self._old_channels: list[grpc.Channel] = []
+        self._closed = False  # (no re-pin after close: its channel would never be closed)
         self._channel = channel or secure_channel(
             target, identity.cert_path, identity.key_path, identity.ca_bundle_path,
             server_name=server_name, root_certificates=server_ca_pem,
@@ -270,6 +271,7 @@ class Gateway:
     def close(self) -> None:
         """Close the channel (and those of earlier pins)."""
         with self._pin_lock:
+            self._closed = True
             for channel in [*self._old_channels, self._channel]:
                 channel.close()
             self._old_channels.clear()
@@ -283,8 +285,8 @@ class Gateway:
         if ca == self._pin:
             return
         with self._pin_lock:
-            if ca == self._pin:
-                return
+            if ca == self._pin or self._closed:
+                return  # (closed: the call fails on the closed channel, as any call after close)
             channel = secure_channel(self.target, self.identity.cert_path, self.identity.key_path,
                                      self.identity.ca_bundle_path, server_name=self._server_name,
                                      root_certificates=ca)

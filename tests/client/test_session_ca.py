@@ -525,3 +525,19 @@ def test_a_peer_lying_in_its_metadata_does_not_spoil_the_next_peers_follow(rotat
         finally:
             s.close()
     assert json.loads((rotated.home / configtool.CHAIN_STATE).read_text())["height"] == 2
+
+
+def test_a_closed_session_opens_no_channel_for_a_new_pin(rotated: Rotated) -> None:
+    """A call after ``close()`` whose pin changed (a verified extension of config-chain.json
+    saved meanwhile) opened a new channel that nothing closed any more (review5); it now fails
+    on the closed channel like any call after close, and no channel is opened."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    state.unlink()
+    s = _session(rotated.home, rotated.port)
+    before = s.gateway._channel
+    s.close()
+    state.write_bytes(saved)  # a config command verified the rotation after the close
+    with pytest.raises(ValueError, match="closed channel"):  # (grpc's answer to any call after close)
+        s.gateway.health(timeout=5)
+    assert s.gateway._channel is before and not s.gateway._old_channels
