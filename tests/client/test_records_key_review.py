@@ -10,19 +10,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from rxchain.v1 import config_pb2
 
-from client import configtool
 from client.errors import WalletError
 from client.session import Session
 from client.wallet import PREVIOUS_RECORDS_KEYS_DIR
-from node.crypto.signing import Verifier
-from node.genesis import read_genesis
 from tests.client.test_records_key_rotation import (  # noqa: F401 - the fixture
     _key_pem,
     _org,
     _put,
     _records_cert,
+    _verified_plus_org,
     rotated_home,
 )
 
@@ -33,15 +30,8 @@ def test_an_added_organisations_wallet_with_a_stale_key_is_bad_wallet(
     wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
     _put(wallet / PREVIOUS_RECORDS_KEYS_DIR / "records-1.pem", (wallet / "org-records-key.pem").read_bytes())
     _put(wallet / "org-records-key.pem", _key_pem(new_key))
-    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
-                                      home / configtool.CHAIN_STATE).verified()[1]
-    added = config_pb2.ConsortiumConfig()
-    added.CopyFrom(verified)
-    added.sequence += 1
-    extra = added.organizations.add()
-    extra.CopyFrom(_org(verified, "h01"))
-    extra.id = "h09"
-    extra.records_cert_der = _records_cert(home, "h01", ec.generate_private_key(ec.SECP256R1()))
+    added = _verified_plus_org(home, "h01", "h09")
+    added.organizations[-1].records_cert_der = _records_cert(home, "h01", ec.generate_private_key(ec.SECP256R1()))
     with Session(home, "h01:dr-jiang") as s:
         # the session of a wallet of h09 (added since the genesis) with a key not its certificate's
         s._verified = added

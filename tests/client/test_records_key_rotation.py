@@ -13,7 +13,7 @@ import random
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -202,20 +202,45 @@ def _org(config: config_pb2.ConsortiumConfig, org: str) -> config_pb2.Organizati
     return next(o for o in config.organizations if o.id == org)
 
 
-@pytest.fixture
-def rotated_home(net_home: Any, tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
-    """A home that verified a config update rotating h01's records certificate (config-chain.json);
-    returns (home, the new certificate's key)."""
+def _home_rotating_h01(net_home: Any, tmp_path: Path, verify_rotation: bool) -> tuple[
+        Path, block_pb2.Block, ec.EllipticCurvePrivateKey]:
+    """A copy of the network home, the config block 1 rotating h01's records certificate and the
+    new certificate's key; config-chain.json verified through block 1 (``verify_rotation``) or
+    through the genesis block only."""
     home = tmp_path / "home"
     shutil.copytree(net_home.home, home)
     new_key = ec.generate_private_key(ec.SECP256R1())
     der = _records_cert(home, "h01", new_key)
     genesis = read_genesis(home / "genesis.block")
+    block1 = _config_block(home, genesis, lambda c: setattr(_org(c, "h01"), "records_cert_der", der))
     verifying = configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE)
     verifying.feed(genesis)
-    verifying.feed(_config_block(home, genesis, lambda c: setattr(_org(c, "h01"), "records_cert_der", der)))
-    assert _org(verifying.verified()[1], "h01").records_cert_der == der  # adopted by the orderers' rules
+    if verify_rotation:
+        verifying.feed(block1)
+        assert _org(verifying.verified()[1], "h01").records_cert_der == der  # adopted by the orderers' rules
     verifying.save()
+    return home, block1, new_key
+
+
+def _verified_plus_org(home: Path, like: str, org: str) -> config_pb2.ConsortiumConfig:
+    """The configuration the home verified with one more organisation ``org`` (a copy of ``like``)
+    and the next sequence number: one added since (or made up by a peer)."""
+    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
+                                      home / configtool.CHAIN_STATE).verified()[1]
+    added = config_pb2.ConsortiumConfig()
+    added.CopyFrom(verified)
+    added.sequence += 1
+    extra = added.organizations.add()
+    extra.CopyFrom(_org(verified, like))
+    extra.id = org
+    return added
+
+
+@pytest.fixture
+def rotated_home(net_home: Any, tmp_path: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """A home that verified a config update rotating h01's records certificate (config-chain.json);
+    returns (home, the new certificate's key)."""
+    home, _, new_key = _home_rotating_h01(net_home, tmp_path, verify_rotation=True)
     return home, new_key
 
 
@@ -311,14 +336,7 @@ def test_an_organisation_the_verified_chain_does_not_hold_is_records_cert_unveri
     """The peer names an organisation added since the home verified (or made up): its records
     certificate is no more verified than a rotated one -- refused the same way, not wrapped for."""
     home, _ = rotated_home
-    verified = configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(),
-                                      home / configtool.CHAIN_STATE).verified()[1]
-    added = config_pb2.ConsortiumConfig()
-    added.CopyFrom(verified)
-    added.sequence += 1
-    extra = added.organizations.add()
-    extra.CopyFrom(_org(verified, "p02"))
-    extra.id = "p09"
+    added = _verified_plus_org(home, "p02", "p09")
     with Session(home, "p01:pharm-wang") as s:
         _answering(s, added)
         with pytest.raises(RxClientError) as e:
@@ -338,18 +356,10 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-def unfollowed_home(net_home: Any, tmp_path: Path) -> Iterator[tuple[Path, block_pb2.Block, ec.EllipticCurvePrivateKey]]:
+def unfollowed_home(net_home: Any, tmp_path: Path) -> tuple[Path, block_pb2.Block, ec.EllipticCurvePrivateKey]:
     """A home that verified the genesis block only (config-chain.json of height 1) while block 1,
     rotating h01's records certificate, committed since; returns (home, block 1, the new key)."""
-    home = tmp_path / "home"
-    shutil.copytree(net_home.home, home)
-    new_key = ec.generate_private_key(ec.SECP256R1())
-    der = _records_cert(home, "h01", new_key)
-    genesis = read_genesis(home / "genesis.block")
-    verifying = configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE)
-    verifying.feed(genesis)
-    verifying.save()
-    yield home, _config_block(home, genesis, lambda c: setattr(_org(c, "h01"), "records_cert_der", der)), new_key
+    return _home_rotating_h01(net_home, tmp_path, verify_rotation=False)
 
 
 @pytest.mark.parametrize("served", ["rotation", "nothing-new"])
