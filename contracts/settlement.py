@@ -52,6 +52,8 @@ TRAIL_PAGE = 64  # claims per page of trail (also the default page)
 STAFF_ROLES = ("doctor", "pharmacist", "nurse", "admin", "courier", "clerk")  # as prescription's
 MAX_TRANSFERS = 16  # moves an account record keeps, the latest (the older ones: the key's history)
 TRANSFER_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a pending transfer request is accepted within 30 days
+# claims of one fill (each settled, all but the last reversed): every trace page reads them all
+MAX_CLAIMS_PER_FILL = 128  # (x 12 fills: ~1,500 claims, ~0.5M gas a trace page at most)
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
 # how long past its next fill's deadline a prescription not marked EXPIRED still counts as
 # dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
@@ -245,7 +247,9 @@ def _open_claims(ctx: Context, pseudonym: str) -> int:
             fill = 1
             while fill <= rx["fills"]:
                 guard = ctx.get("claimed/" + rx["rx_id"] + "/" + str(fill).zfill(3))
-                if guard is None or guard["active"] == "":
+                # (a fill its insurer claimed and reversed MAX_CLAIMS_PER_FILL times is claimed
+                # no more: were it outstanding, that insurer could keep her by reversing)
+                if guard is None or (guard["active"] == "" and guard["count"] < MAX_CLAIMS_PER_FILL):
                     n = n + 1
                     break
                 fill = fill + 1
@@ -511,6 +515,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     guard = ctx.get("claimed/" + rx_id + "/" + fill3)
     if guard is not None and guard["active"] != "":
         ctx.fail("DUPLICATE_CLAIM", "fill " + str(fill) + " already claimed: " + guard["active"])
+    if guard is not None and guard["count"] >= MAX_CLAIMS_PER_FILL:
+        ctx.fail("LIMIT_EXCEEDED", "fill " + str(fill) + " was claimed " + str(MAX_CLAIMS_PER_FILL)
+                 + " times, each reversed: it is settled off the ledger")
     disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
     if disp is None:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))

@@ -319,3 +319,31 @@ def test_a_request_expires_and_only_her_own_shows_her_account(world: World) -> N
                              pseudonym=world.pid(PATIENT)).unwrap()["insurer"] == "ins01"
     call(world, "request_transfer", zhang(world), to_insurer="ins02")  # asked again
     assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+
+
+def test_a_fill_is_claimed_at_most_128_times_and_then_holds_no_move_up(world: World) -> None:
+    """Nothing capped the claims of one fill, and every trace page reads them all: an insurer
+    settling and reversing one fill ~15,000 times made the trail unreadable (OUT_OF_GAS) for
+    auditors (review5). A fill is claimed at most 128 times (LIMIT_EXCEEDED after, nothing
+    written); such a fill is no longer outstanding -- else the insurer could keep her by
+    reversing -- and the trace still reads."""
+    with_ins02(world)
+    prep = dispensed(world)
+    for _ in range(128):
+        claim = settle(world, prep).unwrap()
+        world.chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"],
+                           reason="BILLING_ERROR").unwrap()
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    before = world.chain.raw_state_bytes()
+    assert settle(world, prep).reason == "LIMIT_EXCEEDED"
+    assert world.chain.raw_state_bytes() == before
+    reversals, start = 0, ""
+    for _ in range(64):  # (pages)
+        page = world.chain.query("prescription", "trace", CLERK, rx_id=prep.args["rx_id"],
+                                 start=start).unwrap()
+        reversals += sum(1 for st in page["steps"] if st["step"] == "reverse")
+        start = page["next"]
+        if start == "":
+            break
+    assert reversals == 128 and start == ""
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
