@@ -163,16 +163,25 @@ class ChainConfig:
         self.resumed = False  # the blocks verified are a saved state no peer answer confirmed yet
         self._saved = 0
         self._floor = 0  # the height of a saved state dropped: only a longer verified chain replaces it
+        # (number, header hash) of blocks a chain verified before must hold here (restart's
+        # ``expect``), and the first number where the chain verified since holds another one
+        self._expect: dict[int, bytes] = {}
+        self.diverged: int | None = None
         self.restart()
         if state_path is not None:
             self._resume(state_path)
 
-    def restart(self) -> None:
+    def restart(self, expect: list[tuple[int, bytes]] | None = None) -> None:
         """Forget every block verified: verify from the genesis block again. A state saved
         stays saved until a chain verified further replaces it (:meth:`save`): sessions pin their
         peer's CA from it (``client.session.verified_network``), and a peer behind it, or one
         serving a block that does not link, would otherwise roll it back to an older
-        configuration -- a CA the consortium rotated away from."""
+        configuration -- a CA the consortium rotated away from. ``expect``: the checkpoints
+        (:meth:`checkpoints`) of the chain dropped; a block verified now at one of those numbers
+        with another header hash sets :attr:`diverged` (another chain from the same genesis
+        block), and nothing is saved from then on."""
+        self._expect = dict(expect or ())
+        self.diverged = None
         self._floor = max(self._floor, self._saved)
         config = config_from_genesis(self._genesis)
         self._tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), 0), self._verifier)
@@ -220,7 +229,7 @@ class ChainConfig:
         back to the genesis CAs), nor over a state another process saved meanwhile that is at
         least as long (sessions now extend the state too: ``client.follow``) -- under the
         state's lock (``.config-chain.json.lock``), skipped when another process holds it."""
-        if self._state_path is None or self.height <= max(self._saved, self._floor):
+        if self._state_path is None or self.height <= max(self._saved, self._floor) or self.diverged is not None:
             return
         current = self._tracker.current
         if self._pointer != current.block_number:
@@ -300,6 +309,8 @@ class ChainConfig:
         self._last_hash = h
         self._pointer = block.metadata.last_config_block
         self.height = n + 1
+        if self.diverged is None and self._expect.get(n, h) != h:
+            self.diverged = n
 
     def verified(self) -> tuple[int, config_pb2.ConsortiumConfig]:
         """(the block holding it, the config in force) after the blocks fed or the state resumed --
@@ -356,14 +367,30 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
     """(the block holding it, the config in force) as the chain of the peer at ``peer_target`` shows
     it, every block verified by ``chain`` (see :class:`ChainConfig`; only the blocks past those it
     verified are streamed). A state ``chain`` resumed that this peer's chain does not extend is
-    dropped, the chain verified from the genesis block."""
+    dropped, the chain verified from the genesis block (a peer behind it, a torn file) -- unless
+    the peer's chain, verified so, holds another block at one of the state's checkpoints: another
+    chain from the same genesis block (a network started again; or one forged with a genesis
+    orderer's key the consortium has rotated away from), CHAIN_RESTARTED as a session says it
+    (client.follow), nothing of it saved nor answered."""
     try:
         return _config_in_force(identity, peer_target, chain)
     except RxClientError as exc:
         if not chain.resumed or exc.reason not in ("LEDGER_INVALID", "SERVICE_UNAVAILABLE"):
             raise
-        chain.restart()
-    return _config_in_force(identity, peer_target, chain)
+        chain.restart(chain.checkpoints())
+    try:
+        found = _config_in_force(identity, peer_target, chain)
+    except RxClientError:
+        if chain.diverged is None:
+            raise
+    else:
+        if chain.diverged is None:
+            return found
+    raise RxClientError("CHAIN_RESTARTED", f"the peer's chain, verified from genesis.block, holds another "
+                            f"block {chain.diverged} than the config chain this home verified "
+                            f"({CHAIN_STATE}): the network was started again from the same genesis block "
+                            f"(once the consortium confirms it, remove {CHAIN_STATE}), or the peer serves "
+                            "a chain of its own (ask another peer: --peer)")
 
 
 def _config_in_force(identity: WalletIdentity, peer_target: str,

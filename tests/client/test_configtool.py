@@ -800,9 +800,10 @@ def test_the_verified_prefix_outlasts_the_command_and_only_new_blocks_are_stream
                                   "another_genesis"])
 def test_a_saved_state_the_peer_does_not_extend_is_dropped_and_the_chain_verified_again(
         chain_blocks: _Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    """The saved state is a cache, never trusted over the chain: a network started again from
-    the same genesis block, a peer behind it (another --peer), a torn file -- the chain is
-    verified from the genesis block again, and the answer is what a full verification gives."""
+    """The saved state is never trusted over the chain: a peer behind it (another --peer), a torn
+    file, another genesis block's -- the chain is verified from the genesis block again, and the
+    answer is what a full verification gives; a chain verified so that holds another block where
+    the state's chain held one is CHAIN_RESTARTED."""
     chain = _copy(chain_blocks)
     state = tmp_path / configtool.CHAIN_STATE
     _Peer(monkeypatch, chain.blocks)
@@ -826,6 +827,18 @@ def test_a_saved_state_the_peer_does_not_extend_is_dropped_and_the_chain_verifie
         saved["genesis"] = "00" * 32
         state.write_text(json.dumps(saved))
     peer = _Peer(monkeypatch, other.blocks)
+    if case.startswith("another_chain"):
+        # another chain from the same genesis block (a network started again, or one forged with a
+        # genesis orderer's key): it was verified from genesis, answered and -- being longer --
+        # saved over the state, so the home's sessions pinned by it. Now CHAIN_RESTARTED, as a
+        # session says it, and nothing of it saved.
+        saved = state.read_bytes()
+        with pytest.raises(RxClientError) as restarted:
+            configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state))
+        assert restarted.value.reason == "CHAIN_RESTARTED" and "block 4" in restarted.value.message
+        assert peer.asked[-1][0] == 0  # (judged on the chain verified from the genesis block)
+        assert state.read_bytes() == saved
+        return
     assert configtool.config_in_force(_IDENT, "peer", configtool.ChainConfig(chain.genesis, Verifier(), state)) \
         == expected
     assert peer.asked[-1][0] == 0  # verified from the genesis block
