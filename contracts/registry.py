@@ -171,7 +171,10 @@ def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
     if holder is None:
         return
     if holder["org"] == org and holder["name"] == name:
-        ctx.delete(key)
+        if not _site_holds(ctx, holder, key[len("praccode/"):]):
+            ctx.delete(key)
+        # else kept while a site she authorised practises under it: a new holder taking the
+        # code over would forget that site, still active beside it (two active registrations)
         return
     sites = holder.get("sites", {})
     if sites.get(org, "") == name and name != "":
@@ -184,6 +187,16 @@ def _holds(ctx: Context, org: str, name: str, code: str) -> bool:
     """``org``/``name`` is registered under ``code`` with an active licence."""
     prac = ctx.get("prac/" + org + "/" + name)
     return prac is not None and prac["code"] == code and prac["licence_active"]
+
+
+def _site_holds(ctx: Context, holder: dict, code: str) -> bool:
+    """A site of the index entry ``holder`` is registered under ``code`` with an active
+    licence (at most MAX_PRACTICE_SITES reads, every one in the read set)."""
+    sites = holder.get("sites", {})
+    for site in sorted(sites.keys()):
+        if sites[site] != "" and _holds(ctx, site, sites[site], code):
+            return True
+    return False
 
 
 def register_practitioner(
@@ -215,7 +228,9 @@ def register_practitioner(
         # a drCode names one person: another organisation (or another of this one's records)
         # registering it would let its certificate act under that person's licence -- unless
         # the holder authorised that organisation as a site of hers, once, under one name
-        if _holds(ctx, holder["org"], holder["name"], code):
+        # (held while the holder or a site of hers practises under it: the code is taken
+        # over only once none does -- a take-over keeps no sites)
+        if _holds(ctx, holder["org"], holder["name"], code) or _site_holds(ctx, holder, code):
             sites = holder.get("sites", {})
             taken = sites.get(org, "")
             if holder["org"] == org or org not in sites or (

@@ -210,3 +210,30 @@ def test_a_site_leaving_the_code_keeps_its_authorisation_and_sites_are_bounded(w
     # a holder whose licence is inactive authorises nothing
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False, years=10) == "OK"
     assert authorize(world, "h01", JIANG_CODE, "h10") == "ACCESS_DENIED"
+
+
+def test_a_holder_leaving_the_code_leaves_no_active_site_to_a_new_holder(world: World) -> None:
+    """The holder's registration lapsing (or moving to another code) while a site she
+    authorised still practised under the code let another organisation take the code over:
+    the index forgot the site, whose registration stayed active beside the new holder's --
+    two active registrations under one drCode, the site's withdrawn by nobody any more."""
+    assert authorize(world, "h01", JIANG_CODE, "h02") == "OK"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "OK"
+    # the holder's licence lapses: the site still practises under the code
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False, years=10) == "OK"
+    assert practitioner(world, "h03", "dr-fake", JIANG_CODE) == "CODE_IN_USE"
+    assert practitioner(world, "h02", "dr-jiang-2", JIANG_CODE) == "CODE_IN_USE"
+    assert index(world, "praccode/" + JIANG_CODE)["sites"] == {"h02": "dr-jiang"}
+    # the holder comes back (her sites kept) ...
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=10) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE) == {
+        "org": "h01", "name": "dr-jiang", "sites": {"h02": "dr-jiang"}}
+    # ... then moves to another code: the index stays while the site practises under it
+    assert practitioner(world, "h01", "dr-jiang", "D500103007777", years=10) == "OK"
+    assert practitioner(world, "h03", "dr-fake", JIANG_CODE) == "CODE_IN_USE"
+    assert index(world, "praccode/" + JIANG_CODE)["sites"] == {"h02": "dr-jiang"}
+    # the site leaves it too: the code is free
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, active=False, years=10) == "OK"
+    assert practitioner(world, "h03", "dr-new", JIANG_CODE) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-new"}
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "CODE_IN_USE"
