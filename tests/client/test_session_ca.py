@@ -234,6 +234,17 @@ def _health(s: Session) -> str:
     return "OK"
 
 
+def _health_served(rotated: Rotated, chain: list[block_pb2.Block]) -> str:
+    """The health call (:func:`_health`) of a session whose peer is h01 (presenting the new CA's
+    certificate) while h02 serves ``chain``."""
+    with _serving(rotated.home, "peer.h02", chain) as h02:
+        s = _session(rotated.home, rotated.port, h02)
+        try:
+            return _health(s)
+        finally:
+            s.close()
+
+
 @pytest.mark.parametrize("home_writable", [True, False])
 def test_a_session_follows_a_ca_rotation_no_config_command_verified(
         rotated: Rotated, home_writable: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,12 +263,7 @@ def test_a_session_follows_a_ca_rotation_no_config_command_verified(
         monkeypatch.setattr(configtool, "replace_file", refuse)
     genesis = read_genesis(rotated.home / "genesis.block")
     chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
-    with _serving(rotated.home, "peer.h02", chain) as h02:
-        s = _session(rotated.home, rotated.port, h02)
-        try:
-            assert _health(s) == "OK"
-        finally:
-            s.close()
+    assert _health_served(rotated, chain) == "OK"
     if not home_writable:
         assert not state.exists()
         return
@@ -280,12 +286,7 @@ def test_a_peer_serving_a_forged_or_refused_config_block_moves_no_pin(rotated: R
         chain = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der, admins_of=("h02", "p01"))]
     else:
         chain = [genesis]
-    with _serving(rotated.home, "peer.h02", chain) as h02:
-        s = _session(rotated.home, rotated.port, h02)
-        try:
-            assert _health(s) == "SERVICE_UNAVAILABLE"
-        finally:
-            s.close()
+    assert _health_served(rotated, chain) == "SERVICE_UNAVAILABLE"
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 0
     if state.exists():  # (a chain verified that adopts nothing may be saved: the genesis config)
         assert json.loads(state.read_text())["block"] == 0
