@@ -149,9 +149,8 @@ class Session:
         # session follows the chain itself when its peer presents a certificate of a CA the pin
         # does not hold (_follow_config).
         self._peer_name = endpoint.name
-        self._pin_stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
-        pinned, self._pin_height = _verified(self.home, self.net)
-        self._pin_ca = pinned.ca_pem(endpoint.org)
+        self._pin_height = self._verified_height  # (of the chain the pin was taken from)
+        self._pin_ca = found.ca_pem(endpoint.org)
         self._follow_lock = threading.Lock()
         self._followed: tuple[float, RxClientError | None] | None = None  # (when, CHAIN_RESTARTED found)
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
@@ -169,17 +168,17 @@ class Session:
         self._formulary: Formulary | None = None
 
     def _server_ca(self) -> bytes:
-        """The CA this session pins its peer to: the one the config chain state names for the
-        peer's organisation, read again whenever ``HOME/config-chain.json`` changed (size,
-        modification time, inode) -- and taken only when it is a chain at least as long as the
-        one pinned (a file removed, torn or replaced by an older one moves no pin: no rollback)."""
-        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
-        if stamp != self._pin_stamp:
-            pinned, height = _verified(self.home, self.net)
-            if height >= self._pin_height and height:
-                with contextlib.suppress(RxClientError):  # (a config without the peer's organisation)
-                    self._pin_ca, self._pin_height = pinned.ca_pem(self.peer_org), height
-            self._pin_stamp = stamp
+        """The CA this session pins its peer to: the one the newest configuration this home
+        verified names for the peer's organisation (:meth:`_verified_config`: read again whenever
+        ``HOME/config-chain.json`` changed, and only from a chain at least as long -- a file
+        removed, torn or replaced by an older one moves no pin: no rollback), taken once per
+        longer chain."""
+        config = self._verified_config()
+        height = self._verified_height
+        if config is not None and height > self._pin_height:
+            self._pin_height = height
+            with contextlib.suppress(RxClientError):  # (a config without the peer's organisation keeps the pin)
+                self._pin_ca = self.net.with_config(config).ca_pem(self.peer_org)
         return self._pin_ca
 
     def _follow_config(self) -> bool:
@@ -202,16 +201,16 @@ class Session:
                 return False  # (down, or not a matter of CAs)
             try:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
-                followed = self.net.with_config(chain.verified()[1]).ca_pem(self.peer_org)
             except RxClientError as exc:
                 if exc.reason != CHAIN_RESTARTED:
                     return False
                 self._followed = (now, exc)
                 raise
-            if self._server_ca() == before and chain.height > self._pin_height:
-                # (the chain verified, even where the home could not save it: a read-only home)
-                self._pin_ca, self._pin_height = followed, chain.height
-            return self._pin_ca != before
+            self._verified_config()  # (the file as saved, else ...)
+            if chain.height > self._verified_height:
+                # ... the chain verified, even where the home could not save it: a read-only home
+                self._verified, self._verified_height = chain.verified()[1], chain.height
+            return self._server_ca() != before
 
     def _patient_binding(self) -> str:
         """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,
