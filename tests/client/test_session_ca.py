@@ -114,9 +114,23 @@ def _local(net: NetworkInfo, ports: dict[str, int]) -> NetworkInfo:
     return dataclasses.replace(net, peers=peers)
 
 
-def _session(home: Path, port: int, h02_port: int | None = None) -> Session:
-    ports = {"h01": port} if h02_port is None else {"h01": port, "h02": h02_port}
+def _session(home: Path, port: int, h02_port: int | None = None, p01_port: int | None = None) -> Session:
+    ports = {"h01": port}
+    if h02_port is not None:
+        ports["h02"] = h02_port
+    if p01_port is not None:
+        ports["p01"] = p01_port
     return Session(home, "h01:dr-jiang", network=_local(load_network(home), ports))
+
+
+def _health_once(rotated: Rotated, h02_port: int | None = None, p01_port: int | None = None) -> str:
+    """The health call (:func:`_health`) of a new session of h01's doctor whose peer is h01
+    (presenting the new CA's certificate), the other peers on the ports given; closed after."""
+    s = _session(rotated.home, rotated.port, h02_port, p01_port)
+    try:
+        return _health(s)
+    finally:
+        s.close()
 
 
 def test_a_session_follows_a_ca_rotation_its_home_verified(rotated: Rotated) -> None:
@@ -124,11 +138,7 @@ def test_a_session_follows_a_ca_rotation_its_home_verified(rotated: Rotated) -> 
     chain state): a session pinned its peer to the genesis CA whatever the configuration in
     force, so a peer presenting a certificate of the new CA could not be reached (the handshake
     failed: SERVICE_UNAVAILABLE) until a new genesis. It now pins the CA in force."""
-    s = _session(rotated.home, rotated.port)
-    try:
-        assert s.gateway.health(timeout=10).serving
-    finally:
-        s.close()
+    assert _health_once(rotated) == "OK"
 
 
 def test_a_session_pins_no_ca_the_home_did_not_verify(rotated: Rotated) -> None:
@@ -168,11 +178,7 @@ def test_a_peer_behind_the_verified_chain_rolls_back_no_ca(rotated: Rotated, mon
     assert chain.resumed
     assert configtool.config_in_force(object(), "peer", chain)[1].sequence == 0  # type: ignore[arg-type]
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
-    s = _session(rotated.home, rotated.port)
-    try:
-        assert s.gateway.health(timeout=10).serving
-    finally:
-        s.close()
+    assert _health_once(rotated) == "OK"
 
 
 class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServicer):
@@ -238,11 +244,7 @@ def _health_served(rotated: Rotated, chain: list[block_pb2.Block]) -> str:
     """The health call (:func:`_health`) of a session whose peer is h01 (presenting the new CA's
     certificate) while h02 serves ``chain``."""
     with _serving(rotated.home, "peer.h02", chain) as h02:
-        s = _session(rotated.home, rotated.port, h02)
-        try:
-            return _health(s)
-        finally:
-            s.close()
+        return _health_once(rotated, h02)
 
 
 @pytest.mark.parametrize("home_writable", [True, False])
@@ -452,12 +454,7 @@ def test_a_peer_withholding_a_checkpoint_block_is_no_restart(rotated: Rotated, f
     assert json.loads(state.read_text())["height"] == 2
     hostile = _MissingCheckpoint(blocks, rotated.home, 1, forged)
     with _serving(rotated.home, "peer.h02", [], hostile) as h02, _serving(rotated.home, "peer.p01", blocks) as p01:
-        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
-                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
-        try:
-            assert _health(s) == "OK"
-        finally:
-            s.close()
+        assert _health_once(rotated, h02, p01) == "OK"
     assert json.loads(state.read_text())["height"] == 3
 
 
@@ -490,8 +487,7 @@ def test_a_follow_asks_no_peer_past_its_budget(rotated: Rotated, monkeypatch: py
     blocks = [genesis, _rotation_block(rotated.home, genesis, rotated.ca_der)]
     stalling, honest = _Stalling(blocks), _Peer(blocks)
     with _serving(rotated.home, "peer.h02", [], stalling) as h02, _serving(rotated.home, "peer.p01", [], honest) as p01:
-        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
-                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
+        s = _session(rotated.home, rotated.port, h02, p01)
         try:
             assert _health(s) == "SERVICE_UNAVAILABLE"
         finally:
@@ -519,12 +515,7 @@ def test_a_peer_lying_in_its_metadata_does_not_spoil_the_next_peers_follow(rotat
         lying.metadata.last_config_block = 0
     with _serving(rotated.home, "peer.h02", [genesis, lying]) as h02, \
             _serving(rotated.home, "peer.p01", [genesis, rotation]) as p01:
-        s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home),
-                                                                 {"h01": rotated.port, "h02": h02, "p01": p01}))
-        try:
-            assert _health(s) == "OK"
-        finally:
-            s.close()
+        assert _health_once(rotated, h02, p01) == "OK"
     assert json.loads((rotated.home / configtool.CHAIN_STATE).read_text())["height"] == 2
 
 
