@@ -112,21 +112,16 @@ def main() -> None:
                 protocol.write_frame(OUT_FD, protocol.encode_get(ns, key))
                 reader.read()
             protocol.write_frame(OUT_FD, res)
-        elif mode == "history-refused":
+        elif mode in ("history-flood", "history-refused"):
+            # 200 history reads claiming unbounded gas; history-flood stops at the first answer
+            # that is no history_reply, history-refused ignores every refusal and goes on
             for _ in range(200):
                 m = pb.WorkerMessage()
                 m.history.namespace, m.history.key, m.history.limit = req.invoke.contract, "k", 1000
                 m.history.gas_left = 1 << 63
                 protocol.write_frame(OUT_FD, m.SerializeToString())
-                reader.read()
-            protocol.write_frame(OUT_FD, res)
-        elif mode == "history-flood":
-            for _ in range(200):
-                m = pb.WorkerMessage()
-                m.history.namespace, m.history.key, m.history.limit = req.invoke.contract, "k", 1000
-                m.history.gas_left = 1 << 63
-                protocol.write_frame(OUT_FD, m.SerializeToString())
-                if pb.HostMessage.FromString(reader.read()).WhichOneof("kind") != "history_reply":
+                kind = pb.HostMessage.FromString(reader.read()).WhichOneof("kind")
+                if mode == "history-flood" and kind != "history_reply":
                     break
             protocol.write_frame(OUT_FD, res)
         elif mode == "big-event":
