@@ -682,10 +682,11 @@ class RxOperations:
         notes: list[tuple[str, dict[str, Any]]] = []
         seen: set[tuple[str, str]] = set()
         for st in res.get("steps") or []:
-            # the trace pages by version and claim event: a claim event committed between two
-            # pages with an earlier timestamp (client clocks differ) shifts the later ones, so
-            # the next page repeats one (a cursor of an earlier release, a position in the
-            # trail, shifts on any step); a step is one transaction's (tx_id, step): never lost
+            # the trace pages by version and each fill's claim events: a step comes once; a
+            # contract of an earlier release counted claim events in time order, so an event
+            # committed between two pages with an earlier timestamp (client clocks differ)
+            # made the next page repeat one (its position cursors shift on any step): a step
+            # is one transaction's (tx_id, step)
             ident = (str(st.get("tx_id") or ""), str(st.get("step")))
             if ident[0]:
                 if ident in seen:

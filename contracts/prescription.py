@@ -67,6 +67,7 @@ MAX_POSITION = 9999  # largest step position a trace cursor may name (resolved f
 PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default page)
 TRACE_BYTES = 49152  # JSON of a trace page's steps (beyond its first)
 CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
+MAX_FILL_NO = 99  # a claim's fill number (settlement.settle: 1-99): parts of a trace cursor
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -116,23 +117,33 @@ def _is_blank(s: str) -> bool:
 
 
 def _trace_cursor(s: str) -> list:
-    """A trace cursor: "" (the start), a page's ``next``, "{v}.{c}" -- the position in the
-    history index of the first version of ``rx/{rx_id}`` and the index of the first claim
-    event (in time order) not shown yet: [v, c] -- or a step's position in the trail,
-    0-MAX_POSITION (the cursors of earlier releases): [-1, position]. [] when malformed."""
+    """A trace cursor, [] when malformed: "" (the start) or a page's ``next``,
+    "{v}/{e1}.{e2}..." -- the position in the history index of the first version of
+    ``rx/{rx_id}`` not shown and, for fills 1, 2, ..., how many of the fill's claim events
+    (in its index order) were shown: ["fills", v, [e1, e2, ...]]; or a cursor of an earlier
+    release: "{v}.{c}", c the claim events shown in time order: ["timed", v, c], or a step's
+    position in the trail, 0-MAX_POSITION: ["position", position]."""
     if s == "":
-        return [0, 0]
+        return ["fills", 0, []]
     if _only(s, DIGITS, 1, 4):
-        return [-1, int(s)]
-    if not _only(s, DIGITS + ".", 3, 18):
+        return ["position", int(s)]
+    if not _only(s, DIGITS + "./", 3, 11 + 5 * MAX_FILL_NO):
         return []
-    parts = s.split(".")
-    if len(parts) != 2 or not _only(parts[0], DIGITS, 1, 10) or not _only(parts[1], DIGITS, 1, 7):
+    sep = "/" if "/" in s else "."
+    parts = s.split(sep)
+    if len(parts) != 2 or not _only(parts[0], DIGITS, 1, 10) or int(parts[0]) > MAX_VERSION:
         return []
-    v = int(parts[0])
-    if v > MAX_VERSION:
+    if sep == ".":
+        if not _only(parts[1], DIGITS, 1, 7):
+            return []
+        return ["timed", int(parts[0]), int(parts[1])]
+    shown = parts[1].split(".")
+    if len(shown) > MAX_FILL_NO:
         return []
-    return [v, int(parts[1])]
+    for e in shown:
+        if not _only(e, DIGITS, 1, 4):
+            return []
+    return ["fills", int(parts[0]), [int(e) for e in shown]]
 
 
 def _reason_code(ctx: Context, reason: str, codes: tuple, what: str) -> str:
@@ -1392,8 +1403,9 @@ def _versions_follow(ctx: Context, key: str, count: int, pos: int, read: int) ->
 
 
 def _trace_position(ctx: Context, key: str, claims: list, position: int) -> list:
-    """The cursor [v, c] of the ``position``-th step of the trail (the merge of ``trace``),
-    from the versions' metadata (pages of 1000: no block read); [] past the end."""
+    """The cursor [v, c] of the ``position``-th step of the trail (the merge of ``trace``;
+    ``claims``: its claim events in trail order), from the versions' metadata (pages of
+    1000: no block read); [] past the end."""
     v = 0
     c = 0
     n = 0
@@ -1404,7 +1416,7 @@ def _trace_position(ctx: Context, key: str, claims: list, position: int) -> list
             v = v + len(meta)
             meta = ctx.history(key, PAGE_MAX, v, False)
             k = 0
-        if k < len(meta) and (c >= len(claims) or claims[c]["time_ms"] >= meta[k]["timestamp_ms"]):
+        if k < len(meta) and (c >= len(claims) or claims[c][0]["time_ms"] >= meta[k]["timestamp_ms"]):
             if not meta[k]["is_delete"]:
                 n = n + 1
             k = k + 1
@@ -1416,18 +1428,116 @@ def _trace_position(ctx: Context, key: str, claims: list, position: int) -> list
     return [v + k, c]
 
 
+def _claim_order(seqs: list, done: list, n: int) -> list:
+    """The first ``n`` claim events not shown yet (``done[k]`` of fill k's shown), in trail
+    order: of the fills' next events, the earliest (the lowest fill on a tie). A fill's
+    events go in its index order -- settle, reverse, then the next claim's: the order they
+    committed in, whatever their times -- so an event committed later never goes before one
+    a page showed. [[step, k], ...]"""
+    at = list(done)
+    out = []
+    while len(out) < n:
+        best = -1
+        for k in range(len(seqs)):
+            if at[k] < len(seqs[k]) and (best < 0 or seqs[k][at[k]]["time_ms"] < seqs[best][at[best]]["time_ms"]):
+                best = k
+        if best < 0:
+            break
+        out.append([seqs[best][at[best]], best])
+        at[best] = at[best] + 1
+    return out
+
+
+def _shown(seqs: list, ks: list) -> list:
+    """How many events of each fill a run of claim events holds (``ks``: their fills' k)."""
+    done = [0] * len(seqs)
+    for k in ks:
+        done[k] = done[k] + 1
+    return done
+
+
+def _trace_claims(ctx: Context, rx_id: str) -> list:
+    """[fills, seqs]: the fill numbers with claim events (ascending) and each one's events
+    as trace steps, in the index order of its claims (``rxclaim/{rx_id}/{fill3}/{n3}``)."""
+    fills = []
+    seqs = []
+    for pair in _claim_rows(ctx, rx_id):
+        claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
+        if claim["fill"] not in fills:
+            fills.append(claim["fill"])
+            seqs.append([])
+        seq = seqs[fills.index(claim["fill"])]
+        for ev in claim["events"]:
+            detail = {"claim_id": claim["claim_id"], "fill": claim["fill"]}
+            if ev["step"] == "reverse":
+                detail["reason"] = claim.get("reversal_reason", "")
+                detail["note_ct"] = claim.get("reversal_note_ct", "")
+            t = ev["time_ms"]
+            seq.append({"step": ev["step"], "actor": ev["actor"], "org": ev["org"], "role": ev["role"],
+                        "time_ms": t, "time": _iso_utc(t), "tx_id": ev["tx_id"], "block": None, "detail": detail})
+    return [fills, seqs]
+
+
+def _claims_shown(ctx: Context, key: str, fills: list, seqs: list, cur: list) -> list:
+    """[v, done] of a cursor (_trace_cursor): the version it starts at and how many events of
+    each fill it has shown; [] past the end."""
+    if cur[0] == "position":
+        order = _claim_order(seqs, [0] * len(seqs), MAX_POSITION + 1)
+        at = _trace_position(ctx, key, order, cur[1])
+        if len(at) == 0:
+            return []
+        return [at[0], _shown(seqs, [e[1] for e in order[0:at[1]]])]
+    if cur[0] == "timed":  # an earlier release's: the events in time order, ties in index order
+        order = []
+        for k in range(len(seqs)):
+            for s in seqs[k]:
+                order.append((s["time_ms"], len(order), k))
+        if cur[2] > len(order):
+            return []
+        return [cur[1], _shown(seqs, [e[2] for e in sorted(order)[0:cur[2]]])]
+    done = [0] * len(seqs)
+    for f in range(len(cur[2])):
+        e = cur[2][f]
+        if e > 0:
+            if f + 1 not in fills or e > len(seqs[fills.index(f + 1)]):
+                return []
+            done[fills.index(f + 1)] = e
+    return [cur[1], done]
+
+
+def _fills_cursor(after: int, fills: list, done: list) -> str:
+    """A page's ``next``: "{after}/{e1}.{e2}...", the events shown of fills 1..the last one
+    with any ("0": none)."""
+    top = 0
+    for k in range(len(fills)):
+        if done[k] > 0 and fills[k] > top:
+            top = fills[k]
+    parts = []
+    for f in range(1, top + 1):
+        if f in fills:
+            parts.append(str(done[fills.index(f)]))
+        else:
+            parts.append("0")
+    if top == 0:
+        parts = ["0"]
+    return str(after) + "/" + ".".join(parts)
+
+
 def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     """The whole trail from the history index (+ settlement records), paged: ``start`` is ""
     or the ``next`` of the previous page, ``limit`` 1-1000 (0 = 1000).
 
     The versions of ``rx/{rx_id}`` in commit order (their position in the history index,
     by block and tx: it never runs backwards, whatever the timestamps) merged by time with
-    the claim events (time order): an event goes before a version only when strictly
-    earlier. A page reads its versions' values by one paged ctx.history from the cursor's
-    version (README), so it may end early, never empty. ``next``: "{version}.{claim event}"
-    of the first step not shown; ``left``: steps on later pages (-1: unknown, a record from
-    before ``step_count``); ``unreadable``: versions ``step_count`` counts that this peer's
-    history index does not hold; ``truncated``: more to read."""
+    the claim events, each fill's in its index order (settle, reverse, next claim: commit
+    order, whatever the times; _claim_order): an event goes before a version only when
+    strictly earlier. A page reads its versions' values by one paged ctx.history from the
+    cursor's version (README), so it may end early, never empty. ``next``:
+    "{version}/{events of fill 1}.{of fill 2}..." shown before the first step not shown, so
+    an event committed after a page never takes the place of one shown; ``left``: steps on
+    later pages (-1: unknown, a record from before ``step_count``); ``unreadable``: versions
+    ``step_count`` counts that this peer's history index does not hold; ``truncated``: more
+    to read."""
     rx = _party_rx(ctx, rx_id)
     cur = _trace_cursor(start)
     if len(cur) == 0 or not _is_int(limit, 0, PAGE_MAX):
@@ -1438,44 +1548,33 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     count = -1  # versions of the record: one per transaction (-1: a record from before step_count)
     if "step_count" in rx:
         count = rx["step_count"]
-    claims = []
-    for pair in _claim_rows(ctx, rx_id):
-        claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
-        for ev in claim["events"]:
-            detail = {"claim_id": claim["claim_id"], "fill": claim["fill"]}
-            if ev["step"] == "reverse":
-                detail["reason"] = claim.get("reversal_reason", "")
-                detail["note_ct"] = claim.get("reversal_note_ct", "")
-            t = ev["time_ms"]
-            s = {"step": ev["step"], "actor": ev["actor"], "org": ev["org"], "role": ev["role"],
-                 "time_ms": t, "time": _iso_utc(t), "tx_id": ev["tx_id"], "block": None, "detail": detail}
-            i = len(claims)
-            while i > 0 and claims[i - 1]["time_ms"] > t:
-                i = i - 1
-            claims.insert(i, s)
-    if cur[0] < 0:
-        cur = _trace_position(ctx, key, claims, cur[1])
-        if len(cur) == 0:
-            ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
-    v = cur[0]
-    c = cur[1]
-    if c > len(claims) or (count >= 0 and v > count):
+    got = _trace_claims(ctx, rx_id)
+    fills = got[0]
+    seqs = got[1]
+    at = _claims_shown(ctx, key, fills, seqs, cur)
+    if len(at) == 0 or (count >= 0 and at[0] > count):
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
+    v = at[0]
+    done = at[1]
     got = []
     if count < 0 or v < count:
         got = ctx.history(key, limit, v)  # a page of values from version v: may end early, never empty
     if count < 0 and v > 0 and len(got) == 0 and len(ctx.history(key, 1, v - 1, False)) == 0:
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
+    claims = _claim_order(seqs, done, limit)
+    waiting = 0  # claim events not shown before this page
+    for k in range(len(seqs)):
+        waiting = waiting + len(seqs[k]) - done[k]
     page = []
     i = 0
-    j = c
+    j = 0
     size = 0
     follow = -1  # whether the index holds versions after the ones read (-1: not asked yet)
     while len(page) < limit:
         claim = True
         if i < len(got):
             h = got[i]
-            if j >= len(claims) or claims[j]["time_ms"] >= h["timestamp_ms"]:
+            if j >= len(claims) or claims[j][0]["time_ms"] >= h["timestamp_ms"]:
                 claim = False
                 if h["is_delete"] or h["value"] is None:  # a delete, a damaged block: no step
                     i = i + 1
@@ -1488,7 +1587,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             if follow > 0:
                 break  # the next page reads on from the version the read ended before
         if claim:
-            s = claims[j]
+            s = claims[j][0]
         else:
             st = h["value"]["step"]
             t = h["timestamp_ms"]
@@ -1501,6 +1600,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             break
         page.append(s)
         if claim:
+            done[claims[j][1]] = done[claims[j][1]] + 1
             j = j + 1
         else:
             i = i + 1
@@ -1511,7 +1611,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             follow = 1 if _versions_follow(ctx, key, count, after, len(got)) else 0
         more = follow > 0
     unreadable = 0
-    left = len(claims) - j
+    left = waiting - j
     if more and count < 0:
         left = -1
     elif more:
@@ -1519,8 +1619,8 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     elif count > after:
         unreadable = count - after
     next_cursor = ""
-    if more or j < len(claims):
-        next_cursor = str(after) + "." + str(j)
+    if more or waiting > j:
+        next_cursor = _fills_cursor(after, fills, done)
     return {"rx_id": rx_id, "status": rx["status"], "steps": page, "next": next_cursor, "left": left,
             "unreadable": unreadable, "truncated": next_cursor != "" or unreadable != 0}
 

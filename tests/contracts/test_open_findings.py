@@ -275,9 +275,18 @@ def test_trace_pages(world: World) -> None:
     assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=pages[1]["next"]).unwrap()["steps"] == (
         whole["steps"][6:])
     assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="6").unwrap()["steps"] == whole["steps"][6:]
+    # "{version}/{events of fill 1}.{of fill 2}...", trailing fills with none left off; the
+    # "{version}.{claim event}" cursors of the release before (events in time order) still taken
+    assert pages[1]["next"] == "4/2"
+    for same in ("4/2", "4/2.0.0", "4.2"):
+        assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=same).unwrap()["steps"] == (
+            whole["steps"][6:])
     for bad in ({"limit": 1001}, {"start": "x"}, {"start": "-1"}, {"start": "1" * 12}, {"start": "9"},
                 {"start": "12345"}, {"start": "1.4"}, {"start": "7.0"}, {"start": "1..2"}, {"start": ".1"},
-                {"start": "4294967296.0"}, {"start": "1.2.3"}):
+                {"start": "4294967296.0"}, {"start": "1.2.3"}, {"start": "1/"}, {"start": "/1"},
+                {"start": "1/1."}, {"start": "1/1/1"}, {"start": "1.1/1"}, {"start": "1/12345"},
+                {"start": "1/4"}, {"start": "1/0.1"}, {"start": "6/" + ".".join(["0"] * 100)},
+                {"start": "4294967296/0"}):
         args: dict[str, Any] = {"start": "", "limit": 0, **bad}
         assert chain.query("prescription", "trace", AUDITOR, rx_id=rx, **args).reason == "BAD_ARGUMENTS"
 

@@ -6,6 +6,7 @@ The contract tests' in-memory ledger answers ``ctx.history`` as a peer does
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
@@ -162,7 +163,10 @@ def test_every_version_of_a_long_history_is_reachable(world: World) -> None:
     assert again["steps"] == steps[at:at + 3]
     # an earlier release's cursor, a step position, is resolved from the versions' metadata
     old = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="1500", limit=3).unwrap()
-    assert old["steps"] == steps[1500:1503] and old["next"] == "1502.1"  # 1502 versions, 1 event
+    assert old["steps"] == steps[1500:1503] and old["next"] == "1502/1"  # 1502 versions, fill 1's event
+    # and the "{version}.{claim event}" cursors of the release before (events in time order)
+    timed = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="1502.1", limit=3).unwrap()
+    assert timed == chain.query("prescription", "trace", AUDITOR, rx_id=rx, start="1502/1", limit=3).unwrap()
 
 
 def test_a_record_from_before_step_count_pages_to_its_end(world: World) -> None:
@@ -235,3 +239,114 @@ def test_the_settlement_trail_stays_within_the_gas_limit_on_full_blocks(world: W
     assert out.ok, (out.reason, out.message)
     assert len(out.value["steps"]) == 128 and out.value["next"] == ""
     assert 128 * (4 << 20) // 512 < out.gas < SAMPLE_GAS_LIMIT // 4
+
+
+def _page(chain: Chain, rx: str, start: str, limit: int = 0) -> dict[str, Any]:
+    res = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=start, limit=limit)
+    assert res.ok, (res.reason, res.message)
+    page: dict[str, Any] = res.value
+    return page
+
+
+def _ids(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(s["tx_id"], s["step"]) for s in steps]
+
+
+def test_a_reversal_committed_late_with_an_earlier_time_is_shown_once(world: World) -> None:
+    """A page showed a settlement; its reversal then committed carrying a time before the
+    settlement's (the clerks' clocks differ, within the clock skew). The claim part of the
+    cursor counted events in time order, so the next page showed the settlement again and
+    the reversal never. Claim events go in their fill's index order (commit order) now."""
+    prep = approved(world)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    chain.advance(60_000)
+    lock_and_dispense(world, prep).unwrap()
+    chain.advance(60_000)
+    claim = settle(world, prep).unwrap()
+    settled_at = chain.now
+    later = _seed_versions(chain, rx, 3, "consent", {"org": "h02"})
+    first = _page(chain, rx, "", limit=5)
+    assert [s["step"] for s in first["steps"]] == ["issue", "review", "lock", "dispense", "settle"]
+    rev = chain.submit("settlement", "reverse", CLERK, at_ms=settled_at - 30_000,
+                       claim_id=claim["claim_id"], reason="OTHER").unwrap()
+    assert rev["status"] == "REVERSED"
+    rest = _page(chain, rx, first["next"])
+    steps = first["steps"] + rest["steps"]
+    assert [s["step"] for s in rest["steps"]] == ["reverse", "consent", "consent", "consent"]
+    assert [s["tx_id"] for s in rest["steps"][1:]] == later and rest["next"] == ""
+    assert len(set(_ids(steps))) == len(steps) == 9
+
+
+def test_a_claim_on_another_fill_committed_late_with_an_earlier_time_is_shown_once(world: World) -> None:
+    """Fill 2's settlement was shown; fill 1's, settled later by a clerk whose clock is
+    behind, carries an earlier time: counted in time order it took the place of the one
+    shown (shown again; fill 1's never). Each fill's events are counted apart now."""
+    prep = approved(world, max_fills=2, fill_interval_days=28, long_rx=True,
+                   chronic_reason="stable hypertension", days=28,
+                   stability_assessment="stable 6 months", patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    lock_and_dispense(world, prep).unwrap()
+    chain.advance(28 * 86_400_000)
+    lock_and_dispense(world, prep).unwrap()
+    chain.advance(60_000)
+    settle(world, prep, fill=2).unwrap()
+    two_at = chain.now
+    later = _seed_versions(chain, rx, 2, "consent", {"org": "h02"})
+    first = _page(chain, rx, "", limit=7)
+    assert [s["step"] for s in first["steps"]][-1] == "settle"
+    assert first["steps"][-1]["detail"]["fill"] == 2 and first["next"] == "6/0.1"
+    # the release before's cursor there (6 versions, 1 event in time order): the same page
+    assert _page(chain, rx, "6.1") == _page(chain, rx, "6/0.1")
+    one = chain.submit("settlement", "settle", CLERK, transient={"claim": prep.claim, "claim_salt": prep.claim_salt},
+                       at_ms=two_at - 20_000, rx_id=rx, fill=1).unwrap()
+    rest = _page(chain, rx, first["next"])
+    assert [(s["step"], s["detail"].get("fill")) for s in rest["steps"][:1]] == [("settle", 1)]
+    assert rest["steps"][0]["tx_id"] != first["steps"][-1]["tx_id"] and one["fill"] == 1
+    assert [s["tx_id"] for s in rest["steps"][1:]] == later and rest["next"] == ""
+
+
+def test_claim_events_committed_in_any_order_are_each_shown_once(world: World) -> None:
+    """A reader paging on while claims on three fills settle and reverse, each with a time
+    drawn anywhere within four minutes of the others and committed in whatever order: once
+    it reaches the end it has seen every step exactly once, as one read from the start does."""
+    for seed in range(6):
+        _any_order(world, random.Random(seed))
+
+
+def _any_order(world: World, rnd: random.Random) -> None:
+    prep = approved(world, max_fills=3, fill_interval_days=28, long_rx=True,
+                   chronic_reason="stable hypertension", days=28,
+                   stability_assessment="stable 6 months", patient_confirmed=True)
+    rx = prep.args["rx_id"]
+    chain = world.chain
+    for _ in range(3):
+        lock_and_dispense(world, prep).unwrap()
+        chain.advance(28 * 86_400_000)
+    base = chain.now
+    _seed_versions(chain, rx, 40, "consent", {"org": "h02"}, gap=6_000)
+    active: dict[int, str] = {}
+    cursor, seen, ops = "", [], 0
+    while True:
+        if ops < 24 and rnd.random() < 0.7:
+            ops += 1
+            fill = rnd.randint(1, 3)
+            at = base + rnd.randint(0, 240_000)
+            if fill in active:
+                chain.submit("settlement", "reverse", CLERK, at_ms=at, claim_id=active.pop(fill),
+                             reason="OTHER").unwrap()
+            else:
+                active[fill] = chain.submit("settlement", "settle", CLERK, at_ms=at, rx_id=rx, fill=fill,
+                                            transient={"claim": prep.claim,
+                                                       "claim_salt": prep.claim_salt}).unwrap()["claim_id"]
+            continue
+        page = _page(chain, rx, cursor, limit=rnd.randint(1, 4))
+        seen.extend(page["steps"])
+        cursor = page["next"]
+        if cursor == "":
+            break
+    whole = _page(chain, rx, "")
+    assert whole["next"] == ""
+    assert len(set(_ids(seen))) == len(seen), "a step shown twice"
+    assert sorted(_ids(seen)) == sorted(_ids(whole["steps"])), "a step never shown"
