@@ -68,6 +68,7 @@ PAGE_MAX = 1000  # largest page of audit_trail and trace (also their default pag
 TRACE_BYTES = 49152  # JSON of a trace page's steps (beyond its first)
 CLAIM_ROWS = 500  # rxclaim index rows the trace reads per range call
 MAX_FILL_NO = 99  # a claim's fill number (settlement.settle: 1-99): parts of a trace cursor
+PROBE_FROM = 4095  # a record without step_count: the first position asked of the index (_trace)
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -1556,6 +1557,16 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
     v = at[0]
     done = at[1]
+    if count < 0:
+        # no count: before reading from v, ask the index whether the record reaches half-way
+        # there, at positions growing fourfold (metadata of one version, 1 gas per version
+        # stepped over): a cursor past the end costs a multiple of the record's own versions,
+        # never a walk to v (4294967295: OUT_OF_GAS), a good one at most 2/3 more
+        q = PROBE_FROM
+        while q * 2 < v:
+            if len(ctx.history(key, 1, q, False)) == 0:
+                ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
+            q = q * 4 + 3
     got = []
     if count < 0 or v < count:
         got = ctx.history(key, limit, v)  # a page of values from version v: may end early, never empty

@@ -350,3 +350,26 @@ def _any_order(world: World, rnd: random.Random) -> None:
     assert whole["next"] == ""
     assert len(set(_ids(seen))) == len(seen), "a step shown twice"
     assert sorted(_ids(seen)) == sorted(_ids(whole["steps"])), "a step never shown"
+
+
+def test_a_huge_cursor_is_refused_cheaply_on_either_kind_of_record(world: World) -> None:
+    """A cursor naming a version far past the end: a record counting its versions
+    (``step_count``) refuses it at once; one from before ``step_count`` read the history up
+    to it (1 gas per version stepped over: OUT_OF_GAS, not BAD_ARGUMENTS). Asking the index
+    at growing positions tells the end of the record at a cost in its own versions."""
+    for old in (False, True):
+        prep = approved(world)
+        rx = prep.args["rx_id"]
+        chain = world.chain
+        _seed_versions(chain, rx, 1100, "consent", {"org": "h02"})
+        if old:
+            nk = ("prescription", "rx/" + rx)
+            rec = canonical.decode(chain.state.values[nk], "rx")
+            del rec["step_count"]
+            chain.state.values[nk] = canonical.dumps(rec)
+        last = _trace_pages(chain, rx)[-1]
+        for start in ("4294967295.0", "4294967295/0", "1103/0", "70000.0", "9999999/0", "250000000.0"):
+            res = chain.query("prescription", "trace", AUDITOR, rx_id=rx, start=start)
+            assert res.reason == "BAD_ARGUMENTS", (old, start, res.reason)
+            assert res.gas < 200_000, (old, start, res.gas)
+        assert last["next"] == ""
