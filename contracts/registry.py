@@ -270,17 +270,35 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     """The organisation holding practitioner code ``code`` with an active licence (its admin)
     authorises ``site`` -- another hospital or pharmacy where the same person also practises
     (multi-site practice) -- to register her under the code too, or withdraws that: the site's
-    active registration under the code is then made inactive. At most MAX_PRACTICE_SITES."""
-    _require_admin(ctx, ("hospital", "pharmacy"))
+    active registration under the code is then made inactive. At most MAX_PRACTICE_SITES.
+
+    A withdrawal (``allowed`` false) is also made by the holder's organisation once its own
+    registration is no longer in force (lapsed, or moved to another code: the entry naming it
+    is kept while a site practises under the code), by the site itself (its admin, always) and
+    by a regulator admin (the licensing authority): a lapsed or departed holder's sites used to
+    keep the code in use, withdrawn by nobody but themselves."""
+    _require_admin(ctx, ("hospital", "pharmacy", "regulator"))
     if not _is_id(code, 32) or not _is_id(site, 64) or not isinstance(allowed, bool):
         ctx.fail("BAD_ARGUMENTS", "code (drCode) and site (an organisation id) are ids; allowed a boolean")
-    org = ctx.caller.org
-    if site == org:
-        ctx.fail("BAD_ARGUMENTS", "the holder's own organisation is no site of its own")
+    c = ctx.caller
+    org = c.org
+    regulator = c.org_kind == "regulator"
     holder = ctx.get("praccode/" + code)
-    if holder is None or holder["org"] != org or not _holds(ctx, org, holder["name"], code):
+    named = holder is not None and holder["org"] == org  # the organisation the entry names
+    if allowed and regulator:
+        ctx.fail("ACCESS_DENIED", "a regulator withdraws practice sites; only the holder of "
+                 "practitioner code " + code + " authorises them")
+    if site == org and (allowed or named):
+        ctx.fail("BAD_ARGUMENTS", "the holder's own organisation is no site of its own")
+    if allowed and (not named or not _holds(ctx, org, holder["name"], code)):
         ctx.fail("ACCESS_DENIED", "only the organisation holding practitioner code " + code
                  + " with an active licence authorises its sites")
+    if not allowed and not named and not regulator:
+        if holder is None or site != org or site not in holder.get("sites", {}):
+            ctx.fail("ACCESS_DENIED", "a practice site of code " + code + " is withdrawn by the"
+                     " organisation holding the code, by the site itself or by a regulator admin")
+    if holder is None:  # (a regulator's withdrawal)
+        ctx.fail("NOT_FOUND", "no organisation holds practitioner code " + code)
     sites = holder.get("sites", {})
     kept = {}
     for k in sorted(sites.keys()):
