@@ -20,7 +20,8 @@ Reference data the prescription and settlement contracts read:
   insurer's admin; a version never applies before its effective time;
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
   written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
-  own room (16 entries per hospital, 48 for the hospitals other than the enrolling one).
+  own room (16 entries per hospital, 48 shared fairly by the hospitals other than the
+  enrolling one: when they are full, the hospital holding the most gives up its oldest).
   Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
   insurer opens the account with ``settlement.open_account``.
 
@@ -61,6 +62,7 @@ MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
 MAX_DIAGNOSES_TOTAL = 64  # entries of one patient record (its size); the enrolling hospital's 16
 # are kept free of the others: the other hospitals share MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES
+# (full: the one holding the most gives way to one holding at least 2 fewer, add_diagnosis)
 MAX_TEXT = 128
 LIST_LIMIT = 200
 
@@ -742,30 +744,73 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     new = _diagnosis_entries(ctx, pseudonym, [entry], c.org)[0]
     mine = 0
     others = 0
+    shared = {}  # entries per hospital in the room shared by the hospitals but her enrolling one
     for dx in rec["diagnoses"]:
         by = _recorder(dx)
         if by != rec["hospital"]:
             others = others + 1
+            shared[by] = shared.get(by, 0) + 1
         if by == c.org:
             mine = mine + 1
             if dx["tag"] == new["tag"] and dx["physical"] == physical:
                 # already on record from this hospital (the earlier entry already counts for
                 # visits after it): a follow-up visit recorded again takes no room
-                return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": False}
+                return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]),
+                        "recorded": False, "evicted": ""}
     # room per hospital: one hospital cannot fill another's (the enrolling hospital's 16 are its
     # own; the others share the rest of the record's bound, at most 16 each)
     if mine >= MAX_DIAGNOSES:
         ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient from one hospital")
+    kept = rec["diagnoses"]
+    evicted = ""
     if c.org != rec["hospital"] and others >= MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES:
-        ctx.fail("LIMIT_EXCEEDED", "at most 48 diagnoses per patient from hospitals other than "
-                 "her enrolling hospital")
-    if len(rec["diagnoses"]) >= MAX_DIAGNOSES_TOTAL:
+        evicted = _fullest(rec["diagnoses"], rec["hospital"], shared, mine)
+        if evicted == "":
+            ctx.fail("LIMIT_EXCEEDED", "the 48 diagnoses per patient from hospitals other than "
+                     "her enrolling hospital are full, and no hospital holds 2 more of them than "
+                     + c.org + " (" + str(mine) + ")")
+        kept = _drop_oldest(rec["diagnoses"], evicted)
+    if len(kept) >= MAX_DIAGNOSES_TOTAL:
         ctx.fail("LIMIT_EXCEEDED", "at most 64 diagnoses per patient")
-    rec["diagnoses"] = rec["diagnoses"] + [new]
+    rec["diagnoses"] = kept + [new]
     rec["updated"] = _stamp(ctx)
     ctx.put("patient/" + pseudonym, rec)
-    ctx.emit("registry.diagnosis", {"hospital": c.org})
-    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": True}
+    event = {"hospital": c.org}
+    if evicted != "":
+        event["evicted"] = evicted
+    ctx.emit("registry.diagnosis", event)
+    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": True,
+            "evicted": evicted}
+
+
+def _fullest(diagnoses: list, enroller: str, shared: dict, mine: int) -> str:
+    """The hospital whose oldest entry gives way when the shared room is full: the one holding
+    the most entries in it, if that is at least 2 more than the caller's ``mine`` (so it still
+    holds at least as many as the caller afterwards: two hospitals never take room back and
+    forth); among equals the one whose oldest entry is the oldest. "" when none does."""
+    most = 0
+    for org in sorted(shared.keys()):
+        if shared[org] > most:
+            most = shared[org]
+    if most < mine + 2:
+        return ""
+    for dx in diagnoses:  # oldest first (recording order)
+        by = _recorder(dx)
+        if by != enroller and shared[by] == most:
+            return by
+    return ""
+
+
+def _drop_oldest(diagnoses: list, org: str) -> list:
+    """``diagnoses`` without the oldest entry ``org`` recorded."""
+    out = []
+    dropped = False
+    for dx in diagnoses:
+        if not dropped and _recorder(dx) == org:
+            dropped = True
+        else:
+            out.append(dx)
+    return out
 
 
 def _may_ask(ctx: Context) -> bool:

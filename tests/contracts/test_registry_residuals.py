@@ -5,14 +5,19 @@ enrolment."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from typing import Any
 
 from tests.contracts.chain import Who, admin, who
 from tests.contracts.flows import JIANG
-from tests.contracts.rxclient import World
+from tests.contracts.rxclient import World, dx_key
 from tests.contracts.test_registry_decisions import (
     JIANG_CODE,
+    add_dx,
     authorize,
+    diagnoses,
     index,
     practitioner,
 )
@@ -99,3 +104,53 @@ def test_the_regulator_withdraws_any_site_and_authorises_none(world: World) -> N
     assert withdraw(world, REGULATOR, "h02") == "OK"
     assert registration(world, "h02", "dr-jiang")["licence_active"] is False
     assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, years=10) == "OK"
+
+
+# ---------------------------------------------------------------- diagnosis room
+
+
+def test_a_fourth_hospital_gets_its_share_of_the_shared_room(world: World) -> None:
+    """Three other hospitals filling the 48 entries shared by the hospitals but her enrolling
+    one locked every further hospital out (LIMIT_EXCEEDED). Now, the room being full, the
+    hospital holding the most entries gives up its oldest to a hospital holding at least 2
+    fewer: a fourth ends with a fair share (12 each), and no two take room back and forth."""
+    for org in ("h02", "h03", "h04"):
+        for i in range(16):
+            assert add_dx(world, admin(org), f"{org.upper()}{i:02d}") == "OK", (org, i)
+    out = world.chain.submit("registry", "add_diagnosis", admin("h05"),
+                             transient={"dx_key": dx_key(), "icd10": "X00"},
+                             pseudonym=world.pid("patient-zhang"), physical=True).unwrap()
+    assert out["recorded"] is True and out["evicted"] == "h02"  # the oldest of the fullest
+    for i in range(1, 12):
+        assert add_dx(world, admin("h05"), f"X{i:02d}") == "OK", i
+    assert add_dx(world, admin("h05"), "X99") == "LIMIT_EXCEEDED"  # 12 each: its share
+    rec = diagnoses(world)
+    count = {org: len([d for d in rec if d["by"] == org]) for org in ("h01", "h02", "h03", "h04", "h05")}
+    assert count == {"h01": 1, "h02": 12, "h03": 12, "h04": 12, "h05": 12}
+    # each gave up its oldest entries, in recording order
+    pid = world.pid("patient-zhang")
+    tags = {d["tag"] for d in rec}
+    for org in ("h02", "h03", "h04"):
+        kept = [i for i in range(16) if _tag(pid, f"{org.upper()}{i:02d}") in tags]
+        assert kept == list(range(4, 16)), org
+    # an evicted hospital cannot take its room back (12 against 12), a repeat is still free
+    assert add_dx(world, admin("h02"), "H0299") == "LIMIT_EXCEEDED"
+    assert add_dx(world, admin("h02"), "H0215") == "OK"
+    assert len(diagnoses(world)) == 49
+    # the enrolling hospital's own room is untouched, and a re-enrolment keeps the others'
+    assert add_dx(world, admin("h01"), "E11") == "OK"
+    zhang = world.patients["patient-zhang"]
+    world.enrol(zhang, diagnoses=[{"icd10": "J45", "date": "2024-03-01", "hospital": "h01",
+                                   "physical": True}]).unwrap()
+    assert len([d for d in diagnoses(world) if d["by"] != "h01"]) == 48
+    # a sixth hospital: room from the fullest again (12 -> 11 for the oldest of them)
+    out = world.chain.submit("registry", "add_diagnosis", admin("h06"),
+                             transient={"dx_key": dx_key(), "icd10": "Y00"},
+                             pseudonym=pid, physical=True).unwrap()
+    assert out["evicted"] == "h02"
+    last = [e for e in world.chain.events if e.name == "registry.diagnosis"][-1]
+    assert json.loads(last.payload_json) == {"hospital": "h06", "evicted": "h02"}
+
+
+def _tag(pid: str, icd10: str) -> str:
+    return hmac.new(bytes.fromhex(dx_key()), f"{pid}|{icd10}".encode(), hashlib.sha256).hexdigest()
