@@ -3,7 +3,8 @@
 Reference data the prescription and settlement contracts read:
 
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
-  a practitioner code is held by one active registration at a time (index ``praccode/{code}``);
+  a practitioner code is held by one active registration at a time (index ``praccode/{code}``;
+  a registration written before the index is indexed by ``reindex``);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
   by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
@@ -201,6 +202,48 @@ def _site_holds(ctx: Context, holder: dict, code: str) -> bool:
     return False
 
 
+def _claim_code(ctx: Context, holder: dict, org: str, name: str, code: str) -> bool:
+    """Whether the active registration ``org``/``name`` may hold ``code`` (index entry
+    ``holder``, or None): CODE_IN_USE when another registration holds it; True when it holds it
+    as a site the holder authorised, False as its holder (already, or a new one)."""
+    if holder is None or (holder["org"] == org and holder["name"] == name):
+        return False
+    # a drCode names one person: another organisation (or another of this one's records)
+    # registering it would let its certificate act under that person's licence -- unless
+    # the holder authorised that organisation as a site of hers, once, under one name
+    # (held while the holder or a site of hers practises under it: the code is taken
+    # over only once none does -- a take-over keeps no sites)
+    if not _holds(ctx, holder["org"], holder["name"], code) and not _site_holds(ctx, holder, code):
+        return False
+    sites = holder.get("sites", {})
+    taken = sites.get(org, "")
+    if holder["org"] == org or org not in sites or (
+            taken != "" and taken != name and _holds(ctx, org, taken, code)):
+        ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
+                 + holder["org"] + "/" + holder["name"] + " with an active licence"
+                 + " (another organisation registers it only as a site the holder"
+                 + " authorised: registry.authorize_practice_site)")
+    return True
+
+
+def _index_code(ctx: Context, holder: dict, org: str, name: str, code: str, site: bool) -> bool:
+    """Index the active registration ``org``/``name`` under ``code`` as ``_claim_code`` decided
+    (``site``); True when the index entry changed."""
+    if site:
+        sites = holder.get("sites", {})
+        if sites.get(org, "") == name:
+            return False
+        sites[org] = name
+        holder["sites"] = sites
+        ctx.put("praccode/" + code, holder)
+        return True
+    if holder is None or holder["org"] != org or holder["name"] != name:
+        # a new holder (or one taking over a retired code: its sites are not carried over)
+        ctx.put("praccode/" + code, {"org": org, "name": name})
+        return True
+    return False
+
+
 def register_practitioner(
     ctx: Context,
     name: str,
@@ -226,33 +269,13 @@ def register_practitioner(
     key = "prac/" + org + "/" + name
     holder = ctx.get("praccode/" + code)
     site = False  # registering at a site the holder authorised (multi-site practice)
-    if licence_active and holder is not None and (holder["org"] != org or holder["name"] != name):
-        # a drCode names one person: another organisation (or another of this one's records)
-        # registering it would let its certificate act under that person's licence -- unless
-        # the holder authorised that organisation as a site of hers, once, under one name
-        # (held while the holder or a site of hers practises under it: the code is taken
-        # over only once none does -- a take-over keeps no sites)
-        if _holds(ctx, holder["org"], holder["name"], code) or _site_holds(ctx, holder, code):
-            sites = holder.get("sites", {})
-            taken = sites.get(org, "")
-            if holder["org"] == org or org not in sites or (
-                    taken != "" and taken != name and _holds(ctx, org, taken, code)):
-                ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
-                         + holder["org"] + "/" + holder["name"] + " with an active licence"
-                         + " (another organisation registers it only as a site the holder"
-                         + " authorised: registry.authorize_practice_site)")
-            site = True
+    if licence_active:
+        site = _claim_code(ctx, holder, org, name, code)
     old = ctx.get(key)
     if old is not None and old["code"] != code:
         _release_code(ctx, "praccode/" + old["code"], org, name)
-    if site:
-        sites = holder.get("sites", {})
-        sites[org] = name
-        holder["sites"] = sites
-        ctx.put("praccode/" + code, holder)
-    elif licence_active and (holder is None or holder["org"] != org or holder["name"] != name):
-        # a new holder (or one taking over a retired code: its sites are not carried over)
-        ctx.put("praccode/" + code, {"org": org, "name": name})
+    if licence_active:
+        _index_code(ctx, holder, org, name, code, site)
     rec = {
         "org": org,
         "name": name,
@@ -325,6 +348,16 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     return holder
 
 
+def _claim_licence(ctx: Context, holder: dict, org: str, licence_no: str) -> None:
+    """LICENCE_IN_USE when another organisation's active registration holds ``licence_no``
+    (index entry ``holder``, or None)."""
+    if holder is not None and holder["org"] != org:
+        ph = ctx.get("pharmacy/" + holder["org"])
+        if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
+            ctx.fail("LICENCE_IN_USE", "pharmacy licence " + licence_no + " is registered to "
+                     + holder["org"] + " (active)")
+
+
 def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     """Register (or update) the caller's own pharmacy as a dispensing pharmacy."""
     _require_admin(ctx, ("pharmacy",))
@@ -334,11 +367,8 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
         ctx.fail("BAD_ARGUMENTS", "active is a boolean")
     org = ctx.caller.org
     holder = ctx.get("pharmlic/" + licence_no)
-    if active and holder is not None and holder["org"] != org:
-        ph = ctx.get("pharmacy/" + holder["org"])
-        if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
-            ctx.fail("LICENCE_IN_USE", "pharmacy licence " + licence_no + " is registered to "
-                     + holder["org"] + " (active)")
+    if active:
+        _claim_licence(ctx, holder, org, licence_no)
     old = ctx.get("pharmacy/" + org)
     if old is not None and old["licence_no"] != licence_no:
         _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
@@ -348,6 +378,56 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
+
+
+def reindex(ctx: Context, org: str, name: str) -> dict:
+    """Index one registration written before codes and licences were indexed: the practitioner
+    ``prac/{org}/{name}``, or with ``name`` "" the pharmacy ``pharmacy/{org}`` (the admin of
+    ``org``, or a regulator admin for any organisation). The record is not changed: an active
+    one takes the index entry exactly as registering it again unchanged would (its holder, a
+    site the holder authorised, or taking over a code no registration in force holds), an
+    inactive one holds nothing; CODE_IN_USE / LICENCE_IN_USE when another active registration
+    holds it, nothing written. Idempotent: a registration already indexed writes nothing."""
+    _require_admin(ctx, ("hospital", "pharmacy", "regulator"))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    c = ctx.caller
+    if c.org_kind != "regulator" and c.org != org:
+        ctx.fail("ACCESS_DENIED", "an organisation's admin indexes its own registrations (a "
+                 "regulator admin any)")
+    if name == "":
+        rec = ctx.get("pharmacy/" + org)
+        if rec is None:
+            ctx.fail("NOT_FOUND", "no pharmacy " + org)
+        key = "pharmlic/" + rec["licence_no"]
+        holder = ctx.get(key)
+        changed = False
+        if rec["active"]:
+            _claim_licence(ctx, holder, org, rec["licence_no"])
+            if holder is None or holder["org"] != org:
+                holder = {"org": org, "name": ""}
+                ctx.put(key, holder)
+                changed = True
+        out = {"org": org, "name": "", "licence_no": rec["licence_no"], "active": rec["active"]}
+    else:
+        rec = ctx.get("prac/" + org + "/" + name)
+        if rec is None:
+            ctx.fail("NOT_FOUND", "no practitioner " + org + "/" + name)
+        key = "praccode/" + rec["code"]
+        holder = ctx.get(key)
+        changed = False
+        if rec["licence_active"]:
+            site = _claim_code(ctx, holder, org, name, rec["code"])
+            changed = _index_code(ctx, holder, org, name, rec["code"], site)
+            if changed and not site:
+                holder = {"org": org, "name": name}  # (a site's entry is updated in place)
+        out = {"org": org, "name": name, "code": rec["code"], "active": rec["licence_active"]}
+    if changed:
+        ctx.emit("registry.index", {"key": key, "org": org, "name": name})
+    out["changed"] = changed
+    out["index"] = holder if holder is not None else {}
+    return out
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:

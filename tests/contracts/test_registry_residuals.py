@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tests.contracts.chain import Who, admin, who
@@ -19,6 +20,7 @@ from tests.contracts.test_registry_decisions import (
     authorize,
     diagnoses,
     index,
+    pharmacy,
     practitioner,
 )
 
@@ -154,3 +156,133 @@ def test_a_fourth_hospital_gets_its_share_of_the_shared_room(world: World) -> No
 
 def _tag(pid: str, icd10: str) -> str:
     return hmac.new(bytes.fromhex(dx_key()), f"{pid}|{icd10}".encode(), hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------- reindex
+
+# The registry before practitioner codes and pharmacy licences were indexed (its
+# register_practitioner and register_pharmacy, as that release wrote them: no praccode/ or
+# pharmlic/ entry).
+LEGACY_REGISTRY = '''
+from rxchain_contract import Context
+
+
+def register_practitioner(ctx: Context, name: str, role: str, code: str, licence_active: bool,
+                          practice_years: int, internet_practice: bool) -> dict:
+    org = ctx.caller.org
+    rec = {"org": org, "name": name, "role": role, "code": code, "licence_active": licence_active,
+           "practice_years": practice_years, "internet_practice": internet_practice,
+           "updated": {"by_org": org, "by": ctx.caller.name, "ms": ctx.timestamp_ms,
+                       "tx_id": ctx.tx_id}}
+    ctx.put("prac/" + org + "/" + name, rec)
+    return rec
+
+
+def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
+    org = ctx.caller.org
+    rec = {"org": org, "licence_no": licence_no, "active": active,
+           "updated": {"by_org": org, "by": ctx.caller.name, "ms": ctx.timestamp_ms,
+                       "tx_id": ctx.tx_id}}
+    ctx.put("pharmacy/" + org, rec)
+    return rec
+'''
+
+LEGACY_CODE = "D500103000099"
+LEGACY_LICENCE = "YP-CQ-500199-0009"
+
+
+def under_legacy_registry(world: World, write: Callable[[], None]) -> None:
+    """``write`` runs under the previous registry; then the current one is defined again."""
+    ch = world.chain
+    current = ch._sources["registry"]
+    ch._sources["registry"] = LEGACY_REGISTRY
+    ch._hashes["registry"] = hashlib.sha256(LEGACY_REGISTRY.encode()).hexdigest()
+    try:
+        write()
+    finally:
+        ch._sources["registry"] = current
+        ch._hashes["registry"] = hashlib.sha256(current.encode()).hexdigest()
+
+
+def legacy(world: World) -> None:
+    """h01/dr-legacy (active), h01/dr-retired (inactive) and pharmacy p03 registered by the
+    previous registry: no index entry."""
+    def write() -> None:
+        assert practitioner(world, "h01", "dr-legacy", LEGACY_CODE) == "OK"
+        assert practitioner(world, "h01", "dr-retired", "D500103000098", active=False) == "OK"
+        assert pharmacy(world, "p03", LEGACY_LICENCE) == "OK"
+
+    under_legacy_registry(world, write)
+    assert index(world, "praccode/" + LEGACY_CODE) is None
+    assert index(world, "pharmlic/" + LEGACY_LICENCE) is None
+
+
+def reindex(world: World, caller: Who, org: str, name: str) -> Any:
+    out = world.chain.submit("registry", "reindex", caller, org=org, name=name)
+    return out.value if out.ok else out.reason
+
+
+def test_a_legacy_registration_is_indexed_and_then_holds_its_code(world: World) -> None:
+    """A registration from before the index held nothing: another organisation registered the
+    same drCode (or licence) active beside it. ``reindex`` indexes it without changing it."""
+    legacy(world)
+    before = registration(world, "h01", "dr-legacy")
+    out = reindex(world, admin("h01"), "h01", "dr-legacy")
+    assert out == {"org": "h01", "name": "dr-legacy", "code": LEGACY_CODE, "active": True,
+                   "changed": True, "index": {"org": "h01", "name": "dr-legacy"}}
+    assert registration(world, "h01", "dr-legacy") == before  # the record is not touched
+    assert index(world, "praccode/" + LEGACY_CODE) == {"org": "h01", "name": "dr-legacy"}
+    assert practitioner(world, "h02", "dr-dup", LEGACY_CODE) == "CODE_IN_USE"
+    # idempotent: nothing written again
+    seen = world.chain.submit("registry", "reindex", admin("h01"), org="h01", name="dr-legacy")
+    assert seen.unwrap()["changed"] is False and seen.block is not None
+    assert len(world.chain.state.versions[("registry", "praccode/" + LEGACY_CODE)]) == 1
+    # an inactive registration holds nothing
+    assert reindex(world, admin("h01"), "h01", "dr-retired") == {
+        "org": "h01", "name": "dr-retired", "code": "D500103000098", "active": False,
+        "changed": False, "index": {}}
+    assert index(world, "praccode/D500103000098") is None
+    # the pharmacy, by a regulator admin
+    assert pharmacy(world, "p04", LEGACY_LICENCE, active=False) == "OK"
+    assert reindex(world, REGULATOR, "p03", "") == {
+        "org": "p03", "name": "", "licence_no": LEGACY_LICENCE, "active": True, "changed": True,
+        "index": {"org": "p03", "name": ""}}
+    assert pharmacy(world, "p04", LEGACY_LICENCE) == "LICENCE_IN_USE"
+    assert reindex(world, admin("p03"), "p03", "")["changed"] is False
+
+
+def test_reindex_refuses_a_code_another_active_registration_holds(world: World) -> None:
+    legacy(world)
+    # the duplicate got in first (the gap reindex closes): the legacy one cannot take its code
+    assert practitioner(world, "h02", "dr-dup", LEGACY_CODE) == "OK"
+    assert pharmacy(world, "p04", LEGACY_LICENCE) == "OK"
+    assert reindex(world, admin("h01"), "h01", "dr-legacy") == "CODE_IN_USE"
+    assert reindex(world, REGULATOR, "p03", "") == "LICENCE_IN_USE"
+    assert index(world, "praccode/" + LEGACY_CODE) == {"org": "h02", "name": "dr-dup"}
+    assert index(world, "pharmlic/" + LEGACY_LICENCE) == {"org": "p04", "name": ""}
+    # the duplicate leaves the code: the legacy registration takes it over
+    assert practitioner(world, "h02", "dr-dup", LEGACY_CODE, active=False) == "OK"
+    assert reindex(world, REGULATOR, "h01", "dr-legacy")["index"] == {"org": "h01", "name": "dr-legacy"}
+    # a legacy registration at a site the holder authorised takes the site's place
+    assert authorize(world, "h01", LEGACY_CODE, "h03") == "OK"
+    def at_site() -> None:
+        assert practitioner(world, "h03", "dr-legacy", LEGACY_CODE) == "OK"
+
+    under_legacy_registry(world, at_site)
+    assert reindex(world, admin("h03"), "h03", "dr-legacy")["index"] == {
+        "org": "h01", "name": "dr-legacy", "sites": {"h03": "dr-legacy"}}
+    assert reindex(world, admin("h03"), "h03", "dr-legacy")["changed"] is False
+    assert practitioner(world, "h03", "dr-legacy-2", LEGACY_CODE) == "CODE_IN_USE"
+
+
+def test_who_may_reindex(world: World) -> None:
+    legacy(world)
+    assert reindex(world, admin("h02"), "h01", "dr-legacy") == "ACCESS_DENIED"
+    assert reindex(world, admin("ins01"), "h01", "dr-legacy") == "ACCESS_DENIED"
+    assert reindex(world, JIANG, "h01", "dr-legacy") == "WRONG_ROLE"
+    assert reindex(world, admin("h01"), "h01", "dr-nobody") == "NOT_FOUND"
+    assert reindex(world, admin("h01"), "h01", "") == "NOT_FOUND"  # h01 has no pharmacy
+    for bad in ("dr legacy", "x" * 65, "dr/legacy"):
+        assert reindex(world, admin("h01"), "h01", bad) == "BAD_ARGUMENTS", bad
+    assert reindex(world, REGULATOR, "", "dr-legacy") == "BAD_ARGUMENTS"
+    assert index(world, "praccode/" + LEGACY_CODE) is None
