@@ -22,7 +22,8 @@ Reference data the prescription and settlement contracts read:
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
   written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
   own room (16 entries per hospital, 48 shared fairly by the hospitals other than the
-  enrolling one: when they are full, the hospital holding the most gives up its oldest).
+  enrolling one: when they are full, the hospital holding the most gives up its oldest);
+  read by the insurer holding her account (or asked by her to take it over), not any insurer.
   Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
   insurer opens the account with ``settlement.open_account``.
 
@@ -66,6 +67,7 @@ MAX_DIAGNOSES_TOTAL = 64  # entries of one patient record (its size); the enroll
 # (full: the one holding the most gives way to one holding at least 2 fewer, add_diagnosis)
 MAX_TEXT = 128
 LIST_LIMIT = 200
+TRANSFER_EXPIRY_MS = 30 * 24 * 3600 * 1000  # settlement's: a pending transfer request lasts 30 days
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -910,10 +912,24 @@ def _may_ask(ctx: Context) -> bool:
     return False
 
 
+def _insures(ctx: Context, pseudonym: str) -> bool:
+    """The caller (an insurer's clerk or admin) holds the patient's account, or is the insurer a
+    pending transfer request she made herself names, within its 30 days (as settlement's
+    patient_status: it decides whether to take her over). No other insurer -- also none before
+    her account is opened: ``settlement.open_account`` reads the enrolment itself."""
+    org = ctx.caller.org
+    acct = ctx.get_from("settlement", "acct/" + pseudonym)
+    if acct is not None and acct["insurer"] == org:
+        return True
+    req = ctx.get_from("settlement", "xfer/" + pseudonym)
+    return req is not None and req["to"] == org and req["requested_by"] == "patient" \
+        and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS
+
+
 def get_patient(ctx: Context, pseudonym: str) -> dict:
     """Enrolment metadata (diagnosis tags only): the patient herself, staff of her
-    enrolling hospital, the insurer holding her account (any insurer's clerk/admin before
-    an account is opened) and the regulator's auditors."""
+    enrolling hospital, the insurer holding her account (or asked by her to take it over) and
+    the regulator's auditors."""
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     c = ctx.caller
@@ -926,8 +942,7 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
     if c.org == rec["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
         allowed = True
     if c.org_kind == "insurer" and c.role in ("admin", "clerk"):
-        acct = ctx.get_from("settlement", "acct/" + pseudonym)
-        allowed = acct is None or acct["insurer"] == c.org
+        allowed = _insures(ctx, pseudonym)
     if not allowed and not _is_patient(ctx, rec):
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     return rec

@@ -5,15 +5,16 @@ enrolment."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import hmac
 import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.contracts.chain import Who, admin, who
-from tests.contracts.flows import JIANG
-from tests.contracts.rxclient import World, dx_key
+from tests.contracts.chain import DAY_MS, ROOT, Who, admin, who
+from tests.contracts.flows import CLERK, CLERK2, JIANG
+from tests.contracts.rxclient import World, dx_key, patient_binding, pseudonym
 from tests.contracts.test_registry_decisions import (
     JIANG_CODE,
     add_dx,
@@ -286,3 +287,66 @@ def test_who_may_reindex(world: World) -> None:
         assert reindex(world, admin("h01"), "h01", bad) == "BAD_ARGUMENTS", bad
     assert reindex(world, REGULATOR, "", "dr-legacy") == "BAD_ARGUMENTS"
     assert index(world, "praccode/" + LEGACY_CODE) is None
+
+
+# ---------------------------------------------------------------- get_patient
+
+
+NEW_PATIENT: dict[str, Any] = {"name": "patient-new", "id_number": "500103198001010011",
+                               "user": {"org": "h01", "name": "patient-new"},
+                               "account_balance_fen": 10_000, "deductible_used_fen": 0}
+INS02_POLICY = {"insurer": "ins02", "deductible_fen": 30000, "ratio_bp": {"community": 9000},
+                "cap_fen": 150000, "cap_by_disease": {}, "b_share_bp": 2000}
+
+
+def read(world: World, caller: Who, pid: str) -> tuple[str, str]:
+    out = world.chain.query("registry", "get_patient", caller, pseudonym=pid)
+    return ("OK", "") if out.ok else (out.reason, out.message)
+
+
+def test_an_insurer_reads_an_enrolment_only_when_it_insures_her(world: World) -> None:
+    """Any insurer's clerk or admin read the enrolment (her hospital, diagnosis tags) of every
+    patient without an account yet. Now only the insurer holding her account, or the one a
+    pending request of hers asks to take it over (30 days); the others get the answer of any
+    non-party. The account is opened without reading it (open_account reads it itself)."""
+    pt = {**world.patients["patient-zhang"], **NEW_PATIENT}
+    world.enrol(pt).unwrap()
+    pid = pseudonym(pt["id_number"])
+    outsider = read(world, admin("h02"), pid)
+    assert outsider[0] == "ACCESS_DENIED"
+    for caller in (CLERK, admin("ins01"), CLERK2, admin("ins02")):
+        assert read(world, caller, pid) == outsider, caller
+    assert read(world, admin("h01"), pid) == ("OK", "")
+    assert world.open_account(pt, caller=CLERK2).ok  # no enrolment read first
+    assert read(world, CLERK2, pid) == ("OK", "")
+    assert read(world, admin("ins02"), pid) == ("OK", "")
+    assert read(world, CLERK, pid) == outsider
+    # she asks ins01 to take her over: ins01 reads her enrolment while it decides (30 days)
+    world.set_policy({**INS02_POLICY, "insurer": "ins01"}, 0).unwrap()
+    her = Who("h01", "patient-new", "patient", binding=patient_binding("h01", "patient-new"))
+    world.chain.advance(1)
+    assert world.chain.submit("settlement", "request_transfer", her, pseudonym=pid,
+                              to_insurer="ins01").ok
+    assert read(world, CLERK, pid) == ("OK", "")
+    assert read(world, who("ins03:clerk-x:clerk"), pid) == outsider
+    world.chain.advance(30 * DAY_MS + 1)
+    assert read(world, CLERK, pid) == outsider
+    # a request her insurer made without her shows the insurer asked nothing
+    assert world.chain.submit("settlement", "cancel_transfer", her, pseudonym=pid).ok
+    assert world.chain.submit("settlement", "request_transfer", CLERK2, pseudonym=pid,
+                              to_insurer="ins01").ok
+    assert read(world, CLERK, pid) == outsider
+    assert read(world, her, pid) == ("OK", "")
+    assert read(world, who("reg01:auditor-fang:auditor"), pid) == ("OK", "")
+
+
+def test_the_registry_reads_pending_transfers_as_long_as_settlement_keeps_them() -> None:
+    """The registry's copy of settlement's TRANSFER_EXPIRY_MS (contracts cannot import)."""
+    def constant(name: str) -> str:
+        tree = ast.parse((ROOT / "contracts" / name).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TRANSFER_EXPIRY_MS":
+                return ast.unparse(node.value)
+        raise AssertionError(name)
+
+    assert constant("registry.py") == constant("settlement.py") == "30 * 24 * 3600 * 1000"
