@@ -815,6 +815,15 @@ def build_parser() -> argparse.ArgumentParser:
               "withdraw (the patient; her insurer its own request) or decline (the insurer asked) a pending move")
     pcn.add_argument("patient")
 
+    rg = groups.add_parser("registry", help="registry upkeep (admins)").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    ri = sub(rg, "reindex", _simple("reindex", "org", "name"),
+             "index a registration from before codes and licences were indexed (its organisation's"
+             " admin, or a regulator admin)")
+    ri.add_argument("org")
+    ri.add_argument("--name", default="", metavar="NAME",
+                    help="the practitioner (default: the organisation's pharmacy registration)")
+
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)
     lv = sub(lg, "verify", cmd_ledger_verify, "verify the hash chain and signatures of peers")

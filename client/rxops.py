@@ -1001,6 +1001,14 @@ class RxOperations:
                                     endorsing_orgs=self._account_endorsers(pseud))
         return {"patient": ref, **_written(res)}
 
+    def reindex(self, org: str, name: str = "") -> dict[str, Any]:
+        """Index one registration written before practitioner codes and pharmacy licences were
+        indexed (``registry.reindex``): practitioner ``org``/``name``, or with ``name`` "" the
+        pharmacy ``org`` (the admin of ``org``, or a regulator admin). Idempotent: ``changed``
+        false when it was indexed already or is inactive; CODE_IN_USE / LICENCE_IN_USE when
+        another active registration holds its code or licence."""
+        return _written(self.s.gateway.submit(REGISTRY, "reindex", {"org": org, "name": name}))
+
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""
         pseud = self.pseudonym(ref)

@@ -3,7 +3,8 @@
 Reference data the prescription and settlement contracts read:
 
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
-  a practitioner code is held by one active registration at a time (index ``praccode/{code}``);
+  a practitioner code is held by one active registration at a time (index ``praccode/{code}``;
+  a registration written before the index is indexed by ``reindex``);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
   by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
@@ -20,7 +21,9 @@ Reference data the prescription and settlement contracts read:
   insurer's admin; a version never applies before its effective time;
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
   written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
-  own room (16 entries per hospital, 48 for the hospitals other than the enrolling one).
+  own room (16 entries per hospital, 48 shared fairly by the hospitals other than the
+  enrolling one: when they are full, the hospital holding the most gives up its oldest);
+  read by the insurer holding her account (or asked by her to take it over), not any insurer.
   Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
   insurer opens the account with ``settlement.open_account``.
 
@@ -61,8 +64,10 @@ MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
 MAX_DIAGNOSES_TOTAL = 64  # entries of one patient record (its size); the enrolling hospital's 16
 # are kept free of the others: the other hospitals share MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES
+# (full: the one holding the most gives way to one holding at least 2 fewer, add_diagnosis)
 MAX_TEXT = 128
 LIST_LIMIT = 200
+TRANSFER_EXPIRY_MS = 30 * 24 * 3600 * 1000  # settlement's: a pending transfer request lasts 30 days
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -199,6 +204,48 @@ def _site_holds(ctx: Context, holder: dict, code: str) -> bool:
     return False
 
 
+def _claim_code(ctx: Context, holder: dict, org: str, name: str, code: str) -> bool:
+    """Whether the active registration ``org``/``name`` may hold ``code`` (index entry
+    ``holder``, or None): CODE_IN_USE when another registration holds it; True when it holds it
+    as a site the holder authorised, False as its holder (already, or a new one)."""
+    if holder is None or (holder["org"] == org and holder["name"] == name):
+        return False
+    # a drCode names one person: another organisation (or another of this one's records)
+    # registering it would let its certificate act under that person's licence -- unless
+    # the holder authorised that organisation as a site of hers, once, under one name
+    # (held while the holder or a site of hers practises under it: the code is taken
+    # over only once none does -- a take-over keeps no sites)
+    if not _holds(ctx, holder["org"], holder["name"], code) and not _site_holds(ctx, holder, code):
+        return False
+    sites = holder.get("sites", {})
+    taken = sites.get(org, "")
+    if holder["org"] == org or org not in sites or (
+            taken != "" and taken != name and _holds(ctx, org, taken, code)):
+        ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
+                 + holder["org"] + "/" + holder["name"] + " with an active licence"
+                 + " (another organisation registers it only as a site the holder"
+                 + " authorised: registry.authorize_practice_site)")
+    return True
+
+
+def _index_code(ctx: Context, holder: dict, org: str, name: str, code: str, site: bool) -> bool:
+    """Index the active registration ``org``/``name`` under ``code`` as ``_claim_code`` decided
+    (``site``); True when the index entry changed."""
+    if site:
+        sites = holder.get("sites", {})
+        if sites.get(org, "") == name:
+            return False
+        sites[org] = name
+        holder["sites"] = sites
+        ctx.put("praccode/" + code, holder)
+        return True
+    if holder is None or holder["org"] != org or holder["name"] != name:
+        # a new holder (or one taking over a retired code: its sites are not carried over)
+        ctx.put("praccode/" + code, {"org": org, "name": name})
+        return True
+    return False
+
+
 def register_practitioner(
     ctx: Context,
     name: str,
@@ -224,33 +271,13 @@ def register_practitioner(
     key = "prac/" + org + "/" + name
     holder = ctx.get("praccode/" + code)
     site = False  # registering at a site the holder authorised (multi-site practice)
-    if licence_active and holder is not None and (holder["org"] != org or holder["name"] != name):
-        # a drCode names one person: another organisation (or another of this one's records)
-        # registering it would let its certificate act under that person's licence -- unless
-        # the holder authorised that organisation as a site of hers, once, under one name
-        # (held while the holder or a site of hers practises under it: the code is taken
-        # over only once none does -- a take-over keeps no sites)
-        if _holds(ctx, holder["org"], holder["name"], code) or _site_holds(ctx, holder, code):
-            sites = holder.get("sites", {})
-            taken = sites.get(org, "")
-            if holder["org"] == org or org not in sites or (
-                    taken != "" and taken != name and _holds(ctx, org, taken, code)):
-                ctx.fail("CODE_IN_USE", "practitioner code " + code + " is registered to "
-                         + holder["org"] + "/" + holder["name"] + " with an active licence"
-                         + " (another organisation registers it only as a site the holder"
-                         + " authorised: registry.authorize_practice_site)")
-            site = True
+    if licence_active:
+        site = _claim_code(ctx, holder, org, name, code)
     old = ctx.get(key)
     if old is not None and old["code"] != code:
         _release_code(ctx, "praccode/" + old["code"], org, name)
-    if site:
-        sites = holder.get("sites", {})
-        sites[org] = name
-        holder["sites"] = sites
-        ctx.put("praccode/" + code, holder)
-    elif licence_active and (holder is None or holder["org"] != org or holder["name"] != name):
-        # a new holder (or one taking over a retired code: its sites are not carried over)
-        ctx.put("praccode/" + code, {"org": org, "name": name})
+    if licence_active:
+        _index_code(ctx, holder, org, name, code, site)
     rec = {
         "org": org,
         "name": name,
@@ -270,17 +297,35 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     """The organisation holding practitioner code ``code`` with an active licence (its admin)
     authorises ``site`` -- another hospital or pharmacy where the same person also practises
     (multi-site practice) -- to register her under the code too, or withdraws that: the site's
-    active registration under the code is then made inactive. At most MAX_PRACTICE_SITES."""
-    _require_admin(ctx, ("hospital", "pharmacy"))
+    active registration under the code is then made inactive. At most MAX_PRACTICE_SITES.
+
+    A withdrawal (``allowed`` false) is also made by the holder's organisation once its own
+    registration is no longer in force (lapsed, or moved to another code: the entry naming it
+    is kept while a site practises under the code), by the site itself (its admin, always) and
+    by a regulator admin (the licensing authority): a lapsed or departed holder's sites used to
+    keep the code in use, withdrawn by nobody but themselves."""
+    _require_admin(ctx, ("hospital", "pharmacy", "regulator"))
     if not _is_id(code, 32) or not _is_id(site, 64) or not isinstance(allowed, bool):
         ctx.fail("BAD_ARGUMENTS", "code (drCode) and site (an organisation id) are ids; allowed a boolean")
-    org = ctx.caller.org
-    if site == org:
-        ctx.fail("BAD_ARGUMENTS", "the holder's own organisation is no site of its own")
+    c = ctx.caller
+    org = c.org
+    regulator = c.org_kind == "regulator"
     holder = ctx.get("praccode/" + code)
-    if holder is None or holder["org"] != org or not _holds(ctx, org, holder["name"], code):
+    named = holder is not None and holder["org"] == org  # the organisation the entry names
+    if allowed and regulator:
+        ctx.fail("ACCESS_DENIED", "a regulator withdraws practice sites; only the holder of "
+                 "practitioner code " + code + " authorises them")
+    if site == org and (allowed or named):
+        ctx.fail("BAD_ARGUMENTS", "the holder's own organisation is no site of its own")
+    if allowed and (not named or not _holds(ctx, org, holder["name"], code)):
         ctx.fail("ACCESS_DENIED", "only the organisation holding practitioner code " + code
                  + " with an active licence authorises its sites")
+    if not allowed and not named and not regulator:
+        if holder is None or site != org or site not in holder.get("sites", {}):
+            ctx.fail("ACCESS_DENIED", "a practice site of code " + code + " is withdrawn by the"
+                     " organisation holding the code, by the site itself or by a regulator admin")
+    if holder is None:  # (a regulator's withdrawal)
+        ctx.fail("NOT_FOUND", "no organisation holds practitioner code " + code)
     sites = holder.get("sites", {})
     kept = {}
     for k in sorted(sites.keys()):
@@ -305,6 +350,16 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     return holder
 
 
+def _claim_licence(ctx: Context, holder: dict, org: str, licence_no: str) -> None:
+    """LICENCE_IN_USE when another organisation's active registration holds ``licence_no``
+    (index entry ``holder``, or None)."""
+    if holder is not None and holder["org"] != org:
+        ph = ctx.get("pharmacy/" + holder["org"])
+        if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
+            ctx.fail("LICENCE_IN_USE", "pharmacy licence " + licence_no + " is registered to "
+                     + holder["org"] + " (active)")
+
+
 def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     """Register (or update) the caller's own pharmacy as a dispensing pharmacy."""
     _require_admin(ctx, ("pharmacy",))
@@ -314,11 +369,8 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
         ctx.fail("BAD_ARGUMENTS", "active is a boolean")
     org = ctx.caller.org
     holder = ctx.get("pharmlic/" + licence_no)
-    if active and holder is not None and holder["org"] != org:
-        ph = ctx.get("pharmacy/" + holder["org"])
-        if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
-            ctx.fail("LICENCE_IN_USE", "pharmacy licence " + licence_no + " is registered to "
-                     + holder["org"] + " (active)")
+    if active:
+        _claim_licence(ctx, holder, org, licence_no)
     old = ctx.get("pharmacy/" + org)
     if old is not None and old["licence_no"] != licence_no:
         _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
@@ -328,6 +380,56 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
+
+
+def reindex(ctx: Context, org: str, name: str) -> dict:
+    """Index one registration written before codes and licences were indexed: the practitioner
+    ``prac/{org}/{name}``, or with ``name`` "" the pharmacy ``pharmacy/{org}`` (the admin of
+    ``org``, or a regulator admin for any organisation). The record is not changed: an active
+    one takes the index entry exactly as registering it again unchanged would (its holder, a
+    site the holder authorised, or taking over a code no registration in force holds), an
+    inactive one holds nothing; CODE_IN_USE / LICENCE_IN_USE when another active registration
+    holds it, nothing written. Idempotent: a registration already indexed writes nothing."""
+    _require_admin(ctx, ("hospital", "pharmacy", "regulator"))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    c = ctx.caller
+    if c.org_kind != "regulator" and c.org != org:
+        ctx.fail("ACCESS_DENIED", "an organisation's admin indexes its own registrations (a "
+                 "regulator admin any)")
+    if name == "":
+        rec = ctx.get("pharmacy/" + org)
+        if rec is None:
+            ctx.fail("NOT_FOUND", "no pharmacy " + org)
+        key = "pharmlic/" + rec["licence_no"]
+        holder = ctx.get(key)
+        changed = False
+        if rec["active"]:
+            _claim_licence(ctx, holder, org, rec["licence_no"])
+            if holder is None or holder["org"] != org:
+                holder = {"org": org, "name": ""}
+                ctx.put(key, holder)
+                changed = True
+        out = {"org": org, "name": "", "licence_no": rec["licence_no"], "active": rec["active"]}
+    else:
+        rec = ctx.get("prac/" + org + "/" + name)
+        if rec is None:
+            ctx.fail("NOT_FOUND", "no practitioner " + org + "/" + name)
+        key = "praccode/" + rec["code"]
+        holder = ctx.get(key)
+        changed = False
+        if rec["licence_active"]:
+            site = _claim_code(ctx, holder, org, name, rec["code"])
+            changed = _index_code(ctx, holder, org, name, rec["code"], site)
+            if changed and not site:
+                holder = {"org": org, "name": name}  # (a site's entry is updated in place)
+        out = {"org": org, "name": name, "code": rec["code"], "active": rec["licence_active"]}
+    if changed:
+        ctx.emit("registry.index", {"key": key, "org": org, "name": name})
+    out["changed"] = changed
+    out["index"] = holder if holder is not None else {}
+    return out
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:
@@ -724,30 +826,73 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
     new = _diagnosis_entries(ctx, pseudonym, [entry], c.org)[0]
     mine = 0
     others = 0
+    shared = {}  # entries per hospital in the room shared by the hospitals but her enrolling one
     for dx in rec["diagnoses"]:
         by = _recorder(dx)
         if by != rec["hospital"]:
             others = others + 1
+            shared[by] = shared.get(by, 0) + 1
         if by == c.org:
             mine = mine + 1
             if dx["tag"] == new["tag"] and dx["physical"] == physical:
                 # already on record from this hospital (the earlier entry already counts for
                 # visits after it): a follow-up visit recorded again takes no room
-                return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": False}
+                return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]),
+                        "recorded": False, "evicted": ""}
     # room per hospital: one hospital cannot fill another's (the enrolling hospital's 16 are its
     # own; the others share the rest of the record's bound, at most 16 each)
     if mine >= MAX_DIAGNOSES:
         ctx.fail("LIMIT_EXCEEDED", "at most 16 diagnoses per patient from one hospital")
+    kept = rec["diagnoses"]
+    evicted = ""
     if c.org != rec["hospital"] and others >= MAX_DIAGNOSES_TOTAL - MAX_DIAGNOSES:
-        ctx.fail("LIMIT_EXCEEDED", "at most 48 diagnoses per patient from hospitals other than "
-                 "her enrolling hospital")
-    if len(rec["diagnoses"]) >= MAX_DIAGNOSES_TOTAL:
+        evicted = _fullest(rec["diagnoses"], rec["hospital"], shared, mine)
+        if evicted == "":
+            ctx.fail("LIMIT_EXCEEDED", "the 48 diagnoses per patient from hospitals other than "
+                     "her enrolling hospital are full, and no hospital holds 2 more of them than "
+                     + c.org + " (" + str(mine) + ")")
+        kept = _drop_oldest(rec["diagnoses"], evicted)
+    if len(kept) >= MAX_DIAGNOSES_TOTAL:
         ctx.fail("LIMIT_EXCEEDED", "at most 64 diagnoses per patient")
-    rec["diagnoses"] = rec["diagnoses"] + [new]
+    rec["diagnoses"] = kept + [new]
     rec["updated"] = _stamp(ctx)
     ctx.put("patient/" + pseudonym, rec)
-    ctx.emit("registry.diagnosis", {"hospital": c.org})
-    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": True}
+    event = {"hospital": c.org}
+    if evicted != "":
+        event["evicted"] = evicted
+    ctx.emit("registry.diagnosis", event)
+    return {"pseudonym": pseudonym, "diagnoses": len(rec["diagnoses"]), "recorded": True,
+            "evicted": evicted}
+
+
+def _fullest(diagnoses: list, enroller: str, shared: dict, mine: int) -> str:
+    """The hospital whose oldest entry gives way when the shared room is full: the one holding
+    the most entries in it, if that is at least 2 more than the caller's ``mine`` (so it still
+    holds at least as many as the caller afterwards: two hospitals never take room back and
+    forth); among equals the one whose oldest entry is the oldest. "" when none does."""
+    most = 0
+    for org in sorted(shared.keys()):
+        if shared[org] > most:
+            most = shared[org]
+    if most < mine + 2:
+        return ""
+    for dx in diagnoses:  # oldest first (recording order)
+        by = _recorder(dx)
+        if by != enroller and shared[by] == most:
+            return by
+    return ""
+
+
+def _drop_oldest(diagnoses: list, org: str) -> list:
+    """``diagnoses`` without the oldest entry ``org`` recorded."""
+    out = []
+    dropped = False
+    for dx in diagnoses:
+        if not dropped and _recorder(dx) == org:
+            dropped = True
+        else:
+            out.append(dx)
+    return out
 
 
 def _may_ask(ctx: Context) -> bool:
@@ -767,10 +912,24 @@ def _may_ask(ctx: Context) -> bool:
     return False
 
 
+def _insures(ctx: Context, pseudonym: str) -> bool:
+    """The caller (an insurer's clerk or admin) holds the patient's account, or is the insurer a
+    pending transfer request she made herself names, within its 30 days (as settlement's
+    patient_status: it decides whether to take her over). No other insurer -- also none before
+    her account is opened: ``settlement.open_account`` reads the enrolment itself."""
+    org = ctx.caller.org
+    acct = ctx.get_from("settlement", "acct/" + pseudonym)
+    if acct is not None and acct["insurer"] == org:
+        return True
+    req = ctx.get_from("settlement", "xfer/" + pseudonym)
+    return req is not None and req["to"] == org and req["requested_by"] == "patient" \
+        and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS
+
+
 def get_patient(ctx: Context, pseudonym: str) -> dict:
     """Enrolment metadata (diagnosis tags only): the patient herself, staff of her
-    enrolling hospital, the insurer holding her account (any insurer's clerk/admin before
-    an account is opened) and the regulator's auditors."""
+    enrolling hospital, the insurer holding her account (or asked by her to take it over) and
+    the regulator's auditors."""
     if not _is_hex(pseudonym, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     c = ctx.caller
@@ -783,8 +942,7 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
     if c.org == rec["hospital"] and c.role in ("admin", "doctor", "pharmacist"):
         allowed = True
     if c.org_kind == "insurer" and c.role in ("admin", "clerk"):
-        acct = ctx.get_from("settlement", "acct/" + pseudonym)
-        allowed = acct is None or acct["insurer"] == c.org
+        allowed = _insures(ctx, pseudonym)
     if not allowed and not _is_patient(ctx, rec):
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     return rec

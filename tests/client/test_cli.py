@@ -170,3 +170,34 @@ def test_rx_deliver_names_the_fill_only_when_given():
     assert ops.deliver("R")["fill"] == 3 and ops.deliver("R", 2)["fill"] == 2
     assert sent == [{"fn": "prescription.deliver", "rx_id": "R"},
                     {"fn": "prescription.deliver", "rx_id": "R", "fill": 2}]
+
+
+def test_registry_reindex_sends_one_registration(monkeypatch: pytest.MonkeyPatch):
+    """``registry reindex ORG [--name NAME]`` submits ``registry.reindex`` (its two arguments,
+    the pharmacy registration without ``--name``) and prints the contract's answer."""
+    from types import SimpleNamespace
+
+    from client import cli
+    from client.gateway import SubmitResult
+    from client.rxops import RxOperations
+
+    p = build_parser()
+    assert (p.parse_args(["registry", "reindex", "h01", "--name", "dr-li"]).name,
+            p.parse_args(["registry", "reindex", "p03"]).name) == ("dr-li", "")
+    sent: list[tuple[str, str, dict[str, object]]] = []
+
+    def submit(contract: str, fn: str, args: dict[str, object], transient: object = None) -> SubmitResult:
+        sent.append((contract, fn, args))
+        return SubmitResult("ab" * 32, "VALID", 7, {"changed": True, **args})
+
+    ops = RxOperations(SimpleNamespace(gateway=SimpleNamespace(submit=submit)))  # type: ignore[arg-type]
+    assert ops.reindex("h01", "dr-li") == {"tx_id": "ab" * 32, "block": 7, "changed": True,
+                                           "org": "h01", "name": "dr-li"}
+    assert ops.reindex("p03")["name"] == ""
+    assert sent == [("registry", "reindex", {"org": "h01", "name": "dr-li"}),
+                    ("registry", "reindex", {"org": "p03", "name": ""})]
+    sent.clear()
+    monkeypatch.setattr(cli, "_ops", lambda a: SimpleNamespace(reindex=ops.reindex, s=SimpleNamespace(close=lambda: None)))
+    rc, out, _ = run("--json", "--as", "reg01:admin", "registry", "reindex", "h01", "--name", "dr-li")
+    assert rc == 0 and json.loads(out)["changed"] is True
+    assert sent == [("registry", "reindex", {"org": "h01", "name": "dr-li"})]
