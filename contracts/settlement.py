@@ -122,12 +122,13 @@ def _rhu_bp(amount: int, bp: int) -> int:
     return (2 * amount * bp + 10000) // 20000
 
 
-def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
+def _policy(ctx: Context, insurer: str, at_ms: int, when: str = "") -> dict:
+    """The version of ``insurer``'s policy in force at ``at_ms`` (NO_POLICY, naming ``when``)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     prefix = "policy/" + insurer + "/"
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) == 0:
-        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force")
+        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force" + when)
     return found[0][1]
 
 
@@ -136,7 +137,10 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     ``at_ms``: the insurer's own price version (``pricever/{insurer}/{code}/{inv13}``) when it
     had published one by then (looked for only when ``own_prices``: the registry's
     ``priced/{insurer}`` mark exists), else the formulary entry's: the registry keeps every
-    version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    version as ``drugver/{code}/{inv13}``; an entry without versions (written before they were
+    kept, never updated since) is read as is. An entry whose first version is later than
+    ``at_ms`` had no price then: UNKNOWN_DRUG (a dispense stamped before it, within the clock
+    skew the validators allow, was priced by the entry as it is at the settle)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     if own_prices:
         own = "pricever/" + insurer + "/" + code + "/"
@@ -147,6 +151,9 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
         return found[0][1]
+    if len(ctx.range_from("registry", prefix, prefix + "~", 1)) > 0:
+        ctx.fail("UNKNOWN_DRUG", "drug " + code + " was not in the formulary at the dispense "
+                 "(its first version is later)")
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
@@ -533,7 +540,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     """Settle one dispense (insurer clerk of the insurer of the prescription's issue: her
     insurer on the date of service, which holds its claim key -- also after her account moved,
     for a fill a move left unsettled). fill 0 = latest fill. Transient: claim, claim_salt
-    [, lines]."""
+    [, lines]. Priced and covered as of the dispense: no price or policy in force then is
+    UNKNOWN_DRUG or NO_POLICY."""
     c = ctx.caller
     if c.role != "clerk" or c.org_kind != "insurer":
         ctx.fail("WRONG_ROLE", "only an insurer clerk settles claims")
@@ -587,7 +595,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
             }
         )
     now = ctx.timestamp_ms
-    policy = _policy(ctx, c.org, served)
+    policy = _policy(ctx, c.org, served, " at the dispense (" + str(served) + " ms)")
     level = rx["hospital_level"]
     if level not in policy["ratio_bp"]:
         ctx.fail("NO_POLICY", "the policy has no ratio for hospital level " + level)

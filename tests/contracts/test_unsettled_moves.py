@@ -1,18 +1,25 @@
-"""A residual of moving an account (settle3):
+"""Two residuals of moving an account and of settling as of the dispense (settle3):
 
 * an insurer that never settled a fill held the patient's move up for good (OPEN_CLAIMS):
   a fill its insurer has left unsettled for more than 30 days after its dispense (by the
   transactions' timestamps) no longer holds the move; the move reports it, and the insurer
   of the prescription's issue -- the one that covered her on the date of service and holds
   its claim key -- still settles it, once, under its own policy and prices as of the
-  dispense, from her account as it is then; the new insurer never does."""
+  dispense, from her account as it is then; the new insurer never does;
+* a dispense stamped (clock skew) before the formulary entry's first version was priced by
+  whatever the entry says at the settle -- a price of months later -- and one stamped before
+  the insurer's first policy was refused with a message that did not say why: both are now
+  refused by a reason code naming the dispense."""
 
 from __future__ import annotations
 
-from tests.contracts.chain import DAY_MS
-from tests.contracts.flows import CLERK, CLERK2, settle
+from typing import Any
+
+from tests.contracts.chain import DAY_MS, admin, who
+from tests.contracts.flows import CLERK, CLERK2, WANG, dispense, settle
 from tests.contracts.rxclient import Prepared, World
 from tests.contracts.test_account_transfer import (
+    INS02_POLICY,
     PATIENT,
     call,
     dispensed,
@@ -23,6 +30,9 @@ from tests.contracts.test_account_transfer import (
 )
 
 WINDOW_MS = 30 * DAY_MS
+CLERK3 = who("ins03:clerk-xu:clerk")
+INS03_POLICY = {**INS02_POLICY, "insurer": "ins03"}
+NEW_CODE = "XC08CAA999A001010100001"
 
 
 def _left_with_ins01(world: World) -> tuple[Prepared, int]:
@@ -128,3 +138,84 @@ def test_a_fill_inside_the_window_or_a_fill_to_come_still_holds_the_move(world: 
     settle(world, recent, clerk=CLERK).unwrap()
     issued(world)  # approved, still to dispense: its claim key is ins01's alone
     assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
+
+
+# ---------------------------------------------------------------- as of the dispense
+
+
+def _new_drug(world: World, price_fen: int) -> Any:
+    return world.chain.submit("registry", "set_drug", admin("ins01"), code=NEW_CODE,
+                              spec="10 mg x 28 tablets", cls="A", standard_fen=price_fen,
+                              price_fen=price_fen, controlled="NONE")
+
+
+def test_a_dispense_stamped_before_a_drugs_first_price_is_refused_not_priced_later(
+        world: World) -> None:
+    """A new formulary entry's first version at t; a prescription of it issued and dispensed
+    after that in commit order, but its dispense stamped before t (a clock within the skew
+    bound). No price was in force at the dispense: the settle fell back to the entry as it
+    is at the settle (written for entries from before versions were kept), a price of a year
+    later. It is refused UNKNOWN_DRUG now, nothing written."""
+    t = world.chain.now
+    _new_drug(world, 3000).unwrap()
+    world.chain.advance(60_000)
+    prep = issued(world, drugs=[(NEW_CODE, 1)])
+    world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()
+    dispense(world, prep, at_ms=t - 1).unwrap()
+    world.chain.advance(365 * DAY_MS)
+    _new_drug(world, 9000).unwrap()  # a year on, the entry's price triples
+    before = status(world)
+    out = settle(world, prep, clerk=CLERK)
+    assert out.reason == "UNKNOWN_DRUG", out
+    assert "at the dispense" in out.message
+    assert status(world) == before
+    # one dispensed at its time is priced by the version then in force, never the later one
+    later = dispensed(world, drugs=[(NEW_CODE, 1)])
+    world.chain.advance(1)
+    _new_drug(world, 12000).unwrap()
+    assert settle(world, later, clerk=CLERK).unwrap()["medfee_fen"] == 9000
+
+
+def test_a_dispense_stamped_before_the_new_insurers_first_policy(world: World) -> None:
+    """ins03 publishes its first policy and takes her over; a prescription issued under it is
+    dispensed by a transaction stamped before that policy (within the skew bound). No policy
+    of ins03 was in force at the dispense: refused NO_POLICY naming the dispense, nothing
+    written -- and, never settleable, the fill holds her next move up only 30 days."""
+    with_ins02(world)
+    t = world.chain.now
+    world.set_policy(INS03_POLICY, 0).unwrap()  # ins03's first policy, in force from t
+    world.chain.advance(1)
+    call(world, "request_transfer", zhang(world), to_insurer="ins03")
+    assert call(world, "accept_transfer", CLERK3)["insurer"] == "ins03"
+    prep = issued(world, insurer="ins03")
+    world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()
+    dispense(world, prep, at_ms=t - 1).unwrap()
+    before = status(world, CLERK3)
+    out = settle(world, prep, clerk=CLERK3)
+    assert out.reason == "NO_POLICY", out
+    assert "at the dispense" in out.message
+    assert status(world, CLERK3) == before
+    # settled by nobody: her move to ins02 waits 30 days from the dispense, no longer
+    world.chain.now = t - 1 + WINDOW_MS
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
+    world.chain.advance(1)
+    move = call(world, "accept_transfer", CLERK2)["transfers"][-1]
+    assert move["unsettled"] == [{"rx_id": prep.args["rx_id"], "fill": 1, "insurer": "ins03",
+                                  "dispensed_ms": t - 1}]
+
+
+def test_the_policy_in_force_at_the_dispense_not_at_the_settle(world: World) -> None:
+    """ins02's second policy version, published after a dispense, never re-prices it; a
+    dispense stamped after it is settled under it."""
+    with_ins02(world)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    call(world, "accept_transfer", CLERK2)
+    old = dispensed(world, insurer="ins02", drugs=[("amlodipine", 2)])
+    world.chain.advance(1)
+    world.set_policy({**INS02_POLICY, "ratio_bp": {"community": 5000, "tertiary": 4000}},
+                     0).unwrap()
+    world.chain.advance(1)
+    new = dispensed(world, insurer="ins02", drugs=[("amlodipine", 2)])
+    assert settle(world, old, clerk=CLERK2).unwrap()["ratio_bp"] == 9000
+    assert settle(world, new, clerk=CLERK2).unwrap()["ratio_bp"] == 5000
