@@ -989,7 +989,9 @@ class RxOperations:
 
     def accept_transfer(self, ref: str) -> dict[str, Any]:
         """Take over patient ``ref``'s account (clerk/admin of the insurer a pending request
-        names); refused OPEN_CLAIMS while a claim of hers is outstanding with her insurer."""
+        names); refused OPEN_CLAIMS while a claim of hers is outstanding with her insurer. A
+        fill its insurer left unsettled over 30 days no longer holds the move: the move lists it
+        (``transfers[-1].unsettled``) and that insurer still settles it (:meth:`settle`)."""
         res = self.s.gateway.submit(SETTLEMENT, "accept_transfer", {"pseudonym": self.pseudonym(ref)})
         return {"patient": ref, **_written(res)}
 

@@ -25,7 +25,9 @@ insurer (a clerk or admin) opens her account with ``open_account``: ``acct/{pseu
 per disease; year = China-local calendar year). Counters of a year without a record are
 zero. The account moves to another insurer with ``request_transfer`` (the patient, or her
 insurer) and ``accept_transfer`` (the receiving insurer), never while a claim of hers is
-outstanding; the money moves unchanged. Claims: ``claim/{claim_id}``,
+outstanding -- a fill left unsettled over UNSETTLED_WINDOW_MS after its dispense no longer is:
+the move lists it and the insurer of its prescription's issue still settles it; the money
+moves unchanged. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -60,6 +62,12 @@ CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
 # after it (the validators allow a tx timestamp max_clock_skew_ms -- at most 1 day by the config
 # rules -- either side of its block's), and the move does not conflict with it
 SKEW_MARGIN_MS = 2 * DAY_MS
+# a dispensed fill its insurer leaves unsettled (never settled, or reversed) for more than this
+# after its dispense (the transactions' timestamps) no longer holds a move up: the move lists it
+# and the insurer of the prescription's issue still settles it afterwards (README "Moving an
+# account"); without a bound an insurer that never settled kept her for good
+UNSETTLED_WINDOW_MS = 30 * DAY_MS
+MAX_UNSETTLED_LISTED = 16  # fills a move lists as left unsettled (all of them are counted)
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -114,12 +122,13 @@ def _rhu_bp(amount: int, bp: int) -> int:
     return (2 * amount * bp + 10000) // 20000
 
 
-def _policy(ctx: Context, insurer: str, at_ms: int) -> dict:
+def _policy(ctx: Context, insurer: str, at_ms: int, when: str = "") -> dict:
+    """The version of ``insurer``'s policy in force at ``at_ms`` (NO_POLICY, naming ``when``)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     prefix = "policy/" + insurer + "/"
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) == 0:
-        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force")
+        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force" + when)
     return found[0][1]
 
 
@@ -128,7 +137,10 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     ``at_ms``: the insurer's own price version (``pricever/{insurer}/{code}/{inv13}``) when it
     had published one by then (looked for only when ``own_prices``: the registry's
     ``priced/{insurer}`` mark exists), else the formulary entry's: the registry keeps every
-    version as ``drugver/{code}/{inv13}``; an entry without versions is read as is."""
+    version as ``drugver/{code}/{inv13}``; an entry without versions (written before they were
+    kept, never updated since) is read as is. An entry whose first version is later than
+    ``at_ms`` had no price then: UNKNOWN_DRUG (a dispense stamped before it, within the clock
+    skew the validators allow, was priced by the entry as it is at the settle)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     if own_prices:
         own = "pricever/" + insurer + "/" + code + "/"
@@ -139,6 +151,9 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
         return found[0][1]
+    if len(ctx.range_from("registry", prefix, prefix + "~", 1)) > 0:
+        ctx.fail("UNKNOWN_DRUG", "drug " + code + " was not in the formulary at the dispense "
+                 "(its first version is later)")
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
@@ -222,18 +237,24 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
     return acct
 
 
-def _open_claims(ctx: Context, pseudonym: str) -> int:
-    """Her prescriptions with a claim outstanding: a dispensed fill without an active claim, or
-    a prescription that can still be dispensed (its claim key is wrapped for the insurer of its
-    issue alone: after a move nobody could settle it) -- by its status, or by the clock until
-    SKEW_MARGIN_MS past its next fill's deadline (``prescription.expire`` closes it at once, a
-    write every later dispense conflicts with or reads). Erased prescriptions are past their
-    retention (their keys destroyed): never claimable, never outstanding. All her prescriptions
-    are read (pages of 64 index rows; bounded by gas)."""
+def _open_claims(ctx: Context, pseudonym: str) -> list:
+    """[n, left, n_left]: ``n`` her prescriptions with a claim outstanding -- a dispensed fill
+    without an active claim dispensed UNSETTLED_WINDOW_MS ago at most, or a prescription that
+    can still be dispensed (its claim key is wrapped for the insurer of its issue alone: after
+    a move nobody could settle it) by its status, or by the clock until SKEW_MARGIN_MS past its
+    next fill's deadline (``prescription.expire`` closes it at once, a write every later
+    dispense conflicts with or reads); ``left`` the first MAX_UNSETTLED_LISTED fills without an
+    active claim dispensed longer ago ({rx_id, fill, insurer, dispensed_ms}: their insurer
+    left them unsettled; they no longer hold a move), ``n_left`` all of them (of the
+    prescriptions with nothing outstanding). Erased prescriptions are past their retention
+    (their keys destroyed): never claimable, never outstanding. All her prescriptions are read
+    (pages of 64 index rows; bounded by gas)."""
     prefix = "pidx/" + pseudonym + "/"
     end = prefix + "~"
     now = ctx.timestamp_ms
     n = 0
+    left = []
+    n_left = 0
     page = ctx.range_from("prescription", prefix, end, 64)
     while len(page) > 0:
         for pair in page:
@@ -245,17 +266,31 @@ def _open_claims(ctx: Context, pseudonym: str) -> int:
                 n = n + 1
                 continue
             fill = 1
+            stale = []
             while fill <= rx["fills"]:
-                guard = ctx.get("claimed/" + rx["rx_id"] + "/" + str(fill).zfill(3))
+                fill3 = str(fill).zfill(3)
+                guard = ctx.get("claimed/" + rx["rx_id"] + "/" + fill3)
                 # (a fill its insurer claimed and reversed MAX_CLAIMS_PER_FILL times is claimed
                 # no more: were it outstanding, that insurer could keep her by reversing)
                 if guard is None or (guard["active"] == "" and guard["count"] < MAX_CLAIMS_PER_FILL):
-                    n = n + 1
-                    break
+                    # from its dispense, also once settled and reversed: a reversal never
+                    # restarts the window (the insurer could keep her by reversing)
+                    disp = ctx.get_from("prescription", "disp/" + rx["rx_id"] + "/" + fill3)
+                    if disp is None or now <= disp["time_ms"] + UNSETTLED_WINDOW_MS:
+                        n = n + 1
+                        stale = None
+                        break
+                    stale.append({"rx_id": rx["rx_id"], "fill": fill, "insurer": rx["insurer"],
+                                  "dispensed_ms": disp["time_ms"]})
                 fill = fill + 1
+            if stale is not None:
+                n_left = n_left + len(stale)
+                for u in stale:
+                    if len(left) < MAX_UNSETTLED_LISTED:
+                        left.append(u)
         # next page after the last key ("!" sorts below every rx id character)
         page = ctx.range_from("prescription", page[len(page) - 1][0] + "!", end, 64)
-    return n
+    return [n, left, n_left]
 
 
 def _transfer_party(ctx: Context, pseudonym: str) -> list:
@@ -341,13 +376,16 @@ def cancel_transfer(ctx: Context, pseudonym: str) -> dict:
 def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     """Take over the patient's account (clerk or admin of the insurer a pending request names).
 
-    Refused while a claim of hers is outstanding (OPEN_CLAIMS: a dispensed fill unclaimed, or a
-    prescription that can still be dispensed): the insurer of a prescription's issue holds its
-    claim key and settles it, so it must be settled first -- never lost, never paid twice. The
-    money moves unchanged: the personal-account balance and this and earlier years'
-    deductible and cap counters are hers; the new insurer's policy applies to dispenses from
-    the move on. The previous insurer's claims stay its own and can no longer be reversed
-    (ACCOUNT_TRANSFERRED): a reversal would reopen a fill nobody could settle."""
+    Refused while a claim of hers is outstanding (OPEN_CLAIMS: a fill dispensed at most 30 days
+    ago unclaimed, or a prescription that can still be dispensed): the insurer of a
+    prescription's issue holds its claim key and settles it, so it is settled first -- never
+    lost, never paid twice. A fill its insurer left unsettled longer holds the move up no more:
+    the move lists it (``unsettled``, ``unsettled_count``) and that insurer still settles it
+    afterwards (``settle``), nobody else. The money moves unchanged: the personal-account
+    balance and this and earlier years' deductible and cap counters are hers; the new
+    insurer's policy applies to dispenses from the move on. The previous insurer's claims stay
+    its own and can no longer be reversed (ACCOUNT_TRANSFERRED): the refund would land in an
+    account it no longer holds."""
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         ctx.fail("WRONG_ROLE", "a clerk or admin of the receiving insurer accepts a transfer")
@@ -363,11 +401,13 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct = _account(ctx, pseudonym)
     if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
         ctx.fail("NOT_FOUND", "the pending transfer is stale")
-    n = _open_claims(ctx, pseudonym)
+    found = _open_claims(ctx, pseudonym)
+    n = found[0]
     if n > 0:
         ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
-                 + acct["insurer"] + " (a fill to settle, or fills still to dispense: one past its "
-                 "validity counts for 2 days more unless prescription.expire marks it EXPIRED)")
+                 + acct["insurer"] + " (a fill dispensed in the last 30 days to settle, or fills "
+                 "still to dispense: one past its validity counts for 2 days more unless "
+                 "prescription.expire marks it EXPIRED)")
     _policy(ctx, c.org, ctx.timestamp_ms)
     move = {
         "from": acct["insurer"],
@@ -377,6 +417,9 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
         "accepted_by": c.name,
         "ms": ctx.timestamp_ms,
         "tx_id": ctx.tx_id,
+        # fills their insurer left unsettled over UNSETTLED_WINDOW_MS: still its to settle
+        "unsettled": found[1],
+        "unsettled_count": found[2],
     }
     # the latest MAX_TRANSFERS moves (a bounded record): a cap on the moves themselves let two
     # insurers pass her back and forth 16 times -- each move takes only both insurers -- and
@@ -386,7 +429,7 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct["insurer"] = c.org
     ctx.put("acct/" + pseudonym, acct)
     ctx.delete("xfer/" + pseudonym)
-    ctx.emit("account.transferred", {"from": move["from"], "to": c.org})
+    ctx.emit("account.transferred", {"from": move["from"], "to": c.org, "unsettled": found[2]})
     return acct
 
 
@@ -494,8 +537,11 @@ def _per_code(lines: list) -> list:
 
 
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
-    """Settle one dispense (insurer clerk of the patient's insurer). fill 0 = latest fill.
-    Transient: claim, claim_salt [, lines]."""
+    """Settle one dispense (insurer clerk of the insurer of the prescription's issue: her
+    insurer on the date of service, which holds its claim key -- also after her account moved,
+    for a fill a move left unsettled). fill 0 = latest fill. Transient: claim, claim_salt
+    [, lines]. Priced and covered as of the dispense: no price or policy in force then is
+    UNKNOWN_DRUG or NO_POLICY."""
     c = ctx.caller
     if c.role != "clerk" or c.org_kind != "insurer":
         ctx.fail("WRONG_ROLE", "only an insurer clerk settles claims")
@@ -504,9 +550,12 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
-    acct = _account(ctx, rx["patient"])
-    if acct["insurer"] != c.org:  # never naming her insurer to another one (as reverse, get_claim)
-        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
+    _account(ctx, rx["patient"])
+    # the insurer of its issue: a move waits for its fills to be settled, except those it left
+    # unsettled over UNSETTLED_WINDOW_MS -- still its own (its policy, its claim key), never the
+    # new insurer's; never naming her insurer to another one (as reverse, get_claim)
+    if rx["insurer"] != c.org:
+        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org + " for this prescription")
     if fill == 0:
         fill = rx["fills"]
     if fill == 0 or fill > rx["fills"]:
@@ -546,7 +595,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
             }
         )
     now = ctx.timestamp_ms
-    policy = _policy(ctx, c.org, served)
+    policy = _policy(ctx, c.org, served, " at the dispense (" + str(served) + " ms)")
     level = rx["hospital_level"]
     if level not in policy["ratio_bp"]:
         ctx.fail("NO_POLICY", "the policy has no ratio for hospital level " + level)
