@@ -88,6 +88,9 @@ WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new confi
 DELIVER_TIMEOUT_S = 300.0  # the whole chain streamed once to verify it (ledger verify's walk)
 CHAIN_STATE = "config-chain.json"  # in the home directory: the prefix of the chain verified (ChainConfig)
 LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config command's hold on a file
+# the reason a config command and a session (client.follow) give when a peer's chain, verified from
+# genesis.block, holds another block at a checkpoint of the chain this home verified (CHAIN_STATE)
+CHAIN_RESTARTED = "CHAIN_RESTARTED"
 
 
 def _stream(identity: WalletIdentity, target: str, start: int, stop: int,
@@ -386,7 +389,7 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
     else:
         if chain.diverged is None:
             return found
-    raise RxClientError("CHAIN_RESTARTED", f"the peer's chain, verified from genesis.block, holds another "
+    raise RxClientError(CHAIN_RESTARTED, f"the peer's chain, verified from genesis.block, holds another "
                             f"block {chain.diverged} than the config chain this home verified "
                             f"({CHAIN_STATE}): the network was started again from the same genesis block "
                             f"(once the consortium confirms it, remove {CHAIN_STATE}), or the peer serves "

@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 
-from client.configtool import CHAIN_STATE, ChainConfig
+from client.configtool import CHAIN_RESTARTED, CHAIN_STATE, ChainConfig
 from client.errors import RxClientError
 from client.gateway import rpc_error
 from client.network import NetworkInfo, NodeEndpoint
@@ -62,7 +62,6 @@ PROBE_TIMEOUT_S = 3.0  # the TLS handshake reading the certificate a peer presen
 # the session's follow lock, which its other calls wait on) for minutes -- 3 peers x (a status,
 # up to 4 checkpoint streams and the blocks' stream)
 FOLLOW_BUDGET_S = 45.0
-CHAIN_RESTARTED = "CHAIN_RESTARTED"
 
 
 def presented_cert(target: str, identity: WalletIdentity, timeout: float = PROBE_TIMEOUT_S) -> bytes | None:

@@ -18,7 +18,7 @@ from rxchain.v1 import config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
-from client.follow import CHAIN_RESTARTED, follow_chain, issued_by, presented_cert
+from client.follow import follow_chain, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -202,7 +202,7 @@ class Session:
             try:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
             except RxClientError as exc:
-                if exc.reason != CHAIN_RESTARTED:
+                if exc.reason != configtool.CHAIN_RESTARTED:
                     return False
                 self._followed = (now, exc)
                 raise
@@ -390,7 +390,7 @@ class Session:
             try:
                 chain = follow_chain(self.home, self.net, self.identity)
             except RxClientError as exc:
-                if exc.reason == CHAIN_RESTARTED:
+                if exc.reason == configtool.CHAIN_RESTARTED:
                     raise
                 return False
             if chain.height <= self._verified_height:
