@@ -298,8 +298,8 @@ def test_a_long_lived_session_picks_up_a_verified_extension(rotated: Rotated) ->
     """The FHIR gateway keeps one session per wallet for as long as it serves: it pinned the CA of
     config-chain.json as it was when the session was made, so a rotation a config command verified
     later was not followed until a restart. A session now reads the file again when it changed
-    and pins its new calls to the CA it names -- and keeps that pin when the file is removed
-    (no rollback)."""
+    and pins its new calls to the CA it names; once the file is removed (the remedy for
+    CHAIN_RESTARTED) it pins the genesis CA again, as a new session would."""
     from client.fhir.server import Identities
 
     state = rotated.home / configtool.CHAIN_STATE
@@ -316,9 +316,96 @@ def test_a_long_lived_session_picks_up_a_verified_extension(rotated: Rotated) ->
         assert _health(ops.s) == "OK"
         assert ids.ops_for(cert.public_bytes(serialization.Encoding.DER)) is ops  # the same session
         state.unlink()
-        assert _health(ops.s) == "OK"
+        assert _health(ops.s) == "SERVICE_UNAVAILABLE"  # (the genesis CA again: the peer presents the new one)
     finally:
         ids.close()
+
+
+@pytest.mark.parametrize("remedy", ["removed", "shorter", "other-genesis", "new-chain"])
+def test_a_long_lived_session_takes_the_remedy_for_a_restart(rotated: Rotated, remedy: str) -> None:
+    """The network was started again from the same genesis block: the FHIR gateway's session,
+    pinned to h01's rotated CA by the old network's config-chain.json, says CHAIN_RESTARTED (503).
+    The documented remedy -- remove the file (a config command may then verify the new chain into
+    it, a shorter or as long a chain; or a file of another genesis block is put there) -- was not
+    noticed: the session kept the old pin (and the restart it found) until the gateway was
+    restarted. It now holds what a new session would: the genesis CA, or the CA the new file's
+    chain names -- h01's peer, presenting its genesis certificate, is reached again."""
+    from client.fhir.server import Identities
+
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    new_chain = [genesis, one, _plain_block(rotated.home, 2, one)]
+    with _serving(rotated.home, "peer.h01", new_chain) as h01, _serving(rotated.home, "peer.h02", new_chain) as h02:
+        ids = Identities(rotated.home)
+        ids.net = _local(ids.net, {"h01": h01, "h02": h02})
+        cert = x509.load_pem_x509_certificate(
+            (rotated.home / "orgs" / "h01" / "users" / "dr-jiang" / "cert.pem").read_bytes())
+        try:
+            ops = ids.ops_for(cert.public_bytes(serialization.Encoding.DER))
+            assert _health(ops.s) == "CHAIN_RESTARTED"
+            before = state.read_text()
+            state.unlink()
+            if remedy != "removed":
+                verified = configtool.ChainConfig(genesis, Verifier(), state)
+                for block in [genesis] if remedy != "new-chain" else [genesis, one]:
+                    verified.feed(block)
+                verified.save()
+                assert json.loads(state.read_text())["height"] == (2 if remedy == "new-chain" else 1)
+            if remedy == "other-genesis":
+                state.write_text(before.replace('"genesis": "', '"genesis": "00'))
+            assert _health(ops.s) == "OK"
+            assert ids.ops_for(cert.public_bytes(serialization.Encoding.DER)) is ops  # the same session
+        finally:
+            ids.close()
+
+
+def test_two_calls_reading_the_pin_at_once_leave_the_newer(rotated: Rotated) -> None:
+    """Two calls of one session read its pin at once: the first the genesis CA, the second -- a
+    config command verified h01's rotation in between -- the rotated one, and re-pinned. The
+    first then switched the channel back to the genesis CA it had read, and its call failed
+    (the next call corrected it). A pin now only moves forward: the first call goes over the
+    newer pin and succeeds. The order is forced: the first call waits, after reading the pin,
+    until the second is done."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    state.unlink()
+    s = _session(rotated.home, rotated.port)
+    real = s.gateway._server_ca
+    assert real is not None
+    first_read, second_done = threading.Event(), threading.Event()
+
+    def server_ca() -> Any:
+        answer = real()
+        if threading.current_thread().name == "first" and not second_done.is_set():
+            first_read.set()
+            assert second_done.wait(10)
+        return answer
+
+    s.gateway._server_ca = server_ca
+    results: dict[str, str] = {}
+
+    def call() -> None:
+        results[threading.current_thread().name] = _health(s)
+
+    first = threading.Thread(target=call, name="first")
+    second = threading.Thread(target=call, name="second")
+    try:
+        first.start()
+        assert first_read.wait(10)  # the first call read the genesis pin
+        state.write_bytes(saved)  # a config command verified the rotation meanwhile
+        second.start()
+        second.join(10)
+        assert not second.is_alive()
+        second_done.set()
+        first.join(10)
+        assert not first.is_alive()
+        assert results == {"first": "OK", "second": "OK"}
+        assert s.gateway._pin == x509.load_der_x509_certificate(rotated.ca_der).public_bytes(
+            serialization.Encoding.PEM)
+    finally:
+        second_done.set()
+        s.close()
 
 
 @pytest.mark.parametrize("peer_chain", ["restarted", "lagging", "forged"])
