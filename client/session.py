@@ -286,8 +286,9 @@ class Session:
         """The wallet's ``org-records-key.pem`` must be the key of its organisation's records
         certificate in the newest configuration this home verified (the genesis one when it
         verified none): a stale or foreign key would make every grant to the org fail to open.
-        After a rotation the old key goes into ``previous-records-keys/`` (client.wallet), where
-        it still opens what was wrapped for the old certificate."""
+        After a rotation the old key goes into ``previous-records-keys/`` (client.wallet,
+        ``rxchain wallet rotate-records-key``), where it still opens what was wrapped for the old
+        certificate."""
         key = self.identity.records_key
         if key is None:
             return
@@ -295,8 +296,9 @@ class Session:
         net = self.net if config is None else self.net.with_config(config)
         if not key_matches(key, _records_cert_key(net, self.identity.org)):
             rotated = config is not None and key_matches(key, _records_cert_key(self.net, self.identity.org))
-            hint = (" but of the one it rotated away from: move it into previous-records-keys/ and install "
-                    "the new certificate's key as org-records-key.pem") if rotated else (
+            hint = (f" but of the one it rotated away from: `rxchain --as {self.identity.label} wallet "
+                    "rotate-records-key --key NEW.pem` keeps it in previous-records-keys/ and installs the new "
+                    "certificate's key as org-records-key.pem") if rotated else (
                     " (after a rotation of it, an `rxchain config show` verifies the new configuration here)")
             raise WalletError("BAD_WALLET", f"org-records-key.pem of {self.identity.label} is not the key "
                               f"of {self.identity.org}'s records certificate in force{hint}")
