@@ -20,7 +20,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.txbuild import TxKit, make_block, node_signer, user_signer
 from client import configtool
@@ -620,3 +620,90 @@ def test_a_closed_session_opens_no_channel_for_a_new_pin(rotated: Rotated) -> No
     with pytest.raises(ValueError, match="closed channel"):  # (grpc's answer to any call after close)
         s.gateway.health(timeout=5)
     assert s.gateway._channel is before and not s.gateway._old_channels
+
+
+class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcastServicer):
+    """An orderer serving ``blocks`` (its whole chain: no validation codes, as orderers store
+    them) over ``AtomicBroadcast.Deliver``, and its height."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        self.blocks = blocks
+        self.asked = 0
+
+    def Health(self, request: services_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        return services_pb2.HealthResponse(serving=True, node="orderer.ins01", role="orderer")
+
+    def Status(self, request: services_pb2.StatusRequest,
+               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        self.asked += 1
+        return services_pb2.StatusResponse(node="orderer.ins01", role="orderer", height=len(self.blocks))
+
+    def Broadcast(self, request_iterator: Iterator[transaction_pb2.Envelope],
+                  context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastResponse]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "a follow broadcasts nothing")
+
+    def BroadcastBatch(self, request_iterator: Iterator[services_pb2.EnvelopeBatch],
+                       context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastBatchResponse]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "a follow broadcasts nothing")
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        stop = request.stop_block or len(self.blocks) - 1
+        for block in self.blocks[request.start_block:stop + 1]:
+            yield services_pb2.DeliverResponse(block=block)
+        yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
+
+
+@contextlib.contextmanager
+def _ordering(home: Path, orderer: _Orderer) -> Iterator[int]:
+    """``orderer`` with the generated TLS material of orderer.ins01, on a local port."""
+    d = home / "nodes" / "orderer.ins01"
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AdminServicer_to_server(orderer, srv)
+    services_pb2_grpc.add_AtomicBroadcastServicer_to_server(orderer, srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
+                                                                     d / "ca-bundle.pem"))
+    srv.start()
+    try:
+        yield port
+    finally:
+        srv.stop(None)
+
+
+@pytest.mark.parametrize("served", ["rotation", "forged"])
+def test_a_network_of_one_peer_follows_a_rotation_from_the_orderers(rotated: Rotated, served: str) -> None:
+    """A network whose only peer is h01's, its CA rotated (block 1) since the home verified: the
+    session could not follow -- its own peer, the only one, is the one the old pin cannot check,
+    and no other peer was there to ask (SERVICE_UNAVAILABLE until a config command ran, which
+    needs that peer too). When no peer extends the chain the session now asks the orderers
+    (AtomicBroadcast.Deliver, pinned to their organisation's CA), whose blocks carry no
+    validation codes: their blocks are verified as a peer's (a rotation block signed by no
+    orderer moves nothing)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    signer = ("orderer.ins01", "ins01") if served == "rotation" else ("peer.h02", "h02")
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, signer=signer)
+    del rotation.metadata.validation_codes[:]  # (an orderer's block: peers write the codes)
+    orderer = _Orderer([genesis, rotation])
+    net = load_network(rotated.home)
+    h01 = next(p for p in net.peers if p.org == "h01")
+    with _ordering(rotated.home, orderer) as port:
+        ins01 = next(o for o in net.orderers if o.name == "orderer.ins01")
+        one_peer = dataclasses.replace(
+            net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
+            orderers=(dataclasses.replace(ins01, host="127.0.0.1", port=port),))
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        try:
+            result = _health(s)
+        finally:
+            s.close()
+    assert orderer.asked == 1
+    if served == "rotation":
+        assert result == "OK"
+        assert json.loads(state.read_text())["height"] == 2
+        assert verified_network(rotated.home, net).config.sequence == 1
+    else:
+        assert result == "SERVICE_UNAVAILABLE"
+        assert verified_network(rotated.home, net).config.sequence == 0
