@@ -232,8 +232,9 @@ class Session:
                     raise self._followed[1]
                 return False
             self._followed = (now, None)
-            version, before = self._server_ca()
-            epoch = self._epoch
+            with self._state_lock:
+                self._refresh()
+                version, before, epoch = self._pin_version, self._pin_ca, self._epoch
             cert = presented_cert(self.gateway.target, self.identity)
             if cert is None or issued_by(cert, before):
                 return False  # (down, or not a matter of CAs)

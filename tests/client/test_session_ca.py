@@ -360,6 +360,31 @@ def test_a_long_lived_session_takes_the_remedy_for_a_restart(rotated: Rotated, r
             ids.close()
 
 
+def test_a_restart_found_while_the_remedy_was_taken_is_not_said(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow found the network restarted (from the old config-chain.json) while the operator
+    removed that file: the session would still say CHAIN_RESTARTED -- and go on saying it for
+    FOLLOW_INTERVAL_S -- about a file no longer there. The finding is void once the file went
+    back: the session pins the genesis CA, as a new one would, and the call goes through."""
+    from client import session as session_mod
+
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+
+    def follow(*args: Any, **kwargs: Any) -> Any:
+        state.unlink()  # (the remedy, taken while the follow ran)
+        raise RxClientError(configtool.CHAIN_RESTARTED, "the network was started again")
+
+    monkeypatch.setattr(session_mod, "follow_chain", follow)
+    with _serving(rotated.home, "peer.h01", [genesis]) as h01:  # (its genesis certificate: the new network's)
+        s = _session(rotated.home, h01)
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert not state.exists()
+
+
 def test_two_calls_reading_the_pin_at_once_leave_the_newer(rotated: Rotated) -> None:
     """Two calls of one session read its pin at once: the first the genesis CA, the second -- a
     config command verified h01's rotation in between -- the rotated one, and re-pinned. The
