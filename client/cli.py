@@ -545,6 +545,32 @@ def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
             "protocol_version": config.protocol_version or 1, "signed_by": signed}
 
 
+def cmd_wallet_rotate_records_key(a: argparse.Namespace) -> dict[str, Any]:
+    """After the organisation's records certificate was rotated: keep the wallet's current
+    records key in previous-records-keys/ and install the key of the certificate in force -- in
+    the newest configuration this home verified (config-chain.json, else the genesis one), which
+    is what a session checks the key against (client.wallet.rotate_records_key)."""
+    from client.errors import WalletError
+    from client.network import load_network
+    from client.session import verified_network
+    from client.wallet import load_identity, parse_as, rotate_records_key, wallet_dir
+
+    org, user = parse_as(_require_as(a))
+    home = _home(a)
+    net = load_network(home)
+    load_identity(home, org, user)  # the wallet as it is must load (certificate, keys, earlier keys)
+    verified = verified_network(home, net)
+    try:
+        done = rotate_records_key(wallet_dir(home, org, user), a.key, verified.org(org).records_cert_der)
+    except WalletError as exc:
+        if exc.reason != "RECORDS_KEY_MISMATCH":
+            raise
+        raise WalletError(exc.reason, f"{exc.message} -- the certificate of {org} in the newest configuration "
+                          f"this home verified (sequence {verified.config.sequence}); a rotation committed "
+                          "since is verified here by `rxchain config show`") from None
+    return {"wallet": f"{org}:{user}", "config_sequence": verified.config.sequence, **done}
+
+
 def cmd_ledger_height(a: argparse.Namespace) -> dict[str, Any]:
     from client.admin import AdminClient
 
@@ -858,6 +884,16 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub(cf, "submit", cmd_config_submit, "send a signed update to the ordering service and wait for it")
     sm.add_argument("file", type=Path)
     sm.add_argument("--wait-s", type=_int_in(1, 600), default=30, help="seconds to wait for a peer to hold it")
+
+    wl = groups.add_parser("wallet", help="your wallet's files").add_subparsers(
+        dest="cmd", required=True, parser_class=_Parser)
+    rk = sub(wl, "rotate-records-key", cmd_wallet_rotate_records_key,
+             "after your organisation's records certificate was rotated (and config show verified it "
+             "here): keep the current org-records-key.pem in previous-records-keys/ and install the new "
+             "certificate's key")
+    rk.add_argument("--key", type=Path, required=True, metavar="NEW.pem",
+                    help="the new records certificate's private key (unencrypted P-256 PEM, mode 0600); "
+                         "refused unless it is the key of the certificate in force")
 
     ev = sub(groups, "events", cmd_events, "block and contract events from a checkpoint")
     where = ev.add_mutually_exclusive_group()  # a checkpoint says where to start: --start with it is an error

@@ -88,6 +88,9 @@ WAIT_S = 30.0  # submit waits at most this long for a peer to hold the new confi
 DELIVER_TIMEOUT_S = 300.0  # the whole chain streamed once to verify it (ledger verify's walk)
 CHAIN_STATE = "config-chain.json"  # in the home directory: the prefix of the chain verified (ChainConfig)
 LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config command's hold on a file
+# the reason a config command and a session (client.follow) give when a peer's chain, verified from
+# genesis.block, holds another block at a checkpoint of the chain this home verified (CHAIN_STATE)
+CHAIN_RESTARTED = "CHAIN_RESTARTED"
 
 
 def _stream(identity: WalletIdentity, target: str, start: int, stop: int,
@@ -329,9 +332,13 @@ class ChainConfig:
         certs = msp.block_signers(block.header.timestamp_ms)
         return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
-    def in_force(self) -> tuple[int, config_pb2.ConsortiumConfig]:
+    def in_force(self, ordered: bool = False) -> tuple[int, config_pb2.ConsortiumConfig]:
         """(the block holding it, the config in force) after the blocks fed; LEDGER_INVALID when the
-        peer's pointer or validation code says otherwise."""
+        peer's pointer or validation code says otherwise. ``ordered``: the blocks came from an
+        orderer (``client.follow``), whose blocks carry no validation codes (peers write them): the
+        config transaction in force is the one the orderers' own rule adopted here
+        (:meth:`ConfigTracker.block_config`), which is all a peer's VALID code for it says -- it is
+        held (and saved) as VALID."""
         current = self._tracker.current
         number = current.block_number
         if self.height < 1:
@@ -340,6 +347,8 @@ class ChainConfig:
             raise RxClientError("LEDGER_INVALID", f"the peer's block {self.height - 1} names block {self._pointer} "
                                 f"as holding the config in force; its chain shows block {number} (sequence "
                                 f"{current.config.sequence}): ask another peer (--peer)")
+        if ordered and number:
+            self._codes = [transaction_pb2.VALID]
         if number and self._codes != [transaction_pb2.VALID]:
             # (a CONFIG transaction the validation refused never goes in force: a peer naming one is wrong)
             raise RxClientError("LEDGER_INVALID", f"block {number} holds the config in force (sequence "
@@ -386,7 +395,7 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
     else:
         if chain.diverged is None:
             return found
-    raise RxClientError("CHAIN_RESTARTED", f"the peer's chain, verified from genesis.block, holds another "
+    raise RxClientError(CHAIN_RESTARTED, f"the peer's chain, verified from genesis.block, holds another "
                             f"block {chain.diverged} than the config chain this home verified "
                             f"({CHAIN_STATE}): the network was started again from the same genesis block "
                             f"(once the consortium confirms it, remove {CHAIN_STATE}), or the peer serves "

@@ -6,7 +6,11 @@ A session pins its peer's TLS to the CA that the config chain its home verified
 organisation. When the peer presents a certificate of a CA that pin does not hold (the handshake
 fails: :func:`presented_cert`, :func:`issued_by`), the session asks up to :data:`FOLLOW_PEERS`
 other peers -- each pinned to its own organisation's CA in the verified config -- for the blocks
-past the verified chain's last one (:func:`follow_chain`), verifies them as the config commands
+past the verified chain's last one (:func:`follow_chain`), then, when none extended it, up to
+:data:`FOLLOW_ORDERERS` orderers (``AtomicBroadcast.Deliver``, each pinned to its own
+organisation's CA likewise: a network of one peer has no other peer to ask; an orderer's blocks
+carry no validation codes, and the config it adopts is the one the orderers' rule adopts here),
+verifies them as the config commands
 and ``ledger verify`` do (numbered in turn, linking, ``data_hash``, a signature of an orderer of the
 config in force, every config transaction judged by the orderers' own rule,
 :meth:`node.orderer.configtx.ConfigTracker.block_config`), saves the longer chain (never a
@@ -43,7 +47,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 
-from client.configtool import CHAIN_STATE, ChainConfig
+from client.configtool import CHAIN_RESTARTED, CHAIN_STATE, ChainConfig
 from client.errors import RxClientError
 from client.gateway import rpc_error
 from client.network import NetworkInfo, NodeEndpoint
@@ -55,6 +59,9 @@ from node.errors import RxError
 from node.genesis import read_genesis
 
 FOLLOW_PEERS = 3  # peers asked for the blocks past the verified chain, at most
+# orderers asked, at most, once no peer extended the chain: a network of one peer cannot follow a
+# rotation of its CA from peers (its own is the one the old pin cannot check)
+FOLLOW_ORDERERS = 3
 STATUS_TIMEOUT_S = 3.0  # a peer's height
 DELIVER_S = 30.0  # one stream of blocks (a longer gap is verified on by the next follow: progress is saved)
 PROBE_TIMEOUT_S = 3.0  # the TLS handshake reading the certificate a peer presents
@@ -62,7 +69,6 @@ PROBE_TIMEOUT_S = 3.0  # the TLS handshake reading the certificate a peer presen
 # the session's follow lock, which its other calls wait on) for minutes -- 3 peers x (a status,
 # up to 4 checkpoint streams and the blocks' stream)
 FOLLOW_BUDGET_S = 45.0
-CHAIN_RESTARTED = "CHAIN_RESTARTED"
 
 
 def presented_cert(target: str, identity: WalletIdentity, timeout: float = PROBE_TIMEOUT_S) -> bytes | None:
@@ -97,11 +103,14 @@ def issued_by(cert_der: bytes, ca_pem: bytes) -> bool:
 
 
 class _Peer:
-    """A peer's blocks, over a channel pinned to its organisation's CA in the verified config."""
+    """A peer's blocks, over a channel pinned to its organisation's CA in the verified config; an
+    orderer's (``orderer``: ``AtomicBroadcast.Deliver``, blocks without validation codes)."""
 
     def __init__(self, identity: WalletIdentity, endpoint: NodeEndpoint, ca_pem: bytes,
-                 deadline: float = float("inf"), clock: Callable[[], float] = time.monotonic) -> None:
+                 deadline: float = float("inf"), clock: Callable[[], float] = time.monotonic,
+                 orderer: bool = False) -> None:
         self.name = endpoint.name
+        self.orderer = orderer
         self._deadline, self._clock = deadline, clock  # (the follow's: FOLLOW_BUDGET_S)
         self._channel = secure_channel(endpoint.target, identity.cert_path, identity.key_path,
                                        identity.ca_bundle_path, server_name=endpoint.name,
@@ -130,7 +139,9 @@ class _Peer:
         """Blocks ``start``..``stop`` as the peer streams them (at most :data:`DELIVER_S` in all)."""
         req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
         timeout = self._timeout(DELIVER_S)
-        call: Any = services_pb2_grpc.PeerDeliverStub(self._channel).Deliver(req, timeout=timeout)
+        stub: Any = (services_pb2_grpc.AtomicBroadcastStub(self._channel) if self.orderer
+                     else services_pb2_grpc.PeerDeliverStub(self._channel))
+        call: Any = stub.Deliver(req, timeout=timeout)
         try:
             for msg in call:
                 if msg.WhichOneof("kind") != "block":
@@ -195,23 +206,25 @@ def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, stat
                     chain.feed(block)
         finally:
             with contextlib.suppress(RxClientError):
-                chain.in_force()  # (saves the chain verified, when the peer's pointer agrees with it)
+                chain.in_force(peer.orderer)  # (saves the chain verified, when the peer's pointer agrees with it)
         if chain.height < height:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {chain.height} of its "
                                 f"{height} blocks")
-    chain.in_force()  # LEDGER_INVALID when the peer's pointer or code disagrees with the verified chain
+    chain.in_force(peer.orderer)  # LEDGER_INVALID when the peer's pointer or code disagrees with the verified chain
 
 
 def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
                  skip: frozenset[str] = frozenset(), budget_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> ChainConfig:
     """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
-    ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, and saved
-    (``HOME/config-chain.json``; only when longer than the one saved). CHAIN_RESTARTED when a
-    peer's verified chain diverges from it; SERVICE_UNAVAILABLE naming each peer's failure when
-    none could extend it (a peer behind it, one serving a block that does not verify -- nothing
-    of theirs adopted; or ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: no peer is
-    asked past it, no call outlasts it)."""
+    ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, else of the first
+    orderer (at most :data:`FOLLOW_ORDERERS`; each pinned to its own organisation's CA in the
+    verified config, its blocks verified alike), and saved (``HOME/config-chain.json``; only when
+    longer than the one saved). CHAIN_RESTARTED when a peer's or orderer's verified chain
+    diverges from it; SERVICE_UNAVAILABLE naming each one's failure when none could extend it (one
+    behind it, one serving a block that does not verify -- nothing of theirs adopted; or
+    ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call
+    outlasts it)."""
     state_path = Path(home) / CHAIN_STATE
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
@@ -222,12 +235,14 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     failures: list[str] = []
     budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
     deadline = clock() + budget_s
-    for endpoint in [p for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS]:
+    sources = [(p, False) for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS] + [
+        (o, True) for o in pinned.orderers if o.name not in skip][:FOLLOW_ORDERERS]
+    for endpoint, orderer in sources:
         if clock() >= deadline:
             failures.append(f"{endpoint.name}: not asked: the follow ran out of its {budget_s:g} s")
             break
         try:
-            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), deadline, clock)
+            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), deadline, clock, orderer)
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
@@ -240,5 +255,5 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
         finally:
             peer.close()
-    raise RxClientError("SERVICE_UNAVAILABLE", "no peer extended the verified config chain: "
-                        + ("; ".join(failures) or "no other peer"))
+    raise RxClientError("SERVICE_UNAVAILABLE", "no peer or orderer extended the verified config chain: "
+                        + ("; ".join(failures) or "no other peer, no orderer"))

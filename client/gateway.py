@@ -181,7 +181,7 @@ def rpc_error(exc: grpc.RpcError, cls: type[RxClientError] = RxClientError) -> R
 class Gateway:
     """A client of one peer's Gateway service, signing as one wallet identity."""
 
-    _server_ca: Callable[[], bytes] | None = None  # (see __init__)
+    _server_ca: Callable[[], tuple[int, bytes]] | None = None  # (see __init__)
     _on_unreachable: Callable[[], bool] | None = None
 
     def __init__(self, identity: WalletIdentity, target: str, consortium_id: str, *,
@@ -193,19 +193,22 @@ class Gateway:
                  catch_up_timeout_s: float = 15.0,
                  server_name: str = TLS_SERVER_NAME, server_ca_pem: bytes | None = None,
                  events_idle_s: float | None = EVENTS_IDLE_S,
-                 server_ca: Callable[[], bytes] | None = None,
+                 server_ca: Callable[[], tuple[int, bytes]] | None = None,
                  on_unreachable: Callable[[], bool] | None = None):
         self.identity = identity
         self.target = target
         # server_name / server_ca_pem pin the peer (node name, its organisation's CA): see
         # node.crypto.tls. Without them any consortium node certificate is accepted.
-        # ``server_ca`` (with server_ca_pem): the CA to pin, asked before every call -- a new one
-        # (a session's home verified a CA rotation) re-pins the calls from then on, on a new
-        # channel (calls under way finish on the old one, closed by :meth:`close`).
+        # ``server_ca`` (with server_ca_pem, version 0): (version, the CA to pin), asked before
+        # every call -- one of a higher version than the pin held (a session's home verified a CA
+        # rotation) re-pins the calls from then on, on a new channel (calls under way finish on
+        # the old one, closed by :meth:`close`); a lower one (read before another call re-pinned)
+        # is ignored: the pin never goes back to an older one.
         # ``on_unreachable``: asked once per call when the peer cannot be reached; True (it
         # re-pinned: the peer presents a certificate of a CA the pin did not hold) retries now.
         self._server_name = server_name
         self._pin = server_ca_pem
+        self._pin_version = 0  # (of ``server_ca``'s answer the pin was taken from)
         self._server_ca = server_ca if channel is None and server_ca_pem is not None else None
         self._on_unreachable = on_unreachable
         self._pin_lock = threading.Lock()
@@ -277,16 +280,22 @@ class Gateway:
             self._old_channels.clear()
 
     def _check_pin(self) -> None:
-        """Re-pin to the CA ``server_ca`` names when it changed: the calls from now on go over a
-        new channel (those under way finish on the old one, closed by :meth:`close`)."""
+        """Re-pin to the CA ``server_ca`` names when its version is higher than the pin's: the
+        calls from now on go over a new channel (those under way finish on the old one, closed by
+        :meth:`close`). Under the pin lock, and only forward: two calls that read the pin at once
+        (one before a change, one after) leave the newer pin whichever switches last (the one
+        that read first, switching last, put the older pin back for its call)."""
         if self._server_ca is None:
             return
-        ca = self._server_ca()
-        if ca == self._pin:
+        version, ca = self._server_ca()
+        if version <= self._pin_version:
             return
         with self._pin_lock:
-            if ca == self._pin or self._closed:
+            if version <= self._pin_version or self._closed:
                 return  # (closed: the call fails on the closed channel, as any call after close)
+            self._pin_version = version
+            if ca == self._pin:
+                return
             channel = secure_channel(self.target, self.identity.cert_path, self.identity.key_path,
                                      self.identity.ca_bundle_path, server_name=self._server_name,
                                      root_certificates=ca)

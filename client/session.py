@@ -18,7 +18,7 @@ from rxchain.v1 import config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
-from client.follow import CHAIN_RESTARTED, follow_chain, issued_by, presented_cert
+from client.follow import follow_chain, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -129,10 +129,14 @@ class Session:
         self.identity: WalletIdentity = load_identity(self.home, org, user)
         self._check_validity()
         # the newest configuration this home verified (None: none, the genesis one stands), the
-        # height of the chain it ends and the config-chain.json it was read from (_file_stamp)
+        # height of the chain it ends and the config-chain.json it was read from (_file_stamp);
+        # with the CA pin taken from it, guarded by _state_lock (_refresh, _adopt)
+        self._state_lock = threading.Lock()
         self._verified_stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
         found, self._verified_height = _verified(self.home, self.net)
         self._verified: config_pb2.ConsortiumConfig | None = found.config if self._verified_height else None
+        self._file_height = self._verified_height  # (of the chain config-chain.json held when last read)
+        self._epoch = 0  # raised whenever config-chain.json went back (_refresh): a follow begun before is void
         self._records_followed: float | None = None  # when records_public_key last followed the chain
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
@@ -149,8 +153,8 @@ class Session:
         # session follows the chain itself when its peer presents a certificate of a CA the pin
         # does not hold (_follow_config).
         self._peer_name = endpoint.name
-        self._pin_height = self._verified_height  # (of the chain the pin was taken from)
         self._pin_ca = found.ca_pem(endpoint.org)
+        self._pin_version = 0  # raised with every change of _pin_ca: the gateway never takes an older one
         self._follow_lock = threading.Lock()
         self._followed: tuple[float, RxClientError | None] | None = None  # (when, CHAIN_RESTARTED found)
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
@@ -167,19 +171,52 @@ class Session:
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
 
-    def _server_ca(self) -> bytes:
-        """The CA this session pins its peer to: the one the newest configuration this home
-        verified names for the peer's organisation (:meth:`_verified_config`: read again whenever
-        ``HOME/config-chain.json`` changed, and only from a chain at least as long -- a file
-        removed, torn or replaced by an older one moves no pin: no rollback), taken once per
-        longer chain."""
-        config = self._verified_config()
-        height = self._verified_height
-        if config is not None and height > self._pin_height:
-            self._pin_height = height
-            with contextlib.suppress(RxClientError):  # (a config without the peer's organisation keeps the pin)
-                self._pin_ca = self.net.with_config(config).ca_pem(self.peer_org)
-        return self._pin_ca
+    def _server_ca(self) -> tuple[int, bytes]:
+        """(its version, the CA this session pins its peer to): the one the newest configuration
+        this home verified names for the peer's organisation (:meth:`_verified_config`: read again
+        whenever ``HOME/config-chain.json`` changed -- a longer chain moves the pin, one the file
+        went back from is dropped: :meth:`_refresh`), else the genesis one. The version rises with
+        every change of the pin, made under the session's lock: the gateway takes a pin only of a
+        higher version than the one it holds, so two calls reading the pin at once never leave the
+        older of two pins in place (the one that read first switching after the other)."""
+        with self._state_lock:
+            self._refresh()
+            return self._pin_version, self._pin_ca
+
+    def _refresh(self) -> None:
+        """(under ``_state_lock``) Read ``HOME/config-chain.json`` again when it changed (its
+        :func:`_file_stamp`). A longer verified chain than the one held is taken; one shorter than
+        the one held stays unused (a file another process extended less far than this session's
+        own follow: no rollback). A file that went back -- removed, holding a shorter chain than
+        when last read, verifying nothing (torn, another genesis block's) -- is what an operator
+        does (ChainConfig.save never shortens it), the remedy for CHAIN_RESTARTED above all: the
+        session then holds what a new session would (:func:`_verified`: the file's chain, else the
+        genesis configuration and CA), drops what it verified itself, and forgets a restart it
+        found (it kept the old network's pin, and said CHAIN_RESTARTED, until restarted)."""
+        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        if stamp == self._verified_stamp:
+            return
+        self._verified_stamp = stamp
+        found, height = _verified(self.home, self.net)
+        if not height or height < self._file_height:
+            self._epoch += 1
+            self._followed = self._records_followed = None
+            self._adopt(found.config if height else None, height)
+        elif height >= self._verified_height:
+            self._adopt(found.config, height)
+        self._file_height = height
+
+    def _adopt(self, config: config_pb2.ConsortiumConfig | None, height: int) -> None:
+        """(under ``_state_lock``) Hold ``config`` (None: the genesis one) as the newest verified,
+        the end of a chain of ``height`` blocks, and pin the CA it names for the peer's
+        organisation (a config without it keeps the pin)."""
+        self._verified, self._verified_height = config, height
+        try:
+            ca = (self.net if config is None else self.net.with_config(config)).ca_pem(self.peer_org)
+        except RxClientError:
+            return
+        if ca != self._pin_ca:
+            self._pin_ca, self._pin_version = ca, self._pin_version + 1
 
     def _follow_config(self) -> bool:
         """The gateway could not reach the peer: when the peer presents a certificate of a CA the
@@ -195,22 +232,29 @@ class Session:
                     raise self._followed[1]
                 return False
             self._followed = (now, None)
-            before = self._server_ca()
+            with self._state_lock:
+                self._refresh()
+                version, before, epoch = self._pin_version, self._pin_ca, self._epoch
             cert = presented_cert(self.gateway.target, self.identity)
             if cert is None or issued_by(cert, before):
                 return False  # (down, or not a matter of CAs)
             try:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
             except RxClientError as exc:
-                if exc.reason != CHAIN_RESTARTED:
+                if exc.reason != configtool.CHAIN_RESTARTED:
                     return False
-                self._followed = (now, exc)
+                with self._state_lock:
+                    self._refresh()
+                    if self._epoch != epoch:  # (the file was removed meanwhile: the finding is the old file's)
+                        return self._pin_version != version
+                    self._followed = (now, exc)
                 raise
-            self._verified_config()  # (the file as saved, else ...)
-            if chain.height > self._verified_height:
-                # ... the chain verified, even where the home could not save it: a read-only home
-                self._verified, self._verified_height = chain.verified()[1], chain.height
-            return self._server_ca() != before
+            with self._state_lock:
+                self._refresh()  # (the file as saved, else ...)
+                if self._epoch == epoch and chain.height > self._verified_height:
+                    # ... the chain verified, even where the home could not save it: a read-only home
+                    self._adopt(chain.verified()[1], chain.height)
+                return self._pin_version != version
 
     def _patient_binding(self) -> str:
         """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,
@@ -243,8 +287,9 @@ class Session:
         """The wallet's ``org-records-key.pem`` must be the key of its organisation's records
         certificate in the newest configuration this home verified (the genesis one when it
         verified none): a stale or foreign key would make every grant to the org fail to open.
-        After a rotation the old key goes into ``previous-records-keys/`` (client.wallet), where
-        it still opens what was wrapped for the old certificate."""
+        After a rotation the old key goes into ``previous-records-keys/`` (client.wallet,
+        ``rxchain wallet rotate-records-key``), where it still opens what was wrapped for the old
+        certificate."""
         key = self.identity.records_key
         if key is None:
             return
@@ -252,8 +297,9 @@ class Session:
         net = self.net if config is None else self.net.with_config(config)
         if not key_matches(key, _records_cert_key(net, self.identity.org)):
             rotated = config is not None and key_matches(key, _records_cert_key(self.net, self.identity.org))
-            hint = (" but of the one it rotated away from: move it into previous-records-keys/ and install "
-                    "the new certificate's key as org-records-key.pem") if rotated else (
+            hint = (f" but of the one it rotated away from: `rxchain --as {self.identity.label} wallet "
+                    "rotate-records-key --key NEW.pem` keeps it in previous-records-keys/ and installs the new "
+                    "certificate's key as org-records-key.pem") if rotated else (
                     " (after a rotation of it, an `rxchain config show` verifies the new configuration here)")
             raise WalletError("BAD_WALLET", f"org-records-key.pem of {self.identity.label} is not the key "
                               f"of {self.identity.org}'s records certificate in force{hint}")
@@ -365,15 +411,12 @@ class Session:
     def _verified_config(self) -> config_pb2.ConsortiumConfig | None:
         """The newest configuration this home verified (config-chain.json), read again whenever
         the file changed (a config command, or this or another session following the chain,
-        verified further) and taken only from a chain at least as long as the one held: a file
-        removed, torn or replaced by a shorter one moves nothing back (as the CA pin)."""
-        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
-        if stamp != self._verified_stamp:
-            self._verified_stamp = stamp
-            found, height = _verified(self.home, self.net)
-            if height and height >= self._verified_height:
-                self._verified, self._verified_height = found.config, height
-        return self._verified
+        verified further) and taken only from a chain at least as long as the one held; a file that
+        went back -- removed, shorter, verifying nothing: the remedy for CHAIN_RESTARTED -- puts the
+        session where a new one would start (:meth:`_refresh`; as the CA pin)."""
+        with self._state_lock:
+            self._refresh()
+            return self._verified
 
     def _follow_records(self) -> bool:
         """A records certificate the peer reports is not the verified one: follow the config
@@ -386,18 +429,21 @@ class Session:
             if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
                 return False
             self._records_followed = now
-            self._verified_config()
+            with self._state_lock:
+                self._refresh()
+                epoch = self._epoch
             try:
                 chain = follow_chain(self.home, self.net, self.identity)
             except RxClientError as exc:
-                if exc.reason == CHAIN_RESTARTED:
+                if exc.reason == configtool.CHAIN_RESTARTED:
                     raise
                 return False
-            if chain.height <= self._verified_height:
-                return False
-            # (taken even where the home could not save it: a read-only home)
-            self._verified, self._verified_height = chain.verified()[1], chain.height
-            return True
+            with self._state_lock:
+                if self._epoch != epoch or chain.height <= self._verified_height:
+                    return False  # (nothing new; or the file was removed meanwhile: its chain is void)
+                # (taken even where the home could not save it: a read-only home)
+                self._adopt(chain.verified()[1], chain.height)
+                return True
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own

@@ -21,13 +21,22 @@ keys wrapped before it stay wrapped for the old certificate: its wallets keep th
 ``previous-records-keys/`` (any name ending ``.pem``, at most :data:`MAX_PREVIOUS_RECORDS_KEYS`,
 nothing else in the directory) and hold the new one as ``org-records-key.pem``, which the
 session checks against the records certificate in force; a grant or note key opens with
-whichever of them it was wrapped for (client.records.open_grant).
+whichever of them it was wrapped for (client.records.open_grant). :func:`rotate_records_key`
+(``rxchain --as ORG:USER wallet rotate-records-key --key NEW.pem``) makes that move: the current
+key into ``previous-records-keys/``, the new one -- the key of the records certificate in force
+-- as ``org-records-key.pem``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +49,7 @@ from rxchain.v1 import identity_pb2
 from client.errors import WalletError
 from node.crypto.signing import Signer, key_matches, load_private_key
 from node.crypto.x509 import cert_info, cert_info_der
+from node.fsutil import fsync_dir, replace_file
 
 MAX_FILE_BYTES = 64 * 1024  # a PEM certificate or key is a few hundred bytes
 RECORDS_KEY_FILE = "org-records-key.pem"
@@ -209,3 +219,139 @@ def load_identity(home: Path, org: str, user: str) -> WalletIdentity:
     """Load ``org:user`` from the wallets under ``home``."""
     home = Path(home)
     return load_identity_dir(wallet_dir(home, org, user), home / "ca-bundle.pem", org, user)
+
+
+def _public_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@contextlib.contextmanager
+def _wallet_locked(directory: Path) -> Iterator[None]:
+    """Hold the wallet's rotation lock (``flock`` on ``.org-records-key.pem.lock`` in it; released
+    by the kernel if the process dies); FILE_BUSY at once when another rotation holds it."""
+    lock = directory / f".{RECORDS_KEY_FILE}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise WalletError("IO_ERROR", f"cannot lock the wallet {directory}: {exc.strerror} ({lock})") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WalletError("FILE_BUSY", f"another rotation of the records key of {directory} runs (it "
+                              f"holds {lock}): run this one again once it is done") from None
+        except OSError as exc:
+            raise WalletError("IO_ERROR", f"cannot lock the wallet {directory}: {exc.strerror} ({lock})") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def rotate_records_key(directory: Path, new_key_path: Path, records_cert_der: bytes) -> dict[str, object]:
+    """After the organisation rotated its records certificate (a config update; ``records_cert_der``
+    is the certificate in force, as the home verified it), keep the wallet's current
+    ``org-records-key.pem`` in ``previous-records-keys/records-<16 hex of its public key's
+    SHA-256>.pem`` and install the key at ``new_key_path`` as ``org-records-key.pem``; returns
+    what it did (``kept``: the name the old key is kept under, None when it was kept there
+    already; ``previous_keys``: how many the directory holds now).
+
+    Refused, nothing changed: a new key that is not an unencrypted P-256 key readable by its owner
+    only (BAD_KEY), not the key of ``records_cert_der`` (RECORDS_KEY_MISMATCH; NO_RECORDS_CERT when
+    there is none), or the one installed already (ALREADY_INSTALLED); a wallet that holds no records
+    key (NO_RECORDS_KEY: only the roles that open the organisation's grants hold one) or one that
+    does not load (BAD_WALLET); a ``previous-records-keys/`` holding MAX_PREVIOUS_RECORDS_KEYS keys
+    already (TOO_MANY_RECORDS_KEYS), or another key under the name (FILE_EXISTS); another rotation
+    of the wallet running (FILE_BUSY).
+
+    Under the wallet's lock; each file written whole, private (0600) and fsynced before it appears
+    (the old key hard-linked into ``previous-records-keys/``, never over a file there; the new one
+    renamed over ``org-records-key.pem``), in that order: a crash between the two leaves the old
+    key in both places -- a wallet that loads, which the same command run again completes."""
+    directory = Path(directory)
+    current_path = directory / RECORDS_KEY_FILE
+    previous_dir = directory / PREVIOUS_RECORDS_KEYS_DIR
+    try:
+        new_pem = read_wallet_file(new_key_path, "new records key", private=True)
+        new_key = load_private_key(new_pem)
+    except WalletError as exc:
+        raise WalletError("BAD_KEY", exc.message) from exc
+    except ValueError as exc:
+        raise WalletError("BAD_KEY", f"{new_key_path}: not an unencrypted P-256 PEM private key") from exc
+    if not records_cert_der:
+        raise WalletError("NO_RECORDS_CERT", "the organisation has no records certificate in force")
+    try:
+        cert_key = x509.load_der_x509_certificate(records_cert_der).public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise WalletError("BAD_CONFIG", f"the records certificate in force cannot be read: {exc}") from exc
+    fingerprint = hashlib.sha256(records_cert_der).hexdigest()
+    if not key_matches(new_key, cert_key):
+        raise WalletError("RECORDS_KEY_MISMATCH", f"{new_key_path} is not the key of the records certificate "
+                          f"in force (sha256:{fingerprint}): nothing was changed")
+    with _wallet_locked(directory):
+        if not (current_path.exists() or current_path.is_symlink()):
+            raise WalletError("NO_RECORDS_KEY", f"{directory} holds no {RECORDS_KEY_FILE}: only the wallets of "
+                              "the roles that open the organisation's grants hold the records key; nothing "
+                              "was changed")
+        current_pem = read_wallet_file(current_path, "records key", private=True)
+        try:
+            current = load_private_key(current_pem)
+        except ValueError as exc:
+            raise WalletError("BAD_WALLET", f"{current_path}: not an unencrypted P-256 key") from exc
+        if key_matches(current, new_key.public_key()):
+            raise WalletError("ALREADY_INSTALLED", f"{current_path} is the key of the records certificate in "
+                              f"force already (sha256:{fingerprint}): nothing to rotate")
+        previous = _previous_records_keys(previous_dir)
+        kept: str | None = f"records-{hashlib.sha256(_public_der(current)).hexdigest()[:16]}.pem"
+        if any(key_matches(current, k.public_key()) for k in previous):
+            kept = None  # (a run cut short after keeping it)
+        elif len(previous) >= MAX_PREVIOUS_RECORDS_KEYS:
+            raise WalletError("TOO_MANY_RECORDS_KEYS", f"{previous_dir} holds {len(previous)} keys, the most "
+                              f"a wallet keeps ({MAX_PREVIOUS_RECORDS_KEYS}): move the oldest out (an archive "
+                              "readers can still be given) before rotating again; nothing was changed")
+        elif os.path.lexists(previous_dir / str(kept)):
+            raise WalletError("FILE_EXISTS", f"{previous_dir / str(kept)} holds another key: nothing was changed")
+        try:
+            if kept is not None:
+                _keep(current_pem, directory, previous_dir, kept)
+            replace_file(current_path, new_pem)
+            fsync_dir(directory)
+        except FileExistsError as exc:  # (a writer that takes no lock, meanwhile)
+            raise WalletError("FILE_EXISTS", f"{previous_dir / str(kept)} appeared meanwhile: nothing was "
+                              "changed") from exc
+        except OSError as exc:
+            raise WalletError("IO_ERROR", f"cannot write the wallet {directory}: {exc.strerror} (run the "
+                              "command again: it completes a rotation cut short)") from exc
+    return {"installed": RECORDS_KEY_FILE, "records_cert_sha256": fingerprint,
+            "kept": None if kept is None else f"{PREVIOUS_RECORDS_KEYS_DIR}/{kept}",
+            "previous_keys": len(previous) + (kept is not None)}
+
+
+def _keep(pem: bytes, directory: Path, previous_dir: Path, name: str) -> None:
+    """``pem`` as ``previous_dir/name``: written to a private temporary file in ``directory``
+    (never in ``previous_dir``, where a stray file would make the wallet unloadable), fsynced and
+    hard-linked in (FileExistsError: never over a file there); ``previous_dir`` made (0700) if it
+    is not there."""
+    if not previous_dir.is_dir():
+        previous_dir.mkdir(mode=0o700)
+        fsync_dir(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, previous_dir / name)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno not in (
+                    errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            # a file system without hard links: checked under the wallet's lock
+            if os.path.lexists(previous_dir / name):
+                raise FileExistsError(errno.EEXIST, "exists", str(previous_dir / name)) from None
+            os.replace(tmp, previous_dir / name)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    fsync_dir(previous_dir)

@@ -144,6 +144,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from client.configtool import CHAIN_RESTARTED
 from client.errors import CommitError, CommitUnknown, DuplicateRx, RxClientError
 from client.fhir import idempotency, mapping, retry
 from client.fhir.admission import (
@@ -186,7 +187,7 @@ _STATUS = {
     "TOO_LARGE": 413, "BAD_CONTENT_LENGTH": 400, "LENGTH_REQUIRED": 411,
     "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
     # the session's verified config chain is not on the network's chain (client.follow): nothing sent
-    "CHAIN_RESTARTED": 503,
+    CHAIN_RESTARTED: 503,
     # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
     "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
     "DUPLICATE_RX": 409,

@@ -98,6 +98,7 @@ def test_parser_knows_every_public_command():
                  ["patient", "transfer", "patient-zhang", "--to", "ins02"],
                  ["patient", "accept-transfer", "patient-zhang"],
                  ["patient", "cancel-transfer", "patient-zhang"],
+                 ["--as", "h01:dr-jiang", "wallet", "rotate-records-key", "--key", "new.pem"],
                  ["ledger", "verify", "--peer", "h01"], ["ledger", "height"],
                  ["netgen"], ["fhir", "serve", "--port", "0"]):
         args = p.parse_args(argv)

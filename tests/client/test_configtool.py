@@ -995,3 +995,22 @@ def test_a_signature_past_the_signers_a_policy_check_counts_is_refused() -> None
     with pytest.raises(RxClientError) as info:
         configtool.sign(update, _admin(orgs[MAX_SIGNERS]))
     assert info.value.reason == "TOO_MANY_SIGNATURES" and "submit it" in info.value.message
+
+
+def test_chain_restarted_is_one_constant_of_configtool() -> None:
+    """The reason a config command and a session give for a restarted network was written twice
+    (a constant in client.follow, a literal in configtool): one edited alone would make the FHIR
+    gateway's 503 mapping, or the session's check of what a follow raised, miss the other's. It is
+    one constant, configtool's, which client.follow and the FHIR gateway's mapping use."""
+    import ast
+
+    from client import follow
+    from client.fhir import server
+
+    assert vars(follow)["CHAIN_RESTARTED"] is configtool.CHAIN_RESTARTED == "CHAIN_RESTARTED"
+    assert server._STATUS[configtool.CHAIN_RESTARTED] == 503
+    root = Path(configtool.__file__).parent
+    literals = [str(path.relative_to(root)) for path in sorted(root.rglob("*.py"))
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Constant) and node.value == "CHAIN_RESTARTED"]
+    assert literals == ["configtool.py"]  # (its definition)

@@ -409,3 +409,124 @@ def test_a_chain_state_that_verifies_nothing_wraps_for_no_reported_certificate(
         with pytest.raises(RxClientError) as e:
             s.records_public_key("h01")
     assert e.value.reason == "RECORDS_CERT_UNVERIFIED" and configtool.CHAIN_STATE in e.value.message
+
+
+# ------------------------------------------------------------ the rotation command
+
+def _rotate_cli(home: Path, as_: str, key_path: Path) -> tuple[int, dict[str, Any]]:
+    """``rxchain wallet rotate-records-key --key KEY_PATH`` in-process: (exit status, its JSON)."""
+    import io
+
+    from client.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    status = main(["--json", "--home", str(home), "--as", as_, "wallet", "rotate-records-key",
+                   "--key", str(key_path)], out=out, err=err)
+    return status, json.loads(out.getvalue())
+
+
+def _files(d: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``d`` (but the rotation's lock file, left in place as config commands'
+    locks are): its bytes and mode."""
+    return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mode & 0o777) for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != ".org-records-key.pem.lock"}
+
+
+def test_the_rotation_command_keeps_the_old_key_and_installs_the_new(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey], tmp_path: Path) -> None:
+    """No command wrote previous-records-keys/: after a records certificate rotation operators moved
+    the old key by hand (and a wallet not moved was refused BAD_WALLET, naming the move). `rxchain
+    wallet rotate-records-key --key NEW.pem` keeps the current key there (private, named by its
+    public key) and installs the new one: the session opens and holds both."""
+    home, new_key = rotated_home
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    old_pem = (wallet / "org-records-key.pem").read_bytes()
+    key_path = tmp_path / "new-records.pem"
+    _put(key_path, _key_pem(new_key))
+    with pytest.raises(WalletError) as e:
+        Session(home, "h01:dr-jiang")
+    assert "wallet rotate-records-key" in e.value.message  # (the refusal names the command)
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert status == 0, out
+    kept = wallet / out["kept"]
+    assert kept.parent.name == PREVIOUS_RECORDS_KEYS_DIR and kept.name.startswith("records-")
+    assert kept.read_bytes() == old_pem and kept.stat().st_mode & 0o777 == 0o600
+    assert (wallet / "org-records-key.pem").read_bytes() == _key_pem(new_key)
+    assert (wallet / "org-records-key.pem").stat().st_mode & 0o777 == 0o600
+    assert out["previous_keys"] == 1 and out["config_sequence"] == 1
+    assert sorted(p.name for p in wallet.iterdir() if p.name.endswith(".tmp")) == []  # no temporary file left
+    with Session(home, "h01:dr-jiang") as s:
+        keys = [k.public_key().public_numbers() for k in s.decryption_keys()]
+    assert keys[1:] == [new_key.public_key().public_numbers(),
+                        signing.load_private_key(old_pem).public_key().public_numbers()]
+
+
+@pytest.mark.parametrize("case", ["mismatch", "unverified", "readable by others", "not a key", "installed",
+                                  "full", "no records key", "busy"])
+def test_the_rotation_command_refuses_bad_input_and_changes_nothing(
+        net_home: Any, tmp_path: Path, case: str) -> None:
+    """A key that is not the one of the records certificate the home verified in force (another
+    key; the rotation not verified here yet: `config show` named), not private or no P-256 key,
+    the key installed already, a previous-records-keys/ at its 32 keys, a wallet without a records
+    key (a nurse's), another rotation of the wallet running: each refused with its reason, the
+    wallet as it was."""
+    import fcntl
+
+    home, _, new_key = _home_rotating_h01(net_home, tmp_path, verify_rotation=case != "unverified")
+    user = "nurse-liu" if case == "no records key" else "dr-jiang"
+    wallet = home / "orgs" / "h01" / "users" / user
+    key_path = tmp_path / "new-records.pem"
+    _put(key_path, _key_pem(ec.generate_private_key(ec.SECP256R1()) if case == "mismatch" else new_key),
+         0o644 if case == "readable by others" else 0o600)
+    if case == "not a key":
+        _put(key_path, b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    if case == "installed":
+        assert _rotate_cli(home, f"h01:{user}", key_path)[0] == 0
+    if case == "full":
+        for i in range(MAX_PREVIOUS_RECORDS_KEYS):
+            _put(wallet / PREVIOUS_RECORDS_KEYS_DIR / f"{i:03}.pem", _key_pem(ec.generate_private_key(ec.SECP256R1())))
+    before = _files(wallet)
+    lock = os.open(wallet / ".org-records-key.pem.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if case == "busy":
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        status, out = _rotate_cli(home, f"h01:{user}", key_path)
+    finally:
+        os.close(lock)
+    expected = {"mismatch": "RECORDS_KEY_MISMATCH", "unverified": "RECORDS_KEY_MISMATCH",
+                "readable by others": "BAD_KEY", "not a key": "BAD_KEY", "installed": "ALREADY_INSTALLED",
+                "full": "TOO_MANY_RECORDS_KEYS", "no records key": "NO_RECORDS_KEY", "busy": "FILE_BUSY"}[case]
+    assert (status, out["error"]) == (1, expected), out
+    if case == "unverified":
+        assert "rxchain config show" in out["message"]
+    assert _files(wallet) == before
+
+
+def test_a_rotation_cut_short_is_completed_by_running_it_again(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old key was kept, then installing the new one failed (a full disk, a crash): the wallet
+    still loads (its old key in both places), and the command run again installs the new key
+    without keeping the old one twice."""
+    from client import wallet as wallet_mod
+
+    home, new_key = rotated_home
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    old_pem = (wallet / "org-records-key.pem").read_bytes()
+    key_path = tmp_path / "new-records.pem"
+    _put(key_path, _key_pem(new_key))
+
+    def full(path: Any, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wallet_mod, "replace_file", full)
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert (status, out["error"]) == (1, "IO_ERROR")
+    assert (wallet / "org-records-key.pem").read_bytes() == old_pem
+    assert len(load_identity_dir(wallet, home / "ca-bundle.pem").previous_records_keys) == 1
+    monkeypatch.undo()
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert status == 0 and out["kept"] is None and out["previous_keys"] == 1, out
+    assert [p.read_bytes() for p in (wallet / PREVIOUS_RECORDS_KEYS_DIR).iterdir()] == [old_pem]
+    with Session(home, "h01:dr-jiang") as s:
+        assert len(s.decryption_keys()) == 3

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from bench.txbuild import TxKit, make_block, node_signer, user_signer
 from client import configtool
@@ -298,8 +298,8 @@ def test_a_long_lived_session_picks_up_a_verified_extension(rotated: Rotated) ->
     """The FHIR gateway keeps one session per wallet for as long as it serves: it pinned the CA of
     config-chain.json as it was when the session was made, so a rotation a config command verified
     later was not followed until a restart. A session now reads the file again when it changed
-    and pins its new calls to the CA it names -- and keeps that pin when the file is removed
-    (no rollback)."""
+    and pins its new calls to the CA it names; once the file is removed (the remedy for
+    CHAIN_RESTARTED) it pins the genesis CA again, as a new session would."""
     from client.fhir.server import Identities
 
     state = rotated.home / configtool.CHAIN_STATE
@@ -316,9 +316,121 @@ def test_a_long_lived_session_picks_up_a_verified_extension(rotated: Rotated) ->
         assert _health(ops.s) == "OK"
         assert ids.ops_for(cert.public_bytes(serialization.Encoding.DER)) is ops  # the same session
         state.unlink()
-        assert _health(ops.s) == "OK"
+        assert _health(ops.s) == "SERVICE_UNAVAILABLE"  # (the genesis CA again: the peer presents the new one)
     finally:
         ids.close()
+
+
+@pytest.mark.parametrize("remedy", ["removed", "shorter", "other-genesis", "new-chain"])
+def test_a_long_lived_session_takes_the_remedy_for_a_restart(rotated: Rotated, remedy: str) -> None:
+    """The network was started again from the same genesis block: the FHIR gateway's session,
+    pinned to h01's rotated CA by the old network's config-chain.json, says CHAIN_RESTARTED (503).
+    The documented remedy -- remove the file (a config command may then verify the new chain into
+    it, a shorter or as long a chain; or a file of another genesis block is put there) -- was not
+    noticed: the session kept the old pin (and the restart it found) until the gateway was
+    restarted. It now holds what a new session would: the genesis CA, or the CA the new file's
+    chain names -- h01's peer, presenting its genesis certificate, is reached again."""
+    from client.fhir.server import Identities
+
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    new_chain = [genesis, one, _plain_block(rotated.home, 2, one)]
+    with _serving(rotated.home, "peer.h01", new_chain) as h01, _serving(rotated.home, "peer.h02", new_chain) as h02:
+        ids = Identities(rotated.home)
+        ids.net = _local(ids.net, {"h01": h01, "h02": h02})
+        cert = x509.load_pem_x509_certificate(
+            (rotated.home / "orgs" / "h01" / "users" / "dr-jiang" / "cert.pem").read_bytes())
+        try:
+            ops = ids.ops_for(cert.public_bytes(serialization.Encoding.DER))
+            assert _health(ops.s) == "CHAIN_RESTARTED"
+            before = state.read_text()
+            state.unlink()
+            if remedy != "removed":
+                verified = configtool.ChainConfig(genesis, Verifier(), state)
+                for block in [genesis] if remedy != "new-chain" else [genesis, one]:
+                    verified.feed(block)
+                verified.save()
+                assert json.loads(state.read_text())["height"] == (2 if remedy == "new-chain" else 1)
+            if remedy == "other-genesis":
+                state.write_text(before.replace('"genesis": "', '"genesis": "00'))
+            assert _health(ops.s) == "OK"
+            assert ids.ops_for(cert.public_bytes(serialization.Encoding.DER)) is ops  # the same session
+        finally:
+            ids.close()
+
+
+def test_a_restart_found_while_the_remedy_was_taken_is_not_said(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow found the network restarted (from the old config-chain.json) while the operator
+    removed that file: the session would still say CHAIN_RESTARTED -- and go on saying it for
+    FOLLOW_INTERVAL_S -- about a file no longer there. The finding is void once the file went
+    back: the session pins the genesis CA, as a new one would, and the call goes through."""
+    from client import session as session_mod
+
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+
+    def follow(*args: Any, **kwargs: Any) -> Any:
+        state.unlink()  # (the remedy, taken while the follow ran)
+        raise RxClientError(configtool.CHAIN_RESTARTED, "the network was started again")
+
+    monkeypatch.setattr(session_mod, "follow_chain", follow)
+    with _serving(rotated.home, "peer.h01", [genesis]) as h01:  # (its genesis certificate: the new network's)
+        s = _session(rotated.home, h01)
+        try:
+            assert _health(s) == "OK"
+        finally:
+            s.close()
+    assert not state.exists()
+
+
+def test_two_calls_reading_the_pin_at_once_leave_the_newer(rotated: Rotated) -> None:
+    """Two calls of one session read its pin at once: the first the genesis CA, the second -- a
+    config command verified h01's rotation in between -- the rotated one, and re-pinned. The
+    first then switched the channel back to the genesis CA it had read, and its call failed
+    (the next call corrected it). A pin now only moves forward: the first call goes over the
+    newer pin and succeeds. The order is forced: the first call waits, after reading the pin,
+    until the second is done."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    state.unlink()
+    s = _session(rotated.home, rotated.port)
+    real = s.gateway._server_ca
+    assert real is not None
+    first_read, second_done = threading.Event(), threading.Event()
+
+    def server_ca() -> Any:
+        answer = real()
+        if threading.current_thread().name == "first" and not second_done.is_set():
+            first_read.set()
+            assert second_done.wait(10)
+        return answer
+
+    s.gateway._server_ca = server_ca
+    results: dict[str, str] = {}
+
+    def call() -> None:
+        results[threading.current_thread().name] = _health(s)
+
+    first = threading.Thread(target=call, name="first")
+    second = threading.Thread(target=call, name="second")
+    try:
+        first.start()
+        assert first_read.wait(10)  # the first call read the genesis pin
+        state.write_bytes(saved)  # a config command verified the rotation meanwhile
+        second.start()
+        second.join(10)
+        assert not second.is_alive()
+        second_done.set()
+        first.join(10)
+        assert not first.is_alive()
+        assert results == {"first": "OK", "second": "OK"}
+        assert s.gateway._pin == x509.load_der_x509_certificate(rotated.ca_der).public_bytes(
+            serialization.Encoding.PEM)
+    finally:
+        second_done.set()
+        s.close()
 
 
 @pytest.mark.parametrize("peer_chain", ["restarted", "lagging", "forged"])
@@ -533,3 +645,90 @@ def test_a_closed_session_opens_no_channel_for_a_new_pin(rotated: Rotated) -> No
     with pytest.raises(ValueError, match="closed channel"):  # (grpc's answer to any call after close)
         s.gateway.health(timeout=5)
     assert s.gateway._channel is before and not s.gateway._old_channels
+
+
+class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcastServicer):
+    """An orderer serving ``blocks`` (its whole chain: no validation codes, as orderers store
+    them) over ``AtomicBroadcast.Deliver``, and its height."""
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        self.blocks = blocks
+        self.asked = 0
+
+    def Health(self, request: services_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        return services_pb2.HealthResponse(serving=True, node="orderer.ins01", role="orderer")
+
+    def Status(self, request: services_pb2.StatusRequest,
+               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
+        self.asked += 1
+        return services_pb2.StatusResponse(node="orderer.ins01", role="orderer", height=len(self.blocks))
+
+    def Broadcast(self, request_iterator: Iterator[transaction_pb2.Envelope],
+                  context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastResponse]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "a follow broadcasts nothing")
+
+    def BroadcastBatch(self, request_iterator: Iterator[services_pb2.EnvelopeBatch],
+                       context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastBatchResponse]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "a follow broadcasts nothing")
+
+    def Deliver(self, request: services_pb2.DeliverRequest,
+                context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
+        stop = request.stop_block or len(self.blocks) - 1
+        for block in self.blocks[request.start_block:stop + 1]:
+            yield services_pb2.DeliverResponse(block=block)
+        yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
+
+
+@contextlib.contextmanager
+def _ordering(home: Path, orderer: _Orderer) -> Iterator[int]:
+    """``orderer`` with the generated TLS material of orderer.ins01, on a local port."""
+    d = home / "nodes" / "orderer.ins01"
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    services_pb2_grpc.add_AdminServicer_to_server(orderer, srv)
+    services_pb2_grpc.add_AtomicBroadcastServicer_to_server(orderer, srv)
+    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
+                                                                     d / "ca-bundle.pem"))
+    srv.start()
+    try:
+        yield port
+    finally:
+        srv.stop(None)
+
+
+@pytest.mark.parametrize("served", ["rotation", "forged"])
+def test_a_network_of_one_peer_follows_a_rotation_from_the_orderers(rotated: Rotated, served: str) -> None:
+    """A network whose only peer is h01's, its CA rotated (block 1) since the home verified: the
+    session could not follow -- its own peer, the only one, is the one the old pin cannot check,
+    and no other peer was there to ask (SERVICE_UNAVAILABLE until a config command ran, which
+    needs that peer too). When no peer extends the chain the session now asks the orderers
+    (AtomicBroadcast.Deliver, pinned to their organisation's CA), whose blocks carry no
+    validation codes: their blocks are verified as a peer's (a rotation block signed by no
+    orderer moves nothing)."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    signer = ("orderer.ins01", "ins01") if served == "rotation" else ("peer.h02", "h02")
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, signer=signer)
+    del rotation.metadata.validation_codes[:]  # (an orderer's block: peers write the codes)
+    orderer = _Orderer([genesis, rotation])
+    net = load_network(rotated.home)
+    h01 = next(p for p in net.peers if p.org == "h01")
+    with _ordering(rotated.home, orderer) as port:
+        ins01 = next(o for o in net.orderers if o.name == "orderer.ins01")
+        one_peer = dataclasses.replace(
+            net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
+            orderers=(dataclasses.replace(ins01, host="127.0.0.1", port=port),))
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        try:
+            result = _health(s)
+        finally:
+            s.close()
+    assert orderer.asked == 1
+    if served == "rotation":
+        assert result == "OK"
+        assert json.loads(state.read_text())["height"] == 2
+        assert verified_network(rotated.home, net).config.sequence == 1
+    else:
+        assert result == "SERVICE_UNAVAILABLE"
+        assert verified_network(rotated.home, net).config.sequence == 0
