@@ -322,12 +322,12 @@ def hold_cluster_stream(streams: ClusterCaps | None, context: grpc.ServicerConte
     other orderers' Step streams: no Raft). ``caller`` (its TLS identity) is then checked
     again while the stream lasts (ClusterCaps.watch_with): an orderer removed, or whose
     certificate was revoked or expired, kept its idle streams and their slots. The slot the
-    sweeper refuses, if any: a Forward stream's handler ends with its refusal
-    (node.orderer.streams), a Step stream (its handler reads requests) is cancelled."""
+    sweeper refuses, if any: the stream's handler ends it with its refusal (a Forward
+    stream's: node.orderer.streams; a Step stream's: node.orderer.transport.ClusterService.step)."""
     if streams is None:
         return None
     try:
-        return streams.admit(context, rid, what, caller, ends_itself=what != "Step").watched
+        return streams.admit(context, rid, what, caller, ends_itself=True).watched
     except RxError as err:
         abort_with(context, err)
 
