@@ -535,8 +535,8 @@ class ClusterService:
         PERMISSION_DENIED with the reason (node.stream_caps): blocked reading the requests
         itself, it could not be woken, and the sweeper cancelled the call (its caller saw
         CANCELLED, not why)."""
-        rid, ident, slot = self._caller(context, "Step", raft=True)  # refused: aborted
-        if slot is None:  # uncapped (tests): nothing refuses it while it lasts
+        rid, ident, slot = self._caller(context, "Step", raft=True)  # a non-member: aborted
+        if slot is None:  # uncapped or not checked again (tests): nothing refuses it while it lasts
             self._step_all(requests, rid, ident, None)
             return services_pb2.ConsensusResponse()
         ended = threading.Event()
