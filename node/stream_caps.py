@@ -52,8 +52,9 @@ An orderer's Cluster streams are checked by the same sweeper (:meth:`ClusterCaps
 :meth:`StreamCaps.watch`: not counted under the caps above), with a check of their own: still
 an orderer of the config in force for that method, its certificate admitted by the MSP
 (``node.orderer.transport.cluster_recheck``). A removed orderer, or one whose certificate was
-revoked or expired, kept its idle streams and their slots. Forward and ForwardBatch end
-themselves; Step, whose handler reads Raft messages, is cancelled.
+revoked or expired, kept its idle streams and their slots. They end themselves, Step too: its
+messages are read on a reader thread of the stream's own while its handler waits to be woken
+(node.orderer.transport.ClusterService.step; blocked reading them itself, it was cancelled).
 
 node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers only):
 

@@ -17,6 +17,9 @@ are re-dispatched to the new leader; the envelopes already sent keep waiting for
 leader's answers (on a graceful hand-over it answers them at once) for at most
 ``moved_grace_s`` without any answer, then they are answered SERVICE_UNAVAILABLE, outcome
 unknown (a paused or partitioned old leader), instead of waiting out the commit timeout.
+A leader that leads again while its stream drains (a flapping leader) gets that stream back
+(one stream per leader): a new stream per return went past the leader's cap on one orderer's
+ForwardBatch streams, which cancelled the oldest, its envelopes' outcome unknown.
 
 Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
 configuration (TLS certificate), re-checked per message, and its streams are held under the
@@ -120,15 +123,17 @@ class _LeaderStream:
             return len(self._inflight)
 
     def _requests(self) -> Iterator[bytes]:
+        # (a stream whose leader moved sends nothing more, but is not half-closed: its leader
+        # may come back while it drains, and it gets the stream back -- LeaderForwarder._resume)
         yield b""  # handshake: an empty EnvelopeBatch
         while not self._open.wait(0.1):
             if self.broken:
                 return
         while True:
             with self._cond:
-                while not self._queue and not self.broken and not self._ending:
+                while not self._queue and not self.broken:
                     self._cond.wait(0.5)
-                if self.broken or (self._ending and not self._queue):
+                if self.broken:
                     return
                 batch: list[bytes] = []
                 size = 0
@@ -156,21 +161,25 @@ class _LeaderStream:
                 for ticket, ans in zip(tickets, resp.responses, strict=False):
                     ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
         except grpc.RpcError as exc:
-            _log.info("event=forward_stream_ended leader=%d error=%r", self.leader_id,
-                      str(exc.code() if hasattr(exc, "code") else exc))
+            if not self.broken:  # (not closed by us: a drained stream's end is no news)
+                _log.info("event=forward_stream_ended leader=%d error=%r", self.leader_id,
+                          str(exc.code() if hasattr(exc, "code") else exc))
         finally:
             self.fail("forward stream to the leader broke")
 
-    def hand_back_queued(self) -> int:
-        """Leader moved: stop sending; the never-sent envelopes are handed back NOT_LEADER."""
+    def stop_sending(self) -> list[Ticket]:
+        """Leader moved: take no more envelopes; the tickets of the never-sent ones, to be
+        handed back NOT_LEADER (:func:`hand_back`). Those sent still get their answers."""
         with self._cond:
             self._ending = True
             queued = [t for _, t in self._queue]
             self._queue.clear()
-            self._cond.notify_all()
-        for t in queued:
-            t.resolve(_not_sent(f"orderer {self.leader_id} no longer leads"))
-        return len(queued)
+            return queued
+
+    def resume(self) -> None:
+        """Its leader leads again (within the grace): take envelopes again."""
+        with self._cond:
+            self._ending = False
 
     def fail(self, why: str) -> None:
         """Break the stream: sent envelopes' outcome unknown, queued ones not sent."""
@@ -189,6 +198,13 @@ class _LeaderStream:
         self.fail("forwarder closing")
         self._responses.cancel()  # type: ignore[no-untyped-call]
         self._channel.close()
+
+
+def hand_back(stream: _LeaderStream, queued: list[Ticket]) -> None:
+    """Answer ``queued`` (never sent to ``stream``'s leader, who no longer leads) NOT_LEADER:
+    re-dispatched by the broadcast handler."""
+    for t in queued:
+        t.resolve(_not_sent(f"orderer {stream.leader_id} no longer leads"))
 
 
 class LeaderForwarder:
@@ -236,7 +252,7 @@ class LeaderForwarder:
         """Forward several (envelope, tx id) to ``leader_id`` in one hand-off."""
         tickets = [Ticket(tx_id) for _, tx_id in items]
         with self._lock:
-            stream = self._streams.get(leader_id)
+            stream = self._streams.get(leader_id) or self._resume(leader_id)
             if stream is None or stream.broken:
                 if stream is not None:
                     del self._streams[leader_id]
@@ -258,27 +274,44 @@ class LeaderForwarder:
         stream.submit_many([(env, t) for (env, _), t in zip(items, tickets, strict=True)])
         return tickets
 
+    def _resume(self, leader_id: int) -> _LeaderStream | None:
+        """(under the lock) The stream to ``leader_id`` that still drains since it moved away,
+        given back to it (it leads again: a flapping leader), or None. A new stream per return
+        went past the leader's cap on one orderer's ForwardBatch streams (two:
+        node.stream_caps.ClusterCaps), which cancelled the oldest, still owed answers: the
+        outcome of its envelopes unknown, though the leader ordered them."""
+        stream = next((s for s in self._moved if s.leader_id == leader_id and not s.broken), None)
+        if stream is None:
+            return None
+        del self._moved[stream]
+        stream.resume()
+        self._streams[leader_id] = stream
+        _log.info("event=forward_leader_back leader=%d inflight=%d: the leader leads again; its "
+                  "stream, still draining, is used again", leader_id, stream.inflight())
+        return stream
+
     def check_leader(self) -> None:
         """One pass of the watcher (public for tests with an injected clock)."""
         leader = self._leader_id()
         now = self._clock()
-        handed: list[_LeaderStream] = []
+        handed: list[tuple[_LeaderStream, list[Ticket]]] = []
         expired: list[_LeaderStream] = []
         with self._lock:
             for rid, stream in list(self._streams.items()):
                 if leader and rid != leader:
                     del self._streams[rid]
                     self._moved[stream] = now
-                    handed.append(stream)
+                    # (under the lock: a return of its leader given it back cannot be undone)
+                    handed.append((stream, stream.stop_sending()))
             for stream, moved_at in list(self._moved.items()):
                 quiet_since = max(moved_at, stream.last_answer_at)
                 if stream.broken or stream.inflight() == 0 or now - quiet_since >= self._grace_s:
                     del self._moved[stream]
                     expired.append(stream)
-        for stream in handed:
-            n = stream.hand_back_queued()
+        for stream, queued in handed:
+            hand_back(stream, queued)
             _log.info("event=forward_leader_moved from=%d to=%d requeued=%d: queued envelopes "
-                      "re-dispatched", stream.leader_id, leader, n)
+                      "re-dispatched", stream.leader_id, leader, len(queued))
         for stream in expired:
             if stream.inflight():
                 _log.warning("event=forward_unanswered leader=%d envelopes=%d grace_s=%.1f: the old "
@@ -322,12 +355,12 @@ def hold_cluster_stream(streams: ClusterCaps | None, context: grpc.ServicerConte
     other orderers' Step streams: no Raft). ``caller`` (its TLS identity) is then checked
     again while the stream lasts (ClusterCaps.watch_with): an orderer removed, or whose
     certificate was revoked or expired, kept its idle streams and their slots. The slot the
-    sweeper refuses, if any: a Forward stream's handler ends with its refusal
-    (node.orderer.streams), a Step stream (its handler reads requests) is cancelled."""
+    sweeper refuses, if any: the stream's handler ends it with its refusal (a Forward
+    stream's: node.orderer.streams; a Step stream's: node.orderer.transport.ClusterService.step)."""
     if streams is None:
         return None
     try:
-        return streams.admit(context, rid, what, caller, ends_itself=what != "Step").watched
+        return streams.admit(context, rid, what, caller, ends_itself=True).watched
     except RxError as err:
         abort_with(context, err)
 

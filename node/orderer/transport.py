@@ -40,7 +40,7 @@ from rxchain.v1 import identity_pb2, raft_pb2, services_pb2
 
 from node.clock import wall_ms
 from node.crypto.tls import peer_identity
-from node.errors import RxError, reason_from_rpc_error
+from node.errors import RxError, abort_with, reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
 from node.orderer.forward import FORWARD_READ_AHEAD_BYTES, hold_cluster_stream
@@ -67,6 +67,9 @@ ChannelFactory = Callable[[str], grpc.Channel]
 
 REDIAL_S = 0.1  # wait before a Raft stream that ended is dialled again
 REFUSED_REDIAL_MAX_S = 3.0  # the longest wait, growing, before a peer refusing us is dialled again
+# how often a Step handler whose reader steps the messages looks whether its call is still on
+# (it is woken at once when its reader ends or its caller is refused: node.stream_caps)
+STEP_POLL_S = 0.5
 
 
 class RaftSink(Protocol):
@@ -525,9 +528,49 @@ class ClusterService:
     def step(
         self, requests: Iterator[services_pb2.ConsensusRequest], context: grpc.ServicerContext
     ) -> services_pb2.ConsensusResponse:
-        """Cluster.Step: a stream of Raft messages from one orderer."""
-        rid, ident, _ = self._caller(context, "Step", raft=True)  # refused: cancelled
+        """Cluster.Step: a stream of Raft messages from one orderer. When the stream caps'
+        sweeper checks its caller again (``slot``), the messages are read and stepped on a
+        reader thread of the stream's own -- the same work, no hand-off per message -- while the
+        handler waits for that reader's end or the caller's refusal, and then ends the call
+        PERMISSION_DENIED with the reason (node.stream_caps): blocked reading the requests
+        itself, it could not be woken, and the sweeper cancelled the call (its caller saw
+        CANCELLED, not why)."""
+        rid, ident, slot = self._caller(context, "Step", raft=True)  # a non-member: aborted
+        if slot is None:  # uncapped or not checked again (tests): nothing refuses it while it lasts
+            self._step_all(requests, rid, ident, None)
+            return services_pb2.ConsensusResponse()
+        ended = threading.Event()
+        failed: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                self._step_all(requests, rid, ident, slot)
+            except BaseException as exc:  # noqa: BLE001 - raised again on the handler's thread
+                failed.append(exc)
+            finally:
+                ended.set()
+
+        slot.on_refused(ended.set)
+        threading.Thread(target=read, name=f"raft-step-from-{rid}", daemon=True).start()
+        while not ended.wait(STEP_POLL_S):
+            if not context.is_active():  # cancelled, or the server stops: its requests end too
+                ended.wait(STEP_POLL_S)
+                break
+        if slot.refused is not None:
+            abort_with(context, slot.refused)  # its reader's requests end with the call
+        if failed:
+            raise failed[0]
+        return services_pb2.ConsensusResponse()
+
+    def _step_all(
+        self, requests: Iterator[services_pb2.ConsensusRequest], rid: int, ident: identity_pb2.Identity,
+        slot: StreamSlot | None,
+    ) -> None:
+        """Step the Raft messages of orderer ``rid``'s stream until it ends, or until the stream
+        caps' sweeper refused its caller (``slot``)."""
         for req in requests:
+            if slot is not None and slot.refused is not None:
+                return  # no message of a refused caller is stepped (its handler ends the call)
             # Re-checked per message: a member removed by a config update is cut off once Raft
             # has applied its removal too (at once if the config no longer admits its certificate).
             if self._membership.raft_peer_of(ident) != rid or req.from_id != rid:
@@ -549,7 +592,6 @@ class ClusterService:
                 if req.peer_releases:
                     self._releases.merge_peers(req.peer_releases, req.sent_wall_ms, rid)
             self._sink.step(msg)
-        return services_pb2.ConsensusResponse()
 
     def forward(
         self, requests: Iterator[bytes], context: grpc.ServicerContext

@@ -4,6 +4,7 @@ leader forwarder's behaviour when the Raft leader moves (clock injected)."""
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from node.orderer.envelope_batch import BatchDecodeError, encode_batch, split_ba
 from node.orderer.forward import FORWARD_BATCH_METHOD, ForwardBatchService, LeaderForwarder
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import Outcome, Ticket
+from node.stream_caps import ClusterCaps
 from tests.harness.ports import free_ports
 from tests.orderer.cluster import Client, make_network
 
@@ -389,6 +391,76 @@ def test_old_leader_answering_within_the_grace_keeps_its_answers(leader_server: 
         assert tickets[0].peek() == Outcome()
     finally:
         fwd.close()
+
+
+class _HeldAnswers:
+    """A leader that reads every forwarded message at once (``received``) and answers them, in
+    order, once ``gate`` is set; one orderer's ForwardBatch streams are held under its cluster
+    caps as a real leader holds them (two: a third replaces, cancels, the oldest)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.received: list[bytes] = []
+        self.calls = 0
+        self.caps = ClusterCaps(total=4, per_orderer=2)
+
+    def handle(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self.caps.admit(context, 1, "ForwardBatch")
+        self.calls += 1
+        read: queue.Queue[list[bytes] | None] = queue.Queue()
+
+        def reader() -> None:
+            with contextlib.suppress(grpc.RpcError):  # (cancelled)
+                for raw in requests:
+                    envs = split_batch(raw)
+                    self.received.extend(envs)
+                    read.put(envs)
+            read.put(None)
+
+        threading.Thread(target=reader, daemon=True).start()
+        while (envs := read.get(timeout=20)) is not None:
+            if envs:
+                self.gate.wait(20)
+            yield services_pb2.BroadcastBatchResponse(
+                responses=[services_pb2.BroadcastResponse(accepted=True) for _ in envs]).SerializeToString()
+
+
+def test_a_flapping_leader_keeps_its_stream_and_every_answer() -> None:
+    """The leader moves away from orderer 2 and back, three times within the grace, with an
+    envelope sent to it each time and not yet answered. The follower gets its stream to 2 back
+    each time (one stream, one call), and every envelope is answered. Before, each return opened
+    a new stream while the old ones drained: the third went past the leader's cap of two
+    ForwardBatch streams per orderer and cancelled the oldest, still owed an answer -- its
+    envelope's outcome unknown (SERVICE_UNAVAILABLE) though the leader ordered it."""
+    leader = _HeldAnswers()
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            leader.handle, request_deserializer=None, response_serializer=None)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members({2: f"127.0.0.1:{port}", 3: "127.0.0.1:1"}), grpc.insecure_channel,
+                          lambda: current[0], clock=clock, watch_s=3600, moved_grace_s=1.0)
+    try:
+        tickets: list[Ticket] = []
+        for i in range(3):
+            current[0] = 2
+            fwd.check_leader()
+            tickets += fwd.submit_many(2, [(f"e{i}".encode(), f"t{i}")])
+            assert _wait(lambda i=i: len(leader.received) == i + 1)  # sent, not answered
+            current[0] = 3
+            fwd.check_leader()  # moved away: what was sent waits for its answer
+            clock.now += 0.1
+        assert [t.peek() for t in tickets] == [None] * 3  # (the oldest: outcome unknown)
+        leader.gate.set()
+        assert [t.wait(5) for t in tickets] == [Outcome()] * 3
+        assert leader.calls == 1
+    finally:
+        fwd.close()
+        leader.gate.set()
+        server.stop(0).wait(5)
 
 
 def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:

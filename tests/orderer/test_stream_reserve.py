@@ -552,11 +552,13 @@ def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
     """orderer.ins02 holds an idle Step and Forward stream, orderer.ins03 a Step stream; then a
     config takes ins02 out of the orderer set (the sweeper, told of it, runs at once: its period
     is a minute) or, with no config change, the node's clock passes the orderers' certificates'
-    expiry (the sweep is run). The refused streams end -- Forward PERMISSION_DENIED with the
-    reason (NOT_AN_ORDERER, EXPIRED_CERT), as a new stream would be refused; Step, whose handler
-    reads requests, cancelled -- and give their slots back; an orderer still admitted keeps
-    its stream. Before, a removed (or revoked, or expired) orderer's open Cluster streams were
-    never checked again: they kept their slots and workers for as long as they lived."""
+    expiry (the sweep is run). The refused streams end PERMISSION_DENIED with the reason
+    (NOT_AN_ORDERER, EXPIRED_CERT), as a new stream would be refused, Step's too (its handler
+    is woken from its reader's wait: the sweeper's fallback never cancels it; it cancelled
+    it, the caller seeing CANCELLED, not why), and give their slots back; an orderer still
+    admitted keeps its stream. Before, a removed (or revoked, or expired) orderer's open Cluster
+    streams were never checked again: they kept their slots and workers for as long as they
+    lived."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     caps = ClusterCaps(total=4, per_orderer=2)
     _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
@@ -591,17 +593,27 @@ def test_a_refused_orderers_open_cluster_streams_end_and_free_their_slots(
             now[0] += 200 * 365 * 86_400_000
             sweeper.sweep()
             reason = "EXPIRED_CERT"
-        assert step2.ended(WAIT_S) == "CANCELLED"
+        assert step2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
+        assert step2.future.details().startswith(f"{reason}: ")
         assert forward2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
         assert batch2.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
         assert wait_until(lambda: caps.held(2) == 0, WAIT_S)
         if change == "removed":
             assert step3.ended() == "" and caps.held() == 1
         else:
-            assert step3.ended(WAIT_S) == "CANCELLED"
+            assert step3.ended(WAIT_S) == f"PERMISSION_DENIED {reason}"
             assert wait_until(lambda: caps.held() == 0, WAIT_S)
         refused = [r.getMessage() for r in caplog.records if "event=stream_caller_refused" in str(r.msg)]
         assert any("call=Cluster.Forward " in m and f"reason={reason} " in m for m in refused), refused
+        assert any("call=Cluster.Step " in m and f"reason={reason} " in m and " ends=refused:" in m
+                   for m in refused), refused
+        # the handlers ended them: the sweeper's fallback cancelled none
+        assert not [r for r in caplog.records if "event=stream_refused_cancelled" in str(r.msg)]
+        # the refused Step streams' readers ended with their calls (ins03's reads on, if admitted)
+        readers = {"raft-step-from-2"} | ({"raft-step-from-3"} if change == "expired" else set())
+        assert wait_until(lambda: not [t for t in threading.enumerate() if t.name in readers], WAIT_S)
+        if change == "removed":
+            assert [t for t in threading.enumerate() if t.name == "raft-step-from-3"]
     finally:
         for s in streams:
             s.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ from node.orderer.metrics import OrdererMetrics
 from node.peer.config_view import ConfigView
 from node.peer.deliver_service import PeerDeliverService
 from node.peer.endorser import Endorser, EndorserService
+from node.peer.gateway import service as gateway_service
 from node.peer.gateway.deps import MAX_COMMIT_TIMEOUT_MS, GatewayDeps
 from node.peer.gateway.service import GatewayService
 from node.peer.lifecycle import Lifecycle
@@ -63,7 +65,10 @@ DAY_MS = 86_400_000
 Files = tuple[Path, Path, Path]
 
 CALLS = ["AtomicBroadcast.Broadcast", "AtomicBroadcast.BroadcastBatch", "Endorser.ProcessProposals",
-         "Gateway.Events", "PeerDeliver.Deliver", "AtomicBroadcast.Deliver", "Gateway.CommitStatus"]
+         "Gateway.Events", "PeerDeliver.Deliver", "AtomicBroadcast.Deliver", "Gateway.CommitStatus",
+         "Gateway.Transact", "Gateway.TransactBatch"]
+STREAMS = ("AtomicBroadcast.Broadcast", "AtomicBroadcast.BroadcastBatch", "Gateway.Transact",
+           "Gateway.TransactBatch")
 
 
 class _Remotes:
@@ -175,7 +180,7 @@ class _Call:
         path = f"/rxchain.v1.{service}/{method}"
         follow = services_pb2.DeliverRequest(start_block=far_block, follow=True)
         call: Any
-        if name in ("AtomicBroadcast.Broadcast", "AtomicBroadcast.BroadcastBatch"):
+        if name in STREAMS:
             call = self.channel.stream_stream(path, request_serializer=None, response_deserializer=None)(
                 self._nothing(), timeout=30)
         elif name == "Endorser.ProcessProposals":
@@ -240,7 +245,7 @@ def _revoke(peer: Peer, net: Net, org_id: str, cert_der: bytes) -> None:
 @pytest.mark.parametrize(("change", "served"), [("revoke", 60.0), ("expire", 0.05)], indirect=["served"])
 def test_an_idle_call_ends_when_its_caller_is_no_longer_admitted_and_frees_its_slot(
     peer: Peer, net: Net, served: _Served, call: str, change: str, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """h01's doctor holds the only slot with an idle call; then a config update revokes her
     certificate (the sweeper, told of the config block, runs at once: its period is a minute)
@@ -249,8 +254,12 @@ def test_an_idle_call_ends_when_its_caller_is_no_longer_admitted_and_frees_its_s
     and an insurer's clerk's call of the same kind gets the slot and the pool's one worker.
     Before, the idle call was never checked again: it kept both for as long as its connection
     lived (the clerk's call waited for a worker); then the sweeper cancelled it: CANCELLED,
-    the client not told why."""
+    the client not told why. A Transact/TransactBatch stream's own check of its caller (every
+    RECHECK_S, with the MSP in force) is put off here: it would race the sweeper to the
+    revocation (the same reason, but no stream_caller_refused line when it wins) -- the
+    sweeper's refusal alone must end the stream."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
+    monkeypatch.setattr(gateway_service, "RECHECK_S", math.inf)
     files = _user_files(net, "h01", "dr-a") if change == "revoke" else _short_lived_doctor(net, tmp_path)
     far = peer.ledger.height() + 1000
     calls = [_Call(served.target, files, call, far)]
