@@ -217,18 +217,32 @@ def all_serving(procs: OrdererProcs, client: Client, names: list[str],
 
 
 def leader_of(procs: OrdererProcs, client: Client, names: list[str] | None = None) -> str | None:
+    """The leader every orderer asked that answered agrees on, once it answers itself as leader:
+    a follower keeps naming a stopped leader until its election timeout, so agreement alone
+    could name an orderer that is gone."""
     ids = {n.raft_id: n.name for n in procs.net.orderers()}
     seen = set()
+    answered: dict[str, int] = {}
     for name in names or list(procs.procs):
         try:
             st = client.status(procs.target(name), timeout=1.0)
         except grpc.RpcError:
             continue
+        answered[name] = st.raft_leader
         if st.raft_leader:
             seen.add(st.raft_leader)
-    if len(seen) == 1:
-        return ids.get(seen.pop())  # every node that answered agrees
-    return None
+    if len(seen) != 1:
+        return None
+    leader_id = seen.pop()
+    leader = ids.get(leader_id)
+    if leader is None:
+        return None
+    if leader not in answered:
+        try:
+            answered[leader] = client.status(procs.target(leader), timeout=1.0).raft_leader
+        except grpc.RpcError:
+            return None  # named by the others, but gone
+    return leader if answered[leader] == leader_id else None
 
 
 class Pump:
