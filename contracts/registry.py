@@ -327,6 +327,10 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     if holder is None:  # (a regulator's withdrawal)
         ctx.fail("NOT_FOUND", "no organisation holds practitioner code " + code)
     sites = holder.get("sites", {})
+    if not allowed and site not in sites:
+        # nothing to withdraw (never authorised, or withdrawn already): the entry as it is,
+        # no write and no event saying a site was withdrawn
+        return holder
     kept = {}
     for k in sorted(sites.keys()):
         if k != site:
