@@ -4,9 +4,10 @@ and the trace cursors (contract tests on the in-memory ledger)."""
 from __future__ import annotations
 
 from tests.contracts.chain import admin
-from tests.contracts.rxclient import World
-from tests.contracts.test_registry_decisions import JIANG_CODE, practitioner
-from tests.contracts.test_registry_residuals import REGULATOR, with_site, withdraw
+from tests.contracts.flows import issue
+from tests.contracts.rxclient import World, dx_key
+from tests.contracts.test_registry_decisions import JIANG_CODE, add_dx, diagnoses, practitioner
+from tests.contracts.test_registry_residuals import REGULATOR, _tag, with_site, withdraw
 
 
 def _versions(world: World, key: str) -> int:
@@ -33,3 +34,34 @@ def test_withdrawing_a_site_never_authorised_writes_nothing(world: World) -> Non
     after = (_versions(world, key), len(world.chain.events))
     assert withdraw(world, admin("h01"), "h02") == "OK"
     assert (_versions(world, key), len(world.chain.events)) == after
+
+
+def test_making_room_keeps_the_only_physical_diagnosis_of_a_disease(world: World) -> None:
+    """The shared diagnosis room full, a further hospital's entry took the place of the oldest
+    entry of the fullest hospital -- whatever it was. An online follow-up needs an earlier
+    physical diagnosis of the same code on record (prescription._check_follow_up): dropping
+    h02's physical E11, the only one, refused every later E11 follow-up NOT_FOLLOW_UP, and h02
+    (15 against 16) could not record it again. The oldest entry whose loss loses no such
+    diagnosis gives way first (a visit not in person, or a diagnosis on record twice)."""
+    assert add_dx(world, admin("h02"), "E11", physical=True) == "OK"
+    for i in range(15):
+        assert add_dx(world, admin("h02"), f"N{i:02d}", physical=False) == "OK"
+    for org in ("h03", "h04"):
+        for i in range(16):
+            assert add_dx(world, admin(org), f"{org.upper()}{i:02d}") == "OK", (org, i)
+    pid = world.pid("patient-zhang")
+    out = world.chain.submit("registry", "add_diagnosis", admin("h05"),
+                             transient={"dx_key": dx_key(), "icd10": "X00"},
+                             pseudonym=pid, physical=True).unwrap()
+    assert out["evicted"] == "h02"
+    physical = [d for d in diagnoses(world) if d["by"] == "h02" and d["physical"]]
+    assert [d["tag"] for d in physical] == [_tag(pid, "E11")]
+    world.chain.advance(1)
+    _prep, res = issue(world, diagnosis="E11")
+    assert res.ok, (res.reason, res.message)
+    # entries that are all sole physical diagnoses: the oldest gives way (the room is shared)
+    out = world.chain.submit("registry", "add_diagnosis", admin("h05"),
+                             transient={"dx_key": dx_key(), "icd10": "X01"},
+                             pseudonym=pid, physical=True).unwrap()
+    assert out["evicted"] == "h03"
+    assert _tag(pid, "H0300") not in {d["tag"] for d in diagnoses(world)}
