@@ -855,7 +855,7 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
             ctx.fail("LIMIT_EXCEEDED", "the 48 diagnoses per patient from hospitals other than "
                      "her enrolling hospital are full, and no hospital holds 2 more of them than "
                      + c.org + " (" + str(mine) + ")")
-        kept = _drop_oldest(rec["diagnoses"], evicted)
+        kept = _drop_oldest(rec["diagnoses"], evicted, new)
     if len(kept) >= MAX_DIAGNOSES_TOTAL:
         ctx.fail("LIMIT_EXCEEDED", "at most 64 diagnoses per patient")
     rec["diagnoses"] = kept + [new]
@@ -887,14 +887,15 @@ def _fullest(diagnoses: list, enroller: str, shared: dict, mine: int) -> str:
     return ""
 
 
-def _drop_oldest(diagnoses: list, org: str) -> list:
+def _drop_oldest(diagnoses: list, org: str, new: dict) -> list:
     """``diagnoses`` without the oldest entry ``org`` recorded whose loss loses no diagnosis an
     online follow-up needs (prescription._check_follow_up: an earlier physical diagnosis of
     the code): a visit not in person, or a physical diagnosis another physical entry on record
-    also has; when every entry of ``org`` is the only physical diagnosis of its code, the
-    oldest of them (the room is shared: a hospital cannot keep it by such entries alone)."""
+    (or ``new``, the entry taking its place) also has; when every entry of ``org`` is the only
+    physical diagnosis of its code, the oldest of them (the room is shared: a hospital cannot
+    keep it by such entries alone)."""
     physical = {}
-    for dx in diagnoses:
+    for dx in diagnoses + [new]:
         if dx["physical"]:
             physical[dx["tag"]] = physical.get(dx["tag"], 0) + 1
     drop = -1

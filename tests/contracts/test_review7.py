@@ -65,3 +65,21 @@ def test_making_room_keeps_the_only_physical_diagnosis_of_a_disease(world: World
                              pseudonym=pid, physical=True).unwrap()
     assert out["evicted"] == "h03"
     assert _tag(pid, "H0300") not in {d["tag"] for d in diagnoses(world)}
+
+
+def test_making_room_drops_a_physical_diagnosis_the_new_entry_repeats(world: World) -> None:
+    """The entry taking the place counts: h05 recording E11 in person makes h02's physical E11
+    one that gives way without loss, before h02's older H0200 (the only one of its code)."""
+    assert add_dx(world, admin("h02"), "H0200") == "OK"
+    assert add_dx(world, admin("h02"), "E11") == "OK"
+    for org in ("h02", "h03", "h04"):
+        for i in range(1 if org == "h02" else 0, 15 if org == "h02" else 16):
+            assert add_dx(world, admin(org), f"{org.upper()}{i:02d}") == "OK", (org, i)
+    pid = world.pid("patient-zhang")
+    out = world.chain.submit("registry", "add_diagnosis", admin("h05"),
+                             transient={"dx_key": dx_key(), "icd10": "E11"},
+                             pseudonym=pid, physical=True).unwrap()
+    assert out["evicted"] == "h02"
+    rec = diagnoses(world)
+    assert [d["by"] for d in rec if d["tag"] == _tag(pid, "E11")] == ["h05"]
+    assert _tag(pid, "H0200") in {d["tag"] for d in rec}
