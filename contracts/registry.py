@@ -893,16 +893,17 @@ def _drop_oldest(diagnoses: list, org: str, new: dict) -> list:
     the code): a visit not in person, or a physical diagnosis another physical entry on record
     (or ``new``, the entry taking its place) also has; when every entry of ``org`` is the only
     physical diagnosis of its code, the oldest of them (the room is shared: a hospital cannot
-    keep it by such entries alone)."""
+    keep it by such entries alone). An entry written before ``recorded_ms`` was kept counts
+    for no follow-up (_check_follow_up cannot tell it is earlier): never the other one."""
     physical = {}
     for dx in diagnoses + [new]:
-        if dx["physical"]:
+        if dx["physical"] and "recorded_ms" in dx:
             physical[dx["tag"]] = physical.get(dx["tag"], 0) + 1
     drop = -1
     for i in range(len(diagnoses)):
         dx = diagnoses[i]
         if _recorder(dx) == org:
-            if not dx["physical"] or physical[dx["tag"]] > 1:
+            if not dx["physical"] or "recorded_ms" not in dx or physical[dx["tag"]] > 1:
                 drop = i
                 break
             if drop < 0:

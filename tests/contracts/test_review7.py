@@ -3,6 +3,9 @@ and the trace cursors (contract tests on the in-memory ledger)."""
 
 from __future__ import annotations
 
+import json
+
+from node.sandbox import canonical
 from tests.contracts.chain import admin
 from tests.contracts.flows import issue
 from tests.contracts.rxclient import World, dx_key
@@ -83,3 +86,30 @@ def test_making_room_drops_a_physical_diagnosis_the_new_entry_repeats(world: Wor
     rec = diagnoses(world)
     assert [d["by"] for d in rec if d["tag"] == _tag(pid, "E11")] == ["h05"]
     assert _tag(pid, "H0200") in {d["tag"] for d in rec}
+
+
+def test_an_entry_from_before_recorded_ms_is_no_physical_diagnosis_on_record(world: World) -> None:
+    """An entry written before ``recorded_ms`` was kept makes no visit a follow-up
+    (prescription._check_follow_up): h02's physical E11 beside such an entry is still the only
+    one an E11 internet visit can rest on, and is kept."""
+    assert add_dx(world, admin("h02"), "H0200") == "OK"
+    assert add_dx(world, admin("h02"), "E11") == "OK"
+    for org in ("h02", "h03", "h04"):
+        for i in range(1 if org == "h02" else 0, 15 if org == "h02" else 16):
+            assert add_dx(world, admin(org), f"{org.upper()}{i:02d}") == "OK", (org, i)
+    pid = world.pid("patient-zhang")
+    nk = ("registry", "patient/" + pid)
+    rec = json.loads(world.chain.state.values[nk])
+    e11 = next(d for d in rec["diagnoses"] if d["tag"] == _tag(pid, "E11"))
+    legacy = {k: v for k, v in e11.items() if k not in ("recorded_ms", "by")}
+    rec["diagnoses"] = [{**legacy, "hospital": "h01"}] + rec["diagnoses"]  # the enroller's, as written before
+    world.chain.state.values[nk] = canonical.dumps(rec)
+    out = world.chain.submit("registry", "add_diagnosis", admin("h05"),
+                             transient={"dx_key": dx_key(), "icd10": "X00"},
+                             pseudonym=pid, physical=True).unwrap()
+    assert out["evicted"] == "h02"
+    tags = [d["tag"] for d in diagnoses(world) if d.get("by") == "h02"]
+    assert _tag(pid, "E11") in tags and _tag(pid, "H0200") not in tags
+    world.chain.advance(1)
+    _prep, res = issue(world, diagnosis="E11")
+    assert res.ok, (res.reason, res.message)
