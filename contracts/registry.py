@@ -22,7 +22,7 @@ Reference data the prescription and settlement contracts read:
 * patient enrolment ``patient/{pseudonym}`` (hospital, certificate tag, diagnosis tags):
   written by the admin of the enrolling hospital; diagnoses also by any hospital, each in its
   own room (16 entries per hospital, 48 shared fairly by the hospitals other than the
-  enrolling one: when they are full, the hospital holding the most gives up its oldest);
+  enrolling one: when they are full, the hospital holding the most gives up an entry);
   read by the insurer holding her account (or asked by her to take it over), not any insurer.
   Money (balance, deductible and cap seeds) and the patient's insurer are NOT here: the
   insurer opens the account with ``settlement.open_account``.
@@ -327,6 +327,10 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
     if holder is None:  # (a regulator's withdrawal)
         ctx.fail("NOT_FOUND", "no organisation holds practitioner code " + code)
     sites = holder.get("sites", {})
+    if not allowed and site not in sites:
+        # nothing to withdraw (never authorised, or withdrawn already): the entry as it is,
+        # no write and no event saying a site was withdrawn
+        return holder
     kept = {}
     for k in sorted(sites.keys()):
         if k != site:
@@ -851,7 +855,7 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
             ctx.fail("LIMIT_EXCEEDED", "the 48 diagnoses per patient from hospitals other than "
                      "her enrolling hospital are full, and no hospital holds 2 more of them than "
                      + c.org + " (" + str(mine) + ")")
-        kept = _drop_oldest(rec["diagnoses"], evicted)
+        kept = _drop_oldest(rec["diagnoses"], evicted, new)
     if len(kept) >= MAX_DIAGNOSES_TOTAL:
         ctx.fail("LIMIT_EXCEEDED", "at most 64 diagnoses per patient")
     rec["diagnoses"] = kept + [new]
@@ -866,7 +870,7 @@ def add_diagnosis(ctx: Context, pseudonym: str, physical: bool) -> dict:
 
 
 def _fullest(diagnoses: list, enroller: str, shared: dict, mine: int) -> str:
-    """The hospital whose oldest entry gives way when the shared room is full: the one holding
+    """The hospital whose entry gives way (_drop_oldest) when the shared room is full: the one holding
     the most entries in it, if that is at least 2 more than the caller's ``mine`` (so it still
     holds at least as many as the caller afterwards: two hospitals never take room back and
     forth); among equals the one whose oldest entry is the oldest. "" when none does."""
@@ -883,16 +887,28 @@ def _fullest(diagnoses: list, enroller: str, shared: dict, mine: int) -> str:
     return ""
 
 
-def _drop_oldest(diagnoses: list, org: str) -> list:
-    """``diagnoses`` without the oldest entry ``org`` recorded."""
-    out = []
-    dropped = False
-    for dx in diagnoses:
-        if not dropped and _recorder(dx) == org:
-            dropped = True
-        else:
-            out.append(dx)
-    return out
+def _drop_oldest(diagnoses: list, org: str, new: dict) -> list:
+    """``diagnoses`` without the oldest entry ``org`` recorded whose loss loses no diagnosis an
+    online follow-up needs (prescription._check_follow_up: an earlier physical diagnosis of
+    the code): a visit not in person, or a physical diagnosis another physical entry on record
+    (or ``new``, the entry taking its place) also has; when every entry of ``org`` is the only
+    physical diagnosis of its code, the oldest of them (the room is shared: a hospital cannot
+    keep it by such entries alone). An entry written before ``recorded_ms`` was kept counts
+    for no follow-up (_check_follow_up cannot tell it is earlier): never the other one."""
+    physical = {}
+    for dx in diagnoses + [new]:
+        if dx["physical"] and "recorded_ms" in dx:
+            physical[dx["tag"]] = physical.get(dx["tag"], 0) + 1
+    drop = -1
+    for i in range(len(diagnoses)):
+        dx = diagnoses[i]
+        if _recorder(dx) == org:
+            if not dx["physical"] or "recorded_ms" not in dx or physical[dx["tag"]] > 1:
+                drop = i
+                break
+            if drop < 0:
+                drop = i
+    return diagnoses[0:drop] + diagnoses[drop + 1:]
 
 
 def _may_ask(ctx: Context) -> bool:
