@@ -170,6 +170,11 @@ class ChainConfig:
         # ``expect``), and the first number where the chain verified since holds another one
         self._expect: dict[int, bytes] = {}
         self.diverged: int | None = None
+        # why the state at ``state_path``, which is there, could not be read (an OSError: EMFILE,
+        # EACCES, EIO); None when it was read or is absent. Such a state is none to resume -- and
+        # :meth:`save` never writes over it -- but it is no file removed either: a session does
+        # not fall back to the genesis CAs for it (client.session._verified)
+        self.unreadable: str | None = None
         self.restart()
         if state_path is not None:
             self._resume(state_path)
@@ -197,10 +202,18 @@ class ChainConfig:
         self.resumed = False
 
     def _resume(self, path: Path) -> None:
-        """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis)."""
+        """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis;
+        :attr:`unreadable` says why when it is there but could not be read)."""
         try:
             with open(path, "rb") as f:
-                state = json.loads(f.read(4 * MAX_UPDATE_BYTES))  # (the config in force, base64)
+                raw = f.read(4 * MAX_UPDATE_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            self.unreadable = f"cannot read {path}: {exc.strerror or exc}"
+            return
+        try:
+            state = json.loads(raw)  # (the config in force, base64)
             if not isinstance(state, dict) or state.get("format") != 1:
                 return
             if bytes.fromhex(state["genesis"]) != self._genesis_hash:
@@ -215,7 +228,7 @@ class ChainConfig:
             last_hash = bytes.fromhex(state["last_hash"])
             config_hash = bytes.fromhex(state.get("config_hash", ""))  # (b"": a state saved before it was)
             tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
-        except Exception:  # noqa: BLE001 - a cache: unreadable, torn or of another release -- verify again
+        except Exception:  # noqa: BLE001 - a cache: torn or of another release -- verify again
             return
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash
@@ -230,8 +243,9 @@ class ChainConfig:
         Never a rollback: nothing is saved while the peer's pointer disagrees with the config
         verified (:meth:`_resume` would drop that state, and the sessions pinning by it fall
         back to the genesis CAs), nor over a state another process saved meanwhile that is at
-        least as long (sessions now extend the state too: ``client.follow``) -- under the
-        state's lock (``.config-chain.json.lock``), skipped when another process holds it."""
+        least as long (sessions now extend the state too: ``client.follow``), nor over one it
+        cannot read now (:func:`saved_height`) -- under the state's lock
+        (``.config-chain.json.lock``), skipped when another process holds it."""
         if self._state_path is None or self.height <= max(self._saved, self._floor) or self.diverged is not None:
             return
         current = self._tracker.current
@@ -361,10 +375,16 @@ class ChainConfig:
 
 def saved_height(path: Path, genesis_hash: bytes) -> int:
     """The height of the config chain state saved at ``path`` for the genesis block whose header
-    hash is ``genesis_hash`` (0 when there is none, or it is unreadable or another network's)."""
+    hash is ``genesis_hash`` (0 when there is none, or it is torn or another network's); OSError
+    when it is there but cannot be read now (EMFILE, EACCES, EIO: :meth:`ChainConfig.save` then
+    writes nothing -- a longer chain there would be replaced by a shorter one)."""
     try:
         with open(path, "rb") as f:
-            state = json.loads(f.read(4 * MAX_UPDATE_BYTES))
+            raw = f.read(4 * MAX_UPDATE_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        state = json.loads(raw)
         height = state["height"] if bytes.fromhex(state["genesis"]) == genesis_hash else 0
     except Exception:  # noqa: BLE001 - a cache: torn or of another release counts as none
         return 0

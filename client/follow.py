@@ -224,13 +224,16 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     diverges from it; SERVICE_UNAVAILABLE naming each one's failure when none could extend it (one
     behind it, one serving a block that does not verify -- nothing of theirs adopted; or
     ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call
-    outlasts it)."""
+    outlasts it); IO_ERROR when the saved chain is there but cannot be read now (none asked)."""
     state_path = Path(home) / CHAIN_STATE
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
     except RxError as exc:
         raise RxClientError(exc.reason, exc.message) from exc
     chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
+    if chain.unreadable is not None:  # (not one removed: the peers are not pinned to the genesis CAs for it)
+        raise RxClientError("IO_ERROR", f"{chain.unreadable}: the config chain this home verified cannot "
+                            "be followed now")
     pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
     failures: list[str] = []
     budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s

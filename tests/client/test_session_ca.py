@@ -732,3 +732,91 @@ def test_a_network_of_one_peer_follows_a_rotation_from_the_orderers(rotated: Rot
     else:
         assert result == "SERVICE_UNAVAILABLE"
         assert verified_network(rotated.home, net).config.sequence == 0
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path) -> threading.Event:
+    """Opening ``path`` fails EMFILE (too many open files: a transient error, e.g. a process out
+    of descriptors under load) while the returned event is set."""
+    import builtins
+    import errno
+
+    failing = threading.Event()
+    real_open = builtins.open
+
+    def fake_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing.is_set() and Path(file) == path:
+            raise OSError(errno.EMFILE, "Too many open files", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(configtool, "open", fake_open, raising=False)
+    return failing
+
+
+def test_a_transient_read_error_does_not_pin_the_genesis_ca(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config-chain.json changed (another session or a config command saved it) and this session's
+    read of it failed (EMFILE: a process out of descriptors, which a flood of connections to the
+    FHIR gateway brings about): it was taken for a file removed -- the session pinned h01's
+    genesis CA, the one the consortium rotated away from (perhaps because its key leaked), and
+    kept it for good (the file's stamp was recorded: never read again until it changed). A file
+    there that cannot be read now moves nothing; it is read again on the next call."""
+    state = rotated.home / configtool.CHAIN_STATE
+    s = _session(rotated.home, rotated.port)
+    try:
+        assert _health(s) == "OK"
+        version, pinned = s._server_ca()
+        failing = _unreadable(monkeypatch, state)
+        copy = state.with_name("copy.json")
+        copy.write_bytes(state.read_bytes())
+        copy.replace(state)  # (the same chain saved again: a new inode)
+        failing.set()
+        assert _health(s) == "OK"  # (the pin in force stands)
+        assert s._server_ca() == (version, pinned)
+        failing.clear()
+        assert _health(s) == "OK"
+        assert s._server_ca() == (version, pinned)
+    finally:
+        s.close()
+
+
+def test_a_session_refuses_to_start_on_a_chain_it_cannot_read(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new session whose home's config-chain.json is there but cannot be read (EMFILE) pinned
+    the genesis CA for its whole life, as though the file were absent; it now refuses to start
+    (IO_ERROR, nothing opened) -- the CA to pin is not known -- and starts once the file reads."""
+    state = rotated.home / configtool.CHAIN_STATE
+    failing = _unreadable(monkeypatch, state)
+    failing.set()
+    with pytest.raises(RxClientError) as e:
+        _session(rotated.home, rotated.port)
+    assert e.value.reason == "IO_ERROR" and str(state) in e.value.message
+    with pytest.raises(RxClientError) as e:
+        verified_network(rotated.home, load_network(rotated.home))
+    assert e.value.reason == "IO_ERROR"
+    from client.follow import follow_chain
+    from client.wallet import load_identity
+
+    with pytest.raises(RxClientError) as e:  # (a follow pins no peer to a genesis CA for it)
+        follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
+    assert e.value.reason == "IO_ERROR"
+    failing.clear()
+    assert _health_once(rotated) == "OK"
+
+
+def test_a_config_command_saves_nothing_over_a_chain_it_cannot_read(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config command (or a follow) that could not read config-chain.json (EMFILE) verified from
+    genesis.block again -- and, reading the saved height as 0, saved whatever chain the peer showed
+    over the longer one there: a peer withholding its newest blocks rolled the file back to the
+    genesis CAs (every session then pinned them). Nothing is saved over a file that cannot be
+    read."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    failing = _unreadable(monkeypatch, state)
+    failing.set()
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert not chain.resumed
+    chain.feed(genesis)  # (all a peer withholding block 1 shows)
+    chain.save()
+    failing.clear()
+    assert state.read_bytes() == saved
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
