@@ -820,3 +820,42 @@ def test_a_config_command_saves_nothing_over_a_chain_it_cannot_read(
     failing.clear()
     assert state.read_bytes() == saved
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_one_orderer_forking_the_chain_does_not_stop_the_follow(rotated: Rotated) -> None:
+    """A network of one peer, h01's CA rotated (block 2) after the home verified blocks 0-1: the
+    session follows from the orderers. The first one asked -- compromised: it signs blocks with its
+    own key -- serves another block 1, signed by itself, so its chain verifies from genesis.block
+    and differs at the checkpoint: CHAIN_RESTARTED ended the follow there, the other orderers
+    never asked, every follow alike (one orderer's key alone stopped the session for good, and
+    told the operator to remove config-chain.json: the genesis CAs pinned again). A restart found
+    at one source is now said only when no other extends the chain verified."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, previous=one)
+    del rotation.metadata.validation_codes[:]
+    fork = make_block(1, block_header_hash(genesis.header), [], [node_signer(rotated.home, "orderer.ins01", "ins01")],
+                      timestamp_ms=one.header.timestamp_ms + 1)
+    fork.metadata.last_config_block = 0
+    state.unlink()
+    verified = configtool.ChainConfig(genesis, Verifier(), state)
+    verified.feed(genesis)
+    verified.feed(one)
+    verified.save()  # the home verified blocks 0-1 (no rotation yet)
+    hostile, honest = _Orderer([genesis, fork]), _Orderer([genesis, one, rotation])
+    net = load_network(rotated.home)
+    h01 = next(p for p in net.peers if p.org == "h01")
+    ins01 = next(o for o in net.orderers if o.name == "orderer.ins01")
+    with _ordering(rotated.home, hostile) as first, _ordering(rotated.home, honest) as second:
+        one_peer = dataclasses.replace(
+            net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
+            orderers=tuple(dataclasses.replace(ins01, host="127.0.0.1", port=port) for port in (first, second)))
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        try:
+            result = _health(s)
+        finally:
+            s.close()
+    assert (hostile.asked, honest.asked) == (1, 1)
+    assert result == "OK"
+    assert json.loads(state.read_text())["height"] == 3
