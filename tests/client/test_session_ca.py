@@ -788,6 +788,9 @@ def test_a_session_refuses_to_start_on_a_chain_it_cannot_read(rotated: Rotated, 
     with pytest.raises(RxClientError) as e:
         _session(rotated.home, rotated.port)
     assert e.value.reason == "IO_ERROR" and str(state) in e.value.message
+    from client.fhir.server import error_reply
+
+    assert error_reply(e.value, rotated.home).status == 503  # (retry: not 422, no business rule refused it)
     with pytest.raises(RxClientError) as e:
         verified_network(rotated.home, load_network(rotated.home))
     assert e.value.reason == "IO_ERROR"
