@@ -253,6 +253,9 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
+        except OSError as exc:  # (the wallet's files, read for the channel: EMFILE under load)
+            failures.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+            continue
         try:
             _follow_from(peer, chain, genesis, state_path)
             return chain

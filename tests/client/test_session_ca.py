@@ -862,3 +862,21 @@ def test_one_orderer_forking_the_chain_does_not_stop_the_follow(rotated: Rotated
     assert (hostile.asked, honest.asked) == (1, 1)
     assert result == "OK"
     assert json.loads(state.read_text())["height"] == 3
+
+
+def test_a_follow_that_cannot_open_a_channel_fails_as_a_follow(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow whose channels to the other peers cannot be opened (EMFILE reading the wallet's
+    files) let the bare OSError out of the session's call (the FHIR gateway answered 500); it is a
+    follow that extended nothing: SERVICE_UNAVAILABLE naming each source's IO_ERROR."""
+    import errno
+
+    from client import follow
+    from client.wallet import load_identity
+
+    def fail(*args: object, **kwargs: object) -> grpc.Channel:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(follow, "secure_channel", fail)
+    with pytest.raises(RxClientError) as e:
+        follow.follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
+    assert e.value.reason == "SERVICE_UNAVAILABLE" and "IO_ERROR: Too many open files" in e.value.message
