@@ -175,6 +175,9 @@ class ChainConfig:
         # :meth:`save` never writes over it -- but it is no file removed either: a session does
         # not fall back to the genesis CAs for it (client.session._verified)
         self.unreadable: str | None = None
+        # a state was read from (or saved at) ``state_path``: once it is gone there -- removed by
+        # the operator, the remedy for CHAIN_RESTARTED -- this chain is not saved back (:meth:`save`)
+        self._held_file = False
         self.restart()
         if state_path is not None:
             self._resume(state_path)
@@ -233,6 +236,7 @@ class ChainConfig:
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
+        self._held_file = True
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next
@@ -244,7 +248,9 @@ class ChainConfig:
         verified (:meth:`_resume` would drop that state, and the sessions pinning by it fall
         back to the genesis CAs), nor over a state another process saved meanwhile that is at
         least as long (sessions now extend the state too: ``client.follow``), nor over one it
-        cannot read now (:func:`saved_height`) -- under the state's lock
+        cannot read now (:func:`saved_height`), nor once the state this chain was resumed from
+        (or saved as) is gone -- an operator removed it, the remedy for CHAIN_RESTARTED: written
+        back, the old chain was pinned again without a word -- under the state's lock
         (``.config-chain.json.lock``), skipped when another process holds it."""
         if self._state_path is None or self.height <= max(self._saved, self._floor) or self.diverged is not None:
             return
@@ -256,10 +262,11 @@ class ChainConfig:
                  "codes": self._codes, "config_hash": self._config_hash.hex(),
                  "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
         with contextlib.suppress(OSError, RxClientError), locked(self._state_path, wait_s=1.0):
-            if saved_height(self._state_path, self._genesis_hash) >= self.height:
-                return
+            saved = saved_height(self._state_path, self._genesis_hash)
+            if saved >= self.height or (self._held_file and not saved):
+                return  # (as long a chain saved meanwhile; or the file this chain came from is gone)
             replace_file(self._state_path, json.dumps(state).encode())
-            self._saved = self.height
+            self._saved, self._held_file = self.height, True
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
         """(number, header hash) of blocks verified past the genesis block that a peer's chain must

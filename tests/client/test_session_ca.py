@@ -880,3 +880,23 @@ def test_a_follow_that_cannot_open_a_channel_fails_as_a_follow(rotated: Rotated,
     with pytest.raises(RxClientError) as e:
         follow.follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
     assert e.value.reason == "SERVICE_UNAVAILABLE" and "IO_ERROR: Too many open files" in e.value.message
+
+
+def test_a_chain_file_removed_meanwhile_is_not_saved_back(rotated: Rotated) -> None:
+    """The operator removed config-chain.json (the remedy for CHAIN_RESTARTED) while a config
+    command or a session's follow, which had resumed it, verified a block further: its save wrote
+    the old chain back (the file missing read as height 0) -- the remedy undone without a word,
+    the sessions pinned by the old chain again. A chain resumed from the file saves nothing once
+    that file is gone (or no longer its genesis block's): the next command or follow starts from
+    what the operator left."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert chain.resumed and chain.height == 2
+    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
+                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
+    two.metadata.last_config_block = 1
+    chain.feed(two)
+    state.unlink()  # (the operator's remedy, meanwhile)
+    chain.save()
+    assert not state.exists()
