@@ -170,6 +170,14 @@ class ChainConfig:
         # ``expect``), and the first number where the chain verified since holds another one
         self._expect: dict[int, bytes] = {}
         self.diverged: int | None = None
+        # why the state at ``state_path``, which is there, could not be read (an OSError: EMFILE,
+        # EACCES, EIO); None when it was read or is absent. Such a state is none to resume -- and
+        # :meth:`save` never writes over it -- but it is no file removed either: a session does
+        # not fall back to the genesis CAs for it (client.session._verified)
+        self.unreadable: str | None = None
+        # a state was read from (or saved at) ``state_path``: once it is gone there -- removed by
+        # the operator, the remedy for CHAIN_RESTARTED -- this chain is not saved back (:meth:`save`)
+        self._held_file = False
         self.restart()
         if state_path is not None:
             self._resume(state_path)
@@ -197,10 +205,18 @@ class ChainConfig:
         self.resumed = False
 
     def _resume(self, path: Path) -> None:
-        """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis)."""
+        """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis;
+        :attr:`unreadable` says why when it is there but could not be read)."""
         try:
             with open(path, "rb") as f:
-                state = json.loads(f.read(4 * MAX_UPDATE_BYTES))  # (the config in force, base64)
+                raw = f.read(4 * MAX_UPDATE_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            self.unreadable = f"cannot read {path}: {exc.strerror or exc}"
+            return
+        try:
+            state = json.loads(raw)  # (the config in force, base64)
             if not isinstance(state, dict) or state.get("format") != 1:
                 return
             if bytes.fromhex(state["genesis"]) != self._genesis_hash:
@@ -215,11 +231,12 @@ class ChainConfig:
             last_hash = bytes.fromhex(state["last_hash"])
             config_hash = bytes.fromhex(state.get("config_hash", ""))  # (b"": a state saved before it was)
             tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
-        except Exception:  # noqa: BLE001 - a cache: unreadable, torn or of another release -- verify again
+        except Exception:  # noqa: BLE001 - a cache: torn or of another release -- verify again
             return
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
+        self._held_file = True
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next
@@ -230,8 +247,11 @@ class ChainConfig:
         Never a rollback: nothing is saved while the peer's pointer disagrees with the config
         verified (:meth:`_resume` would drop that state, and the sessions pinning by it fall
         back to the genesis CAs), nor over a state another process saved meanwhile that is at
-        least as long (sessions now extend the state too: ``client.follow``) -- under the
-        state's lock (``.config-chain.json.lock``), skipped when another process holds it."""
+        least as long (sessions now extend the state too: ``client.follow``), nor over one it
+        cannot read now (:func:`saved_height`), nor once the state this chain was resumed from
+        (or saved as) is gone -- an operator removed it, the remedy for CHAIN_RESTARTED: written
+        back, the old chain was pinned again without a word -- under the state's lock
+        (``.config-chain.json.lock``), skipped when another process holds it."""
         if self._state_path is None or self.height <= max(self._saved, self._floor) or self.diverged is not None:
             return
         current = self._tracker.current
@@ -242,10 +262,11 @@ class ChainConfig:
                  "codes": self._codes, "config_hash": self._config_hash.hex(),
                  "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
         with contextlib.suppress(OSError, RxClientError), locked(self._state_path, wait_s=1.0):
-            if saved_height(self._state_path, self._genesis_hash) >= self.height:
-                return
+            saved = saved_height(self._state_path, self._genesis_hash)
+            if saved >= self.height or (self._held_file and not saved):
+                return  # (as long a chain saved meanwhile; or the file this chain came from is gone)
             replace_file(self._state_path, json.dumps(state).encode())
-            self._saved = self.height
+            self._saved, self._held_file = self.height, True
 
     def checkpoints(self) -> list[tuple[int, bytes]]:
         """(number, header hash) of blocks verified past the genesis block that a peer's chain must
@@ -361,10 +382,16 @@ class ChainConfig:
 
 def saved_height(path: Path, genesis_hash: bytes) -> int:
     """The height of the config chain state saved at ``path`` for the genesis block whose header
-    hash is ``genesis_hash`` (0 when there is none, or it is unreadable or another network's)."""
+    hash is ``genesis_hash`` (0 when there is none, or it is torn or another network's); OSError
+    when it is there but cannot be read now (EMFILE, EACCES, EIO: :meth:`ChainConfig.save` then
+    writes nothing -- a longer chain there would be replaced by a shorter one)."""
     try:
         with open(path, "rb") as f:
-            state = json.loads(f.read(4 * MAX_UPDATE_BYTES))
+            raw = f.read(4 * MAX_UPDATE_BYTES)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    try:
+        state = json.loads(raw)
         height = state["height"] if bytes.fromhex(state["genesis"]) == genesis_hash else 0
     except Exception:  # noqa: BLE001 - a cache: torn or of another release counts as none
         return 0

@@ -27,7 +27,9 @@ of its checkpoints (the config block in force, the last block verified:
 :meth:`ChainConfig.checkpoints`) are compared with the ones verified; a peer whose block differs
 has its own chain verified from ``genesis.block`` up to that block: if it verifies (orderers'
 signatures all along) and holds another block there, the chains diverged -- CHAIN_RESTARTED with
-the remedy, nothing changed; if not (or it holds the block verified after all: the one it sent
+the remedy, nothing changed, once no other peer or orderer asked extends the chain verified (an
+orderer signs blocks alone: one compromised orderer's fork verifies so); if not (or it holds
+the block verified after all: the one it sent
 first was not its own), the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
 than a checkpoint merely lags behind: it is no evidence of a restart and changes nothing.
 """
@@ -221,18 +223,23 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     orderer (at most :data:`FOLLOW_ORDERERS`; each pinned to its own organisation's CA in the
     verified config, its blocks verified alike), and saved (``HOME/config-chain.json``; only when
     longer than the one saved). CHAIN_RESTARTED when a peer's or orderer's verified chain
-    diverges from it; SERVICE_UNAVAILABLE naming each one's failure when none could extend it (one
+    diverges from it and no other one asked extends it; SERVICE_UNAVAILABLE naming each one's
+    failure when none could extend it (one
     behind it, one serving a block that does not verify -- nothing of theirs adopted; or
     ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call
-    outlasts it)."""
+    outlasts it); IO_ERROR when the saved chain is there but cannot be read now (none asked)."""
     state_path = Path(home) / CHAIN_STATE
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
     except RxError as exc:
         raise RxClientError(exc.reason, exc.message) from exc
     chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
+    if chain.unreadable is not None:  # (not one removed: the peers are not pinned to the genesis CAs for it)
+        raise RxClientError("IO_ERROR", f"{chain.unreadable}: the config chain this home verified cannot "
+                            "be followed now")
     pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
     failures: list[str] = []
+    restarted: RxClientError | None = None  # (CHAIN_RESTARTED, from the first source that showed it)
     budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
     deadline = clock() + budget_s
     sources = [(p, False) for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS] + [
@@ -246,14 +253,23 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
+        except OSError as exc:  # (the wallet's files, read for the channel: EMFILE under load)
+            failures.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+            continue
         try:
             _follow_from(peer, chain, genesis, state_path)
             return chain
         except RxClientError as exc:
-            if exc.reason == CHAIN_RESTARTED:
-                raise
+            # a restart one source shows is said once no other extends the chain verified: an
+            # orderer signs blocks alone, so one compromised orderer's fork verifies from
+            # genesis.block -- taken at once, its word stopped every follow (and told the
+            # operator to drop the verified chain: the genesis CAs pinned again)
+            if exc.reason == CHAIN_RESTARTED and restarted is None:
+                restarted = exc
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
         finally:
             peer.close()
+    if restarted is not None:
+        raise restarted
     raise RxClientError("SERVICE_UNAVAILABLE", "no peer or orderer extended the verified config chain: "
                         + ("; ".join(failures) or "no other peer, no orderer"))

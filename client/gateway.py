@@ -284,7 +284,8 @@ class Gateway:
         calls from now on go over a new channel (those under way finish on the old one, closed by
         :meth:`close`). Under the pin lock, and only forward: two calls that read the pin at once
         (one before a change, one after) leave the newer pin whichever switches last (the one
-        that read first, switching last, put the older pin back for its call)."""
+        that read first, switching last, put the older pin back for its call). A channel that
+        cannot be opened (IO_ERROR) takes no version: the next call tries again."""
         if self._server_ca is None:
             return
         version, ca = self._server_ca()
@@ -293,12 +294,19 @@ class Gateway:
         with self._pin_lock:
             if version <= self._pin_version or self._closed:
                 return  # (closed: the call fails on the closed channel, as any call after close)
-            self._pin_version = version
             if ca == self._pin:
+                self._pin_version = version
                 return
-            channel = secure_channel(self.target, self.identity.cert_path, self.identity.key_path,
-                                     self.identity.ca_bundle_path, server_name=self._server_name,
-                                     root_certificates=ca)
+            try:
+                channel = secure_channel(self.target, self.identity.cert_path, self.identity.key_path,
+                                         self.identity.ca_bundle_path, server_name=self._server_name,
+                                         root_certificates=ca)
+            except OSError as exc:
+                # (the wallet's files, read for it: EMFILE under load) -- the version is not taken,
+                # so the next call tries again: never a call on the pin it replaces
+                raise RxClientError("IO_ERROR", f"cannot open a channel to {self.target} pinned to the CA "
+                                    f"in force: {exc.strerror or exc}; this call was not sent") from exc
+            self._pin_version = version
             self._old_channels.append(self._channel)
             self._channel, self._pin = channel, ca
             self._stub = services_pb2_grpc.GatewayStub(channel)
@@ -499,7 +507,15 @@ class Gateway:
         caught_up = False  # as in _call: the wait runs once to its end, not once per retry
         followed = False  # on_unreachable asked (once per submission)
         while True:
-            self._check_pin()
+            try:
+                self._check_pin()
+            except RxClientError as exc:  # (IO_ERROR: not sent this time -- an earlier attempt may have been)
+                if lost or not first:
+                    raise CommitUnknown(tx_id, f"transaction {tx_id} may have been ordered: "
+                                        + (f"an attempt failed with {lost}, then " if lost else
+                                           "a submission of this envelope before it may have been; ")
+                                        + f"this one was not sent: {exc.reason}: {exc.message}") from exc
+                raise
             try:
                 if not caught_up:
                     self._catch_up()

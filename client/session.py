@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -76,21 +77,40 @@ def verified_network(home: Path, net: NetworkInfo) -> NetworkInfo:
 
 
 def _verified(home: Path, net: NetworkInfo) -> tuple[NetworkInfo, int]:
-    """(:func:`verified_network`, the height of the chain state it comes from: 0 for ``net``)."""
+    """(:func:`verified_network`, the height of the chain state it comes from: 0 for ``net``).
+    IO_ERROR when the state (or genesis.block) is there but cannot be read now (EMFILE, EACCES,
+    EIO): that is no file removed -- ``net``'s CAs are the genesis ones, perhaps rotated away
+    from because a key leaked, and taking them for it downgraded the pin."""
     path = Path(home) / configtool.CHAIN_STATE
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return net, 0
+    except OSError as exc:
+        raise _unreadable(f"cannot stat {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
         return net, 0
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
         chain = configtool.ChainConfig(genesis, Verifier(max_entries=64, max_own=1), path)
-    except (RxError, ValueError):
+    except (RxError, ValueError) as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError | NotADirectoryError):
+            raise _unreadable(str(exc)) from exc
         return net, 0
+    if chain.unreadable is not None:
+        raise _unreadable(chain.unreadable)
     if not chain.resumed:
         return net, 0
     try:
         return net.with_config(chain.verified()[1]), chain.height
     except RxClientError:
         return net, 0
+
+
+def _unreadable(why: str) -> RxClientError:
+    return RxClientError("IO_ERROR", f"{why}: the CA to pin the peer to (the config chain this home verified, "
+                         f"{configtool.CHAIN_STATE}) cannot be known; nothing was sent -- retry")
 
 
 def _records_cert_key(net: NetworkInfo, org: str) -> object:
@@ -196,8 +216,13 @@ class Session:
         stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
         if stamp == self._verified_stamp:
             return
+        try:
+            found, height = _verified(self.home, self.net)
+        except RxClientError:
+            # (IO_ERROR: there, but not readable now -- EMFILE under load: no file removed, the
+            # pin held stands; the stamp stays unrecorded, so the next call reads it again)
+            return
         self._verified_stamp = stamp
-        found, height = _verified(self.home, self.net)
         if not height or height < self._file_height:
             self._epoch += 1
             self._followed = self._records_followed = None

@@ -188,6 +188,8 @@ _STATUS = {
     "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
     # the session's verified config chain is not on the network's chain (client.follow): nothing sent
     CHAIN_RESTARTED: 503,
+    # a local file could not be read now (config-chain.json under EMFILE: client.session): nothing sent
+    "IO_ERROR": 503,
     # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
     "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
     "DUPLICATE_RX": 409,

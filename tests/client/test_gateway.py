@@ -495,3 +495,60 @@ def test_transient_inputs_never_leave_without_endorsers_named(fake):
     gw.submit("prescription", "issue", {"rx_id": "RX-3"}, content, endorsing_orgs=["h01", "p01"])
     assert script.transients[3:] == [["patient_binding"], ["content", "patient_binding", "salt"]]
     assert script.endorsers[3:] == [["h01", "p01"]] * 2
+
+
+def _no_channel(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Opening a channel fails EMFILE (the wallet's key and certificate are read for it: a process
+    out of descriptors); returns the targets asked."""
+    import errno
+
+    from client import gateway as gateway_module
+
+    asked: list[str] = []
+
+    def fail(target: str, *args: object, **kwargs: object) -> grpc.Channel:
+        asked.append(target)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(gateway_module, "secure_channel", fail)
+    return asked
+
+
+def test_a_new_pin_whose_channel_cannot_be_opened_is_tried_again(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's pin moved (a CA rotation verified) and the channel pinned to the new CA could
+    not be opened (EMFILE reading the wallet's files): the pin's version was taken all the same, so
+    no later call re-pinned -- the gateway stayed pinned to the CA rotated away from (perhaps
+    because its key leaked) until the next change; the call failed with a bare OSError. The call
+    now fails IO_ERROR (nothing sent) and the next one opens the new channel."""
+    script, gw, _ = fake
+    asked = _no_channel(monkeypatch)
+    gw._server_ca = lambda: (1, b"the rotated CA")
+    for _ in range(2):
+        with pytest.raises(RxClientError) as e:
+            gw.evaluate("prescription", "get", {"rx_id": "RX-1"})
+        assert e.value.reason == "IO_ERROR"
+    assert len(asked) == 2 and gw._pin_version == 0 and script.calls == []
+
+
+def test_a_new_pin_failing_after_a_lost_submit_is_commit_unknown(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Submit whose answer was lost in transit (it may have been ordered) is retried; the retry
+    re-pins first (the pin moved meanwhile) and the channel cannot be opened: the caller must hear
+    CommitUnknown -- an IO_ERROR (or the bare OSError it was) reads as a definite failure, and the
+    caller proposes the call again."""
+    from client.errors import CommitUnknown
+
+    script, gw, _ = fake
+    _no_channel(monkeypatch)
+
+    def pin() -> tuple[int, bytes]:
+        if "Submit" in script.calls:
+            return 1, b"the rotated CA"
+        if "Endorse" in script.calls:
+            script.unavailable = 1  # the Submit fails in transit
+        return 0, b""
+
+    gw._server_ca = pin
+    with pytest.raises(CommitUnknown) as e:
+        gw.submit("prescription", "review", {"rx_id": "RX-1", "approve": True})
+    assert "may have been ordered" in e.value.message
+    assert script.calls == ["Endorse", "Submit"]

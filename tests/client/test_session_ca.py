@@ -732,3 +732,171 @@ def test_a_network_of_one_peer_follows_a_rotation_from_the_orderers(rotated: Rot
     else:
         assert result == "SERVICE_UNAVAILABLE"
         assert verified_network(rotated.home, net).config.sequence == 0
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path) -> threading.Event:
+    """Opening ``path`` fails EMFILE (too many open files: a transient error, e.g. a process out
+    of descriptors under load) while the returned event is set."""
+    import builtins
+    import errno
+
+    failing = threading.Event()
+    real_open = builtins.open
+
+    def fake_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if failing.is_set() and Path(file) == path:
+            raise OSError(errno.EMFILE, "Too many open files", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(configtool, "open", fake_open, raising=False)
+    return failing
+
+
+def test_a_transient_read_error_does_not_pin_the_genesis_ca(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config-chain.json changed (another session or a config command saved it) and this session's
+    read of it failed (EMFILE: a process out of descriptors, which a flood of connections to the
+    FHIR gateway brings about): it was taken for a file removed -- the session pinned h01's
+    genesis CA, the one the consortium rotated away from (perhaps because its key leaked), and
+    kept it for good (the file's stamp was recorded: never read again until it changed). A file
+    there that cannot be read now moves nothing; it is read again on the next call."""
+    state = rotated.home / configtool.CHAIN_STATE
+    s = _session(rotated.home, rotated.port)
+    try:
+        assert _health(s) == "OK"
+        version, pinned = s._server_ca()
+        failing = _unreadable(monkeypatch, state)
+        copy = state.with_name("copy.json")
+        copy.write_bytes(state.read_bytes())
+        copy.replace(state)  # (the same chain saved again: a new inode)
+        failing.set()
+        assert _health(s) == "OK"  # (the pin in force stands)
+        assert s._server_ca() == (version, pinned)
+        failing.clear()
+        assert _health(s) == "OK"
+        assert s._server_ca() == (version, pinned)
+    finally:
+        s.close()
+
+
+def test_a_session_refuses_to_start_on_a_chain_it_cannot_read(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new session whose home's config-chain.json is there but cannot be read (EMFILE) pinned
+    the genesis CA for its whole life, as though the file were absent; it now refuses to start
+    (IO_ERROR, nothing opened) -- the CA to pin is not known -- and starts once the file reads."""
+    state = rotated.home / configtool.CHAIN_STATE
+    failing = _unreadable(monkeypatch, state)
+    failing.set()
+    with pytest.raises(RxClientError) as e:
+        _session(rotated.home, rotated.port)
+    assert e.value.reason == "IO_ERROR" and str(state) in e.value.message
+    from client.fhir.server import error_reply
+
+    assert error_reply(e.value, rotated.home).status == 503  # (retry: not 422, no business rule refused it)
+    with pytest.raises(RxClientError) as e:
+        verified_network(rotated.home, load_network(rotated.home))
+    assert e.value.reason == "IO_ERROR"
+    from client.follow import follow_chain
+    from client.wallet import load_identity
+
+    with pytest.raises(RxClientError) as e:  # (a follow pins no peer to a genesis CA for it)
+        follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
+    assert e.value.reason == "IO_ERROR"
+    failing.clear()
+    assert _health_once(rotated) == "OK"
+
+
+def test_a_config_command_saves_nothing_over_a_chain_it_cannot_read(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config command (or a follow) that could not read config-chain.json (EMFILE) verified from
+    genesis.block again -- and, reading the saved height as 0, saved whatever chain the peer showed
+    over the longer one there: a peer withholding its newest blocks rolled the file back to the
+    genesis CAs (every session then pinned them). Nothing is saved over a file that cannot be
+    read."""
+    state = rotated.home / configtool.CHAIN_STATE
+    saved = state.read_bytes()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    failing = _unreadable(monkeypatch, state)
+    failing.set()
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert not chain.resumed
+    chain.feed(genesis)  # (all a peer withholding block 1 shows)
+    chain.save()
+    failing.clear()
+    assert state.read_bytes() == saved
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+
+
+def test_one_orderer_forking_the_chain_does_not_stop_the_follow(rotated: Rotated) -> None:
+    """A network of one peer, h01's CA rotated (block 2) after the home verified blocks 0-1: the
+    session follows from the orderers. The first one asked -- compromised: it signs blocks with its
+    own key -- serves another block 1, signed by itself, so its chain verifies from genesis.block
+    and differs at the checkpoint: CHAIN_RESTARTED ended the follow there, the other orderers
+    never asked, every follow alike (one orderer's key alone stopped the session for good, and
+    told the operator to remove config-chain.json: the genesis CAs pinned again). A restart found
+    at one source is now said only when no other extends the chain verified."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    one = _plain_block(rotated.home, 1, genesis)
+    rotation = _rotation_block(rotated.home, genesis, rotated.ca_der, previous=one)
+    del rotation.metadata.validation_codes[:]
+    fork = make_block(1, block_header_hash(genesis.header), [], [node_signer(rotated.home, "orderer.ins01", "ins01")],
+                      timestamp_ms=one.header.timestamp_ms + 1)
+    fork.metadata.last_config_block = 0
+    state.unlink()
+    verified = configtool.ChainConfig(genesis, Verifier(), state)
+    verified.feed(genesis)
+    verified.feed(one)
+    verified.save()  # the home verified blocks 0-1 (no rotation yet)
+    hostile, honest = _Orderer([genesis, fork]), _Orderer([genesis, one, rotation])
+    net = load_network(rotated.home)
+    h01 = next(p for p in net.peers if p.org == "h01")
+    ins01 = next(o for o in net.orderers if o.name == "orderer.ins01")
+    with _ordering(rotated.home, hostile) as first, _ordering(rotated.home, honest) as second:
+        one_peer = dataclasses.replace(
+            net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
+            orderers=tuple(dataclasses.replace(ins01, host="127.0.0.1", port=port) for port in (first, second)))
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        try:
+            result = _health(s)
+        finally:
+            s.close()
+    assert (hostile.asked, honest.asked) == (1, 1)
+    assert result == "OK"
+    assert json.loads(state.read_text())["height"] == 3
+
+
+def test_a_follow_that_cannot_open_a_channel_fails_as_a_follow(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follow whose channels to the other peers cannot be opened (EMFILE reading the wallet's
+    files) let the bare OSError out of the session's call (the FHIR gateway answered 500); it is a
+    follow that extended nothing: SERVICE_UNAVAILABLE naming each source's IO_ERROR."""
+    import errno
+
+    from client import follow
+    from client.wallet import load_identity
+
+    def fail(*args: object, **kwargs: object) -> grpc.Channel:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(follow, "secure_channel", fail)
+    with pytest.raises(RxClientError) as e:
+        follow.follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
+    assert e.value.reason == "SERVICE_UNAVAILABLE" and "IO_ERROR: Too many open files" in e.value.message
+
+
+def test_a_chain_file_removed_meanwhile_is_not_saved_back(rotated: Rotated) -> None:
+    """The operator removed config-chain.json (the remedy for CHAIN_RESTARTED) while a config
+    command or a session's follow, which had resumed it, verified a block further: its save wrote
+    the old chain back (the file missing read as height 0) -- the remedy undone without a word,
+    the sessions pinned by the old chain again. A chain resumed from the file saves nothing once
+    that file is gone (or no longer its genesis block's): the next command or follow starts from
+    what the operator left."""
+    state = rotated.home / configtool.CHAIN_STATE
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = configtool.ChainConfig(genesis, Verifier(), state)
+    assert chain.resumed and chain.height == 2
+    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
+                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
+    two.metadata.last_config_block = 1
+    chain.feed(two)
+    state.unlink()  # (the operator's remedy, meanwhile)
+    chain.save()
+    assert not state.exists()
