@@ -18,8 +18,10 @@ leader's answers (on a graceful hand-over it answers them at once) for at most
 ``moved_grace_s`` without any answer, then they are answered SERVICE_UNAVAILABLE, outcome
 unknown (a paused or partitioned old leader), instead of waiting out the commit timeout.
 A leader that leads again while its stream drains (a flapping leader) gets that stream back
-(one stream per leader): a new stream per return went past the leader's cap on one orderer's
-ForwardBatch streams, which cancelled the oldest, its envelopes' outcome unknown.
+(one stream per leader) once the watcher sees it lead or an envelope is forwarded to it: a new
+stream per return went past the leader's cap on one orderer's ForwardBatch streams, which
+cancelled the oldest, its envelopes' outcome unknown; and left to the old leaders' grace, its
+sent envelopes were answered outcome unknown though it led again.
 
 Server side (:class:`ForwardBatchService`): the caller must be an orderer of the current
 configuration (TLS certificate), re-checked per message, and its streams are held under the
@@ -303,6 +305,10 @@ class LeaderForwarder:
                     self._moved[stream] = now
                     # (under the lock: a return of its leader given it back cannot be undone)
                     handed.append((stream, stream.stop_sending()))
+            if leader and leader not in self._streams:
+                # its leader leads again: its stream is no old leader's, whose quiet grace would
+                # close it (its envelopes' outcome unknown) unless a new one was forwarded first
+                self._resume(leader)
             for stream, moved_at in list(self._moved.items()):
                 quiet_since = max(moved_at, stream.last_answer_at)
                 if stream.broken or stream.inflight() == 0 or now - quiet_since >= self._grace_s:

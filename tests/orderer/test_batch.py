@@ -463,6 +463,45 @@ def test_a_flapping_leader_keeps_its_stream_and_every_answer() -> None:
         server.stop(0).wait(5)
 
 
+def test_a_leader_back_keeps_its_streams_sent_envelopes_past_the_grace_with_nothing_new_sent() -> None:
+    """The leader moves away from orderer 2 and back (an election 2 wins again) while an
+    envelope sent to 2 waits for its answer, and the follower forwards nothing new meanwhile.
+    2 leads again: its stream is its stream to the leader, and the envelope waits for 2's answer
+    past the grace, as one sent to the leader does. Before, the stream was given back only by a
+    new envelope forwarded to 2: with none, the stream still counted as an old leader's, went
+    quiet for the grace, and was closed -- the envelope answered SERVICE_UNAVAILABLE, outcome
+    unknown, though the leader, leading, ordered it."""
+    leader = _HeldAnswers()
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            leader.handle, request_deserializer=None, response_serializer=None)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    clock, current = Clock(), [2]
+    fwd = LeaderForwarder(Members({2: f"127.0.0.1:{port}", 3: "127.0.0.1:1"}), grpc.insecure_channel,
+                          lambda: current[0], clock=clock, watch_s=3600, moved_grace_s=1.0)
+    try:
+        [ticket] = fwd.submit_many(2, [(b"e0", "t0")])
+        assert _wait(lambda: len(leader.received) == 1)  # sent, not answered
+        current[0] = 3
+        fwd.check_leader()  # moved away
+        clock.now += 0.1
+        current[0] = 2
+        fwd.check_leader()  # back: nothing forwarded meanwhile
+        clock.now += 5.0  # well past the grace, within the leader's commit timeout
+        fwd.check_leader()
+        assert ticket.peek() is None  # still waiting for 2, which leads
+        leader.gate.set()
+        assert ticket.wait(5) == Outcome()
+        assert leader.calls == 1
+    finally:
+        fwd.close()
+        leader.gate.set()
+        server.stop(0).wait(5)
+
+
 def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:
     svc = ForwardBatchService(Members({}), None, OrdererMetrics("t"))  # type: ignore[arg-type]
     (port,) = free_ports(1)
