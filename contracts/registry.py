@@ -4,7 +4,8 @@ Reference data the prescription and settlement contracts read:
 
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
   a practitioner code is held by one active registration at a time (index ``praccode/{code}``;
-  a registration written before the index is indexed by ``reindex``);
+  a registration written before the index is indexed by ``reindex``; a regulator admin revokes
+  any registration for good, ``revoke_registration``);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
   by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
@@ -59,6 +60,9 @@ CONTROLLED_CLASSES = (
 )
 PRACTITIONER_ROLES = ("doctor", "pharmacist", "nurse", "courier")
 HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
+# why a regulator revoked a registration (revoke_registration): codes, never free text
+REVOCATION_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
+                      "DUPLICATE_REGISTRATION", "OTHER")
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
@@ -270,10 +274,12 @@ def register_practitioner(
     org = ctx.caller.org
     key = "prac/" + org + "/" + name
     holder = ctx.get("praccode/" + code)
+    old = ctx.get(key)
+    if old is not None and "revoked" in old and licence_active:
+        _refuse_revoked(ctx, key, old)
     site = False  # registering at a site the holder authorised (multi-site practice)
     if licence_active:
         site = _claim_code(ctx, holder, org, name, code)
-    old = ctx.get(key)
     if old is not None and old["code"] != code:
         _release_code(ctx, "praccode/" + old["code"], org, name)
     if licence_active:
@@ -288,6 +294,8 @@ def register_practitioner(
         "internet_practice": internet_practice,
         "updated": _stamp(ctx),
     }
+    if old is not None and "revoked" in old:
+        rec["revoked"] = old["revoked"]
     ctx.put(key, rec)
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
@@ -373,17 +381,31 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
         ctx.fail("BAD_ARGUMENTS", "active is a boolean")
     org = ctx.caller.org
     holder = ctx.get("pharmlic/" + licence_no)
+    old = ctx.get("pharmacy/" + org)
+    if old is not None and "revoked" in old and active:
+        _refuse_revoked(ctx, "pharmacy/" + org, old)
     if active:
         _claim_licence(ctx, holder, org, licence_no)
-    old = ctx.get("pharmacy/" + org)
     if old is not None and old["licence_no"] != licence_no:
         _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
     if active:
         ctx.put("pharmlic/" + licence_no, {"org": org, "name": ""})
     rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
+    if old is not None and "revoked" in old:
+        rec["revoked"] = old["revoked"]
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
+
+
+def _no_take_over(ctx: Context, key: str, holder: dict) -> None:
+    """A regulator's ``reindex`` indexes a registration under a code (licence) nobody holds, or
+    at a site the holder authorised: taking it over from the registration the index entry
+    ``holder`` names (no longer in force) is the organisation's own call, its admin's."""
+    ctx.fail("ACCESS_DENIED", key + " names " + holder["org"] + "/" + holder["name"] + ": a "
+             "regulator indexes only a code or licence nobody holds (or a site the holder "
+             "authorised); taking it over is for the organisation's own admin (or revoke that "
+             "registration first: registry.revoke_registration)")
 
 
 def reindex(ctx: Context, org: str, name: str) -> dict:
@@ -391,7 +413,8 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
     ``prac/{org}/{name}``, or with ``name`` "" the pharmacy ``pharmacy/{org}`` (the admin of
     ``org``, or a regulator admin for any organisation). The record is not changed: an active
     one takes the index entry exactly as registering it again unchanged would (its holder, a
-    site the holder authorised, or taking over a code no registration in force holds), an
+    site the holder authorised, or taking over a code no registration in force holds -- the
+    last never by a regulator: ACCESS_DENIED, the organisation's admin decides), an
     inactive one holds nothing; CODE_IN_USE / LICENCE_IN_USE when another active registration
     holds it, nothing written. Idempotent: a registration already indexed writes nothing."""
     _require_admin(ctx, ("hospital", "pharmacy", "regulator"))
@@ -411,6 +434,8 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
         changed = False
         if rec["active"]:
             _claim_licence(ctx, holder, org, rec["licence_no"])
+            if holder is not None and holder["org"] != org and c.org_kind == "regulator":
+                _no_take_over(ctx, key, holder)
             if holder is None or holder["org"] != org:
                 holder = {"org": org, "name": ""}
                 ctx.put(key, holder)
@@ -425,6 +450,9 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
         changed = False
         if rec["licence_active"]:
             site = _claim_code(ctx, holder, org, name, rec["code"])
+            if not site and holder is not None and c.org_kind == "regulator" and (
+                    holder["org"] != org or holder["name"] != name):
+                _no_take_over(ctx, key, holder)
             changed = _index_code(ctx, holder, org, name, rec["code"], site)
             if changed and not site:
                 holder = {"org": org, "name": name}  # (a site's entry is updated in place)
@@ -434,6 +462,84 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
     out["changed"] = changed
     out["index"] = holder if holder is not None else {}
     return out
+
+
+def _refuse_revoked(ctx: Context, key: str, rec: dict) -> None:
+    ctx.fail("REGISTRATION_REVOKED", key + " was revoked by " + rec["revoked"]["by_org"] + " ("
+             + rec["revoked"]["reason"] + "): it stays inactive")
+
+
+def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate: bool) -> None:
+    """Drop ``site`` from the index entry ``holder`` of ``code`` (not written here) and, with
+    ``deactivate``, make its active registration under the code inactive, as a withdrawal
+    (authorize_practice_site)."""
+    sites = holder.get("sites", {})
+    name = sites.get(site, "")
+    if deactivate and name != "" and _holds(ctx, site, name, code):
+        prac = ctx.get("prac/" + site + "/" + name)
+        prac["licence_active"] = False
+        prac["updated"] = _stamp(ctx)
+        ctx.put("prac/" + site + "/" + name, prac)
+        ctx.emit("registry.practitioner", {"org": site, "name": name, "role": prac["role"]})
+    kept = {}
+    for k in sorted(sites.keys()):
+        if k != site:
+            kept[k] = sites[k]
+    holder["sites"] = kept
+    ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
+
+
+def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
+    """Revoke the registration of practitioner ``org``/``name`` (or with ``name`` "" the pharmacy
+    ``org``): regulator admins only (the licensing authority), with a reason code from
+    REVOCATION_REASONS. The record is made inactive and marked ``revoked`` {reason, by_org, by,
+    ms, tx_id}: its organisation cannot make it active again (REGISTRATION_REVOKED). Its index
+    entries go: the code's (licence's) entry when it names this registration -- a holder's
+    authorised sites are withdrawn with it (each site's active registration under the code made
+    inactive, as a withdrawal does: they practised on the holder's authorisation), so the code
+    is free --, or its site slot in the holder's entry (as a withdrawal). Idempotent: a revoked
+    registration writes nothing (``changed`` false). Event ``registry.revoked``."""
+    _require_admin(ctx, ("regulator",))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    if reason not in REVOCATION_REASONS:
+        ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
+    rkey = "prac/" + org + "/" + name
+    if name == "":
+        rkey = "pharmacy/" + org
+    rec = ctx.get(rkey)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    if "revoked" in rec:
+        return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+    if name == "":
+        key = "pharmlic/" + rec["licence_no"]
+        holder = ctx.get(key)
+        if holder is not None and holder["org"] == org:
+            ctx.delete(key)
+        rec["active"] = False
+        ctx.emit("registry.pharmacy", {"org": org, "active": False})
+    else:
+        code = rec["code"]
+        key = "praccode/" + code
+        holder = ctx.get(key)
+        if holder is not None and holder["org"] == org and holder["name"] == name:
+            for site in sorted(holder.get("sites", {}).keys()):
+                _withdraw_site(ctx, holder, code, site, True)
+            ctx.delete(key)
+        elif holder is not None and holder.get("sites", {}).get(org, "") == name:
+            _withdraw_site(ctx, holder, code, org, False)
+            ctx.put(key, holder)
+        rec["licence_active"] = False
+        ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
+    stamp = _stamp(ctx)
+    rec["revoked"] = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"],
+                      "ms": stamp["ms"], "tx_id": stamp["tx_id"]}
+    rec["updated"] = stamp
+    ctx.put(rkey, rec)
+    ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
+    return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:
