@@ -849,6 +849,16 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("org")
     ri.add_argument("--name", default="", metavar="NAME",
                     help="the practitioner (default: the organisation's pharmacy registration)")
+    rr = sub(rg, "revoke", _simple("revoke_registration", "org", "name", "reason"),
+             "revoke a practitioner's or pharmacy's registration for good (a regulator admin): made"
+             " inactive, its code or licence freed, a code holder's sites withdrawn")
+    rr.add_argument("org")
+    rr.add_argument("--name", default="", metavar="NAME",
+                    help="the practitioner (default: the organisation's pharmacy registration)")
+    rr.add_argument("--reason", required=True,
+                    choices=("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
+                             "DUPLICATE_REGISTRATION", "OTHER"),
+                    help="why (a code: no free text reaches the ledger)")
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

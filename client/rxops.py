@@ -1011,6 +1011,15 @@ class RxOperations:
         another active registration holds its code or licence."""
         return _written(self.s.gateway.submit(REGISTRY, "reindex", {"org": org, "name": name}))
 
+    def revoke_registration(self, org: str, name: str = "", reason: str = "LICENCE_REVOKED") -> dict[str, Any]:
+        """Revoke practitioner ``org``/``name``'s registration, or with ``name`` "" the pharmacy
+        ``org``'s (``registry.revoke_registration``, a regulator admin): made inactive for good,
+        its index entries (and a code holder's sites) withdrawn. ``reason`` one of
+        LICENCE_REVOKED, LICENCE_SUSPENDED, ORGANISATION_CLOSED, DUPLICATE_REGISTRATION, OTHER.
+        Idempotent: ``changed`` false when it was revoked already."""
+        return _written(self.s.gateway.submit(REGISTRY, "revoke_registration",
+                                              {"org": org, "name": name, "reason": reason}))
+
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""
         pseud = self.pseudonym(ref)

@@ -202,3 +202,37 @@ def test_registry_reindex_sends_one_registration(monkeypatch: pytest.MonkeyPatch
     rc, out, _ = run("--json", "--as", "reg01:admin", "registry", "reindex", "h01", "--name", "dr-li")
     assert rc == 0 and json.loads(out)["changed"] is True
     assert sent == [("registry", "reindex", {"org": "h01", "name": "dr-li"})]
+
+
+def test_registry_revoke_sends_one_registration_and_a_reason_code(monkeypatch: pytest.MonkeyPatch):
+    """``registry revoke ORG [--name NAME] --reason CODE`` submits
+    ``registry.revoke_registration``; a reason that is no code is refused before anything is
+    sent (free text never reaches the ledger)."""
+    from types import SimpleNamespace
+
+    from client import cli
+    from client.gateway import SubmitResult
+    from client.rxops import RxOperations
+
+    sent: list[tuple[str, str, dict[str, object]]] = []
+
+    def submit(contract: str, fn: str, args: dict[str, object], transient: object = None) -> SubmitResult:
+        sent.append((contract, fn, args))
+        return SubmitResult("ab" * 32, "VALID", 7, {"changed": True, **args})
+
+    ops = RxOperations(SimpleNamespace(gateway=SimpleNamespace(submit=submit)))  # type: ignore[arg-type]
+    assert ops.revoke_registration("p03", reason="ORGANISATION_CLOSED")["name"] == ""
+    assert sent == [("registry", "revoke_registration",
+                     {"org": "p03", "name": "", "reason": "ORGANISATION_CLOSED"})]
+    sent.clear()
+    monkeypatch.setattr(cli, "_ops", lambda a: SimpleNamespace(
+        revoke_registration=ops.revoke_registration, s=SimpleNamespace(close=lambda: None)))
+    rc, out, _ = run("--json", "--as", "reg01:admin", "registry", "revoke", "h01", "--name",
+                     "dr-li", "--reason", "DUPLICATE_REGISTRATION")
+    assert rc == 0 and json.loads(out)["changed"] is True
+    assert sent == [("registry", "revoke_registration",
+                     {"org": "h01", "name": "dr-li", "reason": "DUPLICATE_REGISTRATION"})]
+    sent.clear()
+    rc, _, _ = run("--json", "--as", "reg01:admin", "registry", "revoke", "h01", "--name", "dr-li",
+                   "--reason", "misconduct")
+    assert rc != 0 and sent == []
