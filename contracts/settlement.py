@@ -368,8 +368,12 @@ def _not_hers(ctx: Context, req: dict, who: str) -> None:
     """ACCESS_DENIED when ``req`` (the pending request, or None) is the patient's own and ``who``
     is not the patient: the insurer she asks to leave would withdraw or replace every request of
     hers (it sees each one's event) and so keep her; her request is hers to withdraw or replace,
-    and the insurer asked declines it."""
-    if req is not None and req["requested_by"] == "patient" and who != "patient":
+    and the insurer asked declines it. A request past its TRANSFER_EXPIRY_MS (no longer
+    accepted: TRANSFER_EXPIRED) is no pending request here, as in accept_transfer,
+    _may_read_account and the registry's ``_insures``: it held her insurer's own request and
+    withdrawal up until she withdrew it or the insurer it names declined it."""
+    if req is not None and req["requested_by"] == "patient" and who != "patient" \
+            and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS:
         ctx.fail("ACCESS_DENIED", "the patient's own request to move to " + req["to"] + " is pending: "
                  "only she withdraws or replaces it (" + req["to"] + " may decline it)")
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from node.orderer.configrules import LIMIT_BOUNDS
 from tests.contracts.chain import DAY_MS, admin
-from tests.contracts.flows import CLERK, WANG, dispense, settle
+from tests.contracts.flows import CLERK, CLERK2, WANG, dispense, settle
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import call, dispensed, issued, status, with_ins02, zhang
 from tests.contracts.test_second_review import _drug_args, _forget_drug_versions
-from tests.contracts.test_unsettled_moves import CLERK3, INS03_POLICY, NEW_CODE
+from tests.contracts.test_unsettled_moves import CLERK3, INS03_POLICY, NEW_CODE, WINDOW_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 SKEW_MS = 86_400_000  # the config rules' largest limits.max_clock_skew_ms
@@ -117,3 +117,27 @@ def test_a_dispense_stamped_within_two_skews_before_the_first_policy_is_covered_
     assert status(world, CLERK3) == before
     claim = settle(world, near, clerk=CLERK3).unwrap()
     assert (claim["ratio_bp"], claim["policy_effective_ms"]) == (9000, t)
+
+
+def test_an_expired_request_of_hers_holds_her_insurers_own_request_up_no_more(world: World) -> None:
+    """Her request past its 30 days is no longer accepted (TRANSFER_EXPIRED); it still made her
+    insurer's own request_transfer and cancel_transfer ACCESS_DENIED until she withdrew it or
+    the insurer it names declined. Expired, it is no pending request there (as accept_transfer,
+    patient_status and the registry's get_patient read it); within its 30 days it is hers."""
+    with_ins02(world)
+    world.set_policy(INS03_POLICY, 0).unwrap()
+    world.chain.advance(1)
+    t = world.chain.now
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    world.chain.now = t + WINDOW_MS
+    assert call(world, "request_transfer", CLERK, to_insurer="ins03") == "ACCESS_DENIED"
+    assert call(world, "cancel_transfer", CLERK) == "ACCESS_DENIED"
+    world.chain.advance(1)
+    assert call(world, "accept_transfer", CLERK2) == "TRANSFER_EXPIRED"
+    assert call(world, "cancel_transfer", CLERK)["requested_by"] == "patient"
+    world.chain.advance(1)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    world.chain.advance(WINDOW_MS + 1)
+    req = call(world, "request_transfer", CLERK, to_insurer="ins03")
+    assert (req["requested_by"], req["to"]) == ("ins01", "ins03")
+    assert call(world, "accept_transfer", CLERK3)["insurer"] == "ins03"
