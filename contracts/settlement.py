@@ -26,8 +26,8 @@ per disease; year = China-local calendar year). Counters of a year without a rec
 zero. The account moves to another insurer with ``request_transfer`` (the patient, or her
 insurer) and ``accept_transfer`` (the receiving insurer), never while a claim of hers is
 outstanding -- a fill left unsettled over UNSETTLED_WINDOW_MS after its dispense no longer is:
-the move lists it and the insurer of its prescription's issue still settles it; the money
-moves unchanged. Claims: ``claim/{claim_id}``,
+the move lists it and the insurer of its prescription's issue still settles it, within
+LATE_SETTLE_WINDOW_MS of the move; the money moves unchanged. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -77,6 +77,11 @@ VERSION_PAGE = 64  # versions read a page (the oldest in the window: then halvin
 # account"); without a bound an insurer that never settled kept her for good
 UNSETTLED_WINDOW_MS = 30 * DAY_MS
 MAX_UNSETTLED_LISTED = 16  # fills a move lists as left unsettled (all of them are counted)
+# the insurer of a prescription's issue settles a fill a move left unsettled within this after
+# the move (the settling tx's timestamp against the move's), no later: its settle -- and any
+# preview of one -- shows her account's figures (balance, deductible and cap left), which it no
+# longer reads otherwise (patient_status); without a bound it watched her account for good
+LATE_SETTLE_WINDOW_MS = 30 * DAY_MS
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -589,6 +594,36 @@ def _per_code(lines: list) -> list:
     return out
 
 
+def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> None:
+    """A fill the insurer of its issue settles after her account moved away from it: one the
+    latest move away from it left unsettled (listed in the move's ``unsettled``, or -- the list
+    full -- dispensed over UNSETTLED_WINDOW_MS before it), within LATE_SETTLE_WINDOW_MS of that
+    move's time (ACCOUNT_TRANSFERRED, SETTLE_WINDOW_CLOSED). A settle, or its preview, shows the
+    figures of an account that insurer no longer holds (balance, deductible and cap left), which
+    patient_status refuses it: for that window only."""
+    moves = acct.get("transfers", [])
+    i = len(moves) - 1
+    while i >= 0 and moves[i]["from"] != rx["insurer"]:
+        i = i - 1
+    move = None
+    if i >= 0:
+        m = moves[i]
+        listed = m.get("unsettled", [])
+        for u in listed:
+            if u["rx_id"] == rx["rx_id"] and u["fill"] == fill:
+                move = m
+        if move is None and m.get("unsettled_count", 0) > len(listed) \
+                and disp_ms + UNSETTLED_WINDOW_MS < m["ms"]:
+            move = m
+    if move is None:
+        ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer and "
+                 "no move on record left fill " + str(fill) + " unsettled with " + rx["insurer"])
+    if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:
+        ctx.fail("SETTLE_WINDOW_CLOSED", "fill " + str(fill) + " was left unsettled when her account "
+                 "moved (" + str(move["ms"]) + " ms): its insurer settles it within 30 days of the "
+                 "move, no later (it is settled between the insurers off the ledger)")
+
+
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     """Settle one dispense (insurer clerk of the insurer of the prescription's issue: her
     insurer on the date of service, which holds its claim key -- also after her account moved,
@@ -603,7 +638,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
-    _account(ctx, rx["patient"])
+    acct = _account(ctx, rx["patient"])
     # the insurer of its issue: a move waits for its fills to be settled, except those it left
     # unsettled over UNSETTLED_WINDOW_MS -- still its own (its policy, its claim key), never the
     # new insurer's; never naming her insurer to another one (as reverse, get_claim)
@@ -623,6 +658,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
     if disp is None:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
+    if acct["insurer"] != c.org:
+        _late_settle(ctx, acct, rx, fill, disp["time_ms"])
     # the date of service: its prices, policy version and benefit year (never the settling tx's)
     served = disp["time_ms"]
     claim = ctx.transient("claim")

@@ -119,6 +119,66 @@ def test_a_dispense_stamped_within_two_skews_before_the_first_policy_is_covered_
     assert (claim["ratio_bp"], claim["policy_effective_ms"]) == (9000, t)
 
 
+def _left_and_moved(world: World, n: int = 1) -> tuple[list[Any], dict[str, Any]]:
+    """n ins01 fills left unsettled, her account moved to ins02 over 30 days on: the move."""
+    with_ins02(world)
+    preps = [dispensed(world) for _ in range(n)]
+    world.chain.advance(WINDOW_MS + 1)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    move: dict[str, Any] = call(world, "accept_transfer", CLERK2)["transfers"][-1]
+    assert move["unsettled_count"] == n
+    return preps, move
+
+
+def test_the_old_insurer_settles_a_left_fill_within_30_days_of_the_move_only(world: World) -> None:
+    """After the move the old insurer's settle -- or a preview of one, never committed -- showed
+    it her balance, deductible and cap left (patient_status refuses it those) for good. It
+    settles a fill the move left within 30 days of the move; SETTLE_WINDOW_CLOSED after,
+    figures shown none, nothing written."""
+    preps, move = _left_and_moved(world, 2)
+    world.chain.now = move["ms"] + WINDOW_MS
+    assert settle(world, preps[0], clerk=CLERK).ok  # the last millisecond of the window
+    world.chain.advance(1)
+    before = status(world, CLERK2)
+    out = settle(world, preps[1], clerk=CLERK)
+    assert out.reason == "SETTLE_WINDOW_CLOSED", out
+    assert "balance" not in out.message and str(before["account_balance_fen"]) not in out.message
+    assert status(world, CLERK2) == before
+    sub = [{"code": preps[1].claim["lines"][0]["code"], "qty": 1}]  # a line subset probes account_fen
+    assert settle(world, preps[1], clerk=CLERK, lines=sub).reason == "SETTLE_WINDOW_CLOSED"
+    assert settle(world, preps[1], clerk=CLERK2).reason == "ACCESS_DENIED"  # never the new one
+
+
+def test_a_left_fill_beyond_the_listed_16_settles_in_the_window(world: World) -> None:
+    """A move lists 16 left fills and counts all: the 17th, not listed, was left all the same
+    (dispensed over 30 days before the move) and settles within the window."""
+    preps, move = _left_and_moved(world, 17)
+    listed = {(u["rx_id"], u["fill"]) for u in move["unsettled"]}
+    unlisted = [p for p in preps if (p.args["rx_id"], 1) not in listed]
+    assert len(unlisted) == 1
+    assert settle(world, unlisted[0], clerk=CLERK).ok
+    world.chain.now = move["ms"] + WINDOW_MS + 1
+    listed_one = next(p for p in preps if (p.args["rx_id"], 1) in listed)
+    assert settle(world, listed_one, clerk=CLERK).reason == "SETTLE_WINDOW_CLOSED"
+
+
+def test_a_move_back_gives_the_insurer_its_patient_and_a_later_move_a_new_window(world: World) -> None:
+    """Back with ins01 she is its patient again: it settles as any insurer its own; moved away
+    again, the later move (which lists the fill again) opens a new window."""
+    preps, move = _left_and_moved(world, 2)
+    world.chain.now = move["ms"] + WINDOW_MS + 1
+    assert settle(world, preps[0], clerk=CLERK).reason == "SETTLE_WINDOW_CLOSED"
+    call(world, "request_transfer", zhang(world), to_insurer="ins01")
+    assert call(world, "accept_transfer", CLERK)["insurer"] == "ins01"
+    assert settle(world, preps[0], clerk=CLERK).ok
+    world.chain.advance(1)
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    again = call(world, "accept_transfer", CLERK2)["transfers"][-1]
+    assert [u["rx_id"] for u in again["unsettled"]] == [preps[1].args["rx_id"]]
+    world.chain.now = again["ms"] + WINDOW_MS
+    assert settle(world, preps[1], clerk=CLERK).ok
+
+
 def test_an_expired_request_of_hers_holds_her_insurers_own_request_up_no_more(world: World) -> None:
     """Her request past its 30 days is no longer accepted (TRANSFER_EXPIRED); it still made her
     insurer's own request_transfer and cancel_transfer ACCESS_DENIED until she withdrew it or
