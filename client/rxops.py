@@ -991,7 +991,8 @@ class RxOperations:
         """Take over patient ``ref``'s account (clerk/admin of the insurer a pending request
         names); refused OPEN_CLAIMS while a claim of hers is outstanding with her insurer. A
         fill its insurer left unsettled over 30 days no longer holds the move: the move lists it
-        (``transfers[-1].unsettled``) and that insurer still settles it (:meth:`settle`)."""
+        (``transfers[-1].unsettled``) and that insurer still settles it (:meth:`settle`) within
+        30 days of the move (SETTLE_WINDOW_CLOSED after)."""
         res = self.s.gateway.submit(SETTLEMENT, "accept_transfer", {"pseudonym": self.pseudonym(ref)})
         return {"patient": ref, **_written(res)}
 

@@ -26,8 +26,8 @@ per disease; year = China-local calendar year). Counters of a year without a rec
 zero. The account moves to another insurer with ``request_transfer`` (the patient, or her
 insurer) and ``accept_transfer`` (the receiving insurer), never while a claim of hers is
 outstanding -- a fill left unsettled over UNSETTLED_WINDOW_MS after its dispense no longer is:
-the move lists it and the insurer of its prescription's issue still settles it; the money
-moves unchanged. Claims: ``claim/{claim_id}``,
+the move lists it and the insurer of its prescription's issue still settles it, within
+LATE_SETTLE_WINDOW_MS of the move; the money moves unchanged. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -57,17 +57,31 @@ TRANSFER_EXPIRY_MS = 30 * 24 * 3600 * 1000  # a pending transfer request is acce
 # claims of one fill (each settled, all but the last reversed): every trace page reads them all
 MAX_CLAIMS_PER_FILL = 128  # (x 12 fills: ~1,500 claims, ~0.5M gas a trace page at most)
 CLOSED = ("REJECTED", "REVOKED", "EXPIRED", "ERASED")  # prescription.TERMINAL
+# the largest clock skew the validators may allow: a tx timestamp within the consortium's
+# limits.max_clock_skew_ms either side of its block's, at most 1 day by the config rules
+# (node.orderer.configrules.LIMIT_BOUNDS; contracts see no config, so they hold its bound)
+MAX_CLOCK_SKEW_MS = DAY_MS
 # how long past its next fill's deadline a prescription not marked EXPIRED still counts as
 # dispensable for a move: a dispense stamped before the deadline may commit after a move stamped
-# after it (the validators allow a tx timestamp max_clock_skew_ms -- at most 1 day by the config
-# rules -- either side of its block's), and the move does not conflict with it
-SKEW_MARGIN_MS = 2 * DAY_MS
+# after it, and the move does not conflict with it
+SKEW_MARGIN_MS = 2 * MAX_CLOCK_SKEW_MS
+# a formulary entry's or a policy's first version stamped at most this after a dispense was in
+# force at it: the entry (policy) existed when the dispense committed -- issue and dispense check
+# the formulary, a move takes a policy in force --, so its stamp is at most two skews past the
+# dispense's (each at most one skew from its block's)
+FIRST_VERSION_WINDOW_MS = 2 * MAX_CLOCK_SKEW_MS
+VERSION_PAGE = 64  # versions read a page (the oldest in the window: then halving, ~28 reads)
 # a dispensed fill its insurer leaves unsettled (never settled, or reversed) for more than this
 # after its dispense (the transactions' timestamps) no longer holds a move up: the move lists it
 # and the insurer of the prescription's issue still settles it afterwards (README "Moving an
 # account"); without a bound an insurer that never settled kept her for good
 UNSETTLED_WINDOW_MS = 30 * DAY_MS
 MAX_UNSETTLED_LISTED = 16  # fills a move lists as left unsettled (all of them are counted)
+# the insurer of a prescription's issue settles a fill a move left unsettled within this after
+# the move (the settling tx's timestamp against the move's), no later: its settle -- and any
+# preview of one -- shows her account's figures (balance, deductible and cap left), which it no
+# longer reads otherwise (patient_status); without a bound it watched her account for good
+LATE_SETTLE_WINDOW_MS = 30 * DAY_MS
 
 
 def _only(s: str, chars: str, lo: int, hi: int) -> bool:
@@ -122,13 +136,50 @@ def _rhu_bp(amount: int, bp: int) -> int:
     return (2 * amount * bp + 10000) // 20000
 
 
+def _first_in_window(ctx: Context, prefix: str, at_ms: int) -> dict:
+    """The oldest registry version under ``prefix`` (keys ``{prefix}{9999999999999 - ms, 13
+    digits}``) stamped in (``at_ms``, ``at_ms`` + FIRST_VERSION_WINDOW_MS], or None. Bounded:
+    one page of VERSION_PAGE versions; a full page, then the rest of the window halved per
+    read of one row (the largest key below ``hi``: about 28 reads for a 2-day window)."""
+    hi = MAX_INV - at_ms  # exclusive: a version at or before at_ms has an inv of hi or more
+    lo = max(0, hi - FIRST_VERSION_WINDOW_MS)
+    if hi <= 0:
+        return None
+    page = ctx.range_from("registry", prefix + str(lo).zfill(13), prefix + str(hi).zfill(13),
+                          VERSION_PAGE)
+    if len(page) == 0:
+        return None
+    best = page[len(page) - 1]
+    if len(page) == VERSION_PAGE:
+        # more may follow: the oldest is the largest key in [a, hi), else ``best``
+        a = int(best[0][len(prefix):]) + 1
+        while a < hi:
+            mid = (a + hi) // 2
+            found = ctx.range_from("registry", prefix + str(mid).zfill(13),
+                                   prefix + str(hi).zfill(13), 1)
+            if len(found) > 0:
+                best = found[0]
+                a = int(found[0][0][len(prefix):]) + 1
+            else:
+                hi = mid
+    return best[1]
+
+
 def _policy(ctx: Context, insurer: str, at_ms: int, when: str = "") -> dict:
-    """The version of ``insurer``'s policy in force at ``at_ms`` (NO_POLICY, naming ``when``)."""
+    """The version of ``insurer``'s policy in force at ``at_ms`` (NO_POLICY, naming ``when``).
+    With ``when`` (a dispense's date of service), a first policy effective at most
+    FIRST_VERSION_WINDOW_MS after it covers it: the dispense's stamp is skewed (a move takes a
+    policy in force); one later had no policy then (NO_POLICY)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     prefix = "policy/" + insurer + "/"
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) == 0:
-        ctx.fail("NO_POLICY", "no policy of " + insurer + " in force" + when)
+        first = None
+        if when != "":
+            first = _first_in_window(ctx, prefix, at_ms)
+        if first is None:
+            ctx.fail("NO_POLICY", "no policy of " + insurer + " in force" + when)
+        return first
     return found[0][1]
 
 
@@ -139,8 +190,11 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     ``priced/{insurer}`` mark exists), else the formulary entry's: the registry keeps every
     version as ``drugver/{code}/{inv13}``; an entry without versions (written before they were
     kept, never updated since) is read as is. An entry whose first version is later than
-    ``at_ms`` had no price then: UNKNOWN_DRUG (a dispense stamped before it, within the clock
-    skew the validators allow, was priced by the entry as it is at the settle)."""
+    ``at_ms`` by FIRST_VERSION_WINDOW_MS at most is priced by that first version: it existed
+    when the dispense committed (issue and dispense check the formulary), the dispense's stamp
+    is skewed. One whose versions all lie further on existed before its first version: an entry
+    from before versions were kept, updated by the registry that introduced them, which kept no
+    copy of it (ms 0) -- read as it is, as before (the entry it was then is not on record)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     if own_prices:
         own = "pricever/" + insurer + "/" + code + "/"
@@ -151,9 +205,9 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
     if len(found) > 0:
         return found[0][1]
-    if len(ctx.range_from("registry", prefix, prefix + "~", 1)) > 0:
-        ctx.fail("UNKNOWN_DRUG", "drug " + code + " was not in the formulary at the dispense "
-                 "(its first version is later)")
+    first = _first_in_window(ctx, prefix, at_ms)
+    if first is not None:
+        return first
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
@@ -319,8 +373,12 @@ def _not_hers(ctx: Context, req: dict, who: str) -> None:
     """ACCESS_DENIED when ``req`` (the pending request, or None) is the patient's own and ``who``
     is not the patient: the insurer she asks to leave would withdraw or replace every request of
     hers (it sees each one's event) and so keep her; her request is hers to withdraw or replace,
-    and the insurer asked declines it."""
-    if req is not None and req["requested_by"] == "patient" and who != "patient":
+    and the insurer asked declines it. A request past its TRANSFER_EXPIRY_MS (no longer
+    accepted: TRANSFER_EXPIRED) is no pending request here, as in accept_transfer,
+    _may_read_account and the registry's ``_insures``: it held her insurer's own request and
+    withdrawal up until she withdrew it or the insurer it names declined it."""
+    if req is not None and req["requested_by"] == "patient" and who != "patient" \
+            and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS:
         ctx.fail("ACCESS_DENIED", "the patient's own request to move to " + req["to"] + " is pending: "
                  "only she withdraws or replaces it (" + req["to"] + " may decline it)")
 
@@ -536,6 +594,36 @@ def _per_code(lines: list) -> list:
     return out
 
 
+def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> None:
+    """A fill the insurer of its issue settles after her account moved away from it: one the
+    latest move away from it left unsettled (listed in the move's ``unsettled``, or -- the list
+    full -- dispensed over UNSETTLED_WINDOW_MS before it), within LATE_SETTLE_WINDOW_MS of that
+    move's time (ACCOUNT_TRANSFERRED, SETTLE_WINDOW_CLOSED). A settle, or its preview, shows the
+    figures of an account that insurer no longer holds (balance, deductible and cap left), which
+    patient_status refuses it: for that window only."""
+    moves = acct.get("transfers", [])
+    i = len(moves) - 1
+    while i >= 0 and moves[i]["from"] != rx["insurer"]:
+        i = i - 1
+    move = None
+    if i >= 0:
+        m = moves[i]
+        listed = m.get("unsettled", [])
+        for u in listed:
+            if u["rx_id"] == rx["rx_id"] and u["fill"] == fill:
+                move = m
+        if move is None and m.get("unsettled_count", 0) > len(listed) \
+                and disp_ms + UNSETTLED_WINDOW_MS < m["ms"]:
+            move = m
+    if move is None:
+        ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer and "
+                 "no move on record left fill " + str(fill) + " unsettled with " + rx["insurer"])
+    if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:
+        ctx.fail("SETTLE_WINDOW_CLOSED", "fill " + str(fill) + " was left unsettled when her account "
+                 "moved (" + str(move["ms"]) + " ms): its insurer settles it within 30 days of the "
+                 "move, no later (it is settled between the insurers off the ledger)")
+
+
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     """Settle one dispense (insurer clerk of the insurer of the prescription's issue: her
     insurer on the date of service, which holds its claim key -- also after her account moved,
@@ -550,7 +638,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
-    _account(ctx, rx["patient"])
+    acct = _account(ctx, rx["patient"])
     # the insurer of its issue: a move waits for its fills to be settled, except those it left
     # unsettled over UNSETTLED_WINDOW_MS -- still its own (its policy, its claim key), never the
     # new insurer's; never naming her insurer to another one (as reverse, get_claim)
@@ -570,6 +658,8 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
     if disp is None:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
+    if acct["insurer"] != c.org:
+        _late_settle(ctx, acct, rx, fill, disp["time_ms"])
     # the date of service: its prices, policy version and benefit year (never the settling tx's)
     served = disp["time_ms"]
     claim = ctx.transient("claim")

@@ -9,7 +9,8 @@
 * a dispense stamped (clock skew) before the formulary entry's first version was priced by
   whatever the entry says at the settle -- a price of months later -- and one stamped before
   the insurer's first policy was refused with a message that did not say why: both are now
-  refused by a reason code naming the dispense."""
+  refused by a reason code naming the dispense (settle4: priced and covered by the first
+  version within two clock skews of the dispense, tests/contracts/test_late_settle.py)."""
 
 from __future__ import annotations
 
@@ -149,13 +150,14 @@ def _new_drug(world: World, price_fen: int) -> Any:
                               price_fen=price_fen, controlled="NONE")
 
 
-def test_a_dispense_stamped_before_a_drugs_first_price_is_refused_not_priced_later(
+def test_a_dispense_stamped_before_a_drugs_first_price_is_priced_by_it_not_later(
         world: World) -> None:
     """A new formulary entry's first version at t; a prescription of it issued and dispensed
     after that in commit order, but its dispense stamped before t (a clock within the skew
-    bound). No price was in force at the dispense: the settle fell back to the entry as it
-    is at the settle (written for entries from before versions were kept), a price of a year
-    later. It is refused UNKNOWN_DRUG now, nothing written."""
+    bound). The settle fell back to the entry as it is at the settle (written for entries from
+    before versions were kept), a price of a year later; settle3 refused it UNKNOWN_DRUG, a
+    claim payable never. The entry existed when the dispense committed: its first version
+    prices it (settle4, tests/contracts/test_late_settle.py)."""
     t = world.chain.now
     _new_drug(world, 3000).unwrap()
     world.chain.advance(60_000)
@@ -164,11 +166,7 @@ def test_a_dispense_stamped_before_a_drugs_first_price_is_refused_not_priced_lat
     dispense(world, prep, at_ms=t - 1).unwrap()
     world.chain.advance(365 * DAY_MS)
     _new_drug(world, 9000).unwrap()  # a year on, the entry's price triples
-    before = status(world)
-    out = settle(world, prep, clerk=CLERK)
-    assert out.reason == "UNKNOWN_DRUG", out
-    assert "at the dispense" in out.message
-    assert status(world) == before
+    assert settle(world, prep, clerk=CLERK).unwrap()["medfee_fen"] == 3000
     # one dispensed at its time is priced by the version then in force, never the later one
     later = dispensed(world, drugs=[(NEW_CODE, 1)])
     world.chain.advance(1)
@@ -178,9 +176,10 @@ def test_a_dispense_stamped_before_a_drugs_first_price_is_refused_not_priced_lat
 
 def test_a_dispense_stamped_before_the_new_insurers_first_policy(world: World) -> None:
     """ins03 publishes its first policy and takes her over; a prescription issued under it is
-    dispensed by a transaction stamped before that policy (within the skew bound). No policy
-    of ins03 was in force at the dispense: refused NO_POLICY naming the dispense, nothing
-    written -- and, never settleable, the fill holds her next move up only 30 days."""
+    dispensed by a transaction stamped further before that policy than two clock skews (no
+    policy of ins03 was in force then): refused NO_POLICY naming the dispense, nothing written
+    -- and, never settleable, the fill holds her next move up only 30 days. (Stamped within two
+    skews before it, the first policy covers it: tests/contracts/test_late_settle.py.)"""
     with_ins02(world)
     t = world.chain.now
     world.set_policy(INS03_POLICY, 0).unwrap()  # ins03's first policy, in force from t
@@ -189,20 +188,21 @@ def test_a_dispense_stamped_before_the_new_insurers_first_policy(world: World) -
     assert call(world, "accept_transfer", CLERK3)["insurer"] == "ins03"
     prep = issued(world, insurer="ins03")
     world.chain.submit("prescription", "lock", WANG, rx_id=prep.args["rx_id"]).unwrap()
-    dispense(world, prep, at_ms=t - 1).unwrap()
+    served = t - 2 * DAY_MS - 1
+    dispense(world, prep, at_ms=served).unwrap()
     before = status(world, CLERK3)
     out = settle(world, prep, clerk=CLERK3)
     assert out.reason == "NO_POLICY", out
     assert "at the dispense" in out.message
     assert status(world, CLERK3) == before
     # settled by nobody: her move to ins02 waits 30 days from the dispense, no longer
-    world.chain.now = t - 1 + WINDOW_MS
+    world.chain.now = served + WINDOW_MS
     call(world, "request_transfer", zhang(world), to_insurer="ins02")
     assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
     world.chain.advance(1)
     move = call(world, "accept_transfer", CLERK2)["transfers"][-1]
     assert move["unsettled"] == [{"rx_id": prep.args["rx_id"], "fill": 1, "insurer": "ins03",
-                                  "dispensed_ms": t - 1}]
+                                  "dispensed_ms": served}]
 
 
 def test_the_policy_in_force_at_the_dispense_not_at_the_settle(world: World) -> None:
