@@ -134,7 +134,8 @@ class _Peer:
         """``bound``, or the time the follow has left when less; SERVICE_UNAVAILABLE when none."""
         left = self._deadline - self._clock()
         if left <= 0:
-            raise RxClientError("SERVICE_UNAVAILABLE", f"the follow ran out of time asking {self.name}")
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the follow ran out of its time for {self.name} (its "
+                                "share of the budget)")
         return min(bound, left)
 
     def height(self) -> int:
