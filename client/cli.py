@@ -568,6 +568,8 @@ def cmd_wallet_rotate_records_key(a: argparse.Namespace) -> dict[str, Any]:
         raise WalletError(exc.reason, f"{exc.message} -- the certificate of {org} in the newest configuration "
                           f"this home verified (sequence {verified.config.sequence}); a rotation committed "
                           "since is verified here by `rxchain config show`") from None
+    if not done["changed"]:  # (a rerun after the rotation went through)
+        done["note"] = "org-records-key.pem is the key given already: nothing changed"
     return {"wallet": f"{org}:{user}", "config_sequence": verified.config.sequence, **done}
 
 

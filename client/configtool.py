@@ -64,6 +64,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from rxchain.v1 import block_pb2, config_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
@@ -91,6 +94,21 @@ LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config comm
 # the reason a config command and a session (client.follow) give when a peer's chain, verified from
 # genesis.block, holds another block at a checkpoint of the chain this home verified (CHAIN_STATE)
 CHAIN_RESTARTED = "CHAIN_RESTARTED"
+STATE_FORMAT = 1  # of CHAIN_STATE: a later one is a newer release's (PROTOCOL_UNSUPPORTED, never dropped)
+MAX_RECORDS_KEYS_KEPT = 32  # records certificates' keys remembered per organisation (ChainConfig.records_keys)
+
+
+def records_key_fingerprint(cert_der: bytes) -> str | None:
+    """SHA-256 (hex) of the public key (SubjectPublicKeyInfo DER) of the certificate ``cert_der``;
+    None when there is none or it cannot be read."""
+    if not cert_der:
+        return None
+    try:
+        key = x509.load_der_x509_certificate(cert_der).public_key()
+        spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _stream(identity: WalletIdentity, target: str, start: int, stop: int,
@@ -203,10 +221,45 @@ class ChainConfig:
         self._codes: list[int] = []  # the validation codes the peer sent for the config block in force
         self._saved = 0  # the height of the state saved or resumed
         self.resumed = False
+        # {org: SHA-256 (hex) of the public key of each records certificate the chain verified put
+        # in force, oldest first}: the keys a wallet may still hold after rotations (client.session)
+        self.records_keys: dict[str, list[str]] = {}
+        self._note_records_keys(config)
+
+    def _note_records_keys(self, config: config_pb2.ConsortiumConfig) -> None:
+        """Add the records certificates' keys of ``config`` to :attr:`records_keys`."""
+        for org in config.organizations:
+            fingerprint = records_key_fingerprint(org.records_cert_der)
+            seen = self.records_keys.setdefault(org.id, [])
+            if fingerprint is not None and fingerprint not in seen:
+                seen.append(fingerprint)
+                del seen[:-MAX_RECORDS_KEYS_KEPT]
+
+    def mark(self) -> tuple[Any, ...]:
+        """What :meth:`rollback` returns to: the blocks verified so far (``client.follow`` feeds an
+        orderer's blocks, then takes them only once a majority of the orderers confirm the last)."""
+        return (self._tracker.current, self.height, self._last_hash, self._config_hash, self._pointer,
+                list(self._codes), self.diverged, self.resumed,
+                {org: list(keys) for org, keys in self.records_keys.items()})
+
+    def rollback(self, mark: tuple[Any, ...]) -> None:
+        """Forget the blocks verified since :meth:`mark` returned ``mark``."""
+        (current, self.height, self._last_hash, self._config_hash, self._pointer, self._codes,
+         self.diverged, self.resumed, self.records_keys) = mark
+        self._tracker = ConfigTracker(current, self._verifier)
+
+    @property
+    def last_hash(self) -> bytes:
+        """The header hash of the last block verified (b"" before any)."""
+        return self._last_hash
 
     def _resume(self, path: Path) -> None:
         """Take up the state saved at ``path`` (nothing when absent or unusable: from genesis;
-        :attr:`unreadable` says why when it is there but could not be read)."""
+        :attr:`unreadable` says why when it is there but could not be read). PROTOCOL_UNSUPPORTED
+        when it is this genesis block's state saved by a newer release (a later ``format``, or a
+        config of a protocol version this release lacks that it cannot build an MSP from): taken
+        for a torn file, the chain it verified was silently dropped for the genesis CAs (perhaps
+        rotated away from)."""
         try:
             with open(path, "rb") as f:
                 raw = f.read(4 * MAX_UPDATE_BYTES)
@@ -217,10 +270,21 @@ class ChainConfig:
             return
         try:
             state = json.loads(raw)  # (the config in force, base64)
-            if not isinstance(state, dict) or state.get("format") != 1:
+            if not isinstance(state, dict) or bytes.fromhex(state["genesis"]) != self._genesis_hash:
+                return  # (torn; or another network's)
+            fmt = state.get("format")
+            if type(fmt) is int and fmt > STATE_FORMAT:
+                newer = f"{path} was saved by a newer release (format {fmt}; this one reads {STATE_FORMAT})"
+            elif fmt != STATE_FORMAT:
                 return
-            if bytes.fromhex(state["genesis"]) != self._genesis_hash:
-                return  # (another network's)
+            else:
+                newer = ""
+        except Exception:  # noqa: BLE001 - a cache: torn -- verify again
+            return
+        if newer:
+            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{newer}: install a release that reads it; nothing "
+                                "was changed (the chain it verified is not dropped for the genesis CAs)")
+        try:
             height, number, pointer = state["height"], state["block"], state["pointer"]
             codes = state["codes"]
             if not (type(height) is int and type(number) is int and type(pointer) is int
@@ -230,9 +294,25 @@ class ChainConfig:
             config = config_pb2.ConsortiumConfig.FromString(base64.b64decode(state["config"], validate=True))
             last_hash = bytes.fromhex(state["last_hash"])
             config_hash = bytes.fromhex(state.get("config_hash", ""))  # (b"": a state saved before it was)
-            tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
-        except Exception:  # noqa: BLE001 - a cache: torn or of another release -- verify again
+        except Exception:  # noqa: BLE001 - a cache: torn -- verify again
             return
+        try:
+            tracker = ConfigTracker(OrdererConfig(config, MSP(config, self._verifier), number), self._verifier)
+        except Exception as exc:
+            why = unsupported(config)
+            if why is None:  # (a config of a version this release runs that no MSP takes: torn or edited)
+                return
+            # a newer release's: taken for a torn file, the chain it verified was silently dropped for
+            # the genesis CAs (perhaps rotated away from because a key leaked)
+            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{path}: the config chain it holds ends in a config "
+                                f"this release cannot read ({exc}): {why}; nothing was changed") from exc
+        history = state.get("records_keys", {})
+        if isinstance(history, dict):  # (optional: a state saved before it was kept)
+            for org, keys in history.items():
+                if isinstance(org, str) and isinstance(keys, list):
+                    kept = [k for k in keys if isinstance(k, str) and len(k) == 64]
+                    self.records_keys[org] = [k for k in self.records_keys.get(org, []) if k not in kept] + kept
+        self._note_records_keys(config)
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
@@ -257,9 +337,9 @@ class ChainConfig:
         current = self._tracker.current
         if self._pointer != current.block_number:
             return
-        state = {"format": 1, "genesis": self._genesis_hash.hex(), "height": self.height,
+        state = {"format": STATE_FORMAT, "genesis": self._genesis_hash.hex(), "height": self.height,
                  "last_hash": self._last_hash.hex(), "block": current.block_number, "pointer": self._pointer,
-                 "codes": self._codes, "config_hash": self._config_hash.hex(),
+                 "codes": self._codes, "config_hash": self._config_hash.hex(), "records_keys": self.records_keys,
                  "config": base64.b64encode(current.config.SerializeToString(deterministic=True)).decode()}
         with contextlib.suppress(OSError, RxClientError), locked(self._state_path, wait_s=1.0):
             saved = saved_height(self._state_path, self._genesis_hash)
@@ -328,6 +408,7 @@ class ChainConfig:
             new = self._tracker.block_config(block)
             if new is not None:
                 self._tracker.adopt(new, n)
+                self._note_records_keys(new)
                 self._codes = list(block.metadata.validation_codes)
                 self._config_hash = h
         self._last_hash = h
@@ -353,13 +434,14 @@ class ChainConfig:
         certs = msp.block_signers(block.header.timestamp_ms)
         return block_signers(self._verifier, header_hash, block.metadata.orderer_signatures, certs) > 0
 
-    def in_force(self, ordered: bool = False) -> tuple[int, config_pb2.ConsortiumConfig]:
+    def in_force(self, ordered: bool = False, save: bool = True) -> tuple[int, config_pb2.ConsortiumConfig]:
         """(the block holding it, the config in force) after the blocks fed; LEDGER_INVALID when the
         peer's pointer or validation code says otherwise. ``ordered``: the blocks came from an
         orderer (``client.follow``), whose blocks carry no validation codes (peers write them): the
         config transaction in force is the one the orderers' own rule adopted here
         (:meth:`ConfigTracker.block_config`), which is all a peer's VALID code for it says -- it is
-        held (and saved) as VALID."""
+        held (and saved) as VALID. ``save``: False checks without saving (the caller saves once the
+        blocks are confirmed: ``client.follow`` asks the other orderers)."""
         current = self._tracker.current
         number = current.block_number
         if self.height < 1:
@@ -376,7 +458,8 @@ class ChainConfig:
                                 f"{current.config.sequence}), the peer recorded it {self._codes}, not VALID: ask "
                                 "another peer (--peer)")
         self.resumed = False
-        self.save()
+        if save:
+            self.save()
         return number, current.config
 
 

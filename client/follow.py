@@ -16,10 +16,19 @@ config in force, every config transaction judged by the orderers' own rule,
 :meth:`node.orderer.configtx.ConfigTracker.block_config`), saves the longer chain (never a
 shorter one) and pins the CA in force at its end. A peer serving a block that does not verify, or
 a config update the rules refuse, moves nothing: the blocks before it stay verified, the
-refused config is not adopted. Every step is bounded: a status call of :data:`STATUS_TIMEOUT_S`,
-a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow per failed call, and the
-whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the earlier of its own bound and
-the budget's end; a peer is not asked once it passed).
+refused config is not adopted. An orderer signs blocks alone: the blocks one serves are taken only
+whole and once a majority of the verified configuration's orderers (:func:`orderers_needed`)
+hold the last of them (:func:`_confirm`; ORDERERS_DISAGREE otherwise, nothing saved) -- one
+compromised orderer's fork holding an admin-signed update never committed (an abandoned
+proposal) would otherwise be saved and its CA pinned. Every step is bounded: a status call of
+:data:`STATUS_TIMEOUT_S`, a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow
+per failed call, and the whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the
+earlier of its own bound and its source's share of the budget -- the time left over the sources
+not asked yet: one stalling source no longer starves the others; a peer is not asked once the
+budget passed).
+
+A patient's session cannot follow: peers and orderers stream no blocks to patient certificates
+(WRONG_ROLE); her app takes ``config-chain.json`` from its provider (client/README.md).
 
 A network started again from the same genesis block leaves homes with a config chain whose blocks
 are not on the new chain. Before extending the verified chain, the peer's blocks at the numbers
@@ -125,7 +134,8 @@ class _Peer:
         """``bound``, or the time the follow has left when less; SERVICE_UNAVAILABLE when none."""
         left = self._deadline - self._clock()
         if left <= 0:
-            raise RxClientError("SERVICE_UNAVAILABLE", f"the follow ran out of time asking {self.name}")
+            raise RxClientError("SERVICE_UNAVAILABLE", f"the follow ran out of its time for {self.name} (its "
+                                "share of the budget)")
         return min(bound, left)
 
     def height(self) -> int:
@@ -137,10 +147,11 @@ class _Peer:
             raise rpc_error(exc) from exc
         return int(res.height)
 
-    def blocks(self, start: int, stop: int) -> Generator[block_pb2.Block, None, None]:
-        """Blocks ``start``..``stop`` as the peer streams them (at most :data:`DELIVER_S` in all)."""
+    def blocks(self, start: int, stop: int, bound: float | None = None) -> Generator[block_pb2.Block, None, None]:
+        """Blocks ``start``..``stop`` as the peer streams them (at most ``bound`` --
+        :data:`DELIVER_S` by default -- in all)."""
         req = services_pb2.DeliverRequest(start_block=start, stop_block=stop, follow=False)
-        timeout = self._timeout(DELIVER_S)
+        timeout = self._timeout(DELIVER_S if bound is None else bound)
         stub: Any = (services_pb2_grpc.AtomicBroadcastStub(self._channel) if self.orderer
                      else services_pb2_grpc.PeerDeliverStub(self._channel))
         call: Any = stub.Deliver(req, timeout=timeout)
@@ -193,7 +204,82 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
                             "the next session or config command verifies the new chain from genesis.block")
 
 
-def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path) -> None:
+def orderers_needed(net: NetworkInfo) -> int:
+    """How many orderers must hold the last block of an extension fetched from an orderer before
+    it is taken: a majority of the orderers of the verified configuration ``net`` describes (its
+    orderer endpoints, or the config's orderer nodes where it lists more)."""
+    return max(len(net.orderers), len(net.config.orderers)) // 2 + 1
+
+
+def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+             identity: WalletIdentity, deadline: float, clock: Callable[[], float],
+             make: Callable[..., _Peer]) -> None:
+    """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers -- ``source``, which served the
+    blocks, and as many of ``others`` as it takes, asked in turn for the last block verified
+    (each a call of at most :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its
+    header hash). An orderer signs blocks alone: one compromised orderer could extend the chain
+    with a fork holding an admin-signed config update the orderers never committed (an abandoned
+    proposal), and the session saved it and pinned its CA."""
+    needed = orderers_needed(net)
+    number, want = chain.height - 1, chain.last_hash
+    agree, said = [source.name], []
+    for endpoint in others:
+        if len(agree) >= needed:
+            break
+        if clock() >= deadline:
+            said.append(f"{endpoint.name}: not asked: the follow ran out of time")
+            break
+        try:
+            other = make(identity, endpoint, net.ca_pem(endpoint.org), deadline, clock, True)
+        except RxClientError as exc:
+            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+            continue
+        except OSError as exc:
+            said.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+            continue
+        try:
+            with contextlib.closing(other.blocks(number, number, STATUS_TIMEOUT_S)) as one:
+                got = next(one, None)
+            if got is not None and got.header.number == number and block_header_hash(got.header) == want:
+                agree.append(endpoint.name)
+            else:
+                said.append(f"{endpoint.name}: holds {'another block' if got is not None else 'no block'} {number}")
+        except RxClientError as exc:
+            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+        finally:
+            other.close()
+    if len(agree) < needed:
+        raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the orderer {source.name} served are held "
+                            f"by {len(agree)} of the {needed} orderers needed ({', '.join(agree)}"
+                            + (f"; {'; '.join(said)}" if said else "") + "): nothing of them was saved or pinned")
+
+
+def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
+                 confirm: Callable[[], None] | None = None) -> None:
+    """Extend ``chain`` by ``peer``'s blocks. An orderer's (``peer.orderer``) are taken only once
+    ``confirm`` (:func:`_confirm`) passed for the last of them (a stream cut short: for the last
+    one it sent): otherwise ``chain`` is as it was before them, nothing of them saved."""
+    taken = [chain.mark()] if peer.orderer else []  # (the chain as last confirmed)
+    try:
+        _extend(peer, chain, genesis, state_path, confirm, taken)
+    except BaseException:
+        if taken:
+            chain.rollback(taken[0])
+        raise
+
+
+def _take_ordered(chain: ChainConfig, confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]]) -> None:
+    """The blocks an orderer served, fed to ``chain``: checked (its pointer), confirmed by a
+    majority of the orderers, then saved and remembered in ``taken`` as the chain to keep."""
+    chain.in_force(True, save=False)
+    if confirm is not None:
+        confirm()
+    chain.save()
+    taken[0] = chain.mark()
+
+
+def _extend(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
+            confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]]) -> None:
     height = peer.height()
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds no block yet")
@@ -201,17 +287,27 @@ def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, stat
     if height < chain.height:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds {height} blocks, behind the "
                             f"{chain.height} verified")
+    before = chain.height
     if height > chain.height:
         try:
             with contextlib.closing(peer.blocks(chain.height, height - 1)) as blocks:
                 for block in blocks:
                     chain.feed(block)
         finally:
-            with contextlib.suppress(RxClientError):
-                chain.in_force(peer.orderer)  # (saves the chain verified, when the peer's pointer agrees with it)
+            # (saves the chain verified, when the peer's pointer agrees with it; an orderer's once
+            # confirmed: a stream cut short keeps what a majority holds, the next follow goes on)
+            if chain.height < height and chain.height > before:
+                with contextlib.suppress(RxClientError):
+                    if peer.orderer:
+                        _take_ordered(chain, confirm, taken)
+                    else:
+                        chain.in_force()
         if chain.height < height:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {chain.height} of its "
                                 f"{height} blocks")
+    if peer.orderer and chain.height > before:
+        _take_ordered(chain, confirm, taken)
+        return
     chain.in_force(peer.orderer)  # LEDGER_INVALID when the peer's pointer or code disagrees with the verified chain
 
 
@@ -221,7 +317,8 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
     ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, else of the first
     orderer (at most :data:`FOLLOW_ORDERERS`; each pinned to its own organisation's CA in the
-    verified config, its blocks verified alike), and saved (``HOME/config-chain.json``; only when
+    verified config, its blocks verified alike and taken once a majority of the orderers hold
+    the last: :func:`_confirm`), and saved (``HOME/config-chain.json``; only when
     longer than the one saved). CHAIN_RESTARTED when a peer's or orderer's verified chain
     diverges from it and no other one asked extends it; SERVICE_UNAVAILABLE naming each one's
     failure when none could extend it (one
@@ -244,20 +341,29 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     deadline = clock() + budget_s
     sources = [(p, False) for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS] + [
         (o, True) for o in pinned.orderers if o.name not in skip][:FOLLOW_ORDERERS]
-    for endpoint, orderer in sources:
-        if clock() >= deadline:
+    for i, (endpoint, orderer) in enumerate(sources):
+        now = clock()
+        if now >= deadline:
             failures.append(f"{endpoint.name}: not asked: the follow ran out of its {budget_s:g} s")
             break
+        # each source's share of the time left: one stalling source (the first peer, asked first
+        # every follow) used the whole budget, and the orderers were never reached
+        share = now + (deadline - now) / (len(sources) - i)
         try:
-            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), deadline, clock, orderer)
+            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), share, clock, orderer)
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
         except OSError as exc:  # (the wallet's files, read for the channel: EMFILE under load)
             failures.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
             continue
+        others = [o for o in pinned.orderers if o is not endpoint]
+
+        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others) -> None:
+            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer)
+
         try:
-            _follow_from(peer, chain, genesis, state_path)
+            _follow_from(peer, chain, genesis, state_path, confirm if orderer else None)
             return chain
         except RxClientError as exc:
             # a restart one source shows is said once no other extends the chain verified: an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 import stat
 import threading
@@ -124,6 +125,26 @@ def _records_cert_key(net: NetworkInfo, org: str) -> object:
         return x509.load_der_x509_certificate(der).public_key() if der else None
     except ValueError:
         return None
+
+
+def _public_key_fingerprint(key: ec.EllipticCurvePrivateKey) -> str:
+    """SHA-256 (hex) of ``key``'s public key (SubjectPublicKeyInfo DER), as
+    :func:`client.configtool.records_key_fingerprint` takes it of a certificate."""
+    spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _chain_records_keys(home: Path, org: str) -> list[str]:
+    """The keys (:func:`_public_key_fingerprint`) of every records certificate of ``org`` the
+    config chain this home verified put in force (``ChainConfig.records_keys``); [] when it
+    cannot be read."""
+    try:
+        genesis = read_genesis(Path(home) / "genesis.block")
+        chain = configtool.ChainConfig(genesis, Verifier(max_entries=8, max_own=1), Path(home) / configtool.CHAIN_STATE)
+    except (RxError, RxClientError, ValueError):
+        return []
+    return list(chain.records_keys.get(org, []))
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -321,7 +342,11 @@ class Session:
         config = self._verified
         net = self.net if config is None else self.net.with_config(config)
         if not key_matches(key, _records_cert_key(net, self.identity.org)):
-            rotated = config is not None and key_matches(key, _records_cert_key(self.net, self.identity.org))
+            # the key of a records certificate the verified chain put in force before (the genesis
+            # one, or any rotated to since: ChainConfig.records_keys)
+            rotated = config is not None and (
+                key_matches(key, _records_cert_key(self.net, self.identity.org))
+                or _public_key_fingerprint(key) in _chain_records_keys(self.home, self.identity.org))
             hint = (f" but of the one it rotated away from: `rxchain --as {self.identity.label} wallet "
                     "rotate-records-key --key NEW.pem` keeps it in previous-records-keys/ and installs the new "
                     "certificate's key as org-records-key.pem") if rotated else (

@@ -253,12 +253,14 @@ def rotate_records_key(directory: Path, new_key_path: Path, records_cert_der: by
     is the certificate in force, as the home verified it), keep the wallet's current
     ``org-records-key.pem`` in ``previous-records-keys/records-<16 hex of its public key's
     SHA-256>.pem`` and install the key at ``new_key_path`` as ``org-records-key.pem``; returns
-    what it did (``kept``: the name the old key is kept under, None when it was kept there
-    already; ``previous_keys``: how many the directory holds now).
+    what it did (``changed``: False when the key was installed already -- a rerun after a rotation
+    that went through succeeds and changes nothing; ``kept``: the name the old key is kept under,
+    None when it was kept there already or nothing changed; ``previous_keys``: how many the
+    directory holds now).
 
     Refused, nothing changed: a new key that is not an unencrypted P-256 key readable by its owner
     only (BAD_KEY), not the key of ``records_cert_der`` (RECORDS_KEY_MISMATCH; NO_RECORDS_CERT when
-    there is none), or the one installed already (ALREADY_INSTALLED); a wallet that holds no records
+    there is none); a wallet that holds no records
     key (NO_RECORDS_KEY: only the roles that open the organisation's grants hold one) or one that
     does not load (BAD_WALLET); a ``previous-records-keys/`` holding MAX_PREVIOUS_RECORDS_KEYS keys
     already (TOO_MANY_RECORDS_KEYS), or another key under the name (FILE_EXISTS); another rotation
@@ -298,10 +300,11 @@ def rotate_records_key(directory: Path, new_key_path: Path, records_cert_der: by
             current = load_private_key(current_pem)
         except ValueError as exc:
             raise WalletError("BAD_WALLET", f"{current_path}: not an unencrypted P-256 key") from exc
-        if key_matches(current, new_key.public_key()):
-            raise WalletError("ALREADY_INSTALLED", f"{current_path} is the key of the records certificate in "
-                              f"force already (sha256:{fingerprint}): nothing to rotate")
         previous = _previous_records_keys(previous_dir)
+        if key_matches(current, new_key.public_key()):
+            # (a rerun after the rotation went through: done already -- nothing changed, no refusal)
+            return {"installed": RECORDS_KEY_FILE, "records_cert_sha256": fingerprint, "changed": False,
+                    "kept": None, "previous_keys": len(previous)}
         kept: str | None = f"records-{hashlib.sha256(_public_der(current)).hexdigest()[:16]}.pem"
         if any(key_matches(current, k.public_key()) for k in previous):
             kept = None  # (a run cut short after keeping it)
@@ -322,7 +325,7 @@ def rotate_records_key(directory: Path, new_key_path: Path, records_cert_der: by
         except OSError as exc:
             raise WalletError("IO_ERROR", f"cannot write the wallet {directory}: {exc.strerror} (run the "
                               "command again: it completes a rotation cut short)") from exc
-    return {"installed": RECORDS_KEY_FILE, "records_cert_sha256": fingerprint,
+    return {"installed": RECORDS_KEY_FILE, "records_cert_sha256": fingerprint, "changed": True,
             "kept": None if kept is None else f"{PREVIOUS_RECORDS_KEYS_DIR}/{kept}",
             "previous_keys": len(previous) + (kept is not None)}
 

@@ -461,13 +461,13 @@ def test_the_rotation_command_keeps_the_old_key_and_installs_the_new(
                         signing.load_private_key(old_pem).public_key().public_numbers()]
 
 
-@pytest.mark.parametrize("case", ["mismatch", "unverified", "readable by others", "not a key", "installed",
+@pytest.mark.parametrize("case", ["mismatch", "unverified", "readable by others", "not a key",
                                   "full", "no records key", "busy"])
 def test_the_rotation_command_refuses_bad_input_and_changes_nothing(
         net_home: Any, tmp_path: Path, case: str) -> None:
     """A key that is not the one of the records certificate the home verified in force (another
     key; the rotation not verified here yet: `config show` named), not private or no P-256 key,
-    the key installed already, a previous-records-keys/ at its 32 keys, a wallet without a records
+    a previous-records-keys/ at its 32 keys, a wallet without a records
     key (a nurse's), another rotation of the wallet running: each refused with its reason, the
     wallet as it was."""
     import fcntl
@@ -480,8 +480,6 @@ def test_the_rotation_command_refuses_bad_input_and_changes_nothing(
          0o644 if case == "readable by others" else 0o600)
     if case == "not a key":
         _put(key_path, b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-    if case == "installed":
-        assert _rotate_cli(home, f"h01:{user}", key_path)[0] == 0
     if case == "full":
         for i in range(MAX_PREVIOUS_RECORDS_KEYS):
             _put(wallet / PREVIOUS_RECORDS_KEYS_DIR / f"{i:03}.pem", _key_pem(ec.generate_private_key(ec.SECP256R1())))
@@ -494,7 +492,7 @@ def test_the_rotation_command_refuses_bad_input_and_changes_nothing(
     finally:
         os.close(lock)
     expected = {"mismatch": "RECORDS_KEY_MISMATCH", "unverified": "RECORDS_KEY_MISMATCH",
-                "readable by others": "BAD_KEY", "not a key": "BAD_KEY", "installed": "ALREADY_INSTALLED",
+                "readable by others": "BAD_KEY", "not a key": "BAD_KEY",
                 "full": "TOO_MANY_RECORDS_KEYS", "no records key": "NO_RECORDS_KEY", "busy": "FILE_BUSY"}[case]
     assert (status, out["error"]) == (1, expected), out
     if case == "unverified":
@@ -530,3 +528,61 @@ def test_a_rotation_cut_short_is_completed_by_running_it_again(
     assert [p.read_bytes() for p in (wallet / PREVIOUS_RECORDS_KEYS_DIR).iterdir()] == [old_pem]
     with Session(home, "h01:dr-jiang") as s:
         assert len(s.decryption_keys()) == 3
+
+
+def test_the_rotation_command_run_again_after_it_went_through_changes_nothing_and_succeeds(
+        rotated_home: tuple[Path, ec.EllipticCurvePrivateKey], tmp_path: Path) -> None:
+    """A rerun of a rotation that went through (a script retrying, an operator unsure) was refused
+    ALREADY_INSTALLED (exit 1): it is done, so it now succeeds (exit 0) and says nothing changed,
+    the wallet as it was; another key is still refused."""
+    home, new_key = rotated_home
+    wallet = home / "orgs" / "h01" / "users" / "dr-jiang"
+    key_path = tmp_path / "new-records.pem"
+    _put(key_path, _key_pem(new_key))
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert status == 0 and out["changed"] is True, out
+    before = _files(wallet)
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert status == 0, out
+    assert out["changed"] is False and out["kept"] is None and out["previous_keys"] == 1
+    assert "nothing changed" in out["note"]
+    assert _files(wallet) == before
+    _put(key_path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+    status, out = _rotate_cli(home, "h01:dr-jiang", key_path)
+    assert (status, out["error"]) == (1, "RECORDS_KEY_MISMATCH")
+    assert _files(wallet) == before
+
+
+def test_a_wallet_holding_the_key_of_an_earlier_rotation_is_told_to_rotate(net_home: Any, tmp_path: Path) -> None:
+    """h01's records certificate was rotated twice (blocks 1 and 2) and the home verified both; a
+    wallet still holding the key of the certificate of block 1 -- neither the genesis one nor the
+    one in force -- was told only to verify the verifying (`config show`), which it had: the hint
+    recognised the genesis certificate's key alone. Any records certificate the verified verifying put
+    in force is recognised now: the refusal names `wallet rotate-records-key`."""
+    home, block1, second_key = _home_rotating_h01(net_home, tmp_path, verify_rotation=True)
+    genesis = read_genesis(home / "genesis.block")
+    third_key = ec.generate_private_key(ec.SECP256R1())
+    third_der = _records_cert(home, "h01", third_key)
+    verifying = configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE)
+    assert verifying.resumed and verifying.height == 2
+    base = verifying.verified()[1]
+    new = config_pb2.ConsortiumConfig()
+    new.CopyFrom(base)
+    new.sequence = base.sequence + 1
+    _org(new, "h01").records_cert_der = third_der
+    now_ms = time.time_ns() // 1_000_000
+    kit = TxKit(base.consortium_id, random.Random(8), clock_ms=now_ms)
+    admins = [user_signer(home, org, "admin") for org in ("h02", "p01", "p02", "ins01")]
+    block2 = make_block(2, block_header_hash(block1.header), [kit.config_tx(admins[0], new, admins)],
+                        [node_signer(home, "orderer.ins01", "ins01")], timestamp_ms=now_ms)
+    block2.metadata.last_config_block = 2
+    block2.metadata.validation_codes.append(transaction_pb2.VALID)
+    verifying.feed(block2)
+    verifying.in_force()  # (saves it)
+    assert _org(configtool.ChainConfig(genesis, Verifier(), home / configtool.CHAIN_STATE).verified()[1],
+                "h01").records_cert_der == third_der
+    _put(home / "orgs" / "h01" / "users" / "dr-jiang" / "org-records-key.pem", _key_pem(second_key))
+    with pytest.raises(WalletError) as e:
+        Session(home, "h01:dr-jiang")
+    assert e.value.reason == "BAD_WALLET"
+    assert "wallet rotate-records-key" in e.value.message and PREVIOUS_RECORDS_KEYS_DIR in e.value.message
