@@ -190,6 +190,9 @@ _STATUS = {
     CHAIN_RESTARTED: 503,
     # a local file could not be read now (config-chain.json under EMFILE: client.session): nothing sent
     "IO_ERROR": 503,
+    # config-chain.json or the network is of a newer release than this gateway: nothing sent
+    # (the operator upgrades the gateway; not 422, no business rule refused it)
+    "PROTOCOL_UNSUPPORTED": 503,
     # the outcome is unknown (may have committed): never a 4xx ("fix and retry") nor a 503 to retry
     "COMMIT_UNKNOWN": 504, "TIMEOUT": 504, "INTERNAL": 502, "RPC_FAILED": 502,
     "DUPLICATE_RX": 409,

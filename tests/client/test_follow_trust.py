@@ -259,6 +259,8 @@ def test_a_chain_file_of_a_newer_release_is_refused_not_dropped(rotated: Rotated
     with pytest.raises(RxClientError) as e:
         Session(rotated.home, "h01:dr-jiang")
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
+    from client.fhir.server import error_reply
+    assert error_reply(e.value, rotated.home).status == 503  # (not 422: no business rule refused it)
     with pytest.raises(RxClientError) as e:
         follow.follow_chain(rotated.home, load_network(rotated.home), load_identity(rotated.home, "h01", "dr-jiang"))
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
