@@ -547,6 +547,11 @@ class ClusterService:
                 self._step_all(requests, rid, ident, slot)
             except BaseException as exc:  # noqa: BLE001 - raised again on the handler's thread
                 failed.append(exc)
+                if not isinstance(exc, grpc.RpcError):  # (the call ended: no news)
+                    # logged here: raised after the handler returned (its call refused, or
+                    # over), it was kept in ``failed`` and never told
+                    _log.error("event=raft_step_reader_failed from=%d error=%r: stepping this orderer's "
+                               "Raft messages failed; its stream ends", rid, exc, exc_info=exc)
             finally:
                 ended.set()
 
