@@ -31,7 +31,7 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import encode_message
 from node.orderer.transport import ClusterService, Membership, cluster_recheck
 from node.raft.types import Message, MessageType
-from node.stream_caps import ClusterCaps, StreamCaps
+from node.stream_caps import STREAM_REPLACED, ClusterCaps, StreamCaps
 from tests.orderer.cluster import wait_until
 from tests.orderer.inproc import NullSink, genesis_parts
 from tests.orderer.test_peer_releases import _node_files, _peer_network
@@ -76,6 +76,34 @@ class _Served:
 
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if f"event={event} " in str(r.msg)]
+
+
+@pytest.mark.parametrize("method", ["Step", "ForwardBatch"])
+def test_a_replaced_cluster_stream_ends_with_its_reason(
+    net: Any, tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ins02 reconnects past its cap of one stream of the method: its old stream ends ABORTED
+    STREAM_REPLACED (its handler woken, as a refused one: the sweeper's fallback cancels
+    nothing), the new one runs. Before, the old one was cancelled: its caller saw CANCELLED."""
+    caplog.set_level(logging.WARNING, logger="node.stream_caps")
+    caps = ClusterCaps(total=4, per_orderer=1)
+    served = _Served(net, tmp_path, caps)
+    streams: list[_Step] = []
+    try:
+        old = _Step(served.target, _node_files(net, "orderer.ins02"), method)
+        streams.append(old)
+        assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
+        new = _Step(served.target, _node_files(net, "orderer.ins02"), method)
+        streams.append(new)
+        assert old.ended(WAIT_S) == f"ABORTED {STREAM_REPLACED}"
+        assert old.future.details().startswith(f"{STREAM_REPLACED}: ")
+        assert new.ended() == "" and caps.held(2) == 1
+        assert not _events(caplog, "stream_refused_cancelled")
+        assert not _events(caplog, "stream_caller_refused")  # not a refusal of its caller
+    finally:
+        for s in streams:
+            s.close()
+        served.close()
 
 
 class _FailingSink(NullSink):
