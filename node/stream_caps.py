@@ -22,7 +22,8 @@ node's stream was refused.
 
 :class:`ClusterCaps` bounds an orderer's Cluster streams from the other orderers (Step, Forward,
 ForwardBatch), per orderer and method and in total, counted only once the caller is known to be
-an orderer (a non-member is refused NOT_AN_ORDERER before). An orderer opening one
+an orderer (a non-member is refused NOT_AN_ORDERER before) and its certificate passes the check
+the sweeper applies to the open ones (below; :meth:`ClusterCaps.refusal`). An orderer opening one
 more stream of a method than its cap has its oldest one of that method ended instead of the new
 one refused -- ABORTED ``STREAM_REPLACED`` by its handler, woken as a refused call's is and
 cancelled ``GRACE_S`` later if still open (cancelled at once when nothing checks its caller;
@@ -55,7 +56,9 @@ An orderer's Cluster streams are checked by the same sweeper (:meth:`ClusterCaps
 :meth:`StreamCaps.watch`: not counted under the caps above), with a check of their own: still
 an orderer of the config in force for that method, its certificate admitted by the MSP
 (``node.orderer.transport.cluster_recheck``). A removed orderer, or one whose certificate was
-revoked or expired, kept its idle streams and their slots. Open
+revoked or expired, kept its idle streams and their slots. The same check refuses a new stream
+at accept (PERMISSION_DENIED, the reason; logged ``cluster_stream_refused``): after the sweeper
+refused an orderer's stream, its next one got in and held its slot until the next sweep. Open
 streams end themselves, Step too: its
 messages are read on a reader thread of the stream's own while its handler waits to be woken
 (node.orderer.transport.ClusterService.step; blocked reading them itself, it was cancelled).
@@ -105,6 +108,7 @@ _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
 STREAM_REPLACED = "STREAM_REPLACED"  # a newer Cluster stream of its orderer took its slot (ABORTED)
+REFUSED_LOG_INTERVAL_S = 60.0  # at most one cluster_stream_refused line per orderer and method after the first
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
 # how long the handler of a refused call that ends itself has to end it with the reason before
 # the sweeper cancels it (its loops poll every 0.5 s at most)
@@ -572,6 +576,8 @@ class ClusterCaps:
         self._open: dict[tuple[int, str], list[ClusterSlot]] = {}  # oldest first
         self._sweeper: StreamCaps | None = None
         self._recheck: Callable[[int, str, identity_pb2.Identity], object] | None = None
+        # (orderer, method) -> [when its last cluster_stream_refused line was logged, refusals since]
+        self._refused_lines: dict[tuple[int, str], list[float]] = {}
 
     def watch_with(self, sweeper: StreamCaps, recheck: Callable[[int, str, identity_pb2.Identity], object]) -> None:
         """Have ``sweeper`` (the node's :class:`StreamCaps`) check each held stream's orderer again
@@ -612,11 +618,16 @@ class ClusterCaps:
         released when the RPC terminates. Over its cap for ``method`` (or over the total, while
         it holds one of ``method``) its oldest stream of ``method`` is ended and gives its
         slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS. With ``caller`` (its
-        TLS identity) and :meth:`watch_with`, the caller is checked again while the stream lasts
-        (``ends_itself``: its handler ends it once refused, :meth:`StreamCaps.admit`). A
-        replaced stream is ended ABORTED
+        TLS identity) and :meth:`watch_with`, the caller is first checked as the sweeper checks
+        it (:meth:`refusal`: an RxError PERMISSION_DENIED with the reason, before any slot is
+        taken), then again while the stream lasts (``ends_itself``: its handler ends it once
+        refused, :meth:`StreamCaps.admit`). A replaced stream is ended ABORTED
         ``STREAM_REPLACED`` by its handler, woken as a refused one is (cancelled if it does not
         within ``GRACE_S``; at once if not watched)."""
+        if caller is not None:
+            err = self.refusal(orderer, method, caller)
+            if err is not None:
+                raise err
         key = (orderer, method)
         slot = ClusterSlot(self, key, context)
         sweeper, recheck = self._sweeper, self._recheck
@@ -647,6 +658,43 @@ class ClusterCaps:
             if ended_with is not None and ends_itself:  # replaced before it was watched
                 watched.end_with(ended_with)
         return slot
+
+    def refusal(self, orderer: int, method: str, caller: identity_pb2.Identity) -> RxError | None:
+        """Why the sweeper would refuse ``caller``'s ``method`` stream as orderer ``orderer`` now
+        (the check of :meth:`watch_with`, with exactly the sweeper's rules: only its
+        PERMISSION_DENIED refusals count; a check failing otherwise, or raising another
+        exception, refuses nothing -- the sweeper leaves such a stream open too), or None (also
+        without :meth:`watch_with`). Checked when a stream is admitted: the sweeper refusing an
+        orderer's stream (e.g. EXPIRED_CERT) did not stop its next one, admitted and holding its
+        slot until the next sweep (up to ``SWEEP_S``), redialled every 0.1 s. Refusals are
+        logged ``cluster_stream_refused``: the first of an orderer's method at once, then at
+        most one line per ``REFUSED_LOG_INTERVAL_S`` telling how many."""
+        recheck = self._recheck
+        if self._sweeper is None or recheck is None:
+            return None
+        try:
+            err = _refusal(lambda ident: recheck(orderer, method, ident), caller)
+        except Exception as exc:  # noqa: BLE001 - as the sweeper: a bug refuses nothing, logged
+            _log.error("event=stream_recheck_failed callers=1 error=%r: a new Cluster.%s stream's caller "
+                       "could not be checked; it is admitted", exc, method, exc_info=exc)
+            return None
+        if err is not None:
+            self._log_refusal(orderer, method, err)
+        return err
+
+    def _log_refusal(self, orderer: int, method: str, err: RxError) -> None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._refused_lines.get((orderer, method))
+            if entry is not None and now - entry[0] < REFUSED_LOG_INTERVAL_S:
+                entry[1] += 1
+                return
+            told = 1 + (int(entry[1]) if entry is not None else 0)
+            self._refused_lines[(orderer, method)] = [now, 0]
+        _log.warning("event=cluster_stream_refused orderer=%d method=%s reason=%s detail=%r refused=%d "
+                     "interval_s=%d: the config in force no longer admits this orderer's certificate on "
+                     "this stream (as the sweeper judges open ones); refused PERMISSION_DENIED",
+                     orderer, method, err.reason, err.message, told, int(REFUSED_LOG_INTERVAL_S))
 
     def _end_replaced(self, replaced: ClusterSlot, orderer: int, method: str) -> None:
         """End the stream whose slot a newer one of its orderer took: with STREAM_REPLACED by its

@@ -25,11 +25,12 @@ from rxchain.v1 import services_pb2
 
 from node.clock import wall_ms
 from node.crypto.tls import server_credentials
+from node.errors import RxError, abort_with
 from node.identity.caller import CallerCheck
 from node.orderer.forward import ForwardBatchService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import encode_message
-from node.orderer.transport import ClusterService, Membership, cluster_recheck
+from node.orderer.transport import ClusterService, Membership, PeerSender, cluster_recheck
 from node.raft.types import Message, MessageType
 from node.stream_caps import STREAM_REPLACED, ClusterCaps, StreamCaps
 from tests.orderer.cluster import wait_until
@@ -76,6 +77,57 @@ class _Served:
 
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if f"event={event} " in str(r.msg)]
+
+
+@pytest.mark.parametrize("method", ["Step", "Forward", "ForwardBatch"])
+def test_a_new_cluster_stream_of_an_orderer_the_sweeper_refuses_is_refused_at_once(
+    net: Any, tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ins02 holds a stream; the node's clock passes its certificate's expiry (no sweep yet).
+    Its next stream of that method is refused PERMISSION_DENIED EXPIRED_CERT at accept, as the
+    sweeper refuses the open one, takes no slot and replaces nothing (its open one runs until
+    the sweep). Before, it was admitted and held its slot (replacing the open one) until the
+    next sweep."""
+    caplog.set_level(logging.WARNING, logger="node.stream_caps")
+    caps = ClusterCaps(total=4, per_orderer=2)
+    served = _Served(net, tmp_path, caps)
+    streams: list[_Step] = []
+    try:
+        old = _Step(served.target, _node_files(net, "orderer.ins02"), method)
+        streams.append(old)
+        assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
+        served.now[0] += YEARS_200_MS
+        new = _Step(served.target, _node_files(net, "orderer.ins02"), method)
+        streams.append(new)
+        assert new.ended(WAIT_S) == "PERMISSION_DENIED EXPIRED_CERT"
+        assert new.future.details().startswith("EXPIRED_CERT: ")
+        assert caps.held(2) == 1 and old.ended() == ""
+        lines = _events(caplog, "cluster_stream_refused")
+        assert len(lines) == 1 and f"method={method} " in lines[0] and "reason=EXPIRED_CERT " in lines[0], lines
+        served.sweeper.sweep()  # the sweeper's verdict on the open one is the same
+        assert old.ended(WAIT_S) == "PERMISSION_DENIED EXPIRED_CERT"
+        assert wait_until(lambda: caps.held() == 0, WAIT_S)
+    finally:
+        for s in streams:
+            s.close()
+        served.close()
+
+
+def test_an_admitted_orderers_new_stream_is_admitted(net: Any, tmp_path: Path) -> None:
+    """The check at accept refuses no more than the sweeper: within its certificates' validity
+    ins02 and ins03 get their streams (ins02's third replacing its oldest)."""
+    caps = ClusterCaps(total=6, per_orderer=2)
+    served = _Served(net, tmp_path, caps)
+    streams: list[_Step] = []
+    try:
+        for name in ("orderer.ins02", "orderer.ins03", "orderer.ins02", "orderer.ins02"):
+            streams.append(_Step(served.target, _node_files(net, name)))
+        assert wait_until(lambda: caps.held(2) == 2 and caps.held(3) == 1, WAIT_S)
+        assert [s.ended() for s in streams[1:]] == ["", "", ""]
+    finally:
+        for s in streams:
+            s.close()
+        served.close()
 
 
 @pytest.mark.parametrize("method", ["Step", "ForwardBatch"])
@@ -145,3 +197,33 @@ def test_a_step_readers_failure_after_its_handler_returned_is_logged(
         sink.let.set()
         step.close()
         served.close()
+
+
+def test_a_sender_refused_for_its_certificate_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer refusing this orderer's Step stream PERMISSION_DENIED EXPIRED_CERT (not
+    NOT_AN_ORDERER): the sender's wait before dialling again grows to its bound, and it says why
+    (refused_by_peer). Before, only NOT_AN_ORDERER backed it off: it redialled every 0.1 s."""
+    dials: list[int] = []
+
+    def step(requests: Any, context: grpc.ServicerContext) -> bytes:
+        dials.append(1)
+        abort_with(context, RxError("EXPIRED_CERT", "certificate 'orderer.ins03' is not valid at 1",
+                                    grpc.StatusCode.PERMISSION_DENIED))
+
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("rxchain.v1.Cluster", {
+        "Step": grpc.stream_unary_rpc_method_handler(step, request_deserializer=None, response_serializer=None)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    caplog.set_level(logging.INFO, logger="node.orderer")
+    sender = PeerSender(3, 1, f"127.0.0.1:{port}", grpc.insecure_channel, NullSink(), refused_redial_max_s=0.8)
+    try:
+        sender.send(Message(MessageType.HEARTBEAT, to=1, frm=3, term=2))
+        assert wait_until(lambda: sender.redial_wait_s == 0.8, WAIT_S), sender.redial_wait_s
+        assert len(dials) <= 6  # 0.1 s apart, it would keep going; backed off: 0.2, 0.4, 0.8 ...
+        lines = _events(caplog, "refused_by_peer")
+        assert lines and "reason=EXPIRED_CERT " in lines[0] and "peer=1 " in lines[0], lines
+        assert not _events(caplog, "refused_as_non_member")
+    finally:
+        sender.close()
+        server.stop(0)
