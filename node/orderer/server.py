@@ -704,7 +704,10 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     refusals = NonMemberRefusals(metrics)
     cluster_streams = config.cluster_caps()  # and one cap on their streams, per orderer and in total
     # an open one's orderer checked again too: removed, revoked or expired, its streams end
-    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check))
+    # (under protocol version 1, a Step stream of an orderer kept in the set whatever its
+    # certificate: version 1 lets an update revoke a kept orderer's, still a voter)
+    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check,
+                                                        lambda: protocol_version(tracker.current.config)))
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
         clock_watch=clock_watch, releases=releases, refusals=refusals, streams=cluster_streams,

@@ -59,7 +59,7 @@ from node.orderer.releases import (
 )
 from node.orderer.streams import ordered_answers, refusal_ends
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
-from node.protocol import MAX_PROTOCOL_VERSION
+from node.protocol import MAX_PROTOCOL_VERSION, MEMBERSHIP_VERSION
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
 from node.stream_caps import ClusterCaps, StreamSlot
@@ -172,19 +172,33 @@ class Membership:
 
 
 def cluster_recheck(
-    membership: Membership, check: Callable[[identity_pb2.Identity], object]
+    membership: Membership, check: Callable[[identity_pb2.Identity], object],
+    version: Callable[[], int] | None = None,
 ) -> Callable[[int, str, identity_pb2.Identity], None]:
-    """The check of an open Cluster stream's caller (node.stream_caps.ClusterCaps.watch_with):
+    """The check of a Cluster stream's caller, new and open (node.stream_caps.ClusterCaps.watch_with):
     still the orderer of raft id ``rid`` for ``method`` (Step: also one a config took out of the
     set that Raft still counts, as its messages are) -- RxError NOT_AN_ORDERER, PERMISSION_DENIED,
     as a new stream is refused -- and its certificate admitted by ``check`` (the MSP in force:
-    not revoked, not expired, its organisation not removed)."""
+    not revoked, not expired, its organisation not removed).
+
+    Under a protocol version before MEMBERSHIP_VERSION (``version``: the one in force; none:
+    the latest rules) a Step stream of an orderer the config in force names is not refused for
+    its certificate: version 1 lets a config update revoke the certificate of an orderer it
+    keeps, which still counts towards the Raft quorum and whose block signatures still count
+    (MSP.block_signers); refusing its Raft messages -- every sweep, and at accept, for good --
+    left the others short of that quorum when it was needed (two of three orderers revoked so:
+    no ordering at all). From that version on no update keeps an orderer it revokes
+    (configrules), and an expired certificate fails the TLS handshake of a new connection at
+    any version: refusing them costs no vote the transport had not already lost."""
 
     def recheck(rid: int, method: str, ident: identity_pb2.Identity) -> None:
         now = membership.raft_peer_of(ident) if method == "Step" else membership.raft_id_of(ident)
         if now != rid:
             raise RxError("NOT_AN_ORDERER", f"the caller is no longer orderer {rid} of the current "
                                             "configuration", grpc.StatusCode.PERMISSION_DENIED)
+        if (method == "Step" and version is not None and version() < MEMBERSHIP_VERSION
+                and membership.raft_id_of(ident) == rid):
+            return  # (docstring: a voter version 1 keeps, whatever its certificate)
         check(ident)
 
     return recheck

@@ -21,16 +21,20 @@ from typing import Any
 
 import grpc
 import pytest
-from rxchain.v1 import services_pb2
+from rxchain.v1 import config_pb2, services_pb2
 
 from node.clock import wall_ms
+from node.crypto.signing import Verifier
 from node.crypto.tls import server_credentials
+from node.crypto.x509 import cert_info_der
 from node.errors import RxError, abort_with
 from node.identity.caller import CallerCheck
+from node.identity.msp import MSP
 from node.orderer.forward import ForwardBatchService
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import encode_message
 from node.orderer.transport import ClusterService, Membership, PeerSender, cluster_recheck
+from node.protocol import protocol_version
 from node.raft.types import Message, MessageType
 from node.stream_caps import STREAM_REPLACED, ClusterCaps, StreamCaps
 from tests.orderer.cluster import wait_until
@@ -51,13 +55,19 @@ class _Served:
     """orderer.ins01's Cluster service under ``caps``, watched by a sweeper that never sweeps on
     its own (a minute), judging certificates by ``now`` (the node's clock)."""
 
-    def __init__(self, net: Any, tmp_path: Path, caps: ClusterCaps, sink: Any = None) -> None:
+    def __init__(self, net: Any, tmp_path: Path, caps: ClusterCaps, sink: Any = None,
+                 config: config_pb2.ConsortiumConfig | None = None) -> None:
+        """``config``: the config in force (its MSP and protocol version; none: the genesis one
+        at protocol version 2, where an orderer's certificate is judged on every stream)."""
         _, self.blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "blocks")
-        members = [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in tracker.current.config.orderers]
+        consortium = config if config is not None else _at_version(tracker.current.config, 2)
+        members = [(o.raft_id, o.cert_der, f"{o.host}:{o.port}") for o in consortium.orderers]
         membership = Membership(members)
         self.now = [wall_ms()]
         self.sweeper = StreamCaps(total=1, per_caller=1, recheck=lambda _ident: None, sweep_s=60)
-        caps.watch_with(self.sweeper, cluster_recheck(membership, CallerCheck(tracker.msp, lambda: self.now[0]).check))
+        msp = MSP(consortium, Verifier())
+        check = CallerCheck(lambda: msp, lambda: self.now[0]).check
+        caps.watch_with(self.sweeper, cluster_recheck(membership, check, lambda: protocol_version(consortium)))
         metrics = OrdererMetrics("t")
         cluster = ClusterService(1, membership, sink or NullSink(), None, metrics,  # type: ignore[arg-type]
                                  streams=caps)
@@ -73,6 +83,14 @@ class _Served:
         self.server.stop(0)
         self.sweeper.close()
         self.blocks.close()
+
+
+def _at_version(config: config_pb2.ConsortiumConfig, version: int) -> config_pb2.ConsortiumConfig:
+    """A copy of ``config`` putting protocol ``version`` in force."""
+    copy = config_pb2.ConsortiumConfig()
+    copy.CopyFrom(config)
+    copy.protocol_version = version
+    return copy
 
 
 def _events(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
@@ -227,3 +245,50 @@ def test_a_sender_refused_for_its_certificate_backs_off(caplog: pytest.LogCaptur
     finally:
         sender.close()
         server.stop(0)
+
+
+def _revoking(net: Any, tmp_path: Path, name: str, version: int) -> config_pb2.ConsortiumConfig:
+    """The genesis config at protocol ``version``, orderer ``name`` kept in the set with its
+    certificate revoked (what version 1 lets a config update do; version 2 refuses it)."""
+    _, blocks, tracker = genesis_parts(net.genesis_path, tmp_path / "genesis")
+    try:
+        config = _at_version(tracker.current.config, version)
+    finally:
+        blocks.close()
+    node = next(o for o in config.orderers if o.name == name)
+    org = next(o for o in config.organizations if o.id == node.org)
+    org.revoked_serials.append(cert_info_der(node.cert_der).serial_hex)
+    return config
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_orderer_version_1_keeps_with_its_certificate_revoked_keeps_its_raft_streams(
+    net: Any, tmp_path: Path, version: int,
+) -> None:
+    """Under protocol version 1 an orderer a config keeps with its certificate revoked is still a
+    voter (its block signatures count): its Step stream is admitted and the sweeper leaves it
+    open -- refused at accept, it could never send its votes and acknowledgements again, and
+    with enough of the orderers so, Raft had no quorum. Its Forward stream is refused
+    REVOKED_CERT (no vote rides on it), as every stream of it under version 2, where no config
+    keeps an orderer it revokes. Before, its Step stream was refused REVOKED_CERT at either
+    version."""
+    caps = ClusterCaps(total=6, per_orderer=2)
+    served = _Served(net, tmp_path, caps, config=_revoking(net, tmp_path, "orderer.ins02", version))
+    streams: list[_Step] = []
+    try:
+        step = _Step(served.target, _node_files(net, "orderer.ins02"))
+        forward = _Step(served.target, _node_files(net, "orderer.ins02"), "ForwardBatch")
+        streams += [step, forward]
+        assert forward.ended(WAIT_S) == "PERMISSION_DENIED REVOKED_CERT"
+        if version == 1:
+            assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
+            assert served.sweeper.sweep() == 0
+            assert step.ended() == "" and caps.held(2) == 1
+        else:
+            assert step.ended(WAIT_S) == "PERMISSION_DENIED REVOKED_CERT"
+            assert caps.held(2) == 0
+    finally:
+        for s in streams:
+            s.close()
+        served.close()
+
