@@ -702,7 +702,7 @@ class ClusterCaps:
         err = RxError(STREAM_REPLACED, f"a newer Cluster.{method} stream of orderer {orderer} took this "
                                        f"one's slot (limit {self.per_orderer} per orderer and method)",
                       grpc.StatusCode.ABORTED)
-        how = "ended"
+        how = "ended"  # by its handler, STREAM_REPLACED
         with replaced.lock:
             replaced.replaced = err
             watched = replaced.watched
@@ -713,8 +713,8 @@ class ClusterCaps:
             watched.end_with(err)  # (False: it ends already, refused or over)
         # (else its admit, watching it, ends it so)
         _log.debug("event=cluster_stream_replaced orderer=%d method=%s limit=%d how=%s: a new stream of this "
-                   "orderer takes the slot of its oldest, %s %s (a reconnect while the old stream was not "
-                   "yet seen dead)", orderer, method, self.per_orderer, how, how, STREAM_REPLACED)
+                   "orderer takes the slot of its oldest (a reconnect while the old stream was not yet "
+                   "seen dead)", orderer, method, self.per_orderer, how)
 
     def _release(self, slot: ClusterSlot) -> None:
         with self._lock:
