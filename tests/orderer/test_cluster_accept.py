@@ -138,10 +138,13 @@ def test_an_admitted_orderers_new_stream_is_admitted(net: Any, tmp_path: Path) -
     served = _Served(net, tmp_path, caps)
     streams: list[_Step] = []
     try:
-        for name in ("orderer.ins02", "orderer.ins03", "orderer.ins02", "orderer.ins02"):
+        for name, held in (("orderer.ins02", (1, 0)), ("orderer.ins03", (1, 1)), ("orderer.ins02", (2, 1))):
             streams.append(_Step(served.target, _node_files(net, name)))
-        assert wait_until(lambda: caps.held(2) == 2 and caps.held(3) == 1, WAIT_S)
+            assert wait_until(lambda held=held: (caps.held(2), caps.held(3)) == held, WAIT_S)
+        streams.append(_Step(served.target, _node_files(net, "orderer.ins02")))
+        assert streams[0].ended(WAIT_S) == f"ABORTED {STREAM_REPLACED}"  # replaced, not refused
         assert [s.ended() for s in streams[1:]] == ["", "", ""]
+        assert (caps.held(2), caps.held(3)) == (2, 1)
     finally:
         for s in streams:
             s.close()
