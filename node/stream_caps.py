@@ -22,12 +22,16 @@ node's stream was refused.
 
 :class:`ClusterCaps` bounds an orderer's Cluster streams from the other orderers (Step, Forward,
 ForwardBatch), per orderer and method and in total, counted only once the caller is known to be
-an orderer (a non-member is refused NOT_AN_ORDERER before). An orderer opening one more stream
-of a method than its cap has its oldest one of that method cancelled instead of the new one
-refused: an orderer that restarted, or whose connection died unseen (the server never writes on
-a Step stream, so a half-open connection lingers), dials again while its old stream still holds
-its slot, and refusing it would cut it off from Raft until the old one is noticed dead (as etcd's
-rafthttp attaches a peer's new stream in place of its old one).
+an orderer (a non-member is refused NOT_AN_ORDERER before) and its certificate passes the check
+the sweeper applies to the open ones (below; :meth:`ClusterCaps.refusal`). An orderer opening one
+more stream of a method than its cap has its oldest one of that method ended instead of the new
+one refused -- ABORTED ``STREAM_REPLACED`` by its handler, woken as a refused call's is and
+cancelled ``GRACE_S`` later if still open (cancelled at once when nothing checks its caller;
+it was always cancelled, its caller seeing CANCELLED, not why): an orderer that restarted, or
+whose connection died unseen (the server never writes on a Step stream, so a half-open
+connection lingers), dials again while its old stream still holds its slot, and refusing it
+would cut it off from Raft until the old one is noticed dead (as etcd's rafthttp attaches a
+peer's new stream in place of its old one).
 
 A slot remembers its call and its caller's TLS certificate. Given ``recheck`` (the node's
 ``CallerCheck.check``: the MSP in force, the node's clock), a sweeper thread of the caps checks
@@ -52,7 +56,10 @@ An orderer's Cluster streams are checked by the same sweeper (:meth:`ClusterCaps
 :meth:`StreamCaps.watch`: not counted under the caps above), with a check of their own: still
 an orderer of the config in force for that method, its certificate admitted by the MSP
 (``node.orderer.transport.cluster_recheck``). A removed orderer, or one whose certificate was
-revoked or expired, kept its idle streams and their slots. They end themselves, Step too: its
+revoked or expired, kept its idle streams and their slots. The same check refuses a new stream
+at accept (PERMISSION_DENIED, the reason; logged ``cluster_stream_refused``): after the sweeper
+refused an orderer's stream, its next one got in and held its slot until the next sweep. Open
+streams end themselves, Step too: its
 messages are read on a reader thread of the stream's own while its handler waits to be woken
 (node.orderer.transport.ClusterService.step; blocked reading them itself, it was cancelled).
 
@@ -100,6 +107,8 @@ from node.errors import RxError
 _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+STREAM_REPLACED = "STREAM_REPLACED"  # a newer Cluster stream of its orderer took its slot (ABORTED)
+REFUSED_LOG_INTERVAL_S = 60.0  # at most one cluster_stream_refused line per orderer and method after the first
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
 # how long the handler of a refused call that ends itself has to end it with the reason before
 # the sweeper cancels it (its loops poll every 0.5 s at most)
@@ -173,23 +182,48 @@ class StreamSlot:
         new call would; the sweeper cancels it if it is still open ``GRACE_S`` later. Any other
         call is cancelled at once. Its handler then ends (its requests end, ``is_active`` turns
         False) and gRPC's termination callback gives the slot back."""
-        with self._lock:
-            if self._released or self.refused is not None or self.context is None:
-                return False
-            self.refused = err
-            self.refused_at = time.monotonic()
-            wakers, self._wakers = self._wakers, []
+        wakers = self._flag(err)
+        if wakers is None:
+            return False
         org = self.caller.org if self.caller is not None else ""
         _log.warning("event=stream_caller_refused call=%s org=%s cert=%s node=%d reason=%s detail=%r "
                      "ends=%s: the config in force no longer admits the caller of this open call",
                      self.what, org, self._key.hex()[:16], int(self._node), err.reason, err.message,
                      "refused" if self.ends_itself else "cancelled")
+        self._end(wakers)
+        return True
+
+    def end_with(self, err: RxError) -> bool:
+        """End the call with ``err`` as :meth:`refuse` does (its handler woken to end it with
+        ``err``, cancelled ``GRACE_S`` later if still open; cancelled at once without
+        ``ends_itself``), for another cause than its caller's refusal (e.g. a newer stream of
+        the same orderer took its slot: ClusterCaps); not logged here. False if it was released
+        or ended already."""
+        wakers = self._flag(err)
+        if wakers is None:
+            return False
+        if self.ends_itself:
+            self._caps._regrace()  # (the sweeper times the fallback from now, not its next sweep)
+        self._end(wakers)
+        return True
+
+    def _flag(self, err: RxError) -> list[Callable[[], None]] | None:
+        """Flag the call ended with ``err``, once: the wakers to call, or None if it was
+        released or flagged already."""
+        with self._lock:
+            if self._released or self.refused is not None or self.context is None:
+                return None
+            self.refused = err
+            self.refused_at = time.monotonic()
+            wakers, self._wakers = self._wakers, []
+        return wakers
+
+    def _end(self, wakers: list[Callable[[], None]]) -> None:
         if not self.ends_itself:
             self._cancel()
-            return True
+            return
         for wake in wakers:
             wake()
-        return True
 
     def _cancel(self) -> None:
         self.cancelled = True
@@ -242,6 +276,7 @@ class StreamCaps:
         self._open: dict[StreamSlot, None] = {}  # slots the sweeper checks, oldest first
         self._sweeper: threading.Thread | None = None
         self._poked = False
+        self._regraced = False  # a call was ended outside a sweep: the next wait is shorter
         self._closed = False
 
     @classmethod
@@ -382,6 +417,13 @@ class StreamCaps:
             self._poked = True
             self._wake.notify_all()
 
+    def _regrace(self) -> None:
+        """A slot was flagged outside a sweep (:meth:`StreamSlot.end_with`): have the sweeper
+        time its fallback cancel from now (it slept up to ``sweep_s``), without a sweep."""
+        with self._wake:
+            self._regraced = True
+            self._wake.notify_all()
+
     @property
     def sweeper(self) -> threading.Thread | None:
         """The sweeper thread while it runs (module doc)."""
@@ -454,11 +496,15 @@ class StreamCaps:
         """The sweeper: :meth:`sweep` every ``sweep_s`` or when poked, until no slot is open."""
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._poked or self._closed, timeout=self._next_wait())
-                self._poked = False
+                woken = self._wake.wait_for(lambda: self._poked or self._closed or self._regraced,
+                                            timeout=self._next_wait())
                 if not self._open or self._closed:
                     self._sweeper = None
                     return
+                regraced_only = woken and not self._poked
+                self._poked = self._regraced = False
+                if regraced_only:  # only a fallback to time: the wait is worked out again
+                    continue
             try:
                 self.sweep()
             except Exception:  # noqa: BLE001 - a bug must not stop the checks of later sweeps
@@ -506,6 +552,9 @@ class ClusterSlot:
         self.key = key
         self.context = context
         self.watched: StreamSlot | None = None  # its caller checked again (ClusterCaps.watch_with)
+        self.will_watch = False  # watched once admitted (its handler ends it itself)
+        self.replaced: RxError | None = None  # a newer stream took its slot (ended with this)
+        self.lock = threading.Lock()  # (watched and replaced: a replacement may come before the watch)
 
     def release(self) -> None:
         """Give the slot back (only the first call counts)."""
@@ -527,6 +576,8 @@ class ClusterCaps:
         self._open: dict[tuple[int, str], list[ClusterSlot]] = {}  # oldest first
         self._sweeper: StreamCaps | None = None
         self._recheck: Callable[[int, str, identity_pb2.Identity], object] | None = None
+        # (orderer, method) -> [when its last cluster_stream_refused line was logged, refusals since]
+        self._refused_lines: dict[tuple[int, str], list[float]] = {}
 
     def watch_with(self, sweeper: StreamCaps, recheck: Callable[[int, str, identity_pb2.Identity], object]) -> None:
         """Have ``sweeper`` (the node's :class:`StreamCaps`) check each held stream's orderer again
@@ -565,12 +616,22 @@ class ClusterCaps:
               caller: identity_pb2.Identity | None = None, ends_itself: bool = False) -> ClusterSlot:
         """A slot for a ``method`` stream of the orderer of raft id ``orderer`` (known a member),
         released when the RPC terminates. Over its cap for ``method`` (or over the total, while
-        it holds one of ``method``) its oldest stream of ``method`` is cancelled and gives its
+        it holds one of ``method``) its oldest stream of ``method`` is ended and gives its
         slot to this one; over the total otherwise, RxError TOO_MANY_STREAMS. With ``caller`` (its
-        TLS identity) and :meth:`watch_with`, the caller is checked again while the stream lasts
-        (``ends_itself``: its handler ends it once refused, :meth:`StreamCaps.admit`)."""
+        TLS identity) and :meth:`watch_with`, the caller is first checked as the sweeper checks
+        it (:meth:`refusal`: an RxError PERMISSION_DENIED with the reason, before any slot is
+        taken), then again while the stream lasts (``ends_itself``: its handler ends it once
+        refused, :meth:`StreamCaps.admit`). A replaced stream is ended ABORTED
+        ``STREAM_REPLACED`` by its handler, woken as a refused one is (cancelled if it does not
+        within ``GRACE_S``; at once if not watched)."""
+        if caller is not None:
+            err = self.refusal(orderer, method, caller)
+            if err is not None:
+                raise err
         key = (orderer, method)
         slot = ClusterSlot(self, key, context)
+        sweeper, recheck = self._sweeper, self._recheck
+        slot.will_watch = sweeper is not None and recheck is not None and caller is not None and ends_itself
         with self._lock:
             mine = self._open.setdefault(key, [])
             replaced = None
@@ -585,18 +646,75 @@ class ClusterCaps:
                 self._held += 1
             mine.append(slot)
         if replaced is not None:
-            _log.debug("event=cluster_stream_replaced orderer=%d method=%s limit=%d: a new stream of this "
-                      "orderer takes the slot of its oldest, cancelled (a reconnect while the old "
-                      "stream was not yet seen dead)", orderer, method, self.per_orderer)
-            replaced.context.cancel()  # type: ignore[no-untyped-call]
+            self._end_replaced(replaced, orderer, method)
         if not context.add_callback(slot.release):  # the RPC already ended
             slot.release()
             return slot
-        sweeper, recheck = self._sweeper, self._recheck
         if sweeper is not None and recheck is not None and caller is not None:
-            slot.watched = sweeper.watch(context, caller, f"Cluster.{method}",
-                                         lambda ident: recheck(orderer, method, ident), ends_itself)
+            watched = sweeper.watch(context, caller, f"Cluster.{method}",
+                                    lambda ident: recheck(orderer, method, ident), ends_itself)
+            with slot.lock:
+                slot.watched, ended_with = watched, slot.replaced
+            if ended_with is not None and ends_itself:  # replaced before it was watched
+                watched.end_with(ended_with)
         return slot
+
+    def refusal(self, orderer: int, method: str, caller: identity_pb2.Identity) -> RxError | None:
+        """Why the sweeper would refuse ``caller``'s ``method`` stream as orderer ``orderer`` now
+        (the check of :meth:`watch_with`, with exactly the sweeper's rules: only its
+        PERMISSION_DENIED refusals count; a check failing otherwise, or raising another
+        exception, refuses nothing -- the sweeper leaves such a stream open too), or None (also
+        without :meth:`watch_with`). Checked when a stream is admitted: the sweeper refusing an
+        orderer's stream (e.g. EXPIRED_CERT) did not stop its next one, admitted and holding its
+        slot until the next sweep (up to ``SWEEP_S``), redialled every 0.1 s. Refusals are
+        logged ``cluster_stream_refused``: the first of an orderer's method at once, then at
+        most one line per ``REFUSED_LOG_INTERVAL_S`` telling how many."""
+        recheck = self._recheck
+        if self._sweeper is None or recheck is None:
+            return None
+        try:
+            err = _refusal(lambda ident: recheck(orderer, method, ident), caller)
+        except Exception as exc:  # noqa: BLE001 - as the sweeper: a bug refuses nothing, logged
+            _log.error("event=stream_recheck_failed callers=1 error=%r: a new Cluster.%s stream's caller "
+                       "could not be checked; it is admitted", exc, method, exc_info=exc)
+            return None
+        if err is not None:
+            self._log_refusal(orderer, method, err)
+        return err
+
+    def _log_refusal(self, orderer: int, method: str, err: RxError) -> None:
+        now = time.monotonic()
+        with self._lock:
+            entry = self._refused_lines.get((orderer, method))
+            if entry is not None and now - entry[0] < REFUSED_LOG_INTERVAL_S:
+                entry[1] += 1
+                return
+            told = 1 + (int(entry[1]) if entry is not None else 0)
+            self._refused_lines[(orderer, method)] = [now, 0]
+        _log.warning("event=cluster_stream_refused orderer=%d method=%s reason=%s detail=%r refused=%d "
+                     "interval_s=%d: the config in force no longer admits this orderer's certificate on "
+                     "this stream (as the sweeper judges open ones); refused PERMISSION_DENIED",
+                     orderer, method, err.reason, err.message, told, int(REFUSED_LOG_INTERVAL_S))
+
+    def _end_replaced(self, replaced: ClusterSlot, orderer: int, method: str) -> None:
+        """End the stream whose slot a newer one of its orderer took: with STREAM_REPLACED by its
+        handler, woken (the sweeper's path and fallback), or cancelled if it is not watched."""
+        err = RxError(STREAM_REPLACED, f"a newer Cluster.{method} stream of orderer {orderer} took this "
+                                       f"one's slot (limit {self.per_orderer} per orderer and method)",
+                      grpc.StatusCode.ABORTED)
+        how = "ended"  # by its handler, STREAM_REPLACED
+        with replaced.lock:
+            replaced.replaced = err
+            watched = replaced.watched
+        if not replaced.will_watch:
+            how = "cancelled"
+            replaced.context.cancel()  # type: ignore[no-untyped-call]
+        elif watched is not None:
+            watched.end_with(err)  # (False: it ends already, refused or over)
+        # (else its admit, watching it, ends it so)
+        _log.debug("event=cluster_stream_replaced orderer=%d method=%s limit=%d how=%s: a new stream of this "
+                   "orderer takes the slot of its oldest (a reconnect while the old stream was not yet "
+                   "seen dead)", orderer, method, self.per_orderer, how)
 
     def _release(self, slot: ClusterSlot) -> None:
         with self._lock:

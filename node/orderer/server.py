@@ -100,6 +100,8 @@ class OrdererServer:
     metrics: OrdererMetrics
     state_check: StateCheck | None = None  # a blank start the others have not yet judged
     streams: StreamCaps | None = None  # its caps on long-lived calls (their sweeper stops with it)
+    # its gRPC worker pool: grpc.server never shuts down the executor it is given (stop does)
+    executor: ThreadPoolExecutor | None = None
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Graceful shutdown: refuse new envelopes, let streams finish, stop Raft, close
@@ -111,6 +113,10 @@ class OrdererServer:
         self.chain.hand_over_leadership()
         self.deliver.close()
         self.grpc_server.stop(grace_s).wait(grace_s + 1)
+        if self.executor is not None:
+            # its idle workers stayed, two or three per stopped orderer, each blocked on the pool's
+            # queue for the process's life; a handler still running ends on its own (no wait)
+            self.executor.shutdown(wait=False)
         if self.streams is not None:
             self.streams.close()  # (the sweeper thread ran on, checking slots of calls cancelled)
         self.chain.stop()
@@ -698,15 +704,19 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     refusals = NonMemberRefusals(metrics)
     cluster_streams = config.cluster_caps()  # and one cap on their streams, per orderer and in total
     # an open one's orderer checked again too: removed, revoked or expired, its streams end
-    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check))
+    # (under protocol version 1, a Step stream of an orderer kept in the set whatever its
+    # certificate: version 1 lets an update revoke a kept orderer's, still a voter)
+    cluster_streams.watch_with(streams, cluster_recheck(membership, check_caller.check,
+                                                        lambda: protocol_version(tracker.current.config)))
     cluster = ClusterService(
         config.raft_id, membership, chain, broadcast, metrics, commit_timeout_s,
         clock_watch=clock_watch, releases=releases, refusals=refusals, streams=cluster_streams,
     )
     forward_batch = ForwardBatchService(membership, broadcast, metrics, commit_timeout_s, refusals=refusals,
                                         streams=cluster_streams)
+    executor = ThreadPoolExecutor(max_workers=grpc_workers, thread_name_prefix=f"grpc-{config.name}")
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=grpc_workers),
+        executor,
         options=[
             # the bound in force limits what it receives; it sends the blocks made under an
             # earlier, larger one too (node.crypto.tls.NODE_SEND_BOUND)
@@ -734,6 +744,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     if not bound:
         for close in (transport.close, forwarder.close, storage.close, blocks.close):
             close()
+        executor.shutdown(wait=False)
         raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     server.start()
     chain.start()
@@ -743,7 +754,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
         metrics.serve(config.metrics_port, config.host)
     except OSError as exc:
         OrdererServer(config, server, chain, storage, blocks, transport, forwarder, broadcast,
-                      deliver, metrics, state_check, streams).stop(0)
+                      deliver, metrics, state_check, streams, executor).stop(0)
         raise RxError("BAD_CONFIG", f"{config.name}: metrics port {config.metrics_port}: {exc}") from exc
     _log.info(
         "event=orderer_started node=%s raft_id=%d listen=%s height=%d",
@@ -751,7 +762,7 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     )
     return OrdererServer(
         config, server, chain, storage, blocks, transport, forwarder, broadcast, deliver,
-        metrics, state_check, streams,
+        metrics, state_check, streams, executor,
     )
 
 

@@ -4,7 +4,8 @@ the follower-to-leader Cluster.Forward stream.
 Outbound: one :class:`PeerSender` per other orderer holds a client stream and a bounded
 queue; sending never blocks the Raft driver (a full queue or a broken stream drops the
 message and reports the peer unreachable -- Raft retransmits; a peer refusing this orderer
-as no member is dialled again with a growing wait). The messages of one Ready for one peer
+PERMISSION_DENIED -- no member, or its certificate revoked or expired there -- is dialled again
+with a growing wait, at most ``REFUSED_REDIAL_MAX_S``). The messages of one Ready for one peer
 are queued as one item (one wake-up of the sender thread per Ready, not per message) on a
 ``queue.SimpleQueue`` (no Python-level Condition per hand-off).
 
@@ -13,7 +14,9 @@ Inbound (:class:`ClusterService`): the caller is identified by its TLS client ce
 (its certificate equals an ``OrdererNode.cert_der``); otherwise the stream is refused with
 PERMISSION_DENIED, counted, and logged boundedly (``refusals``); a member's streams are then
 held under :class:`node.stream_caps.ClusterCaps` (per orderer and method, its newest replacing
-its oldest, and in total; over the total TOO_MANY_STREAMS). Membership follows the
+its oldest, and in total; over the total TOO_MANY_STREAMS), once its certificate passed the
+check the caps' sweeper applies to the open ones (:func:`cluster_recheck`: refused
+PERMISSION_DENIED with the MSP's reason, e.g. EXPIRED_CERT, by the node's clock). Membership follows the
 config in force (the server subscribes it to config adoption), and open streams re-check it
 per message, so after a config block rotates an orderer's certificate the new one is
 accepted for that raft id and the old one refused from that block on. Raft messages (Step)
@@ -56,7 +59,7 @@ from node.orderer.releases import (
 )
 from node.orderer.streams import ordered_answers, refusal_ends
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
-from node.protocol import MAX_PROTOCOL_VERSION
+from node.protocol import MAX_PROTOCOL_VERSION, MEMBERSHIP_VERSION
 from node.raft.errors import InvalidMessage
 from node.raft.types import Message, MessageType
 from node.stream_caps import ClusterCaps, StreamSlot
@@ -169,19 +172,33 @@ class Membership:
 
 
 def cluster_recheck(
-    membership: Membership, check: Callable[[identity_pb2.Identity], object]
+    membership: Membership, check: Callable[[identity_pb2.Identity], object],
+    version: Callable[[], int] | None = None,
 ) -> Callable[[int, str, identity_pb2.Identity], None]:
-    """The check of an open Cluster stream's caller (node.stream_caps.ClusterCaps.watch_with):
+    """The check of a Cluster stream's caller, new and open (node.stream_caps.ClusterCaps.watch_with):
     still the orderer of raft id ``rid`` for ``method`` (Step: also one a config took out of the
     set that Raft still counts, as its messages are) -- RxError NOT_AN_ORDERER, PERMISSION_DENIED,
     as a new stream is refused -- and its certificate admitted by ``check`` (the MSP in force:
-    not revoked, not expired, its organisation not removed)."""
+    not revoked, not expired, its organisation not removed).
+
+    Under a protocol version before MEMBERSHIP_VERSION (``version``: the one in force; none:
+    the latest rules) a Step stream of an orderer the config in force names is not refused for
+    its certificate: version 1 lets a config update revoke the certificate of an orderer it
+    keeps, which still counts towards the Raft quorum and whose block signatures still count
+    (MSP.block_signers); refusing its Raft messages -- every sweep, and at accept, for good --
+    left the others short of that quorum when it was needed (two of three orderers revoked so:
+    no ordering at all). From that version on no update keeps an orderer it revokes
+    (configrules), and an expired certificate fails the TLS handshake of a new connection at
+    any version: refusing them costs no vote the transport had not already lost."""
 
     def recheck(rid: int, method: str, ident: identity_pb2.Identity) -> None:
         now = membership.raft_peer_of(ident) if method == "Step" else membership.raft_id_of(ident)
         if now != rid:
             raise RxError("NOT_AN_ORDERER", f"the caller is no longer orderer {rid} of the current "
                                             "configuration", grpc.StatusCode.PERMISSION_DENIED)
+        if (method == "Step" and version is not None and version() < MEMBERSHIP_VERSION
+                and membership.raft_id_of(ident) == rid):
+            return  # (docstring: a voter version 1 keeps, whatever its certificate)
         check(ident)
 
     return recheck
@@ -214,15 +231,16 @@ class PeerSender:
         a told version changes (at most once per ``relay_min_interval_s``: a peer changing what
         it tells on every Deliver request must not put the whole relay into every Raft message)
         and every ``relay_refresh_s`` (``clock``) seconds (see releases). A stream that ended is
-        dialled again after ``redial_s``; one the peer refused NOT_AN_ORDERER (this orderer is no
-        orderer of the config in force there: removed, or its certificate rotated, and not told)
-        after twice the wait of the refusal before, up to ``refused_redial_max_s``, logged as
+        dialled again after ``redial_s``; one the peer refused PERMISSION_DENIED -- NOT_AN_ORDERER
+        (this orderer is no orderer of the config in force there: removed, or its certificate
+        rotated, and not told), or its certificate refused there (EXPIRED_CERT, REVOKED_CERT ...)
+        -- after twice the wait of the refusal before, up to ``refused_redial_max_s``, logged as
         ``refused_lines`` lets (the first at once, then a line per interval)."""
         self._own_id = own_id
         self._redial_s = redial_s
         self._refused_redial_max_s = refused_redial_max_s
         self._refused_lines = refused_lines if refused_lines is not None else EveryInterval()
-        self._refused_in_row = 0  # refusals NOT_AN_ORDERER since the last stream that was not one
+        self._refused_in_row = 0  # PERMISSION_DENIED refusals since the last stream that was not one
         self.redial_wait_s = redial_s  # the wait before the next dial (read by tests)
         self._wall_ms = wall_ms
         self._releases = releases
@@ -333,13 +351,14 @@ class PeerSender:
         while not self._stop.is_set():
             channel = self._factory(self._target)
             call_over = threading.Event()
-            refused = False
+            refused = ""
             try:
                 stub = services_pb2_grpc.ClusterStub(channel)
                 stub.Step(self._requests(call_over))
             except grpc.RpcError as exc:
-                refused = reason_from_rpc_error(exc) == "NOT_AN_ORDERER"
-                if not refused:
+                if _code_of(exc) == grpc.StatusCode.PERMISSION_DENIED:
+                    refused = reason_from_rpc_error(exc) or "PERMISSION_DENIED"
+                else:
                     _log.debug("event=raft_stream_ended to=%d target=%s error=%r", self._peer_id, self._target,
                                str(exc))
                 self._sink.report_unreachable(self._peer_id)
@@ -359,17 +378,29 @@ class PeerSender:
                     self._report_failure(msg)
             self._stop.wait(self._redial_wait(refused))
 
-    def _redial_wait(self, refused: bool) -> float:
-        """The wait before dialling again after a stream ended (``refused``: NOT_AN_ORDERER):
-        a peer refusing this orderer answers at once, so dialling it again at the usual pace
-        was ten refusals a second, each a warning in the peer's log; backed off, bounded so
-        that an orderer the peer admits again (its config caught up) is soon heard."""
+    def _redial_wait(self, refused: str) -> float:
+        """The wait before dialling again after a stream ended (``refused``: the reason of a
+        PERMISSION_DENIED refusal -- NOT_AN_ORDERER, or this orderer's certificate refused by the
+        peer's MSP: EXPIRED_CERT, REVOKED_CERT ...; "" otherwise): a peer refusing this orderer
+        answers at once, so dialling it again at the usual pace was ten refusals a second, each
+        a warning in the peer's log (and, before the peer checked the certificate at accept,
+        a stream admitted until its next sweep); backed off, bounded so that an orderer the
+        peer admits again (its config caught up, its certificate renewed) is soon heard."""
         if not refused:
             self._refused_in_row = 0
             self.redial_wait_s = self._redial_s
             return self.redial_wait_s
         self._refused_in_row += 1
         self.redial_wait_s = min(self._redial_s * 2 ** min(self._refused_in_row, 32), self._refused_redial_max_s)
+        if refused != "NOT_AN_ORDERER":
+            told = self._refused_lines.note((self._peer_id, refused))
+            if told:
+                _log.warning("event=refused_by_peer orderer=%d peer=%d target=%s reason=%s refused=%d "
+                             "retry_s=%.1f: the peer refuses this orderer's Raft stream PERMISSION_DENIED "
+                             "(its certificate expired or revoked there, as the peer's clock and config "
+                             "judge it?); dialled again with a growing wait, at most one line per interval",
+                             self._own_id, self._peer_id, self._target, refused, told, self.redial_wait_s)
+            return self.redial_wait_s
         told = self._refused_lines.note(self._peer_id)
         if told == 1:
             _log.warning("event=refused_as_non_member orderer=%d peer=%d target=%s refused=%d retry_s=%.1f: "
@@ -400,6 +431,11 @@ class PeerSender:
         self._stop.set()
         self._queue.put(None)
         self._thread.join(2)
+
+
+def _code_of(exc: grpc.RpcError) -> grpc.StatusCode | None:
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else None
 
 
 def _payload_bytes(msg: Message) -> int:
@@ -547,6 +583,11 @@ class ClusterService:
                 self._step_all(requests, rid, ident, slot)
             except BaseException as exc:  # noqa: BLE001 - raised again on the handler's thread
                 failed.append(exc)
+                if not isinstance(exc, grpc.RpcError):  # (the call ended: no news)
+                    # logged here: raised after the handler returned (its call refused, or
+                    # over), it was kept in ``failed`` and never told
+                    _log.error("event=raft_step_reader_failed from=%d error=%r: stepping this orderer's "
+                               "Raft messages failed; its stream ends", rid, exc, exc_info=exc)
             finally:
                 ended.set()
 

@@ -1,9 +1,10 @@
 """A node's stop ends its stream caps' sweeper (node.stream_caps): it ran on after the stop,
 checking the slots of calls the stop had cancelled, as neither the peer's nor the orderer's stop
-closed the caps."""
+closed the caps. An orderer's stop ends its gRPC worker threads too."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, cast
 from unittest.mock import MagicMock
@@ -69,3 +70,30 @@ def test_a_peers_stop_ends_its_stream_sweeper(tmp_path: Path) -> None:
         assert not sweeper.is_alive() and caps.sweeper is None
     finally:
         caps.close()
+
+
+def test_an_orderers_stop_ends_its_grpc_workers(tmp_path: Path) -> None:
+    """Calls served (workers started), the orderer stopped: its pool's threads end. Before,
+    grpc.server never shut the pool it was given down: its idle workers stayed for the life of
+    the process, two or three per stopped orderer."""
+    net = make_network(tmp_path / "net", orderer_orgs=1)
+    config = load_node_config(net.node_config_path("orderer.ins01"))
+    server = serve(config)
+    stopped = False
+    prefix = f"grpc-{config.name}"
+    channel = Client(net).channel(f"127.0.0.1:{net.orderers()[0].port}")
+    try:
+        health = channel.unary_unary("/rxchain.v1.Admin/Health",
+                                     request_serializer=services_pb2.HealthRequest.SerializeToString,
+                                     response_deserializer=services_pb2.HealthResponse.FromString)
+        for _ in range(4):
+            health(services_pb2.HealthRequest(), timeout=WAIT_S)
+        assert [t for t in threading.enumerate() if t.name.startswith(prefix)]
+        server.stop(0)
+        stopped = True
+        wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith(prefix)], WAIT_S,
+                   what="the stopped orderer's gRPC workers to end")
+    finally:
+        channel.close()
+        if not stopped:
+            server.stop(0)
