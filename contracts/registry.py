@@ -63,6 +63,10 @@ HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
 # why a regulator revoked a registration (revoke_registration): codes, never free text
 REVOCATION_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
                       "DUPLICATE_REGISTRATION", "OTHER")
+# reasons about the person's licence (the code itself), not one registration of it: the code
+# stays barred (its index entry kept, marked ``revoked``) -- freed, any organisation registered
+# her again under it at once (another name, or the site whose registration was withdrawn)
+LICENCE_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED")
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
@@ -177,7 +181,7 @@ def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
     """A registration moved to another code: its old code is free (if it still held it); a
     site's registration leaves its site authorised, under no name."""
     holder = ctx.get(key)
-    if holder is None:
+    if holder is None or "revoked" in holder:  # (a barred code stays barred)
         return
     if holder["org"] == org and holder["name"] == name:
         if not _site_holds(ctx, holder, key[len("praccode/"):]):
@@ -211,7 +215,12 @@ def _site_holds(ctx: Context, holder: dict, code: str) -> bool:
 def _claim_code(ctx: Context, holder: dict, org: str, name: str, code: str) -> bool:
     """Whether the active registration ``org``/``name`` may hold ``code`` (index entry
     ``holder``, or None): CODE_IN_USE when another registration holds it; True when it holds it
-    as a site the holder authorised, False as its holder (already, or a new one)."""
+    as a site the holder authorised, False as its holder (already, or a new one);
+    REGISTRATION_REVOKED when a regulator revoked the licence the code stands for."""
+    if holder is not None and "revoked" in holder:
+        ctx.fail("REGISTRATION_REVOKED", "practitioner code " + code + " was revoked by "
+                 + holder["revoked"]["by_org"] + " (" + holder["revoked"]["reason"] + "): no "
+                 "registration holds it again")
     if holder is None or (holder["org"] == org and holder["name"] == name):
         return False
     # a drCode names one person: another organisation (or another of this one's records)
@@ -497,7 +506,11 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     entries go: the code's (licence's) entry when it names this registration -- a holder's
     authorised sites are withdrawn with it (each site's active registration under the code made
     inactive, as a withdrawal does: they practised on the holder's authorisation), so the code
-    is free --, or its site slot in the holder's entry (as a withdrawal). Idempotent: a revoked
+    is free --, or its site slot in the holder's entry (as a withdrawal). With a reason of
+    LICENCE_REASONS (her licence, not this registration) a code left free stays barred instead:
+    its entry names this registration, marked ``revoked``, and no registration holds it again
+    (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
+    under it at once, under another name). Idempotent: a revoked
     registration writes nothing (``changed`` false). Event ``registry.revoked``."""
     _require_admin(ctx, ("regulator",))
     if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
@@ -513,6 +526,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         ctx.fail("NOT_FOUND", "no registration " + rkey)
     if "revoked" in rec:
         return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+    stamp = _stamp(ctx)
+    mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
+            "tx_id": stamp["tx_id"]}
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
@@ -524,18 +540,21 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         code = rec["code"]
         key = "praccode/" + code
         holder = ctx.get(key)
-        if holder is not None and holder["org"] == org and holder["name"] == name:
+        if holder is not None and "revoked" not in holder and holder["org"] == org \
+                and holder["name"] == name:
             for site in sorted(holder.get("sites", {}).keys()):
                 _withdraw_site(ctx, holder, code, site, True)
             ctx.delete(key)
+            holder = None
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
             _withdraw_site(ctx, holder, code, org, False)
             ctx.put(key, holder)
+        if reason in LICENCE_REASONS and holder is None:
+            # her licence, not this registration: the code stays barred (LICENCE_REASONS)
+            ctx.put(key, {"org": org, "name": name, "revoked": mark})
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
-    stamp = _stamp(ctx)
-    rec["revoked"] = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"],
-                      "ms": stamp["ms"], "tx_id": stamp["tx_id"]}
+    rec["revoked"] = mark
     rec["updated"] = stamp
     ctx.put(rkey, rec)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
