@@ -63,8 +63,8 @@ HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
 # why a regulator revoked a registration (revoke_registration): codes, never free text
 REVOCATION_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
                       "DUPLICATE_REGISTRATION", "OTHER")
-# reasons about the person's licence (the code itself), not one registration of it: the code
-# stays barred (its index entry kept, marked ``revoked``) -- freed, any organisation registered
+# reasons about the person's licence (the code itself; a pharmacy's licence number), not one
+# registration of it: the code stays barred (its index entry kept, marked ``revoked``) -- freed, any organisation registered
 # her again under it at once (another name, or the site whose registration was withdrawn)
 LICENCE_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED")
 MAX_FEN = 100000000000
@@ -373,7 +373,12 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
 
 def _claim_licence(ctx: Context, holder: dict, org: str, licence_no: str) -> None:
     """LICENCE_IN_USE when another organisation's active registration holds ``licence_no``
-    (index entry ``holder``, or None)."""
+    (index entry ``holder``, or None); REGISTRATION_REVOKED when a regulator revoked it
+    (LICENCE_REASONS: the licence itself)."""
+    if holder is not None and "revoked" in holder:
+        ctx.fail("REGISTRATION_REVOKED", "pharmacy licence " + licence_no + " was revoked by "
+                 + holder["revoked"]["by_org"] + " (" + holder["revoked"]["reason"] + "): no "
+                 "registration holds it again")
     if holder is not None and holder["org"] != org:
         ph = ctx.get("pharmacy/" + holder["org"])
         if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
@@ -532,8 +537,11 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
-        if holder is not None and holder["org"] == org:
+        if holder is not None and "revoked" not in holder and holder["org"] == org:
             ctx.delete(key)
+            holder = None
+        if reason in LICENCE_REASONS and holder is None:
+            ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
         rec["active"] = False
         ctx.emit("registry.pharmacy", {"org": org, "active": False})
     else:

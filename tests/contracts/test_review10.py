@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.contracts.chain import who
 from tests.contracts.flows import issue
 from tests.contracts.rxclient import World
-from tests.contracts.test_registry_decisions import JIANG_CODE, index, practitioner
+from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
 from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
 from tests.contracts.test_registry_revocation import revoke, versions
 
@@ -61,3 +61,17 @@ def test_a_barred_code_is_not_reindexed_for_a_legacy_registration(world: World) 
     n = versions(world, "praccode/" + LEGACY_CODE)
     assert reindex(world, REGULATOR, "h01", "dr-legacy") == "REGISTRATION_REVOKED"
     assert versions(world, "praccode/" + LEGACY_CODE) == n
+
+
+def test_a_revoked_pharmacy_licence_is_not_registered_again_elsewhere(world: World) -> None:
+    """A pharmacy's licence revoked: another organisation registered the freed licence number
+    active at once. It stays barred; the revoked pharmacy may still write itself inactive under
+    another licence without lifting the bar."""
+    assert revoke(world, REGULATOR, "p01", "", "LICENCE_REVOKED")["changed"] is True
+    bar = index(world, "pharmlic/" + P01_LICENCE)
+    assert bar is not None and bar["org"] == "p01" and bar["revoked"]["reason"] == "LICENCE_REVOKED"
+    n = versions(world, "pharmlic/" + P01_LICENCE)
+    assert pharmacy(world, "p04", P01_LICENCE) == "REGISTRATION_REVOKED"
+    assert pharmacy(world, "p01", "LIC-P01-NEW", active=False) == "OK"
+    assert pharmacy(world, "p04", P01_LICENCE) == "REGISTRATION_REVOKED"
+    assert versions(world, "pharmlic/" + P01_LICENCE) == n
