@@ -67,6 +67,9 @@ REVOCATION_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOS
 # registration of it: the code stays barred (its index entry kept, marked ``revoked``) -- freed, any organisation registered
 # her again under it at once (another name, or the site whose registration was withdrawn)
 LICENCE_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED")
+# the one revocation a regulator lifts (reinstate_registration); every other reason is final
+SUSPENSION = "LICENCE_SUSPENDED"
+MAX_REINSTATEMENTS = 8  # the ``reinstated`` history one registration keeps (the latest)
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
@@ -303,8 +306,7 @@ def register_practitioner(
         "internet_practice": internet_practice,
         "updated": _stamp(ctx),
     }
-    if old is not None and "revoked" in old:
-        rec["revoked"] = old["revoked"]
+    _keep_marks(old, rec)
     ctx.put(key, rec)
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
@@ -405,8 +407,7 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     if active:
         ctx.put("pharmlic/" + licence_no, {"org": org, "name": ""})
     rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
-    if old is not None and "revoked" in old:
-        rec["revoked"] = old["revoked"]
+    _keep_marks(old, rec)
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
@@ -478,6 +479,15 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
     return out
 
 
+def _keep_marks(old: dict, rec: dict) -> None:
+    """Carry a regulator's marks (``revoked``, the ``reinstated`` history) of the record ``old``
+    (or None) over to its update ``rec``: an organisation never clears them."""
+    if old is not None:
+        for mark in ("revoked", "reinstated"):
+            if mark in old:
+                rec[mark] = old[mark]
+
+
 def _refuse_revoked(ctx: Context, key: str, rec: dict) -> None:
     ctx.fail("REGISTRATION_REVOKED", key + " was revoked by " + rec["revoked"]["by_org"] + " ("
              + rec["revoked"]["reason"] + "): it stays inactive")
@@ -501,6 +511,15 @@ def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate:
             kept[k] = sites[k]
     holder["sites"] = kept
     ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
+
+
+def _bars(holder: dict, reason: str) -> bool:
+    """A revocation for the licence (LICENCE_REASONS) bars its code (licence) when no index
+    entry holds it (``holder`` None), or, a final one, over a suspension's bar: reinstating the
+    suspended registration then lifts nothing."""
+    if holder is None:
+        return True
+    return "revoked" in holder and holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
 
 
 def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
@@ -540,7 +559,8 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         if holder is not None and "revoked" not in holder and holder["org"] == org:
             ctx.delete(key)
             holder = None
-        if reason in LICENCE_REASONS and holder is None:
+        if reason in LICENCE_REASONS and _bars(holder, reason):
+            mark["barred"] = key
             ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
         rec["active"] = False
         ctx.emit("registry.pharmacy", {"org": org, "active": False})
@@ -557,8 +577,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
             _withdraw_site(ctx, holder, code, org, False)
             ctx.put(key, holder)
-        if reason in LICENCE_REASONS and holder is None:
+        if reason in LICENCE_REASONS and _bars(holder, reason):
             # her licence, not this registration: the code stays barred (LICENCE_REASONS)
+            mark["barred"] = key
             ctx.put(key, {"org": org, "name": name, "revoked": mark})
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
@@ -567,6 +588,56 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     ctx.put(rkey, rec)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
+
+
+def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
+    """Lift a suspension (a revocation for LICENCE_SUSPENDED) of practitioner ``org``/``name``'s
+    registration (or with ``name`` "" the pharmacy ``org``'s): regulator admins only. Its
+    ``revoked`` mark moves to the ``reinstated`` history ({revoked, by_org, by, ms, tx_id}, the
+    latest MAX_REINSTATEMENTS) and the code's (licence's) bar goes when it still names this
+    revocation, so the organisation registers the person (pharmacy) active again; the record
+    itself stays inactive until it does (its organisation decides where she practises; a
+    holder's sites withdrawn by the revocation are authorised anew). Any other reason is final:
+    REVOCATION_FINAL, nothing written. Idempotent: a registration not revoked writes nothing
+    (``changed`` false). Event ``registry.reinstated``."""
+    _require_admin(ctx, ("regulator",))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    rkey = "prac/" + org + "/" + name
+    if name == "":
+        rkey = "pharmacy/" + org
+    rec = ctx.get(rkey)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    history = rec.get("reinstated", [])
+    if "revoked" not in rec:
+        last = history[-1] if history else None
+        return {"org": org, "name": name, "reinstated": last, "changed": False}
+    mark = rec["revoked"]
+    if mark["reason"] != SUSPENSION:
+        ctx.fail("REVOCATION_FINAL", rkey + " was revoked by " + mark["by_org"] + " ("
+                 + mark["reason"] + "): only a suspension (" + SUSPENSION + ") is lifted")
+    keys = []  # the bar it set (a record written inactive under another code since moved away)
+    if "barred" in mark:
+        keys.append(mark["barred"])
+    current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
+    if current not in keys:
+        keys.append(current)
+    for key in keys:
+        bar = ctx.get(key)
+        if bar is not None and "revoked" in bar and bar["org"] == org and bar["name"] == name \
+                and bar["revoked"]["tx_id"] == mark["tx_id"]:
+            ctx.delete(key)
+    stamp = _stamp(ctx)
+    entry = {"revoked": mark, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
+             "tx_id": stamp["tx_id"]}
+    rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
+    del rec["revoked"]
+    rec["updated"] = stamp
+    ctx.put(rkey, rec)
+    ctx.emit("registry.reinstated", {"org": org, "name": name})
+    return {"org": org, "name": name, "reinstated": entry, "changed": True}
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:
