@@ -5,7 +5,8 @@ Reference data the prescription and settlement contracts read:
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
   a practitioner code is held by one active registration at a time (index ``praccode/{code}``;
   a registration written before the index is indexed by ``reindex``; a regulator admin revokes
-  any registration for good, ``revoke_registration``);
+  any registration for good, ``revoke_registration``, and lifts a suspension,
+  ``reinstate_registration``);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
   by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
