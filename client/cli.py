@@ -861,6 +861,13 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
                              "DUPLICATE_REGISTRATION", "OTHER"),
                     help="why (a code: no free text reaches the ledger)")
+    rs = sub(rg, "reinstate", _simple("reinstate_registration", "org", "name"),
+             "lift a suspension (a LICENCE_SUSPENDED revocation; a regulator admin): the code or"
+             " licence freed, the registration left inactive until its organisation registers it"
+             " again")
+    rs.add_argument("org")
+    rs.add_argument("--name", default="", metavar="NAME",
+                    help="the practitioner (default: the organisation's pharmacy registration)")
 
     lg = groups.add_parser("ledger", help="ledger checks").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -1021,6 +1021,16 @@ class RxOperations:
         return _written(self.s.gateway.submit(REGISTRY, "revoke_registration",
                                               {"org": org, "name": name, "reason": reason}))
 
+    def reinstate_registration(self, org: str, name: str = "") -> dict[str, Any]:
+        """Lift the suspension (a LICENCE_SUSPENDED revocation) of practitioner ``org``/``name``'s
+        registration, or with ``name`` "" the pharmacy ``org``'s
+        (``registry.reinstate_registration``, a regulator admin): the mark moves to its
+        ``reinstated`` history and the code's (licence's) bar goes; the record stays inactive
+        until its organisation registers it again. REVOCATION_FINAL for any other reason.
+        Idempotent: ``changed`` false when it is not revoked."""
+        return _written(self.s.gateway.submit(REGISTRY, "reinstate_registration",
+                                              {"org": org, "name": name}))
+
     def patient_status(self, ref: str, year: int = 0) -> dict[str, Any]:
         """Deductible and cap used this year, and the account balance."""
         pseud = self.pseudonym(ref)

@@ -5,7 +5,8 @@ Reference data the prescription and settlement contracts read:
 * practitioners ``prac/{org}/{name}``: written by the admin of ``org`` only (its own people);
   a practitioner code is held by one active registration at a time (index ``praccode/{code}``;
   a registration written before the index is indexed by ``reindex``; a regulator admin revokes
-  any registration for good, ``revoke_registration``);
+  any registration for good, ``revoke_registration``, and lifts a suspension,
+  ``reinstate_registration``);
 * pharmacies ``pharmacy/{org}``: written by the pharmacy's own admin; a licence number is held
   by one active pharmacy at a time (index ``pharmlic/{licence_no}``);
 * drug formulary ``drug/{medListCodg}`` (national code, class, prices, spec, controlled
@@ -63,6 +64,13 @@ HOSPITAL_LEVELS = ("community", "secondary", "tertiary")
 # why a regulator revoked a registration (revoke_registration): codes, never free text
 REVOCATION_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED", "ORGANISATION_CLOSED",
                       "DUPLICATE_REGISTRATION", "OTHER")
+# reasons about the person's licence (the code itself; a pharmacy's licence number), not one
+# registration of it: the code stays barred (its index entry kept, marked ``revoked``) -- freed, any organisation registered
+# her again under it at once (another name, or the site whose registration was withdrawn)
+LICENCE_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED")
+# the one revocation a regulator lifts (reinstate_registration); every other reason is final
+SUSPENSION = "LICENCE_SUSPENDED"
+MAX_REINSTATEMENTS = 8  # the ``reinstated`` history one registration keeps (the latest)
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
@@ -177,7 +185,7 @@ def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
     """A registration moved to another code: its old code is free (if it still held it); a
     site's registration leaves its site authorised, under no name."""
     holder = ctx.get(key)
-    if holder is None:
+    if holder is None or "revoked" in holder:  # (a barred code stays barred)
         return
     if holder["org"] == org and holder["name"] == name:
         if not _site_holds(ctx, holder, key[len("praccode/"):]):
@@ -211,7 +219,12 @@ def _site_holds(ctx: Context, holder: dict, code: str) -> bool:
 def _claim_code(ctx: Context, holder: dict, org: str, name: str, code: str) -> bool:
     """Whether the active registration ``org``/``name`` may hold ``code`` (index entry
     ``holder``, or None): CODE_IN_USE when another registration holds it; True when it holds it
-    as a site the holder authorised, False as its holder (already, or a new one)."""
+    as a site the holder authorised, False as its holder (already, or a new one);
+    REGISTRATION_REVOKED when a regulator revoked the licence the code stands for."""
+    if holder is not None and "revoked" in holder:
+        ctx.fail("REGISTRATION_REVOKED", "practitioner code " + code + " was revoked by "
+                 + holder["revoked"]["by_org"] + " (" + holder["revoked"]["reason"] + "): no "
+                 "registration holds it again")
     if holder is None or (holder["org"] == org and holder["name"] == name):
         return False
     # a drCode names one person: another organisation (or another of this one's records)
@@ -294,8 +307,7 @@ def register_practitioner(
         "internet_practice": internet_practice,
         "updated": _stamp(ctx),
     }
-    if old is not None and "revoked" in old:
-        rec["revoked"] = old["revoked"]
+    _keep_marks(old, rec)
     ctx.put(key, rec)
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
@@ -364,7 +376,12 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
 
 def _claim_licence(ctx: Context, holder: dict, org: str, licence_no: str) -> None:
     """LICENCE_IN_USE when another organisation's active registration holds ``licence_no``
-    (index entry ``holder``, or None)."""
+    (index entry ``holder``, or None); REGISTRATION_REVOKED when a regulator revoked it
+    (LICENCE_REASONS: the licence itself)."""
+    if holder is not None and "revoked" in holder:
+        ctx.fail("REGISTRATION_REVOKED", "pharmacy licence " + licence_no + " was revoked by "
+                 + holder["revoked"]["by_org"] + " (" + holder["revoked"]["reason"] + "): no "
+                 "registration holds it again")
     if holder is not None and holder["org"] != org:
         ph = ctx.get("pharmacy/" + holder["org"])
         if ph is not None and ph["licence_no"] == licence_no and ph["active"]:
@@ -391,8 +408,7 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     if active:
         ctx.put("pharmlic/" + licence_no, {"org": org, "name": ""})
     rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
-    if old is not None and "revoked" in old:
-        rec["revoked"] = old["revoked"]
+    _keep_marks(old, rec)
     ctx.put("pharmacy/" + org, rec)
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
@@ -464,6 +480,15 @@ def reindex(ctx: Context, org: str, name: str) -> dict:
     return out
 
 
+def _keep_marks(old: dict, rec: dict) -> None:
+    """Carry a regulator's marks (``revoked``, the ``reinstated`` history) of the record ``old``
+    (or None) over to its update ``rec``: an organisation never clears them."""
+    if old is not None:
+        for mark in ("revoked", "reinstated"):
+            if mark in old:
+                rec[mark] = old[mark]
+
+
 def _refuse_revoked(ctx: Context, key: str, rec: dict) -> None:
     ctx.fail("REGISTRATION_REVOKED", key + " was revoked by " + rec["revoked"]["by_org"] + " ("
              + rec["revoked"]["reason"] + "): it stays inactive")
@@ -489,6 +514,15 @@ def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate:
     ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
 
 
+def _bars(holder: dict, reason: str) -> bool:
+    """A revocation for the licence (LICENCE_REASONS) bars its code (licence) when no index
+    entry holds it (``holder`` None), or, a final one, over a suspension's bar: reinstating the
+    suspended registration then lifts nothing."""
+    if holder is None:
+        return True
+    return "revoked" in holder and holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
+
+
 def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     """Revoke the registration of practitioner ``org``/``name`` (or with ``name`` "" the pharmacy
     ``org``): regulator admins only (the licensing authority), with a reason code from
@@ -497,7 +531,11 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     entries go: the code's (licence's) entry when it names this registration -- a holder's
     authorised sites are withdrawn with it (each site's active registration under the code made
     inactive, as a withdrawal does: they practised on the holder's authorisation), so the code
-    is free --, or its site slot in the holder's entry (as a withdrawal). Idempotent: a revoked
+    is free --, or its site slot in the holder's entry (as a withdrawal). With a reason of
+    LICENCE_REASONS (her licence, not this registration) a code left free stays barred instead:
+    its entry names this registration, marked ``revoked``, and no registration holds it again
+    (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
+    under it at once, under another name). Idempotent: a revoked
     registration writes nothing (``changed`` false). Event ``registry.revoked``."""
     _require_admin(ctx, ("regulator",))
     if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
@@ -513,33 +551,94 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         ctx.fail("NOT_FOUND", "no registration " + rkey)
     if "revoked" in rec:
         return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+    stamp = _stamp(ctx)
+    mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
+            "tx_id": stamp["tx_id"]}
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
-        if holder is not None and holder["org"] == org:
+        if holder is not None and "revoked" not in holder and holder["org"] == org:
             ctx.delete(key)
+            holder = None
+        if reason in LICENCE_REASONS and _bars(holder, reason):
+            mark["barred"] = key
+            ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
         rec["active"] = False
         ctx.emit("registry.pharmacy", {"org": org, "active": False})
     else:
         code = rec["code"]
         key = "praccode/" + code
         holder = ctx.get(key)
-        if holder is not None and holder["org"] == org and holder["name"] == name:
+        if holder is not None and "revoked" not in holder and holder["org"] == org \
+                and holder["name"] == name:
             for site in sorted(holder.get("sites", {}).keys()):
                 _withdraw_site(ctx, holder, code, site, True)
             ctx.delete(key)
+            holder = None
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
             _withdraw_site(ctx, holder, code, org, False)
             ctx.put(key, holder)
+        if reason in LICENCE_REASONS and _bars(holder, reason):
+            # her licence, not this registration: the code stays barred (LICENCE_REASONS)
+            mark["barred"] = key
+            ctx.put(key, {"org": org, "name": name, "revoked": mark})
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
-    stamp = _stamp(ctx)
-    rec["revoked"] = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"],
-                      "ms": stamp["ms"], "tx_id": stamp["tx_id"]}
+    rec["revoked"] = mark
     rec["updated"] = stamp
     ctx.put(rkey, rec)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
+
+
+def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
+    """Lift a suspension (a revocation for LICENCE_SUSPENDED) of practitioner ``org``/``name``'s
+    registration (or with ``name`` "" the pharmacy ``org``'s): regulator admins only. Its
+    ``revoked`` mark moves to the ``reinstated`` history ({revoked, by_org, by, ms, tx_id}, the
+    latest MAX_REINSTATEMENTS) and the code's (licence's) bar goes when it still names this
+    revocation, so the organisation registers the person (pharmacy) active again; the record
+    itself stays inactive until it does (its organisation decides where she practises; a
+    holder's sites withdrawn by the revocation are authorised anew). Any other reason is final:
+    REVOCATION_FINAL, nothing written. Idempotent: a registration not revoked writes nothing
+    (``changed`` false). Event ``registry.reinstated``."""
+    _require_admin(ctx, ("regulator",))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    rkey = "prac/" + org + "/" + name
+    if name == "":
+        rkey = "pharmacy/" + org
+    rec = ctx.get(rkey)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    history = rec.get("reinstated", [])
+    if "revoked" not in rec:
+        last = history[-1] if history else None
+        return {"org": org, "name": name, "reinstated": last, "changed": False}
+    mark = rec["revoked"]
+    if mark["reason"] != SUSPENSION:
+        ctx.fail("REVOCATION_FINAL", rkey + " was revoked by " + mark["by_org"] + " ("
+                 + mark["reason"] + "): only a suspension (" + SUSPENSION + ") is lifted")
+    keys = []  # the bar it set (a record written inactive under another code since moved away)
+    if "barred" in mark:
+        keys.append(mark["barred"])
+    current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
+    if current not in keys:
+        keys.append(current)
+    for key in keys:
+        bar = ctx.get(key)
+        if bar is not None and "revoked" in bar and bar["org"] == org and bar["name"] == name \
+                and bar["revoked"]["tx_id"] == mark["tx_id"]:
+            ctx.delete(key)
+    stamp = _stamp(ctx)
+    entry = {"revoked": mark, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
+             "tx_id": stamp["tx_id"]}
+    rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
+    del rec["revoked"]
+    rec["updated"] = stamp
+    ctx.put(rkey, rec)
+    ctx.emit("registry.reinstated", {"org": org, "name": name})
+    return {"org": org, "name": name, "reinstated": entry, "changed": True}
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:

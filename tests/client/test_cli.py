@@ -236,3 +236,34 @@ def test_registry_revoke_sends_one_registration_and_a_reason_code(monkeypatch: p
     rc, _, _ = run("--json", "--as", "reg01:admin", "registry", "revoke", "h01", "--name", "dr-li",
                    "--reason", "misconduct")
     assert rc != 0 and sent == []
+
+
+def test_registry_reinstate_sends_one_registration(monkeypatch: pytest.MonkeyPatch):
+    """``registry reinstate ORG [--name NAME]`` submits ``registry.reinstate_registration``
+    (no reason: only a suspension is lifted, the contract decides)."""
+    from types import SimpleNamespace
+
+    from client import cli
+    from client.gateway import SubmitResult
+    from client.rxops import RxOperations
+
+    sent: list[tuple[str, str, dict[str, object]]] = []
+
+    def submit(contract: str, fn: str, args: dict[str, object], transient: object = None) -> SubmitResult:
+        sent.append((contract, fn, args))
+        return SubmitResult("ab" * 32, "VALID", 7, {"changed": True, **args})
+
+    ops = RxOperations(SimpleNamespace(gateway=SimpleNamespace(submit=submit)))  # type: ignore[arg-type]
+    assert ops.reinstate_registration("p03")["name"] == ""
+    assert sent == [("registry", "reinstate_registration", {"org": "p03", "name": ""})]
+    sent.clear()
+    monkeypatch.setattr(cli, "_ops", lambda a: SimpleNamespace(
+        reinstate_registration=ops.reinstate_registration, s=SimpleNamespace(close=lambda: None)))
+    rc, out, _ = run("--json", "--as", "reg01:admin", "registry", "reinstate", "h01", "--name",
+                     "dr-li")
+    assert rc == 0 and json.loads(out)["changed"] is True
+    assert sent == [("registry", "reinstate_registration", {"org": "h01", "name": "dr-li"})]
+    sent.clear()
+    rc, _, _ = run("--json", "--as", "reg01:admin", "registry", "reinstate", "h01", "--name",
+                   "dr-li", "--reason", "OTHER")
+    assert rc != 0 and sent == []

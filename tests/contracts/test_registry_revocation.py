@@ -92,7 +92,9 @@ def test_a_revoked_doctor_no_longer_issues_and_stays_inactive(world: World) -> N
     assert out["revoked"]["by_org"] == "reg01"
     rec = registration(world, "h01", "dr-jiang")
     assert rec["licence_active"] is False and rec["revoked"] == out["revoked"]
-    assert index(world, "praccode/" + JIANG_CODE) is None
+    # her licence revoked: the code stays barred, naming the revoked registration (review10)
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang",
+                                                      "revoked": out["revoked"]}
     assert events(world, "registry.revoked")[-1] == {"org": "h01", "name": "dr-jiang",
                                                     "reason": "LICENCE_REVOKED"}
     # the prescription contract reads the record: a revoked doctor cannot issue

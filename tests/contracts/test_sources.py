@@ -14,6 +14,7 @@ PUBLIC = {
         "register_practitioner", "register_pharmacy", "authorize_practice_site", "get_practitioner", "get_pharmacy",
         "set_drug", "set_controlled", "get_drug", "list_drugs", "set_policy", "get_policy", "enrol_patient",
         "add_diagnosis", "get_patient", "reindex", "revoke_registration",
+        "reinstate_registration",
     },
     "prescription": {
         "issue", "review", "route", "lock", "release", "dispense", "deliver", "revoke",
