@@ -207,8 +207,9 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
 def orderers_needed(net: NetworkInfo) -> int:
     """How many orderers must hold the last block of an extension fetched from an orderer before
     it is taken: a majority of the orderers of the verified configuration ``net`` describes (its
-    orderer endpoints, or the config's orderer nodes where it lists more)."""
-    return max(len(net.orderers), len(net.config.orderers)) // 2 + 1
+    orderer endpoints -- each name once: an orderer listed at two addresses is one orderer --, or
+    the config's orderer nodes where it lists more)."""
+    return max(len({o.name for o in net.orderers}), len(net.config.orderers)) // 2 + 1
 
 
 def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
@@ -226,6 +227,8 @@ def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net:
     for endpoint in others:
         if len(agree) >= needed:
             break
+        if endpoint.name in agree:  # (the same orderer at another address: it counts once)
+            continue
         if clock() >= deadline:
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
             break
