@@ -24,7 +24,8 @@ proposal) would otherwise be saved and its CA pinned. Every step is bounded: a s
 :data:`STATUS_TIMEOUT_S`, a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow
 per failed call, and the whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the
 earlier of its own bound and its source's share of the budget -- the time left over the sources
-not asked yet: one stalling source no longer starves the others; a peer is not asked once the
+not asked yet, an orderer's less the time of its agreement calls: one stalling source no
+longer starves the others; a peer is not asked once the
 budget passed).
 
 A patient's session cannot follow: peers and orderers stream no blocks to patient certificates
@@ -352,6 +353,13 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
         # each source's share of the time left: one stalling source (the first peer, asked first
         # every follow) used the whole budget, and the orderers were never reached
         share = now + (deadline - now) / (len(sources) - i)
+        if orderer:
+            # ... less the agreement calls of the blocks it serves (:func:`_confirm`): the last
+            # source's share was the deadline itself -- its stream running to it left no time to
+            # ask the others, and what it had delivered was dropped every follow (a gap longer than
+            # one follow's time never crossed)
+            reserve = min(STATUS_TIMEOUT_S * (orderers_needed(pinned) - 1), (deadline - now) / 2)
+            share = min(share, deadline - reserve)
         try:
             peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), share, clock, orderer)
         except RxClientError as exc:  # (an organisation the verified config no longer holds)

@@ -4,16 +4,20 @@ tests/client/test_follow_trust.py: no gRPC, an injected clock, no sleeps)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Generator
 
 import pytest
+from rxchain.v1 import block_pb2
 
 from client import configtool, follow
 from client.errors import RxClientError
 from client.network import load_network
 from client.session import verified_network
+from client.wallet import load_identity
 from node.genesis import read_genesis
-from tests.client.test_follow_trust import _Clock, _follow, _net, _orderers_block, _World
-from tests.client.test_session_ca import Rotated, _rotation_block, rotated  # noqa: F401
+from tests.client.test_follow_trust import _Clock, _fake, _follow, _net, _orderers_block, _World
+from tests.client.test_session_ca import Rotated, _plain_block, _rotation_block, rotated  # noqa: F401
 
 
 def test_an_orderer_listed_at_two_addresses_counts_once(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -37,3 +41,43 @@ def test_an_orderer_listed_at_two_addresses_counts_once(rotated: Rotated, monkey
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 0
     assert "orderer.b:blocks 1-1" in world.asked
     assert follow.orderers_needed(net) == 2
+
+
+def test_the_last_source_leaves_time_to_confirm_what_it_served(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A long gap: the only orderer asked as a source (the last source, whose share is all the
+    time left) streams block 1, then its stream runs to the deadline of its share. Its share was
+    the follow's deadline itself, so no time was left to ask the other orderer for block 1: the
+    prefix the stream delivered was dropped (ORDERERS_DISAGREE, "not asked"), and every follow
+    alike -- a gap longer than one follow's time was never crossed. The last orderer's share
+    leaves the agreement calls their time: the prefix the other orderer holds is saved."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    two = _plain_block(rotated.home, 2, rotation)
+    two.metadata.last_config_block = 1
+    world = _World(_Clock(), {"orderer.a": [genesis, rotation, two], "orderer.b": [genesis, rotation]})
+    source = _fake(world)
+
+    class _Slow(source):  # type: ignore[misc,valid-type]
+        """Orderer a's stream to block 2 sends blocks up to 1, then stalls until its deadline."""
+
+        def blocks(self, start: int, stop: int, bound: float | None = None) -> Generator[block_pb2.Block, None, None]:
+            if self.name != "orderer.a" or stop != 2:
+                yield from super().blocks(start, stop, bound)
+                return
+            world.asked.append(f"{self.name}:blocks {start}-{stop}")
+            yield from [genesis, rotation][start:]
+            self._stall(follow.DELIVER_S if bound is None else bound)
+
+    monkeypatch.setattr(follow, "FOLLOW_ORDERERS", 1)  # (a alone is asked as a source)
+    monkeypatch.setattr(follow, "_Peer", _Slow)
+    start = world.clock.now
+    with pytest.raises(RxClientError) as e:
+        follow.follow_chain(rotated.home, _net(rotated.home, (), ("orderer.a", "orderer.b")),
+                            load_identity(rotated.home, "h01", "dr-jiang"), budget_s=20.0, clock=world.clock)
+    assert e.value.reason == "SERVICE_UNAVAILABLE" and "orderer.a" in e.value.message
+    assert "orderer.b:blocks 1-1" in world.asked
+    assert json.loads(state.read_text())["height"] == 2
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
+    assert world.clock.now - start <= 20.0
