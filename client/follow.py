@@ -205,30 +205,47 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
                             "the next session or config command verifies the new chain from genesis.block")
 
 
+def _is_member(net: NetworkInfo, endpoint: NodeEndpoint) -> bool:
+    """Whether ``endpoint`` is an orderer of the verified configuration ``net`` describes (its name
+    and organisation those of one of the config's orderer nodes; any listed one when the config
+    names none)."""
+    members = {(o.name, o.org) for o in net.config.orderers}
+    return not members or (endpoint.name, endpoint.org) in members
+
+
 def orderers_needed(net: NetworkInfo) -> int:
     """How many orderers must hold the last block of an extension fetched from an orderer before
     it is taken: a majority of the orderers of the verified configuration ``net`` describes (its
-    orderer endpoints -- each name once: an orderer listed at two addresses is one orderer --, or
-    the config's orderer nodes where it lists more)."""
-    return max(len({o.name for o in net.orderers}), len(net.config.orderers)) // 2 + 1
+    orderer nodes, each name once; the network description's orderer endpoints, each name once,
+    when it names none)."""
+    names = {o.name for o in net.config.orderers} or {o.name for o in net.orderers}
+    return len(names) // 2 + 1
 
 
 def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
-             make: Callable[..., _Peer]) -> None:
+             make: Callable[..., _Peer], source_counts: bool = True) -> None:
     """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers -- ``source``, which served the
-    blocks, and as many of ``others`` as it takes, asked in turn for the last block verified
-    (each a call of at most :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its
-    header hash). An orderer signs blocks alone: one compromised orderer could extend the chain
-    with a fork holding an admin-signed config update the orderers never committed (an abandoned
-    proposal), and the session saved it and pinned its CA."""
+    blocks (``source_counts``: an orderer of the verified configuration), and as many of
+    ``others`` as it takes, asked in turn for the last block verified (each a call of at most
+    :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its header hash). An orderer
+    signs blocks alone: one compromised orderer could extend the chain with a fork holding an
+    admin-signed config update the orderers never committed (an abandoned proposal), and the
+    session saved it and pinned its CA. Each orderer counts once (one listed at two addresses is
+    one), and only an orderer of the verified configuration counts (:func:`_is_member`: the
+    network description still lists an orderer a config update removed -- perhaps for a leaked
+    key)."""
     needed = orderers_needed(net)
     number, want = chain.height - 1, chain.last_hash
-    agree, said = [source.name], []
+    agree: list[str] = [source.name] if source_counts else []
+    said: list[str] = []
     for endpoint in others:
         if len(agree) >= needed:
             break
-        if endpoint.name in agree:  # (the same orderer at another address: it counts once)
+        if endpoint.name in agree or endpoint.name == source.name:  # (one orderer at two addresses: once)
+            continue
+        if not _is_member(net, endpoint):
+            said.append(f"{endpoint.name}: not an orderer of the verified configuration")
             continue
         if clock() >= deadline:
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
@@ -252,6 +269,8 @@ def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net:
             said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
         finally:
             other.close()
+    if not source_counts:
+        said.insert(0, f"{source.name}: not an orderer of the verified configuration")
     if len(agree) < needed:
         raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the orderer {source.name} served are held "
                             f"by {len(agree)} of the {needed} orderers needed ({', '.join(agree)}"
@@ -370,8 +389,9 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
             continue
         others = [o for o in pinned.orderers if o is not endpoint]
 
-        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others) -> None:
-            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer)
+        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others,
+                    counts: bool = _is_member(pinned, endpoint)) -> None:
+            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer, counts)
 
         try:
             _follow_from(peer, chain, genesis, state_path, confirm if orderer else None)

@@ -81,3 +81,28 @@ def test_the_last_source_leaves_time_to_confirm_what_it_served(rotated: Rotated,
     assert json.loads(state.read_text())["height"] == 2
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
     assert world.clock.now - start <= 20.0
+
+
+def test_an_orderer_the_config_removed_does_not_count(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The verified configuration's orderers are a, b and c (a config update removed orderer old
+    -- say for a leaked key -- and added c); network.yaml, written at `network up`, still lists old
+    and not c. Compromised a serves a fork and old (its leaked TLS key, still issued by its
+    organisation's CA) answers it holds it: the count was of the endpoints listed, so 2 of the 2
+    needed, and the fork was saved and its CA pinned. Only the verified configuration's orderers
+    count: a alone of a, b, c holds it."""
+    state = rotated.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rotated.home / "genesis.block")
+    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.old": [genesis, fork],
+                              "orderer.b": [genesis]})
+    net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))
+    old = dataclasses.replace(net.orderers[0], name="orderer.old")
+    net = dataclasses.replace(net, orderers=(net.orderers[0], old, net.orderers[1]))
+    monkeypatch.setattr(follow, "FOLLOW_ORDERERS", 1)  # (a alone is asked as a source)
+    with pytest.raises(RxClientError) as e:
+        _follow(rotated.home, net, world, monkeypatch)
+    assert "ORDERERS_DISAGREE" in e.value.message and "1 of the 2 orderers needed" in e.value.message
+    assert "orderer.old: not an orderer of the verified configuration" in e.value.message
+    assert not state.exists()
+    assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 0
