@@ -55,6 +55,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -96,6 +97,7 @@ LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config comm
 CHAIN_RESTARTED = "CHAIN_RESTARTED"
 STATE_FORMAT = 1  # of CHAIN_STATE: a later one is a newer release's (PROTOCOL_UNSUPPORTED, never dropped)
 MAX_RECORDS_KEYS_KEPT = 32  # records certificates' keys remembered per organisation (ChainConfig.records_keys)
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a key's SHA-256 as records_key_fingerprint writes it
 
 
 def records_key_fingerprint(cert_der: bytes) -> str | None:
@@ -310,8 +312,10 @@ class ChainConfig:
         if isinstance(history, dict):  # (optional: a state saved before it was kept)
             for org, keys in history.items():
                 if isinstance(org, str) and isinstance(keys, list):
-                    kept = [k for k in keys if isinstance(k, str) and len(k) == 64]
-                    self.records_keys[org] = [k for k in self.records_keys.get(org, []) if k not in kept] + kept
+                    kept = list(dict.fromkeys(k for k in keys if isinstance(k, str) and _HEX64.fullmatch(k)))
+                    merged = [k for k in self.records_keys.get(org, []) if k not in kept] + kept
+                    # (as many as kept when noted: the file is a cache anyone with the home can edit)
+                    self.records_keys[org] = merged[-MAX_RECORDS_KEYS_KEPT:]
         self._note_records_keys(config)
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash

@@ -15,6 +15,7 @@ from client.errors import RxClientError
 from client.network import load_network
 from client.session import verified_network
 from client.wallet import load_identity
+from node.crypto.signing import Verifier
 from node.genesis import read_genesis
 from tests.client.test_follow_trust import _Clock, _fake, _follow, _net, _orderers_block, _World
 from tests.client.test_session_ca import Rotated, _plain_block, _rotation_block, rotated  # noqa: F401
@@ -106,3 +107,24 @@ def test_an_orderer_the_config_removed_does_not_count(rotated: Rotated, monkeypa
     assert "orderer.old: not an orderer of the verified configuration" in e.value.message
     assert not state.exists()
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 0
+
+
+def test_records_keys_read_back_are_bounded_and_well_formed(rotated: Rotated) -> None:  # noqa: F811
+    """config-chain.json's records_keys (the keys of the records certificates the chain put in
+    force, for the BAD_WALLET hint) are kept at MAX_RECORDS_KEYS_KEPT per organisation when the
+    chain notes them -- but a file holding more (an edited or damaged cache) was taken whole, any
+    64 characters as a key, and saved back so. Read back, they are bounded, hex, each once, and
+    the key of the records certificate in force is among them."""
+    state = rotated.home / configtool.CHAIN_STATE
+    raw = json.loads(state.read_text())
+    many = [f"{i:064x}" for i in range(configtool.MAX_RECORDS_KEYS_KEPT + 8)]
+    raw["records_keys"] = {"h01": [*many, many[-1], "z" * 64]}
+    state.write_text(json.dumps(raw))
+    chain = configtool.ChainConfig(read_genesis(rotated.home / "genesis.block"), Verifier(), state)
+    assert chain.resumed
+    keys = chain.records_keys["h01"]
+    assert len(keys) <= configtool.MAX_RECORDS_KEYS_KEPT and len(set(keys)) == len(keys)
+    assert "z" * 64 not in keys
+    in_force = configtool.records_key_fingerprint(
+        next(o for o in chain.verified()[1].organizations if o.id == "h01").records_cert_der)
+    assert in_force in keys
