@@ -100,6 +100,13 @@ MAX_RECORDS_KEYS_KEPT = 32  # records certificates' keys remembered per organisa
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a key's SHA-256 as records_key_fingerprint writes it
 
 
+def _not_newer(path: Path) -> str:
+    """The remedy for a config-chain.json this release cannot read that no newer release wrote (a
+    damaged or edited file, only ever a cache): remove it, and the chain is verified again."""
+    return (f"if no newer release wrote it (the file was damaged or edited), remove {path}: the next "
+            "session or config command verifies the config chain from genesis.block again")
+
+
 def records_key_fingerprint(cert_der: bytes) -> str | None:
     """SHA-256 (hex) of the public key (SubjectPublicKeyInfo DER) of the certificate ``cert_der``;
     None when there is none or it cannot be read."""
@@ -284,8 +291,9 @@ class ChainConfig:
         except Exception:  # noqa: BLE001 - a cache: torn -- verify again
             return
         if newer:
-            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{newer}: install a release that reads it; nothing "
-                                "was changed (the chain it verified is not dropped for the genesis CAs)")
+            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{newer}: install a release that reads it; "
+                                + _not_newer(path) + "; nothing was changed (the chain it verified is not "
+                                "dropped for the genesis CAs)")
         try:
             height, number, pointer = state["height"], state["block"], state["pointer"]
             codes = state["codes"]
@@ -307,7 +315,8 @@ class ChainConfig:
             # a newer release's: taken for a torn file, the chain it verified was silently dropped for
             # the genesis CAs (perhaps rotated away from because a key leaked)
             raise RxClientError(PROTOCOL_UNSUPPORTED, f"{path}: the config chain it holds ends in a config "
-                                f"this release cannot read ({exc}): {why}; nothing was changed") from exc
+                                f"this release cannot read ({exc}): {why}; " + _not_newer(path)
+                                + "; nothing was changed") from exc
         history = state.get("records_keys", {})
         if isinstance(history, dict):  # (optional: a state saved before it was kept)
             for org, keys in history.items():

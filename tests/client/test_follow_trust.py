@@ -256,7 +256,9 @@ def test_a_chain_file_of_a_newer_release_is_refused_not_dropped(rotated: Rotated
     """config-chain.json saved by a newer release (a later format; a config of a later protocol
     version this release cannot build an MSP from) was taken for a torn file: 'verifies nothing',
     and the session pinned the genesis CAs (perhaps rotated away from). It is refused
-    PROTOCOL_UNSUPPORTED -- a new session, a follow, a config command -- and the file is kept."""
+    PROTOCOL_UNSUPPORTED -- a new session, a follow, a config command -- and the file is kept.
+    The same file may be a damaged or edited one no newer release wrote: the advice was only to
+    install a newer release (none exists for it); it also says to remove the file then."""
     state = rotated.home / configtool.CHAIN_STATE
     _newer(state, case)
     before = state.read_bytes()
@@ -264,6 +266,8 @@ def test_a_chain_file_of_a_newer_release_is_refused_not_dropped(rotated: Rotated
     with pytest.raises(RxClientError) as e:
         configtool.ChainConfig(genesis, Verifier(), state)
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
+    assert "install a release" in e.value.message
+    assert f"if no newer release wrote it (the file was damaged or edited), remove {state}" in e.value.message
     with pytest.raises(RxClientError) as e:
         Session(rotated.home, "h01:dr-jiang")
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
