@@ -55,6 +55,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -96,6 +97,14 @@ LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config comm
 CHAIN_RESTARTED = "CHAIN_RESTARTED"
 STATE_FORMAT = 1  # of CHAIN_STATE: a later one is a newer release's (PROTOCOL_UNSUPPORTED, never dropped)
 MAX_RECORDS_KEYS_KEPT = 32  # records certificates' keys remembered per organisation (ChainConfig.records_keys)
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a key's SHA-256 as records_key_fingerprint writes it
+
+
+def _not_newer(path: Path) -> str:
+    """The remedy for a config-chain.json this release cannot read that no newer release wrote (a
+    damaged or edited file, only ever a cache): remove it, and the chain is verified again."""
+    return (f"if no newer release wrote it (the file was damaged or edited), remove {path}: the next "
+            "session or config command verifies the config chain from genesis.block again")
 
 
 def records_key_fingerprint(cert_der: bytes) -> str | None:
@@ -282,8 +291,9 @@ class ChainConfig:
         except Exception:  # noqa: BLE001 - a cache: torn -- verify again
             return
         if newer:
-            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{newer}: install a release that reads it; nothing "
-                                "was changed (the chain it verified is not dropped for the genesis CAs)")
+            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{newer}: install a release that reads it; "
+                                + _not_newer(path) + "; nothing was changed (the chain it verified is not "
+                                "dropped for the genesis CAs)")
         try:
             height, number, pointer = state["height"], state["block"], state["pointer"]
             codes = state["codes"]
@@ -305,13 +315,16 @@ class ChainConfig:
             # a newer release's: taken for a torn file, the chain it verified was silently dropped for
             # the genesis CAs (perhaps rotated away from because a key leaked)
             raise RxClientError(PROTOCOL_UNSUPPORTED, f"{path}: the config chain it holds ends in a config "
-                                f"this release cannot read ({exc}): {why}; nothing was changed") from exc
+                                f"this release cannot read ({exc}): {why}; " + _not_newer(path)
+                                + "; nothing was changed") from exc
         history = state.get("records_keys", {})
         if isinstance(history, dict):  # (optional: a state saved before it was kept)
             for org, keys in history.items():
                 if isinstance(org, str) and isinstance(keys, list):
-                    kept = [k for k in keys if isinstance(k, str) and len(k) == 64]
-                    self.records_keys[org] = [k for k in self.records_keys.get(org, []) if k not in kept] + kept
+                    kept = list(dict.fromkeys(k for k in keys if isinstance(k, str) and _HEX64.fullmatch(k)))
+                    merged = [k for k in self.records_keys.get(org, []) if k not in kept] + kept
+                    # (as many as kept when noted: the file is a cache anyone with the home can edit)
+                    self.records_keys[org] = merged[-MAX_RECORDS_KEYS_KEPT:]
         self._note_records_keys(config)
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash

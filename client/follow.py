@@ -24,7 +24,8 @@ proposal) would otherwise be saved and its CA pinned. Every step is bounded: a s
 :data:`STATUS_TIMEOUT_S`, a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow
 per failed call, and the whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the
 earlier of its own bound and its source's share of the budget -- the time left over the sources
-not asked yet: one stalling source no longer starves the others; a peer is not asked once the
+not asked yet, an orderer's less the time of its agreement calls: one stalling source no
+longer starves the others; a peer is not asked once the
 budget passed).
 
 A patient's session cannot follow: peers and orderers stream no blocks to patient certificates
@@ -37,7 +38,9 @@ of its checkpoints (the config block in force, the last block verified:
 has its own chain verified from ``genesis.block`` up to that block: if it verifies (orderers'
 signatures all along) and holds another block there, the chains diverged -- CHAIN_RESTARTED with
 the remedy, nothing changed, once no other peer or orderer asked extends the chain verified (an
-orderer signs blocks alone: one compromised orderer's fork verifies so); if not (or it holds
+orderer signs blocks alone: one compromised orderer's fork verifies so) -- and from an orderer only
+once :func:`orderers_needed` orderers hold its block there (:func:`_confirm_restart`;
+SERVICE_UNAVAILABLE naming it otherwise, nothing changed); if not (or it holds
 the block verified after all: the one it sent
 first was not its own), the peer is lying (LEDGER_INVALID, the next peer is asked). A peer whose chain is shorter
 than a checkpoint merely lags behind: it is no evidence of a restart and changes nothing.
@@ -169,11 +172,14 @@ class _Peer:
 
 
 def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, height: int,
-                      state_path: Path) -> None:
+                      state_path: Path, diverged: Callable[[int, bytes], None] | None = None) -> None:
     """CHAIN_RESTARTED when the peer's chain, verified from the genesis block, holds another block
     at a checkpoint of ``chain``; LEDGER_INVALID when it differs there but does not verify, or
     when the peer answered for that block alone with another one (or none) than its chain holds.
-    Checkpoints past the peer's ``height`` are not judged (a peer behind is no evidence)."""
+    Checkpoints past the peer's ``height`` are not judged (a peer behind is no evidence). An
+    orderer's (``peer.orderer``) only once ``diverged`` (:func:`_confirm_restart`) passed for its
+    block there -- a majority of the orderers hold it; SERVICE_UNAVAILABLE otherwise (and without
+    ``diverged``): an orderer signs blocks alone, so one compromised orderer's fork verifies."""
     for number, expected in chain.checkpoints():
         if number >= height:
             continue
@@ -196,7 +202,14 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
             raise RxClientError("LEDGER_INVALID", f"the peer {peer.name} answered a request for its block "
                                 f"{number} with {'another block' if got is not None else 'none'}, but its "
                                 "chain holds the one verified")
-        raise RxClientError(CHAIN_RESTARTED, f"the peer {peer.name}'s chain, verified from genesis.block, holds a "
+        if peer.orderer:
+            if diverged is None:
+                raise RxClientError("SERVICE_UNAVAILABLE", f"the orderer {peer.name}'s chain, verified from "
+                                    f"genesis.block, holds a different block {number} from the config chain this "
+                                    "home verified; no other orderer was asked: nothing was changed")
+            diverged(number, last)  # SERVICE_UNAVAILABLE unless a majority of the orderers hold it
+        source = "orderer" if peer.orderer else "peer"
+        raise RxClientError(CHAIN_RESTARTED, f"the {source} {peer.name}'s chain, verified from genesis.block, holds a "
                             f"different block {number} from the config chain this home verified ({state_path}): "
                             "the network was started again from the same genesis block (or its orderers "
                             "forked), and the CAs pinned from that file may be the old network's. Nothing was "
@@ -204,28 +217,42 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
                             "the next session or config command verifies the new chain from genesis.block")
 
 
+def _is_member(net: NetworkInfo, endpoint: NodeEndpoint) -> bool:
+    """Whether ``endpoint`` is an orderer of the verified configuration ``net`` describes (its name
+    and organisation those of one of the config's orderer nodes; any listed one when the config
+    names none)."""
+    members = {(o.name, o.org) for o in net.config.orderers}
+    return not members or (endpoint.name, endpoint.org) in members
+
+
 def orderers_needed(net: NetworkInfo) -> int:
     """How many orderers must hold the last block of an extension fetched from an orderer before
     it is taken: a majority of the orderers of the verified configuration ``net`` describes (its
-    orderer endpoints, or the config's orderer nodes where it lists more)."""
-    return max(len(net.orderers), len(net.config.orderers)) // 2 + 1
+    orderer nodes, each name once; the network description's orderer endpoints, each name once,
+    when it names none)."""
+    names = {o.name for o in net.config.orderers} or {o.name for o in net.orderers}
+    return len(names) // 2 + 1
 
 
-def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
-             make: Callable[..., _Peer]) -> None:
-    """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers -- ``source``, which served the
-    blocks, and as many of ``others`` as it takes, asked in turn for the last block verified
-    (each a call of at most :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its
-    header hash). An orderer signs blocks alone: one compromised orderer could extend the chain
-    with a fork holding an admin-signed config update the orderers never committed (an abandoned
-    proposal), and the session saved it and pinned its CA."""
+             make: Callable[..., _Peer], source_counts: bool) -> tuple[list[str], list[str], int]:
+    """The orderers that hold block ``number`` with header hash ``want`` -- ``source``
+    (``source_counts``: an orderer of the verified configuration) and as many of ``others`` as it
+    takes to reach :func:`orderers_needed`, asked in turn (each a call of at most
+    :data:`STATUS_TIMEOUT_S`, none past ``deadline``; each orderer once, by name; only the verified
+    configuration's: :func:`_is_member`) -- what the others said, and how many are needed."""
     needed = orderers_needed(net)
-    number, want = chain.height - 1, chain.last_hash
-    agree, said = [source.name], []
+    agree: list[str] = [source.name] if source_counts else []
+    said: list[str] = []
     for endpoint in others:
         if len(agree) >= needed:
             break
+        if endpoint.name in agree or endpoint.name == source.name:  # (one orderer at two addresses: once)
+            continue
+        if not _is_member(net, endpoint):
+            said.append(f"{endpoint.name}: not an orderer of the verified configuration")
+            continue
         if clock() >= deadline:
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
             break
@@ -248,20 +275,62 @@ def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net:
             said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
         finally:
             other.close()
+    if not source_counts:
+        said.insert(0, f"{source.name}: not an orderer of the verified configuration")
+    return agree, said, needed
+
+
+def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+             identity: WalletIdentity, deadline: float, clock: Callable[[], float],
+             make: Callable[..., _Peer], source_counts: bool = True) -> None:
+    """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers -- ``source``, which served the
+    blocks (``source_counts``: an orderer of the verified configuration), and as many of
+    ``others`` as it takes, asked in turn for the last block verified (each a call of at most
+    :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its header hash). An orderer
+    signs blocks alone: one compromised orderer could extend the chain with a fork holding an
+    admin-signed config update the orderers never committed (an abandoned proposal), and the
+    session saved it and pinned its CA. Each orderer counts once (one listed at two addresses is
+    one), and only an orderer of the verified configuration counts (:func:`_is_member`: the
+    network description still lists an orderer a config update removed -- perhaps for a leaked
+    key)."""
+    number = chain.height - 1
+    agree, said, needed = _holders(number, chain.last_hash, source, others, net, identity, deadline, clock, make,
+                                   source_counts)
     if len(agree) < needed:
         raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the orderer {source.name} served are held "
                             f"by {len(agree)} of the {needed} orderers needed ({', '.join(agree)}"
                             + (f"; {'; '.join(said)}" if said else "") + "): nothing of them was saved or pinned")
 
 
+def _confirm_restart(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+                     identity: WalletIdentity, deadline: float, clock: Callable[[], float],
+                     make: Callable[..., _Peer], source_counts: bool = True) -> None:
+    """SERVICE_UNAVAILABLE naming ``source`` unless :func:`orderers_needed` orderers (counted as
+    :func:`_confirm` counts them) hold the block ``number`` (header hash ``want``) that ``source``'s
+    chain, verified from genesis.block, holds in place of the one verified. An orderer signs blocks
+    alone: one compromised orderer's fork verifies from genesis, and its CHAIN_RESTARTED told the
+    operator to remove config-chain.json -- the genesis CAs pinned again."""
+    agree, said, needed = _holders(number, want, source, others, net, identity, deadline, clock, make,
+                                   source_counts)
+    if len(agree) < needed:
+        raise RxClientError("SERVICE_UNAVAILABLE", f"the orderer {source.name}'s chain, verified from genesis.block, "
+                            f"holds a different block {number} from the config chain this home verified, held by "
+                            f"{len(agree)} of the {needed} orderers needed to say the network was started again ("
+                            + ", ".join(agree) + (f"; {'; '.join(said)}" if said else "")
+                            + "): nothing was changed")
+
+
 def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
-                 confirm: Callable[[], None] | None = None) -> None:
+                 confirm: Callable[[], None] | None = None,
+                 diverged: Callable[[int, bytes], None] | None = None) -> None:
     """Extend ``chain`` by ``peer``'s blocks. An orderer's (``peer.orderer``) are taken only once
     ``confirm`` (:func:`_confirm`) passed for the last of them (a stream cut short: for the last
-    one it sent): otherwise ``chain`` is as it was before them, nothing of them saved."""
+    one it sent): otherwise ``chain`` is as it was before them, nothing of them saved; its chain
+    diverging at a checkpoint is CHAIN_RESTARTED only once ``diverged`` (:func:`_confirm_restart`)
+    passed."""
     taken = [chain.mark()] if peer.orderer else []  # (the chain as last confirmed)
     try:
-        _extend(peer, chain, genesis, state_path, confirm, taken)
+        _extend(peer, chain, genesis, state_path, confirm, taken, diverged)
     except BaseException:
         if taken:
             chain.rollback(taken[0])
@@ -279,11 +348,12 @@ def _take_ordered(chain: ChainConfig, confirm: Callable[[], None] | None, taken:
 
 
 def _extend(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
-            confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]]) -> None:
+            confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]],
+            diverged: Callable[[int, bytes], None] | None = None) -> None:
     height = peer.height()
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds no block yet")
-    _check_same_chain(peer, chain, genesis, height, state_path)
+    _check_same_chain(peer, chain, genesis, height, state_path, diverged)
     if height < chain.height:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds {height} blocks, behind the "
                             f"{chain.height} verified")
@@ -319,8 +389,9 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     orderer (at most :data:`FOLLOW_ORDERERS`; each pinned to its own organisation's CA in the
     verified config, its blocks verified alike and taken once a majority of the orderers hold
     the last: :func:`_confirm`), and saved (``HOME/config-chain.json``; only when
-    longer than the one saved). CHAIN_RESTARTED when a peer's or orderer's verified chain
-    diverges from it and no other one asked extends it; SERVICE_UNAVAILABLE naming each one's
+    longer than the one saved). CHAIN_RESTARTED when a peer's verified chain -- or an orderer's,
+    a majority of the orderers holding its block there -- diverges from it and no other one asked
+    extends it; SERVICE_UNAVAILABLE naming each one's
     failure when none could extend it (one
     behind it, one serving a block that does not verify -- nothing of theirs adopted; or
     ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call
@@ -349,6 +420,13 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
         # each source's share of the time left: one stalling source (the first peer, asked first
         # every follow) used the whole budget, and the orderers were never reached
         share = now + (deadline - now) / (len(sources) - i)
+        if orderer:
+            # ... less the agreement calls of the blocks it serves (:func:`_confirm`): the last
+            # source's share was the deadline itself -- its stream running to it left no time to
+            # ask the others, and what it had delivered was dropped every follow (a gap longer than
+            # one follow's time never crossed)
+            reserve = min(STATUS_TIMEOUT_S * (orderers_needed(pinned) - 1), (deadline - now) / 2)
+            share = min(share, deadline - reserve)
         try:
             peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), share, clock, orderer)
         except RxClientError as exc:  # (an organisation the verified config no longer holds)
@@ -359,11 +437,17 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
             continue
         others = [o for o in pinned.orderers if o is not endpoint]
 
-        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others) -> None:
-            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer)
+        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others,
+                    counts: bool = _is_member(pinned, endpoint)) -> None:
+            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer, counts)
+
+        def diverged(number: int, want: bytes, source: _Peer = peer, others: list[NodeEndpoint] = others,
+                     counts: bool = _is_member(pinned, endpoint)) -> None:
+            _confirm_restart(number, want, source, others, pinned, identity, deadline, clock, _Peer, counts)
 
         try:
-            _follow_from(peer, chain, genesis, state_path, confirm if orderer else None)
+            _follow_from(peer, chain, genesis, state_path, confirm if orderer else None,
+                         diverged if orderer else None)
             return chain
         except RxClientError as exc:
             # a restart one source shows is said once no other extends the chain verified: an

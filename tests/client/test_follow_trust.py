@@ -90,11 +90,20 @@ def _fake(world: _World) -> type[follow._Peer]:
 
 def _net(home: Path, peers: tuple[str, ...], orderers: tuple[str, ...]) -> NetworkInfo:
     """The home's network with the peers of the organisations ``peers`` and orderers of ins01
-    named ``orderers`` (fakes answer for them by name)."""
+    named ``orderers`` (fakes answer for them by name), which its configuration lists as its
+    orderer nodes (the majority an orderer's blocks need is of those: follow.orderers_needed)."""
     net = load_network(home)
     ins01 = next(o for o in net.orderers if o.name == "orderer.ins01")
+    config = config_pb2.ConsortiumConfig()
+    config.CopyFrom(net.config)
+    if orderers:
+        node = config.orderers[0]
+        del config.orderers[:]
+        for raft_id, name in enumerate(dict.fromkeys(orderers), 1):
+            config.orderers.add().CopyFrom(node)
+            config.orderers[-1].name, config.orderers[-1].raft_id = name, raft_id
     return dataclasses.replace(net, peers=tuple(p for org in peers for p in net.peers if p.org == org),
-                               orderers=tuple(dataclasses.replace(ins01, name=n) for n in orderers))
+                               orderers=tuple(dataclasses.replace(ins01, name=n) for n in orderers), config=config)
 
 
 def _follow(home: Path, net: NetworkInfo, world: _World, monkeypatch: pytest.MonkeyPatch,
@@ -163,8 +172,7 @@ def test_an_orderers_extension_with_a_minority_is_refused_orderers_disagree(
     other = _plain_block(rotated.home, 1, genesis)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation], "orderer.b": [genesis, other],
                               "orderer.c": [genesis, other]})
-    net = _net(rotated.home, (), ("orderer.a",))
-    net = dataclasses.replace(net, orderers=net.orderers + _net(rotated.home, (), ("orderer.b", "orderer.c")).orderers)
+    net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))
     monkeypatch.setattr(follow, "FOLLOW_ORDERERS", 1)  # (a alone is asked as a source)
     with pytest.raises(RxClientError) as e:
         _follow(rotated.home, net, world, monkeypatch)
@@ -248,7 +256,9 @@ def test_a_chain_file_of_a_newer_release_is_refused_not_dropped(rotated: Rotated
     """config-chain.json saved by a newer release (a later format; a config of a later protocol
     version this release cannot build an MSP from) was taken for a torn file: 'verifies nothing',
     and the session pinned the genesis CAs (perhaps rotated away from). It is refused
-    PROTOCOL_UNSUPPORTED -- a new session, a follow, a config command -- and the file is kept."""
+    PROTOCOL_UNSUPPORTED -- a new session, a follow, a config command -- and the file is kept.
+    The same file may be a damaged or edited one no newer release wrote: the advice was only to
+    install a newer release (none exists for it); it also says to remove the file then."""
     state = rotated.home / configtool.CHAIN_STATE
     _newer(state, case)
     before = state.read_bytes()
@@ -256,6 +266,8 @@ def test_a_chain_file_of_a_newer_release_is_refused_not_dropped(rotated: Rotated
     with pytest.raises(RxClientError) as e:
         configtool.ChainConfig(genesis, Verifier(), state)
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
+    assert "install a release" in e.value.message
+    assert f"if no newer release wrote it (the file was damaged or edited), remove {state}" in e.value.message
     with pytest.raises(RxClientError) as e:
         Session(rotated.home, "h01:dr-jiang")
     assert e.value.reason == "PROTOCOL_UNSUPPORTED"
