@@ -464,7 +464,8 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     balance and this and earlier years' deductible and cap counters are hers; the new
     insurer's policy applies to dispenses from the move on. The previous insurer's claims stay
     its own and can no longer be reversed (ACCOUNT_TRANSFERRED): the refund would land in an
-    account it no longer holds."""
+    account it no longer holds -- but for one it settles late under this move, within its
+    LATE_SETTLE_WINDOW_MS (``reverse``)."""
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         ctx.fail("WRONG_ROLE", "a clerk or admin of the receiving insurer accepts a transfer")
@@ -615,20 +616,27 @@ def _per_code(lines: list) -> list:
     return out
 
 
-def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> None:
+def _latest_move_away(acct: dict, insurer: str) -> dict:
+    """The latest move on record of her account away from ``insurer``, or None."""
+    moves = acct.get("transfers", [])
+    i = len(moves) - 1
+    while i >= 0 and moves[i]["from"] != insurer:
+        i = i - 1
+    if i < 0:
+        return None
+    return moves[i]
+
+
+def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> dict:
     """A fill the insurer of its issue settles after her account moved away from it: one the
     latest move away from it left unsettled (listed in the move's ``unsettled``, or -- the list
     full -- dispensed over UNSETTLED_WINDOW_MS before it), within LATE_SETTLE_WINDOW_MS of that
     move's time (ACCOUNT_TRANSFERRED, SETTLE_WINDOW_CLOSED). A settle, or its preview, shows the
     figures of an account that insurer no longer holds (balance, deductible and cap left), which
-    patient_status refuses it: for that window only."""
-    moves = acct.get("transfers", [])
-    i = len(moves) - 1
-    while i >= 0 and moves[i]["from"] != rx["insurer"]:
-        i = i - 1
+    patient_status refuses it: for that window only. Returns the move."""
+    m = _latest_move_away(acct, rx["insurer"])
     move = None
-    if i >= 0:
-        m = moves[i]
+    if m is not None:
         listed = m.get("unsettled", [])
         for u in listed:
             if u["rx_id"] == rx["rx_id"] and u["fill"] == fill:
@@ -643,6 +651,7 @@ def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) ->
         ctx.fail("SETTLE_WINDOW_CLOSED", "fill " + str(fill) + " was left unsettled when her account "
                  "moved (" + str(move["ms"]) + " ms): its insurer settles it within 30 days of the "
                  "move, no later (it is settled between the insurers off the ledger)")
+    return move
 
 
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
@@ -679,8 +688,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
     if disp is None:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
+    late = None
     if acct["insurer"] != c.org:
-        _late_settle(ctx, acct, rx, fill, disp["time_ms"])
+        late = _late_settle(ctx, acct, rx, fill, disp["time_ms"])
     # the date of service: its prices, policy version and benefit year (never the settling tx's)
     served = disp["time_ms"]
     claim = ctx.transient("claim")
@@ -766,6 +776,10 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         "balance_after_fen",
     ):
         rec[k] = r[k]
+    if late is not None:
+        # settled after her account moved away, under that move: reversed within its window
+        rec["late_move_tx_id"] = late["tx_id"]
+        rec["late_move_ms"] = late["ms"]
     ctx.put("claim/" + claim_id, rec)
     ctx.put("claimed/" + rx_id + "/" + fill3, {"active": claim_id, "count": count + 1})
     index = "rxclaim/" + rx_id + "/" + fill3 + "/" + str(count + 1).zfill(3)
@@ -776,7 +790,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
 
 def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict:
     """Reverse a settled claim (clerk of the same insurer): restores exactly the counters
-    of the claim's year and the account balance; the fill may then be claimed again.
+    of the claim's year and the account balance; the fill may then be claimed again. After
+    her account moved away (ACCOUNT_TRANSFERRED) only a claim settled late under the latest
+    move away from the insurer, within that move's 30 days (SETTLE_WINDOW_CLOSED after).
 
     ``reason`` is a code of REVERSAL_REASONS; ``note_ct`` an optional client-encrypted note
     (base64 AES-GCM ciphertext under the prescription's claim key)."""
@@ -804,11 +820,21 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " of " + c.org)
     if rec["status"] != "SETTLED":
         ctx.fail("ALREADY_REVERSED", "the claim was already reversed")
-    if _account(ctx, rec["patient"])["insurer"] != c.org:
+    acct = _account(ctx, rec["patient"])
+    if acct["insurer"] != c.org:
         # her account moved to another insurer: the fill would reopen with nobody to settle it
         # (the claim key is this insurer's), and the refund would land in an account it no
-        # longer holds -- a correction is between the insurers, off the ledger
-        ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
+        # longer holds -- a correction is between the insurers, off the ledger. Except a claim
+        # it settled after the latest move away from it, under that move (late_move_tx_id):
+        # within that move's LATE_SETTLE_WINDOW_MS it still settles the fill again, so it
+        # reverses it, the money going back to her account as it came
+        move = _latest_move_away(acct, c.org)
+        if move is None or rec.get("late_move_tx_id", "") != move["tx_id"]:
+            ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
+        if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:
+            ctx.fail("SETTLE_WINDOW_CLOSED", "claim " + claim_id + " was settled after her account "
+                     "moved (" + str(move["ms"]) + " ms): its insurer reverses it within 30 days of "
+                     "the move, no later (it is corrected between the insurers off the ledger)")
     key = "ctr/" + rec["patient"] + "/" + str(rec["year"])
     ctr = ctx.get(key)
     ctr["deductible_used_fen"] = ctr["deductible_used_fen"] - rec["deductible_fen"]
