@@ -67,8 +67,8 @@ MAX_CLOCK_SKEW_MS = DAY_MS
 SKEW_MARGIN_MS = 2 * MAX_CLOCK_SKEW_MS
 # a formulary entry's or a policy's first version stamped at most this after a dispense was in
 # force at it: the entry (policy) existed when the dispense committed -- issue and dispense check
-# the formulary, a move takes a policy in force --, so its stamp is at most two skews past the
-# dispense's (each at most one skew from its block's)
+# the formulary, opening an account and a move take a policy in force --, so its stamp is at
+# most two skews past the dispense's (each at most one skew from its block's)
 FIRST_VERSION_WINDOW_MS = 2 * MAX_CLOCK_SKEW_MS
 VERSION_PAGE = 64  # versions read a page (the oldest in the window: then halving, ~28 reads)
 # a dispensed fill its insurer leaves unsettled (never settled, or reversed) for more than this
@@ -136,14 +136,11 @@ def _rhu_bp(amount: int, bp: int) -> int:
     return (2 * amount * bp + 10000) // 20000
 
 
-def _first_in_window(ctx: Context, prefix: str, at_ms: int) -> dict:
-    """The oldest registry version under ``prefix`` (keys ``{prefix}{9999999999999 - ms, 13
-    digits}``) stamped in (``at_ms``, ``at_ms`` + FIRST_VERSION_WINDOW_MS], or None. Bounded:
-    one page of VERSION_PAGE versions; a full page, then the rest of the window halved per
-    read of one row (the largest key below ``hi``: about 28 reads for a 2-day window)."""
-    hi = MAX_INV - at_ms  # exclusive: a version at or before at_ms has an inv of hi or more
-    lo = max(0, hi - FIRST_VERSION_WINDOW_MS)
-    if hi <= 0:
+def _largest_below(ctx: Context, prefix: str, lo: int, hi: int) -> list:
+    """The row with the largest key under ``prefix`` in [``lo``, ``hi``) (13-digit keys), or
+    None. Bounded: one page of VERSION_PAGE rows; a full page, then the rest of the range
+    halved per read of one row (about log2(hi - lo) reads)."""
+    if hi <= lo:
         return None
     page = ctx.range_from("registry", prefix + str(lo).zfill(13), prefix + str(hi).zfill(13),
                           VERSION_PAGE)
@@ -151,7 +148,7 @@ def _first_in_window(ctx: Context, prefix: str, at_ms: int) -> dict:
         return None
     best = page[len(page) - 1]
     if len(page) == VERSION_PAGE:
-        # more may follow: the oldest is the largest key in [a, hi), else ``best``
+        # more may follow: the largest is the largest key in [a, hi), else ``best``
         a = int(best[0][len(prefix):]) + 1
         while a < hi:
             mid = (a + hi) // 2
@@ -162,14 +159,25 @@ def _first_in_window(ctx: Context, prefix: str, at_ms: int) -> dict:
                 a = int(found[0][0][len(prefix):]) + 1
             else:
                 hi = mid
+    return best
+
+
+def _first_in_window(ctx: Context, prefix: str, at_ms: int) -> dict:
+    """The oldest registry version under ``prefix`` (keys ``{prefix}{9999999999999 - ms, 13
+    digits}``) stamped in (``at_ms``, ``at_ms`` + FIRST_VERSION_WINDOW_MS], or None (the
+    largest key of the window: about 28 reads for a 2-day window beyond a page)."""
+    hi = MAX_INV - at_ms  # exclusive: a version at or before at_ms has an inv of hi or more
+    best = _largest_below(ctx, prefix, max(0, hi - FIRST_VERSION_WINDOW_MS), hi)
+    if best is None:
+        return None
     return best[1]
 
 
 def _policy(ctx: Context, insurer: str, at_ms: int, when: str = "") -> dict:
     """The version of ``insurer``'s policy in force at ``at_ms`` (NO_POLICY, naming ``when``).
     With ``when`` (a dispense's date of service), a first policy effective at most
-    FIRST_VERSION_WINDOW_MS after it covers it: the dispense's stamp is skewed (a move takes a
-    policy in force); one later had no policy then (NO_POLICY)."""
+    FIRST_VERSION_WINDOW_MS after it covers it: the dispense's stamp is skewed (opening an
+    account and a move take a policy in force); one later had no policy then (NO_POLICY)."""
     inv = str(MAX_INV - at_ms).zfill(13)
     prefix = "policy/" + insurer + "/"
     found = ctx.range_from("registry", prefix + inv, prefix + "~", 1)
@@ -194,7 +202,9 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     when the dispense committed (issue and dispense check the formulary), the dispense's stamp
     is skewed. One whose versions all lie further on existed before its first version: an entry
     from before versions were kept, updated by the registry that introduced them, which kept no
-    copy of it (ms 0) -- read as it is, as before (the entry it was then is not on record)."""
+    copy of it (ms 0) -- priced by its oldest version on record (the entry it was then is not on
+    record; the entry as it is at the settle let its owner re-price the claim). Only an entry
+    without any version is read as it is."""
     inv = str(MAX_INV - at_ms).zfill(13)
     if own_prices:
         own = "pricever/" + insurer + "/" + code + "/"
@@ -208,6 +218,12 @@ def _drug(ctx: Context, code: str, at_ms: int, insurer: str, own_prices: bool) -
     first = _first_in_window(ctx, prefix, at_ms)
     if first is not None:
         return first
+    # (no version up to the window's end: every one lies further on) the oldest on record, the
+    # entry as it was first kept -- the entry as it is at the settle let its owner re-price
+    # the claim by updating it
+    oldest = _largest_below(ctx, prefix, 0, max(0, MAX_INV - at_ms - FIRST_VERSION_WINDOW_MS))
+    if oldest is not None:
+        return oldest[1]
     rec = ctx.get_from("registry", "drug/" + code)
     if rec is None:
         ctx.fail("UNKNOWN_DRUG", "drug " + code + " is not in the formulary")
@@ -242,8 +258,8 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
     ``balance_fen`` is the opening personal-account balance; ``deductible_used_fen`` and the
     transient ``cap_used_by_disease`` ({ICD-10: fen}, with transient ``dx_key``: no ICD-10
     code reaches a block or the state) seed the counters of ``year`` (0 = this year; not in
-    the future). An account is opened once; afterwards only claims and reversals move the
-    money."""
+    the future). The insurer needs a policy in force (NO_POLICY). An account is opened once;
+    afterwards only claims and reversals move the money."""
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         ctx.fail("WRONG_ROLE", "only an insurer clerk or admin opens an account")
@@ -260,6 +276,11 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
     old = ctx.get("acct/" + pseudonym)
     if old is not None:
         ctx.fail("ACCOUNT_EXISTS", "the account is held by " + old["insurer"])
+    # an insurer with a policy in force (NO_POLICY), as accept_transfer: every dispense of a
+    # prescription it insures then follows a policy of its own -- one written later covers a
+    # dispense stamped before it by the clock skew only (FIRST_VERSION_WINDOW_MS), never one
+    # the insurer saw before writing its first policy
+    _policy(ctx, c.org, ctx.timestamp_ms)
     seeds = ctx.transient("cap_used_by_disease")
     if seeds is None:
         seeds = {}
@@ -443,7 +464,8 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     balance and this and earlier years' deductible and cap counters are hers; the new
     insurer's policy applies to dispenses from the move on. The previous insurer's claims stay
     its own and can no longer be reversed (ACCOUNT_TRANSFERRED): the refund would land in an
-    account it no longer holds."""
+    account it no longer holds -- but for one it settles late under this move, within its
+    LATE_SETTLE_WINDOW_MS (``reverse``)."""
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         ctx.fail("WRONG_ROLE", "a clerk or admin of the receiving insurer accepts a transfer")
@@ -594,20 +616,27 @@ def _per_code(lines: list) -> list:
     return out
 
 
-def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> None:
+def _latest_move_away(acct: dict, insurer: str) -> dict:
+    """The latest move on record of her account away from ``insurer``, or None."""
+    moves = acct.get("transfers", [])
+    i = len(moves) - 1
+    while i >= 0 and moves[i]["from"] != insurer:
+        i = i - 1
+    if i < 0:
+        return None
+    return moves[i]
+
+
+def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> dict:
     """A fill the insurer of its issue settles after her account moved away from it: one the
     latest move away from it left unsettled (listed in the move's ``unsettled``, or -- the list
     full -- dispensed over UNSETTLED_WINDOW_MS before it), within LATE_SETTLE_WINDOW_MS of that
     move's time (ACCOUNT_TRANSFERRED, SETTLE_WINDOW_CLOSED). A settle, or its preview, shows the
     figures of an account that insurer no longer holds (balance, deductible and cap left), which
-    patient_status refuses it: for that window only."""
-    moves = acct.get("transfers", [])
-    i = len(moves) - 1
-    while i >= 0 and moves[i]["from"] != rx["insurer"]:
-        i = i - 1
+    patient_status refuses it: for that window only. Returns the move."""
+    m = _latest_move_away(acct, rx["insurer"])
     move = None
-    if i >= 0:
-        m = moves[i]
+    if m is not None:
         listed = m.get("unsettled", [])
         for u in listed:
             if u["rx_id"] == rx["rx_id"] and u["fill"] == fill:
@@ -622,6 +651,7 @@ def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) ->
         ctx.fail("SETTLE_WINDOW_CLOSED", "fill " + str(fill) + " was left unsettled when her account "
                  "moved (" + str(move["ms"]) + " ms): its insurer settles it within 30 days of the "
                  "move, no later (it is settled between the insurers off the ledger)")
+    return move
 
 
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
@@ -658,8 +688,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     disp = ctx.get_from("prescription", "disp/" + rx_id + "/" + fill3)
     if disp is None:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
+    late = None
     if acct["insurer"] != c.org:
-        _late_settle(ctx, acct, rx, fill, disp["time_ms"])
+        late = _late_settle(ctx, acct, rx, fill, disp["time_ms"])
     # the date of service: its prices, policy version and benefit year (never the settling tx's)
     served = disp["time_ms"]
     claim = ctx.transient("claim")
@@ -745,6 +776,10 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         "balance_after_fen",
     ):
         rec[k] = r[k]
+    if late is not None:
+        # settled after her account moved away, under that move: reversed within its window
+        rec["late_move_tx_id"] = late["tx_id"]
+        rec["late_move_ms"] = late["ms"]
     ctx.put("claim/" + claim_id, rec)
     ctx.put("claimed/" + rx_id + "/" + fill3, {"active": claim_id, "count": count + 1})
     index = "rxclaim/" + rx_id + "/" + fill3 + "/" + str(count + 1).zfill(3)
@@ -755,7 +790,9 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
 
 def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict:
     """Reverse a settled claim (clerk of the same insurer): restores exactly the counters
-    of the claim's year and the account balance; the fill may then be claimed again.
+    of the claim's year and the account balance; the fill may then be claimed again. After
+    her account moved away (ACCOUNT_TRANSFERRED) only a claim settled late under the latest
+    move away from the insurer, within that move's 30 days (SETTLE_WINDOW_CLOSED after).
 
     ``reason`` is a code of REVERSAL_REASONS; ``note_ct`` an optional client-encrypted note
     (base64 AES-GCM ciphertext under the prescription's claim key)."""
@@ -783,11 +820,21 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         ctx.fail("CLAIM_NOT_FOUND", "no claim " + claim_id + " of " + c.org)
     if rec["status"] != "SETTLED":
         ctx.fail("ALREADY_REVERSED", "the claim was already reversed")
-    if _account(ctx, rec["patient"])["insurer"] != c.org:
+    acct = _account(ctx, rec["patient"])
+    if acct["insurer"] != c.org:
         # her account moved to another insurer: the fill would reopen with nobody to settle it
         # (the claim key is this insurer's), and the refund would land in an account it no
-        # longer holds -- a correction is between the insurers, off the ledger
-        ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
+        # longer holds -- a correction is between the insurers, off the ledger. Except a claim
+        # it settled after the latest move away from it, under that move (late_move_tx_id):
+        # within that move's LATE_SETTLE_WINDOW_MS it still settles the fill again, so it
+        # reverses it, the money going back to her account as it came
+        move = _latest_move_away(acct, c.org)
+        if move is None or rec.get("late_move_tx_id", "") != move["tx_id"]:
+            ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
+        if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:
+            ctx.fail("SETTLE_WINDOW_CLOSED", "claim " + claim_id + " was settled after her account "
+                     "moved (" + str(move["ms"]) + " ms): its insurer reverses it within 30 days of "
+                     "the move, no later (it is corrected between the insurers off the ledger)")
     key = "ctr/" + rec["patient"] + "/" + str(rec["year"])
     ctr = ctx.get(key)
     ctr["deductible_used_fen"] = ctr["deductible_used_fen"] - rec["deductible_fen"]

@@ -242,6 +242,10 @@ def test_money_and_insurer_are_not_set_by_the_hospital(world: World) -> None:
     assert world.open_account(pt, year=2099).reason == "BAD_ARGUMENTS"
     assert world.open_account(pt, account_balance_fen=-1).reason == "BAD_ARGUMENTS"
     assert world.open_account(pt, cap_used_by_disease={"I10": "x"}).reason == "BAD_TRANSIENT"
+    # an insurer without a policy in force opens none (settle5)
+    assert world.open_account(pt, caller=who("ins02:clerk-lu:clerk")).reason == "NO_POLICY"
+    world.set_policy({**world.sample["policies"][0], "insurer": "ins02"}, 0).unwrap()
+    world.chain.advance(1)
     opened = world.open_account(pt, caller=who("ins02:clerk-lu:clerk")).unwrap()
     assert opened["insurer"] == "ins02"
     assert world.open_account(pt).reason == "ACCOUNT_EXISTS"  # once, by one insurer

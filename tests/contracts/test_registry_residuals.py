@@ -318,6 +318,8 @@ def test_an_insurer_reads_an_enrolment_only_when_it_insures_her(world: World) ->
     for caller in (CLERK, admin("ins01"), CLERK2, admin("ins02")):
         assert read(world, caller, pid) == outsider, caller
     assert read(world, admin("h01"), pid) == ("OK", "")
+    world.set_policy(INS02_POLICY, 0).unwrap()  # an insurer opens accounts with a policy in force
+    world.chain.advance(1)
     assert world.open_account(pt, caller=CLERK2).ok  # no enrolment read first
     assert read(world, CLERK2, pid) == ("OK", "")
     assert read(world, admin("ins02"), pid) == ("OK", "")
