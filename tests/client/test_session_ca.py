@@ -11,7 +11,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,15 @@ def test_a_peer_behind_the_verified_chain_rolls_back_no_ca(rotated: Rotated, mon
     assert _health_once(rotated) == "OK"
 
 
+def _delivered(blocks: list[block_pb2.Block],
+               request: services_pb2.DeliverRequest) -> Iterator[services_pb2.DeliverResponse]:
+    """The blocks of ``blocks`` (a whole chain) ``request`` asks for, from its start block to its
+    stop block (none: the last), one response each."""
+    stop = request.stop_block or len(blocks) - 1
+    for block in blocks[request.start_block:stop + 1]:
+        yield services_pb2.DeliverResponse(block=block)
+
+
 class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServicer):
     """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
 
@@ -199,20 +208,18 @@ class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServic
 
     def Deliver(self, request: services_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
-        stop = request.stop_block or len(self.blocks) - 1
-        for block in self.blocks[request.start_block:stop + 1]:
-            yield services_pb2.DeliverResponse(block=block)
+        yield from _delivered(self.blocks, request)
 
 
 @contextlib.contextmanager
-def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer | None = None) -> Iterator[int]:
-    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+def _tls_serving(home: Path, node: str, servicer: Any,
+                 *adders: Callable[[Any, grpc.Server], None]) -> Iterator[int]:
+    """``servicer``, added to the server by each of ``adders``, with the generated TLS material of
     ``node`` (its genesis CA), on a local port."""
     d = home / "nodes" / node
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    peer = peer or _Peer(blocks)
-    services_pb2_grpc.add_AdminServicer_to_server(peer, srv)
-    services_pb2_grpc.add_PeerDeliverServicer_to_server(peer, srv)
+    for add in adders:
+        add(servicer, srv)
     port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
                                                                      d / "ca-bundle.pem"))
     srv.start()
@@ -220,6 +227,14 @@ def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer |
         yield port
     finally:
         srv.stop(None)
+
+
+def _serving(home: Path, node: str, blocks: list[block_pb2.Block],
+             peer: _Peer | None = None) -> contextlib.AbstractContextManager[int]:
+    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+    ``node`` (its genesis CA), on a local port."""
+    return _tls_serving(home, node, peer or _Peer(blocks), services_pb2_grpc.add_AdminServicer_to_server,
+                        services_pb2_grpc.add_PeerDeliverServicer_to_server)
 
 
 def _plain_block(home: Path, number: int, previous: block_pb2.Block,
@@ -674,26 +689,14 @@ class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcas
 
     def Deliver(self, request: services_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
-        stop = request.stop_block or len(self.blocks) - 1
-        for block in self.blocks[request.start_block:stop + 1]:
-            yield services_pb2.DeliverResponse(block=block)
+        yield from _delivered(self.blocks, request)
         yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
 
 
-@contextlib.contextmanager
-def _ordering(home: Path, orderer: _Orderer) -> Iterator[int]:
+def _ordering(home: Path, orderer: _Orderer) -> contextlib.AbstractContextManager[int]:
     """``orderer`` with the generated TLS material of orderer.ins01, on a local port."""
-    d = home / "nodes" / "orderer.ins01"
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    services_pb2_grpc.add_AdminServicer_to_server(orderer, srv)
-    services_pb2_grpc.add_AtomicBroadcastServicer_to_server(orderer, srv)
-    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
-                                                                     d / "ca-bundle.pem"))
-    srv.start()
-    try:
-        yield port
-    finally:
-        srv.stop(None)
+    return _tls_serving(home, "orderer.ins01", orderer, services_pb2_grpc.add_AdminServicer_to_server,
+                        services_pb2_grpc.add_AtomicBroadcastServicer_to_server)
 
 
 @pytest.mark.parametrize("served", ["rotation", "forged"])
