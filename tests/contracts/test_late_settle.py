@@ -18,7 +18,7 @@ from tests.contracts.chain import DAY_MS, admin
 from tests.contracts.flows import CLERK, CLERK2, WANG, dispense, settle
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import call, dispensed, issued, status, with_ins02, zhang
-from tests.contracts.test_second_review import _drug_args, _forget_drug_versions
+from tests.contracts.test_settle_review5 import _legacy_dispensed_then_updated
 from tests.contracts.test_unsettled_moves import CLERK3, INS03_POLICY, NEW_CODE, WINDOW_MS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,15 +84,7 @@ def test_an_entry_from_before_versions_updated_without_a_copy_is_read_as_it_is(w
     them, which kept no copy of it as the version of ms 0: a dispense before that update has no
     version at or before it and none within two skews, yet the entry was in the formulary (the
     issue checked it). It was refused UNKNOWN_DRUG; it is read as it is, as before settle3."""
-    _forget_drug_versions(world)
-    prep = dispensed(world)
-    world.chain.advance(10 * DAY_MS)
-    cheap = _drug_args(world, "amlodipine", price_fen=100, standard_fen=100)
-    world.chain.submit("registry", "set_drug", admin("ins01"), **cheap).unwrap()
-    ms0 = ("registry", "drugver/" + cheap["code"] + "/9999999999999")
-    assert ms0 in world.chain.state.values
-    del world.chain.state.values[ms0]  # that registry wrote no ms-0 copy
-    world.chain.advance(DAY_MS)
+    prep = _legacy_dispensed_then_updated(world)
     claim = settle(world, prep, clerk=CLERK).unwrap()
     assert claim["medfee_fen"] == 2 * 100 + 2 * 2500 + 1000
 
