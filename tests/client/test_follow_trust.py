@@ -121,15 +121,15 @@ def _orderers_block(block: block_pb2.Block) -> block_pb2.Block:
     return out
 
 
-def _unsaved_chain_of_three(rotated: Rotated) -> tuple[Path, block_pb2.Block, block_pb2.Block, block_pb2.Block]:
+def _unsaved_chain_of_three(rot: Rotated) -> tuple[Path, block_pb2.Block, block_pb2.Block, block_pb2.Block]:
     """The home's saved chain (config-chain.json) removed, and a chain of three blocks as an
     orderer serves them: genesis, h01's CA rotation, a plain block 2 after it -- (the removed
     state file, the three blocks)."""
-    state = rotated.home / configtool.CHAIN_STATE
+    state = rot.home / configtool.CHAIN_STATE
     state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
-    two = _plain_block(rotated.home, 2, rotation)
+    genesis = read_genesis(rot.home / "genesis.block")
+    rotation = _orderers_block(_rotation_block(rot.home, genesis, rot.ca_der))
+    two = _plain_block(rot.home, 2, rotation)
     two.metadata.last_config_block = 1
     return state, genesis, rotation, two
 

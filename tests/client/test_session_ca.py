@@ -505,11 +505,11 @@ def test_a_shorter_chain_saved_later_rolls_back_no_ca(rotated: Rotated) -> None:
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
 
 
-def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
-    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
-    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
-    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
-    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+def _resumed_and_block_two(rotated: Rotated,
+                           last_config_block: int) -> tuple[Path, configtool.ChainConfig, block_pb2.Block]:
+    """The chain the home saved (blocks 0-1, the rotation) resumed, and a block 2 after it signed
+    by orderer.ins01 naming ``last_config_block`` its config block: (the state file, the chain,
+    block 2)."""
     state = rotated.home / configtool.CHAIN_STATE
     genesis = read_genesis(rotated.home / "genesis.block")
     chain = configtool.ChainConfig(genesis, Verifier(), state)
@@ -517,7 +517,16 @@ def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotat
     # (block 2 links to the rotation block saved: the state holds its header hash only)
     two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
                      [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
-    two.metadata.last_config_block = 0
+    two.metadata.last_config_block = last_config_block
+    return state, chain, two
+
+
+def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
+    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
+    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
+    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
+    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+    state, chain, two = _resumed_and_block_two(rotated, 0)
     chain.feed(two)
     chain.save()
     assert json.loads(state.read_text())["height"] == 2
@@ -895,13 +904,7 @@ def test_a_chain_file_removed_meanwhile_is_not_saved_back(rotated: Rotated) -> N
     the sessions pinned by the old chain again. A chain resumed from the file saves nothing once
     that file is gone (or no longer its genesis block's): the next command or follow starts from
     what the operator left."""
-    state = rotated.home / configtool.CHAIN_STATE
-    genesis = read_genesis(rotated.home / "genesis.block")
-    chain = configtool.ChainConfig(genesis, Verifier(), state)
-    assert chain.resumed and chain.height == 2
-    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
-                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
-    two.metadata.last_config_block = 1
+    state, chain, two = _resumed_and_block_two(rotated, 1)
     chain.feed(two)
     state.unlink()  # (the operator's remedy, meanwhile)
     chain.save()

@@ -18,7 +18,7 @@ from tests.contracts.chain import DAY_MS, admin
 from tests.contracts.flows import CLERK, CLERK2, WANG, dispense, settle
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import call, dispensed, issued, status, with_ins02, zhang
-from tests.contracts.test_settle_review5 import _legacy_dispensed_then_updated
+from tests.contracts.test_second_review import _drug_args, _forget_drug_versions
 from tests.contracts.test_unsettled_moves import CLERK3, INS03_POLICY, NEW_CODE, WINDOW_MS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +77,21 @@ def test_the_oldest_of_many_versions_in_the_window_prices_it(world: World) -> No
     out = settle(world, prep, clerk=CLERK)
     assert out.unwrap()["medfee_fen"] == 3000, out
     assert out.gas < 60_000, out.gas  # one page of 64 and ~28 one-row reads
+
+
+def _legacy_dispensed_then_updated(world: World) -> Any:
+    """A dispense priced by an entry from before versions were kept; the entry updated 10 days
+    on by a registry that kept no ms-0 copy of it (price 1.00 a box)."""
+    _forget_drug_versions(world)
+    prep = dispensed(world)
+    world.chain.advance(10 * DAY_MS)
+    cheap = _drug_args(world, "amlodipine", price_fen=100, standard_fen=100)
+    world.chain.submit("registry", "set_drug", admin("ins01"), **cheap).unwrap()
+    ms0 = ("registry", "drugver/" + cheap["code"] + "/9999999999999")
+    assert ms0 in world.chain.state.values
+    del world.chain.state.values[ms0]  # that registry wrote no ms-0 copy
+    world.chain.advance(DAY_MS)
+    return prep
 
 
 def test_an_entry_from_before_versions_updated_without_a_copy_is_read_as_it_is(world: World) -> None:
