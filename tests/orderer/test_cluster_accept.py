@@ -12,6 +12,7 @@ orderer left its idle gRPC workers behind."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -94,12 +95,6 @@ class _Served:
         self.sweeper.close()
         self.blocks.close()
 
-    def __enter__(self) -> _Served:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _at_version(config: config_pb2.ConsortiumConfig, version: int) -> config_pb2.ConsortiumConfig:
     """A copy of ``config`` putting protocol ``version`` in force."""
@@ -124,7 +119,7 @@ def test_a_new_cluster_stream_of_an_orderer_the_sweeper_refuses_is_refused_at_on
     next sweep."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     caps = ClusterCaps(total=4, per_orderer=2)
-    with _Served(net, tmp_path, caps) as served:
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
         old = served.open(method=method)
         assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
         served.now[0] += YEARS_200_MS
@@ -143,7 +138,7 @@ def test_an_admitted_orderers_new_stream_is_admitted(net: Any, tmp_path: Path) -
     """The check at accept refuses no more than the sweeper: within its certificates' validity
     ins02 and ins03 get their streams (ins02's third replacing its oldest)."""
     caps = ClusterCaps(total=6, per_orderer=2)
-    with _Served(net, tmp_path, caps) as served:
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
         for name, held in (("orderer.ins02", (1, 0)), ("orderer.ins03", (1, 1)), ("orderer.ins02", (2, 1))):
             served.open(name)
             assert wait_until(lambda held=held: (caps.held(2), caps.held(3)) == held, WAIT_S)
@@ -163,7 +158,7 @@ def test_a_replaced_cluster_stream_ends_with_its_reason(
     nothing), the new one runs. Before, the old one was cancelled: its caller saw CANCELLED."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     caps = ClusterCaps(total=4, per_orderer=1)
-    with _Served(net, tmp_path, caps) as served:
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
         old = served.open(method=method)
         assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
         new = served.open(method=method)
@@ -271,7 +266,8 @@ def test_an_orderer_version_1_keeps_with_its_certificate_revoked_keeps_its_raft_
     keeps an orderer it revokes. Before, its Step stream was refused REVOKED_CERT at either
     version."""
     caps = ClusterCaps(total=6, per_orderer=2)
-    with _Served(net, tmp_path, caps, config=_revoking(net, tmp_path, "orderer.ins02", version)) as served:
+    config = _revoking(net, tmp_path, "orderer.ins02", version)
+    with contextlib.closing(_Served(net, tmp_path, caps, config=config)) as served:
         step = served.open()
         forward = served.open(method="ForwardBatch")
         assert forward.ended(WAIT_S) == "PERMISSION_DENIED REVOKED_CERT"
