@@ -190,21 +190,32 @@ def _delivered(blocks: list[block_pb2.Block],
         yield services_pb2.DeliverResponse(block=block)
 
 
-class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServicer):
-    """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
+class _ChainNode(services_pb2_grpc.AdminServicer):
+    """A node ``NODE`` (its role ``ROLE``) holding ``blocks`` (its whole chain): its health, and
+    its height (its role in the Status answer: ``STATUS_ROLE``)."""
+
+    NODE = ""
+    ROLE = ""
+    STATUS_ROLE = ""
 
     def __init__(self, blocks: list[block_pb2.Block]) -> None:
         self.blocks = blocks
-        self.asked = 0  # Status calls (a follow asks each peer once)
+        self.asked = 0  # Status calls (a follow asks each node once)
 
     def Health(self, request: services_pb2.HealthRequest,
                context: grpc.ServicerContext) -> services_pb2.HealthResponse:
-        return services_pb2.HealthResponse(serving=True, node="peer", role="peer")
+        return services_pb2.HealthResponse(serving=True, node=self.NODE, role=self.ROLE)
 
     def Status(self, request: services_pb2.StatusRequest,
                context: grpc.ServicerContext) -> services_pb2.StatusResponse:
         self.asked += 1
-        return services_pb2.StatusResponse(node="peer", height=len(self.blocks))
+        return services_pb2.StatusResponse(node=self.NODE, role=self.STATUS_ROLE, height=len(self.blocks))
+
+
+class _Peer(_ChainNode, services_pb2_grpc.PeerDeliverServicer):
+    """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
+
+    NODE = ROLE = "peer"
 
     def Deliver(self, request: services_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
@@ -671,22 +682,12 @@ def test_a_closed_session_opens_no_channel_for_a_new_pin(rotated: Rotated) -> No
     assert s.gateway._channel is before and not s.gateway._old_channels
 
 
-class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcastServicer):
+class _Orderer(_ChainNode, services_pb2_grpc.AtomicBroadcastServicer):
     """An orderer serving ``blocks`` (its whole chain: no validation codes, as orderers store
     them) over ``AtomicBroadcast.Deliver``, and its height."""
 
-    def __init__(self, blocks: list[block_pb2.Block]) -> None:
-        self.blocks = blocks
-        self.asked = 0
-
-    def Health(self, request: services_pb2.HealthRequest,
-               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
-        return services_pb2.HealthResponse(serving=True, node="orderer.ins01", role="orderer")
-
-    def Status(self, request: services_pb2.StatusRequest,
-               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
-        self.asked += 1
-        return services_pb2.StatusResponse(node="orderer.ins01", role="orderer", height=len(self.blocks))
+    NODE = "orderer.ins01"
+    ROLE = STATUS_ROLE = "orderer"
 
     def Broadcast(self, request_iterator: Iterator[transaction_pb2.Envelope],
                   context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastResponse]:
