@@ -523,6 +523,27 @@ def _bars(holder: dict, reason: str) -> bool:
     return "revoked" in holder and holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
 
 
+def _registration_key(ctx: Context, org: str, name: str) -> str:
+    """The key of practitioner ``org``/``name``'s registration (with ``name`` "" the pharmacy
+    ``org``'s), for a regulator admin only, the ids checked (BAD_ARGUMENTS): revoke_registration
+    and reinstate_registration."""
+    _require_admin(ctx, ("regulator",))
+    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
+        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
+                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    if name == "":
+        return "pharmacy/" + org
+    return "prac/" + org + "/" + name
+
+
+def _registration(ctx: Context, rkey: str) -> dict:
+    """The registration at ``rkey`` (NOT_FOUND when there is none)."""
+    rec = ctx.get(rkey)
+    if rec is None:
+        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    return rec
+
+
 def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     """Revoke the registration of practitioner ``org``/``name`` (or with ``name`` "" the pharmacy
     ``org``): regulator admins only (the licensing authority), with a reason code from
@@ -537,18 +558,10 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
     under it at once, under another name). Idempotent: a revoked
     registration writes nothing (``changed`` false). Event ``registry.revoked``."""
-    _require_admin(ctx, ("regulator",))
-    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
-        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
-                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
+    rkey = _registration_key(ctx, org, name)
     if reason not in REVOCATION_REASONS:
         ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
-    rkey = "prac/" + org + "/" + name
-    if name == "":
-        rkey = "pharmacy/" + org
-    rec = ctx.get(rkey)
-    if rec is None:
-        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    rec = _registration(ctx, rkey)
     if "revoked" in rec:
         return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
     stamp = _stamp(ctx)
@@ -601,16 +614,8 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     holder's sites withdrawn by the revocation are authorised anew). Any other reason is final:
     REVOCATION_FINAL, nothing written. Idempotent: a registration not revoked writes nothing
     (``changed`` false). Event ``registry.reinstated``."""
-    _require_admin(ctx, ("regulator",))
-    if not _is_id(org, 64) or not isinstance(name, str) or (name != "" and not _is_id(name, 64)):
-        ctx.fail("BAD_ARGUMENTS", "org is an organisation id; name a practitioner's (1-64 chars of"
-                 " [A-Za-z0-9-_.]) or \"\" for the organisation's pharmacy registration")
-    rkey = "prac/" + org + "/" + name
-    if name == "":
-        rkey = "pharmacy/" + org
-    rec = ctx.get(rkey)
-    if rec is None:
-        ctx.fail("NOT_FOUND", "no registration " + rkey)
+    rkey = _registration_key(ctx, org, name)
+    rec = _registration(ctx, rkey)
     history = rec.get("reinstated", [])
     if "revoked" not in rec:
         last = history[-1] if history else None

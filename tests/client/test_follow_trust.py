@@ -121,6 +121,19 @@ def _orderers_block(block: block_pb2.Block) -> block_pb2.Block:
     return out
 
 
+def _unsaved_chain_of_three(rot: Rotated) -> tuple[Path, block_pb2.Block, block_pb2.Block, block_pb2.Block]:
+    """The home's saved chain (config-chain.json) removed, and a chain of three blocks as an
+    orderer serves them: genesis, h01's CA rotation, a plain block 2 after it -- (the removed
+    state file, the three blocks)."""
+    state = rot.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rot.home / "genesis.block")
+    rotation = _orderers_block(_rotation_block(rot.home, genesis, rot.ca_der))
+    two = _plain_block(rot.home, 2, rotation)
+    two.metadata.last_config_block = 1
+    return state, genesis, rotation, two
+
+
 # ------------------------------------------------------------ 1: an orderer's extension
 
 def test_one_orderer_extending_the_chain_with_a_proposal_never_committed_moves_nothing(
@@ -186,12 +199,7 @@ def test_an_orderers_stream_cut_short_keeps_the_prefix_a_majority_holds(
     """An orderer's stream cut after blocks 0-1 of its 3 (a long gap is followed over several
     follows, each within its share of the budget): the prefix it sent that the other orderer
     (2 of 2) holds is saved -- the next follow goes on from there -- and nothing past it."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
-    two = _plain_block(rotated.home, 2, rotation)
-    two.metadata.last_config_block = 1
+    state, genesis, rotation, two = _unsaved_chain_of_three(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation, two], "orderer.b": [genesis, rotation]},
                    cut={"orderer.a": 2})
     monkeypatch.setattr(follow, "FOLLOW_ORDERERS", 1)  # (a alone is asked as a source)

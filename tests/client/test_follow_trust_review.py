@@ -18,7 +18,16 @@ from client.session import verified_network
 from client.wallet import load_identity
 from node.crypto.signing import Verifier
 from node.genesis import read_genesis
-from tests.client.test_follow_trust import STALL, _Clock, _fake, _follow, _net, _orderers_block, _World
+from tests.client.test_follow_trust import (
+    STALL,
+    _Clock,
+    _fake,
+    _follow,
+    _net,
+    _orderers_block,
+    _unsaved_chain_of_three,
+    _World,
+)
 from tests.client.test_session_ca import Rotated, _plain_block, _rotation_block, rotated  # noqa: F401
 
 
@@ -52,12 +61,7 @@ def test_the_last_source_leaves_time_to_confirm_what_it_served(rotated: Rotated,
     prefix the stream delivered was dropped (ORDERERS_DISAGREE, "not asked"), and every follow
     alike -- a gap longer than one follow's time was never crossed. The last orderer's share
     leaves the agreement calls their time: the prefix the other orderer holds is saved."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
-    two = _plain_block(rotated.home, 2, rotation)
-    two.metadata.last_config_block = 1
+    state, genesis, rotation, two = _unsaved_chain_of_three(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation, two], "orderer.b": [genesis, rotation]})
     source = _fake(world)
 

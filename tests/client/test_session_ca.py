@@ -11,7 +11,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -181,38 +181,56 @@ def test_a_peer_behind_the_verified_chain_rolls_back_no_ca(rotated: Rotated, mon
     assert _health_once(rotated) == "OK"
 
 
-class _Peer(services_pb2_grpc.AdminServicer, services_pb2_grpc.PeerDeliverServicer):
-    """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
+def _delivered(blocks: list[block_pb2.Block],
+               request: services_pb2.DeliverRequest) -> Iterator[services_pb2.DeliverResponse]:
+    """The blocks of ``blocks`` (a whole chain) ``request`` asks for, from its start block to its
+    stop block (none: the last), one response each."""
+    stop = request.stop_block or len(blocks) - 1
+    for block in blocks[request.start_block:stop + 1]:
+        yield services_pb2.DeliverResponse(block=block)
+
+
+class _ChainNode(services_pb2_grpc.AdminServicer):
+    """A node ``NODE`` (its role ``ROLE``) holding ``blocks`` (its whole chain): its health, and
+    its height (its role in the Status answer: ``STATUS_ROLE``)."""
+
+    NODE = ""
+    ROLE = ""
+    STATUS_ROLE = ""
 
     def __init__(self, blocks: list[block_pb2.Block]) -> None:
         self.blocks = blocks
-        self.asked = 0  # Status calls (a follow asks each peer once)
+        self.asked = 0  # Status calls (a follow asks each node once)
 
     def Health(self, request: services_pb2.HealthRequest,
                context: grpc.ServicerContext) -> services_pb2.HealthResponse:
-        return services_pb2.HealthResponse(serving=True, node="peer", role="peer")
+        return services_pb2.HealthResponse(serving=True, node=self.NODE, role=self.ROLE)
 
     def Status(self, request: services_pb2.StatusRequest,
                context: grpc.ServicerContext) -> services_pb2.StatusResponse:
         self.asked += 1
-        return services_pb2.StatusResponse(node="peer", height=len(self.blocks))
+        return services_pb2.StatusResponse(node=self.NODE, role=self.STATUS_ROLE, height=len(self.blocks))
+
+
+class _Peer(_ChainNode, services_pb2_grpc.PeerDeliverServicer):
+    """A peer serving ``blocks`` (its whole chain) over Deliver, and its height."""
+
+    NODE = ROLE = "peer"
 
     def Deliver(self, request: services_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
-        stop = request.stop_block or len(self.blocks) - 1
-        for block in self.blocks[request.start_block:stop + 1]:
-            yield services_pb2.DeliverResponse(block=block)
+        yield from _delivered(self.blocks, request)
 
 
 @contextlib.contextmanager
-def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer | None = None) -> Iterator[int]:
-    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+def _tls_serving(home: Path, node: str, servicer: Any,
+                 *adders: Callable[[Any, grpc.Server], None]) -> Iterator[int]:
+    """``servicer``, added to the server by each of ``adders``, with the generated TLS material of
     ``node`` (its genesis CA), on a local port."""
     d = home / "nodes" / node
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    peer = peer or _Peer(blocks)
-    services_pb2_grpc.add_AdminServicer_to_server(peer, srv)
-    services_pb2_grpc.add_PeerDeliverServicer_to_server(peer, srv)
+    for add in adders:
+        add(servicer, srv)
     port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
                                                                      d / "ca-bundle.pem"))
     srv.start()
@@ -220,6 +238,14 @@ def _serving(home: Path, node: str, blocks: list[block_pb2.Block], peer: _Peer |
         yield port
     finally:
         srv.stop(None)
+
+
+def _serving(home: Path, node: str, blocks: list[block_pb2.Block],
+             peer: _Peer | None = None) -> contextlib.AbstractContextManager[int]:
+    """A :class:`_Peer` (``peer``, else one serving ``blocks``) with the generated TLS material of
+    ``node`` (its genesis CA), on a local port."""
+    return _tls_serving(home, node, peer or _Peer(blocks), services_pb2_grpc.add_AdminServicer_to_server,
+                        services_pb2_grpc.add_PeerDeliverServicer_to_server)
 
 
 def _plain_block(home: Path, number: int, previous: block_pb2.Block,
@@ -490,11 +516,11 @@ def test_a_shorter_chain_saved_later_rolls_back_no_ca(rotated: Rotated) -> None:
     assert verified_network(rotated.home, load_network(rotated.home)).config.sequence == 1
 
 
-def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
-    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
-    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
-    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
-    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+def _resumed_and_block_two(rotated: Rotated,
+                           last_config_block: int) -> tuple[Path, configtool.ChainConfig, block_pb2.Block]:
+    """The chain the home saved (blocks 0-1, the rotation) resumed, and a block 2 after it signed
+    by orderer.ins01 naming ``last_config_block`` its config block: (the state file, the chain,
+    block 2)."""
     state = rotated.home / configtool.CHAIN_STATE
     genesis = read_genesis(rotated.home / "genesis.block")
     chain = configtool.ChainConfig(genesis, Verifier(), state)
@@ -502,7 +528,16 @@ def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotat
     # (block 2 links to the rotation block saved: the state holds its header hash only)
     two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
                      [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
-    two.metadata.last_config_block = 0
+    two.metadata.last_config_block = last_config_block
+    return state, chain, two
+
+
+def test_a_peer_naming_another_config_block_does_not_spoil_the_saved_chain(rotated: Rotated) -> None:
+    """A peer serves block 2 naming block 0 as holding the config in force (its pointer: metadata
+    no orderer signs). The chain verified went on to block 2 with the rotation of block 1 in force
+    and was saved with the peer's pointer -- a state that no longer resumes (its pointer is not its
+    config block), so every session fell back to the genesis CAs. Such a state is not saved."""
+    state, chain, two = _resumed_and_block_two(rotated, 0)
     chain.feed(two)
     chain.save()
     assert json.loads(state.read_text())["height"] == 2
@@ -647,22 +682,12 @@ def test_a_closed_session_opens_no_channel_for_a_new_pin(rotated: Rotated) -> No
     assert s.gateway._channel is before and not s.gateway._old_channels
 
 
-class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcastServicer):
+class _Orderer(_ChainNode, services_pb2_grpc.AtomicBroadcastServicer):
     """An orderer serving ``blocks`` (its whole chain: no validation codes, as orderers store
     them) over ``AtomicBroadcast.Deliver``, and its height."""
 
-    def __init__(self, blocks: list[block_pb2.Block]) -> None:
-        self.blocks = blocks
-        self.asked = 0
-
-    def Health(self, request: services_pb2.HealthRequest,
-               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
-        return services_pb2.HealthResponse(serving=True, node="orderer.ins01", role="orderer")
-
-    def Status(self, request: services_pb2.StatusRequest,
-               context: grpc.ServicerContext) -> services_pb2.StatusResponse:
-        self.asked += 1
-        return services_pb2.StatusResponse(node="orderer.ins01", role="orderer", height=len(self.blocks))
+    NODE = "orderer.ins01"
+    ROLE = STATUS_ROLE = "orderer"
 
     def Broadcast(self, request_iterator: Iterator[transaction_pb2.Envelope],
                   context: grpc.ServicerContext) -> Iterator[services_pb2.BroadcastResponse]:
@@ -674,26 +699,14 @@ class _Orderer(services_pb2_grpc.AdminServicer, services_pb2_grpc.AtomicBroadcas
 
     def Deliver(self, request: services_pb2.DeliverRequest,
                 context: grpc.ServicerContext) -> Iterator[services_pb2.DeliverResponse]:
-        stop = request.stop_block or len(self.blocks) - 1
-        for block in self.blocks[request.start_block:stop + 1]:
-            yield services_pb2.DeliverResponse(block=block)
+        yield from _delivered(self.blocks, request)
         yield services_pb2.DeliverResponse(status=identity_pb2.ErrorDetail(reason="OK"))
 
 
-@contextlib.contextmanager
-def _ordering(home: Path, orderer: _Orderer) -> Iterator[int]:
+def _ordering(home: Path, orderer: _Orderer) -> contextlib.AbstractContextManager[int]:
     """``orderer`` with the generated TLS material of orderer.ins01, on a local port."""
-    d = home / "nodes" / "orderer.ins01"
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    services_pb2_grpc.add_AdminServicer_to_server(orderer, srv)
-    services_pb2_grpc.add_AtomicBroadcastServicer_to_server(orderer, srv)
-    port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(d / "cert.pem", d / "key.pem",
-                                                                     d / "ca-bundle.pem"))
-    srv.start()
-    try:
-        yield port
-    finally:
-        srv.stop(None)
+    return _tls_serving(home, "orderer.ins01", orderer, services_pb2_grpc.add_AdminServicer_to_server,
+                        services_pb2_grpc.add_AtomicBroadcastServicer_to_server)
 
 
 @pytest.mark.parametrize("served", ["rotation", "forged"])
@@ -892,13 +905,7 @@ def test_a_chain_file_removed_meanwhile_is_not_saved_back(rotated: Rotated) -> N
     the sessions pinned by the old chain again. A chain resumed from the file saves nothing once
     that file is gone (or no longer its genesis block's): the next command or follow starts from
     what the operator left."""
-    state = rotated.home / configtool.CHAIN_STATE
-    genesis = read_genesis(rotated.home / "genesis.block")
-    chain = configtool.ChainConfig(genesis, Verifier(), state)
-    assert chain.resumed and chain.height == 2
-    two = make_block(2, bytes.fromhex(json.loads(state.read_text())["last_hash"]), [],
-                     [node_signer(rotated.home, "orderer.ins01", "ins01")], timestamp_ms=time.time_ns() // 1_000_000)
-    two.metadata.last_config_block = 1
+    state, chain, two = _resumed_and_block_two(rotated, 1)
     chain.feed(two)
     state.unlink()  # (the operator's remedy, meanwhile)
     chain.save()

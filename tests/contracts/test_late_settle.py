@@ -79,11 +79,9 @@ def test_the_oldest_of_many_versions_in_the_window_prices_it(world: World) -> No
     assert out.gas < 60_000, out.gas  # one page of 64 and ~28 one-row reads
 
 
-def test_an_entry_from_before_versions_updated_without_a_copy_is_read_as_it_is(world: World) -> None:
-    """An entry written before versions were kept and updated by the registry that introduced
-    them, which kept no copy of it as the version of ms 0: a dispense before that update has no
-    version at or before it and none within two skews, yet the entry was in the formulary (the
-    issue checked it). It was refused UNKNOWN_DRUG; it is read as it is, as before settle3."""
+def _legacy_dispensed_then_updated(world: World) -> Any:
+    """A dispense priced by an entry from before versions were kept; the entry updated 10 days
+    on by a registry that kept no ms-0 copy of it (price 1.00 a box)."""
     _forget_drug_versions(world)
     prep = dispensed(world)
     world.chain.advance(10 * DAY_MS)
@@ -93,6 +91,15 @@ def test_an_entry_from_before_versions_updated_without_a_copy_is_read_as_it_is(w
     assert ms0 in world.chain.state.values
     del world.chain.state.values[ms0]  # that registry wrote no ms-0 copy
     world.chain.advance(DAY_MS)
+    return prep
+
+
+def test_an_entry_from_before_versions_updated_without_a_copy_is_read_as_it_is(world: World) -> None:
+    """An entry written before versions were kept and updated by the registry that introduced
+    them, which kept no copy of it as the version of ms 0: a dispense before that update has no
+    version at or before it and none within two skews, yet the entry was in the formulary (the
+    issue checked it). It was refused UNKNOWN_DRUG; it is read as it is, as before settle3."""
+    prep = _legacy_dispensed_then_updated(world)
     claim = settle(world, prep, clerk=CLERK).unwrap()
     assert claim["medfee_fen"] == 2 * 100 + 2 * 2500 + 1000
 

@@ -25,7 +25,7 @@ from tests.contracts.flows import (
     lock_and_dispense,
     settle,
 )
-from tests.contracts.rxclient import World
+from tests.contracts.rxclient import Prepared, World
 
 LONG = {"long_rx": True, "chronic_reason": "stable hypertension, BP controlled", "days": 28}
 ASSESSED = {"stability_assessment": "BP < 140/90 for 6 months", "patient_confirmed": True}
@@ -243,14 +243,20 @@ def test_audit_trail_beyond_a_thousand_events(world: World) -> None:
     assert len({(e["tx_id"], e["event"], e["party"]) for e in events}) == 1104
 
 
-def _full_story(world: World) -> tuple[str, dict[str, Any]]:
+def _settled(world: World) -> tuple[Prepared, dict[str, Any]]:
+    """An approved prescription locked and dispensed a minute on and settled a minute after:
+    (the prescription, the claim)."""
     prep = approved(world)
+    world.chain.advance(60_000)
+    lock_and_dispense(world, prep).unwrap()
+    world.chain.advance(60_000)
+    return prep, settle(world, prep).unwrap()
+
+
+def _full_story(world: World) -> tuple[str, dict[str, Any]]:
+    prep, claim = _settled(world)
     rx = prep.args["rx_id"]
     chain = world.chain
-    chain.advance(60_000)
-    lock_and_dispense(world, prep).unwrap()
-    chain.advance(60_000)
-    claim = settle(world, prep).unwrap()
     chain.advance(60_000)
     chain.submit("settlement", "reverse", CLERK, claim_id=claim["claim_id"], reason="OTHER").unwrap()
     chain.advance(60_000)

@@ -12,8 +12,9 @@ from typing import Any
 from tests.contracts.chain import DAY_MS, admin
 from tests.contracts.flows import CLERK, CLERK2, settle
 from tests.contracts.rxclient import World, pseudonym
-from tests.contracts.test_account_transfer import call, dispensed, with_ins02, zhang
-from tests.contracts.test_second_review import _drug_args, _forget_drug_versions
+from tests.contracts.test_account_transfer import call, zhang
+from tests.contracts.test_late_settle import _left_and_moved, _legacy_dispensed_then_updated
+from tests.contracts.test_second_review import _drug_args
 from tests.contracts.test_unsettled_moves import CLERK3, INS03_POLICY, WINDOW_MS
 
 NEW_PATIENT: dict[str, Any] = {"name": "patient-new", "id_number": "500103198001010011",
@@ -68,21 +69,6 @@ def test_an_insurer_without_a_policy_in_force_opens_no_account(world: World) -> 
 
 # ---------------------------------------------------------------- 2. legacy entries: oldest version
 
-def _legacy_dispensed_then_updated(world: World) -> Any:
-    """A dispense priced by an entry from before versions were kept; the entry updated 10 days
-    on by a registry that kept no ms-0 copy of it (price 1.00 a box)."""
-    _forget_drug_versions(world)
-    prep = dispensed(world)
-    world.chain.advance(10 * DAY_MS)
-    cheap = _drug_args(world, "amlodipine", price_fen=100, standard_fen=100)
-    world.chain.submit("registry", "set_drug", admin("ins01"), **cheap).unwrap()
-    ms0 = ("registry", "drugver/" + cheap["code"] + "/9999999999999")
-    assert ms0 in world.chain.state.values
-    del world.chain.state.values[ms0]  # that registry wrote no ms-0 copy
-    world.chain.advance(DAY_MS)
-    return prep
-
-
 def test_a_legacy_entry_is_priced_by_its_oldest_version_not_as_its_owner_last_set_it(
         world: World) -> None:
     """The entry's owner re-priced old claims by updating the entry before the settle: they
@@ -112,12 +98,8 @@ def test_the_oldest_of_more_versions_than_a_page_prices_a_legacy_entry(world: Wo
 # ---------------------------------------------------------------- 3. reversing a late settle
 
 def _late_settled(world: World, n: int = 1) -> tuple[list[Any], dict[str, Any]]:
-    """n ins01 fills left unsettled, her account moved to ins02: (preps, move)."""
-    with_ins02(world)
-    preps = [dispensed(world) for _ in range(n)]
-    world.chain.advance(WINDOW_MS + 1)
-    call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    move: dict[str, Any] = call(world, "accept_transfer", CLERK2)["transfers"][-1]
+    """n ins01 fills left unsettled, her account moved to ins02 (a ms ago): (preps, move)."""
+    preps, move = _left_and_moved(world, n)
     world.chain.advance(1)
     return preps, move
 

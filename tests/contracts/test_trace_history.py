@@ -15,6 +15,7 @@ from node.sandbox.types import HistoryEntry
 from tests.contracts.chain import Chain
 from tests.contracts.flows import AUDITOR, CLERK, approved, lock_and_dispense, settle
 from tests.contracts.rxclient import World
+from tests.contracts.test_open_findings import _settled
 
 SMALLEST_VALUE_LIMIT = 65536  # a page fits a max_value_bytes of 64 KiB (the sample's: 256 KiB)
 SAMPLE_GAS_LIMIT = 5_000_000  # network-config/consortium.yaml
@@ -257,13 +258,9 @@ def test_a_reversal_committed_late_with_an_earlier_time_is_shown_once(world: Wor
     settlement's (the clerks' clocks differ, within the clock skew). The claim part of the
     cursor counted events in time order, so the next page showed the settlement again and
     the reversal never. Claim events go in their fill's index order (commit order) now."""
-    prep = approved(world)
+    prep, claim = _settled(world)
     rx = prep.args["rx_id"]
     chain = world.chain
-    chain.advance(60_000)
-    lock_and_dispense(world, prep).unwrap()
-    chain.advance(60_000)
-    claim = settle(world, prep).unwrap()
     settled_at = chain.now
     later = _seed_versions(chain, rx, 3, "consent", {"org": "h02"})
     first = _page(chain, rx, "", limit=5)

@@ -7,7 +7,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -264,6 +264,19 @@ class FakeLeader:
             ).SerializeToString()
 
 
+def _serve_forward_batch(handle: Callable[[Iterator[bytes], grpc.ServicerContext], Iterator[bytes]],
+                         port: int) -> grpc.Server:
+    """A started insecure server on ``port`` answering Cluster.ForwardBatch with ``handle``
+    (raw bytes both ways)."""
+    server = grpc.server(ThreadPoolExecutor(8))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            handle, request_deserializer=None, response_serializer=None)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
 @pytest.fixture
 def leader_server() -> Iterator[tuple[FakeLeader, FakeLeader, dict[int, str]]]:
     servers = []
@@ -271,13 +284,7 @@ def leader_server() -> Iterator[tuple[FakeLeader, FakeLeader, dict[int, str]]]:
     targets = {}
     try:
         for rid, (fake, port) in enumerate(zip(leaders, free_ports(2), strict=True), start=2):
-            server = grpc.server(ThreadPoolExecutor(8))
-            server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-                "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
-                    fake.handle, request_deserializer=None, response_serializer=None)})])
-            server.add_insecure_port(f"127.0.0.1:{port}")
-            server.start()
-            servers.append(server)
+            servers.append(_serve_forward_batch(fake.handle, port))
             targets[rid] = f"127.0.0.1:{port}"
         yield leaders[0], leaders[1], targets
     finally:
@@ -425,6 +432,28 @@ class _HeldAnswers:
                 responses=[services_pb2.BroadcastResponse(accepted=True) for _ in envs]).SerializeToString()
 
 
+@contextlib.contextmanager
+def _forwarding_to_held_leader() -> Iterator[tuple[_HeldAnswers, LeaderForwarder, Clock, list[int]]]:
+    """A :class:`_HeldAnswers` leader served as orderer 2 and a forwarder (the clock injected, a
+    grace of 1 s) to the leader ``current[0]``, 2 at first (3: nowhere): (the leader, the
+    forwarder, the clock, current). At the end the forwarder is closed, the leader answers and
+    its server stops."""
+    leader = _HeldAnswers()
+    (port,) = free_ports(1)
+    server = _serve_forward_batch(leader.handle, port)
+    clock, current = Clock(), [2]
+    try:
+        fwd = LeaderForwarder(Members({2: f"127.0.0.1:{port}", 3: "127.0.0.1:1"}), grpc.insecure_channel,
+                              lambda: current[0], clock=clock, watch_s=3600, moved_grace_s=1.0)
+        try:
+            yield leader, fwd, clock, current
+        finally:
+            fwd.close()
+    finally:
+        leader.gate.set()
+        server.stop(0).wait(5)
+
+
 def test_a_flapping_leader_keeps_its_stream_and_every_answer() -> None:
     """The leader moves away from orderer 2 and back, three times within the grace, with an
     envelope sent to it each time and not yet answered. The follower gets its stream to 2 back
@@ -432,18 +461,7 @@ def test_a_flapping_leader_keeps_its_stream_and_every_answer() -> None:
     a new stream while the old ones drained: the third went past the leader's cap of two
     ForwardBatch streams per orderer and cancelled the oldest, still owed an answer -- its
     envelope's outcome unknown (SERVICE_UNAVAILABLE) though the leader ordered it."""
-    leader = _HeldAnswers()
-    (port,) = free_ports(1)
-    server = grpc.server(ThreadPoolExecutor(8))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
-            leader.handle, request_deserializer=None, response_serializer=None)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    clock, current = Clock(), [2]
-    fwd = LeaderForwarder(Members({2: f"127.0.0.1:{port}", 3: "127.0.0.1:1"}), grpc.insecure_channel,
-                          lambda: current[0], clock=clock, watch_s=3600, moved_grace_s=1.0)
-    try:
+    with _forwarding_to_held_leader() as (leader, fwd, clock, current):
         tickets: list[Ticket] = []
         for i in range(3):
             current[0] = 2
@@ -457,10 +475,6 @@ def test_a_flapping_leader_keeps_its_stream_and_every_answer() -> None:
         leader.gate.set()
         assert [t.wait(5) for t in tickets] == [Outcome()] * 3
         assert leader.calls == 1
-    finally:
-        fwd.close()
-        leader.gate.set()
-        server.stop(0).wait(5)
 
 
 def test_a_leader_back_keeps_its_streams_sent_envelopes_past_the_grace_with_nothing_new_sent() -> None:
@@ -471,18 +485,7 @@ def test_a_leader_back_keeps_its_streams_sent_envelopes_past_the_grace_with_noth
     new envelope forwarded to 2: with none, the stream still counted as an old leader's, went
     quiet for the grace, and was closed -- the envelope answered SERVICE_UNAVAILABLE, outcome
     unknown, though the leader, leading, ordered it."""
-    leader = _HeldAnswers()
-    (port,) = free_ports(1)
-    server = grpc.server(ThreadPoolExecutor(8))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "rxchain.v1.Cluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
-            leader.handle, request_deserializer=None, response_serializer=None)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    clock, current = Clock(), [2]
-    fwd = LeaderForwarder(Members({2: f"127.0.0.1:{port}", 3: "127.0.0.1:1"}), grpc.insecure_channel,
-                          lambda: current[0], clock=clock, watch_s=3600, moved_grace_s=1.0)
-    try:
+    with _forwarding_to_held_leader() as (leader, fwd, clock, current):
         [ticket] = fwd.submit_many(2, [(b"e0", "t0")])
         assert _wait(lambda: len(leader.received) == 1)  # sent, not answered
         current[0] = 3
@@ -496,10 +499,6 @@ def test_a_leader_back_keeps_its_streams_sent_envelopes_past_the_grace_with_noth
         leader.gate.set()
         assert ticket.wait(5) == Outcome()
         assert leader.calls == 1
-    finally:
-        fwd.close()
-        leader.gate.set()
-        server.stop(0).wait(5)
 
 
 def test_forward_batch_refuses_non_members(tmp_path: Path) -> None:

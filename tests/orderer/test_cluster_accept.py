@@ -12,6 +12,7 @@ orderer left its idle gRPC workers behind."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -78,8 +79,18 @@ class _Served:
         port = self.server.add_secure_port("127.0.0.1:0", server_credentials(*_node_files(net, "orderer.ins01")))
         self.server.start()
         self.target = f"127.0.0.1:{port}"
+        self._net = net
+        self.streams: list[_Step] = []  # the ones :meth:`open` opened
+
+    def open(self, name: str = "orderer.ins02", method: str = "Step") -> _Step:
+        """An idle stream of ``method`` from orderer ``name``, closed by :meth:`close`."""
+        stream = _Step(self.target, _node_files(self._net, name), method)
+        self.streams.append(stream)
+        return stream
 
     def close(self) -> None:
+        for s in self.streams:
+            s.close()
         self.server.stop(0)
         self.sweeper.close()
         self.blocks.close()
@@ -108,15 +119,11 @@ def test_a_new_cluster_stream_of_an_orderer_the_sweeper_refuses_is_refused_at_on
     next sweep."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     caps = ClusterCaps(total=4, per_orderer=2)
-    served = _Served(net, tmp_path, caps)
-    streams: list[_Step] = []
-    try:
-        old = _Step(served.target, _node_files(net, "orderer.ins02"), method)
-        streams.append(old)
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
+        old = served.open(method=method)
         assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
         served.now[0] += YEARS_200_MS
-        new = _Step(served.target, _node_files(net, "orderer.ins02"), method)
-        streams.append(new)
+        new = served.open(method=method)
         assert new.ended(WAIT_S) == "PERMISSION_DENIED EXPIRED_CERT"
         assert new.future.details().startswith("EXPIRED_CERT: ")
         assert caps.held(2) == 1 and old.ended() == ""
@@ -125,30 +132,21 @@ def test_a_new_cluster_stream_of_an_orderer_the_sweeper_refuses_is_refused_at_on
         served.sweeper.sweep()  # the sweeper's verdict on the open one is the same
         assert old.ended(WAIT_S) == "PERMISSION_DENIED EXPIRED_CERT"
         assert wait_until(lambda: caps.held() == 0, WAIT_S)
-    finally:
-        for s in streams:
-            s.close()
-        served.close()
 
 
 def test_an_admitted_orderers_new_stream_is_admitted(net: Any, tmp_path: Path) -> None:
     """The check at accept refuses no more than the sweeper: within its certificates' validity
     ins02 and ins03 get their streams (ins02's third replacing its oldest)."""
     caps = ClusterCaps(total=6, per_orderer=2)
-    served = _Served(net, tmp_path, caps)
-    streams: list[_Step] = []
-    try:
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
         for name, held in (("orderer.ins02", (1, 0)), ("orderer.ins03", (1, 1)), ("orderer.ins02", (2, 1))):
-            streams.append(_Step(served.target, _node_files(net, name)))
+            served.open(name)
             assert wait_until(lambda held=held: (caps.held(2), caps.held(3)) == held, WAIT_S)
-        streams.append(_Step(served.target, _node_files(net, "orderer.ins02")))
+        served.open("orderer.ins02")
+        streams = served.streams
         assert streams[0].ended(WAIT_S) == f"ABORTED {STREAM_REPLACED}"  # replaced, not refused
         assert [s.ended() for s in streams[1:]] == ["", "", ""]
         assert (caps.held(2), caps.held(3)) == (2, 1)
-    finally:
-        for s in streams:
-            s.close()
-        served.close()
 
 
 @pytest.mark.parametrize("method", ["Step", "ForwardBatch"])
@@ -160,23 +158,15 @@ def test_a_replaced_cluster_stream_ends_with_its_reason(
     nothing), the new one runs. Before, the old one was cancelled: its caller saw CANCELLED."""
     caplog.set_level(logging.WARNING, logger="node.stream_caps")
     caps = ClusterCaps(total=4, per_orderer=1)
-    served = _Served(net, tmp_path, caps)
-    streams: list[_Step] = []
-    try:
-        old = _Step(served.target, _node_files(net, "orderer.ins02"), method)
-        streams.append(old)
+    with contextlib.closing(_Served(net, tmp_path, caps)) as served:
+        old = served.open(method=method)
         assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
-        new = _Step(served.target, _node_files(net, "orderer.ins02"), method)
-        streams.append(new)
+        new = served.open(method=method)
         assert old.ended(WAIT_S) == f"ABORTED {STREAM_REPLACED}"
         assert old.future.details().startswith(f"{STREAM_REPLACED}: ")
         assert new.ended() == "" and caps.held(2) == 1
         assert not _events(caplog, "stream_refused_cancelled")
         assert not _events(caplog, "stream_caller_refused")  # not a refusal of its caller
-    finally:
-        for s in streams:
-            s.close()
-        served.close()
 
 
 class _FailingSink(NullSink):
@@ -276,12 +266,10 @@ def test_an_orderer_version_1_keeps_with_its_certificate_revoked_keeps_its_raft_
     keeps an orderer it revokes. Before, its Step stream was refused REVOKED_CERT at either
     version."""
     caps = ClusterCaps(total=6, per_orderer=2)
-    served = _Served(net, tmp_path, caps, config=_revoking(net, tmp_path, "orderer.ins02", version))
-    streams: list[_Step] = []
-    try:
-        step = _Step(served.target, _node_files(net, "orderer.ins02"))
-        forward = _Step(served.target, _node_files(net, "orderer.ins02"), "ForwardBatch")
-        streams += [step, forward]
+    config = _revoking(net, tmp_path, "orderer.ins02", version)
+    with contextlib.closing(_Served(net, tmp_path, caps, config=config)) as served:
+        step = served.open()
+        forward = served.open(method="ForwardBatch")
         assert forward.ended(WAIT_S) == "PERMISSION_DENIED REVOKED_CERT"
         if version == 1:
             assert wait_until(lambda: caps.held(2) == 1, WAIT_S)
@@ -290,8 +278,4 @@ def test_an_orderer_version_1_keeps_with_its_certificate_revoked_keeps_its_raft_
         else:
             assert step.ended(WAIT_S) == "PERMISSION_DENIED REVOKED_CERT"
             assert caps.held(2) == 0
-    finally:
-        for s in streams:
-            s.close()
-        served.close()
 
