@@ -17,6 +17,23 @@ are re-dispatched to the new leader; the envelopes already sent keep waiting for
 leader's answers (on a graceful hand-over it answers them at once) for at most
 ``moved_grace_s`` without any answer, then they are answered SERVICE_UNAVAILABLE, outcome
 unknown (a paused or partitioned old leader), instead of waiting out the commit timeout.
+Redials: a leader whose stream broke after it opened is dialled again ``redial_s`` later. One
+that ended the stream before answering its handshake -- refused it (PERMISSION_DENIED:
+NOT_AN_ORDERER, REVOKED_CERT, EXPIRED_CERT ... as the leader judges this orderer; RESOURCE_EXHAUSTED
+TOO_MANY_STREAMS ...) or could not be reached -- is dialled again after a wait doubling with each
+such failure in a row, up to ``refused_redial_max_s`` (3 s, as node.orderer.transport.PeerSender
+backs off a refusing peer) and jittered by ``rand`` into its upper half, so that the followers a
+leader refuses do not dial it in step. An answered handshake resets the wait, and so does the
+watcher seeing that orderer become leader. Nothing waits for a dial: an envelope for a leader
+not to be dialled yet is answered at once, never held past its deadline -- after a refusal
+SERVICE_UNAVAILABLE naming the leader's reason ("envelope not sent"; the leader is alive and
+would refuse it again), after a failure to reach it NOT_LEADER (re-dispatched by the broadcast
+handler: a new leader may be elected meanwhile). Before, a refused leader was dialled again every
+0.2 s for as long as envelopes came, each dial a refusal (and a log line) at the leader, and
+the envelopes went round the broadcast handler's re-dispatch until their deadline, answered
+"leader changed" without the reason. Logged ``forward_refused`` (the first of a leader and
+reason at once, then at most one line per interval).
+
 A leader that leads again while its stream drains (a flapping leader) gets that stream back
 (one stream per leader) once the watcher sees it lead or an envelope is forwarded to it: a new
 stream per return went past the leader's cap on one orderer's ForwardBatch streams, which
@@ -33,6 +50,7 @@ message (``BroadcastHandler.submit_local_many``); the config's checks come as th
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -43,11 +61,11 @@ import grpc
 from rxchain.v1 import identity_pb2, services_pb2
 
 from node.crypto.tls import peer_identity
-from node.errors import RxError, abort_with
+from node.errors import RxError, abort_with, reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, batch_bytes, decode_batch
 from node.orderer.envelope_batch import BatchDecodeError, encode_batch
 from node.orderer.metrics import OrdererMetrics
-from node.orderer.refusals import NonMemberRefusals
+from node.orderer.refusals import EveryInterval, NonMemberRefusals
 from node.orderer.streams import coalesced_answers, refusal_ends, stream_error_logger
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from node.stream_caps import ClusterCaps, StreamSlot
@@ -58,6 +76,17 @@ _log = logging.getLogger(__name__)
 
 ChannelFactory = Callable[[str], grpc.Channel]
 FORWARD_BATCH_METHOD = "/rxchain.v1.Cluster/ForwardBatch"
+# the longest wait, growing, before an orderer that refused or could not be reached is dialled
+# again (this forwarder's leader; node.orderer.transport.PeerSender's Raft peers)
+REFUSED_REDIAL_MAX_S = 3.0
+# The status codes with which a leader's server ended a stream it refused (it was reached and
+# answered): a leader refusing this orderer refuses it again, so its envelopes are answered
+# SERVICE_UNAVAILABLE with its reason until the next dial. Any other failure before the
+# handshake (UNAVAILABLE, DEADLINE_EXCEEDED ...): the leader could not be reached; NOT_LEADER.
+_REFUSALS = frozenset({
+    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
+})
 
 
 class Members(Protocol):
@@ -100,6 +129,10 @@ class _LeaderStream:
         self.broken = False
         self._ending = False
         self.last_answer_at = clock()
+        # how the stream ended before its handshake was answered (set before ``broken``): its
+        # gRPC status code and "REASON: detail", for the redial wait and the envelopes' answers
+        self.ended_code: grpc.StatusCode | None = None
+        self.ended_why = ""
         call = self._channel.stream_stream(
             FORWARD_BATCH_METHOD,
             request_serializer=None,
@@ -123,6 +156,11 @@ class _LeaderStream:
     def inflight(self) -> int:
         with self._cond:
             return len(self._inflight)
+
+    @property
+    def opened(self) -> bool:
+        """The leader answered the handshake (it admitted the stream)."""
+        return self._open.is_set()
 
     def _requests(self) -> Iterator[bytes]:
         # (a stream whose leader moved sends nothing more, but is not half-closed: its leader
@@ -163,6 +201,14 @@ class _LeaderStream:
                 for ticket, ans in zip(tickets, resp.responses, strict=False):
                     ticket.resolve(Outcome("" if ans.accepted else ans.reason, ans.message))
         except grpc.RpcError as exc:
+            if not self._open.is_set():
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                details = exc.details() if callable(getattr(exc, "details", None)) else ""
+                reason = reason_from_rpc_error(exc)
+                # (the reason code leads the details of an rxchain abort: not repeated)
+                self.ended_why = str(details or "") if str(details or "").startswith(reason) \
+                    else f"{reason}: {details or ''}".rstrip(": ")
+                self.ended_code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
             if not self.broken:  # (not closed by us: a drained stream's end is no news)
                 _log.info("event=forward_stream_ended leader=%d error=%r", self.leader_id,
                           str(exc.code() if hasattr(exc, "code") else exc))
@@ -202,6 +248,31 @@ class _LeaderStream:
         self._channel.close()
 
 
+class _Redial:
+    """When a leader may be dialled again (``at``, the forwarder's clock) and why: after
+    ``failures`` streams in a row it ended before their handshake (0: after a stream it had
+    admitted), the last one ``refused`` by its server with ``code`` and ``why`` ("REASON:
+    detail"), or not reached."""
+
+    __slots__ = ("at", "code", "failures", "refused", "why")
+
+    def __init__(self, at: float, failures: int, refused: bool = False, code: str = "", why: str = "") -> None:
+        self.at = at
+        self.failures = failures
+        self.refused = refused
+        self.code = code
+        self.why = why
+
+    def outcome(self, leader_id: int, left_s: float) -> Outcome:
+        """The answer to an envelope for the leader until then (never sent)."""
+        if self.refused:
+            return Outcome(SERVICE_UNAVAILABLE, f"leader {leader_id} refused this orderer's forward stream "
+                                                f"({self.code} {self.why}); dialled again in {left_s:.1f} s; "
+                                                f"envelope not sent")
+        why = f" ({self.code} {self.why})" if self.code else ""
+        return _not_sent(f"leader {leader_id} unreachable{why}; dialled again in {left_s:.1f} s")
+
+
 def hand_back(stream: _LeaderStream, queued: list[Ticket]) -> None:
     """Answer ``queued`` (never sent to ``stream``'s leader, who no longer leads) NOT_LEADER:
     re-dispatched by the broadcast handler."""
@@ -220,24 +291,35 @@ class LeaderForwarder:
         *,
         clock: Callable[[], float] = time.monotonic,
         redial_s: float = 0.2,
+        refused_redial_max_s: float = REFUSED_REDIAL_MAX_S,
+        rand: Callable[[], float] = random.random,
+        refused_lines: EveryInterval | None = None,
         watch_s: float = 0.25,
         moved_grace_s: float = 1.0,
         max_batch: int = 512,
         max_batch_bytes: int | Callable[[], int] = 4 * 1024 * 1024,
     ) -> None:
         """``max_batch_bytes``: envelope bytes of one forwarded message, or a function giving
-        them (read per message: node.msgbound)."""
+        them (read per message: node.msgbound). A leader whose stream broke is dialled again
+        ``redial_s`` (``clock``) later; one that refused the stream or could not be reached
+        before its handshake after a wait doubling per such failure in a row, at most
+        ``refused_redial_max_s``, times 0.5 to 1 by ``rand`` (a float in [0, 1)); a refusal
+        logged as ``refused_lines`` lets (module doc)."""
         self._membership = membership
         self._factory = channel_factory
         self._leader_id = leader_id
         self._clock = clock
         self._redial_s = redial_s
+        self._refused_redial_max_s = max(refused_redial_max_s, redial_s)
+        self._rand = rand
+        self._refused_lines = refused_lines if refused_lines is not None else EveryInterval()
+        self._redials: dict[int, _Redial] = {}  # leader -> when it may be dialled again, and why
+        self._last_leader = 0  # the leader the watcher saw last
         self._watch_s = watch_s
         self._grace_s = moved_grace_s
         self._max_batch = max_batch
         self._max_bytes: Callable[[], int] = (
             max_batch_bytes if callable(max_batch_bytes) else lambda: max_batch_bytes)
-        self._broke_at: dict[int, float] = {}
         self._streams: dict[int, _LeaderStream] = {}
         self._moved: dict[_LeaderStream, float] = {}  # stream -> when its leader moved away
         self._lock = threading.Lock()
@@ -258,12 +340,15 @@ class LeaderForwarder:
             if stream is None or stream.broken:
                 if stream is not None:
                     del self._streams[leader_id]
-                    self._broke_at[leader_id] = self._clock()
+                    self._broke(leader_id, stream)
                     stream.close()
-                if self._clock() - self._broke_at.get(leader_id, -1e9) < self._redial_s:
-                    # Do not redial a leader that just failed for every envelope.
+                redial = self._redials.get(leader_id)
+                now = self._clock()
+                if redial is not None and now < redial.at:
+                    # Not dialled again yet (module doc): answered at once, never held.
+                    outcome = redial.outcome(leader_id, redial.at - now)
                     for t in tickets:
-                        t.resolve(Outcome(NOT_LEADER, f"leader {leader_id} unreachable"))
+                        t.resolve(outcome)
                     return tickets
                 target = self._membership.targets().get(leader_id)
                 if target is None:
@@ -275,6 +360,31 @@ class LeaderForwarder:
                 self._streams[leader_id] = stream
         stream.submit_many([(env, t) for (env, _), t in zip(items, tickets, strict=True)])
         return tickets
+
+    def _broke(self, leader_id: int, stream: _LeaderStream) -> None:
+        """(under the lock) When ``leader_id``, whose ``stream`` broke, may be dialled again:
+        ``redial_s`` after a stream it had admitted; after a refusal or failure before the
+        handshake, a wait doubling per such failure in a row, bounded and jittered (module doc)."""
+        now = self._clock()
+        before = self._redials.get(leader_id)
+        if stream.opened:  # it had admitted the stream (a success: the wait starts over)
+            self._redials[leader_id] = _Redial(now + self._redial_s, 0)
+            return
+        failures = (before.failures if before is not None else 0) + 1
+        wait = min(self._redial_s * 2 ** min(failures, 32), self._refused_redial_max_s)
+        wait *= 0.5 + 0.5 * min(max(self._rand(), 0.0), 1.0)
+        code = stream.ended_code
+        refused = code in _REFUSALS
+        self._redials[leader_id] = _Redial(now + wait, failures, refused, code.name if code else "", stream.ended_why)
+        if refused and code is not None:
+            told = self._refused_lines.note((leader_id, stream.ended_why.split(":", 1)[0]))
+            if told:
+                _log.warning("event=forward_refused leader=%d code=%s reason=%r refused=%d retry_s=%.2f: the "
+                             "leader refuses this orderer's ForwardBatch stream (its certificate, as the "
+                             "leader's clock and config judge it? no orderer of the config in force there?); "
+                             "envelopes for it are answered SERVICE_UNAVAILABLE until it is dialled again, "
+                             "with a growing wait; at most one line per interval",
+                             leader_id, code.name, stream.ended_why, told, wait)
 
     def _resume(self, leader_id: int) -> _LeaderStream | None:
         """(under the lock) The stream to ``leader_id`` that still drains since it moved away,
@@ -299,6 +409,11 @@ class LeaderForwarder:
         handed: list[tuple[_LeaderStream, list[Ticket]]] = []
         expired: list[_LeaderStream] = []
         with self._lock:
+            if leader != self._last_leader:
+                # a leader newly elected is dialled at once, whatever it refused before (it may
+                # have restarted, its config caught up, this orderer's certificate renewed)
+                self._last_leader = leader
+                self._redials.pop(leader, None)
             for rid, stream in list(self._streams.items()):
                 if leader and rid != leader:
                     del self._streams[rid]

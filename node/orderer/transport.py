@@ -46,7 +46,7 @@ from node.crypto.tls import peer_identity
 from node.errors import RxError, abort_with, reason_from_rpc_error
 from node.orderer.broadcast import BroadcastHandler, Checked
 from node.orderer.clockwatch import ClockWatch
-from node.orderer.forward import FORWARD_READ_AHEAD_BYTES, hold_cluster_stream
+from node.orderer.forward import FORWARD_READ_AHEAD_BYTES, REFUSED_REDIAL_MAX_S, hold_cluster_stream
 from node.orderer.metrics import OrdererMetrics
 from node.orderer.raft_codec import decode_message, encode_message
 from node.orderer.refusals import EveryInterval, NonMemberRefusals
@@ -69,7 +69,6 @@ _log = logging.getLogger(__name__)
 ChannelFactory = Callable[[str], grpc.Channel]
 
 REDIAL_S = 0.1  # wait before a Raft stream that ended is dialled again
-REFUSED_REDIAL_MAX_S = 3.0  # the longest wait, growing, before a peer refusing us is dialled again
 # how often a Step handler whose reader steps the messages looks whether its call is still on
 # (it is woken at once when its reader ends or its caller is refused: node.stream_caps)
 STEP_POLL_S = 0.5
