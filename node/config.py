@@ -90,7 +90,8 @@ class NodeConfig:
         """The caps on long-lived calls (:mod:`node.stream_caps`; ``is_node`` tells node
         certificates, which have slots of their own; ``recheck`` checks an open call's caller
         again, ending the calls of those it refuses)."""
-        return StreamCaps.from_extra(self.extra, self.grpc_workers, is_node, recheck)
+        cluster = self.cluster_caps().total if self.kind == "orderer" else 0  # (the worst-case split)
+        return StreamCaps.from_extra(self.extra, self.grpc_workers, is_node, recheck, cluster)
 
     def cluster_caps(self) -> ClusterCaps:
         """An orderer's caps on the other orderers' Cluster streams (:mod:`node.stream_caps`)."""

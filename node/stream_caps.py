@@ -74,16 +74,25 @@ node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers on
     most ``max_streams``.
 ``max_node_streams``
     long-lived calls only node certificates may hold, beyond ``max_streams``; default half of
-    ``max_streams``, at most what ``grpc_workers`` leaves (``grpc_workers - 1 - max_streams``);
-    0 reserves none. ``max_streams + max_node_streams`` must be less than ``grpc_workers``.
+    ``max_streams``, at most what ``grpc_workers`` leaves (``grpc_workers - 1 - max_streams``,
+    on an orderer ``- max_cluster_streams`` too); 0 reserves none. ``max_streams +
+    max_node_streams`` (on an orderer ``+ max_cluster_streams``) must be less than
+    ``grpc_workers``: the worst case, every client and node slot held, must leave the other
+    orderers' Cluster streams (Raft) the workers of their cap and unary calls one at least --
+    an orderer whose node.yaml over-committed its pool so was refused nothing and, under a flood
+    of client streams, its Raft streams waited for a worker (no heartbeat: elections, no
+    ordering). ``NODE_STREAMS_PER_PEER`` per peer of the config in force and one per other
+    orderer is what the nodes hold on an orderer at worst (``reserve_need``); an orderer whose
+    reserve is shorter logs ``node_reserve_short`` at start and when a config adds nodes.
 ``max_streams_per_node``
     long-lived calls one node certificate may hold; default ``max_streams_per_caller``; at
     most ``max_streams + max_node_streams``.
 ``max_cluster_streams``
     Cluster streams (Step, Forward, ForwardBatch) an orderer holds at once from the other
-    orderers, all together; default an eighth of ``grpc_workers``, at least 16 (``grpc_workers -
-    1`` if fewer: an orderer's default 128 workers are then 64 for clients, 32 for nodes, 16 for
-    the other orderers and 16 for unary calls); less than ``grpc_workers``.
+    orderers, all together; default an eighth of ``grpc_workers``, at least 16 (at most half
+    of what ``max_streams`` leaves, at least 1: an orderer's default 128 workers are then 64
+    for clients, 32 for nodes, 16 for the other orderers and 16 for unary calls); less than
+    ``grpc_workers`` less ``max_streams``.
 ``max_cluster_streams_per_orderer``
     Cluster streams of one method one orderer may hold (its next one replaces its oldest);
     default 2 (its stream and a reconnect); at most ``max_cluster_streams``.
@@ -107,6 +116,9 @@ from node.errors import RxError
 _log = logging.getLogger(__name__)
 
 TOO_MANY_STREAMS = "TOO_MANY_STREAMS"
+# What one peer holds on an orderer at worst: its Deliver (every peer's, once the other orderers
+# are down) and its Broadcast stream (every peer's on the leader)
+NODE_STREAMS_PER_PEER = 2
 STREAM_REPLACED = "STREAM_REPLACED"  # a newer Cluster stream of its orderer took its slot (ABORTED)
 REFUSED_LOG_INTERVAL_S = 60.0  # at most one cluster_stream_refused line per orderer and method after the first
 SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certificate's expiry)
@@ -115,6 +127,33 @@ SWEEP_S = 1.0  # how often the open slots' callers are checked again (a certific
 GRACE_S = 2.0
 
 Recheck = Callable[[identity_pb2.Identity], object]
+
+
+def reserve_need(peers: int, orderers: int) -> int:
+    """The node streams an orderer serves at worst in a consortium of ``peers`` peers and
+    ``orderers`` orderers: each peer's Deliver and Broadcast stream, each other orderer's
+    Deliver (onboarding, catching up). A ``max_node_streams`` below it lets a flood of client
+    streams (every client slot held) refuse some of them TOO_MANY_STREAMS -- a peer then gets no
+    block, or cannot submit."""
+    return NODE_STREAMS_PER_PEER * peers + max(0, orderers - 1)
+
+
+def reserve_short(caps: StreamCaps, peers: int, orderers: int, node: str) -> int:
+    """How many node streams an orderer's reserve (``caps.nodes``) is short of what the
+    consortium's ``peers`` peers and ``orderers`` orderers hold at worst (:func:`reserve_need`),
+    0 if none; logged ``node_reserve_short`` (warning) when short. A warning, not a refusal: a
+    config update adds peers while the orderers run (their node.yaml unchanged), and refusing
+    the restart of an orderer because the consortium grew would take ordering down for a risk
+    that bites only under a flood of client streams; node streams also take any free client slot."""
+    need = reserve_need(peers, orderers)
+    short = max(0, need - caps.nodes)
+    if short:
+        _log.warning("event=node_reserve_short node=%s reserve=%d need=%d peers=%d orderers=%d: "
+                     "extra.max_node_streams is short of the Deliver and Broadcast streams of every "
+                     "peer and the other orderers' Deliver: under a flood of client streams some of "
+                     "them would be refused TOO_MANY_STREAMS; raise max_node_streams (and grpc_workers "
+                     "by as much)", node, caps.nodes, need, peers, orderers)
+    return short
 
 
 class StreamSlot:
@@ -282,12 +321,15 @@ class StreamCaps:
     @classmethod
     def from_extra(
         cls, extra: Mapping[str, Any], workers: int, is_node: Callable[[bytes], bool] | None = None,
-        recheck: Recheck | None = None,
+        recheck: Recheck | None = None, cluster: int = 0,
     ) -> StreamCaps:
         """The caps of a node whose gRPC pool has ``workers`` threads, from node.yaml
         ``extra`` (``max_streams``, ``max_streams_per_caller``, ``max_node_streams``,
         ``max_streams_per_node``; see the module doc); ``is_node`` tells node certificates
-        (none: every caller is a client); ``recheck`` checks the open calls' callers again."""
+        (none: every caller is a client); ``recheck`` checks the open calls' callers again.
+        ``cluster``: the workers the other orderers' Cluster streams may hold (an orderer's
+        ``max_cluster_streams``; 0 on a peer): clients, nodes and those together must leave a
+        worker (the worst-case split, module doc)."""
         if workers < 2:
             raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
         total = int(extra.get("max_streams", workers // 2))
@@ -298,11 +340,22 @@ class StreamCaps:
         if not 1 <= per_caller <= total:
             raise RxError("BAD_CONFIG", f"extra.max_streams_per_caller must be between 1 and "
                                         f"max_streams ({total}), not {per_caller}")
-        room = workers - 1 - total
+        room = workers - 1 - total - cluster
+        if room < 0:  # (only with cluster: max_streams < workers above)
+            raise RxError("BAD_CONFIG", f"extra.max_streams ({total}) and max_cluster_streams ({cluster}) must "
+                                        f"together be less than grpc_workers ({workers}): clients holding all "
+                                        f"their streams would leave the other orderers' Cluster streams (Raft) "
+                                        f"fewer gRPC workers than their cap and none for unary calls; lower "
+                                        f"max_streams or max_cluster_streams, or raise grpc_workers")
         nodes = int(extra.get("max_node_streams", min(total // 2, room)))
         if not 0 <= nodes <= room:
+            within = "max_streams - max_cluster_streams" if cluster else "max_streams"
             raise RxError("BAD_CONFIG", f"extra.max_node_streams must be between 0 and grpc_workers - 1 - "
-                                        f"max_streams ({room}), not {nodes}")
+                                        f"{within} ({room}), not {nodes}: clients and nodes holding all their "
+                                        f"streams would leave "
+                                        + ("the other orderers' Cluster streams (Raft) fewer gRPC workers than "
+                                           "their cap and " if cluster else "")
+                                        + "no gRPC worker for unary calls")
         per_node = int(extra.get("max_streams_per_node", per_caller))
         if not 1 <= per_node <= total + nodes:
             raise RxError("BAD_CONFIG", f"extra.max_streams_per_node must be between 1 and max_streams + "
@@ -594,8 +647,11 @@ class ClusterCaps:
         if workers < 2:
             raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
         # a small pool keeps room for a consortium's usual few orderers (their Step and forward
-        # streams, and a reconnect each): refused, Raft between them would stop
-        total = int(extra.get("max_cluster_streams", max(workers // 8, min(16, workers - 1))))
+        # streams, and a reconnect each): refused, Raft between them would stop -- within what
+        # the clients' max_streams leave (the worst-case split: StreamCaps.from_extra's cluster)
+        # (a small pool: half of what they leave, the other half for the nodes' reserve)
+        clients = int(extra.get("max_streams", workers // 2))
+        total = int(extra.get("max_cluster_streams", max(1, workers // 8, min(16, (workers - 1 - clients) // 2))))
         if not 1 <= total < workers:
             raise RxError("BAD_CONFIG", f"extra.max_cluster_streams must be between 1 and grpc_workers - 1 "
                                         f"({workers - 1}), not {total}")

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from rxchain.v1 import config_pb2
 
 from netgen.spec import KINDS, ConsortiumSpec, OrgSpec, UserSpec, load_spec, naming_file, parse_spec
+from node.config import DEFAULT_GRPC_WORKERS
 from node.crypto import signing
 from node.crypto import x509 as rx509
 from node.crypto.hashing import hmac_sha256_hex, patient_binding_hex
@@ -46,6 +47,7 @@ from node.genesis import config_from_genesis, make_genesis, read_genesis
 from node.identity.msp import MSP
 from node.orderer.configrules import check_genesis_certificates, check_genesis_content, check_organizations
 from node.protocol import unsupported
+from node.stream_caps import reserve_need
 
 Clock = Callable[[], dt.datetime]
 
@@ -53,6 +55,24 @@ Clock = Callable[[], dt.datetime]
 # (netgen.ports.free_base_port probes the same two runs).
 METRICS_PORT_OFFSET = 200
 MEMBER_DAYS = 825  # a member or node certificate's validity (issue_cert's default)
+
+
+def orderer_extra(peers: int, orderers: int) -> dict[str, int]:
+    """An orderer's node.yaml ``extra`` for a consortium of ``peers`` peers and ``orderers``
+    orderers: none while the default split of its 128 gRPC workers (64 for clients' streams, a
+    reserve of 32 for the nodes', 16 for the other orderers' Cluster streams, 16 for unary
+    calls) holds what the nodes hold at worst (node.stream_caps.reserve_need: each peer's
+    Deliver and Broadcast stream, each other orderer's Deliver); else a reserve of that many and
+    the workers grown by as much, the rest of the split unchanged. The sample's 16 peers and 3
+    orderers need 34: its default reserve of 32 left two of them refused TOO_MANY_STREAMS under a
+    flood of client streams."""
+    workers = DEFAULT_GRPC_WORKERS["orderer"]
+    clients, default_reserve, cluster = workers // 2, workers // 4, workers // 8
+    need = reserve_need(peers, orderers)
+    if need <= default_reserve:
+        return {}
+    return {"grpc_workers": workers + need - default_reserve, "max_streams": clients,
+            "max_node_streams": need, "max_cluster_streams": cluster}
 
 
 def _utcnow() -> dt.datetime:
@@ -606,6 +626,9 @@ def _generate(spec: ConsortiumSpec, home: Path, clock: Clock) -> GeneratedNetwor
         }
         if n.kind == "orderer":
             doc["raft_id"] = n.raft_id
+            extra = orderer_extra(len(endpoints["peers"]), len(endpoints["orderers"]))
+            if extra:
+                doc["extra"] = extra
         _write_if_changed(home / "nodes" / n.name / "node.yaml",
                           yaml.safe_dump(doc, sort_keys=True).encode())
     net = {"consortium_id": spec.consortium_id, "consortium_secret": "consortium-secret",

@@ -77,7 +77,7 @@ from node.raft.errors import RaftStateLost
 from node.raft.storage import Storage
 from node.raft.types import ConfState, StateRole
 from node.rpc_parse import ParseGuard
-from node.stream_caps import StreamCaps
+from node.stream_caps import StreamCaps, reserve_need, reserve_short
 
 _log = logging.getLogger(__name__)
 
@@ -698,6 +698,18 @@ def serve(config: NodeConfig, *, first_start: bool = False) -> OrdererServer:
     # one's caller is checked again, at once when a config is adopted (node.stream_caps)
     streams = config.stream_caps(node_certificates(tracker.msp, wall_ms), check_caller.check)
     tracker.subscribe(lambda _cfg: streams.recheck_now())
+    # the reserve against what the config in force's nodes hold at worst, at start and when a
+    # config adds nodes (a warning: node.stream_caps.reserve_short)
+    told_short = [reserve_short(streams, len(tracker.current.config.peers),
+                                len(tracker.current.config.orderers), config.name)]
+
+    def reserve_again(_cfg: object) -> None:
+        cfg = tracker.current.config
+        short = reserve_need(len(cfg.peers), len(cfg.orderers)) - streams.nodes
+        if short > told_short[0]:
+            told_short[0] = reserve_short(streams, len(cfg.peers), len(cfg.orderers), config.name)
+
+    tracker.subscribe(reserve_again)
     deliver = DeliverService(blocks, tracker.msp, wall_ms, streams=streams,
                              release_told=peer_release_intake(lambda: tracker.current.config, releases))
     # one count of each non-member caller's refusals, whichever Cluster stream it opens

@@ -55,6 +55,9 @@ def _assert_bad_config(proc: subprocess.CompletedProcess[str], fragment: str, tm
     ("extra.max_cluster_streams_per_orderer", lambda d: d.__setitem__(
         "extra", {"max_cluster_streams": 4, "max_cluster_streams_per_orderer": 5})),
     ("extra.max_node_streams", lambda d: d.__setitem__("extra", {"grpc_workers": 8, "max_node_streams": 4})),
+    # the worst-case split: clients, nodes and the other orderers' Cluster streams leave a worker
+    # (64 + 63 + 16 of 128: started before, Raft starved under a flood of client streams)
+    ("Cluster streams (Raft)", lambda d: d.__setitem__("extra", {"max_node_streams": 63})),
     ("metrics_port", lambda d: d.__setitem__("metrics_port", 70000)),
     ("cannot load certificate/key", lambda d: d.__setitem__("key", d["ca_bundle"])),
     # each of these exited 1 ("start-up failed: ValueError/IsADirectoryError"), the data
