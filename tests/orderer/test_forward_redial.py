@@ -10,16 +10,21 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
+import pytest
 from rxchain.v1 import services_pb2
 
 from node.errors import RxError, abort_with
+from node.orderer.broadcast import BroadcastHandler
 from node.orderer.envelope_batch import split_batch
 from node.orderer.forward import REFUSED_REDIAL_MAX_S, LeaderForwarder
+from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from tests.harness.ports import free_ports
-from tests.orderer.test_batch import Clock, Members, _serve_forward_batch
+from tests.orderer.cluster import Client, make_network
+from tests.orderer.test_batch import BatchOrderer, Clock, Members, _serve_forward_batch, _validator
 
 STEP_S = 0.1  # the injected clock's step between two envelopes (a follower busy forwarding)
 
@@ -201,3 +206,33 @@ def test_an_unreachable_leader_is_backed_off_too_and_its_envelopes_are_redispatc
         assert 3 <= len(dials) <= 5, dials
         assert waited and all(o.reason == NOT_LEADER and "unreachable (UNAVAILABLE" in o.message
                               and "not sent" in o.message for o in waited), waited[0]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_network(tmp_path_factory.mktemp("forward-redial") / "net")
+
+
+def test_a_followers_clients_get_the_leaders_refusal_not_a_deadline(net: Any) -> None:
+    """A follower's BroadcastBatch stream of 5 envelopes while the leader refuses its forward
+    stream: each envelope is answered SERVICE_UNAVAILABLE naming the leader's reason, from one
+    dial. Before, the envelopes went round the broadcast handler's re-dispatch until their
+    5 s deadline, the leader dialled again every 0.2 s meanwhile (about 25 dials), and were
+    answered "leader changed; envelope not ordered" without the reason. (The forwarder's clock
+    is held still: one dial whatever the machine's pace.)"""
+    leader = _Leader()
+    (port,) = free_ports(1)
+    server = _serve_forward_batch(leader.handle, port)
+    fwd = LeaderForwarder(Members({7: f"127.0.0.1:{port}"}), grpc.insecure_channel, lambda: 7,
+                          clock=Clock(), watch_s=3600)
+    try:
+        follower = BroadcastHandler(_validator(net), BatchOrderer(leader=7), fwd, OrdererMetrics("t"))
+        envelopes = [Client(net).envelope() for _ in range(5)]
+        answers = [r for m in follower.batch_stream(iter([[raw for _, raw in envelopes]])) for r in m.responses]
+    finally:
+        fwd.close()
+        server.stop(0).wait(5)
+    assert [a.tx_id for a in answers] == [tx for tx, _ in envelopes]
+    assert all(a.reason == SERVICE_UNAVAILABLE and "REVOKED_CERT" in a.message and "not sent" in a.message
+               for a in answers), answers[0]
+    assert leader.calls == 1
