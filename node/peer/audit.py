@@ -120,6 +120,8 @@ def outcome_of(status: int, reason: str, payload: bytes) -> str:
     ``error`` member is get_key's committed denial (NO_KEY_GRANT)."""
     if status != 200:
         return reason or f"STATUS_{status}"
+    if b'"error"' not in payload:  # (a grant's answer carries its ciphertext: not parsed for nothing)
+        return GRANTED
     try:
         value = json.loads(payload) if payload else None
     except ValueError:

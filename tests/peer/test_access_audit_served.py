@@ -6,6 +6,8 @@ UNKNOWN_CONTRACT, and that refusal is what gets recorded."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import random
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from netgen import generate
 from rxchain.v1 import services_pb2, services_pb2_grpc
 
 from client.audit import AuditClient
+from client.cli import main
 from client.errors import RxClientError
 from client.wallet import load_identity
 from node.config import load_node_config
@@ -110,6 +113,25 @@ def test_served_peer_records_key_calls_for_admins_and_regulators_across_a_restar
     assert [(r["id"], r["record_id"]) for r in records] == [(1, "RX-1"), (2, "RX-2")]
     assert records[1]["prev_hash"] == records[0]["hash"] == rec["hash"]
     assert verified["ok"] and verified["checked"] == 2
+
+
+    def cli(*argv: str) -> tuple[int, dict[str, object]]:
+        buf = io.StringIO()
+        code = main([*argv, "--home", str(home), "--json"], out=buf)
+        return code, json.loads(buf.getvalue())
+
+    code, listed = cli("audit", "list", "--as", "h01:admin", "--rx", "RX-2")
+    assert code == 0 and [r["id"] for r in listed["records"]] == [2]  # type: ignore[union-attr]
+    head = verified["head"]
+    code, checked = cli("audit", "verify", "--as", "reg01:aud-a", "--peer", "h01",
+                        "--anchor", f"{head['last_id']}:{head['last_hash']}")
+    assert (code, checked["ok"], checked["checked"]) == (0, True, 2)
+    code, wrong = cli("audit", "verify", "--as", "reg01:aud-a", "--peer", "h01", "--anchor", f"1:{'0' * 64}")
+    assert (code, wrong["error"]) == (1, "AUDIT_CHAIN_BROKEN") and "ANCHOR_MISMATCH" in str(wrong["message"])
+    code, refused = cli("audit", "list", "--as", "h01:dr-a")
+    assert (code, refused["error"]) == (1, "AUDIT_ACCESS_DENIED")
+    code, bad = cli("audit", "verify", "--as", "h01:admin", "--anchor", "3:zz")
+    assert (code, bad["error"]) == (1, "BAD_ARGUMENTS")
 
 
 @pytest.mark.parametrize(("key", "value"), [("audit_max_records", 999), ("audit_retention_days", 0),
