@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -115,13 +116,13 @@ def test_served_peer_records_key_calls_for_admins_and_regulators_across_a_restar
     assert verified["ok"] and verified["checked"] == 2
 
 
-    def cli(*argv: str) -> tuple[int, dict[str, object]]:
+    def cli(*argv: str) -> tuple[int, dict[str, Any]]:
         buf = io.StringIO()
         code = main([*argv, "--home", str(home), "--json"], out=buf)
         return code, json.loads(buf.getvalue())
 
     code, listed = cli("audit", "list", "--as", "h01:admin", "--rx", "RX-2")
-    assert code == 0 and [r["id"] for r in listed["records"]] == [2]  # type: ignore[union-attr]
+    assert code == 0 and [r["id"] for r in listed["records"]] == [2]
     head = verified["head"]
     code, checked = cli("audit", "verify", "--as", "reg01:aud-a", "--peer", "h01",
                         "--anchor", f"{head['last_id']}:{head['last_hash']}")
@@ -130,8 +131,8 @@ def test_served_peer_records_key_calls_for_admins_and_regulators_across_a_restar
     assert (code, wrong["error"]) == (1, "AUDIT_CHAIN_BROKEN") and "ANCHOR_MISMATCH" in str(wrong["message"])
     code, refused = cli("audit", "list", "--as", "h01:dr-a")
     assert (code, refused["error"]) == (1, "AUDIT_ACCESS_DENIED")
-    code, bad = cli("audit", "verify", "--as", "h01:admin", "--anchor", "3:zz")
-    assert (code, bad["error"]) == (1, "BAD_ARGUMENTS")
+    code, malformed = cli("audit", "verify", "--as", "h01:admin", "--anchor", "3:zz")
+    assert (code, malformed["error"]) == (1, "BAD_ARGUMENTS")
 
 
 @pytest.mark.parametrize(("key", "value"), [("audit_max_records", 999), ("audit_retention_days", 0),
