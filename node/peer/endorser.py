@@ -138,7 +138,7 @@ class _Seen:
         try:
             info = cert_info_der(ident.cert_der)
             role, name = info.role, info.name
-        except ValueError:
+        except Exception:  # noqa: BLE001, S110 - any bytes: the record keeps the fingerprint
             pass
         return Caller(ident.org[:64], role[:64], name[:128], ident.cert_der, False)
 
@@ -259,10 +259,11 @@ class Endorser:
         path = audit_pb2.ACCESS_ENDORSE if endorse else audit_pb2.ACCESS_EVALUATE
         try:
             sim = self._simulate(signed, endorse, seen)
-        except RxError as err:
+        except Exception as exc:  # any refusal (a bug too: answered INTERNAL) is recorded
             inv = seen.invocation
             if inv is not None and self._audit.audited(inv.contract, inv.function):
-                self._audit.refused(seen.caller(), inv.contract, inv.function, _args_of(inv), err.reason,
+                reason = exc.reason if isinstance(exc, RxError) else "INTERNAL"
+                self._audit.refused(seen.caller(), inv.contract, inv.function, _args_of(inv), reason,
                                     seen.height if seen.height >= 0 else self._ledger.height(),
                                     seen.header.tx_id if seen.header is not None else "", path)
             raise

@@ -140,6 +140,23 @@ def test_a_refusal_at_the_signature_check_is_recorded_unauthenticated(keyed: Clu
     assert (rec.org, rec.role, rec.record_id) == ("p01", "pharmacist", "RX-1")  # as the certificate claims
 
 
+def test_a_certificate_that_does_not_parse_is_recorded_by_its_fingerprint(keyed: Cluster,
+                                                                          audited: _Audited) -> None:
+    signed = keyed.kit.proposal(keyed.net.pharmacist, "prescription", "get_key", {"rx_id": "RX-9"},
+                                timestamp_ms=keyed.now())
+    prop = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+    header = transaction_pb2.TxHeader.FromString(prop.header)
+    header.creator.cert_der = b"not a certificate"
+    prop.header = header.SerializeToString()
+    signed = transaction_pb2.SignedProposal(proposal_bytes=prop.SerializeToString(), signature=b"x")
+    with pytest.raises(RxError) as err:
+        audited.endorser.simulate(signed, endorse=True)
+    [rec] = _records(audited.log)
+    assert (rec.outcome, rec.authenticated, rec.path) == (err.value.reason, False, audit_pb2.ACCESS_ENDORSE)
+    assert rec.cert_sha256 == hashlib.sha256(b"not a certificate").digest()
+    assert (rec.org, rec.role, rec.record_id) == ("p01", "", "RX-9")
+
+
 def test_an_endorsement_is_recorded_with_its_tx_id(keyed: Cluster, audited: _Audited) -> None:
     signed = keyed.kit.proposal(keyed.net.pharmacist, "prescription", "get_key", {"rx_id": "RX-2"},
                                 timestamp_ms=keyed.now())
