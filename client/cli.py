@@ -666,6 +666,50 @@ class LedgerInvalid(RxClientError):
         self.detail = detail
 
 
+def _audit_peer(a: argparse.Namespace) -> tuple[Any, Any]:
+    """(identity, peer) of an audit command: --peer, else the caller's organisation's peer."""
+    _, net, ident = _ledger_identity(a)
+    org = getattr(a, "peer", None)
+    if org:
+        return ident, net.peer_of(org)
+    own = [p for p in net.peers if p.org == ident.org]
+    if not own:
+        raise RxClientError("BAD_ARGUMENTS", f"{ident.org} runs no peer: name one with --peer ORG")
+    return ident, own[0]
+
+
+def cmd_audit_list(a: argparse.Namespace) -> dict[str, Any]:
+    from client.audit import AuditClient
+
+    ident, peer = _audit_peer(a)
+    with AuditClient(ident, peer.target) as c:
+        page = c.query(start_id=a.start, by_time=a.since is not None or a.until is not None,
+                       start_ms=a.since or 0, end_ms=a.until or 0, record_id=a.rx or "", limit=a.limit)
+    return {"peer": peer.name, "records": page.records, "more": page.more, "next_id": page.next_id,
+            "next_ms": page.next_ms, "head": page.head}
+
+
+def cmd_audit_verify(a: argparse.Namespace) -> dict[str, Any]:
+    from client.audit import AuditClient
+
+    anchor = None
+    if a.anchor:
+        rid, _, digest = a.anchor.partition(":")
+        try:
+            anchor = (int(rid), bytes.fromhex(digest))
+        except ValueError:
+            raise RxClientError("BAD_ARGUMENTS", "--anchor is ID:SHA256HEX (a record id and its hash)") from None
+        if anchor[0] < 1 or len(anchor[1]) != 32:
+            raise RxClientError("BAD_ARGUMENTS", "--anchor is ID:SHA256HEX (a record id and its hash)")
+    ident, peer = _audit_peer(a)
+    with AuditClient(ident, peer.target) as c:
+        out = {"peer": peer.name, **c.verify(start_id=a.start, anchor=anchor)}
+    if not out["ok"]:
+        raise RxClientError("AUDIT_CHAIN_BROKEN", f"{peer.name}: record {out['first_bad_id']} {out['reason']}: "
+                                                  f"{out['detail']}")
+    return out
+
+
 def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
     from client.events import EventListener, FileCheckpoint, MemoryCheckpoint
     from client.session import Session
@@ -875,6 +919,24 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--local", action="store_true",
                     help="re-check the local peers' block files and state hash (node.ledger)")
     sub(lg, "height", cmd_ledger_height, "block height of peers")
+
+    pa_audit = groups.add_parser("audit", help="a peer's access-audit log of key releases (its org's admins, "
+                                         "regulators)").add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    al = sub(pa_audit, "list", cmd_audit_list,
+             "one page of the peer's access-audit records (who got or was refused a prescription's key, when)")
+    al.add_argument("--start", type=_COUNT, default=0, help="first record id (a page's next_id)")
+    al.add_argument("--since", type=_COUNT, default=None, metavar="MS",
+                    help="page by time from this Unix ms (with --start: a page's next_ms and next_id)")
+    al.add_argument("--until", type=_COUNT, default=None, metavar="MS", help="only records before this Unix ms")
+    al.add_argument("--rx", metavar="RX_ID", help="only this prescription's records")
+    al.add_argument("--limit", type=_int_in(1, 1000), default=100)
+    av = sub(pa_audit, "verify", cmd_audit_verify,
+             "verify the hash chain of the peer's whole access-audit log (AUDIT_CHAIN_BROKEN if a record was "
+             "changed or removed)")
+    av.add_argument("--start", type=_COUNT, default=0, help="first record id to check")
+    av.add_argument("--anchor", metavar="ID:SHA256",
+                    help="a record id and hash noted earlier (e.g. the head's last_id:last_hash): it must still "
+                         "hash so")
 
     cf = groups.add_parser("config", help="consortium config updates (admins)").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

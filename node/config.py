@@ -17,7 +17,8 @@ documented where they are used: ``node.orderer.server`` (Raft and ordering tunin
 an orderer's ``max_cluster_streams``, ``max_cluster_streams_per_orderer``); ``grpc_workers`` is the gRPC thread pool
 (peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes (default 4; each
 serves one contract code, see ``node.sandbox.runtime``) and
-``orderer_quorum`` the orderer signatures a peer requires on a block.
+``orderer_quorum`` the orderer signatures a peer requires on a block; ``audit_retention_days`` and
+``audit_max_records`` bound the peer's access-audit log (``node.peer.audit``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "max_cluster_streams": (1, 4095),
     "max_cluster_streams_per_orderer": (1, 4095),
     "sandbox_workers": (1, 256),
+    "audit_retention_days": (1, 36_500),  # node.peer.audit
+    "audit_max_records": (1_000, 1 << 40),
     "orderer_quorum": (1, 1000),
     "tick_ms": (1, 60_000),
     "election_tick": (2, 10_000),

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
-from rxchain.v1 import identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import audit_pb2, identity_pb2, services_pb2, services_pb2_grpc, transaction_pb2
 
 from node.crypto.canonical import compute_tx_id, proposal_hash
 from node.crypto.signing import Purpose, Signer
@@ -48,6 +48,7 @@ from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
 from node.msgbound import budget_reader
+from node.peer.audit import Auditor, Caller, outcome_of
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS, ContractDefinition
 from node.peer.history import HistoryLedger, LedgerHistory, ValueCache
@@ -102,6 +103,10 @@ class Ledgerish(HistoryLedger, Protocol):
         """Where a tx id was committed, or None."""
         ...
 
+    def height(self) -> int:
+        """Blocks committed."""
+        ...
+
 
 @dataclass(frozen=True)
 class ParsedProposal:
@@ -113,6 +118,38 @@ class ParsedProposal:
     invocation: transaction_pb2.ContractInvocation
     args: Mapping[str, Any]
     creator: Principal
+
+
+@dataclass
+class _Seen:
+    """What :meth:`Endorser.check` parsed and verified of one proposal, for its audit record."""
+
+    header: transaction_pb2.TxHeader | None = None
+    invocation: transaction_pb2.ContractInvocation | None = None
+    creator: Principal | None = None  # set once the signature and certificate verified
+    height: int = -1  # the ledger height the call was simulated at
+
+    def caller(self) -> Caller:
+        if self.creator is not None:
+            c = self.creator
+            return Caller(c.org, c.role, c.name, c.cert_der, True)
+        ident = self.header.creator if self.header is not None else identity_pb2.Identity()
+        role = name = ""
+        try:
+            info = cert_info_der(ident.cert_der)
+            role, name = info.role, info.name
+        except Exception:  # noqa: BLE001, S110 - any bytes: the record keeps the fingerprint
+            pass
+        return Caller(ident.org[:64], role[:64], name[:128], ident.cert_der, False)
+
+
+def _args_of(inv: transaction_pb2.ContractInvocation) -> Mapping[str, Any]:
+    """The call's arguments for its audit record ({} when they do not parse)."""
+    try:
+        args = json.loads(inv.args_json.decode("utf-8") or "{}")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -136,6 +173,7 @@ class Endorser:
         lifecycle: Lifecycle,
         clock: Clock,
         on_endorse: Callable[[], None] | None = None,
+        audit: Auditor | None = None,
     ) -> None:
         self._ledger = ledger
         self._configs = configs
@@ -144,6 +182,7 @@ class Endorser:
         self._lifecycle = lifecycle
         self._clock = clock
         self._on_endorse = on_endorse
+        self._audit = audit  # the access-audit log (None: nothing is recorded, e.g. unit tests)
         self._name = cert_info_der(signer.cert_der).name  # what validators look up in config.peers
         self._sources: OrderedDict[str, tuple[bytes, tuple[str, str], str]] = OrderedDict()
         self._lock = threading.Lock()
@@ -151,8 +190,9 @@ class Endorser:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self, signed: transaction_pb2.SignedProposal) -> ParsedProposal:
-        """Steps 1-4 of the module docstring; returns the parsed proposal."""
+    def check(self, signed: transaction_pb2.SignedProposal, seen: _Seen | None = None) -> ParsedProposal:
+        """Steps 1-4 of the module docstring; returns the parsed proposal. ``seen`` is told what
+        was parsed and who was verified before a refusal (the access audit records it)."""
         cfg = self._configs.current()
         limits = cfg.config.limits
         max_bytes = limits.max_envelope_bytes or limits.max_message_bytes
@@ -166,6 +206,8 @@ class Endorser:
             invocation = transaction_pb2.ContractInvocation.FromString(proposal.invocation)
         except DecodeError as exc:
             raise RxError("BAD_PAYLOAD", f"proposal does not parse: {exc}") from exc
+        if seen is not None:
+            seen.header, seen.invocation = header, invocation
         if header.type != transaction_pb2.INVOKE:
             raise RxError("BAD_HEADER", "only INVOKE proposals are endorsed")
         if header.consortium_id != cfg.config.consortium_id:
@@ -182,6 +224,8 @@ class Endorser:
         creator = cfg.msp.verify(
             header.creator, signed.signature, Purpose.PROPOSAL, signed.proposal_bytes, header.timestamp_ms
         )
+        if seen is not None:
+            seen.creator = creator
         if now != header.timestamp_ms:
             # Validation can only check the certificate at the tx's own timestamp, which the
             # client picks within the skew: checked at this peer's clock too, a certificate
@@ -204,8 +248,35 @@ class Endorser:
     # ------------------------------------------------------------------ simulate
 
     def simulate(self, signed: transaction_pb2.SignedProposal, *, endorse: bool) -> Simulation:
-        """Check and simulate; ``endorse`` also refuses tx ids already on the ledger."""
-        parsed = self.check(signed)
+        """Check and simulate; ``endorse`` also refuses tx ids already on the ledger.
+
+        A call of a function that releases decryption material (node.peer.audit.AUDITED) is
+        recorded in the access-audit log, granted or refused, before it is answered; a granted
+        one whose record cannot be written is refused (AUDIT_WRITE_FAILED / AUDIT_FULL)."""
+        if self._audit is None:
+            return self._simulate(signed, endorse, None)
+        seen = _Seen()
+        path = audit_pb2.ACCESS_ENDORSE if endorse else audit_pb2.ACCESS_EVALUATE
+        try:
+            sim = self._simulate(signed, endorse, seen)
+        except Exception as exc:  # any refusal (a bug too: answered INTERNAL) is recorded
+            inv = seen.invocation
+            if inv is not None and self._audit.audited(inv.contract, inv.function):
+                reason = exc.reason if isinstance(exc, RxError) else "INTERNAL"
+                self._audit.refused(seen.caller(), inv.contract, inv.function, _args_of(inv), reason,
+                                    seen.height if seen.height >= 0 else self._ledger.height(),
+                                    seen.header.tx_id if seen.header is not None else "", path)
+            raise
+        inv = sim.parsed.invocation
+        if self._audit.audited(inv.contract, inv.function):
+            r = sim.response
+            self._audit.granted(seen.caller(), inv.contract, inv.function, sim.parsed.args,
+                                outcome_of(r.status, r.reason, r.payload), seen.height,
+                                sim.parsed.header.tx_id, path)
+        return sim
+
+    def _simulate(self, signed: transaction_pb2.SignedProposal, endorse: bool, seen: _Seen | None) -> Simulation:
+        parsed = self.check(signed, seen)
         if endorse and self._ledger.tx_location(parsed.header.tx_id) is not None:
             raise RxError("DUPLICATE_TXID", f"tx {parsed.header.tx_id} is already on the ledger")
         cfg = self._configs.current().config
@@ -218,6 +289,8 @@ class Endorser:
         function = parsed.invocation.function
         with self._ledger.snapshot() as snap:
             height_block = -1 if snap.savepoint is None else snap.savepoint.block
+            if seen is not None:
+                seen.height = height_block + 1
             sim = TxSimulator(snap, name, sim_limits, LedgerHistory(self._ledger, height_block, self.history_values))
             if name == LIFECYCLE_NS:
                 if not self._lifecycle.allows(function, parsed.creator):

@@ -56,6 +56,11 @@ class PeerMetrics:
         )
         self.submitted = Counter("rxchain_peer_gateway_submitted",
                                  "Envelopes accepted by the ordering service", registry=r)
+        self.access_audit = Counter(
+            "rxchain_peer_access_audit_records",
+            "Access-audit records of key releases by result (granted, refused; write_failed: "
+            "not written, the key was not released)", ["result"], registry=r,
+        )
         self.deliver_failovers = Counter(
             "rxchain_peer_deliver_failovers", "Deliver stream failures by reason", ["reason"],
             registry=r,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rxchain.v1 import block_pb2, services_pb2_grpc, transaction_pb2
+from rxchain.v1 import audit_pb2_grpc, block_pb2, services_pb2_grpc, transaction_pb2
 
 from node.clock import wall_ms
 from node.config import NodeConfig, check_can_listen
@@ -38,6 +38,8 @@ from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.identity.release import sign_statement
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
+from node.peer.audit import DEFAULT_MAX_RECORDS, DEFAULT_RETENTION_DAYS, AccessLog, Auditor
+from node.peer.audit_service import AccessAuditService
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.committer import CommittedBlock, Committer
 from node.peer.config_view import ConfigView
@@ -82,6 +84,7 @@ class PeerNode:
     failed: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
     streams: StreamCaps | None = None  # its caps on long-lived calls (their sweeper stops with it)
+    access_log: AccessLog | None = None  # its access-audit log (closed after the endorsers stopped)
 
     def fail(self, cause: BaseException) -> None:
         """A commit failed in a way that leaves the ledger in doubt: ask the owner to restart."""
@@ -106,6 +109,8 @@ class PeerNode:
         self.broadcast.close()
         self.sandbox.close()
         self.metrics.close()
+        if self.access_log is not None:
+            self.access_log.close()
         # closed even then: an in-process restart (after a failed commit) reopens it
         with self.committer_lock():
             self.ledger.close()
@@ -190,8 +195,15 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     sandbox = Sandbox(int(extra.get("sandbox_workers", SANDBOX_WORKERS)), SandboxLimits())
     metrics.watch_sandbox(sandbox.stats)
     closers.append(sandbox.close)
+    # who got (or was refused) a prescription's key from this peer (node.peer.audit)
+    access_log = AccessLog(Path(config.data_dir) / "audit", wall_ms,
+                           retention_days=int(extra.get("audit_retention_days", DEFAULT_RETENTION_DAYS)),
+                           max_records=int(extra.get("audit_max_records", DEFAULT_MAX_RECORDS)),
+                           sync=config.fsync)
+    closers.append(access_log.close)
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), wall_ms,
-                        on_endorse=metrics.endorsements.inc)
+                        on_endorse=metrics.endorsements.inc,
+                        audit=Auditor(access_log, lambda result: metrics.access_audit.labels(result=result).inc()))
     def options() -> list[tuple[str, int | str]]:
         # each channel takes the bound in force as it is dialled; it sends up to NODE_SEND_BOUND
         return [*channel_options(message_bound(), max_send_bytes=NODE_SEND_BOUND),
@@ -263,6 +275,8 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
     services_pb2_grpc.add_PeerDeliverServicer_to_server(
         PeerDeliverService(ledger, notifier, CallerCheck(lambda: configs.current().msp, wall_ms, NO_BLOCK_ROLES),
                            streams), server)
+    audit_pb2_grpc.add_AccessAuditServicer_to_server(AccessAuditService(config.org, access_log, check_caller),
+                                                     server)
     services_pb2_grpc.add_AdminServicer_to_server(
         PeerAdminService(config.name, ledger, lambda: bool(node_ref) and node_ref[0].stopping.is_set(),
                          check_caller),
@@ -278,7 +292,7 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
         raise RxError("BAD_CONFIG", f"{config.name}: cannot listen on {config.listen}")
     closers.append(lambda: server.stop(0))
     node = PeerNode(config, ledger, committer, notifier, deliver, broadcast, gateway, server,
-                    metrics, sandbox, endorser_service, streams=streams)
+                    metrics, sandbox, endorser_service, streams=streams, access_log=access_log)
     node_ref.append(node)
     server.start()
     try:

@@ -456,6 +456,31 @@ def test_free_text_reasons_become_codes_and_encrypted_notes(net: Net):
     assert shown["review"]["reason"] == "INTERACTION" and shown["review"]["note"] == REJECT_NOTE
 
 
+def test_key_releases_are_on_the_access_audit_log_of_the_peer_that_answered(net: Net):
+    """A key fetched (submitted: KEY_FETCH on the ledger) and one only evaluated (no trace on the
+    ledger) are both on the access-audit log of p01's peer, which answered them, with the
+    caller, the outcome and the path; its admin and the regulator read it, others are refused."""
+    rx = _issue_cli(net, "--drug", "amlodipine:1", "--days", "7", "--pharmacy", "p01")["rx_id"]
+    shown = net.cli("--as", WANG, "rx", "show", rx, "--peer", "p01")
+    assert shown["content"] is not None
+    with Session(net.home, WANG, peer_org="p01") as s:
+        grant = s.gateway.evaluate("prescription", "get_key", {"rx_id": rx})  # a query: nothing ordered
+    assert grant["party"] == "p01" and grant["wrapped_key"]
+    with Session(net.home, CHEN, peer_org="p01") as s:
+        denied = s.gateway.evaluate("prescription", "get_key", {"rx_id": rx})
+    assert denied["error"] == "NO_KEY_GRANT"
+    page = net.cli("--as", "p01:admin", "audit", "list", "--rx", rx)
+    rows = [(r["org"], r["role"], r["function"], r["outcome"], r["path"]) for r in page["records"]]
+    assert ("p01", "pharmacist", "get_key", "GRANTED", "endorse") in rows
+    assert rows[-2:] == [("p01", "pharmacist", "get_key", "GRANTED", "evaluate"),
+                         ("p02", "pharmacist", "get_key", "NO_KEY_GRANT", "evaluate")]
+    assert all(r["record_id"] == rx and r["authenticated"] for r in page["records"])
+    regulator = net.cli("--as", "reg01:auditor-1", "audit", "verify", "--peer", "p01")
+    assert regulator["ok"] and regulator["checked"] >= len(rows)
+    assert net.cli_error("--as", WANG, "audit", "list", "--peer", "p01")["error"] == "AUDIT_ACCESS_DENIED"
+    assert net.cli_error("--as", "h01:admin", "audit", "list", "--peer", "p01")["error"] == "AUDIT_ACCESS_DENIED"
+
+
 # Keep this test LAST in the file: it scans what every earlier test (and test_fhir_gateway)
 # wrote. NATIONAL_CODE is on the ledger in the formulary: the positive control of the scan.
 NATIONAL_CODE = "XC08CAA001A001010100001"

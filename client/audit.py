@@ -1,0 +1,127 @@
+"""A peer's access-audit log (node.peer.audit) over AccessAudit: who got or was refused a
+prescription's key from that peer, and when. Only the peer organisation's admins and regulator
+auditors/admins are answered (others: AUDIT_ACCESS_DENIED).
+
+The pages carry the records as the peer stored them; :func:`check_chain` re-checks a run of
+them here (each record's ``prev_hash`` is the SHA-256 of the one before), so a peer answering
+a doctored page of consecutive records is caught without trusting its own Verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from rxchain.v1 import audit_pb2, audit_pb2_grpc
+
+from client.errors import RxClientError
+from client.gateway import rpc_error
+from client.wallet import WalletIdentity
+from node.crypto.tls import secure_channel
+
+PATHS = {audit_pb2.ACCESS_EVALUATE: "evaluate", audit_pb2.ACCESS_ENDORSE: "endorse"}
+
+
+def record_dict(raw: bytes) -> dict[str, Any]:
+    """One stored record as JSON-friendly values (hashes in hex), with its own ``hash``."""
+    r = audit_pb2.AccessRecord.FromString(raw)
+    return {"id": r.id, "time_ms": r.time_ms, "org": r.org, "role": r.role, "name": r.name,
+            "cert_sha256": r.cert_sha256.hex(), "authenticated": r.authenticated,
+            "contract": r.contract, "function": r.function, "record_id": r.record_id,
+            "outcome": r.outcome, "height": r.height, "tx_id": r.tx_id,
+            "path": PATHS.get(r.path, "unspecified"), "prev_hash": r.prev_hash.hex(),
+            "hash": hashlib.sha256(raw).hexdigest()}
+
+
+def check_chain(records: Sequence[bytes]) -> None:
+    """RxClientError AUDIT_CHAIN_BROKEN unless consecutive records (ids n, n+1, ...) chain."""
+    prev: tuple[int, bytes] | None = None
+    for raw in records:
+        r = audit_pb2.AccessRecord.FromString(raw)
+        if prev is not None:
+            if r.id != prev[0] + 1:
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {prev[0] + 1} is missing (got {r.id})")
+            if r.prev_hash != prev[1]:
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {r.id} does not chain to record {prev[0]}")
+        prev = (r.id, hashlib.sha256(raw).digest())
+
+
+def head_dict(h: audit_pb2.AuditHead) -> dict[str, Any]:
+    return {"first_id": h.first_id, "first_prev_hash": h.first_prev_hash.hex(), "last_id": h.last_id,
+            "last_hash": h.last_hash.hex(), "pruned": h.pruned}
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[dict[str, Any]]
+    more: bool
+    next_id: int
+    next_ms: int
+    head: dict[str, Any]
+
+
+class AuditClient:
+    """A short-lived connection to one peer's AccessAudit service."""
+
+    def __init__(self, identity: WalletIdentity, target: str, timeout_s: float = 30.0) -> None:
+        self._channel = secure_channel(target, identity.cert_path, identity.key_path, identity.ca_bundle_path)
+        self._stub = audit_pb2_grpc.AccessAuditStub(self._channel)
+        self._timeout = timeout_s
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AuditClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def query(self, *, start_id: int = 0, by_time: bool = False, start_ms: int = 0, end_ms: int = 0,
+              record_id: str = "", limit: int = 0) -> Page:
+        """One page (records with their hashes; a page in id order without a record_id filter is
+        checked to chain here)."""
+        req = audit_pb2.AuditQueryRequest(
+            order=audit_pb2.AUDIT_BY_TIME if by_time else audit_pb2.AUDIT_BY_ID, start_id=start_id,
+            start_ms=start_ms, end_ms=end_ms, record_id=record_id, limit=limit)
+        try:
+            res = self._stub.Query(req, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise rpc_error(exc) from None
+        if not by_time and not record_id:
+            check_chain(res.records)
+        return Page([record_dict(r) for r in res.records], res.more, res.next_id, res.next_ms, head_dict(res.head))
+
+    def pages(self, **kwargs: Any) -> Iterator[Page]:
+        """Every page from the arguments of :meth:`query` on."""
+        while True:
+            page = self.query(**kwargs)
+            yield page
+            if not page.more:
+                return
+            kwargs["start_id"], kwargs["start_ms"] = page.next_id, page.next_ms or kwargs.get("start_ms", 0)
+
+    def verify(self, *, start_id: int = 0, limit: int = 0, anchor: tuple[int, bytes] | None = None,
+               all_pages: bool = True) -> dict[str, Any]:
+        """The peer's Verify from ``start_id`` (every page until the head when ``all_pages``)."""
+        checked = 0
+        while True:
+            req = audit_pb2.AuditVerifyRequest(start_id=start_id, limit=limit)
+            if anchor is not None:
+                req.anchor_id, req.anchor_hash = anchor
+            try:
+                res = self._stub.Verify(req, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                raise rpc_error(exc) from None
+            checked += res.checked
+            if not res.ok or not res.more or not all_pages:
+                break
+            start_id, anchor = res.next_id, None
+        out = {"ok": res.ok, "checked": checked, "head": head_dict(res.head), "more": res.more,
+               "next_id": res.next_id}
+        if not res.ok:
+            out.update(first_bad_id=res.first_bad_id, reason=res.reason, detail=res.detail)
+        return out

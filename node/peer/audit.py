@@ -1,0 +1,427 @@
+"""The peer's access-audit log: who got (or was refused) decryption material, when.
+
+A prescription's wrapped key is released by the contract function ``prescription.get_key``.
+A submitted call leaves a KEY_FETCH record on the ledger, but an Evaluate (a query, never
+ordered) and an endorsement that is never submitted answer the same key with no trace there.
+So every call of an :data:`AUDITED` function this peer answers -- Gateway.Evaluate and every
+endorsement (Gateway.Endorse/Transact/TransactBatch, Endorser.ProcessProposal[s]) --,
+granted or refused, appends one ``rxchain.v1.AccessRecord`` to this log BEFORE the answer
+leaves the peer. A granted call whose record cannot be written durably is refused instead
+(AUDIT_WRITE_FAILED, or AUDIT_FULL when the log holds ``max_records`` records none of which
+is past retention): the key is never released unrecorded.
+
+Storage: a LevelDB of its own under ``data_dir/audit`` (not the ledger's ``state/``, which is
+derived data an operator may delete to rebuild from the blocks; this log is not derived from
+anything). Every append is one synced write batch. Key layout (integers unsigned big-endian)::
+
+    b"r" u64 id                    -> AccessRecord (serialized; the bytes the chain hashes)
+    b"t" u64 time_ms u64 id        -> b""   (time index)
+    b"x" record_id 0x00 u64 id     -> b""   (prescription index)
+    b"mhead"                       -> u64 last_id | 32-byte SHA-256 of record last_id
+    b"mbase"                       -> u64 first_id | 32-byte prev hash of record first_id | u64 pruned
+
+Chain: record ``n`` carries ``prev_hash = SHA-256(stored bytes of record n-1)`` (32 zero bytes
+for record 1); ``mhead`` holds the newest record's hash. :meth:`AccessLog.verify` finds a
+record removed (a gap), modified (the next record's ``prev_hash``, or ``mhead``, no longer
+matches), unparseable, or records cut off the end. Whoever can rewrite the whole directory can
+rebuild a consistent chain: compare the head with one noted earlier outside the peer
+(``Verify`` with ``anchor_id``/``anchor_hash``, ``rxchain audit verify --anchor ID:HASH``).
+
+Bounds: ``retention_days`` (node.yaml ``extra.audit_retention_days``, default 3650) and
+``max_records`` (``extra.audit_max_records``, default 20,000,000; a record is ~250-350
+bytes, so ~7 GB at most). Each append first removes up to :data:`PRUNE_BATCH` of the
+oldest records older than retention (their hash stays as ``mbase``'s anchor, ``pruned``
+counts them); when ``max_records`` are still kept the call is refused AUDIT_FULL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import plyvel
+from google.protobuf.message import DecodeError
+from rxchain.v1 import audit_pb2
+
+from node.errors import RxError
+from node.fsutil import make_dirs_durable
+
+_log = logging.getLogger(__name__)
+
+# (contract, function) pairs whose answer carries decryption material: prescription.get_key
+# answers the caller's wrapped record key and note keys. No other function of the consortium's
+# contracts returns a wrapped key (the settlement and registry views return ciphertext-free
+# metadata; dx_key / trace_key reach contracts only as transient inputs, never in an answer).
+AUDITED: frozenset[tuple[str, str]] = frozenset({("prescription", "get_key")})
+RECORD_ID_ARG = "rx_id"  # the argument naming the record
+MAX_RECORD_ID_CHARS = 128  # a longer (or non-string) argument is recorded cut (the call is refused anyway)
+
+GRANTED = "GRANTED"
+AUDIT_WRITE_FAILED = "AUDIT_WRITE_FAILED"
+AUDIT_FULL = "AUDIT_FULL"
+AUDIT_ACCESS_DENIED = "AUDIT_ACCESS_DENIED"
+
+DEFAULT_RETENTION_DAYS = 3650
+DEFAULT_MAX_RECORDS = 20_000_000
+PRUNE_BATCH = 64  # oldest records past retention removed per append at most
+DAY_MS = 86_400_000
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+MAX_SCAN = 10_000  # index entries a filtered page looks at before it answers (more=true)
+MAX_VERIFY = 100_000
+MAX_QUERY_RECORD_ID = MAX_RECORD_ID_CHARS
+
+ZERO_HASH = b"\0" * 32
+_U64 = struct.Struct(">Q")
+_HEAD = struct.Struct(">Q32s")
+_BASE = struct.Struct(">Q32sQ")
+_HEAD_KEY = b"mhead"
+_BASE_KEY = b"mbase"
+_MAX_U64 = (1 << 64) - 1
+
+
+def _rkey(rid: int) -> bytes:
+    return b"r" + _U64.pack(rid)
+
+
+def _tkey(time_ms: int, rid: int) -> bytes:
+    return b"t" + _U64.pack(min(max(time_ms, 0), _MAX_U64)) + _U64.pack(rid)
+
+
+def _xkey(record_id: str, rid: int) -> bytes:
+    return b"x" + record_id.encode("utf-8") + b"\0" + _U64.pack(rid)
+
+
+def record_hash(raw: bytes) -> bytes:
+    """A record's hash: SHA-256 of its stored bytes."""
+    return hashlib.sha256(raw).digest()
+
+
+def record_id_of(args: Mapping[str, Any]) -> str:
+    """The record id a call names (its ``rx_id``), as recorded: at most MAX_RECORD_ID_CHARS,
+    a non-string argument as its JSON text, NUL characters dropped (they end the index key)."""
+    value = args.get(RECORD_ID_ARG, "")
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))[:MAX_RECORD_ID_CHARS]
+    return text[:MAX_RECORD_ID_CHARS].replace("\0", "")
+
+
+def outcome_of(status: int, reason: str, payload: bytes) -> str:
+    """GRANTED for a 200 answer that is no refusal, else the reason code. A 200 answer with an
+    ``error`` member is get_key's committed denial (NO_KEY_GRANT)."""
+    if status != 200:
+        return reason or f"STATUS_{status}"
+    if b'"error"' not in payload:  # (a grant's answer carries its ciphertext: not parsed for nothing)
+        return GRANTED
+    try:
+        value = json.loads(payload) if payload else None
+    except ValueError:
+        return GRANTED
+    if isinstance(value, dict) and isinstance(value.get("error"), str):
+        return value["error"][:64] or "REFUSED"
+    return GRANTED
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, as the proposal's creator certificate says."""
+
+    org: str
+    role: str
+    name: str
+    cert_der: bytes
+    authenticated: bool
+
+
+@dataclass(frozen=True)
+class Head:
+    first_id: int
+    first_prev_hash: bytes
+    last_id: int
+    last_hash: bytes
+    pruned: int
+
+    def to_proto(self) -> audit_pb2.AuditHead:
+        empty = self.last_id < self.first_id
+        return audit_pb2.AuditHead(first_id=0 if empty else self.first_id, first_prev_hash=self.first_prev_hash,
+                                   last_id=self.last_id, last_hash=self.last_hash, pruned=self.pruned)
+
+
+class AccessLog:
+    """The durable, hash-chained access-audit log (module docstring). Thread-safe."""
+
+    def __init__(self, directory: str | os.PathLike[str], clock_ms: Callable[[], int], *,
+                 retention_days: int = DEFAULT_RETENTION_DAYS, max_records: int = DEFAULT_MAX_RECORDS,
+                 sync: bool = True) -> None:
+        self._dir = os.fspath(directory)
+        self._clock = clock_ms
+        self._retention_ms = retention_days * DAY_MS
+        self._max_records = max_records
+        self._sync = sync
+        self._lock = threading.Lock()
+        try:
+            make_dirs_durable(self._dir, sync=sync)
+            self._db: Any = plyvel.DB(self._dir, create_if_missing=True, compression=None)
+        except (OSError, plyvel.Error) as exc:
+            raise RxError("IO_ERROR", f"cannot open the access-audit log {self._dir}: {exc}") from exc
+        head = self._db.get(_HEAD_KEY)
+        base = self._db.get(_BASE_KEY)
+        try:
+            last_id, last_hash = _HEAD.unpack(head) if head is not None else (0, ZERO_HASH)
+            first_id, first_prev, pruned = _BASE.unpack(base) if base is not None else (1, ZERO_HASH, 0)
+        except struct.error as exc:
+            self._db.close()
+            raise RxError("AUDIT_LOG_CORRUPT", f"{self._dir}: unreadable head of the access-audit log") from exc
+        self._head = Head(first_id, first_prev, last_id, last_hash, pruned)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._db.closed:
+                self._db.close()
+
+    def head(self) -> Head:
+        with self._lock:
+            return self._head
+
+    # ------------------------------------------------------------------ append
+
+    def append(self, caller: Caller, contract: str, function: str, record_id: str, outcome: str,
+               height: int, tx_id: str, path: int) -> int:
+        """Write one record durably; its id. RxError AUDIT_FULL / AUDIT_WRITE_FAILED when it
+        could not be (nothing written then)."""
+        with self._lock:
+            h = self._head
+            now = self._clock()
+            try:
+                batch = self._db.write_batch(sync=self._sync)
+                first, first_prev, pruned = h.first_id, h.first_prev_hash, h.pruned
+                cutoff = now - self._retention_ms
+                for _ in range(PRUNE_BATCH):
+                    if first > h.last_id:
+                        break
+                    raw = self._db.get(_rkey(first))
+                    old = _parse(raw)
+                    if raw is None or old is None or old.time_ms >= cutoff:
+                        break  # a damaged front is left for verify to report
+                    batch.delete(_rkey(first))
+                    batch.delete(_tkey(old.time_ms, first))
+                    if old.record_id:
+                        batch.delete(_xkey(old.record_id, first))
+                    first_prev = record_hash(raw)
+                    first += 1
+                    pruned += 1
+                if h.last_id - first + 1 >= self._max_records:
+                    raise RxError(AUDIT_FULL, f"the access-audit log holds {self._max_records} records within "
+                                              "retention (extra.audit_max_records): nothing is released "
+                                              "unrecorded", grpc.StatusCode.RESOURCE_EXHAUSTED)
+                rid = h.last_id + 1
+                rec = audit_pb2.AccessRecord(
+                    id=rid, prev_hash=h.last_hash, time_ms=now, org=caller.org, role=caller.role,
+                    name=caller.name, cert_sha256=hashlib.sha256(caller.cert_der).digest(),
+                    authenticated=caller.authenticated, contract=contract, function=function,
+                    record_id=record_id, outcome=outcome, height=height, tx_id=tx_id,
+                    path=path)  # type: ignore[arg-type]
+                raw = rec.SerializeToString()
+                digest = record_hash(raw)
+                batch.put(_rkey(rid), raw)
+                batch.put(_tkey(now, rid), b"")
+                if record_id:
+                    batch.put(_xkey(record_id, rid), b"")
+                batch.put(_HEAD_KEY, _HEAD.pack(rid, digest))
+                if first != h.first_id:
+                    batch.put(_BASE_KEY, _BASE.pack(first, first_prev, pruned))
+                batch.write()
+            except RxError:
+                raise
+            except Exception as exc:  # any failure: the key is not released
+                raise RxError(AUDIT_WRITE_FAILED, f"the access-audit log could not be written: {exc}",
+                              grpc.StatusCode.UNAVAILABLE) from exc
+            if first != h.first_id:
+                _log.info("event=audit_pruned first_id=%d pruned=%d", first, pruned)
+            self._head = Head(first, first_prev, rid, digest, pruned)
+            return rid
+
+    # ------------------------------------------------------------------ read
+
+    def query(self, req: audit_pb2.AuditQueryRequest) -> audit_pb2.AuditQueryResponse:
+        """One page (request already checked by :func:`check_query`)."""
+        limit = req.limit or DEFAULT_PAGE
+        head = self.head()
+        out = audit_pb2.AuditQueryResponse(head=head.to_proto())
+        with self._db.snapshot() as snap:
+            if req.order == audit_pb2.AUDIT_BY_TIME:
+                start = _tkey(req.start_ms, req.start_id)
+                scanned = 0
+                with snap.iterator(start=start, stop=b"u", include_value=False) as it:
+                    for key in it:
+                        t, rid = _U64.unpack(key[1:9])[0], _U64.unpack(key[9:17])[0]
+                        if (req.end_ms and t >= req.end_ms) or not key.startswith(b"t"):
+                            return out
+                        if len(out.records) >= limit or scanned >= MAX_SCAN:
+                            out.more, out.next_id, out.next_ms = True, rid, t
+                            return out
+                        scanned += 1
+                        raw = snap.get(_rkey(rid))
+                        if raw is None:
+                            continue
+                        rec = _parse(raw)
+                        if req.record_id and (rec is None or rec.record_id != req.record_id):
+                            continue
+                        out.records.append(raw)
+                return out
+            if req.record_id:
+                prefix = b"x" + req.record_id.encode("utf-8") + b"\0"
+                with snap.iterator(start=prefix + _U64.pack(req.start_id), stop=prefix + b"\xff" * 8,
+                                   include_value=False) as it:
+                    for key in it:
+                        rid = _U64.unpack(key[-8:])[0]
+                        if len(out.records) >= limit:
+                            out.more, out.next_id = True, rid
+                            return out
+                        raw = snap.get(_rkey(rid))
+                        if raw is not None:
+                            out.records.append(raw)
+                return out
+            first = max(req.start_id, head.first_id)
+            with snap.iterator(start=_rkey(first), stop=b"s") as it:
+                for key, raw in it:
+                    if len(out.records) >= limit:
+                        out.more, out.next_id = True, _U64.unpack(key[1:9])[0]
+                        return out
+                    out.records.append(raw)
+        return out
+
+    def verify(self, req: audit_pb2.AuditVerifyRequest) -> audit_pb2.AuditVerifyResponse:
+        """Check the chain over [start_id, start_id + limit) (request checked by :func:`check_verify`)."""
+        head = self.head()
+        out = audit_pb2.AuditVerifyResponse(ok=True, head=head.to_proto())
+        limit = req.limit or MAX_VERIFY
+
+        def bad(rid: int, reason: str, detail: str) -> audit_pb2.AuditVerifyResponse:
+            out.ok, out.first_bad_id, out.reason, out.detail, out.more = False, rid, reason, detail, False
+            return out
+
+        with self._db.snapshot() as snap:
+            if req.anchor_id:
+                raw = snap.get(_rkey(req.anchor_id))
+                if req.anchor_id < head.first_id:
+                    pass  # pruned past retention: nothing left to compare with
+                elif raw is None or record_hash(raw) != req.anchor_hash:
+                    return bad(req.anchor_id, "ANCHOR_MISMATCH",
+                               f"record {req.anchor_id} is gone or no longer hashes to the anchor given")
+            rid = max(req.start_id, head.first_id)
+            if rid > head.last_id:
+                extra = snap.get(_rkey(head.last_id + 1))
+                if extra is not None:
+                    return bad(head.last_id + 1, "HEAD_MISMATCH", "a record past the head")
+                return out
+            if rid == head.first_id:
+                prev: bytes | None = head.first_prev_hash
+            else:
+                before = snap.get(_rkey(rid - 1))
+                prev = None if before is None else record_hash(before)
+                if prev is None:
+                    return bad(rid - 1, "RECORD_MISSING", f"record {rid - 1} is missing")
+            end = min(head.last_id, rid + limit - 1)
+            expect = rid
+            with snap.iterator(start=_rkey(rid), stop=_rkey(end) + b"\0") as it:
+                for key, raw in it:
+                    got = _U64.unpack(key[1:9])[0]
+                    if got != expect:
+                        return bad(expect, "RECORD_MISSING", f"record {expect} is missing")
+                    rec = _parse(raw)
+                    if rec is None or rec.id != got:
+                        return bad(got, "RECORD_MALFORMED", f"record {got} does not parse as itself")
+                    if rec.prev_hash != prev:
+                        return bad(got, "CHAIN_BROKEN",
+                                   f"record {got} does not chain to record {got - 1} (one of them was changed)")
+                    prev = record_hash(raw)
+                    expect += 1
+                    out.checked += 1
+            if expect <= end:
+                return bad(expect, "RECORD_MISSING", f"record {expect} is missing")
+            if end < head.last_id:
+                out.more, out.next_id = True, end + 1
+                return out
+            if prev != head.last_hash:
+                return bad(head.last_id, "HEAD_MISMATCH",
+                           f"record {head.last_id} does not hash to the head (it was changed)")
+            if snap.get(_rkey(head.last_id + 1)) is not None:
+                return bad(head.last_id + 1, "HEAD_MISMATCH", "a record past the head")
+        return out
+
+
+def _parse(raw: bytes | None) -> audit_pb2.AccessRecord | None:
+    if raw is None:
+        return None
+    try:
+        return audit_pb2.AccessRecord.FromString(raw)
+    except DecodeError:
+        return None
+
+
+def check_query(req: audit_pb2.AuditQueryRequest) -> None:
+    """BAD_REQUEST for a request out of bounds (nothing read)."""
+    if req.limit > MAX_PAGE:
+        raise RxError("BAD_REQUEST", f"limit {req.limit} exceeds {MAX_PAGE}")
+    if req.order not in (audit_pb2.AUDIT_BY_ID, audit_pb2.AUDIT_BY_TIME):
+        raise RxError("BAD_REQUEST", f"unknown order {req.order}")
+    if req.start_ms < 0 or req.end_ms < 0:
+        raise RxError("BAD_REQUEST", "start_ms and end_ms are Unix milliseconds (>= 0)")
+    if req.order == audit_pb2.AUDIT_BY_ID and (req.start_ms or req.end_ms):
+        raise RxError("BAD_REQUEST", "start_ms and end_ms page by time: order BY_TIME")
+    if len(req.record_id) > MAX_QUERY_RECORD_ID or "\0" in req.record_id:
+        raise RxError("BAD_REQUEST", f"record_id is at most {MAX_QUERY_RECORD_ID} characters, no NUL")
+
+
+def check_verify(req: audit_pb2.AuditVerifyRequest) -> None:
+    """BAD_REQUEST for a request out of bounds (nothing read)."""
+    if req.limit > MAX_VERIFY:
+        raise RxError("BAD_REQUEST", f"limit {req.limit} exceeds {MAX_VERIFY}")
+    if bool(req.anchor_id) != bool(req.anchor_hash) or (req.anchor_hash and len(req.anchor_hash) != 32):
+        raise RxError("BAD_REQUEST", "an anchor is a record id with its 32-byte SHA-256")
+
+
+class Auditor:
+    """What the endorser calls: which calls are audited, and their records (``on_record``
+    counts them by result for the metrics: granted, refused, write_failed)."""
+
+    def __init__(self, log: AccessLog, on_record: Callable[[str], None] | None = None) -> None:
+        self.log = log
+        self._on_record = on_record
+
+    @staticmethod
+    def audited(contract: str, function: str) -> bool:
+        return (contract, function) in AUDITED
+
+    def granted(self, caller: Caller, contract: str, function: str, args: Mapping[str, Any], outcome: str,
+                height: int, tx_id: str, path: int) -> None:
+        """Record an answer about to leave the peer; RxError (AUDIT_WRITE_FAILED, AUDIT_FULL) when
+        it could not be recorded: the caller must then refuse the call instead of answering."""
+        try:
+            self.log.append(caller, contract, function, record_id_of(args), outcome, height, tx_id, path)
+        except RxError as err:
+            _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
+                       err.reason, caller.org, caller.role, function, tx_id, err.message)
+            self._count("write_failed")
+            raise
+        self._count("granted" if outcome == GRANTED else "refused")
+
+    def refused(self, caller: Caller, contract: str, function: str, args: Mapping[str, Any], reason: str,
+                height: int, tx_id: str, path: int) -> None:
+        """Record a refusal (it is refused whether or not the record could be written)."""
+        with contextlib.suppress(RxError):  # logged: the refusal stands
+            self.granted(caller, contract, function, args, reason, height, tx_id, path)
+
+    def _count(self, result: str) -> None:
+        if self._on_record is not None:
+            self._on_record(result)
