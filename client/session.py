@@ -262,22 +262,23 @@ class Session:
             refusal = self._refusal()
             if refusal is None:
                 return self._pin_version, self._pin_ca
-        if self._follow_denied():
-            with self._state_lock:
-                self._refresh()
-                refusal = self._refusal()
-                if refusal is None:
-                    return self._pin_version, self._pin_ca
+        self._follow_denied()
+        with self._state_lock:  # (the chain followed, saved or adopted, may have moved the pin)
+            self._refresh()
+            refusal = self._refusal()
+            if refusal is None:
+                return self._pin_version, self._pin_ca
         raise refusal
 
-    def _follow_denied(self) -> bool:
+    def _follow_denied(self) -> None:
         """The pin is a CA rotated away from (:meth:`_refusal`): follow the config chain from the
-        other nodes (:func:`client.follow.follow_chain`, this session's own peer skipped) and
-        report whether the verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`."""
+        other nodes (:func:`client.follow.follow_chain`, this session's own peer skipped) and take
+        the chain verified (also where the home could not save it). At most once per
+        :data:`FOLLOW_INTERVAL_S`; a failure leaves the refusal."""
         with self._follow_lock:
             now = time.monotonic()
             if self._denied_followed is not None and now - self._denied_followed < FOLLOW_INTERVAL_S:
-                return False
+                return
             self._denied_followed = now
             with self._state_lock:
                 self._refresh()
@@ -285,13 +286,11 @@ class Session:
             try:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
             except RxClientError:
-                return False
+                return
             with self._state_lock:
                 self._refresh()
-                if self._epoch != epoch or chain.height <= self._verified_height:
-                    return False
-                self._adopt(chain.verified()[1], chain.height)
-                return True
+                if self._epoch == epoch and chain.height > self._verified_height:
+                    self._adopt(chain.verified()[1], chain.height)
 
     def _refresh(self) -> None:
         """(under ``_state_lock``) Read ``HOME/config-chain.json`` again when it changed (its

@@ -219,3 +219,20 @@ def test_the_fhir_gateway_answers_a_denied_pin_503(rotated: Rotated) -> None:  #
     from client.fhir.server import error_reply
     reply = error_reply(RxClientError(configtool.CA_ROTATED_AWAY, "denied"), rotated.home)
     assert reply.status == 503
+
+
+def test_a_session_pinned_to_a_denied_ca_follows_past_it(rotated: Rotated) -> None:  # noqa: F811
+    """After the remedy the session's pin is h01's genesis CA, denied: it sends nothing to it and
+    follows the new chain from h02's peer (confirmed by the orderer) -- which rotates h01's CA
+    again -- then pins the new CA and the call goes through. With nobody to follow from, the call
+    stays CA_ROTATED_AWAY."""
+    from tests.client.test_session_ca import _as_ordered, _health_once, _Orderer, _ordering, _serving
+    home = rotated.home
+    configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(), home / configtool.CHAIN_STATE)
+    (home / configtool.CHAIN_STATE).unlink()  # the remedy
+    assert _health_once(rotated) == configtool.CA_ROTATED_AWAY
+    genesis = read_genesis(home / "genesis.block")
+    chain = [genesis, _rotation_block(home, genesis, rotated.ca_der)]
+    with _serving(home, "peer.h02", chain) as h02, _ordering(home, _Orderer(_as_ordered(chain))) as orderer:
+        assert _health_once(rotated, h02, orderer_port=orderer) == "OK"
+    assert verified_network(home, load_network(home)).config.sequence == 1
