@@ -16,11 +16,16 @@ config in force, every config transaction judged by the orderers' own rule,
 :meth:`node.orderer.configtx.ConfigTracker.block_config`), saves the longer chain (never a
 shorter one) and pins the CA in force at its end. A peer serving a block that does not verify, or
 a config update the rules refuse, moves nothing: the blocks before it stay verified, the
-refused config is not adopted. An orderer signs blocks alone: the blocks one serves are taken only
-whole and once a majority of the verified configuration's orderers (:func:`orderers_needed`)
-hold the last of them (:func:`_confirm`; ORDERERS_DISAGREE otherwise, nothing saved) -- one
+refused config is not adopted. An orderer signs blocks alone: every extension -- an orderer's
+or a peer's -- is confirmed in segments split at config blocks, each config block by a majority
+(:func:`orderers_needed`) of the orderers of the config in force before it, the blocks after it
+by the new config's (:func:`_extend`, :func:`_confirm`; ORDERERS_DISAGREE otherwise, nothing of
+the unconfirmed segment saved; a peer's unconfirmed data blocks are merely not kept) -- one
 compromised orderer's fork holding an admin-signed update never committed (an abandoned
-proposal) would otherwise be saved and its CA pinned. Every step is bounded: a status call of
+proposal), served by itself or by a compromised peer, would otherwise be saved and its CA
+pinned. The orderers are dialled at the addresses the network description and the config name
+(:func:`orderer_endpoints`), none whose organisation's CA is one rotated away from
+(:func:`pinned_ca`, the denylist ``client.configtool.CA_DENYLIST``). Every step is bounded: a status call of
 :data:`STATUS_TIMEOUT_S`, a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow
 per failed call, and the whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the
 earlier of its own bound and its source's share of the budget -- the time left over the sources
