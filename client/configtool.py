@@ -97,6 +97,13 @@ LOCK_WAIT_S = 5.0  # propose/sign wait at most this long for another config comm
 CHAIN_RESTARTED = "CHAIN_RESTARTED"
 STATE_FORMAT = 1  # of CHAIN_STATE: a later one is a newer release's (PROTOCOL_UNSUPPORTED, never dropped)
 MAX_RECORDS_KEYS_KEPT = 32  # records certificates' keys remembered per organisation (ChainConfig.records_keys)
+# in the home directory, beside CHAIN_STATE but never removed with it: the CA certificates a config
+# chain this home verified rotated away from (:func:`read_denylist`); a node whose organisation's
+# CA in force is one of them is refused CA_ROTATED_AWAY
+CA_DENYLIST = "rotated-cas.json"
+CA_ROTATED_AWAY = "CA_ROTATED_AWAY"
+DENYLIST_FORMAT = 1
+MAX_DENYLIST_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a key's SHA-256 as records_key_fingerprint writes it
 
 
@@ -118,6 +125,88 @@ def records_key_fingerprint(cert_der: bytes) -> str | None:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return None
     return hashlib.sha256(spki).hexdigest()
+
+
+def ca_fingerprint(der: bytes) -> str:
+    """SHA-256 (hex) of a CA certificate's DER: how the denylist (:data:`CA_DENYLIST`) names it."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def rotated_away(old: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> dict[str, str]:
+    """{fingerprint: organisation} of every CA certificate of ``old`` that no organisation of
+    ``new`` holds: rotated away from (or its organisation removed)."""
+    kept = {ca_fingerprint(o.ca_cert_der) for o in new.organizations if o.ca_cert_der}
+    return {ca_fingerprint(o.ca_cert_der): o.id for o in old.organizations
+            if o.ca_cert_der and ca_fingerprint(o.ca_cert_der) not in kept}
+
+
+def read_denylist(path: Path, genesis_hash: bytes) -> dict[str, str]:
+    """{fingerprint: organisation} of the CA certificates the denylist at ``path`` (JSON:
+    ``{"format": 1, "genesis": HEX, "rotated_away": [{"org": ID, "ca_sha256": HEX}, ...]}``) names
+    for the genesis block whose header hash is ``genesis_hash`` ({} when there is none, or it is
+    another genesis block's). It is the one record of a rotation that outlasts the removal of
+    config-chain.json (the remedy for CHAIN_RESTARTED), so it fails closed: IO_ERROR when it is
+    there but cannot be read, BAD_CONFIG when it does not parse (edited or damaged: repair or,
+    deliberately, remove it), PROTOCOL_UNSUPPORTED for a later format."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_DENYLIST_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise RxClientError("IO_ERROR", f"cannot read {path}: {exc.strerror or exc} (the CAs rotated away "
+                            "from cannot be known: nothing was sent)") from exc
+    bad = RxClientError("BAD_CONFIG", f"{path} is not a denylist of rotated-away CAs this release writes "
+                        "(damaged or edited): repair it or, once you are sure no CA it names is a leaked one, "
+                        "remove it")
+    try:
+        if len(raw) > MAX_DENYLIST_BYTES:
+            raise ValueError("too large")
+        state = json.loads(raw)
+        fmt = state["format"]
+        if type(fmt) is int and fmt > DENYLIST_FORMAT:
+            raise RxClientError(PROTOCOL_UNSUPPORTED, f"{path} was written by a newer release (format {fmt}; "
+                                f"this one reads {DENYLIST_FORMAT}): install a release that reads it")
+        if fmt != DENYLIST_FORMAT or not isinstance(state["rotated_away"], list):
+            raise ValueError("format")
+        if bytes.fromhex(state["genesis"]) != genesis_hash:
+            return {}
+        out: dict[str, str] = {}
+        for entry in state["rotated_away"]:
+            fp, org = entry["ca_sha256"], entry["org"]
+            if not (isinstance(fp, str) and _HEX64.fullmatch(fp) and isinstance(org, str)):
+                raise ValueError("entry")
+            out[fp] = org
+    except RxClientError:
+        raise
+    except Exception as exc:  # (any malformed content: fail closed)
+        raise bad from exc
+    return out
+
+
+def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
+                    reinstated: frozenset[str] = frozenset()) -> None:
+    """Add ``entries`` ({fingerprint: organisation}) to the denylist at ``path`` (:func:`read_denylist`),
+    and drop those of ``reinstated`` (CAs a config block of a verified chain put in force again
+    after it rotated away from them: never the genesis config's, which the remedy for
+    CHAIN_RESTARTED returns to), under its lock (``.rotated-cas.json.lock``), atomically (a
+    temporary file fsynced, renamed over it, the directory fsynced). Nothing is written when it
+    holds them already. OSError / RxClientError when it cannot be read or written."""
+    def same(held: dict[str, str]) -> bool:
+        return all(fp in held for fp in entries) and not any(fp in held for fp in reinstated)
+
+    if same(read_denylist(path, genesis_hash)):
+        return  # (the common case, without the lock)
+    with locked(path, wait_s=1.0):
+        held = read_denylist(path, genesis_hash)
+        if same(held):
+            return
+        merged = {**held, **{fp: org for fp, org in entries.items() if fp not in held}}
+        merged = {fp: org for fp, org in merged.items() if fp not in reinstated}
+        doc = {"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
+               "rotated_away": [{"org": org, "ca_sha256": fp} for fp, org in merged.items()]}
+        replace_file(path, json.dumps(doc, indent=1).encode())
+        fsync_dir(path.parent if str(path.parent) else Path("."))
 
 
 def _stream(identity: WalletIdentity, target: str, start: int, stop: int,
@@ -234,6 +323,11 @@ class ChainConfig:
         # in force, oldest first}: the keys a wallet may still hold after rotations (client.session)
         self.records_keys: dict[str, list[str]] = {}
         self._note_records_keys(config)
+        # {fingerprint: organisation} of the CA certificates the chain verified put out of force (a
+        # rotation, an organisation removed), and the fingerprints of those a config block of it put
+        # (back) in force since: saved to the denylist (CA_DENYLIST) with the chain
+        self.rotated_away: dict[str, str] = {}
+        self.reinstated: set[str] = set()
 
     def _note_records_keys(self, config: config_pb2.ConsortiumConfig) -> None:
         """Add the records certificates' keys of ``config`` to :attr:`records_keys`."""
@@ -249,12 +343,14 @@ class ChainConfig:
         orderer's blocks, then takes them only once a majority of the orderers confirm the last)."""
         return (self._tracker.current, self.height, self._last_hash, self._config_hash, self._pointer,
                 list(self._codes), self.diverged, self.resumed,
-                {org: list(keys) for org, keys in self.records_keys.items()})
+                {org: list(keys) for org, keys in self.records_keys.items()}, dict(self.rotated_away),
+                set(self.reinstated))
 
     def rollback(self, mark: tuple[Any, ...]) -> None:
         """Forget the blocks verified since :meth:`mark` returned ``mark``."""
         (current, self.height, self._last_hash, self._config_hash, self._pointer, self._codes,
-         self.diverged, self.resumed, self.records_keys) = mark
+         self.diverged, self.resumed, self.records_keys, self.rotated_away, self.reinstated) = mark
+        self.rotated_away, self.reinstated = dict(self.rotated_away), set(self.reinstated)
         self._tracker = ConfigTracker(current, self._verifier)
 
     @property
@@ -326,10 +422,23 @@ class ChainConfig:
                     # (as many as kept when noted: the file is a cache anyone with the home can edit)
                     self.records_keys[org] = merged[-MAX_RECORDS_KEYS_KEPT:]
         self._note_records_keys(config)
+        # (the CAs of the genesis config it no longer holds: a state saved before the denylist was
+        # kept names no other, and the remedy for CHAIN_RESTARTED returns to exactly these)
+        self.rotated_away = rotated_away(config_from_genesis(self._genesis), config)
         self._tracker, self.height, self._last_hash = tracker, height, last_hash
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
         self._held_file = True
+        # (a state saved before the denylist was kept: its CAs denied now, before the file can be removed)
+        with contextlib.suppress(OSError, RxClientError):
+            self.save_denylist()
+
+    def save_denylist(self) -> None:
+        """Add the CAs :attr:`rotated_away` names to the denylist beside the state
+        (:data:`CA_DENYLIST`, :func:`add_to_denylist`); OSError / RxClientError when it cannot."""
+        if self._state_path is not None and (self.rotated_away or self.reinstated):
+            add_to_denylist(self._state_path.parent / CA_DENYLIST, self._genesis_hash, self.rotated_away,
+                            frozenset(self.reinstated))
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next
@@ -358,6 +467,9 @@ class ChainConfig:
             saved = saved_height(self._state_path, self._genesis_hash)
             if saved >= self.height or (self._held_file and not saved):
                 return  # (as long a chain saved meanwhile; or the file this chain came from is gone)
+            # the denylist first: a chain saved without it, once removed (the remedy for
+            # CHAIN_RESTARTED), left no trace of the CAs it rotated away from
+            self.save_denylist()
             replace_file(self._state_path, json.dumps(state).encode())
             self._saved, self._held_file = self.height, True
 
@@ -420,6 +532,11 @@ class ChainConfig:
                                     f"{current.block_number}, whose config this release cannot judge: {why}")
             new = self._tracker.block_config(block)
             if new is not None:
+                gone = rotated_away(current.config, new)
+                back = set(rotated_away(new, current.config))  # (in force now, not before)
+                self.rotated_away = {fp: org for fp, org in self.rotated_away.items() if fp not in back}
+                self.rotated_away.update(gone)
+                self.reinstated = (self.reinstated | back) - set(gone)
                 self._tracker.adopt(new, n)
                 self._note_records_keys(new)
                 self._codes = list(block.metadata.validation_codes)

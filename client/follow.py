@@ -16,11 +16,16 @@ config in force, every config transaction judged by the orderers' own rule,
 :meth:`node.orderer.configtx.ConfigTracker.block_config`), saves the longer chain (never a
 shorter one) and pins the CA in force at its end. A peer serving a block that does not verify, or
 a config update the rules refuse, moves nothing: the blocks before it stay verified, the
-refused config is not adopted. An orderer signs blocks alone: the blocks one serves are taken only
-whole and once a majority of the verified configuration's orderers (:func:`orderers_needed`)
-hold the last of them (:func:`_confirm`; ORDERERS_DISAGREE otherwise, nothing saved) -- one
+refused config is not adopted. An orderer signs blocks alone: every extension -- an orderer's
+or a peer's -- is confirmed in segments split at config blocks, each config block by a majority
+(:func:`orderers_needed`) of the orderers of the config in force before it, the blocks after it
+by the new config's (:func:`_extend`, :func:`_confirm`; ORDERERS_DISAGREE otherwise, nothing of
+the unconfirmed segment saved; a peer's unconfirmed data blocks are merely not kept) -- one
 compromised orderer's fork holding an admin-signed update never committed (an abandoned
-proposal) would otherwise be saved and its CA pinned. Every step is bounded: a status call of
+proposal), served by itself or by a compromised peer, would otherwise be saved and its CA
+pinned. The orderers are dialled at the addresses the network description and the config name
+(:func:`orderer_endpoints`), none whose organisation's CA is one rotated away from
+(:func:`pinned_ca`, the denylist ``client.configtool.CA_DENYLIST``). Every step is bounded: a status call of
 :data:`STATUS_TIMEOUT_S`, a stream of :data:`DELIVER_S`, :data:`FOLLOW_PEERS` peers, one follow
 per failed call, and the whole follow by :data:`FOLLOW_BUDGET_S` (each call's deadline is the
 earlier of its own bound and its source's share of the budget -- the time left over the sources
@@ -59,9 +64,17 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
+from rxchain.v1 import block_pb2, config_pb2, services_pb2, services_pb2_grpc
 
-from client.configtool import CHAIN_RESTARTED, CHAIN_STATE, ChainConfig
+from client.configtool import (
+    CA_DENYLIST,
+    CA_ROTATED_AWAY,
+    CHAIN_RESTARTED,
+    CHAIN_STATE,
+    ChainConfig,
+    ca_fingerprint,
+    read_denylist,
+)
 from client.errors import RxClientError
 from client.gateway import rpc_error
 from client.network import NetworkInfo, NodeEndpoint
@@ -217,6 +230,48 @@ def _check_same_chain(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block,
                             "the next session or config command verifies the new chain from genesis.block")
 
 
+def orderer_endpoints(net: NetworkInfo) -> list[NodeEndpoint]:
+    """The orderers to dial for the configuration ``net`` describes: the orderer nodes of the
+    configuration at the addresses the network description lists for them, then at the addresses
+    the configuration names (an orderer a config update added, or moved, is not in the network
+    description written at ``network up``); then the network description's other orderers (a
+    node the configuration does not list: asked, never counted: :func:`_is_member`). Each
+    address once; each is pinned to its organisation's CA in the configuration, as any source."""
+    out: list[NodeEndpoint] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(endpoint: NodeEndpoint) -> None:
+        if (endpoint.name, endpoint.target) not in seen:
+            seen.add((endpoint.name, endpoint.target))
+            out.append(endpoint)
+
+    for node in net.config.orderers:
+        for listed in net.orderers:
+            if (listed.name, listed.org) == (node.name, node.org):
+                add(listed)
+    for node in net.config.orderers:
+        if node.host and 0 < node.port <= 65535:
+            add(NodeEndpoint(node.name, node.org, "orderer", node.host, int(node.port)))
+    for listed in net.orderers:
+        add(listed)
+    return out
+
+
+def pinned_ca(net: NetworkInfo, org: str, denied: dict[str, str]) -> bytes:
+    """The PEM CA of ``org`` in the configuration ``net`` describes, to pin its node's TLS to;
+    CA_ROTATED_AWAY when that CA is one a config chain this home verified rotated away from
+    (``denied``: the denylist, :func:`client.configtool.read_denylist`) -- after the remedy for
+    CHAIN_RESTARTED (config-chain.json removed) the genesis CAs are in force again, perhaps one
+    whose key leaked: a node presenting it is not trusted."""
+    der = net.org(org).ca_cert_der
+    if ca_fingerprint(der) in denied:
+        raise RxClientError(CA_ROTATED_AWAY, f"{org}'s CA in force here (sha256 {ca_fingerprint(der)[:16]}...) is "
+                            f"one a config chain this home verified rotated away from ({CA_DENYLIST}): its "
+                            "nodes are not trusted until a chain verified from other organisations' nodes puts "
+                            "another CA in force")
+    return net.ca_pem(org)
+
+
 def _is_member(net: NetworkInfo, endpoint: NodeEndpoint) -> bool:
     """Whether ``endpoint`` is an orderer of the verified configuration ``net`` describes (its name
     and organisation those of one of the config's orderer nodes; any listed one when the config
@@ -236,20 +291,23 @@ def orderers_needed(net: NetworkInfo) -> int:
 
 def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
-             make: Callable[..., _Peer], source_counts: bool) -> tuple[list[str], list[str], int]:
+             make: Callable[..., _Peer], source_counts: bool,
+             denied: dict[str, str] | None = None) -> tuple[list[str], list[str], int]:
     """The orderers that hold block ``number`` with header hash ``want`` -- ``source``
     (``source_counts``: an orderer of the verified configuration) and as many of ``others`` as it
     takes to reach :func:`orderers_needed`, asked in turn (each a call of at most
-    :data:`STATUS_TIMEOUT_S`, none past ``deadline``; each orderer once, by name; only the verified
-    configuration's: :func:`_is_member`) -- what the others said, and how many are needed."""
+    :data:`STATUS_TIMEOUT_S`, none past ``deadline``; each orderer once, by name; only the
+    configuration's: :func:`_is_member`; each pinned to its organisation's CA in ``net``'s
+    configuration, none rotated away from: :func:`pinned_ca`) -- what the others said, and how
+    many are needed."""
     needed = orderers_needed(net)
     agree: list[str] = [source.name] if source_counts else []
     said: list[str] = []
     for endpoint in others:
         if len(agree) >= needed:
             break
-        if endpoint.name in agree or endpoint.name == source.name:  # (one orderer at two addresses: once)
-            continue
+        if endpoint.name in agree or (source.orderer and endpoint.name == source.name):
+            continue  # (one orderer at two addresses: once)
         if not _is_member(net, endpoint):
             said.append(f"{endpoint.name}: not an orderer of the verified configuration")
             continue
@@ -257,7 +315,7 @@ def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint]
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
             break
         try:
-            other = make(identity, endpoint, net.ca_pem(endpoint.org), deadline, clock, True)
+            other = make(identity, endpoint, pinned_ca(net, endpoint.org, denied or {}), deadline, clock, True)
         except RxClientError as exc:
             said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
@@ -275,43 +333,46 @@ def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint]
             said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
         finally:
             other.close()
-    if not source_counts:
+    if source.orderer and not source_counts:
         said.insert(0, f"{source.name}: not an orderer of the verified configuration")
     return agree, said, needed
 
 
-def _confirm(chain: ChainConfig, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+def _confirm(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
-             make: Callable[..., _Peer], source_counts: bool = True) -> None:
-    """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers -- ``source``, which served the
-    blocks (``source_counts``: an orderer of the verified configuration), and as many of
-    ``others`` as it takes, asked in turn for the last block verified (each a call of at most
-    :data:`STATUS_TIMEOUT_S`, none past ``deadline``) -- hold it (its header hash). An orderer
-    signs blocks alone: one compromised orderer could extend the chain with a fork holding an
-    admin-signed config update the orderers never committed (an abandoned proposal), and the
-    session saved it and pinned its CA. Each orderer counts once (one listed at two addresses is
-    one), and only an orderer of the verified configuration counts (:func:`_is_member`: the
-    network description still lists an orderer a config update removed -- perhaps for a leaked
-    key)."""
-    number = chain.height - 1
-    agree, said, needed = _holders(number, chain.last_hash, source, others, net, identity, deadline, clock, make,
-                                   source_counts)
+             make: Callable[..., _Peer], source_counts: bool = True,
+             denied: dict[str, str] | None = None) -> None:
+    """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers of the configuration ``net``
+    describes -- the one in force before block ``number`` -- hold it (header hash ``want``):
+    ``source``, which served the blocks (``source_counts``: an orderer of that configuration; a
+    peer never counts), and as many of ``others`` as it takes, asked in turn (each a call of at
+    most :data:`STATUS_TIMEOUT_S`, none past ``deadline``). An orderer signs blocks alone: one
+    compromised orderer could extend the chain with a fork holding an admin-signed config
+    update the orderers never committed (an abandoned proposal) -- served by itself, or by a
+    compromised peer -- and the session saved it and pinned its CA. Each orderer counts once
+    (one listed at two addresses is one), and only an orderer of that configuration counts
+    (:func:`_is_member`: the network description still lists an orderer a config update
+    removed -- perhaps for a leaked key)."""
+    agree, said, needed = _holders(number, want, source, others, net, identity, deadline, clock, make,
+                                   source_counts, denied)
     if len(agree) < needed:
-        raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the orderer {source.name} served are held "
+        kind = "orderer" if source.orderer else "peer"
+        raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the {kind} {source.name} served are held "
                             f"by {len(agree)} of the {needed} orderers needed ({', '.join(agree)}"
                             + (f"; {'; '.join(said)}" if said else "") + "): nothing of them was saved or pinned")
 
 
 def _confirm_restart(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
                      identity: WalletIdentity, deadline: float, clock: Callable[[], float],
-                     make: Callable[..., _Peer], source_counts: bool = True) -> None:
+                     make: Callable[..., _Peer], source_counts: bool = True,
+                     denied: dict[str, str] | None = None) -> None:
     """SERVICE_UNAVAILABLE naming ``source`` unless :func:`orderers_needed` orderers (counted as
     :func:`_confirm` counts them) hold the block ``number`` (header hash ``want``) that ``source``'s
     chain, verified from genesis.block, holds in place of the one verified. An orderer signs blocks
     alone: one compromised orderer's fork verifies from genesis, and its CHAIN_RESTARTED told the
     operator to remove config-chain.json -- the genesis CAs pinned again."""
     agree, said, needed = _holders(number, want, source, others, net, identity, deadline, clock, make,
-                                   source_counts)
+                                   source_counts, denied)
     if len(agree) < needed:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the orderer {source.name}'s chain, verified from genesis.block, "
                             f"holds a different block {number} from the config chain this home verified, held by "
@@ -320,36 +381,26 @@ def _confirm_restart(number: int, want: bytes, source: _Peer, others: list[NodeE
                             + "): nothing was changed")
 
 
-def _follow_from(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
-                 confirm: Callable[[], None] | None = None,
-                 diverged: Callable[[int, bytes], None] | None = None) -> None:
-    """Extend ``chain`` by ``peer``'s blocks. An orderer's (``peer.orderer``) are taken only once
-    ``confirm`` (:func:`_confirm`) passed for the last of them (a stream cut short: for the last
-    one it sent): otherwise ``chain`` is as it was before them, nothing of them saved; its chain
-    diverging at a checkpoint is CHAIN_RESTARTED only once ``diverged`` (:func:`_confirm_restart`)
-    passed."""
-    taken = [chain.mark()] if peer.orderer else []  # (the chain as last confirmed)
-    try:
-        _extend(peer, chain, genesis, state_path, confirm, taken, diverged)
-    except BaseException:
-        if taken:
-            chain.rollback(taken[0])
-        raise
-
-
-def _take_ordered(chain: ChainConfig, confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]]) -> None:
-    """The blocks an orderer served, fed to ``chain``: checked (its pointer), confirmed by a
-    majority of the orderers, then saved and remembered in ``taken`` as the chain to keep."""
-    chain.in_force(True, save=False)
-    if confirm is not None:
-        confirm()
-    chain.save()
-    taken[0] = chain.mark()
+# confirm(number, header hash, the config in force before that block): ORDERERS_DISAGREE unless a
+# majority of that config's orderers hold it (:func:`_confirm`)
+Confirm = Callable[[int, bytes, config_pb2.ConsortiumConfig], None]
 
 
 def _extend(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_path: Path,
-            confirm: Callable[[], None] | None, taken: list[tuple[Any, ...]],
-            diverged: Callable[[int, bytes], None] | None = None) -> None:
+            confirm: Confirm | None, diverged: Callable[[int, bytes], None] | None = None) -> None:
+    """Extend ``chain`` by ``peer``'s blocks, confirmed in segments split at config blocks: each
+    block installing a new config is kept only once ``confirm`` passed for it with the config in
+    force before it (a majority of that config's orderers hold it), and the next segment is
+    confirmed by the new config's orderers (a full orderer turnover is followed). The blocks past
+    the last config block (data blocks, changing no config) are confirmed likewise by the
+    config in force at the end: an orderer's are refused ORDERERS_DISAGREE otherwise; a peer's
+    are then merely not kept -- the config in force, and every pin, is the same without them,
+    but saved unconfirmed they would be checkpoints (:meth:`ChainConfig.checkpoints`) a forked
+    chain set, and every honest peer's chain would then look restarted (CHAIN_RESTARTED, whose
+    remedy drops the verified chain). Whatever ends the extension (a stream cut short, a block
+    that does not verify, a segment not confirmed), the confirmed prefix is saved and the rest
+    forgotten. Its chain diverging at a checkpoint is CHAIN_RESTARTED (an orderer's only once
+    ``diverged`` -- :func:`_confirm_restart` -- passed)."""
     height = peer.height()
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds no block yet")
@@ -358,27 +409,62 @@ def _extend(peer: _Peer, chain: ChainConfig, genesis: block_pb2.Block, state_pat
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} holds {height} blocks, behind the "
                             f"{chain.height} verified")
     before = chain.height
-    if height > chain.height:
-        try:
-            with contextlib.closing(peer.blocks(chain.height, height - 1)) as blocks:
-                for block in blocks:
-                    chain.feed(block)
-        finally:
-            # (saves the chain verified, when the peer's pointer agrees with it; an orderer's once
-            # confirmed: a stream cut short keeps what a majority holds, the next follow goes on)
-            if chain.height < height and chain.height > before:
-                with contextlib.suppress(RxClientError):
+    kept = chain.mark()  # the chain as last confirmed
+    # (number, header hash, the config in force before it, the chain just after it) of each config block fed
+    configs: list[tuple[int, bytes, config_pb2.ConsortiumConfig, tuple[Any, ...]]] = []
+    failure: RxClientError | None = None
+    try:
+        if height > chain.height:
+            try:
+                with contextlib.closing(peer.blocks(chain.height, height - 1)) as blocks:
+                    for block in blocks:
+                        in_force, config = chain.verified()
+                        chain.feed(block)
+                        if chain.verified()[0] != in_force:
+                            configs.append((block.header.number, chain.last_hash, config, chain.mark()))
+            except RxClientError as exc:
+                failure = exc
+            if failure is None and chain.height < height:
+                failure = RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {chain.height} of "
+                                        f"its {height} blocks")
+        if chain.height > before:
+            if confirm is None:
+                raise RxClientError("ORDERERS_DISAGREE", f"the blocks {peer.name} served were not confirmed: "
+                                    "no orderer to ask")
+            # (the pointer and codes the source gave, checked before any agreement call)
+            chain.in_force(peer.orderer, save=False)
+            end = chain.mark()
+            confirmed = before - 1
+            for number, want, config, after in configs:
+                confirm(number, want, config)
+                kept, confirmed = after, number
+            if chain.height - 1 > confirmed:
+                chain.rollback(end)
+                try:
+                    confirm(chain.height - 1, chain.last_hash, chain.verified()[1])
+                    kept = end
+                except RxClientError:
                     if peer.orderer:
-                        _take_ordered(chain, confirm, taken)
-                    else:
-                        chain.in_force()
-        if chain.height < height:
-            raise RxClientError("SERVICE_UNAVAILABLE", f"the peer {peer.name} sent {chain.height} of its "
-                                f"{height} blocks")
-    if peer.orderer and chain.height > before:
-        _take_ordered(chain, confirm, taken)
-        return
+                        raise
+    except RxClientError as exc:
+        _keep(chain, kept, before, peer.orderer)
+        raise (exc if failure is None or exc.reason == "ORDERERS_DISAGREE" else failure) from None
+    except BaseException:
+        _keep(chain, kept, before, peer.orderer)
+        raise
+    chain.rollback(kept)
+    if failure is not None:
+        _keep(chain, kept, before, peer.orderer)
+        raise failure
     chain.in_force(peer.orderer)  # LEDGER_INVALID when the peer's pointer or code disagrees with the verified chain
+
+
+def _keep(chain: ChainConfig, kept: tuple[Any, ...], before: int, ordered: bool) -> None:
+    """Return ``chain`` to ``kept`` (its confirmed prefix) and save it when it grew."""
+    chain.rollback(kept)
+    if chain.height > before:
+        with contextlib.suppress(RxClientError):
+            chain.in_force(ordered)
 
 
 def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
@@ -386,16 +472,20 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
                  clock: Callable[[], float] = time.monotonic) -> ChainConfig:
     """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
     ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, else of the first
-    orderer (at most :data:`FOLLOW_ORDERERS`; each pinned to its own organisation's CA in the
-    verified config, its blocks verified alike and taken once a majority of the orderers hold
-    the last: :func:`_confirm`), and saved (``HOME/config-chain.json``; only when
-    longer than the one saved). CHAIN_RESTARTED when a peer's verified chain -- or an orderer's,
-    a majority of the orderers holding its block there -- diverges from it and no other one asked
-    extends it; SERVICE_UNAVAILABLE naming each one's
-    failure when none could extend it (one
-    behind it, one serving a block that does not verify -- nothing of theirs adopted; or
-    ``budget_s`` -- :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call
-    outlasts it); IO_ERROR when the saved chain is there but cannot be read now (none asked)."""
+    orderer (at most :data:`FOLLOW_ORDERERS`: the verified configuration's -- at the addresses
+    the network description lists, then at those the configuration names -- then the network
+    description's others: :func:`orderer_endpoints`; each pinned to its own organisation's CA in
+    the verified config, none rotated away from: :func:`pinned_ca`), its blocks verified alike
+    and confirmed in segments split at config blocks, each by a majority of the orderers of the
+    config in force before it (:func:`_extend`, :func:`_confirm`), and saved
+    (``HOME/config-chain.json``; only when longer than the one saved). CHAIN_RESTARTED when a
+    peer's verified chain -- or an orderer's, a majority of the orderers holding its block there
+    -- diverges from it and no other one asked extends it; SERVICE_UNAVAILABLE naming each one's
+    failure when none could extend it (one behind it, one serving a block that does not verify,
+    or a config block the orderers do not hold -- nothing of theirs adopted; or ``budget_s`` --
+    :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call outlasts it);
+    IO_ERROR when the saved chain (or the denylist, :data:`client.configtool.CA_DENYLIST`) is
+    there but cannot be read now (none asked)."""
     state_path = Path(home) / CHAIN_STATE
     try:
         genesis = read_genesis(Path(home) / "genesis.block")
@@ -405,49 +495,53 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     if chain.unreadable is not None:  # (not one removed: the peers are not pinned to the genesis CAs for it)
         raise RxClientError("IO_ERROR", f"{chain.unreadable}: the config chain this home verified cannot "
                             "be followed now")
+    denied = read_denylist(Path(home) / CA_DENYLIST, block_header_hash(genesis.header))
     pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
     failures: list[str] = []
     restarted: RxClientError | None = None  # (CHAIN_RESTARTED, from the first source that showed it)
     budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
     deadline = clock() + budget_s
+    listed = orderer_endpoints(pinned)
     sources = [(p, False) for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS] + [
-        (o, True) for o in pinned.orderers if o.name not in skip][:FOLLOW_ORDERERS]
+        (o, True) for o in listed if o.name not in skip][:FOLLOW_ORDERERS]
     for i, (endpoint, orderer) in enumerate(sources):
         now = clock()
         if now >= deadline:
             failures.append(f"{endpoint.name}: not asked: the follow ran out of its {budget_s:g} s")
             break
         # each source's share of the time left: one stalling source (the first peer, asked first
-        # every follow) used the whole budget, and the orderers were never reached
+        # every follow) used the whole budget, and the orderers were never reached ...
         share = now + (deadline - now) / (len(sources) - i)
-        if orderer:
-            # ... less the agreement calls of the blocks it serves (:func:`_confirm`): the last
-            # source's share was the deadline itself -- its stream running to it left no time to
-            # ask the others, and what it had delivered was dropped every follow (a gap longer than
-            # one follow's time never crossed)
-            reserve = min(STATUS_TIMEOUT_S * (orderers_needed(pinned) - 1), (deadline - now) / 2)
-            share = min(share, deadline - reserve)
+        # ... less the agreement calls of the blocks it serves (:func:`_confirm`): the last
+        # source's share was the deadline itself -- its stream running to it left no time to
+        # ask the others, and what it had delivered was dropped every follow (a gap longer than
+        # one follow's time never crossed)
+        reserve = min(STATUS_TIMEOUT_S * (orderers_needed(pinned) - (1 if orderer else 0)), (deadline - now) / 2)
+        share = min(share, deadline - reserve)
         try:
-            peer = _Peer(identity, endpoint, pinned.ca_pem(endpoint.org), share, clock, orderer)
-        except RxClientError as exc:  # (an organisation the verified config no longer holds)
+            peer = _Peer(identity, endpoint, pinned_ca(pinned, endpoint.org, denied), share, clock, orderer)
+        except RxClientError as exc:  # (an organisation the verified config no longer holds; a CA denied)
             failures.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
             continue
         except OSError as exc:  # (the wallet's files, read for the channel: EMFILE under load)
             failures.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
             continue
-        others = [o for o in pinned.orderers if o is not endpoint]
 
-        def confirm(source: _Peer = peer, others: list[NodeEndpoint] = others,
-                    counts: bool = _is_member(pinned, endpoint)) -> None:
-            _confirm(chain, source, others, pinned, identity, deadline, clock, _Peer, counts)
+        def confirm(number: int, want: bytes, config: config_pb2.ConsortiumConfig, source: _Peer = peer,
+                    endpoint: NodeEndpoint = endpoint) -> None:
+            # (the config in force before block ``number``: the verified one for the first segment)
+            segment = pinned if config.sequence <= pinned.config.sequence else net.with_config(config)
+            others = [o for o in orderer_endpoints(segment) if o != endpoint]
+            counts = source.orderer and _is_member(segment, endpoint)
+            _confirm(number, want, source, others, segment, identity, deadline, clock, _Peer, counts, denied)
 
-        def diverged(number: int, want: bytes, source: _Peer = peer, others: list[NodeEndpoint] = others,
-                     counts: bool = _is_member(pinned, endpoint)) -> None:
-            _confirm_restart(number, want, source, others, pinned, identity, deadline, clock, _Peer, counts)
+        def diverged(number: int, want: bytes, source: _Peer = peer, endpoint: NodeEndpoint = endpoint) -> None:
+            others = [o for o in listed if o != endpoint]
+            _confirm_restart(number, want, source, others, pinned, identity, deadline, clock, _Peer,
+                             _is_member(pinned, endpoint), denied)
 
         try:
-            _follow_from(peer, chain, genesis, state_path, confirm if orderer else None,
-                         diverged if orderer else None)
+            _extend(peer, chain, genesis, state_path, confirm, diverged if orderer else None)
             return chain
         except RxClientError as exc:
             # a restart one source shows is said once no other extends the chain verified: an

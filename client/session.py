@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError
-from rxchain.v1 import config_pb2
+from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
@@ -28,6 +28,7 @@ from client.patients import DIRECTORY_FILE, PatientDirectory
 from client.records import dx_key, patient_binding, trace_key
 from client.tx import Clock, wall_clock_ms
 from client.wallet import WalletIdentity, load_identity, parse_as, read_wallet_file, wallet_dir
+from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier, key_matches
 from node.crypto.x509 import cert_info_der
 from node.errors import RxError
@@ -195,6 +196,12 @@ class Session:
         # does not hold (_follow_config).
         self._peer_name = endpoint.name
         self._pin_ca = found.ca_pem(endpoint.org)
+        self._pin_fp = configtool.ca_fingerprint(found.org(endpoint.org).ca_cert_der)  # (of _pin_ca)
+        # the CAs rotated away from (configtool.CA_DENYLIST), read again when the file changed
+        self._genesis_hash: bytes | None = None  # (read when a denylist is there)
+        self._denied_stamp: tuple[int, int, int] | None = None
+        self._denied: dict[str, str] = {}
+        self._denied_followed: float | None = None  # when the session last followed past a denied pin
         self._pin_version = 0  # raised with every change of _pin_ca: the gateway never takes an older one
         self._follow_lock = threading.Lock()
         self._followed: tuple[float, RxClientError | None] | None = None  # (when, CHAIN_RESTARTED found)
@@ -212,6 +219,36 @@ class Session:
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
 
+    def net_genesis(self) -> block_pb2.Block:
+        """This home's genesis block (RxClientError when it cannot be read)."""
+        try:
+            return read_genesis(self.home / "genesis.block")
+        except RxError as exc:
+            raise RxClientError(exc.reason, exc.message) from exc
+
+    def _refusal(self) -> RxClientError | None:
+        """(under ``_state_lock``) CA_ROTATED_AWAY when the CA the peer is pinned to is one a config
+        chain this home verified rotated away from (the denylist, ``configtool.CA_DENYLIST``, read
+        again whenever it changed; IO_ERROR / BAD_CONFIG raised when it cannot be read: fail
+        closed) -- after the remedy for CHAIN_RESTARTED (config-chain.json removed) the genesis CA
+        is pinned again, perhaps the one rotated away from because its key leaked."""
+        path = self.home / configtool.CA_DENYLIST
+        stamp = _file_stamp(path)
+        if stamp is None:
+            self._denied, self._denied_stamp = {}, None
+        elif stamp != self._denied_stamp:
+            if self._genesis_hash is None:
+                self._genesis_hash = block_header_hash(self.net_genesis().header)
+            self._denied = configtool.read_denylist(path, self._genesis_hash)
+            self._denied_stamp = stamp
+        if self._pin_fp not in self._denied:
+            return None
+        return RxClientError(configtool.CA_ROTATED_AWAY, f"the CA {self.peer_org}'s peer is pinned to "
+                             f"(sha256 {self._pin_fp[:16]}...) is one a config chain this home verified rotated "
+                             f"away from ({path}): nothing was sent. The session follows the chain from the other "
+                             "organisations' nodes to a config putting another CA in force; if the consortium "
+                             f"confirms that CA is trusted again, remove {path}")
+
     def _server_ca(self) -> tuple[int, bytes]:
         """(its version, the CA this session pins its peer to): the one the newest configuration
         this home verified names for the peer's organisation (:meth:`_verified_config`: read again
@@ -222,7 +259,38 @@ class Session:
         older of two pins in place (the one that read first switching after the other)."""
         with self._state_lock:
             self._refresh()
-            return self._pin_version, self._pin_ca
+            refusal = self._refusal()
+            if refusal is None:
+                return self._pin_version, self._pin_ca
+        self._follow_denied()
+        with self._state_lock:  # (the chain followed, saved or adopted, may have moved the pin)
+            self._refresh()
+            refusal = self._refusal()
+            if refusal is None:
+                return self._pin_version, self._pin_ca
+        raise refusal
+
+    def _follow_denied(self) -> None:
+        """The pin is a CA rotated away from (:meth:`_refusal`): follow the config chain from the
+        other nodes (:func:`client.follow.follow_chain`, this session's own peer skipped) and take
+        the chain verified (also where the home could not save it). At most once per
+        :data:`FOLLOW_INTERVAL_S`; a failure leaves the refusal."""
+        with self._follow_lock:
+            now = time.monotonic()
+            if self._denied_followed is not None and now - self._denied_followed < FOLLOW_INTERVAL_S:
+                return
+            self._denied_followed = now
+            with self._state_lock:
+                self._refresh()
+                epoch = self._epoch
+            try:
+                chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
+            except RxClientError:
+                return
+            with self._state_lock:
+                self._refresh()
+                if self._epoch == epoch and chain.height > self._verified_height:
+                    self._adopt(chain.verified()[1], chain.height)
 
     def _refresh(self) -> None:
         """(under ``_state_lock``) Read ``HOME/config-chain.json`` again when it changed (its
@@ -246,7 +314,7 @@ class Session:
         self._verified_stamp = stamp
         if not height or height < self._file_height:
             self._epoch += 1
-            self._followed = self._records_followed = None
+            self._followed = self._records_followed = self._denied_followed = None
             self._adopt(found.config if height else None, height)
         elif height >= self._verified_height:
             self._adopt(found.config, height)
@@ -258,11 +326,13 @@ class Session:
         organisation (a config without it keeps the pin)."""
         self._verified, self._verified_height = config, height
         try:
-            ca = (self.net if config is None else self.net.with_config(config)).ca_pem(self.peer_org)
+            net = self.net if config is None else self.net.with_config(config)
+            ca, der = net.ca_pem(self.peer_org), net.org(self.peer_org).ca_cert_der
         except RxClientError:
             return
         if ca != self._pin_ca:
             self._pin_ca, self._pin_version = ca, self._pin_version + 1
+            self._pin_fp = configtool.ca_fingerprint(der)
 
     def _follow_config(self) -> bool:
         """The gateway could not reach the peer: when the peer presents a certificate of a CA the

@@ -144,7 +144,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from client.configtool import CHAIN_RESTARTED
+from client.configtool import CA_ROTATED_AWAY, CHAIN_RESTARTED
 from client.errors import CommitError, CommitUnknown, DuplicateRx, RxClientError
 from client.fhir import idempotency, mapping, retry
 from client.fhir.admission import (
@@ -188,6 +188,9 @@ _STATUS = {
     "UNSUPPORTED_MEDIA_TYPE": 415, "METHOD_NOT_ALLOWED": 405, "TOO_MANY_CONNECTIONS": 503,
     # the session's verified config chain is not on the network's chain (client.follow): nothing sent
     CHAIN_RESTARTED: 503,
+    # the session's peer is pinned to a CA a verified config chain rotated away from (the denylist,
+    # client.configtool.CA_DENYLIST; after the remedy for CHAIN_RESTARTED): nothing sent
+    CA_ROTATED_AWAY: 503,
     # a local file could not be read now (config-chain.json under EMFILE: client.session): nothing sent
     "IO_ERROR": 503,
     # config-chain.json or the network is of a newer release than this gateway: nothing sent

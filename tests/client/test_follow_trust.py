@@ -59,6 +59,11 @@ def _fake(world: _World) -> type[follow._Peer]:
         def close(self) -> None:
             pass
 
+        def _served(self) -> list[block_pb2.Block] | str:
+            if self.name not in world.served:  # (a node nobody runs here: nothing answers)
+                raise RxClientError("SERVICE_UNAVAILABLE", f"{self.name}: connection refused")
+            return world.served[self.name]
+
         def _stall(self, bound: float) -> None:
             waited = self._timeout(bound)  # (SERVICE_UNAVAILABLE once the deadline passed)
             world.clock.now += waited
@@ -67,7 +72,7 @@ def _fake(world: _World) -> type[follow._Peer]:
 
         def height(self) -> int:
             world.asked.append(f"{self.name}:height")
-            chain = world.served[self.name]
+            chain = self._served()
             if isinstance(chain, str):
                 self._timeout(follow.STATUS_TIMEOUT_S)
                 return 2  # (it answers its height at once, then stalls its streams)
@@ -75,7 +80,7 @@ def _fake(world: _World) -> type[follow._Peer]:
 
         def blocks(self, start: int, stop: int, bound: float | None = None) -> Generator[block_pb2.Block, None, None]:
             world.asked.append(f"{self.name}:blocks {start}-{stop}")
-            chain = world.served[self.name]
+            chain = self._served()
             if isinstance(chain, str):
                 self._stall(follow.DELIVER_S if bound is None else bound)
                 return
@@ -217,11 +222,14 @@ def test_a_stalling_first_peer_leaves_the_others_their_share(rotated: Rotated, m
     to its bound: with the whole budget as its deadline it used all of it (20 s here, a stream's
     bound 30 s), and the next peer -- serving the rotation -- was never asked: no follow could
     ever succeed. Each source now gets a share of the time left (the budget over the sources not
-    asked yet): the stalling peer is cut at its share, the next one serves the rotation."""
+    asked yet): the stalling peer is cut at its share, the next one serves the rotation (which
+    the orderer -- at the address the configuration names -- holds: a config block a peer serves
+    is confirmed by the orderers)."""
     (rotated.home / configtool.CHAIN_STATE).unlink()
     genesis = read_genesis(rotated.home / "genesis.block")
     rotation = _rotation_block(rotated.home, genesis, rotated.ca_der)
-    world = _World(_Clock(), {"peer.h02": STALL, "peer.p01": [genesis, rotation]})
+    world = _World(_Clock(), {"peer.h02": STALL, "peer.p01": [genesis, rotation],
+                              "orderer.ins01": [genesis, _orderers_block(rotation)]})
     start = world.clock.now
     chain = _follow(rotated.home, _net(rotated.home, ("h02", "p01"), ()), world, monkeypatch, budget_s=20.0)
     assert chain.verified()[1].sequence == 1

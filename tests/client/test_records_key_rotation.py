@@ -6,6 +6,7 @@ where record keys are wrapped to (never a records certificate a peer merely answ
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -37,7 +38,7 @@ from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier
 from node.genesis import config_from_genesis, read_genesis
 from tests.client.test_note_keys import NOTE, _issued, _ops, _patient
-from tests.client.test_session_ca import _local, _Peer, _serving
+from tests.client.test_session_ca import _as_ordered, _local, _Orderer, _ordering, _Peer, _serving
 from tests.contracts.chain import who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import JIANG, ZHOU
@@ -377,8 +378,11 @@ def test_a_records_rotation_the_home_has_not_verified_is_followed(
     rotated_config.feed(genesis)
     rotated_config.feed(block1)
     peer = _Peer(blocks)
-    with _serving(home, "peer.h02", blocks, peer) as port:
+    # (orderer.ins01 holds the rotation too: a config block a peer serves is confirmed by the orderers)
+    with _serving(home, "peer.h02", blocks, peer) as port, _ordering(home, _Orderer(_as_ordered(blocks))) as o_port:
         net = _local(load_network(home), {"h01": _closed_port(), "h02": port})
+        net = dataclasses.replace(net, orderers=tuple(dataclasses.replace(o, host="127.0.0.1", port=o_port)
+                                                      for o in net.orderers))
         with Session(home, "p01:pharm-wang", network=net) as s:
             _answering(s, rotated_config.verified()[1])
             if served == "rotation":
