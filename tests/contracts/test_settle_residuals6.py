@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+from node.crypto import aead
 from tests.contracts.chain import DAY_MS, who
 from tests.contracts.flows import CLERK, CLERK2, WANG, dispense, lock_and_dispense, settle
 from tests.contracts.rxclient import Prepared, World
@@ -247,3 +249,61 @@ def test_a_third_insurer_is_refused_as_before(world: World) -> None:
     out = settle(world, prep, clerk=who("ins03:clerk-xu:clerk"), fill=5)
     assert out.reason == "ACCESS_DENIED" and "ins02" not in out.message, out
 
+
+# ---------------------------------------------------------------- the claim key handed over
+
+def _fetch_claim(world: World, clerk: Any, rx_id: str) -> dict[str, Any]:
+    """The claim subset and salt ``clerk``'s insurer opens with its grant (get_key)."""
+    got = world.chain.submit("prescription", "get_key", clerk, rx_id=rx_id).unwrap()
+    assert "error" not in got, got
+    key = world.keyring.unwrap(clerk.org, got["wrapped_key"], f"rxchain/rx/{rx_id}/{clerk.org}")
+    body: dict[str, Any] = json.loads(aead.decrypt(key, base64.b64decode(got["ciphertext"]),
+                                                   rx_id.encode()))
+    return body
+
+
+def test_the_claim_key_reaches_the_insurer_of_a_later_fill_from_its_holder(world: World) -> None:
+    """ins02, insurer of record of fill 2, held no claim key: the claim subset it must check
+    against the commitment was wrapped for ins01 alone. ins01's clerk (a holder) wraps it for
+    ins02 -- only for an insurer the move named (NOT_INSURER_OF_FILL otherwise), once
+    (ALREADY_GRANTED); anyone not holding it gets the missing id's answer -- and ins02 opens the
+    claim subset and settles fill 2 with it."""
+    with_ins02(world)
+    world.set_policy(INS03_POLICY, 0).unwrap()
+    world.chain.advance(1)
+    repeat = dispensed(world, **REPEAT)
+    rx_id = repeat.args["rx_id"]
+    settle(world, repeat).unwrap()
+    assert world.chain.submit("prescription", "get_key", CLERK2, rx_id=rx_id).unwrap()["error"] == \
+        "NO_KEY_GRANT"
+    claim_key = world.keyring.unwrap("ins01", repeat.args["claim_keys"]["ins01"],
+                                     f"rxchain/rx/{rx_id}/ins01")
+    for_ins02 = world.keyring.wrap("ins02", claim_key, f"rxchain/rx/{rx_id}/ins02")
+    before = _snapshot(world)
+    out = world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins02",
+                             wrapped_key=for_ins02)
+    assert out.reason == "NOT_INSURER_OF_FILL", out  # no move yet: ins02 insures no fill
+    assert _snapshot(world) == before
+    _move(world, "ins02", {"ins02": CLERK2})
+    before = _snapshot(world)
+    for caller, reason in ((CLERK2, "NOT_FOUND"), (CLERK3, "NOT_FOUND"), (WANG, "WRONG_ROLE")):
+        out = world.chain.submit("prescription", "grant_claim_key", caller, rx_id=rx_id,
+                                 org="ins02", wrapped_key=for_ins02)
+        assert out.reason == reason, (caller, out)
+    assert world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins03",
+                              wrapped_key=for_ins02).reason == "NOT_INSURER_OF_FILL"
+    assert _snapshot(world) == before  # refusals write nothing
+    world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins02",
+                       wrapped_key=for_ins02).unwrap()
+    assert world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins02",
+                              wrapped_key=for_ins02).reason == "ALREADY_GRANTED"
+    world.chain.advance(28 * DAY_MS)
+    lock_and_dispense(world, repeat).unwrap()
+    opened = _fetch_claim(world, CLERK2, rx_id)
+    assert opened["claim"] == repeat.claim
+    claim = world.chain.submit("settlement", "settle", CLERK2,
+                               transient={"claim": opened["claim"], "claim_salt": opened["salt"]},
+                               rx_id=rx_id, fill=2).unwrap()
+    assert claim["insurer"] == "ins02"
+    # the holder may read the trail now (a party by its grant)
+    assert world.chain.query("settlement", "trail", CLERK2, rx_id=rx_id).ok
