@@ -816,6 +816,17 @@ class RxOperations:
         res = self.s.gateway.submit(SETTLEMENT, "settle", args, transient, endorsing_orgs=parties)
         return _written(res)
 
+    def grant_claim_key(self, rx_id: str, org: str) -> dict[str, Any]:
+        """Hand the prescription's claim key (an insurer clerk holding it) to insurer ``org``,
+        wrapped for its records certificate: the insurer of record of the fills dispensed after
+        the patient's account moved to it (the contract refuses any other NOT_INSURER_OF_FILL),
+        which then opens the claim subset and settles them (:meth:`settle`)."""
+        opened = self._claim_grant(rx_id)
+        wrapped = wrap_for(self.s.records_public_key(org), opened.record_key, rx_id, org)
+        res = self.s.gateway.submit(RX, "grant_claim_key",
+                                    {"rx_id": rx_id, "org": org, "wrapped_key": wrapped})
+        return _written(res)
+
     def claim_lines_commitment(self, rx_id: str, lines: Sequence[ClaimLine] | None = None) -> str:
         """The ``lines_commitment`` a settlement of ``lines`` (default: everything the
         prescription's claim subset lists) records (:func:`claim_lines_commitment_of`). Compares
@@ -989,10 +1000,12 @@ class RxOperations:
 
     def accept_transfer(self, ref: str) -> dict[str, Any]:
         """Take over patient ``ref``'s account (clerk/admin of the insurer a pending request
-        names); refused OPEN_CLAIMS while a claim of hers is outstanding with her insurer. A
-        fill its insurer left unsettled over 30 days no longer holds the move: the move lists it
+        names); refused OPEN_CLAIMS while a dispensed fill of hers is unsettled. A fill its
+        insurer left unsettled over 30 days no longer holds the move: the move lists it
         (``transfers[-1].unsettled``) and that insurer still settles it (:meth:`settle`) within
-        30 days of the move (SETTLE_WINDOW_CLOSED after)."""
+        30 days of the move (SETTLE_WINDOW_CLOSED after). A fill not yet dispensed holds no
+        move: dispensed after it, it is the new insurer's (:meth:`grant_claim_key` hands it
+        the claim key)."""
         res = self.s.gateway.submit(SETTLEMENT, "accept_transfer", {"pseudonym": self.pseudonym(ref)})
         return {"patient": ref, **_written(res)}
 

@@ -1309,6 +1309,40 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_key
     return {"rx_id": rx_id, "org": org, "granted": True}
 
 
+def grant_claim_key(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
+    """An insurer holding the prescription's claim key (a clerk of it) wraps it for ``org``, an
+    insurer of record of fills dispensed after her account moved (settlement's ``cover/{rx_id}``
+    names it: her insurer at their dispense, which settles them and checks the claim subset
+    against the claim commitment). A caller holding no claim key of the prescription gets the
+    missing id's answer."""
+    _check_rx_id(ctx, rx_id)
+    c = ctx.caller
+    if c.org_kind != "insurer" or c.role != "clerk":
+        ctx.fail("WRONG_ROLE", "a clerk of an insurer holding the claim key hands it over")
+    rx = ctx.get("rx/" + rx_id)
+    mine = None
+    if rx is not None:
+        mine = ctx.get("grant/" + rx_id + "/" + c.org)
+    if mine is None or mine["kind"] != "insurer":
+        _missing(ctx, rx_id)
+    if not _is_id(org, 32) or not _is_blob(wrapped_key):
+        ctx.fail("BAD_ARGUMENTS", "an insurer's org id and the claim key wrapped for it are required")
+    cover = ctx.get_from("settlement", "cover/" + rx_id)
+    named = False
+    if cover is not None:
+        for seg in cover["from"]:
+            if seg["insurer"] == org:
+                named = True
+    if not named:
+        ctx.fail("NOT_INSURER_OF_FILL", org + " insures no fill of " + rx_id + " (a move while "
+                 "fills were still to dispense names the insurer taking her over)")
+    if ctx.get("grant/" + rx_id + "/" + org) is not None:
+        ctx.fail("ALREADY_GRANTED", org + " already holds a grant")
+    _grant(ctx, rx_id, org, "insurer", wrapped_key, 0)
+    _save(ctx, rx, "claim_key", {"org": org})
+    return {"rx_id": rx_id, "org": org, "granted": True}
+
+
 def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = None, note_epoch: int = 0) -> dict:
     """The patient withdraws a consent grant. ``note_keys``: a new note key wrapped for every
     other reader (get_key's ``readers``), the key of every later note: ``org`` keeps the keys

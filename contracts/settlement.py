@@ -26,8 +26,10 @@ per disease; year = China-local calendar year). Counters of a year without a rec
 zero. The account moves to another insurer with ``request_transfer`` (the patient, or her
 insurer) and ``accept_transfer`` (the receiving insurer), never while a claim of hers is
 outstanding -- a fill left unsettled over UNSETTLED_WINDOW_MS after its dispense no longer is:
-the move lists it and the insurer of its prescription's issue still settles it, within
-LATE_SETTLE_WINDOW_MS of the move; the money moves unchanged. Claims: ``claim/{claim_id}``,
+the move lists it and its insurer of record still settles it, within LATE_SETTLE_WINDOW_MS of
+the move (``left/{insurer}/{pseudonym}``: the latest move away from each insurer); a fill not
+yet dispensed has no claim: the fills dispensed after the move are the new insurer's
+(``cover/{rx_id}``); the money moves unchanged. Claims: ``claim/{claim_id}``,
 the duplicate guard ``claimed/{rx_id}/{fill3}`` and the index ``rxclaim/{rx_id}/{fill3}/{n3}``
 (read by the prescription contract's trace).
 
@@ -312,34 +314,61 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
     return acct
 
 
-def _open_claims(ctx: Context, pseudonym: str) -> list:
-    """[n, left, n_left]: ``n`` her prescriptions with a claim outstanding -- a dispensed fill
-    without an active claim dispensed UNSETTLED_WINDOW_MS ago at most, or a prescription that
-    can still be dispensed (its claim key is wrapped for the insurer of its issue alone: after
-    a move nobody could settle it) by its status, or by the clock until SKEW_MARGIN_MS past its
-    next fill's deadline (``prescription.expire`` closes it at once, a write every later
-    dispense conflicts with or reads); ``left`` the first MAX_UNSETTLED_LISTED fills without an
-    active claim dispensed longer ago ({rx_id, fill, insurer, dispensed_ms}: their insurer
-    left them unsettled; they no longer hold a move), ``n_left`` all of them (of the
-    prescriptions with nothing outstanding). Erased prescriptions are past their retention
-    (their keys destroyed): never claimable, never outstanding. All her prescriptions are read
-    (pages of 64 index rows; bounded by gas)."""
+def _cover(ctx: Context, rx: dict, moved: bool) -> dict:
+    """``cover/{rx_id}`` (or None): who insures the fills dispensed after a move. A move writes
+    it for each prescription of hers that can still be dispensed: ``from`` = [{fill, insurer,
+    move_tx_id, ms}], ascending ``fill``, each entry naming the insurer of that fill and every
+    later one (until the next entry): the insurer holding her account when the fill's dispense
+    committed -- the move read the prescription's record, which every dispense writes, so a
+    dispense is ordered before or after it (MVCC). At most one entry a fill number (a move
+    before the same fill replaces the entry): bounded by max_fills. Read only for an account
+    that moved (``moved``): no move, no record."""
+    if not moved:
+        return None
+    return ctx.get("cover/" + rx["rx_id"])
+
+
+def _insurer_of(rx: dict, cover: dict, fill: int) -> str:
+    """The insurer of record of ``fill``: her insurer at its dispense -- the insurer of the
+    prescription's issue, or the one the latest cover entry at or below ``fill`` names."""
+    insurer = rx["insurer"]
+    if cover is not None:
+        for seg in cover["from"]:
+            if seg["fill"] <= fill:
+                insurer = seg["insurer"]
+    return insurer
+
+
+def _open_claims(ctx: Context, pseudonym: str, moved: bool) -> list:
+    """[n, left, n_left, carried]: ``n`` her prescriptions with a claim outstanding -- a
+    dispensed fill without an active claim dispensed UNSETTLED_WINDOW_MS ago at most; ``left``
+    the first MAX_UNSETTLED_LISTED fills without an active claim dispensed longer ago ({rx_id,
+    fill, insurer, dispensed_ms}, ``insurer`` that fill's insurer of record: it left them
+    unsettled; they no longer hold a move), ``n_left`` all of them (of the prescriptions with
+    nothing outstanding); ``carried`` [rx, cover] of each prescription that can still be
+    dispensed, by its status, or by the clock until SKEW_MARGIN_MS past its next fill's deadline
+    (``prescription.expire`` closes it at once). A fill not yet dispensed has no claim: it holds
+    no move; the move makes the insurer taking her over the insurer of record of the fills
+    dispensed after it (``cover/``). Erased prescriptions are past their retention (their keys
+    destroyed): never claimable, never outstanding. All her prescriptions are read (pages of 64
+    index rows; bounded by gas)."""
     prefix = "pidx/" + pseudonym + "/"
     end = prefix + "~"
     now = ctx.timestamp_ms
     n = 0
     left = []
     n_left = 0
+    carried = []
     page = ctx.range_from("prescription", prefix, end, 64)
     while len(page) > 0:
         for pair in page:
             rx = ctx.get_from("prescription", "rx/" + pair[1]["rx_id"])
             if rx is None or rx["status"] == "ERASED":
                 continue
+            cover = _cover(ctx, rx, moved)
             deadline = rx["valid_end_ms"] + rx["fills"] * rx["fill_interval_days"] * DAY_MS
             if rx["status"] not in CLOSED and rx["fills"] < rx["max_fills"] and now <= deadline + SKEW_MARGIN_MS:
-                n = n + 1
-                continue
+                carried.append([rx, cover])
             fill = 1
             stale = []
             while fill <= rx["fills"]:
@@ -355,7 +384,8 @@ def _open_claims(ctx: Context, pseudonym: str) -> list:
                         n = n + 1
                         stale = None
                         break
-                    stale.append({"rx_id": rx["rx_id"], "fill": fill, "insurer": rx["insurer"],
+                    stale.append({"rx_id": rx["rx_id"], "fill": fill,
+                                  "insurer": _insurer_of(rx, cover, fill),
                                   "dispensed_ms": disp["time_ms"]})
                 fill = fill + 1
             if stale is not None:
@@ -365,7 +395,7 @@ def _open_claims(ctx: Context, pseudonym: str) -> list:
                         left.append(u)
         # next page after the last key ("!" sorts below every rx id character)
         page = ctx.range_from("prescription", page[len(page) - 1][0] + "!", end, 64)
-    return [n, left, n_left]
+    return [n, left, n_left, carried]
 
 
 def _transfer_party(ctx: Context, pseudonym: str) -> list:
@@ -456,11 +486,13 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     """Take over the patient's account (clerk or admin of the insurer a pending request names).
 
     Refused while a claim of hers is outstanding (OPEN_CLAIMS: a fill dispensed at most 30 days
-    ago unclaimed, or a prescription that can still be dispensed): the insurer of a
-    prescription's issue holds its claim key and settles it, so it is settled first -- never
-    lost, never paid twice. A fill its insurer left unsettled longer holds the move up no more:
-    the move lists it (``unsettled``, ``unsettled_count``) and that insurer still settles it
-    afterwards (``settle``), nobody else. The money moves unchanged: the personal-account
+    ago unclaimed): its insurer of record settles it first -- never lost, never paid twice. A
+    fill its insurer left unsettled longer holds the move up no more: the move lists it
+    (``unsettled``, ``unsettled_count``) and that insurer still settles it afterwards
+    (``settle``), nobody else. A fill not yet dispensed has no claim and holds no move: of each
+    prescription of hers that can still be dispensed, the fills dispensed after the move are
+    the new insurer's (``cover/{rx_id}``: her insurer at their date of service), the earlier
+    ones stay their insurer's. The money moves unchanged: the personal-account
     balance and this and earlier years' deductible and cap counters are hers; the new
     insurer's policy applies to dispenses from the move on. The previous insurer's claims stay
     its own and can no longer be reversed (ACCOUNT_TRANSFERRED): the refund would land in an
@@ -481,13 +513,11 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct = _account(ctx, pseudonym)
     if acct["insurer"] != req["from"]:  # cannot happen: every move deletes the request
         ctx.fail("NOT_FOUND", "the pending transfer is stale")
-    found = _open_claims(ctx, pseudonym)
+    found = _open_claims(ctx, pseudonym, len(acct.get("transfers", [])) > 0)
     n = found[0]
     if n > 0:
-        ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding with "
-                 + acct["insurer"] + " (a fill dispensed in the last 30 days to settle, or fills "
-                 "still to dispense: one past its validity counts for 2 days more unless "
-                 "prescription.expire marks it EXPIRED)")
+        ctx.fail("OPEN_CLAIMS", str(n) + " of her prescriptions have a claim outstanding (a fill "
+                 "dispensed in the last 30 days, unsettled: its insurer settles it first)")
     _policy(ctx, c.org, ctx.timestamp_ms)
     move = {
         "from": acct["insurer"],
@@ -508,6 +538,23 @@ def accept_transfer(ctx: Context, pseudonym: str) -> dict:
     acct["transfers"] = kept[max(0, len(kept) - MAX_TRANSFERS):]
     acct["insurer"] = c.org
     ctx.put("acct/" + pseudonym, acct)
+    # the latest move away from the insurer she leaves, by that insurer and patient: its window
+    # to settle (and reverse) what the move left (_move_away) no longer depends on the bounded
+    # ``transfers`` -- 16 moves among other insurers within its 30 days cut it short. One
+    # record per insurer she left (a later move away from it replaces it)
+    ctx.put("left/" + move["from"] + "/" + pseudonym, move)
+    # the fills still to dispense: hers under the insurer taking her over (the date of service)
+    for pair in found[3]:
+        rx = pair[0]
+        segs = []
+        if pair[1] is not None:
+            segs = pair[1]["from"]
+        nxt = rx["fills"] + 1
+        if len(segs) > 0 and segs[len(segs) - 1]["fill"] == nxt:
+            segs = segs[0:len(segs) - 1]  # moved again before that fill: the latest move decides
+        segs = segs + [{"fill": nxt, "insurer": c.org, "move_tx_id": ctx.tx_id,
+                        "ms": ctx.timestamp_ms}]
+        ctx.put("cover/" + rx["rx_id"], {"rx_id": rx["rx_id"], "from": segs})
     ctx.delete("xfer/" + pseudonym)
     ctx.emit("account.transferred", {"from": move["from"], "to": c.org, "unsettled": found[2]})
     return acct
@@ -616,8 +663,18 @@ def _per_code(lines: list) -> list:
     return out
 
 
+def _move_away(ctx: Context, acct: dict, insurer: str) -> dict:
+    """The latest move of her account away from ``insurer``, or None: its record
+    ``left/{insurer}/{pseudonym}`` (each move writes it), else -- moves from before that record
+    -- the latest such move in ``acct.transfers`` (the latest 16 moves)."""
+    rec = ctx.get("left/" + insurer + "/" + acct["pseudonym"])
+    if rec is not None:
+        return rec
+    return _latest_move_away(acct, insurer)
+
+
 def _latest_move_away(acct: dict, insurer: str) -> dict:
-    """The latest move on record of her account away from ``insurer``, or None."""
+    """The latest move in ``acct.transfers`` away from ``insurer``, or None."""
     moves = acct.get("transfers", [])
     i = len(moves) - 1
     while i >= 0 and moves[i]["from"] != insurer:
@@ -627,14 +684,15 @@ def _latest_move_away(acct: dict, insurer: str) -> dict:
     return moves[i]
 
 
-def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) -> dict:
-    """A fill the insurer of its issue settles after her account moved away from it: one the
+def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int, insurer: str) -> dict:
+    """A fill its insurer of record (``insurer``) settles after her account moved away from
+    it: one the
     latest move away from it left unsettled (listed in the move's ``unsettled``, or -- the list
     full -- dispensed over UNSETTLED_WINDOW_MS before it), within LATE_SETTLE_WINDOW_MS of that
     move's time (ACCOUNT_TRANSFERRED, SETTLE_WINDOW_CLOSED). A settle, or its preview, shows the
     figures of an account that insurer no longer holds (balance, deductible and cap left), which
     patient_status refuses it: for that window only. Returns the move."""
-    m = _latest_move_away(acct, rx["insurer"])
+    m = _move_away(ctx, acct, insurer)
     move = None
     if m is not None:
         listed = m.get("unsettled", [])
@@ -646,7 +704,7 @@ def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) ->
             move = m
     if move is None:
         ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer and "
-                 "no move on record left fill " + str(fill) + " unsettled with " + rx["insurer"])
+                 "no move on record left fill " + str(fill) + " unsettled with " + insurer)
     if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:
         ctx.fail("SETTLE_WINDOW_CLOSED", "fill " + str(fill) + " was left unsettled when her account "
                  "moved (" + str(move["ms"]) + " ms): its insurer settles it within 30 days of the "
@@ -655,9 +713,10 @@ def _late_settle(ctx: Context, acct: dict, rx: dict, fill: int, disp_ms: int) ->
 
 
 def settle(ctx: Context, rx_id: str, fill: int) -> dict:
-    """Settle one dispense (insurer clerk of the insurer of the prescription's issue: her
-    insurer on the date of service, which holds its claim key -- also after her account moved,
-    for a fill a move left unsettled). fill 0 = latest fill. Transient: claim, claim_salt
+    """Settle one dispense (insurer clerk of the fill's insurer of record: her insurer on the
+    date of service -- the insurer of the prescription's issue, or the one a move handed the
+    fills dispensed after it, ``cover/`` -- also after her account moved, for a fill a move left
+    unsettled). fill 0 = latest fill. Transient: claim, claim_salt
     [, lines]. Priced and covered as of the dispense: no price or policy in force then is
     UNKNOWN_DRUG or NO_POLICY."""
     c = ctx.caller
@@ -669,15 +728,28 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
     if rx is None:
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
     acct = _account(ctx, rx["patient"])
-    # the insurer of its issue: a move waits for its fills to be settled, except those it left
-    # unsettled over UNSETTLED_WINDOW_MS -- still its own (its policy, its claim key), never the
-    # new insurer's; never naming her insurer to another one (as reverse, get_claim)
-    if rx["insurer"] != c.org:
+    # the insurers of its fills: the insurer of its issue, and the insurer taking her over at a
+    # move while fills were still to dispense (cover/); never naming her insurer to another one
+    # (as reverse, get_claim)
+    cover = _cover(ctx, rx, len(acct.get("transfers", [])) > 0)
+    insurers = [rx["insurer"]]
+    if cover is not None:
+        for seg in cover["from"]:
+            insurers.append(seg["insurer"])
+    if c.org not in insurers:
         ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org + " for this prescription")
     if fill == 0:
         fill = rx["fills"]
     if fill == 0 or fill > rx["fills"]:
         ctx.fail("NOT_DISPENSED", "that fill was not dispensed")
+    # its insurer of record: her insurer at its dispense. A move waits for the fills dispensed
+    # to be settled, except those left unsettled over UNSETTLED_WINDOW_MS -- still their
+    # insurer's (its policy, its claim key); the fills dispensed after it are the new insurer's
+    insurer = _insurer_of(rx, cover, fill)
+    if insurer != c.org:
+        ctx.fail("NOT_INSURER_OF_FILL", "fill " + str(fill) + " is not insured by " + c.org + ": it "
+                 "was dispensed under another insurer's cover (her account moved while fills were "
+                 "still to dispense; her insurer at the fill's dispense settles it)")
     fill3 = str(fill).zfill(3)
     guard = ctx.get("claimed/" + rx_id + "/" + fill3)
     if guard is not None and guard["active"] != "":
@@ -690,7 +762,7 @@ def settle(ctx: Context, rx_id: str, fill: int) -> dict:
         ctx.fail("NOT_DISPENSED", "no dispense record of fill " + str(fill))
     late = None
     if acct["insurer"] != c.org:
-        late = _late_settle(ctx, acct, rx, fill, disp["time_ms"])
+        late = _late_settle(ctx, acct, rx, fill, disp["time_ms"], insurer)
     # the date of service: its prices, policy version and benefit year (never the settling tx's)
     served = disp["time_ms"]
     claim = ctx.transient("claim")
@@ -828,7 +900,7 @@ def reverse(ctx: Context, claim_id: str, reason: str, note_ct: str = "") -> dict
         # it settled after the latest move away from it, under that move (late_move_tx_id):
         # within that move's LATE_SETTLE_WINDOW_MS it still settles the fill again, so it
         # reverses it, the money going back to her account as it came
-        move = _latest_move_away(acct, c.org)
+        move = _move_away(ctx, acct, c.org)
         if move is None or rec.get("late_move_tx_id", "") != move["tx_id"]:
             ctx.fail("ACCOUNT_TRANSFERRED", "the patient's account has moved to another insurer")
         if ctx.timestamp_ms > move["ms"] + LATE_SETTLE_WINDOW_MS:

@@ -44,41 +44,51 @@ def test_her_insurer_neither_withdraws_nor_replaces_her_own_request(world: World
     assert call(world, "cancel_transfer", CLERK2) == "ACCESS_DENIED"
 
 
-def test_a_dispense_stamped_before_the_deadline_cannot_land_after_the_move(world: World) -> None:
+def test_a_dispense_stamped_before_the_deadline_landing_after_the_move_is_settled(
+        world: World) -> None:
     """An approved prescription, undispensed, a minute past its validity by the move's clock:
-    a lock and dispense stamped a minute before it still commit after the move (neither reads
-    what the move writes) -- a fill whose claim key is the old insurer's, which may no longer
-    settle it (ACCESS_DENIED): a lost claim. So the move waits SKEW_MARGIN_MS past the deadline,
-    or for the prescription to be marked EXPIRED (a state every later dispense reads)."""
+    a lock and dispense stamped a minute before it still commit after the move (the move read
+    the prescription's record, the dispense writes it: the ledger orders them). The move used
+    to wait SKEW_MARGIN_MS past the deadline, the claim key being the old insurer's; a fill not
+    yet dispensed now holds no move (settle6), and a fill dispensed after the move -- by the
+    ledger's order, whatever its stamp -- is the new insurer's to settle, never nobody's."""
     with_ins02(world)
     prep = issued(world)
     rx_id = prep.args["rx_id"]
     end = world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()["valid_end_ms"]
     world.chain.now = end + 60_000
     call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"
-    # the dispense stamped before the deadline commits (as it would after a move)
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    # the dispense stamped before the deadline commits after the move
     world.chain.submit("prescription", "lock", WANG, at_ms=end - 60_000, rx_id=rx_id).unwrap()
     dispense(world, prep, at_ms=end - 60_000).unwrap()
-    # ... and is settled by the insurer holding her account and the claim key
-    settle(world, prep, clerk=CLERK).unwrap()
-    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    # ... and is settled by the insurer holding her account at its dispense
+    assert settle(world, prep, clerk=CLERK).reason == "NOT_INSURER_OF_FILL"
+    assert settle(world, prep, clerk=CLERK2).unwrap()["insurer"] == "ins02"
 
 
-def test_expired_or_two_days_past_the_deadline_no_longer_holds_the_move(world: World) -> None:
+def test_a_prescription_expired_or_past_its_deadline_gets_no_new_insurer(world: World) -> None:
+    """The move hands the fills still to dispense to the insurer taking her over: a
+    prescription marked EXPIRED (a state every later dispense reads) or over 2 days past its
+    deadline has none; one past it by the move's clock within 2 days may still see a dispense
+    stamped before it, so its next fill is the new insurer's."""
     with_ins02(world)
     marked = issued(world)
     waited = issued(world)
+    late = issued(world)
     end = world.chain.query("prescription", "show", CLERK,
                             rx_id=waited.args["rx_id"]).unwrap()["valid_end_ms"]
     world.chain.now = end + 60_000
-    call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    # marked EXPIRED: a dispense stamped before the deadline reads it and is refused
     world.chain.submit("prescription", "expire", zhang(world), rx_id=marked.args["rx_id"]).unwrap()
     assert world.chain.submit("prescription", "lock", WANG, at_ms=end - 60_000,
                               rx_id=marked.args["rx_id"]).reason == "EXPIRED"
-    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"  # the other one, by the clock
     world.chain.now = end + 2 * DAY_MS
-    assert call(world, "accept_transfer", CLERK2) == "OPEN_CLAIMS"  # to the millisecond
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"  # to the millisecond
+    covered = [k for k in world.chain.state.keys("settlement") if k.startswith("cover/")]
+    assert covered == sorted("cover/" + p.args["rx_id"] for p in (waited, late))
     world.chain.now = end + 2 * DAY_MS + 1
-    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    call(world, "request_transfer", zhang(world), to_insurer="ins01")
+    assert call(world, "accept_transfer", CLERK)["insurer"] == "ins01"
+    after = [k for k in world.chain.state.keys("settlement") if k.startswith("cover/")]
+    assert after == covered  # nothing more to hand over: no entry written

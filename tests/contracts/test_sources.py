@@ -18,7 +18,7 @@ PUBLIC = {
     },
     "prescription": {
         "issue", "review", "route", "lock", "release", "dispense", "deliver", "revoke",
-        "expire", "erase", "get_key", "grant_consent", "revoke_consent", "show", "verify",
+        "expire", "erase", "get_key", "grant_consent", "grant_claim_key", "revoke_consent", "show", "verify",
         "trace", "trace_fills", "audit_trail", "audit_log", "patient_prescriptions", "list_prescriptions",
     },
     "settlement": {"settle", "reverse", "get_claim", "patient_status", "trail", "open_account",

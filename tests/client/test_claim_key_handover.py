@@ -1,0 +1,53 @@
+"""A later fill of a repeat prescription dispensed after the patient's account moved is the new
+insurer's (contracts/README.md "Moving an account"): the insurer holding the claim key hands it
+over with ``RxOperations.grant_claim_key``, and the new insurer settles the fill through
+``RxOperations.settle`` -- which opened no claim subset for it before (NO_KEY_GRANT). Run over
+the real contracts in the sandbox."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from client.errors import NoKeyGrant, RxClientError
+from client.rxops import RxOperations
+from tests.client.contractgw import ContractGateway
+from tests.contracts.chain import DAY_MS, Who
+from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
+from tests.contracts.flows import CLERK, CLERK2, lock_and_dispense, settle
+from tests.contracts.rxclient import CONSORTIUM_SECRET, World, trace_key
+from tests.contracts.test_account_transfer import call, dispensed, with_ins02, zhang
+from tests.contracts.test_settle_residuals6 import REPEAT
+
+
+def _ops(w: World, caller: Who) -> RxOperations:
+    """Operations as an insurer clerk whose wallet holds the keyring's key of its insurer."""
+    key = w.keyring.of(caller.org)
+    session = SimpleNamespace(
+        gateway=ContractGateway(w, caller), net=SimpleNamespace(peers=[], secret=CONSORTIUM_SECRET),
+        trace_key=trace_key(), peer_org=caller.org,
+        identity=SimpleNamespace(org=caller.org, user=caller.name, role=caller.role, private_key=key),
+        decryption_keys=lambda: [key], records_public_key=lambda org: w.keyring.of(org).public_key())
+    return RxOperations(session)  # type: ignore[arg-type]
+
+
+def test_the_new_insurer_settles_a_later_fill_with_the_claim_key_handed_over(world: World) -> None:  # noqa: F811
+    with_ins02(world)
+    repeat = dispensed(world, **REPEAT)
+    rx_id = repeat.args["rx_id"]
+    settle(world, repeat).unwrap()
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    world.chain.advance(28 * DAY_MS)
+    lock_and_dispense(world, repeat).unwrap()
+    ins01, ins02 = _ops(world, CLERK), _ops(world, CLERK2)
+    with pytest.raises(NoKeyGrant):
+        ins02.settle(rx_id, 2)
+    with pytest.raises(RxClientError) as err:
+        ins01.settle(rx_id, 2)
+    assert err.value.reason == "NOT_INSURER_OF_FILL"
+    assert ins01.grant_claim_key(rx_id, "ins02")["granted"] is True
+    claim = ins02.settle(rx_id, 2)
+    assert (claim["insurer"], claim["fill"]) == ("ins02", 2)
+    assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
