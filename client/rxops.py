@@ -1025,9 +1025,11 @@ class RxOperations:
         """Lift the suspension (a LICENCE_SUSPENDED revocation) of practitioner ``org``/``name``'s
         registration, or with ``name`` "" the pharmacy ``org``'s
         (``registry.reinstate_registration``, a regulator admin): the mark moves to its
-        ``reinstated`` history and the code's (licence's) bar goes; the record stays inactive
-        until its organisation registers it again. REVOCATION_FINAL for any other reason.
-        Idempotent: ``changed`` false when it is not revoked."""
+        ``reinstated`` history and the code's (licence's) bar goes once no other suspension
+        holds it; the record is active again (``reactivated``) with a holder's sites still in
+        force (``sites_restored``), unless ``reason`` says what stops it (its organisation then
+        registers it again). REVOCATION_FINAL for any other reason. Idempotent: ``changed``
+        false when it is not revoked."""
         return _written(self.s.gateway.submit(REGISTRY, "reinstate_registration",
                                               {"org": org, "name": name}))
 
