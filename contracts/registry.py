@@ -1308,6 +1308,9 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
     c = ctx.caller
     if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
+    if c.org_kind == "insurer" and not _insures(ctx, pseudonym):
+        # before the lookup too: an insurer she has no tie to learns nothing of her enrolment
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
