@@ -1287,9 +1287,10 @@ def _may_ask(ctx: Context) -> bool:
 
 def _insures(ctx: Context, pseudonym: str) -> bool:
     """The caller (an insurer's clerk or admin) holds the patient's account, or is the insurer a
-    pending transfer request she made herself names, within its 30 days (as settlement's
-    patient_status: it decides whether to take her over). No other insurer -- also none before
-    her account is opened: ``settlement.open_account`` reads the enrolment itself."""
+    pending request she made herself names, within its 30 days (as settlement's
+    patient_status: it decides whether to take her over, or to open her account -- a request
+    with ``from`` ""). No other insurer, and get_patient asks this before the enrolment is read:
+    an insurer she has no tie to cannot tell whether she is enrolled."""
     org = ctx.caller.org
     acct = ctx.get_from("settlement", "acct/" + pseudonym)
     if acct is not None and acct["insurer"] == org:
