@@ -258,3 +258,20 @@ def test_a_site_its_organisation_wrote_since_keeps_what_it_wrote(world: World) -
     assert out["sites_restored"] == ["h02"]  # the authorisation: its registration as it wrote it
     assert registration(world, "h02", "dr-jiang")["licence_active"] is False
     assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=11) == "OK"
+
+
+def test_a_suspension_the_previous_registry_wrote_is_reinstated_as_then(world: World) -> None:
+    """A mark without ``was_active`` (written before reinstating reactivated): the record is left
+    inactive as the previous registry left it (NOT_RECORDED), the bar lifted all the same."""
+    import json
+
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    key = ("registry", "prac/h01/dr-jiang")
+    rec = json.loads(world.chain.state.values[key])
+    del rec["revoked"]["was_active"]
+    world.chain.state.values[key] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+    out = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert out["reactivated"] is False and out["reason"] == "NOT_RECORDED"
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+    assert index(world, "praccode/" + JIANG_CODE) is None
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=10) == "OK"
