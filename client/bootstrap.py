@@ -134,10 +134,17 @@ class Bootstrapper:
             self._sessions[org] = Session(self.home, f"{org}:admin", network=self.net)
         return self._sessions[org]
 
+    def user(self, as_: str) -> Session:
+        """A session as ``as_`` (``ORG:USER``, e.g. a patient's wallet; cached)."""
+        if as_ not in self._sessions:
+            self._sessions[as_] = Session(self.home, as_, network=self.net)
+        return self._sessions[as_]
+
     def _job(self, org: str, contract: str, fn: str, args: dict[str, Any],
              transient: dict[str, Any] | None = None,
-             endorsers: list[str] | None = None) -> Callable[[], SubmitResult]:
-        session = self.admin(org)  # created here, not inside the worker threads
+             endorsers: list[str] | None = None, as_: str = "") -> Callable[[], SubmitResult]:
+        # created here, not inside the worker threads
+        session = self.user(as_) if as_ else self.admin(org)
         return lambda: session.gateway.submit(contract, fn, args, transient, endorsing_orgs=endorsers)
 
     def _parties(self, *orgs: str) -> list[str]:
@@ -255,6 +262,15 @@ class Bootstrapper:
                 "patient_user": {"org": pat.user_org, "name": cns[pat.handle]}},
                 endorsers=self._parties(pat.enrolled_by, pat.insurer if pat.insurer in known else ""))
             for pat in enrolled])
+        # each patient asks her insurer to open her account (settlement.open_account takes her
+        # own request: an insurer she did not ask cannot tell whether she is enrolled); her
+        # session adds her binding, sent to her insurer's and her hospital's peers only
+        run("requests", [
+            self._job(pat.user_org, "settlement", "request_transfer", {
+                "pseudonym": pat.pseudonym(secret), "to_insurer": pat.insurer,
+            }, endorsers=self._parties(pat.insurer, pat.enrolled_by),
+                as_=f"{pat.user_org}:{pat.user_name}")
+            for pat in enrolled if pat.insurer in known])
         run("accounts", [
             self._job(pat.insurer, "settlement", "open_account", {
                 "pseudonym": pat.pseudonym(secret), "year": 0,

@@ -907,8 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="why (a code: no free text reaches the ledger)")
     rs = sub(rg, "reinstate", _simple("reinstate_registration", "org", "name"),
              "lift a suspension (a LICENCE_SUSPENDED revocation; a regulator admin): the code or"
-             " licence freed, the registration left inactive until its organisation registers it"
-             " again")
+             " licence freed once no other suspension holds it, the registration active again"
+             " with its sites still in force (else `reason` says why not)")
     rs.add_argument("org")
     rs.add_argument("--name", default="", metavar="NAME",
                     help="the practitioner (default: the organisation's pharmacy registration)")

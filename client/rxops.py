@@ -977,7 +977,12 @@ class RxOperations:
         insurer's peer and one other). None (the gateway picks) for any other session."""
         if not self.s.gateway.default_transient:
             return None
-        acct = self.s.gateway.evaluate(SETTLEMENT, "get_account", {"pseudonym": pseud})
+        try:
+            acct = self.s.gateway.evaluate(SETTLEMENT, "get_account", {"pseudonym": pseud})
+        except EndorsementError as exc:
+            if exc.reason != "NO_ACCOUNT":
+                raise
+            acct = None  # no account yet: her request asks ``also`` to open one
         enrol = self.s.gateway.evaluate("registry", "get_patient", {"pseudonym": pseud})
         insurer = str(acct.get("insurer", "")) if isinstance(acct, dict) else ""
         hospital = str(enrol.get("hospital", "")) if isinstance(enrol, dict) else ""
@@ -991,7 +996,9 @@ class RxOperations:
         """Ask to move patient ``ref``'s insurance account to ``to_insurer`` (the patient
         herself, or a clerk/admin of her insurer); it moves when a clerk/admin of
         ``to_insurer`` accepts (:meth:`accept_transfer`). A later request replaces this one (the
-        patient's own only by her: her insurer is refused ACCESS_DENIED)."""
+        patient's own only by her: her insurer is refused ACCESS_DENIED). The patient's request
+        while no account of hers is open asks ``to_insurer`` to open it (``from`` ""; its
+        clerk/admin then calls ``settlement.open_account``)."""
         pseud = self.pseudonym(ref)
         res = self.s.gateway.submit(SETTLEMENT, "request_transfer",
                                     {"pseudonym": pseud, "to_insurer": to_insurer},
@@ -1038,9 +1045,11 @@ class RxOperations:
         """Lift the suspension (a LICENCE_SUSPENDED revocation) of practitioner ``org``/``name``'s
         registration, or with ``name`` "" the pharmacy ``org``'s
         (``registry.reinstate_registration``, a regulator admin): the mark moves to its
-        ``reinstated`` history and the code's (licence's) bar goes; the record stays inactive
-        until its organisation registers it again. REVOCATION_FINAL for any other reason.
-        Idempotent: ``changed`` false when it is not revoked."""
+        ``reinstated`` history and the code's (licence's) bar goes once no other suspension
+        holds it; the record is active again (``reactivated``) with a holder's sites still in
+        force (``sites_restored``), unless ``reason`` says what stops it (its organisation then
+        registers it again). REVOCATION_FINAL for any other reason. Idempotent: ``changed``
+        false when it is not revoked."""
         return _written(self.s.gateway.submit(REGISTRY, "reinstate_registration",
                                               {"org": org, "name": name}))
 

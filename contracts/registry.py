@@ -523,6 +523,33 @@ def _bars(holder: dict, reason: str) -> bool:
     return "revoked" in holder and holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
 
 
+def _suspensions(bar: dict) -> list:
+    """The suspensions holding the bar ``bar`` ([{org, name, revoked}], the first the one the
+    entry names); a bar written before the list was kept holds its own only."""
+    if "suspensions" in bar:
+        return bar["suspensions"]
+    return [{"org": bar["org"], "name": bar["name"], "revoked": bar["revoked"]}]
+
+
+def _bar_entry(held: list) -> dict:
+    """The bar entry held by the suspensions ``held`` (non-empty): it names the first."""
+    first = held[0]
+    return {"org": first["org"], "name": first["name"], "revoked": first["revoked"],
+            "suspensions": held}
+
+
+def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict) -> None:
+    """A suspension of ``org``/``name`` (its ``mark``) meets the suspension bar ``bar`` of
+    ``key`` (another registration's): it holds the bar too (the mark's ``barred``), so
+    reinstating the first no longer lifts it while this one stands. Only a suspension joins a
+    suspension's bar (a final revocation takes it over: _bars)."""
+    if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
+            or mark["reason"] != SUSPENSION:
+        return
+    mark["barred"] = key
+    ctx.put(key, _bar_entry(_suspensions(bar) + [{"org": org, "name": name, "revoked": mark}]))
+
+
 def _registration_key(ctx: Context, org: str, name: str) -> str:
     """The key of practitioner ``org``/``name``'s registration (with ``name`` "" the pharmacy
     ``org``'s), for a regulator admin only, the ids checked (BAD_ARGUMENTS): revoke_registration
@@ -573,19 +600,35 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         if holder is not None and "revoked" not in holder and holder["org"] == org:
             ctx.delete(key)
             holder = None
+        if reason == SUSPENSION:
+            mark["was_active"] = rec["active"]  # (what reinstating it restores)
         if reason in LICENCE_REASONS and _bars(holder, reason):
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
+        elif holder is not None:
+            _join_bar(ctx, key, holder, org, "", mark)  # (a second suspension holds it too)
         rec["active"] = False
         ctx.emit("registry.pharmacy", {"org": org, "active": False})
     else:
         code = rec["code"]
         key = "praccode/" + code
         holder = ctx.get(key)
+        if reason == SUSPENSION:
+            mark["was_active"] = rec["licence_active"]  # (what reinstating it restores)
         if holder is not None and "revoked" not in holder and holder["org"] == org \
                 and holder["name"] == name:
+            withdrawn = {}  # the sites the revocation withdraws: {site: name, "" unregistered}
+            active = []  # those of them whose registration it makes inactive
             for site in sorted(holder.get("sites", {}).keys()):
+                sname = holder["sites"][site]
+                withdrawn[site] = sname
+                if sname != "" and _holds(ctx, site, sname, code):
+                    active.append(site)
                 _withdraw_site(ctx, holder, code, site, True)
+            if reason == SUSPENSION:
+                # (reinstating her restores those still in force: _restore_sites)
+                mark["sites"] = withdrawn
+                mark["site_active"] = active
             ctx.delete(key)
             holder = None
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
@@ -595,6 +638,8 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             # her licence, not this registration: the code stays barred (LICENCE_REASONS)
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": name, "revoked": mark})
+        elif holder is not None:
+            _join_bar(ctx, key, holder, org, name, mark)  # (a second suspension holds it too)
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
     rec["revoked"] = mark
@@ -604,16 +649,116 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
 
 
+def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> None:
+    """The suspension ``mark`` of ``org``/``name`` no longer holds the bar ``key``: the bar goes
+    when it was the last suspension holding it, else it names the next one; a bar this
+    suspension does not hold (a final revocation took it over, or none) is left as it is."""
+    bar = ctx.get(key)
+    if bar is None or "revoked" not in bar:
+        return
+    held = _suspensions(bar)
+    kept = []
+    for h in held:
+        if h["org"] != org or h["name"] != name or h["revoked"]["tx_id"] != mark["tx_id"]:
+            kept.append(h)
+    if len(kept) == len(held):
+        return
+    if len(kept) == 0:
+        ctx.delete(key)
+    else:
+        ctx.put(key, _bar_entry(kept))
+
+
+def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
+    """Authorise again, in the index entry ``holder`` of ``code`` (written by the caller), the
+    sites the suspension ``mark`` withdrew from the holder, each only while its own registration
+    under the code is in force -- not revoked, still under ``code`` -- (a site not yet registered
+    comes back authorised); a registration the suspension made inactive is made active again
+    when nobody wrote it since. [restored, {site: reason} not restored: the holder authorises
+    them anew (authorize_practice_site)]."""
+    withdrawn = mark.get("sites", {})
+    active = mark.get("site_active", [])
+    sites = {}
+    restored = []
+    missed = {}
+    for site in sorted(withdrawn.keys()):
+        sname = withdrawn[site]
+        if sname != "":
+            prac = ctx.get("prac/" + site + "/" + sname)
+            if prac is None or prac["code"] != code:
+                missed[site] = "RECORD_CHANGED"
+                continue
+            if "revoked" in prac:
+                missed[site] = "REGISTRATION_REVOKED"
+                continue
+            if site in active and prac["updated"]["tx_id"] == mark["tx_id"]:
+                prac["licence_active"] = True
+                prac["updated"] = _stamp(ctx)
+                ctx.put("prac/" + site + "/" + sname, prac)
+                ctx.emit("registry.practitioner", {"org": site, "name": sname, "role": prac["role"]})
+        sites[site] = sname
+        restored.append(site)
+        ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": True})
+    if len(sites) > 0:
+        holder["sites"] = sites
+    return [restored, missed]
+
+
+def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict) -> list:
+    """Make the registration ``rec`` (``org``/``name``, its suspension ``mark`` lifted) active
+    again as it was before the suspension, when nothing else stops it: [reason, restored sites,
+    {site: reason} sites not restored]; reason "" when reactivated, else why not (nothing
+    written): WAS_INACTIVE (inactive when suspended), NOT_RECORDED (a suspension from before
+    reinstating reactivated), RECORD_CHANGED (its organisation wrote it since: its decision
+    stands), REGISTRATION_REVOKED (another revocation still bars its code or licence),
+    CODE_IN_USE / LICENCE_IN_USE (another registration holds it: that organisation's call, as
+    reindex). The record itself is written by the caller."""
+    if "was_active" not in mark:
+        return ["NOT_RECORDED", [], {}]
+    if not mark["was_active"]:
+        return ["WAS_INACTIVE", [], {}]
+    if rec["updated"]["tx_id"] != mark["tx_id"]:
+        return ["RECORD_CHANGED", [], {}]
+    if name == "":
+        key = "pharmlic/" + rec["licence_no"]
+        holder = ctx.get(key)
+        if holder is not None and "revoked" in holder:
+            return ["REGISTRATION_REVOKED", [], {}]
+        if holder is not None and holder["org"] != org:
+            return ["LICENCE_IN_USE", [], {}]
+        if holder is None:
+            ctx.put(key, {"org": org, "name": ""})
+        rec["active"] = True
+        ctx.emit("registry.pharmacy", {"org": org, "active": True})
+        return ["", [], {}]
+    key = "praccode/" + rec["code"]
+    holder = ctx.get(key)
+    if holder is not None and "revoked" in holder:
+        return ["REGISTRATION_REVOKED", [], {}]
+    if holder is not None and (holder["org"] != org or holder["name"] != name):
+        return ["CODE_IN_USE", [], {}]
+    if holder is None:
+        holder = {"org": org, "name": name}
+    sites = _restore_sites(ctx, holder, rec["code"], mark)
+    ctx.put(key, holder)
+    rec["licence_active"] = True
+    ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
+    return ["", sites[0], sites[1]]
+
+
 def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     """Lift a suspension (a revocation for LICENCE_SUSPENDED) of practitioner ``org``/``name``'s
     registration (or with ``name`` "" the pharmacy ``org``'s): regulator admins only. Its
     ``revoked`` mark moves to the ``reinstated`` history ({revoked, by_org, by, ms, tx_id}, the
-    latest MAX_REINSTATEMENTS) and the code's (licence's) bar goes when it still names this
-    revocation, so the organisation registers the person (pharmacy) active again; the record
-    itself stays inactive until it does (its organisation decides where she practises; a
-    holder's sites withdrawn by the revocation are authorised anew). Any other reason is final:
-    REVOCATION_FINAL, nothing written. Idempotent: a registration not revoked writes nothing
-    (``changed`` false). Event ``registry.reinstated``."""
+    latest MAX_REINSTATEMENTS); the code's (licence's) bar goes when this was the last
+    suspension holding it (another suspension still holding it keeps it). The registration is
+    made active again when it was active when suspended and nothing else stops it (_reactivate:
+    ``reason`` says what did -- its organisation then registers it again itself), with the
+    sites the suspension withdrew from a holder whose own registrations are still in force
+    (``sites_restored``; ``sites_not_restored`` = {site: reason}, authorised anew by the
+    holder). Any other reason is final: REVOCATION_FINAL, nothing written. Idempotent: a
+    registration not revoked writes nothing (``changed`` false). Event ``registry.reinstated``
+    {org, name, reactivated, reason, sites_restored, sites_not_restored}."""
     rkey = _registration_key(ctx, org, name)
     rec = _registration(ctx, rkey)
     history = rec.get("reinstated", [])
@@ -631,10 +776,8 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     if current not in keys:
         keys.append(current)
     for key in keys:
-        bar = ctx.get(key)
-        if bar is not None and "revoked" in bar and bar["org"] == org and bar["name"] == name \
-                and bar["revoked"]["tx_id"] == mark["tx_id"]:
-            ctx.delete(key)
+        _lift_bar(ctx, key, org, name, mark)
+    back = _reactivate(ctx, rec, org, name, mark)
     stamp = _stamp(ctx)
     entry = {"revoked": mark, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
              "tx_id": stamp["tx_id"]}
@@ -642,8 +785,12 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     del rec["revoked"]
     rec["updated"] = stamp
     ctx.put(rkey, rec)
-    ctx.emit("registry.reinstated", {"org": org, "name": name})
-    return {"org": org, "name": name, "reinstated": entry, "changed": True}
+    out = {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],
+           "sites_restored": back[1], "sites_not_restored": back[2]}
+    ctx.emit("registry.reinstated", out)
+    out["reinstated"] = entry
+    out["changed"] = True
+    return out
 
 
 def get_practitioner(ctx: Context, org: str, name: str) -> dict:
@@ -1140,9 +1287,10 @@ def _may_ask(ctx: Context) -> bool:
 
 def _insures(ctx: Context, pseudonym: str) -> bool:
     """The caller (an insurer's clerk or admin) holds the patient's account, or is the insurer a
-    pending transfer request she made herself names, within its 30 days (as settlement's
-    patient_status: it decides whether to take her over). No other insurer -- also none before
-    her account is opened: ``settlement.open_account`` reads the enrolment itself."""
+    pending request she made herself names, within its 30 days (as settlement's
+    patient_status: it decides whether to take her over, or to open her account -- a request
+    with ``from`` ""). No other insurer, and get_patient asks this before the enrolment is read:
+    an insurer she has no tie to cannot tell whether she is enrolled."""
     org = ctx.caller.org
     acct = ctx.get_from("settlement", "acct/" + pseudonym)
     if acct is not None and acct["insurer"] == org:
@@ -1160,6 +1308,9 @@ def get_patient(ctx: Context, pseudonym: str) -> dict:
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     c = ctx.caller
     if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
+        ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
+    if c.org_kind == "insurer" and not _insures(ctx, pseudonym):
+        # before the lookup too: an insurer she has no tie to learns nothing of her enrolment
         ctx.fail("ACCESS_DENIED", "only the patient, her hospital, her insurer and auditors")
     rec = ctx.get("patient/" + pseudonym)
     if rec is None:

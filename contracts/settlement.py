@@ -255,13 +255,18 @@ def _balance(ctx: Context, pseudonym: str) -> int:
 
 def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
                  deductible_used_fen: int) -> dict:
-    """Open an enrolled patient's insurance account (clerk or admin of the insurer).
+    """Open an enrolled patient's insurance account (clerk or admin of the insurer she asked).
 
     ``balance_fen`` is the opening personal-account balance; ``deductible_used_fen`` and the
     transient ``cap_used_by_disease`` ({ICD-10: fen}, with transient ``dx_key``: no ICD-10
     code reaches a block or the state) seed the counters of ``year`` (0 = this year; not in
-    the future). The insurer needs a policy in force (NO_POLICY). An account is opened once;
-    afterwards only claims and reversals move the money."""
+    the future). It takes her own pending request naming the caller's insurer
+    (``request_transfer`` by the patient, within its 30 days; it is consumed): without one the
+    answer is NOT_FOUND, nothing written, whether she is enrolled or not -- an insurer she has
+    no tie to used to tell an enrolled patient (an account opened, or ACCOUNT_EXISTS naming her
+    insurer) from one never enrolled (UNKNOWN_PATIENT). The insurer needs a policy in force
+    (NO_POLICY). An account is opened once; afterwards only claims and reversals move the
+    money."""
     c = ctx.caller
     if c.org_kind != "insurer" or c.role not in ("clerk", "admin"):
         ctx.fail("WRONG_ROLE", "only an insurer clerk or admin opens an account")
@@ -272,11 +277,17 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
         ctx.fail("BAD_ARGUMENTS", "a 64-hex pseudonym and a year 1970..this year (0 = this year)")
     if not _is_int(balance_fen, 0, MAX_FEN) or not _is_int(deductible_used_fen, 0, MAX_FEN):
         ctx.fail("BAD_ARGUMENTS", "amounts are non-negative integer fen")
+    # before the enrolment is read: an insurer she did not ask learns nothing of her
+    req = ctx.get("xfer/" + pseudonym)
+    if not _asked_by_her(ctx, req):
+        ctx.fail("NOT_FOUND", "no request of this patient to open her account with " + c.org
+                 + " is pending (she asks with settlement.request_transfer; 30 days)")
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
-    if enrol is None:
-        ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
+    if enrol is None:  # (cannot happen: only she, enrolled, makes a request)
+        ctx.fail("NOT_FOUND", "no request of this patient to open her account with " + c.org
+                 + " is pending (she asks with settlement.request_transfer; 30 days)")
     old = ctx.get("acct/" + pseudonym)
-    if old is not None:
+    if old is not None:  # (her request is a move: accept_transfer)
         ctx.fail("ACCOUNT_EXISTS", "the account is held by " + old["insurer"])
     # an insurer with a policy in force (NO_POLICY), as accept_transfer: every dispense of a
     # prescription it insures then follows a policy of its own -- one written later covers a
@@ -305,7 +316,9 @@ def open_account(ctx: Context, pseudonym: str, year: int, balance_fen: int,
         "tx_id": ctx.tx_id,
         "opening_balance_fen": balance_fen,
         "seed_year": year,
+        "request_tx_id": req["tx_id"],
     }
+    ctx.delete("xfer/" + pseudonym)
     ctx.put("acct/" + pseudonym, acct)
     ctx.put("bal/" + pseudonym, {"balance_fen": balance_fen})
     ctx.put("ctr/" + pseudonym + "/" + str(year),
@@ -398,26 +411,36 @@ def _open_claims(ctx: Context, pseudonym: str, moved: bool) -> list:
     return [n, left, n_left, carried]
 
 
+def _asked_by_her(ctx: Context, req: dict) -> bool:
+    """``req`` (the pending request, or None) is one the patient made herself naming the
+    caller's insurer, within its TRANSFER_EXPIRY_MS."""
+    return req is not None and req["to"] == ctx.caller.org and req["requested_by"] == "patient" \
+        and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS
+
+
 def _transfer_party(ctx: Context, pseudonym: str) -> list:
     """[enrolment, account, who] for a transfer request or its withdrawal: the patient herself
-    (her binding) or a clerk/admin of the insurer holding her account; ``who`` is "patient" or
-    that insurer's id."""
+    (her binding; her account None when none is opened yet: a request to open one) or a
+    clerk/admin of the insurer holding her account; ``who`` is "patient" or that insurer's id.
+    An insurer not holding her account is refused before her enrolment is read, the same
+    whether she is enrolled or not (it used to tell UNKNOWN_PATIENT from NO_ACCOUNT and
+    ACCESS_DENIED)."""
     c = ctx.caller
     if not _is_hex(pseudonym, 64, 64):
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     if c.role != "patient" and (c.org_kind != "insurer" or c.role not in ("clerk", "admin")):
         ctx.fail("WRONG_ROLE", "the patient or her insurer's clerk or admin asks for a transfer")
+    if c.role != "patient":
+        acct = ctx.get("acct/" + pseudonym)
+        if acct is None or acct["insurer"] != c.org:
+            ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
+        return [ctx.get_from("registry", "patient/" + pseudonym), acct, c.org]
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
-    if c.role == "patient":
-        if not _is_patient(ctx, enrol):  # before telling whether she has an account
-            ctx.fail("ACCESS_DENIED", "only the patient herself (her binding) or her insurer")
-        return [enrol, _account(ctx, pseudonym), "patient"]
-    acct = _account(ctx, pseudonym)
-    if acct["insurer"] != c.org:
-        ctx.fail("ACCESS_DENIED", "the patient is not insured by " + c.org)
-    return [enrol, acct, c.org]
+    if not _is_patient(ctx, enrol):  # before telling whether she has an account
+        ctx.fail("ACCESS_DENIED", "only the patient herself (her binding) or her insurer")
+    return [enrol, ctx.get("acct/" + pseudonym), "patient"]
 
 
 def _not_hers(ctx: Context, req: dict, who: str) -> None:
@@ -438,20 +461,26 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
     """Ask to move the patient's account to ``to_insurer`` (the patient with her binding, or a
     clerk/admin of her insurer); a clerk or admin of ``to_insurer`` completes it with
     ``accept_transfer``. So a move takes the patient's consent or both insurers', and always
-    the receiving insurer's. A later request replaces a pending one -- her own only by her."""
+    the receiving insurer's. A later request replaces a pending one -- her own only by her.
+    The patient's request while no account of hers is open asks ``to_insurer`` to open it
+    (``from`` ""; its clerk or admin completes it with ``open_account``, which checks its
+    policy)."""
     if not _is_id(to_insurer, 32):
         ctx.fail("BAD_ARGUMENTS", "to_insurer is an insurer's organisation id")
     party = _transfer_party(ctx, pseudonym)
     acct = party[1]
-    if to_insurer == acct["insurer"]:
-        ctx.fail("BAD_ARGUMENTS", "the account is held by " + to_insurer + " already")
-    _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
+    held = ""  # her insurer ("" none yet: a request to open her account)
+    if acct is not None:
+        held = acct["insurer"]
+        if to_insurer == held:
+            ctx.fail("BAD_ARGUMENTS", "the account is held by " + to_insurer + " already")
+        _policy(ctx, to_insurer, ctx.timestamp_ms)  # an insurer with a policy in force (NO_POLICY)
     _not_hers(ctx, ctx.get("xfer/" + pseudonym), party[2])
     by = ctx.caller.name
     if party[2] == "patient":
         by = ""  # her certificate's name is never stored (README "Patient certificate binding")
     req = {
-        "from": acct["insurer"],
+        "from": held,
         "to": to_insurer,
         "requested_by": party[2],
         "by": by,
@@ -459,7 +488,7 @@ def request_transfer(ctx: Context, pseudonym: str, to_insurer: str) -> dict:
         "tx_id": ctx.tx_id,
     }
     ctx.put("xfer/" + pseudonym, req)
-    ctx.emit("account.transfer_requested", {"from": acct["insurer"], "to": to_insurer})
+    ctx.emit("account.transfer_requested", {"from": held, "to": to_insurer})
     return req
 
 
@@ -975,6 +1004,21 @@ def _may_read_account(ctx: Context, enrol: dict) -> bool:
         and ctx.timestamp_ms <= req["ms"] + TRANSFER_EXPIRY_MS
 
 
+def _insurer_tie(ctx: Context, pseudonym: str) -> None:
+    """An insurer's clerk or admin reads a patient's account only holding it, or asked by her
+    (a pending request she made herself names it, _asked_by_her): any other insurer is refused
+    ACCESS_DENIED before her enrolment is read, the answer an enrolled patient it may not read
+    gets -- it used to be UNKNOWN_PATIENT for one never enrolled. (Other roles as before.)"""
+    c = ctx.caller
+    if c.org_kind != "insurer":
+        return
+    acct = ctx.get("acct/" + pseudonym)
+    if acct is not None and acct["insurer"] == c.org:
+        return
+    if not _asked_by_her(ctx, ctx.get("xfer/" + pseudonym)):
+        ctx.fail("ACCESS_DENIED", "not allowed to read this patient's account")
+
+
 def get_account(ctx: Context, pseudonym: str) -> dict:
     """Who insures the patient (the account metadata, no balance): those who may read her
     status, and hospital doctors (a prescriber wraps the claim key for her insurer)."""
@@ -982,6 +1026,7 @@ def get_account(ctx: Context, pseudonym: str) -> dict:
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     if not _may_ask(ctx):  # before the lookup: enrolment says she is in a chronic-disease scheme
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
+    _insurer_tie(ctx, pseudonym)
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")
@@ -1041,6 +1086,7 @@ def patient_status(ctx: Context, pseudonym: str, year: int) -> dict:
         ctx.fail("BAD_ARGUMENTS", "pseudonym must be 64 lower-case hex (HMAC-SHA256)")
     if not _may_ask(ctx):  # before the lookup, as get_account
         ctx.fail("ACCESS_DENIED", "not allowed to read patients' accounts")
+    _insurer_tie(ctx, pseudonym)
     enrol = ctx.get_from("registry", "patient/" + pseudonym)
     if enrol is None:
         ctx.fail("UNKNOWN_PATIENT", "patient is not enrolled")

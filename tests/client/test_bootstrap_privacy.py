@@ -42,7 +42,14 @@ def test_enrolment_and_accounts_name_their_endorsers(net_home, tmp_path: Path,
         ("ins01", "open_account", ("ins01", "h01")),
         ("ins01", "open_account", ("ins01", "h02")),
     ]
-    assert all(e is None for _, fn, _, e in calls if fn not in ("enrol_patient", "open_account"))
+    # each patient asks her insurer to open her account (reg6): as herself, her binding going
+    # to her insurer's and her hospital's peers only
+    asks = [c for c in calls if c[1] == "request_transfer"]
+    assert sorted((org, tuple(e or ())) for org, _, _, e in asks) == [
+        ("h01", ("ins01", "h01")), ("h02", ("ins01", "h02"))]
+    assert counts["requests"] == 2
+    assert all(e is None for _, fn, _, e in calls
+               if fn not in ("enrol_patient", "open_account", "request_transfer"))
 
 
 @pytest.mark.parametrize(("text", "why"), [

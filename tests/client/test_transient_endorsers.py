@@ -113,3 +113,25 @@ def test_a_patients_route_names_the_records_parties(net_home: Any) -> None:
     ops.s.records_public_key = lambda org: pharmacy  # type: ignore[method-assign]
     ops.route("RX-1", "p02")
     assert gw.submits == [("route", None)] and gw.shown == 0
+
+
+class _NoAccountGateway(_Gateway):
+    """A patient with no account yet (reg6: she asks an insurer to open it)."""
+
+    def evaluate(self, contract: str, fn: str, args: Any, transient: Any = None) -> Any:
+        if fn == "get_account":
+            raise EndorsementError("NO_ACCOUNT", "the patient's insurer has not opened her account")
+        assert fn == "get_patient"
+        return {"hospital": "h01"}
+
+
+def test_a_patient_without_an_account_asks_an_insurer_to_open_it(net_home: Any) -> None:
+    """Her request to open an account names the insurer asked and her hospital as endorsers;
+    the SDK's NO_ACCOUNT from get_account used to end the call before it was sent."""
+    ops, _ = _ops(net_home, {"patient_binding": "ab" * 32})
+    gw = _NoAccountGateway({"patient_binding": "ab" * 32})
+    ops.s.gateway = gw  # type: ignore[assignment]
+    ops.pseudonym = lambda ref: "cd" * 32  # type: ignore[method-assign]
+    out = ops.request_transfer("patient-new", "ins01")
+    assert out["patient"] == "patient-new"
+    assert gw.submits == [("request_transfer", ["h01", "ins01"])]

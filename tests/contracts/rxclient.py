@@ -137,12 +137,26 @@ class World:
             pseudonym=pseudonym(merged["id_number"]),
         )
 
+    def ask_to_open(self, pt: dict[str, Any], insurer: str) -> Outcome:
+        """settlement.request_transfer as the patient herself, with no account yet: she asks
+        ``insurer`` to open her account (open_account takes her request)."""
+        user = pt["user"]
+        her = Who(user["org"], user["name"], "patient",
+                  binding=patient_binding(user["org"], user["name"]))
+        return self.chain.submit("settlement", "request_transfer", her,
+                                 pseudonym=pseudonym(pt["id_number"]), to_insurer=insurer)
+
     def open_account(self, pt: dict[str, Any], caller: Who | None = None, year: int = 0,
-                     **overrides: Any) -> Outcome:
-        """settlement.open_account as the insurer's admin (money lives with the insurer)."""
+                     asked: bool = True, **overrides: Any) -> Outcome:
+        """settlement.open_account as the insurer's admin (money lives with the insurer); with
+        ``asked`` the patient first asks the caller's insurer to open it (ask_to_open: its
+        outcome is not checked here -- open_account answers NOT_FOUND without it)."""
         merged = {**pt, **overrides}
+        caller = caller or admin(merged["insurer"])
+        if asked:
+            self.ask_to_open(merged, caller.org)
         return self.chain.submit(
-            "settlement", "open_account", caller or admin(merged["insurer"]),
+            "settlement", "open_account", caller,
             transient={"dx_key": dx_key(),
                        "cap_used_by_disease": merged.get("cap_used_by_disease", {})},
             pseudonym=pseudonym(merged["id_number"]), year=year,

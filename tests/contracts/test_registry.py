@@ -238,7 +238,8 @@ def test_money_and_insurer_are_not_set_by_the_hospital(world: World) -> None:
     # nobody but an insurer clerk/admin opens the account
     for caller in (admin("h01"), JIANG, WANG, who("reg01:auditor-fang:auditor")):
         assert world.open_account(pt, caller=caller).reason == "WRONG_ROLE"
-    assert world.open_account({**pt, "id_number": "nobody"}).reason == "UNKNOWN_PATIENT"
+    # never enrolled: no request of hers either (reg6: the answer of any patient who did not ask)
+    assert world.open_account({**pt, "id_number": "nobody"}).reason == "NOT_FOUND"
     assert world.open_account(pt, year=2099).reason == "BAD_ARGUMENTS"
     assert world.open_account(pt, account_balance_fen=-1).reason == "BAD_ARGUMENTS"
     assert world.open_account(pt, cap_used_by_disease={"I10": "x"}).reason == "BAD_TRANSIENT"
@@ -339,9 +340,11 @@ def test_roles_that_read_no_patient_cannot_probe_enrolment(world: World) -> None
         for contract, fn, extra in views:
             seen = [world.chain.query(contract, fn, caller, pseudonym=pid, **extra) for pid in (enrolled, nobody)]
             assert [(o.reason, o.message) for o in seen] == [("ACCESS_DENIED", seen[0].message)] * 2, (caller, fn)
-    # the readers still read, and an unknown pseudonym is still UNKNOWN_PATIENT to them
+    # the readers still read, and an unknown pseudonym is still UNKNOWN_PATIENT to them -- but
+    # to an insurer, which reads only the patients it insures or who asked it (reg6), it is
+    # ACCESS_DENIED as any patient it has no tie to
     for caller in (JIANG, who("ins01:clerk-qian:clerk"), who("reg01:auditor-fang:auditor")):
         for contract, fn, extra in views:
             assert world.chain.query(contract, fn, caller, pseudonym=enrolled, **extra).ok, (caller, fn)
-            assert world.chain.query(contract, fn, caller, pseudonym=nobody,
-                                     **extra).reason == "UNKNOWN_PATIENT", (caller, fn)
+            assert world.chain.query(contract, fn, caller, pseudonym=nobody, **extra).reason == (
+                "ACCESS_DENIED" if caller.org == "ins01" else "UNKNOWN_PATIENT"), (caller, fn)

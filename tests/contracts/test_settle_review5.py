@@ -49,19 +49,20 @@ def test_an_insurer_without_a_policy_in_force_opens_no_account(world: World) -> 
     policy written but effective later; from its effective time on it opens the account."""
     pt = {**world.patients["patient-zhang"], **NEW_PATIENT}
     world.enrol(pt).unwrap()
+    world.ask_to_open(pt, "ins03").unwrap()  # she asks ins03 (reg6: open_account takes her request)
     world.chain.advance(1)
     before = _snapshot(world)
-    out = world.open_account(pt, caller=CLERK3)
+    out = world.open_account(pt, caller=CLERK3, asked=False)
     assert out.reason == "NO_POLICY" and "ins03" in out.message, out
     assert _snapshot(world) == before
     t = world.chain.now
     world.set_policy(INS03_POLICY, t + DAY_MS).unwrap()
     world.chain.advance(1)
     before = _snapshot(world)
-    assert world.open_account(pt, caller=CLERK3).reason == "NO_POLICY"
+    assert world.open_account(pt, caller=CLERK3, asked=False).reason == "NO_POLICY"
     assert _snapshot(world) == before
     world.chain.now = t + DAY_MS
-    assert world.open_account(pt, caller=CLERK3).unwrap()["insurer"] == "ins03"
+    assert world.open_account(pt, caller=CLERK3, asked=False).unwrap()["insurer"] == "ins03"
     st = world.chain.query("settlement", "patient_status", CLERK3, pseudonym=pseudonym(pt["id_number"]),
                            year=0).unwrap()
     assert st["account_balance_fen"] == 10_000
