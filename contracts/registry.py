@@ -584,16 +584,31 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     its entry names this registration, marked ``revoked``, and no registration holds it again
     (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
     under it at once, under another name). Idempotent: a revoked
-    registration writes nothing (``changed`` false). Event ``registry.revoked``."""
+    registration writes nothing (``changed`` false) -- but a suspended one revoked for
+    LICENCE_REVOKED: the suspension is made final (the new mark keeps it as ``suspension``; its
+    bars lifted, the code barred for good), since reinstating it to revoke it afterwards made it
+    active again meanwhile. Event ``registry.revoked``."""
     rkey = _registration_key(ctx, org, name)
     if reason not in REVOCATION_REASONS:
         ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
     rec = _registration(ctx, rkey)
+    prior = None  # a suspension this revocation makes final
     if "revoked" in rec:
-        return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+        if rec["revoked"]["reason"] != SUSPENSION or reason not in LICENCE_REASONS \
+                or reason == SUSPENSION:
+            return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+        # her licence revoked while suspended: the suspension is made final here, never by
+        # reinstating it first (which makes the record active again, its sites too) and
+        # revoking it after. Its bars are lifted as a reinstatement would, the code (licence)
+        # then barred for good below (a final bar takes a suspension's over: _bars)
+        prior = rec["revoked"]
+        for key in _suspension_bars(rec, name, prior):
+            _lift_bar(ctx, key, org, name, prior)
     stamp = _stamp(ctx)
     mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
             "tx_id": stamp["tx_id"]}
+    if prior is not None:
+        mark["suspension"] = prior  # (the suspension it made final)
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
@@ -647,6 +662,19 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     ctx.put(rkey, rec)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
+
+
+def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
+    """The keys of the bars the suspension ``mark`` of ``rec`` may hold: the one it set or
+    joined (``barred``: a record written inactive under another code since moved away) and the
+    record's current code (licence)."""
+    keys = []
+    if "barred" in mark:
+        keys.append(mark["barred"])
+    current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
+    if current not in keys:
+        keys.append(current)
+    return keys
 
 
 def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> None:
@@ -769,13 +797,7 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     if mark["reason"] != SUSPENSION:
         ctx.fail("REVOCATION_FINAL", rkey + " was revoked by " + mark["by_org"] + " ("
                  + mark["reason"] + "): only a suspension (" + SUSPENSION + ") is lifted")
-    keys = []  # the bar it set (a record written inactive under another code since moved away)
-    if "barred" in mark:
-        keys.append(mark["barred"])
-    current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
-    if current not in keys:
-        keys.append(current)
-    for key in keys:
+    for key in _suspension_bars(rec, name, mark):
         _lift_bar(ctx, key, org, name, mark)
     back = _reactivate(ctx, rec, org, name, mark)
     stamp = _stamp(ctx)
