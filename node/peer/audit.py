@@ -30,7 +30,9 @@ matches), unparseable, or records cut off the end. Query and Verify read the hea
 (``mhead``/``mbase``) from the same database snapshot as the records (appends and pruning go on
 meanwhile). Whoever can rewrite the whole directory can
 rebuild a consistent chain: compare the head with one noted earlier outside the peer
-(``Verify`` with ``anchor_id``/``anchor_hash``, ``rxchain audit verify --anchor ID:HASH``).
+(``Verify`` with ``anchor_id``/``anchor_hash``, ``rxchain audit verify --anchor ID:HASH``;
+an anchor pruned further back than the last pruned record cannot be compared: ``anchor_checked``
+false, as a rewrite declaring the front pruned would look).
 
 Bounds: ``retention_days`` (node.yaml ``extra.audit_retention_days``, default 3650) and
 ``max_records`` (``extra.audit_max_records``, default 20,000,000; a record is ~250-350
@@ -398,11 +400,18 @@ class AccessLog:
         with snap:
             if req.anchor_id:
                 raw = snap.get(_rkey(req.anchor_id))
-                if req.anchor_id < head.first_id:
-                    pass  # pruned past retention: nothing left to compare with
+                if req.anchor_id + 1 == head.first_id:  # the last pruned: the head keeps its hash
+                    if head.first_prev_hash != req.anchor_hash:
+                        return bad(req.anchor_id, "ANCHOR_MISMATCH",
+                                   f"record {req.anchor_id} (pruned) did not hash to the anchor given")
+                    out.anchor_checked = True
+                elif req.anchor_id < head.first_id:
+                    pass  # pruned further back: nothing to compare with (anchor_checked false)
                 elif raw is None or record_hash(raw) != req.anchor_hash:
                     return bad(req.anchor_id, "ANCHOR_MISMATCH",
                                f"record {req.anchor_id} is gone or no longer hashes to the anchor given")
+                else:
+                    out.anchor_checked = True
             rid = max(req.start_id, head.first_id)
             if rid > head.last_id:
                 extra = snap.get(_rkey(head.last_id + 1))

@@ -24,7 +24,7 @@ import pytest
 from rxchain.v1 import audit_pb2, transaction_pb2
 
 from node.errors import RxError
-from node.peer.audit import AUDIT_WRITE_FAILED, DAY_MS, GRANTED, MAX_TX_ID_CHARS, AccessLog, Caller
+from node.peer.audit import AUDIT_WRITE_FAILED, DAY_MS, GRANTED, MAX_TX_ID_CHARS, AccessLog, Caller, record_hash
 from tests.peer.conftest import Cluster
 from tests.peer.test_access_audit import _Audited, _records, audited, keyed  # noqa: F401 - fixtures
 
@@ -250,3 +250,27 @@ def test_a_refusal_claiming_a_huge_tx_id_is_recorded_cut(keyed: Cluster, audited
     [rec] = _records(audited.log)
     assert rec.tx_id == "f" * MAX_TX_ID_CHARS and not rec.authenticated
     assert len(rec.SerializeToString()) < 1024
+
+
+def test_an_anchor_declared_pruned_is_not_reported_checked(tmp_path: Path) -> None:
+    """A rewrite that declares the front pruned past an anchor passed Verify as if the anchor
+    had been compared; the last pruned record's hash (kept in the head) is now compared, and an
+    anchor further back is answered anchor_checked false."""
+    clock = [10 * DAY_MS]
+    log = AccessLog(tmp_path / "a", lambda: clock[0], retention_days=1)
+    try:
+        for _ in range(3):
+            _append(log)
+        raws = log.query(audit_pb2.AuditQueryRequest()).records
+        kept = log.verify(audit_pb2.AuditVerifyRequest(anchor_id=2, anchor_hash=record_hash(raws[1])))
+        assert (kept.ok, kept.anchor_checked) == (True, True)
+        clock[0] += 2 * DAY_MS
+        _append(log)  # records 1-3 pruned: record 3's hash is the head's first_prev_hash
+        last_pruned = log.verify(audit_pb2.AuditVerifyRequest(anchor_id=3, anchor_hash=record_hash(raws[2])))
+        assert (last_pruned.ok, last_pruned.anchor_checked) == (True, True)
+        wrong = log.verify(audit_pb2.AuditVerifyRequest(anchor_id=3, anchor_hash=b"\1" * 32))
+        assert (wrong.ok, wrong.reason, wrong.first_bad_id) == (False, "ANCHOR_MISMATCH", 3)
+        older = log.verify(audit_pb2.AuditVerifyRequest(anchor_id=2, anchor_hash=b"\1" * 32))
+        assert (older.ok, older.anchor_checked) == (True, False)
+    finally:
+        log.close()
