@@ -110,6 +110,16 @@ def _xkey(record_id: str, rid: int) -> bytes:
     return b"x" + record_id.encode("utf-8") + b"\0" + _U64.pack(rid)
 
 
+def _text(value: str) -> str:
+    """``value`` as a protobuf string takes it: a lone surrogate (JSON's "\\ud800" parses to one)
+    does not encode as UTF-8, and one such record would fail the whole batch it is written in."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def record_hash(raw: bytes) -> bytes:
     """A record's hash: SHA-256 of its stored bytes."""
     return hashlib.sha256(raw).digest()
@@ -238,7 +248,10 @@ class AccessLog:
         with the lock released (others queue meanwhile, for the next batch); every caller of
         the batch returns only after that batch's sync. Same records, same chain, one fsync
         per batch instead of one per record."""
-        item = _Pending(caller, contract, function, record_id, outcome, height, tx_id[:MAX_TX_ID_CHARS], path)
+        who = Caller(_text(caller.org), _text(caller.role), _text(caller.name), caller.cert_der,
+                     caller.authenticated)
+        item = _Pending(who, _text(contract), _text(function), _text(record_id), _text(outcome), height,
+                        _text(tx_id[:MAX_TX_ID_CHARS]), path)
         with self._lock:
             self._queue.append(item)
             while not item.done:
@@ -301,17 +314,23 @@ class AccessLog:
                                                   "released unrecorded", grpc.StatusCode.RESOURCE_EXHAUSTED))
                     continue
                 rid = last_id + 1
-                rec = audit_pb2.AccessRecord(
-                    id=rid, prev_hash=last_hash, time_ms=now, org=item.caller.org, role=item.caller.role,
-                    name=item.caller.name, cert_sha256=hashlib.sha256(item.caller.cert_der).digest(),
-                    authenticated=item.caller.authenticated, contract=item.contract, function=item.function,
-                    record_id=item.record_id, outcome=item.outcome, height=item.height, tx_id=item.tx_id,
-                    path=item.path)  # type: ignore[arg-type]
-                raw = rec.SerializeToString()
+                try:  # one record that cannot be built fails alone, not the batch
+                    rec = audit_pb2.AccessRecord(
+                        id=rid, prev_hash=last_hash, time_ms=now, org=item.caller.org, role=item.caller.role,
+                        name=item.caller.name, cert_sha256=hashlib.sha256(item.caller.cert_der).digest(),
+                        authenticated=item.caller.authenticated, contract=item.contract, function=item.function,
+                        record_id=item.record_id, outcome=item.outcome, height=item.height, tx_id=item.tx_id,
+                        path=item.path)  # type: ignore[arg-type]
+                    raw = rec.SerializeToString()
+                    xkey = _xkey(item.record_id, rid) if item.record_id else b""
+                except (ValueError, TypeError, OverflowError) as exc:
+                    item.fail(RxError(AUDIT_WRITE_FAILED, f"the access-audit record could not be built: {exc}",
+                                      grpc.StatusCode.UNAVAILABLE))
+                    continue
                 batch.put(_rkey(rid), raw)
                 batch.put(_tkey(now, rid), b"")
-                if item.record_id:
-                    batch.put(_xkey(item.record_id, rid), b"")
+                if xkey:
+                    batch.put(xkey, b"")
                 last_id, last_hash = rid, record_hash(raw)
                 item.rid = rid
                 written.append(item)

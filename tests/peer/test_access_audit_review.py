@@ -274,3 +274,42 @@ def test_an_anchor_declared_pruned_is_not_reported_checked(tmp_path: Path) -> No
         assert (older.ok, older.anchor_checked) == (True, False)
     finally:
         log.close()
+
+
+def test_a_record_id_that_is_no_utf8_is_recorded_and_fails_no_other_record(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON's "\\ud800" parses to a lone surrogate, which protobuf refuses to encode: the refusal
+    went unrecorded (AUDIT_WRITE_FAILED), and in a group it would have failed every record of it."""
+    log = AccessLog(tmp_path / "a", lambda: 1_000)
+    try:
+        bad = log.append(WHO, "prescription", "get_key", "RX-\ud800", "NOT_FOUND", 7, "tx\udfff",
+                         audit_pb2.ACCESS_EVALUATE)
+        [rec] = _records(log)
+        assert (rec.id, rec.record_id, rec.tx_id) == (bad, "RX-\\ud800", "tx\\udfff")
+        db = _HeldDB(log._db)
+        monkeypatch.setattr(log, "_db", db)
+        got: dict[int, Any] = {}
+
+        def one(i: int, rx: str) -> None:
+            try:
+                got[i] = _append(log, rx)
+            except RxError as err:
+                got[i] = err
+
+        first = threading.Thread(target=one, args=(0, "RX-0"))
+        first.start()
+        assert db.writing.wait(WAIT_S)
+        rest = [threading.Thread(target=one, args=(1, "RX-\ud800")), threading.Thread(target=one, args=(2, "RX-2"))]
+        for t in rest:
+            t.start()
+        _wait_queued(log, 2)
+        db.release.set()
+        for t in [first, *rest]:
+            t.join(WAIT_S)
+            assert not t.is_alive()
+        monkeypatch.undo()
+        assert db.batches == [1, 2] and sorted(got.values()) == [2, 3, 4]
+        assert log.verify(audit_pb2.AuditVerifyRequest()).ok
+    finally:
+        monkeypatch.undo()
+        log.close()
