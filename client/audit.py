@@ -106,8 +106,11 @@ class AuditClient:
 
     def verify(self, *, start_id: int = 0, limit: int = 0, anchor: tuple[int, bytes] | None = None,
                all_pages: bool = True) -> dict[str, Any]:
-        """The peer's Verify from ``start_id`` (every page until the head when ``all_pages``)."""
+        """The peer's Verify from ``start_id`` (every page until the head when ``all_pages``). With
+        an ``anchor``, ``anchor_checked`` says whether it was compared (false: the peer declares it
+        pruned, so nothing shows the log was not rewritten since: note a newer anchor)."""
         checked = 0
+        anchored, anchor_checked = anchor is not None, False
         while True:
             req = audit_pb2.AuditVerifyRequest(start_id=start_id, limit=limit)
             if anchor is not None:
@@ -117,11 +120,14 @@ class AuditClient:
             except grpc.RpcError as exc:
                 raise rpc_error(exc) from None
             checked += res.checked
+            anchor_checked = anchor_checked or res.anchor_checked
             if not res.ok or not res.more or not all_pages:
                 break
             start_id, anchor = res.next_id, None
         out = {"ok": res.ok, "checked": checked, "head": head_dict(res.head), "more": res.more,
                "next_id": res.next_id}
+        if anchored:
+            out["anchor_checked"] = anchor_checked  # false: the anchor was pruned, nothing compared
         if not res.ok:
             out.update(first_bad_id=res.first_bad_id, reason=res.reason, detail=res.detail)
         return out

@@ -707,6 +707,10 @@ def cmd_audit_verify(a: argparse.Namespace) -> dict[str, Any]:
     if not out["ok"]:
         raise RxClientError("AUDIT_CHAIN_BROKEN", f"{peer.name}: record {out['first_bad_id']} {out['reason']}: "
                                                   f"{out['detail']}")
+    if anchor is not None and not out["anchor_checked"]:
+        raise RxClientError("AUDIT_ANCHOR_PRUNED", f"{peer.name}: record {anchor[0]} is declared pruned (the oldest "
+                                                   f"kept is {out['head']['first_id']}): the anchor proves nothing "
+                                                   "-- a rewritten log could declare it so; note a newer one")
     return out
 
 

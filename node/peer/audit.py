@@ -12,7 +12,10 @@ is past retention): the key is never released unrecorded.
 
 Storage: a LevelDB of its own under ``data_dir/audit`` (not the ledger's ``state/``, which is
 derived data an operator may delete to rebuild from the blocks; this log is not derived from
-anything). Every append is one synced write batch. Key layout (integers unsigned big-endian)::
+anything). Appends are group-committed: concurrent callers queue their records, one writer
+chains every record queued after the head and writes them in one synced write batch, and each
+caller returns after that sync (a failed batch refuses every grant of it). Key layout (integers
+unsigned big-endian)::
 
     b"r" u64 id                    -> AccessRecord (serialized; the bytes the chain hashes)
     b"t" u64 time_ms u64 id        -> b""   (time index)
@@ -23,9 +26,13 @@ anything). Every append is one synced write batch. Key layout (integers unsigned
 Chain: record ``n`` carries ``prev_hash = SHA-256(stored bytes of record n-1)`` (32 zero bytes
 for record 1); ``mhead`` holds the newest record's hash. :meth:`AccessLog.verify` finds a
 record removed (a gap), modified (the next record's ``prev_hash``, or ``mhead``, no longer
-matches), unparseable, or records cut off the end. Whoever can rewrite the whole directory can
+matches), unparseable, or records cut off the end. Query and Verify read the head
+(``mhead``/``mbase``) from the same database snapshot as the records (appends and pruning go on
+meanwhile). Whoever can rewrite the whole directory can
 rebuild a consistent chain: compare the head with one noted earlier outside the peer
-(``Verify`` with ``anchor_id``/``anchor_hash``, ``rxchain audit verify --anchor ID:HASH``).
+(``Verify`` with ``anchor_id``/``anchor_hash``, ``rxchain audit verify --anchor ID:HASH``;
+an anchor pruned further back than the last pruned record cannot be compared: ``anchor_checked``
+false, as a rewrite declaring the front pruned would look).
 
 Bounds: ``retention_days`` (node.yaml ``extra.audit_retention_days``, default 3650) and
 ``max_records`` (``extra.audit_max_records``, default 20,000,000; a record is ~250-350
@@ -64,6 +71,7 @@ _log = logging.getLogger(__name__)
 AUDITED: frozenset[tuple[str, str]] = frozenset({("prescription", "get_key")})
 RECORD_ID_ARG = "rx_id"  # the argument naming the record
 MAX_RECORD_ID_CHARS = 128  # a longer (or non-string) argument is recorded cut (the call is refused anyway)
+MAX_TX_ID_CHARS = 128  # a tx id is 64 hex characters; a refusal's header may claim any: recorded cut
 
 GRANTED = "GRANTED"
 AUDIT_WRITE_FAILED = "AUDIT_WRITE_FAILED"
@@ -100,6 +108,16 @@ def _tkey(time_ms: int, rid: int) -> bytes:
 
 def _xkey(record_id: str, rid: int) -> bytes:
     return b"x" + record_id.encode("utf-8") + b"\0" + _U64.pack(rid)
+
+
+def _text(value: str) -> str:
+    """``value`` as a protobuf string takes it: a lone surrogate (JSON's "\\ud800" parses to one)
+    does not encode as UTF-8, and one such record would fail the whole batch it is written in."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def record_hash(raw: bytes) -> bytes:
@@ -156,6 +174,31 @@ class Head:
                                    last_id=self.last_id, last_hash=self.last_hash, pruned=self.pruned)
 
 
+@dataclass(eq=False)
+class _Pending:
+    """One record waiting in :meth:`AccessLog.append`'s queue; ``rid`` or ``error`` once done."""
+
+    caller: Caller
+    contract: str
+    function: str
+    record_id: str
+    outcome: str
+    height: int
+    tx_id: str
+    path: int
+    rid: int = 0
+    error: RxError | None = None
+    done: bool = False
+
+    def fail(self, error: RxError) -> None:
+        self.error, self.done = error, True
+
+
+def _fail_all(items: list[_Pending], error: RxError) -> None:
+    for item in items:
+        item.fail(error)
+
+
 class AccessLog:
     """The durable, hash-chained access-audit log (module docstring). Thread-safe."""
 
@@ -168,23 +211,24 @@ class AccessLog:
         self._max_records = max_records
         self._sync = sync
         self._lock = threading.Lock()
+        self._wrote = threading.Condition(self._lock)  # a group was written (append)
+        self._queue: list[_Pending] = []  # records waiting for the next group
+        self._writing = False  # a thread is writing a group (the lock released meanwhile)
         try:
             make_dirs_durable(self._dir, sync=sync)
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True, compression=None)
         except (OSError, plyvel.Error) as exc:
             raise RxError("IO_ERROR", f"cannot open the access-audit log {self._dir}: {exc}") from exc
-        head = self._db.get(_HEAD_KEY)
-        base = self._db.get(_BASE_KEY)
         try:
-            last_id, last_hash = _HEAD.unpack(head) if head is not None else (0, ZERO_HASH)
-            first_id, first_prev, pruned = _BASE.unpack(base) if base is not None else (1, ZERO_HASH, 0)
-        except struct.error as exc:
+            self._head = _head_of(self._db)
+        except RxError as exc:
             self._db.close()
-            raise RxError("AUDIT_LOG_CORRUPT", f"{self._dir}: unreadable head of the access-audit log") from exc
-        self._head = Head(first_id, first_prev, last_id, last_hash, pruned)
+            raise RxError("AUDIT_LOG_CORRUPT", f"{self._dir}: {exc.message}") from exc
 
     def close(self) -> None:
         with self._lock:
+            while self._writing:  # the group being written finishes first
+                self._wrote.wait()
             if not self._db.closed:
                 self._db.close()
 
@@ -197,67 +241,124 @@ class AccessLog:
     def append(self, caller: Caller, contract: str, function: str, record_id: str, outcome: str,
                height: int, tx_id: str, path: int) -> int:
         """Write one record durably; its id. RxError AUDIT_FULL / AUDIT_WRITE_FAILED when it
-        could not be (nothing written then)."""
+        could not be (nothing written then).
+
+        Group commit: concurrent callers queue their records; one of them (the writer) takes
+        every record queued, chains them after the head and writes them in ONE synced batch
+        with the lock released (others queue meanwhile, for the next batch); every caller of
+        the batch returns only after that batch's sync. Same records, same chain, one fsync
+        per batch instead of one per record."""
+        who = Caller(_text(caller.org), _text(caller.role), _text(caller.name), caller.cert_der,
+                     caller.authenticated)
+        item = _Pending(who, _text(contract), _text(function), _text(record_id), _text(outcome), height,
+                        _text(tx_id[:MAX_TX_ID_CHARS]), path)
         with self._lock:
-            h = self._head
-            now = self._clock()
-            try:
-                batch = self._db.write_batch(sync=self._sync)
-                first, first_prev, pruned = h.first_id, h.first_prev_hash, h.pruned
-                cutoff = now - self._retention_ms
-                for _ in range(PRUNE_BATCH):
-                    if first > h.last_id:
-                        break
-                    raw = self._db.get(_rkey(first))
-                    old = _parse(raw)
-                    if raw is None or old is None or old.time_ms >= cutoff:
-                        break  # a damaged front is left for verify to report
-                    batch.delete(_rkey(first))
-                    batch.delete(_tkey(old.time_ms, first))
-                    if old.record_id:
-                        batch.delete(_xkey(old.record_id, first))
-                    first_prev = record_hash(raw)
-                    first += 1
-                    pruned += 1
-                if h.last_id - first + 1 >= self._max_records:
-                    raise RxError(AUDIT_FULL, f"the access-audit log holds {self._max_records} records within "
-                                              "retention (extra.audit_max_records): nothing is released "
-                                              "unrecorded", grpc.StatusCode.RESOURCE_EXHAUSTED)
-                rid = h.last_id + 1
-                rec = audit_pb2.AccessRecord(
-                    id=rid, prev_hash=h.last_hash, time_ms=now, org=caller.org, role=caller.role,
-                    name=caller.name, cert_sha256=hashlib.sha256(caller.cert_der).digest(),
-                    authenticated=caller.authenticated, contract=contract, function=function,
-                    record_id=record_id, outcome=outcome, height=height, tx_id=tx_id,
-                    path=path)  # type: ignore[arg-type]
-                raw = rec.SerializeToString()
-                digest = record_hash(raw)
+            self._queue.append(item)
+            while not item.done:
+                if self._writing:
+                    self._wrote.wait()
+                    continue
+                if self._db.closed:
+                    _fail_all(self._queue, RxError(AUDIT_WRITE_FAILED, "the access-audit log is closed",
+                                                   grpc.StatusCode.UNAVAILABLE))
+                    self._queue = []
+                    break
+                self._writing = True  # this thread writes every record queued now
+                group, self._queue = self._queue, []
+                try:
+                    self._lock.release()
+                    try:
+                        self._write_group(group)
+                    finally:
+                        self._lock.acquire()
+                finally:
+                    _fail_all([it for it in group if not it.done],  # (not reached but by a BaseException)
+                              RxError(AUDIT_WRITE_FAILED, "the access-audit log write was interrupted",
+                                      grpc.StatusCode.UNAVAILABLE))
+                    self._writing = False
+                    self._wrote.notify_all()
+        if item.error is not None:
+            raise item.error
+        return item.rid
+
+    def _write_group(self, group: list[_Pending]) -> None:
+        """Chain ``group`` after the head and write it in one synced batch; each item gets its
+        id or its error. Only the one writer (``_writing``) runs this; the head it reads and sets
+        is read by others under the lock."""
+        h = self._head
+        now = self._clock()
+        try:
+            batch = self._db.write_batch(sync=self._sync)
+            first, first_prev, pruned = h.first_id, h.first_prev_hash, h.pruned
+            cutoff = now - self._retention_ms
+            for _ in range(PRUNE_BATCH * len(group)):
+                if first > h.last_id:
+                    break
+                raw = self._db.get(_rkey(first))
+                old = _parse(raw)
+                if raw is None or old is None or old.time_ms >= cutoff:
+                    break  # a damaged front is left for verify to report
+                batch.delete(_rkey(first))
+                batch.delete(_tkey(old.time_ms, first))
+                if old.record_id:
+                    batch.delete(_xkey(old.record_id, first))
+                first_prev = record_hash(raw)
+                first += 1
+                pruned += 1
+            last_id, last_hash = h.last_id, h.last_hash
+            written: list[_Pending] = []
+            for item in group:
+                if last_id - first + 1 >= self._max_records:
+                    item.fail(RxError(AUDIT_FULL, f"the access-audit log holds {self._max_records} records "
+                                                  "within retention (extra.audit_max_records): nothing is "
+                                                  "released unrecorded", grpc.StatusCode.RESOURCE_EXHAUSTED))
+                    continue
+                rid = last_id + 1
+                try:  # one record that cannot be built fails alone, not the batch
+                    rec = audit_pb2.AccessRecord(
+                        id=rid, prev_hash=last_hash, time_ms=now, org=item.caller.org, role=item.caller.role,
+                        name=item.caller.name, cert_sha256=hashlib.sha256(item.caller.cert_der).digest(),
+                        authenticated=item.caller.authenticated, contract=item.contract, function=item.function,
+                        record_id=item.record_id, outcome=item.outcome, height=item.height, tx_id=item.tx_id,
+                        path=item.path)  # type: ignore[arg-type]
+                    raw = rec.SerializeToString()
+                    xkey = _xkey(item.record_id, rid) if item.record_id else b""
+                except (ValueError, TypeError, OverflowError) as exc:
+                    item.fail(RxError(AUDIT_WRITE_FAILED, f"the access-audit record could not be built: {exc}",
+                                      grpc.StatusCode.UNAVAILABLE))
+                    continue
                 batch.put(_rkey(rid), raw)
                 batch.put(_tkey(now, rid), b"")
-                if record_id:
-                    batch.put(_xkey(record_id, rid), b"")
-                batch.put(_HEAD_KEY, _HEAD.pack(rid, digest))
-                if first != h.first_id:
-                    batch.put(_BASE_KEY, _BASE.pack(first, first_prev, pruned))
-                batch.write()
-            except RxError:
-                raise
-            except Exception as exc:  # any failure: the key is not released
-                raise RxError(AUDIT_WRITE_FAILED, f"the access-audit log could not be written: {exc}",
-                              grpc.StatusCode.UNAVAILABLE) from exc
+                if xkey:
+                    batch.put(xkey, b"")
+                last_id, last_hash = rid, record_hash(raw)
+                item.rid = rid
+                written.append(item)
+            if written:
+                batch.put(_HEAD_KEY, _HEAD.pack(last_id, last_hash))
             if first != h.first_id:
-                _log.info("event=audit_pruned first_id=%d pruned=%d", first, pruned)
-            self._head = Head(first, first_prev, rid, digest, pruned)
-            return rid
+                batch.put(_BASE_KEY, _BASE.pack(first, first_prev, pruned))
+            if written or first != h.first_id:
+                batch.write()
+        except Exception as exc:  # noqa: BLE001 - any failure: no key of the group is released
+            _fail_all(group, RxError(AUDIT_WRITE_FAILED, f"the access-audit log could not be written: {exc}",
+                                     grpc.StatusCode.UNAVAILABLE))
+            return
+        if first != h.first_id:
+            _log.info("event=audit_pruned first_id=%d pruned=%d", first, pruned)
+        with self._lock:
+            self._head = Head(first, first_prev, last_id, last_hash, pruned)
+        for item in written:
+            item.done = True
 
     # ------------------------------------------------------------------ read
 
     def query(self, req: audit_pb2.AuditQueryRequest) -> audit_pb2.AuditQueryResponse:
         """One page (request already checked by :func:`check_query`)."""
         limit = req.limit or DEFAULT_PAGE
-        head = self.head()
-        out = audit_pb2.AuditQueryResponse(head=head.to_proto())
         with self._db.snapshot() as snap:
+            head = _head_of(snap)
+            out = audit_pb2.AuditQueryResponse(head=head.to_proto())
             if req.order == audit_pb2.AUDIT_BY_TIME:
                 start = _tkey(req.start_ms, req.start_id)
                 scanned = 0
@@ -302,22 +403,34 @@ class AccessLog:
 
     def verify(self, req: audit_pb2.AuditVerifyRequest) -> audit_pb2.AuditVerifyResponse:
         """Check the chain over [start_id, start_id + limit) (request checked by :func:`check_verify`)."""
-        head = self.head()
-        out = audit_pb2.AuditVerifyResponse(ok=True, head=head.to_proto())
         limit = req.limit or MAX_VERIFY
+        snap = self._db.snapshot()
+        try:
+            head = _head_of(snap)  # the head of the same snapshot: appends and pruning go on meanwhile
+        except RxError:
+            snap.close()
+            raise
+        out = audit_pb2.AuditVerifyResponse(ok=True, head=head.to_proto())
 
         def bad(rid: int, reason: str, detail: str) -> audit_pb2.AuditVerifyResponse:
             out.ok, out.first_bad_id, out.reason, out.detail, out.more = False, rid, reason, detail, False
             return out
 
-        with self._db.snapshot() as snap:
+        with snap:
             if req.anchor_id:
                 raw = snap.get(_rkey(req.anchor_id))
-                if req.anchor_id < head.first_id:
-                    pass  # pruned past retention: nothing left to compare with
+                if req.anchor_id + 1 == head.first_id:  # the last pruned: the head keeps its hash
+                    if head.first_prev_hash != req.anchor_hash:
+                        return bad(req.anchor_id, "ANCHOR_MISMATCH",
+                                   f"record {req.anchor_id} (pruned) did not hash to the anchor given")
+                    out.anchor_checked = True
+                elif req.anchor_id < head.first_id:
+                    pass  # pruned further back: nothing to compare with (anchor_checked false)
                 elif raw is None or record_hash(raw) != req.anchor_hash:
                     return bad(req.anchor_id, "ANCHOR_MISMATCH",
                                f"record {req.anchor_id} is gone or no longer hashes to the anchor given")
+                else:
+                    out.anchor_checked = True
             rid = max(req.start_id, head.first_id)
             if rid > head.last_id:
                 extra = snap.get(_rkey(head.last_id + 1))
@@ -358,6 +471,17 @@ class AccessLog:
             if snap.get(_rkey(head.last_id + 1)) is not None:
                 return bad(head.last_id + 1, "HEAD_MISMATCH", "a record past the head")
         return out
+
+
+def _head_of(reader: Any) -> Head:
+    """The head as stored (``mhead``, ``mbase``) in ``reader`` (the DB or a snapshot of it)."""
+    head, base = reader.get(_HEAD_KEY), reader.get(_BASE_KEY)
+    try:
+        last_id, last_hash = _HEAD.unpack(head) if head is not None else (0, ZERO_HASH)
+        first_id, first_prev, pruned = _BASE.unpack(base) if base is not None else (1, ZERO_HASH, 0)
+    except struct.error as exc:
+        raise RxError("AUDIT_LOG_CORRUPT", "unreadable head of the access-audit log") from exc
+    return Head(first_id, first_prev, last_id, last_hash, pruned)
 
 
 def _parse(raw: bytes | None) -> audit_pb2.AccessRecord | None:

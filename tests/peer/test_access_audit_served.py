@@ -126,7 +126,7 @@ def test_served_peer_records_key_calls_for_admins_and_regulators_across_a_restar
     head = verified["head"]
     code, checked = cli("audit", "verify", "--as", "reg01:aud-a", "--peer", "h01",
                         "--anchor", f"{head['last_id']}:{head['last_hash']}")
-    assert (code, checked["ok"], checked["checked"]) == (0, True, 2)
+    assert (code, checked["ok"], checked["checked"], checked["anchor_checked"]) == (0, True, 2, True)
     code, wrong = cli("audit", "verify", "--as", "reg01:aud-a", "--peer", "h01", "--anchor", f"1:{'0' * 64}")
     assert (code, wrong["error"]) == (1, "AUDIT_CHAIN_BROKEN") and "ANCHOR_MISMATCH" in str(wrong["message"])
     code, refused = cli("audit", "list", "--as", "h01:dr-a")
