@@ -429,9 +429,17 @@ class ChainConfig:
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
         self._held_file = True
-        # (a state saved before the denylist was kept: its CAs denied now, before the file can be removed)
+        # (a state saved before the denylist was kept: its CAs denied now, before the file can be
+        # removed) -- under the state's lock, and only while the state is still the one read here: a
+        # process that read it just before another saved a longer chain putting one of these CAs
+        # back in force (a rotation back: dropped from the denylist by that save) wrote it back,
+        # and nothing took it out again -- the CA in force refused CA_ROTATED_AWAY for good
         with contextlib.suppress(OSError, RxClientError):
-            self.save_denylist()
+            if self.rotated_away and not set(self.rotated_away) <= set(read_denylist(
+                    path.parent / CA_DENYLIST, self._genesis_hash)):
+                with locked(path, wait_s=1.0):
+                    if saved_height(path, self._genesis_hash) == height:
+                        self.save_denylist()
 
     def save_denylist(self) -> None:
         """Add the CAs :attr:`rotated_away` names to the denylist beside the state
