@@ -450,11 +450,22 @@ def _config_chain(home: Path) -> Any:
     return configtool.ChainConfig(read_genesis(home / "genesis.block"), Verifier(), home / configtool.CHAIN_STATE)
 
 
+def _config_confirm(home: Path, net: Any, ident: Any, peer: str) -> Any:
+    """The orderers' confirmation of the blocks a config command's peer serves, before they are
+    saved (client.follow.orderers_confirm): one peer's word -- a fork one compromised orderer
+    signed -- was saved, its CA pinned by the home's sessions and the genuine CA denied."""
+    from client.follow import orderers_confirm
+
+    return orderers_confirm(home, net, ident, peer)
+
+
 def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
 
     home, net, ident = _ledger_identity(a)
-    block, config = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
+    peer = _config_peer(net, ident, a)
+    block, config = configtool.config_in_force(ident, peer, _config_chain(home),
+                                               _config_confirm(home, net, ident, peer))
     out: dict[str, Any] = {"block": block, "sequence": config.sequence,
                            "protocol_version": config.protocol_version or 1}
     if getattr(a, "json", False):
@@ -473,7 +484,8 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
         raise RxClientError("FILE_EXISTS", f"{a.out} exists (a proposal other admins may have signed): "
                             "choose another file, or --force to replace it")
     home, net, ident = _ledger_identity(a)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), _config_chain(home))
+    peer = _config_peer(net, ident, a)
+    _, current = configtool.config_in_force(ident, peer, _config_chain(home), _config_confirm(home, net, ident, peer))
     wanted: config_pb2.ConsortiumConfig | None = None
     if a.from_json is not None:
         wanted = configtool.read_config_json(a.from_json)
@@ -506,7 +518,8 @@ def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     ident = load_identity(home, org, user)
     update, proposed = configtool.read_update(a.file)
     chain = _config_chain(home)
-    _, current = configtool.config_in_force(ident, _config_peer(net, ident, a), chain)
+    peer = _config_peer(net, ident, a)
+    _, current = configtool.config_in_force(ident, peer, chain, _config_confirm(home, net, ident, peer))
     configtool.check_successor(current, proposed)
     signed = configtool.check_signatures(update, current, Verifier(), int(time.time() * 1000))
     return ident, net, update, (current, proposed, signed, chain)
@@ -532,8 +545,9 @@ def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
     tx_id, raw = configtool.envelope(update, ident, current.consortium_id, int(time.time() * 1000))
     configtool.broadcast(ident, [o.target for o in net.orderers], raw)
     peer = _config_peer(net, ident, a)
-    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer, chain), proposed.sequence,
-                                             timeout_s=a.wait_s, tx_id=tx_id)
+    confirm = _config_confirm(_home(a), net, ident, peer)
+    block, config = configtool.wait_in_force(lambda: configtool.config_in_force(ident, peer, chain, confirm),
+                                             proposed.sequence, timeout_s=a.wait_s, tx_id=tx_id)
     if config.sequence > proposed.sequence:  # a later update went in too: whether this one did, the history tells
         raise CommitUnknown(tx_id, f"the config in force is already sequence {config.sequence} (block {block}); "
                             f"whether this update {tx_id} (sequence {proposed.sequence}) went in before it, the "

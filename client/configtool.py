@@ -429,9 +429,17 @@ class ChainConfig:
         self._config_hash = config_hash if number else self._genesis_hash
         self._pointer, self._codes, self._saved, self.resumed = pointer, list(codes), height, True
         self._held_file = True
-        # (a state saved before the denylist was kept: its CAs denied now, before the file can be removed)
+        # (a state saved before the denylist was kept: its CAs denied now, before the file can be
+        # removed) -- under the state's lock, and only while the state is still the one read here: a
+        # process that read it just before another saved a longer chain putting one of these CAs
+        # back in force (a rotation back: dropped from the denylist by that save) wrote it back,
+        # and nothing took it out again -- the CA in force refused CA_ROTATED_AWAY for good
         with contextlib.suppress(OSError, RxClientError):
-            self.save_denylist()
+            if self.rotated_away and not set(self.rotated_away) <= set(read_denylist(
+                    path.parent / CA_DENYLIST, self._genesis_hash)):
+                with locked(path, wait_s=1.0):
+                    if saved_height(path, self._genesis_hash) == height:
+                        self.save_denylist()
 
     def save_denylist(self) -> None:
         """Add the CAs :attr:`rotated_away` names to the denylist beside the state
@@ -611,8 +619,13 @@ def saved_height(path: Path, genesis_hash: bytes) -> int:
     return height if type(height) is int and height > 0 else 0
 
 
-def config_in_force(identity: WalletIdentity, peer_target: str,
-                    chain: ChainConfig) -> tuple[int, config_pb2.ConsortiumConfig]:
+# confirm(number, header hash, the config in force before that block): ORDERERS_DISAGREE unless a
+# majority of that config's orderers hold it (client.follow.orderers_confirm)
+Confirm = Callable[[int, bytes, config_pb2.ConsortiumConfig], None]
+
+
+def config_in_force(identity: WalletIdentity, peer_target: str, chain: ChainConfig,
+                    confirm: Confirm | None = None) -> tuple[int, config_pb2.ConsortiumConfig]:
     """(the block holding it, the config in force) as the chain of the peer at ``peer_target`` shows
     it, every block verified by ``chain`` (see :class:`ChainConfig`; only the blocks past those it
     verified are streamed). A state ``chain`` resumed that this peer's chain does not extend is
@@ -620,15 +633,24 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
     the peer's chain, verified so, holds another block at one of the state's checkpoints: another
     chain from the same genesis block (a network started again; or one forged with a genesis
     orderer's key the consortium has rotated away from), CHAIN_RESTARTED as a session says it
-    (client.follow), nothing of it saved nor answered."""
+    (client.follow), nothing of it saved nor answered.
+
+    ``confirm`` (the config commands: :func:`client.follow.orderers_confirm`): the peer's blocks
+    are saved only once the orderers hold them, in segments split at config blocks, as a
+    session's follow takes them (:func:`_save_confirmed`) -- an orderer signs blocks alone, and
+    one compromised orderer's fork (an admin-signed update never committed) served by one peer
+    was saved here: its CA pinned by every session of the home, and the CA it rotated away from,
+    the genuine one, written to the denylist (:data:`CA_DENYLIST`). A config block the orderers
+    do not hold is ORDERERS_DISAGREE (nothing of it saved or answered); data blocks past the
+    last config block they do not hold are merely not saved."""
     try:
-        return _config_in_force(identity, peer_target, chain)
+        return _config_in_force(identity, peer_target, chain, confirm)
     except RxClientError as exc:
         if not chain.resumed or exc.reason not in ("LEDGER_INVALID", "SERVICE_UNAVAILABLE"):
             raise
         chain.restart(chain.checkpoints())
     try:
-        found = _config_in_force(identity, peer_target, chain)
+        found = _config_in_force(identity, peer_target, chain, confirm)
     except RxClientError:
         if chain.diverged is None:
             raise
@@ -642,8 +664,8 @@ def config_in_force(identity: WalletIdentity, peer_target: str,
                             "a chain of its own (ask another peer: --peer)")
 
 
-def _config_in_force(identity: WalletIdentity, peer_target: str,
-                     chain: ChainConfig) -> tuple[int, config_pb2.ConsortiumConfig]:
+def _config_in_force(identity: WalletIdentity, peer_target: str, chain: ChainConfig,
+                     confirm: Confirm | None = None) -> tuple[int, config_pb2.ConsortiumConfig]:
     height = _height(identity, peer_target)
     if height < 1:
         raise RxClientError("SERVICE_UNAVAILABLE", "the peer holds no block yet")
@@ -655,6 +677,8 @@ def _config_in_force(identity: WalletIdentity, peer_target: str,
     if height < chain.height:  # (a peer restarting from an older copy, or another peer)
         raise RxClientError("SERVICE_UNAVAILABLE", f"the peer holds {height} blocks, {chain.height} were "
                             "verified already: ask again")
+    if height > chain.height and confirm is not None:
+        return _save_confirmed(identity, peer_target, chain, height, confirm)
     if height > chain.height:
         try:
             with contextlib.closing(_stream(identity, peer_target, chain.height, height - 1)) as blocks:
@@ -666,6 +690,58 @@ def _config_in_force(identity: WalletIdentity, peer_target: str,
             chain.save()
         if chain.height < height:
             raise RxClientError("SERVICE_UNAVAILABLE", f"the peer sent {chain.height} of its {height} blocks")
+    return chain.in_force()
+
+
+def _save_confirmed(identity: WalletIdentity, peer_target: str, chain: ChainConfig, height: int,
+                    confirm: Confirm) -> tuple[int, config_pb2.ConsortiumConfig]:
+    """Extend ``chain`` by the peer's blocks to ``height`` and save only what the orderers confirm
+    (``confirm``): each config block by the orderers of the config in force before it, the data
+    blocks past the last one by those of the config in force at the end (not saved when they do
+    not hold them: the config in force is the same without them). Whatever ends the stream, the
+    confirmed prefix is saved; a config block not confirmed is ORDERERS_DISAGREE. A chain
+    diverged from the one verified before (:meth:`ChainConfig.restart`) is saved never, so not
+    confirmed either (CHAIN_RESTARTED: :func:`config_in_force`)."""
+    before = chain.height
+    kept = chain.mark()  # the chain as last confirmed
+    # (number, header hash, the config in force before it, the chain just after it) of each config block fed
+    configs: list[tuple[int, bytes, config_pb2.ConsortiumConfig, tuple[Any, ...]]] = []
+    failure: RxClientError | None = None
+    try:
+        with contextlib.closing(_stream(identity, peer_target, chain.height, height - 1)) as blocks:
+            for block in blocks:
+                in_force, config = chain.verified()
+                chain.feed(block)
+                if chain.verified()[0] != in_force:
+                    configs.append((block.header.number, chain.last_hash, config, chain.mark()))
+                if chain.height >= height:
+                    break
+    except RxClientError as exc:
+        failure = exc
+    if failure is None and chain.height < height:
+        failure = RxClientError("SERVICE_UNAVAILABLE", f"the peer sent {chain.height} of its {height} blocks")
+    if chain.diverged is not None:
+        if failure is not None:
+            raise failure
+        return chain.in_force(save=False)
+    end = chain.mark()
+    confirmed = before - 1
+    try:
+        if failure is None:
+            chain.in_force(save=False)  # (the peer's pointer and codes, checked before any orderer is asked)
+        for number, want, config, after in configs:
+            confirm(number, want, config)
+            kept, confirmed = after, number
+        if chain.height - 1 > confirmed:
+            chain.rollback(end)
+            with contextlib.suppress(RxClientError):  # (data blocks: merely not saved)
+                confirm(chain.height - 1, chain.last_hash, chain.verified()[1])
+                kept = end
+    finally:  # (nothing unconfirmed is kept, even in memory: submit's wait asks the same chain again)
+        chain.rollback(kept)
+        chain.save()
+    if failure is not None:
+        raise failure
     return chain.in_force()
 
 
@@ -1184,7 +1260,8 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
                   ) -> tuple[int, config_pb2.ConsortiumConfig]:
     """Poll ``read`` until the config in force has ``sequence`` (COMMIT_UNKNOWN after ``timeout_s``,
     naming ``tx_id``: the update was ordered and may still go in -- ``config show`` tells). A peer that does not answer
-    for a while (SERVICE_UNAVAILABLE: restarting) is asked again until then: the update was
+    for a while (SERVICE_UNAVAILABLE: restarting; ORDERERS_DISAGREE: the orderers asked to confirm
+    its blocks have not all written them yet) is asked again until then: the update was
     accepted, and failing the wait at once would read as "not submitted". Any other refusal of
     the read (a peer whose chain does not verify: LEDGER_INVALID) ends the wait at once, as
     COMMIT_UNKNOWN naming it -- the update was ordered all the same, exit 1 would say it was not."""
@@ -1194,7 +1271,8 @@ def wait_in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], s
         try:
             block, config = read()
         except RxClientError as exc:
-            if exc.reason != "SERVICE_UNAVAILABLE":
+            # (ORDERERS_DISAGREE: an orderer asked to confirm the block has not written it yet)
+            if exc.reason not in ("SERVICE_UNAVAILABLE", "ORDERERS_DISAGREE"):
                 raise CommitUnknown(tx_id, f"the update {tx_id} was ordered; whether it is in force, the peer read "
                                     f"cannot tell ({exc.reason}: {exc.message}): rxchain config show "
                                     "(--peer)") from exc

@@ -54,6 +54,7 @@ than a checkpoint merely lags behind: it is no evidence of a restart and changes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import ssl
 import time
@@ -289,7 +290,7 @@ def orderers_needed(net: NetworkInfo) -> int:
     return len(names) // 2 + 1
 
 
-def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
              make: Callable[..., _Peer], source_counts: bool,
              denied: dict[str, str] | None = None) -> tuple[list[str], list[str], int]:
@@ -338,7 +339,7 @@ def _holders(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint]
     return agree, said, needed
 
 
-def _confirm(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
+def _confirm(number: int, want: bytes, source: _Peer | _Named, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
              make: Callable[..., _Peer], source_counts: bool = True,
              denied: dict[str, str] | None = None) -> None:
@@ -360,6 +361,40 @@ def _confirm(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint]
         raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the {kind} {source.name} served are held "
                             f"by {len(agree)} of the {needed} orderers needed ({', '.join(agree)}"
                             + (f"; {'; '.join(said)}" if said else "") + "): nothing of them was saved or pinned")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Named:
+    """The source of blocks to confirm that is no :class:`_Peer` of the follow (a config
+    command's peer: :func:`orderers_confirm`)."""
+
+    name: str
+    orderer: bool = False
+
+
+def orderers_confirm(home: Path, net: NetworkInfo, identity: WalletIdentity, source: str, *,
+                     budget_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> Confirm:
+    """The ``confirm`` of :func:`client.configtool.config_in_force` for the config commands: a
+    block of the peer ``source`` is kept only once a majority of the orderers of the config in
+    force before it hold it (:func:`_confirm`, ORDERERS_DISAGREE otherwise), as a session's follow
+    confirms a peer's blocks -- each orderer dialled at the addresses the network description and
+    that config name (:func:`orderer_endpoints`), pinned to its organisation's CA there, none
+    rotated away from (the denylist: :func:`pinned_ca`; read now -- IO_ERROR / BAD_CONFIG when it
+    cannot be); each confirmation bounded by ``budget_s`` (:data:`FOLLOW_BUDGET_S`)."""
+    try:
+        genesis = read_genesis(Path(home) / "genesis.block")
+    except RxError as exc:
+        raise RxClientError(exc.reason, exc.message) from exc
+    denied = read_denylist(Path(home) / CA_DENYLIST, block_header_hash(genesis.header))
+    budget = FOLLOW_BUDGET_S if budget_s is None else budget_s
+    named = _Named(source)
+
+    def confirm(number: int, want: bytes, config: config_pb2.ConsortiumConfig) -> None:
+        segment = net if config.sequence <= net.config.sequence else net.with_config(config)
+        _confirm(number, want, named, orderer_endpoints(segment), segment, identity, clock() + budget, clock,
+                 _Peer, False, denied)
+
+    return confirm
 
 
 def _confirm_restart(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,

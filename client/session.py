@@ -233,7 +233,14 @@ class Session:
         closed) -- after the remedy for CHAIN_RESTARTED (config-chain.json removed) the genesis CA
         is pinned again, perhaps the one rotated away from because its key leaked."""
         path = self.home / configtool.CA_DENYLIST
-        stamp = _file_stamp(path)
+        try:
+            st = path.stat()
+            stamp: tuple[int, int, int] | None = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except (FileNotFoundError, NotADirectoryError):
+            stamp = None
+        except OSError as exc:  # (ELOOP, EIO: a file there that cannot be read -- taken for none, it denied nothing)
+            raise RxClientError("IO_ERROR", f"cannot read {path}: {exc.strerror or exc} (the CAs rotated away "
+                                "from cannot be known: nothing was sent)") from exc
         if stamp is None:
             self._denied, self._denied_stamp = {}, None
         elif stamp != self._denied_stamp:
