@@ -89,10 +89,11 @@ node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers on
     most ``max_streams + max_node_streams``.
 ``max_cluster_streams``
     Cluster streams (Step, Forward, ForwardBatch) an orderer holds at once from the other
-    orderers, all together; default an eighth of ``grpc_workers``, at least 16 (at most half
-    of what ``max_streams`` leaves, at least 1: an orderer's default 128 workers are then 64
-    for clients, 32 for nodes, 16 for the other orderers and 16 for unary calls); less than
-    ``grpc_workers`` less ``max_streams``.
+    orderers, all together; default an eighth of ``grpc_workers``, at least 16 (at most what
+    ``max_streams`` -- and ``max_node_streams`` when set -- leave, at least 1; the default
+    reserve gets what is left after it: an orderer's default 128 workers are then 64 for
+    clients, 32 for nodes, 16 for the other orderers and 16 for unary calls; 32 workers 16, 0,
+    15 and 1); less than ``grpc_workers`` less ``max_streams``.
 ``max_cluster_streams_per_orderer``
     Cluster streams of one method one orderer may hold (its next one replaces its oldest);
     default 2 (its stream and a reconnect); at most ``max_cluster_streams``.
@@ -648,10 +649,14 @@ class ClusterCaps:
             raise RxError("BAD_CONFIG", f"extra.grpc_workers must be at least 2, not {workers}")
         # a small pool keeps room for a consortium's usual few orderers (their Step and forward
         # streams, and a reconnect each): refused, Raft between them would stop -- within what
-        # the clients' max_streams leave (the worst-case split: StreamCaps.from_extra's cluster)
-        # (a small pool: half of what they leave, the other half for the nodes' reserve)
-        clients = int(extra.get("max_streams", workers // 2))
-        total = int(extra.get("max_cluster_streams", max(1, workers // 8, min(16, (workers - 1 - clients) // 2))))
+        # the clients' max_streams (and a max_node_streams set) leave (the worst-case split:
+        # StreamCaps.from_extra's cluster); the default reserve gets the rest. (Halving what the
+        # clients leave gave 16 workers 3 Cluster slots, 32 workers 7: a 3-orderer leader's two
+        # Step and two ForwardBatch streams did not fit, one follower's refused TOO_MANY_STREAMS
+        # for good -- where the pool had held 15 and 16; a short reserve bites only under a
+        # flood of client streams, and is told: node_reserve_short.)
+        left = workers - 1 - int(extra.get("max_streams", workers // 2)) - int(extra.get("max_node_streams", 0))
+        total = int(extra.get("max_cluster_streams", max(1, workers // 8, min(16, left))))
         if not 1 <= total < workers:
             raise RxError("BAD_CONFIG", f"extra.max_cluster_streams must be between 1 and grpc_workers - 1 "
                                         f"({workers - 1}), not {total}")

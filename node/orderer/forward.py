@@ -23,12 +23,13 @@ NOT_AN_ORDERER, REVOKED_CERT, EXPIRED_CERT ... as the leader judges this orderer
 TOO_MANY_STREAMS ...) or could not be reached -- is dialled again after a wait doubling with each
 such failure in a row, up to ``refused_redial_max_s`` (3 s, as node.orderer.transport.PeerSender
 backs off a refusing peer) and jittered by ``rand`` into its upper half, so that the followers a
-leader refuses do not dial it in step. An answered handshake resets the wait, and so does the
-watcher seeing that orderer become leader. Nothing waits for a dial: an envelope for a leader
-not to be dialled yet is answered at once, never held past its deadline -- after a refusal
-SERVICE_UNAVAILABLE naming the leader's reason ("envelope not sent"; the leader is alive and
-would refuse it again), after a failure to reach it NOT_LEADER (re-dispatched by the broadcast
-handler: a new leader may be elected meanwhile). Before, a refused leader was dialled again every
+leader refuses do not dial it in step. An answered handshake resets the wait, and so does
+that orderer's election, as the chain reports it (``leader_changed``) or the watcher sees it.
+Nothing waits for a dial: an envelope for a leader not to be dialled yet is answered at once,
+never held past its deadline -- after a refusal SERVICE_UNAVAILABLE naming the leader's reason
+("envelope not sent"; the leader is alive and would refuse it again), after a failure to reach
+it NOT_LEADER (re-dispatched by the broadcast handler, at most once per 20 ms: a new leader may
+be elected meanwhile). Before, a refused leader was dialled again every
 0.2 s for as long as envelopes came, each dial a refusal (and a log line) at the leader, and
 the envelopes went round the broadcast handler's re-dispatch until their deadline, answered
 "leader changed" without the reason. Logged ``forward_refused`` (the first of a leader and
@@ -315,6 +316,9 @@ class LeaderForwarder:
         self._refused_lines = refused_lines if refused_lines is not None else EveryInterval()
         self._redials: dict[int, _Redial] = {}  # leader -> when it may be dialled again, and why
         self._last_leader = 0  # the leader the watcher saw last
+        # the leaders the chain reported elected (leader_changed) since the lock was last taken
+        # (appended without it: the driver thread must not block)
+        self._elected: deque[int] = deque()
         self._watch_s = watch_s
         self._grace_s = moved_grace_s
         self._max_batch = max_batch
@@ -336,6 +340,7 @@ class LeaderForwarder:
         """Forward several (envelope, tx id) to ``leader_id`` in one hand-off."""
         tickets = [Ticket(tx_id) for _, tx_id in items]
         with self._lock:
+            self._take_elected()
             stream = self._streams.get(leader_id) or self._resume(leader_id)
             if stream is None or stream.broken:
                 if stream is not None:
@@ -360,6 +365,16 @@ class LeaderForwarder:
                 self._streams[leader_id] = stream
         stream.submit_many([(env, t) for (env, _), t in zip(items, tickets, strict=True)])
         return tickets
+
+    def _take_elected(self) -> None:
+        """(under the lock) A leader the chain reported newly elected is dialled at once,
+        whatever it refused before (it may have restarted, its config caught up, this orderer's
+        certificate renewed). Read from what the chain reported, not only from what the watcher
+        sees when it runs: an envelope dispatched to the new leader before the watcher ran, or
+        a leader that lost and regained the lead between two passes of the watcher, found its
+        stale wait (up to 3 s: its envelopes answered SERVICE_UNAVAILABLE, not sent)."""
+        while self._elected:
+            self._redials.pop(self._elected.popleft(), None)
 
     def _broke(self, leader_id: int, stream: _LeaderStream) -> None:
         """(under the lock) When ``leader_id``, whose ``stream`` broke, may be dialled again:
@@ -409,6 +424,7 @@ class LeaderForwarder:
         handed: list[tuple[_LeaderStream, list[Ticket]]] = []
         expired: list[_LeaderStream] = []
         with self._lock:
+            self._take_elected()
             if leader != self._last_leader:
                 # a leader newly elected is dialled at once, whatever it refused before (it may
                 # have restarted, its config caught up, this orderer's certificate renewed)
@@ -441,7 +457,10 @@ class LeaderForwarder:
             stream.close()
 
     def leader_changed(self, leader_id: int) -> None:
-        """Chain leader listener (driver thread, must not block): check streams at once."""
+        """Chain leader listener (driver thread, must not block): check streams at once; a
+        leader newly elected is dialled at once (:meth:`_take_elected`)."""
+        if leader_id:
+            self._elected.append(leader_id)
         self._wake.set()
 
     def _watch(self) -> None:

@@ -236,3 +236,28 @@ def test_a_followers_clients_get_the_leaders_refusal_not_a_deadline(net: Any) ->
     assert all(a.reason == SERVICE_UNAVAILABLE and "REVOKED_CERT" in a.message and "not sent" in a.message
                for a in answers), answers[0]
     assert leader.calls == 1
+
+
+@pytest.mark.parametrize("watcher_saw_the_change", [False, True])
+def test_a_leader_the_chain_reports_elected_is_dialled_at_once_whatever_the_watcher_saw(
+        watcher_saw_the_change: bool) -> None:
+    """The chain reports the refusing orderer losing the lead and winning it back (it restarted,
+    its config caught up) between two passes of the watcher, or an envelope comes for it before
+    the watcher ran: it is dialled at once. Before, only the watcher's own look at the leader
+    started the wait over, so a leader it saw lead all along kept its grown wait (up to 3 s),
+    its envelopes answered SERVICE_UNAVAILABLE, never sent."""
+    with _forwarding(lambda: 0.99, redial_s=0.25) as (leader, fwd, clock, current, dialled):
+        fwd.check_leader()  # the watcher saw 2 lead
+        _run(fwd, clock, dialled, steps=40)
+        _, outcome = _forward(fwd, 2, 500)
+        assert outcome.reason == SERVICE_UNAVAILABLE  # in its grown wait
+        fwd.leader_changed(3)
+        fwd.leader_changed(2)  # (current[0] stays 2: the watcher, if it runs, sees 2 lead)
+        if watcher_saw_the_change:
+            fwd.check_leader()
+        leader.refusing = False
+        before = len(dialled)
+        _, outcome = _forward(fwd, 2, 501)
+        assert outcome.accepted, outcome
+        assert len(dialled) == before + 1
+        assert current[0] == 2

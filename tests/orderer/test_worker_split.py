@@ -42,6 +42,36 @@ def test_an_orderers_default_split_leaves_a_worker(workers: int) -> None:
         assert (clients, nodes, cluster) == (64, 32, 16)
 
 
+# a leader of three orderers holds the two followers' Step and ForwardBatch streams
+THREE_ORDERERS_LEADER = 4
+
+
+@pytest.mark.parametrize(("workers", "split"), [
+    (3, (1, 0, 1)), (8, (4, 0, 3)), (10, (5, 0, 4)), (16, (8, 0, 7)), (24, (12, 0, 11)),
+    (32, (16, 0, 15)), (48, (24, 7, 16)), (64, (32, 15, 16)), (65, (32, 16, 16)), (128, (64, 32, 16)),
+])
+def test_a_small_pools_cluster_cap_keeps_what_it_held_within_what_the_clients_leave(
+        workers: int, split: tuple[int, int, int]) -> None:
+    """The other orderers' Cluster streams get what the clients leave first, up to the 16 (or
+    an eighth) they had, and the default reserve the rest. Before (halving what the clients
+    leave between them): 16 workers gave 3 Cluster slots, 32 gave 7 -- a leader of three
+    orderers (two Step and two ForwardBatch streams) refused one follower's stream
+    TOO_MANY_STREAMS for good (node.stream_caps.ClusterCaps.admit), where these pools had
+    held 15 and 16. A short reserve bites only under a flood of client streams, and is told."""
+    assert _orderer_split({}, workers) == split
+    if workers >= 10:
+        assert split[2] >= THREE_ORDERERS_LEADER
+
+
+@pytest.mark.parametrize(("extra", "split"), [
+    # a reserve set: the default Cluster cap fitted into what it and the clients leave (refused before)
+    ({"grpc_workers": 100, "max_node_streams": 34}, (50, 34, 15)),
+    ({"grpc_workers": 24, "max_node_streams": 8}, (12, 8, 3)),
+])
+def test_a_set_reserve_gets_the_default_cluster_cap_fitted(extra: dict[str, Any], split: tuple[int, int, int]) -> None:
+    assert _orderer_split(extra, extra["grpc_workers"]) == split
+
+
 @pytest.mark.parametrize(("extra", "fragment"), [
     # valid before: 64 + 63 < 128, and the 16 Cluster streams were not counted
     ({"max_node_streams": 63}, "extra.max_node_streams must be between 0 and grpc_workers - 1 - max_streams - "
