@@ -216,11 +216,12 @@ def test_the_default_limits_record_a_legitimate_clients_refusals() -> None:
     lim = RefusalLimiter(lambda: clock[0])
     who = _who(1)
     assert all(lim.admit(who, "prescription", "get_key", EVAL) for _ in range(DEFAULT_REFUSAL_BURST))
+    assert not lim.admit(who, "prescription", "get_key", EVAL)  # (a flood is not)
     clock[0] += 10 * 60_000
     for _ in range(10_000):  # one refusal every 6 s, for ever
         assert lim.admit(who, "prescription", "get_key", EVAL)
         clock[0] += 6_000
-    assert lim.due(everything=True) == []
+    assert [s.count for s in lim.due(everything=True)] == [1]
 
 
 # ---------------------------------------------------------------- the grants' reserve
