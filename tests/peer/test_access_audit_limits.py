@@ -24,6 +24,7 @@ import grpc
 import pytest
 from rxchain.v1 import audit_pb2, transaction_pb2
 
+from client.audit import record_dict
 from node.crypto.signing import Verifier
 from node.errors import RxError
 from node.peer.audit import (
@@ -183,6 +184,8 @@ def test_counts_still_open_are_written_when_the_log_closes(keyed: Cluster, tmp_p
     log = AccessLog(tmp_path / "audit", lambda: 0)
     try:
         assert [(r.outcome, r.suppressed) for r in _records(log)] == [("ACCESS_DENIED", 0), (RATE_LIMITED, 1)]
+        shown = [record_dict(raw) for raw in log.query(audit_pb2.AuditQueryRequest()).records]
+        assert "suppressed" not in shown[0] and (shown[1]["suppressed"], shown[1]["since_ms"]) == (1, 1_000_000)
     finally:
         log.close()
 
