@@ -277,9 +277,8 @@ class Endorser:
             r = sim.response
             outcome = outcome_of(r.status, r.reason, r.payload)
             if outcome != GRANTED:  # the contract's refusal (e.g. NO_KEY_GRANT): limited as any
-                caller = seen.caller()
-                self._audit.refused(caller, inv.contract, inv.function, sim.parsed.args, outcome, seen.height,
-                                    sim.parsed.header.tx_id, path, strict=True)
+                self._audit.refused(seen.caller(), inv.contract, inv.function, sim.parsed.args, outcome,
+                                    seen.height, sim.parsed.header.tx_id, path, strict=True)
                 return sim
             self._audit.granted(seen.caller(), inv.contract, inv.function, sim.parsed.args, outcome,
                                 seen.height, sim.parsed.header.tx_id, path)
