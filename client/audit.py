@@ -28,12 +28,15 @@ PATHS = {audit_pb2.ACCESS_EVALUATE: "evaluate", audit_pb2.ACCESS_ENDORSE: "endor
 def record_dict(raw: bytes) -> dict[str, Any]:
     """One stored record as JSON-friendly values (hashes in hex), with its own ``hash``."""
     r = audit_pb2.AccessRecord.FromString(raw)
-    return {"id": r.id, "time_ms": r.time_ms, "org": r.org, "role": r.role, "name": r.name,
-            "cert_sha256": r.cert_sha256.hex(), "authenticated": r.authenticated,
-            "contract": r.contract, "function": r.function, "record_id": r.record_id,
-            "outcome": r.outcome, "height": r.height, "tx_id": r.tx_id,
-            "path": PATHS.get(r.path, "unspecified"), "prev_hash": r.prev_hash.hex(),
-            "hash": hashlib.sha256(raw).hexdigest()}
+    out = {"id": r.id, "time_ms": r.time_ms, "org": r.org, "role": r.role, "name": r.name,
+           "cert_sha256": r.cert_sha256.hex(), "authenticated": r.authenticated,
+           "contract": r.contract, "function": r.function, "record_id": r.record_id,
+           "outcome": r.outcome, "height": r.height, "tx_id": r.tx_id,
+           "path": PATHS.get(r.path, "unspecified"), "prev_hash": r.prev_hash.hex(),
+           "hash": hashlib.sha256(raw).hexdigest()}
+    if r.suppressed:  # a RATE_LIMITED summary: refusals counted, not recorded one by one
+        out["suppressed"], out["since_ms"] = r.suppressed, r.since_ms
+    return out
 
 
 def check_chain(records: Sequence[bytes]) -> None:

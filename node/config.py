@@ -18,7 +18,9 @@ an orderer's ``max_cluster_streams``, ``max_cluster_streams_per_orderer``); ``gr
 (peer 64, orderer 128), ``sandbox_workers`` the peer's contract processes (default 4; each
 serves one contract code, see ``node.sandbox.runtime``) and
 ``orderer_quorum`` the orderer signatures a peer requires on a block; ``audit_retention_days`` and
-``audit_max_records`` bound the peer's access-audit log (``node.peer.audit``).
+``audit_max_records`` bound the peer's access-audit log (``node.peer.audit``), and
+``audit_refusals_per_minute``, ``audit_refusal_burst``, ``audit_unauthenticated_per_minute`` and
+``audit_unauthenticated_burst`` how many refusals it records one by one.
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
     "sandbox_workers": (1, 256),
     "audit_retention_days": (1, 36_500),  # node.peer.audit
     "audit_max_records": (1_000, 1 << 40),
+    "audit_refusals_per_minute": (1, 100_000),  # refusals recorded one by one per certificate
+    "audit_refusal_burst": (1, 100_000),
+    "audit_unauthenticated_per_minute": (1, 100_000),  # ... for all unauthenticated ones together
+    "audit_unauthenticated_burst": (1, 100_000),
     "orderer_quorum": (1, 1000),
     "tick_ms": (1, 60_000),
     "election_tick": (2, 10_000),

@@ -38,7 +38,17 @@ Bounds: ``retention_days`` (node.yaml ``extra.audit_retention_days``, default 36
 ``max_records`` (``extra.audit_max_records``, default 20,000,000; a record is ~250-350
 bytes, so ~7 GB at most). Each append first removes up to :data:`PRUNE_BATCH` of the
 oldest records older than retention (their hash stays as ``mbase``'s anchor, ``pruned``
-counts them); when ``max_records`` are still kept the call is refused AUDIT_FULL.
+counts them); when ``max_records`` are still kept the call is refused AUDIT_FULL. The last
+1% of ``max_records`` (:data:`REFUSAL_RESERVE_DIVISOR`) is kept for grants: a refusal is not
+recorded once ``max_records - max_records // 100`` are kept (the call is refused anyway), so
+refusals never fill the room grants need.
+
+Refusals are rate-limited per certificate (:class:`RefusalLimiter`, node.yaml
+``extra.audit_refusals_per_minute`` / ``audit_refusal_burst``; unauthenticated ones also share
+``audit_unauthenticated_per_minute`` / ``audit_unauthenticated_burst``): one over the limit is
+not recorded but counted -- answered RESOURCE_EXHAUSTED AUDIT_RATE_LIMITED -- and each
+certificate's count is written as one summary record (outcome RATE_LIMITED, ``suppressed``,
+``since_ms``) per :data:`SUMMARY_WINDOW_MS`. Grants are never limited.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import logging
 import os
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,11 +88,23 @@ GRANTED = "GRANTED"
 AUDIT_WRITE_FAILED = "AUDIT_WRITE_FAILED"
 AUDIT_FULL = "AUDIT_FULL"
 AUDIT_ACCESS_DENIED = "AUDIT_ACCESS_DENIED"
+AUDIT_RATE_LIMITED = "AUDIT_RATE_LIMITED"  # a refusal over its certificate's limit (the answer)
+RATE_LIMITED = "RATE_LIMITED"  # the outcome of a summary record of such refusals
 
 DEFAULT_RETENTION_DAYS = 3650
 DEFAULT_MAX_RECORDS = 20_000_000
 PRUNE_BATCH = 64  # oldest records past retention removed per append at most
 DAY_MS = 86_400_000
+REFUSAL_RESERVE_DIVISOR = 100  # the last max_records // 100 records are kept for grants
+
+# refusals recorded one by one (token buckets, node.yaml extra): per certificate, and for all
+# unauthenticated ones together; over that they are counted, one summary record per window
+DEFAULT_REFUSALS_PER_MINUTE = 10
+DEFAULT_REFUSAL_BURST = 60
+DEFAULT_UNAUTHENTICATED_PER_MINUTE = 60
+DEFAULT_UNAUTHENTICATED_BURST = 300
+SUMMARY_WINDOW_MS = 60_000
+MAX_BUCKETS = 10_000  # certificates tracked per kind (authenticated, unauthenticated), LRU
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -186,6 +209,8 @@ class _Pending:
     height: int
     tx_id: str
     path: int
+    suppressed: int = 0
+    since_ms: int = 0
     rid: int = 0
     error: RxError | None = None
     done: bool = False
@@ -214,6 +239,7 @@ class AccessLog:
         self._wrote = threading.Condition(self._lock)  # a group was written (append)
         self._queue: list[_Pending] = []  # records waiting for the next group
         self._writing = False  # a thread is writing a group (the lock released meanwhile)
+        self._before_close: list[Callable[[], None]] = []  # e.g. the rate-limit summaries still counting
         try:
             make_dirs_durable(self._dir, sync=sync)
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True, compression=None)
@@ -225,7 +251,16 @@ class AccessLog:
             self._db.close()
             raise RxError("AUDIT_LOG_CORRUPT", f"{self._dir}: {exc.message}") from exc
 
+    def before_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` (once) at :meth:`close`, before the log closes: it may still append."""
+        with self._lock:
+            self._before_close.append(hook)
+
     def close(self) -> None:
+        with self._lock:
+            hooks, self._before_close = self._before_close, []
+        for hook in hooks:
+            hook()
         with self._lock:
             while self._writing:  # the group being written finishes first
                 self._wrote.wait()
@@ -239,7 +274,7 @@ class AccessLog:
     # ------------------------------------------------------------------ append
 
     def append(self, caller: Caller, contract: str, function: str, record_id: str, outcome: str,
-               height: int, tx_id: str, path: int) -> int:
+               height: int, tx_id: str, path: int, *, suppressed: int = 0, since_ms: int = 0) -> int:
         """Write one record durably; its id. RxError AUDIT_FULL / AUDIT_WRITE_FAILED when it
         could not be (nothing written then).
 
@@ -247,11 +282,12 @@ class AccessLog:
         every record queued, chains them after the head and writes them in ONE synced batch
         with the lock released (others queue meanwhile, for the next batch); every caller of
         the batch returns only after that batch's sync. Same records, same chain, one fsync
-        per batch instead of one per record."""
+        per batch instead of one per record. A refusal (``outcome`` not GRANTED) is refused
+        AUDIT_FULL already within the grants' reserve (the last 1% of ``max_records``)."""
         who = Caller(_text(caller.org), _text(caller.role), _text(caller.name), caller.cert_der,
                      caller.authenticated)
         item = _Pending(who, _text(contract), _text(function), _text(record_id), _text(outcome), height,
-                        _text(tx_id[:MAX_TX_ID_CHARS]), path)
+                        _text(tx_id[:MAX_TX_ID_CHARS]), path, suppressed, since_ms)
         with self._lock:
             self._queue.append(item)
             while not item.done:
@@ -307,20 +343,27 @@ class AccessLog:
                 pruned += 1
             last_id, last_hash = h.last_id, h.last_hash
             written: list[_Pending] = []
+            refusal_bound = self._max_records - self._max_records // REFUSAL_RESERVE_DIVISOR
             for item in group:
                 if last_id - first + 1 >= self._max_records:
                     item.fail(RxError(AUDIT_FULL, f"the access-audit log holds {self._max_records} records "
                                                   "within retention (extra.audit_max_records): nothing is "
                                                   "released unrecorded", grpc.StatusCode.RESOURCE_EXHAUSTED))
                     continue
+                if item.outcome != GRANTED and last_id - first + 1 >= refusal_bound:
+                    item.fail(RxError(AUDIT_FULL, f"the access-audit log holds {refusal_bound} records within "
+                                                  "retention: the rest of extra.audit_max_records is kept for "
+                                                  "grants, refusals are no longer recorded",
+                                      grpc.StatusCode.RESOURCE_EXHAUSTED))
+                    continue
                 rid = last_id + 1
                 try:  # one record that cannot be built fails alone, not the batch
                     rec = audit_pb2.AccessRecord(
                         id=rid, prev_hash=last_hash, time_ms=now, org=item.caller.org, role=item.caller.role,
-                        name=item.caller.name, cert_sha256=hashlib.sha256(item.caller.cert_der).digest(),
+                        name=item.caller.name, cert_sha256=_fingerprint(item),
                         authenticated=item.caller.authenticated, contract=item.contract, function=item.function,
                         record_id=item.record_id, outcome=item.outcome, height=item.height, tx_id=item.tx_id,
-                        path=item.path)  # type: ignore[arg-type]
+                        path=item.path, suppressed=item.suppressed, since_ms=item.since_ms)  # type: ignore[arg-type]
                     raw = rec.SerializeToString()
                     xkey = _xkey(item.record_id, rid) if item.record_id else b""
                 except (ValueError, TypeError, OverflowError) as exc:
@@ -473,6 +516,13 @@ class AccessLog:
         return out
 
 
+def _fingerprint(item: _Pending) -> bytes:
+    """The caller's certificate's SHA-256; empty for the summary of all unauthenticated refusals."""
+    if item.outcome == RATE_LIMITED and not item.caller.cert_der:
+        return b""
+    return hashlib.sha256(item.caller.cert_der).digest()
+
+
 def _head_of(reader: Any) -> Head:
     """The head as stored (``mhead``, ``mbase``) in ``reader`` (the DB or a snapshot of it)."""
     head, base = reader.get(_HEAD_KEY), reader.get(_BASE_KEY)
@@ -515,13 +565,166 @@ def check_verify(req: audit_pb2.AuditVerifyRequest) -> None:
         raise RxError("BAD_REQUEST", "an anchor is a record id with its 32-byte SHA-256")
 
 
+@dataclass
+class _Bucket:
+    """One token bucket of :class:`RefusalLimiter`, and the refusals it counted (not recorded)
+    since ``since_ms``, with the last such caller (what its summary record names)."""
+
+    tokens: float
+    at_ms: int
+    suppressed: int = 0
+    since_ms: int = 0
+    caller: Caller | None = None
+    contract: str = ""
+    function: str = ""
+    path: int = 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Refusals counted instead of recorded: ``count`` since ``since_ms`` by ``caller``
+    (``caller.cert_der`` empty: every unauthenticated refusal over the shared bound)."""
+
+    caller: Caller
+    contract: str
+    function: str
+    path: int
+    count: int
+    since_ms: int
+
+
+_GLOBAL = ("g", b"")
+
+
+class RefusalLimiter:
+    """Which refusals are recorded one by one: a token bucket per certificate (SHA-256 of the
+    DER), ``per_minute`` tokens a minute up to ``burst``; an unauthenticated refusal (its
+    certificate only claimed) takes a token from its certificate's bucket AND from one bucket
+    shared by all unauthenticated refusals (``unauth_per_minute`` / ``unauth_burst``), so
+    forging certificates does not multiply the bound. A refusal without a token is counted
+    (``admit`` False); :meth:`due` hands out each bucket's count once its window
+    (``window_ms`` from the first counted) has passed. An unauthenticated certificate's summary
+    takes a token of the shared bucket too, else its count joins the shared summary. Buckets are
+    kept for ``max_keys`` certificates of each kind (least recently used dropped; a dropped
+    authenticated one's count is due at once, an unauthenticated one's joins the shared count).
+    Thread-safe; ``clock_ms`` injected."""
+
+    def __init__(self, clock_ms: Callable[[], int], *, per_minute: int = DEFAULT_REFUSALS_PER_MINUTE,
+                 burst: int = DEFAULT_REFUSAL_BURST, unauth_per_minute: int = DEFAULT_UNAUTHENTICATED_PER_MINUTE,
+                 unauth_burst: int = DEFAULT_UNAUTHENTICATED_BURST, window_ms: int = SUMMARY_WINDOW_MS,
+                 max_keys: int = MAX_BUCKETS) -> None:
+        self._clock = clock_ms
+        self._rate, self._burst = per_minute / 60_000, burst
+        self._urate, self._uburst = unauth_per_minute / 60_000, unauth_burst
+        self._window = window_ms
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        now = clock_ms()
+        self._auth: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._unauth: OrderedDict[bytes, _Bucket] = OrderedDict()
+        self._global = _Bucket(float(unauth_burst), now)
+        self._open: OrderedDict[tuple[str, bytes], _Bucket] = OrderedDict()  # counting, oldest window first
+
+    def tracked(self) -> int:
+        """Buckets held (bounded by 2 * max_keys + 1)."""
+        with self._lock:
+            return len(self._auth) + len(self._unauth) + 1
+
+    def _refill(self, b: _Bucket, rate: float, burst: int, now: int) -> None:
+        if now > b.at_ms:
+            b.tokens = min(float(burst), b.tokens + (now - b.at_ms) * rate)
+            b.at_ms = now
+
+    def _bucket(self, table: OrderedDict[bytes, _Bucket], kind: str, fp: bytes, burst: int, now: int) -> _Bucket:
+        b = table.get(fp)
+        if b is not None:
+            table.move_to_end(fp)
+            return b
+        b = table[fp] = _Bucket(float(burst), now)
+        if len(table) > self._max_keys:
+            old_fp, old = table.popitem(last=False)
+            if old.suppressed and self._open.pop((kind, old_fp), None) is not None:
+                if kind == "a":  # due at once (written at the next look)
+                    old.since_ms = now - self._window
+                    self._open[("a", old_fp)] = old
+                    self._open.move_to_end(("a", old_fp), last=False)
+                else:
+                    self._count(_GLOBAL, self._global, old.caller or Caller("", "", "", b"", False), old.contract,
+                                old.function, old.path, now, old.suppressed)
+        return b
+
+    def _count(self, key: tuple[str, bytes], b: _Bucket, caller: Caller, contract: str, function: str,
+               path: int, now: int, n: int = 1) -> None:
+        if not b.suppressed:
+            b.since_ms = now
+            self._open[key] = b
+        b.suppressed += n
+        b.caller, b.contract, b.function, b.path = caller, contract, function, path
+
+    def admit(self, caller: Caller, contract: str, function: str, path: int) -> bool:
+        """True: record this refusal. False: it was counted (over its limit)."""
+        now = self._clock()
+        fp = hashlib.sha256(caller.cert_der).digest()
+        with self._lock:
+            if caller.authenticated:
+                b = self._bucket(self._auth, "a", fp, self._burst, now)
+                self._refill(b, self._rate, self._burst, now)
+                if b.tokens >= 1:
+                    b.tokens -= 1
+                    return True
+                self._count(("a", fp), b, caller, contract, function, path, now)
+                return False
+            b = self._bucket(self._unauth, "u", fp, self._burst, now)
+            self._refill(b, self._rate, self._burst, now)
+            g = self._global
+            self._refill(g, self._urate, self._uburst, now)
+            if b.tokens >= 1 and g.tokens >= 1:
+                b.tokens -= 1
+                g.tokens -= 1
+                return True
+            if g.tokens < 1:
+                self._count(_GLOBAL, g, Caller("", "", "", b"", False), contract, function, path, now)
+            else:
+                self._count(("u", fp), b, caller, contract, function, path, now)
+            return False
+
+    def due(self, *, everything: bool = False) -> list[Summary]:
+        """The counts whose window has passed (``everything``: all of them, e.g. at close)."""
+        now = self._clock()
+        out: list[Summary] = []
+        with self._lock:
+            while self._open:
+                key, b = next(iter(self._open.items()))
+                if not everything and now - b.since_ms < self._window:
+                    break
+                del self._open[key]
+                count, b.suppressed = b.suppressed, 0
+                caller = b.caller or Caller("", "", "", b"", False)
+                if key[0] == "u":
+                    self._refill(self._global, self._urate, self._uburst, now)
+                    if self._global.tokens < 1:  # no room: joins the shared count
+                        self._count(_GLOBAL, self._global, Caller("", "", "", b"", False), b.contract,
+                                    b.function, b.path, now, count)
+                        continue
+                    self._global.tokens -= 1
+                if key == _GLOBAL:
+                    caller = Caller("", "", "", b"", False)
+                out.append(Summary(caller, b.contract, b.function, b.path, count, b.since_ms))
+        return out
+
+
 class Auditor:
     """What the endorser calls: which calls are audited, and their records (``on_record``
-    counts them by result for the metrics: granted, refused, write_failed)."""
+    counts them by result for the metrics: granted, refused, write_failed; suppressed: a
+    refusal counted by ``limiter`` instead of recorded)."""
 
-    def __init__(self, log: AccessLog, on_record: Callable[[str], None] | None = None) -> None:
+    def __init__(self, log: AccessLog, on_record: Callable[[str], None] | None = None,
+                 limiter: RefusalLimiter | None = None) -> None:
         self.log = log
         self._on_record = on_record
+        self._limiter = limiter
+        if limiter is not None:
+            log.before_close(lambda: self.flush(everything=True))  # no count is lost at a stop
 
     @staticmethod
     def audited(contract: str, function: str) -> bool:
@@ -541,10 +744,50 @@ class Auditor:
         self._count("granted" if outcome == GRANTED else "refused")
 
     def refused(self, caller: Caller, contract: str, function: str, args: Mapping[str, Any], reason: str,
-                height: int, tx_id: str, path: int) -> None:
-        """Record a refusal (it is refused whether or not the record could be written)."""
+                height: int, tx_id: str, path: int, *, strict: bool = False) -> None:
+        """Record a refusal (it is refused whether or not the record could be written; ``strict``:
+        a record not written raises as :meth:`granted` does, for an answer that is itself the
+        refusal); RxError AUDIT_RATE_LIMITED (RESOURCE_EXHAUSTED) when it is over its
+        certificate's limit: then only counted, and the caller must answer that error instead."""
+        if not self.admit_refusal(caller, contract, function, path, reason):
+            raise RxError(AUDIT_RATE_LIMITED,
+                          f"refused ({reason}); this certificate's refusals of {contract}.{function} are over the "
+                          "access-audit limit (extra.audit_refusals_per_minute): counted, not recorded one by one",
+                          grpc.StatusCode.RESOURCE_EXHAUSTED)
+        if strict:
+            self.granted(caller, contract, function, args, reason, height, tx_id, path)
+            return
         with contextlib.suppress(RxError):  # logged: the refusal stands
             self.granted(caller, contract, function, args, reason, height, tx_id, path)
+
+    def admit_refusal(self, caller: Caller, contract: str, function: str, path: int, reason: str) -> bool:
+        """False: this refusal is over its certificate's limit, counted instead of recorded. Any
+        summary whose window passed is written first."""
+        self.flush()
+        if self._limiter is None or self._limiter.admit(caller, contract, function, path):
+            return True
+        self._count("suppressed")
+        return False
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the summaries due (``everything``: all counted, at close)."""
+        if self._limiter is None:
+            return
+        for s in self._limiter.due(everything=everything):
+            cert = hashlib.sha256(s.caller.cert_der).hexdigest()[:16] if s.caller.cert_der else ""
+            try:
+                rid = self.log.append(s.caller, s.contract, s.function, "", RATE_LIMITED, 0, "", s.path,
+                                      suppressed=s.count, since_ms=s.since_ms)
+            except RxError as err:
+                _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
+                           err.reason, s.caller.org, s.caller.role, s.function, "", err.message)
+                self._count("write_failed")
+                rid = 0
+            else:
+                self._count("refused")
+            _log.warning("event=audit_refusals_suppressed org=%s role=%s cert=%s authenticated=%s suppressed=%d "
+                         "since_ms=%d record=%d", s.caller.org, s.caller.role, cert, s.caller.authenticated,
+                         s.count, s.since_ms, rid)
 
     def _count(self, result: str) -> None:
         if self._on_record is not None:

@@ -48,7 +48,7 @@ from node.errors import RxError, abort_with, guarded_unary
 from node.identity.msp import Principal
 from node.ledger.statedb import StateSnapshot, TxLocation
 from node.msgbound import budget_reader
-from node.peer.audit import Auditor, Caller, outcome_of
+from node.peer.audit import GRANTED, Auditor, Caller, outcome_of
 from node.peer.config_view import ConfigView
 from node.peer.definitions import LIFECYCLE_NS, ContractDefinition
 from node.peer.history import HistoryLedger, LedgerHistory, ValueCache
@@ -252,7 +252,9 @@ class Endorser:
 
         A call of a function that releases decryption material (node.peer.audit.AUDITED) is
         recorded in the access-audit log, granted or refused, before it is answered; a granted
-        one whose record cannot be written is refused (AUDIT_WRITE_FAILED / AUDIT_FULL)."""
+        one whose record cannot be written is refused (AUDIT_WRITE_FAILED / AUDIT_FULL). A refusal
+        over its certificate's limit is counted, not recorded, and answered AUDIT_RATE_LIMITED
+        (RESOURCE_EXHAUSTED) instead; grants are never limited."""
         if self._audit is None:
             return self._simulate(signed, endorse, None)
         seen = _Seen()
@@ -263,16 +265,23 @@ class Endorser:
             inv = seen.invocation
             if inv is not None and self._audit.audited(inv.contract, inv.function):
                 reason = exc.reason if isinstance(exc, RxError) else "INTERNAL"
-                self._audit.refused(seen.caller(), inv.contract, inv.function, _args_of(inv), reason,
-                                    seen.height if seen.height >= 0 else self._ledger.height(),
-                                    seen.header.tx_id if seen.header is not None else "", path)
+                try:
+                    self._audit.refused(seen.caller(), inv.contract, inv.function, _args_of(inv), reason,
+                                        seen.height if seen.height >= 0 else self._ledger.height(),
+                                        seen.header.tx_id if seen.header is not None else "", path)
+                except RxError as limited:  # AUDIT_RATE_LIMITED: answered instead
+                    raise limited from exc
             raise
         inv = sim.parsed.invocation
         if self._audit.audited(inv.contract, inv.function):
             r = sim.response
-            self._audit.granted(seen.caller(), inv.contract, inv.function, sim.parsed.args,
-                                outcome_of(r.status, r.reason, r.payload), seen.height,
-                                sim.parsed.header.tx_id, path)
+            outcome = outcome_of(r.status, r.reason, r.payload)
+            if outcome != GRANTED:  # the contract's refusal (e.g. NO_KEY_GRANT): limited as any
+                self._audit.refused(seen.caller(), inv.contract, inv.function, sim.parsed.args, outcome,
+                                    seen.height, sim.parsed.header.tx_id, path, strict=True)
+                return sim
+            self._audit.granted(seen.caller(), inv.contract, inv.function, sim.parsed.args, outcome,
+                                seen.height, sim.parsed.header.tx_id, path)
         return sim
 
     def _simulate(self, signed: transaction_pb2.SignedProposal, endorse: bool, seen: _Seen | None) -> Simulation:

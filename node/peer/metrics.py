@@ -59,7 +59,8 @@ class PeerMetrics:
         self.access_audit = Counter(
             "rxchain_peer_access_audit_records",
             "Access-audit records of key releases by result (granted, refused; write_failed: "
-            "not written, the key was not released)", ["result"], registry=r,
+            "not written, the key was not released; suppressed: a refusal over its certificate's "
+            "limit, counted in a RATE_LIMITED summary instead)", ["result"], registry=r,
         )
         self.deliver_failovers = Counter(
             "rxchain_peer_deliver_failovers", "Deliver stream failures by reason", ["reason"],

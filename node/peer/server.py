@@ -38,7 +38,17 @@ from node.identity.caller import NO_BLOCK_ROLES, CallerCheck, node_certificates
 from node.identity.release import sign_statement
 from node.ledger.ledger import Ledger, env_crash_hook
 from node.peer.admin_service import PeerAdminService
-from node.peer.audit import DEFAULT_MAX_RECORDS, DEFAULT_RETENTION_DAYS, AccessLog, Auditor
+from node.peer.audit import (
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_REFUSAL_BURST,
+    DEFAULT_REFUSALS_PER_MINUTE,
+    DEFAULT_RETENTION_DAYS,
+    DEFAULT_UNAUTHENTICATED_BURST,
+    DEFAULT_UNAUTHENTICATED_PER_MINUTE,
+    AccessLog,
+    Auditor,
+    RefusalLimiter,
+)
 from node.peer.audit_service import AccessAuditService
 from node.peer.broadcast_client import BroadcastClient
 from node.peer.committer import CommittedBlock, Committer
@@ -201,9 +211,16 @@ def _compose(config: NodeConfig, signer: Signer, ledger: Ledger, closers: list[A
                            max_records=int(extra.get("audit_max_records", DEFAULT_MAX_RECORDS)),
                            sync=config.fsync)
     closers.append(access_log.close)
+    # refusals recorded one by one per certificate; over that counted, one summary a minute
+    limiter = RefusalLimiter(
+        wall_ms, per_minute=int(extra.get("audit_refusals_per_minute", DEFAULT_REFUSALS_PER_MINUTE)),
+        burst=int(extra.get("audit_refusal_burst", DEFAULT_REFUSAL_BURST)),
+        unauth_per_minute=int(extra.get("audit_unauthenticated_per_minute", DEFAULT_UNAUTHENTICATED_PER_MINUTE)),
+        unauth_burst=int(extra.get("audit_unauthenticated_burst", DEFAULT_UNAUTHENTICATED_BURST)))
     endorser = Endorser(ledger, configs, signer, sandbox, Lifecycle(), wall_ms,
                         on_endorse=metrics.endorsements.inc,
-                        audit=Auditor(access_log, lambda result: metrics.access_audit.labels(result=result).inc()))
+                        audit=Auditor(access_log, lambda result: metrics.access_audit.labels(result=result).inc(),
+                                      limiter))
     def options() -> list[tuple[str, int | str]]:
         # each channel takes the bound in force as it is dialled; it sends up to NODE_SEND_BOUND
         return [*channel_options(message_bound(), max_send_bytes=NODE_SEND_BOUND),

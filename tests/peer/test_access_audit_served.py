@@ -136,7 +136,10 @@ def test_served_peer_records_key_calls_for_admins_and_regulators_across_a_restar
 
 
 @pytest.mark.parametrize(("key", "value"), [("audit_max_records", 999), ("audit_retention_days", 0),
-                                            ("audit_retention_days", "ten")])
+                                            ("audit_retention_days", "ten"), ("audit_refusals_per_minute", 0),
+                                            ("audit_refusal_burst", 100_001),
+                                            ("audit_unauthenticated_per_minute", "many"),
+                                            ("audit_unauthenticated_burst", 0)])
 def test_the_audit_bounds_in_node_yaml_are_checked_at_start(home: Path, tmp_path: Path, key: str,
                                                             value: object) -> None:
     path = home / "nodes" / "peer.h01" / "node.yaml"
