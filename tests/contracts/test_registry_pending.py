@@ -178,3 +178,15 @@ def test_a_code_holds_a_bounded_number_of_suspensions(world: World) -> None:
     # a final revocation still takes the bar over
     assert revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_REVOKED")["changed"] is True
     assert "suspensions" not in index(world, "praccode/" + JIANG_CODE)
+
+
+def test_nothing_waits_for_a_final_bar(world: World) -> None:
+    """Held back by a final revocation's bar, a reinstated registration waits for nothing."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    final = revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    out = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert out["reason"] == "REGISTRATION_REVOKED" and out["pending"] == ""
+    assert "pending" not in out["reinstated"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-jiang",
+                                                      "revoked": final}
