@@ -915,7 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the practitioner (default: the organisation's pharmacy registration)")
     rr = sub(rg, "revoke", _simple("revoke_registration", "org", "name", "reason"),
              "revoke a practitioner's or pharmacy's registration for good (a regulator admin): made"
-             " inactive, its code or licence freed, a code holder's sites withdrawn")
+             " inactive, its code or licence freed, a code holder's sites withdrawn (a suspended"
+             " one: LICENCE_REVOKED makes the suspension final, another reason ends the"
+             " registration while the suspension's bar stays)")
     rr.add_argument("org")
     rr.add_argument("--name", default="", metavar="NAME",
                     help="the practitioner (default: the organisation's pharmacy registration)")
@@ -926,7 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub(rg, "reinstate", _simple("reinstate_registration", "org", "name"),
              "lift a suspension (a LICENCE_SUSPENDED revocation; a regulator admin): the code or"
              " licence freed once no other suspension holds it, the registration active again"
-             " with its sites still in force (else `reason` says why not)")
+             " with its sites still in force (else `reason` says why not; held back by another"
+             " suspension only, it waits: the last one lifted reactivates those waiting,"
+             " `pending_reactivated`); a registration ended while suspended stays ended")
     rs.add_argument("org")
     rs.add_argument("--name", default="", metavar="NAME",
                     help="the practitioner (default: the organisation's pharmacy registration)")

@@ -1037,7 +1037,10 @@ class RxOperations:
         ``org``'s (``registry.revoke_registration``, a regulator admin): made inactive for good,
         its index entries (and a code holder's sites) withdrawn. ``reason`` one of
         LICENCE_REVOKED, LICENCE_SUSPENDED, ORGANISATION_CLOSED, DUPLICATE_REGISTRATION, OTHER.
-        Idempotent: ``changed`` false when it was revoked already."""
+        Idempotent: ``changed`` false when it was revoked already -- but a suspended one is made
+        final by LICENCE_REVOKED, and ended by another reason (the suspension's bar on the code
+        stays until lifted or made final). LIMIT_EXCEEDED: a suspension joining a code's bar
+        with 16 entries already."""
         return _written(self.s.gateway.submit(REGISTRY, "revoke_registration",
                                               {"org": org, "name": name, "reason": reason}))
 
@@ -1048,8 +1051,12 @@ class RxOperations:
         ``reinstated`` history and the code's (licence's) bar goes once no other suspension
         holds it; the record is active again (``reactivated``) with a holder's sites still in
         force (``sites_restored``), unless ``reason`` says what stops it (its organisation then
-        registers it again). REVOCATION_FINAL for any other reason. Idempotent: ``changed``
-        false when it is not revoked."""
+        registers it again). Held back only by another suspension's bar, it waits for it
+        (``pending``, the bar's key); the last suspension of a bar lifted reactivates those
+        waiting, checked again (``pending_reactivated``: [{org, name, reactivated, reason,
+        sites_restored, sites_not_restored}]). A registration ended while suspended has the
+        suspension lifted and stays ended (``reason`` REVOCATION_FINAL). REVOCATION_FINAL (an
+        error) for any other reason. Idempotent: ``changed`` false when it is not revoked."""
         return _written(self.s.gateway.submit(REGISTRY, "reinstate_registration",
                                               {"org": org, "name": name}))
 

@@ -71,6 +71,9 @@ LICENCE_REASONS = ("LICENCE_REVOKED", "LICENCE_SUSPENDED")
 # the one revocation a regulator lifts (reinstate_registration); every other reason is final
 SUSPENSION = "LICENCE_SUSPENDED"
 MAX_REINSTATEMENTS = 8  # the ``reinstated`` history one registration keeps (the latest)
+# the entries one suspension bar keeps: the suspensions holding it and the registrations waiting
+# for it to go (``suspensions`` + ``pending``; a regulator's list, still bounded: LIMIT_EXCEEDED)
+MAX_SUSPENSIONS = 16
 MAX_FEN = 100000000000
 MAX_INV = 9999999999999
 MAX_DIAGNOSES = 16  # entries one hospital records for a patient (its import or its add_diagnosis)
@@ -531,23 +534,47 @@ def _suspensions(bar: dict) -> list:
     return [{"org": bar["org"], "name": bar["name"], "revoked": bar["revoked"]}]
 
 
-def _bar_entry(held: list) -> dict:
-    """The bar entry held by the suspensions ``held`` (non-empty): it names the first."""
+def _pending(bar: dict) -> list:
+    """The registrations waiting for the suspension bar ``bar`` to go ([{org, name, tx_id}]:
+    reinstated while it stood, tx_id their reinstatement's)."""
+    return bar.get("pending", [])
+
+
+def _bar_entry(held: list, pending: list) -> dict:
+    """The bar entry held by the suspensions ``held`` (non-empty): it names the first; with the
+    registrations ``pending`` its going reactivates (kept only when there are some)."""
     first = held[0]
-    return {"org": first["org"], "name": first["name"], "revoked": first["revoked"],
-            "suspensions": held}
+    entry = {"org": first["org"], "name": first["name"], "revoked": first["revoked"],
+             "suspensions": held}
+    if len(pending) > 0:
+        entry["pending"] = pending
+    return entry
+
+
+def _others(entries: list, org: str, name: str) -> list:
+    """``entries`` ([{org, name, ...}]) but registration ``org``/``name``'s."""
+    return [e for e in entries if e["org"] != org or e["name"] != name]
 
 
 def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict) -> None:
     """A suspension of ``org``/``name`` (its ``mark``) meets the suspension bar ``bar`` of
     ``key`` (another registration's): it holds the bar too (the mark's ``barred``), so
     reinstating the first no longer lifts it while this one stands. Only a suspension joins a
-    suspension's bar (a final revocation takes it over: _bars)."""
+    suspension's bar (a final revocation takes it over: _bars). A registration suspended again
+    while waiting for the bar (``pending``) waits no more: it holds it. LIMIT_EXCEEDED when the
+    bar has MAX_SUSPENSIONS entries already."""
     if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
             or mark["reason"] != SUSPENSION:
         return
+    held = _suspensions(bar)
+    pending = _others(_pending(bar), org, name)
+    if len(held) + len(pending) >= MAX_SUSPENSIONS:
+        ctx.fail("LIMIT_EXCEEDED", key + " is held by " + str(len(held)) + " suspensions (and "
+                 + str(len(pending)) + " reinstated registrations wait for it): at most "
+                 + str(MAX_SUSPENSIONS) + "; lift one (reinstate_registration) or revoke the "
+                 "licence for good (LICENCE_REVOKED takes the bar over)")
     mark["barred"] = key
-    ctx.put(key, _bar_entry(_suspensions(bar) + [{"org": org, "name": name, "revoked": mark}]))
+    ctx.put(key, _bar_entry(held + [{"org": org, "name": name, "revoked": mark}], pending))
 
 
 def _registration_key(ctx: Context, org: str, name: str) -> str:
@@ -587,21 +614,31 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     registration writes nothing (``changed`` false) -- but a suspended one revoked for
     LICENCE_REVOKED: the suspension is made final (the new mark keeps it as ``suspension``; its
     bars lifted, the code barred for good), since reinstating it to revoke it afterwards made it
-    active again meanwhile. Event ``registry.revoked``."""
+    active again meanwhile; and a suspended one revoked for another reason (not her licence) is
+    ended (_end_suspended): the suspension stands in the new mark until lifted or made final.
+    Event ``registry.revoked``."""
     rkey = _registration_key(ctx, org, name)
     if reason not in REVOCATION_REASONS:
         ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
     rec = _registration(ctx, rkey)
     prior = None  # a suspension this revocation makes final
+    ended = None  # the mark of the registration ended while suspended, made final here
     if "revoked" in rec:
-        if rec["revoked"]["reason"] != SUSPENSION or reason not in LICENCE_REASONS \
-                or reason == SUSPENSION:
-            return {"org": org, "name": name, "revoked": rec["revoked"], "changed": False}
+        current = rec["revoked"]
+        if current["reason"] == SUSPENSION and reason not in LICENCE_REASONS:
+            return _end_suspended(ctx, rkey, rec, org, name, reason)
+        if reason != "LICENCE_REVOKED" or _standing(current) is None:
+            return {"org": org, "name": name, "revoked": current, "changed": False}
         # her licence revoked while suspended: the suspension is made final here, never by
         # reinstating it first (which makes the record active again, its sites too) and
         # revoking it after. Its bars are lifted as a reinstatement would, the code (licence)
-        # then barred for good below (a final bar takes a suspension's over: _bars)
-        prior = rec["revoked"]
+        # then barred for good below (a final bar takes a suspension's over: _bars); the
+        # registrations waiting for a bar lifted here wait no more (a residual: one under a
+        # code the record moved away from stays inactive)
+        prior = _standing(current)
+        if current["reason"] != SUSPENSION:
+            ended = dict(current)
+            del ended["suspension"]
         for key in _suspension_bars(rec, name, prior):
             _lift_bar(ctx, key, org, name, prior)
     stamp = _stamp(ctx)
@@ -609,6 +646,8 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             "tx_id": stamp["tx_id"]}
     if prior is not None:
         mark["suspension"] = prior  # (the suspension it made final)
+    if ended is not None:
+        mark["ended"] = ended  # (the registration's own end, before)
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
@@ -664,6 +703,35 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
 
 
+def _standing(mark: dict) -> dict | None:
+    """The suspension the revocation ``mark`` stands for, still to be lifted or made final: the
+    mark itself (LICENCE_SUSPENDED), or the ``suspension`` of a registration ended while
+    suspended (another reason than LICENCE_REASONS: _end_suspended); None for a final one (a
+    LICENCE_REVOKED mark's ``suspension`` is the one it made final)."""
+    if mark["reason"] == SUSPENSION:
+        return mark
+    if mark["reason"] not in LICENCE_REASONS and "suspension" in mark:
+        return mark["suspension"]
+    return None
+
+
+def _end_suspended(ctx: Context, rkey: str, rec: dict, org: str, name: str, reason: str) -> dict:
+    """End the suspended registration ``rec`` for ``reason`` (not LICENCE_REASONS: the
+    organisation closed, a duplicate...): its mark replaced by the final one, keeping the
+    suspension as ``suspension``. The registration is inactive and holds nothing already (the
+    suspension took its index entries); the suspension's bar stays -- it is about her licence,
+    not this registration -- until a regulator lifts it (reinstate_registration: the bar goes,
+    the registration stays ended) or makes it final (LICENCE_REVOKED)."""
+    stamp = _stamp(ctx)
+    mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
+            "tx_id": stamp["tx_id"], "suspension": rec["revoked"]}
+    rec["revoked"] = mark
+    rec["updated"] = stamp
+    ctx.put(rkey, rec)
+    ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
+    return {"org": org, "name": name, "revoked": mark, "changed": True}
+
+
 def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
     """The keys of the bars the suspension ``mark`` of ``rec`` may hold: the one it set or
     joined (``barred``: a record written inactive under another code since moved away) and the
@@ -677,24 +745,26 @@ def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
     return keys
 
 
-def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> None:
+def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> list:
     """The suspension ``mark`` of ``org``/``name`` no longer holds the bar ``key``: the bar goes
     when it was the last suspension holding it, else it names the next one; a bar this
-    suspension does not hold (a final revocation took it over, or none) is left as it is."""
+    suspension does not hold (a final revocation took it over, or none) is left as it is. The
+    registrations waiting for the bar (``pending``) when it went (else [])."""
     bar = ctx.get(key)
     if bar is None or "revoked" not in bar:
-        return
+        return []
     held = _suspensions(bar)
     kept = []
     for h in held:
         if h["org"] != org or h["name"] != name or h["revoked"]["tx_id"] != mark["tx_id"]:
             kept.append(h)
     if len(kept) == len(held):
-        return
+        return []
     if len(kept) == 0:
         ctx.delete(key)
-    else:
-        ctx.put(key, _bar_entry(kept))
+        return _pending(bar)
+    ctx.put(key, _bar_entry(kept, _pending(bar)))
+    return []
 
 
 def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
@@ -732,20 +802,21 @@ def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
     return [restored, missed]
 
 
-def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict) -> list:
+def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict, written: str) -> list:
     """Make the registration ``rec`` (``org``/``name``, its suspension ``mark`` lifted) active
     again as it was before the suspension, when nothing else stops it: [reason, restored sites,
     {site: reason} sites not restored]; reason "" when reactivated, else why not (nothing
     written): WAS_INACTIVE (inactive when suspended), NOT_RECORDED (a suspension from before
-    reinstating reactivated), RECORD_CHANGED (its organisation wrote it since: its decision
-    stands), REGISTRATION_REVOKED (another revocation still bars its code or licence),
+    reinstating reactivated), RECORD_CHANGED (its organisation wrote it since ``written``, the
+    tx that last wrote it for the regulator: its decision stands), REGISTRATION_REVOKED
+    (another revocation still bars its code or licence),
     CODE_IN_USE / LICENCE_IN_USE (another registration holds it: that organisation's call, as
     reindex). The record itself is written by the caller."""
     if "was_active" not in mark:
         return ["NOT_RECORDED", [], {}]
     if not mark["was_active"]:
         return ["WAS_INACTIVE", [], {}]
-    if rec["updated"]["tx_id"] != mark["tx_id"]:
+    if rec["updated"]["tx_id"] != written:
         return ["RECORD_CHANGED", [], {}]
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
@@ -774,6 +845,54 @@ def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict) -> lis
     return ["", sites[0], sites[1]]
 
 
+def _code_key(rec: dict, name: str) -> str:
+    """The index key of the registration ``rec``'s code (with ``name`` "" its licence)."""
+    return "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
+
+
+def _wait_for_bar(ctx: Context, rec: dict, org: str, name: str, tx_id: str) -> str:
+    """The registration ``rec`` (``org``/``name``), reinstated in ``tx_id`` but held back only by
+    the suspension bar on its code (licence), waits for that bar to go: it joins the bar's
+    ``pending`` (replacing an earlier entry of its own). The bar's key, or "" when it waits for
+    nothing: a final bar (nothing lifts it), or one with MAX_SUSPENSIONS entries already (its
+    organisation then registers it again itself, as before)."""
+    key = _code_key(rec, name)
+    bar = ctx.get(key)
+    if bar is None or "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION:
+        return ""
+    held = _suspensions(bar)
+    pending = _others(_pending(bar), org, name)
+    if len(held) + len(pending) >= MAX_SUSPENSIONS:
+        return ""
+    ctx.put(key, _bar_entry(held, pending + [{"org": org, "name": name, "tx_id": tx_id}]))
+    return key
+
+
+def _reactivate_pending(ctx: Context, key: str, waiting: dict) -> dict:
+    """Reactivate the registration ``waiting`` ({org, name, tx_id}) now that the bar ``key`` it
+    waited for went, checked again as at its reinstatement (_reactivate, with the suspension its
+    reinstatement lifted): RECORD_CHANGED when it was written since its reinstatement (its
+    organisation's decision stands) or no longer is under ``key``, REGISTRATION_REVOKED when
+    revoked since, CODE_IN_USE / LICENCE_IN_USE when another registration holds the code now.
+    {org, name, reactivated, reason, sites_restored, sites_not_restored}."""
+    org = waiting["org"]
+    name = waiting["name"]
+    rkey = "pharmacy/" + org if name == "" else "prac/" + org + "/" + name
+    rec = ctx.get(rkey)
+    back = ["RECORD_CHANGED", [], {}]
+    if rec is not None and "revoked" in rec:
+        back = ["REGISTRATION_REVOKED", [], {}]
+    elif rec is not None and _code_key(rec, name) == key:
+        history = rec.get("reinstated", [])
+        if len(history) > 0 and history[-1]["tx_id"] == waiting["tx_id"]:
+            back = _reactivate(ctx, rec, org, name, history[-1]["revoked"], waiting["tx_id"])
+            if back[0] == "":
+                rec["updated"] = _stamp(ctx)
+                ctx.put(rkey, rec)
+    return {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],
+            "sites_restored": back[1], "sites_not_restored": back[2]}
+
+
 def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     """Lift a suspension (a revocation for LICENCE_SUSPENDED) of practitioner ``org``/``name``'s
     registration (or with ``name`` "" the pharmacy ``org``'s): regulator admins only. Its
@@ -784,31 +903,55 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     ``reason`` says what did -- its organisation then registers it again itself), with the
     sites the suspension withdrew from a holder whose own registrations are still in force
     (``sites_restored``; ``sites_not_restored`` = {site: reason}, authorised anew by the
-    holder). Any other reason is final: REVOCATION_FINAL, nothing written. Idempotent: a
-    registration not revoked writes nothing (``changed`` false). Event ``registry.reinstated``
-    {org, name, reactivated, reason, sites_restored, sites_not_restored}."""
+    holder). Held back only by another suspension's bar (REGISTRATION_REVOKED), it waits for
+    that bar (``pending``, its key: _wait_for_bar); the bar going here reactivates those waiting
+    for it, checked again (``pending_reactivated``: _reactivate_pending). A registration ended
+    while suspended (_end_suspended) has its suspension lifted -- the bar goes as above -- and
+    stays ended (``reason`` REVOCATION_FINAL). Any other reason is final: REVOCATION_FINAL,
+    nothing written. Idempotent: a registration not revoked writes nothing (``changed`` false).
+    Event ``registry.reinstated`` {org, name, reactivated, reason, sites_restored,
+    sites_not_restored, pending, pending_reactivated}."""
     rkey = _registration_key(ctx, org, name)
     rec = _registration(ctx, rkey)
     history = rec.get("reinstated", [])
     if "revoked" not in rec:
         last = history[-1] if history else None
         return {"org": org, "name": name, "reinstated": last, "changed": False}
-    mark = rec["revoked"]
-    if mark["reason"] != SUSPENSION:
-        ctx.fail("REVOCATION_FINAL", rkey + " was revoked by " + mark["by_org"] + " ("
-                 + mark["reason"] + "): only a suspension (" + SUSPENSION + ") is lifted")
+    mark = _standing(rec["revoked"])
+    if mark is None:
+        final = rec["revoked"]
+        ctx.fail("REVOCATION_FINAL", rkey + " was revoked by " + final["by_org"] + " ("
+                 + final["reason"] + "): only a suspension (" + SUSPENSION + ") is lifted")
+    waiting = []  # [[bar key, {org, name, tx_id}]]: those waiting for a bar that goes here
     for key in _suspension_bars(rec, name, mark):
-        _lift_bar(ctx, key, org, name, mark)
-    back = _reactivate(ctx, rec, org, name, mark)
+        for w in _lift_bar(ctx, key, org, name, mark):
+            waiting.append([key, w])
     stamp = _stamp(ctx)
+    pending = ""
+    if rec["revoked"]["reason"] != SUSPENSION:
+        # ended while suspended: the suspension lifted, the registration stays ended
+        back = ["REVOCATION_FINAL", [], {}]
+        ended = dict(rec["revoked"])
+        del ended["suspension"]
+        rec["revoked"] = ended
+    else:
+        back = _reactivate(ctx, rec, org, name, mark, mark["tx_id"])
+        if back[0] == "REGISTRATION_REVOKED":
+            pending = _wait_for_bar(ctx, rec, org, name, stamp["tx_id"])
+        del rec["revoked"]
     entry = {"revoked": mark, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
              "tx_id": stamp["tx_id"]}
+    if pending != "":
+        entry["pending"] = pending
     rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
-    del rec["revoked"]
     rec["updated"] = stamp
     ctx.put(rkey, rec)
+    done = []
+    for kw in waiting:
+        done.append(_reactivate_pending(ctx, kw[0], kw[1]))
     out = {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],
-           "sites_restored": back[1], "sites_not_restored": back[2]}
+           "sites_restored": back[1], "sites_not_restored": back[2], "pending": pending,
+           "pending_reactivated": done}
     ctx.emit("registry.reinstated", out)
     out["reinstated"] = entry
     out["changed"] = True

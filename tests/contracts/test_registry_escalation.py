@@ -72,12 +72,15 @@ def test_a_suspended_pharmacy_licence_is_revoked(world: World) -> None:
     assert issue(world, pharmacy="p01")[1].reason == "UNKNOWN_PHARMACY"
 
 
-def test_another_reason_over_a_suspension_writes_nothing(world: World) -> None:
-    """A reason that ends the registration, not the licence, leaves the suspension (of her
-    licence) standing: nothing written, as before."""
+def test_a_second_suspension_writes_nothing(world: World) -> None:
+    """A suspension over a suspension writes nothing; a reason that ends the registration ends
+    it, the suspension standing in its mark (reg7: test_registry_pending)."""
     suspension = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["revoked"]
     n = versions(world, "prac/h01/dr-jiang")
-    for reason in ("ORGANISATION_CLOSED", "DUPLICATE_REGISTRATION", "OTHER", "LICENCE_SUSPENDED"):
-        out = revoke(world, REGULATOR, "h01", "dr-jiang", reason)
-        assert out["changed"] is False and out["revoked"] == suspension
+    out = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")
+    assert out["changed"] is False and out["revoked"] == suspension
     assert versions(world, "prac/h01/dr-jiang") == n
+    for reason in ("ORGANISATION_CLOSED", "DUPLICATE_REGISTRATION", "OTHER"):
+        out = revoke(world, REGULATOR, "h01", "dr-jiang", reason)
+        assert out["revoked"]["suspension"] == suspension
+        assert out["changed"] is (reason == "ORGANISATION_CLOSED")

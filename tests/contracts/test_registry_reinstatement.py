@@ -34,7 +34,7 @@ def test_a_suspended_doctor_is_reinstated_and_registered_again(world: World) -> 
     assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang"}
     assert events(world, "registry.reinstated")[-1] == {
         "org": "h01", "name": "dr-jiang", "reactivated": True, "reason": "",
-        "sites_restored": [], "sites_not_restored": {}}
+        "sites_restored": [], "sites_not_restored": {}, "pending": "", "pending_reactivated": []}
     assert issue(world, doctor=JIANG)[1].ok
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=10) == "OK"
     assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang"}
@@ -145,10 +145,12 @@ def test_two_suspensions_of_one_code_both_hold_its_bar(world: World) -> None:
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=10) == "REGISTRATION_REVOKED"
     assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "REGISTRATION_REVOKED"
     assert issue(world, doctor=JIANG)[1].reason == "UNAUTHORIZED_PRESCRIBER"
-    # the last one lifted: the bar goes (h03's record was inactive: it stays so)
+    # the last one lifted: the bar goes (h03's record was inactive: it stays so), and h01's,
+    # held back by it, is reactivated (reg7: it stayed inactive)
     last = reinstate(world, REGULATOR, "h03", "dr-jiang")
     assert last["reactivated"] is False and last["reason"] == "WAS_INACTIVE"
-    assert index(world, "praccode/" + JIANG_CODE) is None
+    assert [(r["org"], r["reactivated"]) for r in last["pending_reactivated"]] == [("h01", True)]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang"}
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=10) == "OK"
     assert issue(world, doctor=JIANG)[1].ok
 
@@ -177,7 +179,7 @@ def test_two_suspensions_of_one_pharmacy_licence(world: World) -> None:
     assert pharmacy(world, "p01", P01_LICENCE) == "REGISTRATION_REVOKED"
     assert issue(world, pharmacy="p01")[1].reason == "UNKNOWN_PHARMACY"
     assert reinstate(world, REGULATOR, "p04", "")["reason"] == "WAS_INACTIVE"
-    assert index(world, "pharmlic/" + P01_LICENCE) is None
+    assert index(world, "pharmlic/" + P01_LICENCE) == {"org": "p01", "name": ""}  # (reg7)
     assert pharmacy(world, "p01", P01_LICENCE) == "OK"
 
 

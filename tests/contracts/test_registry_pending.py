@@ -1,0 +1,192 @@
+"""Suspensions of one code (reg7): the registration reinstated while another suspension still
+barred its code stayed inactive for good -- lifting the last suspension now reactivates it,
+re-checked; a registration ended (ORGANISATION_CLOSED...) while suspended is ended at once and
+the suspension's bar stays until lifted or made final; a code holds a bounded number of
+suspensions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.contracts.chain import who
+from tests.contracts.flows import JIANG, issue
+from tests.contracts.rxclient import World
+from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
+from tests.contracts.test_registry_reinstatement import reinstate
+from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
+from tests.contracts.test_registry_revocation import events, revoke, versions
+
+
+def _two_suspensions(world: World) -> None:
+    """Jiang suspended at h01 (active, the code's holder), then through her inactive record at
+    h03; h01 reinstated first is held back by h03's suspension."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    out = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert out["reactivated"] is False and out["reason"] == "REGISTRATION_REVOKED"
+    assert out["pending"] == "praccode/" + JIANG_CODE
+    assert out["reinstated"]["pending"] == "praccode/" + JIANG_CODE
+    assert index(world, "praccode/" + JIANG_CODE)["pending"] == [
+        {"org": "h01", "name": "dr-jiang", "tx_id": out["reinstated"]["tx_id"]}]
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+
+
+def test_lifting_the_last_suspension_reactivates_the_one_held_back(world: World) -> None:
+    _two_suspensions(world)
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang")
+    assert last["reactivated"] is False and last["reason"] == "WAS_INACTIVE"
+    assert last["pending_reactivated"] == [
+        {"org": "h01", "name": "dr-jiang", "reactivated": True, "reason": "",
+         "sites_restored": [], "sites_not_restored": {}}]
+    assert events(world, "registry.reinstated")[-1]["pending_reactivated"] == last["pending_reactivated"]
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is True
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang"}
+    assert issue(world, doctor=JIANG)[1].ok
+
+
+def test_the_one_held_back_gets_its_sites_back(world: World) -> None:
+    with_site(world)
+    _two_suspensions(world)
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang")
+    assert last["pending_reactivated"][0]["reactivated"] is True
+    assert last["pending_reactivated"][0]["sites_restored"] == ["h02"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang",
+                                                      "sites": {"h02": "dr-jiang"}}
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is True
+    assert issue(world, doctor=who("h02:dr-jiang:doctor"))[1].ok
+
+
+def test_the_one_held_back_is_checked_again(world: World) -> None:
+    """Its organisation wrote it since: its decision stands (RECORD_CHANGED)."""
+    _two_suspensions(world)
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False, years=11) == "OK"
+    n = versions(world, "prac/h01/dr-jiang")
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang")
+    assert last["pending_reactivated"] == [
+        {"org": "h01", "name": "dr-jiang", "reactivated": False, "reason": "RECORD_CHANGED",
+         "sites_restored": [], "sites_not_restored": {}}]
+    assert versions(world, "prac/h01/dr-jiang") == n
+    assert index(world, "praccode/" + JIANG_CODE) is None
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, years=11) == "OK"
+
+
+def test_the_one_held_back_revoked_since_stays_revoked(world: World) -> None:
+    _two_suspensions(world)
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "ORGANISATION_CLOSED")["changed"] is True
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang")
+    assert last["pending_reactivated"][0]["reason"] == "REGISTRATION_REVOKED"
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+
+
+def test_suspended_again_it_waits_no_more(world: World) -> None:
+    """Held back, then suspended again: it holds the bar again (the pending entry goes)."""
+    _two_suspensions(world)
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    bar = index(world, "praccode/" + JIANG_CODE)
+    assert "pending" not in bar and [h["org"] for h in bar["suspensions"]] == ["h03", "h01"]
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang")
+    assert last["pending_reactivated"] == []
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+
+
+def test_a_final_revocation_drops_the_one_held_back(world: World) -> None:
+    _two_suspensions(world)
+    final = revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-jiang",
+                                                      "revoked": final}
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+
+
+def test_a_pharmacy_held_back_is_reactivated(world: World) -> None:
+    assert revoke(world, REGULATOR, "p01", "", "LICENCE_SUSPENDED")["changed"] is True
+    assert pharmacy(world, "p04", P01_LICENCE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "p04", "", "LICENCE_SUSPENDED")["changed"] is True
+    out = reinstate(world, REGULATOR, "p01", "")
+    assert out["reason"] == "REGISTRATION_REVOKED" and out["pending"] == "pharmlic/" + P01_LICENCE
+    last = reinstate(world, REGULATOR, "p04", "")
+    assert last["pending_reactivated"] == [
+        {"org": "p01", "name": "", "reactivated": True, "reason": "",
+         "sites_restored": [], "sites_not_restored": {}}]
+    assert index(world, "pharmlic/" + P01_LICENCE) == {"org": "p01", "name": ""}
+    assert issue(world, pharmacy="p01")[1].ok
+
+
+# ---------------------------------------------------------------- a registration ended while suspended
+
+
+def test_a_suspended_registration_is_ended_and_the_bar_stays(world: World) -> None:
+    suspension = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["revoked"]
+    out = revoke(world, REGULATOR, "h01", "dr-jiang", "ORGANISATION_CLOSED")
+    assert out["changed"] is True
+    mark = out["revoked"]
+    assert mark["reason"] == "ORGANISATION_CLOSED" and mark["suspension"] == suspension
+    assert registration(world, "h01", "dr-jiang")["revoked"] == mark
+    # her licence is still suspended: the bar (the suspension's) stays
+    assert index(world, "praccode/" + JIANG_CODE)["revoked"] == suspension
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    # idempotent: another reason, or a second suspension, writes nothing
+    n = versions(world, "prac/h01/dr-jiang")
+    for reason in ("ORGANISATION_CLOSED", "OTHER", "LICENCE_SUSPENDED"):
+        assert revoke(world, REGULATOR, "h01", "dr-jiang", reason)["changed"] is False
+    assert versions(world, "prac/h01/dr-jiang") == n
+    # lifted: the bar goes, the registration stays ended
+    lifted = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert lifted["changed"] is True and lifted["reactivated"] is False
+    assert lifted["reason"] == "REVOCATION_FINAL" and lifted["reinstated"]["revoked"] == suspension
+    rec = registration(world, "h01", "dr-jiang")
+    assert rec["revoked"]["reason"] == "ORGANISATION_CLOSED" and "suspension" not in rec["revoked"]
+    assert rec["licence_active"] is False and rec["reinstated"] == [lifted["reinstated"]]
+    assert index(world, "praccode/" + JIANG_CODE) is None
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang") == "REVOCATION_FINAL"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "OK"
+
+
+def test_an_ended_registration_s_suspension_is_made_final(world: World) -> None:
+    suspension = revoke(world, REGULATOR, "p01", "", "LICENCE_SUSPENDED")["revoked"]
+    ended = revoke(world, REGULATOR, "p01", "", "DUPLICATE_REGISTRATION")["revoked"]
+    out = revoke(world, REGULATOR, "p01", "", "LICENCE_REVOKED")
+    assert out["changed"] is True
+    final = out["revoked"]
+    assert final["reason"] == "LICENCE_REVOKED" and final["suspension"] == suspension
+    assert final["ended"]["reason"] == "DUPLICATE_REGISTRATION"
+    assert final["ended"]["tx_id"] == ended["tx_id"] and "suspension" not in final["ended"]
+    assert index(world, "pharmlic/" + P01_LICENCE) == {"org": "p01", "name": "", "revoked": final}
+    assert reinstate(world, REGULATOR, "p01", "") == "REVOCATION_FINAL"
+    assert pharmacy(world, "p04", P01_LICENCE) == "REGISTRATION_REVOKED"
+
+
+# ---------------------------------------------------------------- the bar's list is bounded
+
+
+def test_a_code_holds_a_bounded_number_of_suspensions(world: World) -> None:
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    for i in range(16):
+        assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
+    for i in range(15):
+        assert revoke(world, REGULATOR, "h03", f"dr-jiang-{i}", "LICENCE_SUSPENDED")["changed"] is True
+    assert len(index(world, "praccode/" + JIANG_CODE)["suspensions"]) == 16
+    n_rec, n_bar = versions(world, "prac/h03/dr-jiang-15"), versions(world, "praccode/" + JIANG_CODE)
+    out: Any = world.chain.submit("registry", "revoke_registration", REGULATOR, org="h03",
+                                  name="dr-jiang-15", reason="LICENCE_SUSPENDED")
+    assert out.reason == "LIMIT_EXCEEDED" and "16" in out.message
+    assert versions(world, "prac/h03/dr-jiang-15") == n_rec
+    assert versions(world, "praccode/" + JIANG_CODE) == n_bar
+    # a final revocation still takes the bar over
+    assert revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_REVOKED")["changed"] is True
+    assert "suspensions" not in index(world, "praccode/" + JIANG_CODE)
+
+
+def test_nothing_waits_for_a_final_bar(world: World) -> None:
+    """Held back by a final revocation's bar, a reinstated registration waits for nothing."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    final = revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    out = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert out["reason"] == "REGISTRATION_REVOKED" and out["pending"] == ""
+    assert "pending" not in out["reinstated"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-jiang",
+                                                      "revoked": final}
