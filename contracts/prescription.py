@@ -381,7 +381,8 @@ def _audit(ctx: Context, rx_id: str, n: int, event: str, party: str, outcome: st
     )
 
 
-def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int, note_keys: dict | None = None) -> None:
+def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int, note_keys: dict | None = None,
+           claim_wrapped: str = "") -> None:
     rec = {
         "party": party,
         "kind": kind,
@@ -389,6 +390,8 @@ def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int
         "granted_by": ctx.caller.org,
         "time_ms": ctx.timestamp_ms,
     }
+    if claim_wrapped != "":  # the issuing hospital's copy of the claim key (issue's claim_keys)
+        rec["claim_wrapped_key"] = claim_wrapped
     if note_keys:  # the note keys made so far, "1".."n" (README "Note keys")
         rec["note_keys"] = note_keys
     ctx.put("grant/" + rx_id + "/" + party, rec)
@@ -790,8 +793,12 @@ def issue(
     if acct is None:
         ctx.fail("NO_ACCOUNT", "the patient's insurer has not opened her account")
     insurer = acct["insurer"]
-    if len(claim_keys) != 1 or not _is_blob(claim_keys.get(insurer)):
+    if not _is_blob(claim_keys.get(insurer)):
         ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer)
+    for party in claim_keys.keys():  # (+ the issuing hospital's copy: README "Moving an account")
+        if party != insurer and (party != hospital or not _is_blob(claim_keys[party])):
+            ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer
+                     + " (and the issuing hospital's copy)")
     now = ctx.timestamp_ms
     day_start = ((now + TZ_MS) // DAY_MS) * DAY_MS - TZ_MS
     valid_end = day_start + valid_days * DAY_MS - 1
@@ -832,7 +839,7 @@ def issue(
             kind = "patient"
         elif party == pharmacy:
             kind = "pharmacy"
-        _grant(ctx, rx_id, party, kind, keys[party], n)
+        _grant(ctx, rx_id, party, kind, keys[party], n, None, claim_keys.get(party, ""))
         n = n + 1
     _grant(ctx, rx_id, insurer, "insurer", claim_keys[insurer], n)
     ctx.put("pidx/" + patient + "/" + rx_id, {"rx_id": rx_id})
@@ -1275,6 +1282,10 @@ def get_key(ctx: Context, rx_id: str) -> dict:
         "note_epoch": rx.get("note_epoch", 0),
         "note_keys": grant.get("note_keys", {}),
     }
+    if grant["kind"] == "hospital" and "claim_wrapped_key" in grant:
+        # the claim key wrapped for the issuing hospital at issue (context ".../claim"): its
+        # doctor hands it to a later insurer of record (grant_claim_key)
+        out["claim_wrapped_key"] = grant["claim_wrapped_key"]
     if party == "patient" or grant["kind"] == "hospital":
         # the routers (and the patient withdrawing a consent) wrap a new note key for the
         # readers: the patient, the issuing hospital and the routed pharmacy, the consents
@@ -1310,20 +1321,28 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_key
 
 
 def grant_claim_key(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
-    """An insurer holding the prescription's claim key (a clerk of it) wraps it for ``org``, an
-    insurer of record of fills dispensed after her account moved (settlement's ``cover/{rx_id}``
-    names it: her insurer at their dispense, which settles them and checks the claim subset
-    against the claim commitment). A caller holding no claim key of the prescription gets the
-    missing id's answer."""
+    """A holder of the prescription's claim key wraps it for ``org``, an insurer of record of
+    fills dispensed after her account moved (settlement's ``cover/{rx_id}`` names it: her
+    insurer at their dispense, which settles them and checks the claim subset against the
+    claim commitment). Holders: a clerk of an insurer holding it (an ``insurer`` grant), or a
+    doctor of the issuing hospital when the issue kept the hospital a copy (its grant's
+    ``claim_wrapped_key``). A caller holding no claim key of the prescription gets the missing
+    id's answer."""
     _check_rx_id(ctx, rx_id)
     c = ctx.caller
-    if c.org_kind != "insurer" or c.role != "clerk":
-        ctx.fail("WRONG_ROLE", "a clerk of an insurer holding the claim key hands it over")
+    clerk = c.org_kind == "insurer" and c.role == "clerk"
+    doctor = c.org_kind == "hospital" and c.role == "doctor"
+    if not clerk and not doctor:
+        ctx.fail("WRONG_ROLE", "a clerk of an insurer holding the claim key, or a doctor of the "
+                 "issuing hospital, hands it over")
     rx = ctx.get("rx/" + rx_id)
     mine = None
     if rx is not None:
         mine = ctx.get("grant/" + rx_id + "/" + c.org)
-    if mine is None or mine["kind"] != "insurer":
+    held = mine is not None and clerk and mine["kind"] == "insurer"
+    if mine is not None and doctor:
+        held = mine["kind"] == "hospital" and rx["hospital"] == c.org and "claim_wrapped_key" in mine
+    if not held:
         _missing(ctx, rx_id)
     if not _is_id(org, 32) or not _is_blob(wrapped_key):
         ctx.fail("BAD_ARGUMENTS", "an insurer's org id and the claim key wrapped for it are required")
