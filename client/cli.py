@@ -865,6 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
         cs = sub(rx, name, _simple(method, "rx_id", "org"), help_)
         cs.add_argument("rx_id")
         cs.add_argument("--org", required=True)
+    gk = sub(rx, "grant-claim-key", _simple("grant_claim_key", "rx_id", "to"),
+             "hand the claim key to the insurer of later fills after the patient's move (an insurer clerk "
+             "holding it, or a doctor of the issuing hospital)")
+    gk.add_argument("rx_id", type=_rx_id_arg)
+    gk.add_argument("--to", required=True, metavar="ORG", help="the insurer the move named (cover/)")
     rvk = sub(rx, "revoke", _simple("revoke", "rx_id", "reason", "note"), "revoke before dispensing")
     rvk.add_argument("rx_id")
     rvk.add_argument("--reason", required=True,

@@ -134,6 +134,12 @@ def wrap_context(rx_id: str, party: str) -> bytes:
     return f"rxchain/rx/{rx_id}/{party}".encode()
 
 
+def claim_wrap_context(rx_id: str, hospital: str) -> bytes:
+    """Key-wrapping context of the issuing hospital's copy of the claim key (its grant's
+    ``claim_wrapped_key``; its record key is wrapped under :func:`wrap_context`)."""
+    return f"rxchain/rx/{rx_id}/{hospital}/claim".encode()
+
+
 def b64(data: bytes) -> str:
     """Standard base64 text."""
     return base64.b64encode(data).decode("ascii")
@@ -197,8 +203,11 @@ def seal_prescription(
     pharmacy: str,
     dx_key_hex: str,
     rand: Random = os.urandom,
+    hospital: tuple[str, ec.EllipticCurvePublicKey] | None = None,
 ) -> SealedPrescription:
-    """Encrypt a prescription and wrap its keys (recipients: party -> public key)."""
+    """Encrypt a prescription and wrap its keys (recipients: party -> public key).
+    ``hospital``: the issuing hospital and its records key, which keeps a copy of the claim key
+    (under :func:`claim_wrap_context`) to hand it to a later insurer of the patient."""
     content = dict(content)
     salt = rand(SALT_BYTES).hex()
     claim_salt = rand(SALT_BYTES).hex()
@@ -217,6 +226,8 @@ def seal_prescription(
         "claim_keys": {insurer: wrap_for(insurer_key, ckey, rx_id, insurer)},
         "pharmacy": pharmacy,
     }
+    if hospital is not None:
+        args["claim_keys"][hospital[0]] = b64(aead.wrap_key(hospital[1], ckey, claim_wrap_context(rx_id, hospital[0])))
     transient = {"content": content, "salt": salt, "claim_salt": claim_salt, "dx_key": dx_key_hex}
     return SealedPrescription(rx_id, key, ckey, args, transient)
 
@@ -235,6 +246,7 @@ class OpenedRecord:
     note_keys: Mapping[int, bytes] = field(default_factory=dict)  # the caller's note keys that open
     readers: tuple[str, ...] | None = None  # the record key's holders (told to the patient and hospital)
     routed: str | None = None  # the routed pharmacy ("": none), told with the readers
+    claim_key: bytes | None = None  # the issuing hospital's copy of the claim key, when it opens
 
     def note_key(self, epoch: int) -> bytes | None:
         """The key of a note written under note key ``epoch`` (0: the record key; a claim
@@ -294,8 +306,17 @@ def open_grant(grant: Mapping[str, Any], keys: list[ec.EllipticCurvePrivateKey])
     readers = grant.get("readers")
     names = tuple(str(r) for r in readers) if isinstance(readers, list) else None
     routed = grant.get("pharmacy")  # absent from a contract that makes no key on a re-route
+    claim_key = None
+    held = grant.get("claim_wrapped_key")
+    if kind == CONTENT and isinstance(held, str):  # the issuing hospital's copy (grant_claim_key)
+        try:
+            got = _unwrap_any([opener, *(k for k in keys if k is not opener)], unb64(held),
+                              claim_wrap_context(rx_id, party))
+        except RxClientError:  # not base64: no copy that opens
+            got = None
+        claim_key = None if got is None else got[0]
     return OpenedRecord(rx_id, kind, party, body, salt, record_key, epoch, note_keys, names,
-                        routed if isinstance(routed, str) else None)
+                        routed if isinstance(routed, str) else None, claim_key)
 
 
 def _unwrap_any(keys: list[ec.EllipticCurvePrivateKey], wrapped: bytes,

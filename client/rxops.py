@@ -282,6 +282,7 @@ class RxOperations:
                 content["patient_info"]["guardian"] = req.guardian
             sealed = seal_prescription(
                 number, content, recipients, insurer, insurer_key, req.pharmacy, self.s.dx_key, self._rand,
+                hospital=(me.org, recipients[me.org]),
             )
             try:
                 res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
@@ -820,9 +821,20 @@ class RxOperations:
         """Hand the prescription's claim key (an insurer clerk holding it) to insurer ``org``,
         wrapped for its records certificate: the insurer of record of the fills dispensed after
         the patient's account moved to it (the contract refuses any other NOT_INSURER_OF_FILL),
-        which then opens the claim subset and settles them (:meth:`settle`)."""
-        opened = self._claim_grant(rx_id)
-        wrapped = wrap_for(self.s.records_public_key(org), opened.record_key, rx_id, org)
+        which then opens the claim subset and settles them (:meth:`settle`). A doctor of the
+        issuing hospital hands over the copy its issue kept (prescriptions issued by this SDK
+        since the copy was kept): when the insurer of the issue never does. Not done on its own
+        when the hospital's client sees a move: the doctor decides (``rxchain rx
+        grant-claim-key``)."""
+        opened = self._get_key(rx_id)
+        if opened.kind == "claim":
+            key = opened.record_key
+        elif opened.claim_key is not None:
+            key = opened.claim_key
+        else:
+            raise RxClientError("WRONG_ROLE", "the caller holds no claim key of " + rx_id
+                                + " (an insurer claim grant, or the issuing hospital's copy)")
+        wrapped = wrap_for(self.s.records_public_key(org), key, rx_id, org)
         res = self.s.gateway.submit(RX, "grant_claim_key",
                                     {"rx_id": rx_id, "org": org, "wrapped_key": wrapped})
         return _written(res)

@@ -381,7 +381,8 @@ def _audit(ctx: Context, rx_id: str, n: int, event: str, party: str, outcome: st
     )
 
 
-def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int, note_keys: dict | None = None) -> None:
+def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int, note_keys: dict | None = None,
+           claim_wrapped: str = "") -> None:
     rec = {
         "party": party,
         "kind": kind,
@@ -389,6 +390,8 @@ def _grant(ctx: Context, rx_id: str, party: str, kind: str, wrapped: str, n: int
         "granted_by": ctx.caller.org,
         "time_ms": ctx.timestamp_ms,
     }
+    if claim_wrapped != "":  # the issuing hospital's copy of the claim key (issue's claim_keys)
+        rec["claim_wrapped_key"] = claim_wrapped
     if note_keys:  # the note keys made so far, "1".."n" (README "Note keys")
         rec["note_keys"] = note_keys
     ctx.put("grant/" + rx_id + "/" + party, rec)
@@ -790,8 +793,12 @@ def issue(
     if acct is None:
         ctx.fail("NO_ACCOUNT", "the patient's insurer has not opened her account")
     insurer = acct["insurer"]
-    if len(claim_keys) != 1 or not _is_blob(claim_keys.get(insurer)):
+    if not _is_blob(claim_keys.get(insurer)):
         ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer)
+    for party in claim_keys.keys():  # (+ the issuing hospital's copy: README "Moving an account")
+        if party != insurer and (party != hospital or not _is_blob(claim_keys[party])):
+            ctx.fail("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer " + insurer
+                     + " (and the issuing hospital's copy)")
     now = ctx.timestamp_ms
     day_start = ((now + TZ_MS) // DAY_MS) * DAY_MS - TZ_MS
     valid_end = day_start + valid_days * DAY_MS - 1
@@ -832,7 +839,7 @@ def issue(
             kind = "patient"
         elif party == pharmacy:
             kind = "pharmacy"
-        _grant(ctx, rx_id, party, kind, keys[party], n)
+        _grant(ctx, rx_id, party, kind, keys[party], n, None, claim_keys.get(party, ""))
         n = n + 1
     _grant(ctx, rx_id, insurer, "insurer", claim_keys[insurer], n)
     ctx.put("pidx/" + patient + "/" + rx_id, {"rx_id": rx_id})
@@ -1275,6 +1282,10 @@ def get_key(ctx: Context, rx_id: str) -> dict:
         "note_epoch": rx.get("note_epoch", 0),
         "note_keys": grant.get("note_keys", {}),
     }
+    if grant["kind"] == "hospital" and "claim_wrapped_key" in grant:
+        # the claim key wrapped for the issuing hospital at issue (context ".../claim"): its
+        # doctor hands it to a later insurer of record (grant_claim_key)
+        out["claim_wrapped_key"] = grant["claim_wrapped_key"]
     if party == "patient" or grant["kind"] == "hospital":
         # the routers (and the patient withdrawing a consent) wrap a new note key for the
         # readers: the patient, the issuing hospital and the routed pharmacy, the consents
@@ -1310,20 +1321,28 @@ def grant_consent(ctx: Context, rx_id: str, org: str, wrapped_key: str, note_key
 
 
 def grant_claim_key(ctx: Context, rx_id: str, org: str, wrapped_key: str) -> dict:
-    """An insurer holding the prescription's claim key (a clerk of it) wraps it for ``org``, an
-    insurer of record of fills dispensed after her account moved (settlement's ``cover/{rx_id}``
-    names it: her insurer at their dispense, which settles them and checks the claim subset
-    against the claim commitment). A caller holding no claim key of the prescription gets the
-    missing id's answer."""
+    """A holder of the prescription's claim key wraps it for ``org``, an insurer of record of
+    fills dispensed after her account moved (settlement's ``cover/{rx_id}`` names it: her
+    insurer at their dispense, which settles them and checks the claim subset against the
+    claim commitment). Holders: a clerk of an insurer holding it (an ``insurer`` grant), or a
+    doctor of the issuing hospital when the issue kept the hospital a copy (its grant's
+    ``claim_wrapped_key``). A caller holding no claim key of the prescription gets the missing
+    id's answer."""
     _check_rx_id(ctx, rx_id)
     c = ctx.caller
-    if c.org_kind != "insurer" or c.role != "clerk":
-        ctx.fail("WRONG_ROLE", "a clerk of an insurer holding the claim key hands it over")
+    clerk = c.org_kind == "insurer" and c.role == "clerk"
+    doctor = c.org_kind == "hospital" and c.role == "doctor"
+    if not clerk and not doctor:
+        ctx.fail("WRONG_ROLE", "a clerk of an insurer holding the claim key, or a doctor of the "
+                 "issuing hospital, hands it over")
     rx = ctx.get("rx/" + rx_id)
     mine = None
     if rx is not None:
         mine = ctx.get("grant/" + rx_id + "/" + c.org)
-    if mine is None or mine["kind"] != "insurer":
+    held = mine is not None and clerk and mine["kind"] == "insurer"
+    if mine is not None and doctor:
+        held = mine["kind"] == "hospital" and rx["hospital"] == c.org and "claim_wrapped_key" in mine
+    if not held:
         _missing(ctx, rx_id)
     if not _is_id(org, 32) or not _is_blob(wrapped_key):
         ctx.fail("BAD_ARGUMENTS", "an insurer's org id and the claim key wrapped for it are required")
@@ -1376,8 +1395,48 @@ def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = 
 
 
 def show(ctx: Context, rx_id: str) -> dict:
-    """Public metadata (and the ciphertext) for parties allowed to see the prescription."""
-    return _party_rx(ctx, rx_id)
+    """Public metadata (and the ciphertext) for parties allowed to see the prescription; a
+    former insurer the record without the later fills (_as_former_sees)."""
+    rx = _party_rx(ctx, rx_id)
+    former = _former_insurer(ctx, rx)
+    if len(former) > 0:
+        return _as_former_sees(ctx, rx, former)
+    return rx
+
+
+def _as_former_sees(ctx: Context, rx: dict, former: list) -> dict:
+    """The record as a former insurer sees it (``former`` of _former_insurer): the fill count,
+    hand-overs and time of the latest fill capped at its own latest fill, no lock of a fill not
+    its own, the status those leave, no latest step it may not see (README "Moving an
+    account")."""
+    last = 0
+    for f in former[0]:
+        if f <= rx["fills"] and f > last:
+            last = f
+    changed = False
+    if rx["lock"] is not None and (rx["fills"] + 1) not in former[0]:
+        rx["lock"] = None
+        changed = True
+    if rx.get("step") is not None and _hidden_step(ctx, former, {"value": rx, "timestamp_ms": rx["step"]["time_ms"]}):
+        rx["step"] = None
+    if last < rx["fills"]:
+        rx["fills"] = last
+        if rx["delivered_fills"] > last:
+            rx["delivered_fills"] = last
+        rx["last_fill_ms"] = 0
+        disp = None
+        if last > 0:
+            disp = ctx.get(_disp_key(rx["rx_id"], last))
+        if disp is not None:
+            rx["last_fill_ms"] = disp["time_ms"]
+        changed = True
+    if changed and rx["status"] in ("LOCKED", "DISPENSED", "DELIVERED"):
+        rx["status"] = "APPROVED"
+        if last > 0 and rx["delivered_fills"] >= last:
+            rx["status"] = "DELIVERED"
+        elif last > 0:
+            rx["status"] = "DISPENSED"
+    return rx
 
 
 def verify(ctx: Context, rx_id: str) -> dict:
@@ -1398,19 +1457,71 @@ def trace_fills(ctx: Context, rx_id: str, hashes: list) -> dict:
     this prescription never recorded (recorded on another one, or on none: not told apart).
     Parties. A pharmacy re-sending a dispense whose answer was lost tells its own dispense
     from another with as many codes; a recall traces a box to its fill."""
-    _party_rx(ctx, rx_id)
+    rx = _party_rx(ctx, rx_id)
     if not isinstance(hashes, list) or len(hashes) == 0 or len(hashes) > MAX_ITEMS * MAX_QTY:
         ctx.fail("BAD_ARGUMENTS", "hashes: a list of 1-" + str(MAX_ITEMS * MAX_QTY) + " trace-code hashes")
+    former = _former_insurer(ctx, rx)  # a former insurer: its own fills only (README)
     fills = []
     for h in hashes:
         if not _is_hex(h, 64, 64):
             ctx.fail("BAD_ARGUMENTS", "a trace-code hash is 64 lower-case hex")
         rec = ctx.get("trace/" + h)
-        if rec is not None and rec["rx_id"] == rx_id:
+        if rec is not None and rec["rx_id"] == rx_id and (len(former) == 0 or rec["fill"] in former[0]):
             fills.append(rec["fill"])
         else:
             fills.append(0)
     return {"rx_id": rx_id, "fills": fills}
+
+
+def _former_insurer(ctx: Context, rx: dict) -> list:
+    """[] for a caller who sees every fill of ``rx``; for a *former insurer* -- an insurer's
+    member, its organisation no longer holding the patient's account, while settlement's
+    ``cover/{rx_id}`` hands fills to an insurer (README "Moving an account": what an insurer
+    she left sees) -- [own, cut]: the fill numbers whose insurer of record is the caller's
+    organisation, and the time of the move that ended its latest cover of the prescription (-1:
+    none ended it)."""
+    c = ctx.caller
+    if c.org_kind != "insurer":
+        return []
+    cover = ctx.get_from("settlement", "cover/" + rx["rx_id"])
+    if cover is None:
+        return []
+    acct = ctx.get_from("settlement", "acct/" + rx["patient"])
+    if acct is not None and acct["insurer"] == c.org:
+        return []
+    own = []
+    for f in range(1, rx["max_fills"] + 1):
+        insurer = rx["insurer"]
+        for seg in cover["from"]:
+            if seg["fill"] <= f:
+                insurer = seg["insurer"]
+        if insurer == c.org:
+            own.append(f)
+    cur = rx["insurer"]
+    cut = -1
+    for seg in cover["from"]:
+        if seg["insurer"] == c.org:
+            cut = -1  # its cover again from this fill
+        elif cur == c.org:
+            cut = seg["ms"]
+        cur = seg["insurer"]
+    return [own, cut]
+
+
+def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
+    """Whether a version of the record is hidden from a former insurer (``former`` of
+    _former_insurer): a step of a fill not its own (lock, release, dispense, deliver), or any
+    other step stamped after the move that ended its cover -- never a step its organisation
+    took."""
+    st = h["value"]["step"]
+    if st["org"] == ctx.caller.org:
+        return False
+    fill = st["detail"].get("fill")
+    if st["step"] == "release":
+        fill = h["value"]["fills"] + 1
+    if isinstance(fill, int):
+        return fill not in former[0]
+    return former[1] >= 0 and h["timestamp_ms"] > former[1]
 
 
 def _claim_rows(ctx: Context, rx_id: str) -> list:
@@ -1491,13 +1602,16 @@ def _shown(seqs: list, ks: list) -> list:
     return done
 
 
-def _trace_claims(ctx: Context, rx_id: str) -> list:
+def _trace_claims(ctx: Context, rx_id: str, only: str = "") -> list:
     """[fills, seqs]: the fill numbers with claim events (ascending) and each one's events
-    as trace steps, in the index order of its claims (``rxclaim/{rx_id}/{fill3}/{n3}``)."""
+    as trace steps, in the index order of its claims (``rxclaim/{rx_id}/{fill3}/{n3}``).
+    ``only``: the claims of that insurer alone (a former insurer's view), "" all."""
     fills = []
     seqs = []
     for pair in _claim_rows(ctx, rx_id):
         claim = ctx.get_from("settlement", "claim/" + pair[1]["claim_id"])
+        if only != "" and claim["insurer"] != only:
+            continue
         if claim["fill"] not in fills:
             fills.append(claim["fill"])
             seqs.append([])
@@ -1583,7 +1697,13 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     count = -1  # versions of the record: one per transaction (-1: a record from before step_count)
     if "step_count" in rx:
         count = rx["step_count"]
-    got = _trace_claims(ctx, rx_id)
+    former = _former_insurer(ctx, rx)  # a former insurer sees its own fills and claims (README)
+    only = ""
+    status = rx["status"]
+    if len(former) > 0:
+        only = ctx.caller.org
+        status = _as_former_sees(ctx, dict(rx), former)["status"]
+    got = _trace_claims(ctx, rx_id, only)
     fills = got[0]
     seqs = got[1]
     at = _claims_shown(ctx, key, fills, seqs, cur)
@@ -1624,6 +1744,9 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
                 if h["is_delete"] or h["value"] is None:  # a delete, a damaged block: no step
                     i = i + 1
                     continue
+                if len(former) > 0 and _hidden_step(ctx, former, h):
+                    i = i + 1
+                    continue
         elif j >= len(claims):
             break
         else:
@@ -1657,7 +1780,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         more = follow > 0
     unreadable = 0
     left = waiting - j
-    if more and count < 0:
+    if more and (count < 0 or len(former) > 0):  # (a former insurer: hidden steps not counted)
         left = -1
     elif more:
         left = left + count - after
@@ -1666,7 +1789,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     next_cursor = ""
     if more or waiting > j:
         next_cursor = _fills_cursor(after, fills, done)
-    return {"rx_id": rx_id, "status": rx["status"], "steps": page, "next": next_cursor, "left": left,
+    return {"rx_id": rx_id, "status": status, "steps": page, "next": next_cursor, "left": left,
             "unreadable": unreadable, "truncated": next_cursor != "" or unreadable != 0}
 
 

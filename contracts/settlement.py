@@ -1154,12 +1154,20 @@ def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     rx = ctx.get_from("prescription", "rx/" + rx_id)
     if rx is None or not _may_view_rx(ctx, rx):  # a non-party: as a missing id (as prescription.trace)
         ctx.fail("NOT_FOUND", "no prescription " + rx_id)
+    only = ""  # an insurer she left: the claims it settled alone (README "Moving an account")
+    c = ctx.caller
+    if c.org_kind == "insurer":
+        acct = ctx.get("acct/" + rx["patient"])
+        if acct is None or acct["insurer"] != c.org:
+            only = c.org
     prefix = "rxclaim/" + rx_id + "/"
     rows = ctx.range(prefix + start, prefix + "~", limit + 1)
     steps = []
     for pair in rows[0:limit]:
         for h in ctx.history("claim/" + pair[1]["claim_id"], 16):
             if h["is_delete"] or h["value"] is None:
+                continue
+            if only != "" and h["value"]["insurer"] != only:
                 continue
             ev = h["value"]["events"][len(h["value"]["events"]) - 1]
             steps.append(

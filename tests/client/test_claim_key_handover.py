@@ -51,3 +51,45 @@ def test_the_new_insurer_settles_a_later_fill_with_the_claim_key_handed_over(wor
     claim = ins02.settle(rx_id, 2)
     assert (claim["insurer"], claim["fill"]) == ("ins02", 2)
     assert claim["medfee_fen"] == claim["fund_fen"] + claim["patient_fen"]
+
+
+def test_the_issuing_hospitals_doctor_hands_the_key_over_with_rx_grant_claim_key(
+        world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """ins01 never hands the claim key over: a doctor of h01 runs ``rxchain rx grant-claim-key
+    RX --to ins02``, which hands over the copy the SDK's issue kept (``seal_prescription``
+    wraps one for the issuing hospital), and ins02 settles the later fill."""
+    import json
+
+    from client import cli
+    from client.records import claim_wrap_context, seal_prescription, unb64
+    from node.crypto import aead
+    from tests.contracts.flows import HE, JIANG
+    from tests.contracts.test_settle_residuals7 import _issued_with_copy
+
+    sealed = seal_prescription("RX-S", {"patient": "p", "drugs": [], "diagnosis": "I10"}, {}, "ins01",
+                               world.keyring.of("ins01").public_key(), "", "00" * 32,
+                               hospital=("h01", world.keyring.of("h01").public_key()))
+    assert aead.unwrap_key(world.keyring.of("h01"), unb64(sealed.args["claim_keys"]["h01"]),
+                           claim_wrap_context("RX-S", "h01")) == sealed.claim_key
+    with_ins02(world)
+    prep = _issued_with_copy(world)
+    rx_id = prep.args["rx_id"]
+    settle(world, prep).unwrap()
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    world.chain.advance(28 * DAY_MS)
+    lock_and_dispense(world, prep).unwrap()
+    ins02 = _ops(world, CLERK2)
+    with pytest.raises(NoKeyGrant):
+        ins02.settle(rx_id, 2)
+    with pytest.raises(RxClientError) as err:  # the hospital pharmacist holds the record key, no claim key copy
+        _ops(world, HE).grant_claim_key(rx_id, "ins02")
+    assert err.value.reason == "WRONG_ROLE"
+    doctor = _ops(world, JIANG)
+    monkeypatch.setattr(cli, "_ops", lambda a: SimpleNamespace(
+        grant_claim_key=doctor.grant_claim_key, s=SimpleNamespace(close=lambda: None)))
+    rc = cli.main(["--json", "--as", "h01:dr-jiang", "rx", "grant-claim-key", rx_id, "--to", "ins02"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and (out["org"], out["granted"]) == ("ins02", True), out
+    claim = ins02.settle(rx_id, 2)
+    assert (claim["insurer"], claim["fill"]) == ("ins02", 2)
