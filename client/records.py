@@ -206,8 +206,10 @@ def seal_prescription(
     hospital: tuple[str, ec.EllipticCurvePublicKey] | None = None,
 ) -> SealedPrescription:
     """Encrypt a prescription and wrap its keys (recipients: party -> public key).
-    ``hospital``: the issuing hospital and its records key, which keeps a copy of the claim key
-    (under :func:`claim_wrap_context`) to hand it to a later insurer of the patient."""
+    ``hospital``: the issuing hospital and the key its copy of the claim key is wrapped for
+    (under :func:`claim_wrap_context`), to hand the key to a later insurer of the patient -- the
+    SDK's issue passes the issuing doctor's certificate key, never the hospital's records key,
+    which its pharmacists hold too (contracts/README.md "Moving an account")."""
     content = dict(content)
     salt = rand(SALT_BYTES).hex()
     claim_salt = rand(SALT_BYTES).hex()

@@ -282,7 +282,7 @@ class RxOperations:
                 content["patient_info"]["guardian"] = req.guardian
             sealed = seal_prescription(
                 number, content, recipients, insurer, insurer_key, req.pharmacy, self.s.dx_key, self._rand,
-                hospital=(me.org, recipients[me.org]),
+                hospital=(me.org, self.s.identity.private_key.public_key()),
             )
             try:
                 res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
@@ -823,7 +823,9 @@ class RxOperations:
         the patient's account moved to it (the contract refuses any other NOT_INSURER_OF_FILL),
         which then opens the claim subset and settles them (:meth:`settle`). A doctor of the
         issuing hospital hands over the copy its issue kept (prescriptions issued by this SDK
-        since the copy was kept): when the insurer of the issue never does. Not done on its own
+        since the copy was kept; wrapped for the issuing doctor's certificate key, so it opens
+        for her: ``get_key`` serves the copy to the hospital's doctors only): when the insurer
+        of the issue never does. Not done on its own
         when the hospital's client sees a move: the doctor decides (``rxchain rx
         grant-claim-key``)."""
         opened = self._get_key(rx_id)
@@ -833,7 +835,8 @@ class RxOperations:
             key = opened.claim_key
         else:
             raise RxClientError("WRONG_ROLE", "the caller holds no claim key of " + rx_id
-                                + " (an insurer claim grant, or the issuing hospital's copy)")
+                                + " (an insurer claim grant, or the issuing hospital's copy: served to its"
+                                " doctors, opening with the issuing doctor's key)")
         wrapped = wrap_for(self.s.records_public_key(org), key, rx_id, org)
         res = self.s.gateway.submit(RX, "grant_claim_key",
                                     {"rx_id": rx_id, "org": org, "wrapped_key": wrapped})

@@ -1282,9 +1282,11 @@ def get_key(ctx: Context, rx_id: str) -> dict:
         "note_epoch": rx.get("note_epoch", 0),
         "note_keys": grant.get("note_keys", {}),
     }
-    if grant["kind"] == "hospital" and "claim_wrapped_key" in grant:
-        # the claim key wrapped for the issuing hospital at issue (context ".../claim"): its
-        # doctor hands it to a later insurer of record (grant_claim_key)
+    if grant["kind"] == "hospital" and "claim_wrapped_key" in grant and c.role == "doctor":
+        # the claim key wrapped at issue (context ".../claim") for the issuing doctor: a doctor
+        # of the hospital hands it to a later insurer of record (grant_claim_key, doctors only);
+        # never served to its pharmacists, who read the grant's record key too (README "Moving
+        # an account")
         out["claim_wrapped_key"] = grant["claim_wrapped_key"]
     if party == "patient" or grant["kind"] == "hospital":
         # the routers (and the patient withdrawing a consent) wrap a new note key for the

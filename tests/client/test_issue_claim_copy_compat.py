@@ -1,0 +1,72 @@
+"""The issuing hospital's copy of the claim key that ``RxOperations.issue`` sends (settle7,
+contracts/README.md "Moving an account"): for whom it is wrapped, and an issue against a
+prescription contract deployed before the copy, which holds ``claim_keys`` to exactly the
+patient's insurer. No peer runs: ``Gateway.submit`` plays the contract's answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.errors import EndorsementError
+from client.gateway import Gateway, SubmitResult
+from client.records import claim_wrap_context, unb64
+from client.rxops import DrugLine, IssueRequest, RxOperations
+from client.session import Session
+from client.wallet import load_identity
+from node.crypto import aead
+from tests.client.offline import offline_home
+
+OLD_REFUSAL = "claim_keys must hold exactly the patient's insurer ins01"
+
+
+def _issue(net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           old_contract: bool) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """Issue as h01:dr-jiang; ``old_contract``: the prescription contract refuses any claim key
+    but the insurer's (as before settle7), nothing written. The result and every proposal's
+    ``claim_keys``."""
+    home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
+    proposed: list[dict[str, Any]] = []
+
+    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        if function == "issue":
+            proposed.append(dict(args["claim_keys"]))
+            if old_contract and len(args["claim_keys"]) != 1:
+                raise EndorsementError("BAD_ARGUMENTS", OLD_REFUSAL)
+        return SubmitResult("cd" * 32, "VALID", 3, {})
+
+    monkeypatch.setattr(Gateway, "submit", submit)
+    ops = RxOperations(Session(home, "h01:dr-jiang"))
+    try:
+        res = ops.issue(IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)],
+                                     days=7, pharmacy="p01"))
+    finally:
+        ops.s.close()
+    return home, res, proposed
+
+
+def _opens(key: Any, wrapped: str, rx_id: str) -> bool:
+    try:
+        aead.unwrap_key(key, unb64(wrapped), claim_wrap_context(rx_id, "h01"))
+    except aead.DecryptionError:
+        return False
+    return True
+
+
+def test_the_hospitals_copy_opens_for_the_issuing_doctor_not_with_the_records_key(
+        net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy was wrapped for h01's records key, which its pharmacists hold too: a pharmacist
+    opened it straight from the issue's arguments (and from ``get_key``) and held the claim key.
+    Now it is wrapped for the issuing doctor's certificate key: it opens for her alone."""
+    home, res, proposed = _issue(net_home, tmp_path, monkeypatch, old_contract=False)
+    assert len(proposed) == 1 and sorted(proposed[0]) == ["h01", "ins01"]
+    copy = proposed[0]["h01"]
+    pharmacist = load_identity(home, "h01", "pharm-he")
+    assert pharmacist.records_key is not None
+    assert not _opens(pharmacist.records_key, copy, res["rx_id"])
+    assert not _opens(pharmacist.private_key, copy, res["rx_id"])
+    assert not _opens(load_identity(home, "h01", "nurse-liu").private_key, copy, res["rx_id"])
+    assert _opens(load_identity(home, "h01", "dr-jiang").private_key, copy, res["rx_id"])
