@@ -285,7 +285,7 @@ class RxOperations:
                 hospital=(me.org, self.s.identity.private_key.public_key()),
             )
             try:
-                res = self.s.gateway.submit(RX, "issue", sealed.args, sealed.transient, endorsing_orgs=parties)
+                res = self._submit_issue(sealed.args, sealed.transient, parties, me.org)
             except CommitUnknown as exc:
                 # The rx id was made up here: without it the caller could not look the outcome up
                 # and would issue again under a new one -- a second prescription.
@@ -302,6 +302,24 @@ class RxOperations:
             return _written(res, {"rx_id": number})
         raise EndorsementError("DUPLICATE_RX", f"{ISSUE_ID_ATTEMPTS} fresh prescription numbers were each taken "
                                "by another prescription (is the random source broken?); nothing was issued")
+
+    def _submit_issue(self, args: dict[str, Any], transient: dict[str, Any], parties: list[str],
+                      hospital: str) -> SubmitResult:
+        """Submit ``issue``; once more without the issuing hospital's copy of the claim key when
+        the deployed prescription contract predates it (it holds ``claim_keys`` to exactly the
+        patient's insurer: BAD_ARGUMENTS naming ``claim_keys``, nothing written), so a client
+        upgraded before the contract still issues -- that prescription's claim key then reaches
+        a later insurer from the insurer of the issue only (contracts/README.md "Moving an
+        account", deploy order)."""
+        try:
+            return self.s.gateway.submit(RX, "issue", args, transient, endorsing_orgs=parties)
+        except EndorsementError as exc:
+            claim_keys = args.get("claim_keys")
+            if (exc.reason != "BAD_ARGUMENTS" or "claim_keys" not in (exc.message or "")
+                    or not isinstance(claim_keys, dict) or hospital not in claim_keys):
+                raise
+            without = {**args, "claim_keys": {k: v for k, v in claim_keys.items() if k != hospital}}
+            return self.s.gateway.submit(RX, "issue", without, transient, endorsing_orgs=parties)
 
     def _sealed(self, rx_id: str, action: str, note: str) -> dict[str, Any]:
         """``{"note_ct": ...}`` with ``note`` encrypted under the note key in force for

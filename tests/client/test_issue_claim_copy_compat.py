@@ -70,3 +70,36 @@ def test_the_hospitals_copy_opens_for_the_issuing_doctor_not_with_the_records_ke
     assert not _opens(pharmacist.private_key, copy, res["rx_id"])
     assert not _opens(load_identity(home, "h01", "nurse-liu").private_key, copy, res["rx_id"])
     assert _opens(load_identity(home, "h01", "dr-jiang").private_key, copy, res["rx_id"])
+
+
+def test_issue_against_a_contract_from_before_the_copy_goes_through_without_it(
+        net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client upgraded before the contract: its issue was refused BAD_ARGUMENTS (claim_keys)
+    and the doctor could issue nothing. It is proposed once more without the hospital's copy."""
+    _, res, proposed = _issue(net_home, tmp_path, monkeypatch, old_contract=True)
+    assert res["rx_id"].startswith("RX") and res["tx_id"] == "cd" * 32, res
+    assert [sorted(p) for p in proposed] == [["h01", "ins01"], ["ins01"]]
+    assert proposed[1]["ins01"] == proposed[0]["ins01"]
+
+
+def test_another_refusal_of_the_issue_is_not_retried(
+        net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the old contract's claim_keys refusal is retried: any other BAD_ARGUMENTS is raised
+    as it came, proposed once."""
+    home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
+    proposed: list[Any] = []
+
+    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        proposed.append(function)
+        raise EndorsementError("BAD_ARGUMENTS", "keys must hold exactly patient, h01 and the pharmacy")
+
+    monkeypatch.setattr(Gateway, "submit", submit)
+    ops = RxOperations(Session(home, "h01:dr-jiang"))
+    try:
+        with pytest.raises(EndorsementError) as err:
+            ops.issue(IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)],
+                                   days=7, pharmacy="p01"))
+    finally:
+        ops.s.close()
+    assert err.value.reason == "BAD_ARGUMENTS" and proposed == ["issue"]
