@@ -1137,6 +1137,24 @@ def _is_claim_cursor(s: str) -> bool:
     return _only(s, "0123456789/", 0, 16)
 
 
+def _own_claim_rows(ctx: Context, prefix: str, start: str, n: int, insurer: str) -> list:
+    """The first ``n`` index rows ``{prefix}...`` from ``start`` on whose claim is ``insurer``'s
+    (an insurer she left reads its own claims alone: its pages hold as many of them as it asks
+    for, and a page's ``next`` names a row of its own, never one of the new insurer's claims).
+    Paged reads until ``n`` or the end ("!" sorts below every character of the index keys;
+    a page may come back shorter than asked: the sandbox caps a range)."""
+    out = []
+    page = ctx.range(prefix + start, prefix + "~", n)
+    while len(page) > 0 and len(out) < n:
+        for pair in page:
+            claim = ctx.get("claim/" + pair[1]["claim_id"])
+            if claim is not None and claim["insurer"] == insurer and len(out) < n:
+                out.append(pair)
+        if len(out) < n:
+            page = ctx.range(page[len(page) - 1][0] + "!", prefix + "~", n)
+    return out
+
+
 def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     """Settle/reverse steps of a prescription with their blocks, from this contract's history
     index (the prescription contract's trace cannot read another namespace's history).
@@ -1161,7 +1179,10 @@ def trail(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         if acct is None or acct["insurer"] != c.org:
             only = c.org
     prefix = "rxclaim/" + rx_id + "/"
-    rows = ctx.range(prefix + start, prefix + "~", limit + 1)
+    if only != "":
+        rows = _own_claim_rows(ctx, prefix, start, limit + 1, only)
+    else:
+        rows = ctx.range(prefix + start, prefix + "~", limit + 1)
     steps = []
     for pair in rows[0:limit]:
         for h in ctx.history("claim/" + pair[1]["claim_id"], 16):

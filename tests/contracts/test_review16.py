@@ -5,10 +5,12 @@ steps after the move that ended its cover: not by a page's size or cursor, not b
 
 from __future__ import annotations
 
-from tests.contracts.flows import HE, JIANG, NEW, NURSE
+from typing import Any
+
+from tests.contracts.flows import CLERK, CLERK2, HE, JIANG, NEW, NURSE
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import with_ins02
-from tests.contracts.test_settle_residuals7 import H01_ADMIN, _issued_with_copy
+from tests.contracts.test_settle_residuals7 import H01_ADMIN, _issued_with_copy, _story
 
 
 def test_get_key_serves_the_hospitals_claim_key_copy_to_its_doctors_only(world: World) -> None:
@@ -24,3 +26,30 @@ def test_get_key_serves_the_hospitals_claim_key_copy_to_its_doctors_only(world: 
     assert got["kind"] == "hospital" and got["wrapped_key"] and "claim_wrapped_key" not in got, got
     for other in (NURSE, H01_ADMIN):
         assert world.chain.submit("prescription", "get_key", other, rx_id=rx_id).unwrap()["error"] == "NO_KEY_GRANT"
+
+
+def _trail_pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
+    pages = []
+    start = ""
+    for _ in range(64):
+        page = world.chain.query("settlement", "trail", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
+        pages.append(page)
+        start = page["next"]
+        if start == "":
+            break
+    return pages
+
+
+def test_the_trail_pages_of_an_insurer_she_left_hold_its_own_claims_alone(world: World) -> None:
+    """ins01's trail was paged over every claim row and filtered afterwards: a page of one
+    claim ended with ``next`` naming ins02's claim row (``truncated``: a claim follows), and
+    the next page came back empty. Its pages now hold its own claims only."""
+    rx_id = _story(world)
+    whole = _trail_pages(world, CLERK, rx_id, 64)
+    assert len(whole) == 1 and [s["org"] for s in whole[0]["steps"]] == ["ins01"]
+    pages = _trail_pages(world, CLERK, rx_id, 1)
+    assert [(p["next"], p["truncated"]) for p in pages] == [("", False)], pages
+    assert pages[0]["steps"] == whole[0]["steps"]
+    new = _trail_pages(world, CLERK2, rx_id, 1)  # the insurer she has now: a page per claim
+    assert [[s["org"] for s in p["steps"]] for p in new] == [["ins01"], ["ins02"]]
+    assert new[0]["truncated"] is True
