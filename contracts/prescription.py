@@ -1409,13 +1409,15 @@ def show(ctx: Context, rx_id: str) -> dict:
 def _as_former_sees(ctx: Context, rx: dict, former: list) -> dict:
     """The record as a former insurer sees it (``former`` of _former_insurer): the fill count,
     hand-overs and time of the latest fill capped at its own latest fill, no lock of a fill not
-    its own, the status those leave, no latest step it may not see (README "Moving an
-    account")."""
+    its own, the status those leave, no latest step it may not see, no ``step_count`` (it
+    counts the steps after the move too) (README "Moving an account")."""
     last = 0
     for f in former[0]:
         if f <= rx["fills"] and f > last:
             last = f
     changed = False
+    if "step_count" in rx:  # how many steps there are: the later ones are not its to know
+        del rx["step_count"]
     if rx["lock"] is not None and (rx["fills"] + 1) not in former[0]:
         rx["lock"] = None
         changed = True

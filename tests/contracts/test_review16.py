@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.contracts.flows import CLERK, CLERK2, HE, JIANG, NEW, NURSE
+from tests.contracts.flows import AUDITOR, CLERK, CLERK2, HE, JIANG, NEW, NURSE
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import with_ins02
 from tests.contracts.test_settle_residuals7 import H01_ADMIN, _issued_with_copy, _story
@@ -53,3 +53,13 @@ def test_the_trail_pages_of_an_insurer_she_left_hold_its_own_claims_alone(world:
     new = _trail_pages(world, CLERK2, rx_id, 1)  # the insurer she has now: a page per claim
     assert [[s["org"] for s in p["steps"]] for p in new] == [["ins01"], ["ins02"]]
     assert new[0]["truncated"] is True
+
+
+def test_show_tells_an_insurer_she_left_no_step_count(world: World) -> None:
+    """``step_count`` counts every version of the record -- those after the move too: ins01
+    read from it how many steps it was no longer shown."""
+    rx_id = _story(world)
+    old = world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()
+    assert "step_count" not in old, old
+    for caller in (CLERK2, HE, AUDITOR):
+        assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["step_count"] > 0
