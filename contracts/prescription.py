@@ -1528,6 +1528,25 @@ def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
     return former[1] >= 0 and h["timestamp_ms"] > former[1]
 
 
+def _visible_end(ctx: Context, key: str, former: list) -> int:
+    """The position after the last version of ``key`` a former insurer sees (``former`` of
+    _former_insurer; 0: none): its trace ends there -- ``next``, ``left``, ``unreadable`` and
+    a cursor past it tell nothing of the hidden steps after it. Reads the versions' values in
+    paged ctx.history reads (each never empty while versions follow), until one comes back
+    empty."""
+    end = 0
+    pos = 0
+    page = ctx.history(key, PAGE_MAX, 0)
+    while len(page) > 0:
+        for k in range(len(page)):
+            h = page[k]
+            if not h["is_delete"] and h["value"] is not None and not _hidden_step(ctx, former, h):
+                end = pos + k + 1
+        pos = pos + len(page)
+        page = ctx.history(key, PAGE_MAX, pos)
+    return end
+
+
 def _claim_rows(ctx: Context, rx_id: str) -> list:
     """Every settlement index row ``rxclaim/{rx_id}/...`` (paged reads; gas bounds them)."""
     prefix = "rxclaim/" + rx_id + "/"
@@ -1711,11 +1730,14 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     fills = got[0]
     seqs = got[1]
     at = _claims_shown(ctx, key, fills, seqs, cur)
-    if len(at) == 0 or (count >= 0 and at[0] > count):
+    end = -1  # a former insurer: the position after the last version it sees (_visible_end)
+    if len(former) > 0 and len(at) > 0:
+        end = _visible_end(ctx, key, former)
+    if len(at) == 0 or (count >= 0 and at[0] > count) or (end >= 0 and at[0] > end):
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
     v = at[0]
     done = at[1]
-    if count < 0:
+    if count < 0 and end < 0:
         # no count: before reading from v, ask the index whether the record reaches half-way
         # there, at positions growing fourfold (metadata of one version, 1 gas per version
         # stepped over): a cursor past the end costs a multiple of the record's own versions,
@@ -1726,7 +1748,11 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
                 ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
             q = q * 4 + 3
     got = []
-    if count < 0 or v < count:
+    if end >= 0:  # a former insurer: the versions up to the last it sees
+        if v < end:
+            got = ctx.history(key, min(limit, end - v), v)
+        count = end
+    elif count < 0 or v < count:
         got = ctx.history(key, limit, v)  # a page of values from version v: may end early, never empty
     if count < 0 and v > 0 and len(got) == 0 and len(ctx.history(key, 1, v - 1, False)) == 0:
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
@@ -1788,7 +1814,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
         left = -1
     elif more:
         left = left + count - after
-    elif count > after:
+    elif count > after and end < 0:  # (a former insurer: its end is what this index holds)
         unreadable = count - after
     next_cursor = ""
     if more or waiting > j:

@@ -63,3 +63,60 @@ def test_show_tells_an_insurer_she_left_no_step_count(world: World) -> None:
     assert "step_count" not in old, old
     for caller in (CLERK2, HE, AUDITOR):
         assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["step_count"] > 0
+
+
+def _trace_pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
+    """Every page of ``caller``'s trace, ``limit`` steps a page (at most 64 pages)."""
+    pages = []
+    start = ""
+    for _ in range(64):
+        page = world.chain.query("prescription", "trace", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
+        pages.append(page)
+        start = page["next"]
+        if start == "":
+            break
+    return pages
+
+
+def test_the_trace_of_an_insurer_she_left_ends_at_the_last_step_it_sees(world: World) -> None:
+    """After its last visible step the trace went on: ``next`` and ``truncated`` said steps
+    followed (the hidden ones after the move), pages came back empty, and a cursor between its
+    end and the record's step count was taken while one past the count was refused -- the
+    count of hidden steps. Now its trace ends at its last visible step, on every page size,
+    and any cursor past that end is refused as past the end of the trail."""
+    rx_id = _story(world)
+    whole = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id).unwrap()
+    assert (whole["next"], whole["truncated"], whole["left"], whole["unreadable"]) == ("", False, 0, 0), whole
+    steps = whole["steps"]
+    for limit in (1, 2, 3):
+        pages = _trace_pages(world, CLERK, rx_id, limit)
+        assert [s for p in pages for s in p["steps"]] == steps, limit
+        assert all(len(p["steps"]) > 0 for p in pages), pages
+        assert (pages[-1]["next"], pages[-1]["truncated"]) == ("", False)
+    full = world.chain.query("prescription", "trace", HE, rx_id=rx_id).unwrap()["steps"]
+    versions = [s["tx_id"] for s in full if s["block"] is not None]  # the record's versions, in order
+    seen = {s["tx_id"] for s in steps}
+    end = max(k + 1 for k, tx in enumerate(versions) if tx in seen)
+    assert end < len(versions)  # steps after it that ins01 does not see
+    shown = [s for s in steps if s["block"] is None]  # its claim events: fill 1's
+    assert {s["detail"]["fill"] for s in shown} == {1}
+    fills = str(len(shown))  # the cursor's events shown of fill 1 (all of them)
+    past = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id,
+                             start=f"{len(versions) + 1}/{fills}").reason
+    assert past == "BAD_ARGUMENTS"
+    for v in range(end + 1, len(versions) + 1):
+        out = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id, start=f"{v}/{fills}")
+        assert out.reason == past, (v, out)
+    at_end = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id, start=f"{end}/{fills}").unwrap()
+    assert (at_end["steps"], at_end["next"], at_end["truncated"]) == ([], "", False)
+
+
+def test_the_new_insurer_and_the_other_parties_trace_every_step_as_before(world: World) -> None:
+    """The change is the former insurer's view only: ins02, the hospital and the auditor page
+    through every version and claim event, the last page ending the trail."""
+    rx_id = _story(world)
+    full = world.chain.query("prescription", "trace", HE, rx_id=rx_id).unwrap()
+    assert full["next"] == "" and full["left"] == 0
+    for caller in (CLERK2, AUDITOR, JIANG):
+        pages = _trace_pages(world, caller, rx_id, 2)
+        assert [s for p in pages for s in p["steps"]] == full["steps"]
