@@ -1409,15 +1409,17 @@ def show(ctx: Context, rx_id: str) -> dict:
 def _as_former_sees(ctx: Context, rx: dict, former: list) -> dict:
     """The record as a former insurer sees it (``former`` of _former_insurer): the fill count,
     hand-overs and time of the latest fill capped at its own latest fill, no lock of a fill not
-    its own, the status those leave, no latest step it may not see, no ``step_count`` (it
-    counts the steps after the move too) (README "Moving an account")."""
+    its own, the status those leave, no latest step it may not see, no ``step_count`` and no
+    ``note_epoch`` (they count the steps, and the re-routes and withdrawals of consent, after
+    the move too) (README "Moving an account")."""
     last = 0
     for f in former[0]:
         if f <= rx["fills"] and f > last:
             last = f
     changed = False
-    if "step_count" in rx:  # how many steps there are: the later ones are not its to know
-        del rx["step_count"]
+    for count in ("step_count", "note_epoch"):  # how many steps, re-routes and withdrawals of
+        if count in rx:  # consent there were: the later ones are not its to know
+            del rx[count]
     if rx["lock"] is not None and (rx["fills"] + 1) not in former[0]:
         rx["lock"] = None
         changed = True

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.crypto import aead
 from tests.contracts.flows import AUDITOR, CLERK, CLERK2, HE, JIANG, NEW, NURSE
 from tests.contracts.rxclient import World
-from tests.contracts.test_account_transfer import with_ins02
+from tests.contracts.test_account_transfer import with_ins02, zhang
 from tests.contracts.test_settle_residuals7 import H01_ADMIN, _issued_with_copy, _story
 
 
@@ -63,6 +64,26 @@ def test_show_tells_an_insurer_she_left_no_step_count(world: World) -> None:
     assert "step_count" not in old, old
     for caller in (CLERK2, HE, AUDITOR):
         assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["step_count"] > 0
+
+
+def test_show_tells_an_insurer_she_left_no_note_key_count(world: World) -> None:
+    """``note_epoch`` counts the note keys made -- one per re-route and withdrawal of consent,
+    those after the move too: ins01 read from it the consent she withdrew after leaving it (a
+    step it is not shown). Now left out for it; ins02 and the hospital read it as before."""
+    rx_id = _story(world)
+    her = zhang(world)
+    world.chain.submit("prescription", "grant_consent", her, rx_id=rx_id, org="h02",
+                       wrapped_key=world.wrap_for(rx_id, "h02")).unwrap()
+    keys = {p: world.keyring.wrap(p if p != "patient" else "patient:" + world.pid("patient-zhang"),
+                                  aead.new_record_key(), f"rxchain/rx/{rx_id}/{p}/note/1")
+            for p in ("patient", "h01", "p01")}
+    world.chain.submit("prescription", "revoke_consent", her, rx_id=rx_id, org="h02", note_keys=keys).unwrap()
+    assert "note_epoch" not in world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()
+    for caller in (CLERK2, HE):
+        assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["note_epoch"] == 1
+    assert ("consent_revoked", "h02") not in [(s["step"], s["detail"].get("org")) for s in
+                                              world.chain.query("prescription", "trace", CLERK,
+                                                                rx_id=rx_id).unwrap()["steps"]]
 
 
 def _trace_pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
