@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from rxchain.v1 import block_pb2, services_pb2
 
 from client import configtool
@@ -490,7 +492,31 @@ def test_a_bad_period_is_refused(rotated: Rotated, bad: float) -> None:  # noqa:
     assert e.value.reason == "BAD_ARGUMENTS"
 
 
-# ---------------------------------------------------------------- the log events
+# ---------------------------------------------------------------- the gateway's option, the log events
+
+def test_the_fhir_gateway_option_reaches_its_sessions(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from client import cli
+    from client.fhir import server
+    from client.fhir.server import Identities
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(server, "serve_forever", lambda *args, **kwargs: seen.append(kwargs))
+    parser = cli.build_parser()
+    for argv, want in ((["fhir", "serve", "--follow-every", "60"], 60.0), (["fhir", "serve"], None)):
+        a = parser.parse_args(["--home", str(rotated.home), *argv])
+        cli.cmd_fhir_serve(a)
+        assert seen[-1].get("follow_every_s") == want
+    with pytest.raises(cli.UsageError):
+        parser.parse_args(["--home", str(rotated.home), "fhir", "serve", "--follow-every", "-5"])
+    ids = Identities(rotated.home, follow_every_s=7)
+    try:
+        cert = x509.load_pem_x509_certificate(
+            (rotated.home / "orgs" / "h01" / "users" / "dr-jiang" / "cert.pem").read_bytes())
+        ops = ids.ops_for(cert.public_bytes(serialization.Encoding.DER))
+        assert ops.s._follow_every_ms == 7000
+    finally:
+        ids.close()
+
 
 def test_the_session_log_events_are_well_formed_and_listed() -> None:
     source = Path(session_mod.__file__).read_text()
