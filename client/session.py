@@ -286,7 +286,7 @@ class Session:
         self._monotonic = monotonic
         self._proactive_followed: float | None = None
         self._proactive_due_ms = 0
-        self._proactive_backoff_ms: int | None = None
+        self._proactive_retry: tuple[int, int] | None = None  # (not before, backoff): its last failure's
         # (the epoch it ran in, why its last run failed): CHAIN_RESTARTED is said by the reactive
         # follow within the interval (_follow_config)
         self._proactive_finding: tuple[int, RxClientError] | None = None
@@ -461,7 +461,7 @@ class Session:
         _write_run_file(self.home, FOLLOWED_FILE, f"{now_ms}\n")
         with contextlib.suppress(OSError):
             (self.home / FOLLOW_RETRY_FILE).unlink(missing_ok=True)
-        self._proactive_backoff_ms = None
+        self._proactive_retry = None
         if self._follow_every_ms:
             self._proactive_due_ms = max(self._proactive_due_ms, now_ms + self._follow_every_ms)
 
@@ -565,12 +565,15 @@ class Session:
 
     def _proactive_failed(self, now_ms: int, reason: str, message: str) -> None:
         """A proactive follow failed: back off (this session, and every client of the home through
-        :data:`FOLLOW_RETRY_FILE`) FOLLOW_RETRY_FIRST_S, doubled after each failure up to the period."""
-        retry = read_follow_retry(self.home)
-        before = self._proactive_backoff_ms or (retry[1] if retry is not None else None)
+        :data:`FOLLOW_RETRY_FILE`) FOLLOW_RETRY_FIRST_S, doubled after each failure of a streak up to
+        the period -- a streak: the last failure's retry (the session's own, or the file's) came due
+        within a period; an older one, a backoff from long ago, starts again at the first."""
+        last = max((r for r in (self._proactive_retry, read_follow_retry(self.home)) if r is not None),
+                   default=None)
         first = round(FOLLOW_RETRY_FIRST_S * 1000)
-        backoff = min(self._follow_every_ms, first if before is None else max(first, before * 2))
-        self._proactive_backoff_ms = backoff
+        streak = last is not None and now_ms - last[0] <= self._follow_every_ms
+        backoff = min(self._follow_every_ms, max(first, last[1] * 2) if last is not None and streak else first)
+        self._proactive_retry = (now_ms + backoff, backoff)
         self._proactive_due_ms = now_ms + backoff
         _write_run_file(self.home, FOLLOW_RETRY_FILE, f"{now_ms + backoff} {backoff}\n")
         _log.warning("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: the "

@@ -127,11 +127,19 @@ class _World:
                        follow_every_s=every, **kwargs)
 
 
+def _no_run_files(home: Path) -> None:
+    """The home as no client of it has followed (the generated home the fixture copies is shared
+    by the suite: its sessions leave their timing there)."""
+    for rel in (FOLLOWED_FILE, FOLLOW_RETRY_FILE):
+        (home / rel).unlink(missing_ok=True)
+
+
 @pytest.fixture
 def world(rotated: Rotated) -> Iterator[_World]:  # noqa: F811
     """The home verified nothing past genesis (config-chain.json removed: h01 pinned to A); the
     network has committed nothing yet (published: the genesis block only)."""
     (rotated.home / configtool.CHAIN_STATE).unlink()
+    _no_run_files(rotated.home)
     genesis = read_genesis(rotated.home / "genesis.block")
     impersonator, h02, orderer = _Impersonator([genesis]), _Peer([genesis]), _Orderer(_as_ordered([genesis]))
     with _serving(rotated.home, "peer.h01", [], impersonator) as p_h01, \
@@ -308,6 +316,7 @@ class _Follows:
 
 @pytest.fixture
 def follows(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> _Follows:  # noqa: F811
+    _no_run_files(rotated.home)
     spy = _Follows(rotated.home)
     monkeypatch.setattr(session_mod, "follow_chain", spy)
     return spy
@@ -430,6 +439,22 @@ def test_a_retry_file_further_off_than_a_period_holds_nothing_back(rotated: Rota
     finally:
         s.close()
     assert len(follows.calls) == 1
+
+
+def test_a_retry_from_long_ago_starts_the_backoff_again(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """A retry file left by a failure streak that ended (its retry came due more than a period ago)
+    does not double: the backoff starts again at 10 s."""
+    follows.fail = True
+    path = rotated.home / FOLLOW_RETRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{T0_MS - 301_000} 300000\n")
+    s = _plain_session(rotated, _Time())
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
 
 
 def test_another_client_following_now_holds_the_session_off(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
