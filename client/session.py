@@ -534,11 +534,11 @@ class Session:
                     self._proactive_due_ms = not_before
                     return
                 self._proactive_followed = self._monotonic()
-                self._follow_now(now_ms)
+                self._follow_now()
         finally:
             self._follow_lock.release()
 
-    def _follow_now(self, started_ms: int) -> None:
+    def _follow_now(self) -> None:
         """(under the follow lock) The proactive follow itself (:meth:`_follow_proactively`)."""
         with self._state_lock:
             self._refresh()
@@ -548,7 +548,7 @@ class Session:
                                  budget_s=FOLLOW_BUDGET_S)
         except RxClientError as exc:
             self._proactive_finding = (epoch, exc)
-            self._proactive_failed(started_ms, exc.reason, exc.message)
+            self._proactive_failed(self.clock(), exc.reason, exc.message)  # (the backoff runs from its end)
             return
         self._proactive_finding = None
         self._note_followed()

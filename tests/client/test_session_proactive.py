@@ -305,9 +305,12 @@ class _Follows:
         self.home = home
         self.calls: list[dict[str, Any]] = []
         self.fail = False
+        self.takes: tuple[_Time, float] | None = None  # (the clock it moves, by how long a follow takes)
 
     def __call__(self, home: Path, net: Any, identity: Any, **kwargs: Any) -> configtool.ChainConfig:
         self.calls.append(kwargs)
+        if self.takes is not None:
+            self.takes[0].advance(self.takes[1])
         if self.fail:
             raise RxClientError("SERVICE_UNAVAILABLE", "no peer or orderer extended the verified config chain")
         genesis = read_genesis(self.home / "genesis.block")
@@ -439,6 +442,23 @@ def test_a_retry_file_further_off_than_a_period_holds_nothing_back(rotated: Rota
     finally:
         s.close()
     assert len(follows.calls) == 1
+
+
+def test_the_backoff_runs_from_the_end_of_a_failed_follow(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """A follow that failed after its whole 45 s bound: its 10 s backoff counted from its start was
+    over when it ended, and the next call followed again at once."""
+    follows.fail = True
+    t = _Time()
+    follows.takes = (t, FOLLOW_BUDGET_S)
+    s = _plain_session(rotated, t)
+    try:
+        assert _health(s) == "OK"
+        t.advance(5)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1
+    assert read_follow_retry(rotated.home) == (T0_MS + 45_000 + 10_000, 10_000)
 
 
 def test_a_retry_from_long_ago_starts_the_backoff_again(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
