@@ -752,8 +752,9 @@ def cmd_events(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
     from client.fhir.server import serve_forever
 
+    follow = {} if a.follow_every is None else {"follow_every_s": a.follow_every}  # (None: the sessions' default)
     serve_forever(_home(a), a.host, a.port, progress=_progress(a), server_node=a.node,
-                  max_per_source=a.max_per_source)
+                  max_per_source=a.max_per_source, **follow)
     return {"stopped": True}
 
 
@@ -1022,6 +1023,10 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--max-per-source", type=_int_in(1, MAX_CONNECTIONS), default=MAX_PER_SOURCE, metavar="N",
                     help=f"connections one source address may hold of the gateway's {MAX_CONNECTIONS} "
                          f"(default {MAX_PER_SOURCE}; all local clients count as one address)")
+    fs.add_argument("--follow-every", type=_seconds, metavar="SECONDS",
+                    help="follow the config chain from the other nodes before a call once the home's last "
+                         "follow is older than this (default 300, client.session.FOLLOW_EVERY_S; 0: only when "
+                         "a peer shows a CA the pin lacks): a CA the consortium rotated away from is then refused")
     return p
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
+import math
 import os
 import stat
 import threading
@@ -20,7 +22,7 @@ from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
-from client.follow import follow_chain, issued_by, presented_cert
+from client.follow import FOLLOW_BUDGET_S, follow_chain, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -38,6 +40,15 @@ LAST_BLOCK_FILE = "run/last-block"
 CONFIG_TTL_MS = 60_000  # how long a session keeps its peer's configuration in force
 FOLLOW_INTERVAL_S = 10.0  # a session follows the config chain (client.follow) at most once this often
 PATIENT_BINDING_FILE = "patient-binding"  # in a patient's wallet: her binding, not the secret
+# The proactive follow (Session(follow_every_s=)): the chain is followed before a call once the last
+# successful follow of any client of the home is older than this (0: never proactively)
+FOLLOW_EVERY_S = 300.0
+FOLLOWED_FILE = "run/chain-followed"  # one line: the wall-clock ms the home's last successful follow ended
+# one line "NOT_BEFORE_MS BACKOFF_MS": after a failed proactive follow, none before NOT_BEFORE_MS
+FOLLOW_RETRY_FILE = "run/chain-follow-retry"
+FOLLOW_RETRY_FIRST_S = 10.0  # the first backoff after a failed proactive follow, doubled up to follow_every_s
+
+_log = logging.getLogger(__name__)
 
 
 def read_last_block(home: Path) -> int:
@@ -61,6 +72,55 @@ def record_last_block(home: Path, block: int) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(f"{block}\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _read_run_ints(path: Path, count: int) -> list[int] | None:
+    """The ``count`` non-negative integers of the one-line run file ``path``; None when it is not
+    there, cannot be read now (a directory, EACCES, EIO) or holds anything else: the proactive
+    follow then takes itself for due -- a run file never fails a call."""
+    try:
+        # (non-blocking, a regular file only: a FIFO put there must not hold the call for ever)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = os.read(fd, 256)
+        finally:
+            os.close(fd)
+        values = [int(v) for v in raw.decode("ascii").split()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if len(values) != count or any(v < 0 for v in values):
+        return None
+    return values
+
+
+def read_chain_followed(home: Path) -> int | None:
+    """When (wall-clock ms) a client of ``home`` last followed the config chain successfully
+    (:data:`FOLLOWED_FILE`); None when unknown."""
+    found = _read_run_ints(Path(home) / FOLLOWED_FILE, 1)
+    return None if found is None else found[0]
+
+
+def read_follow_retry(home: Path) -> tuple[int, int] | None:
+    """(not before, in wall-clock ms; the backoff it was set with, ms) after a failed proactive
+    follow (:data:`FOLLOW_RETRY_FILE`); None when there is none, or it cannot be read."""
+    found = _read_run_ints(Path(home) / FOLLOW_RETRY_FILE, 2)
+    return None if found is None else (found[0], found[1])
+
+
+def _write_run_file(home: Path, rel: str, text: str) -> None:
+    """Write ``HOME/rel`` atomically (a temporary file renamed); best effort, as
+    :func:`record_last_block`: a ``run`` that cannot be written leaves the session's own timing."""
+    path = Path(home) / rel
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -164,7 +224,12 @@ class Session:
                  clock: Clock = wall_clock_ms, retry: RetryPolicy | None = None,
                  network: NetworkInfo | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 events_idle_s: float | None = EVENTS_IDLE_S):
+                 events_idle_s: float | None = EVENTS_IDLE_S,
+                 follow_every_s: float = FOLLOW_EVERY_S,
+                 monotonic: Callable[[], float] = time.monotonic):
+        if not (isinstance(follow_every_s, int | float) and math.isfinite(follow_every_s) and follow_every_s >= 0):
+            raise RxClientError("BAD_ARGUMENTS", f"follow_every_s {follow_every_s!r} is not a number of seconds "
+                                "of at least 0")
         self.home = Path(home)
         org, user = parse_as(as_)
         self.net = network or load_network(self.home)
@@ -183,7 +248,7 @@ class Session:
         self._check_records_key()
         endpoint = self.net.peer_of(peer_org or self._default_peer_org(org))
         self.peer_org = endpoint.org  # the organisation of the peer this session's gateway is
-        self.clock = clock
+        self.clock = clock  # (wall-clock ms: the transactions' timestamps, and the proactive follow's timing)
         # read before the channel is made: a bad binding file (or no secret) must not leave it open
         binding = self._patient_binding() if self.identity.role == "patient" else None
         # Mutual TLS pinned to that peer: its node name and its organisation's CA only, so no
@@ -197,6 +262,13 @@ class Session:
         self._peer_name = endpoint.name
         self._pin_ca = found.ca_pem(endpoint.org)
         self._pin_fp = configtool.ca_fingerprint(found.org(endpoint.org).ca_cert_der)  # (of _pin_ca)
+        # the CAs of the peer's organisation this session knows (fingerprint -> PEM): the genesis one
+        # and every one it pinned -- a peer presenting a certificate of one of them the denylist
+        # names is refused CA_ROTATED_AWAY (_follow_config), not merely unreachable
+        self._known_cas: dict[str, bytes] = {self._pin_fp: self._pin_ca}
+        with contextlib.suppress(RxClientError):
+            self._known_cas.setdefault(configtool.ca_fingerprint(self.net.org(endpoint.org).ca_cert_der),
+                                       self.net.ca_pem(endpoint.org))
         # the CAs rotated away from (configtool.CA_DENYLIST), read again when the file changed
         self._genesis_hash: bytes | None = None  # (read when a denylist is there)
         self._denied_stamp: tuple[int, int, int] | None = None
@@ -204,7 +276,20 @@ class Session:
         self._denied_followed: float | None = None  # when the session last followed past a denied pin
         self._pin_version = 0  # raised with every change of _pin_ca: the gateway never takes an older one
         self._follow_lock = threading.Lock()
-        self._followed: tuple[float, RxClientError | None] | None = None  # (when, CHAIN_RESTARTED found)
+        # (when, CHAIN_RESTARTED or CA_ROTATED_AWAY found)
+        self._followed: tuple[float, RxClientError | None] | None = None
+        # the proactive follow (_follow_proactively): its period (0: none), the monotonic clock of
+        # the per-session minimum interval (FOLLOW_INTERVAL_S, shared with the reactive follows),
+        # when it last ran (monotonic), the wall-clock ms before which this session knows it is not
+        # due (no run file read before), and its backoff after a failure (ms; None: none failed)
+        self._follow_every_ms = round(follow_every_s * 1000)
+        self._monotonic = monotonic
+        self._proactive_followed: float | None = None
+        self._proactive_due_ms = 0
+        self._proactive_retry: tuple[int, int] | None = None  # (not before, backoff): its last failure's
+        # (the epoch it ran in, why its last run failed): CHAIN_RESTARTED is said by the reactive
+        # follow within the interval (_follow_config)
+        self._proactive_finding: tuple[int, RxClientError] | None = None
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
                                server_name=endpoint.name, server_ca_pem=self._pin_ca,
@@ -263,7 +348,9 @@ class Session:
         went back from is dropped: :meth:`_refresh`), else the genesis one. The version rises with
         every change of the pin, made under the session's lock: the gateway takes a pin only of a
         higher version than the one it holds, so two calls reading the pin at once never leave the
-        older of two pins in place (the one that read first switching after the other)."""
+        older of two pins in place (the one that read first switching after the other). Before
+        that, the chain is followed when a proactive follow is due (:meth:`_follow_proactively`)."""
+        self._follow_proactively()
         with self._state_lock:
             self._refresh()
             refusal = self._refusal()
@@ -283,9 +370,11 @@ class Session:
         the chain verified (also where the home could not save it). At most once per
         :data:`FOLLOW_INTERVAL_S`; a failure leaves the refusal."""
         with self._follow_lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._denied_followed is not None and now - self._denied_followed < FOLLOW_INTERVAL_S:
                 return
+            if self._proactive_recent(now):
+                return  # (the proactive follow ran within the interval: its chain is the one held)
             self._denied_followed = now
             with self._state_lock:
                 self._refresh()
@@ -294,6 +383,7 @@ class Session:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
             except RxClientError:
                 return
+            self._note_followed()
             with self._state_lock:
                 self._refresh()
                 if self._epoch == epoch and chain.height > self._verified_height:
@@ -322,6 +412,7 @@ class Session:
         if not height or height < self._file_height:
             self._epoch += 1
             self._followed = self._records_followed = self._denied_followed = None
+            self._proactive_finding = None
             self._adopt(found.config if height else None, height)
         elif height >= self._verified_height:
             self._adopt(found.config, height)
@@ -340,6 +431,155 @@ class Session:
         if ca != self._pin_ca:
             self._pin_ca, self._pin_version = ca, self._pin_version + 1
             self._pin_fp = configtool.ca_fingerprint(der)
+            self._known_cas.setdefault(self._pin_fp, ca)
+
+    def _rotated_away_cert(self, cert: bytes) -> RxClientError | None:
+        """CA_ROTATED_AWAY when ``cert`` (the one the peer presents, the pin not holding its CA) is
+        issued by a CA of the peer's organisation this session knows (the genesis one, any it
+        pinned) that the denylist (``configtool.CA_DENYLIST``) names: the holder of a key the
+        consortium rotated away from -- an impersonator, or a peer not re-issued -- is refused
+        as such (nothing sent), not followed for; None otherwise (a denylist that cannot be read
+        now: the follow decides, as before)."""
+        with self._state_lock:
+            try:
+                self._refusal()  # (reads the denylist again when it changed)
+            except RxClientError:
+                return None
+            rotated = [fp for fp, pem in self._known_cas.items() if fp in self._denied and issued_by(cert, pem)]
+        if not rotated:
+            return None
+        return RxClientError(configtool.CA_ROTATED_AWAY, f"{self.peer_org}'s peer ({self.gateway.target}) presents "
+                             f"a certificate of a CA a config chain this home verified rotated away from (sha256 "
+                             f"{rotated[0][:16]}..., {self.home / configtool.CA_DENYLIST}): whoever holds that CA's "
+                             "key -- an impersonator, or a peer whose certificate was not re-issued -- is not "
+                             "trusted; nothing was sent. Ask the consortium, or use another peer (--peer)")
+
+    def _note_followed(self) -> None:
+        """A follow of this session succeeded: remember it for every client of the home
+        (:data:`FOLLOWED_FILE`, the time now; the retry file removed) and for this session."""
+        now_ms = self.clock()
+        _write_run_file(self.home, FOLLOWED_FILE, f"{now_ms}\n")
+        with contextlib.suppress(OSError):
+            (self.home / FOLLOW_RETRY_FILE).unlink(missing_ok=True)
+        self._proactive_retry = None
+        if self._follow_every_ms:
+            self._proactive_due_ms = max(self._proactive_due_ms, now_ms + self._follow_every_ms)
+
+    def _proactive_not_before(self, now_ms: int) -> int:
+        """(wall-clock ms) The earliest time the next proactive follow is due by the home's run
+        files: the last successful follow plus the period, the retry file's time after a failed
+        one. A file missing, unreadable or corrupt, or a time past ``now_ms`` (a clock stepped back)
+        or a retry further off than a period, holds nothing back."""
+        due = 0
+        followed = read_chain_followed(self.home)
+        if followed is not None and followed <= now_ms:
+            due = followed + self._follow_every_ms
+        retry = read_follow_retry(self.home)
+        if retry is not None and retry[0] <= now_ms + self._follow_every_ms:
+            due = max(due, retry[0])
+        return due
+
+    def _proactive_recent(self, now: float) -> bool:
+        """Whether the proactive follow of this session ran within FOLLOW_INTERVAL_S (the reactive
+        follows then follow no more: one interval for all)."""
+        return self._proactive_followed is not None and now - self._proactive_followed < FOLLOW_INTERVAL_S
+
+    def _recently_followed(self, now: float) -> bool:
+        """Whether a follow of this session (proactive or reactive) ran within FOLLOW_INTERVAL_S."""
+        marks = [self._proactive_followed, self._denied_followed, self._records_followed,
+                 self._followed[0] if self._followed is not None else None]
+        return any(m is not None and now - m < FOLLOW_INTERVAL_S for m in marks)
+
+    def _follow_proactively(self) -> None:
+        """Follow the config chain before a call when due (``follow_every_s`` since the home's
+        last successful follow, :data:`FOLLOWED_FILE`; a failed one backs off, :data:`FOLLOW_RETRY_FILE`):
+        the blocks past the verified chain from the other nodes (this session's own peer skipped,
+        as the reactive follows do), verified and confirmed as any follow (:func:`follow_chain`,
+        its FOLLOW_BUDGET_S), the longer chain saved and pinned -- so a CA rotated away from is
+        denied (CA_ROTATED_AWAY) though the session's peer, presenting exactly the CA of its stale
+        pin, never set off a reactive follow. Never twice at once in a session (the follow lock,
+        not waited for: a call finds a follow under way and goes on), nor within FOLLOW_INTERVAL_S
+        of another of its follows; never at once in two clients of the home (the lock of
+        :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails is logged
+        (``session_proactive_follow_failed``) and retried after a backoff (FOLLOW_RETRY_FIRST_S,
+        doubled up to the period); the call goes on, pinned as before. A patient's session never
+        follows (peers and orderers stream her no blocks)."""
+        if not self._follow_every_ms or self.identity.role == "patient":
+            return
+        now_ms = self.clock()
+        if now_ms < self._proactive_due_ms:
+            return  # (this session knows it is not due: no file read)
+        not_before = self._proactive_not_before(now_ms)
+        if not_before > now_ms:
+            self._proactive_due_ms = not_before
+            return
+        if not self._follow_lock.acquire(blocking=False):
+            return  # (a follow of this session is under way)
+        try:
+            if self._recently_followed(self._monotonic()):
+                return
+            with contextlib.ExitStack() as held:
+                path = self.home / FOLLOWED_FILE
+                with contextlib.suppress(OSError):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    held.enter_context(configtool.locked(path, wait_s=0))
+                except RxClientError as exc:
+                    if exc.reason == "FILE_BUSY":
+                        return  # (another client of the home is following now)
+                    # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
+                now_ms = self.clock()
+                not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)
+                if not_before > now_ms:
+                    self._proactive_due_ms = not_before
+                    return
+                self._proactive_followed = self._monotonic()
+                self._follow_now()
+        finally:
+            self._follow_lock.release()
+
+    def _follow_now(self) -> None:
+        """(under the follow lock) The proactive follow itself (:meth:`_follow_proactively`)."""
+        with self._state_lock:
+            self._refresh()
+            epoch, height, pin = self._epoch, self._verified_height, self._pin_fp
+        try:
+            chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}),
+                                 budget_s=FOLLOW_BUDGET_S)
+        except RxClientError as exc:
+            self._proactive_finding = (epoch, exc)
+            self._proactive_failed(self.clock(), exc.reason, exc.message)  # (the backoff runs from its end)
+            return
+        self._proactive_finding = None
+        self._note_followed()
+        with self._state_lock:
+            self._refresh()  # (the file as saved, else ...)
+            if self._epoch == epoch and chain.height > self._verified_height:
+                self._adopt(chain.verified()[1], chain.height)  # ... the chain verified: a read-only home
+            new_height, new_pin = self._verified_height, self._pin_fp
+        if new_pin != pin:
+            _log.info("event=session_proactive_repin peer=%s org=%s height=%d was_height=%d ca_sha256=%s "
+                      "was_ca_sha256=%s: the proactive follow verified a longer config chain putting another "
+                      "CA of the peer's organisation in force; the peer is pinned to it", self._peer_name,
+                      self.peer_org, new_height, height, new_pin, pin)
+
+    def _proactive_failed(self, now_ms: int, reason: str, message: str) -> None:
+        """A proactive follow failed: back off (this session, and every client of the home through
+        :data:`FOLLOW_RETRY_FILE`) FOLLOW_RETRY_FIRST_S, doubled after each failure of a streak up to
+        the period -- a streak: the last failure's retry (the session's own, or the file's) came due
+        within a period; an older one, a backoff from long ago, starts again at the first."""
+        last = max((r for r in (self._proactive_retry, read_follow_retry(self.home)) if r is not None),
+                   default=None)
+        first = round(FOLLOW_RETRY_FIRST_S * 1000)
+        streak = last is not None and now_ms - last[0] <= self._follow_every_ms
+        backoff = min(self._follow_every_ms, max(first, last[1] * 2) if last is not None and streak else first)
+        self._proactive_retry = (now_ms + backoff, backoff)
+        self._proactive_due_ms = now_ms + backoff
+        _write_run_file(self.home, FOLLOW_RETRY_FILE, f"{now_ms + backoff} {backoff}\n")
+        _log.warning("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: the "
+                     "config chain could not be followed proactively; the call goes on pinned to the CA in "
+                     "force, the follow is retried after the backoff", self._peer_name, self.peer_org, reason,
+                     backoff / 1000, message[:500])
 
     def _follow_config(self) -> bool:
         """The gateway could not reach the peer: when the peer presents a certificate of a CA the
@@ -347,9 +587,13 @@ class Session:
         past the verified chain from other peers, verified, saved) and report whether that moved
         the pin (the gateway then retries at once). At most once per :data:`FOLLOW_INTERVAL_S`;
         CHAIN_RESTARTED (the network was started again from the genesis block) is raised, again
-        for calls within that interval; any other failure leaves the gateway's own error."""
+        for calls within that interval; so is CA_ROTATED_AWAY when the follow moved no pin and the
+        certificate is one of a CA of the peer's organisation this session knows that the denylist
+        names (:meth:`_rotated_away_cert`: a peer taken over with a key the consortium rotated away
+        from, found so once a follow -- a proactive one above all -- moved the pin off it); any
+        other failure leaves the gateway's own error."""
         with self._follow_lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._followed is not None and now - self._followed[0] < FOLLOW_INTERVAL_S:
                 if self._followed[1] is not None:
                     raise self._followed[1]
@@ -361,23 +605,43 @@ class Session:
             cert = presented_cert(self.gateway.target, self.identity)
             if cert is None or issued_by(cert, before):
                 return False  # (down, or not a matter of CAs)
+            if self._proactive_recent(now):
+                # (the proactive follow ran within the interval -- this call's, most often: its
+                # finding stands, no second follow)
+                found = self._proactive_finding
+                if found is not None and found[1].reason == configtool.CHAIN_RESTARTED and found[0] == epoch:
+                    self._followed = (now, found[1])
+                    raise found[1]
+                return self._refuse_rotated_away(now, cert)
             try:
                 chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}))
             except RxClientError as exc:
                 if exc.reason != configtool.CHAIN_RESTARTED:
-                    return False
+                    return self._refuse_rotated_away(now, cert)
                 with self._state_lock:
                     self._refresh()
                     if self._epoch != epoch:  # (the file was removed meanwhile: the finding is the old file's)
                         return self._pin_version != version
                     self._followed = (now, exc)
                 raise
+            self._note_followed()
             with self._state_lock:
                 self._refresh()  # (the file as saved, else ...)
                 if self._epoch == epoch and chain.height > self._verified_height:
                     # ... the chain verified, even where the home could not save it: a read-only home
                     self._adopt(chain.verified()[1], chain.height)
-                return self._pin_version != version
+                moved = self._pin_version != version
+            return moved or self._refuse_rotated_away(now, cert)
+
+    def _refuse_rotated_away(self, now: float, cert: bytes) -> bool:
+        """(under the follow lock) Raise CA_ROTATED_AWAY (:meth:`_rotated_away_cert`), and again
+        for the calls within FOLLOW_INTERVAL_S, when the peer's ``cert`` is of a CA rotated away
+        from; else False (the gateway's own error stands)."""
+        refusal = self._rotated_away_cert(cert)
+        if refusal is None:
+            return False
+        self._followed = (now, refusal)
+        raise refusal
 
     def _patient_binding(self) -> str:
         """The patient's certificate binding: her wallet's ``patient-binding`` file (64 hex,
@@ -552,9 +816,11 @@ class Session:
         verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`; CHAIN_RESTARTED is
         raised; any other failure (no peer serves more, none verifies) leaves the refusal."""
         with self._follow_lock:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
                 return False
+            if self._proactive_recent(now):
+                return False  # (the proactive follow ran within the interval: its chain is the one held)
             self._records_followed = now
             with self._state_lock:
                 self._refresh()
@@ -565,6 +831,7 @@ class Session:
                 if exc.reason == configtool.CHAIN_RESTARTED:
                     raise
                 return False
+            self._note_followed()
             with self._state_lock:
                 if self._epoch != epoch or chain.height <= self._verified_height:
                     return False  # (nothing new; or the file was removed meanwhile: its chain is void)

@@ -129,6 +129,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import re
 import socket
 import ssl
@@ -160,7 +161,7 @@ from client.gateway import EVENTS_IDLE_S
 from client.network import load_network
 from client.rxid import is_rx_id
 from client.rxops import ClaimLine, IssueRequest, RxOperations
-from client.session import Session
+from client.session import FOLLOW_EVERY_S, Session
 from node.crypto.x509 import cert_info
 from node.errors import RxError
 
@@ -277,10 +278,12 @@ class Identities:
     (read again on every request): a wallet removed from HOME (an offboarded member) or whose
     certificate was replaced no longer serves the certificate it held, without a restart."""
 
-    def __init__(self, home: Path, events_idle_s: float | None = EVENTS_IDLE_S):
+    def __init__(self, home: Path, events_idle_s: float | None = EVENTS_IDLE_S,
+                 follow_every_s: float = FOLLOW_EVERY_S):
         self.home = Path(home)
         self.net = load_network(self.home)
         self._events_idle_s = events_idle_s  # the sessions' bound on a stalled peer (Task, PaymentReconciliation)
+        self._follow_every_s = follow_every_s  # the sessions' proactive follow of the config chain (0: none)
         self._lock = threading.Lock()
         self._sessions: dict[bytes, _Served] = {}
         # sessions whose wallet changed: a request may still be using one, closed by close()
@@ -308,7 +311,7 @@ class Identities:
                 raise RxClientError("NO_WALLET", f"no wallet here holds the presented {info.org} certificate")
             cert_path, cert_pem = found
             ops = RxOperations(Session(self.home, f"{info.org}:{cert_path.parent.name}", network=self.net,
-                                       events_idle_s=self._events_idle_s))
+                                       events_idle_s=self._events_idle_s, follow_every_s=self._follow_every_s))
             self._sessions[cert_der] = _Served(ops, cert_path, cert_pem)
             return ops
 
@@ -1156,19 +1159,22 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
                 max_per_source: int = MAX_PER_SOURCE,
                 refusal_deadline_s: float = REFUSAL_DEADLINE_S,
                 source_key: Callable[[str], str] = source_of,
-                events_idle_s: float | None = EVENTS_IDLE_S) -> tuple[_Server, Identities]:
+                events_idle_s: float | None = EVENTS_IDLE_S,
+                follow_every_s: float = FOLLOW_EVERY_S) -> tuple[_Server, Identities]:
     """A bound (not yet serving) gateway; its TLS certificate is a peer node's certificate.
     At most ``max_connections`` connections, ``max_per_source`` (capped at ``max_connections``)
     from one source (BAD_ARGUMENTS unless both are at least 1); ``source_key`` maps a peer
     address to its source (default :func:`client.fhir.admission.source_of`);
     ``events_idle_s``: how long the peer may send no block while the Task search or the
-    PaymentReconciliation awaits one (:attr:`client.gateway.Gateway.events_idle_s`)."""
+    PaymentReconciliation awaits one (:attr:`client.gateway.Gateway.events_idle_s`);
+    ``follow_every_s``: the period of the sessions' proactive follow of the config chain
+    (:class:`client.session.Session`, 0: none)."""
     home = Path(home)
     try:
         limits = AdmissionLimits.for_gateway(max_connections, max_per_source)
     except ValueError as exc:
         raise RxClientError("BAD_ARGUMENTS", f"connection bounds: {exc}") from None
-    ids = Identities(home, events_idle_s)
+    ids = Identities(home, events_idle_s, follow_every_s)
     node = server_node or ids.net.peers[0].name
     if node not in {n.name for n in ids.net.peers}:
         raise RxClientError("BAD_ARGUMENTS", f"{node!r} is not a peer of this network")
@@ -1185,18 +1191,38 @@ def make_server(home: Path, host: str = "127.0.0.1", port: int = 8443,
     return server, ids
 
 
+class _EventLines(logging.Handler):
+    """The sessions' log events (``client.session``: ``event=NAME key=value ...``) as lines of
+    the gateway's log, beside its own."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # (a log line never fails the call that logs it)
+            self._log(record.getMessage())
+
+
 def serve_forever(home: Path, host: str, port: int,
                   progress: Callable[[str], None] = print, server_node: str | None = None,
-                  max_per_source: int = MAX_PER_SOURCE) -> None:
+                  max_per_source: int = MAX_PER_SOURCE, follow_every_s: float = FOLLOW_EVERY_S) -> None:
     """Run the gateway until interrupted (TLS certificate: ``server_node``'s, default the first peer;
-    at most ``max_per_source`` connections from one address)."""
+    at most ``max_per_source`` connections from one address; its sessions follow the config chain
+    every ``follow_every_s``, their events logged with the gateway's)."""
     server, ids = make_server(home, host, port, server_node=server_node, log=progress,
-                              max_per_source=max_per_source)
+                              max_per_source=max_per_source, follow_every_s=follow_every_s)
+    logger = logging.getLogger("client.session")
+    handler = _EventLines(progress)
+    if not logging.getLogger().handlers:  # (a process that configured logging has them written its way)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     progress(f"FHIR gateway on https://{host}:{server.server_address[1]}/fhir (mutual TLS)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        logger.removeHandler(handler)
         server.server_close()
         ids.close()

@@ -498,8 +498,9 @@ def test_a_network_restarted_from_the_genesis_block_is_named(rotated: Rotated, p
     session pinned the rotated CA from the old config-chain.json and only failed
     SERVICE_UNAVAILABLE. It now finds another peer's verified chain holding another block 1 and
     says CHAIN_RESTARTED with the remedy, changing nothing. A peer merely behind (only the genesis
-    block) or one whose different block 1 does not verify (signed by no orderer) is no restart:
-    SERVICE_UNAVAILABLE, the state unchanged."""
+    block) or one whose different block 1 does not verify (signed by no orderer) is no restart,
+    the state unchanged: h01's peer presents a certificate of its genesis CA, which the verified
+    chain rotated away from -- CA_ROTATED_AWAY (trust7; SERVICE_UNAVAILABLE before), nothing sent."""
     state = rotated.home / configtool.CHAIN_STATE
     saved = state.read_bytes()
     genesis = read_genesis(rotated.home / "genesis.block")
@@ -525,7 +526,7 @@ def test_a_network_restarted_from_the_genesis_block_is_named(rotated: Rotated, p
         assert "remove" in e.value.message and str(state) in e.value.message
         assert error_reply(e.value, rotated.home).status == 503  # (not 422: no business rule refused it)
     else:
-        assert e.value.reason == "SERVICE_UNAVAILABLE"
+        assert e.value.reason == configtool.CA_ROTATED_AWAY
     assert state.read_bytes() == saved
 
 

@@ -1,0 +1,581 @@
+"""trust7: a session follows the config chain proactively (Session(follow_every_s=)), not only when
+its peer presents a CA the pin lacks.
+
+The story: h01's CA was rotated from A (genesis) to B by a config block this home never verified
+(no config command ran since), and someone holding A's key took h01's peer over. The impersonator
+presents exactly the CA the stale pin holds, so no reactive follow is ever set off: a long-lived
+session (the FHIR gateway's) trusted it for ever. A proactive follow now verifies the rotation from
+the other nodes, re-pins, and A -- denied -- is refused CA_ROTATED_AWAY, nothing sent to it.
+
+The timing is shared by the home's clients (``run/chain-followed``, ``run/chain-follow-retry``) and
+driven here by injected clocks (the wall-clock ms of the files, the monotonic one of the per-session
+interval): no sleeps."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from rxchain.v1 import block_pb2, services_pb2
+
+from client import configtool
+from client import session as session_mod
+from client.errors import RxClientError
+from client.follow import FOLLOW_BUDGET_S
+from client.network import load_network
+from client.session import (
+    FOLLOW_RETRY_FILE,
+    FOLLOWED_FILE,
+    Session,
+    read_chain_followed,
+    read_follow_retry,
+    verified_network,
+)
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Verifier
+from node.genesis import config_from_genesis, read_genesis
+from node.logs import event_fields
+from tests.client.test_session_ca import (  # noqa: F401
+    Rotated,
+    _as_ordered,
+    _health,
+    _local,
+    _Orderer,
+    _ordering,
+    _Peer,
+    _rotation_block,
+    _serving,
+    rotated,
+)
+from tests.foundation.test_log_events import log_calls, problems
+
+T0_MS = 1_800_000_000_000  # (2027: any wall-clock ms will do, the files hold what the session's clock says)
+
+
+class _Time:
+    """The session's two clocks, moved only when told: its wall clock (ms, the run files') and its
+    monotonic one (s, the per-session interval)."""
+
+    def __init__(self) -> None:
+        self.ms = T0_MS
+        self.mono = 1000.0
+
+    def wall(self) -> int:
+        return self.ms
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.ms += round(seconds * 1000)
+        self.mono += seconds
+
+
+class _Impersonator(_Peer):
+    """peer.h01 as someone holding h01's genesis CA key serves it (the generated genesis material):
+    counts the calls it was sent."""
+
+    NODE = "peer.h01"
+
+    def __init__(self, blocks: list[block_pb2.Block]) -> None:
+        super().__init__(blocks)
+        self.served = 0
+
+    def Health(self, request: services_pb2.HealthRequest,
+               context: grpc.ServicerContext) -> services_pb2.HealthResponse:
+        self.served += 1
+        return super().Health(request, context)
+
+
+@dataclasses.dataclass
+class _World:
+    """The nodes of the story: the impersonator at h01's peer, h02's peer and orderer.ins01 serving
+    the chain (``publish`` sets it); their ports."""
+
+    rot: Rotated
+    genesis: block_pb2.Block
+    impersonator: _Impersonator
+    h02: _Peer
+    orderer: _Orderer
+    ports: dict[str, int]
+
+    def publish(self, chain: list[block_pb2.Block]) -> None:
+        self.h02.blocks = chain
+        self.orderer.blocks = _as_ordered(chain)
+
+    def rotation(self) -> list[block_pb2.Block]:
+        """The chain with h01's rotation to B committed (block 1)."""
+        return [self.genesis, _rotation_block(self.rot.home, self.genesis, self.rot.ca_der)]
+
+    def session(self, t: _Time, every: float = 300.0, peer_port: int | None = None, as_: str = "h01:dr-jiang",
+                **kwargs: Any) -> Session:
+        net = _local(load_network(self.rot.home), {"h01": peer_port or self.ports["h01"], "h02": self.ports["h02"]})
+        net = dataclasses.replace(net, orderers=tuple(
+            dataclasses.replace(o, host="127.0.0.1", port=self.ports["orderer"]) for o in net.orderers))
+        return Session(self.rot.home, as_, network=net, clock=t.wall, monotonic=t.monotonic,
+                       follow_every_s=every, **kwargs)
+
+
+def _no_run_files(home: Path) -> None:
+    """The home as no client of it has followed (the generated home the fixture copies is shared
+    by the suite: its sessions leave their timing there)."""
+    for rel in (FOLLOWED_FILE, FOLLOW_RETRY_FILE):
+        (home / rel).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def world(rotated: Rotated) -> Iterator[_World]:  # noqa: F811
+    """The home verified nothing past genesis (config-chain.json removed: h01 pinned to A); the
+    network has committed nothing yet (published: the genesis block only)."""
+    (rotated.home / configtool.CHAIN_STATE).unlink()
+    _no_run_files(rotated.home)
+    genesis = read_genesis(rotated.home / "genesis.block")
+    impersonator, h02, orderer = _Impersonator([genesis]), _Peer([genesis]), _Orderer(_as_ordered([genesis]))
+    with _serving(rotated.home, "peer.h01", [], impersonator) as p_h01, \
+            _serving(rotated.home, "peer.h02", [], h02) as p_h02, _ordering(rotated.home, orderer) as p_ord:
+        yield _World(rotated, genesis, impersonator, h02, orderer, {"h01": p_h01, "h02": p_h02, "orderer": p_ord})
+
+
+def _genesis_ca_fp(home: Path) -> str:
+    base = config_from_genesis(read_genesis(home / "genesis.block"))
+    return configtool.ca_fingerprint(next(o for o in base.organizations if o.id == "h01").ca_cert_der)
+
+
+def _denied(home: Path) -> dict[str, str]:
+    genesis = read_genesis(home / "genesis.block")
+    return configtool.read_denylist(home / configtool.CA_DENYLIST, block_header_hash(genesis.header))
+
+
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    found = [event_fields(r.msg, r.args) for r in caplog.records if r.name == "client.session"]
+    return [f for f in found if f.get("event") == name]
+
+
+# ---------------------------------------------------------------- the story, on a real chain
+
+def test_without_a_proactive_follow_the_impersonator_keeps_the_stale_pin(world: _World) -> None:
+    """follow_every_s=0 (disabled; the only behaviour before): the rotation committed, the
+    impersonator presenting A -- the CA of the stale pin -- is served, and nobody is asked."""
+    world.publish(world.rotation())
+    t = _Time()
+    s = world.session(t, every=0)
+    try:
+        assert _health(s) == "OK"
+        t.advance(3600)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert world.impersonator.served == 2
+    assert (world.h02.asked, world.orderer.asked) == (0, 0)
+    assert not (world.rot.home / FOLLOWED_FILE).exists()
+
+
+def test_a_proactive_follow_refuses_the_impersonator_ca_rotated_away(
+        world: _World, caplog: pytest.LogCaptureFixture) -> None:
+    """The first call follows the chain (the home never followed: due), verifies the rotation from
+    h02 (confirmed by the orderer), saves it and re-pins to B; A, rotated away from, is denied, and
+    the impersonator presenting it is refused CA_ROTATED_AWAY -- nothing sent to it."""
+    caplog.set_level(logging.INFO, logger="client.session")
+    world.publish(world.rotation())
+    t = _Time()
+    s = world.session(t)
+    try:
+        assert _health(s) == configtool.CA_ROTATED_AWAY
+        assert _health(s) == configtool.CA_ROTATED_AWAY  # (again within the interval: no follow again)
+    finally:
+        s.close()
+    assert world.impersonator.served == 0
+    assert world.h02.asked == 1
+    home = world.rot.home
+    assert verified_network(home, load_network(home)).config.sequence == 1
+    assert _genesis_ca_fp(home) in _denied(home)
+    assert read_chain_followed(home) == T0_MS
+    (repin,) = _events(caplog, "session_proactive_repin")
+    assert (repin["peer"], repin["org"], repin["height"], repin["was_height"]) == ("peer.h01", "h01", 2, 0)
+    assert (repin["ca_sha256"], repin["was_ca_sha256"]) == (configtool.ca_fingerprint(world.rot.ca_der),
+                                                            _genesis_ca_fp(home))
+    # a new session of the home (a gateway restarted) pins B from the saved chain: refused alike
+    s2 = world.session(t)
+    try:
+        assert _health(s2) == configtool.CA_ROTATED_AWAY
+    finally:
+        s2.close()
+    assert world.impersonator.served == 0
+
+
+def test_the_genuine_peer_re_issued_by_the_new_ca_is_reached(world: _World) -> None:
+    """After the same proactive follow, h01's genuine peer (its certificate of B) is served: the
+    session pinned B before its first call went out."""
+    world.publish(world.rotation())
+    t = _Time()
+    s = world.session(t, peer_port=world.rot.port)
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert world.h02.asked == 1
+
+
+def test_a_long_lived_session_repins_once_the_period_passed(world: _World, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway's session follows at its first call (nothing new), serves the impersonator while
+    the chain holds no rotation; the rotation is committed; within the period nothing is asked; once
+    it passed the session follows again, re-pins and refuses the impersonator."""
+    caplog.set_level(logging.INFO, logger="client.session")
+    t = _Time()
+    s = world.session(t)
+    try:
+        assert _health(s) == "OK"
+        assert world.h02.asked == 1 and read_chain_followed(world.rot.home) == T0_MS
+        assert _events(caplog, "session_proactive_repin") == []  # (the genesis block only: no CA moved)
+        world.publish(world.rotation())
+        t.advance(299)
+        assert _health(s) == "OK"  # not due: the stale pin stands (the window, at most a period)
+        assert world.h02.asked == 1
+        t.advance(1)
+        assert _health(s) == configtool.CA_ROTATED_AWAY
+    finally:
+        s.close()
+    assert world.h02.asked == 2
+    assert world.impersonator.served == 2
+    assert read_chain_followed(world.rot.home) == T0_MS + 300_000
+    assert [e["height"] for e in _events(caplog, "session_proactive_repin")] == [2]
+
+
+def test_two_sessions_share_the_time_of_the_last_follow(world: _World) -> None:
+    """The FHIR gateway keeps one session per wallet, and a home may run several gateway workers:
+    the last follow of any of them (run/chain-followed) counts for all."""
+    t = _Time()
+    s1 = world.session(t)
+    s2 = world.session(t, as_="h01:nurse-liu")
+    try:
+        assert _health(s1) == "OK"
+        t.advance(10)
+        assert _health(s2) == "OK"
+        assert world.h02.asked == 1  # (s2 did not follow: s1 did 10 s ago)
+        t.advance(291)
+        assert _health(s2) == "OK"  # (due: 301 s since s1's follow)
+        assert world.h02.asked == 2
+        t.advance(1)
+        assert _health(s1) == "OK"  # (s2 followed 1 s ago)
+    finally:
+        s1.close()
+        s2.close()
+    assert world.h02.asked == 2
+    assert read_chain_followed(world.rot.home) == T0_MS + 301_000
+
+
+def test_a_failed_follow_does_not_fail_the_call(world: _World, caplog: pytest.LogCaptureFixture) -> None:
+    """Fail-open: no node serves the chain (the orderer and h02 hold nothing, the other peers are
+    not there) -- the call goes on pinned to the CA in force, the failure is logged and the home
+    backs off (run/chain-follow-retry)."""
+    caplog.set_level(logging.INFO, logger="client.session")
+    world.publish([])
+    t = _Time()
+    s = world.session(t)
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert world.impersonator.served == 1 and world.h02.asked == 1
+    (failed,) = _events(caplog, "session_proactive_follow_failed")
+    assert (failed["peer"], failed["reason"], failed["retry_s"]) == ("peer.h01", "SERVICE_UNAVAILABLE", 10.0)
+    assert "peer.h02" in failed["detail"]
+    assert read_follow_retry(world.rot.home) == (T0_MS + 10_000, 10_000)
+    assert read_chain_followed(world.rot.home) is None
+
+
+# ---------------------------------------------------------------- timing, with follow_chain stood in for
+
+class _Follows:
+    """Stands in for follow_chain in client.session: each call recorded (its keyword arguments);
+    fails SERVICE_UNAVAILABLE while ``fail``, else answers the chain the home saved (nothing new)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.calls: list[dict[str, Any]] = []
+        self.fail = False
+        self.takes: tuple[_Time, float] | None = None  # (the clock it moves, by how long a follow takes)
+
+    def __call__(self, home: Path, net: Any, identity: Any, **kwargs: Any) -> configtool.ChainConfig:
+        self.calls.append(kwargs)
+        if self.takes is not None:
+            self.takes[0].advance(self.takes[1])
+        if self.fail:
+            raise RxClientError("SERVICE_UNAVAILABLE", "no peer or orderer extended the verified config chain")
+        genesis = read_genesis(self.home / "genesis.block")
+        return configtool.ChainConfig(genesis, Verifier(), self.home / configtool.CHAIN_STATE)
+
+
+@pytest.fixture
+def follows(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> _Follows:  # noqa: F811
+    _no_run_files(rotated.home)
+    spy = _Follows(rotated.home)
+    monkeypatch.setattr(session_mod, "follow_chain", spy)
+    return spy
+
+
+def _plain_session(rot: Rotated, t: _Time, every: float = 300.0, as_: str = "h01:dr-jiang") -> Session:
+    """A session of h01's doctor whose peer is h01's genuine (rotated) one, pinned to B by the
+    chain the home verified."""
+    return Session(rot.home, as_, network=_local(load_network(rot.home), {"h01": rot.port}),
+                   clock=t.wall, monotonic=t.monotonic, follow_every_s=every)
+
+
+def test_the_follow_is_bounded_and_skips_the_sessions_own_peer(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    t = _Time()
+    s = _plain_session(rotated, t)
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert follows.calls == [{"skip": frozenset({"peer.h01"}), "budget_s": FOLLOW_BUDGET_S}]
+
+
+def test_a_failed_follow_backs_off_doubling_up_to_the_period(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """10 s, doubled after each failure, at most follow_every_s; a success ends the backoff."""
+    follows.fail = True
+    t = _Time()
+    s = _plain_session(rotated, t, every=60)
+    retries: list[tuple[int, int]] = []
+    try:
+        for _ in range(120):  # (a call a second for two minutes)
+            assert _health(s) == "OK"
+            t.advance(1)
+            retry = read_follow_retry(rotated.home)
+            assert retry is not None
+            if not retries or retries[-1] != retry:
+                retries.append(retry)
+        assert [r[1] for r in retries] == [10_000, 20_000, 40_000, 60_000]
+        assert [c - T0_MS for c in (r[0] - r[1] for r in retries)] == [0, 10_000, 30_000, 70_000]
+        assert len(follows.calls) == 4
+        follows.fail = False
+        t.advance(60)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 5
+    assert not (rotated.home / FOLLOW_RETRY_FILE).exists()
+    assert read_chain_followed(rotated.home) == t.ms
+
+
+def test_the_retry_file_holds_back_the_other_sessions(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    follows.fail = True
+    t = _Time()
+    s1, s2 = _plain_session(rotated, t), _plain_session(rotated, t, as_="h01:nurse-liu")
+    try:
+        assert _health(s1) == "OK"
+        t.advance(5)
+        assert _health(s2) == "OK"
+        assert len(follows.calls) == 1  # (s1 failed 5 s ago: the home backs off 10 s)
+        t.advance(5)
+        assert _health(s2) == "OK"
+    finally:
+        s1.close()
+        s2.close()
+    assert len(follows.calls) == 2
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000 + 20_000, 20_000)  # (s2 doubled s1's backoff)
+
+
+def test_the_per_session_interval_holds_a_short_period(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """A period under FOLLOW_INTERVAL_S (10 s) does not make a session follow more often."""
+    t = _Time()
+    s = _plain_session(rotated, t, every=2)
+    try:
+        for _ in range(10):
+            assert _health(s) == "OK"
+            t.advance(1)
+        assert len(follows.calls) == 1
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 2
+
+
+@pytest.mark.parametrize("case", ["garbage", "negative", "empty", "directory", "fifo", "future"])
+def test_a_corrupt_or_unreadable_followed_file_makes_the_follow_due(
+        rotated: Rotated, follows: _Follows, case: str) -> None:  # noqa: F811
+    """run/chain-followed holding no time, one that cannot be read (a directory there), or a time
+    past the clock (a clock stepped back) holds nothing back: the follow is due, the call goes
+    through, nothing raises. Where the file cannot be written the session keeps its own timing."""
+    path = rotated.home / FOLLOWED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if case == "directory":
+        path.mkdir()
+    elif case == "fifo":
+        os.mkfifo(path)  # (read blocking, it held the call for ever)
+    else:
+        text = {"garbage": "soon\n", "negative": "-5\n", "empty": "", "future": f"{T0_MS + 3_600_000}\n"}[case]
+        path.write_text(text)
+    (rotated.home / FOLLOW_RETRY_FILE).write_text("\x00\xff garbage")  # (ignored too)
+    t = _Time()
+    s = _plain_session(rotated, t)
+    try:
+        assert _health(s) == "OK"
+        assert len(follows.calls) == 1
+        t.advance(60)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1  # (followed a minute ago: the file, or the session's own memory)
+    if case != "directory":  # (a FIFO is replaced by the rename, as any file)
+        assert read_chain_followed(rotated.home) == T0_MS
+
+
+def test_a_retry_file_further_off_than_a_period_holds_nothing_back(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    path = rotated.home / FOLLOW_RETRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{T0_MS + 10 * 86_400_000} 10000\n")
+    s = _plain_session(rotated, _Time())
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1
+
+
+def test_the_backoff_runs_from_the_end_of_a_failed_follow(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """A follow that failed after its whole 45 s bound: its 10 s backoff counted from its start was
+    over when it ended, and the next call followed again at once."""
+    follows.fail = True
+    t = _Time()
+    follows.takes = (t, FOLLOW_BUDGET_S)
+    s = _plain_session(rotated, t)
+    try:
+        assert _health(s) == "OK"
+        t.advance(5)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1
+    assert read_follow_retry(rotated.home) == (T0_MS + 45_000 + 10_000, 10_000)
+
+
+def test_a_retry_from_long_ago_starts_the_backoff_again(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """A retry file left by a failure streak that ended (its retry came due more than a period ago)
+    does not double: the backoff starts again at 10 s."""
+    follows.fail = True
+    path = rotated.home / FOLLOW_RETRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{T0_MS - 301_000} 300000\n")
+    s = _plain_session(rotated, _Time())
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 1
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
+
+
+def test_another_client_following_now_holds_the_session_off(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """The home's follow lock (run/.chain-followed.lock) held by another client: the session does
+    not wait for it nor follow too; its call goes on."""
+    (rotated.home / "run").mkdir(exist_ok=True)
+    s = _plain_session(rotated, _Time())
+    try:
+        with configtool.locked(rotated.home / FOLLOWED_FILE, wait_s=0):
+            assert _health(s) == "OK"
+        assert follows.calls == []
+    finally:
+        s.close()
+
+
+def test_a_session_never_follows_twice_at_once(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A follow under way (its follow lock held) and a second call of the same session: the second
+    neither waits for it nor starts another."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+    genesis = read_genesis(rotated.home / "genesis.block")
+
+    def slow(home: Path, net: Any, identity: Any, **kwargs: Any) -> configtool.ChainConfig:
+        calls.append(1)
+        entered.set()
+        release.wait(10)
+        return configtool.ChainConfig(genesis, Verifier(), rotated.home / configtool.CHAIN_STATE)
+
+    monkeypatch.setattr(session_mod, "follow_chain", slow)
+    s = _plain_session(rotated, _Time())
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(_health(s)))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        assert _health(s) == "OK"  # (the second call, while the first's follow runs)
+        assert calls == [1]
+    finally:
+        release.set()
+        thread.join(10)
+        s.close()
+    assert first == ["OK"] and calls == [1]
+
+
+def test_a_patient_session_never_follows(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """Peers and orderers stream a patient's certificate no blocks: her session would only fail,
+    and back the home's other clients off."""
+    s = _plain_session(rotated, _Time(), as_="h01:patient-zhang")
+    try:
+        s._server_ca()  # (what every call asks first)
+    finally:
+        s.close()
+    assert follows.calls == []
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf])
+def test_a_bad_period_is_refused(rotated: Rotated, bad: float) -> None:  # noqa: F811
+    with pytest.raises(RxClientError) as e:
+        _plain_session(rotated, _Time(), every=bad)
+    assert e.value.reason == "BAD_ARGUMENTS"
+
+
+# ---------------------------------------------------------------- the gateway's option, the log events
+
+def test_the_fhir_gateway_option_reaches_its_sessions(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from client import cli
+    from client.fhir import server
+    from client.fhir.server import Identities
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(server, "serve_forever", lambda *args, **kwargs: seen.append(kwargs))
+    parser = cli.build_parser()
+    for argv, want in ((["fhir", "serve", "--follow-every", "60"], 60.0), (["fhir", "serve"], None)):
+        a = parser.parse_args(["--home", str(rotated.home), *argv])
+        cli.cmd_fhir_serve(a)
+        assert seen[-1].get("follow_every_s") == want
+    with pytest.raises(cli.UsageError):
+        parser.parse_args(["--home", str(rotated.home), "fhir", "serve", "--follow-every", "-5"])
+    ids = Identities(rotated.home, follow_every_s=7)
+    try:
+        cert = x509.load_pem_x509_certificate(
+            (rotated.home / "orgs" / "h01" / "users" / "dr-jiang" / "cert.pem").read_bytes())
+        ops = ids.ops_for(cert.public_bytes(serialization.Encoding.DER))
+        assert ops.s._follow_every_ms == 7000
+    finally:
+        ids.close()
+
+
+def test_the_session_log_events_are_well_formed_and_listed() -> None:
+    source = Path(session_mod.__file__).read_text()
+    calls = log_calls(source)
+    assert len(calls) >= 2
+    assert {str(c.args[0].value).split()[0] for c in calls if isinstance(c.args[0], ast.Constant)} >= {
+        "event=session_proactive_follow_failed", "event=session_proactive_repin"}
+    assert [p for c in calls for p in problems(c)] == []
+    readme = (Path(session_mod.__file__).parent / "README.md").read_text()
+    for event in ("session_proactive_follow_failed", "session_proactive_repin"):
+        assert f"`{event}`" in readme
+
+
+def test_the_run_files_are_documented() -> None:
+    readme = (Path(session_mod.__file__).parent / "README.md").read_text()
+    assert f"HOME/{FOLLOWED_FILE}" in readme and f"HOME/{FOLLOW_RETRY_FILE}" in readme
+    assert "--follow-every" in readme
