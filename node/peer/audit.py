@@ -624,6 +624,7 @@ class RefusalLimiter:
         self._unauth: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._global = _Bucket(float(unauth_burst), now)
         self._open: OrderedDict[tuple[str, bytes], _Bucket] = OrderedDict()  # counting, oldest window first
+        self._evicted: list[Summary] = []  # counts of authenticated buckets dropped (LRU): due at once
 
     def tracked(self) -> int:
         """Buckets held (bounded by 2 * max_keys + 1)."""
@@ -644,10 +645,10 @@ class RefusalLimiter:
         if len(table) > self._max_keys:
             old_fp, old = table.popitem(last=False)
             if old.suppressed and self._open.pop((kind, old_fp), None) is not None:
-                if kind == "a":  # due at once (written at the next look)
-                    old.since_ms = now - self._window
-                    self._open[("a", old_fp)] = old
-                    self._open.move_to_end(("a", old_fp), last=False)
+                if kind == "a":  # due at once (handed out by the next due()), as counted: a
+                    # bucket the same certificate gets again counts apart, never over this one
+                    self._evicted.append(Summary(old.caller or Caller("", "", "", b"", False), old.contract,
+                                                 old.function, old.path, old.suppressed, old.since_ms))
                 else:
                     self._count(_GLOBAL, self._global, old.caller or Caller("", "", "", b"", False), old.contract,
                                 old.function, old.path, now, old.suppressed)
@@ -691,8 +692,8 @@ class RefusalLimiter:
     def due(self, *, everything: bool = False) -> list[Summary]:
         """The counts whose window has passed (``everything``: all of them, e.g. at close)."""
         now = self._clock()
-        out: list[Summary] = []
         with self._lock:
+            out, self._evicted = self._evicted, []
             while self._open:
                 key, b = next(iter(self._open.items()))
                 if not everything and now - b.since_ms < self._window:

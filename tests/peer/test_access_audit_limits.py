@@ -260,3 +260,21 @@ def _records_of(path: Path) -> list[audit_pb2.AccessRecord]:
                 for r in log.query(audit_pb2.AuditQueryRequest(start_id=991, limit=100)).records]
     finally:
         log.close()
+
+
+def test_a_dropped_buckets_count_keeps_its_start_and_is_not_lost_to_the_same_certificate() -> None:
+    """review17: a member's counting bucket dropped (LRU) was put back among those counting with
+    since_ms rewritten to "a window ago", under the certificate's key: the summary named the
+    wrong start, and the same certificate counting again before the next due() replaced it --
+    its count lost."""
+    clock = [5_000]
+    lim = RefusalLimiter(lambda: clock[0], per_minute=1, burst=1, max_keys=1)
+    member, other = _who(0), _who(1)
+    assert lim.admit(member, "prescription", "get_key", EVAL)
+    assert not lim.admit(member, "prescription", "get_key", EVAL)  # counted since 5_000
+    clock[0] = 20_000
+    assert lim.admit(other, "prescription", "get_key", EVAL)  # the member's bucket dropped
+    assert lim.admit(member, "prescription", "get_key", EVAL)  # a new bucket, full
+    assert not lim.admit(member, "prescription", "get_key", EVAL)  # counted since 20_000
+    got = [(s.caller.name, s.count, s.since_ms) for s in lim.due(everything=True)]
+    assert sorted(got) == [("dr-0", 1, 5_000), ("dr-0", 1, 20_000)]
