@@ -622,6 +622,7 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
     rec = _registration(ctx, rkey)
     prior = None  # a suspension this revocation makes final
+    held_bars = []  # the keys of the bars it held (made final below)
     ended = None  # the mark of the registration ended while suspended, made final here
     if "revoked" in rec:
         current = rec["revoked"]
@@ -633,13 +634,14 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         # reinstating it first (which makes the record active again, its sites too) and
         # revoking it after. Its bars are lifted as a reinstatement would, the code (licence)
         # then barred for good below (a final bar takes a suspension's over: _bars); the
-        # registrations waiting for a bar lifted here wait no more (a residual: one under a
-        # code the record moved away from stays inactive)
+        # registrations waiting for a bar lifted here wait no more; a bar it held on a code
+        # the record moved away from since stays too, final (her licence: below)
         prior = _standing(current)
         if current["reason"] != SUSPENSION:
             ended = dict(current)
             del ended["suspension"]
-        for key in _suspension_bars(rec, name, prior):
+        held_bars = _suspension_bars(rec, name, prior)
+        for key in held_bars:
             _lift_bar(ctx, key, org, name, prior)
     stamp = _stamp(ctx)
     mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
@@ -696,6 +698,12 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             _join_bar(ctx, key, holder, org, name, mark)  # (a second suspension holds it too)
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
+    for other in held_bars:
+        # a suspension made final: the bar it held on a code (licence) the record moved away
+        # from since is her licence too -- barred for good, never freed (nobody registered
+        # under it again, those waiting for it reactivated by nothing: a final bar)
+        if other != key and _bars(ctx.get(other), reason):
+            ctx.put(other, {"org": org, "name": name, "revoked": mark})
     rec["revoked"] = mark
     rec["updated"] = stamp
     ctx.put(rkey, rec)

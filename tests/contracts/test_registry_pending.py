@@ -12,7 +12,7 @@ from tests.contracts.chain import who
 from tests.contracts.flows import JIANG, issue
 from tests.contracts.rxclient import World
 from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
-from tests.contracts.test_registry_reinstatement import reinstate
+from tests.contracts.test_registry_reinstatement import OTHER_CODE, reinstate
 from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
 from tests.contracts.test_registry_revocation import events, revoke, versions
 
@@ -190,3 +190,30 @@ def test_nothing_waits_for_a_final_bar(world: World) -> None:
     assert "pending" not in out["reinstated"]
     assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-jiang",
                                                       "revoked": final}
+
+
+def test_a_suspension_made_final_keeps_the_code_it_barred_before_the_record_moved(world: World) -> None:
+    """review17: LICENCE_REVOKED over a suspension whose record had moved to another code since
+    lifted its bar on the old code and barred only the new one: her old code came free -- her
+    organisation registered her (another record of her, waiting for that bar) active under it
+    at once, her licence revoked for good. The old code's bar is made final too."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", OTHER_CODE, active=False) == "OK"  # moved away
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
+    final = revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    for code in (JIANG_CODE, OTHER_CODE):
+        assert index(world, "praccode/" + code) == {"org": "h03", "name": "dr-jiang", "revoked": final}
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+
+
+def test_a_lone_suspension_made_final_after_a_move_keeps_the_old_code_barred(world: World) -> None:
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h01", "dr-jiang", OTHER_CODE, active=False) == "OK"
+    final = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "revoked": final}
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang") == "REVOCATION_FINAL"
