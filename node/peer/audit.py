@@ -67,6 +67,7 @@ from typing import Any
 
 import grpc
 import plyvel
+from cryptography import x509
 from google.protobuf.message import DecodeError
 from rxchain.v1 import audit_pb2
 
@@ -596,9 +597,23 @@ class Summary:
 _GLOBAL = ("g", b"")
 
 
+def _bucket_key(caller: Caller) -> bytes:
+    """The certificate a refusal's bucket is kept for: an authenticated caller's by the part its
+    CA signed (``tbsCertificate``) -- the same certificate with its CA's ECDSA signature (r, s)
+    re-encoded as (r, n - s) verifies too, so the whole DER would give its holder a second
+    bucket --; a claimed (unauthenticated) one by its bytes, as sent."""
+    if caller.authenticated:
+        try:
+            return hashlib.sha256(x509.load_der_x509_certificate(caller.cert_der).tbs_certificate_bytes).digest()
+        except ValueError:  # (verified, so it parses; any other bytes keep their own bucket)
+            pass
+    return hashlib.sha256(caller.cert_der).digest()
+
+
 class RefusalLimiter:
-    """Which refusals are recorded one by one: a token bucket per certificate (SHA-256 of the
-    DER), ``per_minute`` tokens a minute up to ``burst``; an unauthenticated refusal (its
+    """Which refusals are recorded one by one: a token bucket per certificate (an authenticated
+    one's by the part its CA signed: :func:`_bucket_key`), ``per_minute`` tokens a minute up to
+    ``burst``; an unauthenticated refusal (its
     certificate only claimed) takes a token from its certificate's bucket AND from one bucket
     shared by all unauthenticated refusals (``unauth_per_minute`` / ``unauth_burst``), so
     forging certificates does not multiply the bound. A refusal without a token is counted
@@ -665,7 +680,7 @@ class RefusalLimiter:
     def admit(self, caller: Caller, contract: str, function: str, path: int) -> bool:
         """True: record this refusal. False: it was counted (over its limit)."""
         now = self._clock()
-        fp = hashlib.sha256(caller.cert_der).digest()
+        fp = _bucket_key(caller)
         with self._lock:
             if caller.authenticated:
                 b = self._bucket(self._auth, "a", fp, self._burst, now)

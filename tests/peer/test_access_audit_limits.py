@@ -22,10 +22,10 @@ from typing import Any
 
 import grpc
 import pytest
-from rxchain.v1 import audit_pb2, transaction_pb2
+from rxchain.v1 import audit_pb2, identity_pb2, transaction_pb2
 
 from client.audit import record_dict
-from node.crypto.signing import Verifier
+from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
 from node.peer.audit import (
     AUDIT_FULL,
@@ -278,3 +278,53 @@ def test_a_dropped_buckets_count_keeps_its_start_and_is_not_lost_to_the_same_cer
     assert not lim.admit(member, "prescription", "get_key", EVAL)  # counted since 20_000
     got = [(s.caller.name, s.count, s.since_ms) for s in lim.due(everything=True)]
     assert sorted(got) == [("dr-0", 1, 5_000), ("dr-0", 1, 20_000)]
+
+
+def _der_items(der: bytes) -> tuple[int, list[bytes]]:
+    """The header length of the DER SEQUENCE ``der`` and its items (each a whole TLV)."""
+    def tlv_end(at: int) -> tuple[int, int]:
+        n = der[at + 1]
+        if n < 0x80:
+            return at + 2, at + 2 + n
+        size = n & 0x7F
+        body = at + 2 + size
+        return body, body + int.from_bytes(der[at + 2:body], "big")
+    start, end = tlv_end(0)
+    items, at = [], start
+    while at < end:
+        _, nxt = tlv_end(at)
+        items.append(der[at:nxt])
+        at = nxt
+    return start, items
+
+
+def _seq(body: bytes) -> bytes:
+    n = len(body)
+    head = bytes([n]) if n < 0x80 else b"\x82" + n.to_bytes(2, "big")
+    return b"\x30" + head + body
+
+
+def _high_s(cert_der: bytes) -> bytes:
+    """The same certificate, its CA's ECDSA signature (r, s) given as (r, n - s): it verifies."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256
+    r, s = decode_dss_signature(x509.load_der_x509_certificate(cert_der).signature)
+    sig = b"\x00" + encode_dss_signature(r, order - s)
+    _, (tbs, alg, _old) = _der_items(cert_der)
+    return _seq(tbs + alg + b"\x03" + bytes([len(sig)]) + sig)
+
+
+def test_a_members_certificate_re_signed_high_s_shares_its_bucket(keyed: Cluster,  # noqa: F811
+                                                                 limited: _Limited) -> None:
+    """review17: the bucket was the SHA-256 of the certificate's DER; the same certificate with
+    its CA's signature's s replaced by n - s verifies as well (OpenSSL takes either), so each
+    member had a second bucket of refusals recorded one by one, its own."""
+    a, clerk = limited, keyed.net.clerk
+    twin_der = _high_s(clerk.cert_der)
+    assert twin_der != clerk.cert_der
+    twin = Signer(clerk.key, identity_pb2.Identity(org=clerk.identity.org, cert_der=twin_der))
+    assert [_refused(keyed, a, clerk).reason for _ in range(3)] == ["ACCESS_DENIED"] * 3
+    assert _refused(keyed, a, twin).reason == AUDIT_RATE_LIMITED
+    recs = _records(a.log)
+    assert len(recs) == 3 and all(r.authenticated for r in recs)
