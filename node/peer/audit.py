@@ -666,14 +666,19 @@ class RefusalLimiter:
                                                  old.function, old.path, old.suppressed, old.since_ms))
                 else:
                     self._count(_GLOBAL, self._global, old.caller or Caller("", "", "", b"", False), old.contract,
-                                old.function, old.path, now, old.suppressed)
+                                old.function, old.path, now, old.suppressed, old.since_ms)
         return b
 
     def _count(self, key: tuple[str, bytes], b: _Bucket, caller: Caller, contract: str, function: str,
-               path: int, now: int, n: int = 1) -> None:
+               path: int, now: int, n: int = 1, since_ms: int | None = None) -> None:
+        """Count ``n`` refusals in ``b`` (``key``), the first of them at ``since_ms`` (default
+        ``now``; a count joining the shared one keeps its own start)."""
+        first = now if since_ms is None else since_ms
         if not b.suppressed:
-            b.since_ms = now
+            b.since_ms = first
             self._open[key] = b
+        else:
+            b.since_ms = min(b.since_ms, first)
         b.suppressed += n
         b.caller, b.contract, b.function, b.path = caller, contract, function, path
 
@@ -720,7 +725,7 @@ class RefusalLimiter:
                     self._refill(self._global, self._urate, self._uburst, now)
                     if self._global.tokens < 1:  # no room: joins the shared count
                         self._count(_GLOBAL, self._global, Caller("", "", "", b"", False), b.contract,
-                                    b.function, b.path, now, count)
+                                    b.function, b.path, now, count, b.since_ms)
                         continue
                     self._global.tokens -= 1
                 if key == _GLOBAL:

@@ -328,3 +328,20 @@ def test_a_members_certificate_re_signed_high_s_shares_its_bucket(keyed: Cluster
     assert _refused(keyed, a, twin).reason == AUDIT_RATE_LIMITED
     recs = _records(a.log)
     assert len(recs) == 3 and all(r.authenticated for r in recs)
+
+
+def test_a_claimed_certificates_count_joining_the_shared_one_keeps_its_start() -> None:
+    """review17: a claimed certificate's count with no shared token left for its own summary
+    (or its bucket dropped) joined the shared count as if its refusals began then: the shared
+    summary's since_ms -- "the first of them" -- was later than the first it counts."""
+    clock = [0]
+    lim = RefusalLimiter(lambda: clock[0], per_minute=1, burst=1, unauth_per_minute=1, unauth_burst=2,
+                         window_ms=1_000)
+    forged, other = _who(7, authenticated=False), _who(8, authenticated=False)
+    assert lim.admit(forged, "prescription", "get_key", EVAL)
+    assert not lim.admit(forged, "prescription", "get_key", EVAL)  # its own bucket: counted at 0
+    clock[0] = 500
+    assert lim.admit(other, "prescription", "get_key", EVAL)  # the shared bucket's last token
+    clock[0] = 1_000
+    got = lim.due() + lim.due(everything=True)  # due, no shared token for it: the shared count's
+    assert [(s.caller.cert_der, s.count, s.since_ms) for s in got] == [(b"", 1, 0)]
