@@ -671,6 +671,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         holder = ctx.get(key)
         if reason == SUSPENSION:
             mark["was_active"] = rec["licence_active"]  # (what reinstating it restores)
+            # the tx that wrote it last: a site registration another suspension made inactive
+            # there, written since by this suspension and its lifting only, is restored too
+            mark["written"] = rec["updated"]["tx_id"]
         if holder is not None and "revoked" not in holder and holder["org"] == org \
                 and holder["name"] == name:
             withdrawn = {}  # the sites the revocation withdraws: {site: name, "" unregistered}
@@ -775,6 +778,19 @@ def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> list:
     return []
 
 
+def _untouched_since(prac: dict, tx_id: str) -> bool:
+    """Nobody but the regulator wrote the registration ``prac`` since the tx ``tx_id`` (which
+    wrote it): that tx wrote it last, or a reinstatement did, lifting a suspension of it that tx
+    had written last (``written``: the person's licence suspended at both her registrations,
+    then lifted at both -- the regulator's own writes are no decision of her organisation)."""
+    if prac["updated"]["tx_id"] == tx_id:
+        return True
+    history = prac.get("reinstated", [])
+    if len(history) == 0 or history[-1]["tx_id"] != prac["updated"]["tx_id"]:
+        return False
+    return history[-1]["revoked"].get("written", "") == tx_id
+
+
 def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
     """Authorise again, in the index entry ``holder`` of ``code`` (written by the caller), the
     sites the suspension ``mark`` withdrew from the holder, each only while its own registration
@@ -797,7 +813,7 @@ def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
             if "revoked" in prac:
                 missed[site] = "REGISTRATION_REVOKED"
                 continue
-            if site in active and prac["updated"]["tx_id"] == mark["tx_id"]:
+            if site in active and _untouched_since(prac, mark["tx_id"]):
                 prac["licence_active"] = True
                 prac["updated"] = _stamp(ctx)
                 ctx.put("prac/" + site + "/" + sname, prac)
