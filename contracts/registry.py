@@ -780,15 +780,17 @@ def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> list:
 
 def _untouched_since(prac: dict, tx_id: str) -> bool:
     """Nobody but the regulator wrote the registration ``prac`` since the tx ``tx_id`` (which
-    wrote it): that tx wrote it last, or a reinstatement did, lifting a suspension of it that tx
-    had written last (``written``: the person's licence suspended at both her registrations,
-    then lifted at both -- the regulator's own writes are no decision of her organisation)."""
+    wrote it): that tx wrote it last, or a reinstatement did, lifting a suspension of it that
+    wrote it right after that tx and right before the reinstatement (``written`` in the mark and
+    in the reinstatement: the person's licence suspended at both her registrations, then lifted
+    at both -- the regulator's own writes are no decision of her organisation)."""
     if prac["updated"]["tx_id"] == tx_id:
         return True
     history = prac.get("reinstated", [])
     if len(history) == 0 or history[-1]["tx_id"] != prac["updated"]["tx_id"]:
         return False
-    return history[-1]["revoked"].get("written", "") == tx_id
+    last = history[-1]  # written by that suspension last when reinstated, by that tx before it
+    return last.get("written", "") == last["revoked"]["tx_id"] and last["revoked"].get("written", "") == tx_id
 
 
 def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
@@ -967,6 +969,8 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
              "tx_id": stamp["tx_id"]}
     if pending != "":
         entry["pending"] = pending
+    if name != "":
+        entry["written"] = rec["updated"]["tx_id"]  # (the tx that wrote it last: _untouched_since)
     rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
     rec["updated"] = stamp
     ctx.put(rkey, rec)

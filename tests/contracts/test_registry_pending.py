@@ -244,3 +244,11 @@ def test_a_site_suspended_with_its_holder_is_active_again_once_both_are_lifted(w
         assert reinstate(world, REGULATOR, "h01", "dr-jiang")["sites_restored"] == ["h02"]
         assert registration(world, "h02", "dr-jiang")["licence_active"] is False
         assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=12) == "OK"  # h02 itself
+        # ... also while it was suspended (inactive)
+        assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, active=False, years=13) == "OK"
+        assert reinstate(world, REGULATOR, "h02", "dr-jiang")["reason"] == "WAS_INACTIVE"
+        assert reinstate(world, REGULATOR, "h01", "dr-jiang")["sites_restored"] == ["h02"]
+        assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=13) == "OK"
