@@ -14,8 +14,10 @@ until the log held ``audit_max_records`` and every grant was refused AUDIT_FULL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,3 +347,54 @@ def test_a_claimed_certificates_count_joining_the_shared_one_keeps_its_start() -
     clock[0] = 1_000
     got = lim.due() + lim.due(everything=True)  # due, no shared token for it: the shared count's
     assert [(s.caller.cert_der, s.count, s.since_ms) for s in got] == [(b"", 1, 0)]
+
+
+def test_concurrent_refusals_are_each_recorded_or_counted_once(tmp_path: Path) -> None:
+    """review17: threads refusing at once (group commit, summaries written as windows pass,
+    members' buckets dropped and taken again): every refusal is in the log once -- its own
+    record or a summary's count --, none lost or counted twice, and the chain verifies."""
+    lock, tick = threading.Lock(), [0]
+
+    def clock() -> int:
+        with lock:
+            tick[0] += 250  # a window passes every 240 calls
+            return tick[0]
+
+    log = AccessLog(tmp_path / "audit", clock, sync=False)
+    auditor = Auditor(log, None, RefusalLimiter(clock, per_minute=2, burst=2, unauth_per_minute=3, unauth_burst=3,
+                                                max_keys=3))
+    callers = [_who(i, authenticated=i % 3 != 0) for i in range(7)]
+    sent = {c.name: 0 for c in callers}
+
+    def refuse(n: int) -> None:
+        for k in range(120):
+            who = callers[(n * 5 + k) % len(callers)]
+            with contextlib.suppress(RxError):  # AUDIT_RATE_LIMITED: counted
+                auditor.refused(who, "prescription", "get_key", {"rx_id": "RX-1"}, "ACCESS_DENIED", 1, "tx", EVAL)
+            with lock:
+                sent[who.name] += 1
+
+    threads = [threading.Thread(target=refuse, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    log.close()  # writes the counts still open
+    log = AccessLog(tmp_path / "audit", lambda: 0)
+    try:
+        recs = _records(log)
+        assert log.verify(audit_pb2.AuditVerifyRequest()).ok
+    finally:
+        log.close()
+    seen = {c.name: 0 for c in callers}
+    shared = 0
+    for r in recs:
+        if r.outcome == RATE_LIMITED and not r.cert_sha256:
+            shared += r.suppressed
+        else:
+            seen[r.name] += r.suppressed if r.outcome == RATE_LIMITED else 1
+    assert sum(seen.values()) + shared == sum(sent.values()) == 6 * 120
+    for c in callers:
+        if c.authenticated:  # (an unauthenticated one's count may be in the shared summary)
+            assert seen[c.name] == sent[c.name]
