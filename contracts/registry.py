@@ -622,6 +622,7 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         ctx.fail("BAD_ARGUMENTS", "reason must be one of " + ",".join(REVOCATION_REASONS))
     rec = _registration(ctx, rkey)
     prior = None  # a suspension this revocation makes final
+    held_bars = []  # the keys of the bars it held (made final below)
     ended = None  # the mark of the registration ended while suspended, made final here
     if "revoked" in rec:
         current = rec["revoked"]
@@ -633,13 +634,14 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         # reinstating it first (which makes the record active again, its sites too) and
         # revoking it after. Its bars are lifted as a reinstatement would, the code (licence)
         # then barred for good below (a final bar takes a suspension's over: _bars); the
-        # registrations waiting for a bar lifted here wait no more (a residual: one under a
-        # code the record moved away from stays inactive)
+        # registrations waiting for a bar lifted here wait no more; a bar it held on a code
+        # the record moved away from since stays too, final (her licence: below)
         prior = _standing(current)
         if current["reason"] != SUSPENSION:
             ended = dict(current)
             del ended["suspension"]
-        for key in _suspension_bars(rec, name, prior):
+        held_bars = _suspension_bars(rec, name, prior)
+        for key in held_bars:
             _lift_bar(ctx, key, org, name, prior)
     stamp = _stamp(ctx)
     mark = {"reason": reason, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
@@ -669,6 +671,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         holder = ctx.get(key)
         if reason == SUSPENSION:
             mark["was_active"] = rec["licence_active"]  # (what reinstating it restores)
+            # the tx that wrote it last: a site registration another suspension made inactive
+            # there, written since by this suspension and its lifting only, is restored too
+            mark["written"] = rec["updated"]["tx_id"]
         if holder is not None and "revoked" not in holder and holder["org"] == org \
                 and holder["name"] == name:
             withdrawn = {}  # the sites the revocation withdraws: {site: name, "" unregistered}
@@ -696,6 +701,12 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             _join_bar(ctx, key, holder, org, name, mark)  # (a second suspension holds it too)
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
+    for other in held_bars:
+        # a suspension made final: the bar it held on a code (licence) the record moved away
+        # from since is her licence too -- barred for good, never freed (nobody registered
+        # under it again, those waiting for it reactivated by nothing: a final bar)
+        if other != key and _bars(ctx.get(other), reason):
+            ctx.put(other, {"org": org, "name": name, "revoked": mark})
     rec["revoked"] = mark
     rec["updated"] = stamp
     ctx.put(rkey, rec)
@@ -767,6 +778,21 @@ def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> list:
     return []
 
 
+def _untouched_since(prac: dict, tx_id: str) -> bool:
+    """Nobody but the regulator wrote the registration ``prac`` since the tx ``tx_id`` (which
+    wrote it): that tx wrote it last, or a reinstatement did, lifting a suspension of it that
+    wrote it right after that tx and right before the reinstatement (``written`` in the mark and
+    in the reinstatement: the person's licence suspended at both her registrations, then lifted
+    at both -- the regulator's own writes are no decision of her organisation)."""
+    if prac["updated"]["tx_id"] == tx_id:
+        return True
+    history = prac.get("reinstated", [])
+    if len(history) == 0 or history[-1]["tx_id"] != prac["updated"]["tx_id"]:
+        return False
+    last = history[-1]  # written by that suspension last when reinstated, by that tx before it
+    return last.get("written", "") == last["revoked"]["tx_id"] and last["revoked"].get("written", "") == tx_id
+
+
 def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
     """Authorise again, in the index entry ``holder`` of ``code`` (written by the caller), the
     sites the suspension ``mark`` withdrew from the holder, each only while its own registration
@@ -789,7 +815,7 @@ def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
             if "revoked" in prac:
                 missed[site] = "REGISTRATION_REVOKED"
                 continue
-            if site in active and prac["updated"]["tx_id"] == mark["tx_id"]:
+            if site in active and _untouched_since(prac, mark["tx_id"]):
                 prac["licence_active"] = True
                 prac["updated"] = _stamp(ctx)
                 ctx.put("prac/" + site + "/" + sname, prac)
@@ -943,6 +969,8 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
              "tx_id": stamp["tx_id"]}
     if pending != "":
         entry["pending"] = pending
+    if name != "":
+        entry["written"] = rec["updated"]["tx_id"]  # (the tx that wrote it last: _untouched_since)
     rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
     rec["updated"] = stamp
     ctx.put(rkey, rec)

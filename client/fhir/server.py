@@ -205,6 +205,9 @@ _STATUS = {
     # a concurrent write to the same record won; nothing of this request was written: send it
     # again (a business rule's 422 would read "fix the request", and there is nothing to fix)
     "MVCC_READ_CONFLICT": 409, "PHANTOM_READ_CONFLICT": 409,
+    # the peer's access-audit log counts this caller's refusals instead of recording them
+    # (node README "Access-audit log"): too many refused reads, not a rule to fix the request by
+    "AUDIT_RATE_LIMITED": 429,
 }
 _CREATES = ("MedicationRequest", "MedicationDispense", "Claim")
 _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "

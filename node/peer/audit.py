@@ -67,6 +67,7 @@ from typing import Any
 
 import grpc
 import plyvel
+from cryptography import x509
 from google.protobuf.message import DecodeError
 from rxchain.v1 import audit_pb2
 
@@ -596,9 +597,23 @@ class Summary:
 _GLOBAL = ("g", b"")
 
 
+def _bucket_key(caller: Caller) -> bytes:
+    """The certificate a refusal's bucket is kept for: an authenticated caller's by the part its
+    CA signed (``tbsCertificate``) -- the same certificate with its CA's ECDSA signature (r, s)
+    re-encoded as (r, n - s) verifies too, so the whole DER would give its holder a second
+    bucket --; a claimed (unauthenticated) one by its bytes, as sent."""
+    if caller.authenticated:
+        try:
+            return hashlib.sha256(x509.load_der_x509_certificate(caller.cert_der).tbs_certificate_bytes).digest()
+        except ValueError:  # (verified, so it parses; any other bytes keep their own bucket)
+            pass
+    return hashlib.sha256(caller.cert_der).digest()
+
+
 class RefusalLimiter:
-    """Which refusals are recorded one by one: a token bucket per certificate (SHA-256 of the
-    DER), ``per_minute`` tokens a minute up to ``burst``; an unauthenticated refusal (its
+    """Which refusals are recorded one by one: a token bucket per certificate (an authenticated
+    one's by the part its CA signed: :func:`_bucket_key`), ``per_minute`` tokens a minute up to
+    ``burst``; an unauthenticated refusal (its
     certificate only claimed) takes a token from its certificate's bucket AND from one bucket
     shared by all unauthenticated refusals (``unauth_per_minute`` / ``unauth_burst``), so
     forging certificates does not multiply the bound. A refusal without a token is counted
@@ -624,6 +639,7 @@ class RefusalLimiter:
         self._unauth: OrderedDict[bytes, _Bucket] = OrderedDict()
         self._global = _Bucket(float(unauth_burst), now)
         self._open: OrderedDict[tuple[str, bytes], _Bucket] = OrderedDict()  # counting, oldest window first
+        self._evicted: list[Summary] = []  # counts of authenticated buckets dropped (LRU): due at once
 
     def tracked(self) -> int:
         """Buckets held (bounded by 2 * max_keys + 1)."""
@@ -644,27 +660,32 @@ class RefusalLimiter:
         if len(table) > self._max_keys:
             old_fp, old = table.popitem(last=False)
             if old.suppressed and self._open.pop((kind, old_fp), None) is not None:
-                if kind == "a":  # due at once (written at the next look)
-                    old.since_ms = now - self._window
-                    self._open[("a", old_fp)] = old
-                    self._open.move_to_end(("a", old_fp), last=False)
+                if kind == "a":  # due at once (handed out by the next due()), as counted: a
+                    # bucket the same certificate gets again counts apart, never over this one
+                    self._evicted.append(Summary(old.caller or Caller("", "", "", b"", False), old.contract,
+                                                 old.function, old.path, old.suppressed, old.since_ms))
                 else:
                     self._count(_GLOBAL, self._global, old.caller or Caller("", "", "", b"", False), old.contract,
-                                old.function, old.path, now, old.suppressed)
+                                old.function, old.path, now, old.suppressed, old.since_ms)
         return b
 
     def _count(self, key: tuple[str, bytes], b: _Bucket, caller: Caller, contract: str, function: str,
-               path: int, now: int, n: int = 1) -> None:
+               path: int, now: int, n: int = 1, since_ms: int | None = None) -> None:
+        """Count ``n`` refusals in ``b`` (``key``), the first of them at ``since_ms`` (default
+        ``now``; a count joining the shared one keeps its own start)."""
+        first = now if since_ms is None else since_ms
         if not b.suppressed:
-            b.since_ms = now
+            b.since_ms = first
             self._open[key] = b
+        else:
+            b.since_ms = min(b.since_ms, first)
         b.suppressed += n
         b.caller, b.contract, b.function, b.path = caller, contract, function, path
 
     def admit(self, caller: Caller, contract: str, function: str, path: int) -> bool:
         """True: record this refusal. False: it was counted (over its limit)."""
         now = self._clock()
-        fp = hashlib.sha256(caller.cert_der).digest()
+        fp = _bucket_key(caller)
         with self._lock:
             if caller.authenticated:
                 b = self._bucket(self._auth, "a", fp, self._burst, now)
@@ -691,8 +712,8 @@ class RefusalLimiter:
     def due(self, *, everything: bool = False) -> list[Summary]:
         """The counts whose window has passed (``everything``: all of them, e.g. at close)."""
         now = self._clock()
-        out: list[Summary] = []
         with self._lock:
+            out, self._evicted = self._evicted, []
             while self._open:
                 key, b = next(iter(self._open.items()))
                 if not everything and now - b.since_ms < self._window:
@@ -704,7 +725,7 @@ class RefusalLimiter:
                     self._refill(self._global, self._urate, self._uburst, now)
                     if self._global.tokens < 1:  # no room: joins the shared count
                         self._count(_GLOBAL, self._global, Caller("", "", "", b"", False), b.contract,
-                                    b.function, b.path, now, count)
+                                    b.function, b.path, now, count, b.since_ms)
                         continue
                     self._global.tokens -= 1
                 if key == _GLOBAL:

@@ -12,7 +12,7 @@ from tests.contracts.chain import who
 from tests.contracts.flows import JIANG, issue
 from tests.contracts.rxclient import World
 from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
-from tests.contracts.test_registry_reinstatement import reinstate
+from tests.contracts.test_registry_reinstatement import OTHER_CODE, reinstate
 from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
 from tests.contracts.test_registry_revocation import events, revoke, versions
 
@@ -190,3 +190,65 @@ def test_nothing_waits_for_a_final_bar(world: World) -> None:
     assert "pending" not in out["reinstated"]
     assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-jiang",
                                                       "revoked": final}
+
+
+def test_a_suspension_made_final_keeps_the_code_it_barred_before_the_record_moved(world: World) -> None:
+    """review17: LICENCE_REVOKED over a suspension whose record had moved to another code since
+    lifted its bar on the old code and barred only the new one: her old code came free -- her
+    organisation registered her (another record of her, waiting for that bar) active under it
+    at once, her licence revoked for good. The old code's bar is made final too."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h03", "dr-jiang", OTHER_CODE, active=False) == "OK"  # moved away
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
+    final = revoke(world, REGULATOR, "h03", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    for code in (JIANG_CODE, OTHER_CODE):
+        assert index(world, "praccode/" + code) == {"org": "h03", "name": "dr-jiang", "revoked": final}
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is False
+
+
+def test_a_lone_suspension_made_final_after_a_move_keeps_the_old_code_barred(world: World) -> None:
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    assert practitioner(world, "h01", "dr-jiang", OTHER_CODE, active=False) == "OK"
+    final = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "revoked": final}
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang") == "REVOCATION_FINAL"
+
+
+def test_a_site_suspended_with_its_holder_is_active_again_once_both_are_lifted(world: World) -> None:
+    """review17: her licence suspended at both her registrations -- the holder's at h01, the
+    site's at h02 -- and lifted at both (either order): the site stayed inactive, only
+    authorised again, while lifting the holder's alone made it active. The holder's suspension
+    made it inactive; the site's own suspension and its lifting -- the regulator's writes, no
+    decision of h02 -- were taken for "written since". Now it is active again, once."""
+    for first, second in (("h01", "h02"), ("h02", "h01")):
+        with_site(world)
+        assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        outs = [reinstate(world, REGULATOR, first, "dr-jiang"), reinstate(world, REGULATOR, second, "dr-jiang")]
+        assert registration(world, "h01", "dr-jiang")["licence_active"] is True
+        assert registration(world, "h02", "dr-jiang")["licence_active"] is True
+        assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang",
+                                                          "sites": {"h02": "dr-jiang"}}
+        assert sum(o["reason"] == "WAS_INACTIVE" for o in outs) == 1  # the site's own: the holder's did
+        assert issue(world, doctor=who("h02:dr-jiang:doctor"))[1].ok
+        # a site h02 wrote meanwhile stays as h02 left it (its decision stands)
+        assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert reinstate(world, REGULATOR, "h02", "dr-jiang")["reason"] == "WAS_INACTIVE"
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, active=False, years=12) == "OK"
+        assert reinstate(world, REGULATOR, "h01", "dr-jiang")["sites_restored"] == ["h02"]
+        assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=12) == "OK"  # h02 itself
+        # ... also while it was suspended (inactive)
+        assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, active=False, years=13) == "OK"
+        assert reinstate(world, REGULATOR, "h02", "dr-jiang")["reason"] == "WAS_INACTIVE"
+        assert reinstate(world, REGULATOR, "h01", "dr-jiang")["sites_restored"] == ["h02"]
+        assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+        assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=13) == "OK"

@@ -14,18 +14,20 @@ until the log held ``audit_max_records`` and every grant was refused AUDIT_FULL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from rxchain.v1 import audit_pb2, transaction_pb2
+from rxchain.v1 import audit_pb2, identity_pb2, transaction_pb2
 
 from client.audit import record_dict
-from node.crypto.signing import Verifier
+from node.crypto.signing import Signer, Verifier
 from node.errors import RxError
 from node.peer.audit import (
     AUDIT_FULL,
@@ -260,3 +262,139 @@ def _records_of(path: Path) -> list[audit_pb2.AccessRecord]:
                 for r in log.query(audit_pb2.AuditQueryRequest(start_id=991, limit=100)).records]
     finally:
         log.close()
+
+
+def test_a_dropped_buckets_count_keeps_its_start_and_is_not_lost_to_the_same_certificate() -> None:
+    """review17: a member's counting bucket dropped (LRU) was put back among those counting with
+    since_ms rewritten to "a window ago", under the certificate's key: the summary named the
+    wrong start, and the same certificate counting again before the next due() replaced it --
+    its count lost."""
+    clock = [5_000]
+    lim = RefusalLimiter(lambda: clock[0], per_minute=1, burst=1, max_keys=1)
+    member, other = _who(0), _who(1)
+    assert lim.admit(member, "prescription", "get_key", EVAL)
+    assert not lim.admit(member, "prescription", "get_key", EVAL)  # counted since 5_000
+    clock[0] = 20_000
+    assert lim.admit(other, "prescription", "get_key", EVAL)  # the member's bucket dropped
+    assert lim.admit(member, "prescription", "get_key", EVAL)  # a new bucket, full
+    assert not lim.admit(member, "prescription", "get_key", EVAL)  # counted since 20_000
+    got = [(s.caller.name, s.count, s.since_ms) for s in lim.due(everything=True)]
+    assert sorted(got) == [("dr-0", 1, 5_000), ("dr-0", 1, 20_000)]
+
+
+def _der_items(der: bytes) -> tuple[int, list[bytes]]:
+    """The header length of the DER SEQUENCE ``der`` and its items (each a whole TLV)."""
+    def tlv_end(at: int) -> tuple[int, int]:
+        n = der[at + 1]
+        if n < 0x80:
+            return at + 2, at + 2 + n
+        size = n & 0x7F
+        body = at + 2 + size
+        return body, body + int.from_bytes(der[at + 2:body], "big")
+    start, end = tlv_end(0)
+    items, at = [], start
+    while at < end:
+        _, nxt = tlv_end(at)
+        items.append(der[at:nxt])
+        at = nxt
+    return start, items
+
+
+def _seq(body: bytes) -> bytes:
+    n = len(body)
+    head = bytes([n]) if n < 0x80 else b"\x82" + n.to_bytes(2, "big")
+    return b"\x30" + head + body
+
+
+def _high_s(cert_der: bytes) -> bytes:
+    """The same certificate, its CA's ECDSA signature (r, s) given as (r, n - s): it verifies."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256
+    r, s = decode_dss_signature(x509.load_der_x509_certificate(cert_der).signature)
+    sig = b"\x00" + encode_dss_signature(r, order - s)
+    _, (tbs, alg, _old) = _der_items(cert_der)
+    return _seq(tbs + alg + b"\x03" + bytes([len(sig)]) + sig)
+
+
+def test_a_members_certificate_re_signed_high_s_shares_its_bucket(keyed: Cluster,  # noqa: F811
+                                                                 limited: _Limited) -> None:
+    """review17: the bucket was the SHA-256 of the certificate's DER; the same certificate with
+    its CA's signature's s replaced by n - s verifies as well (OpenSSL takes either), so each
+    member had a second bucket of refusals recorded one by one, its own."""
+    a, clerk = limited, keyed.net.clerk
+    twin_der = _high_s(clerk.cert_der)
+    assert twin_der != clerk.cert_der
+    twin = Signer(clerk.key, identity_pb2.Identity(org=clerk.identity.org, cert_der=twin_der))
+    assert [_refused(keyed, a, clerk).reason for _ in range(3)] == ["ACCESS_DENIED"] * 3
+    assert _refused(keyed, a, twin).reason == AUDIT_RATE_LIMITED
+    recs = _records(a.log)
+    assert len(recs) == 3 and all(r.authenticated for r in recs)
+
+
+def test_a_claimed_certificates_count_joining_the_shared_one_keeps_its_start() -> None:
+    """review17: a claimed certificate's count with no shared token left for its own summary
+    (or its bucket dropped) joined the shared count as if its refusals began then: the shared
+    summary's since_ms -- "the first of them" -- was later than the first it counts."""
+    clock = [0]
+    lim = RefusalLimiter(lambda: clock[0], per_minute=1, burst=1, unauth_per_minute=1, unauth_burst=2,
+                         window_ms=1_000)
+    forged, other = _who(7, authenticated=False), _who(8, authenticated=False)
+    assert lim.admit(forged, "prescription", "get_key", EVAL)
+    assert not lim.admit(forged, "prescription", "get_key", EVAL)  # its own bucket: counted at 0
+    clock[0] = 500
+    assert lim.admit(other, "prescription", "get_key", EVAL)  # the shared bucket's last token
+    clock[0] = 1_000
+    got = lim.due() + lim.due(everything=True)  # due, no shared token for it: the shared count's
+    assert [(s.caller.cert_der, s.count, s.since_ms) for s in got] == [(b"", 1, 0)]
+
+
+def test_concurrent_refusals_are_each_recorded_or_counted_once(tmp_path: Path) -> None:
+    """review17: threads refusing at once (group commit, summaries written as windows pass,
+    members' buckets dropped and taken again): every refusal is in the log once -- its own
+    record or a summary's count --, none lost or counted twice, and the chain verifies."""
+    lock, tick = threading.Lock(), [0]
+
+    def clock() -> int:
+        with lock:
+            tick[0] += 250  # a window passes every 240 calls
+            return tick[0]
+
+    log = AccessLog(tmp_path / "audit", clock, sync=False)
+    auditor = Auditor(log, None, RefusalLimiter(clock, per_minute=2, burst=2, unauth_per_minute=3, unauth_burst=3,
+                                                max_keys=3))
+    callers = [_who(i, authenticated=i % 3 != 0) for i in range(7)]
+    sent = {c.name: 0 for c in callers}
+
+    def refuse(n: int) -> None:
+        for k in range(120):
+            who = callers[(n * 5 + k) % len(callers)]
+            with contextlib.suppress(RxError):  # AUDIT_RATE_LIMITED: counted
+                auditor.refused(who, "prescription", "get_key", {"rx_id": "RX-1"}, "ACCESS_DENIED", 1, "tx", EVAL)
+            with lock:
+                sent[who.name] += 1
+
+    threads = [threading.Thread(target=refuse, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    log.close()  # writes the counts still open
+    log = AccessLog(tmp_path / "audit", lambda: 0)
+    try:
+        recs = _records(log)
+        assert log.verify(audit_pb2.AuditVerifyRequest()).ok
+    finally:
+        log.close()
+    seen = {c.name: 0 for c in callers}
+    shared = 0
+    for r in recs:
+        if r.outcome == RATE_LIMITED and not r.cert_sha256:
+            shared += r.suppressed
+        else:
+            seen[r.name] += r.suppressed if r.outcome == RATE_LIMITED else 1
+    assert sum(seen.values()) + shared == sum(sent.values()) == 6 * 120
+    for c in callers:
+        if c.authenticated:  # (an unauthenticated one's count may be in the shared summary)
+            assert seen[c.name] == sent[c.name]
