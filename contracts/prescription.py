@@ -1398,51 +1398,79 @@ def revoke_consent(ctx: Context, rx_id: str, org: str, note_keys: dict | None = 
 
 def show(ctx: Context, rx_id: str) -> dict:
     """Public metadata (and the ciphertext) for parties allowed to see the prescription; a
-    former insurer the record without the later fills (_as_former_sees)."""
+    former insurer the record as of the move that ended its cover, without the fills not its
+    own (_as_former_sees)."""
     rx = _party_rx(ctx, rx_id)
     former = _former_insurer(ctx, rx)
     if len(former) > 0:
-        return _as_former_sees(ctx, rx, former)
+        return _as_former_sees(ctx, rx, former, _former_versions(ctx, "rx/" + rx_id, former))
     return rx
 
 
-def _as_former_sees(ctx: Context, rx: dict, former: list) -> dict:
-    """The record as a former insurer sees it (``former`` of _former_insurer): the fill count,
-    hand-overs and time of the latest fill capped at its own latest fill, no lock of a fill not
-    its own, the status those leave, no latest step it may not see, no ``step_count`` and no
-    ``note_epoch`` (they count the steps, and the re-routes and withdrawals of consent, after
-    the move too) (README "Moving an account")."""
+AS_OF_MOVE = ("status", "pharmacy", "review", "revocation", "lock", "fills", "last_fill_ms")
+UNREAD_AS_OF_MOVE = ("status", "pharmacy", "review", "revocation")  # left out without the version
+
+
+def _as_former_sees(ctx: Context, rx: dict, former: list, seen: list) -> dict:
+    """The record as a former insurer sees it (``former`` of _former_insurer, ``seen`` of
+    _former_versions): the status, pharmacy, review, revocation, lock and fills as they stood
+    before the first version stamped after the move that ended its cover (none ended it: as
+    now; the peer's index holding no such version: those fields left out), its own deliveries
+    since; the fill count, hand-overs and time of the latest fill capped at its own latest
+    fill, no lock of a fill not its own, the status those leave; ``step`` the last step it sees
+    (null: none); no ``step_count`` and no ``note_epoch`` (they count the steps, and the
+    re-routes and withdrawals of consent, after the move too) (README "Moving an account")."""
+    base = rx
+    if former[1] >= 0:
+        base = seen[1]
+    view = dict(rx)
+    for f in AS_OF_MOVE:
+        if base is not None:
+            view[f] = base[f]
+        elif f in UNREAD_AS_OF_MOVE and f in view:  # (the fills: capped below, as now)
+            del view[f]
+    for count in ("step_count", "note_epoch"):  # how many steps, re-routes and withdrawals of
+        if count in view:  # consent there were: the later ones are not its to know
+            del view[count]
+    view["step"] = None
+    if len(seen[0]) > 0:
+        view["step"] = seen[0][len(seen[0]) - 1]["value"]["step"]
+    if rx["status"] == "ERASED":  # crypto-shredded: the history's notes are not served again
+        for f in ("review", "revocation"):
+            if view.get(f) is not None and "note_ct" in view[f]:
+                view[f] = dict(view[f])
+                view[f]["note_ct"] = ""
     last = 0
     for f in former[0]:
-        if f <= rx["fills"] and f > last:
+        if f <= view["fills"] and f > last:
             last = f
     changed = False
-    for count in ("step_count", "note_epoch"):  # how many steps, re-routes and withdrawals of
-        if count in rx:  # consent there were: the later ones are not its to know
-            del rx[count]
-    if rx["lock"] is not None and (rx["fills"] + 1) not in former[0]:
-        rx["lock"] = None
+    if view["lock"] is not None and (view["fills"] + 1) not in former[0]:
+        view["lock"] = None
         changed = True
-    if rx.get("step") is not None and _hidden_step(ctx, former, {"value": rx, "timestamp_ms": rx["step"]["time_ms"]}):
-        rx["step"] = None
-    if last < rx["fills"]:
-        rx["fills"] = last
-        if rx["delivered_fills"] > last:
-            rx["delivered_fills"] = last
-        rx["last_fill_ms"] = 0
+    if view["delivered_fills"] > 0:  # the fills up to its own latest handed over: a later
+        done = 0  # fill's hand-over counted too told of that fill
+        for k in range(1, last + 1):
+            disp = ctx.get(_disp_key(rx["rx_id"], k))
+            if disp is not None and disp["delivered"]:
+                done = done + 1
+        view["delivered_fills"] = done
+    if last < view["fills"]:
+        view["fills"] = last
+        view["last_fill_ms"] = 0
         disp = None
         if last > 0:
             disp = ctx.get(_disp_key(rx["rx_id"], last))
         if disp is not None:
-            rx["last_fill_ms"] = disp["time_ms"]
+            view["last_fill_ms"] = disp["time_ms"]
         changed = True
-    if changed and rx["status"] in ("LOCKED", "DISPENSED", "DELIVERED"):
-        rx["status"] = "APPROVED"
-        if last > 0 and rx["delivered_fills"] >= last:
-            rx["status"] = "DELIVERED"
+    if changed and view.get("status") in ("LOCKED", "DISPENSED", "DELIVERED"):
+        view["status"] = "APPROVED"
+        if last > 0 and view["delivered_fills"] >= last:
+            view["status"] = "DELIVERED"
         elif last > 0:
-            rx["status"] = "DISPENSED"
-    return rx
+            view["status"] = "DISPENSED"
+    return view
 
 
 def verify(ctx: Context, rx_id: str) -> dict:
@@ -1530,23 +1558,36 @@ def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
     return former[1] >= 0 and h["timestamp_ms"] > former[1]
 
 
-def _visible_end(ctx: Context, key: str, former: list) -> int:
-    """The position after the last version of ``key`` a former insurer sees (``former`` of
-    _former_insurer; 0: none): its trace ends there -- ``next``, ``left``, ``unreadable`` and
-    a cursor past it tell nothing of the hidden steps after it. Reads the versions' values in
-    paged ctx.history reads (each never empty while versions follow), until one comes back
-    empty."""
-    end = 0
+def _former_versions(ctx: Context, key: str, former: list) -> list:
+    """[seen, base] for a former insurer (``former`` of _former_insurer): ``seen`` the versions
+    of ``key`` it sees, in commit order (each ``{pos, tx_id, block, timestamp_ms, is_delete,
+    value: {step}}``, ``pos`` its position in the history index); ``base`` the record as it
+    stood before the first version stamped after the move that ended its cover (None: no move
+    ended it, or the index holds no version stamped at or before it). Reads the versions'
+    values in paged ctx.history reads (each never empty while versions follow), until one
+    comes back empty: its trace ends at its last version seen, and ``next``, ``left``,
+    ``unreadable``, a cursor past it and ``show`` tell nothing of the hidden steps."""
+    seen = []
+    base = None
+    before = former[1] >= 0  # still before the first version stamped after the move
     pos = 0
     page = ctx.history(key, PAGE_MAX, 0)
     while len(page) > 0:
         for k in range(len(page)):
             h = page[k]
-            if not h["is_delete"] and h["value"] is not None and not _hidden_step(ctx, former, h):
-                end = pos + k + 1
+            if h["is_delete"] or h["value"] is None:
+                continue
+            if before and h["timestamp_ms"] > former[1]:
+                before = False
+            if before:
+                base = h["value"]
+            if not _hidden_step(ctx, former, h):
+                seen.append({"pos": pos + k, "tx_id": h["tx_id"], "block": h["block"],
+                             "timestamp_ms": h["timestamp_ms"], "is_delete": False,
+                             "value": {"step": h["value"]["step"]}})
         pos = pos + len(page)
         page = ctx.history(key, PAGE_MAX, pos)
-    return end
+    return [seen, base]
 
 
 def _claim_rows(ctx: Context, rx_id: str) -> list:
@@ -1725,16 +1766,18 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     former = _former_insurer(ctx, rx)  # a former insurer sees its own fills and claims (README)
     only = ""
     status = rx["status"]
+    end = -1  # a former insurer: the position after the last version it sees (_former_versions)
     if len(former) > 0:
         only = ctx.caller.org
-        status = _as_former_sees(ctx, dict(rx), former)["status"]
+        seen = _former_versions(ctx, key, former)
+        status = _as_former_sees(ctx, rx, former, seen).get("status", "")
+        end = 0
+        if len(seen[0]) > 0:
+            end = seen[0][len(seen[0]) - 1]["pos"] + 1
     got = _trace_claims(ctx, rx_id, only)
     fills = got[0]
     seqs = got[1]
     at = _claims_shown(ctx, key, fills, seqs, cur)
-    end = -1  # a former insurer: the position after the last version it sees (_visible_end)
-    if len(former) > 0 and len(at) > 0:
-        end = _visible_end(ctx, key, former)
     if len(at) == 0 or (count >= 0 and at[0] > count) or (end >= 0 and at[0] > end):
         ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
     v = at[0]

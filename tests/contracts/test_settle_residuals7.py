@@ -238,12 +238,15 @@ def test_an_insurer_she_left_is_shown_the_record_without_the_later_fills(world: 
     world.chain.advance(28 * DAY_MS)
     world.chain.submit("prescription", "lock", WANG, rx_id=rx_id).unwrap()
     locked = world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()
-    assert (locked["lock"], locked["status"], locked["fills"], locked["step"]) == (None, "DISPENSED", 1, None)
+    assert (locked["lock"], locked["status"], locked["fills"]) == (None, "DISPENSED", 1)
+    seen = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id).unwrap()["steps"]
+    last_seen = [s for s in seen if s["block"] is not None][-1]  # (settle8: step was null, telling a
+    assert locked["step"]["tx_id"] == last_seen["tx_id"]  # step followed; now its last step seen)
     assert world.chain.query("prescription", "show", CLERK2, rx_id=rx_id).unwrap()["status"] == "LOCKED"
     dispense(world, prep).unwrap()
     old = world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()
     assert (old["fills"], old["last_fill_ms"], old["status"], old["step"]) == (
-        1, fill1["last_fill_ms"], "DISPENSED", None)
+        1, fill1["last_fill_ms"], "DISPENSED", locked["step"])
     assert world.chain.query("prescription", "trace", CLERK, rx_id=rx_id).unwrap()["status"] == "DISPENSED"
     for caller in (CLERK2, HE):
         whole = world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()
