@@ -1282,6 +1282,11 @@ def get_key(ctx: Context, rx_id: str) -> dict:
         "note_epoch": rx.get("note_epoch", 0),
         "note_keys": grant.get("note_keys", {}),
     }
+    if c.org_kind == "insurer" and len(_former_insurer(ctx, rx)) > 0:
+        # an insurer she left: no count of the note keys made, one per re-route and withdrawal
+        # of consent -- those after the move too (as show); its claim work needs none (its
+        # claim key opens its reversal notes; it writes no review or revocation note)
+        del out["note_epoch"]
     if grant["kind"] == "hospital" and "claim_wrapped_key" in grant and c.role == "doctor":
         # the claim key wrapped at issue (context ".../claim") for the issuing doctor: a doctor
         # of the hospital hands it to a later insurer of record (grant_claim_key, doctors only);
