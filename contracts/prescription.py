@@ -1565,9 +1565,9 @@ def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
 
 def _former_versions(ctx: Context, key: str, former: list) -> list:
     """[seen, base] for a former insurer (``former`` of _former_insurer): ``seen`` the versions
-    of ``key`` it sees, in commit order (each ``{pos, tx_id, block, timestamp_ms, is_delete,
-    value: {step}}``, ``pos`` its position in the history index); ``base`` the record as it
-    stood before the first version stamped after the move that ended its cover (None: no move
+    of ``key`` it sees, in commit order (each ``{tx_id, block, timestamp_ms, is_delete,
+    value: {step}}``: its trace cursors number these, not their positions in the index);
+    ``base`` the record as it stood before the first version stamped after the move that ended its cover (None: no move
     ended it, or the index holds no version stamped at or before it). Reads the versions'
     values in paged ctx.history reads (each never empty while versions follow), until one
     comes back empty: its trace ends at its last version seen, and ``next``, ``left``,
@@ -1587,7 +1587,7 @@ def _former_versions(ctx: Context, key: str, former: list) -> list:
             if before:
                 base = h["value"]
             if not _hidden_step(ctx, former, h):
-                seen.append({"pos": pos + k, "tx_id": h["tx_id"], "block": h["block"],
+                seen.append({"tx_id": h["tx_id"], "block": h["block"],
                              "timestamp_ms": h["timestamp_ms"], "is_delete": False,
                              "value": {"step": h["value"]["step"]}})
         pos = pos + len(page)
@@ -1757,7 +1757,9 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     an event committed after a page never takes the place of one shown; ``left``: steps on
     later pages (-1: unknown, a record from before ``step_count``); ``unreadable``: versions
     ``step_count`` counts that this peer's history index does not hold; ``truncated``: more
-    to read."""
+    to read. An insurer she left (README "Moving an account"): ``{version}`` counts the
+    versions it sees (_former_versions), ``left`` its steps alone; a ``position`` cursor is
+    refused it."""
     rx = _party_rx(ctx, rx_id)
     cur = _trace_cursor(start)
     if len(cur) == 0 or not _is_int(limit, 0, PAGE_MAX):
@@ -1771,14 +1773,16 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     former = _former_insurer(ctx, rx)  # a former insurer sees its own fills and claims (README)
     only = ""
     status = rx["status"]
-    end = -1  # a former insurer: the position after the last version it sees (_former_versions)
+    end = -1  # a former insurer: how many versions it sees (_former_versions)
+    seen = [[], None]
     if len(former) > 0:
+        if cur[0] == "position":  # the n-th step of every version's merge: it counts the hidden
+            ctx.fail("BAD_ARGUMENTS", "start: a step's position (an earlier release's cursor) counts "
+                     "the steps of every party; an insurer she left pages from \"\" and each next")
         only = ctx.caller.org
         seen = _former_versions(ctx, key, former)
         status = _as_former_sees(ctx, rx, former, seen).get("status", "")
-        end = 0
-        if len(seen[0]) > 0:
-            end = seen[0][len(seen[0]) - 1]["pos"] + 1
+        end = len(seen[0])  # its cursors number the versions it sees, not their positions
     got = _trace_claims(ctx, rx_id, only)
     fills = got[0]
     seqs = got[1]
@@ -1798,9 +1802,8 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
                 ctx.fail("BAD_ARGUMENTS", "start is past the end of the trail")
             q = q * 4 + 3
     got = []
-    if end >= 0:  # a former insurer: the versions up to the last it sees
-        if v < end:
-            got = ctx.history(key, min(limit, end - v), v)
+    if end >= 0:  # a former insurer: the versions it sees, from the v-th (read once above)
+        got = seen[0][v:v + limit]
         count = end
     elif count < 0 or v < count:
         got = ctx.history(key, limit, v)  # a page of values from version v: may end early, never empty
@@ -1824,13 +1827,12 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
                 if h["is_delete"] or h["value"] is None:  # a delete, a damaged block: no step
                     i = i + 1
                     continue
-                if len(former) > 0 and _hidden_step(ctx, former, h):
-                    i = i + 1
-                    continue
         elif j >= len(claims):
             break
         else:
-            if follow < 0:
+            if follow < 0 and end >= 0:
+                follow = 1 if v + len(got) < end else 0
+            elif follow < 0:
                 follow = 1 if _versions_follow(ctx, key, count, v + len(got), len(got)) else 0
             if follow > 0:
                 break  # the next page reads on from the version the read ended before
@@ -1855,12 +1857,14 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
     after = v + i
     more = i < len(got)
     if not more:
-        if follow < 0:
+        if follow < 0 and end >= 0:
+            follow = 1 if after < end else 0
+        elif follow < 0:
             follow = 1 if _versions_follow(ctx, key, count, after, len(got)) else 0
         more = follow > 0
     unreadable = 0
     left = waiting - j
-    if more and (count < 0 or len(former) > 0):  # (a former insurer: hidden steps not counted)
+    if more and count < 0:
         left = -1
     elif more:
         left = left + count - after

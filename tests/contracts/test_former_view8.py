@@ -86,3 +86,50 @@ def test_get_key_tells_an_insurer_she_left_no_note_key_count(world: World) -> No
     assert world.keyring.unwrap("ins01", old["wrapped_key"], f"rxchain/rx/{rx_id}/ins01")
     for caller in (CLERK2, JIANG):
         assert world.chain.submit("prescription", "get_key", caller, rx_id=rx_id).unwrap()["note_epoch"] == 1
+
+
+def _pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
+    pages = []
+    start = ""
+    for _ in range(64):
+        page = world.chain.query("prescription", "trace", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
+        pages.append(page)
+        start = page["next"]
+        if start == "":
+            break
+    return pages
+
+
+def _version_of(cursor: str) -> int:
+    return int(cursor.split("/", maxsplit=1)[0]) if cursor else -1
+
+
+def test_the_trace_cursors_of_an_insurer_she_left_count_only_the_steps_it_sees(world: World) -> None:
+    """ins01's cursors named positions in the history index: after its fill 1, the hidden
+    hand-over, lock and dispense of fill 2 lay before its fill 1's delivery, and the cursor
+    jumped over them (its 4th version shown, the cursor said 5); ``left`` was -1; an earlier
+    release's position cursor counted every step. Now its cursors number the versions it sees
+    (each page moves it by the versions it shows), ``left`` counts its later steps, and a
+    position cursor is refused it (BAD_ARGUMENTS); the hospital's cursors are as before."""
+    rx_id = _story(world)
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx_id, fill=1).unwrap()
+    whole = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id).unwrap()["steps"]
+    assert [s["step"] for s in whole if s["block"] is not None][-2:] == ["dispense", "deliver"]
+    for limit in (1, 2):
+        pages = _pages(world, CLERK, rx_id, limit)
+        assert [s for p in pages for s in p["steps"]] == whole
+        v = 0
+        shown = 0
+        for p in pages:
+            shown = shown + len(p["steps"])
+            v = v + len([s for s in p["steps"] if s["block"] is not None])
+            if p["next"]:
+                assert _version_of(p["next"]) == v, (limit, p["next"], v)
+            assert p["left"] == len(whole) - shown, (limit, p["left"])
+    out = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id, start="3")
+    assert out.reason == "BAD_ARGUMENTS" and "position" in out.message, out
+    full = world.chain.query("prescription", "trace", HE, rx_id=rx_id).unwrap()["steps"]
+    assert world.chain.query("prescription", "trace", HE, rx_id=rx_id, start="3").unwrap()["steps"] == full[3:]
+    pages = _pages(world, HE, rx_id, 1)
+    versions = [_version_of(p["next"]) for p in pages if p["next"]]
+    assert max(versions) == len([s for s in full if s["block"] is not None])  # its index positions
