@@ -35,7 +35,8 @@ def record_dict(raw: bytes) -> dict[str, Any]:
            "path": PATHS.get(r.path, "unspecified"), "prev_hash": r.prev_hash.hex(),
            "hash": hashlib.sha256(raw).hexdigest()}
     if r.suppressed:  # a RATE_LIMITED summary: refusals counted, not recorded one by one
-        out["suppressed"], out["since_ms"] = r.suppressed, r.since_ms
+        # shared: every unauthenticated refusal over the bound they share, no one certificate's
+        out["suppressed"], out["since_ms"], out["shared"] = r.suppressed, r.since_ms, r.shared
     return out
 
 

@@ -281,34 +281,77 @@ def _is_member(net: NetworkInfo, endpoint: NodeEndpoint) -> bool:
     return not members or (endpoint.name, endpoint.org) in members
 
 
+def _orderer_nodes(net: NetworkInfo) -> list[int]:
+    """For each orderer entry of the verified configuration ``net`` describes, the orderer it is
+    (an index): entries sharing a raft id or a certificate (block signatures) are one orderer,
+    whatever their names -- the config rules keep raft ids unique, not names nor certificates."""
+    nodes = net.config.orderers
+    root = list(range(len(nodes)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first: dict[tuple[str, int | bytes], int] = {}
+    for i, node in enumerate(nodes):
+        keys: list[tuple[str, int | bytes]] = [("raft", node.raft_id)]
+        if node.cert_der:
+            keys.append(("cert", node.cert_der))
+        for key in keys:
+            root[find(i)] = find(first.setdefault(key, i))
+    return [find(i) for i in range(len(nodes))]
+
+
+def _node_of(net: NetworkInfo, name: str, org: str | None) -> frozenset[object]:
+    """The orderer(s) of ``net``'s configuration an endpoint of ``name`` (and ``org``, when
+    known) is -- several when entries of one name are distinct orderers: counted as one, as it
+    cannot tell which answered --; by name when the configuration names no orderers."""
+    if not net.config.orderers:
+        return frozenset({name})
+    nodes = _orderer_nodes(net)
+    return frozenset(nodes[i] for i, o in enumerate(net.config.orderers)
+                     if o.name == name and (org is None or o.org == org))
+
+
 def orderers_needed(net: NetworkInfo) -> int:
     """How many orderers must hold the last block of an extension fetched from an orderer before
     it is taken: a majority of the orderers of the verified configuration ``net`` describes (its
-    orderer nodes, each name once; the network description's orderer endpoints, each name once,
-    when it names none)."""
-    names = {o.name for o in net.config.orderers} or {o.name for o in net.orderers}
-    return len(names) // 2 + 1
+    orderer nodes, each orderer once: entries sharing a raft id or a certificate are one,
+    :func:`_orderer_nodes`; the network description's orderer endpoints, each name once, when it
+    names none). Counted by name, one orderer listed under two names counted twice, and two
+    orderers under one name once."""
+    if net.config.orderers:
+        return len(set(_orderer_nodes(net))) // 2 + 1
+    return len({o.name for o in net.orderers}) // 2 + 1
 
 
 def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
              make: Callable[..., _Peer], source_counts: bool,
-             denied: dict[str, str] | None = None) -> tuple[list[str], list[str], int]:
+             denied: dict[str, str] | None = None, source_org: str | None = None) -> tuple[list[str], list[str], int]:
     """The orderers that hold block ``number`` with header hash ``want`` -- ``source``
     (``source_counts``: an orderer of the verified configuration) and as many of ``others`` as it
     takes to reach :func:`orderers_needed`, asked in turn (each a call of at most
     :data:`STATUS_TIMEOUT_S`, none past ``deadline``; each orderer once, by name; only the
     configuration's: :func:`_is_member`; each pinned to its organisation's CA in ``net``'s
     configuration, none rotated away from: :func:`pinned_ca`) -- what the others said, and how
-    many are needed."""
+    many are needed. Each orderer counts once: by the configuration's entries its endpoint's name
+    (and organisation) names, entries sharing a raft id or a certificate one orderer
+    (:func:`_node_of`; ``source_org``: the source's organisation, when known)."""
     needed = orderers_needed(net)
     agree: list[str] = [source.name] if source_counts else []
+    mine = _node_of(net, source.name, source_org) if source.orderer else frozenset()
+    counted: set[object] = set(mine) if source_counts else set()
     said: list[str] = []
     for endpoint in others:
         if len(agree) >= needed:
             break
-        if endpoint.name in agree or (source.orderer and endpoint.name == source.name):
-            continue  # (one orderer at two addresses: once)
+        node = _node_of(net, endpoint.name, endpoint.org)
+        if endpoint.name in agree or (source.orderer and endpoint.name == source.name) or node & counted \
+                or node & mine:
+            continue  # (one orderer at two addresses, or under two names: once)
         if not _is_member(net, endpoint):
             said.append(f"{endpoint.name}: not an orderer of the verified configuration")
             continue
@@ -328,6 +371,7 @@ def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[Node
                 got = next(one, None)
             if got is not None and got.header.number == number and block_header_hash(got.header) == want:
                 agree.append(endpoint.name)
+                counted |= node
             else:
                 said.append(f"{endpoint.name}: holds {'another block' if got is not None else 'no block'} {number}")
         except RxClientError as exc:
@@ -342,7 +386,7 @@ def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[Node
 def _confirm(number: int, want: bytes, source: _Peer | _Named, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
              make: Callable[..., _Peer], source_counts: bool = True,
-             denied: dict[str, str] | None = None) -> None:
+             denied: dict[str, str] | None = None, source_org: str | None = None) -> None:
     """ORDERERS_DISAGREE unless :func:`orderers_needed` orderers of the configuration ``net``
     describes -- the one in force before block ``number`` -- hold it (header hash ``want``):
     ``source``, which served the blocks (``source_counts``: an orderer of that configuration; a
@@ -351,11 +395,12 @@ def _confirm(number: int, want: bytes, source: _Peer | _Named, others: list[Node
     compromised orderer could extend the chain with a fork holding an admin-signed config
     update the orderers never committed (an abandoned proposal) -- served by itself, or by a
     compromised peer -- and the session saved it and pinned its CA. Each orderer counts once
-    (one listed at two addresses is one), and only an orderer of that configuration counts
+    (one listed at two addresses is one, and so is one the configuration lists under two names:
+    :func:`_holders`), and only an orderer of that configuration counts
     (:func:`_is_member`: the network description still lists an orderer a config update
     removed -- perhaps for a leaked key)."""
     agree, said, needed = _holders(number, want, source, others, net, identity, deadline, clock, make,
-                                   source_counts, denied)
+                                   source_counts, denied, source_org)
     if len(agree) < needed:
         kind = "orderer" if source.orderer else "peer"
         raise RxClientError("ORDERERS_DISAGREE", f"the blocks to {number} the {kind} {source.name} served are held "
@@ -400,14 +445,14 @@ def orderers_confirm(home: Path, net: NetworkInfo, identity: WalletIdentity, sou
 def _confirm_restart(number: int, want: bytes, source: _Peer, others: list[NodeEndpoint], net: NetworkInfo,
                      identity: WalletIdentity, deadline: float, clock: Callable[[], float],
                      make: Callable[..., _Peer], source_counts: bool = True,
-                     denied: dict[str, str] | None = None) -> None:
+                     denied: dict[str, str] | None = None, source_org: str | None = None) -> None:
     """SERVICE_UNAVAILABLE naming ``source`` unless :func:`orderers_needed` orderers (counted as
     :func:`_confirm` counts them) hold the block ``number`` (header hash ``want``) that ``source``'s
     chain, verified from genesis.block, holds in place of the one verified. An orderer signs blocks
     alone: one compromised orderer's fork verifies from genesis, and its CHAIN_RESTARTED told the
     operator to remove config-chain.json -- the genesis CAs pinned again."""
     agree, said, needed = _holders(number, want, source, others, net, identity, deadline, clock, make,
-                                   source_counts, denied)
+                                   source_counts, denied, source_org)
     if len(agree) < needed:
         raise RxClientError("SERVICE_UNAVAILABLE", f"the orderer {source.name}'s chain, verified from genesis.block, "
                             f"holds a different block {number} from the config chain this home verified, held by "
@@ -568,12 +613,13 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
             segment = pinned if config.sequence <= pinned.config.sequence else net.with_config(config)
             others = [o for o in orderer_endpoints(segment) if o != endpoint]
             counts = source.orderer and _is_member(segment, endpoint)
-            _confirm(number, want, source, others, segment, identity, deadline, clock, _Peer, counts, denied)
+            _confirm(number, want, source, others, segment, identity, deadline, clock, _Peer, counts, denied,
+                     endpoint.org)
 
         def diverged(number: int, want: bytes, source: _Peer = peer, endpoint: NodeEndpoint = endpoint) -> None:
             others = [o for o in listed if o != endpoint]
             _confirm_restart(number, want, source, others, pinned, identity, deadline, clock, _Peer,
-                             _is_member(pinned, endpoint), denied)
+                             _is_member(pinned, endpoint), denied, endpoint.org)
 
         try:
             _extend(peer, chain, genesis, state_path, confirm, diverged if orderer else None)

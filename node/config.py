@@ -8,7 +8,8 @@ host are strings, ``fsync`` a boolean, ``log_level`` a logging level name; ports
 integers in 1..65535 (``metrics_port`` 0 = no metrics endpoint, else not the gRPC port),
 endpoint names unique per list; ``extra`` is a mapping (open: tuning keys of several
 modules), and its integer tuning keys
-(:data:`INT_EXTRAS`) are integers within their ranges; the node's certificate must carry the
+(:data:`INT_EXTRAS`) are integers within their ranges -- every integer key a YAML integer, never a
+boolean or a string (``"1_000"``, ``" 5 "``: BAD_CONFIG naming the key); the node's certificate must carry the
 node's name as a subject alternative name (:func:`check_tls_name`), and its CA bundle must hold
 PEM certificates (:func:`check_ca_bundle`). What the ``extra`` keys do is
 documented where they are used: ``node.orderer.server`` (Raft and ordering tuning),
@@ -133,16 +134,14 @@ INT_EXTRAS: dict[str, tuple[int, int]] = {
 
 
 def _int_value(value: Any, where: str, low: int, high: int) -> int:
-    """``value`` as an int in ``low..high`` (an int, or a string of decimal digits)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    """``value`` if it is a YAML integer in ``low..high``. Nothing else is one: not a boolean
+    (an int to Python), and not a string -- ``int()`` would take ``"1_000"``, ``" 5 "`` or
+    ``"\uff15"`` (a full-width digit) as numbers a reader of the file does not see as such."""
+    if isinstance(value, bool) or not isinstance(value, int):
         raise RxError("BAD_CONFIG", f"{where} must be an integer, not {_short(value)}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise RxError("BAD_CONFIG", f"{where} must be an integer, not {_short(value)}") from None
-    if not low <= number <= high:
-        raise RxError("BAD_CONFIG", f"{where} must be between {low} and {high}, not {number}")
-    return number
+    if not low <= value <= high:
+        raise RxError("BAD_CONFIG", f"{where} must be between {low} and {high}, not {value}")
+    return value
 
 
 def _extra(raw: Any, path: Path) -> dict[str, Any]:

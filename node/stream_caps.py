@@ -74,8 +74,12 @@ node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers on
     most ``max_streams``.
 ``max_node_streams``
     long-lived calls only node certificates may hold, beyond ``max_streams``; default half of
-    ``max_streams``, at most what ``grpc_workers`` leaves (``grpc_workers - 1 - max_streams``,
-    on an orderer ``- max_cluster_streams`` too); 0 reserves none. ``max_streams +
+    ``max_streams`` (at least 1), at most what ``grpc_workers`` leaves (``grpc_workers - 1 -
+    max_streams``, on an orderer ``- max_cluster_streams`` too); 0 reserves none. When neither
+    key is set and that leaves nothing (an orderer of 4-34 workers: the default Cluster cap takes
+    what half the pool leaves), the clients' default ``max_streams`` is one less and the reserve
+    gets that slot -- one node stream kept under a flood of client streams, not a consortium's
+    (``node_reserve_short`` tells); 3 workers (1 client, 1 Cluster, 1 free) leave none. ``max_streams +
     max_node_streams`` (on an orderer ``+ max_cluster_streams``) must be less than
     ``grpc_workers``: the worst case, every client and node slot held, must leave the other
     orderers' Cluster streams (Raft) the workers of their cap and unary calls one at least --
@@ -92,7 +96,7 @@ node.yaml ``extra`` keys (integers, peers and orderers; the last two orderers on
     orderers, all together; default an eighth of ``grpc_workers``, at least 16 (at most what
     ``max_streams`` -- and ``max_node_streams`` when set -- leave, at least 1; the default
     reserve gets what is left after it: an orderer's default 128 workers are then 64 for
-    clients, 32 for nodes, 16 for the other orderers and 16 for unary calls; 32 workers 16, 0,
+    clients, 32 for nodes, 16 for the other orderers and 16 for unary calls; 32 workers 15, 1,
     15 and 1); less than ``grpc_workers`` less ``max_streams``.
 ``max_cluster_streams_per_orderer``
     Cluster streams of one method one orderer may hold (its next one replaces its oldest);
@@ -338,17 +342,24 @@ class StreamCaps:
             raise RxError("BAD_CONFIG", f"extra.max_streams must be between 1 and grpc_workers - 1 "
                                         f"({workers - 1}), not {total}")
         per_caller = int(extra.get("max_streams_per_caller", max(1, total // 2)))
+        room = workers - 1 - total - cluster
+        if (room == 0 and 1 <= per_caller < total and "max_streams" not in extra
+                and "max_node_streams" not in extra):
+            # the default split left the nodes no slot of their own (an orderer of 4-34 workers:
+            # the default Cluster cap takes what half the pool leaves): a flood of client streams
+            # then refused every peer's Deliver and Broadcast. The clients' default share gives
+            # the reserve one (one client's cap unchanged); 3 workers cannot (module doc).
+            total, room = total - 1, 1
         if not 1 <= per_caller <= total:
             raise RxError("BAD_CONFIG", f"extra.max_streams_per_caller must be between 1 and "
                                         f"max_streams ({total}), not {per_caller}")
-        room = workers - 1 - total - cluster
         if room < 0:  # (only with cluster: max_streams < workers above)
             raise RxError("BAD_CONFIG", f"extra.max_streams ({total}) and max_cluster_streams ({cluster}) must "
                                         f"together be less than grpc_workers ({workers}): clients holding all "
                                         f"their streams would leave the other orderers' Cluster streams (Raft) "
                                         f"fewer gRPC workers than their cap and none for unary calls; lower "
                                         f"max_streams or max_cluster_streams, or raise grpc_workers")
-        nodes = int(extra.get("max_node_streams", min(total // 2, room)))
+        nodes = int(extra.get("max_node_streams", min(max(1, total // 2), room)))
         if not 0 <= nodes <= room:
             within = "max_streams - max_cluster_streams" if cluster else "max_streams"
             raise RxError("BAD_CONFIG", f"extra.max_node_streams must be between 0 and grpc_workers - 1 - "

@@ -97,7 +97,10 @@ reads (the caller gets back only what it may read):
 * ``500 Internal Server Error`` INTERNAL: a fault of the gateway itself; the request may have
   been carried out, and the answer names no ids.
 * ``503`` + ``Retry-After`` only for TOO_MANY_CONNECTIONS (nothing was read) and ``503``
-  SERVICE_UNAVAILABLE when the peer could not be reached before anything was submitted.
+  SERVICE_UNAVAILABLE when the peer could not be reached before anything was submitted;
+  ``503`` AUDIT_FULL / AUDIT_WRITE_FAILED / AUDIT_LOG_CORRUPT (the peer's access-audit log
+  could not take the record a key release needs) and TOO_MANY_STREAMS (the peer holds as many
+  streams as it allows): conditions of the peer, nothing in the request to fix.
 * ``409 Conflict`` MVCC_READ_CONFLICT / PHANTOM_READ_CONFLICT: a concurrent change to the
   same record committed first; nothing of this request was written: send it again as it was.
 * ``4xx``: refused (400 malformed, 403 not allowed, 422 a prescription rule): the refused
@@ -208,6 +211,10 @@ _STATUS = {
     # the peer's access-audit log counts this caller's refusals instead of recording them
     # (node README "Access-audit log"): too many refused reads, not a rule to fix the request by
     "AUDIT_RATE_LIMITED": 429,
+    # the peer could not write the access-audit record a key release needs (README "Access-audit
+    # log": its log is full, or the write failed) or could not read its log, or it holds as many
+    # streams as it allows: conditions of the peer, not of the request (nothing to fix; not 422)
+    "AUDIT_FULL": 503, "AUDIT_WRITE_FAILED": 503, "AUDIT_LOG_CORRUPT": 503, "TOO_MANY_STREAMS": 503,
 }
 _CREATES = ("MedicationRequest", "MedicationDispense", "Claim")
 _LOOK_FIRST = ("; read what Location or diagnostics names before anything else. A MedicationRequest may be "

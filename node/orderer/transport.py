@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections import deque
@@ -773,6 +774,11 @@ class _ForwardStream:
         self._thread = threading.Thread(target=self._receive, name="forward-recv", daemon=True)
         self._thread.start()
 
+    @property
+    def opened(self) -> bool:
+        """The leader answered the handshake (it admitted the stream)."""
+        return self._open.is_set()
+
     def submit(self, envelope: bytes, ticket: Ticket) -> None:
         with self._lock:  # never enqueue after _break drained the queue
             if self.broken:
@@ -868,7 +874,17 @@ class _ForwardStream:
 
 
 class Forwarder:
-    """Follower side of Cluster.Forward (the broadcast handler's LeaderForwarder)."""
+    """Follower side of OrdererCluster.ForwardBatch, the legacy forward RPC (node.yaml
+    ``extra.forward_rpc: legacy``; kept for comparison in benchmarks): the broadcast handler's
+    forwarder in place of :class:`node.orderer.forward.LeaderForwarder`.
+
+    Redials as LeaderForwarder's: a leader whose stream broke after it answered the handshake is
+    dialled again ``redial_s`` later; one that ended it before (refused it, or could not be
+    reached) after a wait doubling with each such failure in a row -- 0.4, 0.8, 1.6 s ... with
+    the default 0.2 s -- up to ``refused_redial_max_s`` (3 s), times 0.5 to 1 by ``rand``, so the
+    followers it refuses do not dial it in step. An envelope for a leader not to be dialled yet
+    is answered NOT_LEADER at once (never held; the broadcast handler re-dispatches it). Before,
+    a refusing leader was dialled again every 0.2 s for as long as envelopes came."""
 
     def __init__(
         self,
@@ -877,16 +893,33 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
         redial_s: float = 0.2,
         max_batch_bytes: Callable[[], int] = lambda: 4 << 20,
+        *,
+        refused_redial_max_s: float = REFUSED_REDIAL_MAX_S,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         """``max_batch_bytes``: envelope bytes of one forwarded message (node.msgbound)."""
         self._membership = membership
         self._factory = channel_factory
         self._clock = clock
         self._redial_s = redial_s
+        self._refused_redial_max_s = max(refused_redial_max_s, redial_s)
+        self._rand = rand
         self._max_bytes = max_batch_bytes
-        self._broke_at: dict[int, float] = {}
+        # leader -> (when it may be dialled again, streams in a row it ended before the handshake)
+        self._redials: dict[int, tuple[float, int]] = {}
         self._streams: dict[int, _ForwardStream] = {}
         self._lock = threading.Lock()
+
+    def _broke(self, leader_id: int, stream: _ForwardStream) -> None:
+        """(under the lock) When ``leader_id``, whose ``stream`` broke, may be dialled again."""
+        now = self._clock()
+        if stream.opened:  # it had admitted the stream: the wait starts over
+            self._redials[leader_id] = (now + self._redial_s, 0)
+            return
+        failures = self._redials.get(leader_id, (0.0, 0))[1] + 1
+        wait = min(self._redial_s * 2 ** min(failures, 32), self._refused_redial_max_s)
+        wait *= 0.5 + 0.5 * min(max(self._rand(), 0.0), 1.0)
+        self._redials[leader_id] = (now + wait, failures)
 
     def submit(self, leader_id: int, envelope: bytes, tx_id: str) -> Ticket:
         """Forward ``envelope`` to ``leader_id``."""
@@ -897,10 +930,12 @@ class Forwarder:
                 if stream is not None:
                     stream.close()
                     del self._streams[leader_id]
-                    self._broke_at[leader_id] = self._clock()
-                if self._clock() - self._broke_at.get(leader_id, -1e9) < self._redial_s:
-                    # Do not redial a leader that just failed for every envelope.
-                    ticket.resolve(Outcome(NOT_LEADER, f"leader {leader_id} unreachable"))
+                    self._broke(leader_id, stream)
+                at = self._redials.get(leader_id, (-1e18, 0))[0]
+                if self._clock() < at:
+                    # Do not redial a leader that just failed (class doc): answered at once
+                    ticket.resolve(Outcome(NOT_LEADER, f"leader {leader_id} unreachable; dialled again in "
+                                                       f"{at - self._clock():.1f} s"))
                     return ticket
                 target = self._membership.targets().get(leader_id)
                 if target is None:

@@ -212,6 +212,7 @@ class _Pending:
     path: int
     suppressed: int = 0
     since_ms: int = 0
+    shared: bool = False  # the summary of every unauthenticated refusal over the shared bound
     rid: int = 0
     error: RxError | None = None
     done: bool = False
@@ -275,7 +276,8 @@ class AccessLog:
     # ------------------------------------------------------------------ append
 
     def append(self, caller: Caller, contract: str, function: str, record_id: str, outcome: str,
-               height: int, tx_id: str, path: int, *, suppressed: int = 0, since_ms: int = 0) -> int:
+               height: int, tx_id: str, path: int, *, suppressed: int = 0, since_ms: int = 0,
+               shared: bool = False) -> int:
         """Write one record durably; its id. RxError AUDIT_FULL / AUDIT_WRITE_FAILED when it
         could not be (nothing written then).
 
@@ -288,7 +290,7 @@ class AccessLog:
         who = Caller(_text(caller.org), _text(caller.role), _text(caller.name), caller.cert_der,
                      caller.authenticated)
         item = _Pending(who, _text(contract), _text(function), _text(record_id), _text(outcome), height,
-                        _text(tx_id[:MAX_TX_ID_CHARS]), path, suppressed, since_ms)
+                        _text(tx_id[:MAX_TX_ID_CHARS]), path, suppressed, since_ms, shared)
         with self._lock:
             self._queue.append(item)
             while not item.done:
@@ -364,7 +366,8 @@ class AccessLog:
                         name=item.caller.name, cert_sha256=_fingerprint(item),
                         authenticated=item.caller.authenticated, contract=item.contract, function=item.function,
                         record_id=item.record_id, outcome=item.outcome, height=item.height, tx_id=item.tx_id,
-                        path=item.path, suppressed=item.suppressed, since_ms=item.since_ms)  # type: ignore[arg-type]
+                        path=item.path, suppressed=item.suppressed, since_ms=item.since_ms,  # type: ignore[arg-type]
+                        shared=item.shared)
                     raw = rec.SerializeToString()
                     xkey = _xkey(item.record_id, rid) if item.record_id else b""
                 except (ValueError, TypeError, OverflowError) as exc:
@@ -518,8 +521,10 @@ class AccessLog:
 
 
 def _fingerprint(item: _Pending) -> bytes:
-    """The caller's certificate's SHA-256; empty for the summary of all unauthenticated refusals."""
-    if item.outcome == RATE_LIMITED and not item.caller.cert_der:
+    """The caller's certificate's SHA-256; empty for the summary of all unauthenticated refusals
+    (``shared``: not a caller claiming an empty certificate, whose summary names SHA-256 of no
+    bytes as its refusals' records do)."""
+    if item.outcome == RATE_LIMITED and item.shared:
         return b""
     return hashlib.sha256(item.caller.cert_der).digest()
 
@@ -584,7 +589,7 @@ class _Bucket:
 @dataclass(frozen=True)
 class Summary:
     """Refusals counted instead of recorded: ``count`` since ``since_ms`` by ``caller``
-    (``caller.cert_der`` empty: every unauthenticated refusal over the shared bound)."""
+    (``shared``: every unauthenticated refusal over the shared bound, no one caller's)."""
 
     caller: Caller
     contract: str
@@ -592,6 +597,7 @@ class Summary:
     path: int
     count: int
     since_ms: int
+    shared: bool = False
 
 
 _GLOBAL = ("g", b"")
@@ -730,7 +736,7 @@ class RefusalLimiter:
                     self._global.tokens -= 1
                 if key == _GLOBAL:
                     caller = Caller("", "", "", b"", False)
-                out.append(Summary(caller, b.contract, b.function, b.path, count, b.since_ms))
+                out.append(Summary(caller, b.contract, b.function, b.path, count, b.since_ms, key == _GLOBAL))
         return out
 
 
@@ -795,10 +801,10 @@ class Auditor:
         if self._limiter is None:
             return
         for s in self._limiter.due(everything=everything):
-            cert = hashlib.sha256(s.caller.cert_der).hexdigest()[:16] if s.caller.cert_der else ""
+            cert = "" if s.shared else hashlib.sha256(s.caller.cert_der).hexdigest()[:16]
             try:
                 rid = self.log.append(s.caller, s.contract, s.function, "", RATE_LIMITED, 0, "", s.path,
-                                      suppressed=s.count, since_ms=s.since_ms)
+                                      suppressed=s.count, since_ms=s.since_ms, shared=s.shared)
             except RxError as err:
                 _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
                            err.reason, s.caller.org, s.caller.role, s.function, "", err.message)
@@ -806,9 +812,9 @@ class Auditor:
                 rid = 0
             else:
                 self._count("refused")
-            _log.warning("event=audit_refusals_suppressed org=%s role=%s cert=%s authenticated=%s suppressed=%d "
-                         "since_ms=%d record=%d", s.caller.org, s.caller.role, cert, s.caller.authenticated,
-                         s.count, s.since_ms, rid)
+            _log.warning("event=audit_refusals_suppressed org=%s role=%s cert=%s authenticated=%s shared=%s "
+                         "suppressed=%d since_ms=%d record=%d", s.caller.org, s.caller.role, cert,
+                         s.caller.authenticated, s.shared, s.count, s.since_ms, rid)
 
     def _count(self, result: str) -> None:
         if self._on_record is not None:

@@ -102,10 +102,11 @@ class DeliverSettings:
         for attr, key in keys.items():
             if key not in extra:
                 continue
-            try:
-                value = float(extra[key])
-            except (TypeError, ValueError):
-                raise RxError("BAD_CONFIG", f"extra.{key} must be a number of seconds") from None
+            raw = extra[key]
+            # a YAML number only: float() would take "1_000", " 5 " or a boolean as seconds
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise RxError("BAD_CONFIG", f"extra.{key} must be a number of seconds, not {type(raw).__name__}")
+            value = float(raw)
             if not value >= 0 or value > 3600:
                 raise RxError("BAD_CONFIG", f"extra.{key} must be between 0 and 3600 seconds")
             values[attr] = value

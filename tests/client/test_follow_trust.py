@@ -107,6 +107,8 @@ def _net(home: Path, peers: tuple[str, ...], orderers: tuple[str, ...]) -> Netwo
         for raft_id, name in enumerate(dict.fromkeys(orderers), 1):
             config.orderers.add().CopyFrom(node)
             config.orderers[-1].name, config.orderers[-1].raft_id = name, raft_id
+            if raft_id > 1:  # each orderer its own certificate (the fakes sign nothing: any bytes)
+                config.orderers[-1].cert_der = b"certificate of " + name.encode()
     return dataclasses.replace(net, peers=tuple(p for org in peers for p in net.peers if p.org == org),
                                orderers=tuple(dataclasses.replace(ins01, name=n) for n in orderers), config=config)
 

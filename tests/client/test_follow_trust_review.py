@@ -151,6 +151,8 @@ def _forked(rotated: Rotated,  # noqa: F811
     for raft_id, name in enumerate(orderers, 1):
         config.orderers.add().CopyFrom(node)
         config.orderers[-1].name, config.orderers[-1].raft_id = name, raft_id
+        if raft_id > 1:  # each orderer its own certificate (as _net's; only the first one signs)
+            config.orderers[-1].cert_der = b"certificate of " + name.encode()
     raw["config"] = base64.b64encode(config.SerializeToString()).decode()
     state.write_text(json.dumps(raw))
     genesis = read_genesis(rotated.home / "genesis.block")

@@ -261,3 +261,114 @@ def test_a_leader_the_chain_reports_elected_is_dialled_at_once_whatever_the_watc
         assert outcome.accepted, outcome
         assert len(dialled) == before + 1
         assert current[0] == 2
+
+
+# ---------------------------------------------------------------- the legacy Forwarder
+
+class _LegacyLeader:
+    """An OrdererCluster.ForwardBatch server (the legacy forward RPC) refusing every stream
+    PERMISSION_DENIED REVOKED_CERT while ``refusing``, else answering the handshake and every
+    envelope accepted and ending the stream after ``end_after`` envelopes. ``calls``: streams."""
+
+    def __init__(self) -> None:
+        self.refusing = True
+        self.end_after = 1
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def handle(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        from rxchain.v1 import raft_pb2
+
+        with self._lock:
+            self.calls += 1
+        if self.refusing:
+            abort_with(context, RxError("REVOKED_CERT", "the caller's certificate is revoked",
+                                        grpc.StatusCode.PERMISSION_DENIED))
+        answered = 0
+        for req in requests:
+            yield raft_pb2.ForwardAnswers(answers=[raft_pb2.ForwardAnswer(accepted=True) for _ in req.envelopes])
+            answered += len(req.envelopes)
+            if req.envelopes and answered >= self.end_after:
+                return
+
+
+@contextlib.contextmanager
+def _legacy(rand: Callable[[], float] | None = None) -> Iterator[tuple[_LegacyLeader, Any, Clock, list[str]]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rxchain.v1 import raft_pb2
+
+    from node.orderer.transport import Forwarder
+
+    leader = _LegacyLeader()
+    (port,) = free_ports(1)
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.OrdererCluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            leader.handle, request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
+            response_serializer=raft_pb2.ForwardAnswers.SerializeToString)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    clock, dialled = Clock(), []
+
+    def channel(target: str) -> grpc.Channel:
+        dialled.append(target)
+        return grpc.insecure_channel(target)
+
+    extra = {} if rand is None else {"rand": rand, "redial_s": 0.25}
+    fwd = Forwarder(Members({2: f"127.0.0.1:{port}"}), channel, clock=clock, **extra)  # type: ignore[arg-type]
+    try:
+        yield leader, fwd, clock, dialled
+    finally:
+        fwd.close()
+        server.stop(0).wait(5)
+
+
+def test_the_legacy_forwarder_dials_a_refusing_leader_with_a_growing_wait() -> None:
+    """ops1: the legacy Forwarder (forward_rpc: legacy, node.orderer.transport) dialled a leader
+    refusing its stream again every redial_s (0.2 s) for as long as envelopes came -- 30 dials in
+    ten seconds of envelopes, each a refusal and a log line at the leader. Now (its defaults) the
+    wait doubles from 0.4 s to 3 s, jittered into its upper half: at most 9 dials."""
+    with _legacy() as (leader, fwd, clock, dialled):
+        dials, waited = _run(fwd, clock, dialled, steps=100)
+        assert 5 <= len(dials) <= 9, dials
+        assert leader.calls == len(dials)
+        gaps = [round(b - a, 6) for a, b in itertools.pairwise(dials)]
+        assert max(gaps) >= 1.5 and all(g <= REFUSED_REDIAL_MAX_S + 2 * STEP_S for g in gaps), gaps
+        assert waited and all(o.reason == NOT_LEADER for o in waited)  # re-dispatched, as before
+
+
+def test_the_legacy_forwarder_backs_off_a_refusing_leader_as_the_leader_forwarder_does() -> None:
+    """Its waits are LeaderForwarder's: the same gaps as the test above for the same injected
+    random source, each envelope in a wait answered NOT_LEADER at once (nothing held)."""
+    for rand, gaps_expected in ((lambda: 0.99, [0.6, 1.1, 2.1, 3.1, 3.1]), (lambda: 0.01, [0.4, 0.7, 1.2, 1.7, 1.7])):
+        with _legacy(rand) as (leader, fwd, clock, dialled):
+            dials, waited = _run(fwd, clock, dialled, steps=round(sum(gaps_expected) / STEP_S) + 1)
+            gaps = [round(b - a, 6) for a, b in itertools.pairwise(dials)]
+            assert gaps == gaps_expected, (gaps, gaps_expected)
+            assert leader.calls == len(dials)
+            assert waited and all(o.reason == NOT_LEADER and "dialled again in" in o.message for o in waited)
+
+
+def test_the_legacy_forwarder_starts_over_after_an_admitted_stream() -> None:
+    """After refusals grew its wait to the cap, a stream the leader admitted (and ended after an
+    envelope) is dialled again redial_s (0.25 s) later, and a refusal then waits ~0.5 s, not 3 s."""
+    with _legacy(lambda: 0.99) as (leader, fwd, clock, dialled):
+        dials, _ = _run(fwd, clock, dialled, steps=80)
+        assert round(dials[-1] - dials[-2], 6) == 3.1  # at the cap
+        leader.refusing = False
+        clock.now += REFUSED_REDIAL_MAX_S
+        ticket = fwd.submit(2, b"envelope-x", "tx-x")
+        outcome = ticket.wait(10)
+        assert outcome is not None and outcome.accepted, outcome
+        stream = fwd._streams[2]
+        ended = threading.Event()
+        for _ in range(500):  # bounded: the client sees the stream's end
+            if stream.broken:
+                break
+            ended.wait(0.01)
+        assert stream.broken
+        leader.refusing = True
+        start = clock.now
+        dials, _ = _run(fwd, clock, dialled, steps=10, first=2000)
+        assert [round(d - start, 6) for d in dials] == [0.3, 0.9], (start, dials)

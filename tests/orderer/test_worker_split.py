@@ -47,8 +47,9 @@ THREE_ORDERERS_LEADER = 4
 
 
 @pytest.mark.parametrize(("workers", "split"), [
-    (3, (1, 0, 1)), (8, (4, 0, 3)), (10, (5, 0, 4)), (16, (8, 0, 7)), (24, (12, 0, 11)),
-    (32, (16, 0, 15)), (48, (24, 7, 16)), (64, (32, 15, 16)), (65, (32, 16, 16)), (128, (64, 32, 16)),
+    (3, (1, 0, 1)), (4, (1, 1, 1)), (8, (3, 1, 3)), (10, (4, 1, 4)), (16, (7, 1, 7)), (24, (11, 1, 11)),
+    (32, (15, 1, 15)), (34, (16, 1, 16)), (35, (17, 1, 16)), (48, (24, 7, 16)), (64, (32, 15, 16)),
+    (65, (32, 16, 16)), (128, (64, 32, 16)),
 ])
 def test_a_small_pools_cluster_cap_keeps_what_it_held_within_what_the_clients_leave(
         workers: int, split: tuple[int, int, int]) -> None:
@@ -57,10 +58,52 @@ def test_a_small_pools_cluster_cap_keeps_what_it_held_within_what_the_clients_le
     leave between them): 16 workers gave 3 Cluster slots, 32 gave 7 -- a leader of three
     orderers (two Step and two ForwardBatch streams) refused one follower's stream
     TOO_MANY_STREAMS for good (node.stream_caps.ClusterCaps.admit), where these pools had
-    held 15 and 16. A short reserve bites only under a flood of client streams, and is told."""
+    held 15 and 16. A short reserve bites only under a flood of client streams, and is told.
+    ops1: the reserve is at least one slot wherever the pool has a worker for it (4 and more:
+    taken from the clients' default share; it was 0 up to 34 workers)."""
     assert _orderer_split({}, workers) == split
     if workers >= 10:
         assert split[2] >= THREE_ORDERERS_LEADER
+    if workers >= 4:
+        assert split[1] >= 1
+
+
+def _flood(caps: StreamCaps) -> int:
+    """Client streams of distinct certificates until one is refused; how many got in."""
+    n = 0
+    while True:
+        try:
+            caps.acquire(StreamCaps.key_of(b"client-%d" % n), "Deliver")
+        except RxError as err:
+            assert err.reason == "TOO_MANY_STREAMS"
+            return n
+        n += 1
+
+
+@pytest.mark.parametrize("workers", [4, 8, 16, 32])
+def test_a_small_orderers_default_split_keeps_a_peer_streaming_under_a_client_flood(workers: int) -> None:
+    """ops1: an orderer of 8, 16 or 32 workers (the default split: half for clients, the Cluster
+    cap what they leave) reserved no slot for the nodes: clients holding every slot they may left a
+    peer's Deliver refused TOO_MANY_STREAMS -- no block reached it. Now one slot is the nodes'."""
+    cluster = ClusterCaps.from_extra({}, workers).total
+    caps = StreamCaps.from_extra({}, workers, cluster=cluster)
+    try:
+        flooded = _flood(caps)
+        caps.acquire(StreamCaps.key_of(b"peer.h01"), "Deliver", node=True)  # the reserve's slot (refused before)
+        assert flooded == caps.total and flooded + 1 + cluster <= workers - 1  # a worker left for unary
+        with pytest.raises(RxError) as err:  # (and no more: one slot, as the split says)
+            caps.acquire(StreamCaps.key_of(b"peer.h02"), "Deliver", node=True)
+        assert err.value.reason == "TOO_MANY_STREAMS"
+    finally:
+        caps.close()
+
+
+def test_a_set_reserve_of_0_or_max_streams_keeps_its_split() -> None:
+    """Only the defaults move: max_node_streams 0 set, or max_streams set, is what the node.yaml says."""
+    assert _orderer_split({"max_node_streams": 0}, 16) == (8, 0, 7)
+    assert _orderer_split({"max_streams": 8}, 16) == (8, 0, 7)
+    assert _orderer_split({"max_streams_per_caller": 8}, 16) == (8, 0, 7)  # (one client's cap set to all)
+    assert StreamCaps.from_extra({}, 3).nodes == 1  # a peer of 3 workers: 1 client, 1 node, 1 unary (was 0)
 
 
 @pytest.mark.parametrize(("extra", "split"), [

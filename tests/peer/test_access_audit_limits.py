@@ -156,8 +156,47 @@ def test_forged_certificates_share_one_bound_for_unauthenticated_refusals(keyed:
     a.clock[0] += 60_000
     _refused_signed(a, _unauthenticated(keyed, b"forged-x"))
     summary = _records(a.log)[5]
-    assert (summary.outcome, summary.suppressed, summary.cert_sha256, summary.authenticated) == (
-        RATE_LIMITED, 15, b"", False)  # one summary for them all, not one per forged certificate
+    assert (summary.outcome, summary.suppressed, summary.cert_sha256, summary.authenticated, summary.shared) == (
+        RATE_LIMITED, 15, b"", False, True)  # one summary for them all, not one per forged certificate
+
+
+def test_an_empty_claimed_certificates_summary_is_not_the_shared_one(keyed: Cluster,  # noqa: F811
+                                                                     limited: _Limited) -> None:
+    """ops1: a caller claiming an EMPTY certificate (and no organisation) got, over its own bucket,
+    a summary with cert_sha256 empty -- the mark of the shared summary of all unauthenticated
+    refusals, with the same (empty) identity: the two could not be told apart. Now the shared one
+    says so (``shared``, field 18) and the empty certificate's names SHA-256 of no bytes, as its
+    refusals' own records do."""
+    a = limited
+
+    def claiming(cert: bytes) -> transaction_pb2.SignedProposal:
+        signed = _unauthenticated(keyed, cert)
+        prop = transaction_pb2.Proposal.FromString(signed.proposal_bytes)
+        header = transaction_pb2.TxHeader.FromString(prop.header)
+        header.creator.org = ""
+        prop.header = header.SerializeToString()
+        return transaction_pb2.SignedProposal(proposal_bytes=prop.SerializeToString(), signature=b"x")
+
+    # the empty certificate: 3 recorded (its burst; 2 shared tokens left), 2 counted in its own bucket
+    got = [_refused_signed(a, claiming(b"")) for _ in range(5)]
+    assert got.count(AUDIT_RATE_LIMITED) == 2
+    # others: 2 recorded (the shared bucket's last), 4 counted in the shared count
+    got = [_refused_signed(a, claiming(b"forged-%d" % i)) for i in range(6)]
+    assert got.count(AUDIT_RATE_LIMITED) == 4
+    a.clock[0] += 60_000
+    _refused_signed(a, claiming(b"forged-x"))  # writes both summaries, then is recorded
+    recs = _records(a.log)
+    empty_sha = hashlib.sha256(b"").digest()
+    assert [r.cert_sha256 for r in recs[:3]] == [empty_sha] * 3 and all(r.org == "" for r in recs[:3])
+    summaries = {(r.shared, r.cert_sha256, r.suppressed) for r in recs if r.outcome == RATE_LIMITED}
+    assert summaries == {(False, empty_sha, 2), (True, b"", 4)}
+    for r in recs:
+        if r.outcome == RATE_LIMITED:  # the same identity otherwise: only these fields tell them apart
+            assert (r.org, r.role, r.name, r.authenticated) == ("", "", "", False)
+    shown = {d["shared"]: d for d in (record_dict(raw) for raw in a.log.query(
+        audit_pb2.AuditQueryRequest(limit=1000)).records) if d["outcome"] == RATE_LIMITED}
+    assert shown[True]["cert_sha256"] == "" and shown[False]["cert_sha256"] == empty_sha.hex()
+    assert (shown[True]["suppressed"], shown[False]["suppressed"]) == (4, 2)
 
 
 def test_one_claimed_certificate_has_its_own_bucket_too(keyed: Cluster, limited: _Limited) -> None:  # noqa: F811
@@ -188,6 +227,7 @@ def test_counts_still_open_are_written_when_the_log_closes(keyed: Cluster, tmp_p
         assert [(r.outcome, r.suppressed) for r in _records(log)] == [("ACCESS_DENIED", 0), (RATE_LIMITED, 1)]
         shown = [record_dict(raw) for raw in log.query(audit_pb2.AuditQueryRequest()).records]
         assert "suppressed" not in shown[0] and (shown[1]["suppressed"], shown[1]["since_ms"]) == (1, 1_000_000)
+        assert shown[1]["shared"] is False  # a certificate's own summary
     finally:
         log.close()
 

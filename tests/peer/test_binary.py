@@ -93,11 +93,46 @@ def test_bad_values_are_bad_config_naming_the_key(net: Net, tmp_path: Path, frag
     assert fragment in info.value.message and str(path) in info.value.message
 
 
-def test_integer_extras_are_normalised(net: Net, tmp_path: Path) -> None:
+def test_integer_extras_are_kept(net: Net, tmp_path: Path) -> None:
     path = _edited(net, tmp_path, "peer.h01", lambda d: d.__setitem__(
-        "extra", {"grpc_workers": "16", "orderer_quorum": 1, "deliver_stall_s": 2.5, "other": "kept"}))
+        "extra", {"grpc_workers": 16, "orderer_quorum": 1, "deliver_stall_s": 2.5, "other": "kept"}))
     cfg = load_node_config(path)
     assert cfg.extra == {"grpc_workers": 16, "orderer_quorum": 1, "deliver_stall_s": 2.5, "other": "kept"}
+
+
+# ops1: int() took these strings as numbers ("1_000" -> 1000, " 5 " -> 5, a full-width digit ->
+# 5): a config integer is a YAML integer, nothing else, and a refusal names the key
+NOT_YAML_INTEGERS: list[tuple[str, Any, str]] = [
+    ("port", "7051", "port must be an integer, not '7051'"),
+    ("port", " 7051 ", "port must be an integer, not ' 7051 '"),
+    ("metrics_port", "9_000", "metrics_port must be an integer, not '9_000'"),
+    ("metrics_port", True, "metrics_port must be an integer, not True"),
+    ("extra.grpc_workers", "16", "extra.grpc_workers must be an integer, not '16'"),
+    ("extra.audit_max_records", "1_000_000", "extra.audit_max_records must be an integer, not '1_000_000'"),
+    ("extra.orderer_quorum", " 1 ", "extra.orderer_quorum must be an integer, not ' 1 '"),
+    ("extra.sandbox_workers", "\uff15", "extra.sandbox_workers must be an integer, not '\uff15'"),
+    ("extra.sandbox_workers", 4.0, "extra.sandbox_workers must be an integer, not 4.0"),
+    ("orderers[0].port", "7050", "orderers[0].port must be an integer, not '7050'"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), NOT_YAML_INTEGERS,
+                         ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(NOT_YAML_INTEGERS)])
+def test_an_integer_key_takes_only_a_yaml_integer(net: Net, tmp_path: Path, key: str, value: Any,
+                                                  fragment: str) -> None:
+    def change(doc: dict[str, Any]) -> None:
+        if key.startswith("extra."):
+            doc.setdefault("extra", {})[key.removeprefix("extra.")] = value
+        elif key == "orderers[0].port":
+            doc["orderers"][0]["port"] = value
+        else:
+            doc[key] = value
+
+    path = _edited(net, tmp_path, "peer.h01", change)
+    with pytest.raises(RxError) as info:
+        load_node_config(path)
+    assert info.value.reason == "BAD_CONFIG"
+    assert f"{path}: {fragment}" in info.value.message, info.value.message
 
 
 @pytest.mark.parametrize(("fragment", "change"), [

@@ -139,12 +139,14 @@ def test_quiet_but_answering_orderer_is_kept(net: Net, tmp_path: Path, servers) 
 
 def test_settings_from_node_yaml_extra() -> None:
     assert DeliverSettings.from_extra({}) == DeliverSettings(1.0, 3.0, 1.0)
-    got = DeliverSettings.from_extra({"deliver_stall_s": 1, "deliver_unresponsive_s": "2.5",
+    got = DeliverSettings.from_extra({"deliver_stall_s": 1, "deliver_unresponsive_s": 2.5,
                                       "deliver_probe_timeout_s": 0.5, "grpc_workers": 8})
     assert got == DeliverSettings(stall_s=1.0, unresponsive_s=2.5, probe_timeout_s=0.5)
+    # ops1: float() took strings ("2.5", "1_0", " 5 ") and booleans as seconds: a YAML number only
     for bad in ({"deliver_stall_s": "soon"}, {"deliver_unresponsive_s": -1},
                 {"deliver_probe_timeout_s": float("nan")}, {"deliver_stall_s": None},
-                {"deliver_probe_timeout_s": 0}):
+                {"deliver_probe_timeout_s": 0}, {"deliver_unresponsive_s": "2.5"},
+                {"deliver_stall_s": "1_0"}, {"deliver_stall_s": " 5 "}, {"deliver_stall_s": True}):
         with pytest.raises(RxError) as err:
             DeliverSettings.from_extra(bad)
         assert err.value.reason == "BAD_CONFIG"
