@@ -8,6 +8,7 @@ import hashlib
 import logging
 import math
 import os
+import secrets
 import stat
 import threading
 import time
@@ -65,17 +66,9 @@ def record_last_block(home: Path, block: int) -> None:
     Best effort: it runs right after a commit, so a home where the file cannot be written (a
     read-only or foreign ``run``) must not turn the committed step into an IO_ERROR, which
     tells the caller it did not commit; the next client then just does not wait for it."""
-    path = Path(home) / LAST_BLOCK_FILE
     if block <= read_last_block(home):
         return
-    tmp = path.with_name(f"last-block.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{block}\n")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    _write_run_file(home, LAST_BLOCK_FILE, f"{block}\n")
 
 
 def _read_run_ints(path: Path, count: int) -> list[int] | None:
@@ -114,13 +107,20 @@ def read_follow_retry(home: Path) -> tuple[int, int] | None:
 
 
 def _write_run_file(home: Path, rel: str, text: str) -> None:
-    """Write ``HOME/rel`` atomically (a temporary file renamed); best effort, as
-    :func:`record_last_block`: a ``run`` that cannot be written leaves the session's own timing."""
+    """Write ``HOME/rel`` atomically (a temporary file renamed); best effort: a ``run`` that cannot
+    be written leaves the session's own timing (and a committed step committed). The temporary
+    file has an unguessable name and is created, never opened: ``run`` may be shared by the home's
+    accounts, and one of them could put a symlink at a name made of a pid and a thread id -- the
+    write followed it and overwrote whatever file of this account it named."""
     path = Path(home) / rel
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -463,7 +463,7 @@ class Session:
             (self.home / FOLLOW_RETRY_FILE).unlink(missing_ok=True)
         self._proactive_retry = None
         if self._follow_every_ms:
-            self._proactive_due_ms = max(self._proactive_due_ms, now_ms + self._follow_every_ms)
+            self._proactive_due_ms = now_ms + self._follow_every_ms
 
     def _proactive_not_before(self, now_ms: int) -> int:
         """(wall-clock ms) The earliest time the next proactive follow is due by the home's run
@@ -507,8 +507,11 @@ class Session:
         if not self._follow_every_ms or self.identity.role == "patient":
             return
         now_ms = self.clock()
-        if now_ms < self._proactive_due_ms:
+        if now_ms < self._proactive_due_ms <= now_ms + self._follow_every_ms:
             return  # (this session knows it is not due: no file read)
+        # (a due time further off than a period: the clock was stepped back -- held, it kept the
+        # session from following for as long as the clock went back, as a run file's time past the
+        # clock would; the files are read, and a follow runs when they hold nothing back)
         not_before = self._proactive_not_before(now_ms)
         if not_before > now_ms:
             self._proactive_due_ms = not_before
@@ -549,6 +552,11 @@ class Session:
         except RxClientError as exc:
             self._proactive_finding = (epoch, exc)
             self._proactive_failed(self.clock(), exc.reason, exc.message)  # (the backoff runs from its end)
+            return
+        except Exception as exc:  # noqa: BLE001 -- fail-open: an error no follow reports as such (a
+            # protobuf DecodeError, a node-side RxError, a bug) failed the user's call, which the
+            # pin in force would have served
+            self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
             return
         self._proactive_finding = None
         self._note_followed()

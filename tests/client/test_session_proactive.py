@@ -44,6 +44,7 @@ from client.session import (
 )
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier
+from node.errors import RxError
 from node.genesis import config_from_genesis, read_genesis
 from node.logs import event_fields
 from tests.client.test_session_ca import (  # noqa: F401
@@ -579,3 +580,79 @@ def test_the_run_files_are_documented() -> None:
     readme = (Path(session_mod.__file__).parent / "README.md").read_text()
     assert f"HOME/{FOLLOWED_FILE}" in readme and f"HOME/{FOLLOW_RETRY_FILE}" in readme
     assert "--follow-every" in readme
+
+
+# ---------------------------------------------------------------- trust8: what the red team found
+
+@pytest.mark.parametrize("error", [ValueError("not a block"), RxError("LEDGER_INVALID", "node-side")])
+def test_an_error_no_follow_reports_does_not_fail_the_call(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        error: Exception) -> None:
+    """Fail-open took only RxClientError: anything else out of the follow (a protobuf error, a
+    node-side RxError, a bug) failed the user's call, which the pin in force serves. It is now a
+    failed follow like any: logged INTERNAL, backed off."""
+    caplog.set_level(logging.INFO, logger="client.session")
+    _no_run_files(rotated.home)
+
+    def broken(*args: Any, **kwargs: Any) -> configtool.ChainConfig:
+        raise error
+
+    monkeypatch.setattr(session_mod, "follow_chain", broken)
+    s = _plain_session(rotated, _Time())
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    (failed,) = _events(caplog, "session_proactive_follow_failed")
+    assert failed["reason"] == "INTERNAL" and type(error).__name__ in failed["detail"]
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
+
+
+def test_a_clock_stepped_back_does_not_hold_the_follow_off(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
+    """The session remembered its next follow as due a period after its last (wall-clock ms): the
+    clock stepped back a day, it followed again only a day and a period later -- the window the
+    proactive follow bounds held open that long. A due time further off than a period is now
+    taken for a clock that went back, as a run file's time past the clock is: nothing held."""
+    t = _Time()
+    s = _plain_session(rotated, t)
+    try:
+        assert _health(s) == "OK"
+        assert len(follows.calls) == 1
+        t.ms -= 86_400_000  # (NTP stepped the wall clock back a day; the monotonic one went on)
+        t.mono += 20
+        assert _health(s) == "OK"  # (run/chain-followed is past the clock: due)
+        assert len(follows.calls) == 2
+        assert read_chain_followed(rotated.home) == t.ms
+        t.advance(299)
+        assert _health(s) == "OK"
+        assert len(follows.calls) == 2  # (not due yet: a period from the follow at the new time)
+        t.advance(1)
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    assert len(follows.calls) == 3
+
+
+def test_the_run_files_follow_no_symlink_another_account_put_in_run(
+        rotated: Rotated, follows: _Follows, tmp_path: Path) -> None:  # noqa: F811
+    """``run`` may be shared by the home's accounts. The temporary files of the run files were named
+    by pid and thread id and opened as any file: another account's symlink at that name had the
+    session overwrite the file it named (here a file of the session's account). They are now
+    created (never opened) under an unguessable name."""
+    victim = tmp_path / "precious"
+    victim.write_text("keep me\n")
+    run = rotated.home / "run"
+    run.mkdir(exist_ok=True)
+    ident = f"{os.getpid()}.{threading.get_ident()}"
+    for name in (f".chain-follow-retry.{ident}.tmp", f".chain-followed.{ident}.tmp", f"last-block.{ident}.tmp"):
+        (run / name).symlink_to(victim)
+    follows.fail = True
+    s = _plain_session(rotated, _Time())
+    try:
+        assert _health(s) == "OK"  # (the follow fails: the retry file is written)
+    finally:
+        s.close()
+    session_mod.record_last_block(rotated.home, 10**6)
+    assert victim.read_text() == "keep me\n"
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
+    assert session_mod.read_last_block(rotated.home) == 10**6
