@@ -47,6 +47,10 @@ FOLLOW_EVERY_S = 300.0
 FOLLOWED_FILE = "run/chain-followed"  # one line: the wall-clock ms the home's last successful follow ended
 # one line "NOT_BEFORE_MS BACKOFF_MS": after a failed proactive follow, none before NOT_BEFORE_MS
 FOLLOW_RETRY_FILE = "run/chain-follow-retry"
+# Session.close() waits this long for a proactive follow under way to end, then stops it and waits
+# CLOSE_FOLLOW_S more at most (its thread, a daemon, ends by itself after that)
+CLOSE_GRACE_S = 3.0
+CLOSE_FOLLOW_S = 2.0
 FOLLOW_RETRY_FIRST_S = 10.0  # the first backoff after a failed proactive follow, doubled up to follow_every_s
 
 _log = logging.getLogger(__name__)
@@ -226,7 +230,8 @@ class Session:
                  sleep: Callable[[float], None] = time.sleep,
                  events_idle_s: float | None = EVENTS_IDLE_S,
                  follow_every_s: float = FOLLOW_EVERY_S,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic,
+                 spawn: Callable[[Callable[[], None]], None] | None = None):
         if not (isinstance(follow_every_s, int | float) and math.isfinite(follow_every_s) and follow_every_s >= 0):
             raise RxClientError("BAD_ARGUMENTS", f"follow_every_s {follow_every_s!r} is not a number of seconds "
                                 "of at least 0")
@@ -290,6 +295,13 @@ class Session:
         # (the epoch it ran in, why its last run failed): CHAIN_RESTARTED is said by the reactive
         # follow within the interval (_follow_config)
         self._proactive_finding: tuple[int, RxClientError] | None = None
+        # how a due follow is run off the call's path (default: a daemon thread; a test runs it at
+        # once); one at a time (_proactive_running, under _spawn_lock); close() stops it (_closing)
+        self._spawn: Callable[[Callable[[], None]], None] = spawn or self._start_thread
+        self._spawn_lock = threading.Lock()
+        self._proactive_running = False
+        self._closing = threading.Event()
+        self._follow_thread: threading.Thread | None = None
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
                                server_name=endpoint.name, server_ca_pem=self._pin_ca,
@@ -491,20 +503,15 @@ class Session:
         return any(m is not None and now - m < FOLLOW_INTERVAL_S for m in marks)
 
     def _follow_proactively(self) -> None:
-        """Follow the config chain before a call when due (``follow_every_s`` since the home's
-        last successful follow, :data:`FOLLOWED_FILE`; a failed one backs off, :data:`FOLLOW_RETRY_FILE`):
-        the blocks past the verified chain from the other nodes (this session's own peer skipped,
-        as the reactive follows do), verified and confirmed as any follow (:func:`follow_chain`,
-        its FOLLOW_BUDGET_S), the longer chain saved and pinned -- so a CA rotated away from is
-        denied (CA_ROTATED_AWAY) though the session's peer, presenting exactly the CA of its stale
-        pin, never set off a reactive follow. Never twice at once in a session (the follow lock,
-        not waited for: a call finds a follow under way and goes on), nor within FOLLOW_INTERVAL_S
-        of another of its follows; never at once in two clients of the home (the lock of
-        :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails is logged
-        (``session_proactive_follow_failed``) and retried after a backoff (FOLLOW_RETRY_FIRST_S,
-        doubled up to the period); the call goes on, pinned as before. A patient's session never
-        follows (peers and orderers stream her no blocks)."""
-        if not self._follow_every_ms or self.identity.role == "patient":
+        """Start a follow of the config chain, off the call's path, when one is due
+        (``follow_every_s`` since the home's last successful follow, :data:`FOLLOWED_FILE`; a failed
+        one backs off, :data:`FOLLOW_RETRY_FILE`): :meth:`_proactive_job` is handed to the
+        session's ``spawn`` (by default a daemon thread, at most one per session at a time) and
+        the call goes on at once, pinned as before -- a follow bounded by FOLLOW_BUDGET_S held
+        the call that set it off up to 45 s while the orderers were blackholed. The pin it moves
+        is taken by the calls after it. A patient's session never follows (peers and orderers
+        stream her no blocks); a closed one starts none."""
+        if not self._follow_every_ms or self.identity.role == "patient" or self._closing.is_set():
             return
         now_ms = self.clock()
         if now_ms < self._proactive_due_ms <= now_ms + self._follow_every_ms:
@@ -516,30 +523,82 @@ class Session:
         if not_before > now_ms:
             self._proactive_due_ms = not_before
             return
-        if not self._follow_lock.acquire(blocking=False):
-            return  # (a follow of this session is under way)
+        if self._follow_lock.locked():
+            return  # (a follow of this session is under way: no thread started to find it so)
+        with self._spawn_lock:
+            if self._proactive_running:
+                return  # (one started and not over yet)
+            self._proactive_running = True
         try:
-            if self._recently_followed(self._monotonic()):
-                return
-            with contextlib.ExitStack() as held:
-                path = self.home / FOLLOWED_FILE
-                with contextlib.suppress(OSError):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    held.enter_context(configtool.locked(path, wait_s=0))
-                except RxClientError as exc:
-                    if exc.reason == "FILE_BUSY":
-                        return  # (another client of the home is following now)
-                    # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
-                now_ms = self.clock()
-                not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)
-                if not_before > now_ms:
-                    self._proactive_due_ms = not_before
-                    return
-                self._proactive_followed = self._monotonic()
-                self._follow_now()
+            self._spawn(self._proactive_job)
+        except Exception as exc:  # noqa: BLE001 -- (RuntimeError: no thread can be started now) fail-open
+            with self._spawn_lock:
+                self._proactive_running = False
+            _log.warning("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: "
+                         "the config chain could not be followed proactively; the call goes on pinned to the "
+                         "CA in force, the follow is retried after the backoff", self._peer_name, self.peer_org,
+                         "INTERNAL", 0.0, f"cannot start the follow: {type(exc).__name__}: {exc}"[:500])
+
+    def _start_thread(self, job: Callable[[], None]) -> None:
+        """The default ``spawn``: ``job`` on a daemon thread (:meth:`close` joins it, bounded)."""
+        thread = threading.Thread(target=job, name=f"rxchain-follow-{self.identity.label}", daemon=True)
+        self._follow_thread = thread
+        thread.start()
+
+    def _follow_clock(self) -> float:
+        """The follow's monotonic clock: +inf once the session is closing, so the follow asks no
+        node more (every call's deadline is past) and ends at its next step."""
+        return math.inf if self._closing.is_set() else self._monotonic()
+
+    def _proactive_job(self) -> None:
+        """The proactive follow (:meth:`_follow_proactively` starts it): the blocks past the
+        verified chain from the other nodes (:func:`client.follow.follow_chain`, its
+        FOLLOW_BUDGET_S; this session's own peer skipped), verified and confirmed as any follow,
+        the longer chain saved and pinned -- so a CA rotated away from is denied (CA_ROTATED_AWAY)
+        though the session's peer, presenting exactly the CA of its stale pin, never set off a
+        reactive follow. Never twice at once in a session (the follow lock, not waited for), nor
+        within FOLLOW_INTERVAL_S of another of its follows; never at once in two clients of the
+        home (the lock of :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails
+        -- with whatever error -- is logged (``session_proactive_follow_failed``) and retried after
+        a backoff (FOLLOW_RETRY_FIRST_S, doubled up to the period); nothing of it reaches a call."""
+        try:
+            if self._closing.is_set() or not self._follow_lock.acquire(blocking=False):
+                return  # (closed meanwhile; a reactive follow of this session under way)
+            try:
+                self._follow_held()
+            finally:
+                self._follow_lock.release()
+        except Exception:  # noqa: BLE001 -- (a thread's error would only be printed; a spawn's must not reach the call)
+            _log.exception("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: "
+                           "the config chain could not be followed proactively; the call goes on pinned to the "
+                           "CA in force, the follow is retried after the backoff", self._peer_name, self.peer_org,
+                           "INTERNAL", 0.0, "an error outside the follow")
         finally:
-            self._follow_lock.release()
+            with self._spawn_lock:
+                self._proactive_running = False
+
+    def _follow_held(self) -> None:
+        """(under the follow lock) :meth:`_proactive_job`, once the per-session interval and the
+        home's lock and timing allow it."""
+        if self._recently_followed(self._monotonic()):
+            return
+        with contextlib.ExitStack() as held:
+            path = self.home / FOLLOWED_FILE
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(configtool.locked(path, wait_s=0))
+            except RxClientError as exc:
+                if exc.reason == "FILE_BUSY":
+                    return  # (another client of the home is following now)
+                # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
+            now_ms = self.clock()
+            not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)
+            if not_before > now_ms:
+                self._proactive_due_ms = not_before
+                return
+            self._proactive_followed = self._monotonic()
+            self._follow_now()
 
     def _follow_now(self) -> None:
         """(under the follow lock) The proactive follow itself (:meth:`_follow_proactively`)."""
@@ -548,14 +607,18 @@ class Session:
             epoch, height, pin = self._epoch, self._verified_height, self._pin_fp
         try:
             chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}),
-                                 budget_s=FOLLOW_BUDGET_S)
+                                 budget_s=FOLLOW_BUDGET_S, clock=self._follow_clock)
         except RxClientError as exc:
+            if self._closing.is_set():
+                return  # (cut short by close(): no failure of the nodes, no backoff for the home)
             self._proactive_finding = (epoch, exc)
             self._proactive_failed(self.clock(), exc.reason, exc.message)  # (the backoff runs from its end)
             return
         except Exception as exc:  # noqa: BLE001 -- fail-open: an error no follow reports as such (a
             # protobuf DecodeError, a node-side RxError, a bug) failed the user's call, which the
             # pin in force would have served
+            if self._closing.is_set():
+                return
             self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
             return
         self._proactive_finding = None
@@ -713,7 +776,19 @@ class Session:
         raise RxClientError("NO_PEER", f"organisation {org} runs no peer; pass --peer ORG")
 
     def close(self) -> None:
-        """Close the gateway connection."""
+        """Close the gateway connection, once a proactive follow under way (:meth:`_follow_proactively`)
+        is over: waited for :data:`CLOSE_GRACE_S` (a short-lived session -- an ``rxchain`` command --
+        lets one that goes well end), then told to stop (its clock runs out: no node is asked past
+        the call it is making) and waited for :data:`CLOSE_FOLLOW_S` more, at most. A call of it
+        still under way then ends on its daemon thread, which only saves a chain it verified."""
+        thread = self._follow_thread
+        if thread is threading.current_thread():
+            thread = None  # (a follow's own error handling closing the session: nothing to wait for)
+        if thread is not None:
+            thread.join(CLOSE_GRACE_S)
+        self._closing.set()
+        if thread is not None:
+            thread.join(CLOSE_FOLLOW_S)
         self.gateway.close()
 
     def __enter__(self) -> Session:

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,12 @@ from tests.client.test_session_ca import (  # noqa: F401
 from tests.foundation.test_log_events import log_calls, problems
 
 T0_MS = 1_800_000_000_000  # (2027: any wall-clock ms will do, the files hold what the session's clock says)
+
+
+def _now(job: Callable[[], None]) -> None:
+    """A session's ``spawn`` running its proactive follow at once, on the calling thread: before
+    the call goes on, as trust7 did (a test then needs no thread, nor any wait)."""
+    job()
 
 
 class _Time:
@@ -124,6 +130,7 @@ class _World:
         net = _local(load_network(self.rot.home), {"h01": peer_port or self.ports["h01"], "h02": self.ports["h02"]})
         net = dataclasses.replace(net, orderers=tuple(
             dataclasses.replace(o, host="127.0.0.1", port=self.ports["orderer"]) for o in net.orderers))
+        kwargs.setdefault("spawn", _now)
         return Session(self.rot.home, as_, network=net, clock=t.wall, monotonic=t.monotonic,
                        follow_every_s=every, **kwargs)
 
@@ -326,11 +333,12 @@ def follows(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> _Follows:  # n
     return spy
 
 
-def _plain_session(rot: Rotated, t: _Time, every: float = 300.0, as_: str = "h01:dr-jiang") -> Session:
+def _plain_session(rot: Rotated, t: _Time, every: float = 300.0, as_: str = "h01:dr-jiang",
+                   spawn: Callable[[Callable[[], None]], None] | None = None) -> Session:
     """A session of h01's doctor whose peer is h01's genuine (rotated) one, pinned to B by the
     chain the home verified."""
     return Session(rot.home, as_, network=_local(load_network(rot.home), {"h01": rot.port}),
-                   clock=t.wall, monotonic=t.monotonic, follow_every_s=every)
+                   clock=t.wall, monotonic=t.monotonic, follow_every_s=every, spawn=spawn or _now)
 
 
 def test_the_follow_is_bounded_and_skips_the_sessions_own_peer(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
@@ -338,9 +346,13 @@ def test_the_follow_is_bounded_and_skips_the_sessions_own_peer(rotated: Rotated,
     s = _plain_session(rotated, t)
     try:
         assert _health(s) == "OK"
+        (call,) = follows.calls
+        assert call["clock"]() == t.mono  # (the session's monotonic clock ...)
     finally:
         s.close()
-    assert follows.calls == [{"skip": frozenset({"peer.h01"}), "budget_s": FOLLOW_BUDGET_S}]
+    assert call["clock"]() == math.inf  # (... run out once it is closed: a follow under way asks no node more)
+    assert {k: v for k, v in call.items() if k != "clock"} == {"skip": frozenset({"peer.h01"}),
+                                                               "budget_s": FOLLOW_BUDGET_S}
 
 
 def test_a_failed_follow_backs_off_doubling_up_to_the_period(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
@@ -656,3 +668,99 @@ def test_the_run_files_follow_no_symlink_another_account_put_in_run(
     assert victim.read_text() == "keep me\n"
     assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
     assert session_mod.read_last_block(rotated.home) == 10**6
+
+
+# ---------------------------------------------------------------- trust8: the follow off the call's path
+
+def test_a_due_follow_runs_off_the_calls_path(world: _World) -> None:
+    """The follow ran in the call's path: with the orderers blackholed one call a backoff period
+    waited up to the 45 s budget. It is now handed to the session's ``spawn`` (a daemon thread by
+    default; here held, to be run when the test says) and the call goes on at once on the pin in
+    force -- the same fail-open window as a failed follow. One at a time: a call while it has
+    not ended starts no other. Once it ran, the next call is re-pinned."""
+    world.publish(world.rotation())
+    t = _Time()
+    held: list[Callable[[], None]] = []
+    s = world.session(t, spawn=held.append)
+    try:
+        assert _health(s) == "OK"  # (the stale pin: the impersonator served, nobody asked yet)
+        assert (len(held), world.h02.asked, world.impersonator.served) == (1, 0, 1)
+        t.advance(30)
+        assert _health(s) == "OK"
+        assert len(held) == 1  # (the first has not ended: none started)
+        held[0]()
+        assert _health(s) == configtool.CA_ROTATED_AWAY
+        t.advance(301)
+        assert _health(s) == configtool.CA_ROTATED_AWAY
+        assert len(held) == 2  # (the first ended: the next period's starts)
+    finally:
+        s.close()
+    # (h02: the follow run, and the reactive follow of the last call -- its peer presenting A, a
+    # CA the pin lacks, and no proactive follow within the interval)
+    assert world.impersonator.served == 2 and world.h02.asked == 2
+
+
+def test_a_follow_on_its_thread_does_not_hold_the_call_and_close_stops_it(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """The default ``spawn``: a daemon thread. A follow that does not end (every node blackholed)
+    does not hold the call; close() tells it to stop -- its clock runs out -- and joins it: no
+    failure logged, no backoff written for the home (the nodes did not fail: the session closed)."""
+    caplog.set_level(logging.INFO, logger="client.session")
+    _no_run_files(rotated.home)
+    started, stopped = threading.Event(), threading.Event()
+
+    def blackholed(home: Path, net: Any, identity: Any, **kwargs: Any) -> configtool.ChainConfig:
+        started.set()
+        clock = kwargs["clock"]
+        for _ in range(1000):  # (bounded: 10 s at most)
+            if clock() == math.inf:
+                stopped.set()
+                raise RxClientError("SERVICE_UNAVAILABLE", "the follow ran out of its time")
+            threading.Event().wait(0.01)
+        raise RxClientError("SERVICE_UNAVAILABLE", "never stopped")
+
+    monkeypatch.setattr(session_mod, "follow_chain", blackholed)
+    monkeypatch.setattr(session_mod, "CLOSE_GRACE_S", 0.0)
+    t = _Time()
+    s = Session(rotated.home, "h01:dr-jiang", network=_local(load_network(rotated.home), {"h01": rotated.port}),
+                clock=t.wall, monotonic=t.monotonic)
+    try:
+        assert _health(s) == "OK"
+        assert started.wait(10)
+        thread = s._follow_thread
+        assert thread is not None and thread.daemon and thread.is_alive() and not stopped.is_set()
+        assert _health(s) == "OK"  # (a second call, the follow still under way)
+    finally:
+        s.close()
+    assert stopped.is_set() and not thread.is_alive()
+    assert _events(caplog, "session_proactive_follow_failed") == []
+    assert read_follow_retry(rotated.home) is None and read_chain_followed(rotated.home) is None
+
+
+def test_a_call_under_way_when_the_follow_re_pins_is_retried_on_the_new_pin(world: _World) -> None:
+    """A call went out on the stale pin A; the follow -- on its thread -- re-pinned to B meanwhile
+    (h01's genuine peer, re-issued by B, presents B: the handshake fails). The call's reactive
+    follow waited for that follow, found the certificate issued by the pin now held and let the
+    call fail SERVICE_UNAVAILABLE. A pin that moved since the attempt went out now retries it
+    at once on the new pin."""
+    world.publish(world.rotation())
+    t = _Time()
+    held: list[Callable[[], None]] = []
+    s = world.session(t, peer_port=world.rot.port, spawn=held.append)
+    real = s.gateway._server_ca
+    assert real is not None
+
+    def under_way() -> tuple[int, bytes]:
+        answer = real()  # (the pin the call goes out on ...)
+        while held:
+            held.pop()()  # (... then the follow re-pins, before the attempt fails)
+        return answer
+
+    s.gateway._server_ca = under_way
+    try:
+        first = _health(s)
+        version = s.gateway._pin_version
+    finally:
+        s.close()
+    assert (first, version) == ("OK", 1)
+    assert world.h02.asked == 1  # (the follow's: the call's own reactive one did not follow again)
