@@ -23,7 +23,7 @@ from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
-from client.follow import FOLLOW_BUDGET_S, follow_chain, issued_by, presented_cert
+from client.follow import FOLLOW_BUDGET_S, follow_chain, follow_current, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -492,9 +492,15 @@ class Session:
         return due
 
     def _proactive_recent(self, now: float) -> bool:
-        """Whether the proactive follow of this session ran within FOLLOW_INTERVAL_S (the reactive
-        follows then follow no more: one interval for all)."""
-        return self._proactive_followed is not None and now - self._proactive_followed < FOLLOW_INTERVAL_S
+        """Whether the proactive follow of this session ran within FOLLOW_INTERVAL_S and its finding
+        stands: it succeeded (the chain it holds is the orderers' majority's), or found
+        CHAIN_RESTARTED -- the reactive follows then follow no more. One that failed otherwise asked
+        the orderers only (:func:`client.follow.follow_current`): the reactive follow still asks the
+        peers (a peer serving the chain, or showing a restart, when the orderers cannot be heard)."""
+        if self._proactive_followed is None or now - self._proactive_followed >= FOLLOW_INTERVAL_S:
+            return False
+        found = self._proactive_finding
+        return found is None or found[1].reason == configtool.CHAIN_RESTARTED
 
     def _recently_followed(self, now: float) -> bool:
         """Whether a follow of this session (proactive or reactive) ran within FOLLOW_INTERVAL_S."""
@@ -551,9 +557,10 @@ class Session:
         return math.inf if self._closing.is_set() else self._monotonic()
 
     def _proactive_job(self) -> None:
-        """The proactive follow (:meth:`_follow_proactively` starts it): the blocks past the
-        verified chain from the other nodes (:func:`client.follow.follow_chain`, its
-        FOLLOW_BUDGET_S; this session's own peer skipped), verified and confirmed as any follow,
+        """The proactive follow (:meth:`_follow_proactively` starts it): the home taken as current
+        only when a majority of the orderers report its verified height, else the blocks past it
+        from the orderers (:func:`client.follow.follow_current`, its FOLLOW_BUDGET_S -- a peer's
+        "nothing new" no longer ends it), verified and confirmed as any follow,
         the longer chain saved and pinned -- so a CA rotated away from is denied (CA_ROTATED_AWAY)
         though the session's peer, presenting exactly the CA of its stale pin, never set off a
         reactive follow. Never twice at once in a session (the follow lock, not waited for), nor
@@ -606,8 +613,8 @@ class Session:
             self._refresh()
             epoch, height, pin = self._epoch, self._verified_height, self._pin_fp
         try:
-            chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}),
-                                 budget_s=FOLLOW_BUDGET_S, clock=self._follow_clock)
+            chain = follow_current(self.home, self.net, self.identity, budget_s=FOLLOW_BUDGET_S,
+                                   clock=self._follow_clock)
         except RxClientError as exc:
             if self._closing.is_set():
                 return  # (cut short by close(): no failure of the nodes, no backoff for the home)
