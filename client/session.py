@@ -597,7 +597,12 @@ class Session:
                 held.enter_context(configtool.locked(path, wait_s=0))
             except RxClientError as exc:
                 if exc.reason == "FILE_BUSY":
-                    return  # (another client of the home is following now)
+                    # another client of the home is following now: its outcome is the home's
+                    # (run/chain-followed, or the retry file's backoff) -- this session looks again
+                    # after FOLLOW_INTERVAL_S, not at each call (the FHIR gateway's sessions, one
+                    # per wallet, each started a thread per request for as long as it ran: 45 s)
+                    self._proactive_due_ms = self.clock() + round(FOLLOW_INTERVAL_S * 1000)
+                    return
                 # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
             now_ms = self.clock()
             not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)

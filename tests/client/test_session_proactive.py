@@ -505,13 +505,28 @@ def test_another_client_following_now_holds_the_session_off(rotated: Rotated, fo
     """The home's follow lock (run/.chain-followed.lock) held by another client: the session does
     not wait for it nor follow too; its call goes on."""
     (rotated.home / "run").mkdir(exist_ok=True)
-    s = _plain_session(rotated, _Time())
+    started: list[Callable[[], None]] = []
+
+    def spawn(job: Callable[[], None]) -> None:
+        started.append(job)
+        job()
+
+    t = _Time()
+    s = _plain_session(rotated, t, spawn=spawn)
     try:
         with configtool.locked(rotated.home / FOLLOWED_FILE, wait_s=0):
             assert _health(s) == "OK"
+            t.advance(5)
+            # (the other client still following: the session looks again only after 10 s -- a
+            # gateway's sessions started a thread per request while it lasted)
+            assert _health(s) == "OK"
+            assert len(started) == 1
         assert follows.calls == []
+        t.advance(5)
+        assert _health(s) == "OK"  # (the other client's follow ended without a trace: due)
     finally:
         s.close()
+    assert len(started) == 2 and len(follows.calls) == 1
 
 
 def test_a_session_never_follows_twice_at_once(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
