@@ -540,10 +540,7 @@ class Session:
         except Exception as exc:  # noqa: BLE001 -- (RuntimeError: no thread can be started now) fail-open
             with self._spawn_lock:
                 self._proactive_running = False
-            _log.warning("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: "
-                         "the config chain could not be followed proactively; the call goes on pinned to the "
-                         "CA in force, the follow is retried after the backoff", self._peer_name, self.peer_org,
-                         "INTERNAL", 0.0, f"cannot start the follow: {type(exc).__name__}: {exc}"[:500])
+            self._proactive_failed(now_ms, "INTERNAL", f"cannot start the follow: {type(exc).__name__}: {exc}")
 
     def _start_thread(self, job: Callable[[], None]) -> None:
         """The default ``spawn``: ``job`` on a daemon thread (:meth:`close` joins it, bounded)."""
@@ -575,11 +572,9 @@ class Session:
                 self._follow_held()
             finally:
                 self._follow_lock.release()
-        except Exception:  # noqa: BLE001 -- (a thread's error would only be printed; a spawn's must not reach the call)
-            _log.exception("event=session_proactive_follow_failed peer=%s org=%s reason=%s retry_s=%.1f detail=%s: "
-                           "the config chain could not be followed proactively; the call goes on pinned to the "
-                           "CA in force, the follow is retried after the backoff", self._peer_name, self.peer_org,
-                           "INTERNAL", 0.0, "an error outside the follow")
+        except Exception as exc:  # noqa: BLE001 -- (a thread's error would only be printed; a spawn's must not reach the call)
+            with contextlib.suppress(Exception):
+                self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
             with self._spawn_lock:
                 self._proactive_running = False

@@ -953,3 +953,35 @@ def test_a_proactive_follow_the_orderers_failed_leaves_the_reactive_follow_to_th
     assert h02.asked == 1
     assert read_follow_retry(rotated.home) is not None  # (the proactive follow did fail)
     assert state.read_bytes() == saved
+
+
+@pytest.mark.parametrize("where", ["spawn", "job"])
+def test_a_follow_that_cannot_start_is_a_failed_follow(
+        rotated: Rotated, follows: _Follows, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        where: str) -> None:
+    """No thread can be started (RuntimeError: the process at its limit), or the job fails before
+    the follow (the home's lock raising an error of its own): the call goes on, the failure is
+    logged INTERNAL and the home backs off -- it was logged each call, with no backoff."""
+    caplog.set_level(logging.INFO, logger="client.session")
+
+    def no_thread(job: Callable[[], None]) -> None:
+        raise RuntimeError("can't start new thread")
+
+    def broken_lock(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    if where == "job":
+        monkeypatch.setattr(configtool, "locked", broken_lock)
+    t = _Time()
+    s = _plain_session(rotated, t, spawn=no_thread if where == "spawn" else None)
+    try:
+        assert _health(s) == "OK"
+        t.advance(5)
+        assert _health(s) == "OK"  # (backing off: not tried, nor logged, again)
+    finally:
+        s.close()
+    (failed,) = _events(caplog, "session_proactive_follow_failed")
+    assert failed["reason"] == "INTERNAL"
+    assert ("RuntimeError" if where == "spawn" else "OSError") in failed["detail"]
+    assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
+    assert follows.calls == []
