@@ -33,6 +33,10 @@ not asked yet, an orderer's less the time of its agreement calls: one stalling s
 longer starves the others; a peer is not asked once the
 budget passed).
 
+A session's periodic (proactive) follow is :func:`follow_current`: it takes the home's chain for
+current only when a majority of the orderers report its height, else follows from the orderers
+and must bring a longer chain -- no one node's "nothing new" ends it.
+
 A patient's session cannot follow: peers and orderers stream no blocks to patient certificates
 (WRONG_ROLE); her app takes ``config-chain.json`` from its provider (client/README.md).
 
