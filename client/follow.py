@@ -33,6 +33,10 @@ not asked yet, an orderer's less the time of its agreement calls: one stalling s
 longer starves the others; a peer is not asked once the
 budget passed).
 
+A session's periodic (proactive) follow is :func:`follow_current`: it takes the home's chain for
+current only when a majority of the orderers report its height, else follows from the orderers
+and must bring a longer chain -- no one node's "nothing new" ends it.
+
 A patient's session cannot follow: peers and orderers stream no blocks to patient certificates
 (WRONG_ROLE); her app takes ``config-chain.json`` from its provider (client/README.md).
 
@@ -547,9 +551,104 @@ def _keep(chain: ChainConfig, kept: tuple[Any, ...], before: int, ordered: bool)
             chain.in_force(ordered)
 
 
+def _home_chain(home: Path, net: NetworkInfo) -> tuple[Path, block_pb2.Block, ChainConfig, dict[str, str],
+                                                       NetworkInfo]:
+    """(the saved chain's path, the genesis block, the chain ``home`` verified, the CAs rotated
+    away from, ``net`` with the configuration in force at its end) -- IO_ERROR when the chain (or
+    the denylist) is there but cannot be read now."""
+    state_path = Path(home) / CHAIN_STATE
+    try:
+        genesis = read_genesis(Path(home) / "genesis.block")
+    except RxError as exc:
+        raise RxClientError(exc.reason, exc.message) from exc
+    chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
+    if chain.unreadable is not None:  # (not one removed: the peers are not pinned to the genesis CAs for it)
+        raise RxClientError("IO_ERROR", f"{chain.unreadable}: the config chain this home verified cannot "
+                            "be followed now")
+    denied = read_denylist(Path(home) / CA_DENYLIST, block_header_hash(genesis.header))
+    pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
+    return state_path, genesis, chain, denied, pinned
+
+
+def _orderers_current(height: int, net: NetworkInfo, identity: WalletIdentity, denied: dict[str, str],
+                      deadline: float, clock: Callable[[], float],
+                      make: Callable[..., _Peer]) -> tuple[list[str], list[str], int]:
+    """The orderers of the configuration ``net`` describes (:func:`_is_member`, each name once,
+    pinned to its organisation's CA there, none rotated away from: :func:`pinned_ca`) that report
+    a chain of exactly ``height`` blocks -- asked in turn (a status call of at most
+    :data:`STATUS_TIMEOUT_S` each, none past ``deadline``) until :func:`orderers_needed` of them
+    did --, what the others said, and how many are needed."""
+    needed = orderers_needed(net)
+    current: list[str] = []
+    said: list[str] = []
+    answered: set[str] = set()
+    for endpoint in orderer_endpoints(net):
+        if len(current) >= needed:
+            break
+        if endpoint.name in answered or not _is_member(net, endpoint):
+            continue  # (one orderer at two addresses: once; a node the configuration does not list: never)
+        if clock() >= deadline:
+            said.append(f"{endpoint.name}: not asked: the follow ran out of time")
+            break
+        try:
+            node = make(identity, endpoint, pinned_ca(net, endpoint.org, denied), deadline, clock, True)
+        except RxClientError as exc:
+            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+            continue
+        except OSError as exc:
+            said.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+            continue
+        try:
+            held = node.height()
+        except RxClientError as exc:
+            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+            continue
+        finally:
+            node.close()
+        answered.add(endpoint.name)
+        if held == height:
+            current.append(endpoint.name)
+        else:
+            said.append(f"{endpoint.name}: holds {held} blocks")
+    return current, said, needed
+
+
+def follow_current(home: Path, net: NetworkInfo, identity: WalletIdentity, *, budget_s: float | None = None,
+                   clock: Callable[[], float] = time.monotonic, make: Callable[..., _Peer] = _Peer) -> ChainConfig:
+    """The proactive follow of a session (``client.session``): the config chain ``home`` verified,
+    taken as current only when :func:`orderers_needed` orderers of the configuration in force at
+    its end report a chain of exactly its height (:func:`_orderers_current`: one status call of
+    at most :data:`STATUS_TIMEOUT_S` each) -- "nothing new" is never one node's word: the first
+    peer a follow asked ended it when it held the verified height, and one peer lagging or
+    withholding blocks hid a rotation until the next period. Otherwise the chain is followed from
+    the orderers (:func:`follow_chain` without the peers, on the budget left), and must grow:
+    SERVICE_UNAVAILABLE naming what each orderer said when it does not (the majority could not
+    be heard, and no orderer served a block past it). The whole bounded by ``budget_s``
+    (:data:`FOLLOW_BUDGET_S` by default); the errors of :func:`follow_chain` otherwise."""
+    _, _, chain, denied, pinned = _home_chain(home, net)
+    budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
+    deadline = clock() + budget_s
+    current, said, needed = _orderers_current(chain.height, pinned, identity, denied, deadline, clock, make)
+    if len(current) >= needed:
+        return chain
+    heard = (f"{len(current)} of the {needed} orderers needed report the {chain.height} blocks this home "
+             f"verified as their chain ({', '.join(current) or 'none'}; {'; '.join(said) or 'no orderer listed'})")
+    try:
+        followed = follow_chain(home, net, identity, budget_s=max(0.0, deadline - clock()), clock=clock,
+                                from_peers=False)
+    except RxClientError as exc:
+        if exc.reason != "SERVICE_UNAVAILABLE":
+            raise
+        raise RxClientError("SERVICE_UNAVAILABLE", f"{heard}, and {exc.message}") from exc
+    if followed.height <= chain.height:
+        raise RxClientError("SERVICE_UNAVAILABLE", f"{heard}, and no orderer served a block past them: the "
+                            "config chain this home verified is not known to be current")
+    return followed
+
+
 def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
                  skip: frozenset[str] = frozenset(), budget_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> ChainConfig:
+                 clock: Callable[[], float] = time.monotonic, from_peers: bool = True) -> ChainConfig:
     """The config chain ``home`` verified, extended by the blocks of the first peer (not named in
     ``skip``; at most :data:`FOLLOW_PEERS` asked) that serves them verified, else of the first
     orderer (at most :data:`FOLLOW_ORDERERS`: the verified configuration's -- at the addresses
@@ -565,24 +664,15 @@ def follow_chain(home: Path, net: NetworkInfo, identity: WalletIdentity, *,
     or a config block the orderers do not hold -- nothing of theirs adopted; or ``budget_s`` --
     :data:`FOLLOW_BUDGET_S` by default -- ran out: none is asked past it, no call outlasts it);
     IO_ERROR when the saved chain (or the denylist, :data:`client.configtool.CA_DENYLIST`) is
-    there but cannot be read now (none asked)."""
-    state_path = Path(home) / CHAIN_STATE
-    try:
-        genesis = read_genesis(Path(home) / "genesis.block")
-    except RxError as exc:
-        raise RxClientError(exc.reason, exc.message) from exc
-    chain = ChainConfig(genesis, Verifier(max_entries=64, max_own=1), state_path)
-    if chain.unreadable is not None:  # (not one removed: the peers are not pinned to the genesis CAs for it)
-        raise RxClientError("IO_ERROR", f"{chain.unreadable}: the config chain this home verified cannot "
-                            "be followed now")
-    denied = read_denylist(Path(home) / CA_DENYLIST, block_header_hash(genesis.header))
-    pinned = net.with_config(chain.verified()[1]) if chain.resumed else net
+    there but cannot be read now (none asked). ``from_peers`` False: the orderers only
+    (:func:`follow_current`)."""
+    state_path, genesis, chain, denied, pinned = _home_chain(home, net)
     failures: list[str] = []
     restarted: RxClientError | None = None  # (CHAIN_RESTARTED, from the first source that showed it)
     budget_s = FOLLOW_BUDGET_S if budget_s is None else budget_s
     deadline = clock() + budget_s
     listed = orderer_endpoints(pinned)
-    sources = [(p, False) for p in pinned.peers if p.name not in skip][:FOLLOW_PEERS] + [
+    sources = [(p, False) for p in pinned.peers if from_peers and p.name not in skip][:FOLLOW_PEERS] + [
         (o, True) for o in listed if o.name not in skip][:FOLLOW_ORDERERS]
     for i, (endpoint, orderer) in enumerate(sources):
         now = clock()

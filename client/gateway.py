@@ -183,6 +183,7 @@ class Gateway:
 
     _server_ca: Callable[[], tuple[int, bytes]] | None = None  # (see __init__)
     _on_unreachable: Callable[[], bool] | None = None
+    _pin_version = 0  # (see __init__; a Gateway made without it, e.g. by a test, has never re-pinned)
 
     def __init__(self, identity: WalletIdentity, target: str, consortium_id: str, *,
                  clock: Clock = wall_clock_ms, nonce_source: NonceSource | None = None,
@@ -313,17 +314,25 @@ class Gateway:
             self._admin = services_pb2_grpc.AdminStub(channel)
             self._deliver = services_pb2_grpc.PeerDeliverStub(channel)
 
-    def _follow(self, exc: grpc.RpcError) -> bool:
-        """Whether the peer could not be reached and ``on_unreachable`` re-pinned it (retry now)."""
-        return _retryable(exc) and self._on_unreachable is not None and self._on_unreachable()
+    def _follow(self, exc: grpc.RpcError, used: int) -> bool:
+        """Whether the peer could not be reached and the pin moved (retry now): ``server_ca``
+        names a newer pin than ``used`` -- the version the failed attempt went out on: a follow
+        (a proactive one, off the call's path) re-pinned while it was under way, and the peer
+        presents a certificate of the new CA -- or while ``on_unreachable`` waited for that
+        follow to end; else ``on_unreachable`` re-pinned it."""
+        if not _retryable(exc) or self._on_unreachable is None:
+            return False
+        moved = self._server_ca is not None and self._server_ca()[0] > used
+        return moved or self._on_unreachable() or (self._server_ca is not None and self._server_ca()[0] > used)
 
     def _once(self, fn: Callable[[], T]) -> T:
         """``fn``, once more if the peer could not be reached and that re-pinned it."""
         self._check_pin()
+        used = self._pin_version
         try:
             return fn()
         except grpc.RpcError as exc:
-            if not self._follow(exc):
+            if not self._follow(exc, used):
                 raise rpc_error(exc) from exc
         self._check_pin()
         try:
@@ -384,6 +393,7 @@ class Gateway:
         followed = False  # on_unreachable asked (once per call)
         while True:
             self._check_pin()
+            used = self._pin_version
             try:
                 if not caught_up:  # a peer unreachable at the last attempt must still catch up
                     self._catch_up()
@@ -392,7 +402,7 @@ class Gateway:
             except grpc.RpcError as exc:
                 if not followed and _retryable(exc):
                     followed = True
-                    if self._follow(exc):
+                    if self._follow(exc, used):
                         continue
                 if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])
@@ -516,6 +526,7 @@ class Gateway:
                                            "a submission of this envelope before it may have been; ")
                                         + f"this one was not sent: {exc.reason}: {exc.message}") from exc
                 raise
+            used = self._pin_version
             try:
                 if not caught_up:
                     self._catch_up()
@@ -525,7 +536,7 @@ class Gateway:
                 # one, may have been ordered -- else the caller must hear CommitUnknown)
                 if not followed and first and not lost and _retryable(exc):
                     followed = True
-                    if self._follow(exc):
+                    if self._follow(exc, used):
                         continue
                 if _retryable(exc) and attempt < len(delays):
                     self._sleep(delays[attempt])

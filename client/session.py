@@ -8,6 +8,7 @@ import hashlib
 import logging
 import math
 import os
+import secrets
 import stat
 import threading
 import time
@@ -22,7 +23,7 @@ from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool
 from client.errors import RxClientError, WalletError
-from client.follow import FOLLOW_BUDGET_S, follow_chain, issued_by, presented_cert
+from client.follow import FOLLOW_BUDGET_S, follow_chain, follow_current, issued_by, presented_cert
 from client.formulary import Formulary
 from client.gateway import EVENTS_IDLE_S, Gateway, RetryPolicy
 from client.network import NetworkInfo, load_network
@@ -46,6 +47,10 @@ FOLLOW_EVERY_S = 300.0
 FOLLOWED_FILE = "run/chain-followed"  # one line: the wall-clock ms the home's last successful follow ended
 # one line "NOT_BEFORE_MS BACKOFF_MS": after a failed proactive follow, none before NOT_BEFORE_MS
 FOLLOW_RETRY_FILE = "run/chain-follow-retry"
+# Session.close() waits this long for a proactive follow under way to end, then stops it and waits
+# CLOSE_FOLLOW_S more at most (its thread, a daemon, ends by itself after that)
+CLOSE_GRACE_S = 3.0
+CLOSE_FOLLOW_S = 2.0
 FOLLOW_RETRY_FIRST_S = 10.0  # the first backoff after a failed proactive follow, doubled up to follow_every_s
 
 _log = logging.getLogger(__name__)
@@ -65,17 +70,9 @@ def record_last_block(home: Path, block: int) -> None:
     Best effort: it runs right after a commit, so a home where the file cannot be written (a
     read-only or foreign ``run``) must not turn the committed step into an IO_ERROR, which
     tells the caller it did not commit; the next client then just does not wait for it."""
-    path = Path(home) / LAST_BLOCK_FILE
     if block <= read_last_block(home):
         return
-    tmp = path.with_name(f"last-block.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{block}\n")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    _write_run_file(home, LAST_BLOCK_FILE, f"{block}\n")
 
 
 def _read_run_ints(path: Path, count: int) -> list[int] | None:
@@ -114,13 +111,20 @@ def read_follow_retry(home: Path) -> tuple[int, int] | None:
 
 
 def _write_run_file(home: Path, rel: str, text: str) -> None:
-    """Write ``HOME/rel`` atomically (a temporary file renamed); best effort, as
-    :func:`record_last_block`: a ``run`` that cannot be written leaves the session's own timing."""
+    """Write ``HOME/rel`` atomically (a temporary file renamed); best effort: a ``run`` that cannot
+    be written leaves the session's own timing (and a committed step committed). The temporary
+    file has an unguessable name and is created, never opened: ``run`` may be shared by the home's
+    accounts, and one of them could put a symlink at a name made of a pid and a thread id -- the
+    write followed it and overwrote whatever file of this account it named."""
     path = Path(home) / rel
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
@@ -226,7 +230,8 @@ class Session:
                  sleep: Callable[[float], None] = time.sleep,
                  events_idle_s: float | None = EVENTS_IDLE_S,
                  follow_every_s: float = FOLLOW_EVERY_S,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic,
+                 spawn: Callable[[Callable[[], None]], None] | None = None):
         if not (isinstance(follow_every_s, int | float) and math.isfinite(follow_every_s) and follow_every_s >= 0):
             raise RxClientError("BAD_ARGUMENTS", f"follow_every_s {follow_every_s!r} is not a number of seconds "
                                 "of at least 0")
@@ -290,6 +295,13 @@ class Session:
         # (the epoch it ran in, why its last run failed): CHAIN_RESTARTED is said by the reactive
         # follow within the interval (_follow_config)
         self._proactive_finding: tuple[int, RxClientError] | None = None
+        # how a due follow is run off the call's path (default: a daemon thread; a test runs it at
+        # once); one at a time (_proactive_running, under _spawn_lock); close() stops it (_closing)
+        self._spawn: Callable[[Callable[[], None]], None] = spawn or self._start_thread
+        self._spawn_lock = threading.Lock()
+        self._proactive_running = False
+        self._closing = threading.Event()
+        self._follow_thread: threading.Thread | None = None
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
                                server_name=endpoint.name, server_ca_pem=self._pin_ca,
@@ -463,7 +475,7 @@ class Session:
             (self.home / FOLLOW_RETRY_FILE).unlink(missing_ok=True)
         self._proactive_retry = None
         if self._follow_every_ms:
-            self._proactive_due_ms = max(self._proactive_due_ms, now_ms + self._follow_every_ms)
+            self._proactive_due_ms = now_ms + self._follow_every_ms
 
     def _proactive_not_before(self, now_ms: int) -> int:
         """(wall-clock ms) The earliest time the next proactive follow is due by the home's run
@@ -480,9 +492,15 @@ class Session:
         return due
 
     def _proactive_recent(self, now: float) -> bool:
-        """Whether the proactive follow of this session ran within FOLLOW_INTERVAL_S (the reactive
-        follows then follow no more: one interval for all)."""
-        return self._proactive_followed is not None and now - self._proactive_followed < FOLLOW_INTERVAL_S
+        """Whether the proactive follow of this session ran within FOLLOW_INTERVAL_S and its finding
+        stands: it succeeded (the chain it holds is the orderers' majority's), or found
+        CHAIN_RESTARTED -- the reactive follows then follow no more. One that failed otherwise asked
+        the orderers only (:func:`client.follow.follow_current`): the reactive follow still asks the
+        peers (a peer serving the chain, or showing a restart, when the orderers cannot be heard)."""
+        if self._proactive_followed is None or now - self._proactive_followed >= FOLLOW_INTERVAL_S:
+            return False
+        found = self._proactive_finding
+        return found is None or found[1].reason == configtool.CHAIN_RESTARTED
 
     def _recently_followed(self, now: float) -> bool:
         """Whether a follow of this session (proactive or reactive) ran within FOLLOW_INTERVAL_S."""
@@ -491,52 +509,103 @@ class Session:
         return any(m is not None and now - m < FOLLOW_INTERVAL_S for m in marks)
 
     def _follow_proactively(self) -> None:
-        """Follow the config chain before a call when due (``follow_every_s`` since the home's
-        last successful follow, :data:`FOLLOWED_FILE`; a failed one backs off, :data:`FOLLOW_RETRY_FILE`):
-        the blocks past the verified chain from the other nodes (this session's own peer skipped,
-        as the reactive follows do), verified and confirmed as any follow (:func:`follow_chain`,
-        its FOLLOW_BUDGET_S), the longer chain saved and pinned -- so a CA rotated away from is
-        denied (CA_ROTATED_AWAY) though the session's peer, presenting exactly the CA of its stale
-        pin, never set off a reactive follow. Never twice at once in a session (the follow lock,
-        not waited for: a call finds a follow under way and goes on), nor within FOLLOW_INTERVAL_S
-        of another of its follows; never at once in two clients of the home (the lock of
-        :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails is logged
-        (``session_proactive_follow_failed``) and retried after a backoff (FOLLOW_RETRY_FIRST_S,
-        doubled up to the period); the call goes on, pinned as before. A patient's session never
-        follows (peers and orderers stream her no blocks)."""
-        if not self._follow_every_ms or self.identity.role == "patient":
+        """Start a follow of the config chain, off the call's path, when one is due
+        (``follow_every_s`` since the home's last successful follow, :data:`FOLLOWED_FILE`; a failed
+        one backs off, :data:`FOLLOW_RETRY_FILE`): :meth:`_proactive_job` is handed to the
+        session's ``spawn`` (by default a daemon thread, at most one per session at a time) and
+        the call goes on at once, pinned as before -- a follow bounded by FOLLOW_BUDGET_S held
+        the call that set it off up to 45 s while the orderers were blackholed. The pin it moves
+        is taken by the calls after it. A patient's session never follows (peers and orderers
+        stream her no blocks); a closed one starts none."""
+        if not self._follow_every_ms or self.identity.role == "patient" or self._closing.is_set():
             return
         now_ms = self.clock()
-        if now_ms < self._proactive_due_ms:
+        if now_ms < self._proactive_due_ms <= now_ms + self._follow_every_ms:
             return  # (this session knows it is not due: no file read)
+        # (a due time further off than a period: the clock was stepped back -- held, it kept the
+        # session from following for as long as the clock went back, as a run file's time past the
+        # clock would; the files are read, and a follow runs when they hold nothing back)
         not_before = self._proactive_not_before(now_ms)
         if not_before > now_ms:
             self._proactive_due_ms = not_before
             return
-        if not self._follow_lock.acquire(blocking=False):
-            return  # (a follow of this session is under way)
+        if self._follow_lock.locked():
+            return  # (a follow of this session is under way: no thread started to find it so)
+        with self._spawn_lock:
+            if self._proactive_running:
+                return  # (one started and not over yet)
+            self._proactive_running = True
         try:
-            if self._recently_followed(self._monotonic()):
-                return
-            with contextlib.ExitStack() as held:
-                path = self.home / FOLLOWED_FILE
-                with contextlib.suppress(OSError):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    held.enter_context(configtool.locked(path, wait_s=0))
-                except RxClientError as exc:
-                    if exc.reason == "FILE_BUSY":
-                        return  # (another client of the home is following now)
-                    # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
-                now_ms = self.clock()
-                not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)
-                if not_before > now_ms:
-                    self._proactive_due_ms = not_before
-                    return
-                self._proactive_followed = self._monotonic()
-                self._follow_now()
+            self._spawn(self._proactive_job)
+        except Exception as exc:  # noqa: BLE001 -- (RuntimeError: no thread can be started now) fail-open
+            with self._spawn_lock:
+                self._proactive_running = False
+            self._proactive_failed(now_ms, "INTERNAL", f"cannot start the follow: {type(exc).__name__}: {exc}")
+
+    def _start_thread(self, job: Callable[[], None]) -> None:
+        """The default ``spawn``: ``job`` on a daemon thread (:meth:`close` joins it, bounded)."""
+        thread = threading.Thread(target=job, name=f"rxchain-follow-{self.identity.label}", daemon=True)
+        self._follow_thread = thread
+        thread.start()
+
+    def _follow_clock(self) -> float:
+        """The follow's monotonic clock: +inf once the session is closing, so the follow asks no
+        node more (every call's deadline is past) and ends at its next step."""
+        return math.inf if self._closing.is_set() else self._monotonic()
+
+    def _proactive_job(self) -> None:
+        """The proactive follow (:meth:`_follow_proactively` starts it): the home taken as current
+        only when a majority of the orderers report its verified height, else the blocks past it
+        from the orderers (:func:`client.follow.follow_current`, its FOLLOW_BUDGET_S -- a peer's
+        "nothing new" no longer ends it), verified and confirmed as any follow,
+        the longer chain saved and pinned -- so a CA rotated away from is denied (CA_ROTATED_AWAY)
+        though the session's peer, presenting exactly the CA of its stale pin, never set off a
+        reactive follow. Never twice at once in a session (the follow lock, not waited for), nor
+        within FOLLOW_INTERVAL_S of another of its follows; never at once in two clients of the
+        home (the lock of :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails
+        -- with whatever error -- is logged (``session_proactive_follow_failed``) and retried after
+        a backoff (FOLLOW_RETRY_FIRST_S, doubled up to the period); nothing of it reaches a call."""
+        try:
+            if self._closing.is_set() or not self._follow_lock.acquire(blocking=False):
+                return  # (closed meanwhile; a reactive follow of this session under way)
+            try:
+                self._follow_held()
+            finally:
+                self._follow_lock.release()
+        except Exception as exc:  # noqa: BLE001 -- (a thread's error would only be printed; a spawn's must not reach the call)
+            with contextlib.suppress(Exception):
+                self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
-            self._follow_lock.release()
+            with self._spawn_lock:
+                self._proactive_running = False
+
+    def _follow_held(self) -> None:
+        """(under the follow lock) :meth:`_proactive_job`, once the per-session interval and the
+        home's lock and timing allow it."""
+        if self._recently_followed(self._monotonic()):
+            return
+        with contextlib.ExitStack() as held:
+            path = self.home / FOLLOWED_FILE
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(configtool.locked(path, wait_s=0))
+            except RxClientError as exc:
+                if exc.reason == "FILE_BUSY":
+                    # another client of the home is following now: its outcome is the home's
+                    # (run/chain-followed, or the retry file's backoff) -- this session looks again
+                    # after FOLLOW_INTERVAL_S, not at each call (the FHIR gateway's sessions, one
+                    # per wallet, each started a thread per request for as long as it ran: 45 s)
+                    self._proactive_due_ms = self.clock() + round(FOLLOW_INTERVAL_S * 1000)
+                    return
+                # (IO_ERROR: a run that cannot be locked -- read-only: this session's own timing)
+            now_ms = self.clock()
+            not_before = self._proactive_not_before(now_ms)  # (another client may have just followed)
+            if not_before > now_ms:
+                self._proactive_due_ms = not_before
+                return
+            self._proactive_followed = self._monotonic()
+            self._follow_now()
 
     def _follow_now(self) -> None:
         """(under the follow lock) The proactive follow itself (:meth:`_follow_proactively`)."""
@@ -544,11 +613,20 @@ class Session:
             self._refresh()
             epoch, height, pin = self._epoch, self._verified_height, self._pin_fp
         try:
-            chain = follow_chain(self.home, self.net, self.identity, skip=frozenset({self._peer_name}),
-                                 budget_s=FOLLOW_BUDGET_S)
+            chain = follow_current(self.home, self.net, self.identity, budget_s=FOLLOW_BUDGET_S,
+                                   clock=self._follow_clock)
         except RxClientError as exc:
+            if self._closing.is_set():
+                return  # (cut short by close(): no failure of the nodes, no backoff for the home)
             self._proactive_finding = (epoch, exc)
             self._proactive_failed(self.clock(), exc.reason, exc.message)  # (the backoff runs from its end)
+            return
+        except Exception as exc:  # noqa: BLE001 -- fail-open: an error no follow reports as such (a
+            # protobuf DecodeError, a node-side RxError, a bug) failed the user's call, which the
+            # pin in force would have served
+            if self._closing.is_set():
+                return
+            self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
             return
         self._proactive_finding = None
         self._note_followed()
@@ -705,7 +783,19 @@ class Session:
         raise RxClientError("NO_PEER", f"organisation {org} runs no peer; pass --peer ORG")
 
     def close(self) -> None:
-        """Close the gateway connection."""
+        """Close the gateway connection, once a proactive follow under way (:meth:`_follow_proactively`)
+        is over: waited for :data:`CLOSE_GRACE_S` (a short-lived session -- an ``rxchain`` command --
+        lets one that goes well end), then told to stop (its clock runs out: no node is asked past
+        the call it is making) and waited for :data:`CLOSE_FOLLOW_S` more, at most. A call of it
+        still under way then ends on its daemon thread, which only saves a chain it verified."""
+        thread = self._follow_thread
+        if thread is threading.current_thread():
+            thread = None  # (a follow's own error handling closing the session: nothing to wait for)
+        if thread is not None:
+            thread.join(CLOSE_GRACE_S)
+        self._closing.set()
+        if thread is not None:
+            thread.join(CLOSE_FOLLOW_S)
         self.gateway.close()
 
     def __enter__(self) -> Session:

@@ -128,7 +128,9 @@ def _session(home: Path, port: int, h02_port: int | None = None, p01_port: int |
     if orderer_port is not None:  # (orderer.ins01 there: it confirms the config blocks a peer serves)
         net = dataclasses.replace(net, orderers=tuple(
             dataclasses.replace(o, host="127.0.0.1", port=orderer_port) for o in net.orderers))
-    return Session(home, "h01:dr-jiang", network=net)
+    # (the reactive follows only: a proactive one, on its own thread, would ask the same nodes at
+    # the same time -- tests/client/test_session_proactive.py covers it)
+    return Session(home, "h01:dr-jiang", network=net, follow_every_s=0)
 
 
 def _health_once(rotated: Rotated, h02_port: int | None = None, p01_port: int | None = None,
@@ -768,7 +770,7 @@ def test_a_network_of_one_peer_follows_a_rotation_from_the_orderers(rotated: Rot
         one_peer = dataclasses.replace(
             net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
             orderers=(dataclasses.replace(ins01, host="127.0.0.1", port=port),))
-        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer, follow_every_s=0)  # (as _session)
         try:
             result = _health(s)
         finally:
@@ -906,7 +908,7 @@ def test_one_orderer_forking_the_chain_does_not_stop_the_follow(rotated: Rotated
         one_peer = dataclasses.replace(
             net, peers=(dataclasses.replace(h01, host="127.0.0.1", port=rotated.port),),
             orderers=tuple(dataclasses.replace(ins01, host="127.0.0.1", port=port) for port in (first, second, last)))
-        s = Session(rotated.home, "h01:dr-jiang", network=one_peer)
+        s = Session(rotated.home, "h01:dr-jiang", network=one_peer, follow_every_s=0)  # (as _session)
         try:
             result = _health(s)
         finally:
