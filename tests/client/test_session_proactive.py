@@ -856,6 +856,7 @@ def _three_orderers(rot: Rotated) -> Any:
         node = config.orderers.add()
         node.CopyFrom(config.orderers[0])
         node.name, node.raft_id, node.host, node.port = name, 100 + i, "127.0.0.1", 1
+        node.cert_der = b"certificate of " + name.encode()  # (one orderer each: client.follow counts certificates)
     rogue = dataclasses.replace(net.orderers[0], name="orderer.rogue", host="127.0.0.1", port=2)
     return dataclasses.replace(net, config=config, orderers=(*net.orderers, rogue))
 
