@@ -331,6 +331,21 @@ def orderers_needed(net: NetworkInfo) -> int:
     return len({o.name for o in net.orderers}) // 2 + 1
 
 
+def _dial_orderer(endpoint: NodeEndpoint, net: NetworkInfo, identity: WalletIdentity, denied: dict[str, str],
+                  deadline: float, clock: Callable[[], float], make: Callable[..., _Peer],
+                  said: list[str]) -> _Peer | None:
+    """A connection to the orderer ``endpoint`` pinned to its organisation's CA in ``net``'s
+    configuration, none rotated away from (:func:`pinned_ca`); None, with why in ``said``, when
+    it cannot be made."""
+    try:
+        return make(identity, endpoint, pinned_ca(net, endpoint.org, denied), deadline, clock, True)
+    except RxClientError as exc:
+        said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
+    except OSError as exc:
+        said.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+    return None
+
+
 def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[NodeEndpoint], net: NetworkInfo,
              identity: WalletIdentity, deadline: float, clock: Callable[[], float],
              make: Callable[..., _Peer], source_counts: bool,
@@ -362,13 +377,8 @@ def _holders(number: int, want: bytes, source: _Peer | _Named, others: list[Node
         if clock() >= deadline:
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
             break
-        try:
-            other = make(identity, endpoint, pinned_ca(net, endpoint.org, denied or {}), deadline, clock, True)
-        except RxClientError as exc:
-            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
-            continue
-        except OSError as exc:
-            said.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+        other = _dial_orderer(endpoint, net, identity, denied or {}, deadline, clock, make, said)
+        if other is None:
             continue
         try:
             with contextlib.closing(other.blocks(number, number, STATUS_TIMEOUT_S)) as one:
@@ -573,7 +583,8 @@ def _home_chain(home: Path, net: NetworkInfo) -> tuple[Path, block_pb2.Block, Ch
 def _orderers_current(height: int, net: NetworkInfo, identity: WalletIdentity, denied: dict[str, str],
                       deadline: float, clock: Callable[[], float],
                       make: Callable[..., _Peer]) -> tuple[list[str], list[str], int]:
-    """The orderers of the configuration ``net`` describes (:func:`_is_member`, each name once,
+    """The orderers of the configuration ``net`` describes (:func:`_is_member`, each orderer once:
+    entries sharing a raft id or a certificate are one, :func:`_node_of`,
     pinned to its organisation's CA there, none rotated away from: :func:`pinned_ca`) that report
     a chain of exactly ``height`` blocks -- asked in turn (a status call of at most
     :data:`STATUS_TIMEOUT_S` each, none past ``deadline``) until :func:`orderers_needed` of them
@@ -582,21 +593,18 @@ def _orderers_current(height: int, net: NetworkInfo, identity: WalletIdentity, d
     current: list[str] = []
     said: list[str] = []
     answered: set[str] = set()
+    counted: set[object] = set()
     for endpoint in orderer_endpoints(net):
         if len(current) >= needed:
             break
-        if endpoint.name in answered or not _is_member(net, endpoint):
-            continue  # (one orderer at two addresses: once; a node the configuration does not list: never)
+        one = _node_of(net, endpoint.name, endpoint.org)
+        if endpoint.name in answered or one & counted or not _is_member(net, endpoint):
+            continue  # (one orderer at two addresses or under two names: once; one not in the configuration: never)
         if clock() >= deadline:
             said.append(f"{endpoint.name}: not asked: the follow ran out of time")
             break
-        try:
-            node = make(identity, endpoint, pinned_ca(net, endpoint.org, denied), deadline, clock, True)
-        except RxClientError as exc:
-            said.append(f"{endpoint.name}: {exc.reason}: {exc.message}")
-            continue
-        except OSError as exc:
-            said.append(f"{endpoint.name}: IO_ERROR: {exc.strerror or exc}")
+        node = _dial_orderer(endpoint, net, identity, denied, deadline, clock, make, said)
+        if node is None:
             continue
         try:
             held = node.height()
@@ -606,6 +614,7 @@ def _orderers_current(height: int, net: NetworkInfo, identity: WalletIdentity, d
         finally:
             node.close()
         answered.add(endpoint.name)
+        counted |= one
         if held == height:
             current.append(endpoint.name)
         else:

@@ -986,3 +986,32 @@ def test_a_follow_that_cannot_start_is_a_failed_follow(
     assert ("RuntimeError" if where == "spawn" else "OSError") in failed["detail"]
     assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
     assert follows.calls == []
+
+
+def test_one_orderer_under_two_names_is_one_voice_that_the_home_is_current(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The configuration lists orderer.ins01 a second time, as orderer2.ins01 (its certificate, a
+    raft id of its own): one orderer, and orderer3.ins01 -- two orderers, a majority of two.
+    orderer.ins01 reporting the home's height under both names is one orderer's word: not
+    current (the follow from the orderers runs; before, two names made the majority and a
+    compromised orderer hid a rotation for good)."""
+    net = _three_orderers(rotated)
+    net.config.orderers[1].cert_der = net.config.orderers[0].cert_der
+    assert follow_mod.orderers_needed(net) == 2
+    identity = load_identity(rotated.home, "h01", "dr-jiang")
+    genesis = read_genesis(rotated.home / "genesis.block")
+    verified = configtool.ChainConfig(genesis, Verifier(), rotated.home / configtool.CHAIN_STATE)
+    h = verified.height
+    calls: list[dict[str, Any]] = []
+
+    def from_orderers(home: Path, net_: Any, identity_: Any, **kwargs: Any) -> configtool.ChainConfig:
+        calls.append(kwargs)
+        return verified  # (nothing past it)
+
+    monkeypatch.setattr(follow_mod, "follow_chain", from_orderers)
+    make = _Heights({"orderer.ins01": h, "orderer2.ins01": h, "orderer3.ins01": h + 1, "orderer.rogue": h})
+    with pytest.raises(RxClientError) as e:
+        follow_mod.follow_current(rotated.home, net, identity, budget_s=45, clock=_Time().monotonic, make=make)
+    assert "1 of the 2 orderers needed" in e.value.message, e.value.message
+    assert "orderer2.ins01" not in make.asked and "orderer3.ins01" in make.asked
+    assert len(calls) == 1
