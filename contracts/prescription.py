@@ -1538,13 +1538,38 @@ def _former_insurer(ctx: Context, rx: dict) -> list:
             own.append(f)
     cur = rx["insurer"]
     cut = -1
+    named = rx["insurer"] == c.org
     for seg in cover["from"]:
         if seg["insurer"] == c.org:
             cut = -1  # its cover again from this fill
+            named = True
         elif cur == c.org:
             cut = seg["ms"]
         cur = seg["insurer"]
+    if cut < 0:
+        # no entry ended its cover, yet she left it: a move back before the fill it was named
+        # for replaced its entry, or she left after the last fill -- its view ends at the
+        # latest move away from it (settlement's left/; moves from before it: the account's
+        # transfers), when it insured fills or was handed the claim key for them
+        if not named:
+            grant = ctx.get("grant/" + rx["rx_id"] + "/" + c.org)
+            named = grant is not None and grant["kind"] == "insurer"
+        if named:
+            cut = _left_ms(ctx, acct, rx["patient"], c.org)
     return [own, cut]
+
+
+def _left_ms(ctx: Context, acct: dict, patient: str, org: str) -> int:
+    """The time of the latest move of her account away from ``org`` (-1: none on record)."""
+    left = ctx.get_from("settlement", "left/" + org + "/" + patient)
+    if left is not None:
+        return left["ms"]
+    ms = -1
+    if acct is not None:
+        for m in acct.get("transfers", []):
+            if m["from"] == org:
+                ms = m["ms"]
+    return ms
 
 
 def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
