@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.contracts.chain import DAY_MS
-from tests.contracts.flows import AUDITOR, CLERK, CLERK2, HE, JIANG
+from tests.contracts.flows import AUDITOR, CLERK, CLERK2, COURIER, HE, JIANG
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import call, with_ins02, zhang
-from tests.contracts.test_settle_residuals7 import _hospital_copy_for, _issued_with_copy, _moved_before_fill_two
+from tests.contracts.test_settle_residuals7 import _hospital_copy_for, _issued_with_copy, _moved_before_fill_two, _story
+from tests.contracts.test_trace_history import _seed_versions
 
 
 def _moved_there_and_back(world: World) -> str:
@@ -44,3 +47,40 @@ def test_an_insurer_she_left_whose_cover_the_move_back_replaced_sees_no_later_st
         assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["pharmacy"] == "p02"
         steps = world.chain.query("prescription", "trace", caller, rx_id=rx_id).unwrap()["steps"]
         assert steps[-1]["step"] == "route", caller
+
+
+def _former_reads(world: World, rx_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """ins01's show, its whole trace (pages of 3) and the most gas one of those calls took."""
+    shown = world.chain.query("prescription", "show", CLERK, rx_id=rx_id)
+    gas, steps, start = shown.gas, [], ""
+    for _ in range(50):
+        page = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id, start=start, limit=3)
+        gas = max(gas, page.gas)
+        steps.extend(page.unwrap()["steps"])
+        start = page.value["next"]
+        if start == "":
+            break
+    return shown.unwrap(), steps, gas
+
+
+def test_versions_hidden_from_an_insurer_she_left_do_not_drive_its_gas(world: World) -> None:
+    """Its show (the SDK's settle reads it first) and every trace page read the value of every
+    version of the record: 600 versions of a 20 KB record written after the move (a pharmacy
+    locking and releasing the new insurer's fill) took ~500,000 gas per call -- at the
+    sample's 5,000,000 limit ~600 versions of a record near max_value_bytes made ins01's show
+    OUT_OF_GAS, its settle of its own fill within 30 days with it. Past the move only the
+    versions' stamps are read, and the values of the steps it may see: the same answers, the
+    gas of the hidden versions' stamps. Its own fill's hand-over after them is still shown."""
+    rx_id = _story(world)
+    shown, steps, gas = _former_reads(world, rx_id)
+    _seed_versions(world.chain, rx_id, 600, "lock", {"fill": 2}, pad=20_000)
+    after = _former_reads(world, rx_id)
+    assert {k: v for k, v in after[0].items() if k != "pad"} == shown and after[1] == steps
+    assert after[2] < gas + 60_000, (gas, after[2])
+    world.chain.submit("prescription", "deliver", COURIER, rx_id=rx_id, fill=1).unwrap()
+    _seed_versions(world.chain, rx_id, 5, "lock", {"fill": 2}, pad=20_000)
+    shown, steps, gas = _former_reads(world, rx_id)
+    assert (shown["delivered_fills"], shown["step"]["step"]) == (1, "deliver"), shown
+    assert [s["step"] for s in steps][-1] == "deliver" and gas < after[2] + 60_000
+    h01 = world.chain.query("prescription", "show", HE, rx_id=rx_id).unwrap()
+    assert h01["step"]["step"] == "lock" and h01["delivered_fills"] == 1
