@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+from node.sandbox import canonical
+from node.sandbox.types import HistoryEntry
 from tests.contracts.chain import DAY_MS
 from tests.contracts.flows import AUDITOR, CLERK, CLERK2, COURIER, HE, JIANG
 from tests.contracts.rxclient import World
@@ -84,3 +87,55 @@ def test_versions_hidden_from_an_insurer_she_left_do_not_drive_its_gas(world: Wo
     assert [s["step"] for s in steps][-1] == "deliver" and gas < after[2] + 60_000
     h01 = world.chain.query("prescription", "show", HE, rx_id=rx_id).unwrap()
     assert h01["step"]["step"] == "lock" and h01["delivered_fills"] == 1
+
+
+def _seed_claims(world: World, rx_id: str, insurers: list[str]) -> None:
+    """Claim rows ``rxclaim/{rx_id}/{fill3}/{n3}`` after the story's two, one settle version
+    each, the k-th row's claim settled by ``insurers[k]``."""
+    chain = world.chain
+    for k, org in enumerate(insurers):
+        fill, n = 3 + k // 7, 1 + k % 7
+        claim_id = f"CLM-{rx_id}-{fill}-{n}"
+        rec = {"claim_id": claim_id, "rx_id": rx_id, "fill": fill, "insurer": org, "status": "SETTLED",
+               "events": [{"step": "settle", "actor": "clerk", "org": org, "role": "clerk",
+                           "time_ms": chain.now, "tx_id": f"{k:064x}"}]}
+        data = canonical.dumps(rec)
+        chain.state.values[("settlement", "claim/" + claim_id)] = data
+        chain.state.versions[("settlement", "claim/" + claim_id)] = [
+            HistoryEntry(f"{k:064x}", 5000 + k, chain.now, False, data, len(data))]
+        chain.state.values[("settlement", f"rxclaim/{rx_id}/{fill:03d}/{n:03d}")] = canonical.dumps(
+            {"claim_id": claim_id})
+
+
+def _trail_ids(world: World, caller: Any, rx_id: str, limit: int) -> list[str]:
+    ids: list[str] = []
+    start = ""
+    for _ in range(200):
+        page = world.chain.query("settlement", "trail", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
+        assert page["steps"] or page["next"] == "", page  # no empty page before the end
+        ids.extend(s["detail"]["claim_id"] for s in page["steps"])
+        start = page["next"]
+        if start == "":
+            return ids
+    raise AssertionError("the trail did not end")
+
+
+def test_an_insurer_she_left_pages_its_own_claims_whatever_the_page_size(world: World) -> None:
+    """Property (5 seeds, 40 claims of ins01 and ins02 mixed, every page size 1-9 and 64):
+    ins01's pages hold each of its own claims once, in index order, none of ins02's; ins02
+    (her insurer) and the auditor page through every claim as before (review16's paging).
+    Passes before this branch too: a check, no fix."""
+    rx_id = _story(world)
+    rng = random.Random(0)
+    base = world.chain.state.values.copy()
+    for seed in range(5):
+        rng.seed(seed)
+        world.chain.state.values = base.copy()
+        insurers = [rng.choice(["ins01", "ins02"]) for _ in range(40)]
+        _seed_claims(world, rx_id, insurers)
+        every = _trail_ids(world, AUDITOR, rx_id, 64)
+        assert len(every) == 42 and every[0].endswith("-1-1")  # fill 1's claim: ins01's
+        own = [every[0]] + [every[2 + k] for k, org in enumerate(insurers) if org == "ins01"]
+        for limit in [*range(1, 10), 64]:
+            assert _trail_ids(world, CLERK, rx_id, limit) == own, (seed, limit)
+            assert _trail_ids(world, CLERK2, rx_id, limit) == every, (seed, limit)
