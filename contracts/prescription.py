@@ -1408,7 +1408,7 @@ def show(ctx: Context, rx_id: str) -> dict:
     rx = _party_rx(ctx, rx_id)
     former = _former_insurer(ctx, rx)
     if len(former) > 0:
-        return _as_former_sees(ctx, rx, former, _former_versions(ctx, "rx/" + rx_id, former))
+        return _as_former_sees(ctx, rx, former, _former_versions(ctx, rx, former))
     return rx
 
 
@@ -1538,13 +1538,38 @@ def _former_insurer(ctx: Context, rx: dict) -> list:
             own.append(f)
     cur = rx["insurer"]
     cut = -1
+    named = rx["insurer"] == c.org
     for seg in cover["from"]:
         if seg["insurer"] == c.org:
             cut = -1  # its cover again from this fill
+            named = True
         elif cur == c.org:
             cut = seg["ms"]
         cur = seg["insurer"]
+    if cut < 0:
+        # no entry ended its cover, yet she left it: a move back before the fill it was named
+        # for replaced its entry, or she left after the last fill -- its view ends at the
+        # latest move away from it (settlement's left/; moves from before it: the account's
+        # transfers), when it insured fills or was handed the claim key for them
+        if not named:
+            grant = ctx.get("grant/" + rx["rx_id"] + "/" + c.org)
+            named = grant is not None and grant["kind"] == "insurer"
+        if named:
+            cut = _left_ms(ctx, acct, rx["patient"], c.org)
     return [own, cut]
+
+
+def _left_ms(ctx: Context, acct: dict, patient: str, org: str) -> int:
+    """The time of the latest move of her account away from ``org`` (-1: none on record)."""
+    left = ctx.get_from("settlement", "left/" + org + "/" + patient)
+    if left is not None:
+        return left["ms"]
+    ms = -1
+    if acct is not None:
+        for m in acct.get("transfers", []):
+            if m["from"] == org:
+                ms = m["ms"]
+    return ms
 
 
 def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
@@ -1563,21 +1588,43 @@ def _hidden_step(ctx: Context, former: list, h: dict) -> bool:
     return former[1] >= 0 and h["timestamp_ms"] > former[1]
 
 
-def _former_versions(ctx: Context, key: str, former: list) -> list:
-    """[seen, base] for a former insurer (``former`` of _former_insurer): ``seen`` the versions
-    of ``key`` it sees, in commit order (each ``{tx_id, block, timestamp_ms, is_delete,
-    value: {step}}``: its trace cursors number these, not their positions in the index);
-    ``base`` the record as it stood before the first version stamped after the move that ended its cover (None: no move
-    ended it, or the index holds no version stamped at or before it). Reads the versions'
-    values in paged ctx.history reads (each never empty while versions follow), until one
-    comes back empty: its trace ends at its last version seen, and ``next``, ``left``,
-    ``unreadable``, a cursor past it and ``show`` tell nothing of the hidden steps."""
+def _former_versions(ctx: Context, rx: dict, former: list) -> list:
+    """[seen, base] for a former insurer (``former`` of _former_insurer) of the record ``rx``:
+    ``seen`` the versions of ``rx/{rx_id}`` it sees, in commit order (each ``{tx_id, block,
+    timestamp_ms, is_delete, value: {step}}``: its trace cursors number these, not their
+    positions in the index); ``base`` the record as it stood before the first version stamped
+    after the move that ended its cover (None: no move ended it, or the index holds no version
+    stamped at or before it). Reads the versions' values in paged ctx.history reads (each never
+    empty while versions follow), until one comes back empty: its trace ends at its last version
+    seen, and ``next``, ``left``, ``unreadable``, a cursor past it and ``show`` tell nothing of
+    the hidden steps. Past the first version stamped after the move, only the versions'
+    stamps are read (no values: gas that the hidden versions' values no longer drive), and the
+    value of a version stamped as a step it may see (_former_stamps); every other one is hidden."""
+    key = "rx/" + rx["rx_id"]
+    stamps = None
+    if former[1] >= 0:
+        stamps = _former_stamps(ctx, rx, former)
+    meta = []  # every version's stamp (no values), when the values past the move are not read
+    cut = -1  # the position of the first version stamped after the move (-1: read them all)
+    if stamps is not None:
+        page = ctx.history(key, PAGE_MAX, 0, False)
+        while len(page) > 0:
+            meta.extend(page)
+            page = ctx.history(key, PAGE_MAX, len(meta), False)
+        for k in range(len(meta)):
+            if cut < 0 and not meta[k]["is_delete"] and meta[k]["timestamp_ms"] > former[1]:
+                cut = k
     seen = []
     base = None
     before = former[1] >= 0  # still before the first version stamped after the move
     pos = 0
-    page = ctx.history(key, PAGE_MAX, 0)
-    while len(page) > 0:
+    while cut < 0 or pos < cut:
+        n = PAGE_MAX
+        if cut >= 0:
+            n = min(PAGE_MAX, cut - pos)
+        page = ctx.history(key, n, pos)
+        if len(page) == 0:
+            break
         for k in range(len(page)):
             h = page[k]
             if h["is_delete"] or h["value"] is None:
@@ -1587,12 +1634,57 @@ def _former_versions(ctx: Context, key: str, former: list) -> list:
             if before:
                 base = h["value"]
             if not _hidden_step(ctx, former, h):
-                seen.append({"tx_id": h["tx_id"], "block": h["block"],
-                             "timestamp_ms": h["timestamp_ms"], "is_delete": False,
-                             "value": {"step": h["value"]["step"]}})
+                seen.append(_seen(h))
         pos = pos + len(page)
-        page = ctx.history(key, PAGE_MAX, pos)
+    if cut < 0:
+        return [seen, base]
+    # past the move: the value of a version stamped as a step it may see; the others hidden
+    for k in range(cut, len(meta)):
+        t = meta[k]["timestamp_ms"]
+        if meta[k]["is_delete"] or (t not in stamps[0] and (stamps[1] < 0 or t <= stamps[1])):
+            continue
+        got = ctx.history(key, 1, k)
+        if len(got) > 0 and not got[0]["is_delete"] and got[0]["value"] is not None \
+                and not _hidden_step(ctx, former, got[0]):
+            seen.append(_seen(got[0]))
     return [seen, base]
+
+
+def _seen(h: dict) -> dict:
+    return {"tx_id": h["tx_id"], "block": h["block"], "timestamp_ms": h["timestamp_ms"],
+            "is_delete": False, "value": {"step": h["value"]["step"]}}
+
+
+def _former_stamps(ctx: Context, rx: dict, former: list) -> list | None:
+    """[stamps, after]: the stamps of the steps a former insurer may see after the move that
+    ended its cover (``former[1]``), from the records those steps wrote: its own fills' dispenses and
+    hand-overs (``disp/``: ``time_ms``, ``delivered_ms``), its organisation's hand-overs of
+    the claim key (the grants it made: ``time_ms``) and, an expired record, ``after`` the
+    fills' validity end: every later stamp (``expire``, which any member may call, and the
+    steps after it; -1: none). None
+    -- read every version's value -- when those records cannot tell: an erased record (its
+    grants destroyed), a fill of its own not dispensed yet, a hand-over without its stamp."""
+    if rx["status"] == "ERASED":
+        return None
+    out = []
+    for f in former[0]:
+        if f > rx["fills"]:
+            return None
+        disp = ctx.get(_disp_key(rx["rx_id"], f))
+        if disp is None:
+            return None
+        out.append(disp["time_ms"])
+        if disp["delivered"]:
+            if "delivered_ms" not in disp:
+                return None
+            out.append(disp["delivered_ms"])
+    for g in _grants(ctx, rx["rx_id"]):
+        if g["granted_by"] == ctx.caller.org:
+            out.append(g["time_ms"])
+    after = -1
+    if rx["status"] == "EXPIRED":
+        after = _fill_deadline(rx)
+    return [out, after]
 
 
 def _claim_rows(ctx: Context, rx_id: str) -> list:
@@ -1780,7 +1872,7 @@ def trace(ctx: Context, rx_id: str, start: str = "", limit: int = 0) -> dict:
             ctx.fail("BAD_ARGUMENTS", "start: a step's position (an earlier release's cursor) counts "
                      "the steps of every party; an insurer she left pages from \"\" and each next")
         only = ctx.caller.org
-        seen = _former_versions(ctx, key, former)
+        seen = _former_versions(ctx, rx, former)
         status = _as_former_sees(ctx, rx, former, seen).get("status", "")
         end = len(seen[0])  # its cursors number the versions it sees, not their positions
     got = _trace_claims(ctx, rx_id, only)

@@ -103,3 +103,30 @@ def test_another_refusal_of_the_issue_is_not_retried(
     finally:
         ops.s.close()
     assert err.value.reason == "BAD_ARGUMENTS" and proposed == ["issue"]
+
+
+def test_a_claim_keys_refusal_naming_another_insurer_is_not_retried(
+        net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review18: any BAD_ARGUMENTS naming claim_keys was proposed again without the copy -- also
+    the current contract's refusal of a key wrapped for another insurer than hers (this client
+    took ins01, the contract names ins02), which no proposal without the copy passes: a second
+    proposal refused alike. Only the old contract's refusal naming the issue's insurer is
+    retried."""
+    home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
+    proposed: list[Any] = []
+
+    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
+               endorsing_orgs: list[str] | None = None) -> SubmitResult:
+        proposed.append(sorted(args["claim_keys"]))
+        raise EndorsementError("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer ins02")
+
+    monkeypatch.setattr(Gateway, "submit", submit)
+    ops = RxOperations(Session(home, "h01:dr-jiang"))
+    try:
+        with pytest.raises(EndorsementError) as err:
+            ops.issue(IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)],
+                                   days=7, pharmacy="p01"))
+    finally:
+        ops.s.close()
+    assert err.value.reason == "BAD_ARGUMENTS" and "ins02" in (err.value.message or "")
+    assert proposed == [["h01", "ins01"]]
