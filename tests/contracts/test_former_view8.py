@@ -12,6 +12,7 @@ from tests.contracts.chain import DAY_MS
 from tests.contracts.flows import AUDITOR, CLERK, CLERK2, COURIER, HE, JIANG
 from tests.contracts.rxclient import World
 from tests.contracts.test_account_transfer import with_ins02, zhang
+from tests.contracts.test_review16 import view_pages
 from tests.contracts.test_settle_residuals7 import _hospital_copy_for, _issued_with_copy, _moved_before_fill_two, _story
 
 
@@ -88,18 +89,6 @@ def test_get_key_tells_an_insurer_she_left_no_note_key_count(world: World) -> No
         assert world.chain.submit("prescription", "get_key", caller, rx_id=rx_id).unwrap()["note_epoch"] == 1
 
 
-def _pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
-    pages = []
-    start = ""
-    for _ in range(64):
-        page = world.chain.query("prescription", "trace", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
-        pages.append(page)
-        start = page["next"]
-        if start == "":
-            break
-    return pages
-
-
 def _version_of(cursor: str) -> int:
     return int(cursor.split("/", maxsplit=1)[0]) if cursor else -1
 
@@ -116,7 +105,7 @@ def test_the_trace_cursors_of_an_insurer_she_left_count_only_the_steps_it_sees(w
     whole = world.chain.query("prescription", "trace", CLERK, rx_id=rx_id).unwrap()["steps"]
     assert [s["step"] for s in whole if s["block"] is not None][-2:] == ["dispense", "deliver"]
     for limit in (1, 2):
-        pages = _pages(world, CLERK, rx_id, limit)
+        pages = view_pages(world, "prescription.trace", CLERK, rx_id, limit)
         assert [s for p in pages for s in p["steps"]] == whole
         v = 0
         shown = 0
@@ -130,6 +119,6 @@ def test_the_trace_cursors_of_an_insurer_she_left_count_only_the_steps_it_sees(w
     assert out.reason == "BAD_ARGUMENTS" and "position" in out.message, out
     full = world.chain.query("prescription", "trace", HE, rx_id=rx_id).unwrap()["steps"]
     assert world.chain.query("prescription", "trace", HE, rx_id=rx_id, start="3").unwrap()["steps"] == full[3:]
-    pages = _pages(world, HE, rx_id, 1)
+    pages = view_pages(world, "prescription.trace", HE, rx_id, 1)
     versions = [_version_of(p["next"]) for p in pages if p["next"]]
     assert max(versions) == len([s for s in full if s["block"] is not None])  # its index positions

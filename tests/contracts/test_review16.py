@@ -29,11 +29,14 @@ def test_get_key_serves_the_hospitals_claim_key_copy_to_its_doctors_only(world: 
         assert world.chain.submit("prescription", "get_key", other, rx_id=rx_id).unwrap()["error"] == "NO_KEY_GRANT"
 
 
-def _trail_pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
+def view_pages(world: World, view: str, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
+    """Every page of ``caller``'s paged ``view`` ("contract.function": settlement.trail,
+    prescription.trace) of ``rx_id``, ``limit`` rows a page, following ``next`` (at most 64 pages)."""
+    contract, fn = view.split(".")
     pages = []
     start = ""
     for _ in range(64):
-        page = world.chain.query("settlement", "trail", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
+        page = world.chain.query(contract, fn, caller, rx_id=rx_id, start=start, limit=limit).unwrap()
         pages.append(page)
         start = page["next"]
         if start == "":
@@ -46,12 +49,12 @@ def test_the_trail_pages_of_an_insurer_she_left_hold_its_own_claims_alone(world:
     claim ended with ``next`` naming ins02's claim row (``truncated``: a claim follows), and
     the next page came back empty. Its pages now hold its own claims only."""
     rx_id = _story(world)
-    whole = _trail_pages(world, CLERK, rx_id, 64)
+    whole = view_pages(world, "settlement.trail", CLERK, rx_id, 64)
     assert len(whole) == 1 and [s["org"] for s in whole[0]["steps"]] == ["ins01"]
-    pages = _trail_pages(world, CLERK, rx_id, 1)
+    pages = view_pages(world, "settlement.trail", CLERK, rx_id, 1)
     assert [(p["next"], p["truncated"]) for p in pages] == [("", False)], pages
     assert pages[0]["steps"] == whole[0]["steps"]
-    new = _trail_pages(world, CLERK2, rx_id, 1)  # the insurer she has now: a page per claim
+    new = view_pages(world, "settlement.trail", CLERK2, rx_id, 1)  # the insurer she has now: a page per claim
     assert [[s["org"] for s in p["steps"]] for p in new] == [["ins01"], ["ins02"]]
     assert new[0]["truncated"] is True
 
@@ -86,19 +89,6 @@ def test_show_tells_an_insurer_she_left_no_note_key_count(world: World) -> None:
                                                                 rx_id=rx_id).unwrap()["steps"]]
 
 
-def _trace_pages(world: World, caller: Any, rx_id: str, limit: int) -> list[dict[str, Any]]:
-    """Every page of ``caller``'s trace, ``limit`` steps a page (at most 64 pages)."""
-    pages = []
-    start = ""
-    for _ in range(64):
-        page = world.chain.query("prescription", "trace", caller, rx_id=rx_id, start=start, limit=limit).unwrap()
-        pages.append(page)
-        start = page["next"]
-        if start == "":
-            break
-    return pages
-
-
 def test_the_trace_of_an_insurer_she_left_ends_at_the_last_step_it_sees(world: World) -> None:
     """After its last visible step the trace went on: ``next`` and ``truncated`` said steps
     followed (the hidden ones after the move), pages came back empty, and a cursor between its
@@ -110,7 +100,7 @@ def test_the_trace_of_an_insurer_she_left_ends_at_the_last_step_it_sees(world: W
     assert (whole["next"], whole["truncated"], whole["left"], whole["unreadable"]) == ("", False, 0, 0), whole
     steps = whole["steps"]
     for limit in (1, 2, 3):
-        pages = _trace_pages(world, CLERK, rx_id, limit)
+        pages = view_pages(world, "prescription.trace", CLERK, rx_id, limit)
         assert [s for p in pages for s in p["steps"]] == steps, limit
         assert all(len(p["steps"]) > 0 for p in pages), pages
         assert (pages[-1]["next"], pages[-1]["truncated"]) == ("", False)
@@ -139,5 +129,5 @@ def test_the_new_insurer_and_the_other_parties_trace_every_step_as_before(world:
     full = world.chain.query("prescription", "trace", HE, rx_id=rx_id).unwrap()
     assert full["next"] == "" and full["left"] == 0
     for caller in (CLERK2, AUDITOR, JIANG):
-        pages = _trace_pages(world, caller, rx_id, 2)
+        pages = view_pages(world, "prescription.trace", caller, rx_id, 2)
         assert [s for p in pages for s in p["steps"]] == full["steps"]
