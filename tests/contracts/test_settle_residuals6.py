@@ -252,6 +252,20 @@ def test_a_third_insurer_is_refused_as_before(world: World) -> None:
 
 # ---------------------------------------------------------------- the claim key handed over
 
+def _ins02_settles_fill_two(world: World, prep: Prepared) -> dict[str, Any]:
+    """Fill 2 of ``prep`` dispensed 28 days on, and settled by ins02 with the claim subset its
+    grant opens (the claim key handed over to it): the claim."""
+    world.chain.advance(28 * DAY_MS)
+    lock_and_dispense(world, prep).unwrap()
+    rx_id = prep.args["rx_id"]
+    opened = _fetch_claim(world, CLERK2, rx_id)
+    assert opened["claim"] == prep.claim
+    claim: dict[str, Any] = world.chain.submit("settlement", "settle", CLERK2,
+                                               transient={"claim": opened["claim"], "claim_salt": opened["salt"]},
+                                               rx_id=rx_id, fill=2).unwrap()
+    return claim
+
+
 def _fetch_claim(world: World, clerk: Any, rx_id: str) -> dict[str, Any]:
     """The claim subset and salt ``clerk``'s insurer opens with its grant (get_key)."""
     got = world.chain.submit("prescription", "get_key", clerk, rx_id=rx_id).unwrap()
@@ -297,13 +311,7 @@ def test_the_claim_key_reaches_the_insurer_of_a_later_fill_from_its_holder(world
                        wrapped_key=for_ins02).unwrap()
     assert world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins02",
                               wrapped_key=for_ins02).reason == "ALREADY_GRANTED"
-    world.chain.advance(28 * DAY_MS)
-    lock_and_dispense(world, repeat).unwrap()
-    opened = _fetch_claim(world, CLERK2, rx_id)
-    assert opened["claim"] == repeat.claim
-    claim = world.chain.submit("settlement", "settle", CLERK2,
-                               transient={"claim": opened["claim"], "claim_salt": opened["salt"]},
-                               rx_id=rx_id, fill=2).unwrap()
+    claim = _ins02_settles_fill_two(world, repeat)
     assert claim["insurer"] == "ins02"
     # the holder may read the trail now (a party by its grant)
     assert world.chain.query("settlement", "trail", CLERK2, rx_id=rx_id).ok

@@ -16,7 +16,7 @@ from tests.contracts.chain import DAY_MS, who
 from tests.contracts.flows import AUDITOR, CLERK, CLERK2, HE, JIANG, WANG, ZHOU, dispense, lock_and_dispense, settle
 from tests.contracts.rxclient import Prepared, World, trace_key
 from tests.contracts.test_account_transfer import PATIENT, call, with_ins02, zhang
-from tests.contracts.test_settle_residuals6 import REPEAT, _fetch_claim, _snapshot
+from tests.contracts.test_settle_residuals6 import REPEAT, _fetch_claim, _ins02_settles_fill_two, _snapshot
 from tests.contracts.test_unsettled_moves import CLERK3
 
 H01_ADMIN = who("h01:admin-h01:admin")
@@ -87,13 +87,7 @@ def test_the_issuing_hospital_hands_the_claim_key_to_the_insurer_of_later_fills(
                               wrapped_key=for_ins02).reason == "ALREADY_GRANTED"
     assert world.chain.submit("prescription", "grant_claim_key", CLERK, rx_id=rx_id, org="ins02",
                               wrapped_key=for_ins02).reason == "ALREADY_GRANTED"
-    world.chain.advance(28 * DAY_MS)
-    lock_and_dispense(world, prep).unwrap()
-    opened = _fetch_claim(world, CLERK2, rx_id)
-    assert opened["claim"] == prep.claim
-    claim = world.chain.submit("settlement", "settle", CLERK2,
-                               transient={"claim": opened["claim"], "claim_salt": opened["salt"]},
-                               rx_id=rx_id, fill=2).unwrap()
+    claim = _ins02_settles_fill_two(world, prep)
     assert (claim["insurer"], claim["fill"]) == ("ins02", 2)
     assert settle(world, prep, clerk=CLERK3, fill=2).reason == "ACCESS_DENIED"
 
