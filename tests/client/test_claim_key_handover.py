@@ -16,7 +16,7 @@ from tests.client.contractgw import ContractGateway
 from tests.contracts.chain import DAY_MS, Who
 from tests.contracts.conftest import chain, runner, world  # noqa: F401 - the contract sandbox fixtures
 from tests.contracts.flows import CLERK, CLERK2, lock_and_dispense, settle
-from tests.contracts.rxclient import CONSORTIUM_SECRET, World, trace_key
+from tests.contracts.rxclient import CONSORTIUM_SECRET, Prepared, World, trace_key
 from tests.contracts.test_account_transfer import call, dispensed, with_ins02, zhang
 from tests.contracts.test_settle_residuals6 import REPEAT
 
@@ -32,15 +32,21 @@ def _ops(w: World, caller: Who) -> RxOperations:
     return RxOperations(session)  # type: ignore[arg-type]
 
 
+def _moved_to_ins02_before_fill_two(world: World, prep: Prepared) -> None:  # noqa: F811
+    """Fill 1 of ``prep`` settled by ins01, the patient's account moved to ins02, and fill 2
+    dispensed 28 days on (its claim ins02's to settle, with a claim key it does not hold yet)."""
+    settle(world, prep).unwrap()
+    call(world, "request_transfer", zhang(world), to_insurer="ins02")
+    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
+    world.chain.advance(28 * DAY_MS)
+    lock_and_dispense(world, prep).unwrap()
+
+
 def test_the_new_insurer_settles_a_later_fill_with_the_claim_key_handed_over(world: World) -> None:  # noqa: F811
     with_ins02(world)
     repeat = dispensed(world, **REPEAT)
     rx_id = repeat.args["rx_id"]
-    settle(world, repeat).unwrap()
-    call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
-    world.chain.advance(28 * DAY_MS)
-    lock_and_dispense(world, repeat).unwrap()
+    _moved_to_ins02_before_fill_two(world, repeat)
     ins01, ins02 = _ops(world, CLERK), _ops(world, CLERK2)
     with pytest.raises(NoKeyGrant):
         ins02.settle(rx_id, 2)
@@ -74,11 +80,7 @@ def test_the_issuing_hospitals_doctor_hands_the_key_over_with_rx_grant_claim_key
     with_ins02(world)
     prep = _issued_with_copy(world)
     rx_id = prep.args["rx_id"]
-    settle(world, prep).unwrap()
-    call(world, "request_transfer", zhang(world), to_insurer="ins02")
-    assert call(world, "accept_transfer", CLERK2)["insurer"] == "ins02"
-    world.chain.advance(28 * DAY_MS)
-    lock_and_dispense(world, prep).unwrap()
+    _moved_to_ins02_before_fill_two(world, prep)
     ins02 = _ops(world, CLERK2)
     with pytest.raises(NoKeyGrant):
         ins02.settle(rx_id, 2)

@@ -5,6 +5,7 @@ patient's insurer. No peer runs: ``Gateway.submit`` plays the contract's answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,17 @@ from tests.client.offline import offline_home
 OLD_REFUSAL = "claim_keys must hold exactly the patient's insurer ins01"
 
 
+def _old_contract(claim_keys: dict[str, Any]) -> str | None:
+    """The prescription contract before settle7: any claim key but the insurer's refused."""
+    return OLD_REFUSAL if len(claim_keys) != 1 else None
+
+
 def _issue(net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-           old_contract: bool) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
-    """Issue as h01:dr-jiang; ``old_contract``: the prescription contract refuses any claim key
-    but the insurer's (as before settle7), nothing written. The result and every proposal's
-    ``claim_keys``."""
+           refusal: Callable[[dict[str, Any]], str | None] = lambda keys: None,
+           ) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """Issue as h01:dr-jiang; a proposal whose ``claim_keys`` ``refusal`` answers with a message
+    is refused BAD_ARGUMENTS so, nothing written (raised to the caller if the SDK does not
+    propose again). The result and every proposal's ``claim_keys``."""
     home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
     proposed: list[dict[str, Any]] = []
 
@@ -34,8 +41,9 @@ def _issue(net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                endorsing_orgs: list[str] | None = None) -> SubmitResult:
         if function == "issue":
             proposed.append(dict(args["claim_keys"]))
-            if old_contract and len(args["claim_keys"]) != 1:
-                raise EndorsementError("BAD_ARGUMENTS", OLD_REFUSAL)
+            refused = refusal(args["claim_keys"])
+            if refused is not None:
+                raise EndorsementError("BAD_ARGUMENTS", refused)
         return SubmitResult("cd" * 32, "VALID", 3, {})
 
     monkeypatch.setattr(Gateway, "submit", submit)
@@ -61,7 +69,7 @@ def test_the_hospitals_copy_opens_for_the_issuing_doctor_not_with_the_records_ke
     """The copy was wrapped for h01's records key, which its pharmacists hold too: a pharmacist
     opened it straight from the issue's arguments (and from ``get_key``) and held the claim key.
     Now it is wrapped for the issuing doctor's certificate key: it opens for her alone."""
-    home, res, proposed = _issue(net_home, tmp_path, monkeypatch, old_contract=False)
+    home, res, proposed = _issue(net_home, tmp_path, monkeypatch)
     assert len(proposed) == 1 and sorted(proposed[0]) == ["h01", "ins01"]
     copy = proposed[0]["h01"]
     pharmacist = load_identity(home, "h01", "pharm-he")
@@ -76,7 +84,7 @@ def test_issue_against_a_contract_from_before_the_copy_goes_through_without_it(
         net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A client upgraded before the contract: its issue was refused BAD_ARGUMENTS (claim_keys)
     and the doctor could issue nothing. It is proposed once more without the hospital's copy."""
-    _, res, proposed = _issue(net_home, tmp_path, monkeypatch, old_contract=True)
+    _, res, proposed = _issue(net_home, tmp_path, monkeypatch, _old_contract)
     assert res["rx_id"].startswith("RX") and res["tx_id"] == "cd" * 32, res
     assert [sorted(p) for p in proposed] == [["h01", "ins01"], ["ins01"]]
     assert proposed[1]["ins01"] == proposed[0]["ins01"]
@@ -86,23 +94,16 @@ def test_another_refusal_of_the_issue_is_not_retried(
         net_home: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the old contract's claim_keys refusal is retried: any other BAD_ARGUMENTS is raised
     as it came, proposed once."""
-    home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
-    proposed: list[Any] = []
+    proposed: list[dict[str, Any]] = []
 
-    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
-               endorsing_orgs: list[str] | None = None) -> SubmitResult:
-        proposed.append(function)
-        raise EndorsementError("BAD_ARGUMENTS", "keys must hold exactly patient, h01 and the pharmacy")
+    def other_refusal(keys: dict[str, Any]) -> str:
+        proposed.append(keys)
+        return "keys must hold exactly patient, h01 and the pharmacy"
 
-    monkeypatch.setattr(Gateway, "submit", submit)
-    ops = RxOperations(Session(home, "h01:dr-jiang"))
-    try:
-        with pytest.raises(EndorsementError) as err:
-            ops.issue(IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)],
-                                   days=7, pharmacy="p01"))
-    finally:
-        ops.s.close()
-    assert err.value.reason == "BAD_ARGUMENTS" and proposed == ["issue"]
+    with pytest.raises(EndorsementError) as err:
+        _issue(net_home, tmp_path, monkeypatch, other_refusal)
+    assert err.value.reason == "BAD_ARGUMENTS" and "patient, h01 and the pharmacy" in (err.value.message or "")
+    assert len(proposed) == 1
 
 
 def test_a_claim_keys_refusal_naming_another_insurer_is_not_retried(
@@ -112,21 +113,13 @@ def test_a_claim_keys_refusal_naming_another_insurer_is_not_retried(
     took ins01, the contract names ins02), which no proposal without the copy passes: a second
     proposal refused alike. Only the old contract's refusal naming the issue's insurer is
     retried."""
-    home = offline_home(net_home, tmp_path, monkeypatch, lambda rx_id: None)
-    proposed: list[Any] = []
+    proposed: list[dict[str, Any]] = []
 
-    def submit(self: Gateway, contract: str, function: str, args: Any = None, transient: Any = None,
-               endorsing_orgs: list[str] | None = None) -> SubmitResult:
-        proposed.append(sorted(args["claim_keys"]))
-        raise EndorsementError("BAD_ARGUMENTS", "claim_keys must hold exactly the patient's insurer ins02")
+    def another_insurer(keys: dict[str, Any]) -> str:
+        proposed.append(keys)
+        return "claim_keys must hold exactly the patient's insurer ins02"
 
-    monkeypatch.setattr(Gateway, "submit", submit)
-    ops = RxOperations(Session(home, "h01:dr-jiang"))
-    try:
-        with pytest.raises(EndorsementError) as err:
-            ops.issue(IssueRequest(patient="patient-zhang", diagnosis="I10", drugs=[DrugLine("amlodipine", 1)],
-                                   days=7, pharmacy="p01"))
-    finally:
-        ops.s.close()
+    with pytest.raises(EndorsementError) as err:
+        _issue(net_home, tmp_path, monkeypatch, another_insurer)
     assert err.value.reason == "BAD_ARGUMENTS" and "ins02" in (err.value.message or "")
-    assert proposed == [["h01", "ins01"]]
+    assert [sorted(keys) for keys in proposed] == [["h01", "ins01"]]
