@@ -353,6 +353,21 @@ def _plain_session(rot: Rotated, t: _Time, every: float = 300.0, as_: str = "h01
                    clock=t.wall, monotonic=t.monotonic, follow_every_s=every, spawn=spawn or _now)
 
 
+def _one_call(rot: Rotated) -> None:
+    """One call of a session of h01's doctor (:func:`_plain_session`), answered OK, then closed."""
+    s = _plain_session(rot, _Time())
+    try:
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+
+
+def _write_retry_file(rot: Rotated, text: str) -> None:
+    path = rot.home / FOLLOW_RETRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def test_the_follow_is_bounded_and_stopped_by_close(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
     t = _Time()
     s = _plain_session(rotated, t)
@@ -457,14 +472,8 @@ def test_a_corrupt_or_unreadable_followed_file_makes_the_follow_due(
 
 
 def test_a_retry_file_further_off_than_a_period_holds_nothing_back(rotated: Rotated, follows: _Follows) -> None:  # noqa: F811
-    path = rotated.home / FOLLOW_RETRY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{T0_MS + 10 * 86_400_000} 10000\n")
-    s = _plain_session(rotated, _Time())
-    try:
-        assert _health(s) == "OK"
-    finally:
-        s.close()
+    _write_retry_file(rotated, f"{T0_MS + 10 * 86_400_000} 10000\n")
+    _one_call(rotated)
     assert len(follows.calls) == 1
 
 
@@ -489,14 +498,8 @@ def test_a_retry_from_long_ago_starts_the_backoff_again(rotated: Rotated, follow
     """A retry file left by a failure streak that ended (its retry came due more than a period ago)
     does not double: the backoff starts again at 10 s."""
     follows.fail = True
-    path = rotated.home / FOLLOW_RETRY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{T0_MS - 301_000} 300000\n")
-    s = _plain_session(rotated, _Time())
-    try:
-        assert _health(s) == "OK"
-    finally:
-        s.close()
+    _write_retry_file(rotated, f"{T0_MS - 301_000} 300000\n")
+    _one_call(rotated)
     assert len(follows.calls) == 1
     assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)
 
@@ -636,11 +639,7 @@ def test_an_error_no_follow_reports_does_not_fail_the_call(
         raise error
 
     monkeypatch.setattr(session_mod, "follow_current", broken)
-    s = _plain_session(rotated, _Time())
-    try:
-        assert _health(s) == "OK"
-    finally:
-        s.close()
+    _one_call(rotated)
     (failed,) = _events(caplog, "session_proactive_follow_failed")
     assert failed["reason"] == "INTERNAL" and type(error).__name__ in failed["detail"]
     assert read_follow_retry(rotated.home) == (T0_MS + 10_000, 10_000)

@@ -41,12 +41,16 @@ class _Leader:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def handle(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _dialled(self, context: grpc.ServicerContext) -> None:
+        """Count the stream; refuse it REVOKED_CERT while ``refusing``."""
         with self._lock:
             self.calls += 1
         if self.refusing:
             abort_with(context, RxError("REVOKED_CERT", "the caller's certificate is revoked",
                                         grpc.StatusCode.PERMISSION_DENIED))
+
+    def handle(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._dialled(context)
         answered = 0
         for raw in requests:
             envs = split_batch(raw)
@@ -265,25 +269,18 @@ def test_a_leader_the_chain_reports_elected_is_dialled_at_once_whatever_the_watc
 
 # ---------------------------------------------------------------- the legacy Forwarder
 
-class _LegacyLeader:
-    """An OrdererCluster.ForwardBatch server (the legacy forward RPC) refusing every stream
-    PERMISSION_DENIED REVOKED_CERT while ``refusing``, else answering the handshake and every
-    envelope accepted and ending the stream after ``end_after`` envelopes. ``calls``: streams."""
+class _LegacyLeader(_Leader):
+    """:class:`_Leader` for the legacy forward RPC (OrdererCluster.ForwardBatch: raft_pb2
+    messages, no handshake), ending the stream after its first envelope by default."""
 
     def __init__(self) -> None:
-        self.refusing = True
+        super().__init__()
         self.end_after = 1
-        self.calls = 0
-        self._lock = threading.Lock()
 
     def handle(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         from rxchain.v1 import raft_pb2
 
-        with self._lock:
-            self.calls += 1
-        if self.refusing:
-            abort_with(context, RxError("REVOKED_CERT", "the caller's certificate is revoked",
-                                        grpc.StatusCode.PERMISSION_DENIED))
+        self._dialled(context)
         answered = 0
         for req in requests:
             yield raft_pb2.ForwardAnswers(answers=[raft_pb2.ForwardAnswer(accepted=True) for _ in req.envelopes])
