@@ -13,12 +13,11 @@ import json
 import pytest
 from rxchain.v1 import config_pb2
 
-from client import configtool, follow
+from client import follow
 from client.errors import RxClientError
 from client.network import NetworkInfo, load_network
 from client.session import verified_network
-from node.genesis import read_genesis
-from tests.client.test_follow_trust import _Clock, _follow, _net, _orderers_block, _World
+from tests.client.test_follow_trust import _Clock, _follow, _net, _unverified_rotation, _World
 from tests.client.test_session_ca import Rotated, _rotation_block, rotated  # noqa: F401
 
 
@@ -42,10 +41,7 @@ def test_one_orderer_listed_under_two_names_counts_once(rotated: Rotated, monkey
     holding a config update never committed and, asked as orderer.a2, "holds" it too: counted by
     name that was 2 of the 3 names' majority of 2, and the session saved the fork and pinned its
     CA. The orderers are a and b: a alone is no majority -- ORDERERS_DISAGREE, nothing saved."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, fork = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.a2": [genesis, fork], "orderer.b": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.a2", "orderer.b"))
     net = _config(net, [(1, "orderer.a", b""), (2, "orderer.a2", b""), (3, "orderer.b", b"certificate of b")])
@@ -74,10 +70,7 @@ def test_two_orderers_under_one_name_count_as_two_in_the_majority(rotated: Rotat
     name there were three, a majority of 2 -- a fork a and b hold was taken though the Raft
     majority of four is three. Now 3 are needed, and an endpoint named orderer.a counts once (it
     cannot tell which of the two answered): with c holding another block, refused."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, fork = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.b": [genesis, fork], "orderer.c": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))
     net = _config(net, [(1, "orderer.a", b""), (2, "orderer.a", b"certificate of a'"),
@@ -92,10 +85,7 @@ def test_two_orderers_under_one_name_count_as_two_in_the_majority(rotated: Rotat
 
 def test_distinct_orderers_still_make_the_majority(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """(Unchanged) three orderers of three certificates, a and b holding the rotation: taken."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, rotation = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation], "orderer.b": [genesis, rotation],
                               "orderer.c": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))

@@ -132,16 +132,22 @@ def _unsaved_chain_of_three(rot: Rotated) -> tuple[Path, block_pb2.Block, block_
     """The home's saved chain (config-chain.json) removed, and a chain of three blocks as an
     orderer serves them: genesis, h01's CA rotation, a plain block 2 after it -- (the removed
     state file, the three blocks)."""
-    state = rot.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rot.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rot.home, genesis, rot.ca_der))
+    state, genesis, rotation = _unverified_rotation(rot)
     two = _plain_block(rot.home, 2, rotation)
     two.metadata.last_config_block = 1
     return state, genesis, rotation, two
 
 
 # ------------------------------------------------------------ 1: an orderer's extension
+
+def _unverified_rotation(rot: Rotated) -> tuple[Path, block_pb2.Block, block_pb2.Block]:
+    """h01's home verifying nothing (its config-chain.json removed): the chain state's path, the
+    genesis block and a block 1 rotating h01's CA, signed as the orderers sign."""
+    state = rot.home / configtool.CHAIN_STATE
+    state.unlink()
+    genesis = read_genesis(rot.home / "genesis.block")
+    return state, genesis, _orderers_block(_rotation_block(rot.home, genesis, rot.ca_der))
+
 
 def test_one_orderer_extending_the_chain_with_a_proposal_never_committed_moves_nothing(
         rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -151,10 +157,7 @@ def test_one_orderer_extending_the_chain_with_a_proposal_never_committed_moves_n
     the fork and pinned its CA. An orderer's extension is now taken only once a majority of the
     verified config's orderers (2 of 3) hold its last block: the other two hold no block 1, so
     nothing of it is saved or pinned, and the reason says so."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, fork = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.b": [genesis], "orderer.c": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))
     chain = _follow(rotated.home, net, world, monkeypatch)
@@ -169,10 +172,7 @@ def test_one_orderer_extending_the_chain_with_a_proposal_never_committed_moves_n
 def test_an_orderers_extension_a_majority_holds_is_taken(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """The same rotation block served by orderer a and held by orderer b (2 of 3, c down): it is
     the orderers' chain, taken and saved."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, rotation = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation], "orderer.b": [genesis, rotation],
                               "orderer.c": STALL})
     net = _net(rotated.home, (), ("orderer.c", "orderer.a", "orderer.b"))
@@ -185,10 +185,7 @@ def test_an_orderers_extension_with_a_minority_is_refused_orderers_disagree(
         rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """Orderer a alone holds the rotation block (b and c hold another block 1, signed alike):
     ORDERERS_DISAGREE is named in the follow's failure, nothing of a's saved."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    rotation = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, rotation = _unverified_rotation(rotated)
     other = _plain_block(rotated.home, 1, genesis)
     world = _World(_Clock(), {"orderer.a": [genesis, rotation], "orderer.b": [genesis, other],
                               "orderer.c": [genesis, other]})

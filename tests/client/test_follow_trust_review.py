@@ -26,6 +26,7 @@ from tests.client.test_follow_trust import (
     _net,
     _orderers_block,
     _unsaved_chain_of_three,
+    _unverified_rotation,
     _World,
 )
 from tests.client.test_session_ca import Rotated, _plain_block, _rotation_block, rotated  # noqa: F401
@@ -36,10 +37,7 @@ def test_an_orderer_listed_at_two_addresses_counts_once(rotated: Rotated, monkey
     orderer b. Compromised a serves a fork holding a config update never committed: the majority
     counted endpoints, so a at its second address "confirmed" its own fork (2 of the 2 needed) and
     the session saved it and pinned its CA. The orderers are a and b: a alone is no majority."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, fork = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.b": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.a", "orderer.b"))
     net = dataclasses.replace(net, orderers=(net.orderers[0], dataclasses.replace(net.orderers[1], port=17051),
@@ -96,10 +94,7 @@ def test_an_orderer_the_config_removed_does_not_count(rotated: Rotated, monkeypa
     organisation's CA) answers it holds it: the count was of the endpoints listed, so 2 of the 2
     needed, and the fork was saved and its CA pinned. Only the verified configuration's orderers
     count: a alone of a, b, c holds it."""
-    state = rotated.home / configtool.CHAIN_STATE
-    state.unlink()
-    genesis = read_genesis(rotated.home / "genesis.block")
-    fork = _orderers_block(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    state, genesis, fork = _unverified_rotation(rotated)
     world = _World(_Clock(), {"orderer.a": [genesis, fork], "orderer.old": [genesis, fork],
                               "orderer.b": [genesis]})
     net = _net(rotated.home, (), ("orderer.a", "orderer.b", "orderer.c"))
