@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.crypto import aead
 from tests.contracts.chain import DAY_MS
 from tests.contracts.flows import AUDITOR, CLERK, CLERK2, COURIER, HE, JIANG
 from tests.contracts.rxclient import World
-from tests.contracts.test_account_transfer import with_ins02, zhang
-from tests.contracts.test_review16 import view_pages
+from tests.contracts.test_account_transfer import with_ins02
+from tests.contracts.test_review16 import consent_withdrawn_after_the_move, view_pages
 from tests.contracts.test_settle_residuals7 import _hospital_copy_for, _issued_with_copy, _moved_before_fill_two, _story
 
 
@@ -74,14 +73,7 @@ def test_get_key_tells_an_insurer_she_left_no_note_key_count(world: World) -> No
     of consent, after the move too: ins01 read from it the consent she withdrew after leaving
     it, a step its trace and show hide (review16 took it out of show only). Now left out for
     it; ins02 and the hospital read it as before, and ins01 still opens its claim grant."""
-    rx_id = _story(world)
-    her = zhang(world)
-    world.chain.submit("prescription", "grant_consent", her, rx_id=rx_id, org="h02",
-                       wrapped_key=world.wrap_for(rx_id, "h02")).unwrap()
-    keys = {p: world.keyring.wrap(p if p != "patient" else "patient:" + world.pid("patient-zhang"),
-                                  aead.new_record_key(), f"rxchain/rx/{rx_id}/{p}/note/1")
-            for p in ("patient", "h01", "p01")}
-    world.chain.submit("prescription", "revoke_consent", her, rx_id=rx_id, org="h02", note_keys=keys).unwrap()
+    rx_id = consent_withdrawn_after_the_move(world)
     old = world.chain.submit("prescription", "get_key", CLERK, rx_id=rx_id).unwrap()
     assert old["kind"] == "insurer" and old["wrapped_key"] and "note_epoch" not in old, old
     assert world.keyring.unwrap("ins01", old["wrapped_key"], f"rxchain/rx/{rx_id}/ins01")

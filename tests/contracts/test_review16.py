@@ -69,10 +69,9 @@ def test_show_tells_an_insurer_she_left_no_step_count(world: World) -> None:
         assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["step_count"] > 0
 
 
-def test_show_tells_an_insurer_she_left_no_note_key_count(world: World) -> None:
-    """``note_epoch`` counts the note keys made -- one per re-route and withdrawal of consent,
-    those after the move too: ins01 read from it the consent she withdrew after leaving it (a
-    step it is not shown). Now left out for it; ins02 and the hospital read it as before."""
+def consent_withdrawn_after_the_move(world: World) -> str:
+    """The story (ins01 insured fill 1, she moved to ins02), then she grants h02 her consent and
+    withdraws it (a new note key, epoch 1, wrapped for her, h01 and p01): the prescription."""
     rx_id = _story(world)
     her = zhang(world)
     world.chain.submit("prescription", "grant_consent", her, rx_id=rx_id, org="h02",
@@ -81,6 +80,14 @@ def test_show_tells_an_insurer_she_left_no_note_key_count(world: World) -> None:
                                   aead.new_record_key(), f"rxchain/rx/{rx_id}/{p}/note/1")
             for p in ("patient", "h01", "p01")}
     world.chain.submit("prescription", "revoke_consent", her, rx_id=rx_id, org="h02", note_keys=keys).unwrap()
+    return rx_id
+
+
+def test_show_tells_an_insurer_she_left_no_note_key_count(world: World) -> None:
+    """``note_epoch`` counts the note keys made -- one per re-route and withdrawal of consent,
+    those after the move too: ins01 read from it the consent she withdrew after leaving it (a
+    step it is not shown). Now left out for it; ins02 and the hospital read it as before."""
+    rx_id = consent_withdrawn_after_the_move(world)
     assert "note_epoch" not in world.chain.query("prescription", "show", CLERK, rx_id=rx_id).unwrap()
     for caller in (CLERK2, HE):
         assert world.chain.query("prescription", "show", caller, rx_id=rx_id).unwrap()["note_epoch"] == 1
