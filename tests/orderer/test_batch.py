@@ -277,6 +277,22 @@ def _serve_forward_batch(handle: Callable[[Iterator[bytes], grpc.ServicerContext
     return server
 
 
+def _serve_legacy_forward_batch(handle: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]],
+                                port: int) -> grpc.Server:
+    """A started insecure server on ``port`` answering the legacy forward RPC,
+    OrdererCluster.ForwardBatch (raft_pb2 ForwardedEnvelopes in, ForwardAnswers out), with ``handle``."""
+    from rxchain.v1 import raft_pb2
+
+    server = grpc.server(ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "rxchain.v1.OrdererCluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
+            handle, request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
+            response_serializer=raft_pb2.ForwardAnswers.SerializeToString)})])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
 @pytest.fixture
 def leader_server() -> Iterator[tuple[FakeLeader, FakeLeader, dict[int, str]]]:
     servers = []
@@ -766,19 +782,12 @@ def test_legacy_forwarder_batches_within_the_byte_budget() -> None:
     """The legacy ForwardBatch stream coalesced up to 512 envelopes whatever they weighed: over
     the leader's gRPC bound under a small ``max_message_bytes`` the whole message was refused
     and every envelope in it answered "outcome unknown". It now fills at most ``max_bytes()``."""
-    from rxchain.v1 import raft_pb2
 
     from node.orderer.transport import _ForwardStream
 
     fake = LegacyLeader()
     (port,) = free_ports(1)
-    server = grpc.server(ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "rxchain.v1.OrdererCluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
-            fake.handle, request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
-            response_serializer=raft_pb2.ForwardAnswers.SerializeToString)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
+    server = _serve_legacy_forward_batch(fake.handle, port)
     stream = _ForwardStream(f"127.0.0.1:{port}", grpc.insecure_channel, max_bytes=lambda: 3000)
     try:
         first = Ticket("t0")

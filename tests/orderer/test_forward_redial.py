@@ -24,7 +24,14 @@ from node.orderer.metrics import OrdererMetrics
 from node.orderer.ticket import NOT_LEADER, SERVICE_UNAVAILABLE, Outcome, Ticket
 from tests.harness.ports import free_ports
 from tests.orderer.cluster import Client, make_network
-from tests.orderer.test_batch import BatchOrderer, Clock, Members, _serve_forward_batch, _validator
+from tests.orderer.test_batch import (
+    BatchOrderer,
+    Clock,
+    Members,
+    _serve_forward_batch,
+    _serve_legacy_forward_batch,
+    _validator,
+)
 
 STEP_S = 0.1  # the injected clock's step between two envelopes (a follower busy forwarding)
 
@@ -291,21 +298,11 @@ class _LegacyLeader(_Leader):
 
 @contextlib.contextmanager
 def _legacy(rand: Callable[[], float] | None = None) -> Iterator[tuple[_LegacyLeader, Any, Clock, list[str]]]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from rxchain.v1 import raft_pb2
-
     from node.orderer.transport import Forwarder
 
     leader = _LegacyLeader()
     (port,) = free_ports(1)
-    server = grpc.server(ThreadPoolExecutor(4))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "rxchain.v1.OrdererCluster", {"ForwardBatch": grpc.stream_stream_rpc_method_handler(
-            leader.handle, request_deserializer=raft_pb2.ForwardedEnvelopes.FromString,
-            response_serializer=raft_pb2.ForwardAnswers.SerializeToString)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
+    server = _serve_legacy_forward_batch(leader.handle, port)
     clock, dialled = Clock(), []
 
     def channel(target: str) -> grpc.Channel:
