@@ -54,6 +54,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -104,6 +105,14 @@ CA_DENYLIST = "rotated-cas.json"
 CA_ROTATED_AWAY = "CA_ROTATED_AWAY"
 DENYLIST_FORMAT = 1
 MAX_DENYLIST_BYTES = 1 << 20
+# the CAs the denylist names at most: a save that would pass it (or MAX_DENYLIST_BYTES) is refused
+# DENYLIST_FULL and writes nothing -- before, it grew past the size it is read to and every session and
+# follow of the home was refused BAD_CONFIG ("damaged or edited"); entries are never dropped to make
+# room (the oldest may be the leaked key the list exists for)
+MAX_DENYLIST_ENTRIES = 4096
+DENYLIST_FULL = "DENYLIST_FULL"
+
+_log = logging.getLogger(__name__)
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a key's SHA-256 as records_key_fingerprint writes it
 
 
@@ -191,7 +200,9 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
     after it rotated away from them: never the genesis config's, which the remedy for
     CHAIN_RESTARTED returns to), under its lock (``.rotated-cas.json.lock``), atomically (a
     temporary file fsynced, renamed over it, the directory fsynced). Nothing is written when it
-    holds them already. OSError / RxClientError when it cannot be read or written."""
+    holds them already. OSError / RxClientError when it cannot be read or written; DENYLIST_FULL
+    (nothing written) when it would name more than :data:`MAX_DENYLIST_ENTRIES` CAs or pass
+    :data:`MAX_DENYLIST_BYTES`."""
     def same(held: dict[str, str]) -> bool:
         return all(fp in held for fp in entries) and not any(fp in held for fp in reinstated)
 
@@ -205,7 +216,16 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
         merged = {fp: org for fp, org in merged.items() if fp not in reinstated}
         doc = {"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
                "rotated_away": [{"org": org, "ca_sha256": fp} for fp, org in merged.items()]}
-        replace_file(path, json.dumps(doc, indent=1).encode())
+        raw = json.dumps(doc, indent=1).encode()
+        if len(merged) > MAX_DENYLIST_ENTRIES or len(raw) > MAX_DENYLIST_BYTES:
+            added = sum(1 for fp in entries if fp not in held)
+            raise RxClientError(DENYLIST_FULL, f"{path} would name {len(merged)} CAs rotated away from "
+                                f"({len(raw)} bytes; at most {MAX_DENYLIST_ENTRIES} CAs, {MAX_DENYLIST_BYTES} "
+                                "bytes): nothing was written, and the config chain that rotated away from "
+                                f"{added} more is not saved. Entries are never dropped to make room; an "
+                                "operator who has confirmed with the consortium that CAs it names can no "
+                                "longer sign (expired, their keys destroyed) removes them from the file")
+        replace_file(path, raw)
         fsync_dir(path.parent if str(path.parent) else Path("."))
 
 
@@ -477,7 +497,14 @@ class ChainConfig:
                 return  # (as long a chain saved meanwhile; or the file this chain came from is gone)
             # the denylist first: a chain saved without it, once removed (the remedy for
             # CHAIN_RESTARTED), left no trace of the CAs it rotated away from
-            self.save_denylist()
+            try:
+                self.save_denylist()
+            except RxClientError as exc:
+                if exc.reason == DENYLIST_FULL:  # (the one failure here an operator must act on)
+                    _log.warning("event=config_chain_not_saved reason=%s height=%d detail=%s: the verified "
+                                 "config chain is not saved (it is used in memory only)", exc.reason,
+                                 self.height, exc.message[:500])
+                raise
             replace_file(self._state_path, json.dumps(state).encode())
             self._saved, self._held_file = self.height, True
 

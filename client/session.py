@@ -52,6 +52,12 @@ FOLLOW_RETRY_FILE = "run/chain-follow-retry"
 CLOSE_GRACE_S = 3.0
 CLOSE_FOLLOW_S = 2.0
 FOLLOW_RETRY_FIRST_S = 10.0  # the first backoff after a failed proactive follow, doubled up to follow_every_s
+# a call's reactive follow (_follow_config, _follow_denied, _follow_records) waits this long at most for
+# a follow of the session under way (another call's, or the proactive one: up to FOLLOW_BUDGET_S) to end
+FOLLOW_WAIT_S = 5.0
+# the reason a call whose peer presents a CA the pin lacks fails with when a follow of the session
+# under way did not end within FOLLOW_WAIT_S (nothing sent on this attempt; FHIR 503: retry)
+FOLLOW_IN_PROGRESS = "FOLLOW_IN_PROGRESS"
 
 _log = logging.getLogger(__name__)
 
@@ -212,13 +218,71 @@ def _chain_records_keys(home: Path, org: str) -> list[str]:
     return list(chain.records_keys.get(org, []))
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """(size, modification time in ns, inode) of ``path``; None when it cannot be stat'ed."""
+Stamp = tuple[int, int, int, int]  # (size, modification time in ns, inode, status-change time in ns)
+# A file's stamp whose modification or status-change time is this close to the time it is looked at
+# (or past it) is "racy": a rewrite of the same size within the file system's timestamp granularity
+# (1 s on ext3/HFS+/many NFS servers, 2 s on FAT; plus the kernel's coarse clock) leaves the stamp as
+# it was. The content's digest is then compared too (git's racy-index rule), until the stamp is older.
+RACY_S = 3.0
+_fs_clock_ns: Callable[[], int] = time.time_ns  # (the clock file times are set by: the kernel's wall clock)
+
+
+def _stamp_of(st: os.stat_result) -> Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def _file_stamp(path: Path) -> Stamp | None:
+    """(size, modification time in ns, inode, status-change time in ns) of ``path``; None when it
+    cannot be stat'ed. The status-change time cannot be set back (os.utime sets it to now): a file
+    rewritten in place with its size and modification time restored (``cp -p``, ``rsync -t``,
+    ``touch -r``) has another stamp."""
     try:
-        st = path.stat()
+        return _stamp_of(path.stat())
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _content_digest(path: Path) -> bytes:
+    """SHA-256 of ``path``'s content (at most 16 MiB read); b"" when it cannot be read (never equal
+    to a digest: the file is read again)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read(16 << 20)).digest()
+    except OSError:
+        return b""
+
+
+class _FileSeen:
+    """A file a session reads again whenever it changed: its :func:`_file_stamp` when last read
+    and, while that stamp is racy (:data:`RACY_S`), the digest of its content taken before that
+    read. :meth:`look` says whether it must be read again, :meth:`seen` records the read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp: Stamp | None = None
+        self.digest: bytes | None = None  # (None: the stamp was not racy)
+        self.known = False
+
+    def look(self, stamp: Stamp | None) -> tuple[Stamp | None, bytes | None] | None:
+        """None when the file (now at ``stamp``) is the one last read; else what to pass to
+        :meth:`seen` once it was read again (the digest is taken now, before that read: a rewrite
+        after it shows as a change next time)."""
+        now = _fs_clock_ns()
+        racy = stamp is not None and max(stamp[1], stamp[3]) >= now - round(RACY_S * 1e9)
+        if self.known and stamp == self.stamp:
+            if self.digest is None:
+                return None
+            digest = _content_digest(self.path)
+            if digest and digest == self.digest:
+                if not racy:
+                    self.digest = None  # (a rewrite from now on has a later time: the stamp tells)
+                return None
+            return stamp, digest
+        return stamp, (_content_digest(self.path) if racy else None)
+
+    def seen(self, found: tuple[Stamp | None, bytes | None]) -> None:
+        self.stamp, self.digest = found
+        self.known = True
 
 
 class Session:
@@ -244,8 +308,11 @@ class Session:
         # height of the chain it ends and the config-chain.json it was read from (_file_stamp);
         # with the CA pin taken from it, guarded by _state_lock (_refresh, _adopt)
         self._state_lock = threading.Lock()
-        self._verified_stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
+        self._chain_seen = _FileSeen(self.home / configtool.CHAIN_STATE)
+        chain_read = self._chain_seen.look(_file_stamp(self._chain_seen.path))
         found, self._verified_height = _verified(self.home, self.net)
+        if chain_read is not None:  # (always: never read before)
+            self._chain_seen.seen(chain_read)
         self._verified: config_pb2.ConsortiumConfig | None = found.config if self._verified_height else None
         self._file_height = self._verified_height  # (of the chain config-chain.json held when last read)
         self._epoch = 0  # raised whenever config-chain.json went back (_refresh): a follow begun before is void
@@ -276,7 +343,7 @@ class Session:
                                        self.net.ca_pem(endpoint.org))
         # the CAs rotated away from (configtool.CA_DENYLIST), read again when the file changed
         self._genesis_hash: bytes | None = None  # (read when a denylist is there)
-        self._denied_stamp: tuple[int, int, int] | None = None
+        self._denied_seen = _FileSeen(self.home / configtool.CA_DENYLIST)
         self._denied: dict[str, str] = {}
         self._denied_followed: float | None = None  # when the session last followed past a denied pin
         self._pin_version = 0  # raised with every change of _pin_ca: the gateway never takes an older one
@@ -302,6 +369,11 @@ class Session:
         self._proactive_running = False
         self._closing = threading.Event()
         self._follow_thread: threading.Thread | None = None
+        # clear while a proactive job runs, whatever ran it (the default thread or a caller's spawn):
+        # close() waits for it (bounded); the thread running it (close() from the job: not waited for)
+        self._job_idle = threading.Event()
+        self._job_idle.set()
+        self._job_ident: int | None = None
         self.gateway = Gateway(self.identity, endpoint.target, self.net.consortium_id,
                                clock=clock, retry=retry, sleep=sleep,
                                server_name=endpoint.name, server_ca_pem=self._pin_ca,
@@ -312,7 +384,7 @@ class Session:
         if binding is not None:
             self.gateway.default_transient["patient_binding"] = binding
         self._directory: PatientDirectory | None = None
-        self._directory_stamp: tuple[int, int, int] | None = None  # patients.yaml as read (_file_stamp)
+        self._directory_stamp: Stamp | None = None  # patients.yaml as read (_file_stamp)
         self._current_net: tuple[NetworkInfo, int] | None = None  # (from the peer, when asked)
         self._formulary: Formulary | None = None
 
@@ -331,20 +403,21 @@ class Session:
         is pinned again, perhaps the one rotated away from because its key leaked."""
         path = self.home / configtool.CA_DENYLIST
         try:
-            st = path.stat()
-            stamp: tuple[int, int, int] | None = (st.st_size, st.st_mtime_ns, st.st_ino)
+            stamp: Stamp | None = _stamp_of(path.stat())
         except (FileNotFoundError, NotADirectoryError):
             stamp = None
         except OSError as exc:  # (ELOOP, EIO: a file there that cannot be read -- taken for none, it denied nothing)
             raise RxClientError("IO_ERROR", f"cannot read {path}: {exc.strerror or exc} (the CAs rotated away "
                                 "from cannot be known: nothing was sent)") from exc
-        if stamp is None:
-            self._denied, self._denied_stamp = {}, None
-        elif stamp != self._denied_stamp:
+        read = self._denied_seen.look(stamp)  # (None: as last read -- racy stamps: its digest too)
+        if read is not None and stamp is None:
+            self._denied = {}
+            self._denied_seen.seen(read)
+        elif read is not None:
             if self._genesis_hash is None:
                 self._genesis_hash = block_header_hash(self.net_genesis().header)
             self._denied = configtool.read_denylist(path, self._genesis_hash)
-            self._denied_stamp = stamp
+            self._denied_seen.seen(read)
         if self._pin_fp not in self._denied:
             return None
         return RxClientError(configtool.CA_ROTATED_AWAY, f"the CA {self.peer_org}'s peer is pinned to "
@@ -380,8 +453,12 @@ class Session:
         """The pin is a CA rotated away from (:meth:`_refusal`): follow the config chain from the
         other nodes (:func:`client.follow.follow_chain`, this session's own peer skipped) and take
         the chain verified (also where the home could not save it). At most once per
-        :data:`FOLLOW_INTERVAL_S`; a failure leaves the refusal."""
-        with self._follow_lock:
+        :data:`FOLLOW_INTERVAL_S`; a failure leaves the refusal, as does a follow of the session under
+        way that does not end within :data:`FOLLOW_WAIT_S` (the pin it may move is read again after)."""
+        if not self._follow_lock.acquire(timeout=FOLLOW_WAIT_S):
+            return
+        with contextlib.ExitStack() as held:
+            held.callback(self._follow_lock.release)
             now = self._monotonic()
             if self._denied_followed is not None and now - self._denied_followed < FOLLOW_INTERVAL_S:
                 return
@@ -411,16 +488,16 @@ class Session:
         session then holds what a new session would (:func:`_verified`: the file's chain, else the
         genesis configuration and CA), drops what it verified itself, and forgets a restart it
         found (it kept the old network's pin, and said CHAIN_RESTARTED, until restarted)."""
-        stamp = _file_stamp(self.home / configtool.CHAIN_STATE)
-        if stamp == self._verified_stamp:
-            return
+        read = self._chain_seen.look(_file_stamp(self._chain_seen.path))
+        if read is None:
+            return  # (as last read: its stamp -- and, a racy one, its content -- unchanged)
         try:
             found, height = _verified(self.home, self.net)
         except RxClientError:
             # (IO_ERROR: there, but not readable now -- EMFILE under load: no file removed, the
             # pin held stands; the stamp stays unrecorded, so the next call reads it again)
             return
-        self._verified_stamp = stamp
+        self._chain_seen.seen(read)
         if not height or height < self._file_height:
             self._epoch += 1
             self._followed = self._records_followed = self._denied_followed = None
@@ -565,6 +642,8 @@ class Session:
         home (the lock of :data:`FOLLOWED_FILE`, not waited for). Fail-open: a follow that fails
         -- with whatever error -- is logged (``session_proactive_follow_failed``) and retried after
         a backoff (FOLLOW_RETRY_FIRST_S, doubled up to the period); nothing of it reaches a call."""
+        self._job_ident = threading.get_ident()
+        self._job_idle.clear()  # (before _closing is read: close() either waits for it, or it returns at once)
         try:
             if self._closing.is_set() or not self._follow_lock.acquire(blocking=False):
                 return  # (closed meanwhile; a reactive follow of this session under way)
@@ -576,6 +655,8 @@ class Session:
             with contextlib.suppress(Exception):
                 self._proactive_failed(self.clock(), "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
+            self._job_ident = None
+            self._job_idle.set()  # (before the next job can start: it clears it again)
             with self._spawn_lock:
                 self._proactive_running = False
 
@@ -669,8 +750,22 @@ class Session:
         certificate is one of a CA of the peer's organisation this session knows that the denylist
         names (:meth:`_rotated_away_cert`: a peer taken over with a key the consortium rotated away
         from, found so once a follow -- a proactive one above all -- moved the pin off it); any
-        other failure leaves the gateway's own error."""
-        with self._follow_lock:
+        other failure leaves the gateway's own error. A follow of the session under way (the
+        proactive one, or another call's: up to FOLLOW_BUDGET_S) is waited for :data:`FOLLOW_WAIT_S` at
+        most: True if the pin moved meanwhile, else :data:`FOLLOW_IN_PROGRESS` is raised -- before,
+        the call waited on its own path for as long as that follow took (45 s)."""
+        version = self._pin_version
+        if not self._follow_lock.acquire(timeout=FOLLOW_WAIT_S):
+            with self._state_lock:
+                self._refresh()
+                if self._pin_version != version:
+                    return True
+            raise RxClientError(FOLLOW_IN_PROGRESS, f"{self.peer_org}'s peer ({self.gateway.target}) could not be "
+                                f"reached and a follow of the config chain by this session (another call's, or "
+                                f"the proactive one) did not end within {FOLLOW_WAIT_S:g} s: this attempt was not "
+                                "sent; retry (the follow re-pins the session if it verifies a CA rotation)")
+        with contextlib.ExitStack() as held:
+            held.callback(self._follow_lock.release)
             now = self._monotonic()
             if self._followed is not None and now - self._followed[0] < FOLLOW_INTERVAL_S:
                 if self._followed[1] is not None:
@@ -787,15 +882,23 @@ class Session:
         is over: waited for :data:`CLOSE_GRACE_S` (a short-lived session -- an ``rxchain`` command --
         lets one that goes well end), then told to stop (its clock runs out: no node is asked past
         the call it is making) and waited for :data:`CLOSE_FOLLOW_S` more, at most. A call of it
-        still under way then ends on its daemon thread, which only saves a chain it verified."""
+        still under way then ends on its thread, which only saves a chain it verified. Whatever ran
+        the job -- the default daemon thread or a caller's ``spawn`` (an executor): the job's own
+        completion is waited for (before, only the default thread was joined, and a session closed
+        under a spawned follow closed its gateway with the follow still running). A job handed to a
+        ``spawn`` that has not started it yet is not waited for: started after, it finds the session
+        closing and returns at once."""
+        own = self._job_ident == threading.get_ident()  # (the job's own error handling closing it)
         thread = self._follow_thread
-        if thread is threading.current_thread():
-            thread = None  # (a follow's own error handling closing the session: nothing to wait for)
+        if own or thread is threading.current_thread():
+            thread = None
         if thread is not None:
-            thread.join(CLOSE_GRACE_S)
+            thread.join(CLOSE_GRACE_S)  # (the default thread: waited for even before its job began)
+        elif not own:
+            self._job_idle.wait(CLOSE_GRACE_S)
         self._closing.set()
-        if thread is not None:
-            thread.join(CLOSE_FOLLOW_S)
+        if not own and self._job_idle.wait(CLOSE_FOLLOW_S) and thread is not None:
+            thread.join(CLOSE_FOLLOW_S)  # (its job is over: the thread ends at once)
         self.gateway.close()
 
     def __enter__(self) -> Session:
@@ -863,7 +966,7 @@ class Session:
         for attempt in range(2):
             verified = self._verified_config()
             if verified is None:
-                if self._verified_stamp is not None:
+                if self._chain_seen.stamp is not None:
                     # the file is there but verifies nothing (torn, edited, another network's):
                     # the peer's word would stand in for the chain this home once verified
                     raise RxClientError("RECORDS_CERT_UNVERIFIED", f"{self.home / configtool.CHAIN_STATE} "
@@ -904,8 +1007,12 @@ class Session:
         chain (:func:`client.follow.follow_chain`, every block verified -- a rotation committed
         since the home last verified, e.g. no config command ran here) and report whether the
         verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`; CHAIN_RESTARTED is
-        raised; any other failure (no peer serves more, none verifies) leaves the refusal."""
-        with self._follow_lock:
+        raised; any other failure (no peer serves more, none verifies) leaves the refusal, as does a
+        follow of the session under way that does not end within :data:`FOLLOW_WAIT_S`."""
+        if not self._follow_lock.acquire(timeout=FOLLOW_WAIT_S):
+            return False
+        with contextlib.ExitStack() as held:
+            held.callback(self._follow_lock.release)
             now = self._monotonic()
             if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
                 return False

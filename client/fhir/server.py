@@ -164,7 +164,7 @@ from client.gateway import EVENTS_IDLE_S
 from client.network import load_network
 from client.rxid import is_rx_id
 from client.rxops import ClaimLine, IssueRequest, RxOperations
-from client.session import FOLLOW_EVERY_S, Session
+from client.session import FOLLOW_EVERY_S, FOLLOW_IN_PROGRESS, Session
 from node.crypto.x509 import cert_info
 from node.errors import RxError
 
@@ -195,6 +195,9 @@ _STATUS = {
     # the session's peer is pinned to a CA a verified config chain rotated away from (the denylist,
     # client.configtool.CA_DENYLIST; after the remedy for CHAIN_RESTARTED): nothing sent
     CA_ROTATED_AWAY: 503,
+    # the peer presents a CA the session's pin lacks, and a follow of the session under way did not
+    # end within client.session.FOLLOW_WAIT_S: nothing sent -- retry
+    FOLLOW_IN_PROGRESS: 503,
     # a local file could not be read now (config-chain.json under EMFILE: client.session): nothing sent
     "IO_ERROR": 503,
     # config-chain.json or the network is of a newer release than this gateway: nothing sent
