@@ -252,7 +252,8 @@ class OpenedRecord:
 
     def note_key(self, epoch: int) -> bytes | None:
         """The key of a note written under note key ``epoch`` (0: the record key; a claim
-        grant's key for the insurer's reversal notes), None when the caller holds none."""
+        grant's key for the insurer's reversal notes sealed before they had a key of their own,
+        client.notes.seal_insurer_note), None when the caller holds none."""
         if epoch == 0:
             return self.record_key
         return None if self.kind == CLAIM else self.note_keys.get(epoch)

@@ -22,7 +22,17 @@ from client.gateway import SubmitResult
 from client.inbox import MAX_BLOCKS as MAX_INBOX_BLOCKS
 from client.inbox import STAFF_ROLES as INBOX_ROLES
 from client.inbox import owed_of_trail, pharmacy_inbox
-from client.notes import REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
+from client.notes import (
+    REVERSE,
+    REVIEW,
+    REVOKE,
+    is_insurer_note,
+    open_insurer_note,
+    open_note,
+    seal_insurer_note,
+    seal_note,
+    split_reason,
+)
 from client.patients import Patient
 from client.reconcile import MAX_BLOCKS as MAX_REPORT_BLOCKS
 from client.reconcile import claim_report
@@ -620,12 +630,19 @@ class RxOperations:
                       opened: OpenedRecord | None) -> None:
         """Replace each item's ``note_ct`` by ``note`` (decrypted text, or None when the
         caller holds no key for it: the note key ``note_epoch`` it was written under, 0 or
-        absent for the record key). ``items`` are (action, record) pairs."""
+        absent for the record key; a reversal note: the reversing insurer's records key, or, one
+        an earlier client sealed, the claim key of the caller's insurer grant). ``items`` are
+        (action, record) pairs."""
         for action, rec in items:
             ct = str(rec.pop("note_ct", "") or "")
             epoch = rec.pop("note_epoch", 0)
             if not ct:
                 continue
+            if action == REVERSE and is_insurer_note(ct):
+                text = open_insurer_note(self.s.decryption_keys(), rx_id, self.s.identity.org, ct)
+                if text is not None:
+                    rec["note"] = text
+                    continue
             want = "claim" if action == REVERSE else "content"
             key = None
             if opened is not None and opened.kind == want and type(epoch) is int:
@@ -995,18 +1012,20 @@ class RxOperations:
 
     def reverse(self, claim_id: str, reason: str, note: str = "") -> dict[str, Any]:
         """Reverse a settled claim: ``reason`` is a code, or free text that becomes OTHER with
-        the text in a note encrypted under the prescription's claim key."""
+        the text in a note encrypted for the caller's insurer alone (a fresh key wrapped for its
+        records certificate, client.notes.seal_insurer_note: not under the prescription's claim
+        key, which the issuing hospital's doctor holds a copy of)."""
         r = split_reason(REVERSE, reason, note)
         args: dict[str, Any] = {"claim_id": claim_id, "reason": r.code}
         if r.note:
+            me = self.s.identity
+            if me.role != "clerk":
+                raise RxClientError("WRONG_ROLE", "claims are reversed by an insurer's clerks")
             claim = self.s.gateway.evaluate(SETTLEMENT, "get_claim", {"claim_id": claim_id})
             rx_id = str(claim.get("rx_id", "")) if isinstance(claim, dict) else ""
             if not rx_id:
                 raise RxClientError("CLAIM_NOT_FOUND", f"no claim {claim_id}")
-            opened = self._get_key(rx_id)
-            if opened.kind != "claim":
-                raise RxClientError("WRONG_ROLE", "the caller holds no insurer claim grant")
-            args["note_ct"] = seal_note(opened.record_key, rx_id, REVERSE, r.note)
+            args["note_ct"] = seal_insurer_note(self.s.records_public_key(me.org), rx_id, me.org, r.note)
         rec = _written(self.s.gateway.submit(SETTLEMENT, "reverse", args))
         if rec.pop("reversal_note_ct", ""):
             rec["reversal_note"] = r.note

@@ -95,3 +95,48 @@ def test_the_issuing_hospitals_doctor_hands_the_key_over_with_rx_grant_claim_key
     assert rc == 0 and (out["org"], out["granted"]) == ("ins02", True), out
     claim = ins02.settle(rx_id, 2)
     assert (claim["insurer"], claim["fill"]) == ("ins02", 2)
+
+
+def test_the_issuing_doctor_holding_the_claim_key_opens_no_reversal_note_of_the_insurer(
+        world: World) -> None:  # noqa: F811
+    """The doctor's copy of the claim key (to hand it to a later insurer) opened the insurer's
+    reversal notes, sealed under that key; ``RxOperations.reverse`` now seals them for the
+    insurer's records key alone. A note an earlier client sealed under the claim key still reads
+    for the insurer."""
+    from client.notes import REVERSE, open_note, seal_note
+    from client.records import claim_wrap_context, unb64
+    from node.crypto import aead
+    from tests.contracts.flows import AUDITOR, HE, JIANG
+    from tests.contracts.test_settle_residuals7 import _issued_with_copy
+
+    note = "entered twice for Amlodipine"
+    prep = _issued_with_copy(world)
+    rx_id = prep.args["rx_id"]
+    claim = settle(world, prep).unwrap()
+    doctor = _ops(world, JIANG)
+    gateway = doctor.s.gateway
+    assert isinstance(gateway, ContractGateway)
+    with pytest.raises(RxClientError) as err:  # a note for the insurer's key is a clerk's to seal
+        doctor.reverse(claim["claim_id"], "OTHER", note)
+    assert err.value.reason == "WRONG_ROLE" and gateway.calls == []
+    insurer = _ops(world, CLERK)
+    rec = insurer.reverse(claim["claim_id"], "OTHER", note)
+    assert (rec["status"], rec["reversal_reason"], rec["reversal_note"]) == ("REVERSED", "OTHER", note)
+    grant = world.chain.submit("prescription", "get_key", JIANG, rx_id=rx_id).unwrap()
+    claim_key = aead.unwrap_key(world.keyring.of("h01"), unb64(grant["claim_wrapped_key"]),
+                                claim_wrap_context(rx_id, "h01"))
+    steps = world.chain.query("prescription", "trace", JIANG, rx_id=rx_id).unwrap()["steps"]
+    (note_ct,) = [s["detail"]["note_ct"] for s in steps if s["step"] == "reverse"]
+    assert open_note(claim_key, rx_id, REVERSE, note_ct) is None
+    reversal = [s for s in insurer.trace(rx_id)["steps"] if s["step"] == "reverse"]
+    assert [s["note"] for s in reversal] == [note]
+    for reader in (JIANG, HE, AUDITOR):
+        reversal = [s for s in _ops(world, reader).trace(rx_id)["steps"] if s["step"] == "reverse"]
+        assert [s["note"] for s in reversal] == [None], reader
+    # a claim reversed by an earlier client, its note under the claim key: still read
+    again = settle(world, prep).unwrap()
+    old_ct = seal_note(claim_key, rx_id, REVERSE, "an earlier client's note")
+    world.chain.submit("settlement", "reverse", CLERK, claim_id=again["claim_id"], reason="OTHER",
+                       note_ct=old_ct).unwrap()
+    reversal = [s for s in insurer.trace(rx_id)["steps"] if s["step"] == "reverse"]
+    assert [s["note"] for s in reversal] == [note, "an earlier client's note"]

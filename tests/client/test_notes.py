@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.cli import build_parser
-from client.notes import OTHER, REASON_CODES, REVERSE, REVIEW, REVOKE, open_note, seal_note, split_reason
+from client.notes import (
+    OTHER,
+    REASON_CODES,
+    REVERSE,
+    REVIEW,
+    REVOKE,
+    is_insurer_note,
+    open_insurer_note,
+    open_note,
+    seal_insurer_note,
+    seal_note,
+    split_reason,
+)
 from node.crypto import aead
 
 
@@ -46,6 +59,29 @@ def test_note_seals_under_the_record_key_and_binds_rx_and_action() -> None:
     assert open_note(key, "RX-1", REVOKE, "not base64!") is None
     long_ct = seal_note(key, "RX-1", REVOKE, "x" * 10000)
     assert 40 <= len(long_ct) <= 4096  # within the contracts' note_ct bounds
+
+
+def test_an_insurers_reversal_note_opens_with_its_records_key_alone() -> None:
+    """Version 2: a fresh key wrapped for the insurer's records certificate, bound to the
+    prescription and the insurer; a claim key (the issuing doctor's copy) opens none of it, and a
+    version-1 note under the claim key is told apart and still opens with that key."""
+    ins01, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    claim_key = aead.new_record_key()
+    ct = seal_insurer_note(ins01.public_key(), "RX-1", "ins01", "returned: Amlodipine")
+    assert "mlodipine" not in ct and is_insurer_note(ct)
+    assert open_insurer_note([ins01], "RX-1", "ins01", ct) == "returned: Amlodipine"
+    assert open_insurer_note([other, ins01], "RX-1", "ins01", ct) == "returned: Amlodipine"  # a rotated-away key first
+    assert open_insurer_note([other], "RX-1", "ins01", ct) is None
+    assert open_insurer_note([ins01], "RX-2", "ins01", ct) is None
+    assert open_insurer_note([ins01], "RX-1", "ins02", ct) is None
+    assert open_note(claim_key, "RX-1", REVERSE, ct) is None
+    old = seal_note(claim_key, "RX-1", REVERSE, "returned")
+    assert not is_insurer_note(old) and open_insurer_note([ins01], "RX-1", "ins01", old) is None
+    assert open_note(claim_key, "RX-1", REVERSE, old) == "returned"
+    assert not is_insurer_note("") and not is_insurer_note("not base64!")
+    long_ct = seal_insurer_note(ins01.public_key(), "RX-1", "ins01", "x" * 10000)
+    assert 40 <= len(long_ct) <= 4096 and len(long_ct) % 4 == 0  # within the contracts' note_ct bounds
+    assert open_insurer_note([ins01], "RX-1", "ins01", long_ct) == "x" * 2048
 
 
 def test_cli_accepts_notes() -> None:
