@@ -135,3 +135,74 @@ class AuditClient:
         if not res.ok:
             out.update(first_bad_id=res.first_bad_id, reason=res.reason, detail=res.detail)
         return out
+
+
+MERGE_PAGE = 1000  # records per page when reading a whole log to merge
+MAX_MERGED_RECORDS = 200_000  # records read per peer at most (a record is ~250-350 bytes)
+
+
+def read_verified(client: AuditClient, *, max_records: int = MAX_MERGED_RECORDS) -> tuple[list[dict[str, Any]],
+                                                                                          dict[str, Any]]:
+    """Every record of one peer's log kept now, in id order, with the head, checked HERE: the
+    oldest chains to the head's ``first_prev_hash`` (32 zero bytes until records are pruned),
+    each to the one before across pages, and the newest hashes to the head of the last page
+    (read from the same snapshot as its records). RxClientError AUDIT_CHAIN_BROKEN otherwise,
+    AUDIT_TOO_LARGE past ``max_records`` (nothing merged)."""
+    records: list[dict[str, Any]] = []
+    head: dict[str, Any] = {}
+    for page in client.pages(limit=MERGE_PAGE):  # each page checked to chain by query()
+        if not records and page.records:
+            first = page.records[0]
+            if (first["id"], first["prev_hash"]) != (page.head["first_id"], page.head["first_prev_hash"]):
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {first['id']} is not the oldest kept "
+                                    f"({page.head['first_id']}) or does not chain to the hash the head keeps")
+        if records and page.records:
+            last, nxt = records[-1], page.records[0]
+            if nxt["id"] != last["id"] + 1 or nxt["prev_hash"] != last["hash"]:
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {nxt['id']} does not chain to record {last['id']}")
+        records.extend(page.records)
+        head = page.head
+        if len(records) > max_records:
+            raise RxClientError("AUDIT_TOO_LARGE", f"the log holds more than {max_records} records: read it "
+                                                   "page by page (audit list --peer ORG --since MS)")
+    last_id, last_hash = (records[-1]["id"], records[-1]["hash"]) if records else (0, head.get("last_hash", ""))
+    if head and (last_id, last_hash) != (head["last_id"], head["last_hash"]):
+        raise RxClientError("AUDIT_CHAIN_BROKEN", f"the newest record read ({last_id}) is not the head's "
+                                                  f"({head['last_id']}) or does not hash to it")
+    return records, head
+
+
+def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, until_ms: int = 0,
+           record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS) -> dict[str, Any]:
+    """One view of several peers' logs: each read whole and its chain checked here
+    (:func:`read_verified`), then the records in ``[since_ms, until_ms)`` (0: no bound) of
+    ``record_id`` ("" = all) merged by time -- (``time_ms``, peer, id) -- each marked with the
+    ``peer`` it came from. ``limit`` (0: all): at most that many, cut at a millisecond's edge
+    (``more`` and ``next_ms``, the time to go on from with ``since_ms``; a millisecond holding more
+    than ``limit`` records is answered whole). ``peers``: each log's head and records checked."""
+    names = [name for name, _ in clients]
+    if len(set(names)) != len(names):
+        raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
+    out: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
+    for name, client in clients:
+        records, head = read_verified(client, max_records=max_records)
+        peers.append({"peer": name, "checked": len(records), "head": head})
+        out.extend({**r, "peer": name} for r in records
+                   if r["time_ms"] >= since_ms and (not until_ms or r["time_ms"] < until_ms)
+                   and (not record_id or r["record_id"] == record_id))
+    order = {name: i for i, name in enumerate(names)}
+    out.sort(key=lambda r: (r["time_ms"], order[r["peer"]], r["id"]))
+    more, next_ms = False, 0
+    if limit and len(out) > limit:
+        cut = limit
+        while cut > 0 and out[cut - 1]["time_ms"] == out[limit]["time_ms"]:
+            cut -= 1  # a millisecond is never split across views
+        if cut == 0:  # one millisecond holds more than limit: answered whole
+            cut = limit
+            while cut < len(out) and out[cut]["time_ms"] == out[0]["time_ms"]:
+                cut += 1
+        more = cut < len(out)
+        next_ms = out[cut]["time_ms"] if more else 0
+        out = out[:cut]
+    return {"records": out, "peers": peers, "more": more, "next_ms": next_ms}
