@@ -91,6 +91,8 @@ _log = logging.getLogger(__name__)
 # answers the caller's wrapped record key and note keys. No other function of the consortium's
 # contracts returns a wrapped key (the settlement and registry views return ciphertext-free
 # metadata; dx_key / trace_key reach contracts only as transient inputs, never in an answer).
+# Pinned here on purpose, not declared by a contract, definition or config: an upgrade or one
+# operator could then switch the log off (README "Access-audit log"; tests/peer/test_access_audit_scope.py).
 AUDITED: frozenset[tuple[str, str]] = frozenset({("prescription", "get_key")})
 RECORD_ID_ARG = "rx_id"  # the argument naming the record
 MAX_RECORD_ID_CHARS = 128  # a longer (or non-string) argument is recorded cut (the call is refused anyway)
