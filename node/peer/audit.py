@@ -432,10 +432,14 @@ class AccessLog:
             if written:
                 batch.put(_HEAD_KEY, _HEAD.pack(last_id, last_hash))
             if self._pending_state is not None and any(item.suppressed for item in written):
-                state = self._pending_state()  # the counts these summaries took out, gone with them
+                try:
+                    state: bytes | None = self._pending_state()  # the counts these summaries took out
+                except Exception as exc:  # noqa: BLE001 - never refuses the group's grants
+                    _log.error("event=audit_pending_unreadable detail=%r", f"not saved: {exc}"[:200])
+                    state = None
                 if state:
                     batch.put(_PENDING_KEY, state)
-                else:
+                elif state is not None:
                     batch.delete(_PENDING_KEY)
             if first != h.first_id:
                 batch.put(_BASE_KEY, _BASE.pack(first, first_prev, pruned))
@@ -955,8 +959,8 @@ class Auditor:
         (the flush lock held)."""
         assert self._limiter is not None
         now = self._limiter.now_ms()
-        if not self._dirty or (self._saved_ms is not None and now - self._saved_ms < self._save_every_ms):
-            return
+        if not self._dirty or (self._saved_ms is not None and 0 <= now - self._saved_ms < self._save_every_ms):
+            return  # (a clock stepped back saves at once, not an interval later)
         try:
             self.log.save_pending(self._pending_state())
         except RxError as err:

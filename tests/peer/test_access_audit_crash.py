@@ -10,6 +10,7 @@ SIGKILLs itself (no clean close: no summary is written at close), then reopens i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ import plyvel
 import pytest
 from rxchain.v1 import audit_pb2
 
-from node.peer.audit import RATE_LIMITED, AccessLog, Auditor, RefusalLimiter
+from node.errors import RxError
+from node.peer.audit import RATE_LIMITED, AccessLog, Auditor, Caller, RefusalLimiter, decode_pending
 
 _CHILD = """
 import json, os, signal, sys
@@ -124,3 +126,41 @@ def test_unreadable_pending_counts_are_dropped_and_logged(tmp_path: Path, caplog
         assert _reopen(path) == []
     assert "event=audit_pending_unreadable" in caplog.text
     assert _pending(path) is None
+
+
+def test_a_clock_stepped_back_does_not_stop_the_counts_being_saved(tmp_path: Path) -> None:
+    clock = [1_800_000_000_000]
+    log = AccessLog(tmp_path / "audit", lambda: clock[0], sync=False)
+    auditor = Auditor(log, None, RefusalLimiter(lambda: clock[0], per_minute=1, burst=1))
+    who = Caller("h01", "doctor", "dr-a", b"dr-a", True)
+
+    def refuse() -> None:
+        with contextlib.suppress(RxError):
+            auditor.refused(who, "prescription", "get_key", {"rx_id": "RX-1"}, "ACCESS_DENIED", 1, "tx", 1)
+
+    try:
+        refuse()
+        refuse()  # counted: saved at once
+        clock[0] -= 3_600_000  # the wall clock steps back an hour
+        refuse()  # counted: saved at once too, not an hour later
+        raw = log.load_pending()
+        assert raw is not None and [c.count for c in decode_pending(raw)] == [2]
+    finally:
+        log.close()
+
+
+def test_counts_that_cannot_be_serialised_never_fail_the_records_written_with_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = AccessLog(tmp_path / "audit", lambda: 5, sync=False)
+
+    def broken() -> bytes:
+        raise ValueError("boom")
+
+    log.track_pending(broken)
+    who = Caller("h01", "doctor", "dr-a", b"dr-a", True)
+    try:
+        with caplog.at_level(logging.ERROR, logger="node.peer.audit"):
+            assert log.append(who, "prescription", "get_key", "", RATE_LIMITED, 0, "", 1, suppressed=3) == 1
+        assert "event=audit_pending_unreadable" in caplog.text and log.load_pending() is None
+    finally:
+        log.close()
