@@ -36,9 +36,18 @@ path, steps = sys.argv[1], json.loads(sys.argv[2])
 clock = [1_000_000]
 log = AccessLog(path, lambda: clock[0])
 auditor = Auditor(log, None, RefusalLimiter(lambda: clock[0], per_minute=1, burst=1))
+append = log.append
+def append_then_die(*args, **kwargs):  # the process dies right after a summary is written
+    rid = append(*args, **kwargs)
+    if kwargs.get("suppressed"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rid
 for step in steps:
     if step[0] == "tick":
         clock[0] += step[1]
+        continue
+    if step[0] == "die_after_summary":
+        log.append = append_then_die
         continue
     who = Caller("h01", "doctor", step[0], step[0].encode(), step[1])
     try:
@@ -111,9 +120,22 @@ def test_a_crash_loses_at_most_the_counts_of_one_save_interval(tmp_path: Path) -
 def test_a_summary_and_the_counts_it_took_are_written_together(tmp_path: Path) -> None:
     path = tmp_path / "audit"
     a = ["dr-a", True]
-    _crash(path, [a, a, a, ["tick", 60_000], a])  # the minute passed: summary, then a recorded refusal
+    # the count saved at once; the minute passed: its summary, then a recorded refusal (no count
+    # changed since: nothing saved after the summary -- the saved count went in its batch)
+    _crash(path, [a, a, ["tick", 60_000], a])
     assert [(r.outcome, r.suppressed) for r in _reopen(path)] == [
-        ("ACCESS_DENIED", 0), (RATE_LIMITED, 2), ("ACCESS_DENIED", 0)]  # never counted twice
+        ("ACCESS_DENIED", 0), (RATE_LIMITED, 1), ("ACCESS_DENIED", 0)]  # never counted twice
+
+
+def test_a_crash_between_two_summaries_written_together_counts_each_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit"
+    a, b = ["dr-a", True], ["dr-b", True]
+    # both counted (and saved); the minute passed: the next refusal writes both summaries, one
+    # batch each -- the process dies right after the first
+    _crash(path, [a, a, b, b, b, ["tick", 60_000], ["die_after_summary"], a])
+    assert [(r.name, r.outcome, r.suppressed) for r in _reopen(path)] == [
+        ("dr-a", "ACCESS_DENIED", 0), ("dr-b", "ACCESS_DENIED", 0), ("dr-a", RATE_LIMITED, 1),
+        ("dr-b", RATE_LIMITED, 2)]  # the second from the counts saved with the first, once
 
 
 def test_unreadable_pending_counts_are_dropped_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,3 +186,60 @@ def test_counts_that_cannot_be_serialised_never_fail_the_records_written_with_th
         assert "event=audit_pending_unreadable" in caplog.text and log.load_pending() is None
     finally:
         log.close()
+
+
+_CONCURRENT_CHILD = """
+import contextlib, json, os, signal, sys, threading
+from node.errors import RxError
+from node.peer.audit import AccessLog, Auditor, Caller, RefusalLimiter
+lock, tick = threading.Lock(), [0]
+def clock():
+    with lock:
+        tick[0] += 250  # a window passes every 240 calls: summaries are written meanwhile
+        return tick[0]
+log = AccessLog(sys.argv[1], clock, sync=False)
+auditor = Auditor(log, None, RefusalLimiter(clock, per_minute=2, burst=2, unauth_per_minute=3, unauth_burst=3,
+                                            max_keys=3), save_every_ms=0)
+callers = [Caller("h01", "doctor", "dr-%d" % i, b"cert-%d" % i, i % 3 != 0) for i in range(7)]
+sent = {c.name: 0 for c in callers}
+def refuse(who):
+    with contextlib.suppress(RxError):  # AUDIT_RATE_LIMITED: counted
+        auditor.refused(who, "prescription", "get_key", {"rx_id": "RX-1"}, "ACCESS_DENIED", 1, "tx", 1)
+    with lock:
+        sent[who.name] = sent.get(who.name, 0) + 1
+def run(n):
+    for k in range(120):
+        refuse(callers[(n * 5 + k) % len(callers)])
+threads = [threading.Thread(target=run, args=(n,)) for n in range(6)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(timeout=60)
+assert not any(t.is_alive() for t in threads)
+refuse(Caller("h01", "doctor", "last", b"last", True))  # recorded; saves any count not saved yet
+print(json.dumps(sent), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_concurrent_refusals_are_each_recorded_or_counted_once_across_a_crash(tmp_path: Path) -> None:
+    """Threads refusing at once, summaries written as windows pass, the counts saved after every
+    change; then a crash: every refusal is in the log once after the restart -- its own record or
+    a summary's count (written before the crash, or from the saved counts) --, none twice."""
+    path = tmp_path / "audit"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, "-c", _CONCURRENT_CHILD, str(path)], env=env, capture_output=True,
+                          timeout=180, check=False)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    sent: dict[str, int] = json.loads(done.stdout)
+    seen: dict[str, int] = {}
+    shared = 0
+    for r in _reopen(path):
+        if r.outcome == RATE_LIMITED and r.shared:
+            shared += r.suppressed
+        else:
+            seen[r.name] = seen.get(r.name, 0) + (r.suppressed if r.outcome == RATE_LIMITED else 1)
+    assert sum(seen.values()) + shared == sum(sent.values()) == 6 * 120 + 1
+    for i in range(7):
+        if i % 3 != 0:  # (an unauthenticated one's count may be in the shared summary)
+            assert seen.get(f"dr-{i}", 0) == sent[f"dr-{i}"]
