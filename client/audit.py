@@ -179,14 +179,19 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
     ``record_id`` ("" = all) merged by time -- (``time_ms``, peer, id) -- each marked with the
     ``peer`` it came from. ``limit`` (0: all): at most that many, cut at a millisecond's edge
     (``more`` and ``next_ms``, the time to go on from with ``since_ms``; a millisecond holding more
-    than ``limit`` records is answered whole). ``peers``: each log's head and records checked."""
+    than ``limit`` records is answered whole). ``peers``: each log's head and records checked.
+    A peer that cannot be read, or whose chain does not verify, fails the whole view, its error
+    naming the peer."""
     names = [name for name, _ in clients]
     if len(set(names)) != len(names):
         raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
     out: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
     for name, client in clients:
-        records, head = read_verified(client, max_records=max_records)
+        try:
+            records, head = read_verified(client, max_records=max_records)
+        except RxClientError as exc:  # which peer's log: nothing of the others is shown either
+            raise RxClientError(exc.reason, f"{name}: {exc.message}") from None
         peers.append({"peer": name, "checked": len(records), "head": head})
         out.extend({**r, "peer": name} for r in records
                    if r["time_ms"] >= since_ms and (not until_ms or r["time_ms"] < until_ms)

@@ -113,8 +113,8 @@ def test_a_log_whose_chain_does_not_verify_is_refused(tmp_path: Path, doctor: Do
     try:
         assert len(read_verified(_as_client(_LogClient(log)))[0]) == 5
         with pytest.raises(RxClientError) as err:
-            merged([("peer.a", _as_client(_LogClient(log, doctor=doctor)))])
-        assert err.value.reason == "AUDIT_CHAIN_BROKEN"
+            merged([("peer.b", _as_client(_LogClient(log))), ("peer.a", _as_client(_LogClient(log, doctor=doctor)))])
+        assert err.value.reason == "AUDIT_CHAIN_BROKEN" and err.value.message.startswith("peer.a: ")
         with pytest.raises(RxClientError) as big:
             read_verified(_as_client(_LogClient(log)), max_records=4)
         assert big.value.reason == "AUDIT_TOO_LARGE"
@@ -160,6 +160,10 @@ def test_audit_list_with_several_peers_is_one_verified_view(home: Path,  # noqa:
         ("peer.h01", "RX-1", 1), ("peer.ins01", "RX-2", 1), ("peer.h01", "RX-3", 2)]
     assert [r["time_ms"] for r in view["records"]] == sorted(r["time_ms"] for r in view["records"])
     assert [(p["peer"], p["checked"]) for p in view["peers"]] == [("peer.ins01", 1), ("peer.h01", 2)]
+    human = io.StringIO()
+    assert main(["audit", "list", "--as", "reg01:aud-a", "--peer", "ins01", "--peer", "h01", "--home", str(home)],
+                out=human) == 0
+    assert "peer.ins01" in human.getvalue() and "RX-3" in human.getvalue()
     code, one = cli("audit", "list", "--as", "reg01:aud-a", "--peer", "ins01", "--peer", "h01", "--rx", "RX-3")
     assert code == 0 and [(r["peer"], r["record_id"]) for r in one["records"]] == [("peer.h01", "RX-3")]
     code, single = cli("audit", "list", "--as", "reg01:aud-a", "--peer", "ins01")  # one peer: one page, as before
