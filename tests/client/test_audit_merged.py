@@ -15,7 +15,16 @@ from typing import Any, cast
 import pytest
 from rxchain.v1 import audit_pb2
 
-from client.audit import AuditClient, Page, check_chain, head_dict, merged, read_verified, record_dict
+from client.audit import (
+    CLOCK_MARGIN_MS,
+    AuditClient,
+    Page,
+    check_chain,
+    head_dict,
+    merged,
+    read_verified,
+    record_dict,
+)
 from client.cli import main
 from client.errors import RxClientError
 from node.config import load_node_config
@@ -34,8 +43,14 @@ class _LogClient:
     def __init__(self, log: AccessLog, page: int = 2, doctor: Doctor | None = None) -> None:
         self.log, self.page, self.doctor = log, page, doctor
 
-    def pages(self, **_: Any) -> Iterator[Page]:
-        start, n = 0, 0
+    def query(self, *, by_time: bool = False, start_ms: int = 0, limit: int = 0) -> Page:
+        assert by_time  # (the merge's one query by time: where to read from)
+        res = self.log.query(audit_pb2.AuditQueryRequest(order=audit_pb2.AUDIT_BY_TIME, start_ms=start_ms,
+                                                         limit=limit))
+        return Page([record_dict(r) for r in res.records], res.more, res.next_id, res.next_ms, head_dict(res.head))
+
+    def pages(self, *, start_id: int = 0, **_: Any) -> Iterator[Page]:
+        start, n = start_id, 0
         while True:
             res = self.log.query(audit_pb2.AuditQueryRequest(start_id=start, limit=self.page))
             raws = list(res.records)
@@ -160,6 +175,9 @@ def test_audit_list_with_several_peers_is_one_verified_view(home: Path,  # noqa:
         ("peer.h01", "RX-1", 1), ("peer.ins01", "RX-2", 1), ("peer.h01", "RX-3", 2)]
     assert [r["time_ms"] for r in view["records"]] == sorted(r["time_ms"] for r in view["records"])
     assert [(p["peer"], p["checked"]) for p in view["peers"]] == [("peer.ins01", 1), ("peer.h01", 2)]
+    since = str(view["records"][1]["time_ms"])
+    code, later = cli("audit", "list", "--as", "reg01:aud-a", "--peer", "ins01", "--peer", "h01", "--since", since)
+    assert code == 0 and [r["record_id"] for r in later["records"]] == ["RX-2", "RX-3"]
     human = io.StringIO()
     assert main(["audit", "list", "--as", "reg01:aud-a", "--peer", "ins01", "--peer", "h01", "--home", str(home)],
                 out=human) == 0
@@ -172,3 +190,54 @@ def test_audit_list_with_several_peers_is_one_verified_view(home: Path,  # noqa:
     assert (code, start["error"]) == (1, "BAD_ARGUMENTS")
     code, denied = cli("audit", "list", "--as", "h01:admin", "--peer", "h01", "--peer", "ins01")
     assert (code, denied["error"]) == (1, "AUDIT_ACCESS_DENIED")  # h01's admin may not read ins01's log
+
+
+def test_a_view_from_since_reads_each_log_from_the_window_to_its_head(tmp_path: Path) -> None:
+    m = CLOCK_MARGIN_MS
+    log = _log(tmp_path / "a", [10, 20, 5 * m, 6 * m - 1, 6 * m, 7 * m])
+    try:
+        view = merged([("peer.a", _as_client(_LogClient(log)))], since_ms=6 * m)
+        assert [r["record_id"] for r in view["records"]] == ["RX-4", "RX-5"]
+        assert view["peers"][0]["checked"] == 4  # from the margin before the window (5m), not the whole log
+        after = merged([("peer.a", _as_client(_LogClient(log)))], since_ms=9 * m)
+        assert (after["records"], after["peers"][0]["checked"]) == ([], 0)
+
+        def change(n: int, raws: list[bytes]) -> list[bytes]:  # a record of the window changed
+            rec = audit_pb2.AccessRecord.FromString(raws[0])
+            if rec.id != 5:
+                return raws
+            rec.outcome = "NO_KEY_GRANT"
+            return [rec.SerializeToString(), *raws[1:]]
+
+        with pytest.raises(RxClientError) as err:
+            merged([("peer.a", _as_client(_LogClient(log, page=1, doctor=change)))], since_ms=6 * m)
+        assert err.value.reason == "AUDIT_CHAIN_BROKEN"
+
+        def hide(n: int, raws: list[bytes]) -> list[bytes]:  # the window's records withheld
+            return []
+
+        with pytest.raises(RxClientError) as hidden:
+            read_verified(_as_client(_LogClient(log, doctor=hide)), start_id=4)
+        assert hidden.value.reason == "AUDIT_CHAIN_BROKEN"
+    finally:
+        log.close()
+
+
+def test_an_empty_log_and_one_with_its_front_pruned_verify(tmp_path: Path) -> None:
+    empty = AccessLog(tmp_path / "e", lambda: 0, sync=False)
+    clock = [1_000]
+    pruned = AccessLog(tmp_path / "p", lambda: clock[0], retention_days=1, sync=False)
+    who = Caller("h01", "doctor", "dr-a", b"cert", True)
+    try:
+        for rx in ("RX-1", "RX-2", "RX-3"):
+            if rx == "RX-3":
+                clock[0] += 2 * 86_400_000  # the first two past retention: pruned by this append
+            pruned.append(who, "prescription", "get_key", rx, "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
+        assert read_verified(_as_client(_LogClient(empty))) == ([], read_verified(_as_client(_LogClient(empty)))[1])
+        assert read_verified(_as_client(_LogClient(empty)))[1]["last_id"] == 0
+        records, head = read_verified(_as_client(_LogClient(pruned)))
+        assert [r["id"] for r in records] == [3] and (head["first_id"], head["pruned"]) == (3, 2)
+        assert records[0]["prev_hash"] == head["first_prev_hash"] != "00" * 32
+    finally:
+        empty.close()
+        pruned.close()
