@@ -966,7 +966,7 @@ class Auditor:
         except RxError as err:
             self._dirty = True
             _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
-                       err.reason, "", "", "", "", err.message)
+                       err.reason, "", "", "", "", f"the pending refusal counts were not saved: {err.message}")
             return
         self._saved_ms = now
 
