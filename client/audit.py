@@ -135,3 +135,104 @@ class AuditClient:
         if not res.ok:
             out.update(first_bad_id=res.first_bad_id, reason=res.reason, detail=res.detail)
         return out
+
+
+MERGE_PAGE = 1000  # records per page when reading a whole log to merge
+MAX_MERGED_RECORDS = 200_000  # records read per peer at most (a record is ~250-350 bytes)
+
+
+def read_verified(client: AuditClient, *, start_id: int = 0,
+                  max_records: int = MAX_MERGED_RECORDS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of one peer's log from ``start_id`` (0: the oldest kept) to its head, in id
+    order, with the head, checked HERE: each chains to the one before across pages, the newest
+    hashes to the head of the last page (read from the same snapshot as its records), and --
+    read from the oldest kept -- the oldest chains to the hash the head keeps (32 zero bytes until
+    records are pruned). So a record changed among those read breaks the chain to the head
+    (records before ``start_id`` are not read, so not checked). RxClientError AUDIT_CHAIN_BROKEN
+    otherwise, AUDIT_TOO_LARGE past ``max_records`` (nothing merged)."""
+    records: list[dict[str, Any]] = []
+    head: dict[str, Any] = {}
+    for page in client.pages(start_id=start_id, limit=MERGE_PAGE):  # each page checked to chain by query()
+        head = page.head
+        if not records and page.records:
+            first = page.records[0]
+            if start_id <= head["first_id"] or first["id"] <= head["first_id"]:  # from the oldest kept
+                if (first["id"], first["prev_hash"]) != (head["first_id"], head["first_prev_hash"]):
+                    raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {first['id']} is not the oldest kept "
+                                        f"({head['first_id']}) or does not chain to the hash the head keeps")
+            elif first["id"] != start_id:
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {start_id} is missing (got {first['id']})")
+        if records and page.records:
+            last, nxt = records[-1], page.records[0]
+            if nxt["id"] != last["id"] + 1 or nxt["prev_hash"] != last["hash"]:
+                raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {nxt['id']} does not chain to record {last['id']}")
+        records.extend(page.records)
+        if len(records) > max_records:
+            raise RxClientError("AUDIT_TOO_LARGE", f"more than {max_records} records to read: narrow the view "
+                                                   "(--since), or read the peer page by page (--peer ORG --start ID)")
+    if records:
+        if (records[-1]["id"], records[-1]["hash"]) != (head["last_id"], head["last_hash"]):
+            raise RxClientError("AUDIT_CHAIN_BROKEN", f"the newest record read ({records[-1]['id']}) is not the "
+                                                      f"head's ({head['last_id']}) or does not hash to it")
+    elif head and start_id <= head["last_id"] and (
+            head["first_id"] or (head["last_id"] and head["last_hash"] != head["first_prev_hash"])):
+        # none answered: the peer must say it keeps none (none written, or every one pruned: then
+        # the newest's hash is the one the head keeps for the pruned)
+        raise RxClientError("AUDIT_CHAIN_BROKEN", f"no record answered from {start_id}, but the head names "
+                                                  f"records {head['first_id']}..{head['last_id']}")
+    return records, head
+
+
+CLOCK_MARGIN_MS = 600_000  # a merged view from --since reads each log from 10 minutes before
+
+
+def first_id_from(client: AuditClient, since_ms: int) -> int:
+    """The id to read a log from for the records of ``since_ms`` on: the first record at or after
+    ``since_ms - CLOCK_MARGIN_MS`` by the peer's time index (records are written in id order with
+    the peer's clock: one stepped back further than the margin can put a record of the window
+    before it), or past the head when none is."""
+    page = client.query(by_time=True, start_ms=max(0, since_ms - CLOCK_MARGIN_MS), limit=1)
+    return int(page.records[0]["id"]) if page.records else int(page.head["last_id"]) + 1
+
+
+def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, until_ms: int = 0,
+           record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS) -> dict[str, Any]:
+    """One view of several peers' logs: each read -- whole, or with ``since_ms`` from the first
+    record of the window (:func:`first_id_from`) -- to its head and its chain checked here
+    (:func:`read_verified`), then the records in ``[since_ms, until_ms)`` (0: no bound) of
+    ``record_id`` ("" = all) merged by time -- (``time_ms``, peer, id) -- each marked with the
+    ``peer`` it came from. ``limit`` (0: all): at most that many, cut at a millisecond's edge
+    (``more`` and ``next_ms``, the time to go on from with ``since_ms``; a millisecond holding more
+    than ``limit`` records is answered whole). ``peers``: each log's head and records checked.
+    A peer that cannot be read, or whose chain does not verify, fails the whole view, its error
+    naming the peer."""
+    names = [name for name, _ in clients]
+    if len(set(names)) != len(names):
+        raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
+    out: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
+    for name, client in clients:
+        try:
+            start = first_id_from(client, since_ms) if since_ms else 0
+            records, head = read_verified(client, start_id=start, max_records=max_records)
+        except RxClientError as exc:  # which peer's log: nothing of the others is shown either
+            raise RxClientError(exc.reason, f"{name}: {exc.message}") from None
+        peers.append({"peer": name, "checked": len(records), "head": head})
+        out.extend({**r, "peer": name} for r in records
+                   if r["time_ms"] >= since_ms and (not until_ms or r["time_ms"] < until_ms)
+                   and (not record_id or r["record_id"] == record_id))
+    order = {name: i for i, name in enumerate(names)}
+    out.sort(key=lambda r: (r["time_ms"], order[r["peer"]], r["id"]))
+    more, next_ms = False, 0
+    if limit and len(out) > limit:
+        cut = limit
+        while cut > 0 and out[cut - 1]["time_ms"] == out[limit]["time_ms"]:
+            cut -= 1  # a millisecond is never split across views
+        if cut == 0:  # one millisecond holds more than limit: answered whole
+            cut = limit
+            while cut < len(out) and out[cut]["time_ms"] == out[0]["time_ms"]:
+                cut += 1
+        more = cut < len(out)
+        next_ms = out[cut]["time_ms"] if more else 0
+        out = out[:cut]
+    return {"records": out, "peers": peers, "more": more, "next_ms": next_ms}

@@ -199,8 +199,8 @@ _org_or_all.__name__ = "organisation"
 _COUNT = _int_in(0, 2**63 - 1)
 
 
-def _common() -> argparse.ArgumentParser:
-    """Options accepted before and after the sub-command."""
+def _common(*, peer: bool = True) -> argparse.ArgumentParser:
+    """Options accepted before and after the sub-command (``peer``: with --peer ORG, once)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print one JSON object")
@@ -208,8 +208,9 @@ def _common() -> argparse.ArgumentParser:
                    help="network home (default $RXCHAIN_HOME or <project>/.rxchain)")
     p.add_argument("--as", dest="as_", metavar="ORG:USER", type=_as_arg, default=argparse.SUPPRESS,
                    help="wallet identity to act as")
-    p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG",
-                   help="peer organisation to connect to (default: your own)")
+    if peer:
+        p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG",
+                       help="peer organisation to connect to (default: your own)")
     return p
 
 
@@ -684,6 +685,8 @@ def _audit_peer(a: argparse.Namespace) -> tuple[Any, Any]:
     """(identity, peer) of an audit command: --peer, else the caller's organisation's peer."""
     _, net, ident = _ledger_identity(a)
     org = getattr(a, "peer", None)
+    if isinstance(org, list):  # audit list takes --peer more than once (a merged view)
+        org = org[0]
     if org:
         return ident, net.peer_of(org)
     own = [p for p in net.peers if p.org == ident.org]
@@ -695,12 +698,33 @@ def _audit_peer(a: argparse.Namespace) -> tuple[Any, Any]:
 def cmd_audit_list(a: argparse.Namespace) -> dict[str, Any]:
     from client.audit import AuditClient
 
+    orgs = getattr(a, "peer", None)
+    if isinstance(orgs, list) and len(orgs) > 1:
+        return _audit_merged(a, orgs)
     ident, peer = _audit_peer(a)
     with AuditClient(ident, peer.target) as c:
         page = c.query(start_id=a.start, by_time=a.since is not None or a.until is not None,
                        start_ms=a.since or 0, end_ms=a.until or 0, record_id=a.rx or "", limit=a.limit)
     return {"peer": peer.name, "records": page.records, "more": page.more, "next_id": page.next_id,
             "next_ms": page.next_ms, "head": page.head}
+
+
+def _audit_merged(a: argparse.Namespace, orgs: list[str]) -> dict[str, Any]:
+    """audit list --peer A --peer B ...: every log read whole, its chain checked here, the records
+    merged by time, each with the peer it came from (client.audit.merged)."""
+    from client.audit import AuditClient, merged
+
+    if a.start:
+        raise RxClientError("BAD_ARGUMENTS", "--start pages one peer's log by id: a merged view goes on from "
+                                             "--since (its next_ms)")
+    _, net, ident = _ledger_identity(a)
+    peers = [net.peer_of(org) for org in orgs]
+    clients = [(p.name, AuditClient(ident, p.target)) for p in peers]
+    try:
+        return merged(clients, since_ms=a.since or 0, until_ms=a.until or 0, record_id=a.rx or "", limit=a.limit)
+    finally:
+        for _, c in clients:
+            c.close()
 
 
 def cmd_audit_verify(a: argparse.Namespace) -> dict[str, Any]:
@@ -767,8 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                 description="rxchain: e-prescription and insurance-settlement ledger client")
     groups = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
 
-    def sub(parent: Any, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help_)
+    def sub(parent: Any, name: str, handler: Handler, help_: str,
+            options: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, parents=[options or common], help=help_)
         sp.set_defaults(handler=handler)
         return sp
 
@@ -951,7 +976,12 @@ def build_parser() -> argparse.ArgumentParser:
     pa_audit = groups.add_parser("audit", help="a peer's access-audit log of key releases (its org's admins, "
                                          "regulators)").add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     al = sub(pa_audit, "list", cmd_audit_list,
-             "one page of the peer's access-audit records (who got or was refused a prescription's key, when)")
+             "one page of the peer's access-audit records (who got or was refused a prescription's key, when); "
+             "with --peer more than once, the peers' logs each verified and merged by time",
+             _common(peer=False))  # its own --peer, repeatable
+    al.add_argument("--peer", action="append", default=argparse.SUPPRESS, metavar="ORG",
+                    help="peer organisation to read (default: your own); more than once: one view of their "
+                         "logs, each read whole and its chain checked here, merged by time")
     al.add_argument("--start", type=_COUNT, default=0, help="first record id (a page's next_id)")
     al.add_argument("--since", type=_COUNT, default=None, metavar="MS",
                     help="page by time from this Unix ms (with --start: a page's next_ms and next_id)")

@@ -22,6 +22,7 @@ unsigned big-endian)::
     b"x" record_id 0x00 u64 id     -> b""   (prescription index)
     b"mhead"                       -> u64 last_id | 32-byte SHA-256 of record last_id
     b"mbase"                       -> u64 first_id | 32-byte prev hash of record first_id | u64 pruned
+    b"mpending"                    -> JSON: the refusals counted, not yet summarised (below)
 
 Chain: record ``n`` carries ``prev_hash = SHA-256(stored bytes of record n-1)`` (32 zero bytes
 for record 1); ``mhead`` holds the newest record's hash. :meth:`AccessLog.verify` finds a
@@ -49,6 +50,16 @@ Refusals are rate-limited per certificate (:class:`RefusalLimiter`, node.yaml
 not recorded but counted -- answered RESOURCE_EXHAUSTED AUDIT_RATE_LIMITED -- and each
 certificate's count is written as one summary record (outcome RATE_LIMITED, ``suppressed``,
 ``since_ms``) per :data:`SUMMARY_WINDOW_MS`. Grants are never limited.
+
+The counts not yet summarised survive a crash: :class:`Auditor` keeps them (every certificate's
+count, its start and identity) in the one key ``mpending`` of the same database, overwritten --
+by a refusal (recorded or counted) when the counts changed and the last save is
+:data:`PENDING_SAVE_MS` old (the first count at once) -- and written in the same batch as
+every summary record, so a summary and the counts it took out of ``mpending`` are written
+together (a crash never counts one twice). At start the counts found there are written as their
+summary records. A crash loses at most the counts of one save interval (those counted within
+:data:`PENDING_SAVE_MS` after the last save); the key is one value, overwritten, deleted once
+nothing is counting: the log does not grow by it.
 """
 
 from __future__ import annotations
@@ -80,6 +91,8 @@ _log = logging.getLogger(__name__)
 # answers the caller's wrapped record key and note keys. No other function of the consortium's
 # contracts returns a wrapped key (the settlement and registry views return ciphertext-free
 # metadata; dx_key / trace_key reach contracts only as transient inputs, never in an answer).
+# Pinned here on purpose, not declared by a contract, definition or config: an upgrade or one
+# operator could then switch the log off (README "Access-audit log"; tests/peer/test_access_audit_scope.py).
 AUDITED: frozenset[tuple[str, str]] = frozenset({("prescription", "get_key")})
 RECORD_ID_ARG = "rx_id"  # the argument naming the record
 MAX_RECORD_ID_CHARS = 128  # a longer (or non-string) argument is recorded cut (the call is refused anyway)
@@ -120,6 +133,8 @@ _BASE = struct.Struct(">Q32sQ")
 _HEAD_KEY = b"mhead"
 _BASE_KEY = b"mbase"
 _MAX_U64 = (1 << 64) - 1
+_PENDING_KEY = b"mpending"
+PENDING_SAVE_MS = 1_000  # the refusal counts not yet summarised are saved at most this often
 
 
 def _rkey(rid: int) -> bytes:
@@ -213,6 +228,7 @@ class _Pending:
     suppressed: int = 0
     since_ms: int = 0
     shared: bool = False  # the summary of every unauthenticated refusal over the shared bound
+    cert_sha256: bytes | None = None  # a summary restored after a crash: its certificate's hash as saved
     rid: int = 0
     error: RxError | None = None
     done: bool = False
@@ -242,6 +258,7 @@ class AccessLog:
         self._queue: list[_Pending] = []  # records waiting for the next group
         self._writing = False  # a thread is writing a group (the lock released meanwhile)
         self._before_close: list[Callable[[], None]] = []  # e.g. the rate-limit summaries still counting
+        self._pending_state: Callable[[], bytes] | None = None  # the counts not summarised (Auditor)
         try:
             make_dirs_durable(self._dir, sync=sync)
             self._db: Any = plyvel.DB(self._dir, create_if_missing=True, compression=None)
@@ -257,6 +274,35 @@ class AccessLog:
         """Run ``hook`` (once) at :meth:`close`, before the log closes: it may still append."""
         with self._lock:
             self._before_close.append(hook)
+
+    def track_pending(self, state: Callable[[], bytes]) -> None:
+        """Write ``state()`` (the refusal counts not yet summarised; b"": none) as ``mpending`` in
+        every batch that writes a summary record, so the two change together."""
+        with self._lock:
+            self._pending_state = state
+
+    def load_pending(self) -> bytes | None:
+        """The refusal counts saved last (``mpending``), or None."""
+        try:
+            value: bytes | None = self._db.get(_PENDING_KEY)
+        except plyvel.Error as exc:
+            raise RxError(AUDIT_WRITE_FAILED, f"the access-audit log could not be read: {exc}",
+                          grpc.StatusCode.UNAVAILABLE) from exc
+        return value
+
+    def save_pending(self, state: bytes) -> None:
+        """Overwrite ``mpending`` with ``state`` (b"": delete it). RxError AUDIT_WRITE_FAILED."""
+        with self._lock:
+            if self._db.closed:
+                raise RxError(AUDIT_WRITE_FAILED, "the access-audit log is closed", grpc.StatusCode.UNAVAILABLE)
+            try:
+                if state:
+                    self._db.put(_PENDING_KEY, state, sync=self._sync)
+                else:
+                    self._db.delete(_PENDING_KEY, sync=self._sync)
+            except plyvel.Error as exc:
+                raise RxError(AUDIT_WRITE_FAILED, f"the access-audit log could not be written: {exc}",
+                              grpc.StatusCode.UNAVAILABLE) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -277,7 +323,7 @@ class AccessLog:
 
     def append(self, caller: Caller, contract: str, function: str, record_id: str, outcome: str,
                height: int, tx_id: str, path: int, *, suppressed: int = 0, since_ms: int = 0,
-               shared: bool = False) -> int:
+               shared: bool = False, cert_sha256: bytes | None = None) -> int:
         """Write one record durably; its id. RxError AUDIT_FULL / AUDIT_WRITE_FAILED when it
         could not be (nothing written then).
 
@@ -286,11 +332,13 @@ class AccessLog:
         with the lock released (others queue meanwhile, for the next batch); every caller of
         the batch returns only after that batch's sync. Same records, same chain, one fsync
         per batch instead of one per record. A refusal (``outcome`` not GRANTED) is refused
-        AUDIT_FULL already within the grants' reserve (the last 1% of ``max_records``)."""
+        AUDIT_FULL already within the grants' reserve (the last 1% of ``max_records``).
+        ``cert_sha256``: the certificate's hash when its DER is no longer known (a summary
+        restored after a crash)."""
         who = Caller(_text(caller.org), _text(caller.role), _text(caller.name), caller.cert_der,
                      caller.authenticated)
         item = _Pending(who, _text(contract), _text(function), _text(record_id), _text(outcome), height,
-                        _text(tx_id[:MAX_TX_ID_CHARS]), path, suppressed, since_ms, shared)
+                        _text(tx_id[:MAX_TX_ID_CHARS]), path, suppressed, since_ms, shared, cert_sha256)
         with self._lock:
             self._queue.append(item)
             while not item.done:
@@ -383,6 +431,16 @@ class AccessLog:
                 written.append(item)
             if written:
                 batch.put(_HEAD_KEY, _HEAD.pack(last_id, last_hash))
+            if self._pending_state is not None and any(item.suppressed for item in written):
+                try:
+                    state: bytes | None = self._pending_state()  # the counts these summaries took out
+                except Exception as exc:  # noqa: BLE001 - never refuses the group's grants
+                    _log.error("event=audit_pending_unreadable detail=%r", f"not saved: {exc}"[:200])
+                    state = None
+                if state:
+                    batch.put(_PENDING_KEY, state)
+                elif state is not None:
+                    batch.delete(_PENDING_KEY)
             if first != h.first_id:
                 batch.put(_BASE_KEY, _BASE.pack(first, first_prev, pruned))
             if written or first != h.first_id:
@@ -526,6 +584,8 @@ def _fingerprint(item: _Pending) -> bytes:
     bytes as its refusals' records do)."""
     if item.outcome == RATE_LIMITED and item.shared:
         return b""
+    if item.cert_sha256 is not None:
+        return item.cert_sha256
     return hashlib.sha256(item.caller.cert_der).digest()
 
 
@@ -598,6 +658,46 @@ class Summary:
     count: int
     since_ms: int
     shared: bool = False
+    cert_sha256: bytes = b""  # restored from ``mpending``: the certificate's hash (its DER is not saved)
+
+    def fingerprint(self) -> bytes:
+        """The hash its record names: empty for the shared summary."""
+        if self.shared:
+            return b""
+        return self.cert_sha256 or hashlib.sha256(self.caller.cert_der).digest()
+
+
+def encode_pending(counts: list[Summary]) -> bytes:
+    """``mpending``'s value: JSON (never pickle), b"" for no counts."""
+    if not counts:
+        return b""
+    return json.dumps({"v": 1, "counts": [
+        {"org": s.caller.org, "role": s.caller.role, "name": s.caller.name, "cert_sha256": s.fingerprint().hex(),
+         "authenticated": s.caller.authenticated, "contract": s.contract, "function": s.function, "path": s.path,
+         "count": s.count, "since_ms": s.since_ms, "shared": s.shared} for s in counts]},
+        separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def decode_pending(raw: bytes) -> list[Summary]:
+    """The counts :func:`encode_pending` saved; ValueError for anything else."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("counts"), list):
+        raise ValueError("not a version-1 pending-counts document")
+    out = []
+    for c in doc["counts"]:
+        if not isinstance(c, dict):
+            raise ValueError("a count is not an object")
+        strings = [c.get(k) for k in ("org", "role", "name", "contract", "function", "cert_sha256")]
+        numbers = [c.get(k) for k in ("path", "count", "since_ms")]
+        if (not all(isinstance(v, str) for v in strings) or not all(type(v) is int and v >= 0 for v in numbers)
+                or not isinstance(c.get("authenticated"), bool) or not isinstance(c.get("shared"), bool)):
+            raise ValueError("a count has a missing or mistyped field")
+        cert = bytes.fromhex(c["cert_sha256"])
+        if c["shared"] != (not cert) or c["count"] < 1:
+            raise ValueError("a count names no certificate, or counts nothing")
+        out.append(Summary(Caller(c["org"], c["role"], c["name"], b"", c["authenticated"]), c["contract"],
+                           c["function"], c["path"], c["count"], c["since_ms"], c["shared"], cert))
+    return out
 
 
 _GLOBAL = ("g", b"")
@@ -646,6 +746,23 @@ class RefusalLimiter:
         self._global = _Bucket(float(unauth_burst), now)
         self._open: OrderedDict[tuple[str, bytes], _Bucket] = OrderedDict()  # counting, oldest window first
         self._evicted: list[Summary] = []  # counts of authenticated buckets dropped (LRU): due at once
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    def pending(self) -> list[Summary]:
+        """Every count not yet handed out by :meth:`due` (what a crash would lose)."""
+        with self._lock:
+            out = list(self._evicted)
+            for key, b in self._open.items():
+                caller = b.caller if b.caller is not None and key != _GLOBAL else Caller("", "", "", b"", False)
+                out.append(Summary(caller, b.contract, b.function, b.path, b.suppressed, b.since_ms, key == _GLOBAL))
+            return out
+
+    def restore(self, counts: list[Summary]) -> None:
+        """Counts saved before a crash: due at once (each as saved: its own start)."""
+        with self._lock:
+            self._evicted.extend(counts)
 
     def tracked(self) -> int:
         """Buckets held (bounded by 2 * max_keys + 1)."""
@@ -746,12 +863,43 @@ class Auditor:
     refusal counted by ``limiter`` instead of recorded)."""
 
     def __init__(self, log: AccessLog, on_record: Callable[[str], None] | None = None,
-                 limiter: RefusalLimiter | None = None) -> None:
+                 limiter: RefusalLimiter | None = None, *, save_every_ms: int = PENDING_SAVE_MS) -> None:
         self.log = log
         self._on_record = on_record
         self._limiter = limiter
+        self._save_every_ms = save_every_ms
+        # one thread at a time writes summaries or saves the counts (mpending never goes back)
+        self._flush_lock = threading.Lock()
+        self._unwritten: list[Summary] = []  # summaries handed out, after the one being written
+        self._dirty = False  # counted since the counts were last saved
+        self._saved_ms: int | None = None
         if limiter is not None:
+            log.track_pending(self._pending_state)
+            self._restore(limiter)
             log.before_close(lambda: self.flush(everything=True))  # no count is lost at a stop
+
+    def _restore(self, limiter: RefusalLimiter) -> None:
+        """Write the counts a crash left in ``mpending`` as their summary records."""
+        raw = self.log.load_pending()
+        if not raw:
+            return
+        try:
+            counts = decode_pending(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            _log.error("event=audit_pending_unreadable detail=%r", str(exc)[:200])
+            with contextlib.suppress(RxError):  # (not summaries: they would name no one)
+                self.log.save_pending(b"")
+            return
+        _log.warning("event=audit_pending_restored counts=%d suppressed=%d", len(counts),
+                     sum(c.count for c in counts))
+        limiter.restore(counts)
+        self.flush()
+
+    def _pending_state(self) -> bytes:
+        """``mpending`` now: the limiter's counts and the summaries handed out not yet written."""
+        assert self._limiter is not None
+        self._dirty = False  # (before the snapshot: a count after it marks it again)
+        return encode_pending(self._limiter.pending() + self._unwritten)
 
     @staticmethod
     def audited(contract: str, function: str) -> bool:
@@ -789,22 +937,59 @@ class Auditor:
 
     def admit_refusal(self, caller: Caller, contract: str, function: str, path: int, reason: str) -> bool:
         """False: this refusal is over its certificate's limit, counted instead of recorded. Any
-        summary whose window passed is written first."""
+        summary whose window passed is written first; the counts (``mpending``) are saved after
+        if they changed and PENDING_SAVE_MS passed since their last save."""
         self.flush()
-        if self._limiter is None or self._limiter.admit(caller, contract, function, path):
+        if self._limiter is None:
             return True
-        self._count("suppressed")
-        return False
+        admitted = self._limiter.admit(caller, contract, function, path)
+        if not admitted:
+            self._count("suppressed")
+            self._dirty = True
+        # any refusal saves the counts once PENDING_SAVE_MS passed since the last save
+        if self._dirty and self._flush_lock.acquire(blocking=False):  # (else a flush is writing)
+            try:
+                self._save_counts()
+            finally:
+                self._flush_lock.release()
+        return admitted
+
+    def _save_counts(self) -> None:
+        """Save the counts (``mpending``) if they changed and the last save is PENDING_SAVE_MS old
+        (the flush lock held)."""
+        assert self._limiter is not None
+        now = self._limiter.now_ms()
+        if not self._dirty or (self._saved_ms is not None and 0 <= now - self._saved_ms < self._save_every_ms):
+            return  # (a clock stepped back saves at once, not an interval later)
+        try:
+            self.log.save_pending(self._pending_state())
+        except RxError as err:
+            self._dirty = True
+            _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
+                       err.reason, "", "", "", "", f"the pending refusal counts were not saved: {err.message}")
+            return
+        self._saved_ms = now
 
     def flush(self, *, everything: bool = False) -> None:
         """Write the summaries due (``everything``: all counted, at close)."""
         if self._limiter is None:
             return
-        for s in self._limiter.due(everything=everything):
-            cert = "" if s.shared else hashlib.sha256(s.caller.cert_der).hexdigest()[:16]
+        if not self._flush_lock.acquire(blocking=everything):
+            return  # another thread is writing the summaries due
+        try:
+            self._flush(self._limiter, everything)
+        finally:
+            self._flush_lock.release()
+
+    def _flush(self, limiter: RefusalLimiter, everything: bool) -> None:
+        due = limiter.due(everything=everything)
+        for i, s in enumerate(due):
+            self._unwritten = due[i + 1:]  # mpending, written with this summary, keeps the rest
+            cert = s.fingerprint().hex()[:16]
             try:
                 rid = self.log.append(s.caller, s.contract, s.function, "", RATE_LIMITED, 0, "", s.path,
-                                      suppressed=s.count, since_ms=s.since_ms, shared=s.shared)
+                                      suppressed=s.count, since_ms=s.since_ms, shared=s.shared,
+                                      cert_sha256=s.cert_sha256 or None)
             except RxError as err:
                 _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
                            err.reason, s.caller.org, s.caller.role, s.function, "", err.message)
@@ -815,6 +1000,7 @@ class Auditor:
             _log.warning("event=audit_refusals_suppressed org=%s role=%s cert=%s authenticated=%s shared=%s "
                          "suppressed=%d since_ms=%d record=%d", s.caller.org, s.caller.role, cert,
                          s.caller.authenticated, s.shared, s.count, s.since_ms, rid)
+        self._unwritten = []
 
     def _count(self, result: str) -> None:
         if self._on_record is not None:

@@ -54,7 +54,7 @@ class _Limited:
         self.endorser, self.log, self.counts, self.clock = endorser, log, counts, clock
 
 
-def _limited(kc: Cluster, tmp_path: Path, **limits: int) -> _Limited:
+def _limited(kc: Cluster, tmp_path: Path, sandbox: Any = None, **limits: int) -> _Limited:
     peer = kc.peers[1]
     log = AccessLog(tmp_path / "audit", lambda: peer.clock[0])
     clock = [1_000_000]  # the limiter's own clock (the proposals' timestamps stay on the peer's)
@@ -65,7 +65,7 @@ def _limited(kc: Cluster, tmp_path: Path, **limits: int) -> _Limited:
 
     auditor = Auditor(log, count, RefusalLimiter(lambda: clock[0], **limits))
     endorser = Endorser(peer.ledger, ConfigView(peer.ledger.state, Verifier()), kc.net.peers["p01"],
-                        peer.sandbox, Lifecycle(), lambda: peer.clock[0], audit=auditor)
+                        sandbox or peer.sandbox, Lifecycle(), lambda: peer.clock[0], audit=auditor)
     return _Limited(endorser, log, counts, clock)
 
 
@@ -438,3 +438,36 @@ def test_concurrent_refusals_are_each_recorded_or_counted_once(tmp_path: Path) -
     for c in callers:
         if c.authenticated:  # (an unauthenticated one's count may be in the shared summary)
             assert seen[c.name] == sent[c.name]
+
+
+class _CountingSandbox:
+    """The peer's sandbox, counting the contract runs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.runs = inner, 0
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs += 1
+        return self.inner.invoke(*args, **kwargs)
+
+
+def test_only_a_refusal_the_contract_decides_runs_the_contract_over_the_limit(keyed: Cluster,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    """A caller over its refusal limit: one refused before the contract (not a member, a role the
+    access rules refuse) never runs it; one only the contract can refuse (NOT_FOUND) runs it --
+    the peer cannot tell it from a grant before, and grants are never limited -- and a grant of
+    the same certificate is answered."""
+    sandbox = _CountingSandbox(keyed.peers[1].sandbox)
+    a = _limited(keyed, tmp_path, sandbox, per_minute=1, burst=1, unauth_per_minute=1, unauth_burst=1)
+    try:
+        for _ in range(2):  # the second over the limit
+            _refused_signed(a, _unauthenticated(keyed, b"forged"))
+            _refused(keyed, a, keyed.net.clerk)
+        assert sandbox.runs == 0
+        pharmacist = keyed.net.pharmacist
+        assert _call(keyed, a, pharmacist, "RX-missing").response.reason == "NOT_FOUND"
+        assert _refused(keyed, a, pharmacist, "RX-missing").reason == AUDIT_RATE_LIMITED
+        assert sandbox.runs == 2
+        assert b"wrapped-for-p01" in _call(keyed, a, pharmacist, "RX-1").response.payload
+    finally:
+        a.log.close()
