@@ -1018,16 +1018,23 @@ class Session:
         since the home last verified, e.g. no config command ran here) and report whether the
         verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`; CHAIN_RESTARTED is
         raised; any other failure (no peer serves more, none verifies) leaves the refusal, as does a
-        follow of the session under way that does not end within :data:`FOLLOW_WAIT_S`."""
+        follow of the session under way that does not end within :data:`FOLLOW_WAIT_S`. True also
+        when the chain held grew while the follow lock was waited for (a follow under way -- the
+        proactive one, another call's -- or a config command verified further: review19, the
+        refusal stood though the rotation it waited for had just been verified)."""
+        with self._state_lock:
+            self._refresh()
+            height = self._verified_height
         if not self._follow_lock.acquire(timeout=FOLLOW_WAIT_S):
-            return False
+            return self._verified_grew(height)
         with contextlib.ExitStack() as held:
             held.callback(self._follow_lock.release)
             now = self._monotonic()
             if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
-                return False
+                return self._verified_grew(height)
             if self._proactive_recent(now):
-                return False  # (the proactive follow ran within the interval: its chain is the one held)
+                # (the proactive follow ran within the interval: its chain is the one held)
+                return self._verified_grew(height)
             self._records_followed = now
             with self._state_lock:
                 self._refresh()
@@ -1045,6 +1052,13 @@ class Session:
                 # (taken even where the home could not save it: a read-only home)
                 self._adopt(chain.verified()[1], chain.height)
                 return True
+
+    def _verified_grew(self, height: int) -> bool:
+        """Whether the verified chain held is longer than ``height`` blocks now (config-chain.json
+        read again when it changed)."""
+        with self._state_lock:
+            self._refresh()
+            return self._verified_height > height
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own
