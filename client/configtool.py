@@ -106,9 +106,10 @@ CA_ROTATED_AWAY = "CA_ROTATED_AWAY"
 DENYLIST_FORMAT = 1
 MAX_DENYLIST_BYTES = 1 << 20
 # the CAs the denylist names at most: a save that would pass it (or MAX_DENYLIST_BYTES) is refused
-# DENYLIST_FULL and writes nothing -- before, it grew past the size it is read to and every session and
-# follow of the home was refused BAD_CONFIG ("damaged or edited"); entries are never dropped to make
-# room (the oldest may be the leaked key the list exists for)
+# DENYLIST_FULL and adds nothing (the CAs put back in force are dropped; ChainConfig.save saves the
+# chain all the same) -- before, it grew past the size it is read to and every session and follow of
+# the home was refused BAD_CONFIG ("damaged or edited"); entries are never dropped to make room (the
+# oldest may be the leaked key the list exists for)
 MAX_DENYLIST_ENTRIES = 4096
 DENYLIST_FULL = "DENYLIST_FULL"
 
@@ -201,8 +202,8 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
     CHAIN_RESTARTED returns to), under its lock (``.rotated-cas.json.lock``), atomically (a
     temporary file fsynced, renamed over it, the directory fsynced). Nothing is written when it
     holds them already. OSError / RxClientError when it cannot be read or written; DENYLIST_FULL
-    (nothing written) when it would name more than :data:`MAX_DENYLIST_ENTRIES` CAs or pass
-    :data:`MAX_DENYLIST_BYTES`."""
+    (nothing added: only the CAs of ``reinstated`` dropped) when it would name more than
+    :data:`MAX_DENYLIST_ENTRIES` CAs or pass :data:`MAX_DENYLIST_BYTES`."""
     def same(held: dict[str, str]) -> bool:
         return all(fp in held for fp in entries) and not any(fp in held for fp in reinstated)
 
@@ -219,10 +220,20 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
         raw = json.dumps(doc, indent=1).encode()
         if len(merged) > MAX_DENYLIST_ENTRIES or len(raw) > MAX_DENYLIST_BYTES:
             added = sum(1 for fp in entries if fp not in held)
+            # the CAs put back in force are dropped all the same (only a shrink is written): kept, the
+            # CA in force stayed denied and every session of the home refused its peer CA_ROTATED_AWAY
+            kept = {fp: org for fp, org in held.items() if fp not in reinstated}
+            dropped = len(held) - len(kept)
+            if dropped:
+                replace_file(path, json.dumps({"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
+                                               "rotated_away": [{"org": org, "ca_sha256": fp}
+                                                                for fp, org in kept.items()]}, indent=1).encode())
+                fsync_dir(path.parent if str(path.parent) else Path("."))
             raise RxClientError(DENYLIST_FULL, f"{path} would name {len(merged)} CAs rotated away from "
                                 f"({len(raw)} bytes; at most {MAX_DENYLIST_ENTRIES} CAs, {MAX_DENYLIST_BYTES} "
-                                "bytes): nothing was written, and the config chain that rotated away from "
-                                f"{added} more is not saved. Entries are never dropped to make room; an "
+                                f"bytes): none of the {added} more the config chain rotated away from was "
+                                f"added ({dropped} put back in force dropped), so they are not denied once "
+                                "config-chain.json is removed. Entries are never dropped to make room; an "
                                 "operator who has confirmed with the consortium that CAs it names can no "
                                 "longer sign (expired, their keys destroyed) removes them from the file")
         replace_file(path, raw)
@@ -500,11 +511,15 @@ class ChainConfig:
             try:
                 self.save_denylist()
             except RxClientError as exc:
-                if exc.reason == DENYLIST_FULL:  # (the one failure here an operator must act on)
-                    _log.warning("event=config_chain_not_saved reason=%s height=%d detail=%s: the verified "
-                                 "config chain is not saved (it is used in memory only)", exc.reason,
-                                 self.height, exc.message[:500])
-                raise
+                if exc.reason != DENYLIST_FULL:
+                    raise
+                # (the one failure here an operator must act on) the chain is saved all the same:
+                # left unsaved (review19), every session of the home started after pinned the CA it
+                # rotated away from -- the denylist, full, denies it in neither case once the file is
+                # removed, and the chain saved still pins the CA in force
+                _log.warning("event=ca_denylist_full reason=%s height=%d detail=%s: the verified config "
+                             "chain is saved, the CAs it rotated away from are not added to the denylist",
+                             exc.reason, self.height, exc.message[:500])
             replace_file(self._state_path, json.dumps(state).encode())
             self._saved, self._held_file = self.height, True
 

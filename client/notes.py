@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from client.errors import RxClientError
 from node.crypto import aead
 
 REVOKE = "revoke"
@@ -72,7 +73,16 @@ def _aad(rx_id: str, action: str) -> bytes:
 
 
 def _bounded(text: str) -> bytes:
-    data = text.encode()
+    """``text`` in UTF-8, cut to MAX_NOTE_BYTES; BAD_ARGUMENTS (nothing sealed) for text that has
+    no UTF-8 form -- a lone surrogate: a command-line argument of bytes that are not UTF-8, which
+    Python keeps as such, or a JSON "\\udXXX" escape (review19: an uncaught UnicodeEncodeError,
+    the CLI's INTERNAL, the FHIR gateway's 500)."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as exc:
+        raise RxClientError("BAD_ARGUMENTS", f"the note (or reason text) is not valid text: character "
+                            f"{exc.start} is a lone surrogate (bytes that are not UTF-8?): nothing was "
+                            "sent") from exc
     if len(data) > MAX_NOTE_BYTES:
         data = data[:MAX_NOTE_BYTES].decode(errors="ignore").encode()
     return data

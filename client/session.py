@@ -225,6 +225,12 @@ Stamp = tuple[int, int, int, int]  # (size, modification time in ns, inode, stat
 # it was. The content's digest is then compared too (git's racy-index rule), until the stamp is older.
 RACY_S = 3.0
 _fs_clock_ns: Callable[[], int] = time.time_ns  # (the clock file times are set by: the kernel's wall clock)
+# A stamp is racy too for RACY_S after this session first saw it (by its own monotonic clock): a file
+# system whose clock is behind this host's (an NFS server's, by more than RACY_S) gives file times that
+# look old at once, and a same-size rewrite within that server's tick was missed for good (review19).
+# Every write sharing a tick with the one that made the stamp is done within one tick of it -- so
+# within RACY_S of the moment the stamp was first seen, after that write.
+_seen_clock_ns: Callable[[], int] = time.monotonic_ns
 
 
 def _stamp_of(st: os.stat_result) -> Stamp:
@@ -254,34 +260,38 @@ def _content_digest(path: Path) -> bytes:
 
 class _FileSeen:
     """A file a session reads again whenever it changed: its :func:`_file_stamp` when last read
-    and, while that stamp is racy (:data:`RACY_S`), the digest of its content taken before that
-    read. :meth:`look` says whether it must be read again, :meth:`seen` records the read."""
+    and, while that stamp is racy (:data:`RACY_S`: its times near the wall clock, or first seen by
+    this session less than RACY_S ago), the digest of its content taken before that read.
+    :meth:`look` says whether it must be read again, :meth:`seen` records the read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.stamp: Stamp | None = None
         self.digest: bytes | None = None  # (None: the stamp was not racy)
+        self.since = 0  # (_seen_clock_ns when the stamp was first seen)
         self.known = False
 
-    def look(self, stamp: Stamp | None) -> tuple[Stamp | None, bytes | None] | None:
+    def look(self, stamp: Stamp | None) -> tuple[Stamp | None, bytes | None, int] | None:
         """None when the file (now at ``stamp``) is the one last read; else what to pass to
         :meth:`seen` once it was read again (the digest is taken now, before that read: a rewrite
         after it shows as a change next time)."""
-        now = _fs_clock_ns()
+        now, mono = _fs_clock_ns(), _seen_clock_ns()
         racy = stamp is not None and max(stamp[1], stamp[3]) >= now - round(RACY_S * 1e9)
         if self.known and stamp == self.stamp:
             if self.digest is None:
                 return None
             digest = _content_digest(self.path)
             if digest and digest == self.digest:
-                if not racy:
+                if not racy and mono - self.since >= round(RACY_S * 1e9):
                     self.digest = None  # (a rewrite from now on has a later time: the stamp tells)
                 return None
-            return stamp, digest
-        return stamp, (_content_digest(self.path) if racy else None)
+            return stamp, digest, self.since
+        # (a stamp seen first now is racy for RACY_S whatever its times say: the file system's
+        # clock may be behind this host's)
+        return stamp, (_content_digest(self.path) if stamp is not None else None), mono
 
-    def seen(self, found: tuple[Stamp | None, bytes | None]) -> None:
-        self.stamp, self.digest = found
+    def seen(self, found: tuple[Stamp | None, bytes | None, int]) -> None:
+        self.stamp, self.digest, self.since = found
         self.known = True
 
 
@@ -1008,16 +1018,23 @@ class Session:
         since the home last verified, e.g. no config command ran here) and report whether the
         verified chain grew. At most once per :data:`FOLLOW_INTERVAL_S`; CHAIN_RESTARTED is
         raised; any other failure (no peer serves more, none verifies) leaves the refusal, as does a
-        follow of the session under way that does not end within :data:`FOLLOW_WAIT_S`."""
+        follow of the session under way that does not end within :data:`FOLLOW_WAIT_S`. True also
+        when the chain held grew while the follow lock was waited for (a follow under way -- the
+        proactive one, another call's -- or a config command verified further: review19, the
+        refusal stood though the rotation it waited for had just been verified)."""
+        with self._state_lock:
+            self._refresh()
+            height = self._verified_height
         if not self._follow_lock.acquire(timeout=FOLLOW_WAIT_S):
-            return False
+            return self._verified_grew(height)
         with contextlib.ExitStack() as held:
             held.callback(self._follow_lock.release)
             now = self._monotonic()
             if self._records_followed is not None and now - self._records_followed < FOLLOW_INTERVAL_S:
-                return False
+                return self._verified_grew(height)
             if self._proactive_recent(now):
-                return False  # (the proactive follow ran within the interval: its chain is the one held)
+                # (the proactive follow ran within the interval: its chain is the one held)
+                return self._verified_grew(height)
             self._records_followed = now
             with self._state_lock:
                 self._refresh()
@@ -1035,6 +1052,13 @@ class Session:
                 # (taken even where the home could not save it: a read-only home)
                 self._adopt(chain.verified()[1], chain.height)
                 return True
+
+    def _verified_grew(self, height: int) -> bool:
+        """Whether the verified chain held is longer than ``height`` blocks now (config-chain.json
+        read again when it changed)."""
+        with self._state_lock:
+            self._refresh()
+            return self._verified_height > height
 
     def current_network(self) -> NetworkInfo:
         """The network description with the configuration in force at this session's own

@@ -6,6 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.cli import build_parser
+from client.errors import RxClientError
 from client.notes import (
     OTHER,
     REASON_CODES,
@@ -92,3 +93,16 @@ def test_cli_accepts_notes() -> None:
     assert (a.reject, a.note) == ("DOSE", "t")
     a = p.parse_args(["claim", "reverse", "C"])
     assert (a.reason, a.note) == ("OTHER", "")
+
+
+@pytest.mark.parametrize("text", ["returned \udcff goods", "\ud800"])
+def test_a_note_of_no_utf8_form_is_bad_arguments(text: str) -> None:
+    """A lone surrogate -- a command-line argument of bytes that are not UTF-8 (Python keeps them
+    so), a JSON "\\udXXX" escape -- has no UTF-8 form: sealing it raised UnicodeEncodeError (the
+    CLI's INTERNAL, "a bug"; the FHIR gateway's 500). It is BAD_ARGUMENTS, nothing sealed."""
+    key, ins01 = aead.new_record_key(), ec.generate_private_key(ec.SECP256R1())
+    for seal in (lambda: seal_note(key, "RX-1", REVOKE, text),
+                 lambda: seal_insurer_note(ins01.public_key(), "RX-1", "ins01", text)):
+        with pytest.raises(RxClientError) as e:
+            seal()
+        assert e.value.reason == "BAD_ARGUMENTS" and "surrogate" in e.value.message

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -590,3 +591,61 @@ def test_a_wallet_holding_the_key_of_an_earlier_rotation_is_told_to_rotate(net_h
         Session(home, "h01:dr-jiang")
     assert e.value.reason == "BAD_WALLET"
     assert "wallet rotate-records-key" in e.value.message and PREVIOUS_RECORDS_KEYS_DIR in e.value.message
+
+
+class _WatchedLock:
+    """A lock that says when a thread starts waiting for it (``waiting``); ``inner`` is taken
+    directly by the holder."""
+
+    def __init__(self) -> None:
+        self.inner = threading.Lock()
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.waiting.set()
+        return self.inner.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def locked(self) -> bool:
+        return self.inner.locked()
+
+
+def test_a_records_rotation_a_follow_under_way_verifies_is_taken(
+        unfollowed_home: tuple[Path, block_pb2.Block, ec.EllipticCurvePrivateKey]) -> None:
+    """A follow of the session under way (the proactive one) verifies h01's records rotation while
+    a call waits for it (review19): the call's own follow then ran not (the proactive one ran within
+    the interval) and the call was refused RECORDS_CERT_UNVERIFIED, though the session now held the
+    rotated certificate. The chain grown meanwhile is compared again: the new certificate's key."""
+    home, block1, new_key = unfollowed_home
+    genesis = read_genesis(home / "genesis.block")
+    rotated_config = configtool.ChainConfig(genesis, Verifier(), None)
+    rotated_config.feed(genesis)
+    rotated_config.feed(block1)
+    with Session(home, "p01:pharm-wang", follow_every_s=0) as s:
+        _answering(s, rotated_config.verified()[1])
+        lock = _WatchedLock()
+        s._follow_lock = lock  # type: ignore[assignment]
+        lock.inner.acquire()
+        errors: list[BaseException] = []
+
+        def follow_under_way() -> None:
+            try:
+                assert lock.waiting.wait(10)
+                with s._state_lock:
+                    s._adopt(rotated_config.verified()[1], rotated_config.height)
+                s._proactive_followed, s._proactive_finding = s._monotonic(), None
+            except BaseException as exc:  # (reported by the test)
+                errors.append(exc)
+            finally:
+                lock.inner.release()
+
+        worker = threading.Thread(target=follow_under_way, daemon=True)
+        worker.start()
+        try:
+            key = s.records_public_key("h01")
+        finally:
+            worker.join(10)
+        assert errors == [] and not worker.is_alive()
+        assert key.public_numbers() == new_key.public_key().public_numbers()

@@ -30,7 +30,7 @@ from client.network import load_network
 from client.session import FOLLOW_IN_PROGRESS, Session
 from node.crypto.canonical import block_header_hash
 from node.crypto.signing import Verifier
-from node.genesis import read_genesis
+from node.genesis import config_from_genesis, read_genesis
 from tests.client.test_session_ca import Rotated, _health, _local, _rotation_block, rotated  # noqa: F401
 from tests.client.test_session_proactive import _no_run_files, _plain_session, _Time
 from tests.foundation.test_log_events import log_calls, problems
@@ -211,6 +211,7 @@ def test_a_same_size_rewrite_within_one_tick_is_read_again(rotated: Rotated, mon
     the clock is RACY_S past it; then the digest is dropped and the file is no longer read."""
     tick = now = 1_800_000_000 * 10**9
     monkeypatch.setattr(session_mod, "_fs_clock_ns", lambda: now)
+    monkeypatch.setattr(session_mod, "_seen_clock_ns", lambda: now)
     real_stamp = session_mod._file_stamp
 
     def coarse(path: Path) -> Any:
@@ -233,6 +234,44 @@ def test_a_same_size_rewrite_within_one_tick_is_read_again(rotated: Rotated, mon
             reads.append(p)
             return real_digest(p)
 
+
+        monkeypatch.setattr(session_mod, "_content_digest", counted)
+        assert s._verified_config() is None and len(reads) == 1
+        assert s._verified_config() is None and len(reads) == 1
+    finally:
+        s.close()
+
+
+def test_a_same_size_rewrite_within_one_tick_of_a_clock_behind_is_read_again(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A file system whose clock is behind this host's by more than RACY_S (an NFS server's): its
+    file times looked old at once, the stamp was never racy, and a same-size rewrite within its
+    tick (1 s on many NFS servers) kept the old chain -- and pin -- for good. A stamp is racy for
+    RACY_S after the session first saw it, whatever its times say; then the digest is dropped."""
+    tick = 1_800_000_000 * 10**9
+    now = mono = tick + 3600 * 10**9  # (the host's clock an hour ahead of the file system's)
+    monkeypatch.setattr(session_mod, "_fs_clock_ns", lambda: now)
+    monkeypatch.setattr(session_mod, "_seen_clock_ns", lambda: mono)
+    real_stamp = session_mod._file_stamp
+
+    def coarse(path: Path) -> Any:
+        found = real_stamp(path)
+        return None if found is None else (found[0], tick, found[2], tick)
+
+    monkeypatch.setattr(session_mod, "_file_stamp", coarse)
+    s = _session(rotated)
+    try:
+        before = s._verified_config()
+        assert before is not None and before.sequence == 1
+        _spoil_in_place(rotated.home / configtool.CHAIN_STATE)
+        assert s._verified_config() is None
+        mono += round((session_mod.RACY_S + 1) * 1e9)
+        reads: list[Path] = []
+        real_digest = session_mod._content_digest
+
+        def counted(p: Path) -> bytes:
+            reads.append(p)
+            return real_digest(p)
 
         monkeypatch.setattr(session_mod, "_content_digest", counted)
         assert s._verified_config() is None and len(reads) == 1
@@ -307,33 +346,61 @@ def test_the_denylist_is_never_written_past_the_size_it_is_read_to(
     assert set(configtool.read_denylist(path, genesis)) == set(_fps(2))
 
 
-def test_a_full_denylist_keeps_the_chain_unsaved_and_says_so(rotated: Rotated, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
-                                                             caplog: pytest.LogCaptureFixture) -> None:
-    """The chain is saved only once the CAs it rotated away from are denied: a full denylist
-    leaves config-chain.json as it was, and the save logs config_chain_not_saved DENYLIST_FULL."""
+def test_a_full_denylist_still_saves_the_chain_and_says_so(rotated: Rotated, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A full denylist adds nothing, but the chain is saved all the same (review19): left unsaved,
+    config-chain.json stayed at the genesis config and every session of the home started after
+    pinned h01's peer to the CA the chain rotated away from -- a peer presenting a certificate of
+    that CA (its key leaked) was trusted again until the session's own follow, if any. The save logs
+    ca_denylist_full DENYLIST_FULL."""
     caplog.set_level(logging.WARNING, logger="client.configtool")
     monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 0)
     state = rotated.home / configtool.CHAIN_STATE
     genesis = read_genesis(rotated.home / "genesis.block")
     state.unlink()
     (rotated.home / configtool.CA_DENYLIST).unlink(missing_ok=True)
+    old_fp = configtool.ca_fingerprint(next(o for o in config_from_genesis(genesis).organizations
+                                            if o.id == "h01").ca_cert_der)
     chain = configtool.ChainConfig(genesis, Verifier(), state)
     chain.feed(genesis)
     chain.feed(_rotation_block(rotated.home, genesis, rotated.ca_der))
+    assert old_fp in chain.rotated_away
     chain.save()
-    assert not state.exists() and not (rotated.home / configtool.CA_DENYLIST).exists()
-    (record,) = [r for r in caplog.records if "event=config_chain_not_saved" in r.msg]
+    assert configtool.saved_height(state, block_header_hash(genesis.header)) == 2
+    assert not (rotated.home / configtool.CA_DENYLIST).exists()
+    s = _session(rotated)
+    try:
+        assert s._pin_fp == configtool.ca_fingerprint(rotated.ca_der) != old_fp
+        assert _health(s) == "OK"
+    finally:
+        s.close()
+    (record,) = [r for r in caplog.records if "event=ca_denylist_full" in r.msg]
     assert isinstance(record.args, tuple) and record.args[0] == configtool.DENYLIST_FULL
 
 
+def test_a_full_denylist_still_drops_a_ca_put_back_in_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save both putting a denied CA back in force and adding more than the cap allows: the CA put
+    back was kept denied with the rest (nothing written), so the CA in force stayed refused
+    CA_ROTATED_AWAY by every session of the home for good. It is dropped; the others are not added
+    (DENYLIST_FULL)."""
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 2)
+    path, genesis = tmp_path / configtool.CA_DENYLIST, b"\x01" * 32
+    configtool.add_to_denylist(path, genesis, _fps(2))
+    back = next(iter(_fps(1)))
+    with pytest.raises(RxClientError) as e:
+        configtool.add_to_denylist(path, genesis, _fps(2, start=2), reinstated=frozenset({back}))
+    assert e.value.reason == configtool.DENYLIST_FULL
+    assert set(configtool.read_denylist(path, genesis)) == set(_fps(1, start=1))
+
+
 def test_the_new_event_and_reason_codes_are_well_formed_and_documented() -> None:
-    """config_chain_not_saved is an event (the project's shape) listed in client/README.md; the
+    """ca_denylist_full is an event (the project's shape) listed in client/README.md; the
     FHIR gateway answers FOLLOW_IN_PROGRESS 503 (retry), as the README's table says."""
     calls = log_calls(Path(configtool.__file__).read_text())
     assert [p for c in calls for p in problems(c)] == []
-    assert any("event=config_chain_not_saved" in str(c.args[0].value) for c in calls
+    assert any("event=ca_denylist_full" in str(c.args[0].value) for c in calls
                if isinstance(c.args[0], ast.Constant))
     readme = (Path(configtool.__file__).parent / "README.md").read_text()
-    assert "`config_chain_not_saved`" in readme
+    assert "`ca_denylist_full`" in readme
     assert "| 503 | `FOLLOW_IN_PROGRESS` |" in readme and f"`{configtool.DENYLIST_FULL}`" in readme
     assert fhir_server._STATUS[FOLLOW_IN_PROGRESS] == 503
