@@ -506,10 +506,11 @@ def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -
     whose endpoint does not answer is left out."""
     import socket
 
-    from bench.e2e_bench import pool_delta, sandbox_counters
+    from bench.e2e_bench import pool_delta, replaced_by_cause, sandbox_counters
     from node.peer.metrics import PeerMetrics
 
-    stats = {"workers": 4, "restarts": 1, "invocations": 10, "evictions": 2}
+    stats = {"workers": 4, "restarts": 1, "invocations": 10, "evictions": 2,
+             "replaced_rss": 1, "replaced_evict_spare": 2, "replaced_wall_timeout": 0}
     metrics = PeerMetrics("peer.x")
     metrics.watch_sandbox(lambda: dict(stats))
     with socket.socket() as s:
@@ -521,9 +522,18 @@ def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -
     metrics.serve(port)
     try:
         before = sandbox_counters({"peer.x": port, "peer.gone": dead})
-        assert before == {"peer.x": {"evictions": 2.0, "restarts": 1.0, "invocations": 10.0}}
-        stats.update(evictions=7, invocations=25)
+        assert before == {"peer.x": {"evictions": 2.0, "restarts": 1.0, "invocations": 10.0,
+                                     "replaced_rss": 1.0, "replaced_evict_spare": 2.0,
+                                     "replaced_wall_timeout": 0.0}}
+        stats.update(evictions=7, invocations=25, replaced_evict_spare=7)
         after = sandbox_counters({"peer.x": port})
-        assert pool_delta(before, after) == {"peer.x": {"evictions": 5, "restarts": 0, "invocations": 15}}
+        delta = pool_delta(before, after)
+        assert delta == {"peer.x": {"evictions": 5, "restarts": 0, "invocations": 15,
+                                    "replaced_rss": 0, "replaced_evict_spare": 5,
+                                    "replaced_wall_timeout": 0}}
+        # the level's figure over every peer: the causes seen, and the total replaced
+        assert replaced_by_cause({**delta, "peer.y": {"restarts": 2, "evictions": 0,
+                                                      "replaced_rss": 2}}) == {
+            "evict_spare": 5, "rss": 2, "total": 7}
     finally:
         metrics.close()
