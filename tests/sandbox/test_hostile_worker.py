@@ -373,7 +373,7 @@ def test_a_momentary_burst_of_one_code_waits_for_its_worker_rather_than_take_a_s
     hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # the e2e benchmark's 60 tx/s level replaced 1-2 workers per peer per level, all of them
-    # this way: the burst of endorsements each block's commit sets off found b's worker busy
+    # this way: a momentary burst of one contract's endorsements found b's worker busy
     # for a few milliseconds and replaced a's spare, idle past EVICT_IDLE_S, at once (a
     # process start plus a compile, 0.12-0.27 s of CPU; the call waited for that too). A call
     # now waits SPARE_WAIT_S for a worker of its own code before it replaces another's.

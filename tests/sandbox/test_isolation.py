@@ -141,6 +141,33 @@ def test_cpu_time_limit(pool: Sandbox) -> None:
     assert_serving(pool)
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_cpu_budget_is_per_call_not_per_worker() -> None:
+    # a worker serves thousands of calls: its RLIMIT_CPU is moved past the CPU it has spent
+    # at each call (worker._CpuBudget), so calls adding up to more than one call's budget
+    # keep their worker (the e2e benchmark's replacements were evictions, not SIGXCPU), and
+    # a single call over the budget is still killed
+    limits = t.SandboxLimits(memory_bytes=MEMORY, cpu_seconds=1, wall_timeout_s=120)
+    burn = fn("n = 0", "for i in range(1000000):", "    n += i", "return n")
+    with Sandbox(workers=1, limits=limits) as sb:
+        [pid] = sb.worker_pids()
+        for _ in range(60):  # until the worker has spent more than twice the budget + 1 s
+            assert value(call(sb, burn, "f", {}, gas=10**8, limits=limits)) == 499999500000
+            if _cpu_s(pid) > 3 * limits.cpu_seconds:
+                break
+        assert _cpu_s(pid) > 3 * limits.cpu_seconds
+        assert sb.worker_pids() == [pid] and sb.stats()["restarts"] == 0
+        r = call(sb, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
+        assert (r.ok, r.reason) == (False, "TIMEOUT") and "CPU" in r.message
+        assert sb.stats()["replaced_cpu_limit"] == sb.stats()["restarts"] == 1
+
+
 def test_module_global_does_not_survive_on_the_same_worker() -> None:
     src = HEAD + "STATE = {'n': 0}\n\ndef f(ctx: Context) -> int:\n" \
         "    STATE['n'] += 1\n    return STATE['n']\n"
