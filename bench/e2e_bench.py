@@ -288,10 +288,11 @@ def settle_pool(world: StoryWorld, tx_per_s: float, seconds: float,
                 cpu: CpuMeter | None = None) -> dict[str, Any] | None:
     """Unmeasured load at the coming level's rate for ``seconds`` (0: none), so that each
     peer's sandbox pool has shifted its workers between the contracts for that rate's mix
-    before the level's CPU meter starts: the first 25 s level at 60 tx/s after the 14 tx/s
-    warm-up replaced 5-7 workers over the four peers, the next one 2, later ones none
-    (twenty-first session, bench/profiles/analysis.md).  Returns the seconds and the workers
-    replaced meanwhile, by cause."""
+    before the level's CPU meter starts: with the pool's old eviction policy the first 25 s
+    level at 60 tx/s after the 14 tx/s warm-up replaced 5-7 workers over the four peers, the
+    next one 2, later ones none (twenty-first session, bench/profiles/analysis.md; none at
+    all since ``runtime.SPARE_WAIT_S``, but another rate's mix may still move workers).
+    Returns the seconds and the workers replaced meanwhile, by cause."""
     if seconds <= 0:
         return None
     before = sandbox_counters(cpu.ports) if cpu else {}

@@ -537,3 +537,29 @@ def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -
             "evict_spare": 5, "rss": 2, "total": 7}
     finally:
         metrics.close()
+
+
+def test_settle_runs_unmeasured_load_at_the_levels_rate_and_reports_its_replacements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool shifting its workers between contracts for a new rate's mix replaced them
+    inside the level's CPU meter (5-7 at the first 60 tx/s level, 0 later): ``--settle``
+    runs that load before the level, without a meter, and says what it replaced."""
+    import bench.e2e_bench as e2e
+
+    runs: list[tuple[Any, ...]] = []
+    readings = iter([{"peer.x": {"evictions": 1.0, "restarts": 0.0, "replaced_evict_spare": 1.0}},
+                     {"peer.x": {"evictions": 3.0, "restarts": 0.0, "replaced_evict_spare": 3.0}}])
+
+    def run_level(*a: Any, **kw: Any) -> dict[str, Any]:
+        runs.append((*a, kw))
+        return {}
+
+    monkeypatch.setattr(e2e, "run_level", run_level)
+    monkeypatch.setattr(e2e, "sandbox_counters", lambda ports: next(readings))
+    world, meter = object(), SimpleNamespace(ports={"peer.x": 1})
+    assert e2e.settle_pool(world, 60.0, 0.0, meter) is None  # type: ignore[arg-type]
+    assert runs == []
+    got = e2e.settle_pool(world, 60.0, 5.0, meter)  # type: ignore[arg-type]
+    assert runs == [(world, 60.0, 5.0, 0.0, {})]  # no CpuMeter: not measured
+    assert got == {"s": 5.0, "replaced": {"evict_spare": 2, "total": 2}}
