@@ -186,6 +186,10 @@ def sandbox_counters(ports: dict[str, int]) -> dict[str, dict[str, float]]:
             m = re.search(rf"^rxchain_peer_sandbox_{key}_total (\S+)$", text, re.M)
             if m:
                 vals[key] = float(m.group(1))
+        # replacements by cause (runtime.FAULT_CAUSES / EVICT_CAUSES), as "replaced_<cause>"
+        for m in re.finditer(r'^rxchain_peer_sandbox_replacements_total\{cause="(\w+)"\} (\S+)$',
+                             text, re.M):
+            vals[f"replaced_{m.group(1)}"] = float(m.group(2))
         out[name] = vals
     return out
 
@@ -195,6 +199,20 @@ def pool_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, f
     """Counter increments per peer between two readings (peers read both times only)."""
     return {name: {k: int(after[name][k] - v) for k, v in vals.items() if k in after[name]}
             for name, vals in sorted(before.items()) if name in after}
+
+
+def replaced_by_cause(delta: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Workers replaced over every peer, by cause (``replaced_<cause>`` counters), with
+    ``total`` (restarts plus evictions)."""
+    out: dict[str, int] = {}
+    for vals in delta.values():
+        for k, v in vals.items():
+            if k.startswith("replaced_") and v:
+                out[k[len("replaced_"):]] = out.get(k[len("replaced_"):], 0) + v
+    out = dict(sorted(out.items()))
+    out["total"] = sum(vals.get("restarts", 0) + vals.get("evictions", 0)
+                       for vals in delta.values())
+    return out
 
 
 class CpuMeter:
@@ -246,6 +264,8 @@ class CpuMeter:
             # workers replaced in the level (each a process start, ~0.1 s of CPU counted in
             # its peer's figure): evictions for another contract's code, restarts after a fault
             "sandbox_pool": pool_delta(before.pool, after.pool),
+            # ... and over the four peers by cause (runtime.FAULT_CAUSES / EVICT_CAUSES)
+            "sandbox_replaced_by_cause": replaced_by_cause(pool_delta(before.pool, after.pool)),
         }
 
 
@@ -262,6 +282,23 @@ def run_level(world: StoryWorld, tx_per_s: float, duration_s: float, warm_s: flo
     if cpu is not None and before is not None:
         st["cpu"] = CpuMeter.per_tx(before, cpu.sample(), st["valid"], wall)
     return st
+
+
+def settle_pool(world: StoryWorld, tx_per_s: float, seconds: float,
+                cpu: CpuMeter | None = None) -> dict[str, Any] | None:
+    """Unmeasured load at the coming level's rate for ``seconds`` (0: none), so that each
+    peer's sandbox pool has shifted its workers between the contracts for that rate's mix
+    before the level's CPU meter starts: with the pool's old eviction policy the first 25 s
+    level at 60 tx/s after the 14 tx/s warm-up replaced 5-7 workers over the four peers, the
+    next one 2, later ones none (twenty-first session, bench/profiles/analysis.md; none at
+    all since ``runtime.SPARE_WAIT_S``, but another rate's mix may still move workers).
+    Returns the seconds and the workers replaced meanwhile, by cause."""
+    if seconds <= 0:
+        return None
+    before = sandbox_counters(cpu.ports) if cpu else {}
+    run_level(world, tx_per_s, seconds, 0.0)
+    after = sandbox_counters(cpu.ports) if cpu else {}
+    return {"s": seconds, "replaced": replaced_by_cause(pool_delta(before, after))}
 
 
 def measure_crypto(world: StoryWorld, seconds: float = 1.5) -> dict[str, float]:
@@ -465,7 +502,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         def level(rate: float) -> dict[str, Any]:
             nonlocal best
+            settled = settle_pool(world, rate, args.settle, cpu)
             st = run_level(world, rate, args.duration, args.warm, cpu)
+            st["settle"] = settled
             st["pass"] = passes(st)
             levels.append(st)
             print(f"offered {rate:6.1f} tx/s -> committed {st['committed_tx_per_s']:6.1f}, "
@@ -493,7 +532,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             level(mid)
         peak = best["committed_tx_per_s"] if best else 0.0
         half_rate = max(7.0, peak / 2)
+        settled = settle_pool(world, half_rate, args.settle, cpu)
         half = run_level(world, half_rate, args.duration, args.warm, cpu)
+        half["settle"] = settled
         print(f"half rate {half_rate:.1f} tx/s: p50 {half['p50_ms']} ms, p99 {half['p99_ms']} ms", flush=True)
         fill = block_fill(bnet, world.rec)
         rates = measure_crypto(world)
@@ -550,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="levels bisecting between the best passing and the first failing rate")
     p.add_argument("--duration", type=float, default=14.0, help="arrival window per level (s)")
     p.add_argument("--warm", type=float, default=3.0, help="seconds of a level not measured")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="seconds of unmeasured load at each level's rate before it (0: none), "
+                        "for the peers' sandbox pools to adapt to the rate's contract mix")
     p.add_argument("--streams", type=int, default=1, help="TransactBatch connections per client identity")
     p.add_argument("--patients", type=int, default=240)
     p.add_argument("--batch", type=int, default=500)

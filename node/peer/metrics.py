@@ -31,6 +31,14 @@ class _SandboxCollector(Collector):
                          ("evictions", "Idle contract workers of one code replaced to serve "
                                        "another (many: fewer sandbox_workers than contracts)")):
             yield CounterMetricFamily(f"rxchain_peer_sandbox_{key}", doc, value=s.get(key, 0))
+        by_cause = CounterMetricFamily(
+            "rxchain_peer_sandbox_replacements",
+            "Contract workers replaced, by cause (node/sandbox/runtime.py FAULT_CAUSES: a fault "
+            "or a recycle, summing to restarts; EVICT_CAUSES: evictions)", labels=["cause"])
+        for key in sorted(s):
+            if key.startswith("replaced_"):
+                by_cause.add_metric([key[len("replaced_"):]], s[key])
+        yield by_cause
 
 
 class PeerMetrics:
@@ -79,7 +87,8 @@ class PeerMetrics:
             self.validation.labels(code=transaction_pb2.TxValidationCode.Name(code)).inc(n)
 
     def watch_sandbox(self, stats: Callable[[], dict[str, int]]) -> None:
-        """Export the sandbox's workers / restarts / invocations / prefetch hits / evictions."""
+        """Export the sandbox's workers / restarts / invocations / prefetch hits / evictions
+        and its replacements by cause."""
         self.registry.register(_SandboxCollector(stats))
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:

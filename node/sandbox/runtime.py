@@ -18,9 +18,13 @@ A replacement costs a process start (~0.1 s of CPU), so a call whose code alread
 worker (busy) waits for one of its own rather than evict a worker of another code that was
 busy within the last ``EVICT_IDLE_S``: under concurrent endorsements of two contracts, a
 pool full of both would otherwise replace a worker at nearly every call (measured: the
-endorsing peer's CPU per transaction five times over). Nor does it replace the last worker
-of another code used within ``RESERVE_IDLE_S``: every code in use keeps one, so a burst of
-one contract's calls (the start of a benchmark level: every story issues first) no longer
+endorsing peer's CPU per transaction five times over) -- and it waits ``SPARE_WAIT_S``
+itself before it replaces any: a momentary burst of one contract's endorsements found its
+workers busy for a few milliseconds and replaced the idle spare of another contract (every
+worker the e2e benchmark's 60 tx/s level replaced, ~0.12-0.27 s of CPU each, which the
+call itself waited for the new worker).  Nor does it replace the last worker of another
+code used within ``RESERVE_IDLE_S``: every code in use keeps one, so a burst of one
+contract's calls (the start of a benchmark level: every story issues first) no longer
 takes the others' workers, which their next calls took back at once. A code with no worker
 at all (nor one being started for it, nor a fresh replacement on its way) evicts the least
 recently used idle worker at once.  A worker
@@ -99,6 +103,10 @@ START_TIMEOUT_S = 60.0
 EVICT_IDLE_S = 1.0  # an idle worker of another code is replaced only after this long idle
 # ... and the last worker of its code only after this long idle: a code in use keeps one
 RESERVE_IDLE_S = 30.0
+# ... and a call whose code has a worker (busy) replaces one only after waiting this long for
+# its own: starting a worker and compiling the story's contracts takes 0.2-0.4 s, which the
+# call would wait anyway, so a shorter wait is a momentary burst, not a shortage
+SPARE_WAIT_S = 0.5
 # A worker whose resident memory after a call is above this share of its memory limit is
 # replaced (its RSS is read through a kept-open /proc/<pid>/statm: ~1 us per call).
 RECYCLE_RSS_SHARE = 4
@@ -145,11 +153,27 @@ class SandboxError(Exception):
     """The pool cannot serve (closed, or workers fail to start)."""
 
 
+# Why workers left the pool (``stats()["replaced_<cause>"]``): a fault of the call
+# (``wall_timeout``, ``cpu_limit``: SIGXCPU, ``memory_limit``: the worker saw MemoryError,
+# ``crashed``: it died or broke the protocol during a call, ``unsolicited``: it sent a frame
+# while idle, ``host_error``: an exception in the host while it ran a call), ``rss``: its
+# resident memory after a call was above 1/RECYCLE_RSS_SHARE of its limit, ``closed``: the
+# pool closed during a call; and the evictions (``evict_spare``: an idle worker of a code
+# that keeps another one, taken by a call whose own code's workers were busy;
+# ``evict_missing``: the least recently used idle worker, taken by a call whose code had no
+# worker; ``evict_handoff``: a freed worker handed to such a call instead of going idle).
+FAULT_CAUSES = ("wall_timeout", "cpu_limit", "memory_limit", "crashed", "unsolicited",
+                "host_error", "rss", "closed")
+EVICT_CAUSES = ("evict_spare", "evict_missing", "evict_handoff")
+
+
 class _WorkerDied(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, cause: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        # why its worker is replaced (FAULT_CAUSES)
+        self.cause = cause or ("wall_timeout" if reason == t.TIMEOUT else "crashed")
 
 
 class _Worker:
@@ -183,6 +207,7 @@ class _Worker:
         self.pid = self.proc.pid
         self.seccomp = False
         self.dead = False
+        self.cause = ""  # why it was retired after a call (dead: FAULT_CAUSES)
         self._statm_lock = threading.Lock()  # kill() may run in two threads at once
         try:  # the worker's resident memory, read after each call (see Sandbox._result)
             self.statm: int | None = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
@@ -370,6 +395,7 @@ class Sandbox:
         self._predictor = prefetch.Predictor()
         self.restarts = 0
         self.evictions = 0
+        self.replaced: dict[str, int] = dict.fromkeys(FAULT_CAUSES + EVICT_CAUSES, 0)
         self._released = 0
         # every worker is forked by this one thread, which lives as long as the pool: a
         # worker's PR_SET_PDEATHSIG fires when the *thread* that forked it ends, and calls
@@ -427,13 +453,15 @@ class Sandbox:
             self._all.discard(w)
             self._changed.notify_all()  # its slot is free
 
-    def _replace(self, w: _Worker) -> None:
+    def _replace(self, w: _Worker, cause: str) -> None:
         """Kill ``w`` and start a fresh replacement; a failed start leaves the slot free (the
         next call that finds no worker for its code starts one).  While it starts, a call
         whose code has no worker waits for it rather than evict a recent worker of another
         code (it evicted b's worker at once when a's stuck one was killed: two starts)."""
         self._discard(w)
-        self.restarts += 1
+        with self._lock:
+            self.restarts += 1
+            self.replaced[cause] += 1
         with self._lock:
             if self._closed or len(self._all) + self._starting >= self._size:
                 return  # closed, or a waiting call took the slot
@@ -470,6 +498,7 @@ class Sandbox:
                         self._all.discard(w)
                         self._reserve(waiter.code)  # w's slot, for the worker started in its place
                         self.evictions += 1
+                        self.replaced["evict_handoff"] += 1
                         break
                 else:
                     waiter = None
@@ -543,7 +572,8 @@ class Sandbox:
         one started in a free slot, or one started in place of the least recently used idle
         worker of another code -- never one that served another code.  A call that must
         wait is handed a worker by ``_release`` in arrival order (see there)."""
-        deadline = self._clock() + wait_s
+        since = self._clock()
+        deadline = since + wait_s
         evict: _Worker | None = None
         waiter: _Waiter | None = None
         closed = False
@@ -578,15 +608,22 @@ class Sandbox:
                         break
                     pause = 0.5
                     if self._has_worker(code) or self._replacing:
-                        victim, wait_more = self._spare()
-                        pause = min(pause, wait_more)  # a worker of its own may come free first
+                        waited = self._clock() - since
+                        if waited < SPARE_WAIT_S:  # a worker of its own may come free first
+                            victim, wait_more = None, SPARE_WAIT_S - waited
+                        else:
+                            victim, wait_more = self._spare()
+                        pause = min(pause, wait_more)
+                        why = "evict_spare"
                     else:  # no worker of its own: the least recently used idle one, at once
                         victim = self._lru()
+                        why = "evict_missing"
                     if victim is not None:
                         evict = self._take_idle(victim)
                         self._all.discard(evict)
                         self._reserve(code)  # its slot, for the worker started in its place
                         self.evictions += 1
+                        self.replaced[why] += 1
                         break
                     left = deadline - self._clock()
                     if left <= 0:
@@ -627,10 +664,16 @@ class Sandbox:
     def stats(self) -> dict[str, int]:
         """Counters for metrics: live workers, restarts, invocations, reads served from the
         prefetch table (each one a host round trip saved), evictions (idle workers of one
-        code replaced to serve another: many mean fewer workers than contracts in use)."""
-        return {"workers": len(self.worker_pids()), "restarts": self.restarts,
-                "invocations": self.invocations, "prefetch_hits": self.prefetch_hits,
-                "evictions": self.evictions}
+        code replaced to serve another: many mean fewer workers than contracts in use), and
+        ``replaced_<cause>`` for each cause of FAULT_CAUSES (their sum is ``restarts``) and
+        EVICT_CAUSES (their sum is ``evictions``)."""
+        pids = len(self.worker_pids())
+        with self._lock:
+            out = {"workers": pids, "restarts": self.restarts,
+                   "invocations": self.invocations, "prefetch_hits": self.prefetch_hits,
+                   "evictions": self.evictions}
+            out.update((f"replaced_{k}", v) for k, v in self.replaced.items())
+        return out
 
     def seccomp_active(self) -> bool:
         with self._lock:
@@ -685,19 +728,19 @@ class Sandbox:
         code = (inv.contract, inv.code_hash, unchecked)
         w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         while w.unsolicited():  # it broke the protocol after its last result: replace it
-            self._replace(w)
+            self._replace(w, "unsolicited")
             w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
         try:
             result = self._run(w, inv, backend, unchecked, entries, reads)
         except _WorkerDied as died:
-            self._replace(w)
+            self._replace(w, died.cause)
             return t.InvocationResult(False, died.reason, died.message, b"", (), 0)
         except BaseException:
-            self._replace(w)
+            self._replace(w, "host_error")
             raise
         if w.dead or self._closed:
-            self._replace(w)
+            self._replace(w, w.cause if w.dead else "closed")
         else:
             self._release(w)
         if reads is not None and values is not None:
@@ -720,20 +763,20 @@ class Sandbox:
             w = self._fresh.pop()
             w.code = code
         if w.unsolicited():
-            self._replace(w)
+            self._replace(w, "unsolicited")
             return 0
         probe = t.Invocation(contract, code_hash, source, "_warm", b"{}", "warm", 0,
                              t.CallerInfo("", ""), {}, 0, self._limits)
         try:
             r = self._run(w, probe, _NoState(), False)
-        except _WorkerDied:
-            self._replace(w)
+        except _WorkerDied as died:
+            self._replace(w, died.cause)
             return 0
         except BaseException:
-            self._replace(w)
+            self._replace(w, "host_error")
             raise
         if w.dead or self._closed:  # recycled by the probe (e.g. its memory): replace it
-            self._replace(w)
+            self._replace(w, w.cause if w.dead else "closed")
             return 0
         self._release(w)
         return int(r.reason == t.UNKNOWN_FUNCTION)
@@ -785,7 +828,7 @@ class Sandbox:
             w.kill()
             code = w.proc.returncode
         if code == -signal.SIGXCPU:
-            return _WorkerDied(t.TIMEOUT, "CPU time limit: worker killed")
+            return _WorkerDied(t.TIMEOUT, "CPU time limit: worker killed", "cpu_limit")
         if code == -signal.SIGKILL:
             return _WorkerDied(t.WORKER_CRASHED, "worker was killed")
         return _WorkerDied(t.WORKER_CRASHED, f"worker exited with status {code}")
@@ -1077,5 +1120,6 @@ class Sandbox:
             # memory a call left behind (a reference cycle not yet collected, allocator
             # fragmentation) must not make the next, unrelated call hit MEMORY_LIMIT
             w.kill()
+            w.cause = "memory_limit" if r.recycle else "rss"
             w.dead = True
         return result

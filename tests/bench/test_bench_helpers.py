@@ -506,10 +506,11 @@ def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -
     whose endpoint does not answer is left out."""
     import socket
 
-    from bench.e2e_bench import pool_delta, sandbox_counters
+    from bench.e2e_bench import pool_delta, replaced_by_cause, sandbox_counters
     from node.peer.metrics import PeerMetrics
 
-    stats = {"workers": 4, "restarts": 1, "invocations": 10, "evictions": 2}
+    stats = {"workers": 4, "restarts": 1, "invocations": 10, "evictions": 2,
+             "replaced_rss": 1, "replaced_evict_spare": 2, "replaced_wall_timeout": 0}
     metrics = PeerMetrics("peer.x")
     metrics.watch_sandbox(lambda: dict(stats))
     with socket.socket() as s:
@@ -521,9 +522,44 @@ def test_the_sandbox_pool_counters_are_read_from_each_peers_metrics_endpoint() -
     metrics.serve(port)
     try:
         before = sandbox_counters({"peer.x": port, "peer.gone": dead})
-        assert before == {"peer.x": {"evictions": 2.0, "restarts": 1.0, "invocations": 10.0}}
-        stats.update(evictions=7, invocations=25)
+        assert before == {"peer.x": {"evictions": 2.0, "restarts": 1.0, "invocations": 10.0,
+                                     "replaced_rss": 1.0, "replaced_evict_spare": 2.0,
+                                     "replaced_wall_timeout": 0.0}}
+        stats.update(evictions=7, invocations=25, replaced_evict_spare=7)
         after = sandbox_counters({"peer.x": port})
-        assert pool_delta(before, after) == {"peer.x": {"evictions": 5, "restarts": 0, "invocations": 15}}
+        delta = pool_delta(before, after)
+        assert delta == {"peer.x": {"evictions": 5, "restarts": 0, "invocations": 15,
+                                    "replaced_rss": 0, "replaced_evict_spare": 5,
+                                    "replaced_wall_timeout": 0}}
+        # the level's figure over every peer: the causes seen, and the total replaced
+        assert replaced_by_cause({**delta, "peer.y": {"restarts": 2, "evictions": 0,
+                                                      "replaced_rss": 2}}) == {
+            "evict_spare": 5, "rss": 2, "total": 7}
     finally:
         metrics.close()
+
+
+def test_settle_runs_unmeasured_load_at_the_levels_rate_and_reports_its_replacements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool shifting its workers between contracts for a new rate's mix replaced them
+    inside the level's CPU meter (5-7 at the first 60 tx/s level, 0 later): ``--settle``
+    runs that load before the level, without a meter, and says what it replaced."""
+    import bench.e2e_bench as e2e
+
+    runs: list[tuple[Any, ...]] = []
+    readings = iter([{"peer.x": {"evictions": 1.0, "restarts": 0.0, "replaced_evict_spare": 1.0}},
+                     {"peer.x": {"evictions": 3.0, "restarts": 0.0, "replaced_evict_spare": 3.0}}])
+
+    def run_level(*a: Any, **kw: Any) -> dict[str, Any]:
+        runs.append((*a, kw))
+        return {}
+
+    monkeypatch.setattr(e2e, "run_level", run_level)
+    monkeypatch.setattr(e2e, "sandbox_counters", lambda ports: next(readings))
+    world, meter = object(), SimpleNamespace(ports={"peer.x": 1})
+    assert e2e.settle_pool(world, 60.0, 0.0, meter) is None  # type: ignore[arg-type]
+    assert runs == []
+    got = e2e.settle_pool(world, 60.0, 5.0, meter)  # type: ignore[arg-type]
+    assert runs == [(world, 60.0, 5.0, 0.0, {})]  # no CpuMeter: not measured
+    assert got == {"s": 5.0, "replaced": {"evict_spare": 2, "total": 2}}

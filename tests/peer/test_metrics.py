@@ -47,3 +47,17 @@ def test_sandbox_counters_are_read_at_each_scrape() -> None:
     assert (got["rxchain_peer_sandbox_restarts_total"], got["rxchain_peer_sandbox_invocations_total"],
             got["rxchain_peer_sandbox_workers"], got["rxchain_peer_sandbox_evictions_total"]) == (
         1, 9, 1, 3)
+
+
+def test_sandbox_replacements_are_exported_by_cause() -> None:
+    # a pool replacing workers said how many, not why (a cumulative CPU limit, memory
+    # recycling, evictions...): each replaced_<cause> counter is a labelled series
+    m = PeerMetrics("peer.t")
+    stats = {"workers": 4, "restarts": 1, "evictions": 3, "replaced_rss": 1,
+             "replaced_evict_spare": 2, "replaced_evict_missing": 1, "replaced_cpu_limit": 0}
+    m.watch_sandbox(lambda: dict(stats))
+    got = {k: v for k, v in _scrape(m).items() if k.startswith("rxchain_peer_sandbox_replacements")}
+    assert got == {'rxchain_peer_sandbox_replacements_total{cause="cpu_limit"}': 0,
+                   'rxchain_peer_sandbox_replacements_total{cause="evict_missing"}': 1,
+                   'rxchain_peer_sandbox_replacements_total{cause="evict_spare"}': 2,
+                   'rxchain_peer_sandbox_replacements_total{cause="rss"}': 1}

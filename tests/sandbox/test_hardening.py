@@ -462,6 +462,7 @@ def test_worker_holding_much_memory_is_replaced_before_the_next_call() -> None:
         # ~100 MB (a cycle not yet collected) > a quarter of 256 MiB: replaced (a restart,
         # not the eviction the hog's own code made of PING's worker)
         assert sb.stats()["restarts"] == 1 and sb.stats()["evictions"] == 1
+        assert (sb.stats()["replaced_rss"], sb.stats()["replaced_evict_missing"]) == (1, 1)
         assert_serving(sb)
         [second] = sb.worker_pids()
         assert second != first

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from node.sandbox import types as t
-from node.sandbox.runtime import ContractRejected, Sandbox, SandboxError
+from node.sandbox.runtime import EVICT_CAUSES, FAULT_CAUSES, ContractRejected, Sandbox, SandboxError
 from tests.sandbox.helpers import MemBackend, assert_serving, call, make_inv, value
 
 MEMORY = 256 << 20
 HEAD = "from rxchain_contract import Context\n\n"
+NONE_REPLACED = {f"replaced_{cause}": 0 for cause in FAULT_CAUSES + EVICT_CAUSES}
 
 
 def fn(*lines: str) -> str:
@@ -109,8 +110,10 @@ def test_hostile_runtime_behaviour_is_stopped(
 def test_memory_exhaustion_kills_and_replaces_the_worker(pool: Sandbox) -> None:
     before = set(pool.worker_pids())
     src = fn("keep = []", "while True:", "    keep.append('x' * 1000000 + str(len(keep)))")
+    counted = pool.stats()["replaced_memory_limit"]
     r = call(pool, src, "f", {}, gas=10**15)
     assert (r.ok, r.reason) == (False, "MEMORY_LIMIT"), r.message
+    assert pool.stats()["replaced_memory_limit"] == counted + 1
     after = set(pool.worker_pids())
     assert len(after) == 2 and after != before
     assert_serving(pool)
@@ -119,8 +122,10 @@ def test_memory_exhaustion_kills_and_replaces_the_worker(pool: Sandbox) -> None:
 
 def test_wall_clock_timeout(pool: Sandbox) -> None:
     limits = t.SandboxLimits(memory_bytes=MEMORY, wall_timeout_s=0.5)
+    counted = pool.stats()["replaced_wall_timeout"]
     r = call(pool, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
     assert (r.ok, r.reason) == (False, "TIMEOUT")
+    assert pool.stats()["replaced_wall_timeout"] == counted + 1
     assert len(pool.worker_pids()) == 2
     assert_serving(pool)
 
@@ -128,10 +133,39 @@ def test_wall_clock_timeout(pool: Sandbox) -> None:
 def test_cpu_time_limit(pool: Sandbox) -> None:
     # generous wall clock: on a loaded machine two CPU-seconds can take long to accrue
     limits = t.SandboxLimits(memory_bytes=MEMORY, cpu_seconds=1, wall_timeout_s=120)
+    counted = pool.stats()["replaced_cpu_limit"]
     r = call(pool, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
     assert (r.ok, r.reason) == (False, "TIMEOUT")
     assert "CPU" in r.message
+    assert pool.stats()["replaced_cpu_limit"] == counted + 1
     assert_serving(pool)
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_cpu_budget_is_per_call_not_per_worker() -> None:
+    # a worker serves thousands of calls: its RLIMIT_CPU is moved past the CPU it has spent
+    # at each call (worker._CpuBudget), so calls adding up to more than one call's budget
+    # keep their worker (the e2e benchmark's replacements were evictions, not SIGXCPU), and
+    # a single call over the budget is still killed
+    limits = t.SandboxLimits(memory_bytes=MEMORY, cpu_seconds=1, wall_timeout_s=120)
+    burn = fn("n = 0", "for i in range(1000000):", "    n += i", "return n")
+    with Sandbox(workers=1, limits=limits) as sb:
+        [pid] = sb.worker_pids()
+        for _ in range(60):  # until the worker has spent more than twice the budget + 1 s
+            assert value(call(sb, burn, "f", {}, gas=10**8, limits=limits)) == 499999500000
+            if _cpu_s(pid) > 3 * limits.cpu_seconds:
+                break
+        assert _cpu_s(pid) > 3 * limits.cpu_seconds
+        assert sb.worker_pids() == [pid] and sb.stats()["restarts"] == 0
+        r = call(sb, fn("while True:", "    pass"), "f", {}, gas=10**15, limits=limits)
+        assert (r.ok, r.reason) == (False, "TIMEOUT") and "CPU" in r.message
+        assert sb.stats()["replaced_cpu_limit"] == sb.stats()["restarts"] == 1
 
 
 def test_module_global_does_not_survive_on_the_same_worker() -> None:
@@ -386,7 +420,7 @@ def test_hash_seed_fixes_set_order_and_is_configurable() -> None:
         assert first == again
         assert sorted(first) == sorted(other) and first != other
         assert a.stats() == {"workers": 1, "restarts": 0, "invocations": 2, "prefetch_hits": 0,
-                             "evictions": 0}
+                             "evictions": 0, **NONE_REPLACED}
 
 
 def test_warm_compiles_in_a_fresh_worker_which_then_serves_that_code() -> None:
@@ -401,7 +435,7 @@ def test_warm_compiles_in_a_fresh_worker_which_then_serves_that_code() -> None:
         assert sb.warm(inv.code_hash, src, "third") == 0  # no fresh worker left: none evicted
         assert value(sb.invoke(other, MemBackend())) == 8
         assert sb.stats() == {"workers": 2, "restarts": 0, "invocations": 2,
-                              "prefetch_hits": 0, "evictions": 0}
+                              "prefetch_hits": 0, "evictions": 0, **NONE_REPLACED}
         with pytest.raises(ContractRejected):
             sb.warm("bad", "import os\n", "demo")
 
@@ -428,3 +462,4 @@ def test_workers_outlive_the_thread_that_started_them() -> None:
         assert sb.worker_pids() == second
         assert value(call(sb, fn("return 3"), "f", {})) == 3
         assert sb.stats()["restarts"] == 0 and sb.stats()["evictions"] == 1
+        assert sb.stats()["replaced_evict_missing"] == 1  # the thread's call had no worker
