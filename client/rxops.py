@@ -897,14 +897,46 @@ class RxOperations:
             for ln in opened.body.get("lines") or [] if isinstance(ln, dict)]
         return claim_lines_commitment_of(opened.salt, wanted)
 
-    def claim(self, claim_id: str) -> dict[str, Any]:
+    def claim(self, claim_id: str, *, open_note: bool = True) -> dict[str, Any]:
         """A claim record (``settlement.get_claim``: its insurer, the patient's hospital, the
         patient, auditors); CLAIM_NOT_FOUND when there is none the caller may read (a claim of
-        someone else's is answered as missing), ACCESS_DENIED for a role that reads no claims."""
+        someone else's is answered as missing), ACCESS_DENIED for a role that reads no claims.
+        A reversed claim's note is opened for its insurer as ``reversal_note`` (null for every
+        other reader, and when no key opens it; :meth:`_reversal_note`) unless ``open_note`` is
+        False (the claims report: no key asked for per claim)."""
         rec = self.s.gateway.evaluate(SETTLEMENT, "get_claim", {"claim_id": claim_id})
         if not isinstance(rec, dict):
             raise RxClientError("BAD_PAYLOAD", "get_claim returned no object")
+        ct = rec.get("reversal_note_ct")
+        if open_note and isinstance(ct, str) and ct:
+            rec["reversal_note"] = self._reversal_note(str(rec.get("rx_id") or ""), str(rec.get("insurer") or ""), ct)
         return rec
+
+    def _reversal_note(self, rx_id: str, insurer: str, ct: str) -> str | None:
+        """A claim's reversal note as ``trace`` opens it (None when the caller holds no key for
+        it; ``reversal_note_ct`` stays in the record): one sealed for the reversing insurer
+        (client.notes.seal_insurer_note) with the caller's records keys when it is that insurer;
+        one an earlier client sealed under the claim key with the caller's claim grant -- asked of
+        ``get_key`` (audited) only then, and only by the claim's insurer."""
+        me = self.s.identity
+        if not rx_id or me.org != insurer:
+            return None
+        if is_insurer_note(ct):
+            text = open_insurer_note(self.s.decryption_keys(), rx_id, me.org, ct)
+            if text is not None:
+                return text
+        try:
+            opened: OpenedRecord | None = self._get_key(rx_id)
+        except NoKeyGrant:
+            return None
+        except RxClientError as exc:
+            if exc.reason != "NOT_FOUND":  # (erased since: the claim stands, its note stays sealed)
+                raise
+            return None
+        item: dict[str, Any] = {"note_ct": ct}
+        self._notes_opened(rx_id, [(REVERSE, item)], opened)
+        note = item.get("note")
+        return note if isinstance(note, str) else None
 
     def inbox(self, start: int, max_blocks: int = MAX_INBOX_BLOCKS) -> dict[str, Any]:
         """The prescriptions the caller's pharmacy (or hospital pharmacy) serves, from the
@@ -957,7 +989,7 @@ class RxOperations:
 
         def read(claim_id: str) -> dict[str, Any] | None:
             try:
-                return self.claim(claim_id)
+                return self.claim(claim_id, open_note=False)
             except RxClientError as exc:
                 if exc.reason != "CLAIM_NOT_FOUND":
                     raise

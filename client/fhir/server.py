@@ -410,7 +410,7 @@ class FhirApp:
         if method == "GET" and parts == ["PaymentReconciliation"]:
             return self._reconcile(ops, path)
         if method == "GET" and len(parts) == 2 and parts[0] == "Claim":
-            rec = ops.claim(retry.claim_path_id(parts[1]))
+            rec = ops.claim(retry.claim_path_id(parts[1]), open_note=False)
             claim = mapping.claim_and_response(rec, str(rec.get("insurer", "")))["entry"][0]["resource"]
             return Reply(200, claim)
         raise RxClientError("NOT_FOUND", f"no route {method} {path}")
@@ -645,7 +645,7 @@ class FhirApp:
             fill = fill or max((int(st["fill"]) for st in ops.dispenses(rx_id)), default=0)
             settled = [st for st in ops.claim_steps(rx_id) if st.get("step") == "settle" and st.get("claim_id")]
             ids = [st["claim_id"] for st in settled if st.get("fill") == fill]
-            rec = ops.claim(str(ids[-1])) if ids else None
+            rec = ops.claim(str(ids[-1]), open_note=False) if ids else None
         except RxClientError as exc:
             raise _uncompared(refusal, exc, rx_id=rx_id) from exc
         if rec is None or rec.get("status") != "SETTLED":
@@ -748,7 +748,7 @@ def _readable(ops: RxOperations, rx_id: str) -> dict[str, Any] | None:
 
 def _claim_or_none(ops: RxOperations, claim_id: str) -> dict[str, Any] | None:
     try:
-        return ops.claim(claim_id)
+        return ops.claim(claim_id, open_note=False)
     except RxClientError as exc:
         if exc.reason == "CLAIM_NOT_FOUND":
             return None

@@ -140,3 +140,11 @@ def test_the_issuing_doctor_holding_the_claim_key_opens_no_reversal_note_of_the_
                        note_ct=old_ct).unwrap()
     reversal = [s for s in insurer.trace(rx_id)["steps"] if s["step"] == "reverse"]
     assert [s["note"] for s in reversal] == [note, "an earlier client's note"]
+    # the claim record opens its note for the insurer alone (the old one through its claim grant)
+    assert insurer.claim(claim["claim_id"])["reversal_note"] == note
+    assert insurer.claim(again["claim_id"])["reversal_note"] == "an earlier client's note"
+    for reader in (JIANG, AUDITOR):
+        rec = _ops(world, reader).claim(claim["claim_id"])
+        assert rec["reversal_note"] is None and rec["reversal_note_ct"], reader
+    plain = insurer.claim(again["claim_id"], open_note=False)  # (the claims report's read)
+    assert "reversal_note" not in plain and plain["reversal_note_ct"] == old_ct

@@ -139,8 +139,8 @@ def test_an_inconsistent_claim_is_noted_and_not_paid(world: World, monkeypatch: 
     ops = app.ids.ops_for(b"cert")
     real = ops.claim
 
-    def tampered(claim_id: str) -> dict[str, object]:
-        rec = real(claim_id)
+    def tampered(claim_id: str, **kw: bool) -> dict[str, object]:
+        rec = real(claim_id, **kw)
         if claim_id == claims[1]["claim_id"]:
             rec["fund_fen"] += 1
         if claim_id == claims[2]["claim_id"]:
