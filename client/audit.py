@@ -149,11 +149,17 @@ def read_verified(client: AuditClient, *, start_id: int = 0,
     read from the oldest kept -- the oldest chains to the hash the head keeps (32 zero bytes until
     records are pruned). So a record changed among those read breaks the chain to the head
     (records before ``start_id`` are not read, so not checked). RxClientError AUDIT_CHAIN_BROKEN
-    otherwise, AUDIT_TOO_LARGE past ``max_records`` (nothing merged)."""
+    otherwise (also for a page that holds no record but says more follow: the read is bounded
+    by ``max_records`` whatever the peer answers), AUDIT_TOO_LARGE past ``max_records``
+    (nothing merged)."""
     records: list[dict[str, Any]] = []
     head: dict[str, Any] = {}
     for page in client.pages(start_id=start_id, limit=MERGE_PAGE):  # each page checked to chain by query()
         head = page.head
+        if page.more and not page.records:  # (a page by id that says more holds its limit of records:
+            # read on, a peer answering empty pages forever would hold the view forever)
+            raise RxClientError("AUDIT_CHAIN_BROKEN", f"a page from record {page.next_id} held no record but "
+                                                      "said more follow")
         if not records and page.records:
             first = page.records[0]
             if start_id <= head["first_id"] or first["id"] <= head["first_id"]:  # from the oldest kept
