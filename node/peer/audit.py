@@ -135,6 +135,9 @@ _BASE_KEY = b"mbase"
 _MAX_U64 = (1 << 64) - 1
 _PENDING_KEY = b"mpending"
 PENDING_SAVE_MS = 1_000  # the refusal counts not yet summarised are saved at most this often
+# mpending read at start at most this long (larger: unreadable, not parsed). A limiter saves at
+# most 2 * MAX_BUCKETS + 1 counts of ~300-600 bytes (~12 MB): the bound is well above that.
+MAX_PENDING_BYTES = 64 << 20
 
 
 def _rkey(rid: int) -> bytes:
@@ -679,9 +682,16 @@ def encode_pending(counts: list[Summary]) -> bytes:
 
 
 def decode_pending(raw: bytes) -> list[Summary]:
-    """The counts :func:`encode_pending` saved; ValueError for anything else."""
-    doc = json.loads(raw)
-    if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("counts"), list):
+    """The counts :func:`encode_pending` saved; ValueError for anything else (also a value over
+    :data:`MAX_PENDING_BYTES`, or nested past the parser's recursion limit)."""
+    if len(raw) > MAX_PENDING_BYTES:
+        raise ValueError(f"{len(raw)} bytes: more than any limiter saves ({MAX_PENDING_BYTES} bytes)")
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested past the parser's recursion limit") from None
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != 1 \
+            or not isinstance(doc.get("counts"), list):
         raise ValueError("not a version-1 pending-counts document")
     out = []
     for c in doc["counts"]:
@@ -693,7 +703,7 @@ def decode_pending(raw: bytes) -> list[Summary]:
                 or not isinstance(c.get("authenticated"), bool) or not isinstance(c.get("shared"), bool)):
             raise ValueError("a count has a missing or mistyped field")
         cert = bytes.fromhex(c["cert_sha256"])
-        if c["shared"] != (not cert) or c["count"] < 1:
+        if len(cert) not in (0, hashlib.sha256().digest_size) or c["shared"] != (not cert) or c["count"] < 1:
             raise ValueError("a count names no certificate, or counts nothing")
         out.append(Summary(Caller(c["org"], c["role"], c["name"], b"", c["authenticated"]), c["contract"],
                            c["function"], c["path"], c["count"], c["since_ms"], c["shared"], cert))

@@ -1,0 +1,90 @@
+"""The saved refusal counts (``mpending``) as the next start reads them: whatever the key holds
+(a value no peer wrote, damaged or oversized), the start neither fails nor hangs -- the counts
+are dropped as unreadable (audit_pending_unreadable), the key deleted, the log opens."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import plyvel
+import pytest
+from rxchain.v1 import audit_pb2
+
+from node.peer import audit
+from node.peer.audit import AccessLog, Auditor, RefusalLimiter, decode_pending
+
+
+def _put(path: Path, value: bytes) -> None:
+    AccessLog(path, lambda: 0).close()
+    db = plyvel.DB(str(path))
+    try:
+        db.put(b"mpending", value)
+    finally:
+        db.close()
+
+
+def _start(path: Path) -> tuple[list[audit_pb2.AccessRecord], bytes | None]:
+    """Open the log as a peer starts (an Auditor with a limiter): its records and mpending after."""
+    log = AccessLog(path, lambda: 2_000_000)
+    try:
+        Auditor(log, None, RefusalLimiter(lambda: 2_000_000, per_minute=1, burst=1))
+        records = [audit_pb2.AccessRecord.FromString(r)
+                   for r in log.query(audit_pb2.AuditQueryRequest(limit=1000)).records]
+        return records, log.load_pending()
+    finally:
+        log.close()
+
+
+def _count(name: str, **over: object) -> dict[str, object]:
+    c: dict[str, object] = {"org": "h01", "role": "doctor", "name": name, "cert_sha256": "ab" * 32,
+                            "authenticated": True, "contract": "prescription", "function": "get_key", "path": 1,
+                            "count": 3, "since_ms": 1_000, "shared": False}
+    c.update(over)
+    return c
+
+
+@pytest.mark.parametrize("value", [
+    b"[" * 200_000,  # nested past the parser's recursion limit
+    b'{"v":1,"counts":' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+], ids=["deep-array", "deep-counts"])
+def test_a_deeply_nested_value_is_unreadable_not_a_failed_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, value: bytes) -> None:
+    path = tmp_path / "audit"
+    _put(path, value)
+    with caplog.at_level(logging.ERROR, logger="node.peer.audit"):
+        records, pending = _start(path)
+    assert records == [] and pending is None
+    assert "event=audit_pending_unreadable" in caplog.text
+
+
+def test_a_value_larger_than_any_limiter_saves_is_not_parsed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = json.dumps({"v": 1, "counts": [_count(f"dr-{i}") for i in range(20)]}).encode()
+    assert len(doc) > 1_000 and len(decode_pending(doc)) == 20  # well-formed, only too large
+    monkeypatch.setattr(audit, "MAX_PENDING_BYTES", 1_000, raising=False)
+    path = tmp_path / "audit"
+    _put(path, doc)
+    with caplog.at_level(logging.ERROR, logger="node.peer.audit"):
+        records, pending = _start(path)
+    assert records == [] and pending is None
+    assert "event=audit_pending_unreadable" in caplog.text and "bytes" in caplog.text
+
+
+@pytest.mark.parametrize("doc", [
+    {"v": True, "counts": [_count("dr-a")]},  # (True == 1 in Python: not the version)
+    {"v": 1, "counts": [_count("dr-a", cert_sha256="ab")]},  # not a SHA-256
+    {"v": 1, "counts": [_count("dr-a", cert_sha256="ab" * 33)]},
+], ids=["version-true", "short-hash", "long-hash"])
+def test_counts_no_peer_saves_are_refused(doc: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        decode_pending(json.dumps(doc).encode())
+
+
+def test_a_saved_count_still_restores(tmp_path: Path) -> None:
+    path = tmp_path / "audit"
+    _put(path, json.dumps({"v": 1, "counts": [_count("dr-a")]}).encode())
+    records, pending = _start(path)
+    assert [(r.name, r.suppressed, r.cert_sha256.hex()) for r in records] == [("dr-a", 3, "ab" * 32)]
+    assert pending is None
