@@ -258,6 +258,8 @@ class AccessLog:
         self._sync = sync
         self._lock = threading.Lock()
         self._wrote = threading.Condition(self._lock)  # a group was written (append)
+        # save_pending writes (an fsync) under this one, not _lock: a grant never waits on it (close takes both)
+        self._pending_lock = threading.Lock()
         self._queue: list[_Pending] = []  # records waiting for the next group
         self._writing = False  # a thread is writing a group (the lock released meanwhile)
         self._before_close: list[Callable[[], None]] = []  # e.g. the rate-limit summaries still counting
@@ -294,8 +296,10 @@ class AccessLog:
         return value
 
     def save_pending(self, state: bytes) -> None:
-        """Overwrite ``mpending`` with ``state`` (b"": delete it). RxError AUDIT_WRITE_FAILED."""
-        with self._lock:
+        """Overwrite ``mpending`` with ``state`` (b"": delete it). RxError AUDIT_WRITE_FAILED. Not
+        under the lock appends take: a grant is never held by this write's fsync (the Auditor's
+        flush lock orders it with the batches that write summaries and ``mpending``)."""
+        with self._pending_lock:
             if self._db.closed:
                 raise RxError(AUDIT_WRITE_FAILED, "the access-audit log is closed", grpc.StatusCode.UNAVAILABLE)
             try:
@@ -315,8 +319,9 @@ class AccessLog:
         with self._lock:
             while self._writing:  # the group being written finishes first
                 self._wrote.wait()
-            if not self._db.closed:
-                self._db.close()
+            with self._pending_lock:  # (and a save of the counts)
+                if not self._db.closed:
+                    self._db.close()
 
     def head(self) -> Head:
         with self._lock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import plyvel
@@ -13,7 +14,7 @@ import pytest
 from rxchain.v1 import audit_pb2
 
 from node.peer import audit
-from node.peer.audit import AccessLog, Auditor, RefusalLimiter, decode_pending
+from node.peer.audit import GRANTED, AccessLog, Auditor, Caller, RefusalLimiter, decode_pending
 
 
 def _put(path: Path, value: bytes) -> None:
@@ -88,3 +89,43 @@ def test_a_saved_count_still_restores(tmp_path: Path) -> None:
     records, pending = _start(path)
     assert [(r.name, r.suppressed, r.cert_sha256.hex()) for r in records] == [("dr-a", 3, "ab" * 32)]
     assert pending is None
+
+
+class _SlowPendingDB:
+    """The log's LevelDB, its put of ``mpending`` held until ``release`` (a slow fsync)."""
+
+    def __init__(self, db: object) -> None:
+        self._db = db
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def put(self, key: bytes, value: bytes, **kwargs: object) -> None:
+        if key == b"mpending":
+            self.entered.set()
+            self.release.wait(60)  # (bounded: the test releases it at its end)
+        self._db.put(key, value, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_grant_is_not_held_while_the_counts_are_saved(tmp_path: Path) -> None:
+    log = AccessLog(tmp_path / "audit", lambda: 1_000, sync=False)
+    slow = _SlowPendingDB(log._db)
+    log._db = slow
+    who = Caller("h01", "doctor", "dr-a", b"dr-a", True)
+    saver = threading.Thread(target=log.save_pending, args=(b'{"v":1,"counts":[]}',))
+    granted: list[int] = []
+    grant = threading.Thread(target=lambda: granted.append(
+        log.append(who, "prescription", "get_key", "RX-1", GRANTED, 1, "tx", 1)))
+    try:
+        saver.start()
+        assert slow.entered.wait(30)  # the save is writing (its fsync not done)
+        grant.start()
+        grant.join(10)  # (bounded: a grant held behind the save would wait on)
+        assert granted == [1]  # written while the save still waits
+    finally:
+        slow.release.set()
+        saver.join(30)
+        grant.join(30)
+        log.close()
+    assert not saver.is_alive() and not grant.is_alive()
