@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from rxchain.v1 import audit_pb2, audit_pb2_grpc
 
 from client.errors import RxClientError
@@ -25,9 +26,18 @@ from node.crypto.tls import secure_channel
 PATHS = {audit_pb2.ACCESS_EVALUATE: "evaluate", audit_pb2.ACCESS_ENDORSE: "endorse"}
 
 
+def _parse(raw: bytes) -> audit_pb2.AccessRecord:
+    """One record as the peer answered it; RxClientError AUDIT_CHAIN_BROKEN if it does not parse
+    (its chain cannot be checked: a peer's answer, never a traceback)."""
+    try:
+        return audit_pb2.AccessRecord.FromString(raw)
+    except DecodeError:
+        raise RxClientError("AUDIT_CHAIN_BROKEN", f"a record answered ({len(raw)} bytes) does not parse") from None
+
+
 def record_dict(raw: bytes) -> dict[str, Any]:
     """One stored record as JSON-friendly values (hashes in hex), with its own ``hash``."""
-    r = audit_pb2.AccessRecord.FromString(raw)
+    r = _parse(raw)
     out = {"id": r.id, "time_ms": r.time_ms, "org": r.org, "role": r.role, "name": r.name,
            "cert_sha256": r.cert_sha256.hex(), "authenticated": r.authenticated,
            "contract": r.contract, "function": r.function, "record_id": r.record_id,
@@ -44,7 +54,7 @@ def check_chain(records: Sequence[bytes]) -> None:
     """RxClientError AUDIT_CHAIN_BROKEN unless consecutive records (ids n, n+1, ...) chain."""
     prev: tuple[int, bytes] | None = None
     for raw in records:
-        r = audit_pb2.AccessRecord.FromString(raw)
+        r = _parse(raw)
         if prev is not None:
             if r.id != prev[0] + 1:
                 raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {prev[0] + 1} is missing (got {r.id})")

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from rxchain.v1 import audit_pb2
 
-from client.audit import AuditClient, Page, read_verified, record_dict
+from client.audit import AuditClient, Page, merged, read_verified, record_dict
 from client.errors import RxClientError
 from node.peer.audit import DAY_MS, AccessLog, Caller
 from tests.client.test_audit_merged import _as_client, _LogClient
@@ -100,3 +100,25 @@ def test_a_peer_claiming_pruning_forever_is_bounded_by_the_records_read(tmp_path
         assert peer.served == 11
     finally:
         log.close()
+
+
+class _GarbageStub:
+    """An AccessAudit stub whose peer answers a record that does not parse."""
+
+    def Query(self, req: audit_pb2.AuditQueryRequest, timeout: float) -> audit_pb2.AuditQueryResponse:
+        return audit_pb2.AuditQueryResponse(records=[b"\xff\x01"], head=audit_pb2.AuditHead(first_id=1, last_id=1))
+
+
+def _garbage_client() -> AuditClient:
+    client = object.__new__(AuditClient)
+    client._stub = _GarbageStub()  # type: ignore[assignment]
+    client._timeout = 1.0
+    return client
+
+
+@pytest.mark.parametrize("since_ms", [0, 1_800_000_000_000], ids=["whole", "since"])
+def test_a_record_that_does_not_parse_is_a_broken_chain_naming_the_peer(since_ms: int) -> None:
+    with pytest.raises(RxClientError) as err:  # (was protobuf's DecodeError: INTERNAL, no peer named)
+        merged([("peer0.h01", _garbage_client())], since_ms=since_ms)
+    assert err.value.reason == "AUDIT_CHAIN_BROKEN"
+    assert err.value.message.startswith("peer0.h01: ") and "does not parse" in err.value.message
