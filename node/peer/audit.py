@@ -133,6 +133,7 @@ _BASE = struct.Struct(">Q32sQ")
 _HEAD_KEY = b"mhead"
 _BASE_KEY = b"mbase"
 _MAX_U64 = (1 << 64) - 1
+_MAX_I32 = (1 << 31) - 1  # a protobuf enum (a record's path)
 _PENDING_KEY = b"mpending"
 PENDING_SAVE_MS = 1_000  # the refusal counts not yet summarised are saved at most this often
 # mpending read at start at most this long (larger: unreadable, not parsed). A limiter saves at
@@ -707,6 +708,8 @@ def decode_pending(raw: bytes) -> list[Summary]:
         if (not all(isinstance(v, str) for v in strings) or not all(type(v) is int and v >= 0 for v in numbers)
                 or not isinstance(c.get("authenticated"), bool) or not isinstance(c.get("shared"), bool)):
             raise ValueError("a count has a missing or mistyped field")
+        if c["count"] > _MAX_U64 or c["since_ms"] > _MAX_U64 or c["path"] > _MAX_I32:
+            raise ValueError("a count has a number no record holds")  # (its summary could never be written)
         cert = bytes.fromhex(c["cert_sha256"])
         if len(cert) not in (0, hashlib.sha256().digest_size) or c["shared"] != (not cert) or c["count"] < 1:
             raise ValueError("a count names no certificate, or counts nothing")

@@ -77,7 +77,10 @@ def test_a_value_larger_than_any_limiter_saves_is_not_parsed(
     {"v": True, "counts": [_count("dr-a")]},  # (True == 1 in Python: not the version)
     {"v": 1, "counts": [_count("dr-a", cert_sha256="ab")]},  # not a SHA-256
     {"v": 1, "counts": [_count("dr-a", cert_sha256="ab" * 33)]},
-], ids=["version-true", "short-hash", "long-hash"])
+    {"v": 1, "counts": [_count("dr-a", count=1 << 64)]},  # no record holds it (u64)
+    {"v": 1, "counts": [_count("dr-a", since_ms=1 << 64)]},
+    {"v": 1, "counts": [_count("dr-a", path=1 << 31)]},  # an enum (int32)
+], ids=["version-true", "short-hash", "long-hash", "count-past-u64", "since-past-u64", "path-past-int32"])
 def test_counts_no_peer_saves_are_refused(doc: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         decode_pending(json.dumps(doc).encode())
@@ -129,3 +132,13 @@ def test_a_grant_is_not_held_while_the_counts_are_saved(tmp_path: Path) -> None:
         grant.join(30)
         log.close()
     assert not saver.is_alive() and not grant.is_alive()
+
+
+def test_a_count_no_record_can_hold_is_dropped_not_retried_at_every_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "audit"
+    _put(path, json.dumps({"v": 1, "counts": [_count("dr-a", count=1 << 64)]}).encode())
+    with caplog.at_level(logging.ERROR, logger="node.peer.audit"):
+        records, pending = _start(path)
+    assert records == [] and pending is None  # (the key was kept: the same failed write at each start)
+    assert "event=audit_pending_unreadable" in caplog.text
