@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from rxchain.v1 import audit_pb2, audit_pb2_grpc
 
 from client.errors import RxClientError
@@ -25,9 +26,18 @@ from node.crypto.tls import secure_channel
 PATHS = {audit_pb2.ACCESS_EVALUATE: "evaluate", audit_pb2.ACCESS_ENDORSE: "endorse"}
 
 
+def _parse(raw: bytes) -> audit_pb2.AccessRecord:
+    """One record as the peer answered it; RxClientError AUDIT_CHAIN_BROKEN if it does not parse
+    (its chain cannot be checked: a peer's answer, never a traceback)."""
+    try:
+        return audit_pb2.AccessRecord.FromString(raw)
+    except DecodeError:
+        raise RxClientError("AUDIT_CHAIN_BROKEN", f"a record answered ({len(raw)} bytes) does not parse") from None
+
+
 def record_dict(raw: bytes) -> dict[str, Any]:
     """One stored record as JSON-friendly values (hashes in hex), with its own ``hash``."""
-    r = audit_pb2.AccessRecord.FromString(raw)
+    r = _parse(raw)
     out = {"id": r.id, "time_ms": r.time_ms, "org": r.org, "role": r.role, "name": r.name,
            "cert_sha256": r.cert_sha256.hex(), "authenticated": r.authenticated,
            "contract": r.contract, "function": r.function, "record_id": r.record_id,
@@ -44,7 +54,7 @@ def check_chain(records: Sequence[bytes]) -> None:
     """RxClientError AUDIT_CHAIN_BROKEN unless consecutive records (ids n, n+1, ...) chain."""
     prev: tuple[int, bytes] | None = None
     for raw in records:
-        r = audit_pb2.AccessRecord.FromString(raw)
+        r = _parse(raw)
         if prev is not None:
             if r.id != prev[0] + 1:
                 raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {prev[0] + 1} is missing (got {r.id})")
@@ -148,12 +158,26 @@ def read_verified(client: AuditClient, *, start_id: int = 0,
     hashes to the head of the last page (read from the same snapshot as its records), and --
     read from the oldest kept -- the oldest chains to the hash the head keeps (32 zero bytes until
     records are pruned). So a record changed among those read breaks the chain to the head
-    (records before ``start_id`` are not read, so not checked). RxClientError AUDIT_CHAIN_BROKEN
-    otherwise, AUDIT_TOO_LARGE past ``max_records`` (nothing merged)."""
+    (records before ``start_id`` are not read, so not checked). A log pruned past the records read
+    while it is read (a page starting at the oldest kept, after a gap) is the log from there:
+    those read before are dropped, the page checked as the oldest kept. RxClientError AUDIT_CHAIN_BROKEN
+    otherwise (also for a page that holds no record but says more follow: the read is bounded
+    by ``max_records`` whatever the peer answers), AUDIT_TOO_LARGE past ``max_records`` read,
+    kept or dropped (nothing merged)."""
     records: list[dict[str, Any]] = []
     head: dict[str, Any] = {}
+    read = 0  # records answered, kept or not (a log pruned while read drops those read before)
     for page in client.pages(start_id=start_id, limit=MERGE_PAGE):  # each page checked to chain by query()
         head = page.head
+        if page.more and not page.records:  # (a page by id that says more holds its limit of records:
+            # read on, a peer answering empty pages forever would hold the view forever)
+            raise RxClientError("AUDIT_CHAIN_BROKEN", f"a page from record {page.next_id} held no record but "
+                                                      "said more follow")
+        if records and page.records and page.records[0]["id"] > records[-1]["id"] + 1 \
+                and page.records[0]["id"] == head["first_id"]:
+            # the log was pruned past the records read (a page starts at the oldest kept): they are
+            # no longer kept; the view is the log from its oldest kept, checked as such below
+            records = []
         if not records and page.records:
             first = page.records[0]
             if start_id <= head["first_id"] or first["id"] <= head["first_id"]:  # from the oldest kept
@@ -162,12 +186,13 @@ def read_verified(client: AuditClient, *, start_id: int = 0,
                                         f"({head['first_id']}) or does not chain to the hash the head keeps")
             elif first["id"] != start_id:
                 raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {start_id} is missing (got {first['id']})")
-        if records and page.records:
+        elif records and page.records:
             last, nxt = records[-1], page.records[0]
             if nxt["id"] != last["id"] + 1 or nxt["prev_hash"] != last["hash"]:
                 raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {nxt['id']} does not chain to record {last['id']}")
         records.extend(page.records)
-        if len(records) > max_records:
+        read += len(page.records)
+        if read > max_records:
             raise RxClientError("AUDIT_TOO_LARGE", f"more than {max_records} records to read: narrow the view "
                                                    "(--since), or read the peer page by page (--peer ORG --start ID)")
     if records:

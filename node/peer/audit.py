@@ -133,8 +133,12 @@ _BASE = struct.Struct(">Q32sQ")
 _HEAD_KEY = b"mhead"
 _BASE_KEY = b"mbase"
 _MAX_U64 = (1 << 64) - 1
+_MAX_I32 = (1 << 31) - 1  # a protobuf enum (a record's path)
 _PENDING_KEY = b"mpending"
 PENDING_SAVE_MS = 1_000  # the refusal counts not yet summarised are saved at most this often
+# mpending read at start at most this long (larger: unreadable, not parsed). A limiter saves at
+# most 2 * MAX_BUCKETS + 1 counts of ~300-600 bytes (~12 MB): the bound is well above that.
+MAX_PENDING_BYTES = 64 << 20
 
 
 def _rkey(rid: int) -> bytes:
@@ -255,6 +259,8 @@ class AccessLog:
         self._sync = sync
         self._lock = threading.Lock()
         self._wrote = threading.Condition(self._lock)  # a group was written (append)
+        # save_pending writes (an fsync) under this one, not _lock: a grant never waits on it (close takes both)
+        self._pending_lock = threading.Lock()
         self._queue: list[_Pending] = []  # records waiting for the next group
         self._writing = False  # a thread is writing a group (the lock released meanwhile)
         self._before_close: list[Callable[[], None]] = []  # e.g. the rate-limit summaries still counting
@@ -291,8 +297,10 @@ class AccessLog:
         return value
 
     def save_pending(self, state: bytes) -> None:
-        """Overwrite ``mpending`` with ``state`` (b"": delete it). RxError AUDIT_WRITE_FAILED."""
-        with self._lock:
+        """Overwrite ``mpending`` with ``state`` (b"": delete it). RxError AUDIT_WRITE_FAILED. Not
+        under the lock appends take: a grant is never held by this write's fsync (the Auditor's
+        flush lock orders it with the batches that write summaries and ``mpending``)."""
+        with self._pending_lock:
             if self._db.closed:
                 raise RxError(AUDIT_WRITE_FAILED, "the access-audit log is closed", grpc.StatusCode.UNAVAILABLE)
             try:
@@ -312,8 +320,9 @@ class AccessLog:
         with self._lock:
             while self._writing:  # the group being written finishes first
                 self._wrote.wait()
-            if not self._db.closed:
-                self._db.close()
+            with self._pending_lock:  # (and a save of the counts)
+                if not self._db.closed:
+                    self._db.close()
 
     def head(self) -> Head:
         with self._lock:
@@ -679,9 +688,16 @@ def encode_pending(counts: list[Summary]) -> bytes:
 
 
 def decode_pending(raw: bytes) -> list[Summary]:
-    """The counts :func:`encode_pending` saved; ValueError for anything else."""
-    doc = json.loads(raw)
-    if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("counts"), list):
+    """The counts :func:`encode_pending` saved; ValueError for anything else (also a value over
+    :data:`MAX_PENDING_BYTES`, or nested past the parser's recursion limit)."""
+    if len(raw) > MAX_PENDING_BYTES:
+        raise ValueError(f"{len(raw)} bytes: more than any limiter saves ({MAX_PENDING_BYTES} bytes)")
+    try:
+        doc = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested past the parser's recursion limit") from None
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != 1 \
+            or not isinstance(doc.get("counts"), list):
         raise ValueError("not a version-1 pending-counts document")
     out = []
     for c in doc["counts"]:
@@ -692,8 +708,10 @@ def decode_pending(raw: bytes) -> list[Summary]:
         if (not all(isinstance(v, str) for v in strings) or not all(type(v) is int and v >= 0 for v in numbers)
                 or not isinstance(c.get("authenticated"), bool) or not isinstance(c.get("shared"), bool)):
             raise ValueError("a count has a missing or mistyped field")
+        if c["count"] > _MAX_U64 or c["since_ms"] > _MAX_U64 or c["path"] > _MAX_I32:
+            raise ValueError("a count has a number no record holds")  # (its summary could never be written)
         cert = bytes.fromhex(c["cert_sha256"])
-        if c["shared"] != (not cert) or c["count"] < 1:
+        if len(cert) not in (0, hashlib.sha256().digest_size) or c["shared"] != (not cert) or c["count"] < 1:
             raise ValueError("a count names no certificate, or counts nothing")
         out.append(Summary(Caller(c["org"], c["role"], c["name"], b"", c["authenticated"]), c["contract"],
                            c["function"], c["path"], c["count"], c["since_ms"], c["shared"], cert))
