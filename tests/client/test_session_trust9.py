@@ -204,14 +204,20 @@ def test_a_same_size_rewrite_with_its_mtime_restored_is_read_again(rotated: Rota
         s.close()
 
 
-def test_a_same_size_rewrite_within_one_tick_is_read_again(rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+@pytest.mark.parametrize("fs_behind_s", [0, 3600], ids=["fs-clock-in-step", "fs-clock-an-hour-behind"])
+def test_a_same_size_rewrite_within_one_tick_is_read_again(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch, fs_behind_s: int) -> None:  # noqa: F811
     """A file system of coarse timestamps (1 s, 2 s on FAT) gives two writes within one tick the
-    same times, ctime too: played here by stamps whose times stay at one instant, the file
-    system's clock at it. Such a stamp is racy -- the content's digest is compared as well -- until
-    the clock is RACY_S past it; then the digest is dropped and the file is no longer read."""
-    tick = now = 1_800_000_000 * 10**9
-    monkeypatch.setattr(session_mod, "_fs_clock_ns", lambda: now)
-    monkeypatch.setattr(session_mod, "_seen_clock_ns", lambda: now)
+    same times, ctime too: played here by stamps whose times stay at one instant. Such a stamp is
+    racy -- the content's digest is compared as well -- until the clock is RACY_S past it; then
+    the digest is dropped and the file is no longer read. Also when the file system's clock is
+    behind this host's by more than RACY_S (an NFS server's): its file times looked old at once,
+    the stamp was never racy, and a same-size rewrite within its tick kept the old chain -- and
+    pin -- for good (review19); a stamp is racy for RACY_S after the session first saw it."""
+    tick = 1_800_000_000 * 10**9
+    clock = {"fs": tick + fs_behind_s * 10**9, "seen": tick + fs_behind_s * 10**9}
+    monkeypatch.setattr(session_mod, "_fs_clock_ns", lambda: clock["fs"])
+    monkeypatch.setattr(session_mod, "_seen_clock_ns", lambda: clock["seen"])
     real_stamp = session_mod._file_stamp
 
     def coarse(path: Path) -> Any:
@@ -226,46 +232,8 @@ def test_a_same_size_rewrite_within_one_tick_is_read_again(rotated: Rotated, mon
         _spoil_in_place(rotated.home / configtool.CHAIN_STATE)
         assert s._verified_config() is None
         # the stamp no longer racy: compared once more, then never read for it
-        now += round((session_mod.RACY_S + 1) * 1e9)
-        reads: list[Path] = []
-        real_digest = session_mod._content_digest
-
-        def counted(p: Path) -> bytes:
-            reads.append(p)
-            return real_digest(p)
-
-
-        monkeypatch.setattr(session_mod, "_content_digest", counted)
-        assert s._verified_config() is None and len(reads) == 1
-        assert s._verified_config() is None and len(reads) == 1
-    finally:
-        s.close()
-
-
-def test_a_same_size_rewrite_within_one_tick_of_a_clock_behind_is_read_again(
-        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """A file system whose clock is behind this host's by more than RACY_S (an NFS server's): its
-    file times looked old at once, the stamp was never racy, and a same-size rewrite within its
-    tick (1 s on many NFS servers) kept the old chain -- and pin -- for good. A stamp is racy for
-    RACY_S after the session first saw it, whatever its times say; then the digest is dropped."""
-    tick = 1_800_000_000 * 10**9
-    now = mono = tick + 3600 * 10**9  # (the host's clock an hour ahead of the file system's)
-    monkeypatch.setattr(session_mod, "_fs_clock_ns", lambda: now)
-    monkeypatch.setattr(session_mod, "_seen_clock_ns", lambda: mono)
-    real_stamp = session_mod._file_stamp
-
-    def coarse(path: Path) -> Any:
-        found = real_stamp(path)
-        return None if found is None else (found[0], tick, found[2], tick)
-
-    monkeypatch.setattr(session_mod, "_file_stamp", coarse)
-    s = _session(rotated)
-    try:
-        before = s._verified_config()
-        assert before is not None and before.sequence == 1
-        _spoil_in_place(rotated.home / configtool.CHAIN_STATE)
-        assert s._verified_config() is None
-        mono += round((session_mod.RACY_S + 1) * 1e9)
+        for which in clock:
+            clock[which] += round((session_mod.RACY_S + 1) * 1e9)
         reads: list[Path] = []
         real_digest = session_mod._content_digest
 
