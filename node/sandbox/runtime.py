@@ -155,11 +155,13 @@ class SandboxError(Exception):
 
 # Why workers left the pool (``stats()["replaced_<cause>"]``): a fault of the call
 # (``wall_timeout``, ``cpu_limit``: SIGXCPU, ``memory_limit``: the worker saw MemoryError,
-# ``crashed``: it died or broke the protocol during a call, ``unsolicited``: it sent a frame
-# while idle, ``host_error``: an exception in the host while it ran a call), ``rss``: its
-# resident memory after a call was above 1/RECYCLE_RSS_SHARE of its limit, ``closed``: the
-# pool closed during a call; and the evictions (``evict_spare``: an idle worker of a code
-# that keeps another one, taken by a call whose own code's workers were busy;
+# ``crashed``: it died or broke the protocol during a call, or died while idle,
+# ``unsolicited``: it sent a frame while idle, ``host_error``: an exception in the host while
+# it ran a call), ``rss``: its resident memory after a call was above 1/RECYCLE_RSS_SHARE of
+# its limit, ``closed``: the pool closed during a call (whatever the call then saw); and the
+# evictions (``evict_spare``: an idle worker chosen by ``_spare`` -- of a code that keeps
+# another one, or its code's last idle past RESERVE_IDLE_S -- taken by a call whose own
+# code's workers were busy or whose code waited for a fresh replacement;
 # ``evict_missing``: the least recently used idle worker, taken by a call whose code had no
 # worker; ``evict_handoff``: a freed worker handed to such a call instead of going idle).
 FAULT_CAUSES = ("wall_timeout", "cpu_limit", "memory_limit", "crashed", "unsolicited",
@@ -231,12 +233,20 @@ class _Worker:
             raise protocol.ProtocolError("worker did not report ready")
         self.seccomp = msg.ready.seccomp
 
-    def unsolicited(self) -> bool:
-        """The idle worker sent something nobody asked for (a second answer, a frame
-        after its result): whatever it is, it must not be read as the next call's."""
+    def idle_fault(self) -> str | None:
+        """Why the idle worker must not serve the next call, None if nothing: it sent
+        something nobody asked for (``unsolicited``: a second answer, a frame after its
+        result), which must not be read as the next call's, or its pipe hung up with
+        nothing in it (``crashed``: it died while idle, e.g. killed by the OOM killer --
+        counted as unsolicited, a protocol violation, before)."""
         if self.reader.buffered():
-            return True
-        return protocol.wait_fd(self.reader.fd, select.POLLIN, 0)
+            return "unsolicited"
+        p = select.poll()
+        p.register(self.reader.fd, select.POLLIN)
+        ready = p.poll(0)
+        if not ready:
+            return None
+        return "unsolicited" if ready[0][1] & select.POLLIN else "crashed"
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -461,7 +471,9 @@ class Sandbox:
         self._discard(w)
         with self._lock:
             self.restarts += 1
-            self.replaced[cause] += 1
+            # close() killed the worker under its call, which then saw its pipe close or
+            # its process killed: counted as crashed (a fault of the call) before
+            self.replaced["closed" if self._closed else cause] += 1
         with self._lock:
             if self._closed or len(self._all) + self._starting >= self._size:
                 return  # closed, or a waiting call took the slot
@@ -727,8 +739,8 @@ class Sandbox:
             reads = []
         code = (inv.contract, inv.code_hash, unchecked)
         w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
-        while w.unsolicited():  # it broke the protocol after its last result: replace it
-            self._replace(w, "unsolicited")
+        while (fault := w.idle_fault()) is not None:  # it broke the protocol or died idle
+            self._replace(w, fault)
             w = self._acquire(code, ACQUIRE_TIMEOUT_S + inv.limits.wall_timeout_s)
         self.invocations += 1
         try:
@@ -762,8 +774,9 @@ class Sandbox:
                 return ready
             w = self._fresh.pop()
             w.code = code
-        if w.unsolicited():
-            self._replace(w, "unsolicited")
+        fault = w.idle_fault()
+        if fault is not None:
+            self._replace(w, fault)
             return 0
         probe = t.Invocation(contract, code_hash, source, "_warm", b"{}", "warm", 0,
                              t.CallerInfo("", ""), {}, 0, self._limits)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -79,6 +80,49 @@ def test_a_second_answer_is_not_taken_for_the_next_invocations(
     second = sb.invoke(make_inv(PING, "ping", {"n": 1}, tx_id="tx-2"), MemBackend())
     assert second.result_json == b'{"tx":"tx-2"}'
     assert sb.stats()["restarts"] == sb.stats()["replaced_unsolicited"] == 1
+
+
+def test_a_worker_that_died_idle_is_replaced_as_crashed_not_unsolicited(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # a worker killed while idle (the OOM killer, an operator) left its pipe hung up with
+    # nothing in it: it was counted replaced_unsolicited, the protocol violation of a
+    # subverted worker that an operator would alert on
+    sb = hostile("serves")
+    pid = _served(sb, A)[0]
+    [w] = list(sb._all)
+    os.kill(pid, signal.SIGKILL)
+    w.proc.wait(timeout=10)
+    pid2 = _served(sb, A)[0]
+    assert pid2 != pid
+    assert sb.stats()["restarts"] == sb.stats()["replaced_crashed"] == 1
+    assert sb.stats()["replaced_unsolicited"] == 0
+
+
+def test_a_call_the_pool_closed_under_is_counted_as_closed(
+    hostile: Callable[..., Sandbox],
+) -> None:
+    # close() kills every worker, so a call running then sees its pipe close: it was
+    # counted replaced_crashed (a fault of the call), never replaced_closed as documented
+    sb = hostile("stall")
+    asked = threading.Event()
+
+    class Watched(MemBackend):
+        def get(self, namespace: str, key: str) -> bytes | None:
+            asked.set()  # the call is running: the worker asked for a value
+            return super().get(namespace, key)
+
+    out: list[t.InvocationResult] = []
+    th = threading.Thread(target=lambda: out.append(sb.invoke(
+        make_inv(PING, "ping", {"n": 1}, limits=t.SandboxLimits(wall_timeout_s=120)),
+        Watched())))
+    th.start()
+    assert asked.wait(20)
+    sb.close()
+    th.join(20)
+    assert not th.is_alive() and len(out) == 1 and not out[0].ok
+    assert sb.stats()["restarts"] == sb.stats()["replaced_closed"] == 1
+    assert sb.stats()["replaced_crashed"] == 0
 
 
 @pytest.mark.parametrize(
