@@ -30,15 +30,17 @@ HOSTILE = Path(__file__).with_name("hostile_worker.py")
 
 @pytest.fixture()
 def hostile(tmp_path: Path) -> Iterator[Callable[..., Sandbox]]:
-    """``hostile(mode, workers=1, **limits)``: a Sandbox whose workers run ``mode``."""
+    """``hostile(mode, workers=1, clock=time.monotonic, **limits)``: a Sandbox whose workers
+    run ``mode``."""
     made: list[Sandbox] = []
 
-    def make(mode: str, workers: int = 1, **limits: int) -> Sandbox:
+    def make(mode: str, workers: int = 1, clock: Callable[[], float] = time.monotonic,
+             **limits: int) -> Sandbox:
         launcher = tmp_path / f"worker-{mode}"
         launcher.write_text(f"#!/bin/sh\nexec {sys.executable} -s -B {HOSTILE} {mode}\n")
         launcher.chmod(0o755)
         sb = Sandbox(workers=workers, limits=t.SandboxLimits(**limits), python=str(launcher),
-                     seccomp=False)
+                     seccomp=False, clock=clock)
         made.append(sb)
         return sb
 
@@ -440,6 +442,35 @@ def test_a_momentary_burst_of_one_code_waits_for_its_worker_rather_than_take_a_s
     assert not waiter.is_alive() and got == [pid_b]
     assert sorted(sb.worker_pids()) == sorted([first.pid, second.pid, pid_b])
     assert sb.stats()["evictions"] == sb.stats()["restarts"] == 0
+
+
+def test_a_call_that_waited_spare_wait_takes_the_spare_without_another_event(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the SPARE_WAIT_S timer is the waiting call's own: once the pool clock has passed it,
+    # the call replaces a's idle spare with no worker freed nor slot opened to wake it
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 0.0)
+    now = [1000.0]
+    sb = hostile("serves", workers=3, clock=lambda: now[0])
+    _served(sb, A)
+    code_a = _code(sb, "a")
+    first = sb._acquire(code_a, 5.0)
+    second = sb._acquire(code_a, 5.0)  # a holds two workers
+    sb._release(first)
+    sb._release(second)
+    pid_b, _ = _served(sb, B)
+    busy_b = sb._acquire(_code(sb, "b"), 5.0)
+    got: list[object] = []
+    waiter = _waiting_call(sb, B, got)  # the pool clock stands still: it waits for b's own
+    assert sb.stats()["evictions"] == 0
+    now[0] += runtime.SPARE_WAIT_S  # nothing else happens in the pool
+    waiter.join(10)
+    assert not waiter.is_alive() and len(got) == 1
+    [pid_b2] = got
+    assert isinstance(pid_b2, int) and pid_b2 not in (first.pid, pid_b)
+    assert sb.stats()["evictions"] == sb.stats()["replaced_evict_spare"] == 1
+    assert sorted(sb.worker_pids()) == sorted([second.pid, pid_b, pid_b2])
+    sb._release(busy_b)
 
 
 C = make_inv(PING, "ping", {"n": 1}, contract="c")
