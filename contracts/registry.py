@@ -517,13 +517,27 @@ def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate:
     ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
 
 
-def _bars(holder: dict, reason: str) -> bool:
-    """A revocation for the licence (LICENCE_REASONS) bars its code (licence) when no index
-    entry holds it (``holder`` None), or, a final one, over a suspension's bar: reinstating the
-    suspended registration then lifts nothing."""
+def _in_force(ctx: Context, key: str, holder: dict) -> bool:
+    """The index entry ``holder`` of ``key`` (not a bar) holds its code (licence) in force: the
+    registration it names still carries it with an active licence, or a site of it does."""
+    if key[0:len("pharmlic/")] == "pharmlic/":
+        ph = ctx.get("pharmacy/" + holder["org"])
+        return ph is not None and ph["licence_no"] == key[len("pharmlic/"):] and ph["active"]
+    code = key[len("praccode/"):]
+    return _holds(ctx, holder["org"], holder["name"], code) or _site_holds(ctx, holder, code)
+
+
+def _bars(ctx: Context, key: str, holder: dict, reason: str) -> bool:
+    """A revocation for the licence (LICENCE_REASONS) bars its code (licence) ``key`` when no
+    index entry holds it in force (``holder`` None, or an entry naming a registration that moved
+    away or lapsed, none of its sites practising under it: anyone took such a code over at
+    once), or, a final one, over a suspension's bar: reinstating the suspended registration
+    then lifts nothing."""
     if holder is None:
         return True
-    return "revoked" in holder and holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
+    if "revoked" not in holder:
+        return not _in_force(ctx, key, holder)
+    return holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
 
 
 def _suspensions(bar: dict) -> list:
@@ -607,7 +621,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     authorised sites are withdrawn with it (each site's active registration under the code made
     inactive, as a withdrawal does: they practised on the holder's authorisation), so the code
     is free --, or its site slot in the holder's entry (as a withdrawal). With a reason of
-    LICENCE_REASONS (her licence, not this registration) a code left free stays barred instead:
+    LICENCE_REASONS (her licence, not this registration) a code left free (no entry, or one
+    naming a registration no longer in force under it, none of its sites practising: _bars)
+    stays barred instead:
     its entry names this registration, marked ``revoked``, and no registration holds it again
     (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
     under it at once, under another name). Idempotent: a revoked
@@ -658,7 +674,7 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             holder = None
         if reason == SUSPENSION:
             mark["was_active"] = rec["active"]  # (what reinstating it restores)
-        if reason in LICENCE_REASONS and _bars(holder, reason):
+        if reason in LICENCE_REASONS and _bars(ctx, key, holder, reason):
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
         elif holder is not None:
@@ -693,7 +709,7 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
             _withdraw_site(ctx, holder, code, org, False)
             ctx.put(key, holder)
-        if reason in LICENCE_REASONS and _bars(holder, reason):
+        if reason in LICENCE_REASONS and _bars(ctx, key, holder, reason):
             # her licence, not this registration: the code stays barred (LICENCE_REASONS)
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": name, "revoked": mark})
@@ -705,7 +721,7 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         # a suspension made final: the bar it held on a code (licence) the record moved away
         # from since is her licence too -- barred for good, never freed (nobody registered
         # under it again, those waiting for it reactivated by nothing: a final bar)
-        if other != key and _bars(ctx.get(other), reason):
+        if other != key and _bars(ctx, other, ctx.get(other), reason):
             ctx.put(other, {"org": org, "name": name, "revoked": mark})
     rec["revoked"] = mark
     rec["updated"] = stamp
