@@ -292,13 +292,17 @@ def settle_pool(world: StoryWorld, tx_per_s: float, seconds: float,
     level at 60 tx/s after the 14 tx/s warm-up replaced 5-7 workers over the four peers, the
     next one 2, later ones none (twenty-first session, bench/profiles/analysis.md; none at
     all since ``runtime.SPARE_WAIT_S``, but another rate's mix may still move workers).
-    Returns the seconds and the workers replaced meanwhile, by cause."""
+    Returns the seconds, the workers replaced meanwhile, by cause, and the settle's ``lost``
+    transactions (those not finished within its 30 s drain among them: their stragglers'
+    CPU then lands in the measured level's meter -- a settle at an overload rate while the
+    search bisects -- which a non-zero ``lost`` here tells)."""
     if seconds <= 0:
         return None
     before = sandbox_counters(cpu.ports) if cpu else {}
-    run_level(world, tx_per_s, seconds, 0.0)
+    st = run_level(world, tx_per_s, seconds, 0.0)
     after = sandbox_counters(cpu.ports) if cpu else {}
-    return {"s": seconds, "replaced": replaced_by_cause(pool_delta(before, after))}
+    return {"s": seconds, "replaced": replaced_by_cause(pool_delta(before, after)),
+            "lost": int(st.get("lost", 0))}
 
 
 def measure_crypto(world: StoryWorld, seconds: float = 1.5) -> dict[str, float]:
