@@ -31,23 +31,26 @@ from node.peer.audit import RATE_LIMITED, AccessLog, Auditor, Caller, RefusalLim
 _CHILD = """
 import json, os, signal, sys
 from node.errors import RxError
+from node.peer import audit
 from node.peer.audit import AccessLog, Auditor, Caller, RefusalLimiter
 path, steps = sys.argv[1], json.loads(sys.argv[2])
 clock = [1_000_000]
 log = AccessLog(path, lambda: clock[0])
 auditor = Auditor(log, None, RefusalLimiter(lambda: clock[0], per_minute=1, burst=1))
-append = log.append
-def append_then_die(*args, **kwargs):  # the process dies right after a summary is written
-    rid = append(*args, **kwargs)
-    if kwargs.get("suppressed"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return rid
+append_summaries = log.append_summaries
+def append_then_die(summaries):  # the process dies right after a batch of summaries is written
+    out = append_summaries(summaries)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return out
 for step in steps:
     if step[0] == "tick":
         clock[0] += step[1]
         continue
     if step[0] == "die_after_summary":
-        log.append = append_then_die
+        log.append_summaries = append_then_die
+        continue
+    if step[0] == "summary_batch":
+        audit.SUMMARY_BATCH = step[1]
         continue
     who = Caller("h01", "doctor", step[0], step[0].encode(), step[1])
     try:
@@ -131,8 +134,8 @@ def test_a_crash_between_two_summaries_written_together_counts_each_once(tmp_pat
     path = tmp_path / "audit"
     a, b = ["dr-a", True], ["dr-b", True]
     # both counted (and saved); the minute passed: the next refusal writes both summaries, one
-    # batch each -- the process dies right after the first
-    _crash(path, [a, a, b, b, b, ["tick", 60_000], ["die_after_summary"], a])
+    # batch each (SUMMARY_BATCH 1) -- the process dies right after the first
+    _crash(path, [["summary_batch", 1], a, a, b, b, b, ["tick", 60_000], ["die_after_summary"], a])
     assert [(r.name, r.outcome, r.suppressed) for r in _reopen(path)] == [
         ("dr-a", "ACCESS_DENIED", 0), ("dr-b", "ACCESS_DENIED", 0), ("dr-a", RATE_LIMITED, 1),
         ("dr-b", RATE_LIMITED, 2)]  # the second from the counts saved with the first, once
