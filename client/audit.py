@@ -10,7 +10,8 @@ a doctored page of consecutive records is caught without trusting its own Verify
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,15 +96,19 @@ class AuditClient:
         self.close()
 
     def query(self, *, start_id: int = 0, by_time: bool = False, start_ms: int = 0, end_ms: int = 0,
-              record_id: str = "", limit: int = 0) -> Page:
+              record_id: str = "", limit: int = 0, deadline: Deadline | None = None) -> Page:
         """One page (records with their hashes; a page in id order without a record_id filter is
-        checked to chain here)."""
+        checked to chain here). ``deadline``: the request waits at most until it (AUDIT_DEADLINE_EXCEEDED
+        once passed), never past its own timeout."""
         req = audit_pb2.AuditQueryRequest(
             order=audit_pb2.AUDIT_BY_TIME if by_time else audit_pb2.AUDIT_BY_ID, start_id=start_id,
             start_ms=start_ms, end_ms=end_ms, record_id=record_id, limit=limit)
+        timeout = self._timeout if deadline is None else min(self._timeout, deadline.remaining())
         try:
-            res = self._stub.Query(req, timeout=self._timeout)
+            res = self._stub.Query(req, timeout=timeout)
         except grpc.RpcError as exc:
+            if deadline is not None:
+                deadline.remaining()  # (a wait the deadline cut short: that, not the RPC's TIMEOUT)
             raise rpc_error(exc) from None
         if not by_time and not record_id:
             check_chain(res.records)
@@ -148,11 +153,30 @@ class AuditClient:
 
 
 MERGE_PAGE = 1000  # records per page when reading a whole log to merge
-MAX_MERGED_RECORDS = 200_000  # records read per peer at most (a record is ~250-350 bytes)
+MAX_MERGED_RECORDS = 200_000  # records read at most, all the peers of a view together (~250-350 bytes each)
+MERGE_DEADLINE_S = 120.0  # a merged view's whole read, every peer and page (each request also 30 s at most)
+DEADLINE_EXCEEDED = "AUDIT_DEADLINE_EXCEEDED"
 
 
-def read_verified(client: AuditClient, *, start_id: int = 0,
-                  max_records: int = MAX_MERGED_RECORDS) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+class Deadline:
+    """A merged view's time to read every peer's log (``clock``: seconds, injected; monotonic)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self._clock = seconds, clock
+        self._end = clock() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left; RxClientError AUDIT_DEADLINE_EXCEEDED once none are."""
+        left = self._end - self._clock()
+        if left <= 0:
+            raise RxClientError(DEADLINE_EXCEEDED, f"the view was not read within its deadline ({self.seconds:g} s, "
+                                                   "--deadline-s): a peer answering slowly, or a log too long to "
+                                                   "read (narrow the view with --since)")
+        return left
+
+
+def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = MAX_MERGED_RECORDS,
+                  deadline: Deadline | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records of one peer's log from ``start_id`` (0: the oldest kept) to its head, in id
     order, with the head, checked HERE: each chains to the one before across pages, the newest
     hashes to the head of the last page (read from the same snapshot as its records), and --
@@ -163,11 +187,15 @@ def read_verified(client: AuditClient, *, start_id: int = 0,
     those read before are dropped, the page checked as the oldest kept. RxClientError AUDIT_CHAIN_BROKEN
     otherwise (also for a page that holds no record but says more follow: the read is bounded
     by ``max_records`` whatever the peer answers), AUDIT_TOO_LARGE past ``max_records`` read,
-    kept or dropped (nothing merged)."""
+    kept or dropped (nothing merged), AUDIT_DEADLINE_EXCEEDED once ``deadline`` passed (each request
+    waits until it at most; checked again after each page)."""
     records: list[dict[str, Any]] = []
     head: dict[str, Any] = {}
     read = 0  # records answered, kept or not (a log pruned while read drops those read before)
-    for page in client.pages(start_id=start_id, limit=MERGE_PAGE):  # each page checked to chain by query()
+    # each page checked to chain by query(), each request waiting until the deadline at most
+    for page in client.pages(start_id=start_id, limit=MERGE_PAGE, deadline=deadline):
+        if deadline is not None:  # (a fake or a peer answering within its wait: checked here too)
+            deadline.remaining()
         head = page.head
         if page.more and not page.records:  # (a page by id that says more holds its limit of records:
             # read on, a peer answering empty pages forever would hold the view forever)
@@ -211,17 +239,18 @@ def read_verified(client: AuditClient, *, start_id: int = 0,
 CLOCK_MARGIN_MS = 600_000  # a merged view from --since reads each log from 10 minutes before
 
 
-def first_id_from(client: AuditClient, since_ms: int) -> int:
+def first_id_from(client: AuditClient, since_ms: int, deadline: Deadline | None = None) -> int:
     """The id to read a log from for the records of ``since_ms`` on: the first record at or after
     ``since_ms - CLOCK_MARGIN_MS`` by the peer's time index (records are written in id order with
     the peer's clock: one stepped back further than the margin can put a record of the window
     before it), or past the head when none is."""
-    page = client.query(by_time=True, start_ms=max(0, since_ms - CLOCK_MARGIN_MS), limit=1)
+    page = client.query(by_time=True, start_ms=max(0, since_ms - CLOCK_MARGIN_MS), limit=1, deadline=deadline)
     return int(page.records[0]["id"]) if page.records else int(page.head["last_id"]) + 1
 
 
 def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, until_ms: int = 0,
-           record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS) -> dict[str, Any]:
+           record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS,
+           deadline_s: float = MERGE_DEADLINE_S, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """One view of several peers' logs: each read -- whole, or with ``since_ms`` from the first
     record of the window (:func:`first_id_from`) -- to its head and its chain checked here
     (:func:`read_verified`), then the records in ``[since_ms, until_ms)`` (0: no bound) of
@@ -230,18 +259,29 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
     (``more`` and ``next_ms``, the time to go on from with ``since_ms``; a millisecond holding more
     than ``limit`` records is answered whole). ``peers``: each log's head and records checked.
     A peer that cannot be read, or whose chain does not verify, fails the whole view, its error
-    naming the peer."""
+    naming the peer. Bounds, all the peers together: ``max_records`` records read (AUDIT_TOO_LARGE),
+    ``deadline_s`` seconds by ``clock`` for every request and page (AUDIT_DEADLINE_EXCEEDED naming the
+    peer being read; each request waits until then at most) -- a slow or endless peer holds the view
+    no longer, and more ``--peer`` take no more memory."""
     names = [name for name, _ in clients]
     if len(set(names)) != len(names):
         raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
+    deadline = Deadline(deadline_s, clock)
     out: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
+    read = 0  # records read from the peers before this one (held until the view is built)
     for name, client in clients:
         try:
-            start = first_id_from(client, since_ms) if since_ms else 0
-            records, head = read_verified(client, start_id=start, max_records=max_records)
+            start = first_id_from(client, since_ms, deadline) if since_ms else 0
+            records, head = read_verified(client, start_id=start, max_records=max_records - read, deadline=deadline)
         except RxClientError as exc:  # which peer's log: nothing of the others is shown either
+            if exc.reason == "AUDIT_TOO_LARGE" and read:
+                raise RxClientError(exc.reason, f"{name}: more than {max_records} records to read from the "
+                                                f"{len(clients)} peers' logs together ({read} before this one's): "
+                                                "narrow the view (--since), name fewer peers, or read each page "
+                                                "by page (--peer ORG --start ID)") from None
             raise RxClientError(exc.reason, f"{name}: {exc.message}") from None
+        read += len(records)
         peers.append({"peer": name, "checked": len(records), "head": head})
         out.extend({**r, "peer": name} for r in records
                    if r["time_ms"] >= since_ms and (not until_ms or r["time_ms"] < until_ms)

@@ -721,7 +721,8 @@ def _audit_merged(a: argparse.Namespace, orgs: list[str]) -> dict[str, Any]:
     peers = [net.peer_of(org) for org in orgs]
     clients = [(p.name, AuditClient(ident, p.target)) for p in peers]
     try:
-        return merged(clients, since_ms=a.since or 0, until_ms=a.until or 0, record_id=a.rx or "", limit=a.limit)
+        return merged(clients, since_ms=a.since or 0, until_ms=a.until or 0, record_id=a.rx or "", limit=a.limit,
+                      deadline_s=a.deadline_s)
     finally:
         for _, c in clients:
             c.close()
@@ -988,6 +989,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--until", type=_COUNT, default=None, metavar="MS", help="only records before this Unix ms")
     al.add_argument("--rx", metavar="RX_ID", help="only this prescription's records")
     al.add_argument("--limit", type=_int_in(1, 1000), default=100)
+    al.add_argument("--deadline-s", type=_int_in(1, 86400), default=120, metavar="S",
+                    help="a merged view (--peer more than once): read every peer's log within this many seconds "
+                         "(default 120), else AUDIT_DEADLINE_EXCEEDED naming the peer being read")
     av = sub(pa_audit, "verify", cmd_audit_verify,
              "verify the hash chain of the peer's whole access-audit log (AUDIT_CHAIN_BROKEN if a record was "
              "changed or removed)")

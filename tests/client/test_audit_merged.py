@@ -43,7 +43,7 @@ class _LogClient:
     def __init__(self, log: AccessLog, page: int = 2, doctor: Doctor | None = None) -> None:
         self.log, self.page, self.doctor = log, page, doctor
 
-    def query(self, *, by_time: bool = False, start_ms: int = 0, limit: int = 0) -> Page:
+    def query(self, *, by_time: bool = False, start_ms: int = 0, limit: int = 0, **_: Any) -> Page:
         assert by_time  # (the merge's one query by time: where to read from)
         res = self.log.query(audit_pb2.AuditQueryRequest(order=audit_pb2.AUDIT_BY_TIME, start_ms=start_ms,
                                                          limit=limit))

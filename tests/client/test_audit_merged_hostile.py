@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import pytest
 from rxchain.v1 import audit_pb2
 
@@ -122,3 +123,99 @@ def test_a_record_that_does_not_parse_is_a_broken_chain_naming_the_peer(since_ms
         merged([("peer0.h01", _garbage_client())], since_ms=since_ms)
     assert err.value.reason == "AUDIT_CHAIN_BROKEN"
     assert err.value.message.startswith("peer0.h01: ") and "does not parse" in err.value.message
+
+
+def test_a_slow_peer_is_bounded_by_the_views_deadline_naming_it(tmp_path: Path) -> None:
+    clock = [0.0]
+
+    def thirty_seconds_a_page(n: int, raws: list[bytes]) -> list[bytes]:
+        clock[0] += 30.0  # each page answered just within its request's 30 s
+        return raws
+
+    fast, slow = _log_of(tmp_path / "fast", 3), _log_of(tmp_path / "slow", 10)
+    served: list[int] = []
+
+    def counting(n: int, raws: list[bytes]) -> list[bytes]:
+        served.append(n)
+        return thirty_seconds_a_page(n, raws)
+
+    try:
+        with pytest.raises(RxClientError) as err:  # (was: 10 pages x 30 s, ~200 x 30 s for a long log)
+            merged([("peer.fast", _as_client(_LogClient(fast, page=3))),
+                    ("peer.slow", _as_client(_LogClient(slow, page=1, doctor=counting)))],
+                   deadline_s=120, clock=lambda: clock[0])
+        assert err.value.reason == "AUDIT_DEADLINE_EXCEEDED"
+        assert err.value.message.startswith("peer.slow: ") and "120 s" in err.value.message
+        assert len(served) == 4  # the fourth page reached the deadline: no fifth asked
+        view = merged([("peer.fast", _as_client(_LogClient(fast, page=3)))], clock=lambda: clock[0])
+        assert [p["checked"] for p in view["peers"]] == [3]  # (a fast peer: within the deadline)
+    finally:
+        fast.close()
+        slow.close()
+
+
+def _log_of(path: Path, n: int) -> AccessLog:
+    log = AccessLog(path, lambda: 0, sync=False)
+    who = Caller("h01", "doctor", "dr-a", b"cert", True)
+    for i in range(n):
+        log.append(who, "prescription", "get_key", f"RX-{i}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
+    return log
+
+
+class _TimedStub:
+    """An AccessAudit stub answering an empty log ``takes`` seconds of the test's clock after each
+    request (one with a shorter timeout fails as gRPC's timed-out call), noting their timeouts."""
+
+    def __init__(self, clock: list[float], takes: float) -> None:
+        self.clock, self.takes = clock, takes
+        self.timeouts: list[float] = []
+
+    def Query(self, req: audit_pb2.AuditQueryRequest, timeout: float) -> audit_pb2.AuditQueryResponse:
+        self.timeouts.append(timeout)
+        self.clock[0] += min(self.takes, timeout)
+        if timeout < self.takes:
+            raise _TimedOut()
+        return audit_pb2.AuditQueryResponse(head=audit_pb2.AuditHead(first_id=0, last_id=0))
+
+
+class _TimedOut(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded"
+
+
+def _timed_client(stub: _TimedStub) -> AuditClient:
+    client = object.__new__(AuditClient)
+    client._stub = stub  # type: ignore[assignment]
+    client._timeout = 30.0
+    return client
+
+
+def test_each_request_waits_until_the_views_deadline_at_most() -> None:
+    clock = [0.0]
+    first, second = _TimedStub(clock, 28.0), _TimedStub(clock, 28.0)
+    with pytest.raises(RxClientError) as err:
+        merged([("peer.a", _timed_client(first)), ("peer.b", _timed_client(second))], since_ms=1_000,
+               deadline_s=100, clock=lambda: clock[0])
+    # peer.a: two requests (where to read from, the page) answered in 28 s each within their own
+    # 30 s; peer.b: one, then one waiting only the 16 s left (was 30 s: the view past its deadline)
+    assert first.timeouts == [30.0, 30.0] and second.timeouts == [30.0, 16.0]
+    assert clock[0] == 100.0
+    assert err.value.reason == "AUDIT_DEADLINE_EXCEEDED"  # (not the RPC's own TIMEOUT)
+    assert err.value.message.startswith("peer.b: ")
+
+
+def test_the_record_bound_is_for_all_the_peers_together(tmp_path: Path) -> None:
+    logs = [_log_of(tmp_path / f"p{i}", 4) for i in range(3)]
+    try:
+        clients = [(f"peer.{i}", _as_client(_LogClient(log, page=4))) for i, log in enumerate(logs)]
+        assert [p["checked"] for p in merged(clients[:2], max_records=8)["peers"]] == [4, 4]
+        with pytest.raises(RxClientError) as err:  # (was 10 a peer: 3 x 10 held with 3 peers)
+            merged(clients, max_records=10)
+        assert err.value.reason == "AUDIT_TOO_LARGE"
+        assert err.value.message.startswith("peer.2: more than 10 records") and "8 before" in err.value.message
+    finally:
+        for log in logs:
+            log.close()
