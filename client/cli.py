@@ -199,8 +199,19 @@ _org_or_all.__name__ = "organisation"
 _COUNT = _int_in(0, 2**63 - 1)
 
 
-def _common(*, peer: bool = True) -> argparse.ArgumentParser:
-    """Options accepted before and after the sub-command (``peer``: with --peer ORG, once)."""
+class _GlobalPeer(argparse.Action):
+    """The --peer given before the sub-command: ``peer`` as every command reads it (the last one
+    given), and each one given in ``global_peers`` (audit list refuses them with its own)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.global_peers = [*getattr(namespace, "global_peers", []), values]
+
+
+def _common(*, peer: bool = True, top: bool = False) -> argparse.ArgumentParser:
+    """Options accepted before and after the sub-command (``peer``: with --peer ORG, once; ``top``:
+    the parser before the sub-command, which notes each --peer given there)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="print one JSON object")
@@ -209,7 +220,7 @@ def _common(*, peer: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_", metavar="ORG:USER", type=_as_arg, default=argparse.SUPPRESS,
                    help="wallet identity to act as")
     if peer:
-        p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG",
+        p.add_argument("--peer", default=argparse.SUPPRESS, metavar="ORG", action=_GlobalPeer if top else "store",
                        help="peer organisation to connect to (default: your own)")
     return p
 
@@ -695,9 +706,21 @@ def _audit_peer(a: argparse.Namespace) -> tuple[Any, Any]:
     return ident, own[0]
 
 
+def _audit_list_peers(a: argparse.Namespace) -> None:
+    """BAD_ARGUMENTS for --peer options audit list cannot read as meant: more than one before the
+    sub-command (`rxchain --peer A --peer B audit list`: the last alone would be read), or any
+    before it with others after (`--peer A audit list --peer B`: those after alone would be)."""
+    before = getattr(a, "global_peers", [])
+    if len(before) > 1 or (before and isinstance(getattr(a, "peer", None), list)):
+        raise RxClientError("BAD_ARGUMENTS", "audit list reads the peers named by --peer AFTER the sub-command: "
+                                             "`rxchain audit list --peer A --peer B` (a --peer before `audit list` "
+                                             "names one peer and is not merged with others)")
+
+
 def cmd_audit_list(a: argparse.Namespace) -> dict[str, Any]:
     from client.audit import AuditClient
 
+    _audit_list_peers(a)
     orgs = getattr(a, "peer", None)
     if isinstance(orgs, list) and len(orgs) > 1:
         return _audit_merged(a, orgs)
@@ -788,7 +811,7 @@ def cmd_fhir_serve(a: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree."""
     common = _common()
-    p = _Parser(prog="rxchain", parents=[common],
+    p = _Parser(prog="rxchain", parents=[_common(top=True)],
                 description="rxchain: e-prescription and insurance-settlement ledger client")
     groups = p.add_subparsers(dest="group", required=True, parser_class=_Parser)
 
