@@ -26,12 +26,17 @@ call itself waited for the new worker).  Nor does it replace the last worker of 
 code used within ``RESERVE_IDLE_S``: every code in use keeps one, so a burst of one
 contract's calls (the start of a benchmark level: every story issues first) no longer
 takes the others' workers, which their next calls took back at once. A code with no worker
-at all (nor one being started for it, nor a fresh replacement on its way) evicts the least
-recently used idle worker at once.  A worker
+at all (nor one being started for it, nor a fresh replacement on its way to it) evicts the
+least recently used idle worker at once.  A worker
 that comes free goes to the first waiting call that may have it, one of its code or one
-whose code has no worker, not to whichever thread next takes the lock (a caller that freed
-a worker and called again at once took it back every time: a waiting call of the same
-code, or of a code with no worker, waited to its deadline).
+whose code has no worker (and is not promised a fresh replacement), not to whichever thread
+next takes the lock (a caller that freed a worker and called again at once took it back
+every time: a waiting call of the same code, or of a code with no worker, waited to its
+deadline).  Likewise a fresh replacement of a killed worker goes to the first waiting call
+(any may have it): the replacements being started are promised to the first that many
+waiting calls, in arrival order, and a call further back with no worker evicts rather than
+wait for one (a contract whose every call crashed its worker, called again at once, took
+each replacement itself, and a waiting call of another code waited to its deadline).
 
 Workers start with an empty environment (except PYTHONHASHSEED, the same on every peer so
 that set iteration order is too), no inherited descriptors but the two pipe ends, rlimits and a
@@ -466,8 +471,13 @@ class Sandbox:
     def _replace(self, w: _Worker, cause: str) -> None:
         """Kill ``w`` and start a fresh replacement; a failed start leaves the slot free (the
         next call that finds no worker for its code starts one).  While it starts, a call
-        whose code has no worker waits for it rather than evict a recent worker of another
-        code (it evicted b's worker at once when a's stuck one was killed: two starts)."""
+        whose code has no worker and which it is promised to (``_promised``) waits for it
+        rather than evict a recent worker of another code (it evicted b's worker at once when
+        a's stuck one was killed: two starts).  The fresh worker goes to the first waiting
+        call (any call may have a fresh worker), else it is idle: handed over, not left for
+        whichever thread takes the lock first -- a contract whose every call crashed its
+        worker, called again at once, took each replacement itself, and a waiting call of
+        another code waited to its deadline."""
         self._discard(w)
         with self._lock:
             self.restarts += 1
@@ -487,25 +497,32 @@ class Sandbox:
         finally:
             with self._changed:
                 self._replacing -= 1
-                if fresh is not None and fresh in self._all:
-                    self._fresh.append(fresh)
+                if fresh is not None and fresh in self._all:  # not closed meanwhile
+                    if self._waiters:
+                        waiter = self._waiters.pop(0)
+                        fresh.code = waiter.code  # it serves that call's code from now on
+                        waiter.got = fresh
+                    else:
+                        self._fresh.append(fresh)
                 self._changed.notify_all()  # a fresh worker, or none: waiting calls look again
 
     def _release(self, w: _Worker) -> None:
         """``w`` finished a call and serves its code again: it goes to the first waiting call
-        that may have it -- one of its code, or one whose code has no worker (which replaces
-        it) -- else it is idle.  Handed over, not left for whichever thread takes the lock
-        first: a thread that freed a worker and called again at once took it back every
-        time, and a waiting call waited to its deadline."""
+        that may have it -- one of its code, or one whose code has no worker and is not
+        promised a fresh replacement (``_promised``: it replaces it) -- else it is idle.
+        Handed over, not left for whichever thread takes the lock first: a thread that freed
+        a worker and called again at once took it back every time, and a waiting call waited
+        to its deadline."""
         assert w.code is not None
         with self._changed:
             if not self._closed and w in self._all:
-                full = (not self._fresh and not self._replacing
-                        and len(self._all) + self._starting >= self._size)
-                for waiter in self._waiters:
+                full = not self._fresh and len(self._all) + self._starting >= self._size
+                for i, waiter in enumerate(self._waiters):
                     if waiter.code == w.code:
                         break
-                    if full and not self._has_worker(waiter.code):
+                    # a call promised a fresh replacement (among the first ``_replacing``
+                    # waiting) waits for it: replacing ``w`` too would start two
+                    if full and i >= self._replacing and not self._has_worker(waiter.code):
                         waiter.evict = True
                         self._all.discard(w)
                         self._reserve(waiter.code)  # w's slot, for the worker started in its place
@@ -530,6 +547,15 @@ class Sandbox:
     def _has_worker(self, code: _Code) -> bool:
         """A worker serves ``code`` (idle, busy, or being started for it) (lock held)."""
         return code in self._pending or any(x.code == code for x in self._all)
+
+    def _promised(self, waiter: _Waiter | None) -> bool:
+        """A fresh replacement being started will be handed to this call (``waiter``, or a
+        call about to wait: the last in line): it is among the first ``_replacing`` waiting
+        calls, to which ``_replace`` hands them in arrival order (lock held)."""
+        if not self._replacing:
+            return False
+        pos = len(self._waiters) if waiter is None else self._waiters.index(waiter)
+        return pos < self._replacing
 
     def _reserve(self, code: _Code) -> None:
         """Reserve a slot for a worker started for ``code`` (lock held)."""
@@ -619,7 +645,7 @@ class Sandbox:
                         self._reserve(code)
                         break
                     pause = 0.5
-                    if self._has_worker(code) or self._replacing:
+                    if self._has_worker(code) or self._promised(waiter):
                         waited = self._clock() - since
                         if waited < SPARE_WAIT_S:  # a worker of its own may come free first
                             victim, wait_more = None, SPARE_WAIT_S - waited
@@ -627,7 +653,8 @@ class Sandbox:
                             victim, wait_more = self._spare()
                         pause = min(pause, wait_more)
                         why = "evict_spare"
-                    else:  # no worker of its own: the least recently used idle one, at once
+                    else:  # no worker of its own nor a fresh one on its way: the least
+                        # recently used idle one, at once
                         victim = self._lru()
                         why = "evict_missing"
                     if victim is not None:

@@ -14,6 +14,8 @@ Modes (each answers every InvokeRequest):
   serves        result {"pid": its pid, "served": every [contract, code_hash] it was asked
                 to run so far, in order of first request} -- what a subverted worker
                 kept in the pool would know (and could forge results for)
+  serves-x-crashes  as serves, but a call of contract "x" makes it exit (status 3): a
+                contract whose every call crashes its worker
   huge-header   a frame header announcing 200 MiB (below the old 256 MiB bound), 64 KiB
                 of it, then nothing more
   long-message  a result whose message is 1 MiB (the host cuts messages to 1024
@@ -69,7 +71,9 @@ def main() -> None:
         if req.invoke.HasField("limits"):
             limits = req.invoke.limits
         res = _result(req.invoke.tx_id).SerializeToString()
-        if mode == "serves":
+        if mode == "serves-x-crashes" and req.invoke.contract == "x":
+            os._exit(3)
+        if mode in ("serves", "serves-x-crashes"):
             code = [req.invoke.contract, req.invoke.code_hash]
             if code not in served:
                 served.append(code)

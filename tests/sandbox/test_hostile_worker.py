@@ -641,6 +641,135 @@ def test_a_call_waiting_for_a_stuck_worker_of_its_code_is_served_once_it_is_kill
     assert sb.stats()["evictions"] == 0 and sb.stats()["restarts"] == 1
 
 
+X = make_inv(PING, "ping", {"n": 1}, contract="x")  # crashes its worker (serves-x-crashes)
+D = make_inv(PING, "ping", {"n": 1}, contract="d")
+
+
+def test_a_fresh_replacement_goes_to_the_first_waiting_call_not_back_to_the_crashing_caller(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # x's every call crashes its worker, and its caller calls again at once: each fresh
+    # replacement was left in the pool for whichever thread took the lock first, which was
+    # x's caller every time, and c's call (no worker of its own, nothing idle to replace)
+    # waited to its deadline (ACQUIRE_TIMEOUT_S + wall timeout: 70 s)
+    sb = hostile("serves-x-crashes")
+    spawned: list[int] = []
+    spawn = sb._spawn
+
+    def recorded() -> Any:
+        w = spawn()
+        spawned.append(w.pid)
+        return w
+
+    monkeypatch.setattr(sb, "_spawn", recorded)
+    held = sb._acquire(("x", X.code_hash, False), 20.0)  # x's call runs on the one worker
+    got: list[object] = []
+    waiter = _waiting_call(sb, C, got)
+    sb._replace(held, "crashed")  # what invoke does when x's call crashes its worker
+    crashes = 0
+    while waiter.is_alive() and crashes < 5:  # x's caller calls again at once, and again
+        r = sb.invoke(X, MemBackend())
+        assert (r.ok, r.reason) == (False, t.WORKER_CRASHED), r.message
+        crashes += 1
+        assert len(sb.worker_pids()) <= 1
+    waiter.join(20)
+    assert not waiter.is_alive() and len(got) == 1
+    assert got == [spawned[0]], "c's call did not get the first fresh replacement"
+    assert sb.stats()["restarts"] == sb.stats()["replaced_crashed"] == crashes + 1
+    # x's next call replaced c's worker (handed over as c's call ended, or idle)
+    assert sb.stats()["evictions"] == 1 == (sb.stats()["replaced_evict_handoff"]
+                                            + sb.stats()["replaced_evict_missing"])
+
+
+def _replacing_for_d(sb: Sandbox, monkeypatch: pytest.MonkeyPatch,
+                     ) -> tuple[threading.Event, threading.Thread, threading.Thread, list[object]]:
+    """a's stuck worker (of a pool of two: a's and b's) is being replaced, its start held
+    until the returned event is set, while d's call (no worker) waits for that fresh one;
+    returns the event, the replacing thread, d's call and what it got."""
+    entered, go = threading.Event(), threading.Event()
+    spawn = sb._spawn
+    calls = 0
+
+    def held_spawn() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the replacement's start: held
+            entered.set()
+            go.wait(20)
+        return spawn()
+
+    monkeypatch.setattr(sb, "_spawn", held_spawn)
+    stuck = sb._acquire(_code(sb, "a"), 20.0)
+    replacing = threading.Thread(target=sb._replace, args=(stuck, "wall_timeout"))
+    replacing.start()
+    assert entered.wait(20)
+    got_d: list[object] = []
+    waiter_d = _waiting_call(sb, D, got_d)  # the fresh replacement on its way is d's
+    return go, replacing, waiter_d, got_d
+
+
+def test_a_code_with_no_worker_evicts_when_the_fresh_replacement_on_its_way_is_anothers(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # while a replacement started, every call whose code had no worker waited for it, though
+    # it goes to one call only (the first in line): c's call, second, waited for that start
+    # and then for the next event rather than replace b's idle worker at once
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)
+    monkeypatch.setattr(runtime, "RESERVE_IDLE_S", 3600.0)
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    go, replacing, waiter_d, got_d = _replacing_for_d(sb, monkeypatch)
+    got_c: list[int] = []
+    call_c = threading.Thread(target=lambda: got_c.append(_served(sb, C)[0]))
+    call_c.start()
+    call_c.join(10)
+    served_meanwhile = not call_c.is_alive()
+    go.set()
+    for th in (call_c, replacing, waiter_d):
+        th.join(20)
+        assert not th.is_alive()
+    assert served_meanwhile, "c's call waited for the fresh worker promised to d's"
+    assert len(got_c) == len(got_d) == 1 and got_c[0] not in (pid_a, pid_b)
+    assert got_d[0] not in (pid_a, pid_b, got_c[0])
+    assert set(sb.worker_pids()) == {got_c[0], got_d[0]}
+    assert sb.stats()["evictions"] == sb.stats()["replaced_evict_missing"] == 1
+    assert sb.stats()["restarts"] == sb.stats()["replaced_wall_timeout"] == 1
+
+
+def test_a_freed_worker_goes_to_a_code_with_no_worker_not_promised_the_fresh_one(
+    hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # as above, with b's worker busy: b's caller freed it and called again at once, taking
+    # it back every time (a freed worker was handed to a call with no worker only while no
+    # replacement started), and c's call waited for the start promised to d's
+    monkeypatch.setattr(runtime, "EVICT_IDLE_S", 60.0)
+    sb = hostile("serves", workers=2)
+    pid_a, _ = _served(sb, A)
+    pid_b, _ = _served(sb, B)
+    code_b = _code(sb, "b")
+    held_b = sb._acquire(code_b, 20.0)
+    go, replacing, waiter_d, got_d = _replacing_for_d(sb, monkeypatch)
+    got_c: list[object] = []
+    waiter_c = _waiting_call(sb, C, got_c)
+    for _ in range(100):
+        if not waiter_c.is_alive():
+            break
+        sb._release(held_b)  # b's call ends ...
+        held_b = sb._acquire(code_b, 20.0)  # ... and its caller calls again at once
+        waiter_c.join(0.02)
+    served_meanwhile = not waiter_c.is_alive()
+    sb._release(held_b)
+    go.set()
+    for th in (waiter_c, replacing, waiter_d):
+        th.join(20)
+        assert not th.is_alive()
+    assert served_meanwhile, "c's call waited for the fresh worker promised to d's"
+    assert len(got_c) == len(got_d) == 1 and got_c[0] not in (pid_a, pid_b)
+    assert sb.stats()["replaced_evict_handoff"] >= 1
+    assert len(sb.worker_pids()) <= 2 and sb.stats()["restarts"] == 1
+
+
 def test_close_ends_a_call_waiting_for_a_worker_at_once(
     hostile: Callable[..., Sandbox], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
