@@ -124,20 +124,28 @@ class AuditClient:
             kwargs["start_id"], kwargs["start_ms"] = page.next_id, page.next_ms or kwargs.get("start_ms", 0)
 
     def verify(self, *, start_id: int = 0, limit: int = 0, anchor: tuple[int, bytes] | None = None,
-               all_pages: bool = True) -> dict[str, Any]:
+               all_pages: bool = True, deadline: Deadline | None = None) -> dict[str, Any]:
         """The peer's Verify from ``start_id`` (every page until the head when ``all_pages``). With
         an ``anchor``, ``anchor_checked`` says whether it was compared (false: the peer declares it
-        pruned, so nothing shows the log was not rewritten since: note a newer anchor)."""
+        pruned, so nothing shows the log was not rewritten since: note a newer anchor).
+        ``deadline``: every page's request waits until it at most (never past its own timeout),
+        checked again after each page (AUDIT_DEADLINE_EXCEEDED): a peer answering each page slowly
+        held a verify of its whole log pages x 30 s."""
         checked = 0
         anchored, anchor_checked = anchor is not None, False
         while True:
             req = audit_pb2.AuditVerifyRequest(start_id=start_id, limit=limit)
             if anchor is not None:
                 req.anchor_id, req.anchor_hash = anchor
+            timeout = self._timeout if deadline is None else min(self._timeout, deadline.remaining())
             try:
-                res = self._stub.Verify(req, timeout=self._timeout)
+                res = self._stub.Verify(req, timeout=timeout)
             except grpc.RpcError as exc:
+                if deadline is not None:
+                    deadline.remaining()  # (a wait the deadline cut short: that, not the RPC's TIMEOUT)
                 raise rpc_error(exc) from None
+            if deadline is not None:
+                deadline.remaining()
             checked += res.checked
             anchor_checked = anchor_checked or res.anchor_checked
             if not res.ok or not res.more or not all_pages:
@@ -159,7 +167,8 @@ DEADLINE_EXCEEDED = "AUDIT_DEADLINE_EXCEEDED"
 
 
 class Deadline:
-    """A merged view's time to read every peer's log (``clock``: seconds, injected; monotonic)."""
+    """A merged view's time to read every peer's log, or a verify's to read one (``clock``:
+    seconds, injected; monotonic)."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds, self._clock = seconds, clock

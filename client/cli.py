@@ -752,7 +752,7 @@ def _audit_merged(a: argparse.Namespace, orgs: list[str]) -> dict[str, Any]:
 
 
 def cmd_audit_verify(a: argparse.Namespace) -> dict[str, Any]:
-    from client.audit import AuditClient
+    from client.audit import AuditClient, Deadline
 
     anchor = None
     if a.anchor:
@@ -765,7 +765,7 @@ def cmd_audit_verify(a: argparse.Namespace) -> dict[str, Any]:
             raise RxClientError("BAD_ARGUMENTS", "--anchor is ID:SHA256HEX (a record id and its hash)")
     ident, peer = _audit_peer(a)
     with AuditClient(ident, peer.target) as c:
-        out = {"peer": peer.name, **c.verify(start_id=a.start, anchor=anchor)}
+        out = {"peer": peer.name, **c.verify(start_id=a.start, anchor=anchor, deadline=Deadline(a.deadline_s))}
     if not out["ok"]:
         raise RxClientError("AUDIT_CHAIN_BROKEN", f"{peer.name}: record {out['first_bad_id']} {out['reason']}: "
                                                   f"{out['detail']}")
@@ -1022,6 +1022,9 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--anchor", metavar="ID:SHA256",
                     help="a record id and hash noted earlier (e.g. the head's last_id:last_hash): it must still "
                          "hash so")
+    av.add_argument("--deadline-s", type=_int_in(1, 86400), default=120, metavar="S",
+                    help="verify the log within this many seconds, every page (default 120), else "
+                         "AUDIT_DEADLINE_EXCEEDED")
 
     cf = groups.add_parser("config", help="consortium config updates (admins)").add_subparsers(
         dest="cmd", required=True, parser_class=_Parser)

@@ -219,3 +219,33 @@ def test_the_record_bound_is_for_all_the_peers_together(tmp_path: Path) -> None:
     finally:
         for log in logs:
             log.close()
+
+
+class _SlowVerifyStub(_TimedStub):
+    """Verify answering ``takes`` seconds of the test's clock after each request: one page checked,
+    more to come (a long log, or a peer stringing a verify along)."""
+
+    def Verify(self, req: audit_pb2.AuditVerifyRequest, timeout: float) -> audit_pb2.AuditVerifyResponse:
+        self.timeouts.append(timeout)
+        self.clock[0] += min(self.takes, timeout)
+        if timeout < self.takes:
+            raise _TimedOut()
+        return audit_pb2.AuditVerifyResponse(ok=True, checked=1000, more=True, next_id=req.start_id + 1000)
+
+
+def test_a_verify_reads_every_page_within_its_deadline() -> None:
+    """A verify read pages until the head, each request within 30 s but with no bound in all: a peer
+    answering each page in 29 s held it pages x 30 s. Now one deadline for every page."""
+    from client.audit import Deadline
+
+    clock = [0.0]
+    stub = _SlowVerifyStub(clock, 25.0)
+    with pytest.raises(RxClientError) as err:
+        _timed_client(stub).verify(deadline=Deadline(100, clock=lambda: clock[0]))
+    # four pages answered in 25 s each (the fourth when the deadline is reached: checked after it)
+    assert stub.timeouts == [30.0, 30.0, 30.0, 25.0] and clock[0] == 100.0
+    assert err.value.reason == "AUDIT_DEADLINE_EXCEEDED"
+    clock[0], stub = 0.0, _SlowVerifyStub(clock, 28.0)
+    with pytest.raises(RxClientError) as err:  # a request the deadline cut short: that, not TIMEOUT
+        _timed_client(stub).verify(deadline=Deadline(70, clock=lambda: clock[0]))
+    assert stub.timeouts == [30.0, 30.0, 14.0] and err.value.reason == "AUDIT_DEADLINE_EXCEEDED"

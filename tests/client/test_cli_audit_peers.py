@@ -64,6 +64,8 @@ def test_a_merged_views_deadline_is_an_option() -> None:
     for bad in ("0", "-1", "x"):
         with pytest.raises(cli.UsageError):
             build_parser().parse_args(["audit", "list", "--deadline-s", bad])
+    assert build_parser().parse_args(["audit", "verify"]).deadline_s == 120  # (verify: every page)
+    assert build_parser().parse_args(["audit", "verify", "--deadline-s", "30"]).deadline_s == 30
 
 
 class _Peer:
