@@ -940,7 +940,8 @@ class Auditor:
         _log.warning("event=audit_pending_restored counts=%d suppressed=%d", len(counts),
                      sum(c.count for c in counts))
         limiter.restore(counts)
-        self.flush()
+        with self._flush_lock:  # (at start: one line per batch, not one per restored count)
+            self._flush(limiter, False, restored=True)
 
     def _pending_state(self) -> bytes:
         """``mpending`` now: the limiter's counts and the summaries handed out not yet written."""
@@ -1028,12 +1029,15 @@ class Auditor:
         finally:
             self._flush_lock.release()
 
-    def _flush(self, limiter: RefusalLimiter, everything: bool) -> None:
+    def _flush(self, limiter: RefusalLimiter, everything: bool, *, restored: bool = False) -> None:
+        """``restored``: the counts a crash left, written at start -- one ``audit_pending_written``
+        line per batch (up to 20,001 counts) instead of one ``audit_refusals_suppressed`` per count."""
         due = limiter.due(everything=everything)
         step = max(1, SUMMARY_BATCH)
         for start in range(0, len(due), step):  # one synced batch per SUMMARY_BATCH summaries
             chunk = due[start:start + step]
             self._unwritten = due[start + step:]  # mpending, written with this batch, keeps the rest
+            written: list[int] = []
             for s, result in zip(chunk, self.log.append_summaries(chunk), strict=True):
                 if isinstance(result, RxError):
                     _log.error("event=audit_write_failed reason=%s org=%s role=%s function=%s tx_id=%s detail=%r",
@@ -1043,9 +1047,16 @@ class Auditor:
                 else:
                     self._count("refused")
                     rid = result
+                    written.append(rid)
+                if restored:
+                    continue
                 _log.warning("event=audit_refusals_suppressed org=%s role=%s cert=%s authenticated=%s shared=%s "
                              "suppressed=%d since_ms=%d record=%d", s.caller.org, s.caller.role,
                              s.fingerprint().hex()[:16], s.caller.authenticated, s.shared, s.count, s.since_ms, rid)
+            if restored:
+                _log.warning("event=audit_pending_written certs=%d suppressed=%d written=%d first_record=%d "
+                             "last_record=%d", len(chunk), sum(c.count for c in chunk), len(written),
+                             min(written, default=0), max(written, default=0))
         self._unwritten = []
 
     def _count(self, result: str) -> None:

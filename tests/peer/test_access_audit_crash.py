@@ -246,3 +246,25 @@ def test_concurrent_refusals_are_each_recorded_or_counted_once_across_a_crash(tm
     for i in range(7):
         if i % 3 != 0:  # (an unauthenticated one's count may be in the shared summary)
             assert seen.get(f"dr-{i}", 0) == sent[f"dr-{i}"]
+
+
+def test_restored_counts_log_one_line_per_batch(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts a crash left are logged at start one line per synced batch (audit_pending_written),
+    not one audit_refusals_suppressed line per certificate (up to 20,001 lines before)."""
+    from node.peer import audit
+
+    path = tmp_path / "audit"
+    certs = [[f"dr-{i}", True] for i in range(5)]
+    _crash(path, [step for c in certs for step in (c, c)] + [["tick", 1_000], certs[0]])
+    monkeypatch.setattr(audit, "SUMMARY_BATCH", 2)  # five counts: three batches
+    with caplog.at_level(logging.WARNING, logger="node.peer.audit"):
+        recs = _reopen(path)
+    summaries = [r for r in recs if r.outcome == RATE_LIMITED]
+    assert sorted(r.name for r in summaries) == [f"dr-{i}" for i in range(5)]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert not [m for m in msgs if "event=audit_refusals_suppressed" in m]
+    written = [m for m in msgs if "event=audit_pending_written" in m]
+    assert len(written) == 3
+    assert sum(int(m.split("certs=")[1].split()[0]) for m in written) == 5
+    assert sum(int(m.split("suppressed=")[1].split()[0]) for m in written) == sum(r.suppressed for r in summaries)
