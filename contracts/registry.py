@@ -915,8 +915,9 @@ def _reactivate_pending(ctx: Context, key: str, waiting: dict) -> dict:
     waited for went, checked again as at its reinstatement (_reactivate, with the suspension its
     reinstatement lifted): RECORD_CHANGED when it was written since its reinstatement (its
     organisation's decision stands) or no longer is under ``key``, REGISTRATION_REVOKED when
-    revoked since, CODE_IN_USE / LICENCE_IN_USE when another registration holds the code now.
-    {org, name, reactivated, reason, sites_restored, sites_not_restored}."""
+    revoked since, CODE_IN_USE / LICENCE_IN_USE when another registration holds the code now --
+    a reason its reinstatement's history entry then keeps (``pending_refused``), unless written
+    since. {org, name, reactivated, reason, sites_restored, sites_not_restored}."""
     org = waiting["org"]
     name = waiting["name"]
     rkey = "pharmacy/" + org if name == "" else "prac/" + org + "/" + name
@@ -930,6 +931,11 @@ def _reactivate_pending(ctx: Context, key: str, waiting: dict) -> dict:
             back = _reactivate(ctx, rec, org, name, history[-1]["revoked"], waiting["tx_id"])
             if back[0] == "":
                 rec["updated"] = _stamp(ctx)
+                ctx.put(rkey, rec)
+            elif back[0] != "RECORD_CHANGED":  # (its organisation's write stands, untouched)
+                # it waits no more: its reinstatement says why it was not reactivated (it said
+                # "pending" for good, naming a bar that is gone; ``updated`` unchanged)
+                history[-1]["pending_refused"] = back[0]
                 ctx.put(rkey, rec)
     return {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],
             "sites_restored": back[1], "sites_not_restored": back[2]}

@@ -34,12 +34,15 @@ REASONS = (SUSPENDED, SUSPENDED, SUSPENDED, "LICENCE_REVOKED", "ORGANISATION_CLO
 MAX_SUSPENSIONS = 16
 # 736: a suspension made final after its record moved to another code freed the old code
 # under a registration waiting for it (fixed in review17; found by a sweep of 2,500 seeds)
-SEEDS = (*range(40), 736)
+# 3500 (and 5852 with moves): a registration waiting for a bar whose last suspension was lifted
+# by reinstating the code's own holder, who took the code back, was refused CODE_IN_USE and
+# still said it waited for the bar, gone (found by a sweep of 3,000 seeds x 200 steps each way)
+SEEDS = (*range(40), 736, 3500)
 # with moves of active registrations drawn on purpose (reg8). The check after each licence
 # revocation found its code left free under an entry naming a registration no longer in force
 # (moved away or lapsed) at seeds 14 and 32 with moves, 23 and 36 without; fixed in reg8, no
 # sweep of 1,500 seeds either way finds more
-MOVE_SEEDS = tuple(range(40))
+MOVE_SEEDS = (*range(40), 5852)
 
 
 def _state(chain: Chain) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def _registration_problems(s: dict[str, Any], rkey: str, rec: dict[str, Any]) ->
             out.append(f"{rkey}'s standing suspension is not in its bar {mark['barred']}")
     history = rec.get("reinstated", [])
     if "revoked" not in rec and history and history[-1].get("pending") \
-            and rec["updated"]["tx_id"] == history[-1]["tx_id"]:
+            and "pending_refused" not in history[-1] and rec["updated"]["tx_id"] == history[-1]["tx_id"]:
         key = history[-1]["pending"]
         bar = s.get(key)
         if bar is None or "revoked" not in bar:
