@@ -49,13 +49,19 @@ class ProtocolError(Exception):
         self.eof = eof
 
 
-def wait_fd(fd: int, events: int, timeout_s: float) -> bool:
-    """Whether ``fd`` is ready for ``events`` (or hung up) within ``timeout_s`` seconds.
-    poll, not select: select refuses descriptors above FD_SETSIZE (1024), which a busy
-    peer's worker pipes may get."""
+def poll_fd(fd: int, events: int, timeout_s: float) -> int:
+    """The events ``fd`` is ready for within ``timeout_s`` seconds (0: none; POLLHUP when
+    hung up). poll, not select: select refuses descriptors above FD_SETSIZE (1024), which
+    a busy peer's worker pipes may get."""
     p = select.poll()
     p.register(fd, events)
-    return bool(p.poll(max(0, math.ceil(timeout_s * 1000))))
+    ready = p.poll(max(0, math.ceil(timeout_s * 1000)))
+    return ready[0][1] if ready else 0
+
+
+def wait_fd(fd: int, events: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is ready for ``events`` (or hung up) within ``timeout_s`` seconds."""
+    return poll_fd(fd, events, timeout_s) != 0
 
 
 class FrameReader:

@@ -246,12 +246,10 @@ class _Worker:
         counted as unsolicited, a protocol violation, before)."""
         if self.reader.buffered():
             return "unsolicited"
-        p = select.poll()
-        p.register(self.reader.fd, select.POLLIN)
-        ready = p.poll(0)
+        ready = protocol.poll_fd(self.reader.fd, select.POLLIN, 0)
         if not ready:
             return None
-        return "unsolicited" if ready[0][1] & select.POLLIN else "crashed"
+        return "unsolicited" if ready & select.POLLIN else "crashed"
 
     def kill(self) -> None:
         if self.proc.poll() is None:
