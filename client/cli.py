@@ -733,8 +733,9 @@ def cmd_audit_list(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit_merged(a: argparse.Namespace, orgs: list[str]) -> dict[str, Any]:
-    """audit list --peer A --peer B ...: every log read whole, its chain checked here, the records
-    merged by time, each with the peer it came from (client.audit.merged)."""
+    """audit list --peer A --peer B ...: every log read whole (the peers at once), its chain checked
+    here, the records merged by time, each with the peer it came from (client.audit.merged; a peer
+    still being read when the view fails has its client closed there, every client here)."""
     from client.audit import AuditClient, merged
 
     if a.start:
@@ -1014,7 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--limit", type=_int_in(1, 1000), default=100)
     al.add_argument("--deadline-s", type=_int_in(1, 86400), default=120, metavar="S",
                     help="a merged view (--peer more than once): read every peer's log within this many seconds "
-                         "(default 120), else AUDIT_DEADLINE_EXCEEDED naming the peer being read")
+                         "(default 120; the peers read at once), else AUDIT_DEADLINE_EXCEEDED naming the peers "
+                         "not read by then")
     av = sub(pa_audit, "verify", cmd_audit_verify,
              "verify the hash chain of the peer's whole access-audit log (AUDIT_CHAIN_BROKEN if a record was "
              "changed or removed)")
