@@ -476,14 +476,17 @@ def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
 
     home, net, ident = _ledger_identity(a)
     peer = _config_peer(net, ident, a)
-    block, config = configtool.config_in_force(ident, peer, _config_chain(home),
-                                               _config_confirm(home, net, ident, peer))
+    chain = _config_chain(home)
+    block, config = configtool.config_in_force(ident, peer, chain, _config_confirm(home, net, ident, peer))
     out: dict[str, Any] = {"block": block, "sequence": config.sequence,
                            "protocol_version": config.protocol_version or 1}
     if getattr(a, "json", False):
         out["config"] = configtool.to_json(config)  # whole, certificates included: edit, then propose --from-json
     else:
         out.update(configtool.summary(config))
+    # the home's trust state beside it: how full the denylist of rotated-away CAs is, once this
+    # command saved the chain (a save it refused DENYLIST_FULL was only a log line, ca_denylist_full)
+    out["denylist"] = chain.denylist_fill([o.id for o in config.organizations])
     return out
 
 
@@ -1034,7 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the consortium config in force (JSON with --json), as the peer's chain shows it: every block "
         "verified from the local genesis.block (hash chain, orderer signatures) and every config "
         "transaction judged as the orderers judge it; a peer whose last_config_block or validation code "
-        "says otherwise is LEDGER_INVALID (every config command reads the config in force so)")
+        "says otherwise is LEDGER_INVALID (every config command reads the config in force so); with the "
+        "fill of the home's denylist of rotated-away CAs (rotated-cas.json: full, and the CAs it left out)")
     pr = sub(cf, "propose", cmd_config_propose,
              "write a config update proposal (the config in force with a change, sequence + 1) to sign")
     pr.add_argument("--out", type=Path, required=True, metavar="FILE",
