@@ -10,6 +10,7 @@ a doctored page of consecutive records is caught without trusting its own Verify
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,9 @@ class AuditClient:
 MERGE_PAGE = 1000  # records per page when reading a whole log to merge
 MAX_MERGED_RECORDS = 200_000  # records read at most, all the peers of a view together (~250-350 bytes each)
 MERGE_DEADLINE_S = 120.0  # a merged view's whole read, every peer and page (each request also 30 s at most)
+MERGE_WORKERS = 8  # peers of a merged view read at once (threads: min(peers, this))
+MERGE_LATE_S = 5.0  # a peer's read not back this long after the deadline (its requests all end by it) is
+# given up: its channel closed, its thread waited for this long at most, then left (daemon, its result unread)
 DEADLINE_EXCEEDED = "AUDIT_DEADLINE_EXCEEDED"
 
 
@@ -174,9 +178,13 @@ class Deadline:
         self.seconds, self._clock = seconds, clock
         self._end = clock() + seconds
 
+    def left(self) -> float:
+        """Seconds left (<= 0 once passed)."""
+        return self._end - self._clock()
+
     def remaining(self) -> float:
         """Seconds left; RxClientError AUDIT_DEADLINE_EXCEEDED once none are."""
-        left = self._end - self._clock()
+        left = self.left()
         if left <= 0:
             raise RxClientError(DEADLINE_EXCEEDED, f"the view was not read within its deadline ({self.seconds:g} s, "
                                                    "--deadline-s): a peer answering slowly, or a log too long to "
@@ -184,8 +192,46 @@ class Deadline:
         return left
 
 
+class RecordBound:
+    """The records a merged view reads at most, every peer together. The peers are read at once
+    (threads): each counts a page's records against it before keeping them, under one lock, so the
+    bound holds however their pages interleave -- those a peer read, kept or dropped, while it is
+    read; the records it kept once it is read (as when the peers were read one after another)."""
+
+    def __init__(self, limit: int, peers: int = 1) -> None:
+        self.limit, self.peers = limit, peers
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, own: int) -> None:
+        """Count ``n`` records more answered to a read that counted ``own`` before them; RxClientError
+        AUDIT_TOO_LARGE (nothing counted) when the peers' together would pass the limit."""
+        with self._lock:
+            if self._held + n <= self.limit:
+                self._held += n
+                return
+            others = self._held - own
+        if not others:
+            raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.limit} records to read: narrow the view "
+                                                   "(--since), or read the peer page by page (--peer ORG --start ID)")
+        raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.limit} records to read from the {self.peers} "
+                                               f"peers' logs together ({others} read from the others' when it "
+                                               "passed): narrow the view (--since), name fewer peers, or read "
+                                               "each page by page (--peer ORG --start ID)")
+
+    def give_back(self, n: int) -> None:
+        """``n`` records counted that a read no longer holds (dropped: its log pruned while read)."""
+        with self._lock:
+            self._held -= n
+
+
+class ReadStopped(Exception):
+    """A peer's read stopped between pages: another peer of the view failed it (never shown)."""
+
+
 def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = MAX_MERGED_RECORDS,
-                  deadline: Deadline | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  deadline: Deadline | None = None, bound: RecordBound | None = None,
+                  stop: threading.Event | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records of one peer's log from ``start_id`` (0: the oldest kept) to its head, in id
     order, with the head, checked HERE: each chains to the one before across pages, the newest
     hashes to the head of the last page (read from the same snapshot as its records), and --
@@ -196,13 +242,18 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
     those read before are dropped, the page checked as the oldest kept. RxClientError AUDIT_CHAIN_BROKEN
     otherwise (also for a page that holds no record but says more follow: the read is bounded
     by ``max_records`` whatever the peer answers), AUDIT_TOO_LARGE past ``max_records`` read,
-    kept or dropped (nothing merged), AUDIT_DEADLINE_EXCEEDED once ``deadline`` passed (each request
-    waits until it at most; checked again after each page)."""
+    kept or dropped (nothing merged; ``bound``: counted there instead, with the other peers' of a
+    view, which then counts only those kept once read), AUDIT_DEADLINE_EXCEEDED once ``deadline``
+    passed (each request waits until it at most; checked again after each page). :class:`ReadStopped`
+    once ``stop`` is set, checked after each page (no further one asked)."""
+    bound = bound if bound is not None else RecordBound(max_records)
     records: list[dict[str, Any]] = []
     head: dict[str, Any] = {}
     read = 0  # records answered, kept or not (a log pruned while read drops those read before)
     # each page checked to chain by query(), each request waiting until the deadline at most
     for page in client.pages(start_id=start_id, limit=MERGE_PAGE, deadline=deadline):
+        if stop is not None and stop.is_set():
+            raise ReadStopped()
         if deadline is not None:  # (a fake or a peer answering within its wait: checked here too)
             deadline.remaining()
         head = page.head
@@ -227,11 +278,9 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
             last, nxt = records[-1], page.records[0]
             if nxt["id"] != last["id"] + 1 or nxt["prev_hash"] != last["hash"]:
                 raise RxClientError("AUDIT_CHAIN_BROKEN", f"record {nxt['id']} does not chain to record {last['id']}")
+        bound.take(len(page.records), read)
         records.extend(page.records)
         read += len(page.records)
-        if read > max_records:
-            raise RxClientError("AUDIT_TOO_LARGE", f"more than {max_records} records to read: narrow the view "
-                                                   "(--since), or read the peer page by page (--peer ORG --start ID)")
     if records:
         if (records[-1]["id"], records[-1]["hash"]) != (head["last_id"], head["last_hash"]):
             raise RxClientError("AUDIT_CHAIN_BROKEN", f"the newest record read ({records[-1]['id']}) is not the "
@@ -242,6 +291,7 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
         # the newest's hash is the one the head keeps for the pruned)
         raise RxClientError("AUDIT_CHAIN_BROKEN", f"no record answered from {start_id}, but the head names "
                                                   f"records {head['first_id']}..{head['last_id']}")
+    bound.give_back(read - len(records))
     return records, head
 
 
@@ -257,9 +307,103 @@ def first_id_from(client: AuditClient, since_ms: int, deadline: Deadline | None 
     return int(page.records[0]["id"]) if page.records else int(page.head["last_id"]) + 1
 
 
+PeerRead = tuple[list[dict[str, Any]], dict[str, Any]]
+
+
+def read_peers(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int, deadline: Deadline,
+               bound: RecordBound, workers: int = MERGE_WORKERS) -> list[PeerRead]:
+    """Every peer's log (:func:`read_verified`, from :func:`first_id_from` with ``since_ms``), in the
+    order given, read by ``min(peers, workers)`` threads at once, each taking the next peer not yet
+    read: a view of many peers takes about its slowest one's time, not their sum. The first peer to
+    fail fails them all, its error naming it (AUDIT_DEADLINE_EXCEEDED: every peer not read by then,
+    in the order given): nothing more is asked (a read stops after its page), the peers still being
+    read have their clients closed (a request being answered is cancelled), and every thread is
+    joined before this returns -- one not back ``MERGE_LATE_S`` after that (a peer answering past
+    its request's own timeout) is left, its channel closed and its result never read."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    n = len(clients)
+    results: list[PeerRead | None] = [None] * n
+    cond = threading.Condition()
+    stop = threading.Event()  # set (under cond) once the view failed, or on the way out
+    queue = iter(range(n))  # peers not started (taken under cond)
+    running: set[int] = set()
+    failures: list[tuple[int, BaseException]] = []  # the first one alone: (peer index or -1, error)
+    ended = [0]  # threads ended
+
+    def take() -> int | None:
+        with cond:
+            i = None if stop.is_set() else next(queue, None)
+            if i is not None:
+                running.add(i)
+            return i
+
+    def read(i: int) -> PeerRead:
+        client = clients[i][1]
+        start = first_id_from(client, since_ms, deadline) if since_ms else 0
+        return read_verified(client, start_id=start, deadline=deadline, bound=bound, stop=stop)
+
+    def work() -> None:
+        try:
+            while (i := take()) is not None:
+                try:
+                    got = read(i)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread (moot once stopped)
+                    with cond:
+                        running.discard(i)
+                        if not stop.is_set():
+                            failures.append((i, exc))
+                            stop.set()
+                    return
+                with cond:
+                    running.discard(i)
+                    results[i] = got
+        finally:
+            with cond:
+                ended[0] += 1
+                cond.notify_all()
+
+    threads = [threading.Thread(target=work, name=f"rxchain-audit-{k}", daemon=True) for k in range(min(n, workers))]
+    try:
+        for t in threads:
+            t.start()
+        with cond:
+            while not failures and ended[0] < len(threads):
+                left = deadline.left()
+                if left < -MERGE_LATE_S:  # (each request waits until the deadline at most: one stuck)
+                    failures.append((-1, RxClientError(DEADLINE_EXCEEDED, f"the view was not read within its "
+                                                                          f"deadline ({deadline.seconds:g} s, "
+                                                                          "--deadline-s)")))
+                    break
+                cond.wait(max(left, 0.0) + MERGE_LATE_S)
+    finally:
+        with cond:
+            stop.set()  # nothing more is started or asked
+            busy = sorted(running)
+        try:
+            for i in busy:  # a request being answered is cancelled
+                clients[i][1].close()
+        finally:
+            for t in threads:
+                if t.ident is not None:  # (started)
+                    t.join(MERGE_LATE_S)
+    if failures:
+        i, exc = failures[0]
+        if not isinstance(exc, RxClientError):
+            raise exc
+        if exc.reason == DEADLINE_EXCEEDED or i < 0:
+            late = [name for (name, _), got in zip(clients, results, strict=True) if got is None]
+            raise RxClientError(DEADLINE_EXCEEDED, f"{', '.join(late)}: {exc.message}") from None
+        raise RxClientError(exc.reason, f"{clients[i][0]}: {exc.message}") from None
+    if any(got is None for got in results):  # (never: each peer is read, or the view failed)
+        raise RxClientError("INTERNAL", "a peer's log was not read")
+    return [got for got in results if got is not None]
+
+
 def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, until_ms: int = 0,
            record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS,
-           deadline_s: float = MERGE_DEADLINE_S, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+           deadline_s: float = MERGE_DEADLINE_S, clock: Callable[[], float] = time.monotonic,
+           workers: int = MERGE_WORKERS) -> dict[str, Any]:
     """One view of several peers' logs: each read -- whole, or with ``since_ms`` from the first
     record of the window (:func:`first_id_from`) -- to its head and its chain checked here
     (:func:`read_verified`), then the records in ``[since_ms, until_ms)`` (0: no bound) of
@@ -267,30 +411,23 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
     ``peer`` it came from. ``limit`` (0: all): at most that many, cut at a millisecond's edge
     (``more`` and ``next_ms``, the time to go on from with ``since_ms``; a millisecond holding more
     than ``limit`` records is answered whole). ``peers``: each log's head and records checked.
-    A peer that cannot be read, or whose chain does not verify, fails the whole view, its error
-    naming the peer. Bounds, all the peers together: ``max_records`` records read (AUDIT_TOO_LARGE),
-    ``deadline_s`` seconds by ``clock`` for every request and page (AUDIT_DEADLINE_EXCEEDED naming the
-    peer being read; each request waits until then at most) -- a slow or endless peer holds the view
-    no longer, and more ``--peer`` take no more memory."""
+    The peers are read at once, ``min(peers, workers)`` threads (:func:`read_peers`); the view is the
+    same whichever answers first. A peer that cannot be read, or whose chain does not verify, fails
+    the whole view, its error naming the peer (the first to fail: the others are stopped, a slow
+    one does not hold the error). Bounds, all the peers together: ``max_records`` records read
+    (:class:`RecordBound`, AUDIT_TOO_LARGE naming the peer that would pass it), ``deadline_s`` seconds
+    by ``clock`` for every request and page (AUDIT_DEADLINE_EXCEEDED naming every peer not read by
+    then; each request waits until then at most) -- a slow or endless peer holds the view no longer,
+    and more ``--peer`` take no more memory."""
     names = [name for name, _ in clients]
     if len(set(names)) != len(names):
         raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
     deadline = Deadline(deadline_s, clock)
+    reads = read_peers(clients, since_ms=since_ms, deadline=deadline,
+                       bound=RecordBound(max_records, len(clients)), workers=workers)
     out: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
-    read = 0  # records read from the peers before this one (held until the view is built)
-    for name, client in clients:
-        try:
-            start = first_id_from(client, since_ms, deadline) if since_ms else 0
-            records, head = read_verified(client, start_id=start, max_records=max_records - read, deadline=deadline)
-        except RxClientError as exc:  # which peer's log: nothing of the others is shown either
-            if exc.reason == "AUDIT_TOO_LARGE" and read:
-                raise RxClientError(exc.reason, f"{name}: more than {max_records} records to read from the "
-                                                f"{len(clients)} peers' logs together ({read} before this one's): "
-                                                "narrow the view (--since), name fewer peers, or read each page "
-                                                "by page (--peer ORG --start ID)") from None
-            raise RxClientError(exc.reason, f"{name}: {exc.message}") from None
-        read += len(records)
+    for (name, _), (records, head) in zip(clients, reads, strict=True):  # in the order named
         peers.append({"peer": name, "checked": len(records), "head": head})
         out.extend({**r, "peer": name} for r in records
                    if r["time_ms"] >= since_ms and (not until_ms or r["time_ms"] < until_ms)
@@ -310,3 +447,4 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
         next_ms = out[cut]["time_ms"] if more else 0
         out = out[:cut]
     return {"records": out, "peers": peers, "more": more, "next_ms": next_ms}
+

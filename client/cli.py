@@ -476,14 +476,17 @@ def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
 
     home, net, ident = _ledger_identity(a)
     peer = _config_peer(net, ident, a)
-    block, config = configtool.config_in_force(ident, peer, _config_chain(home),
-                                               _config_confirm(home, net, ident, peer))
+    chain = _config_chain(home)
+    block, config = configtool.config_in_force(ident, peer, chain, _config_confirm(home, net, ident, peer))
     out: dict[str, Any] = {"block": block, "sequence": config.sequence,
                            "protocol_version": config.protocol_version or 1}
     if getattr(a, "json", False):
         out["config"] = configtool.to_json(config)  # whole, certificates included: edit, then propose --from-json
     else:
         out.update(configtool.summary(config))
+    # the home's trust state beside it: how full the denylist of rotated-away CAs is, once this
+    # command saved the chain (a save it refused DENYLIST_FULL was only a log line, ca_denylist_full)
+    out["denylist"] = chain.denylist_fill([o.id for o in config.organizations])
     return out
 
 
@@ -733,8 +736,9 @@ def cmd_audit_list(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _audit_merged(a: argparse.Namespace, orgs: list[str]) -> dict[str, Any]:
-    """audit list --peer A --peer B ...: every log read whole, its chain checked here, the records
-    merged by time, each with the peer it came from (client.audit.merged)."""
+    """audit list --peer A --peer B ...: every log read whole (the peers at once), its chain checked
+    here, the records merged by time, each with the peer it came from (client.audit.merged; a peer
+    still being read when the view fails has its client closed there, every client here)."""
     from client.audit import AuditClient, merged
 
     if a.start:
@@ -1014,7 +1018,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--limit", type=_int_in(1, 1000), default=100)
     al.add_argument("--deadline-s", type=_int_in(1, 86400), default=120, metavar="S",
                     help="a merged view (--peer more than once): read every peer's log within this many seconds "
-                         "(default 120), else AUDIT_DEADLINE_EXCEEDED naming the peer being read")
+                         "(default 120; the peers read at once), else AUDIT_DEADLINE_EXCEEDED naming the peers "
+                         "not read by then")
     av = sub(pa_audit, "verify", cmd_audit_verify,
              "verify the hash chain of the peer's whole access-audit log (AUDIT_CHAIN_BROKEN if a record was "
              "changed or removed)")
@@ -1032,7 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the consortium config in force (JSON with --json), as the peer's chain shows it: every block "
         "verified from the local genesis.block (hash chain, orderer signatures) and every config "
         "transaction judged as the orderers judge it; a peer whose last_config_block or validation code "
-        "says otherwise is LEDGER_INVALID (every config command reads the config in force so)")
+        "says otherwise is LEDGER_INVALID (every config command reads the config in force so); with the "
+        "fill of the home's denylist of rotated-away CAs (rotated-cas.json: full, and the CAs it left out)")
     pr = sub(cf, "propose", cmd_config_propose,
              "write a config update proposal (the config in force with a change, sequence + 1) to sign")
     pr.add_argument("--out", type=Path, required=True, metavar="FILE",

@@ -61,7 +61,7 @@ import secrets
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,46 @@ def read_denylist(path: Path, genesis_hash: bytes) -> dict[str, str]:
     return out
 
 
+def _denylist_raw(genesis_hash: bytes, entries: dict[str, str]) -> bytes:
+    """The denylist naming ``entries`` ({fingerprint: organisation}) as it is written (and bounded)."""
+    return json.dumps({"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
+                       "rotated_away": [{"org": org, "ca_sha256": fp} for fp, org in entries.items()]},
+                      indent=1).encode()
+
+
+def denylist_fill(path: Path, genesis_hash: bytes, rotated: dict[str, str],
+                  org_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """How full the denylist at ``path`` is, for an operator (``config show``): ``entries`` (the CAs it
+    names for this genesis block) and ``bytes`` (its size as written; 0 when it names none) against
+    ``max_entries`` and ``max_bytes``; ``not_denied``: the CAs of ``rotated`` ({fingerprint:
+    organisation}: those a verified config chain rotated away from) it does not name, denied by
+    nothing once config-chain.json is removed; ``full`` when it cannot take them -- or, all named,
+    one CA more (of the longest id of ``org_ids``) -- as :func:`add_to_denylist` refuses a save
+    DENYLIST_FULL (which logs ``ca_denylist_full``); ``warning`` saying either. A file that cannot be
+    read: ``error`` and ``message`` instead (every session of the home refuses it so too)."""
+    out: dict[str, Any] = {"file": str(path)}
+    try:
+        held = read_denylist(path, genesis_hash)
+    except RxClientError as exc:
+        return {**out, "error": exc.reason, "message": exc.message}
+    missing = {fp: org for fp, org in sorted(rotated.items()) if fp not in held}
+    after = {**held, **(missing or {"f" * 64: max([*org_ids, *held.values(), ""], key=len)})}
+    full = len(after) > MAX_DENYLIST_ENTRIES or len(_denylist_raw(genesis_hash, after)) > MAX_DENYLIST_BYTES
+    out.update(entries=len(held), max_entries=MAX_DENYLIST_ENTRIES,
+               bytes=len(_denylist_raw(genesis_hash, held)) if held else 0, max_bytes=MAX_DENYLIST_BYTES,
+               full=full, not_denied=[{"org": org, "ca_sha256": fp} for fp, org in missing.items()])
+    if full:
+        what = f"the {len(missing)} CA(s) the verified config chain rotated away from that it lacks " \
+               "(denied by nothing once config-chain.json is removed)" if missing else "one CA more"
+        out["warning"] = (f"{DENYLIST_FULL}: it cannot take {what}; entries are never dropped to make room: "
+                          "remove those the consortium confirms can no longer sign")
+    elif missing:
+        out["warning"] = (f"{len(missing)} CA(s) the verified config chain rotated away from are not in it yet "
+                          "(denied by nothing once config-chain.json is removed): the next save of the chain "
+                          "adds them")
+    return out
+
+
 def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
                     reinstated: frozenset[str] = frozenset()) -> None:
     """Add ``entries`` ({fingerprint: organisation}) to the denylist at ``path`` (:func:`read_denylist`),
@@ -215,9 +255,7 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
             return
         merged = {**held, **{fp: org for fp, org in entries.items() if fp not in held}}
         merged = {fp: org for fp, org in merged.items() if fp not in reinstated}
-        doc = {"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
-               "rotated_away": [{"org": org, "ca_sha256": fp} for fp, org in merged.items()]}
-        raw = json.dumps(doc, indent=1).encode()
+        raw = _denylist_raw(genesis_hash, merged)
         if len(merged) > MAX_DENYLIST_ENTRIES or len(raw) > MAX_DENYLIST_BYTES:
             added = sum(1 for fp in entries if fp not in held)
             # the CAs put back in force are dropped all the same (only a shrink is written): kept, the
@@ -225,9 +263,7 @@ def add_to_denylist(path: Path, genesis_hash: bytes, entries: dict[str, str],
             kept = {fp: org for fp, org in held.items() if fp not in reinstated}
             dropped = len(held) - len(kept)
             if dropped:
-                replace_file(path, json.dumps({"format": DENYLIST_FORMAT, "genesis": genesis_hash.hex(),
-                                               "rotated_away": [{"org": org, "ca_sha256": fp}
-                                                                for fp, org in kept.items()]}, indent=1).encode())
+                replace_file(path, _denylist_raw(genesis_hash, kept))
                 fsync_dir(path.parent if str(path.parent) else Path("."))
             raise RxClientError(DENYLIST_FULL, f"{path} would name {len(merged)} CAs rotated away from "
                                 f"({len(raw)} bytes; at most {MAX_DENYLIST_ENTRIES} CAs, {MAX_DENYLIST_BYTES} "
@@ -478,6 +514,13 @@ class ChainConfig:
         if self._state_path is not None and (self.rotated_away or self.reinstated):
             add_to_denylist(self._state_path.parent / CA_DENYLIST, self._genesis_hash, self.rotated_away,
                             frozenset(self.reinstated))
+
+    def denylist_fill(self, org_ids: Sequence[str] = ()) -> dict[str, Any] | None:
+        """:func:`denylist_fill` of the denylist beside the state, against the CAs the chain verified
+        rotated away from (None without a state path: no denylist is kept)."""
+        if self._state_path is None:
+            return None
+        return denylist_fill(self._state_path.parent / CA_DENYLIST, self._genesis_hash, self.rotated_away, org_ids)
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next

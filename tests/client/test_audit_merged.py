@@ -42,6 +42,10 @@ class _LogClient:
 
     def __init__(self, log: AccessLog, page: int = 2, doctor: Doctor | None = None) -> None:
         self.log, self.page, self.doctor = log, page, doctor
+        self.closed = False
+
+    def close(self) -> None:  # (a merged view failing closes the clients of the peers still read)
+        self.closed = True
 
     def query(self, *, by_time: bool = False, start_ms: int = 0, limit: int = 0, **_: Any) -> Page:
         assert by_time  # (the merge's one query by time: where to read from)
