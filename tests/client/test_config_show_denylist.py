@@ -9,10 +9,13 @@ block 1, held by the orderers)."""
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rxchain.v1 import block_pb2
+from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool, follow
 from client.cli import main
@@ -135,3 +138,40 @@ def test_the_fill_counts_without_the_cas_put_back_in_force(
     assert not fill["warning"].startswith("DENYLIST_FULL")
     chain.save_denylist()  # taken, as it said
     assert configtool.read_denylist(path, block_header_hash(genesis.header)) == {away: "h01"}
+
+
+def test_propose_sign_and_submit_say_a_full_denylist_too(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """Each saves the chain it reads as config show does: a save refused DENYLIST_FULL, or a denylist
+    that cannot take the CAs rotated away from, is their ``denylist`` too (was: the log line alone)."""
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 0)
+    (rotated.home / configtool.CA_DENYLIST).unlink(missing_ok=True)
+    peer, orderer, old_fp = _rotation(rotated)
+    monkeypatch.setattr(configtool, "broadcast", lambda *_: "")  # (the orderers took it)
+
+    def in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], sequence: int,
+                 **_: object) -> tuple[int, config_pb2.ConsortiumConfig]:
+        read()  # (the chain read and saved, as while waiting) and the block holding the update
+        return 2, configtool.read_update(update)[1]
+
+    monkeypatch.setattr(configtool, "wait_in_force", in_force)
+
+    def run(*args: str, who: str = "h02:admin") -> dict[str, Any]:  # (h01's admins: of the CA rotated away from)
+        _Peer(monkeypatch, peer)
+        monkeypatch.setattr(follow, "_Peer", _fake(_World(_Clock(), {"orderer.ins01": orderer})))
+        out = io.StringIO()
+        status = main(["--json", "--home", str(rotated.home), "--as", who, "config", *args], out=out,
+                      err=io.StringIO())
+        result: dict[str, Any] = json.loads(out.getvalue())
+        assert status == 0, result
+        return result
+
+    update = tmp_path / "u.rxcfg"
+    for result in (run("propose", "--out", str(update), "--protocol-version", "2"), run("sign", str(update)),
+                   run("submit", str(update))):
+        fill = result["denylist"]
+        assert (fill["full"], fill["not_denied"]) == (True, [{"org": "h01", "ca_sha256": old_fp}]), result
+        assert fill["warning"].startswith("DENYLIST_FULL: it cannot take the 1 CA(s)")
+    assert not (rotated.home / configtool.CA_DENYLIST).exists()
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 4096)  # room: saved, nothing to say
+    assert "denylist" not in run("sign", str(update), who="p01:admin") and old_fp in (rotated.home / configtool.CA_DENYLIST).read_text()
