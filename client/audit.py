@@ -26,6 +26,10 @@ from client.wallet import WalletIdentity
 from node.crypto.tls import secure_channel
 
 PATHS = {audit_pb2.ACCESS_EVALUATE: "evaluate", audit_pb2.ACCESS_ENDORSE: "endorse"}
+# the most records a peer answers a page (node.peer.audit.MAX_PAGE; a request's ``limit``, 0 its
+# default of 100): a page holding more is refused before it is parsed -- one of 16 MiB (the channel's
+# bound) held ~400,000 records, past a merged view's bound, from each peer read at once
+MAX_PAGE = 1000
 
 
 def _parse(raw: bytes) -> audit_pb2.AccessRecord:
@@ -100,7 +104,8 @@ class AuditClient:
               record_id: str = "", limit: int = 0, deadline: Deadline | None = None) -> Page:
         """One page (records with their hashes; a page in id order without a record_id filter is
         checked to chain here). ``deadline``: the request waits at most until it (AUDIT_DEADLINE_EXCEEDED
-        once passed), never past its own timeout."""
+        once passed), never past its own timeout. AUDIT_CHAIN_BROKEN for a page holding more records
+        than asked (``limit``, else :data:`MAX_PAGE`), before any of them is parsed."""
         req = audit_pb2.AuditQueryRequest(
             order=audit_pb2.AUDIT_BY_TIME if by_time else audit_pb2.AUDIT_BY_ID, start_id=start_id,
             start_ms=start_ms, end_ms=end_ms, record_id=record_id, limit=limit)
@@ -111,6 +116,10 @@ class AuditClient:
             if deadline is not None:
                 deadline.remaining()  # (a wait the deadline cut short: that, not the RPC's TIMEOUT)
             raise rpc_error(exc) from None
+        asked = limit or MAX_PAGE
+        if len(res.records) > asked:  # (before any is parsed or counted: a peer answers ``limit`` at most)
+            raise RxClientError("AUDIT_CHAIN_BROKEN", f"a page of {len(res.records)} records answered to a "
+                                                      f"request for {asked} at most")
         if not by_time and not record_id:
             check_chain(res.records)
         return Page([record_dict(r) for r in res.records], res.more, res.next_id, res.next_ms, head_dict(res.head))

@@ -490,6 +490,15 @@ def cmd_config_show(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _denylist_due(chain: Any, config: Any) -> dict[str, Any]:
+    """``{"denylist": ...}``, config show's field, for the other config commands reading the chain
+    (propose, sign, submit: each saves it, and a save refused DENYLIST_FULL was only the log line
+    ca_denylist_full), when the denylist needs an operator -- a ``warning`` (full, or CAs rotated
+    away from it lacks) or a file that cannot be read; ``{}`` otherwise (their output is the update's)."""
+    fill = chain.denylist_fill([o.id for o in config.organizations])
+    return {"denylist": fill} if fill is not None and ("warning" in fill or "error" in fill) else {}
+
+
 def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
     from rxchain.v1 import config_pb2
 
@@ -500,7 +509,8 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
                             "choose another file, or --force to replace it")
     home, net, ident = _ledger_identity(a)
     peer = _config_peer(net, ident, a)
-    _, current = configtool.config_in_force(ident, peer, _config_chain(home), _config_confirm(home, net, ident, peer))
+    chain = _config_chain(home)
+    _, current = configtool.config_in_force(ident, peer, chain, _config_confirm(home, net, ident, peer))
     wanted: config_pb2.ConsortiumConfig | None = None
     if a.from_json is not None:
         wanted = configtool.read_config_json(a.from_json)
@@ -515,7 +525,7 @@ def cmd_config_propose(a: argparse.Namespace) -> dict[str, Any]:
     configtool.create_update(a.out, update, force=a.force)
     proposed = config_pb2.ConsortiumConfig.FromString(update.config)
     return {"file": str(a.out), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
-            "signatures": 0}
+            "signatures": 0, **_denylist_due(chain, current)}
 
 
 def _config_file(a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
@@ -544,11 +554,11 @@ def cmd_config_sign(a: argparse.Namespace) -> dict[str, Any]:
     from client import configtool
     from node.crypto.signing import Verifier
 
-    ident, _, update, (current, proposed, _, _) = _config_file(a)
+    ident, _, update, (current, proposed, _, chain) = _config_file(a)
     # the file read again under its lock: its config must be the one shown, signatures added meanwhile kept
     _, orgs = configtool.sign_file(a.file, update, ident, current, Verifier(), int(time.time() * 1000))
     return {"file": str(a.file), "sequence": proposed.sequence, "changes": configtool.changes(current, proposed),
-            "signed_by": orgs}
+            "signed_by": orgs, **_denylist_due(chain, current)}
 
 
 def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
@@ -571,7 +581,7 @@ def cmd_config_submit(a: argparse.Namespace) -> dict[str, Any]:
         raise RxClientError("STALE_CONFIG_UPDATE", f"the config in force is sequence {config.sequence} (block "
                             f"{block}), not this update {tx_id}: another update went in first")
     return {"tx_id": tx_id, "block": block, "sequence": config.sequence,
-            "protocol_version": config.protocol_version or 1, "signed_by": signed}
+            "protocol_version": config.protocol_version or 1, "signed_by": signed, **_denylist_due(chain, config)}
 
 
 def cmd_wallet_rotate_records_key(a: argparse.Namespace) -> dict[str, Any]:

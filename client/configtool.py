@@ -202,22 +202,29 @@ def _denylist_raw(genesis_hash: bytes, entries: dict[str, str]) -> bytes:
 
 
 def denylist_fill(path: Path, genesis_hash: bytes, rotated: dict[str, str],
-                  org_ids: Sequence[str] = ()) -> dict[str, Any]:
+                  org_ids: Sequence[str] = (), reinstated: frozenset[str] = frozenset()) -> dict[str, Any]:
     """How full the denylist at ``path`` is, for an operator (``config show``): ``entries`` (the CAs it
     names for this genesis block) and ``bytes`` (its size as written; 0 when it names none) against
     ``max_entries`` and ``max_bytes``; ``not_denied``: the CAs of ``rotated`` ({fingerprint:
     organisation}: those a verified config chain rotated away from) it does not name, denied by
     nothing once config-chain.json is removed; ``full`` when it cannot take them -- or, all named,
-    one CA more (of the longest id of ``org_ids``) -- as :func:`add_to_denylist` refuses a save
-    DENYLIST_FULL (which logs ``ca_denylist_full``); ``warning`` saying either. A file that cannot be
-    read: ``error`` and ``message`` instead (every session of the home refuses it so too)."""
+    one CA more (of the longest id of ``org_ids``, the organisations in force: an id is never reused,
+    so one the file names for an organisation removed, or a name edited in, is no next CA's) -- as
+    :func:`add_to_denylist` refuses a save DENYLIST_FULL (which logs ``ca_denylist_full``), counting
+    without the CAs of ``reinstated`` (put back in force: a save drops them); ``warning`` saying
+    either. A file that cannot be read: ``error`` and ``message`` instead (every session of the home
+    refuses it so too)."""
     out: dict[str, Any] = {"file": str(path)}
     try:
         held = read_denylist(path, genesis_hash)
     except RxClientError as exc:
         return {**out, "error": exc.reason, "message": exc.message}
     missing = {fp: org for fp, org in sorted(rotated.items()) if fp not in held}
-    after = {**held, **(missing or {"f" * 64: max([*org_ids, *held.values(), ""], key=len)})}
+    # what add_to_denylist would write: the CAs put back in force dropped (a save whose write was
+    # skipped -- the state's lock busy, another process's save -- left them there)
+    after = {fp: org for fp, org in {**held, **missing}.items() if fp not in reinstated}
+    if not missing:  # all named: one CA more, of an organisation in force (org_ids; else those named)
+        after["f" * 64] = max([*org_ids] or [*held.values(), ""], key=len)
     full = len(after) > MAX_DENYLIST_ENTRIES or len(_denylist_raw(genesis_hash, after)) > MAX_DENYLIST_BYTES
     out.update(entries=len(held), max_entries=MAX_DENYLIST_ENTRIES,
                bytes=len(_denylist_raw(genesis_hash, held)) if held else 0, max_bytes=MAX_DENYLIST_BYTES,
@@ -520,7 +527,8 @@ class ChainConfig:
         rotated away from (None without a state path: no denylist is kept)."""
         if self._state_path is None:
             return None
-        return denylist_fill(self._state_path.parent / CA_DENYLIST, self._genesis_hash, self.rotated_away, org_ids)
+        return denylist_fill(self._state_path.parent / CA_DENYLIST, self._genesis_hash, self.rotated_away, org_ids,
+                             frozenset(self.reinstated))
 
     def save(self) -> None:
         """Save the verified prefix at ``state_path`` (atomically; a failure only costs the next

@@ -3,6 +3,7 @@ whatever the peer answers."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from rxchain.v1 import audit_pb2
 
+import client.audit as audit_module
 from client.audit import AuditClient, Page, merged, read_verified, record_dict
 from client.errors import RxClientError
 from node.peer.audit import DAY_MS, AccessLog, Caller
@@ -250,3 +252,56 @@ def test_a_verify_reads_every_page_within_its_deadline() -> None:
     with pytest.raises(RxClientError) as err:  # a request the deadline cut short: that, not TIMEOUT
         _timed_client(stub).verify(deadline=Deadline(70, clock=lambda: clock[0]))
     assert stub.timeouts == [30.0, 30.0, 14.0] and err.value.reason == "AUDIT_DEADLINE_EXCEEDED"
+
+
+class _OversizedStub:
+    """A peer answering every Query one record more than asked (a healthy peer answers ``limit`` at
+    most), the records chaining and the head naming them: its page was parsed and kept whole before
+    any bound counted it -- one of 16 MiB (the channel's bound) holds ~400,000 records, past the
+    200,000 of a whole view, and a view reads up to 8 such peers at once."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def Query(self, req: audit_pb2.AuditQueryRequest, timeout: float) -> audit_pb2.AuditQueryResponse:
+        self.asked.append(req.limit)
+        raws, prev = [], bytes(32)
+        for rid in range(1, (req.limit or 100) + 2):
+            raw = audit_pb2.AccessRecord(id=rid, time_ms=rid, prev_hash=prev).SerializeToString()
+            raws.append(raw)
+            prev = hashlib.sha256(raw).digest()
+        head = audit_pb2.AuditHead(first_id=1, first_prev_hash=bytes(32), last_id=len(raws), last_hash=prev)
+        return audit_pb2.AuditQueryResponse(records=raws, head=head)
+
+
+def _oversized_client(stub: _OversizedStub) -> AuditClient:
+    client = object.__new__(AuditClient)
+    client._stub = stub  # type: ignore[assignment]
+    client._timeout = 30.0
+    return client
+
+
+@pytest.mark.parametrize("since_ms", [0, 1_000])
+def test_a_page_holding_more_records_than_asked_is_refused_before_it_is_parsed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since_ms: int) -> None:
+    parsed = [0]
+
+    def counted(raw: bytes) -> dict[str, Any]:
+        parsed[0] += 1
+        return record_dict(raw)
+
+    monkeypatch.setattr(audit_module, "record_dict", counted)
+    stub = _OversizedStub()
+    with pytest.raises(RxClientError) as one:  # one page (audit list without several --peer)
+        _oversized_client(stub).query(limit=5)
+    assert one.value.reason == "AUDIT_CHAIN_BROKEN" and "6 records answered to a request for 5" in one.value.message
+    assert parsed[0] == 0  # nothing of it parsed
+    log = _log_of(tmp_path / "a", 4)
+    try:
+        with pytest.raises(RxClientError) as err:  # a view: the first page (or where --since starts) refused
+            merged([("peer.a", _as_client(_LogClient(log))), ("peer.big", _oversized_client(stub))],
+                   since_ms=since_ms)
+        assert err.value.reason == "AUDIT_CHAIN_BROKEN" and err.value.message.startswith("peer.big: a page of ")
+        assert stub.asked[-1] == (1 if since_ms else 1000)
+    finally:
+        log.close()

@@ -6,7 +6,9 @@ wait bounded), never with timings: read one after another, every test here fails
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -294,3 +296,27 @@ def test_a_request_being_answered_is_cancelled_when_the_view_fails(tmp_path: Pat
         slow.close()
         server.stop(0)
         bad_log.close()
+
+
+def test_ctrl_c_while_the_peers_are_read_stops_them_all(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT: KeyboardInterrupt in the main thread, the CLI's exit 130) while every peer is
+    being read reaches the caller at once -- not held until the peers answer or the deadline passes
+    --, the requests being answered cancelled (clients closed) and no thread left reading."""
+    logs = _logs(tmp_path, 3, 3)
+    in_flight = threading.Barrier(3, timeout=_WAIT_S)
+    never = threading.Event()
+
+    def gate(peer: _Peer, n: int) -> None:
+        if in_flight.wait() == 0:  # every peer's first page asked: one SIGINT, to the main thread
+            os.kill(os.getpid(), signal.SIGINT)
+        peer.wait(never)
+
+    peers = [_Peer(log, gate) for log in logs]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merged([(f"peer.{i}", _client(p)) for i, p in enumerate(peers)])
+        assert all(p.closed for p in peers) and not any(p.answered.is_set() for p in peers)
+        assert _no_reader_left()
+    finally:
+        for log in logs:
+            log.close()

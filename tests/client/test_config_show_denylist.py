@@ -9,14 +9,20 @@ block 1, held by the orderers)."""
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rxchain.v1 import block_pb2
+from rxchain.v1 import block_pb2, config_pb2
 
 from client import configtool, follow
 from client.cli import main
-from node.genesis import config_from_genesis
+from client.errors import RxClientError
+from node.crypto.canonical import block_header_hash
+from node.crypto.signing import Verifier
+from node.genesis import config_from_genesis, read_genesis
 from tests.client.test_config_confirm import _show
 from tests.client.test_configtool import _Peer
 from tests.client.test_follow_segments import _chain
@@ -93,3 +99,79 @@ def test_a_denylist_that_cannot_be_read_is_reported_so(tmp_path: Path) -> None:
     fill = configtool.denylist_fill(path, b"\x01" * 32, {"ab" * 32: "h01"})
     assert fill == {"file": str(path), "error": "BAD_CONFIG", "message": fill["message"]}
     assert "damaged or edited" in fill["message"]
+
+
+def test_one_ca_more_is_of_an_organisation_in_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``full`` with every CA named is whether add_to_denylist takes one CA more of an organisation in
+    force -- not of the longest name the file holds (an organisation removed, whose id is never
+    reused, or a name edited in): was full with room for the next entry."""
+    genesis = b"\x01" * 32
+    path = tmp_path / configtool.CA_DENYLIST
+    edited, nxt = "aa" * 32, "cc" * 32
+    configtool.add_to_denylist(path, genesis, {edited: "x" * 2000})
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_BYTES", len(path.read_bytes()) + 200)  # (an entry: ~110 + its id)
+    fill = configtool.denylist_fill(path, genesis, {edited: "x" * 2000}, ["h01", "ins01"])
+    assert (fill["entries"], fill["full"], fill["not_denied"]) == (1, False, []) and "warning" not in fill
+    configtool.add_to_denylist(path, genesis, {nxt: "ins01"})  # taken, as it said
+    fill = configtool.denylist_fill(path, genesis, {edited: "x" * 2000, nxt: "ins01"}, ["h01", "ins01"])
+    assert (fill["entries"], fill["full"]) == (2, True)  # 90 bytes left: the next is refused
+    with pytest.raises(RxClientError) as err:
+        configtool.add_to_denylist(path, genesis, {"dd" * 32: "ins01"})
+    assert err.value.reason == configtool.DENYLIST_FULL
+
+
+def test_the_fill_counts_without_the_cas_put_back_in_force(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A CA the chain put back in force that the file still names (the save that drops it skipped:
+    the state's lock busy, another process's save) is no room taken: add_to_denylist drops it. Was
+    counted: full, DENYLIST_FULL said, and the save then took the CA rotated away from."""
+    genesis = read_genesis(rotated.home / "genesis.block")
+    chain = configtool.ChainConfig(genesis, Verifier(), rotated.home / configtool.CHAIN_STATE)
+    (back,) = chain.rotated_away  # h01's genesis CA, written to the file as the state is resumed
+    path = rotated.home / configtool.CA_DENYLIST
+    assert configtool.read_denylist(path, block_header_hash(genesis.header)) == {back: "h01"}
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 1)
+    away = "cc" * 32
+    chain.rotated_away, chain.reinstated = {away: "h01"}, {back}  # (a rotation back, then away again)
+    fill = chain.denylist_fill(["h01"])
+    assert fill is not None and fill["full"] is False and fill["not_denied"] == [{"org": "h01", "ca_sha256": away}]
+    assert not fill["warning"].startswith("DENYLIST_FULL")
+    chain.save_denylist()  # taken, as it said
+    assert configtool.read_denylist(path, block_header_hash(genesis.header)) == {away: "h01"}
+
+
+def test_propose_sign_and_submit_say_a_full_denylist_too(
+        rotated: Rotated, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+    """Each saves the chain it reads as config show does: a save refused DENYLIST_FULL, or a denylist
+    that cannot take the CAs rotated away from, is their ``denylist`` too (was: the log line alone)."""
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 0)
+    (rotated.home / configtool.CA_DENYLIST).unlink(missing_ok=True)
+    peer, orderer, old_fp = _rotation(rotated)
+    monkeypatch.setattr(configtool, "broadcast", lambda *_: "")  # (the orderers took it)
+
+    def in_force(read: Callable[[], tuple[int, config_pb2.ConsortiumConfig]], sequence: int,
+                 **_: object) -> tuple[int, config_pb2.ConsortiumConfig]:
+        read()  # (the chain read and saved, as while waiting) and the block holding the update
+        return 2, configtool.read_update(update)[1]
+
+    monkeypatch.setattr(configtool, "wait_in_force", in_force)
+
+    def run(*args: str, who: str = "h02:admin") -> dict[str, Any]:  # (h01's admins: of the CA rotated away from)
+        _Peer(monkeypatch, peer)
+        monkeypatch.setattr(follow, "_Peer", _fake(_World(_Clock(), {"orderer.ins01": orderer})))
+        out = io.StringIO()
+        status = main(["--json", "--home", str(rotated.home), "--as", who, "config", *args], out=out,
+                      err=io.StringIO())
+        result: dict[str, Any] = json.loads(out.getvalue())
+        assert status == 0, result
+        return result
+
+    update = tmp_path / "u.rxcfg"
+    for result in (run("propose", "--out", str(update), "--protocol-version", "2"), run("sign", str(update)),
+                   run("submit", str(update))):
+        fill = result["denylist"]
+        assert (fill["full"], fill["not_denied"]) == (True, [{"org": "h01", "ca_sha256": old_fp}]), result
+        assert fill["warning"].startswith("DENYLIST_FULL: it cannot take the 1 CA(s)")
+    assert not (rotated.home / configtool.CA_DENYLIST).exists()
+    monkeypatch.setattr(configtool, "MAX_DENYLIST_ENTRIES", 4096)  # room: saved, nothing to say
+    assert "denylist" not in run("sign", str(update), who="p01:admin") and old_fp in (rotated.home / configtool.CA_DENYLIST).read_text()
