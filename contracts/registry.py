@@ -184,23 +184,26 @@ def _dx_key(ctx: Context) -> str:
 MAX_PRACTICE_SITES = 8
 
 
-def _release_code(ctx: Context, key: str, org: str, name: str) -> None:
+def _release_code(ctx: Context, key: str, org: str, name: str) -> list:
     """A registration moved to another code: its old code is free (if it still held it); a
-    site's registration leaves its site authorised, under no name."""
+    site's registration leaves its site authorised, under no name. The revocations the entry
+    it deleted outlived (``outlived``, for _settle), else []."""
     holder = ctx.get(key)
     if holder is None or "revoked" in holder:  # (a barred code stays barred)
-        return
+        return []
     if holder["org"] == org and holder["name"] == name:
         if not _site_holds(ctx, holder, key[len("praccode/"):]):
             ctx.delete(key)
+            return holder.get("outlived", [])
         # else kept while a site she authorised practises under it: a new holder taking the
         # code over would forget that site, still active beside it (two active registrations)
-        return
+        return []
     sites = holder.get("sites", {})
     if sites.get(org, "") == name and name != "":
         sites[org] = ""
         holder["sites"] = sites
         ctx.put(key, holder)
+    return []
 
 
 def _holds(ctx: Context, org: str, name: str, code: str) -> bool:
@@ -296,8 +299,9 @@ def register_practitioner(
     site = False  # registering at a site the holder authorised (multi-site practice)
     if licence_active:
         site = _claim_code(ctx, holder, org, name, code)
+    released = []  # the revocations an entry of the old code deleted outlived
     if old is not None and old["code"] != code:
-        _release_code(ctx, "praccode/" + old["code"], org, name)
+        released = _release_code(ctx, "praccode/" + old["code"], org, name)
     if licence_active:
         _index_code(ctx, holder, org, name, code, site)
     rec = {
@@ -312,6 +316,10 @@ def register_practitioner(
     }
     _keep_marks(old, rec)
     ctx.put(key, rec)
+    # the code it left, or lapsed under, may be held in force by nobody now
+    if old is not None and old["code"] != code:
+        _settle(ctx, "praccode/" + old["code"], released)
+    _settle(ctx, "praccode/" + code, [])
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
 
@@ -373,6 +381,9 @@ def authorize_practice_site(ctx: Context, code: str, site: str, allowed: bool) -
             ctx.emit("registry.practitioner", {"org": site, "name": name, "role": prac["role"]})
     holder["sites"] = kept
     ctx.put("praccode/" + code, holder)
+    if not allowed:
+        _settle(ctx, "praccode/" + code, [])  # (the withdrawn site may have practised last)
+        holder = ctx.get("praccode/" + code)
     ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": allowed})
     return holder
 
@@ -406,13 +417,21 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
         _refuse_revoked(ctx, "pharmacy/" + org, old)
     if active:
         _claim_licence(ctx, holder, org, licence_no)
+    released = []
     if old is not None and old["licence_no"] != licence_no:
-        _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
+        released = _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
     if active:
-        ctx.put("pharmlic/" + licence_no, {"org": org, "name": ""})
+        entry = {"org": org, "name": ""}
+        if holder is not None and "revoked" not in holder and holder["org"] == org \
+                and "outlived" in holder:
+            entry["outlived"] = holder["outlived"]  # (its own entry: what it outlives stays)
+        ctx.put("pharmlic/" + licence_no, entry)
     rec = {"org": org, "licence_no": licence_no, "active": active, "updated": _stamp(ctx)}
     _keep_marks(old, rec)
     ctx.put("pharmacy/" + org, rec)
+    if old is not None and old["licence_no"] != licence_no:
+        _settle(ctx, "pharmlic/" + old["licence_no"], released)
+    _settle(ctx, "pharmlic/" + licence_no, [])
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
 
@@ -540,6 +559,103 @@ def _bars(ctx: Context, key: str, holder: dict, reason: str) -> bool:
     return holder["revoked"]["reason"] == SUSPENSION and reason != SUSPENSION
 
 
+def _outliving(ctx: Context, o: dict) -> list:
+    """The revocation for the licence ``o`` ({org, name, tx_id}: a registration and the tx
+    revoking it) while it stands: [record key, record, mark] -- its suspension still standing
+    (``_standing``: also when its registration was ended since), or its final revocation for the
+    licence (LICENCE_REVOKED: that tx's, or the one making that suspension final); [] once
+    lifted."""
+    rkey = "pharmacy/" + o["org"] if o["name"] == "" else "prac/" + o["org"] + "/" + o["name"]
+    rec = ctx.get(rkey)
+    if rec is None or "revoked" not in rec:
+        return []
+    mark = rec["revoked"]
+    if mark["reason"] == "LICENCE_REVOKED":
+        if mark["tx_id"] == o["tx_id"] or mark.get("suspension", {}).get("tx_id", "") == o["tx_id"]:
+            return [rkey, rec, mark]
+        return []
+    held = _standing(mark)
+    if held is not None and held["tx_id"] == o["tx_id"]:
+        return [rkey, rec, held]
+    return []
+
+
+def _outlive(ctx: Context, key: str, holder: dict, org: str, name: str, mark: dict) -> None:
+    """A revocation for the licence (``mark``) of ``org``/``name`` under ``key``, whose entry
+    ``holder`` another registration holds in force (it bars nothing while that one practises:
+    _bars), is kept in the entry's ``outlived`` ([{org, name, tx_id}]: those still standing,
+    one per registration) to bar the code once nobody holds it in force (_settle).
+    LIMIT_EXCEEDED with MAX_SUSPENSIONS - 1 standing already (the bar they make, with the
+    revocation making it, keeps at most MAX_SUSPENSIONS)."""
+    kept = []
+    for o in holder.get("outlived", []):
+        if (o["org"] != org or o["name"] != name) and len(_outliving(ctx, o)) > 0:
+            kept.append(o)
+    if len(kept) >= MAX_SUSPENSIONS - 1:
+        ctx.fail("LIMIT_EXCEEDED", key + " is held in force by " + holder["org"] + "/"
+                 + holder["name"] + " beside " + str(len(kept)) + " standing revocations for the "
+                 "licence of other registrations under it: at most " + str(MAX_SUSPENSIONS - 1)
+                 + "; lift one (reinstate_registration) or revoke the registrations holding it")
+    holder["outlived"] = kept + [{"org": org, "name": name, "tx_id": mark["tx_id"]}]
+    ctx.put(key, holder)
+
+
+def _settle(ctx: Context, key: str, carried: list) -> None:
+    """After a write that may leave the code (licence) ``key`` held in force by nobody (a holder
+    or site lapsed, moved away, withdrawn or revoked): the revocations for the licence its entry
+    outlived (``outlived``, with ``carried``: those of an entry this tx deleted or replaced by a
+    bar) that still stand bar it, as a revocation finding the code free does (_bars) -- a final
+    one for good, else the suspensions hold the bar (each mark's ``barred``) -- so nobody takes
+    the code over while they stand; an entry still in force keeps those standing. At most
+    2 x MAX_SUSPENSIONS records read."""
+    entry = ctx.get(key)
+    bar = entry is not None and "revoked" in entry
+    if bar and entry["revoked"]["reason"] != SUSPENSION:
+        return  # (barred for good already)
+    outlived = carried
+    if entry is not None and not bar:
+        outlived = carried + entry.get("outlived", [])
+    if len(outlived) == 0:
+        return
+    standing = []  # [[{org, name, tx_id}, record key, record, mark]]
+    for o in outlived:
+        seen = False
+        for s in standing:
+            if s[0]["org"] == o["org"] and s[0]["name"] == o["name"]:
+                seen = True
+        found = [] if seen else _outliving(ctx, o)
+        if len(found) > 0:
+            standing.append([o] + found)
+    if entry is not None and not bar and _in_force(ctx, key, entry):
+        kept = [s[0] for s in standing]
+        if kept != entry.get("outlived", []):
+            entry["outlived"] = kept
+            if len(kept) == 0:
+                del entry["outlived"]
+            ctx.put(key, entry)
+        return
+    if len(standing) == 0:
+        if entry is not None and not bar and "outlived" in entry:
+            del entry["outlived"]
+            ctx.put(key, entry)
+        return
+    for s in standing:
+        if s[3]["reason"] == "LICENCE_REVOKED":
+            ctx.put(key, {"org": s[0]["org"], "name": s[0]["name"], "revoked": s[3]})
+            return
+    held = _suspensions(entry) if bar else []
+    pending = _pending(entry) if bar else []
+    for s in standing:
+        org = s[0]["org"]
+        name = s[0]["name"]
+        if len(_others(held, org, name)) == len(held):
+            s[3]["barred"] = key  # (the mark in the record: reinstating it lifts this bar)
+            ctx.put(s[1], s[2])
+            held.append({"org": org, "name": name, "revoked": s[3]})
+            pending = _others(pending, org, name)
+    ctx.put(key, _bar_entry(held, pending))
+
+
 def _suspensions(bar: dict) -> list:
     """The suspensions holding the bar ``bar`` ([{org, name, revoked}], the first the one the
     entry names); a bar written before the list was kept holds its own only."""
@@ -626,7 +742,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     stays barred instead:
     its entry names this registration, marked ``revoked``, and no registration holds it again
     (REGISTRATION_REVOKED; else her organisation, or her withdrawn site, registered her again
-    under it at once, under another name). Idempotent: a revoked
+    under it at once, under another name); a code another registration holds in force keeps
+    such a revocation in its entry (``outlived``) and is barred by it once nobody holds the code
+    in force while it stands (_outlive, _settle: review22). Idempotent: a revoked
     registration writes nothing (``changed`` false) -- but a suspended one revoked for
     LICENCE_REVOKED: the suspension is made final (the new mark keeps it as ``suspension``; its
     bars lifted, the code barred for good), since reinstating it to revoke it afterwards made it
@@ -666,9 +784,12 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         mark["suspension"] = prior  # (the suspension it made final)
     if ended is not None:
         mark["ended"] = ended  # (the registration's own end, before)
+    carried = []  # the revocations its code's entry outlived, for _settle below
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
+        if holder is not None and "revoked" not in holder:
+            carried = holder.get("outlived", [])
         if holder is not None and "revoked" not in holder and holder["org"] == org:
             ctx.delete(key)
             holder = None
@@ -677,14 +798,18 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         if reason in LICENCE_REASONS and _bars(ctx, key, holder, reason):
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": "", "revoked": mark})  # (as a practitioner's code)
-        elif holder is not None:
+        elif holder is not None and "revoked" in holder:
             _join_bar(ctx, key, holder, org, "", mark)  # (a second suspension holds it too)
+        elif holder is not None and reason in LICENCE_REASONS:
+            _outlive(ctx, key, holder, org, "", mark)  # (held in force by another: reg8)
         rec["active"] = False
         ctx.emit("registry.pharmacy", {"org": org, "active": False})
     else:
         code = rec["code"]
         key = "praccode/" + code
         holder = ctx.get(key)
+        if holder is not None and "revoked" not in holder:
+            carried = holder.get("outlived", [])
         if reason == SUSPENSION:
             mark["was_active"] = rec["licence_active"]  # (what reinstating it restores)
             # the tx that wrote it last: a site registration another suspension made inactive
@@ -713,8 +838,10 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             # her licence, not this registration: the code stays barred (LICENCE_REASONS)
             mark["barred"] = key
             ctx.put(key, {"org": org, "name": name, "revoked": mark})
-        elif holder is not None:
+        elif holder is not None and "revoked" in holder:
             _join_bar(ctx, key, holder, org, name, mark)  # (a second suspension holds it too)
+        elif holder is not None and reason in LICENCE_REASONS:
+            _outlive(ctx, key, holder, org, name, mark)  # (held in force by another: reg8)
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
     for other in held_bars:
@@ -726,6 +853,9 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     rec["revoked"] = mark
     rec["updated"] = stamp
     ctx.put(rkey, rec)
+    # the code may be held in force by nobody now (the holder, or its last site, revoked)
+    _settle(ctx, key, carried)
+    rec = ctx.get(rkey)  # (its mark's ``barred`` when a bar it outlived held it)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
 
@@ -996,6 +1126,7 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     rec["reinstated"] = (history + [entry])[-MAX_REINSTATEMENTS:]
     rec["updated"] = stamp
     ctx.put(rkey, rec)
+    _settle(ctx, _code_key(rec, name), [])  # (an entry in force outlives this one no more)
     done = []
     for kw in waiting:
         done.append(_reactivate_pending(ctx, kw[0], kw[1]))

@@ -132,8 +132,12 @@ def test_revoking_a_holder_withdraws_its_sites_and_frees_the_code(world: World) 
 
 def test_revoking_a_site_withdraws_it(world: World) -> None:
     with_site(world)
-    assert revoke(world, REGULATOR, "h02", "dr-jiang")["changed"] is True
-    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "sites": {}}
+    mark = revoke(world, REGULATOR, "h02", "dr-jiang")["revoked"]
+    # (the holder practising, her licence's revocation bars the code once she no longer does:
+    # test_registry_outlived_revocation)
+    assert index(world, "praccode/" + JIANG_CODE) == {
+        "org": "h01", "name": "dr-jiang", "sites": {},
+        "outlived": [{"org": "h02", "name": "dr-jiang", "tx_id": mark["tx_id"]}]}
     assert registration(world, "h02", "dr-jiang")["licence_active"] is False
     assert registration(world, "h01", "dr-jiang")["licence_active"] is True  # the holder stays
     assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=10) == "REGISTRATION_REVOKED"

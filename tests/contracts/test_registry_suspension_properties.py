@@ -13,7 +13,15 @@ two licences, the registry's index checked after every transaction against its r
 * right after a revocation for the licence (LICENCE_REASONS), the revoked registration's code
   (licence) is barred or held in force -- by the registration its entry names, or a site of it
   -- never left to an entry naming a registration that moved away or lapsed (reg8: moves of
-  active holders, then suspensions, are drawn on purpose: ``move``).
+  active holders, then suspensions, are drawn on purpose: ``move``);
+* after every transaction, each revocation for the licence still standing (a suspension not
+  lifted, also one whose registration was ended since, or a final one) leaves the code
+  (licence) it was made under barred or held in force -- never free while it stands (review22:
+  a site's revocation beside its holder in force barred nothing, and the code came free, to
+  anyone, once the holder lapsed, moved away or was revoked for another reason);
+* under one code at most one active registration per organisation (one per licence number),
+  an index entry authorises at most MAX_PRACTICE_SITES sites, a record keeps at most
+  MAX_REINSTATEMENTS reinstatements.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ SUSPENDED = "LICENCE_SUSPENDED"
 LICENCE_REASONS = (SUSPENDED, "LICENCE_REVOKED")
 REASONS = (SUSPENDED, SUSPENDED, SUSPENDED, "LICENCE_REVOKED", "ORGANISATION_CLOSED", "OTHER")
 MAX_SUSPENSIONS = 16
+MAX_PRACTICE_SITES = 8
+MAX_REINSTATEMENTS = 8
 # 736: a suspension made final after its record moved to another code freed the old code
 # under a registration waiting for it (fixed in review17; found by a sweep of 2,500 seeds)
 # 3500 (and 5852 with moves): a registration waiting for a bar whose last suspension was lifted
@@ -43,6 +53,10 @@ SEEDS = (*range(40), 736, 3500)
 # (moved away or lapsed) at seeds 14 and 32 with moves, 23 and 36 without; fixed in reg8, no
 # sweep of 1,500 seeds either way finds more
 MOVE_SEEDS = (*range(40), 5852)
+# review22: the check of every standing revocation for the licence (standing_problems) failed at
+# 73 of the first 200 seeds x 200 steps with moves (seed 1 without moves is the first of the
+# suite's): a revocation beside a registration holding the code in force left it free once that
+# one stopped; no sweep of 3,000 seeds x 200 steps either way finds more
 
 
 def _state(chain: Chain) -> dict[str, Any]:
@@ -153,6 +167,38 @@ def revocation_problems(s: dict[str, Any], org: str, name: str) -> list[str]:
     return [f"{rkey} revoked for the licence left {ikey} free: {entry}"]
 
 
+def standing_problems(s: dict[str, Any], made: dict[tuple[str, str], str]) -> list[str]:
+    """Each revocation for the licence ``made`` ({(record key, tx_id): the code (licence) key it
+    was made under}) still standing leaves that code barred or held in force."""
+    out = []
+    for (rkey, tx), ikey in sorted(made.items()):
+        mark = s[rkey].get("revoked")
+        if mark is None or (mark["tx_id"] != tx and mark.get("suspension", {}).get("tx_id") != tx):
+            continue  # (lifted)
+        entry = s.get(ikey)
+        if entry is None or ("revoked" not in entry and not _in_force(s, ikey, entry)):
+            out.append(f"{rkey}'s revocation {mark['reason']} stands, {ikey} is free: {entry}")
+    return out
+
+
+def bound_problems(s: dict[str, Any]) -> list[str]:
+    """One active registration per organisation under a code (one per licence number); sites
+    and reinstatement histories bounded."""
+    out = []
+    active: dict[str, list[str]] = {}
+    for key, value in sorted(s.items()):
+        if key.startswith("prac/") and value["licence_active"]:
+            active.setdefault("praccode/" + value["code"], []).append(value["org"])
+        elif key.startswith("pharmacy/") and value["active"]:
+            active.setdefault("pharmlic/" + value["licence_no"], []).append(value["org"])
+        if len(value.get("sites", {})) > MAX_PRACTICE_SITES or len(value.get("reinstated", [])) > MAX_REINSTATEMENTS:
+            out.append(key + " is over its bound")
+    for ikey, orgs in sorted(active.items()):
+        if len(set(orgs)) != len(orgs) or (ikey.startswith("pharmlic/") and len(orgs) > 1):
+            out.append(f"{ikey}: active registrations {orgs}")
+    return out
+
+
 def _move(chain: Chain, rnd: random.Random) -> tuple[str, Outcome]:
     """An active registration (a holder, often with a site) moved to the other code."""
     org, name = rnd.choice(HOSPITALS), rnd.choice(("n1", "n2"))
@@ -204,14 +250,20 @@ def test_suspension_bars_stay_consistent_with_the_records_under_random_sequences
         rnd = random.Random(seed)
         chain = Chain(runner=runner)
         steps: list[str] = []
+        made: dict[tuple[str, str], str] = {}  # the revocations for the licence: their code keys
         for _ in range(80):
             what, out = _step(chain, rnd, moves)
             steps.append(what + " -> " + ("OK" if out.ok else out.reason))
             written += out.ok
             state = _state(chain)
-            found = problems(state)
+            found = problems(state) + bound_problems(state)
             if out.ok and what.startswith("revoke ") and out.value["changed"] \
                     and out.value["revoked"]["reason"] in LICENCE_REASONS:
                 found += revocation_problems(state, out.value["org"], out.value["name"])
+                org, name = out.value["org"], out.value["name"]
+                rec = state["prac/" + org + "/" + name if name else "pharmacy/" + org]
+                made[(_rkey(out.value), out.value["revoked"]["tx_id"])] = \
+                    "praccode/" + rec["code"] if name else "pharmlic/" + rec["licence_no"]
+            found += standing_problems(state, made)
             assert found == [], f"seed {seed} (moves {moves}): " + "\n".join(steps[-12:] + found)
     assert written > 2000  # (the sequences do write: not all refused)

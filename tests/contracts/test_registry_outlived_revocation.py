@@ -1,0 +1,107 @@
+"""A revocation for the licence (LICENCE_SUSPENDED, LICENCE_REVOKED) of a registration whose
+code (licence) another registration still held in force -- a site's beside its holder, an
+inactive record of the code beside the one practising -- bars nothing while that one practises
+(reg8: test_registry_departed_holder). Once nobody held the code in force any more -- the
+holder let it lapse, moved to another code, was revoked for another reason -- it was free
+while the revocation still stood: anyone took the suspended (revoked for good) person's code
+over at once, the order of the two events deciding what reg8 bars (review22)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.contracts.chain import who
+from tests.contracts.flows import JIANG, issue
+from tests.contracts.rxclient import World
+from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
+from tests.contracts.test_registry_reinstatement import OTHER_CODE, reinstate
+from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
+from tests.contracts.test_registry_revocation import revoke
+
+SITE = who("h02:dr-jiang:doctor")
+
+
+def test_a_site_revoked_for_good_beside_its_holder_bars_the_code_once_the_holder_lapses(world: World) -> None:
+    with_site(world)
+    mark = revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    # the holder practises on under the code (the regulator revoked the site's registration)
+    assert issue(world, doctor=JIANG)[1].ok
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h02", "name": "dr-jiang", "revoked": mark}
+    # nobody takes the revoked licence's code over: another hospital, the holder's own
+    # organisation under another name, the holder back
+    assert practitioner(world, "h03", "dr-x", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h01", "dr-x", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+
+
+def test_a_site_suspended_beside_its_holder_bars_the_code_once_the_holder_is_closed(world: World) -> None:
+    with_site(world)
+    mark = revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["revoked"]
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "ORGANISATION_CLOSED")["changed"] is True
+    bar = index(world, "praccode/" + JIANG_CODE)
+    assert bar["revoked"]["tx_id"] == mark["tx_id"] and [h["org"] for h in bar["suspensions"]] == ["h02"]
+    assert registration(world, "h02", "dr-jiang")["revoked"]["barred"] == "praccode/" + JIANG_CODE
+    assert practitioner(world, "h03", "dr-x", JIANG_CODE) == "REGISTRATION_REVOKED"
+    # lifted: the code is free, the site's registration active again holding it
+    out = reinstate(world, REGULATOR, "h02", "dr-jiang")
+    assert out["reactivated"] is True, out
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h02", "name": "dr-jiang"}
+    assert issue(world, doctor=SITE)[1].ok
+
+
+def test_a_site_suspended_beside_its_holder_bars_the_code_once_the_holder_moves_away(world: World) -> None:
+    with_site(world)
+    revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")
+    assert practitioner(world, "h01", "dr-jiang", OTHER_CODE) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE)["revoked"]["reason"] == "LICENCE_SUSPENDED"
+    assert practitioner(world, "h03", "dr-x", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+
+
+def test_a_lifted_suspension_leaves_the_holder_free_to_lapse_and_return(world: World) -> None:
+    """The bar stands only while the revocation does: lifted, the holder lapses and comes back
+    (and the code goes to whoever registers it once nobody holds it, as before)."""
+    with_site(world)
+    revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")
+    reinstate(world, REGULATOR, "h02", "dr-jiang")  # (CODE_IN_USE: h01 holds the code)
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert "revoked" not in index(world, "praccode/" + JIANG_CODE)
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE) == "OK"
+    assert issue(world, doctor=JIANG)[1].ok
+
+
+def test_a_pharmacy_licence_suspended_beside_its_holder_is_barred_once_the_holder_moves(world: World) -> None:
+    """p03 registers p01's licence number inactive and is suspended under it (p01 holds it in
+    force); p01 moves to another number: the suspended number was free at once."""
+    assert pharmacy(world, "p03", P01_LICENCE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "p03", "", "LICENCE_SUSPENDED")["changed"] is True
+    assert index(world, "pharmlic/" + P01_LICENCE) == {
+        "org": "p01", "name": "", "outlived": [{"org": "p03", "name": "", "tx_id": suspension_tx(world)}]}
+    assert pharmacy(world, "p01", "YP-CQ-500105-0999") == "OK"
+    assert index(world, "pharmlic/" + P01_LICENCE)["revoked"]["reason"] == "LICENCE_SUSPENDED"
+    assert pharmacy(world, "p01", P01_LICENCE) == "REGISTRATION_REVOKED"
+
+
+def suspension_tx(world: World) -> str:
+    raw = world.chain.state.values[("registry", "pharmacy/p03")]
+    return str(json.loads(raw)["revoked"]["tx_id"])
+
+
+def test_the_revocations_an_entry_outlives_are_bounded(world: World) -> None:
+    """At most 15 standing beside the holder (the bar they make, with the revocation making it,
+    keeps at most 16 entries): the 16th is refused LIMIT_EXCEEDED, nothing written; lifting
+    one makes room."""
+    for i in range(16):
+        assert practitioner(world, "h03", f"dr-x{i}", JIANG_CODE, active=False) == "OK"
+    for i in range(15):
+        assert revoke(world, REGULATOR, "h03", f"dr-x{i}", "LICENCE_SUSPENDED")["changed"] is True
+    n = world.chain.state.values.copy()
+    assert revoke(world, REGULATOR, "h03", "dr-x15", "LICENCE_SUSPENDED") == "LIMIT_EXCEEDED"
+    assert world.chain.state.values == n
+    reinstate(world, REGULATOR, "h03", "dr-x0")  # (WAS_INACTIVE)
+    assert revoke(world, REGULATOR, "h03", "dr-x15", "LICENCE_SUSPENDED")["changed"] is True
+    assert len(index(world, "praccode/" + JIANG_CODE)["outlived"]) == 15
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    bar = index(world, "praccode/" + JIANG_CODE)
+    assert len(bar["suspensions"]) == 15 and bar["revoked"]["reason"] == "LICENCE_SUSPENDED"
