@@ -186,24 +186,38 @@ MAX_PRACTICE_SITES = 8
 
 def _release_code(ctx: Context, key: str, org: str, name: str) -> list:
     """A registration moved to another code: its old code is free (if it still held it); a
-    site's registration leaves its site authorised, under no name. The revocations the entry
-    it deleted outlived (``outlived``, for _settle), else []."""
+    site's registration leaves its site authorised, under no name. [the revocations the entry
+    it deleted outlived (``outlived``, for _settle), whether it kept an entry naming it]."""
     holder = ctx.get(key)
     if holder is None or "revoked" in holder:  # (a barred code stays barred)
-        return []
+        return [[], False]
     if holder["org"] == org and holder["name"] == name:
         if not _site_holds(ctx, holder, key[len("praccode/"):]):
             ctx.delete(key)
-            return holder.get("outlived", [])
+            return [holder.get("outlived", []), False]
         # else kept while a site she authorised practises under it: a new holder taking the
         # code over would forget that site, still active beside it (two active registrations)
-        return []
+        return [[], True]
     sites = holder.get("sites", {})
     if sites.get(org, "") == name and name != "":
         sites[org] = ""
         holder["sites"] = sites
         ctx.put(key, holder)
-    return []
+    return [[], False]
+
+
+def _left(ctx: Context, codes: list, org: str, name: str, code: str) -> list:
+    """The codes of ``codes`` whose index entry still names practitioner ``org``/``name`` (not a
+    bar), kept while a site practises under it, other than ``code`` (its current one): the
+    entries its revocation withdraws the sites of, as its current code's (at most
+    MAX_PRACTICE_SITES codes, each entry's sites read)."""
+    kept = []
+    for c in codes:
+        entry = ctx.get("praccode/" + c)
+        if c != code and entry is not None and "revoked" not in entry and entry["org"] == org \
+                and entry["name"] == name and _site_holds(ctx, entry, c):
+            kept.append(c)
+    return kept
 
 
 def _holds(ctx: Context, org: str, name: str, code: str) -> bool:
@@ -299,9 +313,19 @@ def register_practitioner(
     site = False  # registering at a site the holder authorised (multi-site practice)
     if licence_active:
         site = _claim_code(ctx, holder, org, name, code)
-    released = []  # the revocations an entry of the old code deleted outlived
+    released = [[], False]  # [the revocations an entry of the old code deleted outlived, kept]
+    left = []  # the codes it left whose entry still names it (a site practising: _left)
+    if old is not None:
+        left = _left(ctx, old.get("left", []), org, name, code)
     if old is not None and old["code"] != code:
         released = _release_code(ctx, "praccode/" + old["code"], org, name)
+        if released[1]:
+            left = left + [old["code"]]
+            if len(left) > MAX_PRACTICE_SITES:
+                ctx.fail("LIMIT_EXCEEDED", org + "/" + name + " left " + str(len(left) - 1)
+                         + " codes whose sites still practise under them: at most "
+                         + str(MAX_PRACTICE_SITES) + " (withdraw the sites of one first: "
+                         "registry.authorize_practice_site)")
     if licence_active:
         _index_code(ctx, holder, org, name, code, site)
     rec = {
@@ -315,10 +339,12 @@ def register_practitioner(
         "updated": _stamp(ctx),
     }
     _keep_marks(old, rec)
+    if len(left) > 0:
+        rec["left"] = left
     ctx.put(key, rec)
     # the code it left, or lapsed under, may be held in force by nobody now
     if old is not None and old["code"] != code:
-        _settle(ctx, "praccode/" + old["code"], released)
+        _settle(ctx, "praccode/" + old["code"], released[0])
     _settle(ctx, "praccode/" + code, [])
     ctx.emit("registry.practitioner", {"org": org, "name": name, "role": role})
     return rec
@@ -417,7 +443,7 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
         _refuse_revoked(ctx, "pharmacy/" + org, old)
     if active:
         _claim_licence(ctx, holder, org, licence_no)
-    released = []
+    released = [[], False]
     if old is not None and old["licence_no"] != licence_no:
         released = _release_code(ctx, "pharmlic/" + old["licence_no"], org, "")
     if active:
@@ -430,7 +456,7 @@ def register_pharmacy(ctx: Context, licence_no: str, active: bool) -> dict:
     _keep_marks(old, rec)
     ctx.put("pharmacy/" + org, rec)
     if old is not None and old["licence_no"] != licence_no:
-        _settle(ctx, "pharmlic/" + old["licence_no"], released)
+        _settle(ctx, "pharmlic/" + old["licence_no"], released[0])
     _settle(ctx, "pharmlic/" + licence_no, [])
     ctx.emit("registry.pharmacy", {"org": org, "active": active})
     return rec
@@ -534,6 +560,21 @@ def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate:
             kept[k] = sites[k]
     holder["sites"] = kept
     ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
+
+
+def _withdraw_sites(ctx: Context, holder: dict, code: str) -> list:
+    """Withdraw every site of the index entry ``holder`` of ``code`` (not written here), each
+    active registration under the code made inactive (_withdraw_site): [{site: name, ""
+    unregistered} withdrawn, [sites whose registration it made inactive]]."""
+    withdrawn = {}
+    active = []
+    for site in sorted(holder.get("sites", {}).keys()):
+        sname = holder["sites"][site]
+        withdrawn[site] = sname
+        if sname != "" and _holds(ctx, site, sname, code):
+            active.append(site)
+        _withdraw_site(ctx, holder, code, site, True)
+    return [withdrawn, active]
 
 
 def _in_force(ctx: Context, key: str, holder: dict) -> bool:
@@ -785,6 +826,8 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     if ended is not None:
         mark["ended"] = ended  # (the registration's own end, before)
     carried = []  # the revocations its code's entry outlived, for _settle below
+    left_carried = []  # [[key, outlived]] of the entries of codes it left, deleted (_left)
+    left_marks = {}  # {code left: {sites, site_active}} for a suspension (restored when lifted)
     if name == "":
         key = "pharmlic/" + rec["licence_no"]
         holder = ctx.get(key)
@@ -817,18 +860,11 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             mark["written"] = rec["updated"]["tx_id"]
         if holder is not None and "revoked" not in holder and holder["org"] == org \
                 and holder["name"] == name:
-            withdrawn = {}  # the sites the revocation withdraws: {site: name, "" unregistered}
-            active = []  # those of them whose registration it makes inactive
-            for site in sorted(holder.get("sites", {}).keys()):
-                sname = holder["sites"][site]
-                withdrawn[site] = sname
-                if sname != "" and _holds(ctx, site, sname, code):
-                    active.append(site)
-                _withdraw_site(ctx, holder, code, site, True)
+            gone = _withdraw_sites(ctx, holder, code)
             if reason == SUSPENSION:
                 # (reinstating her restores those still in force: _restore_sites)
-                mark["sites"] = withdrawn
-                mark["site_active"] = active
+                mark["sites"] = gone[0]
+                mark["site_active"] = gone[1]
             ctx.delete(key)
             holder = None
         elif holder is not None and holder.get("sites", {}).get(org, "") == name:
@@ -842,8 +878,24 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
             _join_bar(ctx, key, holder, org, name, mark)  # (a second suspension holds it too)
         elif holder is not None and reason in LICENCE_REASONS:
             _outlive(ctx, key, holder, org, name, mark)  # (held in force by another: reg8)
+        # the codes it left whose entry still names it, a site practising there on its
+        # authorisation: their sites withdrawn as its current code's (review22)
+        for c in _left(ctx, rec.get("left", []), org, name, code):
+            entry = ctx.get("praccode/" + c)
+            left_carried.append(["praccode/" + c, entry.get("outlived", [])])
+            gone = _withdraw_sites(ctx, entry, c)
+            ctx.delete("praccode/" + c)
+            if reason == SUSPENSION:
+                left_marks[c] = {"sites": gone[0], "site_active": gone[1]}
+        if len(left_marks) > 0:
+            mark["left"] = left_marks
+        if "left" in rec:
+            del rec["left"]
         rec["licence_active"] = False
         ctx.emit("registry.practitioner", {"org": org, "name": name, "role": rec["role"]})
+    for lc in left_carried:
+        if reason in LICENCE_REASONS:  # (her licence: each code left free is barred, as above)
+            ctx.put(lc[0], {"org": org, "name": name, "revoked": mark})
     for other in held_bars:
         # a suspension made final: the bar it held on a code (licence) the record moved away
         # from since is her licence too -- barred for good, never freed (nobody registered
@@ -855,6 +907,8 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
     ctx.put(rkey, rec)
     # the code may be held in force by nobody now (the holder, or its last site, revoked)
     _settle(ctx, key, carried)
+    for lc in left_carried:
+        _settle(ctx, lc[0], lc[1])
     rec = ctx.get(rkey)  # (its mark's ``barred`` when a bar it outlived held it)
     ctx.emit("registry.revoked", {"org": org, "name": name, "reason": reason})
     return {"org": org, "name": name, "revoked": rec["revoked"], "changed": True}
@@ -891,14 +945,18 @@ def _end_suspended(ctx: Context, rkey: str, rec: dict, org: str, name: str, reas
 
 def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
     """The keys of the bars the suspension ``mark`` of ``rec`` may hold: the one it set or
-    joined (``barred``: a record written inactive under another code since moved away) and the
-    record's current code (licence)."""
+    joined (``barred``: a record written inactive under another code since moved away), the
+    record's current code (licence) and the codes it had left whose sites it withdrew
+    (``left``)."""
     keys = []
     if "barred" in mark:
         keys.append(mark["barred"])
     current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
     if current not in keys:
         keys.append(current)
+    for c in sorted(mark.get("left", {}).keys()):  # (the codes it had left: review22)
+        if "praccode/" + c not in keys:
+            keys.append("praccode/" + c)
     return keys
 
 
@@ -1017,6 +1075,29 @@ def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict, writte
     return ["", sites[0], sites[1]]
 
 
+def _restore_left(ctx: Context, rec: dict, org: str, name: str, mark: dict) -> dict:
+    """The codes the practitioner ``rec`` (``org``/``name``) had left whose sites its suspension
+    ``mark`` withdrew (``left``): each code nobody holds now gets its entry back, naming the
+    record, with those sites still in force (_restore_sites: registrations made inactive and
+    written by nobody since active again; sites not in force come back authorised, as the
+    current code's); a code one of them practises under is in the record's ``left`` again.
+    {code: [sites restored]}."""
+    out = {}
+    for c in sorted(mark.get("left", {}).keys()):
+        if ctx.get("praccode/" + c) is not None:
+            continue  # (another suspension's bar, or taken over: the holder authorises anew)
+        entry = {"org": org, "name": name}
+        per = mark["left"][c]
+        got = _restore_sites(ctx, entry, c, {"sites": per["sites"], "site_active": per["site_active"],
+                                              "tx_id": mark["tx_id"]})
+        if "sites" in entry:
+            ctx.put("praccode/" + c, entry)
+            out[c] = got[0]
+            if _site_holds(ctx, entry, c):
+                rec["left"] = rec.get("left", []) + [c]
+    return out
+
+
 def _code_key(rec: dict, name: str) -> str:
     """The index key of the registration ``rec``'s code (with ``name`` "" its licence)."""
     return "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
@@ -1106,6 +1187,7 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
             waiting.append([key, w])
     stamp = _stamp(ctx)
     pending = ""
+    left = {}  # {code it had left: [sites restored under it]}
     if rec["revoked"]["reason"] != SUSPENSION:
         # ended while suspended: the suspension lifted, the registration stays ended
         back = ["REVOCATION_FINAL", [], {}]
@@ -1117,6 +1199,7 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
         if back[0] == "REGISTRATION_REVOKED":
             pending = _wait_for_bar(ctx, rec, org, name, stamp["tx_id"])
         del rec["revoked"]
+        left = _restore_left(ctx, rec, org, name, mark)
     entry = {"revoked": mark, "by_org": stamp["by_org"], "by": stamp["by"], "ms": stamp["ms"],
              "tx_id": stamp["tx_id"]}
     if pending != "":
@@ -1133,6 +1216,8 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     out = {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],
            "sites_restored": back[1], "sites_not_restored": back[2], "pending": pending,
            "pending_reactivated": done}
+    if len(left) > 0:
+        out["left_sites_restored"] = left
     ctx.emit("registry.reinstated", out)
     out["reinstated"] = entry
     out["changed"] = True

@@ -18,15 +18,14 @@ SITE = who("h02:dr-jiang:doctor")
 
 
 def _moved_then_suspended(world: World) -> None:
-    """h01 (holder, h02 its site) moves Jiang to another code, and is suspended there: the old
-    code's entry still names h01's record, kept while h02 practises under it."""
+    """h01 (holder, h02 its site) moves Jiang to another code: the old code's entry still names
+    h01's record, kept while h02 practises under it. (Suspended there, h01's record took the
+    site with it since review22 -- test_registry_outlived_revocation --; so it is not here.)"""
     with_site(world)
     assert practitioner(world, "h01", "dr-jiang", OTHER_CODE) == "OK"
     assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang",
                                                       "sites": {"h02": "dr-jiang"}}
-    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
-    assert index(world, "praccode/" + OTHER_CODE)["revoked"]["reason"] == "LICENCE_SUSPENDED"
-    # the site practises on under the old code (its own registration, not the one suspended)
+    # the site practises on under the old code (its own registration)
     assert issue(world, doctor=SITE)[1].ok
 
 

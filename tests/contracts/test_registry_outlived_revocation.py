@@ -13,7 +13,7 @@ import json
 from tests.contracts.chain import who
 from tests.contracts.flows import JIANG, issue
 from tests.contracts.rxclient import World
-from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, index, pharmacy, practitioner
+from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, authorize, index, pharmacy, practitioner
 from tests.contracts.test_registry_reinstatement import OTHER_CODE, reinstate
 from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
 from tests.contracts.test_registry_revocation import revoke
@@ -105,3 +105,72 @@ def test_the_revocations_an_entry_outlives_are_bounded(world: World) -> None:
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
     bar = index(world, "praccode/" + JIANG_CODE)
     assert len(bar["suspensions"]) == 15 and bar["revoked"]["reason"] == "LICENCE_SUSPENDED"
+
+
+# ---------------------------------------------------------------- a departed holder revoked
+
+
+def _departed(world: World) -> None:
+    """h01 (holder, h02 its site) moves Jiang to another code: the old code's entry still names
+    h01's record, kept while h02 practises under it on h01's authorisation."""
+    with_site(world)
+    assert practitioner(world, "h01", "dr-jiang", OTHER_CODE) == "OK"
+    assert registration(world, "h01", "dr-jiang")["left"] == [JIANG_CODE]
+
+
+def test_suspending_a_departed_holder_withdraws_its_sites_under_the_code_it_left(world: World) -> None:
+    """Revoking a holder withdraws the sites practising on its authorisation; moving the holder
+    to another code first kept them practising under the old one (her organisation's move
+    decided what the regulator's suspension took), and the code came free to anyone once they
+    stopped. Lifted, the entry and its site come back as they were."""
+    _departed(world)
+    mark = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["revoked"]
+    assert mark["left"] == {JIANG_CODE: {"sites": {"h02": "dr-jiang"}, "site_active": ["h02"]}}
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    assert not issue(world, doctor=SITE)[1].ok
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "revoked": mark}
+    assert practitioner(world, "h03", "dr-x", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    out = reinstate(world, REGULATOR, "h01", "dr-jiang")
+    assert out["reactivated"] is True and out["left_sites_restored"] == {JIANG_CODE: ["h02"]}
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang",
+                                                      "sites": {"h02": "dr-jiang"}}
+    assert registration(world, "h01", "dr-jiang")["left"] == [JIANG_CODE]
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is True
+    assert issue(world, doctor=SITE)[1].ok
+
+
+def test_a_departed_holder_revoked_for_good_or_closed(world: World) -> None:
+    """For good: the code it left barred for good, its site withdrawn. Closed (not her licence):
+    its site withdrawn, the code free, as its current code's."""
+    _departed(world)
+    mark = revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_REVOKED")["revoked"]
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang", "revoked": mark}
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    assert "left" not in registration(world, "h01", "dr-jiang")
+
+
+def test_a_departed_holder_closed_leaves_the_code_it_left_free(world: World) -> None:
+    _departed(world)
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "ORGANISATION_CLOSED")["changed"] is True
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    assert index(world, "praccode/" + JIANG_CODE) is None
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "OK"
+
+
+def test_the_codes_a_record_left_are_bounded(world: World) -> None:
+    """At most 8 codes whose entry still names the record, a site practising under each: the
+    move leaving a 9th is refused LIMIT_EXCEEDED, nothing written; a code whose site stops
+    practising leaves the list."""
+    codes = [f"D5001030009{i:02d}" for i in range(10)]
+    for i in range(9):
+        assert practitioner(world, "h01", "dr-jiang", codes[i]) == "OK"
+        assert authorize(world, "h01", codes[i], "h02") == "OK"
+        assert practitioner(world, "h02", f"dr-s{i}", codes[i]) == "OK"
+    assert registration(world, "h01", "dr-jiang")["left"] == codes[0:8]
+    n = world.chain.state.values.copy()
+    assert practitioner(world, "h01", "dr-jiang", codes[9]) == "LIMIT_EXCEEDED"
+    assert world.chain.state.values == n
+    assert practitioner(world, "h02", "dr-s0", codes[0], active=False) == "OK"
+    assert practitioner(world, "h01", "dr-jiang", codes[9]) == "OK"
+    assert registration(world, "h01", "dr-jiang")["left"] == codes[1:9]

@@ -21,7 +21,10 @@ two licences, the registry's index checked after every transaction against its r
   anyone, once the holder lapsed, moved away or was revoked for another reason);
 * under one code at most one active registration per organisation (one per licence number),
   an index entry authorises at most MAX_PRACTICE_SITES sites, a record keeps at most
-  MAX_REINSTATEMENTS reinstatements.
+  MAX_REINSTATEMENTS reinstatements;
+* no site practises on the authorisation of a revoked registration: an index entry naming one
+  (not a bar) has no site registration in force under it (review22: a holder that moved to
+  another code before it was revoked left its sites practising under the old one).
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ SEEDS = (*range(40), 736, 3500)
 # revocation found its code left free under an entry naming a registration no longer in force
 # (moved away or lapsed) at seeds 14 and 32 with moves, 23 and 36 without; fixed in reg8, no
 # sweep of 1,500 seeds either way finds more
-MOVE_SEEDS = (*range(40), 5852)
+MOVE_SEEDS = (*range(41), 140, 5852)
 # review22: the check of every standing revocation for the licence (standing_problems) failed at
 # 73 of the first 200 seeds x 200 steps with moves (seed 1 without moves is the first of the
 # suite's): a revocation beside a registration holding the code in force left it free once that
-# one stopped; no sweep of 3,000 seeds x 200 steps either way finds more
+# one stopped. Seeds 40 and 140 with moves: a holder moved to another code, then revoked there,
+# left its site practising under the old code on its authorisation (bound_problems). No sweep of
+# 3,000 seeds x 200 steps either way finds more
 
 
 def _state(chain: Chain) -> dict[str, Any]:
@@ -196,6 +201,15 @@ def bound_problems(s: dict[str, Any]) -> list[str]:
     for ikey, orgs in sorted(active.items()):
         if len(set(orgs)) != len(orgs) or (ikey.startswith("pharmlic/") and len(orgs) > 1):
             out.append(f"{ikey}: active registrations {orgs}")
+        entry: dict[str, Any] = s.get(ikey) or {"revoked": None}
+        if not ikey.startswith("praccode/") or "revoked" in entry:
+            continue
+        named = s.get(_rkey(entry))
+        if named is not None and "revoked" in named and any(
+                n != "" and s.get("prac/" + site + "/" + n, {}).get("licence_active")
+                and "praccode/" + s["prac/" + site + "/" + n]["code"] == ikey
+                for site, n in entry.get("sites", {}).items()):
+            out.append(f"{ikey} names {_rkey(entry)}, revoked, and a site practises under it")
     return out
 
 
