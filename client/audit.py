@@ -184,12 +184,12 @@ class Deadline:
     seconds, injected; monotonic)."""
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds, self._clock = seconds, clock
+        self.seconds, self.clock = seconds, clock
         self._end = clock() + seconds
 
     def left(self) -> float:
         """Seconds left (<= 0 once passed)."""
-        return self._end - self._clock()
+        return self._end - self.clock()
 
     def remaining(self) -> float:
         """Seconds left; RxClientError AUDIT_DEADLINE_EXCEEDED once none are."""
@@ -327,8 +327,9 @@ def read_peers(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int, dea
     fail fails them all, its error naming it (AUDIT_DEADLINE_EXCEEDED: every peer not read by then,
     in the order given): nothing more is asked (a read stops after its page), the peers still being
     read have their clients closed (a request being answered is cancelled), and every thread is
-    joined before this returns -- one not back ``MERGE_LATE_S`` after that (a peer answering past
-    its request's own timeout) is left, its channel closed and its result never read."""
+    joined before this returns -- those not back ``MERGE_LATE_S`` after that, all together (a peer
+    answering past its request's own timeout), are left, their channels closed and their results
+    never read."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     n = len(clients)
@@ -393,9 +394,10 @@ def read_peers(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int, dea
             for i in busy:  # a request being answered is cancelled
                 clients[i][1].close()
         finally:
+            end = deadline.clock() + MERGE_LATE_S  # one wait for them all, not one each
             for t in threads:
                 if t.ident is not None:  # (started)
-                    t.join(MERGE_LATE_S)
+                    t.join(max(end - deadline.clock(), 0.0))
     if failures:
         i, exc = failures[0]
         if not isinstance(exc, RxClientError):

@@ -13,12 +13,13 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import pytest
 from rxchain.v1 import audit_pb2, audit_pb2_grpc
 
+from client import audit
 from client.audit import AuditClient, Page, RecordBound, merged, read_verified
 from client.errors import RxClientError
 from node.peer.audit import DAY_MS, AccessLog, Caller
@@ -320,3 +321,57 @@ def test_ctrl_c_while_the_peers_are_read_stops_them_all(tmp_path: Path) -> None:
     finally:
         for log in logs:
             log.close()
+
+
+class _LateJoin(threading.Thread):
+    """A reader thread whose join waits in vain for as long as it is allowed -- on the test's
+    clock, not really -- and records how long that was."""
+
+    clock: ClassVar[list[float]] = [0.0]
+    joins: ClassVar[list[float]] = []
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joins.append(-1.0 if timeout is None else timeout)
+        self.clock[0] += timeout or 0.0
+
+
+def test_threads_not_back_are_waited_for_once_all_together(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peers whose requests ignore the close (answering past their own timeouts) are waited for
+    ``MERGE_LATE_S`` in all, not that long each: three stuck peers held the command 15 s, not 5."""
+    stuck_logs, bad_log = _logs(tmp_path, 3, 3), _log(tmp_path / "bad", [10, 20, 30], "B")
+    clock = _LateJoin.clock = [0.0]
+    joins = _LateJoin.joins = []
+    never = threading.Event()
+    real_thread = threading.Thread
+
+    def stuck_gate(_: _Peer, n: int) -> None:
+        never.wait(_WAIT_S)  # deaf to the close
+
+    stuck = [_Peer(log, stuck_gate) for log in stuck_logs]
+
+    def drop_first(n: int, raws: list[bytes]) -> list[bytes]:
+        for p in stuck:
+            if not p.asked.wait(_WAIT_S):
+                raise AssertionError("the stuck peers were not read meanwhile")
+        return raws[1:]
+
+    bad = _LogClient(bad_log, doctor=drop_first)
+    try:
+        monkeypatch.setattr(threading, "Thread", _LateJoin)
+        with pytest.raises(RxClientError) as err:
+            merged([*((f"peer.{i}", _client(p)) for i, p in enumerate(stuck)), ("peer.bad", _client(bad))],
+                   clock=lambda: clock[0], workers=4)
+        monkeypatch.setattr(threading, "Thread", real_thread)
+        assert err.value.reason == "AUDIT_CHAIN_BROKEN"
+        assert len(joins) == 4 and min(joins) >= 0.0
+        assert sum(joins) == pytest.approx(audit.MERGE_LATE_S)  # one wait for them all
+    finally:
+        monkeypatch.setattr(threading, "Thread", real_thread)
+        never.set()
+        for t in threading.enumerate():
+            if t.name.startswith("rxchain-audit"):
+                real_thread.join(t, _WAIT_S)  # (their own join is the stand-in)
+        for log in [*stuck_logs, bad_log]:
+            log.close()
+    assert _no_reader_left()
