@@ -27,7 +27,7 @@ from client.gateway import SubmitResult
 from client.network import NetworkInfo, load_network
 from client.patients import patient_from_yaml, write_directory
 from client.records import dx_key, patient_binding
-from client.session import Session
+from client.session import LAST_BLOCK_FILE, Session, read_last_block
 from client.wallet import wallet_cert_name
 from node.errors import RxError
 
@@ -98,6 +98,15 @@ def sample_data_loaded(home: Path) -> bool:
     """True if :meth:`Bootstrapper.ensure` loaded sample data into ``home``'s network already
     (it is never loaded twice)."""
     return "sample_data" in _state(home)
+
+
+def recorded_block(state: dict[str, Any]) -> int | None:
+    """The last block a bootstrap record says it committed a contract definition in (None:
+    no such block recorded -- none deployed, or each found defined already)."""
+    contracts = state.get("contracts")
+    blocks = [c.get("block") for c in contracts.values() if isinstance(c, dict)] if isinstance(contracts, dict) else []
+    numbers = [b for b in blocks if isinstance(b, int) and not isinstance(b, bool)]
+    return max(numbers) if numbers else None
 
 
 def _save_state(home: Path, state: dict[str, Any]) -> None:
@@ -283,9 +292,22 @@ class Bootstrapper:
         return counts
 
     # ------------------------------------------------------------ once
-    def ensure(self, sample_data: Path | None = DEFAULT_SAMPLE_DATA) -> dict[str, Any]:
-        """Deploy and load once; what was done is recorded in HOME/bootstrap.json."""
+    def ensure(self, sample_data: Path | None = DEFAULT_SAMPLE_DATA,
+               chain_height: int | None = None) -> dict[str, Any]:
+        """Deploy and load once; what was done is recorded in HOME/bootstrap.json. With
+        ``chain_height`` (the orderers' height now), a record of contracts committed at a block
+        that chain does not reach is of another chain -- the network started again from
+        ``genesis.block``, its ledgers emptied (README "Recovery") -- and both steps run again;
+        the home's ``run/last-block``, of the old chain, is removed (every call of every client
+        would first wait for its peer to reach it, up to the catch-up bound, 15 s)."""
         state = _state(self.home)
+        last = recorded_block(state)
+        if chain_height is not None and last is not None and chain_height <= last:
+            self.progress(f"{STATE_FILE} records contracts committed up to block {last}, but the chain holds "
+                          f"{chain_height} block(s): it was started again from genesis.block -- deploying again")
+            state = {}
+            if read_last_block(self.home) >= chain_height:  # the old chain's: each call would wait for it (15 s)
+                (self.home / LAST_BLOCK_FILE).unlink(missing_ok=True)
         if "contracts" not in state:
             self.progress("deploying contracts through the lifecycle")
             state["contracts"] = self.deploy()

@@ -290,7 +290,7 @@ def cmd_network_up(a: argparse.Namespace) -> dict[str, Any]:
     if not a.no_bootstrap:
         boot = Bootstrapper(home, progress=say)
         try:
-            state = boot.ensure(sample)
+            state = boot.ensure(sample, chain_height=launcher.chain_height())
         finally:
             boot.close()
     return {"home": str(home), "generated": generated,

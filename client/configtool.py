@@ -38,7 +38,8 @@ covers exactly the config bytes every other admin signs. ``sign`` and ``submit``
 file whose config is not the successor of the config in force (STALE_CONFIG_UPDATE: another
 update went in first -- propose again; ALREADY_IN_FORCE: this one did), a config of another
 consortium, files that do not parse, config bytes other than ``propose`` writes (fields this
-release does not know: signed, never shown) and signatures that do not hold
+release does not know: signed, never shown), a revoked serial number the nodes would skip
+(:func:`check_revoked_serials`, which ``propose`` applies too) and signatures that do not hold
 (BAD_CONFIG_UPDATE); ``sign`` refuses a second
 signature of the same organisation (ALREADY_SIGNED), anyone but an admin (WRONG_ROLE) and a
 signature past the ``MAX_SIGNERS`` organisations a policy check counts (TOO_MANY_SIGNATURES:
@@ -82,7 +83,7 @@ from node.crypto.tls import secure_channel
 from node.errors import RxError
 from node.fsutil import fsync_dir, replace_file
 from node.genesis import config_from_genesis
-from node.identity.msp import MSP
+from node.identity.msp import MSP, canonical_serial
 from node.identity.policy import MAX_SIGNERS
 from node.orderer.configrules import check_retired_org_ids
 from node.orderer.configtx import MAX_CONFIG_SIGNATURES, ConfigTracker, OrdererConfig, tx_type
@@ -971,6 +972,7 @@ def propose(current: config_pb2.ConsortiumConfig, edit: Callable[[config_pb2.Con
     new.CopyFrom(current)
     edit(new)
     retire_removed(current, new)
+    check_revoked_serials(current, new)
     if new.consortium_id != current.consortium_id:
         raise RxClientError("BAD_CONFIG_UPDATE", f"consortium id {new.consortium_id!r} is not "
                             f"{current.consortium_id!r}")
@@ -1005,6 +1007,22 @@ def retire_removed(current: config_pb2.ConsortiumConfig, new: config_pb2.Consort
         check_retired_org_ids(current, new)
     except RxError as exc:
         raise RxClientError("BAD_CONFIG_UPDATE", exc.message) from exc
+
+
+def check_revoked_serials(current: config_pb2.ConsortiumConfig, new: config_pb2.ConsortiumConfig) -> None:
+    """BAD_CONFIG_UPDATE for an entry ``new`` adds to an organisation's ``revoked_serials`` that
+    is no hex serial number. The nodes read each entry as one (node.identity.msp.canonical_serial:
+    case, a ``0x`` prefix, ``:`` and spaces do not matter) and skip any other -- such as
+    ``serial=0F4B...``, the line ``openssl x509 -serial -noout`` prints -- so that entry would
+    revoke nothing, with every admin's signature on it. Entries the config in force holds already
+    are left alone (whatever went in before is no reason to refuse the next update)."""
+    held = {o.id: set(o.revoked_serials) for o in current.organizations}
+    for org in new.organizations:
+        for entry in org.revoked_serials:
+            if entry not in held.get(org.id, set()) and not canonical_serial(entry):
+                raise RxClientError("BAD_CONFIG_UPDATE", f"organizations[{org.id!r}].revoked_serials: {entry!r} is "
+                                    "no hex serial number, so it would revoke nothing: list the hex digits alone "
+                                    "(`openssl x509 -serial -noout` prints serial=HEX)")
 
 
 def _with_sequence(config: config_pb2.ConsortiumConfig, sequence: int) -> config_pb2.ConsortiumConfig:
@@ -1204,6 +1222,7 @@ def check_successor(current: config_pb2.ConsortiumConfig, proposed: config_pb2.C
     if proposed.sequence != current.sequence + 1:
         raise RxClientError("STALE_CONFIG_UPDATE", f"the proposal has sequence {proposed.sequence}, the config in "
                             f"force {current.sequence}: another update went in first -- propose again")
+    check_revoked_serials(current, proposed)
 
 
 def check_signatures(update: config_pb2.ConfigUpdate, current: config_pb2.ConsortiumConfig, verifier: Verifier,

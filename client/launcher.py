@@ -393,6 +393,24 @@ class Launcher:
                 return
             self._sleep(0.02)
 
+    def chain_height(self) -> int | None:
+        """The height of the ordering chain: the highest an orderer serving now answers (None
+        when none answers). Unlike a peer's, an orderer's serves only once it onboarded."""
+        net = load_network(self.home)
+        ident = self._operator(net)
+        heights = []
+        for node in net.orderers:
+            if self.running_pid(node.name) is None:
+                continue
+            try:
+                with AdminClient(ident, node.target) as c:
+                    h = c.status(node.name)
+            except RxClientError:
+                continue
+            if h.serving:
+                heights.append(h.height)
+        return max(heights) if heights else None
+
     def status(self) -> list[dict[str, Any]]:
         """Every node: pid (if running), serving, height, leader; for a node not running,
         the last line of its log (``last_log``: e.g. why it stopped, PROTOCOL_UNSUPPORTED)."""

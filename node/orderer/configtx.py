@@ -45,7 +45,7 @@ from node.identity.envelope import EnvelopeReject, check_creator, check_header, 
 from node.identity.msp import MSP
 from node.identity.policy import MAX_SIGNERS, parse_policy
 from node.orderer.configrules import BAD_CONFIG_UPDATE, check_new_config, check_organizations
-from node.protocol import protocol_version, unsupported
+from node.protocol import SUPPORTED_VERSIONS, protocol_version, unsupported
 
 CONFIG_UPDATE_POLICY = "config_update"
 MAX_CONFIG_SIGNATURES = 64
@@ -174,10 +174,13 @@ def _admissible(new: config_pb2.ConsortiumConfig) -> config_pb2.ConsortiumConfig
     """``new``, unless it puts in force a protocol version this orderer does not implement
     (BAD_CONFIG_UPDATE at admission only: on the apply path every release must agree, so
     there a node that cannot run the version stops instead; see node.protocol)."""
-    why = unsupported(new)
-    if why is not None:
-        raise RxError(BAD_CONFIG_UPDATE, why)
-    return new
+    if unsupported(new) is None:
+        return new
+    # (not unsupported()'s text, which is for a node whose consortium already runs the version:
+    # here nothing changed, and the admins raise it once every node's release implements it)
+    raise RxError(BAD_CONFIG_UPDATE, f"protocol version {protocol_version(new)}: this orderer's release implements "
+                  f"{sorted(SUPPORTED_VERSIONS)}; install a release implementing it on every orderer and peer "
+                  "before raising it (nothing changed)")
 
 
 def config_of_block(block: block_pb2.Block) -> config_pb2.ConsortiumConfig | None:

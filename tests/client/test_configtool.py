@@ -136,6 +136,35 @@ def test_a_proposal_retires_the_ids_it_removes_under_every_protocol_version() ->
     assert configtool.summary(new)["retired_org_ids"] == ["p02", "x9", "p01"]
 
 
+@pytest.mark.parametrize("entry", ["serial=0F4B76E6C8C75D4662C7C869217119A1E38F9ED6", "0F4B-76E6", "g1", "", "  "])
+def test_a_revoked_serial_the_nodes_would_skip_is_refused_by_propose_sign_and_submit(entry: str) -> None:
+    """The nodes read revoked_serials entries as hex serial numbers and skip any other
+    (node.identity.msp.canonical_serial): ``serial=HEX``, what ``openssl x509 -serial -noout``
+    prints, went in signed by every admin and revoked nothing (found following the README on a
+    sample network: the doctor it named was still served)."""
+    current = _config()
+    with pytest.raises(RxClientError) as err:
+        configtool.propose(current, lambda c: c.organizations[0].revoked_serials.append(entry))
+    assert err.value.reason == "BAD_CONFIG_UPDATE" and repr(entry) in err.value.message
+    made_elsewhere = config_pb2.ConsortiumConfig()  # a file another tool wrote: sign and submit check it
+    made_elsewhere.CopyFrom(current)
+    made_elsewhere.sequence += 1
+    made_elsewhere.organizations[0].revoked_serials.append(entry)
+    with pytest.raises(RxClientError) as signed:
+        configtool.check_successor(current, made_elsewhere)
+    assert signed.value.reason == "BAD_CONFIG_UPDATE" and repr(entry) in signed.value.message
+
+
+@pytest.mark.parametrize("entry", ["0f4b76e6c8", "0F4B76E6C8", "0x0f4b", "0f:4b:76", "00ab"])
+def test_revoked_serials_in_the_forms_the_nodes_read_are_proposed(entry: str) -> None:
+    current = _config()
+    current.organizations[0].revoked_serials.append("serial=01")  # in force already: not a reason to refuse
+    new = config_pb2.ConsortiumConfig.FromString(
+        configtool.propose(current, lambda c: c.organizations[0].revoked_serials.append(entry)).config)
+    configtool.check_successor(current, new)
+    assert list(new.organizations[0].revoked_serials) == ["serial=01", entry]
+
+
 def test_a_proposal_must_follow_the_config_in_force() -> None:
     current = _config()
     nxt = config_pb2.ConsortiumConfig.FromString(

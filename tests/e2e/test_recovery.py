@@ -8,6 +8,7 @@ follow on it)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ from rxchain.v1 import block_pb2, services_pb2, services_pb2_grpc
 from client.network import load_network
 from client.wallet import load_identity
 from node.crypto.tls import secure_channel
-from tests.e2e.conftest import Net, rxchain
+from tests.e2e.conftest import Net, rxchain, rxchain_inproc
 from tests.orderer.cluster import not_signed_in_force
 
 ADMINS = ("h01", "h02", "p01", "p02", "ins01")  # MAJORITY(admin) of the 8 organisations
 ORDERER = "orderer.ins03"
 PEER = "peer.p02"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _status(net: Net) -> dict[str, dict[str, Any]]:
@@ -103,8 +105,21 @@ def _orderer_blocks(net: Net, name: str) -> list[block_pb2.Block]:
         channel.close()
 
 
+def _readme_peer_wipe() -> str:
+    """What the README's peer recovery has the operator remove: the path after HOME/nodes/PEER/."""
+    found = re.findall(rf"rm -rf HOME/nodes/{re.escape(PEER)}/(\S+)", README.read_text())
+    assert len(found) == 1, found
+    return str(found[0])
+
+
 def test_a_peer_whose_data_directory_is_lost_catches_up_from_the_orderers(net: Net) -> None:
-    _issue(net)
+    rx_id = _issue(net)["rx_id"]
+    # a key request p02 answers (refused, audited): its access-audit log, which no block
+    # rebuilds, outlasts the README's recovery -- an auditor's anchor on it still verifies
+    rc, out = rxchain_inproc(net.home, "--as", "p02:pharm-chen", "rx", "show", rx_id)
+    assert (rc, out["error"]) == (1, "NO_KEY_GRANT"), out
+    head = net.cli("--as", "p02:admin", "audit", "verify")["head"]
+    assert head["last_id"] >= 1, head
     before = _wait_level(net)[PEER]["height"]
     # a node name the home does not know: refused, nothing stopped
     rc, out = rxchain(net.home, "network", "down", "--node", "peer.p99")
@@ -112,7 +127,7 @@ def test_a_peer_whose_data_directory_is_lost_catches_up_from_the_orderers(net: N
     assert all(r["serving"] for r in _status(net).values())
     assert [s["node"] for s in net.cli_proc("network", "down", "--node", PEER)["stopped"]] == [PEER]
     assert _status(net)[PEER]["pid"] is None and _status(net)["peer.h01"]["serving"]
-    shutil.rmtree(net.home / "nodes" / PEER / "data")
+    shutil.rmtree(net.home / "nodes" / PEER / _readme_peer_wipe())  # its ledger, as the README says
     _issue(net)  # the network goes on without it
     net.cli_proc("network", "up", "--timeout", "60")  # starts what is not running: the peer
     rows = _wait_level(net)
@@ -121,6 +136,8 @@ def test_a_peer_whose_data_directory_is_lost_catches_up_from_the_orderers(net: N
     assert verified["ok"] and verified["agree"], verified
     state = {p["peer"]: p["state_hash"] for p in verified["peers"]}
     assert len(set(state.values())) == 1 and len(state) == len(rows) - 3, state
+    kept = net.cli("--as", "p02:admin", "audit", "verify", "--anchor", f"{head['last_id']}:{head['last_hash']}")
+    assert kept["ok"] and kept["anchor_checked"] and kept["head"]["first_id"] == head["first_id"], kept
 
 
 def test_an_orderer_whose_data_is_lost_is_removed_emptied_and_added_back(net: Net, tmp_path: Path) -> None:
