@@ -625,19 +625,29 @@ def _outlive(ctx: Context, key: str, holder: dict, org: str, name: str, mark: di
     """A revocation for the licence (``mark``) of ``org``/``name`` under ``key``, whose entry
     ``holder`` another registration holds in force (it bars nothing while that one practises:
     _bars), is kept in the entry's ``outlived`` ([{org, name, tx_id}]: those still standing,
-    one per registration) to bar the code once nobody holds it in force (_settle).
-    LIMIT_EXCEEDED with MAX_SUSPENSIONS - 1 standing already (the bar they make, with the
-    revocation making it, keeps at most MAX_SUSPENSIONS)."""
+    one per registration) to bar the code once nobody holds it in force (_settle). Never
+    refused (review24: a regulator's revocation always goes through): a final one (standing for
+    good) is kept alone -- it bars the code for good, the suspensions beside it moot; the first
+    standing is the one kept --; a suspension beyond MAX_SUSPENSIONS - 1 standing (the bar
+    they make, with the revocation making it, keeps at most MAX_SUSPENSIONS) is kept in none:
+    the code is barred by those kept."""
     kept = []
+    final = None  # a final one standing (LICENCE_REVOKED: never lifted)
     for o in holder.get("outlived", []):
-        if (o["org"] != org or o["name"] != name) and len(_outliving(ctx, o)) > 0:
-            kept.append(o)
-    if len(kept) >= MAX_SUSPENSIONS - 1:
-        ctx.fail("LIMIT_EXCEEDED", key + " is held in force by " + holder["org"] + "/"
-                 + holder["name"] + " beside " + str(len(kept)) + " standing revocations for the "
-                 "licence of other registrations under it: at most " + str(MAX_SUSPENSIONS - 1)
-                 + "; lift one (reinstate_registration) or revoke the registrations holding it")
-    holder["outlived"] = kept + [{"org": org, "name": name, "tx_id": mark["tx_id"]}]
+        if o["org"] != org or o["name"] != name:
+            found = _outliving(ctx, o)
+            if len(found) > 0:
+                kept.append(o)
+                if final is None and found[2]["reason"] == "LICENCE_REVOKED":
+                    final = o
+    new = {"org": org, "name": name, "tx_id": mark["tx_id"]}
+    if final is None and mark["reason"] == "LICENCE_REVOKED":
+        final = new
+    if final is not None:
+        kept = [final]
+    elif len(kept) < MAX_SUSPENSIONS - 1:
+        kept = kept + [new]
+    holder["outlived"] = kept
     ctx.put(key, holder)
 
 
@@ -647,8 +657,8 @@ def _settle(ctx: Context, key: str, carried: list) -> None:
     outlived (``outlived``, with ``carried``: those of an entry this tx deleted or replaced by a
     bar) that still stand bar it, as a revocation finding the code free does (_bars) -- a final
     one for good, else the suspensions hold the bar (each mark's ``barred``) -- so nobody takes
-    the code over while they stand; an entry still in force keeps those standing. At most
-    2 x MAX_SUSPENSIONS records read."""
+    the code over while they stand; an entry still in force keeps those standing (bounded as
+    _outlive keeps them). At most 2 x MAX_SUSPENSIONS records read."""
     entry = ctx.get(key)
     bar = entry is not None and "revoked" in entry
     if bar and entry["revoked"]["reason"] != SUSPENSION:
@@ -668,7 +678,11 @@ def _settle(ctx: Context, key: str, carried: list) -> None:
         if len(found) > 0:
             standing.append([o] + found)
     if entry is not None and not bar and _in_force(ctx, key, entry):
-        kept = [s[0] for s in standing]
+        kept = [s[0] for s in standing][0:MAX_SUSPENSIONS - 1]
+        for s in standing:  # (a final one is kept alone: _outlive)
+            if s[3]["reason"] == "LICENCE_REVOKED":
+                kept = [s[0]]
+                break
         if kept != entry.get("outlived", []):
             entry["outlived"] = kept
             if len(kept) == 0:
@@ -689,7 +703,8 @@ def _settle(ctx: Context, key: str, carried: list) -> None:
     for s in standing:
         org = s[0]["org"]
         name = s[0]["name"]
-        if len(_others(held, org, name)) == len(held):
+        if len(_others(held, org, name)) == len(held) \
+                and len(held) + len(_others(pending, org, name)) < MAX_SUSPENSIONS:
             s[3]["barred"] = key  # (the mark in the record: reinstating it lifts this bar)
             ctx.put(s[1], s[2])
             held.append({"org": org, "name": name, "revoked": s[3]})

@@ -90,21 +90,53 @@ def suspension_tx(world: World) -> str:
 
 def test_the_revocations_an_entry_outlives_are_bounded(world: World) -> None:
     """At most 15 standing beside the holder (the bar they make, with the revocation making it,
-    keeps at most 16 entries): the 16th is refused LIMIT_EXCEEDED, nothing written; lifting
-    one makes room."""
+    keeps at most 16 entries); lifting one makes room. A 16th goes through (review24: it was
+    refused LIMIT_EXCEEDED) but is kept in none: the code is barred by the 15 kept."""
     for i in range(16):
         assert practitioner(world, "h03", f"dr-x{i}", JIANG_CODE, active=False) == "OK"
     for i in range(15):
         assert revoke(world, REGULATOR, "h03", f"dr-x{i}", "LICENCE_SUSPENDED")["changed"] is True
-    n = world.chain.state.values.copy()
-    assert revoke(world, REGULATOR, "h03", "dr-x15", "LICENCE_SUSPENDED") == "LIMIT_EXCEEDED"
-    assert world.chain.state.values == n
-    reinstate(world, REGULATOR, "h03", "dr-x0")  # (WAS_INACTIVE)
+    kept = index(world, "praccode/" + JIANG_CODE)["outlived"]
     assert revoke(world, REGULATOR, "h03", "dr-x15", "LICENCE_SUSPENDED")["changed"] is True
+    assert index(world, "praccode/" + JIANG_CODE)["outlived"] == kept
+    reinstate(world, REGULATOR, "h03", "dr-x0")  # (WAS_INACTIVE)
+    assert len(index(world, "praccode/" + JIANG_CODE)["outlived"]) == 14
+    assert practitioner(world, "h03", "dr-x0", JIANG_CODE, active=False) == "OK"
+    assert revoke(world, REGULATOR, "h03", "dr-x0", "LICENCE_SUSPENDED")["changed"] is True
     assert len(index(world, "praccode/" + JIANG_CODE)["outlived"]) == 15
     assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
     bar = index(world, "praccode/" + JIANG_CODE)
     assert len(bar["suspensions"]) == 15 and bar["revoked"]["reason"] == "LICENCE_SUSPENDED"
+
+
+def test_standing_revocations_never_shield_a_site_from_the_regulator(world: World) -> None:
+    """review24: h03 registered Jiang's code inactive under 15 names, each suspended by the
+    regulator beside h01 holding the code: the suspension of her site at h02 (active) was then
+    refused LIMIT_EXCEEDED, and the site practised on. Now it goes through (kept in no list
+    beyond 15), and a final revocation is always kept -- alone: it bars the code for good once
+    nobody holds it, whatever suspensions stand beside it."""
+    with_site(world)
+    for i in range(15):
+        assert practitioner(world, "h03", f"dr-x{i}", JIANG_CODE, active=False) == "OK"
+        assert revoke(world, REGULATOR, "h03", f"dr-x{i}", "LICENCE_SUSPENDED")["changed"] is True
+    out = revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")
+    assert out != "LIMIT_EXCEEDED" and out["changed"] is True
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    assert not issue(world, doctor=SITE)[1].ok
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "REGISTRATION_REVOKED"
+    assert practitioner(world, "h03", "dr-y", JIANG_CODE, active=False) == "OK"
+    final = revoke(world, REGULATOR, "h03", "dr-y", "LICENCE_REVOKED")["revoked"]
+    assert index(world, "praccode/" + JIANG_CODE)["outlived"] == [
+        {"org": "h03", "name": "dr-y", "tx_id": final["tx_id"]}]
+    assert issue(world, doctor=JIANG)[1].ok  # (the holder practises on)
+    assert practitioner(world, "h01", "dr-jiang", JIANG_CODE, active=False) == "OK"
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-y", "revoked": final}
+    for org, name in (("h01", "dr-jiang"), ("h02", "dr-jiang"), ("h04", "dr-z")):
+        assert practitioner(world, org, name, JIANG_CODE) == "REGISTRATION_REVOKED"
+    # (the suspensions beside it lifted: the code stays barred for good)
+    for i in range(15):
+        reinstate(world, REGULATOR, "h03", f"dr-x{i}")
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h03", "name": "dr-y", "revoked": final}
 
 
 # ---------------------------------------------------------------- a departed holder revoked
@@ -174,3 +206,4 @@ def test_the_codes_a_record_left_are_bounded(world: World) -> None:
     assert practitioner(world, "h02", "dr-s0", codes[0], active=False) == "OK"
     assert practitioner(world, "h01", "dr-jiang", codes[9]) == "OK"
     assert registration(world, "h01", "dr-jiang")["left"] == codes[1:9]
+
