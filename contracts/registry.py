@@ -1167,6 +1167,18 @@ def _reactivate_pending(ctx: Context, key: str, waiting: dict) -> dict:
             "sites_restored": back[1], "sites_not_restored": back[2]}
 
 
+def _held_code(ctx: Context, waiting: dict) -> bool:
+    """The practitioner ``waiting`` ({org, name, tx_id}: waiting for a bar since that
+    reinstatement) held its code when suspended (the suspension lifted there kept ``sites``,
+    those it withdrew from the holder)."""
+    if waiting["name"] == "":
+        return False
+    rec = ctx.get("prac/" + waiting["org"] + "/" + waiting["name"])
+    history = [] if rec is None else rec.get("reinstated", [])
+    return len(history) > 0 and history[-1]["tx_id"] == waiting["tx_id"] \
+        and "sites" in history[-1]["revoked"]
+
+
 def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     """Lift a suspension (a revocation for LICENCE_SUSPENDED) of practitioner ``org``/``name``'s
     registration (or with ``name`` "" the pharmacy ``org``'s): regulator admins only. Its
@@ -1200,6 +1212,19 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     for key in _suspension_bars(rec, name, mark):
         for w in _lift_bar(ctx, key, org, name, mark):
             waiting.append([key, w])
+    done = []
+    if rec["revoked"]["reason"] == SUSPENSION and "sites" not in mark and mark.get("was_active", False):
+        # a registration that did not hold its code when suspended (a site's, beside its holder)
+        # lifting the bar its code's holder waits for: the holder takes its code back first
+        # (review24: reactivated first, the site took the code over and the holder, waiting
+        # longer, was refused CODE_IN_USE -- the other order gave it back to the holder)
+        rest = []
+        for kw in waiting:
+            if kw[0] == _code_key(rec, name) and _held_code(ctx, kw[1]):
+                done.append(_reactivate_pending(ctx, kw[0], kw[1]))
+            else:
+                rest.append(kw)
+        waiting = rest
     stamp = _stamp(ctx)
     pending = ""
     left = {}  # {code it had left: [sites restored under it]}
@@ -1225,7 +1250,6 @@ def reinstate_registration(ctx: Context, org: str, name: str) -> dict:
     rec["updated"] = stamp
     ctx.put(rkey, rec)
     _settle(ctx, _code_key(rec, name), [])  # (an entry in force outlives this one no more)
-    done = []
     for kw in waiting:
         done.append(_reactivate_pending(ctx, kw[0], kw[1]))
     out = {"org": org, "name": name, "reactivated": back[0] == "", "reason": back[0],

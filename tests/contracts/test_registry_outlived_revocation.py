@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.contracts.chain import who
 from tests.contracts.flows import JIANG, issue
 from tests.contracts.rxclient import World
@@ -207,3 +209,30 @@ def test_the_codes_a_record_left_are_bounded(world: World) -> None:
     assert practitioner(world, "h01", "dr-jiang", codes[9]) == "OK"
     assert registration(world, "h01", "dr-jiang")["left"] == codes[1:9]
 
+
+# ---------------------------------------------------------------- lifted: the holder first
+
+
+@pytest.mark.parametrize("first", ["h01", "h02"])
+def test_the_code_s_holder_gets_it_back_before_its_site(world: World, first: str) -> None:
+    """review24: her site at h02 suspended beside h01 holding the code (outlived), then h01
+    suspended (the bar held by both): lifted holder first, h01 waited for the site's
+    suspension, and lifting that one gave the code to the site -- reactivated before those
+    waiting -- and refused h01, the code's holder, CODE_IN_USE (its organisation locked out
+    while the site practised, on the authorisation of nobody). Whatever the order, the holder
+    takes its code back; the site, withdrawn by its own suspension, is authorised anew."""
+    with_site(world)
+    revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")
+    revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")
+    second = "h02" if first == "h01" else "h01"
+    outs = {first: reinstate(world, REGULATOR, first, "dr-jiang")}
+    assert outs[first]["reactivated"] is False and outs[first]["reason"] == "REGISTRATION_REVOKED"
+    outs[second] = reinstate(world, REGULATOR, second, "dr-jiang")
+    assert index(world, "praccode/" + JIANG_CODE) == {"org": "h01", "name": "dr-jiang"}
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is True
+    assert registration(world, "h02", "dr-jiang")["licence_active"] is False
+    assert issue(world, doctor=JIANG)[1].ok
+    site = outs["h02"] if first == "h01" else outs["h01"]["pending_reactivated"][0]
+    assert site["reactivated"] is False and site["reason"] == "CODE_IN_USE"
+    assert authorize(world, "h01", JIANG_CODE, "h02") == "OK"
+    assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "OK"
