@@ -542,10 +542,12 @@ def _refuse_revoked(ctx: Context, key: str, rec: dict) -> None:
              + rec["revoked"]["reason"] + "): it stays inactive")
 
 
-def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate: bool) -> None:
+def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate: bool,
+                   emit: bool = True) -> None:
     """Drop ``site`` from the index entry ``holder`` of ``code`` (not written here) and, with
     ``deactivate``, make its active registration under the code inactive, as a withdrawal
-    (authorize_practice_site)."""
+    (authorize_practice_site); its events (``registry.practitioner``,
+    ``registry.practice_site``) only with ``emit``."""
     sites = holder.get("sites", {})
     name = sites.get(site, "")
     if deactivate and name != "" and _holds(ctx, site, name, code):
@@ -553,19 +555,22 @@ def _withdraw_site(ctx: Context, holder: dict, code: str, site: str, deactivate:
         prac["licence_active"] = False
         prac["updated"] = _stamp(ctx)
         ctx.put("prac/" + site + "/" + name, prac)
-        ctx.emit("registry.practitioner", {"org": site, "name": name, "role": prac["role"]})
+        if emit:
+            ctx.emit("registry.practitioner", {"org": site, "name": name, "role": prac["role"]})
     kept = {}
     for k in sorted(sites.keys()):
         if k != site:
             kept[k] = sites[k]
     holder["sites"] = kept
-    ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
+    if emit:
+        ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": False})
 
 
-def _withdraw_sites(ctx: Context, holder: dict, code: str) -> list:
+def _withdraw_sites(ctx: Context, holder: dict, code: str, emit: bool = True) -> list:
     """Withdraw every site of the index entry ``holder`` of ``code`` (not written here), each
-    active registration under the code made inactive (_withdraw_site): [{site: name, ""
-    unregistered} withdrawn, [sites whose registration it made inactive]]."""
+    active registration under the code made inactive (_withdraw_site, its events only with
+    ``emit``): [{site: name, "" unregistered} withdrawn, [sites whose registration it made
+    inactive]]."""
     withdrawn = {}
     active = []
     for site in sorted(holder.get("sites", {}).keys()):
@@ -573,7 +578,7 @@ def _withdraw_sites(ctx: Context, holder: dict, code: str) -> list:
         withdrawn[site] = sname
         if sname != "" and _holds(ctx, site, sname, code):
             active.append(site)
-        _withdraw_site(ctx, holder, code, site, True)
+        _withdraw_site(ctx, holder, code, site, True, emit)
     return [withdrawn, active]
 
 
@@ -898,7 +903,11 @@ def revoke_registration(ctx: Context, org: str, name: str, reason: str) -> dict:
         for c in _left(ctx, rec.get("left", []), org, name, code):
             entry = ctx.get("praccode/" + c)
             left_carried.append(["praccode/" + c, entry.get("outlived", [])])
-            gone = _withdraw_sites(ctx, entry, c)
+            # one event per code (review24: two per site, up to 8 codes of 8 sites, went past
+            # the 64 events an invocation emits: the regulator's revocation refused SIZE_LIMIT)
+            gone = _withdraw_sites(ctx, entry, c, False)
+            ctx.emit("registry.left_sites", {"code": c, "allowed": False,
+                                             "sites": sorted(gone[0].keys()), "active": gone[1]})
             ctx.delete("praccode/" + c)
             if reason == SUSPENSION:
                 left_marks[c] = {"sites": gone[0], "site_active": gone[1]}
@@ -1012,18 +1021,20 @@ def _untouched_since(prac: dict, tx_id: str) -> bool:
     return last.get("written", "") == last["revoked"]["tx_id"] and last["revoked"].get("written", "") == tx_id
 
 
-def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
+def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict, emit: bool = True) -> list:
     """Authorise again, in the index entry ``holder`` of ``code`` (written by the caller), the
     sites the suspension ``mark`` withdrew from the holder, each only while its own registration
     under the code is in force -- not revoked, still under ``code`` -- (a site not yet registered
     comes back authorised); a registration the suspension made inactive is made active again
     when nobody wrote it since. [restored, {site: reason} not restored: the holder authorises
-    them anew (authorize_practice_site)]."""
+    them anew (authorize_practice_site), [sites whose registration it made active]]; its
+    events (``registry.practitioner``, ``registry.practice_site``) only with ``emit``."""
     withdrawn = mark.get("sites", {})
     active = mark.get("site_active", [])
     sites = {}
     restored = []
     missed = {}
+    activated = []
     for site in sorted(withdrawn.keys()):
         sname = withdrawn[site]
         if sname != "":
@@ -1038,13 +1049,16 @@ def _restore_sites(ctx: Context, holder: dict, code: str, mark: dict) -> list:
                 prac["licence_active"] = True
                 prac["updated"] = _stamp(ctx)
                 ctx.put("prac/" + site + "/" + sname, prac)
-                ctx.emit("registry.practitioner", {"org": site, "name": sname, "role": prac["role"]})
+                activated.append(site)
+                if emit:
+                    ctx.emit("registry.practitioner", {"org": site, "name": sname, "role": prac["role"]})
         sites[site] = sname
         restored.append(site)
-        ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": True})
+        if emit:
+            ctx.emit("registry.practice_site", {"code": code, "site": site, "allowed": True})
     if len(sites) > 0:
         holder["sites"] = sites
-    return [restored, missed]
+    return [restored, missed, activated]
 
 
 def _reactivate(ctx: Context, rec: dict, org: str, name: str, mark: dict, written: str) -> list:
@@ -1104,7 +1118,10 @@ def _restore_left(ctx: Context, rec: dict, org: str, name: str, mark: dict) -> d
         entry = {"org": org, "name": name}
         per = mark["left"][c]
         got = _restore_sites(ctx, entry, c, {"sites": per["sites"], "site_active": per["site_active"],
-                                              "tx_id": mark["tx_id"]})
+                                              "tx_id": mark["tx_id"]}, False)
+        if len(got[0]) > 0:  # (one event per code, as its withdrawal)
+            ctx.emit("registry.left_sites", {"code": c, "allowed": True, "sites": got[0],
+                                             "active": got[2]})
         if "sites" in entry:
             ctx.put("praccode/" + c, entry)
             out[c] = got[0]

@@ -236,3 +236,33 @@ def test_the_code_s_holder_gets_it_back_before_its_site(world: World, first: str
     assert site["reactivated"] is False and site["reason"] == "CODE_IN_USE"
     assert authorize(world, "h01", JIANG_CODE, "h02") == "OK"
     assert practitioner(world, "h02", "dr-jiang", JIANG_CODE) == "OK"
+
+
+def test_a_departed_holder_with_many_sites_is_suspended_and_reinstated(world: World) -> None:
+    """review24: a holder that left 3 codes (and holds a 4th), 8 sites practising under each,
+    emitted two events per site withdrawn (and per site restored): 66 and more, past the 64 an
+    invocation may emit -- the regulator's suspension (and its lifting) was refused SIZE_LIMIT,
+    the sites practising on. The codes it left now take one event each."""
+    codes = [f"D50010300098{i}" for i in range(4)]
+    sites = [f"h{n:02d}" for n in range(2, 10)]
+    for i, code in enumerate(codes):
+        assert practitioner(world, "h01", "dr-jiang", code) == "OK"
+        for site in sites:
+            assert authorize(world, "h01", code, site) == "OK"
+            assert practitioner(world, site, f"dr-s{i}", code) == "OK"
+    assert registration(world, "h01", "dr-jiang")["left"] == codes[0:3]
+    out = world.chain.submit("registry", "revoke_registration", REGULATOR, org="h01", name="dr-jiang",
+                             reason="LICENCE_SUSPENDED")
+    assert out.ok, out.reason
+    assert len(out.events) <= 64
+    for i in range(4):
+        assert not any(registration(world, site, f"dr-s{i}")["licence_active"] for site in sites)
+    left = [json.loads(e.payload_json) for e in out.events if e.name == "registry.left_sites"]
+    assert left == [
+        {"code": code, "allowed": False, "sites": sites, "active": sites} for code in codes[0:3]]
+    back = world.chain.submit("registry", "reinstate_registration", REGULATOR, org="h01", name="dr-jiang")
+    assert back.ok, back.reason
+    assert back.value["reactivated"] is True
+    assert back.value["left_sites_restored"] == dict.fromkeys(codes[0:3], sites)
+    for i in range(4):
+        assert all(registration(world, site, f"dr-s{i}")["licence_active"] for site in sites)
