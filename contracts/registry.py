@@ -752,20 +752,40 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
     ``key`` (another registration's): it holds the bar too (the mark's ``barred``), so
     reinstating the first no longer lifts it while this one stands. Only a suspension joins a
     suspension's bar (a final revocation takes it over: _bars). A registration suspended again
-    while waiting for the bar (``pending``) waits no more: it holds it. LIMIT_EXCEEDED when the
-    bar has MAX_SUSPENSIONS entries already."""
+    while waiting for the bar (``pending``) waits no more: it holds it. Never refused (review24:
+    LIMIT_EXCEEDED shielded the registration from the regulator): the bar keeps at most
+    MAX_SUSPENSIONS entries -- full, the registration waiting longest gives way (_drop_pending),
+    and with MAX_SUSPENSIONS suspensions the new one is kept in none (no ``barred``): the code
+    stays barred by those kept."""
     if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
             or mark["reason"] != SUSPENSION:
         return
     held = _suspensions(bar)
     pending = _others(_pending(bar), org, name)
+    if len(held) + len(pending) >= MAX_SUSPENSIONS and len(pending) > 0:
+        _drop_pending(ctx, key, pending[0])
+        pending = pending[1:]
     if len(held) + len(pending) >= MAX_SUSPENSIONS:
-        ctx.fail("LIMIT_EXCEEDED", key + " is held by " + str(len(held)) + " suspensions (and "
-                 + str(len(pending)) + " reinstated registrations wait for it): at most "
-                 + str(MAX_SUSPENSIONS) + "; lift one (reinstate_registration) or revoke the "
-                 "licence for good (LICENCE_REVOKED takes the bar over)")
+        if len(pending) != len(_pending(bar)):
+            ctx.put(key, _bar_entry(held, pending))
+        return
     mark["barred"] = key
     ctx.put(key, _bar_entry(held + [{"org": org, "name": name, "revoked": mark}], pending))
+
+
+def _drop_pending(ctx: Context, key: str, waiting: dict) -> None:
+    """The registration ``waiting`` ({org, name, tx_id}) waits for the bar ``key`` no more (a
+    suspension took its place, _join_bar): its reinstatement, when its latest, keeps
+    ``pending_refused`` LIMIT_EXCEEDED -- its organisation registers it again once the bar
+    goes, as before reg7."""
+    rkey = "pharmacy/" + waiting["org"] if waiting["name"] == "" else \
+        "prac/" + waiting["org"] + "/" + waiting["name"]
+    rec = ctx.get(rkey)
+    history = [] if rec is None else rec.get("reinstated", [])
+    if len(history) > 0 and history[-1]["tx_id"] == waiting["tx_id"] \
+            and history[-1].get("pending", "") == key:
+        history[-1]["pending_refused"] = "LIMIT_EXCEEDED"
+        ctx.put(rkey, rec)
 
 
 def _registration_key(ctx: Context, org: str, name: str) -> str:
