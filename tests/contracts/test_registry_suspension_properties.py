@@ -24,7 +24,12 @@ two licences, the registry's index checked after every transaction against its r
   MAX_REINSTATEMENTS reinstatements;
 * no site practises on the authorisation of a revoked registration: an index entry naming one
   (not a bar) has no site registration in force under it (review22: a holder that moved to
-  another code before it was revoked left its sites practising under the old one).
+  another code before it was revoked left its sites practising under the old one);
+* (review24) while a revocation for the licence stands, nobody takes its code over: an entry
+  holding the code in force names the registration that held it in force at the revocation
+  (none: nobody); every suspension holding a bar is one whose reinstatement lifts that bar
+  (its mark's ``barred``, its record's current code or a code it had left) -- else the code
+  stayed barred for good; a final bar names a registration revoked for good.
 """
 
 from __future__ import annotations
@@ -213,6 +218,47 @@ def bound_problems(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def takeover_problems(s: dict[str, Any], held: dict[tuple[str, str], tuple[str, Any]]) -> list[str]:
+    """Each revocation for the licence ``held`` ({(record key, tx_id): (code key, (org, name) of
+    the registration holding it in force at the revocation, or None)}) still standing: the code
+    held in force by that registration only."""
+    out = []
+    for (rkey, tx), (ikey, named) in sorted(held.items()):
+        mark = s[rkey].get("revoked")
+        if mark is None or (mark["tx_id"] != tx and mark.get("suspension", {}).get("tx_id") != tx):
+            continue  # (lifted)
+        entry = s.get(ikey)
+        if entry is not None and "revoked" not in entry and _in_force(s, ikey, entry) \
+                and (named is None or (entry["org"], entry["name"]) != named):
+            out.append(f"{rkey}'s revocation stands and {ikey} was taken over: {entry} (held by {named})")
+    return out
+
+
+def lift_problems(s: dict[str, Any]) -> list[str]:
+    """Every suspension holding a bar is lifted there by reinstating it; a final bar names a
+    registration revoked for good."""
+    out = []
+    for key, bar in sorted(s.items()):
+        if not key.startswith(("praccode/", "pharmlic/")) or "revoked" not in bar:
+            continue
+        if bar["revoked"]["reason"] != SUSPENDED:
+            rec = s.get(_rkey(bar))
+            if rec is None or rec.get("revoked", {}).get("reason") != "LICENCE_REVOKED":
+                out.append(f"{key} is barred for good by {_rkey(bar)}, not revoked for good")
+            continue
+        for h in _held(bar):
+            rec = s.get(_rkey(h))
+            mark = _standing(rec["revoked"]) if rec is not None and "revoked" in rec else None
+            if rec is None or mark is None:
+                continue  # (_bar_problems)
+            keys = {"praccode/" + rec["code"] if h["name"] else "pharmlic/" + rec["licence_no"]}
+            keys |= {mark["barred"]} if "barred" in mark else set()
+            keys |= {"praccode/" + c for c in mark.get("left", {})}
+            if key not in keys:
+                out.append(f"{key} is held by {_rkey(h)}, whose reinstatement lifts {sorted(keys)} only")
+    return out
+
+
 def _move(chain: Chain, rnd: random.Random) -> tuple[str, Outcome]:
     """An active registration (a holder, often with a site) moved to the other code."""
     org, name = rnd.choice(HOSPITALS), rnd.choice(("n1", "n2"))
@@ -265,19 +311,24 @@ def test_suspension_bars_stay_consistent_with_the_records_under_random_sequences
         chain = Chain(runner=runner)
         steps: list[str] = []
         made: dict[tuple[str, str], str] = {}  # the revocations for the licence: their code keys
+        holding: dict[tuple[str, str], tuple[str, Any]] = {}  # ... and who held the code in force
         for _ in range(80):
             what, out = _step(chain, rnd, moves)
             steps.append(what + " -> " + ("OK" if out.ok else out.reason))
             written += out.ok
             state = _state(chain)
-            found = problems(state) + bound_problems(state)
+            found = problems(state) + bound_problems(state) + lift_problems(state)
             if out.ok and what.startswith("revoke ") and out.value["changed"] \
                     and out.value["revoked"]["reason"] in LICENCE_REASONS:
                 found += revocation_problems(state, out.value["org"], out.value["name"])
                 org, name = out.value["org"], out.value["name"]
                 rec = state["prac/" + org + "/" + name if name else "pharmacy/" + org]
-                made[(_rkey(out.value), out.value["revoked"]["tx_id"])] = \
-                    "praccode/" + rec["code"] if name else "pharmlic/" + rec["licence_no"]
-            found += standing_problems(state, made)
+                ikey = "praccode/" + rec["code"] if name else "pharmlic/" + rec["licence_no"]
+                made[(_rkey(out.value), out.value["revoked"]["tx_id"])] = ikey
+                entry = state.get(ikey)
+                holding[(_rkey(out.value), out.value["revoked"]["tx_id"])] = (ikey, None if (
+                    entry is None or "revoked" in entry or not _in_force(state, ikey, entry)) else (
+                    entry["org"], entry["name"]))
+            found += standing_problems(state, made) + takeover_problems(state, holding)
             assert found == [], f"seed {seed} (moves {moves}): " + "\n".join(steps[-12:] + found)
     assert written > 2000  # (the sequences do write: not all refused)
