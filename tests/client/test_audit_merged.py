@@ -28,7 +28,7 @@ from client.audit import (
 from client.cli import main
 from client.errors import RxClientError
 from node.config import load_node_config
-from node.peer.audit import AccessLog, Caller
+from node.peer.audit import DAY_MS, AccessLog, Caller
 from node.peer.server import PeerNode, serve
 from tests.peer.test_access_audit_served import _evaluate_get_key, home  # noqa: F401 - fixture
 
@@ -75,6 +75,28 @@ def _log(path: Path, times: list[int], rx: str = "RX") -> AccessLog:
         clock[0] = t
         log.append(who, "prescription", "get_key", f"{rx}-{i}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
     return log
+
+
+def _pruned_while_read(path: Path) -> tuple[AccessLog, Doctor]:
+    """A log of six grants (times 0-5, retention a day) and a doctor that, after the first page is
+    answered, has a grant a day on prune records 1..3 while the view reads on (6 read, 4 kept)."""
+    clock = [0]
+    log = AccessLog(path, lambda: clock[0], retention_days=1, sync=False)
+    who = Caller("h01", "doctor", "dr-a", b"cert", True)
+
+    def grant(t: int) -> None:
+        clock[0] = t
+        log.append(who, "prescription", "get_key", f"RX-{t}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
+
+    for t in range(6):
+        grant(t)
+
+    def prune_after_first_page(n: int, raws: list[bytes]) -> list[bytes]:
+        if n == 0:
+            grant(DAY_MS + 3)
+        return raws
+
+    return log, prune_after_first_page
 
 
 def _as_client(fake: _LogClient) -> AuditClient:

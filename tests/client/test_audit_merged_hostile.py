@@ -15,8 +15,8 @@ from rxchain.v1 import audit_pb2
 import client.audit as audit_module
 from client.audit import AuditClient, Page, merged, read_verified, record_dict
 from client.errors import RxClientError
-from node.peer.audit import DAY_MS, AccessLog, Caller
-from tests.client.test_audit_merged import _as_client, _LogClient
+from node.peer.audit import AccessLog, Caller
+from tests.client.test_audit_merged import _as_client, _LogClient, _pruned_while_read
 
 _HEAD = {"first_id": 1, "first_prev_hash": "00" * 32, "last_id": 5, "last_hash": "ab" * 32, "pruned": 0}
 _BOUND = 1_000  # pages the fake answers before the test calls the read unbounded
@@ -47,22 +47,7 @@ def test_a_peer_answering_empty_pages_that_say_more_is_refused_at_once() -> None
 
 
 def test_a_log_pruned_while_it_is_read_verifies_from_its_oldest_kept(tmp_path: Path) -> None:
-    clock = [0]
-    log = AccessLog(tmp_path / "audit", lambda: clock[0], retention_days=1, sync=False)
-    who = Caller("h01", "doctor", "dr-a", b"cert", True)
-
-    def grant(t: int) -> None:
-        clock[0] = t
-        log.append(who, "prescription", "get_key", f"RX-{t}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
-
-    for t in range(6):
-        grant(t)
-
-    def prune_after_first_page(n: int, raws: list[bytes]) -> list[bytes]:
-        if n == 0:  # a day on, a grant prunes records 1..3 (time < 3) while the view reads on
-            grant(DAY_MS + 3)
-        return raws
-
+    log, prune_after_first_page = _pruned_while_read(tmp_path / "audit")  # records 1..3 pruned while read
     try:
         records, head = read_verified(_as_client(_LogClient(log, page=2, doctor=prune_after_first_page)))
         assert [r["id"] for r in records] == [4, 5, 6, 7]  # the kept records, from the oldest kept

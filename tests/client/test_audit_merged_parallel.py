@@ -22,20 +22,10 @@ from rxchain.v1 import audit_pb2, audit_pb2_grpc
 from client import audit
 from client.audit import AuditClient, Page, RecordBound, merged, read_verified
 from client.errors import RxClientError
-from node.peer.audit import DAY_MS, AccessLog, Caller
-from tests.client.test_audit_merged import Doctor, _LogClient
+from node.peer.audit import AccessLog
+from tests.client.test_audit_merged import _log, _LogClient, _pruned_while_read
 
 _WAIT_S = 10.0  # a wait of a test's peer: past it the test fails (a read that is not concurrent)
-
-
-def _log(path: Path, times: list[int], rx: str) -> AccessLog:
-    clock = [0]
-    log = AccessLog(path, lambda: clock[0], sync=False)
-    who = Caller("h01", "doctor", "dr-a", b"cert", True)
-    for i, t in enumerate(times):
-        clock[0] = t
-        log.append(who, "prescription", "get_key", f"{rx}-{i}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
-    return log
 
 
 class _Peer(_LogClient):
@@ -217,23 +207,7 @@ def test_the_record_bound_holds_for_pages_answered_at_once(tmp_path: Path) -> No
 def test_records_a_read_dropped_count_no_more_once_it_is_read(tmp_path: Path) -> None:
     """As when the peers were read in turn: a log pruned while read counts every record read while it
     is read, then only those it kept, against the bound the peers share."""
-    clock = [0]
-    log = AccessLog(tmp_path / "audit", lambda: clock[0], retention_days=1, sync=False)
-    who = Caller("h01", "doctor", "dr-a", b"cert", True)
-
-    def grant(t: int) -> None:
-        clock[0] = t
-        log.append(who, "prescription", "get_key", f"RX-{t}", "GRANTED", 1, "tx", audit_pb2.ACCESS_EVALUATE)
-
-    for t in range(6):
-        grant(t)
-
-    def prune_after_first_page(n: int, raws: list[bytes]) -> list[bytes]:
-        if n == 0:  # records 1..3 pruned while read: 6 read, 4 kept
-            grant(DAY_MS + 3)
-        return raws
-
-    prune: Doctor = prune_after_first_page
+    log, prune = _pruned_while_read(tmp_path / "audit")  # 6 read, 4 kept
     others = _logs(tmp_path, 2, 4)
     bound = RecordBound(8, peers=3)
     try:
