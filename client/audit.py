@@ -101,11 +101,15 @@ class AuditClient:
         self.close()
 
     def query(self, *, start_id: int = 0, by_time: bool = False, start_ms: int = 0, end_ms: int = 0,
-              record_id: str = "", limit: int = 0, deadline: Deadline | None = None) -> Page:
+              record_id: str = "", limit: int = 0, deadline: Deadline | None = None,
+              take_bytes: Callable[[int], None] | None = None) -> Page:
         """One page (records with their hashes; a page in id order without a record_id filter is
         checked to chain here). ``deadline``: the request waits at most until it (AUDIT_DEADLINE_EXCEEDED
         once passed), never past its own timeout. AUDIT_CHAIN_BROKEN for a page holding more records
-        than asked (``limit``, else :data:`MAX_PAGE`), before any of them is parsed."""
+        than asked (``limit``, else :data:`MAX_PAGE`), before any of them is parsed. ``take_bytes``:
+        called with the bytes of the page's records as answered (serialized, their sum) before any of
+        them is parsed -- a merged view's bound (:meth:`RecordBound.take_bytes`), whose error is the
+        page's."""
         req = audit_pb2.AuditQueryRequest(
             order=audit_pb2.AUDIT_BY_TIME if by_time else audit_pb2.AUDIT_BY_ID, start_id=start_id,
             start_ms=start_ms, end_ms=end_ms, record_id=record_id, limit=limit)
@@ -120,6 +124,8 @@ class AuditClient:
         if len(res.records) > asked:  # (before any is parsed or counted: a peer answers ``limit`` at most)
             raise RxClientError("AUDIT_CHAIN_BROKEN", f"a page of {len(res.records)} records answered to a "
                                                       f"request for {asked} at most")
+        if take_bytes is not None:  # (before any is parsed: a page of 16 MiB holds records of ~16 KB)
+            take_bytes(sum(len(r) for r in res.records))
         if not by_time and not record_id:
             check_chain(res.records)
         return Page([record_dict(r) for r in res.records], res.more, res.next_id, res.next_ms, head_dict(res.head))
@@ -171,7 +177,17 @@ class AuditClient:
 
 
 MERGE_PAGE = 1000  # records per page when reading a whole log to merge
-MAX_MERGED_RECORDS = 200_000  # records read at most, all the peers of a view together (~250-350 bytes each)
+MAX_MERGED_RECORDS = 200_000  # records read at most, all the peers of a view together (~160-250 bytes each)
+# bytes of records (serialized, as answered) read at most, all the peers of a view together: the
+# records bound alone let a peer answer pages of 1,000 records of ~16 KB (16 MiB, the channel's
+# bound), ~3 GB held before it tripped. Honest records (node.peer.audit.AccessLog.append): a grant
+# 234 bytes, a refusal 242, a RATE_LIMITED summary 163 -- 200,000 of them ~48 MB, 1/5 of this --;
+# the largest an authenticated member makes (organisation id 56, role 10, a common name of 64
+# three-byte characters, rx id 64, outcome 64) 572 -- 200,000 ~114 MB, under half. Only records
+# at the peer's own bounds on what an unauthenticated refusal records (org 64, role 64, name 128,
+# record_id 128 and tx_id 128 characters, of 4-byte characters or escaped surrogates: 2,835 bytes)
+# can pass it before 200,000 records do (~94,700 of them: narrow the view with --since)
+MAX_MERGED_BYTES = 256 << 20
 MERGE_DEADLINE_S = 120.0  # a merged view's whole read, every peer and page (each request also 30 s at most)
 MERGE_WORKERS = 8  # peers of a merged view read at once (threads: min(peers, this))
 MERGE_LATE_S = 5.0  # a peer's read not back this long after the deadline (its requests all end by it) is
@@ -202,14 +218,17 @@ class Deadline:
 
 
 class RecordBound:
-    """The records a merged view reads at most, every peer together. The peers are read at once
-    (threads): each counts a page's records against it before keeping them, under one lock, so the
-    bound holds however their pages interleave -- those a peer read, kept or dropped, while it is
-    read; the records it kept once it is read (as when the peers were read one after another)."""
+    """The records, and their bytes, a merged view reads at most, every peer together. The peers
+    are read at once (threads): each counts a page's records against it before keeping them -- their
+    bytes as answered before any is parsed (:meth:`take_bytes`), their number once the page is checked
+    (:meth:`take`) -- under one lock, so both bounds hold however their pages interleave -- those a
+    peer read, kept or dropped, while it is read; the records it kept once it is read (as when the
+    peers were read one after another)."""
 
-    def __init__(self, limit: int, peers: int = 1) -> None:
-        self.limit, self.peers = limit, peers
+    def __init__(self, limit: int, peers: int = 1, max_bytes: int = MAX_MERGED_BYTES) -> None:
+        self.limit, self.peers, self.max_bytes = limit, peers, max_bytes
         self._held = 0
+        self._held_bytes = 0
         self._lock = threading.Lock()
 
     def take(self, n: int, own: int) -> None:
@@ -228,10 +247,31 @@ class RecordBound:
                                                "passed): narrow the view (--since), name fewer peers, or read "
                                                "each page by page (--peer ORG --start ID)")
 
-    def give_back(self, n: int) -> None:
-        """``n`` records counted that a read no longer holds (dropped: its log pruned while read)."""
+    def take_bytes(self, n: int, own: int) -> None:
+        """Count ``n`` bytes of records more (a page's, as answered, before any is parsed) answered to a
+        read that counted ``own`` before them; RxClientError AUDIT_TOO_LARGE (nothing counted) when the
+        peers' together would pass ``max_bytes`` (the bytes bound)."""
+        with self._lock:
+            if self._held_bytes + n <= self.max_bytes:
+                self._held_bytes += n
+                return
+            others = self._held_bytes - own
+        if not others:
+            raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.max_bytes} bytes of records to read (the "
+                                                   "view's bytes bound): narrow the view (--since), or read the "
+                                                   "peer page by page (--peer ORG --start ID)")
+        raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.max_bytes} bytes of records to read from the "
+                                               f"{self.peers} peers' logs together (the view's bytes bound; "
+                                               f"{others} bytes read from the others' when it passed): narrow "
+                                               "the view (--since), name fewer peers, or read each page by page "
+                                               "(--peer ORG --start ID)")
+
+    def give_back(self, n: int, n_bytes: int = 0) -> None:
+        """``n`` records of ``n_bytes`` counted that a read no longer holds (dropped: its log pruned
+        while read)."""
         with self._lock:
             self._held -= n
+            self._held_bytes -= n_bytes
 
 
 class ReadStopped(Exception):
@@ -239,7 +279,8 @@ class ReadStopped(Exception):
 
 
 def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = MAX_MERGED_RECORDS,
-                  deadline: Deadline | None = None, bound: RecordBound | None = None,
+                  max_bytes: int = MAX_MERGED_BYTES, deadline: Deadline | None = None,
+                  bound: RecordBound | None = None,
                   stop: threading.Event | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records of one peer's log from ``start_id`` (0: the oldest kept) to its head, in id
     order, with the head, checked HERE: each chains to the one before across pages, the newest
@@ -251,16 +292,26 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
     those read before are dropped, the page checked as the oldest kept. RxClientError AUDIT_CHAIN_BROKEN
     otherwise (also for a page that holds no record but says more follow: the read is bounded
     by ``max_records`` whatever the peer answers), AUDIT_TOO_LARGE past ``max_records`` read,
-    kept or dropped (nothing merged; ``bound``: counted there instead, with the other peers' of a
-    view, which then counts only those kept once read), AUDIT_DEADLINE_EXCEEDED once ``deadline``
+    kept or dropped, or past ``max_bytes`` of records read (serialized, as answered: each page's
+    counted before any of its records is parsed; nothing merged; ``bound``: both counted there
+    instead, with the other peers' of a view, which then counts only those kept once read),
+    AUDIT_DEADLINE_EXCEEDED once ``deadline``
     passed (each request waits until it at most; checked again after each page). :class:`ReadStopped`
     once ``stop`` is set, checked after each page (no further one asked)."""
-    bound = bound if bound is not None else RecordBound(max_records)
+    bound = bound if bound is not None else RecordBound(max_records, max_bytes=max_bytes)
     records: list[dict[str, Any]] = []
     head: dict[str, Any] = {}
     read = 0  # records answered, kept or not (a log pruned while read drops those read before)
-    # each page checked to chain by query(), each request waiting until the deadline at most
-    for page in client.pages(start_id=start_id, limit=MERGE_PAGE, deadline=deadline):
+    answered = [0, 0]  # bytes of the records answered, kept or not; of the last page's
+    kept_bytes = 0  # bytes of ``records``
+
+    def take_bytes(n: int) -> None:  # (called by query() with a page's, before any record is parsed)
+        bound.take_bytes(n, answered[0])
+        answered[0] += n
+        answered[1] = n
+
+    # each page counted (bytes) and checked to chain by query(), each request waiting until the deadline at most
+    for page in client.pages(start_id=start_id, limit=MERGE_PAGE, deadline=deadline, take_bytes=take_bytes):
         if stop is not None and stop.is_set():
             raise ReadStopped()
         if deadline is not None:  # (a fake or a peer answering within its wait: checked here too)
@@ -274,7 +325,7 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
                 and page.records[0]["id"] == head["first_id"]:
             # the log was pruned past the records read (a page starts at the oldest kept): they are
             # no longer kept; the view is the log from its oldest kept, checked as such below
-            records = []
+            records, kept_bytes = [], 0
         if not records and page.records:
             first = page.records[0]
             if start_id <= head["first_id"] or first["id"] <= head["first_id"]:  # from the oldest kept
@@ -290,6 +341,7 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
         bound.take(len(page.records), read)
         records.extend(page.records)
         read += len(page.records)
+        kept_bytes += answered[1]
     if records:
         if (records[-1]["id"], records[-1]["hash"]) != (head["last_id"], head["last_hash"]):
             raise RxClientError("AUDIT_CHAIN_BROKEN", f"the newest record read ({records[-1]['id']}) is not the "
@@ -300,7 +352,7 @@ def read_verified(client: AuditClient, *, start_id: int = 0, max_records: int = 
         # the newest's hash is the one the head keeps for the pruned)
         raise RxClientError("AUDIT_CHAIN_BROKEN", f"no record answered from {start_id}, but the head names "
                                                   f"records {head['first_id']}..{head['last_id']}")
-    bound.give_back(read - len(records))
+    bound.give_back(read - len(records), answered[0] - kept_bytes)
     return records, head
 
 
@@ -413,8 +465,8 @@ def read_peers(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int, dea
 
 def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, until_ms: int = 0,
            record_id: str = "", limit: int = 0, max_records: int = MAX_MERGED_RECORDS,
-           deadline_s: float = MERGE_DEADLINE_S, clock: Callable[[], float] = time.monotonic,
-           workers: int = MERGE_WORKERS) -> dict[str, Any]:
+           max_bytes: int = MAX_MERGED_BYTES, deadline_s: float = MERGE_DEADLINE_S,
+           clock: Callable[[], float] = time.monotonic, workers: int = MERGE_WORKERS) -> dict[str, Any]:
     """One view of several peers' logs: each read -- whole, or with ``since_ms`` from the first
     record of the window (:func:`first_id_from`) -- to its head and its chain checked here
     (:func:`read_verified`), then the records in ``[since_ms, until_ms)`` (0: no bound) of
@@ -426,7 +478,9 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
     same whichever answers first. A peer that cannot be read, or whose chain does not verify, fails
     the whole view, its error naming the peer (the first to fail: the others are stopped, a slow
     one does not hold the error). Bounds, all the peers together: ``max_records`` records read
-    (:class:`RecordBound`, AUDIT_TOO_LARGE naming the peer that would pass it), ``deadline_s`` seconds
+    and ``max_bytes`` bytes of them (as answered, each page's counted before it is parsed)
+    (:class:`RecordBound`, AUDIT_TOO_LARGE naming the peer that would pass one, and which),
+    ``deadline_s`` seconds
     by ``clock`` for every request and page (AUDIT_DEADLINE_EXCEEDED naming every peer not read by
     then; each request waits until then at most) -- a slow or endless peer holds the view no longer,
     and more ``--peer`` take no more memory."""
@@ -435,7 +489,7 @@ def merged(clients: Sequence[tuple[str, AuditClient]], *, since_ms: int = 0, unt
         raise RxClientError("BAD_ARGUMENTS", f"a peer is named twice: {names}")
     deadline = Deadline(deadline_s, clock)
     reads = read_peers(clients, since_ms=since_ms, deadline=deadline,
-                       bound=RecordBound(max_records, len(clients)), workers=workers)
+                       bound=RecordBound(max_records, len(clients), max_bytes), workers=workers)
     out: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
     for (name, _), (records, head) in zip(clients, reads, strict=True):  # in the order named

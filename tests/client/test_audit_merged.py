@@ -37,8 +37,8 @@ Doctor = Callable[[int, list[bytes]], list[bytes]]
 
 class _LogClient:
     """An AuditClient's ``pages`` over a local log, ``page`` records a page, each page as the peer's
-    answer would be (optionally doctored by ``doctor(page_number, records)``) and checked to chain
-    within itself as AuditClient.query checks it."""
+    answer would be (optionally doctored by ``doctor(page_number, records)``), its bytes handed to
+    ``take_bytes`` and checked to chain within itself as AuditClient.query does, before parsing."""
 
     def __init__(self, log: AccessLog, page: int = 2, doctor: Doctor | None = None) -> None:
         self.log, self.page, self.doctor = log, page, doctor
@@ -53,13 +53,16 @@ class _LogClient:
                                                          limit=limit))
         return Page([record_dict(r) for r in res.records], res.more, res.next_id, res.next_ms, head_dict(res.head))
 
-    def pages(self, *, start_id: int = 0, **_: Any) -> Iterator[Page]:
+    def pages(self, *, start_id: int = 0, take_bytes: Callable[[int], None] | None = None,
+              **_: Any) -> Iterator[Page]:
         start, n = start_id, 0
         while True:
             res = self.log.query(audit_pb2.AuditQueryRequest(start_id=start, limit=self.page))
             raws = list(res.records)
             if self.doctor is not None:
                 raws = self.doctor(n, raws)
+            if take_bytes is not None:
+                take_bytes(sum(len(r) for r in raws))
             check_chain(raws)
             yield Page([record_dict(r) for r in raws], res.more, res.next_id, res.next_ms, head_dict(res.head))
             if not res.more:
