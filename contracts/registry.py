@@ -755,8 +755,9 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
     while waiting for the bar (``pending``) waits no more: it holds it. Never refused (review24:
     LIMIT_EXCEEDED shielded the registration from the regulator): the bar keeps at most
     MAX_SUSPENSIONS entries -- full, the registration waiting longest gives way (_drop_pending)
-    but the code's own holder (_held_code: review25), and with no other waiting the new
-    suspension is kept in none (no ``barred``): the code stays barred by those kept."""
+    but the code's own holder (_held_code) or a pharmacy (it held its licence: review25), and
+    with no other waiting the new suspension is kept in none (no ``barred``): the code stays
+    barred by those kept."""
     if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
             or mark["reason"] != SUSPENSION:
         return
@@ -764,9 +765,10 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
     pending = _others(_pending(bar), org, name)
     if len(held) + len(pending) >= MAX_SUSPENSIONS:
         # never the code's own holder (review25: evicted, it was not reactivated when the bar
-        # went -- the organisation whose records filled the bar took the code over at once)
+        # went -- the organisation whose records filled the bar took the code over at once);
+        # a pharmacy waiting held its licence (active when suspended: one active per licence)
         for i in range(len(pending)):
-            if not _held_code(ctx, pending[i]):
+            if pending[i]["name"] != "" and not _held_code(ctx, pending[i]):
                 _drop_pending(ctx, key, pending[i])
                 pending = pending[0:i] + pending[i + 1:]
                 break

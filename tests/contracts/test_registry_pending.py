@@ -293,3 +293,25 @@ def test_a_full_bar_never_evicts_the_code_s_own_holder_waiting_for_it(world: Wor
     assert registration(world, "h01", "dr-jiang")["licence_active"] is True
     assert practitioner(world, "h03", "dr-jiang-x", JIANG_CODE) == "CODE_IN_USE"
     assert issue(world)[1].ok
+
+
+def test_a_full_bar_never_evicts_the_pharmacy_holding_the_licence(world: World) -> None:
+    """review25: as the code's holder above, a pharmacy waiting for its licence's bar (active
+    when suspended: it held the licence) was evicted by a 16th suspension of registrations other
+    pharmacies wrote inactive under the licence, and one of them took the licence once they were
+    lifted (LICENCE_IN_USE to the holder)."""
+    others = [f"p{n}" for n in range(10, 26)]
+    assert revoke(world, REGULATOR, "p01", "", "LICENCE_SUSPENDED")["changed"] is True
+    for org in others:
+        assert pharmacy(world, org, P01_LICENCE, active=False) == "OK"
+    for org in others[0:15]:
+        assert revoke(world, REGULATOR, org, "", "LICENCE_SUSPENDED")["changed"] is True
+    assert reinstate(world, REGULATOR, "p01", "")["pending"] == "pharmlic/" + P01_LICENCE
+    out = revoke(world, REGULATOR, others[15], "", "LICENCE_SUSPENDED")
+    assert out["changed"] is True and "barred" not in out["revoked"]
+    assert [p["org"] for p in index(world, "pharmlic/" + P01_LICENCE)["pending"]] == ["p01"]
+    for org in others[0:15]:
+        last = reinstate(world, REGULATOR, org, "")
+    assert [(p["org"], p["reactivated"]) for p in last["pending_reactivated"]] == [("p01", True)]
+    assert pharmacy(world, others[0], P01_LICENCE) == "LICENCE_IN_USE"
+    assert issue(world, pharmacy="p01")[1].ok
