@@ -754,17 +754,24 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
     suspension's bar (a final revocation takes it over: _bars). A registration suspended again
     while waiting for the bar (``pending``) waits no more: it holds it. Never refused (review24:
     LIMIT_EXCEEDED shielded the registration from the regulator): the bar keeps at most
-    MAX_SUSPENSIONS entries -- full, the registration waiting longest gives way (_drop_pending),
-    and with MAX_SUSPENSIONS suspensions the new one is kept in none (no ``barred``): the code
-    stays barred by those kept."""
+    MAX_SUSPENSIONS entries -- full, the registration waiting longest gives way (_drop_pending)
+    but the code's own holder (_held_code) or a pharmacy (it held its licence: review25), and
+    with no other waiting the new suspension is kept in none (no ``barred``): the code stays
+    barred by those kept."""
     if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
             or mark["reason"] != SUSPENSION:
         return
     held = _suspensions(bar)
     pending = _others(_pending(bar), org, name)
-    if len(held) + len(pending) >= MAX_SUSPENSIONS and len(pending) > 0:
-        _drop_pending(ctx, key, pending[0])
-        pending = pending[1:]
+    if len(held) + len(pending) >= MAX_SUSPENSIONS:
+        # never the code's own holder (review25: evicted, it was not reactivated when the bar
+        # went -- the organisation whose records filled the bar took the code over at once);
+        # a pharmacy waiting held its licence (active when suspended: one active per licence)
+        for i in range(len(pending)):
+            if pending[i]["name"] != "" and not _held_code(ctx, pending[i]):
+                _drop_pending(ctx, key, pending[i])
+                pending = pending[0:i] + pending[i + 1:]
+                break
     if len(held) + len(pending) >= MAX_SUSPENSIONS:
         if len(pending) != len(_pending(bar)):
             ctx.put(key, _bar_entry(held, pending))

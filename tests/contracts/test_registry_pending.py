@@ -165,21 +165,25 @@ def test_a_code_holds_a_bounded_number_of_suspensions(world: World) -> None:
     LIMIT_EXCEEDED, its registration shielded from the regulator -- its organisation moved it to
     another code and made it active): a registration waiting for the bar gives way first (it
     waits no more, ``pending_refused`` LIMIT_EXCEEDED: its organisation registers it again),
-    else the suspension is kept in none, the code barred by those kept."""
+    else the suspension is kept in none, the code barred by those kept. The waiting one giving
+    way is never the code's own holder (review25: the test below)."""
+    with_site(world)  # (h02 a site of h01's: suspended beside it, then h01, the bar held by both)
+    assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
     assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
     for i in range(17):
         assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
-    for i in range(14):
+    for i in range(13):
         assert revoke(world, REGULATOR, "h03", f"dr-jiang-{i}", "LICENCE_SUSPENDED")["changed"] is True
-    assert reinstate(world, REGULATOR, "h01", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
-    assert revoke(world, REGULATOR, "h03", "dr-jiang-14", "LICENCE_SUSPENDED")["changed"] is True
+    assert reinstate(world, REGULATOR, "h02", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
+    assert revoke(world, REGULATOR, "h03", "dr-jiang-13", "LICENCE_SUSPENDED")["changed"] is True
     bar = index(world, "praccode/" + JIANG_CODE)
     assert len(bar["suspensions"]) == 15 and len(bar["pending"]) == 1
-    out = revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_SUSPENDED")
+    out = revoke(world, REGULATOR, "h03", "dr-jiang-14", "LICENCE_SUSPENDED")
     assert out != "LIMIT_EXCEEDED" and out["revoked"]["barred"] == "praccode/" + JIANG_CODE
     bar = index(world, "praccode/" + JIANG_CODE)
     assert len(bar["suspensions"]) == 16 and "pending" not in bar
-    assert registration(world, "h01", "dr-jiang")["reinstated"][-1]["pending_refused"] == "LIMIT_EXCEEDED"
+    assert registration(world, "h02", "dr-jiang")["reinstated"][-1]["pending_refused"] == "LIMIT_EXCEEDED"
+    assert revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_SUSPENDED")["changed"] is True
     out = revoke(world, REGULATOR, "h03", "dr-jiang-16", "LICENCE_SUSPENDED")
     assert out != "LIMIT_EXCEEDED" and "barred" not in out["revoked"]
     assert index(world, "praccode/" + JIANG_CODE) == bar
@@ -262,3 +266,52 @@ def test_a_site_suspended_with_its_holder_is_active_again_once_both_are_lifted(w
         assert reinstate(world, REGULATOR, "h01", "dr-jiang")["sites_restored"] == ["h02"]
         assert registration(world, "h02", "dr-jiang")["licence_active"] is False
         assert practitioner(world, "h02", "dr-jiang", JIANG_CODE, years=13) == "OK"
+
+
+def test_a_full_bar_never_evicts_the_code_s_own_holder_waiting_for_it(world: World) -> None:
+    """review25: a suspension finding the bar full made the registration waiting longest give
+    way -- the code's own holder too. Another organisation's 15 records written inactive under
+    the code and suspended, then a 16th, evicted the holder: once the regulator lifted them the
+    code came free and that organisation took it over (registered under it at once), the holder
+    refused CODE_IN_USE. The holder now keeps its place (the new suspension is kept in none, the
+    code barred by those kept) and is reactivated when the bar goes."""
+    assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
+    for i in range(16):
+        assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
+    for i in range(15):
+        assert revoke(world, REGULATOR, "h03", f"dr-jiang-{i}", "LICENCE_SUSPENDED")["changed"] is True
+    assert reinstate(world, REGULATOR, "h01", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
+    out = revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_SUSPENDED")
+    assert out["changed"] is True and "barred" not in out["revoked"]
+    bar = index(world, "praccode/" + JIANG_CODE)
+    assert len(bar["suspensions"]) == 15 and [p["org"] for p in bar["pending"]] == ["h01"]
+    assert "pending_refused" not in registration(world, "h01", "dr-jiang")["reinstated"][-1]
+    assert practitioner(world, "h03", "dr-jiang-15", OTHER_CODE) == "REGISTRATION_REVOKED"
+    for i in range(15):
+        last = reinstate(world, REGULATOR, "h03", f"dr-jiang-{i}")
+    assert [(p["org"], p["reactivated"]) for p in last["pending_reactivated"]] == [("h01", True)]
+    assert registration(world, "h01", "dr-jiang")["licence_active"] is True
+    assert practitioner(world, "h03", "dr-jiang-x", JIANG_CODE) == "CODE_IN_USE"
+    assert issue(world)[1].ok
+
+
+def test_a_full_bar_never_evicts_the_pharmacy_holding_the_licence(world: World) -> None:
+    """review25: as the code's holder above, a pharmacy waiting for its licence's bar (active
+    when suspended: it held the licence) was evicted by a 16th suspension of registrations other
+    pharmacies wrote inactive under the licence, and one of them took the licence once they were
+    lifted (LICENCE_IN_USE to the holder)."""
+    others = [f"p{n}" for n in range(10, 26)]
+    assert revoke(world, REGULATOR, "p01", "", "LICENCE_SUSPENDED")["changed"] is True
+    for org in others:
+        assert pharmacy(world, org, P01_LICENCE, active=False) == "OK"
+    for org in others[0:15]:
+        assert revoke(world, REGULATOR, org, "", "LICENCE_SUSPENDED")["changed"] is True
+    assert reinstate(world, REGULATOR, "p01", "")["pending"] == "pharmlic/" + P01_LICENCE
+    out = revoke(world, REGULATOR, others[15], "", "LICENCE_SUSPENDED")
+    assert out["changed"] is True and "barred" not in out["revoked"]
+    assert [p["org"] for p in index(world, "pharmlic/" + P01_LICENCE)["pending"]] == ["p01"]
+    for org in others[0:15]:
+        last = reinstate(world, REGULATOR, org, "")
+    assert [(p["org"], p["reactivated"]) for p in last["pending_reactivated"]] == [("p01", True)]
+    assert pharmacy(world, others[0], P01_LICENCE) == "LICENCE_IN_USE"
+    assert issue(world, pharmacy="p01")[1].ok
