@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -239,13 +239,7 @@ class RecordBound:
                 self._held += n
                 return
             others = self._held - own
-        if not others:
-            raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.limit} records to read: narrow the view "
-                                                   "(--since), or read the peer page by page (--peer ORG --start ID)")
-        raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.limit} records to read from the {self.peers} "
-                                               f"peers' logs together ({others} read from the others' when it "
-                                               "passed): narrow the view (--since), name fewer peers, or read "
-                                               "each page by page (--peer ORG --start ID)")
+        self._refuse(f"{self.limit} records", "", f"{others} read", others)
 
     def take_bytes(self, n: int, own: int) -> None:
         """Count ``n`` bytes of records more (a page's, as answered, before any is parsed) answered to a
@@ -256,15 +250,19 @@ class RecordBound:
                 self._held_bytes += n
                 return
             others = self._held_bytes - own
+        self._refuse(f"{self.max_bytes} bytes of records", " (the view's bytes bound)",
+                     f"the view's bytes bound; {others} bytes read", others)
+
+    def _refuse(self, what: str, alone: str, others_read: str, others: int) -> NoReturn:
+        """AUDIT_TOO_LARGE for more than ``what`` to read: one peer's (``alone`` says which bound), or
+        the peers' together (``others_read``: what the other peers' reads held when it passed)."""
         if not others:
-            raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.max_bytes} bytes of records to read (the "
-                                                   "view's bytes bound): narrow the view (--since), or read the "
-                                                   "peer page by page (--peer ORG --start ID)")
-        raise RxClientError("AUDIT_TOO_LARGE", f"more than {self.max_bytes} bytes of records to read from the "
-                                               f"{self.peers} peers' logs together (the view's bytes bound; "
-                                               f"{others} bytes read from the others' when it passed): narrow "
-                                               "the view (--since), name fewer peers, or read each page by page "
-                                               "(--peer ORG --start ID)")
+            raise RxClientError("AUDIT_TOO_LARGE", f"more than {what} to read{alone}: narrow the view "
+                                                   "(--since), or read the peer page by page (--peer ORG --start ID)")
+        raise RxClientError("AUDIT_TOO_LARGE", f"more than {what} to read from the {self.peers} peers' logs "
+                                               f"together ({others_read} from the others' when it passed): "
+                                               "narrow the view (--since), name fewer peers, or read each page "
+                                               "by page (--peer ORG --start ID)")
 
     def give_back(self, n: int, n_bytes: int = 0) -> None:
         """``n`` records of ``n_bytes`` counted that a read no longer holds (dropped: its log pruned
