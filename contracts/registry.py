@@ -705,16 +705,22 @@ def _settle(ctx: Context, key: str, carried: list) -> None:
             return
     held = _suspensions(entry) if bar else []
     pending = _pending(entry) if bar else []
+    counted = _unlisted(entry) if bar else 0
     for s in standing:
         org = s[0]["org"]
         name = s[0]["name"]
-        if len(_others(held, org, name)) == len(held) \
-                and len(held) + len(_others(pending, org, name)) < MAX_SUSPENSIONS:
+        if len(_others(held, org, name)) != len(held) or s[3].get("counted", "") == key:
+            continue  # (holding it already)
+        if len(held) + len(_others(pending, org, name)) < MAX_SUSPENSIONS:
             s[3]["barred"] = key  # (the mark in the record: reinstating it lifts this bar)
-            ctx.put(s[1], s[2])
             held.append({"org": org, "name": name, "revoked": s[3]})
             pending = _others(pending, org, name)
-    ctx.put(key, _bar_entry(held, pending))
+        else:  # (full: it holds the bar unlisted, counted -- reg9)
+            s[3]["counted"] = key
+            counted = counted + 1
+        ctx.put(s[1], s[2])
+    # (no bar yet: the first standing is listed, ``held`` not empty)
+    ctx.put(key, _bar_entry(held, pending, dict(entry, unlisted=counted) if bar else {"unlisted": counted}))
 
 
 def _suspensions(bar: dict) -> list:
@@ -731,14 +737,24 @@ def _pending(bar: dict) -> list:
     return bar.get("pending", [])
 
 
-def _bar_entry(held: list, pending: list) -> dict:
-    """The bar entry held by the suspensions ``held`` (non-empty): it names the first; with the
-    registrations ``pending`` its going reactivates (kept only when there are some)."""
-    first = held[0]
+def _unlisted(bar: dict) -> int:
+    """How many standing suspensions hold the suspension bar ``bar`` unlisted (reg9: each found
+    it full, its mark's ``counted`` naming it); 0 for a bar written before they were counted."""
+    return bar.get("unlisted", 0)
+
+
+def _bar_entry(held: list, pending: list, old: dict | None = None) -> dict:
+    """The bar entry held by the suspensions ``held``: it names the first; with the
+    registrations ``pending`` its going reactivates (kept only when there are some) and the
+    count of suspensions holding it unlisted of ``old`` (the entry it replaces; kept only when
+    non-zero). With ``held`` empty (only unlisted ones hold it) it names what ``old`` named."""
+    first = held[0] if len(held) > 0 else old
     entry = {"org": first["org"], "name": first["name"], "revoked": first["revoked"],
              "suspensions": held}
     if len(pending) > 0:
         entry["pending"] = pending
+    if old is not None and _unlisted(old) > 0:
+        entry["unlisted"] = _unlisted(old)
     return entry
 
 
@@ -756,8 +772,8 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
     LIMIT_EXCEEDED shielded the registration from the regulator): the bar keeps at most
     MAX_SUSPENSIONS entries -- full, the registration waiting longest gives way (_drop_pending)
     but the code's own holder (_held_code) or a pharmacy (it held its licence: review25), and
-    with no other waiting the new suspension is kept in none (no ``barred``): the code stays
-    barred by those kept."""
+    with no other waiting the new suspension is kept in none (no ``barred``) but counted (the
+    bar's ``unlisted``, the mark's ``counted``: reg9): the bar stays until it is lifted too."""
     if "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION \
             or mark["reason"] != SUSPENSION:
         return
@@ -773,11 +789,15 @@ def _join_bar(ctx: Context, key: str, bar: dict, org: str, name: str, mark: dict
                 pending = pending[0:i] + pending[i + 1:]
                 break
     if len(held) + len(pending) >= MAX_SUSPENSIONS:
-        if len(pending) != len(_pending(bar)):
-            ctx.put(key, _bar_entry(held, pending))
+        # kept in no list, it holds the bar counted (reg9: the bar went once those listed were
+        # lifted, and its code was anyone's while it stood): the bar goes only once the count
+        # is back to 0 (_lift_bar), its mark's ``counted`` naming the bar
+        mark["counted"] = key
+        ctx.put(key, _bar_entry(held, pending, {"unlisted": _unlisted(bar) + 1}
+                                if len(held) > 0 else dict(bar, unlisted=_unlisted(bar) + 1)))
         return
     mark["barred"] = key
-    ctx.put(key, _bar_entry(held + [{"org": org, "name": name, "revoked": mark}], pending))
+    ctx.put(key, _bar_entry(held + [{"org": org, "name": name, "revoked": mark}], pending, bar))
 
 
 def _drop_pending(ctx: Context, key: str, waiting: dict) -> None:
@@ -1002,6 +1022,8 @@ def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
     keys = []
     if "barred" in mark:
         keys.append(mark["barred"])
+    if "counted" in mark and mark["counted"] not in keys:  # (a bar it holds unlisted: reg9)
+        keys.append(mark["counted"])
     current = "pharmlic/" + rec["licence_no"] if name == "" else "praccode/" + rec["code"]
     if current not in keys:
         keys.append(current)
@@ -1013,23 +1035,28 @@ def _suspension_bars(rec: dict, name: str, mark: dict) -> list:
 
 def _lift_bar(ctx: Context, key: str, org: str, name: str, mark: dict) -> list:
     """The suspension ``mark`` of ``org``/``name`` no longer holds the bar ``key``: the bar goes
-    when it was the last suspension holding it, else it names the next one; a bar this
+    when it was the last suspension holding it -- none listed, none counted (``unlisted``: a
+    suspension kept in none, its mark's ``counted`` naming the bar, takes one off: reg9) --,
+    else it names the next one listed (the last one listed when only counted ones hold it); a bar this
     suspension does not hold (a final revocation took it over, or none) is left as it is. The
     registrations waiting for the bar (``pending``) when it went (else [])."""
     bar = ctx.get(key)
-    if bar is None or "revoked" not in bar:
+    if bar is None or "revoked" not in bar or bar["revoked"]["reason"] != SUSPENSION:
         return []
     held = _suspensions(bar)
     kept = []
     for h in held:
         if h["org"] != org or h["name"] != name or h["revoked"]["tx_id"] != mark["tx_id"]:
             kept.append(h)
+    unlisted = _unlisted(bar)
     if len(kept) == len(held):
-        return []
-    if len(kept) == 0:
+        if mark.get("counted", "") != key or unlisted == 0:
+            return []
+        unlisted = unlisted - 1  # (it held the bar unlisted, counted: reg9)
+    if len(kept) == 0 and unlisted == 0:
         ctx.delete(key)
         return _pending(bar)
-    ctx.put(key, _bar_entry(kept, _pending(bar)))
+    ctx.put(key, _bar_entry(kept, _pending(bar), dict(bar, unlisted=unlisted)))
     return []
 
 
@@ -1176,7 +1203,7 @@ def _wait_for_bar(ctx: Context, rec: dict, org: str, name: str, tx_id: str) -> s
     pending = _others(_pending(bar), org, name)
     if len(held) + len(pending) >= MAX_SUSPENSIONS:
         return ""
-    ctx.put(key, _bar_entry(held, pending + [{"org": org, "name": name, "tx_id": tx_id}]))
+    ctx.put(key, _bar_entry(held, pending + [{"org": org, "name": name, "tx_id": tx_id}], bar))
     return key
 
 

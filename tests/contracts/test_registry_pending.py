@@ -186,7 +186,8 @@ def test_a_code_holds_a_bounded_number_of_suspensions(world: World) -> None:
     assert revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_SUSPENDED")["changed"] is True
     out = revoke(world, REGULATOR, "h03", "dr-jiang-16", "LICENCE_SUSPENDED")
     assert out != "LIMIT_EXCEEDED" and "barred" not in out["revoked"]
-    assert index(world, "praccode/" + JIANG_CODE) == bar
+    assert out["revoked"]["counted"] == "praccode/" + JIANG_CODE  # (held unlisted, counted: reg9)
+    assert index(world, "praccode/" + JIANG_CODE) == dict(bar, unlisted=2)
     assert registration(world, "h03", "dr-jiang-16")["revoked"]["reason"] == "LICENCE_SUSPENDED"
     assert practitioner(world, "h03", "dr-jiang-16", OTHER_CODE) == "REGISTRATION_REVOKED"
     # a final revocation still takes the bar over
@@ -274,7 +275,7 @@ def test_a_full_bar_never_evicts_the_code_s_own_holder_waiting_for_it(world: Wor
     the code and suspended, then a 16th, evicted the holder: once the regulator lifted them the
     code came free and that organisation took it over (registered under it at once), the holder
     refused CODE_IN_USE. The holder now keeps its place (the new suspension is kept in none, the
-    code barred by those kept) and is reactivated when the bar goes."""
+    code barred by those kept and by it, counted: reg9) and is reactivated when the bar goes."""
     assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
     for i in range(16):
         assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
@@ -288,7 +289,8 @@ def test_a_full_bar_never_evicts_the_code_s_own_holder_waiting_for_it(world: Wor
     assert "pending_refused" not in registration(world, "h01", "dr-jiang")["reinstated"][-1]
     assert practitioner(world, "h03", "dr-jiang-15", OTHER_CODE) == "REGISTRATION_REVOKED"
     for i in range(15):
-        last = reinstate(world, REGULATOR, "h03", f"dr-jiang-{i}")
+        assert reinstate(world, REGULATOR, "h03", f"dr-jiang-{i}")["pending_reactivated"] == []
+    last = reinstate(world, REGULATOR, "h03", "dr-jiang-15")  # (the one kept in none: reg9)
     assert [(p["org"], p["reactivated"]) for p in last["pending_reactivated"]] == [("h01", True)]
     assert registration(world, "h01", "dr-jiang")["licence_active"] is True
     assert practitioner(world, "h03", "dr-jiang-x", JIANG_CODE) == "CODE_IN_USE"
@@ -311,7 +313,8 @@ def test_a_full_bar_never_evicts_the_pharmacy_holding_the_licence(world: World) 
     assert out["changed"] is True and "barred" not in out["revoked"]
     assert [p["org"] for p in index(world, "pharmlic/" + P01_LICENCE)["pending"]] == ["p01"]
     for org in others[0:15]:
-        last = reinstate(world, REGULATOR, org, "")
+        assert reinstate(world, REGULATOR, org, "")["pending_reactivated"] == []
+    last = reinstate(world, REGULATOR, others[15], "")  # (the one kept in none: reg9)
     assert [(p["org"], p["reactivated"]) for p in last["pending_reactivated"]] == [("p01", True)]
     assert pharmacy(world, others[0], P01_LICENCE) == "LICENCE_IN_USE"
     assert issue(world, pharmacy="p01")[1].ok

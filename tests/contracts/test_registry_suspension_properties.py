@@ -29,7 +29,11 @@ two licences, the registry's index checked after every transaction against its r
   holding the code in force names the registration that held it in force at the revocation
   (none: nobody); every suspension holding a bar is one whose reinstatement lifts that bar
   (its mark's ``barred``, its record's current code or a code it had left) -- else the code
-  stayed barred for good; a final bar names a registration revoked for good.
+  stayed barred for good; a final bar names a registration revoked for good;
+* (review25) a code's own holder (a pharmacy: its licence's) waiting for a bar is never evicted
+  by a suspension finding the bar full (its reinstatement's ``pending_refused`` LIMIT_EXCEEDED):
+  checked under every sequence, and under dense ones filling bars (the suite's seeds never fill
+  one: ``test_a_holder_waiting_is_never_evicted_from_a_full_bar``).
 """
 
 from __future__ import annotations
@@ -259,6 +263,19 @@ def lift_problems(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def eviction_problems(s: dict[str, Any]) -> list[str]:
+    """No registration that held its code (licence) when suspended -- a practitioner whose lifted
+    suspension withdrew its sites (``sites``: the holder), any pharmacy (one active per licence)
+    -- was evicted from the bar it waited for (review25)."""
+    out = []
+    for key, rec in sorted(s.items()):
+        history = rec.get("reinstated", []) if key.startswith(("prac/", "pharmacy/")) else []
+        if history and history[-1].get("pending_refused") == "LIMIT_EXCEEDED" \
+                and (key.startswith("pharmacy/") or "sites" in history[-1]["revoked"]):
+            out.append(f"{key} held its code and was evicted from the bar it waited for")
+    return out
+
+
 def _move(chain: Chain, rnd: random.Random) -> tuple[str, Outcome]:
     """An active registration (a holder, often with a site) moved to the other code."""
     org, name = rnd.choice(HOSPITALS), rnd.choice(("n1", "n2"))
@@ -317,7 +334,7 @@ def test_suspension_bars_stay_consistent_with_the_records_under_random_sequences
             steps.append(what + " -> " + ("OK" if out.ok else out.reason))
             written += out.ok
             state = _state(chain)
-            found = problems(state) + bound_problems(state) + lift_problems(state)
+            found = problems(state) + bound_problems(state) + lift_problems(state) + eviction_problems(state)
             if out.ok and what.startswith("revoke ") and out.value["changed"] \
                     and out.value["revoked"]["reason"] in LICENCE_REASONS:
                 found += revocation_problems(state, out.value["org"], out.value["name"])
@@ -332,3 +349,59 @@ def test_suspension_bars_stay_consistent_with_the_records_under_random_sequences
             found += standing_problems(state, made) + takeover_problems(state, holding)
             assert found == [], f"seed {seed} (moves {moves}): " + "\n".join(steps[-12:] + found)
     assert written > 2000  # (the sequences do write: not all refused)
+
+
+def _dense_step(chain: Chain, rnd: random.Random, pharmacies: bool) -> tuple[str, Outcome]:
+    """Records written inactive under C1 (L1) by others, suspended and lifted: bars fill."""
+    if pharmacies:
+        org, name = rnd.choice([f"p{n}" for n in range(10, 30)]), ""
+    else:
+        org, name = rnd.choice(("h05", "h06")), rnd.choice([f"d{n}" for n in range(12)])
+    op = rnd.choice(("register", "revoke", "revoke", "reinstate"))
+    if op == "register" and pharmacies:
+        return (f"pharmacy {org} L1 False",
+                chain.submit("registry", "register_pharmacy", admin(org), licence_no="L1", active=False))
+    if op == "register":
+        return (f"register {org}/{name} C1 False",
+                chain.submit("registry", "register_practitioner", admin(org), name=name, role="doctor", code="C1",
+                             licence_active=False, practice_years=5, internet_practice=True))
+    if op == "revoke":
+        return (f"revoke {org}/{name}",
+                chain.submit("registry", "revoke_registration", REGULATOR, org=org, name=name, reason=SUSPENDED))
+    return f"reinstate {org}/{name}", chain.submit("registry", "reinstate_registration", REGULATOR, org=org, name=name)
+
+
+def test_a_holder_waiting_is_never_evicted_from_a_full_bar() -> None:
+    """review25, dense: the holder of C1 (h04/n1, with a site) and of L1 (p01) suspended, then
+    reinstated to wait for the bar while others' records under the code fill it (24 records, 20
+    pharmacies, suspended and lifted at random): a suspension finding the bar full never evicts them,
+    and every invariant above holds (bars fill: checked)."""
+    runner = sandbox_adapter.make_runner()
+    full = 0  # states of a full bar the holder waits for
+    for pharmacies, seed in [(p, seed) for p in (False, True) for seed in range(6)]:
+        rnd = random.Random(seed)
+        chain = Chain(runner=runner)
+        holder = ("p01", "") if pharmacies else ("h04", "n1")
+        setup = [chain.submit("registry", "register_practitioner", admin("h04"), name="n1", role="doctor",
+                              code="C1", licence_active=True, practice_years=5, internet_practice=True),
+                 chain.submit("registry", "authorize_practice_site", admin("h04"), code="C1", site="h06",
+                              allowed=True),
+                 chain.submit("registry", "register_pharmacy", admin("p01"), licence_no="L1", active=True),
+                 chain.submit("registry", "revoke_registration", REGULATOR, org=holder[0], name=holder[1],
+                              reason=SUSPENDED)]
+        assert all(out.ok for out in setup)
+        steps: list[str] = []
+        for i in range(240):
+            if i == 25:  # (the bar filling meanwhile: the holder now waits for it)
+                what, out = f"reinstate {holder}", chain.submit("registry", "reinstate_registration", REGULATOR,
+                                                               org=holder[0], name=holder[1])
+            else:
+                what, out = _dense_step(chain, rnd, pharmacies)
+            steps.append(what + " -> " + ("OK" if out.ok else out.reason))
+            state = _state(chain)
+            bar = state.get("pharmlic/L1" if pharmacies else "praccode/C1", {})
+            full += len(bar.get("suspensions", [])) + len(bar.get("pending", [])) >= MAX_SUSPENSIONS \
+                and any((p["org"], p["name"]) == holder for p in bar.get("pending", []))
+            found = problems(state) + bound_problems(state) + lift_problems(state) + eviction_problems(state)
+            assert found == [], f"seed {seed} (pharmacies {pharmacies}): " + "\n".join(steps[-12:] + found)
+    assert full > 50  # (the bars do fill, the holder waiting)
