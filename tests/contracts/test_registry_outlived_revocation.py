@@ -16,6 +16,7 @@ from tests.contracts.chain import who
 from tests.contracts.flows import JIANG, issue
 from tests.contracts.rxclient import World
 from tests.contracts.test_registry_decisions import JIANG_CODE, P01_LICENCE, authorize, index, pharmacy, practitioner
+from tests.contracts.test_registry_pending import squat
 from tests.contracts.test_registry_reinstatement import OTHER_CODE, reinstate
 from tests.contracts.test_registry_residuals import REGULATOR, registration, with_site
 from tests.contracts.test_registry_revocation import revoke
@@ -94,10 +95,7 @@ def test_the_revocations_an_entry_outlives_are_bounded(world: World) -> None:
     """At most 15 standing beside the holder (the bar they make, with the revocation making it,
     keeps at most 16 entries); lifting one makes room. A 16th goes through (review24: it was
     refused LIMIT_EXCEEDED) but is kept in none: the code is barred by the 15 kept."""
-    for i in range(16):
-        assert practitioner(world, "h03", f"dr-x{i}", JIANG_CODE, active=False) == "OK"
-    for i in range(15):
-        assert revoke(world, REGULATOR, "h03", f"dr-x{i}", "LICENCE_SUSPENDED")["changed"] is True
+    squat(world, JIANG_CODE, 16, 15, prefix="dr-x")
     kept = index(world, "praccode/" + JIANG_CODE)["outlived"]
     assert revoke(world, REGULATOR, "h03", "dr-x15", "LICENCE_SUSPENDED")["changed"] is True
     assert index(world, "praccode/" + JIANG_CODE)["outlived"] == kept

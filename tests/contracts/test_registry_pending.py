@@ -15,6 +15,15 @@ from tests.contracts.test_registry_residuals import REGULATOR, registration, wit
 from tests.contracts.test_registry_revocation import events, revoke, versions
 
 
+def squat(world: World, code: str, written: int, suspended: int, prefix: str = "dr-jiang-") -> None:
+    """h03 writes ``written`` records inactive under ``code`` (``prefix`` + i), then the regulator
+    suspends the first ``suspended`` of them: the entries another organisation can put in a bar."""
+    for i in range(written):
+        assert practitioner(world, "h03", f"{prefix}{i}", code, active=False) == "OK"
+    for i in range(suspended):
+        assert revoke(world, REGULATOR, "h03", f"{prefix}{i}", "LICENCE_SUSPENDED")["changed"] is True
+
+
 def _two_suspensions(world: World) -> None:
     """Jiang suspended at h01 (active, the code's holder), then through her inactive record at
     h03; h01 reinstated first is held back by h03's suspension."""
@@ -170,10 +179,7 @@ def test_a_code_holds_a_bounded_number_of_suspensions(world: World) -> None:
     with_site(world)  # (h02 a site of h01's: suspended beside it, then h01, the bar held by both)
     assert revoke(world, REGULATOR, "h02", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
     assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
-    for i in range(17):
-        assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
-    for i in range(13):
-        assert revoke(world, REGULATOR, "h03", f"dr-jiang-{i}", "LICENCE_SUSPENDED")["changed"] is True
+    squat(world, JIANG_CODE, 17, 13)
     assert reinstate(world, REGULATOR, "h02", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
     assert revoke(world, REGULATOR, "h03", "dr-jiang-13", "LICENCE_SUSPENDED")["changed"] is True
     bar = index(world, "praccode/" + JIANG_CODE)
@@ -277,10 +283,7 @@ def test_a_full_bar_never_evicts_the_code_s_own_holder_waiting_for_it(world: Wor
     refused CODE_IN_USE. The holder now keeps its place (the new suspension is kept in none, the
     code barred by those kept and by it, counted: reg9) and is reactivated when the bar goes."""
     assert revoke(world, REGULATOR, "h01", "dr-jiang", "LICENCE_SUSPENDED")["changed"] is True
-    for i in range(16):
-        assert practitioner(world, "h03", f"dr-jiang-{i}", JIANG_CODE, active=False) == "OK"
-    for i in range(15):
-        assert revoke(world, REGULATOR, "h03", f"dr-jiang-{i}", "LICENCE_SUSPENDED")["changed"] is True
+    squat(world, JIANG_CODE, 16, 15)
     assert reinstate(world, REGULATOR, "h01", "dr-jiang")["pending"] == "praccode/" + JIANG_CODE
     out = revoke(world, REGULATOR, "h03", "dr-jiang-15", "LICENCE_SUSPENDED")
     assert out["changed"] is True and "barred" not in out["revoked"]
