@@ -176,7 +176,7 @@ class AuditClient:
         return out
 
 
-MERGE_PAGE = 1000  # records per page when reading a whole log to merge
+MERGE_PAGE = MAX_PAGE  # records per page when reading a whole log to merge: the most a peer answers
 MAX_MERGED_RECORDS = 200_000  # records read at most, all the peers of a view together (~160-250 bytes each)
 # bytes of records (serialized, as answered) read at most, all the peers of a view together: the
 # records bound alone let a peer answer pages of 1,000 records of ~16 KB (16 MiB, the channel's

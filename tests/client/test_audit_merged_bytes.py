@@ -183,3 +183,15 @@ def test_the_bytes_bound_fits_every_honest_view_of_the_records_bound(tmp_path: P
     assert typical < largest
     assert 4 * MAX_MERGED_RECORDS * typical <= MAX_MERGED_BYTES
     assert 2 * MAX_MERGED_RECORDS * largest <= MAX_MERGED_BYTES
+
+
+def test_the_client_s_page_bound_is_the_peer_s() -> None:
+    """client.audit keeps its own copy of the most records a peer answers a page (the client does
+    not import the peer, which needs LevelDB): a page holding more is refused before it is parsed,
+    so the two must agree, or honest pages are refused (a peer's larger) or a hostile one's let
+    through (the client's)."""
+    from client import audit as client_audit
+    from node.peer import audit as peer_audit
+
+    assert client_audit.MAX_PAGE == peer_audit.MAX_PAGE
+    assert client_audit.MERGE_PAGE == peer_audit.MAX_PAGE  # a merged view reads whole pages
